@@ -1,0 +1,28 @@
+# `make demo` runs the whole pipeline on the synthetic kitchen; `make test` runs the test suite.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+WORKDIR ?= leap-work
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/leap demo-data --out $(WORKDIR)/kitchen
+	$(BIN)/leap info --data $(WORKDIR)/kitchen
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest
+
+bench: $(BIN)/.installed
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(WORKDIR) .pytest_cache
+
+.PHONY: install demo test bench clean

@@ -1,0 +1,3 @@
+from leap_cli.cli import main
+
+main()

@@ -1,0 +1,89 @@
+"""The ``leap`` command line: one thin command per pipeline stage.
+
+Each command parses its options, calls its stage, and prints the summary. Stage commands live in
+``leap_cli/commands/`` and are registered here in pipeline order.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+
+from leap_cli import __version__
+from leap_cli.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, LeapError
+
+app = typer.Typer(
+    name="leap",
+    help="LEAP for EPIC-KITCHENS-100: turn kitchen video into action programs, train on them, submit.\n\n"
+         "Pipeline: demo-data -> info -> extract -> generate-programs -> validate-programs -> build-shards "
+         "-> train -> evaluate -> submit. Every stage reads and writes files under --workdir "
+         "(default ./leap-work).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"leap {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logging."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each stage does."),
+) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    # Pipeline order; each module adds its command(s) to ``app``.
+    from leap_cli.commands import data  # demo-data, info
+
+    data.register(app)
+    for name in ("extract", "programs", "shards", "train", "evaluate", "submit", "show", "demo"):
+        try:
+            module = __import__(f"leap_cli.commands.{name}", fromlist=["register"])
+        except ModuleNotFoundError as e:
+            if e.name == f"leap_cli.commands.{name}":
+                continue  # that stage is not part of this build yet
+            raise
+        module.register(app)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except LeapError as e:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {e.one_line()}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: finished records were kept; run the same command to resume")
+        sys.exit(EXIT_INTERRUPTED)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:  # click's usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

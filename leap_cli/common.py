@@ -1,0 +1,68 @@
+"""Conventions shared by every stage: split names, ``--shard i/n``, the work directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence, TypeVar
+
+from leap_cli.errors import LeapError
+
+SPLITS = ("train", "val", "test")
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "validation": "val", "valid": "val",
+                  "test": "test"}
+DEFAULT_WORKDIR = Path("leap-work")
+
+T = TypeVar("T")
+
+
+def normalize_split(name: str) -> str:
+    """``train``, ``val`` or ``test``; EPIC's ``validation`` is accepted as an alias of ``val``."""
+    try:
+        return _SPLIT_ALIASES[name.strip().lower()]
+    except KeyError:
+        raise LeapError(f"unknown split {name!r}", fix="use train, val (or validation) or test") from None
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Part ``index`` (0-based) of ``count``: ``--shard 0/4`` takes every fourth item starting at the first."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None) -> "ShardSpec":
+        if text is None or text == "":
+            return cls()
+        try:
+            i, n = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise LeapError(f"--shard {text!r} is not of the form i/n", fix="e.g. --shard 0/4 for the first of four") from None
+        if n < 1 or not 0 <= i < n:
+            raise LeapError(f"--shard {text!r} is out of range", fix="i must satisfy 0 <= i < n")
+        return cls(i, n)
+
+    def select(self, items: Sequence[T], key=None) -> list[T]:
+        """Split deterministically; with ``key`` (e.g. the video id) items sharing a key stay together."""
+        if self.count == 1:
+            return list(items)
+        if key is None:
+            return [x for j, x in enumerate(items) if j % self.count == self.index]
+        groups: list = []
+        seen: dict = {}
+        for x in items:
+            k = key(x)
+            if k not in seen:
+                seen[k] = len(groups)
+                groups.append(k)
+        return [x for x in items if seen[key(x)] % self.count == self.index]
+
+    @property
+    def suffix(self) -> str:
+        """Output-file suffix so parallel shards never write the same file."""
+        return "" if self.count == 1 else f".shard{self.index}of{self.count}"
+
+
+def stage_path(workdir: str | Path, *parts: str) -> Path:
+    return Path(workdir).joinpath(*parts)

@@ -1,0 +1,1 @@
+"""EPIC-KITCHENS-100: annotation CSVs, class vocabularies, dataset layout, hand-object detections."""

@@ -1,0 +1,185 @@
+"""EPIC-KITCHENS-100 annotation files: segments of each split, class files, tail/unseen lists, video info."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from leap_cli.common import normalize_split
+from leap_cli.epic.classes import ClassVocab, parse_list_cell, read_csv
+from leap_cli.epic.timing import parse_timestamp
+from leap_cli.errors import LeapError
+
+TEST_COLUMNS = ("narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
+                "stop_timestamp", "start_frame", "stop_frame")
+LABELLED_COLUMNS = TEST_COLUMNS + ("narration", "verb", "verb_class", "noun", "noun_class", "all_nouns",
+                                   "all_noun_classes")
+SPLIT_FILES = {"train": "EPIC_100_train.csv", "val": "EPIC_100_validation.csv",
+               "test": "EPIC_100_test_timestamps.csv"}
+VERB_CLASSES = "EPIC_100_verb_classes.csv"
+NOUN_CLASSES = "EPIC_100_noun_classes.csv"
+TAIL_VERBS = "EPIC_100_tail_verbs.csv"
+TAIL_NOUNS = "EPIC_100_tail_nouns.csv"
+UNSEEN = {"val": "EPIC_100_unseen_participant_ids_validation.csv", "test": "EPIC_100_unseen_participant_ids_test.csv"}
+VIDEO_INFO = "EPIC_100_video_info.csv"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One annotated action segment. Labels are None on the test split."""
+
+    narration_id: str
+    participant_id: str
+    video_id: str
+    start: float  # seconds
+    stop: float  # seconds
+    start_frame: int  # 1-based, as in EPIC's files
+    stop_frame: int
+    narration_timestamp: float | None = None  # empty in some real rows
+    narration: str | None = None
+    verb: str | None = None
+    verb_class: int | None = None
+    noun: str | None = None
+    noun_class: int | None = None
+    all_nouns: tuple[str, ...] = field(default_factory=tuple)
+    all_noun_classes: tuple[int, ...] = field(default_factory=tuple)
+
+    @property
+    def duration(self) -> float:
+        return self.stop - self.start
+
+    @property
+    def has_labels(self) -> bool:
+        return self.verb_class is not None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["all_nouns"] = list(self.all_nouns)
+        d["all_noun_classes"] = list(self.all_noun_classes)
+        return d
+
+
+def _int(row: dict, col: str, path: Path, rec: str) -> int:
+    try:
+        return int(row[col])
+    except (ValueError, TypeError):
+        raise LeapError(f"column {col} holds {row[col]!r}, not an integer", path=path, record=rec,
+                        fix="fix or remove that row") from None
+
+
+def _time(row: dict, col: str, path: Path, rec: str) -> float:
+    try:
+        return parse_timestamp(row[col])
+    except ValueError:
+        raise LeapError(f"column {col} holds {row[col]!r}, not a HH:MM:SS.ff timestamp", path=path, record=rec,
+                        fix="fix or remove that row") from None
+
+
+def read_segments(path: str | Path) -> list[Segment]:
+    """Read a train/validation (15 columns) or test-timestamps (8 columns) CSV."""
+    path = Path(path)
+    rows = read_csv(path, TEST_COLUMNS, what="annotation file")
+    labelled = bool(rows) and "verb_class" in rows[0]
+    if labelled:
+        rows = read_csv(path, LABELLED_COLUMNS, what="annotation file")
+    segments = []
+    for i, row in enumerate(rows, start=2):
+        rec = f"row {i}, {row.get('narration_id') or '?'}"
+        start, stop = _time(row, "start_timestamp", path, rec), _time(row, "stop_timestamp", path, rec)
+        if stop < start:
+            raise LeapError(f"stop {row['stop_timestamp']} is before start {row['start_timestamp']}", path=path,
+                            record=rec, fix="swap or fix the timestamps of that row")
+        nts = row["narration_timestamp"].strip()
+        kw: dict = {}
+        if labelled:
+            kw = dict(narration=row["narration"], verb=row["verb"], verb_class=_int(row, "verb_class", path, rec),
+                      noun=row["noun"], noun_class=_int(row, "noun_class", path, rec),
+                      all_nouns=tuple(str(x) for x in parse_list_cell(row["all_nouns"], path=path, record=rec)),
+                      all_noun_classes=tuple(int(x) for x in parse_list_cell(row["all_noun_classes"], path=path,
+                                                                            record=rec)))
+        segments.append(Segment(
+            narration_id=row["narration_id"], participant_id=row["participant_id"], video_id=row["video_id"],
+            start=start, stop=stop, start_frame=_int(row, "start_frame", path, rec),
+            stop_frame=_int(row, "stop_frame", path, rec),
+            narration_timestamp=_time(row, "narration_timestamp", path, rec) if nts else None, **kw))
+    return segments
+
+
+def _read_id_list(path: Path, column: str) -> list[str]:
+    if not path.exists():
+        return []
+    return [r[column] for r in read_csv(path, (column,))]
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    video_id: str
+    duration: float
+    fps: float
+    width: int
+    height: int
+
+
+class Annotations:
+    """The annotations folder of EPIC-KITCHENS-100 (or of the synthetic kitchen), loaded lazily."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise LeapError("annotations folder not found", path=self.folder,
+                            fix="pass --data ROOT (holding annotations/) or --annotations DIR with EPIC's CSVs")
+        self._segments: dict[str, list[Segment]] = {}
+
+    def split_path(self, split: str) -> Path:
+        return self.folder / SPLIT_FILES[normalize_split(split)]
+
+    def has_split(self, split: str) -> bool:
+        return self.split_path(split).exists()
+
+    def segments(self, split: str) -> list[Segment]:
+        split = normalize_split(split)
+        if split not in self._segments:
+            self._segments[split] = read_segments(self.split_path(split))
+        return self._segments[split]
+
+    @cached_property
+    def verbs(self) -> ClassVocab:
+        return ClassVocab.from_csv(self.folder / VERB_CLASSES, "verb")
+
+    @cached_property
+    def nouns(self) -> ClassVocab:
+        return ClassVocab.from_csv(self.folder / NOUN_CLASSES, "noun")
+
+    @cached_property
+    def tail_verbs(self) -> set[int]:
+        return {int(x) for x in _read_id_list(self.folder / TAIL_VERBS, "verb")}
+
+    @cached_property
+    def tail_nouns(self) -> set[int]:
+        return {int(x) for x in _read_id_list(self.folder / TAIL_NOUNS, "noun")}
+
+    def unseen_participants(self, split: str = "val") -> set[str]:
+        split = normalize_split(split)
+        return set(_read_id_list(self.folder / UNSEEN[split], "participant_id")) if split in UNSEEN else set()
+
+    @cached_property
+    def video_info(self) -> dict[str, VideoInfo]:
+        path = self.folder / VIDEO_INFO
+        out = {}
+        for i, row in enumerate(read_csv(path, ("video_id", "duration", "fps", "resolution"), what="video info"),
+                                start=2):
+            try:
+                w, h = (int(x) for x in row["resolution"].lower().split("x"))
+                out[row["video_id"]] = VideoInfo(row["video_id"], float(row["duration"]), float(row["fps"]), w, h)
+            except ValueError:
+                raise LeapError(f"cannot parse duration/fps/resolution {row}", path=path,
+                                record=f"row {i}") from None
+        return out
+
+    def fps(self, video_id: str) -> float:
+        try:
+            return self.video_info[video_id].fps
+        except KeyError:
+            raise LeapError(f"video {video_id} is not in {VIDEO_INFO}", path=self.folder / VIDEO_INFO,
+                            fix="add a row video_id,duration,fps,resolution for it") from None

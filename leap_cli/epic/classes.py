@@ -1,0 +1,128 @@
+"""Verb and noun class vocabularies (``id,key,instances,category``) with a synonym resolver."""
+
+from __future__ import annotations
+
+import ast
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from leap_cli.errors import LeapError
+
+CLASS_COLUMNS = ("id", "key", "instances", "category")
+
+
+def parse_list_cell(text: str, *, path: str | Path | None = None, record: str | None = None) -> list:
+    """Parse a Python-literal list cell such as ``['plate', 'veg:mixed']`` or ``[2, 10]`` without eval."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise LeapError(f"cannot parse list {text[:60]!r}", path=path, record=record,
+                        fix="the cell must be a list literal such as ['plate'] or [2]") from None
+    if not isinstance(value, (list, tuple)):
+        raise LeapError(f"expected a list, got {text[:60]!r}", path=path, record=record)
+    return list(value)
+
+
+def normalize_form(text: str) -> str:
+    """Surface forms are compared lower-case with spaces and underscores as hyphens: 'pick up' == 'pick-up'."""
+    return text.strip().lower().replace("_", "-").replace(" ", "-")
+
+
+@dataclass
+class ClassVocab:
+    """One EPIC class file: ids, keys, categories and every instance (synonym) of each class."""
+
+    kind: str  # "verb" or "noun"
+    keys: dict[int, str]
+    instances: dict[int, list[str]]
+    categories: dict[int, str]
+    _forms: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        forms: dict[str, int] = {}
+        for cid, insts in self.instances.items():
+            for form in [self.keys[cid], *insts]:
+                forms.setdefault(normalize_form(form), cid)
+        # A noun given as 'mixed veg' or 'veg mixed' should find 'veg:mixed'; a bare head noun ('veg') too.
+        for form, cid in list(forms.items()):
+            if ":" in form:
+                parts = form.split(":")
+                forms.setdefault("-".join(parts), cid)
+                forms.setdefault("-".join(reversed(parts)), cid)
+        self._forms = forms
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def ids(self) -> list[int]:
+        return sorted(self.keys)
+
+    def key(self, class_id: int) -> str:
+        try:
+            return self.keys[class_id]
+        except KeyError:
+            raise LeapError(f"unknown {self.kind} class id {class_id}", fix=f"ids run from 0 to {max(self.keys)}") from None
+
+    def resolve(self, form: str) -> int | None:
+        """Class id of any surface form (key or instance), or None."""
+        return self._forms.get(normalize_form(form))
+
+    def resolve_or_raise(self, form: str, *, path=None, record=None) -> int:
+        cid = self.resolve(form)
+        if cid is None:
+            raise LeapError(f"{self.kind} {form!r} is not in the {self.kind} classes", path=path, record=record,
+                            fix=f"use one of the keys or instances of EPIC_100_{self.kind}_classes.csv")
+        return cid
+
+    def forms(self) -> dict[str, int]:
+        return dict(self._forms)
+
+    @classmethod
+    def from_csv(cls, path: str | Path, kind: str) -> "ClassVocab":
+        path = Path(path)
+        rows = read_csv(path, CLASS_COLUMNS)
+        keys, instances, categories = {}, {}, {}
+        for i, row in enumerate(rows, start=2):
+            try:
+                cid = int(row["id"])
+            except ValueError:
+                raise LeapError(f"id {row['id']!r} is not an integer", path=path, record=f"row {i}") from None
+            keys[cid] = row["key"]
+            instances[cid] = [str(x) for x in parse_list_cell(row["instances"], path=path, record=f"row {i}")]
+            categories[cid] = row["category"]
+        return cls(kind, keys, instances, categories)
+
+    def to_rows(self) -> list[dict]:
+        return [{"id": c, "key": self.keys[c], "instances": repr(self.instances[c]), "category": self.categories[c]}
+                for c in self.ids]
+
+
+def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: str | None = None) -> list[dict]:
+    """Read a CSV as dicts, refusing missing columns by name (and suggesting close spellings)."""
+    import difflib
+
+    path = Path(path)
+    if not path.exists():
+        raise LeapError(f"{what or 'file'} not found", path=path,
+                        fix="point --data at the dataset root or --annotations at the folder holding EPIC's CSVs")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            missing = [c for c in required if c not in header]
+            if missing:
+                hints = []
+                for m in missing:
+                    close = difflib.get_close_matches(m, header, n=1)
+                    hints.append(f"{m} (found {close[0]!r}?)" if close else m)
+                raise LeapError(f"missing column(s): {', '.join(hints)}", path=path, record="header",
+                                fix=f"expected columns {', '.join(required)}")
+            reader.fieldnames = header
+            return [{k: (v if v is not None else "") for k, v in row.items()} for row in reader]
+    except UnicodeDecodeError:
+        raise LeapError("not a UTF-8 CSV file", path=path) from None

@@ -1,0 +1,288 @@
+"""EPIC-KITCHENS-100 hand-object detections (Shan et al. 2020), as EPIC publishes them.
+
+``hand-objects/P01/P01_01.pkl`` is a pickled list with one serialized ``Detections`` protobuf message per
+frame (coordinates in [0, 1]). The messages are decoded here with a small wire-format codec, so no protobuf
+package is needed. The same content can be given as JSONL, one frame per line (see ``FrameDetections.to_dict``).
+
+    message BBox { float left = 1; float top = 2; float right = 3; float bottom = 4; }
+    message FloatVector { float x = 1; float y = 2; }
+    message HandDetection { BBox bbox = 1; float score = 2; HandState state = 3;
+                            FloatVector object_offset = 4; HandSide side = 5; }
+    message ObjectDetection { BBox bbox = 1; float score = 2; }
+    message Detections { string video_id = 1; int32 frame_number = 2;
+                         repeated HandDetection hands = 3; repeated ObjectDetection objects = 4; }
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+from pathlib import Path
+
+from leap_cli.errors import LeapError
+from leap_cli.io import atomic_write_bytes, atomic_write_text
+
+
+class HandSide(IntEnum):
+    LEFT = 0
+    RIGHT = 1
+
+
+class HandState(IntEnum):
+    NO_CONTACT = 0
+    SELF_CONTACT = 1
+    ANOTHER_PERSON = 2
+    PORTABLE_OBJECT = 3
+    STATIONARY_OBJECT = 4
+
+
+@dataclass
+class BBox:
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return ((self.left + self.right) / 2, (self.top + self.bottom) / 2)
+
+    def iou(self, other: "BBox") -> float:
+        ix = max(0.0, min(self.right, other.right) - max(self.left, other.left))
+        iy = max(0.0, min(self.bottom, other.bottom) - max(self.top, other.top))
+        inter = ix * iy
+        area = lambda b: max(0.0, b.right - b.left) * max(0.0, b.bottom - b.top)  # noqa: E731
+        union = area(self) + area(other) - inter
+        return inter / union if union > 0 else 0.0
+
+
+@dataclass
+class HandDetection:
+    bbox: BBox
+    score: float
+    state: HandState
+    object_offset: tuple[float, float]
+    side: HandSide
+
+
+@dataclass
+class ObjectDetection:
+    bbox: BBox
+    score: float
+
+
+@dataclass
+class FrameDetections:
+    video_id: str
+    frame_number: int  # 1-based
+    hands: list[HandDetection] = field(default_factory=list)
+    objects: list[ObjectDetection] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        box = lambda b: {"left": b.left, "top": b.top, "right": b.right, "bottom": b.bottom}  # noqa: E731
+        return {"video_id": self.video_id, "frame_number": self.frame_number,
+                "hands": [{"bbox": box(h.bbox), "score": h.score, "state": h.state.name,
+                           "object_offset": {"x": h.object_offset[0], "y": h.object_offset[1]},
+                           "side": h.side.name} for h in self.hands],
+                "objects": [{"bbox": box(o.bbox), "score": o.score} for o in self.objects]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FrameDetections":
+        box = lambda b: BBox(float(b["left"]), float(b["top"]), float(b["right"]), float(b["bottom"]))  # noqa: E731
+        return cls(str(d["video_id"]), int(d["frame_number"]),
+                   [HandDetection(box(h["bbox"]), float(h["score"]), HandState[h["state"]],
+                                  (float(h["object_offset"]["x"]), float(h["object_offset"]["y"])),
+                                  HandSide[h["side"]]) for h in d.get("hands", [])],
+                   [ObjectDetection(box(o["bbox"]), float(o["score"])) for o in d.get("objects", [])])
+
+    # --- protobuf wire format -------------------------------------------------------------------
+    def to_protobuf(self) -> bytes:
+        out = bytearray()
+        _put_bytes(out, 1, self.video_id.encode())
+        _put_varint_field(out, 2, self.frame_number)
+        for h in self.hands:
+            m = bytearray()
+            _put_bytes(m, 1, _bbox_bytes(h.bbox))
+            _put_float(m, 2, h.score)
+            _put_varint_field(m, 3, int(h.state))
+            v = bytearray()
+            _put_float(v, 1, h.object_offset[0])
+            _put_float(v, 2, h.object_offset[1])
+            _put_bytes(m, 4, bytes(v))
+            _put_varint_field(m, 5, int(h.side))
+            _put_bytes(out, 3, bytes(m))
+        for o in self.objects:
+            m = bytearray()
+            _put_bytes(m, 1, _bbox_bytes(o.bbox))
+            _put_float(m, 2, o.score)
+            _put_bytes(out, 4, bytes(m))
+        return bytes(out)
+
+    @classmethod
+    def from_protobuf(cls, data: bytes) -> "FrameDetections":
+        f = _fields(data)
+        hands, objects = [], []
+        for raw in f.get(3, []):
+            h = _fields(raw)
+            off = _fields(_one(h, 4, b""))
+            hands.append(HandDetection(_bbox(_one(h, 1, b"")), _float(_one(h, 2, 0)), HandState(_one(h, 3, 0)),
+                                       (_float(_one(off, 1, 0)), _float(_one(off, 2, 0))),
+                                       HandSide(_one(h, 5, 0))))
+        for raw in f.get(4, []):
+            o = _fields(raw)
+            objects.append(ObjectDetection(_bbox(_one(o, 1, b"")), _float(_one(o, 2, 0))))
+        return cls(_one(f, 1, b"").decode(), _signed32(_one(f, 2, 0)), hands, objects)
+
+
+def _put_varint(out: bytearray, value: int) -> None:
+    value &= (1 << 64) - 1
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return
+
+
+def _put_varint_field(out: bytearray, num: int, value: int) -> None:
+    if value:  # proto3 omits default values
+        _put_varint(out, num << 3 | 0)
+        _put_varint(out, value)
+
+
+def _put_float(out: bytearray, num: int, value: float) -> None:
+    if value:
+        _put_varint(out, num << 3 | 5)
+        out += struct.pack("<f", value)
+
+
+def _put_bytes(out: bytearray, num: int, value: bytes) -> None:
+    _put_varint(out, num << 3 | 2)
+    _put_varint(out, len(value))
+    out += value
+
+
+def _bbox_bytes(b: BBox) -> bytes:
+    m = bytearray()
+    for i, v in enumerate((b.left, b.top, b.right, b.bottom), start=1):
+        _put_float(m, i, v)
+    return bytes(m)
+
+
+def _fields(data: bytes) -> dict[int, list]:
+    """Decode one message into {field number: [values]}; fixed32 kept as raw 4 bytes."""
+    out: dict[int, list] = {}
+    i, n = 0, len(data)
+    while i < n:
+        key, i = _varint(data, i)
+        num, wire = key >> 3, key & 7
+        if wire == 0:
+            val, i = _varint(data, i)
+        elif wire == 5:
+            if i + 4 > n:
+                raise ValueError("truncated fixed32")
+            val, i = data[i:i + 4], i + 4
+        elif wire == 1:
+            if i + 8 > n:
+                raise ValueError("truncated fixed64")
+            val, i = data[i:i + 8], i + 8
+        elif wire == 2:
+            length, i = _varint(data, i)
+            if i + length > n:
+                raise ValueError("truncated length-delimited field")
+            val, i = data[i:i + length], i + length
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        out.setdefault(num, []).append(val)
+    return out
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        if i >= len(data):
+            raise ValueError("truncated varint")
+        b = data[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, i
+        shift += 7
+        if shift > 70:
+            raise ValueError("varint too long")
+
+
+def _one(f: dict, num: int, default):
+    return f[num][-1] if num in f else default
+
+
+def _float(v) -> float:
+    return struct.unpack("<f", v)[0] if isinstance(v, (bytes, bytearray)) else float(v)
+
+
+def _signed32(v: int) -> int:
+    v &= (1 << 64) - 1
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+def _bbox(data: bytes) -> BBox:
+    f = _fields(data)
+    return BBox(*(_float(_one(f, i, 0)) for i in (1, 2, 3, 4)))
+
+
+class _ListOfBytesUnpickler(pickle.Unpickler):
+    """EPIC's files hold only a list of bytes: refuse any class so a pickle cannot run code."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_hand_objects(path: str | Path) -> list[FrameDetections]:
+    """Read EPIC's ``.pkl`` (list of serialized protobuf messages) or the JSONL equivalent."""
+    path = Path(path)
+    expected = ("EPIC's hand-object format: a .pkl holding a list of serialized Detections protobuf messages, "
+                "or .jsonl with one {video_id, frame_number, hands, objects} object per line")
+    if not path.exists():
+        raise LeapError("hand-object detections not found", path=path, fix=expected)
+    if path.suffix == ".jsonl":
+        frames = []
+        for i, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                frames.append(FrameDetections.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise LeapError(f"line {i} is not a frame of detections ({type(e).__name__}: {e})", path=path,
+                                record=f"line {i}", fix=f"expected {expected}") from None
+        return frames
+    try:
+        with open(path, "rb") as f:
+            raw = _ListOfBytesUnpickler(io.BytesIO(f.read())).load()
+    except Exception as e:  # any unpickling failure is the file's fault, not a bug
+        raise LeapError(f"not a hand-object detections pickle ({type(e).__name__}: {e})", path=path,
+                        fix=f"expected {expected}") from None
+    if not isinstance(raw, list) or not all(isinstance(x, (bytes, bytearray)) for x in raw):
+        raise LeapError("the pickle does not hold a list of serialized messages", path=path, fix=f"expected {expected}")
+    frames = []
+    for i, msg in enumerate(raw):
+        try:
+            frames.append(FrameDetections.from_protobuf(bytes(msg)))
+        except (ValueError, struct.error) as e:
+            raise LeapError(f"message {i} is not a Detections protobuf ({e})", path=path, record=f"frame {i}",
+                            fix=f"expected {expected}") from None
+    return frames
+
+
+def write_hand_objects(path: str | Path, frames: list[FrameDetections]) -> None:
+    """Write ``.pkl`` in EPIC's format, or JSONL when the path ends in ``.jsonl``."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        atomic_write_text(path, "".join(json.dumps(fr.to_dict()) + "\n" for fr in frames))
+    else:
+        atomic_write_bytes(path, pickle.dumps([fr.to_protobuf() for fr in frames], protocol=2))

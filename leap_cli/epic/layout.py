@@ -1,0 +1,85 @@
+"""Where things live in an EPIC-KITCHENS-100 dataset root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from leap_cli.epic.annotations import Annotations
+from leap_cli.epic.timing import frame_filename
+from leap_cli.errors import LeapError
+
+AUDIO_EXTS = (".wav", ".flac")
+VIDEO_EXTS = (".MP4", ".mp4")
+
+
+@dataclass
+class DatasetLayout:
+    """``ROOT/P01/videos/P01_01.MP4``, ``ROOT/P01/rgb_frames/P01_01/frame_0000000001.jpg``,
+    ``ROOT/P01/audio/P01_01.wav``, ``ROOT/hand-objects/P01/P01_01.pkl`` (or ``.jsonl``),
+    ``ROOT/object-detections/P01/P01_01.jsonl``, ``ROOT/poses/P01_01/images.txt`` (COLMAP)."""
+
+    root: Path
+    annotations_dir: Path
+
+    @classmethod
+    def open(cls, data: str | Path, annotations: str | Path | None = None) -> "DatasetLayout":
+        root = Path(data)
+        if not root.is_dir():
+            raise LeapError("dataset root not found", path=root,
+                            fix="--data must be the folder holding P01/, P02/, ... and annotations/")
+        ann = Path(annotations) if annotations else root / "annotations"
+        if not ann.is_dir():
+            raise LeapError("annotations folder not found", path=ann,
+                            fix="put EPIC's CSVs in ROOT/annotations/ or pass --annotations DIR")
+        return cls(root, ann)
+
+    def annotations(self) -> Annotations:
+        return Annotations(self.annotations_dir)
+
+    @staticmethod
+    def participant(video_id: str) -> str:
+        return video_id.split("_")[0]
+
+    def video_path(self, video_id: str) -> Path | None:
+        folder = self.root / self.participant(video_id) / "videos"
+        for ext in VIDEO_EXTS:
+            p = folder / f"{video_id}{ext}"
+            if p.exists():
+                return p
+        return None
+
+    def frames_dir(self, video_id: str) -> Path | None:
+        d = self.root / self.participant(video_id) / "rgb_frames" / video_id
+        return d if d.is_dir() else None
+
+    def frame_path(self, video_id: str, frame: int) -> Path:
+        return self.root / self.participant(video_id) / "rgb_frames" / video_id / frame_filename(frame)
+
+    def audio_path(self, video_id: str) -> Path | None:
+        folder = self.root / self.participant(video_id) / "audio"
+        for ext in AUDIO_EXTS:
+            p = folder / f"{video_id}{ext}"
+            if p.exists():
+                return p
+        return None
+
+    def hand_objects_path(self, video_id: str) -> Path | None:
+        folder = self.root / "hand-objects" / self.participant(video_id)
+        for ext in (".pkl", ".jsonl"):
+            p = folder / f"{video_id}{ext}"
+            if p.exists():
+                return p
+        return None
+
+    def object_detections_path(self, video_id: str) -> Path | None:
+        p = self.root / "object-detections" / self.participant(video_id) / f"{video_id}.jsonl"
+        return p if p.exists() else None
+
+    def poses_path(self, video_id: str) -> Path | None:
+        p = self.root / "poses" / video_id / "images.txt"
+        return p if p.exists() else None
+
+    def ground_truth_dir(self) -> Path | None:
+        d = self.root / "ground-truth"
+        return d if d.is_dir() else None
