@@ -1,0 +1,121 @@
+"""``leap show``: one segment's program and descriptors, in the terminal or as a self-contained HTML page."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from leap_cli.common import SPLITS
+from leap_cli.errors import LeapError
+from leap_cli.io import atomic_write_text, read_jsonl
+from leap_cli.report.html import esc, jpeg_data_uri, page
+from leap_cli.report.program_view import conds_html, flatten_for_storyboard, steps_html, sub_action_text
+
+log = logging.getLogger(__name__)
+COMPONENTS = ("narration", "audio", "camera", "objects", "hands")
+
+
+@dataclass
+class SegmentView:
+    narration_id: str
+    split: str | None
+    program: dict | None  # the program record
+    descriptor: dict | None  # the descriptor record
+
+
+def _find(folder: Path, narration_id: str, split: str | None) -> tuple[dict | None, str | None]:
+    splits = [split] if split else list(SPLITS)
+    for sp in splits:
+        files = sorted(folder.glob(f"{sp}.jsonl")) + sorted(folder.glob(f"{sp}.shard*.jsonl"))
+        for f in files:
+            for r in read_jsonl(f):
+                if r.get("narration_id") == narration_id:
+                    return r, sp
+    return None, None
+
+
+def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
+                 programs: Path | None = None, descriptors: Path | None = None) -> SegmentView:
+    """Find a segment's program and descriptor records under the work directory (or in the given files)."""
+    def from_file(path: Path) -> dict | None:
+        return next((r for r in read_jsonl(path) if r.get("narration_id") == narration_id), None)
+
+    prog, sp = (from_file(programs), split) if programs else _find(workdir / "programs", narration_id, split)
+    desc, sp2 = (from_file(descriptors), split) if descriptors else _find(workdir / "descriptors", narration_id, split)
+    if prog is None and desc is None:
+        raise LeapError(f"no program or descriptor record for {narration_id}", path=workdir, record=narration_id,
+                        fix="check the narration id, --workdir, or run `leap extract` / `leap generate-programs` first")
+    return SegmentView(narration_id, sp or sp2, prog, desc)
+
+
+def keyframes(data: Path, video_id: str, start: float, stop: float, count: int = 6,
+              short_side: int = 160) -> list[tuple[float, "object"]]:
+    """(time, RGB frame) pairs evenly spaced over [start, stop]; empty when the video cannot be read."""
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.epic.timing import time_to_frame
+    from leap_cli.media.video import open_video
+
+    try:
+        layout = DatasetLayout.open(data)
+        fps = layout.annotations().fps(video_id)
+        times = [start + (stop - start) * (i + 0.5) / count for i in range(count)]
+        with open_video(layout, video_id) as reader:
+            frames = reader.read_frames([time_to_frame(t, fps) for t in times], short_side=short_side)
+        return list(zip(times, frames))
+    except LeapError as e:
+        log.warning("no keyframes for %s: %s", video_id, e.one_line())
+        return []
+
+
+def segment_html(view: SegmentView, frames: list[tuple[float, object]]) -> str:
+    d, p = view.descriptor or {}, view.program or {}
+    program = p.get("program") or {}
+    action = program.get("action") or {}
+    title = f"{view.narration_id}: {action.get('narration') or (d.get('components', {}).get('narration', {}).get('data', {}) or {}).get('narration', '')}"
+    body = [f"<h1>{esc(title)}</h1><p class='muted'>video {esc(d.get('video_id', '?'))}, "
+            f"{d.get('start', 0):.2f}-{d.get('stop', 0):.2f} s, split {esc(view.split or '?')}"]
+    if p:
+        prov = p.get("provenance") or {}
+        body.append(f" &middot; program <span class='tag {esc(p.get('status', ''))}'>{esc(p.get('status'))}</span> "
+                    f"from {esc(prov.get('backend', '?'))} {esc(prov.get('model') or '')}")
+    body.append("</p>")
+    if frames:
+        body.append("<h2>Keyframes</h2><div class='frames'>" + "".join(
+            f"<figure><img src='{jpeg_data_uri(f)}' alt='frame at {t:.2f} s'><figcaption>{t:.2f} s</figcaption></figure>"
+            for t, f in frames) + "</div>")
+    if program:
+        subs = flatten_for_storyboard(program.get("steps"))
+        body.append("<h2>Storyboard</h2><p class='muted'>Sub-actions in execution order. Programs carry no step "
+                    "times, so each card shows the keyframe of an even share of the segment (&asymp;).</p><div class='board'>")
+        for i, (s, ctx) in enumerate(subs):
+            img = ""
+            if frames:
+                t, f = frames[min(len(frames) - 1, int((i + 0.5) * len(frames) / max(1, len(subs))))]
+                img = f"<img src='{jpeg_data_uri(f)}' alt='step {i + 1}'><div class='muted'>&asymp; {t:.2f} s</div>"
+            body.append(f"<div class='card'>{img}<h4>{i + 1}. {esc(sub_action_text(s))}</h4>"
+                        + (f"<div class='muted'>{esc(ctx)}</div>" if ctx else "")
+                        + f"<div>pre: {conds_html(s.get('pre'))}</div><div>post: {conds_html(s.get('post'))}</div>"
+                        + (f"<div class='muted'>{esc(s['purpose'])}</div>" if s.get("purpose") else "") + "</div>")
+        body.append("</div><h2>Program</h2>"
+                    f"<div>pre: {conds_html(program.get('pre'))}</div>{steps_html(program.get('steps'))}"
+                    f"<div>post: {conds_html(program.get('post'))}</div>")
+    if p.get("errors"):
+        body.append("<h2>Validation findings</h2><table><tr><th>pointer</th><th>message</th></tr>" + "".join(
+            f"<tr><td>{esc(e.get('pointer', ''))}</td><td>{esc(e.get('message', ''))}</td></tr>" for e in p["errors"])
+            + "</table>")
+    if d:
+        body.append("<h2>Descriptors</h2><table><tr><th>component</th><th>status</th><th>source</th><th>text</th></tr>")
+        for name in COMPONENTS:
+            c = d.get("components", {}).get(name, {})
+            body.append(f"<tr><td>{name}</td><td><span class='tag {esc(c.get('status', ''))}'>{esc(c.get('status', 'missing'))}"
+                        f"</span></td><td>{esc(c.get('source', ''))}</td><td>{esc(c.get('text', ''))}</td></tr>")
+        body.append(f"</table><h2>Clip text (the prompt's H_IC)</h2><pre>{esc(d.get('text', ''))}</pre>")
+    return page(title, "".join(body))
+
+
+def write_segment_html(view: SegmentView, data: Path, out: Path) -> Path:
+    d = view.descriptor or {}
+    frames = keyframes(data, d["video_id"], d["start"], d["stop"]) if d.get("video_id") else []
+    atomic_write_text(out, segment_html(view, frames))
+    return out
