@@ -49,14 +49,19 @@ def info(
     layout = DatasetLayout.open(data, annotations)
     splits, classes = dataset_info(layout)
     table = Table(title=f"Dataset {layout.root}")
-    for col in ("split", "file", "segments", "videos", "verbs used", "nouns used", "MP4", "rgb_frames",
-                "missing video", "audio", "hand-objects", "object dets"):
-        table.add_column(col, justify="right" if col not in ("split", "file") else "left")
+    table.add_column("")
     for s in splits:
-        table.add_row(s.split, s.file, str(s.segments), str(s.videos), str(s.verbs_used), str(s.nouns_used),
-                      str(s.with_mp4), str(s.with_frames), str(len(s.missing)), str(s.with_audio),
-                      str(s.with_hand_objects), str(s.with_object_detections))
+        table.add_column(s.split, justify="right")
+    rows = [("segments", lambda s: s.segments), ("videos", lambda s: s.videos),
+            ("verb classes used", lambda s: s.verbs_used), ("noun classes used", lambda s: s.nouns_used),
+            ("videos with MP4", lambda s: s.with_mp4), ("videos with rgb_frames", lambda s: s.with_frames),
+            ("videos missing", lambda s: len(s.missing)), ("videos with audio", lambda s: s.with_audio),
+            ("hand-object detections", lambda s: s.with_hand_objects),
+            ("object detections", lambda s: s.with_object_detections)]
+    for name, get in rows:
+        table.add_row(name, *(str(get(s)) for s in splits))
     console.print(table)
+    console.print(f"annotations: {layout.annotations_dir} ({', '.join(s.file for s in splits)})")
     console.print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in classes.items()))
     for s in splits:
         if s.missing:
