@@ -488,3 +488,110 @@ def input_hashes(files: dict[str, Path | None]) -> dict[str, Any]:
     """sha256 of each existing source file (annotations, class lists, programs) for the manifest."""
     return {name: (sha256_file(p) if p is not None and Path(p).exists() else None) for name, p in files.items()}
 
+
+# ---- from a dataset root: what ``leap build-shards`` calls --------------------------------------------
+
+
+class LayoutOpener:
+    """Picklable ``video_id -> frame reader`` over a dataset root (MP4, else rgb_frames)."""
+
+    def __init__(self, root: str | Path, annotations_dir: str | Path, fps: dict[str, float] | None = None):
+        self.root, self.annotations_dir, self.fps = Path(root), Path(annotations_dir), dict(fps or {})
+
+    def __call__(self, video_id: str) -> FrameReader:
+        from leap_cli.epic.layout import DatasetLayout
+        from leap_cli.media.video import open_video
+
+        return open_video(DatasetLayout(self.root, self.annotations_dir), video_id, self.fps.get(video_id))
+
+
+class ProgramTargets:
+    """``TargetEncoder`` over the programs engineer's ``TargetVocab``/``encode_program``. A program that
+    does not encode (a verb or object outside the class files) gets no targets and is counted."""
+
+    def __init__(self, vocab):
+        self.vocab = vocab
+        self.failed: list[dict] = []
+
+    def encode(self, program: dict) -> dict | None:
+        from leap_cli.programs.targets import encode_program
+
+        try:
+            return encode_program(program, self.vocab, self.vocab.max_steps)
+        except LeapError as e:
+            self.failed.append({"narration": (program.get("action") or {}).get("narration"), "error": e.message})
+            return None
+
+    def manifest(self) -> dict:
+        return self.vocab.to_manifest()
+
+
+def default_out(workdir: str | Path, split: str, task: str) -> Path:
+    return Path(workdir) / "shards" / (split if task == "recognition" else f"{split}-anticipation")
+
+
+def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: ShardSettings,
+                programs_path: str | Path | None = None, out: str | Path | None = None,
+                annotations: str | Path | None = None, vocab_manifest: str | Path | None = None,
+                max_steps: int | None = None, max_conditions: int | None = None, workers: int = 1,
+                shard: ShardSpec = ShardSpec(), overwrite: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> BuildResult:
+    """Resolve the inputs of one split (defaults under ``workdir``), build the target vocabulary and write
+    the shards. The vocabulary comes from ``vocab_manifest`` when given, else (val/test) from the train
+    shards' manifest when it exists so ids agree between splits, else from the train programs."""
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.epic.annotations import NOUN_CLASSES, VERB_CLASSES
+    from leap_cli.programs.targets import DEFAULT_MAX_CONDITIONS, DEFAULT_MAX_STEPS, TargetVocab
+
+    layout = DatasetLayout.open(data, annotations)
+    ann = layout.annotations()
+    if not ann.has_split(split):
+        raise LeapError(f"no annotation file for split {split}", path=ann.split_path(split),
+                        fix="check --data/--annotations or the split name")
+    segments = ann.segments(split)
+    workdir = Path(workdir)
+    out = Path(out) if out else default_out(workdir, split, settings.task)
+    prog_path = Path(programs_path) if programs_path else workdir / "programs" / f"{split}.jsonl"
+    if programs_path and not prog_path.exists():
+        raise LeapError("program file not found", path=prog_path, fix="run leap generate-programs or fix --programs")
+    programs = read_programs(prog_path)
+    notes: list[str] = []
+
+    vocab = None
+    train_manifest = Path(vocab_manifest) if vocab_manifest else workdir / "shards" / "train" / "manifest.json"
+    if vocab_manifest or (split != "train" and train_manifest.exists()):
+        from leap_cli.shards.format import load_manifest
+
+        m, _ = load_manifest(train_manifest)
+        if m.get("targets"):
+            vocab = TargetVocab.from_manifest(m["targets"], ann.verbs, ann.nouns)
+            notes.append(f"target vocabulary from {train_manifest}")
+    if vocab is None and programs is not None:
+        train_prog = prog_path if split == "train" else workdir / "programs" / "train.jsonl"
+        source = read_programs(train_prog) if split != "train" else programs
+        if source is None:
+            source, train_prog = programs, prog_path
+            notes.append(f"no train programs or train shards manifest: condition vocabulary built from {prog_path}; "
+                         "ids may not agree with the train shards")
+        vocab = TargetVocab.build([r.get("program") for r in source if r.get("status") == "valid"], ann.verbs,
+                                  ann.nouns, max_steps=max_steps or DEFAULT_MAX_STEPS,
+                                  max_conditions=max_conditions or DEFAULT_MAX_CONDITIONS)
+        notes.append(f"target vocabulary built from {train_prog}: {len(vocab.conditions)} conditions")
+    targets = ProgramTargets(vocab) if vocab is not None else None
+
+    fps_map = {v: i.fps for v, i in ann.video_info.items()} if (ann.folder / "EPIC_100_video_info.csv").exists() else {}
+
+    def fps(video_id: str) -> float:
+        if video_id in fps_map:
+            return fps_map[video_id]
+        return ann.fps(video_id)
+
+    sources = input_hashes({"annotations": ann.split_path(split), "verb_classes": ann.folder / VERB_CLASSES,
+                            "noun_classes": ann.folder / NOUN_CLASSES, "programs": prog_path if programs is not None else None})
+    result = build_shards(segments, out=out, settings=settings, opener=LayoutOpener(layout.root, layout.annotations_dir, fps_map),
+                          fps=fps, programs=programs, programs_path=prog_path, targets=targets, sources=sources,
+                          workers=workers, shard=shard, overwrite=overwrite, progress=progress)
+    if targets is not None and targets.failed:
+        notes.append(f"{len(targets.failed)} valid programs could not be encoded (e.g. {targets.failed[0]['error']})")
+    result.notes = notes + result.notes
+    return result
