@@ -47,6 +47,9 @@ def test_action_scores_top100_on_epic_sizes():
         for j in (0, 57, 99):
             expected = pv[v[i, j]] * np.exp(nouns[i, n[i, j]] - top_n.max()) / pn_den
             assert p[i, j] == pytest.approx(expected)
+    # chunked processing gives the same result
+    for a, b in zip((v, n, p), M.action_scores(verbs, nouns, chunk=2)):
+        np.testing.assert_array_equal(a, b)
     # the best pair is the best verb with the best noun
     assert v[:, 0].tolist() == verbs.argmax(1).tolist() and n[:, 0].tolist() == nouns.argmax(1).tolist()
     # a true action outside the 100 kept pairs never counts

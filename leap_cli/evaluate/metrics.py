@@ -59,11 +59,16 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def action_scores(verb_scores: np.ndarray, noun_scores: np.ndarray,
-                  top_n: int = TOP_N_ACTIONS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def action_scores(verb_scores: np.ndarray, noun_scores: np.ndarray, top_n: int = TOP_N_ACTIONS,
+                  chunk: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The official action combination. Returns (verbs, nouns, probs), each [N, K] with K = min(top_n,
-    kept verbs * kept nouns), pairs ordered from the most to the least probable."""
+    kept verbs * kept nouns), pairs ordered from the most to the least probable. Segments are processed
+    ``chunk`` at a time (the joint matrix is [chunk, 100, 100])."""
     verb_scores, noun_scores = np.asarray(verb_scores, np.float64), np.asarray(noun_scores, np.float64)
+    if len(verb_scores) > chunk:
+        parts = [action_scores(verb_scores[i:i + chunk], noun_scores[i:i + chunk], top_n, chunk)
+                 for i in range(0, len(verb_scores), chunk)]
+        return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
     n = verb_scores.shape[0]
     rows = np.arange(n)[:, None]
     top_v = rank_classes(verb_scores)[:, :top_n]  # [N, Kv]
