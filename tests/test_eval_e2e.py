@@ -18,7 +18,7 @@ from leap_cli.train.checkpoint import save_checkpoint
 from tests.test_shards import FPS, PROGRAM, build, make_root, write_programs
 
 torch.set_num_threads(1)
-TEST = [("P01_03", 0.2, 0.9), ("P01_03", 4.1, 5.5)]
+TEST = [("P01_03", 1.6, 2.4), ("P01_03", 4.1, 5.5)]
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +107,40 @@ def test_evaluate_test_then_submit(pipeline):
     res = runner.invoke(app, ["submit", "--scores", str(run / "eval" / "val" / "scores.pt"), "--data", str(root),
                               "--workdir", str(work), "--out", str(work / "bad.zip")])
     assert res.exit_code != 0 and not (work / "bad.zip").exists()
+
+
+def test_anticipation_evaluate_and_submit_with_actions(pipeline):
+    root, work, run, _, _ = pipeline
+    for split in ("train", "val", "test"):
+        build(root, work, split=split, task="anticipation", tau_a=1.0, tau_o=1.0, context=2)
+    manifest, _ = load_manifest(work / "shards" / "val-anticipation")
+    vocab = TargetVocab.from_manifest(manifest["targets"])
+    args = {"backbone": "uniformerv2_tiny", "num_frames": 4, "img_size": 32, "num_verbs": 97, "num_nouns": 300,
+            "program": vocab.model_program_args(), "anticipation": {"context": 2, "aggregate": True},
+            "decoder_dim": 32, "decoder_heads": 2}
+    torch.manual_seed(1)
+    arun = work / "runs" / "ant"
+    save_checkpoint(arun / "checkpoints" / "last.pt", {
+        "model": build_model(args).state_dict(), "model_args": args,
+        "config": {"data": {"task": "anticipation", "eval_batch_size": 2}}, "optimizer": {}, "scheduler": {},
+        "scaler": {}, "step": 1, "epoch": 0, "best_metric": 0.0, "rng": {}, "data_position": {}})
+    runner = CliRunner()
+    for split in ("val", "test"):
+        res = runner.invoke(app, ["evaluate", "--split", split, "--run", str(arun), "--checkpoint", "last",
+                                  "--workdir", str(work), "--data", str(root), "--spatial-views", "2"])
+        assert res.exit_code == 0, res.output
+    m = json.loads((arun / "eval" / "val" / "metrics.json").read_text())
+    assert m["task"] == "anticipation" and set(m["anticipation"]) == {"overall", "unseen", "tail"}
+    assert 0.0 <= m["anticipation"]["overall"]["action"]["mt5r"] <= 1.0
+    assert m["anticipation"]["tail"]["verb"]["mt5r"] is None  # no tail lists in this root
+    res = runner.invoke(app, ["submit", "--scores", str(arun / "eval" / "test" / "scores.pt"), "--task",
+                              "anticipation", "--with-actions", "--data", str(root), "--workdir", str(work),
+                              "--out", str(work / "ant.zip")])
+    assert res.exit_code == 0, res.output
+    doc = sub.read_submission(work / "ant.zip")
+    assert doc["challenge"] == "action_anticipation"
+    assert all(len(e["action"]) == 100 for e in doc["results"].values())
+    # recognition shards cannot be scored as anticipation
+    res = runner.invoke(app, ["evaluate", "--split", "val", "--run", str(arun), "--checkpoint", "last",
+                              "--workdir", str(work), "--data", str(root), "--shards", str(work / "shards" / "val")])
+    assert res.exit_code != 0

@@ -48,7 +48,7 @@ def evaluate(
                                                                      "data.eval_batch_size)."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes reading the shards."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda."),
-    shards: Path = typer.Option(None, "--shards", help="Shards folder (default {workdir}/shards/SPLIT)."),
+    shards: Path = typer.Option(None, "--shards", help="Shards folder (default {workdir}/shards/SPLIT, anticipation: SPLIT-anticipation)."),
     out: Path = typer.Option(None, "--out", help="Folder for metrics.json (default runs/NAME/eval/SPLIT, or next "
                                                  "to --scores)."),
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default {workdir}/kitchen)."),

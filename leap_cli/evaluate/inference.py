@@ -4,7 +4,7 @@ Inputs (contracts in the project brief):
 
 - the run: ``runs/NAME/checkpoints/{best,last}.pt`` loaded with ``leap_cli.train.checkpoint.load_model``
   (``(model, checkpoint)``; ``checkpoint["model_args"]`` holds ``program`` head sizes and ``anticipation``);
-- the shards: ``{workdir}/shards/{split}/`` read with ``leap_cli.shards.dataset.ShardDataset(folder, train=False,
+- the shards: ``{workdir}/shards/{split}/`` (anticipation: ``{split}-anticipation/``) read with ``leap_cli.shards.dataset.ShardDataset(folder, train=False,
   num_frames=, img_size=, temporal_views=, spatial_views=)`` and ``collate_clips``; a batch holds ``video``
   ``[B,3,T,H,W]`` or, with V = temporal x spatial views > 1, ``[B,V,3,T,H,W]`` (anticipation adds
   ``context_video`` ``[B,(V,)C,3,T,H,W]`` and ``context_mask`` ``[B,C]``), ``narration_id``, labels,
@@ -137,6 +137,18 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
     return loader, len(ds)
 
 
+def _manifest_task(folder: Path) -> str | None:
+    import json
+
+    path = folder / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text()).get("task")
+    except (OSError, ValueError):
+        return None  # the shards reader reports a broken manifest with its own message
+
+
 def resolve_run(run: str | Path, workdir: str | Path) -> Path:
     """``runs/NAME`` as given, else under the work directory (``{workdir}/runs/NAME``)."""
     run = Path(run)
@@ -165,7 +177,16 @@ def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint
     task = task or run_task
     if task != run_task:
         log.warning("evaluating a %s model as %s", run_task, task)
-    folder = Path(shards) if shards else Path(workdir) / "shards" / split
+    if shards:
+        folder = Path(shards)
+    else:
+        from leap_cli.shards.writer import default_out
+
+        folder = default_out(workdir, split, task)
+    manifest_task = _manifest_task(folder)
+    if manifest_task and manifest_task != task:
+        raise LeapError(f"the shards are for {manifest_task}, the evaluation is for {task}", path=folder,
+                        fix=f"build {task} shards (leap build-shards --task {task}) or pass --shards DIR")
     batch_size = batch_size or int((config.get("data") or {}).get("eval_batch_size", 4))
     batches, total = shard_batches(folder, ckpt["model_args"], views, batch_size=batch_size, workers=workers)
     if on_start:
