@@ -239,3 +239,34 @@ def test_submit_cli(tmp_path, ann_dir):
     res = runner.invoke(app, ["submit", "--scores", str(tmp_path / "test.pt"), "--sls-pt", "7",
                               "--workdir", str(tmp_path)])
     assert res.exit_code != 0
+
+
+def test_challenge_json_and_zip_as_scores(tmp_path, ann_dir):
+    ids, verb, noun = _val_scores()
+    doc = sub.make_submission({"narration_id": ids, "verb_output": verb, "noun_output": noun}, "anticipation",
+                              sls_pt=0, sls_tl=0, sls_td=0)
+    filler = [f"1,{n}" for n in range(6)]
+    actions = {  # s0 (0,3), s1 (2,3), s3 (0,0) ranked first; s2 (5,7) ranked 6th
+        ids[0]: ["0,3"] + filler[:5], ids[1]: ["2,3"] + filler[:5], ids[2]: filler[:5] + ["5,7"],
+        ids[3]: ["0,0"] + filler[:5]}
+    for nid, keys in actions.items():
+        doc["results"][nid]["action"] = {k: 1.0 - 0.1 * j for j, k in enumerate(keys)}
+    (tmp_path / "val.json").write_text(json.dumps(doc))
+    sub.write_submission(tmp_path / "val.zip", doc)
+    ann = Annotations(ann_dir)
+    a = evaluate_scores(load_scores(tmp_path / "val.json"), ann, "val", "anticipation")
+    b = evaluate_scores(load_scores(tmp_path / "val.zip"), ann, "val", "anticipation")
+    assert a["anticipation"] == b["anticipation"]
+    assert a["anticipation"]["overall"]["action"]["mt5r"] == 0.75  # the given action scores, not verb x noun
+    assert load_scores(tmp_path / "val.json")["meta"]["task"] == "anticipation"
+    # recognition ignores submitted action scores, as the official recognition evaluator does
+    r = evaluate_scores(load_scores(tmp_path / "val.zip"), ann, "val", "recognition")
+    assert r["recognition"]["all"]["action"]["top1"] == 0.25
+    del doc["results"][ids[1]]["action"]
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(LeapError, match="some segments but not all"):
+        load_scores(tmp_path / "bad.json")
+    del doc["results"][ids[2]]["verb"]["4"]
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(LeapError, match="do not cover the class ids"):
+        load_scores(tmp_path / "bad.json")

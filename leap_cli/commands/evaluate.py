@@ -41,7 +41,7 @@ def evaluate(
     task: str = typer.Option(None, "--task", help="recognition or anticipation (default: the run's task, or the "
                                                   "scores file's, else recognition)."),
     scores: Path = typer.Option(None, "--scores", help="Score this existing file instead of running a model "
-                                                       "(leap scores.pt or official .pkl/.pt results)."),
+                                                       "(leap scores.pt, official .pkl/.pt results, or a challenge .json/.zip)."),
     temporal_views: int = typer.Option(1, "--temporal-views", min=1, help="Clips per segment (views are averaged)."),
     spatial_views: int = typer.Option(1, "--spatial-views", min=1, help="Crops per clip (1 centre, 3 left/centre/right)."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Segments per batch (default: the run's "

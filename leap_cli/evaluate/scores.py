@@ -13,13 +13,18 @@ leap's own file (``scores.pt``, ``torch.save``; read with ``torch.load(weights_o
 
 The official EPIC results format is accepted too, as ``.pt`` or ``.pkl``: a dict with ``verb_output``
 [N, 97], ``noun_output`` [N, 300] and ``narration_id`` [N] (NumPy arrays or tensors), or a list of
-per-segment dicts with those keys. Pickles are read with an unpickler that only admits NumPy arrays and
+per-segment dicts with those keys. A challenge file in the official JSON format (``test.json``, or a zip
+holding it, e.g. validation results for the C3 anticipation evaluator) is read too; its optional action
+scores become ``"action": {"ids": LongTensor[N, K] (verb * 1000 + noun), "scores": FloatTensor[N, K]}``,
+which anticipation metrics use instead of the verb x noun combination (as the official evaluator does).
+Pickles are read with an unpickler that only admits NumPy arrays and
 plain Python values, so a scores file cannot run code.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import pickle
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,9 +61,60 @@ def _numpy_safe_globals() -> list:
     return found
 
 
+def _class_array(scores: Any, task: str, nid: str, path: Path) -> np.ndarray:
+    try:
+        table = {int(k): float(v) for k, v in scores.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise LeapError(f"{task} scores are not a {{\"class id\": score}} object", path=path, record=nid) from None
+    if sorted(table) != list(range(len(table))):
+        raise LeapError(f"{task} scores do not cover the class ids 0..{len(table) - 1}", path=path, record=nid,
+                        fix="give a score for every class")
+    return np.array([table[i] for i in range(len(table))], dtype=np.float32)
+
+
+def _from_challenge(doc: Any, path: Path) -> dict:
+    """Official challenge JSON -> leap's scores layout (raw values kept)."""
+    from leap_cli.evaluate.metrics import action_id
+
+    results = doc.get("results") if isinstance(doc, dict) else None
+    if not isinstance(results, dict) or not results:
+        raise LeapError("a challenge JSON needs a non-empty 'results' object", path=path, fix=_FIX_FORMAT)
+    ids = list(results)
+    verb = [_class_array(results[i].get("verb"), "verb", i, path) for i in ids]
+    noun = [_class_array(results[i].get("noun"), "noun", i, path) for i in ids]
+    out: dict = {"narration_id": ids, "verb_output": np.stack(verb), "noun_output": np.stack(noun),
+                 "meta": {"challenge": doc.get("challenge"),
+                          "task": "anticipation" if doc.get("challenge") == "action_anticipation" else "recognition"}}
+    with_actions = ["action" in results[i] for i in ids]
+    if any(with_actions):
+        if not all(with_actions):
+            raise LeapError("action scores on some segments but not all", path=path,
+                            fix="give action scores for every segment or none")
+        sizes = {len(results[i]["action"]) for i in ids}
+        if len(sizes) != 1:
+            raise LeapError(f"segments hold different numbers of action scores ({sorted(sizes)})", path=path)
+        try:
+            pairs = [[(*(int(x) for x in k.split(",")), float(v)) for k, v in results[i]["action"].items()]
+                     for i in ids]
+        except (ValueError, TypeError, AttributeError):
+            raise LeapError("action keys must be \"verb,noun\" with numeric scores", path=path) from None
+        out["action"] = {"ids": torch.tensor([[action_id(v, n) for v, n, _ in row] for row in pairs]),
+                         "scores": torch.tensor([[s for _, _, s in row] for row in pairs], dtype=torch.float64)}
+    return out
+
+
 def _read_raw(path: Path) -> Any:
     if not path.exists():
         raise LeapError("scores file not found", path=path, fix="run `leap evaluate` first or check the path")
+    if path.suffix in (".zip", ".json"):
+        from leap_cli.submit import read_submission
+
+        if path.suffix == ".zip":
+            return _from_challenge(read_submission(path), path)
+        try:
+            return _from_challenge(json.loads(path.read_text(encoding="utf-8")), path)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LeapError(f"not valid JSON ({e})", path=path, fix=_FIX_FORMAT) from None
     if path.suffix == ".pkl":
         try:
             with open(path, "rb") as f:
@@ -112,7 +168,7 @@ def normalize_scores(raw: Any, path: str | Path = "<scores>") -> dict:
         raise LeapError(f"{len(dups)} duplicated narration id(s), e.g. {', '.join(dups[:5])}", path=path,
                         fix="keep one row per segment (average the views of a segment before saving)")
     out = {"narration_id": ids, "verb_output": verb, "noun_output": noun}
-    for key in ("program", "meta"):
+    for key in ("program", "meta", "action"):
         if isinstance(raw.get(key), dict):
             out[key] = raw[key]
     return out

@@ -78,7 +78,9 @@ def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", 
     if task == "recognition":
         result["recognition"] = M.recognition_metrics(verb, noun, vl, nl, participants, **kw)
     else:
-        result["anticipation"] = M.anticipation_metrics(verb, noun, vl, nl, participants, **kw)
+        act = scores.get("action")
+        actions = (_np(act["ids"]), _np(act["scores"])) if act else None
+        result["anticipation"] = M.anticipation_metrics(verb, noun, vl, nl, participants, actions=actions, **kw)
     program = scores.get("program") or {}
     if "target_steps" in program and "steps" in program:
         valid = _np(program.get("has_program", np.ones(len(ids), bool))).astype(bool)
