@@ -301,3 +301,40 @@ def test_wrong_shapes_and_foreign_keys_fail_clearly(tmp_path):
         load_pretrained(build_model(tiny_args()), tmp_path / "junk.pth")
     with pytest.raises(LeapError, match="does not exist"):
         load_pretrained(build_model(tiny_args()), tmp_path / "absent.pth")
+
+
+def test_sdpa_plain_attention_and_grad_checkpointing_agree():
+    torch.manual_seed(0)
+    model = build_model(tiny_args(decoder_dropout=0.0))
+    unzero_(model)
+    batch = make_batch()
+    model.eval()
+    with torch.no_grad():
+        a = model(batch["video"], batch["program_steps"])
+        model.backbone.set_attention(False)
+        b = model(batch["video"], batch["program_steps"])
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-5), k
+
+    def grads(checkpointing):
+        model.zero_grad()
+        model.set_grad_checkpointing(checkpointing)
+        model.train()
+        loss, _ = leap_loss(model(batch["video"], batch["program_steps"]), batch)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, ckpt = grads(False), grads(True)
+    assert all(torch.allclose(plain[n], ckpt[n], rtol=1e-4, atol=1e-6) for n in plain)
+
+
+def test_layer_ids_and_no_weight_decay():
+    model = build_model(tiny_args(anticipation={"context": 2, "aggregate": True}))
+    ids = {n: model.layer_id(n) for n, _ in model.named_parameters()}
+    assert ids["backbone.conv1.weight"] == 0 and ids["backbone.positional_embedding"] == 0
+    assert ids["backbone.transformer.resblocks.2.attn.in_proj_weight"] == 3
+    assert ids["backbone.transformer.dec.0.attn.in_proj_weight"] == model.num_layers + 1 == ids["verb_head.weight"]
+    nwd = model.no_weight_decay()
+    assert {"backbone.class_embedding", "backbone.positional_embedding", "backbone.transformer.temporal_cls_token",
+            "backbone.ln_pre.weight", "verb_head.bias", "decoder.verb_embed.weight", "decoder.step_pos"} <= nwd
+    assert "backbone.transformer.resblocks.0.mlp.c_fc.weight" not in nwd and "verb_head.weight" not in nwd
