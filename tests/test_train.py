@@ -1,0 +1,226 @@
+"""leap train: config errors, optimizer groups and schedule, checkpoint round trip, exact resume, DDP gradients."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from leap_cli.errors import LeapError
+from leap_cli.train import distributed
+from leap_cli.train.checkpoint import load_checkpoint, load_model
+from leap_cli.train.config import Config, load_config
+from leap_cli.train.loop import forward_loss, main, model_args_for, prepare_model, seed_everything, wrap_model
+from leap_cli.train.optim import CosineWithWarmup, build_optimizer
+
+torch.set_num_threads(1)
+
+V, N, L, P = 5, 7, 4, 3          # verbs, nouns, program steps, conditions
+TARGETS = {"max_steps": L, "step_verbs": [f"v{i}" for i in range(V)], "objects": [f"o{i}" for i in range(N + 1)],
+           "conditions": [f"c{i}" for i in range(P)]}
+
+
+def make_batch(g: torch.Generator, batch: int, frames: int = 4, size: int = 32) -> dict:
+    """A batch in the shards reader's collated format (COMMON.md), with a learnable verb/noun signal."""
+    verb = torch.randint(0, V, (batch,), generator=g)
+    noun = torch.randint(0, N, (batch,), generator=g)
+    video = torch.randn(batch, 3, frames, size, size, generator=g) * 0.5
+    video[:, 0] += verb[:, None, None, None].float() * 0.3
+    steps = torch.full((batch, L, 3), -100, dtype=torch.long)
+    steps[:, 0] = torch.stack([verb, noun, torch.full_like(noun, N)], 1)
+    steps[:, 1] = torch.tensor([V - 1, N, N])  # END triple
+    return {"video": video, "verb_class": verb, "noun_class": noun,
+            "has_program": torch.ones(batch, dtype=torch.bool), "program_steps": steps,
+            "conditions": (torch.rand(batch, 2 * P, generator=g) > 0.5).float(),
+            "narration_id": [f"P01_01_{i}" for i in range(batch)]}
+
+
+class MemorySource:
+    """A DataSource of fixed synthetic batches: the same epoch gives the same batches (like shuffled shards)."""
+
+    num_verbs, num_nouns, program_targets = V, N, TARGETS
+
+    def __init__(self, batches_per_epoch: int = 4, batch: int = 2, val: bool = True):
+        self.batches_per_epoch, self.batch, self.val = batches_per_epoch, batch, val
+
+    def train_batches(self, epoch: int):
+        g = torch.Generator().manual_seed(1000 + epoch)
+        for _ in range(self.batches_per_epoch):
+            yield make_batch(g, self.batch)
+
+    def val_batches(self):
+        if not self.val:
+            return None
+        g = torch.Generator().manual_seed(7)
+        return [make_batch(g, 3) for _ in range(2)]
+
+
+def tiny_config(*extra: str) -> Config:
+    sets = ["model.img_size=32", "model.num_frames=4", "data.batch_size=2", "train.log_every=1",
+            "optim.lr=1e-3", "optim.warmup_steps=2", "optim.grad_clip=1.0", "optim.layer_decay=0.8",
+            "loss.label_smoothing=0.1", *extra]
+    return load_config(None, sets)
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_unknown_config_key_names_key_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr: 1.0e-3\n  learning_rate: 3\n")
+    with pytest.raises(LeapError) as e:
+        load_config(path)
+    assert "optim.learning_rate" in str(e.value) and str(path) in str(e.value)
+    path.write_text("optimizer:\n  lr: 1\n")
+    with pytest.raises(LeapError, match="unknown config section 'optimizer'"):
+        load_config(path)
+    with pytest.raises(LeapError, match="train.epoch"):
+        load_config(None, ["train.epoch=3"])
+    with pytest.raises(LeapError, match="wrong type"):
+        load_config(None, ["optim.lr=fast"])
+
+
+def test_overrides_and_repo_configs_load() -> None:
+    cfg = load_config(None, ["optim.lr=3e-4", "loss.program_loss=false", "optim.betas=[0.9, 0.95]"])
+    assert cfg.optim.lr == pytest.approx(3e-4) and cfg.loss.program_loss is False and cfg.optim.betas == (0.9, 0.95)
+    configs = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+    assert configs, "configs/*.yaml missing"
+    for path in configs:
+        load_config(path)  # every shipped config is valid
+
+
+# ---------------------------------------------------------------------------------------------- optimizer
+def test_param_groups_layer_decay_and_no_decay() -> None:
+    cfg = tiny_config()
+    model = __import__("leap_cli.model", fromlist=["build_model"]).build_model(model_args_for(cfg, MemorySource()))
+    opt = build_optimizer(model, cfg.optim)
+    by_name = {n: g for g in opt.param_groups for n in g["names"]}
+    assert len(by_name) == sum(1 for _ in model.parameters())
+    blocks = 3  # uniformerv2_tiny
+    assert by_name["verb_head.weight"]["lr_scale"] == pytest.approx(1.0)
+    assert by_name["backbone.conv1.weight"]["lr_scale"] == pytest.approx(0.8 ** (blocks + 1))
+    name = "backbone.transformer.resblocks.1.attn.in_proj_weight"
+    if name in by_name:
+        assert by_name[name]["lr_scale"] == pytest.approx(0.8 ** 2)
+    for n, g in by_name.items():
+        no_decay = n.endswith("bias") or "ln_" in n or "embedding" in n or "token" in n
+        if no_decay:
+            assert g["weight_decay"] == 0.0, n
+    assert by_name["verb_head.weight"]["weight_decay"] > 0
+
+
+def test_cosine_schedule_with_warmup() -> None:
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = CosineWithWarmup(opt, peak_lr=1.0, total=10, warmup=2, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_weights_only(tmp_path: Path) -> None:
+    cfg = tiny_config("train.max_steps=2")
+    result = main(cfg, workdir=tmp_path, name="rt", source=MemorySource())
+    run = tmp_path / "runs" / "rt"
+    assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
+    raw = torch.load(run / "checkpoints" / "last.pt", weights_only=True)  # only tensors and primitives
+    assert raw["step"] == 2 and raw["config"]["optim"]["lr"] == pytest.approx(1e-3)
+    assert set(raw) >= {"model", "model_args", "optimizer", "scheduler", "scaler", "epoch", "best_metric", "rng",
+                        "data_position"}
+    model, ckpt = load_model(run, which="last")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, raw["model"][k]), k
+    assert ckpt["model_args"] == result.model_args
+    best, _ = load_model(run / "checkpoints" / "best.pt")
+    assert not best.training
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(LeapError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_resume_is_exact(tmp_path: Path) -> None:
+    """6 steps in one run == 3 steps, stop, resume 3 (crossing an epoch boundary with validation)."""
+    cfg = tiny_config("train.max_steps=6", "optim.accum_steps=2", "train.checkpoint_every=2",
+                      "model.options={decoder_dropout: 0.3, drop_path_rate: 0.2}")
+    source = MemorySource(batches_per_epoch=8)  # 4 optimizer steps per epoch
+    main(cfg, workdir=tmp_path, name="full", source=source)
+    part = main(cfg, workdir=tmp_path, name="split", source=source, stop_at_step=3)
+    assert part.steps == 3
+    mid = torch.load(tmp_path / "runs/split/checkpoints/last.pt", weights_only=True)
+    assert mid["data_position"] == {"epoch": 0, "batches": 6}
+    with pytest.raises(LeapError, match="--resume"):
+        main(cfg, workdir=tmp_path, name="split", source=source)
+    resumed = main(cfg, workdir=tmp_path, name="split", source=source, resume=True)
+    assert resumed.steps == 6
+    a = torch.load(tmp_path / "runs/full/checkpoints/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "runs/split/checkpoints/last.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6, rtol=0), k
+    assert a["best_metric"] == pytest.approx(b["best_metric"])
+    lines_a = (tmp_path / "runs/full/metrics.jsonl").read_text().splitlines()
+    lines_b = (tmp_path / "runs/split/metrics.jsonl").read_text().splitlines()
+    assert len(lines_a) == len(lines_b)
+
+
+def test_no_program_loss_builds_no_program_heads(tmp_path: Path) -> None:
+    cfg = tiny_config("train.max_steps=1", "loss.program_loss=false")
+    result = main(cfg, workdir=tmp_path, name="base", source=MemorySource(val=False))
+    assert result.model_args["program"] is None
+    assert not (tmp_path / "runs/base/checkpoints/best.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n.removeprefix("module."): p.grad.detach().clone() for n, p in model.named_parameters()
+            if p.grad is not None}
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    cfg = tiny_config("model.options={decoder_dropout: 0.0}")
+    info = distributed.setup("cpu")
+    try:
+        from leap_cli.model import build_model
+
+        seed_everything(0)
+        args = model_args_for(cfg, MemorySource())
+        model = prepare_model(build_model(args), cfg, info)
+        ddp = wrap_model(model, cfg, info, has_program=True)
+        batch = make_batch(torch.Generator().manual_seed(5), 4)
+        half = {k: v[rank * 2:(rank + 1) * 2] for k, v in batch.items()}
+        loss, _, _ = forward_loss(ddp, half, cfg)
+        loss.backward()
+        torch.save(_grads(ddp), out.format(rank=rank))
+    finally:
+        distributed.cleanup()
+
+
+def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
+    out = str(tmp_path / "grads{rank}.pt")
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    from leap_cli.model import build_model
+
+    cfg = tiny_config("model.options={decoder_dropout: 0.0}")
+    seed_everything(0)
+    model = build_model(model_args_for(cfg, MemorySource()))
+    loss, _, _ = forward_loss(model, make_batch(torch.Generator().manual_seed(5), 4), cfg)
+    loss.backward()
+    ref = _grads(model)
+    for rank in (0, 1):
+        got = torch.load(out.format(rank=rank), weights_only=True)
+        assert set(got) == set(ref)
+        for k in ref:
+            assert torch.allclose(got[k], ref[k], atol=1e-5, rtol=1e-4), k
