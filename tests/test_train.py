@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
@@ -224,3 +225,94 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
         assert set(got) == set(ref)
         for k in ref:
             assert torch.allclose(got[k], ref[k], atol=1e-5, rtol=1e-4), k
+
+
+# ---------------------------------------------------------------------------------------------- real shards + CLI
+FPS = 10.0
+EPIC = Path(__file__).parent / "data" / "epic100"
+COLUMNS = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,"
+           "stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes")
+# (verb, verb_class, noun, noun_class): two actions the tiny model can tell apart by colour
+ACTIONS = [("take", 0, "plate", 2), ("wash", 2, "cup", 13)]
+
+
+def _kitchen(root: Path) -> Path:
+    """A minimal EPIC-layout root with rgb_frames: each action has its own flat colour."""
+    import cv2
+    import numpy as np
+    from leap_cli.epic.timing import format_timestamp, time_to_frame
+
+    ann = root / "annotations"
+    ann.mkdir(parents=True)
+    for f in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
+        (ann / f).write_bytes((EPIC / f).read_bytes())
+    rows = {"train": [], "validation": []}
+    for split, vid, count in (("train", "P01_01", 8), ("validation", "P01_02", 4)):
+        d = root / "P01" / "rgb_frames" / vid
+        d.mkdir(parents=True)
+        for i in range(count):
+            verb, vc, noun, nc = ACTIONS[i % 2]
+            start, stop = i * 1.0 + 0.1, i * 1.0 + 0.9
+            rows[split].append(f"{vid}_{i},P01,{vid},{format_timestamp(start)},{format_timestamp(start)},"
+                               f"{format_timestamp(stop)},{time_to_frame(start, FPS)},{time_to_frame(stop, FPS)},"
+                               f"{verb} {noun},{verb},{vc},{noun},{nc},['{noun}'],[{nc}]")
+        for n in range(1, count * 10 + 1):
+            img = np.zeros((24, 32, 3), np.uint8)
+            img[:] = (200, 40, 40) if ((n - 1) // 10) % 2 == 0 else (40, 40, 200)
+            cv2.imwrite(str(d / f"frame_{n:010d}.jpg"), img)
+    (ann / "EPIC_100_train.csv").write_text("\n".join([COLUMNS] + rows["train"]) + "\n")
+    (ann / "EPIC_100_validation.csv").write_text("\n".join([COLUMNS] + rows["validation"]) + "\n")
+    (ann / "EPIC_100_video_info.csv").write_text(
+        "video_id,duration,fps,resolution\n" + "".join(f"{v},8.0,{FPS},32x24\n" for v in ("P01_01", "P01_02")))
+    return root
+
+
+def _program(verb: str, noun: str) -> dict:
+    step = {"type": "sub_action", "verb": verb, "object_a": noun, "object_b": None, "hand": "right", "pre": [],
+            "post": [], "purpose": ""}
+    cond = {"predicate": "holding", "args": ["right", noun], "negated": False}
+    return {"action": {"narration": f"{verb} {noun}", "verb": verb, "noun": noun, "verb_class": None,
+                       "noun_class": None}, "pre": [cond], "post": [cond], "steps": [step]}
+
+
+@pytest.fixture(scope="module")
+def shard_work(tmp_path_factory) -> Path:
+    import json
+
+    from leap_cli.shards.writer import ShardSettings, build_split
+
+    root = _kitchen(tmp_path_factory.mktemp("kitchen"))
+    work = tmp_path_factory.mktemp("work")
+    (work / "programs").mkdir()
+    recs = [{"narration_id": f"P01_01_{i}", "status": "valid", "program": _program(ACTIONS[i % 2][0], ACTIONS[i % 2][2]),
+             "errors": []} for i in range(8)]
+    (work / "programs" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    for split in ("train", "val"):
+        build_split(root, split, workdir=work, settings=ShardSettings(split=split, frames=4, short_side=32))
+    return work
+
+
+def test_cli_train_on_shards_stop_and_resume(shard_work: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    cfg = tmp_path / "mini.yaml"
+    cfg.write_text("model: {img_size: 32, num_frames: 4, options: {decoder_dim: 32}}\n"
+                   "data: {batch_size: 4, eval_batch_size: 4}\n"
+                   "train: {epochs: 2, log_every: 1}\n")
+    args = ["train", "--config", str(cfg), "--workdir", str(shard_work), "--set", "optim.lr=1e-3"]
+    r = CliRunner().invoke(app, args + ["--stop-after", "1"])
+    assert r.exit_code == 0, r.output
+    run = shard_work / "runs" / "mini"
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["step"] == 1
+    r = CliRunner().invoke(app, args + ["--resume"])
+    assert r.exit_code == 0, r.output
+    last = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert last["step"] == 4 and last["model_args"]["program"]["max_steps"] >= 2
+    assert last["model_args"]["num_verbs"] == 97 and last["model_args"]["num_nouns"] == 300
+    assert (run / "checkpoints/best.pt").is_file()
+    vals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
+    assert [v["epoch"] for v in vals] == [0, 1] and all(v["n"] == 4 for v in vals)
+    r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--workdir", str(shard_work), "--set", "optim.lrr=1"])
+    assert r.exit_code != 0 and "optim.lrr" in str(r.exception or r.output)

@@ -287,8 +287,9 @@ class TrainResult:
 def default_source(cfg: Config, workdir: Path, info: distributed.DistInfo) -> DataSource:
     from leap_cli.train.data import ShardSource
 
-    train = Path(cfg.data.train) if cfg.data.train else workdir / "shards" / "train"
-    val = None if cfg.data.val == "" else Path(cfg.data.val) if cfg.data.val else workdir / "shards" / "val"
+    suffix = "-anticipation" if cfg.data.task == "anticipation" else ""  # leap build-shards' default folders
+    train = Path(cfg.data.train) if cfg.data.train else workdir / "shards" / f"train{suffix}"
+    val = None if cfg.data.val == "" else Path(cfg.data.val) if cfg.data.val else workdir / "shards" / f"val{suffix}"
     return ShardSource(train, val, cfg, info)
 
 
@@ -405,7 +406,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             is_last = state.epoch >= epochs or state.step >= total
             if val is not None and (state.epoch % max(1, cfg.train.eval_every_epochs) == 0 or is_last):
                 rng = rng_state()  # keep validation from disturbing the training RNG stream
-                last_eval = evaluate(train_model, val, cfg, info)
+                last_eval = evaluate(model, val, cfg, info)  # unwrapped: ranks may hold different counts
                 set_rng_state(rng)
                 rec = {"split": "val", "step": state.step, "epoch": epoch_done, **last_eval}
                 if info.is_main:
