@@ -316,3 +316,24 @@ def test_cli_train_on_shards_stop_and_resume(shard_work: Path, tmp_path: Path) -
     assert [v["epoch"] for v in vals] == [0, 1] and all(v["n"] == 4 for v in vals)
     r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--workdir", str(shard_work), "--set", "optim.lrr=1"])
     assert r.exit_code != 0 and "optim.lrr" in str(r.exception or r.output)
+
+
+def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(shard_work: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text("model: {img_size: 32, num_frames: 4, options: {decoder_dim: 32}}\n"
+                   "data: {batch_size: 2, eval_batch_size: 4}\ntrain: {epochs: 1, log_every: 1, threads: 1}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "leap_cli", "train", "--config", str(cfg), "--workdir", str(shard_work), "--name", "ddp"]
+    r = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("optimizer steps") == 1  # one summary: rank 0's
+    ckpt = torch.load(shard_work / "runs/ddp/checkpoints/last.pt", weights_only=True)
+    assert ckpt["step"] == 2  # 8 samples / (2 processes x batch 2)
+    assert not any("CPUSyncBatchNorm" in k for k in ckpt["model"])
+    vals = [json.loads(x) for x in (shard_work / "runs/ddp/metrics.jsonl").read_text().splitlines() if '"val"' in x]
+    assert len(vals) == 1 and vals[0]["n"] == 4  # every val sample counted once over both ranks

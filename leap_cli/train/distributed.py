@@ -83,15 +83,25 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     to run. Sums and squared sums go through the autograd-aware all-reduce, so gradients equal one process
     on the global batch. Same parameter and buffer names as BatchNorm (checkpoints stay interchangeable)."""
 
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D)")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        import warnings
+
+        with warnings.catch_warnings():  # the autograd-aware all_reduce is marked deprecated but has no successor
+            warnings.simplefilter("ignore", FutureWarning)
+            from torch.distributed.nn.functional import all_reduce
 
         C = x.shape[1]
         dims = [0, *range(2, x.dim())]
         count = torch.full((1,), x.numel() / C, dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # [2C+1], summed over ranks
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # [2C+1], summed over ranks
         n = stats[-1]
         mean = stats[:C] / n
         var = (stats[C:2 * C] / n - mean * mean).clamp_min(0)

@@ -282,6 +282,7 @@ class TrainResult:
     history: list
     seconds: float
     model_args: dict
+    is_main: bool = True               # False on DDP ranks > 0 (they print and write nothing)
 
 
 def default_source(cfg: Config, workdir: Path, info: distributed.DistInfo) -> DataSource:
@@ -310,7 +311,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         resume_ckpt = None
         if resume:
             resume_ckpt = load_checkpoint(ckpt_dir / "last.pt")
-        elif info.is_main and (ckpt_dir / "last.pt").exists():
+        elif (ckpt_dir / "last.pt").exists():
             raise LeapError("run directory already holds a checkpoint", path=run_dir,
                             fix="continue it with --resume, or pick another --name")
         seed_everything(cfg.train.seed)
@@ -425,7 +426,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             metrics.close()
         return TrainResult(run_dir=run_dir, steps=state.step, epochs=state.epoch, best_metric=state.best_metric,
                            last_eval=last_eval, history=state.history, seconds=time.perf_counter() - t_start,
-                           model_args=model_args)
+                           model_args=model_args, is_main=info.is_main)
     finally:
         distributed.cleanup()
 
