@@ -114,7 +114,6 @@ class OpenAIBackend(Backend):
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, retry: RetryPolicy = RetryPolicy(), temperature: float = 0.0,
                  max_tokens: int = 2000, response_format: str = "auto", concurrency: int = 8):
-        import httpx
         from openai import AsyncOpenAI
 
         key = os.environ.get(api_key_env)
@@ -133,9 +132,8 @@ class OpenAIBackend(Backend):
         self.response_format = "json_schema" if response_format == "auto" else response_format
         self._fallback_allowed = response_format == "auto"
         self.supports_schema = self.response_format == "json_schema"
-        limits = httpx.Limits(max_connections=max(concurrency, 1) + 4, max_keepalive_connections=max(concurrency, 1) + 4)
-        self._client = AsyncOpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0,
-                                   http_client=httpx.AsyncClient(limits=limits, timeout=timeout))
+        # the client's own pool allows far more connections than any sensible --concurrency
+        self._client = AsyncOpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
 
     def params(self) -> dict:
         return {"temperature": self.temperature, "max_tokens": self.max_tokens, "response_format": self.response_format}
