@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from leap_cli.epic.annotations import Annotations
 from leap_cli.errors import LeapError
 from leap_cli.io import read_jsonl
 from leap_cli.programs.batch import ingest_batch, write_batch_file
@@ -36,7 +35,6 @@ def workdir(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def good_programs():
     """A valid program per segment of the excerpt (the offline generator's, so we know they validate)."""
-    ann = Annotations(DATA.parent / "epic_tmp") if False else None  # noqa: F841
     from leap_cli.epic.annotations import read_segments
     from leap_cli.epic.classes import ClassVocab
 
@@ -162,8 +160,15 @@ def test_500_retried_then_fails_after_max_retries(workdir, good_programs):
     by_id = {r["narration_id"]: r for r in records(workdir)}
     assert by_id["P01_11_0"]["status"] == "failed" and "500" in by_id["P01_11_0"]["errors"][0]["message"]
     assert by_id["P01_11_0"]["provenance"]["attempts"] == 3
-    # failed records are not cached as replies: a re-run with the server healed would need --retry; the file keeps one line each
     assert len(records(workdir)) == 2
+    # a plain re-run keeps the failed record; --retry-failed redoes it (and only it) once the server is healthy
+    with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
+        s = generate_programs(config(workdir, server))
+        assert s.resumed == 2 and server.calls_for("P01_11_0") == 0 and len(server.requests) == N_SEGMENTS - 2
+        s = generate_programs(config(workdir, server, retry_failed=True))
+        assert s.statuses == {"valid": 1} and server.calls_for("P01_11_0") == 1
+    recs = records(workdir)
+    assert len(recs) == N_SEGMENTS and all(r["status"] == "valid" for r in recs)
 
 
 def test_slow_reply_times_out_and_is_retried(workdir, good_programs):

@@ -48,6 +48,7 @@ def generate_programs(
     max_cost: float = typer.Option(None, "--max-cost", help="Stop cleanly once the estimated cost reaches this (USD)."),
     exemplars: Path = typer.Option(None, "--exemplars", help="Folder of exemplar programs (default prompts/exemplars)."),
     system_prompt: Path = typer.Option(None, "--system-prompt", help="System prompt file (default prompts/system.md)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo the records whose status is failed."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the prompt of one segment and make no call."),
     narration_id: str = typer.Option(None, "--narration-id", help="With --dry-run: the segment to show."),
     batch_file: Path = typer.Option(None, "--batch-file", help="Write OpenAI Batch API requests to this JSONL instead of calling."),
@@ -61,7 +62,8 @@ def generate_programs(
                          concurrency=concurrency, timeout=timeout, max_retries=max_retries, backoff=backoff,
                          response_format=response_format, temperature=temperature, k=k, repair_rounds=repair_rounds,
                          limit=limit, shard=ShardSpec.parse(shard), price_in=price_in, price_out=price_out,
-                         max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt)
+                         max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
+                         retry_failed=retry_failed)
     if dry_run:
         console.print(build_dry_run(cfg, narration_id), markup=False, highlight=False)
         return

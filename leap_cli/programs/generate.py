@@ -72,6 +72,7 @@ class GenerateConfig:
     exemplars: Path | None = None
     system_prompt: Path | None = None
     max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS
+    retry_failed: bool = False
 
     @property
     def split_name(self) -> str:
@@ -298,7 +299,10 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
     start = time.perf_counter()
     store = ProgramStore(cfg.cache_path)
-    appender = JsonlAppender(cfg.out_path)
+    redo: set[str] = set()
+    if cfg.retry_failed and cfg.out_path.exists():
+        redo = {r["narration_id"] for r in read_jsonl(cfg.out_path, repair=True) if r.get("status") == "failed"}
+    appender = JsonlAppender(cfg.out_path, replace_keys=redo)
     try:
         pending = [r for r in inputs.records if r["narration_id"] not in appender]
         summary.resumed = len(inputs.records) - len(pending)
