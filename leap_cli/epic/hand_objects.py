@@ -240,6 +240,10 @@ class _ListOfBytesUnpickler(pickle.Unpickler):
     """EPIC's files hold only a list of bytes: refuse any class so a pickle cannot run code."""
 
     def find_class(self, module, name):
+        if (module, name) == ("_codecs", "encode"):  # how protocol 2 stores bytes
+            import _codecs
+
+            return _codecs.encode
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
@@ -285,4 +289,4 @@ def write_hand_objects(path: str | Path, frames: list[FrameDetections]) -> None:
     if path.suffix == ".jsonl":
         atomic_write_text(path, "".join(json.dumps(fr.to_dict()) + "\n" for fr in frames))
     else:
-        atomic_write_bytes(path, pickle.dumps([fr.to_protobuf() for fr in frames], protocol=2))
+        atomic_write_bytes(path, pickle.dumps([fr.to_protobuf() for fr in frames], protocol=4))

@@ -1,0 +1,158 @@
+"""Audio windows as float32 mono at a target sample rate.
+
+From a WAV/FLAC file (soundfile reads only the window) or, where a video has no audio file, from the
+MP4's own audio track (PyAV demuxes from a seek near the window). Resampling is polyphase
+(``scipy.signal.resample_poly``). ``AudioUnavailable`` says that a segment has no audio at all, so a caller
+can report the component as unavailable instead of failing.
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from leap_cli.errors import LeapError
+
+if TYPE_CHECKING:
+    from leap_cli.epic.layout import DatasetLayout
+
+log = logging.getLogger(__name__)
+
+
+class AudioUnavailable(LeapError):
+    """The segment has no audio: neither an audio file nor an audio track in its video."""
+
+
+def _check_window(start: float, stop: float, path: Path, record: str | None) -> None:
+    if start < 0 or stop <= start:
+        raise LeapError(f"bad audio window [{start}, {stop}) seconds", path=path, record=record,
+                        fix="start must be >= 0 and stop after start")
+
+
+def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
+    """Polyphase resampling of a 1-D float signal."""
+    if from_rate == to_rate or samples.size == 0:
+        return samples.astype(np.float32, copy=False)
+    ratio = Fraction(int(to_rate), int(from_rate))
+    return resample_poly(samples, ratio.numerator, ratio.denominator).astype(np.float32)
+
+
+def _fit(samples: np.ndarray, n: int) -> np.ndarray:
+    if samples.shape[0] >= n:
+        return samples[:n]
+    return np.pad(samples, (0, n - samples.shape[0]))
+
+
+def read_audio(path: str | Path, start: float, stop: float, sample_rate: int = 16000, *,
+               record: str | None = None) -> np.ndarray:
+    """Samples of ``[start, stop)`` seconds of a WAV/FLAC file as float32 mono at ``sample_rate``.
+
+    A window running past the end of the file is cut at the end (the result is then shorter).
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    _check_window(start, stop, path, record)
+    try:
+        info = sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError) as e:
+        raise LeapError(f"cannot read the audio file ({e})", path=path, record=record,
+                        fix="re-download or re-encode it as WAV/FLAC") from None
+    native = int(info.samplerate)
+    first = int(round(start * native))
+    last = min(int(round(stop * native)), info.frames)
+    if first >= info.frames:
+        raise LeapError(f"window starts at {start:.2f}s but the audio lasts {info.frames / native:.2f}s",
+                        path=path, record=record, fix="check the segment times against the audio length")
+    try:
+        data, _ = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
+    except (RuntimeError, sf.LibsndfileError) as e:
+        raise LeapError(f"cannot decode the audio window ({e})", path=path, record=record,
+                        fix="the file may be truncated; re-download it") from None
+    mono = data.mean(axis=1)  # [N]
+    n_out = int(round((last - first) / native * sample_rate))
+    return _fit(resample(mono, native, sample_rate), n_out)
+
+
+def read_video_audio(mp4_path: str | Path, start: float, stop: float, sample_rate: int = 16000, *,
+                     record: str | None = None) -> np.ndarray:
+    """Samples of ``[start, stop)`` seconds of a video's own audio track, float32 mono at ``sample_rate``."""
+    import av
+
+    path = Path(mp4_path)
+    _check_window(start, stop, path, record)
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as e:
+        raise LeapError(f"cannot open the video for its audio ({e})", path=path, record=record,
+                        fix="re-download or re-encode the file") from None
+    with container:
+        if not container.streams.audio:
+            raise AudioUnavailable("the video has no audio track", path=path, record=record,
+                                   fix="provide P../audio/VIDEO.wav or skip the audio component")
+        stream = container.streams.audio[0]
+        native = int(stream.rate or stream.codec_context.sample_rate)
+        to_mono = av.AudioResampler(format="flt", layout="mono", rate=native)
+        chunks: list[np.ndarray] = []
+        t0: float | None = None  # time of the first sample kept
+        try:
+            if start > 0:
+                container.seek(int(max(0.0, start - 0.5) * av.time_base))  # lands on or before start
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                ft = float(frame.pts * frame.time_base)
+                if ft >= stop:
+                    break
+                for out in to_mono.resample(frame):
+                    arr = out.to_ndarray().reshape(-1)  # packed mono float
+                    if t0 is None:
+                        t0 = ft
+                    chunks.append(arr)
+        except av.error.FFmpegError as e:
+            raise LeapError(f"cannot decode the audio track ({e})", path=path, record=record,
+                            fix="the file may be truncated; re-download it") from None
+    if t0 is None or not chunks:
+        raise LeapError(f"no audio samples in [{start:.2f}, {stop:.2f}) s", path=path, record=record,
+                        fix="check the segment times against the video length")
+    samples = np.concatenate(chunks)
+    first = max(0, int(round((start - t0) * native)))
+    last = min(samples.shape[0], int(round((stop - t0) * native)))
+    window = samples[first:last]
+    n_out = int(round(window.shape[0] / native * sample_rate))
+    return _fit(resample(window, native, sample_rate), n_out)
+
+
+def audio_source(layout: "DatasetLayout", video_id: str, *, record: str | None = None) -> Path:
+    """Where a video's audio comes from: ``P01/audio/VIDEO.wav|.flac``, else the MP4 (its own track).
+
+    Raises ``AudioUnavailable`` (naming the paths looked for) when neither exists.
+    """
+    audio = layout.audio_path(video_id)
+    if audio is not None:
+        return audio
+    video = layout.video_path(video_id)
+    if video is not None:
+        return video
+    part = layout.participant(video_id)
+    looked = layout.root / part / "audio" / f"{video_id}.wav"
+    raise AudioUnavailable(f"no audio for {video_id}: no {looked.name} or .flac in {looked.parent} and no video "
+                           f"in {layout.root / part / 'videos'}", path=looked, record=record or video_id,
+                           fix="the audio component is reported as unavailable")
+
+
+def read_segment_audio(layout: "DatasetLayout", video_id: str, start: float, stop: float,
+                       sample_rate: int = 16000, *, record: str | None = None) -> np.ndarray:
+    """The window's audio (float32 mono) from the audio file or else the MP4's own track (see ``audio_source``).
+
+    Raises ``AudioUnavailable`` when the video has neither an audio file nor an audio track.
+    """
+    src = audio_source(layout, video_id, record=record)
+    if src.suffix.lower() in (".wav", ".flac"):
+        return read_audio(src, start, stop, sample_rate, record=record or video_id)
+    return read_video_audio(src, start, stop, sample_rate, record=record or video_id)

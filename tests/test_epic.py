@@ -1,0 +1,201 @@
+import shutil
+
+import pytest
+
+from leap_cli.epic.annotations import Annotations, read_segments
+from leap_cli.epic.classes import ClassVocab, parse_list_cell
+from leap_cli.epic.hand_objects import (BBox, FrameDetections, HandDetection, HandSide, HandState, ObjectDetection,
+                                        read_hand_objects, write_hand_objects)
+from leap_cli.epic.layout import DatasetLayout
+from leap_cli.epic.timing import format_timestamp, frame_filename, frame_to_time, parse_timestamp, time_to_frame
+from leap_cli.errors import LeapError
+
+
+def test_real_splits_parse(epic_dir):
+    ann = Annotations(epic_dir)
+    train, val, test = ann.segments("train"), ann.segments("validation"), ann.segments("test")
+    assert len(train) == 30 and len(val) == 22 and len(test) == 20
+    s = train[0]
+    assert (s.narration_id, s.verb, s.verb_class, s.noun, s.noun_class) == ("P01_01_0", "open", 3, "door", 3)
+    assert s.start == pytest.approx(0.14) and s.stop == pytest.approx(3.37)
+    assert s.narration_timestamp == pytest.approx(1.089)
+    assert s.all_nouns == ("door",) and s.all_noun_classes == (3,)
+    # rows whose narration_timestamp cell is empty in the real file
+    empty = [x for x in val if x.narration_id in ("P02_12_293", "P02_15_39")]
+    assert len(empty) == 2 and all(x.narration_timestamp is None for x in empty)
+    assert empty[0].noun == "ball:dough" and empty[0].start == pytest.approx(17 * 60 + 47.56)
+    # test split: 8 columns, no labels
+    assert not test[0].has_labels and test[0].verb_class is None and test[0].start_frame == 143
+
+
+def test_every_real_synonym_resolves(epic_dir):
+    for kind, count in (("verb", 97), ("noun", 300)):
+        vocab = ClassVocab.from_csv(epic_dir / f"EPIC_100_{kind}_classes.csv", kind)
+        assert len(vocab) == count
+        n = 0
+        for cid, instances in vocab.instances.items():
+            assert vocab.resolve(vocab.key(cid)) == cid
+            for form in instances:
+                assert vocab.resolve(form) == cid, (kind, form)
+                n += 1
+        assert n > (900 if kind == "verb" else 2500)
+    verbs = ClassVocab.from_csv(epic_dir / "EPIC_100_verb_classes.csv", "verb")
+    nouns = ClassVocab.from_csv(epic_dir / "EPIC_100_noun_classes.csv", "noun")
+    assert verbs.resolve("pick up") == verbs.resolve("grab") == 0 and verbs.key(0) == "take"
+    assert verbs.resolve("rinse") == verbs.resolve("wash")
+    assert nouns.resolve("onion:red") == nouns.resolve("red onion") == nouns.resolve("onion") == 16
+    assert nouns.resolve("no-such-thing") is None
+    with pytest.raises(LeapError, match="not in the noun classes"):
+        nouns.resolve_or_raise("no-such-thing")
+
+
+def test_list_cells_are_parsed_without_eval():
+    assert parse_list_cell("['plate', 'veg:mixed']") == ["plate", "veg:mixed"]
+    assert parse_list_cell("[2, 10]") == [2, 10]
+    with pytest.raises(LeapError):
+        parse_list_cell("__import__('os').system('true')")
+
+
+def test_tail_unseen_and_video_info(epic_dir):
+    ann = Annotations(epic_dir)
+    assert 10 in ann.tail_verbs and 56 in ann.tail_nouns
+    assert ann.unseen_participants("val") == {"P18", "P32"}
+    assert ann.fps("P01_01") == pytest.approx(59.94, abs=1e-2)
+    with pytest.raises(LeapError, match="not in EPIC_100_video_info.csv"):
+        ann.fps("P99_99")
+
+
+@pytest.mark.parametrize("fps", [59.9400599400599, 50.0])
+def test_frame_time_conversion(fps):
+    # EPIC's first frame is frame 1 at t=0
+    assert time_to_frame(0.0, fps) == 1
+    assert frame_to_time(1, fps) == 0.0
+    for frame in (1, 2, 113, 64053, 99999):
+        assert time_to_frame(frame_to_time(frame, fps), fps) == frame
+    assert time_to_frame(1.0, fps) == int(fps) + 1
+    assert frame_filename(1) == "frame_0000000001.jpg"
+    with pytest.raises(ValueError):
+        frame_to_time(0, fps)
+
+
+def test_real_frames_agree_with_timestamps(epic_dir):
+    # In the test split the frame columns follow the timestamps at the video's fps. (Some older train/val rows
+    # drift by tens of frames from their timestamps in the real files, which is why readers use the frame columns.)
+    ann = Annotations(epic_dir)
+    for s in ann.segments("test"):
+        fps = ann.fps(s.video_id)
+        assert abs(time_to_frame(s.start, fps) - s.start_frame) <= 2
+        assert abs(time_to_frame(s.stop, fps) - s.stop_frame) <= 2
+
+
+def test_timestamp_round_trip():
+    assert parse_timestamp("00:01:06.08") == pytest.approx(66.08)
+    assert format_timestamp(66.08) == "00:01:06.08"
+    assert format_timestamp(3600 + 0.5, 3) == "01:00:00.500"
+    for bad in ("1:2", "00:00:xx", "00:61:00.00", ""):
+        with pytest.raises(ValueError):
+            parse_timestamp(bad)
+
+
+def _copy(epic_dir, tmp_path):
+    dst = tmp_path / "annotations"
+    shutil.copytree(epic_dir, dst)
+    return dst
+
+
+def test_missing_annotation_file(epic_dir, tmp_path):
+    ann = Annotations(_copy(epic_dir, tmp_path))
+    (ann.folder / "EPIC_100_train.csv").unlink()
+    with pytest.raises(LeapError, match="annotation file not found") as e:
+        ann.segments("train")
+    assert "EPIC_100_train.csv" in str(e.value) and "--annotations" in str(e.value)
+
+
+def test_misspelt_column(epic_dir, tmp_path):
+    folder = _copy(epic_dir, tmp_path)
+    p = folder / "EPIC_100_validation.csv"
+    p.write_text(p.read_text().replace("start_timestamp", "start_timestmp", 1))
+    with pytest.raises(LeapError, match=r"missing column\(s\): start_timestamp \(found 'start_timestmp'\?\)"):
+        read_segments(p)
+
+
+def test_bad_timestamp_names_file_and_row(epic_dir, tmp_path):
+    folder = _copy(epic_dir, tmp_path)
+    p = folder / "EPIC_100_validation.csv"
+    lines = p.read_text().splitlines()
+    lines[3] = lines[3].replace("00:00:49.15", "00:00:4x.15", 1)
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LeapError) as e:
+        read_segments(p)
+    msg = str(e.value)
+    assert "EPIC_100_validation.csv" in msg and "row 4" in msg and "HH:MM:SS" in msg
+
+
+def test_stop_before_start(epic_dir, tmp_path):
+    folder = _copy(epic_dir, tmp_path)
+    p = folder / "EPIC_100_test_timestamps.csv"
+    lines = p.read_text().splitlines()
+    f = lines[1].split(",")
+    f[4], f[5] = f[5], f[4]
+    lines[1] = ",".join(f)
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LeapError, match=r"\[row 2, P01_101_0\]: stop .* is before start"):
+        read_segments(p)
+
+
+def test_layout_errors(tmp_path):
+    with pytest.raises(LeapError, match="dataset root not found"):
+        DatasetLayout.open(tmp_path / "nope")
+    with pytest.raises(LeapError, match="annotations folder not found"):
+        DatasetLayout.open(tmp_path)
+
+
+def _frames():
+    return [FrameDetections("P01_01", 1,
+                            [HandDetection(BBox(0.1, 0.5, 0.3, 0.9), 0.98, HandState.PORTABLE_OBJECT, (0.05, -0.1),
+                                           HandSide.LEFT),
+                             HandDetection(BBox(0.6, 0.5, 0.8, 0.95), 0.7, HandState.NO_CONTACT, (0.0, 0.0),
+                                           HandSide.RIGHT)],
+                            [ObjectDetection(BBox(0.12, 0.4, 0.25, 0.6), 0.66)]),
+            FrameDetections("P01_01", 2, [], [])]
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".jsonl"])
+def test_hand_objects_round_trip(tmp_path, suffix):
+    path = tmp_path / f"P01_01{suffix}"
+    write_hand_objects(path, _frames())
+    back = read_hand_objects(path)
+    assert [f.frame_number for f in back] == [1, 2]
+    h = back[0].hands[0]
+    assert h.side is HandSide.LEFT and h.state is HandState.PORTABLE_OBJECT
+    assert h.bbox.left == pytest.approx(0.1) and h.object_offset[1] == pytest.approx(-0.1)
+    assert back[0].hands[1].state is HandState.NO_CONTACT and back[0].objects[0].score == pytest.approx(0.66)
+
+
+def test_hand_objects_protobuf_wire_format():
+    # Hand-assembled bytes of Detections{video_id: "a", frame_number: 3, objects: [{bbox: {left: 0.5}, score: 1.0}]}
+    bbox = bytes([0x0D]) + b"\x00\x00\x00\x3f"  # field 1 fixed32 0.5
+    obj = bytes([0x0A, len(bbox)]) + bbox + bytes([0x15]) + b"\x00\x00\x80\x3f"
+    msg = bytes([0x0A, 1]) + b"a" + bytes([0x10, 3]) + bytes([0x22, len(obj)]) + obj
+    f = FrameDetections.from_protobuf(msg)
+    assert (f.video_id, f.frame_number, f.objects[0].bbox.left, f.objects[0].score) == ("a", 3, 0.5, 1.0)
+    assert FrameDetections.from_protobuf(f.to_protobuf()) == f
+
+
+def test_hand_objects_wrong_format(tmp_path):
+    import pickle
+
+    p = tmp_path / "x.pkl"
+    p.write_bytes(b"not a pickle")
+    with pytest.raises(LeapError, match="not a hand-object detections pickle"):
+        read_hand_objects(p)
+    p.write_bytes(pickle.dumps({"frames": 1}))
+    with pytest.raises(LeapError, match="list of serialized messages"):
+        read_hand_objects(p)
+    p.write_bytes(pickle.dumps([b"\x0a\x50abc"]))
+    with pytest.raises(LeapError, match=r"\[frame 0\].*not a Detections protobuf"):
+        read_hand_objects(p)
+    j = tmp_path / "x.jsonl"
+    j.write_text('{"video_id": "P01_01"}\n')
+    with pytest.raises(LeapError, match=r"line 1"):
+        read_hand_objects(j)

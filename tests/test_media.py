@@ -1,0 +1,200 @@
+"""Media I/O: frame windows from MP4s and rgb_frames folders, audio windows from files and MP4 tracks, bad input."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+
+from leap_cli.epic.layout import DatasetLayout
+from leap_cli.epic.timing import frame_filename, frame_to_time
+from leap_cli.errors import LeapError
+from leap_cli.media import (AudioUnavailable, FramesFolderReader, VideoReader, open_video, read_audio,
+                            read_segment_audio, read_video_audio, read_window, sample_frame_indices)
+from leap_cli.media.write import write_mp4
+
+FPS = 29.97
+N_FRAMES = 200
+SR = 16000
+
+
+def _frame(i: int) -> np.ndarray:
+    """Frame ``i`` (1-based) carries its own number: 8 binary blocks on top, and a red level."""
+    a = np.zeros((96, 128, 3), np.uint8)
+    a[24:, :, 0] = (i * 5) % 250
+    for bit in range(8):
+        if i >> bit & 1:
+            a[:16, bit * 16:(bit + 1) * 16, :] = 255
+    return a
+
+
+def _tone_with_click(seconds: float, click_at: float, rate: int = SR) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    audio = (0.05 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    k = int(click_at * rate)
+    audio[k:k + rate // 20] = 0.8
+    return audio
+
+
+@pytest.fixture(scope="module")
+def mp4(tmp_path_factory):
+    path = tmp_path_factory.mktemp("media") / "clip.mp4"
+    audio = _tone_with_click(N_FRAMES / FPS, click_at=3.0)
+    write_mp4(path, (_frame(i) for i in range(1, N_FRAMES + 1)), FPS, audio=audio, audio_rate=SR, gop=24)
+    return path
+
+
+def _frame_number(rgb: np.ndarray) -> int:
+    """Read the number back from the binary blocks of a decoded frame."""
+    return sum(1 << bit for bit in range(8) if rgb[4:12, bit * 16 + 4:bit * 16 + 12].mean() > 128)
+
+
+def test_video_reader_properties_and_window(mp4):
+    with VideoReader(mp4) as r:
+        assert (r.width, r.height, r.num_frames) == (128, 96, N_FRAMES)
+        assert r.fps == pytest.approx(FPS, abs=1e-3)
+        clip = read_window(r, 2.0, 4.0, 8, short_side=48)
+    assert clip.shape == (8, 48, 64, 3) and clip.dtype == np.uint8
+    wanted = sample_frame_indices(2.0, 4.0, FPS, 8)
+    assert wanted == sorted(wanted) and wanted[0] >= 60 and wanted[-1] <= 120
+
+
+def test_seek_read_equals_decode_from_start(mp4):
+    frames = [150, 7, 90, 91, 190, 7]  # unsorted, with a repeat and a long gap
+    with VideoReader(mp4, seek_gap=16) as r:
+        seeked = r.read_frames(frames)
+        decoded = r.read_frames(frames, seek=False)
+    assert np.array_equal(seeked, decoded)
+    assert [_frame_number(f) for f in seeked] == frames
+
+
+def test_frames_folder_reader(tmp_path, mp4):
+    root = tmp_path / "data"
+    folder = root / "P01" / "rgb_frames" / "P01_01"
+    folder.mkdir(parents=True)
+    for i in range(1, 41):
+        cv2.imwrite(str(folder / frame_filename(i)), cv2.cvtColor(_frame(i), cv2.COLOR_RGB2BGR))
+    (root / "annotations").mkdir()
+    layout = DatasetLayout.open(root)
+    with open_video(layout, "P01_01", fps=50.0) as r:
+        assert isinstance(r, FramesFolderReader)
+        assert (r.num_frames, r.width, r.height, r.fps) == (40, 128, 96, 50.0)
+        out = r.read_frames([12, 3], short_side=32)
+    assert out.shape == (2, 32, 43, 3)
+    full = FramesFolderReader(folder, 50.0).read_frames([12])
+    assert abs(float(full[0, 30:, :, 0].mean()) - 60) < 3  # frame 12 -> red 60
+    # An MP4 beside the frames is preferred.
+    (root / "P01" / "videos").mkdir()
+    shutil.copy(mp4, root / "P01" / "videos" / "P01_01.MP4")
+    with open_video(layout, "P01_01") as r:
+        assert isinstance(r, VideoReader)
+    (folder / frame_filename(12)).unlink()
+    with pytest.raises(LeapError, match="frame_0000000012.jpg"):
+        FramesFolderReader(folder, 50.0, record="P01_01_3").read_frames([12])
+
+
+def test_sample_frame_indices_modes():
+    assert sample_frame_indices(0.0, 1.0, 10.0, 5) == [2, 4, 6, 8, 10]
+    rng = np.random.default_rng(0)
+    rand = sample_frame_indices(0.0, 1.0, 10.0, 5, "random", rng)
+    assert all(1 + 2 * i <= f <= 2 + 2 * i for i, f in enumerate(rand))
+    assert sample_frame_indices(0.0, 1.0, 10.0, 4, "consecutive") == [4, 5, 6, 7]
+    assert max(sample_frame_indices(0.0, 100.0, 10.0, 4, max_frame=50)) == 50
+    with pytest.raises(ValueError):
+        sample_frame_indices(0.0, 1.0, 10.0, 4, "nope")
+
+
+def test_missing_video_names_segment_and_paths(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    layout = DatasetLayout.open(tmp_path)
+    with pytest.raises(LeapError) as e:
+        open_video(layout, "P02_03", record="P02_03_17")
+    msg = str(e.value)
+    assert "P02_03_17" in msg and "P02/videos/P02_03.MP4" in msg and "rgb_frames/P02_03" in msg
+
+
+def test_unreadable_video(tmp_path):
+    bad = tmp_path / "junk.MP4"
+    bad.write_bytes(b"this is not a video" * 100)
+    with pytest.raises(LeapError, match="junk.MP4"):
+        VideoReader(bad, record="P01_01_0")
+
+
+def test_truncated_mp4_fails_clearly_without_hanging(tmp_path, mp4):
+    data = mp4.read_bytes()
+    for keep in (0.5, 0.9):
+        cut = tmp_path / f"cut{keep}.mp4"
+        cut.write_bytes(data[:int(len(data) * keep)])
+        t0 = time.monotonic()
+        with pytest.raises(LeapError) as e:
+            with VideoReader(cut, record="P01_01_5") as r:
+                r.read_frames([N_FRAMES - 5])
+        assert "P01_01_5" in str(e.value) and cut.name in str(e.value)
+        assert time.monotonic() - t0 < 20
+
+
+def test_truncated_faststart_mp4_fails_at_missing_frames(tmp_path):
+    """With the index at the front (faststart), a cut file opens but its late frames are gone."""
+    path = tmp_path / "fast.mp4"
+    write_mp4(path, (_frame(i) for i in range(1, N_FRAMES + 1)), FPS, gop=24,
+              container_options={"movflags": "faststart"})
+    data = path.read_bytes()
+    cut = tmp_path / "fast_cut.mp4"
+    cut.write_bytes(data[:int(len(data) * 0.6)])
+    with pytest.raises(LeapError, match="fast_cut.mp4"):
+        with VideoReader(cut, record="P01_01_9") as r:
+            r.read_frames([N_FRAMES - 2])
+
+
+def test_audio_file_window_and_resampling(tmp_path):
+    audio = _tone_with_click(6.0, click_at=2.5, rate=48000)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.stack([audio, audio], axis=1), 48000, subtype="PCM_16")
+    x = read_audio(wav, 2.0, 3.5, sample_rate=16000)
+    assert x.dtype == np.float32 and x.ndim == 1 and x.shape == (24000,)
+    onset = int(np.argmax(np.abs(x) > 0.4))
+    assert abs(onset - 8000) < 40  # the click at 2.5 s is 0.5 s into the window
+    same = read_audio(wav, 2.0, 3.5, sample_rate=48000)
+    assert same.shape == (72000,) and np.allclose(same, audio[96000:168000], atol=1e-3)
+    tail = read_audio(wav, 5.5, 7.0, sample_rate=8000)  # runs past the end: cut there
+    assert tail.shape == (4000,)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFFjunk")
+    with pytest.raises(LeapError, match="bad.wav"):
+        read_audio(bad, 0, 1)
+
+
+def test_audio_from_mp4_track(mp4):
+    x = read_video_audio(mp4, 2.5, 4.0, sample_rate=8000)
+    assert x.shape == (12000,) and x.dtype == np.float32
+    onset = int(np.argmax(np.abs(x) > 0.4))
+    assert abs(onset - 4000) < 80  # the click at 3.0 s is 0.5 s into the window
+
+
+def test_segment_audio_prefers_file_then_track_then_unavailable(tmp_path, mp4):
+    root = tmp_path / "data"
+    (root / "annotations").mkdir(parents=True)
+    layout = DatasetLayout.open(root)
+    with pytest.raises(AudioUnavailable) as e:
+        read_segment_audio(layout, "P01_01", 0.0, 1.0, record="P01_01_2")
+    assert isinstance(e.value, LeapError) and "P01_01_2" in str(e.value)
+    (root / "P01" / "videos").mkdir(parents=True)
+    shutil.copy(mp4, root / "P01" / "videos" / "P01_01.MP4")
+    from_track = read_segment_audio(layout, "P01_01", 2.5, 3.5, 16000)
+    assert from_track.shape == (16000,) and np.abs(from_track).max() > 0.4
+    (root / "P01" / "audio").mkdir()
+    sf.write(root / "P01" / "audio" / "P01_01.wav", np.zeros(SR * 4, np.float32), SR)
+    from_file = read_segment_audio(layout, "P01_01", 2.5, 3.5, 16000)
+    assert from_file.shape == (16000,) and np.abs(from_file).max() == 0.0
+
+
+def test_video_without_audio_track_is_unavailable(tmp_path):
+    path = tmp_path / "silent.mp4"
+    write_mp4(path, (_frame(i) for i in range(1, 11)), 25.0)
+    with pytest.raises(AudioUnavailable):
+        read_video_audio(path, 0.0, 0.2)
+    assert frame_to_time(26, 25.0) == 1.0
