@@ -136,3 +136,205 @@ def test_bad_model_args_are_clear_errors():
         build_model(tiny_args(backbone="resnet50"))
     with pytest.raises(LeapError, match="needs program heads"):
         build_model(tiny_args(program=None, anticipation={"context": 2, "aggregate": True}))
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+from leap_cli.model.uniformerv2 import load_pretrained, uniformerv2_tiny  # noqa: E402
+
+
+def official_uniformerv2_shapes(width=64, layers=3, heads=4, patch=16, img=64, kernel_t=3, downsample=True,
+                                return_list=(1, 2), num_classes=400, no_lmhra=False, double_lmhra=True,
+                                dw_reduction=1.5):
+    """Key -> shape of the official OpenGVLab ``Uniformerv2`` module's state dict, written out from
+    slowfast/models/uniformerv2_model.py (VisionTransformer / Transformer / ResidualAttentionBlock /
+    Local_MHRA / Extractor), independent of our implementation."""
+    C, red = width, int(width // dw_reduction)
+    s = {"backbone.conv1.weight": (C, 3, kernel_t if downsample else 1, patch, patch),
+         "backbone.class_embedding": (C,), "backbone.positional_embedding": ((img // patch) ** 2 + 1, C),
+         "backbone.ln_pre.weight": (C,), "backbone.ln_pre.bias": (C,)}
+    for i in range(layers):
+        b = f"backbone.transformer.resblocks.{i}."
+        lmhras = [] if no_lmhra else (["lmhra1", "lmhra2"] if double_lmhra else ["lmhra1"])
+        for m in lmhras:
+            p = f"{b}{m}.pos_embed."
+            s.update({p + "0.weight": (C,), p + "0.bias": (C,), p + "0.running_mean": (C,), p + "0.running_var": (C,),
+                      p + "0.num_batches_tracked": (), p + "1.weight": (red, C, 1, 1, 1), p + "1.bias": (red,),
+                      p + "2.weight": (red, 1, 3, 1, 1), p + "2.bias": (red,), p + "3.weight": (C, red, 1, 1, 1),
+                      p + "3.bias": (C,)})
+        s.update({b + "attn.in_proj_weight": (3 * C, C), b + "attn.in_proj_bias": (3 * C,),
+                  b + "attn.out_proj.weight": (C, C), b + "attn.out_proj.bias": (C,),
+                  b + "ln_1.weight": (C,), b + "ln_1.bias": (C,), b + "ln_2.weight": (C,), b + "ln_2.bias": (C,),
+                  b + "mlp.c_fc.weight": (4 * C, C), b + "mlp.c_fc.bias": (4 * C,),
+                  b + "mlp.c_proj.weight": (C, 4 * C), b + "mlp.c_proj.bias": (C,)})
+    t = "backbone.transformer."
+    s[t + "temporal_cls_token"] = (1, 1, C)
+    for j in range(len(return_list)):
+        s.update({f"{t}dpe.{j}.weight": (C, 1, 3, 3, 3), f"{t}dpe.{j}.bias": (C,)})
+        d = f"{t}dec.{j}."
+        s.update({d + "attn.in_proj_weight": (3 * C, C), d + "attn.in_proj_bias": (3 * C,),
+                  d + "attn.out_proj.weight": (C, C), d + "attn.out_proj.bias": (C,),
+                  d + "mlp.c_fc.weight": (4 * C, C), d + "mlp.c_fc.bias": (4 * C,),
+                  d + "mlp.c_proj.weight": (C, 4 * C), d + "mlp.c_proj.bias": (C,)})
+        for ln in ("ln_1", "ln_2", "ln_3"):
+            s.update({f"{d}{ln}.weight": (C,), f"{d}{ln}.bias": (C,)})
+    s.update({t + "proj.0.weight": (C,), t + "proj.0.bias": (C,), t + "proj.2.weight": (num_classes, C),
+              t + "proj.2.bias": (num_classes,), t + "balance": (C,)})
+    return s
+
+
+def clip_visual_shapes(width=64, layers=3, patch=16, img=64, embed=32):
+    """Key -> shape of OpenAI CLIP's ``visual.*`` (VisionTransformer) plus a few text-tower keys."""
+    C = width
+    s = {"visual.conv1.weight": (C, 3, patch, patch), "visual.class_embedding": (C,),
+         "visual.positional_embedding": ((img // patch) ** 2 + 1, C), "visual.ln_pre.weight": (C,),
+         "visual.ln_pre.bias": (C,), "visual.ln_post.weight": (C,), "visual.ln_post.bias": (C,),
+         "visual.proj": (C, embed), "logit_scale": (), "token_embedding.weight": (100, embed),
+         "positional_embedding": (77, embed)}
+    for i in range(layers):
+        b = f"visual.transformer.resblocks.{i}."
+        s.update({b + "attn.in_proj_weight": (3 * C, C), b + "attn.in_proj_bias": (3 * C,),
+                  b + "attn.out_proj.weight": (C, C), b + "attn.out_proj.bias": (C,),
+                  b + "ln_1.weight": (C,), b + "ln_1.bias": (C,), b + "ln_2.weight": (C,), b + "ln_2.bias": (C,),
+                  b + "mlp.c_fc.weight": (4 * C, C), b + "mlp.c_fc.bias": (4 * C,),
+                  b + "mlp.c_proj.weight": (C, 4 * C), b + "mlp.c_proj.bias": (C,)})
+    return s
+
+
+def random_state(shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.tensor(7) if k.endswith("num_batches_tracked") else torch.randn(shape, generator=g)
+            for k, shape in shapes.items()}
+
+
+def test_our_state_dict_has_the_official_layout():
+    ours = {f"backbone.{k}": tuple(v.shape) for k, v in uniformerv2_tiny(img_size=64).state_dict().items()}
+    assert ours == official_uniformerv2_shapes()
+    ours = {f"backbone.{k}": tuple(v.shape)
+            for k, v in uniformerv2_tiny(img_size=64, no_lmhra=True, temporal_downsample=False).state_dict().items()}
+    assert ours == official_uniformerv2_shapes(no_lmhra=True, downsample=False)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "model", "state_dict+module"])
+def test_load_official_uniformerv2_checkpoint(tmp_path, wrap):
+    state = random_state(official_uniformerv2_shapes())
+    saved = {"plain": state, "model": {"model": state, "epoch": 3},
+             "state_dict+module": {"state_dict": {f"module.{k}": v for k, v in state.items()}}}[wrap]
+    path = tmp_path / "k400_uniformerv2_tiny.pyth"
+    torch.save(saved, path)
+    model = build_model(tiny_args())
+    report = load_pretrained(model, path)
+    assert report.source == "uniformerv2"
+    assert report.missing == [] and report.unexpected == [] and report.initialized == []
+    assert set(report.dropped) == {"backbone.transformer.proj.2.weight", "backbone.transformer.proj.2.bias"}
+    sd = model.state_dict()
+    for k, v in state.items():
+        if "proj.2" not in k:
+            assert torch.equal(sd[k].float(), v.float()), k
+    # a standalone backbone with the same 400 classes keeps the classifier
+    standalone = uniformerv2_tiny(img_size=64)
+    report = load_pretrained(standalone, path)
+    assert report.dropped == {} and report.missing == []
+    assert torch.equal(standalone.transformer.proj[2].weight, state["backbone.transformer.proj.2.weight"])
+
+
+def test_load_kinetics_checkpoint_without_lmhra_into_lmhra_model(tmp_path):
+    """Official Kinetics checkpoints use no_lmhra/temporal_downsample=False: the conv is inflated and the
+    local modules start from their (zero-output) initialisation."""
+    state = random_state(official_uniformerv2_shapes(no_lmhra=True, downsample=False, img=48))
+    torch.save(state, tmp_path / "k710.pth")
+    model = build_model(tiny_args())
+    report = load_pretrained(model, tmp_path / "k710.pth")
+    assert report.missing == [] and report.unexpected == []
+    assert report.initialized and all(".lmhra" in k for k in report.initialized)
+    assert set(report.resized) == {"conv1.weight", "positional_embedding"}
+    w = model.backbone.conv1.weight
+    assert torch.equal(w[:, :, 1], state["backbone.conv1.weight"][:, :, 0]) and w[:, :, 0].abs().sum() == 0
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_load_clip_visual_weights_plain_and_torchscript(tmp_path):
+    state = random_state(clip_visual_shapes(img=96))  # 96px CLIP grid, resized to the 64px model
+    torch.save({k: v.half() for k, v in state.items()}, tmp_path / "clip.pt")
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for k, v in state.items():
+                *path, leaf = k.split(".")
+                mod = self
+                for p in path:
+                    if not hasattr(mod, p):
+                        mod.add_module(p, torch.nn.Module())
+                    mod = getattr(mod, p)
+                mod.register_parameter(leaf, torch.nn.Parameter(v.half()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.logit_scale
+
+    torch.jit.save(torch.jit.script(Holder()), tmp_path / "ViT-tiny.pt")
+    for name in ("clip.pt", "ViT-tiny.pt"):
+        model = build_model(tiny_args())
+        report = load_pretrained(model, tmp_path / name)
+        assert report.source == "clip", name
+        assert report.missing == [] and report.unexpected == [], name
+        assert {"visual.proj", "visual.ln_post.weight", "logit_scale", "token_embedding.weight"} <= set(report.dropped)
+        assert any(".lmhra1." in k for k in report.initialized) and "backbone.transformer.balance" in report.initialized
+        assert set(report.resized) == {"conv1.weight", "positional_embedding"}
+        w = model.backbone.conv1.weight
+        assert torch.allclose(w[:, :, 1], state["visual.conv1.weight"].half().float())
+        blk = model.backbone.transformer.resblocks[2]
+        assert torch.equal(blk.mlp.c_fc.weight, state["visual.transformer.resblocks.2.mlp.c_fc.weight"].half().float())
+        assert model.backbone.positional_embedding.shape == (17, 64)
+
+
+def test_wrong_shapes_and_foreign_keys_fail_clearly(tmp_path):
+    state = random_state(official_uniformerv2_shapes(width=32, heads=4))
+    torch.save(state, tmp_path / "b.pth")
+    with pytest.raises(LeapError, match=r"shape mismatch.*class_embedding: checkpoint \(32,\) vs model \(64,\)"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "b.pth")
+    state = random_state(official_uniformerv2_shapes(layers=4))
+    torch.save(state, tmp_path / "deeper.pth")
+    with pytest.raises(LeapError, match="resblocks.3"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "deeper.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(LeapError, match="cannot read checkpoint"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "junk.pth")
+    with pytest.raises(LeapError, match="does not exist"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "absent.pth")
+
+
+def test_sdpa_plain_attention_and_grad_checkpointing_agree():
+    torch.manual_seed(0)
+    model = build_model(tiny_args(decoder_dropout=0.0))
+    unzero_(model)
+    batch = make_batch()
+    model.eval()
+    with torch.no_grad():
+        a = model(batch["video"], batch["program_steps"])
+        model.backbone.set_attention(False)
+        b = model(batch["video"], batch["program_steps"])
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-5), k
+
+    def grads(checkpointing):
+        model.zero_grad()
+        model.set_grad_checkpointing(checkpointing)
+        model.train()
+        loss, _ = leap_loss(model(batch["video"], batch["program_steps"]), batch)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, ckpt = grads(False), grads(True)
+    assert all(torch.allclose(plain[n], ckpt[n], rtol=1e-4, atol=1e-6) for n in plain)
+
+
+def test_layer_ids_and_no_weight_decay():
+    model = build_model(tiny_args(anticipation={"context": 2, "aggregate": True}))
+    ids = {n: model.layer_id(n) for n, _ in model.named_parameters()}
+    assert ids["backbone.conv1.weight"] == 0 and ids["backbone.positional_embedding"] == 0
+    assert ids["backbone.transformer.resblocks.2.attn.in_proj_weight"] == 3
+    assert ids["backbone.transformer.dec.0.attn.in_proj_weight"] == model.num_layers + 1 == ids["verb_head.weight"]
+    nwd = model.no_weight_decay()
+    assert {"backbone.class_embedding", "backbone.positional_embedding", "backbone.transformer.temporal_cls_token",
+            "backbone.ln_pre.weight", "verb_head.bias", "decoder.verb_embed.weight", "decoder.step_pos"} <= nwd
+    assert "backbone.transformer.resblocks.0.mlp.c_fc.weight" not in nwd and "verb_head.weight" not in nwd

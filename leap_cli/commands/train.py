@@ -61,7 +61,7 @@ def train(
                       on_step=on_step, on_eval=on_eval, on_start=on_start)
     finally:
         progress.stop()
-    if result is None:
+    if not result.is_main:
         return
     table = Table(title=f"leap train: {result.run_dir}")
     table.add_column("item")

@@ -7,7 +7,8 @@
   num_verbs, num_nouns
   program         None or {"step_verbs": n, "objects": n, "conditions": P, "max_steps": L}
   anticipation    None or {"context": C, "aggregate": bool}
-  decoder_dim, decoder_layers, decoder_heads, decoder_dropout   program-decoder options (256, 2, 4, 0.1)
+  decoder_dim, decoder_layers, decoder_heads, decoder_dropout   program-decoder options
+                  (defaults: min(256, backbone width), 2, 4, 0.1)
   any UniFormerV2Config field (grad_checkpointing, use_sdpa, drop_path_rate, temporal_downsample, no_lmhra, ...)
 
 Outputs of ``forward``: "verb" [B,V], "noun" [B,N] logits; with program heads also "step_verb" [B,L,Sv],
@@ -25,7 +26,7 @@ from leap_cli.errors import LeapError
 from leap_cli.model.heads import AnticipationAggregator, ProgramDecoder, ProgramSpec
 from leap_cli.model.uniformerv2 import BUILDERS, UniFormerV2Config
 
-DECODER_DEFAULTS = {"decoder_dim": 256, "decoder_layers": 2, "decoder_heads": 4, "decoder_dropout": 0.1}
+DECODER_DEFAULTS = {"decoder_dim": None, "decoder_layers": 2, "decoder_heads": 4, "decoder_dropout": 0.1}
 MODEL_KEYS = {"backbone", "num_frames", "img_size", "num_verbs", "num_nouns", "program", "anticipation"}
 
 
@@ -53,6 +54,8 @@ class LeapModel(nn.Module):
             )
         self.backbone = BUILDERS[name](num_classes=0, **args)
         width = self.backbone.num_features
+        if dec["decoder_dim"] is None:
+            dec["decoder_dim"] = min(256, width)
         self.verb_head = nn.Linear(width, num_verbs)
         self.noun_head = nn.Linear(width, num_nouns)
 
@@ -152,6 +155,28 @@ class LeapModel(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
+
+    @property
+    def num_layers(self) -> int:
+        """Backbone depth; :meth:`layer_id` runs from 0 (embeddings) to num_layers + 1 (global blocks, heads)."""
+        return self.backbone.cfg.layers
+
+    def layer_id(self, name: str) -> int:
+        """Depth of a parameter for layer-wise learning-rate decay: 0 for the patch/position embeddings,
+        i+1 for backbone block i, num_layers+1 for the global UniBlocks, fusion and all LEAP heads."""
+        if name.startswith(("backbone.conv1", "backbone.class_embedding", "backbone.positional_embedding",
+                            "backbone.ln_pre")):
+            return 0
+        if name.startswith("backbone.transformer.resblocks."):
+            return int(name.split(".")[3]) + 1
+        return self.num_layers + 1
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay: norms, biases, embeddings and learned tokens."""
+        names = {f"{m}.weight" for m, mod in self.named_modules() if isinstance(mod, nn.Embedding)}
+        tokens = ("positional_embedding", "temporal_cls_token", "step_pos", "clip_pos")
+        names |= {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith(tokens)}
+        return names
 
 
 def build_model(model_args: dict[str, Any]) -> LeapModel:

@@ -131,7 +131,7 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
                     on_step: StepCallback | None = None,
                     on_checkpoint: Callable[[], None] | None = None) -> bool:
     """Run optimizer steps over ``batches`` (already advanced to ``state.batches``) until the epoch ends,
-    ``total_steps`` or ``stop_at_step`` is reached. Returns False when the run should stop."""
+    ``total_steps`` or ``stop_at_step`` is reached. Returns False when paused by ``stop_at_step``."""
     model.train()
     accum = cfg.optim.accum_steps
     device = info.device
@@ -140,7 +140,9 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
     clipped = 0
     t0 = time.perf_counter()
     while state.batches + accum <= batches_per_epoch:
-        if state.step >= total_steps or (stop_at_step is not None and state.step >= stop_at_step):
+        if state.step >= total_steps:
+            return True
+        if stop_at_step is not None and state.step >= stop_at_step:
             return False
         optimizer.zero_grad(set_to_none=True)
         for micro in range(accum):
@@ -151,8 +153,9 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
                                 f"batches in epoch {state.epoch}",
                                 fix="the shards changed while training; rebuild them or start a new run") from None
             batch = to_device(batch, device)
-            sync = micro == accum - 1 or not isinstance(model, nn.parallel.DistributedDataParallel)
-            ctx = contextlib.nullcontext() if sync else model.no_sync()
+            ddp = getattr(model, "_orig_mod", model)  # under torch.compile
+            sync = micro == accum - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
+            ctx = contextlib.nullcontext() if sync else ddp.no_sync()
             with ctx:
                 with autocast_context(device, cfg.train.precision):
                     loss, parts, _ = forward_loss(model, batch, cfg)
@@ -279,13 +282,15 @@ class TrainResult:
     history: list
     seconds: float
     model_args: dict
+    is_main: bool = True               # False on DDP ranks > 0 (they print and write nothing)
 
 
 def default_source(cfg: Config, workdir: Path, info: distributed.DistInfo) -> DataSource:
     from leap_cli.train.data import ShardSource
 
-    train = Path(cfg.data.train) if cfg.data.train else workdir / "shards" / "train"
-    val = None if cfg.data.val == "" else Path(cfg.data.val) if cfg.data.val else workdir / "shards" / "val"
+    suffix = "-anticipation" if cfg.data.task == "anticipation" else ""  # leap build-shards' default folders
+    train = Path(cfg.data.train) if cfg.data.train else workdir / "shards" / f"train{suffix}"
+    val = None if cfg.data.val == "" else Path(cfg.data.val) if cfg.data.val else workdir / "shards" / f"val{suffix}"
     return ShardSource(train, val, cfg, info)
 
 
@@ -306,7 +311,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         resume_ckpt = None
         if resume:
             resume_ckpt = load_checkpoint(ckpt_dir / "last.pt")
-        elif info.is_main and (ckpt_dir / "last.pt").exists():
+        elif (ckpt_dir / "last.pt").exists():
             raise LeapError("run directory already holds a checkpoint", path=run_dir,
                             fix="continue it with --resume, or pick another --name")
         seed_everything(cfg.train.seed)
@@ -320,9 +325,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         model = build_model(dict(model_args))
         if cfg.model.pretrained and resume_ckpt is None:
             _load_pretrained(model, cfg.model.pretrained)
-        model.to(info.device)
-        if info.distributed and cfg.train.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = prepare_model(model, cfg, info)
         optimizer = build_optimizer(model, cfg.optim)
         accum = cfg.optim.accum_steps
         steps_per_epoch = source.batches_per_epoch // accum
@@ -346,13 +349,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             state.epoch = int(resume_ckpt["data_position"]["epoch"])
             state.batches = int(resume_ckpt["data_position"]["batches"])
             state.best_metric = float(resume_ckpt["best_metric"])
-        train_model: nn.Module = model
-        if info.distributed:
-            ddp_kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
-            train_model = nn.parallel.DistributedDataParallel(
-                model, find_unused_parameters=model_args["program"] is not None, **ddp_kwargs)
-        if cfg.train.compile:
-            train_model = torch.compile(train_model)
+        train_model = wrap_model(model, cfg, info, has_program=model_args["program"] is not None)
 
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -410,7 +407,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             is_last = state.epoch >= epochs or state.step >= total
             if val is not None and (state.epoch % max(1, cfg.train.eval_every_epochs) == 0 or is_last):
                 rng = rng_state()  # keep validation from disturbing the training RNG stream
-                last_eval = evaluate(train_model, val, cfg, info)
+                last_eval = evaluate(model, val, cfg, info)  # unwrapped: ranks may hold different counts
                 set_rng_state(rng)
                 rec = {"split": "val", "step": state.step, "epoch": epoch_done, **last_eval}
                 if info.is_main:
@@ -429,9 +426,28 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             metrics.close()
         return TrainResult(run_dir=run_dir, steps=state.step, epochs=state.epoch, best_metric=state.best_metric,
                            last_eval=last_eval, history=state.history, seconds=time.perf_counter() - t_start,
-                           model_args=model_args)
+                           model_args=model_args, is_main=info.is_main)
     finally:
         distributed.cleanup()
+
+
+def prepare_model(model: nn.Module, cfg: Config, info: distributed.DistInfo) -> nn.Module:
+    """Move to the device; SyncBatchNorm under DDP (UniFormerV2's local blocks hold BatchNorm3d)."""
+    model.to(info.device)
+    if info.distributed and cfg.train.sync_bn:
+        model = distributed.convert_sync_batchnorm(model, info.device)
+    return model
+
+
+def wrap_model(model: nn.Module, cfg: Config, info: distributed.DistInfo, *, has_program: bool) -> nn.Module:
+    """DDP under torchrun (unused-parameter search when program heads may sit out a batch without programs),
+    then torch.compile when asked."""
+    if info.distributed:
+        ddp_kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
+        model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=has_program, **ddp_kwargs)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    return model
 
 
 def _load_pretrained(model: nn.Module, path: str) -> None:
