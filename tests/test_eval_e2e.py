@@ -14,7 +14,7 @@ from leap_cli.evaluate.scores import load_scores
 from leap_cli.model import build_model
 from leap_cli.programs.targets import TargetVocab
 from leap_cli.shards.format import load_manifest
-from leap_cli.train.checkpoint import save_checkpoint
+from leap_cli.train.checkpoint import load_model, save_checkpoint
 from tests.test_shards import FPS, PROGRAM, build, make_root, write_programs
 
 torch.set_num_threads(1)
@@ -36,16 +36,14 @@ def pipeline(tmp_path_factory):
         build(root, work, split=split)
     manifest, _ = load_manifest(work / "shards" / "val")
     vocab = TargetVocab.from_manifest(manifest["targets"])
-    args = {"backbone": "uniformerv2_tiny", "num_frames": 4, "img_size": 32, "num_verbs": 97, "num_nouns": 300,
-            "program": vocab.model_program_args(), "anticipation": None, "decoder_dim": 32, "decoder_heads": 2}
-    torch.manual_seed(0)
-    model = build_model(args)
+    # a real run: `leap train`, one epoch of 2 optimizer steps, validation -> best.pt
+    cfg = work / "mini.yaml"
+    cfg.write_text("model: {img_size: 32, num_frames: 4, options: {decoder_dim: 32, decoder_heads: 2}}\n"
+                   "data: {batch_size: 4, eval_batch_size: 2}\ntrain: {epochs: 1, log_every: 1, threads: 1}\n")
+    res = CliRunner().invoke(app, ["train", "--config", str(cfg), "--workdir", str(work), "--name", "tiny"])
+    assert res.exit_code == 0, res.output
     run = work / "runs" / "tiny"
-    save_checkpoint(run / "checkpoints" / "best.pt", {
-        "model": model.state_dict(), "model_args": args, "config": {"data": {"task": "recognition",
-                                                                              "eval_batch_size": 2}},
-        "optimizer": {}, "scheduler": {}, "scaler": {}, "step": 3, "epoch": 0, "best_metric": 0.0, "rng": {},
-        "data_position": {}})
+    model, _ = load_model(run, "best")
     return root, work, run, model, vocab
 
 
