@@ -91,10 +91,11 @@ def test_views_are_averaged(pipeline):
 def test_evaluate_test_then_submit(pipeline):
     root, work, run, model, vocab = pipeline
     runner = CliRunner()
-    res = runner.invoke(app, ["evaluate", "--split", "test", "--run", str(run), "--workdir", str(work),
-                              "--data", str(root), "--device", "cpu"])
+    res = runner.invoke(app, ["evaluate", "--split", "test", "--checkpoint", str(run / "checkpoints" / "best.pt"),
+                              "--workdir", str(work), "--data", str(root), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert not (run / "eval" / "test" / "metrics.json").exists()
+    assert load_scores(run / "eval" / "test" / "scores.pt")["meta"]["checkpoint"].endswith("best.pt")
     res = runner.invoke(app, ["submit", "--scores", str(run / "eval" / "test" / "scores.pt"), "--data", str(root),
                               "--workdir", str(work), "--sls-pt", "2", "--sls-tl", "3", "--sls-td", "3"])
     assert res.exit_code == 0, res.output

@@ -37,7 +37,8 @@ def evaluate(
     split: str = typer.Option("val", "--split", help="val (metrics) or test (scores only, for `leap submit`)."),
     run: Path = typer.Option(None, "--run", help="Run directory written by `leap train` (runs/NAME, also looked "
                                                  "up under --workdir)."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a checkpoint file."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a checkpoint file (a file under "
+                                                                "runs/NAME/checkpoints/ implies --run)."),
     task: str = typer.Option(None, "--task", help="recognition or anticipation (default: the run's task, or the "
                                                   "scores file's, else recognition)."),
     scores: Path = typer.Option(None, "--scores", help="Score this existing file instead of running a model "
@@ -82,10 +83,13 @@ def evaluate(
         metrics_path = metrics_path / "metrics.json" if metrics_path else scores.with_suffix(".metrics.json")
         source = str(scores)
     else:
-        if run is None:
-            raise LeapError("nothing to evaluate", fix="pass --run runs/NAME (a trained run) or --scores FILE")
         from leap_cli.evaluate.inference import ViewConfig, evaluate_run, resolve_run
 
+        ckpt_file = Path(checkpoint)
+        if run is None and ckpt_file.is_file() and ckpt_file.parent.name == "checkpoints":
+            run = ckpt_file.parent.parent  # runs/NAME/checkpoints/x.pt -> runs/NAME
+        if run is None:
+            raise LeapError("nothing to evaluate", fix="pass --run runs/NAME (a trained run) or --scores FILE")
         run_dir = resolve_run(run, workdir)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
