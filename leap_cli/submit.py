@@ -14,10 +14,10 @@ action scores are the 100 best ``"verb,noun"`` pairs of the official combination
 they go in for every segment or for none.
 
 Class counts: a submission holds one score per class id from 0 to the largest id of the class files in the
-annotations folder (``EPIC_100_verb_classes.csv``, ``EPIC_100_noun_classes.csv``), i.e. max id + 1: 97 verbs and
-300 nouns on EPIC-KITCHENS-100 and on the synthetic kitchen (which ships EPIC's class files). A folder whose
-class files hold only some of EPIC's classes, with their real ids, still gets max id + 1 (not the number of
-rows), so a class id is always its column.
+annotations folder (``EPIC_100_verb_classes.csv``, ``EPIC_100_noun_classes.csv``), i.e. max id + 1, not the
+number of rows: 97 verbs and 300 nouns on EPIC-KITCHENS-100; on the synthetic kitchen, whose class files hold
+a subset of EPIC's classes with their real ids, also max id + 1, so a class id is always its score column and
+the ids absent from the class files simply get scores nobody is labelled with.
 
 Refusals (``LeapError``, listing up to five examples): narration ids missing from or extra to
 ``EPIC_100_test_timestamps.csv``, NaN or infinite scores, a wrong number of verb or noun scores, SLS levels
