@@ -71,6 +71,10 @@ def _check_ids(ids: Iterable[str], expected: Sequence[str], source: str) -> None
     have, want = set(ids), set(expected)
     missing = [i for i in expected if i not in have]
     extra = [i for i in ids if i not in want]
+    if ids and not have & want:
+        raise LeapError(f"none of the {len(ids)} narration ids is in {SPLIT_FILES['test']} (e.g. {_examples(ids, 3)}): "
+                        f"these are not test-split scores", path=source,
+                        fix="run `leap evaluate --split test` and submit its scores.pt")
     if missing:
         raise LeapError(f"{len(missing)} narration id(s) of {SPLIT_FILES['test']} have no scores: "
                         f"{_examples(missing)}", path=source,

@@ -169,6 +169,8 @@ def test_anticipation_actions_on_epic_sizes():
     ("extra", r"not in EPIC_100_test_timestamps.csv: P01_01_0"),
     ("nan", r"verb_output holds NaN or infinity for 1 segment\(s\): P03_01_1"),
     ("inf", r"noun_output holds NaN or infinity for 1 segment\(s\): P03_01_0"),
+    ("val", r"none of the 4 narration ids is in EPIC_100_test_timestamps.csv \(e.g. P01_01_0, P01_01_1, P02_01_0 "
+            r"\.\.\. \(\+1 more\)\): these are not test-split scores"),
     ("verbs", r"verb_output has 97 classes, the class file needs 6"),
     ("nouns", r"noun_output has 7 classes, the class file needs 8"),
 ])
@@ -178,6 +180,8 @@ def test_submit_refusals(tmp_path, ann_dir, case, pattern):
         s = _test_scores(ids=TEST_IDS[:2])
     elif case == "extra":
         s = _test_scores(ids=TEST_IDS + ["P01_01_0"])
+    elif case == "val":
+        s = _test_scores(ids=[r[0] for r in VAL])
     elif case == "nan":
         s["verb_output"][1, 2] = float("nan")
     elif case == "inf":
