@@ -143,3 +143,16 @@ def test_anticipation_evaluate_and_submit_with_actions(pipeline):
     res = runner.invoke(app, ["evaluate", "--split", "val", "--run", str(arun), "--checkpoint", "last",
                               "--workdir", str(work), "--data", str(root), "--shards", str(work / "shards" / "val")])
     assert res.exit_code != 0
+
+
+def test_evaluate_usage_errors(tmp_path):
+    from leap_cli.errors import LeapError
+    from leap_cli.evaluate.inference import ViewConfig, _flatten_views, resolve_run
+
+    with pytest.raises(LeapError, match="run not found"):
+        resolve_run("runs/nope", tmp_path)
+    with pytest.raises(LeapError, match="gave 2 views per segment, 6 were asked for"):
+        _flatten_views({"video": torch.zeros(1, 2, 3, 4, 8, 8), "narration_id": ["a"]}, 6)
+    assert ViewConfig(3, 3).center == 4 and ViewConfig(2, 3).center == 4 and ViewConfig(1, 1).center == 0
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--workdir", str(tmp_path)])
+    assert res.exit_code != 0 and "nothing to evaluate" in str(res.exception)
