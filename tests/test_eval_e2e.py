@@ -84,8 +84,10 @@ def test_views_are_averaged(pipeline):
     model.eval()
     with torch.no_grad():
         per_view = [model(batch["video"][:, v])["verb"] for v in range(2)]
-    got = predict(model, [batch], views=ViewConfig(2, 1), program=False)
+    got = predict(model, [batch], views=ViewConfig(2, 1))
     torch.testing.assert_close(got["verb_output"], (per_view[0] + per_view[1]) / 2, rtol=1e-4, atol=1e-5)
+    # the program is the greedy decoding of the central view (index 1 of 2 temporal views)
+    assert torch.equal(got["program"]["steps"], model.predict_program(batch["video"][:, 1]))
 
 
 def test_evaluate_test_then_submit(pipeline):

@@ -12,7 +12,8 @@ Inputs (contracts in the project brief):
 
 Views: every segment is scored on each of the V views; verb and noun **logits** are averaged over the views
 (the scores stay raw logits, as a submission needs), condition probabilities (sigmoid) are averaged, and the
-program is decoded greedily on the central view (middle temporal clip, middle spatial crop).
+program is decoded greedily on the central view (middle temporal clip, middle spatial crop): the model's
+``forward`` without targets decodes greedily, so the argmax of its step logits are ``predict_program``'s ids.
 
 Output: the scores dict of ``leap_cli.evaluate.scores`` (with the program truth of the shards so that
 ``leap evaluate --scores`` can recompute program metrics).
@@ -87,10 +88,11 @@ def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfi
         ids += [n for n, k in zip(batch["narration_id"], keep.tolist()) if k]
         if program and "conditions" in out:
             conds.append(torch.sigmoid(out["conditions"].float()).view(b, v, -1).mean(1).cpu()[keep])
-            sel = torch.arange(b, device=device) * v + (views.center if v > 1 else 0)
-            pred = model.predict_program(video[sel], context_video=ctx[sel] if ctx is not None else None,
-                                         context_mask=cmask[sel] if cmask is not None else None)
-            steps.append(pred.cpu()[keep])
+            # forward() without program_steps decodes greedily; the argmax of its step logits are the greedy
+            # ids, so the central view's program costs no second backbone pass
+            centre = views.center if v > 1 else 0
+            pred = torch.stack([out[k].argmax(-1) for k in ("step_verb", "step_obj_a", "step_obj_b")], -1)
+            steps.append(pred.view(b, v, *pred.shape[1:])[:, centre].cpu()[keep])  # [B,L,3]
             if "program_steps" in batch:
                 t_steps.append(batch["program_steps"][keep])
                 t_conds.append(batch["conditions"][keep])
