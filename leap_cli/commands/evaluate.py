@@ -49,6 +49,8 @@ def evaluate(
                                                                      "data.eval_batch_size)."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes reading the shards."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, "
+                                                               "bf16 or fp16; scores are stored in fp32."),
     shards: Path = typer.Option(None, "--shards", help="Shards folder (default {workdir}/shards/SPLIT, anticipation: SPLIT-anticipation)."),
     out: Path = typer.Option(None, "--out", help="Folder for metrics.json (default runs/NAME/eval/SPLIT, or next "
                                                  "to --scores)."),
@@ -99,7 +101,7 @@ def evaluate(
             job = bar.add_task(f"{split} x{views.count} views", total=None)
             loaded, scores_path = evaluate_run(
                 run_dir, split, workdir=workdir, checkpoint=checkpoint, task=task, shards=shards, views=views,
-                batch_size=batch_size, workers=workers, device=device,
+                batch_size=batch_size, workers=workers, device=device, precision=precision,
                 on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n))
         task = loaded["meta"]["task"]
         console.print(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s))")

@@ -21,6 +21,7 @@ Output: the scores dict of ``leap_cli.evaluate.scores`` (with the program truth 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,13 +66,28 @@ def _flatten_views(batch: dict, views: int) -> tuple[torch.Tensor, torch.Tensor 
     return video, ctx, cmask
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _autocast(device: torch.device, precision: str):
+    """``auto``: bf16 on CUDA, fp32 elsewhere. Scores are returned in fp32 either way."""
+    if precision not in PRECISIONS:
+        raise LeapError(f"unknown precision {precision!r}", fix=f"use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfig = ViewConfig(),
-            device: str | torch.device = "cpu", program: bool = True,
+            device: str | torch.device = "cpu", program: bool = True, precision: str = "fp32",
             end_ids: list[int] | None = None, on_batch: Callable[[int], None] | None = None) -> dict:
     """Run ``model`` over ``batches`` and return a scores dict (views averaged, padding rows dropped)."""
     device = torch.device(device)
     model.eval().to(device)
+    _autocast(device, precision)  # refuse an unknown precision before reading any shard
     ids: list[str] = []
     verbs, nouns, steps, conds, t_steps, t_conds, has = [], [], [], [], [], [], []
     for batch in batches:
@@ -81,7 +97,8 @@ def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfi
         video = video.to(device)
         ctx = ctx.to(device) if ctx is not None else None
         cmask = cmask.to(device) if cmask is not None else None
-        out = model(video, context_video=ctx, context_mask=cmask)
+        with _autocast(device, precision):
+            out = model(video, context_video=ctx, context_mask=cmask)
         keep = ~batch["padding"].bool() if "padding" in batch else torch.ones(b, dtype=torch.bool)
         verbs.append(out["verb"].float().view(b, v, -1).mean(1).cpu()[keep])  # [B,V_verbs]
         nouns.append(out["noun"].float().view(b, v, -1).mean(1).cpu()[keep])
@@ -162,7 +179,7 @@ def resolve_run(run: str | Path, workdir: str | Path) -> Path:
 
 def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: str = "best",
                  task: str | None = None, shards: str | Path | None = None, views: ViewConfig = ViewConfig(),
-                 batch_size: int | None = None, workers: int = 0, device: str = "cpu",
+                 batch_size: int | None = None, workers: int = 0, device: str = "cpu", precision: str = "auto",
                  on_start: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None) -> tuple[dict, Path]:
     """Load the run's checkpoint, score every segment of ``{workdir}/shards/{split}`` on all views and write
@@ -193,13 +210,14 @@ def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint
     batches, total = shard_batches(folder, ckpt["model_args"], views, batch_size=batch_size, workers=workers)
     if on_start:
         on_start(total)
-    scores = predict(model, batches, views=views, device=device, program=True,
+    scores = predict(model, batches, views=views, device=device, program=True, precision=precision,
                      end_ids=end_ids_from_model_args(ckpt["model_args"]), on_batch=on_batch)
     if len(scores["narration_id"]) != total:
         log.warning("scored %d segments, the shards manifest lists %d", len(scores["narration_id"]), total)
     meta = {"split": split, "task": task, "run": str(run_dir),
             "checkpoint": checkpoint if checkpoint in ("best", "last") else str(checkpoint),
-            "views": {"temporal": views.temporal, "spatial": views.spatial}, "step": int(ckpt.get("step", 0))}
+            "views": {"temporal": views.temporal, "spatial": views.spatial}, "step": int(ckpt.get("step", 0)),
+            "precision": precision}
     out = run_dir / "eval" / split / "scores.pt"
     saved = save_scores(out, scores["narration_id"], scores["verb_output"], scores["noun_output"],
                         program=scores.get("program"), meta=meta)
