@@ -338,3 +338,20 @@ def test_layer_ids_and_no_weight_decay():
     assert {"backbone.class_embedding", "backbone.positional_embedding", "backbone.transformer.temporal_cls_token",
             "backbone.ln_pre.weight", "verb_head.bias", "decoder.verb_embed.weight", "decoder.step_pos"} <= nwd
     assert "backbone.transformer.resblocks.0.mlp.c_fc.weight" not in nwd and "verb_head.weight" not in nwd
+
+
+def test_anticipation_uses_present_context_only_when_aggregating():
+    torch.manual_seed(0)
+    batch = make_batch(context=2)
+    other = batch["context_video"].clone()
+    other[0, 0] = torch.randn_like(other[0, 0])  # absent clip (mask False) of sample 0
+    other[1, 1] = torch.randn_like(other[1, 1])  # present clip of sample 1
+    for aggregate in (True, False):
+        torch.manual_seed(0)
+        model = build_model(tiny_args(anticipation={"context": 2, "aggregate": aggregate})).eval()
+        unzero_(model)
+        with torch.no_grad():
+            a = model(batch["video"], None, batch["context_video"], batch["context_mask"])["verb"]
+            b = model(batch["video"], None, other, batch["context_mask"])["verb"]
+        assert torch.allclose(a[0], b[0], atol=1e-6)  # an absent clip never matters
+        assert torch.allclose(a[1], b[1], atol=1e-6) != aggregate  # a present one matters only when aggregating

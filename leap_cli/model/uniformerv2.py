@@ -248,6 +248,11 @@ class UniFormerV2Config:
 
 
 # --------------------------------------------------------------------------------------------- model
+def _linspace(end: float, n: int) -> list[float]:
+    """Stochastic-depth rates rising linearly from 0 to ``end`` (as torch.linspace, without a tensor)."""
+    return [end * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+
+
 class GlobalTransformer(nn.Module):
     """``backbone.transformer``: the backbone blocks plus the global UniBlocks, fusion and projection."""
 
@@ -255,7 +260,7 @@ class GlobalTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.return_list = tuple(cfg.return_list)
-        b_dpr = torch.linspace(0, cfg.backbone_drop_path_rate, cfg.layers).tolist()
+        b_dpr = _linspace(cfg.backbone_drop_path_rate, cfg.layers)
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(
                 cfg.width, cfg.heads, b_dpr[i], cfg.dw_reduction, cfg.no_lmhra, cfg.double_lmhra
@@ -269,7 +274,7 @@ class GlobalTransformer(nn.Module):
         )
         for conv in self.dpe:
             nn.init.zeros_(conv.bias)
-        dpr = torch.linspace(0, cfg.drop_path_rate, n).tolist()
+        dpr = _linspace(cfg.drop_path_rate, n)
         self.dec = nn.ModuleList(
             Extractor(cfg.n_dim, cfg.n_head, cfg.mlp_factor, cfg.mlp_dropout[i], dpr[i]) for i in range(n)
         )
