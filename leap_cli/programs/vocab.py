@@ -42,6 +42,9 @@ OPPOSITES: dict[str, str] = {
     "wet": "dry", "dry": "wet",
 }
 
+# Pairs where "not A" means "B" (empty/full are not: a jug can be half full).
+COMPLEMENTS: dict[str, str] = {k: v for k, v in OPPOSITES.items() if k not in ("empty", "full")}
+
 # Motor primitive -> EPIC verb key (class of EPIC_100_verb_classes.csv) that fits it.
 MOTOR_PRIMITIVES: dict[str, str] = {
     "reach": "move", "grasp": "take", "release": "let-go", "lift": "lift", "lower": "lower", "hold": "hold",
