@@ -406,7 +406,7 @@ def test_cli_build_shards_and_size_rolling(root, tmp_path):
     res = CliRunner().invoke(app, ["build-shards", "--data", str(root), "--split", "train", "--workdir", str(tmp_path),
                                    "--frames", "2", "--short-side", "32", "--max-shard-size", "12k"])
     assert res.exit_code == 0, res.output
-    assert "Shards" in res.output and "3 conditions" in res.output
+    assert "recognition shards of train" in res.output and "3 conditions" in res.output
     m = json.loads((tmp_path / "shards" / "train" / "manifest.json").read_text())
     assert [s["count"] for s in m["shards"]] == [2, 2, 2, 1]  # 4 kB samples, 12 kB shards
     assert all(s["bytes"] <= 12 * 1024 for s in m["shards"])
