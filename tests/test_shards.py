@@ -237,6 +237,10 @@ def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
     assert (out / "leap-train-000000.tar").stat().st_mtime_ns == first
     assert tar_digests(out) == tar_digests(ref.out)
     assert (out / "manifest.json").read_bytes() == (ref.out / "manifest.json").read_bytes()
+    damaged = out / "leap-train-000001.tar"  # a complete shard cut short later: it and the ones after it are redone
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    again = build(root, tmp_path / "run")
+    assert again.resumed_shards == 1 and tar_digests(out) == tar_digests(ref.out)
     with pytest.raises(LeapError, match="other inputs or settings"):
         build(root, tmp_path / "run", frames=2)
     assert build(root, tmp_path / "run", frames=2, overwrite=True).manifest["settings"]["frames"] == 2
