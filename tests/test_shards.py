@@ -237,6 +237,10 @@ def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
     assert (out / "leap-train-000000.tar").stat().st_mtime_ns == first
     assert tar_digests(out) == tar_digests(ref.out)
     assert (out / "manifest.json").read_bytes() == (ref.out / "manifest.json").read_bytes()
+    damaged = out / "leap-train-000001.tar"  # a complete shard cut short later: it and the ones after it are redone
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    again = build(root, tmp_path / "run")
+    assert again.resumed_shards == 1 and tar_digests(out) == tar_digests(ref.out)
     with pytest.raises(LeapError, match="other inputs or settings"):
         build(root, tmp_path / "run", frames=2)
     assert build(root, tmp_path / "run", frames=2, overwrite=True).manifest["settings"]["frames"] == 2
@@ -282,12 +286,17 @@ def test_anticipation_window_ends_tau_a_before_the_action(root, tmp_path):
 # ---- bad input -----------------------------------------------------------------------------------------------
 
 def test_unreadable_frames_are_skipped_and_listed(tmp_path):
-    root = make_root(tmp_path / "k")
+    extra = [("P01_02", 5.6, 7.5, "take", 0, "cup", 13), ("P01_04", 1.0, 2.0, "take", 0, "cup", 13)]
+    root = make_root(tmp_path / "k", train=TRAIN + extra)
     (root / "P01" / "rgb_frames" / "P01_02" / f"frame_{28:010d}.jpg").write_bytes(b"not a jpeg")  # inside P01_02_1
+    shutil.rmtree(root / "P01" / "rgb_frames" / "P01_04")  # a video that is not there at all
     r = build(root, tmp_path / "w")
     skipped = {x["narration_id"]: x["reason"] for x in r.manifest["skipped"]}
-    assert list(skipped) == ["P01_02_1"] and "unreadable" in skipped["P01_02_1"]
-    assert r.manifest["counts"]["samples"] == 6 and r.manifest["counts"]["skipped"] == 1
+    assert set(skipped) == {"P01_02_1", "P01_02_3", "P01_04_0"}
+    assert "unreadable" in skipped["P01_02_1"] and "frame_0000000028.jpg" in skipped["P01_02_1"]
+    assert "60 frames" in skipped["P01_02_3"]  # the segment runs past the end of the video
+    assert "cannot be opened" in skipped["P01_04_0"]
+    assert r.manifest["counts"]["samples"] == 6 and r.manifest["counts"]["skipped"] == 3
 
 
 def test_program_file_of_another_split_is_reported(root, tmp_path):
@@ -357,7 +366,7 @@ def test_two_ranks_two_workers_see_each_sample_once_per_epoch(built, pad):
         seen, per_rank, padded = [], [], 0
         for rank in range(2):
             ds = ShardDataset(out, train=True, num_frames=2, img_size=16, shuffle_buffer=3, rank=rank, world_size=2,
-                              pad=pad, epoch=epoch, seed=5)
+                              pad=pad, epoch=epoch, seed=5, block=2)
             ids = []
             for b in DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_clips):
                 ids += [k for k, p in zip(b["narration_id"], b["padding"].tolist()) if not p]
@@ -406,7 +415,7 @@ def test_cli_build_shards_and_size_rolling(root, tmp_path):
     res = CliRunner().invoke(app, ["build-shards", "--data", str(root), "--split", "train", "--workdir", str(tmp_path),
                                    "--frames", "2", "--short-side", "32", "--max-shard-size", "12k"])
     assert res.exit_code == 0, res.output
-    assert "Shards" in res.output and "3 conditions" in res.output
+    assert "recognition shards of train" in res.output and "3 conditions" in res.output
     m = json.loads((tmp_path / "shards" / "train" / "manifest.json").read_text())
     assert [s["count"] for s in m["shards"]] == [2, 2, 2, 1]  # 4 kB samples, 12 kB shards
     assert all(s["bytes"] <= 12 * 1024 for s in m["shards"])

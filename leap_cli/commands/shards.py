@@ -83,11 +83,11 @@ def build_shards(
                              progress=progress)
     m = result.manifest
     c = m["counts"]
-    table = Table(title=f"Shards {result.out}")
-    for col in ("split", "task", "segments", "samples", "with program", "skipped", "shards", "kept (resumed)", "GB"):
-        table.add_column(col, justify="left" if col in ("split", "task") else "right")
-    table.add_row(split, m["task"], str(c["segments"]), str(c["samples"]), str(c["with_program"]), str(c["skipped"]),
-                  str(c["shards"]), str(result.resumed_shards), f"{sum(s['bytes'] for s in m['shards']) / 1e9:.3f}")
+    table = Table(title=f"{m['task']} shards of {split}{spec.suffix} in {result.out}")
+    for col in ("segments", "samples", "programs", "skipped", "shards", "resumed", "GB"):
+        table.add_column(col, justify="right")
+    table.add_row(str(c["segments"]), str(c["samples"]), str(c["with_program"]), str(c["skipped"]), str(c["shards"]),
+                  str(result.resumed_shards), f"{sum(s['bytes'] for s in m['shards']) / 1e9:.3f}")
     console.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")

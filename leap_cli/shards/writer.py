@@ -298,6 +298,31 @@ class _ShardSink:
                 self._tmp.unlink()
 
 
+def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str) -> tuple[JsonlAppender, list[dict]]:
+    """Open the progress file; keep the complete shards that are intact (from the first damaged one on, redo)."""
+    from leap_cli.io import atomic_write_text
+
+    appender = JsonlAppender(progress_path, key="name")
+    done: list[dict] = sorted(appender.records.values(), key=lambda r: r["index"])
+    if any(r["settings_hash"] != settings_hash for r in done):
+        appender.close()
+        raise LeapError("the folder holds shards built from other inputs or settings", path=out,
+                        fix="pass --overwrite to rebuild, or another --out")
+    kept: list[dict] = []
+    for r in done:
+        p = out / r["name"]
+        if r["index"] != len(kept) or not p.exists() or p.stat().st_size != r["bytes"]:
+            break
+        kept.append(r)
+    if len(kept) < len(done):
+        appender.close()
+        atomic_write_text(progress_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        appender = JsonlAppender(progress_path, key="name")
+    for stray in out.glob(f".{prefix}-*.tar.partial"):
+        stray.unlink()
+    return appender, kept
+
+
 def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSettings, opener: FrameOpener,
                  fps: Callable[[str], float], programs: list[dict] | None = None,
                  programs_path: str | Path | None = None, targets: TargetEncoder | None = None,
@@ -340,27 +365,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         for p in list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar")) + [progress_path, out / manifest_name(shard.suffix)]:
             if p.exists():
                 p.unlink()
-    appender = JsonlAppender(progress_path, key="name")
-    done: list[dict] = sorted(appender.records.values(), key=lambda r: r["index"])
-    stale = [r for r in done if r["settings_hash"] != settings_hash]
-    if stale:
-        appender.close()
-        raise LeapError("the folder holds shards built from other inputs or settings", path=out,
-                        fix="pass --overwrite to rebuild, or another --out")
-    kept: list[dict] = []
-    for r in done:  # complete shards are kept when they are intact; from the first damaged one on, redo
-        p = out / r["name"]
-        if r["index"] != len(kept) or not p.exists() or p.stat().st_size != r["bytes"]:
-            break
-        kept.append(r)
-    if len(kept) < len(done):
-        appender.close()
-        from leap_cli.io import atomic_write_text
-
-        atomic_write_text(progress_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-        appender = JsonlAppender(progress_path, key="name")
-    for stray in out.glob(f".leap-{settings.split}{shard.suffix}-*.tar.partial"):
-        stray.unlink()
+    appender, kept = _resume(out, progress_path, settings_hash, f"leap-{settings.split}{shard.suffix}")
     done_keys = {x["key"] for r in kept for x in r["samples"]} | {x["narration_id"] for r in kept for x in r["skipped"]}
 
     # Skips found while planning are reported in segment order along with the frame failures.
