@@ -137,4 +137,30 @@ def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab
             _assign(mapping, used, second, new, nouns)
     program = _rename(program, mapping)
     program["action"] = action
+    return _fit_vocabulary(program, info, verb_name, verbs, nouns)
+
+
+def _fit_vocabulary(program: dict, info: ClipInfo, verb_name: str, verbs: ClassVocab, nouns: ClassVocab) -> dict:
+    """Make an exemplar from the full EPIC library fit a smaller class list (e.g. the synthetic kitchen's):
+    a step verb outside it becomes the action's verb, an object outside it a free object of the list (the
+    clip's objects first). Both renamings are one-to-one, so chaining stays valid."""
+    used = _objects_of(program)
+    missing = [o for o in used if resolve_object(o, nouns) is None]
+    mapping: dict[str, str] = {}
+    if missing:
+        taken = {resolve_object(o, nouns) for o in used} - {None}
+        pool = [*info.objects, *info.all_nouns, *(nouns.keys[i] for i in nouns.ids)]
+        for old in missing:
+            for cand in pool:
+                cid = resolve_object(cand, nouns)
+                if cid is not None and cid not in taken:
+                    mapping[old] = nouns.keys[cid]
+                    taken.add(cid)
+                    break
+        if len(mapping) < len(missing):
+            raise OfflineError("the class list has too few objects for the exemplar program")
+        program = _rename(program, mapping)
+    for sub in _first_sub_action(program["steps"]):
+        if resolve_verb(sub["verb"], verbs) is None:
+            sub["verb"] = verb_name
     return program

@@ -7,7 +7,8 @@ Flattening rule (the execution order a model is trained to predict):
 Vocabularies (``TargetVocab``), stored in ``shards/{split}/manifest.json`` under ``"targets"``:
 - ``step_verbs``: the EPIC verb keys in class-id order (index == EPIC verb class id), then ``"<end>"``;
 - ``objects``: the EPIC noun keys in class-id order (index == EPIC noun class id), then ``"none"``
-  (no object B), then ``"<end>"``;
+  (no object B), then ``"<end>"``. Ids missing from a subset class file (the synthetic kitchen's) hold
+  ``"<unused-ID>"`` so that the index stays the EPIC class id;
 - ``conditions``: ``"predicate(arg1,arg2)"`` strings (args as EPIC noun keys or hand names, negated
   ones as ``"not predicate(...)"``), the most frequent in the training programs first, capped in size.
   The END token is the last entry of ``step_verbs`` and ``objects``, so ``len(list)`` is the head size.
@@ -114,10 +115,9 @@ class TargetVocab:
             for cond in (program.get("pre") or []) + (program.get("post") or []):
                 counts[condition_string(cond, nouns)] += 1
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:max_conditions]
-        step_verbs = [verbs.keys[i] for i in range(len(verbs))] + [END]
-        objects = [nouns.keys[i] for i in range(len(nouns))] + [NONE_OBJECT, END]
-        if verbs.ids != list(range(len(verbs))) or nouns.ids != list(range(len(nouns))):
-            raise LeapError("class ids are not 0..n-1", fix="use EPIC's class files unchanged")
+        # index == EPIC class id; a class file that is a subset (the synthetic kitchen's) leaves unused ids
+        step_verbs = [verbs.keys.get(i, f"<unused-{i}>") for i in range(max(verbs.ids) + 1)] + [END]
+        objects = [nouns.keys.get(i, f"<unused-{i}>") for i in range(max(nouns.ids) + 1)] + [NONE_OBJECT, END]
         return cls(step_verbs, objects, [c for c, _ in ranked], max_steps, verbs, nouns)
 
     def bind(self, verbs: ClassVocab, nouns: ClassVocab) -> "TargetVocab":
