@@ -382,3 +382,31 @@ def test_training_order_changes_with_epoch_and_eval_views(built):
     assert b["video"].shape == (2, 6, 3, 2, 16, 16)
     assert torch.equal(b["video"][:, 0], b["video"][:, 2])  # flat frames: left and right crops agree
     assert not torch.equal(b["video"][:, 0], b["video"][:, 3])  # the two temporal views take other frames
+
+
+def test_persistent_workers_still_change_the_order_each_epoch(built):
+    _, work = built
+    ds = ShardDataset(work / "shards" / "train", train=True, num_frames=2, img_size=16, shuffle_buffer=2, seed=5)
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_clips, persistent_workers=True)
+    epochs = [[k for b in loader for k in b["narration_id"]] for _ in range(3)]
+    assert all(sorted(e) == sorted(epochs[0]) and len(e) == 7 for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1
+
+
+def test_cli_build_shards_and_size_rolling(root, tmp_path):
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+    from leap_cli.commands.shards import parse_size
+
+    assert parse_size("1GB") == 1 << 30 and parse_size("64k") == 65536 and parse_size("500") == 500
+    with pytest.raises(LeapError):
+        parse_size("lots")
+    write_programs(tmp_path / "programs" / "train.jsonl", program_records())
+    res = CliRunner().invoke(app, ["build-shards", "--data", str(root), "--split", "train", "--workdir", str(tmp_path),
+                                   "--frames", "2", "--short-side", "32", "--max-shard-size", "12k"])
+    assert res.exit_code == 0, res.output
+    assert "Shards" in res.output and "3 conditions" in res.output
+    m = json.loads((tmp_path / "shards" / "train" / "manifest.json").read_text())
+    assert [s["count"] for s in m["shards"]] == [2, 2, 2, 1]  # 4 kB samples, 12 kB shards
+    assert all(s["bytes"] <= 12 * 1024 for s in m["shards"])

@@ -81,16 +81,23 @@ class ShardDataset(IterableDataset):
         self.num_conditions = len(targets.get("conditions", []))
         self.context = int(self.manifest["settings"].get("context", 0)) if self.manifest.get("task") == "anticipation" else 0
         self.stats = {"samples": 0, "padding": 0, "errors": 0}
+        self._iterations = 0  # epochs started by this copy (persistent DataLoader workers keep their copy)
 
     # ---- which samples this consumer reads -------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch (as with DistributedSampler). Persistent DataLoader workers never see it; their
+        copy counts the epochs it has started instead, so the order still changes each epoch, alike on all ranks."""
         self.epoch = epoch
+
+    @property
+    def effective_epoch(self) -> int:
+        return self.epoch + self._iterations
 
     def epoch_order(self) -> list[tuple[int, int]]:
         """(shard, position) of every sample in this epoch's order (identical on every rank and worker)."""
         order = list(range(len(self.shards)))
         if self.train:
-            np.random.default_rng([self.seed, self.epoch]).shuffle(order)
+            np.random.default_rng([self.seed, self.effective_epoch]).shuffle(order)
         return [(s, p) for s in order for p in range(self.shards[s]["count"])]
 
     def rank_slice(self, order: list[tuple[int, int]]) -> list[tuple[tuple[int, int], bool]]:
@@ -176,7 +183,8 @@ class ShardDataset(IterableDataset):
         if wi is not None:
             cv2.setNumThreads(1)
         plan = self.consumer_plan(wid, nw)
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid])
+        rng = np.random.default_rng([self.seed, self.effective_epoch, self.rank, wid])
+        self._iterations += 1
         for fields, padding, shard, key in self._shuffled(self._raw(plan), rng):
             try:
                 sample = self.make_sample(fields, rng)
@@ -194,21 +202,24 @@ class ShardDataset(IterableDataset):
                        k[len(prefix):].count(".") == 1)
         return [fields[k] for k in names]
 
-    def _views(self, clip: np.ndarray, rng: np.random.Generator, boxes_state: dict) -> torch.Tensor:
-        """uint8 [Ts,H,W,3] -> [3,T,S,S] (train) or [V,3,T,S,S] (eval views)."""
-        ts, h, w = clip.shape[:3]
-        S, T = self.img_size, self.num_frames
+    def _views(self, blobs: list[bytes], rng: np.random.Generator, state: dict) -> torch.Tensor:
+        """Stored JPEGs -> [3,T,S,S] (train) or [V,3,T,S,S] (eval views); only the frames used are decoded."""
+        ts, S, T = len(blobs), self.img_size, self.num_frames
         if self.train:
-            if "box" not in boxes_state:
-                boxes_state["box"] = random_resized_box(h, w, rng, self.scale)
-                boxes_state["jitter_seed"] = int(rng.integers(1 << 31))
-            x = crop_resize(clip[temporal_indices(ts, T, rng)], boxes_state["box"], S)
+            clip = decode_jpegs([blobs[i] for i in temporal_indices(ts, T, rng)])
+            if "box" not in state:  # one crop and one colour change per sample, shared by its context clips
+                state["box"] = random_resized_box(clip.shape[1], clip.shape[2], rng, self.scale)
+                state["jitter_seed"] = int(rng.integers(1 << 31))
+            x = crop_resize(clip, state["box"], S)
             if self.jitter > 0:
-                x = color_jitter(x, self.jitter, np.random.default_rng(boxes_state["jitter_seed"]))
+                x = color_jitter(x, self.jitter, np.random.default_rng(state["jitter_seed"]))
             return to_tensor(x)
+        picks = [temporal_indices(ts, T, None, tv, self.temporal_views) for tv in range(self.temporal_views)]
+        used = sorted({i for p in picks for i in p})
+        decoded = dict(zip(used, decode_jpegs([blobs[i] for i in used])))
+        h, w = decoded[used[0]].shape[:2]
         _, boxes = spatial_boxes(h, w, S, self.spatial_views)
-        views = [to_tensor(crop_resize(clip[temporal_indices(ts, T, None, tv, self.temporal_views)], box, S))
-                 for tv in range(self.temporal_views) for box in boxes]
+        views = [to_tensor(crop_resize(np.stack([decoded[i] for i in p]), box, S)) for p in picks for box in boxes]
         return views[0] if len(views) == 1 else torch.stack(views)  # [V,3,T,S,S]
 
     def make_sample(self, fields: dict, rng: np.random.Generator) -> dict:
@@ -217,7 +228,7 @@ class ShardDataset(IterableDataset):
         if not frames:
             raise ValueError("sample has no frames")
         state: dict = {}
-        video = self._views(decode_jpegs(frames), rng, state)
+        video = self._views(frames, rng, state)
         L, P = self.max_steps, self.num_conditions
         steps = torch.full((L, 3), -100, dtype=torch.long)
         cond = torch.zeros(2 * P)
@@ -239,7 +250,7 @@ class ShardDataset(IterableDataset):
             for c in range(self.context):
                 blobs = self._frames(fields, f"c{c}.f")
                 present = bool(blobs) and c < len(ctx) and ctx[c].get("present", False)
-                clips.append(self._views(decode_jpegs(blobs), rng, state) if present else torch.zeros_like(video))
+                clips.append(self._views(blobs, rng, state) if present else torch.zeros_like(video))
                 mask.append(present)
             out["context_video"] = torch.stack(clips, dim=-5)  # [C,3,T,S,S] or [V,C,3,T,S,S]
             out["context_mask"] = torch.tensor(mask, dtype=torch.bool)

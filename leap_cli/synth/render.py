@@ -324,9 +324,10 @@ class Renderer:
         drawn = []
         for hand in hands:
             self._arm(frame, hand, tuple(int(c * 0.92) for c in skin))
-            box = paste(frame, self.hands[hand.side], hand.x, hand.y)
-            if box:
-                drawn.append((hand, box))
+            sp = self.hands[hand.side]
+            box = paste(frame, sp, hand.x, hand.y)
+            if box and (box[2] - box[0]) * (box[3] - box[1]) >= 0.25 * sp.size[0] * sp.size[1]:
+                drawn.append((hand, box))  # a hand counts as visible when a quarter of it is in the frame
         return frame, objects, drawn
 
     def _act(self, frame, seg, u, dt, ax, ay, objects, hands):
