@@ -1,0 +1,118 @@
+"""``leap evaluate``: score a trained run (multi-view inference over the shards) or an existing scores file
+with EPIC-KITCHENS-100's metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from leap_cli.common import DEFAULT_WORKDIR
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("evaluate", help="Run a trained model over the shards of a split (views averaged) and write "
+                                 "runs/NAME/eval/SPLIT/scores.pt + metrics.json, or score an existing "
+                                 "--scores file (leap's or EPIC's official .pkl/.pt) against the annotations.")(evaluate)
+
+
+def _table(result: dict) -> Table:
+    from leap_cli.evaluate.scoring import metric_rows
+
+    table = Table(title=f"{result['task']} on {result['split']}: {result['segments']} segments"
+                        + (f" ({result['not_scored']} not scored)" if result.get("not_scored") else ""))
+    for col in ("group", "subset", "metric", "%"):
+        table.add_column(col, justify="right" if col == "%" else "left")
+    for row in metric_rows(result):
+        table.add_row(*row)
+    return table
+
+
+def evaluate(
+    split: str = typer.Option("val", "--split", help="val (metrics) or test (scores only, for `leap submit`)."),
+    run: Path = typer.Option(None, "--run", help="Run directory written by `leap train` (runs/NAME, also looked "
+                                                 "up under --workdir)."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a checkpoint file (a file under "
+                                                                "runs/NAME/checkpoints/ implies --run)."),
+    task: str = typer.Option(None, "--task", help="recognition or anticipation (default: the run's task, or the "
+                                                  "scores file's, else recognition)."),
+    scores: Path = typer.Option(None, "--scores", help="Score this existing file instead of running a model "
+                                                       "(leap scores.pt, official .pkl/.pt results, or a challenge .json/.zip)."),
+    temporal_views: int = typer.Option(1, "--temporal-views", min=1, help="Clips per segment (views are averaged)."),
+    spatial_views: int = typer.Option(1, "--spatial-views", min=1, help="Crops per clip (1 centre, 3 left/centre/right)."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="Segments per batch (default: the run's "
+                                                                     "data.eval_batch_size)."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes reading the shards."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, "
+                                                               "bf16 or fp16; scores are stored in fp32."),
+    shards: Path = typer.Option(None, "--shards", help="Shards folder (default {workdir}/shards/SPLIT, anticipation: SPLIT-anticipation)."),
+    out: Path = typer.Option(None, "--out", help="Folder for metrics.json (default runs/NAME/eval/SPLIT, or next "
+                                                 "to --scores)."),
+    data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default {workdir}/kitchen)."),
+    annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default "
+                                                                "DATA/annotations)."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory of the pipeline."),
+) -> None:
+    import torch
+
+    from leap_cli.common import normalize_split
+    from leap_cli.errors import LeapError
+    from leap_cli.evaluate.scores import load_scores
+    from leap_cli.evaluate.scoring import TASKS, evaluate_scores, open_annotations
+    from leap_cli.io import atomic_write_json
+
+    split = normalize_split(split)
+    if task is not None and task not in TASKS:
+        raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
+    run_dir = None
+    if scores is not None:
+        loaded = load_scores(scores)
+        if run is not None:
+            from leap_cli.evaluate.inference import resolve_run
+
+            run_dir = resolve_run(run, workdir)
+        task = task or (loaded.get("meta") or {}).get("task") or "recognition"
+        if split == "test":
+            raise LeapError("the test split has no labels to score against", path=scores,
+                            fix="use `leap submit --scores FILE` for test scores, or --split val")
+        metrics_path = (out or (run_dir / "eval" / split if run_dir else None))
+        metrics_path = metrics_path / "metrics.json" if metrics_path else scores.with_suffix(".metrics.json")
+        source = str(scores)
+    else:
+        from leap_cli.evaluate.inference import ViewConfig, evaluate_run, resolve_run
+
+        ckpt_file = Path(checkpoint)
+        if run is None and ckpt_file.is_file() and ckpt_file.parent.name == "checkpoints":
+            run = ckpt_file.parent.parent  # runs/NAME/checkpoints/x.pt -> runs/NAME
+        if run is None:
+            raise LeapError("nothing to evaluate", fix="pass --run runs/NAME (a trained run) or --scores FILE")
+        run_dir = resolve_run(run, workdir)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        views = ViewConfig(temporal_views, spatial_views)
+        with Progress(TextColumn("[bold]scoring[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as bar:
+            job = bar.add_task(f"{split} x{views.count} views", total=None)
+            loaded, scores_path = evaluate_run(
+                run_dir, split, workdir=workdir, checkpoint=checkpoint, task=task, shards=shards, views=views,
+                batch_size=batch_size, workers=workers, device=device, precision=precision,
+                on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n))
+        task = loaded["meta"]["task"]
+        console.print(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s))")
+        if split == "test":
+            console.print(f"test split: no labels, scores only. Next: leap submit --scores {scores_path} "
+                          f"--task {task}")
+            return
+        metrics_path = (out or scores_path.parent) / "metrics.json"
+        source = str(scores_path)
+    ann = open_annotations(workdir, data, annotations)
+    result = evaluate_scores(loaded, ann, split, task, source=source)
+    atomic_write_json(metrics_path, result)
+    console.print(_table(result))
+    console.print(f"wrote {metrics_path}")

@@ -1,0 +1,151 @@
+"""``leap generate-programs`` and ``leap validate-programs``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate-programs",
+                help="Generate one action program per segment (offline baseline or an OpenAI-compatible LLM).")(generate_programs)
+    app.command("validate-programs",
+                help="Re-validate program files: errors per record, coverage, histograms, JSON report.")(validate_programs)
+
+
+def generate_programs(
+    workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory (reads descriptors/, writes programs/)."),
+    split: str = typer.Option("train", "--split", help="Split: train, val (validation) or test."),
+    data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
+    annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (overrides --data)."),
+    descriptors: Path = typer.Option(None, "--descriptors", help="Descriptor JSONL (default WORKDIR/descriptors/SPLIT.jsonl; "
+                                                                 "narration-only records from the annotations when absent)."),
+    out: Path = typer.Option(None, "--out", help="Programs JSONL (default WORKDIR/programs/SPLIT.jsonl)."),
+    backend: str = typer.Option("offline", "--backend", help="offline (deterministic baseline, no network) or openai."),
+    model: str = typer.Option("gpt-4o-mini", "--model", help="Model name sent to the endpoint."),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
+    concurrency: int = typer.Option(8, "--concurrency", "--workers", help="Requests in flight at once."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Per-request timeout in seconds."),
+    max_retries: int = typer.Option(5, "--max-retries", help="Retries on 429/5xx/timeouts before a record fails."),
+    backoff: float = typer.Option(1.0, "--backoff", help="First retry delay in seconds (doubles, with jitter; "
+                                                         "Retry-After wins)."),
+    response_format: str = typer.Option("auto", "--response-format", help="auto (Structured Outputs, JSON mode if refused), "
+                                                                          "json_schema or json_object."),
+    temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature."),
+    k: int = typer.Option(4, "--k", help="Exemplar programs per prompt."),
+    repair_rounds: int = typer.Option(1, "--repair-rounds", help="Follow-up turns that send validation errors back."),
+    limit: int = typer.Option(None, "--limit", help="Process at most this many pending segments."),
+    shard: str = typer.Option(None, "--shard", help="i/n: process part i of n (by video); writes SPLIT.shardIofN.jsonl."),
+    price_in: float = typer.Option(0.15, "--price-in", help="USD per 1M prompt tokens (for the cost estimate)."),
+    price_out: float = typer.Option(0.60, "--price-out", help="USD per 1M completion tokens."),
+    max_cost: float = typer.Option(None, "--max-cost", help="Stop cleanly once the estimated cost reaches this (USD)."),
+    exemplars: Path = typer.Option(None, "--exemplars", help="Folder of exemplar programs (default prompts/exemplars)."),
+    system_prompt: Path = typer.Option(None, "--system-prompt", help="System prompt file (default prompts/system.md)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo the records whose status is failed."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the prompt of one segment and make no call."),
+    narration_id: str = typer.Option(None, "--narration-id", help="With --dry-run: the segment to show."),
+    batch_file: Path = typer.Option(None, "--batch-file", help="Write OpenAI Batch API requests to this JSONL instead of calling."),
+    ingest_batch: Path = typer.Option(None, "--ingest-batch", help="Validate and merge a Batch API output JSONL."),
+) -> None:
+    from leap_cli.common import ShardSpec
+    from leap_cli.programs.generate import GenerateConfig, dry_run as build_dry_run, generate_programs as run
+
+    cfg = GenerateConfig(workdir=workdir, split=split, data=data, annotations=annotations, descriptors=descriptors,
+                         out=out, backend=backend, model=model, base_url=base_url, api_key_env=api_key_env,
+                         concurrency=concurrency, timeout=timeout, max_retries=max_retries, backoff=backoff,
+                         response_format=response_format, temperature=temperature, k=k, repair_rounds=repair_rounds,
+                         limit=limit, shard=ShardSpec.parse(shard), price_in=price_in, price_out=price_out,
+                         max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
+                         retry_failed=retry_failed)
+    if dry_run:
+        console.print(build_dry_run(cfg, narration_id), markup=False, highlight=False)
+        return
+    if batch_file is not None:
+        from leap_cli.programs.batch import write_batch_file
+
+        n = write_batch_file(cfg, batch_file)
+        console.print(f"wrote {n} Batch API requests to {batch_file}; submit it, then run with --ingest-batch RESULTS.jsonl")
+        return
+    if ingest_batch is not None:
+        from leap_cli.programs.batch import ingest_batch as ingest
+
+        counts = ingest(cfg, ingest_batch)
+        console.print(f"ingested {sum(counts.values())} results into {cfg.out_path}: "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("programs", total=None)
+        summary = run(cfg, on_start=lambda n: progress.update(task, total=n),
+                      on_record=lambda r: progress.advance(task))
+    console.print(f"input: {summary.source}")
+    table = Table(title=f"generate-programs -> {summary.out}")
+    for col in ("segs", "resumed", "valid", "invalid", "failed", "calls", "cached", "tok in", "tok out", "cost $", "s"):
+        table.add_column(col, justify="right")
+    table.add_row(str(summary.total), str(summary.resumed), *(str(summary.statuses.get(s, 0)) for s in ("valid", "invalid", "failed")),
+                  str(summary.requests), str(summary.cache_hits), str(summary.usage["prompt_tokens"]),
+                  str(summary.usage["completion_tokens"]), f"{summary.cost:.4f}", f"{summary.seconds:.1f}")
+    console.print(table)
+    if summary.stopped:
+        console.print(f"[yellow]stopped early:[/] {summary.stopped}; run the same command to continue")
+    for nid, msg in summary.failures[:10]:
+        console.print(f"[red]{nid}[/]: {msg}", highlight=False)
+    if len(summary.failures) > 10:
+        console.print(f"... and {len(summary.failures) - 10} more (see leap validate-programs)")
+
+
+def validate_programs(
+    files: list[Path] = typer.Argument(None, help="Program JSONL files (default WORKDIR/programs/SPLIT.jsonl)."),
+    workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory (report goes to programs/)."),
+    split: str = typer.Option(None, "--split", help="Split of the files (default: from the file name)."),
+    data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
+    annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (overrides --data)."),
+    report: Path = typer.Option(None, "--report", help="Report path (default WORKDIR/programs/SPLIT.report.json)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any record is invalid or failed."),
+    show: int = typer.Option(10, "--show", help="Records with errors to print."),
+) -> None:
+    from leap_cli.common import normalize_split
+    from leap_cli.errors import LeapError
+    from leap_cli.io import atomic_write_json
+    from leap_cli.programs.generate import GenerateConfig, _annotations
+    from leap_cli.programs.report import split_of, validate_records
+
+    split_name = normalize_split(split) if split else None
+    if not files:
+        files = [workdir / "programs" / f"{split_name or 'train'}.jsonl"]
+    ann = _annotations(GenerateConfig(workdir=workdir, data=data, annotations=annotations))
+    if ann is None:
+        raise LeapError("the EPIC class files are needed to validate verbs and objects",
+                        fix="pass --data ROOT (holding annotations/) or --annotations DIR")
+    split_name = split_name or normalize_split(split_of(files[0]))
+    segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
+    rep = validate_records(list(files), ann.verbs, ann.nouns, segments)
+    rep["split"] = split_name
+    out = report or workdir / "programs" / f"{split_name}.report.json"
+    atomic_write_json(out, rep)
+    for r in rep["errors"][:show]:
+        first = r["errors"][0] if r["errors"] else {"pointer": "", "message": r["status"]}
+        console.print(f"[red]{r['narration_id']}[/] {r['status']}: {first['pointer'] or '/'} {first['message']}"
+                      + (f" (+{len(r['errors']) - 1} more)" if len(r["errors"]) > 1 else ""), highlight=False)
+    table = Table(title=f"validate-programs ({split_name})")
+    for col in ("records", "valid", "invalid", "failed", "dups", "coverage", "loop", "cond", "routine"):
+        table.add_column(col, justify="right")
+    flow = rep["histograms"]["control_flow"]
+    cov = rep["coverage"]
+    table.add_row(str(rep["records"]), *(str(rep["statuses"][s]) for s in ("valid", "invalid", "failed")),
+                  str(rep["duplicates"]), f"{cov['valid']}/{cov['segments']} ({cov['fraction']:.1%})",
+                  str(flow.get("loop", 0)), str(flow.get("conditional", 0)), str(flow.get("routine", 0)))
+    console.print(table)
+    top = lambda h: ", ".join(f"{k} {v}" for k, v in list(h.items())[:8])  # noqa: E731
+    console.print(f"verbs: {top(rep['histograms']['verbs'])}\nobjects: {top(rep['histograms']['objects'])}\n"
+                  f"predicates: {top(rep['histograms']['predicates'])}\nsteps: {top(rep['histograms']['steps'])}")
+    console.print(f"report: {out}")
+    if strict and (rep["statuses"]["invalid"] or rep["statuses"]["failed"]):
+        raise typer.Exit(1)

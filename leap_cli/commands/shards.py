@@ -1,0 +1,97 @@
+"""``leap build-shards``: segments + program records -> WebDataset-style tar shards + manifest.json."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, normalize_split
+from leap_cli.errors import LeapError
+
+console = Console()
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
+
+
+def parse_size(text: str) -> int:
+    """``1GB``, ``500MB``, ``64k``, ``123`` -> bytes (powers of 1024)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise LeapError(f"--max-shard-size {text!r} is not a size", fix="e.g. 1GB, 500MB or a number of bytes")
+    return int(float(m.group(1)) * 1024 ** "_kmgt".index((m.group(2) or "_").lower()))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build-shards", help="Write WebDataset-style tar shards (JPEG frames + labels + program targets) "
+                                     "of one split, with manifest.json; resumable, parallel by video.")(build_shards)
+
+
+def build_shards(
+    data: Path = typer.Option(None, "--data", help="Dataset root in the EPIC layout (default WORKDIR/kitchen)."),
+    split: str = typer.Option(..., "--split", help="train, val (validation) or test."),
+    programs: Path = typer.Option(None, "--programs", help="Program records (default WORKDIR/programs/SPLIT.jsonl; "
+                                                          "missing: every sample has_program false)."),
+    out: Path = typer.Option(None, "--out", help="Output folder (default WORKDIR/shards/SPLIT, "
+                                                 "anticipation: WORKDIR/shards/SPLIT-anticipation)."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory holding every stage's files."),
+    annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
+    task: str = typer.Option("recognition", "--task", help="recognition, or anticipation (observed window ends "
+                                                           "tau-a before the action, plus context clips)."),
+    frames: int = typer.Option(16, "--frames", help="Frames stored per clip (more than the model takes allows "
+                                                    "temporal jitter)."),
+    short_side: int = typer.Option(256, "--short-side", help="Short side of the stored JPEG frames, in pixels."),
+    jpeg_quality: int = typer.Option(90, "--jpeg-quality", help="JPEG quality of the stored frames (1-100)."),
+    workers: int = typer.Option(1, "--workers", help="Processes decoding videos in parallel (bytes do not depend on it)."),
+    shard: str = typer.Option(None, "--shard", help="Write part i of n (i/n, videos split between jobs); merge by "
+                                                    "reading the folder once all n parts exist."),
+    max_shard_size: str = typer.Option("1GB", "--max-shard-size", help="Start a new tar file beyond this size."),
+    max_count: int = typer.Option(0, "--max-count", help="Start a new tar file after this many samples (0: no limit)."),
+    tau_a: float = typer.Option(1.0, "--tau-a", help="Anticipation: seconds between the observed window's end and "
+                                                     "the action start."),
+    tau_o: float = typer.Option(2.0, "--tau-o", help="Anticipation: length of the observed window in seconds."),
+    context: int = typer.Option(2, "--context", help="Anticipation: previous segments of the same video stored as "
+                                                     "context clips."),
+    vocab: Path = typer.Option(None, "--vocab", help="Manifest whose target vocabulary to reuse (default for val/test: "
+                                                     "WORKDIR/shards/train/manifest.json when present)."),
+    max_steps: int = typer.Option(None, "--max-steps", help="Program steps per target incl. END (new vocabulary only)."),
+    max_conditions: int = typer.Option(None, "--max-conditions", help="Size of the condition vocabulary (new vocabulary only)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Delete shards of other settings/inputs in --out and rebuild."),
+) -> None:
+    from leap_cli.shards.writer import ShardSettings, build_split
+
+    split = normalize_split(split)
+    spec = ShardSpec.parse(shard)
+    settings = ShardSettings(split=split, task=task, frames=frames, short_side=short_side, jpeg_quality=jpeg_quality,
+                             max_shard_size=parse_size(max_shard_size), max_count=max_count, tau_a=tau_a,
+                             tau_o=tau_o, context=context if task == "anticipation" else 0)
+    data = data or workdir / "kitchen"
+    with Progress(TextColumn("[bold]build-shards[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=False) as bar:
+        tid = bar.add_task(f"{split}{spec.suffix}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(tid, completed=done, total=total)
+
+        result = build_split(data, split, workdir=workdir, settings=settings, programs_path=programs, out=out,
+                             annotations=annotations, vocab_manifest=vocab, max_steps=max_steps,
+                             max_conditions=max_conditions, workers=workers, shard=spec, overwrite=overwrite,
+                             progress=progress)
+    m = result.manifest
+    c = m["counts"]
+    table = Table(title=f"{m['task']} shards of {split}{spec.suffix} in {result.out}")
+    for col in ("segments", "samples", "programs", "skipped", "shards", "resumed", "GB"):
+        table.add_column(col, justify="right")
+    table.add_row(str(c["segments"]), str(c["samples"]), str(c["with_program"]), str(c["skipped"]), str(c["shards"]),
+                  str(result.resumed_shards), f"{sum(s['bytes'] for s in m['shards']) / 1e9:.3f}")
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if m["skipped"]:
+        shown = "; ".join(f"{x['narration_id']}: {x['reason']}" for x in m["skipped"][:5])
+        console.print(f"[yellow]{len(m['skipped'])} segment(s) skipped[/] (listed in the manifest): {shown}"
+                      + (" ..." if len(m["skipped"]) > 5 else ""))

@@ -1,0 +1,61 @@
+"""``leap submit``: write (or ``--check``) an EPIC-KITCHENS-100 challenge submission zip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from leap_cli.common import DEFAULT_WORKDIR
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("submit", help="Turn a test-split scores file into the official challenge zip (test.json), "
+                               "or --check an existing zip. Refuses missing/extra narration ids, NaN/inf "
+                               "scores and wrong class counts.")(submit)
+
+
+def submit(
+    scores: Path = typer.Option(None, "--scores", help="Scores file of the test split (leap's scores.pt or the "
+                                                       "official .pt/.pkl results format)."),
+    task: str = typer.Option("recognition", "--task", help="recognition or anticipation (sets the challenge)."),
+    out: Path = typer.Option(None, "--out", help="Zip to write (default {workdir}/submission.zip)."),
+    sls_pt: int = typer.Option(2, "--sls-pt", min=0, max=5, help="Supervision level, pre-training (0-5)."),
+    sls_tl: int = typer.Option(3, "--sls-tl", min=0, max=5, help="Supervision level, training labels (0-5)."),
+    sls_td: int = typer.Option(4, "--sls-td", min=0, max=5, help="Supervision level, training data (0-5)."),
+    with_actions: bool = typer.Option(False, "--with-actions", help="Anticipation only: add the 100 best "
+                                      "'verb,noun' action scores per segment (official combination)."),
+    check: Path = typer.Option(None, "--check", help="Check this existing submission zip instead of writing one."),
+    data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default {workdir}/kitchen)."),
+    annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs "
+                                     "(default DATA/annotations); gives the test ids and class counts."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory of the pipeline."),
+) -> None:
+    from leap_cli.errors import LeapError
+    from leap_cli.evaluate.scores import load_scores
+    from leap_cli.evaluate.scoring import open_annotations
+    from leap_cli import submit as sub
+
+    ann = open_annotations(workdir, data, annotations)
+    if check is not None:
+        summary = sub.check_file(check, ann)
+        title = "valid submission"
+    else:
+        if scores is None:
+            raise LeapError("nothing to submit", fix="pass --scores FILE (from `leap evaluate --split test`) "
+                                                     "or --check submission.zip")
+        out = out or Path(workdir) / "submission.zip"
+        summary = sub.submit(load_scores(scores), ann, task, out, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
+                             with_actions=with_actions, source=str(scores))
+        title = "submission written"
+    table = Table(title=title)
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for k, v in summary.items():
+        table.add_row(k, str(v))
+    console.print(table)
+    console.print(f"{check if check is not None else out}: {title}")

@@ -1,0 +1,77 @@
+"""``leap train``: train UniFormerV2 + program heads from the shards into ``{workdir}/runs/NAME``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from leap_cli.common import DEFAULT_WORKDIR
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", help="Train the model on the shards (AdamW, cosine schedule, DDP under torchrun); "
+                              "writes runs/NAME/ with config.yaml, checkpoints/{last,best}.pt, metrics.jsonl.")(train)
+
+
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="Training config YAML, e.g. configs/tiny-synthetic.yaml."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set optim.lr=3e-4 (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from checkpoints/last.pt exactly where it stopped."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory: reads shards/{train,val}, writes runs/NAME."),
+    name: str = typer.Option(None, "--name", help="Run name (default: the config file's stem)."),
+    no_program_loss: bool = typer.Option(False, "--no-program-loss", help="Ablation: train with L_CE only and no program heads (same as --set loss.program_loss=false)."),
+    stop_after: int = typer.Option(None, "--stop-after", help="Pause after this many optimizer steps (the schedule still spans the whole run); continue with --resume."),
+) -> None:
+    from leap_cli.train.config import load_config
+    from leap_cli.train.loop import main
+
+    sets = list(overrides) + (["loss.program_loss=false"] if no_program_loss else [])
+    cfg = load_config(config, sets)
+    name = name or config.stem
+    progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    task = {"id": None, "clips": 0.0}
+
+    def on_start(info: dict) -> None:
+        console.print(f"run [bold]{info['run_dir']}[/]: {info['parameters'] / 1e6:.2f}M parameters, "
+                      f"{info['total_steps']} steps ({info['epochs']} epochs x {info['steps_per_epoch']}), "
+                      f"{info['device']} x {info['world_size']}")
+        progress.start()
+        task["id"] = progress.add_task("train", total=info["total_steps"], completed=info["start_step"], info="")
+
+    def on_step(rec: dict) -> None:
+        if "clips_per_s" in rec:
+            task["clips"] = rec["clips_per_s"]
+        text = f"ep {rec['epoch']} loss {rec['loss']:.3f} lr {rec['lr']:.2e} {task['clips']:.1f} clips/s"
+        progress.update(task["id"], completed=rec["step"], info=text)
+
+    def on_eval(rec: dict) -> None:
+        if rec.get("n"):
+            progress.console.print(f"val epoch {rec['epoch']}: verb {rec['verb_top1']:.1f}  noun {rec['noun_top1']:.1f}  "
+                                   f"action {rec['action_top1']:.1f}  loss {rec['loss']:.3f}  (n={rec['n']})")
+
+    try:
+        result = main(cfg, workdir=workdir, name=name, resume=resume, stop_at_step=stop_after,
+                      on_step=on_step, on_eval=on_eval, on_start=on_start)
+    finally:
+        progress.stop()
+    if not result.is_main:
+        return
+    table = Table(title=f"leap train: {result.run_dir}")
+    table.add_column("item")
+    table.add_column("value", justify="right")
+    table.add_row("optimizer steps", str(result.steps))
+    table.add_row("epochs", str(result.epochs))
+    table.add_row("seconds", f"{result.seconds:.1f}")
+    for key in ("verb_top1", "noun_top1", "action_top1", "loss"):
+        if key in result.last_eval:
+            table.add_row(f"val {key}", f"{result.last_eval[key]:.2f}")
+    table.add_row("best val action top-1", "-" if result.best_metric < 0 else f"{result.best_metric:.2f}")
+    table.add_row("checkpoints", str(result.run_dir / "checkpoints"))
+    console.print(table)

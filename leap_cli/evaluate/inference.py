@@ -1,0 +1,224 @@
+"""Multi-view inference of a trained run over the shards of a split: the scores file of ``leap evaluate``.
+
+Inputs (contracts in the project brief):
+
+- the run: ``runs/NAME/checkpoints/{best,last}.pt`` loaded with ``leap_cli.train.checkpoint.load_model``
+  (``(model, checkpoint)``; ``checkpoint["model_args"]`` holds ``program`` head sizes and ``anticipation``);
+- the shards: ``{workdir}/shards/{split}/`` (anticipation: ``{split}-anticipation/``) read with ``leap_cli.shards.dataset.ShardDataset(folder, train=False,
+  num_frames=, img_size=, temporal_views=, spatial_views=)`` and ``collate_clips``; a batch holds ``video``
+  ``[B,3,T,H,W]`` or, with V = temporal x spatial views > 1, ``[B,V,3,T,H,W]`` (anticipation adds
+  ``context_video`` ``[B,(V,)C,3,T,H,W]`` and ``context_mask`` ``[B,C]``), ``narration_id``, labels,
+  ``program_steps``/``conditions``/``has_program`` targets and ``padding``.
+
+Views: every segment is scored on each of the V views; verb and noun **logits** are averaged over the views
+(the scores stay raw logits, as a submission needs), condition probabilities (sigmoid) are averaged, and the
+program is decoded greedily on the central view (middle temporal clip, middle spatial crop): the model's
+``forward`` without targets decodes greedily, so the argmax of its step logits are ``predict_program``'s ids.
+
+Output: the scores dict of ``leap_cli.evaluate.scores`` (with the program truth of the shards so that
+``leap evaluate --scores`` can recompute program metrics).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+
+from leap_cli.errors import LeapError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ViewConfig:
+    """Evaluation views per segment: ``temporal`` clips x ``spatial`` crops."""
+
+    temporal: int = 1
+    spatial: int = 1
+
+    @property
+    def count(self) -> int:
+        return self.temporal * self.spatial
+
+    @property
+    def center(self) -> int:
+        """Index of the central view in the shards reader's order (temporal-major, then crops)."""
+        return (self.temporal // 2) * self.spatial + self.spatial // 2
+
+
+def _flatten_views(batch: dict, views: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    video = batch["video"]
+    ctx, cmask = batch.get("context_video"), batch.get("context_mask")
+    if video.ndim == 5:
+        return video, ctx, cmask
+    b, v = video.shape[:2]
+    if v != views:
+        raise LeapError(f"the shards reader gave {v} views per segment, {views} were asked for")
+    video = video.flatten(0, 1)  # [B*V,3,T,H,W]
+    if ctx is not None:
+        ctx = ctx.flatten(0, 1) if ctx.ndim == 7 else ctx.repeat_interleave(v, dim=0)  # [B*V,C,3,T,H,W]
+        cmask = cmask.repeat_interleave(v, dim=0) if cmask is not None else None
+    return video, ctx, cmask
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _autocast(device: torch.device, precision: str):
+    """``auto``: bf16 on CUDA, fp32 elsewhere. Scores are returned in fp32 either way."""
+    if precision not in PRECISIONS:
+        raise LeapError(f"unknown precision {precision!r}", fix=f"use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfig = ViewConfig(),
+            device: str | torch.device = "cpu", program: bool = True, precision: str = "fp32",
+            end_ids: list[int] | None = None, on_batch: Callable[[int], None] | None = None) -> dict:
+    """Run ``model`` over ``batches`` and return a scores dict (views averaged, padding rows dropped)."""
+    device = torch.device(device)
+    model.eval().to(device)
+    _autocast(device, precision)  # refuse an unknown precision before reading any shard
+    ids: list[str] = []
+    verbs, nouns, steps, conds, t_steps, t_conds, has = [], [], [], [], [], [], []
+    for batch in batches:
+        video, ctx, cmask = _flatten_views(batch, views.count)
+        b = len(batch["narration_id"])
+        v = video.shape[0] // b
+        video = video.to(device)
+        ctx = ctx.to(device) if ctx is not None else None
+        cmask = cmask.to(device) if cmask is not None else None
+        with _autocast(device, precision):
+            out = model(video, context_video=ctx, context_mask=cmask)
+        keep = ~batch["padding"].bool() if "padding" in batch else torch.ones(b, dtype=torch.bool)
+        verbs.append(out["verb"].float().view(b, v, -1).mean(1).cpu()[keep])  # [B,V_verbs]
+        nouns.append(out["noun"].float().view(b, v, -1).mean(1).cpu()[keep])
+        ids += [n for n, k in zip(batch["narration_id"], keep.tolist()) if k]
+        if program and "conditions" in out:
+            conds.append(torch.sigmoid(out["conditions"].float()).view(b, v, -1).mean(1).cpu()[keep])
+            # forward() without program_steps decodes greedily; the argmax of its step logits are the greedy
+            # ids, so the central view's program costs no second backbone pass
+            centre = views.center if v > 1 else 0
+            pred = torch.stack([out[k].argmax(-1) for k in ("step_verb", "step_obj_a", "step_obj_b")], -1)
+            steps.append(pred.view(b, v, *pred.shape[1:])[:, centre].cpu()[keep])  # [B,L,3]
+            if "program_steps" in batch:
+                t_steps.append(batch["program_steps"][keep])
+                t_conds.append(batch["conditions"][keep])
+                has.append(batch["has_program"].bool()[keep])
+        if on_batch:
+            on_batch(int(keep.sum()))
+    if not ids:
+        raise LeapError("the shards yielded no segments", fix="check the shards folder and its manifest")
+    scores: dict = {"narration_id": ids, "verb_output": torch.cat(verbs), "noun_output": torch.cat(nouns)}
+    if steps:
+        prog: dict = {"steps": torch.cat(steps), "conditions": torch.cat(conds)}
+        if t_steps:
+            prog.update(target_steps=torch.cat(t_steps), target_conditions=torch.cat(t_conds),
+                        has_program=torch.cat(has))
+        if end_ids is not None:
+            prog["end_ids"] = list(end_ids)
+        scores["program"] = prog
+    return scores
+
+
+def end_ids_from_model_args(model_args: dict) -> list[int] | None:
+    """The END triple of the program heads: the last step verb and the last object (see programs.targets)."""
+    prog = model_args.get("program")
+    if not prog:
+        return None
+    return [int(prog["step_verbs"]) - 1, int(prog["objects"]) - 1, int(prog["objects"]) - 1]
+
+
+def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, batch_size: int = 4,
+                  workers: int = 0) -> tuple[Iterable[dict], int]:
+    """A DataLoader over the evaluation views of a shards folder and its number of segments."""
+    from torch.utils.data import DataLoader
+
+    from leap_cli.shards.dataset import ShardDataset, collate_clips
+
+    folder = Path(folder)
+    if not (folder / "manifest.json").exists():
+        raise LeapError("no shards manifest", path=folder / "manifest.json",
+                        fix="run `leap build-shards` for this split first (or pass --shards DIR)")
+    ds = ShardDataset(folder, train=False, num_frames=int(model_args["num_frames"]),
+                      img_size=int(model_args["img_size"]), temporal_views=views.temporal,
+                      spatial_views=views.spatial, rank=0, world_size=1)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips)
+    return loader, len(ds)
+
+
+def _manifest_task(folder: Path) -> str | None:
+    import json
+
+    path = folder / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text()).get("task")
+    except (OSError, ValueError):
+        return None  # the shards reader reports a broken manifest with its own message
+
+
+def resolve_run(run: str | Path, workdir: str | Path) -> Path:
+    """``runs/NAME`` as given, else under the work directory (``{workdir}/runs/NAME``)."""
+    run = Path(run)
+    for cand in (run, Path(workdir) / run, Path(workdir) / "runs" / run):
+        if cand.exists():
+            return cand
+    raise LeapError("run not found", path=run, fix=f"give runs/NAME written by `leap train` (looked under {workdir})")
+
+
+def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: str = "best",
+                 task: str | None = None, shards: str | Path | None = None, views: ViewConfig = ViewConfig(),
+                 batch_size: int | None = None, workers: int = 0, device: str = "cpu", precision: str = "auto",
+                 on_start: Callable[[int], None] | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> tuple[dict, Path]:
+    """Load the run's checkpoint, score every segment of ``{workdir}/shards/{split}`` on all views and write
+    ``runs/NAME/eval/{split}/scores.pt``. Returns (scores, scores path)."""
+    from leap_cli.evaluate.scores import save_scores
+    from leap_cli.train.checkpoint import load_model
+
+    run_dir = Path(run)
+    which = checkpoint if checkpoint in ("best", "last") else "best"
+    source = run_dir if checkpoint in ("best", "last") else Path(checkpoint)
+    model, ckpt = load_model(source, which=which, map_location="cpu")
+    config = ckpt.get("config") or {}
+    run_task = (config.get("data") or {}).get("task", "recognition")
+    task = task or run_task
+    if task != run_task:
+        log.warning("evaluating a %s model as %s", run_task, task)
+    if shards:
+        folder = Path(shards)
+    else:
+        from leap_cli.shards.writer import default_out
+
+        folder = default_out(workdir, split, task)
+    manifest_task = _manifest_task(folder)
+    if manifest_task and manifest_task != task:
+        raise LeapError(f"the shards are for {manifest_task}, the evaluation is for {task}", path=folder,
+                        fix=f"build {task} shards (leap build-shards --task {task}) or pass --shards DIR")
+    batch_size = batch_size or int((config.get("data") or {}).get("eval_batch_size", 4))
+    batches, total = shard_batches(folder, ckpt["model_args"], views, batch_size=batch_size, workers=workers)
+    if on_start:
+        on_start(total)
+    scores = predict(model, batches, views=views, device=device, program=True, precision=precision,
+                     end_ids=end_ids_from_model_args(ckpt["model_args"]), on_batch=on_batch)
+    if len(scores["narration_id"]) != total:
+        log.warning("scored %d segments, the shards manifest lists %d", len(scores["narration_id"]), total)
+    meta = {"split": split, "task": task, "run": str(run_dir),
+            "checkpoint": checkpoint if checkpoint in ("best", "last") else str(checkpoint),
+            "views": {"temporal": views.temporal, "spatial": views.spatial}, "step": int(ckpt.get("step", 0)),
+            "precision": precision}
+    out = run_dir / "eval" / split / "scores.pt"
+    saved = save_scores(out, scores["narration_id"], scores["verb_output"], scores["noun_output"],
+                        program=scores.get("program"), meta=meta)
+    return saved, out

@@ -1,0 +1,212 @@
+"""EPIC-KITCHENS-100 metrics, computed as the official evaluators compute them, plus program metrics.
+
+Recognition (epic-kitchens/C1-Action-Recognition, ``evaluate.py``): verb, noun and action top-1/top-5
+accuracy over all scored segments; top-1 over the *tail* subset (a verb segment is tail when its verb class
+is in ``EPIC_100_tail_verbs.csv``, a noun segment likewise, an action segment when its verb OR its noun is
+tail) and over segments of *unseen* participants.
+
+Anticipation (epic-kitchens/C3-Action-Anticipation): class-mean top-5 recall: for each class present in the
+(sub)set, the fraction of its segments whose class is in the top 5, averaged over those classes; overall,
+unseen and tail (same subsets as above).
+
+Action scores (both tasks): softmax over each segment's top-100 verb scores and over its top-100 noun scores
+(the official code applies the softmax *after* keeping the top 100, so with 300 nouns it is a softmax over the
+100 best), the outer product of the two, and the 100 best (verb, noun) pairs kept. An action is identified by
+``verb * 1000 + noun``. A true action outside those 100 pairs is never counted as correct. (C1's evaluator
+calls SciPy's ``softmax`` without an axis, normalising over all segments at once; C3 normalises per segment.
+Rankings, hence metrics, are the same; we normalise per segment, which is also what a submission carries.)
+
+Ranking and ties: classes are ranked by descending score; equal scores rank the *higher* class id (or, for
+action pairs, the later pair) first. That is what the official ``argsort()[::-1]`` gives with a stable sort;
+we make it deterministic with ``kind="stable"`` (NumPy's default sort is not guaranteed stable).
+
+Empty subsets (no unseen participants, no tail class among the labels) give ``None`` where the official code
+raises or drops the entry.
+
+Programs (LEAP): S-Verb, Obj(A) and Obj(B) accuracy, compared position by position over the *true*
+sub-action sequence (positions before the END triple, padding excluded) of the segments with a valid program;
+pre/post-condition micro F1 (pooled TP/FP/FN) and macro F1 (mean F1 over the condition classes that occur in
+the truth or the prediction of the evaluated segments), predictions thresholded at 0.5.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+ACTION_VERB_MULTIPLIER = 1000
+TOP_N_ACTIONS = 100
+IGNORE_INDEX = -100
+
+
+def action_id(verb: np.ndarray | int, noun: np.ndarray | int) -> np.ndarray | int:
+    """EPIC's action id: ``verb * 1000 + noun``."""
+    return verb * ACTION_VERB_MULTIPLIER + noun
+
+
+def rank_classes(scores: np.ndarray) -> np.ndarray:
+    """[N, C] scores -> [N, C] class ids from best to worst (ties: higher id first)."""
+    scores = np.asarray(scores)
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [N, C], got shape {scores.shape}")
+    return np.argsort(scores, axis=-1, kind="stable")[:, ::-1]
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def action_scores(verb_scores: np.ndarray, noun_scores: np.ndarray, top_n: int = TOP_N_ACTIONS,
+                  chunk: int = 512) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The official action combination. Returns (verbs, nouns, probs), each [N, K] with K = min(top_n,
+    kept verbs * kept nouns), pairs ordered from the most to the least probable. Segments are processed
+    ``chunk`` at a time (the joint matrix is [chunk, 100, 100])."""
+    verb_scores, noun_scores = np.asarray(verb_scores, np.float64), np.asarray(noun_scores, np.float64)
+    if len(verb_scores) > chunk:
+        parts = [action_scores(verb_scores[i:i + chunk], noun_scores[i:i + chunk], top_n, chunk)
+                 for i in range(0, len(verb_scores), chunk)]
+        return tuple(np.concatenate([p[j] for p in parts]) for j in range(3))  # type: ignore[return-value]
+    n = verb_scores.shape[0]
+    rows = np.arange(n)[:, None]
+    top_v = rank_classes(verb_scores)[:, :top_n]  # [N, Kv]
+    top_n_ = rank_classes(noun_scores)[:, :top_n]  # [N, Kn]
+    pv = softmax(verb_scores[rows, top_v])  # [N, Kv]
+    pn = softmax(noun_scores[rows, top_n_])  # [N, Kn]
+    joint = (pv[:, :, None] * pn[:, None, :]).reshape(n, -1)  # [N, Kv*Kn]
+    order = rank_classes(joint)[:, :top_n]  # [N, K]
+    vi, ni = np.unravel_index(order, (top_v.shape[1], top_n_.shape[1]))
+    return top_v[rows, vi], top_n_[rows, ni], joint[rows, order]
+
+
+def rank_action_lists(action_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Rank each segment's scored action ids (the official dict-of-actions ranking): [N, K] -> [N, K]."""
+    action_ids = np.asarray(action_ids)
+    order = rank_classes(np.asarray(scores))
+    return action_ids[np.arange(len(action_ids))[:, None], order]
+
+
+def topk_accuracy(ranks: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (1, 5)) -> list[float] | None:
+    """Fraction of segments whose label is among the first k ranked classes, for each k (None if empty)."""
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return None
+    hits = ranks[:, :max(ks)] == labels.reshape(-1, 1)
+    return [float(hits[:, :k].any(axis=1).mean()) for k in ks]
+
+
+def mean_topk_recall(ranks: np.ndarray, labels: np.ndarray, k: int = 5) -> float | None:
+    """Class-mean top-k recall over the classes present in ``labels`` (None if empty)."""
+    labels = np.asarray(labels)
+    if len(labels) == 0:
+        return None
+    hits = (ranks[:, :k] == labels.reshape(-1, 1)).any(axis=1)
+    return float(np.mean([hits[labels == c].mean() for c in np.unique(labels)]))
+
+
+def _subsets(verb_labels: np.ndarray, noun_labels: np.ndarray, participants: Sequence[str],
+             tail_verbs: Iterable[int], tail_nouns: Iterable[int],
+             unseen_participants: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
+    tv = np.isin(verb_labels, np.fromiter(tail_verbs, dtype=np.int64))
+    tn = np.isin(noun_labels, np.fromiter(tail_nouns, dtype=np.int64))
+    unseen = np.isin(np.asarray(participants, dtype=object), np.asarray(list(unseen_participants), dtype=object))
+    return {"unseen": {"verb": unseen, "noun": unseen, "action": unseen},
+            "tail": {"verb": tv, "noun": tn, "action": tv | tn}}
+
+
+def _ranks_and_labels(verb_scores, noun_scores, verb_labels, noun_labels, actions=None):
+    """Ranks per task. ``actions`` = (action_ids [N,K], scores [N,K]) overrides the verb x noun combination
+    (anticipation submissions may carry their own 100 action scores)."""
+    if actions is None:
+        v, n, p = action_scores(verb_scores, noun_scores)
+        actions = (action_id(v, n), p)
+    ranks = {"verb": rank_classes(verb_scores), "noun": rank_classes(noun_scores),
+             "action": rank_action_lists(*actions)}
+    labels = {"verb": np.asarray(verb_labels), "noun": np.asarray(noun_labels),
+              "action": action_id(np.asarray(verb_labels), np.asarray(noun_labels))}
+    return ranks, labels
+
+
+def recognition_metrics(verb_scores: np.ndarray, noun_scores: np.ndarray, verb_labels: Sequence[int],
+                        noun_labels: Sequence[int], participants: Sequence[str], *, tail_verbs: Iterable[int],
+                        tail_nouns: Iterable[int], unseen_participants: Iterable[str]) -> dict:
+    """``{"all": {task: {"top1", "top5"}}, "tail": {task: {"top1"}}, "unseen": {task: {"top1"}}}`` as fractions;
+    a subset without segments holds None."""
+    ranks, labels = _ranks_and_labels(verb_scores, noun_scores, verb_labels, noun_labels)
+    out: dict = {"all": {}}
+    for task in ("verb", "noun", "action"):
+        acc = topk_accuracy(ranks[task], labels[task], (1, 5))
+        out["all"][task] = {"top1": acc[0], "top5": acc[1]} if acc else {"top1": None, "top5": None}
+    for name, masks in _subsets(labels["verb"], labels["noun"], participants, tail_verbs, tail_nouns,
+                                unseen_participants).items():
+        out[name] = {}
+        for task in ("verb", "noun", "action"):
+            m = masks[task]
+            acc = topk_accuracy(ranks[task][m], labels[task][m], (1,))
+            out[name][task] = {"top1": acc[0] if acc else None}
+    return out
+
+
+def anticipation_metrics(verb_scores: np.ndarray, noun_scores: np.ndarray, verb_labels: Sequence[int],
+                         noun_labels: Sequence[int], participants: Sequence[str], *, tail_verbs: Iterable[int],
+                         tail_nouns: Iterable[int], unseen_participants: Iterable[str],
+                         actions: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """``{"overall"|"unseen"|"tail": {task: {"mt5r"}}}``: class-mean top-5 recall as fractions."""
+    ranks, labels = _ranks_and_labels(verb_scores, noun_scores, verb_labels, noun_labels, actions)
+    out: dict = {"overall": {t: {"mt5r": mean_topk_recall(ranks[t], labels[t])} for t in ranks}}
+    for name, masks in _subsets(labels["verb"], labels["noun"], participants, tail_verbs, tail_nouns,
+                                unseen_participants).items():
+        out[name] = {t: {"mt5r": mean_topk_recall(ranks[t][masks[t]], labels[t][masks[t]])} for t in ranks}
+    return out
+
+
+def program_step_metrics(pred_steps: np.ndarray, true_steps: np.ndarray, valid: np.ndarray,
+                         end_ids: Sequence[int] | None = None) -> dict:
+    """S-Verb / Obj(A) / Obj(B) accuracy over the positions of the true sub-action sequences.
+
+    ``pred_steps``/``true_steps``: [N, L, 3] (verb, object_a, object_b) ids; truth padded with -100 and
+    ended by the END triple ``end_ids`` (excluded from the count); ``valid``: [N] segments with a valid program.
+    A prediction shorter than L is padded with -1 (never correct)."""
+    pred, true = np.asarray(pred_steps), np.asarray(true_steps)
+    valid = np.asarray(valid, dtype=bool)
+    n, length = true.shape[:2]
+    if pred.shape[1] < length:
+        pad = np.full((n, length - pred.shape[1], 3), -1, dtype=pred.dtype)
+        pred = np.concatenate([pred, pad], axis=1)
+    pred = pred[:, :length]
+    counted = (true[..., 0] != IGNORE_INDEX) & valid[:, None]  # [N, L]
+    if end_ids is not None:
+        is_end = np.all(true == np.asarray(end_ids).reshape(1, 1, 3), axis=-1)
+        # positions from the first END on are not part of the sequence
+        counted &= np.cumsum(is_end, axis=1) == 0
+    total = int(counted.sum())
+    out = {"segments": int(valid.sum()), "positions": total}
+    for j, name in enumerate(("s_verb", "obj_a", "obj_b")):
+        out[name] = float((pred[..., j] == true[..., j])[counted].mean()) if total else None
+    return out
+
+
+def f1_scores(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Micro and macro F1 of multi-label predictions (bool [N, P]); macro over classes seen in truth or prediction."""
+    pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+    tp = (pred & true).sum(axis=0).astype(np.float64)
+    fp = (pred & ~true).sum(axis=0).astype(np.float64)
+    fn = (~pred & true).sum(axis=0).astype(np.float64)
+    denom = 2 * tp.sum() + fp.sum() + fn.sum()
+    micro = float(2 * tp.sum() / denom) if denom else None
+    active = (tp + fp + fn) > 0
+    macro = float(np.mean(2 * tp[active] / (2 * tp[active] + fp[active] + fn[active]))) if active.any() else None
+    return {"micro_f1": micro, "macro_f1": macro}
+
+
+def condition_metrics(pred_probs: np.ndarray, true: np.ndarray, valid: np.ndarray,
+                      threshold: float = 0.5) -> dict:
+    """Pre- and post-condition F1. ``pred_probs``/``true``: [N, 2P] (pre columns then post columns)."""
+    pred_probs, true = np.asarray(pred_probs), np.asarray(true)
+    valid = np.asarray(valid, dtype=bool)
+    half = true.shape[1] // 2
+    pred = pred_probs[valid] >= threshold
+    truth = true[valid] > 0.5
+    return {"pre": f1_scores(pred[:, :half], truth[:, :half]), "post": f1_scores(pred[:, half:], truth[:, half:])}

@@ -1,0 +1,195 @@
+"""The scores file: what ``leap evaluate`` writes and ``leap evaluate --scores`` / ``leap submit`` read.
+
+leap's own file (``scores.pt``, ``torch.save``; read with ``torch.load(weights_only=True)``) is a dict::
+
+    {"narration_id": list[str] (N),
+     "verb_output": FloatTensor[N, V], "noun_output": FloatTensor[N, Nn],   # raw logits, views averaged
+     "program": {                                    # optional: only for models with program heads
+        "steps": LongTensor[N, L, 3],                # predicted (S-Verb, Obj(A), Obj(B)) ids, greedy decoding
+        "conditions": FloatTensor[N, 2P],            # pre/post-condition probabilities
+        "target_steps": LongTensor[N, L, 3],         # truth from the shards (-100 padding, END triple), if known
+        "target_conditions": FloatTensor[N, 2P], "has_program": BoolTensor[N], "end_ids": [v, a, b]},
+     "meta": {"split", "task", "run", "checkpoint", "views"}}
+
+The official EPIC results format is accepted too, as ``.pt`` or ``.pkl``: a dict with ``verb_output``
+[N, 97], ``noun_output`` [N, 300] and ``narration_id`` [N] (NumPy arrays or tensors), or a list of
+per-segment dicts with those keys. A challenge file in the official JSON format (``test.json``, or a zip
+holding it, e.g. validation results for the C3 anticipation evaluator) is read too; its optional action
+scores become ``"action": {"ids": LongTensor[N, K] (verb * 1000 + noun), "scores": FloatTensor[N, K]}``,
+which anticipation metrics use instead of the verb x noun combination (as the official evaluator does).
+Pickles are read with an unpickler that only admits NumPy arrays and
+plain Python values, so a scores file cannot run code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from leap_cli.errors import LeapError
+from leap_cli.io import atomic_path
+
+REQUIRED = ("narration_id", "verb_output", "noun_output")
+_FIX_FORMAT = ("a scores file holds narration_id [N], verb_output [N, V] and noun_output [N, Nn]; "
+               "write it with `leap evaluate` or in EPIC's official results format")
+
+_NUMPY_GLOBALS = {
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _NUMPY_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a scores file")
+
+
+def _numpy_safe_globals() -> list:
+    import numpy._core.multiarray as ma  # NumPy 2; NumPy 1 pickles resolve through numpy.core
+
+    found = [ma._reconstruct, np.ndarray, np.dtype, ma.scalar]
+    found += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return found
+
+
+def _class_array(scores: Any, task: str, nid: str, path: Path) -> np.ndarray:
+    try:
+        table = {int(k): float(v) for k, v in scores.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise LeapError(f"{task} scores are not a {{\"class id\": score}} object", path=path, record=nid) from None
+    if sorted(table) != list(range(len(table))):
+        raise LeapError(f"{task} scores do not cover the class ids 0..{len(table) - 1}", path=path, record=nid,
+                        fix="give a score for every class")
+    return np.array([table[i] for i in range(len(table))], dtype=np.float32)
+
+
+def _from_challenge(doc: Any, path: Path) -> dict:
+    """Official challenge JSON -> leap's scores layout (raw values kept)."""
+    from leap_cli.evaluate.metrics import action_id
+
+    results = doc.get("results") if isinstance(doc, dict) else None
+    if not isinstance(results, dict) or not results:
+        raise LeapError("a challenge JSON needs a non-empty 'results' object", path=path, fix=_FIX_FORMAT)
+    ids = list(results)
+    verb = [_class_array(results[i].get("verb"), "verb", i, path) for i in ids]
+    noun = [_class_array(results[i].get("noun"), "noun", i, path) for i in ids]
+    out: dict = {"narration_id": ids, "verb_output": np.stack(verb), "noun_output": np.stack(noun),
+                 "meta": {"challenge": doc.get("challenge"),
+                          "task": "anticipation" if doc.get("challenge") == "action_anticipation" else "recognition"}}
+    with_actions = ["action" in results[i] for i in ids]
+    if any(with_actions):
+        if not all(with_actions):
+            raise LeapError("action scores on some segments but not all", path=path,
+                            fix="give action scores for every segment or none")
+        sizes = {len(results[i]["action"]) for i in ids}
+        if len(sizes) != 1:
+            raise LeapError(f"segments hold different numbers of action scores ({sorted(sizes)})", path=path)
+        try:
+            pairs = [[(*(int(x) for x in k.split(",")), float(v)) for k, v in results[i]["action"].items()]
+                     for i in ids]
+        except (ValueError, TypeError, AttributeError):
+            raise LeapError("action keys must be \"verb,noun\" with numeric scores", path=path) from None
+        out["action"] = {"ids": torch.tensor([[action_id(v, n) for v, n, _ in row] for row in pairs]),
+                         "scores": torch.tensor([[s for _, _, s in row] for row in pairs], dtype=torch.float64)}
+    return out
+
+
+def _read_raw(path: Path) -> Any:
+    if not path.exists():
+        raise LeapError("scores file not found", path=path, fix="run `leap evaluate` first or check the path")
+    if path.suffix in (".zip", ".json"):
+        from leap_cli.submit import read_submission
+
+        if path.suffix == ".zip":
+            return _from_challenge(read_submission(path), path)
+        try:
+            return _from_challenge(json.loads(path.read_text(encoding="utf-8")), path)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LeapError(f"not valid JSON ({e})", path=path, fix=_FIX_FORMAT) from None
+    if path.suffix == ".pkl":
+        try:
+            with open(path, "rb") as f:
+                return _NumpyOnlyUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+            raise LeapError(f"cannot read the pickle ({e})", path=path, fix=_FIX_FORMAT) from None
+    try:
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for foreign or broken files
+        raise LeapError(f"cannot read with torch.load(weights_only=True): {str(e).splitlines()[0][:200]}",
+                        path=path, fix=_FIX_FORMAT) from None
+
+
+def _as_tensor(x: Any, name: str, path: Path) -> torch.Tensor:
+    try:
+        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float32))
+    except (TypeError, ValueError) as e:
+        raise LeapError(f"{name} is not a numeric array ({e})", path=path, fix=_FIX_FORMAT) from None
+    if t.ndim != 2:
+        raise LeapError(f"{name} has shape {tuple(t.shape)}, expected [N, classes]", path=path, fix=_FIX_FORMAT)
+    return t.float()
+
+
+def normalize_scores(raw: Any, path: str | Path = "<scores>") -> dict:
+    """Turn any accepted layout into leap's dict (tensors, list of str ids), checking shapes and duplicates."""
+    path = Path(path)
+    if isinstance(raw, (list, tuple)):
+        if not raw or not all(isinstance(r, dict) for r in raw):
+            raise LeapError("a list of results must hold one dict per segment", path=path, fix=_FIX_FORMAT)
+        missing = [k for k in REQUIRED if k not in raw[0]]
+        if missing:
+            raise LeapError(f"segment entries lack {', '.join(missing)}", path=path, record="entry 0", fix=_FIX_FORMAT)
+        raw = {"narration_id": [r["narration_id"] for r in raw],
+               "verb_output": np.stack([np.asarray(r["verb_output"], np.float32) for r in raw]),
+               "noun_output": np.stack([np.asarray(r["noun_output"], np.float32) for r in raw])}
+    if not isinstance(raw, dict):
+        raise LeapError(f"holds a {type(raw).__name__}, not a dict of scores", path=path, fix=_FIX_FORMAT)
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise LeapError(f"missing key(s) {', '.join(missing)}", path=path, fix=_FIX_FORMAT)
+    ids = [str(x) for x in (raw["narration_id"].tolist() if hasattr(raw["narration_id"], "tolist")
+                            else raw["narration_id"])]
+    verb, noun = _as_tensor(raw["verb_output"], "verb_output", path), _as_tensor(raw["noun_output"], "noun_output", path)
+    if not len(ids) == verb.shape[0] == noun.shape[0]:
+        raise LeapError(f"{len(ids)} narration ids but {verb.shape[0]} verb rows and {noun.shape[0]} noun rows",
+                        path=path, fix="every row of verb_output/noun_output needs its narration_id")
+    seen: set[str] = set()
+    dups = [i for i in ids if i in seen or seen.add(i)]
+    if dups:
+        raise LeapError(f"{len(dups)} duplicated narration id(s), e.g. {', '.join(dups[:5])}", path=path,
+                        fix="keep one row per segment (average the views of a segment before saving)")
+    out = {"narration_id": ids, "verb_output": verb, "noun_output": noun}
+    for key in ("program", "meta", "action"):
+        if isinstance(raw.get(key), dict):
+            out[key] = raw[key]
+    return out
+
+
+def load_scores(path: str | Path) -> dict:
+    """Read a leap ``scores.pt`` or an official-format ``.pt``/``.pkl`` results file."""
+    return normalize_scores(_read_raw(Path(path)), path)
+
+
+def save_scores(path: str | Path, narration_ids: Sequence[str], verb_output: torch.Tensor,
+                noun_output: torch.Tensor, *, program: dict | None = None, meta: dict | None = None) -> dict:
+    """Write a scores file atomically (loadable with ``torch.load(weights_only=True)``) and return its dict."""
+    scores = normalize_scores({"narration_id": list(narration_ids), "verb_output": verb_output,
+                               "noun_output": noun_output}, path)
+    if program:
+        scores["program"] = program
+    if meta:
+        scores["meta"] = meta
+    with atomic_path(path) as tmp:
+        buf = io.BytesIO()
+        torch.save(scores, buf)
+        tmp.write_bytes(buf.getvalue())
+    return scores

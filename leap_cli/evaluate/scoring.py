@@ -1,0 +1,115 @@
+"""Score a scores file against an annotations folder: the ``metrics.json`` of ``leap evaluate``.
+
+``metrics.json``::
+
+    {"split": "val", "task": "recognition", "segments": 9668, "not_scored": 0,
+     "recognition": {"all": {"verb": {"top1", "top5"}, ...}, "tail": {...}, "unseen": {...}},   # or
+     "anticipation": {"overall": {"verb": {"mt5r"}, ...}, "unseen": {...}, "tail": {...}},
+     "programs": {"steps": {"s_verb", "obj_a", "obj_b", "segments", "positions"},
+                  "conditions": {"pre": {"micro_f1", "macro_f1"}, "post": {...}}},   # when the file has them
+     "meta": {...}}
+
+Values are fractions in [0, 1] (the table multiplies by 100). Like the official recognition evaluator, the
+segments scored are those of the file; segments of the split the file lacks are counted in ``not_scored``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leap_cli.epic.annotations import Annotations
+from leap_cli.errors import LeapError
+from leap_cli.evaluate import metrics as M
+
+log = logging.getLogger(__name__)
+TASKS = ("recognition", "anticipation")
+
+
+def open_annotations(workdir: str | Path, data: str | Path | None = None,
+                     annotations: str | Path | None = None) -> Annotations:
+    """The annotations folder: ``--annotations DIR``, else ``DATA/annotations`` with DATA defaulting to
+    ``{workdir}/kitchen`` (the synthetic kitchen)."""
+    if annotations is not None:
+        return Annotations(annotations)
+    root = Path(data) if data is not None else Path(workdir) / "kitchen"
+    return Annotations(root / "annotations")
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", task: str = "recognition",
+                    *, source: str = "<scores>") -> dict:
+    """Metrics of a normalized scores dict (see ``scores.load_scores``) against the labels of ``split``."""
+    if task not in TASKS:
+        raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
+    segments = {s.narration_id: s for s in annotations.segments(split)}
+    ids = scores["narration_id"]
+    unknown = [i for i in ids if i not in segments]
+    if unknown:
+        raise LeapError(f"{len(unknown)} narration id(s) are not in the {split} annotations, e.g. "
+                        f"{', '.join(unknown[:5])}", path=source,
+                        fix=f"score the {split} split, or pass the annotations the scores were made for")
+    segs = [segments[i] for i in ids]
+    unlabelled = [s.narration_id for s in segs if not s.has_labels]
+    if unlabelled:
+        raise LeapError(f"the {split} split has no labels (e.g. {unlabelled[0]})", path=annotations.split_path(split),
+                        fix="metrics need a labelled split such as val; use `leap submit` for test scores")
+    verb, noun = _np(scores["verb_output"]).astype(np.float64), _np(scores["noun_output"]).astype(np.float64)
+    vl = np.array([s.verb_class for s in segs], dtype=np.int64)
+    nl = np.array([s.noun_class for s in segs], dtype=np.int64)
+    for name, out, labels in (("verb", verb, vl), ("noun", noun, nl)):
+        if labels.size and labels.max() >= out.shape[1]:
+            raise LeapError(f"{name} class {labels.max()} is labelled but the scores have only {out.shape[1]} "
+                            f"{name} columns", path=source, fix="score with a model built for these classes")
+        if not np.isfinite(out).all():
+            raise LeapError(f"{name}_output holds NaN or infinity", path=source, fix="check the model's outputs")
+    kw = dict(tail_verbs=annotations.tail_verbs, tail_nouns=annotations.tail_nouns,
+              unseen_participants=annotations.unseen_participants(split))
+    participants = [s.participant_id for s in segs]
+    result: dict = {"split": split, "task": task, "segments": len(ids), "not_scored": len(segments) - len(ids)}
+    if result["not_scored"]:
+        log.warning("%d segment(s) of %s are not in %s", result["not_scored"], split, source)
+    if task == "recognition":
+        result["recognition"] = M.recognition_metrics(verb, noun, vl, nl, participants, **kw)
+    else:
+        act = scores.get("action")
+        actions = (_np(act["ids"]), _np(act["scores"])) if act else None
+        result["anticipation"] = M.anticipation_metrics(verb, noun, vl, nl, participants, actions=actions, **kw)
+    program = scores.get("program") or {}
+    if "target_steps" in program and "steps" in program:
+        valid = _np(program.get("has_program", np.ones(len(ids), bool))).astype(bool)
+        result["programs"] = {"steps": M.program_step_metrics(_np(program["steps"]), _np(program["target_steps"]),
+                                                              valid, program.get("end_ids"))}
+        if "conditions" in program and "target_conditions" in program:
+            result["programs"]["conditions"] = M.condition_metrics(_np(program["conditions"]),
+                                                                   _np(program["target_conditions"]), valid)
+    if scores.get("meta"):
+        result["meta"] = scores["meta"]
+    return result
+
+
+def metric_rows(result: dict) -> list[tuple[str, str, str, str]]:
+    """(group, subset, task, value in %) rows for the terminal table."""
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.2f}"
+
+    rows = []
+    for group in ("recognition", "anticipation"):
+        for subset, tasks in result.get(group, {}).items():
+            for task, vals in tasks.items():
+                for k, v in vals.items():
+                    rows.append((group, subset, f"{task} {k}", pct(v)))
+    prog = result.get("programs", {})
+    for k in ("s_verb", "obj_a", "obj_b"):
+        if k in prog.get("steps", {}):
+            rows.append(("programs", "valid programs", k, pct(prog["steps"][k])))
+    for side, vals in prog.get("conditions", {}).items():
+        for k, v in vals.items():
+            rows.append(("programs", "valid programs", f"{side} {k}", pct(v)))
+    return rows

@@ -1,0 +1,184 @@
+"""LeapModel: UniFormerV2 backbone + verb/noun classifiers + program decoder + condition head
+(+ anticipation aggregation), built from a plain ``model_args`` dict that checkpoints carry.
+
+``model_args`` (all values plain JSON types, so ``torch.load(weights_only=True)`` reads them back):
+  backbone        "uniformerv2_tiny" | "uniformerv2_b16" | "uniformerv2_l14"
+  num_frames      frames per clip;  img_size: clip side in pixels
+  num_verbs, num_nouns
+  program         None or {"step_verbs": n, "objects": n, "conditions": P, "max_steps": L}
+  anticipation    None or {"context": C, "aggregate": bool}
+  decoder_dim, decoder_layers, decoder_heads, decoder_dropout   program-decoder options
+                  (defaults: min(256, backbone width), 2, 4, 0.1)
+  any UniFormerV2Config field (grad_checkpointing, use_sdpa, drop_path_rate, temporal_downsample, no_lmhra, ...)
+
+Outputs of ``forward``: "verb" [B,V], "noun" [B,N] logits; with program heads also "step_verb" [B,L,Sv],
+"step_obj_a" [B,L,O], "step_obj_b" [B,L,O] and "conditions" [B,2P] logits (pre then post).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from leap_cli.errors import LeapError
+from leap_cli.model.heads import AnticipationAggregator, ProgramDecoder, ProgramSpec
+from leap_cli.model.uniformerv2 import BUILDERS, UniFormerV2Config
+
+DECODER_DEFAULTS = {"decoder_dim": None, "decoder_layers": 2, "decoder_heads": 4, "decoder_dropout": 0.1}
+MODEL_KEYS = {"backbone", "num_frames", "img_size", "num_verbs", "num_nouns", "program", "anticipation"}
+
+
+class LeapModel(nn.Module):
+    """UniFormerV2 with LEAP's action and program heads."""
+
+    def __init__(self, model_args: dict[str, Any]) -> None:
+        super().__init__()
+        args = dict(model_args)
+        self.model_args = dict(model_args)
+        name = args.pop("backbone", "uniformerv2_tiny")
+        if name not in BUILDERS:
+            raise LeapError(f"unknown backbone {name!r}", fix=f"use one of {sorted(BUILDERS)}")
+        for key in ("num_verbs", "num_nouns"):
+            if not isinstance(args.get(key), int) or args[key] < 1:
+                raise LeapError(f"model_args.{key} must be a positive integer, got {args.get(key)!r}")
+        num_verbs, num_nouns = args.pop("num_verbs"), args.pop("num_nouns")
+        program, anticipation = args.pop("program", None), args.pop("anticipation", None)
+        dec = {k: args.pop(k, v) for k, v in DECODER_DEFAULTS.items()}
+        unknown = set(args) - set(UniFormerV2Config.__dataclass_fields__)
+        if unknown:
+            raise LeapError(
+                f"unknown model_args keys: {sorted(unknown)}",
+                fix=f"use {sorted(MODEL_KEYS | set(DECODER_DEFAULTS))} or a UniFormerV2Config field",
+            )
+        self.backbone = BUILDERS[name](num_classes=0, **args)
+        width = self.backbone.num_features
+        if dec["decoder_dim"] is None:
+            dec["decoder_dim"] = min(256, width)
+        self.verb_head = nn.Linear(width, num_verbs)
+        self.noun_head = nn.Linear(width, num_nouns)
+
+        self.program_spec: ProgramSpec | None = None
+        self.decoder: ProgramDecoder | None = None
+        self.condition_head: nn.Linear | None = None
+        if program is not None:
+            try:
+                self.program_spec = ProgramSpec(**program)
+            except TypeError as exc:
+                raise LeapError(f"model_args.program {program!r}: {exc}",
+                                fix="give step_verbs, objects, conditions and max_steps") from None
+            self.decoder = ProgramDecoder(
+                self.program_spec, width, dec["decoder_dim"], dec["decoder_layers"], dec["decoder_heads"],
+                dec["decoder_dropout"],
+            )
+            self.condition_head = nn.Linear(width, 2 * self.program_spec.conditions)
+
+        self.context = 0
+        self.aggregator: AnticipationAggregator | None = None
+        if anticipation is not None:
+            self.context = int(anticipation.get("context", 2))
+            if anticipation.get("aggregate", True):
+                if self.decoder is None:
+                    raise LeapError("anticipation.aggregate needs program heads (model_args.program)",
+                                    fix="set model_args.program or anticipation.aggregate: false")
+                self.aggregator = AnticipationAggregator(dec["decoder_dim"], width, self.context, dec["decoder_heads"])
+
+    # ----------------------------------------------------------------------------------------- parts
+    def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """video [B,3,T,H,W] -> (clip feature [B, C], video tokens [B, T'*(1+HW), C])."""
+        fused, tokens = self.backbone.forward_features(video)
+        feature = self.backbone.forward_head(fused, pre_logits=True)
+        return feature, tokens.flatten(1, 2)
+
+    def _program_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean decoder state of the greedily predicted program: [B, decoder_dim]."""
+        assert self.decoder is not None
+        _, h = self.decoder.greedy(self.decoder.memory(tokens))
+        return h.mean(1)
+
+    def _aggregate(
+        self, feature: torch.Tensor, tokens: torch.Tensor, context_video: torch.Tensor | None,
+        context_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        assert self.aggregator is not None
+        B, C = feature.shape[0], self.context
+        embeds = feature.new_zeros(B, C + 1, self.aggregator.clip_pos.shape[-1])
+        mask = torch.zeros(B, C + 1, dtype=torch.bool, device=feature.device)
+        mask[:, C] = True
+        embeds[:, C] = self._program_embedding(tokens)
+        if context_video is not None and C > 0:
+            if context_video.shape[1] != C:
+                raise LeapError(f"context_video holds {context_video.shape[1]} clips, the model expects {C}")
+            cmask = context_mask if context_mask is not None else torch.ones(B, C, dtype=torch.bool)
+            cmask = cmask.to(feature.device).bool()
+            present = cmask.flatten().nonzero().squeeze(1)
+            if present.numel():
+                clips = context_video.flatten(0, 1)[present]  # [K, 3, T, H, W]
+                _, ctx_tokens = self.encode(clips)
+                flat = embeds[:, :C].reshape(B * C, -1).index_put((present,), self._program_embedding(ctx_tokens))
+                embeds = torch.cat([flat.view(B, C, -1), embeds[:, C:]], dim=1)
+            mask[:, :C] = cmask
+        return self.aggregator(feature, embeds, mask)
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(
+        self, video: torch.Tensor, program_steps: torch.Tensor | None = None,
+        context_video: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Logits; the program decoder is teacher-forced when ``program_steps`` [B,L,3] is given, greedy otherwise."""
+        feature, tokens = self.encode(video)
+        out: dict[str, torch.Tensor] = {}
+        if self.decoder is not None:
+            logits, _ = self.decoder(self.decoder.memory(tokens), program_steps)
+            out.update(logits)
+            out["conditions"] = self.condition_head(feature)
+        action_feature = feature
+        if self.aggregator is not None:
+            action_feature = self._aggregate(feature, tokens, context_video, context_mask)
+        out["verb"] = self.verb_head(action_feature)
+        out["noun"] = self.noun_head(action_feature)
+        return out
+
+    @torch.no_grad()
+    def predict_program(
+        self, video: torch.Tensor, context_video: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Greedy program decoding: LongTensor [B, L, 3] of (S-Verb, Obj(A), Obj(B)) ids for every step
+        (steps after the first END are whatever the decoder emits; cut at END when reading)."""
+        if self.decoder is None:
+            raise LeapError("this model has no program heads", fix="build it with model_args.program")
+        _, tokens = self.encode(video)
+        ids, _ = self.decoder.greedy(self.decoder.memory(tokens))
+        return ids
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
+    @property
+    def num_layers(self) -> int:
+        """Backbone depth; :meth:`layer_id` runs from 0 (embeddings) to num_layers + 1 (global blocks, heads)."""
+        return self.backbone.cfg.layers
+
+    def layer_id(self, name: str) -> int:
+        """Depth of a parameter for layer-wise learning-rate decay: 0 for the patch/position embeddings,
+        i+1 for backbone block i, num_layers+1 for the global UniBlocks, fusion and all LEAP heads."""
+        if name.startswith(("backbone.conv1", "backbone.class_embedding", "backbone.positional_embedding",
+                            "backbone.ln_pre")):
+            return 0
+        if name.startswith("backbone.transformer.resblocks."):
+            return int(name.split(".")[3]) + 1
+        return self.num_layers + 1
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay: norms, biases, embeddings and learned tokens."""
+        names = {f"{m}.weight" for m, mod in self.named_modules() if isinstance(mod, nn.Embedding)}
+        tokens = ("positional_embedding", "temporal_cls_token", "step_pos", "clip_pos")
+        names |= {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith(tokens)}
+        return names
+
+
+def build_model(model_args: dict[str, Any]) -> LeapModel:
+    """Build a LeapModel from ``model_args`` (see the module docstring)."""
+    return LeapModel(model_args)

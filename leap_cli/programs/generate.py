@@ -1,0 +1,348 @@
+"""The program-generation stage (``leap generate-programs``): one LLM (or offline) call per segment.
+
+Input: descriptor records ``{workdir}/descriptors/{split}.jsonl`` (or ``--descriptors FILE``):
+``{"narration_id", "video_id", "start", "stop", "components": {"narration"|"audio"|"camera"|"objects"|"hands":
+{"status": "ok"|"unavailable"|"error", "source", "data", "text"}}, "text"}``. When that file does not exist,
+narration-only records are built from the ``--data`` annotations (and the summary says so).
+
+Output: ``{workdir}/programs/{split}.jsonl`` (``.shardIofN`` before ``.jsonl`` with ``--shard``), one line per segment:
+``{"narration_id", "status": "valid"|"invalid"|"failed", "program": {...}|null, "errors": [{"pointer", "message"}],
+"provenance": {"backend", "model", "prompt_hash", "attempts", "usage": {"prompt_tokens", "completion_tokens"},
+"seconds", "created", "rounds", "cached"}}``. The file is appended record by record and resumes; replies are
+cached in ``{workdir}/programs/cache.sqlite`` (with the call log), so a re-run makes no request.
+
+A reply that is not JSON or fails validation gets ``repair_rounds`` (default 1) follow-up turns quoting the
+findings; if it still fails the record is ``invalid`` with its findings. ``failed``: no reply (the request
+failed for good, or nothing to describe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from leap_cli.common import ShardSpec, normalize_split
+from leap_cli.epic.annotations import Annotations, Segment
+from leap_cli.epic.classes import ClassVocab
+from leap_cli.errors import LeapError
+from leap_cli.io import JsonlAppender, read_jsonl
+from leap_cli.programs.backends import Backend, BackendError, OfflineBackend, OpenAIBackend, Request, RetryPolicy
+from leap_cli.programs.prompt import (DEFAULT_K, ClipInfo, PromptBuilder, clip_info, load_exemplars, load_system_prompt,
+                                      narration_record, prompt_hash)
+from leap_cli.programs.schema import Finding, strict_schema
+from leap_cli.programs.store import ProgramStore, cache_key
+from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels, check_program
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    workdir: Path = Path("leap-work")
+    split: str = "train"
+    data: Path | None = None
+    annotations: Path | None = None
+    descriptors: Path | None = None
+    out: Path | None = None
+    backend: str = "offline"
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8
+    timeout: float = 60.0
+    max_retries: int = 5
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+    response_format: str = "auto"
+    temperature: float = 0.0
+    max_tokens: int = 2000
+    k: int = DEFAULT_K
+    repair_rounds: int = 1
+    limit: int | None = None
+    shard: ShardSpec = ShardSpec()
+    price_in: float = 0.0  # $ per 1M prompt tokens
+    price_out: float = 0.0  # $ per 1M completion tokens
+    max_cost: float | None = None
+    exemplars: Path | None = None
+    system_prompt: Path | None = None
+    max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS
+    retry_failed: bool = False
+
+    @property
+    def split_name(self) -> str:
+        return normalize_split(self.split)
+
+    @property
+    def out_path(self) -> Path:
+        return self.out or self.workdir / "programs" / f"{self.split_name}{self.shard.suffix}.jsonl"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.workdir / "programs" / "cache.sqlite"
+
+    def cost(self, usage: dict) -> float:
+        return (usage.get("prompt_tokens", 0) * self.price_in + usage.get("completion_tokens", 0) * self.price_out) / 1e6
+
+
+@dataclass
+class GenerateSummary:
+    out: Path
+    source: str
+    total: int = 0
+    resumed: int = 0
+    statuses: Counter = field(default_factory=Counter)
+    requests: int = 0  # HTTP attempts made in this run (retries included)
+    cache_hits: int = 0
+    usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
+    cost: float = 0.0
+    seconds: float = 0.0
+    stopped: str | None = None
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Inputs:
+    records: list[dict]
+    segments: dict[str, Segment]
+    verbs: ClassVocab
+    nouns: ClassVocab
+    source: str
+
+
+def load_inputs(cfg: GenerateConfig) -> Inputs:
+    """Descriptor records of the split (or narration-only ones from the annotations), labels and classes."""
+    ann = _annotations(cfg)
+    if ann is None:
+        raise LeapError("the EPIC class files are needed to resolve verbs and objects",
+                        fix="pass --data ROOT (holding annotations/) or --annotations DIR")
+    split = cfg.split_name
+    segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
+    path = cfg.descriptors or cfg.workdir / "descriptors" / f"{split}.jsonl"
+    if path.exists():
+        records = read_jsonl(path)
+        for i, r in enumerate(records, start=1):
+            if "narration_id" not in r:
+                raise LeapError("descriptor record without narration_id", path=path, record=f"line {i}",
+                                fix="rerun leap extract")
+        source = f"descriptors {path}"
+    elif cfg.descriptors is not None:
+        raise LeapError("descriptor file not found", path=path, fix="run leap extract or fix --descriptors")
+    elif segments:
+        records = [narration_record(s) for s in segments.values()]
+        source = f"narration-only records from {ann.split_path(split)} (no {path}; run leap extract for full clip text)"
+    else:
+        raise LeapError(f"no descriptors and no annotations for split {split}", path=path,
+                        fix="run leap extract, or pass --data with the split's annotation CSV")
+    records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]))
+    return Inputs(records, segments, ann.verbs, ann.nouns, source)
+
+
+def _annotations(cfg: GenerateConfig) -> Annotations | None:
+    if cfg.annotations is not None:
+        return Annotations(cfg.annotations)
+    data = cfg.data if cfg.data is not None else cfg.workdir / "kitchen"
+    if (data / "annotations").is_dir():
+        return Annotations(data / "annotations")
+    if cfg.data is not None:
+        raise LeapError("annotations folder not found", path=data / "annotations",
+                        fix="--data must hold annotations/, or pass --annotations DIR")
+    return None
+
+
+def build_backend(cfg: GenerateConfig, exemplars, verbs: ClassVocab, nouns: ClassVocab) -> Backend:
+    if cfg.backend == "offline":
+        return OfflineBackend(exemplars, verbs, nouns)
+    if cfg.backend == "openai":
+        return OpenAIBackend(cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
+                             retry=RetryPolicy(cfg.max_retries, cfg.backoff, cfg.max_backoff),
+                             temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                             response_format=cfg.response_format, concurrency=cfg.concurrency)
+    raise LeapError(f"unknown backend {cfg.backend!r}", fix="use --backend offline or --backend openai")
+
+
+def parse_reply(text: str) -> tuple[dict | None, list[Finding]]:
+    """The program in a reply (a bare JSON object, or one inside a ```json fence), or a finding."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.strip("`")
+        body = body[4:] if body.lower().startswith("json") else body
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as e:
+        return None, [Finding("", f"the reply is not JSON ({e.msg} at line {e.lineno} column {e.colno})")]
+    if not isinstance(value, dict):
+        return None, [Finding("", f"the reply is JSON but not an object ({type(value).__name__})")]
+    return value, []
+
+
+def repair_message(findings: list[Finding]) -> str:
+    lines = "\n".join(f"- {f.pointer or '/'}: {f.message}" for f in findings[:20])
+    return ("Your program has these problems (JSON pointer: problem):\n" + lines +
+            "\nAnswer with the corrected JSON program only.")
+
+
+class ProgramGenerator:
+    """Turns one descriptor record into one program record (prompt, cache, backend, validation, repair)."""
+
+    def __init__(self, cfg: GenerateConfig, inputs: Inputs, backend: Backend, store: ProgramStore, builder: PromptBuilder):
+        self.cfg, self.inputs, self.backend, self.store, self.builder = cfg, inputs, backend, store, builder
+        self.schema = strict_schema()
+        self.summary_requests = 0
+        self.summary_hits = 0
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # requests made in this run
+        self.cost = 0.0
+
+    def info(self, record: dict) -> ClipInfo:
+        return clip_info(record, self.inputs.segments.get(record["narration_id"]))
+
+    def check(self, program: dict, info: ClipInfo) -> list[Finding]:
+        return check_program(program, self.inputs.verbs, self.inputs.nouns, Labels(info.verb_class, info.noun_class),
+                             max_sub_actions=self.cfg.max_sub_actions)
+
+    async def run_one(self, record: dict) -> dict:
+        start = time.perf_counter()
+        info = self.info(record)
+        nid = record["narration_id"]
+        messages = self.builder.messages(info)
+        phash = prompt_hash(messages)
+        prov = {"backend": self.backend.name, "model": self.backend.model, "prompt_hash": phash, "attempts": 0,
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "seconds": 0.0, "created": None,
+                "rounds": 0, "cached": True}
+
+        def done(status: str, program, errors: list[Finding]) -> dict:
+            prov["seconds"] = round(time.perf_counter() - start, 4)
+            prov["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            return {"narration_id": nid, "status": status, "program": program,
+                    "errors": [f.to_dict() for f in errors], "provenance": prov}
+
+        if not info.text and info.verb is None and not info.objects:
+            return done("failed", None, [Finding("", "nothing to describe: the clip has no text, labels or detections")])
+        program, findings = None, []
+        for rnd in range(self.cfg.repair_rounds + 1):
+            schema = self.schema if self.backend.supports_schema else None
+            key = cache_key(self.backend.name, self.backend.model, messages, schema, self.backend.params())
+            hit = self.store.get(key)
+            prov["rounds"] = rnd + 1
+            if hit is not None:
+                text, usage, _ = hit
+                self.summary_hits += 1
+                latency, attempts = 0.0, 0
+            else:
+                prov["cached"] = False
+                try:
+                    comp = await self.backend.complete(Request(nid, messages, schema, info))
+                except BackendError as e:
+                    prov["attempts"] += e.attempts
+                    self.summary_requests += e.attempts
+                    self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
+                                        prompt_hash=phash, cache_key=key, round=rnd, response=None, usage={},
+                                        latency=e.seconds, attempts=e.attempts, cached=False, outcome="failed",
+                                        error=str(e))
+                    return done("failed", program, findings + [Finding("", f"request failed: {e}")])
+                text, usage, latency, attempts = comp.text, comp.usage, comp.seconds, comp.attempts
+                prov["attempts"] += attempts
+                self.summary_requests += attempts
+                for k in self.usage:
+                    self.usage[k] += usage.get(k, 0)
+                self.cost += self.cfg.cost(usage)
+                self.store.put(key, text, usage, comp.model)
+            for k in prov["usage"]:
+                prov["usage"][k] += usage.get(k, 0)
+            parsed, findings = parse_reply(text)
+            if parsed is not None:
+                program = parsed
+                findings = self.check(parsed, info)
+            outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
+            self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model, prompt_hash=phash,
+                                cache_key=key, round=rnd, response=text, usage=usage, latency=latency, attempts=attempts,
+                                cached=hit is not None, outcome=outcome,
+                                error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None)
+            if not findings:
+                return done("valid", program, [])
+            messages = messages + [{"role": "assistant", "content": text},
+                                   {"role": "user", "content": repair_message(findings)}]
+        return done("invalid", program, findings)
+
+
+def _setup(cfg: GenerateConfig):
+    inputs = load_inputs(cfg)
+    exemplars = load_exemplars(cfg.exemplars)
+    builder = PromptBuilder(inputs.verbs, inputs.nouns, exemplars, load_system_prompt(cfg.system_prompt), cfg.k)
+    return inputs, exemplars, builder
+
+
+def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
+    """The prompt of one segment (the first pending one, or ``narration_id``); makes no call."""
+    inputs, _, builder = _setup(cfg)
+    records = inputs.records
+    if narration_id:
+        records = [r for r in records if r["narration_id"] == narration_id]
+        if not records:
+            raise LeapError(f"segment {narration_id} is not in the input", fix="check --split and the narration id")
+    if not records:
+        raise LeapError("no segment to build a prompt for")
+    from leap_cli.programs.prompt import render_messages
+
+    return render_messages(builder.messages(clip_info(records[0], inputs.segments.get(records[0]["narration_id"]))))
+
+
+async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | None,
+                    on_start: Callable[[int], None] | None, backend: Backend | None) -> GenerateSummary:
+    inputs, exemplars, builder = _setup(cfg)
+    summary = GenerateSummary(cfg.out_path, inputs.source)
+    backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
+    start = time.perf_counter()
+    store = ProgramStore(cfg.cache_path)
+    redo: set[str] = set()
+    if cfg.retry_failed and cfg.out_path.exists():
+        redo = {r["narration_id"] for r in read_jsonl(cfg.out_path, repair=True) if r.get("status") == "failed"}
+    appender = JsonlAppender(cfg.out_path, replace_keys=redo)
+    try:
+        pending = [r for r in inputs.records if r["narration_id"] not in appender]
+        summary.resumed = len(inputs.records) - len(pending)
+        # the same narration id twice in the input is written once
+        seen: set[str] = set()
+        pending = [r for r in pending if not (r["narration_id"] in seen or seen.add(r["narration_id"]))]
+        if cfg.limit is not None:
+            pending = pending[: cfg.limit]
+        summary.total = len(pending)
+        if on_start:
+            on_start(len(pending))
+        gen = ProgramGenerator(cfg, inputs, backend, store, builder)
+        queue = iter(pending)
+
+        async def worker() -> None:
+            for record in queue:
+                if cfg.max_cost is not None and gen.cost >= cfg.max_cost:
+                    summary.stopped = f"--max-cost {cfg.max_cost:g} reached (estimated ${gen.cost:.4f})"
+                    return
+                result = await gen.run_one(record)
+                appender.write(result)
+                summary.statuses[result["status"]] += 1
+                if result["status"] != "valid":
+                    summary.failures.append((result["narration_id"],
+                                             result["errors"][0]["message"] if result["errors"] else result["status"]))
+                if on_record:
+                    on_record(result)
+
+        await asyncio.gather(*(worker() for _ in range(max(1, cfg.concurrency))))
+        summary.requests, summary.cache_hits = gen.summary_requests, gen.summary_hits
+        summary.usage, summary.cost = gen.usage, gen.cost
+    finally:
+        appender.close()
+        store.close()
+        await backend.aclose()
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def generate_programs(cfg: GenerateConfig, *, on_record: Callable[[dict], None] | None = None,
+                      on_start: Callable[[int], None] | None = None, backend: Backend | None = None) -> GenerateSummary:
+    """Run the stage; finished records are on disk even if interrupted (Ctrl-C)."""
+    return asyncio.run(_generate(cfg, on_record, on_start, backend))

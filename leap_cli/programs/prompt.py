@@ -1,0 +1,197 @@
+"""Prompt building: instructions, vocabulary, the k most relevant exemplars (H) and the clip text (H_IC).
+
+Inputs are descriptor records (``descriptors/{split}.jsonl``, format in the module docstring of
+``leap_cli.programs.generate``). Until the extract stage has run, ``narration_record`` builds
+narration-only records from the annotation CSV rows: the ``narration`` component is ``ok`` and the
+other four are ``unavailable``.
+
+Exemplars are ``prompts/exemplars/*.json``: ``{"id", "narration", "text", "program"}``. Retrieval score:
+4 * (same verb class) + 2 * (same noun class) + Jaccard similarity of the words of the clip text and of the
+exemplar's narration/text; ties by id. The exemplars go in as few-shot user/assistant turns.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from leap_cli.epic.annotations import Segment
+from leap_cli.epic.classes import ClassVocab
+from leap_cli.errors import LeapError
+from leap_cli.io import stable_hash
+from leap_cli.programs.schema import resource_dir
+from leap_cli.programs.vocab import HANDS, MOTOR_PRIMITIVES, PREDICATES, resolve_object, resolve_verb
+
+COMPONENTS = ("narration", "audio", "camera", "objects", "hands")
+DEFAULT_K = 4
+_WORD = re.compile(r"[a-z]+")
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    id: str
+    narration: str
+    text: str
+    program: dict
+
+    @property
+    def verb_class(self) -> int | None:
+        return self.program["action"].get("verb_class")
+
+    @property
+    def noun_class(self) -> int | None:
+        return self.program["action"].get("noun_class")
+
+
+@dataclass
+class ClipInfo:
+    """What generation knows about one segment: its text, labels (None when unknown) and objects seen."""
+
+    narration_id: str
+    text: str
+    narration: str | None = None
+    verb: str | None = None
+    noun: str | None = None
+    verb_class: int | None = None
+    noun_class: int | None = None
+    all_nouns: list[str] = field(default_factory=list)
+    objects: list[str] = field(default_factory=list)
+
+
+def load_exemplars(folder: str | Path | None = None) -> list[Exemplar]:
+    """Every ``*.json`` of the exemplar folder (default ``prompts/exemplars``), sorted by id."""
+    folder = Path(folder) if folder else resource_dir("prompts") / "exemplars"
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            out.append(Exemplar(d["id"], d["narration"], d.get("text") or d["narration"], d["program"]))
+        except (json.JSONDecodeError, KeyError) as e:
+            raise LeapError(f"not an exemplar ({e})", path=path, fix='an exemplar is {"id", "narration", "text", "program"}') from None
+    if not out:
+        raise LeapError("no exemplar programs found", path=folder, fix="point --exemplars at a folder of *.json exemplars")
+    return out
+
+
+def load_system_prompt(path: str | Path | None = None) -> str:
+    path = Path(path) if path else resource_dir("prompts") / "system.md"
+    return path.read_text(encoding="utf-8").strip()
+
+
+def narration_record(seg: Segment) -> dict:
+    """A narration-only descriptor record built from an annotation row."""
+    comps = {name: {"status": "unavailable", "source": "none", "data": {}, "text": ""} for name in COMPONENTS}
+    if seg.narration:
+        text = f"Narration: {seg.narration}."
+        comps["narration"] = {"status": "ok", "source": "annotations",
+                              "data": {"narration": seg.narration, "verb": seg.verb, "noun": seg.noun,
+                                       "verb_class": seg.verb_class, "noun_class": seg.noun_class,
+                                       "all_nouns": list(seg.all_nouns)}, "text": text}
+    else:
+        comps["narration"]["text"] = ""
+        text = ""
+    return {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": seg.start, "stop": seg.stop,
+            "components": comps, "text": text}
+
+
+def _detected_labels(objects_component: dict) -> list[str]:
+    data = objects_component.get("data") or {}
+    items = data.get("objects") or data.get("labels") or data.get("detections") or []
+    labels = []
+    for it in items:
+        label = it if isinstance(it, str) else (it.get("label") or it.get("name")) if isinstance(it, dict) else None
+        if label and label not in labels:
+            labels.append(str(label))
+    return labels
+
+
+def clip_info(record: dict, segment: Segment | None = None) -> ClipInfo:
+    """Labels come from the annotations when given, else from the record's narration component."""
+    comps = record.get("components") or {}
+    narr = comps.get("narration") or {}
+    nd = (narr.get("data") or {}) if narr.get("status") == "ok" else {}
+    info = ClipInfo(record["narration_id"], record.get("text") or "", nd.get("narration"), nd.get("verb"), nd.get("noun"),
+                    nd.get("verb_class"), nd.get("noun_class"), list(nd.get("all_nouns") or []))
+    if segment is not None and segment.has_labels:
+        info.narration, info.verb, info.noun = segment.narration, segment.verb, segment.noun
+        info.verb_class, info.noun_class, info.all_nouns = segment.verb_class, segment.noun_class, list(segment.all_nouns)
+    if (comps.get("objects") or {}).get("status") == "ok":
+        info.objects = _detected_labels(comps["objects"])
+    if not info.text and info.narration:
+        info.text = f"Narration: {info.narration}."
+    return info
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT_K) -> list[Exemplar]:
+    """The k exemplars most relevant to the clip (verb class, noun class, word overlap)."""
+    words = _words(" ".join(filter(None, [info.text, info.narration])))
+
+    def score(e: Exemplar) -> float:
+        s = 0.0
+        if info.verb_class is not None and e.verb_class == info.verb_class:
+            s += 4
+        if info.noun_class is not None and e.noun_class == info.noun_class:
+            s += 2
+        ew = _words(e.narration + " " + e.text)
+        if words and ew:
+            s += len(words & ew) / len(words | ew)
+        return s
+
+    return sorted(exemplars, key=lambda e: (-score(e), e.id))[:k]
+
+
+def vocabulary_text(verbs: ClassVocab, nouns: ClassVocab) -> str:
+    preds = ", ".join(f"{p}({', '.join(t)})" for p, t in PREDICATES.items())
+    prims = ", ".join(f"{p} (= {v})" for p, v in MOTOR_PRIMITIVES.items())
+    return (f"## Vocabulary\nVerbs (EPIC verb classes): {', '.join(verbs.keys[i] for i in verbs.ids)}\n"
+            f"Motor primitives: {prims}\n"
+            f"Objects (EPIC noun classes): {', '.join(nouns.keys[i] for i in nouns.ids)}\n"
+            f"Predicates: {preds}; hand = {' | '.join(HANDS)}")
+
+
+def clip_message(info: ClipInfo, verbs: ClassVocab | None = None, nouns: ClassVocab | None = None) -> str:
+    lines = [f"Clip {info.narration_id}:", info.text or "(no description available)"]
+    if info.verb or info.noun:
+        vc = info.verb_class if info.verb_class is not None else (resolve_verb(info.verb, verbs) if verbs and info.verb else None)
+        nc = info.noun_class if info.noun_class is not None else (resolve_object(info.noun, nouns) if nouns and info.noun else None)
+        lines.append(f"Action: verb {info.verb!r} (verb_class {vc}), noun {info.noun!r} (noun_class {nc}).")
+    if info.objects:
+        lines.append(f"Objects detected: {', '.join(info.objects)}.")
+    lines.append("Write its action program.")
+    return "\n".join(lines)
+
+
+@dataclass
+class PromptBuilder:
+    """Builds the chat messages of one segment; ``k`` exemplars per prompt."""
+
+    verbs: ClassVocab
+    nouns: ClassVocab
+    exemplars: list[Exemplar]
+    system: str
+    k: int = DEFAULT_K
+
+    def messages(self, info: ClipInfo) -> list[dict]:
+        msgs = [{"role": "system", "content": f"{self.system}\n\n{vocabulary_text(self.verbs, self.nouns)}"}]
+        for e in select_exemplars(info, self.exemplars, self.k):
+            ex_info = ClipInfo(e.id, e.text, e.narration, e.program["action"]["verb"], e.program["action"]["noun"],
+                               e.verb_class, e.noun_class)
+            msgs.append({"role": "user", "content": clip_message(ex_info)})
+            msgs.append({"role": "assistant", "content": json.dumps(e.program, separators=(",", ":"))})
+        msgs.append({"role": "user", "content": clip_message(info, self.verbs, self.nouns)})
+        return msgs
+
+
+def render_messages(messages: list[dict]) -> str:
+    """Human-readable prompt (``--dry-run``)."""
+    return "\n\n".join(f"===== {m['role']} =====\n{m['content']}" for m in messages)
+
+
+def prompt_hash(messages: list[dict]) -> str:
+    return stable_hash(messages)[:16]

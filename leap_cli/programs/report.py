@@ -1,0 +1,124 @@
+"""``leap validate-programs``: re-validate program records, count, and write ``programs/{split}.report.json``.
+
+Report: files, record and status totals (after re-validation), duplicate narration ids, errors per record,
+coverage (valid programs over the split's annotated segments, or over the records when no annotations are
+given), and histograms: sub-action verbs and objects (EPIC keys), predicates, flattened sub-actions per
+program, control-flow use (loops, conditionals, routines).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from leap_cli.epic.annotations import Segment
+from leap_cli.epic.classes import ClassVocab
+from leap_cli.errors import LeapError
+from leap_cli.io import read_jsonl
+from leap_cli.programs.targets import flatten_program
+from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels, check_program
+from leap_cli.programs.vocab import object_key, resolve_verb
+
+STATUSES = ("valid", "invalid", "failed")
+
+
+def split_of(path: Path) -> str:
+    """``train.jsonl`` / ``train.shard0of4.jsonl`` -> ``train``."""
+    return path.name.split(".")[0]
+
+
+def _walk(steps, counts: Counter) -> None:
+    for s in steps:
+        if s.get("type") != "sub_action":
+            counts[s.get("type", "?")] += 1
+            for k in ("steps", "then", "else"):
+                _walk(s.get(k) or [], counts)
+
+
+def _conditions(program: dict):
+    yield from program.get("pre") or []
+    yield from program.get("post") or []
+
+    def walk(steps):
+        for s in steps:
+            if s.get("type") == "sub_action":
+                yield from s.get("pre") or []
+                yield from s.get("post") or []
+            else:
+                for k in ("until", "if"):
+                    if isinstance(s.get(k), dict):
+                        yield s[k]
+                for k in ("steps", "then", "else"):
+                    yield from walk(s.get(k) or [])
+
+    yield from walk(program.get("steps") or [])
+
+
+def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
+                     segments: dict[str, Segment] | None = None, *,
+                     max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS) -> dict:
+    """The report dict of the program files ``paths`` (one split)."""
+    records: dict[str, dict] = {}
+    duplicates = 0
+    for path in paths:
+        for i, r in enumerate(read_jsonl(path), start=1):
+            if "narration_id" not in r or r.get("status") not in STATUSES:
+                raise LeapError("not a program record", path=path, record=f"line {i}",
+                                fix="program records have narration_id and status valid|invalid|failed")
+            duplicates += r["narration_id"] in records
+            records[r["narration_id"]] = r
+    statuses: Counter = Counter()
+    changed = 0
+    per_record = []
+    verb_h, obj_h, pred_h, steps_h, flow_h, backends = Counter(), Counter(), Counter(), Counter(), Counter(), Counter()
+    for nid, r in records.items():
+        backends[(r.get("provenance") or {}).get("backend", "?")] += 1
+        program = r.get("program")
+        status = r["status"]
+        errors = r.get("errors") or []
+        if status != "failed" and program is not None:
+            seg = (segments or {}).get(nid)
+            labels = Labels(seg.verb_class, seg.noun_class) if seg is not None else None
+            findings = check_program(program, verbs, nouns, labels, max_sub_actions=max_sub_actions)
+            new_status = "valid" if not findings else "invalid"
+            errors = [f.to_dict() for f in findings]
+            changed += new_status != status
+            status = new_status
+        elif status != "failed":
+            status = "invalid"
+            errors = errors or [{"pointer": "", "message": "no program"}]
+        statuses[status] += 1
+        if status != "valid":
+            per_record.append({"narration_id": nid, "status": status, "errors": errors})
+            continue
+        flat = flatten_program(program)
+        steps_h[len(flat)] += 1
+        for sub in flat:
+            vid = resolve_verb(sub["verb"], verbs)
+            verb_h[verbs.keys[vid] if vid is not None else sub["verb"]] += 1
+            for o in (sub.get("object_a"), sub.get("object_b")):
+                if o:
+                    obj_h[object_key(o, nouns)] += 1
+        for c in _conditions(program):
+            pred_h[("not " if c.get("negated") else "") + c["predicate"]] += 1
+        flow = Counter()
+        _walk(program.get("steps") or [], flow)
+        for k, v in flow.items():
+            flow_h[k] += v
+            flow_h[f"programs_with_{k}"] += 1
+    denominator = len(segments) if segments else len(records)
+    return {
+        "files": [str(p) for p in paths],
+        "records": len(records),
+        "duplicates": duplicates,
+        "statuses": {s: statuses.get(s, 0) for s in STATUSES},
+        "status_changed_on_revalidation": changed,
+        "backends": dict(backends),
+        "coverage": {"valid": statuses.get("valid", 0), "segments": denominator,
+                     "of": "annotated segments of the split" if segments else "records",
+                     "fraction": round(statuses.get("valid", 0) / denominator, 4) if denominator else 0.0},
+        "histograms": {"verbs": dict(verb_h.most_common()), "objects": dict(obj_h.most_common()),
+                       "predicates": dict(pred_h.most_common()),
+                       "steps": {str(k): v for k, v in sorted(steps_h.items())}, "control_flow": dict(flow_h)},
+        "errors": per_record,
+    }

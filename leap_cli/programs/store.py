@@ -1,0 +1,94 @@
+"""SQLite cache and call log of program generation (``{workdir}/programs/cache.sqlite``).
+
+``cache``: reply text + usage by key = hash(backend, model, messages, schema, params); a re-run with the
+same inputs reads replies from here and makes no request. ``calls``: one row per LLM call or cache hit
+(narration id, prompt hash, response, tokens, latency, attempts, outcome, error). The schema evolves by
+numbered migrations tracked in ``PRAGMA user_version``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+from leap_cli.io import stable_hash
+
+MIGRATIONS = [
+    # 1
+    """CREATE TABLE cache (key TEXT PRIMARY KEY, response TEXT NOT NULL, prompt_tokens INTEGER,
+       completion_tokens INTEGER, model TEXT, created REAL)""",
+    # 2
+    """CREATE TABLE calls (id INTEGER PRIMARY KEY AUTOINCREMENT, narration_id TEXT, backend TEXT, model TEXT,
+       prompt_hash TEXT, cache_key TEXT, round INTEGER, response TEXT, prompt_tokens INTEGER,
+       completion_tokens INTEGER, latency REAL, attempts INTEGER, cached INTEGER, outcome TEXT, error TEXT,
+       created REAL)""",
+    # 3
+    "CREATE INDEX calls_by_narration ON calls(narration_id)",
+]
+
+
+def cache_key(backend: str, model: str, messages: list[dict], schema: dict | None, params: dict) -> str:
+    return stable_hash({"backend": backend, "model": model, "messages": messages, "schema": schema, "params": params})
+
+
+class ProgramStore:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.migrate()
+
+    def migrate(self) -> int:
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for i, sql in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.db:
+                self.db.execute(sql)
+                self.db.execute(f"PRAGMA user_version = {i}")
+        return len(MIGRATIONS)
+
+    def get(self, key: str) -> tuple[str, dict, str] | None:
+        row = self.db.execute("SELECT response, prompt_tokens, completion_tokens, model FROM cache WHERE key = ?",
+                              (key,)).fetchone()
+        if row is None:
+            return None
+        return row[0], {"prompt_tokens": row[1] or 0, "completion_tokens": row[2] or 0}, row[3] or ""
+
+    def put(self, key: str, response: str, usage: dict, model: str) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?)",
+                            (key, response, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), model,
+                             time.time()))
+
+    def log_call(self, *, narration_id: str, backend: str, model: str, prompt_hash: str, cache_key: str,
+                 round: int, response: str | None, usage: dict, latency: float, attempts: int, cached: bool,
+                 outcome: str, error: str | None = None) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT INTO calls (narration_id, backend, model, prompt_hash, cache_key, round, response, prompt_tokens, "
+                "completion_tokens, latency, attempts, cached, outcome, error, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (narration_id, backend, model, prompt_hash, cache_key, round, response, usage.get("prompt_tokens", 0),
+                 usage.get("completion_tokens", 0), latency, attempts, int(cached), outcome, error, time.time()))
+
+    def calls(self, narration_id: str | None = None) -> list[dict]:
+        cur = self.db.execute("SELECT * FROM calls" + (" WHERE narration_id = ?" if narration_id else "") + " ORDER BY id",
+                              (narration_id,) if narration_id else ())
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> "ProgramStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, ensure_ascii=False)

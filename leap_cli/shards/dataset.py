@@ -1,0 +1,281 @@
+"""The streaming training/evaluation dataset over ``leap build-shards`` output.
+
+``ShardDataset(folder, train=True, ...)`` is a torch ``IterableDataset``; use it with a plain
+``DataLoader(ds, batch_size=B, num_workers=W, collate_fn=collate_clips)``.
+
+Each epoch visits every sample exactly once across DDP ranks and DataLoader workers. The epoch order is
+the stored order, in training shuffled per epoch by runs of ``block`` samples across all shards (the same
+on every rank: ``seed`` and ``set_epoch``);
+rank r takes the contiguous r-th of ``world_size`` slices of it, and DataLoader worker w the w-th slice
+of its rank's. Slices are read with one seek per sample (offsets from the manifest), so a consumer reads
+only its own bytes, then passes through a shuffle buffer (training) and is decoded. The split is by
+sample, not by whole shard, so it is exact even when there are fewer shards than consumers.
+
+Padding: with ``pad=True`` (DDP training, where ranks must see the same number of batches) every rank
+yields ``ceil(n / world_size)`` samples; the extra ones (at most ``world_size - 1`` per epoch) repeat samples
+from the start of the epoch order and carry ``padding: True`` in the batch. ``pad=False`` (the default,
+used for evaluation) yields each sample exactly once and ranks may differ by one sample.
+
+Batch (``collate_clips``), the contract consumed by train/evaluate:
+``video`` float ``[B,3,T,H,W]`` (CLIP-normalised; evaluation with V = temporal x spatial views > 1:
+``[B,V,3,T,H,W]``), ``verb_class``/``noun_class`` long ``[B]`` (-1 unknown), ``has_program`` bool ``[B]``,
+``program_steps`` long ``[B,L,3]`` (ids incl. the END triple, -100 padding; L = manifest max_steps),
+``conditions`` float ``[B,2P]`` (multi-hot, pre then post), ``narration_id`` list[str], ``padding`` bool
+``[B]``; anticipation: ``context_video`` ``[B,C,3,T,H,W]`` (oldest first, zeros where absent; with views
+``[B,V,C,3,T,H,W]``, the same crops as ``video``) and ``context_mask`` bool ``[B,C]``.
+
+Errors: a missing, truncated or corrupt shard raises a ``LeapError`` naming the shard and the sample
+(``on_error="raise"``), or is logged and counted in ``stats["errors"]`` (``on_error="skip"``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from leap_cli.errors import LeapError
+from leap_cli.shards.format import group_sample, load_manifest, parse_members, read_sample_at
+from leap_cli.shards.transforms import (color_jitter, crop_resize, decode_jpegs, random_resized_box,
+                                        spatial_boxes, temporal_indices, to_tensor)
+
+log = logging.getLogger(__name__)
+
+
+def _dist_rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class ShardDataset(IterableDataset):
+    """Clips from shards; see the module docstring for order, splitting, padding and the batch layout."""
+
+    def __init__(self, source: str | Path, *, train: bool = True, num_frames: int = 8, img_size: int = 224,
+                 temporal_views: int = 1, spatial_views: int = 1, shuffle_buffer: int = 256, seed: int = 0,
+                 scale: tuple[float, float] = (0.25, 1.0), color_jitter: float = 0.0, rank: int | None = None,
+                 world_size: int | None = None, pad: bool = False, on_error: str = "raise", epoch: int = 0,
+                 block: int = 32):
+        if on_error not in ("raise", "skip"):
+            raise LeapError(f"on_error must be raise or skip, not {on_error!r}")
+        self.manifest, self.folder = load_manifest(source)
+        self.train, self.num_frames, self.img_size = train, num_frames, img_size
+        self.temporal_views, self.spatial_views = (1, 1) if train else (temporal_views, spatial_views)
+        self.shuffle_buffer = shuffle_buffer if train else 0
+        self.seed, self.scale, self.jitter = seed, scale, color_jitter
+        r, w = _dist_rank_world()
+        self.rank = r if rank is None else rank
+        self.world_size = w if world_size is None else world_size
+        if not 0 <= self.rank < self.world_size:
+            raise LeapError(f"rank {self.rank} is outside world size {self.world_size}")
+        self.pad, self.on_error, self.epoch, self.block = pad, on_error, epoch, max(1, block)
+        self.shards = self.manifest["shards"]
+        self.size = sum(s["count"] for s in self.shards)
+        targets = self.manifest.get("targets") or {}
+        self.max_steps = int(targets.get("max_steps", 1))
+        self.num_conditions = len(targets.get("conditions", []))
+        self.context = int(self.manifest["settings"].get("context", 0)) if self.manifest.get("task") == "anticipation" else 0
+        self.stats = {"samples": 0, "padding": 0, "errors": 0}
+        self._iterations = 0  # epochs started by this copy (persistent DataLoader workers keep their copy)
+
+    # ---- which samples this consumer reads -------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch (as with DistributedSampler). Persistent DataLoader workers never see it; their
+        copy counts the epochs it has started instead, so the order still changes each epoch, alike on all ranks."""
+        self.epoch = epoch
+
+    @property
+    def effective_epoch(self) -> int:
+        return self.epoch + self._iterations
+
+    def epoch_order(self) -> list[tuple[int, int]]:
+        """(shard, position) of every sample in this epoch's order (identical on every rank and worker).
+        Training shuffles runs of ``block`` consecutive samples across all shards, so each rank's slice is drawn
+        from the whole data set while reads stay mostly sequential; evaluation keeps the stored order."""
+        entries = [(s, p) for s in range(len(self.shards)) for p in range(self.shards[s]["count"])]
+        if not self.train:
+            return entries
+        blocks = [entries[i:i + self.block] for i in range(0, len(entries), self.block)]
+        np.random.default_rng([self.seed, self.effective_epoch]).shuffle(blocks)
+        return [e for b in blocks for e in b]
+
+    def rank_slice(self, order: list[tuple[int, int]]) -> list[tuple[tuple[int, int], bool]]:
+        n, W, r = len(order), self.world_size, self.rank
+        lo, hi = r * n // W, (r + 1) * n // W
+        mine = [(e, False) for e in order[lo:hi]]
+        if self.pad and n:
+            need = math.ceil(n / W) - len(mine)
+            mine += [(order[j % n], True) for j in range(need)]
+        return mine
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (all its DataLoader workers together)."""
+        n, W = self.size, self.world_size
+        return math.ceil(n / W) if self.pad and n else (self.rank + 1) * n // W - self.rank * n // W
+
+    def consumer_plan(self, worker_id: int = 0, num_workers: int = 1) -> list[tuple[tuple[int, int], bool]]:
+        mine = self.rank_slice(self.epoch_order())
+        m = len(mine)
+        return mine[worker_id * m // num_workers:(worker_id + 1) * m // num_workers]
+
+    # ---- reading ---------------------------------------------------------------------------------------
+    def _fail(self, shard: str, key: str, why: str) -> None:
+        if self.on_error == "raise":
+            raise LeapError(f"corrupt shard: {why}", path=self.folder / shard, record=f"sample {key}",
+                            fix="rebuild the shards with leap build-shards (the manifest's sha256 shows which file "
+                                "differs), or read with --on-error skip")
+        self.stats["errors"] += 1
+        log.warning("%s [sample %s]: skipped (%s); %d skipped so far", self.folder / shard, key, why,
+                    self.stats["errors"])
+
+    def _raw(self, plan: list[tuple[tuple[int, int], bool]]) -> Iterator[tuple[dict, bool, str, str]]:
+        f, open_idx, open_err = None, None, ""
+        try:
+            for (s, p), padding in plan:
+                info = self.shards[s]
+                key = info["keys"][p]
+                if open_idx != s:
+                    if f:
+                        f.close()
+                    f, open_idx = None, s
+                    try:
+                        f = open(self.folder / info["name"], "rb")
+                    except OSError as e:
+                        open_err = e.strerror
+                if f is None:
+                    self._fail(info["name"], key, f"cannot open the shard ({open_err})")
+                    continue
+                try:
+                    block = read_sample_at(f, info["offsets"][p], info["sizes"][p])
+                    got, fields = group_sample(parse_members(block))
+                    if got != key:
+                        raise ValueError(f"found sample {got!r} where the manifest has {key!r}")
+                except ValueError as e:
+                    self._fail(info["name"], key, str(e))
+                    continue
+                yield fields, padding, info["name"], key
+        finally:
+            if f:
+                f.close()
+
+    def _shuffled(self, raw: Iterator, rng: np.random.Generator) -> Iterator:
+        if self.shuffle_buffer <= 1:
+            yield from raw
+            return
+        buf: list = []
+        for item in raw:
+            buf.append(item)
+            if len(buf) >= self.shuffle_buffer:
+                i = int(rng.integers(len(buf)))
+                buf[i], buf[-1] = buf[-1], buf[i]
+                yield buf.pop()
+        while buf:
+            i = int(rng.integers(len(buf)))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+
+    def __iter__(self) -> Iterator[dict]:
+        import cv2
+
+        wi = get_worker_info()
+        wid, nw = (wi.id, wi.num_workers) if wi is not None else (0, 1)
+        if wi is not None:
+            cv2.setNumThreads(1)
+        plan = self.consumer_plan(wid, nw)
+        rng = np.random.default_rng([self.seed, self.effective_epoch, self.rank, wid])
+        self._iterations += 1
+        for fields, padding, shard, key in self._shuffled(self._raw(plan), rng):
+            try:
+                sample = self.make_sample(fields, rng)
+            except (ValueError, KeyError, json.JSONDecodeError) as e:
+                self._fail(shard, key, f"{type(e).__name__}: {e}")
+                continue
+            sample["padding"] = padding
+            self.stats["samples"] += 1
+            self.stats["padding"] += int(padding)
+            yield sample
+
+    # ---- one sample ------------------------------------------------------------------------------------
+    def _frames(self, fields: dict, prefix: str) -> list[bytes]:
+        names = sorted(k for k in fields if k.startswith(prefix) and k.endswith(".jpg") and
+                       k[len(prefix):].count(".") == 1)
+        return [fields[k] for k in names]
+
+    def _views(self, blobs: list[bytes], rng: np.random.Generator, state: dict) -> torch.Tensor:
+        """Stored JPEGs -> [3,T,S,S] (train) or [V,3,T,S,S] (eval views); only the frames used are decoded."""
+        ts, S, T = len(blobs), self.img_size, self.num_frames
+        if self.train:
+            clip = decode_jpegs([blobs[i] for i in temporal_indices(ts, T, rng)])
+            if "box" not in state:  # one crop and one colour change per sample, shared by its context clips
+                state["box"] = random_resized_box(clip.shape[1], clip.shape[2], rng, self.scale)
+                state["jitter_seed"] = int(rng.integers(1 << 31))
+            x = crop_resize(clip, state["box"], S)
+            if self.jitter > 0:
+                x = color_jitter(x, self.jitter, np.random.default_rng(state["jitter_seed"]))
+            return to_tensor(x)
+        picks = [temporal_indices(ts, T, None, tv, self.temporal_views) for tv in range(self.temporal_views)]
+        used = sorted({i for p in picks for i in p})
+        decoded = dict(zip(used, decode_jpegs([blobs[i] for i in used])))
+        h, w = decoded[used[0]].shape[:2]
+        _, boxes = spatial_boxes(h, w, S, self.spatial_views)
+        views = [to_tensor(crop_resize(np.stack([decoded[i] for i in p]), box, S)) for p in picks for box in boxes]
+        return views[0] if len(views) == 1 else torch.stack(views)  # [V,3,T,S,S]
+
+    def make_sample(self, fields: dict, rng: np.random.Generator) -> dict:
+        meta = json.loads(fields["json"])
+        frames = self._frames(fields, "f")
+        if not frames:
+            raise ValueError("sample has no frames")
+        state: dict = {}
+        video = self._views(frames, rng, state)
+        L, P = self.max_steps, self.num_conditions
+        steps = torch.full((L, 3), -100, dtype=torch.long)
+        cond = torch.zeros(2 * P)
+        tg = meta.get("targets") if meta.get("has_program") else None
+        if tg:
+            st = torch.tensor(tg["steps"], dtype=torch.long).view(-1, 3)[:L]
+            steps[:len(st)] = st
+            for i in tg.get("pre", []):
+                cond[i] = 1.0
+            for i in tg.get("post", []):
+                cond[P + i] = 1.0
+        vc, nc = meta.get("verb_class"), meta.get("noun_class")
+        out = {"video": video, "verb_class": -1 if vc is None else int(vc), "noun_class": -1 if nc is None else int(nc),
+               "has_program": bool(tg), "program_steps": steps, "conditions": cond,
+               "narration_id": meta["narration_id"]}
+        if self.context:
+            clips, mask = [], []
+            ctx = meta.get("context") or []
+            for c in range(self.context):
+                blobs = self._frames(fields, f"c{c}.f")
+                present = bool(blobs) and c < len(ctx) and ctx[c].get("present", False)
+                clips.append(self._views(blobs, rng, state) if present else torch.zeros_like(video))
+                mask.append(present)
+            out["context_video"] = torch.stack(clips, dim=-5)  # [C,3,T,S,S] or [V,C,3,T,S,S]
+            out["context_mask"] = torch.tensor(mask, dtype=torch.bool)
+        return out
+
+
+def collate_clips(samples: list[dict]) -> dict:
+    """Stack samples into the batch described in the module docstring."""
+    batch = {
+        "video": torch.stack([s["video"] for s in samples]),
+        "verb_class": torch.tensor([s["verb_class"] for s in samples], dtype=torch.long),
+        "noun_class": torch.tensor([s["noun_class"] for s in samples], dtype=torch.long),
+        "has_program": torch.tensor([s["has_program"] for s in samples], dtype=torch.bool),
+        "program_steps": torch.stack([s["program_steps"] for s in samples]),
+        "conditions": torch.stack([s["conditions"] for s in samples]),
+        "narration_id": [s["narration_id"] for s in samples],
+        "padding": torch.tensor([s.get("padding", False) for s in samples], dtype=torch.bool),
+    }
+    if "context_video" in samples[0]:
+        batch["context_video"] = torch.stack([s["context_video"] for s in samples])
+        batch["context_mask"] = torch.stack([s["context_mask"] for s in samples])
+    return batch

@@ -1,0 +1,218 @@
+"""The shard format shared by the writer and the reader: member names, deterministic tar records,
+a small tar parser for one sample's bytes, and manifest loading.
+
+A shard is a plain (uncompressed, PAX) tar file ``leap-{split}-000000.tar``. The members of one sample
+are consecutive and share the sample key, the narration id, which never holds a dot. WebDataset splits a
+member name at the FIRST dot into key and field, so the field may itself hold dots and the last
+extension names the encoding (WebDataset's own ``.seg.jpg`` convention)::
+
+    P01_01_3.json            labels, program targets, sampling record (UTF-8 JSON)
+    P01_01_3.f000.jpg ...    the T observed frames, in time order (JPEG, short side S)
+    P01_01_3.c0.f000.jpg ... anticipation only: context clip 0 (oldest) .. C-1, T frames each
+
+Every header has mtime 0, uid/gid 0, empty user/group names and mode 0644, so the same samples give the
+same bytes on any machine.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+
+from leap_cli.errors import LeapError
+
+FORMAT = "leap-shards/1"
+MANIFEST = "manifest.json"
+_HEADER = 512
+
+
+def shard_name(split: str, index: int, suffix: str = "") -> str:
+    """``leap-train-000000.tar`` (``suffix`` is ShardSpec.suffix for ``--shard i/n`` jobs)."""
+    return f"leap-{split}{suffix}-{index:06d}.tar"
+
+
+def manifest_name(suffix: str = "") -> str:
+    return f"manifest{suffix}.json"
+
+
+def frame_field(i: int, context: int | None = None) -> str:
+    """Field name of frame ``i`` (of context clip ``context`` when given)."""
+    return f"f{i:03d}.jpg" if context is None else f"c{context}.f{i:03d}.jpg"
+
+
+def check_key(key: str) -> str:
+    if not key or "." in key or "/" in key:
+        raise LeapError(f"sample key {key!r} holds a dot or slash", record=key,
+                        fix="WebDataset splits names at the first dot: rename that narration id")
+    return key
+
+
+def tar_member(name: str, data: bytes) -> bytes:
+    """One deterministic PAX tar record (header(s) + data + padding to 512 bytes)."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.type = tarfile.REGTYPE
+    header = info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="strict")
+    pad = (-len(data)) % _HEADER
+    return header + data + b"\0" * pad
+
+
+def tar_end() -> bytes:
+    """End of archive: two zero blocks."""
+    return b"\0" * (2 * _HEADER)
+
+
+def sample_bytes(key: str, fields: dict[str, bytes]) -> bytes:
+    """All records of one sample, json first then the fields in sorted name order."""
+    order = sorted(fields, key=lambda f: (f != "json", f))
+    return b"".join(tar_member(f"{key}.{f}", fields[f]) for f in order)
+
+
+_PAX_RECORD = re.compile(rb"(\d+) ")
+
+
+def _pax_path(buf: bytes) -> str | None:
+    pos = 0
+    while pos < len(buf):
+        m = _PAX_RECORD.match(buf, pos)
+        if not m:
+            raise ValueError("bad PAX header")
+        length = int(m.group(1))
+        record = buf[m.end():pos + length - 1]
+        k, _, v = record.partition(b"=")
+        if k == b"path":
+            return v.decode("utf-8")
+        pos += length
+    return None
+
+
+def parse_members(block: bytes) -> list[tuple[str, bytes]]:
+    """Parse the tar records of one sample. Raises ValueError on a truncated or corrupt record."""
+    out = []
+    pos, n = 0, len(block)
+    long_name = None
+    while pos < n:
+        header = block[pos:pos + _HEADER]
+        if len(header) < _HEADER:
+            raise ValueError(f"truncated tar header at byte {pos}")
+        if header == b"\0" * _HEADER:
+            break
+        try:
+            info = tarfile.TarInfo.frombuf(header, "utf-8", "strict")
+        except tarfile.HeaderError as e:
+            raise ValueError(f"bad tar header at byte {pos} ({e})") from None
+        start = pos + _HEADER
+        end = start + info.size
+        if end > n:
+            raise ValueError(f"member {info.name!r} needs {info.size} bytes, only {n - start} left")
+        data = block[start:end]
+        pos = end + (-info.size) % _HEADER
+        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE):
+            long_name = _pax_path(data)
+            continue
+        name = long_name or info.name
+        long_name = None
+        out.append((name, data))
+    return out
+
+
+def group_sample(members: list[tuple[str, bytes]]) -> tuple[str, dict[str, bytes]]:
+    """Members of one sample -> (key, {field: bytes}); all must share one key."""
+    key = None
+    fields: dict[str, bytes] = {}
+    for name, data in members:
+        base = name.rsplit("/", 1)[-1]
+        k, dot, field = base.partition(".")
+        if not dot:
+            raise ValueError(f"member {name!r} has no extension")
+        if key is None:
+            key = k
+        elif k != key:
+            raise ValueError(f"member {name!r} does not belong to sample {key!r}")
+        fields[field] = data
+    if key is None:
+        raise ValueError("no members")
+    return key, fields
+
+
+def iter_tar_samples(path: str | Path):
+    """Stream (key, fields) from any WebDataset-style tar, without the manifest (for tools and tests)."""
+    with tarfile.open(path, "r|") as tf:
+        key, fields = None, {}
+        for m in tf:
+            if not m.isfile():
+                continue
+            k, _, field = m.name.rsplit("/", 1)[-1].partition(".")
+            if key is not None and k != key:
+                yield key, fields
+                fields = {}
+            key = k
+            fields[field] = tf.extractfile(m).read()
+        if key is not None:
+            yield key, fields
+
+
+def _merge(parts: list[dict], paths: list[Path]) -> dict:
+    first = parts[0]
+    merged = dict(first)
+    merged["shards"] = [s for p in parts for s in p["shards"]]
+    merged["skipped"] = [s for p in parts for s in p.get("skipped", [])]
+    counts: dict = {}
+    for p in parts:
+        for k, v in p["counts"].items():
+            counts[k] = counts.get(k, 0) + v if isinstance(v, int) else v
+    merged["counts"] = counts
+    hist: dict = {}
+    for p in parts:
+        for name, h in p.get("histograms", {}).items():
+            acc = hist.setdefault(name, {})
+            for c, v in h.items():
+                acc[c] = acc.get(c, 0) + v
+    merged["histograms"] = {k: dict(sorted(v.items(), key=lambda kv: int(kv[0]))) for k, v in hist.items()}
+    merged["parts"] = [str(p.name) for p in paths]
+    return merged
+
+
+def load_manifest(source: str | Path) -> tuple[dict, Path]:
+    """Read ``manifest.json`` (a folder or the file itself); where only the parts written by ``--shard i/n``
+    jobs exist (``manifest.shard0of4.json``...), merge them once all n are there. Returns (manifest, folder)."""
+    source = Path(source)
+    folder = source if source.is_dir() else source.parent
+    path = source / MANIFEST if source.is_dir() else source
+    if path.exists():
+        try:
+            return json.loads(path.read_text(encoding="utf-8")), folder
+        except json.JSONDecodeError as e:
+            raise LeapError(f"manifest is not valid JSON ({e.msg})", path=path,
+                            fix="rerun leap build-shards; it rewrites the manifest") from None
+    parts = sorted(folder.glob("manifest.shard*of*.json"))
+    if not parts:
+        raise LeapError("no shards manifest found", path=path, fix="run leap build-shards first or pass the shards folder")
+    found = {}
+    total = None
+    for p in parts:
+        m = re.fullmatch(r"manifest\.shard(\d+)of(\d+)\.json", p.name)
+        if m:
+            found[int(m.group(1))] = p
+            total = int(m.group(2))
+    missing = [i for i in range(total or 0) if i not in found]
+    if missing:
+        raise LeapError(f"parts {missing} of {total} are missing", path=folder,
+                        fix=f"run leap build-shards --shard i/{total} for the missing parts")
+    ordered = [found[i] for i in range(total)]
+    return _merge([json.loads(p.read_text(encoding="utf-8")) for p in ordered], ordered), folder
+
+
+def read_sample_at(f: io.BufferedReader, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) < size:
+        raise ValueError(f"shard ends {size - len(data)} bytes early (truncated)")
+    return data

@@ -1,0 +1,602 @@
+"""``leap build-shards``: segments -> WebDataset-style tar shards + ``manifest.json``.
+
+One sample per segment (key = narration id). Workers decode and JPEG-encode frames one video at a time;
+the parent writes the samples in annotation order (videos in first-appearance order, segments by start
+time), so the bytes never depend on the number of workers. A shard is written to a temporary name and
+renamed when complete; each completed shard is appended to ``.progress{suffix}.jsonl``, so a re-run
+keeps complete shards (after checking their size) and redoes the unfinished one.
+
+Sample ``json`` (see ``docs/readme/shards.md``)::
+
+    {"narration_id", "video", "participant", "start", "stop", "fps", "narration", "verb", "noun",
+     "verb_class", "noun_class" (null on test), "task", "frame_indices": [T 1-based frame numbers],
+     "has_program": bool, "targets": {"steps": [[v, a, b], ...], "pre": [ids], "post": [ids]} | null,
+     anticipation: "observed": {"start", "stop"} (seconds), "context": [{"key", "present", "frame_indices"}]}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol
+
+import numpy as np
+
+from leap_cli.common import ShardSpec
+from leap_cli.epic.annotations import Segment
+from leap_cli.epic.timing import time_to_frame
+from leap_cli.errors import LeapError
+from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl, sha256_file, stable_hash
+from leap_cli.shards.format import (FORMAT, check_key, frame_field, manifest_name, sample_bytes, shard_name,
+                                    tar_end)
+
+log = logging.getLogger(__name__)
+
+
+class FrameReader(Protocol):
+    def read_frames(self, indices: list[int], short_side: int | None = None) -> np.ndarray:  # [T,H,W,3] uint8 RGB
+        ...
+
+
+FrameOpener = Callable[[str], FrameReader]  # video_id -> reader (must be picklable for --workers > 1)
+
+
+class TargetEncoder(Protocol):
+    """Program -> training targets; ``manifest()`` is the vocabulary stored under ``"targets"``."""
+
+    def encode(self, program: dict) -> dict: ...
+
+    def manifest(self) -> dict: ...
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    split: str
+    task: str = "recognition"  # or "anticipation"
+    frames: int = 16
+    short_side: int = 256
+    jpeg_quality: int = 90
+    max_shard_size: int = 1 << 30
+    max_count: int = 0  # 0: no limit
+    tau_a: float = 1.0  # anticipation: the observed window ends tau_a seconds before the action
+    tau_o: float = 2.0  # anticipation: length of the observed window
+    context: int = 2  # anticipation: previous segments of the same video stored as context clips
+
+    def __post_init__(self):
+        if self.task not in ("recognition", "anticipation"):
+            raise LeapError(f"unknown task {self.task!r}", fix="use --task recognition or anticipation")
+        if self.frames < 1 or self.short_side < 16:
+            raise LeapError("--frames must be >= 1 and --short-side >= 16")
+        if self.tau_a < 0 or self.tau_o <= 0 or self.context < 0:
+            raise LeapError("--tau-a must be >= 0, --tau-o > 0 and --context >= 0")
+
+
+def segment_frame_indices(first: int, last: int, count: int) -> list[int]:
+    """``count`` 1-based frame numbers at the centres of ``count`` equal chunks of [first, last]."""
+    n = last - first + 1
+    return [first + min(n - 1, int((k + 0.5) * n / count)) for k in range(count)]
+
+
+@dataclass
+class SampleJob:
+    key: str
+    frames: list[int]  # observed frames
+    context: list[list[int] | None] = field(default_factory=list)  # oldest first; None: absent
+
+
+@dataclass
+class VideoJob:
+    video_id: str
+    samples: list[SampleJob]
+
+
+def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings: ShardSettings
+                 ) -> tuple[list[VideoJob], dict[str, dict], list[dict]]:
+    """Which frames each sample stores. Returns (jobs by video in order, per-key sampling record, skipped)."""
+    by_video: dict[str, list[Segment]] = {}
+    for s in segments:
+        by_video.setdefault(s.video_id, []).append(s)
+    jobs, records, skipped = [], {}, []
+    T = settings.frames
+    for vid, segs in by_video.items():
+        segs = sorted(segs, key=lambda s: (s.start, s.stop, s.narration_id))
+        samples = []
+        for i, s in enumerate(segs):
+            check_key(s.narration_id)
+            if settings.task == "recognition":
+                if s.stop_frame < s.start_frame:
+                    skipped.append({"narration_id": s.narration_id, "reason": "stop_frame is before start_frame"})
+                    continue
+                idx = segment_frame_indices(s.start_frame, s.stop_frame, T)
+                samples.append(SampleJob(s.narration_id, idx))
+                records[s.narration_id] = {"frame_indices": idx}
+                continue
+            f = fps(vid)
+            obs_end_t = s.start - settings.tau_a
+            if obs_end_t < 0:
+                skipped.append({"narration_id": s.narration_id,
+                                "reason": f"action starts at {s.start:.2f}s, less than tau_a={settings.tau_a}s "
+                                          "into the video: nothing to observe"})
+                continue
+            # The frame shown at obs_end_t starts at or before it: never a frame after the window.
+            last = time_to_frame(obs_end_t, f)
+            first = time_to_frame(max(0.0, obs_end_t - settings.tau_o), f)
+            idx = segment_frame_indices(first, last, T)
+            ctx_jobs, ctx_rec = [], []
+            for j in range(settings.context, 0, -1):  # oldest first
+                p = segs[i - j] if i - j >= 0 else None
+                if p is None or p.start_frame > last:
+                    ctx_jobs.append(None)
+                    ctx_rec.append({"key": p.narration_id if p else None, "present": False, "frame_indices": []})
+                    continue
+                cidx = segment_frame_indices(p.start_frame, min(p.stop_frame, last), T)
+                ctx_jobs.append(cidx)
+                ctx_rec.append({"key": p.narration_id, "present": True, "frame_indices": cidx})
+            samples.append(SampleJob(s.narration_id, idx, ctx_jobs))
+            records[s.narration_id] = {"frame_indices": idx,
+                                       "observed": {"start": round(max(0.0, obs_end_t - settings.tau_o), 6),
+                                                    "stop": round(obs_end_t, 6)},
+                                       "context": ctx_rec}
+        if samples:
+            jobs.append(VideoJob(vid, samples))
+    return jobs, records, skipped
+
+
+def _encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frame[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings) -> list[tuple[str, dict | str]]:
+    """Read and JPEG-encode the frames of every sample of one video. Returns [(key, {field: bytes} | reason)]."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    out: list[tuple[str, dict | str]] = []
+    try:
+        reader = opener(job.video_id)
+    except Exception as e:  # noqa: BLE001 - any failure to open becomes a listed skip of its samples
+        reason = f"video {job.video_id} cannot be opened: {e}"
+        return [(s.key, reason) for s in job.samples]
+    for s in job.samples:
+        try:
+            fields: dict[str, bytes] = {}
+            clips = [(None, s.frames)] + [(c, idx) for c, idx in enumerate(s.context) if idx]
+            for ctx, idx in clips:
+                frames = reader.read_frames(list(idx), settings.short_side)
+                if frames is None or len(frames) != len(idx):
+                    raise ValueError(f"got {0 if frames is None else len(frames)} of {len(idx)} frames")
+                for i, fr in enumerate(frames):
+                    fields[frame_field(i, ctx)] = _encode_jpeg(fr, settings.jpeg_quality)
+            out.append((s.key, fields))
+        except Exception as e:  # noqa: BLE001 - unreadable frames: the segment is skipped and listed
+            out.append((s.key, f"frames unreadable: {type(e).__name__}: {e}"))
+    close = getattr(reader, "close", None)
+    if close:
+        close()
+    return out
+
+
+_worker_ctx: dict = {}
+
+
+def _init_worker(opener: FrameOpener, settings: ShardSettings) -> None:
+    _worker_ctx["opener"] = opener
+    _worker_ctx["settings"] = settings
+
+
+def _work(job: VideoJob) -> list[tuple[str, dict | str]]:
+    return encode_video(job, _worker_ctx["opener"], _worker_ctx["settings"])
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    manifest: dict
+    written_now: int = 0
+    resumed_shards: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _labels(seg: Segment, fps: float | None) -> dict:
+    return {"narration_id": seg.narration_id, "video": seg.video_id, "participant": seg.participant_id,
+            "start": seg.start, "stop": seg.stop, "fps": fps, "narration": seg.narration, "verb": seg.verb,
+            "noun": seg.noun, "verb_class": seg.verb_class, "noun_class": seg.noun_class}
+
+
+def match_programs(records: list[dict], split_ids: set[str], path: Path | str) -> tuple[dict[str, dict], dict]:
+    """Program records by narration id, and a report of ids that are not in the split.
+    No id in common with a non-empty file is an error (the file of another split)."""
+    by_id = {r["narration_id"]: r for r in records if "narration_id" in r}
+    unknown = sorted(k for k in by_id if k not in split_ids)
+    report = {"records": len(by_id), "matched": len(by_id) - len(unknown), "unknown_ids": len(unknown),
+              "unknown_examples": unknown[:10],
+              "valid": sum(1 for k, r in by_id.items() if k in split_ids and r.get("status") == "valid")}
+    if by_id and not report["matched"]:
+        raise LeapError(f"none of the {len(by_id)} narration ids in the program file belong to this split "
+                        f"(e.g. {unknown[0]})", path=path, fix="pass the program file of this split with --programs")
+    if unknown:
+        log.warning("%s: %d program records name narration ids not in the split (e.g. %s)", path, len(unknown),
+                    ", ".join(unknown[:3]))
+    return by_id, report
+
+
+class _ShardSink:
+    """Writes samples in order into rolling shards; records each completed shard in the progress file."""
+
+    def __init__(self, out: Path, split: str, suffix: str, settings: ShardSettings, progress: JsonlAppender,
+                 settings_hash: str, first_index: int):
+        self.out, self.split, self.suffix, self.settings = out, split, suffix, settings
+        self.progress, self.settings_hash = progress, settings_hash
+        self.index = first_index
+        self._f = None
+        self._tmp: Path | None = None
+        self._samples: list[dict] = []
+        self._skipped: list[dict] = []
+        self._bytes = 0
+        self.completed: list[dict] = []
+
+    def _open(self) -> None:
+        name = shard_name(self.split, self.index, self.suffix)
+        self._tmp = self.out / f".{name}.partial"
+        self._f = open(self._tmp, "wb")
+        self._samples, self._bytes = [], 0
+
+    def add(self, key: str, data: bytes, info: dict) -> None:
+        s = self.settings
+        if self._f is not None and self._samples and (
+                (s.max_count and len(self._samples) >= s.max_count)
+                or self._bytes + len(data) + 1024 > s.max_shard_size):
+            self._close()
+        if self._f is None:
+            self._open()
+        self._samples.append({"key": key, "offset": self._bytes, "size": len(data), **info})
+        self._f.write(data)
+        self._bytes += len(data)
+
+    def skip(self, entry: dict) -> None:
+        self._skipped.append(entry)
+
+    def _close(self) -> None:
+        self._f.write(tar_end())
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        self._f = None
+        name = shard_name(self.split, self.index, self.suffix)
+        final = self.out / name
+        os.replace(self._tmp, final)
+        rec = {"name": name, "index": self.index, "settings_hash": self.settings_hash, "count": len(self._samples),
+               "bytes": final.stat().st_size, "sha256": sha256_file(final), "samples": self._samples,
+               "skipped": self._skipped}
+        self.progress.write(rec)
+        self.completed.append(rec)
+        self._skipped = []
+        self.index += 1
+
+    def finish(self) -> list[dict]:
+        """Close the last shard; skips after it are returned (they belong to no shard)."""
+        if self._f is not None:
+            self._close()
+        rest, self._skipped = self._skipped, []
+        return rest
+
+    def abort(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+            if self._tmp and self._tmp.exists():
+                self._tmp.unlink()
+
+
+def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str) -> tuple[JsonlAppender, list[dict]]:
+    """Open the progress file; keep the complete shards that are intact (from the first damaged one on, redo)."""
+    from leap_cli.io import atomic_write_text
+
+    appender = JsonlAppender(progress_path, key="name")
+    done: list[dict] = sorted(appender.records.values(), key=lambda r: r["index"])
+    if any(r["settings_hash"] != settings_hash for r in done):
+        appender.close()
+        raise LeapError("the folder holds shards built from other inputs or settings", path=out,
+                        fix="pass --overwrite to rebuild, or another --out")
+    kept: list[dict] = []
+    for r in done:
+        p = out / r["name"]
+        if r["index"] != len(kept) or not p.exists() or p.stat().st_size != r["bytes"]:
+            break
+        kept.append(r)
+    if len(kept) < len(done):
+        appender.close()
+        atomic_write_text(progress_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        appender = JsonlAppender(progress_path, key="name")
+    for stray in out.glob(f".{prefix}-*.tar.partial"):
+        stray.unlink()
+    return appender, kept
+
+
+def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSettings, opener: FrameOpener,
+                 fps: Callable[[str], float], programs: list[dict] | None = None,
+                 programs_path: str | Path | None = None, targets: TargetEncoder | None = None,
+                 sources: dict | None = None, workers: int = 1, shard: ShardSpec = ShardSpec(),
+                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> BuildResult:
+    """Write the shards of ``segments`` into ``out`` and return the manifest.
+
+    ``programs`` are program records (None: no program file, every sample ``has_program: false``);
+    ``targets`` encodes valid programs; ``sources`` (hashes of the inputs) goes into the manifest and the
+    settings hash, so a re-run with other inputs refuses to mix shards. ``progress(done, total)`` is
+    called after each segment.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    selected = shard.select(segments, key=lambda s: s.video_id)
+    by_key = {s.narration_id: s for s in selected}
+    if len(by_key) != len(selected):
+        dup = Counter(s.narration_id for s in selected).most_common(1)[0][0]
+        raise LeapError(f"narration id {dup} appears twice in the split", record=dup, fix="remove the duplicate row")
+    prog_by_id: dict[str, dict] = {}
+    prog_report = None
+    if programs is not None:
+        prog_by_id, prog_report = match_programs(programs, {s.narration_id for s in segments},
+                                                 programs_path or "programs")
+        if prog_report["unknown_ids"]:
+            notes.append(f"{prog_report['unknown_ids']} program records name narration ids not in the split "
+                         f"(e.g. {', '.join(prog_report['unknown_examples'][:3])})")
+    else:
+        notes.append("no program file: every sample has has_program: false")
+    targets_manifest = targets.manifest() if targets is not None else None
+    sources = dict(sources or {})
+    settings_hash = stable_hash({"format": FORMAT, "settings": asdict(settings), "sources": sources,
+                                 "targets": targets_manifest, "shard": [shard.index, shard.count]})
+
+    jobs, sampling, skipped = plan_samples(selected, fps, settings)
+
+    progress_path = out / f".progress{shard.suffix}.jsonl"
+    if overwrite:
+        for p in list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar")) + [progress_path, out / manifest_name(shard.suffix)]:
+            if p.exists():
+                p.unlink()
+    appender, kept = _resume(out, progress_path, settings_hash, f"leap-{settings.split}{shard.suffix}")
+    done_keys = {x["key"] for r in kept for x in r["samples"]} | {x["narration_id"] for r in kept for x in r["skipped"]}
+
+    # Skips found while planning are reported in segment order along with the frame failures.
+    plan_skips = {x["narration_id"]: x for x in skipped}
+    todo_jobs = []
+    for job in jobs:
+        rest = [s for s in job.samples if s.key not in done_keys]
+        if rest:
+            todo_jobs.append(VideoJob(job.video_id, rest))
+    total = len(selected)
+    done_count = len(done_keys)
+    if progress:
+        progress(done_count, total)
+
+    sink = _ShardSink(out, settings.split, shard.suffix, settings, appender, settings_hash, len(kept))
+    written = 0
+
+    def emit_plan_skips(video_id: str) -> None:
+        nonlocal done_count
+        for x in [x for k, x in plan_skips.items() if by_key[k].video_id == video_id and k not in done_keys]:
+            sink.skip(x)
+            done_count += 1
+        for k in [k for k, x in plan_skips.items() if by_key[k].video_id == video_id]:
+            del plan_skips[k]
+
+    try:
+        results: Iterable
+        if workers > 1 and len(todo_jobs) > 1:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(opener, settings))
+            results = pool.imap(_work, todo_jobs, chunksize=1)
+        else:
+            pool = None
+            results = (encode_video(j, opener, settings) for j in todo_jobs)
+        try:
+            for job, encoded in zip(todo_jobs, results):
+                emit_plan_skips(job.video_id)
+                for key, fields in encoded:
+                    seg = by_key[key]
+                    if isinstance(fields, str):
+                        sink.skip({"narration_id": key, "reason": fields})
+                    else:
+                        rec = _labels(seg, fps(seg.video_id) if _has_fps(fps, seg.video_id) else None)
+                        rec["task"] = settings.task
+                        rec.update(sampling[key])
+                        prog = prog_by_id.get(key)
+                        tgt = None
+                        if prog is not None and prog.get("status") == "valid" and prog.get("program") and targets:
+                            tgt = targets.encode(prog["program"])
+                        rec["has_program"] = tgt is not None
+                        rec["targets"] = tgt
+                        fields["json"] = json.dumps(rec, ensure_ascii=False, sort_keys=True).encode("utf-8")
+                        sink.add(key, sample_bytes(key, fields),
+                                 {"verb_class": seg.verb_class, "noun_class": seg.noun_class,
+                                  "has_program": tgt is not None})
+                        written += 1
+                    done_count += 1
+                    if progress:
+                        progress(done_count, total)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+        for vid in sorted({by_key[k].video_id for k in plan_skips}):
+            emit_plan_skips(vid)
+        trailing = sink.finish()
+    except BaseException:
+        sink.abort()
+        appender.close()
+        raise
+    appender.close()
+    if progress:
+        progress(total, total)
+
+    shards = kept + sink.completed
+    manifest = _manifest(settings, shards, trailing, sources, targets_manifest, prog_report, shard, len(selected))
+    atomic_write_json(out / manifest_name(shard.suffix), manifest)
+    return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes)
+
+
+def _has_fps(fps: Callable[[str], float], vid: str) -> bool:
+    try:
+        fps(vid)
+        return True
+    except LeapError:
+        return False
+
+
+def _manifest(settings: ShardSettings, shards: list[dict], trailing: list[dict], sources: dict,
+              targets_manifest: dict | None, prog_report: dict | None, shard: ShardSpec, segments: int) -> dict:
+    samples = [x for r in shards for x in r["samples"]]
+    skipped = [x for r in shards for x in r["skipped"]] + trailing
+    hist = {}
+    for name in ("verb_class", "noun_class"):
+        c = Counter(x[name] for x in samples if x[name] is not None)
+        hist[name] = {str(k): v for k, v in sorted(c.items())}
+    with_prog = sum(1 for x in samples if x["has_program"])
+    return {
+        "format": FORMAT,
+        "split": settings.split,
+        "task": settings.task,
+        "settings": {**asdict(settings), "sampling": "centres of T equal chunks of the segment (1-based frames)",
+                     "jpeg": "RGB, short side resized with INTER_AREA by the frame reader"},
+        "part": {"index": shard.index, "count": shard.count},
+        "counts": {"segments": segments, "samples": len(samples), "skipped": len(skipped),
+                   "with_program": with_prog, "without_program": len(samples) - with_prog, "shards": len(shards)},
+        "histograms": hist,
+        "targets": targets_manifest,
+        "sources": sources,
+        "programs": prog_report,
+        "shards": [{"name": r["name"], "count": r["count"], "bytes": r["bytes"], "sha256": r["sha256"],
+                    "keys": [x["key"] for x in r["samples"]], "offsets": [x["offset"] for x in r["samples"]],
+                    "sizes": [x["size"] for x in r["samples"]]} for r in shards],
+        "skipped": skipped,
+    }
+
+
+def read_programs(path: str | Path | None) -> list[dict] | None:
+    if path is None or not Path(path).exists():
+        return None
+    return read_jsonl(path)
+
+
+def input_hashes(files: dict[str, Path | None]) -> dict[str, Any]:
+    """sha256 of each existing source file (annotations, class lists, programs) for the manifest."""
+    return {name: (sha256_file(p) if p is not None and Path(p).exists() else None) for name, p in files.items()}
+
+
+# ---- from a dataset root: what ``leap build-shards`` calls --------------------------------------------
+
+
+class LayoutOpener:
+    """Picklable ``video_id -> frame reader`` over a dataset root (MP4, else rgb_frames)."""
+
+    def __init__(self, root: str | Path, annotations_dir: str | Path, fps: dict[str, float] | None = None):
+        self.root, self.annotations_dir, self.fps = Path(root), Path(annotations_dir), dict(fps or {})
+
+    def __call__(self, video_id: str) -> FrameReader:
+        from leap_cli.epic.layout import DatasetLayout
+        from leap_cli.media.video import open_video
+
+        return open_video(DatasetLayout(self.root, self.annotations_dir), video_id, self.fps.get(video_id))
+
+
+class ProgramTargets:
+    """``TargetEncoder`` over the programs engineer's ``TargetVocab``/``encode_program``. A program that
+    does not encode (a verb or object outside the class files) gets no targets and is counted."""
+
+    def __init__(self, vocab):
+        self.vocab = vocab
+        self.failed: list[dict] = []
+
+    def encode(self, program: dict) -> dict | None:
+        from leap_cli.programs.targets import encode_program
+
+        try:
+            return encode_program(program, self.vocab, self.vocab.max_steps)
+        except LeapError as e:
+            self.failed.append({"narration": (program.get("action") or {}).get("narration"), "error": e.message})
+            return None
+
+    def manifest(self) -> dict:
+        return self.vocab.to_manifest()
+
+
+def default_out(workdir: str | Path, split: str, task: str) -> Path:
+    return Path(workdir) / "shards" / (split if task == "recognition" else f"{split}-anticipation")
+
+
+def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: ShardSettings,
+                programs_path: str | Path | None = None, out: str | Path | None = None,
+                annotations: str | Path | None = None, vocab_manifest: str | Path | None = None,
+                max_steps: int | None = None, max_conditions: int | None = None, workers: int = 1,
+                shard: ShardSpec = ShardSpec(), overwrite: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> BuildResult:
+    """Resolve the inputs of one split (defaults under ``workdir``), build the target vocabulary and write
+    the shards. The vocabulary comes from ``vocab_manifest`` when given, else (val/test) from the train
+    shards' manifest when it exists so ids agree between splits, else from the train programs."""
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.epic.annotations import NOUN_CLASSES, VERB_CLASSES
+    from leap_cli.programs.targets import DEFAULT_MAX_CONDITIONS, DEFAULT_MAX_STEPS, TargetVocab
+
+    layout = DatasetLayout.open(data, annotations)
+    ann = layout.annotations()
+    if not ann.has_split(split):
+        raise LeapError(f"no annotation file for split {split}", path=ann.split_path(split),
+                        fix="check --data/--annotations or the split name")
+    segments = ann.segments(split)
+    workdir = Path(workdir)
+    out = Path(out) if out else default_out(workdir, split, settings.task)
+    prog_path = Path(programs_path) if programs_path else workdir / "programs" / f"{split}.jsonl"
+    if programs_path and not prog_path.exists():
+        raise LeapError("program file not found", path=prog_path, fix="run leap generate-programs or fix --programs")
+    programs = read_programs(prog_path)
+    notes: list[str] = []
+
+    vocab = None
+    train_manifest = Path(vocab_manifest) if vocab_manifest else workdir / "shards" / "train" / "manifest.json"
+    if vocab_manifest or (split != "train" and train_manifest.exists()):
+        from leap_cli.shards.format import load_manifest
+
+        m, _ = load_manifest(train_manifest)
+        if m.get("targets"):
+            vocab = TargetVocab.from_manifest(m["targets"], ann.verbs, ann.nouns)
+            notes.append(f"target vocabulary from {train_manifest}")
+    if vocab is None and programs is not None:
+        train_prog = prog_path if split == "train" else workdir / "programs" / "train.jsonl"
+        source = read_programs(train_prog) if split != "train" else programs
+        if source is None:
+            source, train_prog = programs, prog_path
+            notes.append(f"no train programs or train shards manifest: condition vocabulary built from {prog_path}; "
+                         "ids may not agree with the train shards")
+        vocab = TargetVocab.build([r.get("program") for r in source if r.get("status") == "valid"], ann.verbs,
+                                  ann.nouns, max_steps=max_steps or DEFAULT_MAX_STEPS,
+                                  max_conditions=max_conditions or DEFAULT_MAX_CONDITIONS)
+        notes.append(f"target vocabulary built from {train_prog}: {len(vocab.conditions)} conditions")
+    targets = ProgramTargets(vocab) if vocab is not None else None
+
+    fps_map = {v: i.fps for v, i in ann.video_info.items()} if (ann.folder / "EPIC_100_video_info.csv").exists() else {}
+
+    def fps(video_id: str) -> float:
+        if video_id in fps_map:
+            return fps_map[video_id]
+        return ann.fps(video_id)
+
+    sources = input_hashes({"annotations": ann.split_path(split), "verb_classes": ann.folder / VERB_CLASSES,
+                            "noun_classes": ann.folder / NOUN_CLASSES, "programs": prog_path if programs is not None else None})
+    result = build_shards(segments, out=out, settings=settings, opener=LayoutOpener(layout.root, layout.annotations_dir, fps_map),
+                          fps=fps, programs=programs, programs_path=prog_path, targets=targets, sources=sources,
+                          workers=workers, shard=shard, overwrite=overwrite, progress=progress)
+    if targets is not None and targets.failed:
+        notes.append(f"{len(targets.failed)} valid programs could not be encoded (e.g. {targets.failed[0]['error']})")
+    result.notes = notes + result.notes
+    return result

@@ -1,0 +1,250 @@
+"""Challenge submission files for the EPIC-KITCHENS-100 action recognition and anticipation leaderboards.
+
+The file is ``test.json`` at the root of a zip (no folders), in the official format (version 0.2)::
+
+    {"version": "0.2", "challenge": "action_recognition" | "action_anticipation",
+     "sls_pt": 0-5, "sls_tl": 0-5, "sls_td": 0-5,
+     "results": {"P01_101_0": {"verb": {"0": 1.22, ..., "96": 0.02},      # every verb class, raw logits
+                               "noun": {"0": 0.80, ..., "299": 0.02},     # every noun class, raw logits
+                               "action": {"12,4": 0.31, ...}},           # anticipation only, optional: 100 pairs
+                 ...}}
+
+The server applies the softmax, so verb and noun scores are the model's raw outputs. Optional anticipation
+action scores are the 100 best ``"verb,noun"`` pairs of the official combination (``metrics.action_scores``);
+they go in for every segment or for none.
+
+Class counts: a submission holds one score per class id from 0 to the largest id of the class files in the
+annotations folder (``EPIC_100_verb_classes.csv``, ``EPIC_100_noun_classes.csv``), i.e. max id + 1, not the
+number of rows: 97 verbs and 300 nouns on EPIC-KITCHENS-100; on the synthetic kitchen, whose class files hold
+a subset of EPIC's classes with their real ids, also max id + 1, so a class id is always its score column and
+the ids absent from the class files simply get scores nobody is labelled with.
+
+Refusals (``LeapError``, listing up to five examples): narration ids missing from or extra to
+``EPIC_100_test_timestamps.csv``, NaN or infinite scores, a wrong number of verb or noun scores, SLS levels
+outside 0-5, an unknown challenge or version, action entries that are malformed, not 100 per segment, or not
+on every segment, and a zip that does not hold ``test.json`` at its root.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zipfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+
+from leap_cli.epic.annotations import Annotations, SPLIT_FILES
+from leap_cli.errors import LeapError
+from leap_cli.evaluate.metrics import TOP_N_ACTIONS, action_scores
+from leap_cli.io import atomic_path
+
+VERSION = "0.2"
+CHALLENGES = {"recognition": "action_recognition", "anticipation": "action_anticipation"}
+SLS_KEYS = ("sls_pt", "sls_tl", "sls_td")
+MEMBER = "test.json"
+SHOW = 5
+
+
+def _examples(items: Sequence, n: int = SHOW) -> str:
+    items = list(items)
+    shown = ", ".join(str(x) for x in items[:n])
+    return shown + (f" ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def class_counts(annotations: Annotations) -> tuple[int, int]:
+    """(verbs, nouns) a submission must score: max class id + 1 of each class file."""
+    return max(annotations.verbs.ids) + 1, max(annotations.nouns.ids) + 1
+
+
+def expected_narration_ids(annotations: Annotations) -> list[str]:
+    """The narration ids of the test timestamps CSV."""
+    if not annotations.has_split("test"):
+        raise LeapError("no test timestamps CSV", path=annotations.split_path("test"),
+                        fix=f"put {SPLIT_FILES['test']} in the annotations folder (or pass --annotations DIR)")
+    return [s.narration_id for s in annotations.segments("test")]
+
+
+def _check_ids(ids: Iterable[str], expected: Sequence[str], source: str) -> None:
+    ids = list(ids)
+    have, want = set(ids), set(expected)
+    missing = [i for i in expected if i not in have]
+    extra = [i for i in ids if i not in want]
+    if ids and not have & want:
+        raise LeapError(f"none of the {len(ids)} narration ids is in {SPLIT_FILES['test']} (e.g. {_examples(ids, 3)}): "
+                        f"these are not test-split scores", path=source,
+                        fix="run `leap evaluate --split test` and submit its scores.pt")
+    if missing:
+        raise LeapError(f"{len(missing)} narration id(s) of {SPLIT_FILES['test']} have no scores: "
+                        f"{_examples(missing)}", path=source,
+                        fix="score every test segment (leap evaluate --split test) with the same annotations")
+    if extra:
+        raise LeapError(f"{len(extra)} narration id(s) are not in {SPLIT_FILES['test']}: {_examples(extra)}",
+                        path=source, fix="submit test-split scores (validation scores cannot be submitted)")
+
+
+def _check_sls(levels: dict, source: str) -> None:
+    for key in SLS_KEYS:
+        v = levels.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 5:
+            raise LeapError(f"{key} is {v!r}; supervision levels are integers from 0 to 5", path=source,
+                            fix="see https://github.com/epic-kitchens/sls for the levels")
+
+
+def check_scores(scores: dict, expected_ids: Sequence[str], num_verbs: int, num_nouns: int,
+                 source: str = "<scores>") -> None:
+    """Refuse a scores dict that cannot become a valid submission."""
+    _check_ids(scores["narration_id"], expected_ids, source)
+    for name, count in (("verb", num_verbs), ("noun", num_nouns)):
+        out = scores[f"{name}_output"]
+        if out.shape[1] != count:
+            raise LeapError(f"{name}_output has {out.shape[1]} classes, the class file needs {count} "
+                            f"(max id + 1)", path=source,
+                            fix="score with a model built for these annotations' classes")
+        bad = (~torch.isfinite(out)).any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            ids = [scores["narration_id"][i] for i in bad]
+            raise LeapError(f"{name}_output holds NaN or infinity for {len(ids)} segment(s): {_examples(ids)}",
+                            path=source, fix="fix the model or checkpoint that produced these scores")
+
+
+def make_submission(scores: dict, task: str, *, sls_pt: int, sls_tl: int, sls_td: int,
+                    with_actions: bool = False) -> dict:
+    """The challenge dict for a (checked) scores dict."""
+    if task not in CHALLENGES:
+        raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
+    if with_actions and task != "anticipation":
+        raise LeapError("action scores belong to anticipation submissions only",
+                        fix="drop --with-actions or use --task anticipation")
+    levels = {"sls_pt": sls_pt, "sls_tl": sls_tl, "sls_td": sls_td}
+    _check_sls(levels, "<options>")
+    verb = scores["verb_output"].double().numpy()
+    noun = scores["noun_output"].double().numpy()
+    actions = action_scores(verb, noun) if with_actions else None
+    results = {}
+    for i, nid in enumerate(scores["narration_id"]):
+        entry = {"verb": {str(c): float(s) for c, s in enumerate(verb[i])},
+                 "noun": {str(c): float(s) for c, s in enumerate(noun[i])}}
+        if actions is not None:
+            v, n, p = actions
+            entry["action"] = {f"{int(a)},{int(b)}": float(s) for a, b, s in zip(v[i], n[i], p[i])}
+        results[nid] = entry
+    return {"version": VERSION, "challenge": CHALLENGES[task], **levels, "results": results}
+
+
+def write_submission(path: str | Path, submission: dict) -> None:
+    """Write ``test.json`` into a flat zip, atomically."""
+    data = json.dumps(submission, allow_nan=False)
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=5) as z:
+            z.writestr(MEMBER, data)
+
+
+def read_submission(path: str | Path) -> dict:
+    """Read ``test.json`` from a submission zip (refusing folders, extra files and bad JSON)."""
+    path = Path(path)
+    if not path.exists():
+        raise LeapError("submission file not found", path=path, fix="check the path or run `leap submit` first")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = [n for n in z.namelist() if not n.endswith("/")]
+            if names != [MEMBER]:
+                raise LeapError(f"the zip holds {_examples(names) or 'nothing'}; it must hold only {MEMBER} "
+                                f"at its root", path=path, fix="zip test.json alone, without a folder")
+            raw = z.read(MEMBER)
+    except zipfile.BadZipFile:
+        raise LeapError("not a zip file", path=path, fix="write it with `leap submit`") from None
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LeapError(f"{MEMBER} is not valid JSON ({e})", path=path, fix="write it with `leap submit`") from None
+
+
+def _bad_score(x) -> bool:
+    return isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x)
+
+
+def check_submission(submission: dict, expected_ids: Sequence[str], num_verbs: int, num_nouns: int,
+                     source: str = "<submission>") -> dict:
+    """Check a challenge dict as the official validator does (and for NaN/inf); return a short summary."""
+    if not isinstance(submission, dict):
+        raise LeapError("test.json must hold a JSON object", path=source)
+    for key in ("version", "challenge", *SLS_KEYS, "results"):
+        if key not in submission:
+            raise LeapError(f"missing property {key!r}", path=source, fix="write it with `leap submit`")
+    if submission["version"] != VERSION:
+        raise LeapError(f"version {submission['version']!r} is not supported", path=source, fix=f"use {VERSION!r}")
+    if submission["challenge"] not in CHALLENGES.values():
+        raise LeapError(f"challenge {submission['challenge']!r} is not supported", path=source,
+                        fix=f"use one of {', '.join(CHALLENGES.values())}")
+    _check_sls(submission, source)
+    results = submission["results"]
+    if not isinstance(results, dict):
+        raise LeapError("results must map narration ids to scores", path=source)
+    _check_ids(results.keys(), expected_ids, source)
+    want = {"verb": [str(i) for i in range(num_verbs)], "noun": [str(i) for i in range(num_nouns)]}
+    problems: dict[str, list[str]] = {}
+    first = next(iter(results.values()), {})
+    has_actions = isinstance(first, dict) and "action" in first
+    if has_actions and submission["challenge"] != CHALLENGES["anticipation"]:
+        problems.setdefault("action scores in a recognition submission", []).append(next(iter(results)))
+    for nid, entry in results.items():
+        if not isinstance(entry, dict):
+            problems.setdefault("entries that are not objects", []).append(nid)
+            continue
+        for task in ("verb", "noun"):
+            scores = entry.get(task)
+            if not isinstance(scores, dict):
+                problems.setdefault(f"entries without {task} scores", []).append(nid)
+                continue
+            if sorted(scores, key=lambda k: (len(k), k)) != want[task]:
+                problems.setdefault(f"{task} scores not keyed \"0\"..\"{len(want[task]) - 1}\" "
+                                    f"({len(want[task])} classes)", []).append(f"{nid} ({len(scores)} keys)")
+            if any(_bad_score(s) for s in scores.values()):
+                problems.setdefault(f"{task} scores that are NaN, infinite or not numbers", []).append(nid)
+        if ("action" in entry) != has_actions:
+            problems.setdefault("action scores on some segments but not all", []).append(nid)
+        elif has_actions:
+            acts = entry["action"]
+            if not isinstance(acts, dict) or len(acts) != TOP_N_ACTIONS:
+                problems.setdefault(f"action entries without exactly {TOP_N_ACTIONS} scores", []).append(
+                    f"{nid} ({len(acts) if isinstance(acts, dict) else type(acts).__name__})")
+                continue
+            for key, s in acts.items():
+                try:
+                    v, n = (int(x) for x in key.split(","))
+                    ok = 0 <= v < num_verbs and 0 <= n < num_nouns
+                except ValueError:
+                    ok = False
+                if not ok:
+                    problems.setdefault("action keys that are not valid \"verb,noun\" ids", []).append(f"{nid}: {key}")
+                    break
+                if _bad_score(s):
+                    problems.setdefault("action scores that are NaN, infinite or not numbers", []).append(nid)
+                    break
+    if problems:
+        what, examples = next(iter(problems.items()))
+        more = f"; also: {', '.join(list(problems)[1:])}" if len(problems) > 1 else ""
+        raise LeapError(f"{len(examples)} segment(s) with {what}: {_examples(examples)}{more}", path=source,
+                        fix="rewrite it with `leap submit` from a scores file")
+    return {"challenge": submission["challenge"], "segments": len(results), "verbs": num_verbs,
+            "nouns": num_nouns, "actions": has_actions, **{k: submission[k] for k in SLS_KEYS}}
+
+
+def submit(scores: dict, annotations: Annotations, task: str, out: str | Path, *, sls_pt: int, sls_tl: int,
+           sls_td: int, with_actions: bool = False, source: str = "<scores>") -> dict:
+    """Check ``scores`` against the test split, write the zip, re-check what was written; return the summary."""
+    expected = expected_narration_ids(annotations)
+    nv, nn = class_counts(annotations)
+    check_scores(scores, expected, nv, nn, source)
+    submission = make_submission(scores, task, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td, with_actions=with_actions)
+    write_submission(out, submission)
+    return check_submission(read_submission(out), expected, nv, nn, str(out))
+
+
+def check_file(path: str | Path, annotations: Annotations) -> dict:
+    """``leap submit --check``: read and check an existing submission zip."""
+    nv, nn = class_counts(annotations)
+    return check_submission(read_submission(path), expected_narration_ids(annotations), nv, nn, str(path))
+

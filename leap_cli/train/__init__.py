@@ -1,0 +1,1 @@
+"""``leap train``: config, the training loop, distributed setup, checkpoints, optimizer and schedule."""

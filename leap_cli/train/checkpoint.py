@@ -1,0 +1,118 @@
+"""Self-describing checkpoints, written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a dict of tensors and primitives only::
+
+    {"model": state_dict, "model_args": dict, "config": dict (resolved Config.to_dict()),
+     "optimizer": state_dict, "scheduler": dict, "scaler": dict, "step": int, "epoch": int,
+     "best_metric": float, "rng": {...}, "data_position": {"epoch": int, "batches": int}}
+
+Files: ``runs/NAME/checkpoints/last.pt`` (every ``train.checkpoint_every`` steps, each epoch and at the end)
+and ``best.pt`` (best validation action top-1).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from leap_cli.errors import LeapError
+from leap_cli.io import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_KEYS = ("model", "model_args", "config", "optimizer", "scheduler", "scaler", "step", "epoch",
+                   "best_metric", "rng", "data_position")
+
+
+def rng_state() -> dict:
+    """Python, NumPy, torch CPU and CUDA generator states as tensors/primitives (weights_only-safe)."""
+    version, state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    out = {
+        "python": {"version": version, "state": list(state), "gauss": gauss},
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return out
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
+    """Serialise to memory, then write atomically (a crash never leaves a half-written file)."""
+    missing = [k for k in CHECKPOINT_KEYS if k not in checkpoint]
+    if missing:
+        raise ValueError(f"checkpoint lacks {missing}")
+    buf = io.BytesIO()
+    torch.save(checkpoint, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise LeapError("checkpoint not found", path=path, fix="train first (leap train) or give the right path")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for a corrupt or foreign file
+        raise LeapError(f"cannot read checkpoint: {str(e).splitlines()[0]}", path=path,
+                        fix="the file is corrupt or not a leap checkpoint; use another one") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise LeapError("not a leap checkpoint (no 'model'/'model_args')", path=path,
+                        fix="give a checkpoint written by leap train")
+    return ckpt
+
+
+def resolve_checkpoint(path_or_run: str | Path, which: str = "best") -> Path:
+    """A .pt file as is; a run dir -> ``checkpoints/{which}.pt`` (``best`` falls back to ``last`` with a
+    warning when the run had no validation)."""
+    if which not in ("best", "last"):
+        raise LeapError(f"which must be 'best' or 'last', not {which!r}")
+    p = Path(path_or_run)
+    if p.is_file():
+        return p
+    folder = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    target = folder / f"{which}.pt"
+    if target.is_file():
+        return target
+    if which == "best" and (folder / "last.pt").is_file():
+        log.warning("%s has no best.pt (no validation ran); using last.pt", folder)
+        return folder / "last.pt"
+    raise LeapError(f"no {which}.pt checkpoint", path=folder, fix="give a run directory written by leap train")
+
+
+def load_model(path_or_run: str | Path, which: str = "best", map_location: Any = "cpu"):
+    """Rebuild the model from a checkpoint file or a run directory: ``(model, checkpoint_dict)``.
+
+    The model is built from the stored ``model_args`` and its weights load strictly; it is returned in eval mode.
+    """
+    from leap_cli.model import build_model
+
+    path = resolve_checkpoint(path_or_run, which)
+    ckpt = load_checkpoint(path, map_location=map_location)
+    model = build_model(dict(ckpt["model_args"]))
+    result = model.load_state_dict(ckpt["model"], strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise LeapError(f"checkpoint does not match its model: missing {result.missing_keys[:5]}, "
+                        f"unexpected {result.unexpected_keys[:5]}", path=path,
+                        fix="the model code changed since training; retrain or use a matching leap version")
+    model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
+    model.eval()
+    return model, ckpt

@@ -1,0 +1,253 @@
+"""Training config: frozen dataclasses, one per section, loaded from YAML with ``--set key=value`` overrides.
+
+A config file has the sections ``model``, ``data``, ``optim``, ``loss`` and ``train`` (see
+``configs/tiny-synthetic.yaml``). Unknown keys are errors naming the key and the file. The resolved
+config (file + overrides + defaults) is written to ``runs/NAME/config.yaml`` and stored in every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, get_type_hints
+
+import yaml
+
+from leap_cli.errors import LeapError
+
+BACKBONES = ("uniformerv2_tiny", "uniformerv2_b16", "uniformerv2_l14")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "uniformerv2_tiny"
+    num_frames: int = 8
+    img_size: int = 224
+    pretrained: str | None = None          # local UniFormerV2 or CLIP checkpoint (see leap_cli.model)
+    program_heads: bool = True             # build the program decoder and condition head
+    anticipation_context: int = 0          # C previous clips aggregated for anticipation (0: recognition)
+    anticipation_aggregate: bool = True    # ablation switch for the aggregation of program embeddings
+    grad_checkpointing: bool = False
+    options: dict = field(default_factory=dict)  # extra backbone options passed to build_model as-is
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str | None = None               # shard folder; default {workdir}/shards/train
+    val: str | None = None                 # default {workdir}/shards/val; "" disables validation
+    batch_size: int = 8                    # per process, per micro-batch
+    eval_batch_size: int = 16
+    num_workers: int = 0
+    shuffle_buffer: int = 256
+    task: str = "recognition"              # "recognition" | "anticipation"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 1e-3                       # peak learning rate (heads and top backbone layer)
+    min_lr_ratio: float = 0.01             # cosine floor as a fraction of the peak
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0                  # optimizer steps; if 0, warmup_ratio of the total is used
+    warmup_ratio: float = 0.05
+    layer_decay: float = 1.0               # lr scale per backbone layer below the top (1.0: off)
+    backbone_lr_scale: float = 1.0         # extra factor on every backbone parameter
+    grad_clip: float = 0.0                 # max global grad norm (0: off)
+    accum_steps: int = 1                   # micro-batches per optimizer step
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    lambda_t: float = 1.0
+    lambda_pc: float = 1.0
+    label_smoothing: float = 0.0
+    program_loss: bool = True              # False: the L_CE-only baseline (--no-program-loss)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int = 0                     # optimizer steps; 0: epochs x steps per epoch
+    seed: int = 0
+    precision: str = "auto"                # "auto" (bf16 on CUDA, fp32 on CPU) | "fp32" | "bf16" | "fp16"
+    compile: bool = False                  # torch.compile the model
+    sync_bn: bool = True                   # SyncBatchNorm under DDP (batch statistics over all processes)
+    log_every: int = 10                    # optimizer steps between metrics.jsonl lines
+    checkpoint_every: int = 0              # optimizer steps between last.pt writes (0: only per epoch / end)
+    eval_every_epochs: int = 1
+    device: str = "auto"                   # "auto" | "cpu" | "cuda"
+    threads: int = 0                       # torch.set_num_threads on CPU (0: leave)
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        """Plain dict of primitives (tuples become lists): YAML- and ``weights_only``-safe."""
+        return _plain(dataclasses.asdict(self))
+
+
+SECTIONS = {f.name: f.type for f in fields(Config)}
+_SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig,
+                    "train": TrainConfig}
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check/convert a YAML value to the field's type; a mismatch is a LeapError naming the key."""
+    text = str(hint)
+    optional = "None" in text
+    if value is None:
+        if optional:
+            return None
+        raise LeapError(f"config key {key!r} may not be null", path=source, fix=f"give {key} a value")
+    try:
+        if hint is bool or text.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            raise TypeError
+        if hint is int or text.startswith("int"):
+            if isinstance(value, bool) or not float(value).is_integer():
+                raise TypeError
+            return int(value)
+        if hint is float or text.startswith("float"):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if hint is str or text.startswith("str"):
+            if isinstance(value, (dict, list)):
+                raise TypeError
+            return str(value)
+        if hint is tuple or text.startswith("tuple"):
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return tuple(float(v) for v in value)
+        if hint is dict or text.startswith("dict"):
+            if not isinstance(value, dict):
+                raise TypeError
+            return dict(value)
+    except (TypeError, ValueError):
+        raise LeapError(f"config key {key!r} has the wrong type: {value!r} (expected {text})", path=source,
+                        fix="fix the value in the config file or the --set override") from None
+    return value
+
+
+def _build(raw: dict, source: str) -> Config:
+    if not isinstance(raw, dict):
+        raise LeapError("a config file must be a YAML mapping of sections", path=source,
+                        fix=f"use the sections {', '.join(SECTIONS)}")
+    sections = {}
+    for name, section in raw.items():
+        if name not in _SECTION_CLASSES:
+            raise LeapError(f"unknown config section {name!r}", path=source,
+                            fix=f"valid sections: {', '.join(_SECTION_CLASSES)}")
+        cls = _SECTION_CLASSES[name]
+        section = section or {}
+        if not isinstance(section, dict):
+            raise LeapError(f"config section {name!r} must be a mapping", path=source)
+        hints = get_type_hints(cls)
+        valid = {f.name for f in fields(cls)}
+        values = {}
+        for key, value in section.items():
+            if key not in valid:
+                raise LeapError(f"unknown config key '{name}.{key}'", path=source,
+                                fix=f"valid keys in {name}: {', '.join(sorted(valid))}")
+            values[key] = _coerce(value, hints[key], f"{name}.{key}", source)
+        sections[name] = cls(**values)
+    cfg = Config(**sections)
+    _validate(cfg, source)
+    return cfg
+
+
+def _validate(cfg: Config, source: str) -> None:
+    def bad(key: str, msg: str) -> LeapError:
+        return LeapError(f"config key {key!r}: {msg}", path=source)
+    if cfg.model.backbone not in BACKBONES:
+        raise bad("model.backbone", f"unknown backbone {cfg.model.backbone!r} (one of {', '.join(BACKBONES)})")
+    if cfg.data.task not in ("recognition", "anticipation"):
+        raise bad("data.task", "must be 'recognition' or 'anticipation'")
+    if cfg.train.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise bad("train.precision", "must be auto, fp32, bf16 or fp16")
+    if cfg.train.device not in ("auto", "cpu", "cuda"):
+        raise bad("train.device", "must be auto, cpu or cuda")
+    for key, value in (("data.batch_size", cfg.data.batch_size), ("optim.accum_steps", cfg.optim.accum_steps),
+                       ("model.num_frames", cfg.model.num_frames), ("model.img_size", cfg.model.img_size)):
+        if value < 1:
+            raise bad(key, "must be at least 1")
+    if cfg.train.epochs < 1 and cfg.train.max_steps < 1:
+        raise bad("train.epochs", "set epochs or max_steps to at least 1")
+    if not 0 < cfg.optim.layer_decay <= 1:
+        raise bad("optim.layer_decay", "must be in (0, 1]")
+
+
+def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
+    """``["optim.lr=3e-4", "loss.program_loss=false"]`` -> ``[("optim.lr", 0.0003), ...]`` (values parsed as YAML)."""
+    out = []
+    for item in overrides:
+        if "=" not in item:
+            raise LeapError(f"--set {item!r} is not key=value", fix="write e.g. --set optim.lr=3e-4")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            value = text
+        out.append((key, value))
+    return out
+
+
+def apply_overrides(raw: dict, overrides: Iterable[tuple[str, Any]], source: str) -> dict:
+    raw = {k: dict(v or {}) for k, v in raw.items()}
+    for key, value in overrides:
+        parts = key.split(".")
+        if len(parts) != 2:
+            raise LeapError(f"override key {key!r} must be section.key", path=source,
+                            fix=f"sections: {', '.join(_SECTION_CLASSES)}; e.g. --set optim.lr=3e-4")
+        section, name = parts
+        if section not in _SECTION_CLASSES:
+            raise LeapError(f"unknown config section in override {key!r}", path=source,
+                            fix=f"valid sections: {', '.join(_SECTION_CLASSES)}")
+        raw.setdefault(section, {})[name] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Config:
+    """Load a YAML config (or the defaults when ``path`` is None) and apply ``section.key=value`` overrides."""
+    raw: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise LeapError("config file not found", path=path, fix="give an existing file, e.g. configs/tiny-synthetic.yaml")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise LeapError(f"config is not valid YAML: {e}".splitlines()[0], path=path) from None
+        if not isinstance(raw, dict):
+            raise LeapError("a config file must be a YAML mapping of sections", path=path)
+    raw = apply_overrides(raw, parse_overrides(overrides), source)
+    return _build(raw, source)
+
+
+def config_from_dict(raw: dict, source: str = "<checkpoint>") -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (e.g. the one stored in a checkpoint)."""
+    return _build(raw, source)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

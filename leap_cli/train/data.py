@@ -1,0 +1,90 @@
+"""The training data source over ``leap build-shards`` output (``leap_cli.shards.dataset``).
+
+``ShardSource(train_dir, val_dir, cfg, info)`` gives the loop the class counts and program-target vocabulary
+from the train manifest, ``train_batches(epoch)`` (this rank's shuffled, padded slice; the same epoch gives the
+same batches, so a resume can replay the order and skip what it had seen) and ``val_batches()`` (each sample
+once over all ranks; None when there is no validation split).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from leap_cli.errors import LeapError
+from leap_cli.shards.dataset import ShardDataset, collate_clips
+from leap_cli.train.config import Config
+from leap_cli.train.distributed import DistInfo
+
+log = logging.getLogger(__name__)
+
+
+def class_counts(manifest: dict, path: Path) -> tuple[int, int]:
+    """(num_verbs, num_nouns) from the targets vocabulary: step_verbs = verb classes + END,
+    objects = noun classes + "none" + END."""
+    targets = manifest.get("targets")
+    if not targets:
+        raise LeapError("the shards manifest has no targets vocabulary, so the class counts are unknown", path=path,
+                        fix="rebuild the shards with leap build-shards (it writes the vocabulary)")
+    return len(targets["step_verbs"]) - 1, len(targets["objects"]) - 2
+
+
+class ShardSource:
+    """Shards -> batches for ``leap_cli.train.loop.main`` (see the module docstring)."""
+
+    def __init__(self, train_dir: str | Path, val_dir: str | Path | None, cfg: Config, info: DistInfo):
+        self.cfg, self.info = cfg, info
+        self.train_dir = Path(train_dir)
+        self.train = ShardDataset(self.train_dir, train=True, num_frames=cfg.model.num_frames,
+                                  img_size=cfg.model.img_size, shuffle_buffer=cfg.data.shuffle_buffer,
+                                  seed=cfg.train.seed, rank=info.rank, world_size=info.world_size,
+                                  pad=info.distributed)
+        manifest = self.train.manifest
+        task = manifest.get("task", "recognition")
+        if task != cfg.data.task:
+            raise LeapError(f"the shards are for {task} but data.task is {cfg.data.task}", path=self.train_dir,
+                            fix="build shards for that task or set data.task to match")
+        if task == "anticipation" and cfg.model.anticipation_context > self.train.context:
+            raise LeapError(f"model.anticipation_context={cfg.model.anticipation_context} but the shards hold "
+                            f"{self.train.context} context clips", path=self.train_dir,
+                            fix="lower model.anticipation_context or rebuild with more --context")
+        self.num_verbs, self.num_nouns = class_counts(manifest, self.train_dir / "manifest.json")
+        self.program_targets = manifest.get("targets")
+        if not manifest.get("counts", {}).get("with_program") and cfg.loss.program_loss:
+            log.warning("%s: no sample has a valid program; training with L_CE only", self.train_dir)
+        # Each DataLoader worker batches its own slice (drop_last per worker), so count per worker.
+        m, nw, B = len(self.train), max(1, cfg.data.num_workers), cfg.data.batch_size
+        self.batches_per_epoch = sum(((w + 1) * m // nw - w * m // nw) // B for w in range(nw))
+        if self.batches_per_epoch < 1:
+            raise LeapError(f"{len(self.train)} training samples per process, fewer than data.batch_size="
+                            f"{cfg.data.batch_size}", path=self.train_dir, fix="lower data.batch_size")
+        self.val = None
+        if val_dir is not None:
+            val_dir = Path(val_dir)
+            if (val_dir / "manifest.json").exists() or list(val_dir.glob("manifest.shard*of*.json")):
+                self.val = ShardDataset(val_dir, train=False, num_frames=cfg.model.num_frames,
+                                        img_size=cfg.model.img_size, rank=info.rank, world_size=info.world_size)
+                if self.val.manifest.get("targets") != self.program_targets:
+                    raise LeapError("the validation shards use another targets vocabulary than the training shards",
+                                    path=val_dir, fix="rebuild the val shards after the train shards")
+            else:
+                log.warning("no validation shards in %s: no validation and no best.pt", val_dir)
+
+    def _loader(self, ds: ShardDataset, batch_size: int, seed: int, drop_last: bool) -> DataLoader:
+        # An explicit generator keeps the loader from drawing on the global RNG (exact resume).
+        return DataLoader(ds, batch_size=batch_size, num_workers=self.cfg.data.num_workers,
+                          collate_fn=collate_clips, drop_last=drop_last, pin_memory=self.info.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(seed))
+
+    def train_batches(self, epoch: int) -> Iterator[dict]:
+        self.train.set_epoch(epoch)
+        return iter(self._loader(self.train, self.cfg.data.batch_size, self.cfg.train.seed + epoch, True))
+
+    def val_batches(self) -> Iterable[dict] | None:
+        if self.val is None:
+            return None
+        return self._loader(self.val, self.cfg.data.eval_batch_size, self.cfg.train.seed, False)

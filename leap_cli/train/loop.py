@@ -1,0 +1,460 @@
+"""The training loop: ``train_one_epoch``, ``evaluate``, ``main`` (in the torchvision-references shape).
+
+``main(cfg, workdir=..., name=...)`` builds the model from the shards' vocabulary, trains with AdamW + cosine
+schedule, evaluates each epoch, and writes ``runs/NAME/``:
+
+    config.yaml            the resolved config
+    checkpoints/last.pt    every train.checkpoint_every optimizer steps, each epoch and at the end
+    checkpoints/best.pt    best validation action top-1
+    metrics.jsonl          one line per log interval ("split": "train") and per validation ("split": "val")
+    tensorboard/           when the tensorboard package is installed
+
+Resume (``resume=True``) reloads last.pt: weights, optimizer, schedule, scaler, RNG states and the data position
+(epoch, micro-batches consumed), so the run continues as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from leap_cli.errors import LeapError
+from leap_cli.io import atomic_write_text
+from leap_cli.train import distributed
+from leap_cli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from leap_cli.train.config import Config, dump_config
+from leap_cli.train.optim import CosineWithWarmup, build_optimizer
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, Any]
+StepCallback = Callable[[dict], None]
+
+
+class DataSource(Protocol):
+    """What the loop needs from the data (``leap_cli.train.data.ShardSource`` reads shards)."""
+
+    num_verbs: int
+    num_nouns: int
+    program_targets: dict | None      # manifest "targets": max_steps, step_verbs, objects, conditions
+    batches_per_epoch: int            # micro-batches per process per epoch (equal on every rank)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]: ...
+    def val_batches(self) -> Iterable[Batch] | None: ...
+
+
+@dataclass
+class TrainState:
+    step: int = 0                  # optimizer steps done
+    epoch: int = 0                 # current epoch
+    batches: int = 0               # micro-batches consumed in the current epoch
+    best_metric: float = -1.0
+    history: list = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_args_for(cfg: Config, source: DataSource) -> dict:
+    """The ``build_model`` arguments (plain types) from the config and the data's vocabulary."""
+    program = None
+    targets = source.program_targets
+    if cfg.model.program_heads and cfg.loss.program_loss and targets:
+        program = {"step_verbs": len(targets["step_verbs"]), "objects": len(targets["objects"]),
+                   "conditions": len(targets["conditions"]), "max_steps": int(targets["max_steps"])}
+    anticipation = None
+    if cfg.data.task == "anticipation":
+        anticipation = {"context": cfg.model.anticipation_context,
+                        "aggregate": bool(cfg.model.anticipation_aggregate and program is not None)}
+    args = {"backbone": cfg.model.backbone, "num_frames": cfg.model.num_frames, "img_size": cfg.model.img_size,
+            "num_verbs": int(source.num_verbs), "num_nouns": int(source.num_nouns), "program": program,
+            "anticipation": anticipation}
+    if cfg.model.grad_checkpointing:
+        args["grad_checkpointing"] = True
+    args.update(cfg.model.options)
+    return args
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast on CUDA by default, float32 on the CPU."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def forward_loss(model: nn.Module, batch: Batch, cfg: Config) -> tuple[torch.Tensor, dict, dict]:
+    """One forward pass and LEAP's loss: ``(loss, parts, outputs)``."""
+    from leap_cli.model.losses import leap_loss
+
+    kwargs = {}
+    if "program_steps" in batch and cfg.loss.program_loss:
+        kwargs["program_steps"] = batch["program_steps"]
+    if "context_video" in batch:
+        kwargs["context_video"] = batch["context_video"]
+        kwargs["context_mask"] = batch["context_mask"]
+    outputs = model(batch["video"], **kwargs)
+    loss, parts = leap_loss(outputs, batch, lambda_t=cfg.loss.lambda_t, lambda_pc=cfg.loss.lambda_pc,
+                            label_smoothing=cfg.loss.label_smoothing, program_loss=cfg.loss.program_loss)
+    return loss, parts, outputs
+
+
+def _float(x: Any) -> float:
+    return float(x.detach()) if torch.is_tensor(x) else float(x)
+
+
+def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch.optim.Optimizer,
+                    scheduler: CosineWithWarmup, scaler: torch.amp.GradScaler, cfg: Config,
+                    state: TrainState, info: distributed.DistInfo, *, total_steps: int,
+                    batches_per_epoch: int, stop_at_step: int | None = None,
+                    on_step: StepCallback | None = None,
+                    on_checkpoint: Callable[[], None] | None = None) -> bool:
+    """Run optimizer steps over ``batches`` (already advanced to ``state.batches``) until the epoch ends,
+    ``total_steps`` or ``stop_at_step`` is reached. Returns False when paused by ``stop_at_step``."""
+    model.train()
+    accum = cfg.optim.accum_steps
+    device = info.device
+    window: dict[str, float] = {}
+    clips = 0
+    clipped = 0
+    t0 = time.perf_counter()
+    while state.batches + accum <= batches_per_epoch:
+        if state.step >= total_steps:
+            return True
+        if stop_at_step is not None and state.step >= stop_at_step:
+            return False
+        optimizer.zero_grad(set_to_none=True)
+        for micro in range(accum):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise LeapError(f"the training data ran out after {state.batches} of {batches_per_epoch} "
+                                f"batches in epoch {state.epoch}",
+                                fix="the shards changed while training; rebuild them or start a new run") from None
+            batch = to_device(batch, device)
+            ddp = getattr(model, "_orig_mod", model)  # under torch.compile
+            sync = micro == accum - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
+            ctx = contextlib.nullcontext() if sync else ddp.no_sync()
+            with ctx:
+                with autocast_context(device, cfg.train.precision):
+                    loss, parts, _ = forward_loss(model, batch, cfg)
+                if not torch.isfinite(loss):
+                    raise LeapError(f"loss is {loss.item()} at step {state.step}",
+                                    fix="lower optim.lr, enable optim.grad_clip, or check the data")
+                scaler.scale(loss / accum).backward()
+            state.batches += 1
+            clips += batch["video"].shape[0] * info.world_size
+            window["loss"] = window.get("loss", 0.0) + _float(loss) / accum
+            for k, v in parts.items():
+                window[k] = window.get(k, 0.0) + _float(v) / accum
+        scaler.unscale_(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if cfg.optim.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+            clipped += int(_float(norm) > cfg.optim.grad_clip)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+        window["grad_norm"] = window.get("grad_norm", 0.0) + _float(norm)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        state.step += 1
+        window["n"] = window.get("n", 0) + 1
+        if state.step % max(1, cfg.train.log_every) == 0 or state.step == total_steps:
+            elapsed = time.perf_counter() - t0
+            n = window.pop("n")
+            rec = {"split": "train", "step": state.step, "epoch": state.epoch,
+                   **{k: round(v / n, 6) for k, v in window.items()},
+                   "lr": scheduler.get_last_lr(), "clips_per_s": round(clips / max(elapsed, 1e-9), 3),
+                   "clipped_steps": clipped}
+            state.history.append(rec)
+            if on_step:
+                on_step(rec)
+            window, clips, clipped, t0 = {}, 0, 0, time.perf_counter()
+        elif on_step:
+            on_step({"split": "train", "step": state.step, "epoch": state.epoch, "loss": _float(loss),
+                     "lr": scheduler.get_last_lr(), "partial": True})
+        if on_checkpoint and cfg.train.checkpoint_every > 0 and state.step % cfg.train.checkpoint_every == 0:
+            on_checkpoint()
+    return True
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Batch], cfg: Config, info: distributed.DistInfo) -> dict:
+    """Validation loss and verb / noun / action top-1 (action: both right), summed over processes."""
+    model.eval()
+    sums = {"n": 0.0, "loss": 0.0, "verb": 0.0, "noun": 0.0, "action": 0.0, "verb5": 0.0, "noun5": 0.0}
+    for batch in batches:
+        batch = to_device(batch, info.device)
+        with autocast_context(info.device, cfg.train.precision):
+            loss, _, out = forward_loss(model, batch, cfg)
+        verb, noun = batch["verb_class"], batch["noun_class"]
+        keep = (verb >= 0) & (noun >= 0)
+        if not keep.any():
+            continue
+        vt = out["verb"].float()[keep].topk(min(5, out["verb"].shape[1]), dim=1).indices
+        nt = out["noun"].float()[keep].topk(min(5, out["noun"].shape[1]), dim=1).indices
+        v_ok, n_ok = vt[:, 0] == verb[keep], nt[:, 0] == noun[keep]
+        sums["n"] += float(keep.sum())
+        sums["loss"] += _float(loss) * float(keep.sum())
+        sums["verb"] += float(v_ok.sum())
+        sums["noun"] += float(n_ok.sum())
+        sums["action"] += float((v_ok & n_ok).sum())
+        sums["verb5"] += float((vt == verb[keep, None]).any(1).sum())
+        sums["noun5"] += float((nt == noun[keep, None]).any(1).sum())
+    keys = list(sums)
+    totals = dict(zip(keys, distributed.all_reduce_sum([sums[k] for k in keys], info)))
+    n = totals["n"]
+    if n == 0:
+        return {"n": 0}
+    return {"n": int(n), "loss": totals["loss"] / n, "verb_top1": 100 * totals["verb"] / n,
+            "noun_top1": 100 * totals["noun"] / n, "action_top1": 100 * totals["action"] / n,
+            "verb_top5": 100 * totals["verb5"] / n, "noun_top5": 100 * totals["noun5"] / n}
+
+
+class _Metrics:
+    """metrics.jsonl (append; on resume, lines past the checkpoint's step are dropped) + optional TensorBoard."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None):
+        self.path = run_dir / "metrics.jsonl"
+        if resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and _line_step(line) <= resume_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            pass
+
+    def write(self, rec: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(f"{rec['split']}/{k}", v, rec["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 1 << 62
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    epochs: int
+    best_metric: float
+    last_eval: dict
+    history: list
+    seconds: float
+    model_args: dict
+    is_main: bool = True               # False on DDP ranks > 0 (they print and write nothing)
+
+
+def default_source(cfg: Config, workdir: Path, info: distributed.DistInfo) -> DataSource:
+    from leap_cli.train.data import ShardSource
+
+    suffix = "-anticipation" if cfg.data.task == "anticipation" else ""  # leap build-shards' default folders
+    train = Path(cfg.data.train) if cfg.data.train else workdir / "shards" / f"train{suffix}"
+    val = None if cfg.data.val == "" else Path(cfg.data.val) if cfg.data.val else workdir / "shards" / f"val{suffix}"
+    return ShardSource(train, val, cfg, info)
+
+
+def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", resume: bool = False,
+         stop_at_step: int | None = None, source: DataSource | None = None,
+         on_step: StepCallback | None = None, on_eval: StepCallback | None = None,
+         on_start: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train ``cfg`` into ``{workdir}/runs/{name}``. ``stop_at_step`` pauses after that many optimizer steps
+    (the schedule still spans the whole run; continue with ``resume=True``)."""
+    t_start = time.perf_counter()
+    workdir = Path(workdir)
+    run_dir = workdir / "runs" / name
+    ckpt_dir = run_dir / "checkpoints"
+    info = distributed.setup(cfg.train.device)
+    try:
+        if cfg.train.threads > 0 and info.device.type == "cpu":
+            torch.set_num_threads(cfg.train.threads)
+        resume_ckpt = None
+        if resume:
+            resume_ckpt = load_checkpoint(ckpt_dir / "last.pt")
+        elif (ckpt_dir / "last.pt").exists():
+            raise LeapError("run directory already holds a checkpoint", path=run_dir,
+                            fix="continue it with --resume, or pick another --name")
+        seed_everything(cfg.train.seed)
+        source = source or default_source(cfg, workdir, info)
+        model_args = model_args_for(cfg, source)
+        if resume_ckpt is not None and resume_ckpt["model_args"] != model_args:
+            raise LeapError("the config or data vocabulary differs from the checkpoint's model",
+                            path=ckpt_dir / "last.pt", fix="resume with the same config and shards")
+        from leap_cli.model import build_model
+
+        model = build_model(dict(model_args))
+        if cfg.model.pretrained and resume_ckpt is None:
+            _load_pretrained(model, cfg.model.pretrained)
+        model = prepare_model(model, cfg, info)
+        optimizer = build_optimizer(model, cfg.optim)
+        accum = cfg.optim.accum_steps
+        steps_per_epoch = source.batches_per_epoch // accum
+        if steps_per_epoch < 1:
+            raise LeapError(f"an epoch has {source.batches_per_epoch} batches per process, fewer than "
+                            f"optim.accum_steps={accum}", fix="lower data.batch_size or optim.accum_steps, or add data")
+        total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
+        epochs = math.ceil(total / steps_per_epoch)
+        warmup = cfg.optim.warmup_steps or int(round(cfg.optim.warmup_ratio * total))
+        scheduler = CosineWithWarmup(optimizer, peak_lr=cfg.optim.lr, total=total, warmup=warmup,
+                                     min_lr_ratio=cfg.optim.min_lr_ratio)
+        scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.train.precision == "fp16")
+        state = TrainState()
+        if resume_ckpt is not None:
+            model.load_state_dict(resume_ckpt["model"])
+            optimizer.load_state_dict(resume_ckpt["optimizer"])
+            scheduler.load_state_dict(resume_ckpt["scheduler"])
+            if resume_ckpt["scaler"]:
+                scaler.load_state_dict(resume_ckpt["scaler"])
+            state.step = int(resume_ckpt["step"])
+            state.epoch = int(resume_ckpt["data_position"]["epoch"])
+            state.batches = int(resume_ckpt["data_position"]["batches"])
+            state.best_metric = float(resume_ckpt["best_metric"])
+        train_model = wrap_model(model, cfg, info, has_program=model_args["program"] is not None)
+
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        metrics = _Metrics(run_dir, state.step if resume_ckpt is not None else None) if info.is_main else None
+
+        saved = {"last": -1}
+
+        def checkpoint(path: Path) -> None:
+            if not info.is_main:
+                return
+            if path.name == "last.pt":
+                position = (state.step, state.epoch, state.batches)
+                if saved["last"] == position:
+                    return  # nothing changed since the last write
+                saved["last"] = position
+            save_checkpoint(path, {
+                "model": model.state_dict(), "model_args": model_args, "config": cfg.to_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": state.step,
+                "epoch": state.epoch, "best_metric": state.best_metric, "rng": rng_state(),
+                "data_position": {"epoch": state.epoch, "batches": state.batches}})
+
+        def log_step(rec: dict) -> None:
+            if info.is_main and not rec.get("partial"):
+                metrics.write(rec)
+            if on_step and info.is_main:
+                on_step(rec)
+
+        if on_start and info.is_main:
+            on_start({"run_dir": str(run_dir), "total_steps": total, "epochs": epochs,
+                      "steps_per_epoch": steps_per_epoch, "start_step": state.step, "device": str(info.device),
+                      "world_size": info.world_size, "model_args": model_args,
+                      "parameters": sum(p.numel() for p in model.parameters())})
+        last_eval: dict = {}
+        stopped = False
+        while state.epoch < epochs and not stopped:
+            batches = iter(source.train_batches(state.epoch))
+            for _ in range(state.batches):  # resume mid-epoch: replay the data order, skip what was seen
+                next(batches)
+            if resume_ckpt is not None:
+                set_rng_state(resume_ckpt["rng"])
+                resume_ckpt = None
+            going = train_one_epoch(
+                train_model, batches, optimizer, scheduler, scaler, cfg, state, info, total_steps=total,
+                batches_per_epoch=steps_per_epoch * accum, stop_at_step=stop_at_step, on_step=log_step,
+                on_checkpoint=lambda: checkpoint(ckpt_dir / "last.pt"))
+            if not going:
+                stopped = True
+                break
+            epoch_done = state.epoch
+            state.epoch += 1
+            state.batches = 0
+            val = source.val_batches()
+            is_last = state.epoch >= epochs or state.step >= total
+            if val is not None and (state.epoch % max(1, cfg.train.eval_every_epochs) == 0 or is_last):
+                rng = rng_state()  # keep validation from disturbing the training RNG stream
+                last_eval = evaluate(model, val, cfg, info)  # unwrapped: ranks may hold different counts
+                set_rng_state(rng)
+                rec = {"split": "val", "step": state.step, "epoch": epoch_done, **last_eval}
+                if info.is_main:
+                    metrics.write(rec)
+                    if on_eval:
+                        on_eval(rec)
+                if last_eval.get("n") and last_eval["action_top1"] > state.best_metric:
+                    state.best_metric = last_eval["action_top1"]
+                    checkpoint(ckpt_dir / "best.pt")
+            checkpoint(ckpt_dir / "last.pt")
+            if state.step >= total:
+                break
+        checkpoint(ckpt_dir / "last.pt")
+        distributed.barrier(info)
+        if metrics:
+            metrics.close()
+        return TrainResult(run_dir=run_dir, steps=state.step, epochs=state.epoch, best_metric=state.best_metric,
+                           last_eval=last_eval, history=state.history, seconds=time.perf_counter() - t_start,
+                           model_args=model_args, is_main=info.is_main)
+    finally:
+        distributed.cleanup()
+
+
+def prepare_model(model: nn.Module, cfg: Config, info: distributed.DistInfo) -> nn.Module:
+    """Move to the device; SyncBatchNorm under DDP (UniFormerV2's local blocks hold BatchNorm3d)."""
+    model.to(info.device)
+    if info.distributed and cfg.train.sync_bn:
+        model = distributed.convert_sync_batchnorm(model, info.device)
+    return model
+
+
+def wrap_model(model: nn.Module, cfg: Config, info: distributed.DistInfo, *, has_program: bool) -> nn.Module:
+    """DDP under torchrun (unused-parameter search when program heads may sit out a batch without programs),
+    then torch.compile when asked."""
+    if info.distributed:
+        ddp_kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
+        model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=has_program, **ddp_kwargs)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _load_pretrained(model: nn.Module, path: str) -> None:
+    """Load official UniFormerV2 or CLIP weights into the backbone (the model package does the filtering)."""
+    try:
+        from leap_cli.model.uniformerv2 import load_pretrained
+    except ImportError:
+        raise LeapError("this build has no pretrained-weight loader", path=path) from None
+    report = load_pretrained(model.backbone, path)
+    log.info("pretrained weights from %s: %s", path, report)

@@ -1,0 +1,94 @@
+"""A real chat-completions server on 127.0.0.1 (random port) with scripted replies, for the program tests."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Reply:
+    def __init__(self, content=None, status=200, headers=None, delay=0.0, raw=None):
+        self.content, self.status, self.headers, self.delay, self.raw = content, status, headers or {}, delay, raw
+
+
+def completion(content: str, model: str = "test-model", prompt_tokens: int = 1000, completion_tokens: int = 200) -> dict:
+    return {"id": "chatcmpl-test", "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def narration_id_of(body: dict) -> str | None:
+    """The clip id of the request (first line of the first user turn after the exemplars: the last 'Clip ...')."""
+    ids = [re.match(r"Clip (\S+):", m["content"]) for m in body["messages"] if m["role"] == "user"]
+    ids = [m.group(1) for m in ids if m]
+    return ids[-1] if ids else None
+
+
+class ScriptedServer:
+    """``script(body, call_index_for_this_clip) -> Reply``; every request is recorded in ``requests``."""
+
+    def __init__(self, script):
+        self.script = script
+        self.requests: list[dict] = []
+        self.times: list[float] = []
+        self._lock = threading.Lock()
+        self._per_clip: dict[str, int] = {}
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length))
+                nid = narration_id_of(body)
+                with outer._lock:
+                    outer.requests.append(body)
+                    outer.times.append(time.monotonic())
+                    n = outer._per_clip.get(nid, 0)
+                    outer._per_clip[nid] = n + 1
+                reply = outer.script(body, n)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                if reply.raw is not None:
+                    payload = reply.raw.encode()
+                elif reply.status == 200:
+                    payload = json.dumps(completion(reply.content, body.get("model", "m"))).encode()
+                else:
+                    payload = json.dumps({"error": {"message": f"scripted {reply.status}", "type": "test"}}).encode()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout test)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def calls_for(self, nid: str) -> int:
+        return self._per_clip.get(nid, 0)
+
+    def __enter__(self) -> "ScriptedServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,164 @@
+"""train-side checkpoint -> `leap evaluate` (multi-view inference over real shards) -> `leap submit`."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from leap_cli import submit as sub
+from leap_cli.cli import app
+from leap_cli.epic.timing import format_timestamp, time_to_frame
+from leap_cli.evaluate.scores import load_scores
+from leap_cli.model import build_model
+from leap_cli.programs.targets import TargetVocab
+from leap_cli.shards.format import load_manifest
+from leap_cli.train.checkpoint import load_model, save_checkpoint
+from tests.test_shards import FPS, PROGRAM, build, make_root, write_programs
+
+torch.set_num_threads(1)
+TEST = [("P01_03", 1.6, 2.4), ("P01_03", 4.1, 5.5)]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = make_root(tmp_path_factory.mktemp("kitchen"))
+    head = "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,stop_frame"
+    rows = [f"P01_03_{10 + i},P01,{v},{format_timestamp(a)},{format_timestamp(a)},{format_timestamp(b)},"
+            f"{time_to_frame(a, FPS)},{time_to_frame(b, FPS)}" for i, (v, a, b) in enumerate(TEST)]
+    (root / "annotations" / "EPIC_100_test_timestamps.csv").write_text("\n".join([head] + rows) + "\n")
+    (root / "annotations" / "EPIC_100_unseen_participant_ids_validation.csv").write_text("participant_id\nP01\n")
+    work = tmp_path_factory.mktemp("work")
+    write_programs(work / "programs" / "val.jsonl",
+                   [{"narration_id": "P01_03_0", "status": "valid", "program": PROGRAM, "errors": []}])
+    for split in ("train", "val", "test"):
+        build(root, work, split=split)
+    manifest, _ = load_manifest(work / "shards" / "val")
+    vocab = TargetVocab.from_manifest(manifest["targets"])
+    # a real run: `leap train`, one epoch of 2 optimizer steps, validation -> best.pt
+    cfg = work / "mini.yaml"
+    cfg.write_text("model: {img_size: 32, num_frames: 4, options: {decoder_dim: 32, decoder_heads: 2}}\n"
+                   "data: {batch_size: 4, eval_batch_size: 2}\ntrain: {epochs: 1, log_every: 1, threads: 1}\n")
+    res = CliRunner().invoke(app, ["train", "--config", str(cfg), "--workdir", str(work), "--name", "tiny"])
+    assert res.exit_code == 0, res.output
+    run = work / "runs" / "tiny"
+    model, _ = load_model(run, "best")
+    return root, work, run, model, vocab
+
+
+def test_evaluate_val_writes_scores_and_metrics(pipeline):
+    root, work, run, model, vocab = pipeline
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--data", str(root), "--temporal-views", "2", "--spatial-views", "1",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    scores = load_scores(run / "eval" / "val" / "scores.pt")
+    assert sorted(scores["narration_id"]) == ["P01_03_0", "P01_03_1"]
+    assert scores["verb_output"].shape == (2, 97) and scores["noun_output"].shape == (2, 300)
+    assert scores["meta"]["views"] == {"temporal": 2, "spatial": 1}
+    prog = scores["program"]
+    assert prog["steps"].shape[0] == 2 and prog["end_ids"] == vocab.end_triple
+    m = json.loads((run / "eval" / "val" / "metrics.json").read_text())
+    assert m["segments"] == 2 and set(m["recognition"]) == {"all", "tail", "unseen"}
+    assert m["recognition"]["unseen"]["verb"]["top1"] is not None  # P01 is listed as unseen here
+    # one valid val program of 5 flattened sub-actions (pick-up, scrub, switch-on, rinse, put)
+    assert m["programs"]["steps"]["segments"] == 1 and m["programs"]["steps"]["positions"] == 5
+    assert 0.0 <= m["programs"]["steps"]["s_verb"] <= 1.0
+    # rescoring the written file gives the same metrics
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--scores", str(run / "eval" / "val" / "scores.pt"),
+                                   "--workdir", str(work), "--data", str(root), "--out", str(work / "again")])
+    assert res.exit_code == 0, res.output
+    again = json.loads((work / "again" / "metrics.json").read_text())
+    assert again["recognition"] == m["recognition"] and again["programs"] == m["programs"]
+
+
+def test_views_are_averaged(pipeline):
+    """Scores on 2 temporal views are the mean of the model's logits on each view."""
+    from leap_cli.evaluate.inference import ViewConfig, predict, shard_batches
+
+    root, work, run, model, vocab = pipeline
+    args = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model_args"]
+    batches, n = shard_batches(work / "shards" / "val", args, ViewConfig(2, 1), batch_size=2)
+    batch = next(iter(batches))
+    model.eval()
+    with torch.no_grad():
+        per_view = [model(batch["video"][:, v])["verb"] for v in range(2)]
+    got = predict(model, [batch], views=ViewConfig(2, 1))
+    torch.testing.assert_close(got["verb_output"], (per_view[0] + per_view[1]) / 2, rtol=1e-4, atol=1e-5)
+    # bf16 autocast (CPU here) gives fp32 scores close to the fp32 ones
+    low = predict(model, [batch], views=ViewConfig(2, 1), precision="bf16", program=False)
+    assert low["verb_output"].dtype == torch.float32
+    torch.testing.assert_close(low["verb_output"], got["verb_output"], rtol=0.1, atol=0.1)
+    # the program is the greedy decoding of the central view (index 1 of 2 temporal views)
+    assert torch.equal(got["program"]["steps"], model.predict_program(batch["video"][:, 1]))
+
+
+def test_evaluate_test_then_submit(pipeline):
+    root, work, run, model, vocab = pipeline
+    runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", "--split", "test", "--checkpoint", str(run / "checkpoints" / "best.pt"),
+                              "--workdir", str(work), "--data", str(root), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert not (run / "eval" / "test" / "metrics.json").exists()
+    assert load_scores(run / "eval" / "test" / "scores.pt")["meta"]["checkpoint"].endswith("best.pt")
+    res = runner.invoke(app, ["submit", "--scores", str(run / "eval" / "test" / "scores.pt"), "--data", str(root),
+                              "--workdir", str(work), "--sls-pt", "2", "--sls-tl", "3", "--sls-td", "3"])
+    assert res.exit_code == 0, res.output
+    doc = sub.read_submission(work / "submission.zip")
+    assert sorted(doc["results"]) == ["P01_03_10", "P01_03_11"]
+    assert len(doc["results"]["P01_03_10"]["noun"]) == 300
+    # val scores cannot be submitted: the ids are not the test ids
+    res = runner.invoke(app, ["submit", "--scores", str(run / "eval" / "val" / "scores.pt"), "--data", str(root),
+                              "--workdir", str(work), "--out", str(work / "bad.zip")])
+    assert res.exit_code != 0 and not (work / "bad.zip").exists()
+
+
+def test_anticipation_evaluate_and_submit_with_actions(pipeline):
+    root, work, run, _, _ = pipeline
+    for split in ("train", "val", "test"):
+        build(root, work, split=split, task="anticipation", tau_a=1.0, tau_o=1.0, context=2)
+    manifest, _ = load_manifest(work / "shards" / "val-anticipation")
+    vocab = TargetVocab.from_manifest(manifest["targets"])
+    args = {"backbone": "uniformerv2_tiny", "num_frames": 4, "img_size": 32, "num_verbs": 97, "num_nouns": 300,
+            "program": vocab.model_program_args(), "anticipation": {"context": 2, "aggregate": True},
+            "decoder_dim": 32, "decoder_heads": 2}
+    torch.manual_seed(1)
+    arun = work / "runs" / "ant"
+    save_checkpoint(arun / "checkpoints" / "last.pt", {
+        "model": build_model(args).state_dict(), "model_args": args,
+        "config": {"data": {"task": "anticipation", "eval_batch_size": 2}}, "optimizer": {}, "scheduler": {},
+        "scaler": {}, "step": 1, "epoch": 0, "best_metric": 0.0, "rng": {}, "data_position": {}})
+    runner = CliRunner()
+    for split in ("val", "test"):
+        res = runner.invoke(app, ["evaluate", "--split", split, "--run", str(arun), "--checkpoint", "last",
+                                  "--workdir", str(work), "--data", str(root), "--spatial-views", "2"])
+        assert res.exit_code == 0, res.output
+    m = json.loads((arun / "eval" / "val" / "metrics.json").read_text())
+    assert m["task"] == "anticipation" and set(m["anticipation"]) == {"overall", "unseen", "tail"}
+    assert 0.0 <= m["anticipation"]["overall"]["action"]["mt5r"] <= 1.0
+    assert m["anticipation"]["tail"]["verb"]["mt5r"] is None  # no tail lists in this root
+    res = runner.invoke(app, ["submit", "--scores", str(arun / "eval" / "test" / "scores.pt"), "--task",
+                              "anticipation", "--with-actions", "--data", str(root), "--workdir", str(work),
+                              "--out", str(work / "ant.zip")])
+    assert res.exit_code == 0, res.output
+    doc = sub.read_submission(work / "ant.zip")
+    assert doc["challenge"] == "action_anticipation"
+    assert all(len(e["action"]) == 100 for e in doc["results"].values())
+    # recognition shards cannot be scored as anticipation
+    res = runner.invoke(app, ["evaluate", "--split", "val", "--run", str(arun), "--checkpoint", "last",
+                              "--workdir", str(work), "--data", str(root), "--shards", str(work / "shards" / "val")])
+    assert res.exit_code != 0
+
+
+def test_evaluate_usage_errors(tmp_path):
+    from leap_cli.errors import LeapError
+    from leap_cli.evaluate.inference import ViewConfig, _flatten_views, resolve_run
+
+    with pytest.raises(LeapError, match="run not found"):
+        resolve_run("runs/nope", tmp_path)
+    with pytest.raises(LeapError, match="gave 2 views per segment, 6 were asked for"):
+        _flatten_views({"video": torch.zeros(1, 2, 3, 4, 8, 8), "narration_id": ["a"]}, 6)
+    assert ViewConfig(3, 3).center == 4 and ViewConfig(2, 3).center == 4 and ViewConfig(1, 1).center == 0
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--workdir", str(tmp_path)])
+    assert res.exit_code != 0 and "nothing to evaluate" in str(res.exception)

@@ -1,0 +1,276 @@
+"""Scores files, `leap evaluate --scores` and `leap submit`: round trips and every refusal."""
+
+import json
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from leap_cli import submit as sub
+from leap_cli.cli import app
+from leap_cli.epic.annotations import Annotations
+from leap_cli.errors import LeapError
+from leap_cli.evaluate.scores import load_scores, save_scores
+from leap_cli.evaluate.scoring import evaluate_scores
+
+HEAD = "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,stop_frame"
+VAL = [  # id, participant, verb, verb_class, noun, noun_class
+    ("P01_01_0", "P01", "take", 0, "plate", 3),
+    ("P01_01_1", "P01", "wash", 2, "plate", 3),
+    ("P02_01_0", "P02", "cut", 5, "knife", 7),
+    ("P02_01_1", "P02", "take", 0, "tap", 0),
+]
+TEST_IDS = ["P03_01_0", "P03_01_1", "P03_01_2"]
+NV, NN = 6, 8  # class files hold ids {0,2,5} and {0,3,7}: counts are max id + 1
+
+
+@pytest.fixture()
+def ann_dir(tmp_path):
+    d = tmp_path / "kitchen" / "annotations"
+    d.mkdir(parents=True)
+    (d / "EPIC_100_verb_classes.csv").write_text(
+        "id,key,instances,category\n0,take,\"['take']\",retrieve\n2,wash,\"['wash']\",clean\n5,cut,\"['cut']\",cut\n")
+    (d / "EPIC_100_noun_classes.csv").write_text(
+        "id,key,instances,category\n0,tap,\"['tap']\",appliances\n3,plate,\"['plate']\",crockery\n"
+        "7,knife,\"['knife']\",cutlery\n")
+    rows = [HEAD + ",narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes"]
+    for i, (nid, p, v, vc, n, nc) in enumerate(VAL):
+        rows.append(f"{nid},{p},{nid.rsplit('_', 1)[0]},00:00:0{i}.00,00:00:0{i}.00,00:00:0{i}.50,{i * 60 + 1},"
+                    f"{i * 60 + 30},{v} {n},{v},{vc},{n},{nc},['{n}'],[{nc}]")
+    (d / "EPIC_100_validation.csv").write_text("\n".join(rows) + "\n")
+    (d / "EPIC_100_test_timestamps.csv").write_text(
+        HEAD + "\n" + "".join(f"{t},P03,P03_01,00:00:0{i}.00,00:00:0{i}.00,00:00:0{i}.50,{i * 60 + 1},{i * 60 + 30}\n"
+                              for i, t in enumerate(TEST_IDS)))
+    (d / "EPIC_100_tail_verbs.csv").write_text("verb\n5\n")
+    (d / "EPIC_100_tail_nouns.csv").write_text("noun\n0\n")
+    (d / "EPIC_100_unseen_participant_ids_validation.csv").write_text("participant_id\nP02\n")
+    return d
+
+
+def _val_scores():
+    verb = torch.full((4, NV), -1.0)
+    noun = torch.full((4, NN), -1.0)
+    # right: s0 verb+noun, s1 verb only, s2 noun only, s3 nothing (predicts verb 2, noun 7)
+    for i, (v, n) in enumerate([(0, 3), (2, 0), (0, 7), (2, 7)]):
+        verb[i, v], noun[i, n] = 3.0, 3.0
+    return [r[0] for r in VAL], verb, noun
+
+
+def test_scores_round_trip_and_official_formats(tmp_path, ann_dir):
+    ids, verb, noun = _val_scores()
+    save_scores(tmp_path / "scores.pt", ids, verb, noun, meta={"split": "val", "task": "recognition"})
+    a = load_scores(tmp_path / "scores.pt")
+    assert a["narration_id"] == ids and torch.equal(a["verb_output"], verb) and a["meta"]["task"] == "recognition"
+    # official dict layout as a pickle of NumPy arrays, and the list-of-dicts layout as .pt
+    with open(tmp_path / "official.pkl", "wb") as f:
+        pickle.dump({"verb_output": verb.numpy(), "noun_output": noun.numpy(), "narration_id": np.array(ids)}, f)
+    torch.save([{"verb_output": verb[i].numpy(), "noun_output": noun[i].numpy(), "narration_id": ids[i]}
+                for i in range(4)], tmp_path / "official.pt")
+    ann = Annotations(ann_dir)
+    results = [evaluate_scores(load_scores(tmp_path / n), ann, "val") for n in ("scores.pt", "official.pkl", "official.pt")]
+    assert results[0]["recognition"] == results[1]["recognition"] == results[2]["recognition"]
+    r = results[0]["recognition"]
+    assert r["all"]["verb"]["top1"] == 0.5 and r["all"]["noun"]["top1"] == 0.5 and r["all"]["action"]["top1"] == 0.25
+    assert r["tail"]["verb"]["top1"] == 0.0  # s2 (cut) predicted take
+    assert r["tail"]["noun"]["top1"] == 0.0  # s3 (tap) predicted knife
+    assert r["unseen"]["noun"]["top1"] == 0.5  # P02: s2 right, s3 wrong
+
+
+def test_pickle_cannot_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"verb_output": Evil()}, f)
+    with pytest.raises(LeapError, match="not allowed"):
+        load_scores(tmp_path / "evil.pkl")
+
+
+def test_scores_refusals(tmp_path, ann_dir):
+    ids, verb, noun = _val_scores()
+    with pytest.raises(LeapError, match="duplicated"):
+        save_scores(tmp_path / "d.pt", [ids[0]] * 4, verb, noun)
+    with pytest.raises(LeapError, match="4 narration ids but 3"):
+        save_scores(tmp_path / "d.pt", ids, verb[:3], noun)
+    save_scores(tmp_path / "x.pt", ["P09_01_0"], verb[:1], noun[:1])
+    with pytest.raises(LeapError, match="not in the val annotations.*P09_01_0"):
+        evaluate_scores(load_scores(tmp_path / "x.pt"), Annotations(ann_dir), "val")
+    save_scores(tmp_path / "s.pt", ids, verb[:, :3], noun)
+    with pytest.raises(LeapError, match="verb class 5 is labelled but the scores have only 3"):
+        evaluate_scores(load_scores(tmp_path / "s.pt"), Annotations(ann_dir), "val")
+
+
+def test_evaluate_cli_scores(tmp_path, ann_dir):
+    ids, verb, noun = _val_scores()
+    save_scores(tmp_path / "scores.pt", ids[:3], verb[:3], noun[:3])
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--scores", str(tmp_path / "scores.pt"),
+                                   "--workdir", str(tmp_path), "--task", "anticipation"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "scores.metrics.json").read_text())
+    assert m["segments"] == 3 and m["not_scored"] == 1 and m["task"] == "anticipation"
+    # verb classes 0 (s0 hit), 2 (s1 hit), 5 (s2 miss in top-1 but 6 classes: top-5 holds all but one)
+    assert m["anticipation"]["overall"]["verb"]["mt5r"] == 1.0
+    assert "anticipation" in res.output and "overall" in res.output
+
+
+def _test_scores(n_verbs=NV, n_nouns=NN, ids=TEST_IDS):
+    g = torch.Generator().manual_seed(0)
+    return {"narration_id": list(ids), "verb_output": torch.randn(len(ids), n_verbs, generator=g),
+            "noun_output": torch.randn(len(ids), n_nouns, generator=g)}
+
+
+def test_submission_round_trip(tmp_path, ann_dir):
+    ann = Annotations(ann_dir)
+    assert sub.class_counts(ann) == (NV, NN)
+    scores = _test_scores()
+    summary = sub.submit(scores, ann, "recognition", tmp_path / "s.zip", sls_pt=2, sls_tl=3, sls_td=4)
+    assert summary["segments"] == 3 and summary["challenge"] == "action_recognition"
+    with zipfile.ZipFile(tmp_path / "s.zip") as z:
+        assert z.namelist() == ["test.json"]
+        doc = json.loads(z.read("test.json"))
+    assert doc["version"] == "0.2" and (doc["sls_pt"], doc["sls_tl"], doc["sls_td"]) == (2, 3, 4)
+    entry = doc["results"]["P03_01_1"]
+    assert list(entry["verb"]) == [str(i) for i in range(NV)] and list(entry["noun"]) == [str(i) for i in range(NN)]
+    assert entry["noun"]["7"] == pytest.approx(float(scores["noun_output"][1, 7]))  # raw logits, no softmax
+    assert sub.check_file(tmp_path / "s.zip", ann)["verbs"] == NV
+
+
+def test_anticipation_submission_with_actions(tmp_path, ann_dir):
+    ann = Annotations(ann_dir)
+    # 6 x 8 = 48 pairs < 100: the official file needs exactly 100 action scores
+    with pytest.raises(LeapError, match="exactly 100"):
+        sub.submit(_test_scores(), ann, "anticipation", tmp_path / "a.zip", sls_pt=0, sls_tl=0, sls_td=0,
+                   with_actions=True)
+    sub.submit(_test_scores(), ann, "anticipation", tmp_path / "a.zip", sls_pt=0, sls_tl=0, sls_td=0)
+    doc = sub.read_submission(tmp_path / "a.zip")
+    assert doc["challenge"] == "action_anticipation" and "action" not in doc["results"]["P03_01_0"]
+
+
+def test_anticipation_actions_on_epic_sizes():
+    ids = ["a", "b"]
+    s = _test_scores(97, 300, ids)
+    doc = sub.make_submission(s, "anticipation", sls_pt=1, sls_tl=1, sls_td=1, with_actions=True)
+    acts = doc["results"]["a"]["action"]
+    assert len(acts) == 100
+    best = f"{int(s['verb_output'][0].argmax())},{int(s['noun_output'][0].argmax())}"
+    assert max(acts, key=acts.get) == best
+    assert sub.check_submission(doc, ids, 97, 300)["actions"] is True
+    del doc["results"]["b"]["action"]
+    with pytest.raises(LeapError, match="some segments but not all.*b"):
+        sub.check_submission(doc, ids, 97, 300)
+
+
+@pytest.mark.parametrize("case, pattern", [
+    ("missing", r"1 narration id\(s\) of EPIC_100_test_timestamps.csv have no scores: P03_01_2"),
+    ("extra", r"not in EPIC_100_test_timestamps.csv: P01_01_0"),
+    ("nan", r"verb_output holds NaN or infinity for 1 segment\(s\): P03_01_1"),
+    ("inf", r"noun_output holds NaN or infinity for 1 segment\(s\): P03_01_0"),
+    ("val", r"none of the 4 narration ids is in EPIC_100_test_timestamps.csv \(e.g. P01_01_0, P01_01_1, P02_01_0 "
+            r"\.\.\. \(\+1 more\)\): these are not test-split scores"),
+    ("verbs", r"verb_output has 97 classes, the class file needs 6"),
+    ("nouns", r"noun_output has 7 classes, the class file needs 8"),
+])
+def test_submit_refusals(tmp_path, ann_dir, case, pattern):
+    s = _test_scores()
+    if case == "missing":
+        s = _test_scores(ids=TEST_IDS[:2])
+    elif case == "extra":
+        s = _test_scores(ids=TEST_IDS + ["P01_01_0"])
+    elif case == "val":
+        s = _test_scores(ids=[r[0] for r in VAL])
+    elif case == "nan":
+        s["verb_output"][1, 2] = float("nan")
+    elif case == "inf":
+        s["noun_output"][0, 0] = float("inf")
+    elif case == "verbs":
+        s = _test_scores(n_verbs=97)
+    elif case == "nouns":
+        s = _test_scores(n_nouns=7)
+    with pytest.raises(LeapError, match=pattern):
+        sub.submit(s, Annotations(ann_dir), "recognition", tmp_path / "s.zip", sls_pt=2, sls_tl=3, sls_td=4)
+    assert not (tmp_path / "s.zip").exists()
+
+
+def _write_zip(path, doc, name="test.json"):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(name, doc if isinstance(doc, str) else json.dumps(doc))
+
+
+def test_check_refusals(tmp_path, ann_dir):
+    ann = Annotations(ann_dir)
+    good = sub.make_submission(_test_scores(), "recognition", sls_pt=2, sls_tl=3, sls_td=4)
+
+    def refused(doc, pattern, name="test.json"):
+        _write_zip(tmp_path / "c.zip", doc, name)
+        with pytest.raises(LeapError, match=pattern):
+            sub.check_file(tmp_path / "c.zip", ann)
+
+    refused(good, "must hold only test.json", name="sub/test.json")
+    refused(dict(good, version="0.1"), "version '0.1' is not supported")
+    refused(dict(good, challenge="action_detection"), "challenge 'action_detection'")
+    refused(dict(good, sls_td=6), "sls_td is 6")
+    doc = json.loads(json.dumps(good))
+    del doc["results"]["P03_01_0"]
+    refused(doc, "have no scores: P03_01_0")
+    doc = json.loads(json.dumps(good))
+    doc["results"]["P03_01_2"]["verb"]["3"] = float("nan")
+    refused(json.dumps(doc), "verb scores that are NaN.*P03_01_2")  # json.dumps writes NaN as the server would read it
+    doc = json.loads(json.dumps(good))
+    del doc["results"]["P03_01_1"]["noun"]["7"]
+    refused(doc, "noun scores not keyed \"0\"..\"7\" \\(8 classes\\).*P03_01_1 \\(7 keys\\)")
+    doc = json.loads(json.dumps(good))
+    doc["results"]["P03_01_1"]["action"] = {"0,0": 1.0}
+    refused(doc, "action")
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(LeapError, match="not a zip"):
+        sub.check_file(tmp_path / "bad.zip", ann)
+
+
+def test_submit_cli(tmp_path, ann_dir):
+    s = _test_scores()
+    save_scores(tmp_path / "test.pt", s["narration_id"], s["verb_output"], s["noun_output"])
+    runner = CliRunner()
+    res = runner.invoke(app, ["submit", "--scores", str(tmp_path / "test.pt"), "--workdir", str(tmp_path),
+                              "--out", str(tmp_path / "submission.zip"), "--sls-pt", "1"])
+    assert res.exit_code == 0, res.output
+    assert sub.read_submission(tmp_path / "submission.zip")["sls_pt"] == 1
+    res = runner.invoke(app, ["submit", "--check", str(tmp_path / "submission.zip"), "--annotations", str(ann_dir)])
+    assert res.exit_code == 0 and "valid submission" in res.output
+    res = runner.invoke(app, ["submit", "--scores", str(tmp_path / "test.pt"), "--sls-pt", "7",
+                              "--workdir", str(tmp_path)])
+    assert res.exit_code != 0
+
+
+def test_challenge_json_and_zip_as_scores(tmp_path, ann_dir):
+    ids, verb, noun = _val_scores()
+    doc = sub.make_submission({"narration_id": ids, "verb_output": verb, "noun_output": noun}, "anticipation",
+                              sls_pt=0, sls_tl=0, sls_td=0)
+    filler = [f"1,{n}" for n in range(6)]
+    actions = {  # s0 (0,3), s1 (2,3), s3 (0,0) ranked first; s2 (5,7) ranked 6th
+        ids[0]: ["0,3"] + filler[:5], ids[1]: ["2,3"] + filler[:5], ids[2]: filler[:5] + ["5,7"],
+        ids[3]: ["0,0"] + filler[:5]}
+    for nid, keys in actions.items():
+        doc["results"][nid]["action"] = {k: 1.0 - 0.1 * j for j, k in enumerate(keys)}
+    (tmp_path / "val.json").write_text(json.dumps(doc))
+    sub.write_submission(tmp_path / "val.zip", doc)
+    ann = Annotations(ann_dir)
+    a = evaluate_scores(load_scores(tmp_path / "val.json"), ann, "val", "anticipation")
+    b = evaluate_scores(load_scores(tmp_path / "val.zip"), ann, "val", "anticipation")
+    assert a["anticipation"] == b["anticipation"]
+    assert a["anticipation"]["overall"]["action"]["mt5r"] == 0.75  # the given action scores, not verb x noun
+    assert load_scores(tmp_path / "val.json")["meta"]["task"] == "anticipation"
+    # recognition ignores submitted action scores, as the official recognition evaluator does
+    r = evaluate_scores(load_scores(tmp_path / "val.zip"), ann, "val", "recognition")
+    assert r["recognition"]["all"]["action"]["top1"] == 0.25
+    del doc["results"][ids[1]]["action"]
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(LeapError, match="some segments but not all"):
+        load_scores(tmp_path / "bad.json")
+    del doc["results"][ids[2]]["verb"]["4"]
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    with pytest.raises(LeapError, match="do not cover the class ids"):
+        load_scores(tmp_path / "bad.json")

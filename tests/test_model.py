@@ -1,0 +1,357 @@
+"""UniFormerV2 + LEAP heads: forward/backward, overfitting, losses, checkpoint loading."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leap_cli.errors import LeapError
+from leap_cli.model import build_model, leap_loss
+
+torch.set_num_threads(1)
+
+PROGRAM = {"step_verbs": 8, "objects": 10, "conditions": 5, "max_steps": 6}
+
+
+def tiny_args(**over):
+    args = {"backbone": "uniformerv2_tiny", "num_frames": 4, "img_size": 64, "num_verbs": 7, "num_nouns": 9,
+            "program": PROGRAM, "anticipation": None, "decoder_dim": 64, "decoder_heads": 4}
+    args.update(over)
+    return args
+
+
+def make_batch(B=2, context=0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    steps = torch.full((B, PROGRAM["max_steps"], 3), -100)
+    steps[:, :3] = torch.randint(0, 8, (B, 3, 3), generator=g)
+    batch = {
+        "video": torch.randn(B, 3, 4, 64, 64, generator=g),
+        "verb_class": torch.randint(0, 7, (B,), generator=g),
+        "noun_class": torch.randint(0, 9, (B,), generator=g),
+        "has_program": torch.ones(B, dtype=torch.bool),
+        "program_steps": steps,
+        "conditions": (torch.rand(B, 10, generator=g) > 0.5).float(),
+    }
+    if context:
+        batch["context_video"] = torch.randn(B, context, 3, 4, 64, 64, generator=g)
+        batch["context_mask"] = torch.ones(B, context, dtype=torch.bool)
+        batch["context_mask"][0, 0] = False
+    return batch
+
+
+def unzero_(model):
+    """Give zero-initialised tensors (official zero-init residual branches, gates) small random values so
+    that every parameter receives a non-zero gradient."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dtype.is_floating_point and p.abs().max() == 0:
+                p.normal_(0, 0.02)
+
+
+@pytest.mark.parametrize("anticipation", [None, {"context": 2, "aggregate": True}])
+def test_forward_backward_every_parameter_gets_gradient(anticipation):
+    torch.manual_seed(0)
+    model = build_model(tiny_args(anticipation=anticipation))
+    unzero_(model)
+    batch = make_batch(context=2 if anticipation else 0)
+    out = model(batch["video"], batch["program_steps"], batch.get("context_video"), batch.get("context_mask"))
+    assert out["verb"].shape == (2, 7) and out["noun"].shape == (2, 9)
+    assert out["step_verb"].shape == (2, 6, 8)
+    assert out["step_obj_a"].shape == (2, 6, 10) and out["step_obj_b"].shape == (2, 6, 10)
+    assert out["conditions"].shape == (2, 10)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    loss, parts = leap_loss(out, batch)
+    assert set(parts) == {"ce_verb", "ce_noun", "l_t", "l_pc"} and all(v > 0 for v in parts.values())
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert no_grad == []
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_predict_program_is_greedy_decoding_of_forward():
+    torch.manual_seed(1)
+    model = build_model(tiny_args()).eval()
+    unzero_(model)
+    video = make_batch()["video"]
+    ids = model.predict_program(video)
+    assert ids.shape == (2, 6, 3) and ids.dtype == torch.long
+    out = model(video)  # no targets: greedy decoding, logits of the greedy sequence
+    assert torch.equal(out["step_verb"].argmax(-1), ids[..., 0])
+    assert torch.equal(out["step_obj_b"].argmax(-1), ids[..., 2])
+    # teacher forcing with the greedy ids reproduces the same logits
+    forced = model(video, program_steps=ids)
+    assert torch.allclose(forced["step_obj_a"], out["step_obj_a"], atol=1e-5)
+
+
+def test_overfit_one_batch_loss_falls_tenfold():
+    torch.manual_seed(0)
+    model = build_model(tiny_args(decoder_dropout=0.0))
+    batch = make_batch(B=2, seed=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    first = None
+    for _ in range(60):
+        out = model(batch["video"], batch["program_steps"])
+        loss, _ = leap_loss(out, batch)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first / 10, (first, loss.item())
+
+
+def test_loss_without_program_and_padding():
+    torch.manual_seed(0)
+    model = build_model(tiny_args())
+    batch = make_batch()
+    out = model(batch["video"], batch["program_steps"])
+    full, parts = leap_loss(out, batch, lambda_t=2.0, lambda_pc=3.0)
+    assert full.item() == pytest.approx(sum(parts[k] * w for k, w in
+                                            [("ce_verb", 1), ("ce_noun", 1), ("l_t", 2), ("l_pc", 3)]), rel=1e-5)
+    base, bparts = leap_loss(out, batch, program_loss=False)
+    assert base.item() == pytest.approx(parts["ce_verb"] + parts["ce_noun"], rel=1e-6)
+    assert bparts["l_t"] == 0 and bparts["l_pc"] == 0
+    # a segment without a valid program contributes CE only: its program targets do not matter
+    only_first = dict(batch, has_program=torch.tensor([True, False]))
+    scrambled = dict(only_first, program_steps=batch["program_steps"].clone(), conditions=batch["conditions"].clone())
+    scrambled["conditions"][1] = 1 - scrambled["conditions"][1]
+    scrambled["program_steps"][1, :3] = (scrambled["program_steps"][1, :3] + 1) % 8
+    a, _ = leap_loss(out, only_first)
+    b, _ = leap_loss(out, scrambled)
+    assert a.item() == pytest.approx(b.item(), rel=1e-6)
+    # padding (-100) steps are ignored: changing logits at padded steps changes nothing
+    out2 = dict(out, step_verb=out["step_verb"].clone())
+    out2["step_verb"][:, 4:, 0] += 10.0
+    assert leap_loss(out2, batch)[0].item() == pytest.approx(leap_loss(out, batch)[0].item(), rel=1e-6)
+    out2["step_verb"][:, 0, 0] += 10.0
+    assert leap_loss(out2, batch)[0].item() != pytest.approx(leap_loss(out, batch)[0].item(), rel=1e-3)
+    # unknown labels (-1) are ignored
+    unknown = dict(batch, verb_class=torch.tensor([-1, -1]))
+    assert leap_loss(out, unknown, program_loss=False)[1]["ce_verb"] == 0
+
+
+def test_bad_model_args_are_clear_errors():
+    with pytest.raises(LeapError, match="unknown model_args"):
+        build_model(tiny_args(colour="red"))
+    with pytest.raises(LeapError, match="unknown backbone"):
+        build_model(tiny_args(backbone="resnet50"))
+    with pytest.raises(LeapError, match="needs program heads"):
+        build_model(tiny_args(program=None, anticipation={"context": 2, "aggregate": True}))
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+from leap_cli.model.uniformerv2 import load_pretrained, uniformerv2_tiny  # noqa: E402
+
+
+def official_uniformerv2_shapes(width=64, layers=3, heads=4, patch=16, img=64, kernel_t=3, downsample=True,
+                                return_list=(1, 2), num_classes=400, no_lmhra=False, double_lmhra=True,
+                                dw_reduction=1.5):
+    """Key -> shape of the official OpenGVLab ``Uniformerv2`` module's state dict, written out from
+    slowfast/models/uniformerv2_model.py (VisionTransformer / Transformer / ResidualAttentionBlock /
+    Local_MHRA / Extractor), independent of our implementation."""
+    C, red = width, int(width // dw_reduction)
+    s = {"backbone.conv1.weight": (C, 3, kernel_t if downsample else 1, patch, patch),
+         "backbone.class_embedding": (C,), "backbone.positional_embedding": ((img // patch) ** 2 + 1, C),
+         "backbone.ln_pre.weight": (C,), "backbone.ln_pre.bias": (C,)}
+    for i in range(layers):
+        b = f"backbone.transformer.resblocks.{i}."
+        lmhras = [] if no_lmhra else (["lmhra1", "lmhra2"] if double_lmhra else ["lmhra1"])
+        for m in lmhras:
+            p = f"{b}{m}.pos_embed."
+            s.update({p + "0.weight": (C,), p + "0.bias": (C,), p + "0.running_mean": (C,), p + "0.running_var": (C,),
+                      p + "0.num_batches_tracked": (), p + "1.weight": (red, C, 1, 1, 1), p + "1.bias": (red,),
+                      p + "2.weight": (red, 1, 3, 1, 1), p + "2.bias": (red,), p + "3.weight": (C, red, 1, 1, 1),
+                      p + "3.bias": (C,)})
+        s.update({b + "attn.in_proj_weight": (3 * C, C), b + "attn.in_proj_bias": (3 * C,),
+                  b + "attn.out_proj.weight": (C, C), b + "attn.out_proj.bias": (C,),
+                  b + "ln_1.weight": (C,), b + "ln_1.bias": (C,), b + "ln_2.weight": (C,), b + "ln_2.bias": (C,),
+                  b + "mlp.c_fc.weight": (4 * C, C), b + "mlp.c_fc.bias": (4 * C,),
+                  b + "mlp.c_proj.weight": (C, 4 * C), b + "mlp.c_proj.bias": (C,)})
+    t = "backbone.transformer."
+    s[t + "temporal_cls_token"] = (1, 1, C)
+    for j in range(len(return_list)):
+        s.update({f"{t}dpe.{j}.weight": (C, 1, 3, 3, 3), f"{t}dpe.{j}.bias": (C,)})
+        d = f"{t}dec.{j}."
+        s.update({d + "attn.in_proj_weight": (3 * C, C), d + "attn.in_proj_bias": (3 * C,),
+                  d + "attn.out_proj.weight": (C, C), d + "attn.out_proj.bias": (C,),
+                  d + "mlp.c_fc.weight": (4 * C, C), d + "mlp.c_fc.bias": (4 * C,),
+                  d + "mlp.c_proj.weight": (C, 4 * C), d + "mlp.c_proj.bias": (C,)})
+        for ln in ("ln_1", "ln_2", "ln_3"):
+            s.update({f"{d}{ln}.weight": (C,), f"{d}{ln}.bias": (C,)})
+    s.update({t + "proj.0.weight": (C,), t + "proj.0.bias": (C,), t + "proj.2.weight": (num_classes, C),
+              t + "proj.2.bias": (num_classes,), t + "balance": (C,)})
+    return s
+
+
+def clip_visual_shapes(width=64, layers=3, patch=16, img=64, embed=32):
+    """Key -> shape of OpenAI CLIP's ``visual.*`` (VisionTransformer) plus a few text-tower keys."""
+    C = width
+    s = {"visual.conv1.weight": (C, 3, patch, patch), "visual.class_embedding": (C,),
+         "visual.positional_embedding": ((img // patch) ** 2 + 1, C), "visual.ln_pre.weight": (C,),
+         "visual.ln_pre.bias": (C,), "visual.ln_post.weight": (C,), "visual.ln_post.bias": (C,),
+         "visual.proj": (C, embed), "logit_scale": (), "token_embedding.weight": (100, embed),
+         "positional_embedding": (77, embed)}
+    for i in range(layers):
+        b = f"visual.transformer.resblocks.{i}."
+        s.update({b + "attn.in_proj_weight": (3 * C, C), b + "attn.in_proj_bias": (3 * C,),
+                  b + "attn.out_proj.weight": (C, C), b + "attn.out_proj.bias": (C,),
+                  b + "ln_1.weight": (C,), b + "ln_1.bias": (C,), b + "ln_2.weight": (C,), b + "ln_2.bias": (C,),
+                  b + "mlp.c_fc.weight": (4 * C, C), b + "mlp.c_fc.bias": (4 * C,),
+                  b + "mlp.c_proj.weight": (C, 4 * C), b + "mlp.c_proj.bias": (C,)})
+    return s
+
+
+def random_state(shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.tensor(7) if k.endswith("num_batches_tracked") else torch.randn(shape, generator=g)
+            for k, shape in shapes.items()}
+
+
+def test_our_state_dict_has_the_official_layout():
+    ours = {f"backbone.{k}": tuple(v.shape) for k, v in uniformerv2_tiny(img_size=64).state_dict().items()}
+    assert ours == official_uniformerv2_shapes()
+    ours = {f"backbone.{k}": tuple(v.shape)
+            for k, v in uniformerv2_tiny(img_size=64, no_lmhra=True, temporal_downsample=False).state_dict().items()}
+    assert ours == official_uniformerv2_shapes(no_lmhra=True, downsample=False)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "model", "state_dict+module"])
+def test_load_official_uniformerv2_checkpoint(tmp_path, wrap):
+    state = random_state(official_uniformerv2_shapes())
+    saved = {"plain": state, "model": {"model": state, "epoch": 3},
+             "state_dict+module": {"state_dict": {f"module.{k}": v for k, v in state.items()}}}[wrap]
+    path = tmp_path / "k400_uniformerv2_tiny.pyth"
+    torch.save(saved, path)
+    model = build_model(tiny_args())
+    report = load_pretrained(model, path)
+    assert report.source == "uniformerv2"
+    assert report.missing == [] and report.unexpected == [] and report.initialized == []
+    assert set(report.dropped) == {"backbone.transformer.proj.2.weight", "backbone.transformer.proj.2.bias"}
+    sd = model.state_dict()
+    for k, v in state.items():
+        if "proj.2" not in k:
+            assert torch.equal(sd[k].float(), v.float()), k
+    # a standalone backbone with the same 400 classes keeps the classifier
+    standalone = uniformerv2_tiny(img_size=64)
+    report = load_pretrained(standalone, path)
+    assert report.dropped == {} and report.missing == []
+    assert torch.equal(standalone.transformer.proj[2].weight, state["backbone.transformer.proj.2.weight"])
+
+
+def test_load_kinetics_checkpoint_without_lmhra_into_lmhra_model(tmp_path):
+    """Official Kinetics checkpoints use no_lmhra/temporal_downsample=False: the conv is inflated and the
+    local modules start from their (zero-output) initialisation."""
+    state = random_state(official_uniformerv2_shapes(no_lmhra=True, downsample=False, img=48))
+    torch.save(state, tmp_path / "k710.pth")
+    model = build_model(tiny_args())
+    report = load_pretrained(model, tmp_path / "k710.pth")
+    assert report.missing == [] and report.unexpected == []
+    assert report.initialized and all(".lmhra" in k for k in report.initialized)
+    assert set(report.resized) == {"conv1.weight", "positional_embedding"}
+    w = model.backbone.conv1.weight
+    assert torch.equal(w[:, :, 1], state["backbone.conv1.weight"][:, :, 0]) and w[:, :, 0].abs().sum() == 0
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_load_clip_visual_weights_plain_and_torchscript(tmp_path):
+    state = random_state(clip_visual_shapes(img=96))  # 96px CLIP grid, resized to the 64px model
+    torch.save({k: v.half() for k, v in state.items()}, tmp_path / "clip.pt")
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for k, v in state.items():
+                *path, leaf = k.split(".")
+                mod = self
+                for p in path:
+                    if not hasattr(mod, p):
+                        mod.add_module(p, torch.nn.Module())
+                    mod = getattr(mod, p)
+                mod.register_parameter(leaf, torch.nn.Parameter(v.half()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.logit_scale
+
+    torch.jit.save(torch.jit.script(Holder()), tmp_path / "ViT-tiny.pt")
+    for name in ("clip.pt", "ViT-tiny.pt"):
+        model = build_model(tiny_args())
+        report = load_pretrained(model, tmp_path / name)
+        assert report.source == "clip", name
+        assert report.missing == [] and report.unexpected == [], name
+        assert {"visual.proj", "visual.ln_post.weight", "logit_scale", "token_embedding.weight"} <= set(report.dropped)
+        assert any(".lmhra1." in k for k in report.initialized) and "backbone.transformer.balance" in report.initialized
+        assert set(report.resized) == {"conv1.weight", "positional_embedding"}
+        w = model.backbone.conv1.weight
+        assert torch.allclose(w[:, :, 1], state["visual.conv1.weight"].half().float())
+        blk = model.backbone.transformer.resblocks[2]
+        assert torch.equal(blk.mlp.c_fc.weight, state["visual.transformer.resblocks.2.mlp.c_fc.weight"].half().float())
+        assert model.backbone.positional_embedding.shape == (17, 64)
+
+
+def test_wrong_shapes_and_foreign_keys_fail_clearly(tmp_path):
+    state = random_state(official_uniformerv2_shapes(width=32, heads=4))
+    torch.save(state, tmp_path / "b.pth")
+    with pytest.raises(LeapError, match=r"shape mismatch.*class_embedding: checkpoint \(32,\) vs model \(64,\)"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "b.pth")
+    state = random_state(official_uniformerv2_shapes(layers=4))
+    torch.save(state, tmp_path / "deeper.pth")
+    with pytest.raises(LeapError, match="resblocks.3"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "deeper.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(LeapError, match="cannot read checkpoint"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "junk.pth")
+    with pytest.raises(LeapError, match="does not exist"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "absent.pth")
+
+
+def test_sdpa_plain_attention_and_grad_checkpointing_agree():
+    torch.manual_seed(0)
+    model = build_model(tiny_args(decoder_dropout=0.0))
+    unzero_(model)
+    batch = make_batch()
+    model.eval()
+    with torch.no_grad():
+        a = model(batch["video"], batch["program_steps"])
+        model.backbone.set_attention(False)
+        b = model(batch["video"], batch["program_steps"])
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-5), k
+
+    def grads(checkpointing):
+        model.zero_grad()
+        model.set_grad_checkpointing(checkpointing)
+        model.train()
+        loss, _ = leap_loss(model(batch["video"], batch["program_steps"]), batch)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, ckpt = grads(False), grads(True)
+    assert all(torch.allclose(plain[n], ckpt[n], rtol=1e-4, atol=1e-6) for n in plain)
+
+
+def test_layer_ids_and_no_weight_decay():
+    model = build_model(tiny_args(anticipation={"context": 2, "aggregate": True}))
+    ids = {n: model.layer_id(n) for n, _ in model.named_parameters()}
+    assert ids["backbone.conv1.weight"] == 0 and ids["backbone.positional_embedding"] == 0
+    assert ids["backbone.transformer.resblocks.2.attn.in_proj_weight"] == 3
+    assert ids["backbone.transformer.dec.0.attn.in_proj_weight"] == model.num_layers + 1 == ids["verb_head.weight"]
+    nwd = model.no_weight_decay()
+    assert {"backbone.class_embedding", "backbone.positional_embedding", "backbone.transformer.temporal_cls_token",
+            "backbone.ln_pre.weight", "verb_head.bias", "decoder.verb_embed.weight", "decoder.step_pos"} <= nwd
+    assert "backbone.transformer.resblocks.0.mlp.c_fc.weight" not in nwd and "verb_head.weight" not in nwd
+
+
+def test_anticipation_uses_present_context_only_when_aggregating():
+    torch.manual_seed(0)
+    batch = make_batch(context=2)
+    other = batch["context_video"].clone()
+    other[0, 0] = torch.randn_like(other[0, 0])  # absent clip (mask False) of sample 0
+    other[1, 1] = torch.randn_like(other[1, 1])  # present clip of sample 1
+    for aggregate in (True, False):
+        torch.manual_seed(0)
+        model = build_model(tiny_args(anticipation={"context": 2, "aggregate": aggregate})).eval()
+        unzero_(model)
+        with torch.no_grad():
+            a = model(batch["video"], None, batch["context_video"], batch["context_mask"])["verb"]
+            b = model(batch["video"], None, other, batch["context_mask"])["verb"]
+        assert torch.allclose(a[0], b[0], atol=1e-6)  # an absent clip never matters
+        assert torch.allclose(a[1], b[1], atol=1e-6) != aggregate  # a present one matters only when aggregating

@@ -1,0 +1,232 @@
+"""Generation against a real local chat-completions server: retries, repairs, cache, resume, cost, Batch."""
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from leap_cli.errors import LeapError
+from leap_cli.io import read_jsonl
+from leap_cli.programs.batch import ingest_batch, write_batch_file
+from leap_cli.programs.generate import GenerateConfig, generate_programs
+from leap_cli.programs.offline import offline_program
+from leap_cli.programs.prompt import clip_info, load_exemplars, narration_record
+from leap_cli.programs.store import ProgramStore
+from programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
+
+DATA = Path(__file__).parent / "data" / "epic"
+N_SEGMENTS = 6
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    ann = tmp_path / "kitchen" / "annotations"
+    ann.mkdir(parents=True)
+    for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
+        shutil.copy(DATA / name, ann / name)
+    lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
+    (ann / "EPIC_100_validation.csv").write_text("\n".join(lines[: N_SEGMENTS + 1]) + "\n")
+    monkeypatch.setenv("LEAP_TEST_KEY", "sk-test-secret-never-logged")
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def good_programs():
+    """A valid program per segment of the excerpt (the offline generator's, so we know they validate)."""
+    from leap_cli.epic.annotations import read_segments
+    from leap_cli.epic.classes import ClassVocab
+
+    verbs = ClassVocab.from_csv(DATA / "EPIC_100_verb_classes.csv", "verb")
+    nouns = ClassVocab.from_csv(DATA / "EPIC_100_noun_classes.csv", "noun")
+    ex = load_exemplars()
+    segs = read_segments(DATA / "EPIC_100_validation_excerpt.csv")[:N_SEGMENTS]
+    return {s.narration_id: offline_program(clip_info(narration_record(s), s), ex, verbs, nouns) for s in segs}
+
+
+def config(workdir, server, **kw):
+    base = dict(workdir=workdir, split="val", backend="openai", model="test-model", base_url=server.base_url,
+                api_key_env="LEAP_TEST_KEY", concurrency=4, timeout=2.0, max_retries=3, backoff=0.01, max_backoff=0.05,
+                price_in=1.0, price_out=2.0)
+    base.update(kw)
+    return GenerateConfig(**base)
+
+
+def records(workdir):
+    return read_jsonl(workdir / "programs" / "val.jsonl")
+
+
+def test_valid_replies_cache_and_resume(workdir, good_programs):
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server))
+        assert s.statuses["valid"] == N_SEGMENTS and len(server.requests) == N_SEGMENTS
+        # Structured Outputs with the strict schema were requested
+        assert server.requests[0]["response_format"]["type"] == "json_schema"
+        assert server.requests[0]["response_format"]["json_schema"]["strict"] is True
+        assert s.usage == {"prompt_tokens": 1000 * N_SEGMENTS, "completion_tokens": 200 * N_SEGMENTS}
+        assert s.cost == pytest.approx(N_SEGMENTS * (1000 * 1.0 + 200 * 2.0) / 1e6)
+        recs = records(workdir)
+        assert sorted(r["narration_id"] for r in recs) == sorted(good_programs)
+        assert all(r["provenance"]["backend"] == "openai" and r["provenance"]["attempts"] == 1 for r in recs)
+        # re-run: resumes, zero requests, no duplicates
+        s2 = generate_programs(config(workdir, server))
+        assert s2.resumed == N_SEGMENTS and s2.total == 0 and len(server.requests) == N_SEGMENTS
+        assert len(records(workdir)) == N_SEGMENTS
+        # output deleted: every reply comes from the SQLite cache, still zero requests
+        (workdir / "programs" / "val.jsonl").unlink()
+        s3 = generate_programs(config(workdir, server))
+        assert s3.cache_hits == N_SEGMENTS and s3.requests == 0 and len(server.requests) == N_SEGMENTS
+        assert all(r["status"] == "valid" and r["provenance"]["cached"] for r in records(workdir))
+    with ProgramStore(workdir / "programs" / "cache.sqlite") as store:
+        calls = store.calls()
+        assert len(calls) == 2 * N_SEGMENTS and sum(c["cached"] for c in calls) == N_SEGMENTS
+        assert all(c["prompt_hash"] and c["outcome"] == "valid" for c in calls)
+    # the key is never written anywhere
+    for path in (workdir / "programs").iterdir():
+        assert b"sk-test-secret" not in path.read_bytes()
+
+
+def test_non_json_gets_one_repair_then_invalid(workdir):
+    with ScriptedServer(lambda body, n: Reply("Sure! Here is the program: take the plate.")) as server:
+        s = generate_programs(config(workdir, server, limit=2))
+        assert s.statuses["invalid"] == 2 and len(server.requests) == 4  # one repair round each
+        repair = server.requests[-1]["messages"][-1]["content"]
+        assert "not JSON" in repair
+    for r in records(workdir):
+        assert r["status"] == "invalid" and r["program"] is None and "not JSON" in r["errors"][0]["message"]
+        assert r["provenance"]["rounds"] == 2
+
+
+def test_schema_violation_repaired(workdir, good_programs):
+    def script(body, n):
+        program = dict(good_programs[narration_id_of(body)])
+        if n == 0:
+            program.pop("post")  # violates the schema
+            program["steps"] = [dict(program["steps"][0], verb="teleport")]
+        return Reply(json.dumps(program))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=3))
+        assert s.statuses["valid"] == 3 and len(server.requests) == 6
+        second = [b for b in server.requests if len(b["messages"]) > len(server.requests[0]["messages"])]
+        assert len(second) == 3
+        assert "post" in second[0]["messages"][-1]["content"]
+        assert second[0]["messages"][-2]["role"] == "assistant"
+    assert all(r["status"] == "valid" and r["provenance"]["rounds"] == 2 for r in records(workdir))
+
+
+def test_semantic_violation_kept_when_not_repaired(workdir, good_programs):
+    def script(body, n):
+        program = json.loads(json.dumps(good_programs[narration_id_of(body)]))
+        program["steps"][0]["verb"] = "teleport"
+        return Reply(json.dumps(program))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=1))
+        assert s.statuses["invalid"] == 1 and len(server.requests) == 2
+    (rec,) = records(workdir)
+    assert rec["program"] is not None and rec["errors"][0]["pointer"] == "/steps/0/verb"
+
+
+def test_429_retry_after_is_honoured(workdir, good_programs):
+    def script(body, n):
+        if n == 0:
+            return Reply(status=429, headers={"Retry-After": "0.3"})
+        return Reply(json.dumps(good_programs[narration_id_of(body)]))
+
+    with ScriptedServer(script) as server:
+        # backoff of 30 s: only Retry-After (0.3 s) lets this finish quickly
+        t0 = time.monotonic()
+        s = generate_programs(config(workdir, server, limit=1, backoff=30.0, max_backoff=60.0))
+        elapsed = time.monotonic() - t0
+        assert s.statuses["valid"] == 1 and len(server.requests) == 2
+        assert server.times[1] - server.times[0] >= 0.29 and elapsed < 10
+    assert records(workdir)[0]["provenance"]["attempts"] == 2
+
+
+def test_500_retried_then_fails_after_max_retries(workdir, good_programs):
+    def script(body, n):
+        nid = narration_id_of(body)
+        if nid == "P01_11_0" or n == 0:
+            return Reply(status=500)
+        return Reply(json.dumps(good_programs[nid]))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2, max_retries=2, concurrency=1))
+        assert s.statuses == {"failed": 1, "valid": 1}
+        assert server.calls_for("P01_11_0") == 3 and server.calls_for("P01_11_1") == 2
+    by_id = {r["narration_id"]: r for r in records(workdir)}
+    assert by_id["P01_11_0"]["status"] == "failed" and "500" in by_id["P01_11_0"]["errors"][0]["message"]
+    assert by_id["P01_11_0"]["provenance"]["attempts"] == 3
+    assert len(records(workdir)) == 2
+    # a plain re-run keeps the failed record; --retry-failed redoes it (and only it) once the server is healthy
+    with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
+        s = generate_programs(config(workdir, server))
+        assert s.resumed == 2 and server.calls_for("P01_11_0") == 0 and len(server.requests) == N_SEGMENTS - 2
+        s = generate_programs(config(workdir, server, retry_failed=True))
+        assert s.statuses == {"valid": 1} and server.calls_for("P01_11_0") == 1
+    recs = records(workdir)
+    assert len(recs) == N_SEGMENTS and all(r["status"] == "valid" for r in recs)
+
+
+def test_slow_reply_times_out_and_is_retried(workdir, good_programs):
+    def script(body, n):
+        return Reply(json.dumps(good_programs[narration_id_of(body)]), delay=1.5 if n == 0 else 0.0)
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=1, timeout=0.4))
+        assert s.statuses["valid"] == 1 and len(server.requests) == 2
+    assert records(workdir)[0]["provenance"]["attempts"] == 2
+
+
+def test_json_mode_fallback_when_structured_outputs_refused(workdir, good_programs):
+    def script(body, n):
+        if body["response_format"]["type"] == "json_schema":
+            return Reply(status=400, raw=json.dumps({"error": {"message": "response_format json_schema not supported"}}))
+        return Reply(json.dumps(good_programs[narration_id_of(body)]))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2, concurrency=1))
+        assert s.statuses["valid"] == 2
+        assert [b["response_format"]["type"] for b in server.requests] == ["json_schema", "json_object", "json_object"]
+
+
+def test_max_cost_stops_cleanly(workdir, good_programs):
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    with ScriptedServer(script) as server:
+        # each call costs (1000*1 + 200*2)/1e6 = 0.0014 $
+        s = generate_programs(config(workdir, server, concurrency=1, max_cost=0.003))
+        assert s.stopped and "max-cost" in s.stopped
+        assert len(records(workdir)) == 3 == len(server.requests)
+        s2 = generate_programs(config(workdir, server, concurrency=1))
+        assert s2.resumed == 3 and len(records(workdir)) == N_SEGMENTS
+
+
+def test_missing_key_is_a_leap_error(workdir, monkeypatch):
+    monkeypatch.delenv("LEAP_TEST_KEY")
+    with ScriptedServer(lambda b, n: Reply("{}")) as server, pytest.raises(LeapError, match="LEAP_TEST_KEY"):
+        generate_programs(config(workdir, server))
+
+
+def test_batch_file_and_ingest(workdir, good_programs, tmp_path):
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    batch = tmp_path / "batch.jsonl"
+    assert write_batch_file(cfg, batch) == N_SEGMENTS
+    reqs = read_jsonl(batch)
+    assert {r["custom_id"] for r in reqs} == set(good_programs)
+    assert all(r["url"] == "/v1/chat/completions" and r["body"]["model"] == "gpt-test" for r in reqs)
+    results = []
+    for i, r in enumerate(reqs):
+        nid = r["custom_id"]
+        content = json.dumps(good_programs[nid]) if i % 3 else "not json"
+        resp = {"status_code": 200, "body": completion(content)} if i != 1 else {"status_code": 500, "body": {}}
+        results.append({"id": f"batch_req_{i}", "custom_id": nid, "response": resp, "error": None})
+    out = tmp_path / "results.jsonl"
+    out.write_text("".join(json.dumps(x) + "\n" for x in results))
+    counts = ingest_batch(cfg, out)
+    assert counts == {"valid": 3, "invalid": 2, "failed": 1}
+    recs = records(workdir)
+    assert len(recs) == N_SEGMENTS and all(r["provenance"]["backend"] == "openai-batch" for r in recs)
+    assert ingest_batch(cfg, out) == {"already_present": N_SEGMENTS}

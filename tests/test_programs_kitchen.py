@@ -1,0 +1,69 @@
+"""The offline generator over the synthetic kitchen: valid programs for every labelled segment, and agreement."""
+
+import json
+
+import pytest
+
+from leap_cli.epic.annotations import Annotations
+from leap_cli.io import read_jsonl
+from leap_cli.programs.agreement import aggregate, compare_programs
+from leap_cli.programs.generate import GenerateConfig, generate_programs
+from leap_cli.programs.targets import TargetVocab, encode_program
+from leap_cli.programs.validate import Labels, check_program
+from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+
+
+@pytest.fixture(scope="module")
+def kitchen_workdir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("programs-kitchen")
+    build_kitchen(work / "kitchen", KitchenConfig(videos=4, segments_per_video=12, width=64, height=48))
+    return work
+
+
+def test_offline_programs_valid_over_the_kitchen(kitchen_workdir):
+    ann = Annotations(kitchen_workdir / "kitchen" / "annotations")
+    truth = {t["narration_id"]: t for t in read_jsonl(kitchen_workdir / "kitchen" / "ground-truth" / "segments.jsonl")}
+    pairs = []
+    valid_programs = []
+    for split in ("train", "val"):
+        if not ann.has_split(split) or not ann.segments(split):
+            continue
+        s = generate_programs(GenerateConfig(workdir=kitchen_workdir, split=split))
+        recs = read_jsonl(kitchen_workdir / "programs" / f"{split}.jsonl")
+        assert len(recs) == len(ann.segments(split)) == s.total
+        for r in recs:
+            seg = next(x for x in ann.segments(split) if x.narration_id == r["narration_id"])
+            assert r["status"] == "valid", (r["narration_id"], r["errors"])
+            assert check_program(r["program"], ann.verbs, ann.nouns, Labels(seg.verb_class, seg.noun_class)) == []
+            valid_programs.append(r["program"])
+            pairs.append(compare_programs(r["program"], truth[r["narration_id"]]["program"], ann.verbs, ann.nouns))
+    assert pairs
+    agg = aggregate(pairs)
+    # the action verb is always among the sub-action verbs of a valid offline program
+    assert 0 < agg["verbs"]["recall"] <= 1 and 0 <= agg["exact_sequence"] <= 1
+    # the kitchen's subset class files (non-contiguous EPIC ids) still give targets indexed by EPIC class id
+    vocab = TargetVocab.build(valid_programs, ann.verbs, ann.nouns)
+    assert len(vocab.step_verbs) == max(ann.verbs.ids) + 2
+    for p in valid_programs:
+        enc = encode_program(p, vocab)
+        assert enc["steps"][-1] == vocab.end_triple
+        assert all(vocab.step_verbs[v] in ann.verbs.keys.values() for v, _, _ in enc["steps"][:-1])
+
+
+def test_agreement_counts():
+    from leap_cli.epic.classes import ClassVocab
+    from pathlib import Path
+
+    data = Path(__file__).parent / "data" / "epic"
+    verbs = ClassVocab.from_csv(data / "EPIC_100_verb_classes.csv", "verb")
+    nouns = ClassVocab.from_csv(data / "EPIC_100_noun_classes.csv", "noun")
+
+    def sub(v, a, b=None):
+        return {"type": "sub_action", "verb": v, "object_a": a, "object_b": b, "pre": [], "post": []}
+
+    true = {"steps": [sub("take", "knife"), {"type": "loop", "until": {}, "steps": [sub("cut", "onion", "knife")]}]}
+    pred = {"steps": [sub("grasp", "knife"), sub("slice", "onion", "spoon"), sub("put", "knife")]}
+    c = compare_programs(pred, true, verbs, nouns)
+    assert c["triples"] == (1, 3, 2) and c["verbs"] == (2, 3, 2) and c["objects"] == (3, 4, 3) and not c["exact"]
+    agg = aggregate([c, compare_programs(true, true, verbs, nouns)])
+    assert agg["exact_sequence"] == 0.5 and agg["triples"]["recall"] == pytest.approx(3 / 4)

@@ -1,0 +1,269 @@
+"""Schema, semantic validation, exemplar library, prompts, the offline generator and the CLI of the programs stage."""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from jsonschema import Draft202012Validator
+from typer.testing import CliRunner
+
+from leap_cli.cli import app
+from leap_cli.epic.annotations import Segment, read_segments
+from leap_cli.epic.classes import ClassVocab
+from leap_cli.programs.offline import OfflineError, offline_program
+from leap_cli.programs.prompt import ClipInfo, PromptBuilder, clip_info, load_exemplars, load_system_prompt, \
+    narration_record, select_exemplars
+from leap_cli.programs.schema import load_schema, strict_schema, validate_program
+from leap_cli.programs.validate import Labels, check_program, validate_semantics
+
+DATA = Path(__file__).parent / "data" / "epic"
+
+
+@pytest.fixture(scope="module")
+def verbs():
+    return ClassVocab.from_csv(DATA / "EPIC_100_verb_classes.csv", "verb")
+
+
+@pytest.fixture(scope="module")
+def nouns():
+    return ClassVocab.from_csv(DATA / "EPIC_100_noun_classes.csv", "noun")
+
+
+@pytest.fixture(scope="module")
+def exemplars():
+    return load_exemplars()
+
+
+def C(p, *a, neg=False):
+    return {"predicate": p, "args": list(a), "negated": neg}
+
+
+def S(verb, a, b=None, pre=(), post=(), hand="right"):
+    return {"type": "sub_action", "verb": verb, "object_a": a, "object_b": b, "hand": hand, "pre": list(pre),
+            "post": list(post), "purpose": ""}
+
+
+def prog(steps, pre=(), post=(), verb="wash", noun="plate"):
+    return {"action": {"narration": f"{verb} {noun}", "verb": verb, "noun": noun, "verb_class": None, "noun_class": None},
+            "pre": list(pre), "post": list(post), "steps": steps}
+
+
+def messages(findings):
+    return [(f.pointer, f.message) for f in findings]
+
+
+# ---- exemplar library ----
+
+def test_every_exemplar_is_valid(exemplars, verbs, nouns):
+    assert len(exemplars) >= 30
+    assert len({e.verb_class for e in exemplars}) >= 20
+    strict = Draft202012Validator(strict_schema())
+    kinds = set()
+    for e in exemplars:
+        a = e.program["action"]
+        assert a["verb_class"] == verbs.resolve(a["verb"]) and a["noun_class"] == nouns.resolve(a["noun"]), e.id
+        assert check_program(e.program, verbs, nouns, Labels(a["verb_class"], a["noun_class"])) == [], e.id
+        assert not list(strict.iter_errors(e.program)), e.id
+        kinds |= {s["type"] for s in e.program["steps"]}
+    assert {"loop", "conditional", "routine"} <= kinds
+
+
+# ---- schema ----
+
+def test_strict_variant_follows_structured_outputs_rules():
+    Draft202012Validator.check_schema(load_schema())
+    strict = strict_schema()
+    Draft202012Validator.check_schema(strict)
+    text = json.dumps(strict)
+    for kw in ("prefixItems", "minItems", "maxItems", "pattern", "minLength", '"$schema"'):
+        assert kw not in text
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("type") == "object":
+                assert node["additionalProperties"] is False
+                assert sorted(node["required"]) == sorted(node["properties"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(strict)
+    # the optional fields of a sub-action became nullable
+    assert {"type": "null"} in strict["$defs"]["sub_action"]["properties"]["purpose"]["anyOf"]
+
+
+def test_schema_findings_name_the_place(exemplars):
+    p = copy.deepcopy(next(e.program for e in exemplars if e.id == "wash-plate"))
+    p["steps"][2]["steps"][0]["type"] = "jump"
+    p["pre"][0]["predicate"] = "inside"
+    p["steps"][0]["hand"] = "middle"
+    p["post"][0]["args"] = ["plate", "sink"]
+    got = dict(messages(validate_program(p)))
+    assert "/steps/2/steps/0/type" in got and "jump" in got["/steps/2/steps/0/type"]
+    assert "inside" in got["/pre/0/predicate"]
+    assert "middle" in got["/steps/0/hand"]
+    assert "too long" in got["/post/0/args"]
+    assert validate_program([1])[0].pointer == ""
+
+
+def test_nesting_deeper_than_three_is_refused():
+    inner = S("wash", "plate", post=[C("clean", "plate")])
+    p = prog([{"type": "loop", "until": C("clean", "plate"), "steps": [
+        {"type": "routine", "name": "a", "steps": [{"type": "routine", "name": "b", "steps": [inner]}]}]}])
+    assert validate_program(p)  # depth 4
+    p["steps"][0]["steps"][0]["steps"] = [inner]
+    assert validate_program(p) == []  # depth 3
+
+
+# ---- semantics ----
+
+def test_vocabulary_and_primitives(verbs, nouns):
+    p = prog([S("reach", "plate", post=[C("touching", "right", "plate")]),
+              S("teleport", "plate"), S("wash", "unobtainium"), S("rinse", "chopping board", "kitchen towel")])
+    got = messages(validate_semantics(p, verbs, nouns))
+    assert [ptr for ptr, _ in got] == ["/steps/1/verb", "/steps/2/object_a"]
+
+
+def test_labels_must_match(verbs, nouns):
+    p = prog([S("wash", "plate")], verb="rinse", noun="plate")
+    assert validate_semantics(p, verbs, nouns, Labels(2, 2)) == []
+    got = dict(messages(validate_semantics(p, verbs, nouns, Labels(3, 4))))
+    assert set(got) == {"/action/verb", "/action/noun"}
+    p["action"]["verb_class"] = 7
+    assert "/action/verb_class" in dict(messages(validate_semantics(p, verbs, nouns)))
+
+
+def test_chaining_preconditions(verbs, nouns):
+    take = S("take", "knife", pre=[C("visible", "knife")], post=[C("holding", "right", "knife")])
+    cut = S("cut", "onion", "knife", pre=[C("holding", "right", "knife")], post=[C("cut", "onion")])
+    assert validate_semantics(prog([take, cut], pre=[C("visible", "knife")], post=[C("cut", "onion")]), verbs, nouns) == []
+    got = messages(validate_semantics(prog([cut, take], pre=[C("visible", "knife")]), verbs, nouns))
+    assert got[0][0] == "/steps/0/pre/0" and "does not hold" in got[0][1]
+    # holding(either, x) is satisfied by the right hand; not holding(left, knife) holds when unknown
+    either = S("cut", "onion", "knife", pre=[C("holding", "either", "knife"), C("holding", "left", "knife", neg=True)])
+    assert validate_semantics(prog([take, either], pre=[C("visible", "knife")]), verbs, nouns) == []
+    # the program's post must hold at the end; asserting clean retracts dirty
+    wash = S("wash", "plate", post=[C("clean", "plate")])
+    got = messages(validate_semantics(prog([wash], pre=[C("dirty", "plate")], post=[C("dirty", "plate")]), verbs, nouns))
+    assert got == [("/post/0", "postcondition dirty(plate) does not hold after the last step")]
+
+
+def test_loops_and_conditionals(verbs, nouns):
+    scrub = S("scrub", "plate", post=[C("wet", "plate")])
+    loop = {"type": "loop", "until": C("clean", "plate"), "steps": [scrub]}
+    got = messages(validate_semantics(prog([loop]), verbs, nouns))
+    assert got[0][0] == "/steps/0/until" and "never reached" in got[0][1]
+    # a body that consumes its own precondition cannot repeat
+    use = S("use", "sponge", pre=[C("wet", "sponge")], post=[C("dry", "sponge"), C("clean", "plate")])
+    got = messages(validate_semantics(prog([{"type": "loop", "until": C("clean", "plate"), "steps": [use]}],
+                                           pre=[C("wet", "sponge")]), verbs, nouns))
+    assert got and got[0][0] == "/steps/0/steps/0/pre/0"
+    # both branches are simulated; only facts both establish survive
+    cond = {"type": "conditional", "if": C("closed", "fridge"),
+            "then": [S("open", "fridge", pre=[C("closed", "fridge")], post=[C("open", "fridge"), C("touching", "right", "fridge")])],
+            "else": []}
+    after = S("take", "milk", pre=[C("open", "fridge")], post=[C("holding", "right", "milk")])
+    assert validate_semantics(prog([cond, after]), verbs, nouns) == []  # else: not closed == open
+    after_touch = S("take", "milk", pre=[C("touching", "right", "fridge")])
+    assert messages(validate_semantics(prog([cond, after_touch]), verbs, nouns))[0][0] == "/steps/1/pre/0"
+    # empty loop / routine / too long
+    empty = prog([{"type": "routine", "name": "x", "steps": []}, {"type": "loop", "until": C("clean", "plate"), "steps": []}])
+    assert {p for p, _ in messages(validate_semantics(empty, verbs, nouns))} >= {"/steps/0/steps", "/steps/1/steps"}
+    long = prog([S("wash", "plate")] * 5)
+    assert messages(validate_semantics(long, verbs, nouns, max_sub_actions=4))[-1][0] == "/steps"
+
+
+# ---- prompts ----
+
+def test_prompt_has_instructions_vocabulary_exemplars_and_clip(exemplars, verbs, nouns):
+    info = ClipInfo("P01_01_7", "Narration: rinse bowl. Sound: running water.", "rinse bowl", "rinse", "bowl", 2, 7)
+    chosen = select_exemplars(info, exemplars, 3)
+    # the same verb class ranks first, then the same noun class (bowl)
+    assert len(chosen) == 3 and [e.id for e in chosen[:2]] == ["wash-plate", "empty-bowl"]
+    msgs = PromptBuilder(verbs, nouns, exemplars, load_system_prompt(), k=2).messages(info)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert "holding(hand, object)" in msgs[0]["content"] and "board:chopping" in msgs[0]["content"]
+    assert "Sound: running water" in msgs[-1]["content"] and "verb_class 2" in msgs[-1]["content"]
+    assert json.loads(msgs[2]["content"])["action"]["verb_class"] == 2
+
+
+def test_detected_objects_reach_the_clip(exemplars):
+    rec = {"narration_id": "x", "video_id": "P01_01", "start": 0, "stop": 1, "text": "A hand near a bowl.",
+           "components": {"objects": {"status": "ok", "source": "dets", "text": "",
+                                      "data": {"objects": [{"label": "bowl", "score": 0.9}, {"label": "spoon"}]}}}}
+    info = clip_info(rec)
+    assert info.objects == ["bowl", "spoon"] and info.verb is None
+
+
+# ---- offline generator ----
+
+def test_offline_valid_on_annotation_excerpt(exemplars, verbs, nouns):
+    segs = read_segments(DATA / "EPIC_100_validation_excerpt.csv")
+    for seg in segs:
+        p = offline_program(clip_info(narration_record(seg), seg), exemplars, verbs, nouns)
+        assert check_program(p, verbs, nouns, Labels(seg.verb_class, seg.noun_class)) == [], seg.narration_id
+
+
+def test_offline_renaming_and_templates(exemplars, verbs, nouns):
+    def run(narration, verb, noun, all_nouns, objects=()):
+        seg = Segment("s", "P01", "P01_01", 0, 1, 1, 2, 0, narration, verb, verbs.resolve(verb), noun,
+                      nouns.resolve(noun), tuple(all_nouns), tuple(nouns.resolve(n) for n in all_nouns))
+        info = clip_info(narration_record(seg), seg)
+        info.objects = list(objects)
+        p = offline_program(info, exemplars, verbs, nouns)
+        assert check_program(p, verbs, nouns, Labels(seg.verb_class, seg.noun_class)) == [], narration
+        return p
+
+    p = run("wash sponge", "wash", "sponge", ["sponge"])  # the plate exemplar uses a sponge: names are swapped
+    objs = {s["object_a"] for s in p["steps"] if s["type"] == "sub_action"}
+    assert "sponge" in objs
+    p = run("pour oil into pan", "pour", "oil", ["oil", "pan"])
+    assert any(s.get("object_b") == "pan" for s in p["steps"] if s["type"] == "sub_action")
+    p = run("sharpen knife", "sharpen", "knife", ["knife"], objects=["whetstone"])  # no exemplar for sharpen
+    assert p["steps"][0]["verb"] == "sharpen" and p["steps"][0]["object_b"] == "whetstone"
+    with pytest.raises(OfflineError):
+        offline_program(ClipInfo("t", ""), exemplars, verbs, nouns)
+
+
+# ---- CLI ----
+
+@pytest.fixture()
+def kitchen(tmp_path):
+    ann = tmp_path / "kitchen" / "annotations"
+    ann.mkdir(parents=True)
+    for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
+        shutil.copy(DATA / name, ann / name)
+    lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
+    (ann / "EPIC_100_validation.csv").write_text("\n".join(lines[:31]) + "\n")
+    return tmp_path
+
+
+def test_cli_generate_validate_and_strict(kitchen):
+    runner = CliRunner()
+    r = runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "validation", "--dry-run"])
+    assert r.exit_code == 0 and "===== system =====" in r.output and "Clip P01_11_0:" in r.output
+    assert not (kitchen / "programs" / "val.jsonl").exists()
+    r = runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"])
+    assert r.exit_code == 0, r.output
+    assert "narration-only" in r.output
+    out = kitchen / "programs" / "val.jsonl"
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(recs) == 30 and all(x["status"] == "valid" and x["provenance"]["backend"] == "offline" for x in recs)
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(out)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
+    assert rep["statuses"] == {"valid": 30, "invalid": 0, "failed": 0} and rep["coverage"]["fraction"] == 1.0
+    assert sum(rep["histograms"]["steps"].values()) == 30 and rep["histograms"]["verbs"]
+    # break one record: the report flags it and --strict exits 1
+    recs[0]["program"]["steps"][0]["verb"] = "teleport"
+    recs.append(dict(recs[1]))
+    out.write_text("".join(json.dumps(x) + "\n" for x in recs))
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(out)])
+    assert r.exit_code == 1
+    rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
+    assert rep["statuses"]["invalid"] == 1 and rep["duplicates"] == 1 and rep["status_changed_on_revalidation"] == 1
+    assert rep["errors"][0]["errors"][0]["pointer"] == "/steps/0/verb"

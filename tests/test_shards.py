@@ -1,0 +1,421 @@
+"""leap build-shards and the shards reader, on a tiny EPIC-layout root with rgb_frames folders."""
+
+import hashlib
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from leap_cli.common import ShardSpec
+from leap_cli.epic.classes import ClassVocab
+from leap_cli.epic.timing import format_timestamp, time_to_frame
+from leap_cli.errors import LeapError
+from leap_cli.programs.targets import TargetVocab, encode_program
+from leap_cli.shards.dataset import ShardDataset, collate_clips
+from leap_cli.shards.format import iter_tar_samples, load_manifest
+from leap_cli.shards.transforms import CLIP_MEAN, CLIP_STD, decode_jpegs
+from leap_cli.shards.writer import ShardSettings, build_split
+
+EPIC = Path(__file__).parent / "data" / "epic100"
+FPS = 10.0
+W, H = 48, 32
+COLUMNS = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,"
+           "stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes")
+# (video, start s, stop s, verb, verb_class, noun, noun_class)
+TRAIN = [("P01_01", 0.3, 1.5, "take", 0, "plate", 2), ("P01_01", 1.6, 2.9, "wash", 2, "plate", 2),
+         ("P01_01", 3.0, 4.4, "put", 1, "plate", 2), ("P01_01", 4.5, 5.8, "open", 3, "tap", 0),
+         ("P01_02", 0.5, 2.0, "take", 0, "cup", 13), ("P01_02", 2.2, 3.5, "put", 1, "cup", 13),
+         ("P01_02", 3.8, 5.5, "wash", 2, "cup", 13)]
+VAL = [("P01_03", 1.0, 2.5, "take", 0, "plate", 2), ("P01_03", 2.6, 4.0, "put", 1, "plate", 2)]
+FRAMES_PER_VIDEO = 60
+
+
+def colour(video: str, n: int) -> tuple[int, int, int]:
+    """The flat RGB colour of frame n of a video (frames are flat so JPEG keeps them almost exactly)."""
+    v = int(video[-1])
+    return ((n * 4) % 256, (60 * v) % 256, 255 - (n * 4) % 256)
+
+
+def cond(p, *args, neg=False):
+    return {"predicate": p, "args": list(args), "negated": neg}
+
+
+def sub(verb, a, b=None):
+    return {"type": "sub_action", "verb": verb, "object_a": a, "object_b": b, "hand": "right", "pre": [], "post": [],
+            "purpose": ""}
+
+
+PROGRAM = {
+    "action": {"narration": "wash plate", "verb": "wash", "noun": "plate", "verb_class": 2, "noun_class": 2},
+    "pre": [cond("in", "plate", "sink"), cond("dirty", "plate")],
+    "post": [cond("clean", "plate")],
+    "steps": [
+        sub("pick-up", "plate"),
+        {"type": "loop", "until": cond("clean", "plate"), "steps": [sub("scrub", "plate", "sponge")]},
+        {"type": "conditional", "if": cond("closed", "tap"), "then": [sub("switch-on", "tap")],
+         "else": [sub("wait", "tap")]},
+        {"type": "routine", "name": "rinse", "steps": [sub("rinse", "plate", "water")]},
+        sub("put", "plate", "rack:drying"),
+    ],
+}
+
+
+def _rows(segs, first_index=0):
+    out = []
+    counters: Counter = Counter()
+    for vid, start, stop, verb, vc, noun, nc in segs:
+        i = counters[vid]
+        counters[vid] += 1
+        out.append(f"{vid}_{i},{vid[:3]},{vid},{format_timestamp(start)},{format_timestamp(start)},"
+                   f"{format_timestamp(stop)},{time_to_frame(start, FPS)},{time_to_frame(stop, FPS)},{verb} {noun},"
+                   f"{verb},{vc},{noun},{nc},['{noun}'],[{nc}]")
+    return out
+
+
+def make_root(root: Path, train=TRAIN, val=VAL) -> Path:
+    ann = root / "annotations"
+    ann.mkdir(parents=True)
+    for f in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
+        shutil.copy(EPIC / f, ann / f)
+    (ann / "EPIC_100_train.csv").write_text("\n".join([COLUMNS] + _rows(train)) + "\n")
+    (ann / "EPIC_100_validation.csv").write_text("\n".join([COLUMNS] + _rows(val)) + "\n")
+    videos = sorted({s[0] for s in train + val})
+    (ann / "EPIC_100_video_info.csv").write_text(
+        "video_id,duration,fps,resolution\n" + "".join(f"{v},{FRAMES_PER_VIDEO / FPS},{FPS},{W}x{H}\n" for v in videos))
+    for v in videos:
+        d = root / v[:3] / "rgb_frames" / v
+        d.mkdir(parents=True)
+        for n in range(1, FRAMES_PER_VIDEO + 1):
+            img = np.zeros((H, W, 3), np.uint8)
+            img[:] = colour(v, n)
+            cv2.imwrite(str(d / f"frame_{n:010d}.jpg"), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
+    return root
+
+
+def write_programs(path: Path, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def program_records():
+    return [{"narration_id": "P01_01_1", "status": "valid", "program": PROGRAM, "errors": []},
+            {"narration_id": "P01_02_2", "status": "valid", "program": PROGRAM, "errors": []},
+            {"narration_id": "P01_01_0", "status": "invalid", "program": PROGRAM, "errors": [{"pointer": "/", "message": "x"}]},
+            {"narration_id": "P01_01_2", "status": "failed", "program": None, "errors": []}]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return make_root(tmp_path_factory.mktemp("kitchen"))
+
+
+def settings(**kw) -> ShardSettings:
+    base = dict(split="train", frames=4, short_side=32, max_count=3)
+    base.update(kw)
+    return ShardSettings(**base)
+
+
+def build(root: Path, work: Path, *, programs=True, **kw):
+    if programs:
+        write_programs(work / "programs" / "train.jsonl", program_records())
+    extra = {k: kw.pop(k) for k in ("workers", "overwrite", "progress", "shard") if k in kw}
+    return build_split(root, kw.pop("split", "train"), workdir=work, settings=settings(**kw), **extra)
+
+
+@pytest.fixture(scope="module")
+def built(root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("work")
+    return build(root, work), work
+
+
+def tar_digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
+
+
+# ---- writer ------------------------------------------------------------------------------------------------
+
+def test_round_trip_frames_labels_targets(built, root):
+    result, work = built
+    out = work / "shards" / "train"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"]["samples"] == 7 and m["counts"]["shards"] == 3  # max_count 3 -> 3 + 3 + 1
+    assert [s["name"] for s in m["shards"]] == [f"leap-train-{i:06d}.tar" for i in range(3)]
+    for s in m["shards"]:  # sha256 per shard as listed
+        assert hashlib.sha256((out / s["name"]).read_bytes()).hexdigest() == s["sha256"]
+    assert m["histograms"]["verb_class"] == {"0": 2, "1": 2, "2": 2, "3": 1}
+    assert m["counts"]["with_program"] == 2
+    csv_rows = {r.split(",")[0]: r.split(",") for r in (root / "annotations" / "EPIC_100_train.csv").read_text().split("\n")[1:] if r}
+    seen = set()
+    for shard in m["shards"]:
+        for key, fields in iter_tar_samples(out / shard["name"]):
+            seen.add(key)
+            meta = json.loads(fields["json"])
+            row = csv_rows[key]
+            assert (meta["verb_class"], meta["noun_class"], meta["video"], meta["fps"]) == (int(row[10]), int(row[12]), row[2], FPS)
+            names = sorted(f for f in fields if f.endswith(".jpg"))
+            assert names == [f"f{i:03d}.jpg" for i in range(4)]
+            frames = decode_jpegs([fields[n] for n in names])
+            assert frames.shape == (4, 32, 48, 3)
+            for fr, idx in zip(frames, meta["frame_indices"]):
+                assert np.abs(fr.astype(int) - np.array(colour(meta["video"], idx))).max() <= 3
+            assert meta["frame_indices"][0] >= int(row[6]) and meta["frame_indices"][-1] <= int(row[7])
+    assert seen == set(csv_rows)
+    # the reader gives the same labels, targets and (de-normalised) pixels back
+    vocab = TargetVocab.from_manifest(m["targets"], ClassVocab.from_csv(EPIC / "EPIC_100_verb_classes.csv", "verb"),
+                                      ClassVocab.from_csv(EPIC / "EPIC_100_noun_classes.csv", "noun"))
+    expected = encode_program(PROGRAM, vocab)
+    ds = ShardDataset(out, train=False, num_frames=4, img_size=32)
+    batches = list(DataLoader(ds, batch_size=3, collate_fn=collate_clips))
+    assert sum(len(b["narration_id"]) for b in batches) == 7
+    P = len(m["targets"]["conditions"])
+    for b in batches:
+        assert b["video"].shape[1:] == (3, 4, 32, 32)
+        for i, key in enumerate(b["narration_id"]):
+            assert b["verb_class"][i].item() == int(csv_rows[key][10])
+            has = key in ("P01_01_1", "P01_02_2")
+            assert b["has_program"][i].item() == has
+            steps = b["program_steps"][i]
+            if has:
+                n = len(expected["steps"])
+                assert steps[:n].tolist() == expected["steps"] and (steps[n:] == -100).all()
+                assert sorted(torch.nonzero(b["conditions"][i][:P]).flatten().tolist()) == sorted(expected["pre"])
+                assert sorted(torch.nonzero(b["conditions"][i][P:]).flatten().tolist()) == sorted(expected["post"])
+            else:
+                assert (steps == -100).all() and b["conditions"][i].sum() == 0
+        rgb = b["video"] * torch.tensor(CLIP_STD).view(1, 3, 1, 1, 1) + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1, 1)
+        assert rgb.min() > -0.02 and rgb.max() < 1.02
+
+
+def test_program_targets_follow_the_flatten_rule(built):
+    """Loops once, conditional's then-branch, routines inlined, END last; ids are EPIC class ids."""
+    _, work = built
+    out = work / "shards" / "train"
+    m = json.loads((out / "manifest.json").read_text())
+    metas = {k: json.loads(f["json"]) for s in m["shards"] for k, f in iter_tar_samples(out / s["name"])}
+    t = m["targets"]
+    verbs, nouns = ClassVocab.from_csv(EPIC / "EPIC_100_verb_classes.csv", "verb"), ClassVocab.from_csv(EPIC / "EPIC_100_noun_classes.csv", "noun")
+    v = verbs.resolve
+    o = nouns.resolve
+    none, end_v, end_o = t["objects"].index("none"), len(t["step_verbs"]) - 1, len(t["objects"]) - 1
+    want = [[v("take"), o("plate"), none], [v("scrub"), o("plate"), o("sponge")], [v("turn-on"), o("tap"), none],
+            [v("wash"), o("plate"), o("water")], [v("put"), o("plate"), o("rack:drying")], [end_v, end_o, end_o]]
+    assert metas["P01_01_1"]["targets"]["steps"] == want
+    pre = [t["conditions"][i] for i in metas["P01_01_1"]["targets"]["pre"]]
+    assert sorted(pre) == ["dirty(plate)", "in(plate,sink)"]
+    assert metas["P01_01_0"]["has_program"] is False and metas["P01_01_0"]["targets"] is None  # invalid program
+
+
+def test_same_bytes_with_one_and_two_workers(root, tmp_path):
+    a = build(root, tmp_path / "a", workers=1)
+    b = build(root, tmp_path / "b", workers=2)
+    assert tar_digests(a.out) == tar_digests(b.out) and len(tar_digests(a.out)) == 3
+    assert (a.out / "manifest.json").read_bytes() == (b.out / "manifest.json").read_bytes()
+
+
+def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
+    ref = build(root, tmp_path / "ref")
+
+    def interrupt(done, total):
+        if done >= 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build(root, tmp_path / "run", progress=interrupt)
+    out = tmp_path / "run" / "shards" / "train"
+    assert [p.name for p in sorted(out.glob("*.tar"))] == ["leap-train-000000.tar"]  # shard 1 was unfinished
+    assert not list(out.glob(".*partial"))
+    first = (out / "leap-train-000000.tar").stat().st_mtime_ns
+    again = build(root, tmp_path / "run")
+    assert again.resumed_shards == 1 and again.written_now == 4
+    assert (out / "leap-train-000000.tar").stat().st_mtime_ns == first
+    assert tar_digests(out) == tar_digests(ref.out)
+    assert (out / "manifest.json").read_bytes() == (ref.out / "manifest.json").read_bytes()
+    damaged = out / "leap-train-000001.tar"  # a complete shard cut short later: it and the ones after it are redone
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    again = build(root, tmp_path / "run")
+    assert again.resumed_shards == 1 and tar_digests(out) == tar_digests(ref.out)
+    with pytest.raises(LeapError, match="other inputs or settings"):
+        build(root, tmp_path / "run", frames=2)
+    assert build(root, tmp_path / "run", frames=2, overwrite=True).manifest["settings"]["frames"] == 2
+
+
+def test_shard_parts_merge(root, tmp_path):
+    for i in range(2):
+        build(root, tmp_path, shard=ShardSpec(i, 2))
+    out = tmp_path / "shards" / "train"
+    assert not (out / "manifest.json").exists()
+    m, _ = load_manifest(out)
+    assert m["counts"]["samples"] == 7 and len(m["parts"]) == 2
+    ds = ShardDataset(out, train=False, num_frames=2, img_size=16)
+    assert sorted(s["narration_id"] for s in ds) == sorted(f"P01_01_{i}" for i in range(4)) + [f"P01_02_{i}" for i in range(3)]
+
+
+def test_anticipation_window_ends_tau_a_before_the_action(root, tmp_path):
+    r = build(root, tmp_path, task="anticipation", tau_a=1.0, tau_o=1.0, context=2)
+    assert r.out == tmp_path / "shards" / "train-anticipation"
+    m = r.manifest
+    skipped = {x["narration_id"]: x["reason"] for x in m["skipped"]}
+    assert set(skipped) == {"P01_01_0", "P01_02_0"} and "tau_a" in skipped["P01_01_0"]  # start 0.3 s, 0.5 s < tau_a
+    starts = {f"{v}_{i}": s for v in ("P01_01", "P01_02") for i, s in enumerate(x[1] for x in TRAIN if x[0] == v)}
+    for shard in m["shards"]:
+        for key, fields in iter_tar_samples(r.out / shard["name"]):
+            meta = json.loads(fields["json"])
+            end = starts[key] - 1.0
+            assert meta["observed"]["stop"] == pytest.approx(end)
+            read = meta["frame_indices"] + [i for c in meta["context"] for i in c["frame_indices"]]
+            assert max((i - 1) / FPS for i in read) <= end + 1e-9  # no frame after the observed window
+            assert max(meta["frame_indices"]) <= time_to_frame(end, FPS)
+            assert len(meta["context"]) == 2
+            for c, ctx in enumerate(meta["context"]):
+                assert (f"c{c}.f000.jpg" in fields) == ctx["present"]
+    assert json.loads(next(iter_tar_samples(r.out / m["shards"][0]["name"]))[1]["json"])["context"][1]["key"] == "P01_01_0"
+    ds = ShardDataset(r.out, train=True, num_frames=2, img_size=16, shuffle_buffer=1)
+    b = collate_clips(list(ds))
+    assert b["context_video"].shape == (5, 2, 3, 2, 16, 16)
+    i = b["narration_id"].index("P01_01_1")  # only P01_01_0 before it: context 0 absent, 1 present
+    assert b["context_mask"][i].tolist() == [False, True] and b["context_video"][i, 0].abs().sum() == 0
+
+
+# ---- bad input -----------------------------------------------------------------------------------------------
+
+def test_unreadable_frames_are_skipped_and_listed(tmp_path):
+    extra = [("P01_02", 5.6, 7.5, "take", 0, "cup", 13), ("P01_04", 1.0, 2.0, "take", 0, "cup", 13)]
+    root = make_root(tmp_path / "k", train=TRAIN + extra)
+    (root / "P01" / "rgb_frames" / "P01_02" / f"frame_{28:010d}.jpg").write_bytes(b"not a jpeg")  # inside P01_02_1
+    shutil.rmtree(root / "P01" / "rgb_frames" / "P01_04")  # a video that is not there at all
+    r = build(root, tmp_path / "w")
+    skipped = {x["narration_id"]: x["reason"] for x in r.manifest["skipped"]}
+    assert set(skipped) == {"P01_02_1", "P01_02_3", "P01_04_0"}
+    assert "unreadable" in skipped["P01_02_1"] and "frame_0000000028.jpg" in skipped["P01_02_1"]
+    assert "60 frames" in skipped["P01_02_3"]  # the segment runs past the end of the video
+    assert "cannot be opened" in skipped["P01_04_0"]
+    assert r.manifest["counts"]["samples"] == 6 and r.manifest["counts"]["skipped"] == 3
+
+
+def test_program_file_of_another_split_is_reported(root, tmp_path):
+    write_programs(tmp_path / "programs" / "train.jsonl",
+                   [{"narration_id": "P01_03_0", "status": "valid", "program": PROGRAM, "errors": []}])
+    with pytest.raises(LeapError, match="none of the 1 narration ids"):
+        build(root, tmp_path, programs=False)
+    write_programs(tmp_path / "programs" / "train.jsonl", program_records()
+                   + [{"narration_id": "P09_99_1", "status": "valid", "program": PROGRAM, "errors": []}])
+    r = build(root, tmp_path, programs=False)
+    assert r.manifest["programs"]["unknown_ids"] == 1 and r.manifest["programs"]["unknown_examples"] == ["P09_99_1"]
+    assert any("P09_99_1" in n for n in r.notes)
+
+
+def test_missing_program_file_means_no_programs(root, tmp_path):
+    r = build(root, tmp_path, programs=False)
+    assert r.manifest["counts"]["with_program"] == 0 and r.manifest["targets"] is None
+    assert any("no program file" in n for n in r.notes)
+
+
+def test_val_reuses_the_train_vocabulary(built, root):
+    _, work = built
+    r = build_split(root, "val", workdir=work, settings=settings(split="val"))
+    train_m = json.loads((work / "shards" / "train" / "manifest.json").read_text())
+    assert r.manifest["targets"] == train_m["targets"]
+
+
+def test_keys_with_dots_are_refused(tmp_path):
+    root = make_root(tmp_path / "k", train=TRAIN[:2])
+    csv = root / "annotations" / "EPIC_100_train.csv"
+    csv.write_text(csv.read_text().replace("P01_01_1,", "P01_01.1,"))
+    with pytest.raises(LeapError, match="dot"):
+        build(root, tmp_path / "w")
+
+
+def test_truncated_or_corrupt_shard(built, tmp_path):
+    _, work = built
+    out = tmp_path / "copy"
+    shutil.copytree(work / "shards" / "train", out)
+    m = json.loads((out / "manifest.json").read_text())
+    last = out / m["shards"][1]["name"]
+    last.write_bytes(last.read_bytes()[: m["shards"][1]["offsets"][2] + 700])  # cut inside its third sample
+    key = m["shards"][1]["keys"][2]
+    with pytest.raises(LeapError, match=f"leap-train-000001.tar.*sample {key}"):
+        list(ShardDataset(out, train=False, num_frames=2, img_size=16))
+    ds = ShardDataset(out, train=False, num_frames=2, img_size=16, on_error="skip")
+    got = [s["narration_id"] for s in ds]
+    assert len(got) == 6 and key not in got and ds.stats["errors"] == 1
+    # a damaged JPEG inside an intact tar: named too
+    first = out / m["shards"][0]["name"]
+    data = bytearray(first.read_bytes())
+    k0 = m["shards"][0]["keys"][0]
+    pos = data.index(f"{k0}.f001.jpg".encode()) + 512
+    data[pos:pos + 200] = b"\x00" * 200
+    first.write_bytes(bytes(data))
+    with pytest.raises(LeapError, match=f"sample {k0}"):
+        list(ShardDataset(out, train=False, num_frames=2, img_size=16))
+
+
+# ---- reader ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_two_ranks_two_workers_see_each_sample_once_per_epoch(built, pad):
+    _, work = built
+    out = work / "shards" / "train"
+    for epoch in (0, 1):
+        seen, per_rank, padded = [], [], 0
+        for rank in range(2):
+            ds = ShardDataset(out, train=True, num_frames=2, img_size=16, shuffle_buffer=3, rank=rank, world_size=2,
+                              pad=pad, epoch=epoch, seed=5, block=2)
+            ids = []
+            for b in DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_clips):
+                ids += [k for k, p in zip(b["narration_id"], b["padding"].tolist()) if not p]
+                padded += int(b["padding"].sum())
+                per_rank.append(len(b["narration_id"]))
+            assert len(ds) == (4 if pad else (3, 4)[rank])
+            seen += ids
+        assert sorted(seen) == sorted(f"P01_01_{i}" for i in range(4)) + [f"P01_02_{i}" for i in range(3)]
+        assert padded == (1 if pad else 0)
+
+
+def test_training_order_changes_with_epoch_and_eval_views(built):
+    _, work = built
+    out = work / "shards" / "train"
+    orders = []
+    for epoch in (0, 1, 2):
+        ds = ShardDataset(out, train=True, num_frames=2, img_size=16, shuffle_buffer=4, epoch=epoch, color_jitter=0.4)
+        orders.append([s["narration_id"] for s in ds])
+    assert all(sorted(o) == sorted(orders[0]) for o in orders) and len({tuple(o) for o in orders}) > 1
+    ev = ShardDataset(out, train=False, num_frames=2, img_size=16, temporal_views=2, spatial_views=3)
+    b = collate_clips(list(ev)[:2])
+    assert b["video"].shape == (2, 6, 3, 2, 16, 16)
+    assert torch.equal(b["video"][:, 0], b["video"][:, 2])  # flat frames: left and right crops agree
+    assert not torch.equal(b["video"][:, 0], b["video"][:, 3])  # the two temporal views take other frames
+
+
+def test_persistent_workers_still_change_the_order_each_epoch(built):
+    _, work = built
+    ds = ShardDataset(work / "shards" / "train", train=True, num_frames=2, img_size=16, shuffle_buffer=2, seed=5)
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_clips, persistent_workers=True)
+    epochs = [[k for b in loader for k in b["narration_id"]] for _ in range(3)]
+    assert all(sorted(e) == sorted(epochs[0]) and len(e) == 7 for e in epochs)
+    assert len({tuple(e) for e in epochs}) > 1
+
+
+def test_cli_build_shards_and_size_rolling(root, tmp_path):
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+    from leap_cli.commands.shards import parse_size
+
+    assert parse_size("1GB") == 1 << 30 and parse_size("64k") == 65536 and parse_size("500") == 500
+    with pytest.raises(LeapError):
+        parse_size("lots")
+    write_programs(tmp_path / "programs" / "train.jsonl", program_records())
+    res = CliRunner().invoke(app, ["build-shards", "--data", str(root), "--split", "train", "--workdir", str(tmp_path),
+                                   "--frames", "2", "--short-side", "32", "--max-shard-size", "12k"])
+    assert res.exit_code == 0, res.output
+    assert "recognition shards of train" in res.output and "3 conditions" in res.output
+    m = json.loads((tmp_path / "shards" / "train" / "manifest.json").read_text())
+    assert [s["count"] for s in m["shards"]] == [2, 2, 2, 1]  # 4 kB samples, 12 kB shards
+    assert all(s["bytes"] <= 12 * 1024 for s in m["shards"])

@@ -1,0 +1,339 @@
+"""leap train: config errors, optimizer groups and schedule, checkpoint round trip, exact resume, DDP gradients."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+from leap_cli.errors import LeapError
+from leap_cli.train import distributed
+from leap_cli.train.checkpoint import load_checkpoint, load_model
+from leap_cli.train.config import Config, load_config
+from leap_cli.train.loop import forward_loss, main, model_args_for, prepare_model, seed_everything, wrap_model
+from leap_cli.train.optim import CosineWithWarmup, build_optimizer
+
+torch.set_num_threads(1)
+
+V, N, L, P = 5, 7, 4, 3          # verbs, nouns, program steps, conditions
+TARGETS = {"max_steps": L, "step_verbs": [f"v{i}" for i in range(V)], "objects": [f"o{i}" for i in range(N + 1)],
+           "conditions": [f"c{i}" for i in range(P)]}
+
+
+def make_batch(g: torch.Generator, batch: int, frames: int = 4, size: int = 32) -> dict:
+    """A batch in the shards reader's collated format (COMMON.md), with a learnable verb/noun signal."""
+    verb = torch.randint(0, V, (batch,), generator=g)
+    noun = torch.randint(0, N, (batch,), generator=g)
+    video = torch.randn(batch, 3, frames, size, size, generator=g) * 0.5
+    video[:, 0] += verb[:, None, None, None].float() * 0.3
+    steps = torch.full((batch, L, 3), -100, dtype=torch.long)
+    steps[:, 0] = torch.stack([verb, noun, torch.full_like(noun, N)], 1)
+    steps[:, 1] = torch.tensor([V - 1, N, N])  # END triple
+    return {"video": video, "verb_class": verb, "noun_class": noun,
+            "has_program": torch.ones(batch, dtype=torch.bool), "program_steps": steps,
+            "conditions": (torch.rand(batch, 2 * P, generator=g) > 0.5).float(),
+            "narration_id": [f"P01_01_{i}" for i in range(batch)]}
+
+
+class MemorySource:
+    """A DataSource of fixed synthetic batches: the same epoch gives the same batches (like shuffled shards)."""
+
+    num_verbs, num_nouns, program_targets = V, N, TARGETS
+
+    def __init__(self, batches_per_epoch: int = 4, batch: int = 2, val: bool = True):
+        self.batches_per_epoch, self.batch, self.val = batches_per_epoch, batch, val
+
+    def train_batches(self, epoch: int):
+        g = torch.Generator().manual_seed(1000 + epoch)
+        for _ in range(self.batches_per_epoch):
+            yield make_batch(g, self.batch)
+
+    def val_batches(self):
+        if not self.val:
+            return None
+        g = torch.Generator().manual_seed(7)
+        return [make_batch(g, 3) for _ in range(2)]
+
+
+def tiny_config(*extra: str) -> Config:
+    sets = ["model.img_size=32", "model.num_frames=4", "data.batch_size=2", "train.log_every=1",
+            "optim.lr=1e-3", "optim.warmup_steps=2", "optim.grad_clip=1.0", "optim.layer_decay=0.8",
+            "loss.label_smoothing=0.1", *extra]
+    return load_config(None, sets)
+
+
+# ---------------------------------------------------------------------------------------------- config
+def test_unknown_config_key_names_key_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  lr: 1.0e-3\n  learning_rate: 3\n")
+    with pytest.raises(LeapError) as e:
+        load_config(path)
+    assert "optim.learning_rate" in str(e.value) and str(path) in str(e.value)
+    path.write_text("optimizer:\n  lr: 1\n")
+    with pytest.raises(LeapError, match="unknown config section 'optimizer'"):
+        load_config(path)
+    with pytest.raises(LeapError, match="train.epoch"):
+        load_config(None, ["train.epoch=3"])
+    with pytest.raises(LeapError, match="wrong type"):
+        load_config(None, ["optim.lr=fast"])
+
+
+def test_overrides_and_repo_configs_load() -> None:
+    cfg = load_config(None, ["optim.lr=3e-4", "loss.program_loss=false", "optim.betas=[0.9, 0.95]"])
+    assert cfg.optim.lr == pytest.approx(3e-4) and cfg.loss.program_loss is False and cfg.optim.betas == (0.9, 0.95)
+    configs = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+    assert configs, "configs/*.yaml missing"
+    for path in configs:
+        load_config(path)  # every shipped config is valid
+
+
+# ---------------------------------------------------------------------------------------------- optimizer
+def test_param_groups_layer_decay_and_no_decay() -> None:
+    cfg = tiny_config()
+    model = __import__("leap_cli.model", fromlist=["build_model"]).build_model(model_args_for(cfg, MemorySource()))
+    opt = build_optimizer(model, cfg.optim)
+    by_name = {n: g for g in opt.param_groups for n in g["names"]}
+    assert len(by_name) == sum(1 for _ in model.parameters())
+    blocks = 3  # uniformerv2_tiny
+    assert by_name["verb_head.weight"]["lr_scale"] == pytest.approx(1.0)
+    assert by_name["backbone.conv1.weight"]["lr_scale"] == pytest.approx(0.8 ** (blocks + 1))
+    name = "backbone.transformer.resblocks.1.attn.in_proj_weight"
+    if name in by_name:
+        assert by_name[name]["lr_scale"] == pytest.approx(0.8 ** 2)
+    for n, g in by_name.items():
+        no_decay = n.endswith("bias") or "ln_" in n or "embedding" in n or "token" in n
+        if no_decay:
+            assert g["weight_decay"] == 0.0, n
+    assert by_name["verb_head.weight"]["weight_decay"] > 0
+
+
+def test_cosine_schedule_with_warmup() -> None:
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = CosineWithWarmup(opt, peak_lr=1.0, total=10, warmup=2, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        sched.step()
+    assert lrs[0] < lrs[1] < lrs[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_weights_only(tmp_path: Path) -> None:
+    cfg = tiny_config("train.max_steps=2")
+    result = main(cfg, workdir=tmp_path, name="rt", source=MemorySource())
+    run = tmp_path / "runs" / "rt"
+    assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
+    raw = torch.load(run / "checkpoints" / "last.pt", weights_only=True)  # only tensors and primitives
+    assert raw["step"] == 2 and raw["config"]["optim"]["lr"] == pytest.approx(1e-3)
+    assert set(raw) >= {"model", "model_args", "optimizer", "scheduler", "scaler", "epoch", "best_metric", "rng",
+                        "data_position"}
+    model, ckpt = load_model(run, which="last")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, raw["model"][k]), k
+    assert ckpt["model_args"] == result.model_args
+    best, _ = load_model(run / "checkpoints" / "best.pt")
+    assert not best.training
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(LeapError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_resume_is_exact(tmp_path: Path) -> None:
+    """6 steps in one run == 3 steps, stop, resume 3 (crossing an epoch boundary with validation)."""
+    cfg = tiny_config("train.max_steps=6", "optim.accum_steps=2", "train.checkpoint_every=2",
+                      "model.options={decoder_dropout: 0.3, drop_path_rate: 0.2}")
+    source = MemorySource(batches_per_epoch=8)  # 4 optimizer steps per epoch
+    main(cfg, workdir=tmp_path, name="full", source=source)
+    part = main(cfg, workdir=tmp_path, name="split", source=source, stop_at_step=3)
+    assert part.steps == 3
+    mid = torch.load(tmp_path / "runs/split/checkpoints/last.pt", weights_only=True)
+    assert mid["data_position"] == {"epoch": 0, "batches": 6}
+    with pytest.raises(LeapError, match="--resume"):
+        main(cfg, workdir=tmp_path, name="split", source=source)
+    resumed = main(cfg, workdir=tmp_path, name="split", source=source, resume=True)
+    assert resumed.steps == 6
+    a = torch.load(tmp_path / "runs/full/checkpoints/last.pt", weights_only=True)
+    b = torch.load(tmp_path / "runs/split/checkpoints/last.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6, rtol=0), k
+    assert a["best_metric"] == pytest.approx(b["best_metric"])
+    lines_a = (tmp_path / "runs/full/metrics.jsonl").read_text().splitlines()
+    lines_b = (tmp_path / "runs/split/metrics.jsonl").read_text().splitlines()
+    assert len(lines_a) == len(lines_b)
+
+
+def test_no_program_loss_builds_no_program_heads(tmp_path: Path) -> None:
+    cfg = tiny_config("train.max_steps=1", "loss.program_loss=false")
+    result = main(cfg, workdir=tmp_path, name="base", source=MemorySource(val=False))
+    assert result.model_args["program"] is None
+    assert not (tmp_path / "runs/base/checkpoints/best.pt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- DDP
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n.removeprefix("module."): p.grad.detach().clone() for n, p in model.named_parameters()
+            if p.grad is not None}
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    cfg = tiny_config("model.options={decoder_dropout: 0.0}")
+    info = distributed.setup("cpu")
+    try:
+        from leap_cli.model import build_model
+
+        seed_everything(0)
+        args = model_args_for(cfg, MemorySource())
+        model = prepare_model(build_model(args), cfg, info)
+        ddp = wrap_model(model, cfg, info, has_program=True)
+        batch = make_batch(torch.Generator().manual_seed(5), 4)
+        half = {k: v[rank * 2:(rank + 1) * 2] for k, v in batch.items()}
+        loss, _, _ = forward_loss(ddp, half, cfg)
+        loss.backward()
+        torch.save(_grads(ddp), out.format(rank=rank))
+    finally:
+        distributed.cleanup()
+
+
+def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
+    out = str(tmp_path / "grads{rank}.pt")
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    from leap_cli.model import build_model
+
+    cfg = tiny_config("model.options={decoder_dropout: 0.0}")
+    seed_everything(0)
+    model = build_model(model_args_for(cfg, MemorySource()))
+    loss, _, _ = forward_loss(model, make_batch(torch.Generator().manual_seed(5), 4), cfg)
+    loss.backward()
+    ref = _grads(model)
+    for rank in (0, 1):
+        got = torch.load(out.format(rank=rank), weights_only=True)
+        assert set(got) == set(ref)
+        for k in ref:
+            assert torch.allclose(got[k], ref[k], atol=1e-5, rtol=1e-4), k
+
+
+# ---------------------------------------------------------------------------------------------- real shards + CLI
+FPS = 10.0
+EPIC = Path(__file__).parent / "data" / "epic100"
+COLUMNS = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,"
+           "stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes")
+# (verb, verb_class, noun, noun_class): two actions the tiny model can tell apart by colour
+ACTIONS = [("take", 0, "plate", 2), ("wash", 2, "cup", 13)]
+
+
+def _kitchen(root: Path) -> Path:
+    """A minimal EPIC-layout root with rgb_frames: each action has its own flat colour."""
+    import cv2
+    import numpy as np
+    from leap_cli.epic.timing import format_timestamp, time_to_frame
+
+    ann = root / "annotations"
+    ann.mkdir(parents=True)
+    for f in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
+        (ann / f).write_bytes((EPIC / f).read_bytes())
+    rows = {"train": [], "validation": []}
+    for split, vid, count in (("train", "P01_01", 8), ("validation", "P01_02", 4)):
+        d = root / "P01" / "rgb_frames" / vid
+        d.mkdir(parents=True)
+        for i in range(count):
+            verb, vc, noun, nc = ACTIONS[i % 2]
+            start, stop = i * 1.0 + 0.1, i * 1.0 + 0.9
+            rows[split].append(f"{vid}_{i},P01,{vid},{format_timestamp(start)},{format_timestamp(start)},"
+                               f"{format_timestamp(stop)},{time_to_frame(start, FPS)},{time_to_frame(stop, FPS)},"
+                               f"{verb} {noun},{verb},{vc},{noun},{nc},['{noun}'],[{nc}]")
+        for n in range(1, count * 10 + 1):
+            img = np.zeros((24, 32, 3), np.uint8)
+            img[:] = (200, 40, 40) if ((n - 1) // 10) % 2 == 0 else (40, 40, 200)
+            cv2.imwrite(str(d / f"frame_{n:010d}.jpg"), img)
+    (ann / "EPIC_100_train.csv").write_text("\n".join([COLUMNS] + rows["train"]) + "\n")
+    (ann / "EPIC_100_validation.csv").write_text("\n".join([COLUMNS] + rows["validation"]) + "\n")
+    (ann / "EPIC_100_video_info.csv").write_text(
+        "video_id,duration,fps,resolution\n" + "".join(f"{v},8.0,{FPS},32x24\n" for v in ("P01_01", "P01_02")))
+    return root
+
+
+def _program(verb: str, noun: str) -> dict:
+    step = {"type": "sub_action", "verb": verb, "object_a": noun, "object_b": None, "hand": "right", "pre": [],
+            "post": [], "purpose": ""}
+    cond = {"predicate": "holding", "args": ["right", noun], "negated": False}
+    return {"action": {"narration": f"{verb} {noun}", "verb": verb, "noun": noun, "verb_class": None,
+                       "noun_class": None}, "pre": [cond], "post": [cond], "steps": [step]}
+
+
+@pytest.fixture(scope="module")
+def shard_work(tmp_path_factory) -> Path:
+    import json
+
+    from leap_cli.shards.writer import ShardSettings, build_split
+
+    root = _kitchen(tmp_path_factory.mktemp("kitchen"))
+    work = tmp_path_factory.mktemp("work")
+    (work / "programs").mkdir()
+    recs = [{"narration_id": f"P01_01_{i}", "status": "valid", "program": _program(ACTIONS[i % 2][0], ACTIONS[i % 2][2]),
+             "errors": []} for i in range(8)]
+    (work / "programs" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    for split in ("train", "val"):
+        build_split(root, split, workdir=work, settings=ShardSettings(split=split, frames=4, short_side=32))
+    return work
+
+
+def test_cli_train_on_shards_stop_and_resume(shard_work: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    cfg = tmp_path / "mini.yaml"
+    cfg.write_text("model: {img_size: 32, num_frames: 4, options: {decoder_dim: 32}}\n"
+                   "data: {batch_size: 4, eval_batch_size: 4}\n"
+                   "train: {epochs: 2, log_every: 1}\n")
+    args = ["train", "--config", str(cfg), "--workdir", str(shard_work), "--set", "optim.lr=1e-3"]
+    r = CliRunner().invoke(app, args + ["--stop-after", "1"])
+    assert r.exit_code == 0, r.output
+    run = shard_work / "runs" / "mini"
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["step"] == 1
+    r = CliRunner().invoke(app, args + ["--resume"])
+    assert r.exit_code == 0, r.output
+    last = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert last["step"] == 4 and last["model_args"]["program"]["max_steps"] >= 2
+    assert last["model_args"]["num_verbs"] == 97 and last["model_args"]["num_nouns"] == 300
+    assert (run / "checkpoints/best.pt").is_file()
+    vals = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
+    assert [v["epoch"] for v in vals] == [0, 1] and all(v["n"] == 4 for v in vals)
+    r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--workdir", str(shard_work), "--set", "optim.lrr=1"])
+    assert r.exit_code != 0 and "optim.lrr" in str(r.exception or r.output)
+
+
+def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(shard_work: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text("model: {img_size: 32, num_frames: 4, options: {decoder_dim: 32}}\n"
+                   "data: {batch_size: 2, eval_batch_size: 4}\ntrain: {epochs: 1, log_every: 1, threads: 1}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           "-m", "leap_cli", "train", "--config", str(cfg), "--workdir", str(shard_work), "--name", "ddp"]
+    r = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("optimizer steps") == 1  # one summary: rank 0's
+    ckpt = torch.load(shard_work / "runs/ddp/checkpoints/last.pt", weights_only=True)
+    assert ckpt["step"] == 2  # 8 samples / (2 processes x batch 2)
+    assert not any("CPUSyncBatchNorm" in k for k in ckpt["model"])
+    vals = [json.loads(x) for x in (shard_work / "runs/ddp/metrics.jsonl").read_text().splitlines() if '"val"' in x]
+    assert len(vals) == 1 and vals[0]["n"] == 4  # every val sample counted once over both ranks
