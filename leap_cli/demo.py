@@ -1,0 +1,162 @@
+"""The whole pipeline in one go, on the synthetic kitchen: the stages as the user would run them, then one summary.
+
+Each stage runs as its own ``leap`` command (the files between stages are the only interface), and each resumes
+on its own, so running the demo again reuses what is done: the kitchen is not rebuilt, finished descriptors and
+programs are skipped, complete shards are kept, a finished training run is resumed as a no-op.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from leap_cli.errors import LeapError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    workdir: Path = Path("leap-work")
+    videos: int = 8
+    segments: int = 48
+    seed: int = 0
+    config: Path | None = None  # training config; default configs/tiny-synthetic.yaml
+    train_overrides: tuple[str, ...] = ()
+    workers: int = 1
+    frames: int = 8
+    short_side: int = 80
+
+
+@dataclass
+class StageRun:
+    name: str
+    argv: list[str]
+    seconds: float = 0.0
+    returncode: int | None = None
+    summary: dict = field(default_factory=dict)
+
+
+def default_config() -> Path:
+    """configs/tiny-synthetic.yaml of this checkout, or of the current folder."""
+    here = Path(__file__).resolve().parent.parent / "configs" / "tiny-synthetic.yaml"
+    return here if here.exists() else Path("configs/tiny-synthetic.yaml")
+
+
+def plan(cfg: DemoConfig) -> list[StageRun]:
+    w = str(cfg.workdir)
+    config = cfg.config or default_config()
+    run_name = config.stem
+    run_dir = cfg.workdir / "runs" / run_name
+    stages = [StageRun("demo-data", ["demo-data", "--out", f"{w}/kitchen", "--videos", str(cfg.videos),
+                                     "--segments", str(cfg.segments), "--seed", str(cfg.seed)])]
+    for split in ("train", "val", "test"):
+        stages.append(StageRun(f"extract {split}", ["extract", "--split", split, "--workdir", w,
+                                                   "--workers", str(cfg.workers)]))
+    for split in ("train", "val"):
+        stages.append(StageRun(f"generate-programs {split}", ["generate-programs", "--split", split, "--workdir", w]))
+    stages.append(StageRun("validate-programs", ["validate-programs", f"{w}/programs/train.jsonl",
+                                                 "--workdir", w, "--html", f"{w}/programs/train.report.html"]))
+    for split in ("train", "val", "test"):
+        stages.append(StageRun(f"build-shards {split}", ["build-shards", "--split", split, "--workdir", w,
+                                                        "--frames", str(cfg.frames), "--short-side", str(cfg.short_side),
+                                                        "--workers", str(cfg.workers)]))
+    train = ["train", "--config", str(config), "--workdir", w]
+    for o in cfg.train_overrides:
+        train += ["--set", o]
+    if (run_dir / "checkpoints" / "last.pt").exists():
+        train.append("--resume")
+    stages.append(StageRun("train", train))
+    stages.append(StageRun("evaluate val", ["evaluate", "--split", "val", "--run", str(run_dir), "--workdir", w]))
+    stages.append(StageRun("evaluate test", ["evaluate", "--split", "test", "--run", str(run_dir), "--workdir", w]))
+    stages.append(StageRun("submit", ["submit", "--scores", str(run_dir / "eval" / "test" / "scores.pt"),
+                                      "--task", "recognition", "--workdir", w, "--out", f"{w}/submission.zip"]))
+    return stages
+
+
+def run_stage(stage: StageRun) -> StageRun:
+    """Run one stage as ``python -m leap_cli ...``; its own progress and summary go to the terminal."""
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "leap_cli", *stage.argv])
+    stage.seconds = time.perf_counter() - t
+    stage.returncode = proc.returncode
+    if proc.returncode != 0:
+        raise LeapError(f"stage `leap {' '.join(stage.argv)}` failed with exit code {proc.returncode}",
+                        record=stage.name, fix="see its message above; fix it and run the demo again (done work is kept)")
+    return stage
+
+
+def _jsonl(path: Path) -> list[dict]:
+    from leap_cli.io import read_jsonl
+
+    return read_jsonl(path) if path.exists() else []
+
+
+def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
+    """(stage, output, figures) rows read back from the files each stage wrote."""
+    w = cfg.workdir
+    rows: list[tuple[str, str, str]] = []
+    from leap_cli.epic.annotations import Annotations
+
+    ann = Annotations(w / "kitchen" / "annotations")
+    counts = {s: len(ann.segments(s)) for s in ("train", "val", "test")}
+    rows.append(("demo-data", f"{w}/kitchen", ", ".join(f"{s} {n}" for s, n in counts.items()) + " segments"))
+    for split in ("train", "val", "test"):
+        recs = _jsonl(w / "descriptors" / f"{split}.jsonl")
+        ok = {c: sum(r["components"].get(c, {}).get("status") == "ok" for r in recs)
+              for c in ("narration", "audio", "camera", "objects", "hands")}
+        rows.append((f"extract {split}", f"{w}/descriptors/{split}.jsonl",
+                     f"{len(recs)} records; ok: " + ", ".join(f"{c} {n}" for c, n in ok.items())))
+    for split in ("train", "val"):
+        recs = _jsonl(w / "programs" / f"{split}.jsonl")
+        status: dict[str, int] = {}
+        for r in recs:
+            status[r["status"]] = status.get(r["status"], 0) + 1
+        backend = {(r.get("provenance") or {}).get("backend") for r in recs} - {None}
+        cov = status.get("valid", 0) / max(1, counts[split])
+        rows.append((f"programs {split}", f"{w}/programs/{split}.jsonl",
+                     f"{', '.join(f'{k} {v}' for k, v in sorted(status.items()))}; coverage {cov:.0%} "
+                     f"({'/'.join(sorted(backend)) or '?'} backend)"))
+    for split in ("train", "val", "test"):
+        m = w / "shards" / split / "manifest.json"
+        if m.exists():
+            man = json.loads(m.read_text())
+            n = man.get("counts", {}).get("samples", man.get("num_samples", "?"))
+            rows.append((f"shards {split}", str(m.parent), f"{n} samples in {len(man.get('shards', []))} shard(s)"))
+    config = cfg.config or default_config()
+    run_dir = w / "runs" / config.stem
+    for split in ("val",):
+        mfile = run_dir / "eval" / split / "metrics.json"
+        if mfile.exists():
+            rows.append((f"evaluate {split}", str(mfile), _metrics_text(json.loads(mfile.read_text()))))
+    sub = w / "submission.zip"
+    if sub.exists():
+        rows.append(("submit", str(sub), f"{sub.stat().st_size / 1024:.0f} KiB, test segments {counts['test']}"))
+    return rows
+
+
+def _metrics_text(m: dict) -> str:
+    """verb/noun/action top-1 from metrics.json, wherever the evaluate stage nested them."""
+    flat: dict = {}
+
+    def walk(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, (int, float)):
+                flat[f"{prefix}{k}"] = v
+
+    walk(m)
+    want = []
+    for kind in ("verb", "noun", "action"):
+        for key, v in flat.items():
+            if key.endswith(f"all.{kind}.top1") or key.endswith(f"overall.{kind}.top1") or key == f"{kind}_top1" \
+                    or key.endswith(f"all.{kind}_top1") or key.endswith(f"overall.{kind}_top1"):
+                want.append(f"{kind} top-1 {v:.1f}" if v > 1 else f"{kind} top-1 {100 * v:.1f}")
+                break
+    return ", ".join(want) or ", ".join(f"{k} {v}" for k, v in list(flat.items())[:6])
