@@ -582,7 +582,10 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                                   ann.nouns, max_steps=max_steps or DEFAULT_MAX_STEPS,
                                   max_conditions=max_conditions or DEFAULT_MAX_CONDITIONS)
         notes.append(f"target vocabulary built from {train_prog}: {len(vocab.conditions)} conditions")
-    targets = ProgramTargets(vocab) if vocab is not None else None
+    if vocab is None:  # no programs anywhere: the class vocabularies still size the model's heads
+        vocab = TargetVocab.build([], ann.verbs, ann.nouns, max_steps=max_steps or DEFAULT_MAX_STEPS, max_conditions=0)
+        notes.append("no programs: target vocabulary from the class files only (no conditions)")
+    targets = ProgramTargets(vocab)
 
     fps_map = {v: i.fps for v, i in ann.video_info.items()} if (ann.folder / "EPIC_100_video_info.csv").exists() else {}
 
