@@ -443,6 +443,16 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     shards = kept + sink.completed
     manifest = _manifest(settings, shards, trailing, sources, targets_manifest, prog_report, shard, len(selected))
     atomic_write_json(out / manifest_name(shard.suffix), manifest)
+    if shard.count > 1:  # the job that completes the set writes the merged manifest.json
+        from leap_cli.shards.format import MANIFEST, merge_parts
+
+        try:
+            merged = merge_parts(out)
+        except LeapError:
+            notes.append(f"part {shard.index + 1} of {shard.count} done; manifest.json is written when all parts are")
+        else:
+            atomic_write_json(out / MANIFEST, merged)
+            notes.append(f"all {shard.count} parts done: merged manifest.json written")
     return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes)
 
 
