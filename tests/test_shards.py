@@ -422,3 +422,30 @@ def test_cli_build_shards_and_size_rolling(root, tmp_path):
     m = json.loads((tmp_path / "shards" / "train" / "manifest.json").read_text())
     assert [s["count"] for s in m["shards"]] == [2, 2, 2, 1]  # 4 kB samples, 12 kB shards
     assert all(s["bytes"] <= 12 * 1024 for s in m["shards"])
+
+
+def test_check_shards_names_damaged_files_and_samples(built, tmp_path):
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+    from leap_cli.shards.check import check_shards
+
+    _, work = built
+    out = tmp_path / "copy"
+    shutil.copytree(work / "shards" / "train", out)
+    assert check_shards(out).ok == 7
+    m = json.loads((out / "manifest.json").read_text())
+    first = out / m["shards"][0]["name"]
+    data = bytearray(first.read_bytes())
+    k1 = m["shards"][0]["keys"][1]
+    pos = data.index(f"{k1}.f002.jpg".encode()) + 512
+    data[pos:pos + 300] = b"\xff" * 300  # same size, other bytes
+    first.write_bytes(bytes(data))
+    (out / m["shards"][2]["name"]).unlink()
+    with pytest.raises(LeapError, match="leap-train-000000.tar: shard sha256 differs"):
+        check_shards(out)
+    r = check_shards(out, on_error="skip")
+    assert r.ok == 6 - 1 and [(p["shard"][-10:], p["sample"]) for p in r.problems] == [
+        ("000000.tar", None), ("000000.tar", k1), ("000002.tar", None)]
+    res = CliRunner().invoke(app, ["check-shards", "--shards", str(out), "--on-error", "skip"])
+    assert res.exit_code == 1 and k1 in res.output

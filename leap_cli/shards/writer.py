@@ -395,7 +395,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         results: Iterable
         if workers > 1 and len(todo_jobs) > 1:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(opener, settings))
+            pool = ctx.Pool(min(workers, len(todo_jobs)), initializer=_init_worker, initargs=(opener, settings))
             results = pool.imap(_work, todo_jobs, chunksize=1)
         else:
             pool = None
