@@ -449,3 +449,14 @@ def test_check_shards_names_damaged_files_and_samples(built, tmp_path):
         ("000000.tar", None), ("000000.tar", k1), ("000002.tar", None)]
     res = CliRunner().invoke(app, ["check-shards", "--shards", str(out), "--on-error", "skip"])
     assert res.exit_code == 1 and k1 in res.output
+
+
+def test_explicit_missing_program_file_and_rank_from_environment(built, root, tmp_path, monkeypatch):
+    with pytest.raises(LeapError, match="program file not found"):
+        build_split(root, "train", workdir=tmp_path, settings=settings(), programs_path=tmp_path / "nope.jsonl")
+    _, work = built
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ds = ShardDataset(work / "shards" / "train", train=False, num_frames=2, img_size=16)
+    assert (ds.rank, ds.world_size, len(ds)) == (1, 2, 4)
+    assert [s["narration_id"] for s in ds] == ["P01_01_3", "P01_02_0", "P01_02_1", "P01_02_2"]  # second half
