@@ -29,7 +29,10 @@ MIGRATIONS = [
 ]
 
 
-def cache_key(backend: str, model: str, messages: list[dict], schema: dict | None, params: dict) -> str:
+def cache_key(backend: str, model: str, messages: list[dict], schema: dict | str | None, params: dict) -> str:
+    """``schema`` may be given as its ``stable_hash`` (the same key, without re-serialising it per call)."""
+    if isinstance(schema, dict):
+        schema = stable_hash(schema)
     return stable_hash({"backend": backend, "model": model, "messages": messages, "schema": schema, "params": params})
 
 
