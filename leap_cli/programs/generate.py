@@ -212,7 +212,8 @@ class ProgramGenerator:
         info = self.info(record)
         nid = record["narration_id"]
         messages = self.builder.messages(info)
-        phash = prompt_hash(messages)
+        messages_hash = stable_hash(messages)
+        phash = messages_hash[:16]  # == prompt_hash(messages)
         prov = {"backend": self.backend.name, "model": self.backend.model, "prompt_hash": phash, "attempts": 0,
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "seconds": 0.0, "created": None,
                 "rounds": 0, "cached": True}
@@ -228,8 +229,9 @@ class ProgramGenerator:
         program, findings = None, []
         for rnd in range(self.cfg.repair_rounds + 1):
             schema = self.schema if self.backend.supports_schema else None
-            key = cache_key(self.backend.name, self.backend.model, messages, self.schema_hash if schema else None,
-                            self.backend.params())
+            key = cache_key(self.backend.name, self.backend.model, messages_hash or stable_hash(messages),
+                            self.schema_hash if schema else None, self.backend.params())
+            messages_hash = None
             hit = self.store.get(key)
             prov["rounds"] = rnd + 1
             if hit is not None:
