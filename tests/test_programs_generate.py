@@ -230,3 +230,35 @@ def test_batch_file_and_ingest(workdir, good_programs, tmp_path):
     recs = records(workdir)
     assert len(recs) == N_SEGMENTS and all(r["provenance"]["backend"] == "openai-batch" for r in recs)
     assert ingest_batch(cfg, out) == {"already_present": N_SEGMENTS}
+
+
+def test_ctrl_c_keeps_finished_records(workdir, good_programs):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]), delay=0.3)  # noqa: E731
+    out = workdir / "programs" / "val.jsonl"
+    with ScriptedServer(script) as server:
+        cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
+               "--backend", "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
+               "--concurrency", "1"]
+        proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        # (the exit status is the CLI's business: typer returns 130 in non-standalone mode, see cli.main)
+        kept = read_jsonl(out)
+        assert 2 <= len(kept) < N_SEGMENTS and all(r["status"] == "valid" for r in kept)
+        assert out.read_text().endswith("\n")
+        n_before = len(server.requests)
+        s = generate_programs(config(workdir, server))
+        assert s.resumed == len(kept) and s.total == N_SEGMENTS - len(kept)
+        assert len(server.requests) - n_before <= N_SEGMENTS - len(kept) + 1  # at most the interrupted one again
+    recs = records(workdir)
+    assert len(recs) == N_SEGMENTS == len({r["narration_id"] for r in recs})
