@@ -262,3 +262,35 @@ def test_ctrl_c_keeps_finished_records(workdir, good_programs):
         assert len(server.requests) - n_before <= N_SEGMENTS - len(kept) + 1  # at most the interrupted one again
     recs = records(workdir)
     assert len(recs) == N_SEGMENTS == len({r["narration_id"] for r in recs})
+
+
+def test_store_migrates_an_old_database(tmp_path):
+    import sqlite3
+
+    from leap_cli.programs.store import MIGRATIONS
+
+    path = tmp_path / "cache.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(MIGRATIONS[0])
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO cache VALUES ('k', 'reply', 1, 2, 'm', 0)")
+    db.commit()
+    db.close()
+    with ProgramStore(path) as store:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert store.get("k") == ("reply", {"prompt_tokens": 1, "completion_tokens": 2}, "m")
+        store.log_call(narration_id="n", backend="b", model="m", prompt_hash="h", cache_key="k", round=0,
+                       response="r", usage={}, latency=0.1, attempts=1, cached=False, outcome="valid")
+        assert store.calls("n")[0]["outcome"] == "valid"
+
+
+def test_offline_fails_segments_without_narration(workdir):
+    ann = workdir / "kitchen" / "annotations"
+    rows = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()[:4]
+    cols = 8  # the test-timestamps file has the first 8 columns only
+    (ann / "EPIC_100_test_timestamps.csv").write_text(
+        "\n".join(",".join(r.split(",")[:cols]) for r in rows) + "\n")
+    s = generate_programs(GenerateConfig(workdir=workdir, split="test"))
+    assert s.statuses == {"failed": 3}
+    recs = read_jsonl(workdir / "programs" / "test.jsonl")
+    assert all(r["program"] is None and "nothing to describe" in r["errors"][0]["message"] for r in recs)

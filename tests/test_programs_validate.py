@@ -293,7 +293,7 @@ def test_compiled_checker_agrees_with_jsonschema(exemplars):
 
     disagreements = checked = invalid = 0
     for e in exemplars:
-        for _ in range(40):
+        for _ in range(20):
             p = copy.deepcopy(e.program)
             for _ in range(rng.randint(1, 2)):
                 paths = [q for q, _ in nodes(p) if q]
@@ -314,4 +314,4 @@ def test_compiled_checker_agrees_with_jsonschema(exemplars):
             disagreements += bool(fast) != bool(ref)
             if bool(fast) != bool(ref):
                 print(p, fast, ref)
-    assert checked >= 1200 and invalid > checked // 2 and disagreements == 0
+    assert checked >= 800 and invalid > checked // 2 and disagreements == 0

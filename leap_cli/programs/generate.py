@@ -35,7 +35,7 @@ from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, read_jsonl, stable_hash
 from leap_cli.programs.backends import Backend, BackendError, OfflineBackend, OpenAIBackend, Request, RetryPolicy
 from leap_cli.programs.prompt import (DEFAULT_K, ClipInfo, PromptBuilder, clip_info, load_exemplars, load_system_prompt,
-                                      narration_record, prompt_hash)
+                                      narration_record)
 from leap_cli.programs.schema import Finding, strict_schema
 from leap_cli.programs.store import ProgramStore, cache_key
 from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels, check_program
