@@ -294,3 +294,21 @@ def test_offline_fails_segments_without_narration(workdir):
     assert s.statuses == {"failed": 3}
     recs = read_jsonl(workdir / "programs" / "test.jsonl")
     assert all(r["program"] is None and "nothing to describe" in r["errors"][0]["message"] for r in recs)
+
+
+def test_backoff_and_retry_after_parsing():
+    import email.utils
+
+    from leap_cli.programs.backends import RetryPolicy, parse_retry_after
+
+    policy = RetryPolicy(max_retries=5, base_delay=1.0, max_delay=10.0, jitter=0.25)
+    for attempt, nominal in ((0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (6, 10.0)):
+        delays = [policy.delay(attempt, None) for _ in range(50)]
+        assert all(0.75 * nominal <= d <= 1.25 * nominal for d in delays)
+        assert len(set(delays)) > 1  # jittered
+    assert policy.delay(0, 3.0) == 3.0 and policy.delay(0, 99.0) == 10.0
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= parse_retry_after({"retry-after": when}) <= 31
+    assert parse_retry_after({}) is None and parse_retry_after({"retry-after": "soon"}) is None
