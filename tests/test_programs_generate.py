@@ -312,3 +312,12 @@ def test_backoff_and_retry_after_parsing():
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 <= parse_retry_after({"retry-after": when}) <= 31
     assert parse_retry_after({}) is None and parse_retry_after({"retry-after": "soon"}) is None
+
+
+def test_refused_key_stops_the_stage(workdir):
+    with ScriptedServer(lambda body, n: Reply(status=401)) as server, pytest.raises(LeapError, match="LEAP_TEST_KEY"):
+        generate_programs(config(workdir, server))
+    assert len(server.requests) <= 4  # at most one per worker, no retries
+    assert not (workdir / "programs" / "val.jsonl").exists() or records(workdir) == []
+    with ScriptedServer(lambda body, n: Reply(status=404)) as server, pytest.raises(LeapError, match="--model"):
+        generate_programs(config(workdir, server, concurrency=1))

@@ -125,6 +125,7 @@ class OpenAIBackend(Backend):
             raise LeapError(f"unknown response format {response_format!r}", fix="use auto, json_schema or json_object")
         self.model = model
         self.base_url = base_url
+        self.api_key_env = api_key_env
         self.timeout = timeout
         self.retry = retry
         self.temperature = temperature
@@ -177,6 +178,13 @@ class OpenAIBackend(Backend):
                 log.info("%s: %s, retry %d in %.2fs", request.narration_id, what, attempts, wait)
                 await asyncio.sleep(wait)
                 continue
+            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+                # every other request would fail the same way: stop the stage (finished records are kept)
+                raise LeapError(f"the endpoint refused the API key (HTTP {e.status_code}): {_short(e, 120)}",
+                                fix=f"check the key in ${self.api_key_env} (or name another variable with --api-key-env)") from None
+            except openai.NotFoundError as e:
+                raise LeapError(f"HTTP 404 from {self.base_url or 'the OpenAI API'}: {_short(e, 120)}",
+                                fix="check --model and --base-url (it usually ends in /v1)") from None
             except openai.APIStatusError as e:
                 raise BackendError(f"HTTP {e.status_code}: {_short(e)}", attempts, time.perf_counter() - start) from None
             if not isinstance(resp, dict):

@@ -336,7 +336,14 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                 if on_record:
                     on_record(result)
 
-        await asyncio.gather(*(worker() for _ in range(max(1, cfg.concurrency))))
+        tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, cfg.concurrency))]
+        try:
+            await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:  # a fatal error (bad key, Ctrl-C) stops the others before files are closed
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         summary.requests, summary.cache_hits = gen.summary_requests, gen.summary_hits
         summary.usage, summary.cost = gen.usage, gen.cost
     finally:
