@@ -39,7 +39,7 @@ FRAMES_PER_VIDEO = 60
 def colour(video: str, n: int) -> tuple[int, int, int]:
     """The flat RGB colour of frame n of a video (frames are flat so JPEG keeps them almost exactly)."""
     v = int(video[-1])
-    return ((n * 4) % 256, (60 * v) % 256, 255 - (n * 4) % 256)
+    return ((n * 8) % 256, (60 * v) % 256, 255 - (n * 8) % 256)
 
 
 def cond(p, *args, neg=False):
@@ -460,3 +460,30 @@ def test_explicit_missing_program_file_and_rank_from_environment(built, root, tm
     ds = ShardDataset(work / "shards" / "train", train=False, num_frames=2, img_size=16)
     assert (ds.rank, ds.world_size, len(ds)) == (1, 2, 4)
     assert [s["narration_id"] for s in ds] == ["P01_01_3", "P01_02_0", "P01_02_1", "P01_02_2"]  # second half
+
+
+def test_frames_from_an_mp4(tmp_path):
+    """The writer reads MP4s through leap_cli.media (here one video is an MP4, the other an rgb_frames folder)."""
+    from leap_cli.media.write import Mp4Writer
+
+    root = make_root(tmp_path / "k")
+    shutil.rmtree(root / "P01" / "rgb_frames" / "P01_02")
+    (root / "P01" / "videos").mkdir(parents=True)
+    w = Mp4Writer(root / "P01" / "videos" / "P01_02.MP4", 64, 48, FPS, bit_rate=2_000_000)
+    for n in range(1, FRAMES_PER_VIDEO + 1):
+        img = np.zeros((48, 64, 3), np.uint8)
+        img[:] = colour("P01_02", n)
+        w.write(img)
+    w.close()
+    r = build(root, tmp_path / "w")
+    assert r.manifest["counts"]["samples"] == 7 and not r.manifest["skipped"]
+    for shard in r.manifest["shards"]:
+        for key, fields in iter_tar_samples(r.out / shard["name"]):
+            meta = json.loads(fields["json"])
+            if meta["video"] != "P01_02":
+                continue
+            frames = decode_jpegs([fields[f"f{i:03d}.jpg"] for i in range(4)])
+            assert frames.shape == (4, 32, 43, 3)  # 64x48 at short side 32
+            for fr, idx in zip(frames, meta["frame_indices"]):
+                # neighbouring frames differ by 8 in R and B: an off-by-one frame would fail
+                assert np.abs(fr.astype(int).mean((0, 1)) - np.array(colour("P01_02", idx))).max() <= 4
