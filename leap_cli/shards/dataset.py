@@ -201,6 +201,9 @@ class ShardDataset(IterableDataset):
             self.stats["samples"] += 1
             self.stats["padding"] += int(padding)
             yield sample
+        if self.stats["errors"]:
+            log.warning("%s: rank %d worker %d skipped %d damaged sample(s) so far (on_error=skip)", self.folder,
+                        self.rank, wid, self.stats["errors"])
 
     # ---- one sample ------------------------------------------------------------------------------------
     def _frames(self, fields: dict, prefix: str) -> list[bytes]:
