@@ -70,8 +70,10 @@ class ShardSettings:
     def __post_init__(self):
         if self.task not in ("recognition", "anticipation"):
             raise LeapError(f"unknown task {self.task!r}", fix="use --task recognition or anticipation")
-        if self.frames < 1 or self.short_side < 16:
-            raise LeapError("--frames must be >= 1 and --short-side >= 16")
+        if self.frames < 1 or self.short_side < 16 or not 1 <= self.jpeg_quality <= 100:
+            raise LeapError("--frames must be >= 1, --short-side >= 16 and --jpeg-quality in 1..100")
+        if self.max_shard_size < 1 or self.max_count < 0:
+            raise LeapError("--max-shard-size must be positive and --max-count >= 0")
         if self.tau_a < 0 or self.tau_o <= 0 or self.context < 0:
             raise LeapError("--tau-a must be >= 0, --tau-o > 0 and --context >= 0")
 
