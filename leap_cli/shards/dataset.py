@@ -129,8 +129,8 @@ class ShardDataset(IterableDataset):
     def _fail(self, shard: str, key: str, why: str) -> None:
         if self.on_error == "raise":
             raise LeapError(f"corrupt shard: {why}", path=self.folder / shard, record=f"sample {key}",
-                            fix="rebuild the shards with leap build-shards (the manifest's sha256 shows which file "
-                                "differs), or read with --on-error skip")
+                            fix="leap check-shards lists every damaged file and sample; rebuild them with leap "
+                                "build-shards, or read with on_error='skip'")
         self.stats["errors"] += 1
         log.warning("%s [sample %s]: skipped (%s); %d skipped so far", self.folder / shard, key, why,
                     self.stats["errors"])
@@ -201,6 +201,9 @@ class ShardDataset(IterableDataset):
             self.stats["samples"] += 1
             self.stats["padding"] += int(padding)
             yield sample
+        if self.stats["errors"]:
+            log.warning("%s: rank %d worker %d skipped %d damaged sample(s) so far (on_error=skip)", self.folder,
+                        self.rank, wid, self.stats["errors"])
 
     # ---- one sample ------------------------------------------------------------------------------------
     def _frames(self, fields: dict, prefix: str) -> list[bytes]:
