@@ -321,3 +321,21 @@ def test_refused_key_stops_the_stage(workdir):
     assert not (workdir / "programs" / "val.jsonl").exists() or records(workdir) == []
     with ScriptedServer(lambda body, n: Reply(status=404)) as server, pytest.raises(LeapError, match="--model"):
         generate_programs(config(workdir, server, concurrency=1))
+
+
+def test_shards_split_by_video_and_merge_by_concatenation(workdir):
+    from leap_cli.common import ShardSpec
+
+    ann = workdir / "kitchen" / "annotations"
+    lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
+    rows = [lines[0]] + [ln.replace("P01_11", "P01_12", 2) if i % 2 else ln for i, ln in enumerate(lines[1:13])]
+    (ann / "EPIC_100_validation.csv").write_text("\n".join(rows) + "\n")
+    parts = []
+    for i in range(2):
+        s = generate_programs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(i, 2)))
+        assert s.out.name == f"val.shard{i}of2.jsonl"
+        parts.append(read_jsonl(s.out))
+    ids = [[r["narration_id"] for r in p] for p in parts]
+    assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1]) and len(ids[0]) + len(ids[1]) == 12
+    videos = [{i.rsplit("_", 1)[0] for i in x} for x in ids]
+    assert not videos[0] & videos[1]  # a video's segments stay in one shard
