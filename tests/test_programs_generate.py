@@ -17,6 +17,7 @@ from leap_cli.programs.store import ProgramStore
 from programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
 
 DATA = Path(__file__).parent / "data" / "epic"
+CLASSES = Path(__file__).parent / "data" / "epic100"  # the foundation's copy of EPIC's class files
 N_SEGMENTS = 6
 
 
@@ -25,7 +26,7 @@ def workdir(tmp_path, monkeypatch):
     ann = tmp_path / "kitchen" / "annotations"
     ann.mkdir(parents=True)
     for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
-        shutil.copy(DATA / name, ann / name)
+        shutil.copy(CLASSES / name, ann / name)
     lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
     (ann / "EPIC_100_validation.csv").write_text("\n".join(lines[: N_SEGMENTS + 1]) + "\n")
     monkeypatch.setenv("LEAP_TEST_KEY", "sk-test-secret-never-logged")
@@ -38,8 +39,8 @@ def good_programs():
     from leap_cli.epic.annotations import read_segments
     from leap_cli.epic.classes import ClassVocab
 
-    verbs = ClassVocab.from_csv(DATA / "EPIC_100_verb_classes.csv", "verb")
-    nouns = ClassVocab.from_csv(DATA / "EPIC_100_noun_classes.csv", "noun")
+    verbs = ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb")
+    nouns = ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
     ex = load_exemplars()
     segs = read_segments(DATA / "EPIC_100_validation_excerpt.csv")[:N_SEGMENTS]
     return {s.narration_id: offline_program(clip_info(narration_record(s), s), ex, verbs, nouns) for s in segs}

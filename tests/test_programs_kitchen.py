@@ -53,9 +53,9 @@ def test_agreement_counts():
     from leap_cli.epic.classes import ClassVocab
     from pathlib import Path
 
-    data = Path(__file__).parent / "data" / "epic"
-    verbs = ClassVocab.from_csv(data / "EPIC_100_verb_classes.csv", "verb")
-    nouns = ClassVocab.from_csv(data / "EPIC_100_noun_classes.csv", "noun")
+    CLASSES = Path(__file__).parent / "data" / "epic100"  # noqa: N806
+    verbs = ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb")
+    nouns = ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
 
     def sub(v, a, b=None):
         return {"type": "sub_action", "verb": v, "object_a": a, "object_b": b, "pre": [], "post": []}
