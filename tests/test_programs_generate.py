@@ -340,3 +340,24 @@ def test_shards_split_by_video_and_merge_by_concatenation(workdir):
     assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1]) and len(ids[0]) + len(ids[1]) == 12
     videos = [{i.rsplit("_", 1)[0] for i in x} for x in ids]
     assert not videos[0] & videos[1]  # a video's segments stay in one shard
+
+
+def test_descriptor_records_feed_the_prompt(workdir, good_programs):
+    from leap_cli.programs.generate import dry_run
+
+    desc = workdir / "descriptors" / "val.jsonl"
+    desc.parent.mkdir(parents=True)
+    recs = []
+    for nid in list(good_programs)[:2]:
+        recs.append({"narration_id": nid, "video_id": "P01_11", "start": 0.0, "stop": 1.0, "text": f"CLIP-TEXT-{nid}",
+                     "components": {"objects": {"status": "ok", "source": "object-detections", "text": "",
+                                                "data": {"objects": [{"label": "sponge"}]}}}})
+    desc.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    prompt = dry_run(GenerateConfig(workdir=workdir, split="val"), recs[1]["narration_id"])
+    assert f"CLIP-TEXT-{recs[1]['narration_id']}" in prompt and "Objects detected: sponge" in prompt
+    # labels still come from the annotations
+    assert "verb_class" in prompt.split("===== user =====")[-1]
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    assert s.source.startswith("descriptors") and s.statuses == {"valid": 2}
+    with pytest.raises(LeapError, match="not found"):
+        generate_programs(GenerateConfig(workdir=workdir, split="val", descriptors=workdir / "missing.jsonl"))
