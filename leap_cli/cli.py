@@ -65,17 +65,27 @@ def _register() -> None:
 _register()
 
 
+def _interrupted() -> None:
+    err_console.print("[yellow]interrupted[/]: finished records were kept; run the same command to resume")
+    sys.exit(EXIT_INTERRUPTED)
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode typer returns what click would have exited with: typer.Exit's code, or 130
+        # after Ctrl-C (it catches the KeyboardInterrupt itself).
+        code = app(standalone_mode=False)
+        if code == EXIT_INTERRUPTED:
+            _interrupted()
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except LeapError as e:
         if _state["debug"]:
             raise
         err_console.print(f"[bold red]error:[/] {e.one_line()}", highlight=False, soft_wrap=True)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/]: finished records were kept; run the same command to resume")
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted()
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
