@@ -276,6 +276,12 @@ def test_same_seed_same_bytes_and_rebuild_rules(kitchen, tmp_path):
         build_kitchen(junk, KitchenConfig(videos=1, segments_per_video=2))
     build_kitchen(junk, KitchenConfig(videos=1, segments_per_video=2), force=True)
     assert (junk / "notes.txt").exists() and (junk / MARKER).exists()
+    # An interrupted build (marker not complete) is redone without --force.
+    marker = json.loads((junk / MARKER).read_text())
+    (junk / MARKER).write_text(json.dumps({**marker, "complete": False}))
+    (junk / "annotations" / "EPIC_100_train.csv").unlink()
+    redone = build_kitchen(junk, KitchenConfig(videos=1, segments_per_video=2))
+    assert not redone.skipped and (junk / "annotations" / "EPIC_100_train.csv").exists()
 
 
 def test_cli_demo_data_then_info(tmp_path):

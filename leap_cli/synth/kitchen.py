@@ -12,8 +12,8 @@
     OUT/ground-truth/segments.jsonl      per segment: verb, noun, visible objects, sound events, camera motion,
                                          hand contacts (times relative to the segment start) and the true program
     OUT/ground-truth/frames/P01_01.jsonl per frame: yaw, pitch, roll (degrees), hand and object boxes
-    OUT/.leap-kitchen.json               marker written last: the config and its hash (a rebuild is skipped when
-                                         it matches)
+    OUT/.leap-kitchen.json               marker: the config and its hash, "complete": true written last (a rebuild
+                                         is skipped when it matches; an interrupted build is redone)
 
 Boxes are ``{"left", "top", "right", "bottom"}`` in [0, 1]. The same seed gives the same CSV, WAV,
 hand-object and ground-truth bytes.
@@ -440,7 +440,7 @@ def build_kitchen(out: Path, cfg: KitchenConfig = KitchenConfig(), force: bool =
     """
     out = Path(out)
     marker = read_marker(out)
-    if marker and marker.get("hash") == cfg.hash() and not force:
+    if marker and marker.get("complete") and marker.get("hash") == cfg.hash() and not force:
         log.info("%s already holds this kitchen; skipping", out)
         s = KitchenSummary(out, cfg, marker.get("summary", {}).get("videos", []), skipped=True)
         return s
@@ -450,6 +450,9 @@ def build_kitchen(out: Path, cfg: KitchenConfig = KitchenConfig(), force: bool =
                             fix="choose an empty or new --out folder, or pass --force to overwrite it")
         _clear(out)
     out.mkdir(parents=True, exist_ok=True)
+    # Mark the folder as ours before writing, so an interrupted build is rebuilt next time without --force.
+    atomic_write_json(out / MARKER, {"hash": cfg.hash(), "config": asdict(cfg), "version": KITCHEN_VERSION,
+                                     "complete": False})
     t0 = time.perf_counter()
     scale = cfg.width / BASE_W
     sprites, rotated = make_sprites(scale)
@@ -472,5 +475,5 @@ def build_kitchen(out: Path, cfg: KitchenConfig = KitchenConfig(), force: bool =
     atomic_write_text(out / "ground-truth" / "segments.jsonl", "".join(json.dumps(t) + "\n" for t in truth))
     summary.seconds = time.perf_counter() - t0
     atomic_write_json(out / MARKER, {"hash": cfg.hash(), "config": asdict(cfg), "version": KITCHEN_VERSION,
-                                     "summary": summary.to_dict()})
+                                     "complete": True, "summary": summary.to_dict()})
     return summary
