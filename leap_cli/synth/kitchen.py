@@ -2,7 +2,7 @@
 
 ``build_kitchen(out, KitchenConfig(videos=8, seed=0))`` writes::
 
-    OUT/P01/videos/P01_01.MP4            small MP4 (mpeg4 video at an EPIC frame rate, AAC audio track)
+    OUT/P01/videos/P01_01.MP4            small MP4 (mpeg4 video at an EPIC frame rate, 16 kHz AAC audio track)
     OUT/P01/audio/P01_01.wav             the same sound as 16-bit WAV (sample_rate, default 24 kHz)
     OUT/annotations/EPIC_100_*.csv       train, validation, test_timestamps, verb/noun classes (real EPIC rows),
                                          tail verbs/nouns, unseen participant ids, video_info (EPIC's columns)
@@ -40,6 +40,7 @@ from leap_cli.epic.hand_objects import (BBox, FrameDetections, HandDetection, Ha
 from leap_cli.epic.timing import format_timestamp, frame_filename, time_to_frame
 from leap_cli.errors import LeapError
 from leap_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, stable_hash
+from leap_cli.media.audio import resample
 from leap_cli.media.write import Mp4Writer
 from leap_cli.synth.plan import PlannedSegment, VideoPlan, camera_track, plan_video
 from leap_cli.synth.render import BASE_W, SKINS, Renderer, make_hand, make_panorama, make_sprites
@@ -54,6 +55,7 @@ NTSC_30 = 30000 / 1001
 NTSC_60 = 60000 / 1001
 # Frame rates EPIC-KITCHENS-100 videos really have (see EPIC_100_video_info.csv), cycled over the videos.
 FPS_CYCLE = (NTSC_30, NTSC_30, 50.0, NTSC_30)
+MP4_AUDIO_RATE = 16000  # the MP4's AAC track (the WAV keeps cfg.sample_rate)
 
 
 @dataclass(frozen=True)
@@ -242,8 +244,8 @@ class _VideoBuilder:
         audio = render_audio(plan, cfg.sample_rate, self.rng)
         part = self.out / e.participant_id
         video_path = part / "videos" / f"{e.video_id}.MP4"
-        writer = Mp4Writer(video_path, cfg.width, cfg.height, e.fps, codec="mpeg4", bit_rate=600_000, gop=int(round(e.fps)),
-                           audio_rate=cfg.sample_rate if cfg.audio_in_mp4 else None)
+        writer = Mp4Writer(video_path, cfg.width, cfg.height, e.fps, codec="mpeg4", bit_rate=500_000,
+                           gop=int(round(e.fps)), audio_rate=MP4_AUDIO_RATE if cfg.audio_in_mp4 else None)
         frames_gt: list[str] = []
         hand_objects: list[FrameDetections] = []
         obj_lines: list[str] = []
@@ -276,7 +278,7 @@ class _VideoBuilder:
                     for lab, b in objects]}))
                 per_frame_contacts.append([(h.side, h.contact) for h, _ in hands if h.contact])
                 per_frame_labels.append({lab for lab, _ in objects})
-            writer.close(audio if cfg.audio_in_mp4 else None)
+            writer.close(resample(audio, cfg.sample_rate, MP4_AUDIO_RATE) if cfg.audio_in_mp4 else None)
         except BaseException:
             writer.abort()
             raise
