@@ -254,7 +254,7 @@ def test_same_seed_same_bytes_and_rebuild_rules(kitchen, tmp_path):
              "ground-truth/segments.jsonl"]
     first = assign_videos(CFG)[0]
     p, v = first.participant_id, first.video_id
-    files += [f"{p}/audio/{v}.wav", f"hand-objects/{p}/{v}.pkl", f"object-detections/{p}/{v}.jsonl",
+    files += [f"{p}/audio/{v}.wav", f"{p}/videos/{v}.MP4", f"hand-objects/{p}/{v}.pkl", f"object-detections/{p}/{v}.jsonl",
               f"ground-truth/frames/{v}.jsonl"]
     for f in files:
         assert (root / f).read_bytes() == (other / f).read_bytes(), f
