@@ -91,3 +91,14 @@ def test_offline_valid_for_every_action_the_kitchen_can_narrate():
                     assert check_program(p, verbs, nouns, Labels(seg.verb_class, seg.noun_class)) == [], narration
                     n += 1
     assert n > 100
+
+
+def test_kitchen_true_programs_pass_the_validator(kitchen_workdir):
+    """The kitchen's ground-truth programs obey the rules generated ones are held to (chaining, reachable loops)."""
+    ann = Annotations(kitchen_workdir / "kitchen" / "annotations")
+    truth = read_jsonl(kitchen_workdir / "kitchen" / "ground-truth" / "segments.jsonl")
+    labelled = [t for t in truth if t.get("verb_class") is not None]
+    assert labelled
+    for t in labelled:
+        findings = check_program(t["program"], ann.verbs, ann.nouns, Labels(t["verb_class"], t["noun_class"]))
+        assert findings == [], (t["narration_id"], t["verb"], findings)

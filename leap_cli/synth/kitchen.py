@@ -50,7 +50,7 @@ from leap_cli.synth.world import POUR_INTO, class_file, true_program, vocabulari
 log = logging.getLogger(__name__)
 
 MARKER = ".leap-kitchen.json"
-KITCHEN_VERSION = 1  # bump when the output changes for the same config
+KITCHEN_VERSION = 2  # bump when the output changes for the same config
 NTSC_30 = 30000 / 1001
 NTSC_60 = 60000 / 1001
 # Frame rates EPIC-KITCHENS-100 videos really have (see EPIC_100_video_info.csv), cycled over the videos.

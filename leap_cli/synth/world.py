@@ -138,8 +138,8 @@ def true_program(verb: str, noun: str, narration: str, verb_class: int, noun_cla
                            purpose="get running water")], "else": []},
             _sub("take", tool, post=[_c("holding", "right", tool)], purpose="get the sponge"),
             {"type": "loop", "until": _c("clean", noun),
-             "steps": [_sub("wash", noun, tool, hand="both", pre=[_c("dirty", noun)], post=[_c("wet", noun)],
-                            purpose=f"scrub the {noun} under the water")]},
+             "steps": [_sub("wash", noun, tool, hand="both", pre=[_c("holding", "right", tool)],
+                            post=[_c("wet", noun), _c("clean", noun)], purpose=f"scrub the {noun} under the water")]},
         ]
     elif verb in ("open", "close"):
         before, after = ("closed", "open") if verb == "open" else ("open", "closed")
@@ -159,7 +159,7 @@ def true_program(verb: str, noun: str, narration: str, verb_class: int, noun_cla
         steps = [
             _sub("take", tool, post=[_c("holding", "right", tool)], purpose="get the knife"),
             {"type": "loop", "until": _c(state, noun),
-             "steps": [_sub(verb, noun, tool, pre=[_c("holding", "right", tool)], post=[],
+             "steps": [_sub(verb, noun, tool, pre=[_c("holding", "right", tool)], post=[_c(state, noun)],
                             purpose=f"{verb} a piece of the {noun}")]},
             _sub("put", tool, pre=[_c("holding", "right", tool)], post=[_c("holding", "right", tool, negated=True)],
                  purpose="put the knife away"),
@@ -182,13 +182,16 @@ def true_program(verb: str, noun: str, narration: str, verb_class: int, noun_cla
         pre, post = [_c("full", noun)], [_c("mixed", noun)]
         steps = [_sub("take", tool, post=[_c("holding", "right", tool)], purpose="get a spoon"),
                  {"type": "loop", "until": _c("mixed", noun),
-                  "steps": [_sub("mix", noun, tool, pre=[_c("in", tool, noun)], post=[], purpose="stir round")]}]
+                  "steps": [_sub("mix", noun, tool, pre=[_c("holding", "right", tool)], post=[_c("mixed", noun)],
+                                         purpose="stir round")]}]
     elif verb == "dry":
         pre, post = [_c("wet", noun)], [_c("dry", noun)]
         steps = [_sub("take", tool, post=[_c("holding", "right", tool)], purpose="get the towel"),
                  {"type": "loop", "until": _c("dry", noun),
-                  "steps": [_sub("dry", noun, tool, hand="both", pre=[_c("wet", noun)], post=[], purpose="wipe it")]},
-                 _sub("put", tool, pre=[_c("holding", "right", tool)], post=[], purpose="put the towel back")]
+                  "steps": [_sub("dry", noun, tool, hand="both", pre=[_c("holding", "right", tool)], post=[_c("dry", noun)],
+                                         purpose="wipe it")]},
+                 _sub("put", tool, pre=[_c("holding", "right", tool)], post=[_c("holding", "right", tool, negated=True)],
+                      purpose="put the towel back")]
     elif verb == "shake":
         pre, post = [_c("holding", "right", noun)], [_c("mixed", noun)]
         steps = [{"type": "routine", "name": "shake",
@@ -196,8 +199,9 @@ def true_program(verb: str, noun: str, narration: str, verb_class: int, noun_cla
                             _sub("shake", noun, pre=[], post=[_c("mixed", noun)], purpose="and again")]}]
     elif verb == "scrape":
         pre, post = [_c("dirty", noun), _c("empty", noun, negated=True)], [_c("empty", noun)]
-        steps = [{"type": "loop", "until": _c("empty", noun),
-                  "steps": [_sub("scrape", noun, tool, pre=[_c("holding", "right", tool)], post=[],
+        steps = [_sub("take", tool, post=[_c("holding", "right", tool)], purpose=f"get the {tool}"),
+                 {"type": "loop", "until": _c("empty", noun),
+                  "steps": [_sub("scrape", noun, tool, pre=[_c("holding", "right", tool)], post=[_c("empty", noun)],
                                  purpose="scrape the leftovers off")]}]
     else:  # pragma: no cover - VERBS and this function are kept in step by a test
         raise KeyError(verb)
