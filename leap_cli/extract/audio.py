@@ -53,7 +53,8 @@ class Spectral:
         self.power = (np.abs(z) ** 2).astype(np.float64)  # [F, T]
         frames = self.power.shape[1]
         self.times = np.arange(frames) * self.hop / sr + n / 2 / sr
-        self.rms_db = _db(self.power.sum(axis=0) / (n * n / 4 + 1e-12) * 2)  # ~ dBFS of a full-scale sine = -3
+        # scipy's stft divides by sum(window); for a Hann window the one-sided bins sum to ~3/4 of the mean square
+        self.rms_db = _db(self.power.sum(axis=0) * 4 / 3)  # dB re full scale (RMS)
         logp = np.log(self.power + 1e-12)
         flux = np.maximum(np.diff(logp, axis=1), 0).mean(axis=0)
         self.flux = np.concatenate([[0.0], flux])
@@ -88,21 +89,24 @@ def _periodicity(y: np.ndarray, sr: int) -> float:
     return float(np.mean(vals)) if vals else 0.0
 
 
-def window_features(sp: Spectral, i0: int, i1: int, onset_times: np.ndarray, t0: float, t1: float) -> dict:
+def window_features(sp: Spectral, i0: int, i1: int, onset_times: np.ndarray, t0: float, t1: float,
+                    context: float = 2.0) -> dict:
+    """Features of frames [i0, i1) (window [t0, t1) s); onset rate and regularity over a ``context`` s span."""
     p = sp.power[:, i0:i1]
-    total = p.sum(axis=0) + 1e-12
     mean_spec = p.mean(axis=1) + 1e-12
     f = sp.freqs
     level = float(_db(np.mean(10 ** (sp.rms_db[i0:i1] / 10))))
     centroid = float((f * mean_spec).sum() / mean_spec.sum())
     band = lambda a, b: float(mean_spec[(f >= a) & (f < b)].sum() / mean_spec.sum())  # noqa: E731
-    # flatness over 200 Hz-7 kHz, where kitchen noises live
+    # flatness over 200 Hz-7 kHz, where kitchen noises live; on all frames and on the loud ones (the events)
     m = (f >= 200) & (f < 7000)
     flat_frames = np.exp(np.log(p[m] + 1e-12).mean(axis=0)) / (p[m].mean(axis=0) + 1e-12)
     env = sp.rms_db[i0:i1]
+    loud_sel = env > env.max() - 10 if env.size else np.zeros(0, bool)
     loud = env[env > env.max() - 30] if env.size else env
-    ons = onset_times[(onset_times >= t0) & (onset_times < t1)]
-    dur = max(t1 - t0, 1e-3)
+    mid = (t0 + t1) / 2
+    c0, c1 = max(0.0, mid - context / 2), min(sp.times[-1] + 0.01, mid + context / 2)
+    ons = onset_times[(onset_times >= c0) & (onset_times < c1)]
     ioi = np.diff(ons)
     regular = float(np.std(ioi) / (np.mean(ioi) + 1e-9)) if ioi.size >= 2 else 1.0
     # 3-8 Hz modulation of the level: syllables (speech), strokes (scraping)
@@ -115,10 +119,11 @@ def window_features(sp: Spectral, i0: int, i1: int, onset_times: np.ndarray, t0:
         mod_syll = 0.0
     y = sp.y[int(t0 * sp.sr):int(t1 * sp.sr)]
     return {"level_db": level, "centroid": centroid, "flatness": float(np.median(flat_frames)),
+            "flatness_loud": float(np.median(flat_frames[loud_sel])) if loud_sel.any() else 0.0,
             "low": band(0, 500), "mid": band(500, 2500), "high": band(2500, 5000), "top": band(5000, sp.sr / 2),
             "crest_db": float(env.max() - np.median(env)) if env.size else 0.0,
             "level_std": float(np.std(loud)) if loud.size else 0.0,
-            "onset_rate": len(ons) / dur, "onset_irregularity": regular,
+            "onset_rate": len(ons) / max(c1 - c0, 1e-3), "onset_irregularity": regular,
             "periodicity": _periodicity(y, sp.sr), "mod_syllable": mod_syll}
 
 
@@ -126,15 +131,16 @@ def classify(ft: dict, silence_db: float = -45.0) -> str:
     """The kitchen category of one window's features (rules in the module docstring)."""
     if ft["level_db"] < silence_db:
         return "silence"
-    if ft["periodicity"] > 0.6 and ft["centroid"] < 2500 and ft["level_std"] > 3:
+    if ft["periodicity"] > 0.6 and ft["centroid"] < 2500 and ft["level_std"] > 3 and ft["mod_syllable"] > 0.3:
         return "speech"
-    impulsive = ft["crest_db"] > 12 and ft["onset_rate"] >= 1
-    if impulsive:
-        if ft["onset_rate"] >= 1.5 and ft["onset_irregularity"] < 0.35:
+    if ft["crest_db"] > 12 and ft["onset_rate"] >= 1:  # impulsive
+        if ft["flatness_loud"] > 0.3 and ft["low"] < 0.5:
+            return "rustling"  # the bursts themselves are noise, not knocks or rings
+        if ft["onset_rate"] >= 1.5 and ft["onset_irregularity"] < 0.3:
             return "chopping"
         return "clatter"
     if ft["level_std"] < 4:  # steady noise
-        if ft["top"] + ft["high"] > 0.6 and ft["centroid"] > 3500:
+        if ft["top"] > 0.5 and ft["centroid"] > 4500:
             return "sizzling"
         if ft["flatness"] > 0.25:
             return "running_water"

@@ -27,7 +27,8 @@ import numpy as np
 from leap_cli.errors import LeapError
 from leap_cli.extract.base import Component, SegmentContext, result
 
-TURN_DEG = 4.0  # rotation per step (deg) below which a step counts as still
+TURN_RATE = 5.0  # deg/s: slower rotation counts as holding still
+MIN_DEGREES = 5.0  # a phase turning less than this in all is still
 
 
 def intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
@@ -53,20 +54,35 @@ class PairEstimate(dict):
     """{"r_cam": 3x3, "t": unit 3-vector or None, "matches": n, "model": "essential"|"homography"|None}."""
 
 
-def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb) -> PairEstimate:
-    """Camera rotation (and translation direction) from frame 1 to frame 2 (grey images)."""
+def correspondences(g1: np.ndarray, g2: np.ndarray, orb, min_matches: int = 40) -> tuple[np.ndarray, np.ndarray]:
+    """Matched points (N,2) of two grey frames: ORB + cross-checked Hamming matches; where ORB finds too few
+    (small or low-texture frames), Shi-Tomasi corners tracked by pyramidal Lucas-Kanade instead."""
     k1, d1 = orb.detectAndCompute(g1, None)
     k2, d2 = orb.detectAndCompute(g2, None)
-    if d1 is None or d2 is None or len(k1) < 8 or len(k2) < 8:
-        return PairEstimate(r_cam=np.eye(3), t=None, matches=0, model=None)
-    matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
-    matches = matcher.match(d1, d2)
-    if len(matches) < 12:
-        return PairEstimate(r_cam=np.eye(3), t=None, matches=len(matches), model=None)
-    p1 = np.float64([k1[m.queryIdx].pt for m in matches])
-    p2 = np.float64([k2[m.trainIdx].pt for m in matches])
+    p1 = p2 = np.zeros((0, 2))
+    if d1 is not None and d2 is not None and len(k1) >= 8 and len(k2) >= 8:
+        matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(d1, d2)
+        p1 = np.float64([k1[m.queryIdx].pt for m in matches]).reshape(-1, 2)
+        p2 = np.float64([k2[m.trainIdx].pt for m in matches]).reshape(-1, 2)
+    if len(p1) >= min_matches:
+        return p1, p2
+    corners = cv2.goodFeaturesToTrack(g1, maxCorners=400, qualityLevel=0.01, minDistance=5)
+    if corners is None or len(corners) < 8:
+        return p1, p2
+    nxt, st, _ = cv2.calcOpticalFlowPyrLK(g1, g2, corners, None, winSize=(21, 21), maxLevel=3)
+    back, st2, _ = cv2.calcOpticalFlowPyrLK(g2, g1, nxt, None, winSize=(21, 21), maxLevel=3)
+    ok = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm(back - corners, axis=2).ravel() < 1.0)
+    q1, q2 = corners.reshape(-1, 2)[ok].astype(np.float64), nxt.reshape(-1, 2)[ok].astype(np.float64)
+    return (q1, q2) if len(q1) > len(p1) else (p1, p2)
+
+
+def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb) -> PairEstimate:
+    """Camera rotation (and translation direction) from frame 1 to frame 2 (grey images)."""
+    p1, p2 = correspondences(g1, g2, orb)
+    if len(p1) < 12:
+        return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model=None)
     if np.median(np.linalg.norm(p1 - p2, axis=1)) < 0.5:  # no parallax and no rotation: still
-        return PairEstimate(r_cam=np.eye(3), t=None, matches=len(matches), model="still")
+        return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model="still")
     h, h_mask = cv2.findHomography(p1, p2, cv2.RANSAC, 3.0)
     e, e_mask = cv2.findEssentialMat(p1, p2, k, method=cv2.RANSAC, prob=0.999, threshold=1.0)
     h_in = int(h_mask.sum()) if h_mask is not None else 0
@@ -76,14 +92,15 @@ def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb) -> PairEst
         r = _orthonormal(np.linalg.inv(k) @ h @ k)  # maps camera-1 rays to camera-2 rays
         return PairEstimate(r_cam=r.T, t=None, matches=h_in, model="homography")
     if not e_ok:
-        return PairEstimate(r_cam=np.eye(3), t=None, matches=len(matches), model=None)
+        return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model=None)
     _, r, t, _ = cv2.recoverPose(e, p1, p2, k, mask=e_mask)
     # recoverPose: x2 = R x1 + t. The camera's own rotation is R^T, its centre moves by -R^T t.
     c = -(r.T @ t).ravel()
     return PairEstimate(r_cam=r.T, t=c / (np.linalg.norm(c) or 1), matches=e_in, model="essential")
 
 
-def motion_label(yaw: float, pitch: float, roll: float, threshold: float = TURN_DEG) -> str:
+def motion_label(yaw: float, pitch: float, roll: float, threshold: float) -> str:
+    """The dominant rotation of a step (angles and threshold in the same unit)."""
     if max(abs(yaw), abs(pitch), abs(roll)) < threshold:
         return "still"
     if abs(yaw) >= abs(pitch) and abs(yaw) >= abs(roll):
@@ -97,11 +114,13 @@ PHRASES = {"turn_left": "turns head left", "turn_right": "turns head right", "lo
            "look_down": "looks down", "tilt_left": "tilts head left", "tilt_right": "tilts head right"}
 
 
-def phases_from_steps(steps: list[dict], threshold: float = TURN_DEG) -> list[dict]:
-    """Merge consecutive steps with the same dominant motion into phases with summed angles."""
+_AXIS = {"turn_left": "yaw", "turn_right": "yaw", "look_up": "pitch", "look_down": "pitch", "tilt_left": "roll",
+         "tilt_right": "roll"}
+
+
+def _merge(labelled: list[tuple[str, dict]]) -> list[dict]:
     phases: list[dict] = []
-    for st in steps:
-        label = motion_label(st["yaw"], st["pitch"], st["roll"], threshold)
+    for label, st in labelled:
         if phases and phases[-1]["motion"] == label:
             ph = phases[-1]
             ph["stop"] = st["stop"]
@@ -111,9 +130,26 @@ def phases_from_steps(steps: list[dict], threshold: float = TURN_DEG) -> list[di
             phases.append({"motion": label, "start": st["start"], "stop": st["stop"],
                            **{a: round(st[a], 2) for a in ("yaw", "pitch", "roll")}})
     for ph in phases:
-        axis = {"turn_left": "yaw", "turn_right": "yaw", "look_up": "pitch", "look_down": "pitch",
-                "tilt_left": "roll", "tilt_right": "roll"}.get(ph["motion"])
+        axis = _AXIS.get(ph["motion"])
         ph["degrees"] = round(abs(ph[axis]), 1) if axis else 0.0
+    return phases
+
+
+def phases_from_steps(steps: list[dict], rate: float = TURN_RATE, min_degrees: float = MIN_DEGREES) -> list[dict]:
+    """Label each step by its dominant rotation speed (>= ``rate`` deg/s), merge equal neighbours, and call
+    phases turning less than ``min_degrees`` in all still."""
+    labelled = []
+    for st in steps:
+        dt = max(st["stop"] - st["start"], 1e-3)
+        labelled.append((motion_label(st["yaw"] / dt, st["pitch"] / dt, st["roll"] / dt, rate), st))
+    phases = _merge(labelled)
+    small = {id(p) for p in phases if p["motion"] != "still" and p["degrees"] < min_degrees}
+    if small:
+        relabelled = []
+        for label, st in labelled:
+            ph = next(p for p in phases if p["start"] <= st["start"] and st["stop"] <= p["stop"])
+            relabelled.append(("still" if id(ph) in small else label, st))
+        phases = _merge(relabelled)
     return phases
 
 
@@ -205,7 +241,7 @@ class CameraComponent(Component):
         self.frames = frames
         self.short_side = short_side
         self.fov_deg = fov_deg
-        self.orb = cv2.ORB_create(nfeatures=orb_features)
+        self.orb = cv2.ORB_create(nfeatures=orb_features, edgeThreshold=15, patchSize=15, fastThreshold=10)
 
     def describe(self, ctx: SegmentContext) -> dict:
         s = ctx.segment
