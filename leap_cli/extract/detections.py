@@ -65,8 +65,13 @@ def video_hand_objects(cache: dict, layout, video_id: str) -> dict[int, FrameDet
     key = ("hand_objects", video_id)
     if key not in cache:
         p = layout.hand_objects_path(video_id)
-        cache[key] = None if p is None else {f.frame_number: f for f in read_hand_objects(p)}
         cache[("hand_objects_path", video_id)] = p
+        try:
+            cache[key] = None if p is None else {f.frame_number: f for f in read_hand_objects(p)}
+        except LeapError as e:
+            cache[key] = e  # read once per video; every segment reports the same error
+    if isinstance(cache[key], LeapError):
+        raise cache[key]
     return cache[key]
 
 
@@ -75,8 +80,13 @@ def video_object_detections(cache: dict, layout, video_id: str) -> dict[int, lis
     key = ("object_detections", video_id)
     if key not in cache:
         p = layout.object_detections_path(video_id)
-        cache[key] = None if p is None else read_object_detections(p)
         cache[("object_detections_path", video_id)] = p
+        try:
+            cache[key] = None if p is None else read_object_detections(p)
+        except LeapError as e:
+            cache[key] = e
+    if isinstance(cache[key], LeapError):
+        raise cache[key]
     return cache[key]
 
 

@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 
 from leap_cli.epic.hand_objects import BBox, HandState
+from leap_cli.errors import LeapError
 from leap_cli.extract.base import Component, SegmentContext, result, unavailable
 from leap_cli.extract.detections import contains, in_segment, video_hand_objects, video_object_detections
 
@@ -69,7 +70,11 @@ class HandsComponent(Component):
         if frames is None:
             return unavailable("none", "no hand-object detections for this video")
         source = f"hand-objects:{ctx.video_cache[('hand_objects_path', s.video_id)].name}"
-        labelled = video_object_detections(ctx.video_cache, ctx.layout, s.video_id) or {}
+        naming_error = None
+        try:
+            labelled = video_object_detections(ctx.video_cache, ctx.layout, s.video_id) or {}
+        except LeapError as e:  # contacts are still right; objects stay unnamed, and the record says why
+            labelled, naming_error = {}, e.one_line()
         numbers = in_segment(frames, s.start_frame, s.stop_frame)
         if not numbers:
             return unavailable(source, "no detection frames inside the segment")
@@ -113,6 +118,8 @@ class HandsComponent(Component):
                 phrases.append(f"{side} hand not seen")
         data = {"frames": len(numbers), "hand_threshold": self.hand_threshold, "hands": hands_data,
                 "timeline": timeline}
+        if naming_error:
+            data["object_names_unavailable"] = naming_error
         return result("ok", source, data, "; ".join(phrases))
 
     def _object_name(self, hand, frame, labelled: list) -> str | None:

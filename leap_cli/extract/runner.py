@@ -199,9 +199,13 @@ _W: dict = {}
 
 
 def _worker_init(cfg: ExtractConfig) -> None:
-    import torch
+    import cv2
 
-    torch.set_num_threads(1)
+    cv2.setNumThreads(1)  # workers are the parallelism
+    if cfg.detector_weights is not None or cfg.audio_model is not None:
+        import torch
+
+        torch.set_num_threads(1)
     _W["cfg"] = cfg
     _W["layout"] = DatasetLayout.open(cfg.data, cfg.annotations)
     _W["components"] = build_components(cfg)
