@@ -86,6 +86,16 @@ class Mp4Writer:
         self._ctx.__exit__(None, None, None)
 
 
+    def abort(self) -> None:
+        """Drop the partial file (nothing appears at ``path``)."""
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - the file is being thrown away
+            pass
+        err = RuntimeError("aborted")
+        self._ctx.__exit__(RuntimeError, err, None)
+
+
 def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: float, *, audio: np.ndarray | None = None,
               audio_rate: int = 16000, **kw) -> int:
     """Write all ``frames`` (RGB uint8) to ``path``; returns the frame count."""

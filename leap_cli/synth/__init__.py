@@ -1,0 +1,1 @@
+"""The synthetic kitchen (``leap demo-data``): see ``kitchen.py``."""
