@@ -6,13 +6,13 @@ flatness, band shares, envelope crest and variability, onset rate and its regula
 modulation) and a category by documented rules:
 
     silence   level under ``silence_db`` (default -45 dBFS)
-    speech    strongly periodic (voiced pitch 80-400 Hz) with syllable-rate level modulation
-    chopping  impulsive onsets at a regular rate (1.5-8 per second)
-    clatter   impulsive onsets at an irregular rate, or a single strong impact
+    speech    periodic (voiced pitch 80-400 Hz), low centroid, with syllable-rate (3-8 Hz) level modulation
+    chopping  impulsive onsets at a regular rate (1.5-8 per second; onset-strength autocorrelation)
+    clatter   irregular impulsive onsets that ring (tonal peaks) or thud (low frequencies)
     sizzling  steady noise dominated by high frequencies (> 4 kHz) with crackle
     running_water  steady broadband noise (flat spectrum, low level variation)
-    scraping  band-limited mid-frequency noise with slow stroke-like swells
-    rustling  irregular noise bursts without sharp onsets
+    scraping  band-limited mid-frequency noise, or noise swelling with each stroke (3-8 Hz)
+    rustling  irregular noise bursts (noisy, not tonal)
 
 Consecutive windows with the same category form events (``start``/``stop`` in seconds from the segment
 start). ``--audio-model PATH`` replaces the rules with PANNs CNN14 (see ``audio_cnn14.py``).
@@ -73,14 +73,16 @@ class Spectral:
 
 
 def _periodicity(y: np.ndarray, sr: int) -> float:
-    """Mean normalised autocorrelation peak at pitch lags (80-400 Hz) over 40 ms frames: ~1 voiced, ~0 noise."""
+    """Mean normalised autocorrelation peak at pitch lags (80-400 Hz) over the loud 40 ms frames (within 15 dB of
+    the loudest): ~1 voiced, ~0 noise."""
     n = int(0.04 * sr)
     lo, hi = sr // 400, sr // 80
+    frames = [y[i:i + n] - y[i:i + n].mean() for i in range(0, len(y) - n, n)]
+    energies = [float((fr ** 2).sum()) for fr in frames]
+    floor = max(energies, default=0.0) * 10 ** (-15 / 10)
     vals = []
-    for i in range(0, len(y) - n, n):
-        fr = y[i:i + n] - y[i:i + n].mean()
-        e = float((fr ** 2).sum())
-        if e < 1e-8:
+    for fr, e in zip(frames, energies):
+        if e < 1e-8 or e < floor:
             continue
         spec = np.fft.rfft(fr, 2 * n)
         ac = np.fft.irfft(np.abs(spec) ** 2)[:n]
@@ -109,6 +111,17 @@ def window_features(sp: Spectral, i0: int, i1: int, onset_times: np.ndarray, t0:
     ons = onset_times[(onset_times >= c0) & (onset_times < c1)]
     ioi = np.diff(ons)
     regular = float(np.std(ioi) / (np.mean(ioi) + 1e-9)) if ioi.size >= 2 else 1.0
+    # rhythm: autocorrelation of the onset-strength envelope at stroke periods (0.12-0.7 s) over the context
+    fl = sp.flux[(sp.times >= c0) & (sp.times < c1)]
+    rhythm = 0.0
+    if fl.size > 80:
+        fl = fl - fl.mean()
+        ac = np.correlate(fl, fl, "full")[fl.size - 1:]
+        ac = ac / (ac[0] + 1e-12) * fl.size / (fl.size - np.arange(fl.size))  # unbiased
+        rhythm = float(ac[12:min(70, fl.size // 2)].max()) if fl.size // 2 > 12 else 0.0
+    # tonality of the loud frames: ringing partials stand far above the median bin
+    band_spec = p[:, loud_sel].mean(axis=1)[m] if loud_sel.any() else mean_spec[m]
+    tonal = float(_db(band_spec.max() / (np.median(band_spec) + 1e-12)))
     # 3-8 Hz modulation of the level: syllables (speech), strokes (scraping)
     lin = 10 ** (env / 20)
     if lin.size > 8:
@@ -123,7 +136,9 @@ def window_features(sp: Spectral, i0: int, i1: int, onset_times: np.ndarray, t0:
             "low": band(0, 500), "mid": band(500, 2500), "high": band(2500, 5000), "top": band(5000, sp.sr / 2),
             "crest_db": float(env.max() - np.median(env)) if env.size else 0.0,
             "level_std": float(np.std(loud)) if loud.size else 0.0,
-            "onset_rate": len(ons) / max(c1 - c0, 1e-3), "onset_irregularity": regular,
+            "onset_rate": len(ons) / max(c1 - c0, 1e-3),
+            "onsets_in_window": int(((onset_times >= t0) & (onset_times < t1)).sum()), "onset_irregularity": regular, "rhythm": rhythm,
+            "tonal_db": tonal,
             "periodicity": _periodicity(y, sp.sr), "mod_syllable": mod_syll}
 
 
@@ -131,18 +146,20 @@ def classify(ft: dict, silence_db: float = -45.0) -> str:
     """The kitchen category of one window's features (rules in the module docstring)."""
     if ft["level_db"] < silence_db:
         return "silence"
-    if ft["periodicity"] > 0.6 and ft["centroid"] < 2500 and ft["level_std"] > 3 and ft["mod_syllable"] > 0.3:
+    if ft["periodicity"] > 0.35 and ft["centroid"] < 1500 and ft["level_std"] > 3 and ft["mod_syllable"] > 0.5:
         return "speech"
-    if ft["crest_db"] > 12 and ft["onset_rate"] >= 1:  # impulsive
-        if ft["flatness_loud"] > 0.3 and ft["low"] < 0.5:
-            return "rustling"  # the bursts themselves are noise, not knocks or rings
-        if ft["onset_rate"] >= 1.5 and ft["onset_irregularity"] < 0.3:
+    if ft["crest_db"] > 12 and (ft["onsets_in_window"] >= 1 or ft["onset_rate"] >= 1):  # impulsive
+        if 1.5 <= ft["onset_rate"] <= 8 and (ft["rhythm"] > 0.45 or ft["onset_irregularity"] < 0.25):
             return "chopping"
-        return "clatter"
+        if ft["tonal_db"] > 15 or ft["low"] > 0.5:
+            return "clatter"  # knocks and rings
+        return "rustling"  # the bursts themselves are noise
     if ft["level_std"] < 4:  # steady noise
         if ft["top"] > 0.5 and ft["centroid"] > 4500:
             return "sizzling"
-        if ft["flatness"] > 0.25:
+        if ft["mod_syllable"] > 0.5 and ft["level_std"] > 1.2:
+            return "scraping"  # swells with each stroke
+        if ft["flatness"] > 0.25 or (ft["level_std"] < 1.5 and ft["flatness"] > 0.1):
             return "running_water"
     if ft["mid"] > 0.5 and ft["flatness"] < 0.35:
         return "scraping"
