@@ -6,7 +6,8 @@ flatness, band shares, envelope crest and variability, onset rate and its regula
 modulation) and a category by documented rules:
 
     silence   level under ``silence_db`` (default -45 dBFS)
-    speech    periodic (voiced pitch 80-400 Hz), low centroid, with syllable-rate (3-8 Hz) level modulation
+    speech    periodic (voiced pitch 80-400 Hz), low centroid, syllable-rate (3-8 Hz) level modulation and
+              loud stretches of 60 ms or more (syllables, not knocks)
     chopping  impulsive onsets at a regular rate (1.5-8 per second; onset-strength autocorrelation)
     clatter   irregular impulsive onsets that ring (tonal peaks) or thud (low frequencies)
     sizzling  steady noise dominated by high frequencies (> 4 kHz) with crackle
@@ -119,6 +120,17 @@ def window_features(sp: Spectral, i0: int, i1: int, onset_times: np.ndarray, t0:
         ac = np.correlate(fl, fl, "full")[fl.size - 1:]
         ac = ac / (ac[0] + 1e-12) * fl.size / (fl.size - np.arange(fl.size))  # unbiased
         rhythm = float(ac[12:min(70, fl.size // 2)].max()) if fl.size // 2 > 12 else 0.0
+    # how long the loud stretches last (ms): syllables ~100 ms and more, knocks a few tens
+    runs, cur = [], 0
+    for flag in loud_sel:
+        if flag:
+            cur += 1
+        elif cur:
+            runs.append(cur)
+            cur = 0
+    if cur:
+        runs.append(cur)
+    burst_ms = 10.0 * float(np.mean(runs)) if runs else 0.0
     # tonality of the loud frames: ringing partials stand far above the median bin
     band_spec = p[:, loud_sel].mean(axis=1)[m] if loud_sel.any() else mean_spec[m]
     tonal = float(_db(band_spec.max() / (np.median(band_spec) + 1e-12)))
@@ -138,7 +150,7 @@ def window_features(sp: Spectral, i0: int, i1: int, onset_times: np.ndarray, t0:
             "level_std": float(np.std(loud)) if loud.size else 0.0,
             "onset_rate": len(ons) / max(c1 - c0, 1e-3),
             "onsets_in_window": int(((onset_times >= t0) & (onset_times < t1)).sum()), "onset_irregularity": regular, "rhythm": rhythm,
-            "tonal_db": tonal,
+            "tonal_db": tonal, "burst_ms": burst_ms,
             "periodicity": _periodicity(y, sp.sr), "mod_syllable": mod_syll}
 
 
@@ -146,7 +158,8 @@ def classify(ft: dict, silence_db: float = -45.0) -> str:
     """The kitchen category of one window's features (rules in the module docstring)."""
     if ft["level_db"] < silence_db:
         return "silence"
-    if ft["periodicity"] > 0.35 and ft["centroid"] < 1500 and ft["level_std"] > 3 and ft["mod_syllable"] > 0.5:
+    if ft["periodicity"] > 0.35 and ft["centroid"] < 1500 and ft["level_std"] > 3 and ft["mod_syllable"] > 0.5 \
+            and ft["burst_ms"] >= 60:
         return "speech"
     if ft["crest_db"] > 12 and (ft["onsets_in_window"] >= 1 or ft["onset_rate"] >= 1):  # impulsive
         if 1.5 <= ft["onset_rate"] <= 8 and (ft["rhythm"] > 0.45 or ft["onset_irregularity"] < 0.25):
