@@ -35,6 +35,8 @@ def extract(
     hand_threshold: float = typer.Option(0.5, "--hand-threshold", help="Minimum score of a hand detection."),
     object_threshold: float = typer.Option(0.5, "--object-threshold", help="Minimum score of an object detection."),
     camera_frames: int = typer.Option(9, "--camera-frames", help="Frames sampled through a segment for visual odometry."),
+    camera_source: str = typer.Option("auto", "--camera-source", help="auto: COLMAP poses (poses/VIDEO/images.txt) "
+                                      "where they exist, else visual odometry; vo or colmap to force one."),
     fov: float = typer.Option(90.0, "--fov", help="Assumed horizontal field of view (degrees) for the camera intrinsics."),
     detector_weights: Path = typer.Option(None, "--detector-weights", help="Local torchvision Faster R-CNN checkpoint; "
                                                                           "without it the data set's detection files are used."),
@@ -58,6 +60,7 @@ def extract(
                         components=tuple(c.strip() for c in components.split(",") if c.strip()), workers=workers,
                         shard=spec, retry_errors=retry_errors, limit=limit, hand_threshold=hand_threshold,
                         object_threshold=object_threshold, camera_frames=camera_frames, fov_deg=fov,
+                        camera_source=camera_source,
                         object_frames=object_frames, detector_weights=detector_weights,
                         detector_labels=detector_labels, detector_arch=detector_arch, audio_model=audio_model,
                         audio_labels=audio_labels, device=device)

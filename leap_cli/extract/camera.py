@@ -54,11 +54,13 @@ class PairEstimate(dict):
     """{"r_cam": 3x3, "t": unit 3-vector or None, "matches": n, "model": "essential"|"homography"|None}."""
 
 
-def correspondences(g1: np.ndarray, g2: np.ndarray, orb, min_matches: int = 40) -> tuple[np.ndarray, np.ndarray]:
+def correspondences(g1: np.ndarray, g2: np.ndarray, orb, min_matches: int = 40, *, feats1=None,
+                    feats2=None) -> tuple[np.ndarray, np.ndarray]:
     """Matched points (N,2) of two grey frames: ORB + cross-checked Hamming matches; where ORB finds too few
-    (small or low-texture frames), Shi-Tomasi corners tracked by pyramidal Lucas-Kanade instead."""
-    k1, d1 = orb.detectAndCompute(g1, None)
-    k2, d2 = orb.detectAndCompute(g2, None)
+    (small or low-texture frames), Shi-Tomasi corners tracked by pyramidal Lucas-Kanade instead.
+    ``feats1/2``: ORB (keypoints, descriptors) computed already (each frame is detected once per segment)."""
+    k1, d1 = feats1 if feats1 is not None else orb.detectAndCompute(g1, None)
+    k2, d2 = feats2 if feats2 is not None else orb.detectAndCompute(g2, None)
     p1 = p2 = np.zeros((0, 2))
     if d1 is not None and d2 is not None and len(k1) >= 8 and len(k2) >= 8:
         matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(d1, d2)
@@ -76,9 +78,9 @@ def correspondences(g1: np.ndarray, g2: np.ndarray, orb, min_matches: int = 40) 
     return (q1, q2) if len(q1) > len(p1) else (p1, p2)
 
 
-def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb) -> PairEstimate:
+def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *, feats1=None, feats2=None) -> PairEstimate:
     """Camera rotation (and translation direction) from frame 1 to frame 2 (grey images)."""
-    p1, p2 = correspondences(g1, g2, orb)
+    p1, p2 = correspondences(g1, g2, orb, feats1=feats1, feats2=feats2)
     if len(p1) < 12:
         return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model=None)
     if np.median(np.linalg.norm(p1 - p2, axis=1)) < 0.5:  # no parallax and no rotation: still
@@ -216,7 +218,10 @@ def read_colmap_images(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarr
 def where_in_kitchen(centres: np.ndarray, seg_centre: np.ndarray) -> tuple[dict, str]:
     """Where the segment's camera is relative to all camera centres of the video."""
     mean = centres.mean(axis=0)
-    spread = float(np.sqrt(((centres - mean) ** 2).sum(axis=1).mean())) or 1.0
+    spread = float(np.sqrt(((centres - mean) ** 2).sum(axis=1).mean()))
+    if spread < 1e-6:
+        return ({"distance_from_centre": 0.0, "along_main_axis": None, "time_share_nearby": 1.0},
+                "the reconstruction puts every frame of this video at one place (rotation only)")
     dist = float(np.linalg.norm(seg_centre - mean)) / spread
     radius = 0.5 * spread
     share = float((np.linalg.norm(centres - seg_centre, axis=1) < radius).mean())
@@ -237,7 +242,11 @@ class CameraComponent(Component):
     name = "camera"
     needs_frames = True
 
-    def __init__(self, frames: int = 9, short_side: int = 240, fov_deg: float = 90.0, orb_features: int = 800):
+    def __init__(self, frames: int = 9, short_side: int = 240, fov_deg: float = 90.0, orb_features: int = 500,
+                 source: str = "auto"):
+        if source not in ("auto", "vo", "colmap"):
+            raise LeapError(f"unknown camera source {source!r}", fix="use auto, vo or colmap")
+        self.source = source  # auto: COLMAP poses where they exist, else visual odometry
         self.frames = frames
         self.short_side = short_side
         self.fov_deg = fov_deg
@@ -245,9 +254,12 @@ class CameraComponent(Component):
 
     def describe(self, ctx: SegmentContext) -> dict:
         s = ctx.segment
-        poses_path = ctx.layout.poses_path(s.video_id)
+        poses_path = None if self.source == "vo" else ctx.layout.poses_path(s.video_id)
         if poses_path is not None:
             return self._from_colmap(ctx, poses_path)
+        if self.source == "colmap":
+            return result("unavailable", "none", {"reason": "no COLMAP poses for this video"},
+                          "unavailable (no COLMAP poses for this video)")
         if ctx.read_frames is None:
             return result("unavailable", "none", {"reason": "no video or frames for this segment"},
                           "unavailable (no video or frames for this segment)")
@@ -256,9 +268,10 @@ class CameraComponent(Component):
         greys = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
         h, w = greys[0].shape
         k = intrinsics(w, h, self.fov_deg)
+        feats = [self.orb.detectAndCompute(g, None) for g in greys]
         steps, total = [], np.eye(3)
         for i in range(1, len(greys)):
-            est = relative_pose(greys[i - 1], greys[i], k, self.orb)
+            est = relative_pose(greys[i - 1], greys[i], k, self.orb, feats1=feats[i - 1], feats2=feats[i])
             total = total @ est["r_cam"]
             yaw, pitch, roll = angles(est["r_cam"])
             step = {"start": ctx.frame_time(numbers[i - 1]), "stop": ctx.frame_time(numbers[i]),

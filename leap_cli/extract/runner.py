@@ -46,6 +46,7 @@ class ExtractConfig:
     object_threshold: float = 0.5
     camera_frames: int = 9
     fov_deg: float = 90.0
+    camera_source: str = "auto"  # auto (COLMAP poses where they exist, else visual odometry) | vo | colmap
     object_frames: int = 6
     detector_weights: Path | None = None
     detector_labels: Path | None = None
@@ -104,7 +105,7 @@ def build_components(cfg: ExtractConfig) -> list[Component]:
                 model = AudioTagger(cfg.audio_model, cfg.audio_labels, device=cfg.device)
             out.append(AudioComponent(model))
         elif name == "camera":
-            out.append(CameraComponent(frames=cfg.camera_frames, fov_deg=cfg.fov_deg))
+            out.append(CameraComponent(frames=cfg.camera_frames, fov_deg=cfg.fov_deg, source=cfg.camera_source))
         elif name == "objects":
             det = None
             if cfg.detector_weights is not None:
