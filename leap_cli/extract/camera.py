@@ -5,7 +5,8 @@ between consecutive samples; the essential matrix (RANSAC) and ``recoverPose`` g
 direction of translation. Intrinsics are assumed from the frame size: principal point at the centre and a
 horizontal field of view of ``fov_deg`` (default 90 deg, close to EPIC's GoPro linear view after undistortion).
 When the motion is (nearly) a pure rotation the essential matrix is degenerate, so, as ORB-SLAM does at
-initialisation, a homography is fitted as well; when it explains the matches as well as the essential matrix,
+initialisation, a homography is fitted as well; when it explains at least 70% as many matches as the essential
+matrix (head turns dominate egocentric motion, and a far or planar scene leaves E ambiguous),
 the rotation is taken from ``K^-1 H K`` (orthonormalised) and no translation is reported.
 
 Angles (degrees, camera frame, x right, y down, z forward): yaw > 0 turns right, pitch > 0 looks up, roll > 0
@@ -27,6 +28,7 @@ import numpy as np
 from leap_cli.errors import LeapError
 from leap_cli.extract.base import Component, SegmentContext, result
 
+H_RATIO = 0.7  # homography when its inliers reach this share of the essential matrix's (head turns)
 TURN_RATE = 5.0  # deg/s: slower rotation counts as holding still
 MIN_DEGREES = 5.0  # a phase turning less than this in all is still
 
@@ -90,7 +92,7 @@ def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *, feats1=
     h_in = int(h_mask.sum()) if h_mask is not None else 0
     e_ok = e is not None and e.shape == (3, 3)
     e_in = int(e_mask.sum()) if e_ok and e_mask is not None else 0
-    if h is not None and h_in >= 0.9 * e_in:
+    if h is not None and h_in >= H_RATIO * e_in:
         r = _orthonormal(np.linalg.inv(k) @ h @ k)  # maps camera-1 rays to camera-2 rays
         return PairEstimate(r_cam=r.T, t=None, matches=h_in, model="homography")
     if not e_ok:

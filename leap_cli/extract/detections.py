@@ -49,9 +49,10 @@ def read_object_detections(path: str | Path) -> dict[int, list[LabelledBox]]:
             boxes = []
             for o in d["objects"]:
                 b = o["bbox"]
-                box = BBox(float(b["left"]), float(b["top"]), float(b["right"]), float(b["bottom"]))
-                if not all(-0.01 <= v <= 1.01 for v in (box.left, box.top, box.right, box.bottom)):
+                vals = [float(b[k]) for k in ("left", "top", "right", "bottom")]
+                if not all(-0.1 <= v <= 1.1 for v in vals):  # pixels, not fractions of the frame
                     raise ValueError("box coordinates outside [0, 1]")
+                box = BBox(*(min(max(v, 0.0), 1.0) for v in vals))  # boxes cut by the frame edge
                 boxes.append(LabelledBox(str(o["label"]), box, float(o.get("score", 1.0))))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise LeapError(f"line {i} is not a frame of labelled detections ({type(e).__name__}: {e})",

@@ -1,0 +1,46 @@
+"""Extraction measured against the synthetic kitchen's ground truth (figures stable for this seed; the
+larger measurement is benchmarks/bench_extract.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from leap_cli.extract.runner import ExtractConfig, run_extract
+from leap_cli.extract.truth import load_truth, score
+from leap_cli.io import read_jsonl
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> tuple[dict, dict]:
+    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+
+    root = tmp_path_factory.mktemp("synth") / "kitchen"
+    build_kitchen(root, KitchenConfig(videos=2, segments_per_video=16, seed=1))
+    vo, poses = root / "vo.jsonl", root / "poses.jsonl"
+    for split in ("train", "val"):
+        run_extract(ExtractConfig(data=root, split=split, out=vo, camera_source="vo"))
+        run_extract(ExtractConfig(data=root, split=split, out=poses, components=("camera",)))
+    truth = load_truth(root)
+    return score(read_jsonl(vo), truth), score(read_jsonl(poses), truth)
+
+
+def test_yaw_direction_of_head_turns(measured):
+    vo, poses = measured
+    assert vo["yaw_direction"]["segments"] >= 8
+    assert vo["yaw_direction"]["correct"] >= 0.9
+    assert poses["yaw_direction"]["correct"] >= 0.9  # COLMAP poses on P01_01, visual odometry on P01_02
+
+
+def test_audio_category(measured):
+    vo, _ = measured
+    assert vo["audio_category"]["segments"] == 32 and vo["audio_category"]["correct"] >= 0.8
+
+
+def test_hand_contacts_and_objects(measured):
+    vo, _ = measured
+    hc = vo["hand_contacts"]
+    assert hc["contacts"] >= 20 and hc["iou_at_least_0.7"] >= 0.9 and hc["mean_iou"] >= 0.9
+    assert hc["object_named"] >= 0.9
+    assert vo["objects"]["true_objects"] >= 40 and vo["objects"]["named"] == 1.0
