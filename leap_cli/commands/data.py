@@ -18,13 +18,24 @@ def register(app: typer.Typer) -> None:
 
 def demo_data(
     out: Path = typer.Option(Path("leap-work/kitchen"), "--out", help="Folder to write the synthetic kitchen into."),
-    videos: int = typer.Option(8, "--videos", help="Number of videos (each a few minutes of short actions)."),
+    videos: int = typer.Option(8, "--videos", help="Number of videos (each about two minutes of short actions)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
+    segments: int = typer.Option(48, "--segments", help="Action segments per video."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the folder already holds this kitchen."),
 ) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
 
-    summary = build_kitchen(out, KitchenConfig(videos=videos, seed=seed), force=force)
+    cfg = KitchenConfig(videos=videos, seed=seed, segments_per_video=segments)
+    with Progress(TextColumn("[bold]kitchen[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("videos", total=videos)
+
+        def on_video(done: int, total: int, video_id: str) -> None:
+            progress.update(task, completed=done, description=f"{video_id} written")
+
+        summary = build_kitchen(out, cfg, force=force, on_video=on_video)
     console.print(summary.render())
 
 

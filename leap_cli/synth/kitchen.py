@@ -352,7 +352,7 @@ class _VideoBuilder:
                 for a, b in _runs(flags, 0.0, e.fps):
                     base = f0 / e.fps - seg.start
                     contact_list.append({"hand": side, "object": obj, "start": round(max(0.0, base + a), 3),
-                                         "stop": round(base + b, 3)})
+                                         "stop": round(min(seg.duration, base + b), 3)})
             sounds = [{"label": ev.label, "start": round(ev.start - seg.start, 3), "stop": round(ev.stop - seg.start, 3)}
                       for ev in seg.sound]
             sounds += [{"label": "speech", "start": round(max(0.0, ev.start - seg.start), 3),
