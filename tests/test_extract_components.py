@@ -276,3 +276,10 @@ def test_render_clip_orders_by_time_and_names_unavailable():
     assert text.index("right hand touches knife") < text.index("rhythmic chopping")
     assert "Unavailable: camera (unavailable: no video); objects (error: boom)" in text
     assert text.splitlines()[0] == "Clip 3.00-5.00 s (2.0 s long)." and 'Narration: "cut carrot".' in text
+
+
+def test_audio_of_a_very_short_segment_is_empty_not_an_error():
+    ctx = SegmentContext(layout=None, segment=_segment(0.0, 0.05), fps=25,
+                         read_audio=lambda sr: np.zeros(int(0.05 * sr), np.float32))
+    rec = AudioComponent().describe(ctx)
+    assert rec["status"] == "ok" and rec["data"]["events"] == [] and rec["text"] == "no audio in the segment"

@@ -206,7 +206,8 @@ def analyse(y: np.ndarray, sr: int = SAMPLE_RATE, *, window: float = 0.5, hop: f
         y = y.mean(axis=-1)
     duration = len(y) / sr
     if duration < 0.1:
-        return {"duration": round(duration, 3), "loudness_db": [], "onsets": [], "events": [], "windows": []}
+        return {"duration": round(duration, 3), "loudness_db": [], "onsets": [], "events": [], "window_labels": [],
+                "window_features": []}
     sp = Spectral(y, sr)
     ons = sp.onsets()
     loud = []
@@ -276,6 +277,7 @@ class AudioComponent(Component):
             source = f"cnn14:{self.model.checkpoint_name}"
         else:
             data = analyse(y, sr, silence_db=self.silence_db)
+            data.pop("window_features", None)  # kept out of the record: large, and only for tuning the rules
             source = "dsp-rules"
         data["dominant"] = dominant_sound(data["events"])
         data["timeline"] = [{"start": e["start"], "stop": e["stop"],

@@ -289,7 +289,10 @@ class CameraComponent(Component):
         phases = phases_from_steps(steps)
         yaw, pitch, roll = angles(total)
         text = phases_text(phases)
+        # translation only where the essential matrix won on at least half the steps (else the motion is rotation)
         trans = [np.array(st["translation"]) for st in steps if "translation" in st]
+        if len(trans) < max(1, len(steps) / 2):
+            trans = []
         data = {"steps": steps, "phases": phases,
                 "total": {"yaw": round(yaw, 1), "pitch": round(pitch, 1), "roll": round(roll, 1)},
                 "timeline": [{"start": p["start"], "stop": p["stop"],
