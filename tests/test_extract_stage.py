@@ -146,3 +146,17 @@ def test_cli_extract_writes_default_path_with_shard_suffix(kitchen, tmp_path, mo
     res = CliRunner().invoke(app, ["extract", "--data", str(kitchen), "--split", "train", "--workdir", str(work),
                                    "--components", "narration,smell"])
     assert res.exit_code != 0 and "smell" in str(res.exception or res.output)
+
+
+def test_corrupt_video_is_recorded_per_segment_and_the_run_goes_on(kitchen, tmp_path):
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    (root / "P01" / "videos" / "P01_01.MP4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    out = tmp_path / "train.jsonl"
+    s = run_extract(_cfg(root, out, components=("camera", "audio")))
+    recs = {r["narration_id"]: r for r in read_jsonl(out)}
+    assert s.written == 4 and s.counts["camera"]["error"] == 4
+    assert "P01_01.MP4" in recs["P01_01_0"]["components"]["camera"]["data"]["error"]
+    assert recs["P01_01_0"]["components"]["audio"]["status"] == "ok"  # the WAV is still there

@@ -200,7 +200,11 @@ _W: dict = {}
 
 
 def _worker_init(cfg: ExtractConfig) -> None:
+    import signal
+
     import cv2
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it keeps what is written and stops the pool
 
     cv2.setNumThreads(1)  # workers are the parallelism
     if cfg.detector_weights is not None or cfg.audio_model is not None:
