@@ -149,3 +149,24 @@ def test_detector_labels_file_and_mismatches(tmp_path):
     msg = e.value.one_line()
     assert "missing keys: roi_heads.box_head.fc6.weight" in msg
     assert "unexpected keys: roi_heads.box_head.fc6.weight_renamed" in msg
+
+
+def test_stage_runs_with_both_models(tmp_path):
+    """``leap extract`` with --audio-model and --detector-weights: sources say so, records are ok."""
+    from leap_cli.extract.runner import ExtractConfig, run_extract
+    from leap_cli.io import read_jsonl
+    from tests.extract_kitchen import build
+
+    root = build(tmp_path / "k")
+    ck, det = tmp_path / "cnn14.pth", tmp_path / "det.pth"
+    _cnn14_checkpoint(ck)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n" + "".join(f"{i},/m/{i},Sound {i}\n" for i in range(527)))
+    _detector_checkpoint(det, ["__background__", "plate", "knife"])
+    out = tmp_path / "d.jsonl"
+    s = run_extract(ExtractConfig(data=root, split="train", out=out, components=("audio", "objects"), limit=1,
+                                  audio_model=ck, audio_labels=labels, detector_weights=det, object_frames=2))
+    (r,) = read_jsonl(out)
+    assert s.counts["audio"]["ok"] == 1 and s.counts["objects"]["ok"] == 1, s.errors
+    assert r["components"]["audio"]["source"] == "cnn14:cnn14.pth" and len(r["components"]["audio"]["data"]["top_tags"]) == 5
+    assert r["components"]["objects"]["source"] == f"detector:{DET_ARCH}"

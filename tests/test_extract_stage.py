@@ -160,3 +160,27 @@ def test_corrupt_video_is_recorded_per_segment_and_the_run_goes_on(kitchen, tmp_
     assert s.written == 4 and s.counts["camera"]["error"] == 4
     assert "P01_01.MP4" in recs["P01_01_0"]["components"]["camera"]["data"]["error"]
     assert recs["P01_01_0"]["components"]["audio"]["status"] == "ok"  # the WAV is still there
+
+
+def test_each_video_is_opened_once_and_only_sampled_frames_are_decoded(kitchen, tmp_path, monkeypatch):
+    import leap_cli.media.video as video
+
+    opened, asked = [], []
+    real = video.open_video
+
+    def counting(layout, video_id, *a, **kw):
+        opened.append(video_id)
+        reader = real(layout, video_id, *a, **kw)
+        read = reader.read_frames
+
+        def read_frames(frames, *args, **kws):
+            asked.append(list(frames))
+            return read(frames, *args, **kws)
+
+        reader.read_frames = read_frames
+        return reader
+
+    monkeypatch.setattr(video, "open_video", counting)
+    run_extract(_cfg(kitchen, tmp_path / "t.jsonl", components=("camera",), camera_frames=5))
+    assert opened == ["P01_01", "P01_02"]  # the second fails to open, once, and is recorded for its segment
+    assert len(asked) == 3 and all(len(f) == 5 for f in asked)

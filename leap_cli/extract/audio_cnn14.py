@@ -183,10 +183,14 @@ class AudioTagger:
     """A CNN14 loaded from a local checkpoint, tagging 1 s windows and mapping tags to kitchen categories."""
 
     def __init__(self, checkpoint: str | Path, labels: str | Path | None = None, *, threshold: float = 0.2,
-                 widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048), device: str = "cpu"):
+                 widths: tuple[int, ...] | None = None, device: str = "cpu"):
         ckpt = load_checkpoint(checkpoint, "CNN14 audio model")
         state = unwrap_state_dict(ckpt, checkpoint, "CNN14 audio model")
         classes = state["fc_audioset.weight"].shape[0] if "fc_audioset.weight" in state else PUBLISHED["classes_num"]
+        if widths is None:  # the published widths, unless the checkpoint's blocks say otherwise
+            found = [state.get(f"conv_block{i}.conv1.weight") for i in range(1, 7)]
+            widths = (tuple(int(w.shape[0]) for w in found) if all(w is not None for w in found)
+                      else (64, 128, 256, 512, 1024, 2048))
         self.model = Cnn14(classes_num=classes, widths=widths)
         load_exact(self.model, state, checkpoint, "CNN14 audio model", ignore=("num_batches_tracked",))
         self.model.eval().to(device)
