@@ -3,7 +3,6 @@ larger measurement is benchmarks/bench_extract.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

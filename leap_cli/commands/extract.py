@@ -25,29 +25,43 @@ def extract(
     out: Path = typer.Option(None, "--out", help="Output JSONL (default WORKDIR/descriptors/{split}.jsonl, "
                                                  "with a .shardIofN suffix when sharded)."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory holding the stage files."),
-    annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
+    annotations: Path = typer.Option(
+        None, "--annotations",
+        help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
     components: str = typer.Option("narration,audio,camera,objects,hands", "--components",
                                    help="Comma-separated components to compute."),
     workers: int = typer.Option(1, "--workers", help="Worker processes; each takes whole videos."),
     shard: str = typer.Option(None, "--shard", help="Take part i of n (0-based), e.g. 0/4; videos stay together."),
-    retry_errors: bool = typer.Option(False, "--retry-errors", help="Redo finished segments that have a failed component."),
+    retry_errors: bool = typer.Option(
+        False, "--retry-errors",
+        help="Redo finished segments that have a failed component."),
     limit: int = typer.Option(None, "--limit", help="Only the first N segments (after sharding)."),
     hand_threshold: float = typer.Option(0.5, "--hand-threshold", help="Minimum score of a hand detection."),
     object_threshold: float = typer.Option(0.5, "--object-threshold", help="Minimum score of an object detection."),
-    camera_frames: int = typer.Option(9, "--camera-frames", help="Frames sampled through a segment for visual odometry."),
+    camera_frames: int = typer.Option(
+        9, "--camera-frames",
+        help="Frames sampled through a segment for visual odometry."),
     camera_source: str = typer.Option("auto", "--camera-source", help="auto: COLMAP poses (poses/VIDEO/images.txt) "
                                       "where they exist, else visual odometry; vo or colmap to force one."),
-    fov: float = typer.Option(90.0, "--fov", help="Assumed horizontal field of view (degrees) for the camera intrinsics."),
-    detector_weights: Path = typer.Option(None, "--detector-weights", help="Local torchvision Faster R-CNN checkpoint; "
-                                                                          "without it the data set's detection files are used."),
-    detector_labels: Path = typer.Option(None, "--detector-labels", help="Class names of the detector, one per line, "
-                                                                        "background first (if the checkpoint has none)."),
+    fov: float = typer.Option(
+        90.0, "--fov",
+        help="Assumed horizontal field of view (degrees) for the camera intrinsics."),
+    detector_weights: Path = typer.Option(
+        None, "--detector-weights",
+        help="Local torchvision Faster R-CNN checkpoint; without it the data set's detection files are used."),
+    detector_labels: Path = typer.Option(
+        None, "--detector-labels",
+        help="Class names of the detector, one per line, background first (if the checkpoint has none)."),
     detector_arch: str = typer.Option("fasterrcnn_resnet50_fpn", "--detector-arch",
                                       help="torchvision builder of the detector (if the checkpoint does not say)."),
     object_frames: int = typer.Option(6, "--object-frames", help="Frames per segment the detector runs on."),
-    audio_model: Path = typer.Option(None, "--audio-model", help="Local PANNs CNN14 checkpoint ({'model': state_dict}); "
-                                                                "without it a signal-processing classifier is used."),
-    audio_labels: Path = typer.Option(None, "--audio-labels", help="AudioSet class_labels_indices.csv for --audio-model."),
+    audio_model: Path = typer.Option(
+        None, "--audio-model",
+        help="Local PANNs CNN14 checkpoint ({'model': state_dict}); without it a signal-processing classifier "
+             "is used."),
+    audio_labels: Path = typer.Option(
+        None, "--audio-labels",
+        help="AudioSet class_labels_indices.csv for --audio-model."),
     device: str = typer.Option("cpu", "--device", help="Torch device for the detector and the audio model."),
 ) -> None:
     from leap_cli.extract.runner import ExtractConfig, run_extract

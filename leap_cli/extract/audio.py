@@ -149,7 +149,8 @@ def window_features(sp: Spectral, i0: int, i1: int, onset_times: np.ndarray, t0:
             "crest_db": float(env.max() - np.median(env)) if env.size else 0.0,
             "level_std": float(np.std(loud)) if loud.size else 0.0,
             "onset_rate": len(ons) / max(c1 - c0, 1e-3),
-            "onsets_in_window": int(((onset_times >= t0) & (onset_times < t1)).sum()), "onset_irregularity": regular, "rhythm": rhythm,
+            "onsets_in_window": int(((onset_times >= t0) & (onset_times < t1)).sum()),
+            "onset_irregularity": regular, "rhythm": rhythm,
             "tonal_db": tonal, "burst_ms": burst_ms,
             "periodicity": _periodicity(y, sp.sr), "mod_syllable": mod_syll}
 

@@ -36,8 +36,11 @@ def render_clip(start: float, stop: float, components: dict[str, dict], *, max_e
         if name == "narration" or not c or c["status"] != "ok":
             continue
         lines.append(f"{SUMMARY_NAMES[name]}: {c['text']}.")
-    missing = [f"{n} ({components[n]['status']}: {components[n]['data'].get('reason') or components[n]['data'].get('error', '')})"
-               for n in COMPONENTS if n in components and components[n]["status"] != "ok"]
+    missing = []
+    for n in COMPONENTS:
+        c = components.get(n)
+        if c and c["status"] != "ok":
+            missing.append(f"{n} ({c['status']}: {c['data'].get('reason') or c['data'].get('error', '')})")
     if missing:
         lines.append("Unavailable: " + "; ".join(missing) + ".")
     return "\n".join(lines)

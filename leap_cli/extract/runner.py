@@ -175,8 +175,8 @@ def iter_video(layout: DatasetLayout, segments: list[Segment], components: list[
             ctx = SegmentContext(
                 layout=layout, segment=seg, fps=fps, video_cache=cache,
                 read_frames=lambda nums, side, s=seg: video.read(nums, side, s.narration_id),
-                read_audio=lambda sr, s=seg: read_segment_audio(layout, s.video_id, s.start, max(s.stop, s.start + 0.05),
-                                                                sr, record=s.narration_id))
+                read_audio=lambda sr, s=seg: read_segment_audio(
+                    layout, s.video_id, s.start, max(s.stop, s.start + 0.05), sr, record=s.narration_id))
             comps, timings = {}, {}
             for comp in components:
                 t0 = time.perf_counter()
