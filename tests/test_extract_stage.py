@@ -141,6 +141,8 @@ def test_cli_extract_writes_default_path_with_shard_suffix(kitchen, tmp_path, mo
     assert res.exit_code == 0, res.output
     out = work / "descriptors" / "train.shard0of2.jsonl"
     recs = read_jsonl(out)
+    resolved = json.loads((work / "descriptors" / "train.shard0of2.config.json").read_text())
+    assert resolved["shard"] == {"index": 0, "count": 2} and resolved["components"] == ["narration", "hands"]
     assert {r["video_id"] for r in recs} == {"P01_01"} and len(recs) == 3
     assert "hands" in res.output and "segments: 3" in res.output
     res = CliRunner().invoke(app, ["extract", "--data", str(kitchen), "--split", "train", "--workdir", str(work),

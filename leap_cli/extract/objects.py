@@ -96,7 +96,7 @@ class FasterRCNNDetector:
 
 
 def summarise_objects(per_frame: dict[int, list[LabelledBox]], ctx: SegmentContext, hands_by_frame: dict | None,
-                      score_threshold: float) -> tuple[list[dict], list[dict]]:
+                      score_threshold: float, hand_threshold: float = 0.5) -> tuple[list[dict], list[dict]]:
     """Per label: first/last time seen, share of frames, mean confidence, position, nearest hand."""
     numbers = sorted(per_frame)
     times = {n: ctx.frame_time(n) for n in numbers}
@@ -112,7 +112,7 @@ def summarise_objects(per_frame: dict[int, list[LabelledBox]], ctx: SegmentConte
             if hands_by_frame and n in hands_by_frame:
                 cx, cy = b.bbox.center
                 cands = [(float(np.hypot(cx - h.bbox.center[0], cy - h.bbox.center[1])), h.side.name.lower())
-                         for h in hands_by_frame[n].hands if h.score >= 0.5]
+                         for h in hands_by_frame[n].hands if h.score >= hand_threshold]
                 cands = [c for c in cands if c[0] < 0.25]
                 near = min(cands)[1] if cands else None
             seen[label].append((n, b, near))
@@ -150,8 +150,10 @@ def objects_text(objects: list[dict]) -> str:
 class ObjectsComponent(Component):
     name = "objects"
 
-    def __init__(self, detector: FasterRCNNDetector | None = None, frames: int = 6, score_threshold: float = 0.5):
+    def __init__(self, detector: FasterRCNNDetector | None = None, frames: int = 6, score_threshold: float = 0.5,
+                 hand_threshold: float = 0.5):
         self.detector = detector
+        self.hand_threshold = hand_threshold
         self.frames = frames
         self.score_threshold = score_threshold
         self.needs_frames = detector is not None
@@ -185,7 +187,7 @@ class ObjectsComponent(Component):
                 return unavailable("none", "no detector weights and no detection files for this video")
         if not per_frame:
             return unavailable(source, "no detection frames inside the segment")
-        objects, timeline = summarise_objects(per_frame, ctx, hands, self.score_threshold)
+        objects, timeline = summarise_objects(per_frame, ctx, hands, self.score_threshold, self.hand_threshold)
         data = {"frames": len(per_frame), "score_threshold": self.score_threshold, "objects": objects,
                 "timeline": timeline}
         return result("ok", source, data, objects_text(objects))

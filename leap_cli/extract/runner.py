@@ -12,7 +12,7 @@ import logging
 import multiprocessing as mp
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +24,7 @@ from leap_cli.epic.layout import DatasetLayout
 from leap_cli.errors import LeapError
 from leap_cli.extract.base import COMPONENTS, Component, SegmentContext, error
 from leap_cli.extract.describe import render_clip
-from leap_cli.io import JsonlAppender, read_jsonl
+from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ def build_components(cfg: ExtractConfig) -> list[Component]:
             if cfg.detector_weights is not None:
                 det = FasterRCNNDetector(cfg.detector_weights, labels=cfg.detector_labels, arch=cfg.detector_arch,
                                          score_threshold=cfg.object_threshold, device=cfg.device)
-            out.append(ObjectsComponent(det, frames=cfg.object_frames, score_threshold=cfg.object_threshold))
+            out.append(ObjectsComponent(det, frames=cfg.object_frames, score_threshold=cfg.object_threshold,
+                                        hand_threshold=cfg.hand_threshold))
         elif name == "hands":
             out.append(HandsComponent(hand_threshold=cfg.hand_threshold, object_threshold=cfg.object_threshold))
     return out
@@ -238,6 +239,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     if cfg.limit is not None:
         segments = segments[:cfg.limit]
     summary = ExtractSummary(out=cfg.out, segments=len(segments))
+    atomic_write_json(config_path(cfg.out), {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
     replace = _error_ids(cfg.out) if cfg.retry_errors else set()
     t_start = time.perf_counter()
     with JsonlAppender(cfg.out, replace_keys=replace) as appender:
@@ -286,6 +288,11 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         finally:
             summary.wall = time.perf_counter() - t_start
     return summary
+
+
+def config_path(out: Path) -> Path:
+    """The resolved config written next to the output: ``train.jsonl`` -> ``train.config.json``."""
+    return Path(out).with_suffix(".config.json")
 
 
 def _fps(ann, video_id: str) -> float:
