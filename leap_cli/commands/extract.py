@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -10,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, normalize_split
+from leap_cli.errors import EXIT_INTERRUPTED
 
 console = Console()
 
@@ -92,7 +94,8 @@ def extract(
         summary = run_extract(cfg, on_start=on_start, on_record=on_record)
     _print_summary(summary)
     if summary.interrupted:
-        raise KeyboardInterrupt
+        console.print("[yellow]interrupted[/]: finished records were kept; run the same command to resume")
+        sys.exit(EXIT_INTERRUPTED)  # SystemExit passes through click with standalone_mode=False; typer.Exit would not
 
 
 def _print_summary(s) -> None:
