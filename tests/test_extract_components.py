@@ -157,6 +157,13 @@ def test_colmap_poses_give_motion_and_place(tmp_path):
     assert rec["source"].startswith("colmap") and rec["text"].startswith("turns head right about 30 deg")
     assert rec["data"]["where"]["along_main_axis"] < 0.2  # the start of the walk
     assert "toward the edge" in rec["text"] or "far out" in rec["text"]
+    # a segment the reconstruction did not register: odometry in auto mode, unavailable when COLMAP is forced
+    late = Segment("P01_01_9", "P01", "P01_01", 10.0, 11.0, 251, 275)
+    views = _views([np.eye(3)] * 3)
+    ctx = SegmentContext(layout=_Layout(tmp_path, poses=poses_dir / "images.txt"), segment=late, fps=25.0,
+                         read_frames=lambda nums, side: views[[0] * len(nums)])
+    assert CameraComponent(frames=3).describe(ctx)["source"].startswith("orb-vo")
+    assert CameraComponent(source="colmap").describe(ctx)["status"] == "unavailable"
     with pytest.raises(LeapError, match="images.txt"):
         (poses_dir / "images.txt").write_text("1 0.1 0.2 banana\n\n")
         read_colmap_images(poses_dir / "images.txt")

@@ -186,3 +186,33 @@ def test_each_video_is_opened_once_and_only_sampled_frames_are_decoded(kitchen, 
     run_extract(_cfg(kitchen, tmp_path / "t.jsonl", components=("camera",), camera_frames=5))
     assert opened == ["P01_01", "P01_02"]  # the second fails to open, once, and is recorded for its segment
     assert len(asked) == 3 and all(len(f) == 5 for f in asked)
+
+
+def test_schema_rejects_malformed_records(kitchen, tmp_path):
+    out = tmp_path / "t.jsonl"
+    run_extract(_cfg(kitchen, out, components=("narration",)))
+    good = read_jsonl(out)[0]
+    jsonschema.validate(good, SCHEMA)
+    bad_status = json.loads(json.dumps(good))
+    bad_status["components"]["narration"]["status"] = "maybe"
+    no_reason = json.loads(json.dumps(good))
+    no_reason["components"]["narration"].update(status="unavailable", data={})
+    unknown = json.loads(json.dumps(good))
+    unknown["components"]["smell"] = good["components"]["narration"]
+    for bad in (bad_status, no_reason, unknown, {k: v for k, v in good.items() if k != "text"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, SCHEMA)
+
+
+def test_hand_object_file_in_the_wrong_format(kitchen, tmp_path):
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    bad = root / "hand-objects" / "P01" / "P01_01.jsonl"
+    bad.write_text('{"frame": 1, "left_hand": [0.1, 0.2]}\n')
+    out = tmp_path / "t.jsonl"
+    s = run_extract(_cfg(root, out, components=("hands",)))
+    assert s.counts["hands"]["error"] == 3
+    err = read_jsonl(out)[0]["components"]["hands"]["data"]["error"]
+    assert str(bad) in err and "line 1" in err and "hand-object format" in err

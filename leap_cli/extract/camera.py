@@ -13,7 +13,8 @@ Angles (degrees, camera frame, x right, y down, z forward): yaw > 0 turns right,
 tilts clockwise. Steps are merged into phrases: "turns head left about 30 deg, then looks down about 15 deg".
 
 COLMAP (``poses/P01_01/images.txt``, as EPIC Fields publishes): the poses of the frames inside the segment give
-the same angles, and the camera centres give where the camera is relative to the rest of the video.
+the same angles, and the camera centres give where the camera is relative to the rest of the video. With the
+default ``source="auto"``, a segment with fewer than two registered frames falls back to visual odometry.
 """
 
 from __future__ import annotations
@@ -258,7 +259,10 @@ class CameraComponent(Component):
         s = ctx.segment
         poses_path = None if self.source == "vo" else ctx.layout.poses_path(s.video_id)
         if poses_path is not None:
-            return self._from_colmap(ctx, poses_path)
+            rec = self._from_colmap(ctx, poses_path)
+            if rec["status"] == "ok" or self.source == "colmap":
+                return rec
+            # auto: the reconstruction skipped this segment's frames (EPIC Fields registers a subset): odometry
         if self.source == "colmap":
             return result("unavailable", "none", {"reason": "no COLMAP poses for this video"},
                           "unavailable (no COLMAP poses for this video)")
