@@ -11,6 +11,7 @@ Box coordinates are fractions of the frame width/height in [0, 1], as in EPIC's 
 from __future__ import annotations
 
 import json
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +33,7 @@ class LabelledBox:
 def read_object_detections(path: str | Path) -> dict[int, list[LabelledBox]]:
     """Read a labelled object-detection JSONL into {frame_number: [boxes]}; a malformed line is a LeapError."""
     path = Path(path)
-    frames: dict[int, list[LabelledBox]] = {}
+    frames: dict[int, list[LabelledBox]] = ByFrame()
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -68,7 +69,7 @@ def video_hand_objects(cache: dict, layout, video_id: str) -> dict[int, FrameDet
         p = layout.hand_objects_path(video_id)
         cache[("hand_objects_path", video_id)] = p
         try:
-            cache[key] = None if p is None else {f.frame_number: f for f in read_hand_objects(p)}
+            cache[key] = None if p is None else ByFrame((f.frame_number, f) for f in read_hand_objects(p))
         except LeapError as e:
             cache[key] = e  # read once per video; every segment reports the same error
     if isinstance(cache[key], LeapError):
@@ -91,7 +92,22 @@ def video_object_detections(cache: dict, layout, video_id: str) -> dict[int, lis
     return cache[key]
 
 
+class ByFrame(dict):
+    """{frame number: detections} that finds the frames of a segment by bisection (EPIC files hold every frame
+    of an hour-long video; a linear scan per segment would be quadratic)."""
+
+    _keys: list[int] | None = None
+
+    def between(self, first: int, last: int) -> list[int]:
+        if self._keys is None or len(self._keys) != len(self):
+            self._keys = sorted(self)
+        return self._keys[bisect_left(self._keys, first):bisect_right(self._keys, last)]
+
+
 def in_segment(frames: dict[int, object], start_frame: int, stop_frame: int) -> list[int]:
+    """Frame numbers of ``frames`` inside [start_frame, stop_frame]."""
+    if isinstance(frames, ByFrame):
+        return frames.between(start_frame, stop_frame)
     return sorted(n for n in frames if start_frame <= n <= stop_frame)
 
 
