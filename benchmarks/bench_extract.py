@@ -12,6 +12,7 @@ second per worker and the share of time per component, and writes them to benchm
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import re
 import shutil
@@ -58,6 +59,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     assert vo1 == von, "1 worker and N workers gave different figures"
+    load = os.getloadavg()[0]
     total = sum(s1.seconds.values()) or 1.0
     share = {k: round(v / total, 3) for k, v in sorted(s1.seconds.items(), key=lambda kv: -kv[1])}
     rate1 = s1.written / s1.wall
@@ -67,7 +69,8 @@ def main() -> None:
         "",
         f"Command: `python benchmarks/bench_extract.py --data {args.data} --videos {args.videos} --seed {args.seed} "
         f"--workers {args.workers}` (synthetic kitchen, train split, {s1.written} segments; kitchen built or found in "
-        f"{built:.1f} s). Machine: shared 2-core CPU.",
+        f"{built:.1f} s). Machine: {os.cpu_count()} CPU cores shared with other jobs (1-min load average {load:.1f} at "
+        "the end), so the worker speed-up is bounded by free cores; each spawned worker also pays ~2-3 s of imports.",
         "",
         "| figure | target | measured |",
         "|---|---|---|",
