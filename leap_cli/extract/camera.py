@@ -57,6 +57,9 @@ class PairEstimate(dict):
     """{"r_cam": 3x3, "t": unit 3-vector or None, "matches": n, "model": "essential"|"homography"|None}."""
 
 
+_MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+
+
 def correspondences(g1: np.ndarray, g2: np.ndarray, orb, min_matches: int = 40, *, feats1=None,
                     feats2=None) -> tuple[np.ndarray, np.ndarray]:
     """Matched points (N,2) of two grey frames: ORB + cross-checked Hamming matches; where ORB finds too few
@@ -66,7 +69,7 @@ def correspondences(g1: np.ndarray, g2: np.ndarray, orb, min_matches: int = 40, 
     k2, d2 = feats2 if feats2 is not None else orb.detectAndCompute(g2, None)
     p1 = p2 = np.zeros((0, 2))
     if d1 is not None and d2 is not None and len(k1) >= 8 and len(k2) >= 8:
-        matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(d1, d2)
+        matches = _MATCHER.match(d1, d2)
         p1 = np.float64([k1[m.queryIdx].pt for m in matches]).reshape(-1, 2)
         p2 = np.float64([k2[m.trainIdx].pt for m in matches]).reshape(-1, 2)
     if len(p1) >= min_matches:
@@ -89,10 +92,13 @@ def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *, feats1=
     if np.median(np.linalg.norm(p1 - p2, axis=1)) < 0.5:  # no parallax and no rotation: still
         return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model="still")
     h, h_mask = cv2.findHomography(p1, p2, cv2.RANSAC, 3.0)
-    e, e_mask = cv2.findEssentialMat(p1, p2, k, method=cv2.RANSAC, prob=0.999, threshold=1.0)
     h_in = int(h_mask.sum()) if h_mask is not None else 0
-    e_ok = e is not None and e.shape == (3, 3)
-    e_in = int(e_mask.sum()) if e_ok and e_mask is not None else 0
+    if h is not None and h_in >= H_RATIO * len(p1):
+        e, e_mask, e_in, e_ok = None, None, 0, False  # E cannot have more inliers than matches: H wins anyway
+    else:
+        e, e_mask = cv2.findEssentialMat(p1, p2, k, method=cv2.RANSAC, prob=0.999, threshold=1.0)
+        e_ok = e is not None and e.shape == (3, 3)
+        e_in = int(e_mask.sum()) if e_ok and e_mask is not None else 0
     if h is not None and h_in >= H_RATIO * e_in:
         r = _orthonormal(np.linalg.inv(k) @ h @ k)  # maps camera-1 rays to camera-2 rays
         return PairEstimate(r_cam=r.T, t=None, matches=h_in, model="homography")
