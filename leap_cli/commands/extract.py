@@ -1,0 +1,119 @@
+"""``leap extract``: the five multimodal descriptors of every segment, rendered as the clip's text."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, normalize_split
+from leap_cli.errors import EXIT_INTERRUPTED
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract", help="Describe every segment of a split: narration, audio events, camera motion, objects "
+                                "and hand contacts -> descriptors/{split}.jsonl (resumable).")(extract)
+
+
+def extract(
+    data: Path = typer.Option(None, "--data", help="Dataset root in the EPIC layout (default WORKDIR/kitchen)."),
+    split: str = typer.Option(..., "--split", help="train, val (or validation) or test."),
+    out: Path = typer.Option(None, "--out", help="Output JSONL (default WORKDIR/descriptors/{split}.jsonl, "
+                                                 "with a .shardIofN suffix when sharded)."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory holding the stage files."),
+    annotations: Path = typer.Option(
+        None, "--annotations",
+        help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
+    components: str = typer.Option("narration,audio,camera,objects,hands", "--components",
+                                   help="Comma-separated components to compute."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes; each takes whole videos."),
+    shard: str = typer.Option(None, "--shard", help="Take part i of n (0-based), e.g. 0/4; videos stay together."),
+    retry_errors: bool = typer.Option(
+        False, "--retry-errors",
+        help="Redo finished segments that have a failed component."),
+    limit: int = typer.Option(None, "--limit", help="Only the first N segments (after sharding)."),
+    hand_threshold: float = typer.Option(0.5, "--hand-threshold", help="Minimum score of a hand detection."),
+    object_threshold: float = typer.Option(0.5, "--object-threshold", help="Minimum score of an object detection."),
+    camera_frames: int = typer.Option(
+        9, "--camera-frames",
+        help="Frames sampled through a segment for visual odometry."),
+    camera_source: str = typer.Option("auto", "--camera-source", help="auto: COLMAP poses (poses/VIDEO/images.txt) "
+                                      "where they exist, else visual odometry; vo or colmap to force one."),
+    fov: float = typer.Option(
+        90.0, "--fov",
+        help="Assumed horizontal field of view (degrees) for the camera intrinsics."),
+    detector_weights: Path = typer.Option(
+        None, "--detector-weights",
+        help="Local torchvision Faster R-CNN checkpoint; without it the data set's detection files are used."),
+    detector_labels: Path = typer.Option(
+        None, "--detector-labels",
+        help="Class names of the detector, one per line, background first (if the checkpoint has none)."),
+    detector_arch: str = typer.Option("fasterrcnn_resnet50_fpn", "--detector-arch",
+                                      help="torchvision builder of the detector (if the checkpoint does not say)."),
+    object_frames: int = typer.Option(6, "--object-frames", help="Frames per segment the detector runs on."),
+    audio_model: Path = typer.Option(
+        None, "--audio-model",
+        help="Local PANNs CNN14 checkpoint ({'model': state_dict}); without it a signal-processing classifier "
+             "is used."),
+    audio_labels: Path = typer.Option(
+        None, "--audio-labels",
+        help="AudioSet class_labels_indices.csv for --audio-model."),
+    device: str = typer.Option("cpu", "--device", help="Torch device for the detector and the audio model."),
+) -> None:
+    from leap_cli.extract.runner import ExtractConfig, run_extract
+
+    split_name = normalize_split(split)
+    spec = ShardSpec.parse(shard)
+    data = data or workdir / "kitchen"
+    out = out or workdir / "descriptors" / f"{split_name}{spec.suffix}.jsonl"
+    cfg = ExtractConfig(data=data, split=split_name, out=out, annotations=annotations,
+                        components=tuple(c.strip() for c in components.split(",") if c.strip()), workers=workers,
+                        shard=spec, retry_errors=retry_errors, limit=limit, hand_threshold=hand_threshold,
+                        object_threshold=object_threshold, camera_frames=camera_frames, fov_deg=fov,
+                        camera_source=camera_source,
+                        object_frames=object_frames, detector_weights=detector_weights,
+                        detector_labels=detector_labels, detector_arch=detector_arch, audio_model=audio_model,
+                        audio_labels=audio_labels, device=device)
+    progress = Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    task = {}
+
+    def on_start(total: int, done: int) -> None:
+        task["id"] = progress.add_task(split_name, total=total, completed=done)
+
+    def on_record(record: dict) -> None:
+        progress.update(task["id"], advance=1, description=record["video_id"])
+
+    with progress:
+        summary = run_extract(cfg, on_start=on_start, on_record=on_record)
+    _print_summary(summary)
+    if summary.interrupted:
+        console.print("[yellow]interrupted[/]: finished records were kept; run the same command to resume")
+        sys.exit(EXIT_INTERRUPTED)  # SystemExit passes through click with standalone_mode=False; typer.Exit would not
+
+
+def _print_summary(s) -> None:
+    table = Table(title=f"extract -> {s.out}")
+    for col in ("component", "ok", "unavailable", "error", "seconds", "share of time"):
+        table.add_column(col, justify="left" if col == "component" else "right")
+    total_sec = sum(s.seconds.values()) or 1.0
+    for name, c in s.counts.items():
+        if not any(c.values()):
+            continue
+        sec = s.seconds.get(name, 0.0)
+        table.add_row(name, str(c["ok"]), str(c["unavailable"]), str(c["error"]), f"{sec:.1f}",
+                      f"{sec / total_sec:.0%}")
+    console.print(table)
+    rate = s.written / s.wall if s.wall > 0 else 0.0
+    console.print(f"segments: {s.segments} in split, {s.done_before} done before, {s.written} written now "
+                  f"({rate:.2f}/s)" + (" [yellow]interrupted[/]" if s.interrupted else ""))
+    if s.errors:
+        console.print(f"[red]{len(s.errors)} component error(s)[/] (first 10; rerun with --retry-errors after fixing):")
+        for line in s.errors[:10]:
+            console.print(f"  {line}", highlight=False)

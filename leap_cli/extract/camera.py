@@ -1,0 +1,351 @@
+"""Camera-motion component: visual odometry between frames sampled through the segment, or COLMAP poses.
+
+Visual odometry: ``frames`` frames (default 9) are decoded at ``short_side`` pixels; ORB features are matched
+between consecutive samples; the essential matrix (RANSAC) and ``recoverPose`` give the rotation and the
+direction of translation. Intrinsics are assumed from the frame size: principal point at the centre and a
+horizontal field of view of ``fov_deg`` (default 90 deg, close to EPIC's GoPro linear view after undistortion).
+When the motion is (nearly) a pure rotation the essential matrix is degenerate, so, as ORB-SLAM does at
+initialisation, a homography is fitted as well; when it explains at least 70% as many matches as the essential
+matrix (head turns dominate egocentric motion, and a far or planar scene leaves E ambiguous),
+the rotation is taken from ``K^-1 H K`` (orthonormalised) and no translation is reported.
+
+Angles (degrees, camera frame, x right, y down, z forward): yaw > 0 turns right, pitch > 0 looks up, roll > 0
+tilts clockwise. Steps are merged into phrases: "turns head left about 30 deg, then looks down about 15 deg".
+
+COLMAP (``poses/P01_01/images.txt``, as EPIC Fields publishes): the poses of the frames inside the segment give
+the same angles, and the camera centres give where the camera is relative to the rest of the video. With the
+default ``source="auto"``, a segment with fewer than two registered frames falls back to visual odometry.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from leap_cli.errors import LeapError
+from leap_cli.extract.base import Component, SegmentContext, result
+
+H_RATIO = 0.7  # homography when its inliers reach this share of the essential matrix's (head turns)
+TURN_RATE = 5.0  # deg/s: slower rotation counts as holding still
+MIN_DEGREES = 5.0  # a phase turning less than this in all is still
+
+
+def intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
+    f = (width / 2) / math.tan(math.radians(fov_deg) / 2)
+    return np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]], dtype=np.float64)
+
+
+def angles(r_cam: np.ndarray) -> tuple[float, float, float]:
+    """(yaw, pitch, roll) in degrees of a camera rotation (camera-2 axes expressed in camera-1 axes)."""
+    yaw = math.degrees(math.atan2(r_cam[0, 2], r_cam[2, 2]))
+    pitch = math.degrees(math.atan2(-r_cam[1, 2], math.hypot(r_cam[0, 2], r_cam[2, 2])))
+    roll = math.degrees(math.atan2(-r_cam[0, 1], r_cam[1, 1]))
+    return yaw, pitch, roll
+
+
+def _orthonormal(m: np.ndarray) -> np.ndarray:
+    u, _, vt = np.linalg.svd(m)
+    r = u @ vt
+    return r if np.linalg.det(r) > 0 else -r
+
+
+class PairEstimate(dict):
+    """{"r_cam": 3x3, "t": unit 3-vector or None, "matches": n, "model": "essential"|"homography"|None}."""
+
+
+_MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
+
+
+def correspondences(g1: np.ndarray, g2: np.ndarray, orb, min_matches: int = 40, *, feats1=None,
+                    feats2=None) -> tuple[np.ndarray, np.ndarray]:
+    """Matched points (N,2) of two grey frames: ORB + cross-checked Hamming matches; where ORB finds too few
+    (small or low-texture frames), Shi-Tomasi corners tracked by pyramidal Lucas-Kanade instead.
+    ``feats1/2``: ORB (keypoints, descriptors) computed already (each frame is detected once per segment)."""
+    k1, d1 = feats1 if feats1 is not None else orb.detectAndCompute(g1, None)
+    k2, d2 = feats2 if feats2 is not None else orb.detectAndCompute(g2, None)
+    p1 = p2 = np.zeros((0, 2))
+    if d1 is not None and d2 is not None and len(k1) >= 8 and len(k2) >= 8:
+        matches = _MATCHER.match(d1, d2)
+        p1 = np.float64([k1[m.queryIdx].pt for m in matches]).reshape(-1, 2)
+        p2 = np.float64([k2[m.trainIdx].pt for m in matches]).reshape(-1, 2)
+    if len(p1) >= min_matches:
+        return p1, p2
+    corners = cv2.goodFeaturesToTrack(g1, maxCorners=400, qualityLevel=0.01, minDistance=5)
+    if corners is None or len(corners) < 8:
+        return p1, p2
+    nxt, st, _ = cv2.calcOpticalFlowPyrLK(g1, g2, corners, None, winSize=(21, 21), maxLevel=3)
+    back, st2, _ = cv2.calcOpticalFlowPyrLK(g2, g1, nxt, None, winSize=(21, 21), maxLevel=3)
+    ok = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm(back - corners, axis=2).ravel() < 1.0)
+    q1, q2 = corners.reshape(-1, 2)[ok].astype(np.float64), nxt.reshape(-1, 2)[ok].astype(np.float64)
+    return (q1, q2) if len(q1) > len(p1) else (p1, p2)
+
+
+def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *, feats1=None, feats2=None) -> PairEstimate:
+    """Camera rotation (and translation direction) from frame 1 to frame 2 (grey images)."""
+    p1, p2 = correspondences(g1, g2, orb, feats1=feats1, feats2=feats2)
+    if len(p1) < 12:
+        return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model=None)
+    if np.median(np.linalg.norm(p1 - p2, axis=1)) < 0.5:  # no parallax and no rotation: still
+        return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model="still")
+    h, h_mask = cv2.findHomography(p1, p2, cv2.RANSAC, 3.0)
+    h_in = int(h_mask.sum()) if h_mask is not None else 0
+    if h is not None and h_in >= H_RATIO * len(p1):
+        e, e_mask, e_in, e_ok = None, None, 0, False  # E cannot have more inliers than matches: H wins anyway
+    else:
+        e, e_mask = cv2.findEssentialMat(p1, p2, k, method=cv2.RANSAC, prob=0.999, threshold=1.0)
+        e_ok = e is not None and e.shape == (3, 3)
+        e_in = int(e_mask.sum()) if e_ok and e_mask is not None else 0
+    if h is not None and h_in >= H_RATIO * e_in:
+        r = _orthonormal(np.linalg.inv(k) @ h @ k)  # maps camera-1 rays to camera-2 rays
+        return PairEstimate(r_cam=r.T, t=None, matches=h_in, model="homography")
+    if not e_ok:
+        return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model=None)
+    _, r, t, _ = cv2.recoverPose(e, p1, p2, k, mask=e_mask)
+    # recoverPose: x2 = R x1 + t. The camera's own rotation is R^T, its centre moves by -R^T t.
+    c = -(r.T @ t).ravel()
+    return PairEstimate(r_cam=r.T, t=c / (np.linalg.norm(c) or 1), matches=e_in, model="essential")
+
+
+def motion_label(yaw: float, pitch: float, roll: float, threshold: float) -> str:
+    """The dominant rotation of a step (angles and threshold in the same unit)."""
+    if max(abs(yaw), abs(pitch), abs(roll)) < threshold:
+        return "still"
+    if abs(yaw) >= abs(pitch) and abs(yaw) >= abs(roll):
+        return "turn_right" if yaw > 0 else "turn_left"
+    if abs(pitch) >= abs(roll):
+        return "look_up" if pitch > 0 else "look_down"
+    return "tilt_right" if roll > 0 else "tilt_left"
+
+
+PHRASES = {"turn_left": "turns head left", "turn_right": "turns head right", "look_up": "looks up",
+           "look_down": "looks down", "tilt_left": "tilts head left", "tilt_right": "tilts head right"}
+
+
+_AXIS = {"turn_left": "yaw", "turn_right": "yaw", "look_up": "pitch", "look_down": "pitch", "tilt_left": "roll",
+         "tilt_right": "roll"}
+
+
+def _merge(labelled: list[tuple[str, dict]]) -> list[dict]:
+    phases: list[dict] = []
+    for label, st in labelled:
+        if phases and phases[-1]["motion"] == label:
+            ph = phases[-1]
+            ph["stop"] = st["stop"]
+            for a in ("yaw", "pitch", "roll"):
+                ph[a] = round(ph[a] + st[a], 2)
+        else:
+            phases.append({"motion": label, "start": st["start"], "stop": st["stop"],
+                           **{a: round(st[a], 2) for a in ("yaw", "pitch", "roll")}})
+    for ph in phases:
+        axis = _AXIS.get(ph["motion"])
+        ph["degrees"] = round(abs(ph[axis]), 1) if axis else 0.0
+    return phases
+
+
+def phases_from_steps(steps: list[dict], rate: float = TURN_RATE, min_degrees: float = MIN_DEGREES) -> list[dict]:
+    """Label each step by its dominant rotation speed (>= ``rate`` deg/s), merge equal neighbours, and call
+    phases turning less than ``min_degrees`` in all still."""
+    labelled = []
+    for st in steps:
+        dt = max(st["stop"] - st["start"], 1e-3)
+        labelled.append((motion_label(st["yaw"] / dt, st["pitch"] / dt, st["roll"] / dt, rate), st))
+    phases = _merge(labelled)
+    small = {id(p) for p in phases if p["motion"] != "still" and p["degrees"] < min_degrees}
+    if small:
+        relabelled = []
+        for label, st in labelled:
+            ph = next(p for p in phases if p["start"] <= st["start"] and st["stop"] <= p["stop"])
+            relabelled.append(("still" if id(ph) in small else label, st))
+        phases = _merge(relabelled)
+    return phases
+
+
+def phases_text(phases: list[dict]) -> str:
+    moving = [p for p in phases if p["motion"] != "still"]
+    if not moving:
+        return "holds still"
+    words = []
+    for p in phases:
+        if p["motion"] == "still":
+            if p is not phases[0] and p is not phases[-1]:
+                words.append("pauses")
+            continue
+        deg = 5 * round(p["degrees"] / 5)
+        words.append(f"{PHRASES[p['motion']]} about {max(deg, 5):.0f} deg")
+    return ", then ".join(words)
+
+
+def _direction_word(c: np.ndarray) -> str:
+    x, y, z = c
+    axis = int(np.argmax(np.abs(c)))
+    return [("right" if x > 0 else "left"), ("down" if y > 0 else "up"), ("forward" if z > 0 else "backward")][axis]
+
+
+# --- COLMAP -----------------------------------------------------------------------------------------------
+
+def _quat_to_r(qw: float, qx: float, qy: float, qz: float) -> np.ndarray:
+    n = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz) or 1.0
+    w, x, y, z = qw / n, qx / n, qy / n, qz / n
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+
+
+def read_colmap_images(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{frame number: (R world->camera, camera centre in world)} from COLMAP's ``images.txt``.
+
+    Each image takes two lines: ``IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME`` then its 2D points; the frame
+    number is the last integer in NAME (``frame_0000000123.jpg``)."""
+    path = Path(path)
+    poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if not ln.startswith("#")]
+    i = 0
+    while i < len(lines):
+        parts = lines[i].split()
+        if not parts:
+            i += 1
+            continue
+        try:
+            qw, qx, qy, qz, tx, ty, tz = (float(v) for v in parts[1:8])
+            name = parts[9]
+            frame = int(re.findall(r"\d+", Path(name).stem)[-1])
+        except (ValueError, IndexError):
+            raise LeapError(f"line {i + 1} is not an image pose", path=path, record=f"line {i + 1}",
+                            fix="expected COLMAP images.txt: IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, "
+                                "then a line of 2D points") from None
+        r = _quat_to_r(qw, qx, qy, qz)
+        t = np.array([tx, ty, tz])
+        poses[frame] = (r, -r.T @ t)
+        i += 2
+    return poses
+
+
+def where_in_kitchen(centres: np.ndarray, seg_centre: np.ndarray) -> tuple[dict, str]:
+    """Where the segment's camera is relative to all camera centres of the video."""
+    mean = centres.mean(axis=0)
+    spread = float(np.sqrt(((centres - mean) ** 2).sum(axis=1).mean()))
+    if spread < 1e-6:
+        return ({"distance_from_centre": 0.0, "along_main_axis": None, "time_share_nearby": 1.0},
+                "the reconstruction puts every frame of this video at one place (rotation only)")
+    dist = float(np.linalg.norm(seg_centre - mean)) / spread
+    radius = 0.5 * spread
+    share = float((np.linalg.norm(centres - seg_centre, axis=1) < radius).mean())
+    # the main axis of movement through the kitchen: where along it the segment is (0 one end, 1 the other)
+    _, _, vt = np.linalg.svd(centres - mean, full_matrices=False)
+    proj = (centres - mean) @ vt[0]
+    lo, hi = float(proj.min()), float(proj.max())
+    along = float(((seg_centre - mean) @ vt[0] - lo) / ((hi - lo) or 1.0))
+    place = "near the middle of" if dist < 0.6 else "toward the edge of" if dist < 1.5 else "far out from"
+    data = {"distance_from_centre": round(dist, 2), "along_main_axis": round(along, 2),
+            "time_share_nearby": round(share, 3)}
+    text = (f"camera {place} the area it covers in this video ({dist:.1f} spreads from its centre, "
+            f"{along:.0%} along the main axis; {share:.0%} of the video is spent nearby)")
+    return data, text
+
+
+class CameraComponent(Component):
+    name = "camera"
+    needs_frames = True
+
+    def __init__(self, frames: int = 9, short_side: int = 240, fov_deg: float = 90.0, orb_features: int = 500,
+                 source: str = "auto"):
+        if source not in ("auto", "vo", "colmap"):
+            raise LeapError(f"unknown camera source {source!r}", fix="use auto, vo or colmap")
+        self.source = source  # auto: COLMAP poses where they exist, else visual odometry
+        self.frames = frames
+        self.short_side = short_side
+        self.fov_deg = fov_deg
+        self.orb = cv2.ORB_create(nfeatures=orb_features, edgeThreshold=15, patchSize=15, fastThreshold=10)
+
+    def describe(self, ctx: SegmentContext) -> dict:
+        s = ctx.segment
+        poses_path = None if self.source == "vo" else ctx.layout.poses_path(s.video_id)
+        if poses_path is not None:
+            rec = self._from_colmap(ctx, poses_path)
+            if rec["status"] == "ok" or self.source == "colmap":
+                return rec
+            # auto: the reconstruction skipped this segment's frames (EPIC Fields registers a subset): odometry
+        if self.source == "colmap":
+            return result("unavailable", "none", {"reason": "no COLMAP poses for this video"},
+                          "unavailable (no COLMAP poses for this video)")
+        if ctx.read_frames is None:
+            return result("unavailable", "none", {"reason": "no video or frames for this segment"},
+                          "unavailable (no video or frames for this segment)")
+        numbers = ctx.segment_frames(self.frames)
+        frames = ctx.read_frames(numbers, self.short_side)
+        greys = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+        h, w = greys[0].shape
+        k = intrinsics(w, h, self.fov_deg)
+        feats = [self.orb.detectAndCompute(g, None) for g in greys]
+        steps, total = [], np.eye(3)
+        for i in range(1, len(greys)):
+            est = relative_pose(greys[i - 1], greys[i], k, self.orb, feats1=feats[i - 1], feats2=feats[i])
+            total = total @ est["r_cam"]
+            yaw, pitch, roll = angles(est["r_cam"])
+            step = {"start": ctx.frame_time(numbers[i - 1]), "stop": ctx.frame_time(numbers[i]),
+                    "yaw": round(yaw, 2), "pitch": round(pitch, 2), "roll": round(roll, 2),
+                    "matches": est["matches"], "model": est["model"]}
+            if est["t"] is not None:
+                step["translation"] = [round(float(v), 3) for v in est["t"]]
+            steps.append(step)
+        return self._summary(steps, total, f"orb-vo:{len(numbers)} frames", extra={"fov_deg": self.fov_deg})
+
+    def _summary(self, steps: list[dict], total: np.ndarray, source: str, extra: dict | None = None,
+                 where: tuple[dict, str] | None = None) -> dict:
+        phases = phases_from_steps(steps)
+        yaw, pitch, roll = angles(total)
+        text = phases_text(phases)
+        # translation only where the essential matrix won on at least half the steps (else the motion is rotation)
+        trans = [np.array(st["translation"]) for st in steps if "translation" in st]
+        if len(trans) < max(1, len(steps) / 2):
+            trans = []
+        data = {"steps": steps, "phases": phases,
+                "total": {"yaw": round(yaw, 1), "pitch": round(pitch, 1), "roll": round(roll, 1)},
+                "timeline": [{"start": p["start"], "stop": p["stop"],
+                              "text": phases_text([p])} for p in phases if p["motion"] != "still"],
+                **(extra or {})}
+        if trans:
+            mean = np.mean(trans, axis=0)
+            if np.linalg.norm(mean) > 0.5:  # consistent direction across steps
+                data["translation_direction"] = _direction_word(mean)
+                text += f"; moves {data['translation_direction']}"
+        if where is not None:
+            data["where"] = where[0]
+            text += f"; {where[1]}"
+        return result("ok", source, data, text)
+
+    def _from_colmap(self, ctx: SegmentContext, path: Path) -> dict:
+        key = ("colmap", ctx.segment.video_id)
+        if key not in ctx.video_cache:
+            ctx.video_cache[key] = read_colmap_images(path)
+        poses = ctx.video_cache[key]
+        s = ctx.segment
+        inside = sorted(n for n in poses if s.start_frame <= n <= s.stop_frame)
+        if len(inside) < 2:
+            return result("unavailable", f"colmap:{path.parent.name}/images.txt",
+                          {"reason": "fewer than 2 registered frames in the segment"},
+                          "unavailable (fewer than 2 registered frames in the segment)")
+        # keep about self.frames poses spread through the segment
+        idx = np.unique(np.linspace(0, len(inside) - 1, min(self.frames, len(inside))).round().astype(int))
+        chosen = [inside[i] for i in idx]
+        steps, total = [], np.eye(3)
+        for a, b in zip(chosen, chosen[1:]):
+            ra, ca = poses[a]
+            rb, cb = poses[b]
+            r_cam = ra @ rb.T  # camera-b axes in camera-a axes
+            total = total @ r_cam
+            yaw, pitch, roll = angles(r_cam)
+            move = ra @ (cb - ca)
+            step = {"start": ctx.frame_time(a), "stop": ctx.frame_time(b), "yaw": round(yaw, 2),
+                    "pitch": round(pitch, 2), "roll": round(roll, 2), "model": "colmap"}
+            if np.linalg.norm(move) > 1e-9:
+                step["translation"] = [round(float(v), 3) for v in move / np.linalg.norm(move)]
+            steps.append(step)
+        centres = np.array([c for _, c in poses.values()])
+        seg_centre = np.mean([poses[n][1] for n in inside], axis=0)
+        return self._summary(steps, total, f"colmap:{path.parent.name}/images.txt",
+                             where=where_in_kitchen(centres, seg_centre))

@@ -1,0 +1,57 @@
+"""Loading local checkpoints into a model whose parameter names are fixed, with mismatches reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from leap_cli.errors import LeapError
+
+
+def load_checkpoint(path: str | Path, what: str) -> dict:
+    """``torch.load`` a local checkpoint (weights only); a missing or unreadable file is a LeapError."""
+    path = Path(path)
+    if not path.is_file():
+        raise LeapError(f"{what} checkpoint not found", path=path, fix="pass the path of a local .pth/.pt file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here is the file's fault
+        raise LeapError(f"cannot read the {what} checkpoint ({type(e).__name__}: {e})", path=path,
+                        fix="pass a checkpoint saved with torch.save") from None
+
+
+def unwrap_state_dict(ckpt, path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """The state dict inside ``{'model': ...}`` / ``{'state_dict': ...}`` or the dict itself."""
+    if isinstance(ckpt, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(ckpt.get(key), dict):
+                ckpt = ckpt[key]
+                break
+    if not isinstance(ckpt, dict) or not all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        raise LeapError(f"the {what} checkpoint holds no state dict", path=path,
+                        fix="expected {'model': state_dict} or a plain state dict")
+    return {k.removeprefix("module."): v for k, v in ckpt.items()}
+
+
+def load_exact(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path, what: str,
+               *, ignore: tuple[str, ...] = ()) -> None:
+    """Load ``state`` into ``model``; any missing/unexpected key or shape mismatch is a LeapError listing them."""
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state and not k.endswith(ignore or ("\0",)))
+    unexpected = sorted(k for k in state if k not in own)
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state
+                    if k in own and state[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        def cut(xs):
+            return ", ".join(xs[:12]) + (f" ... ({len(xs)} in all)" if len(xs) > 12 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {cut(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {cut(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches: {cut(shapes)}")
+        raise LeapError(f"the {what} checkpoint does not match the model; " + "; ".join(parts), path=path,
+                        fix=f"pass a checkpoint of the {what} architecture")
+    model.load_state_dict(state, strict=not ignore)

@@ -1,0 +1,292 @@
+"""The five descriptor components on signals, frames and detections the tests generate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from leap_cli.epic.annotations import Segment
+from leap_cli.epic.hand_objects import BBox, FrameDetections, HandDetection, HandSide, HandState, ObjectDetection
+from leap_cli.errors import LeapError
+from leap_cli.extract.audio import AudioComponent, analyse, dominant_sound
+from leap_cli.extract.base import SegmentContext
+from leap_cli.extract.camera import (CameraComponent, angles, intrinsics, phases_from_steps, phases_text,
+                                     read_colmap_images, relative_pose)
+from leap_cli.extract.describe import render_clip
+from leap_cli.extract.detections import read_object_detections
+from leap_cli.extract.hands import HandsComponent
+from leap_cli.extract.narration import NarrationComponent
+from leap_cli.extract.objects import ObjectsComponent
+from tests.extract_signals import SR, rot_x, rot_y, rotated_views, sound, textured
+
+
+def _segment(start=0.0, stop=2.0, fps=25.0, labelled=True, video_id="P01_01") -> Segment:
+    kw = dict(narration="cut carrot", verb="cut", verb_class=7, noun="carrot", noun_class=23,
+              all_nouns=("carrot", "board"), all_noun_classes=(23, 40)) if labelled else {}
+    return Segment("P01_01_0", "P01", video_id, start, stop, int(start * fps) + 1, int(stop * fps), **kw)
+
+
+class _Layout:
+    """Just enough of DatasetLayout for components that read per-video files."""
+
+    def __init__(self, root: Path, hand_objects=None, detections=None, poses=None):
+        self.root = root
+        self._h, self._d, self._p = hand_objects, detections, poses
+
+    def hand_objects_path(self, vid):
+        return self._h
+
+    def object_detections_path(self, vid):
+        return self._d
+
+    def poses_path(self, vid):
+        return self._p
+
+
+# --- narration -------------------------------------------------------------------------------------------
+
+def test_narration_ok_and_unavailable_on_test():
+    ctx = SegmentContext(layout=None, segment=_segment(), fps=25)
+    rec = NarrationComponent().describe(ctx)
+    assert rec["status"] == "ok" and rec["data"]["verb_class"] == 7 and "board" in rec["text"]
+    rec = NarrationComponent().describe(SegmentContext(layout=None, segment=_segment(labelled=False), fps=25))
+    assert rec["status"] == "unavailable" and "test" in rec["data"]["reason"]
+
+
+# --- audio -----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["silence", "running_water", "sizzling", "chopping", "clatter", "scraping",
+                                  "rustling", "speech"])
+def test_audio_category_of_each_kitchen_sound(kind):
+    hits = 0
+    for seed in range(3):
+        a = analyse(sound(kind, 2.5, np.random.default_rng(100 + seed)), SR)
+        hits += dominant_sound(a["events"]) == kind
+    assert hits >= 2, kind
+
+
+def test_audio_event_times_are_relative_to_the_segment():
+    rng = np.random.default_rng(1)
+    y = np.concatenate([sound("silence", 1.0, rng), sound("chopping", 2.0, rng), sound("silence", 1.0, rng)])
+    a = analyse(y, SR)
+    chop = [e for e in a["events"] if e["label"] == "chopping"]
+    assert len(chop) == 1
+    assert abs(chop[0]["start"] - 1.0) <= 0.3 and abs(chop[0]["stop"] - 3.0) <= 0.3
+    assert a["events"][0]["label"] == "silence" and a["events"][-1]["label"] == "silence"
+    assert all(1.0 - 0.1 <= t <= 3.1 for t in a["onsets"]) and len(a["onsets"]) >= 5
+    assert len(a["loudness_db"]) == 16 and max(a["loudness_db"]) > -30 > min(a["loudness_db"])
+
+
+def test_audio_component_unavailable_without_audio():
+    from leap_cli.media.audio import AudioUnavailable
+
+    def no_audio(sr):
+        raise AudioUnavailable("no audio for P01_01", path="x.wav")
+
+    ctx = SegmentContext(layout=None, segment=_segment(), fps=25, read_audio=no_audio)
+    rec = AudioComponent().describe(ctx)
+    assert rec["status"] == "unavailable" and "no audio" in rec["text"]
+    ctx.read_audio = lambda sr: sound("running_water", 2.0, np.random.default_rng(0))
+    rec = AudioComponent().describe(ctx)
+    assert rec["status"] == "ok" and rec["data"]["dominant"] == "running_water" and "running water" in rec["text"]
+
+
+# --- camera ----------------------------------------------------------------------------------------------
+
+W, H = 192, 144
+
+
+def _views(rotations):
+    k = intrinsics(W, H, 90.0)
+    return rotated_views(textured(W, H, seed=5), k, rotations, W, H)
+
+
+@pytest.mark.parametrize("yaw,pitch", [(6, 0), (-6, 0), (0, 5), (0, -5)])
+def test_relative_pose_sign_of_yaw_and_pitch(yaw, pitch):
+    import cv2
+
+    views = _views([np.eye(3), rot_y(yaw) @ rot_x(pitch)])
+    g = [cv2.cvtColor(v, cv2.COLOR_RGB2GRAY) for v in views]
+    est = relative_pose(g[0], g[1], intrinsics(W, H, 90.0), cv2.ORB_create(800, edgeThreshold=15, patchSize=15))
+    y, p, _ = angles(est["r_cam"])
+    assert abs(y - yaw) < 1.5 and abs(p - pitch) < 1.5
+
+
+def test_camera_component_words_for_turn_then_look_down():
+    # 9 samples over 2 s: 4 steps turning right 30 deg in all, then 4 steps looking down 20 deg in all
+    rots = [rot_y(7.5 * min(i, 4)) @ rot_x(-5.0 * max(i - 4, 0)) for i in range(9)]
+    frames = _views(rots)
+    seg = _segment(0.0, 2.0, fps=4.0)  # frames 1..8 -> 9 evenly spread samples need 1..9
+    seg = Segment(seg.narration_id, "P01", "P01_01", 0.0, 2.0, 1, 9)
+    ctx = SegmentContext(layout=_Layout(Path(".")), segment=seg, fps=4.0,
+                         read_frames=lambda nums, side: frames[[n - 1 for n in nums]])
+    rec = CameraComponent(frames=9).describe(ctx)
+    assert rec["status"] == "ok", rec
+    assert rec["text"].startswith("turns head right about 30 deg, then looks down about 20 deg"), rec["text"]
+    assert [p["motion"] for p in rec["data"]["phases"]] == ["turn_right", "look_down"]
+    assert abs(rec["data"]["total"]["yaw"] - 30) < 4
+
+
+def test_camera_still_and_small_jitter_is_still():
+    steps = [{"start": i * 0.25, "stop": (i + 1) * 0.25, "yaw": 0.3 * (-1) ** i, "pitch": 0.1, "roll": 0.0}
+             for i in range(8)]
+    assert phases_text(phases_from_steps(steps)) == "holds still"
+
+
+def test_colmap_poses_give_motion_and_place(tmp_path):
+    lines = ["# Image list with two lines of data per image:"]
+    for n in range(1, 101):  # camera yaws right 1 deg per frame over frames 1..30, walks along x over the video
+        r = rot_y(min(n, 30) - 1.0)  # camera->world rotation
+        centre = np.array([n * 0.05, 0.0, 0.0])
+        rw = r.T  # world->camera
+        t = -rw @ centre
+        q = _r_to_quat(rw)
+        lines.append(f"{n} {q[0]} {q[1]} {q[2]} {q[3]} {t[0]} {t[1]} {t[2]} 1 frame_{n:010d}.jpg")
+        lines.append("")
+    poses_dir = tmp_path / "poses" / "P01_01"
+    poses_dir.mkdir(parents=True)
+    (poses_dir / "images.txt").write_text("\n".join(lines) + "\n")
+    poses = read_colmap_images(poses_dir / "images.txt")
+    assert len(poses) == 100 and np.allclose(poses[10][1], [0.5, 0, 0])
+    seg = Segment("P01_01_0", "P01", "P01_01", 0.0, 1.2, 1, 30)
+    ctx = SegmentContext(layout=_Layout(tmp_path, poses=poses_dir / "images.txt"), segment=seg, fps=25.0)
+    rec = CameraComponent().describe(ctx)
+    assert rec["source"].startswith("colmap") and rec["text"].startswith("turns head right about 30 deg")
+    assert rec["data"]["where"]["along_main_axis"] < 0.2  # the start of the walk
+    assert "toward the edge" in rec["text"] or "far out" in rec["text"]
+    # a segment the reconstruction did not register: odometry in auto mode, unavailable when COLMAP is forced
+    late = Segment("P01_01_9", "P01", "P01_01", 10.0, 11.0, 251, 275)
+    views = _views([np.eye(3)] * 3)
+    ctx = SegmentContext(layout=_Layout(tmp_path, poses=poses_dir / "images.txt"), segment=late, fps=25.0,
+                         read_frames=lambda nums, side: views[[0] * len(nums)])
+    assert CameraComponent(frames=3).describe(ctx)["source"].startswith("orb-vo")
+    assert CameraComponent(source="colmap").describe(ctx)["status"] == "unavailable"
+    with pytest.raises(LeapError, match="images.txt"):
+        (poses_dir / "images.txt").write_text("1 0.1 0.2 banana\n\n")
+        read_colmap_images(poses_dir / "images.txt")
+
+
+def _r_to_quat(r):
+    w = np.sqrt(max(0.0, 1 + r[0, 0] + r[1, 1] + r[2, 2])) / 2
+    return (w, (r[2, 1] - r[1, 2]) / (4 * w), (r[0, 2] - r[2, 0]) / (4 * w), (r[1, 0] - r[0, 1]) / (4 * w))
+
+
+# --- hands and objects ---------------------------------------------------------------------------------------
+
+KNIFE = BBox(0.70, 0.50, 0.85, 0.70)
+RIGHT = BBox(0.60, 0.60, 0.75, 0.85)
+
+
+def _hand_frames(contact=(0.5, 1.5), fps=25.0, seconds=2.0, score=0.9):
+    out = []
+    for n in range(1, int(seconds * fps) + 1):
+        t = (n - 1) / fps
+        on = contact[0] <= t < contact[1]
+        off = (KNIFE.center[0] - RIGHT.center[0], KNIFE.center[1] - RIGHT.center[1]) if on else (0.0, 0.0)
+        hands = [HandDetection(RIGHT, score, HandState.PORTABLE_OBJECT if on else HandState.NO_CONTACT, off,
+                               HandSide.RIGHT)]
+        out.append(FrameDetections("P01_01", n, hands, [ObjectDetection(KNIFE, 0.9)]))
+    return out
+
+
+def _write(tmp_path, frames, labelled=None):
+    from leap_cli.epic.hand_objects import write_hand_objects
+
+    hp = tmp_path / "hand.pkl"
+    write_hand_objects(hp, frames)
+    dp = None
+    if labelled is not None:
+        dp = tmp_path / "dets.jsonl"
+        dp.write_text("".join(json.dumps(x) + "\n" for x in labelled))
+    return _Layout(tmp_path, hand_objects=hp, detections=dp)
+
+
+def _iou(a, b):
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    return inter / (max(a[1], b[1]) - min(a[0], b[0]))
+
+
+def test_hand_contact_interval_and_object_name(tmp_path):
+    labelled = [{"video_id": "P01_01", "frame_number": n, "objects": [
+        {"label": "knife", "bbox": vars(KNIFE), "score": 0.9}]} for n in range(1, 51)]
+    layout = _write(tmp_path, _hand_frames((0.5, 1.5)), labelled)
+    ctx = SegmentContext(layout=layout, segment=_segment(0.0, 2.0), fps=25.0)
+    rec = HandsComponent().describe(ctx)
+    right = next(h for h in rec["data"]["hands"] if h["hand"] == "right")
+    assert len(right["contacts"]) == 1
+    c = right["contacts"][0]
+    assert c["object"] == "knife" and c["state"] == "portable"
+    assert _iou((c["start"], c["stop"]), (0.5, 1.5)) >= 0.9
+    assert "right hand: knife 0.5-1.5 s" in rec["text"] and "left hand not seen" in rec["text"]
+
+
+def test_hand_threshold_drops_weak_hands(tmp_path):
+    layout = _write(tmp_path, _hand_frames(score=0.3))
+    rec = HandsComponent().describe(SegmentContext(layout=layout, segment=_segment(), fps=25.0))
+    assert all(not h["contacts"] for h in rec["data"]["hands"])
+    rec = HandsComponent(hand_threshold=0.2).describe(SegmentContext(layout=layout, segment=_segment(), fps=25.0))
+    right = next(h for h in rec["data"]["hands"] if h["hand"] == "right")
+    assert right["contacts"][0]["object"] == "object"  # unlabelled box without labelled detections
+
+
+def test_objects_from_labelled_detections(tmp_path):
+    board = {"left": 0.3, "top": 0.5, "right": 0.5, "bottom": 0.8}
+    labelled = [{"video_id": "P01_01", "frame_number": n, "objects":
+                 [{"label": "knife", "bbox": vars(KNIFE), "score": 0.8}]
+                 + ([{"label": "board", "bbox": board, "score": 0.6}] if n > 25 else [])
+                 + [{"label": "ghost", "bbox": board, "score": 0.2}]} for n in range(1, 51)]
+    layout = _write(tmp_path, _hand_frames(), labelled)
+    rec = ObjectsComponent().describe(SegmentContext(layout=layout, segment=_segment(), fps=25.0))
+    assert rec["status"] == "ok" and rec["source"].startswith("object-detections")
+    objs = {o["label"]: o for o in rec["data"]["objects"]}
+    assert set(objs) == {"knife", "board"}  # the 0.2-score ghost is under the threshold
+    assert objs["knife"]["position"] == "right" and objs["knife"]["near_hand"] == "right"
+    assert objs["board"]["position"] == "centre" and abs(objs["board"]["start"] - 1.0) < 0.05
+    assert objs["knife"]["share"] == 1.0 and objs["board"]["share"] == 0.5
+
+
+def test_objects_fall_back_to_unlabelled_hand_object_boxes(tmp_path):
+    layout = _write(tmp_path, _hand_frames())
+    rec = ObjectsComponent().describe(SegmentContext(layout=layout, segment=_segment(), fps=25.0))
+    assert rec["source"].startswith("hand-objects") and rec["data"]["objects"][0]["label"] == "object"
+
+
+def test_detections_file_in_the_wrong_format_names_file_and_format(tmp_path):
+    bad = tmp_path / "P01_01.jsonl"
+    bad.write_text('{"video_id": "P01_01", "frame": 3, "boxes": []}\n')
+    with pytest.raises(LeapError) as e:
+        read_object_detections(bad)
+    msg = e.value.one_line()
+    assert str(bad) in msg and "line 1" in msg and '"objects"' in msg and "expected" in msg
+    bad.write_text('{"video_id": "P01_01", "frame_number": 3, "objects": [{"label": "cup", "bbox": '
+                   '{"left": 10, "top": 20, "right": 300, "bottom": 200}}]}\n')
+    with pytest.raises(LeapError, match=r"outside \[0, 1\]"):
+        read_object_detections(bad)
+
+
+# --- clip text -------------------------------------------------------------------------------------------
+
+def test_render_clip_orders_by_time_and_names_unavailable():
+    comps = {
+        "narration": {"status": "ok", "source": "annotations", "data": {}, "text": '"cut carrot"'},
+        "audio": {"status": "ok", "source": "dsp-rules", "data": {"timeline": [
+            {"start": 1.0, "stop": 2.0, "text": "sound: rhythmic chopping"}]}, "text": "chopping 1.0-2.0 s"},
+        "camera": {"status": "unavailable", "source": "none", "data": {"reason": "no video"}, "text": ""},
+        "hands": {"status": "ok", "source": "hand-objects", "data": {"timeline": [
+            {"start": 0.2, "stop": 1.8, "text": "right hand touches knife"}]}, "text": "right hand: knife"},
+        "objects": {"status": "error", "source": "x", "data": {"error": "boom"}, "text": ""},
+    }
+    text = render_clip(3.0, 5.0, comps)
+    assert text.index("right hand touches knife") < text.index("rhythmic chopping")
+    assert "Unavailable: camera (unavailable: no video); objects (error: boom)" in text
+    assert text.splitlines()[0] == "Clip 3.00-5.00 s (2.0 s long)." and 'Narration: "cut carrot".' in text
+
+
+def test_audio_of_a_very_short_segment_is_empty_not_an_error():
+    ctx = SegmentContext(layout=None, segment=_segment(0.0, 0.05), fps=25,
+                         read_audio=lambda sr: np.zeros(int(0.05 * sr), np.float32))
+    rec = AudioComponent().describe(ctx)
+    assert rec["status"] == "ok" and rec["data"]["events"] == [] and rec["text"] == "no audio in the segment"
