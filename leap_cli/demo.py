@@ -130,6 +130,14 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
             rows.append((f"shards {split}", str(m.parent), f"{n} samples in {len(man.get('shards', []))} shard(s)"))
     config = cfg.config or default_config()
     run_dir = w / "runs" / config.stem
+    history = _jsonl(run_dir / "metrics.jsonl")
+    vals = [r for r in history if r.get("split") == "val"]
+    trains = [r for r in history if r.get("split") == "train"]
+    if trains:
+        last = vals[-1] if vals else {}
+        rows.append(("train", str(run_dir), f"{trains[-1]['step']} steps, last loss {trains[-1]['loss']:.3f}"
+                     + (f"; val at the end: verb {last['verb_top1']:.1f}, noun {last['noun_top1']:.1f}, "
+                        f"action {last['action_top1']:.1f} top-1" if last else "")))
     for split in ("val",):
         mfile = run_dir / "eval" / split / "metrics.json"
         if mfile.exists():
@@ -137,7 +145,8 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
     sub = w / "submission.zip"
     if sub.exists():
         rows.append(("submit", str(sub), f"{sub.stat().st_size / 1024:.0f} KiB, test segments {counts['test']}"))
-    return rows
+    base = str(w).rstrip("/") + "/"
+    return [(stage, out[len(base):] if out.startswith(base) else out, figures) for stage, out, figures in rows]
 
 
 def _metrics_text(m: dict) -> str:

@@ -35,12 +35,12 @@ def demo(
     t0 = time.perf_counter()
     timings = []
     for stage in plan(cfg):
-        console.print(Rule(f"[bold]leap {' '.join(stage.argv[:1])}[/] {stage.name}"))
+        console.print(Rule(f"[bold]leap {stage.name}[/]"))
         run_stage(stage)
         timings.append((stage.name, stage.seconds))
     table = Table(title=f"LEAP demo: every stage ({time.perf_counter() - t0:.0f} s in all)", show_lines=False)
     table.add_column("stage")
-    table.add_column("output", overflow="fold")
+    table.add_column(f"output (in {workdir})", overflow="fold")
     table.add_column("figures", overflow="fold")
     for name, out, figures in collect(cfg):
         table.add_row(name, out, figures)

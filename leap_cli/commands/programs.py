@@ -114,6 +114,7 @@ def validate_programs(
     report: Path = typer.Option(None, "--report", help="Report path (default WORKDIR/programs/SPLIT.report.json)."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any record is invalid or failed."),
     show: int = typer.Option(10, "--show", help="Records with errors to print."),
+    html: Path = typer.Option(None, "--html", help="Also write a page with the coverage and the distributions as plots."),
 ) -> None:
     from leap_cli.common import normalize_split
     from leap_cli.errors import LeapError
@@ -151,5 +152,11 @@ def validate_programs(
     console.print(f"verbs: {top(rep['histograms']['verbs'])}\nobjects: {top(rep['histograms']['objects'])}\n"
                   f"predicates: {top(rep['histograms']['predicates'])}\nsteps: {top(rep['histograms']['steps'])}")
     console.print(f"report: {out}")
+    if html:
+        from leap_cli.io import atomic_write_text
+        from leap_cli.report.programs_html import programs_report_html
+
+        atomic_write_text(html, programs_report_html(rep))
+        console.print(f"page: {html}")
     if strict and (rep["statuses"]["invalid"] or rep["statuses"]["failed"]):
         raise typer.Exit(1)

@@ -42,23 +42,25 @@ def jpeg_data_uri(image_rgb: np.ndarray, quality: int = 85) -> str:
 
 
 def bar_chart(title: str, counts: list[tuple[str, float]], *, width: int = 560, bar_height: int = 18,
-              colour: str = "#4a7fb5") -> str:
+              colour: str = "#4a7fb5", show_title: bool = True) -> str:
     """A horizontal bar chart as inline SVG (labels left, values right)."""
     if not counts:
         return f"<p class='muted'>{esc(title)}: nothing to plot</p>"
     label_w, value_w = 170, 60
     top = max(v for _, v in counts) or 1
-    h = bar_height * len(counts) + 30
+    head = 24 if show_title else 4
+    h = bar_height * len(counts) + head + 6
     rows = []
     for i, (label, value) in enumerate(counts):
-        y = 24 + i * bar_height
+        y = head + i * bar_height
         w = (width - label_w - value_w) * value / top
         rows.append(f"<text x='{label_w - 6}' y='{y + bar_height * 0.7:.1f}' text-anchor='end' font-size='12'>"
                     f"{esc(label)[:28]}</text><rect x='{label_w}' y='{y + 2}' width='{w:.1f}' "
                     f"height='{bar_height - 4}' fill='{colour}' rx='2'/><text x='{label_w + w + 4:.1f}' "
                     f"y='{y + bar_height * 0.7:.1f}' font-size='12'>{value:g}</text>")
     return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{h}' role='img' "
-            f"aria-label='{esc(title)}'><text x='0' y='14' font-size='13' font-weight='bold'>{esc(title)}</text>"
+            f"aria-label='{esc(title)}'>"
+            + (f"<text x='0' y='14' font-size='13' font-weight='bold'>{esc(title)}</text>" if show_title else "")
             + "".join(rows) + "</svg>")
 
 
