@@ -285,6 +285,8 @@ def test_load_clip_visual_weights_plain_and_torchscript(tmp_path):
         blk = model.backbone.transformer.resblocks[2]
         assert torch.equal(blk.mlp.c_fc.weight, state["visual.transformer.resblocks.2.mlp.c_fc.weight"].half().float())
         assert model.backbone.positional_embedding.shape == (17, 64)
+        line = str(report)
+        assert f"{len(report.loaded)} loaded" in line and "0 missing, 0 unexpected" in line and "\n" not in line
 
 
 def test_wrong_shapes_and_foreign_keys_fail_clearly(tmp_path):

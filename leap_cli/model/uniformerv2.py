@@ -436,6 +436,12 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model has no place for
     resized: dict[str, str] = field(default_factory=dict)  # key -> "old shape -> new shape (how)"
 
+    def __str__(self) -> str:
+        """One line for logs; the lists themselves stay on the object."""
+        return (f"{self.path} ({self.source}): {len(self.loaded)} loaded, {len(self.dropped)} dropped, "
+                f"{len(self.resized)} resized ({', '.join(self.resized) or '-'}), {len(self.initialized)} initialised "
+                f"(new modules), {len(self.missing)} missing, {len(self.unexpected)} unexpected")
+
 
 def _is_uniformer_only(key: str) -> bool:
     parts = key.split(".")
