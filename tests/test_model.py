@@ -357,3 +357,95 @@ def test_anticipation_uses_present_context_only_when_aggregating():
             b = model(batch["video"], None, other, batch["context_mask"])["verb"]
         assert torch.allclose(a[0], b[0], atol=1e-6)  # an absent clip never matters
         assert torch.allclose(a[1], b[1], atol=1e-6) != aggregate  # a present one matters only when aggregating
+
+
+def _reference_uniformerv2(sd, x, *, heads, downsample, no_lmhra, return_list, n_head):
+    """The official forward written out functionally from a state dict, in the official sequence-first
+    layout ([L, N*T, C]) and with torch's own multi-head attention for the backbone blocks; independent of
+    leap_cli.model's modules. Eval mode, no dropout."""
+    import torch.nn.functional as F
+
+    def ln(v, p, fp32=True):
+        return F.layer_norm(v.float() if fp32 else v, v.shape[-1:], sd[p + ".weight"], sd[p + ".bias"])
+
+    def lin(v, p):
+        return F.linear(v, sd[p + ".weight"], sd[p + ".bias"])
+
+    def mlp(v, p):
+        h = lin(v, p + ".c_fc")
+        return lin(h * torch.sigmoid(1.702 * h), p + ".c_proj")
+
+    def lmhra(v, p):  # v: [N, C, T, H, W]
+        v = F.batch_norm(v, sd[p + ".0.running_mean"], sd[p + ".0.running_var"], sd[p + ".0.weight"], sd[p + ".0.bias"])
+        v = F.conv3d(v, sd[p + ".1.weight"], sd[p + ".1.bias"])
+        v = F.conv3d(v, sd[p + ".2.weight"], sd[p + ".2.bias"], padding=(1, 0, 0), groups=v.shape[1])
+        return F.conv3d(v, sd[p + ".3.weight"], sd[p + ".3.bias"])
+
+    w = sd["conv1.weight"]
+    x = F.conv3d(x, w, stride=(2 if downsample else 1, w.shape[-1], w.shape[-1]), padding=((w.shape[2] - 1) // 2, 0, 0))
+    N, C, T, H, W = x.shape
+    x = x.permute(0, 2, 3, 4, 1).reshape(N * T, H * W, C)
+    x = torch.cat([sd["class_embedding"] + torch.zeros(N * T, 1, C), x], dim=1) + sd["positional_embedding"]
+    x = ln(x, "ln_pre").permute(1, 0, 2)  # [L, NT, C]
+    L = x.shape[0]
+    query = sd["transformer.temporal_cls_token"].repeat(1, N, 1)  # [1, N, C]
+
+    def local(x, p):
+        t = x[1:].view(H, W, N, T, C).permute(2, 4, 3, 0, 1)
+        t = t + lmhra(t, p)
+        return torch.cat([x[:1], t.reshape(N, C, T, H * W).permute(3, 0, 2, 1).reshape(L - 1, N * T, C)], 0)
+
+    j = 0
+    for i in range(len([k for k in sd if k.endswith(".ln_1.weight") and "resblocks" in k])):
+        p = f"transformer.resblocks.{i}"
+        if not no_lmhra:
+            x = local(x, p + ".lmhra1.pos_embed")
+        h = ln(x, p + ".ln_1")
+        x = x + F.multi_head_attention_forward(
+            h, h, h, C, heads, sd[p + ".attn.in_proj_weight"], sd[p + ".attn.in_proj_bias"], None, None, False, 0.0,
+            sd[p + ".attn.out_proj.weight"], sd[p + ".attn.out_proj.bias"], training=False, need_weights=False)[0]
+        if not no_lmhra:
+            x = local(x, p + ".lmhra2.pos_embed")
+        x = x + mlp(ln(x, p + ".ln_2"), p + ".mlp")
+        if i in return_list:
+            t = x.view(L, N, T, C).clone()
+            feats = t[1:].permute(1, 3, 2, 0).reshape(N, C, T, H, W)
+            feats = F.conv3d(feats, sd[f"transformer.dpe.{j}.weight"], sd[f"transformer.dpe.{j}.bias"], padding=1, groups=C)
+            t[1:] = t[1:] + feats.view(N, C, T, L - 1).permute(3, 0, 2, 1)
+            y = t.permute(2, 0, 1, 3).flatten(0, 1)  # [T*L, N, C]
+            d = f"transformer.dec.{j}"
+            qn, yn = ln(query, d + ".ln_1", False), ln(y, d + ".ln_3", False)
+            wq, wk, wv = sd[d + ".attn.in_proj_weight"].chunk(3)
+            bq, bk, bv = sd[d + ".attn.in_proj_bias"].chunk(3)
+            hd = C // n_head
+            q = (qn @ wq.T + bq).view(1, N, n_head, hd).permute(1, 2, 0, 3)
+            k = (yn @ wk.T + bk).view(-1, N, n_head, hd).permute(1, 2, 0, 3)
+            v = (yn @ wv.T + bv).view(-1, N, n_head, hd).permute(1, 2, 0, 3)
+            att = ((q @ k.transpose(-2, -1)) / hd ** 0.5).softmax(-1) @ v
+            query = query + lin(att.permute(2, 0, 1, 3).flatten(2), d + ".attn.out_proj")
+            query = query + mlp(ln(query, d + ".ln_2", False), d + ".mlp")
+            j += 1
+    g = torch.sigmoid(sd["transformer.balance"])
+    fused = (1 - g) * query[0] + g * x.view(L, N, T, C)[0].mean(1)
+    return lin(ln(fused, "transformer.proj.0", False), "transformer.proj.2")
+
+
+@pytest.mark.parametrize("options", [{}, {"no_lmhra": True, "temporal_downsample": False}])
+def test_matches_a_functional_reference_of_the_official_forward(options):
+    torch.manual_seed(0)
+    model = uniformerv2_tiny(img_size=64, num_classes=11, **options).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.dtype.is_floating_point:
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
+                        else 0.1 * torch.randn(t.shape, generator=g))
+    x = torch.randn(2, 3, 4, 64, 64, generator=g)
+    ref = _reference_uniformerv2(
+        model.state_dict(), x, heads=4, downsample=options.get("temporal_downsample", True),
+        no_lmhra=options.get("no_lmhra", False), return_list=(1, 2), n_head=4)
+    with torch.no_grad():
+        for sdpa in (True, False):
+            model.set_attention(sdpa)
+            out = model(x)
+            assert ((out - ref).norm() / ref.norm()).item() < 1e-5
