@@ -73,7 +73,8 @@ def test_predict_program_is_greedy_decoding_of_forward():
     model = build_model(tiny_args()).eval()
     unzero_(model)
     video = make_batch()["video"]
-    ids = model.predict_program(video)
+    torch.manual_seed(1)
+    ids = model.predict_program(video, pad_after_end=False)
     assert ids.shape == (2, 6, 3) and ids.dtype == torch.long
     out = model(video)  # no targets: greedy decoding, logits of the greedy sequence
     assert torch.equal(out["step_verb"].argmax(-1), ids[..., 0])
@@ -81,6 +82,18 @@ def test_predict_program_is_greedy_decoding_of_forward():
     # teacher forcing with the greedy ids reproduces the same logits
     forced = model(video, program_steps=ids)
     assert torch.allclose(forced["step_obj_a"], out["step_obj_a"], atol=1e-5)
+
+
+def test_predict_program_pads_after_the_first_end_step(monkeypatch):
+    model = build_model(tiny_args()).eval()
+    end = PROGRAM["step_verbs"] - 1  # END is the last id of the vocabulary
+    raw = torch.tensor([[[1, 2, 3], [end, 9, 9], [4, 4, 4], [end, 9, 9], [5, 5, 5], [6, 6, 6]],
+                        [[1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6], [5, 6, 7], [6, 7, 8]]])
+    monkeypatch.setattr(model.decoder, "greedy", lambda memory: (raw, None))
+    ids = model.predict_program(make_batch()["video"])
+    assert torch.equal(ids[0, :2], raw[0, :2]) and (ids[0, 2:] == -100).all()
+    assert torch.equal(ids[1], raw[1])  # no END: nothing padded
+    assert torch.equal(model.predict_program(make_batch()["video"], pad_after_end=False), raw)
 
 
 def test_overfit_one_batch_loss_falls_tenfold():

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from leap_cli.errors import LeapError
-from leap_cli.model.heads import AnticipationAggregator, ProgramDecoder, ProgramSpec
+from leap_cli.model.heads import IGNORE, AnticipationAggregator, ProgramDecoder, ProgramSpec
 from leap_cli.model.uniformerv2 import BUILDERS, UniFormerV2Config
 
 DECODER_DEFAULTS = {"decoder_dim": None, "decoder_layers": 2, "decoder_heads": 4, "decoder_dropout": 0.1}
@@ -143,14 +143,19 @@ class LeapModel(nn.Module):
     @torch.no_grad()
     def predict_program(
         self, video: torch.Tensor, context_video: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None, *, pad_after_end: bool = True,
     ) -> torch.Tensor:
-        """Greedy program decoding: LongTensor [B, L, 3] of (S-Verb, Obj(A), Obj(B)) ids for every step
-        (steps after the first END are whatever the decoder emits; cut at END when reading)."""
-        if self.decoder is None:
+        """Greedy program decoding: LongTensor [B, L, 3] of (S-Verb, Obj(A), Obj(B)) ids. END is the last id of
+        each vocabulary (the shards manifest's convention); steps after the first END step are -100, as in the
+        targets. The program describes the clip's own action, so context clips do not change it."""
+        if self.decoder is None or self.program_spec is None:
             raise LeapError("this model has no program heads", fix="build it with model_args.program")
         _, tokens = self.encode(video)
         ids, _ = self.decoder.greedy(self.decoder.memory(tokens))
+        if pad_after_end:
+            is_end = (ids[..., 0] == self.program_spec.step_verbs - 1).long()  # [B, L]
+            after_end = (is_end.cumsum(1) - is_end) > 0
+            ids = ids.masked_fill(after_end[..., None], IGNORE)
         return ids
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
