@@ -227,11 +227,12 @@ def test_our_state_dict_has_the_official_layout():
     assert ours == official_uniformerv2_shapes(no_lmhra=True, downsample=False)
 
 
-@pytest.mark.parametrize("wrap", ["plain", "model", "state_dict+module"])
+@pytest.mark.parametrize("wrap", ["plain", "model", "state_dict+module", "model_state"])
 def test_load_official_uniformerv2_checkpoint(tmp_path, wrap):
     state = random_state(official_uniformerv2_shapes())
     saved = {"plain": state, "model": {"model": state, "epoch": 3},
-             "state_dict+module": {"state_dict": {f"module.{k}": v for k, v in state.items()}}}[wrap]
+             "state_dict+module": {"state_dict": {f"module.{k}": v for k, v in state.items()}},
+             "model_state": {"model_state": state, "optimizer_state": {}, "epoch": 30, "cfg": "TRAIN: ..."}}[wrap]
     path = tmp_path / "k400_uniformerv2_tiny.pyth"
     torch.save(saved, path)
     model = build_model(tiny_args())
@@ -248,6 +249,16 @@ def test_load_official_uniformerv2_checkpoint(tmp_path, wrap):
     report = load_pretrained(standalone, path)
     assert report.dropped == {} and report.missing == []
     assert torch.equal(standalone.transformer.proj[2].weight, state["backbone.transformer.proj.2.weight"])
+
+
+def test_load_backbone_of_a_leap_run(tmp_path):
+    source = build_model(tiny_args())
+    torch.save({"model": source.state_dict(), "step": 5}, tmp_path / "last.pt")
+    target = build_model(tiny_args(num_verbs=3))
+    report = load_pretrained(target, tmp_path / "last.pt")
+    assert report.missing == [] and report.unexpected == [] and report.initialized == []
+    assert "verb_head.weight" in report.dropped and "decoder.verb_embed.weight" in report.dropped
+    assert torch.equal(target.backbone.conv1.weight, source.backbone.conv1.weight)
 
 
 def test_load_kinetics_checkpoint_without_lmhra_into_lmhra_model(tmp_path):
@@ -311,6 +322,11 @@ def test_wrong_shapes_and_foreign_keys_fail_clearly(tmp_path):
     torch.save(state, tmp_path / "deeper.pth")
     with pytest.raises(LeapError, match="resblocks.3"):
         load_pretrained(build_model(tiny_args()), tmp_path / "deeper.pth")
+    state = random_state(official_uniformerv2_shapes())
+    state["backbone.extra_adapter.weight"] = torch.zeros(3)
+    torch.save(state, tmp_path / "extra.pth")
+    with pytest.raises(LeapError, match="no place in the model.*extra_adapter"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "extra.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(LeapError, match="cannot read checkpoint"):
         load_pretrained(build_model(tiny_args()), tmp_path / "junk.pth")

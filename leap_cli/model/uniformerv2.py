@@ -419,6 +419,7 @@ UNIFORMER_ONLY = ("transformer.resblocks.*.lmhra", "transformer.temporal_cls_tok
 CLIP_UNUSED = {"ln_post.weight": "CLIP's final LayerNorm (UniFormerV2 fuses before its own proj)",
                "ln_post.bias": "CLIP's final LayerNorm (UniFormerV2 fuses before its own proj)",
                "proj": "CLIP's image-text projection (unused for video classification)"}
+LEAP_HEADS = ("verb_head.", "noun_head.", "decoder.", "condition_head.", "aggregator.")
 HEAD_KEYS = ("transformer.proj.2.weight", "transformer.proj.2.bias")
 _WRAPPERS = ("model", "state_dict", "model_state", "module")
 
@@ -524,6 +525,8 @@ def checkpoint_filter_fn(state: dict[str, Any], model: UniFormerV2) -> tuple[dic
         for k, v in sd.items():
             if k.startswith("backbone."):
                 out[k[len("backbone."):]] = v
+            elif k.startswith(LEAP_HEADS):
+                report.dropped[k] = "LEAP head of a previous run (only the backbone is pretrained)"
             else:
                 report.unexpected.append(k)
     else:
