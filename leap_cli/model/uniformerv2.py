@@ -20,7 +20,7 @@ import logging
 import math
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from leap_cli.errors import LeapError
 
 log = logging.getLogger(__name__)
 
+# Input normalisation that goes with CLIP-initialised weights (clips are [B, 3, T, H, W], RGB in [0, 1] first).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -408,14 +409,11 @@ def uniformerv2_tiny(**kwargs: Any) -> UniFormerV2:
 BUILDERS = {"uniformerv2_b16": uniformerv2_b16, "uniformerv2_l14": uniformerv2_l14, "uniformerv2_tiny": uniformerv2_tiny}
 
 
-def config_dict(cfg: UniFormerV2Config) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-
-
 # --------------------------------------------------------------------------------------------- pretrained
 # Modules that exist only in UniFormerV2: a CLIP checkpoint leaves them at their initialisation.
-UNIFORMER_ONLY = ("transformer.resblocks.*.lmhra", "transformer.temporal_cls_token", "transformer.dpe.",
-                  "transformer.dec.", "transformer.balance", "transformer.proj.")
+# (plus the local MHRA of every block, ``transformer.resblocks.N.lmhra1/2``).
+UNIFORMER_ONLY = ("transformer.temporal_cls_token", "transformer.dpe.", "transformer.dec.", "transformer.balance",
+                  "transformer.proj.")
 CLIP_UNUSED = {"ln_post.weight": "CLIP's final LayerNorm (UniFormerV2 fuses before its own proj)",
                "ln_post.bias": "CLIP's final LayerNorm (UniFormerV2 fuses before its own proj)",
                "proj": "CLIP's image-text projection (unused for video classification)"}
@@ -448,7 +446,7 @@ def _is_uniformer_only(key: str) -> bool:
     parts = key.split(".")
     if key.startswith("transformer.resblocks.") and len(parts) > 3 and parts[3].startswith("lmhra"):
         return True
-    return any(key.startswith(p) for p in UNIFORMER_ONLY[1:])
+    return key.startswith(UNIFORMER_ONLY)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
