@@ -347,16 +347,24 @@ def test_sdpa_plain_attention_and_grad_checkpointing_agree():
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-5), k
 
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
     def grads(checkpointing):
+        model.load_state_dict(start)
         model.zero_grad()
         model.set_grad_checkpointing(checkpointing)
         model.train()
         loss, _ = leap_loss(model(batch["video"], batch["program_steps"]), batch)
         loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters()}
+        return {n: p.grad.clone() for n, p in model.named_parameters()}, {
+            k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
 
-    plain, ckpt = grads(False), grads(True)
+    (plain, plain_bn), (ckpt, ckpt_bn) = grads(False), grads(True)
     assert all(torch.allclose(plain[n], ckpt[n], rtol=1e-4, atol=1e-6) for n in plain)
+    # BatchNorm statistics are updated once per forward, with or without checkpointing
+    assert plain_bn and all(torch.allclose(plain_bn[k], ckpt_bn[k]) for k in plain_bn)
+    assert not torch.equal(plain_bn["backbone.transformer.resblocks.0.lmhra1.pos_embed.0.running_mean"],
+                           start["backbone.transformer.resblocks.0.lmhra1.pos_embed.0.running_mean"])
 
 
 def test_layer_ids_and_no_weight_decay():

@@ -157,14 +157,19 @@ class ResidualAttentionBlock(nn.Module):
         tokens = tokens.permute(0, 2, 3, 4, 1).reshape(NT, L, C)
         return torch.cat([x[:, :1], tokens], dim=1)
 
-    def forward(self, x: torch.Tensor, T: int) -> torch.Tensor:
-        # x: [N*T, 1+HW, C]
+    def forward(self, x: torch.Tensor, T: int, use_checkpoint: bool = False) -> torch.Tensor:
+        # x: [N*T, 1+HW, C]. Checkpointing recomputes attention and MLP only (as the official code): the
+        # local MHRA holds a BatchNorm whose running statistics must not be updated twice.
         if not self.no_lmhra:
             x = self._local(x, self.lmhra1, T)
-        x = x + self.drop_path(self.attn(self.ln_1(x)))
+        h = self.ln_1(x)
+        h = torch_checkpoint.checkpoint(self.attn, h, use_reentrant=False) if use_checkpoint else self.attn(h)
+        x = x + self.drop_path(h)
         if not self.no_lmhra and self.double_lmhra:
             x = self._local(x, self.lmhra2, T)
-        x = x + self.drop_path(self.mlp(self.ln_2(x)))
+        h = self.ln_2(x)
+        h = torch_checkpoint.checkpoint(self.mlp, h, use_reentrant=False) if use_checkpoint else self.mlp(h)
+        x = x + self.drop_path(h)
         return x
 
 
@@ -292,10 +297,7 @@ class GlobalTransformer(nn.Module):
         query = self.temporal_cls_token.expand(N, 1, C)  # [N, 1, C]
         j = 0
         for i, block in enumerate(self.resblocks):
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch_checkpoint.checkpoint(block, x, T, use_reentrant=False)
-            else:
-                x = block(x, T)
+            x = block(x, T, use_checkpoint=self.grad_checkpointing and self.training and torch.is_grad_enabled())
             if i in self.return_list:
                 tokens = x.view(N, T, L1, C)
                 patches = tokens[:, :, 1:].permute(0, 3, 1, 2).reshape(N, C, T, H, W)
