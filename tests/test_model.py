@@ -142,6 +142,19 @@ def test_loss_without_program_and_padding():
     assert leap_loss(out, unknown, program_loss=False)[1]["ce_verb"] == 0
 
 
+def test_context_clips_without_gradients():
+    torch.manual_seed(0)
+    model = build_model(tiny_args(anticipation={"context": 2, "aggregate": True, "context_grad": False}))
+    unzero_(model)
+    batch = make_batch(context=2)
+    video = batch["video"].requires_grad_(True)
+    context = batch["context_video"].requires_grad_(True)
+    out = model(video, batch["program_steps"], context, batch["context_mask"])
+    leap_loss(out, batch)[0].backward()
+    assert video.grad.abs().sum() > 0 and context.grad is None
+    assert model.aggregator.attn.in_proj_weight.grad.abs().sum() > 0
+
+
 def test_bad_model_args_are_clear_errors():
     with pytest.raises(LeapError, match="unknown model_args"):
         build_model(tiny_args(colour="red"))
@@ -149,6 +162,8 @@ def test_bad_model_args_are_clear_errors():
         build_model(tiny_args(backbone="resnet50"))
     with pytest.raises(LeapError, match="needs program heads"):
         build_model(tiny_args(program=None, anticipation={"context": 2, "aggregate": True}))
+    with pytest.raises(LeapError, match="anticipation keys"):
+        build_model(tiny_args(anticipation={"context": 2, "aggreggate": False}))
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
