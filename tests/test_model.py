@@ -162,6 +162,12 @@ def test_bad_model_args_are_clear_errors():
         build_model(tiny_args(backbone="resnet50"))
     with pytest.raises(LeapError, match="needs program heads"):
         build_model(tiny_args(program=None, anticipation={"context": 2, "aggregate": True}))
+    with pytest.raises(LeapError, match="unknown model_args"):
+        build_model(tiny_args(num_classes=5))
+    with pytest.raises(LeapError, match=r"clips \[B, 3, T, H, W\]"):
+        build_model(tiny_args())(torch.zeros(1, 2, 3, 4, 64, 64))
+    with pytest.raises(LeapError, match="patch grid"):
+        build_model(tiny_args())(torch.zeros(1, 3, 4, 80, 80))
     with pytest.raises(LeapError, match="anticipation keys"):
         build_model(tiny_args(anticipation={"context": 2, "aggreggate": False}))
 

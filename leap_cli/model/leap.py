@@ -47,7 +47,7 @@ class LeapModel(nn.Module):
         num_verbs, num_nouns = args.pop("num_verbs"), args.pop("num_nouns")
         program, anticipation = args.pop("program", None), args.pop("anticipation", None)
         dec = {k: args.pop(k, v) for k, v in DECODER_DEFAULTS.items()}
-        unknown = set(args) - set(UniFormerV2Config.__dataclass_fields__)
+        unknown = set(args) - (set(UniFormerV2Config.__dataclass_fields__) - {"num_classes"})
         if unknown:
             raise LeapError(
                 f"unknown model_args keys: {sorted(unknown)}",
@@ -94,6 +94,9 @@ class LeapModel(nn.Module):
     # ----------------------------------------------------------------------------------------- parts
     def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """video [B,3,T,H,W] -> (clip feature [B, C], video tokens [B, T'*(1+HW), C])."""
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise LeapError(f"video of shape {tuple(video.shape)}: the model takes clips [B, 3, T, H, W]",
+                            fix="flatten evaluation views into the batch ([B*V, 3, T, H, W]) and average afterwards")
         fused, tokens = self.backbone.forward_features(video)
         feature = self.backbone.forward_head(fused, pre_logits=True)
         return feature, tokens.flatten(1, 2)
