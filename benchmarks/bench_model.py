@@ -7,7 +7,9 @@ on CUDA with bf16 autocast at batches up to what fits.
     python benchmarks/bench_model.py --backbone uniformerv2_tiny --frames 4 --img 96   # quick check
 
 Each CPU configuration runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own;
-"peak MiB" on the CPU is the peak RSS above the RSS after building the model and the input.
+"peak MiB" on the CPU is the peak RSS above the RSS after building the model and the input. Besides clips per
+wall-clock second, CPU seconds per clip (process time of all threads) are printed: on a shared machine they
+vary much less than wall-clock figures. On CUDA, "peak MiB" is torch.cuda.max_memory_allocated.
 """
 
 from __future__ import annotations
@@ -58,18 +60,19 @@ def run_one(backbone: str, frames: int, img: int, batch: int, sdpa: bool, mode: 
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(iters):
         step()
     if device == "cuda":
         torch.cuda.synchronize()
-    secs = time.perf_counter() - t0
+    secs, cpu_secs = time.perf_counter() - t0, time.process_time() - c0
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     return {"backbone": backbone, "frames": frames, "img": img, "batch": batch, "attention": "sdpa" if sdpa else "plain",
-            "mode": mode, "device": device, "iters": iters, "clips_per_s": batch * iters / secs, "peak_mib": peak}
+            "mode": mode, "device": device, "iters": iters, "threads": threads, "clips_per_s": batch * iters / secs,
+            "cpu_s_per_clip": cpu_secs / (batch * iters), "peak_mib": peak}
 
 
 def cpu_suite(args: argparse.Namespace) -> list[dict]:
@@ -103,19 +106,21 @@ def cuda_suite(args: argparse.Namespace) -> list[dict]:
 
 def _fmt(r: dict) -> str:
     return (f"{r['device']:4} {r['backbone']} {r['frames']}x{r['img']} batch {r['batch']:3} {r['mode']:7} "
-            f"{r['attention']:5}: {r['clips_per_s']:8.2f} clips/s, peak {r['peak_mib']:8.0f} MiB")
+            f"{r['attention']:5}: {r['clips_per_s']:8.3f} clips/s, {r['cpu_s_per_clip']:7.2f} CPU-s/clip, "
+            f"peak {r['peak_mib']:8.0f} MiB")
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| device | batch | mode | SDPA clips/s | plain clips/s | SDPA/plain | SDPA peak MiB | plain peak MiB |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| device | batch | mode | SDPA clips/s | plain clips/s | SDPA/plain (wall) | SDPA CPU-s/clip | "
+             "plain CPU-s/clip | SDPA peak MiB | plain peak MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
     keyed = {(r["device"], r["batch"], r["mode"], r["attention"]): r for r in rows}
     for (dev, batch, mode, att), r in keyed.items():
         if att != "sdpa" or (dev, batch, mode, "plain") not in keyed:
             continue
         p = keyed[(dev, batch, mode, "plain")]
-        lines.append(f"| {dev} | {batch} | {mode} | {r['clips_per_s']:.2f} | {p['clips_per_s']:.2f} | "
-                     f"{r['clips_per_s'] / p['clips_per_s']:.2f}x | {r['peak_mib']:.0f} | {p['peak_mib']:.0f} |")
+        lines.append(f"| {dev} | {batch} | {mode} | {r['clips_per_s']:.3f} | {p['clips_per_s']:.3f} | "
+                     f"{r['clips_per_s'] / p['clips_per_s']:.2f}x | {r['cpu_s_per_clip']:.2f} | {p['cpu_s_per_clip']:.2f} | "
+                     f"{r['peak_mib']:.0f} | {p['peak_mib']:.0f} |")
     return "\n".join(lines)
 
 

@@ -73,7 +73,8 @@ def test_predict_program_is_greedy_decoding_of_forward():
     model = build_model(tiny_args()).eval()
     unzero_(model)
     video = make_batch()["video"]
-    ids = model.predict_program(video)
+    torch.manual_seed(1)
+    ids = model.predict_program(video, pad_after_end=False)
     assert ids.shape == (2, 6, 3) and ids.dtype == torch.long
     out = model(video)  # no targets: greedy decoding, logits of the greedy sequence
     assert torch.equal(out["step_verb"].argmax(-1), ids[..., 0])
@@ -81,6 +82,18 @@ def test_predict_program_is_greedy_decoding_of_forward():
     # teacher forcing with the greedy ids reproduces the same logits
     forced = model(video, program_steps=ids)
     assert torch.allclose(forced["step_obj_a"], out["step_obj_a"], atol=1e-5)
+
+
+def test_predict_program_pads_after_the_first_end_step(monkeypatch):
+    model = build_model(tiny_args()).eval()
+    end = PROGRAM["step_verbs"] - 1  # END is the last id of the vocabulary
+    raw = torch.tensor([[[1, 2, 3], [end, 9, 9], [4, 4, 4], [end, 9, 9], [5, 5, 5], [6, 6, 6]],
+                        [[1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6], [5, 6, 7], [6, 7, 8]]])
+    monkeypatch.setattr(model.decoder, "greedy", lambda memory: (raw, None))
+    ids = model.predict_program(make_batch()["video"])
+    assert torch.equal(ids[0, :2], raw[0, :2]) and (ids[0, 2:] == -100).all()
+    assert torch.equal(ids[1], raw[1])  # no END: nothing padded
+    assert torch.equal(model.predict_program(make_batch()["video"], pad_after_end=False), raw)
 
 
 def test_overfit_one_batch_loss_falls_tenfold():
@@ -129,6 +142,19 @@ def test_loss_without_program_and_padding():
     assert leap_loss(out, unknown, program_loss=False)[1]["ce_verb"] == 0
 
 
+def test_context_clips_without_gradients():
+    torch.manual_seed(0)
+    model = build_model(tiny_args(anticipation={"context": 2, "aggregate": True, "context_grad": False}))
+    unzero_(model)
+    batch = make_batch(context=2)
+    video = batch["video"].requires_grad_(True)
+    context = batch["context_video"].requires_grad_(True)
+    out = model(video, batch["program_steps"], context, batch["context_mask"])
+    leap_loss(out, batch)[0].backward()
+    assert video.grad.abs().sum() > 0 and context.grad is None
+    assert model.aggregator.attn.in_proj_weight.grad.abs().sum() > 0
+
+
 def test_bad_model_args_are_clear_errors():
     with pytest.raises(LeapError, match="unknown model_args"):
         build_model(tiny_args(colour="red"))
@@ -136,6 +162,14 @@ def test_bad_model_args_are_clear_errors():
         build_model(tiny_args(backbone="resnet50"))
     with pytest.raises(LeapError, match="needs program heads"):
         build_model(tiny_args(program=None, anticipation={"context": 2, "aggregate": True}))
+    with pytest.raises(LeapError, match="unknown model_args"):
+        build_model(tiny_args(num_classes=5))
+    with pytest.raises(LeapError, match=r"clips \[B, 3, T, H, W\]"):
+        build_model(tiny_args())(torch.zeros(1, 2, 3, 4, 64, 64))
+    with pytest.raises(LeapError, match="patch grid"):
+        build_model(tiny_args())(torch.zeros(1, 3, 4, 80, 80))
+    with pytest.raises(LeapError, match="anticipation keys"):
+        build_model(tiny_args(anticipation={"context": 2, "aggreggate": False}))
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -144,7 +178,7 @@ from leap_cli.model.uniformerv2 import load_pretrained, uniformerv2_tiny  # noqa
 
 def official_uniformerv2_shapes(width=64, layers=3, heads=4, patch=16, img=64, kernel_t=3, downsample=True,
                                 return_list=(1, 2), num_classes=400, no_lmhra=False, double_lmhra=True,
-                                dw_reduction=1.5):
+                                dw_reduction=1.5, frozen=False):
     """Key -> shape of the official OpenGVLab ``Uniformerv2`` module's state dict, written out from
     slowfast/models/uniformerv2_model.py (VisionTransformer / Transformer / ResidualAttentionBlock /
     Local_MHRA / Extractor), independent of our implementation."""
@@ -178,7 +212,9 @@ def official_uniformerv2_shapes(width=64, layers=3, heads=4, patch=16, img=64, k
         for ln in ("ln_1", "ln_2", "ln_3"):
             s.update({f"{d}{ln}.weight": (C,), f"{d}{ln}.bias": (C,)})
     s.update({t + "proj.0.weight": (C,), t + "proj.0.bias": (C,), t + "proj.2.weight": (num_classes, C),
-              t + "proj.2.bias": (num_classes,), t + "balance": (C,)})
+              t + "proj.2.bias": (num_classes,)})
+    if not frozen:
+        s[t + "balance"] = (C,)
     return s
 
 
@@ -212,13 +248,20 @@ def test_our_state_dict_has_the_official_layout():
     ours = {f"backbone.{k}": tuple(v.shape)
             for k, v in uniformerv2_tiny(img_size=64, no_lmhra=True, temporal_downsample=False).state_dict().items()}
     assert ours == official_uniformerv2_shapes(no_lmhra=True, downsample=False)
+    frozen = uniformerv2_tiny(img_size=64, no_lmhra=True, temporal_downsample=False, frozen=True)
+    assert {f"backbone.{k}": tuple(v.shape) for k, v in frozen.state_dict().items()} == official_uniformerv2_shapes(
+        no_lmhra=True, downsample=False, frozen=True)
+    trained = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith(("transformer.dec.", "transformer.dpe.", "transformer.temporal_cls_token",
+                                         "transformer.proj.")) for n in trained)
 
 
-@pytest.mark.parametrize("wrap", ["plain", "model", "state_dict+module"])
+@pytest.mark.parametrize("wrap", ["plain", "model", "state_dict+module", "model_state"])
 def test_load_official_uniformerv2_checkpoint(tmp_path, wrap):
     state = random_state(official_uniformerv2_shapes())
     saved = {"plain": state, "model": {"model": state, "epoch": 3},
-             "state_dict+module": {"state_dict": {f"module.{k}": v for k, v in state.items()}}}[wrap]
+             "state_dict+module": {"state_dict": {f"module.{k}": v for k, v in state.items()}},
+             "model_state": {"model_state": state, "optimizer_state": {}, "epoch": 30, "cfg": "TRAIN: ..."}}[wrap]
     path = tmp_path / "k400_uniformerv2_tiny.pyth"
     torch.save(saved, path)
     model = build_model(tiny_args())
@@ -235,6 +278,16 @@ def test_load_official_uniformerv2_checkpoint(tmp_path, wrap):
     report = load_pretrained(standalone, path)
     assert report.dropped == {} and report.missing == []
     assert torch.equal(standalone.transformer.proj[2].weight, state["backbone.transformer.proj.2.weight"])
+
+
+def test_load_backbone_of_a_leap_run(tmp_path):
+    source = build_model(tiny_args())
+    torch.save({"model": source.state_dict(), "step": 5}, tmp_path / "last.pt")
+    target = build_model(tiny_args(num_verbs=3))
+    report = load_pretrained(target, tmp_path / "last.pt")
+    assert report.missing == [] and report.unexpected == [] and report.initialized == []
+    assert "verb_head.weight" in report.dropped and "decoder.verb_embed.weight" in report.dropped
+    assert torch.equal(target.backbone.conv1.weight, source.backbone.conv1.weight)
 
 
 def test_load_kinetics_checkpoint_without_lmhra_into_lmhra_model(tmp_path):
@@ -285,6 +338,8 @@ def test_load_clip_visual_weights_plain_and_torchscript(tmp_path):
         blk = model.backbone.transformer.resblocks[2]
         assert torch.equal(blk.mlp.c_fc.weight, state["visual.transformer.resblocks.2.mlp.c_fc.weight"].half().float())
         assert model.backbone.positional_embedding.shape == (17, 64)
+        line = str(report)
+        assert f"{len(report.loaded)} loaded" in line and "0 missing, 0 unexpected" in line and "\n" not in line
 
 
 def test_wrong_shapes_and_foreign_keys_fail_clearly(tmp_path):
@@ -296,6 +351,11 @@ def test_wrong_shapes_and_foreign_keys_fail_clearly(tmp_path):
     torch.save(state, tmp_path / "deeper.pth")
     with pytest.raises(LeapError, match="resblocks.3"):
         load_pretrained(build_model(tiny_args()), tmp_path / "deeper.pth")
+    state = random_state(official_uniformerv2_shapes())
+    state["backbone.extra_adapter.weight"] = torch.zeros(3)
+    torch.save(state, tmp_path / "extra.pth")
+    with pytest.raises(LeapError, match="no place in the model.*extra_adapter"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "extra.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(LeapError, match="cannot read checkpoint"):
         load_pretrained(build_model(tiny_args()), tmp_path / "junk.pth")
@@ -316,16 +376,24 @@ def test_sdpa_plain_attention_and_grad_checkpointing_agree():
     for k in a:
         assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-5), k
 
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
     def grads(checkpointing):
+        model.load_state_dict(start)
         model.zero_grad()
         model.set_grad_checkpointing(checkpointing)
         model.train()
         loss, _ = leap_loss(model(batch["video"], batch["program_steps"]), batch)
         loss.backward()
-        return {n: p.grad.clone() for n, p in model.named_parameters()}
+        return {n: p.grad.clone() for n, p in model.named_parameters()}, {
+            k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
 
-    plain, ckpt = grads(False), grads(True)
+    (plain, plain_bn), (ckpt, ckpt_bn) = grads(False), grads(True)
     assert all(torch.allclose(plain[n], ckpt[n], rtol=1e-4, atol=1e-6) for n in plain)
+    # BatchNorm statistics are updated once per forward, with or without checkpointing
+    assert plain_bn and all(torch.allclose(plain_bn[k], ckpt_bn[k]) for k in plain_bn)
+    assert not torch.equal(plain_bn["backbone.transformer.resblocks.0.lmhra1.pos_embed.0.running_mean"],
+                           start["backbone.transformer.resblocks.0.lmhra1.pos_embed.0.running_mean"])
 
 
 def test_layer_ids_and_no_weight_decay():
@@ -355,3 +423,99 @@ def test_anticipation_uses_present_context_only_when_aggregating():
             b = model(batch["video"], None, other, batch["context_mask"])["verb"]
         assert torch.allclose(a[0], b[0], atol=1e-6)  # an absent clip never matters
         assert torch.allclose(a[1], b[1], atol=1e-6) != aggregate  # a present one matters only when aggregating
+
+
+def _reference_uniformerv2(sd, x, *, heads, downsample, no_lmhra, return_list, n_head, frozen=False):
+    """The official forward written out functionally from a state dict, in the official sequence-first
+    layout ([L, N*T, C]) and with torch's own multi-head attention for the backbone blocks; independent of
+    leap_cli.model's modules. Eval mode, no dropout."""
+    import torch.nn.functional as F
+
+    def ln(v, p, fp32=True):
+        return F.layer_norm(v.float() if fp32 else v, v.shape[-1:], sd[p + ".weight"], sd[p + ".bias"])
+
+    def lin(v, p):
+        return F.linear(v, sd[p + ".weight"], sd[p + ".bias"])
+
+    def mlp(v, p):
+        h = lin(v, p + ".c_fc")
+        return lin(h * torch.sigmoid(1.702 * h), p + ".c_proj")
+
+    def lmhra(v, p):  # v: [N, C, T, H, W]
+        v = F.batch_norm(v, sd[p + ".0.running_mean"], sd[p + ".0.running_var"], sd[p + ".0.weight"], sd[p + ".0.bias"])
+        v = F.conv3d(v, sd[p + ".1.weight"], sd[p + ".1.bias"])
+        v = F.conv3d(v, sd[p + ".2.weight"], sd[p + ".2.bias"], padding=(1, 0, 0), groups=v.shape[1])
+        return F.conv3d(v, sd[p + ".3.weight"], sd[p + ".3.bias"])
+
+    w = sd["conv1.weight"]
+    x = F.conv3d(x, w, stride=(2 if downsample else 1, w.shape[-1], w.shape[-1]), padding=((w.shape[2] - 1) // 2, 0, 0))
+    N, C, T, H, W = x.shape
+    x = x.permute(0, 2, 3, 4, 1).reshape(N * T, H * W, C)
+    x = torch.cat([sd["class_embedding"] + torch.zeros(N * T, 1, C), x], dim=1) + sd["positional_embedding"]
+    x = ln(x, "ln_pre").permute(1, 0, 2)  # [L, NT, C]
+    L = x.shape[0]
+    query = sd["transformer.temporal_cls_token"].repeat(1, N, 1)  # [1, N, C]
+
+    def local(x, p):
+        t = x[1:].view(H, W, N, T, C).permute(2, 4, 3, 0, 1)
+        t = t + lmhra(t, p)
+        return torch.cat([x[:1], t.reshape(N, C, T, H * W).permute(3, 0, 2, 1).reshape(L - 1, N * T, C)], 0)
+
+    j = 0
+    for i in range(len([k for k in sd if k.endswith(".ln_1.weight") and "resblocks" in k])):
+        p = f"transformer.resblocks.{i}"
+        if not no_lmhra:
+            x = local(x, p + ".lmhra1.pos_embed")
+        h = ln(x, p + ".ln_1")
+        x = x + F.multi_head_attention_forward(
+            h, h, h, C, heads, sd[p + ".attn.in_proj_weight"], sd[p + ".attn.in_proj_bias"], None, None, False, 0.0,
+            sd[p + ".attn.out_proj.weight"], sd[p + ".attn.out_proj.bias"], training=False, need_weights=False)[0]
+        if not no_lmhra:
+            x = local(x, p + ".lmhra2.pos_embed")
+        x = x + mlp(ln(x, p + ".ln_2"), p + ".mlp")
+        if i in return_list:
+            t = x.view(L, N, T, C).clone()
+            feats = t[1:].permute(1, 3, 2, 0).reshape(N, C, T, H, W)
+            feats = F.conv3d(feats, sd[f"transformer.dpe.{j}.weight"], sd[f"transformer.dpe.{j}.bias"], padding=1, groups=C)
+            t[1:] = t[1:] + feats.view(N, C, T, L - 1).permute(3, 0, 2, 1)
+            y = t.permute(2, 0, 1, 3).flatten(0, 1)  # [T*L, N, C]
+            d = f"transformer.dec.{j}"
+            qn, yn = ln(query, d + ".ln_1", False), ln(y, d + ".ln_3", False)
+            wq, wk, wv = sd[d + ".attn.in_proj_weight"].chunk(3)
+            bq, bk, bv = sd[d + ".attn.in_proj_bias"].chunk(3)
+            hd = C // n_head
+            q = (qn @ wq.T + bq).view(1, N, n_head, hd).permute(1, 2, 0, 3)
+            k = (yn @ wk.T + bk).view(-1, N, n_head, hd).permute(1, 2, 0, 3)
+            v = (yn @ wv.T + bv).view(-1, N, n_head, hd).permute(1, 2, 0, 3)
+            att = ((q @ k.transpose(-2, -1)) / hd ** 0.5).softmax(-1) @ v
+            query = query + lin(att.permute(2, 0, 1, 3).flatten(2), d + ".attn.out_proj")
+            query = query + mlp(ln(query, d + ".ln_2", False), d + ".mlp")
+            j += 1
+    if frozen:
+        fused = query[0]
+    else:
+        g = torch.sigmoid(sd["transformer.balance"])
+        fused = (1 - g) * query[0] + g * x.view(L, N, T, C)[0].mean(1)
+    return lin(ln(fused, "transformer.proj.0", False), "transformer.proj.2")
+
+
+@pytest.mark.parametrize("options", [{}, {"no_lmhra": True, "temporal_downsample": False},
+                                     {"no_lmhra": True, "temporal_downsample": False, "frozen": True}])
+def test_matches_a_functional_reference_of_the_official_forward(options):
+    torch.manual_seed(0)
+    model = uniformerv2_tiny(img_size=64, num_classes=11, **options).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.dtype.is_floating_point:
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
+                        else 0.1 * torch.randn(t.shape, generator=g))
+    x = torch.randn(2, 3, 4, 64, 64, generator=g)
+    ref = _reference_uniformerv2(
+        model.state_dict(), x, heads=4, downsample=options.get("temporal_downsample", True),
+        no_lmhra=options.get("no_lmhra", False), return_list=(1, 2), n_head=4, frozen=options.get("frozen", False))
+    with torch.no_grad():
+        for sdpa in (True, False):
+            model.set_attention(sdpa)
+            out = model(x)
+            assert ((out - ref).norm() / ref.norm()).item() < 1e-5

@@ -20,7 +20,7 @@ import logging
 import math
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from leap_cli.errors import LeapError
 
 log = logging.getLogger(__name__)
 
+# Input normalisation that goes with CLIP-initialised weights (clips are [B, 3, T, H, W], RGB in [0, 1] first).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -156,14 +157,19 @@ class ResidualAttentionBlock(nn.Module):
         tokens = tokens.permute(0, 2, 3, 4, 1).reshape(NT, L, C)
         return torch.cat([x[:, :1], tokens], dim=1)
 
-    def forward(self, x: torch.Tensor, T: int) -> torch.Tensor:
-        # x: [N*T, 1+HW, C]
+    def forward(self, x: torch.Tensor, T: int, use_checkpoint: bool = False) -> torch.Tensor:
+        # x: [N*T, 1+HW, C]. Checkpointing recomputes attention and MLP only (as the official code): the
+        # local MHRA holds a BatchNorm whose running statistics must not be updated twice.
         if not self.no_lmhra:
             x = self._local(x, self.lmhra1, T)
-        x = x + self.drop_path(self.attn(self.ln_1(x)))
+        h = self.ln_1(x)
+        h = torch_checkpoint.checkpoint(self.attn, h, use_reentrant=False) if use_checkpoint else self.attn(h)
+        x = x + self.drop_path(h)
         if not self.no_lmhra and self.double_lmhra:
             x = self._local(x, self.lmhra2, T)
-        x = x + self.drop_path(self.mlp(self.ln_2(x)))
+        h = self.ln_2(x)
+        h = torch_checkpoint.checkpoint(self.mlp, h, use_reentrant=False) if use_checkpoint else self.mlp(h)
+        x = x + self.drop_path(h)
         return x
 
 
@@ -224,6 +230,7 @@ class UniFormerV2Config:
     cls_dropout: float = 0.5
     num_classes: int = 400  # 0: no classifier, forward returns the fused feature
     grad_checkpointing: bool = False
+    frozen: bool = False  # official FROZEN: backbone blocks not trained, no ``balance`` fusion (frozen_* checkpoints)
     use_sdpa: bool = True
 
     def __post_init__(self) -> None:
@@ -280,7 +287,9 @@ class GlobalTransformer(nn.Module):
         )
         head = nn.Linear(cfg.n_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.proj = nn.Sequential(nn.LayerNorm(cfg.n_dim), nn.Dropout(cfg.cls_dropout), head)
-        self.balance = nn.Parameter(torch.zeros(cfg.n_dim))
+        self.frozen = cfg.frozen
+        if not cfg.frozen:
+            self.balance = nn.Parameter(torch.zeros(cfg.n_dim))
         self.grad_checkpointing = cfg.grad_checkpointing
 
     def forward(self, x: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,10 +300,7 @@ class GlobalTransformer(nn.Module):
         query = self.temporal_cls_token.expand(N, 1, C)  # [N, 1, C]
         j = 0
         for i, block in enumerate(self.resblocks):
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch_checkpoint.checkpoint(block, x, T, use_reentrant=False)
-            else:
-                x = block(x, T)
+            x = block(x, T, use_checkpoint=self.grad_checkpointing and self.training and torch.is_grad_enabled())
             if i in self.return_list:
                 tokens = x.view(N, T, L1, C)
                 patches = tokens[:, :, 1:].permute(0, 3, 1, 2).reshape(N, C, T, H, W)
@@ -302,9 +308,12 @@ class GlobalTransformer(nn.Module):
                 tokens = torch.cat([tokens[:, :, :1], tokens[:, :, 1:] + pos], dim=2)
                 query = self.dec[j](query, tokens.reshape(N, T * L1, C))
                 j += 1
-        weight = torch.sigmoid(self.balance)
-        residual = x.view(N, T, L1, C)[:, :, 0].mean(1)  # backbone class token averaged over time, [N, C]
-        fused = (1 - weight) * query[:, 0] + weight * residual
+        if self.frozen:
+            fused = query[:, 0]
+        else:
+            weight = torch.sigmoid(self.balance)
+            residual = x.view(N, T, L1, C)[:, :, 0].mean(1)  # backbone class token averaged over time, [N, C]
+            fused = (1 - weight) * query[:, 0] + weight * residual
         return fused, x.view(N, T, L1, C)
 
 
@@ -326,6 +335,11 @@ class UniFormerV2(nn.Module):
         self.ln_pre = LayerNorm(cfg.width)
         self.transformer = GlobalTransformer(cfg)
         self.set_attention(cfg.use_sdpa)
+        if cfg.frozen:  # as the official FROZEN setting: only the global UniBlocks and the head are trained
+            for module in (self.conv1, self.ln_pre, self.transformer.resblocks):
+                module.requires_grad_(False)
+            self.class_embedding.requires_grad_(False)
+            self.positional_embedding.requires_grad_(False)
 
     @property
     def num_features(self) -> int:
@@ -408,17 +422,15 @@ def uniformerv2_tiny(**kwargs: Any) -> UniFormerV2:
 BUILDERS = {"uniformerv2_b16": uniformerv2_b16, "uniformerv2_l14": uniformerv2_l14, "uniformerv2_tiny": uniformerv2_tiny}
 
 
-def config_dict(cfg: UniFormerV2Config) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-
-
 # --------------------------------------------------------------------------------------------- pretrained
 # Modules that exist only in UniFormerV2: a CLIP checkpoint leaves them at their initialisation.
-UNIFORMER_ONLY = ("transformer.resblocks.*.lmhra", "transformer.temporal_cls_token", "transformer.dpe.",
-                  "transformer.dec.", "transformer.balance", "transformer.proj.")
+# (plus the local MHRA of every block, ``transformer.resblocks.N.lmhra1/2``).
+UNIFORMER_ONLY = ("transformer.temporal_cls_token", "transformer.dpe.", "transformer.dec.", "transformer.balance",
+                  "transformer.proj.")
 CLIP_UNUSED = {"ln_post.weight": "CLIP's final LayerNorm (UniFormerV2 fuses before its own proj)",
                "ln_post.bias": "CLIP's final LayerNorm (UniFormerV2 fuses before its own proj)",
                "proj": "CLIP's image-text projection (unused for video classification)"}
+LEAP_HEADS = ("verb_head.", "noun_head.", "decoder.", "condition_head.", "aggregator.")
 HEAD_KEYS = ("transformer.proj.2.weight", "transformer.proj.2.bias")
 _WRAPPERS = ("model", "state_dict", "model_state", "module")
 
@@ -436,12 +448,18 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model has no place for
     resized: dict[str, str] = field(default_factory=dict)  # key -> "old shape -> new shape (how)"
 
+    def __str__(self) -> str:
+        """One line for logs; the lists themselves stay on the object."""
+        return (f"{self.path} ({self.source}): {len(self.loaded)} loaded, {len(self.dropped)} dropped, "
+                f"{len(self.resized)} resized ({', '.join(self.resized) or '-'}), {len(self.initialized)} initialised "
+                f"(new modules), {len(self.missing)} missing, {len(self.unexpected)} unexpected")
+
 
 def _is_uniformer_only(key: str) -> bool:
     parts = key.split(".")
     if key.startswith("transformer.resblocks.") and len(parts) > 3 and parts[3].startswith("lmhra"):
         return True
-    return any(key.startswith(p) for p in UNIFORMER_ONLY[1:])
+    return key.startswith(UNIFORMER_ONLY)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -518,6 +536,8 @@ def checkpoint_filter_fn(state: dict[str, Any], model: UniFormerV2) -> tuple[dic
         for k, v in sd.items():
             if k.startswith("backbone."):
                 out[k[len("backbone."):]] = v
+            elif k.startswith(LEAP_HEADS):
+                report.dropped[k] = "LEAP head of a previous run (only the backbone is pretrained)"
             else:
                 report.unexpected.append(k)
     else:
@@ -582,7 +602,7 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: boo
             f"{len(report.unexpected)} checkpoint keys have no place in the model, loading {path}: "
             + ", ".join(report.unexpected[:8]) + (" ..." if len(report.unexpected) > 8 else ""),
             path=str(path), fix="build the model with the checkpoint's options (e.g. no_lmhra=True for the Kinetics "
-            "checkpoints, temporal_downsample=False), or pass allow_unexpected",
+            "checkpoints, temporal_downsample=False, frozen=False for a checkpoint with 'balance'), or pass allow_unexpected",
         )
     ckpt_has_lmhra = any(".lmhra" in k for k in filtered)
     for k in target:
@@ -604,6 +624,8 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: boo
     for k, why in report.dropped.items():
         log.info("dropped %s: %s", k, why)
     if report.missing:
-        log.warning("%d model keys missing from %s, left at initialisation: %s", len(report.missing), path,
-                    ", ".join(report.missing))
+        hint = (" (the checkpoint has no 'balance': it was trained with frozen=True; build the model with frozen: true)"
+                if report.missing == ["backbone.transformer.balance"] else "")
+        log.warning("%d model keys missing from %s, left at initialisation: %s%s", len(report.missing), path,
+                    ", ".join(report.missing), hint)
     return report
