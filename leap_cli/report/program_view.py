@@ -17,12 +17,13 @@ def conditions_text(cs: list[dict] | None) -> str:
 
 
 def sub_action_text(s: dict) -> str:
-    words = [s.get("verb", "?"), s.get("object_a") or ""]
-    if s.get("object_b"):
-        words += ["with/into", s["object_b"]]
-    text = " ".join(w for w in words if w)
-    if s.get("hand"):
-        text += f" ({s['hand']} hand)"
+    """``verb(object_a, object_b)`` and the hand: ``cut(tomato, knife) with the right hand``."""
+    objects = ", ".join(o for o in (s.get("object_a"), s.get("object_b")) if o)
+    text = f"{s.get('verb', '?')}({objects})"
+    hand = s.get("hand")
+    if hand:
+        text += " with both hands" if hand == "both" else f" with the {hand} hand" if hand in ("left", "right") \
+            else f" with {hand} hand"
     return text
 
 

@@ -1,0 +1,103 @@
+"""`leap demo` end to end on a small synthetic kitchen, then the pages a person looks at, in a real browser."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from tests.browser import chromium, is_blank, open_page
+from leap_cli.io import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def leap(*args, cwd=None):
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "leap_cli", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo") / "work"
+    args = ["demo", "--workdir", str(work), "--videos", "4", "--segments", "10", "--set", "train.epochs=1",
+            "--frames", "4", "--short-side", "64"]
+    first = leap(*args)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    second = leap(*args)
+    return work, first, second
+
+
+def test_demo_runs_every_stage_and_summarises(demo):
+    work, first, _ = demo
+    out = first.stdout
+    for stage in ("demo-data", "extract train", "programs train", "shards test", "train", "evaluate val", "submit"):
+        assert stage in out, stage
+    assert "LEAP demo: every stage" in out
+    # every output the summary names exists, and the submission is a valid challenge file for the test split
+    for f in ("descriptors/train.jsonl", "programs/train.jsonl", "programs/train.report.json",
+              "shards/train/manifest.json", "runs/tiny-synthetic/eval/val/metrics.json", "submission.zip"):
+        assert (work / f).exists(), f
+    with zipfile.ZipFile(work / "submission.zip") as z:
+        assert z.namelist() == ["test.json"]
+        sub = json.loads(z.read("test.json"))
+    test_ids = {r["narration_id"] for r in read_jsonl(work / "descriptors" / "test.jsonl")}
+    assert set(sub["results"]) == test_ids and sub["challenge"] == "action_recognition"
+    check = leap("submit", "--check", str(work / "submission.zip"), "--workdir", str(work))
+    assert check.returncode == 0, check.stderr
+    metrics = json.loads((work / "runs/tiny-synthetic/eval/val/metrics.json").read_text())
+    assert metrics["segments"] == len(read_jsonl(work / "descriptors" / "val.jsonl"))
+
+
+def test_demo_again_reuses_what_is_done(demo):
+    work, first, second = demo
+    assert second.returncode == 0, second.stderr[-3000:]
+    # nothing is redone: no new descriptor or program records, no new training steps
+    assert "0 written now" in second.stdout
+    assert len(read_jsonl(work / "descriptors" / "train.jsonl")) == len({r["narration_id"] for r in
+                                                                         read_jsonl(work / "descriptors" / "train.jsonl")})
+    steps = [r["step"] for r in read_jsonl(work / "runs" / "tiny-synthetic" / "metrics.jsonl") if r["split"] == "train"]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+def test_show_prints_the_program_tree_and_descriptors(demo):
+    work, _, _ = demo
+    nid = read_jsonl(work / "programs" / "train.jsonl")[0]["narration_id"]
+    r = leap("show", nid, "--workdir", str(work))
+    assert r.returncode == 0, r.stderr
+    assert nid in r.stdout and "steps" in r.stdout and "pre" in r.stdout and "post" in r.stdout
+    for component in ("narration", "audio", "camera", "objects", "hands"):
+        assert component in r.stdout
+    bad = leap("show", "P99_99_1", "--workdir", str(work))
+    assert bad.returncode == 2 and "no program or descriptor record for P99_99_1" in bad.stderr
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (installed by .ci/run)")
+def test_show_html_page_in_a_browser(demo, tmp_path):
+    work, _, _ = demo
+    rec = next(r for r in read_jsonl(work / "programs" / "train.jsonl")
+               if any(s["type"] != "sub_action" for s in r["program"]["steps"]))
+    page = tmp_path / "show.html"
+    r = leap("show", rec["narration_id"], "--workdir", str(work), "--html", str(page))
+    assert r.returncode == 0, r.stderr
+    text = page.read_text()
+    assert "Storyboard" in text and "Keyframes" in text and "Descriptors" in text
+    seen, shot = open_page(page, tmp_path)
+    assert seen["errors"] == []
+    assert seen["images"] >= 6 and seen["broken"] == 0  # keyframes and storyboard frames all decode
+    assert not is_blank(shot)
+
+
+@pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (installed by .ci/run)")
+def test_programs_report_page_in_a_browser(demo, tmp_path):
+    work, _, _ = demo
+    page = work / "programs" / "train.report.html"
+    assert page.exists()
+    seen, shot = open_page(page, tmp_path)
+    assert seen["errors"] == [] and seen["broken"] == 0
+    assert seen["svgs"] >= 5  # status, control flow, steps, verbs, objects, predicates
+    assert "Coverage" in page.read_text()
+    assert not is_blank(shot)
