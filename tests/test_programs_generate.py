@@ -14,7 +14,7 @@ from leap_cli.programs.generate import GenerateConfig, generate_programs
 from leap_cli.programs.offline import offline_program
 from leap_cli.programs.prompt import clip_info, load_exemplars, narration_record
 from leap_cli.programs.store import ProgramStore
-from programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
+from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
 
 DATA = Path(__file__).parent / "data" / "epic"
 CLASSES = Path(__file__).parent / "data" / "epic100"  # the foundation's copy of EPIC's class files
