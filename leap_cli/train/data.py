@@ -42,7 +42,8 @@ class ShardSource:
         self.train = ShardDataset(self.train_dir, train=True, num_frames=cfg.model.num_frames,
                                   img_size=cfg.model.img_size, shuffle_buffer=cfg.data.shuffle_buffer,
                                   seed=cfg.train.seed, rank=info.rank, world_size=info.world_size,
-                                  pad=info.distributed)
+                                  pad=info.distributed, scale=tuple(cfg.data.crop_scale),
+                                  color_jitter=cfg.data.color_jitter)
         manifest = self.train.manifest
         task = manifest.get("task", "recognition")
         if task != cfg.data.task:
