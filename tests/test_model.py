@@ -73,7 +73,8 @@ def test_predict_program_is_greedy_decoding_of_forward():
     model = build_model(tiny_args()).eval()
     unzero_(model)
     video = make_batch()["video"]
-    ids = model.predict_program(video)
+    torch.manual_seed(1)
+    ids = model.predict_program(video, pad_after_end=False)
     assert ids.shape == (2, 6, 3) and ids.dtype == torch.long
     out = model(video)  # no targets: greedy decoding, logits of the greedy sequence
     assert torch.equal(out["step_verb"].argmax(-1), ids[..., 0])
@@ -81,6 +82,18 @@ def test_predict_program_is_greedy_decoding_of_forward():
     # teacher forcing with the greedy ids reproduces the same logits
     forced = model(video, program_steps=ids)
     assert torch.allclose(forced["step_obj_a"], out["step_obj_a"], atol=1e-5)
+
+
+def test_predict_program_pads_after_the_first_end_step(monkeypatch):
+    model = build_model(tiny_args()).eval()
+    end = PROGRAM["step_verbs"] - 1  # END is the last id of the vocabulary
+    raw = torch.tensor([[[1, 2, 3], [end, 9, 9], [4, 4, 4], [end, 9, 9], [5, 5, 5], [6, 6, 6]],
+                        [[1, 2, 3], [2, 3, 4], [3, 4, 5], [4, 5, 6], [5, 6, 7], [6, 7, 8]]])
+    monkeypatch.setattr(model.decoder, "greedy", lambda memory: (raw, None))
+    ids = model.predict_program(make_batch()["video"])
+    assert torch.equal(ids[0, :2], raw[0, :2]) and (ids[0, 2:] == -100).all()
+    assert torch.equal(ids[1], raw[1])  # no END: nothing padded
+    assert torch.equal(model.predict_program(make_batch()["video"], pad_after_end=False), raw)
 
 
 def test_overfit_one_batch_loss_falls_tenfold():
@@ -136,3 +149,340 @@ def test_bad_model_args_are_clear_errors():
         build_model(tiny_args(backbone="resnet50"))
     with pytest.raises(LeapError, match="needs program heads"):
         build_model(tiny_args(program=None, anticipation={"context": 2, "aggregate": True}))
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+from leap_cli.model.uniformerv2 import load_pretrained, uniformerv2_tiny  # noqa: E402
+
+
+def official_uniformerv2_shapes(width=64, layers=3, heads=4, patch=16, img=64, kernel_t=3, downsample=True,
+                                return_list=(1, 2), num_classes=400, no_lmhra=False, double_lmhra=True,
+                                dw_reduction=1.5):
+    """Key -> shape of the official OpenGVLab ``Uniformerv2`` module's state dict, written out from
+    slowfast/models/uniformerv2_model.py (VisionTransformer / Transformer / ResidualAttentionBlock /
+    Local_MHRA / Extractor), independent of our implementation."""
+    C, red = width, int(width // dw_reduction)
+    s = {"backbone.conv1.weight": (C, 3, kernel_t if downsample else 1, patch, patch),
+         "backbone.class_embedding": (C,), "backbone.positional_embedding": ((img // patch) ** 2 + 1, C),
+         "backbone.ln_pre.weight": (C,), "backbone.ln_pre.bias": (C,)}
+    for i in range(layers):
+        b = f"backbone.transformer.resblocks.{i}."
+        lmhras = [] if no_lmhra else (["lmhra1", "lmhra2"] if double_lmhra else ["lmhra1"])
+        for m in lmhras:
+            p = f"{b}{m}.pos_embed."
+            s.update({p + "0.weight": (C,), p + "0.bias": (C,), p + "0.running_mean": (C,), p + "0.running_var": (C,),
+                      p + "0.num_batches_tracked": (), p + "1.weight": (red, C, 1, 1, 1), p + "1.bias": (red,),
+                      p + "2.weight": (red, 1, 3, 1, 1), p + "2.bias": (red,), p + "3.weight": (C, red, 1, 1, 1),
+                      p + "3.bias": (C,)})
+        s.update({b + "attn.in_proj_weight": (3 * C, C), b + "attn.in_proj_bias": (3 * C,),
+                  b + "attn.out_proj.weight": (C, C), b + "attn.out_proj.bias": (C,),
+                  b + "ln_1.weight": (C,), b + "ln_1.bias": (C,), b + "ln_2.weight": (C,), b + "ln_2.bias": (C,),
+                  b + "mlp.c_fc.weight": (4 * C, C), b + "mlp.c_fc.bias": (4 * C,),
+                  b + "mlp.c_proj.weight": (C, 4 * C), b + "mlp.c_proj.bias": (C,)})
+    t = "backbone.transformer."
+    s[t + "temporal_cls_token"] = (1, 1, C)
+    for j in range(len(return_list)):
+        s.update({f"{t}dpe.{j}.weight": (C, 1, 3, 3, 3), f"{t}dpe.{j}.bias": (C,)})
+        d = f"{t}dec.{j}."
+        s.update({d + "attn.in_proj_weight": (3 * C, C), d + "attn.in_proj_bias": (3 * C,),
+                  d + "attn.out_proj.weight": (C, C), d + "attn.out_proj.bias": (C,),
+                  d + "mlp.c_fc.weight": (4 * C, C), d + "mlp.c_fc.bias": (4 * C,),
+                  d + "mlp.c_proj.weight": (C, 4 * C), d + "mlp.c_proj.bias": (C,)})
+        for ln in ("ln_1", "ln_2", "ln_3"):
+            s.update({f"{d}{ln}.weight": (C,), f"{d}{ln}.bias": (C,)})
+    s.update({t + "proj.0.weight": (C,), t + "proj.0.bias": (C,), t + "proj.2.weight": (num_classes, C),
+              t + "proj.2.bias": (num_classes,), t + "balance": (C,)})
+    return s
+
+
+def clip_visual_shapes(width=64, layers=3, patch=16, img=64, embed=32):
+    """Key -> shape of OpenAI CLIP's ``visual.*`` (VisionTransformer) plus a few text-tower keys."""
+    C = width
+    s = {"visual.conv1.weight": (C, 3, patch, patch), "visual.class_embedding": (C,),
+         "visual.positional_embedding": ((img // patch) ** 2 + 1, C), "visual.ln_pre.weight": (C,),
+         "visual.ln_pre.bias": (C,), "visual.ln_post.weight": (C,), "visual.ln_post.bias": (C,),
+         "visual.proj": (C, embed), "logit_scale": (), "token_embedding.weight": (100, embed),
+         "positional_embedding": (77, embed)}
+    for i in range(layers):
+        b = f"visual.transformer.resblocks.{i}."
+        s.update({b + "attn.in_proj_weight": (3 * C, C), b + "attn.in_proj_bias": (3 * C,),
+                  b + "attn.out_proj.weight": (C, C), b + "attn.out_proj.bias": (C,),
+                  b + "ln_1.weight": (C,), b + "ln_1.bias": (C,), b + "ln_2.weight": (C,), b + "ln_2.bias": (C,),
+                  b + "mlp.c_fc.weight": (4 * C, C), b + "mlp.c_fc.bias": (4 * C,),
+                  b + "mlp.c_proj.weight": (C, 4 * C), b + "mlp.c_proj.bias": (C,)})
+    return s
+
+
+def random_state(shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.tensor(7) if k.endswith("num_batches_tracked") else torch.randn(shape, generator=g)
+            for k, shape in shapes.items()}
+
+
+def test_our_state_dict_has_the_official_layout():
+    ours = {f"backbone.{k}": tuple(v.shape) for k, v in uniformerv2_tiny(img_size=64).state_dict().items()}
+    assert ours == official_uniformerv2_shapes()
+    ours = {f"backbone.{k}": tuple(v.shape)
+            for k, v in uniformerv2_tiny(img_size=64, no_lmhra=True, temporal_downsample=False).state_dict().items()}
+    assert ours == official_uniformerv2_shapes(no_lmhra=True, downsample=False)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "model", "state_dict+module", "model_state"])
+def test_load_official_uniformerv2_checkpoint(tmp_path, wrap):
+    state = random_state(official_uniformerv2_shapes())
+    saved = {"plain": state, "model": {"model": state, "epoch": 3},
+             "state_dict+module": {"state_dict": {f"module.{k}": v for k, v in state.items()}},
+             "model_state": {"model_state": state, "optimizer_state": {}, "epoch": 30, "cfg": "TRAIN: ..."}}[wrap]
+    path = tmp_path / "k400_uniformerv2_tiny.pyth"
+    torch.save(saved, path)
+    model = build_model(tiny_args())
+    report = load_pretrained(model, path)
+    assert report.source == "uniformerv2"
+    assert report.missing == [] and report.unexpected == [] and report.initialized == []
+    assert set(report.dropped) == {"backbone.transformer.proj.2.weight", "backbone.transformer.proj.2.bias"}
+    sd = model.state_dict()
+    for k, v in state.items():
+        if "proj.2" not in k:
+            assert torch.equal(sd[k].float(), v.float()), k
+    # a standalone backbone with the same 400 classes keeps the classifier
+    standalone = uniformerv2_tiny(img_size=64)
+    report = load_pretrained(standalone, path)
+    assert report.dropped == {} and report.missing == []
+    assert torch.equal(standalone.transformer.proj[2].weight, state["backbone.transformer.proj.2.weight"])
+
+
+def test_load_backbone_of_a_leap_run(tmp_path):
+    source = build_model(tiny_args())
+    torch.save({"model": source.state_dict(), "step": 5}, tmp_path / "last.pt")
+    target = build_model(tiny_args(num_verbs=3))
+    report = load_pretrained(target, tmp_path / "last.pt")
+    assert report.missing == [] and report.unexpected == [] and report.initialized == []
+    assert "verb_head.weight" in report.dropped and "decoder.verb_embed.weight" in report.dropped
+    assert torch.equal(target.backbone.conv1.weight, source.backbone.conv1.weight)
+
+
+def test_load_kinetics_checkpoint_without_lmhra_into_lmhra_model(tmp_path):
+    """Official Kinetics checkpoints use no_lmhra/temporal_downsample=False: the conv is inflated and the
+    local modules start from their (zero-output) initialisation."""
+    state = random_state(official_uniformerv2_shapes(no_lmhra=True, downsample=False, img=48))
+    torch.save(state, tmp_path / "k710.pth")
+    model = build_model(tiny_args())
+    report = load_pretrained(model, tmp_path / "k710.pth")
+    assert report.missing == [] and report.unexpected == []
+    assert report.initialized and all(".lmhra" in k for k in report.initialized)
+    assert set(report.resized) == {"conv1.weight", "positional_embedding"}
+    w = model.backbone.conv1.weight
+    assert torch.equal(w[:, :, 1], state["backbone.conv1.weight"][:, :, 0]) and w[:, :, 0].abs().sum() == 0
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_load_clip_visual_weights_plain_and_torchscript(tmp_path):
+    state = random_state(clip_visual_shapes(img=96))  # 96px CLIP grid, resized to the 64px model
+    torch.save({k: v.half() for k, v in state.items()}, tmp_path / "clip.pt")
+
+    class Holder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for k, v in state.items():
+                *path, leaf = k.split(".")
+                mod = self
+                for p in path:
+                    if not hasattr(mod, p):
+                        mod.add_module(p, torch.nn.Module())
+                    mod = getattr(mod, p)
+                mod.register_parameter(leaf, torch.nn.Parameter(v.half()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * self.logit_scale
+
+    torch.jit.save(torch.jit.script(Holder()), tmp_path / "ViT-tiny.pt")
+    for name in ("clip.pt", "ViT-tiny.pt"):
+        model = build_model(tiny_args())
+        report = load_pretrained(model, tmp_path / name)
+        assert report.source == "clip", name
+        assert report.missing == [] and report.unexpected == [], name
+        assert {"visual.proj", "visual.ln_post.weight", "logit_scale", "token_embedding.weight"} <= set(report.dropped)
+        assert any(".lmhra1." in k for k in report.initialized) and "backbone.transformer.balance" in report.initialized
+        assert set(report.resized) == {"conv1.weight", "positional_embedding"}
+        w = model.backbone.conv1.weight
+        assert torch.allclose(w[:, :, 1], state["visual.conv1.weight"].half().float())
+        blk = model.backbone.transformer.resblocks[2]
+        assert torch.equal(blk.mlp.c_fc.weight, state["visual.transformer.resblocks.2.mlp.c_fc.weight"].half().float())
+        assert model.backbone.positional_embedding.shape == (17, 64)
+        line = str(report)
+        assert f"{len(report.loaded)} loaded" in line and "0 missing, 0 unexpected" in line and "\n" not in line
+
+
+def test_wrong_shapes_and_foreign_keys_fail_clearly(tmp_path):
+    state = random_state(official_uniformerv2_shapes(width=32, heads=4))
+    torch.save(state, tmp_path / "b.pth")
+    with pytest.raises(LeapError, match=r"shape mismatch.*class_embedding: checkpoint \(32,\) vs model \(64,\)"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "b.pth")
+    state = random_state(official_uniformerv2_shapes(layers=4))
+    torch.save(state, tmp_path / "deeper.pth")
+    with pytest.raises(LeapError, match="resblocks.3"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "deeper.pth")
+    state = random_state(official_uniformerv2_shapes())
+    state["backbone.extra_adapter.weight"] = torch.zeros(3)
+    torch.save(state, tmp_path / "extra.pth")
+    with pytest.raises(LeapError, match="no place in the model.*extra_adapter"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "extra.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(LeapError, match="cannot read checkpoint"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "junk.pth")
+    with pytest.raises(LeapError, match="does not exist"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "absent.pth")
+
+
+def test_sdpa_plain_attention_and_grad_checkpointing_agree():
+    torch.manual_seed(0)
+    model = build_model(tiny_args(decoder_dropout=0.0))
+    unzero_(model)
+    batch = make_batch()
+    model.eval()
+    with torch.no_grad():
+        a = model(batch["video"], batch["program_steps"])
+        model.backbone.set_attention(False)
+        b = model(batch["video"], batch["program_steps"])
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-5), k
+
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def grads(checkpointing):
+        model.load_state_dict(start)
+        model.zero_grad()
+        model.set_grad_checkpointing(checkpointing)
+        model.train()
+        loss, _ = leap_loss(model(batch["video"], batch["program_steps"]), batch)
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}, {
+            k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+
+    (plain, plain_bn), (ckpt, ckpt_bn) = grads(False), grads(True)
+    assert all(torch.allclose(plain[n], ckpt[n], rtol=1e-4, atol=1e-6) for n in plain)
+    # BatchNorm statistics are updated once per forward, with or without checkpointing
+    assert plain_bn and all(torch.allclose(plain_bn[k], ckpt_bn[k]) for k in plain_bn)
+    assert not torch.equal(plain_bn["backbone.transformer.resblocks.0.lmhra1.pos_embed.0.running_mean"],
+                           start["backbone.transformer.resblocks.0.lmhra1.pos_embed.0.running_mean"])
+
+
+def test_layer_ids_and_no_weight_decay():
+    model = build_model(tiny_args(anticipation={"context": 2, "aggregate": True}))
+    ids = {n: model.layer_id(n) for n, _ in model.named_parameters()}
+    assert ids["backbone.conv1.weight"] == 0 and ids["backbone.positional_embedding"] == 0
+    assert ids["backbone.transformer.resblocks.2.attn.in_proj_weight"] == 3
+    assert ids["backbone.transformer.dec.0.attn.in_proj_weight"] == model.num_layers + 1 == ids["verb_head.weight"]
+    nwd = model.no_weight_decay()
+    assert {"backbone.class_embedding", "backbone.positional_embedding", "backbone.transformer.temporal_cls_token",
+            "backbone.ln_pre.weight", "verb_head.bias", "decoder.verb_embed.weight", "decoder.step_pos"} <= nwd
+    assert "backbone.transformer.resblocks.0.mlp.c_fc.weight" not in nwd and "verb_head.weight" not in nwd
+
+
+def test_anticipation_uses_present_context_only_when_aggregating():
+    torch.manual_seed(0)
+    batch = make_batch(context=2)
+    other = batch["context_video"].clone()
+    other[0, 0] = torch.randn_like(other[0, 0])  # absent clip (mask False) of sample 0
+    other[1, 1] = torch.randn_like(other[1, 1])  # present clip of sample 1
+    for aggregate in (True, False):
+        torch.manual_seed(0)
+        model = build_model(tiny_args(anticipation={"context": 2, "aggregate": aggregate})).eval()
+        unzero_(model)
+        with torch.no_grad():
+            a = model(batch["video"], None, batch["context_video"], batch["context_mask"])["verb"]
+            b = model(batch["video"], None, other, batch["context_mask"])["verb"]
+        assert torch.allclose(a[0], b[0], atol=1e-6)  # an absent clip never matters
+        assert torch.allclose(a[1], b[1], atol=1e-6) != aggregate  # a present one matters only when aggregating
+
+
+def _reference_uniformerv2(sd, x, *, heads, downsample, no_lmhra, return_list, n_head):
+    """The official forward written out functionally from a state dict, in the official sequence-first
+    layout ([L, N*T, C]) and with torch's own multi-head attention for the backbone blocks; independent of
+    leap_cli.model's modules. Eval mode, no dropout."""
+    import torch.nn.functional as F
+
+    def ln(v, p, fp32=True):
+        return F.layer_norm(v.float() if fp32 else v, v.shape[-1:], sd[p + ".weight"], sd[p + ".bias"])
+
+    def lin(v, p):
+        return F.linear(v, sd[p + ".weight"], sd[p + ".bias"])
+
+    def mlp(v, p):
+        h = lin(v, p + ".c_fc")
+        return lin(h * torch.sigmoid(1.702 * h), p + ".c_proj")
+
+    def lmhra(v, p):  # v: [N, C, T, H, W]
+        v = F.batch_norm(v, sd[p + ".0.running_mean"], sd[p + ".0.running_var"], sd[p + ".0.weight"], sd[p + ".0.bias"])
+        v = F.conv3d(v, sd[p + ".1.weight"], sd[p + ".1.bias"])
+        v = F.conv3d(v, sd[p + ".2.weight"], sd[p + ".2.bias"], padding=(1, 0, 0), groups=v.shape[1])
+        return F.conv3d(v, sd[p + ".3.weight"], sd[p + ".3.bias"])
+
+    w = sd["conv1.weight"]
+    x = F.conv3d(x, w, stride=(2 if downsample else 1, w.shape[-1], w.shape[-1]), padding=((w.shape[2] - 1) // 2, 0, 0))
+    N, C, T, H, W = x.shape
+    x = x.permute(0, 2, 3, 4, 1).reshape(N * T, H * W, C)
+    x = torch.cat([sd["class_embedding"] + torch.zeros(N * T, 1, C), x], dim=1) + sd["positional_embedding"]
+    x = ln(x, "ln_pre").permute(1, 0, 2)  # [L, NT, C]
+    L = x.shape[0]
+    query = sd["transformer.temporal_cls_token"].repeat(1, N, 1)  # [1, N, C]
+
+    def local(x, p):
+        t = x[1:].view(H, W, N, T, C).permute(2, 4, 3, 0, 1)
+        t = t + lmhra(t, p)
+        return torch.cat([x[:1], t.reshape(N, C, T, H * W).permute(3, 0, 2, 1).reshape(L - 1, N * T, C)], 0)
+
+    j = 0
+    for i in range(len([k for k in sd if k.endswith(".ln_1.weight") and "resblocks" in k])):
+        p = f"transformer.resblocks.{i}"
+        if not no_lmhra:
+            x = local(x, p + ".lmhra1.pos_embed")
+        h = ln(x, p + ".ln_1")
+        x = x + F.multi_head_attention_forward(
+            h, h, h, C, heads, sd[p + ".attn.in_proj_weight"], sd[p + ".attn.in_proj_bias"], None, None, False, 0.0,
+            sd[p + ".attn.out_proj.weight"], sd[p + ".attn.out_proj.bias"], training=False, need_weights=False)[0]
+        if not no_lmhra:
+            x = local(x, p + ".lmhra2.pos_embed")
+        x = x + mlp(ln(x, p + ".ln_2"), p + ".mlp")
+        if i in return_list:
+            t = x.view(L, N, T, C).clone()
+            feats = t[1:].permute(1, 3, 2, 0).reshape(N, C, T, H, W)
+            feats = F.conv3d(feats, sd[f"transformer.dpe.{j}.weight"], sd[f"transformer.dpe.{j}.bias"], padding=1, groups=C)
+            t[1:] = t[1:] + feats.view(N, C, T, L - 1).permute(3, 0, 2, 1)
+            y = t.permute(2, 0, 1, 3).flatten(0, 1)  # [T*L, N, C]
+            d = f"transformer.dec.{j}"
+            qn, yn = ln(query, d + ".ln_1", False), ln(y, d + ".ln_3", False)
+            wq, wk, wv = sd[d + ".attn.in_proj_weight"].chunk(3)
+            bq, bk, bv = sd[d + ".attn.in_proj_bias"].chunk(3)
+            hd = C // n_head
+            q = (qn @ wq.T + bq).view(1, N, n_head, hd).permute(1, 2, 0, 3)
+            k = (yn @ wk.T + bk).view(-1, N, n_head, hd).permute(1, 2, 0, 3)
+            v = (yn @ wv.T + bv).view(-1, N, n_head, hd).permute(1, 2, 0, 3)
+            att = ((q @ k.transpose(-2, -1)) / hd ** 0.5).softmax(-1) @ v
+            query = query + lin(att.permute(2, 0, 1, 3).flatten(2), d + ".attn.out_proj")
+            query = query + mlp(ln(query, d + ".ln_2", False), d + ".mlp")
+            j += 1
+    g = torch.sigmoid(sd["transformer.balance"])
+    fused = (1 - g) * query[0] + g * x.view(L, N, T, C)[0].mean(1)
+    return lin(ln(fused, "transformer.proj.0", False), "transformer.proj.2")
+
+
+@pytest.mark.parametrize("options", [{}, {"no_lmhra": True, "temporal_downsample": False}])
+def test_matches_a_functional_reference_of_the_official_forward(options):
+    torch.manual_seed(0)
+    model = uniformerv2_tiny(img_size=64, num_classes=11, **options).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.dtype.is_floating_point:
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
+                        else 0.1 * torch.randn(t.shape, generator=g))
+    x = torch.randn(2, 3, 4, 64, 64, generator=g)
+    ref = _reference_uniformerv2(
+        model.state_dict(), x, heads=4, downsample=options.get("temporal_downsample", True),
+        no_lmhra=options.get("no_lmhra", False), return_list=(1, 2), n_head=4)
+    with torch.no_grad():
+        for sdpa in (True, False):
+            model.set_attention(sdpa)
+            out = model(x)
+            assert ((out - ref).norm() / ref.norm()).item() < 1e-5

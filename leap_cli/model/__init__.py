@@ -2,5 +2,6 @@
 
 from leap_cli.model.leap import LeapModel, build_model
 from leap_cli.model.losses import leap_loss
+from leap_cli.model.uniformerv2 import LoadReport, load_pretrained
 
-__all__ = ["LeapModel", "build_model", "leap_loss"]
+__all__ = ["LeapModel", "LoadReport", "build_model", "leap_loss", "load_pretrained"]

@@ -7,7 +7,8 @@
   num_verbs, num_nouns
   program         None or {"step_verbs": n, "objects": n, "conditions": P, "max_steps": L}
   anticipation    None or {"context": C, "aggregate": bool}
-  decoder_dim, decoder_layers, decoder_heads, decoder_dropout   program-decoder options (256, 2, 4, 0.1)
+  decoder_dim, decoder_layers, decoder_heads, decoder_dropout   program-decoder options
+                  (defaults: min(256, backbone width), 2, 4, 0.1)
   any UniFormerV2Config field (grad_checkpointing, use_sdpa, drop_path_rate, temporal_downsample, no_lmhra, ...)
 
 Outputs of ``forward``: "verb" [B,V], "noun" [B,N] logits; with program heads also "step_verb" [B,L,Sv],
@@ -22,10 +23,10 @@ import torch
 from torch import nn
 
 from leap_cli.errors import LeapError
-from leap_cli.model.heads import AnticipationAggregator, ProgramDecoder, ProgramSpec
+from leap_cli.model.heads import IGNORE, AnticipationAggregator, ProgramDecoder, ProgramSpec
 from leap_cli.model.uniformerv2 import BUILDERS, UniFormerV2Config
 
-DECODER_DEFAULTS = {"decoder_dim": 256, "decoder_layers": 2, "decoder_heads": 4, "decoder_dropout": 0.1}
+DECODER_DEFAULTS = {"decoder_dim": None, "decoder_layers": 2, "decoder_heads": 4, "decoder_dropout": 0.1}
 MODEL_KEYS = {"backbone", "num_frames", "img_size", "num_verbs", "num_nouns", "program", "anticipation"}
 
 
@@ -53,6 +54,8 @@ class LeapModel(nn.Module):
             )
         self.backbone = BUILDERS[name](num_classes=0, **args)
         width = self.backbone.num_features
+        if dec["decoder_dim"] is None:
+            dec["decoder_dim"] = min(256, width)
         self.verb_head = nn.Linear(width, num_verbs)
         self.noun_head = nn.Linear(width, num_nouns)
 
@@ -140,18 +143,45 @@ class LeapModel(nn.Module):
     @torch.no_grad()
     def predict_program(
         self, video: torch.Tensor, context_video: torch.Tensor | None = None,
-        context_mask: torch.Tensor | None = None,
+        context_mask: torch.Tensor | None = None, *, pad_after_end: bool = True,
     ) -> torch.Tensor:
-        """Greedy program decoding: LongTensor [B, L, 3] of (S-Verb, Obj(A), Obj(B)) ids for every step
-        (steps after the first END are whatever the decoder emits; cut at END when reading)."""
-        if self.decoder is None:
+        """Greedy program decoding: LongTensor [B, L, 3] of (S-Verb, Obj(A), Obj(B)) ids. END is the last id of
+        each vocabulary (the shards manifest's convention); steps after the first END step are -100, as in the
+        targets. The program describes the clip's own action, so context clips do not change it."""
+        if self.decoder is None or self.program_spec is None:
             raise LeapError("this model has no program heads", fix="build it with model_args.program")
         _, tokens = self.encode(video)
         ids, _ = self.decoder.greedy(self.decoder.memory(tokens))
+        if pad_after_end:
+            is_end = (ids[..., 0] == self.program_spec.step_verbs - 1).long()  # [B, L]
+            after_end = (is_end.cumsum(1) - is_end) > 0
+            ids = ids.masked_fill(after_end[..., None], IGNORE)
         return ids
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
+
+    @property
+    def num_layers(self) -> int:
+        """Backbone depth; :meth:`layer_id` runs from 0 (embeddings) to num_layers + 1 (global blocks, heads)."""
+        return self.backbone.cfg.layers
+
+    def layer_id(self, name: str) -> int:
+        """Depth of a parameter for layer-wise learning-rate decay: 0 for the patch/position embeddings,
+        i+1 for backbone block i, num_layers+1 for the global UniBlocks, fusion and all LEAP heads."""
+        if name.startswith(("backbone.conv1", "backbone.class_embedding", "backbone.positional_embedding",
+                            "backbone.ln_pre")):
+            return 0
+        if name.startswith("backbone.transformer.resblocks."):
+            return int(name.split(".")[3]) + 1
+        return self.num_layers + 1
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay: norms, biases, embeddings and learned tokens."""
+        names = {f"{m}.weight" for m, mod in self.named_modules() if isinstance(mod, nn.Embedding)}
+        tokens = ("positional_embedding", "temporal_cls_token", "step_pos", "clip_pos")
+        names |= {n for n, p in self.named_parameters() if p.ndim <= 1 or n.endswith(tokens)}
+        return names
 
 
 def build_model(model_args: dict[str, Any]) -> LeapModel:

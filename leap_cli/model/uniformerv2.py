@@ -16,11 +16,11 @@ the arithmetic is the same (verified against the official module, see benchmarks
 
 from __future__ import annotations
 
-import io
 import logging
 import math
+import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from leap_cli.errors import LeapError
 
 log = logging.getLogger(__name__)
 
+# Input normalisation that goes with CLIP-initialised weights (clips are [B, 3, T, H, W], RGB in [0, 1] first).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -156,14 +157,19 @@ class ResidualAttentionBlock(nn.Module):
         tokens = tokens.permute(0, 2, 3, 4, 1).reshape(NT, L, C)
         return torch.cat([x[:, :1], tokens], dim=1)
 
-    def forward(self, x: torch.Tensor, T: int) -> torch.Tensor:
-        # x: [N*T, 1+HW, C]
+    def forward(self, x: torch.Tensor, T: int, use_checkpoint: bool = False) -> torch.Tensor:
+        # x: [N*T, 1+HW, C]. Checkpointing recomputes attention and MLP only (as the official code): the
+        # local MHRA holds a BatchNorm whose running statistics must not be updated twice.
         if not self.no_lmhra:
             x = self._local(x, self.lmhra1, T)
-        x = x + self.drop_path(self.attn(self.ln_1(x)))
+        h = self.ln_1(x)
+        h = torch_checkpoint.checkpoint(self.attn, h, use_reentrant=False) if use_checkpoint else self.attn(h)
+        x = x + self.drop_path(h)
         if not self.no_lmhra and self.double_lmhra:
             x = self._local(x, self.lmhra2, T)
-        x = x + self.drop_path(self.mlp(self.ln_2(x)))
+        h = self.ln_2(x)
+        h = torch_checkpoint.checkpoint(self.mlp, h, use_reentrant=False) if use_checkpoint else self.mlp(h)
+        x = x + self.drop_path(h)
         return x
 
 
@@ -248,6 +254,11 @@ class UniFormerV2Config:
 
 
 # --------------------------------------------------------------------------------------------- model
+def _linspace(end: float, n: int) -> list[float]:
+    """Stochastic-depth rates rising linearly from 0 to ``end`` (as torch.linspace, without a tensor)."""
+    return [end * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+
+
 class GlobalTransformer(nn.Module):
     """``backbone.transformer``: the backbone blocks plus the global UniBlocks, fusion and projection."""
 
@@ -255,7 +266,7 @@ class GlobalTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.return_list = tuple(cfg.return_list)
-        b_dpr = torch.linspace(0, cfg.backbone_drop_path_rate, cfg.layers).tolist()
+        b_dpr = _linspace(cfg.backbone_drop_path_rate, cfg.layers)
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(
                 cfg.width, cfg.heads, b_dpr[i], cfg.dw_reduction, cfg.no_lmhra, cfg.double_lmhra
@@ -269,7 +280,7 @@ class GlobalTransformer(nn.Module):
         )
         for conv in self.dpe:
             nn.init.zeros_(conv.bias)
-        dpr = torch.linspace(0, cfg.drop_path_rate, n).tolist()
+        dpr = _linspace(cfg.drop_path_rate, n)
         self.dec = nn.ModuleList(
             Extractor(cfg.n_dim, cfg.n_head, cfg.mlp_factor, cfg.mlp_dropout[i], dpr[i]) for i in range(n)
         )
@@ -286,10 +297,7 @@ class GlobalTransformer(nn.Module):
         query = self.temporal_cls_token.expand(N, 1, C)  # [N, 1, C]
         j = 0
         for i, block in enumerate(self.resblocks):
-            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch_checkpoint.checkpoint(block, x, T, use_reentrant=False)
-            else:
-                x = block(x, T)
+            x = block(x, T, use_checkpoint=self.grad_checkpointing and self.training and torch.is_grad_enabled())
             if i in self.return_list:
                 tokens = x.view(N, T, L1, C)
                 patches = tokens[:, :, 1:].permute(0, 3, 1, 2).reshape(N, C, T, H, W)
@@ -403,5 +411,208 @@ def uniformerv2_tiny(**kwargs: Any) -> UniFormerV2:
 BUILDERS = {"uniformerv2_b16": uniformerv2_b16, "uniformerv2_l14": uniformerv2_l14, "uniformerv2_tiny": uniformerv2_tiny}
 
 
-def config_dict(cfg: UniFormerV2Config) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+# --------------------------------------------------------------------------------------------- pretrained
+# Modules that exist only in UniFormerV2: a CLIP checkpoint leaves them at their initialisation.
+# (plus the local MHRA of every block, ``transformer.resblocks.N.lmhra1/2``).
+UNIFORMER_ONLY = ("transformer.temporal_cls_token", "transformer.dpe.", "transformer.dec.", "transformer.balance",
+                  "transformer.proj.")
+CLIP_UNUSED = {"ln_post.weight": "CLIP's final LayerNorm (UniFormerV2 fuses before its own proj)",
+               "ln_post.bias": "CLIP's final LayerNorm (UniFormerV2 fuses before its own proj)",
+               "proj": "CLIP's image-text projection (unused for video classification)"}
+LEAP_HEADS = ("verb_head.", "noun_head.", "decoder.", "condition_head.", "aggregator.")
+HEAD_KEYS = ("transformer.proj.2.weight", "transformer.proj.2.bias")
+_WRAPPERS = ("model", "state_dict", "model_state", "module")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did with every key of a checkpoint."""
+
+    path: str
+    source: str  # "uniformerv2" | "clip" | "uniformerv2-backbone"
+    loaded: list[str] = field(default_factory=list)
+    dropped: dict[str, str] = field(default_factory=dict)  # key -> reason (documented drops: head, CLIP extras)
+    initialized: list[str] = field(default_factory=list)  # UniFormerV2-only modules absent from a CLIP file
+    missing: list[str] = field(default_factory=list)  # model keys the checkpoint should have held but did not
+    unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model has no place for
+    resized: dict[str, str] = field(default_factory=dict)  # key -> "old shape -> new shape (how)"
+
+    def __str__(self) -> str:
+        """One line for logs; the lists themselves stay on the object."""
+        return (f"{self.path} ({self.source}): {len(self.loaded)} loaded, {len(self.dropped)} dropped, "
+                f"{len(self.resized)} resized ({', '.join(self.resized) or '-'}), {len(self.initialized)} initialised "
+                f"(new modules), {len(self.missing)} missing, {len(self.unexpected)} unexpected")
+
+
+def _is_uniformer_only(key: str) -> bool:
+    parts = key.split(".")
+    if key.startswith("transformer.resblocks.") and len(parts) > 3 and parts[3].startswith("lmhra"):
+        return True
+    return key.startswith(UNIFORMER_ONLY)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint file: a TorchScript archive (OpenAI CLIP releases) or a torch.save'd dict,
+    the latter with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise LeapError(f"checkpoint {path} does not exist", path=str(path), fix="give the path of a local weights file")
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            scripted = any(n.endswith("/constants.pkl") or n.startswith("code/") or "/code/" in n for n in zf.namelist())
+        if scripted:
+            try:
+                with warnings.catch_warnings():  # torch.jit is deprecated, but CLIP ships TorchScript archives
+                    warnings.simplefilter("ignore", FutureWarning)
+                    return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+            except RuntimeError as exc:
+                raise LeapError(f"cannot read TorchScript archive {path}: {exc}", path=str(path)) from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise LeapError(
+            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            path=str(path), fix="give a state dict saved with torch.save (tensors only) or a TorchScript archive",
+        ) from None
+    if not isinstance(obj, dict):
+        raise LeapError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict", path=str(path))
+    return obj
+
+
+def _unwrap(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    for _ in range(3):
+        inner = [k for k in _WRAPPERS if isinstance(state.get(k), dict)]
+        if not inner:
+            break
+        state = state[inner[0]]
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if tensors and all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def inflate_patch_weight(weight: torch.Tensor, kernel_t: int) -> torch.Tensor:
+    """[C,3,p,p] or [C,3,1,p,p] -> [C,3,kt,p,p] with the 2D kernel on the centre frame (as the official code)."""
+    w2d = weight if weight.ndim == 4 else weight[:, :, 0]
+    w3d = w2d.new_zeros(w2d.shape[0], w2d.shape[1], kernel_t, *w2d.shape[2:])
+    w3d[:, :, kernel_t // 2] = w2d
+    return w3d
+
+
+def resize_pos_embed(pos: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Bicubic resize of a [1+g*g, C] position embedding to [num_tokens, C], class position kept."""
+    g_old, g_new = math.isqrt(pos.shape[0] - 1), math.isqrt(num_tokens - 1)
+    grid = pos[1:].reshape(1, g_old, g_old, -1).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(g_new, g_new), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:1].float(), grid.permute(0, 2, 3, 1).reshape(g_new * g_new, -1)], dim=0)
+
+
+def checkpoint_filter_fn(state: dict[str, Any], model: UniFormerV2) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """Map an official UniFormerV2 or OpenAI CLIP state dict onto ``model``'s keys (timm style): unwrap,
+    rename, inflate the patch conv, resize position embeddings, drop the classifier and CLIP extras.
+    Returns the filtered dict (keys of ``model``) and a report; shapes are checked by :func:`load_pretrained`."""
+    sd = _unwrap(state)
+    report = LoadReport(path="", source="uniformerv2")
+    out: dict[str, torch.Tensor] = {}
+    if any(k.startswith("visual.") for k in sd):
+        report.source = "clip"
+        for k, v in sd.items():
+            if k.startswith("visual."):
+                out[k[len("visual."):]] = v
+            else:
+                report.dropped[k] = "CLIP text tower / logit scale"
+    elif any(k.startswith("backbone.") for k in sd):
+        for k, v in sd.items():
+            if k.startswith("backbone."):
+                out[k[len("backbone."):]] = v
+            elif k.startswith(LEAP_HEADS):
+                report.dropped[k] = "LEAP head of a previous run (only the backbone is pretrained)"
+            else:
+                report.unexpected.append(k)
+    else:
+        out = dict(sd)
+        report.source = "clip" if "ln_post.weight" in out or "proj" in out else "uniformerv2-backbone"
+    if report.source == "clip":
+        for k, why in CLIP_UNUSED.items():
+            if k in out:
+                del out[k]
+                report.dropped[f"visual.{k}" if f"visual.{k}" in sd else k] = why
+    for k in HEAD_KEYS:
+        if k in out and (model.cfg.num_classes == 0 or out[k].shape[0] != model.cfg.num_classes):
+            n = out.pop(k).shape[0]
+            report.dropped[f"backbone.{k}"] = (
+                f"classifier over {n} classes (replaced by "
+                + ("the LEAP heads)" if model.cfg.num_classes == 0 else f"a new {model.cfg.num_classes}-class head)")
+            )
+    target = model.state_dict()
+    conv = out.get("conv1.weight")
+    want = target["conv1.weight"]
+    if conv is not None and conv.shape != want.shape and conv.shape[-2:] == want.shape[-2:]:
+        if conv.ndim == 4 or conv.shape[2] == 1:
+            out["conv1.weight"] = inflate_patch_weight(conv, want.shape[2])
+            report.resized["conv1.weight"] = f"{tuple(conv.shape)} -> {tuple(want.shape)} (centre-frame inflation)"
+    pos = out.get("positional_embedding")
+    want = target["positional_embedding"]
+    if pos is not None and pos.shape != want.shape and pos.ndim == 2 and pos.shape[1] == want.shape[1]:
+        if math.isqrt(pos.shape[0] - 1) ** 2 == pos.shape[0] - 1:
+            out["positional_embedding"] = resize_pos_embed(pos, want.shape[0])
+            report.resized["positional_embedding"] = f"{tuple(pos.shape)} -> {tuple(want.shape)} (bicubic)"
+    for k, v in out.items():
+        if v.is_floating_point():
+            out[k] = v.float()
+    return out, report
+
+
+def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: bool = False) -> LoadReport:
+    """Load an official UniFormerV2 checkpoint or OpenAI CLIP weights from a local file into ``model``
+    (a UniFormerV2 or anything with a ``.backbone`` UniFormerV2, e.g. LeapModel).
+
+    Documented drops (classifier head, CLIP text tower, ``ln_post``, ``proj``) and UniFormerV2-only modules
+    absent from CLIP files are reported; any other missing key is logged as a warning, an unexpected key or
+    a shape mismatch is a LeapError listing them."""
+    backbone = model if isinstance(model, UniFormerV2) else getattr(model, "backbone", None)
+    if not isinstance(backbone, UniFormerV2):
+        raise LeapError(f"{type(model).__name__} has no UniFormerV2 backbone to load weights into")
+    filtered, report = checkpoint_filter_fn(read_checkpoint(path), backbone)
+    report.path = str(path)
+    target = backbone.state_dict()
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
+                  for k, v in filtered.items() if k in target and v.shape != target[k].shape]
+    if mismatched:
+        raise LeapError(
+            f"{len(mismatched)} shape mismatches loading {path}: " + "; ".join(mismatched[:8])
+            + (" ..." if len(mismatched) > 8 else ""),
+            path=str(path), fix="build the model with the checkpoint's backbone, frames and options (e.g. uniformerv2_l14, "
+            "no_lmhra/temporal_downsample as in the checkpoint's config)",
+        )
+    report.unexpected += [f"backbone.{k}" for k in filtered if k not in target]
+    if report.unexpected and not allow_unexpected:
+        raise LeapError(
+            f"{len(report.unexpected)} checkpoint keys have no place in the model, loading {path}: "
+            + ", ".join(report.unexpected[:8]) + (" ..." if len(report.unexpected) > 8 else ""),
+            path=str(path), fix="build the model with the checkpoint's options (e.g. no_lmhra=True for the Kinetics "
+            "checkpoints, temporal_downsample=False), or pass allow_unexpected",
+        )
+    ckpt_has_lmhra = any(".lmhra" in k for k in filtered)
+    for k in target:
+        if k in filtered:
+            continue
+        if report.source == "clip" and _is_uniformer_only(k):
+            report.initialized.append(f"backbone.{k}")
+        elif ".lmhra" in k and not ckpt_has_lmhra:  # checkpoint trained with no_lmhra (the Kinetics ones)
+            report.initialized.append(f"backbone.{k}")
+        elif k in HEAD_KEYS:
+            report.initialized.append(f"backbone.{k}")
+        else:
+            report.missing.append(f"backbone.{k}")
+    loadable = {k: v for k, v in filtered.items() if k in target}
+    backbone.load_state_dict(loadable, strict=False)
+    report.loaded = sorted(f"backbone.{k}" for k in loadable)
+    log.info("loaded %d tensors from %s (%s); resized %s; dropped %d; initialised %d", len(loadable), path,
+             report.source, report.resized or "none", len(report.dropped), len(report.initialized))
+    for k, why in report.dropped.items():
+        log.info("dropped %s: %s", k, why)
+    if report.missing:
+        log.warning("%d model keys missing from %s, left at initialisation: %s", len(report.missing), path,
+                    ", ".join(report.missing))
+    return report

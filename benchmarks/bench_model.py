@@ -1,0 +1,155 @@
+"""UniFormerV2 speed and memory: clips/s for forward and forward+backward and peak memory, SDPA vs plain
+attention side by side, on the CPU (b16 8x224 at batch 1 and 2 by default) and, when a GPU is present,
+on CUDA with bf16 autocast at batches up to what fits.
+
+    python benchmarks/bench_model.py                      # CPU, b16 8x224, batch 1 and 2
+    python benchmarks/bench_model.py --device cuda        # GPU, bf16, batches 8..128 until out of memory
+    python benchmarks/bench_model.py --backbone uniformerv2_tiny --frames 4 --img 96   # quick check
+
+Each CPU configuration runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own;
+"peak MiB" on the CPU is the peak RSS above the RSS after building the model and the input. Besides clips per
+wall-clock second, CPU seconds per clip (process time of all threads) are printed: on a shared machine they
+vary much less than wall-clock figures. On CUDA, "peak MiB" is torch.cuda.max_memory_allocated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from leap_cli.model.uniformerv2 import BUILDERS  # noqa: E402
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def run_one(backbone: str, frames: int, img: int, batch: int, sdpa: bool, mode: str, iters: int, device: str,
+            threads: int) -> dict:
+    """Time one configuration in this process; returns clips/s and peak memory."""
+    torch.manual_seed(0)
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    model = BUILDERS[backbone](num_frames=frames, img_size=img, num_classes=400, use_sdpa=sdpa).to(device)
+    model.train(mode == "fwd+bwd")
+    x = torch.randn(batch, 3, frames, img, img, device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step() -> None:
+        if mode == "fwd":
+            with torch.no_grad(), autocast:
+                model(x)
+        else:
+            with autocast:
+                out = model(x)
+            out.float().sum().backward()
+            model.zero_grad(set_to_none=True)
+
+    base = _rss_mib()
+    step()  # warm-up
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(iters):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    secs, cpu_secs = time.perf_counter() - t0, time.process_time() - c0
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    return {"backbone": backbone, "frames": frames, "img": img, "batch": batch, "attention": "sdpa" if sdpa else "plain",
+            "mode": mode, "device": device, "iters": iters, "threads": threads, "clips_per_s": batch * iters / secs,
+            "cpu_s_per_clip": cpu_secs / (batch * iters), "peak_mib": peak}
+
+
+def cpu_suite(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for batch in args.batches:
+        for mode in ("fwd", "fwd+bwd"):
+            for sdpa in (True, False):
+                cmd = [sys.executable, __file__, "--one", json.dumps(
+                    [args.backbone, args.frames, args.img, batch, sdpa, mode, args.iters, "cpu", args.threads])]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                rows.append(json.loads(out.strip().splitlines()[-1]))
+                print(_fmt(rows[-1]), flush=True)
+    return rows
+
+
+def cuda_suite(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for mode in ("fwd", "fwd+bwd"):
+        for sdpa in (True, False):
+            for batch in args.gpu_batches:
+                try:
+                    rows.append(run_one(args.backbone, args.frames, args.img, batch, sdpa, mode, args.iters, "cuda", 0))
+                except torch.OutOfMemoryError:
+                    print(f"{mode} {'sdpa' if sdpa else 'plain'} batch {batch}: out of memory", flush=True)
+                    torch.cuda.empty_cache()
+                    break
+                print(_fmt(rows[-1]), flush=True)
+                torch.cuda.empty_cache()
+    return rows
+
+
+def _fmt(r: dict) -> str:
+    return (f"{r['device']:4} {r['backbone']} {r['frames']}x{r['img']} batch {r['batch']:3} {r['mode']:7} "
+            f"{r['attention']:5}: {r['clips_per_s']:8.3f} clips/s, {r['cpu_s_per_clip']:7.2f} CPU-s/clip, "
+            f"peak {r['peak_mib']:8.0f} MiB")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| device | batch | mode | SDPA clips/s | plain clips/s | SDPA/plain (wall) | SDPA CPU-s/clip | "
+             "plain CPU-s/clip | SDPA peak MiB | plain peak MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    keyed = {(r["device"], r["batch"], r["mode"], r["attention"]): r for r in rows}
+    for (dev, batch, mode, att), r in keyed.items():
+        if att != "sdpa" or (dev, batch, mode, "plain") not in keyed:
+            continue
+        p = keyed[(dev, batch, mode, "plain")]
+        lines.append(f"| {dev} | {batch} | {mode} | {r['clips_per_s']:.3f} | {p['clips_per_s']:.3f} | "
+                     f"{r['clips_per_s'] / p['clips_per_s']:.2f}x | {r['cpu_s_per_clip']:.2f} | {p['cpu_s_per_clip']:.2f} | "
+                     f"{r['peak_mib']:.0f} | {p['peak_mib']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="uniformerv2_b16", choices=sorted(BUILDERS), help="backbone builder")
+    ap.add_argument("--frames", type=int, default=8, help="frames per clip")
+    ap.add_argument("--img", type=int, default=224, help="clip side in pixels")
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 2], help="CPU batch sizes")
+    ap.add_argument("--gpu-batches", type=int, nargs="+", default=[8, 16, 32, 64, 128], help="CUDA batch sizes")
+    ap.add_argument("--iters", type=int, default=2, help="timed iterations per configuration (after 1 warm-up)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cpu, cuda, or both if a GPU exists")
+    ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(*json.loads(args.one))))
+        return
+    rows = []
+    if args.device in ("auto", "cpu"):
+        rows += cpu_suite(args)
+    if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
+        rows += cuda_suite(args)
+    print()
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
