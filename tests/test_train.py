@@ -337,3 +337,20 @@ def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(shard_work: Path
     assert not any("CPUSyncBatchNorm" in k for k in ckpt["model"])
     vals = [json.loads(x) for x in (shard_work / "runs/ddp/metrics.jsonl").read_text().splitlines() if '"val"' in x]
     assert len(vals) == 1 and vals[0]["n"] == 4  # every val sample counted once over both ranks
+
+
+def test_pretrained_backbone_is_loaded_before_training(tmp_path: Path) -> None:
+    """model.pretrained: a local file in the official UniFormerV2 key layout initialises the backbone."""
+    from leap_cli.model import build_model
+
+    cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0")
+    torch.manual_seed(123)
+    donor = build_model(model_args_for(cfg, MemorySource()))
+    weights = {k: v for k, v in donor.state_dict().items() if k.startswith("backbone.")}
+    torch.save(weights, tmp_path / "uniformerv2_tiny.pth")
+    cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0",
+                      f"model.pretrained={tmp_path / 'uniformerv2_tiny.pth'}")
+    main(cfg, workdir=tmp_path, name="pre", source=MemorySource(val=False))
+    got = torch.load(tmp_path / "runs/pre/checkpoints/last.pt", weights_only=True)["model"]
+    params = [k for k, v in weights.items() if v.is_floating_point() and "running" not in k]
+    assert params and all(torch.equal(got[k], weights[k]) for k in params)
