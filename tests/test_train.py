@@ -354,3 +354,12 @@ def test_pretrained_backbone_is_loaded_before_training(tmp_path: Path) -> None:
     got = torch.load(tmp_path / "runs/pre/checkpoints/last.pt", weights_only=True)["model"]
     params = [k for k, v in weights.items() if v.is_floating_point() and "running" not in k]
     assert params and all(torch.equal(got[k], weights[k]) for k in params)
+
+
+def test_resume_warns_about_changed_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = tiny_config("train.max_steps=2")
+    main(cfg, workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=1)
+    with caplog.at_level("WARNING", logger="leap_cli.train.loop"):
+        main(tiny_config("train.max_steps=2", "loss.label_smoothing=0.0"), workdir=tmp_path, name="r",
+             source=MemorySource(val=False), resume=True)
+    assert "loss.label_smoothing: 0.1 -> 0.0" in caplog.text

@@ -314,6 +314,9 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         resume_ckpt = None
         if resume:
             resume_ckpt = load_checkpoint(ckpt_dir / "last.pt")
+            changed = _config_changes(resume_ckpt.get("config") or {}, cfg.to_dict())
+            if changed and info.is_main:
+                log.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(changed))
         elif (ckpt_dir / "last.pt").exists():
             raise LeapError("run directory already holds a checkpoint", path=run_dir,
                             fix="continue it with --resume, or pick another --name")
@@ -435,6 +438,18 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                            model_args=model_args, is_main=info.is_main)
     finally:
         distributed.cleanup()
+
+
+def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``["optim.lr: 0.001 -> 0.0003", ...]`` for every key whose value differs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "options":
+            out += _config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def prepare_model(model: nn.Module, cfg: Config, info: distributed.DistInfo) -> nn.Module:
