@@ -72,6 +72,19 @@ def test_seek_read_equals_decode_from_start(mp4):
     assert [_frame_number(f) for f in seeked] == frames
 
 
+def test_seek_is_frame_exact_with_b_frames(tmp_path):
+    """H.264 with B-frames (as camera files have) reorders frames in the stream; seeking must still land exactly."""
+    path = tmp_path / "h264.mp4"
+    write_mp4(path, (_frame(i) for i in range(1, 121)), 50.0, codec="libx264", gop=25,
+              options={"preset": "veryfast", "bf": "3"})
+    frames = [97, 33, 34, 60, 5]
+    with VideoReader(path, seek_gap=8) as r:
+        seeked = r.read_frames(frames)
+        decoded = r.read_frames(frames, seek=False)
+    assert np.array_equal(seeked, decoded)
+    assert [_frame_number(f) for f in seeked] == frames
+
+
 def test_frames_folder_reader(tmp_path, mp4):
     root = tmp_path / "data"
     folder = root / "P01" / "rgb_frames" / "P01_01"

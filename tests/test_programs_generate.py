@@ -230,3 +230,94 @@ def test_batch_file_and_ingest(workdir, good_programs, tmp_path):
     recs = records(workdir)
     assert len(recs) == N_SEGMENTS and all(r["provenance"]["backend"] == "openai-batch" for r in recs)
     assert ingest_batch(cfg, out) == {"already_present": N_SEGMENTS}
+
+
+def test_ctrl_c_keeps_finished_records(workdir, good_programs):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]), delay=0.3)  # noqa: E731
+    out = workdir / "programs" / "val.jsonl"
+    with ScriptedServer(script) as server:
+        cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
+               "--backend", "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
+               "--concurrency", "1"]
+        proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        # (the exit status is the CLI's business: typer returns 130 in non-standalone mode, see cli.main)
+        kept = read_jsonl(out)
+        assert 2 <= len(kept) < N_SEGMENTS and all(r["status"] == "valid" for r in kept)
+        assert out.read_text().endswith("\n")
+        n_before = len(server.requests)
+        s = generate_programs(config(workdir, server))
+        assert s.resumed == len(kept) and s.total == N_SEGMENTS - len(kept)
+        assert len(server.requests) - n_before <= N_SEGMENTS - len(kept) + 1  # at most the interrupted one again
+    recs = records(workdir)
+    assert len(recs) == N_SEGMENTS == len({r["narration_id"] for r in recs})
+
+
+def test_store_migrates_an_old_database(tmp_path):
+    import sqlite3
+
+    from leap_cli.programs.store import MIGRATIONS
+
+    path = tmp_path / "cache.sqlite"
+    db = sqlite3.connect(path)
+    db.execute(MIGRATIONS[0])
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO cache VALUES ('k', 'reply', 1, 2, 'm', 0)")
+    db.commit()
+    db.close()
+    with ProgramStore(path) as store:
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert store.get("k") == ("reply", {"prompt_tokens": 1, "completion_tokens": 2}, "m")
+        store.log_call(narration_id="n", backend="b", model="m", prompt_hash="h", cache_key="k", round=0,
+                       response="r", usage={}, latency=0.1, attempts=1, cached=False, outcome="valid")
+        assert store.calls("n")[0]["outcome"] == "valid"
+
+
+def test_offline_fails_segments_without_narration(workdir):
+    ann = workdir / "kitchen" / "annotations"
+    rows = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()[:4]
+    cols = 8  # the test-timestamps file has the first 8 columns only
+    (ann / "EPIC_100_test_timestamps.csv").write_text(
+        "\n".join(",".join(r.split(",")[:cols]) for r in rows) + "\n")
+    s = generate_programs(GenerateConfig(workdir=workdir, split="test"))
+    assert s.statuses == {"failed": 3}
+    recs = read_jsonl(workdir / "programs" / "test.jsonl")
+    assert all(r["program"] is None and "nothing to describe" in r["errors"][0]["message"] for r in recs)
+
+
+def test_backoff_and_retry_after_parsing():
+    import email.utils
+
+    from leap_cli.programs.backends import RetryPolicy, parse_retry_after
+
+    policy = RetryPolicy(max_retries=5, base_delay=1.0, max_delay=10.0, jitter=0.25)
+    for attempt, nominal in ((0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (6, 10.0)):
+        delays = [policy.delay(attempt, None) for _ in range(50)]
+        assert all(0.75 * nominal <= d <= 1.25 * nominal for d in delays)
+        assert len(set(delays)) > 1  # jittered
+    assert policy.delay(0, 3.0) == 3.0 and policy.delay(0, 99.0) == 10.0
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= parse_retry_after({"retry-after": when}) <= 31
+    assert parse_retry_after({}) is None and parse_retry_after({"retry-after": "soon"}) is None
+
+
+def test_refused_key_stops_the_stage(workdir):
+    with ScriptedServer(lambda body, n: Reply(status=401)) as server, pytest.raises(LeapError, match="LEAP_TEST_KEY"):
+        generate_programs(config(workdir, server))
+    assert len(server.requests) <= 4  # at most one per worker, no retries
+    assert not (workdir / "programs" / "val.jsonl").exists() or records(workdir) == []
+    with ScriptedServer(lambda body, n: Reply(status=404)) as server, pytest.raises(LeapError, match="--model"):
+        generate_programs(config(workdir, server, concurrency=1))

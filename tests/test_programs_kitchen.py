@@ -1,6 +1,5 @@
 """The offline generator over the synthetic kitchen: valid programs for every labelled segment, and agreement."""
 
-import json
 
 import pytest
 

@@ -267,3 +267,51 @@ def test_cli_generate_validate_and_strict(kitchen):
     rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
     assert rep["statuses"]["invalid"] == 1 and rep["duplicates"] == 1 and rep["status_changed_on_revalidation"] == 1
     assert rep["errors"][0]["errors"][0]["pointer"] == "/steps/0/verb"
+
+
+def test_compiled_checker_agrees_with_jsonschema(exemplars):
+    import random
+
+    from leap_cli.programs.schema import validate_program_reference
+
+    rng = random.Random(0)
+    junk = [None, 3, -1, 2.5, True, "", "X", "plate", "right", "sub_action", "loop", [], {}, ["a"], ["left", "plate", "x"]]
+
+    def nodes(x, path=()):
+        yield path, x
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield from nodes(v, path + (k,))
+        elif isinstance(x, list):
+            for i, v in enumerate(x):
+                yield from nodes(v, path + (i,))
+
+    def get(x, path):
+        for p in path:
+            x = x[p]
+        return x
+
+    disagreements = checked = invalid = 0
+    for e in exemplars:
+        for _ in range(20):
+            p = copy.deepcopy(e.program)
+            for _ in range(rng.randint(1, 2)):
+                paths = [q for q, _ in nodes(p) if q]
+                path = rng.choice(paths)
+                parent = get(p, path[:-1])
+                r = rng.random()
+                if r < 0.25 and isinstance(parent, dict):
+                    parent.pop(path[-1])
+                elif r < 0.35 and isinstance(parent, dict):
+                    parent["extra"] = 1
+                elif r < 0.45 and isinstance(parent, list):
+                    parent.append(copy.deepcopy(parent[0]) if parent else 1)
+                else:
+                    parent[path[-1]] = copy.deepcopy(rng.choice(junk))
+            fast, ref = validate_program(p), validate_program_reference(p)
+            checked += 1
+            invalid += bool(ref)
+            disagreements += bool(fast) != bool(ref)
+            if bool(fast) != bool(ref):
+                print(p, fast, ref)
+    assert checked >= 800 and invalid > checked // 2 and disagreements == 0

@@ -39,7 +39,7 @@ FRAMES_PER_VIDEO = 60
 def colour(video: str, n: int) -> tuple[int, int, int]:
     """The flat RGB colour of frame n of a video (frames are flat so JPEG keeps them almost exactly)."""
     v = int(video[-1])
-    return ((n * 4) % 256, (60 * v) % 256, 255 - (n * 4) % 256)
+    return ((n * 8) % 256, (60 * v) % 256, 255 - (n * 8) % 256)
 
 
 def cond(p, *args, neg=False):
@@ -237,16 +237,22 @@ def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
     assert (out / "leap-train-000000.tar").stat().st_mtime_ns == first
     assert tar_digests(out) == tar_digests(ref.out)
     assert (out / "manifest.json").read_bytes() == (ref.out / "manifest.json").read_bytes()
+    damaged = out / "leap-train-000001.tar"  # a complete shard cut short later: it and the ones after it are redone
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    again = build(root, tmp_path / "run")
+    assert again.resumed_shards == 1 and tar_digests(out) == tar_digests(ref.out)
     with pytest.raises(LeapError, match="other inputs or settings"):
         build(root, tmp_path / "run", frames=2)
     assert build(root, tmp_path / "run", frames=2, overwrite=True).manifest["settings"]["frames"] == 2
 
 
 def test_shard_parts_merge(root, tmp_path):
-    for i in range(2):
-        build(root, tmp_path, shard=ShardSpec(i, 2))
+    build(root, tmp_path, shard=ShardSpec(1, 2))
     out = tmp_path / "shards" / "train"
-    assert not (out / "manifest.json").exists()
+    with pytest.raises(LeapError, match=r"parts \[0\] of 2 are missing"):
+        load_manifest(out)
+    r = build(root, tmp_path, shard=ShardSpec(0, 2))
+    assert any("merged manifest.json" in n for n in r.notes)
     m, _ = load_manifest(out)
     assert m["counts"]["samples"] == 7 and len(m["parts"]) == 2
     ds = ShardDataset(out, train=False, num_frames=2, img_size=16)
@@ -282,12 +288,17 @@ def test_anticipation_window_ends_tau_a_before_the_action(root, tmp_path):
 # ---- bad input -----------------------------------------------------------------------------------------------
 
 def test_unreadable_frames_are_skipped_and_listed(tmp_path):
-    root = make_root(tmp_path / "k")
+    extra = [("P01_02", 5.6, 7.5, "take", 0, "cup", 13), ("P01_04", 1.0, 2.0, "take", 0, "cup", 13)]
+    root = make_root(tmp_path / "k", train=TRAIN + extra)
     (root / "P01" / "rgb_frames" / "P01_02" / f"frame_{28:010d}.jpg").write_bytes(b"not a jpeg")  # inside P01_02_1
+    shutil.rmtree(root / "P01" / "rgb_frames" / "P01_04")  # a video that is not there at all
     r = build(root, tmp_path / "w")
     skipped = {x["narration_id"]: x["reason"] for x in r.manifest["skipped"]}
-    assert list(skipped) == ["P01_02_1"] and "unreadable" in skipped["P01_02_1"]
-    assert r.manifest["counts"]["samples"] == 6 and r.manifest["counts"]["skipped"] == 1
+    assert set(skipped) == {"P01_02_1", "P01_02_3", "P01_04_0"}
+    assert "unreadable" in skipped["P01_02_1"] and "frame_0000000028.jpg" in skipped["P01_02_1"]
+    assert "60 frames" in skipped["P01_02_3"]  # the segment runs past the end of the video
+    assert "cannot be opened" in skipped["P01_04_0"]
+    assert r.manifest["counts"]["samples"] == 6 and r.manifest["counts"]["skipped"] == 3
 
 
 def test_program_file_of_another_split_is_reported(root, tmp_path):
@@ -304,7 +315,8 @@ def test_program_file_of_another_split_is_reported(root, tmp_path):
 
 def test_missing_program_file_means_no_programs(root, tmp_path):
     r = build(root, tmp_path, programs=False)
-    assert r.manifest["counts"]["with_program"] == 0 and r.manifest["targets"] is None
+    assert r.manifest["counts"]["with_program"] == 0 and r.manifest["targets"]["conditions"] == []
+    assert len(r.manifest["targets"]["step_verbs"]) == 97 + 1  # the class files still size the heads (+ END)
     assert any("no program file" in n for n in r.notes)
 
 
@@ -357,7 +369,7 @@ def test_two_ranks_two_workers_see_each_sample_once_per_epoch(built, pad):
         seen, per_rank, padded = [], [], 0
         for rank in range(2):
             ds = ShardDataset(out, train=True, num_frames=2, img_size=16, shuffle_buffer=3, rank=rank, world_size=2,
-                              pad=pad, epoch=epoch, seed=5)
+                              pad=pad, epoch=epoch, seed=5, block=2)
             ids = []
             for b in DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_clips):
                 ids += [k for k, p in zip(b["narration_id"], b["padding"].tolist()) if not p]
@@ -406,7 +418,72 @@ def test_cli_build_shards_and_size_rolling(root, tmp_path):
     res = CliRunner().invoke(app, ["build-shards", "--data", str(root), "--split", "train", "--workdir", str(tmp_path),
                                    "--frames", "2", "--short-side", "32", "--max-shard-size", "12k"])
     assert res.exit_code == 0, res.output
-    assert "Shards" in res.output and "3 conditions" in res.output
+    assert "recognition shards of train" in res.output and "3 conditions" in res.output
     m = json.loads((tmp_path / "shards" / "train" / "manifest.json").read_text())
     assert [s["count"] for s in m["shards"]] == [2, 2, 2, 1]  # 4 kB samples, 12 kB shards
     assert all(s["bytes"] <= 12 * 1024 for s in m["shards"])
+
+
+def test_check_shards_names_damaged_files_and_samples(built, tmp_path):
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+    from leap_cli.shards.check import check_shards
+
+    _, work = built
+    out = tmp_path / "copy"
+    shutil.copytree(work / "shards" / "train", out)
+    assert check_shards(out).ok == 7
+    m = json.loads((out / "manifest.json").read_text())
+    first = out / m["shards"][0]["name"]
+    data = bytearray(first.read_bytes())
+    k1 = m["shards"][0]["keys"][1]
+    pos = data.index(f"{k1}.f002.jpg".encode()) + 512
+    data[pos:pos + 300] = b"\xff" * 300  # same size, other bytes
+    first.write_bytes(bytes(data))
+    (out / m["shards"][2]["name"]).unlink()
+    with pytest.raises(LeapError, match="leap-train-000000.tar: shard sha256 differs"):
+        check_shards(out)
+    r = check_shards(out, on_error="skip")
+    assert r.ok == 6 - 1 and [(p["shard"][-10:], p["sample"]) for p in r.problems] == [
+        ("000000.tar", None), ("000000.tar", k1), ("000002.tar", None)]
+    res = CliRunner().invoke(app, ["check-shards", "--shards", str(out), "--on-error", "skip"])
+    assert res.exit_code == 1 and k1 in res.output
+
+
+def test_explicit_missing_program_file_and_rank_from_environment(built, root, tmp_path, monkeypatch):
+    with pytest.raises(LeapError, match="program file not found"):
+        build_split(root, "train", workdir=tmp_path, settings=settings(), programs_path=tmp_path / "nope.jsonl")
+    _, work = built
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    ds = ShardDataset(work / "shards" / "train", train=False, num_frames=2, img_size=16)
+    assert (ds.rank, ds.world_size, len(ds)) == (1, 2, 4)
+    assert [s["narration_id"] for s in ds] == ["P01_01_3", "P01_02_0", "P01_02_1", "P01_02_2"]  # second half
+
+
+def test_frames_from_an_mp4(tmp_path):
+    """The writer reads MP4s through leap_cli.media (here one video is an MP4, the other an rgb_frames folder)."""
+    from leap_cli.media.write import Mp4Writer
+
+    root = make_root(tmp_path / "k")
+    shutil.rmtree(root / "P01" / "rgb_frames" / "P01_02")
+    (root / "P01" / "videos").mkdir(parents=True)
+    w = Mp4Writer(root / "P01" / "videos" / "P01_02.MP4", 64, 48, FPS, bit_rate=2_000_000)
+    for n in range(1, FRAMES_PER_VIDEO + 1):
+        img = np.zeros((48, 64, 3), np.uint8)
+        img[:] = colour("P01_02", n)
+        w.write(img)
+    w.close()
+    r = build(root, tmp_path / "w")
+    assert r.manifest["counts"]["samples"] == 7 and not r.manifest["skipped"]
+    for shard in r.manifest["shards"]:
+        for key, fields in iter_tar_samples(r.out / shard["name"]):
+            meta = json.loads(fields["json"])
+            if meta["video"] != "P01_02":
+                continue
+            frames = decode_jpegs([fields[f"f{i:03d}.jpg"] for i in range(4)])
+            assert frames.shape == (4, 32, 43, 3)  # 64x48 at short side 32
+            for fr, idx in zip(frames, meta["frame_indices"]):
+                # neighbouring frames differ by 8 in R and B: an off-by-one frame would fail
+                assert np.abs(fr.astype(int).mean((0, 1)) - np.array(colour("P01_02", idx))).max() <= 4

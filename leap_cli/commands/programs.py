@@ -86,12 +86,16 @@ def generate_programs(
         summary = run(cfg, on_start=lambda n: progress.update(task, total=n),
                       on_record=lambda r: progress.advance(task))
     console.print(f"input: {summary.source}")
-    table = Table(title=f"generate-programs -> {summary.out}")
-    for col in ("segs", "resumed", "valid", "invalid", "failed", "calls", "cached", "tok in", "tok out", "cost $", "s"):
-        table.add_column(col, justify="right")
-    table.add_row(str(summary.total), str(summary.resumed), *(str(summary.statuses.get(s, 0)) for s in ("valid", "invalid", "failed")),
-                  str(summary.requests), str(summary.cache_hits), str(summary.usage["prompt_tokens"]),
-                  str(summary.usage["completion_tokens"]), f"{summary.cost:.4f}", f"{summary.seconds:.1f}")
+    table = Table(title=f"generate-programs -> {summary.out}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    st = summary.statuses
+    for what, value in (("segments processed", summary.total), ("resumed (already done)", summary.resumed),
+                        ("valid / invalid / failed", f"{st.get('valid', 0)} / {st.get('invalid', 0)} / {st.get('failed', 0)}"),
+                        ("backend calls (incl. retries)", summary.requests), ("cache hits", summary.cache_hits),
+                        ("prompt / completion tokens", f"{summary.usage['prompt_tokens']} / {summary.usage['completion_tokens']}"),
+                        ("estimated cost", f"${summary.cost:.4f}"), ("seconds", f"{summary.seconds:.1f}")):
+        table.add_row(what, str(value))
     console.print(table)
     if summary.stopped:
         console.print(f"[yellow]stopped early:[/] {summary.stopped}; run the same command to continue")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -29,6 +30,8 @@ def parse_size(text: str) -> int:
 def register(app: typer.Typer) -> None:
     app.command("build-shards", help="Write WebDataset-style tar shards (JPEG frames + labels + program targets) "
                                      "of one split, with manifest.json; resumable, parallel by video.")(build_shards)
+    app.command("check-shards", help="Check a shards folder against its manifest: files, sizes, sha256, every "
+                                     "sample's JSON and JPEG frames.")(check_shards)
 
 
 def build_shards(
@@ -83,15 +86,47 @@ def build_shards(
                              progress=progress)
     m = result.manifest
     c = m["counts"]
-    table = Table(title=f"Shards {result.out}")
-    for col in ("split", "task", "segments", "samples", "with program", "skipped", "shards", "kept (resumed)", "GB"):
-        table.add_column(col, justify="left" if col in ("split", "task") else "right")
-    table.add_row(split, m["task"], str(c["segments"]), str(c["samples"]), str(c["with_program"]), str(c["skipped"]),
-                  str(c["shards"]), str(result.resumed_shards), f"{sum(s['bytes'] for s in m['shards']) / 1e9:.3f}")
+    table = Table(title=f"{m['task']} shards of {split}{spec.suffix} in {result.out}")
+    for col in ("segments", "samples", "programs", "skipped", "shards", "resumed", "GB"):
+        table.add_column(col, justify="right")
+    table.add_row(str(c["segments"]), str(c["samples"]), str(c["with_program"]), str(c["skipped"]), str(c["shards"]),
+                  str(result.resumed_shards), f"{sum(s['bytes'] for s in m['shards']) / 1e9:.3f}")
     console.print(table)
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}")
     if m["skipped"]:
         shown = "; ".join(f"{x['narration_id']}: {x['reason']}" for x in m["skipped"][:5])
-        console.print(f"[yellow]{len(m['skipped'])} segment(s) skipped[/] (listed in the manifest): {shown}"
+        console.print(f"[yellow]{len(m['skipped'])} segment(s) skipped[/] (listed in the manifest): {escape(shown)}"
                       + (" ..." if len(m["skipped"]) > 5 else ""))
+
+
+def check_shards(
+    shards: Path = typer.Option(None, "--shards", help="Shards folder (default WORKDIR/shards/SPLIT)."),
+    split: str = typer.Option("train", "--split", help="Split whose shards to check when --shards is not given."),
+    task: str = typer.Option("recognition", "--task", help="recognition or anticipation (which default folder)."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory holding every stage's files."),
+    on_error: str = typer.Option("raise", "--on-error", help="raise: stop at the first damaged shard or sample; "
+                                                            "skip: list and count every problem."),
+    no_hash: bool = typer.Option(False, "--no-hash", help="Skip the sha256 of whole shards (sizes still checked)."),
+) -> None:
+    from leap_cli.shards.check import check_shards as run_check
+    from leap_cli.shards.writer import default_out
+
+    folder = shards or default_out(workdir, normalize_split(split), task)
+    with Progress(TextColumn("[bold]check-shards[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=console) as bar:
+        tid = bar.add_task("", total=None)
+        report = run_check(folder, on_error=on_error, verify_hash=not no_hash,
+                           progress=lambda d, t: bar.update(tid, completed=d, total=t))
+    table = Table(title=f"Shards check of {report.folder}")
+    for col in ("shards", "samples", "ok", "problems"):
+        table.add_column(col, justify="right")
+    table.add_row(str(report.shards), str(report.samples), str(report.ok), str(len(report.problems)))
+    console.print(table)
+    for p in report.problems[:20]:
+        where = f"sample {p['sample']}: " if p["sample"] else ""
+        console.print(f"[red]{escape(p['shard'])}[/] {escape(where + p['problem'])}")
+    if len(report.problems) > 20:
+        console.print(f"... and {len(report.problems) - 20} more")
+    if report.problems:
+        raise typer.Exit(1)

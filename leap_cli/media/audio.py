@@ -79,6 +79,32 @@ def read_audio(path: str | Path, start: float, stop: float, sample_rate: int = 1
     return _fit(resample(mono, native, sample_rate), n_out)
 
 
+def _decode_track(container, stream, native: int, start: float, stop: float, *, seek: bool,
+                  rewind: bool = False) -> tuple[float | None, list[np.ndarray]]:
+    """Decode the audio stream from a seek point near ``start`` (or the beginning) up to ``stop``, as mono float
+    chunks at the native rate; returns the time of the first sample kept and the chunks."""
+    import av
+
+    to_mono = av.AudioResampler(format="flt", layout="mono", rate=native)
+    if seek:
+        container.seek(int(max(0.0, start - 0.5) * av.time_base))  # a point on or before start
+    elif rewind:
+        container.seek(0)
+    chunks: list[np.ndarray] = []
+    t0: float | None = None
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            continue
+        ft = float(frame.pts * frame.time_base)
+        if ft >= stop:
+            break
+        for out in to_mono.resample(frame):
+            if t0 is None:
+                t0 = ft
+            chunks.append(out.to_ndarray().reshape(-1))  # packed mono float
+    return t0, chunks
+
+
 def read_video_audio(mp4_path: str | Path, start: float, stop: float, sample_rate: int = 16000, *,
                      record: str | None = None) -> np.ndarray:
     """Samples of ``[start, stop)`` seconds of a video's own audio track, float32 mono at ``sample_rate``."""
@@ -97,23 +123,11 @@ def read_video_audio(mp4_path: str | Path, start: float, stop: float, sample_rat
                                    fix="provide P../audio/VIDEO.wav or skip the audio component")
         stream = container.streams.audio[0]
         native = int(stream.rate or stream.codec_context.sample_rate)
-        to_mono = av.AudioResampler(format="flt", layout="mono", rate=native)
-        chunks: list[np.ndarray] = []
-        t0: float | None = None  # time of the first sample kept
         try:
-            if start > 0:
-                container.seek(int(max(0.0, start - 0.5) * av.time_base))  # lands on or before start
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                ft = float(frame.pts * frame.time_base)
-                if ft >= stop:
-                    break
-                for out in to_mono.resample(frame):
-                    arr = out.to_ndarray().reshape(-1)  # packed mono float
-                    if t0 is None:
-                        t0 = ft
-                    chunks.append(arr)
+            t0, chunks = _decode_track(container, stream, native, start, stop, seek=start > 0)
+            if t0 is not None and t0 > start + 0.5 / native and start > 0:
+                # The demuxer landed after the window: read from the beginning instead.
+                t0, chunks = _decode_track(container, stream, native, start, stop, seek=False, rewind=True)
         except av.error.FFmpegError as e:
             raise LeapError(f"cannot decode the audio track ({e})", path=path, record=record,
                             fix="the file may be truncated; re-download it") from None

@@ -67,8 +67,21 @@ def _check_frames(frames: Sequence[int], num_frames: int, path: Path, record: st
     return wanted
 
 
-def _assemble(frames: Sequence[int], decoded: dict[int, np.ndarray]) -> np.ndarray:
-    return np.stack([decoded[int(f)] for f in frames])  # [T, H, W, 3]
+class _Output:
+    """Fills ``[T, H, W, 3]`` in the requested order as frames arrive (no second copy, repeats allowed)."""
+
+    def __init__(self, frames: Sequence[int]):
+        self.slots: dict[int, list[int]] = {}
+        for i, f in enumerate(frames):
+            self.slots.setdefault(int(f), []).append(i)
+        self.n = len(frames)
+        self.array: np.ndarray | None = None
+
+    def put(self, frame: int, image: np.ndarray) -> None:
+        if self.array is None:
+            self.array = np.empty((self.n, *image.shape), np.uint8)
+        for i in self.slots[frame]:
+            self.array[i] = image
 
 
 class VideoReader:
@@ -139,7 +152,7 @@ class VideoReader:
         if self._cap is None:
             raise LeapError("reader is closed", path=self.path, record=self.record)
         wanted = _check_frames(frames, self.num_frames, self.path, self.record)
-        decoded: dict[int, np.ndarray] = {}
+        out = _Output(frames)
         if not seek:
             self._rewind()
         for f in wanted:
@@ -154,8 +167,8 @@ class VideoReader:
             ok, bgr = self._cap.retrieve()
             if not ok or bgr is None:
                 self._fail(f)
-            decoded[f] = resize_short_side(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), short_side)
-        return _assemble(frames, decoded)
+            out.put(f, cv2.cvtColor(resize_short_side(bgr, short_side), cv2.COLOR_BGR2RGB))
+        return out.array
 
     def _rewind(self) -> None:
         # Reopen rather than seek: the honest "decode from the start" baseline.
@@ -205,8 +218,10 @@ class FramesFolderReader:
 
     def read_frames(self, frames: Sequence[int], short_side: int | None = None, **_: object) -> np.ndarray:
         wanted = _check_frames(frames, self.num_frames, self.path, self.record)
-        decoded = {f: resize_short_side(self._load(f), short_side) for f in wanted}
-        return _assemble(frames, decoded)
+        out = _Output(frames)
+        for f in wanted:
+            out.put(f, resize_short_side(self._load(f), short_side))
+        return out.array
 
 
 def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None, *,

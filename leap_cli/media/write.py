@@ -58,6 +58,15 @@ class Mp4Writer:
             self._container.mux(packet)
         self.frames += 1
 
+    def write_yuv420p(self, planes: np.ndarray) -> None:
+        """Write one frame given as stacked yuv420p planes ``[H * 3 // 2, W]`` (skips the RGB conversion)."""
+        import av
+
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(planes), format="yuv420p")
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+        self.frames += 1
+
     def close(self, audio: np.ndarray | None = None) -> None:
         import av
 

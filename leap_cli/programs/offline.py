@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import copy
 
-from leap_cli.epic.classes import ClassVocab, normalize_form
+from leap_cli.epic.classes import ClassVocab
 from leap_cli.programs.prompt import ClipInfo, Exemplar, _words
 from leap_cli.programs.vocab import PREDICATES, resolve_object, resolve_verb
 

@@ -128,6 +128,16 @@ def _words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower()))
 
 
+_EXEMPLAR_WORDS: dict[tuple[str, str], set[str]] = {}
+
+
+def _exemplar_words(e: Exemplar) -> set[str]:
+    key = (e.narration, e.text)
+    if key not in _EXEMPLAR_WORDS:
+        _EXEMPLAR_WORDS[key] = _words(e.narration + " " + e.text)
+    return _EXEMPLAR_WORDS[key]
+
+
 def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT_K) -> list[Exemplar]:
     """The k exemplars most relevant to the clip (verb class, noun class, word overlap)."""
     words = _words(" ".join(filter(None, [info.text, info.narration])))
@@ -138,7 +148,7 @@ def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT
             s += 4
         if info.noun_class is not None and e.noun_class == info.noun_class:
             s += 2
-        ew = _words(e.narration + " " + e.text)
+        ew = _exemplar_words(e)
         if words and ew:
             s += len(words & ew) / len(words | ew)
         return s
@@ -177,13 +187,22 @@ class PromptBuilder:
     system: str
     k: int = DEFAULT_K
 
-    def messages(self, info: ClipInfo) -> list[dict]:
-        msgs = [{"role": "system", "content": f"{self.system}\n\n{vocabulary_text(self.verbs, self.nouns)}"}]
-        for e in select_exemplars(info, self.exemplars, self.k):
+    def __post_init__(self) -> None:
+        self._system = f"{self.system}\n\n{vocabulary_text(self.verbs, self.nouns)}"
+        self._turns: dict[str, list[dict]] = {}
+
+    def _exemplar_turns(self, e: Exemplar) -> list[dict]:
+        if e.id not in self._turns:
             ex_info = ClipInfo(e.id, e.text, e.narration, e.program["action"]["verb"], e.program["action"]["noun"],
                                e.verb_class, e.noun_class)
-            msgs.append({"role": "user", "content": clip_message(ex_info)})
-            msgs.append({"role": "assistant", "content": json.dumps(e.program, separators=(",", ":"))})
+            self._turns[e.id] = [{"role": "user", "content": clip_message(ex_info)},
+                                 {"role": "assistant", "content": json.dumps(e.program, separators=(",", ":"))}]
+        return self._turns[e.id]
+
+    def messages(self, info: ClipInfo) -> list[dict]:
+        msgs = [{"role": "system", "content": self._system}]
+        for e in select_exemplars(info, self.exemplars, self.k):
+            msgs.extend(dict(m) for m in self._exemplar_turns(e))
         msgs.append({"role": "user", "content": clip_message(info, self.verbs, self.nouns)})
         return msgs
 

@@ -29,7 +29,13 @@ MIGRATIONS = [
 ]
 
 
-def cache_key(backend: str, model: str, messages: list[dict], schema: dict | None, params: dict) -> str:
+def cache_key(backend: str, model: str, messages: list[dict] | str, schema: dict | str | None, params: dict) -> str:
+    """hash(backend, model, prompt, schema, params); ``messages`` and ``schema`` may be given as their
+    ``stable_hash`` (the same key, without re-serialising them)."""
+    if isinstance(schema, dict):
+        schema = stable_hash(schema)
+    if not isinstance(messages, str):
+        messages = stable_hash(messages)
     return stable_hash({"backend": backend, "model": model, "messages": messages, "schema": schema, "params": params})
 
 

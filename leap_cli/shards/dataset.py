@@ -4,7 +4,8 @@
 ``DataLoader(ds, batch_size=B, num_workers=W, collate_fn=collate_clips)``.
 
 Each epoch visits every sample exactly once across DDP ranks and DataLoader workers. The epoch order is
-the shard order (shuffled per epoch in training, the same on every rank: ``seed`` and ``set_epoch``);
+the stored order, in training shuffled per epoch by runs of ``block`` samples across all shards (the same
+on every rank: ``seed`` and ``set_epoch``);
 rank r takes the contiguous r-th of ``world_size`` slices of it, and DataLoader worker w the w-th slice
 of its rank's. Slices are read with one seek per sample (offsets from the manifest), so a consumer reads
 only its own bytes, then passes through a shuffle buffer (training) and is decoded. The split is by
@@ -60,7 +61,8 @@ class ShardDataset(IterableDataset):
     def __init__(self, source: str | Path, *, train: bool = True, num_frames: int = 8, img_size: int = 224,
                  temporal_views: int = 1, spatial_views: int = 1, shuffle_buffer: int = 256, seed: int = 0,
                  scale: tuple[float, float] = (0.25, 1.0), color_jitter: float = 0.0, rank: int | None = None,
-                 world_size: int | None = None, pad: bool = False, on_error: str = "raise", epoch: int = 0):
+                 world_size: int | None = None, pad: bool = False, on_error: str = "raise", epoch: int = 0,
+                 block: int = 32):
         if on_error not in ("raise", "skip"):
             raise LeapError(f"on_error must be raise or skip, not {on_error!r}")
         self.manifest, self.folder = load_manifest(source)
@@ -73,7 +75,7 @@ class ShardDataset(IterableDataset):
         self.world_size = w if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise LeapError(f"rank {self.rank} is outside world size {self.world_size}")
-        self.pad, self.on_error, self.epoch = pad, on_error, epoch
+        self.pad, self.on_error, self.epoch, self.block = pad, on_error, epoch, max(1, block)
         self.shards = self.manifest["shards"]
         self.size = sum(s["count"] for s in self.shards)
         targets = self.manifest.get("targets") or {}
@@ -94,11 +96,15 @@ class ShardDataset(IterableDataset):
         return self.epoch + self._iterations
 
     def epoch_order(self) -> list[tuple[int, int]]:
-        """(shard, position) of every sample in this epoch's order (identical on every rank and worker)."""
-        order = list(range(len(self.shards)))
-        if self.train:
-            np.random.default_rng([self.seed, self.effective_epoch]).shuffle(order)
-        return [(s, p) for s in order for p in range(self.shards[s]["count"])]
+        """(shard, position) of every sample in this epoch's order (identical on every rank and worker).
+        Training shuffles runs of ``block`` consecutive samples across all shards, so each rank's slice is drawn
+        from the whole data set while reads stay mostly sequential; evaluation keeps the stored order."""
+        entries = [(s, p) for s in range(len(self.shards)) for p in range(self.shards[s]["count"])]
+        if not self.train:
+            return entries
+        blocks = [entries[i:i + self.block] for i in range(0, len(entries), self.block)]
+        np.random.default_rng([self.seed, self.effective_epoch]).shuffle(blocks)
+        return [e for b in blocks for e in b]
 
     def rank_slice(self, order: list[tuple[int, int]]) -> list[tuple[tuple[int, int], bool]]:
         n, W, r = len(order), self.world_size, self.rank
@@ -123,8 +129,8 @@ class ShardDataset(IterableDataset):
     def _fail(self, shard: str, key: str, why: str) -> None:
         if self.on_error == "raise":
             raise LeapError(f"corrupt shard: {why}", path=self.folder / shard, record=f"sample {key}",
-                            fix="rebuild the shards with leap build-shards (the manifest's sha256 shows which file "
-                                "differs), or read with --on-error skip")
+                            fix="leap check-shards lists every damaged file and sample; rebuild them with leap "
+                                "build-shards, or read with on_error='skip'")
         self.stats["errors"] += 1
         log.warning("%s [sample %s]: skipped (%s); %d skipped so far", self.folder / shard, key, why,
                     self.stats["errors"])
@@ -195,6 +201,9 @@ class ShardDataset(IterableDataset):
             self.stats["samples"] += 1
             self.stats["padding"] += int(padding)
             yield sample
+        if self.stats["errors"]:
+            log.warning("%s: rank %d worker %d skipped %d damaged sample(s) so far (on_error=skip)", self.folder,
+                        self.rank, wid, self.stats["errors"])
 
     # ---- one sample ------------------------------------------------------------------------------------
     def _frames(self, fields: dict, prefix: str) -> list[bytes]:

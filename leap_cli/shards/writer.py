@@ -70,8 +70,10 @@ class ShardSettings:
     def __post_init__(self):
         if self.task not in ("recognition", "anticipation"):
             raise LeapError(f"unknown task {self.task!r}", fix="use --task recognition or anticipation")
-        if self.frames < 1 or self.short_side < 16:
-            raise LeapError("--frames must be >= 1 and --short-side >= 16")
+        if self.frames < 1 or self.short_side < 16 or not 1 <= self.jpeg_quality <= 100:
+            raise LeapError("--frames must be >= 1, --short-side >= 16 and --jpeg-quality in 1..100")
+        if self.max_shard_size < 1 or self.max_count < 0:
+            raise LeapError("--max-shard-size must be positive and --max-count >= 0")
         if self.tau_a < 0 or self.tau_o <= 0 or self.context < 0:
             raise LeapError("--tau-a must be >= 0, --tau-o > 0 and --context >= 0")
 
@@ -298,6 +300,31 @@ class _ShardSink:
                 self._tmp.unlink()
 
 
+def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str) -> tuple[JsonlAppender, list[dict]]:
+    """Open the progress file; keep the complete shards that are intact (from the first damaged one on, redo)."""
+    from leap_cli.io import atomic_write_text
+
+    appender = JsonlAppender(progress_path, key="name")
+    done: list[dict] = sorted(appender.records.values(), key=lambda r: r["index"])
+    if any(r["settings_hash"] != settings_hash for r in done):
+        appender.close()
+        raise LeapError("the folder holds shards built from other inputs or settings", path=out,
+                        fix="pass --overwrite to rebuild, or another --out")
+    kept: list[dict] = []
+    for r in done:
+        p = out / r["name"]
+        if r["index"] != len(kept) or not p.exists() or p.stat().st_size != r["bytes"]:
+            break
+        kept.append(r)
+    if len(kept) < len(done):
+        appender.close()
+        atomic_write_text(progress_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        appender = JsonlAppender(progress_path, key="name")
+    for stray in out.glob(f".{prefix}-*.tar.partial"):
+        stray.unlink()
+    return appender, kept
+
+
 def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSettings, opener: FrameOpener,
                  fps: Callable[[str], float], programs: list[dict] | None = None,
                  programs_path: str | Path | None = None, targets: TargetEncoder | None = None,
@@ -340,27 +367,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         for p in list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar")) + [progress_path, out / manifest_name(shard.suffix)]:
             if p.exists():
                 p.unlink()
-    appender = JsonlAppender(progress_path, key="name")
-    done: list[dict] = sorted(appender.records.values(), key=lambda r: r["index"])
-    stale = [r for r in done if r["settings_hash"] != settings_hash]
-    if stale:
-        appender.close()
-        raise LeapError("the folder holds shards built from other inputs or settings", path=out,
-                        fix="pass --overwrite to rebuild, or another --out")
-    kept: list[dict] = []
-    for r in done:  # complete shards are kept when they are intact; from the first damaged one on, redo
-        p = out / r["name"]
-        if r["index"] != len(kept) or not p.exists() or p.stat().st_size != r["bytes"]:
-            break
-        kept.append(r)
-    if len(kept) < len(done):
-        appender.close()
-        from leap_cli.io import atomic_write_text
-
-        atomic_write_text(progress_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-        appender = JsonlAppender(progress_path, key="name")
-    for stray in out.glob(f".leap-{settings.split}{shard.suffix}-*.tar.partial"):
-        stray.unlink()
+    appender, kept = _resume(out, progress_path, settings_hash, f"leap-{settings.split}{shard.suffix}")
     done_keys = {x["key"] for r in kept for x in r["samples"]} | {x["narration_id"] for r in kept for x in r["skipped"]}
 
     # Skips found while planning are reported in segment order along with the frame failures.
@@ -390,7 +397,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         results: Iterable
         if workers > 1 and len(todo_jobs) > 1:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            pool = ctx.Pool(workers, initializer=_init_worker, initargs=(opener, settings))
+            pool = ctx.Pool(min(workers, len(todo_jobs)), initializer=_init_worker, initargs=(opener, settings))
             results = pool.imap(_work, todo_jobs, chunksize=1)
         else:
             pool = None
@@ -438,6 +445,16 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     shards = kept + sink.completed
     manifest = _manifest(settings, shards, trailing, sources, targets_manifest, prog_report, shard, len(selected))
     atomic_write_json(out / manifest_name(shard.suffix), manifest)
+    if shard.count > 1:  # the job that completes the set writes the merged manifest.json
+        from leap_cli.shards.format import MANIFEST, merge_parts
+
+        try:
+            merged = merge_parts(out)
+        except LeapError:
+            notes.append(f"part {shard.index + 1} of {shard.count} done; manifest.json is written when all parts are")
+        else:
+            atomic_write_json(out / MANIFEST, merged)
+            notes.append(f"all {shard.count} parts done: merged manifest.json written")
     return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes)
 
 
@@ -577,7 +594,10 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                                   ann.nouns, max_steps=max_steps or DEFAULT_MAX_STEPS,
                                   max_conditions=max_conditions or DEFAULT_MAX_CONDITIONS)
         notes.append(f"target vocabulary built from {train_prog}: {len(vocab.conditions)} conditions")
-    targets = ProgramTargets(vocab) if vocab is not None else None
+    if vocab is None:  # no programs anywhere: the class vocabularies still size the model's heads
+        vocab = TargetVocab.build([], ann.verbs, ann.nouns, max_steps=max_steps or DEFAULT_MAX_STEPS, max_conditions=0)
+        notes.append("no programs: target vocabulary from the class files only (no conditions)")
+    targets = ProgramTargets(vocab)
 
     fps_map = {v: i.fps for v, i in ann.video_info.items()} if (ann.folder / "EPIC_100_video_info.csv").exists() else {}
 

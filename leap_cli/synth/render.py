@@ -294,17 +294,18 @@ class Renderer:
             return (l, t, r, b), (kx, ky)
         raise KeyError(noun)
 
-    def _arm(self, frame, hand: HandPose, skin):
+    def _arm(self, mask: np.ndarray, hand: HandPose) -> None:
         base_x = hand.x + (25 * self.s if hand.side == "right" else -25 * self.s)
-        cv2.line(frame, (int(hand.x), int(hand.y + 8 * self.s)), (int(base_x), int(self.H + 30 * self.s)), skin,
-                 max(3, int(11 * self.s)))
+        cv2.line(mask, (int(hand.x), int(hand.y + 8 * self.s)), (int(base_x), int(self.H + 30 * self.s)), 1,
+                 max(3, int(8 * self.s)))
 
     # --- one frame ------------------------------------------------------------------------------------
     def frame(self, t: float, yaw: float, pitch: float, seg: PlannedSegment | None,
               seg_anchor: tuple[float, float] | None, skin: tuple[int, int, int]):
         """Render time ``t``; returns (frame, objects [(label, box)], hands [(HandPose, box)])."""
         x0, y0 = self.view_origin(yaw, pitch)
-        frame = self.pano[y0:y0 + self.H, x0:x0 + self.W].copy()
+        background = self.pano[y0:y0 + self.H, x0:x0 + self.W]
+        frame = background.copy()
         objects: list[tuple[str, tuple]] = []
         hands: list[HandPose] = []
         if seg is not None and seg_anchor is not None:
@@ -321,9 +322,14 @@ class Renderer:
         for side in ("left", "right"):
             if side not in have:
                 hands.append(HandPose(side, *rest[side], None))
+        # Arms pass behind the objects (drawn only over the background) so held tools stay visible.
+        arms = np.zeros((self.H, self.W), np.uint8)
+        for hand in hands:
+            self._arm(arms, hand)
+        arms = arms.astype(bool) & (frame == background).all(axis=2)
+        frame[arms] = tuple(int(c * 0.92) for c in skin)
         drawn = []
         for hand in hands:
-            self._arm(frame, hand, tuple(int(c * 0.92) for c in skin))
             sp = self.hands[hand.side]
             box = paste(frame, sp, hand.x, hand.y)
             if box and (box[2] - box[0]) * (box[3] - box[1]) >= 0.25 * sp.size[0] * sp.size[1]:
@@ -416,7 +422,8 @@ class Renderer:
                     x = int(vr - (k + 1) * (vr - vl) / 7)
                     cv2.line(frame, (x, int(vt)), (x, int(vb)), LOOKS["board:chopping"].colour, max(1, int(s)))
                 kx = vr - (vr - vl) * (0.15 + 0.7 * u)
-                ky = vt - 14 * s - abs(math.sin(math.pi * 3 * dt)) * 12 * s
+                # the blade tip touches the top of the vegetable at every stroke (t = k / 3 s, when it sounds)
+                ky = vt + 4 * s - abs(math.sin(math.pi * 3 * dt)) * 12 * s - 20 * s
             else:
                 peeled = self.sprites[f"{noun}:peeled"]
                 k = int(peeled.size[0] * u)
@@ -424,9 +431,11 @@ class Renderer:
                     part = Sprite(peeled.rgb[:, :k], peeled.mask[:, :k])
                     paste(frame, part, ax - peeled.size[0] / 2 + k / 2, ay)
                 stroke = (dt * 2.0) % 1.0
-                kx, ky = vl + (vr - vl) * stroke, vt - 10 * s
-            put("knife", kx, ky)
-            hands.append(HandPose("right", kx + 4 * s, ky - 12 * s, "knife"))
+                kx, ky = vl + (vr - vl) * stroke, vt - 16 * s
+            box = paste(frame, self.sprites["knife:down"], kx, ky)
+            if box:
+                objects.append(("knife", box))
+            hands.append(HandPose("right", kx + 2 * s, ky - 14 * s, "knife"))
             hands.append(HandPose("left", vl - 8 * s, ay + 4 * s, noun))
         elif verb == "pour":
             vessel = POUR_FROM[noun]
@@ -465,7 +474,7 @@ class Renderer:
                     cv2.circle(frame, (int(box[0] + (k * 7) % max(1, box[2] - box[0])), int(box[1] + (k * 5) % max(1, box[3] - box[1]))),
                                max(1, int(s)), (120, 200, 255), -1)
             tx = ax + math.sin(2 * math.pi * 2 * dt) * 12 * s
-            put("towel", tx, ay - 2 * s)
+            put("towel", tx, ay + 10 * s)
             hands.append(HandPose("right", tx + 4 * s, ay + 4 * s, "towel"))
             hands.append(HandPose("left", ax - 20 * s, ay + 6 * s, noun))
         elif verb == "shake":
@@ -491,6 +500,8 @@ class Renderer:
 def make_sprites(scale: float) -> tuple[dict[str, Sprite], dict[str, list[Sprite]]]:
     portable = [n for n, look in LOOKS.items() if look.shape not in ("fixture", "liquid")]
     sprites = {n: make_sprite(n, scale) for n in portable}
+    knife = sprites["knife"]  # blade down, handle up: how a knife is held to cut
+    sprites["knife:down"] = Sprite(knife.rgb[::-1].copy(), knife.mask[::-1].copy())
     for veg in ("onion", "potato", "carrot"):  # the peeled look: same shape, inner colour
         sp = sprites[veg]
         rgb = sp.rgb.copy()
