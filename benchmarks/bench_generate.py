@@ -33,13 +33,14 @@ from leap_cli.programs.prompt import clip_info, load_exemplars, narration_record
 from programs_llm_server import Reply, ScriptedServer, narration_id_of  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "epic"
+CLASSES = ROOT / "tests" / "data" / "epic100"
 
 
 def make_annotations(folder: Path, n: int) -> None:
     """``n`` validation segments: the EPIC excerpt's rows repeated under new narration ids."""
     folder.mkdir(parents=True)
     for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
-        shutil.copy(DATA / name, folder / name)
+        shutil.copy(CLASSES / name, folder / name)
     with open(DATA / "EPIC_100_validation_excerpt.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     with open(folder / "EPIC_100_validation.csv", "w", newline="") as f:

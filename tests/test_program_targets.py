@@ -7,12 +7,13 @@ from leap_cli.errors import LeapError
 from leap_cli.programs.targets import END, TargetVocab, encode_program, flatten_program
 
 DATA = Path(__file__).parent / "data" / "epic"
+CLASSES = Path(__file__).parent / "data" / "epic100"  # the foundation's copy of EPIC's class files
 
 
 @pytest.fixture(scope="module")
 def classes():
-    return (ClassVocab.from_csv(DATA / "EPIC_100_verb_classes.csv", "verb"),
-            ClassVocab.from_csv(DATA / "EPIC_100_noun_classes.csv", "noun"))
+    return (ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb"),
+            ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun"))
 
 
 def cond(p, *args, neg=False):

@@ -17,6 +17,7 @@ from leap_cli.programs.store import ProgramStore
 from programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
 
 DATA = Path(__file__).parent / "data" / "epic"
+CLASSES = Path(__file__).parent / "data" / "epic100"  # the foundation's copy of EPIC's class files
 N_SEGMENTS = 6
 
 
@@ -25,7 +26,7 @@ def workdir(tmp_path, monkeypatch):
     ann = tmp_path / "kitchen" / "annotations"
     ann.mkdir(parents=True)
     for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
-        shutil.copy(DATA / name, ann / name)
+        shutil.copy(CLASSES / name, ann / name)
     lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
     (ann / "EPIC_100_validation.csv").write_text("\n".join(lines[: N_SEGMENTS + 1]) + "\n")
     monkeypatch.setenv("LEAP_TEST_KEY", "sk-test-secret-never-logged")
@@ -38,8 +39,8 @@ def good_programs():
     from leap_cli.epic.annotations import read_segments
     from leap_cli.epic.classes import ClassVocab
 
-    verbs = ClassVocab.from_csv(DATA / "EPIC_100_verb_classes.csv", "verb")
-    nouns = ClassVocab.from_csv(DATA / "EPIC_100_noun_classes.csv", "noun")
+    verbs = ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb")
+    nouns = ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
     ex = load_exemplars()
     segs = read_segments(DATA / "EPIC_100_validation_excerpt.csv")[:N_SEGMENTS]
     return {s.narration_id: offline_program(clip_info(narration_record(s), s), ex, verbs, nouns) for s in segs}
@@ -321,3 +322,42 @@ def test_refused_key_stops_the_stage(workdir):
     assert not (workdir / "programs" / "val.jsonl").exists() or records(workdir) == []
     with ScriptedServer(lambda body, n: Reply(status=404)) as server, pytest.raises(LeapError, match="--model"):
         generate_programs(config(workdir, server, concurrency=1))
+
+
+def test_shards_split_by_video_and_merge_by_concatenation(workdir):
+    from leap_cli.common import ShardSpec
+
+    ann = workdir / "kitchen" / "annotations"
+    lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
+    rows = [lines[0]] + [ln.replace("P01_11", "P01_12", 2) if i % 2 else ln for i, ln in enumerate(lines[1:13])]
+    (ann / "EPIC_100_validation.csv").write_text("\n".join(rows) + "\n")
+    parts = []
+    for i in range(2):
+        s = generate_programs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(i, 2)))
+        assert s.out.name == f"val.shard{i}of2.jsonl"
+        parts.append(read_jsonl(s.out))
+    ids = [[r["narration_id"] for r in p] for p in parts]
+    assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1]) and len(ids[0]) + len(ids[1]) == 12
+    videos = [{i.rsplit("_", 1)[0] for i in x} for x in ids]
+    assert not videos[0] & videos[1]  # a video's segments stay in one shard
+
+
+def test_descriptor_records_feed_the_prompt(workdir, good_programs):
+    from leap_cli.programs.generate import dry_run
+
+    desc = workdir / "descriptors" / "val.jsonl"
+    desc.parent.mkdir(parents=True)
+    recs = []
+    for nid in list(good_programs)[:2]:
+        recs.append({"narration_id": nid, "video_id": "P01_11", "start": 0.0, "stop": 1.0, "text": f"CLIP-TEXT-{nid}",
+                     "components": {"objects": {"status": "ok", "source": "object-detections", "text": "",
+                                                "data": {"objects": [{"label": "sponge"}]}}}})
+    desc.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    prompt = dry_run(GenerateConfig(workdir=workdir, split="val"), recs[1]["narration_id"])
+    assert f"CLIP-TEXT-{recs[1]['narration_id']}" in prompt and "Objects detected: sponge" in prompt
+    # labels still come from the annotations
+    assert "verb_class" in prompt.split("===== user =====")[-1]
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    assert s.source.startswith("descriptors") and s.statuses == {"valid": 2}
+    with pytest.raises(LeapError, match="not found"):
+        generate_programs(GenerateConfig(workdir=workdir, split="val", descriptors=workdir / "missing.jsonl"))

@@ -53,9 +53,9 @@ def test_agreement_counts():
     from leap_cli.epic.classes import ClassVocab
     from pathlib import Path
 
-    data = Path(__file__).parent / "data" / "epic"
-    verbs = ClassVocab.from_csv(data / "EPIC_100_verb_classes.csv", "verb")
-    nouns = ClassVocab.from_csv(data / "EPIC_100_noun_classes.csv", "noun")
+    CLASSES = Path(__file__).parent / "data" / "epic100"  # noqa: N806
+    verbs = ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb")
+    nouns = ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
 
     def sub(v, a, b=None):
         return {"type": "sub_action", "verb": v, "object_a": a, "object_b": b, "pre": [], "post": []}
@@ -66,3 +66,28 @@ def test_agreement_counts():
     assert c["triples"] == (1, 3, 2) and c["verbs"] == (2, 3, 2) and c["objects"] == (3, 4, 3) and not c["exact"]
     agg = aggregate([c, compare_programs(true, true, verbs, nouns)])
     assert agg["exact_sequence"] == 0.5 and agg["triples"]["recall"] == pytest.approx(3 / 4)
+
+
+def test_offline_valid_for_every_action_the_kitchen_can_narrate():
+    """Every (verb form, noun form) pair of the kitchen's world, with its visible objects as detections."""
+    from leap_cli.epic.annotations import Segment
+    from leap_cli.programs.offline import offline_program
+    from leap_cli.programs.prompt import clip_info, load_exemplars, narration_record
+    from leap_cli.synth.world import NOUN_FORMS, VERBS, narration_noun, visible_objects, vocabularies
+
+    verbs, nouns = vocabularies()
+    ex = load_exemplars()
+    n = 0
+    for spec in VERBS.values():
+        for form in spec.forms:
+            for noun in spec.nouns:
+                for nform in NOUN_FORMS.get(noun, (noun,)):
+                    narration = f"{form.replace('-', ' ')} {narration_noun(nform)}"
+                    seg = Segment("s", "P01", "P01_01", 0, 1, 1, 2, 0, narration, form, verbs.resolve(spec.key), nform,
+                                  nouns.resolve(noun), (nform,), (nouns.resolve(noun),))
+                    info = clip_info(narration_record(seg), seg)
+                    info.objects = visible_objects(spec.key, noun)
+                    p = offline_program(info, ex, verbs, nouns)
+                    assert check_program(p, verbs, nouns, Labels(seg.verb_class, seg.noun_class)) == [], narration
+                    n += 1
+    assert n > 100

@@ -19,16 +19,17 @@ from leap_cli.programs.schema import load_schema, strict_schema, validate_progra
 from leap_cli.programs.validate import Labels, check_program, validate_semantics
 
 DATA = Path(__file__).parent / "data" / "epic"
+CLASSES = Path(__file__).parent / "data" / "epic100"  # the foundation's copy of EPIC's class files
 
 
 @pytest.fixture(scope="module")
 def verbs():
-    return ClassVocab.from_csv(DATA / "EPIC_100_verb_classes.csv", "verb")
+    return ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb")
 
 
 @pytest.fixture(scope="module")
 def nouns():
-    return ClassVocab.from_csv(DATA / "EPIC_100_noun_classes.csv", "noun")
+    return ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +237,7 @@ def kitchen(tmp_path):
     ann = tmp_path / "kitchen" / "annotations"
     ann.mkdir(parents=True)
     for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
-        shutil.copy(DATA / name, ann / name)
+        shutil.copy(CLASSES / name, ann / name)
     lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
     (ann / "EPIC_100_validation.csv").write_text("\n".join(lines[:31]) + "\n")
     return tmp_path

@@ -249,7 +249,9 @@ class ProgramGenerator:
                                         prompt_hash=phash, cache_key=key, round=rnd, response=None, usage={},
                                         latency=e.seconds, attempts=e.attempts, cached=False, outcome="failed",
                                         error=str(e))
-                    return done("failed", program, findings + [Finding("", f"request failed: {e}")])
+                    # a program from an earlier round that failed validation stays, as invalid
+                    return done("invalid" if program is not None else "failed", program,
+                                findings + [Finding("", f"request failed: {e}")])
                 text, usage, latency, attempts = comp.text, comp.usage, comp.seconds, comp.attempts
                 prov["attempts"] += attempts
                 self.summary_requests += attempts

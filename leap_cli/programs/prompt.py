@@ -158,7 +158,8 @@ def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT
 
 def vocabulary_text(verbs: ClassVocab, nouns: ClassVocab) -> str:
     preds = ", ".join(f"{p}({', '.join(t)})" for p, t in PREDICATES.items())
-    prims = ", ".join(f"{p} (= {v})" for p, v in MOTOR_PRIMITIVES.items())
+    # only primitives whose EPIC verb is in this class list (the synthetic kitchen's is a subset)
+    prims = ", ".join(f"{p} (= {v})" for p, v in MOTOR_PRIMITIVES.items() if verbs.resolve(v) is not None and p != v)
     return (f"## Vocabulary\nVerbs (EPIC verb classes): {', '.join(verbs.keys[i] for i in verbs.ids)}\n"
             f"Motor primitives: {prims}\n"
             f"Objects (EPIC noun classes): {', '.join(nouns.keys[i] for i in nouns.ids)}\n"
