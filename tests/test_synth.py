@@ -254,7 +254,7 @@ def test_same_seed_same_bytes_and_rebuild_rules(kitchen, tmp_path):
              "ground-truth/segments.jsonl"]
     first = assign_videos(CFG)[0]
     p, v = first.participant_id, first.video_id
-    files += [f"{p}/audio/{v}.wav", f"hand-objects/{p}/{v}.pkl", f"object-detections/{p}/{v}.jsonl",
+    files += [f"{p}/audio/{v}.wav", f"{p}/videos/{v}.MP4", f"hand-objects/{p}/{v}.pkl", f"object-detections/{p}/{v}.jsonl",
               f"ground-truth/frames/{v}.jsonl"]
     for f in files:
         assert (root / f).read_bytes() == (other / f).read_bytes(), f
@@ -276,6 +276,12 @@ def test_same_seed_same_bytes_and_rebuild_rules(kitchen, tmp_path):
         build_kitchen(junk, KitchenConfig(videos=1, segments_per_video=2))
     build_kitchen(junk, KitchenConfig(videos=1, segments_per_video=2), force=True)
     assert (junk / "notes.txt").exists() and (junk / MARKER).exists()
+    # An interrupted build (marker not complete) is redone without --force.
+    marker = json.loads((junk / MARKER).read_text())
+    (junk / MARKER).write_text(json.dumps({**marker, "complete": False}))
+    (junk / "annotations" / "EPIC_100_train.csv").unlink()
+    redone = build_kitchen(junk, KitchenConfig(videos=1, segments_per_video=2))
+    assert not redone.skipped and (junk / "annotations" / "EPIC_100_train.csv").exists()
 
 
 def test_cli_demo_data_then_info(tmp_path):

@@ -124,13 +124,16 @@ class VideoReader:
     def _seek(self, frame: int) -> None:
         if frame == self._next:
             return
-        if frame == 1:
-            ok = self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-        else:
-            ok = self._cap.set(cv2.CAP_PROP_POS_FRAMES, frame - 1)
+        ok = self._cap.set(cv2.CAP_PROP_POS_FRAMES, frame - 1)  # OpenCV counts from 0
         if not ok:
             raise LeapError(f"cannot seek to frame {frame}", path=self.path, record=self.record,
                             fix="the file may be truncated; re-download or re-encode it")
+        landed = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES)) + 1
+        if landed != frame:
+            # An inexact seek (odd timestamps): decode from the start instead of returning the wrong frame.
+            log.warning("%s: seek to frame %d landed on %d; decoding from the start", self.path, frame, landed)
+            self._rewind()
+            return
         self._next = frame
 
     def _grab(self, target: int) -> None:

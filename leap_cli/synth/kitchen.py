@@ -2,7 +2,7 @@
 
 ``build_kitchen(out, KitchenConfig(videos=8, seed=0))`` writes::
 
-    OUT/P01/videos/P01_01.MP4            small MP4 (mpeg4 video at an EPIC frame rate, AAC audio track)
+    OUT/P01/videos/P01_01.MP4            small MP4 (mpeg4 video at an EPIC frame rate, 16 kHz AAC audio track)
     OUT/P01/audio/P01_01.wav             the same sound as 16-bit WAV (sample_rate, default 24 kHz)
     OUT/annotations/EPIC_100_*.csv       train, validation, test_timestamps, verb/noun classes (real EPIC rows),
                                          tail verbs/nouns, unseen participant ids, video_info (EPIC's columns)
@@ -12,8 +12,8 @@
     OUT/ground-truth/segments.jsonl      per segment: verb, noun, visible objects, sound events, camera motion,
                                          hand contacts (times relative to the segment start) and the true program
     OUT/ground-truth/frames/P01_01.jsonl per frame: yaw, pitch, roll (degrees), hand and object boxes
-    OUT/.leap-kitchen.json               marker written last: the config and its hash (a rebuild is skipped when
-                                         it matches)
+    OUT/.leap-kitchen.json               marker: the config and its hash, "complete": true written last (a rebuild
+                                         is skipped when it matches; an interrupted build is redone)
 
 Boxes are ``{"left", "top", "right", "bottom"}`` in [0, 1]. The same seed gives the same CSV, WAV,
 hand-object and ground-truth bytes.
@@ -40,6 +40,7 @@ from leap_cli.epic.hand_objects import (BBox, FrameDetections, HandDetection, Ha
 from leap_cli.epic.timing import format_timestamp, frame_filename, time_to_frame
 from leap_cli.errors import LeapError
 from leap_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, stable_hash
+from leap_cli.media.audio import resample
 from leap_cli.media.write import Mp4Writer
 from leap_cli.synth.plan import PlannedSegment, VideoPlan, camera_track, plan_video
 from leap_cli.synth.render import BASE_W, SKINS, Renderer, make_hand, make_panorama, make_sprites
@@ -54,6 +55,7 @@ NTSC_30 = 30000 / 1001
 NTSC_60 = 60000 / 1001
 # Frame rates EPIC-KITCHENS-100 videos really have (see EPIC_100_video_info.csv), cycled over the videos.
 FPS_CYCLE = (NTSC_30, NTSC_30, 50.0, NTSC_30)
+MP4_AUDIO_RATE = 16000  # the MP4's AAC track (the WAV keeps cfg.sample_rate)
 
 
 @dataclass(frozen=True)
@@ -242,8 +244,8 @@ class _VideoBuilder:
         audio = render_audio(plan, cfg.sample_rate, self.rng)
         part = self.out / e.participant_id
         video_path = part / "videos" / f"{e.video_id}.MP4"
-        writer = Mp4Writer(video_path, cfg.width, cfg.height, e.fps, codec="mpeg4", bit_rate=600_000, gop=int(round(e.fps)),
-                           audio_rate=cfg.sample_rate if cfg.audio_in_mp4 else None)
+        writer = Mp4Writer(video_path, cfg.width, cfg.height, e.fps, codec="mpeg4", bit_rate=500_000,
+                           gop=int(round(e.fps)), audio_rate=MP4_AUDIO_RATE if cfg.audio_in_mp4 else None)
         frames_gt: list[str] = []
         hand_objects: list[FrameDetections] = []
         obj_lines: list[str] = []
@@ -276,7 +278,7 @@ class _VideoBuilder:
                     for lab, b in objects]}))
                 per_frame_contacts.append([(h.side, h.contact) for h, _ in hands if h.contact])
                 per_frame_labels.append({lab for lab, _ in objects})
-            writer.close(audio if cfg.audio_in_mp4 else None)
+            writer.close(resample(audio, cfg.sample_rate, MP4_AUDIO_RATE) if cfg.audio_in_mp4 else None)
         except BaseException:
             writer.abort()
             raise
@@ -440,7 +442,7 @@ def build_kitchen(out: Path, cfg: KitchenConfig = KitchenConfig(), force: bool =
     """
     out = Path(out)
     marker = read_marker(out)
-    if marker and marker.get("hash") == cfg.hash() and not force:
+    if marker and marker.get("complete") and marker.get("hash") == cfg.hash() and not force:
         log.info("%s already holds this kitchen; skipping", out)
         s = KitchenSummary(out, cfg, marker.get("summary", {}).get("videos", []), skipped=True)
         return s
@@ -450,6 +452,9 @@ def build_kitchen(out: Path, cfg: KitchenConfig = KitchenConfig(), force: bool =
                             fix="choose an empty or new --out folder, or pass --force to overwrite it")
         _clear(out)
     out.mkdir(parents=True, exist_ok=True)
+    # Mark the folder as ours before writing, so an interrupted build is rebuilt next time without --force.
+    atomic_write_json(out / MARKER, {"hash": cfg.hash(), "config": asdict(cfg), "version": KITCHEN_VERSION,
+                                     "complete": False})
     t0 = time.perf_counter()
     scale = cfg.width / BASE_W
     sprites, rotated = make_sprites(scale)
@@ -472,5 +477,5 @@ def build_kitchen(out: Path, cfg: KitchenConfig = KitchenConfig(), force: bool =
     atomic_write_text(out / "ground-truth" / "segments.jsonl", "".join(json.dumps(t) + "\n" for t in truth))
     summary.seconds = time.perf_counter() - t0
     atomic_write_json(out / MARKER, {"hash": cfg.hash(), "config": asdict(cfg), "version": KITCHEN_VERSION,
-                                     "summary": summary.to_dict()})
+                                     "complete": True, "summary": summary.to_dict()})
     return summary

@@ -326,8 +326,9 @@ class Renderer:
         arms = np.zeros((self.H, self.W), np.uint8)
         for hand in hands:
             self._arm(arms, hand)
-        arms = arms.astype(bool) & (frame == background).all(axis=2)
-        frame[arms] = tuple(int(c * 0.92) for c in skin)
+        ys, xs = np.nonzero(arms)
+        free = (frame[ys, xs] == background[ys, xs]).all(axis=1)
+        frame[ys[free], xs[free]] = tuple(int(c * 0.92) for c in skin)
         drawn = []
         for hand in hands:
             sp = self.hands[hand.side]
