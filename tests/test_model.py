@@ -142,6 +142,19 @@ def test_loss_without_program_and_padding():
     assert leap_loss(out, unknown, program_loss=False)[1]["ce_verb"] == 0
 
 
+def test_context_clips_without_gradients():
+    torch.manual_seed(0)
+    model = build_model(tiny_args(anticipation={"context": 2, "aggregate": True, "context_grad": False}))
+    unzero_(model)
+    batch = make_batch(context=2)
+    video = batch["video"].requires_grad_(True)
+    context = batch["context_video"].requires_grad_(True)
+    out = model(video, batch["program_steps"], context, batch["context_mask"])
+    leap_loss(out, batch)[0].backward()
+    assert video.grad.abs().sum() > 0 and context.grad is None
+    assert model.aggregator.attn.in_proj_weight.grad.abs().sum() > 0
+
+
 def test_bad_model_args_are_clear_errors():
     with pytest.raises(LeapError, match="unknown model_args"):
         build_model(tiny_args(colour="red"))
@@ -149,6 +162,14 @@ def test_bad_model_args_are_clear_errors():
         build_model(tiny_args(backbone="resnet50"))
     with pytest.raises(LeapError, match="needs program heads"):
         build_model(tiny_args(program=None, anticipation={"context": 2, "aggregate": True}))
+    with pytest.raises(LeapError, match="unknown model_args"):
+        build_model(tiny_args(num_classes=5))
+    with pytest.raises(LeapError, match=r"clips \[B, 3, T, H, W\]"):
+        build_model(tiny_args())(torch.zeros(1, 2, 3, 4, 64, 64))
+    with pytest.raises(LeapError, match="patch grid"):
+        build_model(tiny_args())(torch.zeros(1, 3, 4, 80, 80))
+    with pytest.raises(LeapError, match="anticipation keys"):
+        build_model(tiny_args(anticipation={"context": 2, "aggreggate": False}))
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -157,7 +178,7 @@ from leap_cli.model.uniformerv2 import load_pretrained, uniformerv2_tiny  # noqa
 
 def official_uniformerv2_shapes(width=64, layers=3, heads=4, patch=16, img=64, kernel_t=3, downsample=True,
                                 return_list=(1, 2), num_classes=400, no_lmhra=False, double_lmhra=True,
-                                dw_reduction=1.5):
+                                dw_reduction=1.5, frozen=False):
     """Key -> shape of the official OpenGVLab ``Uniformerv2`` module's state dict, written out from
     slowfast/models/uniformerv2_model.py (VisionTransformer / Transformer / ResidualAttentionBlock /
     Local_MHRA / Extractor), independent of our implementation."""
@@ -191,7 +212,9 @@ def official_uniformerv2_shapes(width=64, layers=3, heads=4, patch=16, img=64, k
         for ln in ("ln_1", "ln_2", "ln_3"):
             s.update({f"{d}{ln}.weight": (C,), f"{d}{ln}.bias": (C,)})
     s.update({t + "proj.0.weight": (C,), t + "proj.0.bias": (C,), t + "proj.2.weight": (num_classes, C),
-              t + "proj.2.bias": (num_classes,), t + "balance": (C,)})
+              t + "proj.2.bias": (num_classes,)})
+    if not frozen:
+        s[t + "balance"] = (C,)
     return s
 
 
@@ -225,6 +248,12 @@ def test_our_state_dict_has_the_official_layout():
     ours = {f"backbone.{k}": tuple(v.shape)
             for k, v in uniformerv2_tiny(img_size=64, no_lmhra=True, temporal_downsample=False).state_dict().items()}
     assert ours == official_uniformerv2_shapes(no_lmhra=True, downsample=False)
+    frozen = uniformerv2_tiny(img_size=64, no_lmhra=True, temporal_downsample=False, frozen=True)
+    assert {f"backbone.{k}": tuple(v.shape) for k, v in frozen.state_dict().items()} == official_uniformerv2_shapes(
+        no_lmhra=True, downsample=False, frozen=True)
+    trained = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith(("transformer.dec.", "transformer.dpe.", "transformer.temporal_cls_token",
+                                         "transformer.proj.")) for n in trained)
 
 
 @pytest.mark.parametrize("wrap", ["plain", "model", "state_dict+module", "model_state"])
@@ -396,7 +425,7 @@ def test_anticipation_uses_present_context_only_when_aggregating():
         assert torch.allclose(a[1], b[1], atol=1e-6) != aggregate  # a present one matters only when aggregating
 
 
-def _reference_uniformerv2(sd, x, *, heads, downsample, no_lmhra, return_list, n_head):
+def _reference_uniformerv2(sd, x, *, heads, downsample, no_lmhra, return_list, n_head, frozen=False):
     """The official forward written out functionally from a state dict, in the official sequence-first
     layout ([L, N*T, C]) and with torch's own multi-head attention for the backbone blocks; independent of
     leap_cli.model's modules. Eval mode, no dropout."""
@@ -462,12 +491,16 @@ def _reference_uniformerv2(sd, x, *, heads, downsample, no_lmhra, return_list, n
             query = query + lin(att.permute(2, 0, 1, 3).flatten(2), d + ".attn.out_proj")
             query = query + mlp(ln(query, d + ".ln_2", False), d + ".mlp")
             j += 1
-    g = torch.sigmoid(sd["transformer.balance"])
-    fused = (1 - g) * query[0] + g * x.view(L, N, T, C)[0].mean(1)
+    if frozen:
+        fused = query[0]
+    else:
+        g = torch.sigmoid(sd["transformer.balance"])
+        fused = (1 - g) * query[0] + g * x.view(L, N, T, C)[0].mean(1)
     return lin(ln(fused, "transformer.proj.0", False), "transformer.proj.2")
 
 
-@pytest.mark.parametrize("options", [{}, {"no_lmhra": True, "temporal_downsample": False}])
+@pytest.mark.parametrize("options", [{}, {"no_lmhra": True, "temporal_downsample": False},
+                                     {"no_lmhra": True, "temporal_downsample": False, "frozen": True}])
 def test_matches_a_functional_reference_of_the_official_forward(options):
     torch.manual_seed(0)
     model = uniformerv2_tiny(img_size=64, num_classes=11, **options).eval()
@@ -480,7 +513,7 @@ def test_matches_a_functional_reference_of_the_official_forward(options):
     x = torch.randn(2, 3, 4, 64, 64, generator=g)
     ref = _reference_uniformerv2(
         model.state_dict(), x, heads=4, downsample=options.get("temporal_downsample", True),
-        no_lmhra=options.get("no_lmhra", False), return_list=(1, 2), n_head=4)
+        no_lmhra=options.get("no_lmhra", False), return_list=(1, 2), n_head=4, frozen=options.get("frozen", False))
     with torch.no_grad():
         for sdpa in (True, False):
             model.set_attention(sdpa)

@@ -73,7 +73,7 @@ class ProgramDecoder(nn.Module):
     def _decode(self, prev: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         l = prev.shape[1]
         causal = torch.triu(torch.full((l, l), float("-inf"), device=prev.device), diagonal=1)
-        h = self.decoder(self._embed_inputs(prev), memory, tgt_mask=causal)
+        h = self.decoder(self._embed_inputs(prev), memory, tgt_mask=causal, tgt_is_causal=True)
         return self.norm(h)  # [B, l, dim]
 
     def _heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:

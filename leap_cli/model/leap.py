@@ -6,7 +6,8 @@
   num_frames      frames per clip;  img_size: clip side in pixels
   num_verbs, num_nouns
   program         None or {"step_verbs": n, "objects": n, "conditions": P, "max_steps": L}
-  anticipation    None or {"context": C, "aggregate": bool}
+  anticipation    None or {"context": C, "aggregate": bool, "context_grad": bool (default true; false encodes
+                  the context clips without gradients, saving the memory of C extra backbone passes)}
   decoder_dim, decoder_layers, decoder_heads, decoder_dropout   program-decoder options
                   (defaults: min(256, backbone width), 2, 4, 0.1)
   any UniFormerV2Config field (grad_checkpointing, use_sdpa, drop_path_rate, temporal_downsample, no_lmhra, ...)
@@ -46,7 +47,7 @@ class LeapModel(nn.Module):
         num_verbs, num_nouns = args.pop("num_verbs"), args.pop("num_nouns")
         program, anticipation = args.pop("program", None), args.pop("anticipation", None)
         dec = {k: args.pop(k, v) for k, v in DECODER_DEFAULTS.items()}
-        unknown = set(args) - set(UniFormerV2Config.__dataclass_fields__)
+        unknown = set(args) - (set(UniFormerV2Config.__dataclass_fields__) - {"num_classes"})
         if unknown:
             raise LeapError(
                 f"unknown model_args keys: {sorted(unknown)}",
@@ -75,9 +76,15 @@ class LeapModel(nn.Module):
             self.condition_head = nn.Linear(width, 2 * self.program_spec.conditions)
 
         self.context = 0
+        self.context_grad = True
         self.aggregator: AnticipationAggregator | None = None
         if anticipation is not None:
+            unknown = set(anticipation) - {"context", "aggregate", "context_grad"}
+            if unknown:
+                raise LeapError(f"unknown model_args.anticipation keys: {sorted(unknown)}",
+                                fix="use context, aggregate and context_grad")
             self.context = int(anticipation.get("context", 2))
+            self.context_grad = bool(anticipation.get("context_grad", True))
             if anticipation.get("aggregate", True):
                 if self.decoder is None:
                     raise LeapError("anticipation.aggregate needs program heads (model_args.program)",
@@ -87,6 +94,9 @@ class LeapModel(nn.Module):
     # ----------------------------------------------------------------------------------------- parts
     def encode(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """video [B,3,T,H,W] -> (clip feature [B, C], video tokens [B, T'*(1+HW), C])."""
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise LeapError(f"video of shape {tuple(video.shape)}: the model takes clips [B, 3, T, H, W]",
+                            fix="flatten evaluation views into the batch ([B*V, 3, T, H, W]) and average afterwards")
         fused, tokens = self.backbone.forward_features(video)
         feature = self.backbone.forward_head(fused, pre_logits=True)
         return feature, tokens.flatten(1, 2)
@@ -115,8 +125,10 @@ class LeapModel(nn.Module):
             present = cmask.flatten().nonzero().squeeze(1)
             if present.numel():
                 clips = context_video.flatten(0, 1)[present]  # [K, 3, T, H, W]
-                _, ctx_tokens = self.encode(clips)
-                flat = embeds[:, :C].reshape(B * C, -1).index_put((present,), self._program_embedding(ctx_tokens))
+                with torch.set_grad_enabled(self.context_grad and torch.is_grad_enabled()):
+                    _, ctx_tokens = self.encode(clips)
+                    ctx_embeds = self._program_embedding(ctx_tokens)  # [K, decoder_dim]
+                flat = embeds[:, :C].reshape(B * C, -1).index_put((present,), ctx_embeds.to(embeds.dtype))
                 embeds = torch.cat([flat.view(B, C, -1), embeds[:, C:]], dim=1)
             mask[:, :C] = cmask
         return self.aggregator(feature, embeds, mask)

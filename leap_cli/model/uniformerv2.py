@@ -230,6 +230,7 @@ class UniFormerV2Config:
     cls_dropout: float = 0.5
     num_classes: int = 400  # 0: no classifier, forward returns the fused feature
     grad_checkpointing: bool = False
+    frozen: bool = False  # official FROZEN: backbone blocks not trained, no ``balance`` fusion (frozen_* checkpoints)
     use_sdpa: bool = True
 
     def __post_init__(self) -> None:
@@ -286,7 +287,9 @@ class GlobalTransformer(nn.Module):
         )
         head = nn.Linear(cfg.n_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.proj = nn.Sequential(nn.LayerNorm(cfg.n_dim), nn.Dropout(cfg.cls_dropout), head)
-        self.balance = nn.Parameter(torch.zeros(cfg.n_dim))
+        self.frozen = cfg.frozen
+        if not cfg.frozen:
+            self.balance = nn.Parameter(torch.zeros(cfg.n_dim))
         self.grad_checkpointing = cfg.grad_checkpointing
 
     def forward(self, x: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -305,9 +308,12 @@ class GlobalTransformer(nn.Module):
                 tokens = torch.cat([tokens[:, :, :1], tokens[:, :, 1:] + pos], dim=2)
                 query = self.dec[j](query, tokens.reshape(N, T * L1, C))
                 j += 1
-        weight = torch.sigmoid(self.balance)
-        residual = x.view(N, T, L1, C)[:, :, 0].mean(1)  # backbone class token averaged over time, [N, C]
-        fused = (1 - weight) * query[:, 0] + weight * residual
+        if self.frozen:
+            fused = query[:, 0]
+        else:
+            weight = torch.sigmoid(self.balance)
+            residual = x.view(N, T, L1, C)[:, :, 0].mean(1)  # backbone class token averaged over time, [N, C]
+            fused = (1 - weight) * query[:, 0] + weight * residual
         return fused, x.view(N, T, L1, C)
 
 
@@ -329,6 +335,11 @@ class UniFormerV2(nn.Module):
         self.ln_pre = LayerNorm(cfg.width)
         self.transformer = GlobalTransformer(cfg)
         self.set_attention(cfg.use_sdpa)
+        if cfg.frozen:  # as the official FROZEN setting: only the global UniBlocks and the head are trained
+            for module in (self.conv1, self.ln_pre, self.transformer.resblocks):
+                module.requires_grad_(False)
+            self.class_embedding.requires_grad_(False)
+            self.positional_embedding.requires_grad_(False)
 
     @property
     def num_features(self) -> int:
@@ -591,7 +602,7 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: boo
             f"{len(report.unexpected)} checkpoint keys have no place in the model, loading {path}: "
             + ", ".join(report.unexpected[:8]) + (" ..." if len(report.unexpected) > 8 else ""),
             path=str(path), fix="build the model with the checkpoint's options (e.g. no_lmhra=True for the Kinetics "
-            "checkpoints, temporal_downsample=False), or pass allow_unexpected",
+            "checkpoints, temporal_downsample=False, frozen=False for a checkpoint with 'balance'), or pass allow_unexpected",
         )
     ckpt_has_lmhra = any(".lmhra" in k for k in filtered)
     for k in target:
@@ -613,6 +624,8 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: boo
     for k, why in report.dropped.items():
         log.info("dropped %s: %s", k, why)
     if report.missing:
-        log.warning("%d model keys missing from %s, left at initialisation: %s", len(report.missing), path,
-                    ", ".join(report.missing))
+        hint = (" (the checkpoint has no 'balance': it was trained with frozen=True; build the model with frozen: true)"
+                if report.missing == ["backbone.transformer.balance"] else "")
+        log.warning("%d model keys missing from %s, left at initialisation: %s%s", len(report.missing), path,
+                    ", ".join(report.missing), hint)
     return report
