@@ -324,7 +324,8 @@ def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(shard_work: Path
 
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text("model: {img_size: 32, num_frames: 4, options: {decoder_dim: 32}}\n"
-                   "data: {batch_size: 2, eval_batch_size: 4}\ntrain: {epochs: 1, log_every: 1, threads: 1}\n")
+                   "data: {batch_size: 2, eval_batch_size: 4}\noptim: {accum_steps: 2}\n"
+                   "train: {epochs: 1, log_every: 1, threads: 1}\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
            "-m", "leap_cli", "train", "--config", str(cfg), "--workdir", str(shard_work), "--name", "ddp"]
@@ -333,7 +334,57 @@ def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(shard_work: Path
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count("optimizer steps") == 1  # one summary: rank 0's
     ckpt = torch.load(shard_work / "runs/ddp/checkpoints/last.pt", weights_only=True)
-    assert ckpt["step"] == 2  # 8 samples / (2 processes x batch 2)
+    assert ckpt["step"] == 1  # 8 samples / (2 processes x batch 2 x 2 accumulated micro-batches)
     assert not any("CPUSyncBatchNorm" in k for k in ckpt["model"])
     vals = [json.loads(x) for x in (shard_work / "runs/ddp/metrics.jsonl").read_text().splitlines() if '"val"' in x]
     assert len(vals) == 1 and vals[0]["n"] == 4  # every val sample counted once over both ranks
+
+
+def test_pretrained_backbone_is_loaded_before_training(tmp_path: Path) -> None:
+    """model.pretrained: a local file in the official UniFormerV2 key layout initialises the backbone."""
+    from leap_cli.model import build_model
+
+    cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0")
+    torch.manual_seed(123)
+    donor = build_model(model_args_for(cfg, MemorySource()))
+    weights = {k: v for k, v in donor.state_dict().items() if k.startswith("backbone.")}
+    torch.save(weights, tmp_path / "uniformerv2_tiny.pth")
+    cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0",
+                      f"model.pretrained={tmp_path / 'uniformerv2_tiny.pth'}")
+    main(cfg, workdir=tmp_path, name="pre", source=MemorySource(val=False))
+    got = torch.load(tmp_path / "runs/pre/checkpoints/last.pt", weights_only=True)["model"]
+    params = [k for k, v in weights.items() if v.is_floating_point() and "running" not in k]
+    assert params and all(torch.equal(got[k], weights[k]) for k in params)
+
+
+def test_resume_warns_about_changed_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = tiny_config("train.max_steps=2")
+    main(cfg, workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=1)
+    with caplog.at_level("WARNING", logger="leap_cli.train.loop"):
+        main(tiny_config("train.max_steps=2", "loss.label_smoothing=0.0"), workdir=tmp_path, name="r",
+             source=MemorySource(val=False), resume=True)
+    assert "loss.label_smoothing: 0.1 -> 0.0" in caplog.text
+
+
+class AnticipationSource(MemorySource):
+    """Batches with the anticipation fields: 2 context clips, the oldest one absent in half the samples."""
+
+    def train_batches(self, epoch: int):
+        for batch in super().train_batches(epoch):
+            B = batch["video"].shape[0]
+            batch["context_video"] = torch.randn(B, 2, *batch["video"].shape[1:])
+            batch["context_mask"] = torch.tensor([[i % 2 == 0, True] for i in range(B)])
+            yield batch
+
+    def val_batches(self):
+        return None
+
+
+@pytest.mark.parametrize("aggregate", [True, False])
+def test_anticipation_trains_with_context_clips(tmp_path: Path, aggregate: bool) -> None:
+    cfg = tiny_config("train.max_steps=2", "data.task=anticipation", "model.anticipation_context=2",
+                      f"model.anticipation_aggregate={str(aggregate).lower()}")
+    result = main(cfg, workdir=tmp_path, name="ant", source=AnticipationSource())
+    assert result.model_args["anticipation"] == {"context": 2, "aggregate": aggregate}
+    model, _ = load_model(tmp_path / "runs/ant", which="last")
+    assert (model.aggregator is not None) == aggregate

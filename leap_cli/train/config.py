@@ -40,6 +40,8 @@ class DataConfig:
     eval_batch_size: int = 16
     num_workers: int = 0
     shuffle_buffer: int = 256
+    crop_scale: tuple = (0.25, 1.0)        # random-resized-crop area range (training)
+    color_jitter: float = 0.0              # brightness/contrast/saturation jitter strength (training)
     task: str = "recognition"              # "recognition" | "anticipation"
 
 
@@ -190,6 +192,8 @@ def _validate(cfg: Config, source: str) -> None:
             raise bad(key, "must be at least 1")
     if cfg.train.epochs < 1 and cfg.train.max_steps < 1:
         raise bad("train.epochs", "set epochs or max_steps to at least 1")
+    if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
+        raise bad("data.crop_scale", "must be [low, high] with 0 < low <= high <= 1")
     if not 0 < cfg.optim.layer_decay <= 1:
         raise bad("optim.layer_decay", "must be in (0, 1]")
 

@@ -42,7 +42,8 @@ class ShardSource:
         self.train = ShardDataset(self.train_dir, train=True, num_frames=cfg.model.num_frames,
                                   img_size=cfg.model.img_size, shuffle_buffer=cfg.data.shuffle_buffer,
                                   seed=cfg.train.seed, rank=info.rank, world_size=info.world_size,
-                                  pad=info.distributed)
+                                  pad=info.distributed, scale=tuple(cfg.data.crop_scale),
+                                  color_jitter=cfg.data.color_jitter)
         manifest = self.train.manifest
         task = manifest.get("task", "recognition")
         if task != cfg.data.task:
@@ -63,11 +64,13 @@ class ShardSource:
             raise LeapError(f"{len(self.train)} training samples per process, fewer than data.batch_size="
                             f"{cfg.data.batch_size}", path=self.train_dir, fix="lower data.batch_size")
         self.val = None
+        self.val_size: int | None = None
         if val_dir is not None:
             val_dir = Path(val_dir)
             if (val_dir / "manifest.json").exists() or list(val_dir.glob("manifest.shard*of*.json")):
                 self.val = ShardDataset(val_dir, train=False, num_frames=cfg.model.num_frames,
                                         img_size=cfg.model.img_size, rank=info.rank, world_size=info.world_size)
+                self.val_size = self.val.size
                 if self.val.manifest.get("targets") != self.program_targets:
                     raise LeapError("the validation shards use another targets vocabulary than the training shards",
                                     path=val_dir, fix="rebuild the val shards after the train shards")

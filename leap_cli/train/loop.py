@@ -202,11 +202,14 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], cfg: Config, info: distributed.DistInfo) -> dict:
-    """Validation loss and verb / noun / action top-1 (action: both right), summed over processes."""
+    """Validation loss and verb / noun / action top-1 and top-5, summed over processes. Action top-1 (verb and
+    noun both right) equals EPIC's official action top-1: the best pair of the softmax product is the pair of
+    the two argmaxes. ``n`` counts labelled samples, ``seen`` all samples."""
     model.eval()
-    sums = {"n": 0.0, "loss": 0.0, "verb": 0.0, "noun": 0.0, "action": 0.0, "verb5": 0.0, "noun5": 0.0}
+    sums = {"seen": 0.0, "n": 0.0, "loss": 0.0, "verb": 0.0, "noun": 0.0, "action": 0.0, "verb5": 0.0, "noun5": 0.0}
     for batch in batches:
         batch = to_device(batch, info.device)
+        sums["seen"] += batch["verb_class"].shape[0]
         with autocast_context(info.device, cfg.train.precision):
             loss, _, out = forward_loss(model, batch, cfg)
         verb, noun = batch["verb_class"], batch["noun_class"]
@@ -227,8 +230,8 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], cfg: Config, info: dist
     totals = dict(zip(keys, distributed.all_reduce_sum([sums[k] for k in keys], info)))
     n = totals["n"]
     if n == 0:
-        return {"n": 0}
-    return {"n": int(n), "loss": totals["loss"] / n, "verb_top1": 100 * totals["verb"] / n,
+        return {"n": 0, "seen": int(totals["seen"])}
+    return {"n": int(n), "seen": int(totals["seen"]), "loss": totals["loss"] / n, "verb_top1": 100 * totals["verb"] / n,
             "noun_top1": 100 * totals["noun"] / n, "action_top1": 100 * totals["action"] / n,
             "verb_top5": 100 * totals["verb5"] / n, "noun_top5": 100 * totals["noun5"] / n}
 
@@ -311,6 +314,9 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         resume_ckpt = None
         if resume:
             resume_ckpt = load_checkpoint(ckpt_dir / "last.pt")
+            changed = _config_changes(resume_ckpt.get("config") or {}, cfg.to_dict())
+            if changed and info.is_main:
+                log.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(changed))
         elif (ckpt_dir / "last.pt").exists():
             raise LeapError("run directory already holds a checkpoint", path=run_dir,
                             fix="continue it with --resume, or pick another --name")
@@ -409,6 +415,9 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 rng = rng_state()  # keep validation from disturbing the training RNG stream
                 last_eval = evaluate(model, val, cfg, info)  # unwrapped: ranks may hold different counts
                 set_rng_state(rng)
+                expected = getattr(source, "val_size", None)
+                if expected is not None and last_eval.get("seen") != expected:
+                    log.warning("validation saw %s samples, the val shards hold %s", last_eval.get("seen"), expected)
                 rec = {"split": "val", "step": state.step, "epoch": epoch_done, **last_eval}
                 if info.is_main:
                     metrics.write(rec)
@@ -429,6 +438,18 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                            model_args=model_args, is_main=info.is_main)
     finally:
         distributed.cleanup()
+
+
+def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``["optim.lr: 0.001 -> 0.0003", ...]`` for every key whose value differs."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "options":
+            out += _config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
 
 
 def prepare_model(model: nn.Module, cfg: Config, info: distributed.DistInfo) -> nn.Module:
