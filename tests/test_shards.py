@@ -487,3 +487,17 @@ def test_frames_from_an_mp4(tmp_path):
             for fr, idx in zip(frames, meta["frame_indices"]):
                 # neighbouring frames differ by 8 in R and B: an off-by-one frame would fail
                 assert np.abs(fr.astype(int).mean((0, 1)) - np.array(colour("P01_02", idx))).max() <= 4
+
+
+def test_recognition_frames_follow_timestamps_not_epic_frame_columns():
+    """EPIC's frame columns of 59.94 fps videos count at 60 fps (P01_01_100: 479.75 s is start_frame 28785);
+    the MP4's own frame at that time is 28757, which is what the shards must read."""
+    from leap_cli.epic.annotations import Segment
+    from leap_cli.shards.writer import ShardSettings, plan_samples
+
+    seg = Segment("P01_01_100", "P01", "P01_01", 479.75, 480.88, 28785, 28853)
+    fps = 59.9400599400599
+    _, records, skipped = plan_samples([seg], lambda v: fps, ShardSettings(split="train", frames=4))
+    idx = records["P01_01_100"]["frame_indices"]
+    assert not skipped and idx[0] >= time_to_frame(479.75, fps) == 28757 and idx[-1] <= time_to_frame(480.88, fps)
+    assert idx[0] < seg.start_frame - 20  # not the drifted column value

@@ -111,10 +111,12 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
         for i, s in enumerate(segs):
             check_key(s.narration_id)
             if settings.task == "recognition":
-                if s.stop_frame < s.start_frame:
-                    skipped.append({"narration_id": s.narration_id, "reason": "stop_frame is before start_frame"})
-                    continue
-                idx = segment_frame_indices(s.start_frame, s.stop_frame, T)
+                # Frames come from the timestamps through the video's fps, as in extract and anticipation: EPIC's
+                # start_frame/stop_frame columns of its 59.94 fps videos count at the nominal 60 fps and drift
+                # from the MP4's own frames by up to ~1.6 s late in a long video.
+                f = fps(vid)
+                first, last = time_to_frame(s.start, f), time_to_frame(s.stop, f)  # inclusive, as EPIC's stop_frame
+                idx = segment_frame_indices(first, last, T)
                 samples.append(SampleJob(s.narration_id, idx))
                 records[s.narration_id] = {"frame_indices": idx}
                 continue
