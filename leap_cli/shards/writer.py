@@ -123,9 +123,12 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
             f = fps(vid)
             obs_end_t = s.start - settings.tau_a
             if obs_end_t < 0:
-                skipped.append({"narration_id": s.narration_id,
-                                "reason": f"action starts at {s.start:.2f}s, less than tau_a={settings.tau_a}s "
-                                          "into the video: nothing to observe"})
+                # Nothing can be observed before the action (it starts less than tau_a into the video), yet the
+                # challenge wants a score for it: store black frames, no context, and say so in the record.
+                samples.append(SampleJob(s.narration_id, [], [None] * settings.context))
+                records[s.narration_id] = {"frame_indices": [], "observed": None, "blank": True,
+                                           "context": [{"key": None, "present": False, "frame_indices": []}
+                                                       for _ in range(settings.context)]}
                 continue
             # The frame shown at obs_end_t starts at or before it: never a frame after the window.
             last = time_to_frame(obs_end_t, f)
@@ -175,6 +178,12 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings) ->
         try:
             fields: dict[str, bytes] = {}
             clips = [(None, s.frames)] + [(c, idx) for c, idx in enumerate(s.context) if idx]
+            if not s.frames:  # anticipation before the video's first tau_a seconds: a black observed clip
+                h = settings.short_side if reader.height <= reader.width else round(settings.short_side * reader.height / reader.width)
+                w = round(h * reader.width / reader.height)
+                black = _encode_jpeg(np.zeros((h, w, 3), np.uint8), settings.jpeg_quality)
+                fields.update({frame_field(i): black for i in range(settings.frames)})
+                clips = clips[1:]
             for ctx, idx in clips:
                 frames = reader.read_frames(list(idx), settings.short_side)
                 if frames is None or len(frames) != len(idx):
