@@ -165,8 +165,8 @@ def main() -> None:
             fast, n2 = clips_per_second(shard_ds, nw, args.batch, limit)
             rows.append((nw, base, fast, n1, n2))
         print()
-        print(f"| workers | MP4 decode clips/s | shards clips/s | speed-up | clips timed |")
-        print(f"|---|---|---|---|---|")
+        print("| workers | MP4 decode clips/s | shards clips/s | speed-up | clips timed |")
+        print("|---|---|---|---|---|")
         for nw, base, fast, n1, n2 in rows:
             print(f"| {nw} | {base:.1f} | {fast:.1f} | {fast / base:.1f}x | {n1} / {n2} |")
         print()

@@ -1,7 +1,6 @@
 """train-side checkpoint -> `leap evaluate` (multi-view inference over real shards) -> `leap submit`."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

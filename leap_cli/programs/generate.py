@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -309,7 +308,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     redo: set[str] = set()
     if cfg.retry_failed and cfg.out_path.exists():
         redo = {r["narration_id"] for r in read_jsonl(cfg.out_path, repair=True) if r.get("status") == "failed"}
-    appender = _BatchedSyncAppender(cfg.out_path, replace_keys=redo)
+    appender = JsonlAppender(cfg.out_path, replace_keys=redo, sync_every=1.0)
     try:
         pending = [r for r in inputs.records if r["narration_id"] not in appender]
         summary.resumed = len(inputs.records) - len(pending)
@@ -354,36 +353,6 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         await backend.aclose()
         summary.seconds = time.perf_counter() - start
     return summary
-
-
-class _BatchedSyncAppender(JsonlAppender):
-    """Each record is written and flushed at once (a killed or interrupted run keeps it), but fsync'ed at
-    most every ``sync_every`` seconds and on close: an fsync per record (~10 ms here) would cap the
-    async pool at ~100 programs/s whatever the concurrency."""
-
-    sync_every = 1.0
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._last_sync = time.monotonic()
-
-    def write(self, record: dict) -> bool:
-        k = self._key(record)
-        if k in self.records:
-            return False
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        self.records[k] = record
-        if time.monotonic() - self._last_sync >= self.sync_every:
-            os.fsync(self._f.fileno())
-            self._last_sync = time.monotonic()
-        return True
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-        super().close()
 
 
 def generate_programs(cfg: GenerateConfig, *, on_record: Callable[[dict], None] | None = None,

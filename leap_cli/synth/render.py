@@ -340,7 +340,7 @@ class Renderer:
     def _act(self, frame, seg, u, dt, ax, ay, objects, hands):
         s, W, H = self.s, self.W, self.H
         verb, noun = seg.verb, seg.noun
-        R, L = (0.78 * W, 1.08 * H), (0.22 * W, 1.08 * H)
+        R = (0.78 * W, 1.08 * H)
         near = (0.6 * W, 0.8 * H)
 
         def put(name, x, y, sp=None):
