@@ -13,8 +13,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: $(BIN)/.installed
-	$(BIN)/leap demo-data --out $(WORKDIR)/kitchen
-	$(BIN)/leap info --data $(WORKDIR)/kitchen
+	$(BIN)/leap demo --workdir $(WORKDIR)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest
