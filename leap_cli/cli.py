@@ -62,7 +62,31 @@ def _register() -> None:
         module.register(app)
 
 
+# One line each in `leap --help` (each command's own --help has the full text).
+SHORT_HELP = {
+    "demo-data": "Build the synthetic kitchen (EPIC layout, sound, truth).",
+    "info": "Summarise a dataset root: splits, classes, videos.",
+    "extract": "Describe every segment: five descriptors + clip text.",
+    "generate-programs": "One action program per segment (LLM or offline).",
+    "validate-programs": "Check programs: errors, coverage, distributions.",
+    "build-shards": "Pack frames, labels and program targets into shards.",
+    "check-shards": "Verify shards against their manifest.",
+    "train": "Train UniFormerV2 with action-program heads.",
+    "evaluate": "Score a run or a scores file with EPIC's metrics.",
+    "submit": "Write or check the official challenge zip.",
+    "show": "A segment's program and descriptors (--html page).",
+    "demo": "The whole pipeline on the synthetic kitchen.",
+}
+
+
+def _short_help() -> None:
+    for info in app.registered_commands:
+        if info.name in SHORT_HELP and not info.short_help:
+            info.short_help = SHORT_HELP[info.name]
+
+
 _register()
+_short_help()
 
 
 def _interrupted() -> None:

@@ -38,3 +38,15 @@ def test_info_on_real_excerpt(tmp_path, epic_dir):
     assert r.returncode == 0, r.stderr
     assert "EPIC_100_train.csv" in r.stdout and "verb classes: 97" in r.stdout and "noun classes: 300" in r.stdout
     assert "with neither MP4 nor rgb_frames" in r.stdout
+
+
+def test_help_lists_each_command_on_one_line():
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1"}
+    out = subprocess.run([sys.executable, "-m", "leap_cli", "--help"], capture_output=True, text=True, env=env).stdout
+    box = out[out.index("Commands"):].splitlines()[1:]
+    rows = [x.strip("│").rstrip() for x in box if x.startswith("│")]
+    assert len(rows) >= 10
+    for row in rows:  # a continuation line would start with blanks where the command name stands
+        assert not row.startswith("  "), row
+        name, text = row.split(None, 1)
+        assert len(text) > 15, row
