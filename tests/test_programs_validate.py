@@ -210,11 +210,12 @@ def test_offline_valid_on_annotation_excerpt(exemplars, verbs, nouns):
 
 
 def test_offline_renaming_and_templates(exemplars, verbs, nouns):
-    def run(narration, verb, noun, all_nouns, objects=()):
+    def run(narration, verb, noun, all_nouns, objects=(), near=()):
         seg = Segment("s", "P01", "P01_01", 0, 1, 1, 2, 0, narration, verb, verbs.resolve(verb), noun,
                       nouns.resolve(noun), tuple(all_nouns), tuple(nouns.resolve(n) for n in all_nouns))
         info = clip_info(narration_record(seg), seg)
         info.objects = list(objects)
+        info.near_hands = list(near)
         p = offline_program(info, exemplars, verbs, nouns)
         assert check_program(p, verbs, nouns, Labels(seg.verb_class, seg.noun_class)) == [], narration
         return p
@@ -224,8 +225,12 @@ def test_offline_renaming_and_templates(exemplars, verbs, nouns):
     assert "sponge" in objs
     p = run("pour oil into pan", "pour", "oil", ["oil", "pan"])
     assert any(s.get("object_b") == "pan" for s in p["steps"] if s["type"] == "sub_action")
-    p = run("sharpen knife", "sharpen", "knife", ["knife"], objects=["whetstone"])  # no exemplar for sharpen
+    # no exemplar for sharpen: a one-step template, object B from the objects near a hand, not any detection
+    p = run("sharpen knife", "sharpen", "knife", ["knife"], objects=["bowl", "whetstone"], near=[("whetstone", "left", 0.9)])
     assert p["steps"][0]["verb"] == "sharpen" and p["steps"][0]["object_b"] == "whetstone"
+    assert p["steps"][0]["hand"] == "right"  # no hand is known to touch anything
+    p = run("sharpen knife", "sharpen", "knife", ["knife"], objects=["bowl", "whetstone"])
+    assert p["steps"][0]["object_b"] is None
     with pytest.raises(OfflineError):
         offline_program(ClipInfo("t", ""), exemplars, verbs, nouns)
 
