@@ -222,16 +222,18 @@ def _swap_hands(program: dict) -> dict:
 # ---- roles of an exemplar's objects ----
 
 def _roles(program: dict) -> tuple[list[str], list[str]]:
-    """(held, second): objects a hand holds or touches other than the action noun, in order of first use; and
-    the sub-actions' other ``object_b``s that no hand holds."""
+    """(held, second): objects a hand holds or touches other than the action noun, tools first (a held object
+    that is some sub-action's ``object_b``: the knife of a cut, not the board the other hand steadies), then in
+    order of first use; and the sub-actions' other ``object_b``s, those no hand holds."""
     noun = program["action"]["noun"]
     held: list[str] = []
     for c in _conditions(program):
         if c["predicate"] in _HAND_PREDICATES and not c["negated"] and c["args"][1] != noun and c["args"][1] not in held:
             held.append(c["args"][1])
+    bs = [s.get("object_b") for s in _sub_actions(program["steps"])]
+    held.sort(key=lambda o: o not in bs)  # stable: tools first, each group in order of first use
     second: list[str] = []
-    for s in _sub_actions(program["steps"]):
-        b = s.get("object_b")
+    for b in bs:
         if b and b != noun and b not in held and b not in second:
             second.append(b)
     return held, second
