@@ -252,22 +252,32 @@ def _object_mapping(program: dict, ev: Evidence, nouns: ClassVocab) -> dict[str,
     def first_free(cands) -> int | None:
         return next((c for c in cands if c is not None and c not in taken), None)
 
+    def twin(old: str) -> str | None:
+        """An already renamed object of the same class under another name ('board' and 'board:chopping')."""
+        own = cls(old)
+        return next((o for o in mapping if own is not None and cls(o) == own), None)
+
     give(program["action"]["noun"], ev.noun)
     held, second = _roles(program)
     touched = set(ev.hand) | set(ev.contacts)
     for old in second:
+        if twin(old):
+            continue
         c = first_free(c for c in ev.narrated if c not in touched)
         if c is not None:
             give(old, c)
     for old in held:
         # a held object of the clip noun's class (the board of "scrape onion" for "scrape board") is not a tool slot
-        if old not in mapping and cls(old) != ev.noun:
+        if old not in mapping and cls(old) != ev.noun and not twin(old):
             c = first_free([*(c for c in ev.narrated if c in touched), *ev.contacts, *ev.near, *ev.narrated])
             if c is not None:
                 give(old, c)
     pool = ev.pool()
     for old in _objects_of(program):
         if old in mapping:
+            continue
+        if twin(old):  # the same class stays one class, so facts about it still chain
+            mapping[old] = mapping[twin(old)]
             continue
         own = cls(old)
         if own is not None and own not in taken:
