@@ -69,11 +69,12 @@ def test_agreement_counts():
 
 
 def test_offline_valid_for_every_action_the_kitchen_can_narrate():
-    """Every (verb form, noun form) pair of the kitchen's world, with its visible objects as detections."""
+    """Every (verb form, noun form) pair of the kitchen's world, with its visible objects as detections, and
+    with hand contacts (tool in the right or the left hand, the noun in both) and objects near the hands."""
     from leap_cli.epic.annotations import Segment
     from leap_cli.programs.offline import offline_program
     from leap_cli.programs.prompt import clip_info, load_exemplars, narration_record
-    from leap_cli.synth.world import NOUN_FORMS, VERBS, narration_noun, visible_objects, vocabularies
+    from leap_cli.synth.world import NOUN_FORMS, POUR_FROM, TOOLS, VERBS, narration_noun, visible_objects, vocabularies
 
     verbs, nouns = vocabularies()
     ex = load_exemplars()
@@ -85,12 +86,21 @@ def test_offline_valid_for_every_action_the_kitchen_can_narrate():
                     narration = f"{form.replace('-', ' ')} {narration_noun(nform)}"
                     seg = Segment("s", "P01", "P01_01", 0, 1, 1, 2, 0, narration, form, verbs.resolve(spec.key), nform,
                                   nouns.resolve(noun), (nform,), (nouns.resolve(noun),))
-                    info = clip_info(narration_record(seg), seg)
-                    info.objects = visible_objects(spec.key, noun)
-                    p = offline_program(info, ex, verbs, nouns)
-                    assert check_program(p, verbs, nouns, Labels(seg.verb_class, seg.noun_class)) == [], narration
-                    n += 1
-    assert n > 100
+                    objs = visible_objects(spec.key, noun)
+                    tool = TOOLS.get(spec.key) or (POUR_FROM.get(noun) if spec.key == "pour" else None)
+                    variants = [([], [])]
+                    for th, nh in (("right", "left"), ("left", "right")):
+                        contacts = [(noun, nh, 2.0)] + ([(tool, th, 2.5)] if tool else [])
+                        variants.append((contacts, [(o, th if o == tool else nh, 0.9) for o in objs]))
+                    variants.append(([(noun, "left", 1.0), (noun, "right", 1.0)], []))
+                    for contacts, near in variants:
+                        info = clip_info(narration_record(seg), seg)
+                        info.objects, info.contacts, info.near_hands = objs, contacts, near
+                        p = offline_program(info, ex, verbs, nouns)
+                        assert check_program(p, verbs, nouns, Labels(seg.verb_class, seg.noun_class)) == [], \
+                            (narration, contacts)
+                        n += 1
+    assert n > 400
 
 
 def test_kitchen_true_programs_pass_the_validator(kitchen_workdir):

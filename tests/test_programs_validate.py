@@ -210,11 +210,12 @@ def test_offline_valid_on_annotation_excerpt(exemplars, verbs, nouns):
 
 
 def test_offline_renaming_and_templates(exemplars, verbs, nouns):
-    def run(narration, verb, noun, all_nouns, objects=()):
+    def run(narration, verb, noun, all_nouns, objects=(), near=()):
         seg = Segment("s", "P01", "P01_01", 0, 1, 1, 2, 0, narration, verb, verbs.resolve(verb), noun,
                       nouns.resolve(noun), tuple(all_nouns), tuple(nouns.resolve(n) for n in all_nouns))
         info = clip_info(narration_record(seg), seg)
         info.objects = list(objects)
+        info.near_hands = list(near)
         p = offline_program(info, exemplars, verbs, nouns)
         assert check_program(p, verbs, nouns, Labels(seg.verb_class, seg.noun_class)) == [], narration
         return p
@@ -224,10 +225,118 @@ def test_offline_renaming_and_templates(exemplars, verbs, nouns):
     assert "sponge" in objs
     p = run("pour oil into pan", "pour", "oil", ["oil", "pan"])
     assert any(s.get("object_b") == "pan" for s in p["steps"] if s["type"] == "sub_action")
-    p = run("sharpen knife", "sharpen", "knife", ["knife"], objects=["whetstone"])  # no exemplar for sharpen
+    # no exemplar for sharpen: a one-step template, object B from the objects near a hand, not any detection
+    p = run("sharpen knife", "sharpen", "knife", ["knife"], objects=["bowl", "whetstone"], near=[("whetstone", "left", 0.9)])
     assert p["steps"][0]["verb"] == "sharpen" and p["steps"][0]["object_b"] == "whetstone"
+    assert p["steps"][0]["hand"] == "right"  # no hand is known to touch anything
+    p = run("sharpen knife", "sharpen", "knife", ["knife"], objects=["bowl", "whetstone"])
+    assert p["steps"][0]["object_b"] is None
     with pytest.raises(OfflineError):
         offline_program(ClipInfo("t", ""), exemplars, verbs, nouns)
+
+
+
+def descriptor_record(narration, verb, noun, all_nouns, verbs, nouns, contacts=(), objects=()):
+    """A descriptor record as ``leap extract`` writes it: narration, objects (label, share, near_hand) and hands
+    (per-hand contact intervals naming the object); ``contacts`` are (hand, object, start, stop)."""
+    hands = [{"hand": side, "visible_share": 1.0,
+              "contacts": [{"start": a, "stop": b, "object": o, "state": "portable"}
+                           for h, o, a, b in contacts if h == side]} for side in ("left", "right")]
+    objs = [{"label": lab, "start": 0.0, "stop": 3.0, "share": share, "score": 0.9, "position": "centre",
+             "near_hand": near} for lab, near, share in objects]
+    comps = {
+        "narration": {"status": "ok", "source": "annotations", "text": f"Narration: {narration}.",
+                      "data": {"narration": narration, "verb": verb, "noun": noun, "verb_class": verbs.resolve(verb),
+                               "noun_class": nouns.resolve(noun), "all_nouns": list(all_nouns)}},
+        "objects": {"status": "ok", "source": "object-detections:P01_01.jsonl", "text": "objects",
+                    "data": {"frames": 6, "score_threshold": 0.5, "objects": objs, "timeline": []}},
+        "hands": {"status": "ok", "source": "hand-objects:P01_01.pkl", "text": "hands",
+                  "data": {"frames": 60, "hand_threshold": 0.5, "hands": hands, "timeline": []}},
+    }
+    record = {"narration_id": "P01_01_0", "video_id": "P01_01", "start": 0.0, "stop": 3.0, "components": comps,
+              "text": f"Narration: {narration}. Hands and objects."}
+    schema = json.loads((Path(__file__).parents[1] / "schemas" / "descriptors.schema.json").read_text())
+    assert list(Draft202012Validator(schema).iter_errors(record)) == []
+    return record
+
+
+def _subs(steps):
+    for s in steps:
+        if s["type"] == "sub_action":
+            yield s
+        else:
+            for k in ("steps", "then", "else"):
+                yield from _subs(s.get(k) or [])
+
+
+def _conds(p):
+    out = list(p["pre"]) + list(p["post"])
+    for s in _subs(p["steps"]):
+        out += list(s["pre"]) + list(s["post"])
+    return out
+
+
+def test_offline_tool_and_hand_from_hand_contacts(exemplars, verbs, nouns):
+    """The tool (object B, holding() argument) is what a hand touches, never merely a detected object, and
+    holding()/the sub-action's hand name the hand that touches it."""
+    def gen(record):
+        info = clip_info(record)
+        p = offline_program(info, exemplars, verbs, nouns)
+        assert check_program(p, verbs, nouns, Labels(info.verb_class, info.noun_class)) == []
+        return p
+
+    detections = [("carrot", "left", 0.9), ("knife", "right", 0.9), ("plate", None, 0.9), ("bowl", None, 0.8)]
+    for tool_hand, other in (("right", "left"), ("left", "right")):
+        rec = descriptor_record("cut carrot", "cut", "carrot", ["carrot"], verbs, nouns,
+                                contacts=[(tool_hand, "knife", 0.2, 3.0), (other, "carrot", 0.1, 3.0)],
+                                objects=detections)
+        p = gen(rec)
+        cuts = [s for s in _subs(p["steps"]) if verbs.resolve(s["verb"]) == verbs.resolve("cut")]
+        assert cuts and all(s["object_a"] == "carrot" and s["object_b"] == "knife" for s in cuts), cuts
+        assert all(s["hand"] == tool_hand for s in cuts)
+        holds = {(c["args"][0], c["args"][1]) for c in _conds(p) if c["predicate"] == "holding" and not c["negated"]}
+        assert (tool_hand, "knife") in holds and (other, "knife") not in holds
+        assert (other, "carrot") in holds or not any(o == "carrot" for _, o in holds)
+        used = {x for s in _subs(p["steps"]) for x in (s["object_a"], s["object_b"])}
+        assert not used & {"plate", "bowl"}  # detected, but no hand near them
+
+    # "mix pan" while the right hand holds a spatula: mix(pan, spatula), no arbitrary detected object
+    rec = descriptor_record("mix pan", "mix", "pan", ["pan"], verbs, nouns, contacts=[("right", "spatula", 0.0, 4.0)],
+                            objects=[("carrot", None, 0.9), ("board:chopping", None, 0.9), ("spatula", "right", 0.9)])
+    p = gen(rec)
+    mixes = [s for s in _subs(p["steps"]) if verbs.resolve(s["verb"]) == verbs.resolve("mix")]
+    assert mixes and all((s["object_a"], s["object_b"], s["hand"]) == ("pan", "spatula", "right") for s in mixes)
+    used = {x for s in _subs(p["steps"]) for x in (s["object_a"], s["object_b"])}
+    assert not used & {"carrot", "board:chopping"}
+    assert not {a for c in _conds(p) for a in c["args"]} & {"carrot", "board:chopping"}
+    # an object near a hand stands in for the tool when no contact is named; with nothing known, the
+    # exemplar's plausible tool (a spoon to stir with) stays
+    rec = descriptor_record("mix pan", "mix", "pan", ["pan"], verbs, nouns,
+                            objects=[("carrot", None, 0.9), ("spatula", "left", 0.9)])
+    assert {s["object_b"] for s in _subs(gen(rec)["steps"]) if s["verb"] in ("stir", "mix")} == {"spatula"}
+    rec = descriptor_record("mix pan", "mix", "pan", ["pan"], verbs, nouns, objects=[("carrot", None, 0.9)])
+    assert {s["object_b"] for s in _subs(gen(rec)["steps"]) if s["verb"] in ("stir", "mix")} == {"spoon"}
+    # the narration's second noun is where the liquid goes; the hand holds the vessel poured from
+    rec = descriptor_record("pour oil into pan", "pour", "oil", ["oil", "pan"], verbs, nouns,
+                            contacts=[("left", "bottle", 0.0, 2.0)], objects=[("plate", None, 0.9)])
+    p = gen(rec)
+    pours = [s for s in _subs(p["steps"]) if s["object_a"] == "oil"]
+    assert pours and all(s["object_b"] == "pan" for s in pours)
+    assert ("left", "bottle") in {tuple(c["args"]) for c in _conds(p) if c["predicate"] == "holding"}
+
+
+def test_offline_noun_from_hand_contacts(exemplars, verbs, nouns):
+    """With a verb but no narrated noun, the action noun is the object a hand touches, not the first detection."""
+    from leap_cli.programs.offline import clip_noun
+
+    info = ClipInfo("t", "", verb="take", verb_class=verbs.resolve("take"), objects=["plate", "onion"],
+                    contacts=[("onion", "left", 1.2), ("object", "right", 3.0)])
+    assert clip_noun(info, nouns) == nouns.resolve("onion")
+    p = offline_program(info, exemplars, verbs, nouns)
+    assert p["action"]["noun"] == "onion" and check_program(p, verbs, nouns) == []
+    assert all(c["args"][0] == "left" for c in _conds(p) if c["predicate"] in ("holding", "touching"))
+    info = ClipInfo("t", "", verb="take", verb_class=verbs.resolve("take"), objects=["plate", "onion"])
+    assert clip_noun(info, nouns) == nouns.resolve("plate")
 
 
 # ---- CLI ----

@@ -207,10 +207,12 @@ def _short(e: Exception, n: int = 200) -> str:
 
 
 class OfflineBackend(Backend):
-    """Deterministic, no network: nearest exemplar by verb, objects from the narration and detections."""
+    """Deterministic, no network: nearest exemplar by verb, objects by role from the narration, hand contacts
+    and near-hand detections (``leap_cli.programs.offline``). ``model`` names the generator's version: it is
+    part of the cache key, so programs cached by an earlier version are not reused."""
 
     name = "offline"
-    model = "offline-v1"
+    model = "offline-v2"
 
     def __init__(self, exemplars, verbs, nouns):
         self.exemplars, self.verbs, self.nouns = exemplars, verbs, nouns

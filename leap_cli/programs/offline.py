@@ -1,25 +1,155 @@
 """The offline program generator: a deterministic baseline, not an LLM.
 
-For a clip whose verb is known (labels or narration): take the nearest exemplar with the same EPIC verb
-class (same noun class first, then word overlap, then id) and rename its objects: the exemplar's noun becomes
-the clip's noun, and the exemplar's first second-object (``object_b``) becomes the clip's second narrated
-noun, or else its first detected object that is not already used. Renaming is a permutation of object names
-(swapping when the new name already appears), so the exemplar's chaining stays valid. A verb the library has
-no exemplar for gets a one-step template program. The noun, when the clip has none, is the first detected
-object; a clip with no verb (e.g. test without narration) fails.
+For a clip whose verb is known (labels or narration) it takes the nearest exemplar with the same EPIC verb
+class and renames the exemplar's objects by the role they play in it, from what the descriptor record says:
+
+- the action noun (object A): the narration's noun; with no narration, the object a hand touches longest
+  (``hands`` component), else the detected object most seen near a hand, else the first detected object;
+- *held* objects (a ``holding``/``touching`` argument other than the noun: the knife of a cut, the sponge of
+  a wash): the objects the hands are in contact with (longest contact first), then the objects detected near
+  a hand (in at least ``MIN_NEAR_SHARE`` of the frames), then the narration's other nouns;
+- other second objects (an ``object_b`` nobody holds: the glass poured into, the top a cup is put on): the
+  narration's other nouns (those no hand touches);
+- every other exemplar object (tap, sink, water, ...) stays when the class list has it and nothing above
+  took its class; else it becomes the clip's next unused object (narration, contacts, near-hand, detections),
+  else the first unused class of the list.
+
+Renaming is one-to-one on noun classes (an object whose class was claimed takes the claimer's old class
+when it can), so the exemplar's chaining stays valid. Then hands: when the hands component says which hand
+touches an object and the exemplar holds/touches it with the other hand, more often than with the same one,
+left and right are swapped through the whole program (conditions and sub-action hands), which keeps it valid.
+Exemplar choice: same verb class; then same noun class; then the most exemplar objects among the clip's
+objects (noun, narration, contacts, detections); then word overlap with the clip text; then id.
+A verb the library has no exemplar for gets a one-step template program. A clip with no verb (e.g. test
+without narration) fails.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.programs.prompt import ClipInfo, Exemplar, _words
 from leap_cli.programs.vocab import PREDICATES, resolve_object, resolve_verb
 
+# A detected object counts as near a hand (a candidate tool) when seen near one in this share of the frames.
+MIN_NEAR_SHARE = 0.25
+SIDES = ("left", "right")
+_HAND_PREDICATES = ("holding", "touching")
+
 
 class OfflineError(Exception):
     pass
+
+
+@dataclass
+class Evidence:
+    """What the descriptor record says about a clip's objects, as EPIC noun class ids (the noun excluded)."""
+
+    noun: int
+    narrated: list[int] = field(default_factory=list)  # the narration's other nouns
+    contacts: list[int] = field(default_factory=list)  # objects a hand touches, longest contact first
+    near: list[int] = field(default_factory=list)  # objects detected near a hand, most seen first
+    detected: list[int] = field(default_factory=list)  # every other detected object
+    hand: dict[int, str] = field(default_factory=dict)  # object -> the one hand that touches it (when one does)
+
+    def pool(self) -> list[int]:
+        out: list[int] = []
+        for c in (*self.narrated, *self.contacts, *self.near, *self.detected):
+            if c not in out:
+                out.append(c)
+        return out
+
+
+def _unique(ids) -> list[int]:
+    out: list[int] = []
+    for c in ids:
+        if c is not None and c not in out:
+            out.append(c)
+    return out
+
+
+def _touches(info: ClipInfo, nouns: ClassVocab) -> dict[int, dict[str, float]]:
+    """Noun class -> {hand: seconds in contact}, in the order of the record's contacts (longest first)."""
+    out: dict[int, dict[str, float]] = {}
+    for obj, hand, seconds in info.contacts:
+        cid = resolve_object(obj, nouns)
+        if cid is not None and hand in SIDES:
+            out.setdefault(cid, {})
+            out[cid][hand] = out[cid].get(hand, 0.0) + seconds
+    return out
+
+
+def _contact_noun(touch: dict[int, dict[str, float]]) -> int | None:
+    """The object touched longest; on a tie the one the left hand holds (the other hand usually wields the tool)."""
+    if not touch:
+        return None
+    return min(touch, key=lambda c: (-round(sum(touch[c].values()), 2), "left" not in touch[c]))
+
+
+def clip_noun(info: ClipInfo, nouns: ClassVocab) -> int | None:
+    """The action noun's class: the labels / narration, else hand contacts, else near-hand or detected objects."""
+    if info.noun_class is not None:
+        return info.noun_class
+    for form in (info.noun, *(info.all_nouns or ())):
+        if form and resolve_object(form, nouns) is not None:
+            return resolve_object(form, nouns)
+    cid = _contact_noun(_touches(info, nouns))
+    if cid is not None:
+        return cid
+    for obj, _, _ in info.near_hands:
+        if resolve_object(obj, nouns) is not None:
+            return resolve_object(obj, nouns)
+    return next((resolve_object(o, nouns) for o in info.objects if resolve_object(o, nouns) is not None), None)
+
+
+def clip_evidence(info: ClipInfo, nid: int, nouns: ClassVocab) -> Evidence:
+    touch = _touches(info, nouns)
+    hand = {}
+    for cid, by_hand in touch.items():
+        if len(by_hand) == 1:
+            hand[cid] = next(iter(by_hand))
+        else:  # both hands: the one that touches it at least twice as long, else neither
+            (h1, s1), (h2, s2) = sorted(by_hand.items(), key=lambda kv: -kv[1])
+            if s1 >= 2 * s2:
+                hand[cid] = h1
+    ranked = sorted(touch, key=lambda c: -sum(touch[c].values()))  # stable: ties keep the record's order
+    rest = lambda ids: [c for c in _unique(ids) if c != nid]  # noqa: E731
+    return Evidence(
+        noun=nid,
+        narrated=rest(resolve_object(n, nouns) for n in info.all_nouns),
+        contacts=rest(ranked),
+        near=rest(resolve_object(o, nouns) for o, _, share in info.near_hands if share >= MIN_NEAR_SHARE),
+        detected=rest(resolve_object(o, nouns) for o in info.objects),
+        hand=hand)
+
+
+# ---- walking a program ----
+
+def _sub_actions(steps):
+    for s in steps:
+        if s["type"] == "sub_action":
+            yield s
+        else:
+            for k in ("steps", "then", "else"):
+                yield from _sub_actions(s.get(k) or [])
+
+
+def _conditions(program: dict):
+    """Every condition in program order: the program's pre, each step's, the program's post."""
+    def walk(steps):
+        for s in steps:
+            if s["type"] == "sub_action":
+                yield from s.get("pre") or []
+                yield from s.get("post") or []
+            else:
+                yield from (s[k] for k in ("until", "if") if k in s)
+                for k in ("steps", "then", "else"):
+                    yield from walk(s.get(k) or [])
+    yield from program.get("pre") or []
+    yield from walk(program["steps"])
+    yield from program.get("post") or []
 
 
 def _objects_of(program: dict) -> list[str]:
@@ -76,24 +206,112 @@ def _rename(program: dict, mapping: dict[str, str]) -> dict:
     return p
 
 
-def _assign(mapping: dict[str, str], used: list[str], old: str, new: str, nouns: ClassVocab) -> None:
-    """Rename ``old`` to ``new``; whichever name currently stands for ``new``'s class takes ``old``'s image
-    (a transposition), so the renaming stays one-to-one."""
-    new_id = resolve_object(new, nouns)
-    image = {u: mapping.get(u, u) for u in used}
-    holder = next((u for u, cur in image.items() if u != old and resolve_object(cur, nouns) == new_id), None)
-    if holder is not None:
-        mapping[holder] = image[old]
-    mapping[old] = new
+def _swap_hands(program: dict) -> dict:
+    """Left and right exchanged everywhere (condition hand arguments, sub-action hands)."""
+    p = copy.deepcopy(program)
+    other = {"left": "right", "right": "left"}
+    for c in _conditions(p):
+        c["args"] = [other.get(a, a) if kind == "hand" else a
+                     for a, kind in zip(c["args"], PREDICATES.get(c["predicate"], ()))]
+    for s in _sub_actions(p["steps"]):
+        if s.get("hand") in other:
+            s["hand"] = other[s["hand"]]
+    return p
 
 
-def _first_sub_action(steps):
-    for s in steps:
-        if s["type"] == "sub_action":
-            yield s
-        else:
-            for k in ("steps", "then", "else"):
-                yield from _first_sub_action(s.get(k) or [])
+# ---- roles of an exemplar's objects ----
+
+def _roles(program: dict) -> tuple[list[str], list[str]]:
+    """(held, second): objects a hand holds or touches other than the action noun, tools first (a held object
+    that is some sub-action's ``object_b``: the knife of a cut, not the board the other hand steadies), then in
+    order of first use; and the sub-actions' other ``object_b``s, those no hand holds."""
+    noun = program["action"]["noun"]
+    held: list[str] = []
+    for c in _conditions(program):
+        if c["predicate"] in _HAND_PREDICATES and not c["negated"] and c["args"][1] != noun and c["args"][1] not in held:
+            held.append(c["args"][1])
+    bs = [s.get("object_b") for s in _sub_actions(program["steps"])]
+    held.sort(key=lambda o: o not in bs)  # stable: tools first, each group in order of first use
+    second: list[str] = []
+    for b in bs:
+        if b and b != noun and b not in held and b not in second:
+            second.append(b)
+    return held, second
+
+
+def _object_mapping(program: dict, ev: Evidence, nouns: ClassVocab) -> dict[str, int]:
+    """Exemplar object name -> clip noun class, one-to-one on classes (see the module docstring)."""
+    cls = lambda name: resolve_object(name, nouns)  # noqa: E731
+    mapping: dict[str, int] = {}
+    taken: set[int] = set()
+
+    def give(old: str, cid: int) -> None:
+        mapping[old] = cid
+        taken.add(cid)
+
+    def first_free(cands) -> int | None:
+        return next((c for c in cands if c is not None and c not in taken), None)
+
+    def twin(old: str) -> str | None:
+        """An already renamed object of the same class under another name ('board' and 'board:chopping')."""
+        own = cls(old)
+        return next((o for o in mapping if own is not None and cls(o) == own), None)
+
+    give(program["action"]["noun"], ev.noun)
+    held, second = _roles(program)
+    touched = set(ev.hand) | set(ev.contacts)
+    for old in second:
+        if twin(old):
+            continue
+        c = first_free(c for c in ev.narrated if c not in touched)
+        if c is not None:
+            give(old, c)
+    for old in held:
+        # a held object of the clip noun's class (the board of "scrape onion" for "scrape board") is not a tool slot
+        if old not in mapping and cls(old) != ev.noun and not twin(old):
+            c = first_free([*(c for c in ev.narrated if c in touched), *ev.contacts, *ev.near, *ev.narrated])
+            if c is not None:
+                give(old, c)
+    pool = ev.pool()
+    for old in _objects_of(program):
+        if old in mapping:
+            continue
+        if twin(old):  # the same class stays one class, so facts about it still chain
+            mapping[old] = mapping[twin(old)]
+            continue
+        own = cls(old)
+        if own is not None and own not in taken:
+            give(old, own)
+            continue
+        # its class was claimed (the clip's noun renamed another object to it): take that object's old class
+        claimer = next((o for o, c in mapping.items() if own is not None and c == own and o != old), None)
+        c = first_free([cls(claimer) if claimer else None, *pool, *nouns.ids])
+        if c is None:
+            raise OfflineError("the class list has too few objects for the exemplar program")
+        give(old, c)
+    return mapping
+
+
+def _hands_disagree(program: dict, ev: Evidence, nouns: ClassVocab) -> bool:
+    """Whether the clip's hands touch the program's objects with the other hand more often than the same."""
+    first: dict[int, str] = {}
+    for c in _conditions(program):
+        if c["predicate"] in _HAND_PREDICATES and c["args"][0] in SIDES:
+            cid = resolve_object(c["args"][1], nouns)
+            if cid is not None:
+                first.setdefault(cid, c["args"][0])
+    for s in _sub_actions(program["steps"]):
+        if s.get("hand") in SIDES:
+            cid = resolve_object(s["object_a"], nouns)
+            if cid is not None:
+                first.setdefault(cid, s["hand"])
+    score = sum(1 if ev.hand[c] == h else -1 for c, h in first.items() if c in ev.hand)
+    return score < 0
+
+
+def _exemplar_key(e: Exemplar, nid: int, clip_objects: set[int], words: set[str], nouns: ClassVocab):
+    classes = {resolve_object(o, nouns) for o in _objects_of(e.program)}
+    return (e.noun_class != nid, -len(classes & clip_objects), -len(words & _words(e.narration + " " + e.text)), e.id)
 
 
 def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab, nouns: ClassVocab) -> dict:
@@ -101,66 +319,44 @@ def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab
     vid = info.verb_class if info.verb_class is not None else (resolve_verb(verb, verbs) if verb else None)
     if vid is None:
         raise OfflineError("no verb known for this clip (no labels and no narration): the offline backend needs one")
-    noun = info.noun or (info.all_nouns[0] if info.all_nouns else None) or (info.objects[0] if info.objects else None)
-    nid = info.noun_class if info.noun_class is not None else (resolve_object(noun, nouns) if noun else None)
+    nid = clip_noun(info, nouns)
     if nid is None:
-        raise OfflineError(f"no object known for this clip (noun {noun!r}, no detections)")
+        raise OfflineError(f"no object known for this clip (noun {info.noun!r}, no hand contacts, no detections)")
     noun_name = nouns.keys[nid]
     verb_name = verb if verb and resolve_verb(verb, verbs) == vid else verbs.keys[vid]
     narration = info.narration or f"{verbs.keys[vid]} {noun_name}"
     action = {"narration": narration, "verb": verb_name, "noun": noun_name, "verb_class": vid, "noun_class": nid}
-    extra = [n for n in info.all_nouns[1:] if resolve_object(n, nouns) is not None]
-    extra += [o for o in info.objects if resolve_object(o, nouns) not in (None, nid)]
+    ev = clip_evidence(info, nid, nouns)
 
     same_verb = [e for e in exemplars if e.verb_class == vid]
     if not same_verb:
-        other = nouns.keys[resolve_object(extra[0], nouns)] if extra else None
-        step = {"type": "sub_action", "verb": verb_name, "object_a": noun_name, "object_b": other, "hand": "right",
-                "pre": [{"predicate": "visible", "args": [noun_name], "negated": False}],
-                "post": [{"predicate": "touching", "args": ["right", noun_name], "negated": False}],
-                "purpose": f"{verbs.keys[vid]} the {noun_name}"}
-        return {"action": action, "pre": [{"predicate": "visible", "args": [noun_name], "negated": False}],
-                "post": [{"predicate": "touching", "args": ["right", noun_name], "negated": False}], "steps": [step]}
-
+        return _template(action, ev, verbs, nouns)
     words = _words(" ".join(filter(None, [info.text, info.narration])))
-    best = min(same_verb, key=lambda e: (e.noun_class != nid, -len(words & _words(e.narration + " " + e.text)), e.id))
-    program = best.program
-    used = _objects_of(program)
-    mapping: dict[str, str] = {}
-    _assign(mapping, used, program["action"]["noun"], noun_name, nouns)
-    noun_id = resolve_object(program["action"]["noun"], nouns)
-    second = next((s.get("object_b") for s in _first_sub_action(program["steps"])
-                   if s.get("object_b") and resolve_object(s["object_b"], nouns) != noun_id), None)
-    if second and extra and second not in mapping:
-        new = nouns.keys[resolve_object(extra[0], nouns)]
-        if resolve_object(new, nouns) != nid:
-            _assign(mapping, used, second, new, nouns)
-    program = _rename(program, mapping)
+    clip_objects = {nid, *ev.pool()}
+    best = min(same_verb, key=lambda e: _exemplar_key(e, nid, clip_objects, words, nouns))
+    mapping = _object_mapping(best.program, ev, nouns)
+    names = {old: old if resolve_object(old, nouns) == cid else nouns.keys[cid] for old, cid in mapping.items()}
+    program = _rename(best.program, names)
+    if _hands_disagree(program, ev, nouns):
+        program = _swap_hands(program)
     program["action"] = action
-    return _fit_vocabulary(program, info, verb_name, verbs, nouns)
-
-
-def _fit_vocabulary(program: dict, info: ClipInfo, verb_name: str, verbs: ClassVocab, nouns: ClassVocab) -> dict:
-    """Make an exemplar from the full EPIC library fit a smaller class list (e.g. the synthetic kitchen's):
-    a step verb outside it becomes the action's verb, an object outside it a free object of the list (the
-    clip's objects first). Both renamings are one-to-one, so chaining stays valid."""
-    used = _objects_of(program)
-    missing = [o for o in used if resolve_object(o, nouns) is None]
-    mapping: dict[str, str] = {}
-    if missing:
-        taken = {resolve_object(o, nouns) for o in used} - {None}
-        pool = [*info.objects, *info.all_nouns, *(nouns.keys[i] for i in nouns.ids)]
-        for old in missing:
-            for cand in pool:
-                cid = resolve_object(cand, nouns)
-                if cid is not None and cid not in taken:
-                    mapping[old] = nouns.keys[cid]
-                    taken.add(cid)
-                    break
-        if len(mapping) < len(missing):
-            raise OfflineError("the class list has too few objects for the exemplar program")
-        program = _rename(program, mapping)
-    for sub in _first_sub_action(program["steps"]):
+    for sub in _sub_actions(program["steps"]):  # a step verb outside a smaller class list becomes the action's verb
         if resolve_verb(sub["verb"], verbs) is None:
             sub["verb"] = verb_name
     return program
+
+
+def _template(action: dict, ev: Evidence, verbs: ClassVocab, nouns: ClassVocab) -> dict:
+    """One sub-action: the verb on the noun, with the narration's second noun, else what a hand touches, else
+    an object near a hand, as object B."""
+    noun_name = action["noun"]
+    tool = next((c for c in (*ev.narrated, *ev.contacts, *ev.near) if c != ev.noun), None)
+    hand = ev.hand.get(tool) or ev.hand.get(ev.noun) or "right"
+    touch_hand = ev.hand.get(ev.noun) or hand
+    step = {"type": "sub_action", "verb": action["verb"], "object_a": noun_name,
+            "object_b": nouns.keys[tool] if tool is not None else None, "hand": hand,
+            "pre": [{"predicate": "visible", "args": [noun_name], "negated": False}],
+            "post": [{"predicate": "touching", "args": [touch_hand, noun_name], "negated": False}],
+            "purpose": f"{verbs.keys[action['verb_class']]} the {noun_name}"}
+    return {"action": action, "pre": [{"predicate": "visible", "args": [noun_name], "negated": False}],
+            "post": [{"predicate": "touching", "args": [touch_hand, noun_name], "negated": False}], "steps": [step]}

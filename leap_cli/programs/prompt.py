@@ -58,6 +58,10 @@ class ClipInfo:
     noun_class: int | None = None
     all_nouns: list[str] = field(default_factory=list)
     objects: list[str] = field(default_factory=list)
+    # (object, hand, seconds in contact), longest first, from the hands component's contact intervals
+    contacts: list[tuple[str, str, float]] = field(default_factory=list)
+    # (object, hand, share of frames), most seen first: detected objects the objects component puts near a hand
+    near_hands: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 def load_exemplars(folder: str | Path | None = None) -> list[Exemplar]:
@@ -107,6 +111,47 @@ def _detected_labels(objects_component: dict) -> list[str]:
     return labels
 
 
+def _hand_contacts(hands_component: dict) -> list[tuple[str, str, float]]:
+    """(object, hand, total seconds) per named object and hand of the hands component, longest first."""
+    data = hands_component.get("data") or {}
+    total: dict[tuple[str, str], float] = {}
+    first: dict[tuple[str, str], float] = {}
+    for h in data.get("hands") or []:
+        side = str(h.get("hand") or "").lower() if isinstance(h, dict) else ""
+        if side not in ("left", "right"):
+            continue
+        for c in h.get("contacts") or []:
+            obj = c.get("object") if isinstance(c, dict) else None
+            if not obj or obj == "object":  # unnamed contact: the hand touches something, we do not know what
+                continue
+            try:
+                start, stop = float(c.get("start", 0.0)), float(c.get("stop", 0.0))
+            except (TypeError, ValueError):
+                continue
+            key = (str(obj), side)
+            total[key] = total.get(key, 0.0) + max(0.0, stop - start)
+            first[key] = min(first.get(key, start), start)
+    return [(o, h, round(t, 3)) for (o, h), t in sorted(total.items(), key=lambda kv: (-kv[1], first[kv[0]], kv[0]))]
+
+
+def _near_hands(objects_component: dict) -> list[tuple[str, str, float]]:
+    """(label, hand, share of frames) of the detected objects seen near a hand, most seen first."""
+    out: dict[str, tuple[str, float]] = {}
+    for it in (objects_component.get("data") or {}).get("objects") or []:
+        if not isinstance(it, dict):
+            continue
+        label, hand = it.get("label") or it.get("name"), str(it.get("near_hand") or "").lower()
+        if not label or label == "object" or hand not in ("left", "right"):
+            continue
+        try:
+            share = float(it.get("share") or 0.0)
+        except (TypeError, ValueError):
+            share = 0.0
+        if label not in out or share > out[label][1]:
+            out[str(label)] = (hand, share)
+    return [(lab, h, sh) for lab, (h, sh) in sorted(out.items(), key=lambda kv: (-kv[1][1], kv[0]))]
+
+
 def clip_info(record: dict, segment: Segment | None = None) -> ClipInfo:
     """Labels come from the annotations when given, else from the record's narration component."""
     comps = record.get("components") or {}
@@ -119,6 +164,9 @@ def clip_info(record: dict, segment: Segment | None = None) -> ClipInfo:
         info.verb_class, info.noun_class, info.all_nouns = segment.verb_class, segment.noun_class, list(segment.all_nouns)
     if (comps.get("objects") or {}).get("status") == "ok":
         info.objects = _detected_labels(comps["objects"])
+        info.near_hands = _near_hands(comps["objects"])
+    if (comps.get("hands") or {}).get("status") == "ok":
+        info.contacts = _hand_contacts(comps["hands"])
     if not info.text and info.narration:
         info.text = f"Narration: {info.narration}."
     return info
