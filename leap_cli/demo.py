@@ -108,10 +108,13 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
     rows.append(("demo-data", f"{w}/kitchen", ", ".join(f"{s} {n}" for s, n in counts.items()) + " segments"))
     for split in ("train", "val", "test"):
         recs = _jsonl(w / "descriptors" / f"{split}.jsonl")
-        ok = {c: sum(r["components"].get(c, {}).get("status") == "ok" for r in recs)
-              for c in ("narration", "audio", "camera", "objects", "hands")}
-        rows.append((f"extract {split}", f"{w}/descriptors/{split}.jsonl",
-                     f"{len(recs)} records; ok: " + ", ".join(f"{c} {n}" for c, n in ok.items())))
+        figures = [f"{len(recs)} records"]
+        for status in ("ok", "unavailable", "error"):
+            n = {c: sum(r["components"].get(c, {}).get("status") == status for r in recs)
+                 for c in ("narration", "audio", "camera", "objects", "hands")}
+            if any(n.values()):
+                figures.append(f"{status}: " + ", ".join(f"{c} {k}" for c, k in n.items() if k))
+        rows.append((f"extract {split}", f"{w}/descriptors/{split}.jsonl", "; ".join(figures)))
     for split in ("train", "val"):
         recs = _jsonl(w / "programs" / f"{split}.jsonl")
         status: dict[str, int] = {}
