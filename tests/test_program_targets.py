@@ -5,6 +5,7 @@ import pytest
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.programs.targets import END, TargetVocab, encode_program, flatten_program
+from tests.program_helpers import cond, sub
 
 DATA = Path(__file__).parent / "data" / "epic"
 CLASSES = Path(__file__).parent / "data" / "epic100"  # the foundation's copy of EPIC's class files
@@ -14,15 +15,6 @@ CLASSES = Path(__file__).parent / "data" / "epic100"  # the foundation's copy of
 def classes():
     return (ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb"),
             ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun"))
-
-
-def cond(p, *args, neg=False):
-    return {"predicate": p, "args": list(args), "negated": neg}
-
-
-def sub(verb, a, b=None):
-    return {"type": "sub_action", "verb": verb, "object_a": a, "object_b": b, "hand": "right", "pre": [], "post": [],
-            "purpose": ""}
 
 
 PROGRAM = {

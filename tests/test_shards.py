@@ -21,6 +21,7 @@ from leap_cli.shards.dataset import ShardDataset, collate_clips
 from leap_cli.shards.format import iter_tar_samples, load_manifest
 from leap_cli.shards.transforms import CLIP_MEAN, CLIP_STD, decode_jpegs
 from leap_cli.shards.writer import ShardSettings, build_split
+from tests.program_helpers import cond, sub
 
 EPIC = Path(__file__).parent / "data" / "epic100"
 FPS = 10.0
@@ -40,15 +41,6 @@ def colour(video: str, n: int) -> tuple[int, int, int]:
     """The flat RGB colour of frame n of a video (frames are flat so JPEG keeps them almost exactly)."""
     v = int(video[-1])
     return ((n * 8) % 256, (60 * v) % 256, 255 - (n * 8) % 256)
-
-
-def cond(p, *args, neg=False):
-    return {"predicate": p, "args": list(args), "negated": neg}
-
-
-def sub(verb, a, b=None):
-    return {"type": "sub_action", "verb": verb, "object_a": a, "object_b": b, "hand": "right", "pre": [], "post": [],
-            "purpose": ""}
 
 
 PROGRAM = {
