@@ -66,3 +66,8 @@ class ShardSpec:
 
 def stage_path(workdir: str | Path, *parts: str) -> Path:
     return Path(workdir).joinpath(*parts)
+
+
+def dataset_root(workdir: str | Path, data: str | Path | None = None) -> Path:
+    """``--data``, defaulting to the synthetic kitchen that ``leap demo-data`` writes into the work directory."""
+    return Path(data) if data is not None else Path(workdir) / "kitchen"

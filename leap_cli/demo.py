@@ -101,9 +101,9 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
     """(stage, output, figures) rows read back from the files each stage wrote."""
     w = cfg.workdir
     rows: list[tuple[str, str, str]] = []
-    from leap_cli.epic.annotations import Annotations
+    from leap_cli.epic.annotations import open_annotations
 
-    ann = Annotations(w / "kitchen" / "annotations")
+    ann = open_annotations(w)
     counts = {s: len(ann.segments(s)) for s in ("train", "val", "test")}
     rows.append(("demo-data", f"{w}/kitchen", ", ".join(f"{s} {n}" for s, n in counts.items()) + " segments"))
     for split in ("train", "val", "test"):

@@ -64,7 +64,8 @@ def evaluate(
     from leap_cli.common import normalize_split
     from leap_cli.errors import LeapError
     from leap_cli.evaluate.scores import load_scores
-    from leap_cli.evaluate.scoring import TASKS, evaluate_scores, open_annotations
+    from leap_cli.epic.annotations import open_annotations
+    from leap_cli.evaluate.scoring import TASKS, evaluate_scores
     from leap_cli.io import atomic_write_json
 
     split = normalize_split(split)

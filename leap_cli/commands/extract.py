@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, normalize_split
+from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, normalize_split
 from leap_cli.errors import EXIT_INTERRUPTED
 
 console = Console()
@@ -70,7 +70,7 @@ def extract(
 
     split_name = normalize_split(split)
     spec = ShardSpec.parse(shard)
-    data = data or workdir / "kitchen"
+    data = dataset_root(workdir, data)
     out = out or workdir / "descriptors" / f"{split_name}{spec.suffix}.jsonl"
     cfg = ExtractConfig(data=data, split=split_name, out=out, annotations=annotations,
                         components=tuple(c.strip() for c in components.split(",") if c.strip()), workers=workers,

@@ -119,13 +119,13 @@ def validate_programs(
     from leap_cli.common import normalize_split
     from leap_cli.errors import LeapError
     from leap_cli.io import atomic_write_json
-    from leap_cli.programs.generate import GenerateConfig, _annotations
+    from leap_cli.programs.generate import GenerateConfig, annotations_for
     from leap_cli.programs.report import split_of, validate_records
 
     split_name = normalize_split(split) if split else None
     if not files:
         files = [workdir / "programs" / f"{split_name or 'train'}.jsonl"]
-    ann = _annotations(GenerateConfig(workdir=workdir, data=data, annotations=annotations))
+    ann = annotations_for(GenerateConfig(workdir=workdir, data=data, annotations=annotations))
     if ann is None:
         raise LeapError("the EPIC class files are needed to validate verbs and objects",
                         fix="pass --data ROOT (holding annotations/) or --annotations DIR")

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, normalize_split
+from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, normalize_split
 from leap_cli.errors import LeapError
 
 console = Console()
@@ -72,7 +72,7 @@ def build_shards(
     settings = ShardSettings(split=split, task=task, frames=frames, short_side=short_side, jpeg_quality=jpeg_quality,
                              max_shard_size=parse_size(max_shard_size), max_count=max_count, tau_a=tau_a,
                              tau_o=tau_o, context=context if task == "anticipation" else 0)
-    data = data or workdir / "kitchen"
+    data = dataset_root(workdir, data)
     with Progress(TextColumn("[bold]build-shards[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=False) as bar:
         tid = bar.add_task(f"{split}{spec.suffix}", total=None)

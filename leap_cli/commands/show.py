@@ -24,7 +24,7 @@ def show(
     data: Path = typer.Option(None, "--data", help="Dataset root for keyframes in --html (default: WORKDIR/kitchen)."),
     html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML page (keyframes, descriptors, storyboard)."),
 ) -> None:
-    from leap_cli.common import normalize_split
+    from leap_cli.common import dataset_root, normalize_split
     from leap_cli.report.program_view import program_tree
     from leap_cli.report.show import COMPONENTS, load_segment, write_segment_html
 
@@ -49,5 +49,5 @@ def show(
     else:
         console.print(f"[yellow]{narration_id}: no descriptor record yet (run `leap extract`)[/]")
     if html:
-        out = write_segment_html(view, data or workdir / "kitchen", html)
+        out = write_segment_html(view, dataset_root(workdir, data), html)
         console.print(f"wrote {out}")

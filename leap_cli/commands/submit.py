@@ -37,7 +37,7 @@ def submit(
 ) -> None:
     from leap_cli.errors import LeapError
     from leap_cli.evaluate.scores import load_scores
-    from leap_cli.evaluate.scoring import open_annotations
+    from leap_cli.epic.annotations import open_annotations
     from leap_cli import submit as sub
 
     ann = open_annotations(workdir, data, annotations)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from leap_cli.common import normalize_split
+from leap_cli.common import dataset_root, normalize_split
 from leap_cli.epic.classes import ClassVocab, parse_list_cell, read_csv
 from leap_cli.epic.timing import parse_timestamp
 from leap_cli.errors import LeapError
@@ -183,3 +183,11 @@ class Annotations:
         except KeyError:
             raise LeapError(f"video {video_id} is not in {VIDEO_INFO}", path=self.folder / VIDEO_INFO,
                             fix="add a row video_id,duration,fps,resolution for it") from None
+
+
+def open_annotations(workdir: str | Path, data: str | Path | None = None,
+                     annotations: str | Path | None = None) -> Annotations:
+    """``--annotations DIR``, else ``DATA/annotations`` with DATA defaulting to ``{workdir}/kitchen``."""
+    if annotations is not None:
+        return Annotations(annotations)
+    return Annotations(dataset_root(workdir, data) / "annotations")

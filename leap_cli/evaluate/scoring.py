@@ -16,7 +16,6 @@ segments scored are those of the file; segments of the split the file lacks are 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,16 +26,6 @@ from leap_cli.evaluate import metrics as M
 
 log = logging.getLogger(__name__)
 TASKS = ("recognition", "anticipation")
-
-
-def open_annotations(workdir: str | Path, data: str | Path | None = None,
-                     annotations: str | Path | None = None) -> Annotations:
-    """The annotations folder: ``--annotations DIR``, else ``DATA/annotations`` with DATA defaulting to
-    ``{workdir}/kitchen`` (the synthetic kitchen)."""
-    if annotations is not None:
-        return Annotations(annotations)
-    root = Path(data) if data is not None else Path(workdir) / "kitchen"
-    return Annotations(root / "annotations")
 
 
 def _np(x) -> np.ndarray:

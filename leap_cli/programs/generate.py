@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from leap_cli.common import ShardSpec, normalize_split
-from leap_cli.epic.annotations import Annotations, Segment
+from leap_cli.common import ShardSpec, dataset_root, normalize_split
+from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, read_jsonl, stable_hash
@@ -117,7 +117,7 @@ class Inputs:
 
 def load_inputs(cfg: GenerateConfig) -> Inputs:
     """Descriptor records of the split (or narration-only ones from the annotations), labels and classes."""
-    ann = _annotations(cfg)
+    ann = annotations_for(cfg)
     if ann is None:
         raise LeapError("the EPIC class files are needed to resolve verbs and objects",
                         fix="pass --data ROOT (holding annotations/) or --annotations DIR")
@@ -143,16 +143,12 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     return Inputs(records, segments, ann.verbs, ann.nouns, source)
 
 
-def _annotations(cfg: GenerateConfig) -> Annotations | None:
-    if cfg.annotations is not None:
-        return Annotations(cfg.annotations)
-    data = cfg.data if cfg.data is not None else cfg.workdir / "kitchen"
-    if (data / "annotations").is_dir():
-        return Annotations(data / "annotations")
-    if cfg.data is not None:
-        raise LeapError("annotations folder not found", path=data / "annotations",
-                        fix="--data must hold annotations/, or pass --annotations DIR")
-    return None
+def annotations_for(cfg: GenerateConfig) -> Annotations | None:
+    """The annotations, or None when neither --data nor --annotations is given and the work directory holds no
+    data set (descriptor records alone are enough to generate programs)."""
+    if cfg.annotations is None and cfg.data is None and not (dataset_root(cfg.workdir) / "annotations").is_dir():
+        return None
+    return open_annotations(cfg.workdir, cfg.data, cfg.annotations)
 
 
 def build_backend(cfg: GenerateConfig, exemplars, verbs: ClassVocab, nouns: ClassVocab) -> Backend:
