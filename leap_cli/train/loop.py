@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from leap_cli.errors import LeapError
-from leap_cli.io import atomic_write_text
+from leap_cli.io import atomic_write_text, read_jsonl
 from leap_cli.train import distributed
 from leap_cli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from leap_cli.train.config import Config, dump_config
@@ -241,9 +241,9 @@ class _Metrics:
     def __init__(self, run_dir: Path, resume_step: int | None):
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and _line_step(line) <= resume_step]
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+            # a truncated last line (killed mid-write) is dropped by read_jsonl; lines past the checkpoint are redone
+            kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
         self.tb = None
@@ -265,13 +265,6 @@ class _Metrics:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def _line_step(line: str) -> int:
-    try:
-        return int(json.loads(line).get("step", 0))
-    except (ValueError, AttributeError):
-        return 1 << 62
 
 
 @dataclass
@@ -472,9 +465,7 @@ def wrap_model(model: nn.Module, cfg: Config, info: distributed.DistInfo, *, has
 
 def _load_pretrained(model: nn.Module, path: str) -> None:
     """Load official UniFormerV2 or CLIP weights into the backbone (the model package does the filtering)."""
-    try:
-        from leap_cli.model.uniformerv2 import load_pretrained
-    except ImportError:
-        raise LeapError("this build has no pretrained-weight loader", path=path) from None
+    from leap_cli.model.uniformerv2 import load_pretrained
+
     report = load_pretrained(model.backbone, path)
     log.info("pretrained weights from %s: %s", path, report)
