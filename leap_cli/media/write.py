@@ -1,4 +1,5 @@
-"""Writing MP4s (video and, optionally, an AAC audio track) with PyAV, for the synthetic kitchen and tests."""
+"""Writing media: MP4s (video and, optionally, an AAC audio track) with PyAV, for the synthetic kitchen and tests;
+JPEG bytes of RGB frames, for the shards and the HTML pages."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ from typing import Iterable
 import numpy as np
 
 from leap_cli.io import atomic_path
+
+
+def encode_jpeg(frame_rgb: np.ndarray, quality: int = 90) -> bytes:
+    """An RGB uint8 frame ``[H, W, 3]`` as JPEG bytes (OpenCV)."""
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frame_rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
 
 
 def _rate(fps: float) -> Fraction:

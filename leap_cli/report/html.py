@@ -33,12 +33,9 @@ def esc(text) -> str:
 
 def jpeg_data_uri(image_rgb: np.ndarray, quality: int = 85) -> str:
     """An RGB uint8 image as a ``data:image/jpeg;base64,...`` URI."""
-    import cv2
+    from leap_cli.media.write import encode_jpeg
 
-    ok, buf = cv2.imencode(".jpg", image_rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image_rgb, quality)).decode("ascii")
 
 
 def bar_chart(title: str, counts: list[tuple[str, float]], *, width: int = 560, bar_height: int = 18,

@@ -32,6 +32,7 @@ from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import time_to_frame
 from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl, sha256_file, stable_hash
+from leap_cli.media.write import encode_jpeg
 from leap_cli.shards.format import (FORMAT, check_key, frame_field, manifest_name, sample_bytes, shard_name,
                                     tar_end)
 
@@ -154,15 +155,6 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
     return jobs, records, skipped
 
 
-def _encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(frame[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
-
-
 def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings) -> list[tuple[str, dict | str]]:
     """Read and JPEG-encode the frames of every sample of one video. Returns [(key, {field: bytes} | reason)]."""
     import cv2
@@ -181,7 +173,7 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings) ->
             if not s.frames:  # anticipation before the video's first tau_a seconds: a black observed clip
                 h = settings.short_side if reader.height <= reader.width else round(settings.short_side * reader.height / reader.width)
                 w = round(h * reader.width / reader.height)
-                black = _encode_jpeg(np.zeros((h, w, 3), np.uint8), settings.jpeg_quality)
+                black = encode_jpeg(np.zeros((h, w, 3), np.uint8), settings.jpeg_quality)
                 fields.update({frame_field(i): black for i in range(settings.frames)})
                 clips = clips[1:]
             for ctx, idx in clips:
@@ -189,7 +181,7 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings) ->
                 if frames is None or len(frames) != len(idx):
                     raise ValueError(f"got {0 if frames is None else len(frames)} of {len(idx)} frames")
                 for i, fr in enumerate(frames):
-                    fields[frame_field(i, ctx)] = _encode_jpeg(fr, settings.jpeg_quality)
+                    fields[frame_field(i, ctx)] = encode_jpeg(fr, settings.jpeg_quality)
             out.append((s.key, fields))
         except Exception as e:  # noqa: BLE001 - unreadable frames: the segment is skipped and listed
             out.append((s.key, f"frames unreadable: {type(e).__name__}: {e}"))
