@@ -12,7 +12,7 @@ import logging
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from leap_cli.errors import LeapError
@@ -39,7 +39,6 @@ class StageRun:
     argv: list[str]
     seconds: float = 0.0
     returncode: int | None = None
-    summary: dict = field(default_factory=dict)
 
 
 def default_config() -> Path:
@@ -153,22 +152,7 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
 
 
 def _metrics_text(m: dict) -> str:
-    """verb/noun/action top-1 from metrics.json, wherever the evaluate stage nested them."""
-    flat: dict = {}
-
-    def walk(d, prefix=""):
-        for k, v in d.items():
-            if isinstance(v, dict):
-                walk(v, f"{prefix}{k}.")
-            elif isinstance(v, (int, float)):
-                flat[f"{prefix}{k}"] = v
-
-    walk(m)
-    want = []
-    for kind in ("verb", "noun", "action"):
-        for key, v in flat.items():
-            if key.endswith(f"all.{kind}.top1") or key.endswith(f"overall.{kind}.top1") or key == f"{kind}_top1" \
-                    or key.endswith(f"all.{kind}_top1") or key.endswith(f"overall.{kind}_top1"):
-                want.append(f"{kind} top-1 {v:.1f}" if v > 1 else f"{kind} top-1 {100 * v:.1f}")
-                break
-    return ", ".join(want) or ", ".join(f"{k} {v}" for k, v in list(flat.items())[:6])
+    """verb/noun/action top-1 from the ``recognition.all`` block of ``leap evaluate``'s metrics.json."""
+    overall = (m.get("recognition") or {}).get("all") or {}
+    return ", ".join(f"{kind} top-1 {100 * overall[kind]['top1']:.1f}" for kind in ("verb", "noun", "action")
+                     if kind in overall) or "no recognition metrics"

@@ -36,7 +36,7 @@ def test_demo_runs_every_stage_and_summarises(demo):
     out = first.stdout
     for stage in ("demo-data", "extract train", "programs train", "shards test", "train", "evaluate val", "submit"):
         assert stage in out, stage
-    assert "LEAP demo: every stage" in out
+    assert "LEAP demo: every stage" in out and "verb top-1" in out and "coverage 100%" in out
     # every output the summary names exists, and the submission is a valid challenge file for the test split
     for f in ("descriptors/train.jsonl", "programs/train.jsonl", "programs/train.report.json",
               "shards/train/manifest.json", "runs/tiny-synthetic/eval/val/metrics.json", "submission.zip"):
