@@ -49,16 +49,9 @@ def _root(
 
 def _register() -> None:
     # Pipeline order; each module adds its command(s) to ``app``.
-    from leap_cli.commands import data  # demo-data, info
+    from leap_cli.commands import data, demo, evaluate, extract, programs, shards, show, submit, train
 
-    data.register(app)
-    for name in ("extract", "programs", "shards", "train", "evaluate", "submit", "show", "demo"):
-        try:
-            module = __import__(f"leap_cli.commands.{name}", fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name == f"leap_cli.commands.{name}":
-                continue  # that stage is not part of this build yet
-            raise
+    for module in (data, extract, programs, shards, train, evaluate, submit, show, demo):
         module.register(app)
 
 
