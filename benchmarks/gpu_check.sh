@@ -21,7 +21,7 @@ export PYTHONUNBUFFERED=1
     $PY -m leap_cli build-shards --split $s --workdir "$W" --frames 8 --short-side 80 --workers 8
   done
   NP=$($PY -c "import torch; print(max(1, torch.cuda.device_count()))")
-  torchrun --standalone --nproc_per_node "$NP" -m leap_cli train --config configs/tiny-synthetic.yaml --workdir "$W" \
+  torchrun --standalone --nproc_per_node "$NP" -m leap_cli train --config tiny-synthetic --workdir "$W" \
     --set train.epochs=5 --set train.threads=4 --set train.precision=bf16
   $PY -m leap_cli evaluate --split val --run "$W/runs/tiny-synthetic" --workdir "$W" --device cuda --precision bf16
 } 2>&1 | tee "$OUT/gpu_check.log"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leap_cli.errors import LeapError
+from leap_cli.resources import bundled_config
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class DemoConfig:
     videos: int = 8
     segments: int = 48
     seed: int = 0
-    config: Path | None = None  # training config; default configs/tiny-synthetic.yaml
+    config: Path | None = None  # training config; default: the bundled tiny-synthetic
     train_overrides: tuple[str, ...] = ()
     workers: int = 1
     frames: int = 8
@@ -42,9 +43,8 @@ class StageRun:
 
 
 def default_config() -> Path:
-    """configs/tiny-synthetic.yaml of this checkout, or of the current folder."""
-    here = Path(__file__).resolve().parent.parent / "configs" / "tiny-synthetic.yaml"
-    return here if here.exists() else Path("configs/tiny-synthetic.yaml")
+    """The bundled tiny-synthetic config."""
+    return bundled_config("tiny-synthetic")
 
 
 def plan(cfg: DemoConfig) -> list[StageRun]:

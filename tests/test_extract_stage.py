@@ -8,11 +8,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from leap_cli.resources import resource_dir
 from leap_cli.extract.runner import ExtractConfig, run_extract
 from leap_cli.io import read_jsonl
 from tests.extract_kitchen import CONTACT, SEGMENTS, build
 
-SCHEMA = json.loads((Path(__file__).parents[1] / "schemas" / "descriptors.schema.json").read_text())
+SCHEMA = json.loads((resource_dir("schemas") / "descriptors.schema.json").read_text())
 
 
 @pytest.fixture(scope="module")

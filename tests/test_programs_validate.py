@@ -9,6 +9,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from typer.testing import CliRunner
 
+from leap_cli.resources import resource_dir
 from leap_cli.cli import app
 from leap_cli.epic.annotations import Segment, read_segments
 from leap_cli.epic.classes import ClassVocab
@@ -255,7 +256,7 @@ def descriptor_record(narration, verb, noun, all_nouns, verbs, nouns, contacts=(
     }
     record = {"narration_id": "P01_01_0", "video_id": "P01_01", "start": 0.0, "stop": 3.0, "components": comps,
               "text": f"Narration: {narration}. Hands and objects."}
-    schema = json.loads((Path(__file__).parents[1] / "schemas" / "descriptors.schema.json").read_text())
+    schema = json.loads((resource_dir("schemas") / "descriptors.schema.json").read_text())
     assert list(Draft202012Validator(schema).iter_errors(record)) == []
     return record
 

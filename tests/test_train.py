@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from leap_cli.errors import LeapError
+from leap_cli.resources import bundled_configs
 from leap_cli.train import distributed
 from leap_cli.train.checkpoint import load_checkpoint, load_model
 from leap_cli.train.config import Config, load_config
@@ -85,8 +86,8 @@ def test_unknown_config_key_names_key_and_file(tmp_path: Path) -> None:
 def test_overrides_and_repo_configs_load() -> None:
     cfg = load_config(None, ["optim.lr=3e-4", "loss.program_loss=false", "optim.betas=[0.9, 0.95]"])
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.loss.program_loss is False and cfg.optim.betas == (0.9, 0.95)
-    configs = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
-    assert configs, "configs/*.yaml missing"
+    configs = bundled_configs()
+    assert len(configs) >= 3, "bundled configs missing"
     for path in configs:
         load_config(path)  # every shipped config is valid
 

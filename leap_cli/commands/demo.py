@@ -22,7 +22,7 @@ def demo(
     videos: int = typer.Option(8, "--videos", help="Videos in the synthetic kitchen."),
     segments: int = typer.Option(48, "--segments", help="Action segments per video."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic kitchen."),
-    config: Path = typer.Option(None, "--config", help="Training config (default configs/tiny-synthetic.yaml)."),
+    config: Path = typer.Option(None, "--config", help="Training config (default tiny-synthetic)."),
     set_: list[str] = typer.Option([], "--set", help="Override a training config key, e.g. --set train.epochs=2 (repeatable)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes for extract and build-shards."),
     frames: int = typer.Option(8, "--frames", help="Frames stored per clip in the shards."),

@@ -21,7 +21,7 @@ from leap_cli.epic.annotations import Segment
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.io import stable_hash
-from leap_cli.programs.schema import resource_dir
+from leap_cli.resources import resource_dir
 from leap_cli.programs.vocab import HANDS, MOTOR_PRIMITIVES, PREDICATES, resolve_object, resolve_verb
 
 COMPONENTS = ("narration", "audio", "camera", "objects", "hands")

@@ -7,16 +7,14 @@ variant that strict mode accepts: every property required (optional ones become 
 keywords strict mode may refuse (``prefixItems``, ``minItems``, ``maxItems``, ``minLength``, ``maxLength``,
 ``pattern``, ``minimum``) removed; what they enforced is checked again by ``validate_program`` on the reply.
 
-Resource folders (``schemas/``, ``prompts/``) live at the repository root and are found relative to the
-package (the project is installed with ``pip install -e``); ``LEAP_SCHEMAS_DIR`` / ``LEAP_PROMPTS_DIR``
-point elsewhere.
+Resource folders (``schemas/``, ``prompts/``, ``configs/``) are package data of ``leap_cli.resources`` (see
+``leap_cli.resources.resource_dir``); ``LEAP_SCHEMAS_DIR`` / ``LEAP_PROMPTS_DIR`` point elsewhere.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -24,19 +22,10 @@ from pathlib import Path
 from jsonschema import Draft202012Validator
 
 from leap_cli.errors import LeapError
+from leap_cli.resources import resource_dir
 
 SCHEMA_FILE = "action_program.schema.json"
 _STRICT_DROP = ("minItems", "maxItems", "minLength", "maxLength", "pattern", "minimum", "maximum", "$id", "$schema")
-
-
-def resource_dir(name: str) -> Path:
-    """``schemas`` or ``prompts``: from ``LEAP_<NAME>_DIR`` or the repository root next to the package."""
-    env = os.environ.get(f"LEAP_{name.upper()}_DIR")
-    path = Path(env) if env else Path(__file__).resolve().parents[2] / name
-    if not path.is_dir():
-        raise LeapError(f"resource folder {name}/ not found", path=path,
-                        fix=f"install leap with pip install -e from a checkout, or set LEAP_{name.upper()}_DIR")
-    return path
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ time), so the bytes never depend on the number of workers. A shard is written to
 renamed when complete; each completed shard is appended to ``.progress{suffix}.jsonl``, so a re-run
 keeps complete shards (after checking their size) and redoes the unfinished one.
 
-Sample ``json`` (see ``docs/readme/shards.md``)::
+Sample ``json`` (see ``docs/shards.md``)::
 
     {"narration_id", "video", "participant", "start", "stop", "fps", "narration", "verb", "noun",
      "verb_class", "noun_class" (null on test), "task", "frame_indices": [T 1-based frame numbers],

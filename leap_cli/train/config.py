@@ -1,7 +1,7 @@
 """Training config: frozen dataclasses, one per section, loaded from YAML with ``--set key=value`` overrides.
 
 A config file has the sections ``model``, ``data``, ``optim``, ``loss`` and ``train`` (see
-``configs/tiny-synthetic.yaml``). Unknown keys are errors naming the key and the file. The resolved
+``leap_cli/resources/configs/tiny-synthetic.yaml``, or by name: ``--config tiny-synthetic``). Unknown keys are errors naming the key and the file. The resolved
 config (file + overrides + defaults) is written to ``runs/NAME/config.yaml`` and stored in every checkpoint.
 """
 
@@ -15,6 +15,7 @@ from typing import Any, Iterable, get_type_hints
 import yaml
 
 from leap_cli.errors import LeapError
+from leap_cli.resources import bundled_config, bundled_configs
 
 BACKBONES = ("uniformerv2_tiny", "uniformerv2_b16", "uniformerv2_l14")
 
@@ -235,9 +236,13 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
     source = "<defaults>"
     if path is not None:
         path = Path(path)
+        if not path.is_file() and (bundled := bundled_config(str(path))) is not None:
+            path = bundled  # a config shipped with leap, by name: --config tiny-synthetic
         source = str(path)
         if not path.is_file():
-            raise LeapError("config file not found", path=path, fix="give an existing file, e.g. configs/tiny-synthetic.yaml")
+            names = ", ".join(p.stem for p in bundled_configs())
+            raise LeapError("config file not found", path=path,
+                            fix=f"give a YAML file, or the name of a bundled config: {names}")
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
