@@ -119,8 +119,10 @@ def test_camera_component_words_for_turn_then_look_down():
     # 9 samples over 2 s: 4 steps turning right 30 deg in all, then 4 steps looking down 20 deg in all
     rots = [rot_y(7.5 * min(i, 4)) @ rot_x(-5.0 * max(i - 4, 0)) for i in range(9)]
     frames = _views(rots)
-    seg = _segment(0.0, 2.0, fps=4.0)  # frames 1..8 -> 9 evenly spread samples need 1..9
-    seg = Segment(seg.narration_id, "P01", "P01_01", 0.0, 2.0, 1, 9)
+    # 9 evenly spread samples need frames 1..9: at 4 fps the MP4 frames shown in [0, 2.25) s (the timing rule
+    # reads an MP4's frames from the timestamps, not from the CSV frame columns)
+    seg = _segment(0.0, 2.25, fps=4.0)
+    seg = Segment(seg.narration_id, "P01", "P01_01", 0.0, 2.25, 1, 10)
     ctx = SegmentContext(layout=_Layout(Path(".")), segment=seg, fps=4.0,
                          read_frames=lambda nums, side: frames[[n - 1 for n in nums]])
     rec = CameraComponent(frames=9).describe(ctx)

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 
 from leap_cli.epic.layout import DatasetLayout
-from leap_cli.epic.timing import frame_filename, frame_to_time
+from leap_cli.epic.timing import FrameClock, frame_filename, frame_to_time, frames_for_window
 from leap_cli.errors import LeapError
 from leap_cli.media import (AudioUnavailable, FramesFolderReader, VideoReader, open_video, read_audio,
-                            read_segment_audio, read_video_audio, read_window, sample_frame_indices)
+                            read_segment_audio, read_video_audio)
 from leap_cli.media.write import write_mp4
 
 FPS = 29.97
@@ -57,10 +57,13 @@ def test_video_reader_properties_and_window(mp4):
     with VideoReader(mp4) as r:
         assert (r.width, r.height, r.num_frames) == (128, 96, N_FRAMES)
         assert r.fps == pytest.approx(FPS, abs=1e-3)
-        clip = read_window(r, 2.0, 4.0, 8, short_side=48)
+        window = frames_for_window(FrameClock("mp4", r.fps, r.num_frames), 2.0, 4.0, 8)
+        clip = r.read_frames(list(window.frames), short_side=48)
+        full = r.read_frames(list(window.frames))
     assert clip.shape == (8, 48, 64, 3) and clip.dtype == np.uint8
-    wanted = sample_frame_indices(2.0, 4.0, FPS, 8)
-    assert wanted == sorted(wanted) and wanted[0] >= 60 and wanted[-1] <= 120
+    wanted = list(window.frames)
+    assert window.inside and wanted == sorted(wanted) and wanted[0] >= 60 and wanted[-1] <= 120
+    assert [_frame_number(f) for f in full] == wanted
 
 
 def test_seek_read_equals_decode_from_start(mp4):
@@ -110,15 +113,18 @@ def test_frames_folder_reader(tmp_path, mp4):
         FramesFolderReader(folder, 50.0, record="P01_01_3").read_frames([12])
 
 
-def test_sample_frame_indices_modes():
-    assert sample_frame_indices(0.0, 1.0, 10.0, 5) == [2, 4, 6, 8, 10]
+def test_window_sampling_modes():
+    clock = FrameClock("mp4", 10.0)
+    assert frames_for_window(clock, 0.0, 1.0, 5).frames == (2, 4, 6, 8, 10)
     rng = np.random.default_rng(0)
-    rand = sample_frame_indices(0.0, 1.0, 10.0, 5, "random", rng)
+    rand = frames_for_window(clock, 0.0, 1.0, 5, "random", rng).frames
     assert all(1 + 2 * i <= f <= 2 + 2 * i for i, f in enumerate(rand))
-    assert sample_frame_indices(0.0, 1.0, 10.0, 4, "consecutive") == [4, 5, 6, 7]
-    assert max(sample_frame_indices(0.0, 100.0, 10.0, 4, max_frame=50)) == 50
+    assert frames_for_window(clock, 0.0, 1.0, 4, "consecutive").frames == (4, 5, 6, 7)
+    # No clamping: a window past the end of a 50-frame video says so instead of repeating the last frame.
+    late = frames_for_window(clock.with_frames(50), 0.0, 100.0, 4)
+    assert not late.inside and "after the decodable end" in late.reason and max(late.frames) > 50
     with pytest.raises(ValueError):
-        sample_frame_indices(0.0, 1.0, 10.0, 4, "nope")
+        frames_for_window(clock, 0.0, 1.0, 4, "nope")
 
 
 def test_missing_video_names_segment_and_paths(tmp_path):

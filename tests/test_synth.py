@@ -17,8 +17,9 @@ from leap_cli.epic.annotations import Annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.epic.hand_objects import HandState, read_hand_objects
 from leap_cli.epic.layout import DatasetLayout
+from leap_cli.epic.timing import FrameClock
 from leap_cli.errors import LeapError
-from leap_cli.media import open_video, read_audio, read_segment_audio, read_video_audio, read_window
+from leap_cli.media import open_video, read_audio, read_segment_audio, read_video_audio
 from leap_cli.synth.kitchen import MARKER, KitchenConfig, assign_videos, build_kitchen, world_to_camera
 from leap_cli.synth.plan import PlannedSegment
 from leap_cli.synth.render import BASE_W, Renderer, make_hand, make_panorama, make_sprites
@@ -96,7 +97,8 @@ def test_decoded_window_and_audio_window(kitchen):
         assert (r.width, r.height) == (CFG.width, CFG.height)
         assert r.fps == pytest.approx(ann.fps(seg.video_id), abs=1e-6)
         assert r.num_frames == pytest.approx(ann.video_info[seg.video_id].duration * r.fps, abs=1)
-        clip = read_window(r, seg.start, seg.stop, 8, short_side=64)
+        window = FrameClock("mp4", r.fps, r.num_frames).window(seg.start, seg.stop, 8)
+        clip = r.read_frames(list(window.require().frames), short_side=64)
     assert clip.shape == (8, 64, 85, 3) and clip.dtype == np.uint8 and clip.std() > 5
     audio = read_segment_audio(layout, seg.video_id, seg.start, seg.stop, 16000)
     assert audio.dtype == np.float32 and audio.shape == (round((seg.stop - seg.start) * 16000),)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -32,7 +33,7 @@ def extract(
         help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
     components: str = typer.Option("narration,audio,camera,objects,hands", "--components",
                                    help="Comma-separated components to compute."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes; each takes whole videos."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes; each takes one segment at a time."),
     shard: str = typer.Option(None, "--shard", help="Take part i of n (0-based), e.g. 0/4; videos stay together."),
     retry_errors: bool = typer.Option(
         False, "--retry-errors",
@@ -65,6 +66,16 @@ def extract(
         None, "--audio-labels",
         help="AudioSet class_labels_indices.csv for --audio-model."),
     device: str = typer.Option("cpu", "--device", help="Torch device for the detector and the audio model."),
+    frame_cache: str = typer.Option(
+        None, "--frame-cache",
+        help="Folder for build-shards' recognition frames, JPEG-encoded from extract's own decode so that "
+             "build-shards does not decode the videos again (default WORKDIR/frame-cache; 'none' turns it off)."),
+    cache_frames: int = typer.Option(16, "--cache-frames", help="Frames per segment in the frame cache "
+                                                                  "(= build-shards --frames)."),
+    cache_short_side: int = typer.Option(256, "--cache-short-side", help="Short side of the cached frames "
+                                                                          "(= build-shards --short-side)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 3 when any segment has a failed component "
+                                                        "(without it: only when every segment does)."),
 ) -> None:
     from leap_cli.extract.runner import ExtractConfig, run_extract
 
@@ -79,7 +90,10 @@ def extract(
                         camera_source=camera_source,
                         object_frames=object_frames, detector_weights=detector_weights,
                         detector_labels=detector_labels, detector_arch=detector_arch, audio_model=audio_model,
-                        audio_labels=audio_labels, device=device)
+                        audio_labels=audio_labels, device=device,
+                        frame_cache=None if str(frame_cache).lower() == "none" else
+                        Path(frame_cache) if frame_cache else workdir / "frame-cache",
+                        cache_frames=cache_frames, cache_short_side=cache_short_side)
     progress = Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
     task = {}
@@ -96,6 +110,7 @@ def extract(
     if summary.interrupted:
         console.print("[yellow]interrupted[/]: finished records were kept; run the same command to resume")
         sys.exit(EXIT_INTERRUPTED)  # SystemExit passes through click with standalone_mode=False; typer.Exit would not
+    summary.outcome.exit(strict)  # 3 when every segment failed (or any, with --strict)
 
 
 def _print_summary(s) -> None:
@@ -113,7 +128,13 @@ def _print_summary(s) -> None:
     rate = s.written / s.wall if s.wall > 0 else 0.0
     console.print(f"segments: {s.segments} in split, {s.done_before} done before, {s.written} written now "
                   f"({rate:.2f}/s)" + (" [yellow]interrupted[/]" if s.interrupted else ""))
+    if s.unavailable:
+        console.print(f"unavailable components by reason ({sum(s.unavailable.values())}):")
+        for reason, n in s.unavailable.most_common(10):
+            console.print(f"  {n} x {escape(reason)}", highlight=False)
+    for line in s.outcome.lines():
+        console.print(escape(line), highlight=False, style="red")
     if s.errors:
         console.print(f"[red]{len(s.errors)} component error(s)[/] (first 10; rerun with --retry-errors after fixing):")
         for line in s.errors[:10]:
-            console.print(f"  {line}", highlight=False)
+            console.print(f"  {escape(line)}", highlight=False)

@@ -7,6 +7,7 @@ to the segment start; ``describe.render_clip`` merges the timelines of all compo
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +16,7 @@ import numpy as np
 
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.layout import DatasetLayout
+from leap_cli.epic.timing import FrameClock, Window, epic_frame_rate
 
 COMPONENTS = ("narration", "audio", "camera", "objects", "hands")
 STATUSES = ("ok", "unavailable", "error")
@@ -27,12 +29,27 @@ def result(status: str, source: str, data: dict | None = None, text: str = "") -
 
 
 def unavailable(source: str, why: str) -> dict:
+    """``why`` goes into the clip text: say what is missing, never a local path or a tool's error text."""
     return result("unavailable", source, {"reason": why}, f"unavailable ({why})")
 
 
 def error(source: str, exc: BaseException) -> dict:
-    msg = f"{type(exc).__name__}: {exc}" if not hasattr(exc, "one_line") else exc.one_line()
-    return result("error", source, {"error": msg}, f"error ({msg})")
+    """A failed component. The clip text and ``data["error"]`` carry only a path-free cause (a ``LeapError``'s
+    message, else the exception type); ``data["detail"]`` keeps the full one-line error for the user."""
+    if hasattr(exc, "one_line"):
+        msg, detail = scrub_paths(exc.message), exc.one_line()
+    else:
+        msg, detail = f"internal error ({type(exc).__name__})", f"{type(exc).__name__}: {exc}"
+    return result("error", source, {"error": msg, "detail": detail}, f"error ({msg})")
+
+
+_QUOTED_PATH = re.compile(r"""(['"])(?:[A-Za-z]:)?[\\/][^'"]*[\\/]([^'"\\/]+)\1""")
+_PATH = re.compile(r"""(?:[A-Za-z]:)?(?:[\\/][^\\/\s'"]+)+[\\/]([^\\/\s'"]+)""")
+
+
+def scrub_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its file name (clip texts must not reveal the file layout)."""
+    return _PATH.sub(r"\1", _QUOTED_PATH.sub(r"\1\2\1", text))
 
 
 FrameReader = Callable[[list[int], int], np.ndarray]  # (1-based frame numbers, short side) -> [T,H,W,3] uint8
@@ -42,7 +59,10 @@ FrameReader = Callable[[list[int], int], np.ndarray]  # (1-based frame numbers, 
 class SegmentContext:
     """What a component may use for one segment: the layout, the video's fps, and lazy media access.
 
-    ``read_frames`` decodes only the frames asked for (the runner opens each video once per worker);
+    ``clock`` is the timing rule for the video's source (``leap_cli.epic.timing.FrameClock``: MP4 frames at the
+    true fps, or EPIC's ``rgb_frames`` numbering); ``segment_frames`` and ``frame_time`` go through it.
+    ``read_frames`` decodes only the frames asked for (the runner opens each video once per worker) and raises
+    ``FramesUnavailable`` when the segment's window is not fully inside the decodable video;
     ``read_audio(sample_rate)`` returns the segment's mono samples (float32) or raises ``AudioUnavailable``.
     """
 
@@ -52,17 +72,38 @@ class SegmentContext:
     read_frames: FrameReader | None = None
     read_audio: Callable[[int], np.ndarray] | None = None
     video_cache: dict[str, Any] = field(default_factory=dict)  # per-video state shared by components
+    clock: FrameClock | None = None  # None: an MP4 at ``fps`` (what a bare context in a test means)
+
+    def __post_init__(self):
+        if self.clock is None:
+            self.clock = FrameClock("mp4", self.fps)
 
     def frame_time(self, frame_number: int) -> float:
-        """Seconds from the segment start to a (1-based) frame."""
-        return round((frame_number - 1) / self.fps - self.segment.start, 3)
+        """Seconds from the segment start to a (1-based) frame of the source (the numbers ``segment_frames``
+        gives and ``read_frames`` takes)."""
+        return round(self.clock.time_of(frame_number) - self.segment.start, 3)
+
+    def epic_frame_time(self, frame_number: int) -> float:
+        """Seconds from the segment start to a frame in EPIC's numbering (the CSV columns, the hand-object
+        files: 60 per second, 50 for the 50 fps videos)."""
+        return round((frame_number - 1) / epic_frame_rate(self.fps) - self.segment.start, 3)
+
+    def window(self, count: int | None = None, mode: str = "spread") -> Window:
+        """The segment's window in the source's frames (``count`` samples of it), and whether it is decodable."""
+        return self.clock.segment_window(self.segment, count, mode)
 
     def segment_frames(self, count: int) -> list[int]:
-        """``count`` frame numbers spread evenly through the segment (inclusive of both ends)."""
-        a, b = self.segment.start_frame, max(self.segment.stop_frame, self.segment.start_frame)
-        if count <= 1 or b == a:
-            return [a]
-        return sorted({int(round(x)) for x in np.linspace(a, b, count)})
+        """``count`` source frame numbers spread evenly through the segment (inclusive of both ends)."""
+        return list(self.window(max(1, count)).frames)
+
+
+class FramesUnavailable(Exception):
+    """The segment's frames cannot be had (its window is past the end of the video, the file is truncated or
+    corrupt, there is no video): the runner reports the component as ``unavailable`` with ``reason``."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
 
 
 class Component:
@@ -74,6 +115,15 @@ class Component:
 
     def describe(self, ctx: SegmentContext) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def frames_wanted(self, ctx: SegmentContext) -> list[tuple[list[int], int | None]]:
+        """The (frame numbers, short side) reads ``describe`` will make, so the runner decodes them all in one
+        pass. The default covers a component that reads ``ctx.segment_frames(self.frames)`` at
+        ``self.short_side`` (0/None: full size); a component that reads other frames overrides it (a read
+        that was not announced still works, at the cost of another decode)."""
+        if not self.needs_frames or not getattr(self, "frames", 0):
+            return []
+        return [(ctx.segment_frames(self.frames), getattr(self, "short_side", None) or None)]
 
     def close(self) -> None:
         """Free per-run resources (models)."""

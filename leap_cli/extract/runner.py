@@ -1,17 +1,22 @@
 """The ``leap extract`` stage: every segment of a split -> one descriptor record (JSONL, resumable).
 
-Segments are grouped by video, so each worker opens a video once and decodes only the frames the components
-ask for. Each record is appended (and fsynced) as soon as it is finished; a re-run skips finished segments,
-``retry_errors`` redoes those with a failed component. A component's exception becomes ``status: error`` with
-the message, and the run goes on. With ``workers > 1`` whole videos are handed to worker processes.
+Segments are taken video by video, so a video is opened once (per worker), and each segment is decoded once: the
+frames every component and the frame cache will ask for are decoded in one pass (``_Video``), through the timing
+rule (``leap_cli.epic.timing``). A segment whose window is not fully inside the decodable video gets its
+frame-reading components ``unavailable`` with the reason (never a clamped or invented frame). Each record is
+appended (and fsynced) as soon as it is finished; a re-run skips finished segments, ``retry_errors`` redoes those
+with a failed component. A component's exception becomes ``status: error`` with a path-free message, and the run
+goes on. With ``workers > 1`` each segment is a task of its own (so Ctrl-C keeps every finished segment) and the
+workers die with the parent.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,10 +26,13 @@ import numpy as np
 from leap_cli.common import ShardSpec, normalize_split
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.layout import DatasetLayout
+from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
 from leap_cli.errors import LeapError
-from leap_cli.extract.base import COMPONENTS, Component, SegmentContext, error
+from leap_cli.extract.base import COMPONENTS, Component, FramesUnavailable, SegmentContext, error, unavailable
+from leap_cli.extract.cache import FrameCache
 from leap_cli.extract.describe import render_clip
 from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl
+from leap_cli.outcome import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,11 @@ class ExtractConfig:
     audio_model: Path | None = None
     audio_labels: Path | None = None
     device: str = "cpu"
+    # The frame cache (see extract/cache.py): build-shards' recognition frames, encoded from extract's own decode.
+    frame_cache: Path | None = None  # None: no cache
+    cache_frames: int = 16  # = build-shards --frames
+    cache_short_side: int = 256  # = build-shards --short-side
+    cache_quality: int = 90  # = build-shards --jpeg-quality
 
     def __post_init__(self):
         unknown = [c for c in self.components if c not in COMPONENTS]
@@ -71,15 +84,25 @@ class ExtractSummary:
                                                                        for c in COMPONENTS})
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     errors: list[str] = field(default_factory=list)  # "narration_id component: message"
+    unavailable: Counter = field(default_factory=Counter)  # "component: reason" -> segments
+    outcome: Outcome = field(default_factory=lambda: Outcome("extract"))  # a record fails when a component errs
     wall: float = 0.0
     interrupted: bool = False
 
     def add(self, record: dict, timings: dict[str, float]) -> None:
         self.written += 1
+        self.outcome.attempt()
+        causes = []
         for name, comp in record["components"].items():
             self.counts[name][comp["status"]] += 1
             if comp["status"] == "error":
-                self.errors.append(f"{record['narration_id']} {name}: {comp['data'].get('error', '')}")
+                msg = comp["data"].get("error", "")
+                self.errors.append(f"{record['narration_id']} {name}: {comp['data'].get('detail', msg)}")
+                causes.append(f"{name}: {msg}")
+            elif comp["status"] == "unavailable":
+                self.unavailable[f"{name}: {comp['data'].get('reason', '')}"] += 1
+        if causes:
+            self.outcome.fail(causes[0])
         for name, sec in timings.items():
             self.seconds[name] += sec
 
@@ -131,81 +154,183 @@ def _plain(x):
     return x
 
 
-class _LazyVideo:
-    """Opens the video on the first frame request; an open failure is remembered and re-raised per segment."""
+class _Video:
+    """One video's frames for the segments of a worker: opened on the first frame request, checked against the
+    timing rule, decoded once per segment.
 
-    def __init__(self, layout: DatasetLayout, video_id: str, fps: float):
+    Before a segment's components run, ``plan`` lists every (frame, short side) they and the frame cache will
+    want; the first request then decodes all of them in one pass (``reader.decode``) and later requests are
+    served from memory. A segment whose window is not fully inside the decodable video, a truncated or corrupt
+    file, or a video that is not there raise ``FramesUnavailable`` (with a reason that names no path): no frame
+    is ever clamped or invented.
+    """
+
+    def __init__(self, layout: DatasetLayout, video_id: str, fps: float, duration: float | None = None):
         self.layout, self.video_id, self.fps = layout, video_id, fps
+        kind = MP4 if layout.video_path(video_id) is not None else RGB_FRAMES
+        self.clock = FrameClock(kind, fps, None, duration)
         self.reader = None
-        self.failure: LeapError | None = None
+        self.failure: str | None = None
+        self.cache: dict = {}  # per-video state shared by components (ctx.video_cache)
+        self._memo: dict[tuple[int, int | None], np.ndarray] = {}
+        self._plan: dict[int, set[int | None]] = {}
+        self._segment: Segment | None = None
+        self.decoded = 0  # frames decoded (for the benchmark)
 
-    def read(self, numbers: list[int], short_side: int, record: str) -> np.ndarray:
-        from leap_cli.media.video import open_video
+    def _open(self, record: str) -> None:
+        from leap_cli.media.video import VideoUnreadable, open_video
 
         if self.failure is not None:
-            raise self.failure
+            raise FramesUnavailable(self.failure)
         if self.reader is None:
             try:
                 self.reader = open_video(self.layout, self.video_id, self.fps, record=record)
-            except LeapError as e:
-                self.failure = e
-                raise
-        n = getattr(self.reader, "num_frames", None)
-        if n:
-            numbers = [min(max(1, x), n) for x in numbers]
-        return self.reader.read_frames(numbers, short_side or None)
+            except VideoUnreadable as e:
+                self.failure = e.message
+                log.info("%s", e.one_line())
+                raise FramesUnavailable(e.message) from None
+            self.clock = self.clock.with_frames(self.reader.num_frames)
+
+    def start_segment(self, seg: Segment, plan: dict[int, set[int | None]]) -> None:
+        self._segment, self._plan, self._memo = seg, plan, {}
+
+    def _decode(self, wanted: dict[int, set[int | None]], record: str) -> None:
+        from leap_cli.media.video import VideoUnreadable, to_rgb
+
+        try:
+            for f, bgr in self.reader.decode(sorted(wanted)):
+                self.decoded += 1
+                for side in wanted[f]:
+                    self._memo[(f, side)] = to_rgb(bgr, side)
+        except VideoUnreadable as e:
+            log.info("%s", e.one_line())
+            raise FramesUnavailable(e.message) from None
+
+    def read(self, numbers: list[int], short_side: int | None, seg: Segment) -> np.ndarray:
+        self._open(seg.narration_id)
+        window = self.clock.segment_window(seg)
+        if not window.inside:
+            raise FramesUnavailable(window.reason)
+        side = short_side or None
+        bad = [n for n in numbers if n < 1 or n > self.clock.num_frames]
+        if bad:
+            raise FramesUnavailable(self.clock.check(min(numbers), max(numbers)) or "frames outside the video")
+        missing = {n for n in numbers if (n, side) not in self._memo}
+        if missing:
+            wanted: dict[int, set[int | None]] = {n: {side} for n in missing}
+            if seg is self._segment and self._plan:  # the first request decodes everything planned, in one pass
+                for f, sides in self._plan.items():
+                    if 1 <= f <= self.clock.num_frames:
+                        wanted.setdefault(f, set()).update(s for s in sides if (f, s) not in self._memo)
+                self._plan = {}
+            self._decode(wanted, seg.narration_id)
+        return np.stack([self._memo[(n, side)] for n in numbers])
 
     def close(self) -> None:
         if self.reader is not None:
             self.reader.close()
+            self.reader = None
+
+
+def _planned_frames(ctx: SegmentContext, components: list[Component], cache: "FrameCache | None"
+                    ) -> dict[int, set[int | None]]:
+    """Every (frame, short side) the components and the frame cache will ask for in this segment."""
+    plan: dict[int, set[int | None]] = {}
+    for comp in components:
+        for numbers, side in comp.frames_wanted(ctx):
+            for n in numbers:
+                plan.setdefault(n, set()).add(side or None)
+    if cache is not None:
+        for n in cache.frames_of(ctx):
+            plan.setdefault(n, set()).add(cache.short_side)
+    return plan
 
 
 def describe_video(layout: DatasetLayout, segments: list[Segment], components: list[Component],
-                   fps: float) -> list[tuple[dict, dict[str, float]]]:
+                   fps: float, cache: "FrameCache | None" = None) -> list[tuple[dict, dict[str, float]]]:
     """Records (and per-component seconds) for the segments of one video, in order."""
-    return list(iter_video(layout, segments, components, fps))
-
-
-def iter_video(layout: DatasetLayout, segments: list[Segment], components: list[Component], fps: float):
-    from leap_cli.media.audio import read_segment_audio
-
-    video = _LazyVideo(layout, segments[0].video_id, fps)
-    cache: dict = {}
+    video = _Video(layout, segments[0].video_id, fps)
     try:
-        for seg in segments:
-            ctx = SegmentContext(
-                layout=layout, segment=seg, fps=fps, video_cache=cache,
-                read_frames=lambda nums, side, s=seg: video.read(nums, side, s.narration_id),
-                read_audio=lambda sr, s=seg: read_segment_audio(
-                    layout, s.video_id, s.start, max(s.stop, s.start + 0.05), sr, record=s.narration_id))
-            comps, timings = {}, {}
-            for comp in components:
-                t0 = time.perf_counter()
-                try:
-                    comps[comp.name] = _plain(comp.describe(ctx))
-                except Exception as e:  # noqa: BLE001 - one component's failure must not stop the run
-                    if not isinstance(e, LeapError):
-                        log.warning("%s %s failed", seg.narration_id, comp.name, exc_info=True)
-                    comps[comp.name] = error(getattr(comp, "source", comp.name), e)
-                timings[comp.name] = time.perf_counter() - t0
-            record = {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),
-                      "stop": round(seg.stop, 3), "components": comps,
-                      "text": render_clip(seg.start, seg.stop, comps)}
-            yield record, timings
+        return [describe_segment(video, seg, components, cache) for seg in segments]
     finally:
         video.close()
 
 
+def iter_video(layout: DatasetLayout, segments: list[Segment], components: list[Component], fps: float,
+               cache: "FrameCache | None" = None):
+    video = _Video(layout, segments[0].video_id, fps)
+    try:
+        for seg in segments:
+            yield describe_segment(video, seg, components, cache)
+    finally:
+        video.close()
+
+
+def describe_segment(video: _Video, seg: Segment, components: list[Component],
+                     cache: "FrameCache | None" = None) -> tuple[dict, dict[str, float]]:
+    """One segment's record and per-component seconds. Components read frames through ``video`` (one decode
+    for all of them); ``cache`` (build-shards' recognition frames) is filled from the same decode."""
+    from leap_cli.media.audio import read_segment_audio
+
+    layout = video.layout
+    ctx = SegmentContext(
+        layout=layout, segment=seg, fps=video.fps, video_cache=video.cache, clock=video.clock,
+        read_frames=lambda nums, side: video.read(list(nums), side, seg),
+        read_audio=lambda sr: read_segment_audio(
+            layout, seg.video_id, seg.start, max(seg.stop, seg.start + 0.05), sr, record=seg.narration_id))
+    video.start_segment(seg, _planned_frames(ctx, components, cache))
+    comps, timings = {}, {}
+    for comp in components:
+        t0 = time.perf_counter()
+        try:
+            comps[comp.name] = _plain(comp.describe(ctx))
+        except FramesUnavailable as e:
+            comps[comp.name] = unavailable(getattr(comp, "source", "video"), e.reason)
+        except Exception as e:  # noqa: BLE001 - one component's failure must not stop the run
+            if not isinstance(e, LeapError):
+                log.warning("%s %s failed", seg.narration_id, comp.name, exc_info=True)
+            comps[comp.name] = error(getattr(comp, "source", comp.name), e)
+        timings[comp.name] = time.perf_counter() - t0
+    if cache is not None:
+        t0 = time.perf_counter()
+        cache.store(ctx, seg)
+        timings["frame-cache"] = time.perf_counter() - t0
+    record = {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),
+              "stop": round(seg.stop, 3), "components": comps,
+              "text": render_clip(seg.start, seg.stop, comps)}
+    return record, timings
+
+
 # --- worker processes ---------------------------------------------------------------------------------------
+# Each task is one segment, so the parent writes every finished segment as it arrives (Ctrl-C keeps them all).
+# A worker keeps its last videos open, so consecutive segments of a video do not reopen it.
 _W: dict = {}
+_OPEN_VIDEOS = 2
 
 
-def _worker_init(cfg: ExtractConfig) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this worker when the parent dies (even by SIGKILL); elsewhere a no-op."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl
+            pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _worker_init(cfg: ExtractConfig, parent: int) -> None:
     import signal
 
-    import cv2
-
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it keeps what is written and stops the pool
+    import cv2
 
     cv2.setNumThreads(1)  # workers are the parallelism
     if cfg.detector_weights is not None or cfg.audio_model is not None:
@@ -215,11 +340,18 @@ def _worker_init(cfg: ExtractConfig) -> None:
     _W["cfg"] = cfg
     _W["layout"] = DatasetLayout.open(cfg.data, cfg.annotations)
     _W["components"] = build_components(cfg)
+    _W["cache"] = FrameCache.from_config(cfg)
+    _W["videos"] = {}
 
 
-def _worker_video(job: tuple[list[Segment], float]) -> list[tuple[dict, dict[str, float]]]:
-    segments, fps = job
-    return describe_video(_W["layout"], segments, _W["components"], fps)
+def _worker_segment(job: tuple[Segment, float]) -> tuple[dict, dict[str, float]]:
+    seg, fps = job
+    videos: dict[str, _Video] = _W["videos"]
+    video = videos.pop(seg.video_id, None) or _Video(_W["layout"], seg.video_id, fps)
+    videos[seg.video_id] = video  # most recent last
+    while len(videos) > _OPEN_VIDEOS:
+        videos.pop(next(iter(videos))).close()
+    return describe_segment(video, seg, _W["components"], _W["cache"])
 
 
 def _error_ids(path: Path) -> set[str]:
@@ -242,6 +374,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     atomic_write_json(config_path(cfg.out), {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
     replace = _error_ids(cfg.out) if cfg.retry_errors else set()
     t_start = time.perf_counter()
+    cache = FrameCache.from_config(cfg)
     with JsonlAppender(cfg.out, replace_keys=replace) as appender:
         todo = [s for s in segments if s.narration_id not in appender]
         summary.done_before = len(segments) - len(todo)
@@ -250,7 +383,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         by_video: dict[str, list[Segment]] = {}
         for s in todo:
             by_video.setdefault(s.video_id, []).append(s)
-        jobs = [(segs, _fps(ann, vid)) for vid, segs in by_video.items()]
+        fps = {vid: _fps(ann, vid) for vid in by_video}
 
         def take(record: dict, timings: dict[str, float]) -> None:
             if appender.write(record):
@@ -259,24 +392,24 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
                     on_record(record)
 
         try:
-            if cfg.workers <= 1 or len(jobs) <= 1:
+            if cfg.workers <= 1 or len(todo) <= 1:
                 components = build_components(cfg)
                 try:
-                    for segs, fps in jobs:
-                        for record, timings in iter_video(layout, segs, components, fps):
+                    for vid, segs in by_video.items():
+                        for record, timings in iter_video(layout, segs, components, fps[vid], cache):
                             take(record, timings)
                 finally:
                     for c in components:
                         c.close()
             else:
                 ctx = mp.get_context("spawn")
-                pool = ctx.Pool(min(cfg.workers, len(jobs)), initializer=_worker_init, initargs=(cfg,))
+                pool = ctx.Pool(min(cfg.workers, len(todo)), initializer=_worker_init, initargs=(cfg, os.getpid()))
                 try:
-                    # longest videos first so the last worker is not left with a long tail
-                    order = sorted(jobs, key=lambda j: -len(j[0]))
-                    for results in pool.imap_unordered(_worker_video, order):
-                        for record, timings in results:
-                            take(record, timings)
+                    # One task per segment, video by video (a worker keeps its last videos open); each finished
+                    # segment is written as it arrives.
+                    jobs = [(s, fps[vid]) for vid, segs in by_video.items() for s in segs]
+                    for record, timings in pool.imap_unordered(_worker_segment, jobs, chunksize=1):
+                        take(record, timings)
                     pool.close()
                 except BaseException:
                     pool.terminate()

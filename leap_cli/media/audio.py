@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from leap_cli.errors import LeapError
 
@@ -39,6 +38,8 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     if from_rate == to_rate or samples.size == 0:
         return samples.astype(np.float32, copy=False)
     ratio = Fraction(int(to_rate), int(from_rate))
+    from scipy.signal import resample_poly  # lazy: 1.6 s of import that spawned workers without audio never pay
+
     return resample_poly(samples, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
@@ -61,8 +62,8 @@ def read_audio(path: str | Path, start: float, stop: float, sample_rate: int = 1
     try:
         info = sf.info(str(path))
     except (RuntimeError, sf.LibsndfileError) as e:
-        raise LeapError(f"cannot read the audio file ({e})", path=path, record=record,
-                        fix="re-download or re-encode it as WAV/FLAC") from None
+        raise LeapError("the audio file cannot be read (damaged or not WAV/FLAC)", path=path, record=record,
+                        fix=f"re-download or re-encode it as WAV/FLAC ({e})") from None
     native = int(info.samplerate)
     first = int(round(start * native))
     last = min(int(round(stop * native)), info.frames)
@@ -72,8 +73,8 @@ def read_audio(path: str | Path, start: float, stop: float, sample_rate: int = 1
     try:
         data, _ = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as e:
-        raise LeapError(f"cannot decode the audio window ({e})", path=path, record=record,
-                        fix="the file may be truncated; re-download it") from None
+        raise LeapError("the audio window cannot be decoded (truncated file?)", path=path, record=record,
+                        fix=f"the file may be truncated; re-download it ({e})") from None
     mono = data.mean(axis=1)  # [N]
     n_out = int(round((last - first) / native * sample_rate))
     return _fit(resample(mono, native, sample_rate), n_out)
@@ -115,8 +116,8 @@ def read_video_audio(mp4_path: str | Path, start: float, stop: float, sample_rat
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as e:
-        raise LeapError(f"cannot open the video for its audio ({e})", path=path, record=record,
-                        fix="re-download or re-encode the file") from None
+        raise LeapError("the video's audio cannot be read (truncated or corrupt file)", path=path, record=record,
+                        fix=f"re-download or re-encode the file ({e})") from None
     with container:
         if not container.streams.audio:
             raise AudioUnavailable("the video has no audio track", path=path, record=record,
@@ -155,9 +156,9 @@ def audio_source(layout: "DatasetLayout", video_id: str, *, record: str | None =
         return video
     part = layout.participant(video_id)
     looked = layout.root / part / "audio" / f"{video_id}.wav"
-    raise AudioUnavailable(f"no audio for {video_id}: no {looked.name} or .flac in {looked.parent} and no video "
-                           f"in {layout.root / part / 'videos'}", path=looked, record=record or video_id,
-                           fix="the audio component is reported as unavailable")
+    raise AudioUnavailable("no audio file or audio track", path=looked, record=record or video_id,
+                           fix=f"looked for {looked.name} or .flac in {looked.parent} and a video in "
+                               f"{layout.root / part / 'videos'}; the audio component is reported as unavailable")
 
 
 def read_segment_audio(layout: "DatasetLayout", video_id: str, start: float, stop: float,

@@ -6,20 +6,22 @@ Both readers have the same face: ``.fps``, ``.num_frames``, ``.width``, ``.heigh
 ``VideoReader`` seeks to the first frame it needs (``CAP_PROP_POS_FRAMES``) and then ``grab()``s forward,
 decoding to RGB (``retrieve()``) only the frames asked for; a long gap between two wanted frames is
 crossed by seeking again. ``seek=False`` decodes from the start instead (the benchmark's baseline).
-A truncated or corrupt file gives a ``LeapError`` (the grab loop is bounded by the frames wanted).
+A truncated or corrupt file gives a ``VideoUnreadable`` (a ``LeapError`` whose ``message`` names no path; the
+grab loop is bounded by the frames wanted). ``decodable_frames`` finds how many frames a file really decodes.
+
+This module knows frame numbers only: which frames show a time window is the timing rule of
+``leap_cli.epic.timing`` (media never imports from epic).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
 
-from leap_cli.epic.timing import frame_filename, time_to_frame
 from leap_cli.errors import LeapError
 
 if TYPE_CHECKING:
@@ -29,6 +31,16 @@ log = logging.getLogger(__name__)
 
 # Re-seek instead of grabbing through a gap longer than this many frames (a seek costs about one GOP of decoding).
 SEEK_GAP = 64
+
+
+class VideoUnreadable(LeapError):
+    """The video (or the frames asked for) cannot be decoded: missing, truncated, corrupt, or past its end.
+    ``message`` says what, without paths or tool texts (it may go into a clip text); ``path`` names the file."""
+
+
+def frame_file(frame: int) -> str:
+    """The file name of 1-based frame ``frame`` in an EPIC ``rgb_frames`` folder."""
+    return f"frame_{frame:010d}.jpg"
 
 
 class FrameSource(Protocol):
@@ -55,6 +67,11 @@ def resize_short_side(image: np.ndarray, short_side: int | None) -> np.ndarray:
     return cv2.resize(image, size, interpolation=interp)
 
 
+def to_rgb(bgr: np.ndarray, short_side: int | None) -> np.ndarray:
+    """A decoded BGR image, resized to ``short_side`` (None: as is), as RGB: what every reader returns."""
+    return cv2.cvtColor(resize_short_side(bgr, short_side), cv2.COLOR_BGR2RGB)
+
+
 def _check_frames(frames: Sequence[int], num_frames: int, path: Path, record: str | None) -> list[int]:
     wanted = sorted({int(f) for f in frames})
     if not wanted:
@@ -62,8 +79,8 @@ def _check_frames(frames: Sequence[int], num_frames: int, path: Path, record: st
     if wanted[0] < 1:
         raise LeapError(f"frame {wanted[0]} requested; frame numbers are 1-based", path=path, record=record)
     if num_frames > 0 and wanted[-1] > num_frames:
-        raise LeapError(f"frame {wanted[-1]} requested but the video has {num_frames} frames", path=path,
-                        record=record, fix="check the segment's stop time against the video's length and fps")
+        raise VideoUnreadable(f"frame {wanted[-1]} requested but the video has {num_frames} frames", path=path,
+                              record=record, fix="check the segment's stop time against the video's length and fps")
     return wanted
 
 
@@ -92,20 +109,20 @@ class VideoReader:
         self.record = record
         self.seek_gap = seek_gap
         if not self.path.is_file():
-            raise LeapError("video not found", path=self.path, record=record,
-                            fix="download the video or its rgb_frames, or drop the segment")
+            raise VideoUnreadable("video not found", path=self.path, record=record,
+                                  fix="download the video or its rgb_frames, or drop the segment")
         self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
         if not self._cap.isOpened():
             self._cap.release()
-            raise LeapError("cannot open the video (truncated or not a video file?)", path=self.path, record=record,
-                            fix="re-download or re-encode the file")
+            raise VideoUnreadable("the video cannot be opened (truncated or not a video file)", path=self.path,
+                                  record=record, fix="re-download or re-encode the file")
         self.fps = float(self._cap.get(cv2.CAP_PROP_FPS)) or 0.0
         self.num_frames = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
         self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         self.height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         if self.fps <= 0 or self.num_frames <= 0 or self.width <= 0 or self.height <= 0:
             self.close()
-            raise LeapError(f"video reports fps={self.fps}, frames={self.num_frames}, "
+            raise VideoUnreadable(f"video reports fps={self.fps}, frames={self.num_frames}, "
                             f"size={self.width}x{self.height}", path=self.path, record=record,
                             fix="the file is damaged; re-download or re-encode it")
         self._next = 1  # 1-based index of the frame the next grab() returns
@@ -126,8 +143,8 @@ class VideoReader:
             return
         ok = self._cap.set(cv2.CAP_PROP_POS_FRAMES, frame - 1)  # OpenCV counts from 0
         if not ok:
-            raise LeapError(f"cannot seek to frame {frame}", path=self.path, record=self.record,
-                            fix="the file may be truncated; re-download or re-encode it")
+            raise VideoUnreadable(f"cannot seek to frame {frame}", path=self.path, record=self.record,
+                                  fix="the file may be truncated; re-download or re-encode it")
         landed = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES)) + 1
         if landed != frame:
             # An inexact seek (odd timestamps): decode from the start instead of returning the wrong frame.
@@ -144,18 +161,16 @@ class VideoReader:
             self._next += 1
 
     def _fail(self, frame: int):
-        raise LeapError(f"the video ends or is corrupt at frame {frame} (of {self.num_frames} announced)",
-                        path=self.path, record=self.record, fix="the file is truncated; re-download or re-encode it")
+        raise VideoUnreadable(f"the video ends or is corrupt at frame {frame} (of {self.num_frames} announced)",
+                              path=self.path, record=self.record,
+                              fix="the file is truncated; re-download or re-encode it")
 
-    def read_frames(self, frames: Sequence[int], short_side: int | None = None, *, seek: bool = True) -> np.ndarray:
-        """Frames ``frames`` (1-based, any order, repeats allowed) as uint8 RGB ``[T, H, W, 3]``.
-
-        ``seek=False`` decodes from the first frame of the file (slow late in long videos; for benchmarks).
-        """
+    def decode(self, frames: Sequence[int], *, seek: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+        """``(frame, BGR image at full size)`` for each distinct frame of ``frames``, in increasing order, each
+        decoded once (one pass through the file; a gap over ``seek_gap`` frames is crossed by seeking)."""
         if self._cap is None:
             raise LeapError("reader is closed", path=self.path, record=self.record)
         wanted = _check_frames(frames, self.num_frames, self.path, self.record)
-        out = _Output(frames)
         if not seek:
             self._rewind()
         for f in wanted:
@@ -170,7 +185,16 @@ class VideoReader:
             ok, bgr = self._cap.retrieve()
             if not ok or bgr is None:
                 self._fail(f)
-            out.put(f, cv2.cvtColor(resize_short_side(bgr, short_side), cv2.COLOR_BGR2RGB))
+            yield f, bgr
+
+    def read_frames(self, frames: Sequence[int], short_side: int | None = None, *, seek: bool = True) -> np.ndarray:
+        """Frames ``frames`` (1-based, any order, repeats allowed) as uint8 RGB ``[T, H, W, 3]``.
+
+        ``seek=False`` decodes from the first frame of the file (slow late in long videos; for benchmarks).
+        """
+        out = _Output(frames)
+        for f, bgr in self.decode(frames, seek=seek):
+            out.put(f, to_rgb(bgr, short_side))
         return out.array
 
     def _rewind(self) -> None:
@@ -178,7 +202,7 @@ class VideoReader:
         self._cap.release()
         self._cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
         if not self._cap.isOpened():
-            raise LeapError("cannot reopen the video", path=self.path, record=self.record)
+            raise VideoUnreadable("the video cannot be reopened", path=self.path, record=self.record)
         self._next = 1
 
 
@@ -189,7 +213,7 @@ class FramesFolderReader:
         self.path = Path(folder)
         self.record = record
         if not self.path.is_dir():
-            raise LeapError("frames folder not found", path=self.path, record=record,
+            raise VideoUnreadable("frames folder not found", path=self.path, record=record,
                             fix="extract the video's rgb_frames there or provide the MP4")
         if fps is None or fps <= 0:
             raise LeapError(f"no fps for the frames folder (got {fps})", path=self.path, record=record,
@@ -197,7 +221,7 @@ class FramesFolderReader:
         self.fps = float(fps)
         names = sorted(p.name for p in self.path.glob("frame_*.jpg"))
         if not names:
-            raise LeapError("frames folder holds no frame_*.jpg files", path=self.path, record=record)
+            raise VideoUnreadable("the frames folder holds no frame_*.jpg files", path=self.path, record=record)
         self.num_frames = int(names[-1][len("frame_"):-len(".jpg")])
         first = self._load(int(names[0][len("frame_"):-len(".jpg")]))
         self.height, self.width = first.shape[:2]
@@ -212,18 +236,21 @@ class FramesFolderReader:
         pass
 
     def _load(self, frame: int) -> np.ndarray:
-        p = self.path / frame_filename(frame)
+        p = self.path / frame_file(frame)
         bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if bgr is None:
-            raise LeapError("frame missing or unreadable", path=p, record=self.record,
-                            fix="re-extract the rgb_frames of this video")
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            raise VideoUnreadable(f"frame {frame} is missing or unreadable", path=p, record=self.record,
+                                  fix="re-extract the rgb_frames of this video")
+        return bgr
+
+    def decode(self, frames: Sequence[int], **_: object) -> Iterator[tuple[int, np.ndarray]]:
+        for f in _check_frames(frames, self.num_frames, self.path, self.record):
+            yield f, self._load(f)
 
     def read_frames(self, frames: Sequence[int], short_side: int | None = None, **_: object) -> np.ndarray:
-        wanted = _check_frames(frames, self.num_frames, self.path, self.record)
         out = _Output(frames)
-        for f in wanted:
-            out.put(f, resize_short_side(self._load(f), short_side))
+        for f, bgr in self.decode(frames):
+            out.put(f, to_rgb(bgr, short_side))
         return out.array
 
 
@@ -244,46 +271,36 @@ def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None,
         return FramesFolderReader(frames, fps, record=record)
     part = layout.participant(video_id)
     looked = [layout.root / part / "videos" / f"{video_id}.MP4", layout.root / part / "rgb_frames" / video_id]
-    raise LeapError(f"no video for {video_id}: looked for {looked[0]} and {looked[1]}/", path=looked[0], record=record,
-                    fix="download the MP4 or the rgb_frames, or leave this video out")
+    raise VideoUnreadable("no video file or rgb_frames folder", path=looked[0], record=record,
+                          fix=f"looked for {looked[0]} and {looked[1]}/: download the MP4 or the rgb_frames, "
+                              "or leave this video out")
 
 
-def sample_frame_indices(start: float, stop: float, fps: float, num_frames: int, mode: str = "uniform",
-                         rng: np.random.Generator | None = None, max_frame: int | None = None) -> list[int]:
-    """``num_frames`` 1-based frame indices inside ``[start, stop)`` seconds.
+def decodable_frames(path: str | Path) -> tuple[int, int]:
+    """(frames the container announces, frames that really decode) for an MP4.
 
-    ``uniform``: the centre of each of ``num_frames`` equal chunks (TSN test-time sampling);
-    ``random``: a random frame in each chunk (TSN training sampling, needs ``rng``);
-    ``consecutive``: ``num_frames`` consecutive frames centred in the window.
-    Indices are clamped to ``[1, max_frame]`` (repeats happen when the window is shorter than ``num_frames``).
+    Decodes the last announced frame (one seek); when that fails, finds the last decodable frame by bisection
+    (about log2(frames) seeks, each decoding at most one GOP). Raises ``VideoUnreadable`` when the file does not
+    open at all.
     """
-    if num_frames < 1:
-        raise ValueError("num_frames must be >= 1")
-    first = time_to_frame(start, fps)
-    last = max(first, time_to_frame(stop, fps) - 1 if stop > start else first)
-    span = last - first + 1
-    if mode == "uniform":
-        idx = [first + int(math.floor((i + 0.5) * span / num_frames)) for i in range(num_frames)]
-    elif mode == "random":
-        if rng is None:
-            raise ValueError("mode='random' needs rng")
-        idx = []
-        for i in range(num_frames):
-            lo = first + int(math.floor(i * span / num_frames))
-            hi = max(lo, first + int(math.floor((i + 1) * span / num_frames)) - 1)
-            idx.append(int(rng.integers(lo, hi + 1)))
-    elif mode == "consecutive":
-        centre = first + span // 2
-        idx = [centre - num_frames // 2 + i for i in range(num_frames)]
-    else:
-        raise ValueError(f"unknown sampling mode {mode!r} (uniform, random, consecutive)")
-    top = max_frame if max_frame else max(idx)
-    return [min(max(1, i), top) for i in idx]
+    with VideoReader(path) as probe:
+        announced = probe.num_frames
 
+    def ok(frame: int) -> bool:
+        try:
+            with VideoReader(path) as r:
+                r.read_frames([frame])
+            return True
+        except LeapError:
+            return False
 
-def read_window(reader: VideoReader | FramesFolderReader, start: float, stop: float, num_frames: int,
-                short_side: int | None = None, mode: str = "uniform",
-                rng: np.random.Generator | None = None) -> np.ndarray:
-    """``num_frames`` frames of the window ``[start, stop)`` seconds as uint8 RGB ``[T, H, W, 3]``."""
-    frames = sample_frame_indices(start, stop, reader.fps, num_frames, mode, rng, max_frame=reader.num_frames)
-    return reader.read_frames(frames, short_side)
+    if ok(announced):
+        return announced, announced
+    lo, hi = 0, announced  # lo decodes (0: none known), hi does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return announced, lo
