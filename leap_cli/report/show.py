@@ -51,18 +51,23 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
 
 def keyframes(data: Path, video_id: str, start: float, stop: float, count: int = 6,
               short_side: int = 160) -> list[tuple[float, "object"]]:
-    """(time, RGB frame) pairs evenly spaced over [start, stop]; empty when the video cannot be read."""
+    """(time, RGB frame) pairs evenly spaced over [start, stop] (the timing rule picks the frames); empty when
+    the video cannot be read or the window is not inside it."""
     from leap_cli.epic.layout import DatasetLayout
-    from leap_cli.epic.timing import time_to_frame
+    from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
     from leap_cli.media.video import open_video
 
     try:
         layout = DatasetLayout.open(data)
         fps = layout.annotations().fps(video_id)
-        times = [start + (stop - start) * (i + 0.5) / count for i in range(count)]
-        with open_video(layout, video_id) as reader:
-            frames = reader.read_frames([time_to_frame(t, fps) for t in times], short_side=short_side)
-        return list(zip(times, frames))
+        with open_video(layout, video_id, fps) as reader:
+            kind = MP4 if layout.video_path(video_id) is not None else RGB_FRAMES
+            window = FrameClock(kind, fps, reader.num_frames).window(start, stop, count)
+            if not window.inside:
+                log.warning("no keyframes for %s: %s", video_id, window.reason)
+                return []
+            frames = reader.read_frames(list(window.frames), short_side=short_side)
+        return list(zip(window.times, frames))
     except LeapError as e:
         log.warning("no keyframes for %s: %s", video_id, e.one_line())
         return []

@@ -29,8 +29,9 @@ import numpy as np
 
 from leap_cli.common import ShardSpec
 from leap_cli.epic.annotations import Segment
-from leap_cli.epic.timing import time_to_frame
+from leap_cli.epic.timing import MP4, FrameClock, pick_frames, time_to_frame
 from leap_cli.errors import LeapError
+from leap_cli.extract.cache import FrameCache, recognition_frames
 from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl, sha256_file, stable_hash
 from leap_cli.media.write import encode_jpeg
 from leap_cli.shards.format import (FORMAT, check_key, frame_field, manifest_name, sample_bytes, shard_name,
@@ -81,8 +82,7 @@ class ShardSettings:
 
 def segment_frame_indices(first: int, last: int, count: int) -> list[int]:
     """``count`` 1-based frame numbers at the centres of ``count`` equal chunks of [first, last]."""
-    n = last - first + 1
-    return [first + min(n - 1, int((k + 0.5) * n / count)) for k in range(count)]
+    return pick_frames(first, last, count, "uniform")
 
 
 @dataclass
@@ -98,9 +98,13 @@ class VideoJob:
     samples: list[SampleJob]
 
 
-def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings: ShardSettings
+def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings: ShardSettings,
+                 clock: Callable[[str], FrameClock] | None = None
                  ) -> tuple[list[VideoJob], dict[str, dict], list[dict]]:
-    """Which frames each sample stores. Returns (jobs by video in order, per-key sampling record, skipped)."""
+    """Which frames each sample stores. Returns (jobs by video in order, per-key sampling record, skipped).
+
+    ``clock(video_id)`` is the timing rule of the video's source (default: an MP4 at ``fps(video_id)``)."""
+    clock = clock or (lambda vid: FrameClock(MP4, fps(vid)))
     by_video: dict[str, list[Segment]] = {}
     for s in segments:
         by_video.setdefault(s.video_id, []).append(s)
@@ -112,12 +116,9 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
         for i, s in enumerate(segs):
             check_key(s.narration_id)
             if settings.task == "recognition":
-                # Frames come from the timestamps through the video's fps, as in extract and anticipation: EPIC's
-                # start_frame/stop_frame columns of its 59.94 fps videos count at the nominal 60 fps and drift
-                # from the MP4's own frames by up to ~1.6 s late in a long video.
-                f = fps(vid)
-                first, last = time_to_frame(s.start, f), time_to_frame(s.stop, f)  # inclusive, as EPIC's stop_frame
-                idx = segment_frame_indices(first, last, T)
+                # The timing rule (epic/timing.py), as extract's frame cache uses it: an MP4's frames from the
+                # timestamps through its fps, an rgb_frames folder's from the CSV columns as EPIC numbers them.
+                idx = recognition_frames(clock(vid), s, T)
                 samples.append(SampleJob(s.narration_id, idx))
                 records[s.narration_id] = {"frame_indices": idx}
                 continue
@@ -155,52 +156,79 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
     return jobs, records, skipped
 
 
-def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings) -> list[tuple[str, dict | str]]:
-    """Read and JPEG-encode the frames of every sample of one video. Returns [(key, {field: bytes} | reason)]."""
+def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
+                 cache: FrameCache | None = None) -> list[tuple[str, dict | str]]:
+    """Read and JPEG-encode the frames of every sample of one video. Returns [(key, {field: bytes} | reason)].
+
+    A sample's observed frames found in ``cache`` (written by ``leap extract`` from its own decode, at these
+    settings) are copied as they are; the video is opened only for what the cache does not hold."""
     import cv2
 
     cv2.setNumThreads(1)
     out: list[tuple[str, dict | str]] = []
-    try:
-        reader = opener(job.video_id)
-    except Exception as e:  # noqa: BLE001 - any failure to open becomes a listed skip of its samples
-        reason = f"video {job.video_id} cannot be opened: {e}"
-        return [(s.key, reason) for s in job.samples]
+    state: dict = {}
+
+    def reader():
+        if "reader" not in state:
+            try:
+                state["reader"] = opener(job.video_id)
+            except Exception as e:  # noqa: BLE001 - any failure to open becomes a listed skip of its samples
+                state["reader"] = None
+                state["why"] = f"video {job.video_id} cannot be opened: {e}"
+        if state["reader"] is None:
+            raise _Skip(state["why"])
+        return state["reader"]
+
+    usable = (cache is not None and cache.short_side == settings.short_side
+              and cache.quality == settings.jpeg_quality)
     for s in job.samples:
         try:
             fields: dict[str, bytes] = {}
             clips = [(None, s.frames)] + [(c, idx) for c, idx in enumerate(s.context) if idx]
             if not s.frames:  # anticipation before the video's first tau_a seconds: a black observed clip
-                h = settings.short_side if reader.height <= reader.width else round(settings.short_side * reader.height / reader.width)
-                w = round(h * reader.width / reader.height)
+                r = reader()
+                h = settings.short_side if r.height <= r.width else round(settings.short_side * r.height / r.width)
+                w = round(h * r.width / r.height)
                 black = encode_jpeg(np.zeros((h, w, 3), np.uint8), settings.jpeg_quality)
                 fields.update({frame_field(i): black for i in range(settings.frames)})
                 clips = clips[1:]
             for ctx, idx in clips:
-                frames = reader.read_frames(list(idx), settings.short_side)
+                cached = cache.load(job.video_id, s.key, list(idx)) if usable and ctx is None else None
+                if cached is not None:
+                    for i, jpg in enumerate(cached):
+                        fields[frame_field(i, ctx)] = jpg
+                    continue
+                frames = reader().read_frames(list(idx), settings.short_side)
                 if frames is None or len(frames) != len(idx):
                     raise ValueError(f"got {0 if frames is None else len(frames)} of {len(idx)} frames")
                 for i, fr in enumerate(frames):
                     fields[frame_field(i, ctx)] = encode_jpeg(fr, settings.jpeg_quality)
             out.append((s.key, fields))
+        except _Skip as e:
+            out.append((s.key, str(e)))
         except Exception as e:  # noqa: BLE001 - unreadable frames: the segment is skipped and listed
             out.append((s.key, f"frames unreadable: {type(e).__name__}: {e}"))
-    close = getattr(reader, "close", None)
+    close = getattr(state.get("reader"), "close", None)
     if close:
         close()
     return out
 
 
+class _Skip(Exception):
+    pass
+
+
 _worker_ctx: dict = {}
 
 
-def _init_worker(opener: FrameOpener, settings: ShardSettings) -> None:
+def _init_worker(opener: FrameOpener, settings: ShardSettings, cache: FrameCache | None = None) -> None:
     _worker_ctx["opener"] = opener
     _worker_ctx["settings"] = settings
+    _worker_ctx["cache"] = cache
 
 
 def _work(job: VideoJob) -> list[tuple[str, dict | str]]:
-    return encode_video(job, _worker_ctx["opener"], _worker_ctx["settings"])
+    return encode_video(job, _worker_ctx["opener"], _worker_ctx["settings"], _worker_ctx.get("cache"))
 
 
 @dataclass
@@ -332,8 +360,12 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
                  fps: Callable[[str], float], programs: list[dict] | None = None,
                  programs_path: str | Path | None = None, targets: TargetEncoder | None = None,
                  sources: dict | None = None, workers: int = 1, shard: ShardSpec = ShardSpec(),
-                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None) -> BuildResult:
+                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+                 clock: Callable[[str], FrameClock] | None = None, cache: FrameCache | None = None) -> BuildResult:
     """Write the shards of ``segments`` into ``out`` and return the manifest.
+
+    ``clock(video_id)``: the timing rule of each video's source (default: an MP4 at ``fps``); ``cache``:
+    extract's frame cache, read instead of decoding where it holds a sample's frames.
 
     ``programs`` are program records (None: no program file, every sample ``has_program: false``);
     ``targets`` encodes valid programs; ``sources`` (hashes of the inputs) goes into the manifest and the
@@ -363,7 +395,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     settings_hash = stable_hash({"format": FORMAT, "settings": asdict(settings), "sources": sources,
                                  "targets": targets_manifest, "shard": [shard.index, shard.count]})
 
-    jobs, sampling, skipped = plan_samples(selected, fps, settings)
+    jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
 
     progress_path = out / f".progress{shard.suffix}.jsonl"
     if overwrite:
@@ -400,11 +432,12 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         results: Iterable
         if workers > 1 and len(todo_jobs) > 1:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-            pool = ctx.Pool(min(workers, len(todo_jobs)), initializer=_init_worker, initargs=(opener, settings))
+            pool = ctx.Pool(min(workers, len(todo_jobs)), initializer=_init_worker,
+                            initargs=(opener, settings, cache))
             results = pool.imap(_work, todo_jobs, chunksize=1)
         else:
             pool = None
-            results = (encode_video(j, opener, settings) for j in todo_jobs)
+            results = (encode_video(j, opener, settings, cache) for j in todo_jobs)
         try:
             for job, encoded in zip(todo_jobs, results):
                 emit_plan_skips(job.video_id)
@@ -555,7 +588,8 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                 annotations: str | Path | None = None, vocab_manifest: str | Path | None = None,
                 max_steps: int | None = None, max_conditions: int | None = None, workers: int = 1,
                 shard: ShardSpec = ShardSpec(), overwrite: bool = False,
-                progress: Callable[[int, int], None] | None = None) -> BuildResult:
+                progress: Callable[[int, int], None] | None = None,
+                frame_cache: str | Path | None = None) -> BuildResult:
     """Resolve the inputs of one split (defaults under ``workdir``), build the target vocabulary and write
     the shards. The vocabulary comes from ``vocab_manifest`` when given, else (val/test) from the train
     shards' manifest when it exists so ids agree between splits, else from the train programs."""
@@ -611,9 +645,21 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
 
     sources = input_hashes({"annotations": ann.split_path(split), "verb_classes": ann.folder / VERB_CLASSES,
                             "noun_classes": ann.folder / NOUN_CLASSES, "programs": prog_path if programs is not None else None})
+    from leap_cli.epic.timing import RGB_FRAMES
+
+    def clock(video_id: str) -> FrameClock:
+        return FrameClock(MP4 if layout.video_path(video_id) is not None or layout.frames_dir(video_id) is None
+                          else RGB_FRAMES, fps(video_id))
+
+    cache_dir = Path(frame_cache) if frame_cache else workdir / "frame-cache"
+    cache = None
+    if settings.task == "recognition" and cache_dir.is_dir():
+        cache = FrameCache(cache_dir, settings.frames, settings.short_side, settings.jpeg_quality)
+        notes.append(f"frames read from extract's frame cache {cache_dir} where it holds them")
     result = build_shards(segments, out=out, settings=settings, opener=LayoutOpener(layout.root, layout.annotations_dir, fps_map),
                           fps=fps, programs=programs, programs_path=prog_path, targets=targets, sources=sources,
-                          workers=workers, shard=shard, overwrite=overwrite, progress=progress)
+                          workers=workers, shard=shard, overwrite=overwrite, progress=progress, clock=clock,
+                          cache=cache)
     if targets is not None and targets.failed:
         notes.append(f"{len(targets.failed)} valid programs could not be encoded (e.g. {targets.failed[0]['error']})")
     result.notes = notes + result.notes

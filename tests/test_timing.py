@@ -1,0 +1,82 @@
+"""The one timing rule (leap_cli.epic.timing), pinned by real EPIC-KITCHENS-100 rows (tests/data/epic100)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from leap_cli.epic.timing import (MP4, RGB_FRAMES, FrameClock, WindowOutside, clip_windows_before, epic_frame_rate,
+                                  frames_for_window, parse_timestamp)
+from tests.conftest import EPIC_EXCERPT
+
+ROWS = [SimpleNamespace(narration_id=r["narration_id"], video_id=r["video_id"],
+                        start=parse_timestamp(r["start_timestamp"]), stop=parse_timestamp(r["stop_timestamp"]),
+                        start_frame=int(r["start_frame"]), stop_frame=int(r["stop_frame"]), fps=float(r["fps"]),
+                        duration=float(r["duration"]))
+        for r in csv.DictReader(open(EPIC_EXCERPT / "timing_rows.csv"))]
+
+
+def test_rows_cover_epic_frame_rates():
+    assert {round(r.fps, 2) for r in ROWS} == {59.94, 50.0, 29.97, 47.95, 90.0}
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.narration_id)
+def test_rgb_frames_use_the_csv_columns_as_epic_counts_them(row):
+    clock = FrameClock(RGB_FRAMES, row.fps)
+    assert clock.segment_span(row) == (row.start_frame, row.stop_frame)
+    # EPIC counts at 50/s for the 50 fps videos and at 60/s for every other rate (59.94, 29.97, 47.95, 90)
+    assert clock.rate == (50.0 if row.fps == 50.0 else 60.0) == epic_frame_rate(row.fps)
+    assert abs(math.floor(row.start * clock.rate) - row.start_frame) <= 1
+    assert abs(math.floor(row.stop * clock.rate) - row.stop_frame) <= 1
+
+
+@pytest.mark.parametrize("row", ROWS, ids=lambda r: r.narration_id)
+def test_mp4_frames_come_from_the_timestamps_through_the_true_fps(row):
+    clock = FrameClock(MP4, row.fps, num_frames=int(row.duration * row.fps))
+    first, last = clock.segment_span(row)
+    # the first frame is the one shown at the start timestamp; the last starts before the stop timestamp
+    assert clock.time_of(first) <= row.start + 1e-9 < clock.time_of(first) + 1 / row.fps
+    assert clock.time_of(last) < row.stop <= clock.time_of(last) + 1 / row.fps + 1e-9
+    w = clock.segment_window(row, 8)
+    assert w.inside and len(w.frames) == 8 and w.frames[0] >= first and w.frames[-1] <= last
+    assert all(row.start - 1 / row.fps <= t < row.stop for t in w.times)
+
+
+def test_the_csv_columns_read_as_mp4_frames_drift_by_seconds():
+    """The bug the rule fixes (issue 11): P24_09_346 is 2.25 s long, 1964.72 s into a 59.94 fps video."""
+    row = next(r for r in ROWS if r.narration_id == "P24_09_346")
+    mp4 = FrameClock(MP4, row.fps)
+    assert mp4.time_of(row.start_frame) - row.start > 1.9  # the old reading started 1.95 s late
+    assert abs(mp4.time_of(mp4.segment_span(row)[0]) - row.start) < 1 / row.fps
+    assert abs(FrameClock(RGB_FRAMES, row.fps).time_of(row.start_frame) - row.start) < 2 / 60
+
+
+def test_window_past_the_decodable_end_is_flagged_not_clamped():
+    clock = FrameClock(MP4, 50.0, num_frames=3000)  # a 60 s video
+    inside = frames_for_window(clock, 58.0, 59.9, 4)
+    assert inside.inside and inside.reason is None and inside.require() is inside
+    late = frames_for_window(clock, 327.0, 330.0, 4)
+    assert not late.inside and late.frames[0] > 3000  # the frames of the window itself, not the last frame
+    assert "after the decodable end of the video (60.00 s, 3000 frames)" in late.reason
+    edge = frames_for_window(clock, 59.0, 61.0)
+    assert not edge.inside and edge.first == 2951 and edge.last == 3050 and len(edge.frames) == 100
+    with pytest.raises(WindowOutside, match="after the decodable end"):
+        late.require()
+    assert frames_for_window(FrameClock(MP4, 50.0), 327.0, 330.0).inside  # unknown length: no end check
+
+
+def test_clip_windows_before_an_action():
+    clock = FrameClock(MP4, 59.9400599400599, num_frames=33000)
+    clips = clip_windows_before(clock, action_start=100.0, tau_a=1.0, clips=3, frames=256)
+    assert [len(c.frames) for c in clips] == [256, 256, 256] and all(c.inside for c in clips)
+    frames = [f for c in clips for f in c.frames]
+    assert frames == list(range(frames[0], frames[0] + 768))  # contiguous, oldest first, no overlap
+    assert clock.time_of(frames[-1]) < 99.0 <= clock.time_of(frames[-1] + 1)  # ends tau_a before the action
+    early = clip_windows_before(clock, action_start=6.0, tau_a=1.0)  # 299 frames before 5 s: one clip fits
+    assert not early[0].inside and "before the video" in early[0].reason
+    assert [c.inside for c in early] == [False, False, True]
+    rgb = clip_windows_before(FrameClock(RGB_FRAMES, 59.94), action_start=100.0, tau_a=1.0)
+    assert rgb[-1].last == 5940  # EPIC's numbering counts at 60/s: 99 s -> frame 5941 is the first not taken
