@@ -230,3 +230,191 @@ def test_hand_object_file_in_the_wrong_format(kitchen, tmp_path):
     assert s.counts["hands"]["error"] == 3
     err = read_jsonl(out)[0]["components"]["hands"]["data"]["detail"]  # the full line; "error" is path-free
     assert str(bad) in err and "line 1" in err and "hand-object format" in err
+
+
+def _short_copy(kitchen, root, seconds: float, **kw):
+    """The kitchen with P01_01.MP4 cut to its first ``seconds`` (video_info still says 6 s)."""
+    import shutil
+
+    from leap_cli.media.video import VideoReader
+    from leap_cli.media.write import write_mp4
+    from tests.extract_kitchen import FPS
+
+    shutil.copytree(kitchen, root)
+    mp4 = root / "P01" / "videos" / "P01_01.MP4"
+    with VideoReader(mp4) as r:
+        frames = r.read_frames(list(range(1, int(seconds * FPS) + 1)))
+    write_mp4(mp4, list(frames), FPS, **kw)
+    return mp4
+
+
+def test_segments_past_the_end_of_a_short_video_are_unavailable_not_invented(kitchen, tmp_path):
+    _short_copy(kitchen, tmp_path / "k", 2.4)  # 60 frames: segment 0 (0-2 s) fits, 1 (2-4 s) and 2 (4-6 s) do not
+    out = tmp_path / "train.jsonl"
+    s = run_extract(_cfg(tmp_path / "k", out, components=("camera", "hands"), frame_cache=tmp_path / "cache"))
+    recs = {r["narration_id"]: r for r in read_jsonl(out)}
+    assert recs["P01_01_0"]["components"]["camera"]["status"] == "ok"
+    for nid, late in (("P01_01_1", 1.6), ("P01_01_2", 3.6)):
+        cam = recs[nid]["components"]["camera"]
+        assert cam["status"] == "unavailable", cam  # never "holds still" read from a clamped last frame
+        assert cam["data"]["reason"] == (f"the window ends {late:.2f} s after the decodable end of the video "
+                                         "(2.40 s, 60 frames)")
+        assert "after the decodable end" in recs[nid]["text"]
+        assert recs[nid]["components"]["hands"]["status"] == "ok"  # EPIC's published detections do not need it
+    assert s.counts["camera"] == {"ok": 1, "unavailable": 3, "error": 0}
+    assert sum(n for k, n in s.unavailable.items() if "after the decodable end" in k) == 2
+    assert s.outcome.failed == 0  # unavailable is honest, not a failure
+    cached = {p.name.split(".")[0] for p in (tmp_path / "cache" / "P01_01").glob("*.npz")}
+    assert cached == {"P01_01_0"}  # no cache entry is invented either
+
+
+def test_truncated_mp4_files_are_unavailable_and_ffmpeg_stays_quiet(kitchen, tmp_path):
+    import subprocess
+    import sys
+
+    import os
+
+    root = tmp_path / "k"
+    mp4 = _short_copy(kitchen, root, 6.0)
+    data = mp4.read_bytes()
+    mp4.write_bytes(data[: len(data) // 2])  # the moov atom (at the end) is gone: "moov atom not found"
+    code = ("import sys; from pathlib import Path; from leap_cli.extract.runner import ExtractConfig, run_extract;"
+            f"s = run_extract(ExtractConfig(data=Path({str(root)!r}), split='train', "
+            f"out=Path({str(tmp_path / 't.jsonl')!r}), components=('camera',))); print(dict(s.unavailable))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}  # what leap sets, it sets itself
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "moov atom" not in res.stderr + res.stdout and "WARN" not in res.stderr
+    assert "'camera: the video cannot be opened (truncated or not a video file)': 3" in res.stdout
+    # moov first ("faststart"), data cut: the file opens and announces 150 frames, then decoding stops early
+    mp4 = root / "P01" / "videos" / "P01_01.MP4"
+    mp4.unlink()
+    _short_copy(kitchen, tmp_path / "k2", 6.0, container_options={"movflags": "faststart"})
+    mp4 = tmp_path / "k2" / "P01" / "videos" / "P01_01.MP4"
+    data = mp4.read_bytes()
+    mp4.write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "t2.jsonl"
+    run_extract(_cfg(tmp_path / "k2", out, components=("camera",)))
+    cams = [r["components"]["camera"] for r in read_jsonl(out) if r["video_id"] == "P01_01"]
+    assert cams[0]["status"] == "ok" and cams[-1]["status"] == "unavailable", cams
+    assert "the video ends or is corrupt at frame" in cams[-1]["data"]["reason"]
+
+
+def test_exit_status_when_every_record_failed(kitchen, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    (root / "P01" / "audio" / "P01_01.wav").write_bytes(b"RIFF not really a wav")
+    base = ["extract", "--data", str(root), "--split", "train", "--components", "audio", "--frame-cache", "none"]
+
+    def run(*extra, out):
+        return CliRunner().invoke(app, base + ["--out", str(tmp_path / out), *extra])
+
+    res = run("--limit", "3", out="a.jsonl")  # the three P01_01 segments: every one fails
+    assert res.exit_code == 3, res.output
+    assert "all 3 records failed" in res.output and "3 x audio: the audio file cannot be read" in res.output
+    res = run(out="b.jsonl")  # P01_02_0 has no audio at all: unavailable, not failed -> a partial failure
+    assert res.exit_code == 0, res.output
+    assert "3 of 4 records failed" in res.output
+    assert run("--strict", out="c.jsonl").exit_code == 3
+
+
+def test_workers_return_per_segment_so_an_interrupt_keeps_finished_segments(kitchen, tmp_path):
+    out = tmp_path / "t.jsonl"
+    seen = []
+
+    def stop_after_one(rec):
+        seen.append(rec["narration_id"])
+        raise KeyboardInterrupt
+
+    s = run_extract(_cfg(kitchen, out, components=("narration", "camera"), workers=2), on_record=stop_after_one)
+    assert s.interrupted and len(read_jsonl(out)) == 1 == len(seen)
+    s = run_extract(_cfg(kitchen, out, components=("narration", "camera"), workers=2))
+    assert s.done_before == 1 and s.written == 3
+
+
+def test_workers_die_with_a_killed_parent(kitchen, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    slow = ("import time, leap_cli.extract.narration as n\n"
+            "real = n.NarrationComponent.describe\n"
+            "def describe(self, ctx):\n    time.sleep(30)\n    return real(self, ctx)\n"
+            "n.NarrationComponent.describe = describe\n")
+    (tmp_path / "sitecustomize.py").write_text(slow)  # workers are spawned: they load it too
+    code = ("from pathlib import Path; from leap_cli.extract.runner import ExtractConfig, run_extract;"
+            f"run_extract(ExtractConfig(data=Path({str(kitchen)!r}), split='train', "
+            f"out=Path({str(tmp_path / 't.jsonl')!r}), components=('narration',), workers=2))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.getcwd()])}
+    parent = subprocess.Popen([sys.executable, "-c", code], env=env)
+
+    def children():
+        out = []
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    stat = open(f"/proc/{d}/stat").read()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == parent.pid:
+                    out.append(int(d))
+        return out
+
+    try:
+        deadline = time.time() + 60
+        while len(children()) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        workers = children()
+        assert len(workers) >= 2
+        time.sleep(3)  # the workers are inside a segment (spawned, initialised)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 5
+        alive = workers
+        while alive and time.time() < deadline:
+            time.sleep(0.1)
+            alive = [p for p in workers if os.path.exists(f"/proc/{p}") and
+                     open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        assert not alive, f"workers {alive} outlived their parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_build_shards_reuses_extracts_decode_and_writes_the_same_bytes(kitchen, tmp_path, monkeypatch):
+    import leap_cli.media.video as video
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.extract.cache import FrameCache
+    from leap_cli.shards.writer import LayoutOpener, ShardSettings, build_shards
+
+    cache = tmp_path / "frame-cache"
+    run_extract(_cfg(kitchen, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache))
+    settings = ShardSettings("train", frames=16, short_side=64)
+    assert not list(cache.rglob("*.s64q90.npz"))  # extract cached at its own settings (256): not these
+    run_extract(_cfg(kitchen, tmp_path / "d64.jsonl", components=("camera",), frame_cache=cache,
+                     cache_short_side=64))
+    opened = []
+    real = video.open_video
+    monkeypatch.setattr(video, "open_video", lambda *a, **kw: opened.append(a[1]) or real(*a, **kw))
+    layout = DatasetLayout.open(kitchen)
+    ann = layout.annotations()
+
+    def build(out, frame_cache):
+        return build_shards(ann.segments("train"), out=out, settings=settings, fps=ann.fps,
+                            opener=LayoutOpener(layout.root, layout.annotations_dir), cache=frame_cache)
+
+    cached = build(tmp_path / "w1", FrameCache(cache, 16, 64, 90))
+    assert opened == ["P01_02"] and cached.manifest["counts"]["samples"] == 3  # P01_02 has no video: skipped
+    decoded = build(tmp_path / "w2", None)
+    assert opened == ["P01_02", "P01_01", "P01_02"]
+    for a, b in zip(sorted((tmp_path / "w1").rglob("*.tar")), sorted((tmp_path / "w2").rglob("*.tar"))):
+        assert a.read_bytes() == b.read_bytes()
+    assert decoded.manifest["shards"] == cached.manifest["shards"]
