@@ -418,3 +418,30 @@ def test_build_shards_reuses_extracts_decode_and_writes_the_same_bytes(kitchen, 
     for a, b in zip(sorted((tmp_path / "w1").rglob("*.tar")), sorted((tmp_path / "w2").rglob("*.tar"))):
         assert a.read_bytes() == b.read_bytes()
     assert decoded.manifest["shards"] == cached.manifest["shards"]
+
+
+def test_info_reports_videos_whose_decoded_length_disagrees_with_video_info(kitchen, tmp_path):
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+    from leap_cli.epic.info import check_lengths
+    from leap_cli.epic.layout import DatasetLayout
+
+    assert check_lengths(DatasetLayout.open(kitchen), ["P01_01", "P01_02"]) == []  # the full video; no P01_02 media
+    _short_copy(kitchen, tmp_path / "k", 2.4)
+    mp4 = _short_copy(kitchen, tmp_path / "k2", 6.0, container_options={"movflags": "faststart"})
+    mp4.write_bytes(mp4.read_bytes()[: int(mp4.stat().st_size * 0.6)])  # announces 150 frames, holds fewer
+    (short,) = check_lengths(DatasetLayout.open(tmp_path / "k"), ["P01_01"])
+    assert (short.expected_s, short.decoded_s, short.note) == (6.0, 2.4, "60 frames")
+    (cut,) = check_lengths(DatasetLayout.open(tmp_path / "k2"), ["P01_01"])
+    assert cut.decoded_s < 5.0 and "of the 150 frames the file announces" in cut.note
+    import shutil
+
+    from tests.conftest import EPIC_EXCERPT
+
+    for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
+        shutil.copy(EPIC_EXCERPT / name, tmp_path / "k" / "annotations" / name)
+    res = CliRunner().invoke(app, ["info", "--data", str(tmp_path / "k")])
+    assert res.exit_code == 0, res.output
+    assert "1 video(s) whose decodable length disagrees" in res.output and "P01_01 (mp4): video_info 6.00 s, " \
+        "decodes 2.40 s" in res.output

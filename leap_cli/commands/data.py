@@ -42,8 +42,13 @@ def demo_data(
 def info(
     data: Path = typer.Option(Path("leap-work/kitchen"), "--data", help="Dataset root in the EPIC layout (P01/videos/..., annotations/)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
+    check_lengths: bool = typer.Option(True, "--check-lengths/--no-check-lengths",
+                                       help="Decode the end of every video and report those whose length disagrees "
+                                            "with EPIC_100_video_info.csv (truncated downloads)."),
 ) -> None:
-    from leap_cli.epic.info import dataset_info
+    from rich.markup import escape
+
+    from leap_cli.epic.info import check_lengths as length_report, dataset_info
     from leap_cli.epic.layout import DatasetLayout
 
     layout = DatasetLayout.open(data, annotations)
@@ -67,3 +72,17 @@ def info(
         if s.missing:
             shown = ", ".join(s.missing[:5]) + (" ..." if len(s.missing) > 5 else "")
             console.print(f"[yellow]{s.split}: {len(s.missing)} video(s) with neither MP4 nor rgb_frames:[/] {shown}")
+    if check_lengths:
+        ann = layout.annotations()
+        videos = sorted({seg.video_id for s in splits for seg in ann.segments(s.split)})
+        bad = length_report(layout, videos)
+        if not bad:
+            console.print(f"video lengths: all {len(videos)} videos present decode to their video_info duration")
+        else:
+            console.print(f"[yellow]{len(bad)} video(s) whose decodable length disagrees with "
+                          "EPIC_100_video_info.csv[/] (segments past the decodable end are reported unavailable):")
+            for b in bad:
+                exp = "?" if b.expected_s is None else f"{b.expected_s:.2f} s"
+                got = "nothing decodes" if b.decoded_s is None else f"{b.decoded_s:.2f} s"
+                console.print(f"  {escape(b.video_id)} ({b.source}): video_info {exp}, decodes {got} "
+                              f"({escape(b.note)})", highlight=False)

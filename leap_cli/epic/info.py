@@ -49,3 +49,58 @@ def dataset_info(layout: DatasetLayout) -> tuple[list[SplitInfo], dict]:
                "unseen_val": len(ann.unseen_participants("val")),
                "videos_in_info": len(ann.video_info)}
     return splits, classes
+
+
+@dataclass
+class LengthCheck:
+    """A video whose decodable length disagrees with EPIC_100_video_info.csv (or that is not in it)."""
+
+    video_id: str
+    source: str  # "mp4" or "rgb_frames"
+    expected_s: float | None  # video_info's duration
+    decoded_s: float | None  # what really decodes (None: nothing does)
+    note: str
+
+
+def check_lengths(layout: DatasetLayout, video_ids: list[str], *, tolerance_s: float = 0.1) -> list[LengthCheck]:
+    """Videos whose decodable length differs from video_info's duration by more than ``tolerance_s``.
+
+    An MP4 is probed by decoding its last announced frame (and, when that fails, bisecting to the last frame that
+    decodes: a truncated file announces frames it does not hold); an ``rgb_frames`` folder by its last frame file
+    (EPIC's numbering, ``epic_frame_rate``)."""
+    from leap_cli.epic.timing import epic_frame_rate
+    from leap_cli.errors import LeapError
+    from leap_cli.media.video import FramesFolderReader, VideoUnreadable, decodable_frames
+
+    ann = layout.annotations()
+    out = []
+    for vid in video_ids:
+        info = ann.video_info.get(vid)
+        mp4, frames = layout.video_path(vid), layout.frames_dir(vid)
+        if mp4 is None and frames is None:
+            continue
+        source = "mp4" if mp4 is not None else "rgb_frames"
+        expected = info.duration if info else None
+        if info is None:
+            out.append(LengthCheck(vid, source, None, None, "not in EPIC_100_video_info.csv (no fps: extract "
+                                                            "assumes 50)"))
+            continue
+        try:
+            if mp4 is not None:
+                announced, good = decodable_frames(mp4)
+                decoded = good / info.fps
+                note = (f"decodes {good} of the {announced} frames the file announces" if good < announced
+                        else f"{good} frames")
+            else:
+                rate = epic_frame_rate(info.fps)
+                n = FramesFolderReader(frames, info.fps).num_frames
+                decoded, note = n / rate, f"{n} frame files at {rate:g}/s"
+        except VideoUnreadable as e:
+            out.append(LengthCheck(vid, source, expected, None, e.message))
+            continue
+        except LeapError as e:
+            out.append(LengthCheck(vid, source, expected, None, e.message))
+            continue
+        if abs(decoded - expected) > tolerance_s:
+            out.append(LengthCheck(vid, source, expected, decoded, note))
+    return out
