@@ -124,6 +124,9 @@ def _print_summary(s) -> None:
         sec = s.seconds.get(name, 0.0)
         table.add_row(name, str(c["ok"]), str(c["unavailable"]), str(c["error"]), f"{sec:.1f}",
                       f"{sec / total_sec:.0%}")
+    for name in ("decode", "frame-cache"):  # one decode per segment serves every component and the frame cache
+        if s.seconds.get(name):
+            table.add_row(name, "", "", "", f"{s.seconds[name]:.1f}", f"{s.seconds[name] / total_sec:.0%}")
     console.print(table)
     rate = s.written / s.wall if s.wall > 0 else 0.0
     console.print(f"segments: {s.segments} in split, {s.done_before} done before, {s.written} written now "
