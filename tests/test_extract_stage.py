@@ -445,3 +445,17 @@ def test_info_reports_videos_whose_decoded_length_disagrees_with_video_info(kitc
     assert res.exit_code == 0, res.output
     assert "1 video(s) whose decodable length disagrees" in res.output and "P01_01 (mp4): video_info 6.00 s, " \
         "decodes 2.40 s" in res.output
+
+
+def test_a_video_missing_from_video_info_uses_its_own_fps_not_an_assumed_one(kitchen, tmp_path):
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    info = root / "annotations" / "EPIC_100_video_info.csv"
+    info.write_text("".join(line for line in info.read_text().splitlines(True) if not line.startswith("P01_01,")))
+    out = tmp_path / "t.jsonl"
+    run_extract(_cfg(root, out, components=("camera",)))
+    recs = {r["narration_id"]: r for r in read_jsonl(out)}
+    # at an assumed 50 fps the 4-6 s segment would be read at frames 201-300 of this 150-frame, 25 fps video
+    assert [recs[f"P01_01_{k}"]["components"]["camera"]["status"] for k in range(3)] == ["ok", "ok", "ok"]

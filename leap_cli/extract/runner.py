@@ -170,12 +170,22 @@ class _Video:
     is ever clamped or invented.
     """
 
-    def __init__(self, layout: DatasetLayout, video_id: str, fps: float, duration: float | None = None):
-        self.layout, self.video_id, self.fps = layout, video_id, fps
+    def __init__(self, layout: DatasetLayout, video_id: str, fps: float | None, duration: float | None = None):
+        self.layout, self.video_id = layout, video_id
         kind = MP4 if layout.video_path(video_id) is not None else RGB_FRAMES
-        self.clock = FrameClock(kind, fps, None, duration)
         self.reader = None
         self.failure: str | None = None
+        if fps is None:  # not in EPIC_100_video_info.csv: an MP4 says its own fps; a frames folder cannot
+            if kind == MP4:
+                try:
+                    self._open(video_id)
+                    fps = self.reader.fps
+                except FramesUnavailable:
+                    pass
+            elif layout.frames_dir(video_id) is not None:
+                self.failure = "no fps for the video in EPIC_100_video_info.csv"
+        self.fps = fps or 50.0  # 50 only stands in where no frame can be read anyway
+        self.clock = FrameClock(kind, self.fps, self.reader.num_frames if self.reader else None, duration)
         self.cache: dict = {}  # per-video state shared by components (ctx.video_cache)
         self._memo: dict[tuple[int, int | None], np.ndarray] = {}
         self._plan: dict[int, set[int | None]] = {}
@@ -190,12 +200,13 @@ class _Video:
             raise FramesUnavailable(self.failure)
         if self.reader is None:
             try:
-                self.reader = open_video(self.layout, self.video_id, self.fps, record=record)
+                self.reader = open_video(self.layout, self.video_id, getattr(self, "fps", None), record=record)
             except VideoUnreadable as e:
                 self.failure = e.message
                 log.info("%s", e.one_line())
                 raise FramesUnavailable(e.message) from None
-            self.clock = self.clock.with_frames(self.reader.num_frames)
+            if hasattr(self, "clock"):
+                self.clock = self.clock.with_frames(self.reader.num_frames)
 
     def start_segment(self, seg: Segment, plan: dict[int, set[int | None]]) -> None:
         self._segment, self._plan, self._memo = seg, plan, {}
@@ -355,7 +366,7 @@ def _worker_init(cfg: ExtractConfig, parent: int) -> None:
     _W["videos"] = {}
 
 
-def _worker_segment(job: tuple[Segment, float]) -> tuple[dict, dict[str, float]]:
+def _worker_segment(job: tuple[Segment, float | None]) -> tuple[dict, dict[str, float]]:
     seg, fps = job
     videos: dict[str, _Video] = _W["videos"]
     video = videos.pop(seg.video_id, None) or _Video(_W["layout"], seg.video_id, fps)
@@ -439,9 +450,11 @@ def config_path(out: Path) -> Path:
     return Path(out).with_suffix(".config.json")
 
 
-def _fps(ann, video_id: str) -> float:
+def _fps(ann, video_id: str) -> float | None:
+    """The video's fps from EPIC_100_video_info.csv; None when it is not there (an MP4 then gives its own)."""
     try:
         return float(ann.fps(video_id))
     except LeapError:
-        log.warning("no fps for %s in the video info; assuming 50", video_id)
-        return 50.0
+        log.warning("no fps for %s in the video info; an MP4's own fps is used, an rgb_frames folder is "
+                    "unavailable", video_id)
+        return None
