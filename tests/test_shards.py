@@ -504,3 +504,23 @@ def test_recognition_frames_follow_timestamps_not_epic_frame_columns():
 
     from_columns = segment_frame_indices(seg.start_frame, seg.stop_frame, 4)
     assert all(c - i >= 20 for c, i in zip(from_columns, idx))  # not the drifted column values
+
+
+def test_cli_build_shards_exits_3_when_every_segment_is_skipped(root, tmp_path):
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    base = ["build-shards", "--data", str(data), "--split", "train", "--frames", "2", "--short-side", "32"]
+    shutil.rmtree(data / "P01" / "rgb_frames" / "P01_02")  # one of the videos: a partial failure
+    res = CliRunner().invoke(app, base + ["--workdir", str(tmp_path / "w1")])
+    assert res.exit_code == 0, res.output
+    assert "build-shards:" in res.output and "records failed (by cause)" in res.output
+    assert CliRunner().invoke(app, base + ["--workdir", str(tmp_path / "w2"), "--strict"]).exit_code == 3
+    for d in (data / "P01" / "rgb_frames").iterdir():  # no video at all: every segment fails
+        shutil.rmtree(d)
+    res = CliRunner().invoke(app, base + ["--workdir", str(tmp_path / "w3")])
+    assert res.exit_code == 3, res.output
+    assert "build-shards: all" in res.output and "x video cannot be opened" in res.output

@@ -64,7 +64,12 @@ def build_shards(
     max_steps: int = typer.Option(None, "--max-steps", help="Program steps per target incl. END (new vocabulary only)."),
     max_conditions: int = typer.Option(None, "--max-conditions", help="Size of the condition vocabulary (new vocabulary only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Delete shards of other settings/inputs in --out and rebuild."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 3 when any segment is skipped (without it: only when "
+                                                        "every segment is)."),
 ) -> None:
+    import re
+
+    from leap_cli.outcome import Outcome
     from leap_cli.shards.writer import ShardSettings, build_split
 
     split = normalize_split(split)
@@ -98,6 +103,13 @@ def build_shards(
         shown = "; ".join(f"{x['narration_id']}: {x['reason']}" for x in m["skipped"][:5])
         console.print(f"[yellow]{len(m['skipped'])} segment(s) skipped[/] (listed in the manifest): {escape(shown)}"
                       + (" ..." if len(m["skipped"]) > 5 else ""))
+    outcome = Outcome("build-shards")  # the exit rule every stage shares (leap_cli/outcome.py)
+    outcome.attempt(c["segments"])
+    for x in m["skipped"]:
+        outcome.fail(re.sub(r"^video \S+ ", "video ", x["reason"].split(":")[0]))
+    for line in outcome.lines():
+        console.print(escape(line), style="red", highlight=False)
+    outcome.exit(strict)
 
 
 def check_shards(
