@@ -117,6 +117,8 @@ def test_unreadable_audio_and_bad_detection_file_are_recorded_then_retried(kitch
     assert "P01_01.wav" in recs["P01_01_0"]["components"]["audio"]["data"]["detail"]
     assert str(root) not in recs["P01_01_0"]["text"] and str(root) not in data["error"]
     assert s.outcome.failed == 3 and s.outcome.attempted == 4
+    for r in recs.values():
+        jsonschema.validate(r, SCHEMA)
     wav.write_bytes(good_wav)
     dets.write_text(good_dets)
     assert run_extract(cfg).written == 0  # finished records are kept as they are ...
