@@ -228,9 +228,9 @@ class _Video:
 
     def read(self, numbers: list[int], short_side: int | None, seg: Segment) -> np.ndarray:
         self._open(seg.narration_id)
-        window = self.clock.segment_window(seg)
-        if not window.inside:
-            raise FramesUnavailable(window.reason)
+        reason = self.clock.check(*self.clock.segment_span(seg))  # the whole window must be decodable
+        if reason:
+            raise FramesUnavailable(reason)
         side = short_side or None
         bad = [n for n in numbers if n < 1 or n > self.clock.num_frames]
         if bad:
@@ -260,7 +260,7 @@ def _planned_frames(ctx: SegmentContext, components: list[Component], cache: "Fr
         for numbers, side in comp.frames_wanted(ctx):
             for n in numbers:
                 plan.setdefault(n, set()).add(side or None)
-    if cache is not None:
+    if cache is not None and not cache.path(ctx.segment.video_id, ctx.segment.narration_id).exists():
         for n in cache.frames_of(ctx):
             plan.setdefault(n, set()).add(cache.short_side)
     return plan
