@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from leap_cli.extract import audio as A  # noqa: E402
-from leap_cli.extract.truth import load_truth  # noqa: E402
+from leap_cli.extract.truth import load_truth, video_sounds  # noqa: E402
 from leap_cli.io import atomic_write_json  # noqa: E402
 from leap_cli.media.audio import read_audio  # noqa: E402
 
@@ -31,18 +31,6 @@ FEATURES = ["level_db", "centroid", "flatness", "flatness_loud", "low", "mid", "
             "level_std", "onset_rate", "rhythm", "tonal_db", "burst_ms", "periodicity", "mod_syllable"]
 MIN_STD = {"level_db": 1.0, "centroid": 0.1, "crest_db": 0.5, "level_std": 0.3, "onset_rate": 0.2,
            "tonal_db": 0.5, "burst_ms": 5.0}
-
-
-def video_events(truth: dict[str, dict]) -> dict[str, list[tuple[float, float, str]]]:
-    """Every true kitchen sound of each video in absolute seconds (segments overlap: a window of one segment may
-    hear the end of the previous one's sound)."""
-    out: dict[str, list] = {}
-    for seg in truth.values():
-        for ev in seg.get("sound", []):
-            if ev["label"] != "silence":
-                out.setdefault(seg["video_id"], []).append((seg["start"] + ev["start"], seg["start"] + ev["stop"],
-                                                            ev["label"]))
-    return out
 
 
 def true_label(events: list[tuple[float, float, str]], a: float, b: float) -> str | None:
@@ -58,7 +46,7 @@ def true_label(events: list[tuple[float, float, str]], a: float, b: float) -> st
 def windows(data: Path, split: str) -> list[tuple[str, str, dict]]:
     """(true label, rules' label, features) of every window of the split's segments (truth from the kitchen)."""
     truth = load_truth(data)
-    events = video_events(truth)
+    events = video_sounds(truth)
     out = []
     for seg in truth.values():
         if seg["split"] != split:
