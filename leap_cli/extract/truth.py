@@ -7,8 +7,8 @@ Only the measuring reads the truth; no extractor does. Figures (``score``):
   visual odometry); segments past the end of a truncated video are counted apart (nothing may be invented);
 - audio, on a 0.05 s grid over each segment: per category, precision and recall of the predicted sound against
   the true sounds of the video (a segment also hears the end of the previous one's); the false-event rate:
-  the share of background-only time (no kitchen sound, only room tone, fan, hum, music, babble) where an event
-  is predicted, with the predicted categories and the background layers present when it happens;
+  the share of background-only time (no kitchen sound within ``MARGIN`` s, only room tone, fan, hum, music,
+  babble) where an event is predicted, with the predicted categories and the background layers present when it happens;
 - hands: for each true contact, the IoU of its interval with the best predicted contact of the same hand, and
   the contact-state accuracy (in contact or not, per hand on the 0.05 s grid); whether the contact's object
   is named right;
@@ -53,6 +53,7 @@ def base_name(label: str) -> str:
 
 
 GRID = 0.05  # seconds
+MARGIN = 0.25  # background-only time keeps this far from any true sound (half the DSP rules' analysis window)
 
 
 def video_sounds(truth: dict[str, dict]) -> dict[str, list[tuple[float, float, str]]]:
@@ -115,6 +116,7 @@ def score(records: list[dict], truth: dict[str, dict]) -> dict:
             events = sounds.get(t["video_id"], [])
             for x in steps:
                 now = {lab for s, e, lab in events if s <= t["start"] + x < e}
+                near = any(s - MARGIN <= t["start"] + x < e + MARGIN for s, e, _ in events)
                 got = _covering(aud["data"]["events"], x)
                 got = None if got in NOT_EVENTS else got
                 for lab in now:
@@ -122,7 +124,7 @@ def score(records: list[dict], truth: dict[str, dict]) -> dict:
                     a_hit[lab] += got == lab
                 if got:
                     a_pred[got] += 1
-                if not now:
+                if not near:
                     bg_steps += 1
                     if got:
                         bg_false += 1

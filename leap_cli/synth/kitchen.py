@@ -64,8 +64,8 @@ KITCHEN_VERSION = 3  # bump when the output changes for the same config
 NTSC_30 = 30000 / 1001
 NTSC_60 = 60000 / 1001
 # Frame rates EPIC-KITCHENS-100 videos really have (EPIC_100_video_info.csv: 423 at 59.94, 268 at 50, a few at
-# 29.97), cycled over the videos.
-FPS_CYCLE = (NTSC_60, 50.0, NTSC_60, NTSC_60, 50.0, NTSC_60, NTSC_30, NTSC_60)
+# 29.97), cycled over the videos; of 8 videos the 29.97 one is the test video.
+FPS_CYCLE = (NTSC_60, 50.0, NTSC_60, NTSC_60, 50.0, NTSC_60, NTSC_60, NTSC_30)
 CLEAN_FPS_CYCLE = (NTSC_30, NTSC_30, 50.0, NTSC_30)
 TRUNCATED_SEGMENTS = 3  # segments of the truncated video that start past (or run over) the end of its file
 MP4_AUDIO_RATE = 16000  # the MP4's AAC track (the WAV keeps cfg.sample_rate)
@@ -101,8 +101,13 @@ class KitchenConfig:
         return self.fps or (FPS_CYCLE if self.honest else CLEAN_FPS_CYCLE)
 
     def truncated_video(self) -> int | None:
-        """Index of the video whose MP4 is a truncated copy (honest kitchens of 2 videos or more)."""
-        return 1 if self.honest and self.videos >= 2 else None
+        """Index of the video whose MP4 is a truncated copy (honest kitchens of 2 videos or more): the first
+        labelled video without poses (so nothing legitimately describes the missing part), else the second."""
+        if not self.honest or self.videos < 2:
+            return None
+        entries = assign_videos(self)
+        return next((i for i, e in enumerate(entries)
+                     if e.split != "test" and int(e.video_id.split("_")[1]) % 2 == 0), 1)
 
 
 def epic_frame_rate(fps: float) -> float:
