@@ -6,6 +6,8 @@ flatness, band shares, envelope crest and variability, onset rate and its regula
 modulation) and a category by documented rules:
 
     silence   level under ``silence_db`` (default -45 dBFS)
+    background  (after speech) a few steady spectral lines (peak > 45 dB over the median bin, level crest
+              < 10 dB): mains hum, music, beeps; no kitchen sound of ours is a steady tone
     speech    periodic (voiced pitch 80-400 Hz), low centroid, syllable-rate (3-8 Hz) level modulation and
               loud stretches of 60 ms or more (syllables, not knocks)
     chopping  impulsive onsets at a regular rate (1.5-8 per second; onset-strength autocorrelation)
@@ -15,7 +17,7 @@ modulation) and a category by documented rules:
     scraping  band-limited mid-frequency noise, or noise swelling with each stroke (3-8 Hz)
     rustling  irregular noise bursts (noisy, not tonal)
 
-    background  the rules' answer is not trusted (abstains; see below)
+    background  also where the rules' answer is not trusted (abstains; see below)
 
 **It can say "don't know".** Real kitchens have fans, fridges, radios and talk; the rules alone call a fan
 running water and music rustling. So each window the rules give a category also gets a confidence: how
@@ -51,6 +53,7 @@ SAMPLE_RATE = 16000
 CATEGORIES = ("clatter", "running_water", "sizzling", "chopping", "scraping", "rustling", "speech", "silence",
               "background")
 NOT_EVENTS = ("silence", "background")  # what the classifier says when it hears no kitchen sound
+TONAL_DB = 45.0  # spectral lines this far above the median bin, without impacts: hum or music
 WORDS = {"clatter": "clatter/impact", "running_water": "running water", "sizzling": "sizzling",
          "chopping": "rhythmic chopping", "scraping": "scraping", "rustling": "rustling", "speech": "speech",
          "silence": "silence", "background": "background only"}
@@ -205,6 +208,8 @@ def classify(ft: dict, silence_db: float = -45.0) -> str:
     if ft["periodicity"] > 0.35 and ft["centroid"] < 1500 and ft["level_std"] > 3 and ft["mod_syllable"] > 0.5 \
             and ft["burst_ms"] >= 60:
         return "speech"
+    if ft["tonal_db"] > TONAL_DB and ft["crest_db"] < 10:
+        return "background"  # a few steady spectral lines: mains hum, music, beeps; no kitchen sound of ours
     if ft["crest_db"] > 12 and (ft["onsets_in_window"] >= 1 or ft["onset_rate"] >= 1):  # impulsive
         if 1.5 <= ft["onset_rate"] <= 8 and (ft["rhythm"] > 0.45 or ft["onset_irregularity"] < 0.25):
             return "chopping"
