@@ -1,19 +1,21 @@
-"""Extraction against the synthetic kitchen's ground truth, and its speed.
+"""Extraction measured against the honest synthetic kitchen's truth, with only the inputs a real user has.
 
-Runs ``leap extract`` on the train split of a synthetic kitchen (built if missing) three ways, side by side:
-visual odometry for the camera with 1 worker and with N workers, and COLMAP poses for the camera; prints the
-truth figures (yaw direction of head turns, audio category, hand-contact IoU, objects named), segments per
-second per worker and the share of time per component, and writes them to benchmarks/RESULTS.md under
-``## Extract (bench_extract.py)``.
+The honest kitchen (``leap demo-data``, built if missing) publishes what EPIC publishes: videos, sound with a
+real background, unlabelled hand-object boxes degraded as a real detector errs, EPIC Fields poses for some
+videos. ``leap extract`` runs on the train and validation splits (the audio abstention was calibrated on the
+training videos only: validation is the figure that counts), once with the camera's default (EPIC Fields poses
+where present, visual odometry elsewhere) and once with visual odometry everywhere; ``extract.truth.score``
+compares the records with the truth. Also measured side by side: the camera component's cost per segment
+reading frames upscaled to short side 240 (before) and at the video's own size (now).
 
-    python benchmarks/bench_extract.py [--data leap-work/bench-kitchen] [--videos 4] [--workers 2]
+    python benchmarks/bench_extract.py [--data leap-work/bench-kitchen] [--videos 8] [--seed 0] [--no-write]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import re
 import shutil
 import sys
@@ -28,75 +30,131 @@ from leap_cli.extract.truth import load_truth, score  # noqa: E402
 from leap_cli.io import read_jsonl  # noqa: E402
 
 SECTION = "## Extract (bench_extract.py)"
+GOALS = {"yaw": 0.9, "false_events": 0.10, "contact_iou": 0.8}
 
 
-def run(data: Path, out: Path, **kw) -> tuple[dict, object]:
-    if out.exists():
-        out.unlink()
-    summary = run_extract(ExtractConfig(data=data, split="train", out=out, **kw))
-    return score(read_jsonl(out), load_truth(data)), summary
+def extract(data: Path, out: Path, splits: tuple[str, ...], **kw) -> list[dict]:
+    records = []
+    for split in splits:
+        path = out.with_name(f"{out.stem}-{split}.jsonl")
+        run_extract(ExtractConfig(data=data, split=split, out=path, **kw))
+        records += read_jsonl(path)
+    return records
+
+
+def vo_cost(data: Path, video: str, segments: int = 24) -> dict:
+    """ms per segment of the camera component (VO), frames upscaled to 240 (before) vs never upscaled (now),
+    interleaved segment by segment so both see the same load."""
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.extract.camera import CameraComponent
+    from leap_cli.extract.runner import iter_video
+
+    class Upscaling(CameraComponent):  # the camera before: frames read at short side 240 whatever their size
+        def _read(self, ctx, numbers):
+            return ctx.read_frames(numbers, self.short_side)
+
+    layout = DatasetLayout.open(data)
+    ann = layout.annotations()
+    segs = [s for s in ann.segments("train") if s.video_id == video][:segments]
+    fps = ann.fps(video)
+    totals = {"upscaled to 240": 0.0, "native size": 0.0}
+    for seg in segs:
+        for name, comp in (("upscaled to 240", Upscaling(source="vo")), ("native size", CameraComponent(source="vo"))):
+            for _, timings in iter_video(layout, [seg], [comp], fps):
+                totals[name] += timings["camera"]
+    return {k: round(v / len(segs) * 1000, 1) for k, v in totals.items()} | {"segments": len(segs)}
+
+
+def pct(x) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path("leap-work/bench-kitchen"), help="synthetic kitchen root")
-    ap.add_argument("--videos", type=int, default=4, help="videos when the kitchen is built")
+    ap.add_argument("--data", type=Path, default=Path("leap-work/bench-kitchen"), help="honest synthetic kitchen root")
+    ap.add_argument("--videos", type=int, default=8, help="videos when the kitchen is built")
     ap.add_argument("--seed", type=int, default=0, help="kitchen seed when it is built")
-    ap.add_argument("--workers", type=int, default=2, help="workers of the parallel run")
     ap.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     args = ap.parse_args()
 
     from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
 
-    t0 = time.perf_counter()
     build_kitchen(args.data, KitchenConfig(videos=args.videos, seed=args.seed))
-    built = time.perf_counter() - t0
+    truth = load_truth(args.data)
     tmp = Path(tempfile.mkdtemp(prefix="bench-extract-"))
+    t0 = time.perf_counter()
     try:
-        vo1, s1 = run(args.data, tmp / "vo1.jsonl", camera_source="vo", workers=1)
-        von, sn = run(args.data, tmp / "von.jsonl", camera_source="vo", workers=args.workers)
-        col, sc = run(args.data, tmp / "colmap.jsonl", camera_source="auto", workers=1)
+        auto = {sp: extract(args.data, tmp / "auto.jsonl", (sp,)) for sp in ("train", "val")}
+        vo = extract(args.data, tmp / "vo.jsonl", ("train", "val"), components=("camera",), camera_source="vo")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    assert vo1 == von, "1 worker and N workers gave different figures"
-    load = os.getloadavg()[0]
-    total = sum(s1.seconds.values()) or 1.0
-    share = {k: round(v / total, 3) for k, v in sorted(s1.seconds.items(), key=lambda kv: -kv[1])}
-    rate1 = s1.written / s1.wall
-    raten = sn.written / sn.wall
-    lines = [
-        SECTION,
-        "",
-        f"Command: `python benchmarks/bench_extract.py --data {args.data} --videos {args.videos} --seed {args.seed} "
-        f"--workers {args.workers}` (synthetic kitchen, train split, {s1.written} segments; kitchen built or found in "
-        f"{built:.1f} s). Machine: {os.cpu_count()} CPU cores shared with other jobs (1-min load average {load:.1f} at "
-        "the end), so the worker speed-up is bounded by free cores; each spawned worker also pays ~2-3 s of imports.",
-        "",
-        "| figure | target | measured |",
-        "|---|---|---|",
-        f"| yaw direction of head turns, visual odometry (ORB/KLT + E/H) | >= 90% | "
-        f"{vo1['yaw_direction']['correct']:.1%} of {vo1['yaw_direction']['segments']} segments |",
-        f"| yaw direction of head turns, COLMAP poses where present, else VO | >= 90% | "
-        f"{col['yaw_direction']['correct']:.1%} of {col['yaw_direction']['segments']} segments |",
-        f"| audio category (dominant) = true sound, DSP rules | >= 80% | "
-        f"{vo1['audio_category']['correct']:.1%} of {vo1['audio_category']['segments']} segments |",
-        f"| hand contacts with IoU >= 0.7 against truth | IoU >= 0.7 | {vo1['hand_contacts']['iou_at_least_0.7']:.1%} of "
-        f"{vo1['hand_contacts']['contacts']} contacts (mean IoU {vo1['hand_contacts']['mean_iou']:.3f}; object named "
-        f"right {vo1['hand_contacts']['object_named']:.1%}) |",
-        f"| true objects named (labelled detection files) | all | {vo1['objects']['named']:.1%} of "
-        f"{vo1['objects']['true_objects']} |",
-        "",
-        f"Audio confusions (true->predicted: count): {json.dumps(vo1['audio_category']['confusions'])}",
-        "",
-        "| run | segments/s | segments/s per worker | speed-up vs 1 worker |",
-        "|---|---|---|---|",
-        f"| 1 worker | {rate1:.1f} | {rate1:.1f} | 1.00x |",
-        f"| {args.workers} workers | {raten:.1f} | {raten / args.workers:.1f} | {raten / rate1:.2f}x |",
-        "",
-        "Share of component time (1 worker, VO): " + ", ".join(f"{k} {v:.0%}" for k, v in share.items())
-        + f"; wall {s1.wall:.1f} s for {s1.written} segments.",
-        "",
-    ]
+    wall = time.perf_counter() - t0
+    tr, va = score(auto["train"], truth), score(auto["val"], truth)
+    both = score(auto["train"] + auto["val"], truth)
+    vos = score(vo, truth)
+    no_pose_video = next(v["video_id"] for v in json.loads((args.data / ".leap-kitchen.json").read_text())
+                         ["summary"]["videos"] if v["split"] == "train" and int(v["video_id"][-2:]) % 2 == 0)
+    cost = vo_cost(args.data, no_pose_video)
+    load = os.getloadavg()
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    yaw_poses = both["yaw_direction"]["by_method"].get("epic-fields", {})
+    yaw_vo = vos["yaw_direction"]
+    hc = both["hand_contacts"]
+    lines = [SECTION, "",
+             f"Command: `python benchmarks/bench_extract.py --data {args.data} --videos {args.videos} --seed "
+             f"{args.seed}` ({time.strftime('%Y-%m-%d')}). Measured on the **honest** synthetic kitchen (seed "
+             f"{args.seed}, {args.videos} videos): train {len(auto['train'])} and validation {len(auto['val'])} "
+             "segments, with only what a user of EPIC has (videos, sound over a real background, unlabelled "
+             "hand-object boxes degraded as the 100DOH detector errs, EPIC Fields poses for the odd-numbered "
+             "videos); the truth is read by the scoring only. The machine's 2 cores were shared with other jobs "
+             f"(load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end; extraction took {wall:.0f} s).",
+             "",
+             "| figure | measured on | goal | train | validation | |",
+             "|---|---|---|---|---|---|",
+             f"| yaw direction of head turns, visual odometry everywhere | segments with a true turn | >= 90% | "
+             f"{pct(score(vo[:len(auto['train'])], truth)['yaw_direction']['correct'])} | "
+             f"{pct(score(vo[len(auto['train']):], truth)['yaw_direction']['correct'])} | "
+             f"{met((yaw_vo['correct'] or 0) >= GOALS['yaw'])} ({yaw_vo['segments']} segments) |",
+             f"| yaw direction, default camera (EPIC Fields poses where present) | segments with a true turn | >= 90% "
+             f"| {pct(tr['yaw_direction']['correct'])} | {pct(va['yaw_direction']['correct'])} | "
+             f"poses: {pct(yaw_poses.get('correct'))} of {yaw_poses.get('segments', 0)}; "
+             f"{met((both['yaw_direction']['correct'] or 0) >= GOALS['yaw'])} |",
+             f"| audio false events on background-only time | seconds with no kitchen sound (room tone, fan, hum, "
+             f"music, babble) | <= 10% | {pct(tr['audio']['false_event_rate'])} of {tr['audio']['background_seconds']} s "
+             f"| {pct(va['audio']['false_event_rate'])} of {va['audio']['background_seconds']} s | "
+             f"{met((va['audio']['false_event_rate'] or 0) <= GOALS['false_events'])} |",
+             f"| hand contacts with interval IoU >= 0.5 | true contacts | >= 80% | {pct(tr['hand_contacts']['iou_at_least_0.5'])}"
+             f" | {pct(va['hand_contacts']['iou_at_least_0.5'])} | {met((hc['iou_at_least_0.5'] or 0) >= GOALS['contact_iou'])}"
+             f" ({hc['contacts']} contacts, mean IoU {hc['mean_iou']}) |",
+             f"| contact-state accuracy (in contact or not, per hand, 0.05 s grid) | all segment time | - | "
+             f"{pct(tr['hand_contacts']['state_accuracy'])} | {pct(va['hand_contacts']['state_accuracy'])} | |",
+             f"| contact's object named right | true contacts | - | {pct(tr['hand_contacts']['object_named'])} | "
+             f"{pct(va['hand_contacts']['object_named'])} | from the objects/hands components as they are |",
+             f"| objects named: recall / precision | nouns truly visible / names given | - | "
+             f"{pct(tr['objects']['recall'])} / {pct(tr['objects']['precision'])} | "
+             f"{pct(va['objects']['recall'])} / {pct(va['objects']['precision'])} | |",
+             f"| segments past the end of the truncated video with invented VO | segments whose window runs past the "
+             f"file's end | 0 | {both['past_end_of_video']['camera_invented']} of {both['past_end_of_video']['segments']} "
+             "(both splits) | | |",
+             "",
+             "Audio per category (seconds on a 0.05 s grid against the true sounds of the video; validation):",
+             "",
+             "| category | precision | recall | true s | predicted s |",
+             "|---|---|---|---|---|"]
+    for c, v in va["audio"]["per_category"].items():
+        lines.append(f"| {c} | {pct(v['precision'])} | {pct(v['recall'])} | {v['true_seconds']} | {v['predicted_seconds']} |")
+    lines += ["",
+              f"False events on background (validation), predicted as: {json.dumps(va['audio']['false_events_as'])}; "
+              f"background layers present then (s): {json.dumps(va['audio']['false_events_under'])}. Train: as "
+              f"{json.dumps(tr['audio']['false_events_as'])}, under {json.dumps(tr['audio']['false_events_under'])}.",
+              "",
+              f"Camera cost (VO, {cost['segments']} segments of {no_pose_video}, 192x144 frames, interleaved): frames "
+              f"upscaled to short side 240 as before {cost['upscaled to 240']} ms/segment, at their own size "
+              f"{cost['native size']} ms/segment (both with corner tracking; decoding included).",
+              ""]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

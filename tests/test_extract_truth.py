@@ -1,8 +1,11 @@
-"""Extraction measured against the synthetic kitchen's ground truth (figures stable for this seed; the
-larger measurement is benchmarks/bench_extract.py)."""
+"""Extraction measured against the honest synthetic kitchen's truth, with only the inputs a real user has (the
+larger measurement is benchmarks/bench_extract.py). The kitchen publishes what EPIC publishes: degraded,
+unlabelled hand-object boxes, sound over a real background, EPIC Fields poses for P01_01 only."""
 
 from __future__ import annotations
 
+import json
+import shutil
 
 import pytest
 
@@ -21,35 +24,57 @@ def kitchen(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def measured(kitchen, tmp_path_factory) -> tuple[dict, dict]:
-    root = kitchen
+def extracted(kitchen, tmp_path_factory) -> tuple[list[dict], list[dict]]:
     out = tmp_path_factory.mktemp("measured")
-    vo, poses = out / "vo.jsonl", out / "poses.jsonl"
+    auto, vo = out / "auto.jsonl", out / "vo.jsonl"
     for split in ("train", "val"):
-        run_extract(ExtractConfig(data=root, split=split, out=vo, camera_source="vo"))
-        run_extract(ExtractConfig(data=root, split=split, out=poses, components=("camera",)))
-    truth = load_truth(root)
-    return score(read_jsonl(vo), truth), score(read_jsonl(poses), truth)
+        run_extract(ExtractConfig(data=kitchen, split=split, out=auto))
+        run_extract(ExtractConfig(data=kitchen, split=split, out=vo, components=("camera",), camera_source="vo"))
+    return read_jsonl(auto), read_jsonl(vo)
 
 
-def test_yaw_direction_of_head_turns(measured):
-    vo, poses = measured
-    assert vo["yaw_direction"]["segments"] >= 8
-    assert vo["yaw_direction"]["correct"] >= 0.9
-    assert poses["yaw_direction"]["correct"] >= 0.9  # COLMAP poses on P01_01, visual odometry on P01_02
+@pytest.fixture(scope="module")
+def measured(kitchen, extracted) -> tuple[dict, dict]:
+    truth = load_truth(kitchen)
+    return score(extracted[0], truth), score(extracted[1], truth)
 
 
-def test_audio_category(measured):
-    vo, _ = measured
-    assert vo["audio_category"]["segments"] == 32 and vo["audio_category"]["correct"] >= 0.8
+def test_yaw_direction_of_head_turns(measured, extracted):
+    auto, vo = measured
+    assert vo["yaw_direction"]["segments"] >= 8 and vo["yaw_direction"]["correct"] >= 0.9
+    assert auto["yaw_direction"]["correct"] >= 0.9
+    # EPIC Fields poses on P01_01, visual odometry on P01_02 (no poses), and the record says which
+    assert set(auto["yaw_direction"]["by_method"]) == {"epic-fields", "visual-odometry"}
+    cams = {r["video_id"]: r["components"]["camera"] for r in extracted[0] if r["components"]["camera"]["status"] == "ok"}
+    assert cams["P01_01"]["source"] == "epic-fields:P01_01.json"
+    assert cams["P01_02"]["data"]["poses_skipped"] == "no poses for this video"
 
 
-def test_hand_contacts_and_objects(measured):
-    vo, _ = measured
-    hc = vo["hand_contacts"]
-    assert hc["contacts"] >= 20 and hc["iou_at_least_0.7"] >= 0.9 and hc["mean_iou"] >= 0.9
-    assert hc["object_named"] >= 0.9
-    assert vo["objects"]["true_objects"] >= 40 and vo["objects"]["named"] == 1.0
+def test_audio_abstains_on_background(measured):
+    auto, _ = measured
+    audio = auto["audio"]
+    assert audio["background_seconds"] >= 10
+    assert audio["false_event_rate"] <= 0.15  # ungated, the rules call most of it an event (see RESULTS)
+    heard = audio["per_category"]
+    assert max(v["recall"] or 0 for v in heard.values()) >= 0.8
+
+
+def test_hand_contacts_from_degraded_boxes(measured):
+    auto, _ = measured
+    hc = auto["hand_contacts"]
+    assert hc["contacts"] >= 20 and hc["iou_at_least_0.5"] >= 0.8 and hc["state_accuracy"] >= 0.85
+    assert hc["mean_iou"] < 0.97  # the boxes are degraded: a read-back of the truth would give ~1.0
+
+
+def test_extract_never_reads_the_truth(kitchen, extracted, tmp_path):
+    """The same records with the truth folder removed."""
+    copy = tmp_path / "kitchen"
+    shutil.copytree(kitchen, copy, ignore=shutil.ignore_patterns("ground-truth"))
+    assert not (copy / "ground-truth").exists()
+    run_extract(ExtractConfig(data=copy, split="val", out=tmp_path / "val.jsonl"))
+    without = read_jsonl(tmp_path / "val.jsonl")
+    with_truth = [r for r in extracted[0] if r["video_id"] == "P01_02"]
+    assert len(without) == 16 and json.dumps(without, sort_keys=True) == json.dumps(with_truth, sort_keys=True)
 
 
 def test_ctrl_c_keeps_finished_records_and_the_rerun_resumes(kitchen, tmp_path):

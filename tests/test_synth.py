@@ -20,7 +20,9 @@ from leap_cli.epic.layout import DatasetLayout
 from leap_cli.epic.timing import FrameClock
 from leap_cli.errors import LeapError
 from leap_cli.media import open_video, read_audio, read_segment_audio, read_video_audio
-from leap_cli.synth.kitchen import MARKER, KitchenConfig, assign_videos, build_kitchen, world_to_camera
+from leap_cli.extract.camera import angles, read_epic_fields
+from leap_cli.synth.kitchen import (MARKER, TRUNCATED_SEGMENTS, KitchenConfig, assign_videos, build_kitchen,
+                                    epic_frame_rate, epic_frames, world_to_camera)
 from leap_cli.synth.plan import PlannedSegment
 from leap_cli.synth.render import BASE_W, Renderer, make_hand, make_panorama, make_sprites
 from leap_cli.synth.world import LOOKS, VERBS, true_program, vocabularies
@@ -113,7 +115,8 @@ def _envelope(x: np.ndarray, rate: int) -> np.ndarray:
 def test_mp4_audio_track_matches_the_wav(kitchen):
     root, _ = kitchen
     layout = DatasetLayout.open(root)
-    seg = max(layout.annotations().segments("train"), key=lambda s: s.duration)
+    cut = {v["video_id"] for v in json.loads((root / MARKER).read_text())["summary"]["videos"] if "truncated_at" in v}
+    seg = max((s for s in layout.annotations().segments("train") if s.video_id not in cut), key=lambda s: s.duration)
     wav = read_audio(layout.audio_path(seg.video_id), seg.start, seg.stop, 16000)
     track = read_video_audio(layout.video_path(seg.video_id), seg.start, seg.stop, 16000)
     assert track.shape == wav.shape
@@ -134,8 +137,8 @@ def test_sound_differs_by_label(kitchen):
             rms.setdefault(ev["label"], []).append(float(np.sqrt((x ** 2).mean())))
     loud = [k for k in ("running_water", "chopping", "scraping") if k in rms]
     assert loud and "silence" in rms
-    for k in loud:
-        assert np.median(rms[k]) > 8 * np.median(rms["silence"]), k
+    for k in loud:  # the truth's "silence" is the kitchen's background: room tone, fan, hum, music, babble
+        assert np.median(rms[k]) > 2.5 * np.median(rms["silence"]), k
 
 
 def test_ground_truth_matches_annotations_and_video(kitchen):
@@ -159,19 +162,26 @@ def test_ground_truth_matches_annotations_and_video(kitchen):
         _check_program_vocab(t["program"], verbs, nouns)
     for v in summary.videos:
         frames = (root / "ground-truth" / "frames" / f"{v['video_id']}.jsonl").read_text().splitlines()
-        assert len(frames) == v["frames"]
+        full = round(v["duration"] * v["fps"])  # the truth covers the whole video, also where the file is cut
+        assert len(frames) == full and v["frames"] <= full
         dets = read_hand_objects(DatasetLayout.open(root).hand_objects_path(v["video_id"]))
-        assert len(dets) == v["frames"] and dets[-1].frame_number == v["frames"]
+        # numbered as EPIC numbers frames: 60 per second for 59.94 fps videos
+        assert [d.frame_number for d in dets] == [n for n, _ in epic_frames(full, v["fps"])]
         for d in dets[::50]:
             for h in d.hands:
                 assert 0 <= h.bbox.left < h.bbox.right <= 1 and 0 <= h.bbox.top < h.bbox.bottom <= 1
-    # Contacts in the truth show up as in-contact hands in the detections.
-    t = next(t for t in truth if t["contacts"])
-    c = t["contacts"][0]
-    info = ann.video_info[t["video_id"]]
-    frame = int((t["start"] + (c["start"] + c["stop"]) / 2) * info.fps) + 1
-    det = read_hand_objects(root / "hand-objects" / t["video_id"][:3] / f"{t['video_id']}.pkl")[frame - 1]
-    assert any(h.state in (HandState.PORTABLE_OBJECT, HandState.STATIONARY_OBJECT) for h in det.hands)
+    # Contacts in the truth show up as in-contact hands in most detection frames (the detector flickers).
+    in_contact = total = 0
+    for t in truth:
+        for c in t["contacts"]:
+            rate = epic_frame_rate(ann.video_info[t["video_id"]].fps)
+            dets = read_hand_objects(root / "hand-objects" / t["video_id"][:3] / f"{t['video_id']}.pkl")
+            for x in np.linspace(c["start"], c["stop"], 5)[1:-1]:
+                det = dets[int((t["start"] + x) * rate)]
+                total += 1
+                in_contact += any(h.state in (HandState.PORTABLE_OBJECT, HandState.STATIONARY_OBJECT)
+                                  for h in det.hands)
+    assert total >= 20 and 0.7 <= in_contact / total < 1.0
 
 
 def _check_program_vocab(program: dict, verbs: ClassVocab, nouns: ClassVocab) -> None:
@@ -214,10 +224,27 @@ def test_camera_turns_move_the_scene_the_right_way(kitchen):
     # A camera yawed right looks along +x in world coordinates (COLMAP: R_w2c^T @ z).
     forward = world_to_camera(30.0, 0.0).T @ np.array([0, 0, 1.0])
     assert forward[0] == pytest.approx(np.sin(np.radians(30)))
-    poses = sorted((root / "poses").glob("*/images.txt"))
-    assert poses
-    line = [x for x in poses[0].read_text().splitlines() if x and not x.startswith("#")][0].split()
-    assert len(line) == 10 and line[-1] == "frame_0000000001.jpg"
+    # EPIC Fields' JSON for the odd-numbered videos only, in its own layout, agreeing with the true yaw.
+    poses = sorted((root / "poses").glob("*.json"))
+    assert [p.stem for p in poses] == sorted(v.video_id for v in assign_videos(CFG) if int(v.video_id[-2:]) % 2)
+    doc = json.loads(poses[0].read_text())
+    assert set(doc) == {"camera", "images", "points"}
+    assert doc["camera"]["model"] == "OPENCV" and len(doc["camera"]["params"]) == 8
+    assert (doc["camera"]["width"], doc["camera"]["height"]) == (CFG.width, CFG.height)
+    name, pose = next(iter(doc["images"].items()))
+    assert name.startswith("frame_") and name.endswith(".jpg") and len(pose) == 7
+    assert all(len(p) == 6 for p in doc["points"])
+    read, _ = read_epic_fields(poses[0])
+    fps = next(v.fps for v in assign_videos(CFG) if v.video_id == poses[0].stem)
+    frames = [json.loads(x) for x in (root / "ground-truth" / "frames" / f"{poses[0].stem}.jsonl").read_text().splitlines()]
+    numbers = sorted(read)
+    assert 0.3 < len(numbers) / len(epic_frames(len(frames), fps)) < 0.55  # every 2nd frame, with gaps
+    for n in numbers[:: max(1, len(numbers) // 20)]:
+        truth_yaw = frames[dict(epic_frames(len(frames), fps))[n]]["yaw"]
+        r_first = read[numbers[0]][0]
+        yaw, _, _ = angles(r_first @ read[n][0].T)  # camera n in the first registered camera's axes
+        first_yaw = frames[dict(epic_frames(len(frames), fps))[numbers[0]]]["yaw"]
+        assert yaw == pytest.approx(truth_yaw - first_yaw, abs=1.5)
 
 
 def test_every_verb_and_noun_renders():
@@ -256,8 +283,8 @@ def test_same_seed_same_bytes_and_rebuild_rules(kitchen, tmp_path):
              "ground-truth/segments.jsonl"]
     first = assign_videos(CFG)[0]
     p, v = first.participant_id, first.video_id
-    files += [f"{p}/audio/{v}.wav", f"{p}/videos/{v}.MP4", f"hand-objects/{p}/{v}.pkl", f"object-detections/{p}/{v}.jsonl",
-              f"ground-truth/frames/{v}.jsonl"]
+    files += [f"{p}/audio/{v}.wav", f"{p}/videos/{v}.MP4", f"hand-objects/{p}/{v}.pkl", f"poses/{v}.json",
+              f"ground-truth/frames/{v}.jsonl", f"ground-truth/audio/{v}.json"]
     for f in files:
         assert (root / f).read_bytes() == (other / f).read_bytes(), f
     # A different seed gives a different kitchen.
@@ -297,3 +324,106 @@ def test_cli_demo_data_then_info(tmp_path):
                        env=env)
     assert r.returncode == 0, r.stderr
     assert "EPIC_100_train.csv" in r.stdout and "EPIC_100_validation.csv" in r.stdout
+
+
+# --- the honest kitchen: only what EPIC publishes ---------------------------------------------------------------
+
+def _summary_videos(root: Path) -> list[dict]:
+    return json.loads((root / MARKER).read_text())["summary"]["videos"]
+
+
+def test_publishes_only_what_epic_publishes(kitchen):
+    root, summary = kitchen
+    assert not (root / "object-detections").exists()  # EPIC has no labelled object boxes
+    ann = Annotations(root / "annotations")
+    rates = {v["video_id"]: v["fps"] for v in summary.videos}
+    assert {round(f, 2) for f in rates.values()} == {59.94, 50.0}
+    from leap_cli.epic.timing import time_to_frame
+
+    for split in ("train", "val", "test"):
+        for s in ann.segments(split):
+            rate = epic_frame_rate(rates[s.video_id])
+            assert rate == (50.0 if round(rates[s.video_id]) == 50 else 60.0)
+            assert (s.start_frame, s.stop_frame) == (time_to_frame(s.start, rate), time_to_frame(s.stop, rate))
+    # the truth has its own folder, and the published files name no object
+    pkl = (root / "hand-objects" / "P01" / "P01_01.pkl").read_bytes()
+    assert b"plate" not in pkl and b"knife" not in pkl
+
+
+def _true_hands(frames: list[dict]) -> list[list[dict]]:
+    return [f["hands"] for f in frames]
+
+
+def test_hand_objects_are_the_truth_degraded_as_a_detector_errs(kitchen):
+    from leap_cli.epic.hand_objects import BBox
+
+    root, summary = kitchen
+    v = summary.videos[0]
+    frames = [json.loads(x) for x in (root / "ground-truth" / "frames" / f"{v['video_id']}.jsonl").read_text().splitlines()]
+    dets = read_hand_objects(root / "hand-objects" / v["video_id"][:3] / f"{v['video_id']}.pkl")
+    index = dict(epic_frames(len(frames), v["fps"]))
+    found = total = swapped = 0
+    ious, extra = [], 0
+    for d in dets:
+        truth = frames[index[d.frame_number]]["hands"]
+        used = set()
+        for h in truth:
+            tb = BBox(**h["bbox"])
+            total += 1
+            best = max(d.hands, key=lambda x: x.bbox.iou(tb), default=None)
+            if best is not None and best.bbox.iou(tb) > 0.3:
+                found += 1
+                used.add(id(best))
+                ious.append(best.bbox.iou(tb))
+                swapped += best.side.name.lower() != h["side"]
+        extra += sum(id(x) not in used for x in d.hands)
+    assert total > 500
+    assert 0.8 < found / total < 0.97  # missed hands
+    assert 0.6 < float(np.mean(ious)) < 0.95  # jittered boxes, not the truth
+    assert 0.003 < swapped / found < 0.06  # side swaps at a realistic rate
+    assert extra > 0.01 * len(dets)  # false positives
+
+
+def test_truncated_video_has_segments_past_its_end(kitchen):
+    root, summary = kitchen
+    cut = [v for v in summary.videos if "truncated_at" in v]
+    assert len(cut) == 1 and cut[0]["video_id"] == assign_videos(CFG)[CFG.truncated_video()].video_id
+    v = cut[0]
+    layout = DatasetLayout.open(root)
+    with open_video(layout, v["video_id"]) as r:
+        assert r.num_frames == v["frames"] and r.num_frames / r.fps == pytest.approx(v["truncated_at"], abs=0.05)
+    info = Annotations(root / "annotations").video_info[v["video_id"]]
+    assert info.duration == pytest.approx(v["duration"], abs=0.01)  # video_info: the full length
+    assert info.duration > v["truncated_at"] + 1
+    past = [t for t in _truth(root) if t["video_id"] == v["video_id"] and t.get("past_end_of_video")]
+    assert len(past) >= TRUNCATED_SEGMENTS and all(t["stop"] > v["truncated_at"] for t in past)
+    assert any(t["start"] < v["truncated_at"] for t in past)  # one straddles the end
+
+
+def test_background_sound_at_real_levels(kitchen):
+    from leap_cli.extract.truth import load_truth, video_sounds
+
+    root, summary = kitchen
+    layout = DatasetLayout.open(root)
+    sounds = video_sounds(load_truth(root))
+    kinds = set()
+    for v in summary.videos:
+        layers = json.loads((root / "ground-truth" / "audio" / f"{v['video_id']}.json").read_text())["layers"]
+        room = [ly for ly in layers if ly["label"] == "room_tone"]
+        assert len(room) == 1 and -50 <= room[0]["level_db"] <= -40
+        kinds |= {ly["label"] for ly in layers}
+        y = read_audio(layout.audio_path(v["video_id"]), 0, v["duration"], 16000)
+        quiet = np.ones(len(y), bool)
+        for a, b, _ in sounds.get(v["video_id"], []):
+            quiet[max(0, int(a * 16000) - 8000):int(b * 16000) + 8000] = False
+        level = 10 * np.log10(np.mean(y[quiet] ** 2))
+        assert -52 < level < -26, (v["video_id"], level)  # room tone, fan, hum, music: not digital silence
+    assert len(kinds - {"room_tone"}) >= 2
+
+
+def test_clean_kitchen_for_debugging(tmp_path):
+    out = tmp_path / "clean"
+    build_kitchen(out, KitchenConfig(videos=1, segments_per_video=3, honest=False))
+    assert (out / "object-detections" / "P01" / "P01_01.jsonl").exists()
+    assert (out / "poses" / "P01_01" / "images.txt").exists()
+    assert not (out / "ground-truth" / "audio").exists()

@@ -22,12 +22,14 @@ def demo_data(
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
     segments: int = typer.Option(48, "--segments", help="Action segments per video."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the folder already holds this kitchen."),
+    clean: bool = typer.Option(False, "--clean", help="Debugging only: publish the truth (exact hand-object boxes, "
+                               "labelled object boxes, COLMAP poses, quiet background) instead of what EPIC publishes."),
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
 
-    cfg = KitchenConfig(videos=videos, seed=seed, segments_per_video=segments)
+    cfg = KitchenConfig(videos=videos, seed=seed, segments_per_video=segments, honest=not clean)
     with Progress(TextColumn("[bold]kitchen[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("videos", total=videos)

@@ -17,7 +17,8 @@ VIDEO_EXTS = (".MP4", ".mp4")
 class DatasetLayout:
     """``ROOT/P01/videos/P01_01.MP4``, ``ROOT/P01/rgb_frames/P01_01/frame_0000000001.jpg``,
     ``ROOT/P01/audio/P01_01.wav``, ``ROOT/hand-objects/P01/P01_01.pkl`` (or ``.jsonl``),
-    ``ROOT/object-detections/P01/P01_01.jsonl``, ``ROOT/poses/P01_01/images.txt`` (COLMAP)."""
+    ``ROOT/object-detections/P01/P01_01.jsonl``, ``ROOT/poses/P01_01.json`` (EPIC Fields) or
+    ``ROOT/poses/P01_01/images.txt`` (COLMAP)."""
 
     root: Path
     annotations_dir: Path
@@ -77,8 +78,11 @@ class DatasetLayout:
         return p if p.exists() else None
 
     def poses_path(self, video_id: str) -> Path | None:
-        p = self.root / "poses" / video_id / "images.txt"
-        return p if p.exists() else None
+        """EPIC Fields' per-video JSON where present, else a COLMAP ``images.txt``."""
+        for p in (self.root / "poses" / f"{video_id}.json", self.root / "poses" / video_id / "images.txt"):
+            if p.exists():
+                return p
+        return None
 
     def ground_truth_dir(self) -> Path | None:
         d = self.root / "ground-truth"

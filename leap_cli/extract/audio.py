@@ -6,6 +6,8 @@ flatness, band shares, envelope crest and variability, onset rate and its regula
 modulation) and a category by documented rules:
 
     silence   level under ``silence_db`` (default -45 dBFS)
+    background  (after speech) a few steady spectral lines (peak > 45 dB over the median bin, level crest
+              < 10 dB): mains hum, music, beeps; no kitchen sound of ours is a steady tone
     speech    periodic (voiced pitch 80-400 Hz), low centroid, syllable-rate (3-8 Hz) level modulation and
               loud stretches of 60 ms or more (syllables, not knocks)
     chopping  impulsive onsets at a regular rate (1.5-8 per second; onset-strength autocorrelation)
@@ -15,13 +17,30 @@ modulation) and a category by documented rules:
     scraping  band-limited mid-frequency noise, or noise swelling with each stroke (3-8 Hz)
     rustling  irregular noise bursts (noisy, not tonal)
 
+    background  also where the rules' answer is not trusted (abstains; see below)
+
+**It can say "don't know".** Real kitchens have fans, fridges, radios and talk; the rules alone call a fan
+running water and music rustling. So each window the rules give a category also gets a confidence: how
+unlike the background its features are (squared z-scores under a diagonal Gaussian of background windows:
+room tone, fans, fridge hum, music, distant babble). Below the calibrated threshold the window is
+``background`` (no kitchen sound recognised). Only the background is modelled, so sounds the rules know but
+the kitchen never made still get through. The models and the threshold are in ``leap_cli/resources/audio_dsp_calibration.json``, written by
+``benchmarks/calibrate_audio.py`` from the honest synthetic kitchen's *training* videos only (validation
+figures are reported, not tuned on). Without that file the rules are not gated.
+
+These rules are a fallback that needs no weights, fitted to a synthetic kitchen; the real classifier is PANNs
+CNN14 (``--audio-model PATH``, see ``audio_cnn14.py``).
+
 Consecutive windows with the same category form events (``start``/``stop`` in seconds from the segment
-start). ``--audio-model PATH`` replaces the rules with PANNs CNN14 (see ``audio_cnn14.py``).
+start).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from functools import lru_cache
+from importlib import resources
 
 import numpy as np
 from scipy.signal import find_peaks, stft
@@ -31,10 +50,37 @@ from leap_cli.extract.base import Component, SegmentContext, result, unavailable
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-CATEGORIES = ("clatter", "running_water", "sizzling", "chopping", "scraping", "rustling", "speech", "silence")
+CATEGORIES = ("clatter", "running_water", "sizzling", "chopping", "scraping", "rustling", "speech", "silence",
+              "background")
+NOT_EVENTS = ("silence", "background")  # what the classifier says when it hears no kitchen sound
+TONAL_DB = 45.0  # spectral lines this far above the median bin, without impacts: hum or music
 WORDS = {"clatter": "clatter/impact", "running_water": "running water", "sizzling": "sizzling",
          "chopping": "rhythmic chopping", "scraping": "scraping", "rustling": "rustling", "speech": "speech",
-         "silence": "silence"}
+         "silence": "silence", "background": "background only"}
+CALIBRATION = "audio_dsp_calibration.json"
+
+
+@lru_cache(maxsize=1)
+def calibration() -> dict | None:
+    """The gate's models and threshold (``benchmarks/calibrate_audio.py``), or None if not calibrated."""
+    f = resources.files("leap_cli.resources").joinpath(CALIBRATION)
+    if not f.is_file():
+        return None
+    return json.loads(f.read_text(encoding="utf-8"))
+
+
+def gate_vector(ft: dict, names: list[str]) -> np.ndarray:
+    """The features the gate models, in ``names`` order (the centroid on a log scale)."""
+    return np.array([np.log2(max(ft[k], 1.0)) if k == "centroid" else float(ft[k]) for k in names])
+
+
+def confidence(ft: dict, cal: dict) -> float:
+    """How unlike the background a window is: half the sum of squared z-scores of its features under the
+    background model (each capped at 100, so one wild feature cannot decide alone)."""
+    x = gate_vector(ft, cal["features"])
+    m = cal["background"]
+    z = (x - np.asarray(m["mean"])) / np.asarray(m["std"])
+    return float(0.5 * np.sum(np.minimum(z * z, 100.0)))
 
 
 def _db(x: np.ndarray) -> np.ndarray:
@@ -162,6 +208,8 @@ def classify(ft: dict, silence_db: float = -45.0) -> str:
     if ft["periodicity"] > 0.35 and ft["centroid"] < 1500 and ft["level_std"] > 3 and ft["mod_syllable"] > 0.5 \
             and ft["burst_ms"] >= 60:
         return "speech"
+    if ft["tonal_db"] > TONAL_DB and ft["crest_db"] < 10:
+        return "background"  # a few steady spectral lines: mains hum, music, beeps; no kitchen sound of ours
     if ft["crest_db"] > 12 and (ft["onsets_in_window"] >= 1 or ft["onset_rate"] >= 1):  # impulsive
         if 1.5 <= ft["onset_rate"] <= 8 and (ft["rhythm"] > 0.45 or ft["onset_irregularity"] < 0.25):
             return "chopping"
@@ -200,8 +248,10 @@ def merge_windows(labels: list[str], starts: list[float], stops: list[float]) ->
 
 
 def analyse(y: np.ndarray, sr: int = SAMPLE_RATE, *, window: float = 0.5, hop: float = 0.25,
-            silence_db: float = -45.0) -> dict:
-    """Loudness (per 0.25 s), onsets and sound events of one mono signal."""
+            silence_db: float = -45.0, gate: bool = True) -> dict:
+    """Loudness (per 0.25 s), onsets and sound events of one mono signal. ``gate``: abstain (``background``)
+    on windows whose confidence is under the calibrated threshold (when a calibration is installed)."""
+    cal = calibration() if gate else None
     y = np.asarray(y, dtype=np.float64)
     if y.ndim > 1:
         y = y.mean(axis=-1)
@@ -224,6 +274,8 @@ def analyse(y: np.ndarray, sr: int = SAMPLE_RATE, *, window: float = 0.5, hop: f
             continue
         ft = window_features(sp, sel[0], sel[-1] + 1, ons, t0, t1)
         lab = classify(ft, silence_db)
+        if cal is not None and lab not in NOT_EVENTS and confidence(ft, cal) < cal["threshold"]:
+            lab = "background"
         labels.append(lab)
         # a window speaks for its central part, so events tile the segment without overlaps
         wstarts.append(0.0 if t0 == starts[0] else t0 + (window - hop) / 2)
@@ -235,11 +287,11 @@ def analyse(y: np.ndarray, sr: int = SAMPLE_RATE, *, window: float = 0.5, hop: f
 
 
 def dominant_sound(events: list[dict]) -> str | None:
-    """The non-silent category covering most time (silence if nothing else)."""
+    """The kitchen sound covering most time (background or silence if none)."""
     cover: dict[str, float] = {}
     for e in events:
         cover[e["label"]] = cover.get(e["label"], 0.0) + e["stop"] - e["start"]
-    loud = {k: v for k, v in cover.items() if k != "silence"}
+    loud = {k: v for k, v in cover.items() if k not in NOT_EVENTS}
     pool = loud or cover
     return max(pool, key=pool.get) if pool else None
 
@@ -280,10 +332,12 @@ class AudioComponent(Component):
             data = analyse(y, sr, silence_db=self.silence_db)
             data.pop("window_features", None)  # kept out of the record: large, and only for tuning the rules
             source = "dsp-rules"
+            cal = calibration()
+            data["abstains_below"] = cal["threshold"] if cal is not None else None
         data["dominant"] = dominant_sound(data["events"])
         data["timeline"] = [{"start": e["start"], "stop": e["stop"],
                              "text": f"sound: {WORDS.get(e['label'], e['label'])}"}
-                            for e in data["events"] if e["label"] != "silence"]
+                            for e in data["events"] if e["label"] not in NOT_EVENTS]
         return result("ok", source, data, events_text(data["events"], data["loudness_db"], data["onsets"]))
 
     def close(self) -> None:

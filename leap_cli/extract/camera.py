@@ -1,7 +1,7 @@
 """Camera-motion component: visual odometry between frames sampled through the segment, or COLMAP poses.
 
-Visual odometry: ``frames`` frames (default 9) are decoded at ``short_side`` pixels; ORB features are matched
-between consecutive samples; the essential matrix (RANSAC) and ``recoverPose`` give the rotation and the
+Visual odometry: ``frames`` frames (default 9) are decoded at ``short_side`` pixels; corners are tracked
+(pyramidal Lucas-Kanade, ORB matching where tracking fails) between consecutive samples; the essential matrix (RANSAC) and ``recoverPose`` give the rotation and the
 direction of translation. Intrinsics are assumed from the frame size: principal point at the centre and a
 horizontal field of view of ``fov_deg`` (default 90 deg, close to EPIC's GoPro linear view after undistortion).
 When the motion is (nearly) a pure rotation the essential matrix is degenerate, so, as ORB-SLAM does at
@@ -12,13 +12,21 @@ the rotation is taken from ``K^-1 H K`` (orthonormalised) and no translation is 
 Angles (degrees, camera frame, x right, y down, z forward): yaw > 0 turns right, pitch > 0 looks up, roll > 0
 tilts clockwise. Steps are merged into phrases: "turns head left about 30 deg, then looks down about 15 deg".
 
-COLMAP (``poses/P01_01/images.txt``, as EPIC Fields publishes): the poses of the frames inside the segment give
-the same angles, and the camera centres give where the camera is relative to the rest of the video. With the
-default ``source="auto"``, a segment with fewer than two registered frames falls back to visual odometry.
+Frames are never upscaled for odometry: they are read at ``short_side`` or at the video's own size when that
+is smaller (the size is learnt from the first read of each video).
+
+Poses: EPIC Fields' per-video JSON (``poses/P01_01.json``: ``camera`` with COLMAP's camera model, size and
+parameters incl. distortion, ``images`` {frame name: [qw, qx, qy, qz, tx, ty, tz]} world-to-camera, ``points``)
+or COLMAP's ``poses/P01_01/images.txt``. The poses of the frames inside the segment give the same angles, and
+the camera centres give where the camera is relative to the rest of the video. With the default
+``source="auto"``, a video without poses, or a segment with fewer than two registered frames, uses visual
+odometry; ``data["method"]`` says which was used (``epic-fields``, ``colmap`` or ``visual-odometry``) and
+``data["poses_skipped"]`` why poses were not.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -60,11 +68,26 @@ class PairEstimate(dict):
 _MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
 
 
+def _track(g1: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shi-Tomasi corners of g1 tracked into g2 by pyramidal Lucas-Kanade, kept where tracking back lands within
+    a pixel of the start."""
+    corners = cv2.goodFeaturesToTrack(g1, maxCorners=400, qualityLevel=0.01, minDistance=5)
+    if corners is None or len(corners) < 8:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    nxt, st, _ = cv2.calcOpticalFlowPyrLK(g1, g2, corners, None, winSize=(21, 21), maxLevel=3)
+    back, st2, _ = cv2.calcOpticalFlowPyrLK(g2, g1, nxt, None, winSize=(21, 21), maxLevel=3)
+    ok = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm(back - corners, axis=2).ravel() < 1.0)
+    return corners.reshape(-1, 2)[ok].astype(np.float64), nxt.reshape(-1, 2)[ok].astype(np.float64)
+
+
 def correspondences(g1: np.ndarray, g2: np.ndarray, orb, min_matches: int = 40, *, feats1=None,
                     feats2=None) -> tuple[np.ndarray, np.ndarray]:
-    """Matched points (N,2) of two grey frames: ORB + cross-checked Hamming matches; where ORB finds too few
-    (small or low-texture frames), Shi-Tomasi corners tracked by pyramidal Lucas-Kanade instead.
-    ``feats1/2``: ORB (keypoints, descriptors) computed already (each frame is detected once per segment)."""
+    """Matched points (N,2) of two grey frames: Shi-Tomasi corners tracked by pyramidal Lucas-Kanade (fast:
+    about a third of ORB matching's cost per segment); where tracking keeps too few (large motion, low texture),
+    ORB + cross-checked Hamming matches instead. ``feats1/2``: ORB (keypoints, descriptors) computed already."""
+    q1, q2 = _track(g1, g2)
+    if len(q1) >= min_matches:
+        return q1, q2
     k1, d1 = feats1 if feats1 is not None else orb.detectAndCompute(g1, None)
     k2, d2 = feats2 if feats2 is not None else orb.detectAndCompute(g2, None)
     p1 = p2 = np.zeros((0, 2))
@@ -72,16 +95,7 @@ def correspondences(g1: np.ndarray, g2: np.ndarray, orb, min_matches: int = 40, 
         matches = _MATCHER.match(d1, d2)
         p1 = np.float64([k1[m.queryIdx].pt for m in matches]).reshape(-1, 2)
         p2 = np.float64([k2[m.trainIdx].pt for m in matches]).reshape(-1, 2)
-    if len(p1) >= min_matches:
-        return p1, p2
-    corners = cv2.goodFeaturesToTrack(g1, maxCorners=400, qualityLevel=0.01, minDistance=5)
-    if corners is None or len(corners) < 8:
-        return p1, p2
-    nxt, st, _ = cv2.calcOpticalFlowPyrLK(g1, g2, corners, None, winSize=(21, 21), maxLevel=3)
-    back, st2, _ = cv2.calcOpticalFlowPyrLK(g2, g1, nxt, None, winSize=(21, 21), maxLevel=3)
-    ok = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm(back - corners, axis=2).ravel() < 1.0)
-    q1, q2 = corners.reshape(-1, 2)[ok].astype(np.float64), nxt.reshape(-1, 2)[ok].astype(np.float64)
-    return (q1, q2) if len(q1) > len(p1) else (p1, p2)
+    return (p1, p2) if len(p1) > len(q1) else (q1, q2)
 
 
 def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *, feats1=None, feats2=None) -> PairEstimate:
@@ -199,13 +213,16 @@ def read_colmap_images(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarr
     """{frame number: (R world->camera, camera centre in world)} from COLMAP's ``images.txt``.
 
     Each image takes two lines: ``IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME`` then its 2D points; the frame
-    number is the last integer in NAME (``frame_0000000123.jpg``)."""
+    number is the last integer in NAME (``frame_0000000123.jpg``). Errors name the line as an editor counts it
+    (comment lines included)."""
     path = Path(path)
     poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if not ln.startswith("#")]
+    lines = [(n, ln) for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+             if not ln.startswith("#")]
     i = 0
     while i < len(lines):
-        parts = lines[i].split()
+        number, line = lines[i]
+        parts = line.split()
         if not parts:
             i += 1
             continue
@@ -214,7 +231,7 @@ def read_colmap_images(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarr
             name = parts[9]
             frame = int(re.findall(r"\d+", Path(name).stem)[-1])
         except (ValueError, IndexError):
-            raise LeapError(f"line {i + 1} is not an image pose", path=path, record=f"line {i + 1}",
+            raise LeapError(f"line {number} is not an image pose", path=path, record=f"line {number}",
                             fix="expected COLMAP images.txt: IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, "
                                 "then a line of 2D points") from None
         r = _quat_to_r(qw, qx, qy, qz)
@@ -222,6 +239,43 @@ def read_colmap_images(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarr
         poses[frame] = (r, -r.T @ t)
         i += 2
     return poses
+
+
+def read_epic_fields(path: str | Path) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], dict]:
+    """EPIC Fields' per-video JSON -> ({frame number: (R world->camera, camera centre)}, camera).
+
+    ``camera``: {"id", "model" (COLMAP's, e.g. OPENCV), "width", "height", "params" (OPENCV: fx, fy, cx, cy,
+    k1, k2, p1, p2)}; ``images``: {frame name: [qw, qx, qy, qz, tx, ty, tz]}; ``points`` is not needed here."""
+    path = Path(path)
+    fix = ('expected EPIC Fields JSON: {"camera": {"model", "width", "height", "params"}, '
+           '"images": {"frame_0000000001.jpg": [qw, qx, qy, qz, tx, ty, tz], ...}, "points": [...]}')
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LeapError(f"not JSON: {e.msg} at line {e.lineno} column {e.colno}", path=path,
+                        record=f"line {e.lineno}", fix=fix) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("images"), dict):
+        raise LeapError('no "images" object of frame poses', path=path, fix=fix)
+    camera = doc.get("camera") if isinstance(doc.get("camera"), dict) else {}
+    poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for name, pose in doc["images"].items():
+        try:
+            qw, qx, qy, qz, tx, ty, tz = (float(v) for v in pose)
+            frame = int(re.findall(r"\d+", Path(name).stem)[-1])
+        except (ValueError, TypeError, IndexError):
+            raise LeapError(f"image {name!r} has no pose of 7 numbers", path=path, record=str(name), fix=fix) from None
+        r = _quat_to_r(qw, qx, qy, qz)
+        poses[frame] = (r, -r.T @ np.array([tx, ty, tz]))
+    return poses, {k: camera[k] for k in ("model", "width", "height", "params") if k in camera}
+
+
+def read_poses(path: str | Path) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], str, dict]:
+    """(poses, method, camera) of an EPIC Fields JSON or a COLMAP images.txt."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        poses, camera = read_epic_fields(path)
+        return poses, "epic-fields", camera
+    return read_colmap_images(path), "colmap", {}
 
 
 def where_in_kitchen(centres: np.ndarray, seg_centre: np.ndarray) -> tuple[dict, str]:
@@ -264,26 +318,29 @@ class CameraComponent(Component):
     def describe(self, ctx: SegmentContext) -> dict:
         s = ctx.segment
         poses_path = None if self.source == "vo" else ctx.layout.poses_path(s.video_id)
+        skipped = None
         if poses_path is not None:
-            rec = self._from_colmap(ctx, poses_path)
+            rec = self._from_poses(ctx, poses_path)
             if rec["status"] == "ok" or self.source == "colmap":
                 return rec
             # auto: the reconstruction skipped this segment's frames (EPIC Fields registers a subset): odometry
+            skipped = rec["data"]["reason"]
+        elif self.source == "auto":
+            skipped = "no poses for this video"
         if self.source == "colmap":
-            return result("unavailable", "none", {"reason": "no COLMAP poses for this video"},
-                          "unavailable (no COLMAP poses for this video)")
+            return result("unavailable", "none", {"reason": "no camera poses for this video"},
+                          "unavailable (no camera poses for this video)")
         if ctx.read_frames is None:
             return result("unavailable", "none", {"reason": "no video or frames for this segment"},
                           "unavailable (no video or frames for this segment)")
         numbers = ctx.segment_frames(self.frames)
-        frames = ctx.read_frames(numbers, self.short_side)
-        greys = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+        frames = self._read(ctx, numbers)
+        greys = [f if f.ndim == 2 else cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
         h, w = greys[0].shape
         k = intrinsics(w, h, self.fov_deg)
-        feats = [self.orb.detectAndCompute(g, None) for g in greys]
         steps, total = [], np.eye(3)
         for i in range(1, len(greys)):
-            est = relative_pose(greys[i - 1], greys[i], k, self.orb, feats1=feats[i - 1], feats2=feats[i])
+            est = relative_pose(greys[i - 1], greys[i], k, self.orb)
             total = total @ est["r_cam"]
             yaw, pitch, roll = angles(est["r_cam"])
             step = {"start": ctx.frame_time(numbers[i - 1]), "stop": ctx.frame_time(numbers[i]),
@@ -292,7 +349,24 @@ class CameraComponent(Component):
             if est["t"] is not None:
                 step["translation"] = [round(float(v), 3) for v in est["t"]]
             steps.append(step)
-        return self._summary(steps, total, f"orb-vo:{len(numbers)} frames", extra={"fov_deg": self.fov_deg})
+        extra = {"method": "visual-odometry", "fov_deg": self.fov_deg, "frame_size": [w, h]}
+        if skipped:
+            extra["poses_skipped"] = skipped
+        return self._summary(steps, total, f"orb-vo:{len(numbers)} frames", extra=extra)
+
+    def _read(self, ctx: SegmentContext, numbers: list[int]) -> np.ndarray:
+        """Frames at ``short_side``, or at the video's own size where that is smaller (never upscaled)."""
+        key = ("native_short_side", ctx.segment.video_id)
+        native = ctx.video_cache.get(key)
+        if native is None:
+            frames = ctx.read_frames(numbers, 0)  # the first read of a video learns its size
+            native = ctx.video_cache[key] = int(min(frames.shape[1:3]))
+            if native <= self.short_side:
+                return frames
+            from leap_cli.media.video import resize_short_side
+
+            return np.stack([resize_short_side(f, self.short_side) for f in frames])
+        return ctx.read_frames(numbers, 0 if native <= self.short_side else self.short_side)
 
     def _summary(self, steps: list[dict], total: np.ndarray, source: str, extra: dict | None = None,
                  where: tuple[dict, str] | None = None) -> dict:
@@ -318,16 +392,16 @@ class CameraComponent(Component):
             text += f"; {where[1]}"
         return result("ok", source, data, text)
 
-    def _from_colmap(self, ctx: SegmentContext, path: Path) -> dict:
-        key = ("colmap", ctx.segment.video_id)
+    def _from_poses(self, ctx: SegmentContext, path: Path) -> dict:
+        key = ("poses", ctx.segment.video_id)
         if key not in ctx.video_cache:
-            ctx.video_cache[key] = read_colmap_images(path)
-        poses = ctx.video_cache[key]
+            ctx.video_cache[key] = read_poses(path)
+        poses, method, camera = ctx.video_cache[key]
+        label = f"{method}:{path.name}" if method == "epic-fields" else f"colmap:{path.parent.name}/images.txt"
         s = ctx.segment
         inside = sorted(n for n in poses if s.start_frame <= n <= s.stop_frame)
         if len(inside) < 2:
-            return result("unavailable", f"colmap:{path.parent.name}/images.txt",
-                          {"reason": "fewer than 2 registered frames in the segment"},
+            return result("unavailable", label, {"reason": "fewer than 2 registered frames in the segment"},
                           "unavailable (fewer than 2 registered frames in the segment)")
         # keep about self.frames poses spread through the segment
         idx = np.unique(np.linspace(0, len(inside) - 1, min(self.frames, len(inside))).round().astype(int))
@@ -347,5 +421,7 @@ class CameraComponent(Component):
             steps.append(step)
         centres = np.array([c for _, c in poses.values()])
         seg_centre = np.mean([poses[n][1] for n in inside], axis=0)
-        return self._summary(steps, total, f"colmap:{path.parent.name}/images.txt",
-                             where=where_in_kitchen(centres, seg_centre))
+        extra = {"method": method, "registered_frames": len(inside)}
+        if camera:
+            extra["camera_model"] = camera
+        return self._summary(steps, total, label, extra=extra, where=where_in_kitchen(centres, seg_centre))

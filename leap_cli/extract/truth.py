@@ -1,9 +1,18 @@
 """Compare descriptor records with the synthetic kitchen's ground truth (``ground-truth/segments.jsonl``).
 
-Figures: the yaw direction of head turns (per segment with a turn: the estimated yaw change over each true
-turn has the true sign), the dominant audio category against the true sound covering most of the segment,
-hand-contact intervals (IoU of each true contact with the best estimated one of the same hand, and whether it
-names the same object), and whether every true visible object is named by the objects component.
+Only the measuring reads the truth; no extractor does. Figures (``score``):
+
+- camera: the yaw direction of head turns (per segment with a turn: the estimated yaw change over each true
+  turn has the true sign), overall and per method the camera component used (EPIC Fields poses, COLMAP poses,
+  visual odometry); segments past the end of a truncated video are counted apart (nothing may be invented);
+- audio, on a 0.05 s grid over each segment: per category, precision and recall of the predicted sound against
+  the true sounds of the video (a segment also hears the end of the previous one's); the false-event rate:
+  the share of background-only time (no kitchen sound within ``MARGIN`` s, only room tone, fan, hum, music,
+  babble) where an event is predicted, with the predicted categories and the background layers present when it happens;
+- hands: for each true contact, the IoU of its interval with the best predicted contact of the same hand, and
+  the contact-state accuracy (in contact or not, per hand on the 0.05 s grid); whether the contact's object
+  is named right;
+- objects: precision and recall of the names the objects component gives against the nouns truly visible.
 """
 
 from __future__ import annotations
@@ -38,46 +47,91 @@ def yaw_over(steps: list[dict], t0: float, t1: float) -> float:
     return total
 
 
-def true_sound(seg: dict) -> str | None:
-    cover = Counter()
-    for s in seg.get("sound", []):
-        cover[s["label"]] += s["stop"] - s["start"]
-    loud = {k: v for k, v in cover.items() if k != "silence"}
-    pool = loud or cover
-    return max(pool, key=pool.get) if pool else None
-
-
 def base_name(label: str) -> str:
     """'board:chopping' -> 'board' (EPIC noun keys carry a qualifier after the colon)."""
     return label.split(":")[0].strip().lower()
 
 
+GRID = 0.05  # seconds
+MARGIN = 0.25  # background-only time keeps this far from any true sound (half the DSP rules' analysis window)
+
+
+def video_sounds(truth: dict[str, dict]) -> dict[str, list[tuple[float, float, str]]]:
+    """Every true kitchen sound of each video in absolute seconds (the truth's "silence" is no sound)."""
+    out: dict[str, list] = {}
+    for seg in truth.values():
+        for ev in seg.get("sound", []):
+            if ev["label"] != "silence":
+                out.setdefault(seg["video_id"], []).append((seg["start"] + ev["start"], seg["start"] + ev["stop"],
+                                                            ev["label"]))
+    return out
+
+
+def _covering(events: list[dict], t: float) -> str | None:
+    for e in events:
+        if e["start"] <= t < e["stop"]:
+            return e["label"]
+    return None
+
+
+def _in_contact(contacts: list[dict], t: float) -> bool:
+    return any(c["start"] <= t < c["stop"] for c in contacts)
+
+
 def score(records: list[dict], truth: dict[str, dict]) -> dict:
-    yaw_total = yaw_ok = 0
-    audio_total = audio_ok = 0
-    confusion: Counter = Counter()
+    from leap_cli.extract.audio import NOT_EVENTS
+
+    sounds = video_sounds(truth)
+    yaw: Counter = Counter()  # (method, ok) -> segments
+    past_end = past_end_invented = 0
+    a_pred: Counter = Counter()
+    a_true: Counter = Counter()
+    a_hit: Counter = Counter()
+    bg_steps = bg_false = 0
+    false_as: Counter = Counter()
+    false_under: Counter = Counter()
     ious: list[float] = []
     contact_named = contact_total = 0
-    obj_total = obj_named = 0
+    state_ok = state_total = 0
+    obj_true = obj_found = obj_named_total = obj_named_right = 0
     for r in records:
         t = truth.get(r["narration_id"])
         if t is None:
             continue
         comps = r["components"]
         cam = comps.get("camera")
+        if t.get("past_end_of_video"):
+            past_end += 1
+            past_end_invented += bool(cam and cam["status"] == "ok" and cam["data"].get("method") ==
+                                      "visual-odometry")
         turns = [c for c in t.get("camera", []) if c["motion"] in ("turn_left", "turn_right")]
-        if cam and cam["status"] == "ok" and turns:
-            yaw_total += 1
+        if cam and cam["status"] == "ok" and turns and not t.get("past_end_of_video"):
             ok = all((yaw_over(cam["data"]["steps"], c["start"], c["stop"]) > 0) == (c["motion"] == "turn_right")
                      for c in turns)
-            yaw_ok += ok
+            yaw[(cam["data"].get("method", "?"), ok)] += 1
         aud = comps.get("audio")
-        want = true_sound(t)
-        if aud and aud["status"] == "ok" and want:
-            audio_total += 1
-            got = aud["data"].get("dominant")
-            audio_ok += got == want
-            confusion[(want, got)] += 1
+        duration = t["stop"] - t["start"]
+        steps = [i * GRID + GRID / 2 for i in range(int(duration / GRID))]
+        if aud and aud["status"] == "ok":
+            events = sounds.get(t["video_id"], [])
+            for x in steps:
+                now = {lab for s, e, lab in events if s <= t["start"] + x < e}
+                near = any(s - MARGIN <= t["start"] + x < e + MARGIN for s, e, _ in events)
+                got = _covering(aud["data"]["events"], x)
+                got = None if got in NOT_EVENTS else got
+                for lab in now:
+                    a_true[lab] += 1
+                    a_hit[lab] += got == lab
+                if got:
+                    a_pred[got] += 1
+                if not near:
+                    bg_steps += 1
+                    if got:
+                        bg_false += 1
+                        false_as[got] += 1
+                        for ly in t.get("background", []):
+                            if ly["start"] <= x < ly["stop"] and ly["label"] != "room_tone":
+                                false_under[ly["label"]] += 1
         hands = comps.get("hands")
         if hands and hands["status"] == "ok":
             est = {h["hand"]: h["contacts"] for h in hands["data"]["hands"]}
@@ -87,18 +141,40 @@ def score(records: list[dict], truth: dict[str, dict]) -> dict:
                 ious.append(_iou((best["start"], best["stop"]), (c["start"], c["stop"])) if best else 0.0)
                 contact_total += 1
                 contact_named += bool(best) and base_name(best["object"]) == base_name(c["object"])
+            for side in ("left", "right"):
+                true_c = [c for c in t.get("contacts", []) if c["hand"] == side]
+                for x in steps:
+                    state_total += 1
+                    state_ok += _in_contact(true_c, x) == _in_contact(est.get(side, []), x)
         objs = comps.get("objects")
         if objs and objs["status"] == "ok":
             named = {base_name(o["label"]) for o in objs["data"]["objects"]}
-            for o in t.get("objects", []):
-                obj_total += 1
-                obj_named += base_name(o) in named
+            visible = {base_name(o) for o in t.get("objects", [])}
+            obj_true += len(visible)
+            obj_found += len(visible & named)
+            obj_named_total += len(named)
+            obj_named_right += len(named & visible)
     frac = lambda a, b: round(a / b, 4) if b else None  # noqa: E731
-    return {"yaw_direction": {"segments": yaw_total, "correct": frac(yaw_ok, yaw_total)},
-            "audio_category": {"segments": audio_total, "correct": frac(audio_ok, audio_total),
-                               "confusions": {f"{a}->{b}": n for (a, b), n in confusion.most_common() if a != b}},
-            "hand_contacts": {"contacts": contact_total,
-                              "mean_iou": round(sum(ious) / len(ious), 4) if ious else None,
-                              "iou_at_least_0.7": frac(sum(i >= 0.7 for i in ious), len(ious)),
-                              "object_named": frac(contact_named, contact_total)},
-            "objects": {"true_objects": obj_total, "named": frac(obj_named, obj_total)}}
+    methods = sorted({m for m, _ in yaw})
+    yaw_all = sum(yaw.values())
+    categories = sorted(set(a_true) | set(a_pred))
+    return {
+        "yaw_direction": {"segments": yaw_all, "correct": frac(sum(n for (_, ok), n in yaw.items() if ok), yaw_all),
+                          "by_method": {m: {"segments": yaw[(m, True)] + yaw[(m, False)],
+                                            "correct": frac(yaw[(m, True)], yaw[(m, True)] + yaw[(m, False)])}
+                                        for m in methods}},
+        "past_end_of_video": {"segments": past_end, "camera_invented": past_end_invented},
+        "audio": {"per_category": {c: {"precision": frac(a_hit[c], a_pred[c]), "recall": frac(a_hit[c], a_true[c]),
+                                       "true_seconds": round(a_true[c] * GRID, 1),
+                                       "predicted_seconds": round(a_pred[c] * GRID, 1)} for c in categories},
+                  "background_seconds": round(bg_steps * GRID, 1),
+                  "false_event_rate": frac(bg_false, bg_steps),
+                  "false_events_as": {k: round(v * GRID, 1) for k, v in false_as.most_common()},
+                  "false_events_under": {k: round(v * GRID, 1) for k, v in false_under.most_common()}},
+        "hand_contacts": {"contacts": contact_total,
+                          "mean_iou": round(sum(ious) / len(ious), 4) if ious else None,
+                          "iou_at_least_0.5": frac(sum(i >= 0.5 for i in ious), len(ious)),
+                          "state_accuracy": frac(state_ok, state_total),
+                          "object_named": frac(contact_named, contact_total)},
+        "objects": {"true_objects": obj_true, "recall": frac(obj_found, obj_true),
+                    "names_given": obj_named_total, "precision": frac(obj_named_right, obj_named_total)}}

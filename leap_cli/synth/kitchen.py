@@ -1,22 +1,32 @@
 """The synthetic kitchen: a small EPIC-KITCHENS-100-layout data set with known truth, built from a seed.
 
-``build_kitchen(out, KitchenConfig(videos=8, seed=0))`` writes::
+By default the kitchen is *honest*: it publishes only what EPIC publishes. ``build_kitchen(out,
+KitchenConfig(videos=8, seed=0))`` writes::
 
-    OUT/P01/videos/P01_01.MP4            small MP4 (mpeg4 video at an EPIC frame rate, 16 kHz AAC audio track)
-    OUT/P01/audio/P01_01.wav             the same sound as 16-bit WAV (sample_rate, default 24 kHz)
+    OUT/P01/videos/P01_01.MP4            small MP4 (mpeg4 video at EPIC's frame rates: 59.94, 50, 29.97; 16 kHz
+                                         AAC audio track); one video is a truncated copy (its last segments lie
+                                         past the end of the file)
+    OUT/P01/audio/P01_01.wav             the same sound as 16-bit WAV (sample_rate, default 24 kHz), events over a
+                                         real background (room tone, fan, fridge hum, music, babble)
     OUT/annotations/EPIC_100_*.csv       train, validation, test_timestamps, verb/noun classes (real EPIC rows),
-                                         tail verbs/nouns, unseen participant ids, video_info (EPIC's columns)
-    OUT/hand-objects/P01/P01_01.pkl      per-frame hand-object detections in EPIC's format (serialized protobufs)
-    OUT/object-detections/P01/P01_01.jsonl  labelled boxes per frame
-    OUT/poses/P01_01/images.txt          COLMAP camera orientation per frame (videos P.._01, P.._03, ...)
-    OUT/ground-truth/segments.jsonl      per segment: verb, noun, visible objects, sound events, camera motion,
-                                         hand contacts (times relative to the segment start) and the true program
-    OUT/ground-truth/frames/P01_01.jsonl per frame: yaw, pitch, roll (degrees), hand and object boxes
+                                         tail verbs/nouns, unseen participant ids, video_info (EPIC's columns);
+                                         start_frame/stop_frame counted as EPIC counts them (``epic_frame_rate``)
+    OUT/hand-objects/P01/P01_01.pkl      unlabelled hand-object detections in EPIC's format (serialized protobufs),
+                                         the truth degraded as the 100DOH detector errs (``synth/detector.py``)
+    OUT/poses/P01_01.json                EPIC Fields' per-video JSON (camera, images, points) for some videos only
+                                         (P.._01, P.._03, ...), with registration gaps
+    OUT/ground-truth/                    the truth, which no extractor reads:
+        segments.jsonl                   per segment: verb, noun, visible objects, sound events, background layers,
+                                         camera motion, hand contacts (times relative to the segment start), program
+        frames/P01_01.jsonl              per video frame: yaw, pitch, roll (degrees), true hand and object boxes
+        audio/P01_01.json                the background layers of the video (label, start, stop, level_db)
     OUT/.leap-kitchen.json               marker: the config and its hash, "complete": true written last (a rebuild
                                          is skipped when it matches; an interrupted build is redone)
 
-Boxes are ``{"left", "top", "right", "bottom"}`` in [0, 1]. The same seed gives the same CSV, WAV,
-hand-object and ground-truth bytes.
+``KitchenConfig(honest=False)`` (``leap demo-data --clean``) builds the old clean kitchen for debugging: the
+truth as hand-object files, labelled ``object-detections/P01/P01_01.jsonl``, COLMAP ``poses/P01_01/images.txt``,
+a faint room tone, 29.97/50 fps and no truncated video. Boxes are ``{"left", "top", "right", "bottom"}`` in
+[0, 1]. The same seed gives the same CSV, WAV, hand-object, pose and ground-truth bytes.
 """
 
 from __future__ import annotations
@@ -35,8 +45,7 @@ from typing import Callable
 import numpy as np
 
 from leap_cli.epic import annotations as A
-from leap_cli.epic.hand_objects import (BBox, FrameDetections, HandDetection, HandSide, HandState, ObjectDetection,
-                                        write_hand_objects)
+from leap_cli.epic.hand_objects import write_hand_objects
 from leap_cli.epic.timing import format_timestamp, frame_filename, time_to_frame
 from leap_cli.errors import LeapError
 from leap_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, stable_hash
@@ -44,17 +53,21 @@ from leap_cli.media.audio import resample
 from leap_cli.media.write import Mp4Writer
 from leap_cli.synth.plan import PlannedSegment, VideoPlan, camera_track, plan_video
 from leap_cli.synth.render import BASE_W, SKINS, Renderer, make_hand, make_panorama, make_sprites
-from leap_cli.synth.sound import render_audio
+from leap_cli.synth.detector import Detector, TrueHand, truth_detections
+from leap_cli.synth.sound import render_audio, render_background
 from leap_cli.synth.world import POUR_INTO, class_file, true_program, vocabularies
 
 log = logging.getLogger(__name__)
 
 MARKER = ".leap-kitchen.json"
-KITCHEN_VERSION = 2  # bump when the output changes for the same config
+KITCHEN_VERSION = 4  # bump when the output changes for the same config
 NTSC_30 = 30000 / 1001
 NTSC_60 = 60000 / 1001
-# Frame rates EPIC-KITCHENS-100 videos really have (see EPIC_100_video_info.csv), cycled over the videos.
-FPS_CYCLE = (NTSC_30, NTSC_30, 50.0, NTSC_30)
+# Frame rates EPIC-KITCHENS-100 videos really have (EPIC_100_video_info.csv: 423 at 59.94, 268 at 50, a few at
+# 29.97), cycled over the videos; of 8 videos the 29.97 one is the test video.
+FPS_CYCLE = (NTSC_60, 50.0, NTSC_60, NTSC_60, 50.0, NTSC_60, NTSC_60, NTSC_30)
+CLEAN_FPS_CYCLE = (NTSC_30, NTSC_30, 50.0, NTSC_30)
+TRUNCATED_SEGMENTS = 3  # segments of the truncated video that start past (or run over) the end of its file
 MP4_AUDIO_RATE = 16000  # the MP4's AAC track (the WAV keeps cfg.sample_rate)
 
 
@@ -69,7 +82,8 @@ class KitchenConfig:
     height: int = 144
     sample_rate: int = 24000
     audio_in_mp4: bool = True
-    fps: tuple[float, ...] = FPS_CYCLE
+    fps: tuple[float, ...] | None = None  # default FPS_CYCLE (honest) or CLEAN_FPS_CYCLE
+    honest: bool = True  # False: the clean debugging kitchen (truth as detections, labelled boxes, COLMAP poses)
 
     def __post_init__(self):
         if self.videos < 1:
@@ -81,6 +95,26 @@ class KitchenConfig:
 
     def hash(self) -> str:
         return stable_hash({"config": asdict(self), "version": KITCHEN_VERSION})
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        return self.fps or (FPS_CYCLE if self.honest else CLEAN_FPS_CYCLE)
+
+    def truncated_video(self) -> int | None:
+        """Index of the video whose MP4 is a truncated copy (honest kitchens of 2 videos or more): the first
+        labelled video without poses (so nothing legitimately describes the missing part), else the second."""
+        if not self.honest or self.videos < 2:
+            return None
+        entries = assign_videos(self)
+        return next((i for i, e in enumerate(entries)
+                     if e.split != "test" and int(e.video_id.split("_")[1]) % 2 == 0), 1)
+
+
+def epic_frame_rate(fps: float) -> float:
+    """The rate at which EPIC's ``start_frame``/``stop_frame`` (and its ``rgb_frames``, hand-object and EPIC Fields
+    frame numbers) count: 50 for the 50 fps videos, 60 for the others (59.94, 29.97, 47.95 and 90 fps videos
+    all count at 60 in EPIC_100_validation.csv)."""
+    return 50.0 if abs(fps - 50.0) < 0.01 else 60.0
 
 
 @dataclass
@@ -109,14 +143,16 @@ class KitchenSummary:
         """A rich table: one row per video, and the totals."""
         from rich.table import Table
 
-        title = f"Synthetic kitchen {self.out} (seed {self.config.seed})"
+        kind = "honest" if self.config.honest else "clean (debugging: publishes the truth)"
+        title = f"Synthetic kitchen {self.out} (seed {self.config.seed}, {kind})"
         if self.skipped:
             title += " - already built, skipped (use --force to rebuild)"
         table = Table(title=title)
         for col in ("video", "split", "fps", "frames", "seconds", "segments"):
             table.add_column(col, justify="left" if col in ("video", "split") else "right")
         for v in self.videos:
-            table.add_row(v["video_id"], v["split"], f"{v['fps']:.2f}", str(v["frames"]), f"{v['duration']:.1f}",
+            frames = str(v["frames"]) + (f" (file cut at {v['truncated_at']:.1f} s)" if "truncated_at" in v else "")
+            table.add_row(v["video_id"], v["split"], f"{v['fps']:.2f}", frames, f"{v['duration']:.1f}",
                           str(v["segments"]))
         counts = ", ".join(f"{s} {self.segments(s)}" for s in ("train", "val", "test"))
         table.caption = (f"{self.segments()} segments ({counts}); "
@@ -138,7 +174,7 @@ def assign_videos(cfg: KitchenConfig) -> list[VideoEntry]:
     def add(participant: str, split: str) -> None:
         counters[participant] = counters.get(participant, 0) + 1
         vid = f"{participant}_{counters[participant]:02d}"
-        entries.append(VideoEntry(vid, participant, split, cfg.fps[len(entries) % len(cfg.fps)]))
+        entries.append(VideoEntry(vid, participant, split, cfg.rates[len(entries) % len(cfg.rates)]))
 
     for i in range(n_train):
         add(f"P{i % n_seen + 1:02d}", "train")
@@ -148,6 +184,10 @@ def assign_videos(cfg: KitchenConfig) -> list[VideoEntry]:
     for i in range(n_test):
         add(f"P{(i + 1) % n_seen + 1:02d}", "test")
     return entries
+
+
+def _unit(b: tuple, w: int, h: int) -> tuple[float, float, float, float]:
+    return (b[0] / w, b[1] / h, b[2] / w, b[3] / h)
 
 
 def _box(b: tuple, w: int, h: int) -> dict:
@@ -190,18 +230,63 @@ def world_to_camera(yaw: float, pitch: float) -> np.ndarray:
     return (ry @ rx).T
 
 
-def colmap_images_txt(track: np.ndarray) -> str:
+def _pose(yaw: float, pitch: float) -> tuple[float, ...]:
+    q = _quaternion(world_to_camera(yaw, pitch))
+    return tuple(-x for x in q) if q[0] < 0 else q
+
+
+def epic_frames(n_frames: int, fps: float) -> list[tuple[int, int]]:
+    """(EPIC frame number, 0-based video frame shown then) for every EPIC-numbered frame inside the video."""
+    rate = epic_frame_rate(fps)
+    count = int(math.floor(n_frames / fps * rate - 1e-6)) + 1
+    return [(n, min(n_frames - 1, int(math.floor((n - 1) / rate * fps + 1e-6)))) for n in range(1, count + 1)]
+
+
+def colmap_images_txt(frames: list[tuple[int, float, float]]) -> str:
+    """COLMAP ``images.txt`` of (frame number, yaw, pitch) rows (the clean kitchen's poses)."""
     lines = ["# Image list with two lines of data per image:",
              "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
              "#   POINTS2D[] as (X, Y, POINT3D_ID)",
-             f"# Number of images: {len(track)}, mean observations per image: 0"]
-    for i, (yaw, pitch, _roll) in enumerate(track):
-        q = _quaternion(world_to_camera(float(yaw), float(pitch)))
-        if q[0] < 0:
-            q = tuple(-x for x in q)
-        lines.append(f"{i + 1} {q[0]:.9f} {q[1]:.9f} {q[2]:.9f} {q[3]:.9f} 0 0 0 1 {frame_filename(i + 1)}")
+             f"# Number of images: {len(frames)}, mean observations per image: 0"]
+    for i, (number, yaw, pitch) in enumerate(frames):
+        q = _pose(yaw, pitch)
+        lines.append(f"{i + 1} {q[0]:.9f} {q[1]:.9f} {q[2]:.9f} {q[3]:.9f} 0 0 0 1 {frame_filename(number)}")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def epic_fields_json(frames: list[tuple[int, float, float]], width: int, height: int, fov_deg: float,
+                     rng: np.random.Generator) -> dict:
+    """EPIC Fields' per-video JSON: ``camera`` (COLMAP's OPENCV model: width, height, params fx, fy, cx, cy, k1,
+    k2, p1, p2), ``images`` {frame name: [qw, qx, qy, qz, tx, ty, tz]} (world to camera) and ``points``
+    [[x, y, z, r, g, b]]. Like a real reconstruction it registers a subset of the frames (every second one,
+    with gaps of 0.5-3 s where registration failed), with orientation noise of a few tenths of a degree and a
+    head that sways a few centimetres."""
+    f = (width / 2) / math.tan(math.radians(fov_deg) / 2)
+    camera = {"id": 1, "model": "OPENCV", "width": width, "height": height,
+              "params": [round(f, 3), round(f, 3), width / 2, height / 2, -0.021, 0.004, 0.0003, -0.0002]}
+    images: dict[str, list[float]] = {}
+    gap_until = -1
+    for number, yaw, pitch in frames:
+        if number % 2:
+            continue
+        if number < gap_until:
+            continue
+        if rng.random() < 0.004:  # registration fails for a while
+            gap_until = number + int(rng.uniform(30, 180))
+            continue
+        y, p = yaw + float(rng.normal(0, 0.3)), pitch + float(rng.normal(0, 0.3))
+        q = _pose(y, p)
+        r = world_to_camera(y, p)
+        t60 = number / 60.0
+        centre = np.array([0.05 * math.sin(t60 / 7), 0.01 * math.sin(t60 / 3), 0.05 * math.cos(t60 / 11)])
+        t = -r @ centre
+        images[frame_filename(number)] = [round(float(v), 7) for v in (*q, *t)]
+    pts = rng.normal(0, 1, (300, 3))
+    pts = pts / np.linalg.norm(pts, axis=1, keepdims=True) * rng.uniform(1.5, 4.0, (300, 1))
+    colours = rng.integers(0, 256, (300, 3))
+    points = [[round(float(a), 4) for a in p] + [int(c) for c in col] for p, col in zip(pts, colours)]
+    return {"camera": camera, "images": images, "points": points}
 
 
 def _runs(flags: list[bool], t0: float, fps: float) -> list[tuple[float, float]]:
@@ -230,9 +315,14 @@ class _VideoBuilder:
         noise = self.rng.integers(0, 60, size=(cfg.height * 8, 3)).astype(np.int16)
         self.renderer = Renderer(cfg.width, cfg.height, sprites, rotated, hands, pano, noise)
         self.sprites = sprites
+        # separate streams, so the detector's errors, the background and the poses do not change the script
+        self.aux_rng = {k: np.random.default_rng(int(stable_hash([cfg.seed, entry.video_id, k])[:12], 16))
+                        for k in ("detector", "background", "poses")}
+        self.truncated = False
 
     def build(self) -> tuple[dict, list[dict], list[dict]]:
         cfg, e = self.cfg, self.entry
+        honest = cfg.honest
         plan = plan_video(e.video_id, e.fps, cfg.segments_per_video, self.rng)
         n_frames = int(round(plan.duration * e.fps))
         duration = n_frames / e.fps
@@ -241,13 +331,20 @@ class _VideoBuilder:
         for seg in plan.segments:
             f = min(n_frames - 1, int(seg.start * e.fps))
             anchors.append(self.renderer.anchor(track[f, 0], track[f, 1], seg.place))
-        audio = render_audio(plan, cfg.sample_rate, self.rng)
+        background, layers = (render_background(plan.duration, cfg.sample_rate, self.aux_rng["background"])
+                              if honest else (None, []))
+        audio = render_audio(plan, cfg.sample_rate, self.rng, background)
+        # the truncated copy: the file ends inside the TRUNCATED_SEGMENTS-th segment from the end
+        n_write = n_frames
+        if self.truncated and len(plan.segments) > TRUNCATED_SEGMENTS:
+            cut = plan.segments[-TRUNCATED_SEGMENTS]
+            n_write = max(1, int((cut.start + 0.5 * cut.duration) * e.fps))
         part = self.out / e.participant_id
         video_path = part / "videos" / f"{e.video_id}.MP4"
         writer = Mp4Writer(video_path, cfg.width, cfg.height, e.fps, codec="mpeg4", bit_rate=500_000,
                            gop=int(round(e.fps)), audio_rate=MP4_AUDIO_RATE if cfg.audio_in_mp4 else None)
         frames_gt: list[str] = []
-        hand_objects: list[FrameDetections] = []
+        true_hands: list[list[TrueHand]] = []
         obj_lines: list[str] = []
         active_per_frame: list[int] = []
         per_frame_contacts: list[list[tuple[str, str]]] = []
@@ -269,16 +366,21 @@ class _VideoBuilder:
                 seg = segs[active] if active >= 0 else None
                 frame, objects, hands = self.renderer.frame(t, float(track[i, 0]), float(track[i, 1]), seg,
                                                             anchors[active] if active >= 0 else None, self.skin)
-                writer.write(frame)
+                if i < n_write:
+                    writer.write(frame)
                 active_per_frame.append(active)
                 frames_gt.append(self._frame_record(i + 1, track[i], objects, hands, W, H))
-                hand_objects.append(self._detections(i + 1, objects, hands, W, H))
-                obj_lines.append(json.dumps({"video_id": e.video_id, "frame_number": i + 1, "objects": [
-                    {"label": lab, "bbox": _box(b, W, H), "score": round(float(0.75 + 0.24 * self.rng.random()), 3)}
-                    for lab, b in objects]}))
+                boxes = {lab: b for lab, b in objects}
+                true_hands.append([TrueHand(h.side, _unit(b, W, H),
+                                            _unit(boxes[h.contact], W, H) if h.contact in boxes else None,
+                                            h.stationary) for h, b in hands])
+                if not honest:
+                    obj_lines.append(json.dumps({"video_id": e.video_id, "frame_number": i + 1, "objects": [
+                        {"label": lab, "bbox": _box(b, W, H), "score": 0.9} for lab, b in objects]}))
                 per_frame_contacts.append([(h.side, h.contact) for h, _ in hands if h.contact])
                 per_frame_labels.append({lab for lab, _ in objects})
-            writer.close(resample(audio, cfg.sample_rate, MP4_AUDIO_RATE) if cfg.audio_in_mp4 else None)
+            sound = audio[:int(round(n_write / e.fps * cfg.sample_rate))]
+            writer.close(resample(sound, cfg.sample_rate, MP4_AUDIO_RATE) if cfg.audio_in_mp4 else None)
         except BaseException:
             writer.abort()
             raise
@@ -287,17 +389,35 @@ class _VideoBuilder:
         buf = io.BytesIO()
         sf.write(buf, audio, cfg.sample_rate, format="WAV", subtype="PCM_16")
         atomic_write_bytes(part / "audio" / f"{e.video_id}.wav", buf.getvalue())
+        # hand-object files and poses are numbered as EPIC numbers its frames (epic_frame_rate), and cover the
+        # whole video even where the user's copy is truncated (EPIC made them from the full video)
+        numbered = epic_frames(n_frames, e.fps)
+        detector = Detector(self.aux_rng["detector"])
+        hand_objects = [detector.frame(e.video_id, n, true_hands[i]) if honest
+                        else truth_detections(e.video_id, n, true_hands[i]) for n, i in numbered]
         write_hand_objects(self.out / "hand-objects" / e.participant_id / f"{e.video_id}.pkl", hand_objects)
-        atomic_write_text(self.out / "object-detections" / e.participant_id / f"{e.video_id}.jsonl",
-                          "\n".join(obj_lines) + "\n")
-        atomic_write_text(self.out / "ground-truth" / "frames" / f"{e.video_id}.jsonl", "\n".join(frames_gt) + "\n")
-        if int(e.video_id.split("_")[1]) % 2 == 1:  # COLMAP poses for some videos, as EPIC Fields has for some
-            atomic_write_text(self.out / "poses" / e.video_id / "images.txt", colmap_images_txt(track))
-        rows, truth = self._segments(plan, active_per_frame, per_frame_contacts, per_frame_labels)
+        truth_dir = self.out / "ground-truth"
+        if not honest:
+            atomic_write_text(self.out / "object-detections" / e.participant_id / f"{e.video_id}.jsonl",
+                              "\n".join(obj_lines) + "\n")
+        atomic_write_text(truth_dir / "frames" / f"{e.video_id}.jsonl", "\n".join(frames_gt) + "\n")
+        if honest:
+            atomic_write_json(truth_dir / "audio" / f"{e.video_id}.json", {"video_id": e.video_id, "layers": layers})
+        if int(e.video_id.split("_")[1]) % 2 == 1:  # poses for some videos, as EPIC Fields has for some
+            rows = [(n, float(track[i, 0]), float(track[i, 1])) for n, i in numbered]
+            if honest:
+                atomic_write_json(self.out / "poses" / f"{e.video_id}.json",
+                                  epic_fields_json(rows, W, H, 90.0, self.aux_rng["poses"]))
+            else:
+                atomic_write_text(self.out / "poses" / e.video_id / "images.txt", colmap_images_txt(rows))
+        rows, truth = self._segments(plan, active_per_frame, per_frame_contacts, per_frame_labels, layers,
+                                     n_write / e.fps if n_write < n_frames else None)
         info = {"video_id": e.video_id, "duration": f"{duration:.6f}", "fps": repr(float(e.fps)),
                 "resolution": f"{W}x{H}"}
-        summary = {"video_id": e.video_id, "split": e.split, "fps": e.fps, "frames": n_frames,
+        summary = {"video_id": e.video_id, "split": e.split, "fps": e.fps, "frames": n_write,
                    "duration": round(duration, 3), "segments": len(rows)}
+        if n_write < n_frames:
+            summary["truncated_at"] = round(n_write / e.fps, 3)
         return {"info": info, "summary": summary}, rows, truth
 
     def _frame_record(self, number, cam, objects, hands, W, H) -> str:
@@ -309,23 +429,10 @@ class _VideoBuilder:
                       for h, b in hands],
             "objects": [{"label": lab, "bbox": _box(b, W, H)} for lab, b in objects]})
 
-    def _detections(self, number, objects, hands, W, H) -> FrameDetections:
-        boxes = {lab: b for lab, b in objects}
-        det_hands, det_objects = [], []
-        for h, b in hands:
-            hb = BBox(*(v for v in _box(b, W, H).values()))
-            state, offset = HandState.NO_CONTACT, (0.0, 0.0)
-            if h.contact and h.contact in boxes:
-                ob = BBox(*(v for v in _box(boxes[h.contact], W, H).values()))
-                state = HandState.STATIONARY_OBJECT if h.stationary else HandState.PORTABLE_OBJECT
-                offset = (round(ob.center[0] - hb.center[0], 4), round(ob.center[1] - hb.center[1], 4))
-                det_objects.append(ObjectDetection(ob, round(float(0.7 + 0.29 * self.rng.random()), 3)))
-            det_hands.append(HandDetection(hb, round(float(0.8 + 0.19 * self.rng.random()), 3), state, offset,
-                                           HandSide.LEFT if h.side == "left" else HandSide.RIGHT))
-        return FrameDetections(self.entry.video_id, number, det_hands, det_objects)
-
-    def _segments(self, plan: VideoPlan, active, contacts, labels) -> tuple[list[dict], list[dict]]:
+    def _segments(self, plan: VideoPlan, active, contacts, labels, layers: list[dict],
+                  truncated_at: float | None) -> tuple[list[dict], list[dict]]:
         e = self.entry
+        rate = epic_frame_rate(e.fps)
         rows, truth = [], []
         for k, seg in enumerate(plan.segments):
             nid = f"{e.video_id}_{k}"
@@ -336,8 +443,8 @@ class _VideoBuilder:
             rows.append({
                 "narration_id": nid, "participant_id": e.participant_id, "video_id": e.video_id,
                 "narration_timestamp": nts, "start_timestamp": format_timestamp(seg.start),
-                "stop_timestamp": format_timestamp(seg.stop), "start_frame": time_to_frame(seg.start, e.fps),
-                "stop_frame": time_to_frame(seg.stop, e.fps), "narration": narration, "verb": seg.verb_form,
+                "stop_timestamp": format_timestamp(seg.stop), "start_frame": time_to_frame(seg.start, rate),
+                "stop_frame": time_to_frame(seg.stop, rate), "narration": narration, "verb": seg.verb_form,
                 "verb_class": verb_class, "noun": nouns[0], "noun_class": noun_classes[0],
                 "all_nouns": repr(nouns), "all_noun_classes": repr(noun_classes), "split": e.split})
             frames = [i for i, a in enumerate(active) if a == k]
@@ -362,11 +469,17 @@ class _VideoBuilder:
                        for ev in plan.speech if ev.start < seg.stop and ev.stop > seg.start]
             camera = [{"motion": ev.motion, "start": round(ev.start - seg.start, 3), "stop": round(ev.stop - seg.start, 3),
                        "degrees": ev.degrees} for ev in seg.camera]
+            background = [{"label": ly["label"], "start": round(max(0.0, ly["start"] - seg.start), 3),
+                           "stop": round(min(seg.stop, ly["stop"]) - seg.start, 3), "level_db": ly["level_db"]}
+                          for ly in layers if ly["start"] < seg.stop and ly["stop"] > seg.start]
+            extra = {"background": background} if self.cfg.honest else {}
+            if truncated_at is not None and seg.stop > truncated_at:
+                extra["past_end_of_video"] = True  # the file ends at truncated_at: the video part is unavailable
             truth.append({
                 "narration_id": nid, "video_id": e.video_id, "split": e.split, "start": seg.start, "stop": seg.stop,
                 "verb": seg.verb, "noun": seg.noun, "verb_class": verb_class, "noun_class": noun_classes[0],
                 "objects": seen, "sound": sounds, "camera": camera, "contacts": contact_list,
-                "program": true_program(seg.verb, seg.noun, narration, verb_class, noun_classes[0])})
+                "program": true_program(seg.verb, seg.noun, narration, verb_class, noun_classes[0]), **extra})
         return rows, truth
 
     @staticmethod
@@ -465,7 +578,9 @@ def build_kitchen(out: Path, cfg: KitchenConfig = KitchenConfig(), force: bool =
     infos: list[dict] = []
     summary = KitchenSummary(out, cfg)
     for i, entry in enumerate(entries):
-        meta, r, tr = _VideoBuilder(cfg, entry, out, sprites, rotated, verbs, nouns).build()
+        builder = _VideoBuilder(cfg, entry, out, sprites, rotated, verbs, nouns)
+        builder.truncated = i == cfg.truncated_video()
+        meta, r, tr = builder.build()
         rows += r
         truth += tr
         infos.append(meta["info"])
