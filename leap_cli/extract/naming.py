@@ -191,7 +191,7 @@ class ClipNamer:
         if not crops:
             return ids, np.zeros((0, len(ids)), dtype=np.float32)
         x = (np.stack(crops).astype(np.float32) / 255.0 - self.mean) / self.std  # [N, S, S, 3]
-        scale = float(self.model.logit_scale.exp()) if hasattr(self.model, "logit_scale") else 100.0
+        scale = float(self.model.logit_scale.detach().exp()) if hasattr(self.model, "logit_scale") else 100.0
         out = []
         with torch.inference_mode():
             for i in range(0, len(x), self.batch_size):
