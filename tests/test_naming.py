@@ -285,6 +285,7 @@ def test_contacts_named_by_prior_detector_and_clip(tiny_clip, tmp_path):
     c = _right_contact(comp.describe(_ctx(root)))
     assert c["named_by"] == f"clip:{arch}:tiny-clip.pt" and len(c["names"]) == 3
     assert c["object"] == c["names"][0]["noun"] and c["object"] in {"door", "knife", "carrot", "onion", "board"}
+    assert len(c["names_without_prior"]) == 3
 
 
 def test_stage_names_objects_and_contacts_with_clip_and_detector(tiny_clip, tmp_path):

@@ -11,7 +11,8 @@ box nearest to the offset point. Each interval names its object, and says what n
 2. ``detector:...``: the objects component's detector boxes that overlap the contact box (IoU >= 0.3) lend
    their label;
 3. ``clip:...``: CLIP's zero-shot name of the contact box's crop on up to ``clip_frames`` frames of the
-   interval, with the narration's nouns as a prior (``naming.py``); ``names`` keeps the top names and scores;
+   interval, with the narration's nouns as a prior (``naming.py``); ``names`` keeps the top names and scores,
+   ``names_without_prior`` CLIP's own (what ``benchmarks/bench_naming.py epic`` measures against narrations);
 4. ``narration-prior``: without weights, the narration noun that fits the contact (``naming.prior_name``);
 5. else "object".
 """
@@ -182,11 +183,13 @@ class HandsComponent(Component):
         if self.namer is not None and vocab is not None and with_box and ctx.read_frames is not None:
             picked = spread(with_box, self.clip_frames)
             images = ctx.read_frames([n for n, _ in picked], 0)
-            top = mean_names(self.namer.name_boxes(list(images), [b for _, b in picked], vocab,
-                                                   prior=narration_nouns(ctx.segment, vocab)))
+            with_prior, alone = self.namer.name_boxes_both(list(images), [b for _, b in picked], vocab,
+                                                           prior=narration_nouns(ctx.segment, vocab))
+            top, clip_only = mean_names(with_prior), mean_names(alone)
             if top:
                 return {"object": top[0][0], "named_by": self.namer.source,
-                        "names": [{"noun": n, "score": sc} for n, sc in top]}
+                        "names": [{"noun": n, "score": sc} for n, sc in top],
+                        "names_without_prior": [{"noun": n, "score": sc} for n, sc in clip_only]}
         guess = prior_name(ctx.segment, vocab, state) if self.use_prior else None
         if guess is not None:
             return {"object": guess, "named_by": "narration-prior"}

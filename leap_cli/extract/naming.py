@@ -203,10 +203,14 @@ class ClipNamer:
     def name_boxes(self, frames: list[np.ndarray], boxes: list[BBox], vocab, prior: list[int] | None = None,
                    ) -> list[list[tuple[str, float]]]:
         """Top-k (noun key, score) of each box, the box cropped from its frame; ``prior``: narration noun ids."""
+        return self.name_boxes_both(frames, boxes, vocab, prior)[0]
+
+    def name_boxes_both(self, frames: list[np.ndarray], boxes: list[BBox], vocab, prior: list[int] | None = None):
+        """The top-k names of each box with the prior, and CLIP's alone (what is measured against narrations)."""
         crops = [crop_box(f, b, self.image_size) for f, b in zip(frames, boxes)]
         ids, probs = self.probabilities(crops, vocab)
-        probs = self.apply_prior(ids, probs, prior)
-        return [self.top(ids, p, vocab) for p in probs]
+        post = self.apply_prior(ids, probs, prior)
+        return [self.top(ids, p, vocab) for p in post], [self.top(ids, p, vocab) for p in probs]
 
     def apply_prior(self, ids: list[int], probs: np.ndarray, prior: list[int] | None) -> np.ndarray:
         if not prior or not len(probs):
