@@ -228,7 +228,9 @@ class ObjectsComponent(Component):
             numbers = ctx.segment_frames(self.frames)
             images = dict(zip(numbers, ctx.read_frames(numbers, 0)))
             per_frame = dict(zip(numbers, self.detector(np.stack([images[n] for n in numbers]))))
-            ctx.video_cache[("detector_boxes", s.narration_id)] = (self.detector.source, per_frame)
+            # the detector's own labels, for the hands component (CLIP may name the unlabelled ones below)
+            ctx.video_cache[("detector_boxes", s.narration_id)] = (self.detector.source, {
+                n: [LabelledBox(b.label, b.bbox, b.score) for b in boxes if b.label] for n, boxes in per_frame.items()})
             source = self.detector.source
         else:
             labelled = video_object_detections(ctx.video_cache, ctx.layout, s.video_id)
@@ -253,6 +255,8 @@ class ObjectsComponent(Component):
                 data["names_unavailable"] = why
             else:
                 data["named_by"] = self.namer.source
+            for n in per_frame:  # a detector box of a COCO class without an EPIC noun that CLIP did not name
+                per_frame[n] = [b for b in per_frame[n] if b.label]
         objects, timeline = summarise_objects(per_frame, ctx, hands, self.score_threshold, self.hand_threshold)
         data.update({"objects": objects, "timeline": timeline})
         return result("ok", source, data, objects_text(objects))
@@ -277,8 +281,6 @@ class ObjectsComponent(Component):
             b.names = nm
             if b.label in ("", "object") and nm:
                 b.label = nm[0][0]
-        for n in per_frame:  # a detector box of a COCO class without an EPIC noun that no namer saw
-            per_frame[n] = [b for b in per_frame[n] if b.label]
         return None
 
     def close(self) -> None:
