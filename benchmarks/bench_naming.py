@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.results import replace_section  # noqa: E402
 from leap_cli.extract.naming_score import score_against_narration, score_against_truth  # noqa: E402
 from leap_cli.io import read_jsonl  # noqa: E402
 
@@ -100,11 +100,7 @@ def kitchen(args) -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        path = Path(__file__).parent / "RESULTS.md"
-        old = path.read_text() if path.exists() else "# Benchmark results\n\n"
-        pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
-        new = pattern.sub(lambda _: text.rstrip() + "\n", old) if SECTION in old else old.rstrip() + "\n\n" + text
-        path.write_text(new)
+        replace_section(SECTION, text)
 
 
 def epic(args) -> None:

@@ -249,8 +249,18 @@ def load_clip_file(open_clip, arch: str, path: str | Path, *, quick_gelu: bool =
     state = unwrap_state_dict(read_checkpoint(path), path, "CLIP")
     for k in _JIT_EXTRAS:
         state.pop(k, None)
-    model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
+    quiet = _NoRandomInitWarning()  # open_clip warns "initialized randomly": the file is loaded next
+    logging.getLogger().addFilter(quiet)
+    try:
+        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
+    finally:
+        logging.getLogger().removeFilter(quiet)
     if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:
         state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
     load_exact(model, state, path, "CLIP")
     return model
+
+
+class _NoRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
