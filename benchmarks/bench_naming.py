@@ -92,7 +92,9 @@ def kitchen(args) -> None:
         f"Contacts named by: {json.dumps(held['named_by'])}. Most frequent wrong names (true->named: count): "
         f"{json.dumps(held['confusions'])}. CLIP naming (`--clip-weights`) and the COCO detector "
         "(`--detector-weights coco`) need weights this machine cannot download: with random weights their names are "
-        "noise, so no figure is given for them here. Accuracy on real video awaits real weights; the command that "
+        "noise, so no figure is given for them here, and no package found in the registries' lists ships a "
+        "pretrained model inside its wheel that could name kitchen objects. Accuracy on real video awaits real "
+        "weights; the command that "
         "measures it on EPIC's validation set (top-1/top-5 of the held object's CLIP name against the segment's noun "
         "classes) is `python benchmarks/bench_naming.py epic ...` (see the script's docstring).",
         "",
