@@ -169,4 +169,4 @@ def test_stage_runs_with_both_models(tmp_path):
     (r,) = read_jsonl(out)
     assert s.counts["audio"]["ok"] == 1 and s.counts["objects"]["ok"] == 1, s.errors
     assert r["components"]["audio"]["source"] == "cnn14:cnn14.pth" and len(r["components"]["audio"]["data"]["top_tags"]) == 5
-    assert r["components"]["objects"]["source"] == f"detector:{DET_ARCH}"
+    assert r["components"]["objects"]["source"] == f"detector:{DET_ARCH}:det.pth"

@@ -51,13 +51,19 @@ def extract(
         help="Assumed horizontal field of view (degrees) for the camera intrinsics."),
     detector_weights: Path = typer.Option(
         None, "--detector-weights",
-        help="Local torchvision Faster R-CNN checkpoint; without it the data set's detection files are used."),
+        help="Run a torchvision Faster R-CNN: 'coco' for torchvision's COCO weights (downloaded once into the torch "
+             "hub cache), or a local checkpoint FILE; without it the data set's detection files are used."),
     detector_labels: Path = typer.Option(
         None, "--detector-labels",
         help="Class names of the detector, one per line, background first (if the checkpoint has none)."),
-    detector_arch: str = typer.Option("fasterrcnn_resnet50_fpn", "--detector-arch",
+    detector_arch: str = typer.Option("fasterrcnn_resnet50_fpn_v2", "--detector-arch",
                                       help="torchvision builder of the detector (if the checkpoint does not say)."),
     object_frames: int = typer.Option(6, "--object-frames", help="Frames per segment the detector runs on."),
+    clip_weights: Path = typer.Option(
+        None, "--clip-weights",
+        help="Name object boxes with CLIP (needs open_clip_torch): a local CLIP checkpoint FILE (OpenAI's "
+             "ViT-B-16.pt), or 'openai' for open_clip's own download."),
+    clip_arch: str = typer.Option("ViT-B-16", "--clip-arch", help="open_clip architecture of --clip-weights."),
     audio_model: Path = typer.Option(
         None, "--audio-model",
         help="Local PANNs CNN14 checkpoint ({'model': state_dict}); without it a signal-processing classifier "
@@ -65,7 +71,7 @@ def extract(
     audio_labels: Path = typer.Option(
         None, "--audio-labels",
         help="AudioSet class_labels_indices.csv for --audio-model."),
-    device: str = typer.Option("cpu", "--device", help="Torch device for the detector and the audio model."),
+    device: str = typer.Option("cpu", "--device", help="Torch device for the detector, CLIP and the audio model."),
     frame_cache: str = typer.Option(
         None, "--frame-cache",
         help="Folder for build-shards' recognition frames, JPEG-encoded from extract's own decode so that "
@@ -89,7 +95,8 @@ def extract(
                         object_threshold=object_threshold, camera_frames=camera_frames, fov_deg=fov,
                         camera_source=camera_source,
                         object_frames=object_frames, detector_weights=detector_weights,
-                        detector_labels=detector_labels, detector_arch=detector_arch, audio_model=audio_model,
+                        detector_labels=detector_labels, detector_arch=detector_arch, clip_weights=clip_weights,
+                        clip_arch=clip_arch, audio_model=audio_model,
                         audio_labels=audio_labels, device=device,
                         frame_cache=None if str(frame_cache).lower() == "none" else
                         Path(frame_cache) if frame_cache else workdir / "frame-cache",

@@ -28,6 +28,7 @@ class LabelledBox:
     label: str
     bbox: BBox
     score: float
+    names: list[tuple[str, float]] | None = None  # CLIP's top names (noun key, score), when a namer saw the box
 
 
 def read_object_detections(path: str | Path) -> dict[int, list[LabelledBox]]:

@@ -4,8 +4,17 @@ Per frame a hand has a side, a contact state (NO_CONTACT, SELF_CONTACT, ANOTHER_
 STATIONARY_OBJECT) and ``object_offset``, the vector from the hand box centre to the centre of the object it
 touches (fractions of the frame). Hands scoring under ``hand_threshold`` (default 0.5) are ignored. For each
 hand the frames in contact with an object (portable or stationary) form intervals (gaps up to ``max_gap``
-seconds are bridged, intervals shorter than ``min_duration`` dropped); each interval names the object: the
-object box nearest to the offset point, named by the labelled object detections when the data set has them.
+seconds are bridged, intervals shorter than ``min_duration`` dropped); the contact box of a frame is the object
+box nearest to the offset point. Each interval names its object, and says what named it (``named_by``):
+
+1. ``object-detections``: the data set's labelled detections at the contact box, when it has them;
+2. ``detector:...``: the objects component's detector boxes that overlap the contact box (IoU >= 0.3) lend
+   their label;
+3. ``clip:...``: CLIP's zero-shot name of the contact box's crop on up to ``clip_frames`` frames of the
+   interval, with the narration's nouns as a prior (``naming.py``); ``names`` keeps the top names and scores,
+   ``names_without_prior`` CLIP's own (what ``benchmarks/bench_naming.py epic`` measures against narrations);
+4. ``narration-prior``: without weights, the narration noun that fits the contact (``naming.prior_name``);
+5. else "object".
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ from leap_cli.epic.hand_objects import BBox, HandState
 from leap_cli.errors import LeapError
 from leap_cli.extract.base import Component, SegmentContext, result, unavailable
 from leap_cli.extract.detections import contains, in_segment, video_hand_objects, video_object_detections
+from leap_cli.extract.naming import mean_names, narration_nouns, prior_name
+from leap_cli.extract.objects import noun_vocab, spread
 
 CONTACT_STATES = (HandState.PORTABLE_OBJECT, HandState.STATIONARY_OBJECT)
 
@@ -58,11 +69,16 @@ class HandsComponent(Component):
     name = "hands"
 
     def __init__(self, hand_threshold: float = 0.5, object_threshold: float = 0.5, max_gap: float = 0.25,
-                 min_duration: float = 0.15):
+                 min_duration: float = 0.15, namer=None, clip_frames: int = 3, use_prior: bool = True):
         self.hand_threshold = hand_threshold
         self.object_threshold = object_threshold
         self.max_gap = max_gap
         self.min_duration = min_duration
+        self.namer = namer
+        self.clip_frames = clip_frames
+        self.use_prior = use_prior
+        self.needs_frames = namer is not None
+        self._vocabs: dict = {}
 
     def describe(self, ctx: SegmentContext) -> dict:
         s = ctx.segment
@@ -81,9 +97,11 @@ class HandsComponent(Component):
         times = [ctx.frame_time(n) for n in numbers]
         step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / ctx.fps
         duration = round(s.duration, 3)
+        vocab = noun_vocab(ctx, self._vocabs)
+        detector = ctx.video_cache.get(("detector_boxes", s.narration_id))
         hands_data, timeline, phrases = [], [], []
         for side in ("left", "right"):
-            states, names, seen = [], [], 0
+            states, names, boxes, seen = [], [], [], 0
             for n in numbers:
                 fr = frames[n]
                 hs = [h for h in fr.hands if h.side.name.lower() == side and h.score >= self.hand_threshold]
@@ -92,21 +110,24 @@ class HandsComponent(Component):
                 if h is None or h.state not in CONTACT_STATES:
                     states.append(None)
                     names.append(None)
+                    boxes.append(None)
                     continue
                 states.append(h.state.name.lower())
-                names.append(self._object_name(h, fr, labelled.get(n, [])))
+                box, label = self._contact_box(h, fr, labelled.get(n, []))
+                names.append(label)
+                boxes.append(box)
             runs = contact_intervals(times, [x is not None for x in states], step, max_gap=self.max_gap,
                                      min_duration=self.min_duration, end=duration)
             contacts = []
             for i, j in runs:
-                named = Counter(x for x in names[i:j + 1] if x)
-                obj = named.most_common(1)[0][0] if named else "object"
-                state = Counter(x for x in states[i:j + 1] if x).most_common(1)[0][0]
+                state = Counter(x for x in states[i:j + 1] if x).most_common(1)[0][0].replace("_object", "")
+                contact = self._name_contact(ctx, numbers[i:j + 1], names[i:j + 1], boxes[i:j + 1], state,
+                                             vocab, detector)
                 start, stop = max(0.0, times[i]), round(min(times[j] + step, duration), 3)
-                contacts.append({"start": round(start, 3), "stop": stop, "object": obj,
-                                 "state": state.replace("_object", "")})
-                timeline.append({"start": round(start, 3), "stop": stop,
-                                 "text": f"{side} hand touches {obj}"})
+                contacts.append({"start": round(start, 3), "stop": stop, "object": contact.pop("object"),
+                                 "state": state, **contact})
+                obj = contacts[-1]["object"]
+                timeline.append({"start": round(start, 3), "stop": stop, "text": f"{side} hand touches {obj}"})
             hands_data.append({"hand": side, "visible_share": round(seen / len(numbers), 3),
                                "contacts": contacts})
             if contacts:
@@ -122,7 +143,8 @@ class HandsComponent(Component):
             data["object_names_unavailable"] = naming_error
         return result("ok", source, data, "; ".join(phrases))
 
-    def _object_name(self, hand, frame, labelled: list) -> str | None:
+    def _contact_box(self, hand, frame, labelled: list) -> tuple[BBox | None, str | None]:
+        """The object box nearest to the hand's offset point, and its name from labelled detections."""
         cx, cy = hand.bbox.center
         x, y = cx + hand.object_offset[0], cy + hand.object_offset[1]
         objects = [o for o in frame.objects if o.score >= self.object_threshold]
@@ -134,7 +156,44 @@ class HandsComponent(Component):
             if box is not None:
                 best = max(labelled, key=lambda lb: lb.bbox.iou(box))
                 if best.bbox.iou(box) >= 0.3:
-                    return best.label
+                    return box, best.label
             lb = _nearest_box(labelled, x, y, get=lambda lb: lb.bbox)
-            return lb.label if lb is not None else None
-        return "object" if box is not None else None
+            return box, (lb.label if lb is not None else None)
+        return box, None
+
+    def _name_contact(self, ctx: SegmentContext, numbers: list[int], names: list, boxes: list, state: str,
+                      vocab, detector) -> dict:
+        """``object`` and ``named_by`` (and CLIP's ``names``) of one contact interval."""
+        named = Counter(x for x in names if x)
+        if named:
+            return {"object": named.most_common(1)[0][0], "named_by": "object-detections"}
+        with_box = [(n, b) for n, b in zip(numbers, boxes) if b is not None]
+        if detector is not None and with_box:
+            det_source, per_frame = detector
+            votes: Counter = Counter()
+            for n, dets in per_frame.items():  # each detector frame against the nearest frame's contact box
+                if not numbers[0] <= n <= numbers[-1]:
+                    continue
+                _, box = min(with_box, key=lambda nb: abs(nb[0] - n))
+                best = max((d for d in dets if d.label), key=lambda d: d.bbox.iou(box), default=None)
+                if best is not None and best.bbox.iou(box) >= 0.3:
+                    votes[best.label] += 1
+            if votes:
+                return {"object": votes.most_common(1)[0][0], "named_by": det_source}
+        if self.namer is not None and vocab is not None and with_box and ctx.read_frames is not None:
+            picked = spread(with_box, self.clip_frames)
+            images = ctx.read_frames([n for n, _ in picked], 0)
+            with_prior, alone = self.namer.name_boxes_both(list(images), [b for _, b in picked], vocab,
+                                                           prior=narration_nouns(ctx.segment, vocab))
+            top, clip_only = mean_names(with_prior), mean_names(alone)
+            if top:
+                return {"object": top[0][0], "named_by": self.namer.source,
+                        "names": [{"noun": n, "score": sc} for n, sc in top],
+                        "names_without_prior": [{"noun": n, "score": sc} for n, sc in clip_only]}
+        guess = prior_name(ctx.segment, vocab, state) if self.use_prior else None
+        if guess is not None:
+            return {"object": guess, "named_by": "narration-prior"}
+        return {"object": "object", "named_by": None}
+
+    def close(self) -> None:
+        self.namer = None

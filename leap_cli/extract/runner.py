@@ -58,7 +58,9 @@ class ExtractConfig:
     object_frames: int = 6
     detector_weights: Path | None = None
     detector_labels: Path | None = None
-    detector_arch: str = "fasterrcnn_resnet50_fpn"
+    detector_arch: str = "fasterrcnn_resnet50_fpn_v2"
+    clip_weights: Path | None = None  # a local CLIP checkpoint, or "openai" (open_clip's own download)
+    clip_arch: str = "ViT-B-16"
     audio_model: Path | None = None
     audio_labels: Path | None = None
     device: str = "cpu"
@@ -110,6 +112,11 @@ class ExtractSummary:
 def build_components(cfg: ExtractConfig) -> list[Component]:
     """The chosen components, models loaded once (per worker). Each component's module is imported only when it
     is chosen, so a spawned worker pays for no import it does not use."""
+    namer = None
+    if cfg.clip_weights is not None and {"objects", "hands"} & set(cfg.components):
+        from leap_cli.extract.naming import ClipNamer
+        namer = ClipNamer(cfg.clip_weights, arch=cfg.clip_arch, device=cfg.device,
+                          cache_dir=Path(cfg.out).parent / "cache")
     out: list[Component] = []
     for name in COMPONENTS:
         if name not in cfg.components:
@@ -136,13 +143,15 @@ def build_components(cfg: ExtractConfig) -> list[Component]:
             det = None
             if cfg.detector_weights is not None:
                 det = FasterRCNNDetector(cfg.detector_weights, labels=cfg.detector_labels, arch=cfg.detector_arch,
-                                         score_threshold=cfg.object_threshold, device=cfg.device)
+                                         score_threshold=cfg.object_threshold, device=cfg.device,
+                                         keep_unmapped=namer is not None)
             out.append(ObjectsComponent(det, frames=cfg.object_frames, score_threshold=cfg.object_threshold,
-                                        hand_threshold=cfg.hand_threshold))
+                                        hand_threshold=cfg.hand_threshold, namer=namer))
         elif name == "hands":
             from leap_cli.extract.hands import HandsComponent
 
-            out.append(HandsComponent(hand_threshold=cfg.hand_threshold, object_threshold=cfg.object_threshold))
+            out.append(HandsComponent(hand_threshold=cfg.hand_threshold, object_threshold=cfg.object_threshold,
+                                      namer=namer))
     return out
 
 
@@ -355,7 +364,7 @@ def _worker_init(cfg: ExtractConfig, parent: int) -> None:
     import cv2
 
     cv2.setNumThreads(1)  # workers are the parallelism
-    if cfg.detector_weights is not None or cfg.audio_model is not None:
+    if cfg.detector_weights is not None or cfg.audio_model is not None or cfg.clip_weights is not None:
         import torch
 
         torch.set_num_threads(1)

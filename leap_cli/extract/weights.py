@@ -55,3 +55,29 @@ def load_exact(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
         raise LeapError(f"the {what} checkpoint does not match the model; " + "; ".join(parts), path=path,
                         fix=f"pass a checkpoint of the {what} architecture")
     model.load_state_dict(state, strict=not ignore)
+
+
+def torchvision_coco_weights(arch: str):
+    """The COCO_V1 weights enum of a torchvision detection builder, and where torch hub keeps its file."""
+    import torchvision.models as tvm
+
+    weights = tvm.get_model_weights(arch).COCO_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    return weights, cached
+
+
+def load_torchvision_coco(arch: str) -> tuple[dict[str, torch.Tensor], list[str], Path]:
+    """State dict and class names of torchvision's COCO weights for ``arch``, as torchvision users get them:
+    from the torch hub cache, downloaded there once on a connected machine. Offline without the file, the
+    LeapError names the file to place and where."""
+    weights, cached = torchvision_coco_weights(arch)
+    if cached.is_file():
+        state = unwrap_state_dict(load_checkpoint(cached, "detector"), cached, "detector")
+    else:
+        try:
+            state = weights.get_state_dict(progress=False, check_hash=True)
+        except Exception as e:  # noqa: BLE001 - offline, proxy, refused: all mean "place the file yourself"
+            raise LeapError(f"cannot download torchvision's COCO weights of {arch} ({type(e).__name__})",
+                            path=cached, fix=f"place {cached.name} (from {weights.url}) at {cached}, "
+                                             "or pass --detector-weights FILE") from None
+    return state, list(weights.meta["categories"]), cached
