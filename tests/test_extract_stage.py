@@ -52,7 +52,7 @@ def test_records_validate_and_match_truth(kitchen, tmp_path):
     c = recs["P01_02_0"]["components"]
     assert c["audio"]["status"] == "unavailable" and c["camera"]["status"] == "error"
     assert "P01_02.MP4" in c["camera"]["data"]["error"]
-    assert "Unavailable: audio" in recs["P01_02_0"]["text"]
+    assert "\nAudio: unavailable (" in recs["P01_02_0"]["text"]
     assert s.counts["camera"] == {"ok": 3, "unavailable": 0, "error": 1}
     assert any(e.startswith("P01_02_0 camera") for e in s.errors)
 
@@ -62,7 +62,7 @@ def test_test_split_has_no_narration(kitchen, tmp_path):
     run_extract(_cfg(kitchen, out, split="test", components=("narration", "hands")))
     (r,) = read_jsonl(out)
     assert r["components"]["narration"]["status"] == "unavailable" and set(r["components"]) == {"narration", "hands"}
-    assert "Unavailable: narration" in r["text"]
+    assert "\nNarration: unavailable (" in r["text"]
 
 
 def test_resume_skips_finished_and_drops_a_truncated_line(kitchen, tmp_path):
