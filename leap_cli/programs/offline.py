@@ -19,9 +19,21 @@ when it can), so the exemplar's chaining stays valid. Then hands: when the hands
 touches an object and the exemplar holds/touches it with the other hand, more often than with the same one,
 left and right are swapped through the whole program (conditions and sub-action hands), which keeps it valid.
 Exemplar choice: same verb class; then same noun class; then the most exemplar objects among the clip's
-objects (noun, narration, contacts, detections); then word overlap with the clip text; then id.
+objects (noun, narration, contacts, detections); then the most sound and camera-motion kinds shared by the
+two clip texts; then word overlap of the clip text with the exemplar's narration; then id.
 A verb the library has no exemplar for gets a one-step template program. A clip with no verb (e.g. test
 without narration) fails.
+
+The clip text (``extract.describe``'s rendering, parsed back) adds what the records' objects and hands do not:
+a hand contact nobody named takes the name of the object detected near that hand; running water heard with
+the tap or sink in view, in a program whose steps never work the tap, adds ``turn-on(tap)`` (first when the
+water starts during the clip, else under ``if switched_off(tap)``); a head turn in the first half of the clip
+with the action noun in view opens the first purpose ("turn left to the fridge, then ...").
+
+Purposes agree with the program: a copied purpose loses the exemplar clip's evidence (the parenthesised
+"(the clatter at 0.8 s)"), names the renamed objects ('steady the onion' -> 'steady the potato'), swaps left
+and right with the hands, and is written anew from its step ("cut the potato with the knife") when it still
+names an object that neither the program nor the clip has.
 """
 
 from __future__ import annotations
@@ -370,38 +382,51 @@ def _exemplar_key(e: Exemplar, nid: int, clip_objects: set[int], signals: set[st
                   nouns: ClassVocab):
     classes = {resolve_object(o, nouns) for o in _objects_of(e.program)}
     return (e.noun_class != nid, -len(classes & clip_objects), -len(signals & _exemplar_signals(e)),
-            -len(words & _words(e.narration + " " + e.text)), e.id)
+            -len(words & _words(e.narration)), e.id)
 
 
 # ---- what the clip's sound and camera add ----
 
 WATER = "running water"
 TAP = "tap"
+WATER_LATE = 0.3  # s: running water that starts later was heard being turned on
 
 
 def _add_tap_step(program: dict, sig: Signals, verbs: ClassVocab, nouns: ClassVocab) -> dict:
-    """Running water is heard and the tap (or sink) is seen, but the exemplar never works the tap: the water
-    had to be turned on, so the program starts with ``if switched_off(tap): turn-on(tap)``, by the hand that
-    holds nothing else. Needs the tap among the class list's nouns and ``turn-on`` among its verbs."""
+    """Running water is heard and the tap (or sink) is seen, but no step of the exemplar works the tap: the
+    water was turned on. Water starting after the clip's first ``WATER_LATE`` s was heard being turned on:
+    ``turn-on(tap)`` comes first, the tap off before; water from the start may have run before the clip:
+    ``if switched_off(tap): turn-on(tap)``. Either by a hand that holds no tool; the program's
+    ``switched_on(tap)`` precondition goes. Needs the tap and ``turn-on`` in the class lists, and a result
+    that still validates (else the program stays as it was)."""
+    from leap_cli.programs.validate import validate_semantics
+
     water = sig.heard(WATER)
     seen = {resolve_object(o, nouns) for o in sig.visible}
     tap = resolve_object(TAP, nouns)
     if not water or tap is None or resolve_verb("turn-on", verbs) is None \
             or not (seen & {tap, resolve_object("sink", nouns)}) - {None}:
         return program
-    if tap in {resolve_object(o, nouns) for o in _objects_of(program)}:
+    if any(resolve_object(x, nouns) == tap for s in _sub_actions(program["steps"])
+           for x in (s["object_a"], s.get("object_b")) if x):
         return program
-    held = {c["args"][0] for c in _conditions(program) if c["predicate"] in _HAND_PREDICATES and not c["negated"]}
-    hand = next((h for h in ("left", "right") if h not in held), "left")
+    tools = {s.get("object_b") for s in _sub_actions(program["steps"])} - {None}
+    busy = {c["args"][0] for c in _conditions(program)
+            if c["predicate"] in _HAND_PREDICATES and not c["negated"] and c["args"][1] in tools}
+    hand = next((h for h in ("left", "right") if h not in busy), "left")
     a, _ = water[0]
+    off = {"predicate": "switched_off", "args": [TAP], "negated": False}
     step = {"type": "sub_action", "verb": "turn-on", "object_a": TAP, "object_b": None, "hand": hand,
-            "pre": [{"predicate": "switched_off", "args": [TAP], "negated": False}],
-            "post": [{"predicate": "switched_on", "args": [TAP], "negated": False}],
+            "pre": [dict(off)], "post": [{"predicate": "switched_on", "args": [TAP], "negated": False}],
             "purpose": f"start the water (running water heard from {a:.1f} s)"}
     p = copy.deepcopy(program)
-    p["steps"].insert(0, {"type": "conditional", "if": {"predicate": "switched_off", "args": [TAP], "negated": False},
-                          "then": [step], "else": []})
-    return p
+    p["pre"] = [c for c in p["pre"] if not (c["predicate"] == "switched_on" and resolve_object(c["args"][0], nouns) == tap)]
+    if a > WATER_LATE:
+        p["pre"].append(dict(off))
+        p["steps"].insert(0, step)
+    else:
+        p["steps"].insert(0, {"type": "conditional", "if": dict(off), "then": [step], "else": []})
+    return program if validate_semantics(p, verbs, nouns) else p
 
 
 def _turn_towards(program: dict, sig: Signals, noun: str) -> None:
@@ -500,8 +525,8 @@ def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab
     _purposes(program, best.program, names, swapped,
               {nid, *ev.pool(), *(resolve_object(o, nouns) for o in sig.visible)}, nouns)
     _turn_towards(program, sig, noun_name)
-    program = _add_tap_step(program, sig, verbs, nouns)
     program["action"] = action
+    program = _add_tap_step(program, sig, verbs, nouns)
     for sub in _sub_actions(program["steps"]):  # a step verb outside a smaller class list becomes the action's verb
         if resolve_verb(sub["verb"], verbs) is None:
             sub["verb"] = verb_name
