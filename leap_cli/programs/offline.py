@@ -526,11 +526,10 @@ def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab
               {nid, *ev.pool(), *(resolve_object(o, nouns) for o in sig.visible)}, nouns)
     _turn_towards(program, sig, noun_name)
     program["action"] = action
-    program = _add_tap_step(program, sig, verbs, nouns)
     for sub in _sub_actions(program["steps"]):  # a step verb outside a smaller class list becomes the action's verb
         if resolve_verb(sub["verb"], verbs) is None:
             sub["verb"] = verb_name
-    return program
+    return _add_tap_step(program, sig, verbs, nouns)
 
 
 def _template(action: dict, ev: Evidence, verbs: ClassVocab, nouns: ClassVocab) -> dict:
