@@ -152,9 +152,15 @@ def test_running_water_and_a_tap_seen_give_the_tap_step(exemplars, verbs, nouns)
     early = gen(text.replace("[0.8-3.0 s] sound", "[0.0-3.0 s] sound"))
     first = early["steps"][0]
     assert first["type"] == "conditional" and first["if"]["args"] == ["tap"] and first["then"][0]["verb"] == "turn-on"
-    # no water heard, or no tap or sink seen: the exemplar's steps stay
-    for t in (text.replace("running water", "scraping"), text.replace("tap visible", "bowl visible")):
-        assert not any(s["object_a"] == "tap" for s in _subs(gen(t)["steps"]))
+    # no water heard: the exemplar's steps stay
+    assert not any(s["object_a"] == "tap" for s in _subs(gen(text.replace("running water", "scraping"))["steps"]))
+    # water poured from a jug, no tap or sink in view nor in the exemplar: no tap step
+    pour = text.replace("wash cup", "pour water").replace("(verb: wash, noun: cup)", "(verb: pour, noun: water)")
+    p = offline_program(_clip("pour water", "pour", "water", verbs, nouns, pour.replace("tap visible", "jug visible")),
+                        exemplars, verbs, nouns)
+    assert not any(s["object_a"] == "tap" for s in _subs(p["steps"]))
+    p = offline_program(_clip("pour water", "pour", "water", verbs, nouns, pour), exemplars, verbs, nouns)
+    assert any(s["object_a"] == "tap" for s in _subs(p["steps"]))  # the tap in view: water from the tap
 
 
 def test_a_head_turn_towards_the_noun_reaches_the_purpose(exemplars, verbs, nouns):

@@ -26,7 +26,8 @@ without narration) fails.
 
 The clip text (``extract.describe``'s rendering, parsed back) adds what the records' objects and hands do not:
 a hand contact nobody named takes the name of the object detected near that hand; running water heard with
-the tap or sink in view, in a program whose steps never work the tap, adds ``turn-on(tap)`` (first when the
+the tap or sink in view (or a condition on the tap in the exemplar), in a program whose steps never work the
+tap, adds ``turn-on(tap)`` (first when the
 water starts during the clip, else under ``if switched_off(tap)``); a head turn in the first half of the clip
 with the action noun in view opens the first purpose ("turn left to the fridge, then ...").
 
@@ -393,8 +394,8 @@ WATER_LATE = 0.3  # s: running water that starts later was heard being turned on
 
 
 def _add_tap_step(program: dict, sig: Signals, verbs: ClassVocab, nouns: ClassVocab) -> dict:
-    """Running water is heard and the tap (or sink) is seen, but no step of the exemplar works the tap: the
-    water was turned on. Water starting after the clip's first ``WATER_LATE`` s was heard being turned on:
+    """Running water is heard, the tap (or sink) is seen or the exemplar has a condition on the tap, but no
+    step of the exemplar works the tap: the water was turned on. Water starting after the clip's first ``WATER_LATE`` s was heard being turned on:
     ``turn-on(tap)`` comes first, the tap off before; water from the start may have run before the clip:
     ``if switched_off(tap): turn-on(tap)``. Either by a hand that holds no tool; the program's
     ``switched_on(tap)`` precondition goes. Needs the tap and ``turn-on`` in the class lists, and a result
@@ -404,8 +405,9 @@ def _add_tap_step(program: dict, sig: Signals, verbs: ClassVocab, nouns: ClassVo
     water = sig.heard(WATER)
     seen = {resolve_object(o, nouns) for o in sig.visible}
     tap = resolve_object(TAP, nouns)
+    expected = tap in {resolve_object(o, nouns) for o in _objects_of(program)}  # a condition on the tap
     if not water or tap is None or resolve_verb("turn-on", verbs) is None \
-            or not (seen & {tap, resolve_object("sink", nouns)}) - {None}:
+            or not (expected or (seen & {tap, resolve_object("sink", nouns)}) - {None}):
         return program
     if any(resolve_object(x, nouns) == tap for s in _sub_actions(program["steps"])
            for x in (s["object_a"], s.get("object_b")) if x):
