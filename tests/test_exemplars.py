@@ -8,39 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from leap_cli.epic.classes import ClassVocab
 from leap_cli.extract.describe import parse_clip_text, parse_timeline, render_clip, render_parts
 from leap_cli.programs.offline import clip_signals, offline_program
-from leap_cli.programs.prompt import ClipInfo, clip_info, load_exemplars
+from leap_cli.programs.prompt import ClipInfo
 from leap_cli.programs.validate import Labels, check_program
 from leap_cli.programs.vocab import resolve_object
 
-CLASSES = Path(__file__).parent / "data" / "epic100"
+from tests.test_programs_validate import CLASSES, _subs, exemplars, nouns, verbs  # noqa: F401 (fixtures)
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-
-
-@pytest.fixture(scope="module")
-def verbs():
-    return ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb")
-
-
-@pytest.fixture(scope="module")
-def nouns():
-    return ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
-
-
-@pytest.fixture(scope="module")
-def exemplars():
-    return load_exemplars()
-
-
-def _subs(steps):
-    for s in steps:
-        if s["type"] == "sub_action":
-            yield s
-        else:
-            for k in ("steps", "then", "else"):
-                yield from _subs(s.get(k) or [])
 
 
 # ---- the clip-text format ----
