@@ -6,7 +6,7 @@ JSONL append) at concurrency 1, 8, 32, 64, as a fraction of the bound concurrenc
 Target: >= 80% of the bound at concurrency 32.
 
 Agreement: the offline generator over a synthetic kitchen (8 videos x 24 segments), from narration-only
-records and from descriptor records (narration, objects and hands components of ``leap extract``).
+records and from descriptor records of ``leap extract`` (narration, objects and hands; and all five components).
 
     python benchmarks/bench_generate.py [--latency 0.05] [--segments-per-slot 12] [--agreement-only]
 """
@@ -119,9 +119,14 @@ def throughput(latency: float, per_slot: int, levels: list[int]) -> list[dict]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# records the offline generator reads: none (narration-only, no ``descriptors/``) or these extract components
+RECORDS = {"narration-only": (), "descriptors": ("narration", "objects", "hands"),
+           "all-five": ("narration", "audio", "camera", "objects", "hands")}
+
+
 def kitchen_agreement() -> dict:
     """Offline programs vs the kitchen's true ones, from narration-only records (no ``descriptors/``) and
-    from descriptor records of ``leap extract`` with the narration, objects and hands components."""
+    from descriptor records of ``leap extract`` (``RECORDS``)."""
     from leap_cli.extract.runner import ExtractConfig, run_extract
     from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
 
@@ -132,14 +137,14 @@ def kitchen_agreement() -> dict:
         truth = {t["narration_id"]: t["program"] for t in read_jsonl(tmp / "kitchen" / "ground-truth" / "segments.jsonl")}
         splits = [s for s in ("train", "val") if ann.has_split(s)]
         out = {}
-        for records in ("narration-only", "descriptors"):
+        for records, components in RECORDS.items():
             work = tmp / records
             work.mkdir()
             (work / "kitchen").symlink_to(tmp / "kitchen")
-            if records == "descriptors":
+            if components:
                 for split in splits:
                     run_extract(ExtractConfig(data=tmp / "kitchen", split=split, out=work / "descriptors" / f"{split}.jsonl",
-                                              components=("narration", "objects", "hands")))
+                                              components=components))
             pairs, statuses = [], {}
             for split in splits:
                 generate_programs(GenerateConfig(workdir=work, split=split))

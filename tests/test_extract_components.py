@@ -283,7 +283,7 @@ def test_render_clip_orders_by_time_and_names_unavailable():
     }
     text = render_clip(3.0, 5.0, comps)
     assert text.index("right hand touches knife") < text.index("rhythmic chopping")
-    assert "Unavailable: camera (unavailable: no video); objects (error: boom)" in text
+    assert "\nCamera: unavailable (no video).\n" in text and text.endswith("\nObjects: error (boom).\nHands: right hand: knife.")
     assert text.splitlines()[0] == "Clip 3.00-5.00 s (2.0 s long)." and 'Narration: "cut carrot".' in text
 
 

@@ -54,7 +54,7 @@ def test_records_validate_and_match_truth(kitchen, tmp_path):
     assert c["audio"]["status"] == "unavailable" and c["camera"]["status"] == "unavailable"
     assert c["camera"]["data"]["reason"] == "no video file or rgb_frames folder"
     assert c["audio"]["data"]["reason"] == "no audio file or audio track"
-    assert "Unavailable: audio" in recs["P01_02_0"]["text"] and str(kitchen) not in recs["P01_02_0"]["text"]
+    assert "\nAudio: unavailable (" in recs["P01_02_0"]["text"] and str(kitchen) not in recs["P01_02_0"]["text"]
     assert s.counts["camera"] == {"ok": 3, "unavailable": 1, "error": 0}
     assert s.unavailable["camera: no video file or rgb_frames folder"] == 1 and s.outcome.failed == 0
 
@@ -64,7 +64,7 @@ def test_test_split_has_no_narration(kitchen, tmp_path):
     run_extract(_cfg(kitchen, out, split="test", components=("narration", "hands")))
     (r,) = read_jsonl(out)
     assert r["components"]["narration"]["status"] == "unavailable" and set(r["components"]) == {"narration", "hands"}
-    assert "Unavailable: narration" in r["text"]
+    assert "\nNarration: unavailable (" in r["text"]
 
 
 def test_resume_skips_finished_and_drops_a_truncated_line(kitchen, tmp_path):

@@ -19,23 +19,39 @@ when it can), so the exemplar's chaining stays valid. Then hands: when the hands
 touches an object and the exemplar holds/touches it with the other hand, more often than with the same one,
 left and right are swapped through the whole program (conditions and sub-action hands), which keeps it valid.
 Exemplar choice: same verb class; then same noun class; then the most exemplar objects among the clip's
-objects (noun, narration, contacts, detections); then word overlap with the clip text; then id.
+objects (noun, narration, contacts, detections); then the most sound and camera-motion kinds shared by the
+two clip texts; then word overlap of the clip text with the exemplar's narration; then id.
 A verb the library has no exemplar for gets a one-step template program. A clip with no verb (e.g. test
 without narration) fails.
+
+The clip text (``extract.describe``'s rendering, parsed back) adds what the records' objects and hands do not:
+a hand contact nobody named takes the name of the object detected near that hand; running water heard with
+the tap or sink in view (or a condition on the tap in the exemplar), in a program whose steps never work the
+tap, adds ``turn-on(tap)`` (first when the
+water starts during the clip, else under ``if switched_off(tap)``); a head turn in the first half of the clip
+with the action noun in view opens the first purpose ("turn left to the fridge, then ...").
+
+Purposes agree with the program: a copied purpose loses the exemplar clip's evidence (the parenthesised
+"(the clatter at 0.8 s)"), names the renamed objects ('steady the onion' -> 'steady the potato'), swaps left
+and right with the hands, and is written anew from its step ("cut the potato with the knife") when it still
+names an object that neither the program nor the clip has.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 
 from leap_cli.epic.classes import ClassVocab
+from leap_cli.extract.describe import parse_clip_text, parse_timeline, span_of
 from leap_cli.programs.prompt import ClipInfo, Exemplar, _words
 from leap_cli.programs.vocab import PREDICATES, resolve_object, resolve_verb
 
 # A detected object counts as near a hand (a candidate tool) when seen near one in this share of the frames.
 MIN_NEAR_SHARE = 0.25
 SIDES = ("left", "right")
+UNNAMED = "object"  # a hand contact whose object nobody named
 _HAND_PREDICATES = ("holding", "touching")
 
 
@@ -62,6 +78,47 @@ class Evidence:
         return out
 
 
+@dataclass
+class Signals:
+    """What a clip text says besides objects: sounds and camera motions with times, and what is visible."""
+
+    sounds: list[tuple[float, float, str]] = field(default_factory=list)  # (start, stop, "running water")
+    motions: list[tuple[float, float, str]] = field(default_factory=list)  # (start, stop, "turns head left")
+    visible: list[str] = field(default_factory=list)  # objects the objects component names
+    duration: float = 0.0
+
+    def heard(self, sound: str) -> list[tuple[float, float]]:
+        return [(a, b) for a, b, t in self.sounds if t == sound]
+
+    def keys(self) -> set[str]:
+        """Sound and motion kinds, for comparing a clip with an exemplar."""
+        return {f"sound:{t}" for _, _, t in self.sounds} | {f"camera:{t}" for _, _, t in self.motions}
+
+
+_MOTION = re.compile(r"^(turns head left|turns head right|looks up|looks down|tilts head left|tilts head right)")
+_VISIBLE = re.compile(r"^(\S+) visible \(")
+
+
+def clip_signals(text: str) -> Signals:
+    """Sounds, camera motions and visible objects of a rendered clip text (``extract.describe``); an empty
+    ``Signals`` for a text that is not one (a narration-only record)."""
+    try:
+        parts = parse_clip_text(text)
+        events = parse_timeline(parts["timeline"])[0] if "timeline" in parts else []
+    except ValueError:
+        return Signals()
+    start, stop = span_of(parts)
+    sig = Signals(duration=round(stop - start, 2))
+    for a, b, t in events:
+        if t.startswith("sound: "):
+            sig.sounds.append((a, b, t[len("sound: "):]))
+        elif _MOTION.match(t):
+            sig.motions.append((a, b, _MOTION.match(t).group(1)))
+        elif _VISIBLE.match(t) and _VISIBLE.match(t).group(1) not in sig.visible:
+            sig.visible.append(_VISIBLE.match(t).group(1))
+    return sig
+
+
 def _unique(ids) -> list[int]:
     out: list[int] = []
     for c in ids:
@@ -74,6 +131,9 @@ def _touches(info: ClipInfo, nouns: ClassVocab) -> dict[int, dict[str, float]]:
     """Noun class -> {hand: seconds in contact}, in the order of the record's contacts (longest first)."""
     out: dict[int, dict[str, float]] = {}
     for obj, hand, seconds in info.contacts:
+        if obj == UNNAMED:  # named by the object detected near that hand, if any
+            obj = next((o for o, h, share in info.near_hands if h == hand and share >= MIN_NEAR_SHARE
+                        and resolve_object(o, nouns) is not None), UNNAMED)
         cid = resolve_object(obj, nouns)
         if cid is not None and hand in SIDES:
             out.setdefault(cid, {})
@@ -309,9 +369,132 @@ def _hands_disagree(program: dict, ev: Evidence, nouns: ClassVocab) -> bool:
     return score < 0
 
 
-def _exemplar_key(e: Exemplar, nid: int, clip_objects: set[int], words: set[str], nouns: ClassVocab):
+_EXEMPLAR_SIGNALS: dict[tuple[str, str], set[str]] = {}
+
+
+def _exemplar_signals(e: Exemplar) -> set[str]:
+    key = (e.id, e.text)
+    if key not in _EXEMPLAR_SIGNALS:
+        _EXEMPLAR_SIGNALS[key] = clip_signals(e.text).keys()
+    return _EXEMPLAR_SIGNALS[key]
+
+
+def _exemplar_key(e: Exemplar, nid: int, clip_objects: set[int], signals: set[str], words: set[str],
+                  nouns: ClassVocab):
     classes = {resolve_object(o, nouns) for o in _objects_of(e.program)}
-    return (e.noun_class != nid, -len(classes & clip_objects), -len(words & _words(e.narration + " " + e.text)), e.id)
+    return (e.noun_class != nid, -len(classes & clip_objects), -len(signals & _exemplar_signals(e)),
+            -len(words & _words(e.narration)), e.id)
+
+
+# ---- what the clip's sound and camera add ----
+
+WATER = "running water"
+TAP = "tap"
+WATER_LATE = 0.3  # s: running water that starts later was heard being turned on
+
+
+def _add_tap_step(program: dict, sig: Signals, verbs: ClassVocab, nouns: ClassVocab) -> dict:
+    """Running water is heard, the tap (or sink) is seen or the exemplar has a condition on the tap, but no
+    step of the exemplar works the tap: the water was turned on. Water starting after the clip's first ``WATER_LATE`` s was heard being turned on:
+    ``turn-on(tap)`` comes first, the tap off before; water from the start may have run before the clip:
+    ``if switched_off(tap): turn-on(tap)``. Either by a hand that holds no tool; the program's
+    ``switched_on(tap)`` precondition goes. Needs the tap and ``turn-on`` in the class lists, and a result
+    that still validates (else the program stays as it was)."""
+    from leap_cli.programs.validate import validate_semantics
+
+    water = sig.heard(WATER)
+    seen = {resolve_object(o, nouns) for o in sig.visible}
+    tap = resolve_object(TAP, nouns)
+    expected = tap in {resolve_object(o, nouns) for o in _objects_of(program)}  # a condition on the tap
+    if not water or tap is None or resolve_verb("turn-on", verbs) is None \
+            or not (expected or (seen & {tap, resolve_object("sink", nouns)}) - {None}):
+        return program
+    if any(resolve_object(x, nouns) == tap for s in _sub_actions(program["steps"])
+           for x in (s["object_a"], s.get("object_b")) if x):
+        return program
+    tools = {s.get("object_b") for s in _sub_actions(program["steps"])} - {None}
+    busy = {c["args"][0] for c in _conditions(program)
+            if c["predicate"] in _HAND_PREDICATES and not c["negated"] and c["args"][1] in tools}
+    hand = next((h for h in ("left", "right") if h not in busy), "left")
+    a, _ = water[0]
+    off = {"predicate": "switched_off", "args": [TAP], "negated": False}
+    step = {"type": "sub_action", "verb": "turn-on", "object_a": TAP, "object_b": None, "hand": hand,
+            "pre": [dict(off)], "post": [{"predicate": "switched_on", "args": [TAP], "negated": False}],
+            "purpose": f"start the water (running water heard from {a:.1f} s)"}
+    p = copy.deepcopy(program)
+    p["pre"] = [c for c in p["pre"] if not (c["predicate"] == "switched_on" and resolve_object(c["args"][0], nouns) == tap)]
+    if a > WATER_LATE:
+        p["pre"].append(dict(off))
+        p["steps"].insert(0, step)
+    else:
+        p["steps"].insert(0, {"type": "conditional", "if": dict(off), "then": [step], "else": []})
+    return program if validate_semantics(p, verbs, nouns) else p
+
+
+def _turn_towards(program: dict, sig: Signals, noun: str) -> None:
+    """A head turn in the first half of the clip, with the action noun seen: the first sub-action's purpose
+    says the actor turns towards it (the turn towards the fridge)."""
+    if not sig.motions:
+        return
+    a, _, motion = sig.motions[0]
+    if not motion.startswith("turns head") or a > sig.duration / 2 or noun not in sig.visible:
+        return
+    first = next(_sub_actions(program["steps"]), None)
+    if first is not None:
+        side = motion.rsplit(" ", 1)[1]
+        first["purpose"] = f"turn {side} to the {_spoken(noun)}, then {first['purpose'] or first['verb']}"
+
+
+# ---- purposes agree with the renamed program ----
+
+def _spoken(name: str) -> str:
+    """How a purpose says an EPIC noun: 'board:chopping' -> 'chopping board'."""
+    return " ".join(reversed(name.split(":")))
+
+
+def _forms(name: str) -> list[str]:
+    """The ways a purpose may name an object: 'board:chopping', 'chopping board', 'board'."""
+    out = [name, _spoken(name), name.split(":")[0]]
+    return sorted(set(out), key=len, reverse=True)
+
+
+_EVIDENCE = re.compile(r"\s*\([^()]*\)")  # "(the clatter at 0.8 s)": what the exemplar's own clip showed
+
+
+def _foreign(text: str, allowed: set[int], nouns: ClassVocab) -> bool:
+    """Whether the text names an object (a word or two-word noun of the class list) outside ``allowed``."""
+    words = re.findall(r"[a-z]+(?::[a-z]+)?", text.lower())
+    skip = set()
+    for i in range(len(words) - 1):
+        cid = nouns.resolve(f"{words[i]} {words[i + 1]}")
+        if cid is not None and " " not in nouns.keys[cid]:
+            if cid not in allowed:
+                return True
+            skip |= {i, i + 1}
+    return any(i not in skip and (cid := nouns.resolve(w)) is not None and cid not in allowed
+               for i, w in enumerate(words))
+
+
+def _purposes(program: dict, exemplar: dict, names: dict[str, str], swapped: bool, known: set[int],
+              nouns: ClassVocab) -> None:
+    """Each copied purpose without the exemplar clip's evidence in parentheses, its objects renamed like the
+    step's, left and right swapped with the hands; a purpose that still names an object neither the program
+    nor the clip (``known`` classes) has is written anew from the step."""
+    renamed = {old: new for old, new in names.items() if old != new}
+    allowed = known | {resolve_object(o, nouns) for o in _objects_of(program)} | {nouns.resolve("hand")}
+    other = {"left": "right", "right": "left"}
+    for old_sub, sub in zip(_sub_actions(exemplar["steps"]), _sub_actions(program["steps"])):
+        text = _EVIDENCE.sub("", old_sub.get("purpose") or "").strip()
+        if renamed:
+            pattern = re.compile(r"\b(" + "|".join(re.escape(f) for old in renamed for f in _forms(old)) + r")\b")
+            lookup = {f: _spoken(new) for old, new in renamed.items() for f in _forms(old)}
+            text = pattern.sub(lambda m: lookup[m.group(1)], text)
+        if swapped:
+            text = re.sub(r"\b(left|right)\b", lambda m: other[m.group(1)], text)
+        if not text or _foreign(text, allowed, nouns):
+            text = f"{sub['verb']} the {_spoken(sub['object_a'])}" + (
+                f" with the {_spoken(sub['object_b'])}" if sub.get("object_b") else "")
+        sub["purpose"] = text
 
 
 def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab, nouns: ClassVocab) -> dict:
@@ -332,18 +515,23 @@ def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab
     if not same_verb:
         return _template(action, ev, verbs, nouns)
     words = _words(" ".join(filter(None, [info.text, info.narration])))
+    sig = clip_signals(info.text)
     clip_objects = {nid, *ev.pool()}
-    best = min(same_verb, key=lambda e: _exemplar_key(e, nid, clip_objects, words, nouns))
+    best = min(same_verb, key=lambda e: _exemplar_key(e, nid, clip_objects, sig.keys(), words, nouns))
     mapping = _object_mapping(best.program, ev, nouns)
     names = {old: old if resolve_object(old, nouns) == cid else nouns.keys[cid] for old, cid in mapping.items()}
     program = _rename(best.program, names)
-    if _hands_disagree(program, ev, nouns):
+    swapped = _hands_disagree(program, ev, nouns)
+    if swapped:
         program = _swap_hands(program)
+    _purposes(program, best.program, names, swapped,
+              {nid, *ev.pool(), *(resolve_object(o, nouns) for o in sig.visible)}, nouns)
+    _turn_towards(program, sig, noun_name)
     program["action"] = action
     for sub in _sub_actions(program["steps"]):  # a step verb outside a smaller class list becomes the action's verb
         if resolve_verb(sub["verb"], verbs) is None:
             sub["verb"] = verb_name
-    return program
+    return _add_tap_step(program, sig, verbs, nouns)
 
 
 def _template(action: dict, ev: Evidence, verbs: ClassVocab, nouns: ClassVocab) -> dict:

@@ -58,7 +58,8 @@ class ClipInfo:
     noun_class: int | None = None
     all_nouns: list[str] = field(default_factory=list)
     objects: list[str] = field(default_factory=list)
-    # (object, hand, seconds in contact), longest first, from the hands component's contact intervals
+    # (object, hand, seconds in contact), longest first, from the hands component's contact intervals ("object":
+    # the hand touches something unnamed)
     contacts: list[tuple[str, str, float]] = field(default_factory=list)
     # (object, hand, share of frames), most seen first: detected objects the objects component puts near a hand
     near_hands: list[tuple[str, str, float]] = field(default_factory=list)
@@ -122,7 +123,7 @@ def _hand_contacts(hands_component: dict) -> list[tuple[str, str, float]]:
             continue
         for c in h.get("contacts") or []:
             obj = c.get("object") if isinstance(c, dict) else None
-            if not obj or obj == "object":  # unnamed contact: the hand touches something, we do not know what
+            if not obj:  # an unnamed contact stays as "object": the hand touches something (offline.py may name it)
                 continue
             try:
                 start, stop = float(c.get("start", 0.0)), float(c.get("stop", 0.0))

@@ -1,0 +1,196 @@
+"""The exemplar library's clip texts (the extract rendering, parsed back), its verb coverage of EPIC's
+validation set, and what the offline generator takes from clip texts: signals, and purposes that agree."""
+
+import csv
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from leap_cli.extract.describe import parse_clip_text, parse_timeline, render_clip, render_parts
+from leap_cli.programs.offline import clip_signals, offline_program
+from leap_cli.programs.prompt import ClipInfo
+from leap_cli.programs.validate import Labels, check_program
+from leap_cli.programs.vocab import resolve_object
+
+from tests.test_programs_validate import CLASSES, _subs, exemplars, nouns, verbs  # noqa: F401 (fixtures)
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+
+
+# ---- the clip-text format ----
+
+def test_render_and_parse_round_trip_with_unavailable_error_and_overflow():
+    comps = {
+        "narration": {"status": "ok", "source": "annotations", "data": {}, "text": '"cut carrot" (verb: cut, noun: carrot)'},
+        "audio": {"status": "ok", "source": "dsp-rules", "text": "rhythmic chopping 0.0-2.0 s (peak -20 dBFS, 8 onsets)",
+                  "data": {"timeline": [{"start": i * 0.1, "stop": 2.0, "text": f"sound: event; {i}"} for i in range(5)]}},
+        "camera": {"status": "unavailable", "source": "none", "text": "",
+                   "data": {"reason": "segment extends past the end of the video"}},
+        "objects": {"status": "error", "source": "x", "data": {"error": "ValueError: boom. Fix it."}, "text": ""},
+        "hands": {"status": "ok", "source": "hand-objects", "text": "left hand free; right hand: knife 0.2-1.8 s",
+                  "data": {"timeline": [{"start": -0.04, "stop": 1.8, "text": "right hand touches knife"}]}},
+    }
+    text = render_clip(3.0, 5.0, comps, max_events=4)
+    assert text.splitlines() == [
+        "Clip 3.00-5.00 s (2.0 s long).",
+        'Narration: "cut carrot" (verb: cut, noun: carrot).',
+        "Timeline: [-0.0-1.8 s] right hand touches knife; [0.0-2.0 s] sound: event; 0; [0.1-2.0 s] sound: event; 1; "
+        "[0.2-2.0 s] sound: event; 2; ... (2 more).",
+        "Audio: rhythmic chopping 0.0-2.0 s (peak -20 dBFS, 8 onsets).",
+        "Camera: unavailable (segment extends past the end of the video).",
+        "Objects: error (ValueError: boom. Fix it.).",
+        "Hands: left hand free; right hand: knife 0.2-1.8 s."]
+    parts = parse_clip_text(text)
+    assert render_parts(parts) == text and parts["camera"].startswith("unavailable (")
+    events, more = parse_timeline(parts["timeline"])
+    assert more == 2 and events[0] == (-0.0, 1.8, "right hand touches knife") and events[1][2] == "sound: event; 0"
+    # a new component is one more "Prefix: text." line, kept by the parser
+    assert parse_clip_text(text + "\nSpeech: someone says hello.")["speech"] == "someone says hello"
+    for bad in ("Narration: no span first.", "Clip 1.00-2.00 s (1.0 s long).\nnarration: lower case.",
+                "Clip 1.00-2.00 s (1.0 s long).\nAudio: a.\nAudio: twice.", "Clip 1.00-2.00 s (1.0 s long).\nAudio: no stop"):
+        with pytest.raises(ValueError):
+            parse_clip_text(bad)
+
+
+def test_every_exemplar_clip_text_is_an_extract_rendering_of_epic_nouns(exemplars, nouns):
+    assert len(exemplars) >= 60
+    for e in exemplars:
+        parts = parse_clip_text(e.text)
+        assert render_parts(parts) == e.text, e.id
+        assert list(parts)[:3] == ["clip", "narration", "timeline"], e.id
+        assert {"audio", "camera", "objects", "hands"} <= set(parts), e.id
+        assert parts["narration"].startswith(f'"{e.narration}" (verb: {e.program["action"]["verb"]}, '), e.id
+        events, _ = parse_timeline(parts["timeline"])
+        assert [(a, b) for a, b, _ in events] == sorted((a, b) for a, b, _ in events), e.id
+        named = {m.group(1) for _, _, t in events for m in [re.match(r"(\S+) visible \(", t)] if m}
+        named |= {m.group(1) for _, _, t in events for m in [re.match(r"(?:left|right) hand touches (\S+)$", t)] if m}
+        if not parts["objects"].startswith("unavailable"):
+            named |= {m.group(1) for m in re.finditer(r"(?:^|; )(\S+) \((?:left|centre|right)", parts["objects"])}
+        for name in named - {"object"}:  # "object": a contact nobody named
+            assert resolve_object(name, nouns) is not None, (e.id, name)
+        # the program draws on the clip: its tool, the object a named hand touches, is in the program
+        objs = {x for s in _subs(e.program["steps"]) for x in (s["object_a"], s["object_b"])}
+        conds = {a for c in e.program["pre"] for a in c["args"]}
+        touched = {m.group(1) for _, _, t in events for m in [re.match(r"(?:left|right) hand touches (\S+)$", t)] if m}
+        assert not touched - {"object"} or (touched & (objs | conds)), e.id
+    # every kind of unavailable part occurs somewhere, and the unnamed contact
+    texts = "\n".join(e.text for e in exemplars)
+    for line in ("Audio: unavailable (", "Camera: unavailable (", "Objects: unavailable (", "Hands: unavailable (",
+                 "hand touches object", "sound: other/background", "sound: running water", "turns head"):
+        assert line in texts, line
+
+
+def test_exemplars_cover_97_percent_of_epic_validation_verbs(exemplars):
+    from exemplar_coverage import coverage
+
+    with open(CLASSES / "EPIC_100_validation_verb_counts.csv", newline="") as f:
+        counts = {int(r["verb_class"]): int(r["segments"]) for r in csv.DictReader(f)}
+    assert sum(counts.values()) == 9668
+    assert coverage(counts, {e.verb_class for e in exemplars}) >= 0.97
+    assert coverage(counts, {e.verb_class for e in exemplars} - {0}) < 0.97  # the figure depends on the library
+
+
+# ---- the offline generator reads the clip text ----
+
+def _clip(narration, verb, noun, verbs, nouns, text="", **kw):
+    return ClipInfo("c", text, narration, verb, noun, verbs.resolve(verb), nouns.resolve(noun), [noun], **kw)
+
+
+def test_signals_of_a_clip_text(exemplars):
+    sig = clip_signals(next(e for e in exemplars if e.id == "fill-kettle").text)
+    assert sig.heard("running water") == [(1.4, 4.6)] and sig.motions == [(0.3, 1.0, "turns head right")]
+    assert "tap" in sig.visible and sig.duration == 5.2
+    assert clip_signals("Narration: wash plate.").keys() == set()
+
+
+def test_running_water_and_a_tap_seen_give_the_tap_step(exemplars, verbs, nouns):
+    text = ("Clip 1.00-4.00 s (3.0 s long).\nNarration: \"wash cup\" (verb: wash, noun: cup).\n"
+            "Timeline: [0.0-3.0 s] cup visible (centre, near the left hand); [0.0-3.0 s] tap visible (centre); "
+            "[0.8-3.0 s] sound: running water.\nAudio: silence 0.0-0.8 s, running water 0.8-3.0 s (peak -20 dBFS, 0 onsets).")
+    labels = Labels(verbs.resolve("wash"), nouns.resolve("cup"))
+
+    def gen(t):
+        p = offline_program(_clip("wash cup", "wash", "cup", verbs, nouns, t), exemplars, verbs, nouns)
+        assert check_program(p, verbs, nouns, labels) == []
+        return p
+
+    # heard being turned on at 0.8 s: the tap goes on first, by the hand that holds no tool (the sponge)
+    late = gen(text)
+    on = late["steps"][0]
+    assert (on["type"], on["verb"], on["object_a"]) == ("sub_action", "turn-on", "tap") and "0.8 s" in on["purpose"]
+    assert {"predicate": "switched_off", "args": ["tap"], "negated": False} in late["pre"]
+    tool_hands = {c["args"][0] for s in _subs(late["steps"][1:]) for c in s["pre"] + s["post"]
+                  if c["predicate"] == "holding" and c["args"][1] == "sponge"}
+    assert tool_hands and on["hand"] not in tool_hands
+    # running from the start: it may have been on before the clip
+    early = gen(text.replace("[0.8-3.0 s] sound", "[0.0-3.0 s] sound"))
+    first = early["steps"][0]
+    assert first["type"] == "conditional" and first["if"]["args"] == ["tap"] and first["then"][0]["verb"] == "turn-on"
+    # no water heard: the exemplar's steps stay
+    assert not any(s["object_a"] == "tap" for s in _subs(gen(text.replace("running water", "scraping"))["steps"]))
+    # water poured from a jug, no tap or sink in view nor in the exemplar: no tap step
+    pour = text.replace("wash cup", "pour water").replace("(verb: wash, noun: cup)", "(verb: pour, noun: water)")
+    p = offline_program(_clip("pour water", "pour", "water", verbs, nouns, pour.replace("tap visible", "jug visible")),
+                        exemplars, verbs, nouns)
+    assert not any(s["object_a"] == "tap" for s in _subs(p["steps"]))
+    p = offline_program(_clip("pour water", "pour", "water", verbs, nouns, pour), exemplars, verbs, nouns)
+    assert any(s["object_a"] == "tap" for s in _subs(p["steps"]))  # the tap in view: water from the tap
+
+
+def test_a_head_turn_towards_the_noun_reaches_the_purpose(exemplars, verbs, nouns):
+    text = ("Clip 1.00-3.00 s (2.0 s long).\nNarration: \"open fridge\" (verb: open, noun: fridge).\n"
+            "Timeline: [0.0-0.6 s] turns head left about 30 deg; [0.4-2.0 s] fridge visible (left).")
+    p = offline_program(_clip("open fridge", "open", "fridge", verbs, nouns, text), exemplars, verbs, nouns)
+    assert next(_subs(p["steps"]))["purpose"].startswith("turn left to the fridge, then ")
+    p = offline_program(_clip("open fridge", "open", "fridge", verbs, nouns, text.replace("fridge visible", "cup visible")),
+                        exemplars, verbs, nouns)
+    assert not next(_subs(p["steps"]))["purpose"].startswith("turn ")
+
+
+def test_an_unnamed_contact_takes_the_name_of_the_object_near_that_hand(exemplars, verbs, nouns):
+    def stir_hands(contacts):
+        p = offline_program(_clip("mix pan", "mix", "pan", verbs, nouns, contacts=contacts,
+                                  near_hands=[("spatula", "left", 0.9)]), exemplars, verbs, nouns)
+        return {s["hand"] for s in _subs(p["steps"]) if s["object_b"] == "spatula"}
+    assert stir_hands([("object", "left", 3.0)]) == {"left"}
+    assert stir_hands([]) == {"right"}  # nobody touches it: the exemplar's hand stays
+
+
+# ---- purposes agree with the program ----
+
+def test_offline_purposes_name_the_renamed_objects(exemplars, verbs, nouns):
+    p = offline_program(_clip("chop potato", "chop", "potato", verbs, nouns), exemplars, verbs, nouns)
+    purposes = [s["purpose"] for s in _subs(p["steps"])]
+    assert not any("onion" in x for x in purposes) and any("potato" in x for x in purposes), purposes
+    assert not any("(" in x for x in purposes)  # the exemplar clip's evidence is not copied
+    # every exemplar, its noun replaced: no purpose names an object the exemplar had and the program lost
+    checked = 0
+    for e in exemplars:
+        a = e.program["action"]
+        noun = next(n for n in ("carrot", "tomato", "cup") if n not in e.text)
+        info = _clip(f"{a['verb']} {noun}", a["verb"], noun, verbs, nouns)
+        p = offline_program(info, exemplars, verbs, nouns)
+        if p["action"]["verb_class"] != e.verb_class or p["action"]["noun"] != noun:
+            continue
+        checked += 1
+        kept = {resolve_object(x, nouns) for s in _subs(p["steps"]) for x in (s["object_a"], s["object_b"]) if x}
+        kept |= {resolve_object(x, nouns) for c in p["pre"] + p["post"] for x in c["args"]}
+        for s in _subs(p["steps"]):
+            for old in {a["noun"], *(x for t in _subs(e.program["steps"]) for x in (t["object_a"], t["object_b"]) if x)}:
+                if resolve_object(old, nouns) in kept:
+                    continue
+                spoken = " ".join(reversed(old.split(":")))
+                assert not re.search(rf"\b({re.escape(old)}|{re.escape(spoken)})\b", s["purpose"]), (e.id, s["purpose"])
+    assert checked >= 50
+
+
+def test_swapped_hands_swap_the_purpose_words(exemplars, verbs, nouns):
+    rec_text = ""
+    p = offline_program(_clip("cut carrot", "cut", "carrot", verbs, nouns, rec_text,
+                              contacts=[("knife", "left", 3.0), ("carrot", "right", 3.0)]), exemplars, verbs, nouns)
+    subs = list(_subs(p["steps"]))
+    assert any(s["hand"] == "left" and s["object_a"] == "knife" for s in subs)
+    assert not any("left hand" in s["purpose"] and s["hand"] == "right" for s in subs)
+    assert not any("right hand" in s["purpose"] and s["hand"] == "left" for s in subs)
