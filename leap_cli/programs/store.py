@@ -57,6 +57,7 @@ class ProgramStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.commit_every = commit_every
         self._last_commit = time.monotonic()
+        self._ledger_keys: dict[str, str] = {}
         self.migrate()
 
     def _written(self) -> None:
@@ -103,11 +104,13 @@ class ProgramStore:
     def ledger_key(self, out: str | Path) -> str:
         """The ledger's key of an output file: its path relative to the database's folder when it lies below it
         (so the ledger moves with the work directory), else its absolute path."""
-        out, home = Path(out).resolve(), self.path.resolve().parent
-        try:
-            return out.relative_to(home).as_posix()
-        except ValueError:
-            return str(out)
+        if str(out) not in self._ledger_keys:
+            path, home = Path(out).resolve(), self.path.resolve().parent
+            try:
+                self._ledger_keys[str(out)] = path.relative_to(home).as_posix()
+            except ValueError:
+                self._ledger_keys[str(out)] = str(path)
+        return self._ledger_keys[str(out)]
 
     def spent(self, out: str | Path) -> dict:
         """What the ledger holds for ``out``: ``cost`` (USD), ``prompt_tokens``, ``completion_tokens``, ``requests``."""
