@@ -16,6 +16,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from leap_cli.epic.annotations import Segment
@@ -41,11 +42,11 @@ class Exemplar:
     text: str
     program: dict
 
-    @property
+    @cached_property
     def verb_class(self) -> int | None:
         return self.program["action"].get("verb_class")
 
-    @property
+    @cached_property
     def noun_class(self) -> int | None:
         return self.program["action"].get("noun_class")
 
