@@ -245,3 +245,70 @@ def test_build_shards_revalidates_programs(tmp_path):
     r = build(root, tmp_path / "work", programs=False)
     assert r.manifest["counts"]["with_program"] == 2  # the two genuine valid ones
     assert any("3 program records failed re-validation" in n for n in r.notes)
+
+
+def test_https_through_a_connect_proxy(tmp_path, monkeypatch):
+    """TLS to the endpoint, tunnelled through an HTTPS_PROXY with CONNECT; one tunnel serves every request."""
+    import ssl
+    import subprocess
+
+    from leap_cli.programs.http import HTTPClient
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                        "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("openssl cannot make a test certificate here")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    tunnels = []
+
+    async def main():
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        tls = await asyncio.start_server(_tls_handler, "127.0.0.1", 0, ssl=ctx)
+        port = tls.sockets[0].getsockname()[1]
+
+        async def proxy(reader, writer):
+            head = await reader.readuntil(b"\r\n\r\n")
+            tunnels.append(head.split(b"\r\n")[0])
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", int(head.split()[1].rsplit(b":", 1)[1]))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(a, b):
+                try:
+                    while data := await a.read(65536):
+                        b.write(data)
+                        await b.drain()
+                except (ConnectionError, OSError):
+                    pass
+                b.close()
+            await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+        proxy_server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy_server.sockets[0].getsockname()[1]}")
+        client = HTTPClient(f"https://localhost:{port}/v1", {}, timeout=5)
+        statuses = [(await client.post("/chat/completions", b"{}")).status for _ in range(3)]
+        await client.aclose()
+        tls.close()
+        proxy_server.close()
+        return statuses
+
+    assert asyncio.run(main()) == [200, 200, 200]
+    assert len(tunnels) == 1 and tunnels[0].startswith(b"CONNECT localhost:")
+
+
+async def _tls_handler(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int([ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, OSError):
+        pass
+    writer.close()

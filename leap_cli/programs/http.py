@@ -8,7 +8,7 @@ is the difference between a client that keeps up with the concurrency bound and 
 What it does: keep-alive connections reused across requests (at most ``max_connections`` open at once),
 ``http`` and ``https`` (certifi's CA bundle when installed, else the system's; ``SSL_CERT_FILE`` wins),
 proxies from the environment (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY``: ``CONNECT`` tunnels for
-https, absolute URIs for http), ``Content-Length`` and chunked bodies, gzip/deflate, a timeout per request.
+https, absolute URIs for http; never for localhost), ``Content-Length`` and chunked bodies, gzip/deflate, a timeout per request.
 A reused connection that the server closed while idle is retried once on a fresh one.
 """
 
@@ -92,7 +92,8 @@ class HTTPClient:
     def _proxy_for(self, url: str) -> dict | None:
         proxies = urllib.request.getproxies()
         proxy = proxies.get(self.scheme) or proxies.get("all")
-        if not proxy or urllib.request.proxy_bypass(self.host):
+        # a local server (vLLM, llama.cpp on this machine) is never reached through a proxy
+        if not proxy or self.host in ("localhost", "127.0.0.1", "::1") or urllib.request.proxy_bypass(self.host):
             return None
         p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
         auth = None
