@@ -257,7 +257,7 @@ def test_https_through_a_connect_proxy(tmp_path, monkeypatch):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     try:
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                        "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                        "-days", "1", "-subj", "/CN=llm.test", "-addext", "subjectAltName=DNS:llm.test"],
                        check=True, capture_output=True)
     except (OSError, subprocess.CalledProcessError):
         pytest.skip("openssl cannot make a test certificate here")
@@ -290,7 +290,7 @@ def test_https_through_a_connect_proxy(tmp_path, monkeypatch):
 
         proxy_server = await asyncio.start_server(proxy, "127.0.0.1", 0)
         monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy_server.sockets[0].getsockname()[1]}")
-        client = HTTPClient(f"https://localhost:{port}/v1", {}, timeout=5)
+        client = HTTPClient(f"https://llm.test:{port}/v1", {}, timeout=5)  # a name only the proxy resolves
         statuses = [(await client.post("/chat/completions", b"{}")).status for _ in range(3)]
         await client.aclose()
         tls.close()
@@ -298,7 +298,7 @@ def test_https_through_a_connect_proxy(tmp_path, monkeypatch):
         return statuses
 
     assert asyncio.run(main()) == [200, 200, 200]
-    assert len(tunnels) == 1 and tunnels[0].startswith(b"CONNECT localhost:")
+    assert len(tunnels) == 1 and tunnels[0].startswith(b"CONNECT llm.test:")
 
 
 async def _tls_handler(reader, writer):
