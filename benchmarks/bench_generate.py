@@ -174,6 +174,61 @@ def throughput(latency: float, per_slot: int, levels: list[int], compare_openai:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def component_costs(n: int = 384) -> dict:
+    """CPU ms per program of each piece of the client's work, each in a loop of its own (no network)."""
+    from leap_cli.io import JsonlAppender, stable_hash
+    from leap_cli.programs.generate import parse_reply
+    from leap_cli.programs.schema import strict_schema
+    from leap_cli.programs.store import ProgramStore, cache_key
+    from leap_cli.programs.validate import Labels, check_program
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-components-"))
+    try:
+        make_annotations(tmp / "annotations", n)
+        ann = Annotations(tmp / "annotations")
+        ex = load_exemplars()
+        builder = PromptBuilder(ann.verbs, ann.nouns, ex, load_system_prompt(), 4)
+        infos = [clip_info(narration_record(s), s) for s in ann.segments("val")]
+        replies = [json.dumps(offline_program(i, ex, ann.verbs, ann.nouns)) for i in infos]
+        schema_hash = stable_hash(strict_schema())
+        store = ProgramStore(tmp / "cache.sqlite", commit_every=0.5)
+        out = JsonlAppender(tmp / "out.jsonl", sync_every=1.0)
+        state: dict = {}
+
+        def prompts():
+            state["prompts"] = [builder.prompt(i) for i in infos]
+
+        def parse():
+            state["programs"] = [parse_reply(r)[0] for r in replies]
+
+        steps = {
+            "prompt building": prompts,
+            "hash + cache key": lambda: [cache_key("openai", "m", p.hash, schema_hash, {}) for p in state["prompts"]],
+            "reply JSON parse": parse,
+            "validation (schema + semantics)": lambda: [check_program(p, ann.verbs, ann.nouns, Labels(i.verb_class, i.noun_class))
+                                                        for p, i in zip(state["programs"], infos)],
+            "SQLite get/put/ledger/log": lambda: [(store.get(str(k)), store.put(str(k), r, {}, "m"),
+                                                   store.add_spend(tmp / "out.jsonl", 0.001, {}),
+                                                   store.log_call(narration_id=str(k), backend="openai", model="m",
+                                                                  prompt_hash="h", cache_key=str(k), round=0, response=r,
+                                                                  usage={}, latency=0.0, attempts=1, cached=False,
+                                                                  outcome="valid")) for k, r in enumerate(replies)],
+            "JSONL append": lambda: [out.write({"narration_id": str(k), "status": "valid", "program": p, "errors": []})
+                                     for k, p in enumerate(state["programs"])],
+        }
+        parse()  # warm-up
+        costs = {}
+        for name, f in steps.items():
+            c0 = time.process_time()
+            f()
+            costs[name] = round((time.process_time() - c0) / len(infos) * 1000, 3)
+        out.close()
+        store.close()
+        return costs
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def token_counter():
     """(count(text) -> tokens, name of the method)."""
     try:
@@ -283,6 +338,7 @@ def main() -> None:
         if at32:
             print(f"at concurrency 32: {max(at32):.1%} of the bound (goal >= 90%): {'PASS' if max(at32) >= 0.9 else 'FAIL'}"
                   + (f"; through the openai client in the same run: {old[0]:.1%}" if old else ""))
+        print("client CPU per program by component (ms):", json.dumps(component_costs()), flush=True)
         print("tokens:", json.dumps(prompt_tokens()), flush=True)
     if not args.skip_agreement:
         for records, agg in kitchen_agreement().items():
