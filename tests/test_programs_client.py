@@ -5,8 +5,6 @@ import asyncio
 import gzip
 import json
 import logging
-import shutil
-from pathlib import Path
 
 import pytest
 
@@ -14,8 +12,9 @@ from leap_cli.errors import LeapError
 from leap_cli.io import read_jsonl
 from leap_cli.programs.generate import GenerateConfig, generate_programs
 from leap_cli.programs.store import ProgramStore
+from tests.program_helpers import excerpt_annotations
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
-from tests.test_programs_generate import CLASSES, DATA, N_SEGMENTS, config, good_programs, records, workdir  # noqa: F401
+from tests.test_programs_generate import N_SEGMENTS, config, good_programs, records, workdir  # noqa: F401
 
 KEY = "sk-test-secret-never-logged"
 
@@ -152,13 +151,8 @@ def test_prompts_carry_no_paths_and_do_not_depend_on_where_data_lives(tmp_path):
     prompts = []
     for where in ("alice", "bob"):
         root = tmp_path / where / "deep" / "folder"
-        ann = root / "kitchen" / "annotations"
-        ann.mkdir(parents=True)
-        for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
-            shutil.copy(CLASSES / name, ann / name)
-        lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
-        (ann / "EPIC_100_validation.csv").write_text("\n".join(lines[:2]) + "\n")
-        nid = lines[1].split(",")[0]
+        ann = excerpt_annotations(root, 1)
+        nid = (ann / "EPIC_100_validation.csv").read_text().splitlines()[1].split(",")[0]
         text = (f"Narration: take plate. Audio: unavailable (no P01_11.wav or .flac in {root}/P01/audio). "
                 f"Camera: error (cannot open {root}/videos/P01_11.MP4: moov atom not found). Left hand holds plate.")
         desc = root / "descriptors" / "val.jsonl"
@@ -183,11 +177,7 @@ def test_strip_paths_keeps_ordinary_slashes():
 def test_offline_run_stops_promptly_on_ctrl_c(tmp_path):
     import signal
 
-    ann = tmp_path / "kitchen" / "annotations"
-    ann.mkdir(parents=True)
-    for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
-        shutil.copy(CLASSES / name, ann / name)
-    shutil.copy(DATA / "EPIC_100_validation_excerpt.csv", ann / "EPIC_100_validation.csv")
+    excerpt_annotations(tmp_path)
     seen = []
 
     def on_record(r):
