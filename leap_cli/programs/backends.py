@@ -138,10 +138,14 @@ class OpenAIBackend(Backend):
         self._fallback_allowed = response_format == "auto"
         self.supports_schema = self.response_format == "json_schema"
         self._tails: dict[tuple, bytes] = {}
+        headers = {"Authorization": f"Bearer {key}", "User-Agent": "leap"}
+        # what the official client sends for organisation- or project-scoped keys
+        for env, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
+            if os.environ.get(env):
+                headers[header] = os.environ[env]
         try:
             # one keep-alive connection per request in flight
-            self._http = HTTPClient(self.base_url, {"Authorization": f"Bearer {key}", "User-Agent": "leap"},
-                                    max_connections=concurrency, timeout=timeout)
+            self._http = HTTPClient(self.base_url, headers, max_connections=concurrency, timeout=timeout)
         except ValueError as e:
             raise LeapError(f"bad --base-url: {e}", fix="e.g. --base-url http://localhost:8000/v1") from None
 
