@@ -161,7 +161,7 @@ class OpenAIBackend(Backend):
                    if use_schema else {"type": "json_object"})
             rest = {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
                     "response_format": fmt}
-            self._tails[key] = ("," + json.dumps(rest, ensure_ascii=False)[1:]).encode()
+            self._tails[key] = ("," + json.dumps(rest, ensure_ascii=False, separators=(",", ":"))[1:]).encode()
         return self._tails[key]
 
     def _body(self, request: Request) -> bytes:
