@@ -302,3 +302,23 @@ async def _tls_handler(reader, writer):
     except (asyncio.IncompleteReadError, ConnectionError, OSError):
         pass
     writer.close()
+
+
+def test_buffered_store_never_holds_the_database(tmp_path):
+    """Writes are buffered, not held in an open transaction: a second process (--shard i/n in parallel) writing to
+    the same cache.sqlite does not wait; the buffer reaches the file on close, and reads see it before."""
+    import time
+
+    path = tmp_path / "cache.sqlite"
+    a = ProgramStore(path, commit_every=3600)
+    a.put("ka", "reply a", {"prompt_tokens": 1}, "m")
+    a.add_spend(tmp_path / "out.jsonl", 0.5, {"prompt_tokens": 1})
+    assert a.get("ka")[0] == "reply a"
+    b = ProgramStore(path)
+    b.db.execute("PRAGMA busy_timeout = 100")
+    t0 = time.monotonic()
+    b.put("kb", "reply b", {}, "m")
+    assert time.monotonic() - t0 < 1 and b.get("ka") is None
+    a.close()
+    assert b.get("ka")[0] == "reply a" and b.spent(tmp_path / "out.jsonl")["cost"] == 0.5
+    b.close()

@@ -6,8 +6,10 @@ same inputs reads replies from here and makes no request. ``calls``: one row per
 numbered migrations tracked in ``PRAGMA user_version``. ``ledger``: the money spent on requests per output
 file (what ``--max-cost`` caps, across runs).
 
-Writes are committed at most every ``commit_every`` seconds and on close (a commit per call costs more CPU
-than the rest of a cached lookup); a killed process loses at most that much of the cache and the log.
+Writes are buffered and written in one short transaction at most every ``commit_every`` seconds and on
+close (a commit per call costs more CPU than the rest of a cached lookup; no transaction stays open, so
+parallel shard processes sharing the database do not wait on each other); a killed process loses at most
+that much of the cache, the log and the ledger.
 Response and error texts pass through ``leap_cli.programs.redact.redact`` before they are stored.
 """
 
@@ -49,25 +51,43 @@ def cache_key(backend: str, model: str, messages: list[dict] | str, schema: dict
 
 
 class ProgramStore:
+    _CACHE_SQL = "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?)"
+    _CALL_SQL = ("INSERT INTO calls (narration_id, backend, model, prompt_hash, cache_key, round, response, prompt_tokens, "
+                 "completion_tokens, latency, attempts, cached, outcome, error, created) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    _LEDGER_SQL = ("INSERT INTO ledger (out, cost, prompt_tokens, completion_tokens, requests, updated) VALUES (?, ?, ?, ?, ?, ?) "
+                   "ON CONFLICT(out) DO UPDATE SET cost = cost + excluded.cost, prompt_tokens = prompt_tokens + "
+                   "excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens, "
+                   "requests = requests + excluded.requests, updated = excluded.updated")
+
     def __init__(self, path: str | Path, commit_every: float = 0.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
+        self.db = sqlite3.connect(self.path, timeout=30.0)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.commit_every = commit_every
         self._last_commit = time.monotonic()
         self._ledger_keys: dict[str, str] = {}
+        # rows not yet written: buffered in memory and written in one short transaction, so that parallel
+        # processes (--shard i/n) sharing the database never wait on a transaction held open
+        self._cache: dict[str, tuple] = {}
+        self._calls: list[tuple] = []
+        self._ledger: dict[str, list] = {}
         self.migrate()
 
     def _written(self) -> None:
-        now = time.monotonic()
-        if now - self._last_commit >= self.commit_every:
-            self.db.commit()
-            self._last_commit = now
+        if time.monotonic() - self._last_commit >= self.commit_every:
+            self.commit()
 
     def commit(self) -> None:
-        self.db.commit()
+        """Write the buffered rows (one transaction)."""
+        if self._cache or self._calls or self._ledger:
+            with self.db:
+                self.db.executemany(self._CACHE_SQL, self._cache.values())
+                self.db.executemany(self._CALL_SQL, self._calls)
+                self.db.executemany(self._LEDGER_SQL, [(k, *v, time.time()) for k, v in self._ledger.items()])
+            self._cache, self._calls, self._ledger = {}, [], {}
         self._last_commit = time.monotonic()
 
     def migrate(self) -> int:
@@ -79,26 +99,27 @@ class ProgramStore:
         return len(MIGRATIONS)
 
     def get(self, key: str) -> tuple[str, dict, str] | None:
-        row = self.db.execute("SELECT response, prompt_tokens, completion_tokens, model FROM cache WHERE key = ?",
-                              (key,)).fetchone()
+        if key in self._cache:
+            row = self._cache[key][1:5]
+        else:
+            row = self.db.execute("SELECT response, prompt_tokens, completion_tokens, model FROM cache WHERE key = ?",
+                                  (key,)).fetchone()
         if row is None:
             return None
         return row[0], {"prompt_tokens": row[1] or 0, "completion_tokens": row[2] or 0}, row[3] or ""
 
     def put(self, key: str, response: str, usage: dict, model: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?)",
-                        (key, redact(response), usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), model,
-                         time.time()))
+        self._cache[key] = (key, redact(response), usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), model,
+                            time.time())
         self._written()
 
     def add_spend(self, out: str | Path, cost: float, usage: dict, requests: int = 1) -> None:
         """Add the cost of requests made for the output file ``out`` to the ledger."""
-        self.db.execute(
-            "INSERT INTO ledger (out, cost, prompt_tokens, completion_tokens, requests, updated) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(out) DO UPDATE SET cost = cost + excluded.cost, prompt_tokens = prompt_tokens + "
-            "excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens, "
-            "requests = requests + excluded.requests, updated = excluded.updated",
-            (self.ledger_key(out), cost, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), requests, time.time()))
+        row = self._ledger.setdefault(self.ledger_key(out), [0.0, 0, 0, 0])
+        row[0] += cost
+        row[1] += usage.get("prompt_tokens", 0)
+        row[2] += usage.get("completion_tokens", 0)
+        row[3] += requests
         self._written()
 
     def ledger_key(self, out: str | Path) -> str:
@@ -114,6 +135,7 @@ class ProgramStore:
 
     def spent(self, out: str | Path) -> dict:
         """What the ledger holds for ``out``: ``cost`` (USD), ``prompt_tokens``, ``completion_tokens``, ``requests``."""
+        self.commit()
         row = self.db.execute("SELECT cost, prompt_tokens, completion_tokens, requests FROM ledger WHERE out = ?",
                               (self.ledger_key(out),)).fetchone()
         return dict(zip(("cost", "prompt_tokens", "completion_tokens", "requests"), row or (0.0, 0, 0, 0)))
@@ -121,22 +143,20 @@ class ProgramStore:
     def log_call(self, *, narration_id: str, backend: str, model: str, prompt_hash: str, cache_key: str,
                  round: int, response: str | None, usage: dict, latency: float, attempts: int, cached: bool,
                  outcome: str, error: str | None = None) -> None:
-        self.db.execute(
-            "INSERT INTO calls (narration_id, backend, model, prompt_hash, cache_key, round, response, prompt_tokens, "
-            "completion_tokens, latency, attempts, cached, outcome, error, created) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (narration_id, backend, model, prompt_hash, cache_key, round, redact(response), usage.get("prompt_tokens", 0),
-             usage.get("completion_tokens", 0), latency, attempts, int(cached), outcome, redact(error), time.time()))
+        self._calls.append((narration_id, backend, model, prompt_hash, cache_key, round, redact(response),
+                            usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), latency, attempts, int(cached),
+                            outcome, redact(error), time.time()))
         self._written()
 
     def calls(self, narration_id: str | None = None) -> list[dict]:
+        self.commit()
         cur = self.db.execute("SELECT * FROM calls" + (" WHERE narration_id = ?" if narration_id else "") + " ORDER BY id",
                               (narration_id,) if narration_id else ())
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r)) for r in cur.fetchall()]
 
     def close(self) -> None:
-        self.db.commit()
+        self.commit()
         self.db.close()
 
     def __enter__(self) -> "ProgramStore":
