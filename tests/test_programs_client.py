@@ -227,12 +227,12 @@ def test_validate_programs_names_a_missing_file(workdir):  # noqa: F811
 def test_build_shards_revalidates_programs(tmp_path):
     from tests.test_shards import build, make_root, program_records, write_programs
 
-    root = make_root(tmp_path / "kitchen")
+    root = make_root(tmp_path / "kitchen", val=[])  # two small videos of frames
     recs = program_records()
     tampered = [dict(recs[0], narration_id="P01_01_3", program={**recs[0]["program"], "steps": "rm -rf /"}),
                 dict(recs[0], narration_id="P01_02_0", program={"action": None})]
     write_programs(tmp_path / "work" / "programs" / "train.jsonl", recs + tampered + [[1, 2]])
-    r = build(root, tmp_path / "work", programs=False)
+    r = build(root, tmp_path / "work", programs=False, frames=2)
     assert r.manifest["counts"]["with_program"] == 2  # the two genuine valid ones
     assert any("3 program records failed re-validation" in n for n in r.notes)
 
