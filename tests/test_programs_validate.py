@@ -2,7 +2,6 @@
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from leap_cli.programs.prompt import ClipInfo, PromptBuilder, clip_info, load_ex
     narration_record, select_exemplars
 from leap_cli.programs.schema import load_schema, strict_schema, validate_program
 from leap_cli.programs.validate import Labels, check_program, validate_semantics
+from tests.program_helpers import excerpt_annotations
 
 DATA = Path(__file__).parent / "data" / "epic"
 CLASSES = Path(__file__).parent / "data" / "epic100"  # the foundation's copy of EPIC's class files
@@ -344,12 +344,7 @@ def test_offline_noun_from_hand_contacts(exemplars, verbs, nouns):
 
 @pytest.fixture()
 def kitchen(tmp_path):
-    ann = tmp_path / "kitchen" / "annotations"
-    ann.mkdir(parents=True)
-    for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
-        shutil.copy(CLASSES / name, ann / name)
-    lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
-    (ann / "EPIC_100_validation.csv").write_text("\n".join(lines[:31]) + "\n")
+    excerpt_annotations(tmp_path, 30)
     return tmp_path
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -45,7 +46,10 @@ def generate_programs(
     shard: str = typer.Option(None, "--shard", help="i/n: process part i of n (by video); writes SPLIT.shardIofN.jsonl."),
     price_in: float = typer.Option(0.15, "--price-in", help="USD per 1M prompt tokens (for the cost estimate)."),
     price_out: float = typer.Option(0.60, "--price-out", help="USD per 1M completion tokens."),
-    max_cost: float = typer.Option(None, "--max-cost", help="Stop cleanly once the estimated cost reaches this (USD)."),
+    price_cached_in: float = typer.Option(0.075, "--price-cached-in", help="USD per 1M prompt tokens the provider "
+                                                                          "read from its prompt cache."),
+    max_cost: float = typer.Option(None, "--max-cost", help="Stop cleanly once the estimated spend on this output file "
+                                                            "(all runs together, from the ledger) reaches this (USD)."),
     exemplars: Path = typer.Option(None, "--exemplars", help="Folder of exemplar programs (default prompts/exemplars)."),
     system_prompt: Path = typer.Option(None, "--system-prompt", help="System prompt file (default prompts/system.md)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo the records whose status is failed."),
@@ -62,7 +66,7 @@ def generate_programs(
                          concurrency=concurrency, timeout=timeout, max_retries=max_retries, backoff=backoff,
                          response_format=response_format, temperature=temperature, k=k, repair_rounds=repair_rounds,
                          limit=limit, shard=ShardSpec.parse(shard), price_in=price_in, price_out=price_out,
-                         max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
+                         price_cached_in=price_cached_in, max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
                          retry_failed=retry_failed)
     if dry_run:
         console.print(build_dry_run(cfg, narration_id), markup=False, highlight=False)
@@ -94,13 +98,16 @@ def generate_programs(
                         ("valid / invalid / failed", f"{st.get('valid', 0)} / {st.get('invalid', 0)} / {st.get('failed', 0)}"),
                         ("backend calls (incl. retries)", summary.requests), ("cache hits", summary.cache_hits),
                         ("prompt / completion tokens", f"{summary.usage['prompt_tokens']} / {summary.usage['completion_tokens']}"),
-                        ("estimated cost", f"${summary.cost:.4f}"), ("seconds", f"{summary.seconds:.1f}")):
+                        ("estimated cost of this run", f"${summary.cost:.4f}"),
+                        ("spent on this output so far", f"${summary.spent_before + summary.cost:.4f}"),
+                        ("seconds", f"{summary.seconds:.1f}")):
         table.add_row(what, str(value))
     console.print(table)
     if summary.stopped:
-        console.print(f"[yellow]stopped early:[/] {summary.stopped}; run the same command to continue")
+        console.print(f"[yellow]stopped early:[/] {escape(summary.stopped)}; raise --max-cost and run the command "
+                      "again to continue (the cap counts every run on this output file)")
     for nid, msg in summary.failures[:10]:
-        console.print(f"[red]{nid}[/]: {msg}", highlight=False)
+        console.print(f"[red]{escape(nid)}[/]: {escape(msg)}", highlight=False)
     if len(summary.failures) > 10:
         console.print(f"... and {len(summary.failures) - 10} more (see leap validate-programs)")
 
@@ -125,6 +132,10 @@ def validate_programs(
     split_name = normalize_split(split) if split else None
     if not files:
         files = [workdir / "programs" / f"{split_name or 'train'}.jsonl"]
+    for f in files:
+        if not Path(f).is_file():
+            raise LeapError("program file not found", path=f,
+                            fix="check the path, or run leap generate-programs for that split first")
     ann = annotations_for(GenerateConfig(workdir=workdir, data=data, annotations=annotations))
     if ann is None:
         raise LeapError("the EPIC class files are needed to validate verbs and objects",

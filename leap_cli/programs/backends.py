@@ -3,12 +3,13 @@
 A backend declares its capabilities (``supports_schema``: Structured Outputs) and has one coroutine,
 ``complete(request) -> Completion``. Failures that survive the retries raise ``BackendError``.
 
-- ``OpenAIBackend``: the official ``openai`` client (``AsyncOpenAI``) against any OpenAI-compatible endpoint.
-  Retries 429, 5xx, timeouts and connection errors with exponential backoff and jitter, honouring
-  ``Retry-After`` (seconds or an HTTP date) and ``retry-after-ms``; a per-request timeout. With
-  ``response_format="auto"`` it asks for Structured Outputs (strict JSON schema) and falls back to JSON
-  mode for good if the endpoint answers 400 to that. The API key is read from the environment and is never
-  logged or written anywhere.
+- ``OpenAIBackend``: the chat-completions API of any OpenAI-compatible endpoint, through the lean HTTP/1.1
+  client of ``leap_cli.programs.http`` (keep-alive, one connection per request in flight; the body is
+  assembled from parts serialised once). Retries 408, 409, 429, 5xx, timeouts and connection errors with
+  exponential backoff and jitter, honouring ``Retry-After`` (seconds or an HTTP date) and ``retry-after-ms``;
+  a per-request timeout. With ``response_format="auto"`` it asks for Structured Outputs (strict JSON schema)
+  and falls back to JSON mode for good if the endpoint answers 400 to that. The API key is read from the
+  environment, registered with ``leap_cli.programs.redact`` and redacted from every text that leaves here.
 - ``OfflineBackend``: no network; the deterministic generator of ``leap_cli.programs.offline``.
 """
 
@@ -24,9 +25,12 @@ import time
 from dataclasses import dataclass, field
 
 from leap_cli.errors import LeapError
+from leap_cli.programs.http import HTTPClient, HTTPConnectionError, HTTPTimeout, Response
 from leap_cli.programs.prompt import ClipInfo
+from leap_cli.programs.redact import redact, redact_logs, register_secret
 
 log = logging.getLogger(__name__)
+redact_logs(log)
 
 
 @dataclass
@@ -35,6 +39,7 @@ class Request:
     messages: list[dict]
     schema: dict | None = None  # the strict schema, when the backend may use Structured Outputs
     info: ClipInfo | None = None  # what the offline generator works from
+    messages_json: str | None = None  # ``messages`` already serialised (PromptBuilder does it once per part)
 
 
 @dataclass
@@ -114,17 +119,16 @@ class OpenAIBackend(Backend):
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, retry: RetryPolicy = RetryPolicy(), temperature: float = 0.0,
                  max_tokens: int = 2000, response_format: str = "auto", concurrency: int = 8):
-        from openai import AsyncOpenAI
-
         key = os.environ.get(api_key_env)
         if not key:
             raise LeapError(f"no API key: the environment variable {api_key_env} is not set",
                             fix=f"export {api_key_env}=... or name another variable with --api-key-env "
                                 "(or use --backend offline)")
+        register_secret(key)
         if response_format not in ("auto", "json_schema", "json_object"):
             raise LeapError(f"unknown response format {response_format!r}", fix="use auto, json_schema or json_object")
         self.model = model
-        self.base_url = base_url
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.retry = retry
@@ -133,77 +137,111 @@ class OpenAIBackend(Backend):
         self.response_format = "json_schema" if response_format == "auto" else response_format
         self._fallback_allowed = response_format == "auto"
         self.supports_schema = self.response_format == "json_schema"
-        # the client's own pool allows far more connections than any sensible --concurrency
-        self._client = AsyncOpenAI(api_key=key, base_url=base_url, timeout=timeout, max_retries=0)
+        self._tails: dict[tuple, bytes] = {}
+        headers = {"Authorization": f"Bearer {key}", "User-Agent": "leap"}
+        # what the official client sends for organisation- or project-scoped keys
+        for env, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
+            if os.environ.get(env):
+                headers[header] = os.environ[env]
+        try:
+            # one keep-alive connection per request in flight
+            self._http = HTTPClient(self.base_url, headers, max_connections=concurrency, timeout=timeout)
+        except ValueError as e:
+            raise LeapError(f"bad --base-url: {e}", fix="e.g. --base-url http://localhost:8000/v1") from None
 
     def params(self) -> dict:
         return {"temperature": self.temperature, "max_tokens": self.max_tokens, "response_format": self.response_format}
 
-    def _body(self, request: Request) -> dict:
-        body = {"model": self.model, "messages": request.messages, "temperature": self.temperature,
-                "max_tokens": self.max_tokens}
-        if self.response_format == "json_schema" and request.schema is not None:
-            body["response_format"] = {"type": "json_schema",
-                                       "json_schema": {"name": "action_program", "strict": True, "schema": request.schema}}
-        else:
-            body["response_format"] = {"type": "json_object"}
-        return body
+    def _tail(self, schema: dict | None) -> bytes:
+        """Everything of the body but the messages, serialised once per (format, schema)."""
+        use_schema = self.response_format == "json_schema" and schema is not None
+        key = (use_schema, id(schema) if use_schema else None)
+        if key not in self._tails:
+            fmt = ({"type": "json_schema", "json_schema": {"name": "action_program", "strict": True, "schema": schema}}
+                   if use_schema else {"type": "json_object"})
+            rest = {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
+                    "response_format": fmt}
+            self._tails[key] = ("," + json.dumps(rest, ensure_ascii=False, separators=(",", ":"))[1:]).encode()
+        return self._tails[key]
+
+    def _body(self, request: Request) -> bytes:
+        messages = request.messages_json or json.dumps(request.messages, ensure_ascii=False)
+        return b'{"messages":' + messages.encode() + self._tail(request.schema)
 
     async def complete(self, request: Request) -> Completion:
-        import openai
-
         start = time.perf_counter()
         attempts = 0
         while True:
             attempts += 1
             try:
-                # client.post (the official client's call for raw endpoints) skips the per-request transform of
-                # the typed create() over the whole schema, which costs ~10 ms of CPU per call
-                resp = await self._client.post("/chat/completions", body=self._body(request), cast_to=object)
-            except openai.BadRequestError as e:
-                if self._fallback_allowed and self.response_format == "json_schema" and "response_format" in str(e).lower():
+                resp = await self._http.post("/chat/completions", self._body(request))
+            except (HTTPTimeout, HTTPConnectionError) as e:
+                if attempts > self.retry.max_retries:
+                    raise BackendError(redact(f"{type(e).__name__} after {attempts} attempts: {e}"), attempts,
+                                       time.perf_counter() - start) from None
+                wait = self.retry.delay(attempts - 1, None)
+                log.info("%s: %s, retry %d in %.2fs", request.narration_id, type(e).__name__, attempts, wait)
+                await asyncio.sleep(wait)
+                continue
+            status = resp.status
+            if status == 200:
+                break
+            message = _error_message(resp)
+            if status == 400:
+                if self._fallback_allowed and self.response_format == "json_schema" and "response_format" in message.lower():
                     log.warning("endpoint refused Structured Outputs; using JSON mode from now on")
                     self.response_format, self.supports_schema = "json_object", False
                     continue
-                raise BackendError(f"request refused (400): {_short(e)}", attempts, time.perf_counter() - start) from None
-            except (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-                    openai.APIConnectionError) as e:
-                status = getattr(e, "status_code", None)
-                what = f"HTTP {status}" if status else type(e).__name__
+                raise BackendError(f"request refused (400): {message}", attempts, time.perf_counter() - start)
+            if status in (401, 403):
+                # every other request would fail the same way: stop the stage (finished records are kept)
+                raise LeapError(f"the endpoint refused the API key (HTTP {status}): {message[:120]}",
+                                fix=f"check the key in ${self.api_key_env} (or name another variable with --api-key-env)")
+            if status == 404:
+                raise LeapError(f"HTTP 404 from {self.base_url}: {message[:120]}",
+                                fix="check --model and --base-url (it usually ends in /v1)")
+            if status in (408, 409, 429) or status >= 500:
                 if attempts > self.retry.max_retries:
-                    raise BackendError(f"{what} after {attempts} attempts: {_short(e)}", attempts,
-                                       time.perf_counter() - start) from None
-                response = getattr(e, "response", None)
-                wait = self.retry.delay(attempts - 1, parse_retry_after(getattr(response, "headers", None)))
-                log.info("%s: %s, retry %d in %.2fs", request.narration_id, what, attempts, wait)
+                    raise BackendError(f"HTTP {status} after {attempts} attempts: {message}", attempts,
+                                       time.perf_counter() - start)
+                wait = self.retry.delay(attempts - 1, parse_retry_after(resp.headers))
+                log.info("%s: HTTP %d, retry %d in %.2fs", request.narration_id, status, attempts, wait)
                 await asyncio.sleep(wait)
                 continue
-            except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
-                # every other request would fail the same way: stop the stage (finished records are kept)
-                raise LeapError(f"the endpoint refused the API key (HTTP {e.status_code}): {_short(e, 120)}",
-                                fix=f"check the key in ${self.api_key_env} (or name another variable with --api-key-env)") from None
-            except openai.NotFoundError as e:
-                raise LeapError(f"HTTP 404 from {self.base_url or 'the OpenAI API'}: {_short(e, 120)}",
-                                fix="check --model and --base-url (it usually ends in /v1)") from None
-            except openai.APIStatusError as e:
-                raise BackendError(f"HTTP {e.status_code}: {_short(e)}", attempts, time.perf_counter() - start) from None
-            if not isinstance(resp, dict):
-                raise BackendError(f"the endpoint did not answer with a JSON object: {str(resp)[:120]!r}", attempts,
-                                   time.perf_counter() - start)
-            try:
-                text = resp["choices"][0]["message"].get("content") or ""
-            except (KeyError, IndexError, TypeError, AttributeError):
-                text = ""
-            u = resp.get("usage") or {}
-            usage = {"prompt_tokens": u.get("prompt_tokens") or 0, "completion_tokens": u.get("completion_tokens") or 0}
-            return Completion(text, usage, attempts, time.perf_counter() - start, resp.get("model") or self.model)
+            raise BackendError(f"HTTP {status}: {message}", attempts, time.perf_counter() - start)
+        try:
+            data = json.loads(resp.body)
+        except (ValueError, UnicodeDecodeError):
+            data = None
+        if not isinstance(data, dict):
+            raise BackendError(redact(f"the endpoint did not answer with a JSON object: {resp.body[:120]!r}"), attempts,
+                               time.perf_counter() - start)
+        try:
+            text = data["choices"][0]["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            text = ""
+        u = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        usage = {"prompt_tokens": u.get("prompt_tokens") or 0, "completion_tokens": u.get("completion_tokens") or 0}
+        cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") if isinstance(
+            u.get("prompt_tokens_details"), dict) else None
+        if cached:
+            usage["cached_tokens"] = cached
+        return Completion(redact(text), usage, attempts, time.perf_counter() - start, str(data.get("model") or self.model))
 
     async def aclose(self) -> None:
-        await self._client.close()
+        await self._http.aclose()
 
 
-def _short(e: Exception, n: int = 200) -> str:
-    return str(e).replace("\n", " ")[:n]
+def _error_message(resp: Response, n: int = 200) -> str:
+    """The ``error.message`` of an error response (else its text), one line, at most ``n`` characters, redacted."""
+    text = resp.body.decode("utf-8", "replace")
+    try:
+        data = json.loads(text)
+        err = data.get("error") if isinstance(data, dict) else None
+        text = str(err.get("message") if isinstance(err, dict) else err or data)
+    except ValueError:
+        pass
+    return redact(" ".join(text.split()))[:n]
 
 
 class OfflineBackend(Backend):

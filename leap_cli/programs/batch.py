@@ -12,14 +12,18 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from pathlib import Path
 
 from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, atomic_path, read_jsonl
 from leap_cli.programs.generate import GenerateConfig, ProgramGenerator, _setup, parse_reply
-from leap_cli.programs.prompt import clip_info, prompt_hash
+from leap_cli.programs.prompt import clip_info
+from leap_cli.programs.redact import redact
+from leap_cli.programs.store import ProgramStore
 from leap_cli.programs.schema import Finding, strict_schema
 
 BATCH_URL = "/v1/chat/completions"
+BATCH_PRICE_FACTOR = 0.5  # the Batch API's discount on the live prices
 
 
 def write_batch_file(cfg: GenerateConfig, path) -> int:
@@ -37,7 +41,7 @@ def write_batch_file(cfg: GenerateConfig, path) -> int:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             info = clip_info(r, inputs.segments.get(r["narration_id"]))
-            body = {"model": cfg.model, "messages": builder.messages(info), "temperature": cfg.temperature,
+            body = {"model": cfg.model, "messages": builder.prompt(info).messages, "temperature": cfg.temperature,
                     "max_tokens": cfg.max_tokens, "response_format": fmt}
             f.write(json.dumps({"custom_id": r["narration_id"], "method": "POST", "url": BATCH_URL, "body": body},
                                ensure_ascii=False) + "\n")
@@ -45,24 +49,64 @@ def write_batch_file(cfg: GenerateConfig, path) -> int:
     return n
 
 
+BATCH_OUTPUT_FIX = ("pass the output file the OpenAI Batch API returned: JSONL, one "
+                    '{"custom_id", "response", "error"} object per line')
+
+
+def read_batch_output(path) -> list[dict]:
+    """The result lines of a Batch output file; anything else (another format, the Batch *input* file, a
+    truncated download) is a one-line LeapError naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise LeapError("Batch output file not found", path=path, fix=BATCH_OUTPUT_FIX)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise LeapError("not a Batch output file (not UTF-8 text)", path=path, fix=BATCH_OUTPUT_FIX) from None
+    lines = []
+    for i, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise LeapError(f"not a Batch output file: line {i} is not JSON ({e.msg})", path=path, record=f"line {i}",
+                            fix=BATCH_OUTPUT_FIX) from None
+        if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
+            raise LeapError(f"not a Batch output file: line {i} is not an object with a custom_id", path=path,
+                            record=f"line {i}", fix=BATCH_OUTPUT_FIX)
+        if "response" not in line and "error" not in line:
+            what = "a Batch request (the --batch-file input), not a result" if "body" in line else "not a Batch result"
+            raise LeapError(f"line {i} is {what}", path=path, record=f"line {i}", fix=BATCH_OUTPUT_FIX)
+        lines.append(line)
+    if not lines:
+        raise LeapError("the Batch output file holds no result", path=path, fix=BATCH_OUTPUT_FIX)
+    return lines
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
 def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     """Validate the Batch output and append its records to the programs file. Returns counts per status."""
+    lines = read_batch_output(results_path)
     inputs, _, builder = _setup(cfg)
     by_id = {r["narration_id"]: r for r in inputs.records}
     gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg.model), None, builder)  # type: ignore[arg-type]
     counts: Counter = Counter()
-    with JsonlAppender(cfg.out_path) as out:
-        for i, line in enumerate(read_jsonl(results_path), start=1):
+    with JsonlAppender(cfg.out_path) as out, ProgramStore(cfg.cache_path) as store:
+        for i, line in enumerate(lines, start=1):
             nid = line.get("custom_id")
             if nid not in by_id:
                 raise LeapError(f"custom_id {nid!r} is not a segment of the input", path=results_path,
                                 record=f"line {i}", fix="ingest with the same --split/--descriptors as the batch file")
             info = gen.info(by_id[nid])
-            resp = line.get("response") or {}
-            body = resp.get("body") or {}
-            usage = body.get("usage") or {}
+            resp = _dict(line.get("response"))
+            body = _dict(resp.get("body"))
+            usage = _dict(body.get("usage"))
             prov = {"backend": "openai-batch", "model": body.get("model") or cfg.model,
-                    "prompt_hash": prompt_hash(builder.messages(info)), "attempts": 1,
+                    "prompt_hash": builder.prompt(info).hash[:16], "attempts": 1,
                     "usage": {"prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0)},
                     "seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": 1,
                     "cached": False, "batch_request_id": line.get("id")}
@@ -70,12 +114,13 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
             if line.get("error") or resp.get("status_code") != 200:
                 status = "failed"
                 err = line.get("error") or {"message": f"HTTP {resp.get('status_code')}"}
-                findings = [Finding("", f"batch request failed: {err.get('message', err) if isinstance(err, dict) else err}")]
+                findings = [Finding("", redact(f"batch request failed: {err.get('message', err) if isinstance(err, dict) else err}"))]
             else:
                 try:
-                    text = body["choices"][0]["message"]["content"] or ""
-                except (KeyError, IndexError, TypeError):
-                    text = ""
+                    text = body["choices"][0]["message"]["content"]
+                except (KeyError, IndexError, TypeError, AttributeError):
+                    text = None
+                text = redact(text) if isinstance(text, str) else ""
                 program, findings = parse_reply(text)
                 if program is not None:
                     findings = gen.check(program, info)
@@ -83,6 +128,9 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
             written = out.write({"narration_id": nid, "status": status, "program": program,
                                  "errors": [f.to_dict() for f in findings], "provenance": prov})
             counts[status if written else "already_present"] += 1
+            if written and prov["usage"]["prompt_tokens"]:
+                # the ledger of --max-cost: the Batch API bills half the live prices
+                store.add_spend(cfg.out_path, cfg.cost(prov["usage"]) * BATCH_PRICE_FACTOR, prov["usage"])
     return counts
 
 

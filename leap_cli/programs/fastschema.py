@@ -25,6 +25,8 @@ _TYPES = {
     "boolean": lambda x: isinstance(x, bool),
     "null": lambda x: x is None,
 }
+# types that one isinstance() decides (bool is not an int here: no integer/number among them)
+_CLASSES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 
 def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
@@ -64,11 +66,20 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
             preds = [_TYPES[n] for n in names]
             shown = names[0] if len(names) == 1 else names
 
-            def type_check(x, p, out, preds=preds, shown=shown):
-                if not any(f(x) for f in preds):
+            if all(n in _CLASSES for n in names):
+                classes = tuple(_CLASSES[n] for n in names)
+
+                def type_check(x, p, out, classes=classes, shown=shown):
+                    if isinstance(x, classes):
+                        return True
                     out.append((p, f"{x!r} is not of type {shown!r}"))
                     return False
-                return True
+            else:
+                def type_check(x, p, out, preds=preds, shown=shown):
+                    if not any(f(x) for f in preds):
+                        out.append((p, f"{x!r} is not of type {shown!r}"))
+                        return False
+                    return True
         else:
             type_check = None
         if "enum" in schema:
@@ -147,6 +158,16 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
             checks.append(num)
         if "anyOf" in schema:
             checks.append(build_any_of(schema["anyOf"]))
+
+        if type_check is None and len(checks) == 1:
+            return checks[0]
+        if len(checks) == 1:
+            only = checks[0]
+
+            def run1(x, p, out):
+                if type_check(x, p, out):
+                    only(x, p, out)
+            return run1
 
         def run(x, p, out):
             if type_check is not None and not type_check(x, p, out):

@@ -35,11 +35,13 @@ from leap_cli.io import JsonlAppender, read_jsonl, stable_hash
 from leap_cli.programs.backends import Backend, BackendError, OfflineBackend, OpenAIBackend, Request, RetryPolicy
 from leap_cli.programs.prompt import (DEFAULT_K, ClipInfo, PromptBuilder, clip_info, load_exemplars, load_system_prompt,
                                       narration_record)
+from leap_cli.programs.redact import redact, redact_logs
 from leap_cli.programs.schema import Finding, strict_schema
 from leap_cli.programs.store import ProgramStore, cache_key
 from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels, check_program
 
 log = logging.getLogger(__name__)
+redact_logs(log)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ class GenerateConfig:
     shard: ShardSpec = ShardSpec()
     price_in: float = 0.0  # $ per 1M prompt tokens
     price_out: float = 0.0  # $ per 1M completion tokens
-    max_cost: float | None = None
+    price_cached_in: float | None = None  # $ per 1M prompt tokens read from the provider's prompt cache (None: price_in)
+    max_cost: float | None = None  # USD, for this output file across runs (the ledger in cache.sqlite)
     exemplars: Path | None = None
     system_prompt: Path | None = None
     max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS
@@ -87,7 +90,10 @@ class GenerateConfig:
         return self.workdir / "programs" / "cache.sqlite"
 
     def cost(self, usage: dict) -> float:
-        return (usage.get("prompt_tokens", 0) * self.price_in + usage.get("completion_tokens", 0) * self.price_out) / 1e6
+        cached = min(usage.get("cached_tokens", 0), usage.get("prompt_tokens", 0))
+        cached_price = self.price_in if self.price_cached_in is None else self.price_cached_in
+        return ((usage.get("prompt_tokens", 0) - cached) * self.price_in + cached * cached_price
+                + usage.get("completion_tokens", 0) * self.price_out) / 1e6
 
 
 @dataclass
@@ -101,6 +107,7 @@ class GenerateSummary:
     cache_hits: int = 0
     usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
     cost: float = 0.0
+    spent_before: float = 0.0  # USD the ledger held for this output file before this run
     seconds: float = 0.0
     stopped: str | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -206,9 +213,8 @@ class ProgramGenerator:
         start = time.perf_counter()
         info = self.info(record)
         nid = record["narration_id"]
-        messages = self.builder.messages(info)
-        messages_hash = stable_hash(messages)
-        phash = messages_hash[:16]  # == prompt_hash(messages)
+        prompt = self.builder.prompt(info)
+        phash = prompt.hash[:16]  # == prompt_hash(messages)
         prov = {"backend": self.backend.name, "model": self.backend.model, "prompt_hash": phash, "attempts": 0,
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "seconds": 0.0, "created": None,
                 "rounds": 0, "cached": True}
@@ -217,16 +223,15 @@ class ProgramGenerator:
             prov["seconds"] = round(time.perf_counter() - start, 4)
             prov["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             return {"narration_id": nid, "status": status, "program": program,
-                    "errors": [f.to_dict() for f in errors], "provenance": prov}
+                    "errors": [{"pointer": f.pointer, "message": redact(f.message)} for f in errors], "provenance": prov}
 
         if not info.text and info.verb is None and not info.objects:
             return done("failed", None, [Finding("", "nothing to describe: the clip has no text, labels or detections")])
         program, findings = None, []
         for rnd in range(self.cfg.repair_rounds + 1):
             schema = self.schema if self.backend.supports_schema else None
-            key = cache_key(self.backend.name, self.backend.model, messages_hash or stable_hash(messages),
-                            self.schema_hash if schema else None, self.backend.params())
-            messages_hash = None
+            key = cache_key(self.backend.name, self.backend.model, prompt.hash, self.schema_hash if schema else None,
+                            self.backend.params())
             hit = self.store.get(key)
             prov["rounds"] = rnd + 1
             if hit is not None:
@@ -236,7 +241,7 @@ class ProgramGenerator:
             else:
                 prov["cached"] = False
                 try:
-                    comp = await self.backend.complete(Request(nid, messages, schema, info))
+                    comp = await self.backend.complete(Request(nid, prompt.messages, schema, info, prompt.json))
                 except BackendError as e:
                     prov["attempts"] += e.attempts
                     self.summary_requests += e.attempts
@@ -252,7 +257,10 @@ class ProgramGenerator:
                 self.summary_requests += attempts
                 for k in self.usage:
                     self.usage[k] += usage.get(k, 0)
-                self.cost += self.cfg.cost(usage)
+                cost = self.cfg.cost(usage)
+                self.cost += cost
+                if cost or self.backend.name != "offline":
+                    self.store.add_spend(self.cfg.out_path, cost, usage, attempts)
                 self.store.put(key, text, usage, comp.model)
             for k in prov["usage"]:
                 prov["usage"][k] += usage.get(k, 0)
@@ -267,8 +275,8 @@ class ProgramGenerator:
                                 error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None)
             if not findings:
                 return done("valid", program, [])
-            messages = messages + [{"role": "assistant", "content": text},
-                                   {"role": "user", "content": repair_message(findings)}]
+            prompt = prompt.extend([{"role": "assistant", "content": text},
+                                    {"role": "user", "content": repair_message(findings)}])
         return done("invalid", program, findings)
 
 
@@ -300,11 +308,12 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     summary = GenerateSummary(cfg.out_path, inputs.source)
     backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
     start = time.perf_counter()
-    store = ProgramStore(cfg.cache_path)
+    store = ProgramStore(cfg.cache_path, commit_every=0.5)
     redo: set[str] = set()
     if cfg.retry_failed and cfg.out_path.exists():
         redo = {r["narration_id"] for r in read_jsonl(cfg.out_path, repair=True) if r.get("status") == "failed"}
     appender = JsonlAppender(cfg.out_path, replace_keys=redo, sync_every=1.0)
+    gen: ProgramGenerator | None = None
     try:
         pending = [r for r in inputs.records if r["narration_id"] not in appender]
         summary.resumed = len(inputs.records) - len(pending)
@@ -318,11 +327,13 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             on_start(len(pending))
         gen = ProgramGenerator(cfg, inputs, backend, store, builder)
         queue = iter(pending)
+        summary.spent_before = store.spent(cfg.out_path)["cost"]
 
         async def worker() -> None:
             for record in queue:
-                if cfg.max_cost is not None and gen.cost >= cfg.max_cost:
-                    summary.stopped = f"--max-cost {cfg.max_cost:g} reached (estimated ${gen.cost:.4f})"
+                if cfg.max_cost is not None and summary.spent_before + gen.cost >= cfg.max_cost:
+                    summary.stopped = (f"--max-cost {cfg.max_cost:g} reached (estimated ${summary.spent_before + gen.cost:.4f} "
+                                       f"spent on {cfg.out_path.name} so far, ${gen.cost:.4f} in this run)")
                     return
                 result = await gen.run_one(record)
                 appender.write(result)
@@ -332,6 +343,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                                              result["errors"][0]["message"] if result["errors"] else result["status"]))
                 if on_record:
                     on_record(result)
+                # a backend that never waits (offline, cache hits) must still let Ctrl-C (task cancellation) in
+                await asyncio.sleep(0)
 
         tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, cfg.concurrency))]
         try:
@@ -341,9 +354,10 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        summary.requests, summary.cache_hits = gen.summary_requests, gen.summary_hits
-        summary.usage, summary.cost = gen.usage, gen.cost
     finally:
+        if gen is not None:  # also when interrupted: the summary says what was spent
+            summary.requests, summary.cache_hits = gen.summary_requests, gen.summary_hits
+            summary.usage, summary.cost = gen.usage, gen.cost
         appender.close()
         store.close()
         await backend.aclose()

@@ -12,9 +12,11 @@ exemplar's narration/text; ties by id. The exemplars go in as few-shot user/assi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from leap_cli.epic.annotations import Segment
@@ -27,6 +29,10 @@ from leap_cli.programs.vocab import HANDS, MOTOR_PRIMITIVES, PREDICATES, resolve
 COMPONENTS = ("narration", "audio", "camera", "objects", "hands")
 DEFAULT_K = 4
 _WORD = re.compile(r"[a-z]+")
+# a local file path: /abs/..., ~/..., ./..., ../..., file://..., C:\\... (at the start of a word, so "on/off" stays)
+_PATH = re.compile(r"""(?:(?<=[\s('"=:,\[])|^)(?:file://)?(?:~|\.{1,2})?/[^\s/'"()<>\[\]]+(?:/[^\s/'"()<>\[\]]*)*"""
+                   r"""|(?:(?<=[\s('"=:,\[])|^)[A-Za-z]:\\[^\s'"()<>]*""")
+PATH_PLACEHOLDER = "<path>"
 
 
 @dataclass(frozen=True)
@@ -36,11 +42,11 @@ class Exemplar:
     text: str
     program: dict
 
-    @property
+    @cached_property
     def verb_class(self) -> int | None:
         return self.program["action"].get("verb_class")
 
-    @property
+    @cached_property
     def noun_class(self) -> int | None:
         return self.program["action"].get("noun_class")
 
@@ -153,12 +159,22 @@ def _near_hands(objects_component: dict) -> list[tuple[str, str, float]]:
     return [(lab, h, sh) for lab, (h, sh) in sorted(out.items(), key=lambda kv: (-kv[1][1], kv[0]))]
 
 
+def strip_paths(text: str) -> str:
+    """``text`` with every local file path replaced by ``<path>``: prompts go to a third-party API, must not
+    tell it the file layout, and must be the same wherever the data lives (they are the cache key)."""
+    if not text or ("/" not in text and "\\" not in text):
+        return text
+    # a sentence's full stop (or comma...) after the path stays
+    return _PATH.sub(lambda m: PATH_PLACEHOLDER + m.group()[len(m.group().rstrip(".,;:")):], text)
+
+
 def clip_info(record: dict, segment: Segment | None = None) -> ClipInfo:
-    """Labels come from the annotations when given, else from the record's narration component."""
+    """Labels come from the annotations when given, else from the record's narration component. The clip
+    text loses its file paths (``strip_paths``)."""
     comps = record.get("components") or {}
     narr = comps.get("narration") or {}
     nd = (narr.get("data") or {}) if narr.get("status") == "ok" else {}
-    info = ClipInfo(record["narration_id"], record.get("text") or "", nd.get("narration"), nd.get("verb"), nd.get("noun"),
+    info = ClipInfo(record["narration_id"], strip_paths(record.get("text") or ""), nd.get("narration"), nd.get("verb"), nd.get("noun"),
                     nd.get("verb_class"), nd.get("noun_class"), list(nd.get("all_nouns") or []))
     if segment is not None and segment.has_labels:
         info.narration, info.verb, info.noun = segment.narration, segment.verb, segment.noun
@@ -227,9 +243,35 @@ def clip_message(info: ClipInfo, verbs: ClassVocab | None = None, nouns: ClassVo
     return "\n".join(lines)
 
 
+def canonical_json(obj) -> str:
+    """The JSON that ``leap_cli.io.stable_hash`` hashes (sorted keys, no spaces, UTF-8)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class Prompt:
+    """The chat messages of one request and their canonical JSON, assembled from parts serialised once.
+    ``hash`` equals ``stable_hash(messages)``, so it is the same key however the prompt was built."""
+
+    messages: list[dict]
+    json: str
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.json.encode()).hexdigest()
+
+    def extend(self, extra: list[dict]) -> "Prompt":
+        return Prompt(self.messages + extra, self.json[:-1] + "," + canonical_json(extra)[1:])
+
+
 @dataclass
 class PromptBuilder:
-    """Builds the chat messages of one segment; ``k`` exemplars per prompt."""
+    """Builds the chat messages of one segment; ``k`` exemplars per prompt.
+
+    Order (for providers' automatic prompt caching, which discounts a repeated prefix): the static system
+    message (instructions + vocabulary, the same for every request) first; then the chosen exemplars, those of
+    the clip's verb class first, each group in id order (clips of one verb class share that prefix too); the
+    clip text last. The system message and each exemplar turn are serialised once."""
 
     verbs: ClassVocab
     nouns: ClassVocab
@@ -239,22 +281,43 @@ class PromptBuilder:
 
     def __post_init__(self) -> None:
         self._system = f"{self.system}\n\n{vocabulary_text(self.verbs, self.nouns)}"
-        self._turns: dict[str, list[dict]] = {}
+        self._system_msg = {"role": "system", "content": self._system}
+        self._system_json = canonical_json(self._system_msg)
+        self._turns: dict[str, tuple[list[dict], str]] = {}
 
-    def _exemplar_turns(self, e: Exemplar) -> list[dict]:
+    @property
+    def static_prefix(self) -> str:
+        """The part of every prompt that never changes (the system message)."""
+        return self._system
+
+    def _exemplar_turns(self, e: Exemplar) -> tuple[list[dict], str]:
         if e.id not in self._turns:
             ex_info = ClipInfo(e.id, e.text, e.narration, e.program["action"]["verb"], e.program["action"]["noun"],
                                e.verb_class, e.noun_class)
-            self._turns[e.id] = [{"role": "user", "content": clip_message(ex_info)},
-                                 {"role": "assistant", "content": json.dumps(e.program, separators=(",", ":"))}]
+            turns = [{"role": "user", "content": clip_message(ex_info)},
+                     {"role": "assistant", "content": json.dumps(e.program, separators=(",", ":"))}]
+            self._turns[e.id] = (turns, canonical_json(turns)[1:-1])
         return self._turns[e.id]
 
+    def ordered_exemplars(self, info: ClipInfo) -> list[Exemplar]:
+        chosen = select_exemplars(info, self.exemplars, self.k)
+        same_verb = lambda e: info.verb_class is not None and e.verb_class == info.verb_class  # noqa: E731
+        return sorted(chosen, key=lambda e: (not same_verb(e), e.id))
+
+    def prompt(self, info: ClipInfo) -> Prompt:
+        msgs = [self._system_msg]
+        parts = [self._system_json]
+        for e in self.ordered_exemplars(info):
+            turns, js = self._exemplar_turns(e)
+            msgs.extend(turns)
+            parts.append(js)
+        clip = {"role": "user", "content": clip_message(info, self.verbs, self.nouns)}
+        msgs.append(clip)
+        parts.append(canonical_json(clip))
+        return Prompt(msgs, "[" + ",".join(parts) + "]")
+
     def messages(self, info: ClipInfo) -> list[dict]:
-        msgs = [{"role": "system", "content": self._system}]
-        for e in select_exemplars(info, self.exemplars, self.k):
-            msgs.extend(dict(m) for m in self._exemplar_turns(e))
-        msgs.append({"role": "user", "content": clip_message(info, self.verbs, self.nouns)})
-        return msgs
+        return [dict(m) for m in self.prompt(info).messages]
 
 
 def render_messages(messages: list[dict]) -> str:

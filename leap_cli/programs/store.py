@@ -3,7 +3,14 @@
 ``cache``: reply text + usage by key = hash(backend, model, messages, schema, params); a re-run with the
 same inputs reads replies from here and makes no request. ``calls``: one row per LLM call or cache hit
 (narration id, prompt hash, response, tokens, latency, attempts, outcome, error). The schema evolves by
-numbered migrations tracked in ``PRAGMA user_version``.
+numbered migrations tracked in ``PRAGMA user_version``. ``ledger``: the money spent on requests per output
+file (what ``--max-cost`` caps, across runs).
+
+Writes are buffered and written in one short transaction at most every ``commit_every`` seconds and on
+close (a commit per call costs more CPU than the rest of a cached lookup; no transaction stays open, so
+parallel shard processes sharing the database do not wait on each other); a killed process loses at most
+that much of the cache, the log and the ledger.
+Response and error texts pass through ``leap_cli.programs.redact.redact`` before they are stored.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import time
 from pathlib import Path
 
 from leap_cli.io import stable_hash
+from leap_cli.programs.redact import redact
 
 MIGRATIONS = [
     # 1
@@ -26,6 +34,9 @@ MIGRATIONS = [
        created REAL)""",
     # 3
     "CREATE INDEX calls_by_narration ON calls(narration_id)",
+    # 4
+    """CREATE TABLE ledger (out TEXT PRIMARY KEY, cost REAL NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
+       completion_tokens INTEGER NOT NULL DEFAULT 0, requests INTEGER NOT NULL DEFAULT 0, updated REAL)""",
 ]
 
 
@@ -40,13 +51,44 @@ def cache_key(backend: str, model: str, messages: list[dict] | str, schema: dict
 
 
 class ProgramStore:
-    def __init__(self, path: str | Path):
+    _CACHE_SQL = "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?)"
+    _CALL_SQL = ("INSERT INTO calls (narration_id, backend, model, prompt_hash, cache_key, round, response, prompt_tokens, "
+                 "completion_tokens, latency, attempts, cached, outcome, error, created) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    _LEDGER_SQL = ("INSERT INTO ledger (out, cost, prompt_tokens, completion_tokens, requests, updated) VALUES (?, ?, ?, ?, ?, ?) "
+                   "ON CONFLICT(out) DO UPDATE SET cost = cost + excluded.cost, prompt_tokens = prompt_tokens + "
+                   "excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens, "
+                   "requests = requests + excluded.requests, updated = excluded.updated")
+
+    def __init__(self, path: str | Path, commit_every: float = 0.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path)
+        self.db = sqlite3.connect(self.path, timeout=30.0)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        self.commit_every = commit_every
+        self._last_commit = time.monotonic()
+        self._ledger_keys: dict[str, str] = {}
+        # rows not yet written: buffered in memory and written in one short transaction, so that parallel
+        # processes (--shard i/n) sharing the database never wait on a transaction held open
+        self._cache: dict[str, tuple] = {}
+        self._calls: list[tuple] = []
+        self._ledger: dict[str, list] = {}
         self.migrate()
+
+    def _written(self) -> None:
+        if time.monotonic() - self._last_commit >= self.commit_every:
+            self.commit()
+
+    def commit(self) -> None:
+        """Write the buffered rows (one transaction)."""
+        if self._cache or self._calls or self._ledger:
+            with self.db:
+                self.db.executemany(self._CACHE_SQL, self._cache.values())
+                self.db.executemany(self._CALL_SQL, self._calls)
+                self.db.executemany(self._LEDGER_SQL, [(k, *v, time.time()) for k, v in self._ledger.items()])
+            self._cache, self._calls, self._ledger = {}, [], {}
+        self._last_commit = time.monotonic()
 
     def migrate(self) -> int:
         version = self.db.execute("PRAGMA user_version").fetchone()[0]
@@ -57,36 +99,64 @@ class ProgramStore:
         return len(MIGRATIONS)
 
     def get(self, key: str) -> tuple[str, dict, str] | None:
-        row = self.db.execute("SELECT response, prompt_tokens, completion_tokens, model FROM cache WHERE key = ?",
-                              (key,)).fetchone()
+        if key in self._cache:
+            row = self._cache[key][1:5]
+        else:
+            row = self.db.execute("SELECT response, prompt_tokens, completion_tokens, model FROM cache WHERE key = ?",
+                                  (key,)).fetchone()
         if row is None:
             return None
         return row[0], {"prompt_tokens": row[1] or 0, "completion_tokens": row[2] or 0}, row[3] or ""
 
     def put(self, key: str, response: str, usage: dict, model: str) -> None:
-        with self.db:
-            self.db.execute("INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?)",
-                            (key, response, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), model,
-                             time.time()))
+        self._cache[key] = (key, redact(response), usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), model,
+                            time.time())
+        self._written()
+
+    def add_spend(self, out: str | Path, cost: float, usage: dict, requests: int = 1) -> None:
+        """Add the cost of requests made for the output file ``out`` to the ledger."""
+        row = self._ledger.setdefault(self.ledger_key(out), [0.0, 0, 0, 0])
+        row[0] += cost
+        row[1] += usage.get("prompt_tokens", 0)
+        row[2] += usage.get("completion_tokens", 0)
+        row[3] += requests
+        self._written()
+
+    def ledger_key(self, out: str | Path) -> str:
+        """The ledger's key of an output file: its path relative to the database's folder when it lies below it
+        (so the ledger moves with the work directory), else its absolute path."""
+        if str(out) not in self._ledger_keys:
+            path, home = Path(out).resolve(), self.path.resolve().parent
+            try:
+                self._ledger_keys[str(out)] = path.relative_to(home).as_posix()
+            except ValueError:
+                self._ledger_keys[str(out)] = str(path)
+        return self._ledger_keys[str(out)]
+
+    def spent(self, out: str | Path) -> dict:
+        """What the ledger holds for ``out``: ``cost`` (USD), ``prompt_tokens``, ``completion_tokens``, ``requests``."""
+        self.commit()
+        row = self.db.execute("SELECT cost, prompt_tokens, completion_tokens, requests FROM ledger WHERE out = ?",
+                              (self.ledger_key(out),)).fetchone()
+        return dict(zip(("cost", "prompt_tokens", "completion_tokens", "requests"), row or (0.0, 0, 0, 0)))
 
     def log_call(self, *, narration_id: str, backend: str, model: str, prompt_hash: str, cache_key: str,
                  round: int, response: str | None, usage: dict, latency: float, attempts: int, cached: bool,
                  outcome: str, error: str | None = None) -> None:
-        with self.db:
-            self.db.execute(
-                "INSERT INTO calls (narration_id, backend, model, prompt_hash, cache_key, round, response, prompt_tokens, "
-                "completion_tokens, latency, attempts, cached, outcome, error, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (narration_id, backend, model, prompt_hash, cache_key, round, response, usage.get("prompt_tokens", 0),
-                 usage.get("completion_tokens", 0), latency, attempts, int(cached), outcome, error, time.time()))
+        self._calls.append((narration_id, backend, model, prompt_hash, cache_key, round, redact(response),
+                            usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), latency, attempts, int(cached),
+                            outcome, redact(error), time.time()))
+        self._written()
 
     def calls(self, narration_id: str | None = None) -> list[dict]:
+        self.commit()
         cur = self.db.execute("SELECT * FROM calls" + (" WHERE narration_id = ?" if narration_id else "") + " ORDER BY id",
                               (narration_id,) if narration_id else ())
         cols = [d[0] for d in cur.description]
         return [dict(zip(cols, r)) for r in cur.fetchall()]
 
     def close(self) -> None:
+        self.commit()
         self.db.close()
 
     def __enter__(self) -> "ProgramStore":

@@ -610,6 +610,13 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         raise LeapError("program file not found", path=prog_path, fix="run leap generate-programs or fix --programs")
     programs = read_programs(prog_path)
     notes: list[str] = []
+    if programs is not None:  # "valid" in a file is re-checked against the schema, not trusted (a tampered file)
+        from leap_cli.programs.report import revalidated
+
+        programs, not_valid = revalidated(programs, ann.verbs, ann.nouns, semantics=False)
+        if not_valid:
+            notes.append(f"{not_valid} program records failed re-validation (marked valid but not matching the schema, "
+                         "or not a record): their samples have no program")
 
     vocab = None
     train_manifest = Path(vocab_manifest) if vocab_manifest else workdir / "shards" / "train" / "manifest.json"
@@ -623,6 +630,10 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     if vocab is None and programs is not None:
         train_prog = prog_path if split == "train" else workdir / "programs" / "train.jsonl"
         source = read_programs(train_prog) if split != "train" else programs
+        if source is not None and split != "train":
+            from leap_cli.programs.report import revalidated
+
+            source = revalidated(source, ann.verbs, ann.nouns, semantics=False)[0]
         if source is None:
             source, train_prog = programs, prog_path
             notes.append(f"no train programs or train shards manifest: condition vocabulary built from {prog_path}; "

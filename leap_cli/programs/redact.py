@@ -1,0 +1,59 @@
+"""One redaction function for every text that leaves the LLM client: error messages, log lines, the call
+log, cached replies and program records.
+
+``redact(text)`` replaces each registered secret (the API key, registered by the backend that reads it),
+any ``Bearer <token>`` / ``Authorization: <value>`` and anything shaped like an OpenAI key (``sk-...``) with
+``[REDACTED]``. A server that echoes the request's Authorization header in its 401 message cannot make leap
+print or store the key.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+REDACTED = "[REDACTED]"
+_SECRETS: set[str] = set()
+_PATTERNS = re.compile(r"(?i)(?P<pre>\bbearer\s+|\bauthorization\s*[:=]\s*[\"']?(?:bearer\s+)?)[^\s\"',}]+"
+                       r"|\bsk-[A-Za-z0-9_\-]{12,}")
+
+
+def register_secret(value: str | None) -> None:
+    """Redact ``value`` from every later message (values shorter than 6 characters are not secrets)."""
+    if value and len(value) >= 6:
+        _SECRETS.add(value)
+
+
+def redact(text):
+    """``text`` without secrets (anything not a str is returned as it is)."""
+    if not isinstance(text, str) or not text:
+        return text
+    for s in _SECRETS:
+        if s in text:
+            text = text.replace(s, REDACTED)
+    # the patterns only where they can match (a regex pass over every reply costs more than the rest of redact)
+    low = text.lower() if len(text) < 256 else None
+    if low is not None and ("bearer" in low or "authoriz" in low or "sk-" in low) or low is None and any(
+            w in text for w in ("earer", "EARER", "uthoriz", "UTHORIZ", "sk-")):
+        text = _PATTERNS.sub(lambda m: (m.group("pre") or "") + REDACTED, text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that redacts the rendered message of every record it sees."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
+_filter = RedactingFilter()
+
+
+def redact_logs(logger: logging.Logger) -> None:
+    """Redact every record logged through ``logger`` (a logger's filters do not see its children's records)."""
+    if _filter not in logger.filters:
+        logger.filters.append(_filter)

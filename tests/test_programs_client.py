@@ -1,0 +1,324 @@
+"""The LLM client's hardening: the lean HTTP client, key redaction, the cost ledger, path-free prompts,
+Ctrl-C in offline runs, Batch output checks, validate-programs on a missing file, build-shards re-validation."""
+
+import asyncio
+import gzip
+import json
+import logging
+
+import pytest
+
+from leap_cli.errors import LeapError
+from leap_cli.io import read_jsonl
+from leap_cli.programs.generate import GenerateConfig, generate_programs
+from leap_cli.programs.store import ProgramStore
+from tests.program_helpers import excerpt_annotations
+from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
+from tests.test_programs_generate import N_SEGMENTS, config, good_programs, records, workdir  # noqa: F401
+
+KEY = "sk-test-secret-never-logged"
+
+
+# ---- the HTTP client ----------------------------------------------------------------------------------------
+
+def _serve_raw(handler):
+    """An asyncio TCP server on 127.0.0.1 whose ``handler(head: bytes, body: bytes) -> bytes`` writes raw responses."""
+
+    async def on_conn(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int([ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
+                body = await reader.readexactly(length)
+                out, close = handler(head, body)
+                writer.write(out)
+                await writer.drain()
+                if close:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    return asyncio.start_server(on_conn, "127.0.0.1", 0)
+
+
+def test_http_client_chunked_gzip_reconnect_and_proxy(monkeypatch):
+    from leap_cli.programs.http import HTTPClient
+
+    seen = []
+
+    def handler(head, body):
+        seen.append(head.split(b"\r\n")[0])
+        payload = gzip.compress(json.dumps({"echo": json.loads(body)}).encode())
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(payload[i:i + 7]), payload[i:i + 7]) for i in range(0, len(payload), 7))
+        # every second response closes the connection without saying so: the client must reconnect by itself
+        close = len(seen) % 2 == 0
+        return (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n",
+                close)
+
+    async def main():
+        server = await _serve_raw(handler)
+        port = server.sockets[0].getsockname()[1]
+        client = HTTPClient(f"http://127.0.0.1:{port}/v1", {"Authorization": "Bearer x"}, max_connections=1, timeout=5)
+        out = [await client.post("/chat/completions", json.dumps({"i": i}).encode()) for i in range(4)]
+        await client.aclose()
+        # through an HTTP proxy (from the environment): the request line carries the absolute URI
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("NO_PROXY", "")
+        proxied = HTTPClient("http://api.example.test/v1", {}, timeout=5)
+        r = await proxied.post("/chat/completions", b"{}")
+        await proxied.aclose()
+        server.close()
+        return out, r
+
+    out, proxied = asyncio.run(main())
+    assert [json.loads(r.body)["echo"]["i"] for r in out] == [0, 1, 2, 3] and all(r.status == 200 for r in out)
+    assert seen[:4] == [b"POST /v1/chat/completions HTTP/1.1"] * 4
+    assert proxied.status == 200 and seen[-1] == b"POST http://api.example.test/v1/chat/completions HTTP/1.1"
+
+
+# ---- key redaction ------------------------------------------------------------------------------------------
+
+def test_key_echoed_by_the_server_is_redacted_everywhere(workdir, good_programs, caplog):  # noqa: F811
+    echo = f"Incorrect API key. Authorization: Bearer {KEY}"
+
+    def script(body, n):
+        nid = narration_id_of(body)
+        if nid == "P01_11_0":  # a 5xx whose message echoes the header: retried, logged, then recorded as failed
+            return Reply(status=500, raw=json.dumps({"error": {"message": echo}}))
+        program = dict(good_programs[nid])
+        program["action"] = dict(program["action"], narration=f"{program['action']['narration']} {KEY}")
+        return Reply(json.dumps(program))  # a reply that quotes the key: cached, logged, written
+
+    caplog.set_level(logging.INFO, logger="leap_cli")
+    with ScriptedServer(script) as server:
+        generate_programs(config(workdir, server, limit=3, max_retries=1, concurrency=1))
+    by_id = {r["narration_id"]: r for r in records(workdir)}
+    assert by_id["P01_11_0"]["status"] == "failed" and "[REDACTED]" in by_id["P01_11_0"]["errors"][0]["message"]
+    with ScriptedServer(lambda body, n: Reply(status=401, raw=json.dumps({"error": {"message": echo}}))) as server:
+        with pytest.raises(LeapError) as err:
+            generate_programs(config(workdir, server, concurrency=1))
+    assert KEY not in err.value.one_line() and "[REDACTED]" in err.value.one_line()
+    assert "retry" in caplog.text and KEY not in caplog.text
+    for path in (workdir / "programs").iterdir():
+        assert KEY.encode() not in path.read_bytes(), path
+    with ProgramStore(workdir / "programs" / "cache.sqlite") as store:
+        assert any("[REDACTED]" in (c["error"] or "") for c in store.calls("P01_11_0"))
+
+
+def test_redact_patterns():
+    from leap_cli.programs.redact import redact, register_secret
+
+    register_secret("my-own-local-key-123")
+    assert redact("x my-own-local-key-123 y") == "x [REDACTED] y"
+    assert redact("authorization: Bearer abc.def") == "authorization: Bearer [REDACTED]"
+    assert redact("key sk-proj-abcdefghijklmnop1234 here") == "key [REDACTED] here"
+    assert redact("turn on/off, bear with me") == "turn on/off, bear with me"
+
+
+# ---- the cost ledger ----------------------------------------------------------------------------------------
+
+def test_max_cost_is_cumulative_per_output_file(workdir, good_programs):  # noqa: F811
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    with ScriptedServer(script) as server:
+        # each call costs (1000*1 + 200*2)/1e6 = 0.0014 $: the cap of 0.003 allows 3 calls in all
+        s1 = generate_programs(config(workdir, server, concurrency=1, max_cost=0.003))
+        assert len(server.requests) == 3 and s1.stopped and s1.spent_before == 0
+        s2 = generate_programs(config(workdir, server, concurrency=1, max_cost=0.003))
+        assert len(server.requests) == 3 and s2.stopped and s2.total == N_SEGMENTS - 3  # the same cap spends nothing
+        assert s2.spent_before == pytest.approx(3 * 0.0014)
+        s3 = generate_programs(config(workdir, server, concurrency=1, max_cost=0.0045))  # a raised cap: one more
+        assert len(server.requests) == 4 and s3.spent_before + s3.cost == pytest.approx(4 * 0.0014)
+        # another output file has its own ledger
+        s4 = generate_programs(config(workdir, server, concurrency=1, max_cost=0.001, out=workdir / "other.jsonl"))
+        # its first 4 come from the cache (free), the 5th is paid and reaches the cap
+        assert s4.spent_before == 0 and len(read_jsonl(workdir / "other.jsonl")) == 5 and len(server.requests) == 5
+    with ProgramStore(workdir / "programs" / "cache.sqlite") as store:
+        assert store.spent(workdir / "programs" / "val.jsonl")["requests"] == 4
+
+
+def test_cached_input_tokens_are_priced_apart():
+    cfg = GenerateConfig(price_in=1.0, price_out=2.0, price_cached_in=0.25)
+    assert cfg.cost({"prompt_tokens": 1000, "completion_tokens": 100, "cached_tokens": 800}) == pytest.approx(
+        (200 * 1.0 + 800 * 0.25 + 100 * 2.0) / 1e6)
+
+
+# ---- prompts without paths ----------------------------------------------------------------------------------
+
+def test_prompts_carry_no_paths_and_do_not_depend_on_where_data_lives(tmp_path):
+    from leap_cli.programs.generate import dry_run
+
+    prompts = []
+    for where in ("alice", "bob"):
+        root = tmp_path / where / "deep" / "folder"
+        ann = excerpt_annotations(root, 1)
+        nid = (ann / "EPIC_100_validation.csv").read_text().splitlines()[1].split(",")[0]
+        text = (f"Narration: take plate. Audio: unavailable (no P01_11.wav or .flac in {root}/P01/audio). "
+                f"Camera: error (cannot open {root}/videos/P01_11.MP4: moov atom not found). Left hand holds plate.")
+        desc = root / "descriptors" / "val.jsonl"
+        desc.parent.mkdir(parents=True)
+        desc.write_text(json.dumps({"narration_id": nid, "video_id": "P01_11", "start": 0, "stop": 1, "text": text,
+                                    "components": {}}) + "\n")
+        prompts.append(dry_run(GenerateConfig(workdir=root, split="val")))
+    assert prompts[0] == prompts[1]  # the same prompt, so the same cache key
+    assert str(tmp_path) not in prompts[0] and "/deep/" not in prompts[0]
+    assert "no P01_11.wav or .flac in <path>" in prompts[0] and "Left hand holds plate" in prompts[0]
+
+
+def test_strip_paths_keeps_ordinary_slashes():
+    from leap_cli.programs.prompt import strip_paths
+
+    assert strip_paths("switch on/off the tap, 1/2 cup") == "switch on/off the tap, 1/2 cup"
+    assert strip_paths("read ~/data/x.wav and C:\\Users\\me\\v.mp4.") == "read <path> and <path>."
+
+
+# ---- offline Ctrl-C -----------------------------------------------------------------------------------------
+
+def test_offline_run_stops_promptly_on_ctrl_c(tmp_path):
+    import signal
+
+    excerpt_annotations(tmp_path)
+    seen = []
+
+    def on_record(r):
+        seen.append(r)
+        if len(seen) == 3:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C does
+
+    with pytest.raises(KeyboardInterrupt):
+        generate_programs(GenerateConfig(workdir=tmp_path, split="val"), on_record=on_record)
+    kept = read_jsonl(tmp_path / "programs" / "val.jsonl")
+    assert 3 <= len(kept) <= 3 + 8 < 150  # the workers in flight finish their record, no more
+    s = generate_programs(GenerateConfig(workdir=tmp_path, split="val", limit=2))  # and a re-run resumes
+    assert s.resumed == len(kept)
+
+
+# ---- Batch output, validate-programs, build-shards ----------------------------------------------------------
+
+@pytest.mark.parametrize("content, message", [
+    (b'[{"custom_id": "x"}]\n', "not an object with a custom_id"),
+    (gzip.compress(b'{"custom_id": "x"}\n'), "not UTF-8"),
+    (b"narration_id,verb\nP01_11_0,take", "line 1 is not JSON"),
+    (b'{"custom_id": "P01_11_0", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n', "the --batch-file input"),
+    (b"", "no result"),
+])
+def test_ingest_batch_refuses_other_files_in_one_line(workdir, content, message):  # noqa: F811
+    from leap_cli.programs.batch import ingest_batch
+
+    path = workdir / "results.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(LeapError, match=message) as err:
+        ingest_batch(GenerateConfig(workdir=workdir, split="val"), path)
+    assert str(path) in err.value.one_line() and "\n" not in err.value.one_line()
+    with pytest.raises(LeapError, match="not found"):
+        ingest_batch(GenerateConfig(workdir=workdir, split="val"), workdir / "missing.jsonl")
+
+
+def test_validate_programs_names_a_missing_file(workdir):  # noqa: F811
+    from leap_cli.commands.programs import validate_programs
+
+    missing = workdir / "programs" / "nothing-here.jsonl"
+    with pytest.raises(LeapError, match="program file not found") as err:
+        validate_programs(files=[missing], workdir=workdir, split=None, data=workdir / "kitchen", annotations=None,
+                          report=None, strict=False, show=10, html=None)
+    assert str(missing) in err.value.one_line()
+
+
+def test_build_shards_revalidates_programs(tmp_path):
+    from tests.test_shards import build, make_root, program_records, write_programs
+
+    root = make_root(tmp_path / "kitchen", val=[])  # two small videos of frames
+    recs = program_records()
+    tampered = [dict(recs[0], narration_id="P01_01_3", program={**recs[0]["program"], "steps": "rm -rf /"}),
+                dict(recs[0], narration_id="P01_02_0", program={"action": None})]
+    write_programs(tmp_path / "work" / "programs" / "train.jsonl", recs + tampered + [[1, 2]])
+    r = build(root, tmp_path / "work", programs=False, frames=2)
+    assert r.manifest["counts"]["with_program"] == 2  # the two genuine valid ones
+    assert any("3 program records failed re-validation" in n for n in r.notes)
+
+
+def test_https_through_a_connect_proxy(tmp_path, monkeypatch):
+    """TLS to the endpoint, tunnelled through an HTTPS_PROXY with CONNECT; one tunnel serves every request."""
+    import ssl
+    import subprocess
+
+    from leap_cli.programs.http import HTTPClient
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    try:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                        "-days", "1", "-subj", "/CN=llm.test", "-addext", "subjectAltName=DNS:llm.test"],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("openssl cannot make a test certificate here")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    tunnels = []
+
+    async def main():
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cert, key)
+        tls = await asyncio.start_server(_tls_handler, "127.0.0.1", 0, ssl=ctx)
+        port = tls.sockets[0].getsockname()[1]
+
+        async def proxy(reader, writer):
+            head = await reader.readuntil(b"\r\n\r\n")
+            tunnels.append(head.split(b"\r\n")[0])
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", int(head.split()[1].rsplit(b":", 1)[1]))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(a, b):
+                try:
+                    while data := await a.read(65536):
+                        b.write(data)
+                        await b.drain()
+                except (ConnectionError, OSError):
+                    pass
+                b.close()
+            await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+        proxy_server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy_server.sockets[0].getsockname()[1]}")
+        client = HTTPClient(f"https://llm.test:{port}/v1", {}, timeout=5)  # a name only the proxy resolves
+        statuses = [(await client.post("/chat/completions", b"{}")).status for _ in range(3)]
+        await client.aclose()
+        tls.close()
+        proxy_server.close()
+        return statuses
+
+    assert asyncio.run(main()) == [200, 200, 200]
+    assert len(tunnels) == 1 and tunnels[0].startswith(b"CONNECT llm.test:")
+
+
+async def _tls_handler(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int([ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError, OSError):
+        pass
+    writer.close()
+
+
+def test_buffered_store_never_holds_the_database(tmp_path):
+    """Writes are buffered, not held in an open transaction: a second process (--shard i/n in parallel) writing to
+    the same cache.sqlite does not wait; the buffer reaches the file on close, and reads see it before."""
+    import time
+
+    path = tmp_path / "cache.sqlite"
+    a = ProgramStore(path, commit_every=3600)
+    a.put("ka", "reply a", {"prompt_tokens": 1}, "m")
+    a.add_spend(tmp_path / "out.jsonl", 0.5, {"prompt_tokens": 1})
+    assert a.get("ka")[0] == "reply a"
+    b = ProgramStore(path)
+    b.db.execute("PRAGMA busy_timeout = 100")
+    t0 = time.monotonic()
+    b.put("kb", "reply b", {}, "m")
+    assert time.monotonic() - t0 < 1 and b.get("ka") is None
+    a.close()
+    assert b.get("ka")[0] == "reply a" and b.spent(tmp_path / "out.jsonl")["cost"] == 0.5
+    b.close()
