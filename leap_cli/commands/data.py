@@ -18,9 +18,9 @@ def register(app: typer.Typer) -> None:
 
 def demo_data(
     out: Path = typer.Option(Path("leap-work/kitchen"), "--out", help="Folder to write the synthetic kitchen into."),
-    videos: int = typer.Option(8, "--videos", help="Number of videos (each about two minutes of short actions)."),
+    videos: int = typer.Option(8, "--videos", min=1, help="Number of videos (each about two minutes of short actions)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
-    segments: int = typer.Option(48, "--segments", help="Action segments per video."),
+    segments: int = typer.Option(48, "--segments", min=1, help="Action segments per video."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the folder already holds this kitchen."),
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

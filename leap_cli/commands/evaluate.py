@@ -34,7 +34,7 @@ def _table(result: dict) -> Table:
 
 
 def evaluate(
-    split: str = typer.Option("val", "--split", help="val (metrics) or test (scores only, for `leap submit`)."),
+    split: str = typer.Option(..., "--split", help="val (metrics) or test (scores only, for `leap submit`)."),
     run: Path = typer.Option(None, "--run", help="Run directory written by `leap train` (runs/NAME, also looked "
                                                  "up under --workdir)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a checkpoint file (a file under "

@@ -10,10 +10,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, normalize_split
+from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, normalize_split, shard_out
+from leap_cli.io import check_settings
 from leap_cli.errors import EXIT_INTERRUPTED
 
 console = Console()
+
+# What changes the records: a re-run with other values is refused (io.check_settings) unless --force.
+RESULT_SETTINGS = ("components", "hand_threshold", "object_threshold", "camera_frames", "camera_source", "fov_deg",
+                   "object_frames", "detector_weights", "detector_labels", "detector_arch", "audio_model",
+                   "audio_labels")
 
 
 def register(app: typer.Typer) -> None:
@@ -32,21 +38,26 @@ def extract(
         help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
     components: str = typer.Option("narration,audio,camera,objects,hands", "--components",
                                    help="Comma-separated components to compute."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes; each takes whole videos."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes; each takes whole videos."),
     shard: str = typer.Option(None, "--shard", help="Take part i of n (0-based), e.g. 0/4; videos stay together."),
     retry_errors: bool = typer.Option(
         False, "--retry-errors",
         help="Redo finished segments that have a failed component."),
-    limit: int = typer.Option(None, "--limit", help="Only the first N segments (after sharding)."),
-    hand_threshold: float = typer.Option(0.5, "--hand-threshold", help="Minimum score of a hand detection."),
-    object_threshold: float = typer.Option(0.5, "--object-threshold", help="Minimum score of an object detection."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", hidden=True),  # old spelling of --retry-errors
+    force: bool = typer.Option(False, "--force", "--overwrite", help="Start over: delete --out when it was made "
+                                                                     "with other settings."),
+    limit: int = typer.Option(None, "--limit", min=0, help="Only the first N segments (after sharding)."),
+    hand_threshold: float = typer.Option(0.5, "--hand-threshold", min=0.0, max=1.0,
+                                         help="Minimum score of a hand detection."),
+    object_threshold: float = typer.Option(0.5, "--object-threshold", min=0.0, max=1.0,
+                                           help="Minimum score of an object detection."),
     camera_frames: int = typer.Option(
-        9, "--camera-frames",
+        9, "--camera-frames", min=2,
         help="Frames sampled through a segment for visual odometry."),
     camera_source: str = typer.Option("auto", "--camera-source", help="auto: COLMAP poses (poses/VIDEO/images.txt) "
                                       "where they exist, else visual odometry; vo or colmap to force one."),
     fov: float = typer.Option(
-        90.0, "--fov",
+        90.0, "--fov", min=1.0, max=179.0,
         help="Assumed horizontal field of view (degrees) for the camera intrinsics."),
     detector_weights: Path = typer.Option(
         None, "--detector-weights",
@@ -56,7 +67,7 @@ def extract(
         help="Class names of the detector, one per line, background first (if the checkpoint has none)."),
     detector_arch: str = typer.Option("fasterrcnn_resnet50_fpn", "--detector-arch",
                                       help="torchvision builder of the detector (if the checkpoint does not say)."),
-    object_frames: int = typer.Option(6, "--object-frames", help="Frames per segment the detector runs on."),
+    object_frames: int = typer.Option(6, "--object-frames", min=1, help="Frames per segment the detector runs on."),
     audio_model: Path = typer.Option(
         None, "--audio-model",
         help="Local PANNs CNN14 checkpoint ({'model': state_dict}); without it a signal-processing classifier "
@@ -71,7 +82,8 @@ def extract(
     split_name = normalize_split(split)
     spec = ShardSpec.parse(shard)
     data = dataset_root(workdir, data)
-    out = out or workdir / "descriptors" / f"{split_name}{spec.suffix}.jsonl"
+    out = shard_out(out or workdir / "descriptors" / f"{split_name}.jsonl", spec)
+    retry_errors = retry_errors or retry_failed
     cfg = ExtractConfig(data=data, split=split_name, out=out, annotations=annotations,
                         components=tuple(c.strip() for c in components.split(",") if c.strip()), workers=workers,
                         shard=spec, retry_errors=retry_errors, limit=limit, hand_threshold=hand_threshold,
@@ -80,6 +92,7 @@ def extract(
                         object_frames=object_frames, detector_weights=detector_weights,
                         detector_labels=detector_labels, detector_arch=detector_arch, audio_model=audio_model,
                         audio_labels=audio_labels, device=device)
+    check_settings(out, {k: getattr(cfg, k) for k in RESULT_SETTINGS}, force=force)
     progress = Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
     task = {}
