@@ -65,6 +65,21 @@ class ShardSpec:
         return "" if self.count == 1 else f".shard{self.index}of{self.count}"
 
 
+def descriptor_problem(record: dict) -> str | None:
+    """What is wrong with the shape of a descriptor record (``leap extract``'s output), or None."""
+    if not isinstance(record.get("narration_id"), str):
+        return "no narration_id string"
+    comps = record.get("components", {})
+    if not isinstance(comps, dict):
+        return f"components is a {type(comps).__name__}, not an object"
+    for name, comp in comps.items():
+        if not isinstance(comp, dict):
+            return f"components.{name} is a {type(comp).__name__}, not an object"
+    if not isinstance(record.get("text", ""), str):
+        return "text is not a string"
+    return None
+
+
 def stage_path(workdir: str | Path, *parts: str) -> Path:
     return Path(workdir).joinpath(*parts)
 

@@ -184,9 +184,11 @@ def stable_hash(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict]:
+def read_jsonl(path: str | Path, *, repair: bool = False,
+               check: Callable[[dict], str | None] | None = None) -> list[dict]:
     """Read a JSONL file. A truncated last line (a crash mid-write) is dropped, and cut off the
-    file when ``repair`` is set; a bad line elsewhere is a LeapError naming the line."""
+    file when ``repair`` is set; a bad line elsewhere is a LeapError naming the line. ``check`` returns what
+    is wrong with a record's shape (or None): a record that is not an object, or fails it, is a LeapError."""
     path = Path(path)
     if not path.exists():
         raise LeapError("file not found", path=path, fix="check the path or run the stage that writes it")
@@ -215,6 +217,12 @@ def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict]:
     if repair and good_end < len(data):
         with open(path, "r+b") as f:
             f.truncate(good_end)
+    if check is not None:
+        for i, r in enumerate(records, start=1):  # blank lines aside, record i is on line i
+            problem = "not a JSON object" if not isinstance(r, dict) else check(r)
+            if problem:
+                raise LeapError(f"malformed record: {problem}", path=path, record=f"line {i}",
+                                fix="rerun the stage that wrote it (delete the line; finished records are kept)")
     return records
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -129,4 +130,4 @@ def _print_summary(s) -> None:
     if s.errors:
         console.print(f"[red]{len(s.errors)} component error(s)[/] (first 10; rerun with --retry-errors after fixing):")
         for line in s.errors[:10]:
-            console.print(f"  {line}", highlight=False)
+            console.print(f"  {escape(line)}", highlight=False)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -104,9 +105,9 @@ def generate_programs(
         table.add_row(what, str(value))
     console.print(table)
     if summary.stopped:
-        console.print(f"[yellow]stopped early:[/] {summary.stopped}; run the same command to continue")
+        console.print(f"[yellow]stopped early:[/] {escape(str(summary.stopped))}; run the same command to continue")
     for nid, msg in summary.failures[:10]:
-        console.print(f"[red]{nid}[/]: {msg}", highlight=False)
+        console.print(f"[red]{escape(str(nid))}[/]: {escape(str(msg))}", highlight=False)
     if len(summary.failures) > 10:
         console.print(f"... and {len(summary.failures) - 10} more (see leap validate-programs)")
 
@@ -151,7 +152,8 @@ def validate_programs(
     atomic_write_json(out, rep)
     for r in rep["errors"][:show]:
         first = r["errors"][0] if r["errors"] else {"pointer": "", "message": r["status"]}
-        console.print(f"[red]{r['narration_id']}[/] {r['status']}: {first['pointer'] or '/'} {first['message']}"
+        console.print(f"[red]{escape(str(r['narration_id']))}[/] "
+                      + escape(f"{r['status']}: {first['pointer'] or '/'} {first['message']}")
                       + (f" (+{len(r['errors']) - 1} more)" if len(r["errors"]) > 1 else ""), highlight=False)
     table = Table(title=f"validate-programs ({split_name})")
     for col in ("records", "valid", "invalid", "failed", "dups", "coverage", "loop", "cond", "routine"):
