@@ -122,6 +122,18 @@ def settings_path(output: str | Path) -> Path:
     return output.with_name(output.name + SETTINGS_SUFFIX)
 
 
+def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``["optim.lr: 0.001 -> 0.0003", ...]`` for every (dotted) key whose value differs, sorted."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "options":
+            out += settings_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
 def check_settings(output: str | Path, settings: dict, *, force: bool = False, exists: bool | None = None,
                    remove: Callable[[], None] | None = None, option: str = "--force") -> bool:
     """Refuse to resume ``output`` under settings that differ from those it was started with.
@@ -145,10 +157,10 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
         if not isinstance(stored, dict):
             raise LeapError("the stored settings are not a JSON object", path=sidecar,
                             fix=f"delete it to adopt this run's settings, or pass {option} to start over")
-        differ = sorted(k for k in set(stored) | set(settings) if stored.get(k, None) != settings.get(k, None))
+        differ = settings_changes(stored, settings)
         if differ:
             if not force:
-                shown = ", ".join(f"{k}: {stored.get(k)!r} -> {settings.get(k)!r}" for k in differ[:6])
+                shown = ", ".join(differ[:6])
                 more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
                 raise LeapError(f"was started with other settings ({shown}{more}); resuming would mix records",
                                 path=output, record="settings",

@@ -28,8 +28,10 @@ def demo_data(
     from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
 
     cfg = KitchenConfig(videos=videos, seed=seed, segments_per_video=segments)
-    with Progress(TextColumn("[bold]kitchen[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+    from leap_cli.progress import live_or_log
+
+    with live_or_log(Progress(TextColumn("[bold]kitchen[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=console, transient=True), "kitchen") as progress:
         task = progress.add_task("videos", total=videos)
 
         def on_video(done: int, total: int, video_id: str) -> None:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, normalize_split, shard_out
 from leap_cli.io import check_settings
+from leap_cli.progress import live_or_log
 from leap_cli.errors import EXIT_INTERRUPTED
 
 console = Console()
@@ -94,8 +95,9 @@ def extract(
                         detector_labels=detector_labels, detector_arch=detector_arch, audio_model=audio_model,
                         audio_labels=audio_labels, device=device)
     check_settings(out, {k: getattr(cfg, k) for k in RESULT_SETTINGS}, force=force)
-    progress = Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    progress = live_or_log(Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
+                                    MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                                    transient=False), f"extract {split_name}")
     task = {}
 
     def on_start(total: int, done: int) -> None:

@@ -87,8 +87,11 @@ def generate_programs(
         console.print(f"ingested {sum(counts.values())} results into {cfg.out_path}: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as progress:
+    from leap_cli.progress import live_or_log
+
+    with live_or_log(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeRemainingColumn(), console=console, transient=True),
+                     f"generate-programs {cfg.split_name}") as progress:
         task = progress.add_task("programs", total=None)
         summary = run(cfg, on_start=lambda n: progress.update(task, total=n),
                       on_record=lambda r: progress.advance(task))

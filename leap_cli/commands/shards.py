@@ -13,6 +13,7 @@ from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, normalize_split
 from leap_cli.errors import LeapError
+from leap_cli.progress import live_or_log
 
 console = Console()
 
@@ -73,8 +74,9 @@ def build_shards(
                              max_shard_size=parse_size(max_shard_size), max_count=max_count, tau_a=tau_a,
                              tau_o=tau_o, context=context if task == "anticipation" else 0)
     data = dataset_root(workdir, data)
-    with Progress(TextColumn("[bold]build-shards[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=False) as bar:
+    with live_or_log(Progress(TextColumn("[bold]build-shards[/] {task.description}"), BarColumn(),
+                              MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=False),
+                     "build-shards") as bar:
         tid = bar.add_task(f"{split}{spec.suffix}", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -115,8 +117,8 @@ def check_shards(
     if shards is None and split is None:
         raise LeapError("which shards?", fix="pass --split SPLIT (WORKDIR/shards/SPLIT) or --shards FOLDER")
     folder = shards or default_out(workdir, normalize_split(split), task)
-    with Progress(TextColumn("[bold]check-shards[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console) as bar:
+    with live_or_log(Progress(TextColumn("[bold]check-shards[/]"), BarColumn(), MofNCompleteColumn(),
+                              TimeRemainingColumn(), console=console), "check-shards") as bar:
         tid = bar.add_task("", total=None)
         report = run_check(folder, on_error=on_error, verify_hash=not no_hash,
                            progress=lambda d, t: bar.update(tid, completed=d, total=t))
