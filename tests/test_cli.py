@@ -1,6 +1,9 @@
+import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from leap_cli import __version__
 
@@ -152,3 +155,41 @@ def test_descriptor_with_string_components_is_one_line(tmp_path, epic_dir):
         lines = [x for x in r.stderr.splitlines() if x.strip()]
         assert r.returncode == 2 and len(lines) == 1, r.stderr
         assert "components is a str" in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_kitchen(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kitchen")
+    r = leap("demo-data", "--out", str(root / "kitchen"), "--videos", "2", "--segments", "2")
+    assert r.returncode == 0, r.stderr
+    return root / "kitchen"
+
+
+def test_extract_rerun_with_other_settings_is_refused_unless_forced(tiny_kitchen, tmp_path):
+    import json
+
+    base = ["extract", "--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path),
+            "--components", "narration,hands"]
+    assert leap(*base).returncode == 0
+    out = tmp_path / "descriptors" / "train.jsonl"
+    before = out.read_bytes()
+    r = leap(*base, "--hand-threshold", "0.7")
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "hand_threshold: 0.5 -> 0.7" in lines[0] and "--force" in lines[0]
+    assert out.read_bytes() == before
+    assert leap(*base).returncode == 0  # same settings: resumes
+    r = leap(*base, "--hand-threshold", "0.7", "--force")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "descriptors" / "train.jsonl.settings.json").read_text())["hand_threshold"] == 0.7
+
+
+def test_shard_with_out_keeps_the_shard_suffix(tiny_kitchen, tmp_path):
+    for i in (0, 1):
+        r = leap("extract", "--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path),
+                 "--components", "narration", "--shard", f"{i}/2", "--out", str(tmp_path / "d" / "mine.jsonl"))
+        assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "d").glob("*.jsonl"))
+    assert names == ["mine.shard0of2.jsonl", "mine.shard1of2.jsonl"]
+    videos = [{json.loads(x)["video_id"] for x in (tmp_path / "d" / n).read_text().splitlines()} for n in names]
+    assert (videos[0] or videos[1]) and not videos[0] & videos[1]
