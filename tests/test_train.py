@@ -443,3 +443,12 @@ def test_anticipation_trains_with_context_clips(tmp_path: Path, aggregate: bool)
 def test_config_values_out_of_range_are_refused(override: str, key: str) -> None:
     with pytest.raises(LeapError, match=rf"config key '{key}': .* is out of range"):
         load_config(None, [override])
+
+
+def test_a_second_training_of_the_same_run_is_refused(tmp_path: Path) -> None:
+    from leap_cli.io import OutputLock
+
+    with OutputLock(tmp_path / "runs" / "r" / "checkpoints"):  # as a running `leap train` holds it
+        with pytest.raises(LeapError, match="another leap process is writing"):
+            main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False))
+    assert main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False)).steps == 1

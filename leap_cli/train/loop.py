@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from leap_cli.errors import LeapError
-from leap_cli.io import atomic_write_text, read_jsonl, settings_changes
+from leap_cli.io import OutputLock, atomic_write_text, read_jsonl, settings_changes
 from leap_cli.train import distributed
 from leap_cli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from leap_cli.train.config import Config, dump_config
@@ -362,6 +362,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
     try:
         if cfg.train.threads > 0 and info.device.type == "cpu":
             torch.set_num_threads(cfg.train.threads)
+        if info.is_main:  # two identical `leap train` at once would write one run: refuse the second
+            stack.enter_context(OutputLock(run_dir / "checkpoints"))
         resume_ckpt = None
         if force and (ckpt_dir / "last.pt").exists():
             distributed.barrier(info)  # every rank has seen the checkpoint before rank 0 removes it
