@@ -131,6 +131,8 @@ def main() -> None:
         # A read-only work dir, a full disk, a quota: the user's to fix, so one line naming the path.
         if _state["debug"] or e.errno is None:
             raise
+        if e.errno == errno.EPIPE:  # `leap ... | head` closed the pipe: nothing to report
+            sys.exit(1)
         _print_error(os_error_line(e))
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:

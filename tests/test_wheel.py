@@ -73,3 +73,24 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
 
     report = json.loads((run / "w" / "programs" / "train.report.json").read_text())
     assert report["records"] == 4 and report["statuses"]["valid"] >= 1
+
+
+def test_constraints_pin_versions_inside_the_declared_ranges():
+    """constraints.txt (what make and .ci/run install) pins versions that pyproject.toml's ranges accept, and
+    the Makefile installs with it."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    deps = {Requirement(d).name: Requirement(d) for d in
+            tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    pins = [Requirement(x.split("#")[0].strip()) for x in (ROOT / "constraints.txt").read_text().splitlines()
+            if x.split("#")[0].strip()]
+    assert {"torch", "torchvision"} <= {p.name for p in pins}
+    for pin in pins:
+        (version,) = [s.version for s in pin.specifier if s.operator == "=="]
+        if pin.name in deps:
+            assert deps[pin.name].specifier.contains(version, prereleases=True), (pin, deps[pin.name])
+    assert not any(s.operator == "==" for d in deps.values() for s in d.specifier), "pin in constraints.txt instead"
+    make = (ROOT / "Makefile").read_text()
+    assert "-c constraints.txt" in make and "make test" in (ROOT / ".ci" / "run").read_text()
