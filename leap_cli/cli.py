@@ -6,11 +6,14 @@ Each command parses its options, calls its stage, and prints the summary. Stage 
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from leap_cli import __version__
 from leap_cli.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, LeapError
@@ -87,6 +90,29 @@ def _interrupted() -> None:
     sys.exit(EXIT_INTERRUPTED)
 
 
+def _print_error(text: str) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+_OS_FIX = {
+    errno.ENOSPC: "free space on that file system or point --workdir/--out elsewhere; finished records were kept",
+    errno.EDQUOT: "free space within your quota or point --workdir/--out elsewhere; finished records were kept",
+    errno.EROFS: "the file system is read-only: point --workdir/--out at a writable folder",
+    errno.EACCES: "check the permissions of that path or point --workdir/--out at a folder you can write",
+    errno.EPERM: "check the permissions of that path or point --workdir/--out at a folder you can write",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError: the path, what the system said, and what to do."""
+    where = "" if e.filename is None else f"{e.filename}: "
+    if e.filename2 is not None:
+        where = f"{e.filename} -> {e.filename2}: "
+    reason = e.strerror or os.strerror(e.errno)
+    fix = _OS_FIX.get(e.errno, "check that path and run the same command again")
+    return f"{where}{reason} ({fix})"
+
+
 def main() -> None:
     try:
         # Without standalone mode typer returns what click would have exited with: typer.Exit's code, or 130
@@ -99,7 +125,15 @@ def main() -> None:
     except LeapError as e:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {e.one_line()}", highlight=False, soft_wrap=True)
+        _print_error(e.one_line())
+        sys.exit(EXIT_USER_ERROR)
+    except OSError as e:
+        # A read-only work dir, a full disk, a quota: the user's to fix, so one line naming the path.
+        if _state["debug"] or e.errno is None:
+            raise
+        if e.errno == errno.EPIPE:  # `leap ... | head` closed the pipe: nothing to report
+            sys.exit(1)
+        _print_error(os_error_line(e))
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         _interrupted()

@@ -11,6 +11,7 @@ from leap_cli.errors import LeapError
 SPLITS = ("train", "val", "test")
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "validation": "val", "valid": "val",
                   "test": "test"}
+SPLIT_NAMES = tuple(_SPLIT_ALIASES)  # every spelling normalize_split accepts
 DEFAULT_WORKDIR = Path("leap-work")
 
 T = TypeVar("T")
@@ -64,6 +65,21 @@ class ShardSpec:
         return "" if self.count == 1 else f".shard{self.index}of{self.count}"
 
 
+def descriptor_problem(record: dict) -> str | None:
+    """What is wrong with the shape of a descriptor record (``leap extract``'s output), or None."""
+    if not isinstance(record.get("narration_id"), str):
+        return "no narration_id string"
+    comps = record.get("components", {})
+    if not isinstance(comps, dict):
+        return f"components is a {type(comps).__name__}, not an object"
+    for name, comp in comps.items():
+        if not isinstance(comp, dict):
+            return f"components.{name} is a {type(comp).__name__}, not an object"
+    if not isinstance(record.get("text", ""), str):
+        return "text is not a string"
+    return None
+
+
 def stage_path(workdir: str | Path, *parts: str) -> Path:
     return Path(workdir).joinpath(*parts)
 
@@ -71,3 +87,14 @@ def stage_path(workdir: str | Path, *parts: str) -> Path:
 def dataset_root(workdir: str | Path, data: str | Path | None = None) -> Path:
     """``--data``, defaulting to the synthetic kitchen that ``leap demo-data`` writes into the work directory."""
     return Path(data) if data is not None else Path(workdir) / "kitchen"
+
+
+def shard_out(path: str | Path, shard: ShardSpec) -> Path:
+    """The output file of one part: ``--out x.jsonl --shard 1/4`` writes ``x.shard1of4.jsonl``, so parallel
+    parts never append to one file (a path that already carries the suffix is kept as it is)."""
+    path = Path(path)
+    if shard.count == 1 or shard.suffix in path.name:
+        return path
+    suffix = path.suffix
+    return path.with_name(path.name[:len(path.name) - len(suffix)] + shard.suffix + suffix) if suffix \
+        else path.with_name(path.name + shard.suffix)

@@ -1,4 +1,5 @@
-"""Atomic writes, append-only JSONL that resumes, and content hashes."""
+"""Atomic writes, append-only JSONL that resumes, a lock per output file, the settings an output was made
+with, and content hashes."""
 
 from __future__ import annotations
 
@@ -17,17 +18,50 @@ from leap_cli.errors import LeapError
 log = logging.getLogger(__name__)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _with_path(e: OSError, path: Path) -> OSError:
+    """An OSError from a write on an open file names no file; name ours so the CLI's one line says where."""
+    if e.filename is None and e.errno is not None:
+        e.filename = str(path)
+    return e
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temp path in the target's folder; rename it onto ``path`` only if the block succeeds.
+
+    The file gets the mode a plain ``open`` would give it (0666 minus the umask, or the mode of the file it
+    replaces): ``mkstemp`` creates 0600, which hides checkpoints and results from a shared group.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        try:
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            mode = 0o666 & ~current_umask()
+        try:
+            yield tmp_path
+            os.chmod(tmp_path, mode)
+            os.replace(tmp_path, path)
+        except OSError as e:
+            raise _with_path(e, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -39,6 +73,102 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+
+
+class OutputLock:
+    """An exclusive lock on ``PATH.lock`` beside an output file: a second process writing the same output
+    (two identical jobs started at once) is refused with a one-line error instead of writing every record
+    twice. ``flock`` locks die with their process, so a killed run never leaves a stale lock behind."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> "OutputLock":
+        try:
+            import fcntl
+        except ImportError:  # not on POSIX: no lock, as before
+            return self
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LeapError("another leap process is writing this file", path=self.path,
+                            fix="wait for it to finish, or give this run another --out") from None
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+SETTINGS_SUFFIX = ".settings.json"
+
+
+def settings_path(output: str | Path) -> Path:
+    """Where the settings an output was made with are kept: ``OUT.settings.json`` beside it."""
+    output = Path(output)
+    return output.with_name(output.name + SETTINGS_SUFFIX)
+
+
+def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``["optim.lr: 0.001 -> 0.0003", ...]`` for every (dotted) key whose value differs, sorted."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key != "options":
+            out += settings_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def check_settings(output: str | Path, settings: dict, *, force: bool = False, exists: bool | None = None,
+                   remove: Callable[[], None] | None = None, option: str = "--force") -> bool:
+    """Refuse to resume ``output`` under settings that differ from those it was started with.
+
+    ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
+    the first run it is written to ``OUT.settings.json``; on a re-run the stored settings are compared and a
+    difference is a LeapError naming the keys, unless ``force``: then ``remove`` (default: delete the output
+    file) starts over. ``exists`` says whether there is output to protect (default: the file exists).
+    Returns whether the output was started over.
+    """
+    output = Path(output)
+    sidecar = settings_path(output)
+    settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
+    has_output = output.exists() if exists is None else exists
+    started_over = False
+    if has_output and sidecar.exists():
+        try:
+            stored = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            stored = None
+        if not isinstance(stored, dict):
+            raise LeapError("the stored settings are not a JSON object", path=sidecar,
+                            fix=f"delete it to adopt this run's settings, or pass {option} to start over")
+        differ = settings_changes(stored, settings)
+        if differ:
+            if not force:
+                shown = ", ".join(differ[:6])
+                more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+                raise LeapError(f"was started with other settings ({shown}{more}); resuming would mix records",
+                                path=output, record="settings",
+                                fix=f"use the old settings, another --out, or {option} to start over")
+            (remove or (lambda: output.unlink(missing_ok=True)))()
+            started_over = True
+    atomic_write_json(sidecar, settings)
+    return started_over
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -66,9 +196,11 @@ def stable_hash(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict]:
+def read_jsonl(path: str | Path, *, repair: bool = False,
+               check: Callable[[dict], str | None] | None = None) -> list[dict]:
     """Read a JSONL file. A truncated last line (a crash mid-write) is dropped, and cut off the
-    file when ``repair`` is set; a bad line elsewhere is a LeapError naming the line."""
+    file when ``repair`` is set; a bad line elsewhere is a LeapError naming the line. ``check`` returns what
+    is wrong with a record's shape (or None): a record that is not an object, or fails it, is a LeapError."""
     path = Path(path)
     if not path.exists():
         raise LeapError("file not found", path=path, fix="check the path or run the stage that writes it")
@@ -97,6 +229,12 @@ def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict]:
     if repair and good_end < len(data):
         with open(path, "r+b") as f:
             f.truncate(good_end)
+    if check is not None:
+        for i, r in enumerate(records, start=1):  # blank lines aside, record i is on line i
+            problem = "not a JSON object" if not isinstance(r, dict) else check(r)
+            if problem:
+                raise LeapError(f"malformed record: {problem}", path=path, record=f"line {i}",
+                                fix="rerun the stage that wrote it (delete the line; finished records are kept)")
     return records
 
 
@@ -116,7 +254,13 @@ class JsonlAppender:
         self.path = Path(path)
         self._key = (lambda r: r[key]) if isinstance(key, str) else key
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        existing = read_jsonl(self.path, repair=True) if self.path.exists() else []
+        self._lock = OutputLock(self.path).acquire()
+        try:
+            existing = read_jsonl(self.path, repair=True) if self.path.exists() else []
+            self._end_with_newline()
+        except BaseException:
+            self._lock.release()
+            raise
         replace = set(replace_keys)
         if replace and any(self._key(r) in replace for r in existing):
             existing = [r for r in existing if self._key(r) not in replace]
@@ -124,9 +268,25 @@ class JsonlAppender:
         self.records: dict[str, dict] = {}
         for r in existing:
             self.records[self._key(r)] = r  # last one wins if a file was concatenated twice
-        self._f = open(self.path, "a", encoding="utf-8")
+        try:
+            self._f = open(self.path, "a", encoding="utf-8")
+        except BaseException:
+            self._lock.release()
+            raise
         self.sync_every = sync_every
         self._last_sync = time.monotonic()
+
+    def _end_with_newline(self) -> None:
+        """A complete last record without its newline (an edited or concatenated file) gets one, so the next
+        record is not glued onto it."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if not size:
+            return
+        with open(self.path, "rb+") as f:
+            f.seek(size - 1)
+            if f.read(1) != b"\n":
+                log.warning("%s: the last line lacked its newline; added one", self.path)
+                f.write(b"\n")
 
     def __contains__(self, key: str) -> bool:
         return key in self.records
@@ -139,19 +299,29 @@ class JsonlAppender:
         k = self._key(record)
         if k in self.records:
             return False
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        self.records[k] = record
-        if time.monotonic() - self._last_sync >= self.sync_every:
-            os.fsync(self._f.fileno())
-            self._last_sync = time.monotonic()
+        try:
+            self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._f.flush()
+            self.records[k] = record
+            if time.monotonic() - self._last_sync >= self.sync_every:
+                os.fsync(self._f.fileno())
+                self._last_sync = time.monotonic()
+        except OSError as e:
+            raise _with_path(e, self.path)
         return True
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
+        try:
+            if not self._f.closed:
+                try:
+                    self._f.flush()
+                    os.fsync(self._f.fileno())
+                finally:
+                    self._f.close()
+        except OSError as e:
+            raise _with_path(e, self.path)
+        finally:
+            self._lock.release()
 
     def __enter__(self) -> "JsonlAppender":
         return self

@@ -1,6 +1,9 @@
+import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from leap_cli import __version__
 
@@ -50,3 +53,143 @@ def test_help_lists_each_command_on_one_line():
         assert not row.startswith("  "), row
         name, text = row.split(None, 1)
         assert len(text) > 15, row
+
+
+def test_error_keeps_its_record_in_brackets(tmp_path, epic_dir):
+    import shutil
+
+    shutil.copytree(epic_dir, tmp_path / "annotations")
+    p = tmp_path / "annotations" / "EPIC_100_validation.csv"
+    lines = p.read_text().splitlines()
+    lines[3] = lines[3].replace("00:00:49.15", "00:00:4x.15", 1)
+    p.write_text("\n".join(lines) + "\n")
+    r = leap("info", "--data", str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert "EPIC_100_validation.csv [row 4, " in r.stderr and "Traceback" not in r.stderr
+
+
+def _main(monkeypatch, capsys, *argv):
+    import pytest
+
+    from leap_cli import cli
+
+    monkeypatch.setattr(sys, "argv", ["leap", *argv])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    return e.value.code, capsys.readouterr().err
+
+
+def test_full_disk_is_one_line_naming_the_path_and_keeps_data(tmp_path, epic_dir, monkeypatch, capsys):
+    import errno
+    import json
+
+    from leap_cli.io import JsonlAppender
+
+    out = tmp_path / "programs" / "val.jsonl"
+    with JsonlAppender(out) as w:
+        w.write({"narration_id": "P01_11_0", "status": "failed", "errors": []})
+    before = out.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    code, err = _main(monkeypatch, capsys, "validate-programs", str(out), "--annotations", str(epic_dir),
+                      "--workdir", str(tmp_path))
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "val.report.json: No space left on device" in lines[0] and "Traceback" not in err
+    assert out.read_bytes() == before and json.loads(before)["narration_id"] == "P01_11_0"
+    assert not (tmp_path / "programs" / "val.report.json").exists()
+    assert [p.name for p in (tmp_path / "programs").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_read_only_workdir_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **k):  # root ignores chmod 555, so the OS's answer is simulated
+        raise PermissionError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    code, err = _main(monkeypatch, capsys, "demo-data", "--out", str(tmp_path / "k"), "--videos", "1",
+                      "--segments", "2")
+    monkeypatch.setattr(tempfile, "mkstemp", real)
+    assert code == 2 and "Read-only file system" in err and str(tmp_path / "k") in err and "Traceback" not in err
+
+
+def test_bad_values_are_refused_at_the_option(tmp_path):
+    for args, name in ((["extract", "--split", "train", "--limit", "-1"], "--limit"),
+                       (["extract", "--split", "train", "--workers", "0"], "--workers"),
+                       (["extract", "--split", "train", "--hand-threshold", "-0.5"], "--hand-threshold"),
+                       (["extract", "--split", "train", "--fov", "0"], "--fov"),
+                       (["generate-programs", "--split", "train", "--k", "-1"], "--k"),
+                       (["build-shards", "--split", "train", "--workers", "-2"], "--workers")):
+        r = leap(*args, "--workdir", str(tmp_path))
+        assert r.returncode == 2 and name in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+
+def test_show_prints_markup_in_user_text_as_text(tmp_path):
+    import json
+
+    (tmp_path / "descriptors").mkdir()
+    rec = {"narration_id": "P01_01_0", "video_id": "P01_01", "start": 0.0, "stop": 1.0, "text": "x",
+           "components": {"narration": {"status": "ok", "text": "put [red]towel[/] down [/bold]"}}}
+    (tmp_path / "descriptors" / "train.jsonl").write_text(json.dumps(rec) + "\n")
+    r = leap("show", "P01_01_0", "--workdir", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "put [red]towel[/] down [/bold]" in r.stdout
+
+
+def test_descriptor_with_string_components_is_one_line(tmp_path, epic_dir):
+    import json
+
+    (tmp_path / "descriptors").mkdir()
+    rec = {"narration_id": "P01_11_0", "components": "narration ok"}
+    (tmp_path / "descriptors" / "val.jsonl").write_text(json.dumps(rec) + "\n")
+    for args in (["show", "P01_11_0"],
+                 ["generate-programs", "--split", "val", "--annotations", str(epic_dir)]):
+        r = leap(*args, "--workdir", str(tmp_path))
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert "components is a str" in lines[0] and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_kitchen(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kitchen")
+    r = leap("demo-data", "--out", str(root / "kitchen"), "--videos", "2", "--segments", "2")
+    assert r.returncode == 0, r.stderr
+    return root / "kitchen"
+
+
+def test_extract_rerun_with_other_settings_is_refused_unless_forced(tiny_kitchen, tmp_path):
+    import json
+
+    base = ["extract", "--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path),
+            "--components", "narration,hands"]
+    assert leap(*base).returncode == 0
+    out = tmp_path / "descriptors" / "train.jsonl"
+    before = out.read_bytes()
+    r = leap(*base, "--hand-threshold", "0.7")
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "hand_threshold: 0.5 -> 0.7" in lines[0] and "--force" in lines[0]
+    assert out.read_bytes() == before
+    assert leap(*base).returncode == 0  # same settings: resumes
+    r = leap(*base, "--hand-threshold", "0.7", "--force")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "descriptors" / "train.jsonl.settings.json").read_text())["hand_threshold"] == 0.7
+
+
+def test_shard_with_out_keeps_the_shard_suffix(tiny_kitchen, tmp_path):
+    for i in (0, 1):
+        r = leap("extract", "--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path),
+                 "--components", "narration", "--shard", f"{i}/2", "--out", str(tmp_path / "d" / "mine.jsonl"))
+        assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (tmp_path / "d").glob("*.jsonl"))
+    assert names == ["mine.shard0of2.jsonl", "mine.shard1of2.jsonl"]
+    videos = [{json.loads(x)["video_id"] for x in (tmp_path / "d" / n).read_text().splitlines()} for n in names]
+    assert (videos[0] or videos[1]) and not videos[0] & videos[1]

@@ -199,3 +199,35 @@ def test_hand_objects_wrong_format(tmp_path):
     j.write_text('{"video_id": "P01_01"}\n')
     with pytest.raises(LeapError, match=r"line 1"):
         read_hand_objects(j)
+
+
+def test_unknown_class_id_names_file_and_row(epic_dir, tmp_path):
+    folder = _copy(epic_dir, tmp_path)
+    p = folder / "EPIC_100_validation.csv"
+    lines = p.read_text().splitlines()
+    header = lines[0].split(",")
+    f = lines[2].split(",")
+    f[header.index("verb_class")] = "999"
+    lines[2] = ",".join(f)
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LeapError) as e:
+        Annotations(folder).segments("val")
+    msg = e.value.one_line()
+    assert f"EPIC_100_validation.csv [row 3, {f[0]}]: verb_class 999 is not a class of EPIC_100_verb_classes.csv" in msg
+    assert Annotations(folder).segments("train")  # the other splits still read
+
+
+def test_labelled_split_without_label_columns_is_an_error(epic_dir, tmp_path):
+    import csv
+
+    folder = _copy(epic_dir, tmp_path)
+    p = folder / "EPIC_100_train.csv"
+    rows = list(csv.DictReader(p.open()))
+    keep = [c for c in rows[0] if c not in ("verb_class", "noun_class")]
+    with p.open("w", newline="") as f:
+        w = csv.DictWriter(f, keep, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(LeapError, match=r"missing column\(s\): verb_class.*noun_class"):
+        Annotations(folder).segments("train")
+    assert not Annotations(folder).segments("test")[0].has_labels  # the test split needs none

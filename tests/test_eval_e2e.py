@@ -93,6 +93,21 @@ def test_views_are_averaged(pipeline):
     assert torch.equal(got["program"]["steps"], model.predict_program(batch["video"][:, 1]))
 
 
+def test_bf16_inference_keeps_fp32_logits(pipeline):
+    """Under bf16 autocast the classifiers still run in fp32: the stored logits are not bf16-rounded (fewer ties)."""
+    from leap_cli.evaluate.inference import ViewConfig, predict, shard_batches
+
+    root, work, run, model, vocab = pipeline
+    args = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model_args"]
+    batches, n = shard_batches(work / "shards" / "val", args, ViewConfig(1, 1), batch_size=4)
+    batch = next(iter(batches))
+    low = predict(model, [batch], precision="bf16", program=False)
+    for key in ("verb_output", "noun_output"):
+        x = low[key]
+        assert (x.bfloat16().float() != x).float().mean() > 0.5, key
+    assert type(model.verb_head).forward is model.verb_head.forward.__func__  # the heads are restored
+
+
 def test_evaluate_test_then_submit(pipeline):
     root, work, run, model, vocab = pipeline
     runner = CliRunner()

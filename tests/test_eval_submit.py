@@ -100,7 +100,7 @@ def test_scores_refusals(tmp_path, ann_dir):
     with pytest.raises(LeapError, match="not in the val annotations.*P09_01_0"):
         evaluate_scores(load_scores(tmp_path / "x.pt"), Annotations(ann_dir), "val")
     save_scores(tmp_path / "s.pt", ids, verb[:, :3], noun)
-    with pytest.raises(LeapError, match="verb class 5 is labelled but the scores have only 3"):
+    with pytest.raises(LeapError, match="verb_output has 3 classes, the class file needs 6"):
         evaluate_scores(load_scores(tmp_path / "s.pt"), Annotations(ann_dir), "val")
 
 
@@ -274,3 +274,63 @@ def test_challenge_json_and_zip_as_scores(tmp_path, ann_dir):
     (tmp_path / "bad.json").write_text(json.dumps(doc))
     with pytest.raises(LeapError, match="do not cover the class ids"):
         load_scores(tmp_path / "bad.json")
+
+
+def _numpy1_files(tmp_path, ids, verbs, nouns):
+    """Official results as NumPy 1.x wrote them: numpy.core names, pickle protocol 2 (bytes via _codecs.encode)."""
+    import io
+    import pickle
+    import zipfile
+
+    d = {"narration_id": np.array(ids), "verb_output": np.random.rand(len(ids), verbs).astype(np.float32),
+         "noun_output": np.random.rand(len(ids), nouns)}
+    old = lambda b: b.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")  # noqa: E731
+    raw = old(pickle.dumps(d, protocol=2))
+    assert b"_codecs\nencode" in raw and b"numpy.core.multiarray\n_reconstruct" in raw
+    (tmp_path / "np1.pkl").write_bytes(raw)
+    buf = io.BytesIO()
+    torch.save(d, buf)
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zin, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as z:
+        for n in zin.namelist():
+            z.writestr(n, old(zin.read(n)) if n.endswith("data.pkl") else zin.read(n))
+    (tmp_path / "np1.pt").write_bytes(out.getvalue())
+    return d
+
+
+def test_numpy1_and_protocol2_results_are_read(tmp_path):
+    d = _numpy1_files(tmp_path, ["P01_11_0", "P01_11_1"], 97, 300)
+    for name in ("np1.pkl", "np1.pt"):
+        s = load_scores(tmp_path / name)
+        assert s["narration_id"] == ["P01_11_0", "P01_11_1"]
+        assert torch.equal(s["verb_output"], torch.from_numpy(d["verb_output"]))
+        assert s["noun_output"].dtype == torch.float64  # float64 input stays float64 (no new ties)
+        assert torch.equal(s["noun_output"], torch.from_numpy(d["noun_output"]))
+
+
+def test_other_globals_stay_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, ("echo pwned",))
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"verb_output": Evil()}, protocol=2))
+    with pytest.raises(LeapError, match="posix.system is not allowed|os.system is not allowed"):
+        load_scores(tmp_path / "evil.pkl")
+
+
+@pytest.mark.parametrize("verbs,nouns", [(98, 300), (96, 299)])
+def test_evaluate_checks_class_counts_like_submit(tmp_path, epic_dir, verbs, nouns):
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    ids = [s.narration_id for s in Annotations(epic_dir).segments("val")]
+    save_scores(tmp_path / "s.pt", ids, torch.randn(len(ids), verbs), torch.randn(len(ids), nouns))
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--scores", str(tmp_path / "s.pt"),
+                                   "--annotations", str(epic_dir)])
+    assert isinstance(res.exception, LeapError)
+    bad = "verb" if verbs != 97 else "noun"
+    assert f"{bad}_output has {verbs if bad == 'verb' else nouns} classes, the class file needs" in str(res.exception)

@@ -67,3 +67,81 @@ def test_split_names_and_shards():
         with pytest.raises(LeapError):
             ShardSpec.parse(bad)
     assert stable_hash({"b": 1, "a": 2}) == stable_hash({"a": 2, "b": 1})
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_apply_the_umask(tmp_path, umask, mode):
+    import os
+
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+        from leap_cli.io import atomic_write_bytes
+
+        atomic_write_bytes(tmp_path / "b.pt", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "b.pt").stat().st_mode & 0o777 == mode
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    import os
+
+    p = tmp_path / "metrics.json"
+    atomic_write_text(p, "1")
+    os.chmod(p, 0o640)
+    atomic_write_text(p, "2")
+    assert p.stat().st_mode & 0o777 == 0o640 and p.read_text() == "2"
+
+
+def test_jsonl_complete_last_line_without_newline_is_not_glued(tmp_path, caplog):
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({"narration_id": "a"}) + "\n" + json.dumps({"narration_id": "b"}))
+    with JsonlAppender(p) as w:
+        assert set(w.records) == {"a", "b"}
+        w.write({"narration_id": "c"})
+    assert "lacked its newline" in caplog.text
+    assert [r["narration_id"] for r in read_jsonl(p)] == ["a", "b", "c"]
+    with JsonlAppender(p) as w:  # the next run reads it without complaint
+        assert len(w) == 3
+
+
+def test_second_writer_of_one_output_is_refused(tmp_path):
+    p = tmp_path / "r.jsonl"
+    with JsonlAppender(p) as w:
+        w.write({"narration_id": "a"})
+        with pytest.raises(LeapError, match="another leap process is writing this file") as e:
+            JsonlAppender(p)
+        assert str(p) in e.value.one_line()
+    with JsonlAppender(p) as w:  # released on close
+        assert "a" in w
+
+
+def test_second_writer_in_another_process_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    p = tmp_path / "r.jsonl"
+    code = ("import sys; from leap_cli.io import JsonlAppender; from leap_cli.errors import LeapError\n"
+            "try:\n    JsonlAppender(sys.argv[1])\nexcept LeapError as e:\n    print(e.one_line()); sys.exit(3)\n")
+    with JsonlAppender(p):
+        r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True)
+    assert r.returncode == 3 and "another leap process" in r.stdout
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_settings_change_is_refused_naming_the_keys(tmp_path):
+    from leap_cli.io import check_settings, settings_path
+
+    out = tmp_path / "d.jsonl"
+    assert not check_settings(out, {"hand_threshold": 0.5, "fov": 90.0})
+    out.write_text('{"narration_id": "a"}\n')
+    assert not check_settings(out, {"hand_threshold": 0.5, "fov": 90.0})  # same settings: resume
+    with pytest.raises(LeapError, match=r"hand_threshold: 0\.5 -> 0\.7") as e:
+        check_settings(out, {"hand_threshold": 0.7, "fov": 90.0})
+    assert "fov" not in str(e.value) and out.exists()
+    assert check_settings(out, {"hand_threshold": 0.7, "fov": 90.0}, force=True)  # starts over
+    assert not out.exists()
+    assert json.loads(settings_path(out).read_text())["hand_threshold"] == 0.7

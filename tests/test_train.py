@@ -358,13 +358,59 @@ def test_pretrained_backbone_is_loaded_before_training(tmp_path: Path) -> None:
     assert params and all(torch.equal(got[k], weights[k]) for k in params)
 
 
-def test_resume_warns_about_changed_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_resume_refuses_a_changed_config_unless_forced(tmp_path: Path) -> None:
     cfg = tiny_config("train.max_steps=2")
     main(cfg, workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=1)
-    with caplog.at_level("WARNING", logger="leap_cli.train.loop"):
-        main(tiny_config("train.max_steps=2", "loss.label_smoothing=0.0"), workdir=tmp_path, name="r",
-             source=MemorySource(val=False), resume=True)
-    assert "loss.label_smoothing: 0.1 -> 0.0" in caplog.text
+    changed = tiny_config("train.max_steps=2", "loss.label_smoothing=0.0", "train.threads=1")
+    with pytest.raises(LeapError, match=r"loss\.label_smoothing: 0\.1 -> 0\.0\); resuming") as e:
+        main(changed, workdir=tmp_path, name="r", source=MemorySource(val=False), resume=True)
+    assert "threads" not in str(e.value) and "--force" in str(e.value)
+    assert torch.load(tmp_path / "runs/r/checkpoints/last.pt", weights_only=True)["step"] == 1  # untouched
+    # a key that only changes how the run goes may change
+    ok = main(tiny_config("train.max_steps=2", "train.threads=1"), workdir=tmp_path, name="r",
+              source=MemorySource(val=False), resume=True)
+    assert ok.steps == 2
+    fresh = main(changed, workdir=tmp_path, name="r", source=MemorySource(val=False), force=True)
+    assert fresh.steps == 2
+    ckpt = torch.load(tmp_path / "runs/r/checkpoints/last.pt", weights_only=True)
+    assert ckpt["config"]["loss"]["label_smoothing"] == 0.0
+
+
+class SignalSource(MemorySource):
+    """Sends a signal to this process while the loop reads the given batch (as Slurm's preemption would)."""
+
+    def __init__(self, signum: int | None, at_batch: int, **kw):
+        super().__init__(**kw)
+        self.signum, self.at_batch, self.seen = signum, at_batch, 0
+
+    def train_batches(self, epoch: int):
+        for b in super().train_batches(epoch):
+            self.seen += 1
+            if self.signum is not None and self.seen == self.at_batch:
+                os.kill(os.getpid(), self.signum)
+            yield b
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_signal_saves_a_resumable_checkpoint_at_the_step_boundary(tmp_path: Path, signame: str) -> None:
+    import signal
+
+    cfg = tiny_config("train.max_steps=6", "optim.accum_steps=2")
+    before = signal.getsignal(signal.SIGTERM)
+    full = main(cfg, workdir=tmp_path, name="full", source=MemorySource(batches_per_epoch=8, val=False))
+    # the signal lands in the middle of step 2's accumulation (batch 3 of 4): step 2 still completes
+    part = main(cfg, workdir=tmp_path, name="cut", source=SignalSource(getattr(signal, signame), 3,
+                                                                       batches_per_epoch=8, val=False))
+    assert part.interrupted == signame and part.steps == 2
+    assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
+    ckpt = torch.load(tmp_path / "runs/cut/checkpoints/last.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["data_position"] == {"epoch": 0, "batches": 4}
+    done = main(cfg, workdir=tmp_path, name="cut", source=MemorySource(batches_per_epoch=8, val=False), resume=True)
+    assert done.steps == 6 and done.interrupted is None and full.steps == 6
+    a = torch.load(tmp_path / "runs/full/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "runs/cut/checkpoints/last.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
 
 
 class AnticipationSource(MemorySource):
@@ -389,3 +435,20 @@ def test_anticipation_trains_with_context_clips(tmp_path: Path, aggregate: bool)
     assert result.model_args["anticipation"] == {"context": 2, "aggregate": aggregate}
     model, _ = load_model(tmp_path / "runs/ant", which="last")
     assert (model.aggregator is not None) == aggregate
+
+
+@pytest.mark.parametrize("override,key", [("optim.lr=-1", "optim.lr"), ("optim.warmup_ratio=2", "optim.warmup_ratio"),
+                                          ("loss.label_smoothing=1.5", "loss.label_smoothing"),
+                                          ("data.num_workers=-1", "data.num_workers")])
+def test_config_values_out_of_range_are_refused(override: str, key: str) -> None:
+    with pytest.raises(LeapError, match=rf"config key '{key}': .* is out of range"):
+        load_config(None, [override])
+
+
+def test_a_second_training_of_the_same_run_is_refused(tmp_path: Path) -> None:
+    from leap_cli.io import OutputLock
+
+    with OutputLock(tmp_path / "runs" / "r" / "checkpoints"):  # as a running `leap train` holds it
+        with pytest.raises(LeapError, match="another leap process is writing"):
+            main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False))
+    assert main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False)).steps == 1

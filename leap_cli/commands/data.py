@@ -18,9 +18,9 @@ def register(app: typer.Typer) -> None:
 
 def demo_data(
     out: Path = typer.Option(Path("leap-work/kitchen"), "--out", help="Folder to write the synthetic kitchen into."),
-    videos: int = typer.Option(8, "--videos", help="Number of videos (each about two minutes of short actions)."),
+    videos: int = typer.Option(8, "--videos", min=1, help="Number of videos (each about two minutes of short actions)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
-    segments: int = typer.Option(48, "--segments", help="Action segments per video."),
+    segments: int = typer.Option(48, "--segments", min=1, help="Action segments per video."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the folder already holds this kitchen."),
     clean: bool = typer.Option(False, "--clean", help="Debugging only: publish the truth (exact hand-object boxes, "
                                "labelled object boxes, COLMAP poses, quiet background) instead of what EPIC publishes."),
@@ -30,8 +30,10 @@ def demo_data(
     from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
 
     cfg = KitchenConfig(videos=videos, seed=seed, segments_per_video=segments, honest=not clean)
-    with Progress(TextColumn("[bold]kitchen[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+    from leap_cli.progress import live_or_log
+
+    with live_or_log(Progress(TextColumn("[bold]kitchen[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeElapsedColumn(), console=console, transient=True), "kitchen") as progress:
         task = progress.add_task("videos", total=videos)
 
         def on_video(done: int, total: int, video_id: str) -> None:

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR
+from leap_cli.progress import live_or_log
 
 console = Console()
 
@@ -34,7 +35,7 @@ def _table(result: dict) -> Table:
 
 
 def evaluate(
-    split: str = typer.Option("val", "--split", help="val (metrics) or test (scores only, for `leap submit`)."),
+    split: str = typer.Option(..., "--split", help="val (metrics) or test (scores only, for `leap submit`)."),
     run: Path = typer.Option(None, "--run", help="Run directory written by `leap train` (runs/NAME, also looked "
                                                  "up under --workdir)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a checkpoint file (a file under "
@@ -97,8 +98,9 @@ def evaluate(
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         views = ViewConfig(temporal_views, spatial_views)
-        with Progress(TextColumn("[bold]scoring[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console, transient=True) as bar:
+        with live_or_log(Progress(TextColumn("[bold]scoring[/] {task.description}"), BarColumn(),
+                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True),
+                         "scoring") as bar:
             job = bar.add_task(f"{split} x{views.count} views", total=None)
             loaded, scores_path = evaluate_run(
                 run_dir, split, workdir=workdir, checkpoint=checkpoint, task=task, shards=shards, views=views,

@@ -11,10 +11,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, normalize_split
+from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, normalize_split, shard_out
+from leap_cli.io import check_settings
+from leap_cli.progress import live_or_log
 from leap_cli.errors import EXIT_INTERRUPTED
 
 console = Console()
+
+# What changes the records: a re-run with other values is refused (io.check_settings) unless --force.
+RESULT_SETTINGS = ("components", "hand_threshold", "object_threshold", "camera_frames", "camera_source", "fov_deg",
+                   "object_frames", "detector_weights", "detector_labels", "detector_arch", "audio_model",
+                   "audio_labels", "clip_weights", "clip_arch")
 
 
 def register(app: typer.Typer) -> None:
@@ -33,21 +40,26 @@ def extract(
         help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
     components: str = typer.Option("narration,audio,camera,objects,hands", "--components",
                                    help="Comma-separated components to compute."),
-    workers: int = typer.Option(1, "--workers", help="Worker processes; each takes one segment at a time."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes; each takes one segment at a time."),
     shard: str = typer.Option(None, "--shard", help="Take part i of n (0-based), e.g. 0/4; videos stay together."),
     retry_errors: bool = typer.Option(
         False, "--retry-errors",
         help="Redo finished segments that have a failed component."),
-    limit: int = typer.Option(None, "--limit", help="Only the first N segments (after sharding)."),
-    hand_threshold: float = typer.Option(0.5, "--hand-threshold", help="Minimum score of a hand detection."),
-    object_threshold: float = typer.Option(0.5, "--object-threshold", help="Minimum score of an object detection."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", hidden=True),  # old spelling of --retry-errors
+    force: bool = typer.Option(False, "--force", "--overwrite", help="Start over: delete --out when it was made "
+                                                                     "with other settings."),
+    limit: int = typer.Option(None, "--limit", min=0, help="Only the first N segments (after sharding)."),
+    hand_threshold: float = typer.Option(0.5, "--hand-threshold", min=0.0, max=1.0,
+                                         help="Minimum score of a hand detection."),
+    object_threshold: float = typer.Option(0.5, "--object-threshold", min=0.0, max=1.0,
+                                           help="Minimum score of an object detection."),
     camera_frames: int = typer.Option(
-        9, "--camera-frames",
+        9, "--camera-frames", min=2,
         help="Frames sampled through a segment for visual odometry."),
     camera_source: str = typer.Option("auto", "--camera-source", help="auto: COLMAP poses (poses/VIDEO/images.txt) "
                                       "where they exist, else visual odometry; vo or colmap to force one."),
     fov: float = typer.Option(
-        90.0, "--fov",
+        90.0, "--fov", min=1.0, max=179.0,
         help="Assumed horizontal field of view (degrees) for the camera intrinsics."),
     detector_weights: Path = typer.Option(
         None, "--detector-weights",
@@ -58,7 +70,7 @@ def extract(
         help="Class names of the detector, one per line, background first (if the checkpoint has none)."),
     detector_arch: str = typer.Option("fasterrcnn_resnet50_fpn_v2", "--detector-arch",
                                       help="torchvision builder of the detector (if the checkpoint does not say)."),
-    object_frames: int = typer.Option(6, "--object-frames", help="Frames per segment the detector runs on."),
+    object_frames: int = typer.Option(6, "--object-frames", min=1, help="Frames per segment the detector runs on."),
     clip_weights: Path = typer.Option(
         None, "--clip-weights",
         help="Name object boxes with CLIP (needs open_clip_torch): a local CLIP checkpoint FILE (OpenAI's "
@@ -88,7 +100,8 @@ def extract(
     split_name = normalize_split(split)
     spec = ShardSpec.parse(shard)
     data = dataset_root(workdir, data)
-    out = out or workdir / "descriptors" / f"{split_name}{spec.suffix}.jsonl"
+    out = shard_out(out or workdir / "descriptors" / f"{split_name}.jsonl", spec)
+    retry_errors = retry_errors or retry_failed
     cfg = ExtractConfig(data=data, split=split_name, out=out, annotations=annotations,
                         components=tuple(c.strip() for c in components.split(",") if c.strip()), workers=workers,
                         shard=spec, retry_errors=retry_errors, limit=limit, hand_threshold=hand_threshold,
@@ -101,8 +114,10 @@ def extract(
                         frame_cache=None if str(frame_cache).lower() == "none" else
                         Path(frame_cache) if frame_cache else workdir / "frame-cache",
                         cache_frames=cache_frames, cache_short_side=cache_short_side)
-    progress = Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    check_settings(out, {k: getattr(cfg, k) for k in RESULT_SETTINGS}, force=force)
+    progress = live_or_log(Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
+                                    MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+                                    transient=False), f"extract {split_name}")
     task = {}
 
     def on_start(total: int, done: int) -> None:

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
 def generate_programs(
     workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory (reads descriptors/, writes programs/)."),
-    split: str = typer.Option("train", "--split", help="Split: train, val (validation) or test."),
+    split: str = typer.Option(..., "--split", help="Split: train, val (validation) or test."),
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (overrides --data)."),
     descriptors: Path = typer.Option(None, "--descriptors", help="Descriptor JSONL (default WORKDIR/descriptors/SPLIT.jsonl; "
@@ -32,40 +32,46 @@ def generate_programs(
     model: str = typer.Option("gpt-4o-mini", "--model", help="Model name sent to the endpoint."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
-    concurrency: int = typer.Option(8, "--concurrency", "--workers", help="Requests in flight at once."),
-    timeout: float = typer.Option(60.0, "--timeout", help="Per-request timeout in seconds."),
-    max_retries: int = typer.Option(5, "--max-retries", help="Retries on 429/5xx/timeouts before a record fails."),
-    backoff: float = typer.Option(1.0, "--backoff", help="First retry delay in seconds (doubles, with jitter; "
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight at once."),
+    workers_alias: int = typer.Option(None, "--workers", min=1, hidden=True),  # old spelling of --concurrency
+    timeout: float = typer.Option(60.0, "--timeout", min=0.001, help="Per-request timeout in seconds."),
+    max_retries: int = typer.Option(5, "--max-retries", min=0, help="Retries on 429/5xx/timeouts before a record fails."),
+    backoff: float = typer.Option(1.0, "--backoff", min=0.0, help="First retry delay in seconds (doubles, with jitter; "
                                                          "Retry-After wins)."),
     response_format: str = typer.Option("auto", "--response-format", help="auto (Structured Outputs, JSON mode if refused), "
                                                                           "json_schema or json_object."),
-    temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature."),
-    k: int = typer.Option(4, "--k", help="Exemplar programs per prompt."),
-    repair_rounds: int = typer.Option(1, "--repair-rounds", help="Follow-up turns that send validation errors back."),
-    limit: int = typer.Option(None, "--limit", help="Process at most this many pending segments."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, max=2.0, help="Sampling temperature."),
+    k: int = typer.Option(4, "--k", min=0, help="Exemplar programs per prompt."),
+    repair_rounds: int = typer.Option(1, "--repair-rounds", min=0, help="Follow-up turns that send validation errors back."),
+    limit: int = typer.Option(None, "--limit", min=0, help="Process at most this many pending segments."),
     shard: str = typer.Option(None, "--shard", help="i/n: process part i of n (by video); writes SPLIT.shardIofN.jsonl."),
-    price_in: float = typer.Option(0.15, "--price-in", help="USD per 1M prompt tokens (for the cost estimate)."),
-    price_out: float = typer.Option(0.60, "--price-out", help="USD per 1M completion tokens."),
-    price_cached_in: float = typer.Option(0.075, "--price-cached-in", help="USD per 1M prompt tokens the provider "
+    price_in: float = typer.Option(0.15, "--price-in", min=0.0, help="USD per 1M prompt tokens (for the cost estimate)."),
+    price_out: float = typer.Option(0.60, "--price-out", min=0.0, help="USD per 1M completion tokens."),
+    price_cached_in: float = typer.Option(0.075, "--price-cached-in", min=0.0, help="USD per 1M prompt tokens the provider "
                                                                           "read from its prompt cache."),
-    max_cost: float = typer.Option(None, "--max-cost", help="Stop cleanly once the estimated spend on this output file "
+    max_cost: float = typer.Option(None, "--max-cost", min=0.0, help="Stop cleanly once the estimated spend on this output file "
                                                             "(all runs together, from the ledger) reaches this (USD)."),
     exemplars: Path = typer.Option(None, "--exemplars", help="Folder of exemplar programs (default prompts/exemplars)."),
     system_prompt: Path = typer.Option(None, "--system-prompt", help="System prompt file (default prompts/system.md)."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo the records whose status is failed."),
+    retry_failed: bool = typer.Option(False, "--retry-errors", help="Redo the records whose status is failed."),
+    retry_failed_alias: bool = typer.Option(False, "--retry-failed", hidden=True),  # old spelling of --retry-errors
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the prompt of one segment and make no call."),
     narration_id: str = typer.Option(None, "--narration-id", help="With --dry-run: the segment to show."),
     batch_file: Path = typer.Option(None, "--batch-file", help="Write OpenAI Batch API requests to this JSONL instead of calling."),
     ingest_batch: Path = typer.Option(None, "--ingest-batch", help="Validate and merge a Batch API output JSONL."),
 ) -> None:
-    from leap_cli.common import ShardSpec
+    from leap_cli.common import ShardSpec, shard_out
     from leap_cli.programs.generate import GenerateConfig, dry_run as build_dry_run, generate_programs as run
 
+    concurrency = workers_alias or concurrency
+    retry_failed = retry_failed or retry_failed_alias
+    spec = ShardSpec.parse(shard)
+    out = shard_out(out, spec) if out is not None else None
     cfg = GenerateConfig(workdir=workdir, split=split, data=data, annotations=annotations, descriptors=descriptors,
                          out=out, backend=backend, model=model, base_url=base_url, api_key_env=api_key_env,
                          concurrency=concurrency, timeout=timeout, max_retries=max_retries, backoff=backoff,
                          response_format=response_format, temperature=temperature, k=k, repair_rounds=repair_rounds,
-                         limit=limit, shard=ShardSpec.parse(shard), price_in=price_in, price_out=price_out,
+                         limit=limit, shard=spec, price_in=price_in, price_out=price_out,
                          price_cached_in=price_cached_in, max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
                          retry_failed=retry_failed)
     if dry_run:
@@ -84,8 +90,11 @@ def generate_programs(
         console.print(f"ingested {sum(counts.values())} results into {cfg.out_path}: "
                       + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, transient=True) as progress:
+    from leap_cli.progress import live_or_log
+
+    with live_or_log(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                              TimeRemainingColumn(), console=console, transient=True),
+                     f"generate-programs {cfg.split_name}") as progress:
         task = progress.add_task("programs", total=None)
         summary = run(cfg, on_start=lambda n: progress.update(task, total=n),
                       on_record=lambda r: progress.advance(task))
@@ -104,10 +113,10 @@ def generate_programs(
         table.add_row(what, str(value))
     console.print(table)
     if summary.stopped:
-        console.print(f"[yellow]stopped early:[/] {escape(summary.stopped)}; raise --max-cost and run the command "
+        console.print(f"[yellow]stopped early:[/] {escape(str(summary.stopped))}; raise --max-cost and run the command "
                       "again to continue (the cap counts every run on this output file)")
     for nid, msg in summary.failures[:10]:
-        console.print(f"[red]{escape(nid)}[/]: {escape(msg)}", highlight=False)
+        console.print(f"[red]{escape(str(nid))}[/]: {escape(str(msg))}", highlight=False)
     if len(summary.failures) > 10:
         console.print(f"... and {len(summary.failures) - 10} more (see leap validate-programs)")
 
@@ -115,15 +124,16 @@ def generate_programs(
 def validate_programs(
     files: list[Path] = typer.Argument(None, help="Program JSONL files (default WORKDIR/programs/SPLIT.jsonl)."),
     workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory (report goes to programs/)."),
-    split: str = typer.Option(None, "--split", help="Split of the files (default: from the file name)."),
+    split: str = typer.Option(None, "--split", help="Split of the files (required without FILES; else taken from "
+                                                    "a file name such as train.jsonl)."),
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (overrides --data)."),
     report: Path = typer.Option(None, "--report", help="Report path (default WORKDIR/programs/SPLIT.report.json)."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any record is invalid or failed."),
-    show: int = typer.Option(10, "--show", help="Records with errors to print."),
+    show: int = typer.Option(10, "--show", min=0, help="Records with errors to print."),
     html: Path = typer.Option(None, "--html", help="Also write a page with the coverage and the distributions as plots."),
 ) -> None:
-    from leap_cli.common import normalize_split
+    from leap_cli.common import SPLIT_NAMES, normalize_split
     from leap_cli.errors import LeapError
     from leap_cli.io import atomic_write_json
     from leap_cli.programs.generate import GenerateConfig, annotations_for
@@ -131,7 +141,9 @@ def validate_programs(
 
     split_name = normalize_split(split) if split else None
     if not files:
-        files = [workdir / "programs" / f"{split_name or 'train'}.jsonl"]
+        if split_name is None:
+            raise LeapError("which programs?", fix="pass --split SPLIT (WORKDIR/programs/SPLIT.jsonl) or FILES")
+        files = [workdir / "programs" / f"{split_name}.jsonl"]
     for f in files:
         if not Path(f).is_file():
             raise LeapError("program file not found", path=f,
@@ -140,7 +152,12 @@ def validate_programs(
     if ann is None:
         raise LeapError("the EPIC class files are needed to validate verbs and objects",
                         fix="pass --data ROOT (holding annotations/) or --annotations DIR")
-    split_name = split_name or normalize_split(split_of(files[0]))
+    if split_name is None:
+        guess = split_of(files[0])
+        if guess.strip().lower() not in SPLIT_NAMES:
+            raise LeapError(f"the file name does not name a split ({guess!r})", path=files[0],
+                            fix="pass --split train, val or test")
+        split_name = normalize_split(guess)
     segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
     rep = validate_records(list(files), ann.verbs, ann.nouns, segments)
     rep["split"] = split_name
@@ -148,7 +165,8 @@ def validate_programs(
     atomic_write_json(out, rep)
     for r in rep["errors"][:show]:
         first = r["errors"][0] if r["errors"] else {"pointer": "", "message": r["status"]}
-        console.print(f"[red]{r['narration_id']}[/] {r['status']}: {first['pointer'] or '/'} {first['message']}"
+        console.print(f"[red]{escape(str(r['narration_id']))}[/] "
+                      + escape(f"{r['status']}: {first['pointer'] or '/'} {first['message']}")
                       + (f" (+{len(r['errors']) - 1} more)" if len(r["errors"]) > 1 else ""), highlight=False)
     table = Table(title=f"validate-programs ({split_name})")
     for col in ("records", "valid", "invalid", "failed", "dups", "coverage", "loop", "cond", "routine"):

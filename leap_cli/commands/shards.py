@@ -13,6 +13,7 @@ from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, normalize_split
 from leap_cli.errors import LeapError
+from leap_cli.progress import live_or_log
 
 console = Console()
 
@@ -45,25 +46,25 @@ def build_shards(
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
     task: str = typer.Option("recognition", "--task", help="recognition, or anticipation (observed window ends "
                                                            "tau-a before the action, plus context clips)."),
-    frames: int = typer.Option(16, "--frames", help="Frames stored per clip (more than the model takes allows "
+    frames: int = typer.Option(16, "--frames", min=1, help="Frames stored per clip (more than the model takes allows "
                                                     "temporal jitter)."),
-    short_side: int = typer.Option(256, "--short-side", help="Short side of the stored JPEG frames, in pixels."),
-    jpeg_quality: int = typer.Option(90, "--jpeg-quality", help="JPEG quality of the stored frames (1-100)."),
-    workers: int = typer.Option(1, "--workers", help="Processes decoding videos in parallel (bytes do not depend on it)."),
+    short_side: int = typer.Option(256, "--short-side", min=16, help="Short side of the stored JPEG frames, in pixels."),
+    jpeg_quality: int = typer.Option(90, "--jpeg-quality", min=1, max=100, help="JPEG quality of the stored frames (1-100)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes decoding videos in parallel (bytes do not depend on it)."),
     shard: str = typer.Option(None, "--shard", help="Write part i of n (i/n, videos split between jobs); merge by "
                                                     "reading the folder once all n parts exist."),
     max_shard_size: str = typer.Option("1GB", "--max-shard-size", help="Start a new tar file beyond this size."),
-    max_count: int = typer.Option(0, "--max-count", help="Start a new tar file after this many samples (0: no limit)."),
-    tau_a: float = typer.Option(1.0, "--tau-a", help="Anticipation: seconds between the observed window's end and "
+    max_count: int = typer.Option(0, "--max-count", min=0, help="Start a new tar file after this many samples (0: no limit)."),
+    tau_a: float = typer.Option(1.0, "--tau-a", min=0.0, help="Anticipation: seconds between the observed window's end and "
                                                      "the action start."),
-    tau_o: float = typer.Option(2.0, "--tau-o", help="Anticipation: length of the observed window in seconds."),
-    context: int = typer.Option(2, "--context", help="Anticipation: previous segments of the same video stored as "
+    tau_o: float = typer.Option(2.0, "--tau-o", min=0.01, help="Anticipation: length of the observed window in seconds."),
+    context: int = typer.Option(2, "--context", min=0, help="Anticipation: previous segments of the same video stored as "
                                                      "context clips."),
     vocab: Path = typer.Option(None, "--vocab", help="Manifest whose target vocabulary to reuse (default for val/test: "
                                                      "WORKDIR/shards/train/manifest.json when present)."),
-    max_steps: int = typer.Option(None, "--max-steps", help="Program steps per target incl. END (new vocabulary only)."),
-    max_conditions: int = typer.Option(None, "--max-conditions", help="Size of the condition vocabulary (new vocabulary only)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Delete shards of other settings/inputs in --out and rebuild."),
+    max_steps: int = typer.Option(None, "--max-steps", min=2, help="Program steps per target incl. END (new vocabulary only)."),
+    max_conditions: int = typer.Option(None, "--max-conditions", min=1, help="Size of the condition vocabulary (new vocabulary only)."),
+    overwrite: bool = typer.Option(False, "--force", "--overwrite", help="Delete shards of other settings/inputs in --out and rebuild."),
     strict: bool = typer.Option(False, "--strict", help="Exit 3 when any segment is skipped (without it: only when "
                                                         "every segment is)."),
 ) -> None:
@@ -78,8 +79,9 @@ def build_shards(
                              max_shard_size=parse_size(max_shard_size), max_count=max_count, tau_a=tau_a,
                              tau_o=tau_o, context=context if task == "anticipation" else 0)
     data = dataset_root(workdir, data)
-    with Progress(TextColumn("[bold]build-shards[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=console, transient=False) as bar:
+    with live_or_log(Progress(TextColumn("[bold]build-shards[/] {task.description}"), BarColumn(),
+                              MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=False),
+                     "build-shards") as bar:
         tid = bar.add_task(f"{split}{spec.suffix}", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -114,7 +116,7 @@ def build_shards(
 
 def check_shards(
     shards: Path = typer.Option(None, "--shards", help="Shards folder (default WORKDIR/shards/SPLIT)."),
-    split: str = typer.Option("train", "--split", help="Split whose shards to check when --shards is not given."),
+    split: str = typer.Option(None, "--split", help="Split whose shards to check (required without --shards)."),
     task: str = typer.Option("recognition", "--task", help="recognition or anticipation (which default folder)."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory holding every stage's files."),
     on_error: str = typer.Option("raise", "--on-error", help="raise: stop at the first damaged shard or sample; "
@@ -124,9 +126,11 @@ def check_shards(
     from leap_cli.shards.check import check_shards as run_check
     from leap_cli.shards.writer import default_out
 
+    if shards is None and split is None:
+        raise LeapError("which shards?", fix="pass --split SPLIT (WORKDIR/shards/SPLIT) or --shards FOLDER")
     folder = shards or default_out(workdir, normalize_split(split), task)
-    with Progress(TextColumn("[bold]check-shards[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console) as bar:
+    with live_or_log(Progress(TextColumn("[bold]check-shards[/]"), BarColumn(), MofNCompleteColumn(),
+                              TimeRemainingColumn(), console=console), "check-shards") as bar:
         tid = bar.add_task("", total=None)
         report = run_check(folder, on_error=on_error, verify_hash=not no_hash,
                            progress=lambda d, t: bar.update(tid, completed=d, total=t))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -33,10 +34,11 @@ def show(
     if view.program:
         console.print(program_tree(view.program))
     else:
-        console.print(f"[yellow]{narration_id}: no program record yet (run `leap generate-programs`)[/]")
+        console.print(f"[yellow]{escape(narration_id)}: no program record yet (run `leap generate-programs`)[/]")
     if view.descriptor:
         d = view.descriptor
-        table = Table(title=f"Descriptors of {narration_id} ({d.get('video_id')}, {d.get('start', 0):.2f}-{d.get('stop', 0):.2f} s)",
+        table = Table(title=escape(f"Descriptors of {narration_id} ({d.get('video_id')}, "
+                                   f"{d.get('start', 0):.2f}-{d.get('stop', 0):.2f} s)"),
                       show_lines=True)
         table.add_column("component")
         table.add_column("status")
@@ -44,10 +46,10 @@ def show(
         for name in COMPONENTS:
             c = d.get("components", {}).get(name, {})
             colour = {"ok": "green", "unavailable": "dim", "error": "red"}.get(c.get("status"), "white")
-            table.add_row(name, f"[{colour}]{c.get('status', 'missing')}[/]", c.get("text", ""))
+            table.add_row(name, f"[{colour}]{escape(str(c.get('status', 'missing')))}[/]", escape(str(c.get("text", ""))))
         console.print(table)
     else:
-        console.print(f"[yellow]{narration_id}: no descriptor record yet (run `leap extract`)[/]")
+        console.print(f"[yellow]{escape(narration_id)}: no descriptor record yet (run `leap extract`)[/]")
     if html:
         out = write_segment_html(view, dataset_root(workdir, data), html)
-        console.print(f"wrote {out}")
+        console.print(f"wrote {escape(str(out))}")

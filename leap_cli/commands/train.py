@@ -6,10 +6,12 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR
+from leap_cli.progress import live_or_log
 
 console = Console()
 
@@ -26,7 +28,9 @@ def train(
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory: reads shards/{train,val}, writes runs/NAME."),
     name: str = typer.Option(None, "--name", help="Run name (default: the config file's stem)."),
     no_program_loss: bool = typer.Option(False, "--no-program-loss", help="Ablation: train with L_CE only and no program heads (same as --set loss.program_loss=false)."),
-    stop_after: int = typer.Option(None, "--stop-after", help="Pause after this many optimizer steps (the schedule still spans the whole run); continue with --resume."),
+    force: bool = typer.Option(False, "--force", "--overwrite", help="Start runs/NAME over (removes its checkpoints "
+                                                                     "and metrics) instead of refusing."),
+    stop_after: int = typer.Option(None, "--stop-after", min=1, help="Pause after this many optimizer steps (the schedule still spans the whole run); continue with --resume."),
 ) -> None:
     from leap_cli.train.config import load_config
     from leap_cli.train.loop import main
@@ -34,12 +38,13 @@ def train(
     sets = list(overrides) + (["loss.program_loss=false"] if no_program_loss else [])
     cfg = load_config(config, sets)
     name = name or config.stem
-    progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+    progress = live_or_log(Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                    console=console, transient=False), "train")
     task = {"id": None, "clips": 0.0}
 
     def on_start(info: dict) -> None:
-        console.print(f"run [bold]{info['run_dir']}[/]: {info['parameters'] / 1e6:.2f}M parameters, "
+        console.print(f"run [bold]{escape(info['run_dir'])}[/]: {info['parameters'] / 1e6:.2f}M parameters, "
                       f"{info['total_steps']} steps ({info['epochs']} epochs x {info['steps_per_epoch']}), "
                       f"{info['device']} x {info['world_size']}")
         progress.start()
@@ -58,9 +63,17 @@ def train(
 
     try:
         result = main(cfg, workdir=workdir, name=name, resume=resume, stop_at_step=stop_after,
-                      on_step=on_step, on_eval=on_eval, on_start=on_start)
+                      on_step=on_step, on_eval=on_eval, on_start=on_start, force=force)
     finally:
         progress.stop()
+    if result.interrupted:
+        import signal
+        import sys
+
+        if result.is_main:
+            console.print(f"[yellow]{result.interrupted}[/]: stopped at step {result.steps}, "
+                          f"{escape(str(result.run_dir / 'checkpoints' / 'last.pt'))} saved; continue with --resume")
+        sys.exit(128 + getattr(signal, result.interrupted))  # 130 for SIGINT, 143 for SIGTERM
     if not result.is_main:
         return
     table = Table(title=f"leap train: {result.run_dir}")

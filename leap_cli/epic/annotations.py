@@ -15,6 +15,7 @@ TEST_COLUMNS = ("narration_id", "participant_id", "video_id", "narration_timesta
                 "stop_timestamp", "start_frame", "stop_frame")
 LABELLED_COLUMNS = TEST_COLUMNS + ("narration", "verb", "verb_class", "noun", "noun_class", "all_nouns",
                                    "all_noun_classes")
+LABELLED_SPLITS = ("train", "val")
 SPLIT_FILES = {"train": "EPIC_100_train.csv", "val": "EPIC_100_validation.csv",
                "test": "EPIC_100_test_timestamps.csv"}
 VERB_CLASSES = "EPIC_100_verb_classes.csv"
@@ -76,11 +77,16 @@ def _time(row: dict, col: str, path: Path, rec: str) -> float:
                         fix="fix or remove that row") from None
 
 
-def read_segments(path: str | Path) -> list[Segment]:
-    """Read a train/validation (15 columns) or test-timestamps (8 columns) CSV."""
+def read_segments(path: str | Path, *, labelled: bool | None = None) -> list[Segment]:
+    """Read a train/validation (15 columns) or test-timestamps (8 columns) CSV.
+
+    ``labelled=True`` requires the label columns (a train/validation file without them is an error, not an
+    unlabelled split); ``None`` reads them when present.
+    """
     path = Path(path)
-    rows = read_csv(path, TEST_COLUMNS, what="annotation file")
-    labelled = bool(rows) and "verb_class" in rows[0]
+    rows = read_csv(path, LABELLED_COLUMNS if labelled else TEST_COLUMNS, what="annotation file")
+    if labelled is None:
+        labelled = bool(rows) and "verb_class" in rows[0]
     if labelled:
         rows = read_csv(path, LABELLED_COLUMNS, what="annotation file")
     segments = []
@@ -138,10 +144,33 @@ class Annotations:
         return self.split_path(split).exists()
 
     def segments(self, split: str) -> list[Segment]:
+        """The split's segments; train and validation must carry labels, and every class id must be one of
+        the class files' (a bad id would otherwise crash generate-programs or training much later)."""
         split = normalize_split(split)
         if split not in self._segments:
-            self._segments[split] = read_segments(self.split_path(split))
+            path = self.split_path(split)
+            segments = read_segments(path, labelled=True if split in LABELLED_SPLITS else None)
+            self._check_class_ids(path, segments)
+            self._segments[split] = segments
         return self._segments[split]
+
+    def _check_class_ids(self, path: Path, segments: list[Segment]) -> None:
+        checks = []
+        if (self.folder / VERB_CLASSES).exists():
+            checks.append(("verb_class", self.verbs, VERB_CLASSES, lambda s: [s.verb_class]))
+        if (self.folder / NOUN_CLASSES).exists():
+            checks.append(("noun_class", self.nouns, NOUN_CLASSES,
+                           lambda s: [s.noun_class, *s.all_noun_classes]))
+        for i, seg in enumerate(segments, start=2):
+            if not seg.has_labels:
+                continue
+            for column, vocab, file, ids in checks:
+                bad = next((c for c in ids(seg) if c not in vocab.keys), None)
+                if bad is not None:
+                    col = column if bad == ids(seg)[0] else "all_noun_classes"
+                    raise LeapError(f"{col} {bad} is not a class of {file} (ids {min(vocab.keys)}-{max(vocab.keys)})",
+                                    path=path, record=f"row {i}, {seg.narration_id}",
+                                    fix=f"fix that row, or use the {file} the annotations were made with")
 
     @cached_property
     def verbs(self) -> ClassVocab:

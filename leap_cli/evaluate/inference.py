@@ -80,6 +80,29 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+@contextlib.contextmanager
+def _fp32_heads(model: torch.nn.Module):
+    """Run the verb and noun classifiers in fp32 under autocast: bf16 logits carry 8 bits of mantissa and tie
+    often (see docs/evaluate-submit.md), so the scores that get ranked are computed at full precision."""
+    heads = [m for m in (getattr(model, "verb_head", None), getattr(model, "noun_head", None))
+             if isinstance(m, torch.nn.Linear)]
+
+    def fp32(linear: torch.nn.Linear):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                bias = None if linear.bias is None else linear.bias.float()
+                return torch.nn.functional.linear(x.float(), linear.weight.float(), bias)
+        return forward
+
+    for m in heads:
+        m.forward = fp32(m)
+    try:
+        yield
+    finally:
+        for m in heads:
+            del m.forward  # back to the class's forward
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfig = ViewConfig(),
             device: str | torch.device = "cpu", program: bool = True, precision: str = "fp32",
@@ -97,7 +120,7 @@ def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfi
         video = video.to(device)
         ctx = ctx.to(device) if ctx is not None else None
         cmask = cmask.to(device) if cmask is not None else None
-        with _autocast(device, precision):
+        with _autocast(device, precision), _fp32_heads(model):
             out = model(video, context_video=ctx, context_mask=cmask)
         keep = ~batch["padding"].bool() if "padding" in batch else torch.ones(b, dtype=torch.bool)
         verbs.append(out["verb"].float().view(b, v, -1).mean(1).cpu()[keep])  # [B,V_verbs]

@@ -17,8 +17,11 @@ calls SciPy's ``softmax`` without an axis, normalising over all segments at once
 Rankings, hence metrics, are the same; we normalise per segment, which is also what a submission carries.)
 
 Ranking and ties: classes are ranked by descending score; equal scores rank the *higher* class id (or, for
-action pairs, the later pair) first. That is what the official ``argsort()[::-1]`` gives with a stable sort;
-we make it deterministic with ``kind="stable"`` (NumPy's default sort is not guaranteed stable).
+action pairs, the later pair) first (``argsort(kind="stable")[::-1]``). The official code calls
+``argsort()[::-1]`` with NumPy's default sort, which is not stable: on tied scores its order depends on the
+NumPy build, so its top-k can differ from ours there. Without ties the two agree exactly. Scores are kept as
+given (float64 stays float64); ``leap evaluate`` computes the classifiers in fp32 even under bf16 autocast,
+since bf16 logits (8 bits of mantissa) tie often.
 
 Empty subsets (no unseen participants, no tail class among the labels) give ``None`` where the official code
 raises or drops the entry.

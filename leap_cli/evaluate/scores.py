@@ -39,10 +39,13 @@ REQUIRED = ("narration_id", "verb_output", "noun_output")
 _FIX_FORMAT = ("a scores file holds narration_id [N], verb_output [N, V] and noun_output [N, Nn]; "
                "write it with `leap evaluate` or in EPIC's official results format")
 
+# What a NumPy array needs to unpickle, under NumPy 2 (numpy._core) and NumPy 1 (numpy.core) names, plus
+# _codecs.encode: pickle protocol 2 (torch.save's default, and Python 2 era files) stores bytes as
+# _codecs.encode(text, "latin1"). It only turns text into bytes; nothing else is admitted.
 _NUMPY_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
 }
 
 
@@ -54,9 +57,17 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 def _numpy_safe_globals() -> list:
-    import numpy._core.multiarray as ma  # NumPy 2; NumPy 1 pickles resolve through numpy.core
+    """The same globals for ``torch.load(weights_only=True)``; NumPy 1.x names are mapped to NumPy 2's."""
+    import codecs
 
-    found = [ma._reconstruct, np.ndarray, np.dtype, ma.scalar]
+    try:
+        import numpy._core.multiarray as ma  # NumPy 2
+    except ImportError:  # NumPy 1
+        import numpy.core.multiarray as ma
+
+    found: list = [ma._reconstruct, np.ndarray, np.dtype, ma.scalar, (codecs.encode, "_codecs.encode")]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        found += [(ma._reconstruct, f"{module}._reconstruct"), (ma.scalar, f"{module}.scalar")]
     found += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
     return found
 
@@ -69,7 +80,7 @@ def _class_array(scores: Any, task: str, nid: str, path: Path) -> np.ndarray:
     if sorted(table) != list(range(len(table))):
         raise LeapError(f"{task} scores do not cover the class ids 0..{len(table) - 1}", path=path, record=nid,
                         fix="give a score for every class")
-    return np.array([table[i] for i in range(len(table))], dtype=np.float32)
+    return np.array([table[i] for i in range(len(table))], dtype=np.float64)
 
 
 def _from_challenge(doc: Any, path: Path) -> dict:
@@ -130,13 +141,16 @@ def _read_raw(path: Path) -> Any:
 
 
 def _as_tensor(x: Any, name: str, path: Path) -> torch.Tensor:
+    """float64 scores stay float64 (rounding them to float32 could tie distinct scores); others become float32."""
     try:
-        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x, dtype=np.float32))
+        if not isinstance(x, torch.Tensor):
+            a = np.asarray(x)
+            x = torch.as_tensor(a if a.dtype == np.float64 else np.asarray(a, dtype=np.float32))
     except (TypeError, ValueError) as e:
         raise LeapError(f"{name} is not a numeric array ({e})", path=path, fix=_FIX_FORMAT) from None
-    if t.ndim != 2:
-        raise LeapError(f"{name} has shape {tuple(t.shape)}, expected [N, classes]", path=path, fix=_FIX_FORMAT)
-    return t.float()
+    if x.ndim != 2:
+        raise LeapError(f"{name} has shape {tuple(x.shape)}, expected [N, classes]", path=path, fix=_FIX_FORMAT)
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def normalize_scores(raw: Any, path: str | Path = "<scores>") -> dict:
@@ -149,8 +163,8 @@ def normalize_scores(raw: Any, path: str | Path = "<scores>") -> dict:
         if missing:
             raise LeapError(f"segment entries lack {', '.join(missing)}", path=path, record="entry 0", fix=_FIX_FORMAT)
         raw = {"narration_id": [r["narration_id"] for r in raw],
-               "verb_output": np.stack([np.asarray(r["verb_output"], np.float32) for r in raw]),
-               "noun_output": np.stack([np.asarray(r["noun_output"], np.float32) for r in raw])}
+               "verb_output": np.stack([np.asarray(r["verb_output"]) for r in raw]),
+               "noun_output": np.stack([np.asarray(r["noun_output"]) for r in raw])}
     if not isinstance(raw, dict):
         raise LeapError(f"holds a {type(raw).__name__}, not a dict of scores", path=path, fix=_FIX_FORMAT)
     missing = [k for k in REQUIRED if k not in raw]

@@ -52,10 +52,12 @@ def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", 
     verb, noun = _np(scores["verb_output"]).astype(np.float64), _np(scores["noun_output"]).astype(np.float64)
     vl = np.array([s.verb_class for s in segs], dtype=np.int64)
     nl = np.array([s.noun_class for s in segs], dtype=np.int64)
-    for name, out, labels in (("verb", verb, vl), ("noun", noun, nl)):
-        if labels.size and labels.max() >= out.shape[1]:
-            raise LeapError(f"{name} class {labels.max()} is labelled but the scores have only {out.shape[1]} "
-                            f"{name} columns", path=source, fix="score with a model built for these classes")
+    from leap_cli.submit import class_counts  # the same count `leap submit` demands
+
+    for name, out, labels, count in zip(("verb", "noun"), (verb, noun), (vl, nl), class_counts(annotations)):
+        if out.shape[1] != count:
+            raise LeapError(f"{name}_output has {out.shape[1]} classes, the class file needs {count} (max id + 1)",
+                            path=source, fix="score with a model built for these annotations' classes")
         if not np.isfinite(out).all():
             raise LeapError(f"{name}_output holds NaN or infinity", path=source, fix="check the model's outputs")
     kw = dict(tail_verbs=annotations.tail_verbs, tail_nouns=annotations.tail_nouns,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from leap_cli.common import ShardSpec, dataset_root, normalize_split
+from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, normalize_split
 from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
@@ -132,11 +132,7 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
     path = cfg.descriptors or cfg.workdir / "descriptors" / f"{split}.jsonl"
     if path.exists():
-        records = read_jsonl(path)
-        for i, r in enumerate(records, start=1):
-            if "narration_id" not in r:
-                raise LeapError("descriptor record without narration_id", path=path, record=f"line {i}",
-                                fix="rerun leap extract")
+        records = read_jsonl(path, check=descriptor_problem)
         source = f"descriptors {path}"
     elif cfg.descriptors is not None:
         raise LeapError("descriptor file not found", path=path, fix="run leap extract or fix --descriptors")

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from leap_cli.common import SPLITS
+from leap_cli.common import SPLITS, descriptor_problem
 from leap_cli.errors import LeapError
 from leap_cli.io import atomic_write_text, read_jsonl
 from leap_cli.report.html import esc, jpeg_data_uri, page
@@ -43,6 +43,9 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
 
     prog, sp = (from_file(programs), split) if programs else _find(workdir / "programs", narration_id, split)
     desc, sp2 = (from_file(descriptors), split) if descriptors else _find(workdir / "descriptors", narration_id, split)
+    if desc is not None and descriptor_problem(desc):
+        raise LeapError(f"malformed descriptor record: {descriptor_problem(desc)}", path=descriptors or workdir / "descriptors",
+                        record=narration_id, fix="rerun leap extract for that segment")
     if prog is None and desc is None:
         raise LeapError(f"no program or descriptor record for {narration_id}", path=workdir, record=narration_id,
                         fix="check the narration id, --workdir, or run `leap extract` / `leap generate-programs` first")

@@ -197,6 +197,25 @@ def _validate(cfg: Config, source: str) -> None:
         raise bad("data.crop_scale", "must be [low, high] with 0 < low <= high <= 1")
     if not 0 < cfg.optim.layer_decay <= 1:
         raise bad("optim.layer_decay", "must be in (0, 1]")
+    # Ranges: (key, value, low, high, low_open); a value outside is refused before anything runs.
+    o, lo, t, d = cfg.optim, cfg.loss, cfg.train, cfg.data
+    ranges = [("optim.lr", o.lr, 0, None, False), ("optim.min_lr_ratio", o.min_lr_ratio, 0, 1, False),
+              ("optim.weight_decay", o.weight_decay, 0, None, False), ("optim.eps", o.eps, 0, None, True),
+              ("optim.warmup_steps", o.warmup_steps, 0, None, False), ("optim.warmup_ratio", o.warmup_ratio, 0, 1, False),
+              ("optim.backbone_lr_scale", o.backbone_lr_scale, 0, None, False),
+              ("optim.grad_clip", o.grad_clip, 0, None, False),
+              ("loss.lambda_t", lo.lambda_t, 0, None, False), ("loss.lambda_pc", lo.lambda_pc, 0, None, False),
+              ("loss.label_smoothing", lo.label_smoothing, 0, 0.999, False),
+              ("train.epochs", t.epochs, 0, None, False), ("train.max_steps", t.max_steps, 0, None, False),
+              ("train.log_every", t.log_every, 1, None, False), ("train.checkpoint_every", t.checkpoint_every, 0, None, False),
+              ("train.eval_every_epochs", t.eval_every_epochs, 1, None, False), ("train.threads", t.threads, 0, None, False),
+              ("data.eval_batch_size", d.eval_batch_size, 1, None, False), ("data.num_workers", d.num_workers, 0, None, False),
+              ("data.shuffle_buffer", d.shuffle_buffer, 0, None, False), ("data.color_jitter", d.color_jitter, 0, None, False)]
+    ranges += [(f"optim.betas[{i}]", b, 0, 0.999999, False) for i, b in enumerate(o.betas)]
+    for key, value, low, high, low_open in ranges:
+        if value != value or (value <= low if low_open else value < low) or (high is not None and value > high):
+            span = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
+            raise bad(key, f"{value!r} is out of range {span}")
 
 
 def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:

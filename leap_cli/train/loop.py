@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from leap_cli.errors import LeapError
-from leap_cli.io import atomic_write_text, read_jsonl
+from leap_cli.io import OutputLock, atomic_write_text, read_jsonl, settings_changes
 from leap_cli.train import distributed
 from leap_cli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from leap_cli.train.config import Config, dump_config
@@ -128,9 +128,11 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
                     state: TrainState, info: distributed.DistInfo, *, total_steps: int,
                     batches_per_epoch: int, stop_at_step: int | None = None,
                     on_step: StepCallback | None = None,
-                    on_checkpoint: Callable[[], None] | None = None) -> bool:
+                    on_checkpoint: Callable[[], None] | None = None,
+                    should_stop: Callable[[], bool] | None = None) -> bool:
     """Run optimizer steps over ``batches`` (already advanced to ``state.batches``) until the epoch ends,
-    ``total_steps`` or ``stop_at_step`` is reached. Returns False when paused by ``stop_at_step``."""
+    ``total_steps`` or ``stop_at_step`` is reached. Returns False when paused by ``stop_at_step`` or by
+    ``should_stop`` (a signal), checked at each step boundary."""
     model.train()
     accum = cfg.optim.accum_steps
     device = info.device
@@ -142,6 +144,8 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
         if state.step >= total_steps:
             return True
         if stop_at_step is not None and state.step >= stop_at_step:
+            return False
+        if should_stop is not None and should_stop():
             return False
         optimizer.zero_grad(set_to_none=True)
         for micro in range(accum):
@@ -278,6 +282,57 @@ class TrainResult:
     seconds: float
     model_args: dict
     is_main: bool = True               # False on DDP ranks > 0 (they print and write nothing)
+    interrupted: str | None = None     # "SIGINT"/"SIGTERM": stopped at a step boundary, last.pt saved
+
+
+class GracefulStop:
+    """SIGINT/SIGTERM (Ctrl-C, Slurm preemption) ask the loop to stop at the next optimizer-step boundary, where
+    it saves a resumable last.pt and returns. A second signal stops at once (KeyboardInterrupt). Handlers are
+    only installed in the main thread and restored on exit. Under DDP the ranks agree on the stop (all-reduce
+    of the flag at each step), so no rank waits in a collective that the others left."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, info: distributed.DistInfo):
+        self.info = info
+        self.received: str | None = None
+        self._old: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        import signal
+
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        log.warning("%s received: stopping at the next step boundary and saving checkpoints/last.pt "
+                    "(send it again to stop at once)", self.received)
+
+    def __enter__(self) -> "GracefulStop":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def __call__(self) -> bool:
+        flag = self.received is not None
+        if self.info.world_size > 1 and torch.distributed.is_initialized():
+            t = torch.tensor([1.0 if flag else 0.0], device=self.info.device)
+            torch.distributed.all_reduce(t)
+            if t.item() > 0 and self.received is None:
+                self.received = "SIGTERM"  # another rank was signalled
+            return t.item() > 0
+        return flag
 
 
 def default_source(cfg: Config, workdir: Path, info: distributed.DistInfo) -> DataSource:
@@ -292,26 +347,43 @@ def default_source(cfg: Config, workdir: Path, info: distributed.DistInfo) -> Da
 def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", resume: bool = False,
          stop_at_step: int | None = None, source: DataSource | None = None,
          on_step: StepCallback | None = None, on_eval: StepCallback | None = None,
-         on_start: Callable[[dict], None] | None = None) -> TrainResult:
+         on_start: Callable[[dict], None] | None = None, force: bool = False) -> TrainResult:
     """Train ``cfg`` into ``{workdir}/runs/{name}``. ``stop_at_step`` pauses after that many optimizer steps
-    (the schedule still spans the whole run; continue with ``resume=True``)."""
+    (the schedule still spans the whole run; continue with ``resume=True``). A resume under a config that
+    changes the results is refused, naming the keys (``RESUME_MAY_CHANGE`` lists those that may change);
+    ``force`` starts the run over instead. SIGINT/SIGTERM save last.pt at the next step boundary and return
+    with ``interrupted`` set."""
     t_start = time.perf_counter()
     workdir = Path(workdir)
     run_dir = workdir / "runs" / name
     ckpt_dir = run_dir / "checkpoints"
     info = distributed.setup(cfg.train.device)
+    stack = contextlib.ExitStack()
     try:
         if cfg.train.threads > 0 and info.device.type == "cpu":
             torch.set_num_threads(cfg.train.threads)
+        if info.is_main:  # two identical `leap train` at once would write one run: refuse the second
+            stack.enter_context(OutputLock(run_dir / "checkpoints"))
         resume_ckpt = None
+        if force and (ckpt_dir / "last.pt").exists():
+            distributed.barrier(info)  # every rank has seen the checkpoint before rank 0 removes it
+            if info.is_main:
+                log.warning("--force: starting %s over (its checkpoints and metrics are removed)", run_dir)
+                for f in (ckpt_dir / "last.pt", ckpt_dir / "best.pt", run_dir / "metrics.jsonl"):
+                    f.unlink(missing_ok=True)
+            distributed.barrier(info)
+            resume = False
         if resume:
             resume_ckpt = load_checkpoint(ckpt_dir / "last.pt")
-            changed = _config_changes(resume_ckpt.get("config") or {}, cfg.to_dict())
-            if changed and info.is_main:
-                log.warning("resuming with a config that differs from the checkpoint's: %s", "; ".join(changed))
+            changed = [c for c in settings_changes(resume_ckpt.get("config") or {}, cfg.to_dict())
+                       if c.split(":")[0] not in RESUME_MAY_CHANGE]
+            if changed:
+                raise LeapError(f"the config differs from the checkpoint's ({'; '.join(changed)}); resuming "
+                                f"would mix two trainings", path=ckpt_dir / "last.pt", record="config",
+                                fix="resume with the run's config.yaml, or pass --force to start the run over")
         elif (ckpt_dir / "last.pt").exists():
             raise LeapError("run directory already holds a checkpoint", path=run_dir,
-                            fix="continue it with --resume, or pick another --name")
+                            fix="continue it with --resume, start it over with --force, or pick another --name")
         seed_everything(cfg.train.seed)
         source = source or default_source(cfg, workdir, info)
         model_args = model_args_for(cfg, source)
@@ -384,6 +456,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                       "parameters": sum(p.numel() for p in model.parameters())})
         last_eval: dict = {}
         stopped = False
+        stop = stack.enter_context(GracefulStop(info))
         while state.epoch < epochs and not stopped:
             batches = iter(source.train_batches(state.epoch))
             for _ in range(state.batches):  # resume mid-epoch: replay the data order, skip what was seen
@@ -394,7 +467,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             going = train_one_epoch(
                 train_model, batches, optimizer, scheduler, scaler, cfg, state, info, total_steps=total,
                 batches_per_epoch=steps_per_epoch * accum, stop_at_step=stop_at_step, on_step=log_step,
-                on_checkpoint=lambda: checkpoint(ckpt_dir / "last.pt"))
+                on_checkpoint=lambda: checkpoint(ckpt_dir / "last.pt"), should_stop=stop)
             if not going:
                 stopped = True
                 break
@@ -419,7 +492,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                     state.best_metric = last_eval["action_top1"]
                     checkpoint(ckpt_dir / "best.pt")
             checkpoint(ckpt_dir / "last.pt")
-            if state.step >= total:
+            if state.step >= total or stop():
                 break
         checkpoint(ckpt_dir / "last.pt")
         distributed.barrier(info)
@@ -427,21 +500,16 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             metrics.close()
         return TrainResult(run_dir=run_dir, steps=state.step, epochs=state.epoch, best_metric=state.best_metric,
                            last_eval=last_eval, history=state.history, seconds=time.perf_counter() - t_start,
-                           model_args=model_args, is_main=info.is_main)
+                           model_args=model_args, is_main=info.is_main, interrupted=stop.received)
     finally:
+        stack.close()
         distributed.cleanup()
 
 
-def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """``["optim.lr: 0.001 -> 0.0003", ...]`` for every key whose value differs."""
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict) and key != "options":
-            out += _config_changes(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
+# Keys a resume may change: where and how fast the run goes, not what it computes.
+RESUME_MAY_CHANGE = frozenset({"train.device", "train.threads", "train.log_every", "train.checkpoint_every",
+                               "data.num_workers", "data.eval_batch_size", "data.val", "data.train",
+                               "train.compile"})
 
 
 def prepare_model(model: nn.Module, cfg: Config, info: distributed.DistInfo) -> nn.Module:

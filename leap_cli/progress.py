@@ -1,0 +1,120 @@
+"""Progress that shows outside a terminal too.
+
+In a terminal every stage draws a rich progress bar. With output sent to a file or a pipe (a batch job, ``nohup``,
+``| tee``) a bar draws nothing until the end, so there :func:`live_or_log` swaps it for :class:`LogProgress`,
+which prints one plain line every ``LEAP_PROGRESS_EVERY`` seconds (default 10) with the count, the rate and
+the time left, like torchvision's ``MetricLogger``::
+
+    extract train: 1200/9668 (12%) 3.41/s, ETA 0:41:23, P01_11
+
+Both take the same calls (``add_task``, ``update``, ``advance``, ``start``, ``stop``, ``with``), so a stage's
+loop does not know which one it drives.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+
+DEFAULT_EVERY = 10.0
+
+
+def progress_every() -> float:
+    """Seconds between progress lines outside a terminal (``LEAP_PROGRESS_EVERY``; 0 logs every update)."""
+    try:
+        return max(0.0, float(os.environ.get("LEAP_PROGRESS_EVERY", DEFAULT_EVERY)))
+    except ValueError:
+        return DEFAULT_EVERY
+
+
+def _eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+class _Task:
+    def __init__(self, description: str, total: float | None, completed: float, fields: dict):
+        self.description, self.total, self.completed, self.fields = description, total, completed, fields
+        self.start_completed = completed
+        self.t0 = time.monotonic()
+
+
+class LogProgress:
+    """A rich-Progress look-alike that logs a line every ``every`` seconds instead of drawing a bar."""
+
+    def __init__(self, label: str, console: Console, every: float | None = None):
+        self.label, self.console = label, console
+        self.every = progress_every() if every is None else every
+        self._tasks: list[_Task] = []
+        self._last = time.monotonic()
+        self._printed = False
+
+    # -- the rich.progress.Progress calls leap uses
+    def add_task(self, description: str = "", total: float | None = None, completed: float = 0, **fields: Any) -> int:
+        self._tasks.append(_Task(description, total, completed, fields))
+        return len(self._tasks) - 1
+
+    def update(self, task_id: int, *, total: float | None = None, completed: float | None = None,
+               advance: float | None = None, description: str | None = None, **fields: Any) -> None:
+        t = self._tasks[task_id]
+        if total is not None:
+            t.total = total
+        if completed is not None:
+            t.completed = completed
+        if advance is not None:
+            t.completed += advance
+        if description is not None:
+            t.description = description
+        t.fields.update(fields)
+        self._maybe_log(t)
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def start(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        if self._printed:  # a closing line only where progress lines were shown at all
+            for t in self._tasks:
+                self.console.print(self.line(t, final=True), markup=False, highlight=False, soft_wrap=True)
+
+    def __enter__(self) -> "LogProgress":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- the lines
+    def line(self, t: _Task, *, final: bool = False) -> str:
+        elapsed = max(time.monotonic() - t.t0, 1e-9)
+        rate = (t.completed - t.start_completed) / elapsed
+        done = f"{t.completed:g}/{t.total:g}" if t.total else f"{t.completed:g}"
+        if t.total:
+            done += f" ({t.completed / t.total:.0%})"
+        text = f"{self.label} {t.description}".strip() + f": {done} {rate:.2f}/s"
+        if final:
+            text += f", {_eta(elapsed)} elapsed"
+        elif t.total and rate > 0:
+            text += f", ETA {_eta((t.total - t.completed) / rate)}"
+        info = " ".join(str(v) for v in t.fields.values() if v not in (None, ""))
+        return text + (f", {info}" if info else "")
+
+    def _maybe_log(self, t: _Task) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self._printed = True
+            self.console.print(self.line(t), markup=False, highlight=False, soft_wrap=True)
+
+
+def live_or_log(progress: Progress, label: str) -> Progress | LogProgress:
+    """``progress`` itself in a terminal; a :class:`LogProgress` printing to the same console elsewhere."""
+    if progress.console.is_terminal:
+        return progress
+    return LogProgress(label, progress.console)

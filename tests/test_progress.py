@@ -1,0 +1,48 @@
+"""Progress outside a terminal: one plain line every N seconds with count, rate and ETA."""
+
+import io
+import os
+import subprocess
+import sys
+
+from rich.console import Console
+from rich.progress import Progress
+
+from leap_cli.progress import LogProgress, live_or_log
+
+
+def test_log_progress_lines_carry_rate_and_eta():
+    out = io.StringIO()
+    p = LogProgress("extract train", Console(file=out, width=200), every=0.0)
+    with p:
+        t = p.add_task("P01_01", total=4)
+        for _ in range(2):
+            p.update(t, advance=1, description="P01_02")
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("extract train P01_02: 1/4 (25%) ") and "/s, ETA 0:" in lines[0]
+    assert lines[1].startswith("extract train P01_02: 2/4 (50%)")
+    assert "elapsed" in lines[-1]  # a closing line
+
+
+def test_log_progress_is_quiet_between_intervals():
+    out = io.StringIO()
+    with LogProgress("train", Console(file=out), every=3600) as p:
+        t = p.add_task("train", total=100, info="")
+        for i in range(100):
+            p.update(t, completed=i + 1, info=f"loss {1 / (i + 1):.3f}")
+    assert out.getvalue() == ""
+
+
+def test_bar_in_a_terminal_log_lines_elsewhere():
+    assert isinstance(live_or_log(Progress(console=Console(file=io.StringIO())), "x"), LogProgress)
+    term = Progress(console=Console(file=io.StringIO(), force_terminal=True))
+    assert live_or_log(term, "x") is term
+
+
+def test_stage_output_to_a_file_shows_progress(tmp_path):
+    env = {**os.environ, "LEAP_PROGRESS_EVERY": "0", "COLUMNS": "200"}
+    r = subprocess.run([sys.executable, "-m", "leap_cli", "demo-data", "--out", str(tmp_path / "k"), "--videos", "2",
+                        "--segments", "2"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stdout.splitlines() if x.startswith("kitchen ")]
+    assert any(": 1/2 (50%)" in x and "ETA" in x for x in lines), r.stdout
