@@ -180,7 +180,7 @@ def resolve_run(run: str | Path, workdir: str | Path) -> Path:
 def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: str = "best",
                  task: str | None = None, shards: str | Path | None = None, views: ViewConfig = ViewConfig(),
                  batch_size: int | None = None, workers: int = 0, device: str = "cpu", precision: str = "auto",
-                 on_start: Callable[[int], None] | None = None,
+                 allow_partial: bool = False, on_start: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None) -> tuple[dict, Path]:
     """Load the run's checkpoint, score every segment of ``{workdir}/shards/{split}`` on all views and write
     ``runs/NAME/eval/{split}/scores.pt``. Returns (scores, scores path)."""
@@ -190,7 +190,7 @@ def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint
     run_dir = Path(run)
     which = checkpoint if checkpoint in ("best", "last") else "best"
     source = run_dir if checkpoint in ("best", "last") else Path(checkpoint)
-    model, ckpt = load_model(source, which=which, map_location="cpu")
+    model, ckpt = load_model(source, which=which, map_location="cpu", allow_partial=allow_partial)
     config = ckpt.get("config") or {}
     run_task = (config.get("data") or {}).get("task", "recognition")
     task = task or run_task
