@@ -537,7 +537,7 @@ def preset_args(family, **over):
     cfg = load_config(f"uniformerv2-b16-{family}", ["model.backbone=uniformerv2_tiny", "model.num_frames=4",
                                                     "model.img_size=64"])
     assert cfg.model.weights == family
-    return tiny_args(**backbone_options(cfg.model), **over)
+    return tiny_args(**{**backbone_options(cfg.model), **over})
 
 
 def family_checkpoint(family, tmp_path):
