@@ -363,12 +363,16 @@ def test_pretrained_backbone_is_loaded_before_training(tmp_path: Path) -> None:
     """model.pretrained: a local file in the official UniFormerV2 key layout initialises the backbone."""
     from leap_cli.model import build_model
 
-    cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0")
+    # the official layout with local blocks and temporal downsampling is the SSv2 family (Kinetics normalisation)
+    cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0", "model.weights=ssv2")
     torch.manual_seed(123)
     donor = build_model(model_args_for(cfg, MemorySource()))
     weights = {k: v for k, v in donor.state_dict().items() if k.startswith("backbone.")}
     torch.save(weights, tmp_path / "uniformerv2_tiny.pth")
-    cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0",
+    with pytest.raises(LeapError, match="ssv2 family.*uniformerv2-\\*-ssv2 preset"):
+        main(tiny_config(f"model.pretrained={tmp_path / 'uniformerv2_tiny.pth'}"), workdir=tmp_path, name="wrong",
+             source=MemorySource(val=False))
+    cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0", "model.weights=ssv2",
                       f"model.pretrained={tmp_path / 'uniformerv2_tiny.pth'}")
     main(cfg, workdir=tmp_path, name="pre", source=MemorySource(val=False))
     got = torch.load(tmp_path / "runs/pre/checkpoints/last.pt", weights_only=True)["model"]
