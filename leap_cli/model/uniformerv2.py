@@ -152,6 +152,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         # x: [B, Lq, C] queries; y: [B, Lk, C] keys/values (self-attention when None)
         B, Lq, C = x.shape
+        if y is not None and Lq * self.num_heads < C:
+            return self._few_queries(x, y)
         if y is None:
             q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         else:
@@ -169,6 +171,23 @@ class Attention(nn.Module):
             out = aff.softmax(dim=-1) @ v
         out = out.transpose(1, 2).reshape(B, Lq, C)
         return self.out_proj(out)
+
+
+    def _few_queries(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-attention of a few queries (the global UniBlocks' one video query) over many tokens, without
+        projecting every token to keys and values: per head, q.(W_k y + b_k) = (W_k^T q).y + const (the constant
+        cancels in the softmax) and sum_i a_i (W_v y_i + b_v) = W_v (sum_i a_i y_i) + b_v. The same function,
+        at Lq*heads*C instead of 2*C*C multiply-adds per token."""
+        B, Lq, C = x.shape
+        h, d = self.num_heads, self.head_dim
+        w_q, w_k, w_v = self.in_proj_weight.split(C)
+        b_q, _, b_v = self.in_proj_bias.split(C)
+        q = F.linear(x, w_q, b_q).view(B, Lq, h, d) * (d ** -0.5)
+        u = torch.einsum("bqhd,hdc->bhqc", q, w_k.view(h, d, C)).reshape(B, h * Lq, C)
+        attn = (u @ y.transpose(1, 2)).softmax(dim=-1)  # [B, h*Lq, Lk]
+        z = (attn @ y).view(B, h, Lq, C)  # attention-weighted tokens per head
+        out = torch.einsum("bhqc,hdc->bqhd", z, w_v.view(h, d, C)) + b_v.view(h, d)
+        return self.out_proj(out.reshape(B, Lq, C))
 
 
 class LocalMHRA(nn.Module):
