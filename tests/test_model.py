@@ -614,3 +614,23 @@ def test_normalisation_travels_with_the_checkpoint(tmp_path):
     with pytest.raises(LeapError, match=r"trained on inputs normalised with mean \[0\.45"):
         load_pretrained(build_model(preset_args("k710", mean=list(CLIP_MEAN), std=list(CLIP_STD))), tmp_path / "best.pt")
     assert load_pretrained(build_model(preset_args("k710")), tmp_path / "best.pt").missing == []
+
+
+def test_drop_path_masks_follow_the_official_layout():
+    """Official (sequence-first tokens, timm DropPath over dim 0): per token position in the backbone blocks,
+    per clip in the local relations, one draw per batch in the global blocks; "sample" mode per clip/frame."""
+    from leap_cli.model.uniformerv2 import DropPath
+
+    torch.manual_seed(0)
+    x = torch.ones(6, 50, 8)  # [N*T, 1+HW, C]
+    token = DropPath(0.5, "token").train()(x)
+    assert torch.equal(token, token[:1].expand_as(token))  # the same for every clip and frame
+    assert 0 < (token[0, :, 0] == 0).sum() < 50  # but drawn per position
+    assert all(torch.unique(DropPath(0.5, "batch").train()(x)).numel() == 1 for _ in range(5))
+    sample = DropPath(0.5, "sample").train()(x)
+    assert torch.equal(sample, sample[:, :1].expand_as(sample))
+    model = uniformerv2_tiny(drop_path_rate=0.2, backbone_drop_path_rate=0.2)
+    block, dec = model.transformer.resblocks[2], model.transformer.dec[1]
+    assert (block.drop_path.per, block.drop_path_local.per, dec.drop_path.per) == ("token", "sample", "batch")
+    timm_like = uniformerv2_tiny(drop_path_rate=0.2, backbone_drop_path_rate=0.2, drop_path_mode="sample")
+    assert timm_like.transformer.resblocks[2].drop_path.per == timm_like.transformer.dec[1].drop_path.per == "sample"
