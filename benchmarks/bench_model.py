@@ -149,7 +149,8 @@ def side_by_side(args: argparse.Namespace) -> None:
             "uniformerv2_l14": dict(patch_size=14, width=1024, layers=24, heads=16, return_list=[20, 21, 22, 23])}
     b = base[args.backbone]
     rows = []
-    for options in ({}, {"no_lmhra": True, "temporal_downsample": False}):
+    settings = {"default": {}, "kinetics": {"no_lmhra": True, "temporal_downsample": False}}
+    for options in (settings[k] for k in args.settings):
         n = len(b["return_list"])
         ours = BUILDERS[args.backbone](num_frames=args.frames, img_size=args.img, num_classes=400,
                                        mlp_dropout=(0.0,) * n, cls_dropout=0.0, **options)
@@ -237,6 +238,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     ap.add_argument("--official", type=Path, help="the official slowfast/models/uniformerv2_model.py: time ours "
                     "against it side by side (forward+backward, same weights)")
+    ap.add_argument("--settings", nargs="+", default=["default", "kinetics"], choices=["default", "kinetics"],
+                    help="with --official: the architectures to compare (default: local blocks + temporal downsample; "
+                    "kinetics: no_lmhra, no temporal downsample)")
     ap.add_argument("--compile", action="store_true", help="with --official: also time torch.compile(ours)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
