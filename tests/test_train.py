@@ -92,6 +92,30 @@ def test_overrides_and_repo_configs_load() -> None:
         load_config(path)  # every shipped config is valid
 
 
+def test_config_base_and_weight_family_presets(tmp_path: Path) -> None:
+    """``base:`` merges key by key (model.options too); the family presets set the official architecture and
+    normalisation in model_args (so in every checkpoint)."""
+    from leap_cli.train.config import backbone_options
+
+    (tmp_path / "mine.yaml").write_text("base: uniformerv2-b16-k710\nmodel: {options: {drop_path_rate: 0.3}}\n"
+                                        "optim: {lr: 1.0e-4}\n")
+    cfg = load_config(tmp_path / "mine.yaml")
+    base = load_config("uniformerv2-b16-epic")
+    assert cfg.model.weights == "k710" and cfg.optim.lr == pytest.approx(1e-4)
+    assert cfg.optim.layer_decay == base.optim.layer_decay and cfg.data.num_workers == base.data.num_workers
+    assert cfg.model.options == {**base.model.options, "drop_path_rate": 0.3}
+    opts = backbone_options(cfg.model)
+    assert (opts["no_lmhra"], opts["temporal_downsample"], opts["mean"], opts["std"]) == (True, False, [0.45] * 3,
+                                                                                         [0.225] * 3)
+    ssv2 = backbone_options(load_config("uniformerv2-l14-ssv2").model)
+    assert ssv2["return_list"] == list(range(8, 24)) and ssv2["no_lmhra"] is False
+    (tmp_path / "loop.yaml").write_text("base: loop\n")
+    with pytest.raises(LeapError, match="loops"):
+        load_config(tmp_path / "loop.yaml")
+    with pytest.raises(LeapError, match="model.weights"):
+        load_config(None, ["model.weights=k999"])
+
+
 # ---------------------------------------------------------------------------------------------- optimizer
 def test_param_groups_layer_decay_and_no_decay() -> None:
     cfg = tiny_config()
