@@ -79,8 +79,9 @@ class ShardSource:
                 log.warning("no validation shards in %s: no validation and no best.pt", val_dir)
 
     def _loader(self, split: str, ds: ShardDataset, batch_size: int, drop_last: bool) -> DataLoader:
-        """One DataLoader per split for the whole run: with workers they persist across epochs (no re-fork, no
-        re-import per epoch) and read the epoch from the dataset's shared memory (``ShardDataset.set_epoch``).
+        """One DataLoader per split for the whole run. The training workers persist across epochs (no re-fork,
+        no re-import per epoch) and read the epoch from the dataset's shared memory (``ShardDataset.set_epoch``);
+        the validation workers start per validation (once per epoch at most, and not held the rest of the time).
         Batches hold uint8 clips (4x less to pass between processes than float32), normalised by the model on
         its device. The order does not depend on the torch RNG, so the explicit generator only keeps the loader
         from drawing on the global one (exact resume)."""
@@ -88,7 +89,7 @@ class ShardSource:
             workers = self.cfg.data.num_workers
             self._loaders[split] = DataLoader(
                 ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips, drop_last=drop_last,
-                pin_memory=self.info.device.type == "cuda", persistent_workers=workers > 0,
+                pin_memory=self.info.device.type == "cuda", persistent_workers=workers > 0 and split == "train",
                 generator=torch.Generator().manual_seed(self.cfg.train.seed))
         return self._loaders[split]
 
