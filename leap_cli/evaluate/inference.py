@@ -3,7 +3,9 @@
 Inputs (contracts in the project brief):
 
 - the run: ``runs/NAME/checkpoints/{best,last}.pt`` loaded with ``leap_cli.train.checkpoint.load_model``
-  (``(model, checkpoint)``; ``checkpoint["model_args"]`` holds ``program`` head sizes and ``anticipation``);
+  (``(model, checkpoint)``; ``checkpoint["model_args"]`` holds ``program`` head sizes and ``anticipation``, and the
+  input ``mean``/``std`` the run was trained with: the model normalises the uint8 clips itself, so evaluation
+  uses the training normalisation);
 - the shards: ``{workdir}/shards/{split}/`` (anticipation: ``{split}-anticipation/``) read with ``leap_cli.shards.dataset.ShardDataset(folder, train=False,
   num_frames=, img_size=, temporal_views=, spatial_views=)`` and ``collate_clips``; a batch holds ``video``
   ``[B,3,T,H,W]`` or, with V = temporal x spatial views > 1, ``[B,V,3,T,H,W]`` (anticipation adds
