@@ -5,6 +5,8 @@ on CUDA with bf16 autocast at batches up to what fits.
     python benchmarks/bench_model.py                      # CPU, b16 8x224, batch 1 and 2
     python benchmarks/bench_model.py --device cuda        # GPU, bf16, batches 8..128 until out of memory
     python benchmarks/bench_model.py --backbone uniformerv2_tiny --frames 4 --img 96   # quick check
+    # side by side with the official code (not part of leap: fetch OpenGVLab/UniFormerV2 and point at the file)
+    python benchmarks/bench_model.py --official /path/to/UniFormerV2/slowfast/models/uniformerv2_model.py [--compile]
 
 Each CPU configuration runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own;
 "peak MiB" on the CPU is the peak RSS above the RSS after building the model and the input. Besides clips per
@@ -104,6 +106,105 @@ def cuda_suite(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def load_official(path: Path):
+    """Import the official ``slowfast/models/uniformerv2_model.py`` on its own: its only outside imports are
+    timm's DropPath and slowfast's logger, given here as minimal stand-ins (DropPath as timm's drop_path:
+    one draw per entry of dim 0, scaled by 1/keep)."""
+    import importlib.util
+    import logging
+    import types
+
+    class DropPath(torch.nn.Module):
+        def __init__(self, drop_prob: float = 0.0) -> None:
+            super().__init__()
+            self.drop_prob = drop_prob
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.drop_prob == 0.0 or not self.training:
+                return x
+            keep = 1 - self.drop_prob
+            return x * x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep) / keep
+
+    stubs = {name: types.ModuleType(name) for name in
+             ("timm", "timm.models", "timm.models.layers", "slowfast", "slowfast.utils", "slowfast.utils.logging")}
+    stubs["timm.models.layers"].DropPath = DropPath
+    stubs["slowfast.utils.logging"].get_logger = logging.getLogger
+    for name, mod in stubs.items():
+        sys.modules.setdefault(name, mod)
+    spec = importlib.util.spec_from_file_location("official_uniformerv2_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def side_by_side(args: argparse.Namespace) -> None:
+    """Ours (eager, and compiled with --compile) vs the official module, the same random weights and input,
+    forward+backward in train mode (batch statistics, dropout off), timed interleaved in one process."""
+    import os
+
+    official = load_official(args.official)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    base = {"uniformerv2_b16": dict(patch_size=16, width=768, layers=12, heads=12, return_list=[8, 9, 10, 11]),
+            "uniformerv2_l14": dict(patch_size=14, width=1024, layers=24, heads=16, return_list=[20, 21, 22, 23])}
+    b = base[args.backbone]
+    rows = []
+    settings = {"default": {}, "kinetics": {"no_lmhra": True, "temporal_downsample": False}}
+    for options in (settings[k] for k in args.settings):
+        n = len(b["return_list"])
+        ours = BUILDERS[args.backbone](num_frames=args.frames, img_size=args.img, num_classes=400,
+                                       mlp_dropout=(0.0,) * n, cls_dropout=0.0, **options)
+        ref = official.VisionTransformer(
+            input_resolution=args.img, patch_size=b["patch_size"], width=b["width"], layers=b["layers"],
+            heads=b["heads"], output_dim=512, t_size=args.frames, return_list=b["return_list"], n_layers=n,
+            n_dim=b["width"], n_head=b["heads"], mlp_dropout=[0.0] * n, cls_dropout=0.0, num_classes=400,
+            temporal_downsample=options.get("temporal_downsample", True), no_lmhra=options.get("no_lmhra", False))
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for name, t in ours.state_dict().items():
+                if t.dtype.is_floating_point:
+                    t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
+                            else 0.02 * torch.randn(t.shape, generator=g))
+        ref.load_state_dict(ours.state_dict(), strict=True)  # the same key layout, loaded as is
+        ours.train()
+        ref.train()
+        x = torch.randn(args.batches[0], 3, args.frames, args.img, args.img, generator=g)
+        models = {"ours": ours, "official": ref}
+        if args.compile:
+            models["ours compiled"] = torch.compile(ours)
+
+        def step(m: torch.nn.Module) -> torch.Tensor:
+            out = m(x)
+            out.float().sum().backward()
+            for p in (ours, ref):
+                p.zero_grad(set_to_none=True)
+            return out.detach()
+
+        outs = {name: step(m) for name, m in models.items()}  # warm-up (and compilation)
+        rel = {name: float((o - outs["official"]).norm() / outs["official"].norm()) for name, o in outs.items()}
+        cpu = {name: 0.0 for name in models}
+        wall = {name: 0.0 for name in models}
+        for _ in range(args.iters):
+            for name, m in models.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                step(m)
+                wall[name] += time.perf_counter() - t0
+                cpu[name] += time.process_time() - c0
+        for name in models:
+            rows.append((options, name, cpu[name] / args.iters, wall[name] / args.iters, cpu["official"] / cpu[name],
+                         rel[name]))
+            print(f"{options or 'default'} {name}: {cpu[name] / args.iters:.2f} CPU-s, {wall[name] / args.iters:.2f} s "
+                  f"per fwd+bwd; official/this (CPU) {cpu['official'] / cpu[name]:.2f}x; relative difference to the "
+                  f"official output {rel[name]:.1e}; load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(f"\n{args.backbone} {args.frames}x{args.img}, batch {args.batches[0]}, {args.threads} thread(s), "
+          f"{args.iters} interleaved iterations; load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print("| options | model | CPU-s per fwd+bwd | wall s | official / this (CPU time) | rel. diff to official |")
+    print("|---|---|---|---|---|---|")
+    for options, name, c, w, ratio, r in rows:
+        opt = ", ".join(f"{k}={v}" for k, v in options.items()) or "default"
+        print(f"| {opt} | {name} | {c:.2f} | {w:.2f} | {ratio:.2f}x | {r:.1e} |")
+
+
 def _fmt(r: dict) -> str:
     return (f"{r['device']:4} {r['backbone']} {r['frames']}x{r['img']} batch {r['batch']:3} {r['mode']:7} "
             f"{r['attention']:5}: {r['clips_per_s']:8.3f} clips/s, {r['cpu_s_per_clip']:7.2f} CPU-s/clip, "
@@ -135,8 +236,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="CPU threads")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="cpu, cuda, or both if a GPU exists")
     ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    ap.add_argument("--official", type=Path, help="the official slowfast/models/uniformerv2_model.py: time ours "
+                    "against it side by side (forward+backward, same weights)")
+    ap.add_argument("--settings", nargs="+", default=["default", "kinetics"], choices=["default", "kinetics"],
+                    help="with --official: the architectures to compare (default: local blocks + temporal downsample; "
+                    "kinetics: no_lmhra, no temporal downsample)")
+    ap.add_argument("--compile", action="store_true", help="with --official: also time torch.compile(ours)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.official:
+        side_by_side(args)
+        return
     if args.one:
         print(json.dumps(run_one(*json.loads(args.one))))
         return

@@ -173,7 +173,7 @@ def test_bad_model_args_are_clear_errors():
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-from leap_cli.model.uniformerv2 import load_pretrained, uniformerv2_tiny  # noqa: E402
+from leap_cli.model.uniformerv2 import family_options, load_pretrained, uniformerv2_tiny  # noqa: E402
 
 
 def official_uniformerv2_shapes(width=64, layers=3, heads=4, patch=16, img=64, kernel_t=3, downsample=True,
@@ -262,9 +262,10 @@ def test_load_official_uniformerv2_checkpoint(tmp_path, wrap):
     saved = {"plain": state, "model": {"model": state, "epoch": 3},
              "state_dict+module": {"state_dict": {f"module.{k}": v for k, v in state.items()}},
              "model_state": {"model_state": state, "optimizer_state": {}, "epoch": 30, "cfg": "TRAIN: ..."}}[wrap]
-    path = tmp_path / "k400_uniformerv2_tiny.pyth"
+    path = tmp_path / "ssv2_uniformerv2_tiny.pyth"  # local blocks + temporal downsample: the SSv2 layout
     torch.save(saved, path)
-    model = build_model(tiny_args())
+    ssv2 = family_options("ssv2", 3)
+    model = build_model(tiny_args(**ssv2))
     report = load_pretrained(model, path)
     assert report.source == "uniformerv2"
     assert report.missing == [] and report.unexpected == [] and report.initialized == []
@@ -274,7 +275,7 @@ def test_load_official_uniformerv2_checkpoint(tmp_path, wrap):
         if "proj.2" not in k:
             assert torch.equal(sd[k].float(), v.float()), k
     # a standalone backbone with the same 400 classes keeps the classifier
-    standalone = uniformerv2_tiny(img_size=64)
+    standalone = uniformerv2_tiny(img_size=64, **ssv2)
     report = load_pretrained(standalone, path)
     assert report.dropped == {} and report.missing == []
     assert torch.equal(standalone.transformer.proj[2].weight, state["backbone.transformer.proj.2.weight"])
@@ -291,12 +292,16 @@ def test_load_backbone_of_a_leap_run(tmp_path):
 
 
 def test_load_kinetics_checkpoint_without_lmhra_into_lmhra_model(tmp_path):
-    """Official Kinetics checkpoints use no_lmhra/temporal_downsample=False: the conv is inflated and the
-    local modules start from their (zero-output) initialisation."""
-    state = random_state(official_uniformerv2_shapes(no_lmhra=True, downsample=False, img=48))
+    """Official Kinetics checkpoints use no_lmhra/temporal_downsample=False: into the default model that is an
+    error naming the preset; --allow-partial-load inflates the conv and starts the local modules from their
+    (zero-output) initialisation."""
+    state = random_state(official_uniformerv2_shapes(no_lmhra=True, downsample=False, img=48, num_classes=710))
     torch.save(state, tmp_path / "k710.pth")
+    with pytest.raises(LeapError, match=r"k710 family.*\d+ backbone tensors would start from their initialisation.*"
+                                         r"patch kernel would be inflated.*mean \[0\.45.*a uniformerv2-\*-k710 preset"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "k710.pth")
     model = build_model(tiny_args())
-    report = load_pretrained(model, tmp_path / "k710.pth")
+    report = load_pretrained(model, tmp_path / "k710.pth", allow_partial=True)
     assert report.missing == [] and report.unexpected == []
     assert report.initialized and all(".lmhra" in k for k in report.initialized)
     assert set(report.resized) == {"conv1.weight", "positional_embedding"}
@@ -519,3 +524,113 @@ def test_matches_a_functional_reference_of_the_official_forward(options):
             model.set_attention(sdpa)
             out = model(x)
             assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+
+
+# ------------------------------------------------------------------------------------ weight families
+FAMILY_NAMES = ("clip", "k400", "k710", "ssv2")
+
+
+def preset_args(family, **over):
+    """model_args of the B/16 preset of ``family``, with the tiny backbone (same family options)."""
+    from leap_cli.train.config import backbone_options, load_config
+
+    cfg = load_config(f"uniformerv2-b16-{family}", ["model.backbone=uniformerv2_tiny", "model.num_frames=4",
+                                                    "model.img_size=64"])
+    assert cfg.model.weights == family
+    return tiny_args(**{**backbone_options(cfg.model), **over})
+
+
+def family_checkpoint(family, tmp_path):
+    """A random-weight checkpoint in the official key layout of ``family`` (tiny sizes)."""
+    if family == "clip":
+        state = random_state(clip_visual_shapes(img=64))
+    else:
+        f = family_options(family, 3)
+        state = random_state(official_uniformerv2_shapes(
+            no_lmhra=f["no_lmhra"], downsample=f["temporal_downsample"], return_list=f["return_list"],
+            num_classes={"k400": 400, "k710": 710, "ssv2": 174}[family]))
+    path = tmp_path / f"{family}.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize("ckpt_family", FAMILY_NAMES)
+def test_each_family_loads_into_its_preset_and_fails_in_another_naming_its_preset(tmp_path, ckpt_family):
+    path = family_checkpoint(ckpt_family, tmp_path)
+    for preset in FAMILY_NAMES:
+        model = build_model(preset_args(preset))
+        same_network = {ckpt_family, preset} <= {"k400", "k710"}  # one architecture and normalisation
+        if preset == ckpt_family or same_network:
+            report = load_pretrained(model, path)
+            assert report.family == ckpt_family and report.missing == [] and report.unexpected == []
+            fresh = [k for k in report.initialized if ".lmhra" in k]
+            assert fresh == [] or ckpt_family == "clip"
+            continue
+        with pytest.raises(LeapError, match=rf"{ckpt_family} family.*a uniformerv2-\*-{ckpt_family} preset"):
+            load_pretrained(model, path)
+        load_pretrained(build_model(preset_args(preset)), path, allow_partial=True)  # the escape hatch
+
+
+def test_fix_names_the_b16_preset_file():
+    from leap_cli.model.uniformerv2 import _family_fix, uniformerv2_b16
+    from leap_cli.resources import bundled_config
+
+    with torch.device("meta"):
+        b16 = uniformerv2_b16(**family_options("clip", 12))
+    for family in FAMILY_NAMES:
+        fix = _family_fix(b16, family)
+        assert f"--config uniformerv2-b16-{family} " in fix
+        assert bundled_config(f"uniformerv2-b16-{family}") is not None
+        assert bundled_config(f"uniformerv2-l14-{family}") is not None
+
+
+def test_normalisation_travels_with_the_checkpoint(tmp_path):
+    """uint8 clips are normalised by the model with the mean/std of its model_args, which a leap checkpoint
+    stores; a checkpoint rebuilt by load_model normalises as the trained model did."""
+    from leap_cli.model.uniformerv2 import CLIP_MEAN, CLIP_STD, KINETICS_MEAN, KINETICS_STD
+    from leap_cli.train.checkpoint import load_model
+
+    torch.manual_seed(0)
+    args = preset_args("k710")
+    model = build_model(args).eval()
+    unzero_(model)
+    clip = torch.randint(0, 256, (2, 3, 4, 64, 64), dtype=torch.uint8)
+
+    def by_hand(mean, std):
+        m, s = torch.tensor(mean).view(1, 3, 1, 1, 1), torch.tensor(std).view(1, 3, 1, 1, 1)
+        return (clip.float() / 255 - m) / s
+
+    with torch.no_grad():
+        got = model(clip)["verb"]
+        assert torch.allclose(got, model(by_hand(KINETICS_MEAN, KINETICS_STD))["verb"], atol=1e-5)
+        assert not torch.allclose(got, model(by_hand(CLIP_MEAN, CLIP_STD))["verb"], atol=1e-3)
+    ckpt = {"model": model.state_dict(), "model_args": args, "config": {}, "step": 1}
+    torch.save(ckpt, tmp_path / "best.pt")
+    loaded, _ = load_model(tmp_path / "best.pt")
+    assert loaded.backbone.cfg.mean == KINETICS_MEAN and loaded.backbone.cfg.std == KINETICS_STD
+    with torch.no_grad():
+        assert torch.allclose(loaded(clip)["verb"], got, atol=1e-6)
+    # as pretrained weights for a model with another normalisation: refused, naming what it was trained with
+    with pytest.raises(LeapError, match=r"trained on inputs normalised with mean \[0\.45"):
+        load_pretrained(build_model(preset_args("k710", mean=list(CLIP_MEAN), std=list(CLIP_STD))), tmp_path / "best.pt")
+    assert load_pretrained(build_model(preset_args("k710")), tmp_path / "best.pt").missing == []
+
+
+def test_drop_path_masks_follow_the_official_layout():
+    """Official (sequence-first tokens, timm DropPath over dim 0): per token position in the backbone blocks,
+    per clip in the local relations, one draw per batch in the global blocks; "sample" mode per clip/frame."""
+    from leap_cli.model.uniformerv2 import DropPath
+
+    torch.manual_seed(0)
+    x = torch.ones(6, 50, 8)  # [N*T, 1+HW, C]
+    token = DropPath(0.5, "token").train()(x)
+    assert torch.equal(token, token[:1].expand_as(token))  # the same for every clip and frame
+    assert 0 < (token[0, :, 0] == 0).sum() < 50  # but drawn per position
+    assert all(torch.unique(DropPath(0.5, "batch").train()(x)).numel() == 1 for _ in range(5))
+    sample = DropPath(0.5, "sample").train()(x)
+    assert torch.equal(sample, sample[:, :1].expand_as(sample))
+    model = uniformerv2_tiny(drop_path_rate=0.2, backbone_drop_path_rate=0.2)
+    block, dec = model.transformer.resblocks[2], model.transformer.dec[1]
+    assert (block.drop_path.per, block.drop_path_local.per, dec.drop_path.per) == ("token", "sample", "batch")
+    timm_like = uniformerv2_tiny(drop_path_rate=0.2, backbone_drop_path_rate=0.2, drop_path_mode="sample")
+    assert timm_like.transformer.resblocks[2].drop_path.per == timm_like.transformer.dec[1].drop_path.per == "sample"

@@ -92,6 +92,30 @@ def test_overrides_and_repo_configs_load() -> None:
         load_config(path)  # every shipped config is valid
 
 
+def test_config_base_and_weight_family_presets(tmp_path: Path) -> None:
+    """``base:`` merges key by key (model.options too); the family presets set the official architecture and
+    normalisation in model_args (so in every checkpoint)."""
+    from leap_cli.train.config import backbone_options
+
+    (tmp_path / "mine.yaml").write_text("base: uniformerv2-b16-k710\nmodel: {options: {drop_path_rate: 0.3}}\n"
+                                        "optim: {lr: 1.0e-4}\n")
+    cfg = load_config(tmp_path / "mine.yaml")
+    base = load_config("uniformerv2-b16-epic")
+    assert cfg.model.weights == "k710" and cfg.optim.lr == pytest.approx(1e-4)
+    assert cfg.optim.layer_decay == base.optim.layer_decay and cfg.data.num_workers == base.data.num_workers
+    assert cfg.model.options == {**base.model.options, "drop_path_rate": 0.3}
+    opts = backbone_options(cfg.model)
+    assert (opts["no_lmhra"], opts["temporal_downsample"], opts["mean"], opts["std"]) == (True, False, [0.45] * 3,
+                                                                                         [0.225] * 3)
+    ssv2 = backbone_options(load_config("uniformerv2-l14-ssv2").model)
+    assert ssv2["return_list"] == list(range(8, 24)) and ssv2["no_lmhra"] is False
+    (tmp_path / "loop.yaml").write_text("base: loop\n")
+    with pytest.raises(LeapError, match="loops"):
+        load_config(tmp_path / "loop.yaml")
+    with pytest.raises(LeapError, match="model.weights"):
+        load_config(None, ["model.weights=k999"])
+
+
 # ---------------------------------------------------------------------------------------------- optimizer
 def test_param_groups_layer_decay_and_no_decay() -> None:
     cfg = tiny_config()
@@ -319,6 +343,24 @@ def test_cli_train_on_shards_stop_and_resume(shard_work: Path, tmp_path: Path) -
     assert r.exit_code != 0 and "optim.lrr" in str(r.exception or r.output)
 
 
+def test_resume_on_real_shards_is_exact_with_num_workers_0(shard_work: Path) -> None:
+    """The shards reader in the main process (data.num_workers 0, the default): 12 steps in one run give the same
+    weights as 5 steps, stop (mid-epoch 1), resume. The epoch order used to depend on how often the dataset had
+    been iterated in this process (an uninterrupted run shuffled epoch e as 2e, a resumed one as e)."""
+    cfg = load_config(None, ["model.img_size=32", "model.num_frames=4", "data.batch_size=2", "data.eval_batch_size=4",
+                             "data.num_workers=0", "data.color_jitter=0.2", "data.shuffle_buffer=4", "train.epochs=3",
+                             "train.log_every=1", "optim.lr=1e-3", "optim.warmup_steps=2",
+                             "model.options={decoder_dim: 32, drop_path_rate: 0.2}"])
+    full = main(cfg, workdir=shard_work, name="exact-full")
+    assert full.steps == 12
+    assert main(cfg, workdir=shard_work, name="exact-split", stop_at_step=5).steps == 5
+    assert main(cfg, workdir=shard_work, name="exact-split", resume=True).steps == 12
+    a = torch.load(shard_work / "runs/exact-full/checkpoints/last.pt", weights_only=True)
+    b = torch.load(shard_work / "runs/exact-split/checkpoints/last.pt", weights_only=True)
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6, rtol=0), k
+
+
 def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(shard_work: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -345,12 +387,16 @@ def test_pretrained_backbone_is_loaded_before_training(tmp_path: Path) -> None:
     """model.pretrained: a local file in the official UniFormerV2 key layout initialises the backbone."""
     from leap_cli.model import build_model
 
-    cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0")
+    # the official layout with local blocks and temporal downsampling is the SSv2 family (Kinetics normalisation)
+    cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0", "model.weights=ssv2")
     torch.manual_seed(123)
     donor = build_model(model_args_for(cfg, MemorySource()))
     weights = {k: v for k, v in donor.state_dict().items() if k.startswith("backbone.")}
     torch.save(weights, tmp_path / "uniformerv2_tiny.pth")
-    cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0",
+    with pytest.raises(LeapError, match="ssv2 family.*uniformerv2-\\*-ssv2 preset"):
+        main(tiny_config(f"model.pretrained={tmp_path / 'uniformerv2_tiny.pth'}"), workdir=tmp_path, name="wrong",
+             source=MemorySource(val=False))
+    cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0", "model.weights=ssv2",
                       f"model.pretrained={tmp_path / 'uniformerv2_tiny.pth'}")
     main(cfg, workdir=tmp_path, name="pre", source=MemorySource(val=False))
     got = torch.load(tmp_path / "runs/pre/checkpoints/last.pt", weights_only=True)["model"]

@@ -59,6 +59,9 @@ def evaluate(
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default "
                                                                 "DATA/annotations)."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory of the pipeline."),
+    allow_partial_load: bool = typer.Option(False, "--allow-partial-load", help="Evaluate a checkpoint whose weights "
+                                            "do not all fit the model it describes (missing tensors stay at their "
+                                            "initialisation; the default is an error)."),
 ) -> None:
     import torch
 
@@ -105,7 +108,7 @@ def evaluate(
             loaded, scores_path = evaluate_run(
                 run_dir, split, workdir=workdir, checkpoint=checkpoint, task=task, shards=shards, views=views,
                 batch_size=batch_size, workers=workers, device=device, precision=precision,
-                on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n))
+                allow_partial=allow_partial_load, on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n))
         task = loaded["meta"]["task"]
         console.print(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s))")
         if split == "test":

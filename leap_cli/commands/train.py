@@ -30,12 +30,14 @@ def train(
     no_program_loss: bool = typer.Option(False, "--no-program-loss", help="Ablation: train with L_CE only and no program heads (same as --set loss.program_loss=false)."),
     force: bool = typer.Option(False, "--force", "--overwrite", help="Start runs/NAME over (removes its checkpoints "
                                                                      "and metrics) instead of refusing."),
+    allow_partial_load: bool = typer.Option(False, "--allow-partial-load", help="Load model.pretrained even when it does not fit the model (another weights family: fresh backbone tensors, another normalisation); the default is an error naming the preset to use."),
     stop_after: int = typer.Option(None, "--stop-after", min=1, help="Pause after this many optimizer steps (the schedule still spans the whole run); continue with --resume."),
 ) -> None:
     from leap_cli.train.config import load_config
     from leap_cli.train.loop import main
 
     sets = list(overrides) + (["loss.program_loss=false"] if no_program_loss else [])
+    sets += ["model.allow_partial_load=true"] if allow_partial_load else []
     cfg = load_config(config, sets)
     name = name or config.stem
     progress = live_or_log(Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),

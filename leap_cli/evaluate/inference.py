@@ -3,7 +3,9 @@
 Inputs (contracts in the project brief):
 
 - the run: ``runs/NAME/checkpoints/{best,last}.pt`` loaded with ``leap_cli.train.checkpoint.load_model``
-  (``(model, checkpoint)``; ``checkpoint["model_args"]`` holds ``program`` head sizes and ``anticipation``);
+  (``(model, checkpoint)``; ``checkpoint["model_args"]`` holds ``program`` head sizes and ``anticipation``, and the
+  input ``mean``/``std`` the run was trained with: the model normalises the uint8 clips itself, so evaluation
+  uses the training normalisation);
 - the shards: ``{workdir}/shards/{split}/`` (anticipation: ``{split}-anticipation/``) read with ``leap_cli.shards.dataset.ShardDataset(folder, train=False,
   num_frames=, img_size=, temporal_views=, spatial_views=)`` and ``collate_clips``; a batch holds ``video``
   ``[B,3,T,H,W]`` or, with V = temporal x spatial views > 1, ``[B,V,3,T,H,W]`` (anticipation adds
@@ -203,7 +205,7 @@ def resolve_run(run: str | Path, workdir: str | Path) -> Path:
 def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: str = "best",
                  task: str | None = None, shards: str | Path | None = None, views: ViewConfig = ViewConfig(),
                  batch_size: int | None = None, workers: int = 0, device: str = "cpu", precision: str = "auto",
-                 on_start: Callable[[int], None] | None = None,
+                 allow_partial: bool = False, on_start: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None) -> tuple[dict, Path]:
     """Load the run's checkpoint, score every segment of ``{workdir}/shards/{split}`` on all views and write
     ``runs/NAME/eval/{split}/scores.pt``. Returns (scores, scores path)."""
@@ -213,7 +215,7 @@ def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint
     run_dir = Path(run)
     which = checkpoint if checkpoint in ("best", "last") else "best"
     source = run_dir if checkpoint in ("best", "last") else Path(checkpoint)
-    model, ckpt = load_model(source, which=which, map_location="cpu")
+    model, ckpt = load_model(source, which=which, map_location="cpu", allow_partial=allow_partial)
     config = ckpt.get("config") or {}
     run_task = (config.get("data") or {}).get("task", "recognition")
     task = task or run_task

@@ -33,9 +33,58 @@ from leap_cli.errors import LeapError
 
 log = logging.getLogger(__name__)
 
-# Input normalisation that goes with CLIP-initialised weights (clips are [B, 3, T, H, W], RGB in [0, 1] first).
+# Input normalisation (RGB in [0, 1] first): OpenAI CLIP's, and the one every official UniFormerV2 training used
+# (slowfast/config/defaults.py: DATA.MEAN [0.45]*3, DATA.STD [0.225]*3; no exp/*/config.yaml overrides it).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
+
+# The released weight families: the architecture each was trained with and its input normalisation, from the
+# official exp/*/config.yaml (k400/k400_b16_f8x224, k400/k400+k710_*, k710/k710_*: NO_LMHRA True,
+# TEMPORAL_DOWNSAMPLE False, RETURN_LIST the last 4 layers; sthv2/ssv2_*: NO_LMHRA False, DOUBLE_LMHRA True,
+# TEMPORAL_DOWNSAMPLE True, RETURN_LIST the last 2/3 of the layers (b16: 4-11, l14: 8-23)). "clip" is the
+# OpenAI CLIP image tower with every UniFormerV2 module fresh (the default architecture); it keeps CLIP's
+# normalisation (the official code fine-tuned from CLIP with 0.45/0.225, a small shift from CLIP's own).
+# The config presets are resources/configs/uniformerv2-{b16,l14}-{family}.yaml (``model.weights: family``).
+FAMILIES: dict[str, dict[str, Any]] = {
+    "clip": {"no_lmhra": False, "temporal_downsample": True, "global_layers": "last4",
+             "mean": CLIP_MEAN, "std": CLIP_STD},
+    "k400": {"no_lmhra": True, "temporal_downsample": False, "global_layers": "last4",
+             "mean": KINETICS_MEAN, "std": KINETICS_STD},
+    "k710": {"no_lmhra": True, "temporal_downsample": False, "global_layers": "last4",
+             "mean": KINETICS_MEAN, "std": KINETICS_STD},
+    "ssv2": {"no_lmhra": False, "temporal_downsample": True, "global_layers": "last2/3",
+             "mean": KINETICS_MEAN, "std": KINETICS_STD},
+}
+# Loading may leave at most this many backbone tensors at their initialisation (beyond what a family's
+# checkpoint is known not to hold) before it is an error (``allow_partial``: load anyway).
+PARTIAL_LOAD_LIMIT = 4
+
+
+def family_options(family: str, layers: int) -> dict[str, Any]:
+    """UniFormerV2Config options (``no_lmhra``, ``temporal_downsample``, ``return_list``, ``mean``, ``std``)
+    of a released weight family for a backbone of ``layers`` blocks."""
+    if family not in FAMILIES:
+        raise LeapError(f"unknown weights family {family!r}", fix=f"use one of {', '.join(FAMILIES)}")
+    f = FAMILIES[family]
+    n = 4 if f["global_layers"] == "last4" else max(1, 2 * layers // 3)
+    n = min(n, layers)
+    return {"no_lmhra": f["no_lmhra"], "temporal_downsample": f["temporal_downsample"],
+            "return_list": list(range(layers - n, layers)), "mean": list(f["mean"]), "std": list(f["std"])}
+
+
+def backbone_family_options(backbone: str, family: str | None) -> dict[str, Any]:
+    """``family_options`` for a builder name (``uniformerv2_b16`` ...); {} when ``family`` is None."""
+    if family is None:
+        return {}
+    base = {"uniformerv2_b16": B16, "uniformerv2_l14": L14, "uniformerv2_tiny": TINY}[backbone]
+    return family_options(family, base.layers)
+
+
+def preset_name(backbone: str, family: str) -> str:
+    """The config preset for a backbone builder and a family, e.g. ``uniformerv2-b16-k710``."""
+    return f"{backbone.replace('_', '-')}-{family}"
 
 
 # --------------------------------------------------------------------------------------------- blocks
@@ -52,18 +101,35 @@ class QuickGELU(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth per sample."""
+    """Stochastic depth. ``per`` says which positions share one keep/drop draw:
 
-    def __init__(self, p: float = 0.0) -> None:
+    - ``"sample"``: one draw per entry of dim 0 (per clip, or per frame for ``[N*T, L, C]`` tokens);
+    - ``"token"``: one draw per token position (dim 1 of batch-first ``[N*T, L, C]`` tokens), shared by every
+      clip and frame: what timm's DropPath does on the official code's sequence-first ``[L, N*T, C]`` tokens;
+    - ``"batch"``: one draw for the whole batch: what it does on the official global query ``[1, N, C]``.
+    """
+
+    def __init__(self, p: float = 0.0, per: str = "sample") -> None:
         super().__init__()
-        self.p = p
+        if per not in ("sample", "token", "batch"):
+            raise ValueError(f"DropPath per must be sample, token or batch, not {per!r}")
+        self.p, self.per = p, per
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        if self.per == "token":
+            shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+        elif self.per == "batch":
+            shape = (1,) * x.ndim
+        else:
+            shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = x.new_empty(shape).bernoulli_(keep)
         return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, per={self.per}"
 
 
 class Attention(nn.Module):
@@ -86,6 +152,8 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         # x: [B, Lq, C] queries; y: [B, Lk, C] keys/values (self-attention when None)
         B, Lq, C = x.shape
+        if y is not None and Lq * self.num_heads < C:
+            return self._few_queries(x, y)
         if y is None:
             q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
         else:
@@ -105,8 +173,30 @@ class Attention(nn.Module):
         return self.out_proj(out)
 
 
+    def _few_queries(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-attention of a few queries (the global UniBlocks' one video query) over many tokens, without
+        projecting every token to keys and values: per head, q.(W_k y + b_k) = (W_k^T q).y + const (the constant
+        cancels in the softmax) and sum_i a_i (W_v y_i + b_v) = W_v (sum_i a_i y_i) + b_v. The same function,
+        at Lq*heads*C instead of 2*C*C multiply-adds per token."""
+        B, Lq, C = x.shape
+        h, d = self.num_heads, self.head_dim
+        w_q, w_k, w_v = self.in_proj_weight.split(C)
+        b_q, _, b_v = self.in_proj_bias.split(C)
+        q = F.linear(x, w_q, b_q).view(B, Lq, h, d) * (d ** -0.5)
+        u = torch.einsum("bqhd,hdc->bhqc", q, w_k.view(h, d, C)).reshape(B, h * Lq, C)
+        attn = (u @ y.transpose(1, 2)).softmax(dim=-1)  # [B, h*Lq, Lk]
+        z = (attn @ y).view(B, h, Lq, C)  # attention-weighted tokens per head
+        out = torch.einsum("bhqc,hdc->bqhd", z, w_v.view(h, d, C)) + b_v.view(h, d)
+        return self.out_proj(out.reshape(B, Lq, C))
+
+
 class LocalMHRA(nn.Module):
-    """Local UniBlock relation: BN, 1x1x1 reduce, temporal depthwise conv (k,1,1), 1x1x1 expand (zero-init)."""
+    """Local UniBlock relation: BN, 1x1x1 reduce, temporal depthwise conv (k,1,1), 1x1x1 expand (zero-init).
+
+    The parameters are the official ``Conv3d``/``BatchNorm3d`` ones (``pos_embed.0-3``); :meth:`forward_tokens`
+    computes the same function on channels-last tokens ``[N, T, HW, C]`` (the BatchNorm over ``[M, C]`` rows,
+    the 1x1x1 convolutions as matrix products, the temporal convolution as a weighted sum of shifted frames), so
+    the tokens never go through the ``[N, C, T, H, W]`` layout and back."""
 
     def __init__(self, dim: int, dw_reduction: float = 1.5, kernel_t: int = 3) -> None:
         super().__init__()
@@ -121,7 +211,25 @@ class LocalMHRA(nn.Module):
         nn.init.zeros_(self.pos_embed[3].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, C, T, H, W] (the official layout)."""
         return self.pos_embed(x)
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, T, HW, C] channels-last tokens -> the relation, [N, T, HW, C]."""
+        bn, reduce, temporal, expand = self.pos_embed
+        N, T, L, C = x.shape
+        # The BatchNorm module itself (so that SyncBatchNorm conversion still applies), on [M, C, 1, 1, 1]:
+        # per-channel statistics over all N*T*H*W positions, as on [N, C, T, H, W].
+        h = bn(x.reshape(N * T * L, C, 1, 1, 1)).view(N, T, L, C)
+        h = F.linear(h, reduce.weight.flatten(1), reduce.bias)  # [N, T, L, red]
+        k = temporal.weight.shape[2]
+        w = temporal.weight.view(-1, k)  # [red, k]
+        pad = k // 2
+        hp = F.pad(h, (0, 0, 0, 0, pad, pad))  # zero frames before and after, [N, T+2p, L, red]
+        out = torch.addcmul(temporal.bias, hp[:, :T], w[:, 0])
+        for i in range(1, k):
+            out = torch.addcmul(out, hp[:, i:i + T], w[:, i])
+        return F.linear(out, expand.weight.flatten(1), expand.bias)  # [N, T, L, C]
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -129,7 +237,7 @@ class ResidualAttentionBlock(nn.Module):
 
     def __init__(
         self, dim: int, num_heads: int, drop_path: float = 0.0, dw_reduction: float = 1.5,
-        no_lmhra: bool = False, double_lmhra: bool = True,
+        no_lmhra: bool = False, double_lmhra: bool = True, drop_path_mode: str = "official",
     ) -> None:
         super().__init__()
         self.no_lmhra = no_lmhra
@@ -145,17 +253,16 @@ class ResidualAttentionBlock(nn.Module):
         self.mlp.add_module("gelu", QuickGELU())
         self.mlp.add_module("c_proj", nn.Linear(dim * 4, dim))
         self.ln_2 = LayerNorm(dim)
-        self.drop_path = DropPath(drop_path)
+        # official: the attention/MLP masks per token position, the local-relation masks per clip
+        self.drop_path = DropPath(drop_path, "token" if drop_path_mode == "official" else "sample")
+        self.drop_path_local = DropPath(drop_path, "sample")
 
     def _local(self, x: torch.Tensor, lmhra: LocalMHRA, T: int) -> torch.Tensor:
-        # x: [N*T, 1+HW, C]; the relation runs on the patch tokens as a [N, C, T, H, W] volume
+        # x: [N*T, 1+HW, C]; the relation runs on the patch tokens, the class tokens pass through
         NT, L1, C = x.shape
-        N, L = NT // T, L1 - 1
-        H = W = int(math.isqrt(L))
-        tokens = x[:, 1:].reshape(N, T, H, W, C).permute(0, 4, 1, 2, 3)  # [N, C, T, H, W]
-        tokens = tokens + self.drop_path(lmhra(tokens))
-        tokens = tokens.permute(0, 2, 3, 4, 1).reshape(NT, L, C)
-        return torch.cat([x[:, :1], tokens], dim=1)
+        tokens = x[:, 1:].reshape(NT // T, T, L1 - 1, C)  # a view: [N, T, HW, C]
+        delta = self.drop_path_local(lmhra.forward_tokens(tokens)).reshape(NT, L1 - 1, C)
+        return x + F.pad(delta, (0, 0, 1, 0))  # nothing added to the class token
 
     def forward(self, x: torch.Tensor, T: int, use_checkpoint: bool = False) -> torch.Tensor:
         # x: [N*T, 1+HW, C]. Checkpointing recomputes attention and MLP only (as the official code): the
@@ -178,6 +285,7 @@ class Extractor(nn.Module):
 
     def __init__(
         self, dim: int, num_heads: int, mlp_factor: float = 4.0, dropout: float = 0.0, drop_path: float = 0.0,
+        drop_path_mode: str = "official",
     ) -> None:
         super().__init__()
         self.attn = Attention(dim, num_heads)
@@ -190,7 +298,8 @@ class Extractor(nn.Module):
         self.mlp.add_module("c_proj", nn.Linear(hidden, dim))
         self.ln_2 = nn.LayerNorm(dim)
         self.ln_3 = nn.LayerNorm(dim)
-        self.drop_path = DropPath(drop_path)
+        # official: one mask for the whole batch (timm's DropPath on the sequence-first query [1, N, C])
+        self.drop_path = DropPath(drop_path, "batch" if drop_path_mode == "official" else "sample")
         # zero-init the residual branches so the global path starts as the identity
         nn.init.zeros_(self.attn.out_proj.weight)
         nn.init.xavier_uniform_(self.mlp.c_fc.weight)
@@ -232,6 +341,12 @@ class UniFormerV2Config:
     grad_checkpointing: bool = False
     frozen: bool = False  # official FROZEN: backbone blocks not trained, no ``balance`` fusion (frozen_* checkpoints)
     use_sdpa: bool = True
+    # stochastic-depth masks: "official" (per token position in the backbone blocks, per clip in the local
+    # relations, one per batch in the global blocks, as the official sequence-first code draws them) or "sample"
+    drop_path_mode: str = "official"
+    # input normalisation of uint8 clips (RGB scaled to [0, 1] first); float clips are taken as normalised
+    mean: tuple[float, ...] = CLIP_MEAN
+    std: tuple[float, ...] = CLIP_STD
 
     def __post_init__(self) -> None:
         if self.n_dim != self.width:
@@ -242,6 +357,10 @@ class UniFormerV2Config:
             raise LeapError(f"UniFormerV2 return_list {self.return_list} outside 0..{self.layers - 1}")
         if self.img_size % self.patch_size:
             raise LeapError(f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}")
+        if self.drop_path_mode not in ("official", "sample"):
+            raise LeapError(f"UniFormerV2 drop_path_mode {self.drop_path_mode!r} is not 'official' or 'sample'")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise LeapError(f"UniFormerV2 mean {self.mean} / std {self.std}: three values each, std > 0")
         if self.temporal_downsample and self.num_frames % 2:
             raise LeapError(f"num_frames {self.num_frames} must be even with temporal_downsample")
 
@@ -270,7 +389,8 @@ class GlobalTransformer(nn.Module):
         b_dpr = _linspace(cfg.backbone_drop_path_rate, cfg.layers)
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(
-                cfg.width, cfg.heads, b_dpr[i], cfg.dw_reduction, cfg.no_lmhra, cfg.double_lmhra
+                cfg.width, cfg.heads, b_dpr[i], cfg.dw_reduction, cfg.no_lmhra, cfg.double_lmhra,
+                cfg.drop_path_mode,
             )
             for i in range(cfg.layers)
         )
@@ -283,7 +403,8 @@ class GlobalTransformer(nn.Module):
             nn.init.zeros_(conv.bias)
         dpr = _linspace(cfg.drop_path_rate, n)
         self.dec = nn.ModuleList(
-            Extractor(cfg.n_dim, cfg.n_head, cfg.mlp_factor, cfg.mlp_dropout[i], dpr[i]) for i in range(n)
+            Extractor(cfg.n_dim, cfg.n_head, cfg.mlp_factor, cfg.mlp_dropout[i], dpr[i], cfg.drop_path_mode)
+            for i in range(n)
         )
         head = nn.Linear(cfg.n_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
         self.proj = nn.Sequential(nn.LayerNorm(cfg.n_dim), nn.Dropout(cfg.cls_dropout), head)
@@ -335,6 +456,11 @@ class UniFormerV2(nn.Module):
         self.ln_pre = LayerNorm(cfg.width)
         self.transformer = GlobalTransformer(cfg)
         self.set_attention(cfg.use_sdpa)
+        # uint8 -> normalised float: x * scale - shift (non-persistent: not in the state dict, moved by .to())
+        std = torch.tensor(cfg.std, dtype=torch.float32).view(1, 3, 1, 1, 1)
+        self.register_buffer("input_scale", 1.0 / (255.0 * std), persistent=False)
+        self.register_buffer("input_shift", torch.tensor(cfg.mean, dtype=torch.float32).view(1, 3, 1, 1, 1) / std,
+                             persistent=False)
         if cfg.frozen:  # as the official FROZEN setting: only the global UniBlocks and the head are trained
             for module in (self.conv1, self.ln_pre, self.transformer.resblocks):
                 module.requires_grad_(False)
@@ -344,6 +470,10 @@ class UniFormerV2(nn.Module):
     @property
     def num_features(self) -> int:
         return self.cfg.n_dim
+
+    def normalize(self, video: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, 3, T, H, W] -> float32, ``(video / 255 - mean) / std``."""
+        return torch.addcmul(-self.input_shift, video.float(), self.input_scale)
 
     def set_attention(self, use_sdpa: bool) -> None:
         """Switch every attention between SDPA and the plain matmul-softmax path."""
@@ -355,7 +485,12 @@ class UniFormerV2(nn.Module):
         self.transformer.grad_checkpointing = enable
 
     def forward_features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """video [N, 3, T, H, W] -> (fused feature [N, C] before ``proj``, tokens [N, T', 1+HW, C])."""
+        """video [N, 3, T, H, W] -> (fused feature [N, C] before ``proj``, tokens [N, T', 1+HW, C]).
+
+        uint8 clips (RGB, 0-255) are normalised here with the config's mean/std, on the clip's device; float
+        clips are taken as already normalised."""
+        if not video.is_floating_point():
+            video = self.normalize(video)
         x = self.conv1(video)  # [N, C, T', H', W']
         N, C, T, H, W = x.shape
         if H * W + 1 != self.positional_embedding.shape[0]:
@@ -385,8 +520,9 @@ def _build(base: UniFormerV2Config, **overrides: Any) -> UniFormerV2:
     if "return_list" in overrides:
         overrides["return_list"] = tuple(overrides["return_list"])
         overrides.setdefault("mlp_dropout", (base.mlp_dropout[0],) * len(overrides["return_list"]))
-    if "mlp_dropout" in overrides:
-        overrides["mlp_dropout"] = tuple(overrides["mlp_dropout"])
+    for key in ("mlp_dropout", "mean", "std"):  # lists after a round trip through a checkpoint or YAML
+        if key in overrides:
+            overrides[key] = tuple(float(v) for v in overrides[key])
     unknown = set(overrides) - set(UniFormerV2Config.__dataclass_fields__)
     if unknown:
         raise LeapError(f"unknown UniFormerV2 options: {sorted(unknown)}",
@@ -447,6 +583,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)  # model keys the checkpoint should have held but did not
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model has no place for
     resized: dict[str, str] = field(default_factory=dict)  # key -> "old shape -> new shape (how)"
+    family: str | None = None  # the released weights family of the checkpoint's layout (clip, k400, k710, ssv2)
 
     def __str__(self) -> str:
         """One line for logs; the lists themselves stay on the object."""
@@ -548,6 +685,7 @@ def checkpoint_filter_fn(state: dict[str, Any], model: UniFormerV2) -> tuple[dic
             if k in out:
                 del out[k]
                 report.dropped[f"visual.{k}" if f"visual.{k}" in sd else k] = why
+    report.family = checkpoint_family(out, report.source, model.cfg.layers)  # before any drop or inflation
     for k in HEAD_KEYS:
         if k in out and (model.cfg.num_classes == 0 or out[k].shape[0] != model.cfg.num_classes):
             n = out.pop(k).shape[0]
@@ -574,48 +712,141 @@ def checkpoint_filter_fn(state: dict[str, Any], model: UniFormerV2) -> tuple[dic
     return out, report
 
 
-def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: bool = False) -> LoadReport:
+def _arch_name(cfg: UniFormerV2Config) -> str:
+    for name, base in (("uniformerv2_b16", B16), ("uniformerv2_l14", L14)):
+        if (cfg.width, cfg.patch_size, cfg.layers) == (base.width, base.patch_size, base.layers):
+            return name
+    return "uniformerv2_tiny" if (cfg.width, cfg.layers) == (TINY.width, TINY.layers) else "uniformerv2"
+
+
+def _same(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(abs(x - y) < 1e-6 for x, y in zip(a, b))
+
+
+def model_family(cfg: UniFormerV2Config) -> str | None:
+    """The weight family whose architecture options and normalisation ``cfg`` has (k400 and k710 are the same
+    network: "k710"), or None."""
+    for name in ("clip", "k710", "ssv2"):
+        f = family_options(name, cfg.layers)
+        if (cfg.no_lmhra, cfg.temporal_downsample) == (f["no_lmhra"], f["temporal_downsample"]) \
+                and list(cfg.return_list) == f["return_list"] and _same(cfg.mean, f["mean"]) and _same(cfg.std, f["std"]):
+            return name
+    return None
+
+
+def checkpoint_family(filtered: dict[str, torch.Tensor], source: str, layers: int) -> str | None:
+    """Which released family a filtered state dict's layout belongs to (None: none of them)."""
+    if source == "clip":
+        return "clip"
+    conv = filtered.get("conv1.weight")
+    lmhra = any(".lmhra" in k for k in filtered)
+    downsample = conv is not None and conv.ndim == 5 and conv.shape[2] > 1
+    n_global = len({k.split(".")[2] for k in filtered if k.startswith("transformer.dec.")})
+    if not lmhra and not downsample:
+        head = filtered.get("transformer.proj.2.weight")
+        return "k400" if head is not None and head.shape[0] == 400 else "k710"
+    if lmhra and downsample:
+        for name in ("ssv2", "clip"):
+            if n_global == len(family_options(name, layers)["return_list"]):
+                return name
+    return None
+
+
+def _family_fix(backbone: UniFormerV2, family: str | None) -> str:
+    if family is None:
+        return ("build the model with the checkpoint's options (no_lmhra, temporal_downsample, return_list, mean/std), "
+                "or pass --allow-partial-load to load it anyway")
+    arch = _arch_name(backbone.cfg)
+    preset = (f"--config {preset_name(arch, family)}" if arch in ("uniformerv2_b16", "uniformerv2_l14")
+              else f"a uniformerv2-*-{family} preset")
+    f = FAMILIES[family]
+    return (f"use {preset} (model.weights: {family}: no_lmhra {f['no_lmhra']}, temporal_downsample "
+            f"{f['temporal_downsample']}, mean {f['mean'][0]:g}.., std {f['std'][0]:g}..), or pass --allow-partial-load "
+            "to load it anyway")
+
+
+def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: bool = False,
+                    allow_partial: bool = False) -> LoadReport:
     """Load an official UniFormerV2 checkpoint or OpenAI CLIP weights from a local file into ``model``
     (a UniFormerV2 or anything with a ``.backbone`` UniFormerV2, e.g. LeapModel).
 
-    Documented drops (classifier head, CLIP text tower, ``ln_post``, ``proj``) and UniFormerV2-only modules
-    absent from CLIP files are reported; any other missing key is logged as a warning, an unexpected key or
-    a shape mismatch is a LeapError listing them."""
+    Documented drops (classifier head, CLIP text tower, ``ln_post``, ``proj``) and the UniFormerV2-only modules
+    a CLIP file cannot hold are reported. It is a LeapError naming the config preset to use when the checkpoint
+    belongs to another family than the model: unexpected keys or shape mismatches, more than
+    ``PARTIAL_LOAD_LIMIT`` backbone tensors left at their initialisation, a patch kernel that would need inflating,
+    or another input normalisation than the one the weights were trained with. ``allow_partial`` loads anyway
+    (warning); ``allow_unexpected`` also ignores keys that have no place in the model."""
     backbone = model if isinstance(model, UniFormerV2) else getattr(model, "backbone", None)
     if not isinstance(backbone, UniFormerV2):
         raise LeapError(f"{type(model).__name__} has no UniFormerV2 backbone to load weights into")
-    filtered, report = checkpoint_filter_fn(read_checkpoint(path), backbone)
+    raw = read_checkpoint(path)
+    filtered, report = checkpoint_filter_fn(raw, backbone)
     report.path = str(path)
+    cfg = backbone.cfg
+    family = report.family
+    fix = _family_fix(backbone, family)
     target = backbone.state_dict()
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
                   for k, v in filtered.items() if k in target and v.shape != target[k].shape]
-    if mismatched:
+    if mismatched and allow_partial:
+        log.warning("%d tensors of %s do not fit the model's shapes, left at initialisation (allow-partial-load): %s",
+                    len(mismatched), path, "; ".join(mismatched))
+        filtered = {k: v for k, v in filtered.items() if k not in target or v.shape == target[k].shape}
+    elif mismatched:
         raise LeapError(
-            f"{len(mismatched)} shape mismatches loading {path}: " + "; ".join(mismatched[:8])
+            f"{len(mismatched)} shape mismatches loading a checkpoint of the {family or 'unknown'} family from {path}: "
+            + "; ".join(mismatched[:8])
             + (" ..." if len(mismatched) > 8 else ""),
-            path=str(path), fix="build the model with the checkpoint's backbone, frames and options (e.g. uniformerv2_l14, "
-            "no_lmhra/temporal_downsample as in the checkpoint's config)",
+            path=str(path), fix="build the model with the checkpoint's backbone, frames and size; " + fix,
         )
     report.unexpected += [f"backbone.{k}" for k in filtered if k not in target]
-    if report.unexpected and not allow_unexpected:
+    if report.unexpected and not (allow_unexpected or allow_partial):
         raise LeapError(
-            f"{len(report.unexpected)} checkpoint keys have no place in the model, loading {path}: "
+            f"{len(report.unexpected)} keys of a checkpoint of the {family or 'unknown'} family have no place in the "
+            f"model, loading {path}: "
             + ", ".join(report.unexpected[:8]) + (" ..." if len(report.unexpected) > 8 else ""),
-            path=str(path), fix="build the model with the checkpoint's options (e.g. no_lmhra=True for the Kinetics "
-            "checkpoints, temporal_downsample=False, frozen=False for a checkpoint with 'balance'), or pass allow_unexpected",
-        )
+            path=str(path), fix=fix)
     ckpt_has_lmhra = any(".lmhra" in k for k in filtered)
+    fresh = []  # backbone tensors left at initialisation that the checkpoint's family would have held
     for k in target:
         if k in filtered:
             continue
         if report.source == "clip" and _is_uniformer_only(k):
             report.initialized.append(f"backbone.{k}")
-        elif ".lmhra" in k and not ckpt_has_lmhra:  # checkpoint trained with no_lmhra (the Kinetics ones)
-            report.initialized.append(f"backbone.{k}")
         elif k in HEAD_KEYS:
             report.initialized.append(f"backbone.{k}")
+        elif ".lmhra" in k and not ckpt_has_lmhra:  # a no_lmhra checkpoint (Kinetics) in a model with local blocks
+            report.initialized.append(f"backbone.{k}")
+            fresh.append(f"backbone.{k}")
         else:
             report.missing.append(f"backbone.{k}")
+            fresh.append(f"backbone.{k}")
+    problems = []
+    if len(fresh) > PARTIAL_LOAD_LIMIT:
+        problems.append(f"{len(fresh)} backbone tensors would start from their initialisation "
+                        f"({', '.join(fresh[:3])}, ...)")
+    if "conv1.weight" in report.resized and report.source != "clip":
+        problems.append(f"the patch kernel would be inflated {report.resized['conv1.weight'].rsplit(' (', 1)[0]} "
+                        "(the checkpoint has another temporal_downsample)")
+    if report.source == "clip":
+        want = (CLIP_MEAN, CLIP_STD)
+    elif isinstance(raw.get("model_args"), dict):  # a leap run: the normalisation it was trained with
+        margs = raw["model_args"]
+        want = (tuple(margs.get("mean", CLIP_MEAN)), tuple(margs.get("std", CLIP_STD)))
+    elif any(k.startswith(LEAP_HEADS) for k in report.dropped):
+        want = (CLIP_MEAN, CLIP_STD)  # a leap run without model_args: leap normalised with CLIP's values
+    else:
+        want = (KINETICS_MEAN, KINETICS_STD)  # official UniFormerV2 training
+    if not (_same(cfg.mean, want[0]) and _same(cfg.std, want[1])):
+        problems.append(f"the weights were trained on inputs normalised with mean {list(want[0])}, std {list(want[1])}; "
+                        f"the model normalises with mean {list(cfg.mean)}, std {list(cfg.std)}")
+    if problems:
+        mf = model_family(cfg)
+        msg = (f"a checkpoint of the {family or 'unknown'} family does not fit this model ("
+               f"{'built as the ' + mf + ' family' if mf else 'custom options'}): " + "; ".join(problems))
+        if not allow_partial:
+            raise LeapError(msg, path=str(path), fix=fix)
+        log.warning("%s (loaded anyway: allow-partial-load)", msg)
     loadable = {k: v for k, v in filtered.items() if k in target}
     backbone.load_state_dict(loadable, strict=False)
     report.loaded = sorted(f"backbone.{k}" for k in loadable)

@@ -17,7 +17,8 @@ from the start of the epoch order and carry ``padding: True`` in the batch. ``pa
 used for evaluation) yields each sample exactly once and ranks may differ by one sample.
 
 Batch (``collate_clips``), the contract consumed by train/evaluate:
-``video`` float ``[B,3,T,H,W]`` (CLIP-normalised; evaluation with V = temporal x spatial views > 1:
+``video`` uint8 ``[B,3,T,H,W]`` RGB (4x less to move between processes than float32; the model normalises it
+on its device with the mean/std it was built with; evaluation with V = temporal x spatial views > 1:
 ``[B,V,3,T,H,W]``), ``verb_class``/``noun_class`` long ``[B]`` (-1 unknown), ``has_program`` bool ``[B]``,
 ``program_steps`` long ``[B,L,3]`` (ids incl. the END triple, -100 padding; L = manifest max_steps),
 ``conditions`` float ``[B,2P]`` (multi-hot, pre then post), ``narration_id`` list[str], ``padding`` bool
@@ -75,7 +76,11 @@ class ShardDataset(IterableDataset):
         self.world_size = w if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise LeapError(f"rank {self.rank} is outside world size {self.world_size}")
-        self.pad, self.on_error, self.epoch, self.block = pad, on_error, epoch, max(1, block)
+        self.pad, self.on_error, self.block = pad, on_error, max(1, block)
+        # The epoch lives in shared memory, so persistent DataLoader workers (which keep their copy of the dataset
+        # across epochs) read the value set_epoch wrote in the main process.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self._epoch.fill_(epoch)
         self.shards = self.manifest["shards"]
         self.size = sum(s["count"] for s in self.shards)
         targets = self.manifest.get("targets") or {}
@@ -83,17 +88,17 @@ class ShardDataset(IterableDataset):
         self.num_conditions = len(targets.get("conditions", []))
         self.context = int(self.manifest["settings"].get("context", 0)) if self.manifest.get("task") == "anticipation" else 0
         self.stats = {"samples": 0, "padding": 0, "errors": 0}
-        self._iterations = 0  # epochs started by this copy (persistent DataLoader workers keep their copy)
 
     # ---- which samples this consumer reads -------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Call before each epoch (as with DistributedSampler). Persistent DataLoader workers never see it; their
-        copy counts the epochs it has started instead, so the order still changes each epoch, alike on all ranks."""
-        self.epoch = epoch
+        """Call before each epoch (as with DistributedSampler), before the DataLoader iterator is made. The order
+        and the augmentation of an epoch are a pure function of (seed, epoch, rank, worker): how often the
+        dataset was iterated before does not matter, so a resumed run replays an epoch exactly."""
+        self._epoch.fill_(int(epoch))
 
     @property
-    def effective_epoch(self) -> int:
-        return self.epoch + self._iterations
+    def epoch(self) -> int:
+        return int(self._epoch)
 
     def epoch_order(self) -> list[tuple[int, int]]:
         """(shard, position) of every sample in this epoch's order (identical on every rank and worker).
@@ -103,7 +108,7 @@ class ShardDataset(IterableDataset):
         if not self.train:
             return entries
         blocks = [entries[i:i + self.block] for i in range(0, len(entries), self.block)]
-        np.random.default_rng([self.seed, self.effective_epoch]).shuffle(blocks)
+        np.random.default_rng([self.seed, self.epoch]).shuffle(blocks)
         return [e for b in blocks for e in b]
 
     def rank_slice(self, order: list[tuple[int, int]]) -> list[tuple[tuple[int, int], bool]]:
@@ -188,9 +193,9 @@ class ShardDataset(IterableDataset):
         wid, nw = (wi.id, wi.num_workers) if wi is not None else (0, 1)
         if wi is not None:
             cv2.setNumThreads(1)
+        epoch = self.epoch
         plan = self.consumer_plan(wid, nw)
-        rng = np.random.default_rng([self.seed, self.effective_epoch, self.rank, wid])
-        self._iterations += 1
+        rng = np.random.default_rng([self.seed, epoch, self.rank, wid])
         for fields, padding, shard, key in self._shuffled(self._raw(plan), rng):
             try:
                 sample = self.make_sample(fields, rng)

@@ -1,6 +1,6 @@
-"""Clip transforms for the shards reader: JPEG decoding, temporal selection, crops, colour jitter, CLIP
-normalisation. Everything works on uint8 ``[T,H,W,3]`` RGB numpy arrays with OpenCV and ends in a float
-tensor ``[3,T,H,W]``; one crop (and one colour change) is drawn per clip, so frames stay aligned."""
+"""Clip transforms for the shards reader: JPEG decoding, temporal selection, crops, colour jitter. Everything
+works on uint8 ``[T,H,W,3]`` RGB numpy arrays with OpenCV and ends in a uint8 tensor ``[3,T,H,W]`` (the model
+normalises); one crop (and one colour change) is drawn per clip, so frames stay aligned."""
 
 from __future__ import annotations
 
@@ -9,9 +9,6 @@ import math
 import cv2
 import numpy as np
 import torch
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def decode_jpegs(blobs: list[bytes]) -> np.ndarray:
@@ -87,13 +84,7 @@ def color_jitter(clip: np.ndarray, strength: float, rng: np.random.Generator) ->
     return np.clip(x, 0, 255).astype(np.uint8)
 
 
-_MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1, 1) * 255
-_INV_STD = 1 / (torch.tensor(CLIP_STD).view(3, 1, 1, 1) * 255)
-
-
 def to_tensor(clip: np.ndarray) -> torch.Tensor:
-    """uint8 ``[T,H,W,3]`` -> CLIP-normalised float ``[3,T,H,W]``."""
-    # Channels-first while still uint8, then in-place arithmetic on a contiguous tensor: 3x faster than broadcasting
-    # over the permuted view.
-    x = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).contiguous().float()  # [3,T,H,W]
-    return x.sub_(_MEAN).mul_(_INV_STD)
+    """uint8 ``[T,H,W,3]`` -> uint8 ``[3,T,H,W]`` (channels first). Normalisation happens in the model, on its
+    device, with the mean/std of its weights family (``UniFormerV2.normalize``)."""
+    return torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).contiguous()

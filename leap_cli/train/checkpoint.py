@@ -98,10 +98,13 @@ def resolve_checkpoint(path_or_run: str | Path, which: str = "best") -> Path:
     raise LeapError(f"no {which}.pt checkpoint", path=folder, fix="give a run directory written by leap train")
 
 
-def load_model(path_or_run: str | Path, which: str = "best", map_location: Any = "cpu"):
+def load_model(path_or_run: str | Path, which: str = "best", map_location: Any = "cpu", *,
+               allow_partial: bool = False):
     """Rebuild the model from a checkpoint file or a run directory: ``(model, checkpoint_dict)``.
 
-    The model is built from the stored ``model_args`` and its weights load strictly; it is returned in eval mode.
+    The model is built from the stored ``model_args`` (architecture and input normalisation: the model normalises
+    uint8 clips with the mean/std it was trained with) and its weights load strictly (``allow_partial``: missing
+    or foreign tensors are a warning, missing ones stay at their initialisation); it is returned in eval mode.
     """
     from leap_cli.model import build_model
 
@@ -109,7 +112,10 @@ def load_model(path_or_run: str | Path, which: str = "best", map_location: Any =
     ckpt = load_checkpoint(path, map_location=map_location)
     model = build_model(dict(ckpt["model_args"]))
     result = model.load_state_dict(ckpt["model"], strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    if (result.missing_keys or result.unexpected_keys) and allow_partial:
+        log.warning("%s: %d model tensors missing from the checkpoint (left at initialisation), %d foreign ones "
+                    "ignored (allow-partial-load)", path, len(result.missing_keys), len(result.unexpected_keys))
+    elif result.missing_keys or result.unexpected_keys:
         raise LeapError(f"checkpoint does not match its model: missing {result.missing_keys[:5]}, "
                         f"unexpected {result.unexpected_keys[:5]}", path=path,
                         fix="the model code changed since training; retrain or use a matching leap version")

@@ -18,6 +18,7 @@ from leap_cli.errors import LeapError
 from leap_cli.resources import bundled_config, bundled_configs
 
 BACKBONES = ("uniformerv2_tiny", "uniformerv2_b16", "uniformerv2_l14")
+WEIGHT_FAMILIES = ("clip", "k400", "k710", "ssv2")  # leap_cli.model.uniformerv2.FAMILIES (kept import-light here)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class ModelConfig:
     anticipation_context: int = 0          # C previous clips aggregated for anticipation (0: recognition)
     anticipation_aggregate: bool = True    # ablation switch for the aggregation of program embeddings
     grad_checkpointing: bool = False
+    # released weight family (clip | k400 | k710 | ssv2): its architecture options and input normalisation
+    # (leap_cli.model.uniformerv2.FAMILIES); null: the builder's defaults with CLIP's normalisation
+    weights: str | None = None
+    allow_partial_load: bool = False       # load a pretrained file that does not fit (--allow-partial-load)
     options: dict = field(default_factory=dict)  # extra backbone options passed to build_model as-is
 
 
@@ -181,6 +186,8 @@ def _validate(cfg: Config, source: str) -> None:
         return LeapError(f"config key {key!r}: {msg}", path=source)
     if cfg.model.backbone not in BACKBONES:
         raise bad("model.backbone", f"unknown backbone {cfg.model.backbone!r} (one of {', '.join(BACKBONES)})")
+    if cfg.model.weights is not None and cfg.model.weights not in WEIGHT_FAMILIES:
+        raise bad("model.weights", f"unknown weights family {cfg.model.weights!r} (one of {', '.join(WEIGHT_FAMILIES)})")
     if cfg.data.task not in ("recognition", "anticipation"):
         raise bad("data.task", "must be 'recognition' or 'anticipation'")
     if cfg.train.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -216,6 +223,16 @@ def _validate(cfg: Config, source: str) -> None:
         if value != value or (value <= low if low_open else value < low) or (high is not None and value > high):
             span = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
             raise bad(key, f"{value!r} is out of range {span}")
+
+
+def backbone_options(model: ModelConfig) -> dict:
+    """The backbone's ``build_model`` options: the weight family's architecture and normalisation (plain lists),
+    then ``model.options`` on top. They go into ``model_args``, so every checkpoint carries its normalisation."""
+    from leap_cli.model.uniformerv2 import backbone_family_options
+
+    out = backbone_family_options(model.backbone, model.weights)
+    out.update(model.options)
+    return out
 
 
 def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
@@ -254,22 +271,47 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
     raw: dict = {}
     source = "<defaults>"
     if path is not None:
-        path = Path(path)
-        if not path.is_file() and (bundled := bundled_config(str(path))) is not None:
-            path = bundled  # a config shipped with leap, by name: --config tiny-synthetic
-        source = str(path)
-        if not path.is_file():
-            names = ", ".join(p.stem for p in bundled_configs())
-            raise LeapError("config file not found", path=path,
-                            fix=f"give a YAML file, or the name of a bundled config: {names}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise LeapError(f"config is not valid YAML: {e}".splitlines()[0], path=path) from None
-        if not isinstance(raw, dict):
-            raise LeapError("a config file must be a YAML mapping of sections", path=path)
+        raw, source = _read_raw(path)
     raw = apply_overrides(raw, parse_overrides(overrides), source)
     return _build(raw, source)
+
+
+def _read_raw(path: str | Path, chain: tuple[str, ...] = ()) -> tuple[dict, str]:
+    """A config file's sections, with ``base: NAME`` (a bundled config or a file next to this one) merged
+    underneath key by key (``model.options`` too)."""
+    path = Path(path)
+    if not path.is_file() and (bundled := bundled_config(str(path))) is not None:
+        path = bundled  # a config shipped with leap, by name: --config tiny-synthetic
+    source = str(path)
+    if not path.is_file():
+        names = ", ".join(p.stem for p in bundled_configs())
+        raise LeapError("config file not found", path=path,
+                        fix=f"give a YAML file, or the name of a bundled config: {names}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise LeapError(f"config is not valid YAML: {e}".splitlines()[0], path=path) from None
+    if not isinstance(raw, dict):
+        raise LeapError("a config file must be a YAML mapping of sections", path=path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw, source
+    if source in chain or len(chain) > 8:
+        raise LeapError(f"config base chain loops: {' -> '.join(chain + (source,))}", path=path)
+    near = path.parent / (str(base) if str(base).endswith(".yaml") else f"{base}.yaml")
+    parent, _ = _read_raw(near if near.is_file() else base, chain + (source,))
+    merged = {k: dict(v or {}) for k, v in parent.items()}
+    for section, values in raw.items():
+        if not isinstance(values, dict):
+            merged[section] = values
+            continue
+        target = merged.setdefault(section, {})
+        for key, value in values.items():
+            if key == "options" and isinstance(value, dict) and isinstance(target.get(key), dict):
+                target[key] = {**target[key], **value}
+            else:
+                target[key] = value
+    return merged, source
 
 
 def config_from_dict(raw: dict, source: str = "<checkpoint>") -> Config:

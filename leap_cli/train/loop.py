@@ -33,7 +33,7 @@ from leap_cli.errors import LeapError
 from leap_cli.io import OutputLock, atomic_write_text, read_jsonl, settings_changes
 from leap_cli.train import distributed
 from leap_cli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from leap_cli.train.config import Config, dump_config
+from leap_cli.train.config import Config, backbone_options, dump_config
 from leap_cli.train.optim import CosineWithWarmup, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def model_args_for(cfg: Config, source: DataSource) -> dict:
             "anticipation": anticipation}
     if cfg.model.grad_checkpointing:
         args["grad_checkpointing"] = True
-    args.update(cfg.model.options)
+    args.update(backbone_options(cfg.model))  # weight family (architecture, normalisation) + model.options
     return args
 
 
@@ -394,7 +394,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
 
         model = build_model(dict(model_args))
         if cfg.model.pretrained and resume_ckpt is None:
-            _load_pretrained(model, cfg.model.pretrained)
+            _load_pretrained(model, cfg.model.pretrained, cfg.model.allow_partial_load)
         model = prepare_model(model, cfg, info)
         optimizer = build_optimizer(model, cfg.optim)
         accum = cfg.optim.accum_steps
@@ -531,9 +531,9 @@ def wrap_model(model: nn.Module, cfg: Config, info: distributed.DistInfo, *, has
     return model
 
 
-def _load_pretrained(model: nn.Module, path: str) -> None:
+def _load_pretrained(model: nn.Module, path: str, allow_partial: bool = False) -> None:
     """Load official UniFormerV2 or CLIP weights into the backbone (the model package does the filtering)."""
     from leap_cli.model.uniformerv2 import load_pretrained
 
-    report = load_pretrained(model.backbone, path)
+    report = load_pretrained(model.backbone, path, allow_partial=allow_partial)
     log.info("pretrained weights from %s: %s", path, report)
