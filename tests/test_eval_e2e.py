@@ -61,9 +61,13 @@ def test_evaluate_val_writes_scores_and_metrics(pipeline):
     m = json.loads((run / "eval" / "val" / "metrics.json").read_text())
     assert m["segments"] == 2 and set(m["recognition"]) == {"all", "tail", "unseen"}
     assert m["recognition"]["unseen"]["verb"]["top1"] is not None  # P01 is listed as unseen here
-    # one valid val program of 5 flattened sub-actions (pick-up, scrub, switch-on, rinse, put)
-    assert m["programs"]["steps"]["segments"] == 1 and m["programs"]["steps"]["positions"] == 5
-    assert 0.0 <= m["programs"]["steps"]["s_verb"] <= 1.0
+    # one valid val program of 6 sub-actions (pick-up, scrub, switch-on, wait, rinse, put) and 7 marker rows
+    # (loop, conditional with else, routine)
+    assert m["programs"]["steps"]["segments"] == 1 and m["programs"]["steps"]["positions"] == 6
+    assert m["programs"]["steps"]["marker_rows"] == 7
+    assert 0.0 <= m["programs"]["steps"]["s_verb"] <= 1.0 and 0.0 <= m["programs"]["steps"]["structure"] <= 1.0
+    assert m["programs"]["step_conditions"]["rows"] == 13
+    assert 0.0 < m["programs"]["step_conditions"]["base_rate"] < 1.0
     # rescoring the written file gives the same metrics
     res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--scores", str(run / "eval" / "val" / "scores.pt"),
                                    "--workdir", str(work), "--data", str(root), "--out", str(work / "again")])
