@@ -265,8 +265,8 @@ def test_shard_parts_merge(root, tmp_path):
     assert sorted(s["narration_id"] for s in ds) == sorted(f"P01_01_{i}" for i in range(4)) + [f"P01_02_{i}" for i in range(3)]
 
 
-def test_anticipation_window_ends_tau_a_before_the_action(root, tmp_path):
-    r = build(root, tmp_path, task="anticipation", tau_a=1.0, tau_o=1.0, context=2)
+def test_anticipation_previous_segments_option(root, tmp_path):
+    r = build(root, tmp_path, task="anticipation", tau_a=1.0, tau_o=1.0, context=2, context_mode="segments")
     assert r.out == tmp_path / "shards" / "train-anticipation"
     m = r.manifest
     assert not m["skipped"]
