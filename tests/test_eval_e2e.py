@@ -165,3 +165,17 @@ def test_evaluate_usage_errors(tmp_path):
     assert ViewConfig(3, 3).center == 4 and ViewConfig(2, 3).center == 4 and ViewConfig(1, 1).center == 0
     res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--workdir", str(tmp_path)])
     assert res.exit_code != 0 and "nothing to evaluate" in str(res.exception)
+
+
+def test_show_predicted_program_beside_the_target(pipeline):
+    root, work, run, model, vocab = pipeline
+    from leap_cli.report.predicted import predicted_program
+
+    cmp = predicted_program(run, "P01_03_0", work / "shards" / "val", checkpoint="best")
+    assert cmp.target is not None and cmp.target[0] == "take(plate) [right]" and cmp.target[1] == "<loop>"
+    assert cmp.target[-1] == "<end>" and "pre clean(plate)" in cmp.target_conditions[1]
+    assert 1 <= len(cmp.predicted) <= vocab.max_steps and len(cmp.predicted_conditions) == len(cmp.predicted)
+    res = CliRunner().invoke(app, ["show", "P01_03_0", "--workdir", str(work), "--split", "val", "--run", "runs/tiny"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "target (generated program)" in res.output and "take(plate) [right]" in res.output and "<loop>" in res.output
