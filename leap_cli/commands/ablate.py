@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 def ablate(
     workdir: Path = typer.Option(Path("leap-work/ablation"), "--workdir", help="Folder for the kitchen, shards, runs and the table."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per cell (0..N-1)."),
-    epochs: int = typer.Option(12, "--epochs", help="Training epochs per run."),
+    epochs: int = typer.Option(10, "--epochs", help="Training epochs per run."),
     videos: int = typer.Option(6, "--videos", help="Kitchen videos."),
     segments: int = typer.Option(24, "--segments-per-video", help="Kitchen segments per video."),
     sources: str = typer.Option("truth,offline,none", "--sources", help="Program sources, comma-separated."),

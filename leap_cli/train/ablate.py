@@ -67,7 +67,7 @@ class AblateConfig:
     segments_per_video: int = 24
     kitchen_seed: int = 0
     seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 12
+    epochs: int = 10
     frames: int = 8
     short_side: int = 64
     span_frames: int = 256
