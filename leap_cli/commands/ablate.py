@@ -25,6 +25,7 @@ def ablate(
     segments: int = typer.Option(24, "--segments-per-video", help="Kitchen segments per video."),
     sources: str = typer.Option("truth,offline,none", "--sources", help="Program sources, comma-separated."),
     no_anticipation: bool = typer.Option(False, "--no-anticipation", help="Recognition cells only."),
+    anticipation_sources: str = typer.Option("truth", "--anticipation-sources", help="Program sources of the anticipation cells ('all': every source with programs)."),
     span_frames: int = typer.Option(256, "--span-frames", help="Anticipation clips: source frames each clip spans."),
     config: str = typer.Option("tiny-synthetic", "--config", help="Training config (bundled name or YAML file)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config key of every run (repeatable)."),
@@ -34,7 +35,9 @@ def ablate(
     cfg = AblateConfig(workdir=workdir, videos=videos, segments_per_video=segments, seeds=tuple(range(seeds)),
                        epochs=epochs, sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
                        anticipation=not no_anticipation, span_frames=span_frames, config=config,
-                       overrides=tuple(overrides))
+                       anticipation_sources=None if anticipation_sources == "all" else
+                       tuple(s.strip() for s in anticipation_sources.split(",") if s.strip()),
+                       **({"overrides": tuple(overrides)} if overrides else {}))
 
     def on_run(label: str, r: dict) -> None:
         figs = "  ".join(f"{k} {100 * v:.1f}" for k, v in r.items() if isinstance(v, float) and k != "seconds")
