@@ -58,7 +58,7 @@ def predicted_program(run: str | Path, narration_id: str, shards: str | Path, ch
     """Decode ``narration_id``'s clip with the run's model (greedy, central view) and read its target."""
     from leap_cli.programs.targets import TargetVocab
     from leap_cli.shards.dataset import ShardDataset
-    from leap_cli.train.checkpoint import load_checkpoint, load_model, resolve_checkpoint
+    from leap_cli.train.checkpoint import load_model
 
     model, ckpt = load_model(run, which=checkpoint)
     if model.decoder is None:
