@@ -52,9 +52,9 @@ def _root(
 
 def _register() -> None:
     # Pipeline order; each module adds its command(s) to ``app``.
-    from leap_cli.commands import data, demo, evaluate, extract, programs, shards, show, submit, train
+    from leap_cli.commands import ablate, data, demo, evaluate, extract, programs, shards, show, submit, train
 
-    for module in (data, extract, programs, shards, train, evaluate, submit, show, demo):
+    for module in (data, extract, programs, shards, train, evaluate, submit, show, demo, ablate):
         module.register(app)
 
 
@@ -72,6 +72,7 @@ SHORT_HELP = {
     "submit": "Write or check the official challenge zip.",
     "show": "A segment's program and descriptors (--html page).",
     "demo": "The whole pipeline on the synthetic kitchen.",
+    "ablate": "Program-supervision ablation table on the kitchen.",
 }
 
 

@@ -61,9 +61,13 @@ def test_evaluate_val_writes_scores_and_metrics(pipeline):
     m = json.loads((run / "eval" / "val" / "metrics.json").read_text())
     assert m["segments"] == 2 and set(m["recognition"]) == {"all", "tail", "unseen"}
     assert m["recognition"]["unseen"]["verb"]["top1"] is not None  # P01 is listed as unseen here
-    # one valid val program of 5 flattened sub-actions (pick-up, scrub, switch-on, rinse, put)
-    assert m["programs"]["steps"]["segments"] == 1 and m["programs"]["steps"]["positions"] == 5
-    assert 0.0 <= m["programs"]["steps"]["s_verb"] <= 1.0
+    # one valid val program of 6 sub-actions (pick-up, scrub, switch-on, wait, rinse, put) and 7 marker rows
+    # (loop, conditional with else, routine)
+    assert m["programs"]["steps"]["segments"] == 1 and m["programs"]["steps"]["positions"] == 6
+    assert m["programs"]["steps"]["marker_rows"] == 7
+    assert 0.0 <= m["programs"]["steps"]["s_verb"] <= 1.0 and 0.0 <= m["programs"]["steps"]["structure"] <= 1.0
+    assert m["programs"]["step_conditions"]["rows"] == 13
+    assert 0.0 < m["programs"]["step_conditions"]["base_rate"] < 1.0
     # rescoring the written file gives the same metrics
     res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--scores", str(run / "eval" / "val" / "scores.pt"),
                                    "--workdir", str(work), "--data", str(root), "--out", str(work / "again")])
@@ -176,3 +180,17 @@ def test_evaluate_usage_errors(tmp_path):
     assert ViewConfig(3, 3).center == 4 and ViewConfig(2, 3).center == 4 and ViewConfig(1, 1).center == 0
     res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--workdir", str(tmp_path)])
     assert res.exit_code != 0 and "nothing to evaluate" in str(res.exception)
+
+
+def test_show_predicted_program_beside_the_target(pipeline):
+    root, work, run, model, vocab = pipeline
+    from leap_cli.report.predicted import predicted_program
+
+    cmp = predicted_program(run, "P01_03_0", work / "shards" / "val", checkpoint="best")
+    assert cmp.target is not None and cmp.target[0] == "take(plate) [right]" and cmp.target[1] == "<loop>"
+    assert cmp.target[-1] == "<end>" and "pre clean(plate)" in cmp.target_conditions[1]
+    assert 1 <= len(cmp.predicted) <= vocab.max_steps and len(cmp.predicted_conditions) == len(cmp.predicted)
+    res = CliRunner().invoke(app, ["show", "P01_03_0", "--workdir", str(work), "--split", "val", "--run", "runs/tiny"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "target (generated program)" in res.output and "take(plate) [right]" in res.output and "<loop>" in res.output

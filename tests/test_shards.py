@@ -184,8 +184,8 @@ def test_round_trip_frames_labels_targets(built, root):
         assert b["video"].dtype == torch.uint8 and b["video"].float().std() > 1  # raw RGB, the model normalises
 
 
-def test_program_targets_follow_the_flatten_rule(built):
-    """Loops once, conditional's then-branch, routines inlined, END last; ids are EPIC class ids."""
+def test_program_targets_keep_the_program(built):
+    """Token rows with loop/conditional/routine markers, END last; ids are EPIC class ids; the reader's batch."""
     _, work = built
     out = work / "shards" / "train"
     m = json.loads((out / "manifest.json").read_text())
@@ -195,9 +195,23 @@ def test_program_targets_follow_the_flatten_rule(built):
     v = verbs.resolve
     o = nouns.resolve
     none, end_v, end_o = t["objects"].index("none"), len(t["step_verbs"]) - 1, len(t["objects"]) - 1
-    want = [[v("take"), o("plate"), none], [v("scrub"), o("plate"), o("sponge")], [v("turn-on"), o("tap"), none],
-            [v("wash"), o("plate"), o("water")], [v("put"), o("plate"), o("rack:drying")], [end_v, end_o, end_o]]
-    assert metas["P01_01_1"]["targets"]["steps"] == want
+    rows = metas["P01_01_1"]["targets"]["steps"]
+    subs = [r[:3] for r in rows if r[0] != -100]
+    assert subs == [[v("take"), o("plate"), none], [v("scrub"), o("plate"), o("sponge")], [v("turn-on"), o("tap"), none],
+                    [v("wait"), o("tap"), none], [v("wash"), o("plate"), o("water")], [v("put"), o("plate"), o("rack:drying")],
+                    [end_v, end_o, end_o]]
+    kinds = [t["structure"][r[4]] for r in rows]
+    assert kinds == ["<step>", "<loop>", "<step>", "</loop>", "<if>", "<step>", "<else>", "<step>", "</if>",
+                     "<call:rinse>", "<step>", "</routine>", "<step>", "<end>"]
+    assert t["max_steps"] == len(rows)  # sized from the training programs
+    loop_cond = [t["conditions"][i] for i in metas["P01_01_1"]["targets"]["step_pre"][1]]
+    assert loop_cond == ["clean(plate)"]
+    ds = ShardDataset(out, train=False, num_frames=2, img_size=16)
+    b = collate_clips([s for s in ds if s["narration_id"] == "P01_01_1"])
+    assert b["program_steps"].shape == (1, len(rows), 5) and b["program_steps"][0].tolist() == rows
+    P = len(t["conditions"])
+    assert b["step_conditions"].shape == (1, len(rows), 2 * P)
+    assert b["step_conditions"][0, 1, t["conditions"].index("clean(plate)")] == 1 and b["step_conditions"][0, 0].sum() == 0
     pre = [t["conditions"][i] for i in metas["P01_01_1"]["targets"]["pre"]]
     assert sorted(pre) == ["dirty(plate)", "in(plate,sink)"]
     assert metas["P01_01_0"]["has_program"] is False and metas["P01_01_0"]["targets"] is None  # invalid program
@@ -250,8 +264,8 @@ def test_shard_parts_merge(root, tmp_path):
     assert sorted(s["narration_id"] for s in ds) == sorted(f"P01_01_{i}" for i in range(4)) + [f"P01_02_{i}" for i in range(3)]
 
 
-def test_anticipation_window_ends_tau_a_before_the_action(root, tmp_path):
-    r = build(root, tmp_path, task="anticipation", tau_a=1.0, tau_o=1.0, context=2)
+def test_anticipation_previous_segments_option(root, tmp_path):
+    r = build(root, tmp_path, task="anticipation", tau_a=1.0, tau_o=1.0, context=2, context_mode="segments")
     assert r.out == tmp_path / "shards" / "train-anticipation"
     m = r.manifest
     assert not m["skipped"]
@@ -435,7 +449,7 @@ def test_cli_build_shards_and_size_rolling(root, tmp_path):
     res = CliRunner().invoke(app, ["build-shards", "--data", str(root), "--split", "train", "--workdir", str(tmp_path),
                                    "--frames", "2", "--short-side", "32", "--max-shard-size", "12k"])
     assert res.exit_code == 0, res.output
-    assert "recognition shards of train" in res.output and "3 conditions" in res.output
+    assert "recognition shards of train" in res.output and "4 conditions" in res.output  # program, step and marker conditions
     m = json.loads((tmp_path / "shards" / "train" / "manifest.json").read_text())
     assert [s["count"] for s in m["shards"]] == [2, 2, 2, 1]  # 4 kB samples, 12 kB shards
     assert all(s["bytes"] <= 12 * 1024 for s in m["shards"])

@@ -44,8 +44,8 @@ def build_shards(
                                                  "anticipation: WORKDIR/shards/SPLIT-anticipation)."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory holding every stage's files."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
-    task: str = typer.Option("recognition", "--task", help="recognition, or anticipation (observed window ends "
-                                                           "tau-a before the action, plus context clips)."),
+    task: str = typer.Option("recognition", "--task", help="recognition, or anticipation (three clips "
+                                                           "ending tau-a before the action)."),
     frames: int = typer.Option(16, "--frames", min=1, help="Frames stored per clip (more than the model takes allows "
                                                     "temporal jitter)."),
     short_side: int = typer.Option(256, "--short-side", min=16, help="Short side of the stored JPEG frames, in pixels."),
@@ -57,9 +57,14 @@ def build_shards(
     max_count: int = typer.Option(0, "--max-count", min=0, help="Start a new tar file after this many samples (0: no limit)."),
     tau_a: float = typer.Option(1.0, "--tau-a", min=0.0, help="Anticipation: seconds between the observed window's end and "
                                                      "the action start."),
-    tau_o: float = typer.Option(2.0, "--tau-o", min=0.01, help="Anticipation: length of the observed window in seconds."),
-    context: int = typer.Option(2, "--context", min=0, help="Anticipation: previous segments of the same video stored as "
-                                                     "context clips."),
+    tau_o: float = typer.Option(2.0, "--tau-o", min=0.01, help="Anticipation with --anticipation-context segments: length of "
+                                                     "the observed window in seconds."),
+    context: int = typer.Option(2, "--context", min=0, help="Anticipation: clips stored before the current one (2: s_{i-2}, "
+                                                     "s_{i-1})."),
+    anticipation_context: str = typer.Option("clips", "--anticipation-context",
+                                             help="clips: contiguous --span-frames clips ending tau-a before the action "
+                                                  "(the paper); segments: the previous annotated segments."),
+    span_frames: int = typer.Option(256, "--span-frames", min=1, help="Anticipation clips: source frames each clip spans."),
     vocab: Path = typer.Option(None, "--vocab", help="Manifest whose target vocabulary to reuse (default for val/test: "
                                                      "WORKDIR/shards/train/manifest.json when present)."),
     max_steps: int = typer.Option(None, "--max-steps", min=2, help="Program steps per target incl. END (new vocabulary only)."),
@@ -77,7 +82,8 @@ def build_shards(
     spec = ShardSpec.parse(shard)
     settings = ShardSettings(split=split, task=task, frames=frames, short_side=short_side, jpeg_quality=jpeg_quality,
                              max_shard_size=parse_size(max_shard_size), max_count=max_count, tau_a=tau_a,
-                             tau_o=tau_o, context=context if task == "anticipation" else 0)
+                             tau_o=tau_o, context=context if task == "anticipation" else 0,
+                             context_mode=anticipation_context, span_frames=span_frames)
     data = dataset_root(workdir, data)
     with live_or_log(Progress(TextColumn("[bold]build-shards[/] {task.description}"), BarColumn(),
                               MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=False),

@@ -24,6 +24,8 @@ def show(
     descriptors: Path = typer.Option(None, "--descriptors", help="Descriptor records file (default: WORKDIR/descriptors/SPLIT.jsonl)."),
     data: Path = typer.Option(None, "--data", help="Dataset root for keyframes in --html (default: WORKDIR/kitchen)."),
     html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML page (keyframes, descriptors, storyboard)."),
+    run: Path = typer.Option(None, "--run", help="A trained run (runs/NAME): show its predicted program beside the target."),
+    shards: Path = typer.Option(None, "--shards", help="With --run: the shards holding the segment (default WORKDIR/shards/SPLIT)."),
 ) -> None:
     from leap_cli.common import dataset_root, normalize_split
     from leap_cli.report.program_view import program_tree
@@ -50,6 +52,43 @@ def show(
         console.print(table)
     else:
         console.print(f"[yellow]{escape(narration_id)}: no descriptor record yet (run `leap extract`)[/]")
+    if run is not None:
+        _show_prediction(run, narration_id, workdir, shards, normalize_split(split) if split else view.split)
+    if html:
+        out = write_segment_html(view, dataset_root(workdir, data), html)
+        console.print(f"wrote {escape(str(out))}")
+
+
+def _show_prediction(run: Path, narration_id: str, workdir: Path, shards: Path | None, split: str | None) -> None:
+    from rich.markup import escape
+
+    from leap_cli.evaluate.inference import resolve_run
+    from leap_cli.report.predicted import predicted_program
+    from leap_cli.train.checkpoint import load_checkpoint, resolve_checkpoint
+
+    run_dir = resolve_run(run, workdir)
+    if shards is None:
+        from leap_cli.shards.writer import default_out
+
+        task = ((load_checkpoint(resolve_checkpoint(run_dir, "best")).get("config") or {}).get("data") or {}).get("task", "recognition")
+        shards = default_out(workdir, split or "val", task)
+    cmp = predicted_program(run_dir, narration_id, shards)
+    table = Table(title=f"{escape(narration_id)}: target program and {escape(str(run_dir))}'s prediction", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("target (generated program)")
+    table.add_column("predicted")
+    target = cmp.target or []
+    for i in range(max(len(target), len(cmp.predicted))):
+        t = target[i] if i < len(target) else ""
+        p = cmp.predicted[i] if i < len(cmp.predicted) else ""
+        tc = "; ".join(cmp.target_conditions[i]) if cmp.target_conditions and i < len(target) else ""
+        pc = "; ".join(cmp.predicted_conditions[i]) if i < len(cmp.predicted) else ""
+        colour = "green" if t == p else "red"
+        table.add_row(str(i), escape(t) + (f"\n[dim]{escape(tc)}[/]" if tc else ""),
+                      f"[{colour}]{escape(p)}[/]" + (f"\n[dim]{escape(pc)}[/]" if pc else ""))
+    if cmp.target is None:
+        console.print(f"[yellow]{escape(narration_id)}: no valid program in the shards; prediction only[/]")
+    console.print(table)
     if html:
         out = write_segment_html(view, dataset_root(workdir, data), html)
         console.print(f"wrote {escape(str(out))}")

@@ -250,3 +250,25 @@ def clip_windows_before(clock: FrameClock, action_start: float, tau_a: float, *,
         last = end - (clips - 1 - c) * frames
         out.append(clock.span_window(last - frames + 1, last))
     return out
+
+
+def window_frames(start: float, stop: float, fps: float) -> tuple[int, int]:
+    """The 1-based frames that START in the window ``[start, stop)``: ``(first, last)``, inclusive. Windows that
+    meet share no frame and leave none out; a window of ``n / fps`` seconds holds ``n`` frames. Times before
+    the video's start give indices below 1 (the caller pads them)."""
+    def boundary(t: float) -> int:  # frames starting before t
+        x = t * fps
+        return math.ceil(x - 1e-6) if abs(x - round(x)) > 1e-6 else int(round(x))
+
+    return boundary(start) + 1, boundary(stop)
+
+
+def anticipation_windows(video_fps: float, ts: float, tau_a: float = 1.0, n_clips: int = 3,
+                         span_frames: int = 256) -> list[tuple[float, float]]:
+    """The observed clips of the anticipation task (LEAP / EPIC-KITCHENS-100): ``n_clips`` contiguous windows
+    of ``span_frames`` source frames each (at the video's own fps), the last ending ``tau_a`` seconds before
+    the action starts at ``ts``. ``[(start_s, stop_s), ...]``, oldest first; starts may be negative (before
+    the video). Frames of a window: ``window_frames(start_s, stop_s, video_fps)``."""
+    end = ts - tau_a
+    span = span_frames / video_fps
+    return [(end - (n_clips - k) * span, end - (n_clips - 1 - k) * span) for k in range(n_clips)]

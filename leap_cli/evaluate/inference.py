@@ -115,6 +115,7 @@ def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfi
     _autocast(device, precision)  # refuse an unknown precision before reading any shard
     ids: list[str] = []
     verbs, nouns, steps, conds, t_steps, t_conds, has = [], [], [], [], [], [], []
+    step_conds, t_step_conds = [], []
     for batch in batches:
         video, ctx, cmask = _flatten_views(batch, views.count)
         b = len(batch["narration_id"])
@@ -133,12 +134,18 @@ def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfi
             # forward() without program_steps decodes greedily; the argmax of its step logits are the greedy
             # ids, so the central view's program costs no second backbone pass
             centre = views.center if v > 1 else 0
-            pred = torch.stack([out[k].argmax(-1) for k in ("step_verb", "step_obj_a", "step_obj_b")], -1)
-            steps.append(pred.view(b, v, *pred.shape[1:])[:, centre].cpu()[keep])  # [B,L,3]
+            core = getattr(model, "module", model)
+            pred = core.decoder.ids_from_logits(out)  # marker columns and rows after END: -100, as the targets
+            steps.append(pred.view(b, v, *pred.shape[1:])[:, centre].cpu()[keep])  # [B,L,K]
+            if "step_conditions" in out:
+                sc = torch.sigmoid(out["step_conditions"].float())
+                step_conds.append(sc.view(b, v, *sc.shape[1:])[:, centre].cpu()[keep])  # [B,L,2P]
             if "program_steps" in batch:
                 t_steps.append(batch["program_steps"][keep])
                 t_conds.append(batch["conditions"][keep])
                 has.append(batch["has_program"].bool()[keep])
+                if "step_conditions" in batch:
+                    t_step_conds.append(batch["step_conditions"][keep])
         if on_batch:
             on_batch(int(keep.sum()))
     if not ids:
@@ -146,9 +153,13 @@ def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfi
     scores: dict = {"narration_id": ids, "verb_output": torch.cat(verbs), "noun_output": torch.cat(nouns)}
     if steps:
         prog: dict = {"steps": torch.cat(steps), "conditions": torch.cat(conds)}
+        if step_conds:
+            prog["step_conditions"] = torch.cat(step_conds)
         if t_steps:
             prog.update(target_steps=torch.cat(t_steps), target_conditions=torch.cat(t_conds),
                         has_program=torch.cat(has))
+            if t_step_conds and step_conds:
+                prog["target_step_conditions"] = torch.cat(t_step_conds)
         if end_ids is not None:
             prog["end_ids"] = list(end_ids)
         scores["program"] = prog

@@ -27,7 +27,10 @@ Empty subsets (no unseen participants, no tail class among the labels) give ``No
 raises or drops the entry.
 
 Programs (LEAP): S-Verb, Obj(A) and Obj(B) accuracy, compared position by position over the *true*
-sub-action sequence (positions before the END triple, padding excluded) of the segments with a valid program;
+sub-action rows (positions before the END row, padding and marker rows excluded) of the segments with a valid
+program; structure accuracy (the kind token -- ``<step>`` or a loop / conditional / routine marker -- over all
+rows before END) and marker accuracy (over the marker rows alone); per-row condition F1 (micro and macro, over
+the rows before END, with the base rate of the targets and the F1 of always predicting every condition);
 pre/post-condition micro F1 (pooled TP/FP/FN) and macro F1 (mean F1 over the condition classes that occur in
 the truth or the prediction of the evaluated segments), predictions thresholded at 0.5.
 """
@@ -179,16 +182,49 @@ def program_step_metrics(pred_steps: np.ndarray, true_steps: np.ndarray, valid: 
         pad = np.full((n, length - pred.shape[1], 3), -1, dtype=pred.dtype)
         pred = np.concatenate([pred, pad], axis=1)
     pred = pred[:, :length]
-    counted = (true[..., 0] != IGNORE_INDEX) & valid[:, None]  # [N, L]
+    before_end = true[..., -1] != IGNORE_INDEX  # [N, L]: rows of the true sequence (padding excluded)
     if end_ids is not None:
-        is_end = np.all(true == np.asarray(end_ids).reshape(1, 1, 3), axis=-1)
+        is_end = np.all(true[..., :3] == np.asarray(end_ids).reshape(1, 1, 3), axis=-1)
         # positions from the first END on are not part of the sequence
-        counted &= np.cumsum(is_end, axis=1) == 0
+        before_end &= np.cumsum(is_end, axis=1) == 0
+    before_end &= valid[:, None]
+    counted = before_end & (true[..., 0] != IGNORE_INDEX)  # sub-action rows (marker rows hold -100 here)
     total = int(counted.sum())
     out = {"segments": int(valid.sum()), "positions": total}
     for j, name in enumerate(("s_verb", "obj_a", "obj_b")):
         out[name] = float((pred[..., j] == true[..., j])[counted].mean()) if total else None
+    if true.shape[-1] >= 5 and pred.shape[-1] >= 5:
+        # structure: the kind token (<step> or a loop / conditional / routine marker) row by row
+        rows = int(before_end.sum())
+        kind_ok = pred[..., 4] == true[..., 4]
+        out["structure"] = float(kind_ok[before_end].mean()) if rows else None
+        markers = before_end & (true[..., 0] == IGNORE_INDEX)
+        out["marker_rows"] = int(markers.sum())
+        out["markers"] = float(kind_ok[markers].mean()) if markers.any() else None
+        out["hand"] = float((pred[..., 3] == true[..., 3])[counted].mean()) if total else None
     return out
+
+
+def step_condition_metrics(pred_probs: np.ndarray, true: np.ndarray, true_steps: np.ndarray, valid: np.ndarray,
+                           end_ids: Sequence[int] | None = None, threshold: float = 0.5) -> dict:
+    """Per-row condition F1 over the rows of the true sequences (before END, valid programs), row by row.
+    ``pred_probs``/``true``: [N, L, 2P] (pre columns then post columns). Also the base rate (fraction of
+    positive entries) and the F1 of always predicting every condition, the chance level of the micro F1."""
+    pred_probs, true, steps = np.asarray(pred_probs), np.asarray(true), np.asarray(true_steps)
+    valid = np.asarray(valid, dtype=bool)
+    length = min(pred_probs.shape[1], true.shape[1], steps.shape[1])
+    pred_probs, true, steps = pred_probs[:, :length], true[:, :length], steps[:, :length]
+    rows = (steps[..., -1] != IGNORE_INDEX) & valid[:, None]
+    if end_ids is not None:
+        is_end = np.all(steps[..., :3] == np.asarray(end_ids).reshape(1, 1, 3), axis=-1)
+        rows &= np.cumsum(is_end, axis=1) == 0
+    half = true.shape[-1] // 2
+    pred = pred_probs[rows] >= threshold  # [R, 2P]
+    truth = true[rows] > 0.5
+    rate = float(truth.mean()) if truth.size else None
+    return {"rows": int(rows.sum()), "pre": f1_scores(pred[:, :half], truth[:, :half]),
+            "post": f1_scores(pred[:, half:], truth[:, half:]), "all": f1_scores(pred, truth),
+            "base_rate": rate, "chance_f1": (2 * rate / (1 + rate)) if rate else None}
 
 
 def f1_scores(pred: np.ndarray, true: np.ndarray) -> dict:

@@ -5,7 +5,8 @@
     {"split": "val", "task": "recognition", "segments": 9668, "not_scored": 0,
      "recognition": {"all": {"verb": {"top1", "top5"}, ...}, "tail": {...}, "unseen": {...}},   # or
      "anticipation": {"overall": {"verb": {"mt5r"}, ...}, "unseen": {...}, "tail": {...}},
-     "programs": {"steps": {"s_verb", "obj_a", "obj_b", "segments", "positions"},
+     "programs": {"steps": {"s_verb", "obj_a", "obj_b", "hand", "structure", "markers", "segments", "positions"},
+                  "step_conditions": {"pre"|"post"|"all": {"micro_f1", "macro_f1"}, "rows", "base_rate", "chance_f1"},
                   "conditions": {"pre": {"micro_f1", "macro_f1"}, "post": {...}}},   # when the file has them
      "meta": {...}}
 
@@ -77,6 +78,10 @@ def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", 
         valid = _np(program.get("has_program", np.ones(len(ids), bool))).astype(bool)
         result["programs"] = {"steps": M.program_step_metrics(_np(program["steps"]), _np(program["target_steps"]),
                                                               valid, program.get("end_ids"))}
+        if "step_conditions" in program and "target_step_conditions" in program:
+            result["programs"]["step_conditions"] = M.step_condition_metrics(
+                _np(program["step_conditions"]), _np(program["target_step_conditions"]), _np(program["target_steps"]),
+                valid, program.get("end_ids"))
         if "conditions" in program and "target_conditions" in program:
             result["programs"]["conditions"] = M.condition_metrics(_np(program["conditions"]),
                                                                    _np(program["target_conditions"]), valid)
@@ -97,10 +102,16 @@ def metric_rows(result: dict) -> list[tuple[str, str, str, str]]:
                 for k, v in vals.items():
                     rows.append((group, subset, f"{task} {k}", pct(v)))
     prog = result.get("programs", {})
-    for k in ("s_verb", "obj_a", "obj_b"):
+    for k in ("s_verb", "obj_a", "obj_b", "hand", "structure", "markers"):
         if k in prog.get("steps", {}):
             rows.append(("programs", "valid programs", k, pct(prog["steps"][k])))
     for side, vals in prog.get("conditions", {}).items():
         for k, v in vals.items():
             rows.append(("programs", "valid programs", f"{side} {k}", pct(v)))
+    step_conds = prog.get("step_conditions", {})
+    for side in ("pre", "post", "all"):
+        if side in step_conds:
+            rows.append(("programs", "per step", f"{side} micro_f1", pct(step_conds[side]["micro_f1"])))
+    if "chance_f1" in step_conds:
+        rows.append(("programs", "per step", "chance micro_f1 (all)", pct(step_conds["chance_f1"])))
     return rows

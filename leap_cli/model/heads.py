@@ -1,10 +1,13 @@
 """LEAP heads on top of UniFormerV2: verb/noun classifiers, the action-program decoder, the condition
 head, and the anticipation aggregation of program embeddings over the clips before the action.
 
-Program decoder: a small transformer decoder over the backbone's video tokens. Step l receives the
-embedding of step l-1's target triple (S-Verb, Obj(A), Obj(B)) -- a BOS triple at l=0 -- and predicts
-the triple of step l (teacher forcing in training, greedy decoding otherwise). Ids follow the shards
-manifest's ``targets`` vocabularies (END included); ``-100`` is padding.
+Program decoder: a small transformer decoder over the backbone's video tokens. Row l of the program's token
+sequence (``programs.targets``: [S-Verb, Obj(A), Obj(B), hand, kind], kind = ``<step>`` or a loop /
+conditional / routine marker) receives the embedding of row l-1 -- a BOS row at l=0 -- and predicts row l
+(teacher forcing in training, greedy decoding otherwise), plus row l's pre- and post-conditions (multi-label
+logits over the condition vocabulary, from the same decoder state). Ids follow the shards manifest's
+``targets`` vocabularies (END included); ``-100`` is padding, and a marker row's verb/object/hand columns.
+A spec without ``structure`` (older manifests) decodes the (S-Verb, Obj(A), Obj(B)) triple alone.
 """
 
 from __future__ import annotations
@@ -26,6 +29,23 @@ class ProgramSpec:
     objects: int
     conditions: int  # P: the condition head predicts 2*P logits (pre then post)
     max_steps: int
+    hands: int = 0  # with structure: rows are [verb, obj_a, obj_b, hand, kind]
+    structure: int = 0
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        base = ("step_verb", "step_obj_a", "step_obj_b")
+        return base + ("step_hand", "step_kind") if self.structure else base
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        base = (self.step_verbs, self.objects, self.objects)
+        return base + (self.hands, self.structure) if self.structure else base
+
+    @property
+    def step_kind(self) -> int:
+        """Id of ``<step>`` (the first structure token, see programs.targets)."""
+        return 0
 
 
 class ProgramDecoder(nn.Module):
@@ -41,6 +61,9 @@ class ProgramDecoder(nn.Module):
         self.verb_embed = nn.Embedding(spec.step_verbs + 1, dim)
         self.obj_a_embed = nn.Embedding(spec.objects + 1, dim)
         self.obj_b_embed = nn.Embedding(spec.objects + 1, dim)
+        if spec.structure:
+            self.hand_embed = nn.Embedding(spec.hands + 1, dim)
+            self.kind_embed = nn.Embedding(spec.structure + 1, dim)
         self.step_pos = nn.Parameter(torch.zeros(1, spec.max_steps, dim))
         nn.init.trunc_normal_(self.step_pos, std=0.02)
         self.memory_proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim))
@@ -52,23 +75,44 @@ class ProgramDecoder(nn.Module):
         self.verb_out = nn.Linear(dim, spec.step_verbs)
         self.obj_a_out = nn.Linear(dim, spec.objects)
         self.obj_b_out = nn.Linear(dim, spec.objects)
+        if spec.structure:
+            self.hand_out = nn.Linear(dim, spec.hands)
+            self.kind_out = nn.Linear(dim, spec.structure)
+        self.step_cond_out = nn.Linear(dim, 2 * spec.conditions) if spec.conditions and spec.structure else None
 
     def memory(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens [B, M, C_backbone] -> decoder memory [B, M, dim]."""
         return self.memory_proj(tokens)
 
     def _embed_inputs(self, prev: torch.Tensor) -> torch.Tensor:
-        # prev: [B, l, 3] previous-step ids (BOS/padding already mapped to index n)
-        return (
-            self.verb_embed(prev[..., 0]) + self.obj_a_embed(prev[..., 1]) + self.obj_b_embed(prev[..., 2])
-            + self.step_pos[:, : prev.shape[1]]
-        )  # [B, l, dim]
+        # prev: [B, l, K] previous-row ids (BOS/padding already mapped to index n)
+        x = self.verb_embed(prev[..., 0]) + self.obj_a_embed(prev[..., 1]) + self.obj_b_embed(prev[..., 2])
+        if self.spec.structure:
+            x = x + self.hand_embed(prev[..., 3]) + self.kind_embed(prev[..., 4])
+        return x + self.step_pos[:, : prev.shape[1]]  # [B, l, dim]
+
+    def bos(self, device: torch.device | None = None) -> torch.Tensor:
+        """The BOS / padding id of each column: [K]."""
+        return torch.tensor(self.spec.sizes, device=device)
 
     def _shift(self, steps: torch.Tensor) -> torch.Tensor:
-        """Targets [B, L, 3] -> decoder inputs [B, L, 3]: BOS then the targets shifted right, padding -> BOS id."""
-        bos = steps.new_tensor([self.spec.step_verbs, self.spec.objects, self.spec.objects])
-        prev = torch.cat([bos.expand(steps.shape[0], 1, 3), steps[:, :-1]], dim=1)
+        """Targets [B, L, K] -> decoder inputs [B, L, K]: BOS then the targets shifted right, padding -> BOS id."""
+        bos = self.bos(steps.device)
+        k = bos.shape[0]
+        prev = torch.cat([bos.expand(steps.shape[0], 1, k), steps[:, :-1, :k]], dim=1)
         return torch.where(prev < 0, bos.expand_as(prev), prev)
+
+    def mask_markers(self, ids: torch.Tensor, fill: torch.Tensor | int) -> torch.Tensor:
+        """Rows whose kind is a marker (neither ``<step>`` nor END) get ``fill`` in their verb/object/hand
+        columns, as in the targets (-100) or the decoder inputs (BOS)."""
+        if not self.spec.structure:
+            return ids
+        kind = ids[..., 4]
+        marker = (kind != self.spec.step_kind) & (kind != self.spec.structure - 1)
+        fill_t = torch.as_tensor(fill, device=ids.device).expand_as(ids) if torch.is_tensor(fill) else torch.full_like(ids, fill)
+        cols = torch.zeros(ids.shape[-1], dtype=torch.bool, device=ids.device)
+        cols[:4] = True
+        return torch.where(marker[..., None] & cols, fill_t, ids)
 
     def _decode(self, prev: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         l = prev.shape[1]
@@ -77,33 +121,58 @@ class ProgramDecoder(nn.Module):
         return self.norm(h)  # [B, l, dim]
 
     def _heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"step_verb": self.verb_out(h), "step_obj_a": self.obj_a_out(h), "step_obj_b": self.obj_b_out(h)}
+        out = {"step_verb": self.verb_out(h), "step_obj_a": self.obj_a_out(h), "step_obj_b": self.obj_b_out(h)}
+        if self.spec.structure:
+            out["step_hand"] = self.hand_out(h)
+            out["step_kind"] = self.kind_out(h)
+        if self.step_cond_out is not None:
+            out["step_conditions"] = self.step_cond_out(h)
+        return out
 
     def forward(self, memory: torch.Tensor, steps: torch.Tensor | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Teacher-forced when ``steps`` [B, L, 3] is given, greedy otherwise.
+        """Teacher-forced when ``steps`` [B, L, K] is given, greedy otherwise.
         Returns (logits dict of [B, L, *], hidden states [B, L, dim])."""
         L = self.spec.max_steps
         if steps is not None:
             steps = steps[:, :L]
             if steps.shape[1] < L:
-                steps = F.pad(steps, (0, 0, 0, L - steps.shape[1]), value=IGNORE)
+                steps = F.pad(steps, (0, 0, 0, L - steps.shape[1]), value=IGNORE)  # [B, L, K]
             h = self._decode(self._shift(steps), memory)
             return self._heads(h), h
         _, h = self.greedy(memory)
         return self._heads(h), h
 
     def greedy(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Greedy decoding: (ids [B, L, 3], hidden states [B, L, dim])."""
+        """Greedy decoding: (ids [B, L, K], hidden states [B, L, dim]). Marker rows carry -100 in their
+        verb/object/hand columns, like the targets."""
         B = memory.shape[0]
-        bos = torch.tensor([self.spec.step_verbs, self.spec.objects, self.spec.objects], device=memory.device)
-        prev = bos.expand(B, 1, 3)
+        bos = self.bos(memory.device)
+        k = bos.shape[0]
+        prev = bos.expand(B, 1, k)
         with torch.no_grad():  # argmax is not differentiable; the final pass below carries the graph
             for _ in range(self.spec.max_steps):
                 logits = self._heads(self._decode(prev, memory)[:, -1:])
-                step = torch.stack([logits[k].argmax(-1) for k in ("step_verb", "step_obj_a", "step_obj_b")], -1)
-                prev = torch.cat([prev, step], dim=1)  # [B, l+1, 3]
+                step = torch.stack([logits[c].argmax(-1) for c in self.spec.columns], -1)
+                prev = torch.cat([prev, self.mask_markers(step, bos)], dim=1)  # [B, l+1, K]
         h = self._decode(prev[:, :-1], memory)  # hidden states of the whole greedy sequence, [B, L, dim]
-        return prev[:, 1:], h
+        ids = prev[:, 1:]
+        return torch.where(ids == bos, torch.full_like(ids, IGNORE), ids), h
+
+
+    def ids_from_logits(self, logits: dict[str, torch.Tensor], pad_after_end: bool = True) -> torch.Tensor:
+        """Argmax ids [B, L, K] of step logits, marker rows' verb/object/hand columns -100 and (``pad_after_end``)
+        every row after the first END row -100, as in the targets."""
+        ids = torch.stack([logits[c].argmax(-1) for c in self.spec.columns], -1)
+        ids = self.mask_markers(ids, IGNORE)
+        if pad_after_end:
+            ids = ids.masked_fill(self.after_end(ids)[..., None], IGNORE)
+        return ids
+
+    def after_end(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L] True for the rows after the first END row (END: the last id of the kind, else verb, column)."""
+        is_end = (ids[..., 4] == self.spec.structure - 1) if self.spec.structure else (ids[..., 0] == self.spec.step_verbs - 1)
+        is_end = is_end.long()
+        return (is_end.cumsum(1) - is_end) > 0
 
 
 class AnticipationAggregator(nn.Module):

@@ -5,7 +5,9 @@
   backbone        "uniformerv2_tiny" | "uniformerv2_b16" | "uniformerv2_l14"
   num_frames      frames per clip;  img_size: clip side in pixels
   num_verbs, num_nouns
-  program         None or {"step_verbs": n, "objects": n, "conditions": P, "max_steps": L}
+  program         None or {"step_verbs": n, "objects": n, "conditions": P, "max_steps": L, "hands": n,
+                  "structure": n} (the sizes of ``TargetVocab.model_program_args``; without hands/structure the
+                  decoder predicts (S-Verb, Obj(A), Obj(B)) triples only)
   anticipation    None or {"context": C, "aggregate": bool, "context_grad": bool (default true; false encodes
                   the context clips without gradients, saving the memory of C extra backbone passes)}
   decoder_dim, decoder_layers, decoder_heads, decoder_dropout   program-decoder options
@@ -13,7 +15,8 @@
   any UniFormerV2Config field (grad_checkpointing, use_sdpa, drop_path_rate, temporal_downsample, no_lmhra, ...)
 
 Outputs of ``forward``: "verb" [B,V], "noun" [B,N] logits; with program heads also "step_verb" [B,L,Sv],
-"step_obj_a" [B,L,O], "step_obj_b" [B,L,O] and "conditions" [B,2P] logits (pre then post).
+"step_obj_a" [B,L,O], "step_obj_b" [B,L,O], "step_hand" [B,L,H], "step_kind" [B,L,K] (structure),
+"step_conditions" [B,L,2P] (each row's pre then post) and "conditions" [B,2P] logits (the program's).
 """
 
 from __future__ import annotations
@@ -157,17 +160,15 @@ class LeapModel(nn.Module):
         self, video: torch.Tensor, context_video: torch.Tensor | None = None,
         context_mask: torch.Tensor | None = None, *, pad_after_end: bool = True,
     ) -> torch.Tensor:
-        """Greedy program decoding: LongTensor [B, L, 3] of (S-Verb, Obj(A), Obj(B)) ids. END is the last id of
-        each vocabulary (the shards manifest's convention); steps after the first END step are -100, as in the
-        targets. The program describes the clip's own action, so context clips do not change it."""
+        """Greedy program decoding: LongTensor [B, L, K] of token rows (S-Verb, Obj(A), Obj(B)[, hand, kind]). END is
+        the last id of each vocabulary (the shards manifest's convention); rows after the first END row are -100,
+        as in the targets. The program describes the clip's own action, so context clips do not change it."""
         if self.decoder is None or self.program_spec is None:
             raise LeapError("this model has no program heads", fix="build it with model_args.program")
         _, tokens = self.encode(video)
         ids, _ = self.decoder.greedy(self.decoder.memory(tokens))
         if pad_after_end:
-            is_end = (ids[..., 0] == self.program_spec.step_verbs - 1).long()  # [B, L]
-            after_end = (is_end.cumsum(1) - is_end) > 0
-            ids = ids.masked_fill(after_end[..., None], IGNORE)
+            ids = ids.masked_fill(self.decoder.after_end(ids)[..., None], IGNORE)
         return ids
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -1,8 +1,12 @@
 """LEAP training loss: L = CE(verb) + CE(noun) + lambda_T * L_T + lambda_PC * L_PC.
 
-L_T is the cross-entropy over the program steps' (S-Verb, Obj(A), Obj(B)) ids (padding -100 ignored),
-L_PC the binary cross-entropy of the pre/post-condition head. Only segments with ``has_program`` enter
-L_T and L_PC; the others contribute the action cross-entropies only. Labels of -1 (unknown) are ignored.
+L_T is the mean cross-entropy over the columns of the program's token rows (``programs.targets``: S-Verb,
+Obj(A), Obj(B), hand and the structure token -- ``<step>`` or a loop / conditional / routine marker; padding and
+the marker rows' verb/object/hand columns are -100 and ignored). L_PC is the binary cross-entropy of the
+conditions: the mean of the program-level term (pre/post of the whole program) and the per-row term (each
+row's pre/post multi-hot, over the rows of the true sequence), when the model predicts per-row conditions.
+Only segments with ``has_program`` enter L_T and L_PC; the others contribute the action cross-entropies only.
+Labels of -1 (unknown) are ignored.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 IGNORE = -100
+STEP_COLUMNS = ("step_verb", "step_obj_a", "step_obj_b", "step_hand", "step_kind")
 
 
 def _ce(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
@@ -18,6 +23,15 @@ def _ce(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float) -> t
     if not (target != IGNORE).any():
         return logits.sum() * 0.0  # keeps the graph, contributes nothing
     return F.cross_entropy(logits.float(), target, ignore_index=IGNORE, label_smoothing=label_smoothing)
+
+
+def _fit_rows(x: torch.Tensor, rows: int, value: float) -> torch.Tensor:
+    """Cut or pad dim 1 of ``x`` to ``rows``."""
+    x = x[:, :rows]
+    if x.shape[1] < rows:
+        pad = [0, 0] * (x.ndim - 2) + [0, rows - x.shape[1]]
+        x = F.pad(x, pad, value=value)
+    return x
 
 
 def leap_loss(
@@ -37,20 +51,21 @@ def leap_loss(
     if program_loss and "step_verb" in outputs and "program_steps" in batch:
         has = batch["has_program"].to(loss.device).bool()  # [B]
         if has.any():
-            steps = batch["program_steps"].to(loss.device)  # [B, L, 3]
             L = outputs["step_verb"].shape[1]
-            steps = steps[:, :L]
-            if steps.shape[1] < L:
-                steps = F.pad(steps, (0, 0, 0, L - steps.shape[1]), value=IGNORE)
+            steps = _fit_rows(batch["program_steps"].to(loss.device), L, IGNORE)  # [B, L, K]
             steps = torch.where(has[:, None, None], steps, torch.full_like(steps, IGNORE))
-            parts = [
-                _ce(outputs[key].flatten(0, 1), steps[..., i].flatten(), 0.0)
-                for i, key in enumerate(("step_verb", "step_obj_a", "step_obj_b"))
-            ]
+            cols = [k for k in STEP_COLUMNS if k in outputs][: steps.shape[-1]]
+            parts = [_ce(outputs[key].flatten(0, 1), steps[..., i].flatten(), 0.0) for i, key in enumerate(cols)]
             l_t = sum(parts) / len(parts)
             cond_logits = outputs["conditions"][has].float()
             cond_target = batch["conditions"].to(loss.device)[has].float()
-            l_pc = F.binary_cross_entropy_with_logits(cond_logits, cond_target)
+            l_pc = F.binary_cross_entropy_with_logits(cond_logits, cond_target) if cond_logits.numel() else l_t * 0.0
+            if "step_conditions" in outputs and "step_conditions" in batch and cond_logits.numel():
+                rows = (steps[..., -1] != IGNORE)  # [B, L]: rows of the true sequences (has_program only)
+                st = _fit_rows(batch["step_conditions"].to(loss.device).float(), L, 0.0)
+                step_term = F.binary_cross_entropy_with_logits(outputs["step_conditions"].float()[rows], st[rows]) \
+                    if rows.any() else l_t * 0.0
+                l_pc = (l_pc + step_term) / 2
             loss = loss + lambda_t * l_t + lambda_pc * l_pc
     parts = {"ce_verb": ce_verb, "ce_noun": ce_noun, "l_t": l_t, "l_pc": l_pc}
     return loss, {k: float(v.detach()) for k, v in parts.items()}

@@ -20,8 +20,9 @@ Batch (``collate_clips``), the contract consumed by train/evaluate:
 ``video`` uint8 ``[B,3,T,H,W]`` RGB (4x less to move between processes than float32; the model normalises it
 on its device with the mean/std it was built with; evaluation with V = temporal x spatial views > 1:
 ``[B,V,3,T,H,W]``), ``verb_class``/``noun_class`` long ``[B]`` (-1 unknown), ``has_program`` bool ``[B]``,
-``program_steps`` long ``[B,L,3]`` (ids incl. the END triple, -100 padding; L = manifest max_steps),
-``conditions`` float ``[B,2P]`` (multi-hot, pre then post), ``narration_id`` list[str], ``padding`` bool
+``program_steps`` long ``[B,L,5]`` (token rows [verb, obj_a, obj_b, hand, kind] of ``programs.targets`` incl.
+the END row, -100 padding; L = manifest max_steps; ``[B,L,3]`` for manifests without ``structure``),
+``conditions`` float ``[B,2P]`` (multi-hot, pre then post), ``step_conditions`` float ``[B,L,2P]`` (per row), ``narration_id`` list[str], ``padding`` bool
 ``[B]``; anticipation: ``context_video`` ``[B,C,3,T,H,W]`` (oldest first, zeros where absent; with views
 ``[B,V,C,3,T,H,W]``, the same crops as ``video``) and ``context_mask`` bool ``[B,C]``.
 
@@ -86,6 +87,7 @@ class ShardDataset(IterableDataset):
         targets = self.manifest.get("targets") or {}
         self.max_steps = int(targets.get("max_steps", 1))
         self.num_conditions = len(targets.get("conditions", []))
+        self.step_width = 5 if "structure" in targets else 3  # [verb, obj_a, obj_b(, hand, kind)]: programs.targets
         self.context = int(self.manifest["settings"].get("context", 0)) if self.manifest.get("task") == "anticipation" else 0
         self.stats = {"samples": 0, "padding": 0, "errors": 0}
 
@@ -244,19 +246,25 @@ class ShardDataset(IterableDataset):
         state: dict = {}
         video = self._views(frames, rng, state)
         L, P = self.max_steps, self.num_conditions
-        steps = torch.full((L, 3), -100, dtype=torch.long)
+        steps = torch.full((L, self.step_width), -100, dtype=torch.long)
         cond = torch.zeros(2 * P)
+        step_cond = torch.zeros(L, 2 * P)
         tg = meta.get("targets") if meta.get("has_program") else None
         if tg:
-            st = torch.tensor(tg["steps"], dtype=torch.long).view(-1, 3)[:L]
-            steps[:len(st)] = st
+            st = torch.tensor(tg["steps"], dtype=torch.long).view(len(tg["steps"]), -1)[:L, :self.step_width]
+            steps[:len(st), :st.shape[1]] = st
             for i in tg.get("pre", []):
                 cond[i] = 1.0
             for i in tg.get("post", []):
                 cond[P + i] = 1.0
+            for half, rows in ((0, tg.get("step_pre") or []), (P, tg.get("step_post") or [])):
+                for r, ids in enumerate(rows[:L]):
+                    for i in ids:
+                        step_cond[r, half + i] = 1.0
         vc, nc = meta.get("verb_class"), meta.get("noun_class")
         out = {"video": video, "verb_class": -1 if vc is None else int(vc), "noun_class": -1 if nc is None else int(nc),
                "has_program": bool(tg), "program_steps": steps, "conditions": cond,
+               "step_conditions": step_cond,
                "narration_id": meta["narration_id"]}
         if self.context:
             clips, mask = [], []
@@ -280,6 +288,7 @@ def collate_clips(samples: list[dict]) -> dict:
         "has_program": torch.tensor([s["has_program"] for s in samples], dtype=torch.bool),
         "program_steps": torch.stack([s["program_steps"] for s in samples]),
         "conditions": torch.stack([s["conditions"] for s in samples]),
+        "step_conditions": torch.stack([s["step_conditions"] for s in samples]),
         "narration_id": [s["narration_id"] for s in samples],
         "padding": torch.tensor([s.get("padding", False) for s in samples], dtype=torch.bool),
     }

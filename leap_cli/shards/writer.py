@@ -11,7 +11,9 @@ Sample ``json`` (see ``docs/shards.md``)::
     {"narration_id", "video", "participant", "start", "stop", "fps", "narration", "verb", "noun",
      "verb_class", "noun_class" (null on test), "task", "frame_indices": [T 1-based frame numbers],
      "has_program": bool, "targets": {"steps": [[v, a, b], ...], "pre": [ids], "post": [ids]} | null,
-     anticipation: "observed": {"start", "stop"} (seconds), "context": [{"key", "present", "frame_indices"}]}
+     anticipation: "observed": {"start", "stop"} (seconds, the current clip s_i), "context": [{"key", "present",
+     "frame_indices"}] (s_{i-2}, s_{i-1}), "clips": [{"start", "stop", "first_frame", "last_frame", "present",
+     "padded_frames", "frame_indices"}] (s_{i-2} .. s_i, context_mode "clips")}
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 
 from leap_cli.common import ShardSpec
 from leap_cli.epic.annotations import Segment
-from leap_cli.epic.timing import MP4, FrameClock, pick_frames, time_to_frame
+from leap_cli.epic.timing import MP4, FrameClock, anticipation_windows, pick_frames, time_to_frame, window_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
 from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl, sha256_file, stable_hash
@@ -65,9 +67,11 @@ class ShardSettings:
     jpeg_quality: int = 90
     max_shard_size: int = 1 << 30
     max_count: int = 0  # 0: no limit
-    tau_a: float = 1.0  # anticipation: the observed window ends tau_a seconds before the action
-    tau_o: float = 2.0  # anticipation: length of the observed window
-    context: int = 2  # anticipation: previous segments of the same video stored as context clips
+    tau_a: float = 1.0  # anticipation: the observed clips end tau_a seconds before the action
+    tau_o: float = 2.0  # anticipation, context_mode "segments": length of the observed window
+    context: int = 2  # anticipation: clips stored before the current one (s_{i-2}, s_{i-1})
+    context_mode: str = "clips"  # "clips": contiguous span_frames windows (the paper); "segments": previous segments
+    span_frames: int = 256  # anticipation, "clips": source frames each clip spans
 
     def __post_init__(self):
         if self.task not in ("recognition", "anticipation"):
@@ -78,6 +82,10 @@ class ShardSettings:
             raise LeapError("--max-shard-size must be positive and --max-count >= 0")
         if self.tau_a < 0 or self.tau_o <= 0 or self.context < 0:
             raise LeapError("--tau-a must be >= 0, --tau-o > 0 and --context >= 0")
+        if self.context_mode not in ("clips", "segments") or self.span_frames < 1:
+            raise LeapError(f"anticipation context {self.context_mode!r} / span {self.span_frames}",
+                            fix="use --anticipation-context clips (the paper's contiguous clips) or segments, and a "
+                                "positive --span-frames")
 
 
 def segment_frame_indices(first: int, last: int, count: int) -> list[int]:
@@ -124,6 +132,11 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
                 continue
             f = fps(vid)
             obs_end_t = s.start - settings.tau_a
+            if settings.context_mode == "clips":
+                job, rec = _plan_clips(s, f, settings)
+                samples.append(job)
+                records[s.narration_id] = rec
+                continue
             if obs_end_t < 0:
                 # Nothing can be observed before the action (it starts less than tau_a into the video), yet the
                 # challenge wants a score for it: store black frames, no context, and say so in the record.
@@ -154,6 +167,33 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
         if samples:
             jobs.append(VideoJob(vid, samples))
     return jobs, records, skipped
+
+
+def _plan_clips(s: Segment, fps: float, settings: ShardSettings) -> tuple[SampleJob, dict]:
+    """Anticipation as in the paper: clips s_{i-C} .. s_i of ``span_frames`` source frames each, contiguous, the
+    last ending ``tau_a`` before the action (``epic.timing.anticipation_windows``; frames through
+    ``window_frames``). A clip wholly before the video is absent (masked); one that starts before it repeats
+    frame 1 for the missing part (padded). No observable frame at all: a blank sample, as in "segments"."""
+    T, C = settings.frames, settings.context
+    windows = anticipation_windows(fps, s.start, settings.tau_a, C + 1, settings.span_frames)
+    clips, jobs = [], []
+    for a, b in windows:
+        first, last = window_frames(a, b, fps)
+        present = last >= 1
+        idx = [max(1, i) for i in segment_frame_indices(first, last, T)] if present else []
+        clips.append({"start": round(a, 6), "stop": round(b, 6), "first_frame": first, "last_frame": last,
+                      "present": present, "padded_frames": max(0, 1 - first) if present else 0,
+                      "frame_indices": idx})
+        jobs.append(idx or None)
+    current = clips[-1]
+    context = [{"key": None, "present": c["present"], "frame_indices": c["frame_indices"]} for c in clips[:-1]]
+    if not current["present"]:
+        return (SampleJob(s.narration_id, [], [None] * C),
+                {"frame_indices": [], "observed": None, "blank": True, "clips": clips,
+                 "context": [dict(c, present=False, frame_indices=[]) for c in context]})
+    return (SampleJob(s.narration_id, current["frame_indices"], jobs[:-1]),
+            {"frame_indices": current["frame_indices"], "observed": {"start": current["start"], "stop": current["stop"]},
+             "clips": clips, "context": context})
 
 
 def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,

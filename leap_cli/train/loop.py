@@ -76,6 +76,8 @@ def model_args_for(cfg: Config, source: DataSource) -> dict:
     if cfg.model.program_heads and cfg.loss.program_loss and targets:
         program = {"step_verbs": len(targets["step_verbs"]), "objects": len(targets["objects"]),
                    "conditions": len(targets["conditions"]), "max_steps": int(targets["max_steps"])}
+        if targets.get("structure"):  # token rows that keep the program (programs.targets)
+            program.update(hands=len(targets["hands"]), structure=len(targets["structure"]))
     anticipation = None
     if cfg.data.task == "anticipation":
         anticipation = {"context": cfg.model.anticipation_context,
@@ -440,6 +442,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 "model": model.state_dict(), "model_args": model_args, "config": cfg.to_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": state.step,
+                "targets": source.program_targets,  # the token vocabularies, to read predicted programs back
                 "epoch": state.epoch, "best_metric": state.best_metric, "rng": rng_state(),
                 "data_position": {"epoch": state.epoch, "batches": state.batches}})
 

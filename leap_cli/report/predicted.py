@@ -1,0 +1,86 @@
+"""A trained run's predicted program for one segment, beside the target program the shards hold
+(``leap show ID --run RUN``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from leap_cli.errors import LeapError
+
+
+@dataclass
+class ProgramComparison:
+    narration_id: str
+    target: list[str] | None  # rows of the generated (target) program as text; None without a valid program
+    predicted: list[str]
+    target_conditions: list[list[str]] | None  # per row: pre then post condition strings
+    predicted_conditions: list[list[str]]
+
+
+def _read_sample(folder: Path, narration_id: str, ds) -> dict:
+    from leap_cli.shards.format import group_sample, parse_members, read_sample_at
+
+    for info in ds.shards:
+        if narration_id in info["keys"]:
+            p = info["keys"].index(narration_id)
+            with open(folder / info["name"], "rb") as f:
+                _, fields = group_sample(parse_members(read_sample_at(f, info["offsets"][p], info["sizes"][p])))
+            return ds.make_sample(fields, np.random.default_rng(0))
+    raise LeapError(f"{narration_id} is not in these shards", path=folder,
+                    fix="pass the split's shards with --shards, or --split")
+
+
+def _rows(vocab, steps: torch.Tensor) -> list[str]:
+    rows = []
+    for r in steps.tolist():
+        if r[-1] == -100 and r[0] == -100:
+            break
+        rows.append(vocab.decode_row(r))
+        if rows[-1] == "<end>":
+            break
+    return rows
+
+
+def _conditions(vocab, probs: torch.Tensor, n: int, threshold: float = 0.5) -> list[list[str]]:
+    P = len(vocab.conditions)
+    out = []
+    for row in probs[:n]:
+        on = (row >= threshold).nonzero().flatten().tolist()
+        out.append([("pre " if i < P else "post ") + vocab.conditions[i % P] for i in on])
+    return out
+
+
+def predicted_program(run: str | Path, narration_id: str, shards: str | Path, checkpoint: str = "best") -> ProgramComparison:
+    """Decode ``narration_id``'s clip with the run's model (greedy, central view) and read its target."""
+    from leap_cli.programs.targets import TargetVocab
+    from leap_cli.shards.dataset import ShardDataset
+    from leap_cli.train.checkpoint import load_model
+
+    model, ckpt = load_model(run, which=checkpoint)
+    if model.decoder is None:
+        raise LeapError("this run's model has no program heads", path=run, fix="train with program_heads and the program loss")
+    folder = Path(shards)
+    ds = ShardDataset(folder, train=False, num_frames=int(ckpt["model_args"]["num_frames"]),
+                      img_size=int(ckpt["model_args"]["img_size"]), rank=0, world_size=1)
+    targets = ckpt.get("targets") or ds.manifest.get("targets")
+    if not targets:
+        raise LeapError("neither the checkpoint nor the shards hold the target vocabulary", path=folder)
+    vocab = TargetVocab.from_manifest(targets)
+    sample = _read_sample(folder, narration_id, ds)
+    ctx = sample.get("context_video")
+    with torch.no_grad():
+        out = model(sample["video"][None], context_video=None if ctx is None else ctx[None],
+                    context_mask=None if ctx is None else sample["context_mask"][None])
+    pred = model.decoder.ids_from_logits(out)[0]
+    predicted = _rows(vocab, pred)
+    pred_conds = _conditions(vocab, torch.sigmoid(out["step_conditions"][0]), len(predicted)) \
+        if "step_conditions" in out else [[] for _ in predicted]
+    target = target_conds = None
+    if sample["has_program"]:
+        target = _rows(vocab, sample["program_steps"])
+        target_conds = _conditions(vocab, sample["step_conditions"], len(target))
+    return ProgramComparison(narration_id, target, predicted, target_conds, pred_conds)

@@ -1,0 +1,272 @@
+"""``leap ablate``: the program-supervision ablation on the synthetic kitchen, as one command.
+
+The same tiny model is trained with L_CE only; + L_T; + L_PC; + both (recognition), and, for anticipation
+(three 256-frame clips before the action), L_CE only, both program losses without and with the aggregation of
+the clips' program predictions (with the true programs only, by default: anticipation runs cost ~3x). Each cell
+runs over several seeds, with programs from three sources:
+
+- ``truth``: the kitchen's true programs (what the videos act out: the ceiling of program supervision);
+- ``offline``: the offline generator's programs (``leap generate-programs``, narration-only: no extract stage);
+- ``none``: no programs (only the L_CE cells; program losses without programs would repeat them).
+
+Cells that would repeat another are skipped (L_CE only does not depend on the program source). Shards are
+built once per source and task and reused by every run; finished runs are reused when the command is run again
+(``result.json`` in each run folder). Output: ``WORKDIR/ablation.md`` and ``WORKDIR/ablation.json``, mean ± std
+over the seeds of verb / noun / action top-1 (recognition, validation split, last checkpoint), the anticipation
+class-mean top-5 recall, and the program metrics (S-Verb, structure, per-step condition F1) when there are any.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from leap_cli.errors import LeapError
+from leap_cli.io import atomic_write_json, atomic_write_text, read_jsonl
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("truth", "offline", "none")
+
+
+@dataclass(frozen=True)
+class Cell:
+    name: str
+    task: str  # recognition | anticipation
+    source: str
+    overrides: tuple[str, ...]
+
+
+def plan_cells(sources: tuple[str, ...] = SOURCES, anticipation: bool = True,
+               anticipation_sources: tuple[str, ...] | None = None) -> list[Cell]:
+    """The ablation matrix without duplicate cells (L_CE only once, under the ``none`` source)."""
+    ce = ("loss.program_loss=false",)
+    cells = [Cell("L_CE", "recognition", "none", ce)]
+    with_programs = [s for s in sources if s != "none"]
+    for src in with_programs:
+        cells += [Cell("+L_T", "recognition", src, ("loss.lambda_pc=0.0",)),
+                  Cell("+L_PC", "recognition", src, ("loss.lambda_t=0.0",)),
+                  Cell("+L_T+L_PC", "recognition", src, ())]
+    if anticipation:
+        ant = ("data.task=anticipation", "model.anticipation_context=2")
+        cells.append(Cell("L_CE", "anticipation", "none", ant + ce + ("model.anticipation_aggregate=false",)))
+        for src in [s for s in with_programs if anticipation_sources is None or s in anticipation_sources]:
+            cells += [Cell("+L_T+L_PC", "anticipation", src, ant + ("model.anticipation_aggregate=false",)),
+                      Cell("+L_T+L_PC+aggregation", "anticipation", src, ant + ("model.anticipation_aggregate=true",))]
+    return cells
+
+
+@dataclass(frozen=True)
+class AblateConfig:
+    workdir: Path = Path("leap-work/ablation")
+    videos: int = 6
+    segments_per_video: int = 24
+    kitchen_seed: int = 0
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 10
+    frames: int = 8
+    short_side: int = 64
+    span_frames: int = 256
+    sources: tuple[str, ...] = SOURCES
+    anticipation: bool = True
+    anticipation_sources: tuple[str, ...] | None = ("truth",)  # None: every source with programs
+    config: str = "tiny-synthetic"
+    # applied to every run: a smaller clip than tiny-synthetic's 8x64 and batch 8 give ~2x the optimizer steps
+    overrides: tuple[str, ...] = ("model.num_frames=4", "model.img_size=32", "data.batch_size=8")
+
+    def __post_init__(self):
+        bad = set(self.sources) - set(SOURCES)
+        if bad or not self.sources:
+            raise LeapError(f"unknown program source(s) {sorted(bad)}", fix=f"use some of {', '.join(SOURCES)}")
+        if len(self.seeds) < 1 or self.epochs < 1:
+            raise LeapError("give at least one seed and one epoch")
+
+
+# ---- the kitchen's true programs: found through this one function ------------------------------------------
+
+TRUTH_FOLDERS = ("_truth", "ground-truth")
+
+
+def kitchen_truth_file(kitchen: str | Path) -> Path:
+    """The synthetic kitchen's per-segment truth (``_truth/segments.jsonl``, formerly ``ground-truth/``)."""
+    for folder in TRUTH_FOLDERS:
+        p = Path(kitchen) / folder / "segments.jsonl"
+        if p.exists():
+            return p
+    raise LeapError("the kitchen has no truth file", path=Path(kitchen) / TRUTH_FOLDERS[0] / "segments.jsonl",
+                    fix="build it with leap demo-data (true programs exist only for the synthetic kitchen)")
+
+
+def true_program_records(kitchen: str | Path, split: str) -> list[dict]:
+    """Program records (as ``leap generate-programs`` writes them) holding the kitchen's true programs."""
+    from leap_cli.epic.annotations import Annotations
+
+    ids = {s.narration_id for s in Annotations(Path(kitchen) / "annotations").segments(split)}
+    return [{"narration_id": t["narration_id"], "status": "valid", "program": t["program"], "errors": []}
+            for t in read_jsonl(kitchen_truth_file(kitchen)) if t["narration_id"] in ids and t.get("program")]
+
+
+# ---- preparing the data ------------------------------------------------------------------------------------
+
+def source_workdir(work: Path, source: str) -> Path:
+    return work / "sources" / source
+
+
+def prepare_programs(work: Path, kitchen: Path, source: str, splits=("train", "val")) -> None:
+    """Write ``sources/SOURCE/programs/SPLIT.jsonl`` (none: no file, so no sample has a program)."""
+    sw = source_workdir(work, source)
+    for split in splits:
+        out = sw / "programs" / f"{split}.jsonl"
+        if source == "none" or out.exists():
+            continue
+        if source == "truth":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in true_program_records(kitchen, split)))
+        else:
+            from leap_cli.programs.generate import GenerateConfig, generate_programs
+
+            generate_programs(GenerateConfig(workdir=sw, split=split, data=kitchen))
+
+
+def shards_dir(work: Path, source: str, split: str, task: str) -> Path:
+    return source_workdir(work, source) / "shards" / (split if task == "recognition" else f"{split}-anticipation")
+
+
+def prepare_shards(work: Path, kitchen: Path, source: str, task: str, cfg: AblateConfig) -> None:
+    from leap_cli.shards.writer import ShardSettings, build_split
+
+    sw = source_workdir(work, source)
+    for split in ("train", "val"):
+        out = shards_dir(work, source, split, task)
+        if (out / "manifest.json").exists():
+            continue
+        settings = ShardSettings(split=split, task=task, frames=cfg.frames, short_side=cfg.short_side,
+                                 context=2 if task == "anticipation" else 0, span_frames=cfg.span_frames)
+        build_split(kitchen, split, workdir=sw, settings=settings, out=out,
+                    vocab_manifest=shards_dir(work, source, "train", task) / "manifest.json" if split == "val" else None)
+
+
+# ---- one run -----------------------------------------------------------------------------------------------
+
+def run_cell(work: Path, kitchen: Path, cell: Cell, seed: int, cfg: AblateConfig) -> dict:
+    """Train one cell with one seed (reused when its result.json exists) and score it on the validation split."""
+    from leap_cli.epic.annotations import Annotations
+    from leap_cli.evaluate.inference import evaluate_run
+    from leap_cli.evaluate.scoring import evaluate_scores
+    from leap_cli.resources import bundled_config
+    from leap_cli.train.config import load_config
+    from leap_cli.train.loop import main
+
+    name = f"{cell.task}-{cell.source}-{cell.name.replace('+', 'plus_')}-seed{seed}"
+    run_dir = work / "runs" / name
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an interrupted run: start it again
+    train_dir, val_dir = (shards_dir(work, cell.source, s, cell.task) for s in ("train", "val"))
+    config = bundled_config(cfg.config) or Path(cfg.config)
+    sets = [f"data.train={train_dir}", f"data.val={val_dir}", f"train.epochs={cfg.epochs}", f"train.seed={seed}",
+            f"train.eval_every_epochs={cfg.epochs}", "train.checkpoint_every=0", *cfg.overrides, *cell.overrides]
+    t0 = time.perf_counter()
+    main(load_config(config, sets), workdir=work, name=name)
+    scores, _ = evaluate_run(run_dir, "val", workdir=work, checkpoint="last", task=cell.task, shards=val_dir)
+    metrics = evaluate_scores(scores, Annotations(kitchen / "annotations"), "val", cell.task)
+    result = {"cell": asdict(cell), "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
+              **summarize(metrics)}
+    atomic_write_json(done, result)
+    return result
+
+
+def summarize(metrics: dict) -> dict:
+    """The figures of the table from a metrics.json dict (fractions)."""
+    out: dict = {}
+    rec = metrics.get("recognition")
+    if rec:
+        out.update({f"{t}_top1": rec["all"][t]["top1"] for t in ("verb", "noun", "action")})
+    ant = metrics.get("anticipation")
+    if ant:
+        out.update({f"{t}_mt5r": ant["overall"][t]["mt5r"] for t in ("verb", "noun", "action")})
+    prog = metrics.get("programs") or {}
+    steps = prog.get("steps") or {}
+    for k in ("s_verb", "obj_a", "structure"):
+        if steps.get(k) is not None:
+            out[k] = steps[k]
+    sc = prog.get("step_conditions") or {}
+    if sc.get("all", {}).get("micro_f1") is not None:
+        out["step_cond_f1"] = sc["all"]["micro_f1"]
+    return out
+
+
+# ---- the table ---------------------------------------------------------------------------------------------
+
+COLUMNS = (("verb_top1", "verb top-1"), ("noun_top1", "noun top-1"), ("action_top1", "action top-1"),
+           ("verb_mt5r", "ant. verb mT5R"), ("noun_mt5r", "ant. noun mT5R"), ("action_mt5r", "ant. action mT5R"),
+           ("s_verb", "S-Verb"), ("structure", "structure"), ("step_cond_f1", "step cond. F1"))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return m, sd
+
+
+def table(results: list[dict]) -> tuple[list[dict], str]:
+    """Rows (cell, source, n seeds, mean/std per column, in %) and the markdown table."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in results:
+        c = r["cell"]
+        groups.setdefault((c["task"], c["source"], c["name"]), []).append(r)
+    rows = []
+    for (task, source, name), rs in groups.items():
+        row = {"task": task, "source": source, "cell": name, "seeds": [r["seed"] for r in rs],
+               "seconds": round(sum(r["seconds"] for r in rs), 1)}
+        for key, _ in COLUMNS:
+            vals = [100 * r[key] for r in rs if r.get(key) is not None]
+            if vals:
+                m, sd = mean_std(vals)
+                row[key] = {"mean": round(m, 2), "std": round(sd, 2)}
+        rows.append(row)
+    used = [(k, label) for k, label in COLUMNS if any(k in r for r in rows)]
+    head = "| task | programs | losses | seeds | " + " | ".join(label for _, label in used) + " |"
+    lines = [head, "|" + "---|" * (4 + len(used))]
+    for r in rows:
+        cells = [f"{r[k]['mean']:.1f} ± {r[k]['std']:.1f}" if k in r else "" for k, _ in used]
+        lines.append(f"| {r['task']} | {r['source']} | {r['cell']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
+    return rows, "\n".join(lines) + "\n"
+
+
+def run_ablation(cfg: AblateConfig, on_run: Callable[[str, dict], None] | None = None) -> dict:
+    """Build the kitchen, the programs of each source and the shards, run every cell x seed, write the table."""
+    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+
+    work = Path(cfg.workdir)
+    kitchen = work / "kitchen"
+    t0 = time.perf_counter()
+    build_kitchen(kitchen, KitchenConfig(videos=cfg.videos, segments_per_video=cfg.segments_per_video,
+                                         seed=cfg.kitchen_seed, width=128, height=96))
+    cells = plan_cells(cfg.sources, cfg.anticipation, cfg.anticipation_sources)
+    for source in sorted({c.source for c in cells}):
+        prepare_programs(work, kitchen, source)
+        for task in sorted({c.task for c in cells if c.source == source}):
+            prepare_shards(work, kitchen, source, task, cfg)
+    results = []
+    for cell in cells:
+        for seed in cfg.seeds:
+            r = run_cell(work, kitchen, cell, seed, cfg)
+            results.append(r)
+            if on_run:
+                on_run(f"{cell.task} {cell.source} {cell.name} seed {seed}", r)
+    rows, md = table(results)
+    summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+               "seconds": round(time.perf_counter() - t0, 1), "rows": rows, "runs": results}
+    atomic_write_json(work / "ablation.json", summary)
+    atomic_write_text(work / "ablation.md", md)
+    summary["markdown"] = md
+    return summary
