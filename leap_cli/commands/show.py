@@ -89,6 +89,3 @@ def _show_prediction(run: Path, narration_id: str, workdir: Path, shards: Path |
     if cmp.target is None:
         console.print(f"[yellow]{escape(narration_id)}: no valid program in the shards; prediction only[/]")
     console.print(table)
-    if html:
-        out = write_segment_html(view, dataset_root(workdir, data), html)
-        console.print(f"wrote {escape(str(out))}")
