@@ -15,6 +15,12 @@ rounded down to OpenAI's 1024 + 128k-token granularity), and the cost of 77k pro
 
 Agreement: the offline generator over a synthetic kitchen (8 videos x 24 segments), from narration-only
 records and from descriptor records of ``leap extract`` (narration, objects and hands; and all five components).
+``--exemplars DIR ...`` runs it once per exemplar library on the same kitchen and the same records (``default``
+is the bundled library), e.g. the library before the multimodal exemplars, taken from git:
+
+    mkdir /tmp/ex-before && git archive bc7e83b leap_cli/resources/prompts/exemplars | tar -x -C /tmp/ex-before
+    python benchmarks/bench_generate.py --agreement-only \
+        --exemplars /tmp/ex-before/leap_cli/resources/prompts/exemplars default
 
     python benchmarks/bench_generate.py [--latency 0.05] [--segments-per-slot 12] [--compare-openai]
                                         [--skip-agreement | --agreement-only]
@@ -289,9 +295,10 @@ RECORDS = {"narration-only": (), "descriptors": ("narration", "objects", "hands"
            "all-five": ("narration", "audio", "camera", "objects", "hands")}
 
 
-def kitchen_agreement() -> dict:
+def kitchen_agreement(libraries: list[str]) -> dict:
     """Offline programs vs the kitchen's true ones, from narration-only records (no ``descriptors/``) and
-    from descriptor records of ``leap extract`` (``RECORDS``)."""
+    from descriptor records of ``leap extract`` (``RECORDS``), with each exemplar library (``default``: the
+    bundled one). Keys: (records, library)."""
     from leap_cli.extract.runner import ExtractConfig, run_extract
     from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
 
@@ -310,16 +317,19 @@ def kitchen_agreement() -> dict:
                 for split in splits:
                     run_extract(ExtractConfig(data=tmp / "kitchen", split=split, out=work / "descriptors" / f"{split}.jsonl",
                                               components=components))
-            pairs, statuses = [], {}
-            for split in splits:
-                generate_programs(GenerateConfig(workdir=work, split=split))
-                for r in read_jsonl(work / "programs" / f"{split}.jsonl"):
-                    statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-                    if r["program"]:
-                        pairs.append(compare_programs(r["program"], truth[r["narration_id"]], ann.verbs, ann.nouns))
-            agg = aggregate(pairs)
-            agg["statuses"] = statuses
-            out[records] = agg
+            for i, library in enumerate(libraries):
+                pairs, statuses = [], {}
+                for split in splits:
+                    out_path = work / "programs" / f"{split}.{i}.jsonl"
+                    generate_programs(GenerateConfig(workdir=work, split=split, out=out_path,
+                                                     exemplars=None if library == "default" else Path(library)))
+                    for r in read_jsonl(out_path):
+                        statuses[r["status"]] = statuses.get(r["status"], 0) + 1
+                        if r["program"]:
+                            pairs.append(compare_programs(r["program"], truth[r["narration_id"]], ann.verbs, ann.nouns))
+                agg = aggregate(pairs)
+                agg["statuses"] = statuses
+                out[(records, library)] = agg
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -333,6 +343,8 @@ def main() -> None:
     ap.add_argument("--compare-openai", action="store_true", help="also run concurrency 32 through the openai client")
     ap.add_argument("--skip-agreement", action="store_true", help="only measure throughput and tokens")
     ap.add_argument("--agreement-only", action="store_true", help="only measure the offline generator's agreement")
+    ap.add_argument("--exemplars", nargs="+", default=["default"],
+                    help="exemplar libraries to compare in the agreement (folders; 'default' = the bundled one)")
     args = ap.parse_args()
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     if not args.agreement_only:
@@ -346,8 +358,8 @@ def main() -> None:
         print("client CPU per program by component (ms):", json.dumps(component_costs()), flush=True)
         print("tokens:", json.dumps(prompt_tokens()), flush=True)
     if not args.skip_agreement:
-        for records, agg in kitchen_agreement().items():
-            print(f"offline vs kitchen truth ({records} records):", json.dumps(agg))
+        for (records, library), agg in kitchen_agreement(args.exemplars).items():
+            print(f"offline vs kitchen truth ({records} records, exemplars {library}):", json.dumps(agg))
 
 
 if __name__ == "__main__":
