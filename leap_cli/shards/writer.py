@@ -31,7 +31,7 @@ import numpy as np
 
 from leap_cli.common import ShardSpec
 from leap_cli.epic.annotations import Segment
-from leap_cli.epic.timing import MP4, FrameClock, anticipation_windows, pick_frames, time_to_frame, window_frames
+from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
 from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl, sha256_file, stable_hash
@@ -130,10 +130,10 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
                 samples.append(SampleJob(s.narration_id, idx))
                 records[s.narration_id] = {"frame_indices": idx}
                 continue
-            f = fps(vid)
+            ck = clock(vid)
             obs_end_t = s.start - settings.tau_a
             if settings.context_mode == "clips":
-                job, rec = _plan_clips(s, f, settings)
+                job, rec = _plan_clips(s, ck, settings)
                 samples.append(job)
                 records[s.narration_id] = rec
                 continue
@@ -146,17 +146,18 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
                                                        for _ in range(settings.context)]}
                 continue
             # The frame shown at obs_end_t starts at or before it: never a frame after the window.
-            last = time_to_frame(obs_end_t, f)
-            first = time_to_frame(max(0.0, obs_end_t - settings.tau_o), f)
+            last = ck.frame_at(obs_end_t)
+            first = ck.frame_at(max(0.0, obs_end_t - settings.tau_o))
             idx = segment_frame_indices(first, last, T)
             ctx_jobs, ctx_rec = [], []
             for j in range(settings.context, 0, -1):  # oldest first
                 p = segs[i - j] if i - j >= 0 else None
-                if p is None or p.start_frame > last:
+                pa, pb = ck.segment_span(p) if p is not None else (0, 0)
+                if p is None or pa > last:
                     ctx_jobs.append(None)
                     ctx_rec.append({"key": p.narration_id if p else None, "present": False, "frame_indices": []})
                     continue
-                cidx = segment_frame_indices(p.start_frame, min(p.stop_frame, last), T)
+                cidx = segment_frame_indices(pa, min(pb, last), T)
                 ctx_jobs.append(cidx)
                 ctx_rec.append({"key": p.narration_id, "present": True, "frame_indices": cidx})
             samples.append(SampleJob(s.narration_id, idx, ctx_jobs))
@@ -169,20 +170,19 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
     return jobs, records, skipped
 
 
-def _plan_clips(s: Segment, fps: float, settings: ShardSettings) -> tuple[SampleJob, dict]:
+def _plan_clips(s: Segment, clock: FrameClock, settings: ShardSettings) -> tuple[SampleJob, dict]:
     """Anticipation as in the paper: clips s_{i-C} .. s_i of ``span_frames`` source frames each, contiguous, the
-    last ending ``tau_a`` before the action (``epic.timing.anticipation_windows``; frames through
-    ``window_frames``). A clip wholly before the video is absent (masked); one that starts before it repeats
-    frame 1 for the missing part (padded). No observable frame at all: a blank sample, as in "segments"."""
+    last ending ``tau_a`` before the action, in the numbering of the video's source (the timing rule,
+    ``epic.timing.clip_windows_before``). A clip wholly before the video is absent (masked); one that starts before
+    it repeats frame 1 for the missing part (padded). No observable frame at all: a blank sample, as in "segments"."""
     T, C = settings.frames, settings.context
-    windows = anticipation_windows(fps, s.start, settings.tau_a, C + 1, settings.span_frames)
+    windows = clip_windows_before(clock, s, settings.tau_a, clips=C + 1, frames=settings.span_frames, n=T)
     clips, jobs = [], []
-    for a, b in windows:
-        first, last = window_frames(a, b, fps)
-        present = last >= 1
-        idx = [max(1, i) for i in segment_frame_indices(first, last, T)] if present else []
-        clips.append({"start": round(a, 6), "stop": round(b, 6), "first_frame": first, "last_frame": last,
-                      "present": present, "padded_frames": max(0, 1 - first) if present else 0,
+    for w in windows:
+        present = w.last >= 1
+        idx = [max(1, i) for i in w.frames] if present else []
+        clips.append({"start": round(w.start, 6), "stop": round(w.stop, 6), "first_frame": w.first,
+                      "last_frame": w.last, "present": present, "padded_frames": max(0, 1 - w.first) if present else 0,
                       "frame_indices": idx})
         jobs.append(idx or None)
     current = clips[-1]
