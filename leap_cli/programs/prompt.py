@@ -28,6 +28,9 @@ from leap_cli.programs.vocab import HANDS, MOTOR_PRIMITIVES, PREDICATES, resolve
 
 COMPONENTS = ("narration", "audio", "camera", "objects", "hands")
 DEFAULT_K = 4
+# The prompt's format and exemplar choice: raise it when either changes, so that generate-programs refuses to
+# add records made with another prompt to an output file (io.check_settings).
+PROMPT_VERSION = 2
 _WORD = re.compile(r"[a-z]+")
 # a local file path: /abs/..., ~/..., ./..., ../..., file://..., C:\\... (at the start of a word, so "on/off" stays)
 _PATH = re.compile(r"""(?:(?<=[\s('"=:,\[])|^)(?:file://)?(?:~|\.{1,2})?/[^\s/'"()<>\[\]]+(?:/[^\s/'"()<>\[\]]*)*"""
