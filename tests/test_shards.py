@@ -50,7 +50,8 @@ PROGRAM = {
     "post": [cond("clean", "plate")],
     "steps": [
         sub("pick-up", "plate"),
-        {"type": "loop", "until": cond("clean", "plate"), "steps": [sub("scrub", "plate", "sponge")]},
+        {"type": "loop", "until": cond("clean", "plate"),
+         "steps": [dict(sub("scrub", "plate", "sponge"), post=[cond("clean", "plate")])]},
         {"type": "conditional", "if": cond("closed", "tap"), "then": [sub("switch-on", "tap")],
          "else": [sub("wait", "tap")]},
         {"type": "routine", "name": "rinse", "steps": [sub("rinse", "plate", "water")]},
@@ -105,9 +106,15 @@ def write_programs(path: Path, records: list[dict]) -> Path:
     return path
 
 
+# P01_02_2 "wash cup": a program passes build-shards' re-validation only with the segment's own verb and noun
+WASH_CUP = {"action": {"narration": "wash cup", "verb": "wash", "noun": "cup", "verb_class": 2, "noun_class": 13},
+            "pre": [cond("dirty", "cup")], "post": [cond("clean", "cup")],
+            "steps": [dict(sub("wash", "cup", "water"), pre=[cond("dirty", "cup")], post=[cond("clean", "cup")])]}
+
+
 def program_records():
     return [{"narration_id": "P01_01_1", "status": "valid", "program": PROGRAM, "errors": []},
-            {"narration_id": "P01_02_2", "status": "valid", "program": PROGRAM, "errors": []},
+            {"narration_id": "P01_02_2", "status": "valid", "program": WASH_CUP, "errors": []},
             {"narration_id": "P01_01_0", "status": "invalid", "program": PROGRAM, "errors": [{"pointer": "/", "message": "x"}]},
             {"narration_id": "P01_01_2", "status": "failed", "program": None, "errors": []}]
 
@@ -171,7 +178,7 @@ def test_round_trip_frames_labels_targets(built, root):
     # the reader gives the same labels, targets and (de-normalised) pixels back
     vocab = TargetVocab.from_manifest(m["targets"], ClassVocab.from_csv(EPIC / "EPIC_100_verb_classes.csv", "verb"),
                                       ClassVocab.from_csv(EPIC / "EPIC_100_noun_classes.csv", "noun"))
-    expected = encode_program(PROGRAM, vocab)
+    programs = {"P01_01_1": encode_program(PROGRAM, vocab), "P01_02_2": encode_program(WASH_CUP, vocab)}
     ds = ShardDataset(out, train=False, num_frames=4, img_size=32)
     batches = list(DataLoader(ds, batch_size=3, collate_fn=collate_clips))
     assert sum(len(b["narration_id"]) for b in batches) == 7
@@ -184,6 +191,7 @@ def test_round_trip_frames_labels_targets(built, root):
             assert b["has_program"][i].item() == has
             steps = b["program_steps"][i]
             if has:
+                expected = programs[key]
                 n = len(expected["steps"])
                 assert steps[:n].tolist() == expected["steps"] and (steps[n:] == -100).all()
                 assert sorted(torch.nonzero(b["conditions"][i][:P]).flatten().tolist()) == sorted(expected["pre"])
@@ -470,7 +478,7 @@ def test_cli_build_shards_and_size_rolling(root, tmp_path):
     res = CliRunner().invoke(app, ["build-shards", "--data", str(root), "--split", "train", "--workdir", str(tmp_path),
                                    "--frames", "2", "--short-side", "32", "--max-shard-size", "12k"])
     assert res.exit_code == 0, res.output
-    assert "recognition shards of train" in res.output and "4 conditions" in res.output  # program, step and marker conditions
+    assert "recognition shards of train" in res.output and "6 conditions" in res.output  # program, step and marker conditions of both programs
     m = json.loads((tmp_path / "shards" / "train" / "manifest.json").read_text())
     assert [s["count"] for s in m["shards"]] == [2, 2, 2, 1]  # 4 kB samples, 12 kB shards
     assert all(s["bytes"] <= 12 * 1024 for s in m["shards"])

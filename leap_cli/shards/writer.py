@@ -401,14 +401,16 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
                  programs_path: str | Path | None = None, targets: TargetEncoder | None = None,
                  sources: dict | None = None, workers: int = 1, shard: ShardSpec = ShardSpec(),
                  overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
-                 clock: Callable[[str], FrameClock] | None = None, cache: FrameCache | None = None) -> BuildResult:
+                 clock: Callable[[str], FrameClock] | None = None, cache: FrameCache | None = None,
+                 program_failures: list[dict] | None = None) -> BuildResult:
     """Write the shards of ``segments`` into ``out`` and return the manifest.
 
     ``clock(video_id)``: the timing rule of each video's source (default: an MP4 at ``fps``); ``cache``:
     extract's frame cache, read instead of decoding where it holds a sample's frames.
 
     ``programs`` are program records (None: no program file, every sample ``has_program: false``);
-    ``targets`` encodes valid programs; ``sources`` (hashes of the inputs) goes into the manifest and the
+    ``targets`` encodes valid programs; ``program_failures`` (``programs.report.revalidated``'s) are listed in the
+    manifest under ``programs.failed_validation``; ``sources`` (hashes of the inputs) goes into the manifest and the
     settings hash, so a re-run with other inputs refuses to mix shards. ``progress(done, total)`` is
     called after each segment.
     """
@@ -425,6 +427,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     if programs is not None:
         prog_by_id, prog_report = match_programs(programs, {s.narration_id for s in segments},
                                                  programs_path or "programs")
+        prog_report["failed_validation"] = list(program_failures or [])
         if prog_report["unknown_ids"]:
             notes.append(f"{prog_report['unknown_ids']} program records name narration ids not in the split "
                          f"(e.g. {', '.join(prog_report['unknown_examples'][:3])})")
@@ -650,13 +653,18 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         raise LeapError("program file not found", path=prog_path, fix="run leap generate-programs or fix --programs")
     programs = read_programs(prog_path)
     notes: list[str] = []
-    if programs is not None:  # "valid" in a file is re-checked against the schema, not trusted (a tampered file)
+    failures: list[dict] = []
+    if programs is not None:
+        # "valid" in a file is not trusted (a tampered or hand-edited file, another split's programs): each is checked
+        # again with generate-programs' own validation (programs.validate.check_program, the segment's labels included)
         from leap_cli.programs.report import revalidated
 
-        programs, not_valid = revalidated(programs, ann.verbs, ann.nouns, semantics=False)
-        if not_valid:
-            notes.append(f"{not_valid} program records failed re-validation (marked valid but not matching the schema, "
-                         "or not a record): their samples have no program")
+        programs, failures = revalidated(programs, ann.verbs, ann.nouns, {s.narration_id: s for s in segments})
+        if failures:
+            shown = "; ".join(f"{x['narration_id'] or prog_path.name}: {x['reason']}" for x in failures[:3])
+            notes.append(f"{len(failures)} program records failed re-validation (listed in the manifest under "
+                         f"programs.failed_validation; their samples have no program): {shown}"
+                         + (" ..." if len(failures) > 3 else ""))
 
     vocab = None
     train_manifest = Path(vocab_manifest) if vocab_manifest else workdir / "shards" / "train" / "manifest.json"
@@ -673,7 +681,8 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         if source is not None and split != "train":
             from leap_cli.programs.report import revalidated
 
-            source = revalidated(source, ann.verbs, ann.nouns, semantics=False)[0]
+            train = {s.narration_id: s for s in ann.segments("train")} if ann.has_split("train") else None
+            source = revalidated(source, ann.verbs, ann.nouns, train)[0]
         if source is None:
             source, train_prog = programs, prog_path
             notes.append(f"no train programs or train shards manifest: condition vocabulary built from {prog_path}; "
@@ -710,7 +719,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     result = build_shards(segments, out=out, settings=settings, opener=LayoutOpener(layout.root, layout.annotations_dir, fps_map),
                           fps=fps, programs=programs, programs_path=prog_path, targets=targets, sources=sources,
                           workers=workers, shard=shard, overwrite=overwrite, progress=progress, clock=clock,
-                          cache=cache)
+                          cache=cache, program_failures=failures)
     if targets is not None and targets.failed:
         notes.append(f"{len(targets.failed)} valid programs could not be encoded (e.g. {targets.failed[0]['error']})")
     result.notes = notes + result.notes
