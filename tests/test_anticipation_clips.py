@@ -1,79 +1,146 @@
 """Anticipation as in the paper: three contiguous clips of 256 source frames, the last ending tau_a before the
-action, read through the one timing rule (epic.timing); on real EPIC CSV rows and in the shards' samples."""
+action, read through the one timing rule (epic.timing.clip_windows_before / FrameClock), for both clocks (an MP4's
+frames at its true fps, EPIC's rgb_frames numbering at 60/s or 50/s); on real EPIC CSV rows and in shard samples."""
 
+import csv
 import json
+import math
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 
 from leap_cli.epic.annotations import Annotations
-from leap_cli.epic.timing import anticipation_windows, window_frames
+from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock, clip_windows_before, epic_frame_rate, parse_timestamp
 from leap_cli.shards.dataset import ShardDataset, collate_clips
 from leap_cli.shards.format import iter_tar_samples
 from leap_cli.shards.writer import ShardSettings, plan_samples
-from tests.test_shards import FPS, TRAIN, build, colour, make_root
+from tests.conftest import EPIC_EXCERPT
+from tests.test_shards import TRAIN, W, H, build, colour, make_root
 
-EPIC = Path(__file__).parent / "data" / "epic100"
+CLOCKS = (MP4, RGB_FRAMES)
 
 
-def check_clips(meta: dict, start: float, fps: float, tau_a: float, span: int, n: int = 3) -> None:
+def real_rows():
+    """Segments of the attributed EPIC excerpt: the train CSV (59.94 fps videos) and the timing rows (59.94, 50,
+    29.97, 47.95 and 90 fps), with each video's true fps."""
+    ann = Annotations(EPIC_EXCERPT)
+    segs = [s for s in ann.segments("train") if s.video_id in ann.video_info]
+    fps = {s.video_id: ann.video_info[s.video_id].fps for s in segs}
+    for r in csv.DictReader(open(EPIC_EXCERPT / "timing_rows.csv")):
+        segs.append(SimpleNamespace(narration_id=r["narration_id"], video_id=r["video_id"],
+                                    start=parse_timestamp(r["start_timestamp"]), stop=parse_timestamp(r["stop_timestamp"]),
+                                    start_frame=int(r["start_frame"]), stop_frame=int(r["stop_frame"])))
+        fps[r["video_id"]] = float(r["fps"])
+    return segs, fps
+
+
+def check_clips(meta: dict, clock: FrameClock, seg, tau_a: float, span: int, n: int = 3) -> None:
+    """The sample's clips, checked against the clock: contiguous, ``span`` source frames each, the newest ending
+    ``tau_a`` before the action as this source numbers it, and the frames of each clip exactly those that start
+    in its ``[start, stop)``."""
     clips = meta["clips"]
     assert len(clips) == n
-    assert clips[-1]["stop"] == pytest.approx(start - tau_a, abs=1e-6)  # the last clip ends tau_a before the action
+    action = seg.start if clock.kind == MP4 else clock.time_of(seg.start_frame)  # the CSV column on rgb_frames
+    end = action - tau_a
+    assert clips[-1]["stop"] == pytest.approx(end, abs=1e-6)
     for a, b in zip(clips, clips[1:]):
         assert a["stop"] == b["start"] and a["last_frame"] + 1 == b["first_frame"]  # contiguous, no frame shared
     for c in clips:
-        assert c["last_frame"] - c["first_frame"] + 1 == span  # span source frames at the video's own fps
-        assert (c["start"], c["stop"]) == pytest.approx((c["start"], c["start"] + span / fps), abs=1e-6)
-        assert (c["first_frame"], c["last_frame"]) == window_frames(c["start"], c["stop"], fps)
+        assert c["last_frame"] - c["first_frame"] + 1 == span  # span frames of the source
+        assert c["stop"] - c["start"] == pytest.approx(span / clock.rate, abs=1e-5)
+        # (the record rounds times to 1e-6 s; a frame lasts over 1e-2 s)
+        assert clock.time_of(c["first_frame"] - 1) < c["start"] <= clock.time_of(c["first_frame"]) + 1e-6
+        assert clock.time_of(c["last_frame"]) < c["stop"] <= clock.time_of(c["last_frame"] + 1) + 1e-6
         if c["present"]:
             assert all(max(1, c["first_frame"]) <= i <= c["last_frame"] for i in c["frame_indices"])
-    # nothing at or after ts - tau_a is read: the last frame starts before it
-    assert (clips[-1]["last_frame"] - 1) / fps < start - tau_a
-    assert clips[-1]["last_frame"] / fps >= start - tau_a - 1e-6
+            assert c["padded_frames"] == max(0, 1 - c["first_frame"])
+        else:
+            assert c["last_frame"] < 1 and c["frame_indices"] == []
+    # nothing at or after action - tau_a is read: the last frame read starts before it, the next one does not
+    last = clips[-1]["last_frame"]
+    assert clock.time_of(last) < end <= clock.time_of(last + 1) + 1e-9  # end is exact here, not rounded
+    if clock.kind == RGB_FRAMES:  # whole frames of EPIC's numbering: tau_a x rate frames lie between clip and action
+        assert seg.start_frame - last - 1 == round(tau_a * clock.rate)
+    else:  # the frames of the video that start before ts - tau_a, counted independently of the timing module
+        assert last == math.ceil(round((seg.start - tau_a) * clock.fps, 6))
 
 
-def test_windows_on_real_csv_rows_follow_the_timing_rule():
-    ann = Annotations(EPIC)
-    segs = [s for s in ann.segments("train") if s.video_id in ann.video_info][:12]
-    fps = {s.video_id: ann.video_info[s.video_id].fps for s in segs}
-    assert any(abs(f - 59.94) < 0.01 for f in fps.values())  # EPIC's 59.94 fps videos
+@pytest.mark.parametrize("kind", CLOCKS)
+def test_clips_on_real_csv_rows_follow_the_timing_rule(kind):
+    segs, fps = real_rows()
+    rates = {round(f, 2) for f in fps.values()}
+    assert {59.94, 50.0, 29.97, 47.95, 90.0} <= rates
     settings = ShardSettings(split="train", task="anticipation", frames=8)
-    _, records, _ = plan_samples(segs, fps.__getitem__, settings)
+    _, records, _ = plan_samples(segs, fps.__getitem__, settings, clock=lambda v: FrameClock(kind, fps[v]))
     checked = 0
     for s in segs:
+        clock = FrameClock(kind, fps[s.video_id])
         rec = records[s.narration_id]
-        check_clips(rec, s.start, fps[s.video_id], 1.0, 256)
-        windows = anticipation_windows(fps[s.video_id], s.start, 1.0)
-        assert [(c["start"], c["stop"]) for c in rec["clips"]] == [(round(a, 6), round(b, 6)) for a, b in windows]
+        check_clips(rec, clock, s, 1.0, 256)
+        # the record is what the one function says
+        windows = clip_windows_before(clock, s, 1.0, clips=3, frames=256, n=8)
+        assert [(c["first_frame"], c["last_frame"]) for c in rec["clips"]] == [(w.first, w.last) for w in windows]
         if rec.get("blank"):
-            assert s.start < 1.0 + 1 / fps[s.video_id]
+            assert rec["clips"][-1]["last_frame"] < 1
             continue
         assert rec["frame_indices"] == rec["clips"][-1]["frame_indices"] and len(rec["frame_indices"]) == 8
         assert [c["frame_indices"] for c in rec["context"]] == [c["frame_indices"] for c in rec["clips"][:2]]
         checked += 1
-    assert checked >= 8
+    assert checked >= 18
     # P01_01_1 starts at 4.37 s: s_i holds the 256 frames up to 3.37 s, s_{i-1} and s_{i-2} lie before the video
     rec = records["P01_01_1"]
     assert [c["present"] for c in rec["clips"]] == [False, False, True] and rec["clips"][2]["padded_frames"] > 0
     assert [c["present"] for c in rec["context"]] == [False, False]
     # tau_a is configurable
-    _, rec2, _ = plan_samples(segs, fps.__getitem__, ShardSettings(split="train", task="anticipation", tau_a=0.5))
-    check_clips(rec2["P01_01_10"], 24.97, fps["P01_01"], 0.5, 256)
+    _, rec2, _ = plan_samples(segs, fps.__getitem__, ShardSettings(split="train", task="anticipation", tau_a=0.5),
+                              clock=lambda v: FrameClock(kind, fps[v]))
+    p = next(s for s in segs if s.narration_id == "P01_01_10")
+    check_clips(rec2["P01_01_10"], FrameClock(kind, fps["P01_01"]), p, 0.5, 256)
 
 
-def test_shard_sample_stores_exactly_the_clips(tmp_path):
-    root = make_root(tmp_path / "kitchen")
-    span = 8  # 0.8 s at the test root's 10 fps (its videos are 6 s long)
+def test_the_two_clocks_differ_where_epic_counts_at_60():
+    """On a 59.94 fps video 20 min in, EPIC's numbering runs 0.1% ahead of the MP4's frames: the same action's
+    clips have other frame numbers, each right for its own source."""
+    segs, fps = real_rows()
+    s = next(s for s in segs if abs(fps[s.video_id] - 59.94) < 0.01 and s.start > 1000)
+    mp4 = clip_windows_before(FrameClock(MP4, fps[s.video_id]), s, 1.0)
+    rgb = clip_windows_before(FrameClock(RGB_FRAMES, fps[s.video_id]), s, 1.0)
+    assert rgb[-1].last - mp4[-1].last >= s.start * 0.06 - 3  # 60 - 59.94 frames a second
+    assert FrameClock(RGB_FRAMES, fps[s.video_id]).rate == epic_frame_rate(fps[s.video_id]) == 60.0
+
+
+def test_shard_samples_store_exactly_the_clips_for_both_clocks(tmp_path):
+    """A root whose P01_01 is an rgb_frames folder numbered as EPIC numbers it (a 29.97 fps video counted at 60/s)
+    and whose P01_02 is a 29.97 fps MP4: each sample's clips follow its own source's clock, and the stored JPEGs
+    are those frames."""
+    from leap_cli.media.write import Mp4Writer
+
+    fps = 29.97
+    root = make_root(tmp_path / "kitchen", fps=fps, epic=True)
+    shutil.rmtree(root / "P01" / "rgb_frames" / "P01_02")
+    (root / "P01" / "videos").mkdir(parents=True)
+    w = Mp4Writer(root / "P01" / "videos" / "P01_02.MP4", W, H, fps, bit_rate=2_000_000)
+    for n in range(1, round(6 * fps) + 1):
+        img = np.zeros((H, W, 3), np.uint8)
+        img[:] = colour("P01_02", n)
+        w.write(img)
+    w.close()
+    span = 24  # 0.4 s of rgb_frames at 60/s, 0.8 s of the MP4 (the root's videos are 6 s long)
     r = build(root, tmp_path, task="anticipation", tau_a=1.0, context=2, span_frames=span)
-    starts = {f"{v}_{i}": s for v in ("P01_01", "P01_02") for i, s in enumerate(x[1] for x in TRAIN if x[0] == v)}
+    assert not r.manifest["skipped"]
+    rows = {row["narration_id"]: row for row in csv.DictReader(open(root / "annotations" / "EPIC_100_train.csv"))}
+    clocks = {"P01_01": FrameClock(RGB_FRAMES, fps), "P01_02": FrameClock(MP4, fps)}
     seen = set()
     for shard in r.manifest["shards"]:
         for key, fields in iter_tar_samples(r.out / shard["name"]):
             meta = json.loads(fields["json"])
-            check_clips(meta, starts[key], FPS, 1.0, span)
+            row = rows[key]
+            seg = SimpleNamespace(start=parse_timestamp(row["start_timestamp"]), start_frame=int(row["start_frame"]))
+            check_clips(meta, clocks[meta["video"]], seg, 1.0, span)
             seen.add(key)
             if meta.get("blank"):
                 continue
@@ -82,18 +149,26 @@ def test_shard_sample_stores_exactly_the_clips(tmp_path):
                 assert (f"{prefix}f000.jpg" in fields) == clip["present"]
                 for t, frame in enumerate(clip["frame_indices"]):
                     img = cv2.imdecode(np.frombuffer(fields[f"{prefix}f{t:03d}.jpg"], np.uint8), cv2.IMREAD_COLOR)
-                    want = colour(meta["video"], frame)[0]  # red channel encodes the frame number
-                    assert abs(int(img[..., 2].mean()) - want) <= 3, (key, prefix, t, frame)
-    assert seen == set(starts)
+                    want = np.array(colour(meta["video"], frame))[::-1]  # BGR; R and B encode the frame number
+                    assert np.abs(img.astype(int).mean((0, 1)) - want).max() <= 4, (key, prefix, t, frame)
+    assert seen == {f"{v}_{i}" for v in ("P01_01", "P01_02") for i in range(sum(1 for x in TRAIN if x[0] == v))}
     metas = {k: json.loads(f["json"]) for s in r.manifest["shards"] for k, f in iter_tar_samples(r.out / s["name"])}
-    # P01_01_3 starts at 4.5 s: clips [1.1, 1.9), [1.9, 2.7), [2.7, 3.5) -> frames 12-19, 20-27, 28-35
-    assert [(c["first_frame"], c["last_frame"]) for c in metas["P01_01_3"]["clips"]] == [(12, 19), (20, 27), (28, 35)]
-    # P01_01_1 starts at 1.6 s: only s_i (0.6 s: 6 frames and 2 padded) exists; the other two are masked
-    assert [c["present"] for c in metas["P01_01_1"]["clips"]] == [False, False, True]
-    assert metas["P01_01_1"]["clips"][2]["padded_frames"] == 2
+    # P01_01_3 starts at 4.5 s, EPIC's start_frame 270 (which starts at 269/60 s): frames 210..269 are tau_a's 60
+    # frames before it, the clips the 72 frames before those
+    assert [(c["first_frame"], c["last_frame"]) for c in metas["P01_01_3"]["clips"]] == [(138, 161), (162, 185),
+                                                                                         (186, 209)]
+    # P01_02_2 starts at 3.8 s of the MP4: the frames starting before 2.8 s at 29.97/s are 1..84
+    assert metas["P01_02_2"]["clips"][2]["last_frame"] == 84
+    # P01_01_1 starts at 1.6 s (start_frame 96): s_i is frames 12..35; P01_02_1 at 2.2 s: s_i is 13..36 of the
+    # MP4, s_{i-1} -11..12 (12 padded), s_{i-2} wholly before the video (masked)
+    assert [(c["first_frame"], c["present"]) for c in metas["P01_01_1"]["clips"]] == [(-36, False), (-12, True),
+                                                                                      (12, True)]
+    assert metas["P01_01_1"]["clips"][1]["padded_frames"] == 13
+    assert [(c["first_frame"], c["present"]) for c in metas["P01_02_1"]["clips"]] == [(-35, False), (-11, True),
+                                                                                      (13, True)]
     ds = ShardDataset(r.out, train=False, num_frames=2, img_size=16)
     b = collate_clips(list(ds))
-    i = b["narration_id"].index("P01_01_1")
-    assert b["context_mask"][i].tolist() == [False, False] and b["context_video"][i].abs().sum() == 0
+    i = b["narration_id"].index("P01_02_1")
+    assert b["context_mask"][i].tolist() == [False, True] and b["context_video"][i, 0].abs().sum() == 0
     j = b["narration_id"].index("P01_01_3")
     assert b["context_mask"][j].tolist() == [True, True]

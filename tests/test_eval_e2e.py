@@ -29,8 +29,10 @@ def pipeline(tmp_path_factory):
     (root / "annotations" / "EPIC_100_test_timestamps.csv").write_text("\n".join([head] + rows) + "\n")
     (root / "annotations" / "EPIC_100_unseen_participant_ids_validation.csv").write_text("participant_id\nP01\n")
     work = tmp_path_factory.mktemp("work")
+    take_plate = {**PROGRAM, "action": {"narration": "take plate", "verb": "take", "noun": "plate", "verb_class": 0,
+                                        "noun_class": 2}}  # build-shards checks the action against the segment's labels
     write_programs(work / "programs" / "val.jsonl",
-                   [{"narration_id": "P01_03_0", "status": "valid", "program": PROGRAM, "errors": []}])
+                   [{"narration_id": "P01_03_0", "status": "valid", "program": take_plate, "errors": []}])
     for split in ("train", "val", "test"):
         build(root, work, split=split)
     manifest, _ = load_manifest(work / "shards" / "val")

@@ -225,16 +225,48 @@ def test_validate_programs_names_a_missing_file(workdir):  # noqa: F811
 
 
 def test_build_shards_revalidates_programs(tmp_path):
-    from tests.test_shards import build, make_root, program_records, write_programs
+    """build-shards trusts no "valid" in a program file: it runs generate-programs' own validation
+    (validate.check_program: schema, then semantics and the segment's labels) and lists what fails, as other bad
+    input, in the manifest and the summary."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+    from leap_cli.programs.validate import check_program
+    from tests.test_shards import PROGRAM, build, make_root, program_records, write_programs
 
     root = make_root(tmp_path / "kitchen", val=[])  # two small videos of frames
     recs = program_records()
     tampered = [dict(recs[0], narration_id="P01_01_3", program={**recs[0]["program"], "steps": "rm -rf /"}),
                 dict(recs[0], narration_id="P01_02_0", program={"action": None})]
-    write_programs(tmp_path / "work" / "programs" / "train.jsonl", recs + tampered + [[1, 2]])
+    # passes the schema, fails semantics: the loop's condition is never reached (scrub lost its postcondition) ...
+    loop = {**PROGRAM, "steps": [PROGRAM["steps"][0], {**PROGRAM["steps"][1], "steps": [
+        {**PROGRAM["steps"][1]["steps"][0], "post": []}]}] + PROGRAM["steps"][2:]}
+    # ... and a sound program on a segment of another action ("put plate", not "wash plate")
+    semantic = [dict(recs[0], narration_id="P01_01_1", program=loop),
+                dict(recs[0], narration_id="P01_01_2", status="valid", program=PROGRAM)]
+    from leap_cli.programs.schema import validate_program
+    assert not validate_program(loop) and not validate_program(PROGRAM)  # the schema alone would take both
+    genuine = [r for r in recs if r["narration_id"] == "P01_02_2"]
+    write_programs(tmp_path / "work" / "programs" / "train.jsonl", genuine + tampered + semantic + [[1, 2]])
     r = build(root, tmp_path / "work", programs=False, frames=2)
-    assert r.manifest["counts"]["with_program"] == 2  # the two genuine valid ones
-    assert any("3 program records failed re-validation" in n for n in r.notes)
+    assert r.manifest["counts"]["with_program"] == 1  # only the genuine valid one
+    failed = {x["narration_id"]: x["reason"] for x in r.manifest["programs"]["failed_validation"]}
+    assert set(failed) == {"P01_01_3", "P01_02_0", "P01_01_1", "P01_01_2", None}
+    assert "never reached" in failed["P01_01_1"] and "does not match the segment's verb class" in failed["P01_01_2"]
+    assert failed[None] == "line 6: not a program record"
+    # the same findings generate-programs would give
+    from leap_cli.epic.annotations import Annotations
+    from leap_cli.programs.validate import Labels
+
+    ann = Annotations(root / "annotations")
+    seg = {s.narration_id: s for s in ann.segments("train")}["P01_01_2"]
+    first = check_program(PROGRAM, ann.verbs, ann.nouns, Labels(seg.verb_class, seg.noun_class))[0]
+    assert failed["P01_01_2"].startswith(f"{first.pointer}: {first.message}")
+    assert any("5 program records failed re-validation" in n and "P01_01_1" in n for n in r.notes)
+    res = CliRunner().invoke(app, ["build-shards", "--data", str(root), "--split", "train", "--workdir",
+                                   str(tmp_path / "work"), "--frames", "2", "--short-side", "32", "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert "5 program records failed re-validation" in " ".join(res.output.split())
 
 
 def test_https_through_a_connect_proxy(tmp_path, monkeypatch):

@@ -258,7 +258,7 @@ def test_ctrl_c_keeps_finished_records(workdir, good_programs):
         assert 2 <= len(kept) < N_SEGMENTS and all(r["status"] == "valid" for r in kept)
         assert out.read_text().endswith("\n")
         n_before = len(server.requests)
-        s = generate_programs(config(workdir, server))
+        s = generate_programs(config(workdir, server, model="m"))  # the same settings: resumes
         assert s.resumed == len(kept) and s.total == N_SEGMENTS - len(kept)
         assert len(server.requests) - n_before <= N_SEGMENTS - len(kept) + 1  # at most the interrupted one again
     recs = records(workdir)
@@ -361,3 +361,45 @@ def test_descriptor_records_feed_the_prompt(workdir, good_programs):
     assert s.source.startswith("descriptors") and s.statuses == {"valid": 2}
     with pytest.raises(LeapError, match="not found"):
         generate_programs(GenerateConfig(workdir=workdir, split="val", descriptors=workdir / "missing.jsonl"))
+
+
+def test_resuming_with_other_settings_is_refused_like_the_other_stages(workdir, good_programs, tmp_path):
+    """generate-programs goes through io.check_settings: a re-run whose backend, model, prompt (k, exemplar
+    library, ...) differ from the output's is refused with the keys named, --force starts over, the same
+    settings resume."""
+    from leap_cli.io import settings_path
+    from tests.test_cli import leap
+
+    out = workdir / "programs" / "val.jsonl"
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    with ScriptedServer(script) as server:
+        generate_programs(config(workdir, server, limit=2))
+        stored = json.loads(settings_path(out).read_text())
+        assert stored["backend"] == "openai" and stored["model"] == "test-model" and stored["k"] == 4
+        for change, key in ((dict(model="other-model"), "model"), (dict(k=2), "k"), (dict(temperature=0.7), "params"),
+                            (dict(backend="offline"), "backend")):
+            with pytest.raises(LeapError, match=f"other settings \\({key}") as e:
+                generate_programs(config(workdir, server, **change))
+            assert "--force" in e.value.fix and str(out) in str(e.value)
+        assert len(records(workdir)) == 2  # nothing was added by the refused runs
+        s = generate_programs(config(workdir, server, concurrency=1, price_in=5.0))  # not output settings: resumes
+        assert s.resumed == 2 and len(records(workdir)) == N_SEGMENTS
+    # the exemplar library is part of the settings (offline too): a changed exemplar is refused, --force starts over
+    generate_programs(GenerateConfig(workdir=workdir, split="val", out=tmp_path / "off.jsonl", limit=3))
+    lib = tmp_path / "lib"
+    shutil.copytree(Path(load_exemplars.__code__.co_filename).parents[1] / "resources" / "prompts" / "exemplars", lib)
+    first = sorted(lib.glob("*.json"))[0]
+    ex = json.loads(first.read_text())
+    ex["text"] = ex["text"] + " Sound: tap running."
+    first.write_text(json.dumps(ex))
+    with pytest.raises(LeapError, match="exemplars"):
+        generate_programs(GenerateConfig(workdir=workdir, split="val", out=tmp_path / "off.jsonl", exemplars=lib))
+    args = ["generate-programs", "--workdir", str(workdir), "--split", "val", "--out", str(tmp_path / "off.jsonl"),
+            "--exemplars", str(lib)]
+    res = leap(*args)  # the CLI's one-line user error, exit status 2
+    assert res.returncode == 2 and "other settings (exemplars" in res.stderr + res.stdout and "--force" in res.stderr
+    assert len(read_jsonl(tmp_path / "off.jsonl")) == 3
+    res = leap(*args, "--force")
+    assert res.returncode == 0, res.stderr
+    assert len(read_jsonl(tmp_path / "off.jsonl")) == N_SEGMENTS  # started over: every segment, not 3 kept + 3 new
+    assert json.loads(settings_path(tmp_path / "off.jsonl").read_text())["exemplars"] != stored["exemplars"]

@@ -193,6 +193,49 @@ def test_prompt_has_instructions_vocabulary_exemplars_and_clip(exemplars, verbs,
     assert json.loads(msgs[2]["content"])["action"]["verb_class"] == 2
 
 
+def _rendered(span: str, narration: str, verb: str, noun: str, rest: str) -> str:
+    """A clip text in extract's rendering (``extract.describe``)."""
+    return f'Clip {span}.\nNarration: "{narration}" (verb: {verb}, noun: {noun}).\n{rest}'
+
+
+def test_exemplars_are_chosen_by_narration_not_by_long_clip_text(exemplars, verbs, nouns):
+    from leap_cli.extract.describe import parse_clip_text
+    from leap_cli.programs.prompt import Exemplar, clip_narration, exemplar_narration
+
+    sink_scene = ("Timeline: [0.0-2.0 s] sink visible (centre); [0.0-2.0 s] tap visible (left); [0.2-1.8 s] sponge "
+                  "visible (centre, near the right hand); [0.5-2.0 s] sound: running water.\n"
+                  "Audio: running water 0.5-2.0 s.\nObjects: sink (centre); tap (left); sponge (centre, near right hand).")
+    wash = next(e for e in exemplars if e.id == "wash-plate")
+    right = Exemplar("zz-wash-plate", "wash plate", _rendered("0.00-2.00 s (2.0 s long)", "wash plate", "wash", "plate",
+                                                             "Camera: looks down about 10 deg."), wash.program)
+    fridge = next(e for e in exemplars if e.program["action"]["verb"] == "open")
+    # a long clip text that shares nearly every word with the clip's, for another action
+    lookalike = Exemplar("aa-open-cupboard", "open cupboard", _rendered("0.00-2.00 s (2.0 s long)", "open cupboard",
+                                                                        "open", "cupboard", sink_scene), fridge.program)
+    for e in (right, lookalike):
+        assert parse_clip_text(e.text)["narration"]  # both are extract renderings
+    assert exemplar_narration(lookalike).verb == "open" and exemplar_narration(right).noun == "plate"
+    clip_text = _rendered("10.00-12.00 s (2.0 s long)", "wash plate", "wash", "plate", sink_scene)
+    # labels without class ids (a descriptor file from elsewhere): the verb and noun keys decide
+    info = ClipInfo("P01_01_9", clip_text, "wash plate", "wash", "plate")
+    assert [e.id for e in select_exemplars(info, [lookalike, right], 1)] == ["zz-wash-plate"]
+    # no labels at all: the narration is read back from the clip text itself
+    bare = ClipInfo("P01_01_9", clip_text)
+    assert (clip_narration(bare).verb, clip_narration(bare).noun) == ("wash", "plate")
+    assert [e.id for e in select_exemplars(bare, [lookalike, right], 1)] == ["zz-wash-plate"]
+    # in the whole library too, with class ids: every chosen exemplar of the verb class first, each group by id
+    library = exemplars + [lookalike]
+    full = ClipInfo("P01_01_9", clip_text, "wash plate", "wash", "plate", verbs.resolve("wash"), nouns.resolve("plate"))
+    chosen = select_exemplars(full, library, 4)
+    assert chosen[0].id == "wash-plate" and lookalike not in chosen
+    assert chosen == select_exemplars(full, list(reversed(library)), 4)  # deterministic whatever the input order
+    ordered = PromptBuilder(verbs, nouns, library, load_system_prompt(), k=4).ordered_exemplars(full)
+    same = [e.verb_class == full.verb_class for e in ordered]
+    assert same == sorted(same, reverse=True) and any(same)
+    group = [e.id for e in ordered if e.verb_class == full.verb_class]
+    assert group == sorted(group)
+
+
 def test_detected_objects_reach_the_clip(exemplars):
     rec = {"narration_id": "x", "video_id": "P01_01", "start": 0, "stop": 1, "text": "A hand near a bowl.",
            "components": {"objects": {"status": "ok", "source": "dets", "text": "",

@@ -1,5 +1,6 @@
 """leap build-shards and the shards reader, on a tiny EPIC-layout root with rgb_frames folders."""
 
+import csv
 import hashlib
 import json
 import shutil
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from leap_cli.common import ShardSpec
 from leap_cli.epic.classes import ClassVocab
-from leap_cli.epic.timing import format_timestamp, time_to_frame
+from leap_cli.epic.timing import RGB_FRAMES, FrameClock, epic_frame_rate, format_timestamp, time_to_frame
 from leap_cli.errors import LeapError
 from leap_cli.programs.targets import TargetVocab, encode_program
 from leap_cli.shards.dataset import ShardDataset, collate_clips
@@ -39,8 +40,8 @@ FRAMES_PER_VIDEO = 60
 
 def colour(video: str, n: int) -> tuple[int, int, int]:
     """The flat RGB colour of frame n of a video (frames are flat so JPEG keeps them almost exactly)."""
-    v = int(video[-1])
-    return ((n * 8) % 256, (60 * v) % 256, 255 - (n * 8) % 256)
+    v = int(video[-1])  # red: n mod 32, blue: n // 32 (unique up to frame 384)
+    return ((n * 8) % 256, (60 * v) % 256, 255 - (n // 32 * 24) % 256)
 
 
 PROGRAM = {
@@ -49,7 +50,8 @@ PROGRAM = {
     "post": [cond("clean", "plate")],
     "steps": [
         sub("pick-up", "plate"),
-        {"type": "loop", "until": cond("clean", "plate"), "steps": [sub("scrub", "plate", "sponge")]},
+        {"type": "loop", "until": cond("clean", "plate"),
+         "steps": [dict(sub("scrub", "plate", "sponge"), post=[cond("clean", "plate")])]},
         {"type": "conditional", "if": cond("closed", "tap"), "then": [sub("switch-on", "tap")],
          "else": [sub("wait", "tap")]},
         {"type": "routine", "name": "rinse", "steps": [sub("rinse", "plate", "water")]},
@@ -58,32 +60,40 @@ PROGRAM = {
 }
 
 
-def _rows(segs, first_index=0):
+def _rows(segs, first_index=0, fps=FPS, epic=False):
+    """CSV rows; ``epic``: the frame columns as EPIC counts them (floor of t x epic_frame_rate(fps))."""
     out = []
     counters: Counter = Counter()
+    rate = epic_frame_rate(fps)
+    col = (lambda t: max(1, int(t * rate + 1e-6))) if epic else (lambda t: time_to_frame(t, fps))
     for vid, start, stop, verb, vc, noun, nc in segs:
         i = counters[vid]
         counters[vid] += 1
         out.append(f"{vid}_{i},{vid[:3]},{vid},{format_timestamp(start)},{format_timestamp(start)},"
-                   f"{format_timestamp(stop)},{time_to_frame(start, FPS)},{time_to_frame(stop, FPS)},{verb} {noun},"
+                   f"{format_timestamp(stop)},{col(start)},{col(stop)},{verb} {noun},"
                    f"{verb},{vc},{noun},{nc},['{noun}'],[{nc}]")
     return out
 
 
-def make_root(root: Path, train=TRAIN, val=VAL) -> Path:
+def make_root(root: Path, train=TRAIN, val=VAL, fps=FPS, epic=False) -> Path:
+    """The tiny root: 6 s videos as rgb_frames folders. Default: frames and columns counted at ``fps`` (10/s,
+    not EPIC's numbering: good for recognition, which takes the columns as they are). ``epic``: the folders and
+    columns count as EPIC's do, at ``epic_frame_rate(fps)`` (60/s unless 50 fps), as the timing rule reads them."""
     ann = root / "annotations"
     ann.mkdir(parents=True)
     for f in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
         shutil.copy(EPIC / f, ann / f)
-    (ann / "EPIC_100_train.csv").write_text("\n".join([COLUMNS] + _rows(train)) + "\n")
-    (ann / "EPIC_100_validation.csv").write_text("\n".join([COLUMNS] + _rows(val)) + "\n")
+    (ann / "EPIC_100_train.csv").write_text("\n".join([COLUMNS] + _rows(train, fps=fps, epic=epic)) + "\n")
+    (ann / "EPIC_100_validation.csv").write_text("\n".join([COLUMNS] + _rows(val, fps=fps, epic=epic)) + "\n")
     videos = sorted({s[0] for s in train + val})
+    seconds = FRAMES_PER_VIDEO / FPS
+    frames = int(round(seconds * (epic_frame_rate(fps) if epic else fps)))
     (ann / "EPIC_100_video_info.csv").write_text(
-        "video_id,duration,fps,resolution\n" + "".join(f"{v},{FRAMES_PER_VIDEO / FPS},{FPS},{W}x{H}\n" for v in videos))
+        "video_id,duration,fps,resolution\n" + "".join(f"{v},{seconds},{fps},{W}x{H}\n" for v in videos))
     for v in videos:
         d = root / v[:3] / "rgb_frames" / v
         d.mkdir(parents=True)
-        for n in range(1, FRAMES_PER_VIDEO + 1):
+        for n in range(1, frames + 1):
             img = np.zeros((H, W, 3), np.uint8)
             img[:] = colour(v, n)
             cv2.imwrite(str(d / f"frame_{n:010d}.jpg"), img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 100])
@@ -96,9 +106,15 @@ def write_programs(path: Path, records: list[dict]) -> Path:
     return path
 
 
+# P01_02_2 "wash cup": a program passes build-shards' re-validation only with the segment's own verb and noun
+WASH_CUP = {"action": {"narration": "wash cup", "verb": "wash", "noun": "cup", "verb_class": 2, "noun_class": 13},
+            "pre": [cond("dirty", "cup")], "post": [cond("clean", "cup")],
+            "steps": [dict(sub("wash", "cup", "water"), pre=[cond("dirty", "cup")], post=[cond("clean", "cup")])]}
+
+
 def program_records():
     return [{"narration_id": "P01_01_1", "status": "valid", "program": PROGRAM, "errors": []},
-            {"narration_id": "P01_02_2", "status": "valid", "program": PROGRAM, "errors": []},
+            {"narration_id": "P01_02_2", "status": "valid", "program": WASH_CUP, "errors": []},
             {"narration_id": "P01_01_0", "status": "invalid", "program": PROGRAM, "errors": [{"pointer": "/", "message": "x"}]},
             {"narration_id": "P01_01_2", "status": "failed", "program": None, "errors": []}]
 
@@ -162,7 +178,7 @@ def test_round_trip_frames_labels_targets(built, root):
     # the reader gives the same labels, targets and (de-normalised) pixels back
     vocab = TargetVocab.from_manifest(m["targets"], ClassVocab.from_csv(EPIC / "EPIC_100_verb_classes.csv", "verb"),
                                       ClassVocab.from_csv(EPIC / "EPIC_100_noun_classes.csv", "noun"))
-    expected = encode_program(PROGRAM, vocab)
+    programs = {"P01_01_1": encode_program(PROGRAM, vocab), "P01_02_2": encode_program(WASH_CUP, vocab)}
     ds = ShardDataset(out, train=False, num_frames=4, img_size=32)
     batches = list(DataLoader(ds, batch_size=3, collate_fn=collate_clips))
     assert sum(len(b["narration_id"]) for b in batches) == 7
@@ -175,6 +191,7 @@ def test_round_trip_frames_labels_targets(built, root):
             assert b["has_program"][i].item() == has
             steps = b["program_steps"][i]
             if has:
+                expected = programs[key]
                 n = len(expected["steps"])
                 assert steps[:n].tolist() == expected["steps"] and (steps[n:] == -100).all()
                 assert sorted(torch.nonzero(b["conditions"][i][:P]).flatten().tolist()) == sorted(expected["pre"])
@@ -264,11 +281,19 @@ def test_shard_parts_merge(root, tmp_path):
     assert sorted(s["narration_id"] for s in ds) == sorted(f"P01_01_{i}" for i in range(4)) + [f"P01_02_{i}" for i in range(3)]
 
 
-def test_anticipation_previous_segments_option(root, tmp_path):
-    r = build(root, tmp_path, task="anticipation", tau_a=1.0, tau_o=1.0, context=2, context_mode="segments")
+@pytest.fixture(scope="module")
+def epic_root(tmp_path_factory) -> Path:
+    """The same segments, rgb_frames numbered as EPIC numbers them: a 29.97 fps video counted at 60/s."""
+    return make_root(tmp_path_factory.mktemp("kitchen-epic"), fps=29.97, epic=True)
+
+
+def test_anticipation_previous_segments_option(epic_root, tmp_path):
+    r = build(epic_root, tmp_path, task="anticipation", tau_a=1.0, tau_o=1.0, context=2, context_mode="segments")
     assert r.out == tmp_path / "shards" / "train-anticipation"
     m = r.manifest
     assert not m["skipped"]
+    clock = FrameClock(RGB_FRAMES, 29.97)  # the timing rule of this source: 60 frames a second
+    rows = {row["narration_id"]: row for row in csv.DictReader(open(epic_root / "annotations" / "EPIC_100_train.csv"))}
     starts = {f"{v}_{i}": s for v in ("P01_01", "P01_02") for i, s in enumerate(x[1] for x in TRAIN if x[0] == v)}
     blank = set()
     for shard in m["shards"]:
@@ -283,11 +308,15 @@ def test_anticipation_previous_segments_option(root, tmp_path):
                 continue
             assert meta["observed"]["stop"] == pytest.approx(end)
             read = meta["frame_indices"] + [i for c in meta["context"] for i in c["frame_indices"]]
-            assert max((i - 1) / FPS for i in read) <= end + 1e-9  # no frame after the observed window
-            assert max(meta["frame_indices"]) <= time_to_frame(end, FPS)
+            assert max(clock.time_of(i) for i in read) <= end + 1e-9  # no frame after the observed window
+            assert time_to_frame(end, FPS) < max(meta["frame_indices"]) <= clock.frame_at(end)  # counted at 60/s
             assert len(meta["context"]) == 2
             for c, ctx in enumerate(meta["context"]):
                 assert (f"c{c}.f000.jpg" in fields) == ctx["present"]
+                if ctx["present"]:  # the previous segment's frames are its CSV columns, as EPIC numbers them
+                    row = rows[ctx["key"]]
+                    assert min(ctx["frame_indices"]) >= int(row["start_frame"])
+                    assert max(ctx["frame_indices"]) <= min(int(row["stop_frame"]), clock.frame_at(end))
     metas = {k: json.loads(f["json"]) for k, f in iter_tar_samples(r.out / m["shards"][0]["name"])}
     assert metas["P01_01_1"]["context"][1]["key"] == "P01_01_0"
     assert blank == {"P01_01_0", "P01_02_0"}  # every segment has a sample, so a test submission can be complete
@@ -449,7 +478,7 @@ def test_cli_build_shards_and_size_rolling(root, tmp_path):
     res = CliRunner().invoke(app, ["build-shards", "--data", str(root), "--split", "train", "--workdir", str(tmp_path),
                                    "--frames", "2", "--short-side", "32", "--max-shard-size", "12k"])
     assert res.exit_code == 0, res.output
-    assert "recognition shards of train" in res.output and "4 conditions" in res.output  # program, step and marker conditions
+    assert "recognition shards of train" in res.output and "6 conditions" in res.output  # program, step and marker conditions of both programs
     m = json.loads((tmp_path / "shards" / "train" / "manifest.json").read_text())
     assert [s["count"] for s in m["shards"]] == [2, 2, 2, 1]  # 4 kB samples, 12 kB shards
     assert all(s["bytes"] <= 12 * 1024 for s in m["shards"])

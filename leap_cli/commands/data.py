@@ -66,7 +66,9 @@ def info(
             ("videos with MP4", lambda s: s.with_mp4), ("videos with rgb_frames", lambda s: s.with_frames),
             ("videos missing", lambda s: len(s.missing)), ("videos with audio", lambda s: s.with_audio),
             ("hand-object detections", lambda s: s.with_hand_objects),
-            ("object detections", lambda s: s.with_object_detections)]
+            ("object detections", lambda s: s.with_object_detections),
+            ("camera poses (EPIC Fields JSON)", lambda s: s.with_poses_fields),
+            ("camera poses (COLMAP only)", lambda s: s.with_poses_colmap)]
     for name, get in rows:
         table.add_row(name, *(str(get(s)) for s in splits))
     console.print(table)

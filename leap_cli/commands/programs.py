@@ -55,6 +55,8 @@ def generate_programs(
     system_prompt: Path = typer.Option(None, "--system-prompt", help="System prompt file (default prompts/system.md)."),
     retry_failed: bool = typer.Option(False, "--retry-errors", help="Redo the records whose status is failed."),
     retry_failed_alias: bool = typer.Option(False, "--retry-failed", hidden=True),  # old spelling of --retry-errors
+    force: bool = typer.Option(False, "--force", help="Start the output over when it was made with other settings "
+                                                      "(backend, model, prompt, exemplars, k, ...); else that is refused."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the prompt of one segment and make no call."),
     narration_id: str = typer.Option(None, "--narration-id", help="With --dry-run: the segment to show."),
     batch_file: Path = typer.Option(None, "--batch-file", help="Write OpenAI Batch API requests to this JSONL instead of calling."),
@@ -73,7 +75,7 @@ def generate_programs(
                          response_format=response_format, temperature=temperature, k=k, repair_rounds=repair_rounds,
                          limit=limit, shard=spec, price_in=price_in, price_out=price_out,
                          price_cached_in=price_cached_in, max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
-                         retry_failed=retry_failed)
+                         retry_failed=retry_failed, force=force)
     if dry_run:
         console.print(build_dry_run(cfg, narration_id), markup=False, highlight=False)
         return

@@ -21,6 +21,8 @@ class SplitInfo:
     with_audio: int = 0
     with_hand_objects: int = 0
     with_object_detections: int = 0
+    with_poses_fields: int = 0  # camera poses: EPIC Fields' per-video JSON (the one the camera component reads first)
+    with_poses_colmap: int = 0  # camera poses: a COLMAP images.txt only
 
 
 def dataset_info(layout: DatasetLayout) -> tuple[list[SplitInfo], dict]:
@@ -43,6 +45,9 @@ def dataset_info(layout: DatasetLayout) -> tuple[list[SplitInfo], dict]:
             info.with_audio += layout.audio_path(v) is not None
             info.with_hand_objects += layout.hand_objects_path(v) is not None
             info.with_object_detections += layout.object_detections_path(v) is not None
+            poses = layout.poses_path(v)  # EPIC Fields JSON where present, else COLMAP images.txt
+            info.with_poses_fields += poses is not None and poses.suffix == ".json"
+            info.with_poses_colmap += poses is not None and poses.suffix != ".json"
         splits.append(info)
     classes = {"verb_classes": len(ann.verbs), "noun_classes": len(ann.nouns),
                "tail_verbs": len(ann.tail_verbs), "tail_nouns": len(ann.tail_nouns),

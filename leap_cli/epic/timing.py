@@ -179,6 +179,12 @@ class FrameClock:
                       self.time_of(last + 1) if stop is None else stop, first, last, frames,
                       tuple(round(self.time_of(f), 6) for f in frames), reason is None, reason)
 
+    def start_time(self, segment) -> float:
+        """When a segment's action starts in this numbering: its timestamp on an MP4; on ``rgb_frames`` the start
+        of its CSV ``start_frame`` (EPIC's numbering, as ``segment_span`` takes it; 1-2 frames before the
+        timestamp, since EPIC floors ``t * rate``)."""
+        return self.time_of(int(segment.start_frame)) if self.kind == RGB_FRAMES else float(segment.start)
+
     def segment_window(self, segment, n: int | None = None, mode: str = "uniform", rng=None) -> Window:
         """A segment's window (see ``segment_span``) and ``n`` frames of it."""
         a, b = self.segment_span(segment)
@@ -234,41 +240,30 @@ def frames_for_window(clock: FrameClock, start_s: float, stop_s: float, n: int |
     return clock.window(start_s, stop_s, n, mode, rng)
 
 
-def clip_windows_before(clock: FrameClock, action_start: float, tau_a: float, *, clips: int = 3,
-                        frames: int = 256) -> list[Window]:
-    """``clips`` contiguous clips of ``frames`` source frames each, oldest first, ending ``tau_a`` seconds before
-    ``action_start``: the last frame of the newest clip is the last frame that starts before
-    ``action_start - tau_a``, and clip c holds every frame of its span (no gaps, no overlap).
+def clip_windows_before(clock: FrameClock, action_start, tau_a: float, *, clips: int = 3, frames: int = 256,
+                        n: int | None = None, mode: str = "uniform", rng=None) -> list[Window]:
+    """THE anticipation rule: ``clips`` contiguous clips of ``frames`` source frames each (in ``clock``'s numbering),
+    oldest first, the newest ending ``tau_a`` seconds before the action starts.
+
+    ``action_start``: seconds, or a segment (anything with ``start`` and ``start_frame``), whose start is
+    ``clock.start_time(segment)``: its timestamp on an MP4, the start of its CSV ``start_frame`` on ``rgb_frames``.
+    With ``end = action_start - tau_a``, the newest clip's last frame is the last frame that starts before ``end``
+    (nothing at or after it is read), and clip c holds every frame of its span: no gaps, no overlap. Clip c's
+    ``start``/``stop`` are ``end - (clips - c) * frames / rate`` and ``end - (clips - 1 - c) * frames / rate``;
+    its frames are exactly those that start in ``[start, stop)``. ``n`` samples of each clip (None: all its
+    frames, see ``pick_frames``); frame numbers below 1 are kept (the caller pads them).
 
     A clip that starts before the video or ends past its decodable end has ``inside=False`` and a reason.
     """
     if clips < 1 or frames < 1 or tau_a < 0:
         raise ValueError("clips and frames must be >= 1 and tau_a >= 0")
-    end = clock.last_before(action_start - tau_a)
+    t = float(action_start) if isinstance(action_start, (int, float)) else clock.start_time(action_start)
+    end_t = t - tau_a
+    end = clock.last_before(end_t)
+    span = frames / clock.rate
     out = []
     for c in range(clips):
         last = end - (clips - 1 - c) * frames
-        out.append(clock.span_window(last - frames + 1, last))
+        out.append(clock.span_window(last - frames + 1, last, n, mode, start=end_t - (clips - c) * span,
+                                     stop=end_t - (clips - 1 - c) * span, rng=rng))
     return out
-
-
-def window_frames(start: float, stop: float, fps: float) -> tuple[int, int]:
-    """The 1-based frames that START in the window ``[start, stop)``: ``(first, last)``, inclusive. Windows that
-    meet share no frame and leave none out; a window of ``n / fps`` seconds holds ``n`` frames. Times before
-    the video's start give indices below 1 (the caller pads them)."""
-    def boundary(t: float) -> int:  # frames starting before t
-        x = t * fps
-        return math.ceil(x - 1e-6) if abs(x - round(x)) > 1e-6 else int(round(x))
-
-    return boundary(start) + 1, boundary(stop)
-
-
-def anticipation_windows(video_fps: float, ts: float, tau_a: float = 1.0, n_clips: int = 3,
-                         span_frames: int = 256) -> list[tuple[float, float]]:
-    """The observed clips of the anticipation task (LEAP / EPIC-KITCHENS-100): ``n_clips`` contiguous windows
-    of ``span_frames`` source frames each (at the video's own fps), the last ending ``tau_a`` seconds before
-    the action starts at ``ts``. ``[(start_s, stop_s), ...]``, oldest first; starts may be negative (before
-    the video). Frames of a window: ``window_frames(start_s, stop_s, video_fps)``."""
-    end = ts - tau_a
-    span = span_frames / video_fps
-    return [(end - (n_clips - k) * span, end - (n_clips - 1 - k) * span) for k in range(n_clips)]

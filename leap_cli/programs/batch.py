@@ -16,7 +16,7 @@ from pathlib import Path
 
 from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, atomic_path, read_jsonl
-from leap_cli.programs.generate import GenerateConfig, ProgramGenerator, _setup, parse_reply
+from leap_cli.programs.generate import GenerateConfig, ProgramGenerator, _setup, check_output, parse_reply
 from leap_cli.programs.prompt import clip_info
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
@@ -92,6 +92,7 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     """Validate the Batch output and append its records to the programs file. Returns counts per status."""
     lines = read_batch_output(results_path)
     inputs, _, builder = _setup(cfg)
+    check_output(cfg, builder)
     by_id = {r["narration_id"]: r for r in inputs.records}
     gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg.model), None, builder)  # type: ignore[arg-type]
     counts: Counter = Counter()

@@ -31,10 +31,10 @@ from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, normali
 from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import JsonlAppender, read_jsonl, stable_hash
+from leap_cli.io import JsonlAppender, check_settings, read_jsonl, stable_hash
 from leap_cli.programs.backends import Backend, BackendError, OfflineBackend, OpenAIBackend, Request, RetryPolicy
-from leap_cli.programs.prompt import (DEFAULT_K, ClipInfo, PromptBuilder, clip_info, load_exemplars, load_system_prompt,
-                                      narration_record)
+from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, PromptBuilder, clip_info, load_exemplars,
+                                      load_system_prompt, narration_record)
 from leap_cli.programs.redact import redact, redact_logs
 from leap_cli.programs.schema import Finding, strict_schema
 from leap_cli.programs.store import ProgramStore, cache_key
@@ -76,6 +76,7 @@ class GenerateConfig:
     system_prompt: Path | None = None
     max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS
     retry_failed: bool = False
+    force: bool = False  # start the output over when it was made with other settings (output_settings)
 
     @property
     def split_name(self) -> str:
@@ -276,6 +277,26 @@ class ProgramGenerator:
         return done("invalid", program, findings)
 
 
+def output_settings(cfg: GenerateConfig, builder: PromptBuilder) -> dict:
+    """What changes the records of an output file: the backend and its model (the offline generator's version),
+    its generation parameters, the prompt (format version, system prompt, exemplar library, k) and validation
+    (repair rounds, sub-action limit). Not the endpoint, concurrency, retries, prices or limits."""
+    out = {"backend": cfg.backend,
+           "exemplars": stable_hash([[e.id, e.narration, e.text, e.program] for e in builder.exemplars])[:16],
+           "repair_rounds": cfg.repair_rounds, "max_sub_actions": cfg.max_sub_actions}
+    if cfg.backend == "offline":  # no prompt: the nearest exemplar, adapted (programs/offline.py)
+        return {**out, "model": OfflineBackend.model}
+    return {**out, "model": cfg.model, "prompt_version": PROMPT_VERSION, "system_prompt": stable_hash(builder.system)[:16],
+            "k": cfg.k, "params": {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
+                                   "response_format": cfg.response_format}}
+
+
+def check_output(cfg: GenerateConfig, builder: PromptBuilder) -> bool:
+    """Refuse to add records to an output made with other settings (``io.check_settings``, as the other stages),
+    unless ``cfg.force``: then the output starts over. Returns whether it did."""
+    return check_settings(cfg.out_path, output_settings(cfg, builder), force=cfg.force)
+
+
 def _setup(cfg: GenerateConfig):
     inputs = load_inputs(cfg)
     exemplars = load_exemplars(cfg.exemplars)
@@ -301,6 +322,7 @@ def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
 async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | None,
                     on_start: Callable[[int], None] | None, backend: Backend | None) -> GenerateSummary:
     inputs, exemplars, builder = _setup(cfg)
+    check_output(cfg, builder)
     summary = GenerateSummary(cfg.out_path, inputs.source)
     backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
     start = time.perf_counter()

@@ -5,9 +5,10 @@ Inputs are descriptor records (``descriptors/{split}.jsonl``, format in the modu
 narration-only records from the annotation CSV rows: the ``narration`` component is ``ok`` and the
 other four are ``unavailable``.
 
-Exemplars are ``prompts/exemplars/*.json``: ``{"id", "narration", "text", "program"}``. Retrieval score:
-4 * (same verb class) + 2 * (same noun class) + Jaccard similarity of the words of the clip text and of the
-exemplar's narration/text; ties by id. The exemplars go in as few-shot user/assistant turns.
+Exemplars are ``prompts/exemplars/*.json``: ``{"id", "narration", "text", "program"}``. Retrieval compares
+narrations (``select_exemplars``): 4 * (same verb) + 2 * (same noun) + Jaccard similarity of the words of the
+clip's narration and the exemplar's (parsed from its clip text); ties by id. The exemplars go in as few-shot
+user/assistant turns, those of the clip's verb class first.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from leap_cli.programs.vocab import HANDS, MOTOR_PRIMITIVES, PREDICATES, resolve
 
 COMPONENTS = ("narration", "audio", "camera", "objects", "hands")
 DEFAULT_K = 4
+# The prompt's format and exemplar choice: raise it when either changes, so that generate-programs refuses to
+# add records made with another prompt to an output file (io.check_settings).
+PROMPT_VERSION = 2  # 2: exemplars chosen by narration, not by the words of the whole clip text
 _WORD = re.compile(r"[a-z]+")
 # a local file path: /abs/..., ~/..., ./..., ../..., file://..., C:\\... (at the start of a word, so "on/off" stays)
 _PATH = re.compile(r"""(?:(?<=[\s('"=:,\[])|^)(?:file://)?(?:~|\.{1,2})?/[^\s/'"()<>\[\]]+(?:/[^\s/'"()<>\[\]]*)*"""
@@ -193,27 +197,94 @@ def _words(text: str) -> set[str]:
     return set(_WORD.findall(text.lower()))
 
 
-_EXEMPLAR_WORDS: dict[tuple[str, str], set[str]] = {}
+# The narration part of an extract rendering (extract/narration.py): '"cut carrot" (verb: cut, noun: carrot; also x)'.
+_NARRATION = re.compile(r'^"(?P<narration>.*)" \(verb: (?P<verb>[^,]*), noun: (?P<noun>[^;]*?)(?:; also (?P<also>.*))?\)$')
 
 
-def _exemplar_words(e: Exemplar) -> set[str]:
-    key = (e.narration, e.text)
-    if key not in _EXEMPLAR_WORDS:
-        _EXEMPLAR_WORDS[key] = _words(e.narration + " " + e.text)
-    return _EXEMPLAR_WORDS[key]
+@dataclass(frozen=True)
+class Narration:
+    """A segment's narration as generation compares it: the words, the verb and noun (keys) and their classes."""
+
+    text: str = ""
+    verb: str | None = None
+    noun: str | None = None
+    verb_class: int | None = None
+    noun_class: int | None = None
+    also: tuple[str, ...] = ()
+
+    @property
+    def words(self) -> set[str]:
+        return _words(" ".join([self.text, self.verb or "", self.noun or "", *self.also]))
+
+
+def narration_of_text(text: str) -> Narration | None:
+    """The narration in a clip text rendered by ``leap extract`` (parsed with ``extract.describe.parse_clip_text``);
+    None when the text is not such a rendering or has no narration line."""
+    from leap_cli.extract.describe import parse_clip_text
+
+    try:
+        part = parse_clip_text(text).get("narration")
+    except ValueError:
+        return None
+    m = _NARRATION.match(part or "")
+    if not m:
+        return None
+    none = lambda x: None if x in (None, "", "None") else x  # noqa: E731
+    also = tuple(a.strip() for a in (m.group("also") or "").split(",") if a.strip())
+    return Narration(m.group("narration"), none(m.group("verb")), none(m.group("noun")), also=also)
+
+
+_EXEMPLAR_NARRATION: dict[tuple[str, str, str], Narration] = {}
+
+
+def exemplar_narration(e: Exemplar) -> Narration:
+    """The exemplar's narration: from its clip text (an extract rendering), else its ``narration`` field; verb,
+    noun and classes from its program's action where the text does not name them."""
+    key = (e.id, e.narration, e.text)
+    if key not in _EXEMPLAR_NARRATION:
+        action = e.program.get("action") or {}
+        parsed = narration_of_text(e.text) or Narration(e.narration)
+        _EXEMPLAR_NARRATION[key] = Narration(parsed.text or e.narration, parsed.verb or action.get("verb"),
+                                             parsed.noun or action.get("noun"), e.verb_class, e.noun_class, parsed.also)
+    return _EXEMPLAR_NARRATION[key]
+
+
+def clip_narration(info: ClipInfo) -> Narration:
+    """The clip's narration: its labels (annotations or the narration component), else the narration line of its
+    clip text; without any, the objects it names (detections, hand contacts) stand in for the nouns."""
+    if info.narration or info.verb or info.noun:
+        return Narration(info.narration or "", info.verb, info.noun, info.verb_class, info.noun_class,
+                         tuple(n for n in info.all_nouns if n != info.noun))
+    parsed = narration_of_text(info.text)
+    if parsed is not None:
+        return Narration(parsed.text, parsed.verb, parsed.noun, info.verb_class, info.noun_class, parsed.also)
+    named = [o for o in info.objects + [c[0] for c in info.contacts] if o and o != "object"]
+    return Narration("", None, None, info.verb_class, info.noun_class, tuple(dict.fromkeys(named)))
+
+
+def _same(a_class: int | None, b_class: int | None, a_key: str | None, b_key: str | None) -> bool:
+    """Same class when both are known, else the same key (``take``, ``board:chopping``)."""
+    if a_class is not None and b_class is not None:
+        return a_class == b_class
+    return bool(a_key) and bool(b_key) and a_key.lower() == b_key.lower()
 
 
 def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT_K) -> list[Exemplar]:
-    """The k exemplars most relevant to the clip (verb class, noun class, word overlap)."""
-    words = _words(" ".join(filter(None, [info.text, info.narration])))
+    """The k exemplars whose narration is nearest the clip's: +4 for the same verb (class; the key when a class
+    is unknown), +2 for the same noun, plus the Jaccard similarity of the narrations' words (narration, verb,
+    noun, other nouns). Not the long clip texts: a word that both texts mention (a sink in view) says nothing of
+    the action. Ties by id, so the choice is deterministic."""
+    clip = clip_narration(info)
+    words = clip.words
 
     def score(e: Exemplar) -> float:
+        n = exemplar_narration(e)
         s = 0.0
-        if info.verb_class is not None and e.verb_class == info.verb_class:
+        if _same(clip.verb_class, n.verb_class, clip.verb, n.verb):
             s += 4
-        if info.noun_class is not None and e.noun_class == info.noun_class:
+        if _same(clip.noun_class, n.noun_class, clip.noun, n.noun):
             s += 2
-        ew = _exemplar_words(e)
+        ew = n.words
         if words and ew:
             s += len(words & ew) / len(words | ew)
         return s

@@ -16,7 +16,7 @@ from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.io import read_jsonl
 from leap_cli.programs.targets import flatten_program
-from leap_cli.programs.schema import Finding, validate_program
+from leap_cli.programs.schema import Finding
 from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels, check_program
 from leap_cli.programs.vocab import object_key, resolve_verb
 
@@ -56,31 +56,33 @@ def _conditions(program: dict):
 
 
 def revalidated(records: list, verbs: ClassVocab, nouns: ClassVocab, segments: dict[str, Segment] | None = None, *,
-                semantics: bool = True, max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS) -> tuple[list[dict], int]:
-    """Program records as a consumer may trust them: each ``valid`` one is checked again (the schema; with
-    ``semantics`` also chaining and vocabulary, and the segment's labels when ``segments`` has it); one that
-    fails comes back ``invalid`` with its findings, a line that is not a record is dropped. Returns
-    (records, how many were not valid after all)."""
-    out, demoted = [], 0
-    for r in records:
+                max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS) -> tuple[list[dict], list[dict]]:
+    """Program records as a consumer may trust them: each ``valid`` one is checked again with the validation
+    generate-programs runs (``validate.check_program``: the schema, then chaining and vocabulary, and the segment's
+    labels when ``segments`` has it); one that fails comes back ``invalid`` with its findings, a line that is not a
+    record is dropped. Returns (records, failures): one ``{"narration_id", "reason"}`` per record that was not
+    valid after all (``narration_id`` None and ``reason`` naming the line for a line that is not a record)."""
+    out, failures = [], []
+    for i, r in enumerate(records, start=1):
         if not isinstance(r, dict) or not isinstance(r.get("narration_id"), str):
-            demoted += 1
+            failures.append({"narration_id": None, "reason": f"line {i}: not a program record"})
             continue
         if r.get("status") == "valid":
             program = r.get("program")
             if not isinstance(program, dict):
                 findings = [Finding("", "no program")]
-            elif semantics:
+            else:
                 seg = (segments or {}).get(r["narration_id"])
                 labels = Labels(seg.verb_class, seg.noun_class) if seg is not None and seg.has_labels else None
                 findings = check_program(program, verbs, nouns, labels, max_sub_actions=max_sub_actions)
-            else:
-                findings = validate_program(program)
             if findings:
                 r = {**r, "status": "invalid", "errors": [f.to_dict() for f in findings]}
-                demoted += 1
+                f = findings[0]
+                failures.append({"narration_id": r["narration_id"],
+                                 "reason": f"{f.pointer or '/'}: {f.message}"
+                                           + (f" (+{len(findings) - 1} more)" if len(findings) > 1 else "")})
         out.append(r)
-    return out, demoted
+    return out, failures
 
 
 def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,

@@ -31,7 +31,7 @@ import numpy as np
 
 from leap_cli.common import ShardSpec
 from leap_cli.epic.annotations import Segment
-from leap_cli.epic.timing import MP4, FrameClock, anticipation_windows, pick_frames, time_to_frame, window_frames
+from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
 from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl, sha256_file, stable_hash
@@ -130,10 +130,10 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
                 samples.append(SampleJob(s.narration_id, idx))
                 records[s.narration_id] = {"frame_indices": idx}
                 continue
-            f = fps(vid)
+            ck = clock(vid)
             obs_end_t = s.start - settings.tau_a
             if settings.context_mode == "clips":
-                job, rec = _plan_clips(s, f, settings)
+                job, rec = _plan_clips(s, ck, settings)
                 samples.append(job)
                 records[s.narration_id] = rec
                 continue
@@ -146,17 +146,18 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
                                                        for _ in range(settings.context)]}
                 continue
             # The frame shown at obs_end_t starts at or before it: never a frame after the window.
-            last = time_to_frame(obs_end_t, f)
-            first = time_to_frame(max(0.0, obs_end_t - settings.tau_o), f)
+            last = ck.frame_at(obs_end_t)
+            first = ck.frame_at(max(0.0, obs_end_t - settings.tau_o))
             idx = segment_frame_indices(first, last, T)
             ctx_jobs, ctx_rec = [], []
             for j in range(settings.context, 0, -1):  # oldest first
                 p = segs[i - j] if i - j >= 0 else None
-                if p is None or p.start_frame > last:
+                pa, pb = ck.segment_span(p) if p is not None else (0, 0)
+                if p is None or pa > last:
                     ctx_jobs.append(None)
                     ctx_rec.append({"key": p.narration_id if p else None, "present": False, "frame_indices": []})
                     continue
-                cidx = segment_frame_indices(p.start_frame, min(p.stop_frame, last), T)
+                cidx = segment_frame_indices(pa, min(pb, last), T)
                 ctx_jobs.append(cidx)
                 ctx_rec.append({"key": p.narration_id, "present": True, "frame_indices": cidx})
             samples.append(SampleJob(s.narration_id, idx, ctx_jobs))
@@ -169,20 +170,19 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
     return jobs, records, skipped
 
 
-def _plan_clips(s: Segment, fps: float, settings: ShardSettings) -> tuple[SampleJob, dict]:
+def _plan_clips(s: Segment, clock: FrameClock, settings: ShardSettings) -> tuple[SampleJob, dict]:
     """Anticipation as in the paper: clips s_{i-C} .. s_i of ``span_frames`` source frames each, contiguous, the
-    last ending ``tau_a`` before the action (``epic.timing.anticipation_windows``; frames through
-    ``window_frames``). A clip wholly before the video is absent (masked); one that starts before it repeats
-    frame 1 for the missing part (padded). No observable frame at all: a blank sample, as in "segments"."""
+    last ending ``tau_a`` before the action, in the numbering of the video's source (the timing rule,
+    ``epic.timing.clip_windows_before``). A clip wholly before the video is absent (masked); one that starts before
+    it repeats frame 1 for the missing part (padded). No observable frame at all: a blank sample, as in "segments"."""
     T, C = settings.frames, settings.context
-    windows = anticipation_windows(fps, s.start, settings.tau_a, C + 1, settings.span_frames)
+    windows = clip_windows_before(clock, s, settings.tau_a, clips=C + 1, frames=settings.span_frames, n=T)
     clips, jobs = [], []
-    for a, b in windows:
-        first, last = window_frames(a, b, fps)
-        present = last >= 1
-        idx = [max(1, i) for i in segment_frame_indices(first, last, T)] if present else []
-        clips.append({"start": round(a, 6), "stop": round(b, 6), "first_frame": first, "last_frame": last,
-                      "present": present, "padded_frames": max(0, 1 - first) if present else 0,
+    for w in windows:
+        present = w.last >= 1
+        idx = [max(1, i) for i in w.frames] if present else []
+        clips.append({"start": round(w.start, 6), "stop": round(w.stop, 6), "first_frame": w.first,
+                      "last_frame": w.last, "present": present, "padded_frames": max(0, 1 - w.first) if present else 0,
                       "frame_indices": idx})
         jobs.append(idx or None)
     current = clips[-1]
@@ -401,14 +401,16 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
                  programs_path: str | Path | None = None, targets: TargetEncoder | None = None,
                  sources: dict | None = None, workers: int = 1, shard: ShardSpec = ShardSpec(),
                  overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
-                 clock: Callable[[str], FrameClock] | None = None, cache: FrameCache | None = None) -> BuildResult:
+                 clock: Callable[[str], FrameClock] | None = None, cache: FrameCache | None = None,
+                 program_failures: list[dict] | None = None) -> BuildResult:
     """Write the shards of ``segments`` into ``out`` and return the manifest.
 
     ``clock(video_id)``: the timing rule of each video's source (default: an MP4 at ``fps``); ``cache``:
     extract's frame cache, read instead of decoding where it holds a sample's frames.
 
     ``programs`` are program records (None: no program file, every sample ``has_program: false``);
-    ``targets`` encodes valid programs; ``sources`` (hashes of the inputs) goes into the manifest and the
+    ``targets`` encodes valid programs; ``program_failures`` (``programs.report.revalidated``'s) are listed in the
+    manifest under ``programs.failed_validation``; ``sources`` (hashes of the inputs) goes into the manifest and the
     settings hash, so a re-run with other inputs refuses to mix shards. ``progress(done, total)`` is
     called after each segment.
     """
@@ -425,6 +427,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     if programs is not None:
         prog_by_id, prog_report = match_programs(programs, {s.narration_id for s in segments},
                                                  programs_path or "programs")
+        prog_report["failed_validation"] = list(program_failures or [])
         if prog_report["unknown_ids"]:
             notes.append(f"{prog_report['unknown_ids']} program records name narration ids not in the split "
                          f"(e.g. {', '.join(prog_report['unknown_examples'][:3])})")
@@ -650,13 +653,18 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         raise LeapError("program file not found", path=prog_path, fix="run leap generate-programs or fix --programs")
     programs = read_programs(prog_path)
     notes: list[str] = []
-    if programs is not None:  # "valid" in a file is re-checked against the schema, not trusted (a tampered file)
+    failures: list[dict] = []
+    if programs is not None:
+        # "valid" in a file is not trusted (a tampered or hand-edited file, another split's programs): each is checked
+        # again with generate-programs' own validation (programs.validate.check_program, the segment's labels included)
         from leap_cli.programs.report import revalidated
 
-        programs, not_valid = revalidated(programs, ann.verbs, ann.nouns, semantics=False)
-        if not_valid:
-            notes.append(f"{not_valid} program records failed re-validation (marked valid but not matching the schema, "
-                         "or not a record): their samples have no program")
+        programs, failures = revalidated(programs, ann.verbs, ann.nouns, {s.narration_id: s for s in segments})
+        if failures:
+            shown = "; ".join(f"{x['narration_id'] or prog_path.name}: {x['reason']}" for x in failures[:3])
+            notes.append(f"{len(failures)} program records failed re-validation (listed in the manifest under "
+                         f"programs.failed_validation; their samples have no program): {shown}"
+                         + (" ..." if len(failures) > 3 else ""))
 
     vocab = None
     train_manifest = Path(vocab_manifest) if vocab_manifest else workdir / "shards" / "train" / "manifest.json"
@@ -673,7 +681,8 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         if source is not None and split != "train":
             from leap_cli.programs.report import revalidated
 
-            source = revalidated(source, ann.verbs, ann.nouns, semantics=False)[0]
+            train = {s.narration_id: s for s in ann.segments("train")} if ann.has_split("train") else None
+            source = revalidated(source, ann.verbs, ann.nouns, train)[0]
         if source is None:
             source, train_prog = programs, prog_path
             notes.append(f"no train programs or train shards manifest: condition vocabulary built from {prog_path}; "
@@ -710,7 +719,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     result = build_shards(segments, out=out, settings=settings, opener=LayoutOpener(layout.root, layout.annotations_dir, fps_map),
                           fps=fps, programs=programs, programs_path=prog_path, targets=targets, sources=sources,
                           workers=workers, shard=shard, overwrite=overwrite, progress=progress, clock=clock,
-                          cache=cache)
+                          cache=cache, program_failures=failures)
     if targets is not None and targets.failed:
         notes.append(f"{len(targets.failed)} valid programs could not be encoded (e.g. {targets.failed[0]['error']})")
     result.notes = notes + result.notes

@@ -1,0 +1,30 @@
+"""``leap info`` counts every input a stage reads, camera poses in both formats included."""
+
+from typer.testing import CliRunner
+
+from leap_cli.cli import app
+from leap_cli.epic.info import dataset_info
+from leap_cli.epic.layout import DatasetLayout
+from tests.test_shards import make_root
+
+
+def test_info_counts_epic_fields_and_colmap_poses(tmp_path):
+    root = make_root(tmp_path / "k")  # train: P01_01, P01_02; val: P01_03
+    poses = root / "poses"
+    poses.mkdir()
+    (poses / "P01_01.json").write_text('{"camera": {}, "images": {}}')  # EPIC Fields' per-video JSON
+    (poses / "P01_02").mkdir()
+    (poses / "P01_02" / "images.txt").write_text("# COLMAP\n")
+    (poses / "P01_03").mkdir()  # both: the JSON is the one read, so it counts once, as EPIC Fields
+    (poses / "P01_03" / "images.txt").write_text("# COLMAP\n")
+    (poses / "P01_03.json").write_text('{"camera": {}, "images": {}}')
+    splits, _ = dataset_info(DatasetLayout.open(root))
+    got = {s.split: (s.with_poses_fields, s.with_poses_colmap) for s in splits}
+    assert got == {"train": (1, 1), "val": (1, 0)}
+    (poses / "P01_01.json").unlink()
+    splits, _ = dataset_info(DatasetLayout.open(root))
+    assert {s.split: (s.with_poses_fields, s.with_poses_colmap) for s in splits}["train"] == (0, 1)
+    res = CliRunner().invoke(app, ["info", "--data", str(root), "--no-check-lengths"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.output.splitlines() if "camera poses (EPIC Fields JSON)" in line)
+    assert [c.strip() for c in row.split("│") if c.strip()][1:] == ["0", "1"]
