@@ -8,24 +8,26 @@ from typer.testing import CliRunner
 
 from leap_cli import submit as sub
 from leap_cli.cli import app
-from leap_cli.epic.timing import format_timestamp, time_to_frame
+from leap_cli.epic.timing import epic_frame_rate, format_timestamp, time_to_frame
 from leap_cli.evaluate.scores import load_scores
 from leap_cli.model import build_model
 from leap_cli.programs.targets import TargetVocab
-from leap_cli.shards.format import load_manifest
+from leap_cli.shards.format import iter_tar_samples, load_manifest
 from leap_cli.train.checkpoint import load_model, save_checkpoint
-from tests.test_shards import FPS, PROGRAM, build, make_root, write_programs
+from tests.test_shards import PROGRAM, build, make_root, write_programs
 
 torch.set_num_threads(1)
 TEST = [("P01_03", 1.6, 2.4), ("P01_03", 4.1, 5.5)]
+VIDEO_FPS = 29.97  # the root's videos: rgb_frames folders and frame columns counted as EPIC's are (60/s)
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
-    root = make_root(tmp_path_factory.mktemp("kitchen"))
+    root = make_root(tmp_path_factory.mktemp("kitchen"), fps=VIDEO_FPS, epic=True)
+    rate = epic_frame_rate(VIDEO_FPS)
     head = "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,stop_frame"
     rows = [f"P01_03_{10 + i},P01,{v},{format_timestamp(a)},{format_timestamp(a)},{format_timestamp(b)},"
-            f"{time_to_frame(a, FPS)},{time_to_frame(b, FPS)}" for i, (v, a, b) in enumerate(TEST)]
+            f"{time_to_frame(a, rate)},{time_to_frame(b, rate)}" for i, (v, a, b) in enumerate(TEST)]
     (root / "annotations" / "EPIC_100_test_timestamps.csv").write_text("\n".join([head] + rows) + "\n")
     (root / "annotations" / "EPIC_100_unseen_participant_ids_validation.csv").write_text("participant_id\nP01\n")
     work = tmp_path_factory.mktemp("work")
@@ -139,6 +141,16 @@ def test_anticipation_evaluate_and_submit_with_actions(pipeline):
     for split in ("train", "val", "test"):
         build(root, work, split=split, task="anticipation", tau_a=1.0, tau_o=1.0, context=2)
     manifest, _ = load_manifest(work / "shards" / "val-anticipation")
+    # the current clip s_i (256 source frames ending tau_a before the action) is observed wherever the action
+    # starts more than tau_a into the video: samples are not blank
+    metas = [json.loads(f["json"]) for s in manifest["shards"]
+             for _, f in iter_tar_samples(work / "shards" / "val-anticipation" / s["name"])]
+    observed = [m for m in metas if not m.get("blank")]
+    assert observed and [m for m in metas if m.get("blank")]  # P01_03_0 starts exactly tau_a into its video: blank
+    for m in observed:
+        current = m["clips"][-1]
+        assert current["present"] and m["frame_indices"] and 1 <= min(m["frame_indices"])
+        assert max(m["frame_indices"]) <= current["last_frame"] <= round(m["start"] * 60) - 60
     vocab = TargetVocab.from_manifest(manifest["targets"])
     args = {"backbone": "uniformerv2_tiny", "num_frames": 4, "img_size": 32, "num_verbs": 97, "num_nouns": 300,
             "program": vocab.model_program_args(), "anticipation": {"context": 2, "aggregate": True},
