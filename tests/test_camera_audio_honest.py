@@ -51,6 +51,26 @@ def test_epic_fields_json_gives_motion_and_says_so(tmp_path):
     assert rec["data"]["poses_skipped"] == "fewer than 2 registered frames in the segment"
 
 
+def test_pose_times_count_frames_as_epic_names_them(tmp_path):
+    """EPIC Fields names frames in EPIC's numbering (60 per second for a 29.97 fps video, as the CSV columns),
+    so a turn registered from frame 91 on starts 1.5 s into the video, not 90 / 29.97 = 3.0 s."""
+    images = {}
+    for n in range(61, 122, 2):  # every second frame registered, 1.0-2.0 s
+        rw = rot_y(max(0, n - 91) * 1.0).T  # still until frame 91, then yawing right 1 deg per frame
+        images[f"frame_{n:010d}.jpg"] = [*map(float, _r_to_quat(rw)), 0.0, 0.0, 0.0]
+    path = tmp_path / "P01_01.json"
+    path.write_text(json.dumps({"camera": {"model": "PINHOLE", "width": 456, "height": 256,
+                                           "params": [220.0, 220.0, 228.0, 128.0]}, "images": images}))
+    seg = Segment("P01_01_0", "P01", "P01_01", 1.0, 2.0, 61, 121)
+    rec = CameraComponent(frames=31).describe(SegmentContext(layout=_Layout(tmp_path, poses=path), segment=seg,
+                                                             fps=29.97))
+    assert rec["data"]["method"] == "epic-fields"
+    steps = rec["data"]["steps"]
+    assert steps[-1]["stop"] == pytest.approx(1.0, abs=0.02)  # frame 121 at (121 - 1) / 60 = 2.0 s
+    turning = [st for st in steps if abs(st["yaw"]) > 0.5]
+    assert turning and turning[0]["start"] == pytest.approx(0.5, abs=0.02)  # frame 91: 1.5 s, 0.5 s in
+
+
 def test_pose_file_errors_name_the_line_an_editor_shows(tmp_path):
     bad = tmp_path / "P01_01.json"
     bad.write_text('{\n  "camera": {},\n  "images": {\n    "frame_0000000001.jpg": [1, 0, 0, 0, 0, 0, 0],\n  }\n}\n')

@@ -414,7 +414,8 @@ class CameraComponent(Component):
             total = total @ r_cam
             yaw, pitch, roll = angles(r_cam)
             move = ra @ (cb - ca)
-            step = {"start": ctx.frame_time(a), "stop": ctx.frame_time(b), "yaw": round(yaw, 2),
+            # pose frames are named in EPIC's numbering (as the CSV columns), not the MP4's own frames
+            step = {"start": ctx.epic_frame_time(a), "stop": ctx.epic_frame_time(b), "yaw": round(yaw, 2),
                     "pitch": round(pitch, 2), "roll": round(roll, 2), "model": "colmap"}
             if np.linalg.norm(move) > 1e-9:
                 step["translation"] = [round(float(v), 3) for v in move / np.linalg.norm(move)]
