@@ -14,7 +14,7 @@ from leap_cli.extract.camera import intrinsics
 from leap_cli.media.write import write_mp4
 from tests.extract_signals import SR, rot_x, rot_y, rotated_views, sound, textured
 
-FPS = 25
+FPS = 50  # EPIC counts the frames of a 50 fps video as the video does (epic_frame_rate)
 W, H = 192, 144
 HEADER = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,"
           "stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes\n")

@@ -23,7 +23,7 @@ from leap_cli.extract.objects import ObjectsComponent
 from tests.extract_signals import SR, rot_x, rot_y, rotated_views, sound, textured
 
 
-def _segment(start=0.0, stop=2.0, fps=25.0, labelled=True, video_id="P01_01") -> Segment:
+def _segment(start=0.0, stop=2.0, fps=50.0, labelled=True, video_id="P01_01") -> Segment:
     kw = dict(narration="cut carrot", verb="cut", verb_class=7, noun="carrot", noun_class=23,
               all_nouns=("carrot", "board"), all_noun_classes=(23, 40)) if labelled else {}
     return Segment("P01_01_0", "P01", video_id, start, stop, int(start * fps) + 1, int(stop * fps), **kw)
@@ -154,7 +154,7 @@ def test_colmap_poses_give_motion_and_place(tmp_path):
     poses = read_colmap_images(poses_dir / "images.txt")
     assert len(poses) == 100 and np.allclose(poses[10][1], [0.5, 0, 0])
     seg = Segment("P01_01_0", "P01", "P01_01", 0.0, 1.2, 1, 30)
-    ctx = SegmentContext(layout=_Layout(tmp_path, poses=poses_dir / "images.txt"), segment=seg, fps=25.0)
+    ctx = SegmentContext(layout=_Layout(tmp_path, poses=poses_dir / "images.txt"), segment=seg, fps=50.0)
     rec = CameraComponent().describe(ctx)
     assert rec["source"].startswith("colmap") and rec["text"].startswith("turns head right about 30 deg")
     assert rec["data"]["where"]["along_main_axis"] < 0.2  # the start of the walk
@@ -162,7 +162,7 @@ def test_colmap_poses_give_motion_and_place(tmp_path):
     # a segment the reconstruction did not register: odometry in auto mode, unavailable when COLMAP is forced
     late = Segment("P01_01_9", "P01", "P01_01", 10.0, 11.0, 251, 275)
     views = _views([np.eye(3)] * 3)
-    ctx = SegmentContext(layout=_Layout(tmp_path, poses=poses_dir / "images.txt"), segment=late, fps=25.0,
+    ctx = SegmentContext(layout=_Layout(tmp_path, poses=poses_dir / "images.txt"), segment=late, fps=50.0,
                          read_frames=lambda nums, side: views[[0] * len(nums)])
     assert CameraComponent(frames=3).describe(ctx)["source"].startswith("orb-vo")
     assert CameraComponent(source="colmap").describe(ctx)["status"] == "unavailable"
@@ -182,7 +182,7 @@ KNIFE = BBox(0.70, 0.50, 0.85, 0.70)
 RIGHT = BBox(0.60, 0.60, 0.75, 0.85)
 
 
-def _hand_frames(contact=(0.5, 1.5), fps=25.0, seconds=2.0, score=0.9):
+def _hand_frames(contact=(0.5, 1.5), fps=50.0, seconds=2.0, score=0.9):
     out = []
     for n in range(1, int(seconds * fps) + 1):
         t = (n - 1) / fps
@@ -213,9 +213,9 @@ def _iou(a, b):
 
 def test_hand_contact_interval_and_object_name(tmp_path):
     labelled = [{"video_id": "P01_01", "frame_number": n, "objects": [
-        {"label": "knife", "bbox": vars(KNIFE), "score": 0.9}]} for n in range(1, 51)]
+        {"label": "knife", "bbox": vars(KNIFE), "score": 0.9}]} for n in range(1, 101)]
     layout = _write(tmp_path, _hand_frames((0.5, 1.5)), labelled)
-    ctx = SegmentContext(layout=layout, segment=_segment(0.0, 2.0), fps=25.0)
+    ctx = SegmentContext(layout=layout, segment=_segment(0.0, 2.0), fps=50.0)
     rec = HandsComponent().describe(ctx)
     right = next(h for h in rec["data"]["hands"] if h["hand"] == "right")
     assert len(right["contacts"]) == 1
@@ -227,9 +227,9 @@ def test_hand_contact_interval_and_object_name(tmp_path):
 
 def test_hand_threshold_drops_weak_hands(tmp_path):
     layout = _write(tmp_path, _hand_frames(score=0.3))
-    rec = HandsComponent().describe(SegmentContext(layout=layout, segment=_segment(), fps=25.0))
+    rec = HandsComponent().describe(SegmentContext(layout=layout, segment=_segment(), fps=50.0))
     assert all(not h["contacts"] for h in rec["data"]["hands"])
-    rec = HandsComponent(hand_threshold=0.2).describe(SegmentContext(layout=layout, segment=_segment(), fps=25.0))
+    rec = HandsComponent(hand_threshold=0.2).describe(SegmentContext(layout=layout, segment=_segment(), fps=50.0))
     right = next(h for h in rec["data"]["hands"] if h["hand"] == "right")
     assert right["contacts"][0]["object"] == "object"  # unlabelled box without labelled detections
 
@@ -238,10 +238,10 @@ def test_objects_from_labelled_detections(tmp_path):
     board = {"left": 0.3, "top": 0.5, "right": 0.5, "bottom": 0.8}
     labelled = [{"video_id": "P01_01", "frame_number": n, "objects":
                  [{"label": "knife", "bbox": vars(KNIFE), "score": 0.8}]
-                 + ([{"label": "board", "bbox": board, "score": 0.6}] if n > 25 else [])
-                 + [{"label": "ghost", "bbox": board, "score": 0.2}]} for n in range(1, 51)]
+                 + ([{"label": "board", "bbox": board, "score": 0.6}] if n > 50 else [])
+                 + [{"label": "ghost", "bbox": board, "score": 0.2}]} for n in range(1, 101)]
     layout = _write(tmp_path, _hand_frames(), labelled)
-    rec = ObjectsComponent().describe(SegmentContext(layout=layout, segment=_segment(), fps=25.0))
+    rec = ObjectsComponent().describe(SegmentContext(layout=layout, segment=_segment(), fps=50.0))
     assert rec["status"] == "ok" and rec["source"].startswith("object-detections")
     objs = {o["label"]: o for o in rec["data"]["objects"]}
     assert set(objs) == {"knife", "board"}  # the 0.2-score ghost is under the threshold
@@ -252,7 +252,7 @@ def test_objects_from_labelled_detections(tmp_path):
 
 def test_objects_fall_back_to_unlabelled_hand_object_boxes(tmp_path):
     layout = _write(tmp_path, _hand_frames())
-    rec = ObjectsComponent().describe(SegmentContext(layout=layout, segment=_segment(), fps=25.0))
+    rec = ObjectsComponent().describe(SegmentContext(layout=layout, segment=_segment(), fps=50.0))
     assert rec["source"].startswith("hand-objects") and rec["data"]["objects"][0]["label"] == "object"
 
 
@@ -292,3 +292,12 @@ def test_audio_of_a_very_short_segment_is_empty_not_an_error():
                          read_audio=lambda sr: np.zeros(int(0.05 * sr), np.float32))
     rec = AudioComponent().describe(ctx)
     assert rec["status"] == "ok" and rec["data"]["events"] == [] and rec["text"] == "no audio in the segment"
+
+
+def test_hand_contacts_of_a_29_97_fps_video_are_timed_in_epic_numbering(tmp_path):
+    """EPIC's hand-object boxes of a 29.97 fps video count frames at 60 per second: the contact at 0.5-1.5 s is
+    reported there, not at twice its time."""
+    layout = _write(tmp_path, _hand_frames(fps=60.0))
+    rec = HandsComponent().describe(SegmentContext(layout=layout, segment=_segment(fps=60.0), fps=29.97))
+    (c,) = next(h for h in rec["data"]["hands"] if h["hand"] == "right")["contacts"]
+    assert _iou((c["start"], c["stop"]), (0.5, 1.5)) >= 0.9, c

@@ -11,7 +11,7 @@ import pytest
 from leap_cli.resources import resource_dir
 from leap_cli.extract.runner import ExtractConfig, run_extract
 from leap_cli.io import read_jsonl
-from tests.extract_kitchen import CONTACT, SEGMENTS, build
+from tests.extract_kitchen import CONTACT, FPS, SEGMENTS, build
 
 SCHEMA = json.loads((resource_dir("schemas") / "descriptors.schema.json").read_text())
 
@@ -240,7 +240,6 @@ def _short_copy(kitchen, root, seconds: float, **kw):
 
     from leap_cli.media.video import VideoReader
     from leap_cli.media.write import write_mp4
-    from tests.extract_kitchen import FPS
 
     shutil.copytree(kitchen, root)
     mp4 = root / "P01" / "videos" / "P01_01.MP4"
@@ -251,7 +250,7 @@ def _short_copy(kitchen, root, seconds: float, **kw):
 
 
 def test_segments_past_the_end_of_a_short_video_are_unavailable_not_invented(kitchen, tmp_path):
-    _short_copy(kitchen, tmp_path / "k", 2.4)  # 60 frames: segment 0 (0-2 s) fits, 1 (2-4 s) and 2 (4-6 s) do not
+    _short_copy(kitchen, tmp_path / "k", 2.4)  # 2.4 s of frames: segment 0 (0-2 s) fits, 1 (2-4 s) and 2 (4-6 s) do not
     out = tmp_path / "train.jsonl"
     s = run_extract(_cfg(tmp_path / "k", out, components=("camera", "hands"), frame_cache=tmp_path / "cache"))
     recs = {r["narration_id"]: r for r in read_jsonl(out)}
@@ -260,7 +259,7 @@ def test_segments_past_the_end_of_a_short_video_are_unavailable_not_invented(kit
         cam = recs[nid]["components"]["camera"]
         assert cam["status"] == "unavailable", cam  # never "holds still" read from a clamped last frame
         assert cam["data"]["reason"] == (f"the window ends {late:.2f} s after the decodable end of the video "
-                                         "(2.40 s, 60 frames)")
+                                         f"(2.40 s, {round(2.4 * FPS)} frames)")
         assert "after the decodable end" in recs[nid]["text"]
         assert recs[nid]["components"]["hands"]["status"] == "ok"  # EPIC's published detections do not need it
     assert s.counts["camera"] == {"ok": 1, "unavailable": 3, "error": 0}
@@ -288,7 +287,7 @@ def test_truncated_mp4_files_are_unavailable_and_ffmpeg_stays_quiet(kitchen, tmp
     assert res.returncode == 0, res.stderr
     assert "moov atom" not in res.stderr + res.stdout and "WARN" not in res.stderr
     assert "'camera: the video cannot be opened (truncated or not a video file)': 3" in res.stdout
-    # moov first ("faststart"), data cut: the file opens and announces 150 frames, then decoding stops early
+    # moov first ("faststart"), data cut: the file opens and announces 6 s of frames, then decoding stops early
     mp4 = root / "P01" / "videos" / "P01_01.MP4"
     mp4.unlink()
     _short_copy(kitchen, tmp_path / "k2", 6.0, container_options={"movflags": "faststart"})
@@ -432,11 +431,11 @@ def test_info_reports_videos_whose_decoded_length_disagrees_with_video_info(kitc
     assert check_lengths(DatasetLayout.open(kitchen), ["P01_01", "P01_02"]) == []  # the full video; no P01_02 media
     _short_copy(kitchen, tmp_path / "k", 2.4)
     mp4 = _short_copy(kitchen, tmp_path / "k2", 6.0, container_options={"movflags": "faststart"})
-    mp4.write_bytes(mp4.read_bytes()[: int(mp4.stat().st_size * 0.6)])  # announces 150 frames, holds fewer
+    mp4.write_bytes(mp4.read_bytes()[: int(mp4.stat().st_size * 0.6)])  # announces 6 s of frames, holds fewer
     (short,) = check_lengths(DatasetLayout.open(tmp_path / "k"), ["P01_01"])
-    assert (short.expected_s, short.decoded_s, short.note) == (6.0, 2.4, "60 frames")
+    assert (short.expected_s, short.decoded_s, short.note) == (6.0, 2.4, f"{round(2.4 * FPS)} frames")
     (cut,) = check_lengths(DatasetLayout.open(tmp_path / "k2"), ["P01_01"])
-    assert cut.decoded_s < 5.0 and "of the 150 frames the file announces" in cut.note
+    assert cut.decoded_s < 5.0 and f"of the {6 * FPS} frames the file announces" in cut.note
     import shutil
 
     from tests.conftest import EPIC_EXCERPT

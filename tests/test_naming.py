@@ -249,11 +249,12 @@ def _ctx(root: Path, nid: str = "P01_01_0", **kw):
     from leap_cli.epic.layout import DatasetLayout
     from leap_cli.extract.base import SegmentContext
     from leap_cli.media.video import open_video
+    from tests.extract_kitchen import FPS
 
     layout = DatasetLayout.open(root)
     seg = next(s for s in layout.annotations().segments("train") if s.narration_id == nid)
-    reader = open_video(layout, seg.video_id, 25.0, record=nid)
-    return SegmentContext(layout=layout, segment=seg, fps=25.0,
+    reader = open_video(layout, seg.video_id, FPS, record=nid)
+    return SegmentContext(layout=layout, segment=seg, fps=FPS,
                           read_frames=lambda nums, side: reader.read_frames(nums, side or None), **kw)
 
 
@@ -274,8 +275,8 @@ def test_contacts_named_by_prior_detector_and_clip(tiny_clip, tmp_path):
     assert (c["object"], c["named_by"]) == ("carrot", "narration-prior")
     # a detector box over the contact box lends its label
     ctx = _ctx(root, video_cache={})
-    ctx.video_cache[("detector_boxes", "P01_01_0")] = ("detector:test", {20: [LabelledBox("knife", KNIFE, 0.9)],
-                                                                         45: [LabelledBox("cup", BBox(0, 0, .1, .1), .9)]})
+    ctx.video_cache[("detector_boxes", "P01_01_0")] = ("detector:test", {40: [LabelledBox("knife", KNIFE, 0.9)],
+                                                                         90: [LabelledBox("cup", BBox(0, 0, .1, .1), .9)]})
     c = _right_contact(HandsComponent().describe(ctx))
     assert (c["object"], c["named_by"]) == ("knife", "detector:test")
     # CLIP names the crops of the contact box (random weights: any kitchen noun), with scores

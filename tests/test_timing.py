@@ -80,3 +80,18 @@ def test_clip_windows_before_an_action():
     assert [c.inside for c in early] == [False, False, True]
     rgb = clip_windows_before(FrameClock(RGB_FRAMES, 59.94), action_start=100.0, tau_a=1.0)
     assert rgb[-1].last == 5940  # EPIC's numbering counts at 60/s: 99 s -> frame 5941 is the first not taken
+
+
+@pytest.mark.parametrize("fps", [59.94005994005994, 50.0, 29.97002997002997, 47.952047952047955, 90.0])
+def test_epic_numbers_map_to_the_source_frame_shown_then(fps):
+    """Hand-object boxes and EPIC Fields poses name frames in EPIC's numbering; reading them from an MP4 takes the
+    MP4 frame on screen at that time (for a 29.97 fps video, EPIC's frame 61 at 1.0 s is the MP4's frame 30)."""
+    mp4, rgb, rate = FrameClock(MP4, fps), FrameClock(RGB_FRAMES, fps), epic_frame_rate(fps)
+    for n in range(1, 20000, 97):
+        f = mp4.from_epic(n)
+        t = (n - 1) / rate
+        assert mp4.time_of(f) <= t + 1e-9 < mp4.time_of(f + 1)
+        assert mp4.to_epic(f) <= n and (n - 1) / rate - (mp4.to_epic(f) - 1) / rate < 1 / fps + 1 / rate + 1e-9
+        assert rgb.from_epic(n) == n and rgb.to_epic(n) == n
+    if abs(fps - 29.97) < 0.01:
+        assert mp4.from_epic(61) == 30

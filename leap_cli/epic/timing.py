@@ -138,6 +138,19 @@ class FrameClock:
         """The frame shown at ``seconds`` (its start time is at or before it)."""
         return time_to_frame(seconds, self.rate)
 
+    def from_epic(self, epic_frame: int) -> int:
+        """This source's frame shown when EPIC's frame ``epic_frame`` starts (EPIC's numbering: the CSV columns,
+        ``rgb_frames``, hand-object boxes and EPIC Fields poses). The same number for ``rgb_frames``."""
+        if self.kind == RGB_FRAMES:
+            return int(epic_frame)
+        return self.frame_at((epic_frame - 1) / epic_frame_rate(self.fps))
+
+    def to_epic(self, frame: int) -> int:
+        """EPIC's frame number shown when this source's ``frame`` starts (the inverse of ``from_epic``)."""
+        if self.kind == RGB_FRAMES:
+            return int(frame)
+        return time_to_frame(self.time_of(frame), epic_frame_rate(self.fps))
+
     def time_of(self, frame: int) -> float:
         """Start time (seconds) of ``frame`` (frame 1 starts at 0, in both numberings)."""
         return (frame - 1) / self.rate

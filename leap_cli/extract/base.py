@@ -88,6 +88,11 @@ class SegmentContext:
         files: 60 per second, 50 for the 50 fps videos)."""
         return round((frame_number - 1) / epic_frame_rate(self.fps) - self.segment.start, 3)
 
+    def read_epic_frames(self, numbers: list[int], short_side: int) -> np.ndarray:
+        """``read_frames`` for frames named in EPIC's numbering (hand-object boxes, poses, the CSV columns):
+        each is read as the source's frame shown at that time (``FrameClock.from_epic``)."""
+        return self.read_frames([self.clock.from_epic(n) for n in numbers], short_side)
+
     def window(self, count: int | None = None, mode: str = "spread") -> Window:
         """The segment's window in the source's frames (``count`` samples of it), and whether it is decodable."""
         return self.clock.segment_window(self.segment, count, mode)

@@ -94,7 +94,7 @@ class HandsComponent(Component):
         numbers = in_segment(frames, s.start_frame, s.stop_frame)
         if not numbers:
             return unavailable(source, "no detection frames inside the segment")
-        times = [ctx.frame_time(n) for n in numbers]
+        times = [ctx.epic_frame_time(n) for n in numbers]  # hand-object boxes count frames as EPIC does
         step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / ctx.fps
         duration = round(s.duration, 3)
         vocab = noun_vocab(ctx, self._vocabs)
@@ -182,7 +182,7 @@ class HandsComponent(Component):
                 return {"object": votes.most_common(1)[0][0], "named_by": det_source}
         if self.namer is not None and vocab is not None and with_box and ctx.read_frames is not None:
             picked = spread(with_box, self.clip_frames)
-            images = ctx.read_frames([n for n, _ in picked], 0)
+            images = ctx.read_epic_frames([n for n, _ in picked], 0)
             with_prior, alone = self.namer.name_boxes_both(list(images), [b for _, b in picked], vocab,
                                                            prior=narration_nouns(ctx.segment, vocab))
             top, clip_only = mean_names(with_prior), mean_names(alone)

@@ -146,9 +146,10 @@ class FasterRCNNDetector:
 
 def summarise_objects(per_frame: dict[int, list[LabelledBox]], ctx: SegmentContext, hands_by_frame: dict | None,
                       score_threshold: float, hand_threshold: float = 0.5) -> tuple[list[dict], list[dict]]:
-    """Per label: first/last time seen, share of frames, mean confidence, position, nearest hand."""
+    """Per label: first/last time seen, share of frames, mean confidence, position, nearest hand. Frames are
+    named in EPIC's numbering, as the hand-object boxes are."""
     numbers = sorted(per_frame)
-    times = {n: ctx.frame_time(n) for n in numbers}
+    times = {n: ctx.epic_frame_time(n) for n in numbers}
     step = float(np.median(np.diff([times[n] for n in numbers]))) if len(numbers) > 1 else 1.0 / ctx.fps
     seen: dict[str, list] = defaultdict(list)
     for n in numbers:
@@ -226,8 +227,11 @@ class ObjectsComponent(Component):
             if ctx.read_frames is None:
                 return unavailable(self.detector.source, "no video frames for this segment")
             numbers = ctx.segment_frames(self.frames)
-            images = dict(zip(numbers, ctx.read_frames(numbers, 0)))
-            per_frame = dict(zip(numbers, self.detector(np.stack([images[n] for n in numbers]))))
+            frames = ctx.read_frames(numbers, 0)
+            # keyed by EPIC's frame numbers, as the hand-object boxes they are matched with
+            numbers = [ctx.clock.to_epic(n) for n in numbers]
+            images = dict(zip(numbers, frames))
+            per_frame = dict(zip(numbers, self.detector(frames)))
             # the detector's own labels, for the hands component (CLIP may name the unlabelled ones below)
             ctx.video_cache[("detector_boxes", s.narration_id)] = (self.detector.source, {
                 n: [LabelledBox(b.label, b.bbox, b.score) for b in boxes if b.label] for n, boxes in per_frame.items()})
@@ -274,7 +278,7 @@ class ObjectsComponent(Component):
             return None
         if images is None:
             numbers = sorted({n for n, _ in todo})
-            images = dict(zip(numbers, ctx.read_frames(numbers, 0)))
+            images = dict(zip(numbers, ctx.read_epic_frames(numbers, 0)))
         names = self.namer.name_boxes([images[n] for n, _ in todo], [b.bbox for _, b in todo], vocab,
                                       prior=narration_nouns(ctx.segment, vocab))
         for (_, b), nm in zip(todo, names):
