@@ -71,6 +71,27 @@ def test_pose_times_count_frames_as_epic_names_them(tmp_path):
     assert turning and turning[0]["start"] == pytest.approx(0.5, abs=0.02)  # frame 91: 1.5 s, 0.5 s in
 
 
+def test_poses_that_leave_the_segments_end_unregistered_give_way_to_odometry(tmp_path):
+    """A reconstruction that stops registering halfway through a segment would miss a turn in its second half: the
+    default camera uses odometry there and says why; ``source="colmap"`` keeps the poses."""
+    path = _fields_json(tmp_path / "P01_01.json", skip=range(31, 101))  # frames 1-30: the first 0.5 s
+    seg = Segment("P01_01_0", "P01", "P01_01", 0.0, 1.0, 1, 60)
+    views = _views([np.eye(3)] * 3)
+
+    def ctx():
+        return SegmentContext(layout=_Layout(tmp_path, poses=path), segment=seg, fps=59.94,
+                              read_frames=lambda nums, side: views[[0] * len(nums)])
+
+    rec = CameraComponent(frames=3).describe(ctx())
+    assert rec["data"]["method"] == "visual-odometry"
+    assert rec["data"]["poses_skipped"] == "the registered frames leave 0.52 s of the segment uncovered"
+    rec = CameraComponent(frames=3, source="colmap").describe(ctx())
+    assert rec["data"]["method"] == "epic-fields" and rec["data"]["uncovered_s"] == pytest.approx(0.517, abs=0.01)
+    # poses over the whole segment are used
+    full = _fields_json(tmp_path / "P01_01.json", n_frames=100)
+    assert full and CameraComponent(frames=3).describe(ctx())["data"]["method"] == "epic-fields"
+
+
 def test_pose_file_errors_name_the_line_an_editor_shows(tmp_path):
     bad = tmp_path / "P01_01.json"
     bad.write_text('{\n  "camera": {},\n  "images": {\n    "frame_0000000001.jpg": [1, 0, 0, 0, 0, 0, 0],\n  }\n}\n')

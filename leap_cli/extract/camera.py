@@ -306,10 +306,13 @@ class CameraComponent(Component):
     needs_frames = True
 
     def __init__(self, frames: int = 9, short_side: int = 240, fov_deg: float = 90.0, orb_features: int = 500,
-                 source: str = "auto"):
+                 source: str = "auto", max_uncovered_s: float = 0.25):
         if source not in ("auto", "vo", "colmap"):
             raise LeapError(f"unknown camera source {source!r}", fix="use auto, vo or colmap")
         self.source = source  # auto: COLMAP poses where they exist, else visual odometry
+        # auto: poses whose first registered frame comes later than this after the segment's start, or whose last
+        # comes earlier before its end (in all), leave odometry to describe the segment
+        self.max_uncovered_s = max_uncovered_s
         self.frames = frames
         self.short_side = short_side
         self.fov_deg = fov_deg
@@ -321,10 +324,14 @@ class CameraComponent(Component):
         skipped = None
         if poses_path is not None:
             rec = self._from_poses(ctx, poses_path)
-            if rec["status"] == "ok" or self.source == "colmap":
+            uncovered = rec["data"].get("uncovered_s", 0.0) if rec["status"] == "ok" else None
+            if self.source == "colmap" or (rec["status"] == "ok" and (uncovered <= self.max_uncovered_s or
+                                                                        ctx.read_frames is None)):
                 return rec
-            # auto: the reconstruction skipped this segment's frames (EPIC Fields registers a subset): odometry
-            skipped = rec["data"]["reason"]
+            # auto: the reconstruction skipped this segment's frames, or those at its start or end where a head
+            # turn may lie (EPIC Fields registers a subset): odometry
+            skipped = rec["data"]["reason"] if rec["status"] != "ok" else (
+                f"the registered frames leave {uncovered:.2f} s of the segment uncovered")
         elif self.source == "auto":
             skipped = "no poses for this video"
         if self.source == "colmap":
@@ -422,7 +429,9 @@ class CameraComponent(Component):
             steps.append(step)
         centres = np.array([c for _, c in poses.values()])
         seg_centre = np.mean([poses[n][1] for n in inside], axis=0)
-        extra = {"method": method, "registered_frames": len(inside)}
+        first, last = ctx.epic_frame_time(inside[0]), ctx.epic_frame_time(inside[-1])
+        uncovered = max(0.0, first) + max(0.0, round(s.stop - s.start, 3) - last)
+        extra = {"method": method, "registered_frames": len(inside), "uncovered_s": round(uncovered, 3)}
         if camera:
             extra["camera_model"] = camera
         return self._summary(steps, total, label, extra=extra, where=where_in_kitchen(centres, seg_centre))
