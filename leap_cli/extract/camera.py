@@ -128,14 +128,17 @@ class Tracker:
 
     About ``TRACK_POINTS`` Shi-Tomasi corners (spread at least 1/24 of the short side apart) are tracked by
     pyramidal Lucas-Kanade with a forward-backward check, and the survivors are carried on into the next pair
-    (KLT: corners are detected again only when too few survive). Where tracking keeps fewer than ``MIN_TRACKED``
-    (motion beyond the pyramid's reach, low texture), LK starts again from the global shift found by phase
-    correlation, and only if that fails too ORB features are matched (the slow path)."""
+    (KLT: corners are detected again only when too few survive). While the image moves by more than the
+    pyramid follows easily (a head turn going on), LK starts from the last pair's motion. Where tracking keeps
+    fewer than ``MIN_TRACKED`` (motion beyond the pyramid's reach, a turn that stopped, low texture), LK starts
+    again from the global shift found by phase correlation (or from none), and only if that fails too are ORB
+    features matched (the slow path)."""
 
     def __init__(self, orb, points: int = TRACK_POINTS, min_tracked: int = MIN_TRACKED):
         self.orb, self.points, self.min_tracked = orb, points, min_tracked
-        self._pts: np.ndarray | None = None
-        self.paths: list[str] = []  # per pair: "lk", "lk+shift" or "orb" (what found the correspondences)
+        self._pts: np.ndarray | None = None  # corners carried into the next pair
+        self._flow: np.ndarray | None = None  # the last pair's median motion (dx, dy)
+        self.paths: list[str] = []  # per pair: "lk", "lk+prior", "lk+shift", "orb" or "none" (what matched)
 
     def _detect(self, g: np.ndarray) -> np.ndarray:
         found = cv2.goodFeaturesToTrack(g, maxCorners=self.points, qualityLevel=0.01,
@@ -144,32 +147,38 @@ class Tracker:
 
     def pair(self, g1: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = g1.shape
-        pts = self._pts
+        pts, prior = self._pts, self._flow
+        self._pts, self._flow = None, None
         fresh = pts is None or len(pts) < TRACK_REFILL * self.points
         if fresh:
             pts = self._detect(g1)
-        self._pts = None
         if len(pts) < 8:
             self.paths.append("none")
             return np.zeros((0, 2)), np.zeros((0, 2))
-        nxt, ok = _lk(g1, g2, pts)
-        path = "lk"
+        big = LK_WINDOW / 2  # motion the pyramid follows from a zero start without trouble
+        guess = prior if prior is not None and np.hypot(*prior) > big else None  # a turn goes on: start there
+        nxt, ok = _lk(g1, g2, pts, guess)
+        path = "lk" if guess is None else "lk+prior"
         if ok.sum() < self.min_tracked:
             shift = global_shift(g1, g2)
-            if np.hypot(*shift) > LK_WINDOW / 2:  # a large motion LK may have missed: fresh corners, from there
+            if np.hypot(*shift) <= big:
+                shift = None
+            if shift is not None or guess is not None:  # a large motion LK missed, or a turn that stopped
                 pts2 = pts if fresh else self._detect(g1)
                 nxt2, ok2 = _lk(g1, g2, pts2, shift)
                 if ok2.sum() > ok.sum():
-                    pts, nxt, ok, path = pts2, nxt2, ok2, "lk+shift"
+                    pts, nxt, ok, path = pts2, nxt2, ok2, "lk" if shift is None else "lk+shift"
         p1 = pts.reshape(-1, 2)[ok].astype(np.float64)
         p2 = nxt.reshape(-1, 2)[ok].astype(np.float64)
         if len(p1) < self.min_tracked:
             q1, q2 = _orb_matches(g1, g2, self.orb)
             if len(q1) > len(p1):
                 self.paths.append("orb")
-                return q1, q2  # the next pair detects corners anew
+                return q1, q2  # the next pair detects corners anew, from no prior
         inside = ok & (nxt[:, 0, 0] >= 0) & (nxt[:, 0, 1] >= 0) & (nxt[:, 0, 0] < w) & (nxt[:, 0, 1] < h)
         self._pts = nxt[inside]
+        if len(p1):
+            self._flow = np.median(p2 - p1, axis=0)
         self.paths.append(path)
         return p1, p2
 
