@@ -481,3 +481,25 @@ def test_odometry_reads_small_frames_at_their_own_size_from_the_first_segment(ki
     assert all(side is None or side <= native for native, side in sides), sorted(set(sides))
     assert [r["components"]["camera"]["data"]["frame_size"] for r in read_jsonl(tmp_path / "t.jsonl")
             if r["components"]["camera"]["status"] == "ok"][0] == [192, 144]
+
+
+def test_spawned_workers_do_not_import_the_parents_main_script(kitchen, tmp_path):
+    """A worker needs the extract module only: the parent's __main__ (the `leap` console script imports the
+    whole CLI) is not run again in each spawned worker, and the workers still write every record."""
+    import subprocess
+    import sys
+
+    marker, out = tmp_path / "imported.txt", tmp_path / "t.jsonl"
+    script = tmp_path / "main_script.py"
+    script.write_text(
+        "import os\n"
+        f"open({str(marker)!r}, 'a').write(str(os.getpid()) + '\\n')\n"
+        "if __name__ == '__main__':\n"
+        "    from pathlib import Path\n"
+        "    from leap_cli.extract.runner import ExtractConfig, run_extract\n"
+        f"    s = run_extract(ExtractConfig(data=Path({str(kitchen)!r}), split='train', out=Path({str(out)!r}),\n"
+        "                                  components=('narration', 'camera'), workers=2))\n"
+        "    assert s.written == s.segments, (s.written, s.segments)\n")
+    subprocess.run([sys.executable, str(script)], check=True, timeout=300)
+    assert len(marker.read_text().split()) == 1  # the parent only
+    assert len(read_jsonl(out)) >= 3
