@@ -82,6 +82,13 @@ MIN_TRACKED = 16  # fewer tracked corners: try the global shift as a starting gu
 FIT = cv2.USAC_FAST
 
 
+def _mid(x: np.ndarray) -> np.ndarray:
+    """The (upper) median along the first axis: np.partition, without np.median's overhead (~0.1 ms a call,
+    twice per frame pair)."""
+    k = len(x) // 2
+    return np.partition(x, k, axis=0)[k]
+
+
 def _lk(g1: np.ndarray, g2: np.ndarray, pts: np.ndarray, shift: np.ndarray | None = None
         ) -> tuple[np.ndarray, np.ndarray]:
     """(positions in g2, kept mask) of ``pts`` (N,1,2 float32) tracked from g1 to g2, kept where tracking back
@@ -178,7 +185,7 @@ class Tracker:
         inside = ok & (nxt[:, 0, 0] >= 0) & (nxt[:, 0, 1] >= 0) & (nxt[:, 0, 0] < w) & (nxt[:, 0, 1] < h)
         self._pts = nxt[inside]
         if len(p1):
-            self._flow = np.median(p2 - p1, axis=0)
+            self._flow = _mid(p2 - p1)
         self.paths.append(path)
         return p1, p2
 
@@ -196,7 +203,7 @@ def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *,
     p1, p2 = matches if matches is not None else correspondences(g1, g2, orb)
     if len(p1) < 12:
         return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model=None)
-    if np.median(np.linalg.norm(p1 - p2, axis=1)) < 0.5:  # no parallax and no rotation: still
+    if _mid(np.linalg.norm(p1 - p2, axis=1)) < 0.5:  # no parallax and no rotation: still
         return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model="still")
     h, h_mask = cv2.findHomography(p1, p2, FIT, 3.0)
     h_in = int(h_mask.sum()) if h_mask is not None else 0
