@@ -1,8 +1,9 @@
 """Camera-motion component: visual odometry between frames sampled through the segment, or COLMAP poses.
 
-Visual odometry: ``frames`` frames (default 9) are decoded at ``short_side`` pixels; corners are tracked
-(pyramidal Lucas-Kanade, ORB matching where tracking fails) between consecutive samples; the essential matrix (RANSAC) and ``recoverPose`` give the rotation and the
-direction of translation. Intrinsics are assumed from the frame size: principal point at the centre and a
+Visual odometry: ``frames`` frames (default 9) are decoded at ``short_side`` pixels; a few corners are tracked
+through them (``Tracker``: pyramidal Lucas-Kanade, carried from frame to frame; phase correlation gives the start
+for large motion; ORB matching only where tracking fails); the essential matrix (USAC) and ``recoverPose`` give
+the rotation and the direction of translation. Intrinsics are assumed from the frame size: principal point at the centre and a
 horizontal field of view of ``fov_deg`` (default 90 deg, close to EPIC's GoPro linear view after undistortion).
 When the motion is (nearly) a pure rotation the essential matrix is degenerate, so, as ORB-SLAM does at
 initialisation, a homography is fitted as well; when it explains at least 70% as many matches as the essential
@@ -13,7 +14,8 @@ Angles (degrees, camera frame, x right, y down, z forward): yaw > 0 turns right,
 tilts clockwise. Steps are merged into phrases: "turns head left about 30 deg, then looks down about 15 deg".
 
 Frames are never upscaled for odometry: they are read at ``short_side`` or at the video's own size when that
-is smaller (the size is learnt from the first read of each video).
+is smaller (the size comes from the video's header, ``SegmentContext.frame_size``; without it, from the first
+read of each video).
 
 Poses: EPIC Fields' per-video JSON (``poses/P01_01.json``: ``camera`` with COLMAP's camera model, size and
 parameters incl. distortion, ``images`` {frame name: [qw, qx, qy, qz, tx, ty, tz]} world-to-camera, ``points``)
