@@ -82,6 +82,7 @@ MIN_TRACKED = 16  # fewer tracked corners: try the global shift as a starting gu
 # (0.07 ms instead of 0.25 for H on the kitchen's 192x144 frames) and a fiftieth of it on a pair of unrelated
 # frames, where RANSAC runs all its 2000 iterations (~40 ms for H, ~90 ms for E).
 FIT = cv2.USAC_FAST
+E_MAX_ITERS = 300  # bounds E's cost on unrelated frames (~6 ms); a good pair stops far earlier
 
 
 def _mid(x: np.ndarray) -> np.ndarray:
@@ -212,7 +213,8 @@ def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *,
     if h is not None and h_in >= H_RATIO * len(p1):
         e, e_mask, e_in, e_ok = None, None, 0, False  # E cannot have more inliers than matches: H wins anyway
     else:
-        e, e_mask = cv2.findEssentialMat(p1, p2, k, method=FIT, prob=0.999, threshold=1.0)
+        e, e_mask = cv2.findEssentialMat(p1, p2, k, method=FIT, prob=0.999, threshold=1.0,
+                                         maxIters=E_MAX_ITERS)
         e_ok = e is not None and e.shape == (3, 3)
         e_in = int(e_mask.sum()) if e_ok and e_mask is not None else 0
     if h is not None and h_in >= H_RATIO * e_in:
@@ -407,7 +409,7 @@ class CameraComponent(Component):
     name = "camera"
     needs_frames = True
 
-    def __init__(self, frames: int = 9, short_side: int = 240, fov_deg: float = 90.0, orb_features: int = 500,
+    def __init__(self, frames: int = 9, short_side: int = 240, fov_deg: float = 90.0, orb_features: int = 300,
                  source: str = "auto"):
         if source not in ("auto", "vo", "colmap"):
             raise LeapError(f"unknown camera source {source!r}", fix="use auto, vo or colmap")
