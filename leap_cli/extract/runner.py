@@ -377,7 +377,10 @@ def _worker_init(cfg: ExtractConfig, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it keeps what is written and stops the pool
     import cv2
 
+    import leap_cli.media.video as video
+
     cv2.setNumThreads(1)  # workers are the parallelism
+    video.DECODE_THREADS = 1
     if cfg.detector_weights is not None or cfg.audio_model is not None or cfg.clip_weights is not None:
         import torch
 
