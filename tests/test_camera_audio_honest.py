@@ -176,3 +176,13 @@ def test_audio_still_hears_a_sound_over_the_background():
     y = _fan(3.0, rng) + sound("running_water", 3.0, rng, level_db=-18.0)
     a = analyse(y, SR)
     assert sum(e["stop"] - e["start"] for e in a["events"] if e["label"] == "running_water") >= 2.0, a["events"]
+
+
+def test_odometry_plans_its_reads_at_the_sources_size_capped(tmp_path):
+    """With the source's size known from its header, the camera announces (and reads) frames at short side 240
+    only when the source is larger, else at the source's own size (0/None): never above the source's short side."""
+    seg = Segment("P01_01_0", "P01", "P01_01", 0.0, 1.0, 1, 25)
+    for size, want in (((192, 144), None), ((256, 240), None), ((1920, 1080), 240), ((1080, 1920), 240)):
+        ctx = SegmentContext(layout=_Layout(tmp_path), segment=seg, fps=25.0, frame_size=lambda size=size: size)
+        [(numbers, side)] = CameraComponent(frames=5, source="vo").frames_wanted(ctx)
+        assert len(numbers) == 5 and side == want, (size, side)

@@ -460,3 +460,45 @@ def test_a_video_missing_from_video_info_uses_its_own_fps_not_an_assumed_one(kit
     recs = {r["narration_id"]: r for r in read_jsonl(out)}
     # at an assumed 50 fps the 4-6 s segment would be read at frames 201-300 of this 150-frame, 25 fps video
     assert [recs[f"P01_01_{k}"]["components"]["camera"]["status"] for k in range(3)] == ["ok", "ok", "ok"]
+
+
+def test_odometry_reads_small_frames_at_their_own_size_from_the_first_segment(kitchen, tmp_path, monkeypatch):
+    """The camera learns the frame size from the video's header, so no frame is ever converted at a size above
+    the source's (no upscaling for odometry), not even for a video's first segment."""
+    import leap_cli.media.video as video
+
+    sides = []
+    real = video.to_rgb
+
+    def recording(bgr, short_side):
+        sides.append((min(bgr.shape[:2]), short_side))
+        return real(bgr, short_side)
+
+    monkeypatch.setattr(video, "to_rgb", recording)
+    s = run_extract(_cfg(kitchen, tmp_path / "t.jsonl", components=("camera",), camera_frames=5))
+    assert s.counts["camera"]["ok"] >= 2 and sides
+    assert all(side is None or side <= native for native, side in sides), sorted(set(sides))
+    assert [r["components"]["camera"]["data"]["frame_size"] for r in read_jsonl(tmp_path / "t.jsonl")
+            if r["components"]["camera"]["status"] == "ok"][0] == [192, 144]
+
+
+def test_spawned_workers_do_not_import_the_parents_main_script(kitchen, tmp_path):
+    """A worker needs the extract module only: the parent's __main__ (the `leap` console script imports the
+    whole CLI) is not run again in each spawned worker, and the workers still write every record."""
+    import subprocess
+    import sys
+
+    marker, out = tmp_path / "imported.txt", tmp_path / "t.jsonl"
+    script = tmp_path / "main_script.py"
+    script.write_text(
+        "import os\n"
+        f"open({str(marker)!r}, 'a').write(str(os.getpid()) + '\\n')\n"
+        "if __name__ == '__main__':\n"
+        "    from pathlib import Path\n"
+        "    from leap_cli.extract.runner import ExtractConfig, run_extract\n"
+        f"    s = run_extract(ExtractConfig(data=Path({str(kitchen)!r}), split='train', out=Path({str(out)!r}),\n"
+        "                                  components=('narration', 'camera'), workers=2))\n"
+        "    assert s.written == s.segments, (s.written, s.segments)\n")
+    subprocess.run([sys.executable, str(script)], check=True, timeout=300)
+    assert len(marker.read_text().split()) == 1  # the parent only
+    assert len(read_jsonl(out)) >= 3

@@ -217,3 +217,16 @@ def test_video_without_audio_track_is_unavailable(tmp_path):
     with pytest.raises(AudioUnavailable):
         read_video_audio(path, 0.0, 0.2)
     assert frame_to_time(26, 25.0) == 1.0
+
+
+def test_decode_threads_setting_gives_the_same_frames(mp4, monkeypatch):
+    """DECODE_THREADS (what extract's worker processes set to 1) reaches FFmpeg and changes no decoded frame."""
+    import leap_cli.media.video as video
+
+    frames = [1, 5, 9, 20]
+    with VideoReader(mp4) as r:
+        default = r.read_frames(frames)
+    monkeypatch.setattr(video, "DECODE_THREADS", 1)
+    with VideoReader(mp4) as r:
+        assert r._cap.get(cv2.CAP_PROP_N_THREADS) == 1
+        assert np.array_equal(r.read_frames(frames), default)

@@ -64,6 +64,8 @@ class SegmentContext:
     ``read_frames`` decodes only the frames asked for (the runner opens each video once per worker) and raises
     ``FramesUnavailable`` when the segment's window is not fully inside the decodable video;
     ``read_audio(sample_rate)`` returns the segment's mono samples (float32) or raises ``AudioUnavailable``.
+    ``frame_size()`` gives the source's (width, height) from its header (``FramesUnavailable`` as for reads), so
+    a component can choose the size it reads at before anything is decoded.
     """
 
     layout: DatasetLayout
@@ -73,6 +75,7 @@ class SegmentContext:
     read_audio: Callable[[int], np.ndarray] | None = None
     video_cache: dict[str, Any] = field(default_factory=dict)  # per-video state shared by components
     clock: FrameClock | None = None  # None: an MP4 at ``fps`` (what a bare context in a test means)
+    frame_size: Callable[[], tuple[int, int]] | None = None  # (width, height) of the source's frames, no decoding
 
     def __post_init__(self):
         if self.clock is None:

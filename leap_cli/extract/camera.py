@@ -1,8 +1,9 @@
 """Camera-motion component: visual odometry between frames sampled through the segment, or COLMAP poses.
 
-Visual odometry: ``frames`` frames (default 9) are decoded at ``short_side`` pixels; corners are tracked
-(pyramidal Lucas-Kanade, ORB matching where tracking fails) between consecutive samples; the essential matrix (RANSAC) and ``recoverPose`` give the rotation and the
-direction of translation. Intrinsics are assumed from the frame size: principal point at the centre and a
+Visual odometry: ``frames`` frames (default 9) are decoded at ``short_side`` pixels; a few corners are tracked
+through them (``Tracker``: pyramidal Lucas-Kanade, carried from frame to frame; phase correlation gives the start
+for large motion; ORB matching only where tracking fails); the essential matrix (USAC) and ``recoverPose`` give
+the rotation and the direction of translation. Intrinsics are assumed from the frame size: principal point at the centre and a
 horizontal field of view of ``fov_deg`` (default 90 deg, close to EPIC's GoPro linear view after undistortion).
 When the motion is (nearly) a pure rotation the essential matrix is degenerate, so, as ORB-SLAM does at
 initialisation, a homography is fitted as well; when it explains at least 70% as many matches as the essential
@@ -13,7 +14,8 @@ Angles (degrees, camera frame, x right, y down, z forward): yaw > 0 turns right,
 tilts clockwise. Steps are merged into phrases: "turns head left about 30 deg, then looks down about 15 deg".
 
 Frames are never upscaled for odometry: they are read at ``short_side`` or at the video's own size when that
-is smaller (the size is learnt from the first read of each video).
+is smaller (the size comes from the video's header, ``SegmentContext.frame_size``; without it, from the first
+read of each video).
 
 Poses: EPIC Fields' per-video JSON (``poses/P01_01.json``: ``camera`` with COLMAP's camera model, size and
 parameters incl. distortion, ``images`` {frame name: [qw, qx, qy, qz, tx, ty, tz]} world-to-camera, ``points``)
@@ -67,50 +69,152 @@ class PairEstimate(dict):
 
 _MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
 
+# The tracker (see ``Tracker``): a few well-spread corners carried from frame to frame by pyramidal Lucas-Kanade.
+# A rotation needs few correspondences; each corner costs two small LK solves (forward and back), so the cost per
+# segment is set by these numbers, not by the frame size.
+TRACK_POINTS = 48  # corners tracked per frame pair
+TRACK_REFILL = 0.6  # detect anew when fewer than this share of TRACK_POINTS survive
+LK_WINDOW = 9  # pixels (per pyramid level)
+LK_LEVELS = 3  # pyramid levels above the image: follows ~LK_WINDOW/2 * 2**LK_LEVELS pixels of motion
+LK_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 10, 0.03)
+MIN_TRACKED = 16  # fewer tracked corners: try the global shift as a starting guess, then ORB matching
+# Robust fits: OpenCV's USAC_FAST (SPRT rejects bad hypotheses early) costs a third of RANSAC on a good pair
+# (0.07 ms instead of 0.25 for H on the kitchen's 192x144 frames) and a fiftieth of it on a pair of unrelated
+# frames, where RANSAC runs all its 2000 iterations (~40 ms for H, ~90 ms for E).
+FIT = cv2.USAC_FAST
+E_MAX_ITERS = 300  # bounds E's cost on unrelated frames (~6 ms); a good pair stops far earlier
 
-def _track(g1: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Shi-Tomasi corners of g1 tracked into g2 by pyramidal Lucas-Kanade, kept where tracking back lands within
-    a pixel of the start."""
-    corners = cv2.goodFeaturesToTrack(g1, maxCorners=400, qualityLevel=0.01, minDistance=5)
-    if corners is None or len(corners) < 8:
+
+def _mid(x: np.ndarray) -> np.ndarray:
+    """The (upper) median along the first axis: np.partition, without np.median's overhead (~0.1 ms a call,
+    twice per frame pair)."""
+    k = len(x) // 2
+    return np.partition(x, k, axis=0)[k]
+
+
+def _lk(g1: np.ndarray, g2: np.ndarray, pts: np.ndarray, shift: np.ndarray | None = None
+        ) -> tuple[np.ndarray, np.ndarray]:
+    """(positions in g2, kept mask) of ``pts`` (N,1,2 float32) tracked from g1 to g2, kept where tracking back
+    lands within a pixel of the start. ``shift`` (dx, dy): where to start looking (large motion)."""
+    win = (LK_WINDOW, LK_WINDOW)
+    if shift is None:
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(g1, g2, pts, None, winSize=win, maxLevel=LK_LEVELS,
+                                              criteria=LK_CRITERIA)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(g2, g1, nxt, None, winSize=win, maxLevel=LK_LEVELS,
+                                                criteria=LK_CRITERIA)
+    else:
+        guess = (pts + shift.astype(np.float32)).astype(np.float32)
+        flag = cv2.OPTFLOW_USE_INITIAL_FLOW
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(g1, g2, pts, guess, winSize=win, maxLevel=LK_LEVELS,
+                                              criteria=LK_CRITERIA, flags=flag)
+        back, st2, _ = cv2.calcOpticalFlowPyrLK(g2, g1, nxt, (nxt - shift).astype(np.float32), winSize=win,
+                                                maxLevel=LK_LEVELS, criteria=LK_CRITERIA, flags=flag)
+    ok = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm(back - pts, axis=2).ravel() < 1.0)
+    return nxt, ok
+
+
+def global_shift(g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
+    """The dominant image translation (dx, dy) from g1 to g2 (phase correlation at half size): where LK starts
+    looking when the motion is too large for its pyramid (fast head turns)."""
+    a = cv2.pyrDown(g1).astype(np.float32)
+    b = cv2.pyrDown(g2).astype(np.float32)
+    (dx, dy), _ = cv2.phaseCorrelate(a, b, cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F))
+    return np.array([dx, dy]) * 2.0
+
+
+def _orb_matches(g1: np.ndarray, g2: np.ndarray, orb) -> tuple[np.ndarray, np.ndarray]:
+    """ORB keypoints of both frames matched by cross-checked Hamming distance (the slow path)."""
+    k1, d1 = orb.detectAndCompute(g1, None)
+    k2, d2 = orb.detectAndCompute(g2, None)
+    if d1 is None or d2 is None or len(k1) < 8 or len(k2) < 8:
         return np.zeros((0, 2)), np.zeros((0, 2))
-    nxt, st, _ = cv2.calcOpticalFlowPyrLK(g1, g2, corners, None, winSize=(21, 21), maxLevel=3)
-    back, st2, _ = cv2.calcOpticalFlowPyrLK(g2, g1, nxt, None, winSize=(21, 21), maxLevel=3)
-    ok = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm(back - corners, axis=2).ravel() < 1.0)
-    return corners.reshape(-1, 2)[ok].astype(np.float64), nxt.reshape(-1, 2)[ok].astype(np.float64)
+    matches = _MATCHER.match(d1, d2)
+    return (np.float64([k1[m.queryIdx].pt for m in matches]).reshape(-1, 2),
+            np.float64([k2[m.trainIdx].pt for m in matches]).reshape(-1, 2))
 
 
-def correspondences(g1: np.ndarray, g2: np.ndarray, orb, min_matches: int = 40, *, feats1=None,
-                    feats2=None) -> tuple[np.ndarray, np.ndarray]:
-    """Matched points (N,2) of two grey frames: Shi-Tomasi corners tracked by pyramidal Lucas-Kanade (fast:
-    about a third of ORB matching's cost per segment); where tracking keeps too few (large motion, low texture),
-    ORB + cross-checked Hamming matches instead. ``feats1/2``: ORB (keypoints, descriptors) computed already."""
-    q1, q2 = _track(g1, g2)
-    if len(q1) >= min_matches:
-        return q1, q2
-    k1, d1 = feats1 if feats1 is not None else orb.detectAndCompute(g1, None)
-    k2, d2 = feats2 if feats2 is not None else orb.detectAndCompute(g2, None)
-    p1 = p2 = np.zeros((0, 2))
-    if d1 is not None and d2 is not None and len(k1) >= 8 and len(k2) >= 8:
-        matches = _MATCHER.match(d1, d2)
-        p1 = np.float64([k1[m.queryIdx].pt for m in matches]).reshape(-1, 2)
-        p2 = np.float64([k2[m.trainIdx].pt for m in matches]).reshape(-1, 2)
-    return (p1, p2) if len(p1) > len(q1) else (q1, q2)
+class Tracker:
+    """Correspondences between consecutive frames of one segment, cheaply.
+
+    About ``TRACK_POINTS`` Shi-Tomasi corners (spread at least 1/24 of the short side apart) are tracked by
+    pyramidal Lucas-Kanade with a forward-backward check, and the survivors are carried on into the next pair
+    (KLT: corners are detected again only when too few survive). While the image moves by more than the
+    pyramid follows easily (a head turn going on), LK starts from the last pair's motion. Where tracking keeps
+    fewer than ``MIN_TRACKED`` (motion beyond the pyramid's reach, a turn that stopped, low texture), LK starts
+    again from the global shift found by phase correlation (or from none), and only if that fails too are ORB
+    features matched (the slow path)."""
+
+    def __init__(self, orb, points: int = TRACK_POINTS, min_tracked: int = MIN_TRACKED):
+        self.orb, self.points, self.min_tracked = orb, points, min_tracked
+        self._pts: np.ndarray | None = None  # corners carried into the next pair
+        self._flow: np.ndarray | None = None  # the last pair's median motion (dx, dy)
+        self.paths: list[str] = []  # per pair: "lk", "lk+prior", "lk+shift", "orb" or "none" (what matched)
+
+    def _detect(self, g: np.ndarray) -> np.ndarray:
+        found = cv2.goodFeaturesToTrack(g, maxCorners=self.points, qualityLevel=0.01,
+                                        minDistance=max(3, min(g.shape) // 24))
+        return found if found is not None else np.zeros((0, 1, 2), np.float32)
+
+    def pair(self, g1: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        h, w = g1.shape
+        pts, prior = self._pts, self._flow
+        self._pts, self._flow = None, None
+        fresh = pts is None or len(pts) < TRACK_REFILL * self.points
+        if fresh:
+            pts = self._detect(g1)
+        if len(pts) < 8:
+            self.paths.append("none")
+            return np.zeros((0, 2)), np.zeros((0, 2))
+        big = LK_WINDOW / 2  # motion the pyramid follows from a zero start without trouble
+        guess = prior if prior is not None and np.hypot(*prior) > big else None  # a turn goes on: start there
+        nxt, ok = _lk(g1, g2, pts, guess)
+        path = "lk" if guess is None else "lk+prior"
+        if ok.sum() < self.min_tracked:
+            shift = global_shift(g1, g2)
+            if np.hypot(*shift) <= big:
+                shift = None
+            if shift is not None or guess is not None:  # a large motion LK missed, or a turn that stopped
+                pts2 = pts if fresh else self._detect(g1)
+                nxt2, ok2 = _lk(g1, g2, pts2, shift)
+                if ok2.sum() > ok.sum():
+                    pts, nxt, ok, path = pts2, nxt2, ok2, "lk" if shift is None else "lk+shift"
+        p1 = pts.reshape(-1, 2)[ok].astype(np.float64)
+        p2 = nxt.reshape(-1, 2)[ok].astype(np.float64)
+        if len(p1) < self.min_tracked:
+            q1, q2 = _orb_matches(g1, g2, self.orb)
+            if len(q1) > len(p1):
+                self.paths.append("orb")
+                return q1, q2  # the next pair detects corners anew, from no prior
+        inside = ok & (nxt[:, 0, 0] >= 0) & (nxt[:, 0, 1] >= 0) & (nxt[:, 0, 0] < w) & (nxt[:, 0, 1] < h)
+        self._pts = nxt[inside]
+        if len(p1):
+            self._flow = _mid(p2 - p1)
+        self.paths.append(path)
+        return p1, p2
 
 
-def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *, feats1=None, feats2=None) -> PairEstimate:
-    """Camera rotation (and translation direction) from frame 1 to frame 2 (grey images)."""
-    p1, p2 = correspondences(g1, g2, orb, feats1=feats1, feats2=feats2)
+def correspondences(g1: np.ndarray, g2: np.ndarray, orb, min_matches: int = MIN_TRACKED
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Matched points (N,2) of two grey frames (one pair of a ``Tracker``)."""
+    return Tracker(orb, min_tracked=min_matches).pair(g1, g2)
+
+
+def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *,
+                  matches: tuple[np.ndarray, np.ndarray] | None = None) -> PairEstimate:
+    """Camera rotation (and translation direction) from frame 1 to frame 2 (grey images); ``matches``: the
+    correspondences found already (a ``Tracker``'s)."""
+    p1, p2 = matches if matches is not None else correspondences(g1, g2, orb)
     if len(p1) < 12:
         return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model=None)
-    if np.median(np.linalg.norm(p1 - p2, axis=1)) < 0.5:  # no parallax and no rotation: still
+    if _mid(np.linalg.norm(p1 - p2, axis=1)) < 0.5:  # no parallax and no rotation: still
         return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model="still")
-    h, h_mask = cv2.findHomography(p1, p2, cv2.RANSAC, 3.0)
+    h, h_mask = cv2.findHomography(p1, p2, FIT, 3.0)
     h_in = int(h_mask.sum()) if h_mask is not None else 0
     if h is not None and h_in >= H_RATIO * len(p1):
         e, e_mask, e_in, e_ok = None, None, 0, False  # E cannot have more inliers than matches: H wins anyway
     else:
-        e, e_mask = cv2.findEssentialMat(p1, p2, k, method=cv2.RANSAC, prob=0.999, threshold=1.0)
+        e, e_mask = cv2.findEssentialMat(p1, p2, k, method=FIT, prob=0.999, threshold=1.0,
+                                         maxIters=E_MAX_ITERS)
         e_ok = e is not None and e.shape == (3, 3)
         e_in = int(e_mask.sum()) if e_ok and e_mask is not None else 0
     if h is not None and h_in >= H_RATIO * e_in:
@@ -305,7 +409,7 @@ class CameraComponent(Component):
     name = "camera"
     needs_frames = True
 
-    def __init__(self, frames: int = 9, short_side: int = 240, fov_deg: float = 90.0, orb_features: int = 500,
+    def __init__(self, frames: int = 9, short_side: int = 240, fov_deg: float = 90.0, orb_features: int = 300,
                  source: str = "auto", max_uncovered_s: float = 0.25):
         if source not in ("auto", "vo", "colmap"):
             raise LeapError(f"unknown camera source {source!r}", fix="use auto, vo or colmap")
@@ -346,8 +450,9 @@ class CameraComponent(Component):
         h, w = greys[0].shape
         k = intrinsics(w, h, self.fov_deg)
         steps, total = [], np.eye(3)
+        tracker = Tracker(self.orb)
         for i in range(1, len(greys)):
-            est = relative_pose(greys[i - 1], greys[i], k, self.orb)
+            est = relative_pose(greys[i - 1], greys[i], k, self.orb, matches=tracker.pair(greys[i - 1], greys[i]))
             total = total @ est["r_cam"]
             yaw, pitch, roll = angles(est["r_cam"])
             step = {"start": ctx.frame_time(numbers[i - 1]), "stop": ctx.frame_time(numbers[i]),
@@ -361,19 +466,36 @@ class CameraComponent(Component):
             extra["poses_skipped"] = skipped
         return self._summary(steps, total, f"orb-vo:{len(numbers)} frames", extra=extra)
 
+    def _native(self, ctx: SegmentContext) -> int | None:
+        """The source's short side (None while unknown: a context without ``frame_size``, before a first read)."""
+        key = ("native_short_side", ctx.segment.video_id)
+        if key not in ctx.video_cache and ctx.frame_size is not None:
+            ctx.video_cache[key] = int(min(ctx.frame_size()))
+        return ctx.video_cache.get(key)
+
+    def _side(self, native: int) -> int:
+        """The short side odometry reads at: ``short_side``, or 0 (the frames as they are) where they are no
+        larger: frames are never upscaled."""
+        return 0 if native <= self.short_side else self.short_side
+
+    def frames_wanted(self, ctx: SegmentContext) -> list[tuple[list[int], int | None]]:
+        native = self._native(ctx)
+        if native is None:
+            return super().frames_wanted(ctx)
+        return [(ctx.segment_frames(self.frames), self._side(native) or None)]
+
     def _read(self, ctx: SegmentContext, numbers: list[int]) -> np.ndarray:
         """Frames at ``short_side``, or at the video's own size where that is smaller (never upscaled)."""
-        key = ("native_short_side", ctx.segment.video_id)
-        native = ctx.video_cache.get(key)
-        if native is None:
-            frames = ctx.read_frames(numbers, 0)  # the first read of a video learns its size
-            native = ctx.video_cache[key] = int(min(frames.shape[1:3]))
-            if native <= self.short_side:
-                return frames
-            from leap_cli.media.video import resize_short_side
+        native = self._native(ctx)
+        if native is not None:
+            return ctx.read_frames(numbers, self._side(native))
+        frames = ctx.read_frames(numbers, 0)  # no frame_size: the first read of a video learns its size
+        native = ctx.video_cache[("native_short_side", ctx.segment.video_id)] = int(min(frames.shape[1:3]))
+        if not self._side(native):
+            return frames
+        from leap_cli.media.video import resize_short_side
 
-            return np.stack([resize_short_side(f, self.short_side) for f in frames])
-        return ctx.read_frames(numbers, 0 if native <= self.short_side else self.short_side)
+        return np.stack([resize_short_side(f, self.short_side) for f in frames])
 
     def _summary(self, steps: list[dict], total: np.ndarray, source: str, extra: dict | None = None,
                  where: tuple[dict, str] | None = None) -> dict:

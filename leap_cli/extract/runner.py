@@ -4,9 +4,9 @@ Segments are taken video by video, so a video is opened once (per worker), and e
 frames every component and the frame cache will ask for are decoded in one pass (``_Video``), through the timing
 rule (``leap_cli.epic.timing``). A segment whose window is not fully inside the decodable video gets its
 frame-reading components ``unavailable`` with the reason (never a clamped or invented frame). Each record is
-appended (and fsynced) as soon as it is finished; a re-run skips finished segments, ``retry_errors`` redoes those
-with a failed component. A component's exception becomes ``status: error`` with a path-free message, and the run
-goes on. With ``workers > 1`` each segment is a task of its own (so Ctrl-C keeps every finished segment) and the
+appended (flushed) as soon as it is finished, and fsynced at most every ``SYNC_EVERY`` seconds and at the end; a
+re-run skips finished segments, ``retry_errors`` redoes those with a failed component. A component's exception
+becomes ``status: error`` with a path-free message, and the run goes on. With ``workers > 1`` each segment is a task of its own (so Ctrl-C keeps every finished segment) and the
 workers die with the parent.
 """
 
@@ -15,8 +15,10 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,6 +37,8 @@ from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl
 from leap_cli.outcome import Outcome
 
 log = logging.getLogger(__name__)
+
+SYNC_EVERY = 1.0  # seconds between fsyncs of the output (one per record cost ~3 ms: a quarter of a 144p decode)
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,11 @@ class _Video:
             if hasattr(self, "clock"):
                 self.clock = self.clock.with_frames(self.reader.num_frames)
 
+    def size(self, seg: Segment) -> tuple[int, int]:
+        """(width, height) of the video's frames, from its header (the reader is opened, nothing decoded)."""
+        self._open(seg.narration_id)
+        return self.reader.width, self.reader.height
+
     def start_segment(self, seg: Segment, plan: dict[int, set[int | None]]) -> None:
         self._segment, self._plan, self._memo = seg, plan, {}
 
@@ -266,7 +275,11 @@ def _planned_frames(ctx: SegmentContext, components: list[Component], cache: "Fr
     """Every (frame, short side) the components and the frame cache will ask for in this segment."""
     plan: dict[int, set[int | None]] = {}
     for comp in components:
-        for numbers, side in comp.frames_wanted(ctx):
+        try:
+            wanted = comp.frames_wanted(ctx)
+        except FramesUnavailable:  # the video cannot be opened: its reads will say so
+            wanted = []
+        for numbers, side in wanted:
             for n in numbers:
                 plan.setdefault(n, set()).add(side or None)
     if cache is not None and not cache.path(ctx.segment.video_id, ctx.segment.narration_id).exists():
@@ -306,7 +319,8 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
         layout=layout, segment=seg, fps=video.fps, video_cache=video.cache, clock=video.clock,
         read_frames=lambda nums, side: video.read(list(nums), side, seg),
         read_audio=lambda sr: read_segment_audio(
-            layout, seg.video_id, seg.start, max(seg.stop, seg.start + 0.05), sr, record=seg.narration_id))
+            layout, seg.video_id, seg.start, max(seg.stop, seg.start + 0.05), sr, record=seg.narration_id),
+        frame_size=lambda: video.size(seg))
     video.start_segment(seg, _planned_frames(ctx, components, cache))
     comps, timings = {}, {}
     decode0 = video.decode_seconds
@@ -363,7 +377,10 @@ def _worker_init(cfg: ExtractConfig, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it keeps what is written and stops the pool
     import cv2
 
+    import leap_cli.media.video as video
+
     cv2.setNumThreads(1)  # workers are the parallelism
+    video.DECODE_THREADS = 1
     if cfg.detector_weights is not None or cfg.audio_model is not None or cfg.clip_weights is not None:
         import torch
 
@@ -383,6 +400,24 @@ def _worker_segment(job: tuple[Segment, float | None]) -> tuple[dict, dict[str, 
     while len(videos) > _OPEN_VIDEOS:
         videos.pop(next(iter(videos))).close()
     return describe_segment(video, seg, _W["components"], _W["cache"])
+
+
+@contextmanager
+def _spawn_without_main():
+    """While workers are spawned, hide the parent's ``__main__`` (the ``leap`` console script, a benchmark) so
+    a spawned worker does not import it again: a worker needs only this module (its functions are pickled by
+    reference), and re-running ``leap``'s script imports the whole CLI (typer, rich: ~0.2 s CPU per worker)."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    if main is not None:
+        main.__dict__.pop("__file__", None)
+        main.__spec__ = None  # multiprocessing reads it: None and no __file__ mean nothing to import
+    try:
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.pop("__spec__", None)
+            main.__dict__.update(saved)
 
 
 def _error_ids(path: Path) -> set[str]:
@@ -406,7 +441,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     replace = _error_ids(cfg.out) if cfg.retry_errors else set()
     t_start = time.perf_counter()
     cache = FrameCache.from_config(cfg)
-    with JsonlAppender(cfg.out, replace_keys=replace) as appender:
+    with JsonlAppender(cfg.out, replace_keys=replace, sync_every=SYNC_EVERY) as appender:
         todo = [s for s in segments if s.narration_id not in appender]
         summary.done_before = len(segments) - len(todo)
         if on_start:
@@ -434,7 +469,9 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
                         c.close()
             else:
                 ctx = mp.get_context("spawn")
-                pool = ctx.Pool(min(cfg.workers, len(todo)), initializer=_worker_init, initargs=(cfg, os.getpid()))
+                with _spawn_without_main():
+                    pool = ctx.Pool(min(cfg.workers, len(todo)), initializer=_worker_init,
+                                    initargs=(cfg, os.getpid()))
                 try:
                     # One task per segment, video by video (a worker keeps its last videos open); each finished
                     # segment is written as it arrives.
