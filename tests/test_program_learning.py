@@ -21,7 +21,7 @@ from leap_cli.train.config import load_config
 from leap_cli.train.loop import main
 
 EPOCHS = 12
-SEED = 0  # seeds 0, 1, 2 measured by hand (docs/train.md, "Does the program decoder learn?")
+SEED = 0  # seeds 0, 1, 2 measured by hand: benchmarks/RESULTS.md, "The program heads learn"
 
 
 def step_verbs(folder: Path) -> list[int]:

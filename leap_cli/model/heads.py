@@ -1,7 +1,11 @@
 """LEAP heads on top of UniFormerV2: verb/noun classifiers, the action-program decoder, the condition
 head, and the anticipation aggregation of program embeddings over the clips before the action.
 
-Program decoder: a small transformer decoder over the backbone's video tokens. Row l of the program's token
+Program decoder: a small transformer decoder over a memory of the clip feature plus the verb/noun heads'
+probabilities (row 0, also added to every input row: a program follows from the action, and a decoder trained
+with teacher forcing on the video tokens alone read each row from the true row before it, so that its greedy
+programs on unseen clips fell short of the programs of the recognised action) and the backbone's video tokens.
+Row l of the program's token
 sequence (``programs.targets``: [S-Verb, Obj(A), Obj(B), hand, kind], kind = ``<step>`` or a loop /
 conditional / routine marker) receives the embedding of row l-1 -- a BOS row at l=0 -- and predicts row l
 (teacher forcing in training, greedy decoding otherwise), plus row l's pre- and post-conditions (multi-label

@@ -12,6 +12,8 @@
                   the context clips without gradients, saving the memory of C extra backbone passes)}
   decoder_dim, decoder_layers, decoder_heads, decoder_dropout   program-decoder options
                   (defaults: min(256, backbone width), 2, 4, 0.1)
+  decoder_recognition  (default true) the decoder's memory holds the verb/noun heads' probabilities
+  decoder_label_forcing  (default 0.5) fraction of training clips whose true verb/noun replace them
   any UniFormerV2Config field (grad_checkpointing, use_sdpa, drop_path_rate, temporal_downsample, no_lmhra, ...)
 
 Outputs of ``forward``: "verb" [B,V], "noun" [B,N] logits; with program heads also "step_verb" [B,L,Sv],
