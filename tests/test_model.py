@@ -142,6 +142,45 @@ def test_loss_without_program_and_padding():
     assert leap_loss(out, unknown, program_loss=False)[1]["ce_verb"] == 0
 
 
+def test_decoder_reads_the_recognition_heads_and_label_forcing_replaces_them():
+    torch.manual_seed(0)
+    model = build_model(tiny_args(decoder_dropout=0.0, decoder_label_forcing=1.0))
+    unzero_(model)
+    batch = make_batch()
+    video, steps = batch["video"], batch["program_steps"]
+    labels = (batch["verb_class"], batch["noun_class"])
+    shift = torch.arange(7.0) * 3
+
+    model.eval()
+    before = model(video, steps)["step_verb"]
+    assert torch.allclose(model(video, steps, labels=labels)["step_verb"], before)  # labels: training only
+    with torch.no_grad():
+        model.verb_head.bias.add_(shift)  # other verb probabilities, same clip feature
+    assert not torch.allclose(model(video, steps)["step_verb"], before, atol=1e-4)  # the decoder reads them
+
+    model.train()  # no dropout, no drop path: deterministic; forcing 1: every clip gets its true classes
+    forced = model(video, steps, labels=labels)["step_verb"]
+    unknown = model(video, steps, labels=(torch.tensor([-1, -1]), torch.tensor([-1, -1])))["step_verb"]
+    with torch.no_grad():
+        model.verb_head.bias.sub_(shift)
+    assert torch.allclose(model(video, steps, labels=labels)["step_verb"], forced, atol=1e-6)
+    # unknown classes (-1) are never forced: the heads' probabilities stay
+    assert not torch.allclose(model(video, steps, labels=(torch.tensor([-1, -1]), torch.tensor([-1, -1])))["step_verb"],
+                              unknown, atol=1e-4)
+
+
+def test_condition_pos_weight_weighs_the_positive_entries():
+    batch = make_batch()
+    out = {"verb": torch.zeros(2, 7), "noun": torch.zeros(2, 9), "step_verb": torch.zeros(2, 6, 8),
+           "step_obj_a": torch.zeros(2, 6, 10), "step_obj_b": torch.zeros(2, 6, 10), "conditions": torch.zeros(2, 10)}
+    pos = float(batch["conditions"].mean())
+    assert 0 < pos < 1
+    ln2 = float(torch.log(torch.tensor(2.0)))
+    assert leap_loss(out, batch)[1]["l_pc"] == pytest.approx(ln2, rel=1e-5)  # default: unweighted
+    weighted = leap_loss(out, batch, condition_pos_weight=10.0)[1]["l_pc"]
+    assert weighted == pytest.approx(ln2 * (10 * pos + (1 - pos)), rel=1e-5)
+
+
 def test_context_clips_without_gradients():
     torch.manual_seed(0)
     model = build_model(tiny_args(anticipation={"context": 2, "aggregate": True, "context_grad": False}))

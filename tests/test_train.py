@@ -216,7 +216,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
-    cfg = tiny_config("model.options={decoder_dropout: 0.0}")
+    cfg = tiny_config("model.options={decoder_dropout: 0.0, decoder_label_forcing: 0.0}")
     info = distributed.setup("cpu")
     try:
         from leap_cli.model import build_model
@@ -239,7 +239,7 @@ def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     from leap_cli.model import build_model
 
-    cfg = tiny_config("model.options={decoder_dropout: 0.0}")
+    cfg = tiny_config("model.options={decoder_dropout: 0.0, decoder_label_forcing: 0.0}")
     seed_everything(0)
     model = build_model(model_args_for(cfg, MemorySource()))
     loss, _, _ = forward_loss(model, make_batch(torch.Generator().manual_seed(5), 4), cfg)

@@ -1,7 +1,11 @@
 """LEAP heads on top of UniFormerV2: verb/noun classifiers, the action-program decoder, the condition
 head, and the anticipation aggregation of program embeddings over the clips before the action.
 
-Program decoder: a small transformer decoder over the backbone's video tokens. Row l of the program's token
+Program decoder: a small transformer decoder over a memory of the clip feature plus the verb/noun heads'
+probabilities (row 0, also added to every input row: a program follows from the action, and a decoder trained
+with teacher forcing on the video tokens alone read each row from the true row before it, so that its greedy
+programs on unseen clips fell short of the programs of the recognised action) and the backbone's video tokens.
+Row l of the program's token
 sequence (``programs.targets``: [S-Verb, Obj(A), Obj(B), hand, kind], kind = ``<step>`` or a loop /
 conditional / routine marker) receives the embedding of row l-1 -- a BOS row at l=0 -- and predicts row l
 (teacher forcing in training, greedy decoding otherwise), plus row l's pre- and post-conditions (multi-label
@@ -53,6 +57,7 @@ class ProgramDecoder(nn.Module):
 
     def __init__(
         self, spec: ProgramSpec, in_dim: int, dim: int = 256, layers: int = 2, heads: int = 4, dropout: float = 0.1,
+        recognition: int = 0,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -67,6 +72,9 @@ class ProgramDecoder(nn.Module):
         self.step_pos = nn.Parameter(torch.zeros(1, spec.max_steps, dim))
         nn.init.trunc_normal_(self.step_pos, std=0.02)
         self.memory_proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim))
+        # the verb/noun heads' probabilities (``recognition`` = verbs + nouns), added to memory row 0
+        self.recognition_in = nn.Linear(recognition, dim) if recognition else None
+        self.feature_in = nn.Linear(dim, dim)  # memory row 0, added to every input row
         layer = nn.TransformerDecoderLayer(
             dim, heads, dim_feedforward=4 * dim, dropout=dropout, activation="gelu", batch_first=True, norm_first=True
         )
@@ -80,9 +88,19 @@ class ProgramDecoder(nn.Module):
             self.kind_out = nn.Linear(dim, spec.structure)
         self.step_cond_out = nn.Linear(dim, 2 * spec.conditions) if spec.conditions and spec.structure else None
 
-    def memory(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens [B, M, C_backbone] -> decoder memory [B, M, dim]."""
-        return self.memory_proj(tokens)
+    def memory(self, tokens: torch.Tensor, feature: torch.Tensor | None = None,
+               recognition: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoder memory [B, 1+M, dim] from the video tokens [B, M, C_backbone]: row 0 is the clip feature
+        [B, C_backbone] (the verb/noun heads' input; the tokens' mean when not given) plus, when the decoder was
+        built with ``recognition``, the verb/noun heads' probabilities [B, verbs + nouns]."""
+        if feature is None:
+            feature = tokens.mean(1)
+        memory = self.memory_proj(torch.cat([feature[:, None], tokens], dim=1))
+        if self.recognition_in is not None:
+            if recognition is None:
+                raise ValueError("this decoder reads the verb/noun probabilities: pass recognition")
+            memory = torch.cat([memory[:, :1] + self.recognition_in(recognition)[:, None], memory[:, 1:]], dim=1)
+        return memory
 
     def _embed_inputs(self, prev: torch.Tensor) -> torch.Tensor:
         # prev: [B, l, K] previous-row ids (BOS/padding already mapped to index n)
@@ -117,7 +135,8 @@ class ProgramDecoder(nn.Module):
     def _decode(self, prev: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         l = prev.shape[1]
         causal = torch.triu(torch.full((l, l), float("-inf"), device=prev.device), diagonal=1)
-        h = self.decoder(self._embed_inputs(prev), memory, tgt_mask=causal, tgt_is_causal=True)
+        x = self._embed_inputs(prev) + self.feature_in(memory[:, :1])  # every row sees the clip feature
+        h = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True)
         return self.norm(h)  # [B, l, dim]
 
     def _heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:

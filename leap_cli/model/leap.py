@@ -12,6 +12,8 @@
                   the context clips without gradients, saving the memory of C extra backbone passes)}
   decoder_dim, decoder_layers, decoder_heads, decoder_dropout   program-decoder options
                   (defaults: min(256, backbone width), 2, 4, 0.1)
+  decoder_recognition  (default true) the decoder's memory holds the verb/noun heads' probabilities
+  decoder_label_forcing  (default 0.5) fraction of training clips whose true verb/noun replace them
   any UniFormerV2Config field (grad_checkpointing, use_sdpa, drop_path_rate, temporal_downsample, no_lmhra, ...)
 
 Outputs of ``forward``: "verb" [B,V], "noun" [B,N] logits; with program heads also "step_verb" [B,L,Sv],
@@ -30,7 +32,8 @@ from leap_cli.errors import LeapError
 from leap_cli.model.heads import IGNORE, AnticipationAggregator, ProgramDecoder, ProgramSpec
 from leap_cli.model.uniformerv2 import BUILDERS, UniFormerV2Config
 
-DECODER_DEFAULTS = {"decoder_dim": None, "decoder_layers": 2, "decoder_heads": 4, "decoder_dropout": 0.1}
+DECODER_DEFAULTS = {"decoder_dim": None, "decoder_layers": 2, "decoder_heads": 4, "decoder_dropout": 0.1,
+                    "decoder_recognition": True, "decoder_label_forcing": 0.5}
 MODEL_KEYS = {"backbone", "num_frames", "img_size", "num_verbs", "num_nouns", "program", "anticipation"}
 
 
@@ -74,10 +77,12 @@ class LeapModel(nn.Module):
                                 fix="give step_verbs, objects, conditions and max_steps") from None
             self.decoder = ProgramDecoder(
                 self.program_spec, width, dec["decoder_dim"], dec["decoder_layers"], dec["decoder_heads"],
-                dec["decoder_dropout"],
+                dec["decoder_dropout"], recognition=num_verbs + num_nouns if dec["decoder_recognition"] else 0,
             )
             self.condition_head = nn.Linear(width, 2 * self.program_spec.conditions)
 
+        self.label_forcing = float(dec["decoder_label_forcing"])
+        self.num_verbs, self.num_nouns = num_verbs, num_nouns
         self.context = 0
         self.context_grad = True
         self.aggregator: AnticipationAggregator | None = None
@@ -104,10 +109,30 @@ class LeapModel(nn.Module):
         feature = self.backbone.forward_head(fused, pre_logits=True)
         return feature, tokens.flatten(1, 2)
 
-    def _program_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _memory(self, feature: torch.Tensor, tokens: torch.Tensor, labels: tuple | None = None) -> torch.Tensor:
+        """The program decoder's memory: the clip feature, the verb/noun heads' probabilities on it (detached:
+        the program losses do not move the recognition heads through them) and the video tokens. In training,
+        ``labels`` (verb_class [B], noun_class [B]) replace the probabilities by the true classes' one-hot for a
+        ``decoder_label_forcing`` fraction of the clips (labels of -1 never), as teacher forcing does for the rows."""
+        assert self.decoder is not None
+        recognition = None
+        if self.decoder.recognition_in is not None:
+            parts = []
+            for head, n, i in ((self.verb_head, self.num_verbs, 0), (self.noun_head, self.num_nouns, 1)):
+                probs = head(feature).float().softmax(-1).detach()
+                if labels is not None and self.training and self.label_forcing > 0:
+                    y = labels[i].to(feature.device).long()
+                    force = (y >= 0) & (torch.rand(y.shape, device=y.device) < self.label_forcing)
+                    onehot = torch.nn.functional.one_hot(y.clamp(0, n - 1), n).float()
+                    probs = torch.where(force[:, None], onehot, probs)
+                parts.append(probs)
+            recognition = torch.cat(parts, -1).to(feature.dtype)
+        return self.decoder.memory(tokens, feature, recognition)
+
+    def _program_embedding(self, feature: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Mean decoder state of the greedily predicted program: [B, decoder_dim]."""
         assert self.decoder is not None
-        _, h = self.decoder.greedy(self.decoder.memory(tokens))
+        _, h = self.decoder.greedy(self._memory(feature, tokens))
         return h.mean(1)
 
     def _aggregate(
@@ -119,7 +144,7 @@ class LeapModel(nn.Module):
         embeds = feature.new_zeros(B, C + 1, self.aggregator.clip_pos.shape[-1])
         mask = torch.zeros(B, C + 1, dtype=torch.bool, device=feature.device)
         mask[:, C] = True
-        embeds[:, C] = self._program_embedding(tokens)
+        embeds[:, C] = self._program_embedding(feature, tokens)
         if context_video is not None and C > 0:
             if context_video.shape[1] != C:
                 raise LeapError(f"context_video holds {context_video.shape[1]} clips, the model expects {C}")
@@ -129,8 +154,8 @@ class LeapModel(nn.Module):
             if present.numel():
                 clips = context_video.flatten(0, 1)[present]  # [K, 3, T, H, W]
                 with torch.set_grad_enabled(self.context_grad and torch.is_grad_enabled()):
-                    _, ctx_tokens = self.encode(clips)
-                    ctx_embeds = self._program_embedding(ctx_tokens)  # [K, decoder_dim]
+                    ctx_feature, ctx_tokens = self.encode(clips)
+                    ctx_embeds = self._program_embedding(ctx_feature, ctx_tokens)  # [K, decoder_dim]
                 flat = embeds[:, :C].reshape(B * C, -1).index_put((present,), ctx_embeds.to(embeds.dtype))
                 embeds = torch.cat([flat.view(B, C, -1), embeds[:, C:]], dim=1)
             mask[:, :C] = cmask
@@ -140,12 +165,15 @@ class LeapModel(nn.Module):
     def forward(
         self, video: torch.Tensor, program_steps: torch.Tensor | None = None,
         context_video: torch.Tensor | None = None, context_mask: torch.Tensor | None = None,
+        labels: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Logits; the program decoder is teacher-forced when ``program_steps`` [B,L,3] is given, greedy otherwise."""
+        """Logits; the program decoder is teacher-forced when ``program_steps`` [B,L,K] is given, greedy otherwise
+        (``labels``: the true verb and noun classes, for ``decoder_label_forcing`` in training)."""
         feature, tokens = self.encode(video)
         out: dict[str, torch.Tensor] = {}
         if self.decoder is not None:
-            logits, _ = self.decoder(self.decoder.memory(tokens), program_steps)
+            logits, _ = self.decoder(self._memory(feature, tokens, labels if program_steps is not None else None),
+                                     program_steps)
             out.update(logits)
             out["conditions"] = self.condition_head(feature)
         action_feature = feature
@@ -165,8 +193,8 @@ class LeapModel(nn.Module):
         as in the targets. The program describes the clip's own action, so context clips do not change it."""
         if self.decoder is None or self.program_spec is None:
             raise LeapError("this model has no program heads", fix="build it with model_args.program")
-        _, tokens = self.encode(video)
-        ids, _ = self.decoder.greedy(self.decoder.memory(tokens))
+        feature, tokens = self.encode(video)
+        ids, _ = self.decoder.greedy(self._memory(feature, tokens))
         if pad_after_end:
             ids = ids.masked_fill(self.decoder.after_end(ids)[..., None], IGNORE)
         return ids

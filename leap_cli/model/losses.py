@@ -4,7 +4,10 @@ L_T is the mean cross-entropy over the columns of the program's token rows (``pr
 Obj(A), Obj(B), hand and the structure token -- ``<step>`` or a loop / conditional / routine marker; padding and
 the marker rows' verb/object/hand columns are -100 and ignored). L_PC is the binary cross-entropy of the
 conditions: the mean of the program-level term (pre/post of the whole program) and the per-row term (each
-row's pre/post multi-hot, over the rows of the true sequence), when the model predicts per-row conditions.
+row's pre/post multi-hot, over the rows of the true sequence), when the model predicts per-row conditions. A
+row holds one or two of a few hundred conditions (base rate ~1 %), so the positive entries weigh
+``condition_pos_weight`` (config ``loss.condition_pos_weight``, 10 by default): unweighted, predicting no condition
+at all is nearly optimal and the per-row F1 at threshold 0.5 stays at 0.
 Only segments with ``has_program`` enter L_T and L_PC; the others contribute the action cross-entropies only.
 Labels of -1 (unknown) are ignored.
 """
@@ -42,6 +45,7 @@ def leap_loss(
     lambda_pc: float = 1.0,
     label_smoothing: float = 0.0,
     program_loss: bool = True,
+    condition_pos_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts {"ce_verb", "ce_noun", "l_t", "l_pc"} (floats, for logging)."""
     ce_verb = _ce(outputs["verb"], batch["verb_class"].to(outputs["verb"].device), label_smoothing)
@@ -59,11 +63,14 @@ def leap_loss(
             l_t = sum(parts) / len(parts)
             cond_logits = outputs["conditions"][has].float()
             cond_target = batch["conditions"].to(loss.device)[has].float()
-            l_pc = F.binary_cross_entropy_with_logits(cond_logits, cond_target) if cond_logits.numel() else l_t * 0.0
+            pw = torch.tensor(condition_pos_weight, device=loss.device)
+            l_pc = F.binary_cross_entropy_with_logits(cond_logits, cond_target, pos_weight=pw) \
+                if cond_logits.numel() else l_t * 0.0
             if "step_conditions" in outputs and "step_conditions" in batch and cond_logits.numel():
                 rows = (steps[..., -1] != IGNORE)  # [B, L]: rows of the true sequences (has_program only)
                 st = _fit_rows(batch["step_conditions"].to(loss.device).float(), L, 0.0)
-                step_term = F.binary_cross_entropy_with_logits(outputs["step_conditions"].float()[rows], st[rows]) \
+                step_term = F.binary_cross_entropy_with_logits(outputs["step_conditions"].float()[rows], st[rows],
+                                                               pos_weight=pw) \
                     if rows.any() else l_t * 0.0
                 l_pc = (l_pc + step_term) / 2
             loss = loss + lambda_t * l_t + lambda_pc * l_pc

@@ -72,6 +72,7 @@ class LossConfig:
     lambda_pc: float = 1.0
     label_smoothing: float = 0.0
     program_loss: bool = True              # False: the L_CE-only baseline (--no-program-loss)
+    condition_pos_weight: float = 10.0     # weight of the positive entries in L_PC's multi-hot BCE (1: unweighted)
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,7 @@ def _validate(cfg: Config, source: str) -> None:
               ("optim.backbone_lr_scale", o.backbone_lr_scale, 0, None, False),
               ("optim.grad_clip", o.grad_clip, 0, None, False),
               ("loss.lambda_t", lo.lambda_t, 0, None, False), ("loss.lambda_pc", lo.lambda_pc, 0, None, False),
+              ("loss.condition_pos_weight", lo.condition_pos_weight, 0, None, True),
               ("loss.label_smoothing", lo.label_smoothing, 0, 0.999, False),
               ("train.epochs", t.epochs, 0, None, False), ("train.max_steps", t.max_steps, 0, None, False),
               ("train.log_every", t.log_every, 1, None, False), ("train.checkpoint_every", t.checkpoint_every, 0, None, False),

@@ -112,11 +112,13 @@ def forward_loss(model: nn.Module, batch: Batch, cfg: Config) -> tuple[torch.Ten
     kwargs = {}
     if "program_steps" in batch and cfg.loss.program_loss:
         kwargs["program_steps"] = batch["program_steps"]
+        kwargs["labels"] = (batch["verb_class"], batch["noun_class"])
     if "context_video" in batch:
         kwargs["context_video"] = batch["context_video"]
         kwargs["context_mask"] = batch["context_mask"]
     outputs = model(batch["video"], **kwargs)
     loss, parts = leap_loss(outputs, batch, lambda_t=cfg.loss.lambda_t, lambda_pc=cfg.loss.lambda_pc,
+                            condition_pos_weight=cfg.loss.condition_pos_weight,
                             label_smoothing=cfg.loss.label_smoothing, program_loss=cfg.loss.program_loss)
     return loss, parts, outputs
 
