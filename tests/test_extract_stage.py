@@ -421,6 +421,48 @@ def test_build_shards_reuses_extracts_decode_and_writes_the_same_bytes(kitchen, 
     assert decoded.manifest["shards"] == cached.manifest["shards"]
 
 
+def test_frame_cache_and_build_shards_store_small_frames_at_their_own_size(kitchen, tmp_path, monkeypatch):
+    """The kitchen's 192x144 frames at --short-side 256: extract caches them at 192x144 (not upscaled to
+    341x256), from the same single decode as the camera's, and build-shards copies them: the same bytes and frame
+    size as its own decode."""
+    import numpy as np
+
+    import leap_cli.media.video as video
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.extract.cache import FrameCache
+    from leap_cli.shards.format import iter_tar_samples
+    from leap_cli.shards.transforms import decode_jpegs
+    from leap_cli.shards.writer import LayoutOpener, ShardSettings, build_shards
+
+    sides = []
+    real_rgb = video.to_rgb
+    monkeypatch.setattr(video, "to_rgb", lambda bgr, side: sides.append(side) or real_rgb(bgr, side))
+    cache = tmp_path / "frame-cache"
+    run_extract(_cfg(kitchen, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache))
+    assert sides and set(sides) == {None}  # camera and cache read the same full-size frames: one conversion each
+    entries = sorted(cache.rglob("*.v2.s256q90.npz"))
+    assert len(entries) == 3
+    with np.load(entries[0]) as z:
+        first = z["data"].tobytes()[: int(z["sizes"][0])]
+    assert decode_jpegs([first]).shape == (1, 144, 192, 3)
+    layout = DatasetLayout.open(kitchen)
+    ann = layout.annotations()
+    settings = ShardSettings("train", frames=16, short_side=256)
+
+    def build(out, frame_cache):
+        return build_shards(ann.segments("train"), out=out, settings=settings, fps=ann.fps,
+                            opener=LayoutOpener(layout.root, layout.annotations_dir), cache=frame_cache)
+
+    cached = build(tmp_path / "w1", FrameCache(cache, 16, 256, 90))
+    decoded = build(tmp_path / "w2", None)
+    tars = sorted((tmp_path / "w1").rglob("*.tar"))
+    assert tars and [p.read_bytes() for p in tars] == [p.read_bytes() for p in sorted((tmp_path / "w2").rglob("*.tar"))]
+    assert cached.manifest["frame_sizes"] == decoded.manifest["frame_sizes"] == {"P01_01": [192, 144]}
+    shapes = {decode_jpegs([v for k, v in f.items() if k.endswith(".jpg")]).shape for p in tars
+              for _, f in iter_tar_samples(p)}
+    assert shapes == {(16, 144, 192, 3)}
+
+
 def test_info_reports_videos_whose_decoded_length_disagrees_with_video_info(kitchen, tmp_path):
     from typer.testing import CliRunner
 

@@ -584,3 +584,65 @@ def test_cli_build_shards_exits_3_when_every_segment_is_skipped(root, tmp_path):
     res = CliRunner().invoke(app, base + ["--workdir", str(tmp_path / "w3")])
     assert res.exit_code == 3, res.output
     assert "build-shards: all" in res.output and "x video cannot be opened" in res.output
+
+
+# ---- stored frame size: never upscaled ---------------------------------------------------------------------
+
+def _frame_shapes(out: Path, manifest: dict) -> dict[str, set]:
+    """{video: {(h, w) of every stored frame, context clips included}}."""
+    seen: dict[str, set] = {}
+    for shard in manifest["shards"]:
+        for _, fields in iter_tar_samples(out / shard["name"]):
+            video = json.loads(fields["json"])["video"]
+            frames = decode_jpegs([v for k, v in sorted(fields.items()) if k.endswith(".jpg")])
+            seen.setdefault(video, set()).add(frames.shape[1:3])
+    return seen
+
+
+def test_a_small_source_is_stored_at_its_own_size_and_a_large_one_at_short_side(root, tmp_path):
+    from leap_cli.shards.check import check_shards
+
+    small = build(root, tmp_path / "up", short_side=96)  # the 48x32 source is smaller than --short-side
+    assert _frame_shapes(small.out, small.manifest) == {"P01_01": {(32, 48)}, "P01_02": {(32, 48)}}
+    assert small.manifest["frame_sizes"] == {"P01_01": [48, 32], "P01_02": [48, 32]}
+    assert small.manifest["settings"]["short_side"] == 96 and "never upscaled" in small.manifest["settings"]["jpeg"]
+    down = build(root, tmp_path / "down", short_side=16)  # a source above --short-side: shrunk to it
+    assert _frame_shapes(down.out, down.manifest) == {"P01_01": {(16, 24)}, "P01_02": {(16, 24)}}
+    assert down.manifest["frame_sizes"] == {"P01_01": [24, 16], "P01_02": [24, 16]}
+    # downstream: the reader crops/resizes the smaller frames to the model's size, check-shards accepts them
+    assert check_shards(small.out).ok == 7
+    for train in (True, False):
+        ds = ShardDataset(small.out, train=train, num_frames=2, img_size=64, shuffle_buffer=1)
+        assert collate_clips(list(ds))["video"].shape == (7, 3, 2, 64, 64)
+    # the manifest's size is checked: a manifest that says otherwise is a problem named by check-shards
+    m = json.loads((small.out / "manifest.json").read_text())
+    m["frame_sizes"]["P01_02"] = [96, 64]
+    (small.out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(LeapError, match="frames are 48x32, the manifest's frame_sizes say 96x64 for video P01_02"):
+        check_shards(small.out)
+
+
+def test_anticipation_blank_and_context_frames_keep_the_sources_size(epic_root, tmp_path):
+    r = build(epic_root, tmp_path, task="anticipation", tau_a=1.0, tau_o=1.0, context=2, context_mode="segments",
+              short_side=96)
+    assert _frame_shapes(r.out, r.manifest) == {"P01_01": {(32, 48)}, "P01_02": {(32, 48)}}  # black frames too
+    ds = ShardDataset(r.out, train=True, num_frames=2, img_size=16, shuffle_buffer=1)
+    assert collate_clips(list(ds))["context_video"].shape == (7, 2, 3, 2, 16, 16)
+
+
+def test_stored_size_is_what_the_reader_resizes_to():
+    from leap_cli.extract.cache import stored_side, stored_size
+    from leap_cli.media.video import resize_short_side
+    from leap_cli.media.write import encode_jpeg
+    from leap_cli.shards.format import jpeg_size
+
+    for w, h, side in [(1920, 1080, 256), (1080, 1920, 256), (1440, 1080, 256), (256, 144, 256), (192, 144, 256),
+                       (455, 256, 256), (144, 256, 256), (641, 479, 240)]:
+        img = np.zeros((h, w, 3), np.uint8)
+        out = resize_short_side(img, stored_side(w, h, side))
+        assert (out.shape[1], out.shape[0]) == stored_size(w, h, side)
+        assert min(out.shape[:2]) == min(side, w, h)  # short side --short-side, or the source's: never upscaled
+        assert jpeg_size(encode_jpeg(out, 90)) == stored_size(w, h, side)
+    assert stored_size(1920, 1080, 256) == (455, 256) and stored_size(256, 144, 256) == (256, 144)
+    with pytest.raises(ValueError, match="not a JPEG"):
+        jpeg_size(b"\xff\xd8\xff\xe0\x00\x10JFIF")

@@ -2,9 +2,13 @@
 
 Extract and build-shards need frames of the same segments. Decoding a 1080p H.264 segment twice costs twice the
 CPU, so extract (which decodes the segment anyway) also encodes the ``frames`` frames build-shards will store
-(the same timing rule, short side and JPEG quality) and writes them to ``ROOT/VIDEO/NARRATION_ID.s256q90.npz``;
+(the same timing rule, short side and JPEG quality) and writes them to ``ROOT/VIDEO/NARRATION_ID.v2.s256q90.npz``;
 build-shards copies these JPEG bytes into its samples instead of decoding the video again, and decodes only the
 segments it finds no (or a different) cache entry for. The bytes are those build-shards would write itself.
+
+Frames are never upscaled: a source whose short side is at most ``short_side`` is stored at its own size
+(``stored_side``). Entries are named ``.v2.`` since then: the entries of earlier versions (small sources upscaled)
+are not read.
 
 An entry is written atomically (temporary name, then rename); a segment whose frames are unavailable gets none.
 """
@@ -28,6 +32,21 @@ def recognition_frames(clock: FrameClock, segment, count: int) -> list[int]:
     return list(clock.segment_window(segment, count, RECOGNITION_SAMPLING).frames)
 
 
+def stored_side(width: int, height: int, short_side: int) -> int | None:
+    """The short side build-shards stores a source's frames at: ``short_side``, or None (the frames as they are)
+    where the source's short side is no larger: frames are never upscaled."""
+    return short_side if min(width, height) > short_side else None
+
+
+def stored_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) of the stored frames of a ``width`` x ``height`` source (``resize_short_side``'s rounding)."""
+    if stored_side(width, height, short_side) is None:
+        return width, height
+    if height <= width:
+        return max(1, round(width * short_side / height)), short_side
+    return short_side, max(1, round(height * short_side / width))
+
+
 @dataclass(frozen=True)
 class FrameCache:
     root: Path
@@ -43,10 +62,17 @@ class FrameCache:
         return cls(Path(root), cfg.cache_frames, cfg.cache_short_side, cfg.cache_quality)
 
     def path(self, video_id: str, key: str) -> Path:
-        return self.root / video_id / f"{key}.s{self.short_side}q{self.quality}.npz"
+        return self.root / video_id / f"{key}.v2.s{self.short_side}q{self.quality}.npz"
 
     def frames_of(self, ctx) -> list[int]:
         return recognition_frames(ctx.clock, ctx.segment, self.frames)
+
+    def side(self, ctx) -> int | None:
+        """The short side to read the segment's frames at (``stored_side`` of the source's header size; 0: unknown,
+        read at full size). Raises ``FramesUnavailable`` when the video cannot be opened."""
+        if ctx.frame_size is None:
+            return 0
+        return stored_side(*ctx.frame_size(), self.short_side)
 
     def store(self, ctx, segment) -> bool:
         """Encode and write the segment's frames (read through ``ctx.read_frames``: served from extract's one
@@ -61,9 +87,15 @@ class FrameCache:
         if path.exists():
             return True
         try:
-            images = ctx.read_frames(numbers, self.short_side)
+            side = self.side(ctx)
+            images = ctx.read_frames(numbers, side)
         except FramesUnavailable:
             return False
+        if side == 0:  # no header size: read as they are, shrunk here where larger (never upscaled)
+            from leap_cli.media.video import resize_short_side
+
+            h, w = images.shape[1:3]
+            images = np.stack([resize_short_side(im, stored_side(w, h, self.short_side)) for im in images])
         blobs = [encode_jpeg(im, self.quality) for im in images]
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -283,8 +283,12 @@ def _planned_frames(ctx: SegmentContext, components: list[Component], cache: "Fr
             for n in numbers:
                 plan.setdefault(n, set()).add(side or None)
     if cache is not None and not cache.path(ctx.segment.video_id, ctx.segment.narration_id).exists():
+        try:
+            side = cache.side(ctx) or None  # never above the source's size
+        except FramesUnavailable:
+            side = None
         for n in cache.frames_of(ctx):
-            plan.setdefault(n, set()).add(cache.short_side)
+            plan.setdefault(n, set()).add(side)
     return plan
 
 

@@ -1,6 +1,6 @@
 """Check a shards folder against its manifest: every file present with its size and sha256, every sample
-parsable, its JSON readable and its JPEG frames decodable. Used by ``leap check-shards`` (e.g. after copying
-shards to a cluster) with the same ``on_error`` policy as the reader."""
+parsable, its JSON readable and its JPEG frames decodable (at the size the manifest's ``frame_sizes`` says). Used
+by ``leap check-shards`` (e.g. after copying shards to a cluster) with the same ``on_error`` policy as the reader."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ def check_shards(source: str | Path, *, on_error: str = "raise", verify_hash: bo
                             fix="rebuild the shards with leap build-shards (a re-run redoes damaged files)")
         report.problems.append({"shard": shard, "sample": sample, "problem": what})
 
+    stored = manifest.get("frame_sizes") or {}  # {video: [width, height]}; absent in older manifests
     done = 0
     for info in manifest["shards"]:
         path = folder / info["name"]
@@ -64,7 +65,11 @@ def check_shards(source: str | Path, *, on_error: str = "raise", verify_hash: bo
                     if not frames:
                         raise ValueError("no frames")
                     if decode:
-                        decode_jpegs(frames)
+                        size = list(decode_jpegs(frames).shape[2:0:-1])
+                        said = stored.get(meta.get("video"))
+                        if said and size != said:
+                            raise ValueError(f"frames are {size[0]}x{size[1]}, the manifest's frame_sizes say "
+                                             f"{said[0]}x{said[1]} for video {meta.get('video')}")
                     report.ok += 1
                 except (ValueError, KeyError, json.JSONDecodeError) as e:
                     problem(info["name"], key, f"{type(e).__name__}: {e}")

@@ -176,6 +176,8 @@ def _merge(parts: list[dict], paths: list[Path]) -> dict:
             for c, v in h.items():
                 acc[c] = acc.get(c, 0) + v
     merged["histograms"] = {k: dict(sorted(v.items(), key=lambda kv: int(kv[0]))) for k, v in hist.items()}
+    if any("frame_sizes" in p for p in parts):
+        merged["frame_sizes"] = dict(sorted({v: s for p in parts for v, s in p.get("frame_sizes", {}).items()}.items()))
     merged.pop("part", None)
     merged["parts"] = [str(p.name) for p in paths]
     return merged
@@ -217,6 +219,23 @@ def merge_parts(folder: str | Path) -> dict | None:
                         fix=f"run leap build-shards --shard i/{total} for the missing parts")
     ordered = [found[i] for i in range(total)]
     return _merge([json.loads(p.read_text(encoding="utf-8")) for p in ordered], ordered)
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of a baseline or progressive JPEG, from its SOF header (nothing decoded)."""
+    at = 2
+    while at + 9 <= len(data):
+        if data[at] != 0xFF:
+            break
+        marker = data[at + 1]
+        if marker in (0xFF, 0x01) or 0xD0 <= marker <= 0xD7:
+            at += 1 if marker == 0xFF else 2
+            continue
+        length = int.from_bytes(data[at + 2:at + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[at + 7:at + 9], "big"), int.from_bytes(data[at + 5:at + 7], "big")
+        at += 2 + length
+    raise ValueError("not a JPEG with a frame header")
 
 
 def read_sample_at(f: io.BufferedReader, offset: int, size: int) -> bytes:

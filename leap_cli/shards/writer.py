@@ -33,16 +33,19 @@ from leap_cli.common import ShardSpec
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
-from leap_cli.extract.cache import FrameCache, recognition_frames
+from leap_cli.extract.cache import FrameCache, recognition_frames, stored_side, stored_size
 from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl, sha256_file, stable_hash
 from leap_cli.media.write import encode_jpeg
-from leap_cli.shards.format import (FORMAT, check_key, frame_field, manifest_name, sample_bytes, shard_name,
-                                    tar_end)
+from leap_cli.shards.format import (FORMAT, check_key, frame_field, jpeg_size, manifest_name, sample_bytes,
+                                    shard_name, tar_end)
 
 log = logging.getLogger(__name__)
 
 
 class FrameReader(Protocol):
+    width: int  # of the source's frames, from its header
+    height: int
+
     def read_frames(self, indices: list[int], short_side: int | None = None) -> np.ndarray:  # [T,H,W,3] uint8 RGB
         ...
 
@@ -200,8 +203,9 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
                  cache: FrameCache | None = None) -> list[tuple[str, dict | str]]:
     """Read and JPEG-encode the frames of every sample of one video. Returns [(key, {field: bytes} | reason)].
 
-    A sample's observed frames found in ``cache`` (written by ``leap extract`` from its own decode, at these
-    settings) are copied as they are; the video is opened only for what the cache does not hold."""
+    Frames are stored at ``settings.short_side``, or at the source's own size where its short side is no larger
+    (never upscaled). A sample's observed frames found in ``cache`` (written by ``leap extract`` from its own decode,
+    at these settings) are copied as they are; the video is opened only for what the cache does not hold."""
     import cv2
 
     cv2.setNumThreads(1)
@@ -227,8 +231,7 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
             clips = [(None, s.frames)] + [(c, idx) for c, idx in enumerate(s.context) if idx]
             if not s.frames:  # anticipation before the video's first tau_a seconds: a black observed clip
                 r = reader()
-                h = settings.short_side if r.height <= r.width else round(settings.short_side * r.height / r.width)
-                w = round(h * r.width / r.height)
+                w, h = stored_size(r.width, r.height, settings.short_side)
                 black = encode_jpeg(np.zeros((h, w, 3), np.uint8), settings.jpeg_quality)
                 fields.update({frame_field(i): black for i in range(settings.frames)})
                 clips = clips[1:]
@@ -238,7 +241,8 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
                     for i, jpg in enumerate(cached):
                         fields[frame_field(i, ctx)] = jpg
                     continue
-                frames = reader().read_frames(list(idx), settings.short_side)
+                r = reader()
+                frames = r.read_frames(list(idx), stored_side(r.width, r.height, settings.short_side))
                 if frames is None or len(frames) != len(idx):
                     raise ValueError(f"got {0 if frames is None else len(frames)} of {len(idx)} frames")
                 for i, fr in enumerate(frames):
@@ -438,7 +442,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         notes.append("no program file: every sample has has_program: false")
     targets_manifest = targets.manifest() if targets is not None else None
     sources = dict(sources or {})
-    settings_hash = stable_hash({"format": FORMAT, "settings": asdict(settings), "sources": sources,
+    settings_hash = stable_hash({"format": FORMAT, "settings": asdict(settings), "upscale": False, "sources": sources,
                                  "targets": targets_manifest, "shard": [shard.index, shard.count]})
 
     jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
@@ -504,7 +508,8 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
                         fields["json"] = json.dumps(rec, ensure_ascii=False, sort_keys=True).encode("utf-8")
                         sink.add(key, sample_bytes(key, fields),
                                  {"verb_class": seg.verb_class, "noun_class": seg.noun_class,
-                                  "has_program": tgt is not None})
+                                  "has_program": tgt is not None, "video": seg.video_id,
+                                  "frame_size": list(jpeg_size(fields[frame_field(0)]))})
                         written += 1
                     done_count += 1
                     if progress:
@@ -562,11 +567,13 @@ def _manifest(settings: ShardSettings, shards: list[dict], trailing: list[dict],
         "split": settings.split,
         "task": settings.task,
         "settings": {**asdict(settings), "sampling": "centres of T equal chunks of the segment (1-based frames)",
-                     "jpeg": "RGB, short side resized with INTER_AREA by the frame reader"},
+                     "jpeg": "RGB, short side resized to short_side by the frame reader, never upscaled: a source "
+                             "whose short side is no larger is stored at its own size (frame_sizes)"},
         "part": {"index": shard.index, "count": shard.count},
         "counts": {"segments": segments, "samples": len(samples), "skipped": len(skipped),
                    "with_program": with_prog, "without_program": len(samples) - with_prog, "shards": len(shards)},
         "histograms": hist,
+        "frame_sizes": frame_sizes(samples),
         "targets": targets_manifest,
         "sources": sources,
         "programs": prog_report,
@@ -575,6 +582,15 @@ def _manifest(settings: ShardSettings, shards: list[dict], trailing: list[dict],
                     "sizes": [x["size"] for x in r["samples"]]} for r in shards],
         "skipped": skipped,
     }
+
+
+def frame_sizes(samples: list[dict]) -> dict[str, list[int]]:
+    """{video: [width, height]} of the stored frames, from the samples' records (first sample of each video)."""
+    out: dict[str, list[int]] = {}
+    for x in samples:
+        if x.get("video") is not None and x.get("frame_size"):
+            out.setdefault(x["video"], x["frame_size"])
+    return dict(sorted(out.items()))
 
 
 def read_programs(path: str | Path | None) -> list[dict] | None:
