@@ -476,7 +476,9 @@ class CameraComponent(Component):
     def _side(self, native: int) -> int:
         """The short side odometry reads at: ``short_side``, or 0 (the frames as they are) where they are no
         larger: frames are never upscaled."""
-        return 0 if native <= self.short_side else self.short_side
+        from leap_cli.extract.cache import stored_side  # the one "never upscale" rule, as build-shards stores
+
+        return stored_side(native, native, self.short_side) or 0
 
     def frames_wanted(self, ctx: SegmentContext) -> list[tuple[list[int], int | None]]:
         native = self._native(ctx)
