@@ -343,6 +343,22 @@ def test_cli_train_on_shards_stop_and_resume(shard_work: Path, tmp_path: Path) -
     assert r.exit_code != 0 and "optim.lrr" in str(r.exception or r.output)
 
 
+def test_shards_without_programs_train_without_program_heads(shard_work: Path, tmp_path: Path) -> None:
+    """Shards with no valid program (no generate-programs run): L_CE only, and no program head is built that
+    nothing would train (it used to build zero-sized condition heads)."""
+    from leap_cli.shards.writer import ShardSettings, build_split
+
+    root = _kitchen(tmp_path / "kitchen")
+    build_split(root, "train", workdir=tmp_path, settings=ShardSettings(split="train", frames=4, short_side=32))
+    cfg = tiny_config(f"data.train={tmp_path / 'shards' / 'train'}", "train.max_steps=1")
+    result = main(cfg, workdir=tmp_path, name="noprog")
+    assert result.model_args["program"] is None
+    # the same config on shards with programs builds the heads
+    cfg = tiny_config(f"data.train={shard_work / 'shards' / 'train'}", "train.max_steps=1",
+                      "model.options={decoder_dim: 32}")
+    assert main(cfg, workdir=tmp_path, name="prog").model_args["program"] is not None
+
+
 def test_resume_on_real_shards_is_exact_with_num_workers_0(shard_work: Path) -> None:
     """The shards reader in the main process (data.num_workers 0, the default): 12 steps in one run give the same
     weights as 5 steps, stop (mid-epoch 1), resume. The epoch order used to depend on how often the dataset had

@@ -55,8 +55,10 @@ class ShardSource:
                             fix="lower model.anticipation_context or rebuild with more --context")
         self.num_verbs, self.num_nouns = class_counts(manifest, self.train_dir / "manifest.json")
         self.program_targets = manifest.get("targets")
-        if not manifest.get("counts", {}).get("with_program") and cfg.loss.program_loss:
-            log.warning("%s: no sample has a valid program; training with L_CE only", self.train_dir)
+        if not manifest.get("counts", {}).get("with_program"):
+            self.program_targets = None  # no program heads: nothing would train them
+            if cfg.loss.program_loss:
+                log.warning("%s: no sample has a valid program; training with L_CE only", self.train_dir)
         # Each DataLoader worker batches its own slice (drop_last per worker), so count per worker.
         m, nw, B = len(self.train), max(1, cfg.data.num_workers), cfg.data.batch_size
         self.batches_per_epoch = sum(((w + 1) * m // nw - w * m // nw) // B for w in range(nw))
@@ -72,7 +74,7 @@ class ShardSource:
                 self.val = ShardDataset(val_dir, train=False, num_frames=cfg.model.num_frames,
                                         img_size=cfg.model.img_size, rank=info.rank, world_size=info.world_size)
                 self.val_size = self.val.size
-                if self.val.manifest.get("targets") != self.program_targets:
+                if self.val.manifest.get("targets") != manifest.get("targets"):
                     raise LeapError("the validation shards use another targets vocabulary than the training shards",
                                     path=val_dir, fix="rebuild the val shards after the train shards")
             else:
