@@ -50,6 +50,9 @@ def vo_cost(data: Path, video: str, segments: int = 24) -> dict:
     from leap_cli.extract.runner import iter_video
 
     class Upscaling(CameraComponent):  # the camera before: frames read at short side 240 whatever their size
+        def frames_wanted(self, ctx):
+            return [(ctx.segment_frames(self.frames), self.short_side)]
+
         def _read(self, ctx, numbers):
             return ctx.read_frames(numbers, self.short_side)
 

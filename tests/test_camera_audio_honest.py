@@ -124,14 +124,19 @@ def test_odometry_never_upscales(tmp_path):
             return np.stack([cv2.resize(f, (round(f.shape[1] * side / f.shape[0]), side)) for f in big[:len(nums)]])
 
         comp = CameraComponent(frames=3, source="vo")
-        cache: dict = {}
-        for start in (0.0, 1.0):
-            seg = Segment("P01_01_0", "P01", "P01_01", start, start + 1.0, int(start * 25) + 1, int(start * 25) + 25)
-            rec = comp.describe(SegmentContext(layout=_Layout(tmp_path), segment=seg, fps=25.0, read_frames=read,
-                                               video_cache=cache))
-        assert rec["status"] == "ok"
-        assert min(rec["data"]["frame_size"]) == min(min(big.shape[1:3]), 240)
-    assert asked == [0, 0, 0, 240]  # first read of each video learns its size; then native (small) or 240 (large)
+        for header in (True, False):  # the runner's contexts know the header size; a bare one does not
+            for start in (0.0, 1.0):
+                seg = Segment("P01_01_0", "P01", "P01_01", start, start + 1.0, int(start * 25) + 1, int(start * 25) + 25)
+                size = (lambda big=big: (big.shape[2], big.shape[1])) if header else None
+                rec = comp.describe(SegmentContext(layout=_Layout(tmp_path), segment=seg, fps=25.0, read_frames=read,
+                                                   frame_size=size))
+                assert rec["status"] == "ok"
+                assert min(rec["data"]["frame_size"]) == min(min(big.shape[1:3]), 240)
+                assert comp.frames_wanted(SegmentContext(layout=_Layout(tmp_path), segment=seg, fps=25.0,
+                                                         frame_size=size))[0][1] == (
+                    240 if header and min(size()) > 240 else None)
+    # with the header size: small frames as they are, large ones at 240; without it, read as they are, then shrunk
+    assert asked == [None, None, None, None, 240, 240, None, None]
 
 
 def _fan(seconds, rng, level_db=-35.0):

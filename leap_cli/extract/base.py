@@ -91,6 +91,28 @@ class SegmentContext:
         files: 60 per second, 50 for the 50 fps videos)."""
         return round((frame_number - 1) / epic_frame_rate(self.fps) - self.segment.start, 3)
 
+    def side_at_most(self, short_side: int | None) -> int | None:
+        """The short side to read at for frames of at most ``short_side`` pixels: ``short_side`` where the source
+        (its header size, ``frame_size``) is larger, None (as they are) where it is not: never upscaled. None too
+        when the size is unknown (no ``frame_size``): ``read_at_most`` then shrinks after reading."""
+        if not short_side or self.frame_size is None:
+            return None
+        from leap_cli.extract.cache import stored_side
+
+        return stored_side(*self.frame_size(), short_side)
+
+    def read_at_most(self, numbers: list[int], short_side: int | None) -> np.ndarray:
+        """``read_frames`` at ``side_at_most(short_side)``: frames never upscaled. Without ``frame_size`` (a bare
+        context) the frames are read as they are and shrunk here where larger."""
+        if self.frame_size is not None or not short_side:
+            return self.read_frames(numbers, self.side_at_most(short_side))
+        from leap_cli.extract.cache import stored_side
+        from leap_cli.media.video import resize_short_side
+
+        frames = self.read_frames(numbers, None)
+        side = stored_side(frames.shape[2], frames.shape[1], short_side)
+        return frames if side is None else np.stack([resize_short_side(f, side) for f in frames])
+
     def read_epic_frames(self, numbers: list[int], short_side: int) -> np.ndarray:
         """``read_frames`` for frames named in EPIC's numbering (hand-object boxes, poses, the CSV columns):
         each is read as the source's frame shown at that time (``FrameClock.from_epic``)."""

@@ -67,13 +67,6 @@ class FrameCache:
     def frames_of(self, ctx) -> list[int]:
         return recognition_frames(ctx.clock, ctx.segment, self.frames)
 
-    def side(self, ctx) -> int | None:
-        """The short side to read the segment's frames at (``stored_side`` of the source's header size; 0: unknown,
-        read at full size). Raises ``FramesUnavailable`` when the video cannot be opened."""
-        if ctx.frame_size is None:
-            return 0
-        return stored_side(*ctx.frame_size(), self.short_side)
-
     def store(self, ctx, segment) -> bool:
         """Encode and write the segment's frames (read through ``ctx.read_frames``: served from extract's one
         decode). False when the frames are unavailable."""
@@ -87,15 +80,9 @@ class FrameCache:
         if path.exists():
             return True
         try:
-            side = self.side(ctx)
-            images = ctx.read_frames(numbers, side)
+            images = ctx.read_at_most(numbers, self.short_side)  # never upscaled (``stored_side``)
         except FramesUnavailable:
             return False
-        if side == 0:  # no header size: read as they are, shrunk here where larger (never upscaled)
-            from leap_cli.media.video import resize_short_side
-
-            h, w = images.shape[1:3]
-            images = np.stack([resize_short_side(im, stored_side(w, h, self.short_side)) for im in images])
         blobs = [encode_jpeg(im, self.quality) for im in images]
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -466,38 +466,12 @@ class CameraComponent(Component):
             extra["poses_skipped"] = skipped
         return self._summary(steps, total, f"orb-vo:{len(numbers)} frames", extra=extra)
 
-    def _native(self, ctx: SegmentContext) -> int | None:
-        """The source's short side (None while unknown: a context without ``frame_size``, before a first read)."""
-        key = ("native_short_side", ctx.segment.video_id)
-        if key not in ctx.video_cache and ctx.frame_size is not None:
-            ctx.video_cache[key] = int(min(ctx.frame_size()))
-        return ctx.video_cache.get(key)
-
-    def _side(self, native: int) -> int:
-        """The short side odometry reads at: ``short_side``, or 0 (the frames as they are) where they are no
-        larger: frames are never upscaled."""
-        from leap_cli.extract.cache import stored_side  # the one "never upscale" rule, as build-shards stores
-
-        return stored_side(native, native, self.short_side) or 0
-
     def frames_wanted(self, ctx: SegmentContext) -> list[tuple[list[int], int | None]]:
-        native = self._native(ctx)
-        if native is None:
-            return super().frames_wanted(ctx)
-        return [(ctx.segment_frames(self.frames), self._side(native) or None)]
+        return [(ctx.segment_frames(self.frames), ctx.side_at_most(self.short_side))]
 
     def _read(self, ctx: SegmentContext, numbers: list[int]) -> np.ndarray:
         """Frames at ``short_side``, or at the video's own size where that is smaller (never upscaled)."""
-        native = self._native(ctx)
-        if native is not None:
-            return ctx.read_frames(numbers, self._side(native))
-        frames = ctx.read_frames(numbers, 0)  # no frame_size: the first read of a video learns its size
-        native = ctx.video_cache[("native_short_side", ctx.segment.video_id)] = int(min(frames.shape[1:3]))
-        if not self._side(native):
-            return frames
-        from leap_cli.media.video import resize_short_side
-
-        return np.stack([resize_short_side(f, self.short_side) for f in frames])
+        return ctx.read_at_most(numbers, self.short_side)
 
     def _summary(self, steps: list[dict], total: np.ndarray, source: str, extra: dict | None = None,
                  where: tuple[dict, str] | None = None) -> dict:

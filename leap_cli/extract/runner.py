@@ -284,7 +284,7 @@ def _planned_frames(ctx: SegmentContext, components: list[Component], cache: "Fr
                 plan.setdefault(n, set()).add(side or None)
     if cache is not None and not cache.path(ctx.segment.video_id, ctx.segment.narration_id).exists():
         try:
-            side = cache.side(ctx) or None  # never above the source's size
+            side = ctx.side_at_most(cache.short_side)  # never above the source's size
         except FramesUnavailable:
             side = None
         for n in cache.frames_of(ctx):
