@@ -24,6 +24,7 @@ from collections import Counter
 import numpy as np
 
 from leap_cli.epic.hand_objects import BBox, HandState
+from leap_cli.epic.timing import epic_frame_rate
 from leap_cli.errors import LeapError
 from leap_cli.extract.base import Component, SegmentContext, result, unavailable
 from leap_cli.extract.detections import contains, in_segment, video_hand_objects, video_object_detections
@@ -95,7 +96,7 @@ class HandsComponent(Component):
         if not numbers:
             return unavailable(source, "no detection frames inside the segment")
         times = [ctx.epic_frame_time(n) for n in numbers]  # hand-object boxes count frames as EPIC does
-        step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / ctx.fps
+        step = float(np.median(np.diff(times))) if len(times) > 1 else 1.0 / epic_frame_rate(ctx.fps)
         duration = round(s.duration, 3)
         vocab = noun_vocab(ctx, self._vocabs)
         detector = ctx.video_cache.get(("detector_boxes", s.narration_id))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from leap_cli.epic.hand_objects import BBox
+from leap_cli.epic.timing import epic_frame_rate
 from leap_cli.errors import LeapError
 from leap_cli.extract.base import Component, SegmentContext, result, unavailable
 from leap_cli.extract.detections import (LabelledBox, in_segment, position_word, video_hand_objects,
@@ -150,7 +151,8 @@ def summarise_objects(per_frame: dict[int, list[LabelledBox]], ctx: SegmentConte
     named in EPIC's numbering, as the hand-object boxes are."""
     numbers = sorted(per_frame)
     times = {n: ctx.epic_frame_time(n) for n in numbers}
-    step = float(np.median(np.diff([times[n] for n in numbers]))) if len(numbers) > 1 else 1.0 / ctx.fps
+    one = 1.0 / epic_frame_rate(ctx.fps)  # one frame in EPIC's numbering
+    step = float(np.median(np.diff([times[n] for n in numbers]))) if len(numbers) > 1 else one
     seen: dict[str, list] = defaultdict(list)
     for n in numbers:
         best: dict[str, LabelledBox] = {}
