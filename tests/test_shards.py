@@ -631,7 +631,7 @@ def test_anticipation_blank_and_context_frames_keep_the_sources_size(epic_root, 
 
 
 def test_stored_size_is_what_the_reader_resizes_to():
-    from leap_cli.extract.cache import stored_side, stored_size
+    from leap_cli.media.video import stored_side, stored_size
     from leap_cli.media.video import resize_short_side
     from leap_cli.media.write import encode_jpeg
     from leap_cli.shards.format import jpeg_size

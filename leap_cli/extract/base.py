@@ -97,7 +97,7 @@ class SegmentContext:
         when the size is unknown (no ``frame_size``): ``read_at_most`` then shrinks after reading."""
         if not short_side or self.frame_size is None:
             return None
-        from leap_cli.extract.cache import stored_side
+        from leap_cli.media.video import stored_side
 
         return stored_side(*self.frame_size(), short_side)
 
@@ -106,7 +106,7 @@ class SegmentContext:
         context) the frames are read as they are and shrunk here where larger."""
         if self.frame_size is not None or not short_side:
             return self.read_frames(numbers, self.side_at_most(short_side))
-        from leap_cli.extract.cache import stored_side
+        from leap_cli.media.video import stored_side
         from leap_cli.media.video import resize_short_side
 
         frames = self.read_frames(numbers, None)

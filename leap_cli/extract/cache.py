@@ -7,8 +7,8 @@ build-shards copies these JPEG bytes into its samples instead of decoding the vi
 segments it finds no (or a different) cache entry for. The bytes are those build-shards would write itself.
 
 Frames are never upscaled: a source whose short side is at most ``short_side`` is stored at its own size
-(``stored_side``). Entries are named ``.v2.`` since then: the entries of earlier versions (small sources upscaled)
-are not read.
+(``media.video.stored_side``). Entries are named ``.v2.`` since then: the entries of earlier versions (small
+sources upscaled) are not read.
 
 An entry is written atomically (temporary name, then rename); a segment whose frames are unavailable gets none.
 """
@@ -30,21 +30,6 @@ RECOGNITION_SAMPLING = "uniform"  # build-shards' recognition frames: centres of
 def recognition_frames(clock: FrameClock, segment, count: int) -> list[int]:
     """The ``count`` frames build-shards stores for a segment (the timing rule, centres of equal chunks)."""
     return list(clock.segment_window(segment, count, RECOGNITION_SAMPLING).frames)
-
-
-def stored_side(width: int, height: int, short_side: int) -> int | None:
-    """The short side build-shards stores a source's frames at: ``short_side``, or None (the frames as they are)
-    where the source's short side is no larger: frames are never upscaled."""
-    return short_side if min(width, height) > short_side else None
-
-
-def stored_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    """(width, height) of the stored frames of a ``width`` x ``height`` source (``resize_short_side``'s rounding)."""
-    if stored_side(width, height, short_side) is None:
-        return width, height
-    if height <= width:
-        return max(1, round(width * short_side / height)), short_side
-    return short_side, max(1, round(height * short_side / width))
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ rule (``leap_cli.epic.timing``). A segment whose window is not fully inside the 
 frame-reading components ``unavailable`` with the reason (never a clamped or invented frame). Each record is
 appended (flushed) as soon as it is finished, and fsynced at most every ``SYNC_EVERY`` seconds and at the end; a
 re-run skips finished segments, ``retry_errors`` redoes those with a failed component. A component's exception
-becomes ``status: error`` with a path-free message, and the run goes on. With ``workers > 1`` each segment is a task of its own (so Ctrl-C keeps every finished segment) and the
-workers die with the parent.
+becomes ``status: error`` with a path-free message, and the run goes on. With ``workers > 1`` each segment is a
+task of its own (so Ctrl-C keeps every finished segment) and the workers die with the parent.
 """
 
 from __future__ import annotations

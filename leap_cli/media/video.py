@@ -60,6 +60,21 @@ class FrameSource(Protocol):
     def read_frames(self, frames: Sequence[int], short_side: int | None = None) -> np.ndarray: ...
 
 
+def stored_side(width: int, height: int, short_side: int) -> int | None:
+    """The short side to store (or read) a source's frames at: ``short_side``, or None (the frames as they are)
+    where the source's short side is no larger: frames are never upscaled."""
+    return short_side if min(width, height) > short_side else None
+
+
+def stored_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """(width, height) of the stored frames of a ``width`` x ``height`` source (``resize_short_side``'s rounding)."""
+    if stored_side(width, height, short_side) is None:
+        return width, height
+    if height <= width:
+        return max(1, round(width * short_side / height)), short_side
+    return short_side, max(1, round(height * short_side / width))
+
+
 def resize_short_side(image: np.ndarray, short_side: int | None) -> np.ndarray:
     """Resize so the shorter side is ``short_side`` pixels (aspect kept); None keeps the size.
 

@@ -33,8 +33,9 @@ from leap_cli.common import ShardSpec
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
-from leap_cli.extract.cache import FrameCache, recognition_frames, stored_side, stored_size
+from leap_cli.extract.cache import FrameCache, recognition_frames
 from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl, sha256_file, stable_hash
+from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.shards.format import (FORMAT, check_key, frame_field, jpeg_size, manifest_name, sample_bytes,
                                     shard_name, tar_end)
