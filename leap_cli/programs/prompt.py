@@ -212,8 +212,8 @@ class Narration:
     noun_class: int | None = None
     also: tuple[str, ...] = ()
 
-    @property
-    def words(self) -> set[str]:
+    @cached_property
+    def words(self) -> set[str]:  # computed once: an exemplar's narration is compared with every request's
         return _words(" ".join([self.text, self.verb or "", self.noun or "", *self.also]))
 
 
