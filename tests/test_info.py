@@ -28,3 +28,11 @@ def test_info_counts_epic_fields_and_colmap_poses(tmp_path):
     assert res.exit_code == 0, res.output
     row = next(line for line in res.output.splitlines() if "camera poses (EPIC Fields JSON)" in line)
     assert [c.strip() for c in row.split("│") if c.strip()][1:] == ["0", "1"]
+
+
+def test_paths_in_table_titles_are_printed_as_they_are(tmp_path):
+    """A folder name with rich markup in it ("[bold]") is printed literally, not eaten as markup."""
+    root = make_root(tmp_path / "k[bold]x")
+    res = CliRunner().invoke(app, ["info", "--data", str(root), "--no-check-lengths"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert "k[bold]x" in res.output

@@ -57,7 +57,7 @@ def info(
 
     layout = DatasetLayout.open(data, annotations)
     splits, classes = dataset_info(layout)
-    table = Table(title=f"Dataset {layout.root}")
+    table = Table(title=f"Dataset {escape(str(layout.root))}")
     table.add_column("")
     for s in splits:
         table.add_column(s.split, justify="right")

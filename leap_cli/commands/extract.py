@@ -136,7 +136,7 @@ def extract(
 
 
 def _print_summary(s) -> None:
-    table = Table(title=f"extract -> {s.out}")
+    table = Table(title=f"extract -> {escape(str(s.out))}")
     for col in ("component", "ok", "unavailable", "error", "seconds", "share of time"):
         table.add_column(col, justify="left" if col == "component" else "right")
     total_sec = sum(s.seconds.values()) or 1.0

@@ -101,7 +101,7 @@ def generate_programs(
         summary = run(cfg, on_start=lambda n: progress.update(task, total=n),
                       on_record=lambda r: progress.advance(task))
     console.print(f"input: {summary.source}")
-    table = Table(title=f"generate-programs -> {summary.out}", show_header=False)
+    table = Table(title=f"generate-programs -> {escape(str(summary.out))}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     st = summary.statuses

@@ -99,7 +99,7 @@ def build_shards(
                              progress=progress)
     m = result.manifest
     c = m["counts"]
-    table = Table(title=f"{m['task']} shards of {split}{spec.suffix} in {result.out}")
+    table = Table(title=escape(f"{m['task']} shards of {split}{spec.suffix} in {result.out}"))
     for col in ("segments", "samples", "programs", "skipped", "shards", "resumed", "GB"):
         table.add_column(col, justify="right")
     table.add_row(str(c["segments"]), str(c["samples"]), str(c["with_program"]), str(c["skipped"]), str(c["shards"]),
@@ -140,7 +140,7 @@ def check_shards(
         tid = bar.add_task("", total=None)
         report = run_check(folder, on_error=on_error, verify_hash=not no_hash,
                            progress=lambda d, t: bar.update(tid, completed=d, total=t))
-    table = Table(title=f"Shards check of {report.folder}")
+    table = Table(title=f"Shards check of {escape(str(report.folder))}")
     for col in ("shards", "samples", "ok", "problems"):
         table.add_column(col, justify="right")
     table.add_row(str(report.shards), str(report.samples), str(report.ok), str(len(report.problems)))

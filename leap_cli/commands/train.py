@@ -78,7 +78,7 @@ def train(
         sys.exit(128 + getattr(signal, result.interrupted))  # 130 for SIGINT, 143 for SIGTERM
     if not result.is_main:
         return
-    table = Table(title=f"leap train: {result.run_dir}")
+    table = Table(title=f"leap train: {escape(str(result.run_dir))}")
     table.add_column("item")
     table.add_column("value", justify="right")
     table.add_row("optimizer steps", str(result.steps))
