@@ -191,3 +191,26 @@ def test_odometry_plans_its_reads_at_the_sources_size_capped(tmp_path):
         ctx = SegmentContext(layout=_Layout(tmp_path), segment=seg, fps=25.0, frame_size=lambda size=size: size)
         [(numbers, side)] = CameraComponent(frames=5, source="vo").frames_wanted(ctx)
         assert len(numbers) == 5 and side == want, (size, side)
+
+
+def test_audio_gate_thresholds_are_per_category():
+    """Each category is gated by its own calibrated threshold; a calibration with one global threshold (the
+    older format) still applies it to every category."""
+    from leap_cli.extract.audio import analyse_windows, calibration, category_thresholds, confidence, gated_labels
+
+    rng = np.random.default_rng(3)
+    y = np.concatenate([_fan(2.0, rng) + sound("running_water", 2.0, rng, level_db=-18.0),
+                        sound("chopping", 2.0, rng, level_db=-18.0)])
+    w = analyse_windows(y, SR)
+    cal = calibration()
+    labels, feats = w["window_labels"], w["window_features"]
+    events = {lab for lab in labels if lab not in ("background", "silence")}
+    assert len(events) >= 2, labels
+    kept, gated = sorted(events)[:2]
+    top = max(confidence(ft, cal) for ft in feats) + 1.0
+    out = gated_labels(labels, feats, cal, {kept: 0.0, gated: top})
+    assert kept in out and gated not in out
+    assert [o for o, lab in zip(out, labels) if lab != gated] == [lab for lab in labels if lab != gated]
+    legacy = {k: v for k, v in cal.items() if k != "thresholds"} | {"threshold": top}
+    assert set(category_thresholds(legacy).values()) == {top}
+    assert all(lab in ("background", "silence") for lab in gated_labels(labels, feats, legacy))

@@ -22,9 +22,9 @@ modulation) and a category by documented rules:
 **It can say "don't know".** Real kitchens have fans, fridges, radios and talk; the rules alone call a fan
 running water and music rustling. So each window the rules give a category also gets a confidence: how
 unlike the background its features are (squared z-scores under a diagonal Gaussian of background windows:
-room tone, fans, fridge hum, music, distant babble). Below the calibrated threshold the window is
+room tone, fans, fridge hum, music, distant babble). Below its category's calibrated threshold the window is
 ``background`` (no kitchen sound recognised). Only the background is modelled, so sounds the rules know but
-the kitchen never made still get through. The models and the threshold are in ``leap_cli/resources/audio_dsp_calibration.json``, written by
+the kitchen never made still get through. The model and the thresholds are in ``leap_cli/resources/audio_dsp_calibration.json``, written by
 ``benchmarks/calibrate_audio.py`` from the honest synthetic kitchen's *training* videos only (validation
 figures are reported, not tuned on). Without that file the rules are not gated.
 
@@ -247,18 +247,18 @@ def merge_windows(labels: list[str], starts: list[float], stops: list[float]) ->
     return events
 
 
-def analyse(y: np.ndarray, sr: int = SAMPLE_RATE, *, window: float = 0.5, hop: float = 0.25,
-            silence_db: float = -45.0, gate: bool = True) -> dict:
-    """Loudness (per 0.25 s), onsets and sound events of one mono signal. ``gate``: abstain (``background``)
-    on windows whose confidence is under the calibrated threshold (when a calibration is installed)."""
-    cal = calibration() if gate else None
+def analyse_windows(y: np.ndarray, sr: int = SAMPLE_RATE, *, window: float = 0.5, hop: float = 0.25,
+                    silence_db: float = -45.0) -> dict:
+    """Loudness (per 0.25 s), onsets, and every analysis window's rules' label (ungated), features and the
+    part of the segment it speaks for (its central part, so windows tile the segment without overlaps)."""
     y = np.asarray(y, dtype=np.float64)
     if y.ndim > 1:
         y = y.mean(axis=-1)
     duration = len(y) / sr
+    out = {"duration": round(duration, 3), "loudness_db": [], "onsets": [], "window_labels": [],
+           "window_features": [], "window_spans": []}
     if duration < 0.1:
-        return {"duration": round(duration, 3), "loudness_db": [], "onsets": [], "events": [], "window_labels": [],
-                "window_features": []}
+        return out
     sp = Spectral(y, sr)
     ons = sp.onsets()
     loud = []
@@ -266,24 +266,48 @@ def analyse(y: np.ndarray, sr: int = SAMPLE_RATE, *, window: float = 0.5, hop: f
         sel = (sp.times >= t) & (sp.times < t + 0.25)
         loud.append(round(float(_db(np.mean(10 ** (sp.rms_db[sel] / 10)))) if sel.any() else -120.0, 1))
     starts = list(np.arange(0, max(duration - window, 0) + 1e-9, hop)) or [0.0]
-    labels, wstarts, wstops, feats = [], [], [], []
     for t0 in starts:
         t1 = min(t0 + window, duration)
         sel = np.nonzero((sp.times >= t0) & (sp.times < t1))[0]
         if sel.size < 3:
             continue
         ft = window_features(sp, sel[0], sel[-1] + 1, ons, t0, t1)
-        lab = classify(ft, silence_db)
-        if cal is not None and lab not in NOT_EVENTS and confidence(ft, cal) < cal["threshold"]:
-            lab = "background"
-        labels.append(lab)
-        # a window speaks for its central part, so events tile the segment without overlaps
-        wstarts.append(0.0 if t0 == starts[0] else t0 + (window - hop) / 2)
-        wstops.append(duration if t0 == starts[-1] else t0 + (window + hop) / 2)
-        feats.append({k: round(v, 3) for k, v in ft.items()})
-    events = merge_windows(labels, wstarts, wstops)
-    return {"duration": round(duration, 3), "loudness_db": loud, "onsets": [round(float(t), 2) for t in ons],
-            "events": events, "window_labels": labels, "window_features": feats}
+        out["window_labels"].append(classify(ft, silence_db))
+        out["window_spans"].append((0.0 if t0 == starts[0] else t0 + (window - hop) / 2,
+                                    duration if t0 == starts[-1] else t0 + (window + hop) / 2))
+        out["window_features"].append({k: round(v, 3) for k, v in ft.items()})
+    out["loudness_db"] = loud
+    out["onsets"] = [round(float(t), 2) for t in ons]
+    return out
+
+
+def category_thresholds(cal: dict) -> dict[str, float]:
+    """The gate's threshold for each event category (a category without its own uses ``threshold``)."""
+    own = cal.get("thresholds", {})
+    return {lab: own.get(lab, cal["threshold"]) for lab in CATEGORIES if lab not in NOT_EVENTS}
+
+
+def gated_labels(labels: list[str], features: list[dict], cal: dict | None,
+                 thresholds: dict[str, float] | None = None) -> list[str]:
+    """Each window's label, ``background`` where an event's confidence is under its category's threshold
+    (``thresholds``, else the calibration's)."""
+    if cal is None:
+        return list(labels)
+    thr = category_thresholds(cal) if thresholds is None else thresholds
+    return ["background" if lab not in NOT_EVENTS and confidence(ft, cal) < thr.get(lab, 0.0) else lab
+            for lab, ft in zip(labels, features)]
+
+
+def analyse(y: np.ndarray, sr: int = SAMPLE_RATE, *, window: float = 0.5, hop: float = 0.25,
+            silence_db: float = -45.0, gate: bool = True) -> dict:
+    """Loudness (per 0.25 s), onsets and sound events of one mono signal. ``gate``: abstain (``background``)
+    on windows whose confidence is under the calibrated threshold (when a calibration is installed)."""
+    out = analyse_windows(y, sr, window=window, hop=hop, silence_db=silence_db)
+    spans = out.pop("window_spans")
+    labels = gated_labels(out["window_labels"], out["window_features"], calibration() if gate else None)
+    return {"duration": out["duration"], "loudness_db": out["loudness_db"], "onsets": out["onsets"],
+            "events": merge_windows(labels, [a for a, _ in spans], [b for _, b in spans]),
+            "window_labels": labels, "window_features": out["window_features"]}
 
 
 def dominant_sound(events: list[dict]) -> str | None:
@@ -333,7 +357,7 @@ class AudioComponent(Component):
             data.pop("window_features", None)  # kept out of the record: large, and only for tuning the rules
             source = "dsp-rules"
             cal = calibration()
-            data["abstains_below"] = cal["threshold"] if cal is not None else None
+            data["abstains_below"] = category_thresholds(cal) if cal is not None else None
         data["dominant"] = dominant_sound(data["events"])
         data["timeline"] = [{"start": e["start"], "stop": e["stop"],
                              "text": f"sound: {WORDS.get(e['label'], e['label'])}"}
