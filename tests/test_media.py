@@ -230,3 +230,15 @@ def test_decode_threads_setting_gives_the_same_frames(mp4, monkeypatch):
     with VideoReader(mp4) as r:
         assert r._cap.get(cv2.CAP_PROP_N_THREADS) == 1
         assert np.array_equal(r.read_frames(frames), default)
+
+
+def test_show_keyframes_are_never_upscaled(tmp_path):
+    """`leap show`'s keyframes come at the asked short side, or the source's own size where that is smaller."""
+    from leap_cli.report.show import keyframes
+    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+
+    build_kitchen(tmp_path, KitchenConfig(videos=1, segments_per_video=2, width=64, height=48))
+    frames = keyframes(tmp_path, "P01_01", 0.5, 1.5, count=3)
+    assert len(frames) == 3 and all(f.shape == (48, 64, 3) for _, f in frames)
+    small = keyframes(tmp_path, "P01_01", 0.5, 1.5, count=3, short_side=24)
+    assert all(f.shape == (24, 32, 3) for _, f in small)

@@ -54,11 +54,12 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
 
 def keyframes(data: Path, video_id: str, start: float, stop: float, count: int = 6,
               short_side: int = 160) -> list[tuple[float, "object"]]:
-    """(time, RGB frame) pairs evenly spaced over [start, stop] (the timing rule picks the frames); empty when
-    the video cannot be read or the window is not inside it."""
+    """(time, RGB frame) pairs evenly spaced over [start, stop] (the timing rule picks the frames), at short side
+    ``short_side`` or the source's own size where that is smaller (never upscaled); empty when the video cannot be
+    read or the window is not inside it."""
     from leap_cli.epic.layout import DatasetLayout
     from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
-    from leap_cli.media.video import open_video
+    from leap_cli.media.video import open_video, stored_side
 
     try:
         layout = DatasetLayout.open(data)
@@ -69,7 +70,8 @@ def keyframes(data: Path, video_id: str, start: float, stop: float, count: int =
             if not window.inside:
                 log.warning("no keyframes for %s: %s", video_id, window.reason)
                 return []
-            frames = reader.read_frames(list(window.frames), short_side=short_side)
+            frames = reader.read_frames(list(window.frames),
+                                        short_side=stored_side(reader.width, reader.height, short_side))
         return list(zip(window.times, frames))
     except LeapError as e:
         log.warning("no keyframes for %s: %s", video_id, e.one_line())
