@@ -297,9 +297,10 @@ def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT
         if nw and ew:
             common = len(words & ew)
             s += common / (nw + len(ew) - common)
-        scored.append((-s, e.id, i, e))
-    scored.sort(key=lambda t: t[:3])
-    return [t[3] for t in scored[:k]]
+        scored.append((-s, e.id, i))
+    scored.sort()
+    chosen = [t[2] for t in scored[:k]]
+    return [rows[i][0] for i in chosen] if rows is not None else [exemplars[i] for i in chosen]
 
 
 def vocabulary_text(verbs: ClassVocab, nouns: ClassVocab) -> str:
@@ -337,8 +338,8 @@ class Prompt:
     messages: list[dict]
     json: str
 
-    @property
-    def hash(self) -> str:
+    @cached_property
+    def hash(self) -> str:  # once per prompt: the record's prompt_hash and the cache key both use it
         return hashlib.sha256(self.json.encode()).hexdigest()
 
     def extend(self, extra: list[dict]) -> "Prompt":
