@@ -199,7 +199,8 @@ class ProgramGenerator:
     Requests pass an in-flight gate of ``cfg.concurrency`` slots. The stage runs more workers than slots, so
     that a worker whose reply arrives hands its slot at once to one whose prompt is built and waiting, and
     does its own bookkeeping (parse, validation, cache, log, record) while that request is on the wire: a
-    reply's processing then delays no request of its own slot. ``over_budget`` (``--max-cost``) is asked
+    reply's processing then delays no request of its own slot. Prompt building and reply checking take turns
+    (``_cpu``), so a burst of replies is read, and their slots' next requests sent, before the burst's checks. ``over_budget`` (``--max-cost``) is asked
     again when a segment's first request gets its slot."""
 
     def __init__(self, cfg: GenerateConfig, inputs: Inputs, backend: Backend, store: ProgramStore, builder: PromptBuilder,
@@ -207,6 +208,10 @@ class ProgramGenerator:
         self.cfg, self.inputs, self.backend, self.store, self.builder = cfg, inputs, backend, store, builder
         self.over_budget = over_budget
         self._slots: asyncio.Semaphore | None = None
+        # one worker at a time builds a prompt or checks a reply: between two such steps the event loop reads
+        # the replies that arrived and sends the requests whose slot came free (I/O before bookkeeping)
+        self._cpu = asyncio.Lock()
+        self.all_busy = asyncio.Event()  # every slot has been taken once (the workers that wait start then)
         self._halted = False  # a request raised an error that stops the stage (a refused key): send no more
         self.schema = strict_schema()
         self.schema_hash = stable_hash(self.schema)
@@ -226,7 +231,8 @@ class ProgramGenerator:
         start = time.perf_counter()
         info = self.info(record)
         nid = record["narration_id"]
-        prompt = self.builder.prompt(info)
+        async with self._cpu:
+            prompt = self.builder.prompt(info)
         phash = prompt.hash[:16]  # == prompt_hash(messages)
         prov = {"backend": self.backend.name, "model": self.backend.model, "prompt_hash": phash, "attempts": 0,
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "seconds": 0.0, "created": None,
@@ -269,15 +275,16 @@ class ProgramGenerator:
                 prov["attempts"] += attempts
             for k in prov["usage"]:
                 prov["usage"][k] += usage.get(k, 0)
-            parsed, findings = parse_reply(text)
-            if parsed is not None:
-                program = parsed
-                findings = self.check(parsed, info)
-            outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
-            self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model, prompt_hash=phash,
-                                cache_key=key, round=rnd, response=text, usage=usage, latency=latency, attempts=attempts,
-                                cached=hit is not None, outcome=outcome,
-                                error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None)
+            async with self._cpu:
+                parsed, findings = parse_reply(text)
+                if parsed is not None:
+                    program = parsed
+                    findings = self.check(parsed, info)
+                outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
+                self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
+                                    prompt_hash=phash, cache_key=key, round=rnd, response=text, usage=usage,
+                                    latency=latency, attempts=attempts, cached=hit is not None, outcome=outcome,
+                                    error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None)
             if not findings:
                 return done("valid", program, [])
             prompt = prompt.extend([{"role": "assistant", "content": text},
@@ -292,6 +299,8 @@ class ProgramGenerator:
         async with self._slots:
             if self._halted or (first and self.over_budget is not None and self.over_budget()):
                 raise NoMoreRequests
+            if self._slots.locked():
+                self.all_busy.set()
             try:
                 comp = await self.backend.complete(request)
             except BackendError:
@@ -390,7 +399,15 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         gen = ProgramGenerator(cfg, inputs, backend, store, builder, over_budget)
         queue = iter(pending)
 
-        async def worker() -> None:
+        async def worker(waits: bool) -> None:
+            try:
+                if waits:  # builds its first prompt once the first requests are out
+                    await gen.all_busy.wait()
+                await work()
+            finally:
+                gen.all_busy.set()  # a worker that ends (the input is done) lets the waiting ones see that too
+
+        async def work() -> None:
             for record in queue:
                 if over_budget():
                     return
@@ -409,7 +426,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                 await asyncio.sleep(0)
 
         # twice as many workers as requests in flight (ProgramGenerator): half wait with their prompt built
-        tasks = [asyncio.ensure_future(worker()) for _ in range(2 * max(1, cfg.concurrency))]
+        n = max(1, cfg.concurrency)
+        tasks = [asyncio.ensure_future(worker(i >= n)) for i in range(2 * n)]
         try:
             await asyncio.gather(*tasks)
         except BaseException:
