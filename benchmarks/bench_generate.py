@@ -6,8 +6,15 @@ Throughput: programs/s of the whole stage (prompt building, request, validation,
 ledger, JSONL append) at concurrency 1, 8, 32, 64, as a fraction of the bound concurrency / latency.
 Goal (issue 15.3): >= 90% of the bound at concurrency 32. ``--compare-openai`` also runs concurrency 32
 through the official ``openai`` client (what the stage used before), side by side in the same run. The
-ceilings: the client's (1 / its CPU per program) and the scripted server's (1 / its CPU per request; it is a
-Python ``ThreadingHTTPServer`` in its own process), each on one core.
+ceilings: the client's (1 / its CPU per program) and the scripted server's (1 / its CPU per request), each on
+one core. The server runs in its own process. ``--servers timed`` (default): an asyncio server that answers
+each request ``--latency`` after its first bytes arrived (``loop.call_at``; the reply is serialised during the
+wait), never earlier, and reports how late its replies went out. ``threaded``: the tests' ``http.server``
+(a thread per connection), whose 50 ms start only after it has read and parsed the request behind the other
+threads (until 2026-12-01 the benchmark's only server). Each row also prints a request's mean round trip as
+the client sees it, the time from the last record to the end of the stage (closing the cache and the output),
+and how long the client and server processes waited on a run queue for a CPU (``/proc/PID/schedstat``): on a
+shared machine, the time other processes held the cores.
 
 Tokens: prompt tokens per request (o200k_base through ``bpe-openai`` when installed, else characters / 4),
 the share that is the static prefix (instructions + vocabulary: what providers' prompt caching can reuse,
@@ -188,6 +195,15 @@ def process_cpu(pid: int) -> float | None:
         return None
 
 
+def run_queue_wait(pid: int | str = "self") -> float | None:
+    """Seconds process ``pid`` has waited on a run queue for a CPU so far (Linux /proc/PID/schedstat), else None:
+    on a shared machine, the time other processes held the cores while this one had work."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class ServerProcess:
     """A scripted server (``SERVERS``) in its own process, so that it does not share the client's GIL."""
 
@@ -206,6 +222,9 @@ class ServerProcess:
 
     def cpu(self) -> float | None:
         return process_cpu(self._p.pid)
+
+    def run_queue_wait(self) -> float | None:
+        return run_queue_wait(self._p.pid)
 
     def lateness(self) -> dict | None:
         """The timed server's requests and how late its replies went out after their due time since the last
@@ -245,6 +264,22 @@ def openai_client_backend(cfg: GenerateConfig, exemplars, verbs, nouns):
     return backend
 
 
+def time_requests(backend) -> list[float]:
+    """Seconds of each HTTP exchange of ``backend`` (request written to reply read, as the client sees it)."""
+    trips: list[float] = []
+    post = backend._http.post
+
+    async def timed(path, body):
+        t = time.perf_counter()
+        try:
+            return await post(path, body)
+        finally:
+            trips.append(time.perf_counter() - t)
+
+    backend._http.post = timed
+    return trips
+
+
 def throughput(latency: float, per_slot: int, levels: list[int], compare_openai: bool = False,
                servers: tuple[str, ...] = ("timed",)) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-generate-"))
@@ -276,12 +311,18 @@ def _throughput_run(work: Path, kitchen: Path, server: ServerProcess, c: int, cl
     (work / "kitchen").symlink_to(kitchen)
     cfg = GenerateConfig(workdir=work, split="val", backend="openai", model="bench", base_url=server.base_url,
                          api_key_env="BENCH_KEY", concurrency=c, timeout=10, limit=count)
-    backend = openai_client_backend(cfg, ex, ann.verbs, ann.nouns) if client == "openai" else None
+    backend = (openai_client_backend if client == "openai" else build_backend)(cfg, ex, ann.verbs, ann.nouns)
+    trips = time_requests(backend)
     marks = {}
     server.lateness()  # resets the timed server's figures
     s = generate_programs(cfg, backend=backend, on_start=lambda _: marks.update(
-        t0=time.perf_counter(), c0=time.process_time(), s0=server.cpu()))
+        t0=time.perf_counter(), c0=time.process_time(), s0=server.cpu(), w0=run_queue_wait(),
+        sw0=server.run_queue_wait()), on_record=lambda _: marks.update(last=time.perf_counter()))
     seconds = time.perf_counter() - marks["t0"]
+    waits = [None if a is None or b is None else b - a
+             for a, b in ((marks["w0"], run_queue_wait()), (marks["sw0"], server.run_queue_wait()))]
+    closing = time.perf_counter() - marks["last"]
+    trip = sum(trips) / len(trips) * 1000
     cpu_ms = (time.process_time() - marks["c0"]) / count * 1000
     s1 = server.cpu()
     late = server.lateness()
@@ -296,6 +337,8 @@ def _throughput_run(work: Path, kitchen: Path, server: ServerProcess, c: int, cl
            "server_cpu_ms_per_request": None if server_ms is None else round(server_ms, 2),
            "server_late_ms_mean_p90_max": None if late is None else [round(late[k], 2) for k in
                                                                       ("late_ms_mean", "late_ms_p90", "late_ms_max")],
+           "request_round_trip_ms_mean": round(trip, 1), "closing_s": round(closing, 3),
+           "run_queue_wait_s_client_server": [None if w is None else round(w, 3) for w in waits],
            "load_average": round(load, 2)}
     server_txt = "" if server_ms is None else f"; server CPU {server_ms:.2f} ms/request (ceiling {1000 / server_ms:.0f}/s)"
     if late is not None:
@@ -303,7 +346,10 @@ def _throughput_run(work: Path, kitchen: Path, server: ServerProcess, c: int, cl
                        f"{late['late_ms_max']:.2f}) after arrival + {latency * 1000:g} ms")
     print(f"[{server.kind:8s} {client:6s}] concurrency {c:3d}: {count} programs in {seconds:.2f}s = {rate:.1f}/s, "
           f"bound {bound:.0f}/s, {rate / bound:.1%} of bound; client CPU {cpu_ms:.2f} ms/program (ceiling "
-          f"{1000 / cpu_ms:.0f}/s){server_txt} (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
+          f"{1000 / cpu_ms:.0f}/s){server_txt}; a request's round trip {trip:.1f} ms on average; after the last record "
+          f"{closing * 1000:.0f} ms to close"
+          + ("" if None in waits else f"; waited for a CPU: client {waits[0]:.2f} s, server {waits[1]:.2f} s")
+          + f" (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
     return row
 
 

@@ -5,6 +5,10 @@ costs ~2.3 ms of CPU per request and ``httpx`` alone ~1.6 ms (typed request buil
 bookkeeping, header models), this ~0.2 ms (``benchmarks/bench_generate.py``). At 32 requests in flight that
 is the difference between a client that keeps up with the concurrency bound and one that does not.
 
+Each connection is an ``asyncio.Protocol`` that the response parser reads from (one buffer, no stream
+objects), the request goes out in one write (head prebuilt but for its length), and a request's timeout is
+one timer that fails its wait (not ``asyncio.timeout``).
+
 What it does: keep-alive connections reused across requests (at most ``max_connections`` open at once),
 ``http`` and ``https`` (certifi's CA bundle when installed, else the system's; ``SSL_CERT_FILE`` wins),
 proxies from the environment (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY``: ``CONNECT`` tunnels for
