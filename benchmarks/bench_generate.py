@@ -196,10 +196,11 @@ def process_cpu(pid: int) -> float | None:
 
 
 def run_queue_wait(pid: int | str = "self") -> float | None:
-    """Seconds process ``pid`` has waited on a run queue for a CPU so far (Linux /proc/PID/schedstat), else None:
-    on a shared machine, the time other processes held the cores while this one had work."""
+    """Seconds the threads of process ``pid`` have waited on a run queue for a CPU so far (Linux
+    /proc/PID/task/*/schedstat; threads that ended no longer count), else None: on a shared machine, the time
+    other processes held the cores while this one had work."""
     try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+        return sum(int((t / "schedstat").read_text().split()[1]) for t in Path(f"/proc/{pid}/task").iterdir()) / 1e9
     except (OSError, IndexError, ValueError):
         return None
 
