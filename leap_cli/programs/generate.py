@@ -200,8 +200,8 @@ class ProgramGenerator:
     that a worker whose reply arrives hands its slot at once to one whose prompt is built and waiting, and
     does its own bookkeeping (parse, validation, cache, log, record) while that request is on the wire: a
     reply's processing then delays no request of its own slot. Prompt building and reply checking take turns
-    (``_cpu``), so a burst of replies is read, and their slots' next requests sent, before the burst's checks. ``over_budget`` (``--max-cost``) is asked
-    again when a segment's first request gets its slot."""
+    (``_cpu``), so a burst of replies is read, and their slots' next requests sent, before the burst's checks.
+    ``over_budget`` (``--max-cost``) is asked again when a segment's first request gets its slot."""
 
     def __init__(self, cfg: GenerateConfig, inputs: Inputs, backend: Backend, store: ProgramStore, builder: PromptBuilder,
                  over_budget: Callable[[], bool] | None = None):
