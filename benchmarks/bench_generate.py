@@ -6,8 +6,15 @@ Throughput: programs/s of the whole stage (prompt building, request, validation,
 ledger, JSONL append) at concurrency 1, 8, 32, 64, as a fraction of the bound concurrency / latency.
 Goal (issue 15.3): >= 90% of the bound at concurrency 32. ``--compare-openai`` also runs concurrency 32
 through the official ``openai`` client (what the stage used before), side by side in the same run. The
-ceilings: the client's (1 / its CPU per program) and the scripted server's (1 / its CPU per request; it is a
-Python ``ThreadingHTTPServer`` in its own process), each on one core.
+ceilings: the client's (1 / its CPU per program) and the scripted server's (1 / its CPU per request), each on
+one core. The server runs in its own process. ``--servers timed`` (default): an asyncio server that answers
+each request ``--latency`` after its first bytes arrived (``loop.call_at``; the reply is serialised during the
+wait), never earlier, and reports how late its replies went out. ``threaded``: the tests' ``http.server``
+(a thread per connection), whose 50 ms start only after it has read and parsed the request behind the other
+threads (until 2026-12-01 the benchmark's only server). Each row also prints a request's mean round trip as
+the client sees it, the time from the last record to the end of the stage (closing the cache and the output),
+and how long the client and server processes waited on a run queue for a CPU (``/proc/PID/schedstat``): on a
+shared machine, the time other processes held the cores.
 
 Tokens: prompt tokens per request (o200k_base through ``bpe-openai`` when installed, else characters / 4),
 the share that is the static prefix (instructions + vocabulary: what providers' prompt caching can reuse,
@@ -33,6 +40,7 @@ import csv
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -48,7 +56,7 @@ from leap_cli.programs.agreement import aggregate, compare_programs  # noqa: E40
 from leap_cli.programs.generate import GenerateConfig, build_backend, generate_programs  # noqa: E402
 from leap_cli.programs.offline import offline_program  # noqa: E402
 from leap_cli.programs.prompt import PromptBuilder, clip_info, load_exemplars, load_system_prompt, narration_record  # noqa: E402
-from programs_llm_server import Reply, ScriptedServer, narration_id_of  # noqa: E402
+from programs_llm_server import Reply, ScriptedServer, completion, narration_id_of  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "epic"
 CLASSES = ROOT / "tests" / "data" / "epic100"
@@ -74,10 +82,108 @@ def make_annotations(folder: Path, n: int) -> None:
             w.writerow(r)
 
 
-def _serve(programs: dict, latency: float, port_queue, stop_event) -> None:
+def _serve_threaded(programs: dict, latency: float, port_queue, stop_event) -> None:
+    """The tests' ``ScriptedServer`` (``http.server``, a thread per connection): it reads and parses a request
+    (behind the other threads, under its GIL) before its ``latency`` sleep starts, so it answers later than
+    ``latency`` after the request arrived when many come at once."""
     with ScriptedServer(lambda body, k: Reply(programs[narration_id_of(body)], delay=latency)) as server:
         port_queue.put(server.base_url)
         stop_event.wait()
+
+
+def clip_id(body: bytes) -> str | None:
+    """The id in the last '"Clip ID:' of a raw request body (the clip's turn; a quote escaped inside a JSON string
+    does not count): what ``narration_id_of`` finds, without parsing 15 kB of JSON (a regex scan cost ~0.8 ms)."""
+    i = len(body)
+    while True:
+        i = body.rfind(b'"Clip ', 0, i)
+        if i < 0:
+            return None
+        if i == 0 or body[i - 1] != 0x5C:  # not \"
+            break
+    j = body.find(b":", i)
+    return body[i + 6:j].decode() if j > 0 else None
+
+
+def _response_bytes(content: str, model: str = "bench", status: int = 200) -> bytes:
+    if status == 200:
+        payload = json.dumps(completion(content, model)).encode()
+    else:
+        payload = json.dumps({"error": {"message": content, "type": "bench"}}).encode()
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "Error")
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+            f"Connection: keep-alive\r\n\r\n").encode() + payload
+
+
+def _serve_timed(programs: dict, latency: float, port_queue, stop_event) -> None:
+    """An asyncio chat-completions server that answers each request ``latency`` seconds after its first bytes
+    arrived (not after it was read and parsed): ``loop.call_at(arrival + latency, write)``. Replies are
+    serialised before the wait. ``GET /stats`` returns (and resets) how late the writes ran after their due
+    time, and how many requests came in."""
+    import asyncio
+    import threading
+
+    replies = {nid: _response_bytes(text) for nid, text in programs.items()}
+    stats = {"requests": 0, "late": []}
+
+    class Conn(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport, self.buf, self.arrival = transport, bytearray(), 0.0
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def data_received(self, data):
+            if not self.buf:
+                self.arrival = loop.time()
+            self.buf += data
+            while True:
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+                length = 0
+                for line in head[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                if len(self.buf) < end + 4 + length:
+                    return
+                body = bytes(self.buf[end + 4:end + 4 + length])
+                del self.buf[:end + 4 + length]
+                arrival, self.arrival = self.arrival, loop.time()
+                if head[0].startswith("GET /stats"):
+                    late = sorted(stats["late"]) or [0.0]
+                    out = {"requests": stats["requests"], "late_ms_mean": 1000 * sum(late) / len(late),
+                           "late_ms_max": 1000 * late[-1], "late_ms_p90": 1000 * late[int(0.9 * (len(late) - 1))]}
+                    stats.update(requests=0, late=[])
+                    self.transport.write(_response_bytes(json.dumps(out)))
+                    continue
+                stats["requests"] += 1
+                reply = replies.get(clip_id(body))
+                if reply is None:
+                    reply = _response_bytes("no clip id in the request", status=400)
+                due = arrival + latency
+                loop.call_at(due, self.answer, reply, due)
+
+        def answer(self, reply: bytes, due: float) -> None:
+            stats["late"].append(loop.time() - due)
+            if not self.transport.is_closing():
+                self.transport.write(reply)
+
+    async def main():
+        server = await loop.create_server(Conn, "127.0.0.1", 0, backlog=1024)
+        port_queue.put(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1")
+        done = asyncio.Event()
+        threading.Thread(target=lambda: (stop_event.wait(), loop.call_soon_threadsafe(done.set)), daemon=True).start()
+        await done.wait()
+        server.close()
+
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(main())
+
+
+SERVERS = {"timed": _serve_timed, "threaded": _serve_threaded}
 
 
 def process_cpu(pid: int) -> float | None:
@@ -89,15 +195,26 @@ def process_cpu(pid: int) -> float | None:
         return None
 
 
-class ServerProcess:
-    """The scripted server in its own process, so that it does not share the client's GIL."""
+def run_queue_wait(pid: int | str = "self") -> float | None:
+    """Seconds the threads of process ``pid`` have waited on a run queue for a CPU so far (Linux
+    /proc/PID/task/*/schedstat; threads that ended no longer count), else None: on a shared machine, the time
+    other processes held the cores while this one had work."""
+    try:
+        return sum(int((t / "schedstat").read_text().split()[1]) for t in Path(f"/proc/{pid}/task").iterdir()) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
 
-    def __init__(self, programs: dict, latency: float):
+
+class ServerProcess:
+    """A scripted server (``SERVERS``) in its own process, so that it does not share the client's GIL."""
+
+    def __init__(self, programs: dict, latency: float, kind: str = "timed"):
         import multiprocessing as mp
 
         ctx = mp.get_context("fork")
+        self.kind = kind
         self._q, self._stop = ctx.Queue(), ctx.Event()
-        self._p = ctx.Process(target=_serve, args=(programs, latency, self._q, self._stop), daemon=True)
+        self._p = ctx.Process(target=SERVERS[kind], args=(programs, latency, self._q, self._stop), daemon=True)
 
     def __enter__(self):
         self._p.start()
@@ -106,6 +223,20 @@ class ServerProcess:
 
     def cpu(self) -> float | None:
         return process_cpu(self._p.pid)
+
+    def run_queue_wait(self) -> float | None:
+        return run_queue_wait(self._p.pid)
+
+    def lateness(self) -> dict | None:
+        """The timed server's requests and how late its replies went out after their due time since the last
+        call (None for the threaded server)."""
+        if self.kind != "timed":
+            return None
+        import urllib.request
+
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(self.base_url.rsplit("/v1", 1)[0] + "/stats", timeout=10) as r:
+            return json.loads(json.loads(r.read())["choices"][0]["message"]["content"])
 
     def __exit__(self, *exc):
         self._stop.set()
@@ -134,7 +265,24 @@ def openai_client_backend(cfg: GenerateConfig, exemplars, verbs, nouns):
     return backend
 
 
-def throughput(latency: float, per_slot: int, levels: list[int], compare_openai: bool = False) -> list[dict]:
+def time_requests(backend) -> list[float]:
+    """Seconds of each HTTP exchange of ``backend`` (request written to reply read, as the client sees it)."""
+    trips: list[float] = []
+    post = backend._http.post
+
+    async def timed(path, body):
+        t = time.perf_counter()
+        try:
+            return await post(path, body)
+        finally:
+            trips.append(time.perf_counter() - t)
+
+    backend._http.post = timed
+    return trips
+
+
+def throughput(latency: float, per_slot: int, levels: list[int], compare_openai: bool = False,
+               servers: tuple[str, ...] = ("timed",)) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     try:
         n = max(levels) * per_slot
@@ -146,38 +294,64 @@ def throughput(latency: float, per_slot: int, levels: list[int], compare_openai:
         rows = []
         os.environ["BENCH_KEY"] = "sk-bench"
         runs = [(c, "lean") for c in levels] + ([(32, "openai")] if compare_openai else [])
-        with ServerProcess(programs, latency) as server:
-            for i, (c, client) in enumerate(runs):
-                work = tmp / f"run{i}"
-                work.mkdir()
-                (work / "kitchen").symlink_to(tmp / "kitchen")
-                count = min(n, max(c * per_slot, 40))
-                cfg = GenerateConfig(workdir=work, split="val", backend="openai", model="bench", base_url=server.base_url,
-                                     api_key_env="BENCH_KEY", concurrency=c, timeout=10, limit=count)
-                backend = openai_client_backend(cfg, ex, ann.verbs, ann.nouns) if client == "openai" else None
-                marks = {}
-                s = generate_programs(cfg, backend=backend, on_start=lambda _: marks.update(
-                    t0=time.perf_counter(), c0=time.process_time(), s0=server.cpu()))
-                seconds = time.perf_counter() - marks["t0"]
-                cpu_ms = (time.process_time() - marks["c0"]) / count * 1000
-                s1 = server.cpu()
-                server_ms = (s1 - marks["s0"]) / count * 1000 if s1 is not None and marks["s0"] is not None else None
-                assert s.statuses.get("valid") == count, s.statuses
-                rate = count / seconds
-                bound = c / latency
-                load = os.getloadavg()[0]
-                rows.append({"concurrency": c, "client": client, "programs": count, "seconds": round(seconds, 2),
-                             "programs_per_s": round(rate, 1), "bound": round(bound, 1), "fraction": round(rate / bound, 3),
-                             "client_cpu_ms_per_program": round(cpu_ms, 2),
-                             "server_cpu_ms_per_request": None if server_ms is None else round(server_ms, 2),
-                             "load_average": round(load, 2)})
-                server_txt = "" if server_ms is None else f"; server CPU {server_ms:.2f} ms/request (ceiling {1000 / server_ms:.0f}/s)"
-                print(f"[{client:6s}] concurrency {c:3d}: {count} programs in {seconds:.2f}s = {rate:.1f}/s, bound {bound:.0f}/s, "
-                      f"{rate / bound:.1%} of bound; client CPU {cpu_ms:.2f} ms/program (ceiling {1000 / cpu_ms:.0f}/s)"
-                      f"{server_txt} (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
+        i = 0
+        for kind in servers:
+            with ServerProcess(programs, latency, kind) as server:
+                for c, client in runs:
+                    i += 1
+                    rows.append(_throughput_run(tmp / f"run{i}", tmp / "kitchen", server, c, client, latency,
+                                                min(n, max(c * per_slot, 40)), ex, ann))
         return rows
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _throughput_run(work: Path, kitchen: Path, server: ServerProcess, c: int, client: str, latency: float, count: int,
+                    ex, ann) -> dict:
+    work.mkdir()
+    (work / "kitchen").symlink_to(kitchen)
+    cfg = GenerateConfig(workdir=work, split="val", backend="openai", model="bench", base_url=server.base_url,
+                         api_key_env="BENCH_KEY", concurrency=c, timeout=10, limit=count)
+    backend = (openai_client_backend if client == "openai" else build_backend)(cfg, ex, ann.verbs, ann.nouns)
+    trips = time_requests(backend)
+    marks = {}
+    server.lateness()  # resets the timed server's figures
+    s = generate_programs(cfg, backend=backend, on_start=lambda _: marks.update(
+        t0=time.perf_counter(), c0=time.process_time(), s0=server.cpu(), w0=run_queue_wait(),
+        sw0=server.run_queue_wait()), on_record=lambda _: marks.update(last=time.perf_counter()))
+    seconds = time.perf_counter() - marks["t0"]
+    waits = [None if a is None or b is None else b - a
+             for a, b in ((marks["w0"], run_queue_wait()), (marks["sw0"], server.run_queue_wait()))]
+    closing = time.perf_counter() - marks["last"]
+    trip = sum(trips) / len(trips) * 1000
+    cpu_ms = (time.process_time() - marks["c0"]) / count * 1000
+    s1 = server.cpu()
+    late = server.lateness()
+    server_ms = (s1 - marks["s0"]) / count * 1000 if s1 is not None and marks["s0"] is not None else None
+    assert s.statuses.get("valid") == count, s.statuses
+    rate = count / seconds
+    bound = c / latency
+    load = os.getloadavg()[0]
+    row = {"server": server.kind, "concurrency": c, "client": client, "programs": count, "seconds": round(seconds, 2),
+           "programs_per_s": round(rate, 1), "bound": round(bound, 1), "fraction": round(rate / bound, 3),
+           "client_cpu_ms_per_program": round(cpu_ms, 2),
+           "server_cpu_ms_per_request": None if server_ms is None else round(server_ms, 2),
+           "server_late_ms_mean_p90_max": None if late is None else [round(late[k], 2) for k in
+                                                                      ("late_ms_mean", "late_ms_p90", "late_ms_max")],
+           "request_round_trip_ms_mean": round(trip, 1), "closing_s": round(closing, 3),
+           "run_queue_wait_s_client_server": [None if w is None else round(w, 3) for w in waits],
+           "load_average": round(load, 2)}
+    server_txt = "" if server_ms is None else f"; server CPU {server_ms:.2f} ms/request (ceiling {1000 / server_ms:.0f}/s)"
+    if late is not None:
+        server_txt += (f", replies sent {late['late_ms_mean']:.2f} ms (p90 {late['late_ms_p90']:.2f}, max "
+                       f"{late['late_ms_max']:.2f}) after arrival + {latency * 1000:g} ms")
+    print(f"[{server.kind:8s} {client:6s}] concurrency {c:3d}: {count} programs in {seconds:.2f}s = {rate:.1f}/s, "
+          f"bound {bound:.0f}/s, {rate / bound:.1%} of bound; client CPU {cpu_ms:.2f} ms/program (ceiling "
+          f"{1000 / cpu_ms:.0f}/s){server_txt}; a request's round trip {trip:.1f} ms on average; after the last record "
+          f"{closing * 1000:.0f} ms to close"
+          + ("" if None in waits else f"; waited for a CPU: client {waits[0]:.2f} s, server {waits[1]:.2f} s")
+          + f" (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
+    return row
 
 
 def component_costs(n: int = 384) -> dict:
@@ -341,6 +515,9 @@ def main() -> None:
     ap.add_argument("--segments-per-slot", type=int, default=12, help="programs per unit of concurrency")
     ap.add_argument("--levels", default="1,8,32,64", help="concurrency levels")
     ap.add_argument("--compare-openai", action="store_true", help="also run concurrency 32 through the openai client")
+    ap.add_argument("--servers", default="timed",
+                    help="scripted servers, comma-separated: timed (asyncio; answers latency after a request's "
+                         "arrival), threaded (the tests' http.server: latency after it parsed the request)")
     ap.add_argument("--skip-agreement", action="store_true", help="only measure throughput and tokens")
     ap.add_argument("--agreement-only", action="store_true", help="only measure the offline generator's agreement")
     ap.add_argument("--exemplars", nargs="+", default=["default"],
@@ -349,11 +526,12 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     if not args.agreement_only:
         rows = throughput(args.latency, args.segments_per_slot, [int(x) for x in args.levels.split(",")],
-                          args.compare_openai)
-        at32 = [r["fraction"] for r in rows if r["concurrency"] == 32 and r["client"] == "lean"]
-        old = [r["fraction"] for r in rows if r["client"] == "openai"]
+                          args.compare_openai, tuple(args.servers.split(",")))
+        first = args.servers.split(",")[0]
+        at32 = [r["fraction"] for r in rows if r["concurrency"] == 32 and r["client"] == "lean" and r["server"] == first]
+        old = [r["fraction"] for r in rows if r["client"] == "openai" and r["server"] == first]
         if at32:
-            print(f"at concurrency 32: {max(at32):.1%} of the bound (goal >= 90%): {'PASS' if max(at32) >= 0.9 else 'FAIL'}"
+            print(f"at concurrency 32 ({first} server): {', '.join(f'{f:.1%}' for f in at32)} of the bound (goal >= 90%): {'PASS' if max(at32) >= 0.9 else 'FAIL'}"
                   + (f"; through the openai client in the same run: {old[0]:.1%}" if old else ""))
         print("client CPU per program by component (ms):", json.dumps(component_costs()), flush=True)
         print("tokens:", json.dumps(prompt_tokens()), flush=True)

@@ -403,3 +403,25 @@ def test_resuming_with_other_settings_is_refused_like_the_other_stages(workdir, 
     assert res.returncode == 0, res.stderr
     assert len(read_jsonl(tmp_path / "off.jsonl")) == N_SEGMENTS  # started over: every segment, not 3 kept + 3 new
     assert json.loads(settings_path(tmp_path / "off.jsonl").read_text())["exemplars"] != stored["exemplars"]
+
+
+def test_requests_in_flight_never_exceed_concurrency(workdir, good_programs):
+    """Twice as many workers as slots (half wait with their prompt built): still at most --concurrency requests
+    in flight, and every slot is used."""
+    import threading
+
+    lock, state = threading.Lock(), {"now": 0, "max": 0}
+
+    def script(body, n):
+        with lock:
+            state["now"] += 1
+            state["max"] = max(state["max"], state["now"])
+        time.sleep(0.1)
+        with lock:
+            state["now"] -= 1
+        return Reply(json.dumps(good_programs[narration_id_of(body)]))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, concurrency=2))
+    assert s.statuses["valid"] == N_SEGMENTS and len(server.requests) == N_SEGMENTS
+    assert state["max"] == 2

@@ -32,7 +32,8 @@ from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, check_settings, read_jsonl, stable_hash
-from leap_cli.programs.backends import Backend, BackendError, OfflineBackend, OpenAIBackend, Request, RetryPolicy
+from leap_cli.programs.backends import (Backend, BackendError, Completion, OfflineBackend, OpenAIBackend, Request,
+                                       RetryPolicy)
 from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, PromptBuilder, clip_info, load_exemplars,
                                       load_system_prompt, narration_record)
 from leap_cli.programs.redact import redact, redact_logs
@@ -187,11 +188,31 @@ def repair_message(findings: list[Finding]) -> str:
             "\nAnswer with the corrected JSON program only.")
 
 
-class ProgramGenerator:
-    """Turns one descriptor record into one program record (prompt, cache, backend, validation, repair)."""
+class NoMoreRequests(Exception):
+    """A segment's first request may not go out (``--max-cost`` reached, or another request hit an error that
+    stops the stage): the segment stays pending."""
 
-    def __init__(self, cfg: GenerateConfig, inputs: Inputs, backend: Backend, store: ProgramStore, builder: PromptBuilder):
+
+class ProgramGenerator:
+    """Turns one descriptor record into one program record (prompt, cache, backend, validation, repair).
+
+    Requests pass an in-flight gate of ``cfg.concurrency`` slots. The stage runs more workers than slots, so
+    that a worker whose reply arrives hands its slot at once to one whose prompt is built and waiting, and
+    does its own bookkeeping (parse, validation, cache, log, record) while that request is on the wire: a
+    reply's processing then delays no request of its own slot. Prompt building and reply checking take turns
+    (``_cpu``), so a burst of replies is read, and their slots' next requests sent, before the burst's checks.
+    ``over_budget`` (``--max-cost``) is asked again when a segment's first request gets its slot."""
+
+    def __init__(self, cfg: GenerateConfig, inputs: Inputs, backend: Backend, store: ProgramStore, builder: PromptBuilder,
+                 over_budget: Callable[[], bool] | None = None):
         self.cfg, self.inputs, self.backend, self.store, self.builder = cfg, inputs, backend, store, builder
+        self.over_budget = over_budget
+        self._slots: asyncio.Semaphore | None = None
+        # one worker at a time builds a prompt or checks a reply: between two such steps the event loop reads
+        # the replies that arrived and sends the requests whose slot came free (I/O before bookkeeping)
+        self._cpu = asyncio.Lock()
+        self.all_busy = asyncio.Event()  # every slot has been taken once (the workers that wait start then)
+        self._halted = False  # a request raised an error that stops the stage (a refused key): send no more
         self.schema = strict_schema()
         self.schema_hash = stable_hash(self.schema)
         self.summary_requests = 0
@@ -210,7 +231,8 @@ class ProgramGenerator:
         start = time.perf_counter()
         info = self.info(record)
         nid = record["narration_id"]
-        prompt = self.builder.prompt(info)
+        async with self._cpu:
+            prompt = self.builder.prompt(info)
         phash = prompt.hash[:16]  # == prompt_hash(messages)
         prov = {"backend": self.backend.name, "model": self.backend.model, "prompt_hash": phash, "attempts": 0,
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "seconds": 0.0, "created": None,
@@ -238,7 +260,7 @@ class ProgramGenerator:
             else:
                 prov["cached"] = False
                 try:
-                    comp = await self.backend.complete(Request(nid, prompt.messages, schema, info, prompt.json))
+                    comp = await self._complete(Request(nid, prompt.messages, schema, info, prompt.json), key, rnd == 0)
                 except BackendError as e:
                     prov["attempts"] += e.attempts
                     self.summary_requests += e.attempts
@@ -251,30 +273,52 @@ class ProgramGenerator:
                                 findings + [Finding("", f"request failed: {e}")])
                 text, usage, latency, attempts = comp.text, comp.usage, comp.seconds, comp.attempts
                 prov["attempts"] += attempts
-                self.summary_requests += attempts
-                for k in self.usage:
-                    self.usage[k] += usage.get(k, 0)
-                cost = self.cfg.cost(usage)
-                self.cost += cost
-                if cost or self.backend.name != "offline":
-                    self.store.add_spend(self.cfg.out_path, cost, usage, attempts)
-                self.store.put(key, text, usage, comp.model)
             for k in prov["usage"]:
                 prov["usage"][k] += usage.get(k, 0)
-            parsed, findings = parse_reply(text)
-            if parsed is not None:
-                program = parsed
-                findings = self.check(parsed, info)
-            outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
-            self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model, prompt_hash=phash,
-                                cache_key=key, round=rnd, response=text, usage=usage, latency=latency, attempts=attempts,
-                                cached=hit is not None, outcome=outcome,
-                                error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None)
+            async with self._cpu:
+                parsed, findings = parse_reply(text)
+                if parsed is not None:
+                    program = parsed
+                    findings = self.check(parsed, info)
+                outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
+                self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
+                                    prompt_hash=phash, cache_key=key, round=rnd, response=text, usage=usage,
+                                    latency=latency, attempts=attempts, cached=hit is not None, outcome=outcome,
+                                    error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None)
             if not findings:
                 return done("valid", program, [])
             prompt = prompt.extend([{"role": "assistant", "content": text},
                                     {"role": "user", "content": repair_message(findings)}])
         return done("invalid", program, findings)
+
+    async def _complete(self, request: Request, key: str, first: bool) -> Completion:
+        """The backend's reply, its cost counted and the reply cached before the slot is handed on (so that the
+        next segment's budget check sees it)."""
+        if self._slots is None:  # made in the running event loop
+            self._slots = asyncio.Semaphore(max(1, self.cfg.concurrency))
+        async with self._slots:
+            if self._halted or (first and self.over_budget is not None and self.over_budget()):
+                raise NoMoreRequests
+            if self._slots.locked():
+                self.all_busy.set()
+            try:
+                comp = await self.backend.complete(request)
+            except BackendError:
+                raise
+            except Exception:
+                self._halted = True
+                raise
+            usage = comp.usage
+            self.summary_requests += comp.attempts
+            for k in self.usage:
+                self.usage[k] += usage.get(k, 0)
+            cost = self.cfg.cost(usage)
+            self.cost += cost
+            if cost or self.backend.name != "offline":
+                self.store.add_spend(self.cfg.out_path, cost, usage, comp.attempts)
+            self.store.put(key, comp.text, usage, comp.model)
+        await asyncio.sleep(0)  # the worker that now has the slot sends its request before this reply's bookkeeping
+        return comp
 
 
 def output_settings(cfg: GenerateConfig, builder: PromptBuilder) -> dict:
@@ -343,17 +387,34 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         summary.total = len(pending)
         if on_start:
             on_start(len(pending))
-        gen = ProgramGenerator(cfg, inputs, backend, store, builder)
-        queue = iter(pending)
         summary.spent_before = store.spent(cfg.out_path)["cost"]
 
-        async def worker() -> None:
+        def over_budget() -> bool:
+            if cfg.max_cost is None or summary.spent_before + gen.cost < cfg.max_cost:
+                return False
+            summary.stopped = (f"--max-cost {cfg.max_cost:g} reached (estimated ${summary.spent_before + gen.cost:.4f} "
+                               f"spent on {cfg.out_path.name} so far, ${gen.cost:.4f} in this run)")
+            return True
+
+        gen = ProgramGenerator(cfg, inputs, backend, store, builder, over_budget)
+        queue = iter(pending)
+
+        async def worker(waits: bool) -> None:
+            try:
+                if waits:  # builds its first prompt once the first requests are out
+                    await gen.all_busy.wait()
+                await work()
+            finally:
+                gen.all_busy.set()  # a worker that ends (the input is done) lets the waiting ones see that too
+
+        async def work() -> None:
             for record in queue:
-                if cfg.max_cost is not None and summary.spent_before + gen.cost >= cfg.max_cost:
-                    summary.stopped = (f"--max-cost {cfg.max_cost:g} reached (estimated ${summary.spent_before + gen.cost:.4f} "
-                                       f"spent on {cfg.out_path.name} so far, ${gen.cost:.4f} in this run)")
+                if over_budget():
                     return
-                result = await gen.run_one(record)
+                try:
+                    result = await gen.run_one(record)
+                except NoMoreRequests:
+                    return
                 appender.write(result)
                 summary.statuses[result["status"]] += 1
                 if result["status"] != "valid":
@@ -364,7 +425,9 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                 # a backend that never waits (offline, cache hits) must still let Ctrl-C (task cancellation) in
                 await asyncio.sleep(0)
 
-        tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, cfg.concurrency))]
+        # twice as many workers as requests in flight (ProgramGenerator): half wait with their prompt built
+        n = max(1, cfg.concurrency)
+        tasks = [asyncio.ensure_future(worker(i >= n)) for i in range(2 * n)]
         try:
             await asyncio.gather(*tasks)
         except BaseException:

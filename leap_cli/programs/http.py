@@ -5,6 +5,10 @@ costs ~2.3 ms of CPU per request and ``httpx`` alone ~1.6 ms (typed request buil
 bookkeeping, header models), this ~0.2 ms (``benchmarks/bench_generate.py``). At 32 requests in flight that
 is the difference between a client that keeps up with the concurrency bound and one that does not.
 
+Each connection is an ``asyncio.Protocol`` that the response parser reads from (one buffer, no stream
+objects), the request goes out in one write (head prebuilt but for its length), and a request's timeout is
+one timer that fails its wait (not ``asyncio.timeout``).
+
 What it does: keep-alive connections reused across requests (at most ``max_connections`` open at once),
 ``http`` and ``https`` (certifi's CA bundle when installed, else the system's; ``SSL_CERT_FILE`` wins),
 proxies from the environment (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY``: ``CONNECT`` tunnels for
@@ -50,15 +54,98 @@ def _ssl_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-class _Conn:
-    __slots__ = ("reader", "writer")
+_HEAD_LIMIT = 1 << 20  # bytes of a response head (or chunk-size line) at most
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
-        self.reader, self.writer = reader, writer
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection: the bytes received so far in a buffer that the response parser reads from.
+    (A protocol rather than asyncio's streams: ~0.05 ms less CPU per request.) A request's timeout is a timer
+    that fails the wait for more bytes (``expire``)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future | None = None
+        self.closed = False  # EOF or connection lost
+        self.error: BaseException | None = None
+        self.timed_out = False
+
+    # ---- asyncio.Protocol ----
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.closed, self.error = True, exc
+        self._wake()
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def expire(self) -> None:
+        self.timed_out = True
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_exception(HTTPTimeout("timed out"))
+
+    # ---- reading ----
+    async def _more(self) -> None:
+        if self.timed_out:
+            raise HTTPTimeout("timed out")
+        if self.closed:
+            if isinstance(self.error, OSError):
+                raise self.error
+            raise asyncio.IncompleteReadError(bytes(self.buf), None)
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    async def readuntil(self, sep: bytes) -> bytes:
+        start = 0
+        while True:
+            i = self.buf.find(sep, start)
+            if i >= 0:
+                out = bytes(self.buf[:i + len(sep)])
+                del self.buf[:i + len(sep)]
+                return out
+            if len(self.buf) > _HEAD_LIMIT:
+                raise ValueError(f"no {sep!r} in the first {_HEAD_LIMIT} bytes")
+            start = max(0, len(self.buf) - len(sep) + 1)
+            await self._more()
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            await self._more()
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    async def read_to_close(self) -> bytes:
+        while not self.closed:
+            await self._more()
+        out = bytes(self.buf)
+        self.buf.clear()
+        return out
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
 
     def close(self) -> None:
         try:
-            self.writer.close()
+            if self.transport is not None:
+                self.transport.close()
         except Exception:  # noqa: BLE001 - closing a broken transport
             pass
 
@@ -87,7 +174,6 @@ class HTTPClient:
         self._origin = f"{self.scheme}://{host_header}"
         self._idle: list[_Conn] = []
         self._slots = asyncio.Semaphore(max(1, max_connections))
-        self._timeout_cm = getattr(asyncio, "timeout", None)
 
     def _proxy_for(self, url: str) -> dict | None:
         proxies = urllib.request.getproxies()
@@ -108,59 +194,74 @@ class HTTPClient:
         head = (f"POST {target} HTTP/1.1\r\n".encode("latin-1") + self._headers +
                 b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
         async with self._slots:
+            loop = asyncio.get_running_loop()
             try:
-                if self._timeout_cm is not None:
-                    async with self._timeout_cm(self.timeout):
-                        return await self._exchange(head, body)
-                return await asyncio.wait_for(self._exchange(head, body), self.timeout)
-            except (TimeoutError, asyncio.TimeoutError):
+                return await self._exchange(head, body, loop, loop.time() + self.timeout)
+            except HTTPTimeout:
                 raise HTTPTimeout(f"no response within {self.timeout:g} s") from None
 
-    async def _exchange(self, head: bytes, body: bytes) -> Response:
+    async def _exchange(self, head: bytes, body: bytes, loop: asyncio.AbstractEventLoop, deadline: float) -> Response:
         while True:
-            reused = bool(self._idle)
-            conn = self._idle.pop() if reused else await self._connect()
+            conn = None
+            while self._idle and conn is None:
+                conn = self._idle.pop()
+                if conn.closed:  # the server closed it while it was idle
+                    conn.close()
+                    conn = None
+            reused = conn is not None
+            if conn is None:
+                try:
+                    conn = await asyncio.wait_for(self._connect(), max(0.0, deadline - loop.time()))
+                except (TimeoutError, asyncio.TimeoutError):
+                    raise HTTPTimeout("timed out") from None
+            timer = loop.call_at(deadline, conn.expire)
             try:
-                conn.writer.write(head + body if len(body) < 65536 else head)
+                conn.write(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
-                    conn.writer.write(body)
-                resp, keep = await self._read_response(conn.reader)
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, zlib.error) as e:
+                    conn.write(body)
+                resp, keep = await self._read_response(conn)
+            except HTTPTimeout:
+                conn.close()
+                raise
+            except (OSError, asyncio.IncompleteReadError, ValueError, zlib.error) as e:
                 conn.close()
                 if reused and isinstance(e, (asyncio.IncompleteReadError, ConnectionError)) and not getattr(
                         e, "partial", b""):
                     continue  # the server closed the idle connection: once more on a fresh one
                 raise HTTPConnectionError(f"{type(e).__name__}: {e}") from None
             except BaseException:
-                conn.close()  # cancelled or timed out mid-response: the connection is in an unknown state
+                conn.close()  # cancelled mid-response: the connection is in an unknown state
                 raise
-            if keep:
+            finally:
+                timer.cancel()
+            if keep and not conn.closed:
                 self._idle.append(conn)
             else:
                 conn.close()
             return resp
 
     async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
         try:
             if self._proxy is None:
-                reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self._ssl, limit=1 << 20)
-                return _Conn(reader, writer)
-            reader, writer = await asyncio.open_connection(self._proxy["host"], self._proxy["port"], limit=1 << 20)
-            conn = _Conn(reader, writer)
+                _, conn = await loop.create_connection(_Conn, self.host, self.port, ssl=self._ssl,
+                                                       server_hostname=self.host if self._ssl else None)
+                return conn
+            _, conn = await loop.create_connection(_Conn, self._proxy["host"], self._proxy["port"])
             if self.scheme == "https":
                 auth = f"Proxy-Authorization: {self._proxy['auth']}\r\n" if self._proxy["auth"] else ""
-                writer.write(f"CONNECT {self.host}:{self.port} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{auth}\r\n"
-                             .encode("latin-1"))
-                resp, _ = await self._read_response(reader, head_only=True)
+                conn.write(f"CONNECT {self.host}:{self.port} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{auth}\r\n"
+                           .encode("latin-1"))
+                resp, _ = await self._read_response(conn, head_only=True)
                 if resp.status != 200:
                     conn.close()
                     raise HTTPConnectionError(f"the proxy refused the tunnel (HTTP {resp.status})")
-                await writer.start_tls(self._ssl, server_hostname=self.host)
+                conn.transport = await loop.start_tls(conn.transport, conn, self._ssl, server_hostname=self.host)
             return conn
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as e:
             raise HTTPConnectionError(f"cannot connect to {self.host}:{self.port}: {e}") from None
 
-    async def _read_response(self, reader: asyncio.StreamReader, head_only: bool = False) -> tuple[Response, bool]:
+    async def _read_response(self, reader: _Conn, head_only: bool = False) -> tuple[Response, bool]:
         while True:
             raw = await reader.readuntil(b"\r\n\r\n")
             lines = raw.decode("latin-1").split("\r\n")
@@ -193,7 +294,7 @@ class HTTPClient:
         elif status in (204, 304):
             body = b""
         else:
-            body, keep = await reader.read(), False
+            body, keep = await reader.read_to_close(), False
         encoding = headers.get("content-encoding", "").lower()
         if encoding == "gzip":
             body = zlib.decompress(body, 16 + zlib.MAX_WBITS)

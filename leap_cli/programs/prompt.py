@@ -262,34 +262,45 @@ def clip_narration(info: ClipInfo) -> Narration:
     return Narration("", None, None, info.verb_class, info.noun_class, tuple(dict.fromkeys(named)))
 
 
-def _same(a_class: int | None, b_class: int | None, a_key: str | None, b_key: str | None) -> bool:
-    """Same class when both are known, else the same key (``take``, ``board:chopping``)."""
-    if a_class is not None and b_class is not None:
-        return a_class == b_class
-    return bool(a_key) and bool(b_key) and a_key.lower() == b_key.lower()
+def exemplar_rows(exemplars: list[Exemplar]) -> list[tuple]:
+    """What ``select_exemplars`` compares of each exemplar, computed once per library: (exemplar, verb class,
+    noun class, verb key lower-case or None, noun key lower-case or None, narration words)."""
+    rows = []
+    for e in exemplars:
+        n = exemplar_narration(e)
+        rows.append((e, n.verb_class, n.noun_class, n.verb.lower() if n.verb else None,
+                     n.noun.lower() if n.noun else None, n.words))
+    return rows
 
 
-def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT_K) -> list[Exemplar]:
+def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT_K,
+                     rows: list[tuple] | None = None) -> list[Exemplar]:
     """The k exemplars whose narration is nearest the clip's: +4 for the same verb (class; the key when a class
     is unknown), +2 for the same noun, plus the Jaccard similarity of the narrations' words (narration, verb,
     noun, other nouns). Not the long clip texts: a word that both texts mention (a sink in view) says nothing of
-    the action. Ties by id, so the choice is deterministic."""
+    the action. Ties by id, so the choice is deterministic. ``rows``: ``exemplar_rows(exemplars)``, when the
+    caller keeps them (``PromptBuilder``: every request compares the same library)."""
     clip = clip_narration(info)
     words = clip.words
-
-    def score(e: Exemplar) -> float:
-        n = exemplar_narration(e)
+    nw = len(words)
+    cv, cn = clip.verb_class, clip.noun_class
+    cvk = clip.verb.lower() if clip.verb else None
+    cnk = clip.noun.lower() if clip.noun else None
+    scored = []
+    for i, (e, vc, nc, vk, nk, ew) in enumerate(rows if rows is not None else exemplar_rows(exemplars)):
         s = 0.0
-        if _same(clip.verb_class, n.verb_class, clip.verb, n.verb):
+        # the same verb / noun: the classes when both are known, else the (non-empty) keys
+        if (vc == cv) if (vc is not None and cv is not None) else (cvk is not None and cvk == vk):
             s += 4
-        if _same(clip.noun_class, n.noun_class, clip.noun, n.noun):
+        if (nc == cn) if (nc is not None and cn is not None) else (cnk is not None and cnk == nk):
             s += 2
-        ew = n.words
-        if words and ew:
-            s += len(words & ew) / len(words | ew)
-        return s
-
-    return sorted(exemplars, key=lambda e: (-score(e), e.id))[:k]
+        if nw and ew:
+            common = len(words & ew)
+            s += common / (nw + len(ew) - common)
+        scored.append((-s, e.id, i))
+    scored.sort()
+    chosen = [t[2] for t in scored[:k]]
+    return [rows[i][0] for i in chosen] if rows is not None else [exemplars[i] for i in chosen]
 
 
 def vocabulary_text(verbs: ClassVocab, nouns: ClassVocab) -> str:
@@ -327,8 +338,8 @@ class Prompt:
     messages: list[dict]
     json: str
 
-    @property
-    def hash(self) -> str:
+    @cached_property
+    def hash(self) -> str:  # once per prompt: the record's prompt_hash and the cache key both use it
         return hashlib.sha256(self.json.encode()).hexdigest()
 
     def extend(self, extra: list[dict]) -> "Prompt":
@@ -355,6 +366,7 @@ class PromptBuilder:
         self._system_msg = {"role": "system", "content": self._system}
         self._system_json = canonical_json(self._system_msg)
         self._turns: dict[str, tuple[list[dict], str]] = {}
+        self._rows = exemplar_rows(self.exemplars)
 
     @property
     def static_prefix(self) -> str:
@@ -371,7 +383,7 @@ class PromptBuilder:
         return self._turns[e.id]
 
     def ordered_exemplars(self, info: ClipInfo) -> list[Exemplar]:
-        chosen = select_exemplars(info, self.exemplars, self.k)
+        chosen = select_exemplars(info, self.exemplars, self.k, self._rows)
         same_verb = lambda e: info.verb_class is not None and e.verb_class == info.verb_class  # noqa: E731
         return sorted(chosen, key=lambda e: (not same_verb(e), e.id))
 

@@ -35,9 +35,61 @@ class Labels:
     noun_class: int | None = None
 
 
+class _Resolver:
+    """``resolve_verb``, ``resolve_object`` and ``object_key`` against one pair of class files, remembered per
+    form: a program names the same few objects in many conditions, and a run validates thousands of programs
+    against the same class files. At most ``limit`` forms of each kind are kept (replies may invent any)."""
+
+    limit = 4096
+
+    def __init__(self, verbs: ClassVocab, nouns: ClassVocab):
+        self.verbs, self.nouns = verbs, nouns
+        self._verb: dict[str, int | None] = {}
+        self._object: dict[str, int | None] = {}
+        self._key: dict[str, str] = {}
+
+    def verb(self, form: str) -> int | None:
+        try:
+            return self._verb[form]
+        except KeyError:
+            return self._put(self._verb, form, resolve_verb(form, self.verbs))
+
+    def object(self, form: str) -> int | None:
+        try:
+            return self._object[form]
+        except KeyError:
+            return self._put(self._object, form, resolve_object(form, self.nouns))
+
+    def key(self, form: str) -> str:
+        try:
+            return self._key[form]
+        except KeyError:
+            return self._put(self._key, form, object_key(form, self.nouns))
+
+    def _put(self, memo: dict, form: str, value):
+        if len(memo) >= self.limit:
+            memo.clear()
+        memo[form] = value
+        return value
+
+
+_RESOLVERS: list[_Resolver] = []
+
+
+def _resolver(verbs: ClassVocab, nouns: ClassVocab) -> _Resolver:
+    """The resolver of these class files (the same objects: a run passes the same ones to every check)."""
+    for r in _RESOLVERS:
+        if r.verbs is verbs and r.nouns is nouns:
+            return r
+    r = _Resolver(verbs, nouns)
+    _RESOLVERS[:] = [r, *_RESOLVERS[:7]]
+    return r
+
+
 class _Checker:
     def __init__(self, verbs: ClassVocab, nouns: ClassVocab):
         self.verbs, self.nouns = verbs, nouns
+        self.resolve = _resolver(verbs, nouns)
         self.findings: list[Finding] = []
         self._seen: set[tuple[str, str]] = set()
 
@@ -48,11 +100,11 @@ class _Checker:
 
     # ---- vocabulary ----
     def check_verb(self, form: str, ptr: str) -> None:
-        if resolve_verb(form, self.verbs) is None:
+        if self.resolve.verb(form) is None:
             self.add(ptr, f"verb {form!r} is neither an EPIC verb class (key or synonym) nor a motor primitive")
 
     def check_object(self, form: str | None, ptr: str) -> None:
-        if form is not None and resolve_object(form, self.nouns) is None:
+        if form is not None and self.resolve.object(form) is None:
             self.add(ptr, f"object {form!r} is not an EPIC noun class (key or synonym)")
 
     def check_condition(self, cond: dict, ptr: str) -> None:
@@ -63,7 +115,8 @@ class _Checker:
     # ---- symbolic state ----
     def fact(self, cond: dict) -> Fact:
         kinds = PREDICATES[cond["predicate"]]
-        args = tuple(normalize_form(a) if k == "hand" else object_key(a, self.nouns) for a, k in zip(cond["args"], kinds))
+        key = self.resolve.key
+        args = tuple(normalize_form(a) if k == "hand" else key(a) for a, k in zip(cond["args"], kinds))
         return (cond["predicate"], *args)
 
     @staticmethod
@@ -166,8 +219,8 @@ def validate_semantics(program: dict, verbs: ClassVocab, nouns: ClassVocab, labe
     """Findings of a schema-valid program against the class files, the segment's labels and the chaining rules."""
     c = _Checker(verbs, nouns)
     action = program["action"]
-    vid = resolve_verb(action["verb"], verbs)
-    nid = resolve_object(action["noun"], nouns)
+    vid = c.resolve.verb(action["verb"])
+    nid = c.resolve.object(action["noun"])
     c.check_verb(action["verb"], "/action/verb")
     c.check_object(action["noun"], "/action/noun")
     if vid is not None and action.get("verb_class") is not None and action["verb_class"] != vid:
