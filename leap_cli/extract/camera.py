@@ -78,6 +78,8 @@ LK_WINDOW = 9  # pixels (per pyramid level)
 LK_LEVELS = 3  # pyramid levels above the image: follows ~LK_WINDOW/2 * 2**LK_LEVELS pixels of motion
 LK_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 10, 0.03)
 MIN_TRACKED = 16  # fewer tracked corners: try the global shift as a starting guess, then ORB matching
+DETECT_HALF_FROM = 60  # corners are found on the half-size frame where its short side is at least this
+CUT_RESPONSE = 0.3  # phase correlation's peak under this where tracking failed: unrelated frames, no ORB search
 # Robust fits: OpenCV's USAC_FAST (SPRT rejects bad hypotheses early) costs a third of RANSAC on a good pair
 # (0.07 ms instead of 0.25 for H on the kitchen's 192x144 frames) and a fiftieth of it on a pair of unrelated
 # frames, where RANSAC runs all its 2000 iterations (~40 ms for H, ~90 ms for E).
@@ -113,13 +115,14 @@ def _lk(g1: np.ndarray, g2: np.ndarray, pts: np.ndarray, shift: np.ndarray | Non
     return nxt, ok
 
 
-def global_shift(g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
+def global_shift(g1: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, float]:
     """The dominant image translation (dx, dy) from g1 to g2 (phase correlation at half size): where LK starts
-    looking when the motion is too large for its pyramid (fast head turns)."""
+    looking when the motion is too large for its pyramid (fast head turns); and the strength of its peak (0-1:
+    ~0.6 for two views of one scene shifted, ~0.2 for unrelated frames, see ``CUT_RESPONSE``)."""
     a = cv2.pyrDown(g1).astype(np.float32)
     b = cv2.pyrDown(g2).astype(np.float32)
-    (dx, dy), _ = cv2.phaseCorrelate(a, b, cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F))
-    return np.array([dx, dy]) * 2.0
+    (dx, dy), response = cv2.phaseCorrelate(a, b, cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F))
+    return np.array([dx, dy]) * 2.0, float(response)
 
 
 def _orb_matches(g1: np.ndarray, g2: np.ndarray, orb) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +134,22 @@ def _orb_matches(g1: np.ndarray, g2: np.ndarray, orb) -> tuple[np.ndarray, np.nd
     matches = _MATCHER.match(d1, d2)
     return (np.float64([k1[m.queryIdx].pt for m in matches]).reshape(-1, 2),
             np.float64([k2[m.trainIdx].pt for m in matches]).reshape(-1, 2))
+
+
+def _staying(shape: tuple[int, int], shift: np.ndarray | None) -> np.ndarray | None:
+    """The mask (uint8) of the pixels that a motion by ``shift`` (dx, dy) keeps inside a frame of ``shape``
+    (with LK's window as a margin); None (everywhere) without a shift or where it would leave too little."""
+    if shift is None:
+        return None
+    h, w = shape
+    dx, dy = float(shift[0]), float(shift[1])
+    x0, x1 = max(0, math.ceil(-dx) + LK_WINDOW), min(w, math.floor(w - dx) - LK_WINDOW)
+    y0, y1 = max(0, math.ceil(-dy) + LK_WINDOW), min(h, math.floor(h - dy) - LK_WINDOW)
+    if x1 - x0 < w // 4 or y1 - y0 < h // 4:
+        return None
+    mask = np.zeros((h, w), np.uint8)
+    mask[y0:y1, x0:x1] = 255
+    return mask
 
 
 class Tracker:
@@ -150,36 +169,52 @@ class Tracker:
         self._flow: np.ndarray | None = None  # the last pair's median motion (dx, dy)
         self.paths: list[str] = []  # per pair: "lk", "lk+prior", "lk+shift", "orb" or "none" (what matched)
 
-    def _detect(self, g: np.ndarray) -> np.ndarray:
+    def _detect(self, g: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+        """Corners of ``g``; with ``shift`` (the motion expected), only where they stay in view after it."""
+        mask = _staying(g.shape, shift)
+        if min(g.shape) >= 2 * DETECT_HALF_FROM:  # corners of the half-size image: a third of the CPU
+            small = cv2.pyrDown(g)
+            if mask is not None:
+                mask = cv2.resize(mask, small.shape[::-1], interpolation=cv2.INTER_NEAREST)
+            found = cv2.goodFeaturesToTrack(small, maxCorners=self.points, qualityLevel=0.01,
+                                            minDistance=max(3, min(small.shape) // 24), mask=mask)
+            return found * 2.0 + 0.5 if found is not None else np.zeros((0, 1, 2), np.float32)
         found = cv2.goodFeaturesToTrack(g, maxCorners=self.points, qualityLevel=0.01,
-                                        minDistance=max(3, min(g.shape) // 24))
+                                        minDistance=max(3, min(g.shape) // 24), mask=mask)
         return found if found is not None else np.zeros((0, 1, 2), np.float32)
 
     def pair(self, g1: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = g1.shape
         pts, prior = self._pts, self._flow
         self._pts, self._flow = None, None
+        big = LK_WINDOW / 2  # motion the pyramid follows from a zero start without trouble
+        guess = prior if prior is not None and np.hypot(*prior) > big else None  # a turn goes on: start there
+        if pts is not None and guess is not None:  # corners the turn carries out of view cannot be tracked
+            moved = pts[:, 0] + guess.astype(np.float32)
+            pts = pts[(moved[:, 0] >= 0) & (moved[:, 1] >= 0) & (moved[:, 0] < w) & (moved[:, 1] < h)]
         fresh = pts is None or len(pts) < TRACK_REFILL * self.points
         if fresh:
-            pts = self._detect(g1)
+            pts = self._detect(g1, guess)
         if len(pts) < 8:
             self.paths.append("none")
             return np.zeros((0, 2)), np.zeros((0, 2))
-        big = LK_WINDOW / 2  # motion the pyramid follows from a zero start without trouble
-        guess = prior if prior is not None and np.hypot(*prior) > big else None  # a turn goes on: start there
         nxt, ok = _lk(g1, g2, pts, guess)
         path = "lk" if guess is None else "lk+prior"
+        response = 1.0
         if ok.sum() < self.min_tracked:
-            shift = global_shift(g1, g2)
+            shift, response = global_shift(g1, g2)
             if np.hypot(*shift) <= big:
                 shift = None
             if shift is not None or guess is not None:  # a large motion LK missed, or a turn that stopped
-                pts2 = pts if fresh else self._detect(g1)
+                pts2 = pts if fresh and guess is None else self._detect(g1, shift)
                 nxt2, ok2 = _lk(g1, g2, pts2, shift)
                 if ok2.sum() > ok.sum():
                     pts, nxt, ok, path = pts2, nxt2, ok2, "lk" if shift is None else "lk+shift"
         p1 = pts.reshape(-1, 2)[ok].astype(np.float64)
         p2 = nxt.reshape(-1, 2)[ok].astype(np.float64)
+        if len(p1) < self.min_tracked and response < CUT_RESPONSE:
+            self.paths.append("cut")  # unrelated frames: no search can match them
+            return np.zeros((0, 2)), np.zeros((0, 2))
         if len(p1) < self.min_tracked:
             q1, q2 = _orb_matches(g1, g2, self.orb)
             if len(q1) > len(p1):
