@@ -544,3 +544,21 @@ def test_spawned_workers_do_not_import_the_parents_main_script(kitchen, tmp_path
     subprocess.run([sys.executable, str(script)], check=True, timeout=300)
     assert len(marker.read_text().split()) == 1  # the parent only
     assert len(read_jsonl(out)) >= 3
+
+
+def test_opencv_runs_on_one_thread_while_extract_runs_in_process_and_is_restored(kitchen, tmp_path, monkeypatch):
+    """As in a worker: OpenCV's thread pool costs more CPU than it saves on the camera's small frames."""
+    import cv2
+
+    from leap_cli.extract.camera import CameraComponent
+
+    seen = []
+    real = CameraComponent.describe
+    monkeypatch.setattr(CameraComponent, "describe", lambda self, ctx: seen.append(cv2.getNumThreads()) or real(self, ctx))
+    original = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        run_extract(_cfg(kitchen, tmp_path / "t.jsonl", components=("camera",), limit=2))
+        assert seen == [1, 1] and cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(original)

@@ -230,3 +230,21 @@ def test_decode_threads_setting_gives_the_same_frames(mp4, monkeypatch):
     with VideoReader(mp4) as r:
         assert r._cap.get(cv2.CAP_PROP_N_THREADS) == 1
         assert np.array_equal(r.read_frames(frames), default)
+
+
+def test_jpeg_of_rgb_frames_keeps_colours_and_bytes_of_any_layout():
+    """encode_jpeg swaps RGB to OpenCV's BGR with cvtColor: the bytes are those of the BGR image, for a
+    contiguous frame and for a view into a larger array alike, and red stays red."""
+    import cv2
+
+    from leap_cli.media.write import encode_jpeg
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 255, (144, 300, 3), dtype=np.uint8)
+    big[:, :, :] = np.clip(big.astype(int) // 4, 0, 255)
+    big[:72, :128] = (220, 20, 20)  # red in RGB
+    view = big[:, :256]  # not contiguous
+    want = cv2.imencode(".jpg", np.ascontiguousarray(view[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    assert encode_jpeg(view, 90) == want == encode_jpeg(np.ascontiguousarray(view), 90)
+    back = cv2.imdecode(np.frombuffer(want, np.uint8), cv2.IMREAD_COLOR)  # BGR
+    assert back[30, 60, 2] > 180 and back[30, 60, 0] < 60
