@@ -161,6 +161,9 @@ def build_components(cfg: ExtractConfig) -> list[Component]:
 
 def _plain(x):
     """numpy scalars/arrays -> JSON types."""
+    t = type(x)
+    if t is float or t is str or t is int or t is bool or x is None:  # most of a record: no isinstance chain
+        return x
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
