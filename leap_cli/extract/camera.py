@@ -2,7 +2,7 @@
 
 Visual odometry: ``frames`` frames (default 9) are decoded at ``short_side`` pixels; a few corners are tracked
 through them (``Tracker``: pyramidal Lucas-Kanade, carried from frame to frame; phase correlation gives the start
-for large motion; ORB matching only where tracking fails); the essential matrix (USAC) and ``recoverPose`` give
+for large motion; ORB matching only where tracking fails on frames that share a view, none across a cut); the essential matrix (USAC) and ``recoverPose`` give
 the rotation and the direction of translation. Intrinsics are assumed from the frame size: principal point at the centre and a
 horizontal field of view of ``fov_deg`` (default 90 deg, close to EPIC's GoPro linear view after undistortion).
 When the motion is (nearly) a pure rotation the essential matrix is degenerate, so, as ORB-SLAM does at
@@ -172,13 +172,15 @@ class Tracker:
     pyramid follows easily (a head turn going on), LK starts from the last pair's motion. Where tracking keeps
     fewer than ``MIN_TRACKED`` (motion beyond the pyramid's reach, a turn that stopped, low texture), LK starts
     again from the global shift found by phase correlation (or from none), and only if that fails too are ORB
-    features matched (the slow path)."""
+    features matched (the slow path), unless phase correlation found no common view (peak under
+    ``CUT_RESPONSE``: a cut, a blur): the pair is left unmatched ("cut") and the motion carries on to the next.
+    During a turn, corners the motion carries out of view are dropped and new ones are found where they stay."""
 
     def __init__(self, orb, points: int = TRACK_POINTS, min_tracked: int = MIN_TRACKED):
         self.orb, self.points, self.min_tracked = orb, points, min_tracked
         self._pts: np.ndarray | None = None  # corners carried into the next pair
         self._flow: np.ndarray | None = None  # the last pair's median motion (dx, dy)
-        self.paths: list[str] = []  # per pair: "lk", "lk+prior", "lk+shift", "orb" or "none" (what matched)
+        self.paths: list[str] = []  # per pair: "lk", "lk+prior", "lk+shift", "orb", "cut" or "none" (what matched)
 
     def _detect(self, g: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
         """Corners of ``g``; with ``shift`` (the motion expected), only where they stay in view after it."""
