@@ -5,7 +5,7 @@ import pytest
 from leap_cli.epic.annotations import Annotations, read_segments
 from leap_cli.epic.classes import ClassVocab, parse_list_cell
 from leap_cli.epic.hand_objects import (BBox, FrameDetections, HandDetection, HandSide, HandState, ObjectDetection,
-                                        read_hand_objects, write_hand_objects)
+                                        open_hand_objects, read_hand_objects, write_hand_objects)
 from leap_cli.epic.layout import DatasetLayout
 from leap_cli.epic.timing import format_timestamp, frame_filename, frame_to_time, parse_timestamp, time_to_frame
 from leap_cli.errors import LeapError
@@ -180,6 +180,48 @@ def test_hand_objects_protobuf_wire_format():
     f = FrameDetections.from_protobuf(msg)
     assert (f.video_id, f.frame_number, f.objects[0].bbox.left, f.objects[0].score) == ("a", 3, 0.5, 1.0)
     assert FrameDetections.from_protobuf(f.to_protobuf()) == f
+
+
+def test_hand_objects_fields_omitted_or_out_of_order_decode_as_in_order():
+    # A box with a zero side (proto3 omits it), a LEFT hand with no contact and no offset (all defaults omitted):
+    # the general path; the same box with all four fields in order: the one-unpack fast path.
+    f = FrameDetections("P01_01", 7, [HandDetection(BBox(0.0, 0.25, 0.5, 1.0), 0.5, HandState.NO_CONTACT, (0.0, 0.0),
+                                                    HandSide.LEFT)],
+                        [ObjectDetection(BBox(0.125, 0.25, 0.5, 0.75), 0.75)])
+    assert FrameDetections.from_protobuf(f.to_protobuf()) == f
+    box = bytes([0x25]) + b"\x00\x00\x40\x3f" + bytes([0x0D]) + b"\x00\x00\x00\x3e"  # bottom 0.75, then left 0.125
+    obj = bytes([0x0A, len(box)]) + box
+    g = FrameDetections.from_protobuf(bytes([0x10, 7, 0x22, len(obj)]) + obj)
+    assert g.objects[0].bbox == BBox(0.125, 0.0, 0.0, 0.75) and g.frame_number == 7
+
+
+def test_open_hand_objects_decodes_a_frame_when_it_is_looked_up(tmp_path, monkeypatch):
+    import pickle
+
+    frames = _frames() + [FrameDetections("P01_01", 5, [], [ObjectDetection(BBox(0.1, 0.1, 0.2, 0.2), 0.9)])]
+    p = tmp_path / "P01_01.pkl"
+    write_hand_objects(p, frames)
+    calls = []
+    real = FrameDetections.from_protobuf.__func__
+    monkeypatch.setattr(FrameDetections, "from_protobuf",
+                        classmethod(lambda cls, data: calls.append(1) or real(cls, data)))
+    read = read_hand_objects(p)  # float32 on the wire
+    calls.clear()
+    m = open_hand_objects(p)
+    assert sorted(m) == [1, 2, 5] and 5 in m and 3 not in m and not calls  # frame numbers only
+    assert m[5] == read[2] and m[5] is m[5] and len(calls) == 1  # decoded once, on the first lookup
+    assert [m[n] for n in (1, 2)] == read[:2]
+    # a message broken after its frame number: the file opens, and looking that frame up names the message
+    msgs = [fr.to_protobuf() for fr in frames]
+    msgs[1] += bytes([0x1A, 0x40])  # a hand of 64 bytes that are not there
+    p.write_bytes(pickle.dumps(msgs))
+    m = open_hand_objects(p)
+    assert m[1] == read[0]
+    with pytest.raises(LeapError, match=r"\[frame 1\].*message 1 is not a Detections protobuf"):
+        m[2]
+    p.write_bytes(pickle.dumps([b"\x0a\x50abc"]))  # no frame number to be found
+    with pytest.raises(LeapError, match=r"\[frame 0\].*not a Detections protobuf"):
+        open_hand_objects(p)
 
 
 def test_hand_objects_wrong_format(tmp_path):

@@ -132,6 +132,53 @@ def test_camera_component_words_for_turn_then_look_down():
     assert abs(rec["data"]["total"]["yaw"] - 30) < 4
 
 
+def _pan(step: int, n: int, w: int = 256, h: int = 144) -> list[np.ndarray]:
+    """Grey views of a wide texture panning left by ``step`` px per frame (a fast head turn at small frames)."""
+    wide = textured(450, h // 2, seed=3)[:h]
+    return [np.ascontiguousarray(wide[:, 400 - step * i:400 - step * i + w]) for i in range(n)]
+
+
+def test_tracker_follows_a_fast_pan_with_corners_that_stay_in_view():
+    import cv2
+
+    import leap_cli.extract.camera as cam
+
+    views = _pan(60, 6)  # 60 px per frame: beyond LK's pyramid from a zero start
+    tr = cam.Tracker(cv2.ORB_create(300))
+    for a, b in zip(views, views[1:]):
+        p1, p2 = tr.pair(a, b)
+        assert len(p1) >= cam.MIN_TRACKED and np.allclose(np.median(p2 - p1, axis=0), [60, 0], atol=0.5)
+    # the first pair finds the motion by phase correlation, the others start from the last pair's motion
+    assert tr.paths == ["lk+shift"] + ["lk+prior"] * 4
+    # new corners are found only where the motion keeps them in view: none in the 60 px that leave the frame
+    mask = cam._staying((144, 256), np.array([60.0, 0.0]))
+    assert mask[:, 256 - 60 - cam.LK_WINDOW:].max() == 0 and mask[20:-20, 20:150].min() == 255
+
+
+def test_unrelated_frames_are_a_cut_not_an_orb_search(monkeypatch):
+    """Tracking fails and phase correlation finds no common shift (a scene cut, a blur): the pair is marked
+    unmatched without the slow ORB search, and the turn's motion carries on into the next pair."""
+    import cv2
+
+    import leap_cli.extract.camera as cam
+
+    def no_orb(*a):
+        raise AssertionError("ORB searched on unrelated frames")
+
+    monkeypatch.setattr(cam, "_orb_matches", no_orb)
+    views = _pan(60, 5)
+    other = textured(256, 144, seed=9)[:144, :256].copy()
+    assert cam.global_shift(views[1], other)[1] < cam.CUT_RESPONSE < cam.global_shift(views[0], views[1])[1]
+    tr = cam.Tracker(cv2.ORB_create(300))
+    tr.pair(views[0], views[1])
+    p1, _ = tr.pair(views[1], other)
+    assert len(p1) == 0 and tr.paths[-1] == "cut"
+    est = relative_pose(views[1], other, intrinsics(256, 144, 90.0), None, matches=(p1, p1))
+    assert est["model"] is None and np.allclose(est["r_cam"], np.eye(3))  # the step says nothing turned
+    tr.pair(views[2], views[3])
+    assert tr.paths[-1] == "lk+prior"
+
+
 def test_camera_still_and_small_jitter_is_still():
     steps = [{"start": i * 0.25, "stop": (i + 1) * 0.25, "yaw": 0.3 * (-1) ** i, "pitch": 0.1, "roll": 0.0}
              for i in range(8)]

@@ -201,7 +201,7 @@ def test_each_video_is_opened_once_and_only_sampled_frames_are_decoded(kitchen, 
     run_extract(_cfg(kitchen, tmp_path / "c.jsonl", components=("camera",), camera_frames=5,
                      frame_cache=tmp_path / "cache"))
     assert len(asked) == 3 and all(len(f) > 16 for f in asked)
-    assert len(list((tmp_path / "cache" / "P01_01").glob("*.npz"))) == 3
+    assert len(list((tmp_path / "cache" / "P01_01").glob("*.jpgs"))) == 3
 
 
 def test_schema_rejects_malformed_records(kitchen, tmp_path):
@@ -265,7 +265,7 @@ def test_segments_past_the_end_of_a_short_video_are_unavailable_not_invented(kit
     assert s.counts["camera"] == {"ok": 1, "unavailable": 3, "error": 0}
     assert sum(n for k, n in s.unavailable.items() if "after the decodable end" in k) == 2
     assert s.outcome.failed == 0  # unavailable is honest, not a failure
-    cached = {p.name.split(".")[0] for p in (tmp_path / "cache" / "P01_01").glob("*.npz")}
+    cached = {p.name.split(".")[0] for p in (tmp_path / "cache" / "P01_01").glob("*.jpgs")}
     assert cached == {"P01_01_0"}  # no cache entry is invented either
 
 
@@ -399,7 +399,7 @@ def test_build_shards_reuses_extracts_decode_and_writes_the_same_bytes(kitchen, 
     cache = tmp_path / "frame-cache"
     run_extract(_cfg(kitchen, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache))
     settings = ShardSettings("train", frames=16, short_side=64)
-    assert not list(cache.rglob("*.s64q90.npz"))  # extract cached at its own settings (256): not these
+    assert not list(cache.rglob("*.s64q90.jpgs"))  # extract cached at its own settings (256): not these
     run_extract(_cfg(kitchen, tmp_path / "d64.jsonl", components=("camera",), frame_cache=cache,
                      cache_short_side=64))
     opened = []
@@ -425,11 +425,10 @@ def test_frame_cache_and_build_shards_store_small_frames_at_their_own_size(kitch
     """The kitchen's 192x144 frames at --short-side 256: extract caches them at 192x144 (not upscaled to
     341x256), from the same single decode as the camera's, and build-shards copies them: the same bytes and frame
     size as its own decode."""
-    import numpy as np
-
     import leap_cli.media.video as video
     from leap_cli.epic.layout import DatasetLayout
-    from leap_cli.extract.cache import FrameCache
+    from leap_cli.epic.timing import MP4, FrameClock
+    from leap_cli.extract.cache import FrameCache, recognition_frames
     from leap_cli.shards.format import iter_tar_samples
     from leap_cli.shards.transforms import decode_jpegs
     from leap_cli.shards.writer import LayoutOpener, ShardSettings, build_shards
@@ -440,11 +439,17 @@ def test_frame_cache_and_build_shards_store_small_frames_at_their_own_size(kitch
     cache = tmp_path / "frame-cache"
     run_extract(_cfg(kitchen, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache))
     assert sides and set(sides) == {None}  # camera and cache read the same full-size frames: one conversion each
-    entries = sorted(cache.rglob("*.v2.s256q90.npz"))
+    entries = sorted(cache.rglob("*.v3.s256q90.jpgs"))
     assert len(entries) == 3
-    with np.load(entries[0]) as z:
-        first = z["data"].tobytes()[: int(z["sizes"][0])]
-    assert decode_jpegs([first]).shape == (1, 144, 192, 3)
+    ann0 = DatasetLayout.open(kitchen).annotations()
+    seg = next(s for s in ann0.segments("train") if s.narration_id == entries[0].name.split(".")[0])
+    first = FrameCache(cache, 16, 256, 90).load("P01_01", seg.narration_id,
+                                                recognition_frames(FrameClock(MP4, ann0.fps("P01_01")), seg, 16))
+    assert first is not None and decode_jpegs(first).shape == (16, 144, 192, 3)
+    entries[0].write_bytes(entries[0].read_bytes()[:-1])  # a truncated entry is not used
+    assert FrameCache(cache, 16, 256, 90).load("P01_01", seg.narration_id,
+                                               recognition_frames(FrameClock(MP4, ann0.fps("P01_01")), seg, 16)) is None
+    entries[0].unlink()
     layout = DatasetLayout.open(kitchen)
     ann = layout.annotations()
     settings = ShardSettings("train", frames=16, short_side=256)
@@ -544,3 +549,21 @@ def test_spawned_workers_do_not_import_the_parents_main_script(kitchen, tmp_path
     subprocess.run([sys.executable, str(script)], check=True, timeout=300)
     assert len(marker.read_text().split()) == 1  # the parent only
     assert len(read_jsonl(out)) >= 3
+
+
+def test_opencv_runs_on_one_thread_while_extract_runs_in_process_and_is_restored(kitchen, tmp_path, monkeypatch):
+    """As in a worker: OpenCV's thread pool costs more CPU than it saves on the camera's small frames."""
+    import cv2
+
+    from leap_cli.extract.camera import CameraComponent
+
+    seen = []
+    real = CameraComponent.describe
+    monkeypatch.setattr(CameraComponent, "describe", lambda self, ctx: seen.append(cv2.getNumThreads()) or real(self, ctx))
+    original = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        run_extract(_cfg(kitchen, tmp_path / "t.jsonl", components=("camera",), limit=2))
+        assert seen == [1, 1] and cv2.getNumThreads() == 2
+    finally:
+        cv2.setNumThreads(original)

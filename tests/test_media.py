@@ -242,3 +242,21 @@ def test_show_keyframes_are_never_upscaled(tmp_path):
     assert len(frames) == 3 and all(f.shape == (48, 64, 3) for _, f in frames)
     small = keyframes(tmp_path, "P01_01", 0.5, 1.5, count=3, short_side=24)
     assert all(f.shape == (24, 32, 3) for _, f in small)
+
+
+def test_jpeg_of_rgb_frames_keeps_colours_and_bytes_of_any_layout():
+    """encode_jpeg swaps RGB to OpenCV's BGR with cvtColor: the bytes are those of the BGR image, for a
+    contiguous frame and for a view into a larger array alike, and red stays red."""
+    import cv2
+
+    from leap_cli.media.write import encode_jpeg
+
+    rng = np.random.default_rng(0)
+    big = rng.integers(0, 255, (144, 300, 3), dtype=np.uint8)
+    big[:, :, :] = np.clip(big.astype(int) // 4, 0, 255)
+    big[:72, :128] = (220, 20, 20)  # red in RGB
+    view = big[:, :256]  # not contiguous
+    want = cv2.imencode(".jpg", np.ascontiguousarray(view[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    assert encode_jpeg(view, 90) == want == encode_jpeg(np.ascontiguousarray(view), 90)
+    back = cv2.imdecode(np.frombuffer(want, np.uint8), cv2.IMREAD_COLOR)  # BGR
+    assert back[30, 60, 2] > 180 and back[30, 60, 0] < 60

@@ -19,6 +19,7 @@ import io
 import json
 import pickle
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
@@ -126,13 +127,14 @@ class FrameDetections:
     def from_protobuf(cls, data: bytes) -> "FrameDetections":
         f = _fields(data)
         hands, objects = [], []
-        for raw in f.get(3, []):
+        for raw in f.get(3, ()):
             h = _fields(raw)
-            off = _fields(_one(h, 4, b""))
-            hands.append(HandDetection(_bbox(_one(h, 1, b"")), _float(_one(h, 2, 0)), HandState(_one(h, 3, 0)),
-                                       (_float(_one(off, 1, 0)), _float(_one(off, 2, 0))),
-                                       HandSide(_one(h, 5, 0))))
-        for raw in f.get(4, []):
+            off = _pair(_one(h, 4, b""))
+            state, side = _one(h, 3, 0), _one(h, 5, 0)
+            hands.append(HandDetection(_bbox(_one(h, 1, b"")), _float(_one(h, 2, 0)),
+                                       _STATES[state] if state < len(_STATES) else HandState(state), off,
+                                       _SIDES[side] if side < len(_SIDES) else HandSide(side)))
+        for raw in f.get(4, ()):
             o = _fields(raw)
             objects.append(ObjectDetection(_bbox(_one(o, 1, b"")), _float(_one(o, 2, 0))))
         return cls(_one(f, 1, b"").decode(), _signed32(_one(f, 2, 0)), hands, objects)
@@ -176,30 +178,47 @@ def _bbox_bytes(b: BBox) -> bytes:
 
 
 def _fields(data: bytes) -> dict[int, list]:
-    """Decode one message into {field number: [values]}; fixed32 kept as raw 4 bytes."""
+    """Decode one message into {field number: [values]}; fixed32 kept as raw 4 bytes. Keys, lengths and
+    varints under 128 (nearly all of EPIC's) take a fast path without ``_varint``'s loop."""
     out: dict[int, list] = {}
     i, n = 0, len(data)
     while i < n:
-        key, i = _varint(data, i)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            val, i = _varint(data, i)
-        elif wire == 5:
+        key = data[i]
+        if key < 0x80:
+            i += 1
+        else:
+            key, i = _varint(data, i)
+        wire = key & 7
+        if wire == 5:
             if i + 4 > n:
                 raise ValueError("truncated fixed32")
             val, i = data[i:i + 4], i + 4
+        elif wire == 2:
+            length = data[i] if i < n else 0x80
+            if length < 0x80:
+                i += 1
+            else:
+                length, i = _varint(data, i)
+            if i + length > n:
+                raise ValueError("truncated length-delimited field")
+            val, i = data[i:i + length], i + length
+        elif wire == 0:
+            val = data[i] if i < n else 0x80
+            if val < 0x80:
+                i += 1
+            else:
+                val, i = _varint(data, i)
         elif wire == 1:
             if i + 8 > n:
                 raise ValueError("truncated fixed64")
             val, i = data[i:i + 8], i + 8
-        elif wire == 2:
-            length, i = _varint(data, i)
-            if i + length > n:
-                raise ValueError("truncated length-delimited field")
-            val, i = data[i:i + length], i + length
         else:
             raise ValueError(f"unsupported wire type {wire}")
-        out.setdefault(num, []).append(val)
+        num = key >> 3
+        if num in out:
+            out[num].append(val)
+        else:
+            out[num] = [val]
     return out
 
 
@@ -222,8 +241,14 @@ def _one(f: dict, num: int, default):
     return f[num][-1] if num in f else default
 
 
+_STATES, _SIDES = tuple(HandState), tuple(HandSide)  # by value (0, 1, ...): an index instead of an enum call
+_F32 = struct.Struct("<f")
+_BOX = struct.Struct("<xfxfxfxf")  # a BBox with its 4 fields in order: key byte, float, key byte, float...
+_PAIR = struct.Struct("<xfxf")  # a FloatVector with x and y
+
+
 def _float(v) -> float:
-    return struct.unpack("<f", v)[0] if isinstance(v, (bytes, bytearray)) else float(v)
+    return _F32.unpack(v)[0] if isinstance(v, (bytes, bytearray)) else float(v)
 
 
 def _signed32(v: int) -> int:
@@ -232,8 +257,17 @@ def _signed32(v: int) -> int:
 
 
 def _bbox(data: bytes) -> BBox:
+    if len(data) == 20 and data[0] == 0x0D and data[5] == 0x15 and data[10] == 0x1D and data[15] == 0x25:
+        return BBox(*_BOX.unpack(data))  # all four fields, in order (what a serializer writes): one unpack
     f = _fields(data)
     return BBox(*(_float(_one(f, i, 0)) for i in (1, 2, 3, 4)))
+
+
+def _pair(data: bytes) -> tuple[float, float]:
+    if len(data) == 10 and data[0] == 0x0D and data[5] == 0x15:
+        return _PAIR.unpack(data)
+    f = _fields(data)
+    return _float(_one(f, 1, 0)), _float(_one(f, 2, 0))
 
 
 class _ListOfBytesUnpickler(pickle.Unpickler):
@@ -247,39 +281,126 @@ class _ListOfBytesUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
+_EXPECTED = ("EPIC's hand-object format: a .pkl holding a list of serialized Detections protobuf messages, "
+             "or .jsonl with one {video_id, frame_number, hands, objects} object per line")
+
+
 def read_hand_objects(path: str | Path) -> list[FrameDetections]:
     """Read EPIC's ``.pkl`` (list of serialized protobuf messages) or the JSONL equivalent."""
     path = Path(path)
-    expected = ("EPIC's hand-object format: a .pkl holding a list of serialized Detections protobuf messages, "
-                "or .jsonl with one {video_id, frame_number, hands, objects} object per line")
-    if not path.exists():
-        raise LeapError("hand-object detections not found", path=path, fix=expected)
     if path.suffix == ".jsonl":
-        frames = []
-        for i, line in enumerate(path.read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
+        return _read_jsonl(path)
+    return [_decode(msg, path, i) for i, msg in enumerate(_messages(path))]
+
+
+def open_hand_objects(path: str | Path) -> "Mapping[int, FrameDetections]":
+    """A video's detections by frame number (the last message of a frame wins), for looking up the frames of
+    segments: a ``.pkl``'s messages are decoded when first asked for (``HandObjectFrames``), so a run over some
+    segments of a video (or a worker's share of them) decodes only their frames."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return {f.frame_number: f for f in _read_jsonl(path)}
+    return HandObjectFrames(path, _messages(path))
+
+
+class HandObjectFrames(Mapping):
+    """{frame number: FrameDetections} over a list of serialized messages: each frame number is read when the
+    file is opened (field 2, near each message's start), each message decoded once, on its first lookup; a
+    malformed message is a ``LeapError`` naming the file and the message then."""
+
+    def __init__(self, path: Path, messages: list[bytes]):
+        self.path = path
+        self._raw: dict[int, int] = {}  # frame number -> index of its (last) message
+        for i, msg in enumerate(messages):
             try:
-                frames.append(FrameDetections.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise LeapError(f"line {i} is not a frame of detections ({type(e).__name__}: {e})", path=path,
-                                record=f"line {i}", fix=f"expected {expected}") from None
-        return frames
+                self._raw[_frame_number(msg)] = i
+            except (ValueError, IndexError) as e:
+                raise _bad_message(path, i, e) from None
+        self._messages = messages
+        self._decoded: dict[int, FrameDetections] = {}
+        self.keys_sorted = sorted(self._raw)
+
+    def __getitem__(self, frame: int) -> FrameDetections:
+        hit = self._decoded.get(frame)
+        if hit is None:
+            i = self._raw[frame]
+            hit = self._decoded[frame] = _decode(self._messages[i], self.path, i)
+        return hit
+
+    def __contains__(self, frame) -> bool:
+        return frame in self._raw
+
+    def __iter__(self):
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+
+def _frame_number(msg: bytes) -> int:
+    """Field 2 (``frame_number``) of a Detections message without decoding the rest (0 when absent, as proto3
+    omits a default)."""
+    i, n = 0, len(msg)
+    while i < n:
+        key, i = _varint(msg, i)
+        wire = key & 7
+        if wire == 0:
+            val, i = _varint(msg, i)
+            if key >> 3 == 2:
+                return _signed32(val)
+        elif wire == 2:
+            length, i = _varint(msg, i)
+            i += length
+        elif wire == 5:
+            i += 4
+        elif wire == 1:
+            i += 8
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+    if i > n:
+        raise ValueError("truncated field")
+    return 0
+
+
+def _decode(msg: bytes, path: Path, i: int) -> FrameDetections:
+    try:
+        return FrameDetections.from_protobuf(bytes(msg))
+    except (ValueError, IndexError, struct.error) as e:
+        raise _bad_message(path, i, e) from None
+
+
+def _bad_message(path: Path, i: int, e: Exception) -> LeapError:
+    return LeapError(f"message {i} is not a Detections protobuf ({e})", path=path, record=f"frame {i}",
+                     fix=f"expected {_EXPECTED}")
+
+
+def _messages(path: Path) -> list[bytes]:
+    """The list of serialized messages of EPIC's ``.pkl``."""
+    if not path.exists():
+        raise LeapError("hand-object detections not found", path=path, fix=_EXPECTED)
     try:
         with open(path, "rb") as f:
             raw = _ListOfBytesUnpickler(io.BytesIO(f.read())).load()
     except Exception as e:  # any unpickling failure is the file's fault, not a bug
         raise LeapError(f"not a hand-object detections pickle ({type(e).__name__}: {e})", path=path,
-                        fix=f"expected {expected}") from None
+                        fix=f"expected {_EXPECTED}") from None
     if not isinstance(raw, list) or not all(isinstance(x, (bytes, bytearray)) for x in raw):
-        raise LeapError("the pickle does not hold a list of serialized messages", path=path, fix=f"expected {expected}")
+        raise LeapError("the pickle does not hold a list of serialized messages", path=path, fix=f"expected {_EXPECTED}")
+    return raw
+
+
+def _read_jsonl(path: Path) -> list[FrameDetections]:
+    if not path.exists():
+        raise LeapError("hand-object detections not found", path=path, fix=_EXPECTED)
     frames = []
-    for i, msg in enumerate(raw):
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
-            frames.append(FrameDetections.from_protobuf(bytes(msg)))
-        except (ValueError, struct.error) as e:
-            raise LeapError(f"message {i} is not a Detections protobuf ({e})", path=path, record=f"frame {i}",
-                            fix=f"expected {expected}") from None
+            frames.append(FrameDetections.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise LeapError(f"line {i} is not a frame of detections ({type(e).__name__}: {e})", path=path,
+                            record=f"line {i}", fix=f"expected {_EXPECTED}") from None
     return frames
 
 

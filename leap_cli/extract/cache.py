@@ -2,29 +2,34 @@
 
 Extract and build-shards need frames of the same segments. Decoding a 1080p H.264 segment twice costs twice the
 CPU, so extract (which decodes the segment anyway) also encodes the ``frames`` frames build-shards will store
-(the same timing rule, short side and JPEG quality) and writes them to ``ROOT/VIDEO/NARRATION_ID.v2.s256q90.npz``;
+(the same timing rule, short side and JPEG quality) and writes them to ``ROOT/VIDEO/NARRATION_ID.v3.s256q90.jpgs``;
 build-shards copies these JPEG bytes into its samples instead of decoding the video again, and decodes only the
 segments it finds no (or a different) cache entry for. The bytes are those build-shards would write itself.
 
 Frames are never upscaled: a source whose short side is at most ``short_side`` is stored at its own size
-(``media.video.stored_side``). Entries are named ``.v2.`` since then: the entries of earlier versions (small
-sources upscaled) are not read.
+(``media.video.stored_side``). Entries are named ``.v3.``: earlier entries (``.npz`` NumPy archives; before
+``.v2.``, small sources upscaled) are not read.
 
-An entry is written atomically (temporary name, then rename); a segment whose frames are unavailable gets none.
+An entry is one file: ``MAGIC``, the frame count (uint32), per frame its number (int64) and JPEG size (uint32),
+then the JPEG bytes one after the other (little-endian; no zip archive to build, as ``np.savez`` did). It is written
+atomically (temporary name, then rename); a segment whose frames are unavailable gets none, and a damaged or
+truncated entry is not used (build-shards decodes that segment instead).
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from leap_cli.epic.timing import FrameClock
 
 RECOGNITION_SAMPLING = "uniform"  # build-shards' recognition frames: centres of T equal chunks of the segment
+MAGIC = b"LEAPJPG3"
+_COUNT = struct.Struct("<I")
+_ENTRY = struct.Struct("<qI")  # frame number, JPEG size
 
 
 def recognition_frames(clock: FrameClock, segment, count: int) -> list[int]:
@@ -47,7 +52,7 @@ class FrameCache:
         return cls(Path(root), cfg.cache_frames, cfg.cache_short_side, cfg.cache_quality)
 
     def path(self, video_id: str, key: str) -> Path:
-        return self.root / video_id / f"{key}.v2.s{self.short_side}q{self.quality}.npz"
+        return self.root / video_id / f"{key}.v3.s{self.short_side}q{self.quality}.jpgs"
 
     def frames_of(self, ctx) -> list[int]:
         return recognition_frames(ctx.clock, ctx.segment, self.frames)
@@ -69,13 +74,12 @@ class FrameCache:
         except FramesUnavailable:
             return False
         blobs = [encode_jpeg(im, self.quality) for im in images]
+        header = MAGIC + _COUNT.pack(len(blobs)) + b"".join(_ENTRY.pack(n, len(b)) for n, b in zip(numbers, blobs))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, frames=np.asarray(numbers, np.int64),
-                         sizes=np.asarray([len(b) for b in blobs], np.int64),
-                         data=np.frombuffer(b"".join(blobs), np.uint8))
+                f.write(header + b"".join(blobs))
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
         except BaseException:
@@ -90,16 +94,22 @@ class FrameCache:
         if not path.is_file():
             return None
         try:
-            with np.load(path) as z:
-                stored, sizes, data = z["frames"].tolist(), z["sizes"].tolist(), z["data"].tobytes()
-        except (OSError, ValueError, KeyError):
-            return None  # a damaged entry: decode instead
-        if stored != list(frames) or sum(sizes) != len(data):
+            blob = path.read_bytes()
+        except OSError:
             return None
-        out, at = [], 0
-        for n in sizes:
-            out.append(data[at:at + n])
-            at += n
+        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _COUNT.size:
+            return None  # a damaged entry: decode instead
+        (count,) = _COUNT.unpack_from(blob, len(MAGIC))
+        at = len(MAGIC) + _COUNT.size + count * _ENTRY.size
+        if count != len(frames) or at > len(blob):
+            return None
+        entries = [_ENTRY.unpack_from(blob, len(MAGIC) + _COUNT.size + i * _ENTRY.size) for i in range(count)]
+        if [n for n, _ in entries] != list(frames) or at + sum(size for _, size in entries) != len(blob):
+            return None
+        out = []
+        for _, size in entries:
+            out.append(blob[at:at + size])
+            at += size
         return out
 
 

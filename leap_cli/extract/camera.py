@@ -2,7 +2,7 @@
 
 Visual odometry: ``frames`` frames (default 9) are decoded at ``short_side`` pixels; a few corners are tracked
 through them (``Tracker``: pyramidal Lucas-Kanade, carried from frame to frame; phase correlation gives the start
-for large motion; ORB matching only where tracking fails); the essential matrix (USAC) and ``recoverPose`` give
+for large motion; ORB matching only where tracking fails on frames that share a view, none across a cut); the essential matrix (USAC) and ``recoverPose`` give
 the rotation and the direction of translation. Intrinsics are assumed from the frame size: principal point at the centre and a
 horizontal field of view of ``fov_deg`` (default 90 deg, close to EPIC's GoPro linear view after undistortion).
 When the motion is (nearly) a pure rotation the essential matrix is degenerate, so, as ORB-SLAM does at
@@ -57,10 +57,19 @@ def angles(r_cam: np.ndarray) -> tuple[float, float, float]:
     return yaw, pitch, roll
 
 
+def _k_inv(k: np.ndarray) -> np.ndarray:
+    """The inverse of intrinsics without skew (``intrinsics``), in closed form (np.linalg.inv's overhead is
+    ~20 us, per frame pair)."""
+    if k[0, 1] or k[1, 0] or k[2, 0] or k[2, 1] or k[2, 2] != 1:
+        return np.linalg.inv(k)
+    fx, fy, cx, cy = k[0, 0], k[1, 1], k[0, 2], k[1, 2]
+    return np.array([[1 / fx, 0, -cx / fx], [0, 1 / fy, -cy / fy], [0, 0, 1]])
+
+
 def _orthonormal(m: np.ndarray) -> np.ndarray:
-    u, _, vt = np.linalg.svd(m)
+    _, u, vt = cv2.SVDecomp(m)  # a fifth of np.linalg.svd's overhead on a 3x3, once per frame pair
     r = u @ vt
-    return r if np.linalg.det(r) > 0 else -r
+    return r if cv2.determinant(r) > 0 else -r
 
 
 class PairEstimate(dict):
@@ -78,6 +87,8 @@ LK_WINDOW = 9  # pixels (per pyramid level)
 LK_LEVELS = 3  # pyramid levels above the image: follows ~LK_WINDOW/2 * 2**LK_LEVELS pixels of motion
 LK_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 10, 0.03)
 MIN_TRACKED = 16  # fewer tracked corners: try the global shift as a starting guess, then ORB matching
+DETECT_HALF_FROM = 60  # corners are found on the half-size frame where its short side is at least this
+CUT_RESPONSE = 0.3  # phase correlation's peak under this where tracking failed: unrelated frames, no ORB search
 # Robust fits: OpenCV's USAC_FAST (SPRT rejects bad hypotheses early) costs a third of RANSAC on a good pair
 # (0.07 ms instead of 0.25 for H on the kitchen's 192x144 frames) and a fiftieth of it on a pair of unrelated
 # frames, where RANSAC runs all its 2000 iterations (~40 ms for H, ~90 ms for E).
@@ -105,21 +116,24 @@ def _lk(g1: np.ndarray, g2: np.ndarray, pts: np.ndarray, shift: np.ndarray | Non
     else:
         guess = (pts + shift.astype(np.float32)).astype(np.float32)
         flag = cv2.OPTFLOW_USE_INITIAL_FLOW
-        nxt, st, _ = cv2.calcOpticalFlowPyrLK(g1, g2, pts, guess, winSize=win, maxLevel=LK_LEVELS,
+        levels = LK_LEVELS - 1  # from a start near the answer the coarsest level is not needed
+        nxt, st, _ = cv2.calcOpticalFlowPyrLK(g1, g2, pts, guess, winSize=win, maxLevel=levels,
                                               criteria=LK_CRITERIA, flags=flag)
         back, st2, _ = cv2.calcOpticalFlowPyrLK(g2, g1, nxt, (nxt - shift).astype(np.float32), winSize=win,
-                                                maxLevel=LK_LEVELS, criteria=LK_CRITERIA, flags=flag)
-    ok = (st.ravel() == 1) & (st2.ravel() == 1) & (np.linalg.norm(back - pts, axis=2).ravel() < 1.0)
+                                                maxLevel=levels, criteria=LK_CRITERIA, flags=flag)
+    err = back - pts
+    ok = (st.ravel() == 1) & (st2.ravel() == 1) & ((err * err).sum(axis=2).ravel() < 1.0)
     return nxt, ok
 
 
-def global_shift(g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
+def global_shift(g1: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, float]:
     """The dominant image translation (dx, dy) from g1 to g2 (phase correlation at half size): where LK starts
-    looking when the motion is too large for its pyramid (fast head turns)."""
+    looking when the motion is too large for its pyramid (fast head turns); and the strength of its peak (0-1:
+    ~0.6 for two views of one scene shifted, ~0.2 for unrelated frames, see ``CUT_RESPONSE``)."""
     a = cv2.pyrDown(g1).astype(np.float32)
     b = cv2.pyrDown(g2).astype(np.float32)
-    (dx, dy), _ = cv2.phaseCorrelate(a, b, cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F))
-    return np.array([dx, dy]) * 2.0
+    (dx, dy), response = cv2.phaseCorrelate(a, b, cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F))
+    return np.array([dx, dy]) * 2.0, float(response)
 
 
 def _orb_matches(g1: np.ndarray, g2: np.ndarray, orb) -> tuple[np.ndarray, np.ndarray]:
@@ -133,6 +147,22 @@ def _orb_matches(g1: np.ndarray, g2: np.ndarray, orb) -> tuple[np.ndarray, np.nd
             np.float64([k2[m.trainIdx].pt for m in matches]).reshape(-1, 2))
 
 
+def _staying(shape: tuple[int, int], shift: np.ndarray | None) -> np.ndarray | None:
+    """The mask (uint8) of the pixels that a motion by ``shift`` (dx, dy) keeps inside a frame of ``shape``
+    (with LK's window as a margin); None (everywhere) without a shift or where it would leave too little."""
+    if shift is None:
+        return None
+    h, w = shape
+    dx, dy = float(shift[0]), float(shift[1])
+    x0, x1 = max(0, math.ceil(-dx) + LK_WINDOW), min(w, math.floor(w - dx) - LK_WINDOW)
+    y0, y1 = max(0, math.ceil(-dy) + LK_WINDOW), min(h, math.floor(h - dy) - LK_WINDOW)
+    if x1 - x0 < w // 4 or y1 - y0 < h // 4:
+        return None
+    mask = np.zeros((h, w), np.uint8)
+    mask[y0:y1, x0:x1] = 255
+    return mask
+
+
 class Tracker:
     """Correspondences between consecutive frames of one segment, cheaply.
 
@@ -142,44 +172,63 @@ class Tracker:
     pyramid follows easily (a head turn going on), LK starts from the last pair's motion. Where tracking keeps
     fewer than ``MIN_TRACKED`` (motion beyond the pyramid's reach, a turn that stopped, low texture), LK starts
     again from the global shift found by phase correlation (or from none), and only if that fails too are ORB
-    features matched (the slow path)."""
+    features matched (the slow path), unless phase correlation found no common view (peak under
+    ``CUT_RESPONSE``: a cut, a blur): the pair is left unmatched ("cut") and the motion carries on to the next.
+    During a turn, corners the motion carries out of view are dropped and new ones are found where they stay."""
 
     def __init__(self, orb, points: int = TRACK_POINTS, min_tracked: int = MIN_TRACKED):
         self.orb, self.points, self.min_tracked = orb, points, min_tracked
         self._pts: np.ndarray | None = None  # corners carried into the next pair
         self._flow: np.ndarray | None = None  # the last pair's median motion (dx, dy)
-        self.paths: list[str] = []  # per pair: "lk", "lk+prior", "lk+shift", "orb" or "none" (what matched)
+        self.paths: list[str] = []  # per pair: "lk", "lk+prior", "lk+shift", "orb", "cut" or "none" (what matched)
 
-    def _detect(self, g: np.ndarray) -> np.ndarray:
+    def _detect(self, g: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+        """Corners of ``g``; with ``shift`` (the motion expected), only where they stay in view after it."""
+        mask = _staying(g.shape, shift)
+        if min(g.shape) >= 2 * DETECT_HALF_FROM:  # corners of the half-size image: a third of the CPU
+            small = cv2.pyrDown(g)
+            if mask is not None:
+                mask = cv2.resize(mask, small.shape[::-1], interpolation=cv2.INTER_NEAREST)
+            found = cv2.goodFeaturesToTrack(small, maxCorners=self.points, qualityLevel=0.01,
+                                            minDistance=max(3, min(small.shape) // 24), mask=mask)
+            return found * 2.0 if found is not None else np.zeros((0, 1, 2), np.float32)  # pyrDown keeps even pixels
         found = cv2.goodFeaturesToTrack(g, maxCorners=self.points, qualityLevel=0.01,
-                                        minDistance=max(3, min(g.shape) // 24))
+                                        minDistance=max(3, min(g.shape) // 24), mask=mask)
         return found if found is not None else np.zeros((0, 1, 2), np.float32)
 
     def pair(self, g1: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = g1.shape
         pts, prior = self._pts, self._flow
         self._pts, self._flow = None, None
+        big = LK_WINDOW / 2  # motion the pyramid follows from a zero start without trouble
+        guess = prior if prior is not None and np.hypot(*prior) > big else None  # a turn goes on: start there
+        if pts is not None and guess is not None:  # corners the turn carries out of view cannot be tracked
+            moved = pts[:, 0] + guess.astype(np.float32)
+            pts = pts[(moved[:, 0] >= 0) & (moved[:, 1] >= 0) & (moved[:, 0] < w) & (moved[:, 1] < h)]
         fresh = pts is None or len(pts) < TRACK_REFILL * self.points
         if fresh:
-            pts = self._detect(g1)
+            pts = self._detect(g1, guess)
         if len(pts) < 8:
             self.paths.append("none")
             return np.zeros((0, 2)), np.zeros((0, 2))
-        big = LK_WINDOW / 2  # motion the pyramid follows from a zero start without trouble
-        guess = prior if prior is not None and np.hypot(*prior) > big else None  # a turn goes on: start there
         nxt, ok = _lk(g1, g2, pts, guess)
         path = "lk" if guess is None else "lk+prior"
+        response = 1.0
         if ok.sum() < self.min_tracked:
-            shift = global_shift(g1, g2)
+            shift, response = global_shift(g1, g2)
             if np.hypot(*shift) <= big:
                 shift = None
             if shift is not None or guess is not None:  # a large motion LK missed, or a turn that stopped
-                pts2 = pts if fresh else self._detect(g1)
+                pts2 = pts if fresh and guess is None else self._detect(g1, shift)
                 nxt2, ok2 = _lk(g1, g2, pts2, shift)
                 if ok2.sum() > ok.sum():
                     pts, nxt, ok, path = pts2, nxt2, ok2, "lk" if shift is None else "lk+shift"
         p1 = pts.reshape(-1, 2)[ok].astype(np.float64)
         p2 = nxt.reshape(-1, 2)[ok].astype(np.float64)
+        if len(p1) < self.min_tracked and response < CUT_RESPONSE:
+            self.paths.append("cut")  # unrelated frames (a cut, a blur): no search can match them
+            self._flow = prior  # a turn under the blur goes on: the next pair starts from its motion
+            return np.zeros((0, 2)), np.zeros((0, 2))
         if len(p1) < self.min_tracked:
             q1, q2 = _orb_matches(g1, g2, self.orb)
             if len(q1) > len(p1):
@@ -206,7 +255,8 @@ def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *,
     p1, p2 = matches if matches is not None else correspondences(g1, g2, orb)
     if len(p1) < 12:
         return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model=None)
-    if _mid(np.linalg.norm(p1 - p2, axis=1)) < 0.5:  # no parallax and no rotation: still
+    d = p1 - p2
+    if _mid((d * d).sum(axis=1)) < 0.25:  # no parallax and no rotation (median motion under 0.5 px): still
         return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model="still")
     h, h_mask = cv2.findHomography(p1, p2, FIT, 3.0)
     h_in = int(h_mask.sum()) if h_mask is not None else 0
@@ -218,7 +268,7 @@ def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *,
         e_ok = e is not None and e.shape == (3, 3)
         e_in = int(e_mask.sum()) if e_ok and e_mask is not None else 0
     if h is not None and h_in >= H_RATIO * e_in:
-        r = _orthonormal(np.linalg.inv(k) @ h @ k)  # maps camera-1 rays to camera-2 rays
+        r = _orthonormal(_k_inv(k) @ h @ k)  # maps camera-1 rays to camera-2 rays
         return PairEstimate(r_cam=r.T, t=None, matches=h_in, model="homography")
     if not e_ok:
         return PairEstimate(r_cam=np.eye(3), t=None, matches=len(p1), model=None)

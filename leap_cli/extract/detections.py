@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left, bisect_right
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from leap_cli.epic.hand_objects import BBox, FrameDetections, read_hand_objects
+from leap_cli.epic.hand_objects import BBox, FrameDetections, open_hand_objects
 from leap_cli.errors import LeapError
 
 LABELLED_FORMAT = ('one JSON object per line: {"video_id": "P01_01", "frame_number": 12, "objects": '
@@ -63,14 +64,15 @@ def read_object_detections(path: str | Path) -> dict[int, list[LabelledBox]]:
     return frames
 
 
-def video_hand_objects(cache: dict, layout, video_id: str) -> dict[int, FrameDetections] | None:
-    """The video's hand-object detections by frame number, read once per video (None when absent)."""
+def video_hand_objects(cache: dict, layout, video_id: str) -> Mapping[int, FrameDetections] | None:
+    """The video's hand-object detections by frame number, opened once per video (None when absent); a
+    ``.pkl``'s frames are decoded as segments look them up (``open_hand_objects``)."""
     key = ("hand_objects", video_id)
     if key not in cache:
         p = layout.hand_objects_path(video_id)
         cache[("hand_objects_path", video_id)] = p
         try:
-            cache[key] = None if p is None else ByFrame((f.frame_number, f) for f in read_hand_objects(p))
+            cache[key] = None if p is None else open_hand_objects(p)
         except LeapError as e:
             cache[key] = e  # read once per video; every segment reports the same error
     if isinstance(cache[key], LeapError):
@@ -94,21 +96,25 @@ def video_object_detections(cache: dict, layout, video_id: str) -> dict[int, lis
 
 
 class ByFrame(dict):
-    """{frame number: detections} that finds the frames of a segment by bisection (EPIC files hold every frame
-    of an hour-long video; a linear scan per segment would be quadratic)."""
+    """{frame number: detections} whose sorted frame numbers (``keys_sorted``) let ``in_segment`` find the
+    frames of a segment by bisection (EPIC files hold every frame of an hour-long video; a linear scan per
+    segment would be quadratic)."""
 
     _keys: list[int] | None = None
 
-    def between(self, first: int, last: int) -> list[int]:
+    @property
+    def keys_sorted(self) -> list[int]:
         if self._keys is None or len(self._keys) != len(self):
             self._keys = sorted(self)
-        return self._keys[bisect_left(self._keys, first):bisect_right(self._keys, last)]
+        return self._keys
 
 
-def in_segment(frames: dict[int, object], start_frame: int, stop_frame: int) -> list[int]:
-    """Frame numbers of ``frames`` inside [start_frame, stop_frame]."""
-    if isinstance(frames, ByFrame):
-        return frames.between(start_frame, stop_frame)
+def in_segment(frames: Mapping[int, object], start_frame: int, stop_frame: int) -> list[int]:
+    """Frame numbers of ``frames`` inside [start_frame, stop_frame] (by bisection where ``frames`` keeps its
+    frame numbers sorted: ``ByFrame``, ``HandObjectFrames``)."""
+    keys = getattr(frames, "keys_sorted", None)
+    if keys is not None:
+        return keys[bisect_left(keys, start_frame):bisect_right(keys, stop_frame)]
     return sorted(n for n in frames if start_frame <= n <= stop_frame)
 
 

@@ -161,6 +161,9 @@ def build_components(cfg: ExtractConfig) -> list[Component]:
 
 def _plain(x):
     """numpy scalars/arrays -> JSON types."""
+    t = type(x)
+    if t is float or t is str or t is int or t is bool or x is None:  # most of a record: no isinstance chain
+        return x
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -424,6 +427,20 @@ def _spawn_without_main():
             main.__dict__.update(saved)
 
 
+@contextmanager
+def _opencv_one_thread():
+    """OpenCV on one thread while extract runs in this process, as in a worker: on the camera's small frames
+    (odometry, corners) its thread pool costs more CPU than it saves (~20% of the odometry's CPU)."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
 def _error_ids(path: Path) -> set[str]:
     if not path.exists():
         return set()
@@ -465,9 +482,10 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
             if cfg.workers <= 1 or len(todo) <= 1:
                 components = build_components(cfg)
                 try:
-                    for vid, segs in by_video.items():
-                        for record, timings in iter_video(layout, segs, components, fps[vid], cache):
-                            take(record, timings)
+                    with _opencv_one_thread():
+                        for vid, segs in by_video.items():
+                            for record, timings in iter_video(layout, segs, components, fps[vid], cache):
+                                take(record, timings)
                 finally:
                     for c in components:
                         c.close()
