@@ -567,3 +567,22 @@ def test_opencv_runs_on_one_thread_while_extract_runs_in_process_and_is_restored
         assert seen == [1, 1] and cv2.getNumThreads() == 2
     finally:
         cv2.setNumThreads(original)
+
+
+def test_frame_cache_deletes_a_segments_superseded_entry(kitchen, tmp_path):
+    """Earlier versions' cache entries (.npz archives nothing reads) of a segment go when its new entry is
+    written; files that are not a superseded name of a written entry stay."""
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.extract.cache import FrameCache
+
+    cache = tmp_path / "frame-cache"
+    fc = FrameCache(cache, 16, 256, 90)
+    seg = DatasetLayout.open(kitchen).annotations().segments("train")[0]
+    old = fc.superseded(seg.video_id, seg.narration_id)
+    other = cache / seg.video_id / f"{seg.narration_id}.v2.s128q90.npz"  # another size: not this entry's
+    for p in old + [other]:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"old")
+    run_extract(_cfg(kitchen, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache))
+    assert fc.path(seg.video_id, seg.narration_id).is_file()
+    assert not any(p.exists() for p in old) and other.exists()

@@ -8,7 +8,7 @@ segments it finds no (or a different) cache entry for. The bytes are those build
 
 Frames are never upscaled: a source whose short side is at most ``short_side`` is stored at its own size
 (``media.video.stored_side``). Entries are named ``.v3.``: earlier entries (``.npz`` NumPy archives; before
-``.v2.``, small sources upscaled) are not read.
+``.v2.``, small sources upscaled) are not read, and extract deletes a segment's old entry when it writes the new one.
 
 An entry is one file: ``MAGIC``, the frame count (uint32), per frame its number (int64) and JPEG size (uint32),
 then the JPEG bytes one after the other (little-endian; no zip archive to build, as ``np.savez`` did). It is written
@@ -54,6 +54,11 @@ class FrameCache:
     def path(self, video_id: str, key: str) -> Path:
         return self.root / video_id / f"{key}.v3.s{self.short_side}q{self.quality}.jpgs"
 
+    def superseded(self, video_id: str, key: str) -> list[Path]:
+        """The names earlier versions gave this entry (``.npz`` archives), which nothing reads any more."""
+        tail = f"s{self.short_side}q{self.quality}.npz"
+        return [self.root / video_id / f"{key}.{tail}", self.root / video_id / f"{key}.v2.{tail}"]
+
     def frames_of(self, ctx) -> list[int]:
         return recognition_frames(ctx.clock, ctx.segment, self.frames)
 
@@ -86,6 +91,8 @@ class FrameCache:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             raise
+        for old in self.superseded(segment.video_id, segment.narration_id):
+            old.unlink(missing_ok=True)  # its replacement is written: the old entry's disk space comes back
         return True
 
     def load(self, video_id: str, key: str, frames: list[int]) -> list[bytes] | None:
