@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
 def ablate(
     workdir: Path = typer.Option(Path("leap-work/ablation"), "--workdir", help="Folder for the kitchen, shards, runs and the table."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per cell (0..N-1)."),
-    epochs: int = typer.Option(_D.epochs, "--epochs", help="Training epochs per run."),
+    epochs: int = typer.Option(_D.epochs, "--epochs", help="Training epochs per recognition run."),
+    anticipation_epochs: int = typer.Option(_D.anticipation_epochs, "--anticipation-epochs",
+                                            help="Training epochs per anticipation run (three clips per sample)."),
     videos: int = typer.Option(_D.videos, "--videos", help="Kitchen videos."),
     segments: int = typer.Option(_D.segments_per_video, "--segments-per-video", help="Kitchen segments per video."),
     sources: str = typer.Option("truth,offline,none", "--sources", help="Program sources, comma-separated."),
@@ -36,7 +38,8 @@ def ablate(
     from leap_cli.train.ablate import run_ablation
 
     cfg = AblateConfig(workdir=workdir, videos=videos, segments_per_video=segments, seeds=tuple(range(seeds)),
-                       epochs=epochs, sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
+                       epochs=epochs, anticipation_epochs=anticipation_epochs,
+                       sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
                        anticipation=not no_anticipation, span_frames=span_frames, config=config,
                        anticipation_sources=None if anticipation_sources == "all" else
                        tuple(s.strip() for s in anticipation_sources.split(",") if s.strip()),
