@@ -77,8 +77,8 @@ class AblateConfig:
     fps: tuple[float, ...] | None = (30000 / 1001,)  # None: the kitchen's own cycle of frame rates
     seeds: tuple[int, ...] = (0, 1, 2)
     epochs: int = 24
-    # an anticipation run encodes three clips per sample (~4x the CPU of a recognition run): 8 epochs keep the
-    # default matrix near 30 minutes; its cells are compared with each other, not with recognition
+    # the aggregation cell encodes three clips per sample (~4x the CPU of a recognition run per epoch): 8 epochs
+    # keep the default matrix at ~24 min of CPU (~34 with 24); anticipation cells are compared with each other
     anticipation_epochs: int = 8
     frames: int = 4
     short_side: int = 48
