@@ -8,7 +8,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from leap_cli.train.ablate import AblateConfig
+
 console = Console()
+_D = AblateConfig()  # the defaults live in one place
 
 
 def register(app: typer.Typer) -> None:
@@ -20,20 +23,23 @@ def register(app: typer.Typer) -> None:
 def ablate(
     workdir: Path = typer.Option(Path("leap-work/ablation"), "--workdir", help="Folder for the kitchen, shards, runs and the table."),
     seeds: int = typer.Option(3, "--seeds", help="Seeds per cell (0..N-1)."),
-    epochs: int = typer.Option(10, "--epochs", help="Training epochs per run."),
-    videos: int = typer.Option(6, "--videos", help="Kitchen videos."),
-    segments: int = typer.Option(24, "--segments-per-video", help="Kitchen segments per video."),
+    epochs: int = typer.Option(_D.epochs, "--epochs", help="Training epochs per recognition run."),
+    anticipation_epochs: int = typer.Option(_D.anticipation_epochs, "--anticipation-epochs",
+                                            help="Training epochs per anticipation run (three clips per sample)."),
+    videos: int = typer.Option(_D.videos, "--videos", help="Kitchen videos."),
+    segments: int = typer.Option(_D.segments_per_video, "--segments-per-video", help="Kitchen segments per video."),
     sources: str = typer.Option("truth,offline,none", "--sources", help="Program sources, comma-separated."),
     no_anticipation: bool = typer.Option(False, "--no-anticipation", help="Recognition cells only."),
     anticipation_sources: str = typer.Option("truth", "--anticipation-sources", help="Program sources of the anticipation cells ('all': every source with programs)."),
     span_frames: int = typer.Option(256, "--span-frames", help="Anticipation clips: source frames each clip spans."),
-    config: str = typer.Option("tiny-synthetic", "--config", help="Training config (bundled name or YAML file)."),
+    config: str = typer.Option(_D.config, "--config", help="Training config (bundled name or YAML file)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config key of every run (repeatable)."),
 ) -> None:
-    from leap_cli.train.ablate import AblateConfig, run_ablation
+    from leap_cli.train.ablate import run_ablation
 
     cfg = AblateConfig(workdir=workdir, videos=videos, segments_per_video=segments, seeds=tuple(range(seeds)),
-                       epochs=epochs, sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
+                       epochs=epochs, anticipation_epochs=anticipation_epochs,
+                       sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
                        anticipation=not no_anticipation, span_frames=span_frames, config=config,
                        anticipation_sources=None if anticipation_sources == "all" else
                        tuple(s.strip() for s in anticipation_sources.split(",") if s.strip()),
