@@ -95,9 +95,31 @@ class LayerNorm(nn.LayerNorm):
         return super().forward(x.float()).to(x.dtype)
 
 
+class _QuickGELUFunction(torch.autograd.Function):
+    """``x * sigmoid(1.702 x)`` with one saved tensor and a one-kernel backward: with ``y = 1.702 x`` the
+    derivative ``sigmoid(y) + 1.702 x sigmoid(y) (1 - sigmoid(y))`` is SiLU's, ``silu'(y)``, so the backward is
+    ``silu_backward(grad, y)`` instead of autograd's five passes over the activations (mul, mul, sigmoid_backward,
+    scale, add) through the saved ``x`` and ``sigmoid(y)``. The forward is the same arithmetic as the official one."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = x * 1.702
+        ctx.save_for_backward(y)
+        return torch.sigmoid(y).mul_(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.silu_backward(grad, y)
+
+
 class QuickGELU(nn.Module):
+    """CLIP's ``x * sigmoid(1.702 x)`` (through :class:`_QuickGELUFunction` when a gradient is wanted)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _QuickGELUFunction.apply(x)
+        return torch.sigmoid(x * 1.702).mul_(x)
 
 
 class DropPath(nn.Module):
@@ -424,8 +446,11 @@ class GlobalTransformer(nn.Module):
             x = block(x, T, use_checkpoint=self.grad_checkpointing and self.training and torch.is_grad_enabled())
             if i in self.return_list:
                 tokens = x.view(N, T, L1, C)
-                patches = tokens[:, :, 1:].permute(0, 3, 1, 2).reshape(N, C, T, H, W)
-                pos = self.dpe[j](patches).reshape(N, C, T, L1 - 1).permute(0, 2, 3, 1)  # [N, T, HW, C]
+                # the patch tokens as a channels_last_3d [N, C, T, H, W] tensor (one copy, no transposition): the
+                # depthwise convolution then runs in oneDNN's channels-last kernels, whose backward is several
+                # times faster than the default layout's, and its output is already token-ordered
+                patches = tokens[:, :, 1:].reshape(N, T, H, W, C).permute(0, 4, 1, 2, 3)
+                pos = self.dpe[j](patches).permute(0, 2, 3, 4, 1).reshape(N, T, L1 - 1, C)
                 tokens = torch.cat([tokens[:, :, :1], tokens[:, :, 1:] + pos], dim=2)
                 query = self.dec[j](query, tokens.reshape(N, T * L1, C))
                 j += 1
@@ -484,6 +509,28 @@ class UniFormerV2(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.transformer.grad_checkpointing = enable
 
+    def patch_embed(self, video: torch.Tensor) -> torch.Tensor:
+        """``conv1`` on a normalised clip [N, 3, T, H, W] -> patch tokens [N, T', H'*W', C], token-ordered.
+
+        The convolution's spatial stride equals its kernel, so its patches do not overlap: it is computed as one
+        matrix product of the patches (gathered by a single copy, frames overlapping only in time) with the
+        flattened kernel. The same sums as the convolution, and its weight gradient is one matrix product too
+        (the default 3D convolution is several times slower on the CPU, and its output needs a transposition to
+        the token layout)."""
+        conv = self.conv1
+        w = conv.weight  # [C, 3, kt, p, p]
+        C, cin, kt, p, _ = w.shape
+        N, _, _, Hi, Wi = video.shape
+        H, W = Hi // p, Wi // p
+        v = video[..., :H * p, :W * p]  # the convolution drops a remainder smaller than a patch
+        if conv.padding[0]:
+            v = F.pad(v, (0, 0, 0, 0, conv.padding[0], conv.padding[0]))
+        cols = v.unfold(2, kt, conv.stride[0])  # a view: [N, 3, T', H*p, W*p, kt]
+        T = cols.shape[2]
+        cols = cols.reshape(N, cin, T, H, p, W, p, kt).permute(0, 2, 3, 5, 1, 7, 4, 6)  # [N, T', H, W, 3, kt, p, p]
+        x = F.linear(cols.reshape(N * T * H * W, cin * kt * p * p), w.reshape(C, -1), conv.bias)
+        return x.view(N, T, H * W, C)
+
     def forward_features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """video [N, 3, T, H, W] -> (fused feature [N, C] before ``proj``, tokens [N, T', 1+HW, C]).
 
@@ -491,15 +538,17 @@ class UniFormerV2(nn.Module):
         clips are taken as already normalised."""
         if not video.is_floating_point():
             video = self.normalize(video)
-        x = self.conv1(video)  # [N, C, T', H', W']
-        N, C, T, H, W = x.shape
+        p = self.conv1.kernel_size[-1]
+        H, W = video.shape[-2] // p, video.shape[-1] // p
         if H * W + 1 != self.positional_embedding.shape[0]:
             raise LeapError(
                 f"input of {video.shape[-2]}x{video.shape[-1]} pixels gives a {H}x{W} patch grid, "
                 f"the model was built for {self.cfg.img_size}x{self.cfg.img_size}",
                 fix="resize clips to the model's img_size or build the model with the clip size",
             )
-        x = x.permute(0, 2, 3, 4, 1).reshape(N * T, H * W, C)
+        x = self.patch_embed(video)  # [N, T', HW, C]
+        N, T, _, C = x.shape
+        x = x.view(N * T, H * W, C)
         cls = self.class_embedding.to(x.dtype).expand(N * T, 1, C)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [N*T, 1+HW, C]
         x = self.ln_pre(x)
