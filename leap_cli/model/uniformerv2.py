@@ -212,6 +212,48 @@ class Attention(nn.Module):
         return self.out_proj(out.reshape(B, Lq, C))
 
 
+class _TemporalDepthwise(torch.autograd.Function):
+    """The local relation's depthwise (k,1,1) convolution, zero-padded by k//2 frames, on channels-last tokens
+    ``h`` [N, T, L, R] with weight [R, k] and bias [R]: ``out[:, t] = b + sum_i w[:, i] h[:, t + i - k//2]`` as
+    in-place multiply-adds on frame slices, forward and backward, without the padded copy of ``h`` (and its
+    zero-filled gradient) that autograd through ``F.pad`` and out-of-place products needs."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        T, k = h.shape[1], w.shape[1]
+        pad = k // 2
+        out = torch.addcmul(b, h, w[:, pad])
+        for i in range(k):
+            s = i - pad  # frame offset of tap i
+            if i != pad and abs(s) < T:
+                out[:, max(0, -s):T - max(0, s)].addcmul_(h[:, max(0, s):T - max(0, -s)], w[:, i])
+        ctx.save_for_backward(h, w)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, w = ctx.saved_tensors
+        T, k = h.shape[1], w.shape[1]
+        pad = k // 2
+        grad_h = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_h = grad * w[:, pad]
+            for i in range(k):
+                s = i - pad
+                if i != pad and abs(s) < T:
+                    grad_h[:, max(0, s):T - max(0, -s)].addcmul_(grad[:, max(0, -s):T - max(0, s)], w[:, i])
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(w)
+            for i in range(k):
+                s = i - pad
+                if abs(s) < T:
+                    g, x = grad[:, max(0, -s):T - max(0, s)], h[:, max(0, s):T - max(0, -s)]
+                    grad_w[:, i] = (g * x).sum(dim=(0, 1, 2))
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 1, 2))
+        return grad_h, grad_w, grad_b
+
+
 class LocalMHRA(nn.Module):
     """Local UniBlock relation: BN, 1x1x1 reduce, temporal depthwise conv (k,1,1), 1x1x1 expand (zero-init).
 
@@ -244,13 +286,7 @@ class LocalMHRA(nn.Module):
         # per-channel statistics over all N*T*H*W positions, as on [N, C, T, H, W].
         h = bn(x.reshape(N * T * L, C, 1, 1, 1)).view(N, T, L, C)
         h = F.linear(h, reduce.weight.flatten(1), reduce.bias)  # [N, T, L, red]
-        k = temporal.weight.shape[2]
-        w = temporal.weight.view(-1, k)  # [red, k]
-        pad = k // 2
-        hp = F.pad(h, (0, 0, 0, 0, pad, pad))  # zero frames before and after, [N, T+2p, L, red]
-        out = torch.addcmul(temporal.bias, hp[:, :T], w[:, 0])
-        for i in range(1, k):
-            out = torch.addcmul(out, hp[:, i:i + T], w[:, i])
+        out = _TemporalDepthwise.apply(h, temporal.weight.view(temporal.weight.shape[0], -1), temporal.bias)
         return F.linear(out, expand.weight.flatten(1), expand.bias)  # [N, T, L, C]
 
 
