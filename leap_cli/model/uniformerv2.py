@@ -515,8 +515,7 @@ class GlobalTransformer(nn.Module):
             if i in self.return_list:
                 tokens = x.view(N, T, L1, C)
                 # the patch tokens viewed as a channels_last_3d [N, C, T, H, W] tensor (no transposition): the
-                # depthwise convolution then runs in oneDNN's channels-last kernels, whose backward is about twice
-                # as fast as the default layout's on the CPU, and its output is already token-ordered
+                # depthwise convolution runs in oneDNN's channels-last kernels and its output is token-ordered
                 patches = tokens[:, :, 1:].reshape(N, T, H, W, C).permute(0, 4, 1, 2, 3)
                 conv = self.dpe[j]
                 pos = (_DepthwiseConv3d.apply(patches, conv.weight, conv.bias) if patches.device.type == "cpu"
