@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -139,7 +140,9 @@ def load_official(path: Path):
 
 def side_by_side(args: argparse.Namespace) -> None:
     """Ours (eager, and compiled with --compile) vs the official module, the same random weights and input,
-    forward+backward in train mode (batch statistics, dropout off), timed interleaved in one process."""
+    forward+backward in train mode (batch statistics, dropout off), timed interleaved in one process (the order
+    alternating every iteration). CPU seconds per iteration are the figure; the ratio of their medians, of their
+    minima (the least disturbed runs, on a shared machine) and the median of the per-iteration ratios are printed."""
     import os
 
     official = load_official(args.official)
@@ -182,27 +185,34 @@ def side_by_side(args: argparse.Namespace) -> None:
 
         outs = {name: step(m) for name, m in models.items()}  # warm-up (and compilation)
         rel = {name: float((o - outs["official"]).norm() / outs["official"].norm()) for name, o in outs.items()}
-        cpu = {name: 0.0 for name in models}
-        wall = {name: 0.0 for name in models}
-        for _ in range(args.iters):
-            for name, m in models.items():
+        cpu: dict[str, list[float]] = {name: [] for name in models}
+        wall: dict[str, list[float]] = {name: [] for name in models}
+        for i in range(args.iters):
+            # the order alternates, so that neither model always runs right after the other one's allocations
+            for name in list(models) if i % 2 == 0 else list(models)[::-1]:
                 t0, c0 = time.perf_counter(), time.process_time()
-                step(m)
-                wall[name] += time.perf_counter() - t0
-                cpu[name] += time.process_time() - c0
+                step(models[name])
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
         for name in models:
-            rows.append((options, name, cpu[name] / args.iters, wall[name] / args.iters, cpu["official"] / cpu[name],
-                         rel[name]))
-            print(f"{options or 'default'} {name}: {cpu[name] / args.iters:.2f} CPU-s, {wall[name] / args.iters:.2f} s "
-                  f"per fwd+bwd; official/this (CPU) {cpu['official'] / cpu[name]:.2f}x; relative difference to the "
-                  f"official output {rel[name]:.1e}; load average {os.getloadavg()[0]:.2f}", flush=True)
+            c, w = statistics.median(cpu[name]), statistics.median(wall[name])
+            ratio, ratio_min = statistics.median(cpu["official"]) / c, min(cpu["official"]) / min(cpu[name])
+            # each iteration's two runs are neighbours in time, under about the same load: the median of their ratios
+            ratio_pairs = statistics.median(o / t for o, t in zip(cpu["official"], cpu[name]))
+            rows.append((options, name, c, min(cpu[name]), w, ratio, ratio_min, ratio_pairs, rel[name]))
+            print(f"{options or 'default'} {name}: CPU-s per fwd+bwd {' '.join(f'{v:.2f}' for v in cpu[name])} "
+                  f"(median {c:.2f}), wall median {w:.2f} s; official/this (CPU) {ratio:.2f}x by the medians, "
+                  f"{ratio_min:.2f}x by the minima, {ratio_pairs:.2f}x the median of the iterations' ratios; relative difference to the official output {rel[name]:.1e}; "
+                  f"load average {os.getloadavg()[0]:.2f}", flush=True)
     print(f"\n{args.backbone} {args.frames}x{args.img}, batch {args.batches[0]}, {args.threads} thread(s), "
-          f"{args.iters} interleaved iterations; load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print("| options | model | CPU-s per fwd+bwd | wall s | official / this (CPU time) | rel. diff to official |")
-    print("|---|---|---|---|---|---|")
-    for options, name, c, w, ratio, r in rows:
+          f"{args.iters} interleaved iterations (alternating order); load average "
+          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print("| options | model | CPU-s per fwd+bwd (median) | CPU-s (min) | wall s (median) | official / this (median CPU) "
+          "| official / this (min CPU) | official / this (median of per-iteration ratios) | rel. diff to official |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for options, name, c, cmin, w, ratio, ratio_min, ratio_pairs, r in rows:
         opt = ", ".join(f"{k}={v}" for k, v in options.items()) or "default"
-        print(f"| {opt} | {name} | {c:.2f} | {w:.2f} | {ratio:.2f}x | {r:.1e} |")
+        print(f"| {opt} | {name} | {c:.2f} | {cmin:.2f} | {w:.2f} | {ratio:.2f}x | {ratio_min:.2f}x | {ratio_pairs:.2f}x | {r:.1e} |")
 
 
 def _fmt(r: dict) -> str:

@@ -518,10 +518,10 @@ def _reference_uniformerv2(sd, x, *, heads, downsample, no_lmhra, return_list, n
             x = local(x, p + ".lmhra2.pos_embed")
         x = x + mlp(ln(x, p + ".ln_2"), p + ".mlp")
         if i in return_list:
-            t = x.view(L, N, T, C).clone()
+            t = x.view(L, N, T, C)
             feats = t[1:].permute(1, 3, 2, 0).reshape(N, C, T, H, W)
             feats = F.conv3d(feats, sd[f"transformer.dpe.{j}.weight"], sd[f"transformer.dpe.{j}.bias"], padding=1, groups=C)
-            t[1:] = t[1:] + feats.view(N, C, T, L - 1).permute(3, 0, 2, 1)
+            t = torch.cat([t[:1], t[1:] + feats.view(N, C, T, L - 1).permute(3, 0, 2, 1)])
             y = t.permute(2, 0, 1, 3).flatten(0, 1)  # [T*L, N, C]
             d = f"transformer.dec.{j}"
             qn, yn = ln(query, d + ".ln_1", False), ln(y, d + ".ln_3", False)
@@ -545,7 +545,9 @@ def _reference_uniformerv2(sd, x, *, heads, downsample, no_lmhra, return_list, n
 
 @pytest.mark.parametrize("options", [{}, {"no_lmhra": True, "temporal_downsample": False},
                                      {"no_lmhra": True, "temporal_downsample": False, "frozen": True}])
-def test_matches_a_functional_reference_of_the_official_forward(options):
+def _random_tiny_and_reference(options):
+    """A tiny UniFormerV2 (eval mode) with every tensor random (no zero-initialised branch), a clip, and the
+    functional reference of the official forward as a function of a state dict."""
     torch.manual_seed(0)
     model = uniformerv2_tiny(img_size=64, num_classes=11, **options).eval()
     g = torch.Generator().manual_seed(1)
@@ -555,14 +557,61 @@ def test_matches_a_functional_reference_of_the_official_forward(options):
                 t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
                         else 0.1 * torch.randn(t.shape, generator=g))
     x = torch.randn(2, 3, 4, 64, 64, generator=g)
-    ref = _reference_uniformerv2(
-        model.state_dict(), x, heads=4, downsample=options.get("temporal_downsample", True),
-        no_lmhra=options.get("no_lmhra", False), return_list=(1, 2), n_head=4, frozen=options.get("frozen", False))
+
+    def reference(sd):
+        return _reference_uniformerv2(
+            sd, x, heads=4, downsample=options.get("temporal_downsample", True), no_lmhra=options.get("no_lmhra", False),
+            return_list=(1, 2), n_head=4, frozen=options.get("frozen", False))
+
+    return model, x, reference
+
+
+@pytest.mark.parametrize("options", [{}, {"no_lmhra": True, "temporal_downsample": False},
+                                     {"no_lmhra": True, "temporal_downsample": False, "frozen": True}])
+def test_matches_a_functional_reference_of_the_official_forward(options):
+    model, x, reference = _random_tiny_and_reference(options)
+    ref = reference(model.state_dict())
     with torch.no_grad():
         for sdpa in (True, False):
             model.set_attention(sdpa)
             out = model(x)
             assert ((out - ref).norm() / ref.norm()).item() < 1e-5
+
+
+def test_hand_written_backwards_pass_gradcheck():
+    """The custom autograd Functions of the backbone against numerical gradients (float64), at the edges too:
+    one or two frames (taps past both ends), a batch of two, a channels-last input to the dpe."""
+    from leap_cli.model.uniformerv2 import _DepthwiseConv3d, _QuickGELUFunction, _TemporalDepthwise
+
+    g = torch.Generator().manual_seed(0)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+
+    assert torch.autograd.gradcheck(_QuickGELUFunction.apply, (rand(3, 7),))
+    for T, k in ((4, 3), (1, 3), (2, 5)):
+        assert torch.autograd.gradcheck(_TemporalDepthwise.apply, (rand(2, T, 3, 5), rand(5, k), rand(5)))
+    for N, T in ((1, 4), (2, 1)):
+        x = rand(N, 4, T, 3, 3)
+        x_cl = x.detach().contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+        for inp in (x, x_cl):
+            assert torch.autograd.gradcheck(_DepthwiseConv3d.apply, (inp, rand(4, 1, 3, 3, 3), rand(4)))
+
+
+@pytest.mark.parametrize("options", [{}, {"no_lmhra": True, "temporal_downsample": False}])
+def test_gradients_match_the_functional_reference(options):
+    """Every parameter's gradient equals the reference's (autograd through the official arithmetic): covers the
+    hand-written backward of QuickGELU, the patch embedding as a matrix product and the channels-last dpe."""
+    model, x, reference = _random_tiny_and_reference(options)
+    names = {n for n, _ in model.named_parameters()}
+    sd = {k: v.detach().clone().requires_grad_(k in names) for k, v in model.state_dict().items()}
+    weights = torch.randn(2, 11, generator=torch.Generator().manual_seed(2))  # a loss that weighs every logit
+    (reference(sd) * weights).sum().backward()
+    (model(x) * weights).sum().backward()
+    for name, p in model.named_parameters():
+        want = sd[name].grad
+        assert want is not None and want.norm() > 0, name
+        assert ((p.grad - want).norm() / want.norm()).item() < 1e-4, name
 
 
 # ------------------------------------------------------------------------------------ weight families

@@ -95,9 +95,31 @@ class LayerNorm(nn.LayerNorm):
         return super().forward(x.float()).to(x.dtype)
 
 
+class _QuickGELUFunction(torch.autograd.Function):
+    """``x * sigmoid(1.702 x)`` with one saved tensor and a one-kernel backward: with ``y = 1.702 x`` the
+    derivative ``sigmoid(y) + 1.702 x sigmoid(y) (1 - sigmoid(y))`` is SiLU's, ``silu'(y)``, so the backward is
+    ``silu_backward(grad, y)`` instead of autograd's five passes over the activations (mul, mul, sigmoid_backward,
+    scale, add) through the saved ``x`` and ``sigmoid(y)``. The forward is the same arithmetic as the official one."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = x * 1.702
+        ctx.save_for_backward(y)
+        return torch.sigmoid(y).mul_(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.silu_backward(grad, y)
+
+
 class QuickGELU(nn.Module):
+    """CLIP's ``x * sigmoid(1.702 x)`` (through :class:`_QuickGELUFunction` when a gradient is wanted)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _QuickGELUFunction.apply(x)
+        return torch.sigmoid(x * 1.702).mul_(x)
 
 
 class DropPath(nn.Module):
@@ -190,6 +212,48 @@ class Attention(nn.Module):
         return self.out_proj(out.reshape(B, Lq, C))
 
 
+class _TemporalDepthwise(torch.autograd.Function):
+    """The local relation's depthwise (k,1,1) convolution, zero-padded by k//2 frames, on channels-last tokens
+    ``h`` [N, T, L, R] with weight [R, k] and bias [R]: ``out[:, t] = b + sum_i w[:, i] h[:, t + i - k//2]`` as
+    in-place multiply-adds on frame slices, forward and backward, without the padded copy of ``h`` (and its
+    zero-filled gradient) that autograd through ``F.pad`` and out-of-place products needs."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        T, k = h.shape[1], w.shape[1]
+        pad = k // 2
+        out = torch.addcmul(b, h, w[:, pad])
+        for i in range(k):
+            s = i - pad  # frame offset of tap i
+            if i != pad and abs(s) < T:
+                out[:, max(0, -s):T - max(0, s)].addcmul_(h[:, max(0, s):T - max(0, -s)], w[:, i])
+        ctx.save_for_backward(h, w)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, w = ctx.saved_tensors
+        T, k = h.shape[1], w.shape[1]
+        pad = k // 2
+        grad_h = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_h = grad * w[:, pad]
+            for i in range(k):
+                s = i - pad
+                if i != pad and abs(s) < T:
+                    grad_h[:, max(0, s):T - max(0, -s)].addcmul_(grad[:, max(0, -s):T - max(0, s)], w[:, i])
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(w)
+            for i in range(k):
+                s = i - pad
+                if abs(s) < T:
+                    g, x = grad[:, max(0, -s):T - max(0, s)], h[:, max(0, s):T - max(0, -s)]
+                    grad_w[:, i] = (g * x).sum(dim=(0, 1, 2))
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 1, 2))
+        return grad_h, grad_w, grad_b
+
+
 class LocalMHRA(nn.Module):
     """Local UniBlock relation: BN, 1x1x1 reduce, temporal depthwise conv (k,1,1), 1x1x1 expand (zero-init).
 
@@ -222,13 +286,7 @@ class LocalMHRA(nn.Module):
         # per-channel statistics over all N*T*H*W positions, as on [N, C, T, H, W].
         h = bn(x.reshape(N * T * L, C, 1, 1, 1)).view(N, T, L, C)
         h = F.linear(h, reduce.weight.flatten(1), reduce.bias)  # [N, T, L, red]
-        k = temporal.weight.shape[2]
-        w = temporal.weight.view(-1, k)  # [red, k]
-        pad = k // 2
-        hp = F.pad(h, (0, 0, 0, 0, pad, pad))  # zero frames before and after, [N, T+2p, L, red]
-        out = torch.addcmul(temporal.bias, hp[:, :T], w[:, 0])
-        for i in range(1, k):
-            out = torch.addcmul(out, hp[:, i:i + T], w[:, i])
+        out = _TemporalDepthwise.apply(h, temporal.weight.view(temporal.weight.shape[0], -1), temporal.bias)
         return F.linear(out, expand.weight.flatten(1), expand.bias)  # [N, T, L, C]
 
 
@@ -311,6 +369,38 @@ class Extractor(nn.Module):
         q = q + self.drop_path(self.attn(self.ln_1(q), self.ln_3(y)))
         q = q + self.drop_path(self.mlp(self.ln_2(q)))
         return q
+
+
+class _DepthwiseConv3d(torch.autograd.Function):
+    """The global blocks' ``dpe``: a depthwise convolution (odd kernel, stride 1, "same" zero padding), as
+    ``F.conv3d`` forward, with a backward of two forward convolutions, which oneDNN runs several times faster on
+    the CPU than the convolution's own backward: the input gradient is the gradient convolved with the flipped
+    kernel, the weight gradient each channel's input (padded) correlated with its gradient (a grouped convolution
+    whose kernel is the gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        return F.conv3d(x, w, b, padding=[k // 2 for k in w.shape[2:]], groups=w.shape[0])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, w = ctx.saved_tensors
+        N, C = x.shape[:2]
+        pad = [k // 2 for k in w.shape[2:]]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.conv3d(grad, w.flip(2, 3, 4).to(grad.dtype), padding=pad, groups=C)
+        if ctx.needs_input_grad[1]:
+            # (in the default layout: there oneDNN's kernel for this grouped convolution is faster than channels-last)
+            xp = F.pad(x.to(grad.dtype).contiguous(), (pad[2], pad[2], pad[1], pad[1], pad[0], pad[0]))
+            g = grad.contiguous().view(N * C, 1, *grad.shape[2:])
+            corr = F.conv3d(xp.view(1, N * C, *xp.shape[2:]), g, groups=N * C)
+            grad_w = corr.view(N, C, 1, *w.shape[2:]).sum(0).to(w.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(dim=(0, 2, 3, 4))
+        return grad_x, grad_w, grad_b
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -424,8 +514,13 @@ class GlobalTransformer(nn.Module):
             x = block(x, T, use_checkpoint=self.grad_checkpointing and self.training and torch.is_grad_enabled())
             if i in self.return_list:
                 tokens = x.view(N, T, L1, C)
-                patches = tokens[:, :, 1:].permute(0, 3, 1, 2).reshape(N, C, T, H, W)
-                pos = self.dpe[j](patches).reshape(N, C, T, L1 - 1).permute(0, 2, 3, 1)  # [N, T, HW, C]
+                # the patch tokens viewed as a channels_last_3d [N, C, T, H, W] tensor (no transposition): the
+                # depthwise convolution runs in oneDNN's channels-last kernels and its output is token-ordered
+                patches = tokens[:, :, 1:].reshape(N, T, H, W, C).permute(0, 4, 1, 2, 3)
+                conv = self.dpe[j]
+                pos = (_DepthwiseConv3d.apply(patches, conv.weight, conv.bias) if patches.device.type == "cpu"
+                       else conv(patches))
+                pos = pos.permute(0, 2, 3, 4, 1).reshape(N, T, L1 - 1, C)
                 tokens = torch.cat([tokens[:, :, :1], tokens[:, :, 1:] + pos], dim=2)
                 query = self.dec[j](query, tokens.reshape(N, T * L1, C))
                 j += 1
@@ -484,6 +579,28 @@ class UniFormerV2(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.transformer.grad_checkpointing = enable
 
+    def patch_embed(self, video: torch.Tensor) -> torch.Tensor:
+        """``conv1`` on a normalised clip [N, 3, T, H, W] -> patch tokens [N, T', H'*W', C], token-ordered.
+
+        The convolution's spatial stride equals its kernel, so its patches do not overlap: it is computed as one
+        matrix product of the patches (gathered by a single copy, frames overlapping only in time) with the
+        flattened kernel. The same sums as the convolution, and its weight gradient is one matrix product too
+        (the default 3D convolution is several times slower on the CPU, and its output needs a transposition to
+        the token layout)."""
+        conv = self.conv1
+        w = conv.weight  # [C, 3, kt, p, p]
+        C, cin, kt, p, _ = w.shape
+        N, _, _, Hi, Wi = video.shape
+        H, W = Hi // p, Wi // p
+        v = video[..., :H * p, :W * p]  # the convolution drops a remainder smaller than a patch
+        if conv.padding[0]:
+            v = F.pad(v, (0, 0, 0, 0, conv.padding[0], conv.padding[0]))
+        cols = v.unfold(2, kt, conv.stride[0])  # a view: [N, 3, T', H*p, W*p, kt]
+        T = cols.shape[2]
+        cols = cols.reshape(N, cin, T, H, p, W, p, kt).permute(0, 2, 3, 5, 1, 7, 4, 6)  # [N, T', H, W, 3, kt, p, p]
+        x = F.linear(cols.reshape(N * T * H * W, cin * kt * p * p), w.reshape(C, -1), conv.bias)
+        return x.view(N, T, H * W, C)
+
     def forward_features(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """video [N, 3, T, H, W] -> (fused feature [N, C] before ``proj``, tokens [N, T', 1+HW, C]).
 
@@ -491,15 +608,17 @@ class UniFormerV2(nn.Module):
         clips are taken as already normalised."""
         if not video.is_floating_point():
             video = self.normalize(video)
-        x = self.conv1(video)  # [N, C, T', H', W']
-        N, C, T, H, W = x.shape
+        p = self.conv1.kernel_size[-1]
+        H, W = video.shape[-2] // p, video.shape[-1] // p
         if H * W + 1 != self.positional_embedding.shape[0]:
             raise LeapError(
                 f"input of {video.shape[-2]}x{video.shape[-1]} pixels gives a {H}x{W} patch grid, "
                 f"the model was built for {self.cfg.img_size}x{self.cfg.img_size}",
                 fix="resize clips to the model's img_size or build the model with the clip size",
             )
-        x = x.permute(0, 2, 3, 4, 1).reshape(N * T, H * W, C)
+        x = self.patch_embed(video)  # [N, T', HW, C]
+        N, T, _, C = x.shape
+        x = x.view(N * T, H * W, C)
         cls = self.class_embedding.to(x.dtype).expand(N * T, 1, C)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [N*T, 1+HW, C]
         x = self.ln_pre(x)
