@@ -32,6 +32,7 @@ class DemoConfig:
     workers: int = 1
     frames: int = 8
     short_side: int = 80
+    ablate: bool = False  # also run `leap ablate` (~20 min on 2 CPU cores) into WORKDIR/ablation
 
 
 @dataclass
@@ -75,6 +76,8 @@ def plan(cfg: DemoConfig) -> list[StageRun]:
     stages.append(StageRun("evaluate test", ["evaluate", "--split", "test", "--run", str(run_dir), "--workdir", w]))
     stages.append(StageRun("submit", ["submit", "--scores", str(run_dir / "eval" / "test" / "scores.pt"),
                                       "--task", "recognition", "--workdir", w, "--out", f"{w}/submission.zip"]))
+    if cfg.ablate:
+        stages.append(StageRun("ablate", ["ablate", "--workdir", f"{w}/ablation"]))
     return stages
 
 
@@ -147,8 +150,19 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
     sub = w / "submission.zip"
     if sub.exists():
         rows.append(("submit", str(sub), f"{sub.stat().st_size / 1024:.0f} KiB, test segments {counts['test']}"))
+    abl = w / "ablation" / "ablation.json"
+    if abl.exists():
+        rows.append(("ablate", str(abl.with_suffix(".md")), ablation_text(json.loads(abl.read_text()))))
     base = str(w).rstrip("/") + "/"
     return [(stage, out[len(base):] if out.startswith(base) else out, figures) for stage, out, figures in rows]
+
+
+def ablation_text(summary: dict) -> str:
+    """Validation verb top-1 (mean ± std over seeds) of each recognition cell of ``leap ablate``'s ablation.json."""
+    cells = [f"{r['source']} {r['cell']} {r['verb_top1']['mean']:.1f} ± {r['verb_top1']['std']:.1f}"
+             for r in summary.get("rows", []) if r.get("task") == "recognition" and "verb_top1" in r]
+    seeds = max((len(r.get("seeds", [])) for r in summary.get("rows", [])), default=0)
+    return (f"verb top-1 over {seeds} seeds: " + "; ".join(cells)) if cells else "no recognition cells"
 
 
 def _metrics_text(m: dict) -> str:

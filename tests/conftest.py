@@ -5,6 +5,19 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_is_delivered():
+    """The Ctrl-C tests need SIGINT delivered. A shell starts background jobs (`make test &`, nohup) with SIGINT
+    ignored, which this process and every stage it starts would inherit: give it Python's own handler back."""
+    import signal
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
 DATA = Path(__file__).parent / "data"
 EPIC_EXCERPT = DATA / "epic100"
 

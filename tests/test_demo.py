@@ -101,3 +101,28 @@ def test_programs_report_page_in_a_browser(demo, tmp_path):
     assert seen["svgs"] >= 5  # status, control flow, steps, verbs, objects, predicates
     assert "Coverage" in page.read_text()
     assert not is_blank(shot)
+
+
+def test_demo_ablate_option_runs_leap_ablate_and_summarises_its_table(demo):
+    """`leap demo --ablate` adds `leap ablate` into WORKDIR/ablation; the summary reads its table back."""
+    from leap_cli.demo import DemoConfig, collect, plan
+    from leap_cli.train.ablate import table
+
+    work, _, _ = demo
+    assert [s.argv for s in plan(DemoConfig(workdir=work, ablate=True)) if s.name == "ablate"] == [
+        ["ablate", "--workdir", f"{work}/ablation"]]
+    assert "ablate" not in [s.name for s in plan(DemoConfig(workdir=work))]
+    assert "ablate" not in [row[0] for row in collect(DemoConfig(workdir=work))]
+    runs = [{"cell": {"task": "recognition", "source": src, "name": name}, "seed": seed, "seconds": 1.0,
+             "verb_top1": v} for src, name, vs in (("none", "L_CE", (0.40, 0.44)), ("truth", "+L_T+L_PC", (0.50, 0.52)))
+            for seed, v in enumerate(vs)]
+    rows, md = table(runs)
+    (work / "ablation").mkdir(exist_ok=True)
+    (work / "ablation" / "ablation.json").write_text(json.dumps({"rows": rows}))
+    (work / "ablation" / "ablation.md").write_text(md)
+    try:
+        row = next(r for r in collect(DemoConfig(workdir=work)) if r[0] == "ablate")
+        assert row[1] == "ablation/ablation.md"
+        assert row[2] == "verb top-1 over 2 seeds: none L_CE 42.0 ± 2.8; truth +L_T+L_PC 51.0 ± 1.4"
+    finally:
+        (work / "ablation" / "ablation.json").unlink()

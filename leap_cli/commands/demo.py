@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
@@ -27,11 +28,14 @@ def demo(
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes for extract and build-shards."),
     frames: int = typer.Option(8, "--frames", min=1, help="Frames stored per clip in the shards."),
     short_side: int = typer.Option(80, "--short-side", min=16, help="Short side of the stored frames in pixels."),
+    ablate: bool = typer.Option(False, "--ablate", help="Also run `leap ablate` (the program-supervision ablation, "
+                                                        "~20 min on 2 CPU cores) into WORKDIR/ablation and show its table."),
 ) -> None:
     from leap_cli.demo import DemoConfig, collect, plan, run_stage
 
     cfg = DemoConfig(workdir=workdir, videos=videos, segments=segments, seed=seed, config=config,
-                     train_overrides=tuple(set_), workers=workers, frames=frames, short_side=short_side)
+                     train_overrides=tuple(set_), workers=workers, frames=frames, short_side=short_side,
+                     ablate=ablate)
     t0 = time.perf_counter()
     timings = []
     for stage in plan(cfg):
@@ -47,5 +51,9 @@ def demo(
     console.print(Rule())
     console.print(table)
     console.print("time per stage: " + ", ".join(f"{n} {s:.0f}s" for n, s in timings))
+    table_md = workdir / "ablation" / "ablation.md"
+    if ablate and table_md.exists():
+        console.print(Rule("[bold]the program-supervision ablation (validation, %)[/]"))
+        console.print(escape(table_md.read_text(encoding="utf-8")))
     console.print(f"[bold green]submission:[/] {workdir / 'submission.zip'}  "
                   f"(look at a program: leap show NARRATION_ID --workdir {workdir} --html page.html)")
