@@ -421,9 +421,8 @@ def test_cli_generate_validate_and_strict(kitchen):
 def test_compiled_checker_agrees_with_jsonschema(exemplars):
     import random
 
-    from leap_cli.programs.schema import _compiled, validate_program_reference
+    from leap_cli.programs.schema import validate_program_reference
 
-    compiled = _compiled()
     rng = random.Random(0)
     junk = [None, 3, -1, 2.5, True, "", "X", "plate", "right", "sub_action", "loop", [], {}, ["a"], ["left", "plate", "x"]]
 
@@ -443,7 +442,6 @@ def test_compiled_checker_agrees_with_jsonschema(exemplars):
 
     disagreements = checked = invalid = 0
     for e in exemplars:
-        assert compiled.ok(e.program) and not compiled.findings(e.program)
         for _ in range(20):
             p = copy.deepcopy(e.program)
             for _ in range(rng.randint(1, 2)):
@@ -460,8 +458,6 @@ def test_compiled_checker_agrees_with_jsonschema(exemplars):
                 else:
                     parent[path[-1]] = copy.deepcopy(rng.choice(junk))
             fast, ref = validate_program(p), validate_program_reference(p)
-            # the verdict alone (the fast path of a valid reply) agrees with the checker that collects findings
-            assert compiled.ok(p) == (not compiled.findings(p)), p
             checked += 1
             invalid += bool(ref)
             disagreements += bool(fast) != bool(ref)

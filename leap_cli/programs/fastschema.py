@@ -5,9 +5,7 @@ branch), which alone would cap generation at ~200 programs/s per core. The compi
 verdicts (a test compares them on the exemplars and on many mutated programs) in a few hundredths of that.
 ``anyOf`` over objects told apart by an ``enum`` on ``type``/``predicate`` dispatches on that field, so its
 findings come from the branch the instance names. A keyword it does not know is an error at compile time,
-never silently skipped. Each schema compiles twice: to a checker that collects findings with their paths, and
-to a verdict alone (``validate.ok``), which a valid instance (nearly every reply) needs and which costs about
-half as much; only an instance it rejects is walked again for its findings.
+never silently skipped.
 """
 
 from __future__ import annotations
@@ -214,156 +212,10 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
         return any_of
 
     check = build(root)
-    ok = _compile_verdict(root, resolve)
 
-    def findings(instance) -> list[tuple[tuple, str]]:
+    def validate(instance) -> list[tuple[tuple, str]]:
         out: list = []
         check(instance, (), out)
         return out
 
-    def validate(instance) -> list[tuple[tuple, str]]:
-        """Findings as (path, message); a valid instance is told apart by the cheaper verdict alone."""
-        return [] if ok(instance) else findings(instance)
-
-    validate.ok, validate.findings = ok, findings  # type: ignore[attr-defined]
     return validate
-
-
-def _compile_verdict(root: dict, resolve: Callable[[dict], dict]) -> Callable[[object], bool]:
-    """The same verdict as ``compile_schema``'s checker (valid: no finding), generated as Python source: one
-    function per object, array and ``anyOf`` node, the string, enum and number checks inlined as expressions,
-    no paths or messages. Keywords and their meaning as in ``build`` (``compile_schema`` rejects unknown ones
-    before this runs); a test compares the two on many mutated programs."""
-    lines: list[str] = []
-    env: dict = {"_TYPES": _TYPES, "NoneType": type(None)}
-    named: dict[str, str] = {}
-    tables: list[tuple[str, dict]] = []  # (name of a dispatch table, {discriminator value: function name})
-    counter = [0]
-
-    def fresh(prefix: str) -> str:
-        counter[0] += 1
-        return f"{prefix}{counter[0]}"
-
-    def const(value) -> str:
-        name = fresh("_k")
-        env[name] = value
-        return name
-
-    def function(body: list[str]) -> str:
-        name = fresh("_f")
-        lines.append(f"def {name}(x):")
-        lines.extend("    " + b for b in body)
-        return name
-
-    def expr(schema, v: str) -> str:
-        if schema is True:
-            return "True"
-        if schema is False:
-            return "False"
-        if "$ref" in schema:
-            name = schema["$ref"][len("#/$defs/"):]
-            target = resolve(schema)
-            if not any(k in target for k in ("properties", "required", "additionalProperties", "items", "prefixItems",
-                                               "minItems", "maxItems", "anyOf")):
-                return expr(target, v)
-            if name not in named:
-                named[name] = fresh("_d")
-                env_name = named[name]
-                lines.append(f"def {env_name}(x):\n    return {expr(target, 'x')}")
-            return f"{named[name]}({v})"
-        parts: list[str] = []
-        t = schema.get("type")
-        if t is not None:
-            names = t if isinstance(t, list) else [t]
-            if all(n in _CLASSES for n in names):
-                parts.append(f"isinstance({v}, {const(tuple(_CLASSES[n] for n in names))})")
-            else:
-                parts.append("(" + " or ".join(f"_TYPES[{n!r}]({v})" for n in names) + ")")
-        if "enum" in schema:
-            allowed = schema["enum"]
-            no_bool = True not in allowed and False not in allowed
-            parts.append(f"({v} in {const(allowed)}" + (f" and not isinstance({v}, bool))" if no_bool else ")"))
-        if "const" in schema:
-            parts.append(f"{v} == {const(schema['const'])}")
-        if any(k in schema for k in ("properties", "required", "additionalProperties")):
-            props = schema.get("properties", {})
-            extra = schema.get("additionalProperties", True)
-            body = ["if not isinstance(x, dict):", "    return True"]
-            for r in schema.get("required", []):
-                body += [f"if {r!r} not in x:", "    return False"]
-            if extra is False:
-                body += [f"for k in x:", f"    if k not in {const(frozenset(props))}:", "        return False"]
-            elif isinstance(extra, dict):
-                body += [f"for k, v in x.items():", f"    if k not in {const(frozenset(props))} and not ({expr(extra, 'v')}):",
-                         "        return False"]
-            for k, sub in props.items():
-                test = expr(sub, "v")
-                if test != "True":
-                    body += [f"v = x.get({k!r}, _MISSING)", f"if v is not _MISSING and not ({test}):", "    return False"]
-            body.append("return True")
-            parts.append(f"{function(body)}({v})")
-        if any(k in schema for k in ("items", "prefixItems", "minItems", "maxItems")):
-            prefix = schema.get("prefixItems", [])
-            items = schema.get("items", True)
-            lo, hi = schema.get("minItems"), schema.get("maxItems")
-            body = ["if not isinstance(x, list):", "    return True", "n = len(x)"]
-            if lo is not None:
-                body += [f"if n < {int(lo)}:", "    return False"]
-            if hi is not None:
-                body += [f"if n > {int(hi)}:", "    return False"]
-            for i, sub in enumerate(prefix):
-                body += [f"if n > {i}:", f"    v = x[{i}]", f"    if not ({expr(sub, 'v')}):", "        return False"]
-            test = expr(items, "v")
-            if test == "False":
-                body += [f"if n > {len(prefix)}:", "    return False"]
-            elif test != "True":
-                body += [f"for v in (x[{len(prefix)}:] if {len(prefix)} else x):", f"    if not ({test}):",
-                         "        return False"]
-            body.append("return True")
-            parts.append(f"{function(body)}({v})")
-        if any(k in schema for k in ("minLength", "maxLength", "pattern")):
-            lo, hi = schema.get("minLength"), schema.get("maxLength")
-            tests = []
-            if lo is not None:
-                tests.append(f"len({v}) >= {int(lo)}")
-            if hi is not None:
-                tests.append(f"len({v}) <= {int(hi)}")
-            if "pattern" in schema:
-                tests.append(f"{const(re.compile(schema['pattern']))}.search({v}) is not None")
-            parts.append(f"(not isinstance({v}, str) or ({' and '.join(tests)}))")
-        if "minimum" in schema or "maximum" in schema:
-            lo, hi = schema.get("minimum"), schema.get("maximum")
-            tests = ([f"{v} >= {const(lo)}"] if lo is not None else []) + ([f"{v} <= {const(hi)}"] if hi is not None else [])
-            parts.append(f"(not _TYPES['number']({v}) or ({' and '.join(tests)}))")
-        if "anyOf" in schema:
-            branches = schema["anyOf"]
-            targets = [resolve(b) for b in branches]
-            for disc in _DISCRIMINATORS:
-                enums = [t.get("properties", {}).get(disc, {}).get("enum") if isinstance(t, dict) else None
-                         for t in targets]
-                if all(enums):
-                    table = {}
-                    for e, b in zip(enums, branches):
-                        f = function([f"return {expr(b, 'x')}"])
-                        for value in e:
-                            table.setdefault(value, f)
-                    tab = const({})  # filled with the functions once the source has run
-                    tables.append((tab, table))
-                    body = ["if not isinstance(x, dict):", "    return False", f"d = x.get({disc!r})",
-                            "if not isinstance(d, str):", "    return False", f"f = {tab}.get(d)",
-                            "return f is not None and f(x)"]
-                    parts.append(f"{function(body)}({v})")
-                    break
-            else:
-                parts.append("(" + " or ".join(f"({expr(b, v)})" for b in branches) + ")")
-        return " and ".join(parts) if parts else "True"
-
-    env["_MISSING"] = object()
-    top = expr(root, "x")
-    source = "\n".join(lines + [f"def _verdict(x):\n    return {top}"])
-    exec(compile(source, "<fastschema verdict>", "exec"), env)  # noqa: S102 - source generated from the schema
-    for tab, table in tables:
-        env[tab].update({value: env[fn] for value, fn in table.items()})
-    verdict = env["_verdict"]
-    verdict.source = source  # type: ignore[attr-defined]
-    return verdict
