@@ -286,8 +286,9 @@ def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT
     cv, cn = clip.verb_class, clip.noun_class
     cvk = clip.verb.lower() if clip.verb else None
     cnk = clip.noun.lower() if clip.noun else None
+    rows = rows if rows is not None else exemplar_rows(exemplars)
     scored = []
-    for i, (e, vc, nc, vk, nk, ew) in enumerate(rows if rows is not None else exemplar_rows(exemplars)):
+    for i, (e, vc, nc, vk, nk, ew) in enumerate(rows):
         s = 0.0
         # the same verb / noun: the classes when both are known, else the (non-empty) keys
         if (vc == cv) if (vc is not None and cv is not None) else (cvk is not None and cvk == vk):
@@ -300,7 +301,7 @@ def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT
         scored.append((-s, e.id, i))
     scored.sort()
     chosen = [t[2] for t in scored[:k]]
-    return [rows[i][0] for i in chosen] if rows is not None else [exemplars[i] for i in chosen]
+    return [rows[i][0] for i in chosen]
 
 
 def vocabulary_text(verbs: ClassVocab, nouns: ClassVocab) -> str:

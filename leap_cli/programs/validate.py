@@ -17,6 +17,7 @@ Checks:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from leap_cli.epic.classes import ClassVocab, normalize_form
 from leap_cli.programs.schema import Finding, validate_program
@@ -44,33 +45,9 @@ class _Resolver:
 
     def __init__(self, verbs: ClassVocab, nouns: ClassVocab):
         self.verbs, self.nouns = verbs, nouns
-        self._verb: dict[str, int | None] = {}
-        self._object: dict[str, int | None] = {}
-        self._key: dict[str, str] = {}
-
-    def verb(self, form: str) -> int | None:
-        try:
-            return self._verb[form]
-        except KeyError:
-            return self._put(self._verb, form, resolve_verb(form, self.verbs))
-
-    def object(self, form: str) -> int | None:
-        try:
-            return self._object[form]
-        except KeyError:
-            return self._put(self._object, form, resolve_object(form, self.nouns))
-
-    def key(self, form: str) -> str:
-        try:
-            return self._key[form]
-        except KeyError:
-            return self._put(self._key, form, object_key(form, self.nouns))
-
-    def _put(self, memo: dict, form: str, value):
-        if len(memo) >= self.limit:
-            memo.clear()
-        memo[form] = value
-        return value
+        self.verb = lru_cache(self.limit)(lambda form: resolve_verb(form, verbs))
+        self.object = lru_cache(self.limit)(lambda form: resolve_object(form, nouns))
+        self.key = lru_cache(self.limit)(lambda form: object_key(form, nouns))
 
 
 _RESOLVERS: list[_Resolver] = []
