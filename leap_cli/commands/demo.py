@@ -44,10 +44,10 @@ def demo(
         timings.append((stage.name, stage.seconds))
     table = Table(title=f"LEAP demo: every stage ({time.perf_counter() - t0:.0f} s in all)", show_lines=False)
     table.add_column("stage")
-    table.add_column(f"output (in {workdir})", overflow="fold")
+    table.add_column(f"output (in {escape(str(workdir))})", overflow="fold")
     table.add_column("figures", overflow="fold")
     for name, out, figures in collect(cfg):
-        table.add_row(name, out, figures)
+        table.add_row(escape(name), escape(out), escape(figures))
     console.print(Rule())
     console.print(table)
     console.print("time per stage: " + ", ".join(f"{n} {s:.0f}s" for n, s in timings))
@@ -55,5 +55,5 @@ def demo(
     if ablate and table_md.exists():
         console.print(Rule("[bold]the program-supervision ablation (validation, %)[/]"))
         console.print(escape(table_md.read_text(encoding="utf-8")))
-    console.print(f"[bold green]submission:[/] {workdir / 'submission.zip'}  "
-                  f"(look at a program: leap show NARRATION_ID --workdir {workdir} --html page.html)")
+    console.print(f"[bold green]submission:[/] {escape(str(workdir / 'submission.zip'))}  "
+                  f"(look at a program: leap show NARRATION_ID --workdir {escape(str(workdir))} --html page.html)")
