@@ -246,11 +246,12 @@ class JsonlAppender:
     and on close (an fsync per record, ~10 ms, would cap a fast async stage at ~100 records/s; a killed
     process still keeps every flushed line, only a power loss can take the last second). ``replace_keys``
     lets a re-run redo chosen records (e.g. ``--retry-errors``): their old lines are dropped by rewriting
-    the file atomically.
+    the file atomically. Only the keys stay in memory (a day's descriptor records would not fit), unless
+    ``keep_records``: then ``records`` maps each key to its record.
     """
 
     def __init__(self, path: str | Path, key: str | Callable[[dict], str] = "narration_id",
-                 *, replace_keys: Iterable[str] = (), sync_every: float = 0.0):
+                 *, replace_keys: Iterable[str] = (), sync_every: float = 0.0, keep_records: bool = False):
         self.path = Path(path)
         self._key = (lambda r: r[key]) if isinstance(key, str) else key
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -265,9 +266,14 @@ class JsonlAppender:
         if replace and any(self._key(r) in replace for r in existing):
             existing = [r for r in existing if self._key(r) not in replace]
             atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in existing))
+        self.keep_records = keep_records
         self.records: dict[str, dict] = {}
+        self.keys: set[str] = set()
         for r in existing:
-            self.records[self._key(r)] = r  # last one wins if a file was concatenated twice
+            self.keys.add(self._key(r))
+            if keep_records:
+                self.records[self._key(r)] = r  # last one wins if a file was concatenated twice
+        del existing
         try:
             self._f = open(self.path, "a", encoding="utf-8")
         except BaseException:
@@ -289,20 +295,22 @@ class JsonlAppender:
                 f.write(b"\n")
 
     def __contains__(self, key: str) -> bool:
-        return key in self.records
+        return key in self.keys
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.keys)
 
     def write(self, record: dict) -> bool:
         """Append ``record`` unless its key is done already. Returns whether it was written."""
         k = self._key(record)
-        if k in self.records:
+        if k in self.keys:
             return False
         try:
             self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
             self._f.flush()
-            self.records[k] = record
+            self.keys.add(k)
+            if self.keep_records:
+                self.records[k] = record
             if time.monotonic() - self._last_sync >= self.sync_every:
                 os.fsync(self._f.fileno())
                 self._last_sync = time.monotonic()

@@ -14,6 +14,8 @@ import re
 from typing import Callable
 
 Check = Callable[[object, tuple, list], None]  # (instance, path, findings as (path, message)) -> None
+# A path is built as nested pairs ``(parent, key)`` from the root ``()`` (one small tuple per step instead of a
+# copy of the whole path); ``validate`` flattens the paths of its findings.
 _IGNORED = {"$schema", "$id", "$defs", "title", "description", "$comment", "default", "examples"}
 _DISCRIMINATORS = ("type", "predicate")
 _TYPES = {
@@ -53,7 +55,9 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
             if name not in cache:
                 cache[name] = None  # type: ignore[assignment]
                 cache[name] = build(resolve(schema))
-            return lambda x, p, out: cache[name](x, p, out)
+            if cache[name] is not None:  # built: call it directly
+                return cache[name]
+            return lambda x, p, out: cache[name](x, p, out)  # a definition that refers to itself (nested steps)
         unknown = set(schema) - _IGNORED - {"type", "enum", "const", "properties", "required", "additionalProperties",
                                             "items", "prefixItems", "minItems", "maxItems", "minLength", "maxLength",
                                             "pattern", "minimum", "maximum", "anyOf"}
@@ -61,6 +65,10 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
             raise ValueError(f"unsupported keyword(s) {sorted(unknown)}")
         checks: list[Check] = []
         t = schema.get("type")
+        # the object/array/string checks skip an instance of another type; when the schema's type is exactly
+        # that one class, they report the type error themselves (one call per value instead of two)
+        own = t if isinstance(t, str) else None
+        fused: list[str] = []
         if t is not None:
             names = t if isinstance(t, list) else [t]
             preds = [_TYPES[n] for n in names]
@@ -95,28 +103,37 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
             extra = schema.get("additionalProperties", True)
             extra_check = build(extra) if isinstance(extra, dict) else None
 
+            typed = own == "object"
+
             def obj(x, p, out):
                 if not isinstance(x, dict):
+                    if typed:
+                        out.append((p, f"{x!r} is not of type 'object'"))
                     return
                 for r in required:
                     if r not in x:
                         out.append((p, f"{r!r} is a required property"))
                 for k, v in x.items():
                     if k in props:
-                        props[k](v, p + (k,), out)
+                        props[k](v, (p, k), out)
                     elif extra is False:
                         out.append((p, f"Additional properties are not allowed ({k!r} was unexpected)"))
                     elif extra_check is not None:
-                        extra_check(v, p + (k,), out)
+                        extra_check(v, (p, k), out)
             checks.append(obj)
+            fused.append("object")
         if any(k in schema for k in ("items", "prefixItems", "minItems", "maxItems")):
             prefix = [build(s) for s in schema.get("prefixItems", [])]
             items = schema.get("items", True)
             item_check = build(items)
             lo, hi = schema.get("minItems"), schema.get("maxItems")
 
+            typed_arr = own == "array"
+
             def arr(x, p, out):
                 if not isinstance(x, list):
+                    if typed_arr:
+                        out.append((p, f"{x!r} is not of type 'array'"))
                     return
                 if lo is not None and len(x) < lo:
                     out.append((p, f"{x!r} should be non-empty" if lo == 1 else f"{x!r} is too short"))
@@ -124,19 +141,24 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
                     out.append((p, f"{x!r} is too long"))
                 for i, v in enumerate(x):
                     if i < len(prefix):
-                        prefix[i](v, p + (i,), out)
+                        prefix[i](v, (p, i), out)
                     elif items is False:
                         if not (hi is not None and len(x) > hi):  # reported once as too long
-                            out.append((p + (i,), "no value is allowed here"))
+                            out.append(((p, i), "no value is allowed here"))
                     else:
-                        item_check(v, p + (i,), out)
+                        item_check(v, (p, i), out)
             checks.append(arr)
+            fused.append("array")
         if any(k in schema for k in ("minLength", "maxLength", "pattern")):
             lo, hi = schema.get("minLength"), schema.get("maxLength")
             rx = re.compile(schema["pattern"]) if "pattern" in schema else None
 
+            typed_str = own == "string"
+
             def string(x, p, out):
                 if not isinstance(x, str):
+                    if typed_str:
+                        out.append((p, f"{x!r} is not of type 'string'"))
                     return
                 if lo is not None and len(x) < lo:
                     out.append((p, f"{x!r} should be non-empty" if lo == 1 else f"{x!r} is too short"))
@@ -145,6 +167,7 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
                 if rx is not None and not rx.search(x):
                     out.append((p, f"{x!r} does not match {rx.pattern!r}"))
             checks.append(string)
+            fused.append("string")
         if "minimum" in schema or "maximum" in schema:
             lo, hi = schema.get("minimum"), schema.get("maximum")
 
@@ -159,6 +182,8 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
         if "anyOf" in schema:
             checks.append(build_any_of(schema["anyOf"]))
 
+        if own is not None and fused == [own] and len(checks) == 1:
+            return checks[0]  # the check reports the type error itself
         if type_check is None and len(checks) == 1:
             return checks[0]
         if len(checks) == 1:
@@ -191,7 +216,7 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
                     elif disc not in x:
                         out.append((p, f"{disc!r} is a required property"))
                     elif not isinstance(x[disc], str) or x[disc] not in table:
-                        out.append((p + (disc,), f"{disc} {x[disc]!r} is not one of {allowed}"))
+                        out.append(((p, disc), f"{disc} {x[disc]!r} is not one of {allowed}"))
                     else:
                         table[x[disc]](x, p, out)
                 return dispatch
@@ -216,6 +241,15 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
     def validate(instance) -> list[tuple[tuple, str]]:
         out: list = []
         check(instance, (), out)
-        return out
+        return [(_flat(p), m) for p, m in out]
 
     return validate
+
+
+def _flat(path: tuple) -> tuple:
+    """A path of nested ``(parent, key)`` pairs as a flat tuple of keys."""
+    keys = []
+    while path:
+        path, key = path
+        keys.append(key)
+    return tuple(reversed(keys))

@@ -19,6 +19,7 @@ failed for good, or nothing to describe).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -188,6 +189,12 @@ def repair_message(findings: list[Finding]) -> str:
             "\nAnswer with the corrected JSON program only.")
 
 
+async def _turn() -> None:
+    """Let the event loop go round once before CPU work (a prompt, a reply's checks): what is ready to read or
+    send goes first."""
+    await asyncio.sleep(0)
+
+
 class NoMoreRequests(Exception):
     """A segment's first request may not go out (``--max-cost`` reached, or another request hit an error that
     stops the stage): the segment stays pending."""
@@ -199,8 +206,10 @@ class ProgramGenerator:
     Requests pass an in-flight gate of ``cfg.concurrency`` slots. The stage runs more workers than slots, so
     that a worker whose reply arrives hands its slot at once to one whose prompt is built and waiting, and
     does its own bookkeeping (parse, validation, cache, log, record) while that request is on the wire: a
-    reply's processing then delays no request of its own slot. Prompt building and reply checking take turns
-    (``_cpu``), so a burst of replies is read, and their slots' next requests sent, before the burst's checks.
+    reply's processing then delays no request of its own slot. Before prompt building and reply checking a
+    worker lets the event loop go round once (``_turn``): the replies already read and the requests whose slot
+    came free in that pass go out first, so a burst of replies is read, and their slots' next requests sent,
+    before the burst's checks.
     ``over_budget`` (``--max-cost``) is asked again when a segment's first request gets its slot."""
 
     def __init__(self, cfg: GenerateConfig, inputs: Inputs, backend: Backend, store: ProgramStore, builder: PromptBuilder,
@@ -208,9 +217,6 @@ class ProgramGenerator:
         self.cfg, self.inputs, self.backend, self.store, self.builder = cfg, inputs, backend, store, builder
         self.over_budget = over_budget
         self._slots: asyncio.Semaphore | None = None
-        # one worker at a time builds a prompt or checks a reply: between two such steps the event loop reads
-        # the replies that arrived and sends the requests whose slot came free (I/O before bookkeeping)
-        self._cpu = asyncio.Lock()
         self.all_busy = asyncio.Event()  # every slot has been taken once (the workers that wait start then)
         self._halted = False  # a request raised an error that stops the stage (a refused key): send no more
         self.schema = strict_schema()
@@ -231,8 +237,8 @@ class ProgramGenerator:
         start = time.perf_counter()
         info = self.info(record)
         nid = record["narration_id"]
-        async with self._cpu:
-            prompt = self.builder.prompt(info)
+        await _turn()
+        prompt = self.builder.prompt(info)
         phash = prompt.hash[:16]  # == prompt_hash(messages)
         prov = {"backend": self.backend.name, "model": self.backend.model, "prompt_hash": phash, "attempts": 0,
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "seconds": 0.0, "created": None,
@@ -275,16 +281,16 @@ class ProgramGenerator:
                 prov["attempts"] += attempts
             for k in prov["usage"]:
                 prov["usage"][k] += usage.get(k, 0)
-            async with self._cpu:
-                parsed, findings = parse_reply(text)
-                if parsed is not None:
-                    program = parsed
-                    findings = self.check(parsed, info)
-                outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
-                self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
-                                    prompt_hash=phash, cache_key=key, round=rnd, response=text, usage=usage,
-                                    latency=latency, attempts=attempts, cached=hit is not None, outcome=outcome,
-                                    error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None)
+            await _turn()
+            parsed, findings = parse_reply(text)
+            if parsed is not None:
+                program = parsed
+                findings = self.check(parsed, info)
+            outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
+            self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
+                                prompt_hash=phash, cache_key=key, round=rnd, response=text, usage=usage,
+                                latency=latency, attempts=attempts, cached=hit is not None, outcome=outcome,
+                                error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None)
             if not findings:
                 return done("valid", program, [])
             prompt = prompt.extend([{"role": "assistant", "content": text},
@@ -314,9 +320,10 @@ class ProgramGenerator:
                 self.usage[k] += usage.get(k, 0)
             cost = self.cfg.cost(usage)
             self.cost += cost
+            # committed with the call log (run_one's log_call), not while the slot is held
             if cost or self.backend.name != "offline":
-                self.store.add_spend(self.cfg.out_path, cost, usage, comp.attempts)
-            self.store.put(key, comp.text, usage, comp.model)
+                self.store.add_spend(self.cfg.out_path, cost, usage, comp.attempts, commit=False)
+            self.store.put(key, comp.text, usage, comp.model, commit=False)
         await asyncio.sleep(0)  # the worker that now has the slot sends its request before this reply's bookkeeping
         return comp
 
@@ -385,6 +392,9 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         if cfg.limit is not None:
             pending = pending[: cfg.limit]
         summary.total = len(pending)
+        # the inputs live until the end: out of the collector's sight, a full collection does not walk them
+        # again and again (~0.1 s per pass with 60k objects, all at once, while 32 replies wait)
+        gc.freeze()
         if on_start:
             on_start(len(pending))
         summary.spent_before = store.spent(cfg.out_path)["cost"]
@@ -436,6 +446,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
     finally:
+        gc.unfreeze()
         if gen is not None:  # also when interrupted: the summary says what was spent
             summary.requests, summary.cache_hits = gen.summary_requests, gen.summary_hits
             summary.usage, summary.cost = gen.usage, gen.cost

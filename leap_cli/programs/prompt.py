@@ -262,19 +262,53 @@ def clip_narration(info: ClipInfo) -> Narration:
     return Narration("", None, None, info.verb_class, info.noun_class, tuple(dict.fromkeys(named)))
 
 
-def exemplar_rows(exemplars: list[Exemplar]) -> list[tuple]:
-    """What ``select_exemplars`` compares of each exemplar, computed once per library: (exemplar, verb class,
-    noun class, verb key lower-case or None, noun key lower-case or None, narration words)."""
-    rows = []
-    for e in exemplars:
-        n = exemplar_narration(e)
-        rows.append((e, n.verb_class, n.noun_class, n.verb.lower() if n.verb else None,
-                     n.noun.lower() if n.noun else None, n.words))
-    return rows
+class ExemplarIndex:
+    """What ``select_exemplars`` compares of each exemplar of a library, computed once: per row (exemplar, verb
+    class, noun class, verb key lower-case or None, noun key lower-case or None, narration words), and the rows
+    by verb, by noun and by word, so that a clip's score is computed only for the exemplars that share
+    something with it (all others score 0 and follow in id order)."""
+
+    def __init__(self, exemplars: list[Exemplar]):
+        self.rows = []
+        for e in exemplars:
+            n = exemplar_narration(e)
+            self.rows.append((e, n.verb_class, n.noun_class, n.verb.lower() if n.verb else None,
+                              n.noun.lower() if n.noun else None, n.words))
+        self.order = sorted(range(len(self.rows)), key=lambda i: (self.rows[i][0].id, i))
+        # (class -> rows whose class is known, key -> rows whose class is unknown, key -> all rows) for verb, noun
+        self.verb = self._by(1, 3)
+        self.noun = self._by(2, 4)
+        self.by_word: dict[str, list[int]] = {}
+        for i, row in enumerate(self.rows):
+            for w in row[5]:
+                self.by_word.setdefault(w, []).append(i)
+
+    def _by(self, cls: int, key: int) -> tuple[dict, dict, dict]:
+        by_class, by_key_no_class, by_key = {}, {}, {}
+        for i, row in enumerate(self.rows):
+            if row[cls] is not None:
+                by_class.setdefault(row[cls], []).append(i)
+            elif row[key] is not None:
+                by_key_no_class.setdefault(row[key], []).append(i)
+            if row[key] is not None:
+                by_key.setdefault(row[key], []).append(i)
+        return by_class, by_key_no_class, by_key
+
+    @staticmethod
+    def _matching(index: tuple[dict, dict, dict], cls, key) -> list[int]:
+        """The rows that count as the same verb (noun): the classes when both are known, else the keys."""
+        by_class, by_key_no_class, by_key = index
+        if cls is not None:
+            return by_class.get(cls, []) + (by_key_no_class.get(key, []) if key is not None else [])
+        return by_key.get(key, []) if key is not None else []
+
+
+def exemplar_rows(exemplars: list[Exemplar]) -> ExemplarIndex:
+    return ExemplarIndex(exemplars)
 
 
 def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT_K,
-                     rows: list[tuple] | None = None) -> list[Exemplar]:
+                     rows: ExemplarIndex | None = None) -> list[Exemplar]:
     """The k exemplars whose narration is nearest the clip's: +4 for the same verb (class; the key when a class
     is unknown), +2 for the same noun, plus the Jaccard similarity of the narrations' words (narration, verb,
     noun, other nouns). Not the long clip texts: a word that both texts mention (a sink in view) says nothing of
@@ -283,25 +317,31 @@ def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT
     clip = clip_narration(info)
     words = clip.words
     nw = len(words)
-    cv, cn = clip.verb_class, clip.noun_class
-    cvk = clip.verb.lower() if clip.verb else None
-    cnk = clip.noun.lower() if clip.noun else None
-    rows = rows if rows is not None else exemplar_rows(exemplars)
+    index = rows if rows is not None else exemplar_rows(exemplars)
+    rows_ = index.rows
+    same_verb = set(index._matching(index.verb, clip.verb_class, clip.verb.lower() if clip.verb else None))
+    same_noun = set(index._matching(index.noun, clip.noun_class, clip.noun.lower() if clip.noun else None))
+    common: dict[int, int] = {}
+    for w in words:
+        for i in index.by_word.get(w, ()):
+            common[i] = common.get(i, 0) + 1
     scored = []
-    for i, (e, vc, nc, vk, nk, ew) in enumerate(rows):
+    for i in same_verb.union(same_noun, common):
         s = 0.0
-        # the same verb / noun: the classes when both are known, else the (non-empty) keys
-        if (vc == cv) if (vc is not None and cv is not None) else (cvk is not None and cvk == vk):
+        if i in same_verb:
             s += 4
-        if (nc == cn) if (nc is not None and cn is not None) else (cnk is not None and cnk == nk):
+        if i in same_noun:
             s += 2
-        if nw and ew:
-            common = len(words & ew)
-            s += common / (nw + len(ew) - common)
-        scored.append((-s, e.id, i))
+        c = common.get(i, 0)
+        if c:
+            s += c / (nw + len(rows_[i][5]) - c)
+        scored.append((-s, rows_[i][0].id, i))
     scored.sort()
     chosen = [t[2] for t in scored[:k]]
-    return [rows[i][0] for i in chosen]
+    if len(chosen) < k:  # the rest score 0: in id order
+        taken = set(chosen)
+        chosen += [i for i in index.order if i not in taken][:k - len(chosen)]
+    return [rows_[i][0] for i in chosen]
 
 
 def vocabulary_text(verbs: ClassVocab, nouns: ClassVocab) -> str:

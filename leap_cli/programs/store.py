@@ -108,19 +108,23 @@ class ProgramStore:
             return None
         return row[0], {"prompt_tokens": row[1] or 0, "completion_tokens": row[2] or 0}, row[3] or ""
 
-    def put(self, key: str, response: str, usage: dict, model: str) -> None:
+    def put(self, key: str, response: str, usage: dict, model: str, *, commit: bool = True) -> None:
+        """Cache a reply. ``commit=False``: not even a due commit now (the caller's next write or ``close``
+        makes it), e.g. while a request slot waits for this call."""
         self._cache[key] = (key, redact(response), usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), model,
                             time.time())
-        self._written()
+        if commit:
+            self._written()
 
-    def add_spend(self, out: str | Path, cost: float, usage: dict, requests: int = 1) -> None:
-        """Add the cost of requests made for the output file ``out`` to the ledger."""
+    def add_spend(self, out: str | Path, cost: float, usage: dict, requests: int = 1, *, commit: bool = True) -> None:
+        """Add the cost of requests made for the output file ``out`` to the ledger (``commit`` as in ``put``)."""
         row = self._ledger.setdefault(self.ledger_key(out), [0.0, 0, 0, 0])
         row[0] += cost
         row[1] += usage.get("prompt_tokens", 0)
         row[2] += usage.get("completion_tokens", 0)
         row[3] += requests
-        self._written()
+        if commit:
+            self._written()
 
     def ledger_key(self, out: str | Path) -> str:
         """The ledger's key of an output file: its path relative to the database's folder when it lies below it

@@ -383,7 +383,7 @@ def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str) -> 
     """Open the progress file; keep the complete shards that are intact (from the first damaged one on, redo)."""
     from leap_cli.io import atomic_write_text
 
-    appender = JsonlAppender(progress_path, key="name")
+    appender = JsonlAppender(progress_path, key="name", keep_records=True)
     done: list[dict] = sorted(appender.records.values(), key=lambda r: r["index"])
     if any(r["settings_hash"] != settings_hash for r in done):
         appender.close()
@@ -398,7 +398,7 @@ def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str) -> 
     if len(kept) < len(done):
         appender.close()
         atomic_write_text(progress_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-        appender = JsonlAppender(progress_path, key="name")
+        appender = JsonlAppender(progress_path, key="name", keep_records=True)
     for stray in out.glob(f".{prefix}-*.tar.partial"):
         stray.unlink()
     return appender, kept
