@@ -324,7 +324,7 @@ class ProgramGenerator:
             if cost or self.backend.name != "offline":
                 self.store.add_spend(self.cfg.out_path, cost, usage, comp.attempts, commit=False)
             self.store.put(key, comp.text, usage, comp.model, commit=False)
-        await asyncio.sleep(0)  # the worker that now has the slot sends its request before this reply's bookkeeping
+        # the worker that now has the slot sends its request before this reply's bookkeeping (run_one's _turn)
         return comp
 
 
@@ -432,8 +432,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                                              result["errors"][0]["message"] if result["errors"] else result["status"]))
                 if on_record:
                     on_record(result)
-                # a backend that never waits (offline, cache hits) must still let Ctrl-C (task cancellation) in
-                await asyncio.sleep(0)
+                # (a backend that never waits, offline or cache hits, still lets Ctrl-C in: run_one's _turn)
 
         # twice as many workers as requests in flight (ProgramGenerator): half wait with their prompt built
         n = max(1, cfg.concurrency)

@@ -85,16 +85,16 @@ class _Checker:
             self.add(ptr, f"object {form!r} is not an EPIC noun class (key or synonym)")
 
     def check_condition(self, cond: dict, ptr: str) -> None:
+        obj = self.resolve.object
         for i, (arg, kind) in enumerate(zip(cond["args"], PREDICATES[cond["predicate"]])):
-            if kind == "object":
+            if kind == "object" and arg is not None and obj(arg) is None:  # the pointer only for a finding
                 self.check_object(arg, f"{ptr}/args/{i}")
 
     # ---- symbolic state ----
     def fact(self, cond: dict) -> Fact:
-        kinds = PREDICATES[cond["predicate"]]
+        pred = cond["predicate"]
         key = self.resolve.key
-        args = tuple(normalize_form(a) if k == "hand" else key(a) for a, k in zip(cond["args"], kinds))
-        return (cond["predicate"], *args)
+        return (pred, *[normalize_form(a) if k == "hand" else key(a) for a, k in zip(cond["args"], PREDICATES[pred])])
 
     @staticmethod
     def holds(state: dict, fact: Fact, negated: bool) -> bool:
@@ -132,8 +132,11 @@ class _Checker:
             if kind == "sub_action":
                 if report:
                     self.check_verb(step["verb"], f"{p}/verb")
-                    self.check_object(step["object_a"], f"{p}/object_a")
-                    self.check_object(step.get("object_b"), f"{p}/object_b")
+                    obj = self.resolve.object
+                    for role in ("object_a", "object_b"):
+                        form = step.get(role)
+                        if form is not None and obj(form) is None:  # the pointer only for a finding
+                            self.check_object(form, f"{p}/{role}")
                 for j, cond in enumerate(step.get("pre") or []):
                     if report:
                         self.check_condition(cond, f"{p}/pre/{j}")
