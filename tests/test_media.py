@@ -258,5 +258,8 @@ def test_jpeg_of_rgb_frames_keeps_colours_and_bytes_of_any_layout():
     view = big[:, :256]  # not contiguous
     want = cv2.imencode(".jpg", np.ascontiguousarray(view[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     assert encode_jpeg(view, 90) == want == encode_jpeg(np.ascontiguousarray(view), 90)
+    assert encode_jpeg(view[:, :, ::-1], 90, colour="bgr") == want  # a BGR frame (the decoder's) as it is
+    with pytest.raises(ValueError, match="rgb or bgr"):
+        encode_jpeg(view, 90, colour="gray")
     back = cv2.imdecode(np.frombuffer(want, np.uint8), cv2.IMREAD_COLOR)  # BGR
     assert back[30, 60, 2] > 180 and back[30, 60, 0] < 60

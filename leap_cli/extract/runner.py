@@ -233,14 +233,14 @@ class _Video:
         self._segment, self._plan, self._memo = seg, plan, {}
 
     def _decode(self, wanted: dict[int, set[int | None]], record: str) -> None:
-        from leap_cli.media.video import VideoUnreadable, to_rgb
+        from leap_cli.media.video import VideoUnreadable, resize_short_side
 
         t0 = time.perf_counter()
         try:
             for f, bgr in self.reader.decode(sorted(wanted)):
                 self.decoded += 1
                 for side in wanted[f]:
-                    self._memo[(f, side)] = to_rgb(bgr, side)
+                    self._memo[(f, side)] = resize_short_side(bgr, side)  # BGR, as decoded: converted on reading
         except VideoUnreadable as e:
             log.info("%s", e.one_line())
             raise FramesUnavailable(e.message) from None
@@ -248,6 +248,17 @@ class _Video:
             self.decode_seconds += time.perf_counter() - t0
 
     def read(self, numbers: list[int], short_side: int | None, seg: Segment) -> np.ndarray:
+        """``numbers`` at ``short_side`` as RGB ``[T, H, W, 3]`` (``SegmentContext.read_frames``)."""
+        import cv2
+
+        images = self.images(numbers, short_side, seg)
+        out = np.empty((len(images), *images[0].shape), np.uint8)
+        for i, im in enumerate(images):
+            cv2.cvtColor(im, cv2.COLOR_BGR2RGB, dst=out[i])  # converted straight into the array: no np.stack
+        return out
+
+    def images(self, numbers: list[int], short_side: int | None, seg: Segment) -> list[np.ndarray]:
+        """``numbers`` at ``short_side`` as the decoded BGR images, not copied (``SegmentContext.read_images``)."""
         self._open(seg.narration_id)
         reason = self.clock.check(*self.clock.segment_span(seg))  # the whole window must be decodable
         if reason:
@@ -265,7 +276,7 @@ class _Video:
                         wanted.setdefault(f, set()).update(s for s in sides if (f, s) not in self._memo)
                 self._plan = {}
             self._decode(wanted, seg.narration_id)
-        return np.stack([self._memo[(n, side)] for n in numbers])
+        return [self._memo[(n, side)] for n in numbers]
 
     def close(self) -> None:
         if self.reader is not None:
@@ -325,6 +336,7 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
     ctx = SegmentContext(
         layout=layout, segment=seg, fps=video.fps, video_cache=video.cache, clock=video.clock,
         read_frames=lambda nums, side: video.read(list(nums), side, seg),
+        read_images=lambda nums, side: video.images(list(nums), side, seg),
         read_audio=lambda sr: read_segment_audio(
             layout, seg.video_id, seg.start, max(seg.stop, seg.start + 0.05), sr, record=seg.narration_id),
         frame_size=lambda: video.size(seg))

@@ -107,6 +107,21 @@ def to_rgb(bgr: np.ndarray, short_side: int | None) -> np.ndarray:
     return cv2.cvtColor(resize_short_side(bgr, short_side), cv2.COLOR_BGR2RGB)
 
 
+COLOURS = ("rgb", "bgr", "gray")
+_FROM = {("bgr", "rgb"): cv2.COLOR_BGR2RGB, ("rgb", "bgr"): cv2.COLOR_RGB2BGR, ("bgr", "gray"): cv2.COLOR_BGR2GRAY,
+         ("rgb", "gray"): cv2.COLOR_RGB2GRAY}
+
+
+def as_colour(image: np.ndarray, colour: str, source: str = "bgr") -> np.ndarray:
+    """``image`` (``source``: "bgr", OpenCV's decoded order, or "rgb") in ``colour`` ("rgb", "bgr" or "gray"):
+    the image itself, no copy, where the orders agree. Grey from BGR or from RGB is the same image."""
+    if colour == source:
+        return image
+    if (source, colour) not in _FROM:
+        raise ValueError(f"cannot convert {source} to {colour}; colours are {', '.join(COLOURS)}")
+    return cv2.cvtColor(image, _FROM[(source, colour)])
+
+
 def _check_frames(frames: Sequence[int], num_frames: int, path: Path, record: str | None) -> list[int]:
     wanted = sorted({int(f) for f in frames})
     if not wanted:
