@@ -626,3 +626,45 @@ def test_the_cache_and_the_camera_read_the_decoders_images_without_copies(kitche
         assert np.array_equal(np.stack(bare.images_at_most(nums, 96, "rgb")), small)
     finally:
         video.close()
+
+
+def test_a_decoded_image_a_component_keeps_is_never_decoded_into_again(kitchen):
+    """The runner decodes a segment's frames into the last segment's full-size images (fresh memory for every
+    kept frame costs page faults), but only into those nothing else holds: an image a component kept stays as it
+    was, and the images decoded into are the right frames."""
+    import weakref
+
+    import numpy as np
+
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.extract.base import SegmentContext
+    from leap_cli.extract.runner import _Video
+    from leap_cli.media.video import open_video
+
+    layout = DatasetLayout.open(kitchen)
+    ann = layout.annotations()
+    segs = [s for s in ann.segments("train") if s.video_id == "P01_01"]
+    video = _Video(layout, "P01_01", ann.fps("P01_01"))
+
+    def images(seg):
+        video.start_segment(seg, {})
+        ctx = SegmentContext(layout=layout, segment=seg, fps=video.fps, clock=video.clock,
+                             read_images=lambda n, s: video.images(list(n), s, seg), frame_size=lambda: video.size(seg))
+        nums = ctx.segment_frames(5)
+        with open_video(layout, "P01_01") as reader:
+            want = reader.read_frames(nums)[..., ::-1]
+        return ctx.images_at_most(nums, 256, "bgr"), want
+
+    try:
+        kept, want = images(segs[0])  # a component keeps these past its segment
+        copies = [k.copy() for k in kept]
+        second, want2 = images(segs[1])
+        assert not {id(k) for k in kept} & {id(i) for i in second}
+        assert all(np.array_equal(a, b) for a, b in zip(kept, copies)) and np.array_equal(np.stack(kept), want)
+        released = [weakref.ref(i) for i in second]  # nothing holds these any more
+        del second
+        third, want3 = images(segs[2])
+        assert all(any(r() is i for i in third) for r in released)  # decoded into the released images
+        assert np.array_equal(np.stack(third), want3)
+    finally:
+        video.close()

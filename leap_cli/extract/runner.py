@@ -175,6 +175,14 @@ def _plain(x):
     return x
 
 
+def _refcounts(images: dict) -> list[tuple[np.ndarray, int]]:
+    """Each value of ``images`` with its reference count as counted here (compare with ``_ALONE``)."""
+    return [(im, sys.getrefcount(im)) for im in images.values()]
+
+
+_ALONE = _refcounts({0: np.empty(0)})[0][1]  # the count of an image only its dict holds (measured, not assumed)
+
+
 class _Video:
     """One video's frames for the segments of a worker: opened on the first frame request, checked against the
     timing rule, decoded once per segment.
@@ -205,6 +213,8 @@ class _Video:
         self.cache: dict = {}  # per-video state shared by components (ctx.video_cache)
         self._memo: dict[tuple[int, int | None], np.ndarray] = {}
         self._plan: dict[int, set[int | None]] = {}
+        self._spare: list[np.ndarray] = []  # the last segment's full-size images, free to decode into
+        self._full: tuple[int, int, int] | None = None  # the shape of a full-size image
         self._segment: Segment | None = None
         self.decoded = 0  # frames decoded (for the benchmark)
         self.decode_seconds = 0.0  # wall time spent decoding (the summary shows it apart from the components)
@@ -230,14 +240,22 @@ class _Video:
         return self.reader.width, self.reader.height
 
     def start_segment(self, seg: Segment, plan: dict[int, set[int | None]]) -> None:
-        self._segment, self._plan, self._memo = seg, plan, {}
+        """Forget the last segment's frames; those of its full-size images that nothing else holds any more
+        (``_ALONE``: a component that kept one keeps it intact) are decoded into again (``VideoReader.decode``'s
+        ``into``)."""
+        old, self._segment, self._plan, self._memo = self._memo, seg, plan, {}
+        self._spare = [im for im, refs in _refcounts(old) if refs == _ALONE and im.shape == self._full]
+
+    def _buffer(self) -> np.ndarray | None:
+        return self._spare.pop() if self._spare else None
 
     def _decode(self, wanted: dict[int, set[int | None]], record: str) -> None:
         from leap_cli.media.video import VideoUnreadable, resize_short_side
 
         t0 = time.perf_counter()
         try:
-            for f, bgr in self.reader.decode(sorted(wanted)):
+            self._full = (self.reader.height, self.reader.width, 3)
+            for f, bgr in self.reader.decode(sorted(wanted), into=self._buffer):
                 self.decoded += 1
                 for side in wanted[f]:
                     self._memo[(f, side)] = resize_short_side(bgr, side)  # BGR, as decoded: converted on reading

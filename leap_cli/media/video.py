@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -215,9 +215,14 @@ class VideoReader:
                               path=self.path, record=self.record,
                               fix="the file is truncated; re-download or re-encode it")
 
-    def decode(self, frames: Sequence[int], *, seek: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+    def decode(self, frames: Sequence[int], *, seek: bool = True,
+               into: Callable[[], np.ndarray | None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """``(frame, BGR image at full size)`` for each distinct frame of ``frames``, in increasing order, each
-        decoded once (one pass through the file; a gap over ``seek_gap`` frames is crossed by seeking)."""
+        decoded once (one pass through the file; a gap over ``seek_gap`` frames is crossed by seeking).
+
+        ``into()``, where given, is asked for an array to write each image into (a free ``[H, W, 3]`` uint8 one
+        from an earlier decode, or None for a new one): memory that is reused costs no page faults, where fresh
+        memory for every kept frame costs about as much as converting it from YUV at 256x144."""
         if self._cap is None:
             raise LeapError("reader is closed", path=self.path, record=self.record)
         wanted = _check_frames(frames, self.num_frames, self.path, self.record)
@@ -232,7 +237,8 @@ class VideoReader:
             if not self._cap.grab():
                 self._fail(f)
             self._next += 1
-            ok, bgr = self._cap.retrieve()
+            buffer = into() if into is not None else None
+            ok, bgr = self._cap.retrieve() if buffer is None else self._cap.retrieve(buffer)
             if not ok or bgr is None:
                 self._fail(f)
             yield f, bgr
