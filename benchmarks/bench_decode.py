@@ -5,7 +5,9 @@ of decoding each segment's needed frames once, side by side in one run, on short
     python benchmarks/bench_decode.py [--seconds 8] [--segments 4] [--repeat 3] [--keep DIR] [--clips 144p]
 
 For every clip it runs, in this order, each in this process (CPU = process time, all threads):
-  decode   VideoReader.decode of the frames extract and build-shards need (camera's 9 + the shards' 16 per segment)
+  decode   VideoReader.decode of the frames extract and build-shards need (camera's 9 + the shards' 16 per segment),
+           with the reader's default FFmpeg threads (as extract in one process decodes), and again on one thread
+           (as a --workers process decodes; at 256x144 FFmpeg's threads cost more CPU than they save)
   extract  `leap extract` (narration, camera, objects, hands; the clips have no audio track) WITHOUT the frame cache
   shards   build-shards decoding the videos (the two-pass pipeline: extract + shards = "before")
   extract+ `leap extract` WITH the frame cache (one decode serves the components and build-shards' frames)
@@ -111,20 +113,27 @@ def child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def decode_once(root: Path, vids: list[str]) -> tuple[float, int]:
-    """CPU of decoding, once, the frames extract and build-shards need in every segment of ``vids``."""
+def decode_once(root: Path, vids: list[str], threads: int | None = None) -> tuple[float, int]:
+    """CPU of decoding, once, the frames extract and build-shards need in every segment of ``vids``; ``threads``:
+    FFmpeg's decoding threads (None: the reader's default, as extract in one process decodes; 1: as a worker)."""
+    import leap_cli.media.video as video
+
     layout = DatasetLayout.open(root)
     ann = layout.annotations()
-    t0, n = cpu(), 0
-    for vid in vids:
-        clock = FrameClock(MP4, ann.fps(vid))
-        with VideoReader(layout.video_path(vid)) as r:
-            for seg in [s for s in ann.segments("train") if s.video_id == vid]:
-                need = set(clock.segment_window(seg, CAMERA_FRAMES, "spread").frames)
-                need |= set(recognition_frames(clock, seg, SHARD_FRAMES))
-                for _ in r.decode(sorted(need)):
-                    n += 1
-    return cpu() - t0, n
+    before, video.DECODE_THREADS = video.DECODE_THREADS, threads or video.DECODE_THREADS
+    try:
+        t0, n = cpu(), 0
+        for vid in vids:
+            clock = FrameClock(MP4, ann.fps(vid))
+            with VideoReader(layout.video_path(vid)) as r:
+                for seg in [s for s in ann.segments("train") if s.video_id == vid]:
+                    need = set(clock.segment_window(seg, CAMERA_FRAMES, "spread").frames)
+                    need |= set(recognition_frames(clock, seg, SHARD_FRAMES))
+                    for _ in r.decode(sorted(need)):
+                        n += 1
+        return cpu() - t0, n
+    finally:
+        video.DECODE_THREADS = before
 
 
 def run_stage_extract(root: Path, vids: list[str], out: Path, cache: Path | None, workers: int = 1,
@@ -207,6 +216,7 @@ def main() -> None:
             for rnd in range(args.repeat):
                 d = work / f"{vid}-r{rnd}"
                 runs.setdefault("decode", []).append(decode_once(root, v))
+                runs.setdefault("decode_1t", []).append(decode_once(root, v, threads=1))
                 runs.setdefault("extract", []).append(run_stage_extract(root, v, d / "a.jsonl", None))
                 runs.setdefault("shards", []).append(run_stage_shards(root, v, d / "sa", None))
                 runs.setdefault("extract_c", []).append(run_stage_extract(root, v, d / "b.jsonl", d / "cache"))
@@ -238,6 +248,9 @@ def main() -> None:
                    for k in ("extract", "extract_c")}
             print(f"  median of the rounds' own ratios: extract {med['extract']:.2f}x, extract+cache "
                   f"{med['extract_c']:.2f}x the decode")
+            dec1 = best["decode_1t"]
+            print(f"  decode-once on one FFmpeg thread (as a worker decodes): {1000 * dec1 / nseg:.1f} ms per segment "
+                  f"({dec1 / dec:.2f}x the default's CPU); extract+cache / it: {exc / dec1:.2f}x")
             print(f"  without the camera (VO): extract+cache {novo:.3f} ({novo / dec:.2f}x); VO CPU "
                   f"{1000 * (exc - novo) / nseg:.0f} ms per segment (wall: VO {1000 * r['camera']:.0f} ms, "
                   f"cache JPEG encode {1000 * r['cache']:.0f} ms); decode-once {1000 * dec / nseg:.1f} ms per "

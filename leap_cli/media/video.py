@@ -34,10 +34,14 @@ SEEK_GAP = 64
 # FFmpeg decoding threads per reader (None: FFmpeg's choice, one per core). Worker processes set 1: they are the
 # parallelism, and one thread decodes H.264 at about 3/4 of the CPU of frame-threaded decoding.
 DECODE_THREADS: int | None = None
+# Videos of at most this many pixels a frame decode on one thread whatever DECODE_THREADS says: on 256x144 MPEG-4,
+# FFmpeg's threads took 1.6-2x the CPU of one thread for the same wall time (bench_decode.py, 2026-12-01); on
+# 1080p H.264 they cost ~5% more CPU and shorten the wall time.
+SMALL_FRAME = 640 * 480
 
 
-def _capture(path: Path) -> cv2.VideoCapture:
-    params = [cv2.CAP_PROP_N_THREADS, DECODE_THREADS] if DECODE_THREADS else []
+def _capture(path: Path, threads: int | None) -> cv2.VideoCapture:
+    params = [cv2.CAP_PROP_N_THREADS, threads] if threads else []
     return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, params)
 
 
@@ -161,7 +165,8 @@ class VideoReader:
         if not self.path.is_file():
             raise VideoUnreadable("video not found", path=self.path, record=record,
                                   fix="download the video or its rgb_frames, or drop the segment")
-        self._cap = _capture(self.path)
+        self._threads = 1  # opened on one thread (a cheap probe of the size); reopened below for large frames
+        self._cap = _capture(self.path, self._threads)
         if not self._cap.isOpened():
             self._cap.release()
             raise VideoUnreadable("the video cannot be opened (truncated or not a video file)", path=self.path,
@@ -175,6 +180,9 @@ class VideoReader:
             raise VideoUnreadable(f"video reports fps={self.fps}, frames={self.num_frames}, "
                             f"size={self.width}x{self.height}", path=self.path, record=record,
                             fix="the file is damaged; re-download or re-encode it")
+        if DECODE_THREADS != 1 and self.width * self.height > SMALL_FRAME:
+            self._threads = DECODE_THREADS
+            self._rewind()
         self._next = 1  # 1-based index of the frame the next grab() returns
 
     def __enter__(self) -> "VideoReader":
@@ -256,7 +264,7 @@ class VideoReader:
     def _rewind(self) -> None:
         # Reopen rather than seek: the honest "decode from the start" baseline.
         self._cap.release()
-        self._cap = _capture(self.path)
+        self._cap = _capture(self.path, self._threads)
         if not self._cap.isOpened():
             raise VideoUnreadable("the video cannot be reopened", path=self.path, record=self.record)
         self._next = 1
