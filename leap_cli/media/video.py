@@ -229,8 +229,8 @@ class VideoReader:
         decoded once (one pass through the file; a gap over ``seek_gap`` frames is crossed by seeking).
 
         ``into()``, where given, is asked for an array to write each image into (a free ``[H, W, 3]`` uint8 one
-        from an earlier decode, or None for a new one): memory that is reused costs no page faults, where fresh
-        memory for every kept frame costs about as much as converting it from YUV at 256x144."""
+        from an earlier decode, or None for a new one): reused memory costs no page faults, where each kept frame
+        in fresh memory costs one per 4 kB page (~27 at 256x144)."""
         if self._cap is None:
             raise LeapError("reader is closed", path=self.path, record=self.record)
         wanted = _check_frames(frames, self.num_frames, self.path, self.record)
