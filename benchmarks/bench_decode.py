@@ -250,7 +250,7 @@ def main() -> None:
                   f"{med['extract_c']:.2f}x the decode")
             dec1 = best["decode_1t"]
             print(f"  decode-once on one FFmpeg thread (as a worker decodes): {1000 * dec1 / nseg:.1f} ms per segment "
-                  f"({dec1 / dec:.2f}x the default's CPU); extract+cache / it: {exc / dec1:.2f}x")
+                  f"({dec1 / dec:.2f}x the default's CPU)")
             print(f"  without the camera (VO): extract+cache {novo:.3f} ({novo / dec:.2f}x); VO CPU "
                   f"{1000 * (exc - novo) / nseg:.0f} ms per segment (wall: VO {1000 * r['camera']:.0f} ms, "
                   f"cache JPEG encode {1000 * r['cache']:.0f} ms); decode-once {1000 * dec / nseg:.1f} ms per "
