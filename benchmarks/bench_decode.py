@@ -2,10 +2,12 @@
 of decoding each segment's needed frames once, side by side in one run, on short synthetic H.264 clips at
 1920x1080 50 and 59.94 fps and at the synthetic kitchen's small frames (256x144).
 
-    python benchmarks/bench_decode.py [--seconds 8] [--segments 4] [--repeat 3] [--keep DIR]
+    python benchmarks/bench_decode.py [--seconds 8] [--segments 4] [--repeat 3] [--keep DIR] [--clips 144p]
 
 For every clip it runs, in this order, each in this process (CPU = process time, all threads):
-  decode   VideoReader.decode of the frames extract and build-shards need (camera's 9 + the shards' 16 per segment)
+  decode   VideoReader.decode of the frames extract and build-shards need (camera's 9 + the shards' 16 per segment),
+           with the reader's default FFmpeg threads (as extract in one process decodes), and again on one thread
+           (as a --workers process decodes; at 256x144 FFmpeg's threads cost more CPU than they save)
   extract  `leap extract` (narration, camera, objects, hands; the clips have no audio track) WITHOUT the frame cache
   shards   build-shards decoding the videos (the two-pass pipeline: extract + shards = "before")
   extract+ `leap extract` WITH the frame cache (one decode serves the components and build-shards' frames)
@@ -16,7 +18,11 @@ build-shards (decoding). Goals: (extract+ + shards+) <= 1.3x decode; extract < 2
 --workers 2 never slower than 1. The projection to EPIC-100 multiplies the CPU per segment at 1080p by 90,000.
 The machine is shared: the load average is printed beside the figures, and every stage runs ``--repeat`` times in
 rounds (each round runs all stages of a clip one after the other, so a change of load hits them alike); a figure
-is the least of its rounds, the cost of the work with the least interference from other processes.
+is the least of its rounds, the cost of the work with the least interference from other processes. Beside it,
+the median over rounds of each round's own ratio (extract / decode of that round, run one after the other): on a
+busy machine the least decode and the least extract may come from calmer moments of different rounds, and a
+round's two stages share its load. ``--clips 144p`` (or 1080p, or clip ids) measures some clips only, and skips the
+--workers comparison unless both 1080p clips are measured.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import shutil
 import sys
 import tempfile
@@ -106,20 +113,27 @@ def child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def decode_once(root: Path, vids: list[str]) -> tuple[float, int]:
-    """CPU of decoding, once, the frames extract and build-shards need in every segment of ``vids``."""
+def decode_once(root: Path, vids: list[str], threads: int | None = None) -> tuple[float, int]:
+    """CPU of decoding, once, the frames extract and build-shards need in every segment of ``vids``; ``threads``:
+    FFmpeg's decoding threads (None: the reader's default, as extract in one process decodes; 1: as a worker)."""
+    import leap_cli.media.video as video
+
     layout = DatasetLayout.open(root)
     ann = layout.annotations()
-    t0, n = cpu(), 0
-    for vid in vids:
-        clock = FrameClock(MP4, ann.fps(vid))
-        with VideoReader(layout.video_path(vid)) as r:
-            for seg in [s for s in ann.segments("train") if s.video_id == vid]:
-                need = set(clock.segment_window(seg, CAMERA_FRAMES, "spread").frames)
-                need |= set(recognition_frames(clock, seg, SHARD_FRAMES))
-                for _ in r.decode(sorted(need)):
-                    n += 1
-    return cpu() - t0, n
+    before, video.DECODE_THREADS = video.DECODE_THREADS, threads or video.DECODE_THREADS
+    try:
+        t0, n = cpu(), 0
+        for vid in vids:
+            clock = FrameClock(MP4, ann.fps(vid))
+            with VideoReader(layout.video_path(vid)) as r:
+                for seg in [s for s in ann.segments("train") if s.video_id == vid]:
+                    need = set(clock.segment_window(seg, CAMERA_FRAMES, "spread").frames)
+                    need |= set(recognition_frames(clock, seg, SHARD_FRAMES))
+                    for _ in r.decode(sorted(need)):
+                        n += 1
+        return cpu() - t0, n
+    finally:
+        video.DECODE_THREADS = before
 
 
 def run_stage_extract(root: Path, vids: list[str], out: Path, cache: Path | None, workers: int = 1,
@@ -167,25 +181,42 @@ def run_stage_shards(root: Path, vids: list[str], out: Path, cache: Path | None,
     return cpu() - t0 + child_cpu() - c0, time.perf_counter() - w0
 
 
+def _chosen(names: list[str] | None) -> list[tuple]:
+    """The clips of CLIPS that ``--clips`` names (by id, or 1080p / 144p), in CLIPS' order."""
+    if not names:
+        return CLIPS
+    picked = [c for c in CLIPS if c[0] in names or f"{c[2]}p" in names]
+    known = {c[0] for c in CLIPS} | {f"{c[2]}p" for c in CLIPS}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"bench_decode.py: unknown clip(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(sorted(known))}")
+    return picked
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="length of each synthetic clip")
     ap.add_argument("--segments", type=int, default=4, help="segments per clip")
     ap.add_argument("--repeat", type=int, default=3, help="rounds per stage; the least CPU (and wall) is kept")
     ap.add_argument("--keep", type=Path, default=None, help="folder to keep the clips in (reused on a re-run)")
+    ap.add_argument("--clips", nargs="+", default=None, metavar="CLIP",
+                    help="measure these clips only: 1080p, 144p or clip ids (default: all)")
     args = ap.parse_args()
+    clips = _chosen(args.clips)
     base = args.keep or Path(tempfile.gettempdir()) / f"leap-bench-decode-{int(args.seconds)}s"
     root = make_root(base / "data", args.seconds, args.segments)
     work = Path(tempfile.mkdtemp(prefix="leap-bench-decode-"))
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     rows = []
     try:
-        for vid, w, h, fps, codec in CLIPS:
+        for vid, w, h, fps, codec in clips:
             v = [vid]
             runs: dict[str, list] = {}
             for rnd in range(args.repeat):
                 d = work / f"{vid}-r{rnd}"
                 runs.setdefault("decode", []).append(decode_once(root, v))
+                runs.setdefault("decode_1t", []).append(decode_once(root, v, threads=1))
                 runs.setdefault("extract", []).append(run_stage_extract(root, v, d / "a.jsonl", None))
                 runs.setdefault("shards", []).append(run_stage_shards(root, v, d / "sa", None))
                 runs.setdefault("extract_c", []).append(run_stage_extract(root, v, d / "b.jsonl", d / "cache"))
@@ -213,12 +244,22 @@ def main() -> None:
             print(f"  CPU s: decode-once {dec:.3f} | extract {ex:.3f} ({ex / dec:.2f}x) + shards {sh:.3f} "
                   f"= {(ex + sh) / dec:.2f}x before | extract+cache {exc:.3f} ({exc / dec:.2f}x) + shards from "
                   f"cache {shc:.3f} = {(exc + shc) / dec:.2f}x after | shards bytes identical: {same}")
+            med = {k: statistics.median(a[0] / d[0] for a, d in zip(runs[k], runs["decode"]))
+                   for k in ("extract", "extract_c")}
+            print(f"  median of the rounds' own ratios: extract {med['extract']:.2f}x, extract+cache "
+                  f"{med['extract_c']:.2f}x the decode")
+            dec1 = best["decode_1t"]
+            print(f"  decode-once on one FFmpeg thread (as a worker decodes): {1000 * dec1 / nseg:.1f} ms per segment "
+                  f"({dec1 / dec:.2f}x the default's CPU)")
             print(f"  without the camera (VO): extract+cache {novo:.3f} ({novo / dec:.2f}x); VO CPU "
                   f"{1000 * (exc - novo) / nseg:.0f} ms per segment (wall: VO {1000 * r['camera']:.0f} ms, "
                   f"cache JPEG encode {1000 * r['cache']:.0f} ms); decode-once {1000 * dec / nseg:.1f} ms per "
                   "segment", flush=True)
-        # workers: the two 1080p clips together (8 segments, 2 videos), 1 and 2 workers alternating
         hd = [c[0] for c in CLIPS[:2]]
+        if not set(hd) <= {c[0] for c in clips}:
+            print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            return
+        # workers: the two 1080p clips together (8 segments, 2 videos), 1 and 2 workers alternating
         wk: dict = {}
         for rnd in range(args.repeat):
             for stage in ("extract", "shards"):

@@ -434,11 +434,11 @@ def test_frame_cache_and_build_shards_store_small_frames_at_their_own_size(kitch
     from leap_cli.shards.writer import LayoutOpener, ShardSettings, build_shards
 
     sides = []
-    real_rgb = video.to_rgb
-    monkeypatch.setattr(video, "to_rgb", lambda bgr, side: sides.append(side) or real_rgb(bgr, side))
+    real_resize = video.resize_short_side
+    monkeypatch.setattr(video, "resize_short_side", lambda bgr, side: sides.append(side) or real_resize(bgr, side))
     cache = tmp_path / "frame-cache"
     run_extract(_cfg(kitchen, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache))
-    assert sides and set(sides) == {None}  # camera and cache read the same full-size frames: one conversion each
+    assert sides and set(sides) == {None}  # camera and cache read the same full-size frames, none resized
     entries = sorted(cache.rglob("*.v3.s256q90.jpgs"))
     assert len(entries) == 3
     ann0 = DatasetLayout.open(kitchen).annotations()
@@ -515,13 +515,13 @@ def test_odometry_reads_small_frames_at_their_own_size_from_the_first_segment(ki
     import leap_cli.media.video as video
 
     sides = []
-    real = video.to_rgb
+    real = video.resize_short_side
 
     def recording(bgr, short_side):
         sides.append((min(bgr.shape[:2]), short_side))
         return real(bgr, short_side)
 
-    monkeypatch.setattr(video, "to_rgb", recording)
+    monkeypatch.setattr(video, "resize_short_side", recording)
     s = run_extract(_cfg(kitchen, tmp_path / "t.jsonl", components=("camera",), camera_frames=5))
     assert s.counts["camera"]["ok"] >= 2 and sides
     assert all(side is None or side <= native for native, side in sides), sorted(set(sides))
@@ -586,3 +586,85 @@ def test_frame_cache_deletes_a_segments_superseded_entry(kitchen, tmp_path):
     run_extract(_cfg(kitchen, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache))
     assert fc.path(seg.video_id, seg.narration_id).is_file()
     assert not any(p.exists() for p in old) and other.exists()
+
+
+def test_the_cache_and_the_camera_read_the_decoders_images_without_copies(kitchen, tmp_path):
+    """The runner keeps each decoded frame as OpenCV's BGR image: the frame cache gets those very images (no
+    stacking copy, no RGB round trip before the JPEG), the camera its grey frames converted from them, a
+    component reading RGB arrays the same pixels as the reader's own RGB frames; and a bare context (no runner)
+    gives the same images through read_frames."""
+    import cv2
+    import numpy as np
+
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.extract.base import SegmentContext
+    from leap_cli.extract.runner import _Video
+    from leap_cli.media.video import open_video
+
+    layout = DatasetLayout.open(kitchen)
+    ann = layout.annotations()
+    seg = ann.segments("train")[0]
+    video = _Video(layout, seg.video_id, ann.fps(seg.video_id))
+    ctx = SegmentContext(layout=layout, segment=seg, fps=video.fps, clock=video.clock,
+                         read_frames=lambda n, s: video.read(list(n), s, seg),
+                         read_images=lambda n, s: video.images(list(n), s, seg), frame_size=lambda: video.size(seg))
+    bare = SegmentContext(layout=layout, segment=seg, fps=video.fps, clock=video.clock, read_frames=ctx.read_frames)
+    nums = ctx.segment_frames(5)
+    try:
+        video.start_segment(seg, {})
+        bgr = ctx.images_at_most(nums, 256, "bgr")  # 192x144 frames: at their own size
+        assert all(a is b for a, b in zip(bgr, ctx.images_at_most(nums, 256, "bgr")))  # one decode, not copied
+        with open_video(layout, seg.video_id) as reader:
+            want, small = reader.read_frames(nums), reader.read_frames(nums, 96)
+        assert want.shape == (5, 144, 192, 3) and np.array_equal(ctx.read_frames(nums, None), want)
+        assert np.array_equal(np.stack(bgr), want[..., ::-1])
+        grey = ctx.images_at_most(nums, 256, "gray")
+        assert all(np.array_equal(g, cv2.cvtColor(f, cv2.COLOR_RGB2GRAY)) for g, f in zip(grey, want))
+        assert np.array_equal(np.stack(ctx.images_at_most(nums, 96, "rgb")), small)  # shrunk, as the reader does
+        for colour, mine in (("gray", grey), ("bgr", bgr), ("rgb", list(want))):
+            assert all(np.array_equal(a, b) for a, b in zip(bare.images_at_most(nums, 256, colour), mine))
+        assert np.array_equal(np.stack(bare.images_at_most(nums, 96, "rgb")), small)
+    finally:
+        video.close()
+
+
+def test_a_decoded_image_a_component_keeps_is_never_decoded_into_again(kitchen):
+    """The runner decodes a segment's frames into the last segment's full-size images (fresh memory for every
+    kept frame costs page faults), but only into those nothing else holds: an image a component kept stays as it
+    was, and the images decoded into are the right frames."""
+    import weakref
+
+    import numpy as np
+
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.extract.base import SegmentContext
+    from leap_cli.extract.runner import _Video
+    from leap_cli.media.video import open_video
+
+    layout = DatasetLayout.open(kitchen)
+    ann = layout.annotations()
+    segs = [s for s in ann.segments("train") if s.video_id == "P01_01"]
+    video = _Video(layout, "P01_01", ann.fps("P01_01"))
+
+    def images(seg):
+        video.start_segment(seg, {})
+        ctx = SegmentContext(layout=layout, segment=seg, fps=video.fps, clock=video.clock,
+                             read_images=lambda n, s: video.images(list(n), s, seg), frame_size=lambda: video.size(seg))
+        nums = ctx.segment_frames(5)
+        with open_video(layout, "P01_01") as reader:
+            want = reader.read_frames(nums)[..., ::-1]
+        return ctx.images_at_most(nums, 256, "bgr"), want
+
+    try:
+        kept, want = images(segs[0])  # a component keeps these past its segment
+        copies = [k.copy() for k in kept]
+        second, want2 = images(segs[1])
+        assert not {id(k) for k in kept} & {id(i) for i in second}
+        assert all(np.array_equal(a, b) for a, b in zip(kept, copies)) and np.array_equal(np.stack(kept), want)
+        released = [weakref.ref(i) for i in second]  # nothing holds these any more
+        del second
+        third, want3 = images(segs[2])
+        assert all(any(r() is i for i in third) for r in released)  # decoded into the released images
+        assert np.array_equal(np.stack(third), want3)
+    finally:
+        video.close()

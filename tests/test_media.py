@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 
@@ -224,12 +225,27 @@ def test_decode_threads_setting_gives_the_same_frames(mp4, monkeypatch):
     import leap_cli.media.video as video
 
     frames = [1, 5, 9, 20]
+    monkeypatch.setattr(video, "SMALL_FRAME", 0)  # this small clip as if large: FFmpeg's own choice of threads
     with VideoReader(mp4) as r:
+        assert (os.cpu_count() or 1) == 1 or r._cap.get(cv2.CAP_PROP_N_THREADS) > 1
         default = r.read_frames(frames)
     monkeypatch.setattr(video, "DECODE_THREADS", 1)
     with VideoReader(mp4) as r:
         assert r._cap.get(cv2.CAP_PROP_N_THREADS) == 1
         assert np.array_equal(r.read_frames(frames), default)
+
+
+def test_small_videos_decode_on_one_thread_whatever_the_default(mp4):
+    """Frames of at most SMALL_FRAME pixels decode on one FFmpeg thread (its threads cost more CPU than they save
+    there), also after the reader rewinds."""
+    import leap_cli.media.video as video
+
+    with VideoReader(mp4) as r:
+        assert video.DECODE_THREADS is None and r.width * r.height <= video.SMALL_FRAME
+        assert r._cap.get(cv2.CAP_PROP_N_THREADS) == 1
+        first = r.read_frames([3])
+        assert np.array_equal(r.read_frames([3], seek=False), first)  # reopened from the start: still one thread
+        assert r._cap.get(cv2.CAP_PROP_N_THREADS) == 1
 
 
 def test_show_keyframes_are_never_upscaled(tmp_path):
@@ -258,5 +274,8 @@ def test_jpeg_of_rgb_frames_keeps_colours_and_bytes_of_any_layout():
     view = big[:, :256]  # not contiguous
     want = cv2.imencode(".jpg", np.ascontiguousarray(view[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     assert encode_jpeg(view, 90) == want == encode_jpeg(np.ascontiguousarray(view), 90)
+    assert encode_jpeg(view[:, :, ::-1], 90, colour="bgr") == want  # a BGR frame (the decoder's) as it is
+    with pytest.raises(ValueError, match="rgb or bgr"):
+        encode_jpeg(view, 90, colour="gray")
     back = cv2.imdecode(np.frombuffer(want, np.uint8), cv2.IMREAD_COLOR)  # BGR
     assert back[30, 60, 2] > 180 and back[30, 60, 0] < 60

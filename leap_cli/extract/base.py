@@ -53,6 +53,8 @@ def scrub_paths(text: str) -> str:
 
 
 FrameReader = Callable[[list[int], int], np.ndarray]  # (1-based frame numbers, short side) -> [T,H,W,3] uint8
+# (1-based frame numbers, short side or None) -> the decoded BGR images [H,W,3] uint8, one per number (not copied)
+ImageReader = Callable[[list[int], "int | None"], list[np.ndarray]]
 
 
 @dataclass
@@ -65,7 +67,10 @@ class SegmentContext:
     ``FramesUnavailable`` when the segment's window is not fully inside the decodable video;
     ``read_audio(sample_rate)`` returns the segment's mono samples (float32) or raises ``AudioUnavailable``.
     ``frame_size()`` gives the source's (width, height) from its header (``FramesUnavailable`` as for reads), so
-    a component can choose the size it reads at before anything is decoded.
+    a component can choose the size it reads at before anything is decoded. ``read_images`` (the runner's) gives
+    the decoder's BGR images as they are, a list with no stacking copy and no colour conversion;
+    ``images_at_most`` reads through it where it is there (in the colour a component works in) and through
+    ``read_frames`` where it is not.
     """
 
     layout: DatasetLayout
@@ -76,6 +81,7 @@ class SegmentContext:
     video_cache: dict[str, Any] = field(default_factory=dict)  # per-video state shared by components
     clock: FrameClock | None = None  # None: an MP4 at ``fps`` (what a bare context in a test means)
     frame_size: Callable[[], tuple[int, int]] | None = None  # (width, height) of the source's frames, no decoding
+    read_images: ImageReader | None = None  # the decoded BGR images, uncopied (the runner's; see images_at_most)
 
     def __post_init__(self):
         if self.clock is None:
@@ -112,6 +118,17 @@ class SegmentContext:
         frames = self.read_frames(numbers, None)
         side = stored_side(frames.shape[2], frames.shape[1], short_side)
         return frames if side is None else np.stack([resize_short_side(f, side) for f in frames])
+
+    def images_at_most(self, numbers: list[int], short_side: int | None, colour: str = "rgb") -> list[np.ndarray]:
+        """The frames ``read_at_most`` reads (never upscaled), as a list of images in ``colour`` ("rgb", "bgr" or
+        "gray", ``media.video.as_colour``). From ``read_images`` where the runner gives it: the decoder's BGR
+        images, converted only where ``colour`` asks (a "bgr" reader gets them as they are, not copied: it must
+        not write into them); else from ``read_at_most``."""
+        from leap_cli.media.video import as_colour
+
+        if self.read_images is not None and (self.frame_size is not None or not short_side):
+            return [as_colour(im, colour, "bgr") for im in self.read_images(numbers, self.side_at_most(short_side))]
+        return [as_colour(im, colour, "rgb") for im in self.read_at_most(numbers, short_side)]
 
     def read_epic_frames(self, numbers: list[int], short_side: int) -> np.ndarray:
         """``read_frames`` for frames named in EPIC's numbering (hand-object boxes, poses, the CSV columns):

@@ -63,7 +63,7 @@ class FrameCache:
         return recognition_frames(ctx.clock, ctx.segment, self.frames)
 
     def store(self, ctx, segment) -> bool:
-        """Encode and write the segment's frames (read through ``ctx.read_frames``: served from extract's one
+        """Encode and write the segment's frames (read through ``ctx.images_at_most``: served from extract's one
         decode). False when the frames are unavailable."""
         from leap_cli.extract.base import FramesUnavailable
         from leap_cli.media.write import encode_jpeg
@@ -74,11 +74,11 @@ class FrameCache:
         path = self.path(segment.video_id, segment.narration_id)
         if path.exists():
             return True
-        try:
-            images = ctx.read_at_most(numbers, self.short_side)  # never upscaled (``stored_side``)
+        try:  # never upscaled (``stored_side``); the decoder's BGR images, encoded as they are (the same bytes)
+            images = ctx.images_at_most(numbers, self.short_side, "bgr")
         except FramesUnavailable:
             return False
-        blobs = [encode_jpeg(im, self.quality) for im in images]
+        blobs = [encode_jpeg(im, self.quality, colour="bgr") for im in images]
         header = MAGIC + _COUNT.pack(len(blobs)) + b"".join(_ENTRY.pack(n, len(b)) for n, b in zip(numbers, blobs))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

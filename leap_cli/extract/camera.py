@@ -495,8 +495,7 @@ class CameraComponent(Component):
             return result("unavailable", "none", {"reason": "no video or frames for this segment"},
                           "unavailable (no video or frames for this segment)")
         numbers = ctx.segment_frames(self.frames)
-        frames = self._read(ctx, numbers)
-        greys = [f if f.ndim == 2 else cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+        greys = [f if f.ndim == 2 else cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in self._read(ctx, numbers)]
         h, w = greys[0].shape
         k = intrinsics(w, h, self.fov_deg)
         steps, total = [], np.eye(3)
@@ -519,9 +518,10 @@ class CameraComponent(Component):
     def frames_wanted(self, ctx: SegmentContext) -> list[tuple[list[int], int | None]]:
         return [(ctx.segment_frames(self.frames), ctx.side_at_most(self.short_side))]
 
-    def _read(self, ctx: SegmentContext, numbers: list[int]) -> np.ndarray:
-        """Frames at ``short_side``, or at the video's own size where that is smaller (never upscaled)."""
-        return ctx.read_at_most(numbers, self.short_side)
+    def _read(self, ctx: SegmentContext, numbers: list[int]) -> list[np.ndarray]:
+        """Grey frames at ``short_side``, or at the video's own size where that is smaller (never upscaled),
+        converted from the decoder's images (no RGB copy in between)."""
+        return ctx.images_at_most(numbers, self.short_side, "gray")
 
     def _summary(self, steps: list[dict], total: np.ndarray, source: str, extra: dict | None = None,
                  where: tuple[dict, str] | None = None) -> dict:

@@ -175,6 +175,14 @@ def _plain(x):
     return x
 
 
+def _refcounts(images: dict) -> list[tuple[np.ndarray, int]]:
+    """Each value of ``images`` with its reference count as counted here (compare with ``_ALONE``)."""
+    return [(im, sys.getrefcount(im)) for im in images.values()]
+
+
+_ALONE = _refcounts({0: np.empty(0)})[0][1]  # the count of an image only its dict holds (measured, not assumed)
+
+
 class _Video:
     """One video's frames for the segments of a worker: opened on the first frame request, checked against the
     timing rule, decoded once per segment.
@@ -205,6 +213,8 @@ class _Video:
         self.cache: dict = {}  # per-video state shared by components (ctx.video_cache)
         self._memo: dict[tuple[int, int | None], np.ndarray] = {}
         self._plan: dict[int, set[int | None]] = {}
+        self._spare: list[np.ndarray] = []  # the last segment's full-size images, free to decode into
+        self._full: tuple[int, int, int] | None = None  # the shape of a full-size image
         self._segment: Segment | None = None
         self.decoded = 0  # frames decoded (for the benchmark)
         self.decode_seconds = 0.0  # wall time spent decoding (the summary shows it apart from the components)
@@ -230,17 +240,25 @@ class _Video:
         return self.reader.width, self.reader.height
 
     def start_segment(self, seg: Segment, plan: dict[int, set[int | None]]) -> None:
-        self._segment, self._plan, self._memo = seg, plan, {}
+        """Forget the last segment's frames; those of its full-size images that nothing else holds any more
+        (``_ALONE``: a component that kept one keeps it intact) are decoded into again (``VideoReader.decode``'s
+        ``into``)."""
+        old, self._segment, self._plan, self._memo = self._memo, seg, plan, {}
+        self._spare = [im for im, refs in _refcounts(old) if refs == _ALONE and im.shape == self._full]
+
+    def _buffer(self) -> np.ndarray | None:
+        return self._spare.pop() if self._spare else None
 
     def _decode(self, wanted: dict[int, set[int | None]], record: str) -> None:
-        from leap_cli.media.video import VideoUnreadable, to_rgb
+        from leap_cli.media.video import VideoUnreadable, resize_short_side
 
         t0 = time.perf_counter()
         try:
-            for f, bgr in self.reader.decode(sorted(wanted)):
+            self._full = (self.reader.height, self.reader.width, 3)
+            for f, bgr in self.reader.decode(sorted(wanted), into=self._buffer):
                 self.decoded += 1
                 for side in wanted[f]:
-                    self._memo[(f, side)] = to_rgb(bgr, side)
+                    self._memo[(f, side)] = resize_short_side(bgr, side)  # BGR, as decoded: converted on reading
         except VideoUnreadable as e:
             log.info("%s", e.one_line())
             raise FramesUnavailable(e.message) from None
@@ -248,6 +266,17 @@ class _Video:
             self.decode_seconds += time.perf_counter() - t0
 
     def read(self, numbers: list[int], short_side: int | None, seg: Segment) -> np.ndarray:
+        """``numbers`` at ``short_side`` as RGB ``[T, H, W, 3]`` (``SegmentContext.read_frames``)."""
+        import cv2
+
+        images = self.images(numbers, short_side, seg)
+        out = np.empty((len(images), *images[0].shape), np.uint8)
+        for i, im in enumerate(images):
+            cv2.cvtColor(im, cv2.COLOR_BGR2RGB, dst=out[i])  # converted straight into the array: no np.stack
+        return out
+
+    def images(self, numbers: list[int], short_side: int | None, seg: Segment) -> list[np.ndarray]:
+        """``numbers`` at ``short_side`` as the decoded BGR images, not copied (``SegmentContext.read_images``)."""
         self._open(seg.narration_id)
         reason = self.clock.check(*self.clock.segment_span(seg))  # the whole window must be decodable
         if reason:
@@ -265,7 +294,7 @@ class _Video:
                         wanted.setdefault(f, set()).update(s for s in sides if (f, s) not in self._memo)
                 self._plan = {}
             self._decode(wanted, seg.narration_id)
-        return np.stack([self._memo[(n, side)] for n in numbers])
+        return [self._memo[(n, side)] for n in numbers]
 
     def close(self) -> None:
         if self.reader is not None:
@@ -325,6 +354,7 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
     ctx = SegmentContext(
         layout=layout, segment=seg, fps=video.fps, video_cache=video.cache, clock=video.clock,
         read_frames=lambda nums, side: video.read(list(nums), side, seg),
+        read_images=lambda nums, side: video.images(list(nums), side, seg),
         read_audio=lambda sr: read_segment_audio(
             layout, seg.video_id, seg.start, max(seg.stop, seg.start + 0.05), sr, record=seg.narration_id),
         frame_size=lambda: video.size(seg))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -34,10 +34,14 @@ SEEK_GAP = 64
 # FFmpeg decoding threads per reader (None: FFmpeg's choice, one per core). Worker processes set 1: they are the
 # parallelism, and one thread decodes H.264 at about 3/4 of the CPU of frame-threaded decoding.
 DECODE_THREADS: int | None = None
+# Videos of at most this many pixels a frame decode on one thread whatever DECODE_THREADS says: on 256x144 MPEG-4,
+# FFmpeg's threads took 1.6-2x the CPU of one thread for the same wall time (bench_decode.py, 2026-12-01); on
+# 1080p H.264 they cost ~5% more CPU and shorten the wall time.
+SMALL_FRAME = 640 * 480
 
 
-def _capture(path: Path) -> cv2.VideoCapture:
-    params = [cv2.CAP_PROP_N_THREADS, DECODE_THREADS] if DECODE_THREADS else []
+def _capture(path: Path, threads: int | None) -> cv2.VideoCapture:
+    params = [cv2.CAP_PROP_N_THREADS, threads] if threads else []
     return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, params)
 
 
@@ -107,6 +111,21 @@ def to_rgb(bgr: np.ndarray, short_side: int | None) -> np.ndarray:
     return cv2.cvtColor(resize_short_side(bgr, short_side), cv2.COLOR_BGR2RGB)
 
 
+COLOURS = ("rgb", "bgr", "gray")
+_FROM = {("bgr", "rgb"): cv2.COLOR_BGR2RGB, ("rgb", "bgr"): cv2.COLOR_RGB2BGR, ("bgr", "gray"): cv2.COLOR_BGR2GRAY,
+         ("rgb", "gray"): cv2.COLOR_RGB2GRAY}
+
+
+def as_colour(image: np.ndarray, colour: str, source: str = "bgr") -> np.ndarray:
+    """``image`` (``source``: "bgr", OpenCV's decoded order, or "rgb") in ``colour`` ("rgb", "bgr" or "gray"):
+    the image itself, no copy, where the orders agree. Grey from BGR or from RGB is the same image."""
+    if colour == source:
+        return image
+    if (source, colour) not in _FROM:
+        raise ValueError(f"cannot convert {source} to {colour}; colours are {', '.join(COLOURS)}")
+    return cv2.cvtColor(image, _FROM[(source, colour)])
+
+
 def _check_frames(frames: Sequence[int], num_frames: int, path: Path, record: str | None) -> list[int]:
     wanted = sorted({int(f) for f in frames})
     if not wanted:
@@ -146,7 +165,8 @@ class VideoReader:
         if not self.path.is_file():
             raise VideoUnreadable("video not found", path=self.path, record=record,
                                   fix="download the video or its rgb_frames, or drop the segment")
-        self._cap = _capture(self.path)
+        self._threads = 1  # opened on one thread (a cheap probe of the size); reopened below for large frames
+        self._cap = _capture(self.path, self._threads)
         if not self._cap.isOpened():
             self._cap.release()
             raise VideoUnreadable("the video cannot be opened (truncated or not a video file)", path=self.path,
@@ -160,6 +180,9 @@ class VideoReader:
             raise VideoUnreadable(f"video reports fps={self.fps}, frames={self.num_frames}, "
                             f"size={self.width}x{self.height}", path=self.path, record=record,
                             fix="the file is damaged; re-download or re-encode it")
+        if DECODE_THREADS != 1 and self.width * self.height > SMALL_FRAME:
+            self._threads = DECODE_THREADS
+            self._rewind()
         self._next = 1  # 1-based index of the frame the next grab() returns
 
     def __enter__(self) -> "VideoReader":
@@ -200,9 +223,14 @@ class VideoReader:
                               path=self.path, record=self.record,
                               fix="the file is truncated; re-download or re-encode it")
 
-    def decode(self, frames: Sequence[int], *, seek: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+    def decode(self, frames: Sequence[int], *, seek: bool = True,
+               into: Callable[[], np.ndarray | None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """``(frame, BGR image at full size)`` for each distinct frame of ``frames``, in increasing order, each
-        decoded once (one pass through the file; a gap over ``seek_gap`` frames is crossed by seeking)."""
+        decoded once (one pass through the file; a gap over ``seek_gap`` frames is crossed by seeking).
+
+        ``into()``, where given, is asked for an array to write each image into (a free ``[H, W, 3]`` uint8 one
+        from an earlier decode, or None for a new one): reused memory costs no page faults, where each kept frame
+        in fresh memory costs one per 4 kB page (~27 at 256x144)."""
         if self._cap is None:
             raise LeapError("reader is closed", path=self.path, record=self.record)
         wanted = _check_frames(frames, self.num_frames, self.path, self.record)
@@ -217,7 +245,8 @@ class VideoReader:
             if not self._cap.grab():
                 self._fail(f)
             self._next += 1
-            ok, bgr = self._cap.retrieve()
+            buffer = into() if into is not None else None
+            ok, bgr = self._cap.retrieve() if buffer is None else self._cap.retrieve(buffer)
             if not ok or bgr is None:
                 self._fail(f)
             yield f, bgr
@@ -235,7 +264,7 @@ class VideoReader:
     def _rewind(self) -> None:
         # Reopen rather than seek: the honest "decode from the start" baseline.
         self._cap.release()
-        self._cap = _capture(self.path)
+        self._cap = _capture(self.path, self._threads)
         if not self._cap.isOpened():
             raise VideoUnreadable("the video cannot be reopened", path=self.path, record=self.record)
         self._next = 1

@@ -12,12 +12,18 @@ import numpy as np
 from leap_cli.io import atomic_path
 
 
-def encode_jpeg(frame_rgb: np.ndarray, quality: int = 90) -> bytes:
-    """An RGB uint8 frame ``[H, W, 3]`` as JPEG bytes (OpenCV). The channels are swapped by ``cvtColor`` (a
-    copy through a reversed-stride view cost as much as the encoding itself at 256x144)."""
+def encode_jpeg(frame: np.ndarray, quality: int = 90, *, colour: str = "rgb") -> bytes:
+    """A uint8 frame ``[H, W, 3]`` as JPEG bytes (OpenCV). ``colour``: the frame's channel order, "rgb" or
+    "bgr" (OpenCV's own: encoded as it is, the same bytes as its RGB copy gives). An RGB frame's channels are
+    swapped by ``cvtColor`` (a copy through a reversed-stride view cost as much as the encoding itself at
+    256x144)."""
     import cv2
 
-    bgr = cv2.cvtColor(np.ascontiguousarray(frame_rgb), cv2.COLOR_RGB2BGR)
+    if colour not in ("rgb", "bgr"):
+        raise ValueError(f"encode_jpeg takes an rgb or bgr frame, not {colour}")
+    bgr = np.ascontiguousarray(frame)
+    if colour == "rgb":
+        bgr = cv2.cvtColor(bgr, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
