@@ -1,12 +1,19 @@
 """Evaluate/submit cost at EPIC-KITCHENS-100 sizes: action scores in chunks vs all segments at once
 (time and peak memory, side by side), recognition metrics over the validation size, and submission writing.
+With ``--predict``: `leap evaluate`'s model pass (``leap_cli.evaluate.inference.predict``) eager and with
+``torch.compile`` (``--compile``), side by side on the same batches.
 
 Run: python benchmarks/bench_evaluate.py [--segments 9668]
+     python benchmarks/bench_evaluate.py --predict [--backbone uniformerv2_b16 --frames 8 --img 224 --batch-size 2
+                                                    --batches 4 --threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -32,11 +39,78 @@ def measure(fn):
     return out, seconds, peak
 
 
+def predict_side_by_side(args: argparse.Namespace) -> None:
+    """predict() eager and compiled on the same batches, alternating which runs first, CPU time per clip. The
+    first compiled call holds the compilation; later calls reuse the compiled graph (dynamo's cache)."""
+    from leap_cli.evaluate.inference import predict
+    from leap_cli.model import build_model
+
+    cache = tempfile.mkdtemp(prefix="inductor-")  # a cold compile, as the first `leap evaluate --compile` has
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model_args = {"backbone": args.backbone, "num_frames": args.frames, "img_size": args.img, "num_verbs": 97,
+                  "num_nouns": 300, "anticipation": None,
+                  "program": {"step_verbs": 98, "objects": 301, "conditions": 20, "max_steps": 8}}
+    model = build_model(model_args).eval()
+    g = torch.Generator().manual_seed(0)
+    batches = [{"video": torch.randint(0, 256, (args.batch_size, 3, args.frames, args.img, args.img),
+                                       dtype=torch.uint8, generator=g),
+                "narration_id": [f"P01_101_{i}_{j}" for j in range(args.batch_size)]} for i in range(args.batches)]
+    print(f"predict: {args.backbone} {args.frames}x{args.img}, batch {args.batch_size}, {args.batches} batches, "
+          f"{args.threads} thread(s), torch {torch.__version__}; load average "
+          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+
+    def timed(batch: dict, compile: bool) -> tuple[float, float, dict]:
+        cpu, wall = time.process_time(), time.perf_counter()
+        out = predict(model, [batch], compile=compile)
+        return time.process_time() - cpu, time.perf_counter() - wall, out
+
+    cpu, wall, _ = timed(batches[0], False)  # warm-up (allocator, oneDNN)
+    first_cpu, first_wall, _ = timed(batches[0], True)
+    print(f"first compiled call (compilation + one batch, cold cache {cache}): {first_cpu:.1f} CPU-s of this "
+          f"process (the C++ compiler runs in others), {first_wall:.1f} s wall", flush=True)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    ratios, diffs = [], []
+    for i, batch in enumerate(batches):
+        outs = {}
+        for compile in ((False, True) if i % 2 == 0 else (True, False)):
+            cpu, wall, outs[compile] = timed(batch, compile)
+            times[compile].append(cpu / args.batch_size)
+        ratios.append(times[False][-1] / times[True][-1])
+        e, c = outs[False]["verb_output"], outs[True]["verb_output"]
+        diffs.append(float((c - e).norm() / e.norm()))
+        print(f"  batch {i}: eager {times[False][-1]:.3f} / compiled {times[True][-1]:.3f} CPU-s per clip "
+              f"({ratios[-1]:.2f}x), load {os.getloadavg()[0]:.2f}", flush=True)
+    med_e, med_c = statistics.median(times[False]), statistics.median(times[True])
+    print(f"eager {med_e:.3f} (min {min(times[False]):.3f}) CPU-s per clip; compiled {med_c:.3f} "
+          f"(min {min(times[True]):.3f}); eager / compiled: medians {med_e / med_c:.2f}x, minima "
+          f"{min(times[False]) / min(times[True]):.2f}x, median of per-batch ratios {statistics.median(ratios):.2f}x; "
+          f"max relative difference of the verb scores {max(diffs):.1e}")
+    compile_cpu = first_cpu - med_c * args.batch_size
+    saved = med_e - med_c
+    pays = f"pays after ~{compile_cpu / saved:.0f} clips" if saved > 0 else "never pays here (compiled is not faster)"
+    print(f"compilation ~{compile_cpu:.0f} CPU-s of this process, {first_wall:.0f} s wall for the first call: {pays} "
+          f"(counting this process's CPU only)")
+    print(f"load average at the end {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    shutil.rmtree(cache, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--segments", type=int, default=9668, help="EPIC-KITCHENS-100 validation has 9668")
     ap.add_argument("--submit-segments", type=int, default=2000)
+    ap.add_argument("--predict", action="store_true", help="time leap evaluate's model pass, eager vs torch.compile")
+    ap.add_argument("--backbone", default="uniformerv2_b16")
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--img", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--batches", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+    if args.predict:
+        predict_side_by_side(args)
+        return
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     n = args.segments

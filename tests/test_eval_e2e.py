@@ -1,6 +1,7 @@
 """train-side checkpoint -> `leap evaluate` (multi-view inference over real shards) -> `leap submit`."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -208,3 +209,71 @@ def test_show_predicted_program_beside_the_target(pipeline):
                              env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "target (generated program)" in res.output and "take(plate) [right]" in res.output and "<loop>" in res.output
+
+
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", [
+    "aot_eager",  # dynamo's graph and AOT autograd without code generation: ~30-60 s on one CPU thread
+    pytest.param("inductor", marks=pytest.mark.skipif(not os.environ.get("LEAP_TEST_INDUCTOR"), reason=(
+        "inductor compiles C++ kernels: ~5 min for the tiny model on 2 busy cores; LEAP_TEST_INDUCTOR=1 runs it")))])
+def test_compiled_inference_equals_eager(backend, monkeypatch):
+    """predict(compile=True): torch.compile(model) around the fp32 classifiers gives the eager scores and programs
+    (relative difference < 1e-4); the last batch, smaller than the first, is filled up and cut back, so the model
+    is compiled once, into one graph."""
+    from leap_cli.evaluate.inference import ViewConfig, predict
+
+    from torch._dynamo.backends.registry import lookup_backend
+
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return lookup_backend(backend)(gm, example_inputs)
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: real_compile(module, backend=counting, **kw))
+    args = {"backbone": "uniformerv2_tiny", "num_frames": 4, "img_size": 32, "num_verbs": 7, "num_nouns": 9,
+            "program": {"step_verbs": 8, "objects": 10, "conditions": 5, "max_steps": 3}, "anticipation": None,
+            "decoder_dim": 32, "decoder_heads": 2}
+    torch.manual_seed(0)
+    model = build_model(args)
+    views = ViewConfig(2, 1)
+    batches = [{"video": torch.randint(0, 256, (b, 2, 3, 4, 32, 32), dtype=torch.uint8),
+                "narration_id": [f"P01_01_{i}_{j}" for j in range(b)]} for i, b in enumerate((2, 1))]
+    eager = predict(model, batches, views=views)
+    torch._dynamo.reset()
+    compiled = predict(model, batches, views=views, compile=True)
+    assert len(graphs) == 1  # one graph for both batch sizes: no graph break, no recompilation
+    assert compiled["narration_id"] == eager["narration_id"] and len(eager["narration_id"]) == 3
+    for key in ("verb_output", "noun_output"):
+        diff = (compiled[key] - eager[key]).norm() / eager[key].norm()
+        assert diff < 1e-4, (key, float(diff))
+    torch.testing.assert_close(compiled["program"]["conditions"], eager["program"]["conditions"], rtol=1e-4, atol=1e-6)
+    assert torch.equal(compiled["program"]["steps"], eager["program"]["steps"])
+    assert type(model.verb_head).forward is model.verb_head.forward.__func__  # the heads are restored
+
+
+def test_evaluate_compiles_as_the_run_config_says(pipeline, monkeypatch):
+    """`model.compile: true` in the run's config (here by its old name `train.compile`, as a config written before
+    the key moved) makes `leap evaluate` compile the model; `--no-compile` overrides it; the scores record it."""
+    root, work, run, model, vocab = pipeline
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    ckpt["config"]["model"].pop("compile", None)
+    ckpt["config"]["train"]["compile"] = True
+    crun = work / "runs" / "compiled"
+    save_checkpoint(crun / "checkpoints" / "best.pt", ckpt)
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: calls.append(module) or module)  # eager stand-in
+    base = ["evaluate", "--split", "val", "--run", str(crun), "--workdir", str(work), "--data", str(root),
+            "--device", "cpu"]
+    for flag, compiled in (([], True), (["--no-compile"], False)):
+        res = CliRunner().invoke(app, base + flag)
+        assert res.exit_code == 0, res.output
+        assert len(calls) == 1 and load_scores(crun / "eval" / "val" / "scores.pt")["meta"]["compile"] is compiled
+    ckpt["config"]["train"].pop("compile")
+    save_checkpoint(crun / "checkpoints" / "best.pt", ckpt)
+    res = CliRunner().invoke(app, base + ["--compile"])
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 2

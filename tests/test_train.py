@@ -92,6 +92,28 @@ def test_overrides_and_repo_configs_load() -> None:
         load_config(path)  # every shipped config is valid
 
 
+def test_compile_key_is_model_compile_and_train_compile_still_reads(tmp_path: Path) -> None:
+    """``model.compile`` (read by `leap train` and `leap evaluate`); ``train.compile``, its old name, in a config
+    file or a checkpoint's config, still sets it; the two disagreeing is an error naming both."""
+    import yaml
+
+    from leap_cli.train.config import config_from_dict, dump_config
+
+    (tmp_path / "old.yaml").write_text("train: {compile: true, epochs: 2}\n")
+    cfg = load_config(tmp_path / "old.yaml")
+    assert cfg.model.compile is True and cfg.train.epochs == 2
+    dumped = yaml.safe_load(dump_config(cfg))
+    assert dumped["model"]["compile"] is True and "compile" not in dumped["train"]
+    old = load_config(None).to_dict()
+    old["model"].pop("compile")
+    old["train"]["compile"] = True
+    assert config_from_dict(old).model.compile is True
+    assert load_config(None, ["model.compile=true"]).model.compile is True
+    assert load_config(None).model.compile is False
+    with pytest.raises(LeapError, match="'train.compile' .* and 'model.compile' .* disagree"):
+        load_config(tmp_path / "old.yaml", ["model.compile=false"])
+
+
 def test_config_base_and_weight_family_presets(tmp_path: Path) -> None:
     """``base:`` merges key by key (model.options too); the family presets set the official architecture and
     normalisation in model_args (so in every checkpoint)."""
@@ -428,7 +450,13 @@ def test_resume_refuses_a_changed_config_unless_forced(tmp_path: Path) -> None:
         main(changed, workdir=tmp_path, name="r", source=MemorySource(val=False), resume=True)
     assert "threads" not in str(e.value) and "--force" in str(e.value)
     assert torch.load(tmp_path / "runs/r/checkpoints/last.pt", weights_only=True)["step"] == 1  # untouched
-    # a key that only changes how the run goes may change
+    # a key that only changes how the run goes may change, in a checkpoint whose config names compile by its old
+    # name (train.compile, before it moved to model.compile) too
+    from leap_cli.train.checkpoint import save_checkpoint
+
+    old = torch.load(tmp_path / "runs/r/checkpoints/last.pt", weights_only=True)
+    old["config"]["train"]["compile"] = old["config"]["model"].pop("compile")
+    save_checkpoint(tmp_path / "runs/r/checkpoints/last.pt", old)
     ok = main(tiny_config("train.max_steps=2", "train.threads=1"), workdir=tmp_path, name="r",
               source=MemorySource(val=False), resume=True)
     assert ok.steps == 2

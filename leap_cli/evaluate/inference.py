@@ -105,49 +105,70 @@ def _fp32_heads(model: torch.nn.Module):
             del m.forward  # back to the class's forward
 
 
+def _pad_rows(x: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+    """``x`` with its first dimension filled up to ``rows`` by repeating its last row."""
+    if x is None or x.shape[0] >= rows:
+        return x
+    return torch.cat([x, x[-1:].expand(rows - x.shape[0], *x.shape[1:])])
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfig = ViewConfig(),
             device: str | torch.device = "cpu", program: bool = True, precision: str = "fp32",
-            end_ids: list[int] | None = None, on_batch: Callable[[int], None] | None = None) -> dict:
-    """Run ``model`` over ``batches`` and return a scores dict (views averaged, padding rows dropped)."""
+            end_ids: list[int] | None = None, on_batch: Callable[[int], None] | None = None,
+            compile: bool = False) -> dict:
+    """Run ``model`` over ``batches`` and return a scores dict (views averaged, padding rows dropped).
+
+    ``compile``: run ``torch.compile(model)`` (the same scores, to float rounding). It is compiled once, around the
+    fp32 classifiers; a batch smaller than the first (the last one) is filled up to its size with copies of its
+    last clip, whose outputs are dropped, so that one compiled graph serves every batch."""
     device = torch.device(device)
     model.eval().to(device)
     _autocast(device, precision)  # refuse an unknown precision before reading any shard
     ids: list[str] = []
     verbs, nouns, steps, conds, t_steps, t_conds, has = [], [], [], [], [], [], []
     step_conds, t_step_conds = [], []
-    for batch in batches:
-        video, ctx, cmask = _flatten_views(batch, views.count)
-        b = len(batch["narration_id"])
-        v = video.shape[0] // b
-        video = video.to(device)
-        ctx = ctx.to(device) if ctx is not None else None
-        cmask = cmask.to(device) if cmask is not None else None
-        with _autocast(device, precision), _fp32_heads(model):
-            out = model(video, context_video=ctx, context_mask=cmask)
-        keep = ~batch["padding"].bool() if "padding" in batch else torch.ones(b, dtype=torch.bool)
-        verbs.append(out["verb"].float().view(b, v, -1).mean(1).cpu()[keep])  # [B,V_verbs]
-        nouns.append(out["noun"].float().view(b, v, -1).mean(1).cpu()[keep])
-        ids += [n for n, k in zip(batch["narration_id"], keep.tolist()) if k]
-        if program and "conditions" in out:
-            conds.append(torch.sigmoid(out["conditions"].float()).view(b, v, -1).mean(1).cpu()[keep])
-            # forward() without program_steps decodes greedily; the argmax of its step logits are the greedy
-            # ids, so the central view's program costs no second backbone pass
-            centre = views.center if v > 1 else 0
-            core = getattr(model, "module", model)
-            pred = core.decoder.ids_from_logits(out)  # marker columns and rows after END: -100, as the targets
-            steps.append(pred.view(b, v, *pred.shape[1:])[:, centre].cpu()[keep])  # [B,L,K]
-            if "step_conditions" in out:
-                sc = torch.sigmoid(out["step_conditions"].float())
-                step_conds.append(sc.view(b, v, *sc.shape[1:])[:, centre].cpu()[keep])  # [B,L,2P]
-            if "program_steps" in batch:
-                t_steps.append(batch["program_steps"][keep])
-                t_conds.append(batch["conditions"][keep])
-                has.append(batch["has_program"].bool()[keep])
-                if "step_conditions" in batch:
-                    t_step_conds.append(batch["step_conditions"][keep])
-        if on_batch:
-            on_batch(int(keep.sum()))
+    first = None  # rows of the first batch (compile)
+    with _fp32_heads(model):
+        runner = torch.compile(model) if compile else model
+        for batch in batches:
+            video, ctx, cmask = _flatten_views(batch, views.count)
+            b = len(batch["narration_id"])
+            v = video.shape[0] // b
+            rows = video.shape[0]
+            if compile:
+                first = first or rows
+                video, ctx, cmask = (_pad_rows(t, first) for t in (video, ctx, cmask))
+            video = video.to(device)
+            ctx = ctx.to(device) if ctx is not None else None
+            cmask = cmask.to(device) if cmask is not None else None
+            with _autocast(device, precision):
+                out = runner(video, context_video=ctx, context_mask=cmask)
+            if video.shape[0] != rows:
+                out = {k: t[:rows] for k, t in out.items()}
+            keep = ~batch["padding"].bool() if "padding" in batch else torch.ones(b, dtype=torch.bool)
+            verbs.append(out["verb"].float().view(b, v, -1).mean(1).cpu()[keep])  # [B,V_verbs]
+            nouns.append(out["noun"].float().view(b, v, -1).mean(1).cpu()[keep])
+            ids += [n for n, k in zip(batch["narration_id"], keep.tolist()) if k]
+            if program and "conditions" in out:
+                conds.append(torch.sigmoid(out["conditions"].float()).view(b, v, -1).mean(1).cpu()[keep])
+                # forward() without program_steps decodes greedily; the argmax of its step logits are the greedy
+                # ids, so the central view's program costs no second backbone pass
+                centre = views.center if v > 1 else 0
+                core = getattr(model, "module", model)
+                pred = core.decoder.ids_from_logits(out)  # marker columns and rows after END: -100, as the targets
+                steps.append(pred.view(b, v, *pred.shape[1:])[:, centre].cpu()[keep])  # [B,L,K]
+                if "step_conditions" in out:
+                    sc = torch.sigmoid(out["step_conditions"].float())
+                    step_conds.append(sc.view(b, v, *sc.shape[1:])[:, centre].cpu()[keep])  # [B,L,2P]
+                if "program_steps" in batch:
+                    t_steps.append(batch["program_steps"][keep])
+                    t_conds.append(batch["conditions"][keep])
+                    has.append(batch["has_program"].bool()[keep])
+                    if "step_conditions" in batch:
+                        t_step_conds.append(batch["step_conditions"][keep])
+            if on_batch:
+                on_batch(int(keep.sum()))
     if not ids:
         raise LeapError("the shards yielded no segments", fix="check the shards folder and its manifest")
     scores: dict = {"narration_id": ids, "verb_output": torch.cat(verbs), "noun_output": torch.cat(nouns)}
@@ -216,18 +237,23 @@ def resolve_run(run: str | Path, workdir: str | Path) -> Path:
 def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: str = "best",
                  task: str | None = None, shards: str | Path | None = None, views: ViewConfig = ViewConfig(),
                  batch_size: int | None = None, workers: int = 0, device: str = "cpu", precision: str = "auto",
-                 allow_partial: bool = False, on_start: Callable[[int], None] | None = None,
+                 allow_partial: bool = False, compile: bool | None = None,
+                 on_start: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None) -> tuple[dict, Path]:
     """Load the run's checkpoint, score every segment of ``{workdir}/shards/{split}`` on all views and write
-    ``runs/NAME/eval/{split}/scores.pt``. Returns (scores, scores path)."""
+    ``runs/NAME/eval/{split}/scores.pt``. Returns (scores, scores path). ``compile``: torch.compile the model
+    (None: as the run's config says, ``model.compile``)."""
     from leap_cli.evaluate.scores import save_scores
     from leap_cli.train.checkpoint import load_model
+    from leap_cli.train.config import resolve_aliases
 
     run_dir = Path(run)
     which = checkpoint if checkpoint in ("best", "last") else "best"
     source = run_dir if checkpoint in ("best", "last") else Path(checkpoint)
     model, ckpt = load_model(source, which=which, map_location="cpu", allow_partial=allow_partial)
-    config = ckpt.get("config") or {}
+    config = resolve_aliases(ckpt.get("config") or {})
+    if compile is None:
+        compile = bool((config.get("model") or {}).get("compile", False))
     run_task = (config.get("data") or {}).get("task", "recognition")
     task = task or run_task
     if task != run_task:
@@ -247,13 +273,13 @@ def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint
     if on_start:
         on_start(total)
     scores = predict(model, batches, views=views, device=device, program=True, precision=precision,
-                     end_ids=end_ids_from_model_args(ckpt["model_args"]), on_batch=on_batch)
+                     end_ids=end_ids_from_model_args(ckpt["model_args"]), on_batch=on_batch, compile=compile)
     if len(scores["narration_id"]) != total:
         log.warning("scored %d segments, the shards manifest lists %d", len(scores["narration_id"]), total)
     meta = {"split": split, "task": task, "run": str(run_dir),
             "checkpoint": checkpoint if checkpoint in ("best", "last") else str(checkpoint),
             "views": {"temporal": views.temporal, "spatial": views.spatial}, "step": int(ckpt.get("step", 0)),
-            "precision": precision}
+            "precision": precision, "compile": compile}
     out = run_dir / "eval" / split / "scores.pt"
     saved = save_scores(out, scores["narration_id"], scores["verb_output"], scores["noun_output"],
                         program=scores.get("program"), meta=meta)

@@ -36,6 +36,7 @@ class ModelConfig:
     weights: str | None = None
     allow_partial_load: bool = False       # load a pretrained file that does not fit (--allow-partial-load)
     options: dict = field(default_factory=dict)  # extra backbone options passed to build_model as-is
+    compile: bool = False                  # torch.compile the model in `leap train` and `leap evaluate`
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,6 @@ class TrainConfig:
     max_steps: int = 0                     # optimizer steps; 0: epochs x steps per epoch
     seed: int = 0
     precision: str = "auto"                # "auto" (bf16 on CUDA, fp32 on CPU) | "fp32" | "bf16" | "fp16"
-    compile: bool = False                  # torch.compile the model
     sync_bn: bool = True                   # SyncBatchNorm under DDP (batch statistics over all processes)
     log_every: int = 10                    # optimizer steps between metrics.jsonl lines
     checkpoint_every: int = 0              # optimizer steps between last.pt writes (0: only per epoch / end)
@@ -104,6 +104,8 @@ class Config:
 
 
 SECTIONS = {f.name: f.type for f in fields(Config)}
+# Renamed keys: the old name is still read (config files and checkpoints written before), the new one is written.
+ALIASES = {"train.compile": "model.compile"}
 _SECTION_CLASSES = {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "loss": LossConfig,
                     "train": TrainConfig}
 
@@ -155,10 +157,30 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     return value
 
 
+def resolve_aliases(raw: dict, source: str = "<config>") -> dict:
+    """``raw`` with every old key name of ``ALIASES`` moved to its new name (a copy; both names with different
+    values is an error naming the file)."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for old, new in ALIASES.items():
+        (osec, okey), (nsec, nkey) = old.split("."), new.split(".")
+        if not isinstance(raw.get(osec), dict) or okey not in raw[osec]:
+            continue
+        value = raw[osec].pop(okey)
+        target = raw.setdefault(nsec, {})
+        if not isinstance(target, dict):
+            continue  # _build reports the section that is not a mapping
+        if nkey in target and target[nkey] != value:
+            raise LeapError(f"config keys {old!r} ({value!r}) and {new!r} ({target[nkey]!r}) disagree", path=source,
+                            fix=f"give only {new} ({old} is its old name)")
+        target.setdefault(nkey, value)
+    return raw
+
+
 def _build(raw: dict, source: str) -> Config:
     if not isinstance(raw, dict):
         raise LeapError("a config file must be a YAML mapping of sections", path=source,
                         fix=f"use the sections {', '.join(SECTIONS)}")
+    raw = resolve_aliases(raw, source)
     sections = {}
     for name, section in raw.items():
         if name not in _SECTION_CLASSES:

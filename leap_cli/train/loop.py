@@ -514,7 +514,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
 # Keys a resume may change: where and how fast the run goes, not what it computes.
 RESUME_MAY_CHANGE = frozenset({"train.device", "train.threads", "train.log_every", "train.checkpoint_every",
                                "data.num_workers", "data.eval_batch_size", "data.val", "data.train",
-                               "train.compile"})
+                               "model.compile", "train.compile"})  # train.compile: model.compile's old name
 
 
 def prepare_model(model: nn.Module, cfg: Config, info: distributed.DistInfo) -> nn.Module:
@@ -531,7 +531,7 @@ def wrap_model(model: nn.Module, cfg: Config, info: distributed.DistInfo, *, has
     if info.distributed:
         ddp_kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
         model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=has_program, **ddp_kwargs)
-    if cfg.train.compile:
+    if cfg.model.compile:
         model = torch.compile(model)
     return model
 
