@@ -2,8 +2,7 @@
 the prompt's tokens and cacheable prefix with a cost estimate, and the offline generator's agreement with
 the synthetic kitchen's true programs.
 
-Throughput (on the stage's event loop: uvloop's where installed; ``--compare-loops N`` adds N rows on asyncio's
-own): programs/s of the whole stage (prompt building, request, validation, SQLite cache, log and
+Throughput: programs/s of the whole stage (prompt building, request, validation, SQLite cache, log and
 ledger, JSONL append) at concurrency 1, 8, 32, 64, as a fraction of the bound concurrency / latency.
 Goal (issue 15.3): >= 90% of the bound at concurrency 32. ``--compare-openai`` also runs concurrency 32
 through the official ``openai`` client (what the stage used before), side by side in the same run. The
@@ -283,7 +282,7 @@ def time_requests(backend) -> list[float]:
 
 
 def throughput(latency: float, per_slot: int, levels: list[int], compare_openai: bool = False,
-               servers: tuple[str, ...] = ("timed",), compare_loops: int = 0) -> list[dict]:
+               servers: tuple[str, ...] = ("timed",)) -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     try:
         n = max(levels) * per_slot
@@ -294,8 +293,7 @@ def throughput(latency: float, per_slot: int, levels: list[int], compare_openai:
                     for s in ann.segments("val")}
         rows = []
         os.environ["BENCH_KEY"] = "sk-bench"
-        runs = [(c, "lean") for c in levels] + [(32, "lean-asyncio")] * compare_loops + (
-            [(32, "openai")] if compare_openai else [])
+        runs = [(c, "lean") for c in levels] + ([(32, "openai")] if compare_openai else [])
         i = 0
         for kind in servers:
             with ServerProcess(programs, latency, kind) as server:
@@ -315,15 +313,13 @@ def _throughput_run(work: Path, kitchen: Path, server: ServerProcess, c: int, cl
     cfg = GenerateConfig(workdir=work, split="val", backend="openai", model="bench", base_url=server.base_url,
                          api_key_env="BENCH_KEY", concurrency=c, timeout=10, limit=count)
     backend = (openai_client_backend if client == "openai" else build_backend)(cfg, ex, ann.verbs, ann.nouns)
-    # "lean-asyncio": the same stage on asyncio's own event loop instead of uvloop's (where that is installed)
-    loop = {"loop_factory": None} if client == "lean-asyncio" else {}
     trips = time_requests(backend)
     marks = {}
     server.lateness()  # resets the timed server's figures
     done: list[float] = []  # when each record was written
     s = generate_programs(cfg, backend=backend, on_start=lambda _: marks.update(
         t0=time.perf_counter(), c0=time.process_time(), s0=server.cpu(), w0=run_queue_wait(),
-        sw0=server.run_queue_wait()), on_record=lambda _: done.append(time.perf_counter()), **loop)
+        sw0=server.run_queue_wait()), on_record=lambda _: done.append(time.perf_counter()))
     marks["last"] = done[-1]
     seconds = time.perf_counter() - marks["t0"]
     # the rate between the records at 10% and 90% of the run: without the start (connections, the first
@@ -530,9 +526,6 @@ def main() -> None:
                          "12, a 0.6-s run at concurrency 32 whose start and close were ~15%% of its time)")
     ap.add_argument("--levels", default="1,8,32,64", help="concurrency levels")
     ap.add_argument("--compare-openai", action="store_true", help="also run concurrency 32 through the openai client")
-    ap.add_argument("--compare-loops", type=int, default=0, metavar="N",
-                    help="also run concurrency 32 N times on asyncio's own event loop (the stage uses uvloop's "
-                         "where installed): rows 'lean-asyncio'")
     ap.add_argument("--servers", default="timed",
                     help="scripted servers, comma-separated: timed (asyncio; answers latency after a request's "
                          "arrival), threaded (the tests' http.server: latency after it parsed the request)")
@@ -544,17 +537,15 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     if not args.agreement_only:
         rows = throughput(args.latency, args.segments_per_slot, [int(x) for x in args.levels.split(",")],
-                          args.compare_openai, tuple(args.servers.split(",")), args.compare_loops)
+                          args.compare_openai, tuple(args.servers.split(",")))
         first = args.servers.split(",")[0]
         at32 = [r["fraction"] for r in rows if r["concurrency"] == 32 and r["client"] == "lean" and r["server"] == first]
         steady32 = [r["steady_fraction"] for r in rows if r["concurrency"] == 32 and r["client"] == "lean"
                     and r["server"] == first and r["steady_fraction"] is not None]
         old = [r["fraction"] for r in rows if r["client"] == "openai" and r["server"] == first]
-        plain = [r["fraction"] for r in rows if r["client"] == "lean-asyncio" and r["server"] == first]
         if at32:
             print(f"at concurrency 32 ({first} server): {', '.join(f'{f:.1%}' for f in at32)} of the bound (goal >= 90%): {'PASS' if min(at32) >= 0.9 else 'FAIL'}"
                   + (f" (steady: {', '.join(f'{f:.1%}' for f in steady32)})" if steady32 else "")
-                  + (f"; on asyncio's own event loop: {', '.join(f'{f:.1%}' for f in plain)}" if plain else "")
                   + (f"; through the openai client in the same run: {old[0]:.1%}" if old else ""))
         print("client CPU per program by component (ms):", json.dumps(component_costs()), flush=True)
         print("tokens:", json.dumps(prompt_tokens()), flush=True)

@@ -21,22 +21,6 @@ KEY = "sk-test-secret-never-logged"
 
 # ---- the HTTP client ----------------------------------------------------------------------------------------
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run_loop(request):
-    """Runs a coroutine on asyncio's own event loop, and on uvloop's (what generate-programs uses where
-    installed): the client must behave the same on both."""
-    from leap_cli.programs.generate import event_loop_factory
-
-    factory = None if request.param == "asyncio" else event_loop_factory()
-    if request.param == "uvloop" and factory is None:
-        pytest.skip("uvloop is not installed")
-
-    def run(coro):
-        with asyncio.Runner(loop_factory=factory) as runner:
-            return runner.run(coro)
-    return run
-
-
 def _serve_raw(handler):
     """An asyncio TCP server on 127.0.0.1 whose ``handler(head: bytes, body: bytes) -> bytes`` writes raw responses."""
 
@@ -58,7 +42,7 @@ def _serve_raw(handler):
     return asyncio.start_server(on_conn, "127.0.0.1", 0)
 
 
-def test_http_client_chunked_gzip_reconnect_and_proxy(monkeypatch, run_loop):
+def test_http_client_chunked_gzip_reconnect_and_proxy(monkeypatch):
     from leap_cli.programs.http import HTTPClient
 
     seen = []
@@ -87,7 +71,7 @@ def test_http_client_chunked_gzip_reconnect_and_proxy(monkeypatch, run_loop):
         server.close()
         return out, r
 
-    out, proxied = run_loop(main())
+    out, proxied = asyncio.run(main())
     assert [json.loads(r.body)["echo"]["i"] for r in out] == [0, 1, 2, 3] and all(r.status == 200 for r in out)
     assert seen[:4] == [b"POST /v1/chat/completions HTTP/1.1"] * 4
     assert proxied.status == 200 and seen[-1] == b"POST http://api.example.test/v1/chat/completions HTTP/1.1"
@@ -285,7 +269,7 @@ def test_build_shards_revalidates_programs(tmp_path):
     assert "5 program records failed re-validation" in " ".join(res.output.split())
 
 
-def test_https_through_a_connect_proxy(tmp_path, monkeypatch, run_loop):
+def test_https_through_a_connect_proxy(tmp_path, monkeypatch):
     """TLS to the endpoint, tunnelled through an HTTPS_PROXY with CONNECT; one tunnel serves every request."""
     import ssl
     import subprocess
@@ -335,7 +319,7 @@ def test_https_through_a_connect_proxy(tmp_path, monkeypatch, run_loop):
         proxy_server.close()
         return statuses
 
-    assert run_loop(main()) == [200, 200, 200]
+    assert asyncio.run(main()) == [200, 200, 200]
     assert len(tunnels) == 1 and tunnels[0].startswith(b"CONNECT llm.test:")
 
 

@@ -456,24 +456,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     return summary
 
 
-_DEFAULT = object()
-
-
 def generate_programs(cfg: GenerateConfig, *, on_record: Callable[[dict], None] | None = None,
-                      on_start: Callable[[int], None] | None = None, backend: Backend | None = None,
-                      loop_factory=_DEFAULT) -> GenerateSummary:
-    """Run the stage; finished records are on disk even if interrupted (Ctrl-C). ``loop_factory``: the event
-    loop's (default ``event_loop_factory()``; None: asyncio's own)."""
-    with asyncio.Runner(loop_factory=event_loop_factory() if loop_factory is _DEFAULT else loop_factory) as runner:
-        return runner.run(_generate(cfg, on_record, on_start, backend))
-
-
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (a dependency on Linux and macOS): with 32 requests in flight
-    it answers a burst of replies sooner than asyncio's own loop (``benchmarks/bench_generate.py``); else (None)
-    asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
+                      on_start: Callable[[int], None] | None = None, backend: Backend | None = None) -> GenerateSummary:
+    """Run the stage; finished records are on disk even if interrupted (Ctrl-C)."""
+    return asyncio.run(_generate(cfg, on_record, on_start, backend))
