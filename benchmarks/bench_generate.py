@@ -390,27 +390,31 @@ def component_costs(n: int = 384) -> dict:
         def parse():
             state["programs"] = [parse_reply(r)[0] for r in replies]
 
+        def sqlite(n: int):
+            return [(store.get(f"{n}-{k}"), store.put(f"{n}-{k}", r, {}, "m"),
+                     store.add_spend(tmp / "out.jsonl", 0.001, {}),
+                     store.log_call(narration_id=f"{n}-{k}", backend="openai", model="m", prompt_hash="h",
+                                    cache_key=f"{n}-{k}", round=0, response=r, usage={}, latency=0.0, attempts=1,
+                                    cached=False, outcome="valid")) for k, r in enumerate(replies)]
+
         steps = {
-            "prompt building": prompts,
-            "hash + cache key": lambda: [cache_key("openai", "m", p.hash, schema_hash, {}) for p in state["prompts"]],
-            "reply JSON parse": parse,
-            "validation (schema + semantics)": lambda: [check_program(p, ann.verbs, ann.nouns, Labels(i.verb_class, i.noun_class))
-                                                        for p, i in zip(state["programs"], infos)],
-            "SQLite get/put/ledger/log": lambda: [(store.get(str(k)), store.put(str(k), r, {}, "m"),
-                                                   store.add_spend(tmp / "out.jsonl", 0.001, {}),
-                                                   store.log_call(narration_id=str(k), backend="openai", model="m",
-                                                                  prompt_hash="h", cache_key=str(k), round=0, response=r,
-                                                                  usage={}, latency=0.0, attempts=1, cached=False,
-                                                                  outcome="valid")) for k, r in enumerate(replies)],
-            "JSONL append": lambda: [out.write({"narration_id": str(k), "status": "valid", "program": p, "errors": []})
-                                     for k, p in enumerate(state["programs"])],
+            "prompt building": lambda n: prompts(),
+            "hash + cache key": lambda n: [cache_key("openai", "m", p.hash, schema_hash, {}) for p in state["prompts"]],
+            "reply JSON parse": lambda n: parse(),
+            "validation (schema + semantics)": lambda n: [check_program(p, ann.verbs, ann.nouns, Labels(i.verb_class, i.noun_class))
+                                                          for p, i in zip(state["programs"], infos)],
+            "SQLite get/put/ledger/log": sqlite,
+            "JSONL append": lambda n: [out.write({"narration_id": f"{n}-{k}", "status": "valid", "program": p, "errors": []})
+                                       for k, p in enumerate(state["programs"])],
         }
         parse()  # warm-up
-        costs = {}
-        for name, f in steps.items():
-            c0 = time.process_time()
-            f()
-            costs[name] = round((time.process_time() - c0) / len(infos) * 1000, 3)
+        costs = {name: float("inf") for name in steps}
+        for n in range(5):  # the least of 5 passes (one pass may hold a full garbage collection); new keys each pass
+            for name, f in steps.items():
+                c0 = time.process_time()
+                f(n)
+                costs[name] = min(costs[name], time.process_time() - c0)
+        costs = {name: round(c / len(infos) * 1000, 3) for name, c in costs.items()}
         out.close()
         store.close()
         return costs
