@@ -464,3 +464,46 @@ def test_compiled_checker_agrees_with_jsonschema(exemplars):
             if bool(fast) != bool(ref):
                 print(p, fast, ref)
     assert checked >= 800 and invalid > checked // 2 and disagreements == 0
+
+
+def test_exemplar_index_chooses_what_the_score_defines(exemplars):
+    """``ExemplarIndex`` scores only exemplars sharing a verb, noun or word with the clip; its choice must equal
+    ranking every exemplar by the documented score (4 * same verb + 2 * same noun + Jaccard of words, ties by
+    id), for labelled clips, clips known only by their keys, and clips known only by their narration text."""
+    from leap_cli.programs.prompt import clip_narration, exemplar_narration
+
+    def same(a_cls, b_cls, a_key, b_key):
+        if a_cls is not None and b_cls is not None:
+            return a_cls == b_cls
+        return bool(a_key) and bool(b_key) and a_key.lower() == b_key.lower()
+
+    def by_definition(info, library, k):
+        clip = clip_narration(info)
+
+        def score(e):
+            n = exemplar_narration(e)
+            s = 4.0 * same(clip.verb_class, n.verb_class, clip.verb, n.verb)
+            s += 2.0 * same(clip.noun_class, n.noun_class, clip.noun, n.noun)
+            if clip.words and n.words:
+                s += len(clip.words & n.words) / len(clip.words | n.words)
+            return s
+        return sorted(library, key=lambda e: (-score(e), e.id))[:k]
+
+    segments = read_segments(DATA / "EPIC_100_validation_excerpt.csv")
+    # a library whose second half lost its class ids: the keys decide there
+    library = exemplars[:30] + [e.__class__(e.id, e.narration, e.text, {**e.program, "action": {
+        k: v for k, v in e.program["action"].items() if k not in ("verb_class", "noun_class")}}) for e in exemplars[30:]]
+    checked = 0
+    for s in segments:
+        for info in (clip_info(narration_record(s), s), ClipInfo(s.narration_id, "", s.narration, s.verb, s.noun),
+                     ClipInfo(s.narration_id, f"Narration: {s.narration}.")):
+            for k in (1, 4):
+                assert [e.id for e in select_exemplars(info, library, k)] == \
+                    [e.id for e in by_definition(info, library, k)], (s.narration_id, info.text, k)
+                checked += 1
+    assert checked == len(segments) * 6
+    # narrations mixing two exemplars' words: the Jaccard term decides between exemplars of equal labels
+    for a in exemplars[:20]:
+        for b in exemplars[20:40]:
+            info = ClipInfo("P01_01_0", f"Narration: {a.narration} {b.narration.split()[-1]}.")
+            assert [e.id for e in select_exemplars(info, library, 4)] == [e.id for e in by_definition(info, library, 4)]

@@ -262,86 +262,81 @@ def clip_narration(info: ClipInfo) -> Narration:
     return Narration("", None, None, info.verb_class, info.noun_class, tuple(dict.fromkeys(named)))
 
 
+class _SameLabel:
+    """Which exemplars count as having the clip's verb (or noun): the same class when both classes are known,
+    else the same key, lower case (``take``, ``board:chopping``). Built once per library."""
+
+    def __init__(self, labels: list[tuple[int | None, str | None]]):
+        self.by_class: dict[int, list[int]] = {}
+        self.by_key_without_class: dict[str, list[int]] = {}
+        self.by_key: dict[str, list[int]] = {}
+        for i, (cls, key) in enumerate(labels):
+            key = key.lower() if key else None
+            if cls is not None:
+                self.by_class.setdefault(cls, []).append(i)
+            elif key is not None:
+                self.by_key_without_class.setdefault(key, []).append(i)
+            if key is not None:
+                self.by_key.setdefault(key, []).append(i)
+
+    def rows(self, cls: int | None, key: str | None) -> set[int]:
+        key = key.lower() if key else None
+        if cls is not None:
+            return set(self.by_class.get(cls, ())) | set(self.by_key_without_class.get(key, ()) if key else ())
+        return set(self.by_key.get(key, ())) if key else set()
+
+
 class ExemplarIndex:
-    """What ``select_exemplars`` compares of each exemplar of a library, computed once: per row (exemplar, verb
-    class, noun class, verb key lower-case or None, noun key lower-case or None, narration words), and the rows
-    by verb, by noun and by word, so that a clip's score is computed only for the exemplars that share
-    something with it (all others score 0 and follow in id order)."""
+    """An exemplar library as ``select_exemplars`` compares it, built once: each exemplar's narration words,
+    who shares a verb, a noun or a word, and the id order. A clip's score is computed only for the exemplars
+    that share something with it; all others score 0 and follow in id order."""
 
     def __init__(self, exemplars: list[Exemplar]):
-        self.rows = []
-        for e in exemplars:
-            n = exemplar_narration(e)
-            self.rows.append((e, n.verb_class, n.noun_class, n.verb.lower() if n.verb else None,
-                              n.noun.lower() if n.noun else None, n.words))
-        self.order = sorted(range(len(self.rows)), key=lambda i: (self.rows[i][0].id, i))
-        # (class -> rows whose class is known, key -> rows whose class is unknown, key -> all rows) for verb, noun
-        self.verb = self._by(1, 3)
-        self.noun = self._by(2, 4)
+        self.exemplars = list(exemplars)
+        narrations = [exemplar_narration(e) for e in self.exemplars]
+        self.words = [n.words for n in narrations]
+        self.verb = _SameLabel([(n.verb_class, n.verb) for n in narrations])
+        self.noun = _SameLabel([(n.noun_class, n.noun) for n in narrations])
         self.by_word: dict[str, list[int]] = {}
-        for i, row in enumerate(self.rows):
-            for w in row[5]:
+        for i, words in enumerate(self.words):
+            for w in words:
                 self.by_word.setdefault(w, []).append(i)
+        self.order = sorted(range(len(self.exemplars)), key=lambda i: (self.exemplars[i].id, i))
 
-    def _by(self, cls: int, key: int) -> tuple[dict, dict, dict]:
-        by_class, by_key_no_class, by_key = {}, {}, {}
-        for i, row in enumerate(self.rows):
-            if row[cls] is not None:
-                by_class.setdefault(row[cls], []).append(i)
-            elif row[key] is not None:
-                by_key_no_class.setdefault(row[key], []).append(i)
-            if row[key] is not None:
-                by_key.setdefault(row[key], []).append(i)
-        return by_class, by_key_no_class, by_key
-
-    @staticmethod
-    def _matching(index: tuple[dict, dict, dict], cls, key) -> list[int]:
-        """The rows that count as the same verb (noun): the classes when both are known, else the keys."""
-        by_class, by_key_no_class, by_key = index
-        if cls is not None:
-            return by_class.get(cls, []) + (by_key_no_class.get(key, []) if key is not None else [])
-        return by_key.get(key, []) if key is not None else []
-
-
-def exemplar_rows(exemplars: list[Exemplar]) -> ExemplarIndex:
-    return ExemplarIndex(exemplars)
+    def select(self, clip: Narration, k: int) -> list[Exemplar]:
+        words, nw = clip.words, len(clip.words)
+        same_verb = self.verb.rows(clip.verb_class, clip.verb)
+        same_noun = self.noun.rows(clip.noun_class, clip.noun)
+        common: dict[int, int] = {}
+        for w in words:
+            for i in self.by_word.get(w, ()):
+                common[i] = common.get(i, 0) + 1
+        scored = []
+        for i in same_verb | same_noun | common.keys():
+            s = 0.0
+            if i in same_verb:
+                s += 4
+            if i in same_noun:
+                s += 2
+            c = common.get(i, 0)
+            if c:
+                s += c / (nw + len(self.words[i]) - c)  # Jaccard similarity of the word sets
+            scored.append((-s, self.exemplars[i].id, i))
+        chosen = [i for _, _, i in sorted(scored)[:k]]
+        if len(chosen) < k:  # the rest score 0: in id order
+            taken = set(chosen)
+            chosen += [i for i in self.order if i not in taken][:k - len(chosen)]
+        return [self.exemplars[i] for i in chosen]
 
 
 def select_exemplars(info: ClipInfo, exemplars: list[Exemplar], k: int = DEFAULT_K,
-                     rows: ExemplarIndex | None = None) -> list[Exemplar]:
+                     index: ExemplarIndex | None = None) -> list[Exemplar]:
     """The k exemplars whose narration is nearest the clip's: +4 for the same verb (class; the key when a class
     is unknown), +2 for the same noun, plus the Jaccard similarity of the narrations' words (narration, verb,
     noun, other nouns). Not the long clip texts: a word that both texts mention (a sink in view) says nothing of
-    the action. Ties by id, so the choice is deterministic. ``rows``: ``exemplar_rows(exemplars)``, when the
-    caller keeps them (``PromptBuilder``: every request compares the same library)."""
-    clip = clip_narration(info)
-    words = clip.words
-    nw = len(words)
-    index = rows if rows is not None else exemplar_rows(exemplars)
-    rows_ = index.rows
-    same_verb = set(index._matching(index.verb, clip.verb_class, clip.verb.lower() if clip.verb else None))
-    same_noun = set(index._matching(index.noun, clip.noun_class, clip.noun.lower() if clip.noun else None))
-    common: dict[int, int] = {}
-    for w in words:
-        for i in index.by_word.get(w, ()):
-            common[i] = common.get(i, 0) + 1
-    scored = []
-    for i in same_verb.union(same_noun, common):
-        s = 0.0
-        if i in same_verb:
-            s += 4
-        if i in same_noun:
-            s += 2
-        c = common.get(i, 0)
-        if c:
-            s += c / (nw + len(rows_[i][5]) - c)
-        scored.append((-s, rows_[i][0].id, i))
-    scored.sort()
-    chosen = [t[2] for t in scored[:k]]
-    if len(chosen) < k:  # the rest score 0: in id order
-        taken = set(chosen)
-        chosen += [i for i in index.order if i not in taken][:k - len(chosen)]
-    return [rows_[i][0] for i in chosen]
+    the action. Ties by id, so the choice is deterministic. ``index``: ``ExemplarIndex(exemplars)``, when the
+    caller keeps it (``PromptBuilder``: every request compares the same library)."""
+    return (index or ExemplarIndex(exemplars)).select(clip_narration(info), k)
 
 
 def vocabulary_text(verbs: ClassVocab, nouns: ClassVocab) -> str:
@@ -407,7 +402,7 @@ class PromptBuilder:
         self._system_msg = {"role": "system", "content": self._system}
         self._system_json = canonical_json(self._system_msg)
         self._turns: dict[str, tuple[list[dict], str]] = {}
-        self._rows = exemplar_rows(self.exemplars)
+        self._index = ExemplarIndex(self.exemplars)
 
     @property
     def static_prefix(self) -> str:
@@ -424,7 +419,7 @@ class PromptBuilder:
         return self._turns[e.id]
 
     def ordered_exemplars(self, info: ClipInfo) -> list[Exemplar]:
-        chosen = select_exemplars(info, self.exemplars, self.k, self._rows)
+        chosen = select_exemplars(info, self.exemplars, self.k, self._index)
         same_verb = lambda e: info.verb_class is not None and e.verb_class == info.verb_class  # noqa: E731
         return sorted(chosen, key=lambda e: (not same_verb(e), e.id))
 
