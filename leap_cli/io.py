@@ -247,7 +247,7 @@ class JsonlAppender:
     process still keeps every flushed line, only a power loss can take the last second). ``replace_keys``
     lets a re-run redo chosen records (e.g. ``--retry-errors``): their old lines are dropped by rewriting
     the file atomically. Only the keys stay in memory (a day's descriptor records would not fit), unless
-    ``keep_records``: then ``records`` maps each key to its record.
+    ``keep_records``: then ``records`` maps each key to its record (else it is None).
     """
 
     def __init__(self, path: str | Path, key: str | Callable[[dict], str] = "narration_id",
@@ -266,13 +266,9 @@ class JsonlAppender:
         if replace and any(self._key(r) in replace for r in existing):
             existing = [r for r in existing if self._key(r) not in replace]
             atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in existing))
-        self.keep_records = keep_records
-        self.records: dict[str, dict] = {}
-        self.keys: set[str] = set()
-        for r in existing:
-            self.keys.add(self._key(r))
-            if keep_records:
-                self.records[self._key(r)] = r  # last one wins if a file was concatenated twice
+        # last one wins if a file was concatenated twice
+        self.records: dict[str, dict] | None = {self._key(r): r for r in existing} if keep_records else None
+        self.keys: set[str] = {self._key(r) for r in existing}
         del existing
         try:
             self._f = open(self.path, "a", encoding="utf-8")
@@ -309,7 +305,7 @@ class JsonlAppender:
             self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
             self._f.flush()
             self.keys.add(k)
-            if self.keep_records:
+            if self.records is not None:
                 self.records[k] = record
             if time.monotonic() - self._last_sync >= self.sync_every:
                 os.fsync(self._f.fileno())

@@ -29,7 +29,7 @@ def test_jsonl_resume_skips_done_and_repairs_truncated_line(tmp_path):
     with open(p, "a") as f:
         f.write('{"narration_id": "c", "v"')  # a crash mid-line
     with JsonlAppender(p) as w:
-        assert w.keys == {"a", "b"} and not w.records  # keys only, unless keep_records
+        assert w.keys == {"a", "b"} and w.records is None  # keys only, unless keep_records
         assert w.write({"narration_id": "c", "v": 4})
     recs = read_jsonl(p)
     assert [r["narration_id"] for r in recs] == ["a", "b", "c"] and recs[2]["v"] == 4
@@ -99,7 +99,7 @@ def test_jsonl_complete_last_line_without_newline_is_not_glued(tmp_path, caplog)
     p = tmp_path / "r.jsonl"
     p.write_text(json.dumps({"narration_id": "a"}) + "\n" + json.dumps({"narration_id": "b"}))
     with JsonlAppender(p) as w:
-        assert w.keys == {"a", "b"} and not w.records  # keys only, unless keep_records
+        assert w.keys == {"a", "b"} and w.records is None  # keys only, unless keep_records
         w.write({"narration_id": "c"})
     assert "lacked its newline" in caplog.text
     assert [r["narration_id"] for r in read_jsonl(p)] == ["a", "b", "c"]

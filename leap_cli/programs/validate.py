@@ -80,15 +80,15 @@ class _Checker:
         if self.resolve.verb(form) is None:
             self.add(ptr, f"verb {form!r} is neither an EPIC verb class (key or synonym) nor a motor primitive")
 
-    def check_object(self, form: str | None, ptr: str) -> None:
+    def check_object(self, form: str | None, *ptr) -> None:
+        """``ptr``: the pointer's parts, joined only for a finding."""
         if form is not None and self.resolve.object(form) is None:
-            self.add(ptr, f"object {form!r} is not an EPIC noun class (key or synonym)")
+            self.add("/".join(map(str, ptr)), f"object {form!r} is not an EPIC noun class (key or synonym)")
 
     def check_condition(self, cond: dict, ptr: str) -> None:
-        obj = self.resolve.object
         for i, (arg, kind) in enumerate(zip(cond["args"], PREDICATES[cond["predicate"]])):
-            if kind == "object" and arg is not None and obj(arg) is None:  # the pointer only for a finding
-                self.check_object(arg, f"{ptr}/args/{i}")
+            if kind == "object":
+                self.check_object(arg, ptr, "args", i)
 
     # ---- symbolic state ----
     def fact(self, cond: dict) -> Fact:
@@ -132,11 +132,8 @@ class _Checker:
             if kind == "sub_action":
                 if report:
                     self.check_verb(step["verb"], f"{p}/verb")
-                    obj = self.resolve.object
-                    for role in ("object_a", "object_b"):
-                        form = step.get(role)
-                        if form is not None and obj(form) is None:  # the pointer only for a finding
-                            self.check_object(form, f"{p}/{role}")
+                    self.check_object(step["object_a"], p, "object_a")
+                    self.check_object(step.get("object_b"), p, "object_b")
                 for j, cond in enumerate(step.get("pre") or []):
                     if report:
                         self.check_condition(cond, f"{p}/pre/{j}")
