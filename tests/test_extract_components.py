@@ -348,3 +348,20 @@ def test_hand_contacts_of_a_29_97_fps_video_are_timed_in_epic_numbering(tmp_path
     rec = HandsComponent().describe(SegmentContext(layout=layout, segment=_segment(fps=60.0), fps=29.97))
     (c,) = next(h for h in rec["data"]["hands"] if h["hand"] == "right")["contacts"]
     assert _iou((c["start"], c["stop"]), (0.5, 1.5)) >= 0.9, c
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".pkl"])
+def test_hand_objects_of_either_format_find_a_segments_frames_by_bisection(tmp_path, suffix):
+    """An hour of frames: both formats must give ``in_segment`` sorted frame numbers (a scan per segment would
+    be quadratic over a video), and the same frames as a scan."""
+    from types import SimpleNamespace
+
+    from leap_cli.epic.hand_objects import write_hand_objects
+    from leap_cli.extract.detections import in_segment, video_hand_objects
+
+    path = tmp_path / f"P01_01{suffix}"
+    numbers = list(range(1, 3000, 3))
+    write_hand_objects(path, [FrameDetections("P01_01", n, [], []) for n in reversed(numbers)])
+    frames = video_hand_objects({}, SimpleNamespace(hand_objects_path=lambda video_id: path), "P01_01")
+    assert frames.keys_sorted == numbers
+    assert in_segment(frames, 100, 200) == [n for n in numbers if 100 <= n <= 200]
