@@ -217,10 +217,10 @@ def test_open_hand_objects_decodes_a_frame_when_it_is_looked_up(tmp_path, monkey
     p.write_bytes(pickle.dumps(msgs))
     m = open_hand_objects(p)
     assert m[1] == read[0]
-    with pytest.raises(LeapError, match=r"\[frame 1\].*message 1 is not a Detections protobuf"):
+    with pytest.raises(LeapError, match=r"\[frame 2 \(message 1\)\].*message 1 is not a Detections protobuf"):
         m[2]
     p.write_bytes(pickle.dumps([b"\x0a\x50abc"]))  # no frame number to be found
-    with pytest.raises(LeapError, match=r"\[frame 0\].*not a Detections protobuf"):
+    with pytest.raises(LeapError, match=r"\[message 0\].*not a Detections protobuf"):
         open_hand_objects(p)
 
 
@@ -235,7 +235,7 @@ def test_hand_objects_wrong_format(tmp_path):
     with pytest.raises(LeapError, match="list of serialized messages"):
         read_hand_objects(p)
     p.write_bytes(pickle.dumps([b"\x0a\x50abc"]))
-    with pytest.raises(LeapError, match=r"\[frame 0\].*not a Detections protobuf"):
+    with pytest.raises(LeapError, match=r"\[message 0\].*not a Detections protobuf"):
         read_hand_objects(p)
     j = tmp_path / "x.jsonl"
     j.write_text('{"video_id": "P01_01"}\n')

@@ -324,7 +324,7 @@ class HandObjectFrames(Mapping):
         hit = self._decoded.get(frame)
         if hit is None:
             i = self._raw[frame]
-            hit = self._decoded[frame] = _decode(self._messages[i], self.path, i)
+            hit = self._decoded[frame] = _decode(self._messages[i], self.path, i, frame)
         return hit
 
     def __contains__(self, frame) -> bool:
@@ -362,15 +362,17 @@ def _frame_number(msg: bytes) -> int:
     return 0
 
 
-def _decode(msg: bytes, path: Path, i: int) -> FrameDetections:
+def _decode(msg: bytes, path: Path, i: int, frame: int | None = None) -> FrameDetections:
     try:
         return FrameDetections.from_protobuf(bytes(msg))
     except (ValueError, IndexError, struct.error) as e:
-        raise _bad_message(path, i, e) from None
+        raise _bad_message(path, i, e, frame) from None
 
 
-def _bad_message(path: Path, i: int, e: Exception) -> LeapError:
-    return LeapError(f"message {i} is not a Detections protobuf ({e})", path=path, record=f"frame {i}",
+def _bad_message(path: Path, i: int, e: Exception, frame: int | None = None) -> LeapError:
+    """``i``: the message's place in the file; ``frame``: its frame number where it could be read."""
+    return LeapError(f"message {i} is not a Detections protobuf ({e})", path=path,
+                     record=f"message {i}" if frame is None else f"frame {frame} (message {i})",
                      fix=f"expected {_EXPECTED}")
 
 
