@@ -18,13 +18,12 @@ truncated entry is not used (build-shards decodes that segment instead).
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from leap_cli.epic.timing import FrameClock
+from leap_cli.io import atomic_write_bytes
 
 RECOGNITION_SAMPLING = "uniform"  # build-shards' recognition frames: centres of T equal chunks of the segment
 MAGIC = b"LEAPJPG3"
@@ -80,17 +79,7 @@ class FrameCache:
             return False
         blobs = [encode_jpeg(im, self.quality, colour="bgr") for im in images]
         header = MAGIC + _COUNT.pack(len(blobs)) + b"".join(_ENTRY.pack(n, len(b)) for n, b in zip(numbers, blobs))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(header + b"".join(blobs))
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(path, header + b"".join(blobs))
         for old in self.superseded(segment.video_id, segment.narration_id):
             old.unlink(missing_ok=True)  # its replacement is written: the old entry's disk space comes back
         return True
@@ -119,8 +108,3 @@ class FrameCache:
             at += size
         return out
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
