@@ -110,8 +110,15 @@ def test_compile_key_is_model_compile_and_train_compile_still_reads(tmp_path: Pa
     assert config_from_dict(old).model.compile is True
     assert load_config(None, ["model.compile=true"]).model.compile is True
     assert load_config(None).model.compile is False
+    # an override, or a file over its base, wins whichever name each uses
+    assert load_config(tmp_path / "old.yaml", ["model.compile=false"]).model.compile is False
+    assert load_config(None, ["train.compile=true"]).model.compile is True
+    (tmp_path / "child.yaml").write_text("base: old.yaml\nmodel: {compile: false}\n")
+    assert load_config(tmp_path / "child.yaml").model.compile is False
+    # both names in one file, disagreeing: an error naming both and the file
+    (tmp_path / "both.yaml").write_text("train: {compile: true}\nmodel: {compile: false}\n")
     with pytest.raises(LeapError, match="'train.compile' .* and 'model.compile' .* disagree"):
-        load_config(tmp_path / "old.yaml", ["model.compile=false"])
+        load_config(tmp_path / "both.yaml")
 
 
 def test_config_base_and_weight_family_presets(tmp_path: Path) -> None:

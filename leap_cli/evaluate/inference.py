@@ -251,7 +251,7 @@ def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint
     which = checkpoint if checkpoint in ("best", "last") else "best"
     source = run_dir if checkpoint in ("best", "last") else Path(checkpoint)
     model, ckpt = load_model(source, which=which, map_location="cpu", allow_partial=allow_partial)
-    config = resolve_aliases(ckpt.get("config") or {})
+    config = resolve_aliases(ckpt.get("config") or {}, str(source))
     if compile is None:
         compile = bool((config.get("model") or {}).get("compile", False))
     run_task = (config.get("data") or {}).get("task", "recognition")

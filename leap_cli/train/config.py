@@ -282,7 +282,7 @@ def apply_overrides(raw: dict, overrides: Iterable[tuple[str, Any]], source: str
         if len(parts) != 2:
             raise LeapError(f"override key {key!r} must be section.key", path=source,
                             fix=f"sections: {', '.join(_SECTION_CLASSES)}; e.g. --set optim.lr=3e-4")
-        section, name = parts
+        section, name = ALIASES.get(key, key).split(".")  # an old name overrides its new one
         if section not in _SECTION_CLASSES:
             raise LeapError(f"unknown config section in override {key!r}", path=source,
                             fix=f"valid sections: {', '.join(_SECTION_CLASSES)}")
@@ -317,6 +317,7 @@ def _read_raw(path: str | Path, chain: tuple[str, ...] = ()) -> tuple[dict, str]
         raise LeapError(f"config is not valid YAML: {e}".splitlines()[0], path=path) from None
     if not isinstance(raw, dict):
         raise LeapError("a config file must be a YAML mapping of sections", path=path)
+    raw = resolve_aliases(raw, source)  # per file: a child file's new name overrides its base's old one
     base = raw.pop("base", None)
     if base is None:
         return raw, source

@@ -33,7 +33,7 @@ from leap_cli.errors import LeapError
 from leap_cli.io import OutputLock, atomic_write_text, read_jsonl, settings_changes
 from leap_cli.train import distributed
 from leap_cli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from leap_cli.train.config import Config, backbone_options, dump_config
+from leap_cli.train.config import Config, backbone_options, dump_config, resolve_aliases
 from leap_cli.train.optim import CosineWithWarmup, build_optimizer
 
 log = logging.getLogger(__name__)
@@ -379,7 +379,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             resume = False
         if resume:
             resume_ckpt = load_checkpoint(ckpt_dir / "last.pt")
-            changed = [c for c in settings_changes(resume_ckpt.get("config") or {}, cfg.to_dict())
+            old_config = resolve_aliases(resume_ckpt.get("config") or {}, str(ckpt_dir / "last.pt"))
+            changed = [c for c in settings_changes(old_config, cfg.to_dict())
                        if c.split(":")[0] not in RESUME_MAY_CHANGE]
             if changed:
                 raise LeapError(f"the config differs from the checkpoint's ({'; '.join(changed)}); resuming "
@@ -514,7 +515,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
 # Keys a resume may change: where and how fast the run goes, not what it computes.
 RESUME_MAY_CHANGE = frozenset({"train.device", "train.threads", "train.log_every", "train.checkpoint_every",
                                "data.num_workers", "data.eval_batch_size", "data.val", "data.train",
-                               "model.compile", "train.compile"})  # train.compile: model.compile's old name
+                               "model.compile"})
 
 
 def prepare_model(model: nn.Module, cfg: Config, info: distributed.DistInfo) -> nn.Module:
