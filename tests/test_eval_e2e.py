@@ -211,8 +211,6 @@ def test_show_predicted_program_beside_the_target(pipeline):
     assert "target (generated program)" in res.output and "take(plate) [right]" in res.output and "<loop>" in res.output
 
 
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", [
     "aot_eager",  # dynamo's graph and AOT autograd without code generation: ~30-60 s on one CPU thread

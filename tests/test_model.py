@@ -543,8 +543,6 @@ def _reference_uniformerv2(sd, x, *, heads, downsample, no_lmhra, return_list, n
     return lin(ln(fused, "transformer.proj.0", False), "transformer.proj.2")
 
 
-@pytest.mark.parametrize("options", [{}, {"no_lmhra": True, "temporal_downsample": False},
-                                     {"no_lmhra": True, "temporal_downsample": False, "frozen": True}])
 def _random_tiny_and_reference(options):
     """A tiny UniFormerV2 (eval mode) with every tensor random (no zero-initialised branch), a clip, and the
     functional reference of the official forward as a function of a state dict."""

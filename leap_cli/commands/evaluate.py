@@ -52,11 +52,10 @@ def evaluate(
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, "
                                                                "bf16 or fp16; scores are stored in fp32."),
-    compile: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (default: the run's "
-                                 "model.compile). The same scores, to float rounding. Compiling takes minutes once "
-                                 "per command (about 3 min for b16 on one CPU thread), then each clip runs faster "
-                                 "(b16 on a CPU: ~1.1x): it pays on a large split (EPIC val: 9668 segments x views), "
-                                 "not on a few segments."),
+    compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (default: "
+                                        "the run's model.compile). The same scores, to float rounding; compiling "
+                                        "takes minutes once per command, so it pays on a large split, not on a few "
+                                        "segments."),
     shards: Path = typer.Option(None, "--shards", help="Shards folder (default {workdir}/shards/SPLIT, anticipation: SPLIT-anticipation)."),
     out: Path = typer.Option(None, "--out", help="Folder for metrics.json (default runs/NAME/eval/SPLIT, or next "
                                                  "to --scores)."),

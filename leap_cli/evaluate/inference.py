@@ -121,7 +121,9 @@ def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfi
 
     ``compile``: run ``torch.compile(model)`` (the same scores, to float rounding). It is compiled once, around the
     fp32 classifiers; a batch smaller than the first (the last one) is filled up to its size with copies of its
-    last clip, whose outputs are dropped, so that one compiled graph serves every batch."""
+    last clip, whose outputs are dropped, so that one compiled graph serves every batch of a recognition model.
+    (An anticipation model's context mask (``nonzero``) splits its graph and recompiles as the masks change:
+    it runs correctly, and the figures in RESULTS are for recognition only.)"""
     device = torch.device(device)
     model.eval().to(device)
     _autocast(device, precision)  # refuse an unknown precision before reading any shard
