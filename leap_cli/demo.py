@@ -151,7 +151,7 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
     if sub.exists():
         rows.append(("submit", str(sub), f"{sub.stat().st_size / 1024:.0f} KiB, test segments {counts['test']}"))
     abl = w / "ablation" / "ablation.json"
-    if abl.exists():
+    if cfg.ablate and abl.exists():  # a table left by an earlier --ablate run is not this run's
         rows.append(("ablate", str(abl.with_suffix(".md")), ablation_text(json.loads(abl.read_text()))))
     base = str(w).rstrip("/") + "/"
     return [(stage, out[len(base):] if out.startswith(base) else out, figures) for stage, out, figures in rows]

@@ -121,7 +121,9 @@ def test_demo_ablate_option_runs_leap_ablate_and_summarises_its_table(demo):
     (work / "ablation" / "ablation.json").write_text(json.dumps({"rows": rows}))
     (work / "ablation" / "ablation.md").write_text(md)
     try:
-        row = next(r for r in collect(DemoConfig(workdir=work)) if r[0] == "ablate")
+        # a table left by an earlier --ablate run is not shown by a run without it
+        assert "ablate" not in [r[0] for r in collect(DemoConfig(workdir=work))]
+        row = next(r for r in collect(DemoConfig(workdir=work, ablate=True)) if r[0] == "ablate")
         assert row[1] == "ablation/ablation.md"
         assert row[2] == "verb top-1 over 2 seeds: none L_CE 42.0 ± 2.8; truth +L_T+L_PC 51.0 ± 1.4"
     finally:

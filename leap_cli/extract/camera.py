@@ -495,7 +495,7 @@ class CameraComponent(Component):
             return result("unavailable", "none", {"reason": "no video or frames for this segment"},
                           "unavailable (no video or frames for this segment)")
         numbers = ctx.segment_frames(self.frames)
-        greys = [f if f.ndim == 2 else cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in self._read(ctx, numbers)]
+        greys = self._read(ctx, numbers)
         h, w = greys[0].shape
         k = intrinsics(w, h, self.fov_deg)
         steps, total = [], np.eye(3)
