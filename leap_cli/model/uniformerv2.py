@@ -219,36 +219,39 @@ class _TemporalDepthwise(torch.autograd.Function):
     zero-filled gradient) that autograd through ``F.pad`` and out-of-place products needs."""
 
     @staticmethod
-    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        T, k = h.shape[1], w.shape[1]
+    def taps(T: int, k: int):
+        """(tap i, output frames, input frames) of every tap that reaches a frame: ``out[dst] += w[i] h[src]``."""
         pad = k // 2
-        out = torch.addcmul(b, h, w[:, pad])
         for i in range(k):
             s = i - pad  # frame offset of tap i
-            if i != pad and abs(s) < T:
-                out[:, max(0, -s):T - max(0, s)].addcmul_(h[:, max(0, s):T - max(0, -s)], w[:, i])
+            if abs(s) < T:
+                yield i, slice(max(0, -s), T - max(0, s)), slice(max(0, s), T - max(0, -s))
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        pad = w.shape[1] // 2
+        out = torch.addcmul(b, h, w[:, pad])
+        for i, dst, src in _TemporalDepthwise.taps(h.shape[1], w.shape[1]):
+            if i != pad:
+                out[:, dst].addcmul_(h[:, src], w[:, i])
         ctx.save_for_backward(h, w)
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         h, w = ctx.saved_tensors
-        T, k = h.shape[1], w.shape[1]
-        pad = k // 2
+        pad = w.shape[1] // 2
+        taps = list(_TemporalDepthwise.taps(h.shape[1], w.shape[1]))
         grad_h = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_h = grad * w[:, pad]
-            for i in range(k):
-                s = i - pad
-                if i != pad and abs(s) < T:
-                    grad_h[:, max(0, s):T - max(0, -s)].addcmul_(grad[:, max(0, -s):T - max(0, s)], w[:, i])
+            for i, dst, src in taps:
+                if i != pad:
+                    grad_h[:, src].addcmul_(grad[:, dst], w[:, i])
         if ctx.needs_input_grad[1]:
             grad_w = torch.zeros_like(w)
-            for i in range(k):
-                s = i - pad
-                if abs(s) < T:
-                    g, x = grad[:, max(0, -s):T - max(0, s)], h[:, max(0, s):T - max(0, -s)]
-                    grad_w[:, i] = (g * x).sum(dim=(0, 1, 2))
+            for i, dst, src in taps:
+                grad_w[:, i] = (grad[:, dst] * h[:, src]).sum(dim=(0, 1, 2))
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum(dim=(0, 1, 2))
         return grad_h, grad_w, grad_b
