@@ -66,7 +66,7 @@ def predict_side_by_side(args: argparse.Namespace) -> None:
         out = predict(model, [batch], compile=compile)
         return time.process_time() - cpu, time.perf_counter() - wall, out
 
-    cpu, wall, _ = timed(batches[0], False)  # warm-up (allocator, oneDNN)
+    timed(batches[0], False)  # warm-up (allocator, oneDNN)
     first_cpu, first_wall, _ = timed(batches[0], True)
     print(f"first compiled call (compilation + one batch, cold cache {cache}): {first_cpu:.1f} CPU-s of this "
           f"process (the C++ compiler runs in others), {first_wall:.1f} s wall", flush=True)

@@ -324,8 +324,8 @@ def _throughput_run(work: Path, kitchen: Path, server: ServerProcess, c: int, cl
     seconds = time.perf_counter() - marks["t0"]
     # the rate between the records at 10% and 90% of the run: without the start (connections, the first
     # prompts) and the end (the last round, closing the files), which a long stage pays once
-    a, b = len(done) // 10, len(done) * 9 // 10
-    steady = (b - a) / (done[b] - done[a]) if b > a and done[b] > done[a] else None
+    lo, hi = len(done) // 10, len(done) * 9 // 10
+    steady = (hi - lo) / (done[hi] - done[lo]) if hi > lo and done[hi] > done[lo] else None
     waits = [None if a is None or b is None else b - a
              for a, b in ((marks["w0"], run_queue_wait()), (marks["sw0"], server.run_queue_wait()))]
     closing = time.perf_counter() - marks["last"]
