@@ -325,6 +325,26 @@ def test_exit_status_when_every_record_failed(kitchen, tmp_path):
     assert run("--strict", out="c.jsonl").exit_code == 3
 
 
+def test_cli_writes_the_frame_cache_by_default_and_none_turns_it_off(kitchen, tmp_path):
+    """`leap extract` without --frame-cache fills WORKDIR/frame-cache (what build-shards reads by default);
+    `--frame-cache none` writes none. (The option's unset value was once read as 'none'.)"""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    def run(workdir, *extra):
+        res = CliRunner().invoke(app, ["extract", "--data", str(kitchen), "--split", "train", "--components",
+                                       "camera", "--limit", "2", "--workdir", str(workdir), *extra])
+        assert res.exit_code == 0, res.output
+        return workdir / "frame-cache"
+
+    cached = sorted(p.name for p in run(tmp_path / "w1").rglob("*.jpgs"))
+    assert len(cached) == 2 and all(".v3." in n for n in cached), cached
+    assert not run(tmp_path / "w2", "--frame-cache", "none").exists()
+    assert not run(tmp_path / "w3", "--frame-cache", str(tmp_path / "c")).exists()
+    assert len(list((tmp_path / "c").rglob("*.jpgs"))) == 2
+
+
 def test_workers_return_per_segment_so_an_interrupt_keeps_finished_segments(kitchen, tmp_path):
     out = tmp_path / "t.jsonl"
     seen = []

@@ -111,8 +111,7 @@ def extract(
                         detector_labels=detector_labels, detector_arch=detector_arch, clip_weights=clip_weights,
                         clip_arch=clip_arch, audio_model=audio_model,
                         audio_labels=audio_labels, device=device,
-                        frame_cache=None if str(frame_cache).lower() == "none" else
-                        Path(frame_cache) if frame_cache else workdir / "frame-cache",
+                        frame_cache=_frame_cache_dir(frame_cache, workdir),
                         cache_frames=cache_frames, cache_short_side=cache_short_side)
     check_settings(out, {k: getattr(cfg, k) for k in RESULT_SETTINGS}, force=force)
     progress = live_or_log(Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
@@ -133,6 +132,13 @@ def extract(
         console.print("[yellow]interrupted[/]: finished records were kept; run the same command to resume")
         sys.exit(EXIT_INTERRUPTED)  # SystemExit passes through click with standalone_mode=False; typer.Exit would not
     summary.outcome.exit(strict)  # 3 when every segment failed (or any, with --strict)
+
+
+def _frame_cache_dir(option: str | None, workdir: Path) -> Path | None:
+    """``--frame-cache``: not given -> WORKDIR/frame-cache (the default: build-shards reads it), ``none`` -> off."""
+    if option is None or option == "":
+        return workdir / "frame-cache"
+    return None if option.lower() == "none" else Path(option)
 
 
 def _print_summary(s) -> None:
