@@ -231,6 +231,24 @@ def test_batch_file_and_ingest(workdir, good_programs, tmp_path):
     recs = records(workdir)
     assert len(recs) == N_SEGMENTS and all(r["provenance"]["backend"] == "openai-batch" for r in recs)
     assert ingest_batch(cfg, out) == {"already_present": N_SEGMENTS}
+    # the output is the openai backend's (cfg left the backend at its offline default): an offline run is refused
+    settings = json.loads(Path(str(cfg.out_path) + ".settings.json").read_text())
+    assert settings["backend"] == "openai" and settings["model"] == "gpt-test", settings
+    with pytest.raises(LeapError, match="other settings|--force"):
+        generate_programs(GenerateConfig(workdir=workdir, split="val", retry_failed=True))
+
+
+def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path):
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    base = ["generate-programs", "--workdir", str(workdir), "--split", "val", "--batch-file", str(tmp_path / "b.jsonl")]
+    res = CliRunner().invoke(app, base + ["--backend", "offline"])  # cli.main prints a LeapError as one line
+    assert isinstance(res.exception, LeapError) and "--backend offline has no Batch API" in str(res.exception)
+    res = CliRunner().invoke(app, base + ["--model", "gpt-test"])
+    assert res.exit_code == 0, res.output
+    assert {r["body"]["model"] for r in read_jsonl(tmp_path / "b.jsonl")} == {"gpt-test"}
 
 
 def test_ctrl_c_keeps_finished_records(workdir, good_programs):

@@ -28,7 +28,8 @@ def generate_programs(
     descriptors: Path = typer.Option(None, "--descriptors", help="Descriptor JSONL (default WORKDIR/descriptors/SPLIT.jsonl; "
                                                                  "narration-only records from the annotations when absent)."),
     out: Path = typer.Option(None, "--out", help="Programs JSONL (default WORKDIR/programs/SPLIT.jsonl)."),
-    backend: str = typer.Option("offline", "--backend", help="offline (deterministic baseline, no network) or openai."),
+    backend: str = typer.Option(None, "--backend", help="offline (the default: deterministic baseline, no network) or "
+                                                     "openai (the only one with --batch-file/--ingest-batch)."),
     model: str = typer.Option("gpt-4o-mini", "--model", help="Model name sent to the endpoint."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
@@ -63,8 +64,15 @@ def generate_programs(
     ingest_batch: Path = typer.Option(None, "--ingest-batch", help="Validate and merge a Batch API output JSONL."),
 ) -> None:
     from leap_cli.common import ShardSpec, shard_out
+    from leap_cli.errors import LeapError
     from leap_cli.programs.generate import GenerateConfig, dry_run as build_dry_run, generate_programs as run
 
+    if batch_file is not None or ingest_batch is not None:
+        if backend not in (None, "openai"):
+            raise LeapError(f"--backend {backend} has no Batch API", fix="leave --backend out, or pass --backend openai, "
+                            "with --batch-file or --ingest-batch")
+        backend = "openai"
+    backend = backend or "offline"
     concurrency = workers_alias or concurrency
     retry_failed = retry_failed or retry_failed_alias
     spec = ShardSpec.parse(shard)

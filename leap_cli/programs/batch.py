@@ -9,6 +9,7 @@ Output line (``--ingest-batch RESULTS.jsonl``, as the Batch API returns it): ``{
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
@@ -26,8 +27,16 @@ BATCH_URL = "/v1/chat/completions"
 BATCH_PRICE_FACTOR = 0.5  # the Batch API's discount on the live prices
 
 
+def _openai(cfg: GenerateConfig) -> GenerateConfig:
+    """The Batch API is OpenAI's: requests and results are the openai backend's, whatever ``cfg.backend`` says
+    (GenerateConfig's default is the offline generator), so that the output's settings record that backend and
+    model and a later run of another backend is refused (``check_output``)."""
+    return cfg if cfg.backend == "openai" else dataclasses.replace(cfg, backend="openai")
+
+
 def write_batch_file(cfg: GenerateConfig, path) -> int:
     """Write one Batch request per pending segment (those not yet in the programs file). Returns the count."""
+    cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
     done = {r["narration_id"] for r in read_jsonl(cfg.out_path)} if cfg.out_path.exists() else set()
     records = [r for r in inputs.records if r["narration_id"] not in done]
@@ -90,6 +99,7 @@ def _dict(value) -> dict:
 
 def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     """Validate the Batch output and append its records to the programs file. Returns counts per status."""
+    cfg = _openai(cfg)
     lines = read_batch_output(results_path)
     inputs, _, builder = _setup(cfg)
     check_output(cfg, builder)
