@@ -57,7 +57,10 @@ def plan(cfg: DemoConfig) -> list[StageRun]:
                                      "--segments", str(cfg.segments), "--seed", str(cfg.seed)])]
     for split in ("train", "val", "test"):
         stages.append(StageRun(f"extract {split}", ["extract", "--split", split, "--workdir", w,
-                                                   "--workers", str(cfg.workers)]))
+                                                   "--workers", str(cfg.workers),
+                                                   # the frame cache at the shards' settings: build-shards reads it
+                                                   "--cache-frames", str(cfg.frames),
+                                                   "--cache-short-side", str(cfg.short_side)]))
     for split in ("train", "val"):
         stages.append(StageRun(f"generate-programs {split}", ["generate-programs", "--split", split, "--workdir", w]))
     stages.append(StageRun("validate-programs", ["validate-programs", f"{w}/programs/train.jsonl",

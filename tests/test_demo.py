@@ -50,6 +50,10 @@ def test_demo_runs_every_stage_and_summarises(demo):
     assert check.returncode == 0, check.stderr
     metrics = json.loads((work / "runs/tiny-synthetic/eval/val/metrics.json").read_text())
     assert metrics["segments"] == len(read_jsonl(work / "descriptors" / "val.jsonl"))
+    # one decode: extract caches the shards' frames at the shards' settings (4 frames, short side 64), and
+    # build-shards reads them instead of decoding the videos again
+    assert len(list((work / "frame-cache").rglob("*.v3.s64q90.jpgs"))) >= len(test_ids)
+    assert "frames read from extract's frame cache" in out
 
 
 def test_demo_again_reuses_what_is_done(demo):
