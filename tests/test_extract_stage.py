@@ -410,6 +410,34 @@ def test_workers_die_with_a_killed_parent(kitchen, tmp_path):
             parent.kill()
 
 
+def test_build_split_says_when_the_frame_cache_holds_other_settings(kitchen, tmp_path):
+    """A cache made for other shards is not silently ignored: the summary says every sample is decoded and which
+    extract options would share the decode; a matching cache is read."""
+    import shutil
+
+    from leap_cli.shards.writer import ShardSettings, build_split
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):  # build-shards reads the classes
+        shutil.copy(Path(__file__).parent / "data" / "epic100" / name, root / "annotations" / name)
+    kitchen = root
+    cache = tmp_path / "frame-cache"
+    run_extract(_cfg(kitchen, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache, limit=2))
+
+    def notes(side, quality=90):
+        settings = ShardSettings("train", frames=16, short_side=side, jpeg_quality=quality)
+        r = build_split(kitchen, "train", workdir=tmp_path, settings=settings, out=tmp_path / f"s{side}q{quality}",
+                        frame_cache=cache)
+        return " | ".join(r.notes)
+
+    other = notes(64)
+    assert "holds no frames at these shards' settings" in other and "--cache-short-side 64" in other, other
+    assert "build with --jpeg-quality 90" in notes(256, 80)
+    same = notes(256)
+    assert "frames read from extract's frame cache" in same and "holds no frames" not in same, same
+
+
 def test_build_shards_reuses_extracts_decode_and_writes_the_same_bytes(kitchen, tmp_path, monkeypatch):
     import leap_cli.media.video as video
     from leap_cli.epic.layout import DatasetLayout

@@ -735,7 +735,17 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     cache = None
     if settings.task == "recognition" and cache_dir.is_dir():
         cache = FrameCache(cache_dir, settings.frames, settings.short_side, settings.jpeg_quality)
-        notes.append(f"frames read from extract's frame cache {cache_dir} where it holds them")
+        suffix = cache.path("V", "K").name[1:]  # ".v3.s256q90.jpgs": the settings an entry was made with
+        if next(cache_dir.glob(f"*/*{suffix}"), None) is None:
+            fix = (f"extract with --cache-frames {settings.frames} --cache-short-side {settings.short_side}"
+                   if settings.jpeg_quality == FrameCache.quality else
+                   f"extract caches at JPEG quality {FrameCache.quality}: build with --jpeg-quality {FrameCache.quality}")
+            notes.append(f"extract's frame cache {cache_dir} holds no frames at these shards' settings (short side "
+                         f"{settings.short_side}, JPEG quality {settings.jpeg_quality}): every sample is decoded; "
+                         f"{fix} to share one decode")
+            cache = None
+        else:
+            notes.append(f"frames read from extract's frame cache {cache_dir} where it holds them")
     result = build_shards(segments, out=out, settings=settings, opener=LayoutOpener(layout.root, layout.annotations_dir, fps_map),
                           fps=fps, programs=programs, programs_path=prog_path, targets=targets, sources=sources,
                           workers=workers, shard=shard, overwrite=overwrite, progress=progress, clock=clock,
