@@ -39,6 +39,23 @@ def _with_path(e: OSError, path: Path) -> OSError:
     return e
 
 
+def refuse_folder(path: Path, what: str = "file") -> None:
+    """A folder given where a file is expected (``--out some/dir``) is the user's to fix: one line saying so,
+    before anything is written beside it."""
+    if path.is_dir():
+        raise LeapError(f"is a folder, not a {what}", path=path,
+                        fix=f"give the path of a {what}, e.g. {path / 'NAME'}")
+
+
+def _naming_target(e: OSError, path: Path) -> OSError:
+    """The user knows the output, not our temp file beside it: an error on the temp file (its creation in a
+    read-only folder, the rename onto the output) names the output."""
+    name = Path(e.filename).name if e.filename is not None else ""
+    if name.startswith(f".{path.name}.") and name.endswith(".tmp"):  # mkstemp's name, or os.replace's source
+        e.filename, e.filename2 = str(path), None
+    return e
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; rename it onto ``path`` only if the block succeeds.
@@ -48,7 +65,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    refuse_folder(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _naming_target(e, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -61,7 +82,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.chmod(tmp_path, mode)
             os.replace(tmp_path, path)
         except OSError as e:
-            raise _with_path(e, path)
+            raise _naming_target(_with_path(e, path), path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -145,6 +166,7 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
     Returns whether the output was started over.
     """
     output = Path(output)
+    refuse_folder(output)
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = output.exists() if exists is None else exists
@@ -204,6 +226,7 @@ def read_jsonl(path: str | Path, *, repair: bool = False,
     path = Path(path)
     if not path.exists():
         raise LeapError("file not found", path=path, fix="check the path or run the stage that writes it")
+    refuse_folder(path, "JSONL file")
     records: list[dict] = []
     good_end = 0
     with open(path, "rb") as f:
@@ -254,11 +277,21 @@ class JsonlAppender:
                  *, replace_keys: Iterable[str] = (), sync_every: float = 0.0, keep_records: bool = False):
         self.path = Path(path)
         self._key = (lambda r: r[key]) if isinstance(key, str) else key
+        refuse_folder(self.path, "JSONL file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = OutputLock(self.path).acquire()
         try:
             existing = read_jsonl(self.path, repair=True) if self.path.exists() else []
             self._end_with_newline()
+            for i, r in enumerate(existing, start=1):  # blank lines aside, record i is on line i
+                try:
+                    self._key(r)
+                except (KeyError, TypeError, IndexError, AttributeError):
+                    what = (f"a JSON {type(r).__name__}, not an object" if not isinstance(r, dict)
+                            else f"no {key}" if isinstance(key, str) else "not a record of this file")
+                    raise LeapError(f"malformed record: {what}", path=self.path, record=f"line {i}",
+                                    fix="delete that line (the next run redoes its record) or give another --out"
+                                    ) from None
         except BaseException:
             self._lock.release()
             raise

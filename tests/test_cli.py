@@ -193,3 +193,18 @@ def test_shard_with_out_keeps_the_shard_suffix(tiny_kitchen, tmp_path):
     assert names == ["mine.shard0of2.jsonl", "mine.shard1of2.jsonl"]
     videos = [{json.loads(x)["video_id"] for x in (tmp_path / "d" / n).read_text().splitlines()} for n in names]
     assert (videos[0] or videos[1]) and not videos[0] & videos[1]
+
+
+def test_a_path_of_the_wrong_kind_says_what_to_do(tiny_kitchen, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-folder").mkdir()
+    for args, says in ((["extract", "--split", "train", "--workdir", str(tmp_path / "a-file")], "give a folder"),
+                       (["build-shards", "--split", "train", "--out", str(tmp_path / "a-file"),
+                         "--data", str(tiny_kitchen), "--workdir", str(tmp_path)], "a file is in the way"),
+                       (["submit", "--check", str(tmp_path / "a-folder"), "--data", str(tiny_kitchen)],
+                        "give the path of a file"),
+                       (["validate-programs", "--split", "train", str(tmp_path / "a-folder")], "is a folder")):
+        r = leap(*args)
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert says in lines[0] and "run the same command again" not in lines[0], (args, lines[0])

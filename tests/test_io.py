@@ -145,3 +145,57 @@ def test_settings_change_is_refused_naming_the_keys(tmp_path):
     assert check_settings(out, {"hand_threshold": 0.7, "fov": 90.0}, force=True)  # starts over
     assert not out.exists()
     assert json.loads(settings_path(out).read_text())["hand_threshold"] == 0.7
+
+
+@pytest.mark.parametrize("line", ['[1, 2, 3]', '"text"', '7', '{"status": "valid"}'])
+def test_resume_over_a_malformed_record_is_one_error_naming_the_line(tmp_path, line):
+    p = tmp_path / "programs.jsonl"
+    p.write_text('{"narration_id": "a"}\n' + line + '\n{"narration_id": "c"}\n')
+    with pytest.raises(LeapError) as e:
+        JsonlAppender(p)
+    assert e.value.path == str(p) and e.value.record == "line 2" and "malformed record" in e.value.message
+    with JsonlAppender(p.with_name("other.jsonl")):  # the lock of the refused file was released: no leak
+        pass
+    p.write_text('{"narration_id": "a"}\n')
+    with JsonlAppender(p) as w:  # the same file, fixed, resumes
+        assert "a" in w
+
+
+def test_a_folder_given_as_an_output_file_is_refused_before_anything_is_written(tmp_path):
+    from leap_cli.io import atomic_write_json, check_settings, settings_path
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for call in (lambda: check_settings(folder, {"k": 1}), lambda: JsonlAppender(folder),
+                 lambda: atomic_write_json(folder, {}), lambda: read_jsonl(folder)):
+        with pytest.raises(LeapError, match="is a folder") as e:
+            call()
+        assert e.value.path == str(folder)
+    assert not settings_path(folder).exists() and list(folder.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_failed_atomic_write_names_the_output_not_its_temp_file(tmp_path, monkeypatch):
+    import errno
+    import os
+    import tempfile
+
+    target = tmp_path / "metrics.json"
+
+    def read_only(*a, prefix="", suffix="", dir=None, **k):  # what mkstemp raises in a read-only folder
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.path.join(dir, f"{prefix}abc123{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError) as e:
+        atomic_write_text(target, "x")
+    assert e.value.filename == str(target) and e.value.errno == errno.EROFS
+    monkeypatch.undo()
+
+    def cannot_rename(src, dst):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "replace", cannot_rename)
+    with pytest.raises(OSError) as e:
+        atomic_write_text(target, "x")
+    assert e.value.filename == str(target) and e.value.filename2 is None
+    assert list(tmp_path.iterdir()) == []

@@ -137,7 +137,7 @@ def validate_programs(
 ) -> None:
     from leap_cli.common import SPLIT_NAMES, normalize_split
     from leap_cli.errors import LeapError
-    from leap_cli.io import atomic_write_json
+    from leap_cli.io import atomic_write_json, refuse_folder
     from leap_cli.programs.generate import GenerateConfig, annotations_for
     from leap_cli.programs.report import split_of, validate_records
 
@@ -147,6 +147,7 @@ def validate_programs(
             raise LeapError("which programs?", fix="pass --split SPLIT (WORKDIR/programs/SPLIT.jsonl) or FILES")
         files = [workdir / "programs" / f"{split_name}.jsonl"]
     for f in files:
+        refuse_folder(Path(f), "program file")
         if not Path(f).is_file():
             raise LeapError("program file not found", path=f,
                             fix="check the path, or run leap generate-programs for that split first")
