@@ -549,3 +549,17 @@ def test_a_second_training_of_the_same_run_is_refused(tmp_path: Path) -> None:
         with pytest.raises(LeapError, match="another leap process is writing"):
             main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False))
     assert main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False)).steps == 1
+
+
+def test_force_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path: Path) -> None:
+    cfg = tiny_config("train.max_steps=2")
+    main(cfg, workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=1)
+    last = tmp_path / "runs/r/checkpoints/last.pt"
+    before = last.read_bytes()
+    with pytest.raises(LeapError, match="no shards manifest"):  # the shards it would read are not there
+        main(cfg, workdir=tmp_path, name="r", force=True)
+    with pytest.raises(LeapError, match="does not exist"):  # a typo in model.pretrained
+        main(tiny_config("train.max_steps=2", f"model.pretrained={tmp_path / 'nosuch.pth'}"), workdir=tmp_path,
+             name="r", source=MemorySource(val=False), force=True)
+    assert last.read_bytes() == before and (tmp_path / "runs/r/metrics.jsonl").exists()
+    assert main(cfg, workdir=tmp_path, name="r", source=MemorySource(val=False), force=True).steps == 2
