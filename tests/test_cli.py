@@ -208,3 +208,30 @@ def test_a_path_of_the_wrong_kind_says_what_to_do(tiny_kitchen, tmp_path):
         lines = [x for x in r.stderr.splitlines() if x.strip()]
         assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
         assert says in lines[0] and "run the same command again" not in lines[0], (args, lines[0])
+
+
+def test_force_with_a_bad_option_keeps_the_output(tiny_kitchen, tmp_path):
+    """--force starts an output over; an option that cannot work (a typo, a missing weights file, no API key)
+    is refused first, so it costs nothing."""
+    common = ["--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path)]
+    base = ["extract", *common, "--components", "narration,camera,objects"]
+    assert leap(*base).returncode == 0
+    out = tmp_path / "descriptors" / "train.jsonl"
+    before = out.read_bytes()
+    assert before
+    for extra, says in ((["--camera-source", "bogus"], "unknown camera source"),
+                        (["--detector-weights", str(tmp_path / "nosuch.pt")], "--detector-weights: file not found"),
+                        (["--clip-weights", str(tmp_path / "nosuch.pt")], "--clip-weights: file not found")):
+        r = leap(*base, *extra, "--force")
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and says in lines[0], (extra, r.stderr)
+        assert out.read_bytes() == before, extra
+    assert leap("generate-programs", *common).returncode == 0
+    programs = tmp_path / "programs" / "train.jsonl"
+    before = programs.read_bytes()
+    env_key = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    for extra, says in ((["--backend", "bogus"], "unknown backend"), (["--backend", "openai"], "no API key")):
+        r = subprocess.run([sys.executable, "-m", "leap_cli", "generate-programs", *common, *extra, "--force"],
+                           capture_output=True, text=True, env={**env_key, "COLUMNS": "250", "NO_COLOR": "1"})
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
+        assert programs.read_bytes() == before, extra

@@ -114,6 +114,7 @@ def extract(
                         frame_cache=None if str(frame_cache).lower() == "none" else
                         Path(frame_cache) if frame_cache else workdir / "frame-cache",
                         cache_frames=cache_frames, cache_short_side=cache_short_side)
+    cfg.check_options()  # before check_settings: --force would start the output over first
     check_settings(out, {k: getattr(cfg, k) for k in RESULT_SETTINGS}, force=force)
     progress = live_or_log(Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
                                     MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,

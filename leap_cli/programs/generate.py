@@ -373,9 +373,11 @@ def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
 async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | None,
                     on_start: Callable[[int], None] | None, backend: Backend | None) -> GenerateSummary:
     inputs, exemplars, builder = _setup(cfg)
+    # the backend first: an unknown --backend or a missing API key must not cost an output that --force would
+    # start over
+    backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
     check_output(cfg, builder)
     summary = GenerateSummary(cfg.out_path, inputs.source)
-    backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
     start = time.perf_counter()
     store = ProgramStore(cfg.cache_path, commit_every=0.5)
     redo: set[str] = set()
