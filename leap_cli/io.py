@@ -218,6 +218,29 @@ def stable_hash(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 
+def load_problem(e: Exception, path: str | Path) -> str:
+    """Why ``torch.load`` (or an unpickler) could not read ``path``, in a few words for a one-line error: torch's
+    own first line is often a paragraph about ``weights_only``, and an empty file raises an EOFError with no
+    text."""
+    try:
+        if Path(path).stat().st_size == 0:
+            return "the file is empty"
+    except OSError:
+        pass
+    text = str(e).strip()
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0].strip()
+        if not detail or detail.startswith("Unsupported operand"):
+            return "not a file written by torch.save"
+        return f"it holds objects a weights-only load refuses ({detail[:200]})"
+    if isinstance(e, EOFError):
+        return "the file ends early (a truncated copy?)"
+    if "central directory" in text or "PytorchStreamReader" in text:
+        return "a damaged or truncated torch file (its zip archive cannot be read)"
+    first = text.splitlines()[0][:200] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def read_jsonl(path: str | Path, *, repair: bool = False,
                check: Callable[[dict], str | None] | None = None) -> list[dict]:
     """Read a JSONL file. A truncated last line (a crash mid-write) is dropped, and cut off the

@@ -90,6 +90,23 @@ def test_pickle_cannot_run_code(tmp_path):
         load_scores(tmp_path / "evil.pkl")
 
 
+def test_unreadable_scores_files_are_one_short_line(tmp_path):
+    ids, verb, noun = _val_scores()
+    save_scores(tmp_path / "good.pt", ids, verb, noun)
+    good = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "empty.pkl").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("verb_output: 1 2 3\n")
+    (tmp_path / "cut.pt").write_bytes(good[:len(good) // 2])
+    for name, says in (("empty.pt", "the file is empty"), ("empty.pkl", "the file is empty"),
+                       ("text.pt", "not a file written by torch.save"), ("cut.pt", "damaged or truncated")):
+        with pytest.raises(LeapError) as e:
+            load_scores(tmp_path / name)
+        line = e.value.one_line()
+        assert says in line and e.value.path == str(tmp_path / name), line
+        assert "PyTorch 2.6" not in line and len(line) < 400, line
+
+
 def test_scores_refusals(tmp_path, ann_dir):
     ids, verb, noun = _val_scores()
     with pytest.raises(LeapError, match="duplicated"):

@@ -563,3 +563,16 @@ def test_force_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path: Path) -
              name="r", source=MemorySource(val=False), force=True)
     assert last.read_bytes() == before and (tmp_path / "runs/r/metrics.jsonl").exists()
     assert main(cfg, workdir=tmp_path, name="r", source=MemorySource(val=False), force=True).steps == 2
+
+
+def test_an_empty_or_cut_checkpoint_is_one_line(tmp_path: Path) -> None:
+    from leap_cli.train.checkpoint import load_checkpoint
+
+    main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False))
+    good = (tmp_path / "runs/r/checkpoints/last.pt").read_bytes()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes(good[: len(good) // 3])
+    for name, says in (("empty.pt", "the file is empty"), ("cut.pt", "damaged or truncated")):
+        with pytest.raises(LeapError, match=says) as e:
+            load_checkpoint(tmp_path / name)
+        assert e.value.path == str(tmp_path / name) and "\n" not in e.value.one_line()
