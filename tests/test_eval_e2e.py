@@ -275,3 +275,16 @@ def test_evaluate_compiles_as_the_run_config_says(pipeline, monkeypatch):
     res = CliRunner().invoke(app, base + ["--compile"])
     assert res.exit_code == 0, res.output
     assert len(calls) == 2
+
+
+def test_a_device_that_cannot_be_had_is_one_line(pipeline, monkeypatch):
+    from leap_cli.errors import LeapError
+
+    root, work, run, model, vocab = pipeline
+    base = ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work), "--data", str(root)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, says in (("bogus", "--device 'bogus' is not a device"), ("gpu", "is not a device"),
+                         ("cuda", "no CUDA device is available"), ("cuda:1", "no CUDA device is available")):
+        res = CliRunner().invoke(app, base + ["--device", device])
+        assert isinstance(res.exception, LeapError) and says in str(res.exception), (device, res.exception)
+        assert "--device" in str(res.exception).split("(")[-1]  # the fix names the option

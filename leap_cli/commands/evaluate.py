@@ -67,14 +67,13 @@ def evaluate(
                                             "do not all fit the model it describes (missing tensors stay at their "
                                             "initialisation; the default is an error)."),
 ) -> None:
-    import torch
-
     from leap_cli.common import normalize_split
     from leap_cli.errors import LeapError
     from leap_cli.evaluate.scores import load_scores
     from leap_cli.epic.annotations import open_annotations
     from leap_cli.evaluate.scoring import TASKS, evaluate_scores
     from leap_cli.io import atomic_write_json
+    from leap_cli.train.distributed import pick_device
 
     split = normalize_split(split)
     if task is not None and task not in TASKS:
@@ -102,8 +101,7 @@ def evaluate(
         if run is None:
             raise LeapError("nothing to evaluate", fix="pass --run runs/NAME (a trained run) or --scores FILE")
         run_dir = resolve_run(run, workdir)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(pick_device(device, option="--device", cpu_fix="--device cpu"))
         views = ViewConfig(temporal_views, spatial_views)
         with live_or_log(Progress(TextColumn("[bold]scoring[/] {task.description}"), BarColumn(),
                                   MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True),
