@@ -343,6 +343,18 @@ def test_unreadable_frames_are_skipped_and_listed(tmp_path):
     assert r.manifest["counts"]["samples"] == 6 and r.manifest["counts"]["skipped"] == 3
 
 
+def test_a_video_the_video_info_does_not_know_is_skipped_and_listed(tmp_path):
+    """A typo in a video id (or a row of a video the video info lacks): its segments are skipped and listed, the
+    other videos are written (it stopped the whole split)."""
+    root = make_root(tmp_path / "k", train=TRAIN + [("P01_07", 1.0, 2.0, "take", 0, "cup", 13)])
+    info = root / "annotations" / "EPIC_100_video_info.csv"
+    info.write_text("".join(x + "\n" for x in info.read_text().splitlines() if not x.startswith("P01_07")))
+    r = build(root, tmp_path / "w")
+    skipped = {x["narration_id"]: x["reason"] for x in r.manifest["skipped"]}
+    assert list(skipped) == ["P01_07_0"] and "P01_07 is not in EPIC_100_video_info.csv" in skipped["P01_07_0"]
+    assert r.manifest["counts"]["samples"] == len(TRAIN)
+
+
 def test_program_file_of_another_split_is_reported(root, tmp_path):
     write_programs(tmp_path / "programs" / "train.jsonl",
                    [{"narration_id": "P01_03_0", "status": "valid", "program": PROGRAM, "errors": []}])
