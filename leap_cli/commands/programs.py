@@ -131,7 +131,8 @@ def validate_programs(
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (overrides --data)."),
     report: Path = typer.Option(None, "--report", help="Report path (default WORKDIR/programs/SPLIT.report.json)."),
-    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any record is invalid or failed."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any record is invalid or failed, "
+                                                        "or a line is not a program record."),
     show: int = typer.Option(10, "--show", min=0, help="Records with errors to print."),
     html: Path = typer.Option(None, "--html", help="Also write a page with the coverage and the distributions as plots."),
 ) -> None:
@@ -166,6 +167,11 @@ def validate_programs(
     rep["split"] = split_name
     out = report or workdir / "programs" / f"{split_name}.report.json"
     atomic_write_json(out, rep)
+    for m in rep["malformed"][:show]:
+        console.print("[red]" + escape(f"{m['file']} [line {m['line']}]") + "[/] " + escape(m["problem"]),
+                      highlight=False)
+    if len(rep["malformed"]) > show:
+        console.print(f"[red]... and {len(rep['malformed']) - show} more lines that are not program records[/]")
     for r in rep["errors"][:show]:
         first = r["errors"][0] if r["errors"] else {"pointer": "", "message": r["status"]}
         console.print(f"[red]{escape(str(r['narration_id']))}[/] "
@@ -190,5 +196,9 @@ def validate_programs(
 
         atomic_write_text(html, programs_report_html(rep))
         console.print(f"page: {html}")
-    if strict and (rep["statuses"]["invalid"] or rep["statuses"]["failed"]):
+    if rep["malformed"] and not rep["records"]:  # not one line could be validated
+        from leap_cli.outcome import EXIT_ALL_FAILED
+
+        raise typer.Exit(EXIT_ALL_FAILED)
+    if strict and (rep["statuses"]["invalid"] or rep["statuses"]["failed"] or rep["malformed"]):
         raise typer.Exit(1)
