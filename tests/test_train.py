@@ -83,6 +83,21 @@ def test_unknown_config_key_names_key_and_file(tmp_path: Path) -> None:
         load_config(None, ["optim.lr=fast"])
 
 
+def test_config_mistakes_name_the_file_the_place_and_the_type(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: tiny-synthtic\n")  # a typo in the base's name
+    with pytest.raises(LeapError) as e:
+        load_config(path)
+    assert e.value.path == str(path) and e.value.record == "base" and "'tiny-synthtic' not found" in e.value.message
+    path.write_text("model:\n  num_frames: 4\n   img_size: 32\n")  # one space too many
+    with pytest.raises(LeapError, match="not valid YAML") as e:
+        load_config(path)
+    assert e.value.path == str(path) and e.value.record == "line 3"
+    with pytest.raises(LeapError) as e:
+        load_config(None, ["model.num_frames=four"])
+    assert "(expected int)" in e.value.message and "<class" not in e.value.message
+
+
 def test_overrides_and_repo_configs_load() -> None:
     cfg = load_config(None, ["optim.lr=3e-4", "loss.program_loss=false", "optim.betas=[0.9, 0.95]"])
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.loss.program_loss is False and cfg.optim.betas == (0.9, 0.95)
