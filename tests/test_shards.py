@@ -523,6 +523,26 @@ def test_check_shards_names_damaged_files_and_samples(built, tmp_path):
     assert res.exit_code == 1 and k1 in res.output
 
 
+def test_what_check_shards_says_to_do_about_a_damaged_shard_repairs_it(root, tmp_path):
+    """A shard of the right size with other bytes survives a plain re-run (resume checks sizes only): the error
+    says to delete it first, and doing so gives the original bytes back."""
+    from leap_cli.shards.check import check_shards
+
+    r = build(root, tmp_path / "w")
+    out, good = r.out, tar_digests(r.out)
+    first = out / r.manifest["shards"][0]["name"]
+    data = bytearray(first.read_bytes())
+    data[2000:2100] = b"\xff" * 100
+    first.write_bytes(bytes(data))
+    build(root, tmp_path / "w")  # a plain re-run keeps it
+    with pytest.raises(LeapError, match="sha256 differs") as e:
+        check_shards(out)
+    assert e.value.fix.startswith("delete that shard file and run the same leap build-shards again")
+    first.unlink()  # as the error says
+    build(root, tmp_path / "w")
+    assert tar_digests(out) == good and check_shards(out).ok == r.manifest["counts"]["samples"]
+
+
 def test_explicit_missing_program_file_and_rank_from_environment(built, root, tmp_path, monkeypatch):
     with pytest.raises(LeapError, match="program file not found"):
         build_split(root, "train", workdir=tmp_path, settings=settings(), programs_path=tmp_path / "nope.jsonl")

@@ -26,6 +26,10 @@ from leap_cli.errors import LeapError
 
 FORMAT = "leap-shards/1"
 MANIFEST = "manifest.json"
+# What to do about a damaged shard. A re-run of build-shards keeps every shard whose size is right (hashing them
+# all on each resume would read the whole split again): a shard with the right size and wrong bytes must go first.
+REBUILD_FIX = ("delete that shard file and run the same leap build-shards again (it rebuilds a missing or cut "
+               "shard and those after it), or rebuild all with --force")
 _HEADER = 512
 
 
