@@ -203,7 +203,9 @@ def test_a_path_of_the_wrong_kind_says_what_to_do(tiny_kitchen, tmp_path):
                          "--data", str(tiny_kitchen), "--workdir", str(tmp_path)], "a file is in the way"),
                        (["submit", "--check", str(tmp_path / "a-folder"), "--data", str(tiny_kitchen)],
                         "give the path of a file"),
-                       (["validate-programs", "--split", "train", str(tmp_path / "a-folder")], "is a folder")):
+                       (["validate-programs", "--split", "train", str(tmp_path / "a-folder")], "is a folder"),
+                       (["generate-programs", "--split", "train", "--data", str(tiny_kitchen), "--workdir",
+                         str(tmp_path), "--system-prompt", str(tmp_path / "nosuch.md")], "check the path given")):
         r = leap(*args)
         lines = [x for x in r.stderr.splitlines() if x.strip()]
         assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
