@@ -262,6 +262,25 @@ def test_submit_cli(tmp_path, ann_dir):
     assert res.exit_code != 0
 
 
+def test_submit_takes_the_task_the_scores_were_made_for(tmp_path, ann_dir):
+    """Anticipation scores went into a recognition submission unless --task said otherwise: the default is now
+    the scores file's task, and a --task that contradicts it is refused."""
+    s = _test_scores()
+    save_scores(tmp_path / "ant.pt", s["narration_id"], s["verb_output"], s["noun_output"],
+                meta={"task": "anticipation", "split": "test"})
+    base = ["submit", "--scores", str(tmp_path / "ant.pt"), "--annotations", str(ann_dir),
+            "--out", str(tmp_path / "s.zip")]
+    res = CliRunner().invoke(app, base)
+    assert res.exit_code == 0, res.output
+    assert sub.read_submission(tmp_path / "s.zip")["challenge"] == "action_anticipation"
+    res = CliRunner().invoke(app, base + ["--task", "recognition"])
+    assert isinstance(res.exception, LeapError) and "these are anticipation scores" in str(res.exception)
+    assert "--task anticipation" in res.exception.fix
+    official = {k: s[k] for k in ("narration_id", "verb_output", "noun_output")}  # no meta: --task decides
+    assert sub.submit(official, Annotations(ann_dir), "anticipation", tmp_path / "o.zip", sls_pt=2, sls_tl=3,
+                      sls_td=4)["challenge"] == "action_anticipation"
+
+
 def test_challenge_json_and_zip_as_scores(tmp_path, ann_dir):
     ids, verb, noun = _val_scores()
     doc = sub.make_submission({"narration_id": ids, "verb_output": verb, "noun_output": noun}, "anticipation",
