@@ -143,6 +143,18 @@ def test_show_prints_markup_in_user_text_as_text(tmp_path):
     assert "put [red]towel[/] down [/bold]" in r.stdout
 
 
+def test_show_draws_a_malformed_program_as_its_findings(tmp_path):
+    """An invalid LLM reply is kept as it came; show (and its page) listed no findings but crashed on it."""
+    (tmp_path / "programs").mkdir()
+    recs = [{"narration_id": "P01_01_0", "status": "invalid", "program": {"steps": "put it down"}, "errors": []},
+            {"narration_id": "P01_01_1", "status": "valid", "program": {"steps": 5}}]
+    (tmp_path / "programs" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    for nid, says in (("P01_01_0", "/steps"), ("P01_01_1", "malformed")):
+        r = leap("show", nid, "--workdir", str(tmp_path), "--html", str(tmp_path / f"{nid}.html"))
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert says in r.stdout and (tmp_path / f"{nid}.html").exists()
+
+
 def test_descriptor_with_string_components_is_one_line(tmp_path, epic_dir):
     import json
 
