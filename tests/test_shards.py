@@ -543,6 +543,27 @@ def test_what_check_shards_says_to_do_about_a_damaged_shard_repairs_it(root, tmp
     assert tar_digests(out) == good and check_shards(out).ok == r.manifest["counts"]["samples"]
 
 
+@pytest.mark.parametrize("edit, says", [
+    (lambda m: m["shards"][0].pop("keys"), r"\[shards\[0\]\]: shard entry lacks keys"),
+    (lambda m: m.pop("shards"), "not a leap shards manifest"),
+    (lambda m: m["shards"].append("leap-train-000009.tar"), r"\[shards\[\d\]\]: shard entry lacks all"),
+])
+def test_a_manifest_of_the_wrong_shape_is_one_line_and_a_rerun_rewrites_it(root, tmp_path, edit, says):
+    from leap_cli.shards.check import check_shards
+
+    r = build(root, tmp_path / "w")
+    path = r.out / "manifest.json"
+    m = json.loads(path.read_text())
+    edit(m)
+    path.write_text(json.dumps(m))
+    for read in (lambda: check_shards(r.out), lambda: ShardDataset(r.out)):  # check-shards; train and evaluate
+        with pytest.raises(LeapError, match=says) as e:
+            read()
+        assert e.value.path == str(path) and "rerun leap build-shards" in e.value.fix
+    build(root, tmp_path / "w")  # as the error says
+    assert check_shards(r.out).ok == r.manifest["counts"]["samples"]
+
+
 def test_explicit_missing_program_file_and_rank_from_environment(built, root, tmp_path, monkeypatch):
     with pytest.raises(LeapError, match="program file not found"):
         build_split(root, "train", workdir=tmp_path, settings=settings(), programs_path=tmp_path / "nope.jsonl")
