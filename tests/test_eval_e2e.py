@@ -288,3 +288,21 @@ def test_a_device_that_cannot_be_had_is_one_line(pipeline, monkeypatch):
         res = CliRunner().invoke(app, base + ["--device", device])
         assert isinstance(res.exception, LeapError) and says in str(res.exception), (device, res.exception)
         assert "--device" in str(res.exception).split("(")[-1]  # the fix names the option
+
+
+def test_annotations_are_read_before_the_model_runs(pipeline, tmp_path, monkeypatch):
+    """A wrong --data/--annotations failed only after the whole split was scored (an hour on EPIC)."""
+    import leap_cli.evaluate.inference as inference
+    from leap_cli.errors import LeapError
+
+    root, work, run, model, vocab = pipeline
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the model ran before the annotations were read")
+
+    monkeypatch.setattr(inference, "evaluate_run", must_not_run)
+    (tmp_path / "annotations").mkdir()
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--annotations", str(tmp_path / "annotations"), "--device", "cpu"])
+    assert isinstance(res.exception, LeapError), res.exception
+    assert "EPIC_100_validation.csv" in str(res.exception)

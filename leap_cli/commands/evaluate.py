@@ -78,7 +78,7 @@ def evaluate(
     split = normalize_split(split)
     if task is not None and task not in TASKS:
         raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
-    run_dir = None
+    run_dir = ann = None
     if scores is not None:
         loaded = load_scores(scores)
         if run is not None:
@@ -102,6 +102,9 @@ def evaluate(
             raise LeapError("nothing to evaluate", fix="pass --run runs/NAME (a trained run) or --scores FILE")
         run_dir = resolve_run(run, workdir)
         device = str(pick_device(device, option="--device", cpu_fix="--device cpu"))
+        if split != "test":  # the labels the scores will meet, read before the model runs (not after an hour)
+            ann = open_annotations(workdir, data, annotations)
+            ann.segments(split)
         views = ViewConfig(temporal_views, spatial_views)
         with live_or_log(Progress(TextColumn("[bold]scoring[/] {task.description}"), BarColumn(),
                                   MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True),
@@ -119,7 +122,7 @@ def evaluate(
             return
         metrics_path = (out or scores_path.parent) / "metrics.json"
         source = str(scores_path)
-    ann = open_annotations(workdir, data, annotations)
+    ann = ann or open_annotations(workdir, data, annotations)
     result = evaluate_scores(loaded, ann, split, task, source=source)
     atomic_write_json(metrics_path, result)
     console.print(_table(result))
