@@ -263,11 +263,12 @@ def read_jsonl(path: str | Path, *, repair: bool = False,
             try:
                 records.append(json.loads(raw))
                 good_end = min(end, len(data))
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a cut can split a UTF-8 character too
                 if is_last and not data.endswith(b"\n"):
                     log.warning("%s: dropping a truncated last line (%d bytes)", path, len(raw))
                     break
-                raise LeapError(f"line {i + 1} is not valid JSON ({e.msg})", path=path, record=f"line {i + 1}",
+                what = f"valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else "UTF-8 text"
+                raise LeapError(f"line {i + 1} is not {what}", path=path, record=f"line {i + 1}",
                                 fix="delete or fix that line; leap rewrites it on the next run") from None
         else:
             good_end = min(end, len(data))

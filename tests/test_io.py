@@ -199,3 +199,17 @@ def test_a_failed_atomic_write_names_the_output_not_its_temp_file(tmp_path, monk
         atomic_write_text(target, "x")
     assert e.value.filename == str(target) and e.value.filename2 is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cut_inside_a_utf8_character_is_a_truncated_last_line_and_bad_bytes_elsewhere_one_error(tmp_path):
+    p = tmp_path / "d.jsonl"
+    good = '{"narration_id": "a", "text": "café"}\n'
+    p.write_bytes(good.encode() + '{"narration_id": "b", "text": "café'.encode()[:-1])  # cut inside "é"
+    assert [r["narration_id"] for r in read_jsonl(p)] == ["a"]
+    with JsonlAppender(p) as w:  # resume: the cut line is cut off, the next record starts on a line of its own
+        w.write({"narration_id": "b", "text": "café"})
+    assert [r["narration_id"] for r in read_jsonl(p)] == ["a", "b"]
+    p.write_bytes(good.encode() + b'\xff\xfe{"narration_id": "c"}\n' + good.encode())
+    with pytest.raises(LeapError, match="line 2 is not UTF-8 text") as e:
+        read_jsonl(p)
+    assert e.value.record == "line 2" and e.value.path == str(p)
