@@ -418,6 +418,14 @@ def test_cli_generate_validate_and_strict(kitchen):
     assert rep["errors"][0]["errors"][0]["pointer"] == "/steps/0/verb"
 
 
+def test_narration_id_without_dry_run_generates_nothing(kitchen):
+    """--narration-id only means something with --dry-run; alone it was ignored and every segment generated."""
+    r = CliRunner().invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val",
+                                 "--narration-id", "P01_11_0"])
+    assert r.exit_code != 0 and "--dry-run" in str(r.exception)
+    assert not (kitchen / "programs" / "val.jsonl").exists()
+
+
 def test_lines_that_are_not_records_are_listed_and_the_rest_validated(kitchen):
     runner = CliRunner()
     assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
