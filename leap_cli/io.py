@@ -156,13 +156,15 @@ def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def check_settings(output: str | Path, settings: dict, *, force: bool = False, exists: bool | None = None,
-                   remove: Callable[[], None] | None = None, option: str = "--force") -> bool:
+                   remove: Callable[[], None] | None = None, option: str = "--force", split: str | None = None) -> bool:
     """Refuse to resume ``output`` under settings that differ from those it was started with.
 
     ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
     the first run it is written to ``OUT.settings.json``; on a re-run the stored settings are compared and a
     difference is a LeapError naming the keys, unless ``force``: then ``remove`` (default: delete the output
     file) starts over. ``exists`` says whether there is output to protect (default: the file exists).
+    ``split`` (kept in the sidecar beside the settings) refuses another split's records in the same file, such
+    as ``--split train --out .../val.jsonl``; a sidecar written before it was kept is not compared on it.
     Returns whether the output was started over.
     """
     output = Path(output)
@@ -179,7 +181,14 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
         if not isinstance(stored, dict):
             raise LeapError("the stored settings are not a JSON object", path=sidecar,
                             fix=f"delete it to adopt this run's settings, or pass {option} to start over")
+        old_split = stored.pop("split", None)
+        if split is not None and old_split is not None and old_split != split and not force:
+            raise LeapError(f"holds {old_split} records; this run is --split {split}, and would mix the two",
+                            path=output, record="split",
+                            fix=f"give this split its own --out, or {option} to start the file over")
         differ = settings_changes(stored, settings)
+        if split is not None and old_split is not None and old_split != split:
+            differ.append(f"split: {old_split!r} -> {split!r}")
         if differ:
             if not force:
                 shown = ", ".join(differ[:6])
@@ -189,7 +198,7 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
                                 fix=f"use the old settings, another --out, or {option} to start over")
             (remove or (lambda: output.unlink(missing_ok=True)))()
             started_over = True
-    atomic_write_json(sidecar, settings)
+    atomic_write_json(sidecar, settings if split is None else {**settings, "split": split})
     return started_over
 
 

@@ -213,3 +213,22 @@ def test_a_cut_inside_a_utf8_character_is_a_truncated_last_line_and_bad_bytes_el
     with pytest.raises(LeapError, match="line 2 is not UTF-8 text") as e:
         read_jsonl(p)
     assert e.value.record == "line 2" and e.value.path == str(p)
+
+
+def test_another_split_into_the_same_output_is_refused(tmp_path):
+    """`--split train --out .../val.jsonl` appended train records to the val file: the sidecar keeps the split."""
+    from leap_cli.io import check_settings, settings_path
+
+    out = tmp_path / "val.jsonl"
+    check_settings(out, {"k": 1}, split="val")
+    out.write_text('{"narration_id": "P01_11_0"}\n')
+    assert not check_settings(out, {"k": 1}, split="val")  # the same split resumes
+    with pytest.raises(LeapError, match="holds val records; this run is --split train") as e:
+        check_settings(out, {"k": 1}, split="train")
+    assert e.value.record == "split" and out.exists() and "--force" in e.value.fix
+    assert check_settings(out, {"k": 1}, split="train", force=True) and not out.exists()
+    assert json.loads(settings_path(out).read_text()) == {"k": 1, "split": "train"}
+    older = tmp_path / "old.jsonl"  # a sidecar written before the split was kept: resumes as before
+    older.write_text('{"narration_id": "a"}\n')
+    settings_path(older).write_text('{"k": 1}\n')
+    assert not check_settings(older, {"k": 1}, split="train") and older.exists()

@@ -115,7 +115,7 @@ def extract(
                         Path(frame_cache) if frame_cache else workdir / "frame-cache",
                         cache_frames=cache_frames, cache_short_side=cache_short_side)
     cfg.check_options()  # before check_settings: --force would start the output over first
-    check_settings(out, {k: getattr(cfg, k) for k in RESULT_SETTINGS}, force=force)
+    check_settings(out, {k: getattr(cfg, k) for k in RESULT_SETTINGS}, force=force, split=split_name)
     progress = live_or_log(Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
                                     MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
                                     transient=False), f"extract {split_name}")

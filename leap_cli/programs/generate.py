@@ -345,7 +345,7 @@ def output_settings(cfg: GenerateConfig, builder: PromptBuilder) -> dict:
 def check_output(cfg: GenerateConfig, builder: PromptBuilder) -> bool:
     """Refuse to add records to an output made with other settings (``io.check_settings``, as the other stages),
     unless ``cfg.force``: then the output starts over. Returns whether it did."""
-    return check_settings(cfg.out_path, output_settings(cfg, builder), force=cfg.force)
+    return check_settings(cfg.out_path, output_settings(cfg, builder), force=cfg.force, split=cfg.split_name)
 
 
 def _setup(cfg: GenerateConfig):
