@@ -129,6 +129,8 @@ def test_bad_values_are_refused_at_the_option(tmp_path):
                        (["build-shards", "--split", "train", "--workers", "-2"], "--workers")):
         r = leap(*args, "--workdir", str(tmp_path))
         assert r.returncode == 2 and name in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    r = leap("demo-data", "--segments", "1", "--out", str(tmp_path / "k"))  # it named segments_per_video
+    assert r.returncode == 2 and "--segments" in r.stderr and not (tmp_path / "k").exists(), r.stderr
 
 
 def test_show_prints_markup_in_user_text_as_text(tmp_path):

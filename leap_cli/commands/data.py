@@ -20,7 +20,7 @@ def demo_data(
     out: Path = typer.Option(Path("leap-work/kitchen"), "--out", help="Folder to write the synthetic kitchen into."),
     videos: int = typer.Option(8, "--videos", min=1, help="Number of videos (each about two minutes of short actions)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
-    segments: int = typer.Option(48, "--segments", min=1, help="Action segments per video."),
+    segments: int = typer.Option(48, "--segments", min=2, help="Action segments per video."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the folder already holds this kitchen."),
     clean: bool = typer.Option(False, "--clean", help="Debugging only: publish the truth (exact hand-object boxes, "
                                "labelled object boxes, COLMAP poses, quiet background) instead of what EPIC publishes."),
