@@ -126,6 +126,15 @@ def generate_programs(
         console.print(f"[red]{escape(str(nid))}[/]: {escape(str(msg))}", highlight=False)
     if len(summary.failures) > 10:
         console.print(f"... and {len(summary.failures) - 10} more (see leap validate-programs)")
+    from leap_cli.outcome import Outcome
+
+    outcome = Outcome("generate-programs")  # the exit rule every stage shares: 3 when every record failed
+    outcome.attempt(sum(st.values()))
+    for _, msg in summary.failures:  # invalid or failed; the cause without what varies (attempts, addresses)
+        outcome.fail(": ".join(str(msg).split(" after ")[0].split(": ")[:2])[:100])
+    for line in outcome.lines():
+        console.print(escape(line), highlight=False, style="red")
+    outcome.exit()
 
 
 def validate_programs(
