@@ -387,6 +387,22 @@ def test_cli_train_on_shards_stop_and_resume(shard_work: Path, tmp_path: Path) -
     assert r.exit_code != 0 and "optim.lrr" in str(r.exception or r.output)
 
 
+def test_a_model_section_that_does_not_build_names_the_file_and_the_section(shard_work: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    cfg = tmp_path / "odd.yaml"
+    cfg.write_text("model: {img_size: 32, num_frames: 3}\ndata: {batch_size: 4}\ntrain: {epochs: 1}\n")
+    for extra, says in (([], "num_frames 3 must be even"),
+                        (["--set", "model.num_frames=4", "--set", "model.options={bogus: 1}"], "bogus")):
+        r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--workdir", str(shard_work), *extra])
+        e = r.exception
+        assert isinstance(e, LeapError) and e.path == str(cfg) and e.record == "model", (extra, e)
+        assert says in e.message and e.fix
+    assert not (shard_work / "runs" / "odd" / "checkpoints" / "last.pt").exists()
+
+
 def test_shards_without_programs_train_without_program_heads(shard_work: Path, tmp_path: Path) -> None:
     """Shards with no valid program (no generate-programs run): L_CE only, and no program head is built that
     nothing would train (it used to build zero-sized condition heads)."""

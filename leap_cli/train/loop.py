@@ -394,7 +394,14 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                             path=ckpt_dir / "last.pt", fix="resume with the same config and shards")
         from leap_cli.model import build_model
 
-        model = build_model(dict(model_args))
+        try:
+            model = build_model(dict(model_args))
+        except LeapError as e:  # a value of the model section the architecture cannot take (num_frames, options)
+            if e.path is not None:
+                raise
+            raise LeapError(f"the config's model section does not build: {e.message}", record="model",
+                            fix=e.fix or "change model.num_frames, model.img_size or model.options in the config or its --set"
+                            ) from None
         if cfg.model.pretrained and resume_ckpt is None:
             _load_pretrained(model, cfg.model.pretrained, cfg.model.allow_partial_load)
         model = prepare_model(model, cfg, info)
