@@ -378,3 +378,19 @@ def test_generate_programs_exits_3_when_every_record_failed(workdir, good_progra
         res = CliRunner().invoke(app, args(server, "some.jsonl"))
     assert res.exit_code == 0, res.output  # some failed: listed, the job went on
     assert f"{N_SEGMENTS - 1} of {N_SEGMENTS} records failed" in " ".join(res.output.split())
+
+
+def test_a_damaged_cache_is_one_line_and_costs_no_output(workdir):  # noqa: F811
+    """A cache.sqlite that is not a database was a sqlite3.DatabaseError traceback; with --force and other
+    settings it also came after the output was started over."""
+    out = workdir / "programs" / "val.jsonl"
+    generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    before = out.read_bytes()
+    cache = workdir / "programs" / "cache.sqlite"
+    for name in [p.name for p in cache.parent.glob("cache.sqlite*")]:
+        (cache.parent / name).unlink()
+    cache.write_bytes(b"not a database at all, just text" * 10)
+    with pytest.raises(LeapError, match="the program cache cannot be opened") as e:
+        generate_programs(GenerateConfig(workdir=workdir, split="val", repair_rounds=0, force=True))
+    assert e.value.path == str(cache) and "move it aside" in e.value.fix
+    assert out.read_bytes() == before

@@ -376,10 +376,14 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     # the backend first: an unknown --backend or a missing API key must not cost an output that --force would
     # start over
     backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
-    check_output(cfg, builder)
+    store = ProgramStore(cfg.cache_path, commit_every=0.5)  # (and a cache that cannot be opened)
+    try:
+        check_output(cfg, builder)
+    except BaseException:
+        store.close()
+        raise
     summary = GenerateSummary(cfg.out_path, inputs.source)
     start = time.perf_counter()
-    store = ProgramStore(cfg.cache_path, commit_every=0.5)
     redo: set[str] = set()
     if cfg.retry_failed and cfg.out_path.exists():
         redo = {r["narration_id"] for r in read_jsonl(cfg.out_path, repair=True) if r.get("status") == "failed"}
