@@ -97,7 +97,7 @@ class ExtractConfig:
         for option, path, name in files:
             if path is not None and str(path) != name and not Path(path).is_file():
                 raise LeapError(f"{option}: file not found", path=path,
-                                fix="give the path of a local file" + (f" (or {name!r})" if name else ""))
+                                fix="give the path of a local file" + (f", or {name!r}" if name else ""))
 
 
 @dataclass
