@@ -564,6 +564,17 @@ def test_a_manifest_of_the_wrong_shape_is_one_line_and_a_rerun_rewrites_it(root,
     assert check_shards(r.out).ok == r.manifest["counts"]["samples"]
 
 
+def test_check_shards_refuses_an_unknown_task(built):
+    """Any --task other than recognition was read as anticipation: 'no shards manifest' in SPLIT-anticipation."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    _, work = built
+    res = CliRunner().invoke(app, ["check-shards", "--workdir", str(work), "--split", "train", "--task", "recogniton"])
+    assert isinstance(res.exception, LeapError) and "unknown task 'recogniton'" in str(res.exception)
+
+
 def test_explicit_missing_program_file_and_rank_from_environment(built, root, tmp_path, monkeypatch):
     with pytest.raises(LeapError, match="program file not found"):
         build_split(root, "train", workdir=tmp_path, settings=settings(), programs_path=tmp_path / "nope.jsonl")

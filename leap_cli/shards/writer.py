@@ -647,6 +647,8 @@ class ProgramTargets:
 
 
 def default_out(workdir: str | Path, split: str, task: str) -> Path:
+    if task not in ("recognition", "anticipation"):  # any other word read as anticipation's folder
+        raise LeapError(f"unknown task {task!r}", fix="use --task recognition or anticipation")
     return Path(workdir) / "shards" / (split if task == "recognition" else f"{split}-anticipation")
 
 
