@@ -101,6 +101,10 @@ _OS_FIX = {
     errno.EROFS: "the file system is read-only: point --workdir/--out at a writable folder",
     errno.EACCES: "check the permissions of that path or point --workdir/--out at a folder you can write",
     errno.EPERM: "check the permissions of that path or point --workdir/--out at a folder you can write",
+    errno.ENOENT: "check the path given to the option that names it",
+    errno.EISDIR: "that path is a folder: give the path of a file",
+    errno.ENOTDIR: "part of that path is a file where a folder is needed: give a folder",
+    errno.EEXIST: "a file is in the way where a folder is needed: give another path or move that file",
 }
 
 

@@ -39,6 +39,23 @@ def _with_path(e: OSError, path: Path) -> OSError:
     return e
 
 
+def refuse_folder(path: Path, what: str = "file") -> None:
+    """A folder given where a file is expected (``--out some/dir``) is the user's to fix: one line saying so,
+    before anything is written beside it."""
+    if path.is_dir():
+        raise LeapError(f"is a folder, not a {what}", path=path,
+                        fix=f"give the path of a {what}, e.g. {path / 'NAME'}")
+
+
+def _naming_target(e: OSError, path: Path) -> OSError:
+    """The user knows the output, not our temp file beside it: an error on the temp file (its creation in a
+    read-only folder, the rename onto the output) names the output."""
+    name = Path(e.filename).name if e.filename is not None else ""
+    if name.startswith(f".{path.name}.") and name.endswith(".tmp"):  # mkstemp's name, or os.replace's source
+        e.filename, e.filename2 = str(path), None
+    return e
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; rename it onto ``path`` only if the block succeeds.
@@ -48,7 +65,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    refuse_folder(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _naming_target(e, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -61,7 +82,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.chmod(tmp_path, mode)
             os.replace(tmp_path, path)
         except OSError as e:
-            raise _with_path(e, path)
+            raise _naming_target(_with_path(e, path), path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -135,16 +156,19 @@ def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def check_settings(output: str | Path, settings: dict, *, force: bool = False, exists: bool | None = None,
-                   remove: Callable[[], None] | None = None, option: str = "--force") -> bool:
+                   remove: Callable[[], None] | None = None, option: str = "--force", split: str | None = None) -> bool:
     """Refuse to resume ``output`` under settings that differ from those it was started with.
 
     ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
     the first run it is written to ``OUT.settings.json``; on a re-run the stored settings are compared and a
     difference is a LeapError naming the keys, unless ``force``: then ``remove`` (default: delete the output
     file) starts over. ``exists`` says whether there is output to protect (default: the file exists).
+    ``split`` (kept in the sidecar beside the settings) refuses another split's records in the same file, such
+    as ``--split train --out .../val.jsonl``; a sidecar written before it was kept is not compared on it.
     Returns whether the output was started over.
     """
     output = Path(output)
+    refuse_folder(output)
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = output.exists() if exists is None else exists
@@ -157,7 +181,14 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
         if not isinstance(stored, dict):
             raise LeapError("the stored settings are not a JSON object", path=sidecar,
                             fix=f"delete it to adopt this run's settings, or pass {option} to start over")
+        old_split = stored.pop("split", None)
+        if split is not None and old_split is not None and old_split != split and not force:
+            raise LeapError(f"holds {old_split} records; this run is --split {split}, and would mix the two",
+                            path=output, record="split",
+                            fix=f"give this split its own --out, or {option} to start the file over")
         differ = settings_changes(stored, settings)
+        if split is not None and old_split is not None and old_split != split:
+            differ.append(f"split: {old_split!r} -> {split!r}")
         if differ:
             if not force:
                 shown = ", ".join(differ[:6])
@@ -167,7 +198,7 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
                                 fix=f"use the old settings, another --out, or {option} to start over")
             (remove or (lambda: output.unlink(missing_ok=True)))()
             started_over = True
-    atomic_write_json(sidecar, settings)
+    atomic_write_json(sidecar, settings if split is None else {**settings, "split": split})
     return started_over
 
 
@@ -196,6 +227,29 @@ def stable_hash(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 
+def load_problem(e: Exception, path: str | Path) -> str:
+    """Why ``torch.load`` (or an unpickler) could not read ``path``, in a few words for a one-line error: torch's
+    own first line is often a paragraph about ``weights_only``, and an empty file raises an EOFError with no
+    text."""
+    try:
+        if Path(path).stat().st_size == 0:
+            return "the file is empty"
+    except OSError:
+        pass
+    text = str(e).strip()
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0].strip()
+        if not detail or detail.startswith("Unsupported operand"):
+            return "not a file written by torch.save"
+        return f"it holds objects a weights-only load refuses ({detail[:200]})"
+    if isinstance(e, EOFError):
+        return "the file ends early (a truncated copy?)"
+    if "central directory" in text or "PytorchStreamReader" in text:
+        return "a damaged or truncated torch file (its zip archive cannot be read)"
+    first = text.splitlines()[0][:200] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def read_jsonl(path: str | Path, *, repair: bool = False,
                check: Callable[[dict], str | None] | None = None) -> list[dict]:
     """Read a JSONL file. A truncated last line (a crash mid-write) is dropped, and cut off the
@@ -204,6 +258,7 @@ def read_jsonl(path: str | Path, *, repair: bool = False,
     path = Path(path)
     if not path.exists():
         raise LeapError("file not found", path=path, fix="check the path or run the stage that writes it")
+    refuse_folder(path, "JSONL file")
     records: list[dict] = []
     good_end = 0
     with open(path, "rb") as f:
@@ -217,11 +272,12 @@ def read_jsonl(path: str | Path, *, repair: bool = False,
             try:
                 records.append(json.loads(raw))
                 good_end = min(end, len(data))
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a cut can split a UTF-8 character too
                 if is_last and not data.endswith(b"\n"):
                     log.warning("%s: dropping a truncated last line (%d bytes)", path, len(raw))
                     break
-                raise LeapError(f"line {i + 1} is not valid JSON ({e.msg})", path=path, record=f"line {i + 1}",
+                what = f"valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else "UTF-8 text"
+                raise LeapError(f"line {i + 1} is not {what}", path=path, record=f"line {i + 1}",
                                 fix="delete or fix that line; leap rewrites it on the next run") from None
         else:
             good_end = min(end, len(data))
@@ -254,11 +310,21 @@ class JsonlAppender:
                  *, replace_keys: Iterable[str] = (), sync_every: float = 0.0, keep_records: bool = False):
         self.path = Path(path)
         self._key = (lambda r: r[key]) if isinstance(key, str) else key
+        refuse_folder(self.path, "JSONL file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = OutputLock(self.path).acquire()
         try:
             existing = read_jsonl(self.path, repair=True) if self.path.exists() else []
             self._end_with_newline()
+            for i, r in enumerate(existing, start=1):  # blank lines aside, record i is on line i
+                try:
+                    self._key(r)
+                except (KeyError, TypeError, IndexError, AttributeError):
+                    what = (f"a JSON {type(r).__name__}, not an object" if not isinstance(r, dict)
+                            else f"no {key}" if isinstance(key, str) else "not a record of this file")
+                    raise LeapError(f"malformed record: {what}", path=self.path, record=f"line {i}",
+                                    fix="delete that line (the next run redoes its record) or give another --out"
+                                    ) from None
         except BaseException:
             self._lock.release()
             raise

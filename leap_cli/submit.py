@@ -235,6 +235,10 @@ def check_submission(submission: dict, expected_ids: Sequence[str], num_verbs: i
 def submit(scores: dict, annotations: Annotations, task: str, out: str | Path, *, sls_pt: int, sls_tl: int,
            sls_td: int, with_actions: bool = False, source: str = "<scores>") -> dict:
     """Check ``scores`` against the test split, write the zip, re-check what was written; return the summary."""
+    made_for = (scores.get("meta") or {}).get("task")  # leap's scores files say; official formats do not
+    if made_for is not None and task in CHALLENGES and made_for != task:
+        raise LeapError(f"these are {made_for} scores (meta.task), not {task} scores", path=source,
+                        fix=f"pass --task {made_for}, or submit the scores of a model trained for {task}")
     expected = expected_narration_ids(annotations)
     nv, nn = class_counts(annotations)
     check_scores(scores, expected, nv, nn, source)

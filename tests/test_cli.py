@@ -129,6 +129,8 @@ def test_bad_values_are_refused_at_the_option(tmp_path):
                        (["build-shards", "--split", "train", "--workers", "-2"], "--workers")):
         r = leap(*args, "--workdir", str(tmp_path))
         assert r.returncode == 2 and name in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    r = leap("demo-data", "--segments", "1", "--out", str(tmp_path / "k"))  # it named segments_per_video
+    assert r.returncode == 2 and "--segments" in r.stderr and not (tmp_path / "k").exists(), r.stderr
 
 
 def test_show_prints_markup_in_user_text_as_text(tmp_path):
@@ -141,6 +143,18 @@ def test_show_prints_markup_in_user_text_as_text(tmp_path):
     r = leap("show", "P01_01_0", "--workdir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "put [red]towel[/] down [/bold]" in r.stdout
+
+
+def test_show_draws_a_malformed_program_as_its_findings(tmp_path):
+    """An invalid LLM reply is kept as it came; show (and its page) listed no findings but crashed on it."""
+    (tmp_path / "programs").mkdir()
+    recs = [{"narration_id": "P01_01_0", "status": "invalid", "program": {"steps": "put it down"}, "errors": []},
+            {"narration_id": "P01_01_1", "status": "valid", "program": {"steps": 5}}]
+    (tmp_path / "programs" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    for nid, says in (("P01_01_0", "/steps"), ("P01_01_1", "malformed")):
+        r = leap("show", nid, "--workdir", str(tmp_path), "--html", str(tmp_path / f"{nid}.html"))
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert says in r.stdout and (tmp_path / f"{nid}.html").exists()
 
 
 def test_descriptor_with_string_components_is_one_line(tmp_path, epic_dir):
@@ -193,3 +207,47 @@ def test_shard_with_out_keeps_the_shard_suffix(tiny_kitchen, tmp_path):
     assert names == ["mine.shard0of2.jsonl", "mine.shard1of2.jsonl"]
     videos = [{json.loads(x)["video_id"] for x in (tmp_path / "d" / n).read_text().splitlines()} for n in names]
     assert (videos[0] or videos[1]) and not videos[0] & videos[1]
+
+
+def test_a_path_of_the_wrong_kind_says_what_to_do(tiny_kitchen, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-folder").mkdir()
+    for args, says in ((["extract", "--split", "train", "--workdir", str(tmp_path / "a-file")], "give a folder"),
+                       (["build-shards", "--split", "train", "--out", str(tmp_path / "a-file"),
+                         "--data", str(tiny_kitchen), "--workdir", str(tmp_path)], "a file is in the way"),
+                       (["submit", "--check", str(tmp_path / "a-folder"), "--data", str(tiny_kitchen)],
+                        "give the path of a file"),
+                       (["validate-programs", "--split", "train", str(tmp_path / "a-folder")], "is a folder"),
+                       (["generate-programs", "--split", "train", "--data", str(tiny_kitchen), "--workdir",
+                         str(tmp_path), "--system-prompt", str(tmp_path / "nosuch.md")], "check the path given")):
+        r = leap(*args)
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        assert says in lines[0] and "run the same command again" not in lines[0], (args, lines[0])
+
+
+def test_force_with_a_bad_option_keeps_the_output(tiny_kitchen, tmp_path):
+    """--force starts an output over; an option that cannot work (a typo, a missing weights file, no API key)
+    is refused first, so it costs nothing."""
+    common = ["--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path)]
+    base = ["extract", *common, "--components", "narration,camera,objects"]
+    assert leap(*base).returncode == 0
+    out = tmp_path / "descriptors" / "train.jsonl"
+    before = out.read_bytes()
+    assert before
+    for extra, says in ((["--camera-source", "bogus"], "unknown camera source"),
+                        (["--detector-weights", str(tmp_path / "nosuch.pt")], "--detector-weights: file not found"),
+                        (["--clip-weights", str(tmp_path / "nosuch.pt")], "--clip-weights: file not found")):
+        r = leap(*base, *extra, "--force")
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and says in lines[0], (extra, r.stderr)
+        assert out.read_bytes() == before, extra
+    assert leap("generate-programs", *common).returncode == 0
+    programs = tmp_path / "programs" / "train.jsonl"
+    before = programs.read_bytes()
+    env_key = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    for extra, says in ((["--backend", "bogus"], "unknown backend"), (["--backend", "openai"], "no API key")):
+        r = subprocess.run([sys.executable, "-m", "leap_cli", "generate-programs", *common, *extra, "--force"],
+                           capture_output=True, text=True, env={**env_key, "COLUMNS": "250", "NO_COLOR": "1"})
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
+        assert programs.read_bytes() == before, extra

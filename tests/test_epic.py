@@ -111,6 +111,23 @@ def test_missing_annotation_file(epic_dir, tmp_path):
     assert "EPIC_100_train.csv" in str(e.value) and "--annotations" in str(e.value)
 
 
+def test_a_cut_or_bad_row_of_the_video_info_or_a_class_file_says_what_to_do(epic_dir, tmp_path):
+    folder = _copy(epic_dir, tmp_path)
+    info = folder / "EPIC_100_video_info.csv"
+    rows = info.read_text().splitlines()
+    info.write_text("\n".join(rows) + "\nP01_99,17.5")  # a cut last row: None in its last columns
+    with pytest.raises(LeapError) as e:
+        Annotations(folder).video_info
+    assert e.value.record == f"row {len(rows) + 1}" and "'P01_99'" in e.value.message and "WIDTHxHEIGHT" in e.value.fix
+    verbs = folder / "EPIC_100_verb_classes.csv"
+    lines = verbs.read_text().splitlines()
+    lines[1] = "x" + lines[1][lines[1].index(","):]
+    verbs.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LeapError, match="id 'x' is not an integer") as e:
+        ClassVocab.from_csv(verbs, "verb")
+    assert e.value.record == "row 2" and e.value.fix
+
+
 def test_misspelt_column(epic_dir, tmp_path):
     folder = _copy(epic_dir, tmp_path)
     p = folder / "EPIC_100_validation.csv"

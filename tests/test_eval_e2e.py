@@ -275,3 +275,34 @@ def test_evaluate_compiles_as_the_run_config_says(pipeline, monkeypatch):
     res = CliRunner().invoke(app, base + ["--compile"])
     assert res.exit_code == 0, res.output
     assert len(calls) == 2
+
+
+def test_a_device_that_cannot_be_had_is_one_line(pipeline, monkeypatch):
+    from leap_cli.errors import LeapError
+
+    root, work, run, model, vocab = pipeline
+    base = ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work), "--data", str(root)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, says in (("bogus", "--device 'bogus' is not a device"), ("gpu", "is not a device"),
+                         ("cuda", "no CUDA device is available"), ("cuda:1", "no CUDA device is available")):
+        res = CliRunner().invoke(app, base + ["--device", device])
+        assert isinstance(res.exception, LeapError) and says in str(res.exception), (device, res.exception)
+        assert "--device" in str(res.exception).split("(")[-1]  # the fix names the option
+
+
+def test_annotations_are_read_before_the_model_runs(pipeline, tmp_path, monkeypatch):
+    """A wrong --data/--annotations failed only after the whole split was scored (an hour on EPIC)."""
+    import leap_cli.evaluate.inference as inference
+    from leap_cli.errors import LeapError
+
+    root, work, run, model, vocab = pipeline
+
+    def must_not_run(*a, **k):
+        raise AssertionError("the model ran before the annotations were read")
+
+    monkeypatch.setattr(inference, "evaluate_run", must_not_run)
+    (tmp_path / "annotations").mkdir()
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--annotations", str(tmp_path / "annotations"), "--device", "cpu"])
+    assert isinstance(res.exception, LeapError), res.exception
+    assert "EPIC_100_validation.csv" in str(res.exception)

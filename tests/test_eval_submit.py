@@ -90,6 +90,23 @@ def test_pickle_cannot_run_code(tmp_path):
         load_scores(tmp_path / "evil.pkl")
 
 
+def test_unreadable_scores_files_are_one_short_line(tmp_path):
+    ids, verb, noun = _val_scores()
+    save_scores(tmp_path / "good.pt", ids, verb, noun)
+    good = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "empty.pkl").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("verb_output: 1 2 3\n")
+    (tmp_path / "cut.pt").write_bytes(good[:len(good) // 2])
+    for name, says in (("empty.pt", "the file is empty"), ("empty.pkl", "the file is empty"),
+                       ("text.pt", "not a file written by torch.save"), ("cut.pt", "damaged or truncated")):
+        with pytest.raises(LeapError) as e:
+            load_scores(tmp_path / name)
+        line = e.value.one_line()
+        assert says in line and e.value.path == str(tmp_path / name), line
+        assert "PyTorch 2.6" not in line and len(line) < 400, line
+
+
 def test_scores_refusals(tmp_path, ann_dir):
     ids, verb, noun = _val_scores()
     with pytest.raises(LeapError, match="duplicated"):
@@ -243,6 +260,25 @@ def test_submit_cli(tmp_path, ann_dir):
     res = runner.invoke(app, ["submit", "--scores", str(tmp_path / "test.pt"), "--sls-pt", "7",
                               "--workdir", str(tmp_path)])
     assert res.exit_code != 0
+
+
+def test_submit_takes_the_task_the_scores_were_made_for(tmp_path, ann_dir):
+    """Anticipation scores went into a recognition submission unless --task said otherwise: the default is now
+    the scores file's task, and a --task that contradicts it is refused."""
+    s = _test_scores()
+    save_scores(tmp_path / "ant.pt", s["narration_id"], s["verb_output"], s["noun_output"],
+                meta={"task": "anticipation", "split": "test"})
+    base = ["submit", "--scores", str(tmp_path / "ant.pt"), "--annotations", str(ann_dir),
+            "--out", str(tmp_path / "s.zip")]
+    res = CliRunner().invoke(app, base)
+    assert res.exit_code == 0, res.output
+    assert sub.read_submission(tmp_path / "s.zip")["challenge"] == "action_anticipation"
+    res = CliRunner().invoke(app, base + ["--task", "recognition"])
+    assert isinstance(res.exception, LeapError) and "these are anticipation scores" in str(res.exception)
+    assert "--task anticipation" in res.exception.fix
+    official = {k: s[k] for k in ("narration_id", "verb_output", "noun_output")}  # no meta: --task decides
+    assert sub.submit(official, Annotations(ann_dir), "anticipation", tmp_path / "o.zip", sls_pt=2, sls_tl=3,
+                      sls_td=4)["challenge"] == "action_anticipation"
 
 
 def test_challenge_json_and_zip_as_scores(tmp_path, ann_dir):

@@ -36,3 +36,18 @@ def test_paths_in_table_titles_are_printed_as_they_are(tmp_path):
     res = CliRunner().invoke(app, ["info", "--data", str(root), "--no-check-lengths"], env={"COLUMNS": "400"})
     assert res.exit_code == 0, res.output
     assert "k[bold]x" in res.output
+
+
+def test_length_check_counts_only_the_videos_that_are_there(tmp_path):
+    """With no video downloaded yet, info said "all N videos present decode to their video_info duration"."""
+    import shutil
+
+    root = make_root(tmp_path / "k", epic=True)  # train: P01_01, P01_02; val: P01_03 (rgb_frames folders)
+    res = CliRunner().invoke(app, ["info", "--data", str(root)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "all 3 videos present decode" in res.output, res.output
+    shutil.rmtree(root / "P01" / "rgb_frames" / "P01_03")
+    res = CliRunner().invoke(app, ["info", "--data", str(root)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "all 2 videos present decode" in res.output, res.output
+    shutil.rmtree(root / "P01" / "rgb_frames")
+    res = CliRunner().invoke(app, ["info", "--data", str(root)], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "no video of these splits is present to check" in res.output, res.output

@@ -145,3 +145,90 @@ def test_settings_change_is_refused_naming_the_keys(tmp_path):
     assert check_settings(out, {"hand_threshold": 0.7, "fov": 90.0}, force=True)  # starts over
     assert not out.exists()
     assert json.loads(settings_path(out).read_text())["hand_threshold"] == 0.7
+
+
+@pytest.mark.parametrize("line", ['[1, 2, 3]', '"text"', '7', '{"status": "valid"}'])
+def test_resume_over_a_malformed_record_is_one_error_naming_the_line(tmp_path, line):
+    p = tmp_path / "programs.jsonl"
+    p.write_text('{"narration_id": "a"}\n' + line + '\n{"narration_id": "c"}\n')
+    with pytest.raises(LeapError) as e:
+        JsonlAppender(p)
+    assert e.value.path == str(p) and e.value.record == "line 2" and "malformed record" in e.value.message
+    with JsonlAppender(p.with_name("other.jsonl")):  # the lock of the refused file was released: no leak
+        pass
+    p.write_text('{"narration_id": "a"}\n')
+    with JsonlAppender(p) as w:  # the same file, fixed, resumes
+        assert "a" in w
+
+
+def test_a_folder_given_as_an_output_file_is_refused_before_anything_is_written(tmp_path):
+    from leap_cli.io import atomic_write_json, check_settings, settings_path
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for call in (lambda: check_settings(folder, {"k": 1}), lambda: JsonlAppender(folder),
+                 lambda: atomic_write_json(folder, {}), lambda: read_jsonl(folder)):
+        with pytest.raises(LeapError, match="is a folder") as e:
+            call()
+        assert e.value.path == str(folder)
+    assert not settings_path(folder).exists() and list(folder.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_failed_atomic_write_names_the_output_not_its_temp_file(tmp_path, monkeypatch):
+    import errno
+    import os
+    import tempfile
+
+    target = tmp_path / "metrics.json"
+
+    def read_only(*a, prefix="", suffix="", dir=None, **k):  # what mkstemp raises in a read-only folder
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.path.join(dir, f"{prefix}abc123{suffix}"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError) as e:
+        atomic_write_text(target, "x")
+    assert e.value.filename == str(target) and e.value.errno == errno.EROFS
+    monkeypatch.undo()
+
+    def cannot_rename(src, dst):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV), str(src), None, str(dst))
+
+    monkeypatch.setattr(os, "replace", cannot_rename)
+    with pytest.raises(OSError) as e:
+        atomic_write_text(target, "x")
+    assert e.value.filename == str(target) and e.value.filename2 is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cut_inside_a_utf8_character_is_a_truncated_last_line_and_bad_bytes_elsewhere_one_error(tmp_path):
+    p = tmp_path / "d.jsonl"
+    good = '{"narration_id": "a", "text": "café"}\n'
+    p.write_bytes(good.encode() + '{"narration_id": "b", "text": "café'.encode()[:-1])  # cut inside "é"
+    assert [r["narration_id"] for r in read_jsonl(p)] == ["a"]
+    with JsonlAppender(p) as w:  # resume: the cut line is cut off, the next record starts on a line of its own
+        w.write({"narration_id": "b", "text": "café"})
+    assert [r["narration_id"] for r in read_jsonl(p)] == ["a", "b"]
+    p.write_bytes(good.encode() + b'\xff\xfe{"narration_id": "c"}\n' + good.encode())
+    with pytest.raises(LeapError, match="line 2 is not UTF-8 text") as e:
+        read_jsonl(p)
+    assert e.value.record == "line 2" and e.value.path == str(p)
+
+
+def test_another_split_into_the_same_output_is_refused(tmp_path):
+    """`--split train --out .../val.jsonl` appended train records to the val file: the sidecar keeps the split."""
+    from leap_cli.io import check_settings, settings_path
+
+    out = tmp_path / "val.jsonl"
+    check_settings(out, {"k": 1}, split="val")
+    out.write_text('{"narration_id": "P01_11_0"}\n')
+    assert not check_settings(out, {"k": 1}, split="val")  # the same split resumes
+    with pytest.raises(LeapError, match="holds val records; this run is --split train") as e:
+        check_settings(out, {"k": 1}, split="train")
+    assert e.value.record == "split" and out.exists() and "--force" in e.value.fix
+    assert check_settings(out, {"k": 1}, split="train", force=True) and not out.exists()
+    assert json.loads(settings_path(out).read_text()) == {"k": 1, "split": "train"}
+    older = tmp_path / "old.jsonl"  # a sidecar written before the split was kept: resumes as before
+    older.write_text('{"narration_id": "a"}\n')
+    settings_path(older).write_text('{"k": 1}\n')
+    assert not check_settings(older, {"k": 1}, split="train") and older.exists()

@@ -188,6 +188,14 @@ def test_audio_file_window_and_resampling(tmp_path):
         read_audio(bad, 0, 1)
 
 
+def test_a_window_after_the_end_of_a_cut_audio_file_says_what_to_do(tmp_path):
+    wav = tmp_path / "P01_01.wav"
+    sf.write(wav, np.zeros(800, np.float32), 16000, subtype="PCM_16")  # 0.05 s: a copy cut short
+    with pytest.raises(LeapError, match=r"window starts at 11\.08s but the audio lasts 0\.05s") as e:
+        read_audio(wav, 11.08, 12.0, record="P01_01_4")
+    assert e.value.path == str(wav) and e.value.record == "P01_01_4" and "cut copy" in e.value.fix
+
+
 def test_audio_from_mp4_track(mp4):
     x = read_video_audio(mp4, 2.5, 4.0, sample_rate=8000)
     assert x.shape == (12000,) and x.dtype == np.float32

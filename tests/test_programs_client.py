@@ -354,3 +354,43 @@ def test_buffered_store_never_holds_the_database(tmp_path):
     a.close()
     assert b.get("ka")[0] == "reply a" and b.spent(tmp_path / "out.jsonl")["cost"] == 0.5
     b.close()
+
+
+def test_generate_programs_exits_3_when_every_record_failed(workdir, good_programs):  # noqa: F811
+    """The exit rule every stage shares (leap_cli/outcome.py): it exited 0 with every record failed."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    def args(server, out):
+        return ["generate-programs", "--workdir", str(workdir), "--split", "val", "--backend", "openai",
+                "--model", "test-model", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
+                "--max-retries", "0", "--out", str(workdir / out)]
+
+    with ScriptedServer(lambda body, n: Reply(status=400, content="bad request")) as server:
+        res = CliRunner().invoke(app, args(server, "down.jsonl"))
+    assert res.exit_code == 3, res.output
+    assert f"all {N_SEGMENTS} records failed" in " ".join(res.output.split())
+    first = sorted(good_programs)[0]
+    script = lambda body, n: (Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+                              if narration_id_of(body) == first else Reply(status=400, content="bad request"))
+    with ScriptedServer(script) as server:
+        res = CliRunner().invoke(app, args(server, "some.jsonl"))
+    assert res.exit_code == 0, res.output  # some failed: listed, the job went on
+    assert f"{N_SEGMENTS - 1} of {N_SEGMENTS} records failed" in " ".join(res.output.split())
+
+
+def test_a_damaged_cache_is_one_line_and_costs_no_output(workdir):  # noqa: F811
+    """A cache.sqlite that is not a database was a sqlite3.DatabaseError traceback; with --force and other
+    settings it also came after the output was started over."""
+    out = workdir / "programs" / "val.jsonl"
+    generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    before = out.read_bytes()
+    cache = workdir / "programs" / "cache.sqlite"
+    for name in [p.name for p in cache.parent.glob("cache.sqlite*")]:
+        (cache.parent / name).unlink()
+    cache.write_bytes(b"not a database at all, just text" * 10)
+    with pytest.raises(LeapError, match="the program cache cannot be opened") as e:
+        generate_programs(GenerateConfig(workdir=workdir, split="val", repair_rounds=0, force=True))
+    assert e.value.path == str(cache) and "move it aside" in e.value.fix
+    assert out.read_bytes() == before

@@ -418,6 +418,32 @@ def test_cli_generate_validate_and_strict(kitchen):
     assert rep["errors"][0]["errors"][0]["pointer"] == "/steps/0/verb"
 
 
+def test_narration_id_without_dry_run_generates_nothing(kitchen):
+    """--narration-id only means something with --dry-run; alone it was ignored and every segment generated."""
+    r = CliRunner().invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val",
+                                 "--narration-id", "P01_11_0"])
+    assert r.exit_code != 0 and "--dry-run" in str(r.exception)
+    assert not (kitchen / "programs" / "val.jsonl").exists()
+
+
+def test_lines_that_are_not_records_are_listed_and_the_rest_validated(kitchen):
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
+    out = kitchen / "programs" / "val.jsonl"
+    lines = out.read_text().splitlines()
+    lines[1:1] = ["[1, 2, 3]"]
+    lines[3:3] = ["7", '{"narration_id": "P01_11_0"}']  # no status
+    out.write_text("\n".join(lines) + "\n")
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"{out}[line2]notaprogramrecord" in "".join(r.output.split())  # rich wraps long lines
+    rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
+    assert [m["line"] for m in rep["malformed"]] == [2, 4, 5] and rep["statuses"]["valid"] == 30
+    assert runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(out)]).exit_code == 1
+    out.write_text("[1]\n7\n")  # nothing could be validated
+    assert runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)]).exit_code == 3
+
+
 def test_compiled_checker_agrees_with_jsonschema(exemplars):
     import random
 

@@ -343,6 +343,18 @@ def test_unreadable_frames_are_skipped_and_listed(tmp_path):
     assert r.manifest["counts"]["samples"] == 6 and r.manifest["counts"]["skipped"] == 3
 
 
+def test_a_video_the_video_info_does_not_know_is_skipped_and_listed(tmp_path):
+    """A typo in a video id (or a row of a video the video info lacks): its segments are skipped and listed, the
+    other videos are written (it stopped the whole split)."""
+    root = make_root(tmp_path / "k", train=TRAIN + [("P01_07", 1.0, 2.0, "take", 0, "cup", 13)])
+    info = root / "annotations" / "EPIC_100_video_info.csv"
+    info.write_text("".join(x + "\n" for x in info.read_text().splitlines() if not x.startswith("P01_07")))
+    r = build(root, tmp_path / "w")
+    skipped = {x["narration_id"]: x["reason"] for x in r.manifest["skipped"]}
+    assert list(skipped) == ["P01_07_0"] and "P01_07 is not in EPIC_100_video_info.csv" in skipped["P01_07_0"]
+    assert r.manifest["counts"]["samples"] == len(TRAIN)
+
+
 def test_program_file_of_another_split_is_reported(root, tmp_path):
     write_programs(tmp_path / "programs" / "train.jsonl",
                    [{"narration_id": "P01_03_0", "status": "valid", "program": PROGRAM, "errors": []}])
@@ -509,6 +521,58 @@ def test_check_shards_names_damaged_files_and_samples(built, tmp_path):
         ("000000.tar", None), ("000000.tar", k1), ("000002.tar", None)]
     res = CliRunner().invoke(app, ["check-shards", "--shards", str(out), "--on-error", "skip"])
     assert res.exit_code == 1 and k1 in res.output
+
+
+def test_what_check_shards_says_to_do_about_a_damaged_shard_repairs_it(root, tmp_path):
+    """A shard of the right size with other bytes survives a plain re-run (resume checks sizes only): the error
+    says to delete it first, and doing so gives the original bytes back."""
+    from leap_cli.shards.check import check_shards
+
+    r = build(root, tmp_path / "w")
+    out, good = r.out, tar_digests(r.out)
+    first = out / r.manifest["shards"][0]["name"]
+    data = bytearray(first.read_bytes())
+    data[2000:2100] = b"\xff" * 100
+    first.write_bytes(bytes(data))
+    build(root, tmp_path / "w")  # a plain re-run keeps it
+    with pytest.raises(LeapError, match="sha256 differs") as e:
+        check_shards(out)
+    assert e.value.fix.startswith("delete that shard file and run the same leap build-shards again")
+    first.unlink()  # as the error says
+    build(root, tmp_path / "w")
+    assert tar_digests(out) == good and check_shards(out).ok == r.manifest["counts"]["samples"]
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda m: m["shards"][0].pop("keys"), r"\[shards\[0\]\]: shard entry lacks keys"),
+    (lambda m: m.pop("shards"), "not a leap shards manifest"),
+    (lambda m: m["shards"].append("leap-train-000009.tar"), r"\[shards\[\d\]\]: shard entry lacks all"),
+])
+def test_a_manifest_of_the_wrong_shape_is_one_line_and_a_rerun_rewrites_it(root, tmp_path, edit, says):
+    from leap_cli.shards.check import check_shards
+
+    r = build(root, tmp_path / "w")
+    path = r.out / "manifest.json"
+    m = json.loads(path.read_text())
+    edit(m)
+    path.write_text(json.dumps(m))
+    for read in (lambda: check_shards(r.out), lambda: ShardDataset(r.out)):  # check-shards; train and evaluate
+        with pytest.raises(LeapError, match=says) as e:
+            read()
+        assert e.value.path == str(path) and "rerun leap build-shards" in e.value.fix
+    build(root, tmp_path / "w")  # as the error says
+    assert check_shards(r.out).ok == r.manifest["counts"]["samples"]
+
+
+def test_check_shards_refuses_an_unknown_task(built):
+    """Any --task other than recognition was read as anticipation: 'no shards manifest' in SPLIT-anticipation."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    _, work = built
+    res = CliRunner().invoke(app, ["check-shards", "--workdir", str(work), "--split", "train", "--task", "recogniton"])
+    assert isinstance(res.exception, LeapError) and "unknown task 'recogniton'" in str(res.exception)
 
 
 def test_explicit_missing_program_file_and_rank_from_environment(built, root, tmp_path, monkeypatch):

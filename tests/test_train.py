@@ -83,6 +83,21 @@ def test_unknown_config_key_names_key_and_file(tmp_path: Path) -> None:
         load_config(None, ["optim.lr=fast"])
 
 
+def test_config_mistakes_name_the_file_the_place_and_the_type(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: tiny-synthtic\n")  # a typo in the base's name
+    with pytest.raises(LeapError) as e:
+        load_config(path)
+    assert e.value.path == str(path) and e.value.record == "base" and "'tiny-synthtic' not found" in e.value.message
+    path.write_text("model:\n  num_frames: 4\n   img_size: 32\n")  # one space too many
+    with pytest.raises(LeapError, match="not valid YAML") as e:
+        load_config(path)
+    assert e.value.path == str(path) and e.value.record == "line 3"
+    with pytest.raises(LeapError) as e:
+        load_config(None, ["model.num_frames=four"])
+    assert "(expected int)" in e.value.message and "<class" not in e.value.message
+
+
 def test_overrides_and_repo_configs_load() -> None:
     cfg = load_config(None, ["optim.lr=3e-4", "loss.program_loss=false", "optim.betas=[0.9, 0.95]"])
     assert cfg.optim.lr == pytest.approx(3e-4) and cfg.loss.program_loss is False and cfg.optim.betas == (0.9, 0.95)
@@ -372,6 +387,22 @@ def test_cli_train_on_shards_stop_and_resume(shard_work: Path, tmp_path: Path) -
     assert r.exit_code != 0 and "optim.lrr" in str(r.exception or r.output)
 
 
+def test_a_model_section_that_does_not_build_names_the_file_and_the_section(shard_work: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    cfg = tmp_path / "odd.yaml"
+    cfg.write_text("model: {img_size: 32, num_frames: 3}\ndata: {batch_size: 4}\ntrain: {epochs: 1}\n")
+    for extra, says in (([], "num_frames 3 must be even"),
+                        (["--set", "model.num_frames=4", "--set", "model.options={bogus: 1}"], "bogus")):
+        r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--workdir", str(shard_work), *extra])
+        e = r.exception
+        assert isinstance(e, LeapError) and e.path == str(cfg) and e.record == "model", (extra, e)
+        assert says in e.message and e.fix
+    assert not (shard_work / "runs" / "odd" / "checkpoints" / "last.pt").exists()
+
+
 def test_shards_without_programs_train_without_program_heads(shard_work: Path, tmp_path: Path) -> None:
     """Shards with no valid program (no generate-programs run): L_CE only, and no program head is built that
     nothing would train (it used to build zero-sized condition heads)."""
@@ -549,3 +580,30 @@ def test_a_second_training_of_the_same_run_is_refused(tmp_path: Path) -> None:
         with pytest.raises(LeapError, match="another leap process is writing"):
             main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False))
     assert main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False)).steps == 1
+
+
+def test_force_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path: Path) -> None:
+    cfg = tiny_config("train.max_steps=2")
+    main(cfg, workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=1)
+    last = tmp_path / "runs/r/checkpoints/last.pt"
+    before = last.read_bytes()
+    with pytest.raises(LeapError, match="no shards manifest"):  # the shards it would read are not there
+        main(cfg, workdir=tmp_path, name="r", force=True)
+    with pytest.raises(LeapError, match="does not exist"):  # a typo in model.pretrained
+        main(tiny_config("train.max_steps=2", f"model.pretrained={tmp_path / 'nosuch.pth'}"), workdir=tmp_path,
+             name="r", source=MemorySource(val=False), force=True)
+    assert last.read_bytes() == before and (tmp_path / "runs/r/metrics.jsonl").exists()
+    assert main(cfg, workdir=tmp_path, name="r", source=MemorySource(val=False), force=True).steps == 2
+
+
+def test_an_empty_or_cut_checkpoint_is_one_line(tmp_path: Path) -> None:
+    from leap_cli.train.checkpoint import load_checkpoint
+
+    main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False))
+    good = (tmp_path / "runs/r/checkpoints/last.pt").read_bytes()
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "cut.pt").write_bytes(good[: len(good) // 3])
+    for name, says in (("empty.pt", "the file is empty"), ("cut.pt", "damaged or truncated")):
+        with pytest.raises(LeapError, match=says) as e:
+            load_checkpoint(tmp_path / name)
+        assert e.value.path == str(tmp_path / name) and "\n" not in e.value.one_line()

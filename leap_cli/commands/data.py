@@ -20,7 +20,7 @@ def demo_data(
     out: Path = typer.Option(Path("leap-work/kitchen"), "--out", help="Folder to write the synthetic kitchen into."),
     videos: int = typer.Option(8, "--videos", min=1, help="Number of videos (each about two minutes of short actions)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
-    segments: int = typer.Option(48, "--segments", min=1, help="Action segments per video."),
+    segments: int = typer.Option(48, "--segments", min=2, help="Action segments per video."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if the folder already holds this kitchen."),
     clean: bool = typer.Option(False, "--clean", help="Debugging only: publish the truth (exact hand-object boxes, "
                                "labelled object boxes, COLMAP poses, quiet background) instead of what EPIC publishes."),
@@ -82,13 +82,16 @@ def info(
         ann = layout.annotations()
         videos = sorted({seg.video_id for s in splits for seg in ann.segments(s.split)})
         bad = length_report(layout, videos)
-        if not bad:
-            console.print(f"video lengths: all {len(videos)} videos present decode to their video_info duration")
+        present = [v for v in videos if layout.video_path(v) is not None or layout.frames_dir(v) is not None]
+        if not present:
+            console.print("video lengths: no video of these splits is present to check")
+        elif not bad:
+            console.print(f"video lengths: all {len(present)} videos present decode to their video_info duration")
         else:
             console.print(f"[yellow]{len(bad)} video(s) whose decodable length disagrees with "
                           "EPIC_100_video_info.csv[/] (segments past the decodable end are reported unavailable):")
             for b in bad:
                 exp = "?" if b.expected_s is None else f"{b.expected_s:.2f} s"
-                got = "nothing decodes" if b.decoded_s is None else f"{b.decoded_s:.2f} s"
+                got = "nothing" if b.decoded_s is None else f"{b.decoded_s:.2f} s"
                 console.print(f"  {escape(b.video_id)} ({b.source}): video_info {exp}, decodes {got} "
                               f"({escape(b.note)})", highlight=False)

@@ -67,19 +67,18 @@ def evaluate(
                                             "do not all fit the model it describes (missing tensors stay at their "
                                             "initialisation; the default is an error)."),
 ) -> None:
-    import torch
-
     from leap_cli.common import normalize_split
     from leap_cli.errors import LeapError
     from leap_cli.evaluate.scores import load_scores
     from leap_cli.epic.annotations import open_annotations
     from leap_cli.evaluate.scoring import TASKS, evaluate_scores
     from leap_cli.io import atomic_write_json
+    from leap_cli.train.distributed import pick_device
 
     split = normalize_split(split)
     if task is not None and task not in TASKS:
         raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
-    run_dir = None
+    run_dir = ann = None
     if scores is not None:
         loaded = load_scores(scores)
         if run is not None:
@@ -102,8 +101,10 @@ def evaluate(
         if run is None:
             raise LeapError("nothing to evaluate", fix="pass --run runs/NAME (a trained run) or --scores FILE")
         run_dir = resolve_run(run, workdir)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(pick_device(device, option="--device", cpu_fix="--device cpu"))
+        if split != "test":  # the labels the scores will meet, read before the model runs (not after an hour)
+            ann = open_annotations(workdir, data, annotations)
+            ann.segments(split)
         views = ViewConfig(temporal_views, spatial_views)
         with live_or_log(Progress(TextColumn("[bold]scoring[/] {task.description}"), BarColumn(),
                                   MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True),
@@ -121,7 +122,7 @@ def evaluate(
             return
         metrics_path = (out or scores_path.parent) / "metrics.json"
         source = str(scores_path)
-    ann = open_annotations(workdir, data, annotations)
+    ann = ann or open_annotations(workdir, data, annotations)
     result = evaluate_scores(loaded, ann, split, task, source=source)
     atomic_write_json(metrics_path, result)
     console.print(_table(result))

@@ -113,7 +113,8 @@ def extract(
                         audio_labels=audio_labels, device=device,
                         frame_cache=_frame_cache_dir(frame_cache, workdir),
                         cache_frames=cache_frames, cache_short_side=cache_short_side)
-    check_settings(out, {k: getattr(cfg, k) for k in RESULT_SETTINGS}, force=force)
+    cfg.check_options()  # before check_settings: --force would start the output over first
+    check_settings(out, {k: getattr(cfg, k) for k in RESULT_SETTINGS}, force=force, split=split_name)
     progress = live_or_log(Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
                                     MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
                                     transient=False), f"extract {split_name}")

@@ -87,6 +87,11 @@ def generate_programs(
     if dry_run:
         console.print(build_dry_run(cfg, narration_id), markup=False, highlight=False)
         return
+    if narration_id is not None:  # without --dry-run it would go unheard: every pending segment, paid calls too
+        from leap_cli.errors import LeapError
+
+        raise LeapError("--narration-id only chooses the segment whose prompt --dry-run prints",
+                        fix="add --dry-run to see that prompt, or drop --narration-id; --limit N generates a few")
     if batch_file is not None:
         from leap_cli.programs.batch import write_batch_file
 
@@ -129,6 +134,15 @@ def generate_programs(
         console.print(f"[red]{escape(str(nid))}[/]: {escape(str(msg))}", highlight=False)
     if len(summary.failures) > 10:
         console.print(f"... and {len(summary.failures) - 10} more (see leap validate-programs)")
+    from leap_cli.outcome import Outcome
+
+    outcome = Outcome("generate-programs")  # the exit rule every stage shares: 3 when every record failed
+    outcome.attempt(sum(st.values()))
+    for _, msg in summary.failures:  # invalid or failed; the cause without what varies (attempts, addresses)
+        outcome.fail(": ".join(str(msg).split(" after ")[0].split(": ")[:2])[:100])
+    for line in outcome.lines():
+        console.print(escape(line), highlight=False, style="red")
+    outcome.exit()
 
 
 def validate_programs(
@@ -139,13 +153,14 @@ def validate_programs(
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (overrides --data)."),
     report: Path = typer.Option(None, "--report", help="Report path (default WORKDIR/programs/SPLIT.report.json)."),
-    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any record is invalid or failed."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any record is invalid or failed, "
+                                                        "or a line is not a program record."),
     show: int = typer.Option(10, "--show", min=0, help="Records with errors to print."),
     html: Path = typer.Option(None, "--html", help="Also write a page with the coverage and the distributions as plots."),
 ) -> None:
     from leap_cli.common import SPLIT_NAMES, normalize_split
     from leap_cli.errors import LeapError
-    from leap_cli.io import atomic_write_json
+    from leap_cli.io import atomic_write_json, refuse_folder
     from leap_cli.programs.generate import GenerateConfig, annotations_for
     from leap_cli.programs.report import split_of, validate_records
 
@@ -155,6 +170,7 @@ def validate_programs(
             raise LeapError("which programs?", fix="pass --split SPLIT (WORKDIR/programs/SPLIT.jsonl) or FILES")
         files = [workdir / "programs" / f"{split_name}.jsonl"]
     for f in files:
+        refuse_folder(Path(f), "program file")
         if not Path(f).is_file():
             raise LeapError("program file not found", path=f,
                             fix="check the path, or run leap generate-programs for that split first")
@@ -173,6 +189,11 @@ def validate_programs(
     rep["split"] = split_name
     out = report or workdir / "programs" / f"{split_name}.report.json"
     atomic_write_json(out, rep)
+    for m in rep["malformed"][:show]:
+        console.print("[red]" + escape(f"{m['file']} [line {m['line']}]") + "[/] " + escape(m["problem"]),
+                      highlight=False)
+    if len(rep["malformed"]) > show:
+        console.print(f"[red]... and {len(rep['malformed']) - show} more lines that are not program records[/]")
     for r in rep["errors"][:show]:
         first = r["errors"][0] if r["errors"] else {"pointer": "", "message": r["status"]}
         console.print(f"[red]{escape(str(r['narration_id']))}[/] "
@@ -197,5 +218,9 @@ def validate_programs(
 
         atomic_write_text(html, programs_report_html(rep))
         console.print(f"page: {html}")
-    if strict and (rep["statuses"]["invalid"] or rep["statuses"]["failed"]):
+    if rep["malformed"] and not rep["records"]:  # not one line could be validated
+        from leap_cli.outcome import EXIT_ALL_FAILED
+
+        raise typer.Exit(EXIT_ALL_FAILED)
+    if strict and (rep["statuses"]["invalid"] or rep["statuses"]["failed"] or rep["malformed"]):
         raise typer.Exit(1)

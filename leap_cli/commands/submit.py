@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
 def submit(
     scores: Path = typer.Option(None, "--scores", help="Scores file of the test split (leap's scores.pt or the "
                                                        "official .pt/.pkl results format)."),
-    task: str = typer.Option("recognition", "--task", help="recognition or anticipation (sets the challenge)."),
+    task: str = typer.Option(None, "--task", help="recognition or anticipation (sets the challenge; default: the "
+                                                  "scores file's task, else recognition)."),
     out: Path = typer.Option(None, "--out", help="Zip to write (default {workdir}/submission.zip)."),
     sls_pt: int = typer.Option(2, "--sls-pt", min=0, max=5, help="Supervision level, pre-training (0-5)."),
     sls_tl: int = typer.Option(3, "--sls-tl", min=0, max=5, help="Supervision level, training labels (0-5)."),
@@ -49,7 +50,9 @@ def submit(
             raise LeapError("nothing to submit", fix="pass --scores FILE (from `leap evaluate --split test`) "
                                                      "or --check submission.zip")
         out = out or Path(workdir) / "submission.zip"
-        summary = sub.submit(load_scores(scores), ann, task, out, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
+        loaded = load_scores(scores)
+        task = task or (loaded.get("meta") or {}).get("task") or "recognition"
+        summary = sub.submit(loaded, ann, task, out, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
                              with_actions=with_actions, source=str(scores))
         title = "submission written"
     table = Table(title=title)

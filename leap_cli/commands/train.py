@@ -33,6 +33,7 @@ def train(
     allow_partial_load: bool = typer.Option(False, "--allow-partial-load", help="Load model.pretrained even when it does not fit the model (another weights family: fresh backbone tensors, another normalisation); the default is an error naming the preset to use."),
     stop_after: int = typer.Option(None, "--stop-after", min=1, help="Pause after this many optimizer steps (the schedule still spans the whole run); continue with --resume."),
 ) -> None:
+    from leap_cli.errors import LeapError
     from leap_cli.train.config import load_config
     from leap_cli.train.loop import main
 
@@ -66,6 +67,10 @@ def train(
     try:
         result = main(cfg, workdir=workdir, name=name, resume=resume, stop_at_step=stop_after,
                       on_step=on_step, on_eval=on_eval, on_start=on_start, force=force)
+    except LeapError as e:
+        if e.record == "model" and e.path is None:  # the loop knows the section, this command the file
+            raise LeapError(e.message, path=config, record="model", fix=e.fix) from None
+        raise
     finally:
         progress.stop()
     if result.interrupted:

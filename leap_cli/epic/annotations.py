@@ -201,9 +201,12 @@ class Annotations:
             try:
                 w, h = (int(x) for x in row["resolution"].lower().split("x"))
                 out[row["video_id"]] = VideoInfo(row["video_id"], float(row["duration"]), float(row["fps"]), w, h)
-            except ValueError:
-                raise LeapError(f"cannot parse duration/fps/resolution {row}", path=path,
-                                record=f"row {i}") from None
+            except (ValueError, AttributeError):  # a cut row leaves None in its last columns
+                raise LeapError(f"cannot parse duration/fps/resolution of {row.get('video_id')!r}: "
+                                f"{row.get('duration')!r}, {row.get('fps')!r}, {row.get('resolution')!r}", path=path,
+                                record=f"row {i}",
+                                fix="each row is video_id,duration (s),fps,WIDTHxHEIGHT, e.g. P01_01,1652.152817,"
+                                    "59.94,1920x1080: fix or remove that row") from None
         return out
 
     def fps(self, video_id: str) -> float:

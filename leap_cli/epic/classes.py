@@ -90,8 +90,10 @@ class ClassVocab:
         for i, row in enumerate(rows, start=2):
             try:
                 cid = int(row["id"])
-            except ValueError:
-                raise LeapError(f"id {row['id']!r} is not an integer", path=path, record=f"row {i}") from None
+            except (ValueError, TypeError):
+                raise LeapError(f"id {row['id']!r} is not an integer", path=path, record=f"row {i}",
+                                fix="the first column holds the class id (0, 1, ...): fix that row or use EPIC's file"
+                                ) from None
             keys[cid] = row["key"]
             instances[cid] = [str(x) for x in parse_list_cell(row["instances"], path=path, record=f"row {i}")]
             categories[cid] = row["category"]

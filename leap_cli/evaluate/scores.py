@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from leap_cli.errors import LeapError
-from leap_cli.io import atomic_path
+from leap_cli.io import atomic_path, load_problem
 
 REQUIRED = ("narration_id", "verb_output", "noun_output")
 _FIX_FORMAT = ("a scores file holds narration_id [N], verb_output [N, V] and noun_output [N, Nn]; "
@@ -131,12 +131,12 @@ def _read_raw(path: Path) -> Any:
             with open(path, "rb") as f:
                 return _NumpyOnlyUnpickler(f).load()
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
-            raise LeapError(f"cannot read the pickle ({e})", path=path, fix=_FIX_FORMAT) from None
+            raise LeapError(f"cannot read the pickle ({load_problem(e, path)})", path=path, fix=_FIX_FORMAT) from None
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for foreign or broken files
-        raise LeapError(f"cannot read with torch.load(weights_only=True): {str(e).splitlines()[0][:200]}",
+        raise LeapError(f"cannot read with torch.load(weights_only=True): {load_problem(e, path)}",
                         path=path, fix=_FIX_FORMAT) from None
 
 

@@ -79,6 +79,26 @@ class ExtractConfig:
         if unknown:
             raise LeapError(f"unknown component(s) {', '.join(unknown)}", fix=f"choose from {', '.join(COMPONENTS)}")
 
+    def check_options(self) -> None:
+        """The choices and files the chosen components will use, checked before anything is written: with
+        --force the output is started over first, and a typo in a weights path must not cost it."""
+        if "camera" in self.components:
+            from leap_cli.extract.camera import CameraComponent
+
+            CameraComponent(source=self.camera_source)  # refuses an unknown --camera-source
+        files = []  # (option, path, a name that is not a file)
+        if "objects" in self.components and self.detector_weights is not None:
+            files += [("--detector-weights", self.detector_weights, "coco"),
+                      ("--detector-labels", self.detector_labels, None)]
+        if {"objects", "hands"} & set(self.components):
+            files.append(("--clip-weights", self.clip_weights, "openai"))
+        if "audio" in self.components and self.audio_model is not None:
+            files += [("--audio-model", self.audio_model, None), ("--audio-labels", self.audio_labels, None)]
+        for option, path, name in files:
+            if path is not None and str(path) != name and not Path(path).is_file():
+                raise LeapError(f"{option}: file not found", path=path,
+                                fix="give the path of a local file" + (f", or {name!r}" if name else ""))
+
 
 @dataclass
 class ExtractSummary:

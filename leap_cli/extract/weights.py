@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from leap_cli.errors import LeapError
+from leap_cli.io import load_problem
 
 
 def load_checkpoint(path: str | Path, what: str) -> dict:
@@ -17,7 +18,7 @@ def load_checkpoint(path: str | Path, what: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here is the file's fault
-        raise LeapError(f"cannot read the {what} checkpoint ({type(e).__name__}: {e})", path=path,
+        raise LeapError(f"cannot read the {what} checkpoint ({load_problem(e, path)})", path=path,
                         fix="pass a checkpoint saved with torch.save") from None
 
 

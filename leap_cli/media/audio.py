@@ -69,7 +69,9 @@ def read_audio(path: str | Path, start: float, stop: float, sample_rate: int = 1
     last = min(int(round(stop * native)), info.frames)
     if first >= info.frames:
         raise LeapError(f"window starts at {start:.2f}s but the audio lasts {info.frames / native:.2f}s",
-                        path=path, record=record, fix="check the segment times against the audio length")
+                        path=path, record=record,
+                        fix="check the segment times against the audio length; an audio file shorter than its video "
+                            "is a cut copy: extract or download it again")
     try:
         data, _ = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as e:

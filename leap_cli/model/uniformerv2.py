@@ -30,6 +30,7 @@ import torch.utils.checkpoint as torch_checkpoint
 from torch import nn
 
 from leap_cli.errors import LeapError
+from leap_cli.io import load_problem
 
 log = logging.getLogger(__name__)
 
@@ -741,7 +742,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         raise LeapError(
-            f"cannot read checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            f"cannot read checkpoint {path}: {load_problem(exc, path)}",
             path=str(path), fix="give a state dict saved with torch.save (tensors only) or a TorchScript archive",
         ) from None
     if not isinstance(obj, dict):

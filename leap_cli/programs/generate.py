@@ -345,7 +345,7 @@ def output_settings(cfg: GenerateConfig, builder: PromptBuilder) -> dict:
 def check_output(cfg: GenerateConfig, builder: PromptBuilder) -> bool:
     """Refuse to add records to an output made with other settings (``io.check_settings``, as the other stages),
     unless ``cfg.force``: then the output starts over. Returns whether it did."""
-    return check_settings(cfg.out_path, output_settings(cfg, builder), force=cfg.force)
+    return check_settings(cfg.out_path, output_settings(cfg, builder), force=cfg.force, split=cfg.split_name)
 
 
 def _setup(cfg: GenerateConfig):
@@ -373,11 +373,17 @@ def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
 async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | None,
                     on_start: Callable[[int], None] | None, backend: Backend | None) -> GenerateSummary:
     inputs, exemplars, builder = _setup(cfg)
-    check_output(cfg, builder)
-    summary = GenerateSummary(cfg.out_path, inputs.source)
+    # the backend first: an unknown --backend or a missing API key must not cost an output that --force would
+    # start over
     backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
+    store = ProgramStore(cfg.cache_path, commit_every=0.5)  # (and a cache that cannot be opened)
+    try:
+        check_output(cfg, builder)
+    except BaseException:
+        store.close()
+        raise
+    summary = GenerateSummary(cfg.out_path, inputs.source)
     start = time.perf_counter()
-    store = ProgramStore(cfg.cache_path, commit_every=0.5)
     redo: set[str] = set()
     if cfg.retry_failed and cfg.out_path.exists():
         redo = {r["narration_id"] for r in read_jsonl(cfg.out_path, repair=True) if r.get("status") == "failed"}

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.classes import ClassVocab
-from leap_cli.errors import LeapError
 from leap_cli.io import read_jsonl
 from leap_cli.programs.targets import flatten_program
 from leap_cli.programs.schema import Finding
@@ -91,11 +90,14 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
     """The report dict of the program files ``paths`` (one split)."""
     records: dict[str, dict] = {}
     duplicates = 0
+    malformed = []  # lines that are not program records: listed, and the other records are validated
     for path in paths:
-        for i, r in enumerate(read_jsonl(path), start=1):
-            if "narration_id" not in r or r.get("status") not in STATUSES:
-                raise LeapError("not a program record", path=path, record=f"line {i}",
-                                fix="program records have narration_id and status valid|invalid|failed")
+        for i, r in enumerate(read_jsonl(path), start=1):  # blank lines aside, record i is on line i
+            if not isinstance(r, dict) or not isinstance(r.get("narration_id"), str) or r.get("status") not in STATUSES:
+                malformed.append({"file": str(path), "line": i, "problem": "not a program record (program records "
+                                                                           "have narration_id and status "
+                                                                           "valid|invalid|failed)"})
+                continue
             duplicates += r["narration_id"] in records
             records[r["narration_id"]] = r
     statuses: Counter = Counter()
@@ -152,4 +154,5 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
                        "predicates": dict(pred_h.most_common()),
                        "steps": {str(k): v for k, v in sorted(steps_h.items())}, "control_flow": dict(flow_h)},
         "errors": per_record,
+        "malformed": malformed,
     }

@@ -20,6 +20,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from leap_cli.errors import LeapError
 from leap_cli.io import stable_hash
 from leap_cli.programs.redact import redact
 
@@ -63,9 +64,14 @@ class ProgramStore:
     def __init__(self, path: str | Path, commit_every: float = 0.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30.0)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30.0)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as e:  # a damaged or foreign file, a folder in its place
+            raise LeapError(f"the program cache cannot be opened ({e})", path=self.path,
+                            fix="move it aside and run again: a new cache starts; the programs already written are "
+                                "kept, but --max-cost no longer counts the spend recorded in the old one") from None
         self.commit_every = commit_every
         self._last_commit = time.monotonic()
         self._ledger_keys: dict[str, str] = {}

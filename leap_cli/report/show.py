@@ -49,7 +49,22 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
     if prog is None and desc is None:
         raise LeapError(f"no program or descriptor record for {narration_id}", path=workdir, record=narration_id,
                         fix="check the narration id, --workdir, or run `leap extract` / `leap generate-programs` first")
-    return SegmentView(narration_id, sp or sp2, prog, desc)
+    return SegmentView(narration_id, sp or sp2, _drawable(prog), desc)
+
+
+def _drawable(record: dict | None) -> dict | None:
+    """The program record as the views can draw it: a program that does not have the schema's shape (an LLM's
+    invalid reply is kept as it came) is shown as its findings, not as a tree."""
+    if record is None or record.get("program") is None:
+        return record
+    from leap_cli.programs.schema import validate_program
+
+    findings = validate_program(record["program"])
+    if not findings:
+        return record
+    errors = [f.to_dict() for f in findings[:10]] + [e for e in record.get("errors") or [] if isinstance(e, dict)]
+    return {**record, "program": None, "status": f"{record.get('status', '?')}, but the program is malformed",
+            "errors": errors}
 
 
 def keyframes(data: Path, video_id: str, start: float, stop: float, count: int = 6,

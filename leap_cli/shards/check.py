@@ -11,7 +11,7 @@ from typing import Callable
 
 from leap_cli.errors import LeapError
 from leap_cli.io import sha256_file
-from leap_cli.shards.format import group_sample, load_manifest, parse_members, read_sample_at
+from leap_cli.shards.format import REBUILD_FIX, group_sample, load_manifest, parse_members, read_sample_at
 from leap_cli.shards.transforms import decode_jpegs
 
 
@@ -29,7 +29,7 @@ def check_shards(source: str | Path, *, on_error: str = "raise", verify_hash: bo
     """Check every shard and sample; ``on_error="raise"`` stops at the first problem with a LeapError naming the
     shard and the sample, ``"skip"`` lists and counts every problem."""
     if on_error not in ("raise", "skip"):
-        raise LeapError(f"on_error must be raise or skip, not {on_error!r}")
+        raise LeapError(f"on-error must be raise or skip, not {on_error!r}", fix="use --on-error raise or skip")
     manifest, folder = load_manifest(source)
     report = CheckReport(folder, shards=len(manifest["shards"]),
                          samples=sum(s["count"] for s in manifest["shards"]))
@@ -37,7 +37,7 @@ def check_shards(source: str | Path, *, on_error: str = "raise", verify_hash: bo
     def problem(shard: str, sample: str | None, what: str) -> None:
         if on_error == "raise":
             raise LeapError(what, path=folder / shard, record=f"sample {sample}" if sample else None,
-                            fix="rebuild the shards with leap build-shards (a re-run redoes damaged files)")
+                            fix=REBUILD_FIX)
         report.problems.append({"shard": shard, "sample": sample, "problem": what})
 
     stored = manifest.get("frame_sizes") or {}  # {video: [width, height]}; absent in older manifests

@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from leap_cli.errors import LeapError
-from leap_cli.shards.format import group_sample, load_manifest, parse_members, read_sample_at
+from leap_cli.shards.format import REBUILD_FIX, group_sample, load_manifest, parse_members, read_sample_at
 from leap_cli.shards.transforms import (color_jitter, crop_resize, decode_jpegs, random_resized_box,
                                         spatial_boxes, temporal_indices, to_tensor)
 
@@ -136,8 +136,7 @@ class ShardDataset(IterableDataset):
     def _fail(self, shard: str, key: str, why: str) -> None:
         if self.on_error == "raise":
             raise LeapError(f"corrupt shard: {why}", path=self.folder / shard, record=f"sample {key}",
-                            fix="leap check-shards lists every damaged file and sample; rebuild them with leap "
-                                "build-shards, or read with on_error='skip'")
+                            fix=f"leap check-shards lists every damaged file and sample; {REBUILD_FIX}")
         self.stats["errors"] += 1
         log.warning("%s [sample %s]: skipped (%s); %d skipped so far", self.folder / shard, key, why,
                     self.stats["errors"])

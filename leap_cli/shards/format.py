@@ -26,6 +26,10 @@ from leap_cli.errors import LeapError
 
 FORMAT = "leap-shards/1"
 MANIFEST = "manifest.json"
+# What to do about a damaged shard. A re-run of build-shards keeps every shard whose size is right (hashing them
+# all on each resume would read the whole split again): a shard with the right size and wrong bytes must go first.
+REBUILD_FIX = ("delete that shard file and run the same leap build-shards again (it rebuilds a missing or cut "
+               "shard and those after it), or rebuild all with --force")
 _HEADER = 512
 
 
@@ -183,6 +187,27 @@ def _merge(parts: list[dict], paths: list[Path]) -> dict:
     return merged
 
 
+_SHARD_KEYS = ("name", "count", "bytes", "sha256", "keys", "offsets", "sizes")  # what the readers use
+
+
+def _read_manifest(path: Path) -> dict:
+    """One manifest file, its shape checked: a hand-edited or foreign file is one error, not a KeyError later."""
+    fix = "rerun leap build-shards; it rewrites the manifest"
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise LeapError(f"manifest is not valid JSON ({e.msg})", path=path, fix=fix) from None
+    except UnicodeDecodeError:
+        raise LeapError("manifest is not UTF-8 text", path=path, fix=fix) from None
+    if not isinstance(m, dict) or not isinstance(m.get("shards"), list) or not isinstance(m.get("counts", {}), dict):
+        raise LeapError("not a leap shards manifest (no 'shards' list)", path=path, fix=fix)
+    for i, info in enumerate(m["shards"]):
+        missing = [k for k in _SHARD_KEYS if k not in info] if isinstance(info, dict) else ["all"]
+        if missing:
+            raise LeapError(f"shard entry lacks {', '.join(missing)}", path=path, record=f"shards[{i}]", fix=fix)
+    return m
+
+
 def load_manifest(source: str | Path) -> tuple[dict, Path]:
     """Read ``manifest.json`` (a folder or the file itself); where only the parts written by ``--shard i/n``
     jobs exist (``manifest.shard0of4.json``...), merge them once all n are there. Returns (manifest, folder)."""
@@ -190,11 +215,7 @@ def load_manifest(source: str | Path) -> tuple[dict, Path]:
     folder = source if source.is_dir() else source.parent
     path = source / MANIFEST if source.is_dir() else source
     if path.exists():
-        try:
-            return json.loads(path.read_text(encoding="utf-8")), folder
-        except json.JSONDecodeError as e:
-            raise LeapError(f"manifest is not valid JSON ({e.msg})", path=path,
-                            fix="rerun leap build-shards; it rewrites the manifest") from None
+        return _read_manifest(path), folder
     merged = merge_parts(folder)
     if merged is None:
         raise LeapError("no shards manifest found", path=path, fix="run leap build-shards first or pass the shards folder")
@@ -218,7 +239,7 @@ def merge_parts(folder: str | Path) -> dict | None:
         raise LeapError(f"parts {missing} of {total} are missing", path=folder,
                         fix=f"run leap build-shards --shard i/{total} for the missing parts")
     ordered = [found[i] for i in range(total)]
-    return _merge([json.loads(p.read_text(encoding="utf-8")) for p in ordered], ordered)
+    return _merge([_read_manifest(p) for p in ordered], ordered)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:

@@ -124,17 +124,21 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
     T = settings.frames
     for vid, segs in by_video.items():
         segs = sorted(segs, key=lambda s: (s.start, s.stop, s.narration_id))
+        try:
+            ck = clock(vid)
+        except LeapError as e:  # no fps for the video (an id the video info does not know): its segments are
+            skipped += [{"narration_id": s.narration_id, "reason": f"no timing: {e.message} ({e.fix})"} for s in segs]
+            continue  # skipped and listed, the other videos go on
         samples = []
         for i, s in enumerate(segs):
             check_key(s.narration_id)
             if settings.task == "recognition":
                 # The timing rule (epic/timing.py), as extract's frame cache uses it: an MP4's frames from the
                 # timestamps through its fps, an rgb_frames folder's from the CSV columns as EPIC numbers them.
-                idx = recognition_frames(clock(vid), s, T)
+                idx = recognition_frames(ck, s, T)
                 samples.append(SampleJob(s.narration_id, idx))
                 records[s.narration_id] = {"frame_indices": idx}
                 continue
-            ck = clock(vid)
             obs_end_t = s.start - settings.tau_a
             if settings.context_mode == "clips":
                 job, rec = _plan_clips(s, ck, settings)
@@ -643,6 +647,8 @@ class ProgramTargets:
 
 
 def default_out(workdir: str | Path, split: str, task: str) -> Path:
+    if task not in ("recognition", "anticipation"):  # any other word read as anticipation's folder
+        raise LeapError(f"unknown task {task!r}", fix="use --task recognition or anticipation")
     return Path(workdir) / "shards" / (split if task == "recognition" else f"{split}-anticipation")
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from leap_cli.errors import LeapError
-from leap_cli.io import atomic_write_bytes
+from leap_cli.io import atomic_write_bytes, load_problem
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for a corrupt or foreign file
-        raise LeapError(f"cannot read checkpoint: {str(e).splitlines()[0]}", path=path,
+        raise LeapError(f"cannot read checkpoint: {load_problem(e, path)}", path=path,
                         fix="the file is corrupt or not a leap checkpoint; use another one") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise LeapError("not a leap checkpoint (no 'model'/'model_args')", path=path,

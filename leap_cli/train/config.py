@@ -120,7 +120,7 @@ def _plain(obj: Any) -> Any:
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Check/convert a YAML value to the field's type; a mismatch is a LeapError naming the key."""
-    text = str(hint)
+    text = hint.__name__ if isinstance(hint, type) else str(hint)  # "int", not "<class 'int'>"
     optional = "None" in text
     if value is None:
         if optional:
@@ -314,7 +314,11 @@ def _read_raw(path: str | Path, chain: tuple[str, ...] = ()) -> tuple[dict, str]
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
-        raise LeapError(f"config is not valid YAML: {e}".splitlines()[0], path=path) from None
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise LeapError(f"config is not valid YAML: {problem}", path=path,
+                        record=None if mark is None else f"line {mark.line + 1}",
+                        fix="fix the YAML at that line (indentation, a missing ':' or bracket)") from None
     if not isinstance(raw, dict):
         raise LeapError("a config file must be a YAML mapping of sections", path=path)
     raw = resolve_aliases(raw, source)  # per file: a child file's new name overrides its base's old one
@@ -324,6 +328,10 @@ def _read_raw(path: str | Path, chain: tuple[str, ...] = ()) -> tuple[dict, str]
     if source in chain or len(chain) > 8:
         raise LeapError(f"config base chain loops: {' -> '.join(chain + (source,))}", path=path)
     near = path.parent / (str(base) if str(base).endswith(".yaml") else f"{base}.yaml")
+    if not near.is_file() and not Path(str(base)).is_file() and bundled_config(str(base)) is None:
+        names = ", ".join(p.stem for p in bundled_configs())
+        raise LeapError(f"base config {base!r} not found (looked for {near} and the bundled configs)", path=path,
+                        record="base", fix=f"name a YAML file next to this one or a bundled config: {names}")
     parent, _ = _read_raw(near if near.is_file() else base, chain + (source,))
     merged = {k: dict(v or {}) for k, v in parent.items()}
     for section, values in raw.items():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -34,11 +35,22 @@ class DistInfo:
         return self.world_size > 1
 
 
-def pick_device(pref: str, local_rank: int = 0) -> torch.device:
-    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
+def pick_device(pref: str, local_rank: int = 0, option: str = "train.device",
+                cpu_fix: str = "--set train.device=cpu") -> torch.device:
+    """``auto`` (CUDA when there is one), ``cpu``, ``cuda`` (this rank's GPU) or ``cuda:N``; one that cannot be
+    had is a LeapError naming ``option``."""
+    if pref not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", pref):
+        raise LeapError(f"{option} {pref!r} is not a device", fix=f"use {option} auto, cpu or cuda")
+    if pref.startswith("cuda") or (pref == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise LeapError("train.device is 'cuda' but no CUDA device is available",
-                            fix="use --set train.device=cpu or run on a GPU machine")
+            raise LeapError(f"{option} is {pref!r} but no CUDA device is available",
+                            fix=f"use {cpu_fix} or run on a GPU machine")
+        if ":" in pref:
+            index = int(pref.split(":")[1])
+            if index >= torch.cuda.device_count():
+                raise LeapError(f"{option} is {pref!r} but there are {torch.cuda.device_count()} CUDA devices",
+                                fix=f"use {option} cuda:0 ... cuda:{torch.cuda.device_count() - 1}")
+            return torch.device("cuda", index)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

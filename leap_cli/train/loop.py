@@ -369,13 +369,10 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         if info.is_main:  # two identical `leap train` at once would write one run: refuse the second
             stack.enter_context(OutputLock(run_dir / "checkpoints"))
         resume_ckpt = None
-        if force and (ckpt_dir / "last.pt").exists():
-            distributed.barrier(info)  # every rank has seen the checkpoint before rank 0 removes it
-            if info.is_main:
-                log.warning("--force: starting %s over (its checkpoints and metrics are removed)", run_dir)
-                for f in (ckpt_dir / "last.pt", ckpt_dir / "best.pt", run_dir / "metrics.jsonl"):
-                    f.unlink(missing_ok=True)
-            distributed.barrier(info)
+        # --force removes the old run only once the config, the data and the model have been checked below:
+        # a typo in the config or a damaged manifest must not cost the run it was meant to replace.
+        start_over = force and (ckpt_dir / "last.pt").exists()
+        if start_over:
             resume = False
         if resume:
             resume_ckpt = load_checkpoint(ckpt_dir / "last.pt")
@@ -386,7 +383,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 raise LeapError(f"the config differs from the checkpoint's ({'; '.join(changed)}); resuming "
                                 f"would mix two trainings", path=ckpt_dir / "last.pt", record="config",
                                 fix="resume with the run's config.yaml, or pass --force to start the run over")
-        elif (ckpt_dir / "last.pt").exists():
+        elif not start_over and (ckpt_dir / "last.pt").exists():
             raise LeapError("run directory already holds a checkpoint", path=run_dir,
                             fix="continue it with --resume, start it over with --force, or pick another --name")
         seed_everything(cfg.train.seed)
@@ -397,7 +394,14 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                             path=ckpt_dir / "last.pt", fix="resume with the same config and shards")
         from leap_cli.model import build_model
 
-        model = build_model(dict(model_args))
+        try:
+            model = build_model(dict(model_args))
+        except LeapError as e:  # a value of the model section the architecture cannot take (num_frames, options)
+            if e.path is not None:
+                raise
+            raise LeapError(f"the config's model section does not build: {e.message}", record="model",
+                            fix=e.fix or "change model.num_frames, model.img_size or model.options in the config or its --set"
+                            ) from None
         if cfg.model.pretrained and resume_ckpt is None:
             _load_pretrained(model, cfg.model.pretrained, cfg.model.allow_partial_load)
         model = prepare_model(model, cfg, info)
@@ -426,6 +430,13 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             state.best_metric = float(resume_ckpt["best_metric"])
         train_model = wrap_model(model, cfg, info, has_program=model_args["program"] is not None)
 
+        if start_over:
+            distributed.barrier(info)  # every rank has seen the checkpoint before rank 0 removes it
+            if info.is_main:
+                log.warning("--force: starting %s over (its checkpoints and metrics are removed)", run_dir)
+                for f in (ckpt_dir / "last.pt", ckpt_dir / "best.pt", run_dir / "metrics.jsonl"):
+                    f.unlink(missing_ok=True)
+            distributed.barrier(info)
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
