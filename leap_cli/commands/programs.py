@@ -88,8 +88,6 @@ def generate_programs(
         console.print(build_dry_run(cfg, narration_id), markup=False, highlight=False)
         return
     if narration_id is not None:  # without --dry-run it would go unheard: every pending segment, paid calls too
-        from leap_cli.errors import LeapError
-
         raise LeapError("--narration-id only chooses the segment whose prompt --dry-run prints",
                         fix="add --dry-run to see that prompt, or drop --narration-id; --limit N generates a few")
     if batch_file is not None:
