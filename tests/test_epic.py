@@ -118,9 +118,17 @@ def test_a_cut_or_bad_row_of_the_video_info_or_a_class_file_says_what_to_do(epic
     info.write_text("\n".join(rows) + "\nP01_99,17.5")  # a cut last row: None in its last columns
     with pytest.raises(LeapError) as e:
         Annotations(folder).video_info
-    assert e.value.record == f"row {len(rows) + 1}" and "'P01_99'" in e.value.message and "WIDTHxHEIGHT" in e.value.fix
+    assert e.value.record == f"row {len(rows) + 1}" and "(P01_99) has 2 of 4 fields" in e.value.message
+    info.write_text("\n".join(rows) + "\nP01_99,17.5,fifty,1920x1080")  # all there, one value wrong
+    with pytest.raises(LeapError) as e:
+        Annotations(folder).video_info
+    assert e.value.record == f"row {len(rows) + 1}" and "'P01_99'" in e.value.message
     verbs = folder / "EPIC_100_verb_classes.csv"
     lines = verbs.read_text().splitlines()
+    verbs.write_text("\n".join(lines + ["99,xx"]) + "\n")  # a cut last row would have added a class
+    with pytest.raises(LeapError, match=r"\(99\) has 2 of 4 fields \(no instances, category\)") as e:
+        ClassVocab.from_csv(verbs, "verb")
+    assert e.value.record == f"row {len(lines) + 1}" and "cut" in e.value.fix
     lines[1] = "x" + lines[1][lines[1].index(","):]
     verbs.write_text("\n".join(lines) + "\n")
     with pytest.raises(LeapError, match="id 'x' is not an integer") as e:
@@ -157,6 +165,16 @@ def test_stop_before_start(epic_dir, tmp_path):
     lines[1] = ",".join(f)
     p.write_text("\n".join(lines) + "\n")
     with pytest.raises(LeapError, match=r"\[row 2, P01_101_0\]: stop .* is before start"):
+        read_segments(p)
+
+
+def test_a_narration_id_twice_names_both_rows(epic_dir, tmp_path):
+    folder = _copy(epic_dir, tmp_path)
+    p = folder / "EPIC_100_validation.csv"
+    lines = p.read_text().splitlines()
+    p.write_text("\n".join(lines + [lines[2]]) + "\n")  # the second segment again at the end (two copies merged)
+    nid = lines[2].split(",")[0]
+    with pytest.raises(LeapError, match=rf"\[row {len(lines) + 1}, {nid}\]: narration id {nid} is also on row 3"):
         read_segments(p)
 
 

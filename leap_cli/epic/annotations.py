@@ -90,8 +90,13 @@ def read_segments(path: str | Path, *, labelled: bool | None = None) -> list[Seg
     if labelled:
         rows = read_csv(path, LABELLED_COLUMNS, what="annotation file")
     segments = []
+    seen: dict[str, int] = {}  # narration id -> its row: every stage keys its records (and resumes) by it
     for i, row in enumerate(rows, start=2):
         rec = f"row {i}, {row.get('narration_id') or '?'}"
+        first = seen.setdefault(row["narration_id"], i)
+        if first != i:
+            raise LeapError(f"narration id {row['narration_id']} is also on row {first}", path=path, record=rec,
+                            fix="keep one row per segment (a CSV merged from two copies, or edited by hand?)")
         start, stop = _time(row, "start_timestamp", path, rec), _time(row, "stop_timestamp", path, rec)
         if stop < start:
             raise LeapError(f"stop {row['stop_timestamp']} is before start {row['start_timestamp']}", path=path,

@@ -125,6 +125,17 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
                 raise LeapError(f"missing column(s): {', '.join(hints)}", path=path, record="header",
                                 fix=f"expected columns {', '.join(required)}")
             reader.fieldnames = header
-            return [{k: (v if v is not None else "") for k, v in row.items()} for row in reader]
+            rows = []
+            for row in reader:
+                short = [c for c in required if row.get(c) is None]  # absent, not empty: the line ends early
+                if short:
+                    n = sum(v is not None for k, v in row.items() if k is not None)
+                    first = next(iter(row.values()), "") or ""
+                    raise LeapError(f"row {reader.line_num} ({first}) has {n} of {len(header)} fields "
+                                    f"(no {', '.join(short)})",
+                                    path=path, record=f"row {reader.line_num}",
+                                    fix="a cut or damaged line: complete it, or restore the file from EPIC's release")
+                rows.append({k: (v if v is not None else "") for k, v in row.items()})
+            return rows
     except UnicodeDecodeError:
         raise LeapError("not a UTF-8 CSV file", path=path) from None
