@@ -442,6 +442,9 @@ def test_lines_that_are_not_records_are_listed_and_the_rest_validated(kitchen):
     assert runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(out)]).exit_code == 1
     out.write_text("[1]\n7\n")  # nothing could be validated
     assert runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)]).exit_code == 3
+    out.write_text("")  # nothing at all: not a pass with 0 records
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)])
+    assert r.exit_code == 3 and "no program record in" in r.output, r.output
 
 
 def test_compiled_checker_agrees_with_jsonschema(exemplars):

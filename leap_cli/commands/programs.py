@@ -216,9 +216,13 @@ def validate_programs(
 
         atomic_write_text(html, programs_report_html(rep))
         console.print(f"page: {html}")
-    if rep["malformed"] and not rep["records"]:  # not one line could be validated
+    if not rep["records"]:  # not one line could be validated, or the file is empty
         from leap_cli.outcome import EXIT_ALL_FAILED
 
+        if not rep["malformed"]:
+            console.print(f"[red]no program record in {escape(', '.join(map(str, files)))}[/]: run leap "
+                          "generate-programs for that split (an empty file is what a run that wrote nothing leaves)",
+                          highlight=False)
         raise typer.Exit(EXIT_ALL_FAILED)
     if strict and (rep["statuses"]["invalid"] or rep["statuses"]["failed"] or rep["malformed"]):
         raise typer.Exit(1)
