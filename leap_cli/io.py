@@ -47,6 +47,20 @@ def refuse_folder(path: Path, what: str = "file") -> None:
                         fix=f"give the path of a {what}, e.g. {path / 'NAME'}")
 
 
+def check_writable(folder: str | Path, option: str) -> None:
+    """Fail now, in one line, where a long job would fail only at its end: make ``folder`` and a file in it
+    (the real test: a read-only mount, permissions, a full disk's inodes)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".leap-write-check.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise LeapError(f"cannot write in this folder ({e.strerror or e})", path=folder,
+                        fix=f"give {option} a folder you can write") from None
+
+
 def _naming_target(e: OSError, path: Path) -> OSError:
     """The user knows the output, not our temp file beside it: an error on the temp file (its creation in a
     read-only folder, the rename onto the output) names the output."""

@@ -51,6 +51,21 @@ def pipeline(tmp_path_factory):
     return root, work, run, model, vocab
 
 
+def test_evaluate_refuses_an_out_it_cannot_write_before_scoring(pipeline, tmp_path, monkeypatch):
+    """A metrics folder that cannot be written is refused before the model runs (it failed after the scoring)."""
+    import leap_cli.evaluate.inference as inference
+    from leap_cli.errors import LeapError
+
+    root, work, run, model, vocab = pipeline
+    monkeypatch.setattr(inference, "evaluate_run", lambda *a, **k: pytest.fail("scored before checking --out"))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a folder under a file cannot be made (root ignores read-only permissions)
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--data", str(root), "--out", str(blocker / "metrics"), "--device", "cpu"])
+    assert isinstance(res.exception, LeapError), res.output
+    assert "cannot write in this folder" in str(res.exception) and "--out" in res.exception.fix
+
+
 def test_evaluate_val_writes_scores_and_metrics(pipeline):
     root, work, run, model, vocab = pipeline
     res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),

@@ -72,7 +72,7 @@ def evaluate(
     from leap_cli.evaluate.scores import load_scores
     from leap_cli.epic.annotations import open_annotations
     from leap_cli.evaluate.scoring import TASKS, evaluate_scores
-    from leap_cli.io import atomic_write_json
+    from leap_cli.io import atomic_write_json, check_writable
     from leap_cli.train.distributed import pick_device
 
     split = normalize_split(split)
@@ -102,6 +102,10 @@ def evaluate(
             raise LeapError("nothing to evaluate", fix="pass --run runs/NAME (a trained run) or --scores FILE")
         run_dir = resolve_run(run, workdir)
         device = str(pick_device(device, option="--device", cpu_fix="--device cpu"))
+        # where the scores and the metrics go, checked before the model runs (not after an hour of scoring)
+        check_writable(run_dir / "eval" / split, "--run (its eval/ folder)")
+        if out is not None:
+            check_writable(out, "--out")
         if split != "test":  # the labels the scores will meet, read before the model runs (not after an hour)
             ann = open_annotations(workdir, data, annotations)
             ann.segments(split)
