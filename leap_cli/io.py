@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -70,18 +71,53 @@ def _naming_target(e: OSError, path: Path) -> OSError:
     return e
 
 
+def _temp_tag() -> str:
+    """Who writes a temp file: ``HOST-PID`` in its name, so that a later write can tell a dead writer's."""
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Delete the temp files a killed writer of ``path`` left (``.NAME.HOST-PID.XXXX.tmp`` whose process on this
+    host is gone); a running writer's, another host's, and any other file stay."""
+    host = _temp_tag().rsplit("-", 1)[0]
+    head = f".{path.name}.{host}-"
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(head) and e.name.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(head):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (maybe another process that took the pid: kept, to be safe)
+        except ProcessLookupError:
+            pass
+        except OSError:  # EPERM: alive, another user's
+            continue
+        try:
+            (path.parent / name).unlink()
+            log.debug("removed %s, left by a killed writer", path.parent / name)
+        except OSError:
+            pass
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; rename it onto ``path`` only if the block succeeds.
 
     The file gets the mode a plain ``open`` would give it (0666 minus the umask, or the mode of the file it
-    replaces): ``mkstemp`` creates 0600, which hides checkpoints and results from a shared group.
+    replaces): ``mkstemp`` creates 0600, which hides checkpoints and results from a shared group. The temp
+    name holds the writer's host and pid; the temp files of killed writers of ``path`` are removed here.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     refuse_folder(path)
+    _remove_dead_temps(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_temp_tag()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise _naming_target(e, path) from None
     os.close(fd)
