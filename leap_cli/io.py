@@ -151,9 +151,10 @@ class OutputLock:
     (two identical jobs started at once) is refused with a one-line error instead of writing every record
     twice. ``flock`` locks die with their process, so a killed run never leaves a stale lock behind."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, fix: str = "wait for it to finish, or give this run another --out"):
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.fix = fix  # what to do, in the words of the command that holds the lock
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
@@ -167,8 +168,7 @@ class OutputLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LeapError("another leap process is writing this file", path=self.path,
-                            fix="wait for it to finish, or give this run another --out") from None
+            raise LeapError("another leap process is writing this file", path=self.path, fix=self.fix) from None
         self._fd = fd
         return self
 

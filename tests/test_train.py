@@ -601,8 +601,9 @@ def test_a_second_training_of_the_same_run_is_refused(tmp_path: Path) -> None:
     from leap_cli.io import OutputLock
 
     with OutputLock(tmp_path / "runs" / "r" / "checkpoints"):  # as a running `leap train` holds it
-        with pytest.raises(LeapError, match="another leap process is writing"):
+        with pytest.raises(LeapError, match="another leap process is writing") as e:
             main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False))
+        assert "--name" in e.value.fix and "--out" not in e.value.fix  # train has no --out
     assert main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False)).steps == 1
 
 

@@ -370,7 +370,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         if cfg.train.threads > 0 and info.device.type == "cpu":
             torch.set_num_threads(cfg.train.threads)
         if info.is_main:  # two identical `leap train` at once would write one run: refuse the second
-            stack.enter_context(OutputLock(run_dir / "checkpoints"))
+            stack.enter_context(OutputLock(run_dir / "checkpoints",
+                                           fix="wait for it to finish, or give this run another --name"))
         resume_ckpt = None
         # --force removes the old run only once the config, the data and the model have been checked below:
         # a typo in the config or a damaged manifest must not cost the run it was meant to replace.
