@@ -219,6 +219,15 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
     """
     output = Path(output)
     refuse_folder(output)
+    # under the output's lock: a run still writing it is not started over (--force) under its feet, nor its
+    # sidecar rewritten; the caller's writer takes the lock again at once
+    with OutputLock(output):
+        return _check_settings(output, settings, force=force, exists=exists, remove=remove, option=option,
+                               split=split)
+
+
+def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool | None,
+                    remove: Callable[[], None] | None, option: str, split: str | None) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = output.exists() if exists is None else exists

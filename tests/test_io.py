@@ -257,3 +257,20 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_write_a_live_ones_is_
         atomic_write_text(p, "done")
         assert mine.exists() and not (tmp_path / left[0]).exists()
     assert sorted(f.name for f in tmp_path.iterdir()) == ["last.pt"] and p.read_bytes() == b"in progress"
+
+
+def test_force_never_deletes_an_output_another_run_is_writing(tmp_path):
+    """`--force` with other settings while the first run was still writing deleted its output (the running
+    run went on writing into a deleted file: every record, paid LLM calls included, lost) and put its own
+    settings in the sidecar, and only then was refused by the lock. It is refused before it touches anything."""
+    from leap_cli.io import check_settings, settings_path
+
+    out = tmp_path / "programs.jsonl"
+    assert not check_settings(out, {"k": 4})
+    with JsonlAppender(out) as running:  # the first run, still writing
+        running.write({"narration_id": "a"})
+        with pytest.raises(LeapError, match="another leap process is writing this file"):
+            check_settings(out, {"k": 2}, force=True)
+        running.write({"narration_id": "b"})
+    assert [r["narration_id"] for r in read_jsonl(out)] == ["a", "b"]
+    assert json.loads(settings_path(out).read_text()) == {"k": 4}
