@@ -734,3 +734,17 @@ def test_a_full_disk_names_the_shard_and_leaves_no_partial_file(root, tmp_path, 
     out = work / "shards" / "train"
     assert e.value.filename == str(out / "leap-train-000000.tar")
     assert not list(out.glob(".*.partial"))
+
+
+def test_overwrite_never_deletes_the_shards_of_a_running_build(root, tmp_path):
+    """`build-shards --overwrite` while another build of the folder was running deleted its shards, progress
+    file and manifest, and was refused by the lock only after. It is refused before it deletes anything."""
+    from leap_cli.io import JsonlAppender
+
+    build(root, tmp_path)
+    out = tmp_path / "shards" / "train"
+    before = sorted(p.name for p in out.iterdir())
+    with JsonlAppender(out / ".progress.jsonl", key="name"):  # as the running build holds it
+        with pytest.raises(LeapError, match="another leap process is writing this file"):
+            build(root, tmp_path, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == before

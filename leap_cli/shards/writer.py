@@ -34,7 +34,7 @@ from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
-from leap_cli.io import JsonlAppender, _with_path, atomic_write_json, read_jsonl, sha256_file, stable_hash
+from leap_cli.io import JsonlAppender, OutputLock, _with_path, atomic_write_json, read_jsonl, sha256_file, stable_hash
 from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.shards.format import (FORMAT, check_key, frame_field, jpeg_size, manifest_name, sample_bytes,
@@ -462,10 +462,11 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
 
     progress_path = out / f".progress{shard.suffix}.jsonl"
-    if overwrite:
-        for p in list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar")) + [progress_path, out / manifest_name(shard.suffix)]:
-            if p.exists():
-                p.unlink()
+    if overwrite:  # under the lock: never the shards of a build still running
+        with OutputLock(progress_path):
+            for p in list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar")) + [progress_path, out / manifest_name(shard.suffix)]:
+                if p.exists():
+                    p.unlink()
     appender, kept = _resume(out, progress_path, settings_hash, f"leap-{settings.split}{shard.suffix}")
     done_keys = {x["key"] for r in kept for x in r["samples"]} | {x["narration_id"] for r in kept for x in r["skipped"]}
 
