@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -70,18 +71,53 @@ def _naming_target(e: OSError, path: Path) -> OSError:
     return e
 
 
+def _temp_tag() -> str:
+    """Who writes a temp file: ``HOST-PID`` in its name, so that a later write can tell a dead writer's."""
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _remove_dead_temps(path: Path) -> None:
+    """Delete the temp files a killed writer of ``path`` left (``.NAME.HOST-PID.XXXX.tmp`` whose process on this
+    host is gone); a running writer's, another host's, and any other file stay."""
+    host = _temp_tag().rsplit("-", 1)[0]
+    head = f".{path.name}.{host}-"
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(head) and e.name.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(head):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # alive (maybe another process that took the pid: kept, to be safe)
+        except ProcessLookupError:
+            pass
+        except OSError:  # EPERM: alive, another user's
+            continue
+        try:
+            (path.parent / name).unlink()
+            log.debug("removed %s, left by a killed writer", path.parent / name)
+        except OSError:
+            pass
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; rename it onto ``path`` only if the block succeeds.
 
     The file gets the mode a plain ``open`` would give it (0666 minus the umask, or the mode of the file it
-    replaces): ``mkstemp`` creates 0600, which hides checkpoints and results from a shared group.
+    replaces): ``mkstemp`` creates 0600, which hides checkpoints and results from a shared group. The temp
+    name holds the writer's host and pid; the temp files of killed writers of ``path`` are removed here.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     refuse_folder(path)
+    _remove_dead_temps(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_temp_tag()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise _naming_target(e, path) from None
     os.close(fd)
@@ -115,9 +151,10 @@ class OutputLock:
     (two identical jobs started at once) is refused with a one-line error instead of writing every record
     twice. ``flock`` locks die with their process, so a killed run never leaves a stale lock behind."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, fix: str = "wait for it to finish, or give this run another --out"):
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.fix = fix  # what to do, in the words of the command that holds the lock
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
@@ -131,8 +168,7 @@ class OutputLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LeapError("another leap process is writing this file", path=self.path,
-                            fix="wait for it to finish, or give this run another --out") from None
+            raise LeapError("another leap process is writing this file", path=self.path, fix=self.fix) from None
         self._fd = fd
         return self
 
@@ -183,6 +219,15 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
     """
     output = Path(output)
     refuse_folder(output)
+    # under the output's lock: a run still writing it is not started over (--force) under its feet, nor its
+    # sidecar rewritten; the caller's writer takes the lock again at once
+    with OutputLock(output):
+        return _check_settings(output, settings, force=force, exists=exists, remove=remove, option=option,
+                               split=split)
+
+
+def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool | None,
+                    remove: Callable[[], None] | None, option: str, split: str | None) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = output.exists() if exists is None else exists

@@ -66,6 +66,24 @@ def test_evaluate_refuses_an_out_it_cannot_write_before_scoring(pipeline, tmp_pa
     assert "cannot write in this folder" in str(res.exception) and "--out" in res.exception.fix
 
 
+def test_a_second_evaluation_of_one_run_and_split_is_refused_in_one_line(pipeline, monkeypatch):
+    """Two `leap evaluate --run R --split val` at once (say --checkpoint best and last) both wrote
+    runs/R/eval/val/scores.pt and metrics.json: the pair could come from two checkpoints. The second is refused
+    before it scores, naming the folder."""
+    import leap_cli.evaluate.inference as inference
+    from leap_cli.errors import LeapError
+    from leap_cli.io import OutputLock
+
+    root, work, run, model, vocab = pipeline
+    monkeypatch.setattr(inference, "predict", lambda *a, **k: pytest.fail("scored beside a running evaluation"))
+    with OutputLock(run / "eval" / "val"):  # the first evaluation, still running
+        res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
+                                       "--data", str(root), "--device", "cpu", "--checkpoint", "last"])
+    assert isinstance(res.exception, LeapError), res.output
+    assert "another leap process" in res.exception.message and res.exception.path == str(run / "eval" / "val")
+    assert "--out" not in res.exception.fix  # --out moves metrics.json only, never scores.pt
+
+
 def test_evaluate_val_writes_scores_and_metrics(pipeline):
     root, work, run, model, vocab = pipeline
     res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),

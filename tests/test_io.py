@@ -232,3 +232,45 @@ def test_another_split_into_the_same_output_is_refused(tmp_path):
     older.write_text('{"narration_id": "a"}\n')
     settings_path(older).write_text('{"k": 1}\n')
     assert not check_settings(older, {"k": 1}, split="train") and older.exists()
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_write_a_live_ones_is_kept(tmp_path):
+    """SIGKILL during an atomic write (a checkpoint, a manifest, a frame-cache file) left its hidden temp file
+    beside the output for ever: re-runs never removed it (a killed checkpoint save left a copy of the model per
+    kill). The next write of the same output removes the temp files of writers that are dead, never those of
+    a writer still running."""
+    import subprocess
+    import sys
+
+    from leap_cli.io import atomic_path
+
+    p = tmp_path / "last.pt"
+    code = ("import os, sys; from leap_cli.io import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_bytes(b'half a checkpoint')\n"
+            "    os.kill(os.getpid(), 9)\n")
+    r = subprocess.run([sys.executable, "-c", code, str(p)], capture_output=True)
+    assert r.returncode == -9
+    left = [f.name for f in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".last.pt.") and left[0].endswith(".tmp")
+    with atomic_path(p) as mine:  # a writer that is running (this process): its temp file is kept
+        mine.write_bytes(b"in progress")
+        atomic_write_text(p, "done")
+        assert mine.exists() and not (tmp_path / left[0]).exists()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["last.pt"] and p.read_bytes() == b"in progress"
+
+
+def test_force_never_deletes_an_output_another_run_is_writing(tmp_path):
+    """`--force` with other settings while the first run was still writing deleted its output (the running
+    run went on writing into a deleted file: every record, paid LLM calls included, lost) and put its own
+    settings in the sidecar, and only then was refused by the lock. It is refused before it touches anything."""
+    from leap_cli.io import check_settings, settings_path
+
+    out = tmp_path / "programs.jsonl"
+    assert not check_settings(out, {"k": 4})
+    with JsonlAppender(out) as running:  # the first run, still writing
+        running.write({"narration_id": "a"})
+        with pytest.raises(LeapError, match="another leap process is writing this file"):
+            check_settings(out, {"k": 2}, force=True)
+        running.write({"narration_id": "b"})
+    assert [r["narration_id"] for r in read_jsonl(out)] == ["a", "b"]
+    assert json.loads(settings_path(out).read_text()) == {"k": 4}

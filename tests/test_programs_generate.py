@@ -283,6 +283,46 @@ def test_ctrl_c_keeps_finished_records(workdir, good_programs):
     assert len(recs) == N_SEGMENTS == len({r["narration_id"] for r in recs})
 
 
+def test_sigkill_never_loses_a_paid_reply(workdir, good_programs):
+    """A run killed (SIGKILL) while a repair round is in flight kept the first round's paid reply only in the
+    store's buffer (committed every 0.5 s): the resumed run asked for it again and the ledger (--max-cost) never
+    counted it. A reply that was paid for is in the cache and the ledger before the next request goes out."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    first = sorted(good_programs)[0]
+    proc: list[subprocess.Popen] = []
+    rounds: list[int] = []  # the repair round of every request for the first clip
+
+    def script(body, n):
+        rnd = sum(m["role"] == "user" and m["content"].startswith("Your program has these problems")
+                  for m in body["messages"])
+        rounds.append(rnd)
+        if rnd == 0:
+            return Reply("not a program")  # round 0: invalid, the run asks again (round 1)
+        if len(rounds) == 2:  # round 1 of the first run: the process dies before it gets the reply
+            proc[0].send_signal(signal.SIGKILL)
+            proc[0].wait(timeout=30)
+        return Reply(json.dumps(good_programs[narration_id_of(body)]))
+
+    with ScriptedServer(script) as server:
+        cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
+               "--backend", "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
+               "--concurrency", "1", "--limit", "1", "--price-in", "1", "--price-out", "2"]
+        proc.append(subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+        proc[0].communicate(timeout=60)
+        assert proc[0].returncode == -signal.SIGKILL and rounds == [0, 1]
+        with ProgramStore(workdir / "programs" / "cache.sqlite") as store:
+            assert store.spent(workdir / "programs" / "val.jsonl")["requests"] == 1  # round 0 was paid for
+        s = generate_programs(config(workdir, server, model="m", limit=1, concurrency=1))
+        assert s.cache_hits == 1 and rounds == [0, 1, 1]  # round 0 from the cache, only round 1 asked again
+    assert [r["narration_id"] for r in records(workdir)] == [first]
+
+
 def test_store_migrates_an_old_database(tmp_path):
     import sqlite3
 

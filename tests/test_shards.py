@@ -710,3 +710,41 @@ def test_stored_size_is_what_the_reader_resizes_to():
     assert stored_size(1920, 1080, 256) == (455, 256) and stored_size(256, 144, 256) == (256, 144)
     with pytest.raises(ValueError, match="not a JPEG"):
         jpeg_size(b"\xff\xd8\xff\xe0\x00\x10JFIF")
+
+
+def test_a_full_disk_names_the_shard_and_leaves_no_partial_file(root, tmp_path, monkeypatch):
+    """A full disk while a shard was written printed `error: No space left on device` naming no file (a write
+    on an open file carries no name). The error names the shard, and no .partial file stays behind."""
+    import builtins
+    import errno
+
+    import leap_cli.shards.writer as writer
+
+    def full_disk(path, mode="r", *a, **k):  # the shard's temp file lands on a full file system
+        return builtins.open("/dev/full", mode, *a, **k) if str(path).endswith(".partial") else \
+            builtins.open(path, mode, *a, **k)
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    monkeypatch.setattr(writer, "open", full_disk, raising=False)
+    work = tmp_path / "work"
+    with pytest.raises(OSError) as e:
+        build(root, work)
+    assert e.value.errno == errno.ENOSPC
+    out = work / "shards" / "train"
+    assert e.value.filename == str(out / "leap-train-000000.tar")
+    assert not list(out.glob(".*.partial"))
+
+
+def test_overwrite_never_deletes_the_shards_of_a_running_build(root, tmp_path):
+    """`build-shards --overwrite` while another build of the folder was running deleted its shards, progress
+    file and manifest, and was refused by the lock only after. It is refused before it deletes anything."""
+    from leap_cli.io import JsonlAppender
+
+    build(root, tmp_path)
+    out = tmp_path / "shards" / "train"
+    before = sorted(p.name for p in out.iterdir())
+    with JsonlAppender(out / ".progress.jsonl", key="name"):  # as the running build holds it
+        with pytest.raises(LeapError, match="another leap process is writing this file"):
+            build(root, tmp_path, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == before

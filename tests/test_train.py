@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from leap_cli.errors import LeapError
+from leap_cli.io import read_jsonl
 from leap_cli.resources import bundled_configs
 from leap_cli.train import distributed
 from leap_cli.train.checkpoint import load_checkpoint, load_model
@@ -235,6 +236,29 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     lines_a = (tmp_path / "runs/full/metrics.jsonl").read_text().splitlines()
     lines_b = (tmp_path / "runs/split/metrics.jsonl").read_text().splitlines()
     assert len(lines_a) == len(lines_b)
+
+
+def test_resume_after_a_kill_between_validation_and_checkpoint_writes_each_row_once(tmp_path: Path) -> None:
+    """Killed after an epoch's validation row was written but before the epoch-end last.pt (which still holds
+    the position before validation): the resumed run validates that epoch again, and metrics.jsonl held its
+    row twice (a plot or a report read two validations of one epoch)."""
+    cfg = tiny_config("train.max_steps=8", "train.checkpoint_every=4")
+    source = MemorySource(batches_per_epoch=4)  # 4 optimizer steps per epoch: last.pt at step 4, then validation
+
+    def killed(rec: dict) -> None:
+        raise SystemExit(137)  # dies right after the row is on disk, as a SIGKILL there would
+
+    main(cfg, workdir=tmp_path, name="full", source=source)
+    with pytest.raises(SystemExit):
+        main(cfg, workdir=tmp_path, name="split", source=source, on_eval=killed)
+    mid = torch.load(tmp_path / "runs/split/checkpoints/last.pt", weights_only=True)
+    assert mid["data_position"] == {"epoch": 0, "batches": 4}  # the position before validation
+    main(cfg, workdir=tmp_path, name="split", source=source, resume=True)
+
+    def rows(name: str) -> list[tuple]:
+        return [(r["split"], r["step"], r["epoch"]) for r in read_jsonl(tmp_path / "runs" / name / "metrics.jsonl")]
+
+    assert rows("split") == rows("full") and rows("full").count(("val", 4, 0)) == 1
 
 
 def test_no_program_loss_builds_no_program_heads(tmp_path: Path) -> None:
@@ -577,8 +601,9 @@ def test_a_second_training_of_the_same_run_is_refused(tmp_path: Path) -> None:
     from leap_cli.io import OutputLock
 
     with OutputLock(tmp_path / "runs" / "r" / "checkpoints"):  # as a running `leap train` holds it
-        with pytest.raises(LeapError, match="another leap process is writing"):
+        with pytest.raises(LeapError, match="another leap process is writing") as e:
             main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False))
+        assert "--name" in e.value.fix and "--out" not in e.value.fix  # train has no --out
     assert main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False)).steps == 1
 
 

@@ -244,7 +244,20 @@ def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint
                  on_batch: Callable[[int], None] | None = None) -> tuple[dict, Path]:
     """Load the run's checkpoint, score every segment of ``{workdir}/shards/{split}`` on all views and write
     ``runs/NAME/eval/{split}/scores.pt``. Returns (scores, scores path). ``compile``: torch.compile the model
-    (None: as the run's config says, ``model.compile``)."""
+    (None: as the run's config says, ``model.compile``). A second evaluation of the same run and split while
+    this one runs is refused (it would write the same scores.pt, perhaps of another checkpoint)."""
+    from leap_cli.io import OutputLock
+
+    with OutputLock(Path(run) / "eval" / split, fix="wait for it to finish: it writes the same eval folder"):
+        return _score_run(run, split, workdir=workdir, checkpoint=checkpoint, task=task, shards=shards, views=views,
+                          batch_size=batch_size, workers=workers, device=device, precision=precision,
+                          allow_partial=allow_partial, compile=compile, on_start=on_start, on_batch=on_batch)
+
+
+def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: str, task: str | None,
+               shards: str | Path | None, views: ViewConfig, batch_size: int | None, workers: int, device: str,
+               precision: str, allow_partial: bool, compile: bool | None, on_start: Callable[[int], None] | None,
+               on_batch: Callable[[int], None] | None) -> tuple[dict, Path]:
     from leap_cli.evaluate.scores import save_scores
     from leap_cli.train.checkpoint import load_model
     from leap_cli.train.config import resolve_aliases

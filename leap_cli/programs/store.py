@@ -9,7 +9,8 @@ file (what ``--max-cost`` caps, across runs).
 Writes are buffered and written in one short transaction at most every ``commit_every`` seconds and on
 close (a commit per call costs more CPU than the rest of a cached lookup; no transaction stays open, so
 parallel shard processes sharing the database do not wait on each other); a killed process loses at most
-that much of the cache, the log and the ledger.
+that much of the log of cache hits. A call that made a request is committed when it is logged, with the
+reply's cache row and spend: a killed run never pays for a reply twice, and ``--max-cost`` counts it.
 Response and error texts pass through ``leap_cli.programs.redact.redact`` before they are stored.
 """
 
@@ -156,7 +157,10 @@ class ProgramStore:
         self._calls.append((narration_id, backend, model, prompt_hash, cache_key, round, redact(response),
                             usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), latency, attempts, int(cached),
                             outcome, redact(error), time.time()))
-        self._written()
+        if cached:
+            self._written()
+        else:  # a paid reply (its cache row and spend, put by the caller) is on disk before the next request
+            self.commit()
 
     def calls(self, narration_id: str | None = None) -> list[dict]:
         self.commit()

@@ -34,7 +34,7 @@ from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
-from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl, sha256_file, stable_hash
+from leap_cli.io import JsonlAppender, OutputLock, _with_path, atomic_write_json, read_jsonl, sha256_file, stable_hash
 from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.shards.format import (FORMAT, check_key, frame_field, jpeg_size, manifest_name, sample_bytes,
@@ -345,20 +345,26 @@ class _ShardSink:
         if self._f is None:
             self._open()
         self._samples.append({"key": key, "offset": self._bytes, "size": len(data), **info})
-        self._f.write(data)
+        try:
+            self._f.write(data)
+        except OSError as e:  # a full disk: the line names the shard (a write on an open file names none)
+            raise _with_path(e, self.out / shard_name(self.split, self.index, self.suffix))
         self._bytes += len(data)
 
     def skip(self, entry: dict) -> None:
         self._skipped.append(entry)
 
     def _close(self) -> None:
-        self._f.write(tar_end())
-        self._f.flush()
-        os.fsync(self._f.fileno())
-        self._f.close()
-        self._f = None
         name = shard_name(self.split, self.index, self.suffix)
         final = self.out / name
+        try:
+            self._f.write(tar_end())
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+        except OSError as e:
+            raise _with_path(e, final)
+        self._f = None
         os.replace(self._tmp, final)
         rec = {"name": name, "index": self.index, "settings_hash": self.settings_hash, "count": len(self._samples),
                "bytes": final.stat().st_size, "sha256": sha256_file(final), "samples": self._samples,
@@ -377,7 +383,10 @@ class _ShardSink:
 
     def abort(self) -> None:
         if self._f is not None:
-            self._f.close()
+            try:
+                self._f.close()  # flushes what is buffered: fails again on a full disk
+            except OSError:
+                pass
             self._f = None
             if self._tmp and self._tmp.exists():
                 self._tmp.unlink()
@@ -453,10 +462,11 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
 
     progress_path = out / f".progress{shard.suffix}.jsonl"
-    if overwrite:
-        for p in list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar")) + [progress_path, out / manifest_name(shard.suffix)]:
-            if p.exists():
-                p.unlink()
+    if overwrite:  # under the lock: never the shards of a build still running
+        with OutputLock(progress_path):
+            for p in list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar")) + [progress_path, out / manifest_name(shard.suffix)]:
+                if p.exists():
+                    p.unlink()
     appender, kept = _resume(out, progress_path, settings_hash, f"leap-{settings.split}{shard.suffix}")
     done_keys = {x["key"] for r in kept for x in r["samples"]} | {x["narration_id"] for r in kept for x in r["skipped"]}
 

@@ -246,11 +246,14 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], cfg: Config, info: dist
 class _Metrics:
     """metrics.jsonl (append; on resume, lines past the checkpoint's step are dropped) + optional TensorBoard."""
 
-    def __init__(self, run_dir: Path, resume_step: int | None):
+    def __init__(self, run_dir: Path, resume_step: int | None, resume_epoch: int = 0):
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
-            # a truncated last line (killed mid-write) is dropped by read_jsonl; lines past the checkpoint are redone
-            kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+            # a truncated last line (killed mid-write) is dropped by read_jsonl; lines past the checkpoint are
+            # redone, and so is the validation of an epoch the checkpoint had not finished (written at the
+            # epoch's last step, before the epoch-end checkpoint: a kill between the two wrote it twice)
+            kept = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step
+                    and not (r.get("split") == "val" and r.get("epoch", 0) >= resume_epoch)]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
@@ -367,7 +370,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         if cfg.train.threads > 0 and info.device.type == "cpu":
             torch.set_num_threads(cfg.train.threads)
         if info.is_main:  # two identical `leap train` at once would write one run: refuse the second
-            stack.enter_context(OutputLock(run_dir / "checkpoints"))
+            stack.enter_context(OutputLock(run_dir / "checkpoints",
+                                           fix="wait for it to finish, or give this run another --name"))
         resume_ckpt = None
         # --force removes the old run only once the config, the data and the model have been checked below:
         # a typo in the config or a damaged manifest must not cost the run it was meant to replace.
@@ -440,7 +444,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        metrics = _Metrics(run_dir, state.step if resume_ckpt is not None else None) if info.is_main else None
+        metrics = (_Metrics(run_dir, state.step if resume_ckpt is not None else None, state.epoch)
+                   if info.is_main else None)
 
         saved = {"last": -1}
 
