@@ -287,10 +287,13 @@ class ProgramGenerator:
                 program = parsed
                 findings = self.check(parsed, info)
             outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
+            # a paid reply a repair round follows is committed now (its record is not written yet); one that
+            # finishes its record is safe in the output file, and waits for the store's next batch
             self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
                                 prompt_hash=phash, cache_key=key, round=rnd, response=text, usage=usage,
                                 latency=latency, attempts=attempts, cached=hit is not None, outcome=outcome,
-                                error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None)
+                                error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None,
+                                durable=hit is None and bool(findings) and rnd < self.cfg.repair_rounds)
             if not findings:
                 return done("valid", program, [])
             prompt = prompt.extend([{"role": "assistant", "content": text},

@@ -9,8 +9,12 @@ file (what ``--max-cost`` caps, across runs).
 Writes are buffered and written in one short transaction at most every ``commit_every`` seconds and on
 close (a commit per call costs more CPU than the rest of a cached lookup; no transaction stays open, so
 parallel shard processes sharing the database do not wait on each other); a killed process loses at most
-that much of the log of cache hits. A call that made a request is committed when it is logged, with the
-reply's cache row and spend: a killed run never pays for a reply twice, and ``--max-cost`` counts it.
+that much of the cache, the log and the ledger. A paid reply that a repair round follows is committed when it is
+logged (``log_call(durable=True)``), with its cache row and spend, before the next request goes out: its record
+is not written yet, so a killed run would otherwise ask for it again. A reply that finishes its record needs no
+commit of its own: the record is in the output file (flushed per line) and a resumed run skips the segment; a
+kill loses at most ``commit_every`` of the ledger's spend on such replies (a commit per reply cost ~0.15 ms of
+client CPU and ~6 points of the concurrency bound in ``benchmarks/bench_generate.py``).
 Response and error texts pass through ``leap_cli.programs.redact.redact`` before they are stored.
 """
 
@@ -153,14 +157,14 @@ class ProgramStore:
 
     def log_call(self, *, narration_id: str, backend: str, model: str, prompt_hash: str, cache_key: str,
                  round: int, response: str | None, usage: dict, latency: float, attempts: int, cached: bool,
-                 outcome: str, error: str | None = None) -> None:
+                 outcome: str, error: str | None = None, durable: bool = False) -> None:
         self._calls.append((narration_id, backend, model, prompt_hash, cache_key, round, redact(response),
                             usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), latency, attempts, int(cached),
                             outcome, redact(error), time.time()))
-        if cached:
-            self._written()
-        else:  # a paid reply (its cache row and spend, put by the caller) is on disk before the next request
+        if durable:  # a paid reply whose record is not finished: on disk (its cache row and spend too) now
             self.commit()
+        else:
+            self._written()
 
     def calls(self, narration_id: str | None = None) -> list[dict]:
         self.commit()
