@@ -168,7 +168,8 @@ class OutputLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise LeapError("another leap process is writing this file", path=self.path, fix=self.fix) from None
+            what = "folder" if self.path.is_dir() else "file"  # a run's checkpoints/ or eval/SPLIT/, or an output
+            raise LeapError(f"another leap process is writing this {what}", path=self.path, fix=self.fix) from None
         self._fd = fd
         return self
 

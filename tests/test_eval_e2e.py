@@ -80,7 +80,7 @@ def test_a_second_evaluation_of_one_run_and_split_is_refused_in_one_line(pipelin
         res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
                                        "--data", str(root), "--device", "cpu", "--checkpoint", "last"])
     assert isinstance(res.exception, LeapError), res.output
-    assert "another leap process" in res.exception.message and res.exception.path == str(run / "eval" / "val")
+    assert "another leap process is writing this folder" in res.exception.message and res.exception.path == str(run / "eval" / "val")
     assert "--out" not in res.exception.fix  # --out moves metrics.json only, never scores.pt
 
 
