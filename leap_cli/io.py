@@ -33,7 +33,7 @@ def current_umask() -> int:
     return mask
 
 
-def _with_path(e: OSError, path: Path) -> OSError:
+def with_path(e: OSError, path: Path) -> OSError:
     """An OSError from a write on an open file names no file; name ours so the CLI's one line says where."""
     if e.filename is None and e.errno is not None:
         e.filename = str(path)
@@ -132,7 +132,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.chmod(tmp_path, mode)
             os.replace(tmp_path, path)
         except OSError as e:
-            raise _naming_target(_with_path(e, path), path)
+            raise _naming_target(with_path(e, path), path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -437,7 +437,7 @@ class JsonlAppender:
                 os.fsync(self._f.fileno())
                 self._last_sync = time.monotonic()
         except OSError as e:
-            raise _with_path(e, self.path)
+            raise with_path(e, self.path)
         return True
 
     def close(self) -> None:
@@ -449,7 +449,7 @@ class JsonlAppender:
                 finally:
                     self._f.close()
         except OSError as e:
-            raise _with_path(e, self.path)
+            raise with_path(e, self.path)
         finally:
             self._lock.release()
 

@@ -50,8 +50,13 @@ class FrameCache:
             return None
         return cls(Path(root), cfg.cache_frames, cfg.cache_short_side, cfg.cache_quality)
 
+    @property
+    def suffix(self) -> str:
+        """The end of every entry's name: the format and the settings it was made with (``.v3.s256q90.jpgs``)."""
+        return f".v3.s{self.short_side}q{self.quality}.jpgs"
+
     def path(self, video_id: str, key: str) -> Path:
-        return self.root / video_id / f"{key}.v3.s{self.short_side}q{self.quality}.jpgs"
+        return self.root / video_id / f"{key}{self.suffix}"
 
     def superseded(self, video_id: str, key: str) -> list[Path]:
         """The names earlier versions gave this entry (``.npz`` archives), which nothing reads any more."""

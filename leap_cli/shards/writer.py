@@ -34,7 +34,7 @@ from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
-from leap_cli.io import JsonlAppender, OutputLock, _with_path, atomic_write_json, read_jsonl, sha256_file, stable_hash
+from leap_cli.io import JsonlAppender, OutputLock, atomic_write_json, read_jsonl, sha256_file, stable_hash, with_path
 from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.shards.format import (FORMAT, check_key, frame_field, jpeg_size, manifest_name, sample_bytes,
@@ -348,7 +348,7 @@ class _ShardSink:
         try:
             self._f.write(data)
         except OSError as e:  # a full disk: the line names the shard (a write on an open file names none)
-            raise _with_path(e, self.out / shard_name(self.split, self.index, self.suffix))
+            raise with_path(e, self.out / shard_name(self.split, self.index, self.suffix))
         self._bytes += len(data)
 
     def skip(self, entry: dict) -> None:
@@ -363,7 +363,7 @@ class _ShardSink:
             os.fsync(self._f.fileno())
             self._f.close()
         except OSError as e:
-            raise _with_path(e, final)
+            raise with_path(e, final)
         self._f = None
         os.replace(self._tmp, final)
         rec = {"name": name, "index": self.index, "settings_hash": self.settings_hash, "count": len(self._samples),
@@ -751,8 +751,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     cache = None
     if settings.task == "recognition" and cache_dir.is_dir():
         cache = FrameCache(cache_dir, settings.frames, settings.short_side, settings.jpeg_quality)
-        suffix = cache.path("V", "K").name[1:]  # ".v3.s256q90.jpgs": the settings an entry was made with
-        if next(cache_dir.glob(f"*/*{suffix}"), None) is None:
+        if next(cache_dir.glob(f"*/*{cache.suffix}"), None) is None:  # no entry made at these settings
             fix = (f"extract with --cache-frames {settings.frames} --cache-short-side {settings.short_side}"
                    if settings.jpeg_quality == FrameCache.quality else
                    f"extract caches at JPEG quality {FrameCache.quality}: build with --jpeg-quality {FrameCache.quality}")
