@@ -376,9 +376,10 @@ class JsonlAppender:
         try:
             existing = read_jsonl(self.path, repair=True) if self.path.exists() else []
             self._end_with_newline()
+            keys = []  # each record's key, read once
             for i, r in enumerate(existing, start=1):  # blank lines aside, record i is on line i
                 try:
-                    self._key(r)
+                    keys.append(self._key(r))
                 except (KeyError, TypeError, IndexError, AttributeError):
                     what = (f"a JSON {type(r).__name__}, not an object" if not isinstance(r, dict)
                             else f"no {key}" if isinstance(key, str) else "not a record of this file")
@@ -389,13 +390,14 @@ class JsonlAppender:
             self._lock.release()
             raise
         replace = set(replace_keys)
-        if replace and any(self._key(r) in replace for r in existing):
-            existing = [r for r in existing if self._key(r) not in replace]
+        if replace and not replace.isdisjoint(keys):
+            kept = [(k, r) for k, r in zip(keys, existing) if k not in replace]
+            keys, existing = [k for k, _ in kept], [r for _, r in kept]
             atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in existing))
         # last one wins if a file was concatenated twice
-        self.records: dict[str, dict] | None = {self._key(r): r for r in existing} if keep_records else None
-        self.keys: set[str] = {self._key(r) for r in existing}
-        del existing
+        self.records: dict[str, dict] | None = dict(zip(keys, existing)) if keep_records else None
+        self.keys: set[str] = set(keys)
+        del existing, keys
         try:
             self._f = open(self.path, "a", encoding="utf-8")
         except BaseException:
