@@ -38,6 +38,7 @@ import torch
 from leap_cli.epic.annotations import Annotations, SPLIT_FILES
 from leap_cli.errors import LeapError
 from leap_cli.evaluate.metrics import TOP_N_ACTIONS, action_scores
+from leap_cli.evaluate.scores import scores_task
 from leap_cli.io import atomic_path
 
 VERSION = "0.2"
@@ -235,7 +236,7 @@ def check_submission(submission: dict, expected_ids: Sequence[str], num_verbs: i
 def submit(scores: dict, annotations: Annotations, task: str, out: str | Path, *, sls_pt: int, sls_tl: int,
            sls_td: int, with_actions: bool = False, source: str = "<scores>") -> dict:
     """Check ``scores`` against the test split, write the zip, re-check what was written; return the summary."""
-    made_for = (scores.get("meta") or {}).get("task")  # leap's scores files say; official formats do not
+    made_for = scores_task(scores)
     if made_for is not None and task in CHALLENGES and made_for != task:
         raise LeapError(f"these are {made_for} scores (meta.task), not {task} scores", path=source,
                         fix=f"pass --task {made_for}, or submit the scores of a model trained for {task}")

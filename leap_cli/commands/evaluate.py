@@ -69,7 +69,7 @@ def evaluate(
 ) -> None:
     from leap_cli.common import normalize_split
     from leap_cli.errors import LeapError
-    from leap_cli.evaluate.scores import load_scores
+    from leap_cli.evaluate.scores import load_scores, scores_task
     from leap_cli.epic.annotations import open_annotations
     from leap_cli.evaluate.scoring import TASKS, evaluate_scores
     from leap_cli.io import atomic_write_json, check_writable
@@ -85,7 +85,7 @@ def evaluate(
             from leap_cli.evaluate.inference import resolve_run
 
             run_dir = resolve_run(run, workdir)
-        task = task or (loaded.get("meta") or {}).get("task") or "recognition"
+        task = task or scores_task(loaded) or "recognition"
         if split == "test":
             raise LeapError("the test split has no labels to score against", path=scores,
                             fix="use `leap submit --scores FILE` for test scores, or --split val")

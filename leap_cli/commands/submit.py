@@ -37,7 +37,7 @@ def submit(
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory of the pipeline."),
 ) -> None:
     from leap_cli.errors import LeapError
-    from leap_cli.evaluate.scores import load_scores
+    from leap_cli.evaluate.scores import load_scores, scores_task
     from leap_cli.epic.annotations import open_annotations
     from leap_cli import submit as sub
 
@@ -51,7 +51,7 @@ def submit(
                                                      "or --check submission.zip")
         out = out or Path(workdir) / "submission.zip"
         loaded = load_scores(scores)
-        task = task or (loaded.get("meta") or {}).get("task") or "recognition"
+        task = task or scores_task(loaded) or "recognition"
         summary = sub.submit(loaded, ann, task, out, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
                              with_actions=with_actions, source=str(scores))
         title = "submission written"

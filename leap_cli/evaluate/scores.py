@@ -188,6 +188,11 @@ def normalize_scores(raw: Any, path: str | Path = "<scores>") -> dict:
     return out
 
 
+def scores_task(scores: dict) -> str | None:
+    """The task the scores were made for (leap's files say it in ``meta.task``; the official formats do not)."""
+    return (scores.get("meta") or {}).get("task")
+
+
 def load_scores(path: str | Path) -> dict:
     """Read a leap ``scores.pt`` or an official-format ``.pt``/``.pkl`` results file."""
     return normalize_scores(_read_raw(Path(path)), path)
