@@ -418,6 +418,16 @@ def test_cli_generate_validate_and_strict(kitchen):
     assert rep["errors"][0]["errors"][0]["pointer"] == "/steps/0/verb"
 
 
+def test_paths_with_brackets_print_as_text(kitchen):
+    """A path is printed as text, not read as rich markup (a closing tag in it was a MarkupError)."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
+    report = kitchen / "[/x]" / "val.report.json"
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--split", "val", "--report", str(report)])
+    assert r.exit_code == 0, r.output
+    assert "[/x]" in "".join(r.output.split()) and report.exists()
+
+
 def test_narration_id_without_dry_run_generates_nothing(kitchen):
     """--narration-id only means something with --dry-run; alone it was ignored and every segment generated."""
     r = CliRunner().invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val",

@@ -94,14 +94,14 @@ def generate_programs(
         from leap_cli.programs.batch import write_batch_file
 
         n = write_batch_file(cfg, batch_file)
-        console.print(f"wrote {n} Batch API requests to {batch_file}; submit it, then run with --ingest-batch RESULTS.jsonl")
+        console.print(escape(f"wrote {n} Batch API requests to {batch_file}; submit it, then run with --ingest-batch RESULTS.jsonl"), highlight=False)
         return
     if ingest_batch is not None:
         from leap_cli.programs.batch import ingest_batch as ingest
 
         counts = ingest(cfg, ingest_batch)
-        console.print(f"ingested {sum(counts.values())} results into {cfg.out_path}: "
-                      + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        console.print(escape(f"ingested {sum(counts.values())} results into {cfg.out_path}: "
+                             + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))), highlight=False)
         return
     from leap_cli.progress import live_or_log
 
@@ -111,7 +111,7 @@ def generate_programs(
         task = progress.add_task("programs", total=None)
         summary = run(cfg, on_start=lambda n: progress.update(task, total=n),
                       on_record=lambda r: progress.advance(task))
-    console.print(f"input: {summary.source}")
+    console.print(escape(f"input: {summary.source}"), highlight=False)
     table = Table(title=f"generate-programs -> {escape(str(summary.out))}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
@@ -207,15 +207,17 @@ def validate_programs(
                   str(flow.get("loop", 0)), str(flow.get("conditional", 0)), str(flow.get("routine", 0)))
     console.print(table)
     top = lambda h: ", ".join(f"{k} {v}" for k, v in list(h.items())[:8])  # noqa: E731
-    console.print(f"verbs: {top(rep['histograms']['verbs'])}\nobjects: {top(rep['histograms']['objects'])}\n"
-                  f"predicates: {top(rep['histograms']['predicates'])}\nsteps: {top(rep['histograms']['steps'])}")
-    console.print(f"report: {out}")
+    # names an LLM wrote and paths: printed as text, never as rich markup
+    console.print(escape(f"verbs: {top(rep['histograms']['verbs'])}\nobjects: {top(rep['histograms']['objects'])}\n"
+                         f"predicates: {top(rep['histograms']['predicates'])}\nsteps: {top(rep['histograms']['steps'])}"),
+                  highlight=False)
+    console.print(escape(f"report: {out}"), highlight=False)
     if html:
         from leap_cli.io import atomic_write_text
         from leap_cli.report.programs_html import programs_report_html
 
         atomic_write_text(html, programs_report_html(rep))
-        console.print(f"page: {html}")
+        console.print(escape(f"page: {html}"), highlight=False)
     if not rep["records"]:  # not one line could be validated, or the file is empty
         from leap_cli.outcome import EXIT_ALL_FAILED
 
