@@ -72,12 +72,12 @@ def info(
     for name, get in rows:
         table.add_row(name, *(str(get(s)) for s in splits))
     console.print(table)
-    console.print(f"annotations: {layout.annotations_dir} ({', '.join(s.file for s in splits)})")
+    console.print(escape(f"annotations: {layout.annotations_dir} ({', '.join(s.file for s in splits)})"), highlight=False)
     console.print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in classes.items()))
     for s in splits:
         if s.missing:
             shown = ", ".join(s.missing[:5]) + (" ..." if len(s.missing) > 5 else "")
-            console.print(f"[yellow]{s.split}: {len(s.missing)} video(s) with neither MP4 nor rgb_frames:[/] {shown}")
+            console.print(f"[yellow]{s.split}: {len(s.missing)} video(s) with neither MP4 nor rgb_frames:[/] {escape(shown)}")
     if check_lengths:
         ann = layout.annotations()
         videos = sorted({seg.video_id for s in splits for seg in ann.segments(s.split)})

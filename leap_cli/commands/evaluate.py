@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -119,10 +120,11 @@ def evaluate(
                 batch_size=batch_size, workers=workers, device=device, precision=precision,
                 allow_partial=allow_partial_load, compile=compile, on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n))
         task = loaded["meta"]["task"]
-        console.print(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s))")
+        console.print(escape(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s))"),
+                      highlight=False)
         if split == "test":
-            console.print(f"test split: no labels, scores only. Next: leap submit --scores {scores_path} "
-                          f"--task {task}")
+            console.print(escape(f"test split: no labels, scores only. Next: leap submit --scores {scores_path} "
+                                 f"--task {task}"), highlight=False)
             return
         metrics_path = (out or scores_path.parent) / "metrics.json"
         source = str(scores_path)
@@ -130,4 +132,4 @@ def evaluate(
     result = evaluate_scores(loaded, ann, split, task, source=source)
     atomic_write_json(metrics_path, result)
     console.print(_table(result))
-    console.print(f"wrote {metrics_path}")
+    console.print(escape(f"wrote {metrics_path}"), highlight=False)

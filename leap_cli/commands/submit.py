@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR
@@ -61,4 +62,4 @@ def submit(
     for k, v in summary.items():
         table.add_row(k, str(v))
     console.print(table)
-    console.print(f"{check if check is not None else out}: {title}")
+    console.print(escape(f"{check if check is not None else out}: {title}"), highlight=False)
