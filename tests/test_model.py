@@ -68,6 +68,24 @@ def test_forward_backward_every_parameter_gets_gradient(anticipation):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("anticipation", [None, {"context": 2, "aggregate": True}])
+def test_a_batch_without_programs_still_reaches_every_parameter(anticipation):
+    """DDP runs without its unused-parameter search: a head that sat out a step's loss (no program in the batch)
+    must still get a gradient, of zeros, or the next step stops."""
+    torch.manual_seed(0)
+    model = build_model(tiny_args(anticipation=anticipation))
+    batch = make_batch(context=2 if anticipation else 0)
+    batch["has_program"][:] = False
+    out = model(batch["video"], batch["program_steps"], batch.get("context_video"), batch.get("context_mask"))
+    loss, parts = leap_loss(out, batch)
+    assert parts["l_t"] == 0 and parts["l_pc"] == 0
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    if anticipation is None:  # (anticipation's action feature reads the decoder's states: real gradients there)
+        assert all(float(p.grad.abs().sum()) == 0 for n, p in model.named_parameters()
+                   if n.startswith(("decoder.", "condition_head.")))
+
+
 def test_predict_program_is_greedy_decoding_of_forward():
     torch.manual_seed(1)
     model = build_model(tiny_args()).eval()

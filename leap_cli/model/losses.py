@@ -9,6 +9,9 @@ row holds one or two of a few hundred conditions (base rate ~1 %), so the positi
 ``condition_pos_weight`` (config ``loss.condition_pos_weight``, 10 by default): unweighted, predicting no condition
 at all is nearly optimal and the per-row F1 at threshold 0.5 stays at 0.
 Only segments with ``has_program`` enter L_T and L_PC; the others contribute the action cross-entropies only.
+An output that takes no part in a batch's loss (a batch without programs, a column the targets lack) enters it
+times zero: every head then gets a gradient (of zeros) in every step, as DDP without its unused-parameter search
+expects.
 Labels of -1 (unknown) are ignored.
 """
 
@@ -51,6 +54,7 @@ def leap_loss(
     ce_verb = _ce(outputs["verb"], batch["verb_class"].to(outputs["verb"].device), label_smoothing)
     ce_noun = _ce(outputs["noun"], batch["noun_class"].to(outputs["noun"].device), label_smoothing)
     loss = ce_verb + ce_noun
+    used = {"verb", "noun"}
     l_t = l_pc = torch.zeros((), device=loss.device)
     if program_loss and "step_verb" in outputs and "program_steps" in batch:
         has = batch["has_program"].to(loss.device).bool()  # [B]
@@ -61,6 +65,7 @@ def leap_loss(
             cols = [k for k in STEP_COLUMNS if k in outputs][: steps.shape[-1]]
             parts = [_ce(outputs[key].flatten(0, 1), steps[..., i].flatten(), 0.0) for i, key in enumerate(cols)]
             l_t = sum(parts) / len(parts)
+            used.update(cols, ["conditions"])
             cond_logits = outputs["conditions"][has].float()
             cond_target = batch["conditions"].to(loss.device)[has].float()
             pw = torch.tensor(condition_pos_weight, device=loss.device)
@@ -73,6 +78,10 @@ def leap_loss(
                                                                pos_weight=pw) \
                     if rows.any() else l_t * 0.0
                 l_pc = (l_pc + step_term) / 2
+                used.update(["step_conditions"] if rows.any() else [])
             loss = loss + lambda_t * l_t + lambda_pc * l_pc
+    idle = [v for k, v in outputs.items() if k not in used and v.requires_grad]
+    if idle:
+        loss = loss + sum(v.float().sum() for v in idle) * 0.0
     parts = {"ce_verb": ce_verb, "ce_noun": ce_noun, "l_t": l_t, "l_pc": l_pc}
     return loss, {k: float(v.detach()) for k, v in parts.items()}

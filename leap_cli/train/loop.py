@@ -432,7 +432,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             state.epoch = int(resume_ckpt["data_position"]["epoch"])
             state.batches = int(resume_ckpt["data_position"]["batches"])
             state.best_metric = float(resume_ckpt["best_metric"])
-        train_model = wrap_model(model, cfg, info, has_program=model_args["program"] is not None)
+        train_model = wrap_model(model, cfg, info)
 
         if start_over:
             distributed.barrier(info)  # every rank has seen the checkpoint before rank 0 removes it
@@ -542,12 +542,12 @@ def prepare_model(model: nn.Module, cfg: Config, info: distributed.DistInfo) -> 
     return model
 
 
-def wrap_model(model: nn.Module, cfg: Config, info: distributed.DistInfo, *, has_program: bool) -> nn.Module:
-    """DDP under torchrun (unused-parameter search when program heads may sit out a batch without programs),
-    then torch.compile when asked."""
+def wrap_model(model: nn.Module, cfg: Config, info: distributed.DistInfo) -> nn.Module:
+    """DDP under torchrun, then torch.compile when asked. DDP searches for no unused parameters (a graph walk
+    every step): ``leap_loss`` gives every head a part in every step's loss, times zero where it sat out."""
     if info.distributed:
         ddp_kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
-        model = nn.parallel.DistributedDataParallel(model, find_unused_parameters=has_program, **ddp_kwargs)
+        model = nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
     if cfg.model.compile:
         model = torch.compile(model)
     return model
