@@ -4,6 +4,7 @@ on CUDA with bf16 autocast at batches up to what fits.
 
     python benchmarks/bench_model.py                      # CPU, b16 8x224, batch 1 and 2
     python benchmarks/bench_model.py --device cuda        # GPU, bf16, batches 8..128 until out of memory
+    python benchmarks/bench_model.py --device cuda --compile --compile-batch 32   # also torch.compile vs eager
     python benchmarks/bench_model.py --backbone uniformerv2_tiny --frames 4 --img 96   # quick check
     # side by side with the official code (not part of leap: fetch OpenGVLab/UniFormerV2 and point at the file)
     python benchmarks/bench_model.py --official /path/to/UniFormerV2/slowfast/models/uniformerv2_model.py [--compile]
@@ -38,31 +39,35 @@ def _rss_mib() -> float:
 
 
 def run_one(backbone: str, frames: int, img: int, batch: int, sdpa: bool, mode: str, iters: int, device: str,
-            threads: int) -> dict:
-    """Time one configuration in this process; returns clips/s and peak memory."""
+            threads: int, compiled: bool = False) -> dict:
+    """Time one configuration in this process; returns clips/s and peak memory. ``compiled``: through
+    ``torch.compile`` (its compilation is the warm-up step, timed apart as ``compile_s``)."""
     torch.manual_seed(0)
     if device == "cpu":
         torch.set_num_threads(threads)
     model = BUILDERS[backbone](num_frames=frames, img_size=img, num_classes=400, use_sdpa=sdpa).to(device)
     model.train(mode == "fwd+bwd")
+    net = torch.compile(model) if compiled else model
     x = torch.randn(batch, 3, frames, img, img, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
 
     def step() -> None:
         if mode == "fwd":
             with torch.no_grad(), autocast:
-                model(x)
+                net(x)
         else:
             with autocast:
-                out = model(x)
+                out = net(x)
             out.float().sum().backward()
             model.zero_grad(set_to_none=True)
 
     base = _rss_mib()
-    step()  # warm-up
+    w0 = time.perf_counter()
+    step()  # warm-up (and compilation)
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    warm = time.perf_counter() - w0
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(iters):
         step()
@@ -74,7 +79,8 @@ def run_one(backbone: str, frames: int, img: int, batch: int, sdpa: bool, mode: 
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     return {"backbone": backbone, "frames": frames, "img": img, "batch": batch, "attention": "sdpa" if sdpa else "plain",
-            "mode": mode, "device": device, "iters": iters, "threads": threads, "clips_per_s": batch * iters / secs,
+            "mode": mode, "device": device, "iters": iters, "threads": threads, "compiled": compiled,
+            "compile_s": warm if compiled else None, "clips_per_s": batch * iters / secs,
             "cpu_s_per_clip": cpu_secs / (batch * iters), "peak_mib": peak}
 
 
@@ -88,6 +94,14 @@ def cpu_suite(args: argparse.Namespace) -> list[dict]:
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 print(_fmt(rows[-1]), flush=True)
+    if args.compile:  # torch.compile against eager: forward+backward with SDPA at one batch
+        for compiled in (False, True):
+            cmd = [sys.executable, __file__, "--one", json.dumps(
+                [args.backbone, args.frames, args.img, args.compile_batch, True, "fwd+bwd", args.iters, "cpu",
+                 args.threads, compiled])]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+            print(_fmt(rows[-1]), flush=True)
     return rows
 
 
@@ -104,6 +118,12 @@ def cuda_suite(args: argparse.Namespace) -> list[dict]:
                     break
                 print(_fmt(rows[-1]), flush=True)
                 torch.cuda.empty_cache()
+    if args.compile:  # torch.compile against eager: forward+backward with SDPA at one batch, eager timed again beside it
+        for compiled in (False, True):
+            rows.append(run_one(args.backbone, args.frames, args.img, args.compile_batch, True, "fwd+bwd", args.iters,
+                                "cuda", 0, compiled))
+            print(_fmt(rows[-1]), flush=True)
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -216,15 +236,16 @@ def side_by_side(args: argparse.Namespace) -> None:
 
 
 def _fmt(r: dict) -> str:
+    compiled = f" compiled (compilation {r['compile_s']:.0f} s)" if r.get("compiled") else ""
     return (f"{r['device']:4} {r['backbone']} {r['frames']}x{r['img']} batch {r['batch']:3} {r['mode']:7} "
-            f"{r['attention']:5}: {r['clips_per_s']:8.3f} clips/s, {r['cpu_s_per_clip']:7.2f} CPU-s/clip, "
+            f"{r['attention']:5}{compiled}: {r['clips_per_s']:8.3f} clips/s, {r['cpu_s_per_clip']:7.2f} CPU-s/clip, "
             f"peak {r['peak_mib']:8.0f} MiB")
 
 
 def table(rows: list[dict]) -> str:
     lines = ["| device | batch | mode | SDPA clips/s | plain clips/s | SDPA/plain (wall) | SDPA CPU-s/clip | "
              "plain CPU-s/clip | SDPA peak MiB | plain peak MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
-    keyed = {(r["device"], r["batch"], r["mode"], r["attention"]): r for r in rows}
+    keyed = {(r["device"], r["batch"], r["mode"], r["attention"]): r for r in rows if not r.get("compiled")}
     for (dev, batch, mode, att), r in keyed.items():
         if att != "sdpa" or (dev, batch, mode, "plain") not in keyed:
             continue
@@ -232,6 +253,13 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {dev} | {batch} | {mode} | {r['clips_per_s']:.3f} | {p['clips_per_s']:.3f} | "
                      f"{r['clips_per_s'] / p['clips_per_s']:.2f}x | {r['cpu_s_per_clip']:.2f} | {p['cpu_s_per_clip']:.2f} | "
                      f"{r['peak_mib']:.0f} | {p['peak_mib']:.0f} |")
+    compiled = [r for r in rows if r.get("compiled")]
+    for c in compiled:  # the eager row timed just before it, same device and batch
+        e = [r for r in rows[:rows.index(c)] if not r.get("compiled") and r["device"] == c["device"]
+             and r["batch"] == c["batch"] and r["mode"] == c["mode"] and r["attention"] == c["attention"]][-1]
+        lines.append(f"\n{c['device']} batch {c['batch']} {c['mode']}: torch.compile {c['clips_per_s']:.3f} clips/s vs "
+                     f"eager {e['clips_per_s']:.3f}: {c['clips_per_s'] / e['clips_per_s']:.2f}x "
+                     f"(compilation {c['compile_s']:.0f} s; peak {c['peak_mib']:.0f} vs {e['peak_mib']:.0f} MiB)")
     return "\n".join(lines)
 
 
@@ -251,7 +279,9 @@ def main() -> None:
     ap.add_argument("--settings", nargs="+", default=["default", "kinetics"], choices=["default", "kinetics"],
                     help="with --official: the architectures to compare (default: local blocks + temporal downsample; "
                     "kinetics: no_lmhra, no temporal downsample)")
-    ap.add_argument("--compile", action="store_true", help="with --official: also time torch.compile(ours)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile(ours): with --official beside "
+                    "the official code; else forward+backward at --compile-batch against eager")
+    ap.add_argument("--compile-batch", type=int, default=32, help="batch of the compiled-vs-eager rows")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.official:

@@ -1,27 +1,97 @@
 #!/usr/bin/env bash
-# One prepared run for a lent GPU machine (the `device` tool): the CUDA paths of leap in about 6 minutes.
-#   1. bench_model.py --device cuda: b16 8x224 clips/s forward and forward+backward with bf16 autocast,
-#      SDPA vs plain attention, peak memory, batches up to what fits;
-#   2. DDP under torchrun (NCCL) with bf16 on the synthetic kitchen: a tiny training run end to end;
-#   3. evaluate on the GPU with bf16.
-# Output goes to $OUT (the device tool brings it back) or ./gpu-check; copy the figures into RESULTS.md.
-set -euo pipefail
+# The CUDA paths of leap in one run (about 6 minutes on one H200 once the data is prepared):
+#   model    bench_model.py on CUDA: b16 8x224 clips/s, forward and forward+backward under bf16 autocast, SDPA vs
+#            plain attention, batches up to what fits, peak memory; and torch.compile against eager (fwd+bwd)
+#   ddp      `leap train` under torchrun (NCCL, one process per GPU), bf16, on the synthetic kitchen's shards
+#   compile  `leap train` with model.compile: true, bf16, one process
+#   evaluate `leap evaluate --split val` on the GPU, bf16, compiled
+# Every step runs even when one before it failed; the summary at the end lists each step's exit status and
+# seconds, and the script exits non-zero when any failed.
+#
+#   bash benchmarks/gpu_check.sh                           # a GPU machine with leap installed: all of it
+#   WORK=.gpu-work bash benchmarks/gpu_check.sh prepare    # only the data: the synthetic kitchen, extract,
+#                                                          # programs, shards (needs the CPU-side packages: av, ...)
+#   WORK=.gpu-work bash benchmarks/gpu_check.sh check      # only the checks, on prepared data (needs torch only)
+#   DEVICE=cpu bash benchmarks/gpu_check.sh                # a dry run of the same steps on the CPU at tiny sizes
+#
+# The device machine lent to sessions has torch but not av, soundfile or jsonschema, so there the data is
+# prepared here first (`prepare`, ~1 minute) and carried: device `run` with carry [".gpu-work"] and the
+# command `OUT=$OUT WORK=.gpu-work bash benchmarks/gpu_check.sh check` (.gpu-work is git-ignored).
+# Output: $OUT/gpu_check.log and $OUT/model.json ($OUT defaults to ./gpu-check); the figures go into
+# benchmarks/RESULTS.md, section "GPU (CUDA paths)".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WHAT=${1:-all}
 OUT=${OUT:-gpu-check}
-mkdir -p "$OUT"
+WORK=${WORK:-$OUT/work}
 PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}
 export PYTHONUNBUFFERED=1
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-  $PY benchmarks/bench_model.py --device cuda --iters 3 --gpu-batches 8 16 32 64
-  W=$(mktemp -d)
-  $PY -m leap_cli demo-data --out "$W/kitchen" --videos 4 --segments 24
+mkdir -p "$OUT"
+case "$WHAT" in all|prepare|check) ;; *) echo "usage: gpu_check.sh [all|prepare|check]" >&2; exit 2;; esac
+
+STEPS=()
+step() {  # step NAME COMMAND...: run it, note its exit status and seconds, go on either way
+  local name=$1 t0=$SECONDS rc
+  shift
+  echo "=== $name: $*"
+  "$@"
+  rc=$?
+  STEPS+=("$name rc=$rc $((SECONDS - t0))s")
+  echo "=== $name: exit $rc after $((SECONDS - t0)) s"
+}
+
+leap() { $PY -m leap_cli "$@"; }
+
+prepare() {
+  step demo-data leap demo-data --out "$WORK/kitchen" --videos 4 --segments 24
   for s in train val; do
-    $PY -m leap_cli generate-programs --split $s --workdir "$W"
-    $PY -m leap_cli build-shards --split $s --workdir "$W" --frames 8 --short-side 80 --workers 8
+    step "extract $s" leap extract --split "$s" --workdir "$WORK" --cache-frames 8 --cache-short-side 80
+    step "programs $s" leap generate-programs --split "$s" --workdir "$WORK"
+    step "shards $s" leap build-shards --split "$s" --workdir "$WORK" --frames 8 --short-side 80
   done
-  NP=$($PY -c "import torch; print(max(1, torch.cuda.device_count()))")
-  torchrun --standalone --nproc_per_node "$NP" -m leap_cli train --config tiny-synthetic --workdir "$W" \
-    --set train.epochs=5 --set train.threads=4 --set train.precision=bf16
-  $PY -m leap_cli evaluate --split val --run "$W/runs/tiny-synthetic" --workdir "$W" --device cuda --precision bf16
+  rm -rf "$WORK/frame-cache"  # build-shards has read it; training does not (less to carry to a device)
+}
+
+check() {
+  if [ ! -f "$WORK/shards/val/manifest.json" ]; then
+    echo "no shards in $WORK/shards: run 'WORK=$WORK bash benchmarks/gpu_check.sh prepare' first" >&2
+    STEPS+=("shards missing rc=1 0s")
+    return
+  fi
+  local precision=bf16 np model_args
+  if [ "$DEVICE" = cuda ]; then
+    step env bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv; \
+      $PY -c \"import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(), \
+'bf16', torch.cuda.is_bf16_supported())\""
+    np=$($PY -c "import torch; print(max(1, torch.cuda.device_count()))")
+    model_args=(--device cuda --iters 5 --gpu-batches 8 16 32 64 --compile --compile-batch 32)
+  else  # the dry run: tiny sizes, two gloo processes, fp32 (bf16 on a CPU is slow, not what is checked)
+    precision=fp32
+    np=2
+    model_args=(--device cpu --backbone uniformerv2_tiny --frames 4 --img 64 --batches 2 --iters 1 --threads 1
+                --compile --compile-batch 2)
+  fi
+  step model $PY benchmarks/bench_model.py "${model_args[@]}" --json "$OUT/model.json"
+  local common=(--config tiny-synthetic --workdir "$WORK" --force --set train.epochs=3 --set train.eval_every_epochs=3
+                --set "train.device=$DEVICE" --set "train.precision=$precision")
+  step ddp $PY -m torch.distributed.run --standalone --nproc_per_node "$np" -m leap_cli train "${common[@]}" \
+    --name gpu-ddp
+  step compile leap train "${common[@]}" --name gpu-compile --set model.compile=true
+  step evaluate leap evaluate --split val --run "$WORK/runs/gpu-ddp" --workdir "$WORK" --device "$DEVICE" \
+    --precision "$precision" --compile --out "$OUT/eval"
+}
+
+{
+  echo "gpu_check.sh $WHAT: device $DEVICE, work $WORK, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  if [ "$WHAT" != check ]; then prepare; fi
+  if [ "$WHAT" != prepare ]; then check; fi
+  echo "=== summary"
+  failed=0
+  for s in "${STEPS[@]}"; do
+    echo "  $s"
+    case "$s" in *" rc=0 "*) ;; *) failed=1;; esac
+  done
+  exit $failed
 } 2>&1 | tee "$OUT/gpu_check.log"
+exit "${PIPESTATUS[0]}"
