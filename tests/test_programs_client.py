@@ -5,6 +5,7 @@ import asyncio
 import gzip
 import json
 import logging
+import sqlite3
 
 import pytest
 
@@ -354,6 +355,38 @@ def test_buffered_store_never_holds_the_database(tmp_path):
     a.close()
     assert b.get("ka")[0] == "reply a" and b.spent(tmp_path / "out.jsonl")["cost"] == 0.5
     b.close()
+
+
+def test_background_writes_are_read_back_and_a_failed_one_is_raised_and_kept(tmp_path):
+    """With a writer thread, the rows it is writing are still found by ``get``; a write that failed is raised by
+    the next commit, and its rows are written by a later one instead of being lost."""
+    import threading
+
+    path, out = tmp_path / "cache.sqlite", tmp_path / "out.jsonl"
+    release, failures = threading.Event(), []
+
+    class Slow(ProgramStore):
+        def _write(self, rows):
+            release.wait(10)  # the writer thread holds these rows until the test lets it go on
+            if failures:
+                raise failures.pop()
+            super()._write(rows)
+
+    s = Slow(path, commit_every=0.0, background=True)
+    s.put("k1", "reply 1", {"prompt_tokens": 3}, "m")  # due at once: handed to the writer thread, which waits
+    assert s._flushing is not None and s.get("k1")[0] == "reply 1"
+    s.put("k2", "reply 2", {}, "m")  # the thread is busy: stays in the buffer
+    s.add_spend(out, 0.25, {"prompt_tokens": 3})
+    failures.append(sqlite3.OperationalError("disk I/O error"))
+    release.set()
+    with pytest.raises(sqlite3.OperationalError):
+        s.commit()  # the first write failed: raised here, its rows back in the buffer
+    assert s.get("k1")[0] == "reply 1" and s.get("k2")[0] == "reply 2"
+    s.close()  # writes them
+    check = ProgramStore(path)
+    assert check.get("k1")[0] == "reply 1" and check.get("k2")[0] == "reply 2"
+    assert check.spent(out)["cost"] == 0.25
+    check.close()
 
 
 def test_generate_programs_exits_3_when_every_record_failed(workdir, good_programs):  # noqa: F811

@@ -379,7 +379,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     # the backend first: an unknown --backend or a missing API key must not cost an output that --force would
     # start over
     backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
-    store = ProgramStore(cfg.cache_path, commit_every=0.5)  # (and a cache that cannot be opened)
+    store = ProgramStore(cfg.cache_path, commit_every=0.5, background=True)  # (and a cache that cannot be opened)
     try:
         check_output(cfg, builder)
     except BaseException:

@@ -15,6 +15,11 @@ is not written yet, so a killed run would otherwise ask for it again. A reply th
 commit of its own: the record is in the output file (flushed per line) and a resumed run skips the segment; a
 kill loses at most ``commit_every`` of the ledger's spend on such replies (a commit per reply cost ~0.15 ms of
 client CPU and ~6 points of the concurrency bound in ``benchmarks/bench_generate.py``).
+With ``background=True`` (``leap generate-programs``) the periodic transactions are written by a thread of their own
+on a second connection, so that their disk work (7-11 ms each, 60-70 ms where SQLite checkpoints its WAL into the
+database) does not stop the event loop while replies wait; rows written meanwhile wait for the next transaction
+(a kill loses those and the one in flight), ``commit()`` returns once everything is written, and a failed
+background write is raised by the next write or commit, its rows kept for a later one.
 Response and error texts pass through ``leap_cli.programs.redact.redact`` before they are stored.
 """
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from leap_cli.errors import LeapError
@@ -66,13 +72,13 @@ class ProgramStore:
                    "excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens, "
                    "requests = requests + excluded.requests, updated = excluded.updated")
 
-    def __init__(self, path: str | Path, commit_every: float = 0.0):
+    def __init__(self, path: str | Path, commit_every: float = 0.0, *, background: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, timeout=30.0)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db = self._connect()
+            # the connection that writes: the same one, or one that only the writer thread uses
+            self._wdb = self._connect(check_same_thread=False) if background else self.db
         except sqlite3.DatabaseError as e:  # a damaged or foreign file, a folder in its place
             raise LeapError(f"the program cache cannot be opened ({e})", path=self.path,
                             fix="move it aside and run again: a new cache starts; the programs already written are "
@@ -85,20 +91,69 @@ class ProgramStore:
         self._cache: dict[str, tuple] = {}
         self._calls: list[tuple] = []
         self._ledger: dict[str, list] = {}
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="leap-store") if background else None
+        self._flushing: tuple[dict, list, dict] | None = None  # the rows the writer thread is writing
+        self._flush: Future | None = None
         self.migrate()
 
+    def _connect(self, **kwargs) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30.0, **kwargs)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
     def _written(self) -> None:
-        if time.monotonic() - self._last_commit >= self.commit_every:
+        if time.monotonic() - self._last_commit < self.commit_every:
+            return
+        if self._writer is None:
             self.commit()
+        elif self._flush is None or self._flush.done():  # else the rows wait for the next due write
+            self._finish_flush()
+            self._flush = self._writer.submit(self._write, self._take())
+            self._last_commit = time.monotonic()
+
+    def _take(self) -> tuple[dict, list, dict]:
+        """The buffered rows, handed over (the buffers start empty)."""
+        rows = self._flushing = (self._cache, self._calls, self._ledger)
+        self._cache, self._calls, self._ledger = {}, [], {}
+        return rows
+
+    def _write(self, rows: tuple[dict, list, dict]) -> None:
+        cache, calls, ledger = rows
+        if cache or calls or ledger:
+            with self._wdb:
+                self._wdb.executemany(self._CACHE_SQL, cache.values())
+                self._wdb.executemany(self._CALL_SQL, calls)
+                self._wdb.executemany(self._LEDGER_SQL, [(k, *v, time.time()) for k, v in ledger.items()])
+
+    def _finish_flush(self) -> None:
+        """Wait for the writer thread's transaction; where it failed, its rows go back into the buffers (a later
+        commit tries them again) and its error is raised here."""
+        flush, rows, self._flush = self._flush, self._flushing, None
+        if flush is None:
+            return
+        try:
+            flush.result()
+        except BaseException:
+            cache, calls, ledger = rows
+            self._cache = {**cache, **self._cache}
+            self._calls = calls + self._calls
+            for k, v in ledger.items():
+                row = self._ledger.setdefault(k, [0.0, 0, 0, 0])
+                self._ledger[k] = [a + b for a, b in zip(row, v)]
+            raise
+        finally:
+            self._flushing = None
 
     def commit(self) -> None:
-        """Write the buffered rows (one transaction)."""
-        if self._cache or self._calls or self._ledger:
-            with self.db:
-                self.db.executemany(self._CACHE_SQL, self._cache.values())
-                self.db.executemany(self._CALL_SQL, self._calls)
-                self.db.executemany(self._LEDGER_SQL, [(k, *v, time.time()) for k, v in self._ledger.items()])
+        """Write the buffered rows (one transaction); with a writer thread, after its own and by it."""
+        if self._writer is None:
+            self._write((self._cache, self._calls, self._ledger))  # the buffers are kept where it fails
             self._cache, self._calls, self._ledger = {}, [], {}
+        else:
+            self._finish_flush()
+            self._flush = self._writer.submit(self._write, self._take())
+            self._finish_flush()
         self._last_commit = time.monotonic()
 
     def migrate(self) -> int:
@@ -112,6 +167,8 @@ class ProgramStore:
     def get(self, key: str) -> tuple[str, dict, str] | None:
         if key in self._cache:
             row = self._cache[key][1:5]
+        elif self._flushing is not None and key in self._flushing[0]:
+            row = self._flushing[0][key][1:5]
         else:
             row = self.db.execute("SELECT response, prompt_tokens, completion_tokens, model FROM cache WHERE key = ?",
                                   (key,)).fetchone()
@@ -174,8 +231,13 @@ class ProgramStore:
         return [dict(zip(cols, r)) for r in cur.fetchall()]
 
     def close(self) -> None:
-        self.commit()
-        self.db.close()
+        try:
+            self.commit()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._wdb.close()
+            self.db.close()
 
     def __enter__(self) -> "ProgramStore":
         return self
