@@ -77,17 +77,28 @@ def _temp_tag() -> str:
     return f"{host}-{os.getpid()}"
 
 
+_SWEPT: set[tuple[int, str]] = set()  # (pid, folder) already swept: once per folder and process
+
+
 def _remove_dead_temps(path: Path) -> None:
-    """Delete the temp files a killed writer of ``path`` left (``.NAME.HOST-PID.XXXX.tmp`` whose process on this
-    host is gone); a running writer's, another host's, and any other file stay."""
+    """Delete the temp files killed writers left in ``path``'s folder (``.NAME.HOST-PID.XXXXXXXX.tmp`` whose
+    process on this host is gone); a running writer's, another host's, and any other file stay. Once per folder
+    and process: a folder that one run writes thousands of files into (a video's frame cache) is read once, not
+    once per file."""
+    key = (os.getpid(), str(path.parent))
+    if key in _SWEPT:
+        return
+    _SWEPT.add(key)
     host = _temp_tag().rsplit("-", 1)[0]
-    head = f".{path.name}.{host}-"
+    tag = f".{host}-"
     try:
-        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(head) and e.name.endswith(".tmp")]
+        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(".") and e.name.endswith(".tmp")
+                 and tag in e.name]
     except OSError:
         return
     for name in names:
-        pid = name[len(head):].split(".", 1)[0]
+        # .NAME.HOST-PID.XXXXXXXX.tmp: NAME may hold dots and the host's tag; mkstemp's 8 characters hold none
+        pid = name[:-len(".tmp")].rsplit(".", 1)[0].rsplit(tag, 1)[-1]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:

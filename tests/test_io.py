@@ -259,6 +259,25 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_write_a_live_ones_is_
     assert sorted(f.name for f in tmp_path.iterdir()) == ["last.pt"] and p.read_bytes() == b"in progress"
 
 
+def test_a_folder_is_swept_for_dead_temp_files_once_per_process(tmp_path, monkeypatch):
+    """Every atomic write listed its whole folder to find killed writers' temp files: a video's frame-cache
+    folder of n segment files cost n listings of up to n names. The folder is listed by a process's first write
+    into it; the dead writer's file is gone after that one write."""
+    import leap_cli.io as io
+
+    folder = tmp_path / "P01_01"
+    folder.mkdir()
+    dead = folder / f".seg.0001.jpg.{io._temp_tag().rsplit('-', 1)[0]}-999999999.abcd1234.tmp"
+    dead.write_bytes(b"half")
+    listed = []
+    real = io.os.scandir
+    monkeypatch.setattr(io.os, "scandir", lambda p: listed.append(str(p)) or real(p))
+    for i in range(20):
+        atomic_write_text(folder / f"seg.{i:04d}.jpg", "x")
+    assert listed.count(str(folder)) == 1 and not dead.exists()
+    assert len(list(folder.iterdir())) == 20
+
+
 def test_force_never_deletes_an_output_another_run_is_writing(tmp_path):
     """`--force` with other settings while the first run was still writing deleted its output (the running
     run went on writing into a deleted file: every record, paid LLM calls included, lost) and put its own
