@@ -23,6 +23,7 @@ plain Python values, so a scores file cannot run code.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
@@ -133,7 +134,9 @@ def _read_raw(path: Path) -> Any:
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
             raise LeapError(f"cannot read the pickle ({load_problem(e, path)})", path=path, fix=_FIX_FORMAT) from None
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        # torch < 2.5 has no safe_globals: NumPy arrays in a .pt file are refused there (tensors load)
+        allow = getattr(torch.serialization, "safe_globals", None)
+        with allow(_numpy_safe_globals()) if allow else contextlib.nullcontext():
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for foreign or broken files
         raise LeapError(f"cannot read with torch.load(weights_only=True): {load_problem(e, path)}",
