@@ -215,6 +215,7 @@ class ProgramGenerator:
     def __init__(self, cfg: GenerateConfig, inputs: Inputs, backend: Backend, store: ProgramStore, builder: PromptBuilder,
                  over_budget: Callable[[], bool] | None = None):
         self.cfg, self.inputs, self.backend, self.store, self.builder = cfg, inputs, backend, store, builder
+        self.out_path = cfg.out_path  # (a path built anew at each access: once per paid reply here)
         self.over_budget = over_budget
         self._slots: asyncio.Semaphore | None = None
         self.all_busy = asyncio.Event()  # every slot has been taken once (the workers that wait start then)
@@ -325,7 +326,7 @@ class ProgramGenerator:
             self.cost += cost
             # committed with the call log (run_one's log_call), not while the slot is held
             if cost or self.backend.name != "offline":
-                self.store.add_spend(self.cfg.out_path, cost, usage, comp.attempts, commit=False)
+                self.store.add_spend(self.out_path, cost, usage, comp.attempts, commit=False)
             self.store.put(key, comp.text, usage, comp.model, commit=False)
         # the worker that now has the slot sends its request before this reply's bookkeeping (run_one's _turn)
         return comp
