@@ -84,24 +84,21 @@ def run_one(backbone: str, frames: int, img: int, batch: int, sdpa: bool, mode: 
             "cpu_s_per_clip": cpu_secs / (batch * iters), "peak_mib": peak}
 
 
+def _in_subprocess(*params) -> dict:
+    """``run_one(*params)`` in a fresh process (its peak resident memory is its own); prints the row."""
+    cmd = [sys.executable, __file__, "--one", json.dumps(params)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    row = json.loads(out.strip().splitlines()[-1])
+    print(_fmt(row), flush=True)
+    return row
+
+
 def cpu_suite(args: argparse.Namespace) -> list[dict]:
-    rows = []
-    for batch in args.batches:
-        for mode in ("fwd", "fwd+bwd"):
-            for sdpa in (True, False):
-                cmd = [sys.executable, __file__, "--one", json.dumps(
-                    [args.backbone, args.frames, args.img, batch, sdpa, mode, args.iters, "cpu", args.threads])]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                rows.append(json.loads(out.strip().splitlines()[-1]))
-                print(_fmt(rows[-1]), flush=True)
+    rows = [_in_subprocess(args.backbone, args.frames, args.img, batch, sdpa, mode, args.iters, "cpu", args.threads)
+            for batch in args.batches for mode in ("fwd", "fwd+bwd") for sdpa in (True, False)]
     if args.compile:  # torch.compile against eager: forward+backward with SDPA at one batch
-        for compiled in (False, True):
-            cmd = [sys.executable, __file__, "--one", json.dumps(
-                [args.backbone, args.frames, args.img, args.compile_batch, True, "fwd+bwd", args.iters, "cpu",
-                 args.threads, compiled])]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
-            print(_fmt(rows[-1]), flush=True)
+        rows += [_in_subprocess(args.backbone, args.frames, args.img, args.compile_batch, True, "fwd+bwd", args.iters,
+                                "cpu", args.threads, compiled) for compiled in (False, True)]
     return rows
 
 
@@ -120,10 +117,15 @@ def cuda_suite(args: argparse.Namespace) -> list[dict]:
                 torch.cuda.empty_cache()
     if args.compile:  # torch.compile against eager: forward+backward with SDPA at one batch, eager timed again beside it
         for compiled in (False, True):
-            rows.append(run_one(args.backbone, args.frames, args.img, args.compile_batch, True, "fwd+bwd", args.iters,
-                                "cuda", 0, compiled))
+            try:
+                rows.append(run_one(args.backbone, args.frames, args.img, args.compile_batch, True, "fwd+bwd",
+                                    args.iters, "cuda", 0, compiled))
+            except torch.OutOfMemoryError:
+                print(f"compile batch {args.compile_batch}: out of memory (give a smaller --compile-batch)", flush=True)
+                break
+            finally:
+                torch.cuda.empty_cache()
             print(_fmt(rows[-1]), flush=True)
-            torch.cuda.empty_cache()
     return rows
 
 
