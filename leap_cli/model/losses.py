@@ -74,11 +74,12 @@ def leap_loss(
             if "step_conditions" in outputs and "step_conditions" in batch and cond_logits.numel():
                 rows = (steps[..., -1] != IGNORE)  # [B, L]: rows of the true sequences (has_program only)
                 st = _fit_rows(batch["step_conditions"].to(loss.device).float(), L, 0.0)
-                step_term = F.binary_cross_entropy_with_logits(outputs["step_conditions"].float()[rows], st[rows],
-                                                               pos_weight=pw) \
-                    if rows.any() else l_t * 0.0
+                step_term = l_t * 0.0
+                if rows.any():
+                    step_term = F.binary_cross_entropy_with_logits(outputs["step_conditions"].float()[rows], st[rows],
+                                                                   pos_weight=pw)
+                    used.add("step_conditions")
                 l_pc = (l_pc + step_term) / 2
-                used.update(["step_conditions"] if rows.any() else [])
             loss = loss + lambda_t * l_t + lambda_pc * l_pc
     idle = [v for k, v in outputs.items() if k not in used and v.requires_grad]
     if idle:
