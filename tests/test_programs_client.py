@@ -368,8 +368,14 @@ def test_background_writes_are_read_back_and_a_failed_one_is_raised_and_kept(tmp
     class Slow(ProgramStore):
         def _write(self, rows):
             release.wait(10)  # the writer thread holds these rows until the test lets it go on
-            if failures:
-                raise failures.pop()
+            if failures:  # this write meets a database that cannot be written
+                failures.pop()
+                good, self._wdb = self._wdb, sqlite3.connect(":memory:", check_same_thread=False)
+                self._wdb.close()
+                try:
+                    return super()._write(rows)
+                finally:
+                    self._wdb = good
             super()._write(rows)
 
     s = Slow(path, commit_every=0.0, background=True)
@@ -377,10 +383,11 @@ def test_background_writes_are_read_back_and_a_failed_one_is_raised_and_kept(tmp
     assert s._flushing is not None and s.get("k1")[0] == "reply 1"
     s.put("k2", "reply 2", {}, "m")  # the thread is busy: stays in the buffer
     s.add_spend(out, 0.25, {"prompt_tokens": 3})
-    failures.append(sqlite3.OperationalError("disk I/O error"))
+    failures.append(True)
     release.set()
-    with pytest.raises(sqlite3.OperationalError):
-        s.commit()  # the first write failed: raised here, its rows back in the buffer
+    with pytest.raises(LeapError, match="cannot write the program cache") as e:
+        s.commit()  # the first write failed: raised here, one line naming the cache, its rows back in the buffer
+    assert e.value.path == str(path)
     assert s.get("k1")[0] == "reply 1" and s.get("k2")[0] == "reply 2"
     s.close()  # writes them
     check = ProgramStore(path)

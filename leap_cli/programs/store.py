@@ -120,11 +120,17 @@ class ProgramStore:
 
     def _write(self, rows: tuple[dict, list, dict]) -> None:
         cache, calls, ledger = rows
-        if cache or calls or ledger:
+        if not (cache or calls or ledger):
+            return
+        try:
             with self._wdb:
                 self._wdb.executemany(self._CACHE_SQL, cache.values())
                 self._wdb.executemany(self._CALL_SQL, calls)
                 self._wdb.executemany(self._LEDGER_SQL, [(k, *v, time.time()) for k, v in ledger.items()])
+        except sqlite3.Error as e:  # a full disk, a read-only folder, a lock held past the 30-s timeout
+            raise LeapError(f"cannot write the program cache ({e})", path=self.path,
+                            fix="free disk space or make the folder writable, then run again: finished programs are "
+                                "kept in the output file") from None
 
     def _finish_flush(self) -> None:
         """Wait for the writer thread's transaction; where it failed, its rows go back into the buffers (a later
