@@ -5,9 +5,11 @@ the synthetic kitchen's true programs.
 Throughput: programs/s of the whole stage (prompt building, request, validation, SQLite cache, log and
 ledger, JSONL append) at concurrency 1, 8, 32, 64, as a fraction of the bound concurrency / latency.
 Goal (issue 15.3): >= 90% of the bound at concurrency 32. ``--compare-openai`` also runs concurrency 32
-through the official ``openai`` client (what the stage used before), side by side in the same run. The
-ceilings: the client's (1 / its CPU per program) and the scripted server's (1 / its CPU per request), each on
-one core. The server runs in its own process. ``--servers timed`` (default): an asyncio server that answers
+through the official ``openai`` client (what the stage used before), side by side in the same run.
+``--checks both`` runs each level twice, side by side: the replies checked on the event loop (``inline``) and in
+the stage's checker process (``process``, its default at concurrency >= 8 on 2+ CPUs). The client's CPU counts
+the checker process's. The ceilings: the event loop's (1 / its process's CPU per program) and the scripted
+server's (1 / its CPU per request), each on one core. The server runs in its own process. ``--servers timed`` (default): an asyncio server that answers
 each request ``--latency`` after its first bytes arrived (``loop.call_at``; the reply is serialised during the
 wait), never earlier, and reports how late its replies went out. ``threaded``: the tests' ``http.server``
 (a thread per connection), whose 50 ms start only after it has read and parsed the request behind the other
@@ -29,7 +31,7 @@ is the bundled library), e.g. the library before the multimodal exemplars, taken
     python benchmarks/bench_generate.py --agreement-only \
         --exemplars /tmp/ex-before/leap_cli/resources/prompts/exemplars default
 
-    python benchmarks/bench_generate.py [--latency 0.05] [--segments-per-slot 100] [--compare-openai]
+    python benchmarks/bench_generate.py [--latency 0.05] [--segments-per-slot 100] [--compare-openai] [--checks both]
                                         [--skip-agreement | --agreement-only]
 """
 
@@ -39,6 +41,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import shutil
 import socket
 import sys
@@ -282,7 +285,7 @@ def time_requests(backend) -> list[float]:
 
 
 def throughput(latency: float, per_slot: int, levels: list[int], compare_openai: bool = False,
-               servers: tuple[str, ...] = ("timed",)) -> list[dict]:
+               servers: tuple[str, ...] = ("timed",), checks: str = "auto") -> list[dict]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     try:
         n = max(levels) * per_slot
@@ -293,32 +296,39 @@ def throughput(latency: float, per_slot: int, levels: list[int], compare_openai:
                     for s in ann.segments("val")}
         rows = []
         os.environ["BENCH_KEY"] = "sk-bench"
-        runs = [(c, "lean") for c in levels] + ([(32, "openai")] if compare_openai else [])
+        modes = ["inline", "process"] if checks == "both" else [checks]
+        runs = [(c, "lean", m) for c in levels for m in modes] + ([(32, "openai", "auto")] if compare_openai else [])
         i = 0
         for kind in servers:
             with ServerProcess(programs, latency, kind) as server:
-                for c, client in runs:
+                for c, client, mode in runs:
                     i += 1
                     rows.append(_throughput_run(tmp / f"run{i}", tmp / "kitchen", server, c, client, latency,
-                                                min(n, max(c * per_slot, 40)), ex, ann))
+                                                min(n, max(c * per_slot, 40)), ex, ann, mode))
         return rows
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)  # the children waited for: the stage's checker process
+    return r.ru_utime + r.ru_stime
+
+
 def _throughput_run(work: Path, kitchen: Path, server: ServerProcess, c: int, client: str, latency: float, count: int,
-                    ex, ann) -> dict:
+                    ex, ann, checks: str = "auto") -> dict:
     work.mkdir()
     (work / "kitchen").symlink_to(kitchen)
     cfg = GenerateConfig(workdir=work, split="val", backend="openai", model="bench", base_url=server.base_url,
-                         api_key_env="BENCH_KEY", concurrency=c, timeout=10, limit=count)
+                         api_key_env="BENCH_KEY", concurrency=c, timeout=10, limit=count,
+                         check_process={"auto": None, "inline": False, "process": True}[checks])
     backend = (openai_client_backend if client == "openai" else build_backend)(cfg, ex, ann.verbs, ann.nouns)
     trips = time_requests(backend)
     marks = {}
     server.lateness()  # resets the timed server's figures
     done: list[float] = []  # when each record was written
     s = generate_programs(cfg, backend=backend, on_start=lambda _: marks.update(
-        t0=time.perf_counter(), c0=time.process_time(), s0=server.cpu(), w0=run_queue_wait(),
+        t0=time.perf_counter(), c0=time.process_time(), k0=_children_cpu(), s0=server.cpu(), w0=run_queue_wait(),
         sw0=server.run_queue_wait()), on_record=lambda _: done.append(time.perf_counter()))
     marks["last"] = done[-1]
     seconds = time.perf_counter() - marks["t0"]
@@ -330,7 +340,9 @@ def _throughput_run(work: Path, kitchen: Path, server: ServerProcess, c: int, cl
              for a, b in ((marks["w0"], run_queue_wait()), (marks["sw0"], server.run_queue_wait()))]
     closing = time.perf_counter() - marks["last"]
     trip = sum(trips) / len(trips) * 1000
-    cpu_ms = (time.process_time() - marks["c0"]) / count * 1000
+    # the checker process's CPU counts as the client's (all of it, its start-up too: it is waited for at the close)
+    checker_ms = (_children_cpu() - marks["k0"]) / count * 1000
+    cpu_ms = (time.process_time() - marks["c0"]) / count * 1000 + checker_ms
     s1 = server.cpu()
     late = server.lateness()
     server_ms = (s1 - marks["s0"]) / count * 1000 if s1 is not None and marks["s0"] is not None else None
@@ -338,10 +350,10 @@ def _throughput_run(work: Path, kitchen: Path, server: ServerProcess, c: int, cl
     rate = count / seconds
     bound = c / latency
     load = os.getloadavg()[0]
-    row = {"server": server.kind, "concurrency": c, "client": client, "programs": count, "seconds": round(seconds, 2),
+    row = {"server": server.kind, "concurrency": c, "client": client, "checks": checks, "programs": count, "seconds": round(seconds, 2),
            "programs_per_s": round(rate, 1), "bound": round(bound, 1), "fraction": round(rate / bound, 3),
            "steady_fraction": None if steady is None else round(steady / bound, 3),
-           "client_cpu_ms_per_program": round(cpu_ms, 2),
+           "client_cpu_ms_per_program": round(cpu_ms, 2), "checker_cpu_ms_per_program": round(checker_ms, 2),
            "server_cpu_ms_per_request": None if server_ms is None else round(server_ms, 2),
            "server_late_ms_mean_p90_max": None if late is None else [round(late[k], 2) for k in
                                                                       ("late_ms_mean", "late_ms_p90", "late_ms_max")],
@@ -352,11 +364,13 @@ def _throughput_run(work: Path, kitchen: Path, server: ServerProcess, c: int, cl
     if late is not None:
         server_txt += (f", replies sent {late['late_ms_mean']:.2f} ms (p90 {late['late_ms_p90']:.2f}, max "
                        f"{late['late_ms_max']:.2f}) after arrival + {latency * 1000:g} ms")
-    print(f"[{server.kind:8s} {client:6s}] concurrency {c:3d}: {count} programs in {seconds:.2f}s = {rate:.1f}/s, "
+    label = client if checks == "auto" else f"{client}/{checks}"
+    print(f"[{server.kind:8s} {label:14s}] concurrency {c:3d}: {count} programs in {seconds:.2f}s = {rate:.1f}/s, "
           f"bound {bound:.0f}/s, {rate / bound:.1%} of bound"
           + ("" if steady is None else f" (steady, 10%-90% of the records: {steady / bound:.1%})")
-          + f"; client CPU {cpu_ms:.2f} ms/program (ceiling "
-          f"{1000 / cpu_ms:.0f}/s){server_txt}; a request's round trip {trip:.1f} ms on average; after the last record "
+          + f"; client CPU {cpu_ms:.2f} ms/program ("
+          + (f"{checker_ms:.2f} of it in the checker process; " if checker_ms else "")
+          + f"the event loop's ceiling {1000 / (cpu_ms - checker_ms):.0f}/s){server_txt}; a request's round trip {trip:.1f} ms on average; after the last record "
           f"{closing * 1000:.0f} ms to close"
           + ("" if None in waits else f"; waited for a CPU: client {waits[0]:.2f} s, server {waits[1]:.2f} s")
           + f" (load average {load:.1f} on {os.cpu_count()} cores)", flush=True)
@@ -533,6 +547,9 @@ def main() -> None:
     ap.add_argument("--servers", default="timed",
                     help="scripted servers, comma-separated: timed (asyncio; answers latency after a request's "
                          "arrival), threaded (the tests' http.server: latency after it parsed the request)")
+    ap.add_argument("--checks", choices=["auto", "inline", "process", "both"], default="auto",
+                    help="where the stage checks replies: auto (its default: a child process at concurrency >= 8 "
+                         "on 2+ CPUs), inline (the event loop), process, or both (each level twice, side by side)")
     ap.add_argument("--skip-agreement", action="store_true", help="only measure throughput and tokens")
     ap.add_argument("--agreement-only", action="store_true", help="only measure the offline generator's agreement")
     ap.add_argument("--exemplars", nargs="+", default=["default"],
@@ -541,11 +558,12 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
     if not args.agreement_only:
         rows = throughput(args.latency, args.segments_per_slot, [int(x) for x in args.levels.split(",")],
-                          args.compare_openai, tuple(args.servers.split(",")))
+                          args.compare_openai, tuple(args.servers.split(",")), args.checks)
         first = args.servers.split(",")[0]
-        at32 = [r["fraction"] for r in rows if r["concurrency"] == 32 and r["client"] == "lean" and r["server"] == first]
-        steady32 = [r["steady_fraction"] for r in rows if r["concurrency"] == 32 and r["client"] == "lean"
-                    and r["server"] == first and r["steady_fraction"] is not None]
+        default = [r for r in rows if r["concurrency"] == 32 and r["client"] == "lean" and r["server"] == first
+                   and r["checks"] in ("auto", "process" if args.checks == "both" else args.checks)]
+        at32 = [r["fraction"] for r in default]
+        steady32 = [r["steady_fraction"] for r in default if r["steady_fraction"] is not None]
         old = [r["fraction"] for r in rows if r["client"] == "openai" and r["server"] == first]
         if at32:
             print(f"at concurrency 32 ({first} server): {', '.join(f'{f:.1%}' for f in at32)} of the bound (goal >= 90%): {'PASS' if min(at32) >= 0.9 else 'FAIL'}"

@@ -483,3 +483,109 @@ def test_requests_in_flight_never_exceed_concurrency(workdir, good_programs):
         s = generate_programs(config(workdir, server, concurrency=2))
     assert s.statuses["valid"] == N_SEGMENTS and len(server.requests) == N_SEGMENTS
     assert state["max"] == 2
+
+
+def _mixed_script(good_programs):
+    """Replies of every kind, by segment: valid; schema-invalid then repaired; semantically invalid twice; not JSON."""
+    order = sorted(good_programs)
+
+    def script(body, n):
+        nid = narration_id_of(body)
+        program = json.loads(json.dumps(good_programs[nid]))
+        kind = order.index(nid) % 4
+        if kind == 1 and n == 0:
+            program.pop("post")
+        elif kind == 2:
+            program["steps"][0]["verb"] = "teleport"
+        elif kind == 3:
+            return Reply("Sure! Here is the program: take the plate.")
+        return Reply(json.dumps(program))
+    return script
+
+
+def _comparable(recs):
+    out = {}
+    for r in recs:
+        prov = {k: v for k, v in r["provenance"].items() if k not in ("seconds", "created")}
+        out[r["narration_id"]] = {**r, "provenance": prov}
+    return out
+
+
+def test_checks_in_the_child_process_give_the_same_records(workdir, good_programs, monkeypatch):
+    from leap_cli.programs.checker import RemoteChecker
+
+    counts = []
+    real_close = RemoteChecker.aclose
+
+    async def aclose(self):
+        await real_close(self)
+        counts.append((self.remote, self.local, self.ended))
+    monkeypatch.setattr(RemoteChecker, "aclose", aclose)
+    results = {}
+    for mode in (False, True):
+        out = workdir / "programs" / f"val-{mode}.jsonl"
+        with ScriptedServer(_mixed_script(good_programs)) as server:
+            s = generate_programs(config(workdir, server, out=out, check_process=mode, repair_rounds=1))
+        assert s.statuses == {"valid": 4, "invalid": 2}, s.statuses  # 6 segments: kinds 0, 1, 2, 3, 0, 1
+        results[mode] = _comparable(read_jsonl(out))
+        (workdir / "programs" / "cache.sqlite").unlink()  # the second run asks the server again
+    assert results[True] == results[False]
+    (remote, local, ended), = counts  # one child, for the run that asked for it; it checked every reply
+    assert remote == 10 and local == 0 and ended  # 6 first replies + 4 repair rounds (kinds 1, 2, 3, 1)
+
+
+def test_a_checker_process_that_dies_leaves_no_reply_unchecked(good_programs, caplog):
+    import asyncio
+
+    from leap_cli.epic.classes import ClassVocab
+    from leap_cli.programs.checker import RemoteChecker
+    from leap_cli.programs.reply import verify_reply
+    from leap_cli.programs.validate import Labels
+
+    verbs = ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb")
+    nouns = ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
+    texts = [json.dumps(p) for p in good_programs.values()] + ["not json", json.dumps({"action": 1})]
+    bad = json.loads(texts[0])
+    bad["steps"][0]["verb"] = "teleport"
+    texts.append(json.dumps(bad))
+    labels = [Labels(1, 2), Labels(None, None)]
+    want = [verify_reply(t, verbs, nouns, lab, 24) for t in texts for lab in labels]
+    assert any(f for _, f in want) and any(not f for _, f in want)
+
+    async def run():
+        checker = RemoteChecker(verbs, nouns, 24)
+        await checker.start()
+        assert checker.ready and not checker.ended
+        first = await asyncio.gather(*(checker.check(t, lab) for t in texts for lab in labels))
+        assert checker.remote == len(want) and checker.local == 0
+        # the child is killed while a batch is on its way: those replies are checked here instead
+        pending = [asyncio.ensure_future(checker.check(t, lab)) for t in texts for lab in labels]
+        await asyncio.sleep(0)  # the batch is written
+        checker.transport.kill()
+        second = await asyncio.gather(*pending)
+        third = await asyncio.gather(*(checker.check(t, lab) for t in texts for lab in labels))
+        await checker.aclose()
+        return first, second, third, checker
+
+    first, second, third, checker = asyncio.run(run())
+    assert first == want and second == want and third == want
+    assert checker.ended and checker.local >= len(want)
+    assert "checker process ended" in caplog.text
+
+
+def test_the_checker_process_starts_only_where_it_pays(monkeypatch):
+    from leap_cli.programs import generate as g
+
+    class B:
+        name = "openai"
+    monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: {0, 1})
+    cfg = GenerateConfig(backend="openai", concurrency=32)
+    assert g.use_check_process(cfg, B(), 1000)
+    assert not g.use_check_process(cfg, B(), g.CHECK_PROCESS_MIN - 1)  # a short run: not worth a process
+    assert not g.use_check_process(GenerateConfig(backend="openai", concurrency=4), B(), 1000)
+    B.name = "offline"
+    assert not g.use_check_process(cfg, B(), 1000)  # the offline backend makes its programs on the loop
+    B.name = "openai"
+    monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: {0})
+    assert not g.use_check_process(cfg, B(), 1000)  # one CPU: the child would take the loop's
+    assert g.use_check_process(GenerateConfig(concurrency=1, check_process=True), B(), 1)  # asked for

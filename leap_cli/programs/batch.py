@@ -17,7 +17,7 @@ from pathlib import Path
 
 from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, atomic_path, read_jsonl
-from leap_cli.programs.generate import GenerateConfig, ProgramGenerator, _setup, check_output, parse_reply
+from leap_cli.programs.generate import GenerateConfig, ProgramGenerator, _setup, check_output
 from leap_cli.programs.prompt import clip_info
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
@@ -132,9 +132,7 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
                 except (KeyError, IndexError, TypeError, AttributeError):
                     text = None
                 text = redact(text) if isinstance(text, str) else ""
-                program, findings = parse_reply(text)
-                if program is not None:
-                    findings = gen.check(program, info)
+                program, findings = gen.verify_here(text, info)
                 status = "valid" if not findings else "invalid"
             written = out.write({"narration_id": nid, "status": status, "program": program,
                                  "errors": [f.to_dict() for f in findings], "provenance": prov})

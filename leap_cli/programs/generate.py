@@ -22,6 +22,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,17 +34,20 @@ from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, check_settings, read_jsonl, stable_hash
+from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, OfflineBackend, OpenAIBackend, Request,
                                        RetryPolicy)
 from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, PromptBuilder, clip_info, load_exemplars,
                                       load_system_prompt, narration_record)
+from leap_cli.programs.reply import parse_reply, verify_reply  # noqa: F401 (parse_reply: for benchmarks)
 from leap_cli.programs.redact import redact, redact_logs
 from leap_cli.programs.schema import Finding, strict_schema
 from leap_cli.programs.store import ProgramStore, cache_key
-from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels, check_program
+from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels
 
 log = logging.getLogger(__name__)
 redact_logs(log)
+CHECK_PROCESS_MIN = 256  # segments to do before a run starts the checker process (GenerateConfig.check_process)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,9 @@ class GenerateConfig:
     max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS
     retry_failed: bool = False
     force: bool = False  # start the output over when it was made with other settings (output_settings)
+    # a reply's checks in a child process (checker.py); None: where it pays (an HTTP backend, concurrency >= 8,
+    # two CPUs or more, at least CHECK_PROCESS_MIN segments to do)
+    check_process: bool | None = None
 
     @property
     def split_name(self) -> str:
@@ -168,21 +175,6 @@ def build_backend(cfg: GenerateConfig, exemplars, verbs: ClassVocab, nouns: Clas
     raise LeapError(f"unknown backend {cfg.backend!r}", fix="use --backend offline or --backend openai")
 
 
-def parse_reply(text: str) -> tuple[dict | None, list[Finding]]:
-    """The program in a reply (a bare JSON object, or one inside a ```json fence), or a finding."""
-    body = text.strip()
-    if body.startswith("```"):
-        body = body.strip("`")
-        body = body[4:] if body.lower().startswith("json") else body
-    try:
-        value = json.loads(body)
-    except json.JSONDecodeError as e:
-        return None, [Finding("", f"the reply is not JSON ({e.msg} at line {e.lineno} column {e.colno})")]
-    if not isinstance(value, dict):
-        return None, [Finding("", f"the reply is JSON but not an object ({type(value).__name__})")]
-    return value, []
-
-
 def repair_message(findings: list[Finding]) -> str:
     lines = "\n".join(f"- {f.pointer or '/'}: {f.message}" for f in findings[:20])
     return ("Your program has these problems (JSON pointer: problem):\n" + lines +
@@ -217,6 +209,7 @@ class ProgramGenerator:
         self.cfg, self.inputs, self.backend, self.store, self.builder = cfg, inputs, backend, store, builder
         self.out_path = cfg.out_path  # (a path built anew at each access: once per paid reply here)
         self.over_budget = over_budget
+        self.checker: RemoteChecker | None = None  # set by the stage when the checks run in a child process
         self._slots: asyncio.Semaphore | None = None
         self.all_busy = asyncio.Event()  # every slot has been taken once (the workers that wait start then)
         self._halted = False  # a request raised an error that stops the stage (a refused key): send no more
@@ -230,9 +223,17 @@ class ProgramGenerator:
     def info(self, record: dict) -> ClipInfo:
         return clip_info(record, self.inputs.segments.get(record["narration_id"]))
 
-    def check(self, program: dict, info: ClipInfo) -> list[Finding]:
-        return check_program(program, self.inputs.verbs, self.inputs.nouns, Labels(info.verb_class, info.noun_class),
-                             max_sub_actions=self.cfg.max_sub_actions)
+    def verify_here(self, text: str, info: ClipInfo) -> tuple[dict | None, list[Finding]]:
+        """A reply's program (None: not a JSON object) and its findings, checked in this process."""
+        return verify_reply(text, self.inputs.verbs, self.inputs.nouns, Labels(info.verb_class, info.noun_class),
+                            self.cfg.max_sub_actions)
+
+    async def verify(self, text: str, info: ClipInfo) -> tuple[dict | None, list[Finding]]:
+        """``verify_here``, in the checker process when there is one."""
+        if self.checker is not None:
+            return await self.checker.check(text, Labels(info.verb_class, info.noun_class))
+        await _turn()
+        return self.verify_here(text, info)
 
     async def run_one(self, record: dict) -> dict:
         start = time.perf_counter()
@@ -282,11 +283,9 @@ class ProgramGenerator:
                 prov["attempts"] += attempts
             for k in prov["usage"]:
                 prov["usage"][k] += usage.get(k, 0)
-            await _turn()
-            parsed, findings = parse_reply(text)
+            parsed, findings = await self.verify(text, info)
             if parsed is not None:
                 program = parsed
-                findings = self.check(parsed, info)
             outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
             # a paid reply a repair round follows is committed now (its record is not written yet); one that
             # finishes its record is safe in the output file, and waits for the store's next batch
@@ -374,6 +373,20 @@ def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
     return render_messages(builder.messages(clip_info(records[0], inputs.segments.get(records[0]["narration_id"]))))
 
 
+def use_check_process(cfg: GenerateConfig, backend: Backend, pending: int) -> bool:
+    """Whether a reply's checks run in a child process (``checker.RemoteChecker``): ``cfg.check_process``, or
+    by default where the event loop's core is the limit and a second core is free: an HTTP backend (the
+    offline one makes its programs on the loop), 8 requests in flight or more, at least ``CHECK_PROCESS_MIN``
+    segments."""
+    if cfg.check_process is not None:
+        return cfg.check_process
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on Linux)
+        cpus = os.cpu_count() or 1
+    return backend.name != "offline" and cfg.concurrency >= 8 and cpus >= 2 and pending >= CHECK_PROCESS_MIN
+
+
 async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | None,
                     on_start: Callable[[int], None] | None, backend: Backend | None) -> GenerateSummary:
     inputs, exemplars, builder = _setup(cfg)
@@ -393,6 +406,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         redo = {r["narration_id"] for r in read_jsonl(cfg.out_path, repair=True) if r.get("status") == "failed"}
     appender = JsonlAppender(cfg.out_path, replace_keys=redo, sync_every=1.0)
     gen: ProgramGenerator | None = None
+    checker: RemoteChecker | None = None
     try:
         pending = [r for r in inputs.records if r["narration_id"] not in appender]
         summary.resumed = len(inputs.records) - len(pending)
@@ -404,6 +418,9 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         summary.total = len(pending)
         # the inputs live until the end: out of the collector's sight, a full collection does not walk them
         # again and again (~0.1 s per pass with 60k objects, all at once, while 32 replies wait)
+        if use_check_process(cfg, backend, len(pending)):  # started (~0.2 s) before the first request
+            checker = RemoteChecker(inputs.verbs, inputs.nouns, cfg.max_sub_actions)
+            await checker.start()
         gc.freeze()
         if on_start:
             on_start(len(pending))
@@ -417,6 +434,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             return True
 
         gen = ProgramGenerator(cfg, inputs, backend, store, builder, over_budget)
+        gen.checker = checker
         queue = iter(pending)
 
         async def worker(waits: bool) -> None:
@@ -456,6 +474,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             raise
     finally:
         gc.unfreeze()
+        if checker is not None:
+            await checker.aclose()
         if gen is not None:  # also when interrupted: the summary says what was spent
             summary.requests, summary.cache_hits = gen.summary_requests, gen.summary_hits
             summary.usage, summary.cost = gen.usage, gen.cost
