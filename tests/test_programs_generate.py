@@ -589,3 +589,53 @@ def test_the_checker_process_starts_only_where_it_pays(monkeypatch):
     monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: {0})
     assert not g.use_check_process(cfg, B(), 1000)  # one CPU: the child would take the loop's
     assert g.use_check_process(GenerateConfig(concurrency=1, check_process=True), B(), 1)  # asked for
+
+
+@pytest.mark.parametrize("check_process", [False, True])
+def test_a_reply_of_endless_brackets_is_one_finding_not_a_crash(workdir, good_programs, check_process):
+    """An LLM that repeats '[' until max_tokens: deeper than Python's recursion limit, which json.loads, the
+    record's json.dumps and pickle all hit."""
+    first = sorted(good_programs)[0]
+
+    def script(body, n):
+        nid = narration_id_of(body)
+        if nid == first or n == 0:
+            return Reply('{"steps": ' + "[" * 3000)
+        return Reply(json.dumps(good_programs[nid]))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=3, check_process=check_process))
+    assert s.statuses == {"valid": 2, "invalid": 1}
+    recs = {r["narration_id"]: r for r in records(workdir)}
+    assert recs[first]["program"] is None and "3001 levels deep" in recs[first]["errors"][0]["message"]
+
+
+def test_json_depth_skips_brackets_inside_strings():
+    from leap_cli.programs.reply import MAX_DEPTH, json_depth, parse_reply
+
+    assert json_depth('{"a": [1, {"b": "]]]}}}[[[[\\"[["}]}') == 3
+    text = '{"a": "' + "[" * 200 + '"}'  # many brackets, all in a string: an ordinary (schema-invalid) object
+    assert parse_reply(text)[0] == {"a": "[" * 200}
+    deep = '{"a": ' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1)
+    assert parse_reply(deep)[0] is None
+    ok = '{"a": ' * MAX_DEPTH + "1" + "}" * MAX_DEPTH
+    assert parse_reply(ok)[0] is not None
+
+
+def test_reply_text_reads_content_parts_and_refusals(workdir, good_programs):
+    from leap_cli.programs.backends import reply_text
+
+    msg = lambda **m: {"choices": [{"index": 0, "message": {"role": "assistant", **m}}]}  # noqa: E731
+    assert reply_text(msg(content="{}")) == "{}"
+    assert reply_text(msg(content=[{"type": "text", "text": '{"a": '}, {"type": "image"}, {"type": "text", "text": "1}"}])) == '{"a": 1}'
+    assert reply_text(msg(content=None, refusal="I cannot help with that.")) == "(refused) I cannot help with that."
+    assert reply_text(msg(content=None)) == "" and reply_text({"choices": []}) == "" and reply_text({}) == ""
+
+    def script(body, n):  # a server that sends the content as a list of parts
+        data = completion("x")
+        data["choices"][0]["message"]["content"] = [{"type": "text", "text": json.dumps(good_programs[narration_id_of(body)])}]
+        return Reply(raw=json.dumps(data))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2))
+    assert s.statuses == {"valid": 2}

@@ -211,15 +211,12 @@ class OpenAIBackend(Backend):
             raise BackendError(f"HTTP {status}: {message}", attempts, time.perf_counter() - start)
         try:
             data = json.loads(resp.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             data = None
         if not isinstance(data, dict):
             raise BackendError(redact(f"the endpoint did not answer with a JSON object: {resp.body[:120]!r}"), attempts,
                                time.perf_counter() - start)
-        try:
-            text = data["choices"][0]["message"].get("content") or ""
-        except (KeyError, IndexError, TypeError, AttributeError):
-            text = ""
+        text = reply_text(data)
         u = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         usage = {"prompt_tokens": u.get("prompt_tokens") or 0, "completion_tokens": u.get("completion_tokens") or 0}
         cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") if isinstance(
@@ -230,6 +227,22 @@ class OpenAIBackend(Backend):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def reply_text(data: dict) -> str:
+    """The text of a chat completion's first choice: its ``content`` (a string, or a list of text parts as some
+    OpenAI-compatible servers send), else its ``refusal`` (Structured Outputs: the model declined), else ""."""
+    try:
+        message = data["choices"][0]["message"]
+        content = message.get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    if isinstance(content, list):
+        content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    if isinstance(content, str) and content:
+        return content
+    refusal = message.get("refusal")
+    return f"(refused) {refusal}" if isinstance(refusal, str) and refusal else ""
 
 
 def _error_message(resp: Response, n: int = 200) -> str:

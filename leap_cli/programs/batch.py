@@ -17,6 +17,7 @@ from pathlib import Path
 
 from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, atomic_path, read_jsonl
+from leap_cli.programs.backends import reply_text
 from leap_cli.programs.generate import GenerateConfig, ProgramGenerator, _setup, check_output
 from leap_cli.programs.prompt import clip_info
 from leap_cli.programs.redact import redact
@@ -127,11 +128,7 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
                 err = line.get("error") or {"message": f"HTTP {resp.get('status_code')}"}
                 findings = [Finding("", redact(f"batch request failed: {err.get('message', err) if isinstance(err, dict) else err}"))]
             else:
-                try:
-                    text = body["choices"][0]["message"]["content"]
-                except (KeyError, IndexError, TypeError, AttributeError):
-                    text = None
-                text = redact(text) if isinstance(text, str) else ""
+                text = redact(reply_text(body))
                 program, findings = gen.verify_here(text, info)
                 status = "valid" if not findings else "invalid"
             written = out.write({"narration_id": nid, "status": status, "program": program,

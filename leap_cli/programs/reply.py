@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import signal
 import struct
 import sys
@@ -25,12 +26,31 @@ from leap_cli.programs.validate import Labels, check_program
 LEN = struct.Struct("<I")
 
 
+MAX_DEPTH = 64  # JSON nesting a reply may have (a program's is ~8-12); deeper is a degenerate reply, not a program
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth(body: str) -> int:
+    """How deeply the JSON text ``body`` nests (its strings left out), without recursion."""
+    depth = best = 0
+    for ch in _NOT_BRACKETS.sub("", _STRINGS.sub("", body)):
+        depth += 1 if ch in "[{" else -1
+        best = max(best, depth)
+    return best
+
+
 def parse_reply(text: str) -> tuple[dict | None, list[Finding]]:
-    """The program in a reply (a bare JSON object, or one inside a ```json fence), or a finding."""
+    """The program in a reply (a bare JSON object, or one inside a ```json fence), or a finding. A reply nested
+    deeper than ``MAX_DEPTH`` (an LLM repeating brackets) is refused before Python's parser, printer and pickler
+    would each hit their recursion limit on it."""
     body = text.strip()
     if body.startswith("```"):
         body = body.strip("`")
         body = body[4:] if body.lower().startswith("json") else body
+    if body.count("[") + body.count("{") > MAX_DEPTH and json_depth(body) > MAX_DEPTH:
+        return None, [Finding("", f"the reply nests JSON {json_depth(body)} levels deep (a program nests ~10; at "
+                                  f"most {MAX_DEPTH} are read)")]
     try:
         value = json.loads(body)
     except json.JSONDecodeError as e:
