@@ -639,3 +639,33 @@ def test_reply_text_reads_content_parts_and_refusals(workdir, good_programs):
     with ScriptedServer(script) as server:
         s = generate_programs(config(workdir, server, limit=2))
     assert s.statuses == {"valid": 2}
+
+
+def test_a_stuck_checker_process_is_stopped_and_its_checks_done_here(good_programs, caplog, monkeypatch):
+    import asyncio
+    import os
+    import signal
+
+    from leap_cli.epic.classes import ClassVocab
+    from leap_cli.programs import checker as checker_module
+    from leap_cli.programs.reply import verify_reply
+    from leap_cli.programs.validate import Labels
+
+    monkeypatch.setattr(checker_module, "STALL_S", 0.4)
+    verbs = ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb")
+    nouns = ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
+    texts = [json.dumps(p) for p in good_programs.values()]
+    want = [verify_reply(t, verbs, nouns, Labels(1, 2), 24) for t in texts]
+
+    async def run():
+        checker = checker_module.RemoteChecker(verbs, nouns, 24)
+        await checker.start()
+        assert checker.ready
+        os.kill(checker.transport.get_pid(), signal.SIGSTOP)  # alive, but answers nothing
+        got = await asyncio.wait_for(asyncio.gather(*(checker.check(t, Labels(1, 2)) for t in texts)), 10)
+        await checker.aclose()
+        return got, checker
+
+    got, checker = asyncio.run(run())
+    assert got == want and checker.ended and checker.remote == 0 and checker.local == len(texts)
+    assert "answered no check" in caplog.text and "exit code" not in caplog.text

@@ -7,7 +7,8 @@ event loop to a child process (``reply.child``) as one frame, and gets each pars
 back; the loop only frames and unpickles. The child runs ``reply.verify_reply``, the function the stage runs
 in-process, so the findings are the same wherever they were made. Until the child says it is ready, and for
 good once it has ended (it should not: then a warning is logged), the checks run in-process again, the
-pending ones included: no reply goes unchecked. The frames are described in ``reply``.
+pending ones included: no reply goes unchecked. A child that leaves a check unanswered for ``STALL_S`` is
+stopped first. The frames are described in ``reply``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from leap_cli.programs.schema import Finding
 from leap_cli.programs.validate import Labels
 
 log = logging.getLogger(__name__)
+STALL_S = 60.0  # a check the child has not answered in this long: the child is stopped, the checks come back here
 
 
 class _Protocol(asyncio.SubprocessProtocol):
@@ -46,6 +48,7 @@ class _Protocol(asyncio.SubprocessProtocol):
         del buf[:pos]
 
     def process_exited(self) -> None:
+        self.owner._exited.set()
         self.owner._ended()
 
 
@@ -59,7 +62,7 @@ class RemoteChecker:
         self.ready = False
         self.ended = False
         self._seq = 0
-        self._pending: dict[int, tuple[asyncio.Future, str, Labels]] = {}
+        self._pending: dict[int, tuple[asyncio.Future, str, Labels, float]] = {}  # seq: (future, text, labels, sent)
         self.remote = 0  # replies checked in the child
         self.local = 0  # and in this process (before the child was ready, after it ended)
         self._exited = asyncio.Event()
@@ -90,6 +93,7 @@ class RemoteChecker:
             return
         self._stdin = self.transport.get_pipe_transport(0)
         self._stdin.write(frame((self.verbs, self.nouns, self.max_sub_actions)))
+        self._watch()
         try:
             await asyncio.wait_for(self._ready.wait(), wait)
         except asyncio.TimeoutError:
@@ -101,11 +105,25 @@ class RemoteChecker:
             return self.local_check(text, labels)
         self._seq += 1
         fut = asyncio.get_running_loop().create_future()
-        self._pending[self._seq] = (fut, text, labels)
+        self._pending[self._seq] = (fut, text, labels, asyncio.get_running_loop().time())
         if not self._outbox:  # the replies read in this pass of the event loop go to the child as one frame
             asyncio.get_running_loop().call_soon(self._flush)
         self._outbox.append((self._seq, text, labels.verb_class, labels.noun_class))
         return await fut
+
+    def _watch(self) -> None:
+        """Every ``STALL_S / 4`` seconds: a child that has left a check unanswered for ``STALL_S`` (stopped, stuck)
+        is killed, and its pending checks run here (``_ended``), so that a stuck child cannot stall the stage."""
+        if self.ended:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._pending and now - min(e[3] for e in self._pending.values()) > STALL_S:
+            log.warning("the checker process answered no check in %.0f s: it is stopped and the checks go on in "
+                        "this process", STALL_S)
+            self.transport.kill()
+            self._ended(warn=False)
+            return
+        asyncio.get_running_loop().call_later(STALL_S / 4, self._watch)
 
     def _flush(self) -> None:
         batch, self._outbox = self._outbox, []
@@ -126,17 +144,16 @@ class RemoteChecker:
             if not fut.done():  # (cancelled: the stage is stopping)
                 fut.set_result((program, findings))
 
-    def _ended(self) -> None:
-        self._exited.set()
+    def _ended(self, warn: bool = True) -> None:
         if self.ended:
             return
         self.ended = True
         self._ready.set()  # (start stops waiting)
-        if self._pending or not self._closing:
+        if warn and (self._pending or not self._closing):
             code = self.transport.get_returncode() if self.transport else None
             log.warning("program checks continue in this process: the checker process ended (exit code %s)", code)
         pending, self._pending = self._pending, {}
-        for fut, text, labels in pending.values():
+        for fut, text, labels, _ in pending.values():
             if not fut.done():
                 fut.set_result(self.local_check(text, labels))
 
@@ -146,7 +163,7 @@ class RemoteChecker:
             return
         self._closing = True
         if self._pending:
-            await asyncio.gather(*(f for f, _, _ in list(self._pending.values())), return_exceptions=True)
+            await asyncio.gather(*(e[0] for e in list(self._pending.values())), return_exceptions=True)
         self._stdin.close()
         try:
             await asyncio.wait_for(self._exited.wait(), 5.0)
