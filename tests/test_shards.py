@@ -413,6 +413,44 @@ def test_truncated_or_corrupt_shard(built, tmp_path):
         list(ShardDataset(out, train=False, num_frames=2, img_size=16))
 
 
+def test_bytes_changed_in_place_are_caught_by_the_samples_crc(built, tmp_path):
+    """A few bytes changed inside a JPEG's entropy-coded data: the same size, and a JPEG that still decodes
+    (checked below without the CRCs), so only the manifest's CRC-32 of the sample tells."""
+    from leap_cli.shards.check import check_shards
+
+    _, work = built
+    out = tmp_path / "copy"
+    shutil.copytree(work / "shards" / "train", out)
+    m = json.loads((out / "manifest.json").read_text())
+    assert all(len(info["crc32s"]) == info["count"] and all(type(c) is int for c in info["crc32s"]) for info in m["shards"])
+    first = out / m["shards"][0]["name"]
+    data = bytearray(first.read_bytes())
+    k1 = m["shards"][0]["keys"][1]
+    start = data.index(f"{k1}.f001.jpg".encode()) + 512  # the member's data (after its 512-byte header)
+    sos = data.index(b"\xff\xda", start)  # start of scan: entropy-coded data follows, up to the end marker
+    pos = (sos + data.index(b"\xff\xd9", sos)) // 2
+    while data[pos] in (0xFE, 0xFF) or data[pos - 1] == 0xFF:  # keep clear of markers
+        pos += 1
+    data[pos] ^= 0x01  # one bit: libjpeg decodes other pixels and only warns
+    first.write_bytes(bytes(data))
+    with pytest.raises(LeapError, match=f"leap-train-000000.tar.*sample {k1}.*CRC-32"):
+        list(ShardDataset(out, train=False, num_frames=2, img_size=16))
+    ds = ShardDataset(out, train=False, num_frames=2, img_size=16, on_error="skip")
+    got = [s["narration_id"] for s in ds]
+    assert len(got) == 6 and k1 not in got and ds.stats["errors"] == 1
+    r = check_shards(out, on_error="skip", verify_hash=False)
+    assert [(p["sample"], "CRC-32" in p["problem"]) for p in r.problems] == [(k1, True)]
+    # a manifest written before leap stored CRCs reads as before: the damage then passes unseen
+    for info in m["shards"]:
+        del info["crc32s"]
+    (out / "manifest.json").write_text(json.dumps(m))
+    assert len(list(ShardDataset(out, train=False, num_frames=2, img_size=16))) == 7
+    m["shards"][0]["crc32s"] = ["x"] * m["shards"][0]["count"]
+    (out / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(LeapError, match="crc32s is not one integer"):
+        ShardDataset(out, train=False, num_frames=2, img_size=16)
+
+
 # ---- reader ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("pad", [False, True])

@@ -22,13 +22,17 @@ class ProgramComparison:
 
 
 def _read_sample(folder: Path, narration_id: str, ds) -> dict:
-    from leap_cli.shards.format import group_sample, parse_members, read_sample_at
+    from leap_cli.shards.format import REBUILD_FIX, group_sample, parse_members, read_sample_at, sample_crc
 
     for info in ds.shards:
         if narration_id in info["keys"]:
             p = info["keys"].index(narration_id)
-            with open(folder / info["name"], "rb") as f:
-                _, fields = group_sample(parse_members(read_sample_at(f, info["offsets"][p], info["sizes"][p])))
+            try:
+                with open(folder / info["name"], "rb") as f:
+                    block = read_sample_at(f, info["offsets"][p], info["sizes"][p], sample_crc(info, p))
+                _, fields = group_sample(parse_members(block))
+            except ValueError as e:
+                raise LeapError(str(e), path=folder / info["name"], record=f"sample {narration_id}", fix=REBUILD_FIX) from None
             return ds.make_sample(fields, np.random.default_rng(0))
     raise LeapError(f"{narration_id} is not in these shards", path=folder,
                     fix="pass the split's shards with --shards, or --split")

@@ -11,7 +11,8 @@ from typing import Callable
 
 from leap_cli.errors import LeapError
 from leap_cli.io import sha256_file
-from leap_cli.shards.format import REBUILD_FIX, group_sample, load_manifest, parse_members, read_sample_at
+from leap_cli.shards.format import (REBUILD_FIX, group_sample, load_manifest, parse_members, read_sample_at,
+                                   sample_crc)
 from leap_cli.shards.transforms import decode_jpegs
 
 
@@ -53,9 +54,9 @@ def check_shards(source: str | Path, *, on_error: str = "raise", verify_hash: bo
         elif verify_hash and sha256_file(path) != info["sha256"]:
             problem(info["name"], None, "shard sha256 differs from the manifest")
         with open(path, "rb") as f:
-            for key, off, size in zip(info["keys"], info["offsets"], info["sizes"]):
+            for i, (key, off, size) in enumerate(zip(info["keys"], info["offsets"], info["sizes"])):
                 try:
-                    got, fields = group_sample(parse_members(read_sample_at(f, off, size)))
+                    got, fields = group_sample(parse_members(read_sample_at(f, off, size, sample_crc(info, i))))
                     if got != key:
                         raise ValueError(f"found sample {got!r} where the manifest has {key!r}")
                     meta = json.loads(fields["json"])

@@ -44,7 +44,8 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from leap_cli.errors import LeapError
-from leap_cli.shards.format import REBUILD_FIX, group_sample, load_manifest, parse_members, read_sample_at
+from leap_cli.shards.format import (REBUILD_FIX, group_sample, load_manifest, parse_members, read_sample_at,
+                                   sample_crc)
 from leap_cli.shards.transforms import (color_jitter, crop_resize, decode_jpegs, random_resized_box,
                                         spatial_boxes, temporal_indices, to_tensor)
 
@@ -159,7 +160,7 @@ class ShardDataset(IterableDataset):
                     self._fail(info["name"], key, f"cannot open the shard ({open_err})")
                     continue
                 try:
-                    block = read_sample_at(f, info["offsets"][p], info["sizes"][p])
+                    block = read_sample_at(f, info["offsets"][p], info["sizes"][p], sample_crc(info, p))
                     got, fields = group_sample(parse_members(block))
                     if got != key:
                         raise ValueError(f"found sample {got!r} where the manifest has {key!r}")

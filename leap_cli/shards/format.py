@@ -20,6 +20,7 @@ import io
 import json
 import re
 import tarfile
+import zlib
 from pathlib import Path
 
 from leap_cli.errors import LeapError
@@ -205,6 +206,10 @@ def _read_manifest(path: Path) -> dict:
         missing = [k for k in _SHARD_KEYS if k not in info] if isinstance(info, dict) else ["all"]
         if missing:
             raise LeapError(f"shard entry lacks {', '.join(missing)}", path=path, record=f"shards[{i}]", fix=fix)
+        crcs = info.get("crc32s")
+        if crcs is not None and not (isinstance(crcs, list) and len(crcs) == len(info["keys"])
+                                     and all(c is None or type(c) is int for c in crcs)):
+            raise LeapError("crc32s is not one integer (or null) per sample", path=path, record=f"shards[{i}]", fix=fix)
     return m
 
 
@@ -259,9 +264,19 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
     raise ValueError("not a JPEG with a frame header")
 
 
-def read_sample_at(f: io.BufferedReader, offset: int, size: int) -> bytes:
+def read_sample_at(f: io.BufferedReader, offset: int, size: int, crc32: int | None = None) -> bytes:
+    """One sample's bytes; ``crc32`` (the manifest's, when it has one) catches bytes changed in place, which a
+    JPEG decoder would mostly decode without a word (~0.1 ms for a 200 kB sample; decoding its JPEGs costs far more)."""
     f.seek(offset)
     data = f.read(size)
     if len(data) < size:
         raise ValueError(f"shard ends {size - len(data)} bytes early (truncated)")
+    if crc32 is not None and zlib.crc32(data) != crc32:
+        raise ValueError("the sample's bytes differ from the manifest's CRC-32 (changed on disk or in a copy)")
     return data
+
+
+def sample_crc(info: dict, i: int) -> int | None:
+    """The manifest's CRC-32 of sample ``i`` of shard ``info`` (None in manifests written before leap stored them)."""
+    crcs = info.get("crc32s")
+    return crcs[i] if crcs and i < len(crcs) else None

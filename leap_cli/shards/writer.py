@@ -22,6 +22,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -344,7 +345,7 @@ class _ShardSink:
             self._close()
         if self._f is None:
             self._open()
-        self._samples.append({"key": key, "offset": self._bytes, "size": len(data), **info})
+        self._samples.append({"key": key, "offset": self._bytes, "size": len(data), "crc32": zlib.crc32(data), **info})
         try:
             self._f.write(data)
         except OSError as e:  # a full disk: the line names the shard (a write on an open file names none)
@@ -594,7 +595,9 @@ def _manifest(settings: ShardSettings, shards: list[dict], trailing: list[dict],
         "programs": prog_report,
         "shards": [{"name": r["name"], "count": r["count"], "bytes": r["bytes"], "sha256": r["sha256"],
                     "keys": [x["key"] for x in r["samples"]], "offsets": [x["offset"] for x in r["samples"]],
-                    "sizes": [x["size"] for x in r["samples"]]} for r in shards],
+                    "sizes": [x["size"] for x in r["samples"]],
+                    # CRC-32 of each sample's bytes (None: written before leap stored them), checked at every read
+                    "crc32s": [x.get("crc32") for x in r["samples"]]} for r in shards],
         "skipped": skipped,
     }
 
