@@ -669,3 +669,18 @@ def test_a_stuck_checker_process_is_stopped_and_its_checks_done_here(good_progra
     got, checker = asyncio.run(run())
     assert got == want and checker.ended and checker.remote == 0 and checker.local == len(texts)
     assert "answered no check" in caplog.text and "exit code" not in caplog.text
+
+
+def test_token_counts_in_another_form_are_read_or_zero():
+    from leap_cli.programs.backends import reply_usage
+
+    assert reply_usage({"usage": {"prompt_tokens": 10, "completion_tokens": 3,
+                                  "prompt_tokens_details": {"cached_tokens": 4}}}) == {
+        "prompt_tokens": 10, "completion_tokens": 3, "cached_tokens": 4}
+    # a lax server: numbers as strings or floats, nulls, junk, a missing or odd usage
+    assert reply_usage({"usage": {"prompt_tokens": "12", "completion_tokens": 5.0}}) == {
+        "prompt_tokens": 12, "completion_tokens": 5}
+    for odd in ({"usage": {"prompt_tokens": None, "completion_tokens": "many", "prompt_tokens_details": [1]}},
+                {"usage": {"prompt_tokens": float("nan"), "completion_tokens": -3}}, {"usage": "n/a"}, {},
+                {"usage": {"prompt_tokens": True, "completion_tokens": 1e300}}):
+        assert reply_usage(odd) == {"prompt_tokens": 0, "completion_tokens": 0}

@@ -217,16 +217,36 @@ class OpenAIBackend(Backend):
             raise BackendError(redact(f"the endpoint did not answer with a JSON object: {resp.body[:120]!r}"), attempts,
                                time.perf_counter() - start)
         text = reply_text(data)
-        u = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-        usage = {"prompt_tokens": u.get("prompt_tokens") or 0, "completion_tokens": u.get("completion_tokens") or 0}
-        cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") if isinstance(
-            u.get("prompt_tokens_details"), dict) else None
-        if cached:
-            usage["cached_tokens"] = cached
-        return Completion(redact(text), usage, attempts, time.perf_counter() - start, str(data.get("model") or self.model))
+        return Completion(redact(text), reply_usage(data), attempts, time.perf_counter() - start,
+                          str(data.get("model") or self.model))
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _count(value) -> int:
+    """A token count as a server sent it: an int (or an int-valued float or string from a lax server), else 0."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return 0
+    return int(f) if f == f and 0 <= f < 1e15 else 0
+
+
+def reply_usage(data: dict) -> dict:
+    """``{"prompt_tokens", "completion_tokens"[, "cached_tokens"]}`` of a chat completion (counts a server left
+    out or sent in another form are 0: the cost estimate and ``--max-cost`` must not stop on a server's quirk)."""
+    u = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    usage = {"prompt_tokens": _count(u.get("prompt_tokens")), "completion_tokens": _count(u.get("completion_tokens"))}
+    details = u.get("prompt_tokens_details")
+    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    if cached:
+        usage["cached_tokens"] = cached
+    return usage
 
 
 def reply_text(data: dict) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, atomic_path, read_jsonl
-from leap_cli.programs.backends import reply_text
+from leap_cli.programs.backends import reply_text, reply_usage
 from leap_cli.programs.generate import GenerateConfig, ProgramGenerator, _setup, check_output
 from leap_cli.programs.prompt import clip_info
 from leap_cli.programs.redact import redact
@@ -116,10 +116,10 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
             info = gen.info(by_id[nid])
             resp = _dict(line.get("response"))
             body = _dict(resp.get("body"))
-            usage = _dict(body.get("usage"))
+            usage = reply_usage(body)  # (cached tokens left out: the Batch price is half the live one as it is)
             prov = {"backend": "openai-batch", "model": body.get("model") or cfg.model,
                     "prompt_hash": builder.prompt(info).hash[:16], "attempts": 1,
-                    "usage": {"prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": usage.get("completion_tokens", 0)},
+                    "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]},
                     "seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": 1,
                     "cached": False, "batch_request_id": line.get("id")}
             program, findings = None, []
