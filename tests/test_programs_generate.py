@@ -629,6 +629,9 @@ def test_reply_text_reads_content_parts_and_refusals(workdir, good_programs):
     assert reply_text(msg(content="{}")) == "{}"
     assert reply_text(msg(content=[{"type": "text", "text": '{"a": '}, {"type": "image"}, {"type": "text", "text": "1}"}])) == '{"a": 1}'
     assert reply_text(msg(content=None, refusal="I cannot help with that.")) == "(refused) I cannot help with that."
+    from leap_cli.programs.reply import parse_reply
+    assert parse_reply("(refused) I cannot help with that.")[1][0].message == "the model refused: I cannot help with that."
+    assert parse_reply("  \n")[1][0].message == "the reply is empty (no content)"
     assert reply_text(msg(content=None)) == "" and reply_text({"choices": []}) == "" and reply_text({}) == ""
 
     def script(body, n):  # a server that sends the content as a list of parts

@@ -28,6 +28,7 @@ from leap_cli.errors import LeapError
 from leap_cli.programs.http import HTTPClient, HTTPConnectionError, HTTPTimeout, Response
 from leap_cli.programs.prompt import ClipInfo
 from leap_cli.programs.redact import redact, redact_logs, register_secret
+from leap_cli.programs.reply import REFUSED
 
 log = logging.getLogger(__name__)
 redact_logs(log)
@@ -262,7 +263,7 @@ def reply_text(data: dict) -> str:
     if isinstance(content, str) and content:
         return content
     refusal = message.get("refusal")
-    return f"(refused) {refusal}" if isinstance(refusal, str) and refusal else ""
+    return REFUSED + refusal if isinstance(refusal, str) and refusal else ""
 
 
 def _error_message(resp: Response, n: int = 200) -> str:

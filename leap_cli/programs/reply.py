@@ -26,6 +26,7 @@ from leap_cli.programs.validate import Labels, check_program
 LEN = struct.Struct("<I")
 
 
+REFUSED = "(refused) "  # what backends.reply_text puts before a Structured Outputs refusal
 MAX_DEPTH = 64  # JSON nesting a reply may have (a program's is ~8-12); deeper is a degenerate reply, not a program
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
@@ -45,6 +46,10 @@ def parse_reply(text: str) -> tuple[dict | None, list[Finding]]:
     deeper than ``MAX_DEPTH`` (an LLM repeating brackets) is refused before Python's parser, printer and pickler
     would each hit their recursion limit on it."""
     body = text.strip()
+    if not body:
+        return None, [Finding("", "the reply is empty (no content)")]
+    if body.startswith(REFUSED):
+        return None, [Finding("", f"the model refused: {body[len(REFUSED):][:300]}")]
     if body.startswith("```"):
         body = body.strip("`")
         body = body[4:] if body.lower().startswith("json") else body
