@@ -687,3 +687,40 @@ def test_token_counts_in_another_form_are_read_or_zero():
                 {"usage": {"prompt_tokens": float("nan"), "completion_tokens": -3}}, {"usage": "n/a"}, {},
                 {"usage": {"prompt_tokens": True, "completion_tokens": 1e300}}):
         assert reply_usage(odd) == {"prompt_tokens": 0, "completion_tokens": 0}
+
+
+def test_a_model_that_refuses_max_tokens_and_temperature_is_sent_what_it_takes(workdir, good_programs, caplog):
+    """GPT-5-era OpenAI models answer 400 to max_tokens and to a temperature other than 1 (their exact errors)."""
+    def error(param, message):
+        return Reply(status=400, raw=json.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                                           "param": param, "code": "unsupported_parameter"}}))
+
+    def script(body, n):
+        if "max_tokens" in body:
+            return error("max_tokens", "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                                       "Use 'max_completion_tokens' instead.")
+        if body.get("temperature", 1) != 1:
+            return error("temperature", "Unsupported value: 'temperature' does not support 0 with this model. "
+                                        "Only the default (1) value is supported.")
+        assert body["max_completion_tokens"] == 2000
+        return Reply(json.dumps(good_programs[narration_id_of(body)]))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=4, concurrency=1))
+        assert s.statuses == {"valid": 4}
+        assert len(server.requests) == 4 + 2  # one refusal of each parameter, then every request as the model takes it
+        assert "max_completion_tokens instead" in caplog.text and "only its default temperature" in caplog.text
+        (workdir / "programs" / "val.jsonl").unlink()
+        (workdir / "programs" / "val.jsonl.settings.json").unlink(missing_ok=True)
+        s = generate_programs(config(workdir, server, limit=4, concurrency=1))  # the cache keys did not change
+        assert s.cache_hits == 4 and len(server.requests) == 6
+
+
+def test_other_400s_still_fail_the_record(workdir):
+    def script(body, n):
+        return Reply(status=400, raw=json.dumps({"error": {"message": "Invalid 'messages[1].content': too long.",
+                                                           "param": "messages", "code": "invalid_value"}}))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2))
+        assert s.statuses == {"failed": 2} and len(server.requests) == 2

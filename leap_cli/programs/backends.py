@@ -20,6 +20,7 @@ import email.utils
 import json
 import logging
 import os
+import re
 import random
 import time
 from dataclasses import dataclass, field
@@ -65,6 +66,20 @@ class Backend:
     name = "base"
     model = ""
     supports_schema = False
+
+    def _adapt(self, param: str | None) -> bool:
+        """Stop sending what the model refused (each at most once); whether the request should go again."""
+        if param == "max_tokens" and self._token_param == "max_tokens":
+            log.warning("%s takes max_completion_tokens instead of max_tokens: sending that from now on", self.model)
+            self._token_param = "max_completion_tokens"
+        elif param == "temperature" and self._send_temperature:
+            log.warning("%s takes only its default temperature: --temperature %g is no longer sent (its programs "
+                        "may differ from run to run)", self.model, self.temperature)
+            self._send_temperature = False
+        else:
+            return False
+        self._tails.clear()
+        return True
 
     def params(self) -> dict:
         """Generation parameters that change the reply (part of the cache key)."""
@@ -135,6 +150,10 @@ class OpenAIBackend(Backend):
         self.retry = retry
         self.temperature = temperature
         self.max_tokens = max_tokens
+        # what a model refuses is learnt from its first 400 and the request sent again (newer OpenAI models take
+        # max_completion_tokens and only their default temperature); the cache keys keep the configured values
+        self._token_param = "max_tokens"
+        self._send_temperature = True
         self.response_format = "json_schema" if response_format == "auto" else response_format
         self._fallback_allowed = response_format == "auto"
         self.supports_schema = self.response_format == "json_schema"
@@ -150,6 +169,20 @@ class OpenAIBackend(Backend):
         except ValueError as e:
             raise LeapError(f"bad --base-url: {e}", fix="e.g. --base-url http://localhost:8000/v1") from None
 
+    def _adapt(self, param: str | None) -> bool:
+        """Stop sending what the model refused (each at most once); whether the request should go again."""
+        if param == "max_tokens" and self._token_param == "max_tokens":
+            log.warning("%s takes max_completion_tokens instead of max_tokens: sending that from now on", self.model)
+            self._token_param = "max_completion_tokens"
+        elif param == "temperature" and self._send_temperature:
+            log.warning("%s takes only its default temperature: --temperature %g is no longer sent (its programs "
+                        "may differ from run to run)", self.model, self.temperature)
+            self._send_temperature = False
+        else:
+            return False
+        self._tails.clear()
+        return True
+
     def params(self) -> dict:
         return {"temperature": self.temperature, "max_tokens": self.max_tokens, "response_format": self.response_format}
 
@@ -160,8 +193,8 @@ class OpenAIBackend(Backend):
         if key not in self._tails:
             fmt = ({"type": "json_schema", "json_schema": {"name": "action_program", "strict": True, "schema": schema}}
                    if use_schema else {"type": "json_object"})
-            rest = {"model": self.model, "temperature": self.temperature, "max_tokens": self.max_tokens,
-                    "response_format": fmt}
+            rest = {"model": self.model, **({"temperature": self.temperature} if self._send_temperature else {}),
+                    self._token_param: self.max_tokens, "response_format": fmt}
             self._tails[key] = ("," + json.dumps(rest, ensure_ascii=False, separators=(",", ":"))[1:]).encode()
         return self._tails[key]
 
@@ -192,6 +225,8 @@ class OpenAIBackend(Backend):
                 if self._fallback_allowed and self.response_format == "json_schema" and "response_format" in message.lower():
                     log.warning("endpoint refused Structured Outputs; using JSON mode from now on")
                     self.response_format, self.supports_schema = "json_object", False
+                    continue
+                if self._adapt(_refused_param(resp, message)):
                     continue
                 raise BackendError(f"request refused (400): {message}", attempts, time.perf_counter() - start)
             if status in (401, 403):
@@ -273,9 +308,24 @@ def _error_message(resp: Response, n: int = 200) -> str:
         data = json.loads(text)
         err = data.get("error") if isinstance(data, dict) else None
         text = str(err.get("message") if isinstance(err, dict) else err or data)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     return redact(" ".join(text.split()))[:n]
+
+
+def _refused_param(resp: Response, message: str) -> str | None:
+    """The request parameter a 400 names as not taken by this model: ``error.param`` (OpenAI's form), else
+    ``'NAME'`` in an "Unsupported parameter/value" message; None for other 400s."""
+    param = None
+    try:
+        err = json.loads(resp.body).get("error")
+        param = err.get("param") if isinstance(err, dict) else None
+    except (ValueError, AttributeError, RecursionError):
+        pass
+    if not isinstance(param, str):
+        m = re.search(r"unsupported (?:parameter|value)s?:? '([a-z_]+)'", message, re.IGNORECASE)
+        param = m.group(1) if m else None
+    return param
 
 
 class OfflineBackend(Backend):
