@@ -218,6 +218,7 @@ def test_batch_file_and_ingest(workdir, good_programs, tmp_path):
     reqs = read_jsonl(batch)
     assert {r["custom_id"] for r in reqs} == set(good_programs)
     assert all(r["url"] == "/v1/chat/completions" and r["body"]["model"] == "gpt-test" for r in reqs)
+    assert all(r["body"]["max_completion_tokens"] == cfg.max_tokens and "max_tokens" not in r["body"] for r in reqs)
     results = []
     for i, r in enumerate(reqs):
         nid = r["custom_id"]

@@ -51,8 +51,9 @@ def write_batch_file(cfg: GenerateConfig, path) -> int:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             info = clip_info(r, inputs.segments.get(r["narration_id"]))
+            # max_completion_tokens: what every current OpenAI chat model takes (GPT-5-era ones refuse max_tokens)
             body = {"model": cfg.model, "messages": builder.prompt(info).messages, "temperature": cfg.temperature,
-                    "max_tokens": cfg.max_tokens, "response_format": fmt}
+                    "max_completion_tokens": cfg.max_tokens, "response_format": fmt}
             f.write(json.dumps({"custom_id": r["narration_id"], "method": "POST", "url": BATCH_URL, "body": body},
                                ensure_ascii=False) + "\n")
             n += 1
