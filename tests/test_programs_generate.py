@@ -725,3 +725,18 @@ def test_other_400s_still_fail_the_record(workdir):
     with ScriptedServer(script) as server:
         s = generate_programs(config(workdir, server, limit=2))
         assert s.statuses == {"failed": 2} and len(server.requests) == 2
+
+
+def test_a_reply_cut_at_the_token_limit_says_so(workdir, good_programs):
+    def script(body, n):
+        data = completion(json.dumps(good_programs[narration_id_of(body)])[:200])  # cut mid-program
+        data["choices"][0]["finish_reason"] = "length"
+        assert body["max_tokens"] == 300
+        return Reply(raw=json.dumps(data))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=1, max_tokens=300))
+    assert s.statuses == {"invalid": 1}
+    (rec,) = records(workdir)
+    assert rec["errors"][0]["message"].startswith("the reply stopped at the token limit (--max-tokens 300;")
+    assert "not JSON" in rec["errors"][1]["message"]

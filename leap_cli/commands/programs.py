@@ -42,6 +42,8 @@ def generate_programs(
     response_format: str = typer.Option("auto", "--response-format", help="auto (Structured Outputs, JSON mode if refused), "
                                                                           "json_schema or json_object."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, max=2.0, help="Sampling temperature."),
+    max_tokens: int = typer.Option(2000, "--max-tokens", min=16, help="Most tokens a reply may have (a reasoning "
+                                                                     "model's hidden reasoning counts too: raise it for those)."),
     k: int = typer.Option(4, "--k", min=0, help="Exemplar programs per prompt."),
     repair_rounds: int = typer.Option(1, "--repair-rounds", min=0, help="Follow-up turns that send validation errors back."),
     limit: int = typer.Option(None, "--limit", min=0, help="Process at most this many pending segments."),
@@ -80,7 +82,7 @@ def generate_programs(
     cfg = GenerateConfig(workdir=workdir, split=split, data=data, annotations=annotations, descriptors=descriptors,
                          out=out, backend=backend, model=model, base_url=base_url, api_key_env=api_key_env,
                          concurrency=concurrency, timeout=timeout, max_retries=max_retries, backoff=backoff,
-                         response_format=response_format, temperature=temperature, k=k, repair_rounds=repair_rounds,
+                         response_format=response_format, temperature=temperature, max_tokens=max_tokens, k=k, repair_rounds=repair_rounds,
                          limit=limit, shard=spec, price_in=price_in, price_out=price_out,
                          price_cached_in=price_cached_in, max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
                          retry_failed=retry_failed, force=force)

@@ -51,6 +51,7 @@ class Completion:
     attempts: int = 1
     seconds: float = 0.0
     model: str = ""
+    cut: bool = False  # the reply stopped at the token limit (finish_reason "length")
 
 
 class BackendError(Exception):
@@ -254,7 +255,7 @@ class OpenAIBackend(Backend):
                                time.perf_counter() - start)
         text = reply_text(data)
         return Completion(redact(text), reply_usage(data), attempts, time.perf_counter() - start,
-                          str(data.get("model") or self.model))
+                          str(data.get("model") or self.model), cut=reply_cut(data))
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -283,6 +284,14 @@ def reply_usage(data: dict) -> dict:
     if cached:
         usage["cached_tokens"] = cached
     return usage
+
+
+def reply_cut(data: dict) -> bool:
+    """Whether the first choice stopped at the token limit (``finish_reason`` "length")."""
+    try:
+        return data["choices"][0].get("finish_reason") == "length"
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return False
 
 
 def reply_text(data: dict) -> str:

@@ -261,6 +261,7 @@ class ProgramGenerator:
                             self.backend.params())
             hit = self.store.get(key)
             prov["rounds"] = rnd + 1
+            cut = False
             if hit is not None:
                 text, usage, _ = hit
                 self.summary_hits += 1
@@ -281,11 +282,15 @@ class ProgramGenerator:
                                 findings + [Finding("", f"request failed: {e}")])
                 text, usage, latency, attempts = comp.text, comp.usage, comp.seconds, comp.attempts
                 prov["attempts"] += attempts
+                cut = comp.cut
             for k in prov["usage"]:
                 prov["usage"][k] += usage.get(k, 0)
             parsed, findings = await self.verify(text, info)
             if parsed is not None:
                 program = parsed
+            if findings and cut:
+                findings = [Finding("", f"the reply stopped at the token limit (--max-tokens {self.cfg.max_tokens}; a "
+                                        "reasoning model's hidden reasoning counts too): raise --max-tokens")] + findings
             outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
             # a paid reply a repair round follows is committed now (its record is not written yet); one that
             # finishes its record is safe in the output file, and waits for the store's next batch
