@@ -740,3 +740,22 @@ def test_a_reply_cut_at_the_token_limit_says_so(workdir, good_programs):
     (rec,) = records(workdir)
     assert rec["errors"][0]["message"].startswith("the reply stopped at the token limit (--max-tokens 300;")
     assert "not JSON" in rec["errors"][1]["message"]
+
+
+def test_extra_body_fields_are_sent_and_are_part_of_the_settings(workdir, good_programs):
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    extra = {"chat_template_kwargs": {"enable_thinking": False}, "reasoning_effort": "low"}
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2, extra_body=extra))
+        assert s.statuses == {"valid": 2}
+        assert all(b["chat_template_kwargs"] == {"enable_thinking": False} and b["reasoning_effort"] == "low"
+                   for b in server.requests)
+        with pytest.raises(LeapError, match="other settings|extra_body"):  # the output holds replies to the other body
+            generate_programs(config(workdir, server, limit=3))
+        s = generate_programs(config(workdir, server, limit=2, out=workdir / "other.jsonl",
+                                     extra_body={"reasoning_effort": "high"}))
+        assert s.cache_hits == 0 and len(server.requests) == 4  # another body: replies are not reused
+        s = generate_programs(config(workdir, server, limit=2, out=workdir / "again.jsonl", extra_body=extra))
+        assert s.cache_hits == 2 and len(server.requests) == 4
+    with pytest.raises(LeapError, match="may not replace the messages"):
+        generate_programs(config(workdir, server, extra_body={"messages": []}))

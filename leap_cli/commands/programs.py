@@ -44,6 +44,9 @@ def generate_programs(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, max=2.0, help="Sampling temperature."),
     max_tokens: int = typer.Option(2000, "--max-tokens", min=16, help="Most tokens a reply may have (a reasoning "
                                                                      "model's hidden reasoning counts too: raise it for those)."),
+    extra_body: str = typer.Option(None, "--extra-body", help="JSON object of more request fields, sent as given, e.g. "
+                                   "'{\"reasoning_effort\": \"low\"}' or vLLM's '{\"chat_template_kwargs\": "
+                                   "{\"enable_thinking\": false}}'."),
     k: int = typer.Option(4, "--k", min=0, help="Exemplar programs per prompt."),
     repair_rounds: int = typer.Option(1, "--repair-rounds", min=0, help="Follow-up turns that send validation errors back."),
     limit: int = typer.Option(None, "--limit", min=0, help="Process at most this many pending segments."),
@@ -76,13 +79,24 @@ def generate_programs(
         backend = "openai"
     backend = backend or "offline"
     concurrency = workers_alias or concurrency
+    if extra_body is not None:
+        import json
+
+        try:
+            extra_body = json.loads(extra_body)
+        except json.JSONDecodeError as e:
+            raise LeapError(f"--extra-body is not JSON ({e.msg} at column {e.colno})",
+                            fix='give a JSON object, e.g. --extra-body \'{"reasoning_effort": "low"}\'') from None
+        from leap_cli.programs.backends import check_extra_body
+
+        check_extra_body(extra_body)
     retry_failed = retry_failed or retry_failed_alias
     spec = ShardSpec.parse(shard)
     out = shard_out(out, spec) if out is not None else None
     cfg = GenerateConfig(workdir=workdir, split=split, data=data, annotations=annotations, descriptors=descriptors,
                          out=out, backend=backend, model=model, base_url=base_url, api_key_env=api_key_env,
                          concurrency=concurrency, timeout=timeout, max_retries=max_retries, backoff=backoff,
-                         response_format=response_format, temperature=temperature, max_tokens=max_tokens, k=k, repair_rounds=repair_rounds,
+                         response_format=response_format, temperature=temperature, max_tokens=max_tokens, extra_body=extra_body, k=k, repair_rounds=repair_rounds,
                          limit=limit, shard=spec, price_in=price_in, price_out=price_out,
                          price_cached_in=price_cached_in, max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
                          retry_failed=retry_failed, force=force)

@@ -135,7 +135,8 @@ class OpenAIBackend(Backend):
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, retry: RetryPolicy = RetryPolicy(), temperature: float = 0.0,
-                 max_tokens: int = 2000, response_format: str = "auto", concurrency: int = 8):
+                 max_tokens: int = 2000, response_format: str = "auto", concurrency: int = 8,
+                 extra_body: dict | None = None):
         key = os.environ.get(api_key_env)
         if not key:
             raise LeapError(f"no API key: the environment variable {api_key_env} is not set",
@@ -144,6 +145,7 @@ class OpenAIBackend(Backend):
         register_secret(key)
         if response_format not in ("auto", "json_schema", "json_object"):
             raise LeapError(f"unknown response format {response_format!r}", fix="use auto, json_schema or json_object")
+        self.extra_body = check_extra_body(extra_body)
         self.model = model
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         self.api_key_env = api_key_env
@@ -185,7 +187,8 @@ class OpenAIBackend(Backend):
         return True
 
     def params(self) -> dict:
-        return {"temperature": self.temperature, "max_tokens": self.max_tokens, "response_format": self.response_format}
+        out = {"temperature": self.temperature, "max_tokens": self.max_tokens, "response_format": self.response_format}
+        return {**out, "extra_body": self.extra_body} if self.extra_body else out
 
     def _tail(self, schema: dict | None) -> bytes:
         """Everything of the body but the messages, serialised once per (format, schema)."""
@@ -195,7 +198,7 @@ class OpenAIBackend(Backend):
             fmt = ({"type": "json_schema", "json_schema": {"name": "action_program", "strict": True, "schema": schema}}
                    if use_schema else {"type": "json_object"})
             rest = {"model": self.model, **({"temperature": self.temperature} if self._send_temperature else {}),
-                    self._token_param: self.max_tokens, "response_format": fmt}
+                    self._token_param: self.max_tokens, "response_format": fmt, **self.extra_body}
             self._tails[key] = ("," + json.dumps(rest, ensure_ascii=False, separators=(",", ":"))[1:]).encode()
         return self._tails[key]
 
@@ -259,6 +262,18 @@ class OpenAIBackend(Backend):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def check_extra_body(extra: dict | None) -> dict:
+    """``--extra-body``: request fields sent as given (a server's own, e.g. vLLM's ``chat_template_kwargs``, or
+    ``reasoning_effort``); they may replace leap's but not the messages."""
+    if extra is None:
+        return {}
+    if not isinstance(extra, dict):
+        raise LeapError("--extra-body must be a JSON object", fix='e.g. --extra-body \'{"reasoning_effort": "low"}\'')
+    if "messages" in extra:
+        raise LeapError("--extra-body may not replace the messages", fix="leave messages out of it")
+    return extra
 
 
 def _count(value) -> int:

@@ -70,6 +70,7 @@ class GenerateConfig:
     response_format: str = "auto"
     temperature: float = 0.0
     max_tokens: int = 2000
+    extra_body: dict | None = None  # more request fields, as given (--extra-body), e.g. {"reasoning_effort": "low"}
     k: int = DEFAULT_K
     repair_rounds: int = 1
     limit: int | None = None
@@ -171,7 +172,8 @@ def build_backend(cfg: GenerateConfig, exemplars, verbs: ClassVocab, nouns: Clas
         return OpenAIBackend(cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, timeout=cfg.timeout,
                              retry=RetryPolicy(cfg.max_retries, cfg.backoff, cfg.max_backoff),
                              temperature=cfg.temperature, max_tokens=cfg.max_tokens,
-                             response_format=cfg.response_format, concurrency=cfg.concurrency)
+                             response_format=cfg.response_format, concurrency=cfg.concurrency,
+                             extra_body=cfg.extra_body)
     raise LeapError(f"unknown backend {cfg.backend!r}", fix="use --backend offline or --backend openai")
 
 
@@ -347,7 +349,8 @@ def output_settings(cfg: GenerateConfig, builder: PromptBuilder) -> dict:
         return {**out, "model": OfflineBackend.model}
     return {**out, "model": cfg.model, "prompt_version": PROMPT_VERSION, "system_prompt": stable_hash(builder.system)[:16],
             "k": cfg.k, "params": {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens,
-                                   "response_format": cfg.response_format}}
+                                   "response_format": cfg.response_format,
+                                   **({"extra_body": cfg.extra_body} if cfg.extra_body else {})}}
 
 
 def check_output(cfg: GenerateConfig, builder: PromptBuilder) -> bool:
