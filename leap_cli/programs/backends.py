@@ -68,20 +68,6 @@ class Backend:
     model = ""
     supports_schema = False
 
-    def _adapt(self, param: str | None) -> bool:
-        """Stop sending what the model refused (each at most once); whether the request should go again."""
-        if param == "max_tokens" and self._token_param == "max_tokens":
-            log.warning("%s takes max_completion_tokens instead of max_tokens: sending that from now on", self.model)
-            self._token_param = "max_completion_tokens"
-        elif param == "temperature" and self._send_temperature:
-            log.warning("%s takes only its default temperature: --temperature %g is no longer sent (its programs "
-                        "may differ from run to run)", self.model, self.temperature)
-            self._send_temperature = False
-        else:
-            return False
-        self._tails.clear()
-        return True
-
     def params(self) -> dict:
         """Generation parameters that change the reply (part of the cache key)."""
         return {}
