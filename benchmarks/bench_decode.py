@@ -22,7 +22,7 @@ rounds (each round runs all stages of a clip one after the other, so a change of
 is the least of its rounds, the cost of the work with the least interference from other processes. Beside it,
 the median over rounds of each round's own ratio (extract / decode of that round, run one after the other): on a
 busy machine the least decode and the least extract may come from calmer moments of different rounds, and a
-round's two stages share its load. ``--clips 144p`` (or 1080p, or clip ids) measures some clips only, and skips the
+round's two stages share its load. ``--clips 144p`` (or 360p, 720p, 1080p, or clip ids) measures some clips only, and skips the
 --workers comparison unless both 1080p clips are measured.
 """
 
@@ -54,8 +54,9 @@ from leap_cli.shards.writer import LayoutOpener, ShardSettings, build_shards  # 
 EPIC_SEGMENTS = 90_000  # EPIC-KITCHENS-100: ~90k action segments in ~100 h of video
 CAMERA_FRAMES = 9
 SHARD_FRAMES = 16
+# the two 1080p clips first (the worker and EPIC-100 figures use them); 360p and 720p: goal 2 between the sizes
 CLIPS = [("P01_01", 1920, 1080, 50.0, "libx264"), ("P01_02", 1920, 1080, 60000 / 1001, "libx264"),
-         ("P01_03", 256, 144, 50.0, "mpeg4")]
+         ("P01_03", 256, 144, 50.0, "mpeg4"), ("P01_04", 640, 360, 50.0, "libx264"), ("P01_05", 1280, 720, 50.0, "libx264")]
 HEADER = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,"
           "stop_frame,narration,verb,verb_class,noun,noun_class,all_nouns,all_noun_classes\n")
 
@@ -184,7 +185,7 @@ def run_stage_shards(root: Path, vids: list[str], out: Path, cache: Path | None,
 
 
 def _chosen(names: list[str] | None) -> list[tuple]:
-    """The clips of CLIPS that ``--clips`` names (by id, or 1080p / 144p), in CLIPS' order."""
+    """The clips of CLIPS that ``--clips`` names (by id, or 1080p / 720p / 360p / 144p), in CLIPS' order."""
     if not names:
         return CLIPS
     picked = [c for c in CLIPS if c[0] in names or f"{c[2]}p" in names]
@@ -203,7 +204,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="rounds per stage; the least CPU (and wall) is kept")
     ap.add_argument("--keep", type=Path, default=None, help="folder to keep the clips in (reused on a re-run)")
     ap.add_argument("--clips", nargs="+", default=None, metavar="CLIP",
-                    help="measure these clips only: 1080p, 144p or clip ids (default: all)")
+                    help="measure these clips only: 1080p, 720p, 360p, 144p or clip ids (default: all)")
     args = ap.parse_args()
     clips = _chosen(args.clips)
     base = args.keep or Path(tempfile.gettempdir()) / f"leap-bench-decode-{int(args.seconds)}s"
