@@ -1,6 +1,6 @@
 """Decode once (issue 15.1, 15.2's extract-vs-decode ratio, 15.6): CPU of extract and build-shards against the CPU
 of decoding each segment's needed frames once, side by side in one run, on short synthetic H.264 clips at
-1920x1080 50 and 59.94 fps and at the synthetic kitchen's small frames (256x144).
+1920x1080 50 and 59.94 fps, 1280x720 and 640x360 50 fps, and at the synthetic kitchen's small frames (256x144).
 
     python benchmarks/bench_decode.py [--seconds 8] [--segments 4] [--repeat 3] [--keep DIR] [--clips 144p]
 
