@@ -380,7 +380,7 @@ def _throughput_run(work: Path, kitchen: Path, server: ServerProcess, c: int, cl
 def component_costs(n: int = 384) -> dict:
     """CPU ms per program of each piece of the client's work, each in a loop of its own (no network)."""
     from leap_cli.io import JsonlAppender, stable_hash
-    from leap_cli.programs.generate import parse_reply
+    from leap_cli.programs.reply import parse_reply
     from leap_cli.programs.schema import strict_schema
     from leap_cli.programs.store import ProgramStore, cache_key
     from leap_cli.programs.validate import Labels, check_program

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import os
 import time
@@ -39,7 +38,7 @@ from leap_cli.programs.backends import (Backend, BackendError, Completion, Offli
                                        RetryPolicy)
 from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, PromptBuilder, clip_info, load_exemplars,
                                       load_system_prompt, narration_record)
-from leap_cli.programs.reply import parse_reply, verify_reply  # noqa: F401 (parse_reply: for benchmarks)
+from leap_cli.programs.reply import verify_reply
 from leap_cli.programs.redact import redact, redact_logs
 from leap_cli.programs.schema import Finding, strict_schema
 from leap_cli.programs.store import ProgramStore, cache_key

@@ -17,7 +17,6 @@ import copy
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 from leap_cli.errors import LeapError
 from leap_cli.resources import resource_dir
