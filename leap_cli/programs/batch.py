@@ -83,6 +83,9 @@ def read_batch_output(path) -> list[dict]:
         except json.JSONDecodeError as e:
             raise LeapError(f"not a Batch output file: line {i} is not JSON ({e.msg})", path=path, record=f"line {i}",
                             fix=BATCH_OUTPUT_FIX) from None
+        except RecursionError:
+            raise LeapError(f"not a Batch output file: line {i} nests JSON too deeply to read", path=path,
+                            record=f"line {i}", fix=BATCH_OUTPUT_FIX) from None
         if not isinstance(line, dict) or not isinstance(line.get("custom_id"), str):
             raise LeapError(f"not a Batch output file: line {i} is not an object with a custom_id", path=path,
                             record=f"line {i}", fix=BATCH_OUTPUT_FIX)
