@@ -759,3 +759,24 @@ def test_extra_body_fields_are_sent_and_are_part_of_the_settings(workdir, good_p
         assert s.cache_hits == 2 and len(server.requests) == 4
     with pytest.raises(LeapError, match="may not replace the messages"):
         generate_programs(config(workdir, server, extra_body={"messages": []}))
+
+
+@pytest.mark.parametrize("refusal", ["max_tokens", "temperature", "response_format"])
+def test_a_refusal_seen_by_every_request_in_flight_fails_none(workdir, good_programs, refusal):
+    """Six requests are on the wire when the first 400 comes back: the switch is made once and each of the six is
+    sent again as the model takes it (not failed because another request made the switch first)."""
+    def script(body, n):
+        if refusal == "max_tokens" and "max_tokens" in body:
+            return Reply(status=400, delay=0.2, raw=json.dumps({"error": {
+                "message": "Unsupported parameter: 'max_tokens' is not supported with this model.", "param": "max_tokens"}}))
+        if refusal == "temperature" and "temperature" in body:
+            return Reply(status=400, delay=0.2, raw=json.dumps({"error": {
+                "message": "Unsupported value: 'temperature' does not support 0 with this model.", "param": "temperature"}}))
+        if refusal == "response_format" and body["response_format"]["type"] == "json_schema":
+            return Reply(status=400, delay=0.2, raw=json.dumps({"error": {"message": "response_format json_schema not supported"}}))
+        return Reply(json.dumps(good_programs[narration_id_of(body)]))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=6, concurrency=6))
+        assert s.statuses == {"valid": 6}, s.failures
+        assert len(server.requests) == 12  # six refused, six sent again

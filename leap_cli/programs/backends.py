@@ -159,18 +159,22 @@ class OpenAIBackend(Backend):
             raise LeapError(f"bad --base-url: {e}", fix="e.g. --base-url http://localhost:8000/v1") from None
 
     def _adapt(self, param: str | None) -> bool:
-        """Stop sending what the model refused (each at most once); whether the request should go again."""
-        if param == "max_tokens" and self._token_param == "max_tokens":
-            log.warning("%s takes max_completion_tokens instead of max_tokens: sending that from now on", self.model)
-            self._token_param = "max_completion_tokens"
-        elif param == "temperature" and self._send_temperature:
-            log.warning("%s takes only its default temperature: --temperature %g is no longer sent (its programs "
-                        "may differ from run to run)", self.model, self.temperature)
-            self._send_temperature = False
-        else:
-            return False
-        self._tails.clear()
-        return True
+        """Stop sending what the model refused; whether the request should go again (also when another request
+        in flight has already made the switch: this one was sent before it)."""
+        if param == "max_tokens":
+            if self._token_param == "max_tokens":
+                log.warning("%s takes max_completion_tokens instead of max_tokens: sending that from now on", self.model)
+                self._token_param = "max_completion_tokens"
+                self._tails.clear()
+            return True
+        if param == "temperature":
+            if self._send_temperature:
+                log.warning("%s takes only its default temperature: --temperature %g is no longer sent (its programs "
+                            "may differ from run to run)", self.model, self.temperature)
+                self._send_temperature = False
+                self._tails.clear()
+            return True
+        return False
 
     def params(self) -> dict:
         out = {"temperature": self.temperature, "max_tokens": self.max_tokens, "response_format": self.response_format}
@@ -195,6 +199,7 @@ class OpenAIBackend(Backend):
     async def complete(self, request: Request) -> Completion:
         start = time.perf_counter()
         attempts = 0
+        adapted: set[str] = set()
         while True:
             attempts += 1
             try:
@@ -212,11 +217,15 @@ class OpenAIBackend(Backend):
                 break
             message = _error_message(resp)
             if status == 400:
-                if self._fallback_allowed and self.response_format == "json_schema" and "response_format" in message.lower():
-                    log.warning("endpoint refused Structured Outputs; using JSON mode from now on")
-                    self.response_format, self.supports_schema = "json_object", False
+                if self._fallback_allowed and "response_format" in message.lower() and "response_format" not in adapted:
+                    if self.response_format == "json_schema":  # (else a request in flight made the switch already)
+                        log.warning("endpoint refused Structured Outputs; using JSON mode from now on")
+                        self.response_format, self.supports_schema = "json_object", False
+                    adapted.add("response_format")
                     continue
-                if self._adapt(_refused_param(resp, message)):
+                param = _refused_param(resp, message)
+                if param not in adapted and self._adapt(param):
+                    adapted.add(param)  # each at most once per request: a server that refuses it again fails it
                     continue
                 raise BackendError(f"request refused (400): {message}", attempts, time.perf_counter() - start)
             if status in (401, 403):
