@@ -87,16 +87,14 @@ def generate_programs(
         except json.JSONDecodeError as e:
             raise LeapError(f"--extra-body is not JSON ({e.msg} at column {e.colno})",
                             fix='give a JSON object, e.g. --extra-body \'{"reasoning_effort": "low"}\'') from None
-        from leap_cli.programs.backends import check_extra_body
-
-        check_extra_body(extra_body)
     retry_failed = retry_failed or retry_failed_alias
     spec = ShardSpec.parse(shard)
     out = shard_out(out, spec) if out is not None else None
     cfg = GenerateConfig(workdir=workdir, split=split, data=data, annotations=annotations, descriptors=descriptors,
                          out=out, backend=backend, model=model, base_url=base_url, api_key_env=api_key_env,
                          concurrency=concurrency, timeout=timeout, max_retries=max_retries, backoff=backoff,
-                         response_format=response_format, temperature=temperature, max_tokens=max_tokens, extra_body=extra_body, k=k, repair_rounds=repair_rounds,
+                         response_format=response_format, temperature=temperature, max_tokens=max_tokens,
+                         extra_body=extra_body, k=k, repair_rounds=repair_rounds,
                          limit=limit, shard=spec, price_in=price_in, price_out=price_out,
                          price_cached_in=price_cached_in, max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
                          retry_failed=retry_failed, force=force)

@@ -159,8 +159,14 @@ class OpenAIBackend(Backend):
             raise LeapError(f"bad --base-url: {e}", fix="e.g. --base-url http://localhost:8000/v1") from None
 
     def _adapt(self, param: str | None) -> bool:
-        """Stop sending what the model refused; whether the request should go again (also when another request
-        in flight has already made the switch: this one was sent before it)."""
+        """Stop sending what the endpoint refused; whether the request should go again (also when another request
+        in flight has already made the switch: this one was sent before it). Structured Outputs give way to JSON
+        mode (``--response-format auto``), ``max_tokens`` to ``max_completion_tokens``, a temperature to none."""
+        if param == "response_format" and self._fallback_allowed:
+            if self.response_format == "json_schema":
+                log.warning("endpoint refused Structured Outputs; using JSON mode from now on")
+                self.response_format, self.supports_schema = "json_object", False
+            return True
         if param == "max_tokens":
             if self._token_param == "max_tokens":
                 log.warning("%s takes max_completion_tokens instead of max_tokens: sending that from now on", self.model)
@@ -217,12 +223,6 @@ class OpenAIBackend(Backend):
                 break
             message = _error_message(resp)
             if status == 400:
-                if self._fallback_allowed and "response_format" in message.lower() and "response_format" not in adapted:
-                    if self.response_format == "json_schema":  # (else a request in flight made the switch already)
-                        log.warning("endpoint refused Structured Outputs; using JSON mode from now on")
-                        self.response_format, self.supports_schema = "json_object", False
-                    adapted.add("response_format")
-                    continue
                 param = _refused_param(resp, message)
                 if param not in adapted and self._adapt(param):
                     adapted.add(param)  # each at most once per request: a server that refuses it again fails it
@@ -334,7 +334,8 @@ def _error_message(resp: Response, n: int = 200) -> str:
 
 def _refused_param(resp: Response, message: str) -> str | None:
     """The request parameter a 400 names as not taken by this model: ``error.param`` (OpenAI's form), else
-    ``'NAME'`` in an "Unsupported parameter/value" message; None for other 400s."""
+    ``'NAME'`` in an "Unsupported parameter/value" message, else response_format where the message names it;
+    None for other 400s."""
     param = None
     try:
         err = json.loads(resp.body).get("error")
@@ -343,7 +344,7 @@ def _refused_param(resp: Response, message: str) -> str | None:
         pass
     if not isinstance(param, str):
         m = re.search(r"unsupported (?:parameter|value)s?:? '([a-z_]+)'", message, re.IGNORECASE)
-        param = m.group(1) if m else None
+        param = m.group(1) if m else ("response_format" if "response_format" in message.lower() else None)
     return param
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, atomic_path, read_jsonl
-from leap_cli.programs.backends import check_extra_body, reply_text, reply_usage
+from leap_cli.programs.backends import reply_text, reply_usage
 from leap_cli.programs.generate import GenerateConfig, ProgramGenerator, _setup, check_output
 from leap_cli.programs.prompt import clip_info
 from leap_cli.programs.redact import redact
@@ -53,7 +53,7 @@ def write_batch_file(cfg: GenerateConfig, path) -> int:
             info = clip_info(r, inputs.segments.get(r["narration_id"]))
             # max_completion_tokens: what every current OpenAI chat model takes (GPT-5-era ones refuse max_tokens)
             body = {"model": cfg.model, "messages": builder.prompt(info).messages, "temperature": cfg.temperature,
-                    "max_completion_tokens": cfg.max_tokens, "response_format": fmt, **check_extra_body(cfg.extra_body)}
+                    "max_completion_tokens": cfg.max_tokens, "response_format": fmt, **(cfg.extra_body or {})}
             f.write(json.dumps({"custom_id": r["narration_id"], "method": "POST", "url": BATCH_URL, "body": body},
                                ensure_ascii=False) + "\n")
             n += 1

@@ -35,7 +35,7 @@ from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, check_settings, read_jsonl, stable_hash
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, OfflineBackend, OpenAIBackend, Request,
-                                       RetryPolicy)
+                                       RetryPolicy, check_extra_body)
 from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, PromptBuilder, clip_info, load_exemplars,
                                       load_system_prompt, narration_record)
 from leap_cli.programs.reply import verify_reply
@@ -86,6 +86,9 @@ class GenerateConfig:
     # a reply's checks in a child process (checker.py); None: where it pays (an HTTP backend, concurrency >= 8,
     # two CPUs or more, at least CHECK_PROCESS_MIN segments to do)
     check_process: bool | None = None
+
+    def __post_init__(self) -> None:
+        check_extra_body(self.extra_body)  # one line for a body that is no object or would replace the messages
 
     @property
     def split_name(self) -> str:
