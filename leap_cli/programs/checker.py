@@ -59,16 +59,19 @@ class RemoteChecker:
         self.verbs, self.nouns, self.max_sub_actions = verbs, nouns, max_sub_actions
         self.transport: asyncio.SubprocessTransport | None = None
         self._stdin = None
-        self.ready = False
         self.ended = False
         self._seq = 0
         self._pending: dict[int, tuple[asyncio.Future, str, Labels, float]] = {}  # seq: (future, text, labels, sent)
         self.remote = 0  # replies checked in the child
         self.local = 0  # and in this process (before the child was ready, after it ended)
         self._exited = asyncio.Event()
-        self._ready = asyncio.Event()
+        self._ready = asyncio.Event()  # the child said it is ready (or it ended: start stops waiting)
         self._closing = False
         self._outbox: list[tuple] = []
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and not self.ended
 
     def local_check(self, text: str, labels: Labels) -> tuple[dict | None, list[Finding]]:
         self.local += 1
@@ -100,7 +103,7 @@ class RemoteChecker:
             pass
 
     async def check(self, text: str, labels: Labels) -> tuple[dict | None, list[Finding]]:
-        if not self.ready or self.ended:
+        if not self.ready:
             await asyncio.sleep(0)  # the loop goes round first: what is ready to read or send goes before this CPU work
             return self.local_check(text, labels)
         self._seq += 1
@@ -132,7 +135,6 @@ class RemoteChecker:
 
     def _received(self, msg) -> None:
         if msg is None:
-            self.ready = True
             self._ready.set()
             return
         for seq, program, findings in msg:
@@ -148,7 +150,7 @@ class RemoteChecker:
         if self.ended:
             return
         self.ended = True
-        self._ready.set()  # (start stops waiting)
+        self._ready.set()
         if warn and (self._pending or not self._closing):
             code = self.transport.get_returncode() if self.transport else None
             log.warning("program checks continue in this process: the checker process ended (exit code %s)", code)
