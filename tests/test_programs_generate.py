@@ -192,6 +192,13 @@ def test_json_mode_fallback_when_structured_outputs_refused(workdir, good_progra
         s = generate_programs(config(workdir, server, limit=2, concurrency=1))
         assert s.statuses["valid"] == 2
         assert [b["response_format"]["type"] for b in server.requests] == ["json_schema", "json_object", "json_object"]
+        # a new run asks for Structured Outputs until it learns the refusal again: every reply (also those asked
+        # for after the switch) is found under the settings asked for, none is paid twice
+        # resumed: the refusal is learnt again (one more refused request), the next four are asked after it
+        s = generate_programs(config(workdir, server, limit=6, concurrency=1))
+        assert s.statuses["valid"] == 4 and len(server.requests) == 8
+        s = generate_programs(config(workdir, server, limit=6, concurrency=1, out=workdir / "again.jsonl"))
+        assert s.cache_hits == 6 and len(server.requests) == 8
 
 
 def test_max_cost_stops_cleanly(workdir, good_programs):

@@ -146,6 +146,7 @@ class OpenAIBackend(Backend):
         self.response_format = "json_schema" if response_format == "auto" else response_format
         self._fallback_allowed = response_format == "auto"
         self.supports_schema = self.response_format == "json_schema"
+        self._asked_format = self.response_format  # the cache key's, kept after a switch to JSON mode
         self._tails: dict[tuple, bytes] = {}
         headers = {"Authorization": f"Bearer {key}", "User-Agent": "leap"}
         # what the official client sends for organisation- or project-scoped keys
@@ -183,7 +184,9 @@ class OpenAIBackend(Backend):
         return False
 
     def params(self) -> dict:
-        out = {"temperature": self.temperature, "max_tokens": self.max_tokens, "response_format": self.response_format}
+        """The settings asked for (a cache key's): what the endpoint refused and the backend stopped sending does
+        not change them, so that a run that starts again before it learns the refusal finds its replies."""
+        out = {"temperature": self.temperature, "max_tokens": self.max_tokens, "response_format": self._asked_format}
         return {**out, "extra_body": self.extra_body} if self.extra_body else out
 
     def _tail(self, schema: dict | None) -> bytes:

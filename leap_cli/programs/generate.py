@@ -219,6 +219,8 @@ class ProgramGenerator:
         self._halted = False  # a request raised an error that stops the stage (a refused key): send no more
         self.schema = strict_schema()
         self.schema_hash = stable_hash(self.schema)
+        # the cache key names the schema where one was asked for, also after the endpoint refused it (JSON mode)
+        self._key_schema = self.schema_hash if backend.supports_schema else None
         self.summary_requests = 0
         self.summary_hits = 0
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # requests made in this run
@@ -261,8 +263,7 @@ class ProgramGenerator:
         program, findings = None, []
         for rnd in range(self.cfg.repair_rounds + 1):
             schema = self.schema if self.backend.supports_schema else None
-            key = cache_key(self.backend.name, self.backend.model, prompt.hash, self.schema_hash if schema else None,
-                            self.backend.params())
+            key = cache_key(self.backend.name, self.backend.model, prompt.hash, self._key_schema, self.backend.params())
             hit = self.store.get(key)
             prov["rounds"] = rnd + 1
             cut = False
