@@ -343,11 +343,12 @@ def read_jsonl(path: str | Path, *, repair: bool = False,
             try:
                 records.append(json.loads(raw))
                 good_end = min(end, len(data))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a cut can split a UTF-8 character too
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # a cut can split a UTF-8 character too
                 if is_last and not data.endswith(b"\n"):
                     log.warning("%s: dropping a truncated last line (%d bytes)", path, len(raw))
                     break
-                what = f"valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else "UTF-8 text"
+                what = (f"valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else
+                        "readable (JSON nested too deeply)" if isinstance(e, RecursionError) else "UTF-8 text")
                 raise LeapError(f"line {i + 1} is not {what}", path=path, record=f"line {i + 1}",
                                 fix="delete or fix that line; leap rewrites it on the next run") from None
         else:
@@ -372,9 +373,12 @@ class JsonlAppender:
     line, which the next open cuts off. Lines are fsync'ed at once, or at most every ``sync_every`` seconds
     and on close (an fsync per record, ~10 ms, would cap a fast async stage at ~100 records/s; a killed
     process still keeps every flushed line, only a power loss can take the last second). ``replace_keys``
-    lets a re-run redo chosen records (e.g. ``--retry-errors``): their old lines are dropped by rewriting
-    the file atomically. Only the keys stay in memory (a day's descriptor records would not fit), unless
-    ``keep_records``: then ``records`` maps each key to its record (else it is None).
+    lets a re-run redo chosen records (e.g. ``--retry-errors``): they count as not done, and the old line of
+    each one written again is dropped on close by rewriting the file atomically; the others keep theirs (a
+    run cut short, or one with --limit, loses no record). A file holding a key twice (a run killed before
+    that rewrite, or two files concatenated) keeps the last, rewritten on open. Only the keys stay in memory
+    (a day's descriptor records would not fit), unless ``keep_records``: then ``records`` maps each key to
+    its record (else it is None).
     """
 
     def __init__(self, path: str | Path, key: str | Callable[[dict], str] = "narration_id",
@@ -400,15 +404,19 @@ class JsonlAppender:
         except BaseException:
             self._lock.release()
             raise
-        replace = set(replace_keys)
-        if replace and not replace.isdisjoint(keys):
-            kept = [(k, r) for k, r in zip(keys, existing) if k not in replace]
-            keys, existing = [k for k, _ in kept], [r for _, r in kept]
+        last = dict(zip(keys, range(len(keys))))  # the line each key's record is read from: its last
+        if len(last) < len(keys):
+            dropped, keep = len(keys) - len(last), set(last.values())
+            existing = [r for i, r in enumerate(existing) if i in keep]
+            keys = [k for i, k in enumerate(keys) if i in keep]
+            log.warning("%s: %d records were there twice (a run stopped while redoing them, or files "
+                        "concatenated): kept the last line of each", self.path, dropped)
             atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in existing))
-        # last one wins if a file was concatenated twice
         self.records: dict[str, dict] | None = dict(zip(keys, existing)) if keep_records else None
-        self.keys: set[str] = set(keys)
-        del existing, keys
+        self._redo = set(replace_keys).intersection(keys)  # done, but to be done again: written anew, replaced
+        self._rewritten: set[str] = set()
+        self.keys: set[str] = set(keys) - self._redo
+        del existing, keys, last
         try:
             self._f = open(self.path, "a", encoding="utf-8")
         except BaseException:
@@ -444,6 +452,8 @@ class JsonlAppender:
             self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
             self._f.flush()
             self.keys.add(k)
+            if k in self._redo:
+                self._rewritten.add(k)
             if self.records is not None:
                 self.records[k] = record
             if time.monotonic() - self._last_sync >= self.sync_every:
@@ -461,10 +471,21 @@ class JsonlAppender:
                     os.fsync(self._f.fileno())
                 finally:
                     self._f.close()
+                if self._rewritten:
+                    self._drop_replaced()
         except OSError as e:
             raise with_path(e, self.path)
         finally:
             self._lock.release()
+
+    def _drop_replaced(self) -> None:
+        """Rewrite the file without the old lines of the records written again (each key's last line stays)."""
+        lines = self.path.read_bytes().splitlines(keepends=True)
+        keys = [self._key(json.loads(raw)) if raw.strip() else None for raw in lines]
+        last = {k: i for i, k in enumerate(keys) if k in self._rewritten}
+        kept = b"".join(raw for i, (raw, k) in enumerate(zip(lines, keys)) if k not in last or last[k] == i)
+        atomic_write_bytes(self.path, kept)
+        self._rewritten = set()
 
     def __enter__(self) -> "JsonlAppender":
         return self

@@ -40,10 +40,34 @@ def test_jsonl_replace_keys_redoes_records(tmp_path):
     with JsonlAppender(p) as w:
         w.write({"narration_id": "a", "status": "error"})
         w.write({"narration_id": "b", "status": "ok"})
-    with JsonlAppender(p, replace_keys=["a"]) as w:
-        assert "a" not in w and "b" in w
+        w.write({"narration_id": "c", "status": "error"})
+    with JsonlAppender(p, replace_keys=["a", "c"]) as w:
+        assert "a" not in w and "b" in w and "c" not in w
         w.write({"narration_id": "a", "status": "ok"})
-    assert [(r["narration_id"], r["status"]) for r in read_jsonl(p)] == [("b", "ok"), ("a", "ok")]
+        # until it is closed, the old line stays beside the new one (a run killed now loses neither)
+        assert [r["narration_id"] for r in read_jsonl(p)] == ["a", "b", "c", "a"]
+    # c was not redone (a run cut short, or --limit): its old record stays
+    assert [(r["narration_id"], r["status"]) for r in read_jsonl(p)] == [("b", "ok"), ("c", "error"), ("a", "ok")]
+
+
+def test_jsonl_a_key_written_twice_keeps_its_last_line(tmp_path, caplog):
+    """What a run killed while redoing records leaves (or two files concatenated): the next open keeps each
+    key's last record and rewrites the file."""
+    p = tmp_path / "r.jsonl"
+    rows = [{"narration_id": "a", "v": 1}, {"narration_id": "b", "v": 2}, {"narration_id": "a", "v": 3}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with JsonlAppender(p, keep_records=True) as w:
+        assert w.records == {"b": {"narration_id": "b", "v": 2}, "a": {"narration_id": "a", "v": 3}}
+        assert not w.write({"narration_id": "a", "v": 4})
+    assert read_jsonl(p) == rows[1:]
+    assert "1 records were there twice" in caplog.text
+
+
+def test_a_line_nested_too_deeply_is_a_leap_error(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({"a": 1}) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(LeapError, match=r"line 2 is not readable \(JSON nested too deeply\)"):
+        read_jsonl(p)
 
 
 def test_corrupt_middle_line_is_an_error(tmp_path):

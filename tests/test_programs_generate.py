@@ -172,6 +172,16 @@ def test_500_retried_then_fails_after_max_retries(workdir, good_programs):
     assert len(recs) == N_SEGMENTS and all(r["status"] == "valid" for r in recs)
 
 
+def test_retry_errors_with_a_limit_keeps_the_failed_records_it_does_not_redo(workdir, good_programs):
+    with ScriptedServer(lambda body, n: Reply(status=500)) as server:
+        s = generate_programs(config(workdir, server, limit=3, max_retries=0))
+        assert s.statuses == {"failed": 3}
+    with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
+        s = generate_programs(config(workdir, server, retry_failed=True, limit=1))
+        assert s.statuses == {"valid": 1} and len(server.requests) == 1
+    assert sorted(r["status"] for r in records(workdir)) == ["failed", "failed", "valid"]
+
+
 def test_slow_reply_times_out_and_is_retried(workdir, good_programs):
     def script(body, n):
         return Reply(json.dumps(good_programs[narration_id_of(body)]), delay=1.5 if n == 0 else 0.0)

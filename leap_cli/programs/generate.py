@@ -413,7 +413,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     summary = GenerateSummary(cfg.out_path, inputs.source)
     start = time.perf_counter()
     redo: set[str] = set()
-    if cfg.retry_failed and cfg.out_path.exists():
+    if cfg.retry_failed and cfg.out_path.exists():  # (each failed record's line stays until it is written anew)
         redo = {r["narration_id"] for r in read_jsonl(cfg.out_path, repair=True) if r.get("status") == "failed"}
     appender = JsonlAppender(cfg.out_path, replace_keys=redo, sync_every=1.0)
     gen: ProgramGenerator | None = None
