@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import signal
 import sys
 
 import typer
@@ -87,8 +88,27 @@ _short_help()
 
 
 def _interrupted() -> None:
+    if _state.get("sigterm"):
+        err_console.print("[yellow]stopped by SIGTERM[/]: finished records were kept; run the same command to resume")
+        sys.exit(128 + signal.SIGTERM)
     err_console.print("[yellow]interrupted[/]: finished records were kept; run the same command to resume")
     sys.exit(EXIT_INTERRUPTED)
+
+
+def _on_sigterm(signum, frame) -> None:
+    """SIGTERM (Slurm's preemption, scancel, kill) stops a stage as Ctrl-C does: what is finished is kept, the
+    output closed, the ledger of --max-cost written. (``leap train`` sets its own while it trains: it saves
+    last.pt first.) A forked worker that inherited this handler dies as by default (Pool.terminate sends it)."""
+    if os.getpid() != _state["pid"]:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    _state["sigterm"] = True
+    on_int = signal.getsignal(signal.SIGINT)
+    if callable(on_int):  # Python's (KeyboardInterrupt), or asyncio's, which cancels the stage's main task
+        on_int(signal.SIGINT, frame)
+    else:  # SIGINT ignored (a background job of a script): stop all the same
+        raise KeyboardInterrupt
 
 
 def _print_error(text: str) -> None:
@@ -119,6 +139,8 @@ def os_error_line(e: OSError) -> str:
 
 
 def main() -> None:
+    _state["pid"] = os.getpid()
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         # Without standalone mode typer returns what click would have exited with: typer.Exit's code, or 130
         # after Ctrl-C (it catches the KeyboardInterrupt itself).

@@ -269,7 +269,10 @@ def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path
     assert {r["body"]["model"] for r in read_jsonl(tmp_path / "b.jsonl")} == {"gpt-test"}
 
 
-def test_ctrl_c_keeps_finished_records(workdir, good_programs):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_keeps_finished_records(workdir, good_programs, signame):
+    """Ctrl-C, or SIGTERM (Slurm's preemption, scancel): the records written are kept, the ledger counts every
+    paid request, and the rerun resumes."""
     import os
     import signal
     import subprocess
@@ -287,12 +290,15 @@ def test_ctrl_c_keeps_finished_records(workdir, good_programs):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, signame))
         _, err = proc.communicate(timeout=30)
-        # (the exit status is the CLI's business: typer returns 130 in non-standalone mode, see cli.main)
+        assert proc.returncode == 128 + getattr(signal, signame), err
+        assert ("stopped by SIGTERM" if signame == "SIGTERM" else "interrupted") in err.decode()
         kept = read_jsonl(out)
         assert 2 <= len(kept) < N_SEGMENTS and all(r["status"] == "valid" for r in kept)
         assert out.read_text().endswith("\n")
+        with ProgramStore(workdir / "programs" / "cache.sqlite") as store:
+            assert store.spent(out)["requests"] >= len(kept)  # (the reply in flight may be paid too)
         n_before = len(server.requests)
         s = generate_programs(config(workdir, server, model="m"))  # the same settings: resumes
         assert s.resumed == len(kept) and s.total == N_SEGMENTS - len(kept)
@@ -797,3 +803,14 @@ def test_a_refusal_seen_by_every_request_in_flight_fails_none(workdir, good_prog
         s = generate_programs(config(workdir, server, limit=6, concurrency=6))
         assert s.statuses == {"valid": 6}, s.failures
         assert len(server.requests) == 12  # six refused, six sent again
+
+
+def test_failures_are_counted_by_cause_not_by_where_the_json_broke():
+    from leap_cli.commands.programs import failure_cause
+    from leap_cli.programs.reply import parse_reply
+
+    a = parse_reply('{"sub_actions": "take')[1][0].message
+    b = parse_reply('{"sub_actions": [{"verb": "take", "object_a": "knife"}, "cut')[1][0].message
+    assert a != b and "at at" not in a and "line 1 column" in a  # the record says where
+    assert failure_cause(a) == failure_cause(b) == "the reply is not JSON (Unterminated string starting at)"
+    assert failure_cause("HTTP 503 after 4 attempts: upstream busy") == "HTTP 503"

@@ -130,7 +130,9 @@ def generate_programs(
     table.add_column("what")
     table.add_column("value", justify="right")
     st = summary.statuses
-    for what, value in (("segments processed", summary.total), ("resumed (already done)", summary.resumed),
+    done = sum(st.values())
+    for what, value in (("segments done in this run", f"{done} of {summary.total}" if done < summary.total else done),
+                        ("resumed (already done)", summary.resumed),
                         ("valid / invalid / failed", f"{st.get('valid', 0)} / {st.get('invalid', 0)} / {st.get('failed', 0)}"),
                         ("backend calls (incl. retries)", summary.requests), ("cache hits", summary.cache_hits),
                         ("prompt / completion tokens", f"{summary.usage['prompt_tokens']} / {summary.usage['completion_tokens']}"),
@@ -150,11 +152,20 @@ def generate_programs(
 
     outcome = Outcome("generate-programs")  # the exit rule every stage shares: 3 when every record failed
     outcome.attempt(sum(st.values()))
-    for _, msg in summary.failures:  # invalid or failed; the cause without what varies (attempts, addresses)
-        outcome.fail(": ".join(str(msg).split(" after ")[0].split(": ")[:2])[:100])
+    for _, msg in summary.failures:  # invalid or failed, counted by cause
+        outcome.fail(failure_cause(str(msg)))
     for line in outcome.lines():
         console.print(escape(line), highlight=False, style="red")
     outcome.exit()
+
+
+def failure_cause(message: str) -> str:
+    """A record's first error without what varies from record to record (attempts, addresses, where in the reply
+    JSON broke), so that the summary counts records by cause."""
+    import re
+
+    message = re.sub(r": line \d+ column \d+", "", message)
+    return ": ".join(message.split(" after ")[0].split(": ")[:2])[:100]
 
 
 def validate_programs(

@@ -59,7 +59,7 @@ def parse_reply(text: str) -> tuple[dict | None, list[Finding]]:
     try:
         value = json.loads(body)
     except json.JSONDecodeError as e:
-        return None, [Finding("", f"the reply is not JSON ({e.msg} at line {e.lineno} column {e.colno})")]
+        return None, [Finding("", f"the reply is not JSON ({e.msg}: line {e.lineno} column {e.colno})")]
     if not isinstance(value, dict):
         return None, [Finding("", f"the reply is JSON but not an object ({type(value).__name__})")]
     return value, []
