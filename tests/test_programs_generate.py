@@ -1,5 +1,6 @@
 """Generation against a real local chat-completions server: retries, repairs, cache, resume, cost, Batch."""
 
+import dataclasses
 import json
 import shutil
 import time
@@ -254,6 +255,41 @@ def test_batch_file_and_ingest(workdir, good_programs, tmp_path):
     assert settings["backend"] == "openai" and settings["model"] == "gpt-test", settings
     with pytest.raises(LeapError, match="other settings|--force"):
         generate_programs(GenerateConfig(workdir=workdir, split="val", retry_failed=True))
+
+
+def test_batch_settings_are_recorded_when_the_requests_are_written(workdir, good_programs, tmp_path):
+    """The ingest must use the settings the requests were written with; a bad line refuses the whole file before a
+    record is written; a cut reply and a line without a status say so."""
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test", limit=3)
+    batch = tmp_path / "batch.jsonl"
+    assert write_batch_file(cfg, batch) == 3
+    nids = [r["custom_id"] for r in read_jsonl(batch)]
+    cut = completion(json.dumps(good_programs[nids[1]])[:150])
+    cut["choices"][0]["finish_reason"] = "length"
+    lines = [{"id": "r0", "custom_id": nids[0], "response": {"status_code": 200,
+                                                              "body": completion(json.dumps(good_programs[nids[0]]))}},
+             {"id": "r1", "custom_id": nids[1], "response": {"status_code": 200, "body": cut}},
+             {"id": "r2", "custom_id": nids[2], "response": {"body": {}}}]
+    results = tmp_path / "results.jsonl"
+    with pytest.raises(LeapError, match="other settings.*model"):  # the file does not exist yet: the sidecar speaks
+        ingest_batch(dataclasses.replace(cfg, model="gpt-other"), results_file(results, lines))
+    with pytest.raises(LeapError, match=r"\[line 2\]: custom_id 'P99_01_0' is not a segment.*nothing was ingested"):
+        ingest_batch(cfg, results_file(results, lines[:1] + [{**lines[1], "custom_id": "P99_01_0"}]))
+    assert not cfg.out_path.exists()
+    assert ingest_batch(cfg, results_file(results, lines)) == {"valid": 1, "invalid": 1, "failed": 1}
+    by_id = {r["narration_id"]: r for r in records(workdir)}
+    assert by_id[nids[1]]["errors"][0]["message"].startswith("the reply stopped at the token limit (--max-tokens")
+    assert "no response.status_code" in by_id[nids[2]]["errors"][0]["message"]
+    # an output made by another backend is refused when the requests are written, not after they are paid
+    offline = GenerateConfig(workdir=workdir, split="val", out=tmp_path / "offline.jsonl")
+    generate_programs(offline)
+    with pytest.raises(LeapError, match="other settings"):
+        write_batch_file(dataclasses.replace(offline, model="gpt-test"), tmp_path / "b2.jsonl")
+
+
+def results_file(path, lines):
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
 
 
 def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path):
@@ -814,3 +850,19 @@ def test_failures_are_counted_by_cause_not_by_where_the_json_broke():
     assert a != b and "at at" not in a and "line 1 column" in a  # the record says where
     assert failure_cause(a) == failure_cause(b) == "the reply is not JSON (Unterminated string starting at)"
     assert failure_cause("HTTP 503 after 4 attempts: upstream busy") == "HTTP 503"
+
+
+def test_descriptors_of_another_split_are_refused(workdir, tmp_path, caplog):
+    from leap_cli.epic.annotations import read_segments
+
+    segs = read_segments(DATA / "EPIC_100_validation_excerpt.csv")[:N_SEGMENTS]
+    other = [{"narration_id": f"P99_01_{i}", "video_id": "P99_01", "text": "take knife"} for i in range(3)]
+    mine = [{"narration_id": s.narration_id, "video_id": s.video_id, "text": s.narration} for s in segs[:2]]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in other))
+    with pytest.raises(LeapError, match="none of the 3 descriptor records is a segment of split val"):
+        generate_programs(GenerateConfig(workdir=workdir, split="val", descriptors=path))
+    path.write_text("".join(json.dumps(r) + "\n" for r in other + mine))
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val", descriptors=path))
+    assert sum(s.statuses.values()) == 2 and "3 descriptor records are not segments of split val" in caplog.text
+    assert sorted(r["narration_id"] for r in records(workdir)) == sorted(r["narration_id"] for r in mine)

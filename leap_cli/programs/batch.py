@@ -16,9 +16,9 @@ from collections import Counter
 from pathlib import Path
 
 from leap_cli.errors import LeapError
-from leap_cli.io import JsonlAppender, atomic_path, read_jsonl
-from leap_cli.programs.backends import reply_text, reply_usage
-from leap_cli.programs.generate import GenerateConfig, ProgramGenerator, _setup, check_output
+from leap_cli.io import JsonlAppender, atomic_path, read_jsonl, settings_path
+from leap_cli.programs.backends import reply_cut, reply_text, reply_usage
+from leap_cli.programs.generate import GenerateConfig, ProgramGenerator, _setup, check_output, token_limit_finding
 from leap_cli.programs.prompt import clip_info
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
@@ -36,9 +36,12 @@ def _openai(cfg: GenerateConfig) -> GenerateConfig:
 
 
 def write_batch_file(cfg: GenerateConfig, path) -> int:
-    """Write one Batch request per pending segment (those not yet in the programs file). Returns the count."""
+    """Write one Batch request per pending segment (those not yet in the programs file). Returns the count.
+    The programs file's settings are checked and recorded now (``check_output``), so that the ingest, and any
+    live run on the same file, must use the settings the requests were written with."""
     cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
+    check_output(cfg, builder)
     done = {r["narration_id"] for r in read_jsonl(cfg.out_path)} if cfg.out_path.exists() else set()
     records = [r for r in inputs.records if r["narration_id"] not in done]
     if cfg.limit is not None:
@@ -107,16 +110,19 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     cfg = _openai(cfg)
     lines = read_batch_output(results_path)
     inputs, _, builder = _setup(cfg)
-    check_output(cfg, builder)
+    # compared with the settings --batch-file recorded, also before the programs file exists
+    check_output(cfg, builder, exists=cfg.out_path.exists() or settings_path(cfg.out_path).exists())
     by_id = {r["narration_id"]: r for r in inputs.records}
+    for i, line in enumerate(lines, start=1):  # all checked before a record is written
+        if line["custom_id"] not in by_id:
+            raise LeapError(f"custom_id {line['custom_id']!r} is not a segment of the input (nothing was ingested)",
+                            path=results_path, record=f"line {i}",
+                            fix="ingest with the same --split/--descriptors as the batch file")
     gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg.model), None, builder)  # type: ignore[arg-type]
     counts: Counter = Counter()
     with JsonlAppender(cfg.out_path) as out, ProgramStore(cfg.cache_path) as store:
         for i, line in enumerate(lines, start=1):
-            nid = line.get("custom_id")
-            if nid not in by_id:
-                raise LeapError(f"custom_id {nid!r} is not a segment of the input", path=results_path,
-                                record=f"line {i}", fix="ingest with the same --split/--descriptors as the batch file")
+            nid = line["custom_id"]
             info = gen.info(by_id[nid])
             resp = _dict(line.get("response"))
             body = _dict(resp.get("body"))
@@ -127,13 +133,17 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
                     "seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": 1,
                     "cached": False, "batch_request_id": line.get("id")}
             program, findings = None, []
-            if line.get("error") or resp.get("status_code") != 200:
+            code = resp.get("status_code")
+            if line.get("error") or code != 200:
                 status = "failed"
-                err = line.get("error") or {"message": f"HTTP {resp.get('status_code')}"}
+                err = line.get("error") or {"message": f"HTTP {code}" if code is not None else
+                                            "the result line has no response.status_code"}
                 findings = [Finding("", redact(f"batch request failed: {err.get('message', err) if isinstance(err, dict) else err}"))]
             else:
                 text = redact(reply_text(body))
                 program, findings = gen.verify_here(text, info)
+                if findings and reply_cut(body):
+                    findings = [token_limit_finding(cfg.max_tokens)] + findings
                 status = "valid" if not findings else "invalid"
             written = out.write({"narration_id": nid, "status": status, "program": program,
                                  "errors": [f.to_dict() for f in findings], "provenance": prov})

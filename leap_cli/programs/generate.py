@@ -155,6 +155,15 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     else:
         raise LeapError(f"no descriptors and no annotations for split {split}", path=path,
                         fix="run leap extract, or pass --data with the split's annotation CSV")
+    if segments:  # another split's descriptors (--descriptors) would get programs without this split's labels
+        outside = [r["narration_id"] for r in records if r["narration_id"] not in segments]
+        if outside and len(outside) == len(records):
+            raise LeapError(f"none of the {len(records)} descriptor records is a segment of split {split} (e.g. "
+                            f"{outside[0]})", path=path, fix=f"pass split {split}'s descriptors, or the --split they are of")
+        if outside:
+            log.warning("%s: %d descriptor records are not segments of split %s (e.g. %s): skipped", path,
+                        len(outside), split, ", ".join(outside[:3]))
+            records = [r for r in records if r["narration_id"] in segments]
     records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]))
     return Inputs(records, segments, ann.verbs, ann.nouns, source)
 
@@ -294,8 +303,7 @@ class ProgramGenerator:
             if parsed is not None:
                 program = parsed
             if findings and cut:
-                findings = [Finding("", f"the reply stopped at the token limit (--max-tokens {self.cfg.max_tokens}; a "
-                                        "reasoning model's hidden reasoning counts too): raise --max-tokens")] + findings
+                findings = [token_limit_finding(self.cfg.max_tokens)] + findings
             outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
             # a paid reply a repair round follows is committed now (its record is not written yet); one that
             # finishes its record is safe in the output file, and waits for the store's next batch
@@ -356,10 +364,17 @@ def output_settings(cfg: GenerateConfig, builder: PromptBuilder) -> dict:
                                    **({"extra_body": cfg.extra_body} if cfg.extra_body else {})}}
 
 
-def check_output(cfg: GenerateConfig, builder: PromptBuilder) -> bool:
+def token_limit_finding(max_tokens: int) -> Finding:
+    """What a reply cut at the token limit (finish_reason "length") says first, before what its cut JSON breaks."""
+    return Finding("", f"the reply stopped at the token limit (--max-tokens {max_tokens}; a reasoning model's hidden "
+                       "reasoning counts too): raise --max-tokens")
+
+
+def check_output(cfg: GenerateConfig, builder: PromptBuilder, *, exists: bool | None = None) -> bool:
     """Refuse to add records to an output made with other settings (``io.check_settings``, as the other stages),
     unless ``cfg.force``: then the output starts over. Returns whether it did."""
-    return check_settings(cfg.out_path, output_settings(cfg, builder), force=cfg.force, split=cfg.split_name)
+    return check_settings(cfg.out_path, output_settings(cfg, builder), force=cfg.force, split=cfg.split_name,
+                          exists=exists)
 
 
 def _setup(cfg: GenerateConfig):
