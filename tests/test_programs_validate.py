@@ -457,6 +457,39 @@ def test_lines_that_are_not_records_are_listed_and_the_rest_validated(kitchen):
     assert r.exit_code == 3 and "no program record in" in r.output, r.output
 
 
+
+def test_lines_that_are_not_json_are_listed_and_the_rest_validated(kitchen):
+    """A line that is not JSON, not UTF-8 or nested too deeply was a LeapError (exit 2) that stopped the run;
+    it is listed under malformed like any other line that is not a record, and so is a truncated last line."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
+    out = kitchen / "programs" / "val.jsonl"
+    lines = out.read_bytes().splitlines()
+    lines[5:5] = [b"not json {", b"", b'{"narration_id": "\xff\xfe"}',
+                  b"[" * 100000 + b"]" * 100000]
+    out.write_bytes(b"\n".join(lines) + b"\n")
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"{out}[line6]notvalidJSON" in "".join(r.output.split())
+    rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
+    assert [(m["line"], m["problem"].split(" (")[0]) for m in rep["malformed"]] == [
+        (6, "not valid JSON"), (8, "not UTF-8 text"), (9, "JSON nested too deeply")]
+    assert rep["statuses"]["valid"] == 30 and rep["records"] == 30
+    assert runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(out)]).exit_code == 1
+    # a truncated last line (a write cut short) is listed too, so that --strict does not pass a damaged file
+    good = b"".join(x + b"\n" for x in lines[:5] + lines[9:])
+    out.write_bytes(good[:-20])
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
+    assert [m["line"] for m in rep["malformed"]] == [30] and "truncated" in rep["malformed"][0]["problem"]
+    assert rep["statuses"]["valid"] == 29
+    assert runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(out)]).exit_code == 1
+    out.write_bytes(b"not json\n\xff\n")  # nothing could be validated: exit 3, as documented
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)])
+    assert r.exit_code == 3, r.output
+
+
 def test_compiled_checker_agrees_with_jsonschema(exemplars):
     import random
 

@@ -206,6 +206,9 @@ def validate_programs(
                       highlight=False)
     if len(rep["malformed"]) > show:
         console.print(f"[red]... and {len(rep['malformed']) - show} more lines that are not program records[/]")
+    if rep["malformed"]:
+        console.print("delete or fix those lines (generate-programs writes a deleted record again when it resumes)",
+                      highlight=False)
     for r in rep["errors"][:show]:
         first = r["errors"][0] if r["errors"] else {"pointer": "", "message": r["status"]}
         console.print(f"[red]{escape(str(r['narration_id']))}[/] "

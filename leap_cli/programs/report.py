@@ -1,19 +1,20 @@
 """``leap validate-programs``: re-validate program records, count, and write ``programs/{split}.report.json``.
 
 Report: files, record and status totals (after re-validation), duplicate narration ids, errors per record,
-coverage (valid programs over the split's annotated segments, or over the records when no annotations are
-given), and histograms: sub-action verbs and objects (EPIC keys), predicates, flattened sub-actions per
+lines that are not records (``malformed``), coverage (valid programs over the split's annotated segments, or over
+the records when no annotations are given), and histograms: sub-action verbs and objects (EPIC keys), predicates, flattened sub-actions per
 program, control-flow use (loops, conditionals, routines).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.classes import ClassVocab
-from leap_cli.io import read_jsonl
 from leap_cli.programs.targets import flatten_program
 from leap_cli.programs.schema import Finding
 from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels, check_program
@@ -25,6 +26,29 @@ STATUSES = ("valid", "invalid", "failed")
 def split_of(path: Path) -> str:
     """``train.jsonl`` / ``train.shard0of4.jsonl`` -> ``train``."""
     return path.name.split(".")[0]
+
+
+def _lines(path: Path) -> Iterator[tuple[int, object, str | None]]:
+    """(line number, parsed JSON or None, what is wrong) per non-blank line. Unlike ``io.read_jsonl`` a bad line
+    is not an error here, nor is a truncated last line dropped: the report lists both, and checks the rest."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield i, json.loads(raw), None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            if i == len(lines):  # the last line, and no newline after it
+                problem = ("truncated last line (a write cut short; generate-programs cuts it off when it "
+                           "resumes)")
+            elif isinstance(e, json.JSONDecodeError):
+                problem = f"not valid JSON ({e.msg}, column {e.colno})"
+            elif isinstance(e, RecursionError):
+                problem = "JSON nested too deeply (not a record leap writes)"
+            else:
+                problem = "not UTF-8 text (not a record leap writes)"
+            yield i, None, problem
 
 
 def _walk(steps, counts: Counter) -> None:
@@ -92,7 +116,10 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
     duplicates = 0
     malformed = []  # lines that are not program records: listed, and the other records are validated
     for path in paths:
-        for i, r in enumerate(read_jsonl(path), start=1):  # blank lines aside, record i is on line i
+        for i, r, problem in _lines(Path(path)):
+            if problem:
+                malformed.append({"file": str(path), "line": i, "problem": problem})
+                continue
             if not isinstance(r, dict) or not isinstance(r.get("narration_id"), str) or r.get("status") not in STATUSES:
                 malformed.append({"file": str(path), "line": i, "problem": "not a program record (program records "
                                                                            "have narration_id and status "
