@@ -490,6 +490,51 @@ def test_lines_that_are_not_json_are_listed_and_the_rest_validated(kitchen):
     assert r.exit_code == 3, r.output
 
 
+@pytest.fixture()
+def two_splits(kitchen):
+    """The kitchen with a train split of 10 segments (ids that are not in its 30 validation segments) and the
+    offline programs of both splits."""
+    ann = kitchen / "kitchen" / "annotations"
+    rows = (Path(__file__).parent / "data" / "epic" / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
+    (ann / "EPIC_100_train.csv").write_text("\n".join([rows[0]] + rows[41:51]) + "\n")
+    runner = CliRunner()
+    for split in ("train", "val"):
+        r = runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", split])
+        assert r.exit_code == 0, r.output
+    return kitchen
+
+
+def test_coverage_counts_only_segments_of_the_split(two_splits):
+    """Coverage counted every valid record: val.jsonl --split train was 30/10 (300%). Records not in the split
+    are counted apart, with examples, and --strict fails on them."""
+    runner, programs = CliRunner(), two_splits / "programs"
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--split", "train",
+                            str(programs / "val.jsonl")])
+    assert r.exit_code == 0, r.output
+    assert "30 records are not segments of the train split" in " ".join(r.output.split())
+    rep = json.loads((programs / "train.report.json").read_text())
+    cov = rep["coverage"]
+    assert (cov["valid"], cov["segments"], cov["fraction"], cov["not_in_split"]) == (0, 10, 0.0, 30)
+    assert cov["not_in_split_examples"][0] == "P01_11_0" and len(cov["not_in_split_examples"]) == 10
+    assert rep["statuses"]["valid"] == 30  # the records themselves are still validated
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--split", "train", "--strict",
+                            str(programs / "train.jsonl"), str(programs / "val.jsonl")])
+    assert r.exit_code == 1, r.output
+    cov = json.loads((programs / "train.report.json").read_text())["coverage"]
+    assert (cov["valid"], cov["segments"], cov["not_in_split"]) == (10, 10, 30)
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--strict", str(programs / "train.jsonl")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((programs / "train.report.json").read_text())["coverage"]["not_in_split"] == 0
+
+
+def test_files_of_different_splits_are_refused(two_splits):
+    """The split was taken from the first file's name alone: train.jsonl val.jsonl reported 40/10 (400%)."""
+    programs = two_splits / "programs"
+    r = CliRunner().invoke(app, ["validate-programs", "--workdir", str(two_splits), str(programs / "train.jsonl"),
+                                 str(programs / "val.jsonl")])
+    assert r.exit_code != 0 and "different splits" in str(r.exception) and "--split" in str(r.exception)
+    assert not (programs / "train.report.json").exists()
+
 def test_compiled_checker_agrees_with_jsonschema(exemplars):
     import random
 
