@@ -457,6 +457,84 @@ def test_lines_that_are_not_records_are_listed_and_the_rest_validated(kitchen):
     assert r.exit_code == 3 and "no program record in" in r.output, r.output
 
 
+
+def test_lines_that_are_not_json_are_listed_and_the_rest_validated(kitchen):
+    """A line that is not JSON, not UTF-8 or nested too deeply was a LeapError (exit 2) that stopped the run;
+    it is listed under malformed like any other line that is not a record, and so is a truncated last line."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
+    out = kitchen / "programs" / "val.jsonl"
+    lines = out.read_bytes().splitlines()
+    lines[5:5] = [b"not json {", b"", b'{"narration_id": "\xff\xfe"}',
+                  b"[" * 100000 + b"]" * 100000]
+    out.write_bytes(b"\n".join(lines) + b"\n")
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"{out}[line6]notvalidJSON" in "".join(r.output.split())
+    rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
+    assert [(m["line"], m["problem"].split(" (")[0]) for m in rep["malformed"]] == [
+        (6, "not valid JSON"), (8, "not UTF-8 text"), (9, "JSON nested too deeply")]
+    assert rep["statuses"]["valid"] == 30 and rep["records"] == 30
+    assert runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(out)]).exit_code == 1
+    # a truncated last line (a write cut short) is listed too, so that --strict does not pass a damaged file
+    good = b"".join(x + b"\n" for x in lines[:5] + lines[9:])
+    out.write_bytes(good[:-20])
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
+    assert [m["line"] for m in rep["malformed"]] == [30] and "truncated" in rep["malformed"][0]["problem"]
+    assert rep["statuses"]["valid"] == 29
+    assert runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(out)]).exit_code == 1
+    out.write_bytes(b"not json\n\xff\n")  # nothing could be validated: exit 3, as documented
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)])
+    assert r.exit_code == 3, r.output
+
+
+@pytest.fixture()
+def two_splits(kitchen):
+    """The kitchen with a train split of 10 segments (ids that are not in its 30 validation segments) and the
+    offline programs of both splits."""
+    ann = kitchen / "kitchen" / "annotations"
+    rows = (Path(__file__).parent / "data" / "epic" / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
+    (ann / "EPIC_100_train.csv").write_text("\n".join([rows[0]] + rows[41:51]) + "\n")
+    runner = CliRunner()
+    for split in ("train", "val"):
+        r = runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", split])
+        assert r.exit_code == 0, r.output
+    return kitchen
+
+
+def test_coverage_counts_only_segments_of_the_split(two_splits):
+    """Coverage counted every valid record: val.jsonl --split train was 30/10 (300%). Records not in the split
+    are counted apart, with examples, and --strict fails on them."""
+    runner, programs = CliRunner(), two_splits / "programs"
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--split", "train",
+                            str(programs / "val.jsonl")])
+    assert r.exit_code == 0, r.output
+    assert "30 records are not segments of the train split" in " ".join(r.output.split())
+    rep = json.loads((programs / "train.report.json").read_text())
+    cov = rep["coverage"]
+    assert (cov["valid"], cov["segments"], cov["fraction"], cov["not_in_split"]) == (0, 10, 0.0, 30)
+    assert cov["not_in_split_examples"][0] == "P01_11_0" and len(cov["not_in_split_examples"]) == 10
+    assert rep["statuses"]["valid"] == 30  # the records themselves are still validated
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--split", "train", "--strict",
+                            str(programs / "train.jsonl"), str(programs / "val.jsonl")])
+    assert r.exit_code == 1, r.output
+    cov = json.loads((programs / "train.report.json").read_text())["coverage"]
+    assert (cov["valid"], cov["segments"], cov["not_in_split"]) == (10, 10, 30)
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--strict", str(programs / "train.jsonl")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((programs / "train.report.json").read_text())["coverage"]["not_in_split"] == 0
+
+
+def test_files_of_different_splits_are_refused(two_splits):
+    """The split was taken from the first file's name alone: train.jsonl val.jsonl reported 40/10 (400%)."""
+    programs = two_splits / "programs"
+    r = CliRunner().invoke(app, ["validate-programs", "--workdir", str(two_splits), str(programs / "train.jsonl"),
+                                 str(programs / "val.jsonl")])
+    assert r.exit_code != 0 and "different splits" in str(r.exception) and "--split" in str(r.exception)
+    assert not (programs / "train.report.json").exists()
+
 def test_compiled_checker_agrees_with_jsonschema(exemplars):
     import random
 

@@ -171,13 +171,16 @@ def failure_cause(message: str) -> str:
 def validate_programs(
     files: list[Path] = typer.Argument(None, help="Program JSONL files (default WORKDIR/programs/SPLIT.jsonl)."),
     workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory (report goes to programs/)."),
-    split: str = typer.Option(None, "--split", help="Split of the files (required without FILES; else taken from "
-                                                    "a file name such as train.jsonl)."),
+    split: str = typer.Option(None, "--split", help="Split the files are checked against (required without FILES; "
+                                                    "else the one their names say, e.g. train.jsonl, and files that "
+                                                    "name different splits are refused). Coverage counts that "
+                                                    "split's segments only; records of other ids are counted apart."),
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (overrides --data)."),
     report: Path = typer.Option(None, "--report", help="Report path (default WORKDIR/programs/SPLIT.report.json)."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any record is invalid or failed, "
-                                                        "or a line is not a program record."),
+                                                        "a line is not a program record, or a record is not a "
+                                                        "segment of the split."),
     show: int = typer.Option(10, "--show", min=0, help="Records with errors to print."),
     html: Path = typer.Option(None, "--html", help="Also write a page with the coverage and the distributions as plots."),
 ) -> None:
@@ -202,11 +205,18 @@ def validate_programs(
         raise LeapError("the EPIC class files are needed to validate verbs and objects",
                         fix="pass --data ROOT (holding annotations/) or --annotations DIR")
     if split_name is None:
-        guess = split_of(files[0])
-        if guess.strip().lower() not in SPLIT_NAMES:
-            raise LeapError(f"the file name does not name a split ({guess!r})", path=files[0],
+        # every file is checked against one split: the one the names say (a name that says none is taken to be
+        # of it), never the first name's alone
+        named = {Path(f).name: normalize_split(split_of(Path(f))) for f in files
+                 if split_of(Path(f)).strip().lower() in SPLIT_NAMES}
+        if not named:
+            raise LeapError(f"the file name does not name a split ({split_of(Path(files[0]))!r})", path=files[0],
                             fix="pass --split train, val or test")
-        split_name = normalize_split(guess)
+        if len(set(named.values())) > 1:
+            raise LeapError("the files name different splits ("
+                            + ", ".join(f"{name}: {s}" for name, s in named.items()) + ")",
+                            fix="validate one split at a time, or pass --split to check all of them against one")
+        split_name = next(iter(named.values()))
     segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
     rep = validate_records(list(files), ann.verbs, ann.nouns, segments)
     rep["split"] = split_name
@@ -217,6 +227,9 @@ def validate_programs(
                       highlight=False)
     if len(rep["malformed"]) > show:
         console.print(f"[red]... and {len(rep['malformed']) - show} more lines that are not program records[/]")
+    if rep["malformed"]:
+        console.print("delete or fix those lines (generate-programs writes a deleted record again when it resumes)",
+                      highlight=False)
     for r in rep["errors"][:show]:
         first = r["errors"][0] if r["errors"] else {"pointer": "", "message": r["status"]}
         console.print(f"[red]{escape(str(r['narration_id']))}[/] "
@@ -236,6 +249,11 @@ def validate_programs(
     console.print(escape(f"verbs: {top(rep['histograms']['verbs'])}\nobjects: {top(rep['histograms']['objects'])}\n"
                          f"predicates: {top(rep['histograms']['predicates'])}\nsteps: {top(rep['histograms']['steps'])}"),
                   highlight=False)
+    if cov["not_in_split"]:
+        console.print("[yellow]" + escape(f"{cov['not_in_split']} records are not segments of the {split_name} split "
+                                         f"(e.g. {', '.join(cov['not_in_split_examples'][:3])}): not counted in the "
+                                         "coverage; check that the files are of this split") + "[/]",
+                      highlight=False)
     console.print(escape(f"report: {out}"), highlight=False)
     if html:
         from leap_cli.io import atomic_write_text
@@ -251,5 +269,6 @@ def validate_programs(
                           "generate-programs for that split (an empty file is what a run that wrote nothing leaves)",
                           highlight=False)
         raise typer.Exit(EXIT_ALL_FAILED)
-    if strict and (rep["statuses"]["invalid"] or rep["statuses"]["failed"] or rep["malformed"]):
+    if strict and (rep["statuses"]["invalid"] or rep["statuses"]["failed"] or rep["malformed"]
+                   or cov["not_in_split"]):
         raise typer.Exit(1)

@@ -1,19 +1,21 @@
 """``leap validate-programs``: re-validate program records, count, and write ``programs/{split}.report.json``.
 
 Report: files, record and status totals (after re-validation), duplicate narration ids, errors per record,
-coverage (valid programs over the split's annotated segments, or over the records when no annotations are
-given), and histograms: sub-action verbs and objects (EPIC keys), predicates, flattened sub-actions per
+lines that are not records (``malformed``), coverage (valid programs of the split's annotated segments over
+those segments, with the records whose ids are not segments of the split counted apart; over the records when
+no annotations are given), and histograms: sub-action verbs and objects (EPIC keys), predicates, flattened sub-actions per
 program, control-flow use (loops, conditionals, routines).
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.classes import ClassVocab
-from leap_cli.io import read_jsonl
 from leap_cli.programs.targets import flatten_program
 from leap_cli.programs.schema import Finding
 from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels, check_program
@@ -25,6 +27,29 @@ STATUSES = ("valid", "invalid", "failed")
 def split_of(path: Path) -> str:
     """``train.jsonl`` / ``train.shard0of4.jsonl`` -> ``train``."""
     return path.name.split(".")[0]
+
+
+def _lines(path: Path) -> Iterator[tuple[int, object, str | None]]:
+    """(line number, parsed JSON or None, what is wrong) per non-blank line. Unlike ``io.read_jsonl`` a bad line
+    is not an error here, nor is a truncated last line dropped: the report lists both, and checks the rest."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            yield i, json.loads(raw), None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            if i == len(lines):  # the last line, and no newline after it
+                problem = ("truncated last line (a write cut short; generate-programs cuts it off when it "
+                           "resumes)")
+            elif isinstance(e, json.JSONDecodeError):
+                problem = f"not valid JSON ({e.msg}, column {e.colno})"
+            elif isinstance(e, RecursionError):
+                problem = "JSON nested too deeply (not a record leap writes)"
+            else:
+                problem = "not UTF-8 text (not a record leap writes)"
+            yield i, None, problem
 
 
 def _walk(steps, counts: Counter) -> None:
@@ -87,12 +112,16 @@ def revalidated(records: list, verbs: ClassVocab, nouns: ClassVocab, segments: d
 def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
                      segments: dict[str, Segment] | None = None, *,
                      max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS) -> dict:
-    """The report dict of the program files ``paths`` (one split)."""
+    """The report dict of the program files ``paths`` of one split; ``segments`` (the split's) also says which
+    records count towards coverage."""
     records: dict[str, dict] = {}
     duplicates = 0
     malformed = []  # lines that are not program records: listed, and the other records are validated
     for path in paths:
-        for i, r in enumerate(read_jsonl(path), start=1):  # blank lines aside, record i is on line i
+        for i, r, problem in _lines(Path(path)):
+            if problem:
+                malformed.append({"file": str(path), "line": i, "problem": problem})
+                continue
             if not isinstance(r, dict) or not isinstance(r.get("narration_id"), str) or r.get("status") not in STATUSES:
                 malformed.append({"file": str(path), "line": i, "problem": "not a program record (program records "
                                                                            "have narration_id and status "
@@ -101,6 +130,7 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
             duplicates += r["narration_id"] in records
             records[r["narration_id"]] = r
     statuses: Counter = Counter()
+    covered = 0  # valid records of segments of the split
     changed = 0
     per_record = []
     verb_h, obj_h, pred_h, steps_h, flow_h, backends = Counter(), Counter(), Counter(), Counter(), Counter(), Counter()
@@ -121,6 +151,7 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
             status = "invalid"
             errors = errors or [{"pointer": "", "message": "no program"}]
         statuses[status] += 1
+        covered += status == "valid" and (not segments or nid in segments)
         if status != "valid":
             per_record.append({"narration_id": nid, "status": status, "errors": errors})
             continue
@@ -140,6 +171,7 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
             flow_h[k] += v
             flow_h[f"programs_with_{k}"] += 1
     denominator = len(segments) if segments else len(records)
+    not_in_split = sorted(nid for nid in records if segments and nid not in segments)
     return {
         "files": [str(p) for p in paths],
         "records": len(records),
@@ -147,9 +179,10 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
         "statuses": {s: statuses.get(s, 0) for s in STATUSES},
         "status_changed_on_revalidation": changed,
         "backends": dict(backends),
-        "coverage": {"valid": statuses.get("valid", 0), "segments": denominator,
+        "coverage": {"valid": covered, "segments": denominator,
                      "of": "annotated segments of the split" if segments else "records",
-                     "fraction": round(statuses.get("valid", 0) / denominator, 4) if denominator else 0.0},
+                     "fraction": round(covered / denominator, 4) if denominator else 0.0,
+                     "not_in_split": len(not_in_split), "not_in_split_examples": not_in_split[:10]},
         "histograms": {"verbs": dict(verb_h.most_common()), "objects": dict(obj_h.most_common()),
                        "predicates": dict(pred_h.most_common()),
                        "steps": {str(k): v for k, v in sorted(steps_h.items())}, "control_flow": dict(flow_h)},
