@@ -3,6 +3,7 @@ with, and content hashes."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -244,14 +245,8 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = output.exists() if exists is None else exists
     started_over = False
-    if has_output and sidecar.exists():
-        try:
-            stored = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            stored = None
-        if not isinstance(stored, dict):
-            raise LeapError("the stored settings are not a JSON object", path=sidecar,
-                            fix=f"delete it to adopt this run's settings, or pass {option} to start over")
+    stored = _stored_settings(output, option) if has_output else None
+    if stored is not None:
         old_split = stored.pop("split", None)
         if split is not None and old_split is not None and old_split != split and not force:
             raise LeapError(f"holds {old_split} records; this run is --split {split}, and would mix the two",
@@ -271,6 +266,36 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
             started_over = True
     atomic_write_json(sidecar, settings if split is None else {**settings, "split": split})
     return started_over
+
+
+def _read_settings(sidecar: Path, option: str) -> dict:
+    try:
+        stored = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        stored = None
+    if not isinstance(stored, dict):
+        raise LeapError("the stored settings are not a JSON object", path=sidecar,
+                        fix=f"delete it to adopt this run's settings, or pass {option} to start over")
+    return stored
+
+
+def _stored_settings(output: Path, option: str) -> dict | None:
+    """The settings ``output`` was made with: its sidecar's; for a file merged from ``--shard`` parts (README:
+    ``cat X.shard*of16.jsonl > X.jsonl``) without one, those of the parts' sidecars where they agree; else None,
+    with a warning when the file holds records that nothing can then be checked against."""
+    sidecar = settings_path(output)
+    if sidecar.exists():
+        return _read_settings(sidecar, option)
+    stem, suffix = (output.name[: -len(output.suffix)], output.suffix) if output.suffix else (output.name, "")
+    parts = sorted(output.parent.glob(f"{glob.escape(stem)}.shard*of*{glob.escape(suffix)}{SETTINGS_SUFFIX}"))
+    found = [_read_settings(p, option) for p in parts]
+    if found and all(f == found[0] for f in found):
+        return found[0]
+    if output.is_file() and output.stat().st_size:
+        why = "its --shard parts' settings differ" if found else "no settings file beside it"
+        log.warning("%s: %s, so its records cannot be checked against this run's settings; this run's are "
+                    "recorded from now on", output, why)
+    return None
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

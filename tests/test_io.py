@@ -171,6 +171,28 @@ def test_settings_change_is_refused_naming_the_keys(tmp_path):
     assert json.loads(settings_path(out).read_text())["hand_threshold"] == 0.7
 
 
+def test_a_file_merged_from_shard_parts_is_checked_against_the_parts_settings(tmp_path, caplog):
+    """README's merge (``cat X.shard*of2.jsonl > X.jsonl``) leaves no settings file beside the merged file: the
+    parts' settings (where they agree) stand for it, instead of a later run's being adopted unchecked."""
+    from leap_cli.io import check_settings, settings_path
+
+    out = tmp_path / "train.jsonl"
+    for i in range(2):
+        part = tmp_path / f"train.shard{i}of2.jsonl"
+        assert not check_settings(part, {"hand_threshold": 0.5}, split="train")
+        part.write_text(f'{{"narration_id": "{i}"}}\n')
+    out.write_text("".join((tmp_path / f"train.shard{i}of2.jsonl").read_text() for i in range(2)))
+    with pytest.raises(LeapError, match=r"hand_threshold: 0\.5 -> 0\.9"):
+        check_settings(out, {"hand_threshold": 0.9}, split="train")
+    assert not check_settings(out, {"hand_threshold": 0.5}, split="train")  # the parts' settings: resumes
+    assert json.loads(settings_path(out).read_text()) == {"hand_threshold": 0.5, "split": "train"}
+    # parts that disagree (or none at all) cannot speak for it: said, and this run's settings are recorded
+    lone = tmp_path / "val.jsonl"
+    lone.write_text('{"narration_id": "a"}\n')
+    assert not check_settings(lone, {"hand_threshold": 0.9})
+    assert "no settings file beside it" in caplog.text
+
+
 @pytest.mark.parametrize("line", ['[1, 2, 3]', '"text"', '7', '{"status": "valid"}'])
 def test_resume_over_a_malformed_record_is_one_error_naming_the_line(tmp_path, line):
     p = tmp_path / "programs.jsonl"
