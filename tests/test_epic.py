@@ -259,6 +259,15 @@ def test_open_hand_objects_decodes_a_frame_when_it_is_looked_up(tmp_path, monkey
         open_hand_objects(p)
 
 
+@pytest.mark.parametrize("suffix", [".pkl", ".jsonl"])
+def test_a_hand_object_file_of_another_video_is_named(tmp_path, suffix):
+    p = tmp_path / f"P01_03{suffix}"  # P01_01's detections copied under P01_03's name
+    write_hand_objects(p, _frames())
+    with pytest.raises(LeapError, match=r"P01_03.*\[frame 1\].*holds the detections of video P01_01, not of P01_03"):
+        open_hand_objects(p, "P01_03")[1]
+    assert open_hand_objects(p)[1].video_id == "P01_01"  # (without the video asked for: read as it is)
+
+
 def test_hand_objects_wrong_format(tmp_path):
     import pickle
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -14,7 +13,6 @@ from rich.table import Table
 from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, normalize_split, shard_out
 from leap_cli.io import check_settings
 from leap_cli.progress import live_or_log
-from leap_cli.errors import EXIT_INTERRUPTED
 
 console = Console()
 
@@ -129,9 +127,8 @@ def extract(
     with progress:
         summary = run_extract(cfg, on_start=on_start, on_record=on_record)
     _print_summary(summary)
-    if summary.interrupted:
-        console.print("[yellow]interrupted[/]: finished records were kept; run the same command to resume")
-        sys.exit(EXIT_INTERRUPTED)  # SystemExit passes through click with standalone_mode=False; typer.Exit would not
+    if summary.interrupted:  # the summary is printed; the CLI says how to resume and exits 130 (143: SIGTERM)
+        raise KeyboardInterrupt
     summary.outcome.exit(strict)  # 3 when every segment failed (or any, with --strict)
 
 
@@ -158,7 +155,8 @@ def _print_summary(s) -> None:
             table.add_row(name, "", "", "", f"{s.seconds[name]:.1f}", f"{s.seconds[name] / total_sec:.0%}")
     console.print(table)
     rate = s.written / s.wall if s.wall > 0 else 0.0
-    console.print(f"segments: {s.segments} in split, {s.done_before} done before, {s.written} written now "
+    # selected: the split's, or its --shard part's, up to --limit
+    console.print(f"segments: {s.segments} selected, {s.done_before} done before, {s.written} written now "
                   f"({rate:.2f}/s)" + (" [yellow]interrupted[/]" if s.interrupted else ""))
     if s.unavailable:
         console.print(f"unavailable components by reason ({sum(s.unavailable.values())}):")

@@ -293,14 +293,25 @@ def read_hand_objects(path: str | Path) -> list[FrameDetections]:
     return [_decode(msg, path, i) for i, msg in enumerate(_messages(path))]
 
 
-def open_hand_objects(path: str | Path) -> "Mapping[int, FrameDetections]":
+def open_hand_objects(path: str | Path, video_id: str | None = None) -> "Mapping[int, FrameDetections]":
     """A video's detections by frame number (the last message of a frame wins), for looking up the frames of
     segments: a ``.pkl``'s messages are decoded when first asked for (``HandObjectFrames``), so a run over some
-    segments of a video (or a worker's share of them) decodes only their frames."""
+    segments of a video (or a worker's share of them) decodes only their frames. ``video_id``: the video the
+    file is of; a frame of another (a file copied under the wrong name) is a ``LeapError`` when looked up."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        return {f.frame_number: f for f in _read_jsonl(path)}
-    return HandObjectFrames(path, _messages(path))
+        frames = _read_jsonl(path)
+        for f in frames[:1]:
+            _check_video(f, path, video_id)
+        return {f.frame_number: f for f in frames}
+    return HandObjectFrames(path, _messages(path), video_id)
+
+
+def _check_video(det: "FrameDetections", path: Path, video_id: str | None) -> None:
+    if video_id and det.video_id and det.video_id != video_id:
+        raise LeapError(f"holds the detections of video {det.video_id}, not of {video_id}", path=path,
+                        record=f"frame {det.frame_number}",
+                        fix=f"place {video_id}'s own file there (EPIC's hand-objects/P01/P01_01.pkl holds P01_01's frames)")
 
 
 class HandObjectFrames(Mapping):
@@ -308,8 +319,8 @@ class HandObjectFrames(Mapping):
     file is opened (field 2, near each message's start), each message decoded once, on its first lookup; a
     malformed message is a ``LeapError`` naming the file and the message then."""
 
-    def __init__(self, path: Path, messages: list[bytes]):
-        self.path = path
+    def __init__(self, path: Path, messages: list[bytes], video_id: str | None = None):
+        self.path, self.video_id = path, video_id
         self._raw: dict[int, int] = {}  # frame number -> index of its (last) message
         for i, msg in enumerate(messages):
             try:
@@ -325,6 +336,7 @@ class HandObjectFrames(Mapping):
         if hit is None:
             i = self._raw[frame]
             hit = self._decoded[frame] = _decode(self._messages[i], self.path, i, frame)
+            _check_video(hit, self.path, self.video_id)
         return hit
 
     def __contains__(self, frame) -> bool:

@@ -72,7 +72,7 @@ def video_hand_objects(cache: dict, layout, video_id: str) -> Mapping[int, Frame
         p = layout.hand_objects_path(video_id)
         cache[("hand_objects_path", video_id)] = p
         try:
-            frames = None if p is None else open_hand_objects(p)
+            frames = None if p is None else open_hand_objects(p, video_id)
             # a .jsonl's plain dict gets sorted frame numbers too (bisection per segment, not a scan)
             cache[key] = frames if frames is None or hasattr(frames, "keys_sorted") else ByFrame(frames)
         except LeapError as e:
