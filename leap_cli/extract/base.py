@@ -30,8 +30,8 @@ def result(status: str, source: str, data: dict | None = None, text: str = "") -
 
 def unavailable(source: str, why: str, cause: str | None = None) -> dict:
     """``why`` goes into the clip text: say what is missing, never a local path or a tool's error text.
-    ``cause`` "video": the video file could not give the frames (missing, unreadable, truncated, too short),
-    which a new copy of the file may change (``leap extract --retry-errors`` redoes such records)."""
+    ``cause`` "video": the video file could not be read (missing, unreadable, truncated), which a new copy of
+    the file may change (``leap extract --retry-errors`` redoes such records)."""
     return result("unavailable", source, {"reason": why, **({"cause": cause} if cause else {})},
                   f"unavailable ({why})")
 
@@ -150,8 +150,8 @@ class SegmentContext:
 class FramesUnavailable(Exception):
     """The segment's frames cannot be had (its window is past the end of the video, the file is truncated or
     corrupt, there is no video): the runner reports the component as ``unavailable`` with ``reason``.
-    ``video``: the cause lies in the video file, so a new copy may remove it (``--retry-errors`` redoes these);
-    False for a cause elsewhere (no fps in the video info)."""
+    ``video``: the file could not be read (missing, unreadable, truncated), so a new copy may remove the cause
+    (``--retry-errors`` redoes these); False for a window past the end the file announces, or no fps."""
 
     def __init__(self, reason: str, video: bool = True):
         self.reason = reason

@@ -5,8 +5,8 @@ frames every component and the frame cache will ask for are decoded in one pass 
 rule (``leap_cli.epic.timing``). A segment whose window is not fully inside the decodable video gets its
 frame-reading components ``unavailable`` with the reason (never a clamped or invented frame). Each record is
 appended (flushed) as soon as it is finished, and fsynced at most every ``SYNC_EVERY`` seconds and at the end; a
-re-run skips finished segments, ``retry_errors`` redoes those with a failed component or with frames the video
-file could not give (``_retry``). A component's exception becomes ``status: error`` with a path-free message, and
+re-run skips finished segments, ``retry_errors`` redoes those with a failed component or whose video file could
+not be read (``_retry``). A component's exception becomes ``status: error`` with a path-free message, and
 the run goes on. With ``workers > 1`` each segment is a task of its own (so Ctrl-C keeps every finished segment)
 and the workers die with the parent.
 """
@@ -300,12 +300,13 @@ class _Video:
         """``numbers`` at ``short_side`` as the decoded BGR images, not copied (``SegmentContext.read_images``)."""
         self._open(seg.narration_id)
         reason = self.clock.check(*self.clock.segment_span(seg))  # the whole window must be decodable
-        if reason:
-            raise FramesUnavailable(reason)
+        if reason:  # past the end the file announces: the annotation and the file disagree, which is not news
+            raise FramesUnavailable(reason, video=False)
         side = short_side or None
         bad = [n for n in numbers if n < 1 or n > self.clock.num_frames]
         if bad:
-            raise FramesUnavailable(self.clock.check(min(numbers), max(numbers)) or "frames outside the video")
+            raise FramesUnavailable(self.clock.check(min(numbers), max(numbers)) or "frames outside the video",
+                                    video=False)
         missing = {n for n in numbers if (n, side) not in self._memo}
         if missing:
             wanted: dict[int, set[int | None]] = {n: {side} for n in missing}
@@ -494,8 +495,8 @@ def _opencv_one_thread():
 
 def _retry(component: dict) -> bool:
     """A component ``--retry-errors`` redoes: failed, or unavailable because of the video file (a re-downloaded
-    file may now give the frames); not one unavailable for a cause a new file cannot change (no poses, no
-    audio track, no detection files)."""
+    file may now be read); not one unavailable for a cause a new file does not change (a window past the end the
+    file announces, no poses, no audio track, no detection files)."""
     status = component.get("status")
     return status == "error" or (status == "unavailable" and (component.get("data") or {}).get("cause") == "video")
 
