@@ -261,6 +261,7 @@ def test_segments_past_the_end_of_a_short_video_are_unavailable_not_invented(kit
         assert cam["data"]["reason"] == (f"the window ends {late:.2f} s after the decodable end of the video "
                                          f"(2.40 s, {round(2.4 * FPS)} frames)")
         assert "after the decodable end" in recs[nid]["text"]
+        assert "cause" not in cam["data"]  # the file is whole: --retry-errors does not redo it
         assert recs[nid]["components"]["hands"]["status"] == "ok"  # EPIC's published detections do not need it
     assert s.counts["camera"] == {"ok": 1, "unavailable": 3, "error": 0}
     assert sum(n for k, n in s.unavailable.items() if "after the decodable end" in k) == 2
@@ -299,6 +300,33 @@ def test_truncated_mp4_files_are_unavailable_and_ffmpeg_stays_quiet(kitchen, tmp
     cams = [r["components"]["camera"] for r in read_jsonl(out) if r["video_id"] == "P01_01"]
     assert cams[0]["status"] == "ok" and cams[-1]["status"] == "unavailable", cams
     assert "the video ends or is corrupt at frame" in cams[-1]["data"]["reason"]
+
+
+def test_retry_errors_redoes_the_segments_of_a_truncated_video_once_it_is_replaced(kitchen, tmp_path):
+    """A partial download: the frame-reading components are unavailable because of the file; after the file
+    is downloaded again, --retry-errors redoes exactly those segments (not those unavailable for other causes)."""
+    root = tmp_path / "k"
+    mp4 = _short_copy(kitchen, root, 6.0, container_options={"movflags": "faststart"})
+    good = mp4.read_bytes()
+    mp4.write_bytes(good[: int(len(good) * 0.6)])
+    out = tmp_path / "train.jsonl"
+    run_extract(_cfg(root, out, components=("camera", "hands")))
+    before = {r["narration_id"]: r for r in read_jsonl(out)}
+    bad = {n for n, r in before.items() if r["components"]["camera"]["status"] == "unavailable"}
+    assert "P01_01_2" in bad and "P01_01_0" not in bad
+    assert before["P01_01_2"]["components"]["camera"]["data"]["cause"] == "video"
+    assert "cause" not in before["P01_02_0"]["components"]["hands"]["data"]  # no detections: no file changes that
+    for r in before.values():
+        jsonschema.validate(r, SCHEMA)
+    mp4.write_bytes(good)  # downloaded again
+    hands_only = tmp_path / "hands.jsonl"
+    run_extract(_cfg(root, hands_only, components=("hands",)))
+    assert run_extract(_cfg(root, hands_only, components=("hands",), retry_errors=True)).written == 0
+    s = run_extract(_cfg(root, out, components=("camera", "hands"), retry_errors=True))
+    assert s.written == len(bad)  # P01_02 has no video at all: its segment is tried again too
+    after = {r["narration_id"]: r for r in read_jsonl(out)}
+    assert after["P01_01_0"] == before["P01_01_0"]
+    assert all(after[n]["components"]["camera"]["status"] == "ok" for n in bad if n.startswith("P01_01"))
 
 
 def test_exit_status_when_every_record_failed(kitchen, tmp_path):

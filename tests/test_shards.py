@@ -343,6 +343,72 @@ def test_unreadable_frames_are_skipped_and_listed(tmp_path):
     assert r.manifest["counts"]["samples"] == 6 and r.manifest["counts"]["skipped"] == 3
 
 
+def test_a_video_downloaded_after_a_build_is_written_by_the_next_run(tmp_path):
+    """The segments of a missing video are skipped; once it is there, a re-run writes exactly those, into new shards,
+    keeping the shards written; the merged manifest of --shard parts lists them."""
+    root = make_root(tmp_path / "k")
+    frames = root / "P01" / "rgb_frames" / "P01_02"
+    frames.rename(tmp_path / "P01_02")
+    parts = [build(root, tmp_path / "w", shard=ShardSpec(i, 2)) for i in range(2)]
+    part = next(r for r in parts if r.manifest["skipped"])
+    skip = part.manifest["skipped"][0]
+    assert skip["cause"] == "no video file or rgb_frames folder" and skip["video_stat"] is None
+    first = {p.name: p.stat().st_mtime_ns for p in part.out.glob("*.tar")}
+    index = part.manifest["part"]["index"]
+    again = build(root, tmp_path / "w", shard=ShardSpec(index, 2))
+    assert again.written_now == 0 and len(again.manifest["skipped"]) == 3  # nothing changed: nothing redone
+    (tmp_path / "P01_02").rename(frames)  # downloaded
+    again = build(root, tmp_path / "w", shard=ShardSpec(index, 2))
+    assert again.written_now == 3 and not again.manifest["skipped"]
+    assert {p.name: p.stat().st_mtime_ns for p in part.out.glob("*.tar") if p.name in first} == first
+    m, _ = load_manifest(part.out)
+    assert m["counts"]["samples"] == 7 and m["counts"]["skipped"] == 0 and not m["skipped"]
+    ds = ShardDataset(part.out, train=False, num_frames=2, img_size=16)
+    assert sorted(s["narration_id"] for s in ds) == sorted(f"P01_0{v}_{i}" for v, n in ((1, 4), (2, 3))
+                                                          for i in range(n))
+    assert build(root, tmp_path / "w", shard=ShardSpec(index, 2)).written_now == 0
+
+
+def test_segments_of_a_truncated_mp4_are_written_once_it_is_replaced(tmp_path, monkeypatch):
+    """A partial download (moov first, data cut): the segments past the cut are skipped with the decoder's reason
+    (also the cause counted); a re-run with the same file redoes nothing, one after the file is replaced redoes
+    exactly those segments, and a still damaged one stays skipped with its current reason."""
+    from leap_cli.media.write import write_mp4
+
+    root = make_root(tmp_path / "k")
+    shutil.rmtree(root / "P01" / "rgb_frames" / "P01_02")
+    mp4 = root / "P01" / "videos" / "P01_02.MP4"
+    mp4.parent.mkdir(parents=True)
+    images = []
+    for n in range(1, FRAMES_PER_VIDEO + 1):
+        img = np.zeros((48, 64, 3), np.uint8)
+        img[:] = colour("P01_02", n)
+        images.append(img)
+    write_mp4(mp4, images, FPS, gop=10, container_options={"movflags": "faststart"})
+    good = mp4.read_bytes()
+    mp4.write_bytes(good[: int(len(good) * 0.5)])
+    r = build(root, tmp_path / "w")
+    skipped = {x["narration_id"]: x for x in r.manifest["skipped"]}
+    assert skipped and set(skipped) < {"P01_02_0", "P01_02_1", "P01_02_2"}
+    assert all(x["cause"].startswith("the video ends or is corrupt at frame") for x in skipped.values())
+    from leap_cli.shards.writer import LayoutOpener
+
+    opened, real = [], LayoutOpener.__call__
+    monkeypatch.setattr(LayoutOpener, "__call__", lambda self, vid: opened.append(vid) or real(self, vid))
+    assert build(root, tmp_path / "w").written_now == 0 and not opened  # the last video's skips are not read again
+    mp4.write_bytes(good[: int(len(good) * 0.6)])  # another partial copy: tried again, still skipped
+    again = build(root, tmp_path / "w")
+    assert again.written_now + len(again.manifest["skipped"]) == len(skipped)
+    assert again.manifest["skipped"] and again.manifest["counts"]["samples"] == 7 - len(again.manifest["skipped"])
+    still = {x["narration_id"] for x in again.manifest["skipped"]}
+    mp4.write_bytes(good)
+    again = build(root, tmp_path / "w")
+    assert again.written_now == len(still) and again.manifest["shards"][-1]["keys"][-len(still):] == sorted(still)
+    assert not again.manifest["skipped"] and again.manifest["counts"]["samples"] == 7
+    keys = [k for s in again.manifest["shards"] for k in s["keys"]]
+    assert len(keys) == 7 and set(keys) == {f"P01_0{v}_{i}" for v, n in ((1, 4), (2, 3)) for i in range(n)}
+
+
 def test_a_video_the_video_info_does_not_know_is_skipped_and_listed(tmp_path):
     """A typo in a video id (or a row of a video the video info lacks): its segments are skipped and listed, the
     other videos are written (it stopped the whole split)."""
@@ -685,7 +751,8 @@ def test_cli_build_shards_exits_3_when_every_segment_is_skipped(root, tmp_path):
         shutil.rmtree(d)
     res = CliRunner().invoke(app, base + ["--workdir", str(tmp_path / "w3")])
     assert res.exit_code == 3, res.output
-    assert "build-shards: all" in res.output and "x video cannot be opened" in res.output
+    # the cause counted is the one each skip names (it said "video cannot be opened" for every failure to open)
+    assert "build-shards: all" in res.output and "7 x no video file or rgb_frames folder" in res.output
 
 
 # ---- stored frame size: never upscaled ---------------------------------------------------------------------

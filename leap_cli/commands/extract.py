@@ -42,7 +42,9 @@ def extract(
     shard: str = typer.Option(None, "--shard", help="Take part i of n (0-based), e.g. 0/4; videos stay together."),
     retry_errors: bool = typer.Option(
         False, "--retry-errors",
-        help="Redo finished segments that have a failed component."),
+        help="Redo finished segments that have a failed component, or whose video file could not be read "
+             "(missing, unreadable, truncated: after downloading it again); not those unavailable for other "
+             "causes (no poses, no audio track, no detection files, a segment past the end of the video)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", hidden=True),  # old spelling of --retry-errors
     force: bool = typer.Option(False, "--force", "--overwrite", help="Start over: delete --out when it was made "
                                                                      "with other settings."),

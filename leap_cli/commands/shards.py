@@ -113,8 +113,8 @@ def build_shards(
                       + (" ..." if len(m["skipped"]) > 5 else ""))
     outcome = Outcome("build-shards")  # the exit rule every stage shares (leap_cli/outcome.py)
     outcome.attempt(c["segments"])
-    for x in m["skipped"]:
-        outcome.fail(re.sub(r"^video \S+ ", "video ", x["reason"].split(":")[0]))
+    for x in m["skipped"]:  # a manifest from before skips had a cause: the start of the reason
+        outcome.fail(x.get("cause") or re.sub(r"^video \S+ ", "video ", x["reason"].split(":")[0]))
     for line in outcome.lines():
         console.print(escape(line), style="red", highlight=False)
     outcome.exit(strict)

@@ -5,9 +5,10 @@ frames every component and the frame cache will ask for are decoded in one pass 
 rule (``leap_cli.epic.timing``). A segment whose window is not fully inside the decodable video gets its
 frame-reading components ``unavailable`` with the reason (never a clamped or invented frame). Each record is
 appended (flushed) as soon as it is finished, and fsynced at most every ``SYNC_EVERY`` seconds and at the end; a
-re-run skips finished segments, ``retry_errors`` redoes those with a failed component. A component's exception
-becomes ``status: error`` with a path-free message, and the run goes on. With ``workers > 1`` each segment is a
-task of its own (so Ctrl-C keeps every finished segment) and the workers die with the parent.
+re-run skips finished segments, ``retry_errors`` redoes those with a failed component or whose video file could
+not be read (``_retry``). A component's exception becomes ``status: error`` with a path-free message, and
+the run goes on. With ``workers > 1`` each segment is a task of its own (so Ctrl-C keeps every finished segment)
+and the workers die with the parent.
 """
 
 from __future__ import annotations
@@ -218,7 +219,7 @@ class _Video:
         self.layout, self.video_id = layout, video_id
         kind = MP4 if layout.video_path(video_id) is not None else RGB_FRAMES
         self.reader = None
-        self.failure: str | None = None
+        self.failure: FramesUnavailable | None = None  # raised again by every later request
         if fps is None:  # not in EPIC_100_video_info.csv: an MP4 says its own fps; a frames folder cannot
             if kind == MP4:
                 try:
@@ -227,7 +228,7 @@ class _Video:
                 except FramesUnavailable:
                     pass
             elif layout.frames_dir(video_id) is not None:
-                self.failure = "no fps for the video in EPIC_100_video_info.csv"
+                self.failure = FramesUnavailable("no fps for the video in EPIC_100_video_info.csv", video=False)
         self.fps = fps or 50.0  # 50 only stands in where no frame can be read anyway
         self.clock = FrameClock(kind, self.fps, self.reader.num_frames if self.reader else None, duration)
         self.cache: dict = {}  # per-video state shared by components (ctx.video_cache)
@@ -243,12 +244,12 @@ class _Video:
         from leap_cli.media.video import VideoUnreadable, open_video
 
         if self.failure is not None:
-            raise FramesUnavailable(self.failure)
+            raise FramesUnavailable(self.failure.reason, self.failure.video)
         if self.reader is None:
             try:
                 self.reader = open_video(self.layout, self.video_id, getattr(self, "fps", None), record=record)
             except VideoUnreadable as e:
-                self.failure = e.message
+                self.failure = FramesUnavailable(e.message)
                 log.info("%s", e.one_line())
                 raise FramesUnavailable(e.message) from None
             if hasattr(self, "clock"):
@@ -299,12 +300,13 @@ class _Video:
         """``numbers`` at ``short_side`` as the decoded BGR images, not copied (``SegmentContext.read_images``)."""
         self._open(seg.narration_id)
         reason = self.clock.check(*self.clock.segment_span(seg))  # the whole window must be decodable
-        if reason:
-            raise FramesUnavailable(reason)
+        if reason:  # past the end the file announces: the annotation and the file disagree, which is not news
+            raise FramesUnavailable(reason, video=False)
         side = short_side or None
         bad = [n for n in numbers if n < 1 or n > self.clock.num_frames]
         if bad:
-            raise FramesUnavailable(self.clock.check(min(numbers), max(numbers)) or "frames outside the video")
+            raise FramesUnavailable(self.clock.check(min(numbers), max(numbers)) or "frames outside the video",
+                                    video=False)
         missing = {n for n in numbers if (n, side) not in self._memo}
         if missing:
             wanted: dict[int, set[int | None]] = {n: {side} for n in missing}
@@ -386,7 +388,7 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
         try:
             comps[comp.name] = _plain(comp.describe(ctx))
         except FramesUnavailable as e:
-            comps[comp.name] = unavailable(getattr(comp, "source", "video"), e.reason)
+            comps[comp.name] = unavailable(getattr(comp, "source", "video"), e.reason, "video" if e.video else None)
         except Exception as e:  # noqa: BLE001 - one component's failure must not stop the run
             if not isinstance(e, LeapError):
                 log.warning("%s %s failed", seg.narration_id, comp.name, exc_info=True)
@@ -491,11 +493,18 @@ def _opencv_one_thread():
         cv2.setNumThreads(before)
 
 
-def _error_ids(path: Path) -> set[str]:
+def _retry(component: dict) -> bool:
+    """A component ``--retry-errors`` redoes: failed, or unavailable because of the video file (a re-downloaded
+    file may now be read); not one unavailable for a cause a new file does not change (a window past the end the
+    file announces, no poses, no audio track, no detection files)."""
+    status = component.get("status")
+    return status == "error" or (status == "unavailable" and (component.get("data") or {}).get("cause") == "video")
+
+
+def _retry_ids(path: Path) -> set[str]:
     if not path.exists():
         return set()
-    return {r["narration_id"] for r in read_jsonl(path)
-            if any(c.get("status") == "error" for c in r.get("components", {}).values())}
+    return {r["narration_id"] for r in read_jsonl(path) if any(_retry(c) for c in r.get("components", {}).values())}
 
 
 def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | None = None,
@@ -509,7 +518,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         segments = segments[:cfg.limit]
     summary = ExtractSummary(out=cfg.out, segments=len(segments))
     atomic_write_json(config_path(cfg.out), {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
-    replace = _error_ids(cfg.out) if cfg.retry_errors else set()
+    replace = _retry_ids(cfg.out) if cfg.retry_errors else set()
     t_start = time.perf_counter()
     cache = FrameCache.from_config(cfg)
     with JsonlAppender(cfg.out, replace_keys=replace, sync_every=SYNC_EVERY) as appender:

@@ -4,7 +4,9 @@ One sample per segment (key = narration id). Workers decode and JPEG-encode fram
 the parent writes the samples in annotation order (videos in first-appearance order, segments by start
 time), so the bytes never depend on the number of workers. A shard is written to a temporary name and
 renamed when complete; each completed shard is appended to ``.progress{suffix}.jsonl``, so a re-run
-keeps complete shards (after checking their size) and redoes the unfinished one.
+keeps complete shards (after checking their size) and redoes the unfinished one. A segment skipped because its video
+could not be read is recorded with the video's size and mtime (``video_stat``); a re-run tries it again, into new
+shards, once the file has changed (a video downloaded again).
 
 Sample ``json`` (see ``docs/shards.md``)::
 
@@ -128,7 +130,8 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
         try:
             ck = clock(vid)
         except LeapError as e:  # no fps for the video (an id the video info does not know): its segments are
-            skipped += [{"narration_id": s.narration_id, "reason": f"no timing: {e.message} ({e.fix})"} for s in segs]
+            skipped += [{"narration_id": s.narration_id, "reason": f"no timing: {e.message} ({e.fix})",
+                         "cause": "no timing: the video is not in the video info"} for s in segs]
             continue  # skipped and listed, the other videos go on
         samples = []
         for i, s in enumerate(segs):
@@ -205,9 +208,28 @@ def _plan_clips(s: Segment, clock: FrameClock, settings: ShardSettings) -> tuple
              "clips": clips, "context": context})
 
 
+@dataclass
+class Skipped:
+    """Why a sample was not written: ``reason`` is the full line (file and fix) for the manifest, ``cause`` its
+    path-free gist (the summary counts skips by it), ``stat`` ``{"video_stat": [size, mtime_ns] or None}`` of the
+    video before it was read (empty where the opener cannot tell), so a re-run tries again once the file changes."""
+
+    reason: str
+    cause: str
+    stat: dict = field(default_factory=dict)
+
+    def entry(self, key: str) -> dict:
+        return {"narration_id": key, "reason": self.reason, "cause": self.cause, **self.stat}
+
+
+def _gist(e: Exception) -> str:
+    """A failure in a few path-free words: a ``LeapError``'s message, else the exception's type."""
+    return e.message if isinstance(e, LeapError) else f"frames unreadable ({type(e).__name__})"
+
+
 def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
-                 cache: FrameCache | None = None) -> list[tuple[str, dict | str]]:
-    """Read and JPEG-encode the frames of every sample of one video. Returns [(key, {field: bytes} | reason)].
+                 cache: FrameCache | None = None) -> list[tuple[str, dict[str, bytes] | Skipped]]:
+    """Read and JPEG-encode the frames of every sample of one video. Returns [(key, {field: bytes} | Skipped)].
 
     Frames are stored at ``settings.short_side``, or at the source's own size where its short side is no larger
     (never upscaled). A sample's observed frames found in ``cache`` (written by ``leap extract`` from its own decode,
@@ -218,13 +240,17 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
     out: list[tuple[str, dict | str]] = []
     state: dict = {}
 
+    stat = getattr(opener, "video_stat", None)
+
     def reader():
         if "reader" not in state:
+            # taken before reading: a file replaced meanwhile is seen as changed by the next run
+            state["stat"] = {"video_stat": stat(job.video_id)} if stat is not None else {}
             try:
                 state["reader"] = opener(job.video_id)
             except Exception as e:  # noqa: BLE001 - any failure to open becomes a listed skip of its samples
                 state["reader"] = None
-                state["why"] = f"video {job.video_id} cannot be opened: {e}"
+                state["why"] = Skipped(f"video {job.video_id} cannot be opened: {e}", _gist(e), state["stat"])
         if state["reader"] is None:
             raise _Skip(state["why"])
         return state["reader"]
@@ -255,9 +281,10 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
                     fields[frame_field(i, ctx)] = encode_jpeg(fr, settings.jpeg_quality)
             out.append((s.key, fields))
         except _Skip as e:
-            out.append((s.key, str(e)))
+            out.append((s.key, e.args[0]))
         except Exception as e:  # noqa: BLE001 - unreadable frames: the segment is skipped and listed
-            out.append((s.key, f"frames unreadable: {type(e).__name__}: {e}"))
+            out.append((s.key, Skipped(f"frames unreadable: {type(e).__name__}: {e}", _gist(e),
+                                       state.get("stat", {}))))
     close = getattr(state.get("reader"), "close", None)
     if close:
         close()
@@ -280,7 +307,7 @@ def _init_worker(opener: FrameOpener, settings: ShardSettings, cache: FrameCache
     _worker_ctx["cache"] = cache
 
 
-def _work(job: VideoJob) -> list[tuple[str, dict | str]]:
+def _work(job: VideoJob) -> list[tuple[str, dict[str, bytes] | Skipped]]:
     return encode_video(job, _worker_ctx["opener"], _worker_ctx["settings"], _worker_ctx.get("cache"))
 
 
@@ -393,8 +420,10 @@ class _ShardSink:
                 self._tmp.unlink()
 
 
-def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str) -> tuple[JsonlAppender, list[dict]]:
-    """Open the progress file; keep the complete shards that are intact (from the first damaged one on, redo)."""
+def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
+            retry: Callable[[dict], bool] = lambda skip: False) -> tuple[JsonlAppender, list[dict]]:
+    """Open the progress file; keep the complete shards that are intact (from the first damaged one on, redo).
+    A kept shard's skips for which ``retry(skip)`` holds are dropped from its record: their segments are to do."""
     from leap_cli.io import atomic_write_text
 
     appender = JsonlAppender(progress_path, key="name", keep_records=True)
@@ -409,7 +438,10 @@ def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str) -> 
         if r["index"] != len(kept) or not p.exists() or p.stat().st_size != r["bytes"]:
             break
         kept.append(r)
-    if len(kept) < len(done):
+    retried = {x["narration_id"] for r in kept for x in r["skipped"] if retry(x)}
+    if retried:
+        kept = [dict(r, skipped=[x for x in r["skipped"] if x["narration_id"] not in retried]) for r in kept]
+    if len(kept) < len(done) or retried:
         appender.close()
         atomic_write_text(progress_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
         appender = JsonlAppender(progress_path, key="name", keep_records=True)
@@ -468,7 +500,18 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
             for p in list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar")) + [progress_path, out / manifest_name(shard.suffix)]:
                 if p.exists():
                     p.unlink()
-    appender, kept = _resume(out, progress_path, settings_hash, f"leap-{settings.split}{shard.suffix}")
+    stat, stats = getattr(opener, "video_stat", None), {}
+
+    def changed(skip: dict) -> bool:
+        """The skip was made when the video was another file (re-downloaded since, or there at last)."""
+        seg = by_key.get(skip["narration_id"])
+        if stat is None or seg is None or "video_stat" not in skip:
+            return False
+        if seg.video_id not in stats:
+            stats[seg.video_id] = stat(seg.video_id)
+        return stats[seg.video_id] != skip["video_stat"]
+
+    appender, kept = _resume(out, progress_path, settings_hash, f"leap-{settings.split}{shard.suffix}", changed)
     done_keys = {x["key"] for r in kept for x in r["samples"]} | {x["narration_id"] for r in kept for x in r["skipped"]}
 
     # Skips found while planning are reported in segment order along with the frame failures.
@@ -509,8 +552,8 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
                 emit_plan_skips(job.video_id)
                 for key, fields in encoded:
                     seg = by_key[key]
-                    if isinstance(fields, str):
-                        sink.skip({"narration_id": key, "reason": fields})
+                    if isinstance(fields, Skipped):
+                        sink.skip(fields.entry(key))
                     else:
                         rec = _labels(seg, fps(seg.video_id) if _has_fps(fps, seg.video_id) else None)
                         rec["task"] = settings.task
@@ -537,6 +580,13 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         for vid in sorted({by_key[k].video_id for k in plan_skips}):
             emit_plan_skips(vid)
         trailing = sink.finish()
+        shards = kept + sink.completed
+        if trailing and shards:  # skips after the last shard go with it, so a re-run does not read them again
+            from leap_cli.io import atomic_write_text
+
+            shards[-1] = dict(shards[-1], skipped=shards[-1]["skipped"] + trailing)
+            trailing = []
+            atomic_write_text(progress_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in shards))
     except BaseException:
         sink.abort()
         appender.close()
@@ -545,7 +595,6 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     if progress:
         progress(total, total)
 
-    shards = kept + sink.completed
     manifest = _manifest(settings, shards, trailing, sources, targets_manifest, prog_report, shard, len(selected))
     atomic_write_json(out / manifest_name(shard.suffix), manifest)
     if shard.count > 1:  # the job that completes the set writes the merged manifest.json
@@ -636,6 +685,17 @@ class LayoutOpener:
         from leap_cli.media.video import open_video
 
         return open_video(DatasetLayout(self.root, self.annotations_dir), video_id, self.fps.get(video_id))
+
+    def video_stat(self, video_id: str) -> list[int] | None:
+        """``[size, mtime_ns]`` of the MP4 (else the rgb_frames folder) of ``video_id``; None when neither is there."""
+        from leap_cli.epic.layout import DatasetLayout
+
+        layout = DatasetLayout(self.root, self.annotations_dir)
+        path = layout.video_path(video_id) or layout.frames_dir(video_id)
+        if path is None:
+            return None
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns]
 
 
 class ProgramTargets:
