@@ -81,7 +81,7 @@ def test_a_second_evaluation_of_one_run_and_split_is_refused_in_one_line(pipelin
                                        "--data", str(root), "--device", "cpu", "--checkpoint", "last"])
     assert isinstance(res.exception, LeapError), res.output
     assert "another leap process is writing this folder" in res.exception.message and res.exception.path == str(run / "eval" / "val")
-    assert "--out" not in res.exception.fix  # --out moves metrics.json only, never scores.pt
+    assert "--out" in res.exception.fix  # a trial evaluation writes its scores.pt and metrics.json elsewhere
 
 
 def test_evaluate_val_writes_scores_and_metrics(pipeline):
@@ -112,6 +112,24 @@ def test_evaluate_val_writes_scores_and_metrics(pipeline):
     assert res.exit_code == 0, res.output
     again = json.loads((work / "again" / "metrics.json").read_text())
     assert again["recognition"] == m["recognition"] and again["programs"] == m["programs"]
+
+
+def test_evaluate_out_writes_scores_and_metrics_there_and_leaves_the_runs_alone(pipeline, tmp_path):
+    """A trial evaluation (--out, another checkpoint or views) wrote metrics.json to --out but replaced the run's
+    eval/val/scores.pt, which its metrics.json no longer described."""
+    root, work, run, model, vocab = pipeline
+    own = run / "eval" / "val"
+    before = {f.name: f.read_bytes() for f in own.glob("*") if f.is_file()} if own.is_dir() else {}
+    trial = tmp_path / "trial"
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--data", str(root), "--checkpoint", "last", "--temporal-views", "2",
+                                   "--device", "cpu", "--out", str(trial)])
+    assert res.exit_code == 0, res.output
+    after = {f.name: f.read_bytes() for f in own.glob("*") if f.is_file()} if own.is_dir() else {}
+    assert after == before  # neither written nor replaced
+    scores = load_scores(trial / "scores.pt")
+    assert scores["meta"]["checkpoint"] == "last" and scores["meta"]["views"]["temporal"] == 2
+    assert json.loads((trial / "metrics.json").read_text())["segments"] == 2
 
 
 def test_views_are_averaged(pipeline):
