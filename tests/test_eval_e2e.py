@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,6 +187,31 @@ def test_evaluate_test_then_submit(pipeline):
     res = runner.invoke(app, ["submit", "--scores", str(run / "eval" / "val" / "scores.pt"), "--data", str(root),
                               "--workdir", str(work), "--out", str(work / "bad.zip")])
     assert res.exit_code != 0 and not (work / "bad.zip").exists()
+
+
+def test_the_submit_hint_after_a_test_evaluation_runs_as_printed(pipeline, tmp_path):
+    """The "Next:" line was `leap submit --scores ... --task ...` without the --data/--workdir the evaluation was
+    given: pasted as is, it looked for leap-work/kitchen/annotations. It names them, and the --out folder's file."""
+    import shlex
+
+    root, work, run, model, vocab = pipeline
+    trial = tmp_path / "trial test"  # a space: the hint is quoted for the shell
+    res = CliRunner().invoke(app, ["evaluate", "--split", "test", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--data", str(root), "--device", "cpu", "--out", str(trial)],
+                             env={"COLUMNS": "60"})  # narrow: the command is still printed on one line
+    assert res.exit_code == 0, res.output
+    hint = next(line for line in res.output.splitlines() if "Next: " in line).split("Next: ", 1)[1]
+    args = shlex.split(hint)
+    assert args[:2] == ["leap", "submit"] and args[args.index("--scores") + 1] == str(trial / "scores.pt")
+    res = CliRunner().invoke(app, args[1:])
+    assert res.exit_code == 0, res.output
+    assert sorted(sub.read_submission(work / "submission.zip")["results"]) == ["P01_03_10", "P01_03_11"]
+    # options left at their defaults are not repeated
+    from leap_cli.commands.evaluate import _submit_command
+    from leap_cli.common import DEFAULT_WORKDIR
+
+    assert _submit_command(Path("s.pt"), "recognition", DEFAULT_WORKDIR, None, None) == \
+        "leap submit --scores s.pt --task recognition"
 
 
 def test_anticipation_evaluate_and_submit_with_actions(pipeline):

@@ -35,6 +35,20 @@ def _table(result: dict) -> Table:
     return table
 
 
+def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, annotations: Path | None) -> str:
+    """The `leap submit` of these scores with the options given here that submit reads too (the annotations
+    and the work directory), quoted for the shell: pasted as printed, it runs."""
+    import shlex
+
+    args = ["leap", "submit", "--scores", str(scores), "--task", task]
+    for option, value in (("--data", data), ("--annotations", annotations)):
+        if value is not None:
+            args += [option, str(value)]
+    if Path(workdir) != DEFAULT_WORKDIR:
+        args += ["--workdir", str(workdir)]
+    return shlex.join(args)
+
+
 def evaluate(
     split: str = typer.Option(..., "--split", help="val (metrics) or test (scores only, for `leap submit`)."),
     run: Path = typer.Option(None, "--run", help="Run directory written by `leap train` (runs/NAME, also looked "
@@ -125,8 +139,10 @@ def evaluate(
         console.print(escape(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s))"),
                       highlight=False)
         if split == "test":
-            console.print(escape(f"test split: no labels, scores only. Next: leap submit --scores {scores_path} "
-                                 f"--task {task}"), highlight=False)
+            # soft_wrap: a long command is not broken by inserted newlines, so it pastes as printed
+            console.print(escape(f"test split: no labels, scores only. Next: "
+                                 f"{_submit_command(scores_path, task, workdir, data, annotations)}"),
+                          highlight=False, soft_wrap=True)
             return
         metrics_path = scores_path.parent / "metrics.json"
         source = str(scores_path)
