@@ -51,3 +51,26 @@ def test_length_check_counts_only_the_videos_that_are_there(tmp_path):
     shutil.rmtree(root / "P01" / "rgb_frames")
     res = CliRunner().invoke(app, ["info", "--data", str(root)], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "no video of these splits is present to check" in res.output, res.output
+
+
+def test_info_counts_the_audio_track_of_mp4s_without_an_audio_file(tmp_path):
+    """EPIC's MP4s carry an AAC track and no WAVs come with them: info said "videos with audio: 0"."""
+    import numpy as np
+    import soundfile as sf
+
+    from leap_cli.media.write import write_mp4
+
+    root = make_root(tmp_path / "k")  # train: P01_01, P01_02; val: P01_03
+    frames = [np.full((32, 48, 3), 90, np.uint8)] * 10
+    (root / "P01" / "videos").mkdir()
+    write_mp4(root / "P01" / "videos" / "P01_01.MP4", frames, 10.0, audio=np.zeros(16000, np.float32))
+    write_mp4(root / "P01" / "videos" / "P01_02.MP4", frames, 10.0)  # no audio track
+    (root / "P01" / "audio").mkdir()
+    sf.write(root / "P01" / "audio" / "P01_03.wav", np.zeros(16000, np.float32), 16000)
+    splits, _ = dataset_info(DatasetLayout.open(root))
+    assert {s.split: (s.with_audio_file, s.with_audio_track) for s in splits} == {"train": (0, 1), "val": (1, 0)}
+    res = CliRunner().invoke(app, ["info", "--data", str(root), "--no-check-lengths"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    cells = {name: [c.strip() for c in line.split("│") if c.strip()][1:] for line in res.output.splitlines()
+             for name in ("audio (WAV/FLAC file)", "audio (MP4's own track only)") if name in line}
+    assert cells == {"audio (WAV/FLAC file)": ["0", "1"], "audio (MP4's own track only)": ["1", "0"]}
