@@ -91,9 +91,12 @@ def info(
             console.print(f"video lengths: all {len(present)} videos present decode to their video_info duration")
         else:
             console.print(f"[yellow]{len(bad)} video(s) whose decodable length disagrees with "
-                          "EPIC_100_video_info.csv[/] (segments past the decodable end are reported unavailable):")
+                          "EPIC_100_video_info.csv, or that it lacks[/] (segments past the decodable end are "
+                          "reported unavailable):")
             for b in bad:
-                exp = "?" if b.expected_s is None else f"{b.expected_s:.2f} s"
+                if b.expected_s is None:  # not in the video info: what each stage does with it
+                    console.print(f"  {escape(b.video_id)} ({b.source}): {escape(b.note)}", highlight=False)
+                    continue
                 got = "nothing" if b.decoded_s is None else f"{b.decoded_s:.2f} s"
-                console.print(f"  {escape(b.video_id)} ({b.source}): video_info {exp}, decodes {got} "
+                console.print(f"  {escape(b.video_id)} ({b.source}): video_info {b.expected_s:.2f} s, decodes {got} "
                               f"({escape(b.note)})", highlight=False)

@@ -70,8 +70,8 @@ class LengthCheck:
 
     video_id: str
     source: str  # "mp4" or "rgb_frames"
-    expected_s: float | None  # video_info's duration
-    decoded_s: float | None  # what really decodes (None: nothing does)
+    expected_s: float | None  # video_info's duration (None: the video is not in it, and was not decoded)
+    decoded_s: float | None  # what really decodes (None: nothing does, or not decoded)
     note: str
 
 
@@ -94,9 +94,12 @@ def check_lengths(layout: DatasetLayout, video_ids: list[str], *, tolerance_s: f
             continue
         source = "mp4" if mp4 is not None else "rgb_frames"
         expected = info.duration if info else None
-        if info is None:
-            out.append(LengthCheck(vid, source, None, None, "not in EPIC_100_video_info.csv (no fps: extract "
-                                                            "assumes 50)"))
+        if info is None:  # what the stages do then: extract/runner.py (VideoFrames), shards/writer.py (plan_samples)
+            extract = ("extract reads the MP4 at its own fps" if mp4 is not None else
+                       "extract reports its frames unavailable (a frames folder has no fps of its own)")
+            out.append(LengthCheck(vid, source, None, None, f"not in EPIC_100_video_info.csv: {extract}, "
+                                   "build-shards skips its segments (no timing); add its row "
+                                   "(video_id,duration,fps,resolution)"))
             continue
         try:
             if mp4 is not None:
