@@ -288,6 +288,30 @@ def test_show_predicted_program_beside_the_target(pipeline):
     assert "target (generated program)" in res.output and "take(plate) [right]" in res.output and "<loop>" in res.output
 
 
+def test_show_a_segment_build_shards_skipped_says_why_and_still_writes_the_page(pipeline, tmp_path):
+    """`leap show ID --run R` on a segment the manifest lists as skipped failed with "ID is not in these shards
+    (pass the split's shards with --shards, or --split)" and wrote no page."""
+    import shutil
+
+    root, work, run, model, vocab = pipeline
+    shards = tmp_path / "val"
+    shutil.copytree(work / "shards" / "val", shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    reason = "frames unreadable: VideoUnreadable: the video ends or is corrupt at frame 361"
+    manifest["skipped"].append({"narration_id": "P01_03_7", "reason": reason})
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    programs = tmp_path / "val.jsonl"
+    programs.write_text(json.dumps({"narration_id": "P01_03_7", "status": "valid", "program": PROGRAM, "errors": []}) + "\n")
+    page = tmp_path / "page.html"
+    res = CliRunner().invoke(app, ["show", "P01_03_7", "--workdir", str(work), "--split", "val", "--run", "runs/tiny",
+                                   "--shards", str(shards), "--programs", str(programs), "--data", str(root),
+                                   "--html", str(page)], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert "no prediction: build-shards skipped this segment" in res.output and reason in res.output
+    assert "target (generated program)" not in res.output  # no prediction table
+    assert "in(plate, sink)" in res.output and page.is_file()  # the program part and the page
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", [
     "aot_eager",  # dynamo's graph and AOT autograd without code generation: ~30-60 s on one CPU thread
