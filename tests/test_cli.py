@@ -251,3 +251,20 @@ def test_force_with_a_bad_option_keeps_the_output(tiny_kitchen, tmp_path):
                            capture_output=True, text=True, env={**env_key, "COLUMNS": "250", "NO_COLOR": "1"})
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
         assert programs.read_bytes() == before, extra
+
+
+def test_camera_source_help_names_the_poses_in_the_order_auto_reads_them(tmp_path):
+    """The help said auto reads "COLMAP poses (poses/VIDEO/images.txt)"; it reads EPIC Fields' JSON first."""
+    import typer
+
+    from leap_cli.cli import app
+    from leap_cli.epic.layout import DatasetLayout
+
+    extract = typer.main.get_command(app).commands["extract"]
+    text = next(p.help for p in extract.params if p.name == "camera_source")
+    assert "EPIC Fields" in text and text.index("poses/VIDEO.json") < text.index("poses/VIDEO/images.txt")
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "poses" / "P01_01").mkdir(parents=True)
+    (tmp_path / "poses" / "P01_01" / "images.txt").write_text("# COLMAP\n")
+    (tmp_path / "poses" / "P01_01.json").write_text("{}")
+    assert DatasetLayout.open(tmp_path).poses_path("P01_01").name == "P01_01.json"  # what auto reads

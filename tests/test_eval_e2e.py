@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,7 +82,7 @@ def test_a_second_evaluation_of_one_run_and_split_is_refused_in_one_line(pipelin
                                        "--data", str(root), "--device", "cpu", "--checkpoint", "last"])
     assert isinstance(res.exception, LeapError), res.output
     assert "another leap process is writing this folder" in res.exception.message and res.exception.path == str(run / "eval" / "val")
-    assert "--out" not in res.exception.fix  # --out moves metrics.json only, never scores.pt
+    assert "--out" in res.exception.fix  # a trial evaluation writes its scores.pt and metrics.json elsewhere
 
 
 def test_evaluate_val_writes_scores_and_metrics(pipeline):
@@ -112,6 +113,24 @@ def test_evaluate_val_writes_scores_and_metrics(pipeline):
     assert res.exit_code == 0, res.output
     again = json.loads((work / "again" / "metrics.json").read_text())
     assert again["recognition"] == m["recognition"] and again["programs"] == m["programs"]
+
+
+def test_evaluate_out_writes_scores_and_metrics_there_and_leaves_the_runs_alone(pipeline, tmp_path):
+    """A trial evaluation (--out, another checkpoint or views) wrote metrics.json to --out but replaced the run's
+    eval/val/scores.pt, which its metrics.json no longer described."""
+    root, work, run, model, vocab = pipeline
+    own = run / "eval" / "val"
+    before = {f.name: f.read_bytes() for f in own.glob("*") if f.is_file()} if own.is_dir() else {}
+    trial = tmp_path / "trial"
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--data", str(root), "--checkpoint", "last", "--temporal-views", "2",
+                                   "--device", "cpu", "--out", str(trial)])
+    assert res.exit_code == 0, res.output
+    after = {f.name: f.read_bytes() for f in own.glob("*") if f.is_file()} if own.is_dir() else {}
+    assert after == before  # neither written nor replaced
+    scores = load_scores(trial / "scores.pt")
+    assert scores["meta"]["checkpoint"] == "last" and scores["meta"]["views"]["temporal"] == 2
+    assert json.loads((trial / "metrics.json").read_text())["segments"] == 2
 
 
 def test_views_are_averaged(pipeline):
@@ -168,6 +187,31 @@ def test_evaluate_test_then_submit(pipeline):
     res = runner.invoke(app, ["submit", "--scores", str(run / "eval" / "val" / "scores.pt"), "--data", str(root),
                               "--workdir", str(work), "--out", str(work / "bad.zip")])
     assert res.exit_code != 0 and not (work / "bad.zip").exists()
+
+
+def test_the_submit_hint_after_a_test_evaluation_runs_as_printed(pipeline, tmp_path):
+    """The "Next:" line was `leap submit --scores ... --task ...` without the --data/--workdir the evaluation was
+    given: pasted as is, it looked for leap-work/kitchen/annotations. It names them, and the --out folder's file."""
+    import shlex
+
+    root, work, run, model, vocab = pipeline
+    trial = tmp_path / "trial test"  # a space: the hint is quoted for the shell
+    res = CliRunner().invoke(app, ["evaluate", "--split", "test", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--data", str(root), "--device", "cpu", "--out", str(trial)],
+                             env={"COLUMNS": "60"})  # narrow: the command is still printed on one line
+    assert res.exit_code == 0, res.output
+    hint = next(line for line in res.output.splitlines() if "Next: " in line).split("Next: ", 1)[1]
+    args = shlex.split(hint)
+    assert args[:2] == ["leap", "submit"] and args[args.index("--scores") + 1] == str(trial / "scores.pt")
+    res = CliRunner().invoke(app, args[1:])
+    assert res.exit_code == 0, res.output
+    assert sorted(sub.read_submission(work / "submission.zip")["results"]) == ["P01_03_10", "P01_03_11"]
+    # options left at their defaults are not repeated
+    from leap_cli.commands.evaluate import _submit_command
+    from leap_cli.common import DEFAULT_WORKDIR
+
+    assert _submit_command(Path("s.pt"), "recognition", DEFAULT_WORKDIR, None, None) == \
+        "leap submit --scores s.pt --task recognition"
 
 
 def test_anticipation_evaluate_and_submit_with_actions(pipeline):
@@ -242,6 +286,30 @@ def test_show_predicted_program_beside_the_target(pipeline):
                              env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "target (generated program)" in res.output and "take(plate) [right]" in res.output and "<loop>" in res.output
+
+
+def test_show_a_segment_build_shards_skipped_says_why_and_still_writes_the_page(pipeline, tmp_path):
+    """`leap show ID --run R` on a segment the manifest lists as skipped failed with "ID is not in these shards
+    (pass the split's shards with --shards, or --split)" and wrote no page."""
+    import shutil
+
+    root, work, run, model, vocab = pipeline
+    shards = tmp_path / "val"
+    shutil.copytree(work / "shards" / "val", shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    reason = "frames unreadable: VideoUnreadable: the video ends or is corrupt at frame 361"
+    manifest["skipped"].append({"narration_id": "P01_03_7", "reason": reason})
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    programs = tmp_path / "val.jsonl"
+    programs.write_text(json.dumps({"narration_id": "P01_03_7", "status": "valid", "program": PROGRAM, "errors": []}) + "\n")
+    page = tmp_path / "page.html"
+    res = CliRunner().invoke(app, ["show", "P01_03_7", "--workdir", str(work), "--split", "val", "--run", "runs/tiny",
+                                   "--shards", str(shards), "--programs", str(programs), "--data", str(root),
+                                   "--html", str(page)], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert "no prediction: build-shards skipped this segment" in res.output and reason in res.output
+    assert "target (generated program)" not in res.output  # no prediction table
+    assert "in(plate, sink)" in res.output and page.is_file()  # the program part and the page
 
 
 @pytest.mark.slow

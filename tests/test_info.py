@@ -51,3 +51,51 @@ def test_length_check_counts_only_the_videos_that_are_there(tmp_path):
     shutil.rmtree(root / "P01" / "rgb_frames")
     res = CliRunner().invoke(app, ["info", "--data", str(root)], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "no video of these splits is present to check" in res.output, res.output
+
+
+def test_info_counts_the_audio_track_of_mp4s_without_an_audio_file(tmp_path):
+    """EPIC's MP4s carry an AAC track and no WAVs come with them: info said "videos with audio: 0"."""
+    import numpy as np
+    import soundfile as sf
+
+    from leap_cli.media.write import write_mp4
+
+    root = make_root(tmp_path / "k")  # train: P01_01, P01_02; val: P01_03
+    frames = [np.full((32, 48, 3), 90, np.uint8)] * 10
+    (root / "P01" / "videos").mkdir()
+    write_mp4(root / "P01" / "videos" / "P01_01.MP4", frames, 10.0, audio=np.zeros(16000, np.float32))
+    write_mp4(root / "P01" / "videos" / "P01_02.MP4", frames, 10.0)  # no audio track
+    (root / "P01" / "audio").mkdir()
+    sf.write(root / "P01" / "audio" / "P01_03.wav", np.zeros(16000, np.float32), 16000)
+    splits, _ = dataset_info(DatasetLayout.open(root))
+    assert {s.split: (s.with_audio_file, s.with_audio_track) for s in splits} == {"train": (0, 1), "val": (1, 0)}
+    res = CliRunner().invoke(app, ["info", "--data", str(root), "--no-check-lengths"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    cells = {name: [c.strip() for c in line.split("│") if c.strip()][1:] for line in res.output.splitlines()
+             for name in ("audio (WAV/FLAC file)", "audio (MP4's own track only)") if name in line}
+    assert cells == {"audio (WAV/FLAC file)": ["0", "1"], "audio (MP4's own track only)": ["1", "0"]}
+
+
+def test_a_video_missing_from_the_video_info_is_reported_as_the_stages_treat_it(tmp_path):
+    """info said such a video "decodes nothing (... no fps: extract assumes 50)"; extract reads an MP4 at its own
+    fps (a frames folder has none) and build-shards skips the video's segments with "no timing"."""
+    import numpy as np
+
+    from leap_cli.epic.info import check_lengths
+    from leap_cli.media.write import write_mp4
+
+    root = make_root(tmp_path / "k", epic=True)  # train: P01_01, P01_02; val: P01_03 (rgb_frames folders)
+    (root / "P01" / "videos").mkdir()
+    write_mp4(root / "P01" / "videos" / "P01_01.MP4", [np.full((32, 48, 3), 90, np.uint8)] * 10, 10.0)
+    info = root / "annotations" / "EPIC_100_video_info.csv"
+    info.write_text("".join(line for line in info.read_text().splitlines(keepends=True)
+                            if not line.startswith(("P01_01,", "P01_03,"))))
+    mp4, frames = check_lengths(DatasetLayout.open(root), ["P01_01", "P01_03"])
+    assert (mp4.source, mp4.expected_s, mp4.decoded_s) == ("mp4", None, None)
+    assert "extract reads the MP4 at its own fps" in mp4.note and "build-shards skips its segments (no timing)" in mp4.note
+    assert frames.source == "rgb_frames" and "extract reports its frames unavailable" in frames.note
+    res = CliRunner().invoke(app, ["info", "--data", str(root)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    lines = [line.strip() for line in res.output.splitlines() if line.strip().startswith(("P01_01", "P01_03"))]
+    assert lines == [f"P01_01 (mp4): {mp4.note}", f"P01_03 (rgb_frames): {frames.note}"]
+    assert "assumes 50" not in res.output and "decodes nothing" not in res.output

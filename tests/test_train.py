@@ -539,6 +539,29 @@ def test_resume_refuses_a_changed_config_unless_forced(tmp_path: Path) -> None:
     assert ckpt["config"]["loss"]["label_smoothing"] == 0.0
 
 
+def test_resume_without_the_pretrained_set_is_accepted(tmp_path: Path) -> None:
+    """README's resume (`--set model.pretrained=FILE` to start, `--resume` without it) was refused ("model.pretrained:
+    FILE -> None"): a resume takes the weights from last.pt, so the file may be left out; what the run computes may
+    still not change, and the run keeps the record of the weights it started from."""
+    from leap_cli.train.checkpoint import save_checkpoint
+
+    main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=1)
+    last = tmp_path / "runs/r/checkpoints/last.pt"
+    started = torch.load(last, weights_only=True)  # as if started with --set model.pretrained=... (the file is gone)
+    started["config"]["model"].update(pretrained="/weights/k710_uniformerv2_b16_8x224.pyth", allow_partial_load=True)
+    save_checkpoint(last, started)
+    with pytest.raises(LeapError, match=r"optim\.lr: 0\.001 -> 0\.002\); resuming") as e:
+        main(tiny_config("train.max_steps=2", "optim.lr=2e-3"), workdir=tmp_path, name="r",
+             source=MemorySource(val=False), resume=True)
+    assert "pretrained" not in str(e.value)
+    done = main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="r", source=MemorySource(val=False),
+                resume=True)
+    assert done.steps == 2
+    model = torch.load(last, weights_only=True)["config"]["model"]
+    assert model["pretrained"] == "/weights/k710_uniformerv2_b16_8x224.pyth" and model["allow_partial_load"]
+    assert "k710_uniformerv2_b16_8x224.pyth" in (tmp_path / "runs/r/config.yaml").read_text()
+
+
 class SignalSource(MemorySource):
     """Sends a signal to this process while the loop reads the given batch (as Slurm's preemption would)."""
 

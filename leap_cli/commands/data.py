@@ -64,7 +64,9 @@ def info(
     rows = [("segments", lambda s: s.segments), ("videos", lambda s: s.videos),
             ("verb classes used", lambda s: s.verbs_used), ("noun classes used", lambda s: s.nouns_used),
             ("videos with MP4", lambda s: s.with_mp4), ("videos with rgb_frames", lambda s: s.with_frames),
-            ("videos missing", lambda s: len(s.missing)), ("videos with audio", lambda s: s.with_audio),
+            ("videos missing", lambda s: len(s.missing)),
+            ("audio (WAV/FLAC file)", lambda s: s.with_audio_file),
+            ("audio (MP4's own track only)", lambda s: s.with_audio_track),
             ("hand-object detections", lambda s: s.with_hand_objects),
             ("object detections", lambda s: s.with_object_detections),
             ("camera poses (EPIC Fields JSON)", lambda s: s.with_poses_fields),
@@ -89,9 +91,12 @@ def info(
             console.print(f"video lengths: all {len(present)} videos present decode to their video_info duration")
         else:
             console.print(f"[yellow]{len(bad)} video(s) whose decodable length disagrees with "
-                          "EPIC_100_video_info.csv[/] (segments past the decodable end are reported unavailable):")
+                          "EPIC_100_video_info.csv, or that it lacks[/] (segments past the decodable end are "
+                          "reported unavailable):")
             for b in bad:
-                exp = "?" if b.expected_s is None else f"{b.expected_s:.2f} s"
+                if b.expected_s is None:  # not in the video info: what each stage does with it
+                    console.print(f"  {escape(b.video_id)} ({b.source}): {escape(b.note)}", highlight=False)
+                    continue
                 got = "nothing" if b.decoded_s is None else f"{b.decoded_s:.2f} s"
-                console.print(f"  {escape(b.video_id)} ({b.source}): video_info {exp}, decodes {got} "
+                console.print(f"  {escape(b.video_id)} ({b.source}): video_info {b.expected_s:.2f} s, decodes {got} "
                               f"({escape(b.note)})", highlight=False)

@@ -19,7 +19,7 @@ console = Console()
 
 def register(app: typer.Typer) -> None:
     app.command("evaluate", help="Run a trained model over the shards of a split (views averaged) and write "
-                                 "runs/NAME/eval/SPLIT/scores.pt + metrics.json, or score an existing "
+                                 "runs/NAME/eval/SPLIT/scores.pt + metrics.json (or --out DIR), or score an existing "
                                  "--scores file (leap's or EPIC's official .pkl/.pt) against the annotations.")(evaluate)
 
 
@@ -33,6 +33,20 @@ def _table(result: dict) -> Table:
     for row in metric_rows(result):
         table.add_row(*row)
     return table
+
+
+def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, annotations: Path | None) -> str:
+    """The `leap submit` of these scores with the options given here that submit reads too (the annotations
+    and the work directory), quoted for the shell: pasted as printed, it runs."""
+    import shlex
+
+    args = ["leap", "submit", "--scores", str(scores), "--task", task]
+    for option, value in (("--data", data), ("--annotations", annotations)):
+        if value is not None:
+            args += [option, str(value)]
+    if Path(workdir) != DEFAULT_WORKDIR:
+        args += ["--workdir", str(workdir)]
+    return shlex.join(args)
 
 
 def evaluate(
@@ -58,8 +72,9 @@ def evaluate(
                                         "takes minutes once per command, so it pays on a large split, not on a few "
                                         "segments."),
     shards: Path = typer.Option(None, "--shards", help="Shards folder (default {workdir}/shards/SPLIT, anticipation: SPLIT-anticipation)."),
-    out: Path = typer.Option(None, "--out", help="Folder for metrics.json (default runs/NAME/eval/SPLIT, or next "
-                                                 "to --scores)."),
+    out: Path = typer.Option(None, "--out", help="Folder for scores.pt and metrics.json (default "
+                                                 "runs/NAME/eval/SPLIT, which --out leaves untouched; with --scores: "
+                                                 "metrics.json only, default next to the file)."),
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default {workdir}/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default "
                                                                 "DATA/annotations)."),
@@ -103,10 +118,10 @@ def evaluate(
             raise LeapError("nothing to evaluate", fix="pass --run runs/NAME (a trained run) or --scores FILE")
         run_dir = resolve_run(run, workdir)
         device = str(pick_device(device, option="--device", cpu_fix="--device cpu"))
-        # where the scores and the metrics go, checked before the model runs (not after an hour of scoring)
-        check_writable(run_dir / "eval" / split, "--run (its eval/ folder)")
-        if out is not None:
-            check_writable(out, "--out")
+        # where the scores and the metrics go, checked before the model runs (not after an hour of scoring); with
+        # --out the run's own eval/SPLIT (what `leap submit` is pointed at) is not written
+        dest = out if out is not None else run_dir / "eval" / split
+        check_writable(dest, "--out" if out is not None else "--run (its eval/ folder), or pass --out")
         if split != "test":  # the labels the scores will meet, read before the model runs (not after an hour)
             ann = open_annotations(workdir, data, annotations)
             ann.segments(split)
@@ -118,15 +133,18 @@ def evaluate(
             loaded, scores_path = evaluate_run(
                 run_dir, split, workdir=workdir, checkpoint=checkpoint, task=task, shards=shards, views=views,
                 batch_size=batch_size, workers=workers, device=device, precision=precision,
-                allow_partial=allow_partial_load, compile=compile, on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n))
+                allow_partial=allow_partial_load, compile=compile, out=dest,
+                on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n))
         task = loaded["meta"]["task"]
         console.print(escape(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s))"),
                       highlight=False)
         if split == "test":
-            console.print(escape(f"test split: no labels, scores only. Next: leap submit --scores {scores_path} "
-                                 f"--task {task}"), highlight=False)
+            # soft_wrap: a long command is not broken by inserted newlines, so it pastes as printed
+            console.print(escape(f"test split: no labels, scores only. Next: "
+                                 f"{_submit_command(scores_path, task, workdir, data, annotations)}"),
+                          highlight=False, soft_wrap=True)
             return
-        metrics_path = (out or scores_path.parent) / "metrics.json"
+        metrics_path = scores_path.parent / "metrics.json"
         source = str(scores_path)
     ann = ann or open_annotations(workdir, data, annotations)
     result = evaluate_scores(loaded, ann, split, task, source=source)

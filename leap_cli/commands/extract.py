@@ -56,8 +56,10 @@ def extract(
     camera_frames: int = typer.Option(
         9, "--camera-frames", min=2,
         help="Frames sampled through a segment for visual odometry."),
-    camera_source: str = typer.Option("auto", "--camera-source", help="auto: COLMAP poses (poses/VIDEO/images.txt) "
-                                      "where they exist, else visual odometry; vo or colmap to force one."),
+    camera_source: str = typer.Option("auto", "--camera-source", help="auto: the video's camera poses where they "
+                                      "cover the segment (EPIC Fields' poses/VIDEO.json first, else COLMAP's "
+                                      "poses/VIDEO/images.txt), else visual odometry; vo: odometry only; colmap: "
+                                      "poses only (either file)."),
     fov: float = typer.Option(
         90.0, "--fov", min=1.0, max=179.0,
         help="Assumed horizontal field of view (degrees) for the camera intrinsics."),

@@ -63,7 +63,7 @@ def _show_prediction(run: Path, narration_id: str, workdir: Path, shards: Path |
     from rich.markup import escape
 
     from leap_cli.evaluate.inference import resolve_run
-    from leap_cli.report.predicted import predicted_program
+    from leap_cli.report.predicted import SkippedSegment, predicted_program
     from leap_cli.train.checkpoint import load_checkpoint, resolve_checkpoint
 
     run_dir = resolve_run(run, workdir)
@@ -72,7 +72,12 @@ def _show_prediction(run: Path, narration_id: str, workdir: Path, shards: Path |
 
         task = ((load_checkpoint(resolve_checkpoint(run_dir, "best")).get("config") or {}).get("data") or {}).get("task", "recognition")
         shards = default_out(workdir, split or "val", task)
-    cmp = predicted_program(run_dir, narration_id, shards)
+    try:
+        cmp = predicted_program(run_dir, narration_id, shards)
+    except SkippedSegment as e:  # a fact about the data, not a failure: the rest of the view stands
+        console.print(f"[yellow]{escape(narration_id)}: no prediction: build-shards skipped this segment "
+                      f"({escape(e.reason)}; the manifest of {escape(str(shards))} lists it)[/]", highlight=False)
+        return
     table = Table(title=f"{escape(narration_id)}: target program and {escape(str(run_dir))}'s prediction", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("target (generated program)")

@@ -18,7 +18,8 @@ class SplitInfo:
     with_mp4: int = 0
     with_frames: int = 0
     missing: list[str] = field(default_factory=list)
-    with_audio: int = 0
+    with_audio_file: int = 0  # audio: P01/audio/VIDEO.wav or .flac (the one extract reads first)
+    with_audio_track: int = 0  # audio: no such file, but the MP4 carries its own track (EPIC's MP4s do)
     with_hand_objects: int = 0
     with_object_detections: int = 0
     with_poses_fields: int = 0  # camera poses: EPIC Fields' per-video JSON (the one the camera component reads first)
@@ -26,6 +27,10 @@ class SplitInfo:
 
 
 def dataset_info(layout: DatasetLayout) -> tuple[list[SplitInfo], dict]:
+    """Per split, what the root holds for its videos. An MP4 without an audio file is opened (its header only:
+    OpenCV, which the length check reads with, does not see audio streams) to count its own track."""
+    from leap_cli.media.audio import has_audio_track
+
     ann = layout.annotations()
     splits = []
     for split in ("train", "val", "test"):
@@ -42,7 +47,10 @@ def dataset_info(layout: DatasetLayout) -> tuple[list[SplitInfo], dict]:
             info.with_frames += frames is not None
             if mp4 is None and frames is None:
                 info.missing.append(v)
-            info.with_audio += layout.audio_path(v) is not None
+            if layout.audio_path(v) is not None:
+                info.with_audio_file += 1
+            elif mp4 is not None and has_audio_track(mp4):
+                info.with_audio_track += 1
             info.with_hand_objects += layout.hand_objects_path(v) is not None
             info.with_object_detections += layout.object_detections_path(v) is not None
             poses = layout.poses_path(v)  # EPIC Fields JSON where present, else COLMAP images.txt
@@ -62,8 +70,8 @@ class LengthCheck:
 
     video_id: str
     source: str  # "mp4" or "rgb_frames"
-    expected_s: float | None  # video_info's duration
-    decoded_s: float | None  # what really decodes (None: nothing does)
+    expected_s: float | None  # video_info's duration (None: the video is not in it, and was not decoded)
+    decoded_s: float | None  # what really decodes (None: nothing does, or not decoded)
     note: str
 
 
@@ -86,9 +94,12 @@ def check_lengths(layout: DatasetLayout, video_ids: list[str], *, tolerance_s: f
             continue
         source = "mp4" if mp4 is not None else "rgb_frames"
         expected = info.duration if info else None
-        if info is None:
-            out.append(LengthCheck(vid, source, None, None, "not in EPIC_100_video_info.csv (no fps: extract "
-                                                            "assumes 50)"))
+        if info is None:  # what the stages do then: extract/runner.py (VideoFrames), shards/writer.py (plan_samples)
+            extract = ("extract reads the MP4 at its own fps" if mp4 is not None else
+                       "extract reports its frames unavailable (a frames folder has no fps of its own)")
+            out.append(LengthCheck(vid, source, None, None, f"not in EPIC_100_video_info.csv: {extract}, "
+                                   "build-shards skips its segments (no timing); add its row "
+                                   "(video_id,duration,fps,resolution)"))
             continue
         try:
             if mp4 is not None:

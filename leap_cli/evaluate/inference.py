@@ -239,25 +239,28 @@ def resolve_run(run: str | Path, workdir: str | Path) -> Path:
 def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: str = "best",
                  task: str | None = None, shards: str | Path | None = None, views: ViewConfig = ViewConfig(),
                  batch_size: int | None = None, workers: int = 0, device: str = "cpu", precision: str = "auto",
-                 allow_partial: bool = False, compile: bool | None = None,
+                 allow_partial: bool = False, compile: bool | None = None, out: str | Path | None = None,
                  on_start: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None) -> tuple[dict, Path]:
     """Load the run's checkpoint, score every segment of ``{workdir}/shards/{split}`` on all views and write
-    ``runs/NAME/eval/{split}/scores.pt``. Returns (scores, scores path). ``compile``: torch.compile the model
-    (None: as the run's config says, ``model.compile``). A second evaluation of the same run and split while
-    this one runs is refused (it would write the same scores.pt, perhaps of another checkpoint)."""
+    ``scores.pt`` into ``out`` (default ``runs/NAME/eval/{split}``: the file ``leap submit`` is pointed at; a
+    trial evaluation writes elsewhere and leaves it alone). Returns (scores, scores path). ``compile``:
+    torch.compile the model (None: as the run's config says, ``model.compile``). A second evaluation into the
+    same folder while this one runs is refused (it would write the same scores.pt, perhaps of another checkpoint)."""
     from leap_cli.io import OutputLock
 
-    with OutputLock(Path(run) / "eval" / split, fix="wait for it to finish: it writes the same eval folder"):
+    folder = Path(out) if out is not None else Path(run) / "eval" / split
+    with OutputLock(folder, fix="wait for it to finish (it writes the same scores.pt), or give this one another --out"):
         return _score_run(run, split, workdir=workdir, checkpoint=checkpoint, task=task, shards=shards, views=views,
                           batch_size=batch_size, workers=workers, device=device, precision=precision,
-                          allow_partial=allow_partial, compile=compile, on_start=on_start, on_batch=on_batch)
+                          allow_partial=allow_partial, compile=compile, out=folder / "scores.pt",
+                          on_start=on_start, on_batch=on_batch)
 
 
 def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: str, task: str | None,
                shards: str | Path | None, views: ViewConfig, batch_size: int | None, workers: int, device: str,
-               precision: str, allow_partial: bool, compile: bool | None, on_start: Callable[[int], None] | None,
-               on_batch: Callable[[int], None] | None) -> tuple[dict, Path]:
+               precision: str, allow_partial: bool, compile: bool | None, out: Path,
+               on_start: Callable[[int], None] | None, on_batch: Callable[[int], None] | None) -> tuple[dict, Path]:
     from leap_cli.evaluate.scores import save_scores
     from leap_cli.train.checkpoint import load_model
     from leap_cli.train.config import resolve_aliases
@@ -295,7 +298,6 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
             "checkpoint": checkpoint if checkpoint in ("best", "last") else str(checkpoint),
             "views": {"temporal": views.temporal, "spatial": views.spatial}, "step": int(ckpt.get("step", 0)),
             "precision": precision, "compile": compile}
-    out = run_dir / "eval" / split / "scores.pt"
     saved = save_scores(out, scores["narration_id"], scores["verb_output"], scores["noun_output"],
                         program=scores.get("program"), meta=meta)
     return saved, out

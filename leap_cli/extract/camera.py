@@ -463,7 +463,7 @@ class CameraComponent(Component):
                  source: str = "auto", max_uncovered_s: float = 0.25):
         if source not in ("auto", "vo", "colmap"):
             raise LeapError(f"unknown camera source {source!r}", fix="use auto, vo or colmap")
-        self.source = source  # auto: COLMAP poses where they exist, else visual odometry
+        self.source = source  # auto: EPIC Fields or COLMAP poses where they exist, else visual odometry
         # auto: poses whose first registered frame comes later than this after the segment's start, or whose last
         # comes earlier before its end (in all), leave odometry to describe the segment
         self.max_uncovered_s = max_uncovered_s

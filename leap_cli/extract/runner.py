@@ -59,7 +59,7 @@ class ExtractConfig:
     object_threshold: float = 0.5
     camera_frames: int = 9
     fov_deg: float = 90.0
-    camera_source: str = "auto"  # auto (COLMAP poses where they exist, else visual odometry) | vo | colmap
+    camera_source: str = "auto"  # auto (EPIC Fields or COLMAP poses where they exist, else visual odometry) | vo | colmap
     object_frames: int = 6
     detector_weights: Path | None = None
     detector_labels: Path | None = None

@@ -108,6 +108,18 @@ def _decode_track(container, stream, native: int, start: float, stop: float, *, 
     return t0, chunks
 
 
+def has_audio_track(mp4_path: str | Path) -> bool:
+    """Whether a video file holds an audio stream (its header only, nothing decoded); False when it does not
+    open (``leap info``'s length check reports that)."""
+    import av
+
+    try:
+        with av.open(str(mp4_path)) as container:
+            return bool(container.streams.audio)
+    except (av.error.FFmpegError, OSError):
+        return False
+
+
 def read_video_audio(mp4_path: str | Path, start: float, stop: float, sample_rate: int = 16000, *,
                      record: str | None = None) -> np.ndarray:
     """Samples of ``[start, stop)`` seconds of a video's own audio track, float32 mono at ``sample_rate``."""

@@ -21,6 +21,25 @@ class ProgramComparison:
     predicted_conditions: list[list[str]]
 
 
+class SkippedSegment(LeapError):
+    """The shards manifest lists the segment as skipped by build-shards (``reason`` says why): there is no
+    sample to predict from."""
+
+    def __init__(self, narration_id: str, reason: str, folder: Path):
+        super().__init__(f"build-shards skipped {narration_id} ({reason}): no sample, so no prediction", path=folder,
+                         record=narration_id, fix="fix what the reason names and rebuild the shards (leap build-shards)")
+        self.reason = reason
+
+
+def _check_not_skipped(folder: Path, narration_id: str) -> None:
+    from leap_cli.shards.format import load_manifest
+
+    manifest, _ = load_manifest(folder)
+    for entry in manifest.get("skipped") or []:
+        if entry.get("narration_id") == narration_id:
+            raise SkippedSegment(narration_id, str(entry.get("reason") or "no reason recorded"), folder)
+
+
 def _read_sample(folder: Path, narration_id: str, ds) -> dict:
     from leap_cli.shards.format import REBUILD_FIX, group_sample, parse_members, read_sample_at, sample_crc
 
@@ -59,15 +78,17 @@ def _conditions(vocab, probs: torch.Tensor, n: int, threshold: float = 0.5) -> l
 
 
 def predicted_program(run: str | Path, narration_id: str, shards: str | Path, checkpoint: str = "best") -> ProgramComparison:
-    """Decode ``narration_id``'s clip with the run's model (greedy, central view) and read its target."""
+    """Decode ``narration_id``'s clip with the run's model (greedy, central view) and read its target. Raises
+    ``SkippedSegment`` (before the model is loaded) when build-shards skipped the segment."""
     from leap_cli.programs.targets import TargetVocab
     from leap_cli.shards.dataset import ShardDataset
     from leap_cli.train.checkpoint import load_model
 
+    folder = Path(shards)
+    _check_not_skipped(folder, narration_id)
     model, ckpt = load_model(run, which=checkpoint)
     if model.decoder is None:
         raise LeapError("this run's model has no program heads", path=run, fix="train with program_heads and the program loss")
-    folder = Path(shards)
     ds = ShardDataset(folder, train=False, num_frames=int(ckpt["model_args"]["num_frames"]),
                       img_size=int(ckpt["model_args"]["img_size"]), rank=0, world_size=1)
     targets = ckpt.get("targets") or ds.manifest.get("targets")

@@ -21,7 +21,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -387,6 +387,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 raise LeapError(f"the config differs from the checkpoint's ({'; '.join(changed)}); resuming "
                                 f"would mix two trainings", path=ckpt_dir / "last.pt", record="config",
                                 fix="resume with the run's config.yaml, or pass --force to start the run over")
+            cfg = _keep_initial_weights(cfg, old_config)
         elif not start_over and (ckpt_dir / "last.pt").exists():
             raise LeapError("run directory already holds a checkpoint", path=run_dir,
                             fix="continue it with --resume, start it over with --force, or pick another --name")
@@ -528,10 +529,20 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         distributed.cleanup()
 
 
-# Keys a resume may change: where and how fast the run goes, not what it computes.
+# Keys a resume may change: where and how fast the run goes, not what it computes. model.pretrained and
+# model.allow_partial_load are read only when a run starts (a resume takes the weights from last.pt).
 RESUME_MAY_CHANGE = frozenset({"train.device", "train.threads", "train.log_every", "train.checkpoint_every",
                                "data.num_workers", "data.eval_batch_size", "data.val", "data.train",
-                               "model.compile"})
+                               "model.compile", "model.pretrained", "model.allow_partial_load"})
+
+
+def _keep_initial_weights(cfg: Config, old_config: dict) -> Config:
+    """A resumed run's config keeps the weights it started from (config.yaml and the checkpoints record them),
+    whatever the resuming command's model.pretrained says."""
+    old = old_config.get("model") or {}
+    model = replace(cfg.model, pretrained=old.get("pretrained"),
+                                allow_partial_load=bool(old.get("allow_partial_load", False)))
+    return replace(cfg, model=model)
 
 
 def prepare_model(model: nn.Module, cfg: Config, info: distributed.DistInfo) -> nn.Module:
