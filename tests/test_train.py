@@ -223,7 +223,7 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     part = main(cfg, workdir=tmp_path, name="split", source=source, stop_at_step=3)
     assert part.steps == 3
     mid = torch.load(tmp_path / "runs/split/checkpoints/last.pt", weights_only=True)
-    assert mid["data_position"] == {"epoch": 0, "batches": 6}
+    assert mid["data_position"] == {"epoch": 0, "batches": 6, "world_size": 1}
     with pytest.raises(LeapError, match="--resume"):
         main(cfg, workdir=tmp_path, name="split", source=source)
     resumed = main(cfg, workdir=tmp_path, name="split", source=source, resume=True)
@@ -252,7 +252,7 @@ def test_resume_after_a_kill_between_validation_and_checkpoint_writes_each_row_o
     with pytest.raises(SystemExit):
         main(cfg, workdir=tmp_path, name="split", source=source, on_eval=killed)
     mid = torch.load(tmp_path / "runs/split/checkpoints/last.pt", weights_only=True)
-    assert mid["data_position"] == {"epoch": 0, "batches": 4}  # the position before validation
+    assert mid["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1}  # the position before validation
     main(cfg, workdir=tmp_path, name="split", source=source, resume=True)
 
     def rows(name: str) -> list[tuple]:
@@ -562,6 +562,26 @@ def test_resume_without_the_pretrained_set_is_accepted(tmp_path: Path) -> None:
     assert "k710_uniformerv2_b16_8x224.pyth" in (tmp_path / "runs/r/config.yaml").read_text()
 
 
+def test_resume_by_another_number_of_processes_is_refused(tmp_path: Path) -> None:
+    """A run started by torchrun on 8 processes and resumed by one (README's old resume line) would replay another
+    data order from another position, with a smaller batch per step: refused, naming both counts."""
+    from leap_cli.train.checkpoint import save_checkpoint
+
+    main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=1)
+    last = tmp_path / "runs/r/checkpoints/last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    assert ckpt["data_position"]["world_size"] == 1
+    ckpt["data_position"]["world_size"] = 8
+    save_checkpoint(last, ckpt)
+    with pytest.raises(LeapError, match=r"trained by 8 process\(es\) and is resumed by 1") as e:
+        main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="r", source=MemorySource(val=False), resume=True)
+    assert e.value.record == "world_size" and "--nproc_per_node" in e.value.fix
+    del ckpt["data_position"]["world_size"]  # a checkpoint from before the count was kept: resumed as before
+    save_checkpoint(last, ckpt)
+    assert main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="r", source=MemorySource(val=False),
+                resume=True).steps == 2
+
+
 class SignalSource(MemorySource):
     """Sends a signal to this process while the loop reads the given batch (as Slurm's preemption would)."""
 
@@ -590,7 +610,7 @@ def test_signal_saves_a_resumable_checkpoint_at_the_step_boundary(tmp_path: Path
     assert part.interrupted == signame and part.steps == 2
     assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
     ckpt = torch.load(tmp_path / "runs/cut/checkpoints/last.pt", weights_only=True)
-    assert ckpt["step"] == 2 and ckpt["data_position"] == {"epoch": 0, "batches": 4}
+    assert ckpt["step"] == 2 and ckpt["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1}
     done = main(cfg, workdir=tmp_path, name="cut", source=MemorySource(batches_per_epoch=8, val=False), resume=True)
     assert done.steps == 6 and done.interrupted is None and full.steps == 6
     a = torch.load(tmp_path / "runs/full/checkpoints/last.pt", weights_only=True)["model"]

@@ -4,7 +4,7 @@ A checkpoint is a dict of tensors and primitives only::
 
     {"model": state_dict, "model_args": dict, "config": dict (resolved Config.to_dict()),
      "optimizer": state_dict, "scheduler": dict, "scaler": dict, "step": int, "epoch": int,
-     "best_metric": float, "rng": {...}, "data_position": {"epoch": int, "batches": int}}
+     "best_metric": float, "rng": {...}, "data_position": {"epoch": int, "batches": int, "world_size": int}}
 
 Files: ``runs/NAME/checkpoints/last.pt`` (every ``train.checkpoint_every`` steps, each epoch and at the end)
 and ``best.pt`` (best validation action top-1).

@@ -388,6 +388,13 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                                 f"would mix two trainings", path=ckpt_dir / "last.pt", record="config",
                                 fix="resume with the run's config.yaml, or pass --force to start the run over")
             cfg = _keep_initial_weights(cfg, old_config)
+            was = resume_ckpt.get("data_position", {}).get("world_size")  # (checkpoints before it was kept: None)
+            if was is not None and was != info.world_size:
+                raise LeapError(f"the run was trained by {was} process(es) and is resumed by {info.world_size}: the "
+                                "data order, the position in the epoch and the batch of a step depend on it",
+                                path=ckpt_dir / "last.pt", record="world_size",
+                                fix=f"resume with the same launch (torchrun --nproc_per_node ... giving {was} "
+                                    "processes in all), or pass --force to start the run over")
         elif not start_over and (ckpt_dir / "last.pt").exists():
             raise LeapError("run directory already holds a checkpoint", path=run_dir,
                             fix="continue it with --resume, start it over with --force, or pick another --name")
@@ -464,7 +471,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": state.step,
                 "targets": source.program_targets,  # the token vocabularies, to read predicted programs back
                 "epoch": state.epoch, "best_metric": state.best_metric, "rng": rng_state(),
-                "data_position": {"epoch": state.epoch, "batches": state.batches}})
+                "data_position": {"epoch": state.epoch, "batches": state.batches, "world_size": info.world_size}})
 
         def log_step(rec: dict) -> None:
             if info.is_main and not rec.get("partial"):
