@@ -126,7 +126,10 @@ def test_bad_values_are_refused_at_the_option(tmp_path):
                        (["extract", "--split", "train", "--hand-threshold", "-0.5"], "--hand-threshold"),
                        (["extract", "--split", "train", "--fov", "0"], "--fov"),
                        (["generate-programs", "--split", "train", "--k", "-1"], "--k"),
-                       (["build-shards", "--split", "train", "--workers", "-2"], "--workers")):
+                       (["build-shards", "--split", "train", "--workers", "-2"], "--workers"),
+                       (["extract", "--split", "train", "--cache-frames", "-1"], "--cache-frames"),  # was a traceback
+                       (["demo", "--segments", "1"], "--segments"),
+                       (["ablate", "--seeds", "0"], "--seeds")):
         r = leap(*args, "--workdir", str(tmp_path))
         assert r.returncode == 2 and name in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     r = leap("demo-data", "--segments", "1", "--out", str(tmp_path / "k"))  # it named segments_per_video

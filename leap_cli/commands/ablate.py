@@ -22,16 +22,16 @@ def register(app: typer.Typer) -> None:
 
 def ablate(
     workdir: Path = typer.Option(Path("leap-work/ablation"), "--workdir", help="Folder for the kitchen, shards, runs and the table."),
-    seeds: int = typer.Option(len(_D.seeds), "--seeds", help="Seeds per cell (0..N-1)."),
-    epochs: int = typer.Option(_D.epochs, "--epochs", help="Training epochs per recognition run."),
-    anticipation_epochs: int = typer.Option(_D.anticipation_epochs, "--anticipation-epochs",
+    seeds: int = typer.Option(len(_D.seeds), "--seeds", min=1, help="Seeds per cell (0..N-1)."),
+    epochs: int = typer.Option(_D.epochs, "--epochs", min=1, help="Training epochs per recognition run."),
+    anticipation_epochs: int = typer.Option(_D.anticipation_epochs, "--anticipation-epochs", min=1,
                                             help="Training epochs per anticipation run (three clips per sample)."),
-    videos: int = typer.Option(_D.videos, "--videos", help="Kitchen videos."),
-    segments: int = typer.Option(_D.segments_per_video, "--segments-per-video", help="Kitchen segments per video."),
+    videos: int = typer.Option(_D.videos, "--videos", min=2, help="Kitchen videos."),
+    segments: int = typer.Option(_D.segments_per_video, "--segments-per-video", min=2, help="Kitchen segments per video."),
     sources: str = typer.Option(",".join(_D.sources), "--sources", help="Program sources, comma-separated."),
     no_anticipation: bool = typer.Option(False, "--no-anticipation", help="Recognition cells only."),
     anticipation_sources: str = typer.Option(",".join(_D.anticipation_sources or ("all",)), "--anticipation-sources", help="Program sources of the anticipation cells ('all': every source with programs)."),
-    span_frames: int = typer.Option(_D.span_frames, "--span-frames", help="Anticipation clips: source frames each clip spans."),
+    span_frames: int = typer.Option(_D.span_frames, "--span-frames", min=1, help="Anticipation clips: source frames each clip spans."),
     config: str = typer.Option(_D.config, "--config", help="Training config (bundled name or YAML file)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config key of every run (repeatable)."),
 ) -> None:

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
 def demo(
     workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory for every stage's files."),
     videos: int = typer.Option(8, "--videos", min=1, help="Videos in the synthetic kitchen."),
-    segments: int = typer.Option(48, "--segments", min=1, help="Action segments per video."),
+    segments: int = typer.Option(48, "--segments", min=2, help="Action segments per video."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic kitchen."),
     config: Path = typer.Option(None, "--config", help="Training config (default tiny-synthetic)."),
     set_: list[str] = typer.Option([], "--set", help="Override a training config key, e.g. --set train.epochs=2 (repeatable)."),

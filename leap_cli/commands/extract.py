@@ -90,9 +90,9 @@ def extract(
         None, "--frame-cache",
         help="Folder for build-shards' recognition frames, JPEG-encoded from extract's own decode so that "
              "build-shards does not decode the videos again (default WORKDIR/frame-cache; 'none' turns it off)."),
-    cache_frames: int = typer.Option(16, "--cache-frames", help="Frames per segment in the frame cache "
+    cache_frames: int = typer.Option(16, "--cache-frames", min=1, help="Frames per segment in the frame cache "
                                                                   "(= build-shards --frames)."),
-    cache_short_side: int = typer.Option(256, "--cache-short-side", help="Short side of the cached frames "
+    cache_short_side: int = typer.Option(256, "--cache-short-side", min=16, help="Short side of the cached frames "
                                                                           "(= build-shards --short-side)."),
     strict: bool = typer.Option(False, "--strict", help="Exit 3 when any segment has a failed component "
                                                         "(without it: only when every segment does)."),
