@@ -150,7 +150,7 @@ def generate_programs(
         console.print(f"... and {len(summary.failures) - 10} more (see leap validate-programs)")
     from leap_cli.outcome import Outcome
 
-    outcome = Outcome("generate-programs")  # the exit rule every stage shares: 3 when every record failed
+    outcome = Outcome("generate-programs")  # the exit rule of the record-writing stages: 3 when every record failed
     outcome.attempt(sum(st.values()))
     for _, msg in summary.failures:  # invalid or failed, counted by cause
         outcome.fail(failure_cause(str(msg)))

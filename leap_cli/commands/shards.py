@@ -111,7 +111,7 @@ def build_shards(
         shown = "; ".join(f"{x['narration_id']}: {x['reason']}" for x in m["skipped"][:5])
         console.print(f"[yellow]{len(m['skipped'])} segment(s) skipped[/] (listed in the manifest): {escape(shown)}"
                       + (" ..." if len(m["skipped"]) > 5 else ""))
-    outcome = Outcome("build-shards")  # the exit rule every stage shares (leap_cli/outcome.py)
+    outcome = Outcome("build-shards")  # the exit rule of the record-writing stages (leap_cli/outcome.py)
     outcome.attempt(c["segments"])
     for x in m["skipped"]:  # a manifest from before skips had a cause: the start of the reason
         outcome.fail(x.get("cause") or re.sub(r"^video \S+ ", "video ", x["reason"].split(":")[0]))
