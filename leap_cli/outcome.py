@@ -1,4 +1,5 @@
-"""How a stage ends: failures counted by cause, and the exit status every stage shares.
+"""How a stage ends: failures counted by cause, and the exit status of the stages that write records (extract,
+generate-programs, build-shards; validate-programs and check-shards have their own: docs/options.md, "Exit status").
 
 A stage counts the records it attempted and, for each failed record, its cause (a short, path-free text such
 as ``"camera: ZeroDivisionError"``). The exit status follows one rule:

@@ -28,7 +28,8 @@ def ablate(
                                             help="Training epochs per anticipation run (three clips per sample)."),
     videos: int = typer.Option(_D.videos, "--videos", min=2, help="Kitchen videos."),
     segments: int = typer.Option(_D.segments_per_video, "--segments-per-video", min=2, help="Kitchen segments per video."),
-    sources: str = typer.Option(",".join(_D.sources), "--sources", help="Program sources, comma-separated."),
+    sources: str = typer.Option(",".join(_D.sources), "--sources", help="Program sources, comma-separated: truth (the kitchen's "
+                                  "true programs), offline (the offline generator's), none (no programs)."),
     no_anticipation: bool = typer.Option(False, "--no-anticipation", help="Recognition cells only."),
     anticipation_sources: str = typer.Option(",".join(_D.anticipation_sources or ("all",)), "--anticipation-sources", help="Program sources of the anticipation cells ('all': every source with programs)."),
     span_frames: int = typer.Option(_D.span_frames, "--span-frames", min=1, help="Anticipation clips: source frames each clip spans."),

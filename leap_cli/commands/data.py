@@ -18,10 +18,12 @@ def register(app: typer.Typer) -> None:
 
 def demo_data(
     out: Path = typer.Option(Path("leap-work/kitchen"), "--out", help="Folder to write the synthetic kitchen into."),
-    videos: int = typer.Option(8, "--videos", min=1, help="Number of videos (each about two minutes of short actions)."),
+    videos: int = typer.Option(8, "--videos", min=1, help="Number of videos (about two minutes each at the default "
+                               "--segments; the length grows with it)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
     segments: int = typer.Option(48, "--segments", min=2, help="Action segments per video."),
-    force: bool = typer.Option(False, "--force", help="Rebuild even if the folder already holds this kitchen."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even if the folder already holds this kitchen, or overwrite "
+                               "a non-empty folder that holds no kitchen (one of another config is rebuilt without it)."),
     clean: bool = typer.Option(False, "--clean", help="Debugging only: publish the truth (exact hand-object boxes, "
                                "labelled object boxes, COLMAP poses, quiet background) instead of what EPIC publishes."),
 ) -> None:

@@ -31,7 +31,8 @@ def generate_programs(
     backend: str = typer.Option(None, "--backend", help="offline (the default: deterministic baseline, no network) or "
                                                      "openai (the only one with --batch-file/--ingest-batch)."),
     model: str = typer.Option("gpt-4o-mini", "--model", help="Model name sent to the endpoint."),
-    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "
+                                                     "(default: $OPENAI_BASE_URL, else https://api.openai.com/v1)."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight at once."),
     workers_alias: int = typer.Option(None, "--workers", min=1, hidden=True),  # old spelling of --concurrency
@@ -150,7 +151,7 @@ def generate_programs(
         console.print(f"... and {len(summary.failures) - 10} more (see leap validate-programs)")
     from leap_cli.outcome import Outcome
 
-    outcome = Outcome("generate-programs")  # the exit rule every stage shares: 3 when every record failed
+    outcome = Outcome("generate-programs")  # the exit rule of the record-writing stages: 3 when every record failed
     outcome.attempt(sum(st.values()))
     for _, msg in summary.failures:  # invalid or failed, counted by cause
         outcome.fail(failure_cause(str(msg)))

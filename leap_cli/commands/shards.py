@@ -51,8 +51,9 @@ def build_shards(
     short_side: int = typer.Option(256, "--short-side", min=16, help="Short side of the stored JPEG frames, in pixels."),
     jpeg_quality: int = typer.Option(90, "--jpeg-quality", min=1, max=100, help="JPEG quality of the stored frames (1-100)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes decoding videos in parallel (bytes do not depend on it)."),
-    shard: str = typer.Option(None, "--shard", help="Write part i of n (i/n, videos split between jobs); merge by "
-                                                    "reading the folder once all n parts exist."),
+    shard: str = typer.Option(None, "--shard", help="Write part i of n (i/n, 0-based; videos split between jobs) into "
+                                                    "the same --out; the part that finishes last writes the merged "
+                                                    "manifest.json."),
     max_shard_size: str = typer.Option("1GB", "--max-shard-size", help="Start a new tar file beyond this size."),
     max_count: int = typer.Option(0, "--max-count", min=0, help="Start a new tar file after this many samples (0: no limit)."),
     tau_a: float = typer.Option(1.0, "--tau-a", min=0.0, help="Anticipation: seconds between the observed window's end and "
@@ -111,7 +112,7 @@ def build_shards(
         shown = "; ".join(f"{x['narration_id']}: {x['reason']}" for x in m["skipped"][:5])
         console.print(f"[yellow]{len(m['skipped'])} segment(s) skipped[/] (listed in the manifest): {escape(shown)}"
                       + (" ..." if len(m["skipped"]) > 5 else ""))
-    outcome = Outcome("build-shards")  # the exit rule every stage shares (leap_cli/outcome.py)
+    outcome = Outcome("build-shards")  # the exit rule of the record-writing stages (leap_cli/outcome.py)
     outcome.attempt(c["segments"])
     for x in m["skipped"]:  # a manifest from before skips had a cause: the start of the reason
         outcome.fail(x.get("cause") or re.sub(r"^video \S+ ", "video ", x["reason"].split(":")[0]))
@@ -121,7 +122,8 @@ def build_shards(
 
 
 def check_shards(
-    shards: Path = typer.Option(None, "--shards", help="Shards folder (default WORKDIR/shards/SPLIT)."),
+    shards: Path = typer.Option(None, "--shards", help="Shards folder (default WORKDIR/shards/SPLIT; with "
+                                                         "--task anticipation: WORKDIR/shards/SPLIT-anticipation)."),
     split: str = typer.Option(None, "--split", help="Split whose shards to check (required without --shards)."),
     task: str = typer.Option("recognition", "--task", help="recognition or anticipation (which default folder)."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory holding every stage's files."),

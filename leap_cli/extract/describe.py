@@ -6,7 +6,7 @@ Format (one line per part, each ``Prefix: free text.``; the first line is ``Clip
     Narration: "cut carrot" (verb: cut, noun: carrot).
     Timeline: [0.0-2.7 s] sound: rhythmic chopping; [0.3-2.5 s] right hand touches knife; ...
     Audio: rhythmic chopping 0.0-2.7 s (peak -20 dBFS, 8 onsets).
-    Camera: unavailable (segment extends past the end of the video).
+    Camera: unavailable (the window ends 0.87 s after the decodable end of the video (14.25 s, 854 frames)).
     Objects: knife (right, near right hand; 0.0-2.7 s, 100% of frames, conf 0.90).
     Hands: left hand free; right hand: knife 0.3-2.5 s.
 

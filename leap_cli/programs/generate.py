@@ -170,7 +170,8 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
 
 def annotations_for(cfg: GenerateConfig) -> Annotations | None:
     """The annotations, or None when neither --data nor --annotations is given and the work directory holds no
-    data set (descriptor records alone are enough to generate programs)."""
+    data set; the callers then stop, since the class files are needed to resolve verbs and objects (descriptor
+    records alone are not enough)."""
     if cfg.annotations is None and cfg.data is None and not (dataset_root(cfg.workdir) / "annotations").is_dir():
         return None
     return open_annotations(cfg.workdir, cfg.data, cfg.annotations)

@@ -2,7 +2,7 @@
 
 The same tiny model is trained with L_CE only; + L_T; + L_PC; + both (recognition), and, for anticipation
 (three 256-frame clips before the action), L_CE only, both program losses without and with the aggregation of
-the clips' program predictions (with the true programs only, by default: anticipation runs cost ~3x). Each cell
+the clips' program predictions (with the true programs only, by default: anticipation epochs cost ~4x). Each cell
 runs over several seeds, with programs from three sources:
 
 - ``truth``: the kitchen's true programs (what the videos act out: the ceiling of program supervision);
