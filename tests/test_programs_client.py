@@ -398,7 +398,7 @@ def test_background_writes_are_read_back_and_a_failed_one_is_raised_and_kept(tmp
 
 
 def test_generate_programs_exits_3_when_every_record_failed(workdir, good_programs):  # noqa: F811
-    """The exit rule every stage shares (leap_cli/outcome.py): it exited 0 with every record failed."""
+    """The exit rule of the stages (leap_cli/outcome.py, docs/options.md): it exited 0 with every record failed."""
     from typer.testing import CliRunner
 
     from leap_cli.cli import app

@@ -686,3 +686,13 @@ def test_an_empty_or_cut_checkpoint_is_one_line(tmp_path: Path) -> None:
         with pytest.raises(LeapError, match=says) as e:
             load_checkpoint(tmp_path / name)
         assert e.value.path == str(tmp_path / name) and "\n" not in e.value.one_line()
+
+
+def test_a_real_backbone_without_pretrained_weights_is_said_to_start_from_random() -> None:
+    from leap_cli.train.config import load_config
+    from leap_cli.train.loop import random_start
+
+    epic = load_config("uniformerv2-b16-epic")
+    assert epic.model.pretrained is None and "starts from random weights" in random_start(epic)
+    assert random_start(load_config("uniformerv2-b16-epic", ["model.pretrained=/m/ViT-B-16.pt"])) is None
+    assert random_start(tiny_config()) is None  # the CPU demo's tiny model has no weights to start from

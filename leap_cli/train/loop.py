@@ -416,6 +416,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                             ) from None
         if cfg.model.pretrained and resume_ckpt is None:
             _load_pretrained(model, cfg.model.pretrained, cfg.model.allow_partial_load)
+        elif resume_ckpt is None and info.is_main and (why := random_start(cfg)):
+            log.warning(why)
         model = prepare_model(model, cfg, info)
         optimizer = build_optimizer(model, cfg.optim)
         accum = cfg.optim.accum_steps
@@ -569,6 +571,15 @@ def wrap_model(model: nn.Module, cfg: Config, info: distributed.DistInfo) -> nn.
     if cfg.model.compile:
         model = torch.compile(model)
     return model
+
+
+def random_start(cfg: Config) -> str | None:
+    """What to say when a real backbone would train from random weights (no ``model.pretrained``): the GPU
+    configs ship with ``pretrained: null``, and a run of days from random weights is rarely what was meant."""
+    if cfg.model.pretrained or cfg.model.backbone == "uniformerv2_tiny":
+        return None
+    return (f"model.pretrained is not set: {cfg.model.backbone} starts from random weights; UniFormerV2 is "
+            "trained from CLIP or Kinetics weights (--set model.pretrained=FILE, docs/model.md says which file)")
 
 
 def _load_pretrained(model: nn.Module, path: str, allow_partial: bool = False) -> None:
