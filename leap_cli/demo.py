@@ -2,7 +2,10 @@
 
 Each stage runs as its own ``leap`` command (the files between stages are the only interface), and each resumes
 on its own, so running the demo again reuses what is done: the kitchen is not rebuilt, finished descriptors and
-programs are skipped, complete shards are kept, a finished training run is resumed as a no-op.
+programs are skipped, complete shards are kept, a finished training run is resumed as a no-op (evaluation and
+submit run again). The demo's own settings (kitchen size and seed, training config and overrides, frames) are kept
+in ``WORKDIR/demo.settings.json``: a rerun with others is refused before any stage runs (they would mix a kitchen
+of one size with descriptors and a run of another), unless ``force``, which starts every stage's output over.
 """
 
 from __future__ import annotations
@@ -33,6 +36,34 @@ class DemoConfig:
     frames: int = 8
     short_side: int = 80
     ablate: bool = False  # also run `leap ablate` (~20 min on 2 CPU cores) into WORKDIR/ablation
+    force: bool = False  # start every stage's output over (each stage's --force)
+
+    def settings(self) -> dict:
+        """What the demo's outputs depend on (not --workers, --ablate or --force)."""
+        return {"videos": self.videos, "segments": self.segments, "seed": self.seed,
+                "config": str(self.config or default_config().stem), "train_overrides": list(self.train_overrides),
+                "frames": self.frames, "short_side": self.short_side}
+
+
+def check_demo(cfg: DemoConfig) -> None:
+    """Refuse, before any stage runs, what the stages would fail on late or mix silently: another demo's work
+    directory (other settings), a kitchen too small to train on or to have a test split."""
+    from leap_cli.io import check_settings
+    from leap_cli.synth.kitchen import KitchenConfig, assign_videos
+    from leap_cli.train.config import load_config
+
+    if cfg.videos < 3:
+        raise LeapError(f"--videos {cfg.videos}: the kitchen has a test split (and so a submission) from 3 videos on",
+                        fix="pass --videos 3 or more")
+    train_videos = sum(v.split == "train" for v in assign_videos(KitchenConfig(videos=cfg.videos)))
+    batch = load_config(cfg.config or default_config(), list(cfg.train_overrides)).data.batch_size
+    if train_videos * cfg.segments < batch:
+        need = -(-batch // train_videos)
+        raise LeapError(f"--videos {cfg.videos} --segments {cfg.segments} give {train_videos * cfg.segments} training "
+                        f"segments, fewer than one batch (data.batch_size={batch})",
+                        fix=f"pass --segments {need} or more, or --set data.batch_size={train_videos * cfg.segments}")
+    check_settings(cfg.workdir / "demo", cfg.settings(), force=cfg.force, remove=lambda: None,
+                   exists=(cfg.workdir / "kitchen").exists(), option="--force (every stage starts over)")
 
 
 @dataclass
@@ -53,26 +84,30 @@ def plan(cfg: DemoConfig) -> list[StageRun]:
     config = cfg.config or default_config()
     run_name = config.stem
     run_dir = cfg.workdir / "runs" / run_name
+    force = ["--force"] if cfg.force else []
     stages = [StageRun("demo-data", ["demo-data", "--out", f"{w}/kitchen", "--videos", str(cfg.videos),
-                                     "--segments", str(cfg.segments), "--seed", str(cfg.seed)])]
+                                     "--segments", str(cfg.segments), "--seed", str(cfg.seed), *force])]
     for split in ("train", "val", "test"):
         stages.append(StageRun(f"extract {split}", ["extract", "--split", split, "--workdir", w,
                                                    "--workers", str(cfg.workers),
                                                    # the frame cache at the shards' settings: build-shards reads it
                                                    "--cache-frames", str(cfg.frames),
-                                                   "--cache-short-side", str(cfg.short_side)]))
+                                                   "--cache-short-side", str(cfg.short_side), *force]))
     for split in ("train", "val"):
-        stages.append(StageRun(f"generate-programs {split}", ["generate-programs", "--split", split, "--workdir", w]))
+        stages.append(StageRun(f"generate-programs {split}", ["generate-programs", "--split", split, "--workdir", w,
+                                                             *force]))
     stages.append(StageRun("validate-programs", ["validate-programs", f"{w}/programs/train.jsonl",
                                                  "--workdir", w, "--html", f"{w}/programs/train.report.html"]))
     for split in ("train", "val", "test"):
         stages.append(StageRun(f"build-shards {split}", ["build-shards", "--split", split, "--workdir", w,
                                                         "--frames", str(cfg.frames), "--short-side", str(cfg.short_side),
-                                                        "--workers", str(cfg.workers)]))
+                                                        "--workers", str(cfg.workers), *force]))
     train = ["train", "--config", str(config), "--workdir", w]
     for o in cfg.train_overrides:
         train += ["--set", o]
-    if (run_dir / "checkpoints" / "last.pt").exists():
+    if cfg.force:
+        train.append("--force")
+    elif (run_dir / "checkpoints" / "last.pt").exists():
         train.append("--resume")
     stages.append(StageRun("train", train))
     stages.append(StageRun("evaluate val", ["evaluate", "--split", "val", "--run", str(run_dir), "--workdir", w]))
@@ -84,16 +119,44 @@ def plan(cfg: DemoConfig) -> list[StageRun]:
     return stages
 
 
+STOP_GRACE = 5.0  # s a stage has to stop by itself after the demo was interrupted (Ctrl-C reaches both)
+
+
 def run_stage(stage: StageRun) -> StageRun:
-    """Run one stage as ``python -m leap_cli ...``; its own progress and summary go to the terminal."""
+    """Run one stage as ``python -m leap_cli ...``; its own progress and summary go to the terminal. If the demo
+    is stopped (Ctrl-C reaches the stage too; ``kill PID``, ``timeout`` or a job runner may signal the demo
+    alone), the stage gets ``STOP_GRACE`` seconds to stop as it does on Ctrl-C, then SIGTERM (training saves
+    last.pt first), and the demo waits for it before stopping."""
     t = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "leap_cli", *stage.argv])
+    proc = subprocess.Popen([sys.executable, "-m", "leap_cli", *stage.argv])
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        _stop(proc)
+        raise
     stage.seconds = time.perf_counter() - t
     stage.returncode = proc.returncode
     if proc.returncode != 0:
         raise LeapError(f"stage `leap {' '.join(stage.argv)}` failed with exit code {proc.returncode}",
                         record=stage.name, fix="see its message above; fix it and run the demo again (done work is kept)")
     return stage
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    import signal
+
+    for send, wait in ((None, STOP_GRACE), (signal.SIGTERM, 120.0), (signal.SIGKILL, 10.0)):
+        if send is not None:
+            proc.send_signal(send)
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:  # asked again: stop it at once
+            proc.kill()
+            proc.wait()
+            return
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -149,7 +212,12 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
     for split in ("val",):
         mfile = run_dir / "eval" / split / "metrics.json"
         if mfile.exists():
-            rows.append((f"evaluate {split}", str(mfile), _metrics_text(json.loads(mfile.read_text()))))
+            m = json.loads(mfile.read_text())
+            meta = m.get("meta") or {}
+            # the checkpoint chosen by validation action top-1 (best.pt), not the run's last state of the row above
+            which = f" ({meta['checkpoint']}.pt, step {meta['step']})" if "checkpoint" in meta and "step" in meta else ""
+            unscored = f"; {m['not_scored']} of {m['segments']} segments not scored" if m.get("not_scored") else ""
+            rows.append((f"evaluate {split}{which}", str(mfile), _metrics_text(m) + unscored))
     sub = w / "submission.zip"
     if sub.exists():
         rows.append(("submit", str(sub), f"{sub.stat().st_size / 1024:.0f} KiB, test segments {counts['test']}"))

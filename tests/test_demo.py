@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 
 import pytest
@@ -65,6 +66,50 @@ def test_demo_again_reuses_what_is_done(demo):
                                                                          read_jsonl(work / "descriptors" / "train.jsonl")})
     steps = [r["step"] for r in read_jsonl(work / "runs" / "tiny-synthetic" / "metrics.jsonl") if r["split"] == "train"]
     assert steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+def test_demo_with_other_settings_is_refused_before_any_stage(demo):
+    """A rerun with another kitchen size rebuilt the kitchen, kept the old descriptors beside new ones and failed at
+    build-shards asking for an option the demo does not have; another --set failed at train the same way."""
+    work, _, _ = demo
+    before = (work / "descriptors" / "train.jsonl").read_bytes()
+    for extra, says in ((["--segments", "12", "--set", "train.epochs=1"], "segments: 10 -> 12"),
+                        (["--segments", "10"], "train_overrides")):
+        r = leap("demo", "--workdir", str(work), "--videos", "4", "--frames", "4", "--short-side", "64", *extra)
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and says in lines[0] and "--force" in lines[0], r.stderr
+        assert "leap demo-data" not in r.stdout  # refused before the first stage
+    assert (work / "descriptors" / "train.jsonl").read_bytes() == before
+
+
+def test_demo_refuses_a_kitchen_it_cannot_train_on_or_submit_from(tmp_path):
+    from leap_cli.demo import DemoConfig, check_demo, plan
+    from leap_cli.errors import LeapError
+
+    with pytest.raises(LeapError, match="test split"):
+        check_demo(DemoConfig(workdir=tmp_path, videos=2))
+    with pytest.raises(LeapError, match=r"--segments 4 give 4 training segments.*--segments 16 or more"):
+        check_demo(DemoConfig(workdir=tmp_path, videos=3, segments=4))
+    check_demo(DemoConfig(workdir=tmp_path, videos=3, segments=4, train_overrides=("data.batch_size=4",)))
+    assert not (tmp_path / "kitchen").exists()  # a check, nothing built
+    forced = plan(DemoConfig(workdir=tmp_path, force=True))
+    assert all("--force" in s.argv for s in forced if s.name.split()[0] in
+               ("demo-data", "extract", "generate-programs", "build-shards", "train"))
+
+
+def test_a_stage_the_interrupt_did_not_reach_is_stopped_gracefully(monkeypatch):
+    """`kill PID` or `timeout` signal the demo alone: its stage (training) was SIGKILLed 0.25 s later, before
+    saving last.pt; now it gets SIGTERM, which a stage handles like Ctrl-C."""
+    import signal
+
+    import leap_cli.demo as demo_mod
+
+    monkeypatch.setattr(demo_mod, "STOP_GRACE", 0.2)
+    proc = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                             "signal.signal(signal.SIGTERM, lambda *a: sys.exit(43))\ntime.sleep(60)"])
+    time.sleep(0.5)
+    demo_mod._stop(proc)
+    assert proc.returncode == 43  # it got SIGTERM and stopped its own way
 
 
 def test_show_prints_the_program_tree_and_descriptors(demo):

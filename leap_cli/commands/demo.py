@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
 
 def demo(
     workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory for every stage's files."),
-    videos: int = typer.Option(8, "--videos", min=1, help="Videos in the synthetic kitchen."),
+    videos: int = typer.Option(8, "--videos", min=3, help="Videos in the synthetic kitchen (3 or more: one is the "
+                                                         "test split)."),
     segments: int = typer.Option(48, "--segments", min=2, help="Action segments per video."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic kitchen."),
     config: Path = typer.Option(None, "--config", help="Training config (default tiny-synthetic)."),
@@ -30,12 +31,16 @@ def demo(
     short_side: int = typer.Option(80, "--short-side", min=16, help="Short side of the stored frames in pixels."),
     ablate: bool = typer.Option(False, "--ablate", help="Also run `leap ablate` (the program-supervision ablation, "
                                                         "~20 min on 2 CPU cores) into WORKDIR/ablation and show its table."),
+    force: bool = typer.Option(False, "--force", help="Start every stage's output in WORKDIR over (a rerun with other "
+                                                      "--videos/--segments/--seed/--config/--set/--frames is refused "
+                                                      "without it)."),
 ) -> None:
-    from leap_cli.demo import DemoConfig, collect, plan, run_stage
+    from leap_cli.demo import DemoConfig, check_demo, collect, plan, run_stage
 
     cfg = DemoConfig(workdir=workdir, videos=videos, segments=segments, seed=seed, config=config,
                      train_overrides=tuple(set_), workers=workers, frames=frames, short_side=short_side,
-                     ablate=ablate)
+                     ablate=ablate, force=force)
+    check_demo(cfg)
     t0 = time.perf_counter()
     timings = []
     for stage in plan(cfg):
