@@ -148,6 +148,20 @@ def test_show_prints_markup_in_user_text_as_text(tmp_path):
     assert "put [red]towel[/] down [/bold]" in r.stdout
 
 
+def test_show_checks_the_run_first_and_titles_a_segment_without_narration_by_its_id(tmp_path):
+    import json
+
+    (tmp_path / "descriptors").mkdir()
+    rec = {"narration_id": "P01_03_2", "video_id": "P01_03", "start": 0.0, "stop": 1.0, "text": "x",
+           "components": {"camera": {"status": "ok", "text": "still"}}}  # a test segment: no narration
+    (tmp_path / "descriptors" / "test.jsonl").write_text(json.dumps(rec) + "\n")
+    r = leap("show", "P01_03_2", "--workdir", str(tmp_path), "--run", "nope")
+    assert r.returncode == 2 and "nope" in r.stderr and "Descriptors of" not in r.stdout, r.stdout + r.stderr
+    r = leap("show", "P01_03_2", "--workdir", str(tmp_path), "--html", str(tmp_path / "p.html"))
+    assert r.returncode == 0, r.stderr
+    assert "<title>P01_03_2</title>" in (tmp_path / "p.html").read_text()
+
+
 def test_show_draws_a_malformed_program_as_its_findings(tmp_path):
     """An invalid LLM reply is kept as it came; show (and its page) listed no findings but crashed on it."""
     (tmp_path / "programs").mkdir()

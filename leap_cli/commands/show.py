@@ -31,6 +31,10 @@ def show(
     from leap_cli.report.program_view import program_tree
     from leap_cli.report.show import COMPONENTS, load_segment, write_segment_html
 
+    if run is not None:  # a run that is not there is said before the segment is drawn, not after
+        from leap_cli.evaluate.inference import resolve_run
+
+        resolve_run(run, workdir)
     view = load_segment(workdir, narration_id, split=normalize_split(split) if split else None,
                         programs=programs, descriptors=descriptors)
     if view.program:

@@ -97,7 +97,8 @@ def segment_html(view: SegmentView, frames: list[tuple[float, object]]) -> str:
     d, p = view.descriptor or {}, view.program or {}
     program = p.get("program") or {}
     action = program.get("action") or {}
-    title = f"{view.narration_id}: {action.get('narration') or (d.get('components', {}).get('narration', {}).get('data', {}) or {}).get('narration', '')}"
+    said = action.get('narration') or (d.get('components', {}).get('narration', {}).get('data', {}) or {}).get('narration', '')
+    title = f"{view.narration_id}: {said}" if said else view.narration_id  # (test segments have no narration)
     body = [f"<h1>{esc(title)}</h1><p class='muted'>video {esc(d.get('video_id', '?'))}, "
             f"{d.get('start', 0):.2f}-{d.get('stop', 0):.2f} s, split {esc(view.split or '?')}"]
     if p:
