@@ -3,6 +3,7 @@ with, and content hashes."""
 
 from __future__ import annotations
 
+import gc
 import glob
 import hashlib
 import json
@@ -346,48 +347,66 @@ def load_problem(e: Exception, path: str | Path) -> str:
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
-def read_jsonl(path: str | Path, *, repair: bool = False,
-               check: Callable[[dict], str | None] | None = None) -> list[dict]:
-    """Read a JSONL file. A truncated last line (a crash mid-write) is dropped, and cut off the
-    file when ``repair`` is set; a bad line elsewhere is a LeapError naming the line. ``check`` returns what
-    is wrong with a record's shape (or None): a record that is not an object, or fails it, is a LeapError."""
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Python's cyclic collector off while many parsed records are made (JSON holds no cycles): it would walk every
+    live object again and again, 4-5x the parse itself at tens of thousands of records."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def iter_jsonl(path: str | Path, *, repair: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a JSONL file, read as a stream (one line in memory at a
+    time). A truncated last line (a crash mid-write) is dropped, and cut off the file when ``repair`` is set; a bad
+    line elsewhere is a LeapError naming the line."""
     path = Path(path)
     if not path.exists():
         raise LeapError("file not found", path=path, fix="check the path or run the stage that writes it")
     refuse_folder(path, "JSONL file")
-    records: list[dict] = []
-    good_end = 0
+    good_end = offset = 0
+    cut = None
     with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
-    offset = 0
-    for i, raw in enumerate(lines):
-        end = offset + len(raw) + 1
-        is_last = i == len(lines) - 1 or (i == len(lines) - 2 and lines[-1] == b"")
-        if raw.strip():
-            try:
-                records.append(json.loads(raw))
-                good_end = min(end, len(data))
-            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # a cut can split a UTF-8 character too
-                if is_last and not data.endswith(b"\n"):
-                    log.warning("%s: dropping a truncated last line (%d bytes)", path, len(raw))
-                    break
-                what = (f"valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else
-                        "readable (JSON nested too deeply)" if isinstance(e, RecursionError) else "UTF-8 text")
-                raise LeapError(f"line {i + 1} is not {what}", path=path, record=f"line {i + 1}",
-                                fix="delete or fix that line; leap rewrites it on the next run") from None
-        else:
-            good_end = min(end, len(data))
-        offset = end
-    if repair and good_end < len(data):
+        for i, raw in enumerate(f, start=1):
+            offset += len(raw)
+            if raw.strip():
+                try:
+                    value = json.loads(raw[:-1] if raw.endswith(b"\n") else raw)  # (bytes: JSON's encodings are sniffed)
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # a cut can split a UTF-8 character
+                    if not raw.endswith(b"\n"):  # the last line, cut short
+                        log.warning("%s: dropping a truncated last line (%d bytes)", path, len(raw))
+                        cut = good_end
+                        break
+                    what = (f"valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else
+                            "readable (JSON nested too deeply)" if isinstance(e, RecursionError) else "UTF-8 text")
+                    raise LeapError(f"line {i} is not {what}", path=path, record=f"line {i}",
+                                    fix="delete or fix that line; leap rewrites it on the next run") from None
+                good_end = offset
+                yield i, value
+            else:
+                good_end = offset
+    if repair and cut is not None:
         with open(path, "r+b") as f:
-            f.truncate(good_end)
-    if check is not None:
-        for i, r in enumerate(records, start=1):  # blank lines aside, record i is on line i
-            problem = "not a JSON object" if not isinstance(r, dict) else check(r)
-            if problem:
-                raise LeapError(f"malformed record: {problem}", path=path, record=f"line {i}",
-                                fix="rerun the stage that wrote it (delete the line; finished records are kept)")
+            f.truncate(cut)
+
+
+def read_jsonl(path: str | Path, *, repair: bool = False,
+               check: Callable[[dict], str | None] | None = None) -> list[dict]:
+    """Read a JSONL file (``iter_jsonl``). ``check`` returns what is wrong with a record's shape (or None): a record
+    that is not an object, or fails it, is a LeapError naming its line."""
+    records: list[dict] = []
+    with _no_gc():
+        for i, r in iter_jsonl(path, repair=repair):
+            if check is not None:
+                problem = "not a JSON object" if not isinstance(r, dict) else check(r)
+                if problem:
+                    raise LeapError(f"malformed record: {problem}", path=path, record=f"line {i}",
+                                    fix="rerun the stage that wrote it (delete the line; finished records are kept)")
+            records.append(r)
     return records
 
 
@@ -407,48 +426,63 @@ class JsonlAppender:
     """
 
     def __init__(self, path: str | Path, key: str | Callable[[dict], str] = "narration_id",
-                 *, replace_keys: Iterable[str] = (), sync_every: float = 0.0, keep_records: bool = False):
+                 *, replace_keys: Iterable[str] | Callable[[dict], bool] = (), sync_every: float = 0.0,
+                 keep_records: bool = False):
+        """``replace_keys``: the keys to redo, or a test of a record (its key is redone where the key's last record
+        passes it: one pass over the file finds them)."""
         self.path = Path(path)
         self._key = (lambda r: r[key]) if isinstance(key, str) else key
         refuse_folder(self.path, "JSONL file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = OutputLock(self.path).acquire()
+        last: dict[str, int] = {}  # each key's (last) line
+        redo: set[str] = set()
+        test = replace_keys if callable(replace_keys) else None
+        self.records: dict[str, dict] | None = {} if keep_records else None
+        n = 0
         try:
-            existing = read_jsonl(self.path, repair=True) if self.path.exists() else []
+            with _no_gc():
+                for i, r in (iter_jsonl(self.path, repair=True) if self.path.exists() else ()):
+                    k = self._record_key(r, i, key)
+                    last[k], n = i, n + 1
+                    if self.records is not None:
+                        self.records[k] = r
+                    if test is not None:
+                        (redo.add if test(r) else redo.discard)(k)
             self._end_with_newline()
-            keys = []  # each record's key, read once
-            for i, r in enumerate(existing, start=1):  # blank lines aside, record i is on line i
-                try:
-                    keys.append(self._key(r))
-                except (KeyError, TypeError, IndexError, AttributeError):
-                    what = (f"a JSON {type(r).__name__}, not an object" if not isinstance(r, dict)
-                            else f"no {key}" if isinstance(key, str) else "not a record of this file")
-                    raise LeapError(f"malformed record: {what}", path=self.path, record=f"line {i}",
-                                    fix="delete that line (the next run redoes its record) or give another --out"
-                                    ) from None
-        except BaseException:
-            self._lock.release()
-            raise
-        last = dict(zip(keys, range(len(keys))))  # the line each key's record is read from: its last
-        if len(last) < len(keys):
-            dropped, keep = len(keys) - len(last), set(last.values())
-            existing = [r for i, r in enumerate(existing) if i in keep]
-            keys = [k for i, k in enumerate(keys) if i in keep]
-            log.warning("%s: %d records were there twice (a run stopped while redoing them, or files "
-                        "concatenated): kept the last line of each", self.path, dropped)
-            atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in existing))
-        self.records: dict[str, dict] | None = dict(zip(keys, existing)) if keep_records else None
-        self._redo = set(replace_keys).intersection(keys)  # done, but to be done again: written anew, replaced
-        self._rewritten: set[str] = set()
-        self.keys: set[str] = set(keys) - self._redo
-        del existing, keys, last
-        try:
+            if n > len(last):
+                log.warning("%s: %d records were there twice (a run stopped while redoing them, or files "
+                            "concatenated): kept the last line of each", self.path, n - len(last))
+                self._keep_lines(last)
             self._f = open(self.path, "a", encoding="utf-8")
         except BaseException:
             self._lock.release()
             raise
+        self._redo = redo if test is not None else set(replace_keys).intersection(last)  # done, to be done again
+        self._rewritten: set[str] = set()
+        self.keys: set[str] = set(last) - self._redo
         self.sync_every = sync_every
         self._last_sync = time.monotonic()
+
+    def _record_key(self, r, line: int, key) -> str:
+        try:
+            k = self._key(r)
+        except (KeyError, TypeError, IndexError, AttributeError):
+            what = (f"a JSON {type(r).__name__}, not an object" if not isinstance(r, dict)
+                    else f"no {key}" if isinstance(key, str) else "not a record of this file")
+            raise LeapError(f"malformed record: {what}", path=self.path, record=f"line {line}",
+                            fix="delete that line (the next run redoes its record) or give another --out") from None
+        return k
+
+    def _keep_lines(self, keep: dict[str, int], only: set[str] | None = None) -> None:
+        """Rewrite the file (atomically, as a stream) with only the line ``keep`` names for each key (of ``only``;
+        the lines of other keys all stay). Blank lines go."""
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as out, open(self.path, "rb") as f, _no_gc():
+            for i, raw in enumerate(f, start=1):
+                if raw.strip():
+                    k = self._key(json.loads(raw))
+                    if (only is not None and k not in only) or keep.get(k) == i:
+                        out.write(raw)
 
     def _end_with_newline(self) -> None:
         """A complete last record without its newline (an edited or concatenated file) gets one, so the next
@@ -505,11 +539,12 @@ class JsonlAppender:
 
     def _drop_replaced(self) -> None:
         """Rewrite the file without the old lines of the records written again (each key's last line stays)."""
-        lines = self.path.read_bytes().splitlines(keepends=True)
-        keys = [self._key(json.loads(raw)) if raw.strip() else None for raw in lines]
-        last = {k: i for i, k in enumerate(keys) if k in self._rewritten}
-        kept = b"".join(raw for i, (raw, k) in enumerate(zip(lines, keys)) if k not in last or last[k] == i)
-        atomic_write_bytes(self.path, kept)
+        last: dict[str, int] = {}
+        with open(self.path, "rb") as f, _no_gc():
+            for i, raw in enumerate(f, start=1):
+                if raw.strip() and (k := self._key(json.loads(raw))) in self._rewritten:
+                    last[k] = i
+        self._keep_lines(last, only=self._rewritten)
         self._rewritten = set()
 
     def __enter__(self) -> "JsonlAppender":

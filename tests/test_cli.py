@@ -285,3 +285,16 @@ def test_camera_source_help_names_the_poses_in_the_order_auto_reads_them(tmp_pat
     (tmp_path / "poses" / "P01_01" / "images.txt").write_text("# COLMAP\n")
     (tmp_path / "poses" / "P01_01.json").write_text("{}")
     assert DatasetLayout.open(tmp_path).poses_path("P01_01").name == "P01_01.json"  # what auto reads
+
+
+def test_show_finds_a_record_by_its_id_alone_and_takes_the_last(tmp_path):
+    import json
+
+    from leap_cli.report.show import record_of
+
+    p = tmp_path / "train.jsonl"
+    rows = [{"narration_id": "P01_01_12", "v": 0}, {"narration_id": "P01_01_2", "note": "after P01_01_1", "v": 1},
+            {"narration_id": "P01_01_1", "v": 2}, {"narration_id": "P01_01_1", "v": 3}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
+    assert record_of(p, "P01_01_1")["v"] == 3  # neither P01_01_12 nor a mention in another record's text
+    assert record_of(p, "P01_01_9") is None

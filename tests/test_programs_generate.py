@@ -85,6 +85,8 @@ def test_valid_replies_cache_and_resume(workdir, good_programs):
         calls = store.calls()
         assert len(calls) == 2 * N_SEGMENTS and sum(c["cached"] for c in calls) == N_SEGMENTS
         assert all(c["prompt_hash"] and c["outcome"] == "valid" for c in calls)
+        # a reply from the cache is logged without a second copy of its text
+        assert all((c["response"] is None) == bool(c["cached"]) for c in calls)
     # the key is never written anywhere
     for path in (workdir / "programs").iterdir():
         assert b"sk-test-secret" not in path.read_bytes()
@@ -866,3 +868,21 @@ def test_descriptors_of_another_split_are_refused(workdir, tmp_path, caplog):
     s = generate_programs(GenerateConfig(workdir=workdir, split="val", descriptors=path))
     assert sum(s.statuses.values()) == 2 and "3 descriptor records are not segments of split val" in caplog.text
     assert sorted(r["narration_id"] for r in records(workdir)) == sorted(r["narration_id"] for r in mine)
+
+
+def test_the_offline_generator_fills_no_cache(workdir):
+    """Deterministic and ~2 ms a program: its replies cost a cache row and a call-log row each (~3.4 kB a record,
+    more than the programs file) and saved nothing."""
+    import sqlite3
+
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    assert s.statuses == {"valid": N_SEGMENTS}
+    db = sqlite3.connect(workdir / "programs" / "cache.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM cache").fetchone() == (0,)
+    assert db.execute("SELECT COUNT(*) FROM calls").fetchone() == (0,)
+    db.close()
+    first = {r["narration_id"]: r["program"] for r in records(workdir)}
+    (workdir / "programs" / "val.jsonl").unlink()
+    again = generate_programs(GenerateConfig(workdir=workdir, split="val"))  # made again, the same
+    assert again.statuses == {"valid": N_SEGMENTS} and again.cache_hits == 0
+    assert {r["narration_id"]: r["program"] for r in records(workdir)} == first

@@ -34,7 +34,7 @@ from leap_cli.errors import LeapError
 from leap_cli.extract.base import COMPONENTS, Component, FramesUnavailable, SegmentContext, error, unavailable
 from leap_cli.extract.cache import FrameCache
 from leap_cli.extract.describe import render_clip
-from leap_cli.io import JsonlAppender, atomic_write_json, read_jsonl
+from leap_cli.io import JsonlAppender, atomic_write_json
 from leap_cli.outcome import Outcome
 
 log = logging.getLogger(__name__)
@@ -501,10 +501,9 @@ def _retry(component: dict) -> bool:
     return status == "error" or (status == "unavailable" and (component.get("data") or {}).get("cause") == "video")
 
 
-def _retry_ids(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    return {r["narration_id"] for r in read_jsonl(path) if any(_retry(c) for c in r.get("components", {}).values())}
+def _to_retry(record: dict) -> bool:
+    """Whether ``--retry-errors`` redoes a record (the output file's own scan asks it, once per record)."""
+    return any(_retry(c) for c in (record.get("components") or {}).values())
 
 
 def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | None = None,
@@ -518,7 +517,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         segments = segments[:cfg.limit]
     summary = ExtractSummary(out=cfg.out, segments=len(segments))
     atomic_write_json(config_path(cfg.out), {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
-    replace = _retry_ids(cfg.out) if cfg.retry_errors else set()
+    replace = _to_retry if cfg.retry_errors else ()
     t_start = time.perf_counter()
     cache = FrameCache.from_config(cfg)
     with JsonlAppender(cfg.out, replace_keys=replace, sync_every=SYNC_EVERY) as appender:

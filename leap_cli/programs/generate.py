@@ -231,6 +231,9 @@ class ProgramGenerator:
         self.schema_hash = stable_hash(self.schema)
         # the cache key names the schema where one was asked for, also after the endpoint refused it (JSON mode)
         self._key_schema = self.schema_hash if backend.supports_schema else None
+        # the offline generator is deterministic and makes a program in ~2 ms: its replies are not worth a cache
+        # row and a call-log row each (~3.4 kB a record, more than the programs file)
+        self._cache = backend.name != "offline"
         self.summary_requests = 0
         self.summary_hits = 0
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # requests made in this run
@@ -274,7 +277,7 @@ class ProgramGenerator:
         for rnd in range(self.cfg.repair_rounds + 1):
             schema = self.schema if self.backend.supports_schema else None
             key = cache_key(self.backend.name, self.backend.model, prompt.hash, self._key_schema, self.backend.params())
-            hit = self.store.get(key)
+            hit = self.store.get(key) if self._cache else None
             prov["rounds"] = rnd + 1
             cut = False
             if hit is not None:
@@ -307,12 +310,15 @@ class ProgramGenerator:
                 findings = [token_limit_finding(self.cfg.max_tokens)] + findings
             outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
             # a paid reply a repair round follows is committed now (its record is not written yet); one that
-            # finishes its record is safe in the output file, and waits for the store's next batch
-            self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
-                                prompt_hash=phash, cache_key=key, round=rnd, response=text, usage=usage,
-                                latency=latency, attempts=attempts, cached=hit is not None, outcome=outcome,
-                                error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None,
-                                durable=hit is None and bool(findings) and rnd < self.cfg.repair_rounds)
+            # finishes its record is safe in the output file, and waits for the store's next batch. A reply
+            # from the cache is logged without its text (the cache row has it: a rerun grew the log by a copy)
+            if self._cache:
+                self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
+                                    prompt_hash=phash, cache_key=key, round=rnd, response=None if hit else text,
+                                    usage=usage, latency=latency, attempts=attempts, cached=hit is not None,
+                                    outcome=outcome,
+                                    error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None,
+                                    durable=hit is None and bool(findings) and rnd < self.cfg.repair_rounds)
             if not findings:
                 return done("valid", program, [])
             prompt = prompt.extend([{"role": "assistant", "content": text},
@@ -345,7 +351,8 @@ class ProgramGenerator:
             # committed with the call log (run_one's log_call), not while the slot is held
             if cost or self.backend.name != "offline":
                 self.store.add_spend(self.out_path, cost, usage, comp.attempts, commit=False)
-            self.store.put(key, comp.text, usage, comp.model, commit=False)
+            if self._cache:
+                self.store.put(key, comp.text, usage, comp.model, commit=False)
         # the worker that now has the slot sends its request before this reply's bookkeeping (run_one's _turn)
         return comp
 
@@ -428,9 +435,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         raise
     summary = GenerateSummary(cfg.out_path, inputs.source)
     start = time.perf_counter()
-    redo: set[str] = set()
-    if cfg.retry_failed and cfg.out_path.exists():  # (each failed record's line stays until it is written anew)
-        redo = {r["narration_id"] for r in read_jsonl(cfg.out_path, repair=True) if r.get("status") == "failed"}
+    # --retry-errors: the failed records, found in the appender's one pass (each keeps its line until written anew)
+    redo = (lambda r: r.get("status") == "failed") if cfg.retry_failed else ()
     appender = JsonlAppender(cfg.out_path, replace_keys=redo, sync_every=1.0)
     gen: ProgramGenerator | None = None
     checker: RemoteChecker | None = None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from leap_cli.common import SPLITS, descriptor_problem
 from leap_cli.errors import LeapError
-from leap_cli.io import atomic_write_text, read_jsonl
+from leap_cli.io import atomic_write_text
 from leap_cli.report.html import esc, jpeg_data_uri, page
 from leap_cli.report.program_view import conds_html, flatten_for_storyboard, steps_html, sub_action_text
 
@@ -24,14 +25,33 @@ class SegmentView:
     descriptor: dict | None  # the descriptor record
 
 
+def record_of(path: Path, narration_id: str) -> dict | None:
+    """The (last) record of ``narration_id`` in a JSONL file, read as a stream: only the lines that hold the id
+    are parsed (a day's file is ~10^5 records: parsing them all cost seconds and a gigabyte)."""
+    if not Path(path).exists():
+        raise LeapError("file not found", path=path, fix="check the path or run the stage that writes it")
+    needle = json.dumps(narration_id).encode()
+    found = None
+    with open(path, "rb") as f:
+        for raw in f:
+            if needle in raw:
+                try:
+                    r = json.loads(raw)
+                except (ValueError, RecursionError):
+                    continue  # (a damaged line; the stages that read the file name it)
+                if isinstance(r, dict) and r.get("narration_id") == narration_id:
+                    found = r
+    return found
+
+
 def _find(folder: Path, narration_id: str, split: str | None) -> tuple[dict | None, str | None]:
     splits = [split] if split else list(SPLITS)
     for sp in splits:
         files = sorted(folder.glob(f"{sp}.jsonl")) + sorted(folder.glob(f"{sp}.shard*.jsonl"))
         for f in files:
-            for r in read_jsonl(f):
-                if r.get("narration_id") == narration_id:
-                    return r, sp
+            r = record_of(f, narration_id)
+            if r is not None:
+                return r, sp
     return None, None
 
 
@@ -39,7 +59,7 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
                  programs: Path | None = None, descriptors: Path | None = None) -> SegmentView:
     """Find a segment's program and descriptor records under the work directory (or in the given files)."""
     def from_file(path: Path) -> dict | None:
-        return next((r for r in read_jsonl(path) if r.get("narration_id") == narration_id), None)
+        return record_of(path, narration_id)
 
     prog, sp = (from_file(programs), split) if programs else _find(workdir / "programs", narration_id, split)
     desc, sp2 = (from_file(descriptors), split) if descriptors else _find(workdir / "descriptors", narration_id, split)
