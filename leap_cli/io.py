@@ -348,7 +348,7 @@ def load_problem(e: Exception, path: str | Path) -> str:
 
 
 @contextmanager
-def _no_gc() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Python's cyclic collector off while many parsed records are made (JSON holds no cycles): it would walk every
     live object again and again, 4-5x the parse itself at tens of thousands of records."""
     was = gc.isenabled()
@@ -394,19 +394,20 @@ def iter_jsonl(path: str | Path, *, repair: bool = False) -> Iterator[tuple[int,
             f.truncate(cut)
 
 
-def read_jsonl(path: str | Path, *, repair: bool = False,
-               check: Callable[[dict], str | None] | None = None) -> list[dict]:
+def read_jsonl(path: str | Path, *, repair: bool = False, check: Callable[[dict], str | None] | None = None,
+               keep: Callable[[dict], dict] | None = None) -> list[dict]:
     """Read a JSONL file (``iter_jsonl``). ``check`` returns what is wrong with a record's shape (or None): a record
-    that is not an object, or fails it, is a LeapError naming its line."""
+    that is not an object, or fails it, is a LeapError naming its line. ``keep`` (after ``check``): what of each
+    record to keep in memory."""
     records: list[dict] = []
-    with _no_gc():
+    with gc_paused():
         for i, r in iter_jsonl(path, repair=repair):
             if check is not None:
                 problem = "not a JSON object" if not isinstance(r, dict) else check(r)
                 if problem:
                     raise LeapError(f"malformed record: {problem}", path=path, record=f"line {i}",
                                     fix="rerun the stage that wrote it (delete the line; finished records are kept)")
-            records.append(r)
+            records.append(r if keep is None else keep(r))
     return records
 
 
@@ -441,7 +442,7 @@ class JsonlAppender:
         self.records: dict[str, dict] | None = {} if keep_records else None
         n = 0
         try:
-            with _no_gc():
+            with gc_paused():
                 for i, r in (iter_jsonl(self.path, repair=True) if self.path.exists() else ()):
                     k = self._record_key(r, i, key)
                     last[k], n = i, n + 1
@@ -477,7 +478,7 @@ class JsonlAppender:
     def _keep_lines(self, keep: dict[str, int], only: set[str] | None = None) -> None:
         """Rewrite the file (atomically, as a stream) with only the line ``keep`` names for each key (of ``only``;
         the lines of other keys all stay). Blank lines go."""
-        with atomic_path(self.path) as tmp, open(tmp, "wb") as out, open(self.path, "rb") as f, _no_gc():
+        with atomic_path(self.path) as tmp, open(tmp, "wb") as out, open(self.path, "rb") as f, gc_paused():
             for i, raw in enumerate(f, start=1):
                 if raw.strip():
                     k = self._key(json.loads(raw))
@@ -540,7 +541,7 @@ class JsonlAppender:
     def _drop_replaced(self) -> None:
         """Rewrite the file without the old lines of the records written again (each key's last line stays)."""
         last: dict[str, int] = {}
-        with open(self.path, "rb") as f, _no_gc():
+        with open(self.path, "rb") as f, gc_paused():
             for i, raw in enumerate(f, start=1):
                 if raw.strip() and (k := self._key(json.loads(raw))) in self._rewritten:
                     last[k] = i

@@ -317,3 +317,19 @@ def test_labelled_split_without_label_columns_is_an_error(epic_dir, tmp_path):
     with pytest.raises(LeapError, match=r"missing column\(s\): verb_class.*noun_class"):
         Annotations(folder).segments("train")
     assert not Annotations(folder).segments("test")[0].has_labels  # the test split needs none
+
+
+def test_list_cells_read_by_pattern_equal_their_python_literal():
+    import ast
+    import csv
+    from pathlib import Path
+
+    cells = ["[]", "[ ]", "['tap']", "['plate', 'veg:mixed']", '["chef\'s knife", \'board\']', "[2, 10]",
+             "[ 3 , -4 ]", "('x',)", "['a\\\\b']"]
+    with open(Path(__file__).parent / "data" / "epic" / "EPIC_100_validation_excerpt.csv", encoding="utf-8-sig") as f:
+        for row in csv.DictReader(f):
+            cells += [row["all_nouns"], row["all_noun_classes"]]
+    for cell in cells:
+        assert parse_list_cell(cell) == list(ast.literal_eval(cell)), cell
+    with pytest.raises(LeapError, match="cannot parse list"):
+        parse_list_cell("['unclosed")

@@ -744,3 +744,19 @@ def test_a_decoded_image_a_component_keeps_is_never_decoded_into_again(kitchen):
         assert np.array_equal(np.stack(third), want3)
     finally:
         video.close()
+
+
+def test_generation_reads_the_same_clip_from_the_records_it_keeps(kitchen, tmp_path):
+    """generate-programs keeps descriptor records without the camera's and audio's data (half of what a day's
+    records held in memory): what it reads of them (the clip's text, labels, objects, contacts) is unchanged."""
+    from leap_cli.programs.generate import _for_generation
+    from leap_cli.programs.prompt import clip_info
+
+    out = tmp_path / "train.jsonl"
+    run_extract(_cfg(kitchen, out))
+    full = read_jsonl(out)
+    assert any((r["components"]["camera"].get("data") or {}).get("steps") for r in full)  # there is data to drop
+    for r in full:
+        kept = _for_generation(json.loads(json.dumps(r)))
+        assert "data" not in kept["components"]["camera"] and kept["components"]["hands"] == r["components"]["hands"]
+        assert clip_info(kept) == clip_info(r)

@@ -7,7 +7,7 @@ from functools import cached_property
 from pathlib import Path
 
 from leap_cli.common import dataset_root, normalize_split
-from leap_cli.epic.classes import ClassVocab, parse_list_cell, read_csv
+from leap_cli.epic.classes import ClassVocab, csv_header, parse_list_cell, read_csv
 from leap_cli.epic.timing import parse_timestamp
 from leap_cli.errors import LeapError
 
@@ -84,11 +84,9 @@ def read_segments(path: str | Path, *, labelled: bool | None = None) -> list[Seg
     unlabelled split); ``None`` reads them when present.
     """
     path = Path(path)
+    if labelled is None:  # from the header: the file is read once
+        labelled = "verb_class" in csv_header(path)
     rows = read_csv(path, LABELLED_COLUMNS if labelled else TEST_COLUMNS, what="annotation file")
-    if labelled is None:
-        labelled = bool(rows) and "verb_class" in rows[0]
-    if labelled:
-        rows = read_csv(path, LABELLED_COLUMNS, what="annotation file")
     segments = []
     seen: dict[str, int] = {}  # narration id -> its row: every stage keys its records (and resumes) by it
     for i, row in enumerate(rows, start=2):

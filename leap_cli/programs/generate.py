@@ -145,7 +145,7 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
     path = cfg.descriptors or cfg.workdir / "descriptors" / f"{split}.jsonl"
     if path.exists():
-        records = read_jsonl(path, check=descriptor_problem)
+        records = read_jsonl(path, check=descriptor_problem, keep=_for_generation)
         source = f"descriptors {path}"
     elif cfg.descriptors is not None:
         raise LeapError("descriptor file not found", path=path, fix="run leap extract or fix --descriptors")
@@ -166,6 +166,20 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
             records = [r for r in records if r["narration_id"] in segments]
     records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]))
     return Inputs(records, segments, ann.verbs, ann.nouns, source)
+
+
+# What generation reads of a descriptor record beside its text (prompt.clip_info): the camera's steps and the
+# audio events are in the text already, and were half of what a day's records held in memory
+_DATA_KEPT = ("narration", "objects", "hands")
+
+
+def _for_generation(record: dict) -> dict:
+    """A descriptor record without the components' data generation does not read."""
+    comps = record.get("components")
+    if isinstance(comps, dict):
+        record["components"] = {k: c if k in _DATA_KEPT or not isinstance(c, dict) else
+                                {x: c[x] for x in ("status", "text") if x in c} for k, c in comps.items()}
+    return record
 
 
 def annotations_for(cfg: GenerateConfig) -> Annotations | None:
