@@ -41,6 +41,14 @@ class _Task:
         self.description, self.total, self.completed, self.fields = description, total, completed, fields
         self.start_completed = completed
         self.t0 = time.monotonic()
+        self.first: tuple[float, float] | None = None  # (time, count) when the first unit finished
+
+    def rate(self, now: float) -> float:
+        """Units per second since the first unit finished (the stage's start-up, loading its inputs or a model,
+        does not make the ETA of a day's run hours too long), else since the task began."""
+        if self.first is not None and self.completed > self.first[1] and now > self.first[0]:
+            return (self.completed - self.first[1]) / (now - self.first[0])
+        return (self.completed - self.start_completed) / max(now - self.t0, 1e-9)
 
 
 class LogProgress:
@@ -67,6 +75,8 @@ class LogProgress:
             t.completed = completed
         if advance is not None:
             t.completed += advance
+        if t.first is None and t.completed > t.start_completed:
+            t.first = (time.monotonic(), t.completed)
         if description is not None:
             t.description = description
         t.fields.update(fields)
@@ -92,8 +102,9 @@ class LogProgress:
 
     # -- the lines
     def line(self, t: _Task, *, final: bool = False) -> str:
-        elapsed = max(time.monotonic() - t.t0, 1e-9)
-        rate = (t.completed - t.start_completed) / elapsed
+        now = time.monotonic()
+        elapsed = max(now - t.t0, 1e-9)
+        rate = (t.completed - t.start_completed) / elapsed if final else t.rate(now)
         done = f"{t.completed:g}/{t.total:g}" if t.total else f"{t.completed:g}"
         if t.total:
             done += f" ({t.completed / t.total:.0%})"

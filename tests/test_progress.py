@@ -24,6 +24,26 @@ def test_log_progress_lines_carry_rate_and_eta():
     assert "elapsed" in lines[-1]  # a closing line
 
 
+def test_the_eta_leaves_out_the_start_up(monkeypatch):
+    """A 64k-record run that spent 10 s loading its inputs said "96/64460 9.60/s, ETA 1:51:44" for a run of
+    1:43: the rate counted the start-up. It counts from the first unit done."""
+    import leap_cli.progress as progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    p = LogProgress("generate-programs train", Console(file=out, width=200), every=0.0)
+    t = p.add_task("programs", total=10_000)
+    now[0] += 10.0  # loading the inputs
+    for _ in range(101):  # then 100 units per second
+        p.update(t, advance=1)
+        now[0] += 0.01
+    last = out.getvalue().splitlines()[-1]
+    assert " 100.00/s, ETA 0:01:" in last, last  # (10,000 - 101) / 100 s, not / 9 per second
+    p.stop()
+    assert "elapsed" in out.getvalue().splitlines()[-1]
+
+
 def test_log_progress_is_quiet_between_intervals():
     out = io.StringIO()
     with LogProgress("train", Console(file=out), every=3600) as p:
