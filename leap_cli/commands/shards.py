@@ -109,9 +109,15 @@ def build_shards(
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     if m["skipped"]:
-        shown = "; ".join(f"{x['narration_id']}: {x['reason']}" for x in m["skipped"][:5])
+        # each reason once, with how many segments it holds and the first of them (the reasons of a video's
+        # segments are the same line: at EPIC scale, 5 examples were 20 lines of one text)
+        by_reason: dict[str, list[str]] = {}
+        for x in m["skipped"]:
+            by_reason.setdefault(x["reason"], []).append(x["narration_id"])
+        shown = "; ".join(f"{ids[0]}{f' and {len(ids) - 1} more' if len(ids) > 1 else ''}: {reason}"
+                          for reason, ids in list(by_reason.items())[:3])
         console.print(f"[yellow]{len(m['skipped'])} segment(s) skipped[/] (listed in the manifest): {escape(shown)}"
-                      + (" ..." if len(m["skipped"]) > 5 else ""))
+                      + (f" ... and {len(by_reason) - 3} more reasons" if len(by_reason) > 3 else ""))
     outcome = Outcome("build-shards")  # the exit rule of the record-writing stages (leap_cli/outcome.py)
     outcome.attempt(c["segments"])
     for x in m["skipped"]:  # a manifest from before skips had a cause: the start of the reason
