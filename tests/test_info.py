@@ -99,3 +99,17 @@ def test_a_video_missing_from_the_video_info_is_reported_as_the_stages_treat_it(
     lines = [line.strip() for line in res.output.splitlines() if line.strip().startswith(("P01_01", "P01_03"))]
     assert lines == [f"P01_01 (mp4): {mp4.note}", f"P01_03 (rgb_frames): {frames.note}"]
     assert "assumes 50" not in res.output and "decodes nothing" not in res.output
+
+
+def test_info_reads_each_split_csv_once(tmp_path, monkeypatch):
+    """The table and the length check each opened the annotations anew: every split's CSV was read twice (7 s for
+    EPIC's 77k rows)."""
+    import leap_cli.epic.annotations as annotations
+
+    root = make_root(tmp_path / "k")
+    read = []
+    real = annotations.read_segments
+    monkeypatch.setattr(annotations, "read_segments", lambda path, **kw: read.append(path.name) or real(path, **kw))
+    r = CliRunner().invoke(app, ["info", "--data", str(root)])
+    assert r.exit_code == 0, r.output
+    assert read and len(read) == len(set(read)), read
