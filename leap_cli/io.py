@@ -454,8 +454,9 @@ class JsonlAppender:
             if n > len(last):
                 log.warning("%s: %d records were there twice (a run stopped while redoing them, or files "
                             "concatenated): kept the last line of each", self.path, n - len(last))
-                self._keep_lines(last)
+                self._rewrite(lambda i, start, k: last[k] == i)
             self._f = open(self.path, "a", encoding="utf-8")
+            self._old_end = self._f.tell()  # the lines before it are the earlier runs'; a redone key's is dropped
         except BaseException:
             self._lock.release()
             raise
@@ -475,15 +476,15 @@ class JsonlAppender:
                             fix="delete that line (the next run redoes its record) or give another --out") from None
         return k
 
-    def _keep_lines(self, keep: dict[str, int], only: set[str] | None = None) -> None:
-        """Rewrite the file (atomically, as a stream) with only the line ``keep`` names for each key (of ``only``;
-        the lines of other keys all stay). Blank lines go."""
+    def _rewrite(self, keep: Callable[[int, int, str], bool]) -> None:
+        """Rewrite the file (atomically, as a stream) with the lines for which ``keep(line number, byte offset of
+        its start, key)`` holds. Blank lines go."""
         with atomic_path(self.path) as tmp, open(tmp, "wb") as out, open(self.path, "rb") as f, gc_paused():
+            start = 0
             for i, raw in enumerate(f, start=1):
-                if raw.strip():
-                    k = self._key(json.loads(raw))
-                    if (only is not None and k not in only) or keep.get(k) == i:
-                        out.write(raw)
+                if raw.strip() and keep(i, start, self._key(json.loads(raw))):
+                    out.write(raw)
+                start += len(raw)
 
     def _end_with_newline(self) -> None:
         """A complete last record without its newline (an edited or concatenated file) gets one, so the next
@@ -531,22 +532,13 @@ class JsonlAppender:
                     os.fsync(self._f.fileno())
                 finally:
                     self._f.close()
-                if self._rewritten:
-                    self._drop_replaced()
+                if self._rewritten:  # one line per key: a redone record's line of an earlier run goes
+                    self._rewrite(lambda i, start, k: start >= self._old_end or k not in self._rewritten)
+                    self._rewritten = set()
         except OSError as e:
             raise with_path(e, self.path)
         finally:
             self._lock.release()
-
-    def _drop_replaced(self) -> None:
-        """Rewrite the file without the old lines of the records written again (each key's last line stays)."""
-        last: dict[str, int] = {}
-        with open(self.path, "rb") as f, gc_paused():
-            for i, raw in enumerate(f, start=1):
-                if raw.strip() and (k := self._key(json.loads(raw))) in self._rewritten:
-                    last[k] = i
-        self._keep_lines(last, only=self._rewritten)
-        self._rewritten = set()
 
     def __enter__(self) -> "JsonlAppender":
         return self
