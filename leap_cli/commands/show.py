@@ -31,10 +31,11 @@ def show(
     from leap_cli.report.program_view import program_tree
     from leap_cli.report.show import COMPONENTS, load_segment, write_segment_html
 
+    run_dir = None
     if run is not None:  # a run that is not there is said before the segment is drawn, not after
         from leap_cli.evaluate.inference import resolve_run
 
-        resolve_run(run, workdir)
+        run_dir = resolve_run(run, workdir)
     view = load_segment(workdir, narration_id, split=normalize_split(split) if split else None,
                         programs=programs, descriptors=descriptors)
     if view.program:
@@ -56,21 +57,19 @@ def show(
         console.print(table)
     else:
         console.print(f"[yellow]{escape(narration_id)}: no descriptor record yet (run `leap extract`)[/]")
-    if run is not None:
-        _show_prediction(run, narration_id, workdir, shards, normalize_split(split) if split else view.split)
+    if run_dir is not None:
+        _show_prediction(run_dir, narration_id, workdir, shards, normalize_split(split) if split else view.split)
     if html:
         out = write_segment_html(view, dataset_root(workdir, data), html)
         console.print(f"wrote {escape(str(out))}")
 
 
-def _show_prediction(run: Path, narration_id: str, workdir: Path, shards: Path | None, split: str | None) -> None:
+def _show_prediction(run_dir: Path, narration_id: str, workdir: Path, shards: Path | None, split: str | None) -> None:
     from rich.markup import escape
 
-    from leap_cli.evaluate.inference import resolve_run
     from leap_cli.report.predicted import SkippedSegment, predicted_program
     from leap_cli.train.checkpoint import load_checkpoint, resolve_checkpoint
 
-    run_dir = resolve_run(run, workdir)
     if shards is None:
         from leap_cli.shards.writer import default_out
 

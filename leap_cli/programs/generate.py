@@ -363,7 +363,7 @@ class ProgramGenerator:
             cost = self.cfg.cost(usage)
             self.cost += cost
             # committed with the call log (run_one's log_call), not while the slot is held
-            if cost or self.backend.name != "offline":
+            if cost or self._cache:
                 self.store.add_spend(self.out_path, cost, usage, comp.attempts, commit=False)
             if self._cache:
                 self.store.put(key, comp.text, usage, comp.model, commit=False)
