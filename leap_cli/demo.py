@@ -63,7 +63,7 @@ def check_demo(cfg: DemoConfig) -> None:
                         f"segments, fewer than one batch (data.batch_size={batch})",
                         fix=f"pass --segments {need} or more, or --set data.batch_size={train_videos * cfg.segments}")
     check_settings(cfg.workdir / "demo", cfg.settings(), force=cfg.force, remove=lambda: None,
-                   exists=(cfg.workdir / "kitchen").exists(), option="--force (every stage starts over)")
+                   exists=(cfg.workdir / "kitchen").exists(), option="--force (every stage)", elsewhere="--workdir")
 
 
 @dataclass

@@ -220,7 +220,8 @@ def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def check_settings(output: str | Path, settings: dict, *, force: bool = False, exists: bool | None = None,
-                   remove: Callable[[], None] | None = None, option: str = "--force", split: str | None = None) -> bool:
+                   remove: Callable[[], None] | None = None, option: str = "--force", split: str | None = None,
+                   elsewhere: str = "--out") -> bool:
     """Refuse to resume ``output`` under settings that differ from those it was started with.
 
     ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
@@ -229,6 +230,7 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
     file) starts over. ``exists`` says whether there is output to protect (default: the file exists).
     ``split`` (kept in the sidecar beside the settings) refuses another split's records in the same file, such
     as ``--split train --out .../val.jsonl``; a sidecar written before it was kept is not compared on it.
+    ``option`` and ``elsewhere`` name the command's options that start over and write somewhere else.
     Returns whether the output was started over.
     """
     output = Path(output)
@@ -237,11 +239,11 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
     # sidecar rewritten; the caller's writer takes the lock again at once
     with OutputLock(output):
         return _check_settings(output, settings, force=force, exists=exists, remove=remove, option=option,
-                               split=split)
+                               split=split, elsewhere=elsewhere)
 
 
 def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool | None,
-                    remove: Callable[[], None] | None, option: str, split: str | None) -> bool:
+                    remove: Callable[[], None] | None, option: str, split: str | None, elsewhere: str) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = output.exists() if exists is None else exists
@@ -252,7 +254,7 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
         if split is not None and old_split is not None and old_split != split and not force:
             raise LeapError(f"holds {old_split} records; this run is --split {split}, and would mix the two",
                             path=output, record="split",
-                            fix=f"give this split its own --out, or {option} to start the file over")
+                            fix=f"give this split its own {elsewhere}, or {option} to start the file over")
         differ = settings_changes(stored, settings)
         if split is not None and old_split is not None and old_split != split:
             differ.append(f"split: {old_split!r} -> {split!r}")
@@ -262,7 +264,7 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
                 more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
                 raise LeapError(f"was started with other settings ({shown}{more}); resuming would mix records",
                                 path=output, record="settings",
-                                fix=f"use the old settings, another --out, or {option} to start over")
+                                fix=f"use the old settings, another {elsewhere}, or {option} to start over")
             (remove or (lambda: output.unlink(missing_ok=True)))()
             started_over = True
     atomic_write_json(sidecar, settings if split is None else {**settings, "split": split})

@@ -77,7 +77,8 @@ def test_demo_with_other_settings_is_refused_before_any_stage(demo):
                         (["--segments", "10"], "train_overrides")):
         r = leap("demo", "--workdir", str(work), "--videos", "4", "--frames", "4", "--short-side", "64", *extra)
         lines = [x for x in r.stderr.splitlines() if x.strip()]
-        assert r.returncode == 2 and len(lines) == 1 and says in lines[0] and "--force" in lines[0], r.stderr
+        assert r.returncode == 2 and len(lines) == 1 and says in lines[0], r.stderr
+        assert "another --workdir" in lines[0] and "--force" in lines[0] and "--out" not in lines[0], lines[0]
         assert "leap demo-data" not in r.stdout  # refused before the first stage
     assert (work / "descriptors" / "train.jsonl").read_bytes() == before
 
