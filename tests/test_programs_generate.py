@@ -305,6 +305,13 @@ def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path
     res = CliRunner().invoke(app, base + ["--model", "gpt-test"])
     assert res.exit_code == 0, res.output
     assert {r["body"]["model"] for r in read_jsonl(tmp_path / "b.jsonl")} == {"gpt-test"}
+    # an ingest where every result failed exits 3, as every stage where all records failed
+    failed = [{"id": f"r{i}", "custom_id": r["custom_id"], "response": {"status_code": 500, "body": {}}}
+              for i, r in enumerate(read_jsonl(tmp_path / "b.jsonl"))]
+    ingest = ["generate-programs", "--workdir", str(workdir), "--split", "val", "--model", "gpt-test", "--ingest-batch",
+              str(results_file(tmp_path / "out.jsonl", failed))]
+    res = CliRunner().invoke(app, ingest)
+    assert res.exit_code == 3 and f"all {N_SEGMENTS} records failed" in res.output, res.output
 
 
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])

@@ -117,6 +117,16 @@ def generate_programs(
         counts = ingest(cfg, ingest_batch)
         console.print(escape(f"ingested {sum(counts.values())} results into {cfg.out_path}: "
                              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))), highlight=False)
+        from leap_cli.outcome import Outcome
+
+        outcome = Outcome("generate-programs --ingest-batch")  # 3 when every result ingested now failed
+        outcome.attempt(sum(v for k, v in counts.items() if k != "already_present"))
+        for status in ("invalid", "failed"):
+            for _ in range(counts.get(status, 0)):
+                outcome.fail(f"{status} (see leap validate-programs)")
+        for line in outcome.lines():
+            console.print(escape(line), highlight=False, style="red")
+        outcome.exit()
         return
     from leap_cli.progress import live_or_log
 
