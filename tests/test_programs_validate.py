@@ -408,6 +408,7 @@ def test_cli_generate_validate_and_strict(kitchen):
     assert rep["statuses"] == {"valid": 30, "invalid": 0, "failed": 0} and rep["coverage"]["fraction"] == 1.0
     assert sum(rep["histograms"]["steps"].values()) == 30 and rep["histograms"]["verbs"]
     # break one record: the report flags it and --strict exits 1
+    intact = copy.deepcopy(recs[0])
     recs[0]["program"]["steps"][0]["verb"] = "teleport"
     recs.append(dict(recs[1]))
     out.write_text("".join(json.dumps(x) + "\n" for x in recs))
@@ -416,6 +417,16 @@ def test_cli_generate_validate_and_strict(kitchen):
     rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
     assert rep["statuses"]["invalid"] == 1 and rep["duplicates"] == 1 and rep["status_changed_on_revalidation"] == 1
     assert rep["errors"][0]["errors"][0]["pointer"] == "/steps/0/verb"
+    # the last line of a narration id counts, also across files (as generate-programs reads them when it resumes)
+    fixed = kitchen / "programs" / "val.fixed.jsonl"
+    fixed.write_text(json.dumps(intact) + "\n")
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(out), str(fixed)])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
+    assert rep["statuses"]["invalid"] == 0 and rep["records"] == 30 and rep["duplicates"] == 2
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(fixed), str(out)])
+    assert r.exit_code == 1 and json.loads((kitchen / "programs" / "val.report.json").read_text())["statuses"][
+        "invalid"] == 1
 
 
 def test_paths_with_brackets_print_as_text(kitchen):

@@ -30,26 +30,32 @@ def split_of(path: Path) -> str:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, object, str | None]]:
-    """(line number, parsed JSON or None, what is wrong) per non-blank line. Unlike ``io.read_jsonl`` a bad line
-    is not an error here, nor is a truncated last line dropped: the report lists both, and checks the rest."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    for i, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            yield i, json.loads(raw), None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-            if i == len(lines):  # the last line, and no newline after it
-                problem = ("truncated last line (a write cut short; generate-programs cuts it off when it "
-                           "resumes)")
-            elif isinstance(e, json.JSONDecodeError):
-                problem = f"not valid JSON ({e.msg}, column {e.colno})"
-            elif isinstance(e, RecursionError):
-                problem = "JSON nested too deeply (not a record leap writes)"
-            else:
-                problem = "not UTF-8 text (not a record leap writes)"
-            yield i, None, problem
+    """(line number, parsed JSON or None, what is wrong) per non-blank line, read as a stream. Unlike
+    ``io.read_jsonl`` a bad line is not an error here, nor is a truncated last line dropped: the report lists both,
+    and checks the rest. A line that is JSON but not a program record comes with its problem too."""
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                r = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+                if not raw.endswith(b"\n"):  # the last line, and no newline after it
+                    problem = ("truncated last line (a write cut short; generate-programs cuts it off when it "
+                               "resumes)")
+                elif isinstance(e, json.JSONDecodeError):
+                    problem = f"not valid JSON ({e.msg}, column {e.colno})"
+                elif isinstance(e, RecursionError):
+                    problem = "JSON nested too deeply (not a record leap writes)"
+                else:
+                    problem = "not UTF-8 text (not a record leap writes)"
+                yield i, None, problem
+                continue
+            if not isinstance(r, dict) or not isinstance(r.get("narration_id"), str) or r.get("status") not in STATUSES:
+                yield i, r, ("not a program record (program records have narration_id and status "
+                             "valid|invalid|failed)")
+                continue
+            yield i, r, None
 
 
 def _walk(steps, counts: Counter) -> None:
@@ -114,27 +120,31 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
                      max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS) -> dict:
     """The report dict of the program files ``paths`` of one split; ``segments`` (the split's) also says which
     records count towards coverage."""
-    records: dict[str, dict] = {}
+    # Two passes, so that one record at a time is held (a split of EPIC's size is ~1 GB as Python objects): the
+    # first finds the line that counts for each narration id (its last), the second checks those lines.
+    last: dict[str, tuple[int, int]] = {}  # narration id -> (file index, line number)
     duplicates = 0
     malformed = []  # lines that are not program records: listed, and the other records are validated
-    for path in paths:
+    for k, path in enumerate(paths):
         for i, r, problem in _lines(Path(path)):
             if problem:
                 malformed.append({"file": str(path), "line": i, "problem": problem})
                 continue
-            if not isinstance(r, dict) or not isinstance(r.get("narration_id"), str) or r.get("status") not in STATUSES:
-                malformed.append({"file": str(path), "line": i, "problem": "not a program record (program records "
-                                                                           "have narration_id and status "
-                                                                           "valid|invalid|failed)"})
-                continue
-            duplicates += r["narration_id"] in records
-            records[r["narration_id"]] = r
+            duplicates += r["narration_id"] in last
+            last[r["narration_id"]] = (k, i)
+
+    def records() -> Iterator[tuple[str, dict]]:
+        for k, path in enumerate(paths):
+            for i, r, problem in _lines(Path(path)):
+                if not problem and last.get(r["narration_id"]) == (k, i):
+                    yield r["narration_id"], r
+
     statuses: Counter = Counter()
     covered = 0  # valid records of segments of the split
     changed = 0
     per_record = []
     verb_h, obj_h, pred_h, steps_h, flow_h, backends = Counter(), Counter(), Counter(), Counter(), Counter(), Counter()
-    for nid, r in records.items():
+    for nid, r in records():
         backends[(r.get("provenance") or {}).get("backend", "?")] += 1
         program = r.get("program")
         status = r["status"]
@@ -170,11 +180,11 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
         for k, v in flow.items():
             flow_h[k] += v
             flow_h[f"programs_with_{k}"] += 1
-    denominator = len(segments) if segments else len(records)
-    not_in_split = sorted(nid for nid in records if segments and nid not in segments)
+    denominator = len(segments) if segments else len(last)
+    not_in_split = sorted(nid for nid in last if segments and nid not in segments)
     return {
         "files": [str(p) for p in paths],
-        "records": len(records),
+        "records": len(last),
         "duplicates": duplicates,
         "statuses": {s: statuses.get(s, 0) for s in STATUSES},
         "status_changed_on_revalidation": changed,
