@@ -635,3 +635,27 @@ def test_exemplar_index_chooses_what_the_score_defines(exemplars):
         for b in exemplars[20:40]:
             info = ClipInfo("P01_01_0", f"Narration: {a.narration} {b.narration.split()[-1]}.")
             assert [e.id for e in select_exemplars(info, library, 4)] == [e.id for e in by_definition(info, library, 4)]
+
+
+def test_offline_leaves_out_objects_a_smaller_class_list_lacks(tmp_path, exemplars, verbs):
+    """With a class list that lacks an exemplar's object (the synthetic kitchen's has no handle) and a clip that
+    names no other, the object and its steps are left out: it became the list's first unused class (the tap:
+    'grasp(tap) open(fridge, tap)' for 'open fridge')."""
+    keys = {"tap", "spoon", "plate", "cupboard", "knife", "pan", "bowl", "drawer", "sponge", "glass", "fridge", "cup"}
+    rows = (CLASSES / "EPIC_100_noun_classes.csv").read_text().splitlines()
+    (tmp_path / "nouns.csv").write_text("\n".join([rows[0]] + [r for r in rows[1:] if r.split(",")[1] in keys]) + "\n")
+    small = ClassVocab.from_csv(tmp_path / "nouns.csv", "noun")
+    record = descriptor_record("open fridge", "open", "fridge", ["fridge"], verbs, small,
+                               contacts=[("right", "fridge", 0.3, 1.7)])
+    info = clip_info(record)
+    p = offline_program(info, exemplars, verbs, small)
+    assert check_program(p, verbs, small, Labels(info.verb_class, info.noun_class)) == []
+    objects = {s["object_a"] for s in _subs(p["steps"])} | {s["object_b"] for s in _subs(p["steps"])} - {None}
+    objects |= {a for c in _conds(p) for a in c["args"] if a not in ("left", "right", "both", "either")}
+    assert objects == {"fridge"}, p
+    assert any(c["predicate"] == "open" and not c["negated"] for c in p["post"])
+    # where the clip has an object for it, the exemplar's object is renamed to that one as before
+    record = descriptor_record("open fridge", "open", "fridge", ["fridge"], verbs, small,
+                               contacts=[("right", "fridge", 0.3, 1.7), ("left", "cup", 0.0, 1.0)])
+    p = offline_program(clip_info(record), exemplars, verbs, small)
+    assert "cup" in {s["object_a"] for s in _subs(p["steps"])}

@@ -11,8 +11,11 @@ class and renames the exemplar's objects by the role they play in it, from what 
 - other second objects (an ``object_b`` nobody holds: the glass poured into, the top a cup is put on): the
   narration's other nouns (those no hand touches);
 - every other exemplar object (tap, sink, water, ...) stays when the class list has it and nothing above
-  took its class; else it becomes the clip's next unused object (narration, contacts, near-hand, detections),
-  else the first unused class of the list.
+  took its class; else it becomes the clip's next unused object (narration, contacts, near-hand, detections);
+  an object the class list lacks (a smaller list than EPIC's: the synthetic kitchen has no handle) for which
+  the clip has none left is left out with its sub-actions and conditions ("grasp(handle) pull(fridge,
+  handle)" -> "open(fridge)"), unless that breaks the program (a loop's condition on it, an empty body,
+  chaining); only then does it become the first unused class of the list.
 
 Renaming is one-to-one on noun classes (an object whose class was claimed takes the claimer's old class
 when it can), so the exemplar's chaining stays valid. Then hands: when the hands component says which hand
@@ -299,8 +302,10 @@ def _roles(program: dict) -> tuple[list[str], list[str]]:
     return held, second
 
 
-def _object_mapping(program: dict, ev: Evidence, nouns: ClassVocab) -> dict[str, int]:
-    """Exemplar object name -> clip noun class, one-to-one on classes (see the module docstring)."""
+def _object_mapping(program: dict, ev: Evidence, nouns: ClassVocab, *, drop: bool = True
+                    ) -> tuple[dict[str, int], set[str]]:
+    """(exemplar object name -> clip noun class, one-to-one on classes; the objects to leave out: with ``drop``,
+    those outside the class list for which the clip has no object left; see the module docstring)."""
     cls = lambda name: resolve_object(name, nouns)  # noqa: E731
     mapping: dict[str, int] = {}
     taken: set[int] = set()
@@ -333,6 +338,7 @@ def _object_mapping(program: dict, ev: Evidence, nouns: ClassVocab) -> dict[str,
             if c is not None:
                 give(old, c)
     pool = ev.pool()
+    gone: set[str] = set()
     for old in _objects_of(program):
         if old in mapping:
             continue
@@ -345,11 +351,50 @@ def _object_mapping(program: dict, ev: Evidence, nouns: ClassVocab) -> dict[str,
             continue
         # its class was claimed (the clip's noun renamed another object to it): take that object's old class
         claimer = next((o for o, c in mapping.items() if own is not None and c == own and o != old), None)
+        if own is None and drop and first_free(pool) is None:
+            gone.add(old)  # (a handle where the list has none): any other class would be an object not there
+            continue
         c = first_free([cls(claimer) if claimer else None, *pool, *nouns.ids])
         if c is None:
             raise OfflineError("the class list has too few objects for the exemplar program")
         give(old, c)
-    return mapping
+    return mapping, gone
+
+
+def _without(program: dict, gone: set[str]) -> dict | None:
+    """The exemplar program without the objects ``gone``: their sub-actions (as object A) and conditions left
+    out, an object B of theirs cleared; None where that leaves no steps, a loop or conditional without its
+    condition, or a body empty."""
+    p = copy.deepcopy(program)
+
+    def keep(c: dict) -> bool:
+        return not any(kind == "object" and a in gone for a, kind in zip(c["args"], PREDICATES.get(c["predicate"], ())))
+
+    def walk(steps: list[dict]) -> list[dict] | None:
+        out = []
+        for s in steps:
+            if s["type"] == "sub_action":
+                if s["object_a"] in gone:
+                    continue
+                if s.get("object_b") in gone:
+                    s["object_b"] = None
+                s["pre"] = [c for c in s.get("pre") or [] if keep(c)]
+                s["post"] = [c for c in s.get("post") or [] if keep(c)]
+            else:
+                if not all(keep(s[k]) for k in ("until", "if") if k in s):
+                    return None
+                for k in ("steps", "then", "else"):
+                    if k in s:
+                        s[k] = walk(s[k])
+                        if s[k] is None or (not s[k] and k != "else"):
+                            return None
+            out.append(s)
+        return out
+
+    p["pre"] = [c for c in p["pre"] if keep(c)]
+    p["post"] = [c for c in p["post"] if keep(c)]
+    p["steps"] = walk(p["steps"])
+    return p if p["steps"] else None
 
 
 def _hands_disagree(program: dict, ev: Evidence, nouns: ClassVocab) -> bool:
@@ -518,19 +563,33 @@ def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab
     sig = clip_signals(info.text)
     clip_objects = {nid, *ev.pool()}
     best = min(same_verb, key=lambda e: _exemplar_key(e, nid, clip_objects, sig.keys(), words, nouns))
-    mapping = _object_mapping(best.program, ev, nouns)
+    from leap_cli.programs.validate import validate_semantics
+
+    program = _from_exemplar(best.program, action, ev, sig, verbs, nouns, drop=True)
+    if validate_semantics(program, verbs, nouns):  # leaving objects out broke the chaining: rename them all
+        program = _from_exemplar(best.program, action, ev, sig, verbs, nouns, drop=False)
+    return program
+
+
+def _from_exemplar(exemplar: dict, action: dict, ev: Evidence, sig: Signals, verbs: ClassVocab, nouns: ClassVocab,
+                   *, drop: bool) -> dict:
+    mapping, gone = _object_mapping(exemplar, ev, nouns, drop=drop)
+    if gone:
+        exemplar = _without(exemplar, gone) or exemplar
+        if any(o in gone for o in _objects_of(exemplar)):  # could not be left out: renamed after all
+            mapping, gone = _object_mapping(exemplar, ev, nouns, drop=False)
     names = {old: old if resolve_object(old, nouns) == cid else nouns.keys[cid] for old, cid in mapping.items()}
-    program = _rename(best.program, names)
+    program = _rename(exemplar, names)
     swapped = _hands_disagree(program, ev, nouns)
     if swapped:
         program = _swap_hands(program)
-    _purposes(program, best.program, names, swapped,
-              {nid, *ev.pool(), *(resolve_object(o, nouns) for o in sig.visible)}, nouns)
-    _turn_towards(program, sig, noun_name)
+    _purposes(program, exemplar, names, swapped,
+              {ev.noun, *ev.pool(), *(resolve_object(o, nouns) for o in sig.visible)}, nouns)
+    _turn_towards(program, sig, action["noun"])
     program["action"] = action
     for sub in _sub_actions(program["steps"]):  # a step verb outside a smaller class list becomes the action's verb
         if resolve_verb(sub["verb"], verbs) is None:
-            sub["verb"] = verb_name
+            sub["verb"] = action["verb"]
     return _add_tap_step(program, sig, verbs, nouns)
 
 
