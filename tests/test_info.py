@@ -113,3 +113,18 @@ def test_info_reads_each_split_csv_once(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["info", "--data", str(root)])
     assert r.exit_code == 0, r.output
     assert read and len(read) == len(set(read)), read
+
+
+def test_hand_objects_are_found_where_epics_download_script_saves_them(tmp_path):
+    """epic_downloader.py saves ROOT/P01/hand-objects/P01_01.pkl; only ROOT/hand-objects/P01/ was looked at, so
+    info counted 0 and extract said "no hand-object detections for this video"."""
+    root = make_root(tmp_path / "k")  # train: P01_01, P01_02; val: P01_03
+    downloaded = root / "P01" / "hand-objects" / "P01_01.pkl"
+    downloaded.parent.mkdir()
+    downloaded.write_bytes(b"")
+    (root / "hand-objects" / "P01").mkdir(parents=True)
+    (root / "hand-objects" / "P01" / "P01_03.jsonl").write_text("")
+    layout = DatasetLayout.open(root)
+    assert layout.hand_objects_path("P01_01") == downloaded and layout.hand_objects_path("P01_02") is None
+    splits, _ = dataset_info(layout)
+    assert {s.split: s.with_hand_objects for s in splits} == {"train": 1, "val": 1}

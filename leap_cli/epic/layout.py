@@ -16,7 +16,8 @@ VIDEO_EXTS = (".MP4", ".mp4")
 @dataclass
 class DatasetLayout:
     """``ROOT/P01/videos/P01_01.MP4``, ``ROOT/P01/rgb_frames/P01_01/frame_0000000001.jpg``,
-    ``ROOT/P01/audio/P01_01.wav``, ``ROOT/hand-objects/P01/P01_01.pkl`` (or ``.jsonl``),
+    ``ROOT/P01/audio/P01_01.wav``, ``ROOT/P01/hand-objects/P01_01.pkl`` or ``ROOT/hand-objects/P01/P01_01.pkl``
+    (or ``.jsonl``),
     ``ROOT/object-detections/P01/P01_01.jsonl``, ``ROOT/poses/P01_01.json`` (EPIC Fields) or
     ``ROOT/poses/P01_01/images.txt`` (COLMAP)."""
 
@@ -71,11 +72,14 @@ class DatasetLayout:
         return None
 
     def hand_objects_path(self, video_id: str) -> Path | None:
-        folder = self.root / "hand-objects" / self.participant(video_id)
-        for ext in (".pkl", ".jsonl"):
-            p = folder / f"{video_id}{ext}"
-            if p.exists():
-                return p
+        """Where EPIC's download script saves it (``ROOT/P01/hand-objects/``), else ``ROOT/hand-objects/P01/``
+        (the layout of its download URLs)."""
+        part = self.participant(video_id)
+        for folder in (self.root / part / "hand-objects", self.root / "hand-objects" / part):
+            for ext in (".pkl", ".jsonl"):
+                p = folder / f"{video_id}{ext}"
+                if p.exists():
+                    return p
         return None
 
     def object_detections_path(self, video_id: str) -> Path | None:
