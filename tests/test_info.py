@@ -24,6 +24,9 @@ def test_info_counts_epic_fields_and_colmap_poses(tmp_path):
     (poses / "P01_01.json").unlink()
     splits, _ = dataset_info(DatasetLayout.open(root))
     assert {s.split: (s.with_poses_fields, s.with_poses_colmap) for s in splits}["train"] == (0, 1)
+    (poses / "P01_02" / "images.txt").rename(poses / "P01_02" / "images.bin")  # COLMAP's default, binary model
+    splits, _ = dataset_info(DatasetLayout.open(root))
+    assert {s.split: (s.with_poses_fields, s.with_poses_colmap) for s in splits}["train"] == (0, 1)
     res = CliRunner().invoke(app, ["info", "--data", str(root), "--no-check-lengths"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     row = next(line for line in res.output.splitlines() if "camera poses (EPIC Fields JSON)" in line)

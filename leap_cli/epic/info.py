@@ -23,7 +23,7 @@ class SplitInfo:
     with_hand_objects: int = 0
     with_object_detections: int = 0
     with_poses_fields: int = 0  # camera poses: EPIC Fields' per-video JSON (the one the camera component reads first)
-    with_poses_colmap: int = 0  # camera poses: a COLMAP images.txt only
+    with_poses_colmap: int = 0  # camera poses: a COLMAP images.txt or images.bin only
 
 
 def dataset_info(layout: DatasetLayout) -> tuple[list[SplitInfo], dict]:
@@ -53,7 +53,7 @@ def dataset_info(layout: DatasetLayout) -> tuple[list[SplitInfo], dict]:
                 info.with_audio_track += 1
             info.with_hand_objects += layout.hand_objects_path(v) is not None
             info.with_object_detections += layout.object_detections_path(v) is not None
-            poses = layout.poses_path(v)  # EPIC Fields JSON where present, else COLMAP images.txt
+            poses = layout.poses_path(v)  # EPIC Fields JSON where present, else COLMAP images.txt or .bin
             info.with_poses_fields += poses is not None and poses.suffix == ".json"
             info.with_poses_colmap += poses is not None and poses.suffix != ".json"
         splits.append(info)

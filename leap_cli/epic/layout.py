@@ -17,9 +17,8 @@ VIDEO_EXTS = (".MP4", ".mp4")
 class DatasetLayout:
     """``ROOT/P01/videos/P01_01.MP4``, ``ROOT/P01/rgb_frames/P01_01/frame_0000000001.jpg``,
     ``ROOT/P01/audio/P01_01.wav``, ``ROOT/P01/hand-objects/P01_01.pkl`` or ``ROOT/hand-objects/P01/P01_01.pkl``
-    (or ``.jsonl``),
-    ``ROOT/object-detections/P01/P01_01.jsonl``, ``ROOT/poses/P01_01.json`` (EPIC Fields) or
-    ``ROOT/poses/P01_01/images.txt`` (COLMAP)."""
+    (or ``.jsonl``), ``ROOT/object-detections/P01/P01_01.jsonl``, ``ROOT/poses/P01_01.json`` (EPIC Fields) or
+    ``ROOT/poses/P01_01/images.txt`` or ``images.bin`` (COLMAP)."""
 
     root: Path
     annotations_dir: Path
@@ -87,8 +86,9 @@ class DatasetLayout:
         return p if p.exists() else None
 
     def poses_path(self, video_id: str) -> Path | None:
-        """EPIC Fields' per-video JSON where present, else a COLMAP ``images.txt``."""
-        for p in (self.root / "poses" / f"{video_id}.json", self.root / "poses" / video_id / "images.txt"):
+        """EPIC Fields' per-video JSON where present, else a COLMAP ``images.txt``, else its ``images.bin``."""
+        folder = self.root / "poses" / video_id
+        for p in (self.root / "poses" / f"{video_id}.json", folder / "images.txt", folder / "images.bin"):
             if p.exists():
                 return p
         return None
