@@ -131,3 +131,20 @@ def test_hand_objects_are_found_where_epics_download_script_saves_them(tmp_path)
     assert layout.hand_objects_path("P01_01") == downloaded and layout.hand_objects_path("P01_02") is None
     splits, _ = dataset_info(layout)
     assert {s.split: s.with_hand_objects for s in splits} == {"train": 1, "val": 1}
+
+
+def test_rgb_frames_folders_a_few_frames_longer_than_the_video_are_not_flagged(tmp_path):
+    """EPIC's ``-r 60`` extraction writes 4-18 frames past duration x 60 (EPIC_100_frame_counts.csv: +0.06 to
+    +0.31 s on its 698 videos, the two errata aside): info flagged about a third of the real folders."""
+    from leap_cli.epic.info import check_lengths
+
+    root = make_root(tmp_path / "k", epic=True)  # 6 s videos: 360 frame files at 60/s each
+    frames = {v: root / "P01" / "rgb_frames" / v for v in ("P01_01", "P01_02", "P01_03")}
+    for n in range(361, 361 + 18):  # +0.3 s: as EPIC's longest
+        (frames["P01_01"] / f"frame_{n:010d}.jpg").write_bytes(b"")
+    for n in range(361, 361 + 60):  # +1 s
+        (frames["P01_02"] / f"frame_{n:010d}.jpg").write_bytes(b"")
+    for n in range(349, 361):  # -0.2 s: shorter than the video
+        (frames["P01_03"] / f"frame_{n:010d}.jpg").unlink()
+    flagged = check_lengths(DatasetLayout.open(root), list(frames))
+    assert [(b.video_id, round(b.decoded_s, 2)) for b in flagged] == [("P01_02", 7.0), ("P01_03", 5.8)]
