@@ -1,5 +1,7 @@
 """``leap info`` counts every input a stage reads, camera poses in both formats included."""
 
+import shutil
+
 from typer.testing import CliRunner
 
 from leap_cli.cli import app
@@ -43,7 +45,6 @@ def test_paths_in_table_titles_are_printed_as_they_are(tmp_path):
 
 def test_length_check_counts_only_the_videos_that_are_there(tmp_path):
     """With no video downloaded yet, info said "all N videos present decode to their video_info duration"."""
-    import shutil
 
     root = make_root(tmp_path / "k", epic=True)  # train: P01_01, P01_02; val: P01_03 (rgb_frames folders)
     res = CliRunner().invoke(app, ["info", "--data", str(root)], env={"COLUMNS": "200"})
@@ -148,3 +149,30 @@ def test_rgb_frames_folders_a_few_frames_longer_than_the_video_are_not_flagged(t
         (frames["P01_03"] / f"frame_{n:010d}.jpg").unlink()
     flagged = check_lengths(DatasetLayout.open(root), list(frames))
     assert [(b.video_id, round(b.decoded_s, 2)) for b in flagged] == [("P01_02", 7.0), ("P01_03", 5.8)]
+
+
+def test_rgb_frames_left_in_their_tar_are_named_with_the_command_that_extracts_them(tmp_path):
+    """epic_downloader.py saves P01/rgb_frames/P01_03.tar: info said "neither MP4 nor rgb_frames" and extract "no
+    video file or rgb_frames folder", naming no tar."""
+    import subprocess
+    import tarfile
+
+    from leap_cli.extract.runner import ExtractConfig, run_extract
+    from leap_cli.io import read_jsonl
+
+    root = make_root(tmp_path / "k", epic=True)  # val: P01_03, as a folder of 360 frame files
+    folder = root / "P01" / "rgb_frames" / "P01_03"
+    with tarfile.open(folder.with_suffix(".tar"), "w") as tar:  # the frames at the top, as EPIC's tars hold them
+        tar.add(folder, arcname=".")
+    shutil.rmtree(folder)
+    run_extract(ExtractConfig(data=root, split="val", out=tmp_path / "val.jsonl", components=("camera",)))
+    data = next(iter(read_jsonl(tmp_path / "val.jsonl")))["components"]["camera"]["data"]
+    assert data["reason"] == "rgb_frames not extracted from their tar" and data["cause"] == "video"
+    command = DatasetLayout.open(root).untar_command("P01_03")
+    assert str(folder.with_suffix(".tar")) in data["detail"] and command in data["detail"]
+    res = CliRunner().invoke(app, ["info", "--data", str(root), "--no-check-lengths"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert "val: 1 video(s) with rgb_frames not extracted from their tar: P01_03" in res.output
+    assert command in res.output and "neither" not in res.output
+    subprocess.run(command, shell=True, check=True)
+    assert DatasetLayout.open(root).frames_dir("P01_03") == folder and len(list(folder.iterdir())) == 360

@@ -166,6 +166,8 @@ def _print_summary(s) -> None:
         console.print(f"unavailable components by reason ({sum(s.unavailable.values())}):")
         for reason, n in s.unavailable.most_common(10):
             console.print(f"  {n} x {escape(reason)}", highlight=False)
+            if reason in s.unavailable_detail:
+                console.print(f"    first: {escape(s.unavailable_detail[reason])}", highlight=False, soft_wrap=True)
     for line in s.outcome.lines():
         console.print(escape(line), highlight=False, style="red")
     if s.errors:

@@ -21,7 +21,8 @@ class SplitInfo:
     nouns_used: int = 0
     with_mp4: int = 0
     with_frames: int = 0
-    missing: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # neither MP4 nor rgb_frames folder nor tar
+    tarred: list[str] = field(default_factory=list)  # rgb_frames only as the downloaded tar, not extracted
     with_audio_file: int = 0  # audio: P01/audio/VIDEO.wav or .flac (the one extract reads first)
     with_audio_track: int = 0  # audio: no such file, but the MP4 carries its own track (EPIC's MP4s do)
     with_hand_objects: int = 0
@@ -50,7 +51,7 @@ def dataset_info(layout: DatasetLayout) -> tuple[list[SplitInfo], dict]:
             info.with_mp4 += mp4 is not None
             info.with_frames += frames is not None
             if mp4 is None and frames is None:
-                info.missing.append(v)
+                (info.missing if layout.frames_tar(v) is None else info.tarred).append(v)
             if layout.audio_path(v) is not None:
                 info.with_audio_file += 1
             elif mp4 is not None and has_audio_track(mp4):

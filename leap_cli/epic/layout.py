@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,16 @@ class DatasetLayout:
     def frames_dir(self, video_id: str) -> Path | None:
         d = self.root / self.participant(video_id) / "rgb_frames" / video_id
         return d if d.is_dir() else None
+
+    def frames_tar(self, video_id: str) -> Path | None:
+        """``ROOT/P01/rgb_frames/P01_01.tar`` as EPIC's download script saves it, when no folder was extracted."""
+        tar = self.root / self.participant(video_id) / "rgb_frames" / f"{video_id}.tar"
+        return tar if tar.is_file() and self.frames_dir(video_id) is None else None
+
+    def untar_command(self, video_id: str) -> str:
+        """The shell command that extracts the frames tar into the frames folder (the tar holds the frame files)."""
+        d = self.root / self.participant(video_id) / "rgb_frames" / video_id
+        return f"mkdir -p {shlex.quote(str(d))} && tar -xf {shlex.quote(f'{d}.tar')} -C {shlex.quote(str(d))}"
 
     def frame_path(self, video_id: str, frame: int) -> Path:
         return self.root / self.participant(video_id) / "rgb_frames" / video_id / frame_filename(frame)
