@@ -58,8 +58,8 @@ def extract(
         help="Frames sampled through a segment for visual odometry."),
     camera_source: str = typer.Option("auto", "--camera-source", help="auto: the video's camera poses where they "
                                       "cover the segment (EPIC Fields' poses/VIDEO.json first, else COLMAP's "
-                                      "poses/VIDEO/images.txt or images.bin), else visual odometry; vo: odometry only; colmap: "
-                                      "poses only (either file)."),
+                                      "poses/VIDEO/images.txt or images.bin), else visual odometry; vo: odometry "
+                                      "only; colmap: poses only (any of these files)."),
     fov: float = typer.Option(
         90.0, "--fov", min=1.0, max=179.0,
         help="Assumed horizontal field of view (degrees) for the camera intrinsics."),

@@ -19,8 +19,8 @@ read of each video).
 
 Poses: EPIC Fields' per-video JSON (``poses/P01_01.json``: ``camera`` with COLMAP's camera model, size and
 parameters incl. distortion, ``images`` {frame name: [qw, qx, qy, qz, tx, ty, tz]} world-to-camera, ``points``)
-or COLMAP's ``poses/P01_01/images.txt`` (or ``images.bin``). The poses of the frames inside the segment give the same angles, and
-the camera centres give where the camera is relative to the rest of the video. With the default
+or COLMAP's ``poses/P01_01/images.txt`` (or ``images.bin``). The poses of the frames inside the segment give the
+same angles, and the camera centres give where the camera is relative to the rest of the video. With the default
 ``source="auto"``, a video without poses, or a segment with fewer than two registered frames, uses visual
 odometry; ``data["method"]`` says which was used (``epic-fields``, ``colmap`` or ``visual-odometry``) and
 ``data["poses_skipped"]`` why poses were not.
