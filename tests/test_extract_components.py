@@ -218,6 +218,44 @@ def test_colmap_poses_give_motion_and_place(tmp_path):
         read_colmap_images(poses_dir / "images.txt")
 
 
+
+def test_colmap_binary_images_give_the_poses_of_images_txt(tmp_path):
+    """COLMAP, and so the EPIC Fields pipeline, writes images.bin by default: it was ignored ("no camera poses")."""
+    import struct
+
+    from leap_cli.epic.layout import DatasetLayout
+
+    rows = []
+    for n in range(1, 41):  # as above: yaws right 1 deg per frame over frames 1..30; some images with 2D points
+        rw = rot_y(min(n, 30) - 1.0).T
+        rows.append((n, *_r_to_quat(rw), *(-rw @ np.array([n * 0.05, 0.0, 0.0])), 1, f"frame_{n:010d}.jpg",
+                     [(1.5 * n, 2.0, n if k else -1) for k in range(n % 3)]))
+    txt = tmp_path / "txt" / "images.txt"
+    txt.parent.mkdir()
+    txt.write_text("".join(" ".join(map(str, r[:10])) + "\n" + " ".join(f"{x} {y} {i}" for x, y, i in r[10]) + "\n"
+                           for r in rows))
+    blob = struct.pack("<Q", len(rows))  # COLMAP's WriteImagesBinary, little-endian
+    for image_id, *pose, camera_id, name, points in rows:
+        blob += struct.pack("<I7dI", image_id, *pose, camera_id) + name.encode() + b"\0"
+        blob += struct.pack("<Q", len(points)) + b"".join(struct.pack("<ddq", *p) for p in points)
+    binary = tmp_path / "poses" / "P01_01" / "images.bin"
+    binary.parent.mkdir(parents=True)
+    binary.write_bytes(blob)
+    assert DatasetLayout(tmp_path, tmp_path).poses_path("P01_01") == binary
+    from_txt, from_bin = read_colmap_images(txt), read_colmap_images(binary)
+    assert len(from_bin) == 40 and from_bin.keys() == from_txt.keys()
+    assert all(np.allclose(from_bin[n][k], from_txt[n][k]) for n in from_txt for k in (0, 1))
+    seg = Segment("P01_01_0", "P01", "P01_01", 0.0, 1.2, 1, 30)
+    rec = CameraComponent(source="colmap").describe(SegmentContext(layout=_Layout(tmp_path, poses=binary), segment=seg,
+                                                                   fps=50.0))
+    assert rec["source"] == "colmap:P01_01/images.bin" and rec["text"].startswith("turns head right about 30 deg")
+    for damaged in (blob[:5], blob[:100], blob[:-1], blob + b"\0"):
+        binary.write_bytes(damaged)
+        with pytest.raises(LeapError, match="images.bin") as e:
+            read_colmap_images(binary)
+        assert "\n" not in str(e.value)
+
+
 def _r_to_quat(r):
     w = np.sqrt(max(0.0, 1 + r[0, 0] + r[1, 1] + r[2, 2])) / 2
     return (w, (r[2, 1] - r[1, 2]) / (4 * w), (r[0, 2] - r[2, 0]) / (4 * w), (r[1, 0] - r[0, 1]) / (4 * w))

@@ -1,5 +1,7 @@
 """``leap info`` counts every input a stage reads, camera poses in both formats included."""
 
+import shutil
+
 from typer.testing import CliRunner
 
 from leap_cli.cli import app
@@ -24,6 +26,9 @@ def test_info_counts_epic_fields_and_colmap_poses(tmp_path):
     (poses / "P01_01.json").unlink()
     splits, _ = dataset_info(DatasetLayout.open(root))
     assert {s.split: (s.with_poses_fields, s.with_poses_colmap) for s in splits}["train"] == (0, 1)
+    (poses / "P01_02" / "images.txt").rename(poses / "P01_02" / "images.bin")  # COLMAP's default, binary model
+    splits, _ = dataset_info(DatasetLayout.open(root))
+    assert {s.split: (s.with_poses_fields, s.with_poses_colmap) for s in splits}["train"] == (0, 1)
     res = CliRunner().invoke(app, ["info", "--data", str(root), "--no-check-lengths"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     row = next(line for line in res.output.splitlines() if "camera poses (EPIC Fields JSON)" in line)
@@ -40,7 +45,6 @@ def test_paths_in_table_titles_are_printed_as_they_are(tmp_path):
 
 def test_length_check_counts_only_the_videos_that_are_there(tmp_path):
     """With no video downloaded yet, info said "all N videos present decode to their video_info duration"."""
-    import shutil
 
     root = make_root(tmp_path / "k", epic=True)  # train: P01_01, P01_02; val: P01_03 (rgb_frames folders)
     res = CliRunner().invoke(app, ["info", "--data", str(root)], env={"COLUMNS": "200"})
@@ -113,3 +117,62 @@ def test_info_reads_each_split_csv_once(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["info", "--data", str(root)])
     assert r.exit_code == 0, r.output
     assert read and len(read) == len(set(read)), read
+
+
+def test_hand_objects_are_found_where_epics_download_script_saves_them(tmp_path):
+    """epic_downloader.py saves ROOT/P01/hand-objects/P01_01.pkl; only ROOT/hand-objects/P01/ was looked at, so
+    info counted 0 and extract said "no hand-object detections for this video"."""
+    root = make_root(tmp_path / "k")  # train: P01_01, P01_02; val: P01_03
+    downloaded = root / "P01" / "hand-objects" / "P01_01.pkl"
+    downloaded.parent.mkdir()
+    downloaded.write_bytes(b"")
+    (root / "hand-objects" / "P01").mkdir(parents=True)
+    (root / "hand-objects" / "P01" / "P01_03.jsonl").write_text("")
+    layout = DatasetLayout.open(root)
+    assert layout.hand_objects_path("P01_01") == downloaded and layout.hand_objects_path("P01_02") is None
+    splits, _ = dataset_info(layout)
+    assert {s.split: s.with_hand_objects for s in splits} == {"train": 1, "val": 1}
+
+
+def test_rgb_frames_folders_a_few_frames_longer_than_the_video_are_not_flagged(tmp_path):
+    """EPIC's ``-r 60`` extraction writes 4-18 frames past duration x 60 (EPIC_100_frame_counts.csv: +0.06 to
+    +0.31 s on its 698 videos, the two errata aside): info flagged about a third of the real folders."""
+    from leap_cli.epic.info import check_lengths
+
+    root = make_root(tmp_path / "k", epic=True)  # 6 s videos: 360 frame files at 60/s each
+    frames = {v: root / "P01" / "rgb_frames" / v for v in ("P01_01", "P01_02", "P01_03")}
+    for n in range(361, 361 + 18):  # +0.3 s: as EPIC's longest
+        (frames["P01_01"] / f"frame_{n:010d}.jpg").write_bytes(b"")
+    for n in range(361, 361 + 60):  # +1 s
+        (frames["P01_02"] / f"frame_{n:010d}.jpg").write_bytes(b"")
+    for n in range(349, 361):  # -0.2 s: shorter than the video
+        (frames["P01_03"] / f"frame_{n:010d}.jpg").unlink()
+    flagged = check_lengths(DatasetLayout.open(root), list(frames))
+    assert [(b.video_id, round(b.decoded_s, 2)) for b in flagged] == [("P01_02", 7.0), ("P01_03", 5.8)]
+
+
+def test_rgb_frames_left_in_their_tar_are_named_with_the_command_that_extracts_them(tmp_path):
+    """epic_downloader.py saves P01/rgb_frames/P01_03.tar: info said "neither MP4 nor rgb_frames" and extract "no
+    video file or rgb_frames folder", naming no tar."""
+    import subprocess
+    import tarfile
+
+    from leap_cli.extract.runner import ExtractConfig, run_extract
+    from leap_cli.io import read_jsonl
+
+    root = make_root(tmp_path / "k", epic=True)  # val: P01_03, as a folder of 360 frame files
+    folder = root / "P01" / "rgb_frames" / "P01_03"
+    with tarfile.open(folder.with_suffix(".tar"), "w") as tar:  # the frames at the top, as EPIC's tars hold them
+        tar.add(folder, arcname=".")
+    shutil.rmtree(folder)
+    run_extract(ExtractConfig(data=root, split="val", out=tmp_path / "val.jsonl", components=("camera",)))
+    data = next(iter(read_jsonl(tmp_path / "val.jsonl")))["components"]["camera"]["data"]
+    assert data["reason"] == "rgb_frames not extracted from their tar" and data["cause"] == "video"
+    command = DatasetLayout.open(root).untar_command("P01_03")
+    assert str(folder.with_suffix(".tar")) in data["detail"] and command in data["detail"]
+    res = CliRunner().invoke(app, ["info", "--data", str(root), "--no-check-lengths"], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert "val: 1 video(s) with rgb_frames not extracted from their tar: P01_03" in res.output
+    assert command in res.output and "neither" not in res.output
+    subprocess.run(command, shell=True, check=True)
+    assert DatasetLayout.open(root).frames_dir("P01_03") == folder and len(list(folder.iterdir())) == 360

@@ -66,7 +66,7 @@ def info(
     rows = [("segments", lambda s: s.segments), ("videos", lambda s: s.videos),
             ("verb classes used", lambda s: s.verbs_used), ("noun classes used", lambda s: s.nouns_used),
             ("videos with MP4", lambda s: s.with_mp4), ("videos with rgb_frames", lambda s: s.with_frames),
-            ("videos missing", lambda s: len(s.missing)),
+            ("videos missing", lambda s: len(s.missing) + len(s.tarred)),
             ("audio (WAV/FLAC file)", lambda s: s.with_audio_file),
             ("audio (MP4's own track only)", lambda s: s.with_audio_track),
             ("hand-object detections", lambda s: s.with_hand_objects),
@@ -79,9 +79,14 @@ def info(
     console.print(escape(f"annotations: {layout.annotations_dir} ({', '.join(s.file for s in splits)})"), highlight=False)
     console.print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in classes.items()))
     for s in splits:
-        if s.missing:
-            shown = ", ".join(s.missing[:5]) + (" ..." if len(s.missing) > 5 else "")
-            console.print(f"[yellow]{s.split}: {len(s.missing)} video(s) with neither MP4 nor rgb_frames:[/] {escape(shown)}")
+        for videos, what in ((s.missing, "with neither MP4 nor rgb_frames"),
+                             (s.tarred, "with rgb_frames not extracted from their tar")):
+            if videos:
+                shown = ", ".join(videos[:5]) + (" ..." if len(videos) > 5 else "")
+                console.print(f"[yellow]{s.split}: {len(videos)} video(s) {what}:[/] {escape(shown)}")
+        if s.tarred:
+            console.print(escape(f"  extract each into a folder of its name: {layout.untar_command(s.tarred[0])}"),
+                          highlight=False, soft_wrap=True)  # a command to copy: not broken into lines
     if check_lengths:
         ann = layout.annotations()
         videos = sorted({seg.video_id for s in splits for seg in ann.segments(s.split)})

@@ -58,8 +58,8 @@ def extract(
         help="Frames sampled through a segment for visual odometry."),
     camera_source: str = typer.Option("auto", "--camera-source", help="auto: the video's camera poses where they "
                                       "cover the segment (EPIC Fields' poses/VIDEO.json first, else COLMAP's "
-                                      "poses/VIDEO/images.txt), else visual odometry; vo: odometry only; colmap: "
-                                      "poses only (either file)."),
+                                      "poses/VIDEO/images.txt or images.bin), else visual odometry; vo: odometry "
+                                      "only; colmap: poses only (any of these files)."),
     fov: float = typer.Option(
         90.0, "--fov", min=1.0, max=179.0,
         help="Assumed horizontal field of view (degrees) for the camera intrinsics."),
@@ -166,6 +166,8 @@ def _print_summary(s) -> None:
         console.print(f"unavailable components by reason ({sum(s.unavailable.values())}):")
         for reason, n in s.unavailable.most_common(10):
             console.print(f"  {n} x {escape(reason)}", highlight=False)
+            if reason in s.unavailable_detail:
+                console.print(f"    first: {escape(s.unavailable_detail[reason])}", highlight=False, soft_wrap=True)
     for line in s.outcome.lines():
         console.print(escape(line), highlight=False, style="red")
     if s.errors:

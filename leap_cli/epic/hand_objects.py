@@ -1,6 +1,6 @@
 """EPIC-KITCHENS-100 hand-object detections (Shan et al. 2020), as EPIC publishes them.
 
-``hand-objects/P01/P01_01.pkl`` is a pickled list with one serialized ``Detections`` protobuf message per
+``P01/hand-objects/P01_01.pkl`` is a pickled list with one serialized ``Detections`` protobuf message per
 frame (coordinates in [0, 1]). The messages are decoded here with a small wire-format codec, so no protobuf
 package is needed. The same content can be given as JSONL, one frame per line (see ``FrameDetections.to_dict``).
 
@@ -311,7 +311,7 @@ def _check_video(det: "FrameDetections", path: Path, video_id: str | None) -> No
     if video_id and det.video_id and det.video_id != video_id:
         raise LeapError(f"holds the detections of video {det.video_id}, not of {video_id}", path=path,
                         record=f"frame {det.frame_number}",
-                        fix=f"place {video_id}'s own file there (EPIC's hand-objects/P01/P01_01.pkl holds P01_01's frames)")
+                        fix=f"place {video_id}'s own file there (EPIC's P01_01.pkl holds P01_01's frames)")
 
 
 class HandObjectFrames(Mapping):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +17,9 @@ VIDEO_EXTS = (".MP4", ".mp4")
 @dataclass
 class DatasetLayout:
     """``ROOT/P01/videos/P01_01.MP4``, ``ROOT/P01/rgb_frames/P01_01/frame_0000000001.jpg``,
-    ``ROOT/P01/audio/P01_01.wav``, ``ROOT/hand-objects/P01/P01_01.pkl`` (or ``.jsonl``),
-    ``ROOT/object-detections/P01/P01_01.jsonl``, ``ROOT/poses/P01_01.json`` (EPIC Fields) or
-    ``ROOT/poses/P01_01/images.txt`` (COLMAP)."""
+    ``ROOT/P01/audio/P01_01.wav``, ``ROOT/P01/hand-objects/P01_01.pkl`` or ``ROOT/hand-objects/P01/P01_01.pkl``
+    (or ``.jsonl``), ``ROOT/object-detections/P01/P01_01.jsonl``, ``ROOT/poses/P01_01.json`` (EPIC Fields) or
+    ``ROOT/poses/P01_01/images.txt`` or ``images.bin`` (COLMAP)."""
 
     root: Path
     annotations_dir: Path
@@ -59,6 +60,16 @@ class DatasetLayout:
         d = self.root / self.participant(video_id) / "rgb_frames" / video_id
         return d if d.is_dir() else None
 
+    def frames_tar(self, video_id: str) -> Path | None:
+        """``ROOT/P01/rgb_frames/P01_01.tar`` as EPIC's download script saves it, when no folder was extracted."""
+        tar = self.root / self.participant(video_id) / "rgb_frames" / f"{video_id}.tar"
+        return tar if tar.is_file() and self.frames_dir(video_id) is None else None
+
+    def untar_command(self, video_id: str) -> str:
+        """The shell command that extracts the frames tar into the frames folder (the tar holds the frame files)."""
+        d = self.root / self.participant(video_id) / "rgb_frames" / video_id
+        return f"mkdir -p {shlex.quote(str(d))} && tar -xf {shlex.quote(f'{d}.tar')} -C {shlex.quote(str(d))}"
+
     def frame_path(self, video_id: str, frame: int) -> Path:
         return self.root / self.participant(video_id) / "rgb_frames" / video_id / frame_filename(frame)
 
@@ -71,11 +82,14 @@ class DatasetLayout:
         return None
 
     def hand_objects_path(self, video_id: str) -> Path | None:
-        folder = self.root / "hand-objects" / self.participant(video_id)
-        for ext in (".pkl", ".jsonl"):
-            p = folder / f"{video_id}{ext}"
-            if p.exists():
-                return p
+        """Where EPIC's download script saves it (``ROOT/P01/hand-objects/``), else ``ROOT/hand-objects/P01/``
+        (the layout of its download URLs)."""
+        part = self.participant(video_id)
+        for folder in (self.root / part / "hand-objects", self.root / "hand-objects" / part):
+            for ext in (".pkl", ".jsonl"):
+                p = folder / f"{video_id}{ext}"
+                if p.exists():
+                    return p
         return None
 
     def object_detections_path(self, video_id: str) -> Path | None:
@@ -83,8 +97,9 @@ class DatasetLayout:
         return p if p.exists() else None
 
     def poses_path(self, video_id: str) -> Path | None:
-        """EPIC Fields' per-video JSON where present, else a COLMAP ``images.txt``."""
-        for p in (self.root / "poses" / f"{video_id}.json", self.root / "poses" / video_id / "images.txt"):
+        """EPIC Fields' per-video JSON where present, else a COLMAP ``images.txt``, else its ``images.bin``."""
+        folder = self.root / "poses" / video_id
+        for p in (self.root / "poses" / f"{video_id}.json", folder / "images.txt", folder / "images.bin"):
             if p.exists():
                 return p
         return None

@@ -28,12 +28,13 @@ def result(status: str, source: str, data: dict | None = None, text: str = "") -
     return {"status": status, "source": source, "data": data or {}, "text": text}
 
 
-def unavailable(source: str, why: str, cause: str | None = None) -> dict:
+def unavailable(source: str, why: str, cause: str | None = None, detail: str | None = None) -> dict:
     """``why`` goes into the clip text: say what is missing, never a local path or a tool's error text.
     ``cause`` "video": the video file could not be read (missing, unreadable, truncated), which a new copy of
-    the file may change (``leap extract --retry-errors`` redoes such records)."""
-    return result("unavailable", source, {"reason": why, **({"cause": cause} if cause else {})},
-                  f"unavailable ({why})")
+    the file may change (``leap extract --retry-errors`` redoes such records). ``detail``: the one-line error
+    with the file and the fix, for the user (``data["detail"]``, as ``error`` keeps it)."""
+    return result("unavailable", source, {"reason": why, **({"cause": cause} if cause else {}),
+                                          **({"detail": detail} if detail else {})}, f"unavailable ({why})")
 
 
 def error(source: str, exc: BaseException) -> dict:
@@ -151,11 +152,13 @@ class FramesUnavailable(Exception):
     """The segment's frames cannot be had (its window is past the end of the video, the file is truncated or
     corrupt, there is no video): the runner reports the component as ``unavailable`` with ``reason``.
     ``video``: the file could not be read (missing, unreadable, truncated), so a new copy may remove the cause
-    (``--retry-errors`` redoes these); False for a window past the end the file announces, or no fps."""
+    (``--retry-errors`` redoes these); False for a window past the end the file announces, or no fps.
+    ``detail``: the one-line error with the file and the fix, where the reader gave one."""
 
-    def __init__(self, reason: str, video: bool = True):
+    def __init__(self, reason: str, video: bool = True, detail: str | None = None):
         self.reason = reason
         self.video = video
+        self.detail = detail
         super().__init__(reason)
 
 

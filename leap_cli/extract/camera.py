@@ -19,8 +19,8 @@ read of each video).
 
 Poses: EPIC Fields' per-video JSON (``poses/P01_01.json``: ``camera`` with COLMAP's camera model, size and
 parameters incl. distortion, ``images`` {frame name: [qw, qx, qy, qz, tx, ty, tz]} world-to-camera, ``points``)
-or COLMAP's ``poses/P01_01/images.txt``. The poses of the frames inside the segment give the same angles, and
-the camera centres give where the camera is relative to the rest of the video. With the default
+or COLMAP's ``poses/P01_01/images.txt`` (or ``images.bin``). The poses of the frames inside the segment give the
+same angles, and the camera centres give where the camera is relative to the rest of the video. With the default
 ``source="auto"``, a video without poses, or a segment with fewer than two registered frames, uses visual
 odometry; ``data["method"]`` says which was used (``epic-fields``, ``colmap`` or ``visual-odometry``) and
 ``data["poses_skipped"]`` why poses were not.
@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import re
+import struct
 from pathlib import Path
 
 import cv2
@@ -363,13 +365,22 @@ def _quat_to_r(qw: float, qx: float, qy: float, qz: float) -> np.ndarray:
                      [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
 
 
-def read_colmap_images(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """{frame number: (R world->camera, camera centre in world)} from COLMAP's ``images.txt``.
+def _pose(name: str, qw: float, qx: float, qy: float, qz: float, tx: float, ty: float, tz: float
+          ) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
+    """(frame number, (R world->camera, camera centre in world)) of a world-to-camera pose; the frame number is
+    the last integer in the image name (``frame_0000000123.jpg``)."""
+    r = _quat_to_r(qw, qx, qy, qz)
+    return int(re.findall(r"\d+", Path(name).stem)[-1]), (r, -r.T @ np.array([tx, ty, tz]))
 
-    Each image takes two lines: ``IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME`` then its 2D points; the frame
-    number is the last integer in NAME (``frame_0000000123.jpg``). Errors name the line as an editor counts it
-    (comment lines included)."""
+
+def read_colmap_images(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{frame number: (R world->camera, camera centre in world)} from COLMAP's ``images.txt`` or ``images.bin``.
+
+    Each image takes two lines: ``IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME`` then its 2D points. Errors name
+    the line as an editor counts it (comment lines included)."""
     path = Path(path)
+    if path.suffix.lower() == ".bin":
+        return _read_colmap_images_bin(path)
     poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     lines = [(n, ln) for n, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
              if not ln.startswith("#")]
@@ -381,17 +392,40 @@ def read_colmap_images(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarr
             i += 1
             continue
         try:
-            qw, qx, qy, qz, tx, ty, tz = (float(v) for v in parts[1:8])
-            name = parts[9]
-            frame = int(re.findall(r"\d+", Path(name).stem)[-1])
-        except (ValueError, IndexError):
+            frame, poses[frame] = _pose(parts[9], *(float(v) for v in parts[1:8]))
+        except (ValueError, IndexError, TypeError):
             raise LeapError(f"line {number} is not an image pose", path=path, record=f"line {number}",
                             fix="expected COLMAP images.txt: IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, "
                                 "then a line of 2D points") from None
-        r = _quat_to_r(qw, qx, qy, qz)
-        t = np.array([tx, ty, tz])
-        poses[frame] = (r, -r.T @ t)
         i += 2
+    return poses
+
+
+def _read_colmap_images_bin(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """COLMAP's ``images.bin`` (``WriteImagesBinary``, little-endian): uint64 number of images; per image uint32
+    IMAGE_ID, 4 doubles QW QX QY QZ, 3 doubles TX TY TZ, uint32 CAMERA_ID, NAME ending in a zero byte, uint64
+    number of 2D points, then per point 2 doubles X Y and an int64 POINT3D_ID. The points are skipped, never read
+    (the file is mapped): EPIC Fields' dense registrations hold thousands per frame."""
+    poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    image = count = 0
+    try:
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            (count,) = struct.unpack_from("<Q", data, 0)
+            at = 8
+            for image in range(1, count + 1):
+                values = struct.unpack_from("<I7dI", data, at)
+                end = data.find(b"\0", at + 64)
+                if end < 0:
+                    raise ValueError
+                (points,) = struct.unpack_from("<Q", data, end + 1)
+                frame, poses[frame] = _pose(data[at + 64:end].decode("utf-8"), *values[1:8])
+                at = end + 9 + 24 * points
+            if at != len(data):
+                raise ValueError
+    except (ValueError, IndexError, struct.error):  # mmap: ValueError on an empty file
+        raise LeapError("cut short or not a COLMAP images.bin", path=path,
+                        record=f"image {image} of {count}" if image else None,
+                        fix="copy the reconstruction again, or give its images.txt") from None
     return poses
 
 
@@ -414,17 +448,14 @@ def read_epic_fields(path: str | Path) -> tuple[dict[int, tuple[np.ndarray, np.n
     poses: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for name, pose in doc["images"].items():
         try:
-            qw, qx, qy, qz, tx, ty, tz = (float(v) for v in pose)
-            frame = int(re.findall(r"\d+", Path(name).stem)[-1])
+            frame, poses[frame] = _pose(name, *(float(v) for v in pose))
         except (ValueError, TypeError, IndexError):
             raise LeapError(f"image {name!r} has no pose of 7 numbers", path=path, record=str(name), fix=fix) from None
-        r = _quat_to_r(qw, qx, qy, qz)
-        poses[frame] = (r, -r.T @ np.array([tx, ty, tz]))
     return poses, {k: camera[k] for k in ("model", "width", "height", "params") if k in camera}
 
 
 def read_poses(path: str | Path) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], str, dict]:
-    """(poses, method, camera) of an EPIC Fields JSON or a COLMAP images.txt."""
+    """(poses, method, camera) of an EPIC Fields JSON or a COLMAP images.txt / images.bin."""
     path = Path(path)
     if path.suffix.lower() == ".json":
         poses, camera = read_epic_fields(path)
@@ -552,7 +583,7 @@ class CameraComponent(Component):
         if key not in ctx.video_cache:
             ctx.video_cache[key] = read_poses(path)
         poses, method, camera = ctx.video_cache[key]
-        label = f"{method}:{path.name}" if method == "epic-fields" else f"colmap:{path.parent.name}/images.txt"
+        label = f"{method}:{path.name}" if method == "epic-fields" else f"colmap:{path.parent.name}/{path.name}"
         s = ctx.segment
         inside = sorted(n for n in poses if s.start_frame <= n <= s.stop_frame)
         if len(inside) < 2:

@@ -112,6 +112,7 @@ class ExtractSummary:
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     errors: list[str] = field(default_factory=list)  # "narration_id component: message"
     unavailable: Counter = field(default_factory=Counter)  # "component: reason" -> segments
+    unavailable_detail: dict[str, str] = field(default_factory=dict)  # "component: reason" -> its first detail
     outcome: Outcome = field(default_factory=lambda: Outcome("extract"))  # a record fails when a component errs
     wall: float = 0.0
     interrupted: bool = False
@@ -127,7 +128,10 @@ class ExtractSummary:
                 self.errors.append(f"{record['narration_id']} {name}: {comp['data'].get('detail', msg)}")
                 causes.append(f"{name}: {msg}")
             elif comp["status"] == "unavailable":
-                self.unavailable[f"{name}: {comp['data'].get('reason', '')}"] += 1
+                key = f"{name}: {comp['data'].get('reason', '')}"
+                self.unavailable[key] += 1
+                if "detail" in comp["data"]:
+                    self.unavailable_detail.setdefault(key, comp["data"]["detail"])
         if causes:
             self.outcome.fail(causes[0])
         for name, sec in timings.items():
@@ -244,14 +248,14 @@ class _Video:
         from leap_cli.media.video import VideoUnreadable, open_video
 
         if self.failure is not None:
-            raise FramesUnavailable(self.failure.reason, self.failure.video)
+            raise FramesUnavailable(self.failure.reason, self.failure.video, self.failure.detail)
         if self.reader is None:
             try:
                 self.reader = open_video(self.layout, self.video_id, getattr(self, "fps", None), record=record)
             except VideoUnreadable as e:
-                self.failure = FramesUnavailable(e.message)
+                self.failure = FramesUnavailable(e.message, detail=e.one_line())
                 log.info("%s", e.one_line())
-                raise FramesUnavailable(e.message) from None
+                raise FramesUnavailable(e.message, detail=e.one_line()) from None
             if hasattr(self, "clock"):
                 self.clock = self.clock.with_frames(self.reader.num_frames)
 
@@ -282,7 +286,7 @@ class _Video:
                     self._memo[(f, side)] = resize_short_side(bgr, side)  # BGR, as decoded: converted on reading
         except VideoUnreadable as e:
             log.info("%s", e.one_line())
-            raise FramesUnavailable(e.message) from None
+            raise FramesUnavailable(e.message, detail=e.one_line()) from None
         finally:
             self.decode_seconds += time.perf_counter() - t0
 
@@ -388,7 +392,8 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
         try:
             comps[comp.name] = _plain(comp.describe(ctx))
         except FramesUnavailable as e:
-            comps[comp.name] = unavailable(getattr(comp, "source", "video"), e.reason, "video" if e.video else None)
+            comps[comp.name] = unavailable(getattr(comp, "source", "video"), e.reason, "video" if e.video else None,
+                                           e.detail)
         except Exception as e:  # noqa: BLE001 - one component's failure must not stop the run
             if not isinstance(e, LeapError):
                 log.warning("%s %s failed", seg.narration_id, comp.name, exc_info=True)

@@ -333,6 +333,10 @@ def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None,
         if fps is None:
             fps = layout.annotations().fps(video_id)
         return FramesFolderReader(frames, fps, record=record)
+    tar = layout.frames_tar(video_id)
+    if tar is not None:
+        raise VideoUnreadable("rgb_frames not extracted from their tar", path=tar, record=record,
+                              fix=f"extract them: {layout.untar_command(video_id)}")
     part = layout.participant(video_id)
     looked = [layout.root / part / "videos" / f"{video_id}.MP4", layout.root / part / "rgb_frames" / video_id]
     raise VideoUnreadable("no video file or rgb_frames folder", path=looked[0], record=record,
