@@ -319,6 +319,21 @@ def test_hand_threshold_drops_weak_hands(tmp_path):
     assert right["contacts"][0]["object"] == "object"  # unlabelled box without labelled detections
 
 
+def test_contact_box_is_the_object_centre_nearest_the_offset_point_as_epic_matches_them():
+    """EPIC's ``FrameDetections.get_hand_object_interactions``: among objects of score >= object_threshold, the one
+    whose centre is nearest the hand centre + ``object_offset``: a box that merely contains the point does not win,
+    and there is no distance cap."""
+    hand = lambda dx, dy: HandDetection(BBox(0.30, 0.55, 0.40, 0.75), 0.9, HandState.PORTABLE_OBJECT, (dx, dy),
+                                        HandSide.RIGHT)  # centre (0.35, 0.65)
+    cup = ObjectDetection(BBox(0.45, 0.45, 0.55, 0.55), 0.9)  # centre (0.50, 0.50)
+    board = ObjectDetection(BBox(0.30, 0.40, 0.90, 0.90), 0.9)  # centre (0.60, 0.65), contains (0.44, 0.50)
+    faint = ObjectDetection(BBox(0.42, 0.48, 0.46, 0.52), 0.4)  # under object_threshold
+    box = lambda h, objects: HandsComponent()._contact_box(h, FrameDetections("P01_01", 1, [h], objects), [])[0]
+    assert box(hand(0.09, -0.15), [cup, board, faint]) == cup.bbox  # point (0.44, 0.50): 0.06 from the cup
+    assert box(hand(-0.05, -0.15), [cup]) == cup.bbox  # point (0.30, 0.50): 0.2 from the only object
+    assert box(hand(0.09, -0.15), [faint]) is None
+
+
 def test_objects_from_labelled_detections(tmp_path):
     board = {"left": 0.3, "top": 0.5, "right": 0.5, "bottom": 0.8}
     labelled = [{"video_id": "P01_01", "frame_number": n, "objects":

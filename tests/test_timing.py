@@ -6,6 +6,7 @@ import csv
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from leap_cli.epic.timing import (MP4, RGB_FRAMES, FrameClock, WindowOutside, clip_windows_before, epic_frame_rate,
@@ -83,15 +84,66 @@ def test_clip_windows_before_an_action():
 
 
 @pytest.mark.parametrize("fps", [59.94005994005994, 50.0, 29.97002997002997, 47.952047952047955, 90.0])
-def test_epic_numbers_map_to_the_source_frame_shown_then(fps):
-    """Hand-object boxes and EPIC Fields poses name frames in EPIC's numbering; reading them from an MP4 takes the
-    MP4 frame on screen at that time (for a 29.97 fps video, EPIC's frame 61 at 1.0 s is the MP4's frame 30)."""
+def test_epic_numbers_map_to_the_source_frame_ffmpeg_put_there(fps):
+    """Hand-object boxes and EPIC Fields poses name frames in EPIC's numbering, made by ffmpeg's output ``-r 60``
+    (``-r 50``): EPIC's frame n holds the MP4 frame nearest its time (for a 29.97 fps video, EPIC's frame 61 at
+    1.0 s is the MP4's frame 31, at 1.001 s), and ``to_epic(f)`` is the EPIC frame nearest f, the one that holds it."""
     mp4, rgb, rate = FrameClock(MP4, fps), FrameClock(RGB_FRAMES, fps), epic_frame_rate(fps)
     for n in range(1, 20000, 97):
-        f = mp4.from_epic(n)
-        t = (n - 1) / rate
-        assert mp4.time_of(f) <= t + 1e-9 < mp4.time_of(f + 1)
-        assert mp4.to_epic(f) <= n and (n - 1) / rate - (mp4.to_epic(f) - 1) / rate < 1 / fps + 1 / rate + 1e-9
+        f, t = mp4.from_epic(n), (n - 1) / rate
+        assert mp4.time_of(f) < t + 0.5 / rate <= mp4.time_of(f + 1) + 1e-9  # the last frame rounded to n or before
+        assert abs((mp4.to_epic(f) - 1) / rate - mp4.time_of(f)) <= 0.5 / rate + 1e-9  # the EPIC frame nearest f
         assert rgb.from_epic(n) == n and rgb.to_epic(n) == n
+    if fps <= rate:  # every MP4 frame is in EPIC's numbering (at 90 fps ffmpeg drops a third of them)
+        assert all(mp4.from_epic(mp4.to_epic(f)) == f for f in range(1, 5000))
     if abs(fps - 29.97) < 0.01:
-        assert mp4.from_epic(61) == 30
+        assert mp4.from_epic(61) == 31
+
+
+def _fps_filter_extraction(path, rate: int) -> list[int]:
+    """The MP4 frame (1-based, read from its pixels) in each frame of libavfilter's ``fps`` filter at ``rate``, which
+    is what ffmpeg's output ``-r`` does (EPIC's ``ffmpeg -i P01_01.MP4 ... -r 60 frame_%010d.jpg``)."""
+    av = pytest.importorskip("av")
+
+    def number(frame) -> int:  # three 16-px columns hold the base-16 digits of the 0-based frame index
+        cols = frame.to_ndarray(format="rgb24")[4:28, :, 0].astype(float)
+        return 1 + sum(int(round(cols[:, 16 * j + 3:16 * j + 13].mean() / 16)) * 16 ** j for j in range(3))
+
+    with av.open(str(path)) as video:
+        stream = video.streams.video[0]
+        graph = av.filter.Graph()
+        src, fps, sink = graph.add_buffer(template=stream), graph.add("fps", f"fps={rate}"), graph.add("buffersink")
+        src.link_to(fps)
+        fps.link_to(sink)
+        graph.configure()
+        out = []
+        for frame in [*video.decode(stream), None]:
+            graph.push(frame)
+            while True:
+                try:
+                    out.append(number(graph.pull()))
+                except (av.BlockingIOError, av.EOFError):
+                    break
+    return out
+
+
+@pytest.mark.parametrize("fps,frames", [(59.94005994005994, 520), (29.97002997002997, 270), (50.0, 100)])
+def test_from_epic_matches_an_ffmpeg_r60_extraction(tmp_path, fps, frames):
+    """EPIC's frame n (rgb_frames, hand-object boxes, EPIC Fields) holds the MP4 frame ``from_epic(n)``, checked on
+    a real fps-filter extraction. 59.94 fps frame 501 (29.97 fps frame 251) lies half-way between two EPIC frames:
+    the later one holds it, the earlier one the MP4 frame before."""
+    from leap_cli.media.write import write_mp4
+
+    def picture(k: int) -> np.ndarray:
+        img = np.zeros((32, 48, 3), np.uint8)
+        for j in range(3):
+            img[:, 16 * j:16 * j + 16] = (k // 16 ** j % 16) * 16
+        return img
+
+    path = tmp_path / "v.MP4"
+    write_mp4(path, (picture(k) for k in range(frames)), fps, bit_rate=2_000_000)
+    rate = int(epic_frame_rate(fps))
+    held = _fps_filter_extraction(path, rate)[:-2]  # the filter's last frames depend on the stream's end
+    clock = FrameClock(MP4, fps, frames)
+    assert len(held) >= frames - 2 and [clock.from_epic(n) for n in range(1, len(held) + 1)] == held
+    assert all(clock.from_epic(clock.to_epic(f)) == f for f in range(1, frames + 1))

@@ -139,17 +139,21 @@ class FrameClock:
         return time_to_frame(seconds, self.rate)
 
     def from_epic(self, epic_frame: int) -> int:
-        """This source's frame shown when EPIC's frame ``epic_frame`` starts (EPIC's numbering: the CSV columns,
-        ``rgb_frames``, hand-object boxes and EPIC Fields poses). The same number for ``rgb_frames``."""
+        """This source's frame that EPIC's frame ``epic_frame`` holds (EPIC's numbering: the CSV columns,
+        ``rgb_frames``, hand-object boxes and EPIC Fields poses). EPIC made its frames with ffmpeg's output ``-r 60``
+        (``-r 50``), which puts each MP4 frame in the EPIC frame nearest its time (``to_epic``; one exactly half-way
+        in the later one) and repeats it until the next: EPIC's frame n holds the last MP4 frame that starts before
+        n's time plus half an EPIC frame. The same number for ``rgb_frames``."""
         if self.kind == RGB_FRAMES:
             return int(epic_frame)
-        return self.frame_at((epic_frame - 1) / epic_frame_rate(self.fps))
+        return int(math.ceil((epic_frame - 0.5 - 1e-6) * self.fps / epic_frame_rate(self.fps)))
 
     def to_epic(self, frame: int) -> int:
-        """EPIC's frame number shown when this source's ``frame`` starts (the inverse of ``from_epic``)."""
+        """EPIC's frame nearest in time to this source's ``frame``, the one ffmpeg put it in: ``from_epic`` undoes
+        it, except for the frames ffmpeg dropped from videos of more frames per second than EPIC counts (90 fps)."""
         if self.kind == RGB_FRAMES:
             return int(frame)
-        return time_to_frame(self.time_of(frame), epic_frame_rate(self.fps))
+        return int(math.floor((frame - 1) * epic_frame_rate(self.fps) / self.fps + 0.5 + 1e-6)) + 1
 
     def time_of(self, frame: int) -> float:
         """Start time (seconds) of ``frame`` (frame 1 starts at 0, in both numberings)."""

@@ -136,7 +136,7 @@ class SegmentContext:
 
     def read_epic_frames(self, numbers: list[int], short_side: int) -> np.ndarray:
         """``read_frames`` for frames named in EPIC's numbering (hand-object boxes, poses, the CSV columns):
-        each is read as the source's frame shown at that time (``FrameClock.from_epic``)."""
+        each is read as the source frame that EPIC's frame holds (``FrameClock.from_epic``)."""
         return self.read_frames([self.clock.from_epic(n) for n in numbers], short_side)
 
     def window(self, count: int | None = None, mode: str = "spread") -> Window:

@@ -5,7 +5,9 @@ STATIONARY_OBJECT) and ``object_offset``, the vector from the hand box centre to
 touches (fractions of the frame). Hands scoring under ``hand_threshold`` (default 0.5) are ignored. For each
 hand the frames in contact with an object (portable or stationary) form intervals (gaps up to ``max_gap``
 seconds are bridged, intervals shorter than ``min_duration`` dropped); the contact box of a frame is the object
-box nearest to the offset point. Each interval names its object, and says what named it (``named_by``):
+box (score >= ``object_threshold``) whose centre is nearest the offset point, as EPIC's
+``FrameDetections.get_hand_object_interactions`` matches them. Each interval names its object, and says what named
+it (``named_by``):
 
 1. ``object-detections``: the data set's labelled detections at the contact box, when it has them;
 2. ``detector:...``: the objects component's detector boxes that overlap the contact box (IoU >= 0.3) lend
@@ -35,7 +37,8 @@ CONTACT_STATES = (HandState.PORTABLE_OBJECT, HandState.STATIONARY_OBJECT)
 
 
 def _nearest_box(boxes: list, x: float, y: float, get=lambda b: b):
-    """The box containing (x, y) with the nearest centre, else the nearest centre within 0.15 of the frame."""
+    """The box containing (x, y) with the nearest centre, else the nearest centre within 0.15 of the frame (the
+    labelled detection that names a contact whose box none overlaps)."""
     best, best_d = None, None
     for b in boxes:
         bb = get(b)
@@ -145,14 +148,13 @@ class HandsComponent(Component):
         return result("ok", source, data, "; ".join(phrases))
 
     def _contact_box(self, hand, frame, labelled: list) -> tuple[BBox | None, str | None]:
-        """The object box nearest to the hand's offset point, and its name from labelled detections."""
+        """The object box whose centre is nearest the hand's offset point (EPIC's ``get_hand_object_interactions``:
+        no containment rule, no distance cap), and its name from labelled detections."""
         cx, cy = hand.bbox.center
         x, y = cx + hand.object_offset[0], cy + hand.object_offset[1]
         objects = [o for o in frame.objects if o.score >= self.object_threshold]
-        box: BBox | None = None
-        if objects:
-            o = _nearest_box(objects, x, y, get=lambda o: o.bbox)
-            box = o.bbox if o is not None else None
+        box = min((o.bbox for o in objects), key=lambda b: (b.center[0] - x) ** 2 + (b.center[1] - y) ** 2,
+                  default=None)
         if labelled:
             if box is not None:
                 best = max(labelled, key=lambda lb: lb.bbox.iou(box))

@@ -60,7 +60,7 @@ from leap_cli.synth.world import POUR_INTO, class_file, true_program, vocabulari
 log = logging.getLogger(__name__)
 
 MARKER = ".leap-kitchen.json"
-KITCHEN_VERSION = 4  # bump when the output changes for the same config
+KITCHEN_VERSION = 5  # bump when the output changes for the same config
 NTSC_30 = 30000 / 1001
 NTSC_60 = 60000 / 1001
 # Frame rates EPIC-KITCHENS-100 videos really have (EPIC_100_video_info.csv: 423 at 59.94, 268 at 50, a few at
@@ -236,10 +236,12 @@ def _pose(yaw: float, pitch: float) -> tuple[float, ...]:
 
 
 def epic_frames(n_frames: int, fps: float) -> list[tuple[int, int]]:
-    """(EPIC frame number, 0-based video frame shown then) for every EPIC-numbered frame inside the video."""
+    """(EPIC frame number, 0-based video frame it holds) for every EPIC-numbered frame inside the video, as ffmpeg's
+    ``-r 60`` made them: each video frame goes to the EPIC frame nearest its time (half-way: the later one) and
+    stays until the next."""
     rate = epic_frame_rate(fps)
     count = int(math.floor(n_frames / fps * rate - 1e-6)) + 1
-    return [(n, min(n_frames - 1, int(math.floor((n - 1) / rate * fps + 1e-6)))) for n in range(1, count + 1)]
+    return [(n, min(n_frames - 1, int(math.ceil((n - 0.5) / rate * fps - 1e-6)) - 1)) for n in range(1, count + 1)]
 
 
 def colmap_images_txt(frames: list[tuple[int, float, float]]) -> str:
