@@ -19,7 +19,7 @@ from leap_cli.epic.timing import RGB_FRAMES, FrameClock, epic_frame_rate, format
 from leap_cli.errors import LeapError
 from leap_cli.programs.targets import TargetVocab, encode_program
 from leap_cli.shards.dataset import ShardDataset, collate_clips
-from leap_cli.shards.format import iter_tar_samples, load_manifest
+from leap_cli.shards.format import iter_tar_samples, load_manifest, merge_parts
 from leap_cli.shards.transforms import decode_jpegs
 from leap_cli.shards.writer import ShardSettings, build_split
 from tests.program_helpers import cond, sub
@@ -263,8 +263,9 @@ def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
     damaged.write_bytes(damaged.read_bytes()[:1000])
     again = build(root, tmp_path / "run")
     assert again.resumed_shards == 1 and tar_digests(out) == tar_digests(ref.out)
-    with pytest.raises(LeapError, match="other inputs or settings"):
+    with pytest.raises(LeapError, match=r"other inputs or settings \(settings.frames differ\)") as e:
         build(root, tmp_path / "run", frames=2)
+    assert "--force" in e.value.fix
     assert build(root, tmp_path / "run", frames=2, overwrite=True).manifest["settings"]["frames"] == 2
 
 
@@ -279,6 +280,14 @@ def test_shard_parts_merge(root, tmp_path):
     assert m["counts"]["samples"] == 7 and len(m["parts"]) == 2
     ds = ShardDataset(out, train=False, num_frames=2, img_size=16)
     assert sorted(s["narration_id"] for s in ds) == sorted(f"P01_01_{i}" for i in range(4)) + [f"P01_02_{i}" for i in range(3)]
+    # parts of another count (or none) in the same folder would hold their overlap twice once merged: refused
+    for other in (ShardSpec(2, 3), ShardSpec()):
+        with pytest.raises(LeapError, match=r"--shard i/2 parts"):
+            build(root, tmp_path, shard=other)
+    assert load_manifest(out)[0]["counts"]["samples"] == 7
+    (out / "manifest.shard2of3.json").write_text((out / "manifest.shard0of2.json").read_text())
+    with pytest.raises(LeapError, match=r"--shard i/2 parts"):
+        merge_parts(out)
 
 
 @pytest.fixture(scope="module")
@@ -856,3 +865,45 @@ def test_overwrite_never_deletes_the_shards_of_a_running_build(root, tmp_path):
         with pytest.raises(LeapError, match="another leap process is writing this file"):
             build(root, tmp_path, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_build_shards_workers_stop_on_sigterm_and_die_with_their_parent(tmp_path):
+    """A build-shards worker kept the stage's SIGTERM handler (which only sets a flag): one blocked on the pool's
+    queue when the pool terminated it never stopped, the stage hung, and after a SIGKILL of the parent the
+    orphan kept the output's lock. Now a worker dies on SIGTERM and with its parent."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import os, signal, time, multiprocessing as mp\n"
+            "from leap_cli.shards.writer import _init_worker\n"
+            "signal.signal(signal.SIGTERM, lambda *a: None)  # as cli._on_sigterm: a flag, no exit\n"
+            "def probe(_):\n"
+            "    time.sleep(0.3)\n"
+            "    return signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, os.getpid()\n"
+            "pool = mp.get_context('fork').Pool(2, initializer=_init_worker, initargs=(None, None, None, os.getpid()))\n"
+            "print(sorted(set(pool.map(probe, range(4), chunksize=1))), flush=True)\n"
+            "time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        line = parent.stdout.readline()
+        assert line.startswith("[(True, ") and "False" not in line, line
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True,
+                                                  text=True).stdout.split()]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGTERM)  # the default action: it dies (the pool starts another)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 5
+        alive = workers
+        while alive and time.time() < deadline:
+            time.sleep(0.1)
+            alive = [p for p in workers if os.path.exists(f"/proc/{p}")
+                     and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        assert not alive, f"workers {alive} outlived their parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()

@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from leap_cli.common import ShardSpec, normalize_split
+from leap_cli.common import ShardSpec, normalize_split, start_worker
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.layout import DatasetLayout
 from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
@@ -417,28 +417,8 @@ _W: dict = {}
 _OPEN_VIDEOS = 2
 
 
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux to SIGKILL this worker when the parent dies (even by SIGKILL); elsewhere a no-op."""
-    import ctypes
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            PR_SET_PDEATHSIG = 1
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - no prctl
-            pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
 def _worker_init(cfg: ExtractConfig, parent: int) -> None:
-    import signal
-
-    _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it keeps what is written and stops the pool
+    start_worker(parent)
     import cv2
 
     import leap_cli.media.video as video

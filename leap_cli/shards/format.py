@@ -227,18 +227,38 @@ def load_manifest(source: str | Path) -> tuple[dict, Path]:
     return merged, folder
 
 
-def merge_parts(folder: str | Path) -> dict | None:
-    """The manifest of all ``--shard i/n`` parts in ``folder`` (None when there are none). A missing part is
-    an error naming it."""
-    folder = Path(folder)
-    found, total = {}, None
-    for p in sorted(folder.glob("manifest.shard*of*.json")):
+def part_counts(folder: str | Path) -> dict[int, dict[int, Path]]:
+    """``--shard i/n`` part manifests in ``folder``: {n: {i: path}}."""
+    out: dict[int, dict[int, Path]] = {}
+    for p in sorted(Path(folder).glob("manifest.shard*of*.json")):
         m = re.fullmatch(r"manifest\.shard(\d+)of(\d+)\.json", p.name)
         if m:
-            found[int(m.group(1))] = p
-            total = int(m.group(2))
-    if total is None:
+            out.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
+    return out
+
+
+def check_part_count(folder: str | Path, count: int) -> None:
+    """Refuse a folder that holds ``--shard`` parts of another count than ``count`` (1: no parts): merged, the
+    parts of /2 and /3 hold every sample of their overlap twice."""
+    other = sorted(n for n in part_counts(folder) if n != count)
+    if other:
+        raise LeapError(f"the folder holds shards of --shard i/{other[0]} parts"
+                        + (f" (and i/{', i/'.join(map(str, other[1:]))})" if other[1:] else "")
+                        + (f", not of i/{count}" if count > 1 else ""), path=folder,
+                        fix=f"finish the split with --shard i/{other[0]} as begun, or build into another --out "
+                            "(or delete the folder to start over)")
+
+
+def merge_parts(folder: str | Path) -> dict | None:
+    """The manifest of all ``--shard i/n`` parts in ``folder`` (None when there are none). A missing part is
+    an error naming it, and so are parts of two counts."""
+    folder = Path(folder)
+    counts = part_counts(folder)
+    if not counts:
         return None
+    total = max(counts)
+    check_part_count(folder, total)
+    found = counts[total]
     missing = [i for i in range(total) if i not in found]
     if missing:
         raise LeapError(f"parts {missing} of {total} are missing", path=folder,

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
-from leap_cli.common import ShardSpec
+from leap_cli.common import ShardSpec, start_worker
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
@@ -40,8 +40,8 @@ from leap_cli.extract.cache import FrameCache, recognition_frames
 from leap_cli.io import JsonlAppender, OutputLock, atomic_write_json, read_jsonl, sha256_file, stable_hash, with_path
 from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
-from leap_cli.shards.format import (FORMAT, check_key, frame_field, jpeg_size, manifest_name, sample_bytes,
-                                    shard_name, tar_end)
+from leap_cli.shards.format import (FORMAT, check_key, check_part_count, frame_field, jpeg_size, manifest_name,
+                                    sample_bytes, shard_name, tar_end)
 
 log = logging.getLogger(__name__)
 
@@ -298,9 +298,10 @@ class _Skip(Exception):
 _worker_ctx: dict = {}
 
 
-def _init_worker(opener: FrameOpener, settings: ShardSettings, cache: FrameCache | None = None) -> None:
+def _init_worker(opener: FrameOpener, settings: ShardSettings, cache: FrameCache | None, parent: int) -> None:
     import leap_cli.media.video as video
 
+    start_worker(parent)
     video.DECODE_THREADS = 1  # workers are the parallelism: FFmpeg's frame threads cost ~25% more CPU per frame
     _worker_ctx["opener"] = opener
     _worker_ctx["settings"] = settings
@@ -421,17 +422,21 @@ class _ShardSink:
 
 
 def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
-            retry: Callable[[dict], bool] = lambda skip: False) -> tuple[JsonlAppender, list[dict]]:
+            retry: Callable[[dict], bool] = lambda skip: False,
+            changed_keys: Callable[[], list[str]] = lambda: []) -> tuple[JsonlAppender, list[dict]]:
     """Open the progress file; keep the complete shards that are intact (from the first damaged one on, redo).
-    A kept shard's skips for which ``retry(skip)`` holds are dropped from its record: their segments are to do."""
+    A kept shard's skips for which ``retry(skip)`` holds are dropped from its record: their segments are to do.
+    ``changed_keys()``: the settings that differ from the stored ones, for the refusal (empty: not known)."""
     from leap_cli.io import atomic_write_text
 
     appender = JsonlAppender(progress_path, key="name", keep_records=True)
     done: list[dict] = sorted(appender.records.values(), key=lambda r: r["index"])
     if any(r["settings_hash"] != settings_hash for r in done):
         appender.close()
-        raise LeapError("the folder holds shards built from other inputs or settings", path=out,
-                        fix="pass --overwrite to rebuild, or another --out")
+        keys = changed_keys()
+        raise LeapError("the folder holds shards built from other inputs or settings"
+                        + (f" ({', '.join(keys)} differ)" if keys else ""), path=out,
+                        fix="pass --force to delete them and rebuild, or another --out")
     kept: list[dict] = []
     for r in done:
         p = out / r["name"]
@@ -500,6 +505,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
             for p in list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar")) + [progress_path, out / manifest_name(shard.suffix)]:
                 if p.exists():
                     p.unlink()
+    check_part_count(out, shard.count)
     stat, stats = getattr(opener, "video_stat", None), {}
 
     def changed(skip: dict) -> bool:
@@ -511,7 +517,20 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
             stats[seg.video_id] = stat(seg.video_id)
         return stats[seg.video_id] != skip["video_stat"]
 
-    appender, kept = _resume(out, progress_path, settings_hash, f"leap-{settings.split}{shard.suffix}", changed)
+    def changed_keys() -> list[str]:
+        """What differs from the part's last manifest (where a run got that far)."""
+        try:
+            old = json.loads((out / manifest_name(shard.suffix)).read_text())
+        except (OSError, ValueError):
+            return []
+        now = {**{f"settings.{k}": v for k, v in json.loads(json.dumps(asdict(settings))).items()},
+               **{f"sources.{k}": v for k, v in sources.items()}, "targets": targets_manifest}
+        was = {**{f"settings.{k}": v for k, v in (old.get("settings") or {}).items()},
+               **{f"sources.{k}": v for k, v in (old.get("sources") or {}).items()}, "targets": old.get("targets")}
+        return sorted(k for k in now if k in was and was[k] != now[k]) or []
+
+    appender, kept = _resume(out, progress_path, settings_hash, f"leap-{settings.split}{shard.suffix}", changed,
+                             changed_keys)
     done_keys = {x["key"] for r in kept for x in r["samples"]} | {x["narration_id"] for r in kept for x in r["skipped"]}
 
     # Skips found while planning are reported in segment order along with the frame failures.
@@ -542,7 +561,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         if workers > 1 and len(todo_jobs) > 1:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
             pool = ctx.Pool(min(workers, len(todo_jobs)), initializer=_init_worker,
-                            initargs=(opener, settings, cache))
+                            initargs=(opener, settings, cache, os.getpid()))
             results = pool.imap(_work, todo_jobs, chunksize=1)
         else:
             pool = None
