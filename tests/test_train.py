@@ -472,6 +472,26 @@ def test_resume_on_real_shards_is_exact_with_num_workers_0(shard_work: Path) -> 
         assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6, rtol=0), k
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_an_epochs_batches_do_not_depend_on_num_workers(shard_work: Path, workers: int) -> None:
+    """Batches are formed before they are handed to the DataLoader workers: the steps per epoch, the order and
+    the augmentation are those of num_workers 0 (so num_workers may change on --resume). Each worker used to
+    batch its own slice and drop its own last partial batch (8 clips, batch 2, 3 workers: 3 batches, not 4)."""
+    from leap_cli.train.data import ShardSource
+
+    def epoch(num_workers: int) -> tuple[int, list[dict]]:
+        cfg = load_config(None, ["model.img_size=32", "model.num_frames=4", "data.batch_size=2",
+                                 "data.shuffle_buffer=4", "data.color_jitter=0.2", f"data.num_workers={num_workers}"])
+        source = ShardSource(shard_work / "shards" / "train", None, cfg, distributed.DistInfo())
+        return source.batches_per_epoch, list(source.train_batches(1))
+
+    n0, want = epoch(0)
+    n, got = epoch(workers)
+    assert n == n0 == len(want) == len(got) == 4
+    for a, b in zip(want, got):
+        assert a["narration_id"] == b["narration_id"] and torch.equal(a["video"], b["video"])
+
+
 def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(shard_work: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
