@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -669,6 +670,24 @@ def test_anticipation_trains_with_context_clips(tmp_path: Path, aggregate: bool)
 def test_config_values_out_of_range_are_refused(override: str, key: str) -> None:
     with pytest.raises(LeapError, match=rf"config key '{key}': .* is out of range"):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("betas", ["[0.9]", "[0.9, 0.95, 0.99]", "[]"])
+def test_betas_of_another_length_are_refused(betas: str) -> None:
+    """optim.betas=[0.9] used to reach AdamW (IndexError traceback); three values dropped the third silently."""
+    with pytest.raises(LeapError, match=r"config key 'optim.betas': .*two values \[beta1, beta2\]") as e:
+        load_config("tiny-synthetic", [f"optim.betas={betas}"])
+    assert e.value.path == f"--set optim.betas={betas}"
+
+
+@pytest.mark.parametrize("override,says", [("optim.lrr=1", "unknown config key 'optim.lrr'"),
+                                           ("optim.lr=-1", "out of range"), ("train.epochs=many", "wrong type"),
+                                           ("optim.betas=[0.9, 2]", "optim.betas[1]"),
+                                           ("opt.lr=1", "unknown config section")])
+def test_a_bad_override_is_named_as_the_source_not_the_config_file(override: str, says: str) -> None:
+    with pytest.raises(LeapError, match=re.escape(says)) as e:
+        load_config("tiny-synthetic", [override])
+    assert e.value.path == f"--set {override}" and "tiny-synthetic.yaml" not in str(e.value)
 
 
 def test_a_second_training_of_the_same_run_is_refused(tmp_path: Path) -> None:
