@@ -560,6 +560,26 @@ def test_resume_refuses_a_changed_config_unless_forced(tmp_path: Path) -> None:
     assert ckpt["config"]["loss"]["label_smoothing"] == 0.0
 
 
+def test_the_resume_hint_is_a_command_that_resumes_the_run(tmp_path: Path) -> None:
+    """The hint was "resume with the run's config.yaml": --config runs/r/config.yaml alone resumed a run named
+    `config` (the file's stem)."""
+    main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=1)
+    with pytest.raises(LeapError) as e:
+        main(tiny_config("train.max_steps=3"), workdir=tmp_path, name="r", source=MemorySource(val=False), resume=True)
+    config, name = re.search(r"--config (\S+) --name (\S+) --resume", e.value.fix).groups()
+    assert Path(config) == tmp_path / "runs/r/config.yaml" and name == "r"
+    assert main(load_config(config), workdir=tmp_path, name=name, source=MemorySource(val=False), resume=True).steps == 2
+
+
+def test_a_start_or_resume_that_is_refused_leaves_no_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(LeapError, match="no checkpoint to resume") as e:
+        main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="nosuch", source=MemorySource(), resume=True)
+    assert "--resume" in e.value.fix
+    with pytest.raises(LeapError, match="no shards manifest"):  # a fresh start on a work dir without shards
+        main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="new")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_resume_without_the_pretrained_set_is_accepted(tmp_path: Path) -> None:
     """README's resume (`--set model.pretrained=FILE` to start, `--resume` without it) was refused ("model.pretrained:
     FILE -> None"): a resume takes the weights from last.pt, so the file may be left out; what the run computes may

@@ -364,6 +364,12 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
     workdir = Path(workdir)
     run_dir = workdir / "runs" / name
     ckpt_dir = run_dir / "checkpoints"
+    if resume and not (ckpt_dir / "last.pt").exists():
+        runs = sorted(p.parent.parent.name for p in (workdir / "runs").glob("*/checkpoints/last.pt"))
+        raise LeapError(f"no checkpoint to resume in {run_dir}", path=ckpt_dir / "last.pt",
+                        fix="start the run without --resume, or give --name (and --workdir) of a run to resume"
+                            + (f": runs here: {', '.join(runs)}" if runs else ""))
+    made = [p for p in (workdir / "runs", run_dir) if not p.exists()]  # removed again if the run does not start
     info = distributed.setup(cfg.train.device)
     stack = contextlib.ExitStack()
     try:
@@ -372,6 +378,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         if info.is_main:  # two identical `leap train` at once would write one run: refuse the second
             stack.enter_context(OutputLock(run_dir / "checkpoints",
                                            fix="wait for it to finish, or give this run another --name"))
+            stack.callback(_remove_unstarted, run_dir, made)
         resume_ckpt = None
         # --force removes the old run only once the config, the data and the model have been checked below:
         # a typo in the config or a damaged manifest must not cost the run it was meant to replace.
@@ -386,7 +393,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             if changed:
                 raise LeapError(f"the config differs from the checkpoint's ({'; '.join(changed)}); resuming "
                                 f"would mix two trainings", path=ckpt_dir / "last.pt", record="config",
-                                fix="resume with the run's config.yaml, or pass --force to start the run over")
+                                fix=f"resume with --config {run_dir / 'config.yaml'} --name {name} --resume, "
+                                    "or pass --force to start the run over")
             cfg = _keep_initial_weights(cfg, old_config)
             was = resume_ckpt.get("data_position", {}).get("world_size")  # (checkpoints before it was kept: None)
             if was is not None and was != info.world_size:
@@ -543,6 +551,16 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
 RESUME_MAY_CHANGE = frozenset({"train.device", "train.threads", "train.log_every", "train.checkpoint_every",
                                "data.num_workers", "data.eval_batch_size", "data.val", "data.train",
                                "model.compile", "model.pretrained", "model.allow_partial_load"})
+
+
+def _remove_unstarted(run_dir: Path, made: list[Path]) -> None:
+    """A run refused before it wrote config.yaml leaves none of the folders it made (they hold only its lock)."""
+    if (run_dir / "config.yaml").exists():
+        return
+    (run_dir / "checkpoints.lock").unlink(missing_ok=True)
+    for folder in reversed(made):  # run_dir, then runs/
+        with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
+            folder.rmdir()
 
 
 def _keep_initial_weights(cfg: Config, old_config: dict) -> Config:
