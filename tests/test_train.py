@@ -674,6 +674,26 @@ class AnticipationSource(MemorySource):
         return None
 
 
+def test_anticipation_keeps_as_best_pt_the_best_validation_mean_top5_recall(tmp_path: Path) -> None:
+    """The anticipation challenge ranks by class-mean top-5 recall (action); best.pt was picked by action top-1."""
+
+    class WithVal(AnticipationSource):
+        def val_batches(self):
+            batches = MemorySource.val_batches(self)
+            for b in batches:
+                b["context_video"] = torch.zeros(len(b["video"]), 2, *b["video"].shape[1:])
+                b["context_mask"] = torch.ones(len(b["video"]), 2, dtype=torch.bool)
+            return batches
+
+    cfg = tiny_config("train.max_steps=6", "data.task=anticipation", "model.anticipation_context=2", "optim.lr=1e-2")
+    main(cfg, workdir=tmp_path, name="ant", source=WithVal(batches_per_epoch=2))
+    vals = [r for r in read_jsonl(tmp_path / "runs/ant/metrics.jsonl") if r["split"] == "val"]
+    assert len(vals) == 3 and all(0 <= r["action_mt5r"] <= 100 and "verb_mt5r" in r for r in vals)
+    best = max(vals, key=lambda r: r["action_mt5r"])
+    ckpt = load_checkpoint(tmp_path / "runs/ant/checkpoints/best.pt")
+    assert ckpt["best_metric"] == best["action_mt5r"] and ckpt["step"] == best["step"]
+
+
 @pytest.mark.parametrize("aggregate", [True, False])
 def test_anticipation_trains_with_context_clips(tmp_path: Path, aggregate: bool) -> None:
     cfg = tiny_config("train.max_steps=2", "data.task=anticipation", "model.anticipation_context=2",

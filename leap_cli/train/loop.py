@@ -5,7 +5,7 @@ schedule, evaluates each epoch, and writes ``runs/NAME/``:
 
     config.yaml            the resolved config
     checkpoints/last.pt    every train.checkpoint_every optimizer steps, each epoch and at the end
-    checkpoints/best.pt    best validation action top-1
+    checkpoints/best.pt    best validation action top-1 (anticipation: action class-mean top-5 recall)
     metrics.jsonl          one line per log interval ("split": "train") and per validation ("split": "val")
     tensorboard/           when the tensorboard package is installed
 
@@ -211,9 +211,11 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
 def evaluate(model: nn.Module, batches: Iterable[Batch], cfg: Config, info: distributed.DistInfo) -> dict:
     """Validation loss and verb / noun / action top-1 and top-5, summed over processes. Action top-1 (verb and
     noun both right) equals EPIC's official action top-1: the best pair of the softmax product is the pair of
-    the two argmaxes. ``n`` counts labelled samples, ``seen`` all samples."""
+    the two argmaxes. Anticipation adds the challenge's class-mean top-5 recall (``*_mt5r``, leap evaluate's
+    ``anticipation_metrics`` over the scores of all processes). ``n`` counts labelled samples, ``seen`` all samples."""
     model.eval()
     sums = {"seen": 0.0, "n": 0.0, "loss": 0.0, "verb": 0.0, "noun": 0.0, "action": 0.0, "verb5": 0.0, "noun5": 0.0}
+    kept: dict[str, list] = {"verb": [], "noun": [], "verb_class": [], "noun_class": []}  # anticipation
     for batch in batches:
         batch = to_device(batch, info.device)
         sums["seen"] += batch["verb_class"].shape[0]
@@ -233,14 +235,37 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], cfg: Config, info: dist
         sums["action"] += float((v_ok & n_ok).sum())
         sums["verb5"] += float((vt == verb[keep, None]).any(1).sum())
         sums["noun5"] += float((nt == noun[keep, None]).any(1).sum())
+        if cfg.data.task == "anticipation":
+            kept["verb"].append(out["verb"].float()[keep].cpu().numpy())
+            kept["noun"].append(out["noun"].float()[keep].cpu().numpy())
+            kept["verb_class"].append(verb[keep].cpu().numpy())
+            kept["noun_class"].append(noun[keep].cpu().numpy())
     keys = list(sums)
     totals = dict(zip(keys, distributed.all_reduce_sum([sums[k] for k in keys], info)))
     n = totals["n"]
     if n == 0:
         return {"n": 0, "seen": int(totals["seen"])}
-    return {"n": int(n), "seen": int(totals["seen"]), "loss": totals["loss"] / n, "verb_top1": 100 * totals["verb"] / n,
-            "noun_top1": 100 * totals["noun"] / n, "action_top1": 100 * totals["action"] / n,
-            "verb_top5": 100 * totals["verb5"] / n, "noun_top5": 100 * totals["noun5"] / n}
+    out = {"n": int(n), "seen": int(totals["seen"]), "loss": totals["loss"] / n, "verb_top1": 100 * totals["verb"] / n,
+           "noun_top1": 100 * totals["noun"] / n, "action_top1": 100 * totals["action"] / n,
+           "verb_top5": 100 * totals["verb5"] / n, "noun_top5": 100 * totals["noun5"] / n}
+    if cfg.data.task == "anticipation":
+        out.update(_mean_top5_recall(kept, info))
+    return out
+
+
+def _mean_top5_recall(kept: dict[str, list], info: distributed.DistInfo) -> dict:
+    """``{"verb_mt5r", "noun_mt5r", "action_mt5r"}`` (percent) of the labelled validation samples of all processes."""
+    from leap_cli.evaluate.metrics import anticipation_metrics
+
+    mine = {k: np.concatenate(v) for k, v in kept.items() if v}
+    parts = [mine]
+    if info.distributed:
+        parts = [None] * info.world_size
+        torch.distributed.all_gather_object(parts, mine)
+    arrays = {k: np.concatenate([p[k] for p in parts if k in p]) for k in kept}
+    m = anticipation_metrics(arrays["verb"], arrays["noun"], arrays["verb_class"], arrays["noun_class"],
+                             [""] * len(arrays["verb_class"]), tail_verbs=(), tail_nouns=(), unseen_participants=())
+    return {f"{t}_mt5r": 100 * m["overall"][t]["mt5r"] for t in ("verb", "noun", "action")}
 
 
 class _Metrics:
@@ -495,6 +520,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                       "world_size": info.world_size, "model_args": model_args,
                       "parameters": sum(p.numel() for p in model.parameters())})
         last_eval: dict = {}
+        best_key = BEST_METRIC[cfg.data.task]
         stopped = False
         stop = stack.enter_context(GracefulStop(info))
         while state.epoch < epochs and not stopped:
@@ -528,8 +554,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                     metrics.write(rec)
                     if on_eval:
                         on_eval(rec)
-                if last_eval.get("n") and last_eval["action_top1"] > state.best_metric:
-                    state.best_metric = last_eval["action_top1"]
+                if last_eval.get("n") and last_eval[best_key] > state.best_metric:
+                    state.best_metric = last_eval[best_key]
                     checkpoint(ckpt_dir / "best.pt")
             checkpoint(ckpt_dir / "last.pt")
             if state.step >= total or stop():
@@ -545,6 +571,10 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         stack.close()
         distributed.cleanup()
 
+
+# What picks best.pt: the challenge's ranking metric of the task (EPIC-KITCHENS-100 action recognition: action
+# top-1 accuracy; action anticipation: action class-mean top-5 recall).
+BEST_METRIC = {"recognition": "action_top1", "anticipation": "action_mt5r"}
 
 # Keys a resume may change: where and how fast the run goes, not what it computes. model.pretrained and
 # model.allow_partial_load are read only when a run starts (a resume takes the weights from last.pt).
