@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -472,6 +473,26 @@ def test_resume_on_real_shards_is_exact_with_num_workers_0(shard_work: Path) -> 
         assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6, rtol=0), k
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_an_epochs_batches_do_not_depend_on_num_workers(shard_work: Path, workers: int) -> None:
+    """Batches are formed before they are handed to the DataLoader workers: the steps per epoch, the order and
+    the augmentation are those of num_workers 0 (so num_workers may change on --resume). Each worker used to
+    batch its own slice and drop its own last partial batch (8 clips, batch 2, 3 workers: 3 batches, not 4)."""
+    from leap_cli.train.data import ShardSource
+
+    def epoch(num_workers: int) -> tuple[int, list[dict]]:
+        cfg = load_config(None, ["model.img_size=32", "model.num_frames=4", "data.batch_size=2",
+                                 "data.shuffle_buffer=4", "data.color_jitter=0.2", f"data.num_workers={num_workers}"])
+        source = ShardSource(shard_work / "shards" / "train", None, cfg, distributed.DistInfo())
+        return source.batches_per_epoch, list(source.train_batches(1))
+
+    n0, want = epoch(0)
+    n, got = epoch(workers)
+    assert n == n0 == len(want) == len(got) == 4
+    for a, b in zip(want, got):
+        assert a["narration_id"] == b["narration_id"] and torch.equal(a["video"], b["video"])
+
+
 def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(shard_work: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -537,6 +558,26 @@ def test_resume_refuses_a_changed_config_unless_forced(tmp_path: Path) -> None:
     assert fresh.steps == 2
     ckpt = torch.load(tmp_path / "runs/r/checkpoints/last.pt", weights_only=True)
     assert ckpt["config"]["loss"]["label_smoothing"] == 0.0
+
+
+def test_the_resume_hint_is_a_command_that_resumes_the_run(tmp_path: Path) -> None:
+    """The hint was "resume with the run's config.yaml": --config runs/r/config.yaml alone resumed a run named
+    `config` (the file's stem)."""
+    main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=1)
+    with pytest.raises(LeapError) as e:
+        main(tiny_config("train.max_steps=3"), workdir=tmp_path, name="r", source=MemorySource(val=False), resume=True)
+    config, name = re.search(r"--config (\S+) --name (\S+) --resume", e.value.fix).groups()
+    assert Path(config) == tmp_path / "runs/r/config.yaml" and name == "r"
+    assert main(load_config(config), workdir=tmp_path, name=name, source=MemorySource(val=False), resume=True).steps == 2
+
+
+def test_a_start_or_resume_that_is_refused_leaves_no_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(LeapError, match="no checkpoint to resume") as e:
+        main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="nosuch", source=MemorySource(), resume=True)
+    assert "--resume" in e.value.fix
+    with pytest.raises(LeapError, match="no shards manifest"):  # a fresh start on a work dir without shards
+        main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="new")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_resume_without_the_pretrained_set_is_accepted(tmp_path: Path) -> None:
@@ -633,6 +674,26 @@ class AnticipationSource(MemorySource):
         return None
 
 
+def test_anticipation_keeps_as_best_pt_the_best_validation_mean_top5_recall(tmp_path: Path) -> None:
+    """The anticipation challenge ranks by class-mean top-5 recall (action); best.pt was picked by action top-1."""
+
+    class WithVal(AnticipationSource):
+        def val_batches(self):
+            batches = MemorySource.val_batches(self)
+            for b in batches:
+                b["context_video"] = torch.zeros(len(b["video"]), 2, *b["video"].shape[1:])
+                b["context_mask"] = torch.ones(len(b["video"]), 2, dtype=torch.bool)
+            return batches
+
+    cfg = tiny_config("train.max_steps=6", "data.task=anticipation", "model.anticipation_context=2", "optim.lr=1e-2")
+    main(cfg, workdir=tmp_path, name="ant", source=WithVal(batches_per_epoch=2))
+    vals = [r for r in read_jsonl(tmp_path / "runs/ant/metrics.jsonl") if r["split"] == "val"]
+    assert len(vals) == 3 and all(0 <= r["action_mt5r"] <= 100 and "verb_mt5r" in r for r in vals)
+    best = max(vals, key=lambda r: r["action_mt5r"])
+    ckpt = load_checkpoint(tmp_path / "runs/ant/checkpoints/best.pt")
+    assert ckpt["best_metric"] == best["action_mt5r"] and ckpt["step"] == best["step"]
+
+
 @pytest.mark.parametrize("aggregate", [True, False])
 def test_anticipation_trains_with_context_clips(tmp_path: Path, aggregate: bool) -> None:
     cfg = tiny_config("train.max_steps=2", "data.task=anticipation", "model.anticipation_context=2",
@@ -649,6 +710,24 @@ def test_anticipation_trains_with_context_clips(tmp_path: Path, aggregate: bool)
 def test_config_values_out_of_range_are_refused(override: str, key: str) -> None:
     with pytest.raises(LeapError, match=rf"config key '{key}': .* is out of range"):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("betas", ["[0.9]", "[0.9, 0.95, 0.99]", "[]"])
+def test_betas_of_another_length_are_refused(betas: str) -> None:
+    """optim.betas=[0.9] used to reach AdamW (IndexError traceback); three values dropped the third silently."""
+    with pytest.raises(LeapError, match=r"config key 'optim.betas': .*two values \[beta1, beta2\]") as e:
+        load_config("tiny-synthetic", [f"optim.betas={betas}"])
+    assert e.value.path == f"--set optim.betas={betas}"
+
+
+@pytest.mark.parametrize("override,says", [("optim.lrr=1", "unknown config key 'optim.lrr'"),
+                                           ("optim.lr=-1", "out of range"), ("train.epochs=many", "wrong type"),
+                                           ("optim.betas=[0.9, 2]", "optim.betas[1]"),
+                                           ("opt.lr=1", "unknown config section")])
+def test_a_bad_override_is_named_as_the_source_not_the_config_file(override: str, says: str) -> None:
+    with pytest.raises(LeapError, match=re.escape(says)) as e:
+        load_config("tiny-synthetic", [override])
+    assert e.value.path == f"--set {override}" and "tiny-synthetic.yaml" not in str(e.value)
 
 
 def test_a_second_training_of_the_same_run_is_refused(tmp_path: Path) -> None:

@@ -61,8 +61,9 @@ def train(
 
     def on_eval(rec: dict) -> None:
         if rec.get("n"):
+            mt5r = f"  action mt5r {rec['action_mt5r']:.1f}" if "action_mt5r" in rec else ""
             progress.console.print(f"val epoch {rec['epoch']}: verb {rec['verb_top1']:.1f}  noun {rec['noun_top1']:.1f}  "
-                                   f"action {rec['action_top1']:.1f}  loss {rec['loss']:.3f}  (n={rec['n']})")
+                                   f"action {rec['action_top1']:.1f}{mt5r}  loss {rec['loss']:.3f}  (n={rec['n']})")
 
     try:
         result = main(cfg, workdir=workdir, name=name, resume=resume, stop_at_step=stop_after,
@@ -89,9 +90,10 @@ def train(
     table.add_row("optimizer steps", str(result.steps))
     table.add_row("epochs", str(result.epochs))
     table.add_row("seconds", f"{result.seconds:.1f}")
-    for key in ("verb_top1", "noun_top1", "action_top1", "loss"):
+    for key in ("verb_top1", "noun_top1", "action_top1", "action_mt5r", "loss"):
         if key in result.last_eval:
             table.add_row(f"val {key}", f"{result.last_eval[key]:.2f}")
-    table.add_row("best val action top-1", "-" if result.best_metric < 0 else f"{result.best_metric:.2f}")
+    best = "action mt5r" if "action_mt5r" in result.last_eval else "action top-1"  # what picked best.pt
+    table.add_row(f"best val {best}", "-" if result.best_metric < 0 else f"{result.best_metric:.2f}")
     table.add_row("checkpoints", str(result.run_dir / "checkpoints"))
     console.print(table)

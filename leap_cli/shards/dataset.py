@@ -6,9 +6,13 @@
 Each epoch visits every sample exactly once across DDP ranks and DataLoader workers. The epoch order is
 the stored order, in training shuffled per epoch by runs of ``block`` samples across all shards (the same
 on every rank: ``seed`` and ``set_epoch``);
-rank r takes the contiguous r-th of ``world_size`` slices of it, and DataLoader worker w the w-th slice
-of its rank's. Slices are read with one seek per sample (offsets from the manifest), so a consumer reads
-only its own bytes, then passes through a shuffle buffer (training) and is decoded. The split is by
+rank r takes the contiguous r-th of ``world_size`` slices of it, in training passed through a shuffle buffer
+(simulated on positions, before anything is read). Training then hands whole batches of ``batch_size`` (give
+the DataLoader's) to the DataLoader workers round-robin, batch k to worker k % W, the order in which the
+DataLoader collects them; evaluation gives worker w the w-th contiguous slice of its rank's. So in training the
+batches, their order and their augmentation (drawn per sample from (seed, epoch, rank, position)) do not depend
+on the number of workers, and only the rank's last partial batch is dropped (``drop_last``). Samples are read
+with one seek each (offsets from the manifest), so a consumer reads only its own bytes. The split is by
 sample, not by whole shard, so it is exact even when there are fewer shards than consumers.
 
 Padding: with ``pad=True`` (DDP training, where ranks must see the same number of batches) every rank
@@ -65,7 +69,7 @@ class ShardDataset(IterableDataset):
                  temporal_views: int = 1, spatial_views: int = 1, shuffle_buffer: int = 256, seed: int = 0,
                  scale: tuple[float, float] = (0.25, 1.0), color_jitter: float = 0.0, rank: int | None = None,
                  world_size: int | None = None, pad: bool = False, on_error: str = "raise", epoch: int = 0,
-                 block: int = 32):
+                 block: int = 32, batch_size: int = 1):
         if on_error not in ("raise", "skip"):
             raise LeapError(f"on_error must be raise or skip, not {on_error!r}")
         self.manifest, self.folder = load_manifest(source)
@@ -78,7 +82,7 @@ class ShardDataset(IterableDataset):
         self.world_size = w if world_size is None else world_size
         if not 0 <= self.rank < self.world_size:
             raise LeapError(f"rank {self.rank} is outside world size {self.world_size}")
-        self.pad, self.on_error, self.block = pad, on_error, max(1, block)
+        self.pad, self.on_error, self.block, self.batch_size = pad, on_error, max(1, block), max(1, batch_size)
         # The epoch lives in shared memory, so persistent DataLoader workers (which keep their copy of the dataset
         # across epochs) read the value set_epoch wrote in the main process.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -95,7 +99,7 @@ class ShardDataset(IterableDataset):
     # ---- which samples this consumer reads -------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Call before each epoch (as with DistributedSampler), before the DataLoader iterator is made. The order
-        and the augmentation of an epoch are a pure function of (seed, epoch, rank, worker): how often the
+        and the augmentation of an epoch are a pure function of (seed, epoch, rank): how often the
         dataset was iterated before does not matter, so a resumed run replays an epoch exactly."""
         self._epoch.fill_(int(epoch))
 
@@ -128,8 +132,13 @@ class ShardDataset(IterableDataset):
         n, W = self.size, self.world_size
         return math.ceil(n / W) if self.pad and n else (self.rank + 1) * n // W - self.rank * n // W
 
-    def consumer_plan(self, worker_id: int = 0, num_workers: int = 1) -> list[tuple[tuple[int, int], bool]]:
-        mine = self.rank_slice(self.epoch_order())
+    def consumer_plan(self, worker_id: int = 0, num_workers: int = 1) -> list[tuple[int, tuple[tuple[int, int], bool]]]:
+        """(position in the rank's order, (sample, padding)) for one DataLoader worker (see the module docstring)."""
+        mine = list(enumerate(self.rank_slice(self.epoch_order())))
+        if self.train:
+            mine = list(self._shuffled(iter(mine), np.random.default_rng([self.seed, self.epoch, self.rank])))
+            B = self.batch_size
+            return [x for k in range(worker_id, math.ceil(len(mine) / B), num_workers) for x in mine[k * B:(k + 1) * B]]
         m = len(mine)
         return mine[worker_id * m // num_workers:(worker_id + 1) * m // num_workers]
 
@@ -142,23 +151,21 @@ class ShardDataset(IterableDataset):
         log.warning("%s [sample %s]: skipped (%s); %d skipped so far", self.folder / shard, key, why,
                     self.stats["errors"])
 
-    def _raw(self, plan: list[tuple[tuple[int, int], bool]]) -> Iterator[tuple[dict, bool, str, str]]:
-        f, open_idx, open_err = None, None, ""
+    def _raw(self, plan: list[tuple[int, tuple[tuple[int, int], bool]]]) -> Iterator[tuple[int, dict, bool, str, str]]:
+        files: dict[int, object] = {}  # the shuffled order goes back and forth between a few shards: keep them open
         try:
-            for (s, p), padding in plan:
+            for i, ((s, p), padding) in plan:
                 info = self.shards[s]
                 key = info["keys"][p]
-                if open_idx != s:
-                    if f:
-                        f.close()
-                    f, open_idx = None, s
+                if s not in files:
+                    if len(files) >= 16:
+                        files.pop(next(iter(files))).close()
                     try:
-                        f = open(self.folder / info["name"], "rb")
+                        files[s] = open(self.folder / info["name"], "rb")
                     except OSError as e:
-                        open_err = e.strerror
-                if f is None:
-                    self._fail(info["name"], key, f"cannot open the shard ({open_err})")
-                    continue
+                        self._fail(info["name"], key, f"cannot open the shard ({e.strerror})")
+                        continue
+                f = files[s]
                 try:
                     block = read_sample_at(f, info["offsets"][p], info["sizes"][p], sample_crc(info, p))
                     got, fields = group_sample(parse_members(block))
@@ -167,9 +174,9 @@ class ShardDataset(IterableDataset):
                 except ValueError as e:
                     self._fail(info["name"], key, str(e))
                     continue
-                yield fields, padding, info["name"], key
+                yield i, fields, padding, info["name"], key
         finally:
-            if f:
+            for f in files.values():
                 f.close()
 
     def _shuffled(self, raw: Iterator, rng: np.random.Generator) -> Iterator:
@@ -197,10 +204,9 @@ class ShardDataset(IterableDataset):
             cv2.setNumThreads(1)
         epoch = self.epoch
         plan = self.consumer_plan(wid, nw)
-        rng = np.random.default_rng([self.seed, epoch, self.rank, wid])
-        for fields, padding, shard, key in self._shuffled(self._raw(plan), rng):
+        for i, fields, padding, shard, key in self._raw(plan):
             try:
-                sample = self.make_sample(fields, rng)
+                sample = self.make_sample(fields, np.random.default_rng([self.seed, epoch, self.rank, i]))
             except (ValueError, KeyError, json.JSONDecodeError) as e:
                 self._fail(shard, key, f"{type(e).__name__}: {e}")
                 continue

@@ -1,7 +1,7 @@
 """Training config: frozen dataclasses, one per section, loaded from YAML with ``--set key=value`` overrides.
 
 A config file has the sections ``model``, ``data``, ``optim``, ``loss`` and ``train`` (see
-``leap_cli/resources/configs/tiny-synthetic.yaml``, or by name: ``--config tiny-synthetic``). Unknown keys are errors naming the key and the file. The resolved
+``leap_cli/resources/configs/tiny-synthetic.yaml``, or by name: ``--config tiny-synthetic``). Unknown keys are errors naming the key and the file or the ``--set`` that gave it. The resolved
 config (file + overrides + defaults) is written to ``runs/NAME/config.yaml`` and stored in every checkpoint.
 """
 
@@ -176,7 +176,9 @@ def resolve_aliases(raw: dict, source: str = "<config>") -> dict:
     return raw
 
 
-def _build(raw: dict, source: str) -> Config:
+def _build(raw: dict, source: str, origins: dict[str, str] | None = None) -> Config:
+    """``origins`` names where a key's value came from when not from ``source`` (``{"optim.lr": "--set optim.lr=1"}``)."""
+    origins = origins or {}
     if not isinstance(raw, dict):
         raise LeapError("a config file must be a YAML mapping of sections", path=source,
                         fix=f"use the sections {', '.join(SECTIONS)}")
@@ -194,19 +196,20 @@ def _build(raw: dict, source: str) -> Config:
         valid = {f.name for f in fields(cls)}
         values = {}
         for key, value in section.items():
+            where = origins.get(f"{name}.{key}", source)
             if key not in valid:
-                raise LeapError(f"unknown config key '{name}.{key}'", path=source,
+                raise LeapError(f"unknown config key '{name}.{key}'", path=where,
                                 fix=f"valid keys in {name}: {', '.join(sorted(valid))}")
-            values[key] = _coerce(value, hints[key], f"{name}.{key}", source)
+            values[key] = _coerce(value, hints[key], f"{name}.{key}", where)
         sections[name] = cls(**values)
     cfg = Config(**sections)
-    _validate(cfg, source)
+    _validate(cfg, source, origins)
     return cfg
 
 
-def _validate(cfg: Config, source: str) -> None:
+def _validate(cfg: Config, source: str, origins: dict[str, str] | None = None) -> None:
     def bad(key: str, msg: str) -> LeapError:
-        return LeapError(f"config key {key!r}: {msg}", path=source)
+        return LeapError(f"config key {key!r}: {msg}", path=(origins or {}).get(key.split("[")[0], source))
     if cfg.model.backbone not in BACKBONES:
         raise bad("model.backbone", f"unknown backbone {cfg.model.backbone!r} (one of {', '.join(BACKBONES)})")
     if cfg.model.weights is not None and cfg.model.weights not in WEIGHT_FAMILIES:
@@ -223,6 +226,8 @@ def _validate(cfg: Config, source: str) -> None:
             raise bad(key, "must be at least 1")
     if cfg.train.epochs < 1 and cfg.train.max_steps < 1:
         raise bad("train.epochs", "set epochs or max_steps to at least 1")
+    if len(cfg.optim.betas) != 2:
+        raise bad("optim.betas", f"{list(cfg.optim.betas)!r} must be two values [beta1, beta2]")
     if len(cfg.data.crop_scale) != 2 or not 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1:
         raise bad("data.crop_scale", "must be [low, high] with 0 < low <= high <= 1")
     if not 0 < cfg.optim.layer_decay <= 1:
@@ -275,16 +280,18 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def apply_overrides(raw: dict, overrides: Iterable[tuple[str, Any]], source: str) -> dict:
+def apply_overrides(raw: dict, overrides: Iterable[tuple[str, Any]], source: str,
+                    origins: dict[str, str] | None = None) -> dict:
     raw = {k: dict(v or {}) for k, v in raw.items()}
     for key, value in overrides:
         parts = key.split(".")
+        where = (origins or {}).get(ALIASES.get(key, key), source)
         if len(parts) != 2:
-            raise LeapError(f"override key {key!r} must be section.key", path=source,
+            raise LeapError(f"override key {key!r} must be section.key", path=where,
                             fix=f"sections: {', '.join(_SECTION_CLASSES)}; e.g. --set optim.lr=3e-4")
         section, name = ALIASES.get(key, key).split(".")  # an old name overrides its new one
         if section not in _SECTION_CLASSES:
-            raise LeapError(f"unknown config section in override {key!r}", path=source,
+            raise LeapError(f"unknown config section in override {key!r}", path=where,
                             fix=f"valid sections: {', '.join(_SECTION_CLASSES)}")
         raw.setdefault(section, {})[name] = value
     return raw
@@ -296,8 +303,11 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
     source = "<defaults>"
     if path is not None:
         raw, source = _read_raw(path)
-    raw = apply_overrides(raw, parse_overrides(overrides), source)
-    return _build(raw, source)
+    overrides = list(overrides)
+    pairs = parse_overrides(overrides)
+    # a value given by --set is reported as coming from it, not from the config file
+    origins = {ALIASES.get(key, key): f"--set {item}" for (key, _), item in zip(pairs, overrides)}
+    return _build(apply_overrides(raw, pairs, source, origins), source, origins)
 
 
 def _read_raw(path: str | Path, chain: tuple[str, ...] = ()) -> tuple[dict, str]:

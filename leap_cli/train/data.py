@@ -2,7 +2,8 @@
 
 ``ShardSource(train_dir, val_dir, cfg, info)`` gives the loop the class counts and program-target vocabulary
 from the train manifest, ``train_batches(epoch)`` (this rank's shuffled, padded slice; the same epoch gives the
-same batches whatever ran before, so a resume can replay the order and skip what it had seen) and ``val_batches()`` (each sample
+same batches whatever ran before and whatever data.num_workers is, so a resume can replay the order and skip
+what it had seen) and ``val_batches()`` (each sample
 once over all ranks; None when there is no validation split).
 """
 
@@ -43,7 +44,7 @@ class ShardSource:
                                   img_size=cfg.model.img_size, shuffle_buffer=cfg.data.shuffle_buffer,
                                   seed=cfg.train.seed, rank=info.rank, world_size=info.world_size,
                                   pad=info.distributed, scale=tuple(cfg.data.crop_scale),
-                                  color_jitter=cfg.data.color_jitter)
+                                  color_jitter=cfg.data.color_jitter, batch_size=cfg.data.batch_size)
         manifest = self.train.manifest
         task = manifest.get("task", "recognition")
         if task != cfg.data.task:
@@ -59,9 +60,8 @@ class ShardSource:
             self.program_targets = None  # no program heads: nothing would train them
             if cfg.loss.program_loss:
                 log.warning("%s: no sample has a valid program; training with L_CE only", self.train_dir)
-        # Each DataLoader worker batches its own slice (drop_last per worker), so count per worker.
-        m, nw, B = len(self.train), max(1, cfg.data.num_workers), cfg.data.batch_size
-        self.batches_per_epoch = sum(((w + 1) * m // nw - w * m // nw) // B for w in range(nw))
+        # Whole batches go to the DataLoader workers (ShardDataset), so the count does not depend on num_workers.
+        self.batches_per_epoch = len(self.train) // cfg.data.batch_size
         if self.batches_per_epoch < 1:
             raise LeapError(f"{len(self.train)} training samples per process, fewer than data.batch_size="
                             f"{cfg.data.batch_size}", path=self.train_dir, fix="lower data.batch_size")

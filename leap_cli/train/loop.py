@@ -5,7 +5,7 @@ schedule, evaluates each epoch, and writes ``runs/NAME/``:
 
     config.yaml            the resolved config
     checkpoints/last.pt    every train.checkpoint_every optimizer steps, each epoch and at the end
-    checkpoints/best.pt    best validation action top-1
+    checkpoints/best.pt    best validation action top-1 (anticipation: action class-mean top-5 recall)
     metrics.jsonl          one line per log interval ("split": "train") and per validation ("split": "val")
     tensorboard/           when the tensorboard package is installed
 
@@ -211,9 +211,11 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
 def evaluate(model: nn.Module, batches: Iterable[Batch], cfg: Config, info: distributed.DistInfo) -> dict:
     """Validation loss and verb / noun / action top-1 and top-5, summed over processes. Action top-1 (verb and
     noun both right) equals EPIC's official action top-1: the best pair of the softmax product is the pair of
-    the two argmaxes. ``n`` counts labelled samples, ``seen`` all samples."""
+    the two argmaxes. Anticipation adds the challenge's class-mean top-5 recall (``*_mt5r``, leap evaluate's
+    ``anticipation_metrics`` over the scores of all processes). ``n`` counts labelled samples, ``seen`` all samples."""
     model.eval()
     sums = {"seen": 0.0, "n": 0.0, "loss": 0.0, "verb": 0.0, "noun": 0.0, "action": 0.0, "verb5": 0.0, "noun5": 0.0}
+    kept: dict[str, list] = {"verb": [], "noun": [], "verb_class": [], "noun_class": []}  # anticipation
     for batch in batches:
         batch = to_device(batch, info.device)
         sums["seen"] += batch["verb_class"].shape[0]
@@ -233,14 +235,37 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], cfg: Config, info: dist
         sums["action"] += float((v_ok & n_ok).sum())
         sums["verb5"] += float((vt == verb[keep, None]).any(1).sum())
         sums["noun5"] += float((nt == noun[keep, None]).any(1).sum())
+        if cfg.data.task == "anticipation":
+            kept["verb"].append(out["verb"].float()[keep].cpu().numpy())
+            kept["noun"].append(out["noun"].float()[keep].cpu().numpy())
+            kept["verb_class"].append(verb[keep].cpu().numpy())
+            kept["noun_class"].append(noun[keep].cpu().numpy())
     keys = list(sums)
     totals = dict(zip(keys, distributed.all_reduce_sum([sums[k] for k in keys], info)))
     n = totals["n"]
     if n == 0:
         return {"n": 0, "seen": int(totals["seen"])}
-    return {"n": int(n), "seen": int(totals["seen"]), "loss": totals["loss"] / n, "verb_top1": 100 * totals["verb"] / n,
-            "noun_top1": 100 * totals["noun"] / n, "action_top1": 100 * totals["action"] / n,
-            "verb_top5": 100 * totals["verb5"] / n, "noun_top5": 100 * totals["noun5"] / n}
+    out = {"n": int(n), "seen": int(totals["seen"]), "loss": totals["loss"] / n, "verb_top1": 100 * totals["verb"] / n,
+           "noun_top1": 100 * totals["noun"] / n, "action_top1": 100 * totals["action"] / n,
+           "verb_top5": 100 * totals["verb5"] / n, "noun_top5": 100 * totals["noun5"] / n}
+    if cfg.data.task == "anticipation":
+        out.update(_mean_top5_recall(kept, info))
+    return out
+
+
+def _mean_top5_recall(kept: dict[str, list], info: distributed.DistInfo) -> dict:
+    """``{"verb_mt5r", "noun_mt5r", "action_mt5r"}`` (percent) of the labelled validation samples of all processes."""
+    from leap_cli.evaluate.metrics import anticipation_metrics
+
+    mine = {k: np.concatenate(v) for k, v in kept.items() if v}
+    parts = [mine]
+    if info.distributed:
+        parts = [None] * info.world_size
+        torch.distributed.all_gather_object(parts, mine)
+    arrays = {k: np.concatenate([p[k] for p in parts if k in p]) for k in kept}
+    m = anticipation_metrics(arrays["verb"], arrays["noun"], arrays["verb_class"], arrays["noun_class"],
+                             [""] * len(arrays["verb_class"]), tail_verbs=(), tail_nouns=(), unseen_participants=())
+    return {f"{t}_mt5r": 100 * m["overall"][t]["mt5r"] for t in ("verb", "noun", "action")}
 
 
 class _Metrics:
@@ -364,6 +389,12 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
     workdir = Path(workdir)
     run_dir = workdir / "runs" / name
     ckpt_dir = run_dir / "checkpoints"
+    if resume and not (ckpt_dir / "last.pt").exists():
+        runs = sorted(p.parent.parent.name for p in (workdir / "runs").glob("*/checkpoints/last.pt"))
+        raise LeapError(f"no checkpoint to resume in {run_dir}", path=ckpt_dir / "last.pt",
+                        fix="start the run without --resume, or give --name (and --workdir) of a run to resume"
+                            + (f": runs here: {', '.join(runs)}" if runs else ""))
+    made = [p for p in (workdir / "runs", run_dir) if not p.exists()]  # removed again if the run does not start
     info = distributed.setup(cfg.train.device)
     stack = contextlib.ExitStack()
     try:
@@ -372,6 +403,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         if info.is_main:  # two identical `leap train` at once would write one run: refuse the second
             stack.enter_context(OutputLock(run_dir / "checkpoints",
                                            fix="wait for it to finish, or give this run another --name"))
+            stack.callback(_remove_unstarted, run_dir, made)
         resume_ckpt = None
         # --force removes the old run only once the config, the data and the model have been checked below:
         # a typo in the config or a damaged manifest must not cost the run it was meant to replace.
@@ -386,7 +418,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             if changed:
                 raise LeapError(f"the config differs from the checkpoint's ({'; '.join(changed)}); resuming "
                                 f"would mix two trainings", path=ckpt_dir / "last.pt", record="config",
-                                fix="resume with the run's config.yaml, or pass --force to start the run over")
+                                fix=f"resume with --config {run_dir / 'config.yaml'} --name {name} --resume, "
+                                    "or pass --force to start the run over")
             cfg = _keep_initial_weights(cfg, old_config)
             was = resume_ckpt.get("data_position", {}).get("world_size")  # (checkpoints before it was kept: None)
             if was is not None and was != info.world_size:
@@ -487,6 +520,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                       "world_size": info.world_size, "model_args": model_args,
                       "parameters": sum(p.numel() for p in model.parameters())})
         last_eval: dict = {}
+        best_key = BEST_METRIC[cfg.data.task]
         stopped = False
         stop = stack.enter_context(GracefulStop(info))
         while state.epoch < epochs and not stopped:
@@ -520,8 +554,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                     metrics.write(rec)
                     if on_eval:
                         on_eval(rec)
-                if last_eval.get("n") and last_eval["action_top1"] > state.best_metric:
-                    state.best_metric = last_eval["action_top1"]
+                if last_eval.get("n") and last_eval[best_key] > state.best_metric:
+                    state.best_metric = last_eval[best_key]
                     checkpoint(ckpt_dir / "best.pt")
             checkpoint(ckpt_dir / "last.pt")
             if state.step >= total or stop():
@@ -538,11 +572,25 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         distributed.cleanup()
 
 
+# What picks best.pt: the challenge's ranking metric of the task (EPIC-KITCHENS-100 action recognition: action
+# top-1 accuracy; action anticipation: action class-mean top-5 recall).
+BEST_METRIC = {"recognition": "action_top1", "anticipation": "action_mt5r"}
+
 # Keys a resume may change: where and how fast the run goes, not what it computes. model.pretrained and
 # model.allow_partial_load are read only when a run starts (a resume takes the weights from last.pt).
 RESUME_MAY_CHANGE = frozenset({"train.device", "train.threads", "train.log_every", "train.checkpoint_every",
                                "data.num_workers", "data.eval_batch_size", "data.val", "data.train",
                                "model.compile", "model.pretrained", "model.allow_partial_load"})
+
+
+def _remove_unstarted(run_dir: Path, made: list[Path]) -> None:
+    """A run refused before it wrote config.yaml leaves none of the folders it made (they hold only its lock)."""
+    if (run_dir / "config.yaml").exists():
+        return
+    (run_dir / "checkpoints.lock").unlink(missing_ok=True)
+    for folder in reversed(made):  # run_dir, then runs/
+        with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
+            folder.rmdir()
 
 
 def _keep_initial_weights(cfg: Config, old_config: dict) -> Config:
