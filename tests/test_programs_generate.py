@@ -893,3 +893,67 @@ def test_the_offline_generator_fills_no_cache(workdir):
     again = generate_programs(GenerateConfig(workdir=workdir, split="val"))  # made again, the same
     assert again.statuses == {"valid": N_SEGMENTS} and again.cache_hits == 0
     assert {r["narration_id"]: r["program"] for r in records(workdir)} == first
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_lets_the_requests_in_flight_finish(workdir, good_programs, signame):
+    """Ctrl-C or SIGTERM sent every request in flight again on the resume (up to --concurrency paid twice per
+    preemption): the first signal lets them finish and keeps their replies, so the runs together ask once per
+    segment."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]), delay=0.5)  # noqa: E731
+    out = workdir / "programs" / "val.jsonl"
+    with ScriptedServer(script) as server:
+        cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
+               "--backend", "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
+               "--concurrency", "2"]
+        proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
+            time.sleep(0.02)
+        time.sleep(0.1)  # the next two requests are on the wire
+        proc.send_signal(getattr(signal, signame))
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + getattr(signal, signame), err
+        assert "stopping: waiting up to 20 s for 2 requests in flight; Ctrl-C again to abandon them" in err.decode()
+        kept = read_jsonl(out)
+        assert len(kept) == 4 and len(server.requests) == 4
+        s = generate_programs(config(workdir, server, model="m"))
+        assert s.resumed == 4 and s.statuses == {"valid": N_SEGMENTS - 4}
+        assert len(server.requests) == N_SEGMENTS  # not one paid twice
+        with ProgramStore(workdir / "programs" / "cache.sqlite") as store:
+            assert store.spent(out)["requests"] == N_SEGMENTS
+
+
+def test_a_second_stop_signal_abandons_the_requests_in_flight(workdir, good_programs):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]), delay=10)  # noqa: E731
+    with ScriptedServer(script) as server:
+        cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
+               "--backend", "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
+               "--concurrency", "2"]
+        proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(server.requests) < 2:
+            time.sleep(0.02)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - start < 5
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "abandoned 2 requests in flight" in err.decode()
+        assert len(server.requests) == 2

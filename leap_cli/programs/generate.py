@@ -22,6 +22,8 @@ import asyncio
 import gc
 import logging
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels
 log = logging.getLogger(__name__)
 redact_logs(log)
 CHECK_PROCESS_MIN = 256  # segments to do before a run starts the checker process (GenerateConfig.check_process)
+STOP_GRACE = 20.0  # most seconds the requests in flight get after Ctrl-C/SIGTERM (Slurm's KillWait is 30 s)
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,8 @@ class ProgramGenerator:
         self.checker: RemoteChecker | None = None  # set by the stage when the checks run in a child process
         self._slots: asyncio.Semaphore | None = None
         self.all_busy = asyncio.Event()  # every slot has been taken once (the workers that wait start then)
-        self._halted = False  # a request raised an error that stops the stage (a refused key): send no more
+        self._halted = False  # send no more: a request raised an error that stops the stage (a refused key), or Ctrl-C
+        self.in_flight = 0  # requests sent and not yet answered
         self.schema = strict_schema()
         self.schema_hash = stable_hash(self.schema)
         # the cache key names the schema where one was asked for, also after the endpoint refused it (JSON mode)
@@ -349,6 +353,7 @@ class ProgramGenerator:
                 raise NoMoreRequests
             if self._slots.locked():
                 self.all_busy.set()
+            self.in_flight += 1
             try:
                 comp = await self.backend.complete(request)
             except BackendError:
@@ -356,6 +361,8 @@ class ProgramGenerator:
             except Exception:
                 self._halted = True
                 raise
+            finally:
+                self.in_flight -= 1
             usage = comp.usage
             self.summary_requests += comp.attempts
             for k in self.usage:
@@ -369,6 +376,54 @@ class ProgramGenerator:
                 self.store.put(key, comp.text, usage, comp.model, commit=False)
         # the worker that now has the slot sends its request before this reply's bookkeeping (run_one's _turn)
         return comp
+
+
+class _Stop:
+    """Ctrl-C or SIGTERM while the stage runs: the first stops new requests and gives those in flight up to
+    ``grace`` seconds, so that their replies, paid for anyway, are kept (a resume would pay for them again); a
+    second signal, or the end of the grace, abandons them. ``reraise`` sends the signal again once the files
+    are closed, to the handlers that were there before (the CLI's: exit 130 or 143)."""
+
+    def __init__(self, gen: ProgramGenerator, grace: float):
+        self.gen, self.grace = gen, grace
+        self.tasks: list[asyncio.Future] = []
+        self.signum: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self._before: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # (a background job ignores Ctrl-C)
+                    self._before[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._loop.call_soon_threadsafe(self._stop, signum)  # (wakes the loop from its select)
+
+    def _stop(self, signum: int) -> None:
+        if self.signum is not None:
+            self._abandon()
+            return
+        self.signum = signum
+        self.gen._halted = True
+        if self.gen.in_flight:
+            log.warning("stopping: waiting up to %g s for %d requests in flight; Ctrl-C again to abandon them",
+                        self.grace, self.gen.in_flight)
+            self._loop.call_later(self.grace, self._abandon)
+
+    def _abandon(self) -> None:
+        if self.gen.in_flight:
+            log.warning("abandoned %d requests in flight: the provider may bill them, and neither this run's cost nor "
+                        "the ledger of --max-cost counts them", self.gen.in_flight)
+        for t in self.tasks:
+            t.cancel()
+
+    def restore(self) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+        self._before = {}
+
+    def reraise(self) -> None:
+        if self.signum is not None:
+            signal.raise_signal(self.signum)
 
 
 def output_settings(cfg: GenerateConfig, builder: PromptBuilder) -> dict:
@@ -454,6 +509,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     appender = JsonlAppender(cfg.out_path, replace_keys=redo, sync_every=1.0)
     gen: ProgramGenerator | None = None
     checker: RemoteChecker | None = None
+    stop: _Stop | None = None
     try:
         pending = [r for r in inputs.records if r["narration_id"] not in appender]
         summary.resumed = len(inputs.records) - len(pending)
@@ -482,6 +538,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
 
         gen = ProgramGenerator(cfg, inputs, backend, store, builder, over_budget)
         gen.checker = checker
+        stop = _Stop(gen, min(STOP_GRACE, cfg.timeout))
         queue = iter(pending)
 
         async def worker(waits: bool) -> None:
@@ -494,7 +551,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
 
         async def work() -> None:
             for record in queue:
-                if over_budget():
+                if stop.signum is not None or over_budget():
                     return
                 try:
                     result = await gen.run_one(record)
@@ -511,15 +568,18 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
 
         # twice as many workers as requests in flight (ProgramGenerator): half wait with their prompt built
         n = max(1, cfg.concurrency)
-        tasks = [asyncio.ensure_future(worker(i >= n)) for i in range(2 * n)]
+        tasks = stop.tasks = [asyncio.ensure_future(worker(i >= n)) for i in range(2 * n)]
         try:
             await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:  # a fatal error (bad key, Ctrl-C) stops the others before files are closed
+        except BaseException as e:
+            for t in tasks:  # a fatal error (bad key) stops the others before files are closed
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+            if stop.signum is None or not isinstance(e, asyncio.CancelledError):  # (not the requests abandoned)
+                raise
     finally:
+        if stop is not None:
+            stop.restore()
         gc.unfreeze()
         if checker is not None:
             await checker.aclose()
@@ -530,6 +590,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         store.close()
         await backend.aclose()
         summary.seconds = time.perf_counter() - start
+    stop.reraise()
     return summary
 
 
