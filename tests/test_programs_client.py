@@ -435,3 +435,22 @@ def test_a_damaged_cache_is_one_line_and_costs_no_output(workdir):  # noqa: F811
         generate_programs(GenerateConfig(workdir=workdir, split="val", repair_rounds=0, force=True))
     assert e.value.path == str(cache) and "move it aside" in e.value.fix
     assert out.read_bytes() == before
+
+
+def test_a_damaged_page_inside_the_cache_is_one_line(workdir, good_programs):  # noqa: F811
+    """A cache whose header is sound but a page inside is not opened fine and then raised sqlite3.DatabaseError
+    (database disk image is malformed) from a lookup: a traceback, exit 1."""
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    cache = workdir / "programs" / "cache.sqlite"
+    with ScriptedServer(script) as server:
+        generate_programs(config(workdir, server, limit=2))
+        db = sqlite3.connect(cache)
+        with db:
+            db.executemany("INSERT INTO cache VALUES (?, ?, 0, 0, 'm', 0)", [(f"k{i}", "x" * 2000) for i in range(100)])
+        db.close()
+        data = bytearray(cache.read_bytes())
+        data[8192:] = b"A" * (len(data) - 8192)  # every page but the first two
+        cache.write_bytes(bytes(data))
+        with pytest.raises(LeapError, match="the program cache cannot be read") as e:
+            generate_programs(config(workdir, server))
+    assert e.value.path == str(cache) and "move it aside" in e.value.fix
