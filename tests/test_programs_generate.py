@@ -879,15 +879,10 @@ def test_descriptors_of_another_split_are_refused(workdir, tmp_path, caplog):
 
 def test_the_offline_generator_fills_no_cache(workdir):
     """Deterministic and ~2 ms a program: its replies cost a cache row and a call-log row each (~3.4 kB a record,
-    more than the programs file) and saved nothing."""
-    import sqlite3
-
+    more than the programs file) and saved nothing; nor is there a cost to keep, so there is no cache.sqlite."""
     s = generate_programs(GenerateConfig(workdir=workdir, split="val"))
     assert s.statuses == {"valid": N_SEGMENTS}
-    db = sqlite3.connect(workdir / "programs" / "cache.sqlite")
-    assert db.execute("SELECT COUNT(*) FROM cache").fetchone() == (0,)
-    assert db.execute("SELECT COUNT(*) FROM calls").fetchone() == (0,)
-    db.close()
+    assert not list((workdir / "programs").glob("cache.sqlite*"))
     first = {r["narration_id"]: r["program"] for r in records(workdir)}
     (workdir / "programs" / "val.jsonl").unlink()
     again = generate_programs(GenerateConfig(workdir=workdir, split="val"))  # made again, the same
@@ -957,3 +952,20 @@ def test_a_second_stop_signal_abandons_the_requests_in_flight(workdir, good_prog
         assert proc.returncode == 128 + signal.SIGTERM, err
         assert "abandoned 2 requests in flight" in err.decode()
         assert len(server.requests) == 2
+
+
+def test_the_cache_is_created_as_the_umask_says(workdir, good_programs):
+    """SQLite creates its file 0644 whatever the umask: a group sharing the work directory (umask 002) could not
+    write the cache and ledger of a run it resumes, while every other file leap writes is 0664 there."""
+    import os
+    import stat
+
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    old = os.umask(0o002)
+    try:
+        with ScriptedServer(script) as server:
+            generate_programs(config(workdir, server, limit=1))
+    finally:
+        os.umask(old)
+    for name in ("val.jsonl", "cache.sqlite"):
+        assert stat.S_IMODE((workdir / "programs" / name).stat().st_mode) == 0o664, name

@@ -235,7 +235,7 @@ class ProgramGenerator:
     before the burst's checks.
     ``over_budget`` (``--max-cost``) is asked again when a segment's first request gets its slot."""
 
-    def __init__(self, cfg: GenerateConfig, inputs: Inputs, backend: Backend, store: ProgramStore, builder: PromptBuilder,
+    def __init__(self, cfg: GenerateConfig, inputs: Inputs, backend: Backend, store: ProgramStore | None, builder: PromptBuilder,
                  over_budget: Callable[[], bool] | None = None):
         self.cfg, self.inputs, self.backend, self.store, self.builder = cfg, inputs, backend, store, builder
         self.out_path = cfg.out_path  # (a path built anew at each access: once per paid reply here)
@@ -309,10 +309,11 @@ class ProgramGenerator:
                 except BackendError as e:
                     prov["attempts"] += e.attempts
                     self.summary_requests += e.attempts
-                    self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
-                                        prompt_hash=phash, cache_key=key, round=rnd, response=None, usage={},
-                                        latency=e.seconds, attempts=e.attempts, cached=False, outcome="failed",
-                                        error=str(e))
+                    if self._cache:
+                        self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
+                                            prompt_hash=phash, cache_key=key, round=rnd, response=None, usage={},
+                                            latency=e.seconds, attempts=e.attempts, cached=False, outcome="failed",
+                                            error=str(e))
                     # a program from an earlier round that failed validation stays, as invalid
                     return done("invalid" if program is not None else "failed", program,
                                 findings + [Finding("", f"request failed: {e}")])
@@ -370,9 +371,8 @@ class ProgramGenerator:
             cost = self.cfg.cost(usage)
             self.cost += cost
             # committed with the call log (run_one's log_call), not while the slot is held
-            if cost or self._cache:
-                self.store.add_spend(self.out_path, cost, usage, comp.attempts, commit=False)
             if self._cache:
+                self.store.add_spend(self.out_path, cost, usage, comp.attempts, commit=False)
                 self.store.put(key, comp.text, usage, comp.model, commit=False)
         # the worker that now has the slot sends its request before this reply's bookkeeping (run_one's _turn)
         return comp
@@ -496,11 +496,13 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     # the backend first: an unknown --backend or a missing API key must not cost an output that --force would
     # start over
     backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
-    store = ProgramStore(cfg.cache_path, commit_every=0.5, background=True)  # (and a cache that cannot be opened)
+    # (and a cache that cannot be opened); the offline generator's programs are neither cached nor paid for
+    store = None if backend.name == "offline" else ProgramStore(cfg.cache_path, commit_every=0.5, background=True)
     try:
         check_output(cfg, builder)
     except BaseException:
-        store.close()
+        if store is not None:
+            store.close()
         raise
     summary = GenerateSummary(cfg.out_path, inputs.source)
     start = time.perf_counter()
@@ -527,7 +529,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         gc.freeze()
         if on_start:
             on_start(len(pending))
-        summary.spent_before = store.spent(cfg.out_path)["cost"]
+        summary.spent_before = store.spent(cfg.out_path)["cost"] if store is not None else 0.0
 
         def over_budget() -> bool:
             if cfg.max_cost is None or summary.spent_before + gen.cost < cfg.max_cost:
@@ -587,7 +589,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             summary.requests, summary.cache_hits = gen.summary_requests, gen.summary_hits
             summary.usage, summary.cost = gen.usage, gen.cost
         appender.close()
-        store.close()
+        if store is not None:
+            store.close()
         await backend.aclose()
         summary.seconds = time.perf_counter() - start
     stop.reraise()

@@ -26,6 +26,7 @@ Response and error texts pass through ``leap_cli.programs.redact.redact`` before
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -75,6 +76,9 @@ class ProgramStore:
     def __init__(self, path: str | Path, commit_every: float = 0.0, *, background: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # created here, 0666 less the umask as every file leap writes (SQLite's own is 0644 whatever the umask;
+        # its -wal and -shm files take this file's mode)
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o666))
         try:
             self.db = self._connect()
             # the connection that writes: the same one, or one that only the writer thread uses
