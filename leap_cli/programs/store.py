@@ -143,7 +143,7 @@ class ProgramStore:
                 self._wdb.executemany(self._CALL_SQL, calls)
                 self._wdb.executemany(self._LEDGER_SQL, [(k, *v, time.time()) for k, v in ledger.items()])
         except sqlite3.Error as e:  # a full disk, a read-only folder, a lock held past the 30-s timeout
-            if e.sqlite_errorname == "SQLITE_CORRUPT":
+            if getattr(e, "sqlite_errorname", None) == "SQLITE_CORRUPT":
                 raise self._damaged("written", e) from None
             raise LeapError(f"cannot write the program cache ({e})", path=self.path,
                             fix="free disk space or make the folder writable, then run again: finished programs are "
