@@ -969,3 +969,27 @@ def test_the_cache_is_created_as_the_umask_says(workdir, good_programs):
         os.umask(old)
     for name in ("val.jsonl", "cache.sqlite"):
         assert stat.S_IMODE((workdir / "programs" / name).stat().st_mode) == 0o664, name
+
+
+def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path):
+    """--batch-file --retry-errors wrote no request for the failed records, and the ingest of paid results for
+    them said already_present and kept the failed records: only a live --retry-errors (twice the price) could
+    redo them."""
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    assert write_batch_file(cfg, tmp_path / "b1.jsonl") == N_SEGMENTS
+    nids = [r["custom_id"] for r in read_jsonl(tmp_path / "b1.jsonl")]
+    ok = lambda nid: {"custom_id": nid, "response": {"status_code": 200,  # noqa: E731
+                                                      "body": completion(json.dumps(good_programs[nid]))}}
+    expired = [{"custom_id": nid, "response": None, "error": {"code": "batch_expired", "message": "expired"}}
+               for nid in nids[:2]]
+    first = results_file(tmp_path / "out1.jsonl", expired + [ok(nid) for nid in nids[2:]])
+    assert ingest_batch(cfg, first) == {"failed": 2, "valid": N_SEGMENTS - 2}
+    assert write_batch_file(cfg, tmp_path / "b2.jsonl") == 0
+    retry = dataclasses.replace(cfg, retry_failed=True)
+    assert write_batch_file(retry, tmp_path / "b2.jsonl") == 2
+    assert [r["custom_id"] for r in read_jsonl(tmp_path / "b2.jsonl")] == nids[:2]
+    assert ingest_batch(cfg, first) == {"already_present": N_SEGMENTS}  # a failure again replaces nothing
+    assert ingest_batch(cfg, results_file(tmp_path / "out2.jsonl", [ok(nid) for nid in nids[:2]])) == {"valid": 2}
+    recs = records(workdir)
+    assert len(recs) == N_SEGMENTS and {r["status"] for r in recs} == {"valid"}
+    assert write_batch_file(retry, tmp_path / "b3.jsonl") == 0
