@@ -993,3 +993,28 @@ def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path)
     recs = records(workdir)
     assert len(recs) == N_SEGMENTS and {r["status"] for r in recs} == {"valid"}
     assert write_batch_file(retry, tmp_path / "b3.jsonl") == 0
+
+
+def test_descriptors_extracted_anew_with_other_settings_are_refused(workdir, good_programs):
+    """A resume onto descriptors re-extracted with other settings (extract --force --components narration,audio)
+    mixed programs of two kinds of clip text without a word."""
+    from leap_cli.epic.annotations import read_segments
+    from leap_cli.io import settings_path
+
+    desc = workdir / "descriptors" / "val.jsonl"
+    desc.parent.mkdir(parents=True)
+    segs = read_segments(workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv")
+    desc.write_text("".join(json.dumps(narration_record(s)) + "\n" for s in segs))
+    extracted = {"components": ["narration", "audio", "camera", "objects", "hands"], "hand_threshold": 0.5}
+    settings_path(desc).write_text(json.dumps({**extracted, "split": "val"}))
+    generate_programs(GenerateConfig(workdir=workdir, split="val", limit=2))
+    settings_path(desc).write_text(json.dumps({**extracted, "components": ["narration", "audio"], "split": "val"}))
+    with pytest.raises(LeapError, match=r"descriptors\.components: \[.*\] -> \['narration', 'audio'\]") as e:
+        generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    assert "--force" in e.value.fix and len(records(workdir)) == 2
+    # a programs file whose settings were kept before the descriptors' were adopts those of now
+    sidecar = settings_path(workdir / "programs" / "val.jsonl")
+    old = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({k: v for k, v in old.items() if k != "descriptors"}))
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    assert s.resumed == 2 and json.loads(sidecar.read_text())["descriptors"]["components"] == ["narration", "audio"]

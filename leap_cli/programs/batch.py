@@ -42,7 +42,7 @@ def write_batch_file(cfg: GenerateConfig, path) -> int:
     live run on the same file, must use the settings the requests were written with."""
     cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
-    check_output(cfg, builder)
+    check_output(cfg, builder, inputs)
     done = {r["narration_id"] for r in read_jsonl(cfg.out_path)
             if not (cfg.retry_failed and r.get("status") == "failed")} if cfg.out_path.exists() else set()
     records = [r for r in inputs.records if r["narration_id"] not in done]
@@ -114,7 +114,7 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     lines = read_batch_output(results_path)
     inputs, _, builder = _setup(cfg)
     # compared with the settings --batch-file recorded, also before the programs file exists
-    check_output(cfg, builder, exists=cfg.out_path.exists() or settings_path(cfg.out_path).exists())
+    check_output(cfg, builder, inputs, exists=cfg.out_path.exists() or settings_path(cfg.out_path).exists())
     by_id = {r["narration_id"]: r for r in inputs.records}
     for i, line in enumerate(lines, start=1):  # all checked before a record is written
         if line["custom_id"] not in by_id:

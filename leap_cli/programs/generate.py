@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, normali
 from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import JsonlAppender, check_settings, read_jsonl, stable_hash
+from leap_cli.io import JsonlAppender, atomic_write_json, check_settings, read_jsonl, settings_path, stable_hash
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, OfflineBackend, OpenAIBackend, Request,
                                        RetryPolicy, check_extra_body)
@@ -136,6 +137,9 @@ class Inputs:
     verbs: ClassVocab
     nouns: ClassVocab
     source: str
+    # the settings the descriptor records were extracted with (their settings file's; None: it has none), or
+    # "narration-only" (no descriptor file): part of the output's settings
+    extracted: dict | str | None = "narration-only"
 
 
 def load_inputs(cfg: GenerateConfig) -> Inputs:
@@ -147,9 +151,13 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     split = cfg.split_name
     segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
     path = cfg.descriptors or cfg.workdir / "descriptors" / f"{split}.jsonl"
+    extracted: dict | str | None = "narration-only"
     if path.exists():
         records = read_jsonl(path, check=descriptor_problem, keep=_for_generation)
         source = f"descriptors {path}"
+        extracted = _json_object(settings_path(path))
+        if extracted is not None:
+            extracted.pop("split", None)
     elif cfg.descriptors is not None:
         raise LeapError("descriptor file not found", path=path, fix="run leap extract or fix --descriptors")
     elif segments:
@@ -168,7 +176,15 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
                         len(outside), split, ", ".join(outside[:3]))
             records = [r for r in records if r["narration_id"] in segments]
     records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]))
-    return Inputs(records, segments, ann.verbs, ann.nouns, source)
+    return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted)
+
+
+def _json_object(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 # What generation reads of a descriptor record beside its text (prompt.clip_info): the camera's steps and the
@@ -426,11 +442,12 @@ class _Stop:
             signal.raise_signal(self.signum)
 
 
-def output_settings(cfg: GenerateConfig, builder: PromptBuilder) -> dict:
-    """What changes the records of an output file: the backend and its model (the offline generator's version),
-    its generation parameters, the prompt (format version, system prompt, exemplar library, k) and validation
-    (repair rounds, sub-action limit). Not the endpoint, concurrency, retries, prices or limits."""
-    out = {"backend": cfg.backend,
+def output_settings(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs) -> dict:
+    """What changes the records of an output file: the descriptors' extraction settings, the backend and its
+    model (the offline generator's version), its generation parameters, the prompt (format version, system
+    prompt, exemplar library, k) and validation (repair rounds, sub-action limit). Not the endpoint,
+    concurrency, retries, prices or limits."""
+    out = {"descriptors": inputs.extracted, "backend": cfg.backend,
            "exemplars": stable_hash([[e.id, e.narration, e.text, e.program] for e in builder.exemplars])[:16],
            "repair_rounds": cfg.repair_rounds, "max_sub_actions": cfg.max_sub_actions}
     if cfg.backend == "offline":  # no prompt: the nearest exemplar, adapted (programs/offline.py)
@@ -447,11 +464,14 @@ def token_limit_finding(max_tokens: int) -> Finding:
                        "reasoning counts too): raise --max-tokens")
 
 
-def check_output(cfg: GenerateConfig, builder: PromptBuilder, *, exists: bool | None = None) -> bool:
+def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *, exists: bool | None = None) -> bool:
     """Refuse to add records to an output made with other settings (``io.check_settings``, as the other stages),
     unless ``cfg.force``: then the output starts over. Returns whether it did."""
-    return check_settings(cfg.out_path, output_settings(cfg, builder), force=cfg.force, split=cfg.split_name,
-                          exists=exists)
+    settings = output_settings(cfg, builder, inputs)
+    old = _json_object(settings_path(cfg.out_path))
+    if old is not None and "descriptors" not in old:  # kept before the descriptors' were: those of now are adopted
+        atomic_write_json(settings_path(cfg.out_path), {**old, "descriptors": settings["descriptors"]})
+    return check_settings(cfg.out_path, settings, force=cfg.force, split=cfg.split_name, exists=exists)
 
 
 def _setup(cfg: GenerateConfig):
@@ -499,7 +519,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     # (and a cache that cannot be opened); the offline generator's programs are neither cached nor paid for
     store = None if backend.name == "offline" else ProgramStore(cfg.cache_path, commit_every=0.5, background=True)
     try:
-        check_output(cfg, builder)
+        check_output(cfg, builder, inputs)
     except BaseException:
         if store is not None:
             store.close()
