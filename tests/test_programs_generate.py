@@ -314,27 +314,37 @@ def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path
     assert res.exit_code == 3 and f"all {N_SEGMENTS} records failed" in res.output, res.output
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_keeps_finished_records(workdir, good_programs, signame):
-    """Ctrl-C, or SIGTERM (Slurm's preemption, scancel): the records written are kept, the ledger counts every
-    paid request, and the rerun resumes."""
+def start_cli(workdir, server, concurrency: int):
+    """``leap generate-programs`` in a process of its own (to be sent signals), against ``server``."""
     import os
-    import signal
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
+           "--backend", "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
+           "--concurrency", str(concurrency)]
+    return subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def wait_until(done) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not done():
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_keeps_finished_records(workdir, good_programs, signame):
+    """Ctrl-C, or SIGTERM (Slurm's preemption, scancel): the records written are kept, the ledger counts every
+    paid request, and the rerun resumes."""
+    import signal
+
     script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]), delay=0.3)  # noqa: E731
     out = workdir / "programs" / "val.jsonl"
     with ScriptedServer(script) as server:
-        cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
-               "--backend", "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
-               "--concurrency", "1"]
-        proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
-            time.sleep(0.05)
+        proc = start_cli(workdir, server, 1)
+        wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 2)
         proc.send_signal(getattr(signal, signame))
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 128 + getattr(signal, signame), err
@@ -895,23 +905,13 @@ def test_a_stop_signal_lets_the_requests_in_flight_finish(workdir, good_programs
     """Ctrl-C or SIGTERM sent every request in flight again on the resume (up to --concurrency paid twice per
     preemption): the first signal lets them finish and keeps their replies, so the runs together ask once per
     segment."""
-    import os
     import signal
-    import subprocess
-    import sys
 
-    root = Path(__file__).resolve().parents[1]
     script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]), delay=0.5)  # noqa: E731
     out = workdir / "programs" / "val.jsonl"
     with ScriptedServer(script) as server:
-        cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
-               "--backend", "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
-               "--concurrency", "2"]
-        proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
-            time.sleep(0.02)
+        proc = start_cli(workdir, server, 2)
+        wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 2)
         time.sleep(0.1)  # the next two requests are on the wire
         proc.send_signal(getattr(signal, signame))
         _, err = proc.communicate(timeout=30)
@@ -927,22 +927,12 @@ def test_a_stop_signal_lets_the_requests_in_flight_finish(workdir, good_programs
 
 
 def test_a_second_stop_signal_abandons_the_requests_in_flight(workdir, good_programs):
-    import os
     import signal
-    import subprocess
-    import sys
 
-    root = Path(__file__).resolve().parents[1]
     script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]), delay=10)  # noqa: E731
     with ScriptedServer(script) as server:
-        cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
-               "--backend", "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
-               "--concurrency", "2"]
-        proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(server.requests) < 2:
-            time.sleep(0.02)
+        proc = start_cli(workdir, server, 2)
+        wait_until(lambda: len(server.requests) >= 2)
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
