@@ -421,17 +421,67 @@ def test_generate_programs_exits_3_when_every_record_failed(workdir, good_progra
     assert f"{N_SEGMENTS - 1} of {N_SEGMENTS} records failed" in " ".join(res.output.split())
 
 
-def test_a_damaged_cache_is_one_line_and_costs_no_output(workdir):  # noqa: F811
+def test_a_damaged_cache_is_one_line_and_costs_no_output(workdir, good_programs):  # noqa: F811
     """A cache.sqlite that is not a database was a sqlite3.DatabaseError traceback; with --force and other
     settings it also came after the output was started over."""
     out = workdir / "programs" / "val.jsonl"
-    generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    with ScriptedServer(script) as server:
+        generate_programs(config(workdir, server))
     before = out.read_bytes()
     cache = workdir / "programs" / "cache.sqlite"
     for name in [p.name for p in cache.parent.glob("cache.sqlite*")]:
         (cache.parent / name).unlink()
     cache.write_bytes(b"not a database at all, just text" * 10)
     with pytest.raises(LeapError, match="the program cache cannot be opened") as e:
-        generate_programs(GenerateConfig(workdir=workdir, split="val", repair_rounds=0, force=True))
+        generate_programs(config(workdir, server, repair_rounds=0, force=True))
     assert e.value.path == str(cache) and "move it aside" in e.value.fix
     assert out.read_bytes() == before
+
+
+def test_a_damaged_page_inside_the_cache_is_one_line(workdir, good_programs):  # noqa: F811
+    """A cache whose header is sound but a page inside is not opened fine and then raised sqlite3.DatabaseError
+    (database disk image is malformed) from a lookup: a traceback, exit 1."""
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    cache = workdir / "programs" / "cache.sqlite"
+    with ScriptedServer(script) as server:
+        generate_programs(config(workdir, server, limit=2))
+        db = sqlite3.connect(cache)
+        with db:
+            db.executemany("INSERT INTO cache VALUES (?, ?, 0, 0, 'm', 0)", [(f"k{i}", "x" * 2000) for i in range(100)])
+        db.close()
+        data = bytearray(cache.read_bytes())
+        data[8192:] = b"A" * (len(data) - 8192)  # every page but the first two
+        cache.write_bytes(bytes(data))
+        with pytest.raises(LeapError, match="the program cache cannot be read") as e:
+            generate_programs(config(workdir, server))
+    assert e.value.path == str(cache) and "move it aside" in e.value.fix
+
+
+def test_a_read_only_programs_folder_is_said_to_be_read_only(workdir, monkeypatch):  # noqa: F811
+    """SQLite's "unable to open database file" in a read-only folder was reported as a damaged cache to move
+    aside, where there was none. (The folder is simulated: root, who runs the tests here, ignores chmod.)"""
+    import errno
+    import os
+    from pathlib import Path
+
+    programs = workdir / "programs"
+    programs.mkdir()
+    real_open, real_connect = os.open, sqlite3.connect
+
+    def ro_open(path, flags, *args, **kwargs):
+        if Path(path).parent == programs and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def ro_connect(path, *args, **kwargs):
+        if Path(path).parent == programs:
+            raise sqlite3.OperationalError("unable to open database file")
+        return real_connect(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", ro_open)
+    monkeypatch.setattr(sqlite3, "connect", ro_connect)
+    with pytest.raises(OSError) as e:
+        generate_programs(GenerateConfig(workdir=workdir, split="val", backend="openai", api_key_env="LEAP_TEST_KEY",
+                                         base_url="http://127.0.0.1:9/v1"))
+    assert e.value.errno == errno.EROFS and e.value.filename == str(programs / "cache.sqlite")

@@ -314,27 +314,37 @@ def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path
     assert res.exit_code == 3 and f"all {N_SEGMENTS} records failed" in res.output, res.output
 
 
-@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_ctrl_c_keeps_finished_records(workdir, good_programs, signame):
-    """Ctrl-C, or SIGTERM (Slurm's preemption, scancel): the records written are kept, the ledger counts every
-    paid request, and the rerun resumes."""
+def start_cli(workdir, server, concurrency: int):
+    """``leap generate-programs`` in a process of its own (to be sent signals), against ``server``."""
     import os
-    import signal
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
+           "--backend", "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
+           "--concurrency", str(concurrency)]
+    return subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+def wait_until(done) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not done():
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_keeps_finished_records(workdir, good_programs, signame):
+    """Ctrl-C, or SIGTERM (Slurm's preemption, scancel): the records written are kept, the ledger counts every
+    paid request, and the rerun resumes."""
+    import signal
+
     script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]), delay=0.3)  # noqa: E731
     out = workdir / "programs" / "val.jsonl"
     with ScriptedServer(script) as server:
-        cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
-               "--backend", "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
-               "--concurrency", "1"]
-        proc = subprocess.Popen(cmd, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 2):
-            time.sleep(0.05)
+        proc = start_cli(workdir, server, 1)
+        wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 2)
         proc.send_signal(getattr(signal, signame))
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 128 + getattr(signal, signame), err
@@ -879,17 +889,122 @@ def test_descriptors_of_another_split_are_refused(workdir, tmp_path, caplog):
 
 def test_the_offline_generator_fills_no_cache(workdir):
     """Deterministic and ~2 ms a program: its replies cost a cache row and a call-log row each (~3.4 kB a record,
-    more than the programs file) and saved nothing."""
-    import sqlite3
-
+    more than the programs file) and saved nothing; nor is there a cost to keep, so there is no cache.sqlite."""
     s = generate_programs(GenerateConfig(workdir=workdir, split="val"))
     assert s.statuses == {"valid": N_SEGMENTS}
-    db = sqlite3.connect(workdir / "programs" / "cache.sqlite")
-    assert db.execute("SELECT COUNT(*) FROM cache").fetchone() == (0,)
-    assert db.execute("SELECT COUNT(*) FROM calls").fetchone() == (0,)
-    db.close()
+    assert not list((workdir / "programs").glob("cache.sqlite*"))
     first = {r["narration_id"]: r["program"] for r in records(workdir)}
     (workdir / "programs" / "val.jsonl").unlink()
     again = generate_programs(GenerateConfig(workdir=workdir, split="val"))  # made again, the same
     assert again.statuses == {"valid": N_SEGMENTS} and again.cache_hits == 0
     assert {r["narration_id"]: r["program"] for r in records(workdir)} == first
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_lets_the_requests_in_flight_finish(workdir, good_programs, signame):
+    """Ctrl-C or SIGTERM sent every request in flight again on the resume (up to --concurrency paid twice per
+    preemption): the first signal lets them finish and keeps their replies, so the runs together ask once per
+    segment."""
+    import signal
+
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]), delay=0.5)  # noqa: E731
+    out = workdir / "programs" / "val.jsonl"
+    with ScriptedServer(script) as server:
+        proc = start_cli(workdir, server, 2)
+        wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 2)
+        time.sleep(0.1)  # the next two requests are on the wire
+        proc.send_signal(getattr(signal, signame))
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 128 + getattr(signal, signame), err
+        assert "stopping: waiting up to 20 s for 2 requests in flight; Ctrl-C again to abandon them" in err.decode()
+        kept = read_jsonl(out)
+        assert len(kept) == 4 and len(server.requests) == 4
+        s = generate_programs(config(workdir, server, model="m"))
+        assert s.resumed == 4 and s.statuses == {"valid": N_SEGMENTS - 4}
+        assert len(server.requests) == N_SEGMENTS  # not one paid twice
+        with ProgramStore(workdir / "programs" / "cache.sqlite") as store:
+            assert store.spent(out)["requests"] == N_SEGMENTS
+
+
+def test_a_second_stop_signal_abandons_the_requests_in_flight(workdir, good_programs):
+    import signal
+
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]), delay=10)  # noqa: E731
+    with ScriptedServer(script) as server:
+        proc = start_cli(workdir, server, 2)
+        wait_until(lambda: len(server.requests) >= 2)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - start < 5
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "abandoned 2 requests in flight" in err.decode()
+        assert len(server.requests) == 2
+
+
+def test_the_cache_is_created_as_the_umask_says(workdir, good_programs):
+    """SQLite creates its file 0644 whatever the umask: a group sharing the work directory (umask 002) could not
+    write the cache and ledger of a run it resumes, while every other file leap writes is 0664 there."""
+    import os
+    import stat
+
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    old = os.umask(0o002)
+    try:
+        with ScriptedServer(script) as server:
+            generate_programs(config(workdir, server, limit=1))
+    finally:
+        os.umask(old)
+    for name in ("val.jsonl", "cache.sqlite"):
+        assert stat.S_IMODE((workdir / "programs" / name).stat().st_mode) == 0o664, name
+
+
+def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path):
+    """--batch-file --retry-errors wrote no request for the failed records, and the ingest of paid results for
+    them said already_present and kept the failed records: only a live --retry-errors (twice the price) could
+    redo them."""
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    assert write_batch_file(cfg, tmp_path / "b1.jsonl") == N_SEGMENTS
+    nids = [r["custom_id"] for r in read_jsonl(tmp_path / "b1.jsonl")]
+    ok = lambda nid: {"custom_id": nid, "response": {"status_code": 200,  # noqa: E731
+                                                      "body": completion(json.dumps(good_programs[nid]))}}
+    expired = [{"custom_id": nid, "response": None, "error": {"code": "batch_expired", "message": "expired"}}
+               for nid in nids[:2]]
+    first = results_file(tmp_path / "out1.jsonl", expired + [ok(nid) for nid in nids[2:]])
+    assert ingest_batch(cfg, first) == {"failed": 2, "valid": N_SEGMENTS - 2}
+    assert write_batch_file(cfg, tmp_path / "b2.jsonl") == 0
+    retry = dataclasses.replace(cfg, retry_failed=True)
+    assert write_batch_file(retry, tmp_path / "b2.jsonl") == 2
+    assert [r["custom_id"] for r in read_jsonl(tmp_path / "b2.jsonl")] == nids[:2]
+    assert ingest_batch(cfg, first) == {"already_present": N_SEGMENTS}  # a failure again replaces nothing
+    assert ingest_batch(cfg, results_file(tmp_path / "out2.jsonl", [ok(nid) for nid in nids[:2]])) == {"valid": 2}
+    recs = records(workdir)
+    assert len(recs) == N_SEGMENTS and {r["status"] for r in recs} == {"valid"}
+    assert write_batch_file(retry, tmp_path / "b3.jsonl") == 0
+
+
+def test_descriptors_extracted_anew_with_other_settings_are_refused(workdir, good_programs):
+    """A resume onto descriptors re-extracted with other settings (extract --force --components narration,audio)
+    mixed programs of two kinds of clip text without a word."""
+    from leap_cli.epic.annotations import read_segments
+    from leap_cli.io import settings_path
+
+    desc = workdir / "descriptors" / "val.jsonl"
+    desc.parent.mkdir(parents=True)
+    segs = read_segments(workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv")
+    desc.write_text("".join(json.dumps(narration_record(s)) + "\n" for s in segs))
+    extracted = {"components": ["narration", "audio", "camera", "objects", "hands"], "hand_threshold": 0.5}
+    settings_path(desc).write_text(json.dumps({**extracted, "split": "val"}))
+    generate_programs(GenerateConfig(workdir=workdir, split="val", limit=2))
+    settings_path(desc).write_text(json.dumps({**extracted, "components": ["narration", "audio"], "split": "val"}))
+    with pytest.raises(LeapError, match=r"descriptors\.components: \[.*\] -> \['narration', 'audio'\]") as e:
+        generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    assert "--force" in e.value.fix and len(records(workdir)) == 2
+    # a programs file whose settings were kept before the descriptors' were adopts those of now
+    sidecar = settings_path(workdir / "programs" / "val.jsonl")
+    old = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({k: v for k, v in old.items() if k != "descriptors"}))
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    assert s.resumed == 2 and json.loads(sidecar.read_text())["descriptors"]["components"] == ["narration", "audio"]

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,7 +35,7 @@ from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, normali
 from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import JsonlAppender, check_settings, read_jsonl, stable_hash
+from leap_cli.io import JsonlAppender, atomic_write_json, check_settings, read_jsonl, settings_path, stable_hash
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, OfflineBackend, OpenAIBackend, Request,
                                        RetryPolicy, check_extra_body)
@@ -47,6 +50,7 @@ from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels
 log = logging.getLogger(__name__)
 redact_logs(log)
 CHECK_PROCESS_MIN = 256  # segments to do before a run starts the checker process (GenerateConfig.check_process)
+STOP_GRACE = 20.0  # most seconds the requests in flight get after Ctrl-C/SIGTERM (Slurm's KillWait is 30 s)
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,9 @@ class Inputs:
     verbs: ClassVocab
     nouns: ClassVocab
     source: str
+    # the settings the descriptor records were extracted with (their settings file's; None: it has none), or
+    # "narration-only" (no descriptor file): part of the output's settings
+    extracted: dict | str | None = "narration-only"
 
 
 def load_inputs(cfg: GenerateConfig) -> Inputs:
@@ -144,9 +151,13 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     split = cfg.split_name
     segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
     path = cfg.descriptors or cfg.workdir / "descriptors" / f"{split}.jsonl"
+    extracted: dict | str | None = "narration-only"
     if path.exists():
         records = read_jsonl(path, check=descriptor_problem, keep=_for_generation)
         source = f"descriptors {path}"
+        extracted = _json_object(settings_path(path))
+        if extracted is not None:
+            extracted.pop("split", None)
     elif cfg.descriptors is not None:
         raise LeapError("descriptor file not found", path=path, fix="run leap extract or fix --descriptors")
     elif segments:
@@ -165,7 +176,15 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
                         len(outside), split, ", ".join(outside[:3]))
             records = [r for r in records if r["narration_id"] in segments]
     records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]))
-    return Inputs(records, segments, ann.verbs, ann.nouns, source)
+    return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted)
+
+
+def _json_object(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 # What generation reads of a descriptor record beside its text (prompt.clip_info): the camera's steps and the
@@ -232,7 +251,7 @@ class ProgramGenerator:
     before the burst's checks.
     ``over_budget`` (``--max-cost``) is asked again when a segment's first request gets its slot."""
 
-    def __init__(self, cfg: GenerateConfig, inputs: Inputs, backend: Backend, store: ProgramStore, builder: PromptBuilder,
+    def __init__(self, cfg: GenerateConfig, inputs: Inputs, backend: Backend, store: ProgramStore | None, builder: PromptBuilder,
                  over_budget: Callable[[], bool] | None = None):
         self.cfg, self.inputs, self.backend, self.store, self.builder = cfg, inputs, backend, store, builder
         self.out_path = cfg.out_path  # (a path built anew at each access: once per paid reply here)
@@ -240,7 +259,8 @@ class ProgramGenerator:
         self.checker: RemoteChecker | None = None  # set by the stage when the checks run in a child process
         self._slots: asyncio.Semaphore | None = None
         self.all_busy = asyncio.Event()  # every slot has been taken once (the workers that wait start then)
-        self._halted = False  # a request raised an error that stops the stage (a refused key): send no more
+        self._halted = False  # send no more: a request raised an error that stops the stage (a refused key), or Ctrl-C
+        self.in_flight = 0  # requests sent and not yet answered
         self.schema = strict_schema()
         self.schema_hash = stable_hash(self.schema)
         # the cache key names the schema where one was asked for, also after the endpoint refused it (JSON mode)
@@ -305,10 +325,11 @@ class ProgramGenerator:
                 except BackendError as e:
                     prov["attempts"] += e.attempts
                     self.summary_requests += e.attempts
-                    self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
-                                        prompt_hash=phash, cache_key=key, round=rnd, response=None, usage={},
-                                        latency=e.seconds, attempts=e.attempts, cached=False, outcome="failed",
-                                        error=str(e))
+                    if self._cache:
+                        self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
+                                            prompt_hash=phash, cache_key=key, round=rnd, response=None, usage={},
+                                            latency=e.seconds, attempts=e.attempts, cached=False, outcome="failed",
+                                            error=str(e))
                     # a program from an earlier round that failed validation stays, as invalid
                     return done("invalid" if program is not None else "failed", program,
                                 findings + [Finding("", f"request failed: {e}")])
@@ -349,6 +370,7 @@ class ProgramGenerator:
                 raise NoMoreRequests
             if self._slots.locked():
                 self.all_busy.set()
+            self.in_flight += 1
             try:
                 comp = await self.backend.complete(request)
             except BackendError:
@@ -356,6 +378,8 @@ class ProgramGenerator:
             except Exception:
                 self._halted = True
                 raise
+            finally:
+                self.in_flight -= 1
             usage = comp.usage
             self.summary_requests += comp.attempts
             for k in self.usage:
@@ -363,19 +387,67 @@ class ProgramGenerator:
             cost = self.cfg.cost(usage)
             self.cost += cost
             # committed with the call log (run_one's log_call), not while the slot is held
-            if cost or self._cache:
-                self.store.add_spend(self.out_path, cost, usage, comp.attempts, commit=False)
             if self._cache:
+                self.store.add_spend(self.out_path, cost, usage, comp.attempts, commit=False)
                 self.store.put(key, comp.text, usage, comp.model, commit=False)
         # the worker that now has the slot sends its request before this reply's bookkeeping (run_one's _turn)
         return comp
 
 
-def output_settings(cfg: GenerateConfig, builder: PromptBuilder) -> dict:
-    """What changes the records of an output file: the backend and its model (the offline generator's version),
-    its generation parameters, the prompt (format version, system prompt, exemplar library, k) and validation
-    (repair rounds, sub-action limit). Not the endpoint, concurrency, retries, prices or limits."""
-    out = {"backend": cfg.backend,
+class _Stop:
+    """Ctrl-C or SIGTERM while the stage runs: the first stops new requests and gives those in flight up to
+    ``grace`` seconds, so that their replies, paid for anyway, are kept (a resume would pay for them again); a
+    second signal, or the end of the grace, abandons them. ``reraise`` sends the signal again once the files
+    are closed, to the handlers that were there before (the CLI's: exit 130 or 143)."""
+
+    def __init__(self, gen: ProgramGenerator, grace: float):
+        self.gen, self.grace = gen, grace
+        self.tasks: list[asyncio.Future] = []
+        self.signum: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self._before: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # (a background job ignores Ctrl-C)
+                    self._before[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._loop.call_soon_threadsafe(self._stop, signum)  # (wakes the loop from its select)
+
+    def _stop(self, signum: int) -> None:
+        if self.signum is not None:
+            self._abandon()
+            return
+        self.signum = signum
+        self.gen._halted = True
+        if self.gen.in_flight:
+            log.warning("stopping: waiting up to %g s for %d requests in flight; Ctrl-C again to abandon them",
+                        self.grace, self.gen.in_flight)
+            self._loop.call_later(self.grace, self._abandon)
+
+    def _abandon(self) -> None:
+        if self.gen.in_flight:
+            log.warning("abandoned %d requests in flight: the provider may bill them, and neither this run's cost nor "
+                        "the ledger of --max-cost counts them", self.gen.in_flight)
+        for t in self.tasks:
+            t.cancel()
+
+    def restore(self) -> None:
+        for sig, handler in self._before.items():
+            signal.signal(sig, handler)
+        self._before = {}
+
+    def reraise(self) -> None:
+        if self.signum is not None:
+            signal.raise_signal(self.signum)
+
+
+def output_settings(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs) -> dict:
+    """What changes the records of an output file: the descriptors' extraction settings, the backend and its
+    model (the offline generator's version), its generation parameters, the prompt (format version, system
+    prompt, exemplar library, k) and validation (repair rounds, sub-action limit). Not the endpoint,
+    concurrency, retries, prices or limits."""
+    out = {"descriptors": inputs.extracted, "backend": cfg.backend,
            "exemplars": stable_hash([[e.id, e.narration, e.text, e.program] for e in builder.exemplars])[:16],
            "repair_rounds": cfg.repair_rounds, "max_sub_actions": cfg.max_sub_actions}
     if cfg.backend == "offline":  # no prompt: the nearest exemplar, adapted (programs/offline.py)
@@ -392,11 +464,14 @@ def token_limit_finding(max_tokens: int) -> Finding:
                        "reasoning counts too): raise --max-tokens")
 
 
-def check_output(cfg: GenerateConfig, builder: PromptBuilder, *, exists: bool | None = None) -> bool:
+def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *, exists: bool | None = None) -> bool:
     """Refuse to add records to an output made with other settings (``io.check_settings``, as the other stages),
     unless ``cfg.force``: then the output starts over. Returns whether it did."""
-    return check_settings(cfg.out_path, output_settings(cfg, builder), force=cfg.force, split=cfg.split_name,
-                          exists=exists)
+    settings = output_settings(cfg, builder, inputs)
+    old = _json_object(settings_path(cfg.out_path))
+    if old is not None and "descriptors" not in old:  # kept before the descriptors' were: those of now are adopted
+        atomic_write_json(settings_path(cfg.out_path), {**old, "descriptors": settings["descriptors"]})
+    return check_settings(cfg.out_path, settings, force=cfg.force, split=cfg.split_name, exists=exists)
 
 
 def _setup(cfg: GenerateConfig):
@@ -441,11 +516,13 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     # the backend first: an unknown --backend or a missing API key must not cost an output that --force would
     # start over
     backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
-    store = ProgramStore(cfg.cache_path, commit_every=0.5, background=True)  # (and a cache that cannot be opened)
+    # (and a cache that cannot be opened); the offline generator's programs are neither cached nor paid for
+    store = None if backend.name == "offline" else ProgramStore(cfg.cache_path, commit_every=0.5, background=True)
     try:
-        check_output(cfg, builder)
+        check_output(cfg, builder, inputs)
     except BaseException:
-        store.close()
+        if store is not None:
+            store.close()
         raise
     summary = GenerateSummary(cfg.out_path, inputs.source)
     start = time.perf_counter()
@@ -454,6 +531,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     appender = JsonlAppender(cfg.out_path, replace_keys=redo, sync_every=1.0)
     gen: ProgramGenerator | None = None
     checker: RemoteChecker | None = None
+    stop: _Stop | None = None
     try:
         pending = [r for r in inputs.records if r["narration_id"] not in appender]
         summary.resumed = len(inputs.records) - len(pending)
@@ -471,7 +549,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         gc.freeze()
         if on_start:
             on_start(len(pending))
-        summary.spent_before = store.spent(cfg.out_path)["cost"]
+        summary.spent_before = store.spent(cfg.out_path)["cost"] if store is not None else 0.0
 
         def over_budget() -> bool:
             if cfg.max_cost is None or summary.spent_before + gen.cost < cfg.max_cost:
@@ -482,6 +560,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
 
         gen = ProgramGenerator(cfg, inputs, backend, store, builder, over_budget)
         gen.checker = checker
+        stop = _Stop(gen, min(STOP_GRACE, cfg.timeout))
         queue = iter(pending)
 
         async def worker(waits: bool) -> None:
@@ -494,7 +573,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
 
         async def work() -> None:
             for record in queue:
-                if over_budget():
+                if stop.signum is not None or over_budget():
                     return
                 try:
                     result = await gen.run_one(record)
@@ -511,15 +590,18 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
 
         # twice as many workers as requests in flight (ProgramGenerator): half wait with their prompt built
         n = max(1, cfg.concurrency)
-        tasks = [asyncio.ensure_future(worker(i >= n)) for i in range(2 * n)]
+        tasks = stop.tasks = [asyncio.ensure_future(worker(i >= n)) for i in range(2 * n)]
         try:
             await asyncio.gather(*tasks)
-        except BaseException:
-            for t in tasks:  # a fatal error (bad key, Ctrl-C) stops the others before files are closed
+        except BaseException as e:
+            for t in tasks:  # a fatal error (bad key) stops the others before files are closed
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            raise
+            if stop.signum is None or not isinstance(e, asyncio.CancelledError):  # (not the requests abandoned)
+                raise
     finally:
+        if stop is not None:
+            stop.restore()
         gc.unfreeze()
         if checker is not None:
             await checker.aclose()
@@ -527,9 +609,11 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             summary.requests, summary.cache_hits = gen.summary_requests, gen.summary_hits
             summary.usage, summary.cost = gen.usage, gen.cost
         appender.close()
-        store.close()
+        if store is not None:
+            store.close()
         await backend.aclose()
         summary.seconds = time.perf_counter() - start
+    stop.reraise()
     return summary
 
 

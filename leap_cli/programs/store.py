@@ -26,6 +26,7 @@ Response and error texts pass through ``leap_cli.programs.redact.redact`` before
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -75,14 +76,15 @@ class ProgramStore:
     def __init__(self, path: str | Path, commit_every: float = 0.0, *, background: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # created here, 0666 less the umask as every file leap writes (SQLite's own is 0644 whatever the umask;
+        # its -wal and -shm files take this file's mode)
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o666))
         try:
             self.db = self._connect()
             # the connection that writes: the same one, or one that only the writer thread uses
             self._wdb = self._connect(check_same_thread=False) if background else self.db
         except sqlite3.DatabaseError as e:  # a damaged or foreign file, a folder in its place
-            raise LeapError(f"the program cache cannot be opened ({e})", path=self.path,
-                            fix="move it aside and run again: a new cache starts; the programs already written are "
-                                "kept, but --max-cost no longer counts the spend recorded in the old one") from None
+            raise self._damaged("opened", e) from None
         self.commit_every = commit_every
         self._last_commit = time.monotonic()
         self._ledger_keys: dict[str, str] = {}
@@ -95,6 +97,19 @@ class ProgramStore:
         self._flushing: tuple[dict, list, dict] | None = None  # the rows the writer thread is writing
         self._flush: Future | None = None
         self.migrate()
+
+    def _damaged(self, what: str, e: sqlite3.DatabaseError) -> LeapError:
+        return LeapError(f"the program cache cannot be {what} ({e})", path=self.path,
+                         fix="move it aside and run again: a new cache starts; the programs already written are "
+                             "kept, but --max-cost no longer counts the spend recorded in the old one")
+
+    def _read(self, sql: str, args: tuple = ()) -> tuple[list[str], list[tuple]]:
+        """The column names and rows of a query; a damaged page (database disk image is malformed) is one line."""
+        try:
+            cur = self.db.execute(sql, args)
+            return [d[0] for d in cur.description], cur.fetchall()
+        except sqlite3.DatabaseError as e:
+            raise self._damaged("read", e) from None
 
     def _connect(self, **kwargs) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30.0, **kwargs)
@@ -128,6 +143,8 @@ class ProgramStore:
                 self._wdb.executemany(self._CALL_SQL, calls)
                 self._wdb.executemany(self._LEDGER_SQL, [(k, *v, time.time()) for k, v in ledger.items()])
         except sqlite3.Error as e:  # a full disk, a read-only folder, a lock held past the 30-s timeout
+            if getattr(e, "sqlite_errorname", None) == "SQLITE_CORRUPT":
+                raise self._damaged("written", e) from None
             raise LeapError(f"cannot write the program cache ({e})", path=self.path,
                             fix="free disk space or make the folder writable, then run again: finished programs are "
                                 "kept in the output file") from None
@@ -176,8 +193,9 @@ class ProgramStore:
         elif self._flushing is not None and key in self._flushing[0]:
             row = self._flushing[0][key][1:5]
         else:
-            row = self.db.execute("SELECT response, prompt_tokens, completion_tokens, model FROM cache WHERE key = ?",
-                                  (key,)).fetchone()
+            rows = self._read("SELECT response, prompt_tokens, completion_tokens, model FROM cache WHERE key = ?",
+                              (key,))[1]
+            row = rows[0] if rows else None
         if row is None:
             return None
         return row[0], {"prompt_tokens": row[1] or 0, "completion_tokens": row[2] or 0}, row[3] or ""
@@ -214,9 +232,9 @@ class ProgramStore:
     def spent(self, out: str | Path) -> dict:
         """What the ledger holds for ``out``: ``cost`` (USD), ``prompt_tokens``, ``completion_tokens``, ``requests``."""
         self.commit()
-        row = self.db.execute("SELECT cost, prompt_tokens, completion_tokens, requests FROM ledger WHERE out = ?",
-                              (self.ledger_key(out),)).fetchone()
-        return dict(zip(("cost", "prompt_tokens", "completion_tokens", "requests"), row or (0.0, 0, 0, 0)))
+        cols, rows = self._read("SELECT cost, prompt_tokens, completion_tokens, requests FROM ledger WHERE out = ?",
+                                (self.ledger_key(out),))
+        return dict(zip(cols, rows[0] if rows else (0.0, 0, 0, 0)))
 
     def log_call(self, *, narration_id: str, backend: str, model: str, prompt_hash: str, cache_key: str,
                  round: int, response: str | None, usage: dict, latency: float, attempts: int, cached: bool,
@@ -231,10 +249,9 @@ class ProgramStore:
 
     def calls(self, narration_id: str | None = None) -> list[dict]:
         self.commit()
-        cur = self.db.execute("SELECT * FROM calls" + (" WHERE narration_id = ?" if narration_id else "") + " ORDER BY id",
-                              (narration_id,) if narration_id else ())
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+        cols, rows = self._read("SELECT * FROM calls" + (" WHERE narration_id = ?" if narration_id else "") + " ORDER BY id",
+                                (narration_id,) if narration_id else ())
+        return [dict(zip(cols, r)) for r in rows]
 
     def close(self) -> None:
         try:
