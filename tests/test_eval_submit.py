@@ -370,3 +370,40 @@ def test_evaluate_checks_class_counts_like_submit(tmp_path, epic_dir, verbs, nou
     assert isinstance(res.exception, LeapError)
     bad = "verb" if verbs != 97 else "noun"
     assert f"{bad}_output has {verbs if bad == 'verb' else nouns} classes, the class file needs" in str(res.exception)
+
+
+def test_a_pickle_of_torch_tensors_is_read_and_cannot_run_code(tmp_path, ann_dir):
+    """The docs say .pkl files hold "NumPy arrays or tensors"; a pickle of tensors was refused (only NumPy's
+    globals were admitted). Tensors are rebuilt through torch.load(weights_only=True), so code stays out."""
+    ids, verb, noun = _val_scores()
+    for proto in (2, pickle.HIGHEST_PROTOCOL):
+        with open(tmp_path / "t.pkl", "wb") as f:
+            pickle.dump({"narration_id": ids, "verb_output": verb, "noun_output": noun.double()[:, :]}, f,
+                        protocol=proto)
+        s = load_scores(tmp_path / "t.pkl")
+        assert torch.equal(s["verb_output"], verb) and torch.equal(s["noun_output"], noun.double())
+
+    class Evil:
+        def __reduce__(self):
+            return (torch.storage._load_from_bytes, (pickle.dumps(print),))  # would unpickle with weights_only=False
+
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"verb_output": Evil()}, f)
+    with pytest.raises(LeapError, match="cannot read the pickle"):
+        load_scores(tmp_path / "evil.pkl")
+
+
+def test_scores_suffixes_are_case_blind_and_unknown_ones_refused(tmp_path, ann_dir):
+    """`.PKL` was read with torch.load ("not a file written by torch.save"); `.pickle` too."""
+    ids, verb, noun = _val_scores()
+    for name in ("A.PKL", "b.pickle", "c.Pt"):
+        if name.lower().endswith("pt"):
+            save_scores(tmp_path / name, ids, verb, noun)
+        else:
+            with open(tmp_path / name, "wb") as f:
+                pickle.dump({"narration_id": ids, "verb_output": verb.numpy(), "noun_output": noun.numpy()}, f)
+        assert load_scores(tmp_path / name)["narration_id"] == ids
+    (tmp_path / "s.npz").write_bytes(b"x")
+    with pytest.raises(LeapError) as e:
+        load_scores(tmp_path / "s.npz")
+    assert "unknown scores file suffix '.npz'" in e.value.one_line() and ".pkl" in e.value.one_line()
