@@ -407,3 +407,14 @@ def test_scores_suffixes_are_case_blind_and_unknown_ones_refused(tmp_path, ann_d
     with pytest.raises(LeapError) as e:
         load_scores(tmp_path / "s.npz")
     assert "unknown scores file suffix '.npz'" in e.value.one_line() and ".pkl" in e.value.one_line()
+
+
+def test_submit_refuses_an_out_that_is_not_a_zip(tmp_path, ann_dir):
+    """`--out sub.json` wrote a zip named .json, which `leap evaluate --scores` then read as bad JSON."""
+    s = _test_scores()
+    save_scores(tmp_path / "test.pt", s["narration_id"], s["verb_output"], s["noun_output"])
+    res = CliRunner().invoke(app, ["submit", "--scores", str(tmp_path / "test.pt"), "--annotations", str(ann_dir),
+                                   "--out", str(tmp_path / "sub.json"), "--sls-pt", "0", "--sls-tl", "3",
+                                   "--sls-td", "3"])
+    assert isinstance(res.exception, LeapError) and "not a .zip" in str(res.exception), res.output
+    assert "sub.zip" in res.exception.fix and not (tmp_path / "sub.json").exists()

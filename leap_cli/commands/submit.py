@@ -51,6 +51,9 @@ def submit(
             raise LeapError("nothing to submit", fix="pass --scores FILE (from `leap evaluate --split test`) "
                                                      "or --check submission.zip")
         out = out or Path(workdir) / "submission.zip"
+        if out.suffix.lower() != ".zip":  # the server takes a zip holding test.json
+            raise LeapError(f"--out {out} is not a .zip: the challenge server takes a zip holding test.json",
+                            fix=f"pass --out {out.with_suffix('.zip')}")
         loaded = load_scores(scores)
         task = task or scores_task(loaded) or "recognition"
         summary = sub.submit(loaded, ann, task, out, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
