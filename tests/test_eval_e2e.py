@@ -20,6 +20,7 @@ from tests.test_shards import PROGRAM, build, make_root, write_programs
 
 torch.set_num_threads(1)
 TEST = [("P01_03", 1.6, 2.4), ("P01_03", 4.1, 5.5)]
+SLS = ["--sls-pt", "0", "--sls-tl", "5", "--sls-td", "3"]
 VIDEO_FPS = 29.97  # the root's videos: rgb_frames folders and frame columns counted as EPIC's are (60/s)
 
 
@@ -185,7 +186,8 @@ def test_evaluate_test_then_submit(pipeline):
     assert len(doc["results"]["P01_03_10"]["noun"]) == 300
     # val scores cannot be submitted: the ids are not the test ids
     res = runner.invoke(app, ["submit", "--scores", str(run / "eval" / "val" / "scores.pt"), "--data", str(root),
-                              "--workdir", str(work), "--out", str(work / "bad.zip")])
+                              "--workdir", str(work), "--out", str(work / "bad.zip"), *SLS])
+    assert "not test-split scores" in str(res.exception)
     assert res.exit_code != 0 and not (work / "bad.zip").exists()
 
 
@@ -203,7 +205,8 @@ def test_the_submit_hint_after_a_test_evaluation_runs_as_printed(pipeline, tmp_p
     hint = next(line for line in res.output.splitlines() if "Next: " in line).split("Next: ", 1)[1]
     args = shlex.split(hint)
     assert args[:2] == ["leap", "submit"] and args[args.index("--scores") + 1] == str(trial / "scores.pt")
-    res = CliRunner().invoke(app, args[1:])
+    assert args[-6:] == ["--sls-pt", "PT", "--sls-tl", "TL", "--sls-td", "3"]  # the levels leap cannot know are left
+    res = CliRunner().invoke(app, args[1:-5] + ["0", "--sls-tl", "5", "--sls-td", "3"])
     assert res.exit_code == 0, res.output
     assert sorted(sub.read_submission(work / "submission.zip")["results"]) == ["P01_03_10", "P01_03_11"]
     # options left at their defaults are not repeated
@@ -211,7 +214,7 @@ def test_the_submit_hint_after_a_test_evaluation_runs_as_printed(pipeline, tmp_p
     from leap_cli.common import DEFAULT_WORKDIR
 
     assert _submit_command(Path("s.pt"), "recognition", DEFAULT_WORKDIR, None, None) == \
-        "leap submit --scores s.pt --task recognition"
+        "leap submit --scores s.pt --task recognition --sls-pt PT --sls-tl TL --sls-td 3"
 
 
 def test_anticipation_evaluate_and_submit_with_actions(pipeline):
@@ -250,7 +253,7 @@ def test_anticipation_evaluate_and_submit_with_actions(pipeline):
     assert m["anticipation"]["tail"]["verb"]["mt5r"] is None  # no tail lists in this root
     res = runner.invoke(app, ["submit", "--scores", str(arun / "eval" / "test" / "scores.pt"), "--task",
                               "anticipation", "--with-actions", "--data", str(root), "--workdir", str(work),
-                              "--out", str(work / "ant.zip")])
+                              "--out", str(work / "ant.zip"), *SLS])
     assert res.exit_code == 0, res.output
     doc = sub.read_submission(work / "ant.zip")
     assert doc["challenge"] == "action_anticipation"

@@ -252,7 +252,8 @@ def test_submit_cli(tmp_path, ann_dir):
     save_scores(tmp_path / "test.pt", s["narration_id"], s["verb_output"], s["noun_output"])
     runner = CliRunner()
     res = runner.invoke(app, ["submit", "--scores", str(tmp_path / "test.pt"), "--workdir", str(tmp_path),
-                              "--out", str(tmp_path / "submission.zip"), "--sls-pt", "1"])
+                              "--out", str(tmp_path / "submission.zip"), "--sls-pt", "1", "--sls-tl", "3",
+                              "--sls-td", "3"])
     assert res.exit_code == 0, res.output
     assert sub.read_submission(tmp_path / "submission.zip")["sls_pt"] == 1
     res = runner.invoke(app, ["submit", "--check", str(tmp_path / "submission.zip"), "--annotations", str(ann_dir)])
@@ -269,7 +270,7 @@ def test_submit_takes_the_task_the_scores_were_made_for(tmp_path, ann_dir):
     save_scores(tmp_path / "ant.pt", s["narration_id"], s["verb_output"], s["noun_output"],
                 meta={"task": "anticipation", "split": "test"})
     base = ["submit", "--scores", str(tmp_path / "ant.pt"), "--annotations", str(ann_dir),
-            "--out", str(tmp_path / "s.zip")]
+            "--out", str(tmp_path / "s.zip"), "--sls-pt", "0", "--sls-tl", "3", "--sls-td", "3"]
     res = CliRunner().invoke(app, base)
     assert res.exit_code == 0, res.output
     assert sub.read_submission(tmp_path / "s.zip")["challenge"] == "action_anticipation"
@@ -418,3 +419,19 @@ def test_submit_refuses_an_out_that_is_not_a_zip(tmp_path, ann_dir):
                                    "--sls-td", "3"])
     assert isinstance(res.exception, LeapError) and "not a .zip" in str(res.exception), res.output
     assert "sub.zip" in res.exception.fix and not (tmp_path / "sub.json").exists()
+
+
+def test_submit_has_no_default_supervision_levels(tmp_path, ann_dir):
+    """The defaults 2/3/4 declared train+val training data (TD 4) and video pre-training (PT 2) for any model,
+    though `leap train` trains on the train split only; the levels are the user's to declare."""
+    s = _test_scores()
+    save_scores(tmp_path / "test.pt", s["narration_id"], s["verb_output"], s["noun_output"])
+    base = ["submit", "--scores", str(tmp_path / "test.pt"), "--annotations", str(ann_dir),
+            "--out", str(tmp_path / "s.zip")]
+    res = CliRunner().invoke(app, base + ["--sls-td", "3"])
+    assert isinstance(res.exception, LeapError) and not (tmp_path / "s.zip").exists(), res.output
+    assert "--sls-pt, --sls-tl not given" in res.exception.message and "TD 3" in res.exception.fix
+    res = CliRunner().invoke(app, base + ["--sls-pt", "0", "--sls-tl", "5", "--sls-td", "3"])
+    assert res.exit_code == 0, res.output
+    doc = sub.read_submission(tmp_path / "s.zip")
+    assert (doc["sls_pt"], doc["sls_tl"], doc["sls_td"]) == (0, 5, 3)

@@ -37,7 +37,8 @@ def _table(result: dict) -> Table:
 
 def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, annotations: Path | None) -> str:
     """The `leap submit` of these scores with the options given here that submit reads too (the annotations
-    and the work directory), quoted for the shell: pasted as printed, it runs."""
+    and the work directory), quoted for the shell, and the supervision levels: TD 3 (`leap train` trains on the
+    train split), PT and TL left for the user to fill in (they depend on the run's weights and targets)."""
     import shlex
 
     args = ["leap", "submit", "--scores", str(scores), "--task", task]
@@ -46,7 +47,7 @@ def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, a
             args += [option, str(value)]
     if Path(workdir) != DEFAULT_WORKDIR:
         args += ["--workdir", str(workdir)]
-    return shlex.join(args)
+    return shlex.join(args + ["--sls-pt", "PT", "--sls-tl", "TL", "--sls-td", "3"])
 
 
 def evaluate(
@@ -143,6 +144,7 @@ def evaluate(
             console.print(escape(f"test split: no labels, scores only. Next: "
                                  f"{_submit_command(scores_path, task, workdir, data, annotations)}"),
                           highlight=False, soft_wrap=True)
+            console.print("(PT, TL: this model's supervision levels, see docs/evaluate-submit.md)", highlight=False)
             return
         metrics_path = scores_path.parent / "metrics.json"
         source = str(scores_path)
