@@ -410,3 +410,47 @@ def test_annotations_are_read_before_the_model_runs(pipeline, tmp_path, monkeypa
                                    "--annotations", str(tmp_path / "annotations"), "--device", "cpu"])
     assert isinstance(res.exception, LeapError), res.exception
     assert "EPIC_100_validation.csv" in str(res.exception)
+
+
+def test_a_checkpoint_of_another_run_does_not_replace_this_runs_scores(pipeline, tmp_path, monkeypatch):
+    """`--run A --checkpoint runs/B/checkpoints/best.pt` scored B and wrote A's eval folder (the one `leap submit`
+    is pointed at). Refused before scoring; with --out, or a checkpoint outside any run, it runs and says so."""
+    import shutil
+
+    import leap_cli.evaluate.inference as inference
+    from leap_cli.errors import LeapError
+
+    root, work, run, model, vocab = pipeline
+    other = work / "runs" / "other" / "checkpoints"
+    other.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run / "checkpoints" / "best.pt", other / "best.pt")
+    shutil.copy(run / "checkpoints" / "best.pt", tmp_path / "loose.pt")
+    base = ["evaluate", "--split", "test", "--workdir", str(work), "--data", str(root), "--device", "cpu"]
+    with monkeypatch.context() as m:
+        m.setattr(inference, "predict", lambda *a, **k: pytest.fail("scored into another run's folder"))
+        res = CliRunner().invoke(app, base + ["--run", "runs/tiny", "--checkpoint", str(other / "best.pt")])
+    assert isinstance(res.exception, LeapError), res.output
+    line = res.exception.one_line()
+    assert str(work / "runs" / "other") in line and "runs/tiny" in line and "drop --run" in line and "--out" in line
+    res = CliRunner().invoke(app, base + ["--run", "runs/other", "--checkpoint", str(tmp_path / "loose.pt")])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert f"wrote {work / 'runs' / 'other' / 'eval' / 'test' / 'scores.pt'}" in said
+    assert f"checkpoint {tmp_path / 'loose.pt'}" in said
+
+
+def test_a_checkpoint_that_is_none_of_best_last_or_a_file_is_named_as_such(pipeline):
+    root, work, run, model, vocab = pipeline
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--checkpoint", "bets"])
+    assert "--checkpoint 'bets' is none of best, last or a checkpoint file" in str(res.exception), res.output
+
+
+def test_a_run_path_brings_its_work_directory(pipeline, tmp_path, monkeypatch):
+    """`--run X/runs/NAME` without --workdir looked for the shards in ./leap-work and said to rebuild them."""
+    root, work, run, model, vocab = pipeline
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", str(run), "--data", str(root),
+                                   "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["segments"] == 2
