@@ -435,3 +435,19 @@ def test_submit_has_no_default_supervision_levels(tmp_path, ann_dir):
     assert res.exit_code == 0, res.output
     doc = sub.read_submission(tmp_path / "s.zip")
     assert (doc["sls_pt"], doc["sls_tl"], doc["sls_td"]) == (0, 5, 3)
+
+
+def test_missing_tail_and_unseen_lists_are_warned_once(tmp_path, ann_dir, caplog):
+    """Without EPIC_100_tail_*.csv or the unseen-participant list the tail and unseen rows were null without a
+    word, as if no segment were in them."""
+    (ann_dir / "EPIC_100_tail_verbs.csv").unlink()
+    (ann_dir / "EPIC_100_unseen_participant_ids_validation.csv").unlink()
+    ids, verb, noun = _val_scores()
+    scores = {"narration_id": ids, "verb_output": verb, "noun_output": noun}
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            r = evaluate_scores(scores, Annotations(ann_dir), "val")
+    assert r["recognition"]["tail"]["verb"]["top1"] is None and r["recognition"]["unseen"]["verb"]["top1"] is None
+    said = [m for m in caplog.messages if "not found" in m]
+    assert len(said) == 2, said
+    assert "EPIC_100_tail_verbs.csv" in said[0] and "EPIC_100_unseen_participant_ids_validation.csv" in said[1]
