@@ -59,8 +59,8 @@ def submit(
         missing = [o for o, v in (("--sls-pt", sls_pt), ("--sls-tl", sls_tl), ("--sls-td", sls_td)) if v is None]
         if missing:  # no defaults: a level leap cannot know for the model that made the scores is not declared for it
             raise LeapError(f"{', '.join(missing)} not given: a submission declares the supervision levels (SLS) of "
-                            f"the model", fix="pass all three (a `leap train` run: TD 3, the train split; PT and TL "
-                                              "depend on its weights and targets, see docs/evaluate-submit.md)")
+                            f"the model", fix="pass all three; a `leap train` run is TD 3 (the train split), its PT "
+                                              "and TL depend on its weights and targets: see docs/evaluate-submit.md")
         loaded = load_scores(scores)
         task = task or scores_task(loaded) or "recognition"
         summary = sub.submit(loaded, ann, task, out, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,

@@ -66,7 +66,8 @@ def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", 
         path = annotations.folder / name if name else None
         if path and not path.exists() and path not in _warned:  # else null subsets look like empty ones
             _warned.add(path)
-            log.warning("%s not found: its tail/unseen metrics are null (n/a)", path)
+            log.warning("%s not found: the %s metrics are null (n/a)", path, "unseen" if name in UNSEEN.values()
+                        else "tail")
     kw = dict(tail_verbs=annotations.tail_verbs, tail_nouns=annotations.tail_nouns,
               unseen_participants=annotations.unseen_participants(split))
     participants = [s.participant_id for s in segs]
