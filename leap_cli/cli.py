@@ -42,11 +42,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logging."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each stage does."),
 ) -> None:
     _state["debug"] = debug
+    _state["command"] = ctx.invoked_subcommand
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
@@ -87,11 +89,17 @@ _register()
 _short_help()
 
 
+# What a stopped command leaves behind: the stages keep their finished records and resume; these keep nothing.
+_KEPT = {"evaluate": "nothing was saved; the evaluation starts over when run again",
+         "submit": "nothing was written"}
+
+
 def _interrupted() -> None:
+    kept = _KEPT.get(_state.get("command"), "finished records were kept; run the same command to resume")
     if _state.get("sigterm"):
-        err_console.print("[yellow]stopped by SIGTERM[/]: finished records were kept; run the same command to resume")
+        err_console.print(f"[yellow]stopped by SIGTERM[/]: {kept}")
         sys.exit(128 + signal.SIGTERM)
-    err_console.print("[yellow]interrupted[/]: finished records were kept; run the same command to resume")
+    err_console.print(f"[yellow]interrupted[/]: {kept}")
     sys.exit(EXIT_INTERRUPTED)
 
 

@@ -113,7 +113,9 @@ def plan(cfg: DemoConfig) -> list[StageRun]:
     stages.append(StageRun("evaluate val", ["evaluate", "--split", "val", "--run", str(run_dir), "--workdir", w]))
     stages.append(StageRun("evaluate test", ["evaluate", "--split", "test", "--run", str(run_dir), "--workdir", w]))
     stages.append(StageRun("submit", ["submit", "--scores", str(run_dir / "eval" / "test" / "scores.pt"),
-                                      "--task", "recognition", "--workdir", w, "--out", f"{w}/submission.zip"]))
+                                      "--task", "recognition", "--workdir", w, "--out", f"{w}/submission.zip",
+                                      # SLS: random initialisation, targets from the hand-object boxes, train split
+                                      "--sls-pt", "0", "--sls-tl", "4", "--sls-td", "3"]))
     if cfg.ablate:
         stages.append(StageRun("ablate", ["ablate", "--workdir", f"{w}/ablation"]))
     return stages

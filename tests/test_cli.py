@@ -298,3 +298,25 @@ def test_show_finds_a_record_by_its_id_alone_and_takes_the_last(tmp_path):
     p.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
     assert record_of(p, "P01_01_1")["v"] == 3  # neither P01_01_12 nor a mention in another record's text
     assert record_of(p, "P01_01_9") is None
+
+
+@pytest.mark.parametrize("command, says", [
+    (["evaluate", "--split", "val", "--scores", "s.pt"], "interrupted: nothing was saved; the evaluation starts over"),
+    (["extract", "--split", "val"], "interrupted: finished records were kept; run the same command to resume")])
+def test_an_interrupted_command_says_what_it_kept(monkeypatch, capsys, tmp_path, command, says):
+    """Ctrl-C in `leap evaluate` promised "finished records were kept; run the same command to resume", but an
+    evaluation keeps nothing and starts over; the stages that do resume keep saying so."""
+    import sys
+
+    from leap_cli import cli
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("leap_cli.evaluate.scores.load_scores", stop)
+    monkeypatch.setattr("leap_cli.extract.runner.run_extract", stop)
+    monkeypatch.setattr(sys, "argv", ["leap", *command, "--workdir", str(tmp_path)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 130
+    assert says in " ".join(capsys.readouterr().err.split())

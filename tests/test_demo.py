@@ -178,3 +178,13 @@ def test_demo_ablate_option_runs_leap_ablate_and_summarises_its_table(demo):
         assert row[2] == "verb top-1 over 2 seeds: none L_CE 42.0 ± 2.8; truth +L_T+L_PC 51.0 ± 1.4"
     finally:
         (work / "ablation" / "ablation.json").unlink()
+
+
+def test_the_demo_submission_declares_what_the_demo_did(tmp_path):
+    """It declared SLS 2-3-4 (video pre-training, train+val) for a tiny model trained from random weights on the
+    train split, with program targets from the descriptors' hand-object boxes."""
+    from leap_cli.demo import DemoConfig, plan
+
+    argv = next(s.argv for s in plan(DemoConfig(workdir=tmp_path)) if s.name == "submit")
+    levels = {argv[i]: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--sls-")}
+    assert levels == {"--sls-pt": "0", "--sls-tl": "4", "--sls-td": "3"}

@@ -20,6 +20,7 @@ from tests.test_shards import PROGRAM, build, make_root, write_programs
 
 torch.set_num_threads(1)
 TEST = [("P01_03", 1.6, 2.4), ("P01_03", 4.1, 5.5)]
+SLS = ["--sls-pt", "0", "--sls-tl", "5", "--sls-td", "3"]
 VIDEO_FPS = 29.97  # the root's videos: rgb_frames folders and frame columns counted as EPIC's are (60/s)
 
 
@@ -185,7 +186,8 @@ def test_evaluate_test_then_submit(pipeline):
     assert len(doc["results"]["P01_03_10"]["noun"]) == 300
     # val scores cannot be submitted: the ids are not the test ids
     res = runner.invoke(app, ["submit", "--scores", str(run / "eval" / "val" / "scores.pt"), "--data", str(root),
-                              "--workdir", str(work), "--out", str(work / "bad.zip")])
+                              "--workdir", str(work), "--out", str(work / "bad.zip"), *SLS])
+    assert "not test-split scores" in str(res.exception)
     assert res.exit_code != 0 and not (work / "bad.zip").exists()
 
 
@@ -203,7 +205,8 @@ def test_the_submit_hint_after_a_test_evaluation_runs_as_printed(pipeline, tmp_p
     hint = next(line for line in res.output.splitlines() if "Next: " in line).split("Next: ", 1)[1]
     args = shlex.split(hint)
     assert args[:2] == ["leap", "submit"] and args[args.index("--scores") + 1] == str(trial / "scores.pt")
-    res = CliRunner().invoke(app, args[1:])
+    assert args[-6:] == ["--sls-pt", "PT", "--sls-tl", "TL", "--sls-td", "3"]  # the levels leap cannot know are left
+    res = CliRunner().invoke(app, args[1:-5] + ["0", "--sls-tl", "5", "--sls-td", "3"])
     assert res.exit_code == 0, res.output
     assert sorted(sub.read_submission(work / "submission.zip")["results"]) == ["P01_03_10", "P01_03_11"]
     # options left at their defaults are not repeated
@@ -211,7 +214,7 @@ def test_the_submit_hint_after_a_test_evaluation_runs_as_printed(pipeline, tmp_p
     from leap_cli.common import DEFAULT_WORKDIR
 
     assert _submit_command(Path("s.pt"), "recognition", DEFAULT_WORKDIR, None, None) == \
-        "leap submit --scores s.pt --task recognition"
+        "leap submit --scores s.pt --task recognition --sls-pt PT --sls-tl TL --sls-td 3"
 
 
 def test_anticipation_evaluate_and_submit_with_actions(pipeline):
@@ -250,7 +253,7 @@ def test_anticipation_evaluate_and_submit_with_actions(pipeline):
     assert m["anticipation"]["tail"]["verb"]["mt5r"] is None  # no tail lists in this root
     res = runner.invoke(app, ["submit", "--scores", str(arun / "eval" / "test" / "scores.pt"), "--task",
                               "anticipation", "--with-actions", "--data", str(root), "--workdir", str(work),
-                              "--out", str(work / "ant.zip")])
+                              "--out", str(work / "ant.zip"), *SLS])
     assert res.exit_code == 0, res.output
     doc = sub.read_submission(work / "ant.zip")
     assert doc["challenge"] == "action_anticipation"
@@ -407,3 +410,47 @@ def test_annotations_are_read_before_the_model_runs(pipeline, tmp_path, monkeypa
                                    "--annotations", str(tmp_path / "annotations"), "--device", "cpu"])
     assert isinstance(res.exception, LeapError), res.exception
     assert "EPIC_100_validation.csv" in str(res.exception)
+
+
+def test_a_checkpoint_of_another_run_does_not_replace_this_runs_scores(pipeline, tmp_path, monkeypatch):
+    """`--run A --checkpoint runs/B/checkpoints/best.pt` scored B and wrote A's eval folder (the one `leap submit`
+    is pointed at). Refused before scoring; with --out, or a checkpoint outside any run, it runs and says so."""
+    import shutil
+
+    import leap_cli.evaluate.inference as inference
+    from leap_cli.errors import LeapError
+
+    root, work, run, model, vocab = pipeline
+    other = work / "runs" / "other" / "checkpoints"
+    other.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run / "checkpoints" / "best.pt", other / "best.pt")
+    shutil.copy(run / "checkpoints" / "best.pt", tmp_path / "loose.pt")
+    base = ["evaluate", "--split", "test", "--workdir", str(work), "--data", str(root), "--device", "cpu"]
+    with monkeypatch.context() as m:
+        m.setattr(inference, "predict", lambda *a, **k: pytest.fail("scored into another run's folder"))
+        res = CliRunner().invoke(app, base + ["--run", "runs/tiny", "--checkpoint", str(other / "best.pt")])
+    assert isinstance(res.exception, LeapError), res.output
+    line = res.exception.one_line()
+    assert str(work / "runs" / "other") in line and "runs/tiny" in line and "drop --run" in line and "--out" in line
+    res = CliRunner().invoke(app, base + ["--run", "runs/other", "--checkpoint", str(tmp_path / "loose.pt")])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert f"wrote {work / 'runs' / 'other' / 'eval' / 'test' / 'scores.pt'}" in said
+    assert f"checkpoint {tmp_path / 'loose.pt'}" in said
+
+
+def test_a_checkpoint_that_is_none_of_best_last_or_a_file_is_named_as_such(pipeline):
+    root, work, run, model, vocab = pipeline
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--checkpoint", "bets"])
+    assert "--checkpoint 'bets' is none of best, last or a checkpoint file" in str(res.exception), res.output
+
+
+def test_a_run_path_brings_its_work_directory(pipeline, tmp_path, monkeypatch):
+    """`--run X/runs/NAME` without --workdir looked for the shards in ./leap-work and said to rebuild them."""
+    root, work, run, model, vocab = pipeline
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", str(run), "--data", str(root),
+                                   "--device", "cpu", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "metrics.json").read_text())["segments"] == 2

@@ -252,7 +252,8 @@ def test_submit_cli(tmp_path, ann_dir):
     save_scores(tmp_path / "test.pt", s["narration_id"], s["verb_output"], s["noun_output"])
     runner = CliRunner()
     res = runner.invoke(app, ["submit", "--scores", str(tmp_path / "test.pt"), "--workdir", str(tmp_path),
-                              "--out", str(tmp_path / "submission.zip"), "--sls-pt", "1"])
+                              "--out", str(tmp_path / "submission.zip"), "--sls-pt", "1", "--sls-tl", "3",
+                              "--sls-td", "3"])
     assert res.exit_code == 0, res.output
     assert sub.read_submission(tmp_path / "submission.zip")["sls_pt"] == 1
     res = runner.invoke(app, ["submit", "--check", str(tmp_path / "submission.zip"), "--annotations", str(ann_dir)])
@@ -269,7 +270,7 @@ def test_submit_takes_the_task_the_scores_were_made_for(tmp_path, ann_dir):
     save_scores(tmp_path / "ant.pt", s["narration_id"], s["verb_output"], s["noun_output"],
                 meta={"task": "anticipation", "split": "test"})
     base = ["submit", "--scores", str(tmp_path / "ant.pt"), "--annotations", str(ann_dir),
-            "--out", str(tmp_path / "s.zip")]
+            "--out", str(tmp_path / "s.zip"), "--sls-pt", "0", "--sls-tl", "3", "--sls-td", "3"]
     res = CliRunner().invoke(app, base)
     assert res.exit_code == 0, res.output
     assert sub.read_submission(tmp_path / "s.zip")["challenge"] == "action_anticipation"
@@ -370,3 +371,83 @@ def test_evaluate_checks_class_counts_like_submit(tmp_path, epic_dir, verbs, nou
     assert isinstance(res.exception, LeapError)
     bad = "verb" if verbs != 97 else "noun"
     assert f"{bad}_output has {verbs if bad == 'verb' else nouns} classes, the class file needs" in str(res.exception)
+
+
+def test_a_pickle_of_torch_tensors_is_read_and_cannot_run_code(tmp_path, ann_dir):
+    """The docs say .pkl files hold "NumPy arrays or tensors"; a pickle of tensors was refused (only NumPy's
+    globals were admitted). Tensors are rebuilt through torch.load(weights_only=True), so code stays out."""
+    ids, verb, noun = _val_scores()
+    for proto in (2, pickle.HIGHEST_PROTOCOL):
+        with open(tmp_path / "t.pkl", "wb") as f:
+            pickle.dump({"narration_id": ids, "verb_output": verb, "noun_output": noun.double()[:, :]}, f,
+                        protocol=proto)
+        s = load_scores(tmp_path / "t.pkl")
+        assert torch.equal(s["verb_output"], verb) and torch.equal(s["noun_output"], noun.double())
+
+    class Evil:
+        def __reduce__(self):
+            return (torch.storage._load_from_bytes, (pickle.dumps(print),))  # would unpickle with weights_only=False
+
+    with open(tmp_path / "evil.pkl", "wb") as f:
+        pickle.dump({"verb_output": Evil()}, f)
+    with pytest.raises(LeapError, match="cannot read the pickle"):
+        load_scores(tmp_path / "evil.pkl")
+
+
+def test_scores_suffixes_are_case_blind_and_unknown_ones_refused(tmp_path, ann_dir):
+    """`.PKL` was read with torch.load ("not a file written by torch.save"); `.pickle` too."""
+    ids, verb, noun = _val_scores()
+    for name in ("A.PKL", "b.pickle", "c.Pt"):
+        if name.lower().endswith("pt"):
+            save_scores(tmp_path / name, ids, verb, noun)
+        else:
+            with open(tmp_path / name, "wb") as f:
+                pickle.dump({"narration_id": ids, "verb_output": verb.numpy(), "noun_output": noun.numpy()}, f)
+        assert load_scores(tmp_path / name)["narration_id"] == ids
+    (tmp_path / "s.npz").write_bytes(b"x")
+    with pytest.raises(LeapError) as e:
+        load_scores(tmp_path / "s.npz")
+    assert "unknown scores file suffix '.npz'" in e.value.one_line() and ".pkl" in e.value.one_line()
+
+
+def test_submit_refuses_an_out_that_is_not_a_zip(tmp_path, ann_dir):
+    """`--out sub.json` wrote a zip named .json, which `leap evaluate --scores` then read as bad JSON."""
+    s = _test_scores()
+    save_scores(tmp_path / "test.pt", s["narration_id"], s["verb_output"], s["noun_output"])
+    res = CliRunner().invoke(app, ["submit", "--scores", str(tmp_path / "test.pt"), "--annotations", str(ann_dir),
+                                   "--out", str(tmp_path / "sub.json"), "--sls-pt", "0", "--sls-tl", "3",
+                                   "--sls-td", "3"])
+    assert isinstance(res.exception, LeapError) and "not a .zip" in str(res.exception), res.output
+    assert "sub.zip" in res.exception.fix and not (tmp_path / "sub.json").exists()
+
+
+def test_submit_has_no_default_supervision_levels(tmp_path, ann_dir):
+    """The defaults 2/3/4 declared train+val training data (TD 4) and video pre-training (PT 2) for any model,
+    though `leap train` trains on the train split only; the levels are the user's to declare."""
+    s = _test_scores()
+    save_scores(tmp_path / "test.pt", s["narration_id"], s["verb_output"], s["noun_output"])
+    base = ["submit", "--scores", str(tmp_path / "test.pt"), "--annotations", str(ann_dir),
+            "--out", str(tmp_path / "s.zip")]
+    res = CliRunner().invoke(app, base + ["--sls-td", "3"])
+    assert isinstance(res.exception, LeapError) and not (tmp_path / "s.zip").exists(), res.output
+    assert "--sls-pt, --sls-tl not given" in res.exception.message and "TD 3" in res.exception.fix
+    res = CliRunner().invoke(app, base + ["--sls-pt", "0", "--sls-tl", "5", "--sls-td", "3"])
+    assert res.exit_code == 0, res.output
+    doc = sub.read_submission(tmp_path / "s.zip")
+    assert (doc["sls_pt"], doc["sls_tl"], doc["sls_td"]) == (0, 5, 3)
+
+
+def test_missing_tail_and_unseen_lists_are_warned_once(tmp_path, ann_dir, caplog):
+    """Without EPIC_100_tail_*.csv or the unseen-participant list the tail and unseen rows were null without a
+    word, as if no segment were in them."""
+    (ann_dir / "EPIC_100_tail_verbs.csv").unlink()
+    (ann_dir / "EPIC_100_unseen_participant_ids_validation.csv").unlink()
+    ids, verb, noun = _val_scores()
+    scores = {"narration_id": ids, "verb_output": verb, "noun_output": noun}
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            r = evaluate_scores(scores, Annotations(ann_dir), "val")
+    assert r["recognition"]["tail"]["verb"]["top1"] is None and r["recognition"]["unseen"]["verb"]["top1"] is None
+    said = [m for m in caplog.messages if "not found" in m]
+    assert len(said) == 2, said
+    assert "EPIC_100_tail_verbs.csv" in said[0] and "EPIC_100_unseen_participant_ids_validation.csv" in said[1]

@@ -37,7 +37,8 @@ def _table(result: dict) -> Table:
 
 def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, annotations: Path | None) -> str:
     """The `leap submit` of these scores with the options given here that submit reads too (the annotations
-    and the work directory), quoted for the shell: pasted as printed, it runs."""
+    and the work directory), quoted for the shell, and the supervision levels: TD 3 (`leap train` trains on the
+    train split), PT and TL left for the user to fill in (they depend on the run's weights and targets)."""
     import shlex
 
     args = ["leap", "submit", "--scores", str(scores), "--task", task]
@@ -46,15 +47,16 @@ def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, a
             args += [option, str(value)]
     if Path(workdir) != DEFAULT_WORKDIR:
         args += ["--workdir", str(workdir)]
-    return shlex.join(args)
+    return shlex.join(args + ["--sls-pt", "PT", "--sls-tl", "TL", "--sls-td", "3"])
 
 
 def evaluate(
     split: str = typer.Option(..., "--split", help="val (metrics) or test (scores only, for `leap submit`)."),
     run: Path = typer.Option(None, "--run", help="Run directory written by `leap train` (runs/NAME, also looked "
-                                                 "up under --workdir)."),
+                                                 "up under --workdir; a path X/runs/NAME also sets --workdir X)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a checkpoint file (a file under "
-                                                                "runs/NAME/checkpoints/ implies --run)."),
+                                                                "runs/NAME/checkpoints/ implies --run; one under "
+                                                                "another run's is refused without --out)."),
     task: str = typer.Option(None, "--task", help="recognition or anticipation (default: the run's task, or the "
                                                   "scores file's, else recognition)."),
     scores: Path = typer.Option(None, "--scores", help="Score this existing file instead of running a model "
@@ -78,7 +80,8 @@ def evaluate(
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default {workdir}/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default "
                                                                 "DATA/annotations)."),
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory of the pipeline."),
+    workdir: Path = typer.Option(None, "--workdir", help="Work directory of the pipeline (default: X when --run "
+                                                         "or the checkpoint is a path X/runs/NAME, else leap-work)."),
     allow_partial_load: bool = typer.Option(False, "--allow-partial-load", help="Evaluate a checkpoint whose weights "
                                             "do not all fit the model it describes (missing tensors stay at their "
                                             "initialisation; the default is an error)."),
@@ -94,6 +97,17 @@ def evaluate(
     split = normalize_split(split)
     if task is not None and task not in TASKS:
         raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
+    ckpt_file = Path(checkpoint)
+    if scores is None and checkpoint not in ("best", "last") and not ckpt_file.is_file():
+        raise LeapError(f"--checkpoint {checkpoint!r} is none of best, last or a checkpoint file",
+                        fix="pass --checkpoint best, last or the path of a checkpoint .pt file")
+    # runs/NAME/checkpoints/x.pt -> runs/NAME
+    own_run = ckpt_file.parent.parent if ckpt_file.is_file() and ckpt_file.parent.name == "checkpoints" else None
+    if scores is None and run is None:
+        run = own_run
+    if workdir is None:  # a run given as a path X/runs/NAME lives in the work directory X (its shards, its kitchen)
+        in_runs = run is not None and run.parent.name == "runs" and run.is_dir()
+        workdir = run.parent.parent if in_runs else DEFAULT_WORKDIR
     run_dir = ann = None
     if scores is not None:
         loaded = load_scores(scores)
@@ -111,12 +125,13 @@ def evaluate(
     else:
         from leap_cli.evaluate.inference import ViewConfig, evaluate_run, resolve_run
 
-        ckpt_file = Path(checkpoint)
-        if run is None and ckpt_file.is_file() and ckpt_file.parent.name == "checkpoints":
-            run = ckpt_file.parent.parent  # runs/NAME/checkpoints/x.pt -> runs/NAME
         if run is None:
             raise LeapError("nothing to evaluate", fix="pass --run runs/NAME (a trained run) or --scores FILE")
         run_dir = resolve_run(run, workdir)
+        if own_run is not None and out is None and own_run.resolve() != run_dir.resolve():
+            raise LeapError(f"--checkpoint {checkpoint} is run {own_run}'s, not --run {run_dir}'s: its scores would "
+                            f"replace {run_dir}/eval/{split}", fix="drop --run (the checkpoint's own run is used) "
+                                                                  "or pass --out DIR")
         device = str(pick_device(device, option="--device", cpu_fix="--device cpu"))
         # where the scores and the metrics go, checked before the model runs (not after an hour of scoring); with
         # --out the run's own eval/SPLIT (what `leap submit` is pointed at) is not written
@@ -136,13 +151,14 @@ def evaluate(
                 allow_partial=allow_partial_load, compile=compile, out=dest,
                 on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n))
         task = loaded["meta"]["task"]
-        console.print(escape(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s))"),
-                      highlight=False)
+        console.print(escape(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s), "
+                             f"checkpoint {checkpoint})"), highlight=False)
         if split == "test":
             # soft_wrap: a long command is not broken by inserted newlines, so it pastes as printed
             console.print(escape(f"test split: no labels, scores only. Next: "
                                  f"{_submit_command(scores_path, task, workdir, data, annotations)}"),
                           highlight=False, soft_wrap=True)
+            console.print("(PT, TL: this model's supervision levels, see docs/evaluate-submit.md)", highlight=False)
             return
         metrics_path = scores_path.parent / "metrics.json"
         source = str(scores_path)

@@ -26,9 +26,11 @@ def submit(
     task: str = typer.Option(None, "--task", help="recognition or anticipation (sets the challenge; default: the "
                                                   "scores file's task, else recognition)."),
     out: Path = typer.Option(None, "--out", help="Zip to write (default {workdir}/submission.zip)."),
-    sls_pt: int = typer.Option(2, "--sls-pt", min=0, max=5, help="Supervision level, pre-training (0-5)."),
-    sls_tl: int = typer.Option(3, "--sls-tl", min=0, max=5, help="Supervision level, training labels (0-5)."),
-    sls_td: int = typer.Option(4, "--sls-td", min=0, max=5, help="Supervision level, training data (0-5)."),
+    sls_pt: int = typer.Option(None, "--sls-pt", min=0, max=5, help="Supervision level, pre-training (0-5; "
+                               "0: random initialisation)."),
+    sls_tl: int = typer.Option(None, "--sls-tl", min=0, max=5, help="Supervision level, training labels (0-5)."),
+    sls_td: int = typer.Option(None, "--sls-td", min=0, max=5, help="Supervision level, training data (0-5; "
+                               "`leap train` trains on the train split: 3)."),
     with_actions: bool = typer.Option(False, "--with-actions", help="Anticipation only: add the 100 best "
                                       "'verb,noun' action scores per segment (official combination)."),
     check: Path = typer.Option(None, "--check", help="Check this existing submission zip instead of writing one."),
@@ -51,6 +53,14 @@ def submit(
             raise LeapError("nothing to submit", fix="pass --scores FILE (from `leap evaluate --split test`) "
                                                      "or --check submission.zip")
         out = out or Path(workdir) / "submission.zip"
+        if out.suffix.lower() != ".zip":  # the server takes a zip holding test.json
+            raise LeapError(f"--out {out} is not a .zip: the challenge server takes a zip holding test.json",
+                            fix=f"pass --out {out.with_suffix('.zip')}")
+        missing = [o for o, v in (("--sls-pt", sls_pt), ("--sls-tl", sls_tl), ("--sls-td", sls_td)) if v is None]
+        if missing:  # no defaults: a level leap cannot know for the model that made the scores is not declared for it
+            raise LeapError(f"{', '.join(missing)} not given: a submission declares the supervision levels (SLS) of "
+                            f"the model", fix="pass all three; a `leap train` run is TD 3 (the train split), its PT "
+                                              "and TL depend on its weights and targets: see docs/evaluate-submit.md")
         loaded = load_scores(scores)
         task = task or scores_task(loaded) or "recognition"
         summary = sub.submit(loaded, ann, task, out, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,

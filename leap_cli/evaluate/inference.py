@@ -207,7 +207,8 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
     folder = Path(folder)
     if not (folder / "manifest.json").exists():
         raise LeapError("no shards manifest", path=folder / "manifest.json",
-                        fix="run `leap build-shards` for this split first (or pass --shards DIR)")
+                        fix="pass the --workdir whose shards/ holds them, or --shards DIR, or run `leap "
+                            "build-shards` for this split first")
     ds = ShardDataset(folder, train=False, num_frames=int(model_args["num_frames"]),
                       img_size=int(model_args["img_size"]), temporal_views=views.temporal,
                       spatial_views=views.spatial, rank=0, world_size=1)

@@ -17,12 +17,13 @@ per-segment dicts with those keys. A challenge file in the official JSON format 
 holding it, e.g. validation results for the C3 anticipation evaluator) is read too; its optional action
 scores become ``"action": {"ids": LongTensor[N, K] (verb * 1000 + noun), "scores": FloatTensor[N, K]}``,
 which anticipation metrics use instead of the verb x noun combination (as the official evaluator does).
-Pickles are read with an unpickler that only admits NumPy arrays and
-plain Python values, so a scores file cannot run code.
+Pickles are read with an unpickler that only admits NumPy arrays, torch tensors (their storage is read
+with ``torch.load(weights_only=True)``) and plain Python values, so a scores file cannot run code.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
@@ -37,6 +38,7 @@ from leap_cli.errors import LeapError
 from leap_cli.io import atomic_path, load_problem
 
 REQUIRED = ("narration_id", "verb_output", "noun_output")
+SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".json", ".zip")  # torch.save, pickle, challenge JSON or zip
 _FIX_FORMAT = ("a scores file holds narration_id [N], verb_output [N, V] and noun_output [N, Nn]; "
                "write it with `leap evaluate` or in EPIC's official results format")
 
@@ -50,8 +52,26 @@ _NUMPY_GLOBALS = {
 }
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
+def _storage_from_bytes(data: bytes) -> Any:
+    """``torch.storage._load_from_bytes`` (how ``pickle.dump`` stores a tensor's data), without its
+    ``weights_only=False``."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for anything but a storage
+        raise pickle.UnpicklingError(f"a tensor's storage did not load ({type(e).__name__})") from None
+
+
+# A pickled tensor: _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, OrderedDict()) (all three
+# are on torch.load(weights_only=True)'s own list, the storage loader made safe above).
+_TORCH_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+                  ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
+                  ("collections", "OrderedDict"): collections.OrderedDict}
+
+
+class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _TORCH_GLOBALS:
+            return _TORCH_GLOBALS[module, name]
         if (module, name) in _NUMPY_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a scores file")
@@ -118,19 +138,23 @@ def _from_challenge(doc: Any, path: Path) -> dict:
 def _read_raw(path: Path) -> Any:
     if not path.exists():
         raise LeapError("scores file not found", path=path, fix="run `leap evaluate` first or check the path")
-    if path.suffix in (".zip", ".json"):
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise LeapError(f"unknown scores file suffix {path.suffix!r}", path=path,
+                        fix=f"name it by its format: {', '.join(SUFFIXES)}")
+    if suffix in (".zip", ".json"):
         from leap_cli.submit import read_submission
 
-        if path.suffix == ".zip":
+        if suffix == ".zip":
             return _from_challenge(read_submission(path), path)
         try:
             return _from_challenge(json.loads(path.read_text(encoding="utf-8")), path)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise LeapError(f"not valid JSON ({e})", path=path, fix=_FIX_FORMAT) from None
-    if path.suffix == ".pkl":
+    if suffix in (".pkl", ".pickle"):
         try:
             with open(path, "rb") as f:
-                return _NumpyOnlyUnpickler(f).load()
+                return _SafeUnpickler(f).load()
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
             raise LeapError(f"cannot read the pickle ({load_problem(e, path)})", path=path, fix=_FIX_FORMAT) from None
     try:

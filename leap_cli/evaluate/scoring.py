@@ -21,12 +21,13 @@ import logging
 import numpy as np
 import torch
 
-from leap_cli.epic.annotations import Annotations
+from leap_cli.epic.annotations import TAIL_NOUNS, TAIL_VERBS, UNSEEN, Annotations
 from leap_cli.errors import LeapError
 from leap_cli.evaluate import metrics as M
 
 log = logging.getLogger(__name__)
 TASKS = ("recognition", "anticipation")
+_warned: set = set()  # the missing subset lists already named (once per process)
 
 
 def _np(x) -> np.ndarray:
@@ -61,6 +62,12 @@ def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", 
                             path=source, fix="score with a model built for these annotations' classes")
         if not np.isfinite(out).all():
             raise LeapError(f"{name}_output holds NaN or infinity", path=source, fix="check the model's outputs")
+    for name in (TAIL_VERBS, TAIL_NOUNS, UNSEEN.get(split)):
+        path = annotations.folder / name if name else None
+        if path and not path.exists() and path not in _warned:  # else null subsets look like empty ones
+            _warned.add(path)
+            log.warning("%s not found: the %s metrics are null (n/a)", path, "unseen" if name in UNSEEN.values()
+                        else "tail")
     kw = dict(tail_verbs=annotations.tail_verbs, tail_nouns=annotations.tail_nouns,
               unseen_participants=annotations.unseen_participants(split))
     participants = [s.participant_id for s in segs]
