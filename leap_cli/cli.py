@@ -91,7 +91,9 @@ _short_help()
 
 # What a stopped command leaves behind: the stages keep their finished records and resume; these keep nothing.
 _KEPT = {"evaluate": "nothing was saved; the evaluation starts over when run again",
-         "submit": "nothing was written"}
+         "submit": "nothing was written", "validate-programs": "no report was written",
+         "check-shards": "nothing was written; the check starts over when run again",
+         "show": "nothing was written", "info": "nothing was written"}
 
 
 def _interrupted() -> None:
