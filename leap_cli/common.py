@@ -100,25 +100,31 @@ def shard_out(path: str | Path, shard: ShardSpec) -> Path:
         else path.with_name(path.name + shard.suffix)
 
 
-def start_worker(parent: int) -> None:
-    """Set up a forked worker process of a stage (its pool's initializer): Ctrl-C is the parent's (it keeps what
-    is written and stops the pool), SIGTERM kills at once (the stage's own handler, inherited by the fork, only
-    sets a flag: a worker blocked on the pool's queue when the pool terminates it never saw the signal and hung
-    the stage), and Linux SIGKILLs the worker when the parent dies, even by SIGKILL (no orphan holding the
-    output's lock). ``parent``: the parent's pid, taken before forking."""
+def die_with_parent(sig: int, parent: int) -> None:
+    """Ask Linux to send this process ``sig`` when its parent dies, even by SIGKILL (elsewhere a no-op); exit at
+    once if the parent ``parent`` (its pid, taken before forking) is gone already."""
     import ctypes
     import os
-    import signal
     import sys
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
             PR_SET_PDEATHSIG = 1
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
         except (OSError, AttributeError):  # pragma: no cover - no prctl
             pass
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def start_worker(parent: int) -> None:
+    """Set up a forked worker process of a stage (its pool's initializer): Ctrl-C is the parent's (it keeps what
+    is written and stops the pool), SIGTERM kills at once (the stage's own handler, inherited by the fork, only
+    sets a flag: a worker blocked on the pool's queue when the pool terminated it never saw the signal and hung
+    the stage), and the worker is SIGKILLed when the parent dies (no orphan holding the output's lock)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    die_with_parent(signal.SIGKILL, parent)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -128,9 +129,17 @@ def run_stage(stage: StageRun) -> StageRun:
     """Run one stage as ``python -m leap_cli ...``; its own progress and summary go to the terminal. If the demo
     is stopped (Ctrl-C reaches the stage too; ``kill PID``, ``timeout`` or a job runner may signal the demo
     alone), the stage gets ``STOP_GRACE`` seconds to stop as it does on Ctrl-C, then SIGTERM (training saves
-    last.pt first), and the demo waits for it before stopping."""
+    last.pt first), and the demo waits for it before stopping; a demo killed by SIGKILL sends it SIGTERM."""
+    import signal
+
+    from leap_cli.common import die_with_parent
+
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "leap_cli", *stage.argv])
+    demo = os.getpid()
+    # a demo killed outright (SIGKILL) leaves no stage running on its own: the stage gets SIGTERM and stops
+    # as on Ctrl-C (training saves last.pt)
+    proc = subprocess.Popen([sys.executable, "-m", "leap_cli", *stage.argv],
+                            preexec_fn=lambda: die_with_parent(signal.SIGTERM, demo))
     try:
         proc.wait()
     except KeyboardInterrupt:

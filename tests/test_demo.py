@@ -188,3 +188,35 @@ def test_the_demo_submission_declares_what_the_demo_did(tmp_path):
     argv = next(s.argv for s in plan(DemoConfig(workdir=tmp_path)) if s.name == "submit")
     levels = {argv[i]: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--sls-")}
     assert levels == {"--sls-pt": "0", "--sls-tl": "4", "--sls-td": "3"}
+
+
+def test_a_stage_gets_sigterm_when_the_demo_is_killed(tmp_path):
+    """A SIGKILLed demo left its stage (training) running on its own, holding the run's lock; the stage now gets
+    SIGTERM, which it handles like Ctrl-C."""
+    import os
+    import signal
+
+    stage = ("import signal, sys, time\n"
+             f"def term(*a):\n    open({str(tmp_path / 'got')!r}, 'w').write('TERM')\n    sys.exit(43)\n"
+             "signal.signal(signal.SIGTERM, term)\nprint(1, flush=True)\ntime.sleep(60)\n")
+    code = ("import subprocess, leap_cli.demo as d\n"
+            "real = subprocess.Popen\n"
+            "class P:  # the stage is a script instead of `python -m leap_cli ...`, started the demo's way\n"
+            "    TimeoutExpired = subprocess.TimeoutExpired\n"
+            "    @staticmethod\n"
+            "    def Popen(args, **kw):\n        return real([args[0], *args[3:]], **kw)\n"
+            "d.subprocess = P\n"
+            f"d.run_stage(d.StageRun('x', ['-c', {stage!r}]))\n")
+    demo = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert demo.stdout.readline().strip() == "1"  # the stage runs
+        demo.send_signal(signal.SIGKILL)
+        demo.wait()
+        deadline = time.time() + 5
+        while not (tmp_path / "got").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "got").read_text() == "TERM"
+    finally:
+        if demo.poll() is None:
+            demo.kill()
