@@ -224,7 +224,7 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     part = main(cfg, workdir=tmp_path, name="split", source=source, stop_at_step=3)
     assert part.steps == 3
     mid = torch.load(tmp_path / "runs/split/checkpoints/last.pt", weights_only=True)
-    assert mid["data_position"] == {"epoch": 0, "batches": 6, "world_size": 1}
+    assert mid["data_position"] == {"epoch": 0, "batches": 6, "world_size": 1, "order": 2}
     with pytest.raises(LeapError, match="--resume"):
         main(cfg, workdir=tmp_path, name="split", source=source)
     resumed = main(cfg, workdir=tmp_path, name="split", source=source, resume=True)
@@ -253,7 +253,7 @@ def test_resume_after_a_kill_between_validation_and_checkpoint_writes_each_row_o
     with pytest.raises(SystemExit):
         main(cfg, workdir=tmp_path, name="split", source=source, on_eval=killed)
     mid = torch.load(tmp_path / "runs/split/checkpoints/last.pt", weights_only=True)
-    assert mid["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1}  # the position before validation
+    assert mid["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1, "order": 2}  # the position before validation
     main(cfg, workdir=tmp_path, name="split", source=source, resume=True)
 
     def rows(name: str) -> list[tuple]:
@@ -651,7 +651,7 @@ def test_signal_saves_a_resumable_checkpoint_at_the_step_boundary(tmp_path: Path
     assert part.interrupted == signame and part.steps == 2
     assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
     ckpt = torch.load(tmp_path / "runs/cut/checkpoints/last.pt", weights_only=True)
-    assert ckpt["step"] == 2 and ckpt["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1}
+    assert ckpt["step"] == 2 and ckpt["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1, "order": 2}
     done = main(cfg, workdir=tmp_path, name="cut", source=MemorySource(batches_per_epoch=8, val=False), resume=True)
     assert done.steps == 6 and done.interrupted is None and full.steps == 6
     a = torch.load(tmp_path / "runs/full/checkpoints/last.pt", weights_only=True)["model"]
@@ -692,6 +692,19 @@ def test_anticipation_keeps_as_best_pt_the_best_validation_mean_top5_recall(tmp_
     best = max(vals, key=lambda r: r["action_mt5r"])
     ckpt = load_checkpoint(tmp_path / "runs/ant/checkpoints/best.pt")
     assert ckpt["best_metric"] == best["action_mt5r"] and ckpt["step"] == best["step"]
+    assert ckpt["best_key"] == "action_mt5r"
+    # a checkpoint of an older leap kept action top-1 as its best: resumed, the next validation sets best.pt anew
+    from leap_cli.train.checkpoint import save_checkpoint
+
+    main(cfg, workdir=tmp_path, name="old", source=WithVal(batches_per_epoch=2), stop_at_step=2)
+    last = tmp_path / "runs/old/checkpoints/last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["best_key"]
+    ckpt["best_metric"] = 100.0  # a top-1 no recall of this run reaches
+    save_checkpoint(last, ckpt)
+    main(cfg, workdir=tmp_path, name="old", source=WithVal(batches_per_epoch=2), resume=True)
+    best = load_checkpoint(tmp_path / "runs/old/checkpoints/best.pt")
+    assert best["step"] > 2 and best["best_metric"] < 100.0 and best["best_key"] == "action_mt5r"
 
 
 @pytest.mark.parametrize("aggregate", [True, False])

@@ -4,10 +4,12 @@ A checkpoint is a dict of tensors and primitives only::
 
     {"model": state_dict, "model_args": dict, "config": dict (resolved Config.to_dict()),
      "optimizer": state_dict, "scheduler": dict, "scaler": dict, "step": int, "epoch": int,
-     "best_metric": float, "rng": {...}, "data_position": {"epoch": int, "batches": int, "world_size": int}}
+     "best_metric": float, "best_key": str, "rng": {...},
+     "data_position": {"epoch": int, "batches": int, "world_size": int, "order": int}}
 
 Files: ``runs/NAME/checkpoints/last.pt`` (every ``train.checkpoint_every`` steps, each epoch and at the end)
-and ``best.pt`` (best validation action top-1).
+and ``best.pt`` (best validation ``best_key``: action top-1 for recognition, action class-mean top-5 recall for
+anticipation).
 """
 
 from __future__ import annotations

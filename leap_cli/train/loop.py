@@ -475,6 +475,16 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             state.epoch = int(resume_ckpt["data_position"]["epoch"])
             state.batches = int(resume_ckpt["data_position"]["batches"])
             state.best_metric = float(resume_ckpt["best_metric"])
+            # a checkpoint written before best.pt was chosen by this metric (anticipation used action top-1):
+            # its best is not comparable, so the next validation sets it anew
+            if resume_ckpt.get("best_key", "action_top1") != BEST_METRIC[cfg.data.task]:
+                log.warning("%s: best.pt was chosen by %s; from now on by %s (the next validation sets it)",
+                            ckpt_dir, resume_ckpt.get("best_key", "action_top1"), BEST_METRIC[cfg.data.task])
+                state.best_metric = -1.0
+            if state.batches and resume_ckpt["data_position"].get("order") != DATA_ORDER:
+                log.warning("%s: written by an older leap, which ordered an epoch's batches otherwise: the rest "
+                            "of epoch %d is not the batches the interrupted run would have seen", ckpt_dir,
+                            state.epoch + 1)
         train_model = wrap_model(model, cfg, info)
 
         if start_over:
@@ -505,8 +515,10 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": state.step,
                 "targets": source.program_targets,  # the token vocabularies, to read predicted programs back
-                "epoch": state.epoch, "best_metric": state.best_metric, "rng": rng_state(),
-                "data_position": {"epoch": state.epoch, "batches": state.batches, "world_size": info.world_size}})
+                "epoch": state.epoch, "best_metric": state.best_metric, "best_key": BEST_METRIC[cfg.data.task],
+                "rng": rng_state(),
+                "data_position": {"epoch": state.epoch, "batches": state.batches, "world_size": info.world_size,
+                                  "order": DATA_ORDER}})
 
         def log_step(rec: dict) -> None:
             if info.is_main and not rec.get("partial"):
@@ -575,6 +587,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
 # What picks best.pt: the challenge's ranking metric of the task (EPIC-KITCHENS-100 action recognition: action
 # top-1 accuracy; action anticipation: action class-mean top-5 recall).
 BEST_METRIC = {"recognition": "action_top1", "anticipation": "action_mt5r"}
+DATA_ORDER = 2  # how an epoch's batches are formed (2: shuffled, cut into batches, dealt whole to the workers)
 
 # Keys a resume may change: where and how fast the run goes, not what it computes. model.pretrained and
 # model.allow_partial_load are read only when a run starts (a resume takes the weights from last.pt).
