@@ -12,6 +12,7 @@ from leap_cli.resources import resource_dir
 from leap_cli.extract.runner import ExtractConfig, run_extract
 from leap_cli.io import read_jsonl
 from tests.extract_kitchen import CONTACT, FPS, SEGMENTS, build
+from tests.procs import alive_after
 
 SCHEMA = json.loads((resource_dir("schemas") / "descriptors.schema.json").read_text())
 
@@ -426,12 +427,7 @@ def test_workers_die_with_a_killed_parent(kitchen, tmp_path):
         time.sleep(3)  # the workers are inside a segment (spawned, initialised)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        deadline = time.time() + 5
-        alive = workers
-        while alive and time.time() < deadline:
-            time.sleep(0.1)
-            alive = [p for p in workers if os.path.exists(f"/proc/{p}") and
-                     open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        alive = alive_after(workers)
         assert not alive, f"workers {alive} outlived their parent"
     finally:
         if parent.poll() is None:

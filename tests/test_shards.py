@@ -23,6 +23,7 @@ from leap_cli.shards.format import iter_tar_samples, load_manifest, merge_parts
 from leap_cli.shards.transforms import decode_jpegs
 from leap_cli.shards.writer import ShardSettings, build_split
 from tests.program_helpers import cond, sub
+from tests.procs import alive_after
 
 EPIC = Path(__file__).parent / "data" / "epic100"
 FPS = 10.0
@@ -875,7 +876,6 @@ def test_build_shards_workers_stop_on_sigterm_and_die_with_their_parent(tmp_path
     import signal
     import subprocess
     import sys
-    import time
 
     code = ("import os, signal, time, multiprocessing as mp\n"
             "from leap_cli.shards.writer import _init_worker\n"
@@ -895,14 +895,10 @@ def test_build_shards_workers_stop_on_sigterm_and_die_with_their_parent(tmp_path
                                                   text=True).stdout.split()]
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGTERM)  # the default action: it dies (the pool starts another)
+        assert alive_after(workers[:1]) == [], "a worker outlived SIGTERM"
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-        deadline = time.time() + 5
-        alive = workers
-        while alive and time.time() < deadline:
-            time.sleep(0.1)
-            alive = [p for p in workers if os.path.exists(f"/proc/{p}")
-                     and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        alive = alive_after(workers[1:])
         assert not alive, f"workers {alive} outlived their parent"
     finally:
         if parent.poll() is None:

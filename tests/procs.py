@@ -1,0 +1,17 @@
+"""Helpers for tests of worker processes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+
+def alive_after(pids: list[int], seconds: float = 5.0) -> list[int]:
+    """The processes of ``pids`` still running (not gone, not zombies) after waiting up to ``seconds``."""
+    deadline = time.time() + seconds
+    alive = list(pids)
+    while alive and time.time() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}")
+                 and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+    return alive
