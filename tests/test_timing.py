@@ -147,3 +147,5 @@ def test_from_epic_matches_an_ffmpeg_r60_extraction(tmp_path, fps, frames):
     clock = FrameClock(MP4, fps, frames)
     assert len(held) >= frames - 2 and [clock.from_epic(n) for n in range(1, len(held) + 1)] == held
     assert all(clock.from_epic(clock.to_epic(f)) == f for f in range(1, frames + 1))
+    # EPIC's last frames (-r writes a few past the video's length; their boxes exist) hold its last frame
+    assert [clock.from_epic(clock.to_epic(frames) + k) for k in range(1, 4)] == [frames] * 3

@@ -143,10 +143,12 @@ class FrameClock:
         ``rgb_frames``, hand-object boxes and EPIC Fields poses). EPIC made its frames with ffmpeg's output ``-r 60``
         (``-r 50``), which puts each MP4 frame in the EPIC frame nearest its time (``to_epic``; one exactly half-way
         in the later one) and repeats it until the next: EPIC's frame n holds the last MP4 frame that starts before
-        n's time plus half an EPIC frame. The same number for ``rgb_frames``."""
+        n's time plus half an EPIC frame; past the MP4's last frame (``-r 60`` writes a few more frames than the
+        video's length: their boxes exist too) it repeats that last frame. The same number for ``rgb_frames``."""
         if self.kind == RGB_FRAMES:
             return int(epic_frame)
-        return int(math.ceil((epic_frame - 0.5 - 1e-6) * self.fps / epic_frame_rate(self.fps)))
+        frame = int(math.ceil((epic_frame - 0.5 - 1e-6) * self.fps / epic_frame_rate(self.fps)))
+        return min(frame, self.num_frames) if self.num_frames else frame
 
     def to_epic(self, frame: int) -> int:
         """EPIC's frame nearest in time to this source's ``frame``, the one ffmpeg put it in: ``from_epic`` undoes
