@@ -682,10 +682,27 @@ def test_fix_names_the_b16_preset_file():
     with torch.device("meta"):
         b16 = uniformerv2_b16(**family_options("clip", 12))
     for family in FAMILY_NAMES:
-        fix = _family_fix(b16, family)
+        fix = _family_fix(b16 if family != "clip" else uniformerv2_b16(**family_options("ssv2", 12)), family)
         assert f"--config uniformerv2-b16-{family} " in fix
         assert bundled_config(f"uniformerv2-b16-{family}") is not None
         assert bundled_config(f"uniformerv2-l14-{family}") is not None
+
+
+def test_uniformerv2_authors_clip_file_is_clip_and_advice_never_names_the_model_preset(tmp_path):
+    """OpenGVLab's extract_clip/extract.ipynb writes vit_b16.pth: CLIP's visual keys without ``visual.``, and
+    without ``proj`` and ``ln_post``; it is CLIP, and a refusal never advises the preset already in use."""
+    state = {k[len("visual."):]: v for k, v in random_state(clip_visual_shapes(img=64)).items()
+             if k.startswith("visual.") and k not in ("visual.proj", "visual.ln_post.weight", "visual.ln_post.bias")}
+    torch.save(state, tmp_path / "vit_b16.pth")
+    report = load_pretrained(build_model(preset_args("clip")), tmp_path / "vit_b16.pth")
+    assert report.source == "clip" and report.family == "clip" and report.missing == [] and report.unexpected == []
+    with pytest.raises(LeapError, match=r"clip family.*a uniformerv2-\*-clip preset"):
+        load_pretrained(build_model(preset_args("k710")), tmp_path / "vit_b16.pth")
+    k710 = random_state(official_uniformerv2_shapes(no_lmhra=True, downsample=False, num_classes=710))
+    torch.save({k: v for k, v in k710.items() if ".dec." not in k}, tmp_path / "part.pth")
+    with pytest.raises(LeapError) as e:
+        load_pretrained(build_model(preset_args("k710")), tmp_path / "part.pth")
+    assert "k710 preset" not in e.value.one_line() and "complete k710 checkpoint" in e.value.one_line()
 
 
 def test_normalisation_travels_with_the_checkpoint(tmp_path):
