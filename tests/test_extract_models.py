@@ -129,6 +129,31 @@ def test_detector_loads_random_weights_and_detects(tmp_path):
             assert b.label in ("plate", "knife") and -0.01 <= b.bbox.left <= b.bbox.right <= 1.01
 
 
+@pytest.mark.parametrize("arch", ["fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn",
+                                  "fasterrcnn_resnet50_fpn_v2"])
+def test_detector_loads_torchvisions_published_layout_and_computes_as_torchvision(tmp_path, arch):
+    """torchvision builds its v1 and MobileNet COCO models with FrozenBatchNorm2d (no num_batches_tracked; eps 0
+    for the v1 ResNet-50 COCO file): a file in that layout loads, and the backbone computes what torchvision's
+    does (small running variances make a wrong eps show)."""
+    from leap_cli.extract.objects import FasterRCNNDetector
+    from tests.naming_models import torchvision_pretrained_detector
+
+    torch.manual_seed(0)
+    ref = torchvision_pretrained_detector(arch).eval()
+    state = ref.state_dict()
+    for k, v in state.items():
+        if k.endswith("running_var"):  # scale kept by the weight, so that activations stay finite
+            v.uniform_(1e-4, 1e-3)
+            state[k.replace("running_var", "weight")].copy_(v.sqrt())
+    ref.load_state_dict(state)
+    torch.save(state, tmp_path / "coco.pth")
+    det = FasterRCNNDetector(tmp_path / "coco.pth", arch=arch)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        got, want = det.model.backbone(x), ref.backbone(x)
+    assert all(torch.allclose(got[k], want[k], rtol=1e-4, atol=1e-5) for k in want)
+
+
 def test_detector_labels_file_and_mismatches(tmp_path):
     from leap_cli.extract.objects import FasterRCNNDetector
 
