@@ -3,6 +3,8 @@ checkpoints written by the tests in the real key layout."""
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -83,6 +85,23 @@ def test_cnn14_loads_random_checkpoint_and_tags(tmp_path):
     out = tagger.tag(y)
     assert len(out["top_tags"]) == 5 and all(0 <= t["score"] <= 1 for t in out["top_tags"])
     assert out["events"][0]["start"] == 0.0 and out["events"][-1]["stop"] == pytest.approx(2.0)
+
+
+def test_cnn14_checkpoint_with_the_training_scripts_sampler_loads(tmp_path):
+    """audioset_tagging_cnn's main.py saves {'iteration', 'model', 'sampler'}, the sampler's state in NumPy arrays
+    and scalars: read without unpickling code (NumPy arrays only), while other objects stay refused."""
+    from leap_cli.extract.audio_cnn14 import AudioTagger
+
+    _cnn14_checkpoint(tmp_path / "plain.pth")
+    ckpt = torch.load(tmp_path / "plain.pth", weights_only=True)
+    sampler = {"indexes_per_class": [np.arange(5), np.arange(3)], "queue": [np.int64(4)], "pointers_of_classes": [0, 1]}
+    torch.save({**ckpt, "iteration": 540000, "sampler": sampler}, tmp_path / "Cnn14.pth")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n" + "".join(f"{i},/m/{i},Sound {i}\n" for i in range(527)))
+    assert len(AudioTagger(tmp_path / "Cnn14.pth", labels, widths=SMALL).labels) == 527
+    torch.save({**ckpt, "args": argparse.Namespace(lr=1e-3)}, tmp_path / "other.pth")
+    with pytest.raises(LeapError, match=r"argparse\.Namespace.*save its 'model' entry alone"):
+        AudioTagger(tmp_path / "other.pth", labels, widths=SMALL)
 
 
 def test_cnn14_wrong_keys_are_listed(tmp_path):
