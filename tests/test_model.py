@@ -367,7 +367,7 @@ def test_load_kinetics_checkpoint_without_lmhra_into_lmhra_model(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_load_clip_visual_weights_plain_and_torchscript(tmp_path):
+def test_load_clip_visual_weights_plain_and_torchscript(tmp_path, caplog):
     state = random_state(clip_visual_shapes(img=96))  # 96px CLIP grid, resized to the 64px model
     torch.save({k: v.half() for k, v in state.items()}, tmp_path / "clip.pt")
 
@@ -400,6 +400,7 @@ def test_load_clip_visual_weights_plain_and_torchscript(tmp_path):
         blk = model.backbone.transformer.resblocks[2]
         assert torch.equal(blk.mlp.c_fc.weight, state["visual.transformer.resblocks.2.mlp.c_fc.weight"].half().float())
         assert model.backbone.positional_embedding.shape == (17, 64)
+        assert "for 96 px inputs, resized to the model's 64 px (set model.img_size=96" in caplog.text
         line = str(report)
         assert f"{len(report.loaded)} loaded" in line and "0 missing, 0 unexpected" in line and "\n" not in line
 

@@ -832,6 +832,9 @@ def checkpoint_filter_fn(state: dict[str, Any], model: UniFormerV2) -> tuple[dic
         if math.isqrt(pos.shape[0] - 1) ** 2 == pos.shape[0] - 1:
             out["positional_embedding"] = resize_pos_embed(pos, want.shape[0])
             report.resized["positional_embedding"] = f"{tuple(pos.shape)} -> {tuple(want.shape)} (bicubic)"
+            px = math.isqrt(pos.shape[0] - 1) * model.cfg.patch_size
+            log.warning("the checkpoint's position embedding is for %d px inputs, resized to the model's %d px "
+                        "(set model.img_size=%d to keep it)", px, model.cfg.img_size, px)
     for k, v in out.items():
         if v.is_floating_point():
             out[k] = v.float()
