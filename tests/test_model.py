@@ -319,7 +319,7 @@ def test_load_official_uniformerv2_checkpoint(tmp_path, wrap):
     saved = {"plain": state, "model": {"model": state, "epoch": 3},
              "state_dict+module": {"state_dict": {f"module.{k}": v for k, v in state.items()}},
              "model_state": {"model_state": state, "optimizer_state": {}, "epoch": 30, "cfg": "TRAIN: ..."}}[wrap]
-    path = tmp_path / "ssv2_uniformerv2_tiny.pyth"  # local blocks + temporal downsample: the SSv2 layout
+    path = tmp_path / "sthv2_uniformerv2_tiny.pyth"  # local blocks + temporal downsample: the SSv2 layout
     torch.save(saved, path)
     ssv2 = family_options("ssv2", 3)
     model = build_model(tiny_args(**ssv2))
