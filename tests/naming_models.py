@@ -47,11 +47,26 @@ def save_coco_detector(path: Path, arch: str = DET_ARCH, seed: int = 0, favour: 
     from torchvision.models.detection import FasterRCNN_ResNet50_FPN_V2_Weights
 
     torch.manual_seed(seed)
-    model = getattr(det, arch)(weights=None, weights_backbone=None, num_classes=91)
-    state = model.state_dict()
+    state = torchvision_pretrained_detector(arch).state_dict()
     coco = FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1.meta["categories"]
     for name in favour:
         state["roi_heads.box_predictor.cls_score.bias"][coco.index(name)] += 8.0
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return path
+
+
+def torchvision_pretrained_detector(arch: str) -> torch.nn.Module:
+    """``arch`` built by torchvision's builder for its COCO_V1 weights, with random values: the published file's
+    layout (FrozenBatchNorm2d without ``num_batches_tracked`` in the v1 and MobileNet backbones, and the eps
+    torchvision sets). Only the download and loading of the weights are left out."""
+    from unittest import mock
+
+    import torchvision.models as tvm
+    import torchvision.models.detection as det
+    from torchvision.models._api import WeightsEnum
+    from torchvision.models.detection import FasterRCNN
+
+    with mock.patch.object(WeightsEnum, "get_state_dict", lambda self, **kw: {}), \
+            mock.patch.object(FasterRCNN, "load_state_dict", lambda self, state: None):
+        return getattr(det, arch)(weights=tvm.get_model_weights(arch).COCO_V1)

@@ -3,6 +3,8 @@ checkpoints written by the tests in the real key layout."""
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -85,6 +87,23 @@ def test_cnn14_loads_random_checkpoint_and_tags(tmp_path):
     assert out["events"][0]["start"] == 0.0 and out["events"][-1]["stop"] == pytest.approx(2.0)
 
 
+def test_cnn14_checkpoint_with_the_training_scripts_sampler_loads(tmp_path):
+    """audioset_tagging_cnn's main.py saves {'iteration', 'model', 'sampler'}, the sampler's state in NumPy arrays
+    and scalars: read without unpickling code (NumPy arrays only), while other objects stay refused."""
+    from leap_cli.extract.audio_cnn14 import AudioTagger
+
+    _cnn14_checkpoint(tmp_path / "plain.pth")
+    ckpt = torch.load(tmp_path / "plain.pth", weights_only=True)
+    sampler = {"indexes_per_class": [np.arange(5), np.arange(3)], "queue": [np.int64(4)], "pointers_of_classes": [0, 1]}
+    torch.save({**ckpt, "iteration": 540000, "sampler": sampler}, tmp_path / "Cnn14.pth")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("index,mid,display_name\n" + "".join(f"{i},/m/{i},Sound {i}\n" for i in range(527)))
+    assert len(AudioTagger(tmp_path / "Cnn14.pth", labels, widths=SMALL).labels) == 527
+    torch.save({**ckpt, "args": argparse.Namespace(lr=1e-3)}, tmp_path / "other.pth")
+    with pytest.raises(LeapError, match=r"argparse\.Namespace.*save its 'model' entry alone"):
+        AudioTagger(tmp_path / "other.pth", labels, widths=SMALL)
+
+
 def test_cnn14_wrong_keys_are_listed(tmp_path):
     from leap_cli.extract.audio_cnn14 import AudioTagger
 
@@ -127,6 +146,31 @@ def test_detector_loads_random_weights_and_detects(tmp_path):
     for boxes in out:
         for b in boxes:
             assert b.label in ("plate", "knife") and -0.01 <= b.bbox.left <= b.bbox.right <= 1.01
+
+
+@pytest.mark.parametrize("arch", ["fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn",
+                                  "fasterrcnn_resnet50_fpn_v2"])
+def test_detector_loads_torchvisions_published_layout_and_computes_as_torchvision(tmp_path, arch):
+    """torchvision builds its v1 and MobileNet COCO models with FrozenBatchNorm2d (no num_batches_tracked; eps 0
+    for the v1 ResNet-50 COCO file): a file in that layout loads, and the backbone computes what torchvision's
+    does (small running variances make a wrong eps show)."""
+    from leap_cli.extract.objects import FasterRCNNDetector
+    from tests.naming_models import torchvision_pretrained_detector
+
+    torch.manual_seed(0)
+    ref = torchvision_pretrained_detector(arch).eval()
+    state = ref.state_dict()
+    for k, v in state.items():
+        if k.endswith("running_var"):  # scale kept by the weight, so that activations stay finite
+            v.uniform_(1e-4, 1e-3)
+            state[k.replace("running_var", "weight")].copy_(v.sqrt())
+    ref.load_state_dict(state)
+    torch.save(state, tmp_path / "coco.pth")
+    det = FasterRCNNDetector(tmp_path / "coco.pth", arch=arch)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        got, want = det.model.backbone(x), ref.backbone(x)
+    assert all(torch.allclose(got[k], want[k], rtol=1e-4, atol=1e-5) for k in want)
 
 
 def test_detector_labels_file_and_mismatches(tmp_path):

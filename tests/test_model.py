@@ -319,7 +319,7 @@ def test_load_official_uniformerv2_checkpoint(tmp_path, wrap):
     saved = {"plain": state, "model": {"model": state, "epoch": 3},
              "state_dict+module": {"state_dict": {f"module.{k}": v for k, v in state.items()}},
              "model_state": {"model_state": state, "optimizer_state": {}, "epoch": 30, "cfg": "TRAIN: ..."}}[wrap]
-    path = tmp_path / "ssv2_uniformerv2_tiny.pyth"  # local blocks + temporal downsample: the SSv2 layout
+    path = tmp_path / "sthv2_uniformerv2_tiny.pyth"  # local blocks + temporal downsample: the SSv2 layout
     torch.save(saved, path)
     ssv2 = family_options("ssv2", 3)
     model = build_model(tiny_args(**ssv2))
@@ -367,7 +367,7 @@ def test_load_kinetics_checkpoint_without_lmhra_into_lmhra_model(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_load_clip_visual_weights_plain_and_torchscript(tmp_path):
+def test_load_clip_visual_weights_plain_and_torchscript(tmp_path, caplog):
     state = random_state(clip_visual_shapes(img=96))  # 96px CLIP grid, resized to the 64px model
     torch.save({k: v.half() for k, v in state.items()}, tmp_path / "clip.pt")
 
@@ -400,6 +400,7 @@ def test_load_clip_visual_weights_plain_and_torchscript(tmp_path):
         blk = model.backbone.transformer.resblocks[2]
         assert torch.equal(blk.mlp.c_fc.weight, state["visual.transformer.resblocks.2.mlp.c_fc.weight"].half().float())
         assert model.backbone.positional_embedding.shape == (17, 64)
+        assert "for 96 px inputs, resized to the model's 64 px (set model.img_size=96" in caplog.text
         line = str(report)
         assert f"{len(report.loaded)} loaded" in line and "0 missing, 0 unexpected" in line and "\n" not in line
 
@@ -682,10 +683,27 @@ def test_fix_names_the_b16_preset_file():
     with torch.device("meta"):
         b16 = uniformerv2_b16(**family_options("clip", 12))
     for family in FAMILY_NAMES:
-        fix = _family_fix(b16, family)
+        fix = _family_fix(b16 if family != "clip" else uniformerv2_b16(**family_options("ssv2", 12)), family)
         assert f"--config uniformerv2-b16-{family} " in fix
         assert bundled_config(f"uniformerv2-b16-{family}") is not None
         assert bundled_config(f"uniformerv2-l14-{family}") is not None
+
+
+def test_uniformerv2_authors_clip_file_is_clip_and_advice_never_names_the_model_preset(tmp_path):
+    """OpenGVLab's extract_clip/extract.ipynb writes vit_b16.pth: CLIP's visual keys without ``visual.``, and
+    without ``proj`` and ``ln_post``; it is CLIP, and a refusal never advises the preset already in use."""
+    state = {k[len("visual."):]: v for k, v in random_state(clip_visual_shapes(img=64)).items()
+             if k.startswith("visual.") and k not in ("visual.proj", "visual.ln_post.weight", "visual.ln_post.bias")}
+    torch.save(state, tmp_path / "vit_b16.pth")
+    report = load_pretrained(build_model(preset_args("clip")), tmp_path / "vit_b16.pth")
+    assert report.source == "clip" and report.family == "clip" and report.missing == [] and report.unexpected == []
+    with pytest.raises(LeapError, match=r"clip family.*a uniformerv2-\*-clip preset"):
+        load_pretrained(build_model(preset_args("k710")), tmp_path / "vit_b16.pth")
+    k710 = random_state(official_uniformerv2_shapes(no_lmhra=True, downsample=False, num_classes=710))
+    torch.save({k: v for k, v in k710.items() if ".dec." not in k}, tmp_path / "part.pth")
+    with pytest.raises(LeapError) as e:
+        load_pretrained(build_model(preset_args("k710")), tmp_path / "part.pth")
+    assert "k710 preset" not in e.value.one_line() and "complete k710 checkpoint" in e.value.one_line()
 
 
 def test_normalisation_travels_with_the_checkpoint(tmp_path):

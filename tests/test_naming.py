@@ -224,6 +224,48 @@ def test_clip_file_with_wrong_keys_and_missing_open_clip(tiny_clip, tmp_path, mo
         ClipNamer(ck, arch=arch)
 
 
+def test_clip_activation_follows_open_clip(tiny_clip, tmp_path):
+    """QuickGELU for OpenAI's weights only (the TorchScript archive's entries, or a ``-quickgelu`` architecture):
+    an open_clip state dict runs with its architecture's GELU, and computes what open_clip computes from it."""
+    import open_clip
+
+    from leap_cli.extract.naming import ClipNamer
+
+    arch, _ = tiny_clip
+    torch.manual_seed(1)
+    gelu = open_clip.create_model(arch, pretrained=None).eval()  # how LAION/DataComp weights are trained
+    torch.save(gelu.state_dict(), tmp_path / "laion.bin")
+    namer = ClipNamer(tmp_path / "laion.bin", arch=arch)
+    assert type(namer.model.visual.transformer.resblocks[0].mlp.gelu) is torch.nn.GELU
+    reference = open_clip.create_model(arch, pretrained=str(tmp_path / "laion.bin")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(namer.model.encode_image(x), reference.encode_image(x), atol=1e-6)
+    openai = {**gelu.state_dict(), "input_resolution": torch.tensor(32), "context_length": torch.tensor(77),
+              "vocab_size": torch.tensor(49408)}  # the entries of OpenAI's TorchScript archive
+    torch.save(openai, tmp_path / "openai.pt")
+    namer = ClipNamer(tmp_path / "openai.pt", arch=arch)
+    assert type(namer.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+
+
+def test_clip_openai_offline_names_the_file_url_and_caches(tiny_clip, monkeypatch, tmp_path):
+    import open_clip
+
+    from leap_cli.extract.naming import ClipNamer
+
+    def offline(*a, **k):
+        raise RuntimeError("offline")
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(LeapError) as e:
+        ClipNamer("openai", arch="ViT-B-16")
+    msg = e.value.one_line()
+    assert "https://openaipublic.azureedge.net/clip/models/" in msg and "ViT-B-16.pt" in msg
+    assert str(tmp_path / ".cache" / "clip" / "ViT-B-16.pt") in msg
+    assert "models--timm--vit_base_patch16_clip_224.openai" in msg and "open_clip_pytorch_model.bin" in msg
+
+
 @pytest.mark.slow
 def test_real_vit_b16_layout_loads_and_names(tmp_path, epic_nouns):
     """OpenAI's CLIP ViT-B/16 architecture, random weights in its key layout, through the real loading path."""

@@ -77,7 +77,9 @@ def extract(
         None, "--clip-weights",
         help="Name object boxes with CLIP (needs open_clip_torch): a local CLIP checkpoint FILE (OpenAI's "
              "ViT-B-16.pt), or 'openai' for open_clip's own download."),
-    clip_arch: str = typer.Option("ViT-B-16", "--clip-arch", help="open_clip architecture of --clip-weights."),
+    clip_arch: str = typer.Option(
+        "ViT-B-16", "--clip-arch",
+        help="open_clip architecture of --clip-weights (ViT-B-16-quickgelu: OpenAI's weights as a plain state dict)."),
     audio_model: Path = typer.Option(
         None, "--audio-model",
         help="Local PANNs CNN14 checkpoint ({'model': state_dict}); without it a signal-processing classifier "

@@ -12,7 +12,9 @@ segment's main noun. Such names say ``named_by: narration-prior``.
 
 The model is open_clip's (``pip install open_clip_torch``, or ``leap-cli[naming]``): ``--clip-weights FILE``
 (OpenAI's ``ViT-B-16.pt`` TorchScript archive, or an open_clip state dict) or ``--clip-weights openai`` for
-open_clip's own download on a connected machine.
+open_clip's own download on a connected machine. As in open_clip, QuickGELU is for OpenAI's weights only (the
+``openai`` tag, the TorchScript archive, or a ``-quickgelu`` architecture such as ``ViT-B-16-quickgelu``); a state
+dict runs with its architecture's activation (GELU for ``ViT-B-16``, as LAION's and DataComp's weights).
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ class ClipNamer:
 
     def __init__(self, weights: str | Path, *, arch: str = "ViT-B-16", device: str = "cpu",
                  cache_dir: str | Path | None = None, prior_boost: float = 10.0, top_k: int = 5,
-                 batch_size: int = 32, quick_gelu: bool = True):
+                 batch_size: int = 32):
         import torch
 
         open_clip = _import_open_clip()
@@ -121,16 +123,20 @@ class ClipNamer:
             raise LeapError(f"unknown open_clip architecture {arch!r}", fix="use ViT-B-16 (OpenAI's CLIP ViT-B/16)")
         self._torch = torch
         if str(weights) == "openai" and not Path(weights).is_file():
-            try:  # open_clip's own download (into its cache) on a connected machine
-                self.model = open_clip.create_model(arch, pretrained="openai", force_quick_gelu=quick_gelu)
-            except Exception as e:  # noqa: BLE001 - offline: say which file to give instead
-                raise LeapError(f"cannot download OpenAI's CLIP {arch} through open_clip ({type(e).__name__})",
-                                fix=f"download {arch}.pt (OpenAI CLIP) on a connected machine and pass "
-                                    "--clip-weights FILE") from None
+            url = open_clip.get_pretrained_cfg(arch, "openai").get("url", "")
+            cached = Path("~/.cache/clip").expanduser() / url.rsplit("/", 1)[-1]  # where open_clip puts the URL's file
+            if url and cached.is_file():
+                self.model = load_clip_file(open_clip, arch, cached)
+            else:
+                try:  # open_clip's own download (into its cache) on a connected machine
+                    self.model = open_clip.create_model(arch, pretrained="openai", force_quick_gelu=True)
+                except Exception as e:  # noqa: BLE001 - offline: say which file to place where
+                    raise LeapError(f"cannot download OpenAI's CLIP {arch} through open_clip ({type(e).__name__})",
+                                    fix=_openai_fix(open_clip, arch, url, cached)) from None
             self._identity = f"{arch}:openai"
             self.source = f"clip:{arch}:openai"
         else:
-            self.model = load_clip_file(open_clip, arch, weights, quick_gelu=quick_gelu)
+            self.model = load_clip_file(open_clip, arch, weights)
             st = Path(weights).stat()
             self._identity = f"{arch}:{Path(weights).resolve()}:{st.st_size}:{st.st_mtime_ns}"
             self.source = f"clip:{arch}:{Path(weights).name}"
@@ -240,19 +246,33 @@ def mean_names(named: list[list[tuple[str, float]]], k: int = 5) -> list[tuple[s
     return [(noun, round(s / len(named), 4)) for noun, s in ranked]
 
 
-def load_clip_file(open_clip, arch: str, path: str | Path, *, quick_gelu: bool = True):
+def _openai_fix(open_clip, arch: str, url: str, cached: Path) -> str:
+    hub = open_clip.get_pretrained_cfg(arch, "openai").get("hf_hub", "").strip("/")
+    places = [f"place {cached.name} (from {url}) at {cached}"] if url else []
+    if hub:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        folder = Path(HF_HUB_CACHE) / f"models--{hub.replace('/', '--')}"
+        places.append(f"fill the Hugging Face cache {folder} with open_clip_pytorch_model.bin "
+                      f"(huggingface-cli download {hub} open_clip_pytorch_model.bin)")
+    return ", or ".join(places + ["pass --clip-weights FILE"])
+
+
+def load_clip_file(open_clip, arch: str, path: str | Path):
     """An open_clip model of ``arch`` built without weights, then the local file loaded exactly (OpenAI's
-    TorchScript archive or a state dict in open_clip's / OpenAI's key layout, which are the same)."""
+    TorchScript archive or a state dict in open_clip's / OpenAI's key layout, which are the same). QuickGELU
+    for OpenAI's archive (its ``input_resolution`` ... entries say so), else the activation of ``arch``."""
     from leap_cli.extract.weights import load_exact, unwrap_state_dict
     from leap_cli.model.uniformerv2 import read_checkpoint
 
     state = unwrap_state_dict(read_checkpoint(path), path, "CLIP")
+    openai = any(k in state for k in _JIT_EXTRAS)
     for k in _JIT_EXTRAS:
         state.pop(k, None)
     quiet = _NoRandomInitWarning()  # open_clip warns "initialized randomly": the file is loaded next
     logging.getLogger().addFilter(quiet)
     try:
-        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=quick_gelu)
+        model = open_clip.create_model(arch, pretrained=None, force_quick_gelu=openai)
     finally:
         logging.getLogger().removeFilter(quiet)
     if "logit_scale" in state and state["logit_scale"].ndim != model.logit_scale.ndim:

@@ -115,6 +115,11 @@ class FasterRCNNDetector:
             self.labels = list(self.classes)
         self.model = getattr(det, arch)(weights=None, weights_backbone=None, num_classes=len(self.classes),
                                         **model_kwargs)
+        if not any(k.endswith("num_batches_tracked") for k in state):
+            # built from pretrained weights: torchvision's builders then use FrozenBatchNorm2d (its COCO_V1 files
+            # of the v1 ResNet-50 FPN and the MobileNets), with eps 0 for the v1 ResNet-50 COCO file
+            v1_coco = arch == "fasterrcnn_resnet50_fpn" and self.classes == coco
+            freeze_batch_norm(self.model, eps=0.0 if v1_coco else 1e-5)
         load_exact(self.model, state, path, "detector")
         self.model.eval().to(device)
         self.device = device
@@ -143,6 +148,19 @@ class FasterRCNNDetector:
                         boxes.append(LabelledBox(self.labels[lab], BBox(x0 / w, y0 / h, x1 / w, y1 / h), float(sc)))
                 res.append(boxes)
         return res
+
+
+def freeze_batch_norm(module, eps: float) -> None:
+    """Replace every BatchNorm2d of ``module`` by torchvision's FrozenBatchNorm2d, as its detection builders build
+    a model for pretrained weights (``norm_layer=FrozenBatchNorm2d``)."""
+    from torch import nn
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d(child.num_features, eps=eps))
+        else:
+            freeze_batch_norm(child, eps)
 
 
 def summarise_objects(per_frame: dict[int, list[LabelledBox]], ctx: SegmentContext, hands_by_frame: dict | None,

@@ -10,16 +10,30 @@ from leap_cli.errors import LeapError
 from leap_cli.io import load_problem
 
 
+def _numpy_arrays() -> list:
+    """What unpickling NumPy arrays and scalars needs (data, no code), under NumPy 2's and NumPy 1's names."""
+    import numpy as np
+
+    multiarray = np._core.multiarray
+    dtypes = [t for t in vars(np.dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
+    return [np.ndarray, np.dtype, *dtypes, multiarray._reconstruct, multiarray.scalar,
+            (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+            (multiarray.scalar, "numpy.core.multiarray.scalar")]
+
+
 def load_checkpoint(path: str | Path, what: str) -> dict:
-    """``torch.load`` a local checkpoint (weights only); a missing or unreadable file is a LeapError."""
+    """``torch.load`` a local checkpoint (weights only, plus NumPy arrays: a training script's sampler state
+    rides along, e.g. PANNs' ``main.py``); a missing or unreadable file is a LeapError."""
     path = Path(path)
     if not path.is_file():
         raise LeapError(f"{what} checkpoint not found", path=path, fix="pass the path of a local .pth/.pt file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_numpy_arrays()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here is the file's fault
         raise LeapError(f"cannot read the {what} checkpoint ({load_problem(e, path)})", path=path,
-                        fix="pass a checkpoint saved with torch.save") from None
+                        fix="load it in Python where you trust it and save its 'model' entry alone: "
+                            "torch.save({'model': ckpt['model']}, path)") from None
 
 
 def unwrap_state_dict(ckpt, path: str | Path, what: str) -> dict[str, torch.Tensor]:

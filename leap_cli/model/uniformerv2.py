@@ -802,7 +802,10 @@ def checkpoint_filter_fn(state: dict[str, Any], model: UniFormerV2) -> tuple[dic
                 report.unexpected.append(k)
     else:
         out = dict(sd)
-        report.source = "clip" if "ln_post.weight" in out or "proj" in out else "uniformerv2-backbone"
+        # CLIP's visual tower without prefix (the UniFormerV2 authors' vit_b16.pth also drops ln_post and proj):
+        # CLIP's keys and none of the modules only UniFormerV2 has
+        clip_tower = "class_embedding" in out and not any(_is_uniformer_only(k) for k in out)
+        report.source = "clip" if clip_tower or "ln_post.weight" in out or "proj" in out else "uniformerv2-backbone"
     if report.source == "clip":
         for k, why in CLIP_UNUSED.items():
             if k in out:
@@ -829,6 +832,9 @@ def checkpoint_filter_fn(state: dict[str, Any], model: UniFormerV2) -> tuple[dic
         if math.isqrt(pos.shape[0] - 1) ** 2 == pos.shape[0] - 1:
             out["positional_embedding"] = resize_pos_embed(pos, want.shape[0])
             report.resized["positional_embedding"] = f"{tuple(pos.shape)} -> {tuple(want.shape)} (bicubic)"
+            px = math.isqrt(pos.shape[0] - 1) * model.cfg.patch_size
+            log.warning("the checkpoint's position embedding is for %d px inputs, resized to the model's %d px "
+                        "(set model.img_size=%d to keep it)", px, model.cfg.img_size, px)
     for k, v in out.items():
         if v.is_floating_point():
             out[k] = v.float()
@@ -879,6 +885,9 @@ def _family_fix(backbone: UniFormerV2, family: str | None) -> str:
     if family is None:
         return ("build the model with the checkpoint's options (no_lmhra, temporal_downsample, return_list, mean/std), "
                 "or pass --allow-partial-load to load it anyway")
+    if family == model_family(backbone.cfg) or (family == "k400" and model_family(backbone.cfg) == "k710"):
+        return (f"the model already has the {family} family's options: give a complete {family} checkpoint, or pass "
+                "--allow-partial-load to load it anyway")
     arch = _arch_name(backbone.cfg)
     preset = (f"--config {preset_name(arch, family)}" if arch in ("uniformerv2_b16", "uniformerv2_l14")
               else f"a uniformerv2-*-{family} preset")
