@@ -29,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 err_console = Console(stderr=True)
 _state = {"debug": False}
@@ -85,8 +86,23 @@ def _short_help() -> None:
             info.short_help = SHORT_HELP[info.name]
 
 
+def _flags_without_a_type() -> None:
+    """typer's help lists a flag as ``--force <bool>``, as if it took a value (``--force true`` is refused)."""
+    from typer import core
+
+    shown = getattr(core.TyperOption, "display_type_rich", None)
+    if shown is None:  # another typer: its own help
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag else shown(self, ctx)
+
+    core.TyperOption.display_type_rich = display_type_rich
+
+
 _register()
 _short_help()
+_flags_without_a_type()
 
 
 # What a stopped command leaves behind: the stages keep their finished records and resume; these keep nothing.

@@ -26,6 +26,17 @@ def test_version_and_help_order():
     assert sorted(present, key=commands.index) == present
 
 
+def test_h_is_help_and_flags_show_no_value():
+    """`leap -h` was "No such option: -h"; a flag was listed as `--strict <bool>`, though `--strict true` is
+    refused."""
+    top, sub = leap("-h"), leap("validate-programs", "-h")
+    assert top.returncode == 0 and "Commands" in top.stdout
+    assert sub.returncode == 0 and "Usage:" in sub.stdout
+    strict = next(x for x in sub.stdout.splitlines() if "--strict" in x)
+    assert "<bool>" not in strict and "Exit with code 1" in strict
+    assert "<int" in next(x for x in sub.stdout.splitlines() if "--show" in x)  # options with a value keep it
+
+
 def test_user_error_is_one_line_exit_2(tmp_path):
     r = leap("info", "--data", str(tmp_path / "missing"))
     assert r.returncode == 2

@@ -566,9 +566,9 @@ def test_the_resume_hint_is_a_command_that_resumes_the_run(tmp_path: Path) -> No
     main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=1)
     with pytest.raises(LeapError) as e:
         main(tiny_config("train.max_steps=3"), workdir=tmp_path, name="r", source=MemorySource(val=False), resume=True)
-    config, name = re.search(r"--config (\S+) --name (\S+) --resume", e.value.fix).groups()
-    assert Path(config) == tmp_path / "runs/r/config.yaml" and name == "r"
-    assert main(load_config(config), workdir=tmp_path, name=name, source=MemorySource(val=False), resume=True).steps == 2
+    config, workdir, name = re.search(r"--config (\S+) --workdir (\S+) --name (\S+) --resume", e.value.fix).groups()
+    assert Path(config) == tmp_path / "runs/r/config.yaml" and Path(workdir) == tmp_path and name == "r"
+    assert main(load_config(config), workdir=workdir, name=name, source=MemorySource(val=False), resume=True).steps == 2
 
 
 def test_a_start_or_resume_that_is_refused_leaves_no_run_folder(tmp_path: Path) -> None:
@@ -758,8 +758,9 @@ def test_force_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path: Path) -
     main(cfg, workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=1)
     last = tmp_path / "runs/r/checkpoints/last.pt"
     before = last.read_bytes()
-    with pytest.raises(LeapError, match="no shards manifest"):  # the shards it would read are not there
+    with pytest.raises(LeapError, match="no shards manifest") as e:  # the shards it would read are not there
         main(cfg, workdir=tmp_path, name="r", force=True)
+    assert e.value.fix.endswith(f"leap build-shards --workdir {tmp_path} --split train")  # runnable as printed
     with pytest.raises(LeapError, match="does not exist"):  # a typo in model.pretrained
         main(tiny_config("train.max_steps=2", f"model.pretrained={tmp_path / 'nosuch.pth'}"), workdir=tmp_path,
              name="r", source=MemorySource(val=False), force=True)

@@ -34,7 +34,7 @@ def ablate(
     anticipation_sources: str = typer.Option(",".join(_D.anticipation_sources or ("all",)), "--anticipation-sources", help="Program sources of the anticipation cells ('all': every source with programs)."),
     span_frames: int = typer.Option(_D.span_frames, "--span-frames", min=1, help="Anticipation clips: source frames each clip spans."),
     config: str = typer.Option(_D.config, "--config", help="Training config (bundled name or YAML file)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config key of every run (repeatable)."),
+    overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key of every run (repeatable)."),
 ) -> None:
     from leap_cli.train.ablate import run_ablation
 

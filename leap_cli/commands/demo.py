@@ -25,7 +25,7 @@ def demo(
     segments: int = typer.Option(48, "--segments", min=2, help="Action segments per video."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic kitchen."),
     config: Path = typer.Option(None, "--config", help="Training config (default tiny-synthetic)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a training config key, e.g. --set train.epochs=2 (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a training config key, e.g. --set train.epochs=2 (repeatable)."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes for extract and build-shards."),
     frames: int = typer.Option(8, "--frames", min=1, help="Frames stored per clip in the shards."),
     short_side: int = typer.Option(80, "--short-side", min=16, help="Short side of the stored frames in pixels."),

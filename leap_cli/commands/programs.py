@@ -180,7 +180,7 @@ def failure_cause(message: str) -> str:
 
 
 def validate_programs(
-    files: list[Path] = typer.Argument(None, help="Program JSONL files (default WORKDIR/programs/SPLIT.jsonl)."),
+    files: list[Path] = typer.Argument(None, metavar="FILES", help="Program JSONL files (default WORKDIR/programs/SPLIT.jsonl)."),
     workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory (report goes to programs/)."),
     split: str = typer.Option(None, "--split", help="Split the files are checked against (required without FILES; "
                                                     "else the one their names say, e.g. train.jsonl, and files that "

@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="Training config: a YAML file, or a bundled config by name (tiny-synthetic, uniformerv2-b16-epic, ...)."),
-    overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set optim.lr=3e-4 (repeatable)."),
+    overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key: --set optim.lr=3e-4 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from checkpoints/last.pt exactly where it stopped."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory: reads shards/{train,val}, writes runs/NAME."),
     name: str = typer.Option(None, "--name", help="Run name (default: the config file's stem)."),

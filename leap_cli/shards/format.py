@@ -223,8 +223,20 @@ def load_manifest(source: str | Path) -> tuple[dict, Path]:
         return _read_manifest(path), folder
     merged = merge_parts(folder)
     if merged is None:
-        raise LeapError("no shards manifest found", path=path, fix="run leap build-shards first or pass the shards folder")
+        named = source if source.suffix != ".json" else folder  # a folder not made yet
+        raise LeapError("no shards manifest found", path=path, fix=f"build them first: {build_command(named)}")
     return merged, folder
+
+
+def build_command(folder: Path) -> str:
+    """The ``leap build-shards`` command that writes ``folder`` (WORKDIR/shards/SPLIT[-anticipation] by default)."""
+    import shlex
+
+    m = re.fullmatch(r"(train|val|test)(-anticipation)?", folder.name)
+    if m and folder.parent.name == "shards":
+        return (f"leap build-shards --workdir {shlex.quote(str(folder.parent.parent))} --split {m.group(1)}"
+                + (" --task anticipation" if m.group(2) else ""))
+    return f"leap build-shards --split SPLIT --out {shlex.quote(str(folder))} (or give the folder that holds them)"
 
 
 def part_counts(folder: str | Path) -> dict[int, dict[int, Path]]:

@@ -418,7 +418,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             if changed:
                 raise LeapError(f"the config differs from the checkpoint's ({'; '.join(changed)}); resuming "
                                 f"would mix two trainings", path=ckpt_dir / "last.pt", record="config",
-                                fix=f"resume with --config {run_dir / 'config.yaml'} --name {name} --resume, "
+                                fix=f"resume with --config {run_dir / 'config.yaml'} --workdir {workdir} --name "
+                                    f"{name} --resume, "
                                     "or pass --force to start the run over")
             cfg = _keep_initial_weights(cfg, old_config)
             was = resume_ckpt.get("data_position", {}).get("world_size")  # (checkpoints before it was kept: None)
