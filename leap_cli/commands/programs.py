@@ -188,7 +188,8 @@ def validate_programs(
                                                     "split's segments only; records of other ids are counted apart."),
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (overrides --data)."),
-    report: Path = typer.Option(None, "--report", help="Report path (default WORKDIR/programs/SPLIT.report.json)."),
+    report: Path = typer.Option(None, "--report", help="Report path (default: beside the one FILE given, "
+                                                         "FILE.report.json; else WORKDIR/programs/SPLIT.report.json)."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any record is invalid or failed, "
                                                         "a line is not a program record, or a record is not a "
                                                         "segment of the split."),
@@ -202,6 +203,7 @@ def validate_programs(
     from leap_cli.programs.report import split_of, validate_records
 
     split_name = normalize_split(split) if split else None
+    given_files = bool(files)
     if not files:
         if split_name is None:
             raise LeapError("which programs?", fix="pass --split SPLIT (WORKDIR/programs/SPLIT.jsonl) or FILES")
@@ -231,7 +233,9 @@ def validate_programs(
     segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
     rep = validate_records(list(files), ann.verbs, ann.nouns, segments)
     rep["split"] = split_name
-    out = report or workdir / "programs" / f"{split_name}.report.json"
+    # beside the one file checked (a scratch file's report never replaces the stage's), else the split's
+    out = report or (Path(files[0]).with_name(Path(files[0]).name.removesuffix(".jsonl") + ".report.json")
+                     if given_files and len(files) == 1 else workdir / "programs" / f"{split_name}.report.json")
     atomic_write_json(out, rep)
     for m in rep["malformed"][:show]:
         console.print("[red]" + escape(f"{m['file']} [line {m['line']}]") + "[/] " + escape(m["problem"]),
