@@ -37,6 +37,18 @@ def test_h_is_help_and_flags_show_no_value():
     assert "<int" in next(x for x in sub.stdout.splitlines() if "--show" in x)  # options with a value keep it
 
 
+@pytest.mark.parametrize("args, says", [
+    (["extract", "--device", "bogus"], "--device 'bogus' is not a device"),
+    (["extract", "--audio-labels", "labels.csv"], "--audio-labels is for --audio-model"),
+    (["generate-programs", "--response-format", "bogus"], "--response-format 'bogus' is not a format")])
+def test_values_are_checked_where_they_are_given(tmp_path, args, says):
+    """These were accepted (exit 0) when the backend or component that would read them was not used; an unused
+    --audio-labels also went into the settings, so a later run without it was refused as other settings."""
+    r = leap(*args, "--split", "val", "--workdir", str(tmp_path))
+    assert r.returncode == 2 and says in r.stderr, r.stderr
+    assert not (tmp_path / "descriptors").exists()
+
+
 def test_user_error_is_one_line_exit_2(tmp_path):
     r = leap("info", "--data", str(tmp_path / "missing"))
     assert r.returncode == 2

@@ -73,6 +73,9 @@ def generate_programs(
     from leap_cli.errors import LeapError
     from leap_cli.programs.generate import GenerateConfig, dry_run as build_dry_run, generate_programs as run
 
+    if response_format not in ("auto", "json_schema", "json_object"):  # checked where given, offline runs too
+        raise LeapError(f"--response-format {response_format!r} is not a format",
+                        fix="use auto, json_schema or json_object")
     if batch_file is not None or ingest_batch is not None:
         if backend not in (None, "openai"):
             raise LeapError(f"--backend {backend} has no Batch API", fix="leave --backend out, or pass --backend openai, "

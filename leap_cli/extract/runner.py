@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -99,6 +100,11 @@ class ExtractConfig:
             if path is not None and str(path) != name and not Path(path).is_file():
                 raise LeapError(f"{option}: file not found", path=path,
                                 fix="give the path of a local file" + (f", or {name!r}" if name else ""))
+        if self.audio_labels is not None and self.audio_model is None:
+            raise LeapError("--audio-labels is for --audio-model (the signal-processing classifier has its own "
+                            "classes)", fix="add --audio-model CNN14.pth, or drop --audio-labels")
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device):
+            raise LeapError(f"--device {self.device!r} is not a device", fix="use --device cpu, cuda, cuda:N or mps")
 
 
 @dataclass
