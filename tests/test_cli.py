@@ -49,6 +49,15 @@ def test_values_are_checked_where_they_are_given(tmp_path, args, says):
     assert not (tmp_path / "descriptors").exists()
 
 
+def test_demo_data_and_info_take_the_workdir(tmp_path):
+    """`leap demo-data --workdir W` and `leap info --workdir W` were "No such option" though every other command
+    takes it: the kitchen goes where the stages look for it."""
+    assert leap("demo-data", "--workdir", str(tmp_path), "--videos", "3", "--segments", "2").returncode == 0
+    assert (tmp_path / "kitchen" / "annotations" / "EPIC_100_train.csv").is_file()
+    r = leap("info", "--workdir", str(tmp_path), "--no-check-lengths")
+    assert r.returncode == 0 and str(tmp_path / "kitchen") in " ".join(r.stdout.split()), r.stdout + r.stderr
+
+
 def test_user_error_is_one_line_exit_2(tmp_path):
     r = leap("info", "--data", str(tmp_path / "missing"))
     assert r.returncode == 2

@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
 
 
 def demo_data(
-    out: Path = typer.Option(Path("leap-work/kitchen"), "--out", help="Folder to write the synthetic kitchen into."),
+    workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory: the kitchen goes to "
+                                                                       "WORKDIR/kitchen, where the stages look for it."),
+    out: Path = typer.Option(None, "--out", help="Folder to write the synthetic kitchen into (default WORKDIR/kitchen)."),
     videos: int = typer.Option(8, "--videos", min=1, help="Number of videos (about two minutes each at the default "
                                "--segments; the length grows with it)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
@@ -41,12 +43,14 @@ def demo_data(
         def on_video(done: int, total: int, video_id: str) -> None:
             progress.update(task, completed=done, description=f"{video_id} written")
 
-        summary = build_kitchen(out, cfg, force=force, on_video=on_video)
+        summary = build_kitchen(out or workdir / "kitchen", cfg, force=force, on_video=on_video)
     console.print(summary.render())
 
 
 def info(
-    data: Path = typer.Option(Path("leap-work/kitchen"), "--data", help="Dataset root in the EPIC layout (P01/videos/..., annotations/)."),
+    workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory (its kitchen/ is the default --data)."),
+    data: Path = typer.Option(None, "--data", help="Dataset root in the EPIC layout (P01/videos/..., annotations/; "
+                                                   "default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
     check_lengths: bool = typer.Option(True, "--check-lengths/--no-check-lengths",
                                        help="Decode the end of every video and report those whose length disagrees "
@@ -57,7 +61,9 @@ def info(
     from leap_cli.epic.info import check_lengths as length_report, dataset_info
     from leap_cli.epic.layout import DatasetLayout
 
-    layout = DatasetLayout.open(data, annotations)
+    from leap_cli.common import dataset_root
+
+    layout = DatasetLayout.open(dataset_root(workdir, data), annotations)
     splits, classes = dataset_info(layout)
     table = Table(title=f"Dataset {escape(str(layout.root))}")
     table.add_column("")
