@@ -123,6 +123,8 @@ def test_show_prints_the_program_tree_and_descriptors(demo):
         assert component in r.stdout
     bad = leap("show", "P99_99_1", "--workdir", str(work))
     assert bad.returncode == 2 and "no program or descriptor record for P99_99_1" in bad.stderr
+    other = leap("show", nid, "--workdir", str(work), "--split", "val")  # said to run extract first
+    assert other.returncode == 2 and f"{nid} is a segment of the train split, not val" in " ".join(other.stderr.split())
 
 
 @pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (installed by .ci/run)")

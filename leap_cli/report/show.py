@@ -66,6 +66,12 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
     if desc is not None and descriptor_problem(desc):
         raise LeapError(f"malformed descriptor record: {descriptor_problem(desc)}", path=descriptors or workdir / "descriptors",
                         record=narration_id, fix="rerun leap extract for that segment")
+    if prog is None and desc is None and split and not (programs or descriptors):
+        elsewhere = _find(workdir / "programs", narration_id, None)[1] or _find(workdir / "descriptors", narration_id,
+                                                                                None)[1]
+        if elsewhere:
+            raise LeapError(f"{narration_id} is a segment of the {elsewhere} split, not {split}", path=workdir,
+                            record=narration_id, fix=f"pass --split {elsewhere}, or leave --split out")
     if prog is None and desc is None:
         raise LeapError(f"no program or descriptor record for {narration_id}", path=workdir, record=narration_id,
                         fix="check the narration id, --workdir, or run `leap extract` / `leap generate-programs` first")
