@@ -687,6 +687,9 @@ def test_check_shards_refuses_an_unknown_task(built):
     _, work = built
     res = CliRunner().invoke(app, ["check-shards", "--workdir", str(work), "--split", "train", "--task", "recogniton"])
     assert isinstance(res.exception, LeapError) and "unknown task 'recogniton'" in str(res.exception)
+    # --shards and --split together: the folder must hold that split (a val check of train shards passed)
+    res = CliRunner().invoke(app, ["check-shards", "--shards", str(work / "shards" / "train"), "--split", "val"])
+    assert isinstance(res.exception, LeapError) and "hold the train split, not val" in str(res.exception)
 
 
 def test_explicit_missing_program_file_and_rank_from_environment(built, root, tmp_path, monkeypatch):

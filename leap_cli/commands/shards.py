@@ -143,6 +143,13 @@ def check_shards(
     if shards is None and split is None:
         raise LeapError("which shards?", fix="pass --split SPLIT (WORKDIR/shards/SPLIT) or --shards FOLDER")
     folder = shards or default_out(workdir, normalize_split(split), task)
+    if shards is not None and split is not None:  # both given: the folder must hold that split's shards
+        from leap_cli.shards.format import load_manifest
+
+        held = load_manifest(folder)[0].get("split")
+        if held and held != normalize_split(split):
+            raise LeapError(f"the shards hold the {held} split, not {normalize_split(split)}", path=folder,
+                            fix=f"pass --split {held}, or the folder of the {normalize_split(split)} shards")
     with live_or_log(Progress(TextColumn("[bold]check-shards[/]"), BarColumn(), MofNCompleteColumn(),
                               TimeRemainingColumn(), console=console), "check-shards") as bar:
         tid = bar.add_task("", total=None)
