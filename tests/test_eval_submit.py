@@ -258,6 +258,9 @@ def test_submit_cli(tmp_path, ann_dir):
     assert sub.read_submission(tmp_path / "submission.zip")["sls_pt"] == 1
     res = runner.invoke(app, ["submit", "--check", str(tmp_path / "submission.zip"), "--annotations", str(ann_dir)])
     assert res.exit_code == 0 and "valid submission" in res.output
+    res = runner.invoke(app, ["submit", "--check", str(tmp_path / "submission.zip"), "--annotations", str(ann_dir),
+                              "--scores", str(tmp_path / "test.pt")])  # --scores was ignored without a word
+    assert isinstance(res.exception, LeapError) and "--scores would be ignored" in str(res.exception)
     res = runner.invoke(app, ["submit", "--scores", str(tmp_path / "test.pt"), "--sls-pt", "7",
                               "--workdir", str(tmp_path)])
     assert res.exit_code != 0

@@ -44,6 +44,13 @@ def submit(
     from leap_cli.epic.annotations import open_annotations
     from leap_cli import submit as sub
 
+    if check is not None:  # --check reads the zip alone: options that write one would be ignored
+        ignored = [name for name, value in (("--scores", scores), ("--out", out), ("--with-actions", with_actions or None),
+                                            ("--sls-pt", sls_pt), ("--sls-tl", sls_tl), ("--sls-td", sls_td))
+                   if value is not None]
+        if ignored:
+            raise LeapError(f"--check checks an existing zip; {', '.join(ignored)} would be ignored",
+                            fix="check with --check ZIP alone, or write a submission without --check")
     ann = open_annotations(workdir, data, annotations)
     if check is not None:
         summary = sub.check_file(check, ann)
