@@ -51,7 +51,8 @@ def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, a
 
 
 def evaluate(
-    split: str = typer.Option(..., "--split", help="val (metrics) or test (scores only, for `leap submit`); train is scored too (a check of fit)."),
+    split: str = typer.Option(..., "--split", help="val (metrics) or test (scores only, for `leap submit`); train "
+                                                    "is scored too (a check of fit)."),
     run: Path = typer.Option(None, "--run", help="Run directory written by `leap train` (runs/NAME, also looked "
                                                  "up under --workdir; a path X/runs/NAME also sets --workdir X)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a checkpoint file (a file under "
