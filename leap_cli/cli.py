@@ -80,10 +80,32 @@ SHORT_HELP = {
 }
 
 
+# One example per command, shown at the end of its --help (README has the whole pipeline).
+EXAMPLES = {
+    "demo-data": "leap demo-data --workdir leap-work --videos 8",
+    "info": "leap info --data /data/EPIC-KITCHENS",
+    "extract": "leap extract --split train --workers 2    (EPIC on disk: add --data /data/EPIC-KITCHENS)",
+    "generate-programs": "leap generate-programs --split train    (an LLM: --backend openai --model gpt-4o-mini "
+                         "--concurrency 32 --max-cost 50)",
+    "validate-programs": "leap validate-programs --split train --html programs.html",
+    "build-shards": "leap build-shards --split train --workers 2",
+    "check-shards": "leap check-shards --split train",
+    "train": "leap train --config tiny-synthetic    (after a stop: the same command with --resume)",
+    "evaluate": "leap evaluate --split val --run tiny-synthetic",
+    "submit": "leap submit --scores leap-work/runs/tiny-synthetic/eval/test/scores.pt --sls-pt 0 --sls-tl 4 "
+              "--sls-td 3",
+    "show": "leap show P01_01_0 --html page.html",
+    "demo": "leap demo --workdir leap-work",
+    "ablate": "leap ablate --workdir leap-work/ablation",
+}
+
+
 def _short_help() -> None:
     for info in app.registered_commands:
         if info.name in SHORT_HELP and not info.short_help:
             info.short_help = SHORT_HELP[info.name]
+        if info.name in EXAMPLES and not info.epilog:
+            info.epilog = f"Example: {EXAMPLES[info.name]}"
 
 
 def _flags_without_a_type() -> None:

@@ -58,6 +58,17 @@ def test_demo_data_and_info_take_the_workdir(tmp_path):
     assert r.returncode == 0 and str(tmp_path / "kitchen") in " ".join(r.stdout.split()), r.stdout + r.stderr
 
 
+def test_every_command_help_ends_with_an_example():
+    from leap_cli.cli import app
+
+    names = [info.name for info in app.registered_commands]
+    assert len(names) >= 13
+    for info in app.registered_commands:
+        assert info.epilog and info.epilog.startswith(f"Example: leap {info.name} "), info.name
+    r = leap("build-shards", "-h")
+    assert "Example: leap build-shards --split train" in r.stdout
+
+
 def test_user_error_is_one_line_exit_2(tmp_path):
     r = leap("info", "--data", str(tmp_path / "missing"))
     assert r.returncode == 2
