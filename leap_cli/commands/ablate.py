@@ -27,7 +27,8 @@ def ablate(
     anticipation_epochs: int = typer.Option(_D.anticipation_epochs, "--anticipation-epochs", min=1,
                                             help="Training epochs per anticipation run (three clips per sample)."),
     videos: int = typer.Option(_D.videos, "--videos", min=2, help="Kitchen videos."),
-    segments: int = typer.Option(_D.segments_per_video, "--segments-per-video", min=2, help="Kitchen segments per video."),
+    segments: int = typer.Option(_D.segments_per_video, "--segments", "--segments-per-video", min=2,
+                                 help="Kitchen segments per video (as demo-data --segments)."),
     sources: str = typer.Option(",".join(_D.sources), "--sources", help="Program sources, comma-separated: truth (the kitchen's "
                                   "true programs), offline (the offline generator's), none (no programs)."),
     no_anticipation: bool = typer.Option(False, "--no-anticipation", help="Recognition cells only."),
