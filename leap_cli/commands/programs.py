@@ -218,10 +218,12 @@ def validate_programs(
         refuse_folder(Path(f), "program file")
         if not Path(f).is_file():
             raise LeapError("program file not found", path=f,
-                            fix="check the path, or run leap generate-programs for that split first")
+                            fix="check the path, or make it first: leap generate-programs "
+                                f"--workdir {workdir} --split {split_name or 'SPLIT'}")
     ann = annotations_for(GenerateConfig(workdir=workdir, data=data, annotations=annotations))
     if ann is None:
         raise LeapError("the EPIC class files are needed to validate verbs and objects",
+                        path=Path(workdir) / "kitchen" / "annotations",
                         fix="pass --data ROOT (holding annotations/) or --annotations DIR")
     if split_name is None:
         # every file is checked against one split: the one the names say (a name that says none is taken to be

@@ -147,6 +147,7 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     ann = annotations_for(cfg)
     if ann is None:
         raise LeapError("the EPIC class files are needed to resolve verbs and objects",
+                        path=dataset_root(cfg.workdir) / "annotations",
                         fix="pass --data ROOT (holding annotations/) or --annotations DIR")
     split = cfg.split_name
     segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
