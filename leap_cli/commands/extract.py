@@ -99,7 +99,6 @@ def extract(
     strict: bool = typer.Option(False, "--strict", help="Exit 3 when any segment has a failed component "
                                                         "(without it: only when every segment does)."),
 ) -> None:
-    from leap_cli.epic.layout import DatasetLayout
     from leap_cli.extract.runner import ExtractConfig, run_extract
 
     split_name = normalize_split(split)
@@ -119,7 +118,6 @@ def extract(
                         frame_cache=_frame_cache_dir(frame_cache, workdir),
                         cache_frames=cache_frames, cache_short_side=cache_short_side)
     cfg.check_options()  # before check_settings: --force would start the output over first
-    DatasetLayout.open(cfg.data, cfg.annotations)  # a wrong --data: refused before the output's files are made
     check_settings(out, {k: getattr(cfg, k) for k in RESULT_SETTINGS}, force=force, split=split_name)
     progress = live_or_log(Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
                                     MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
