@@ -221,7 +221,7 @@ def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def check_settings(output: str | Path, settings: dict, *, force: bool = False, exists: bool | None = None,
                    remove: Callable[[], None] | None = None, option: str = "--force", split: str | None = None,
-                   elsewhere: str = "--out") -> bool:
+                   elsewhere: str = "--out", adopt: tuple[str, ...] = ()) -> bool:
     """Refuse to resume ``output`` under settings that differ from those it was started with.
 
     ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
@@ -231,7 +231,8 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
     ``split`` (kept in the sidecar beside the settings) refuses another split's records in the same file, such
     as ``--split train --out .../val.jsonl``; a sidecar written before it was kept is not compared on it.
     ``option`` and ``elsewhere`` name the command's options that start over and write somewhere else.
-    Returns whether the output was started over.
+    ``adopt``: keys a sidecar written before they were kept lacks; it takes this run's values instead of
+    refusing. Returns whether the output was started over.
     """
     output = Path(output)
     refuse_folder(output)
@@ -239,17 +240,19 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
     # sidecar rewritten; the caller's writer takes the lock again at once
     with OutputLock(output):
         return _check_settings(output, settings, force=force, exists=exists, remove=remove, option=option,
-                               split=split, elsewhere=elsewhere)
+                               split=split, elsewhere=elsewhere, adopt=adopt)
 
 
 def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool | None,
-                    remove: Callable[[], None] | None, option: str, split: str | None, elsewhere: str) -> bool:
+                    remove: Callable[[], None] | None, option: str, split: str | None, elsewhere: str,
+                    adopt: tuple[str, ...] = ()) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = output.exists() if exists is None else exists
     started_over = False
     stored = _stored_settings(output, option) if has_output else None
     if stored is not None:
+        stored.update({k: settings.get(k) for k in adopt if k not in stored})
         old_split = stored.pop("split", None)
         if split is not None and old_split is not None and old_split != split and not force:
             raise LeapError(f"holds {old_split} records; this run is --split {split}, and would mix the two",
@@ -282,10 +285,15 @@ def _read_settings(sidecar: Path, option: str) -> dict:
     return stored
 
 
-def _stored_settings(output: Path, option: str) -> dict | None:
+def stored_settings(output: str | Path) -> dict | None:
+    """The settings another stage's ``output`` was made with (see ``_stored_settings``; None: not known)."""
+    return _stored_settings(Path(output), "--force", warn=False)
+
+
+def _stored_settings(output: Path, option: str, *, warn: bool = True) -> dict | None:
     """The settings ``output`` was made with: its sidecar's; for a file merged from ``--shard`` parts (README:
     ``cat X.shard*of16.jsonl > X.jsonl``) without one, those of the parts' sidecars where they agree; else None,
-    with a warning when the file holds records that nothing can then be checked against."""
+    with a warning (``warn``) when the file holds records that nothing can then be checked against."""
     sidecar = settings_path(output)
     if sidecar.exists():
         return _read_settings(sidecar, option)
@@ -294,7 +302,7 @@ def _stored_settings(output: Path, option: str) -> dict | None:
     found = [_read_settings(p, option) for p in parts]
     if found and all(f == found[0] for f in found):
         return found[0]
-    if output.is_file() and output.stat().st_size:
+    if warn and output.is_file() and output.stat().st_size:
         why = "its --shard parts' settings differ" if found else "no settings file beside it"
         log.warning("%s: %s, so its records cannot be checked against this run's settings; this run's are "
                     "recorded from now on", output, why)

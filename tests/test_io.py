@@ -169,6 +169,15 @@ def test_settings_change_is_refused_naming_the_keys(tmp_path):
     assert check_settings(out, {"hand_threshold": 0.7, "fov": 90.0}, force=True)  # starts over
     assert not out.exists()
     assert json.loads(settings_path(out).read_text())["hand_threshold"] == 0.7
+    # a key a sidecar written before it was kept lacks: adopted when asked (and kept from then on), else refused
+    out.write_text('{"narration_id": "a"}\n')
+    new = {"hand_threshold": 0.7, "fov": 90.0, "descriptors": {"frames": 9}}
+    with pytest.raises(LeapError, match="descriptors"):
+        check_settings(out, new)
+    assert not check_settings(out, new, adopt=("descriptors",)) and out.exists()
+    assert json.loads(settings_path(out).read_text())["descriptors"] == {"frames": 9}
+    with pytest.raises(LeapError, match="descriptors"):
+        check_settings(out, {**new, "descriptors": {"frames": 5}}, adopt=("descriptors",))
 
 
 def test_a_file_merged_from_shard_parts_is_checked_against_the_parts_settings(tmp_path, caplog):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import os
 import signal
@@ -35,7 +34,7 @@ from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, normali
 from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import JsonlAppender, atomic_write_json, check_settings, read_jsonl, settings_path, stable_hash
+from leap_cli.io import JsonlAppender, check_settings, read_jsonl, stable_hash, stored_settings
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, OfflineBackend, OpenAIBackend, Request,
                                        RetryPolicy, check_extra_body)
@@ -156,7 +155,10 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     if path.exists():
         records = read_jsonl(path, check=descriptor_problem, keep=_for_generation)
         source = f"descriptors {path}"
-        extracted = _json_object(settings_path(path))
+        try:
+            extracted = stored_settings(path)
+        except LeapError:  # a sidecar that is not a JSON object: the descriptors' settings are not known
+            extracted = None
         if extracted is not None:
             extracted.pop("split", None)
     elif cfg.descriptors is not None:
@@ -178,14 +180,6 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
             records = [r for r in records if r["narration_id"] in segments]
     records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]))
     return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted)
-
-
-def _json_object(path: Path) -> dict | None:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
 
 
 # What generation reads of a descriptor record beside its text (prompt.clip_info): the camera's steps and the
@@ -468,11 +462,9 @@ def token_limit_finding(max_tokens: int) -> Finding:
 def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *, exists: bool | None = None) -> bool:
     """Refuse to add records to an output made with other settings (``io.check_settings``, as the other stages),
     unless ``cfg.force``: then the output starts over. Returns whether it did."""
-    settings = output_settings(cfg, builder, inputs)
-    old = _json_object(settings_path(cfg.out_path))
-    if old is not None and "descriptors" not in old:  # kept before the descriptors' were: those of now are adopted
-        atomic_write_json(settings_path(cfg.out_path), {**old, "descriptors": settings["descriptors"]})
-    return check_settings(cfg.out_path, settings, force=cfg.force, split=cfg.split_name, exists=exists)
+    # a settings file kept before the descriptors' settings were adopts those of now
+    return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
+                          exists=exists, adopt=("descriptors",))
 
 
 def _setup(cfg: GenerateConfig):
