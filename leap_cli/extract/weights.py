@@ -14,11 +14,11 @@ def _numpy_arrays() -> list:
     """What unpickling NumPy arrays and scalars needs (data, no code), under NumPy 2's and NumPy 1's names."""
     import numpy as np
 
-    multiarray = np._core.multiarray
+    multiarray = (getattr(np, "_core", None) or np.core).multiarray  # numpy._core from NumPy 2 on
     dtypes = [t for t in vars(np.dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
     return [np.ndarray, np.dtype, *dtypes, multiarray._reconstruct, multiarray.scalar,
-            (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
-            (multiarray.scalar, "numpy.core.multiarray.scalar")]
+            *((f, f"numpy.{core}.multiarray.{f.__name__}") for f in (multiarray._reconstruct, multiarray.scalar)
+              for core in ("core", "_core"))]
 
 
 def load_checkpoint(path: str | Path, what: str) -> dict:
