@@ -81,7 +81,7 @@ def generate_programs(
             raise LeapError(f"--backend {backend} has no Batch API", fix="leave --backend out, or pass --backend openai, "
                             "with --batch-file or --ingest-batch")
         if backend is None:  # the default (offline) has no Batch API: say which backend and model the requests name
-            console.print(f"note: the Batch API is the openai backend's: model {model} (--model to change)",
+            console.print(escape(f"note: the Batch API is the openai backend's: model {model} (--model to change)"),
                           highlight=False)
         backend = "openai"
     backend = backend or "offline"
