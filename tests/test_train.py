@@ -50,10 +50,12 @@ class MemorySource:
     def __init__(self, batches_per_epoch: int = 4, batch: int = 2, val: bool = True):
         self.batches_per_epoch, self.batch, self.val = batches_per_epoch, batch, val
 
-    def train_batches(self, epoch: int):
+    def train_batches(self, epoch: int, skip: int = 0):
         g = torch.Generator().manual_seed(1000 + epoch)
-        for _ in range(self.batches_per_epoch):
-            yield make_batch(g, self.batch)
+        for i in range(self.batches_per_epoch):
+            b = make_batch(g, self.batch)
+            if i >= skip:
+                yield b
 
     def val_batches(self):
         if not self.val:
@@ -493,6 +495,31 @@ def test_an_epochs_batches_do_not_depend_on_num_workers(shard_work: Path, worker
         assert a["narration_id"] == b["narration_id"] and torch.equal(a["video"], b["video"])
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_epoch_does_not_read_the_batches_it_had_seen(shard_work: Path, workers: int) -> None:
+    """A resume mid-epoch starts at the batch where the run stopped: the same batches as the rest of the full
+    epoch, and the batches before it are neither read nor decoded (they used to be read, decoded and dropped:
+    up to an epoch of EPIC's shards re-read after a crash)."""
+    from leap_cli.train.data import ShardSource
+
+    cfg = load_config(None, ["model.img_size=32", "model.num_frames=4", "data.batch_size=2", "data.shuffle_buffer=4",
+                             "data.color_jitter=0.2", f"data.num_workers={workers}"])
+    full = list(ShardSource(shard_work / "shards" / "train", None, cfg, distributed.DistInfo()).train_batches(1))
+    source = ShardSource(shard_work / "shards" / "train", None, cfg, distributed.DistInfo())
+    made = []
+    real = source.train.make_sample
+    source.train.make_sample = lambda fields, rng: made.append(1) or real(fields, rng)  # seen in this process only
+    rest = list(source.train_batches(1, skip=3))
+    assert len(full) == 4 and len(rest) == 1
+    assert rest[0]["narration_id"] == full[3]["narration_id"] and torch.equal(rest[0]["video"], full[3]["video"])
+    if workers == 0:
+        assert len(made) == 2  # one batch of 2 samples decoded, not 4 batches
+    # the next epoch starts from its first batch again
+    assert [b["narration_id"] for b in source.train_batches(2)] == [
+        b["narration_id"] for b in ShardSource(shard_work / "shards" / "train", None, cfg,
+                                               distributed.DistInfo()).train_batches(2)]
+
+
 def test_torchrun_two_cpu_processes_train_and_only_rank0_writes(shard_work: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -630,8 +657,8 @@ class SignalSource(MemorySource):
         super().__init__(**kw)
         self.signum, self.at_batch, self.seen = signum, at_batch, 0
 
-    def train_batches(self, epoch: int):
-        for b in super().train_batches(epoch):
+    def train_batches(self, epoch: int, skip: int = 0):
+        for b in super().train_batches(epoch, skip):
             self.seen += 1
             if self.signum is not None and self.seen == self.at_batch:
                 os.kill(os.getpid(), self.signum)
@@ -663,8 +690,8 @@ def test_signal_saves_a_resumable_checkpoint_at_the_step_boundary(tmp_path: Path
 class AnticipationSource(MemorySource):
     """Batches with the anticipation fields: 2 context clips, the oldest one absent in half the samples."""
 
-    def train_batches(self, epoch: int):
-        for batch in super().train_batches(epoch):
+    def train_batches(self, epoch: int, skip: int = 0):
+        for batch in super().train_batches(epoch, skip):
             B = batch["video"].shape[0]
             batch["context_video"] = torch.randn(B, 2, *batch["video"].shape[1:])
             batch["context_mask"] = torch.tensor([[i % 2 == 0, True] for i in range(B)])

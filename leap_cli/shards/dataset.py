@@ -11,7 +11,9 @@ rank r takes the contiguous r-th of ``world_size`` slices of it, in training pas
 the DataLoader's) to the DataLoader workers round-robin, batch k to worker k % W, the order in which the
 DataLoader collects them; evaluation gives worker w the w-th contiguous slice of its rank's. So in training the
 batches, their order and their augmentation (drawn per sample from (seed, epoch, rank, position)) do not depend
-on the number of workers, and only the rank's last partial batch is dropped (``drop_last``). Samples are read
+on the number of workers, and only the rank's last partial batch is dropped (``drop_last``). ``set_epoch(e,
+skip_batches=k)`` starts the epoch at its batch k (a resumed run): the batches before it are neither read nor
+decoded, and the rest are the same batches in the same order. Samples are read
 with one seek each (offsets from the manifest), so a consumer reads only its own bytes. The split is by
 sample, not by whole shard, so it is exact even when there are fewer shards than consumers.
 
@@ -87,6 +89,7 @@ class ShardDataset(IterableDataset):
         # across epochs) read the value set_epoch wrote in the main process.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._epoch.fill_(epoch)
+        self._skip = torch.zeros((), dtype=torch.int64).share_memory_()  # training batches to leave out (resume)
         self.shards = self.manifest["shards"]
         self.size = sum(s["count"] for s in self.shards)
         targets = self.manifest.get("targets") or {}
@@ -97,11 +100,13 @@ class ShardDataset(IterableDataset):
         self.stats = {"samples": 0, "padding": 0, "errors": 0}
 
     # ---- which samples this consumer reads -------------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
         """Call before each epoch (as with DistributedSampler), before the DataLoader iterator is made. The order
         and the augmentation of an epoch are a pure function of (seed, epoch, rank): how often the
-        dataset was iterated before does not matter, so a resumed run replays an epoch exactly."""
+        dataset was iterated before does not matter, so a resumed run replays an epoch exactly. In training,
+        ``skip_batches`` leaves out the epoch's first batches without reading them (where a resumed run stopped)."""
         self._epoch.fill_(int(epoch))
+        self._skip.fill_(max(0, int(skip_batches)) if self.train else 0)
 
     @property
     def epoch(self) -> int:
@@ -137,8 +142,9 @@ class ShardDataset(IterableDataset):
         mine = list(enumerate(self.rank_slice(self.epoch_order())))
         if self.train:
             mine = list(self._shuffled(iter(mine), np.random.default_rng([self.seed, self.epoch, self.rank])))
-            B = self.batch_size
-            return [x for k in range(worker_id, math.ceil(len(mine) / B), num_workers) for x in mine[k * B:(k + 1) * B]]
+            B, skip = self.batch_size, int(self._skip)
+            return [x for k in range(skip + worker_id, math.ceil(len(mine) / B), num_workers)
+                    for x in mine[k * B:(k + 1) * B]]
         m = len(mine)
         return mine[worker_id * m // num_workers:(worker_id + 1) * m // num_workers]
 

@@ -1,9 +1,9 @@
 """The training data source over ``leap build-shards`` output (``leap_cli.shards.dataset``).
 
 ``ShardSource(train_dir, val_dir, cfg, info)`` gives the loop the class counts and program-target vocabulary
-from the train manifest, ``train_batches(epoch)`` (this rank's shuffled, padded slice; the same epoch gives the
-same batches whatever ran before and whatever data.num_workers is, so a resume can replay the order and skip
-what it had seen) and ``val_batches()`` (each sample
+from the train manifest, ``train_batches(epoch, skip)`` (this rank's shuffled, padded slice from its batch
+``skip`` on; the same epoch gives the same batches whatever ran before and whatever data.num_workers is, so a
+resume continues where it stopped without reading the batches it had seen) and ``val_batches()`` (each sample
 once over all ranks; None when there is no validation split).
 """
 
@@ -95,8 +95,8 @@ class ShardSource:
                 generator=torch.Generator().manual_seed(self.cfg.train.seed))
         return self._loaders[split]
 
-    def train_batches(self, epoch: int) -> Iterator[dict]:
-        self.train.set_epoch(epoch)  # before the iterator: persistent workers read it when the epoch starts
+    def train_batches(self, epoch: int, skip: int = 0) -> Iterator[dict]:
+        self.train.set_epoch(epoch, skip)  # before the iterator: persistent workers read it when the epoch starts
         return iter(self._loader("train", self.train, self.cfg.data.batch_size, True))
 
     def val_batches(self) -> Iterable[dict] | None:

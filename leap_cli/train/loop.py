@@ -50,7 +50,7 @@ class DataSource(Protocol):
     program_targets: dict | None      # manifest "targets": max_steps, step_verbs, objects, conditions
     batches_per_epoch: int            # micro-batches per process per epoch (equal on every rank)
 
-    def train_batches(self, epoch: int) -> Iterator[Batch]: ...
+    def train_batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]: ...  # the epoch from its batch skip
     def val_batches(self) -> Iterable[Batch] | None: ...
 
 
@@ -537,9 +537,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         stopped = False
         stop = stack.enter_context(GracefulStop(info))
         while state.epoch < epochs and not stopped:
-            batches = iter(source.train_batches(state.epoch))
-            for _ in range(state.batches):  # resume mid-epoch: replay the data order, skip what was seen
-                next(batches)
+            # resume mid-epoch: the rest of the epoch's batches, the ones seen before are not read again
+            batches = iter(source.train_batches(state.epoch, state.batches))
             if resume_ckpt is not None:
                 set_rng_state(resume_ckpt["rng"])
                 resume_ckpt = None
