@@ -53,8 +53,10 @@ def vo_cost(data: Path, video: str, segments: int = 24) -> dict:
         def frames_wanted(self, ctx):
             return [(ctx.segment_frames(self.frames), self.short_side)]
 
-        def _read(self, ctx, numbers):
-            return ctx.read_frames(numbers, self.short_side)
+        def _read(self, ctx, numbers):  # grey, as the tracker takes them
+            from leap_cli.media.video import as_colour
+
+            return [as_colour(im, "gray", "rgb") for im in ctx.read_frames(numbers, self.short_side)]
 
     layout = DatasetLayout.open(data)
     ann = layout.annotations()
@@ -63,7 +65,10 @@ def vo_cost(data: Path, video: str, segments: int = 24) -> dict:
     totals = {"upscaled to 240": 0.0, "native size": 0.0}
     for seg in segs:
         for name, comp in (("upscaled to 240", Upscaling(source="vo")), ("native size", CameraComponent(source="vo"))):
-            for _, timings in iter_video(layout, [seg], [comp], fps):
+            for record, timings in iter_video(layout, [seg], [comp], fps):
+                if record["components"]["camera"]["status"] == "error":  # a failed camera costs nothing to time
+                    raise SystemExit(f"{name}: the camera failed on {seg.narration_id}: "
+                                     f"{record['components']['camera']['text']}")
                 totals[name] += timings["camera"]
     return {k: round(v / len(segs) * 1000, 1) for k, v in totals.items()} | {"segments": len(segs)}
 
