@@ -317,6 +317,12 @@ def test_hand_threshold_drops_weak_hands(tmp_path):
     rec = HandsComponent(hand_threshold=0.2).describe(SegmentContext(layout=layout, segment=_segment(), fps=50.0))
     right = next(h for h in rec["data"]["hands"] if h["hand"] == "right")
     assert right["contacts"][0]["object"] == "object"  # unlabelled box without labelled detections
+    # a hand counts above the threshold, as in EPIC's get_hand_object_interactions (skips score <= threshold)
+    layout = _write(tmp_path / "at", _hand_frames(score=0.5))
+    rec = HandsComponent(hand_threshold=0.5).describe(SegmentContext(layout=layout, segment=_segment(), fps=50.0))
+    assert all(not h["contacts"] for h in rec["data"]["hands"])
+    rec = HandsComponent(hand_threshold=0.49).describe(SegmentContext(layout=layout, segment=_segment(), fps=50.0))
+    assert any(h["contacts"] for h in rec["data"]["hands"])
 
 
 def test_contact_box_is_the_object_centre_nearest_the_offset_point_as_epic_matches_them():

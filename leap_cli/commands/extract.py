@@ -50,9 +50,10 @@ def extract(
                                                                      "with other settings."),
     limit: int = typer.Option(None, "--limit", min=0, help="Only the first N segments (after sharding)."),
     hand_threshold: float = typer.Option(0.5, "--hand-threshold", min=0.0, max=1.0,
-                                         help="Minimum score of a hand detection."),
+                                         help="A hand detection counts when its score is above this, as in EPIC's "
+                                              "get_hand_object_interactions."),
     object_threshold: float = typer.Option(0.5, "--object-threshold", min=0.0, max=1.0,
-                                           help="Minimum score of an object detection."),
+                                           help="An object detection counts from this score on (EPIC's code too)."),
     camera_frames: int = typer.Option(
         9, "--camera-frames", min=2,
         help="Frames sampled through a segment for visual odometry."),

@@ -2,7 +2,8 @@
 
 Per frame a hand has a side, a contact state (NO_CONTACT, SELF_CONTACT, ANOTHER_PERSON, PORTABLE_OBJECT,
 STATIONARY_OBJECT) and ``object_offset``, the vector from the hand box centre to the centre of the object it
-touches (fractions of the frame). Hands scoring under ``hand_threshold`` (default 0.5) are ignored. For each
+touches (fractions of the frame). Hands scoring ``hand_threshold`` (default 0.5) or less are ignored (EPIC's
+``get_hand_object_interactions`` skips them). For each
 hand the frames in contact with an object (portable or stationary) form intervals (gaps up to ``max_gap``
 seconds are bridged, intervals shorter than ``min_duration`` dropped); the contact box of a frame is the object
 box (score >= ``object_threshold``) whose centre is nearest the offset point, as EPIC's
@@ -108,7 +109,7 @@ class HandsComponent(Component):
             states, names, boxes, seen = [], [], [], 0
             for n in numbers:
                 fr = frames[n]
-                hs = [h for h in fr.hands if h.side.name.lower() == side and h.score >= self.hand_threshold]
+                hs = [h for h in fr.hands if h.side.name.lower() == side and h.score > self.hand_threshold]
                 h = max(hs, key=lambda h: h.score) if hs else None
                 seen += h is not None
                 if h is None or h.state not in CONTACT_STATES:

@@ -182,7 +182,7 @@ def summarise_objects(per_frame: dict[int, list[LabelledBox]], ctx: SegmentConte
             if hands_by_frame and n in hands_by_frame:
                 cx, cy = b.bbox.center
                 cands = [(float(np.hypot(cx - h.bbox.center[0], cy - h.bbox.center[1])), h.side.name.lower())
-                         for h in hands_by_frame[n].hands if h.score >= hand_threshold]
+                         for h in hands_by_frame[n].hands if h.score > hand_threshold]
                 cands = [c for c in cands if c[0] < 0.25]
                 near = min(cands)[1] if cands else None
             seen[label].append((n, b, near))
