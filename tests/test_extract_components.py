@@ -242,6 +242,16 @@ def test_colmap_binary_images_give_the_poses_of_images_txt(tmp_path):
     binary.parent.mkdir(parents=True)
     binary.write_bytes(blob)
     assert DatasetLayout(tmp_path, tmp_path).poses_path("P01_01") == binary
+    # where COLMAP's mapper writes its first model (poses/VIDEO/sparse/0/): found, and named from the video on
+    mapper = tmp_path / "mapper"
+    (mapper / "poses" / "P01_01" / "sparse" / "0").mkdir(parents=True)
+    (mapper / "poses" / "P01_01" / "sparse" / "0" / "images.bin").write_bytes(blob)
+    in_sparse = DatasetLayout(mapper, mapper).poses_path("P01_01")
+    assert in_sparse == mapper / "poses" / "P01_01" / "sparse" / "0" / "images.bin"
+    seg = Segment("P01_01_0", "P01", "P01_01", 0.0, 1.2, 1, 30)
+    rec = CameraComponent(source="colmap").describe(SegmentContext(layout=_Layout(mapper, poses=in_sparse),
+                                                                   segment=seg, fps=50.0))
+    assert rec["status"] == "ok" and rec["source"] == "colmap:P01_01/sparse/0/images.bin", rec
     from_txt, from_bin = read_colmap_images(txt), read_colmap_images(binary)
     assert len(from_bin) == 40 and from_bin.keys() == from_txt.keys()
     assert all(np.allclose(from_bin[n][k], from_txt[n][k]) for n in from_txt for k in (0, 1))

@@ -19,7 +19,8 @@ class DatasetLayout:
     """``ROOT/P01/videos/P01_01.MP4``, ``ROOT/P01/rgb_frames/P01_01/frame_0000000001.jpg``,
     ``ROOT/P01/audio/P01_01.wav``, ``ROOT/P01/hand-objects/P01_01.pkl`` or ``ROOT/hand-objects/P01/P01_01.pkl``
     (or ``.jsonl``), ``ROOT/object-detections/P01/P01_01.jsonl``, ``ROOT/poses/P01_01.json`` (EPIC Fields) or
-    ``ROOT/poses/P01_01/images.txt`` or ``images.bin`` (COLMAP)."""
+    ``ROOT/poses/P01_01/images.txt`` or ``images.bin`` (COLMAP; also in ``sparse/0/`` there, where COLMAP's
+    mapper writes its first model)."""
 
     root: Path
     annotations_dir: Path
@@ -97,9 +98,11 @@ class DatasetLayout:
         return p if p.exists() else None
 
     def poses_path(self, video_id: str) -> Path | None:
-        """EPIC Fields' per-video JSON where present, else a COLMAP ``images.txt``, else its ``images.bin``."""
+        """EPIC Fields' per-video JSON where present, else a COLMAP ``images.txt``, else its ``images.bin``, in
+        ``poses/VIDEO/`` or in the ``sparse/0/`` folder COLMAP's mapper writes there."""
         folder = self.root / "poses" / video_id
-        for p in (self.root / "poses" / f"{video_id}.json", folder / "images.txt", folder / "images.bin"):
+        for p in (self.root / "poses" / f"{video_id}.json", *(d / name for d in (folder, folder / "sparse" / "0")
+                                                              for name in ("images.txt", "images.bin"))):
             if p.exists():
                 return p
         return None

@@ -401,6 +401,13 @@ def read_colmap_images(path: str | Path) -> dict[int, tuple[np.ndarray, np.ndarr
     return poses
 
 
+def _colmap_name(path: Path, video_id: str) -> str:
+    """A COLMAP file named from the video's folder on: ``P01_01/images.bin``, ``P01_01/sparse/0/images.bin``."""
+    parts = path.parts
+    at = max((i for i, p in enumerate(parts[:-1]) if p == video_id), default=len(parts) - 2)
+    return "/".join(parts[at:])
+
+
 def _read_colmap_images_bin(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """COLMAP's ``images.bin`` (``WriteImagesBinary``, little-endian): uint64 number of images; per image uint32
     IMAGE_ID, 4 doubles QW QX QY QZ, 3 doubles TX TY TZ, uint32 CAMERA_ID, NAME ending in a zero byte, uint64
@@ -579,12 +586,12 @@ class CameraComponent(Component):
         return result("ok", source, data, text)
 
     def _from_poses(self, ctx: SegmentContext, path: Path) -> dict:
-        key = ("poses", ctx.segment.video_id)
+        s = ctx.segment
+        key = ("poses", s.video_id)
         if key not in ctx.video_cache:
             ctx.video_cache[key] = read_poses(path)
         poses, method, camera = ctx.video_cache[key]
-        label = f"{method}:{path.name}" if method == "epic-fields" else f"colmap:{path.parent.name}/{path.name}"
-        s = ctx.segment
+        label = f"{method}:{path.name}" if method == "epic-fields" else f"colmap:{_colmap_name(path, s.video_id)}"
         inside = sorted(n for n in poses if s.start_frame <= n <= s.stop_frame)
         if len(inside) < 2:
             return result("unavailable", label, {"reason": "fewer than 2 registered frames in the segment"},
