@@ -76,6 +76,17 @@ def test_user_error_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and "dataset root not found" in lines[0] and "Traceback" not in r.stderr
 
 
+def test_extract_with_a_wrong_data_folder_leaves_nothing_behind(tmp_path):
+    """A mistyped --data is refused before the output's settings file and lock are written (they were left in
+    WORKDIR/descriptors/); a --workdir that is a file is still named as the problem."""
+    r = leap("extract", "--split", "train", "--data", str(tmp_path / "missing"), "--workdir", str(tmp_path / "w"))
+    assert r.returncode == 2 and "dataset root not found" in r.stderr
+    assert not (tmp_path / "w").exists()
+    (tmp_path / "file").write_text("")
+    r = leap("extract", "--split", "train", "--data", str(tmp_path / "missing"), "--workdir", str(tmp_path / "file"))
+    assert r.returncode == 2 and "Not a directory" in r.stderr and str(tmp_path / "file") in r.stderr
+
+
 def test_info_on_real_excerpt(tmp_path, epic_dir):
     import shutil
 

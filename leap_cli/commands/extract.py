@@ -100,6 +100,7 @@ def extract(
     strict: bool = typer.Option(False, "--strict", help="Exit 3 when any segment has a failed component "
                                                         "(without it: only when every segment does)."),
 ) -> None:
+    from leap_cli.epic.layout import DatasetLayout
     from leap_cli.extract.runner import ExtractConfig, run_extract
 
     split_name = normalize_split(split)
@@ -119,6 +120,8 @@ def extract(
                         frame_cache=_frame_cache_dir(frame_cache, workdir),
                         cache_frames=cache_frames, cache_short_side=cache_short_side)
     cfg.check_options()  # before check_settings: --force would start the output over first
+    if _existing_ancestor(out.parent).is_dir():  # a file in the output's path: check_settings names it
+        DatasetLayout.open(data, annotations)  # a wrong --data fails before the output's settings and lock exist
     check_settings(out, {k: getattr(cfg, k) for k in RESULT_SETTINGS}, force=force, split=split_name)
     progress = live_or_log(Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
                                     MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
@@ -137,6 +140,12 @@ def extract(
     if summary.interrupted:  # the summary is printed; the CLI says how to resume and exits 130 (143: SIGTERM)
         raise KeyboardInterrupt
     summary.outcome.exit(strict)  # 3 when every segment failed (or any, with --strict)
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _frame_cache_dir(option: str | None, workdir: Path) -> Path | None:
