@@ -334,6 +334,29 @@ def stable_hash(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode())
 
 
+# What unpickling NumPy arrays and scalars needs (data, no code), under NumPy 2's (numpy._core) and NumPy 1's
+# (numpy.core) module names; also every numpy.dtypes.*DType class. One list for both ways leap reads a pickle
+# it did not write: a custom Unpickler (``is_numpy_pickle_global``) and torch.load(weights_only=True)
+# (``numpy_safe_globals``).
+NUMPY_PICKLE_NAMES = frozenset({(f"numpy.{core}.multiarray", name) for core in ("core", "_core")
+                                for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")})
+
+
+def is_numpy_pickle_global(module: str, name: str) -> bool:
+    return (module, name) in NUMPY_PICKLE_NAMES or (module == "numpy.dtypes" and name.endswith("DType"))
+
+
+def numpy_safe_globals() -> list:
+    """``NUMPY_PICKLE_NAMES`` (and the DType classes) as ``torch.serialization.safe_globals`` takes them."""
+    import numpy as np
+
+    multiarray = (getattr(np, "_core", None) or np.core).multiarray  # the one this NumPy has, under both names
+    found: list = [getattr(np, name) for module, name in NUMPY_PICKLE_NAMES if module == "numpy"]
+    found += [(getattr(multiarray, name), f"{module}.{name}") for module, name in NUMPY_PICKLE_NAMES
+              if module != "numpy"]
+    return found + [t for t in vars(np.dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
+
+
 def load_problem(e: Exception, path: str | Path) -> str:
     """Why ``torch.load`` (or an unpickler) could not read ``path``, in a few words for a one-line error: torch's
     own first line is often a paragraph about ``weights_only``, and an empty file raises an EOFError with no

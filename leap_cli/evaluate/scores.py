@@ -35,21 +35,16 @@ import numpy as np
 import torch
 
 from leap_cli.errors import LeapError
-from leap_cli.io import atomic_path, load_problem
+from leap_cli.io import atomic_path, is_numpy_pickle_global, load_problem, numpy_safe_globals
 
 REQUIRED = ("narration_id", "verb_output", "noun_output")
 SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".json", ".zip")  # torch.save, pickle, challenge JSON or zip
 _FIX_FORMAT = ("a scores file holds narration_id [N], verb_output [N, V] and noun_output [N, Nn]; "
                "write it with `leap evaluate` or in EPIC's official results format")
 
-# What a NumPy array needs to unpickle, under NumPy 2 (numpy._core) and NumPy 1 (numpy.core) names, plus
-# _codecs.encode: pickle protocol 2 (torch.save's default, and Python 2 era files) stores bytes as
-# _codecs.encode(text, "latin1"). It only turns text into bytes; nothing else is admitted.
-_NUMPY_GLOBALS = {
-    ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-}
+# pickle protocol 2 (torch.save's default, and Python 2 era files) stores bytes as _codecs.encode(text, "latin1"):
+# it only turns text into bytes. With the NumPy names (leap_cli.io) nothing else is admitted.
+_CODECS_ENCODE = ("_codecs", "encode")
 
 
 def _storage_from_bytes(data: bytes) -> Any:
@@ -72,25 +67,16 @@ class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _TORCH_GLOBALS:
             return _TORCH_GLOBALS[module, name]
-        if (module, name) in _NUMPY_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
+        if (module, name) == _CODECS_ENCODE or is_numpy_pickle_global(module, name):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a scores file")
 
 
 def _numpy_safe_globals() -> list:
-    """The same globals for ``torch.load(weights_only=True)``; NumPy 1.x names are mapped to NumPy 2's."""
+    """The same globals for ``torch.load(weights_only=True)``."""
     import codecs
 
-    try:
-        import numpy._core.multiarray as ma  # NumPy 2
-    except ImportError:  # NumPy 1
-        import numpy.core.multiarray as ma
-
-    found: list = [ma._reconstruct, np.ndarray, np.dtype, ma.scalar, (codecs.encode, "_codecs.encode")]
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        found += [(ma._reconstruct, f"{module}._reconstruct"), (ma.scalar, f"{module}.scalar")]
-    found += [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-    return found
+    return [*numpy_safe_globals(), (codecs.encode, ".".join(_CODECS_ENCODE))]
 
 
 def _class_array(scores: Any, task: str, nid: str, path: Path) -> np.ndarray:

@@ -7,18 +7,7 @@ from pathlib import Path
 import torch
 
 from leap_cli.errors import LeapError
-from leap_cli.io import load_problem
-
-
-def _numpy_arrays() -> list:
-    """What unpickling NumPy arrays and scalars needs (data, no code), under NumPy 2's and NumPy 1's names."""
-    import numpy as np
-
-    multiarray = (getattr(np, "_core", None) or np.core).multiarray  # numpy._core from NumPy 2 on
-    dtypes = [t for t in vars(np.dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
-    return [np.ndarray, np.dtype, *dtypes, multiarray._reconstruct, multiarray.scalar,
-            *((f, f"numpy.{core}.multiarray.{f.__name__}") for f in (multiarray._reconstruct, multiarray.scalar)
-              for core in ("core", "_core"))]
+from leap_cli.io import load_problem, numpy_safe_globals
 
 
 def load_checkpoint(path: str | Path, what: str) -> dict:
@@ -28,7 +17,7 @@ def load_checkpoint(path: str | Path, what: str) -> dict:
     if not path.is_file():
         raise LeapError(f"{what} checkpoint not found", path=path, fix="pass the path of a local .pth/.pt file")
     try:
-        with torch.serialization.safe_globals(_numpy_arrays()):
+        with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here is the file's fault
         raise LeapError(f"cannot read the {what} checkpoint ({load_problem(e, path)})", path=path,
