@@ -227,7 +227,8 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
     ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
     the first run it is written to ``OUT.settings.json``; on a re-run the stored settings are compared and a
     difference is a LeapError naming the keys, unless ``force``: then ``remove`` (default: delete the output
-    file) starts over. ``exists`` says whether there is output to protect (default: the file exists).
+    file) starts over. ``exists`` says whether there is output to protect (default: the file exists and is not
+empty: a run that failed before its first record leaves nothing its successor would mix with).
     ``split`` (kept in the sidecar beside the settings) refuses another split's records in the same file, such
     as ``--split train --out .../val.jsonl``; a sidecar written before it was kept is not compared on it.
     ``option`` and ``elsewhere`` name the command's options that start over and write somewhere else.
@@ -248,7 +249,7 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
                     adopt: tuple[str, ...] = ()) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
-    has_output = output.exists() if exists is None else exists
+    has_output = (output.exists() and output.stat().st_size > 0) if exists is None else exists
     started_over = False
     stored = _stored_settings(output, option) if has_output else None
     if stored is not None:

@@ -180,6 +180,22 @@ def test_settings_change_is_refused_naming_the_keys(tmp_path):
         check_settings(out, {**new, "descriptors": {"frames": 5}}, adopt=("descriptors",))
 
 
+def test_an_output_without_records_takes_the_new_settings(tmp_path):
+    """A run that failed before its first record (weights missing offline, a refused key) leaves an empty output
+    and its settings: nothing would be mixed, so the next run with other settings goes on (it was refused until
+    --force)."""
+    from leap_cli.io import check_settings, settings_path
+
+    out = tmp_path / "d.jsonl"
+    check_settings(out, {"detector_weights": "coco"})
+    out.write_text("")
+    assert not check_settings(out, {"detector_weights": None})
+    assert json.loads(settings_path(out).read_text())["detector_weights"] is None
+    out.write_text('{"narration_id": "a"}\n')
+    with pytest.raises(LeapError, match="detector_weights"):
+        check_settings(out, {"detector_weights": "coco"})
+
+
 def test_a_file_merged_from_shard_parts_is_checked_against_the_parts_settings(tmp_path, caplog):
     """README's merge (``cat X.shard*of2.jsonl > X.jsonl``) leaves no settings file beside the merged file: the
     parts' settings (where they agree) stand for it, instead of a later run's being adopted unchecked."""
