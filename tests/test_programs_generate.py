@@ -494,8 +494,14 @@ def test_descriptor_records_feed_the_prompt(workdir, good_programs):
     assert f"CLIP-TEXT-{recs[1]['narration_id']}" in prompt and "Objects detected: sponge" in prompt
     # labels still come from the annotations
     assert "verb_class" in prompt.split("===== user =====")[-1]
+    # without --narration-id: the first segment a run would send, not one that already has its record
+    assert f"CLIP-TEXT-{recs[0]['narration_id']}" in dry_run(GenerateConfig(workdir=workdir, split="val"))
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val", limit=1))
+    assert f"CLIP-TEXT-{recs[1]['narration_id']}" in dry_run(GenerateConfig(workdir=workdir, split="val"))
     s = generate_programs(GenerateConfig(workdir=workdir, split="val"))
-    assert s.source.startswith("descriptors") and s.statuses == {"valid": 2}
+    assert s.source.startswith("descriptors") and s.statuses == {"valid": 1}
+    with pytest.raises(LeapError, match="every segment of the input has its record"):
+        dry_run(GenerateConfig(workdir=workdir, split="val"))
     with pytest.raises(LeapError, match="not found"):
         generate_programs(GenerateConfig(workdir=workdir, split="val", descriptors=workdir / "missing.jsonl"))
 

@@ -393,8 +393,13 @@ def kitchen(tmp_path):
 
 def test_cli_generate_validate_and_strict(kitchen):
     runner = CliRunner()
-    r = runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "validation", "--dry-run"])
+    r = runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "validation", "--dry-run"],
+                      env={"COLUMNS": "40"})
     assert r.exit_code == 0 and "===== system =====" in r.output and "Clip P01_11_0:" in r.output
+    from leap_cli.programs.generate import GenerateConfig, dry_run
+
+    # the prompt as it is sent, not wrapped at the terminal's width (an exemplar's JSON was cut mid-word)
+    assert r.output.rstrip("\n") == dry_run(GenerateConfig(workdir=kitchen, split="val"))
     assert not (kitchen / "programs" / "val.jsonl").exists()
     r = runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"])
     assert r.exit_code == 0, r.output

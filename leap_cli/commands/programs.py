@@ -106,7 +106,7 @@ def generate_programs(
                          price_cached_in=price_cached_in, max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
                          retry_failed=retry_failed, force=force)
     if dry_run:
-        console.print(build_dry_run(cfg, narration_id), markup=False, highlight=False)
+        typer.echo(build_dry_run(cfg, narration_id))  # as it is sent: not wrapped at the terminal's width
         return
     if narration_id is not None:  # without --dry-run it would go unheard: every pending segment, paid calls too
         raise LeapError("--narration-id only chooses the segment whose prompt --dry-run prints",

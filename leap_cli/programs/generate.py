@@ -34,7 +34,7 @@ from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, normali
 from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import JsonlAppender, check_settings, read_jsonl, stable_hash, stored_settings
+from leap_cli.io import JsonlAppender, check_settings, iter_jsonl, read_jsonl, stable_hash, stored_settings
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, OfflineBackend, OpenAIBackend, Request,
                                        RetryPolicy, check_extra_body)
@@ -482,6 +482,13 @@ def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
         records = [r for r in records if r["narration_id"] == narration_id]
         if not records:
             raise LeapError(f"segment {narration_id} is not in the input", fix="check --split and the narration id")
+    elif records and cfg.out_path.exists():  # the first segment a run would send: not one with its record
+        done = {r["narration_id"] for _, r in iter_jsonl(cfg.out_path) if isinstance(r, dict) and "narration_id" in r
+                and not (cfg.retry_failed and r.get("status") == "failed")}
+        records = [r for r in records if r["narration_id"] not in done]
+        if not records:
+            raise LeapError("every segment of the input has its record in the output", path=cfg.out_path,
+                            fix="give --narration-id ID to see the prompt of one of them")
     if not records:
         raise LeapError("no segment to build a prompt for")
     from leap_cli.programs.prompt import render_messages
