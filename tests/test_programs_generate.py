@@ -185,6 +185,27 @@ def test_retry_errors_with_a_limit_keeps_the_failed_records_it_does_not_redo(wor
     assert sorted(r["status"] for r in records(workdir)) == ["failed", "failed", "valid"]
 
 
+def test_retry_invalid_asks_again_for_the_invalid_records_only(workdir, good_programs):
+    """An endpoint that answered with nothing (a misconfigured local server) gave invalid records whose replies
+    were cached: --retry-errors, a new --out and --force all replayed them. --retry-invalid asks again for
+    those records (their new replies replace the cached ones); the valid ones are neither redone nor asked."""
+    with ScriptedServer(lambda body, n: Reply("")) as server:
+        s = generate_programs(config(workdir, server, limit=2, repair_rounds=0))
+        assert s.statuses == {"invalid": 2}
+    with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
+        s = generate_programs(config(workdir, server, limit=1, repair_rounds=0))  # one new segment
+        assert s.statuses == {"valid": 1} and len(server.requests) == 1
+        s = generate_programs(config(workdir, server, retry_failed=True, repair_rounds=0))
+        assert s.statuses.get("invalid", 0) == 0 and len(server.requests) == 1 + N_SEGMENTS - 3  # not the invalid
+        assert sum(r["status"] == "invalid" for r in records(workdir)) == 2
+        s = generate_programs(config(workdir, server, retry_invalid=True, repair_rounds=0))
+        assert s.statuses == {"valid": 2} and len(server.requests) == N_SEGMENTS and s.cache_hits == 0
+    assert len(records(workdir)) == N_SEGMENTS and {r["status"] for r in records(workdir)} == {"valid"}
+    with ScriptedServer(lambda body, n: Reply(status=500)) as server:  # their new replies are what the cache holds
+        s = generate_programs(config(workdir, server, out=workdir / "again.jsonl", repair_rounds=0))
+        assert s.statuses == {"valid": N_SEGMENTS} and not server.requests
+
+
 def test_slow_reply_times_out_and_is_retried(workdir, good_programs):
     def script(body, n):
         return Reply(json.dumps(good_programs[narration_id_of(body)]), delay=1.5 if n == 0 else 0.0)
@@ -989,6 +1010,16 @@ def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path)
     recs = records(workdir)
     assert len(recs) == N_SEGMENTS and {r["status"] for r in recs} == {"valid"}
     assert write_batch_file(retry, tmp_path / "b3.jsonl") == 0
+    # --retry-invalid: requests for the invalid records too, and their results replace them at the ingest
+    other = dataclasses.replace(cfg, out=workdir / "programs" / "other.jsonl")
+    again = dataclasses.replace(other, retry_invalid=True)
+    empty = {"custom_id": nids[0], "response": {"status_code": 200, "body": completion("")}}
+    assert ingest_batch(other, results_file(tmp_path / "out3.jsonl", [empty])) == {"invalid": 1}
+    assert write_batch_file(other, tmp_path / "b4.jsonl") == N_SEGMENTS - 1
+    assert write_batch_file(again, tmp_path / "b5.jsonl") == N_SEGMENTS
+    assert ingest_batch(other, results_file(tmp_path / "out4.jsonl", [ok(nids[0])])) == {"already_present": 1}
+    assert ingest_batch(again, results_file(tmp_path / "out4.jsonl", [ok(nids[0])])) == {"valid": 1}
+    assert [r["status"] for r in read_jsonl(other.out_path)] == ["valid"]
 
 
 def test_descriptors_extracted_anew_with_other_settings_are_refused(workdir, good_programs):

@@ -62,6 +62,8 @@ def generate_programs(
     system_prompt: Path = typer.Option(None, "--system-prompt", help="System prompt file (default prompts/system.md)."),
     retry_failed: bool = typer.Option(False, "--retry-errors", help="Redo the records whose status is failed."),
     retry_failed_alias: bool = typer.Option(False, "--retry-failed", hidden=True),  # old spelling of --retry-errors
+    retry_invalid: bool = typer.Option(False, "--retry-invalid", help="Ask again for the records whose status is "
+                                       "invalid (their cached replies are not used: paid again)."),
     force: bool = typer.Option(False, "--force", help="Start the output over when it was made with other settings "
                                                       "(backend, model, prompt, exemplars, k, ...); else that is refused."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the prompt of one segment and make no call."),
@@ -104,7 +106,7 @@ def generate_programs(
                          extra_body=extra_body, k=k, repair_rounds=repair_rounds,
                          limit=limit, shard=spec, price_in=price_in, price_out=price_out,
                          price_cached_in=price_cached_in, max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
-                         retry_failed=retry_failed, force=force)
+                         retry_failed=retry_failed, retry_invalid=retry_invalid, force=force)
     if dry_run:
         typer.echo(build_dry_run(cfg, narration_id))  # as it is sent: not wrapped at the terminal's width
         return

@@ -36,15 +36,14 @@ def _openai(cfg: GenerateConfig) -> GenerateConfig:
 
 
 def write_batch_file(cfg: GenerateConfig, path) -> int:
-    """Write one Batch request per pending segment (those not yet in the programs file, and with
-    ``cfg.retry_failed`` those whose record failed). Returns the count.
+    """Write one Batch request per pending segment (those not yet in the programs file, and those
+    ``cfg.redo`` names: --retry-errors, --retry-invalid). Returns the count.
     The programs file's settings are checked and recorded now (``check_output``), so that the ingest, and any
     live run on the same file, must use the settings the requests were written with."""
     cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
     check_output(cfg, builder, inputs)
-    done = {r["narration_id"] for r in read_jsonl(cfg.out_path)
-            if not (cfg.retry_failed and r.get("status") == "failed")} if cfg.out_path.exists() else set()
+    done = {r["narration_id"] for r in read_jsonl(cfg.out_path) if not cfg.redo(r)} if cfg.out_path.exists() else set()
     records = [r for r in inputs.records if r["narration_id"] not in done]
     if cfg.limit is not None:
         records = records[: cfg.limit]
@@ -109,7 +108,8 @@ def _dict(value) -> dict:
 
 def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     """Validate the Batch output and append its records to the programs file; a result that did not fail
-    replaces a ``failed`` record (e.g. of an expired batch). Returns counts per status."""
+    replaces a ``failed`` record (e.g. of an expired batch), and with ``cfg.retry_invalid`` an ``invalid`` one.
+    Returns counts per status."""
     cfg = _openai(cfg)
     lines = read_batch_output(results_path)
     inputs, _, builder = _setup(cfg)
@@ -123,9 +123,11 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
                             fix="ingest with the same --split/--descriptors as the batch file")
     gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg.model), None, builder)  # type: ignore[arg-type]
     counts: Counter = Counter()
-    failed = {r["narration_id"] for r in read_jsonl(cfg.out_path) if r.get("status") == "failed"} \
+    # replaced by a result: a failed record, and with --retry-invalid an invalid one
+    replaced = {r["narration_id"] for r in read_jsonl(cfg.out_path)
+                if r.get("status") == "failed" or (cfg.retry_invalid and r.get("status") == "invalid")} \
         if cfg.out_path.exists() else set()
-    with JsonlAppender(cfg.out_path, replace_keys=failed) as out, ProgramStore(cfg.cache_path) as store:
+    with JsonlAppender(cfg.out_path, replace_keys=replaced) as out, ProgramStore(cfg.cache_path) as store:
         for i, line in enumerate(lines, start=1):
             nid = line["custom_id"]
             info = gen.info(by_id[nid])
@@ -152,8 +154,8 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
                 status = "valid" if not findings else "invalid"
             record = {"narration_id": nid, "status": status, "program": program,
                       "errors": [f.to_dict() for f in findings], "provenance": prov}
-            # (a failure again leaves a failed record as it was)
-            written = not (status == "failed" and nid in failed) and out.write(record)
+            # (a failure leaves a failed or invalid record as it was)
+            written = not (status == "failed" and nid in replaced) and out.write(record)
             counts[status if written else "already_present"] += 1
             if written and prov["usage"]["prompt_tokens"]:
                 # the ledger of --max-cost: the Batch API bills half the live prices

@@ -84,7 +84,8 @@ class GenerateConfig:
     exemplars: Path | None = None
     system_prompt: Path | None = None
     max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS
-    retry_failed: bool = False
+    retry_failed: bool = False  # --retry-errors: redo the records whose status is failed (no reply)
+    retry_invalid: bool = False  # --retry-invalid: ask again for the invalid ones (their cached replies unused)
     force: bool = False  # start the output over when it was made with other settings (output_settings)
     # a reply's checks in a child process (checker.py); None: where it pays (an HTTP backend, concurrency >= 8,
     # two CPUs or more, at least CHECK_PROCESS_MIN segments to do)
@@ -92,6 +93,11 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         check_extra_body(self.extra_body)  # one line for a body that is no object or would replace the messages
+
+    def redo(self, record: dict) -> bool:
+        """Whether a record already in the output is done again (``--retry-errors``, ``--retry-invalid``)."""
+        status = record.get("status")
+        return (self.retry_failed and status == "failed") or (self.retry_invalid and status == "invalid")
 
     @property
     def split_name(self) -> str:
@@ -263,6 +269,7 @@ class ProgramGenerator:
         # the offline generator is deterministic and makes a program in ~2 ms: its replies are not worth a cache
         # row and a call-log row each (~3.4 kB a record, more than the programs file)
         self._cache = backend.name != "offline"
+        self.reask: set[str] = set()  # segments whose replies are asked for again, not read from the cache
         self.summary_requests = 0
         self.summary_hits = 0
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # requests made in this run
@@ -306,7 +313,7 @@ class ProgramGenerator:
         for rnd in range(self.cfg.repair_rounds + 1):
             schema = self.schema if self.backend.supports_schema else None
             key = cache_key(self.backend.name, self.backend.model, prompt.hash, self._key_schema, self.backend.params())
-            hit = self.store.get(key) if self._cache else None
+            hit = self.store.get(key) if self._cache and nid not in self.reask else None
             prov["rounds"] = rnd + 1
             cut = False
             if hit is not None:
@@ -484,7 +491,7 @@ def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
             raise LeapError(f"segment {narration_id} is not in the input", fix="check --split and the narration id")
     elif records and cfg.out_path.exists():  # the first segment a run would send: not one with its record
         done = {r["narration_id"] for _, r in iter_jsonl(cfg.out_path) if isinstance(r, dict) and "narration_id" in r
-                and not (cfg.retry_failed and r.get("status") == "failed")}
+                and not cfg.redo(r)}
         records = [r for r in records if r["narration_id"] not in done]
         if not records:
             raise LeapError("every segment of the input has its record in the output", path=cfg.out_path,
@@ -526,9 +533,18 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         raise
     summary = GenerateSummary(cfg.out_path, inputs.source)
     start = time.perf_counter()
-    # --retry-errors: the failed records, found in the appender's one pass (each keeps its line until written anew)
-    redo = (lambda r: r.get("status") == "failed") if cfg.retry_failed else ()
-    appender = JsonlAppender(cfg.out_path, replace_keys=redo, sync_every=1.0)
+    # --retry-errors / --retry-invalid: the records to redo, found in the appender's one pass (each keeps its line
+    # until written anew); an invalid one's replies are asked for again, not read from the cache
+    invalid_last: dict[str, bool] = {}
+
+    def redo(r: dict) -> bool:
+        if cfg.retry_invalid:
+            invalid_last[r.get("narration_id")] = r.get("status") == "invalid"
+        return cfg.redo(r)
+
+    appender = JsonlAppender(cfg.out_path, replace_keys=redo if cfg.retry_failed or cfg.retry_invalid else (),
+                             sync_every=1.0)
+    reask = {k for k, invalid in invalid_last.items() if invalid}
     gen: ProgramGenerator | None = None
     checker: RemoteChecker | None = None
     stop: _Stop | None = None
@@ -559,6 +575,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             return True
 
         gen = ProgramGenerator(cfg, inputs, backend, store, builder, over_budget)
+        gen.reask = reask
         gen.checker = checker
         stop = _Stop(gen, min(STOP_GRACE, cfg.timeout))
         queue = iter(pending)
