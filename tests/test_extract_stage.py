@@ -260,15 +260,48 @@ def test_segments_past_the_end_of_a_short_video_are_unavailable_not_invented(kit
         cam = recs[nid]["components"]["camera"]
         assert cam["status"] == "unavailable", cam  # never "holds still" read from a clamped last frame
         assert cam["data"]["reason"] == (f"the window ends {late:.2f} s after the decodable end of the video "
-                                         f"(2.40 s, {round(2.4 * FPS)} frames)")
+                                         f"(2.40 s, {round(2.4 * FPS)} frames); EPIC_100_video_info.csv gives "
+                                         "6.00 s: the file is cut short (download it again)")
         assert "after the decodable end" in recs[nid]["text"]
-        assert "cause" not in cam["data"]  # the file is whole: --retry-errors does not redo it
+        # the file is shorter than video_info says (a truncated download): --retry-errors redoes it once replaced
+        assert cam["data"]["cause"] == "video"
         assert recs[nid]["components"]["hands"]["status"] == "ok"  # EPIC's published detections do not need it
     assert s.counts["camera"] == {"ok": 1, "unavailable": 3, "error": 0}
     assert sum(n for k, n in s.unavailable.items() if "after the decodable end" in k) == 2
     assert s.outcome.failed == 0  # unavailable is honest, not a failure
     cached = {p.name.split(".")[0] for p in (tmp_path / "cache" / "P01_01").glob("*.jpgs")}
     assert cached == {"P01_01_0"}  # no cache entry is invented either
+    # downloaded again: --retry-errors redoes exactly those segments
+    import shutil
+
+    shutil.copy(kitchen / "P01" / "videos" / "P01_01.MP4", tmp_path / "k" / "P01" / "videos" / "P01_01.MP4")
+    s = run_extract(_cfg(tmp_path / "k", out, components=("camera", "hands"), frame_cache=tmp_path / "cache",
+                         retry_errors=True))
+    after = {r["narration_id"]: r for r in read_jsonl(out)}
+    assert s.written == 3 and all(after[n]["components"]["camera"]["status"] == "ok" for n in ("P01_01_1", "P01_01_2"))
+
+
+def test_a_window_past_the_end_of_a_whole_video_is_not_the_files_fault(kitchen, tmp_path):
+    """A segment annotated past the end of a video as long as EPIC_100_video_info.csv says: no new copy helps, so
+    --retry-errors leaves it (no cause)."""
+    import csv
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    train = root / "annotations" / "EPIC_100_train.csv"
+    rows = list(csv.DictReader(train.open()))
+    last = max((r for r in rows if r["video_id"] == "P01_01"), key=lambda r: float(r["stop_frame"]))
+    last["stop_timestamp"] = "00:00:07.00"  # past the 6-s video
+    with train.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "train.jsonl"
+    run_extract(_cfg(root, out, components=("camera",)))
+    cam = {r["narration_id"]: r for r in read_jsonl(out)}[last["narration_id"]]["components"]["camera"]
+    assert cam["status"] == "unavailable" and "after the decodable end" in cam["data"]["reason"]
+    assert "cause" not in cam["data"] and "cut short" not in cam["data"]["reason"]
 
 
 def test_truncated_mp4_files_are_unavailable_and_ffmpeg_stays_quiet(kitchen, tmp_path):

@@ -80,17 +80,18 @@ class LengthCheck:
     note: str
 
 
-def check_lengths(layout: DatasetLayout, video_ids: list[str], *, tolerance_s: float = 0.1) -> list[LengthCheck]:
+def check_lengths(layout: DatasetLayout, video_ids: list[str], *, tolerance_s: float | None = None) -> list[LengthCheck]:
     """Videos whose decodable length differs from video_info's duration by more than ``tolerance_s`` (an
     ``rgb_frames`` folder may be up to ``RGB_FRAMES_EXTRA_S`` longer, as EPIC's are).
 
     An MP4 is probed by decoding its last announced frame (and, when that fails, bisecting to the last frame that
     decodes: a truncated file announces frames it does not hold); an ``rgb_frames`` folder by its last frame file
     (EPIC's numbering, ``epic_frame_rate``)."""
-    from leap_cli.epic.timing import epic_frame_rate
+    from leap_cli.epic.timing import LENGTH_TOLERANCE_S, epic_frame_rate
     from leap_cli.errors import LeapError
     from leap_cli.media.video import FramesFolderReader, VideoUnreadable, decodable_frames
 
+    tolerance_s = LENGTH_TOLERANCE_S if tolerance_s is None else tolerance_s
     ann = layout.annotations()
     out = []
     for vid in video_ids:

@@ -103,6 +103,11 @@ class Window:
         return self
 
 
+# How far a video's decodable length may fall short of EPIC_100_video_info.csv's duration before it counts as cut
+# short (``leap info``, ``FrameClock.cut_short``)
+LENGTH_TOLERANCE_S = 0.1
+
+
 @dataclass(frozen=True)
 class FrameClock:
     """How one source numbers its frames, and how many it can decode.
@@ -112,7 +117,8 @@ class FrameClock:
     numbering is its CSV columns as they are (they run about one frame earlier than ``frame_at`` of the
     timestamps: EPIC floors ``t * rate``).
     ``num_frames``: frames the source can decode (None: not known yet, no end check).
-    ``duration``: the video's length per EPIC_100_video_info.csv (None: unknown), for the report only.
+    ``duration``: the video's length per EPIC_100_video_info.csv (None: unknown): where the frames that decode
+    fall short of it (``cut_short``), a window past their end is the file's fault, not the annotation's.
     """
 
     kind: str
@@ -182,9 +188,17 @@ class FrameClock:
             return f"the window starts {self._secs(1 - first)} before the video"
         if self.num_frames is not None and last > self.num_frames:
             end = self.time_of(self.num_frames + 1)
+            cut = (f"; EPIC_100_video_info.csv gives {self.duration:.2f} s: the file is cut short (download it again)"
+                   if self.cut_short() else "")
             return (f"the window ends {self._secs(last - self.num_frames)} after the decodable end of the video "
-                    f"({end:.2f} s, {self.num_frames} frames)")
+                    f"({end:.2f} s, {self.num_frames} frames){cut}")
         return None
+
+    def cut_short(self) -> bool:
+        """Whether the frames that decode end more than ``LENGTH_TOLERANCE_S`` before the video's length in
+        EPIC_100_video_info.csv (a truncated copy: a new one may hold the rest; ``leap info`` lists these)."""
+        return (self.duration is not None and self.num_frames is not None
+                and self.num_frames / self.rate < self.duration - LENGTH_TOLERANCE_S)
 
     def _secs(self, frames: int) -> str:
         return f"{frames / self.rate:.2f} s"

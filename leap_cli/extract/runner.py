@@ -240,6 +240,12 @@ class _Video:
             elif layout.frames_dir(video_id) is not None:
                 self.failure = FramesUnavailable("no fps for the video in EPIC_100_video_info.csv", video=False)
         self.fps = fps or 50.0  # 50 only stands in where no frame can be read anyway
+        if duration is None:  # video_info's length: a file shorter than it is cut short (FrameClock.cut_short)
+            try:
+                info = layout.annotations().video_info.get(video_id)
+            except LeapError:
+                info = None
+            duration = info.duration if info else None
         self.clock = FrameClock(kind, self.fps, self.reader.num_frames if self.reader else None, duration)
         self.cache: dict = {}  # per-video state shared by components (ctx.video_cache)
         self._memo: dict[tuple[int, int | None], np.ndarray] = {}
@@ -310,13 +316,14 @@ class _Video:
         """``numbers`` at ``short_side`` as the decoded BGR images, not copied (``SegmentContext.read_images``)."""
         self._open(seg.narration_id)
         reason = self.clock.check(*self.clock.segment_span(seg))  # the whole window must be decodable
-        if reason:  # past the end the file announces: the annotation and the file disagree, which is not news
-            raise FramesUnavailable(reason, video=False)
+        if reason:  # past the end the file announces: the annotation and the file disagree, which is not news,
+            # unless the file is shorter than video_info says (a truncated download: --retry-errors once replaced)
+            raise FramesUnavailable(reason, video=self.clock.cut_short())
         side = short_side or None
         bad = [n for n in numbers if n < 1 or n > self.clock.num_frames]
         if bad:
             raise FramesUnavailable(self.clock.check(min(numbers), max(numbers)) or "frames outside the video",
-                                    video=False)
+                                    video=self.clock.cut_short())
         missing = {n for n in numbers if (n, side) not in self._memo}
         if missing:
             wanted: dict[int, set[int | None]] = {n: {side} for n in missing}
