@@ -373,6 +373,7 @@ def test_an_interrupted_command_says_what_it_kept(monkeypatch, capsys, tmp_path,
     monkeypatch.setattr("leap_cli.programs.generate.annotations_for", stop)
     (tmp_path / "programs").mkdir()
     (tmp_path / "programs" / "val.jsonl").write_text("")
+    (tmp_path / "kitchen" / "annotations").mkdir(parents=True)  # extract opens the data set before it starts
     monkeypatch.setattr(sys, "argv", ["leap", *command, "--workdir", str(tmp_path)])
     with pytest.raises(SystemExit) as e:
         cli.main()
