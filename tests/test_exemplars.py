@@ -5,10 +5,21 @@ import csv
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from leap_cli.extract.describe import parse_clip_text, parse_timeline, render_clip, render_parts
+import leap_cli.extract as extract
+import leap_cli.media.audio as media_audio
+from leap_cli.epic.timing import FrameClock
+from leap_cli.extract.audio import WORDS as AUDIO_WORDS, events_text, sound_timeline
+from leap_cli.extract.base import result, unavailable
+from leap_cli.extract.camera import PHRASES as CAMERA_PHRASES, CameraComponent
+from leap_cli.extract.describe import parse_clip_text, parse_timeline, render_clip, render_parts, span_of
+from leap_cli.extract.hands import contacts_timeline, hands_text
+from leap_cli.extract.narration import NarrationComponent
+from leap_cli.extract.objects import objects_text, objects_timeline, order_objects
 from leap_cli.programs.offline import clip_signals, offline_program
 from leap_cli.programs.prompt import ClipInfo
 from leap_cli.programs.validate import Labels, check_program
@@ -26,8 +37,8 @@ def test_render_and_parse_round_trip_with_unavailable_error_and_overflow():
         "narration": {"status": "ok", "source": "annotations", "data": {}, "text": '"cut carrot" (verb: cut, noun: carrot)'},
         "audio": {"status": "ok", "source": "dsp-rules", "text": "rhythmic chopping 0.0-2.0 s (peak -20 dBFS, 8 onsets)",
                   "data": {"timeline": [{"start": i * 0.1, "stop": 2.0, "text": f"sound: event; {i}"} for i in range(5)]}},
-        "camera": {"status": "unavailable", "source": "none", "text": "",
-                   "data": {"reason": "segment extends past the end of the video"}},
+        "camera": {"status": "unavailable", "source": "none", "text": "", "data": {
+            "reason": "the window ends 0.10 s after the decodable end of the video (5.00 s, 300 frames)"}},
         "objects": {"status": "error", "source": "x", "data": {"error": "ValueError: boom. Fix it."}, "text": ""},
         "hands": {"status": "ok", "source": "hand-objects", "text": "left hand free; right hand: knife 0.2-1.8 s",
                   "data": {"timeline": [{"start": -0.04, "stop": 1.8, "text": "right hand touches knife"}]}},
@@ -39,7 +50,7 @@ def test_render_and_parse_round_trip_with_unavailable_error_and_overflow():
         "Timeline: [-0.0-1.8 s] right hand touches knife; [0.0-2.0 s] sound: event; 0; [0.1-2.0 s] sound: event; 1; "
         "[0.2-2.0 s] sound: event; 2; ... (2 more).",
         "Audio: rhythmic chopping 0.0-2.0 s (peak -20 dBFS, 8 onsets).",
-        "Camera: unavailable (segment extends past the end of the video).",
+        "Camera: unavailable (the window ends 0.10 s after the decodable end of the video (5.00 s, 300 frames)).",
         "Objects: error (ValueError: boom. Fix it.).",
         "Hands: left hand free; right hand: knife 0.2-1.8 s."]
     parts = parse_clip_text(text)
@@ -75,11 +86,143 @@ def test_every_exemplar_clip_text_is_an_extract_rendering_of_epic_nouns(exemplar
         conds = {a for c in e.program["pre"] for a in c["args"]}
         touched = {m.group(1) for _, _, t in events for m in [re.match(r"(?:left|right) hand touches (\S+)$", t)] if m}
         assert not touched - {"object"} or (touched & (objs | conds)), e.id
-    # every kind of unavailable part occurs somewhere, and the unnamed contact
+    # every kind of unavailable part occurs somewhere, the unnamed contact, and audio with no kitchen sound
     texts = "\n".join(e.text for e in exemplars)
     for line in ("Audio: unavailable (", "Camera: unavailable (", "Objects: unavailable (", "Hands: unavailable (",
-                 "hand touches object", "sound: other/background", "sound: running water", "turns head"):
+                 "hand touches object", "Audio: background only ", "sound: running water", "turns head"):
         assert line in texts, line
+
+
+# ---- every exemplar clip text is what extract writes: rebuilt from the components' own renderers ----
+
+EXTRACT_SOURCES = [*(Path(extract.__file__).parent.glob("*.py")), Path(media_audio.__file__)]
+FPS = (59.94005994, 50.0, 60.0, 29.97002997, 25.0, 30.0)  # EPIC-KITCHENS videos' frame rates
+_UNAVAILABLE = re.compile(r"unavailable \((.*)\)")
+_PAST_END = re.compile(r"the window ends \d+\.\d\d s after the decodable end of the video "
+                       r"\((\d+\.\d\d) s, (\d+) frames\)")
+_SPAN = r"(\d+\.\d)-(\d+\.\d) s"
+
+
+def _reason_extract_writes(reason: str, start: float, stop: float) -> bool:
+    """A reason written as it stands in leap's extract code, or the reader's for a window past the video's end
+    (``FrameClock.check``, recomputed for this span at a frame rate that gives the end time quoted)."""
+    m = _PAST_END.fullmatch(reason)
+    if m:
+        end, frames = m.group(1), int(m.group(2))
+        seg = SimpleNamespace(start=start, stop=stop)
+        return any(clock.check(*clock.segment_span(seg)) == reason for fps in FPS
+                   for clock in [FrameClock("mp4", fps, frames)] if f"{clock.time_of(frames + 1):.2f}" == end)
+    return any(f'"{reason}"' in f.read_text(encoding="utf-8") for f in EXTRACT_SOURCES)
+
+
+def _component(text: str, start: float, stop: float, rebuild) -> dict:
+    """The component record behind one part: ``unavailable (reason)`` or ``rebuild(text) -> (data, text)``."""
+    m = _UNAVAILABLE.fullmatch(text)
+    if m:
+        assert _reason_extract_writes(m.group(1), start, stop), f"extract writes no such reason: {m.group(1)!r}"
+        return unavailable("x", m.group(1))
+    data, rendered = rebuild(text)
+    return result("ok", "x", data, rendered)
+
+
+def _narration(text: str):
+    m = re.fullmatch(r'"(.*)" \(verb: (\S+), noun: (\S+)(?:; also (.*))?\)', text)
+    assert m, text
+    others = m.group(4).split(", ") if m.group(4) else []
+    seg = SimpleNamespace(narration=m.group(1), verb=m.group(2), noun=m.group(3), verb_class=0, noun_class=0,
+                          all_nouns=[m.group(3), *others], all_noun_classes=[])
+    c = NarrationComponent().describe(SimpleNamespace(segment=seg))
+    return c["data"], c["text"]
+
+
+def _audio(text: str):
+    m = re.fullmatch(r"(.*) \(peak (-?\d+) dBFS, (\d+) onsets\)", text)
+    assert m, text
+    label = {word: lab for lab, word in AUDIO_WORDS.items()}
+    events = []
+    for part in m.group(1).split(", "):
+        word, a, b = re.fullmatch(rf"(.+) {_SPAN}", part).groups()
+        assert word in label, f"audio says {word!r}, which extract never writes (it writes {sorted(label)})"
+        events.append({"label": label[word], "start": float(a), "stop": float(b)})
+    rendered = events_text(events, [float(m.group(2))], [0.0] * int(m.group(3)))
+    return {"events": events, "timeline": sound_timeline(events)}, rendered
+
+
+def _camera(text: str, camera_events: list[tuple[float, float, str]], duration: float):
+    """One odometry step per motion the text names (a still one where it pauses, or for a clip that holds
+    still), each moving in the direction named ("; moves forward"), through the component's own summary."""
+    motion_of = {phrase: motion for motion, phrase in CAMERA_PHRASES.items()}
+    sign = {"turn_left": ("yaw", -1), "turn_right": ("yaw", 1), "look_up": ("pitch", 1), "look_down": ("pitch", -1),
+            "tilt_left": ("roll", -1), "tilt_right": ("roll", 1)}
+    moves, *rest = text.split("; ")
+    assert all(re.fullmatch(r"moves (left|right|up|down|forward|backward)", r) for r in rest), text
+    words = [] if moves == "holds still" else moves.split(", then ")
+    steps, events = [], iter(camera_events)
+    for w in words:
+        if w == "pauses":
+            steps.append({"start": steps[-1]["stop"], "stop": None, "yaw": 0.0, "pitch": 0.0, "roll": 0.0})
+            continue
+        a, b, said = next(events)
+        phrase, deg = re.fullmatch(r"(.+) about (\d+) deg", w).groups()
+        assert said == w and phrase in motion_of, (w, said)
+        if steps and steps[-1]["stop"] is None:
+            steps[-1]["stop"] = a
+        axis, s = sign[motion_of[phrase]]
+        steps.append({"start": a, "stop": b, "yaw": 0.0, "pitch": 0.0, "roll": 0.0, axis: s * float(deg)})
+    assert next(events, None) is None, f"camera events the Camera part does not name: {text}"
+    steps = steps or [{"start": 0.0, "stop": duration, "yaw": 0.0, "pitch": 0.0, "roll": 0.0}]
+    direction = {"right": [1, 0, 0], "left": [-1, 0, 0], "down": [0, 1, 0], "up": [0, -1, 0], "forward": [0, 0, 1],
+                 "backward": [0, 0, -1]}
+    for st in steps:
+        if rest:
+            st["translation"] = direction[rest[0].split()[1]]
+    c = CameraComponent()._summary(steps, np.eye(3), "x")
+    return c["data"], c["text"]
+
+
+def _objects(text: str):
+    objects = []
+    for part in re.split(r"(?<=\)); ", text):
+        m = re.fullmatch(rf"(\S+) \((left|centre|right)(?:, near (left|right) hand)?; {_SPAN}, (\d+)% of frames, "
+                         r"conf (\d\.\d\d)\)", part)
+        assert m, part
+        objects.append({"label": m.group(1), "position": m.group(2), "near_hand": m.group(3),
+                        "start": float(m.group(4)), "stop": float(m.group(5)), "share": int(m.group(6)) / 100,
+                        "score": float(m.group(7))})
+    assert order_objects(objects) == objects, f"objects not in extract's order: {text}"
+    return {"objects": objects, "timeline": objects_timeline(objects)}, objects_text(objects)
+
+
+def _hands(text: str):
+    hands = []
+    for part in text.split("; "):
+        m = re.fullmatch(r"(left|right) hand(?: (free|not seen)|: (.*))", part)
+        assert m, part
+        said = [re.fullmatch(rf"(\S+) {_SPAN}", c).groups() for c in (m.group(3) or "").split(", ") if c]
+        contacts = [{"object": o, "start": float(a), "stop": float(b)} for o, a, b in said]
+        hands.append({"hand": m.group(1), "visible_share": 0.0 if m.group(2) == "not seen" else 1.0,
+                      "contacts": contacts})
+    return {"hands": hands, "timeline": contacts_timeline(hands)}, hands_text(hands)
+
+
+def test_every_exemplar_clip_text_is_what_extract_renders(exemplars):
+    """The LLM sees the exemplars beside real clip texts: each is rebuilt from component records whose texts
+    and timelines come from the components' own renderers, and must come back unchanged (no wording, order or
+    event that extract no longer writes, e.g. a "sound:" event for background)."""
+    for e in exemplars:
+        parts = parse_clip_text(e.text)
+        start, stop = span_of(parts)
+        events, more = parse_timeline(parts["timeline"])
+        assert not more, e.id
+        camera_events = [ev for ev in events if re.match(r"(turns|looks|tilts) ", ev[2])]
+        comps = {"narration": _component(parts["narration"], start, stop, _narration),
+                 "audio": _component(parts["audio"], start, stop, _audio),
+                 "camera": _component(parts["camera"], start, stop,
+                                      lambda t: _camera(t, camera_events, round(stop - start, 3))),
+                 "objects": _component(parts["objects"], start, stop, _objects),
+                 "hands": _component(parts["hands"], start, stop, _hands)}
+        assert set(parts) == {"clip", "timeline", *comps}, e.id
+        assert render_clip(start, stop, comps) == e.text, e.id
 
 
 def test_exemplars_cover_97_percent_of_epic_validation_verbs(exemplars):

@@ -320,6 +320,18 @@ def test_hand_contact_interval_and_object_name(tmp_path):
     assert "right hand: knife 0.5-1.5 s" in rec["text"] and "left hand not seen" in rec["text"]
 
 
+def test_a_hand_seen_in_one_frame_of_a_long_segment_is_free_with_a_share_above_0(tmp_path):
+    """The Hands text says "free" for a hand seen at all, "not seen" for one never seen: the share recorded
+    agrees (it rounded to 0.0 for one frame in more than 2000)."""
+    frames = [FrameDetections("P01_01", n, [], [ObjectDetection(KNIFE, 0.9)]) for n in range(1, 2501)]
+    frames[0] = FrameDetections("P01_01", 1, [HandDetection(RIGHT, 0.9, HandState.NO_CONTACT, (0.0, 0.0),
+                                                            HandSide.RIGHT)], [])
+    layout = _write(tmp_path, frames)
+    rec = HandsComponent().describe(SegmentContext(layout=layout, segment=_segment(0.0, 50.0), fps=50.0))
+    share = {h["hand"]: h["visible_share"] for h in rec["data"]["hands"]}
+    assert rec["text"] == "left hand not seen; right hand free" and share == {"left": 0.0, "right": 0.001}
+
+
 def test_hand_threshold_drops_weak_hands(tmp_path):
     layout = _write(tmp_path, _hand_frames(score=0.3))
     rec = HandsComponent().describe(SegmentContext(layout=layout, segment=_segment(), fps=50.0))

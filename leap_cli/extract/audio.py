@@ -329,6 +329,12 @@ def events_text(events: list[dict], loudness: list[float], onsets: list[float]) 
     return ", ".join(parts) + extra
 
 
+def sound_timeline(events: list[dict]) -> list[dict]:
+    """The clip text's timeline events of the kitchen sounds heard (silence and background are none)."""
+    return [{"start": e["start"], "stop": e["stop"], "text": f"sound: {WORDS.get(e['label'], e['label'])}"}
+            for e in events if e["label"] not in NOT_EVENTS]
+
+
 class AudioComponent(Component):
     name = "audio"
     needs_audio = True
@@ -359,9 +365,7 @@ class AudioComponent(Component):
             cal = calibration()
             data["abstains_below"] = category_thresholds(cal) if cal is not None else None
         data["dominant"] = dominant_sound(data["events"])
-        data["timeline"] = [{"start": e["start"], "stop": e["stop"],
-                             "text": f"sound: {WORDS.get(e['label'], e['label'])}"}
-                            for e in data["events"] if e["label"] not in NOT_EVENTS]
+        data["timeline"] = sound_timeline(data["events"])
         return result("ok", source, data, events_text(data["events"], data["loudness_db"], data["onsets"]))
 
     def close(self) -> None:

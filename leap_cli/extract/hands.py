@@ -70,6 +70,24 @@ def contact_intervals(times: list[float], in_contact: list[bool], step: float, *
     return out
 
 
+def contacts_timeline(hands: list[dict]) -> list[dict]:
+    """The clip text's timeline events of the hands' contacts (``data["hands"]``)."""
+    return [{"start": c["start"], "stop": c["stop"], "text": f"{h['hand']} hand touches {c['object']}"}
+            for h in hands for c in h["contacts"]]
+
+
+def hands_text(hands: list[dict]) -> str:
+    """The clip text's Hands part: each hand's contacts, else free (seen) or not seen."""
+    phrases = []
+    for h in hands:
+        if h["contacts"]:
+            phrases.append(f"{h['hand']} hand: " + ", ".join(
+                f"{c['object']} {c['start']:.1f}-{c['stop']:.1f} s" for c in h["contacts"]))
+        else:
+            phrases.append(f"{h['hand']} hand {'free' if h['visible_share'] else 'not seen'}")
+    return "; ".join(phrases)
+
+
 class HandsComponent(Component):
     name = "hands"
 
@@ -104,7 +122,7 @@ class HandsComponent(Component):
         duration = round(s.duration, 3)
         vocab = noun_vocab(ctx, self._vocabs)
         detector = ctx.video_cache.get(("detector_boxes", s.narration_id))
-        hands_data, timeline, phrases = [], [], []
+        hands_data = []
         for side in ("left", "right"):
             states, names, boxes, seen = [], [], [], 0
             for n in numbers:
@@ -131,22 +149,14 @@ class HandsComponent(Component):
                 start, stop = max(0.0, times[i]), round(min(times[j] + step, duration), 3)
                 contacts.append({"start": round(start, 3), "stop": stop, "object": contact.pop("object"),
                                  "state": state, **contact})
-                obj = contacts[-1]["object"]
-                timeline.append({"start": round(start, 3), "stop": stop, "text": f"{side} hand touches {obj}"})
-            hands_data.append({"hand": side, "visible_share": round(seen / len(numbers), 3),
-                               "contacts": contacts})
-            if contacts:
-                phrases.append(f"{side} hand: " + ", ".join(
-                    f"{c['object']} {c['start']:.1f}-{c['stop']:.1f} s" for c in contacts))
-            elif seen:
-                phrases.append(f"{side} hand free")
-            else:
-                phrases.append(f"{side} hand not seen")
+            # a hand seen at all keeps a share above 0 (hands_text says "free", not "not seen")
+            share = max(round(seen / len(numbers), 3), 0.001) if seen else 0.0
+            hands_data.append({"hand": side, "visible_share": share, "contacts": contacts})
         data = {"frames": len(numbers), "hand_threshold": self.hand_threshold, "hands": hands_data,
-                "timeline": timeline}
+                "timeline": contacts_timeline(hands_data)}
         if naming_error:
             data["object_names_unavailable"] = naming_error
-        return result("ok", source, data, "; ".join(phrases))
+        return result("ok", source, data, hands_text(hands_data))
 
     def _contact_box(self, hand, frame, labelled: list) -> tuple[BBox | None, str | None]:
         """The object box whose centre is nearest the hand's offset point (EPIC's ``get_hand_object_interactions``:

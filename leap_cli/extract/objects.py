@@ -187,7 +187,7 @@ def summarise_objects(per_frame: dict[int, list[LabelledBox]], ctx: SegmentConte
                 near = min(cands)[1] if cands else None
             seen[label].append((n, b, near))
     duration = round(ctx.segment.duration, 3)
-    objects, timeline = [], []
+    objects = []
     for label, hits in seen.items():
         xs = [b.bbox.center[0] for _, b, _ in hits]
         named = [b.names for _, b, _ in hits if b.names]
@@ -202,11 +202,22 @@ def summarise_objects(per_frame: dict[int, list[LabelledBox]], ctx: SegmentConte
         if named:
             obj["names"] = [{"noun": n, "score": sc} for n, sc in mean_names(named)]
         objects.append(obj)
-    objects.sort(key=lambda o: (o["start"], -o["share"]))
+    objects = order_objects(objects)
+    return objects, objects_timeline(objects)
+
+
+def order_objects(objects: list[dict]) -> list[dict]:
+    """Objects in the order the clip text lists them: first seen first, then most seen."""
+    return sorted(objects, key=lambda o: (o["start"], -o["share"]))
+
+
+def objects_timeline(objects: list[dict]) -> list[dict]:
+    """The clip text's timeline events of the objects seen."""
+    timeline = []
     for o in objects:
         where = o["position"] + (f", near the {o['near_hand']} hand" if o["near_hand"] else "")
         timeline.append({"start": o["start"], "stop": o["stop"], "text": f"{o['label']} visible ({where})"})
-    return objects, timeline
+    return timeline
 
 
 def objects_text(objects: list[dict]) -> str:
