@@ -223,8 +223,11 @@ class Skipped:
 
 
 def _gist(e: Exception) -> str:
-    """A failure in a few path-free words: a ``LeapError``'s message, else the exception's type."""
-    return e.message if isinstance(e, LeapError) else f"frames unreadable ({type(e).__name__})"
+    """A failure in a few path-free words that skips of one kind share: a ``VideoUnreadable``'s gist (its message
+    without frame numbers), another ``LeapError``'s message, else the exception's type."""
+    if isinstance(e, LeapError):
+        return getattr(e, "gist", e.message)
+    return f"frames unreadable ({type(e).__name__})"
 
 
 def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
