@@ -271,7 +271,9 @@ def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
 
 
 def test_shard_parts_merge(root, tmp_path):
-    build(root, tmp_path, shard=ShardSpec(1, 2))
+    first = build(root, tmp_path, shard=ShardSpec(1, 2))
+    # numbered as --shard numbers it, from 0 (it said "part 2 of 2 done", a part --shard does not have)
+    assert "part 1/2 done; manifest.json is written when all parts are" in first.notes
     out = tmp_path / "shards" / "train"
     with pytest.raises(LeapError, match=r"parts \[0\] of 2 are missing"):
         load_manifest(out)

@@ -625,7 +625,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         try:
             merged = merge_parts(out)
         except LeapError:
-            notes.append(f"part {shard.index + 1} of {shard.count} done; manifest.json is written when all parts are")
+            notes.append(f"part {shard.index}/{shard.count} done; manifest.json is written when all parts are")
         else:
             atomic_write_json(out / MANIFEST, merged)
             notes.append(f"all {shard.count} parts done: merged manifest.json written")
