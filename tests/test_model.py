@@ -194,9 +194,25 @@ def test_condition_pos_weight_weighs_the_positive_entries():
     pos = float(batch["conditions"].mean())
     assert 0 < pos < 1
     ln2 = float(torch.log(torch.tensor(2.0)))
-    assert leap_loss(out, batch)[1]["l_pc"] == pytest.approx(ln2, rel=1e-5)  # default: unweighted
+    assert leap_loss(out, batch, condition_pos_weight=1.0)[1]["l_pc"] == pytest.approx(ln2, rel=1e-5)  # unweighted
     weighted = leap_loss(out, batch, condition_pos_weight=10.0)[1]["l_pc"]
     assert weighted == pytest.approx(ln2 * (10 * pos + (1 - pos)), rel=1e-5)
+
+
+def test_the_loss_defaults_are_the_training_configs():
+    """A call without keywords computes the loss leap train does (the function weighed the conditions 1, the
+    config 10: the docs' example trained the condition heads unweighted)."""
+    import dataclasses
+    import inspect
+
+    from leap_cli.train.config import LossConfig
+
+    defaults = {k: p.default for k, p in inspect.signature(leap_loss).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    assert defaults == dataclasses.asdict(LossConfig())
+    batch = make_batch()
+    out = {"verb": torch.zeros(2, 7), "noun": torch.zeros(2, 9), "step_verb": torch.zeros(2, 6, 8),
+           "step_obj_a": torch.zeros(2, 6, 10), "step_obj_b": torch.zeros(2, 6, 10), "conditions": torch.zeros(2, 10)}
+    assert leap_loss(out, batch)[1]["l_pc"] == leap_loss(out, batch, condition_pos_weight=10.0)[1]["l_pc"]
 
 
 def test_context_clips_without_gradients():
