@@ -722,6 +722,21 @@ def test_uniformerv2_authors_clip_file_is_clip_and_advice_never_names_the_model_
     assert "k710 preset" not in e.value.one_line() and "complete k710 checkpoint" in e.value.one_line()
 
 
+def test_a_tiny_run_is_not_taken_for_the_ssv2_family(tmp_path):
+    """A run of the tiny builder's defaults (model.weights null: CLIP's normalisation) has the ssv2 layout's 2
+    global blocks; loaded into a model of another family, the refusal called it an ssv2 checkpoint and named an ssv2
+    preset (0.45/0.225), which would refuse it again. It is no released family: the fix names the options."""
+    args = tiny_args()
+    torch.save({"model": build_model(args).state_dict(), "model_args": args, "config": {}, "step": 1},
+               tmp_path / "best.pt")
+    report = load_pretrained(build_model(tiny_args()), tmp_path / "best.pt")
+    assert report.family is None and report.missing == [] and report.unexpected == []
+    with pytest.raises(LeapError) as e:
+        load_pretrained(build_model(preset_args("k710")), tmp_path / "best.pt")
+    assert "ssv2" not in e.value.one_line() and "build the model with the checkpoint's options" in e.value.fix
+    assert load_pretrained(build_model(preset_args("ssv2")), family_checkpoint("ssv2", tmp_path)).family == "ssv2"
+
+
 def test_normalisation_travels_with_the_checkpoint(tmp_path):
     """uint8 clips are normalised by the model with the mean/std of its model_args, which a leap checkpoint
     stores; a checkpoint rebuilt by load_model normalises as the trained model did."""
