@@ -85,7 +85,8 @@ def _check_ids(ids: Iterable[str], expected: Sequence[str], source: str) -> None
                         path=source, fix="submit test-split scores (validation scores cannot be submitted)")
 
 
-def _check_sls(levels: dict, source: str) -> None:
+def check_sls(levels: dict, source: str | None = None) -> None:
+    """Refuse supervision levels that are not integers from 0 to 5 (``source``: the file that holds them)."""
     for key in SLS_KEYS:
         v = levels.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 5:
@@ -119,7 +120,7 @@ def make_submission(scores: dict, task: str, *, sls_pt: int, sls_tl: int, sls_td
         raise LeapError("action scores belong to anticipation submissions only",
                         fix="drop --with-actions or use --task anticipation")
     levels = {"sls_pt": sls_pt, "sls_tl": sls_tl, "sls_td": sls_td}
-    _check_sls(levels, "<options>")
+    check_sls(levels)
     verb = scores["verb_output"].double().numpy()
     noun = scores["noun_output"].double().numpy()
     actions = action_scores(verb, noun) if with_actions else None
@@ -179,7 +180,7 @@ def check_submission(submission: dict, expected_ids: Sequence[str], num_verbs: i
     if submission["challenge"] not in CHALLENGES.values():
         raise LeapError(f"challenge {submission['challenge']!r} is not supported", path=source,
                         fix=f"use one of {', '.join(CHALLENGES.values())}")
-    _check_sls(submission, source)
+    check_sls(submission, source)
     results = submission["results"]
     if not isinstance(results, dict):
         raise LeapError("results must map narration ids to scores", path=source)

@@ -134,6 +134,22 @@ def test_evaluate_out_writes_scores_and_metrics_there_and_leaves_the_runs_alone(
     assert json.loads((trial / "metrics.json").read_text())["segments"] == 2
 
 
+def test_best_that_falls_back_to_last_is_named_last(pipeline):
+    """A run that never validated has only last.pt: `--checkpoint best` scores it, and the output line and the
+    scores' meta name "last" (they said "best", a checkpoint that was not scored)."""
+    import shutil
+
+    root, work, run, model, vocab = pipeline
+    noval = work / "runs" / "noval"
+    (noval / "checkpoints").mkdir(parents=True)
+    shutil.copy(run / "checkpoints" / "last.pt", noval / "checkpoints" / "last.pt")
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/noval", "--workdir", str(work),
+                                   "--data", str(root), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "checkpoint last)" in " ".join(res.output.split())
+    assert load_scores(noval / "eval" / "val" / "scores.pt")["meta"]["checkpoint"] == "last"
+
+
 def test_views_are_averaged(pipeline):
     """Scores on 2 temporal views are the mean of the model's logits on each view."""
     from leap_cli.evaluate.inference import ViewConfig, predict, shard_batches

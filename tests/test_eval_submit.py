@@ -261,9 +261,11 @@ def test_submit_cli(tmp_path, ann_dir):
     res = runner.invoke(app, ["submit", "--check", str(tmp_path / "submission.zip"), "--annotations", str(ann_dir),
                               "--scores", str(tmp_path / "test.pt")])  # --scores was ignored without a word
     assert isinstance(res.exception, LeapError) and "--scores would be ignored" in str(res.exception)
-    res = runner.invoke(app, ["submit", "--scores", str(tmp_path / "test.pt"), "--sls-pt", "7",
-                              "--workdir", str(tmp_path)])
-    assert res.exit_code != 0
+    # a level outside 0-5: the one line --check gives for a zip's (it was typer's usage box), before the scores load
+    res = runner.invoke(app, ["submit", "--scores", str(tmp_path / "test.pt"), "--sls-pt", "1", "--sls-tl", "3",
+                              "--sls-td", "6", "--workdir", str(tmp_path), "--out", str(tmp_path / "bad.zip")])
+    assert isinstance(res.exception, LeapError) and not (tmp_path / "bad.zip").exists(), res.output
+    assert res.exception.one_line().startswith("sls_td is 6; supervision levels are integers from 0 to 5")
 
 
 def test_submit_takes_the_task_the_scores_were_made_for(tmp_path, ann_dir):

@@ -194,9 +194,25 @@ def test_condition_pos_weight_weighs_the_positive_entries():
     pos = float(batch["conditions"].mean())
     assert 0 < pos < 1
     ln2 = float(torch.log(torch.tensor(2.0)))
-    assert leap_loss(out, batch)[1]["l_pc"] == pytest.approx(ln2, rel=1e-5)  # default: unweighted
+    assert leap_loss(out, batch, condition_pos_weight=1.0)[1]["l_pc"] == pytest.approx(ln2, rel=1e-5)  # unweighted
     weighted = leap_loss(out, batch, condition_pos_weight=10.0)[1]["l_pc"]
     assert weighted == pytest.approx(ln2 * (10 * pos + (1 - pos)), rel=1e-5)
+
+
+def test_the_loss_defaults_are_the_training_configs():
+    """A call without keywords computes the loss leap train does (the function weighed the conditions 1, the
+    config 10: the docs' example trained the condition heads unweighted)."""
+    import dataclasses
+    import inspect
+
+    from leap_cli.train.config import LossConfig
+
+    defaults = {k: p.default for k, p in inspect.signature(leap_loss).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    assert defaults == dataclasses.asdict(LossConfig())
+    batch = make_batch()
+    out = {"verb": torch.zeros(2, 7), "noun": torch.zeros(2, 9), "step_verb": torch.zeros(2, 6, 8),
+           "step_obj_a": torch.zeros(2, 6, 10), "step_obj_b": torch.zeros(2, 6, 10), "conditions": torch.zeros(2, 10)}
+    assert leap_loss(out, batch)[1]["l_pc"] == leap_loss(out, batch, condition_pos_weight=10.0)[1]["l_pc"]
 
 
 def test_context_clips_without_gradients():
@@ -704,6 +720,21 @@ def test_uniformerv2_authors_clip_file_is_clip_and_advice_never_names_the_model_
     with pytest.raises(LeapError) as e:
         load_pretrained(build_model(preset_args("k710")), tmp_path / "part.pth")
     assert "k710 preset" not in e.value.one_line() and "complete k710 checkpoint" in e.value.one_line()
+
+
+def test_a_tiny_run_is_not_taken_for_the_ssv2_family(tmp_path):
+    """A run of the tiny builder's defaults (model.weights null: CLIP's normalisation) has the ssv2 layout's 2
+    global blocks; loaded into a model of another family, the refusal called it an ssv2 checkpoint and named an ssv2
+    preset (0.45/0.225), which would refuse it again. It is no released family: the fix names the options."""
+    args = tiny_args()
+    torch.save({"model": build_model(args).state_dict(), "model_args": args, "config": {}, "step": 1},
+               tmp_path / "best.pt")
+    report = load_pretrained(build_model(tiny_args()), tmp_path / "best.pt")
+    assert report.family is None and report.missing == [] and report.unexpected == []
+    with pytest.raises(LeapError) as e:
+        load_pretrained(build_model(preset_args("k710")), tmp_path / "best.pt")
+    assert "ssv2" not in e.value.one_line() and "build the model with the checkpoint's options" in e.value.fix
+    assert load_pretrained(build_model(preset_args("ssv2")), family_checkpoint("ssv2", tmp_path)).family == "ssv2"
 
 
 def test_normalisation_travels_with_the_checkpoint(tmp_path):

@@ -271,7 +271,9 @@ def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
 
 
 def test_shard_parts_merge(root, tmp_path):
-    build(root, tmp_path, shard=ShardSpec(1, 2))
+    first = build(root, tmp_path, shard=ShardSpec(1, 2))
+    # numbered as --shard numbers it, from 0 (it said "part 2 of 2 done", a part --shard does not have)
+    assert "part 1/2 done; manifest.json is written when all parts are" in first.notes
     out = tmp_path / "shards" / "train"
     with pytest.raises(LeapError, match=r"parts \[0\] of 2 are missing"):
         load_manifest(out)
@@ -353,6 +355,24 @@ def test_unreadable_frames_are_skipped_and_listed(tmp_path):
     assert r.manifest["counts"]["samples"] == 6 and r.manifest["counts"]["skipped"] == 3
 
 
+def test_skips_of_one_kind_are_counted_as_one_cause(tmp_path):
+    """Segments past the end of a video: each reason names its frames, their cause does not, so the summary counts
+    them together (each skip was its own cause: "1 x frame 75 requested ...", "1 x frame 85 requested ...")."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    extra = [("P01_02", 5.6, 7.5, "take", 0, "cup", 13), ("P01_02", 6.5, 9.0, "put", 1, "cup", 13)]
+    root = make_root(tmp_path / "k", train=TRAIN + extra)
+    res = CliRunner().invoke(app, ["build-shards", "--data", str(root), "--workdir", str(tmp_path / "w"), "--split",
+                                   "train", "--frames", "2", "--short-side", "32"])
+    assert res.exit_code == 0, res.output
+    skipped = load_manifest(tmp_path / "w" / "shards" / "train")[0]["skipped"]
+    assert len({x["reason"] for x in skipped}) == 2 and all("60 frames" in x["reason"] for x in skipped)
+    assert [x["cause"] for x in skipped] == ["frames requested past the end of the video"] * 2
+    assert "2 x frames requested past the end of the video" in " ".join(res.output.split())
+
+
 def test_a_video_downloaded_after_a_build_is_written_by_the_next_run(tmp_path):
     """The segments of a missing video are skipped; once it is there, a re-run writes exactly those, into new shards,
     keeping the shards written; the merged manifest of --shard parts lists them."""
@@ -400,7 +420,7 @@ def test_segments_of_a_truncated_mp4_are_written_once_it_is_replaced(tmp_path, m
     r = build(root, tmp_path / "w")
     skipped = {x["narration_id"]: x for x in r.manifest["skipped"]}
     assert skipped and set(skipped) < {"P01_02_0", "P01_02_1", "P01_02_2"}
-    assert all(x["cause"].startswith("the video ends or is corrupt at frame") for x in skipped.values())
+    assert all(x["cause"] == "the video ends early or is corrupt" for x in skipped.values())
     from leap_cli.shards.writer import LayoutOpener
 
     opened, real = [], LayoutOpener.__call__

@@ -153,7 +153,7 @@ def evaluate(
                 on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n))
         task = loaded["meta"]["task"]
         console.print(escape(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s), "
-                             f"checkpoint {checkpoint})"), highlight=False)
+                             f"checkpoint {loaded['meta']['checkpoint']})"), highlight=False)
         if split == "test":
             # soft_wrap: a long command is not broken by inserted newlines, so it pastes as printed
             console.print(escape(f"test split: no labels, scores only. Next: "

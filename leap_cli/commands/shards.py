@@ -69,7 +69,9 @@ def build_shards(
     vocab: Path = typer.Option(None, "--vocab", help="Manifest whose target vocabulary to reuse (default for val/test: "
                                                      "WORKDIR/shards/train/manifest.json when present)."),
     max_steps: int = typer.Option(None, "--max-steps", min=2, help="Program steps per target incl. END (new vocabulary only)."),
-    max_conditions: int = typer.Option(None, "--max-conditions", min=1, help="Size of the condition vocabulary (new vocabulary only)."),
+    max_conditions: int = typer.Option(None, "--max-conditions", min=1,
+                                       help="At most this many conditions, the most frequent in the training "
+                                            "programs (default 256; new vocabulary only)."),
     overwrite: bool = typer.Option(False, "--force", "--overwrite", help="Delete shards of other settings/inputs in --out and rebuild."),
     strict: bool = typer.Option(False, "--strict", help="Exit 3 when any segment is skipped (without it: only when "
                                                         "every segment is)."),

@@ -26,10 +26,10 @@ def submit(
     task: str = typer.Option(None, "--task", help="recognition or anticipation (sets the challenge; default: the "
                                                   "scores file's task, else recognition)."),
     out: Path = typer.Option(None, "--out", help="Zip to write (default {workdir}/submission.zip)."),
-    sls_pt: int = typer.Option(None, "--sls-pt", min=0, max=5, help="Supervision level, pre-training (0-5; "
+    sls_pt: int = typer.Option(None, "--sls-pt", help="Supervision level, pre-training (0-5; "
                                "0: random initialisation)."),
-    sls_tl: int = typer.Option(None, "--sls-tl", min=0, max=5, help="Supervision level, training labels (0-5)."),
-    sls_td: int = typer.Option(None, "--sls-td", min=0, max=5, help="Supervision level, training data (0-5; "
+    sls_tl: int = typer.Option(None, "--sls-tl", help="Supervision level, training labels (0-5)."),
+    sls_td: int = typer.Option(None, "--sls-td", help="Supervision level, training data (0-5; "
                                "`leap train` trains on the train split: 3)."),
     with_actions: bool = typer.Option(False, "--with-actions", help="Anticipation only: add the 100 best "
                                       "'verb,noun' action scores per segment (official combination)."),
@@ -68,6 +68,8 @@ def submit(
             raise LeapError(f"{', '.join(missing)} not given: a submission declares the supervision levels (SLS) of "
                             f"the model", fix="pass all three; a `leap train` run is TD 3 (the train split), its PT "
                                               "and TL depend on its weights and targets: see docs/evaluate-submit.md")
+        # checked here, as --check checks a zip's, in one line (typer's range check printed a usage box)
+        sub.check_sls({"sls_pt": sls_pt, "sls_tl": sls_tl, "sls_td": sls_td})
         loaded = load_scores(scores)
         task = task or scores_task(loaded) or "recognition"
         summary = sub.submit(loaded, ann, task, out, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,

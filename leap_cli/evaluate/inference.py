@@ -263,13 +263,14 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
                precision: str, allow_partial: bool, compile: bool | None, out: Path,
                on_start: Callable[[int], None] | None, on_batch: Callable[[int], None] | None) -> tuple[dict, Path]:
     from leap_cli.evaluate.scores import save_scores
-    from leap_cli.train.checkpoint import load_model
+    from leap_cli.train.checkpoint import load_model, resolve_checkpoint
     from leap_cli.train.config import resolve_aliases
 
     run_dir = Path(run)
-    which = checkpoint if checkpoint in ("best", "last") else "best"
-    source = run_dir if checkpoint in ("best", "last") else Path(checkpoint)
-    model, ckpt = load_model(source, which=which, map_location="cpu", allow_partial=allow_partial)
+    named = checkpoint in ("best", "last")
+    source = resolve_checkpoint(run_dir, checkpoint) if named else Path(checkpoint)
+    scored = source.stem if named else str(checkpoint)  # "last" when best fell back to last.pt
+    model, ckpt = load_model(source, map_location="cpu", allow_partial=allow_partial)
     config = resolve_aliases(ckpt.get("config") or {}, str(source))
     if compile is None:
         compile = bool((config.get("model") or {}).get("compile", False))
@@ -296,7 +297,7 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
     if len(scores["narration_id"]) != total:
         log.warning("scored %d segments, the shards manifest lists %d", len(scores["narration_id"]), total)
     meta = {"split": split, "task": task, "run": str(run_dir),
-            "checkpoint": checkpoint if checkpoint in ("best", "last") else str(checkpoint),
+            "checkpoint": scored,
             "views": {"temporal": views.temporal, "spatial": views.spatial}, "step": int(ckpt.get("step", 0)),
             "precision": precision, "compile": compile}
     saved = save_scores(out, scores["narration_id"], scores["verb_output"], scores["noun_output"],

@@ -47,7 +47,12 @@ def _capture(path: Path, threads: int | None) -> cv2.VideoCapture:
 
 class VideoUnreadable(LeapError):
     """The video (or the frames asked for) cannot be decoded: missing, truncated, corrupt, or past its end.
-    ``message`` says what, without paths or tool texts (it may go into a clip text); ``path`` names the file."""
+    ``message`` says what, without paths or tool texts (it may go into a clip text); ``path`` names the file;
+    ``gist`` is the message without its numbers (frame numbers, counts), so failures of one kind count as one cause."""
+
+    def __init__(self, message: str, *, gist: str | None = None, **where):
+        super().__init__(message, **where)
+        self.gist = gist or message
 
 
 def frame_file(frame: int) -> str:
@@ -134,6 +139,7 @@ def _check_frames(frames: Sequence[int], num_frames: int, path: Path, record: st
         raise LeapError(f"frame {wanted[0]} requested; frame numbers are 1-based", path=path, record=record)
     if num_frames > 0 and wanted[-1] > num_frames:
         raise VideoUnreadable(f"frame {wanted[-1]} requested but the video has {num_frames} frames", path=path,
+                              gist="frames requested past the end of the video",
                               record=record, fix="check the segment's stop time against the video's length and fps")
     return wanted
 
@@ -178,7 +184,8 @@ class VideoReader:
         if self.fps <= 0 or self.num_frames <= 0 or self.width <= 0 or self.height <= 0:
             self.close()
             raise VideoUnreadable(f"video reports fps={self.fps}, frames={self.num_frames}, "
-                            f"size={self.width}x{self.height}", path=self.path, record=record,
+                            f"size={self.width}x{self.height}", gist="the video reports no fps, frames or size",
+                            path=self.path, record=record,
                             fix="the file is damaged; re-download or re-encode it")
         if DECODE_THREADS != 1 and self.width * self.height > SMALL_FRAME:
             self._threads = DECODE_THREADS
@@ -201,7 +208,8 @@ class VideoReader:
             return
         ok = self._cap.set(cv2.CAP_PROP_POS_FRAMES, frame - 1)  # OpenCV counts from 0
         if not ok:
-            raise VideoUnreadable(f"cannot seek to frame {frame}", path=self.path, record=self.record,
+            raise VideoUnreadable(f"cannot seek to frame {frame}", gist="cannot seek in the video", path=self.path,
+                                  record=self.record,
                                   fix="the file may be truncated; re-download or re-encode it")
         landed = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES)) + 1
         if landed != frame:
@@ -220,6 +228,7 @@ class VideoReader:
 
     def _fail(self, frame: int):
         raise VideoUnreadable(f"the video ends or is corrupt at frame {frame} (of {self.num_frames} announced)",
+                              gist="the video ends early or is corrupt",
                               path=self.path, record=self.record,
                               fix="the file is truncated; re-download or re-encode it")
 
@@ -303,7 +312,8 @@ class FramesFolderReader:
         p = self.path / frame_file(frame)
         bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if bgr is None:
-            raise VideoUnreadable(f"frame {frame} is missing or unreadable", path=p, record=self.record,
+            raise VideoUnreadable(f"frame {frame} is missing or unreadable",
+                                  gist="a frame file is missing or unreadable", path=p, record=self.record,
                                   fix="re-extract the rgb_frames of this video")
         return bgr
 

@@ -7,7 +7,8 @@ conditions: the mean of the program-level term (pre/post of the whole program) a
 row's pre/post multi-hot, over the rows of the true sequence), when the model predicts per-row conditions. A
 row holds one or two of a few hundred conditions (base rate ~1 %), so the positive entries weigh
 ``condition_pos_weight`` (config ``loss.condition_pos_weight``, 10 by default): unweighted, predicting no condition
-at all is nearly optimal and the per-row F1 at threshold 0.5 stays at 0.
+at all is nearly optimal and the per-row F1 at threshold 0.5 stays at 0. The keywords' defaults are the training
+config's (``LossConfig``), so a call without them computes the loss ``leap train`` does.
 Only segments with ``has_program`` enter L_T and L_PC; the others contribute the action cross-entropies only.
 An output that takes no part in a batch's loss (a batch without programs, a column the targets lack) enters it
 times zero: every head then gets a gradient (of zeros) in every step, as DDP without its unused-parameter search
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from leap_cli.train.config import LossConfig
 
 IGNORE = -100
 STEP_COLUMNS = ("step_verb", "step_obj_a", "step_obj_b", "step_hand", "step_kind")
@@ -44,11 +47,11 @@ def leap_loss(
     outputs: dict[str, torch.Tensor],
     batch: dict,
     *,
-    lambda_t: float = 1.0,
-    lambda_pc: float = 1.0,
-    label_smoothing: float = 0.0,
-    program_loss: bool = True,
-    condition_pos_weight: float = 1.0,
+    lambda_t: float = LossConfig.lambda_t,
+    lambda_pc: float = LossConfig.lambda_pc,
+    label_smoothing: float = LossConfig.label_smoothing,
+    program_loss: bool = LossConfig.program_loss,
+    condition_pos_weight: float = LossConfig.condition_pos_weight,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts {"ce_verb", "ce_noun", "l_t", "l_pc"} (floats, for logging)."""
     ce_verb = _ce(outputs["verb"], batch["verb_class"].to(outputs["verb"].device), label_smoothing)

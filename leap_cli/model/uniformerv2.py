@@ -706,7 +706,9 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)  # model keys the checkpoint should have held but did not
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys the model has no place for
     resized: dict[str, str] = field(default_factory=dict)  # key -> "old shape -> new shape (how)"
-    family: str | None = None  # the released weights family of the checkpoint's layout (clip, k400, k710, ssv2)
+    family: str | None = None  # the released weights family of the checkpoint's layout and normalisation
+    # (clip, k400, k710, ssv2; None: another, e.g. a run of the tiny builder's defaults)
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] = (CLIP_MEAN, CLIP_STD)  # (mean, std) trained on
 
     def __str__(self) -> str:
         """One line for logs; the lists themselves stay on the object."""
@@ -811,7 +813,9 @@ def checkpoint_filter_fn(state: dict[str, Any], model: UniFormerV2) -> tuple[dic
             if k in out:
                 del out[k]
                 report.dropped[f"visual.{k}" if f"visual.{k}" in sd else k] = why
-    report.family = checkpoint_family(out, report.source, model.cfg.layers)  # before any drop or inflation
+    report.normalisation = _trained_normalisation(state, report)
+    report.family = checkpoint_family(out, report.source, model.cfg.layers,  # before any drop or inflation
+                                      report.normalisation)
     for k in HEAD_KEYS:
         if k in out and (model.cfg.num_classes == 0 or out[k].shape[0] != model.cfg.num_classes):
             n = out.pop(k).shape[0]
@@ -863,21 +867,41 @@ def model_family(cfg: UniFormerV2Config) -> str | None:
     return None
 
 
-def checkpoint_family(filtered: dict[str, torch.Tensor], source: str, layers: int) -> str | None:
-    """Which released family a filtered state dict's layout belongs to (None: none of them)."""
+def _trained_normalisation(state: dict[str, Any], report: LoadReport) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a checkpoint's weights were trained on: CLIP's for CLIP, a leap run's from its
+    ``model_args``, 0.45/0.225 for official UniFormerV2 files."""
+    if report.source == "clip":
+        return CLIP_MEAN, CLIP_STD
+    if isinstance(state.get("model_args"), dict):  # a leap run: the normalisation it was trained with
+        margs = state["model_args"]
+        return tuple(margs.get("mean", CLIP_MEAN)), tuple(margs.get("std", CLIP_STD))
+    if any(k.startswith(LEAP_HEADS) for k in report.dropped):
+        return CLIP_MEAN, CLIP_STD  # a leap run without model_args: leap normalised with CLIP's values
+    return KINETICS_MEAN, KINETICS_STD  # official UniFormerV2 training
+
+
+def checkpoint_family(filtered: dict[str, torch.Tensor], source: str, layers: int,
+                      normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> str | None:
+    """Which released family a filtered state dict's layout (and, when given, the (mean, std) it was trained
+    on) belongs to (None: none of them). The normalisation tells a run of the tiny builder's defaults (CLIP's,
+    2 global blocks) from the ssv2 layout it shares."""
     if source == "clip":
         return "clip"
     conv = filtered.get("conv1.weight")
     lmhra = any(".lmhra" in k for k in filtered)
     downsample = conv is not None and conv.ndim == 5 and conv.shape[2] > 1
     n_global = len({k.split(".")[2] for k in filtered if k.startswith("transformer.dec.")})
+    candidates: list[str] = []
     if not lmhra and not downsample:
         head = filtered.get("transformer.proj.2.weight")
-        return "k400" if head is not None and head.shape[0] == 400 else "k710"
-    if lmhra and downsample:
-        for name in ("ssv2", "clip"):
-            if n_global == len(family_options(name, layers)["return_list"]):
-                return name
+        candidates = ["k400" if head is not None and head.shape[0] == 400 else "k710"]
+    elif lmhra and downsample:
+        candidates = [name for name in ("ssv2", "clip")
+                      if n_global == len(family_options(name, layers)["return_list"])][:1]
+    for name in candidates:
+        f = FAMILIES[name]
+        if normalisation is None or (_same(normalisation[0], f["mean"]) and _same(normalisation[1], f["std"])):
+            return name
     return None
 
 
@@ -960,15 +984,7 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: boo
     if "conv1.weight" in report.resized and report.source != "clip":
         problems.append(f"the patch kernel would be inflated {report.resized['conv1.weight'].rsplit(' (', 1)[0]} "
                         "(the checkpoint has another temporal_downsample)")
-    if report.source == "clip":
-        want = (CLIP_MEAN, CLIP_STD)
-    elif isinstance(raw.get("model_args"), dict):  # a leap run: the normalisation it was trained with
-        margs = raw["model_args"]
-        want = (tuple(margs.get("mean", CLIP_MEAN)), tuple(margs.get("std", CLIP_STD)))
-    elif any(k.startswith(LEAP_HEADS) for k in report.dropped):
-        want = (CLIP_MEAN, CLIP_STD)  # a leap run without model_args: leap normalised with CLIP's values
-    else:
-        want = (KINETICS_MEAN, KINETICS_STD)  # official UniFormerV2 training
+    want = report.normalisation
     if not (_same(cfg.mean, want[0]) and _same(cfg.std, want[1])):
         problems.append(f"the weights were trained on inputs normalised with mean {list(want[0])}, std {list(want[1])}; "
                         f"the model normalises with mean {list(cfg.mean)}, std {list(cfg.std)}")

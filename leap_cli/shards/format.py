@@ -7,8 +7,8 @@ member name at the FIRST dot into key and field, so the field may itself hold do
 extension names the encoding (WebDataset's own ``.seg.jpg`` convention)::
 
     P01_01_3.json            labels, program targets, sampling record (UTF-8 JSON)
-    P01_01_3.f000.jpg ...    the T observed frames, in time order (JPEG, short side S)
     P01_01_3.c0.f000.jpg ... anticipation only: context clip 0 (oldest) .. C-1, T frames each
+    P01_01_3.f000.jpg ...    the T observed frames, in time order (JPEG, short side S)
 
 Every header has mtime 0, uid/gid 0, empty user/group names and mode 0644, so the same samples give the
 same bytes on any machine.

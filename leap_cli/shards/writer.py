@@ -223,8 +223,11 @@ class Skipped:
 
 
 def _gist(e: Exception) -> str:
-    """A failure in a few path-free words: a ``LeapError``'s message, else the exception's type."""
-    return e.message if isinstance(e, LeapError) else f"frames unreadable ({type(e).__name__})"
+    """A failure in a few path-free words that skips of one kind share: a ``VideoUnreadable``'s gist (its message
+    without frame numbers), another ``LeapError``'s message, else the exception's type."""
+    if isinstance(e, LeapError):
+        return getattr(e, "gist", e.message)
+    return f"frames unreadable ({type(e).__name__})"
 
 
 def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
@@ -622,7 +625,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         try:
             merged = merge_parts(out)
         except LeapError:
-            notes.append(f"part {shard.index + 1} of {shard.count} done; manifest.json is written when all parts are")
+            notes.append(f"part {shard.index}/{shard.count} done; manifest.json is written when all parts are")
         else:
             atomic_write_json(out / MANIFEST, merged)
             notes.append(f"all {shard.count} parts done: merged manifest.json written")
