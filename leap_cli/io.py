@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -124,8 +125,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     The file gets the mode a plain ``open`` would give it (0666 minus the umask, or the mode of the file it
     replaces): ``mkstemp`` creates 0600, which hides checkpoints and results from a shared group. The temp
     name holds the writer's host and pid; the temp files of killed writers of ``path`` are removed here.
+    As ``open`` does, a symbolic link is written through (its target is replaced, the link stays), and a file
+    that is no regular file (``/dev/stdout``, a FIFO, a device) is written in place: no rename may replace it
+    (as root, a rename onto ``/dev/null`` would put a regular file there).
     """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    try:
+        kind = path.stat().st_mode
+    except OSError:
+        kind = None
+    if kind is not None and not stat.S_ISREG(kind) and not stat.S_ISDIR(kind):
+        yield path
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     refuse_folder(path)
     _remove_dead_temps(path)
@@ -156,7 +169,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # (a pipe or a device takes no fsync)
+                os.fsync(f.fileno())
 
 
 class OutputLock:

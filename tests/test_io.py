@@ -119,6 +119,33 @@ def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
     assert p.stat().st_mode & 0o777 == 0o640 and p.read_text() == "2"
 
 
+def test_atomic_writes_go_through_links_and_into_special_files_in_place(tmp_path):
+    """``--html link.html`` replaced the link with a file (its target kept the old page), and a FIFO or a device
+    was replaced by a regular file (as root, ``--html /dev/full`` put a file where the device was)."""
+    import os
+    import stat
+    import threading
+
+    from leap_cli.io import atomic_write_bytes
+
+    real = tmp_path / "pages" / "real.html"
+    real.parent.mkdir()
+    real.write_text("old")
+    link = tmp_path / "link.html"
+    link.symlink_to(real)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and real.read_text() == "new"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    atomic_write_bytes(fifo, b"page")
+    reader.join(timeout=10)
+    assert got == [b"page"] and stat.S_ISFIFO(fifo.stat().st_mode)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
 def test_jsonl_complete_last_line_without_newline_is_not_glued(tmp_path, caplog):
     p = tmp_path / "r.jsonl"
     p.write_text(json.dumps({"narration_id": "a"}) + "\n" + json.dumps({"narration_id": "b"}))
