@@ -666,3 +666,18 @@ def test_offline_leaves_out_objects_a_smaller_class_list_lacks(tmp_path, exempla
                                contacts=[("right", "fridge", 0.3, 1.7), ("left", "cup", 0.0, 1.0)])
     p = offline_program(clip_info(record), exemplars, verbs, small)
     assert "cup" in {s["object_a"] for s in _subs(p["steps"])}
+
+
+def test_control_characters_in_records_are_shown_not_sent(kitchen):
+    """A failed record's message with ESC sequences reached the terminal raw, piped or not."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
+    out = kitchen / "programs" / "val.jsonl"
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    recs[1] = {**recs[1], "status": "failed", "program": None,
+               "errors": [{"pointer": "", "message": "boom \x1b[41mBG\x1b[0m \x9b2J\x07"}]}
+    out.write_text("".join(json.dumps(x) + "\n" for x in recs))
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert not any(c in r.output for c in "\x1b\x9b\x07")
+    assert "boom \\x1b[41mBG\\x1b[0m \\x9b2J\\x07" in r.output

@@ -10,6 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from leap_cli.report.terminal import printable
+
 console = Console()
 
 
@@ -164,7 +166,7 @@ def generate_programs(
         console.print(f"[yellow]stopped early:[/] {escape(str(summary.stopped))}; raise --max-cost and run the command "
                       "again to continue (the cap counts every run on this output file)")
     for nid, msg in summary.failures[:10]:
-        console.print(f"[red]{escape(str(nid))}[/]: {escape(str(msg))}", highlight=False)
+        console.print(f"[red]{printable(nid, one_line=True)}[/]: {printable(msg, one_line=True)}", highlight=False)
     if len(summary.failures) > 10:
         console.print(f"... and {len(summary.failures) - 10} more (see leap validate-programs)")
     from leap_cli.outcome import Outcome
@@ -248,8 +250,8 @@ def validate_programs(
                      if given_files and len(files) == 1 else workdir / "programs" / f"{split_name}.report.json")
     atomic_write_json(out, rep)
     for m in rep["malformed"][:show]:
-        console.print("[red]" + escape(f"{m['file']} [line {m['line']}]") + "[/] " + escape(m["problem"]),
-                      highlight=False)
+        console.print("[red]" + printable(f"{m['file']} [line {m['line']}]", one_line=True) + "[/] "
+                      + printable(m["problem"], one_line=True), highlight=False)
     if len(rep["malformed"]) > show:
         console.print(f"[red]... and {len(rep['malformed']) - show} more lines that are not program records[/]")
     if rep["malformed"]:
@@ -257,8 +259,8 @@ def validate_programs(
                       highlight=False)
     for r in rep["errors"][:show]:
         first = r["errors"][0] if r["errors"] else {"pointer": "", "message": r["status"]}
-        console.print(f"[red]{escape(str(r['narration_id']))}[/] "
-                      + escape(f"{r['status']}: {first['pointer'] or '/'} {first['message']}")
+        console.print(f"[red]{printable(r['narration_id'], one_line=True)}[/] "
+                      + printable(f"{r['status']}: {first['pointer'] or '/'} {first['message']}", one_line=True)
                       + (f" (+{len(r['errors']) - 1} more)" if len(r["errors"]) > 1 else ""), highlight=False)
     table = Table(title=f"validate-programs ({split_name})")
     for col in ("records", "valid", "invalid", "failed", "dups", "coverage", "loop", "cond", "routine"):
@@ -271,11 +273,11 @@ def validate_programs(
     console.print(table)
     top = lambda h: ", ".join(f"{k} {v}" for k, v in list(h.items())[:8])  # noqa: E731
     # names an LLM wrote and paths: printed as text, never as rich markup
-    console.print(escape(f"verbs: {top(rep['histograms']['verbs'])}\nobjects: {top(rep['histograms']['objects'])}\n"
+    console.print(printable(f"verbs: {top(rep['histograms']['verbs'])}\nobjects: {top(rep['histograms']['objects'])}\n"
                          f"predicates: {top(rep['histograms']['predicates'])}\nsteps: {top(rep['histograms']['steps'])}"),
                   highlight=False)
     if cov["not_in_split"]:
-        console.print("[yellow]" + escape(f"{cov['not_in_split']} records are not segments of the {split_name} split "
+        console.print("[yellow]" + printable(f"{cov['not_in_split']} records are not segments of the {split_name} split "
                                          f"(e.g. {', '.join(cov['not_in_split_examples'][:3])}): not counted in the "
                                          "coverage; check that the files are of this split") + "[/]",
                       highlight=False)
