@@ -681,3 +681,31 @@ def test_control_characters_in_records_are_shown_not_sent(kitchen):
     assert r.exit_code == 0, r.output
     assert not any(c in r.output for c in "\x1b\x9b\x07")
     assert "boom \\x1b[41mBG\\x1b[0m \\x9b2J\\x07" in r.output
+
+
+def test_records_of_another_shape_are_listed_and_the_rest_validated(kitchen):
+    """A string provenance, errors that are strings or lack a pointer: one such record stopped the report (and
+    its page) with a traceback. They are listed as lines that are not records, like any other."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
+    out = kitchen / "programs" / "val.jsonl"
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    failed = {"status": "failed", "program": None}
+    recs[0] = {**recs[0], "provenance": "offline"}
+    recs[1] = {**recs[1], **failed, "errors": ["timeout"]}
+    recs[2] = {**recs[2], **failed, "errors": [{"message": "timeout"}]}
+    recs[3] = {**recs[3], "errors": "oops"}
+    recs[4] = {**recs[4], "provenance": {"backend": ["offline"]}}
+    out.write_text("".join(json.dumps(x) + "\n" for x in recs))
+    for show in ("10", "0"):
+        r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out), "--show", show,
+                                "--html", str(kitchen / "page.html")])
+        assert r.exit_code == 0 and r.exception is None, r.output
+    rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
+    assert [(m["line"], m["problem"]) for m in rep["malformed"]] == [
+        (1, "not a program record (provenance is a str, not an object)"),
+        (2, "not a program record (errors[0] is a str, not an object with pointer and message)"),
+        (3, "not a program record (errors[0] has no pointer string)"),
+        (4, "not a program record (errors is a str, not a list)"),
+        (5, "not a program record (provenance.backend is a list, not a string)")]
+    assert rep["statuses"]["valid"] == 25

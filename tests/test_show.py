@@ -68,3 +68,35 @@ def test_trailing_backslash_and_newlines_print_as_they_are(stored, tmp_path):
     assert r.exit_code == 0, r.output
     first = r.output.splitlines()[0]
     assert first.split()[:5] == [NID, "first", "line\\nsecond", "line", "\\"] and "valid" in first
+
+
+def test_records_of_another_shape_are_one_line_errors(stored, tmp_path):
+    """show crashed with a traceback on a program record whose errors or provenance had another shape, and on a
+    descriptor whose times were null, strings, NaN, infinite or reversed (with --html after the terminal part)."""
+    from leap_cli.errors import LeapError
+
+    root, programs, descriptor = stored
+    for change, says in (({"errors": "oops"}, "errors is a str, not a list"),
+                         ({"errors": ["plain string"]}, "errors[0] is a str"),
+                         ({"provenance": "offline"}, "provenance is a str")):
+        r = show(root, tmp_path, {**programs[0], **change}, None, "--html", str(tmp_path / "p.html"))
+        assert isinstance(r.exception, LeapError), r.output
+        assert f"malformed program record: {says}" in str(r.exception) and "\n" not in str(r.exception)
+    nan, inf = float("nan"), float("inf")
+    for change, says in (({"start": None}, "start is null"), ({"start": "1.5"}, 'start is "1.5"'),
+                         ({"start": nan}, "start is NaN"), ({"stop": inf}, "stop is Infinity"),
+                         ({"stop": 0.5}, "the segment stops (0.5) before it starts (1.0)")):
+        r = show(root, tmp_path, programs[0], {**descriptor, **change}, "--html", str(tmp_path / "p.html"))
+        assert isinstance(r.exception, LeapError), r.output
+        assert f"malformed descriptor record: {says}" in str(r.exception)
+    assert not (tmp_path / "p.html").exists()
+
+
+def test_a_descriptor_without_times_says_so(stored, tmp_path):
+    """Without video_id, start and stop the title said "(None, 0.00-0.00 s)" and the page "0.00-0.00 s"."""
+    root, programs, descriptor = stored
+    d = {k: v for k, v in descriptor.items() if k not in ("video_id", "start", "stop")}
+    r = show(root, tmp_path, programs[0], d, "--html", str(tmp_path / "p.html"))
+    assert r.exit_code == 0, r.output
+    assert f"Descriptors of {NID} (video ?, ?-? s)" in " ".join(r.output.split())  # (the title wraps)
+    assert "video ?, ?-? s" in (tmp_path / "p.html").read_text()

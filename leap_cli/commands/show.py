@@ -30,7 +30,7 @@ def show(
 ) -> None:
     from leap_cli.common import dataset_root, normalize_split
     from leap_cli.report.program_view import program_tree
-    from leap_cli.report.show import COMPONENTS, load_segment, write_segment_html
+    from leap_cli.report.show import COMPONENTS, load_segment, where_when, write_segment_html
 
     run_dir = None
     if run is not None:  # a run that is not there is said before the segment is drawn, not after
@@ -45,8 +45,7 @@ def show(
         console.print(f"[yellow]{printable(narration_id)}: no program record yet (run `leap generate-programs`)[/]")
     if view.descriptor:
         d = view.descriptor
-        table = Table(title=printable(f"Descriptors of {narration_id} ({d.get('video_id')}, "
-                                   f"{d.get('start', 0):.2f}-{d.get('stop', 0):.2f} s)", one_line=True),
+        table = Table(title=printable(f"Descriptors of {narration_id} ({where_when(d)})", one_line=True),
                       show_lines=True)
         table.add_column("component")
         table.add_column("status")

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+from leap_cli.common import PROGRAM_STATUSES, program_record_problem
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.programs.targets import flatten_program
@@ -21,7 +22,7 @@ from leap_cli.programs.schema import Finding
 from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels, check_program
 from leap_cli.programs.vocab import object_key, resolve_verb
 
-STATUSES = ("valid", "invalid", "failed")
+STATUSES = PROGRAM_STATUSES
 
 
 def split_of(path: Path) -> str:
@@ -51,9 +52,9 @@ def _lines(path: Path) -> Iterator[tuple[int, object, str | None]]:
                     problem = "not UTF-8 text (not a record leap writes)"
                 yield i, None, problem
                 continue
-            if not isinstance(r, dict) or not isinstance(r.get("narration_id"), str) or r.get("status") not in STATUSES:
-                yield i, r, ("not a program record (program records have narration_id and status "
-                             "valid|invalid|failed)")
+            problem = program_record_problem(r)
+            if problem:
+                yield i, r, f"not a program record ({problem})"
                 continue
             yield i, r, None
 

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from leap_cli.common import SPLITS, descriptor_problem
+from leap_cli.common import SPLITS, descriptor_problem, program_record_problem
 from leap_cli.errors import LeapError
 from leap_cli.io import atomic_write_text
 from leap_cli.report.html import esc, jpeg_data_uri, page
@@ -63,6 +63,10 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
 
     prog, sp = (from_file(programs), split) if programs else _find(workdir / "programs", narration_id, split)
     desc, sp2 = (from_file(descriptors), split) if descriptors else _find(workdir / "descriptors", narration_id, split)
+    if prog is not None and program_record_problem(prog):
+        raise LeapError(f"malformed program record: {program_record_problem(prog)}",
+                        path=programs or workdir / "programs", record=narration_id,
+                        fix="fix or delete that line (leap generate-programs writes a deleted record again)")
     if desc is not None and descriptor_problem(desc):
         raise LeapError(f"malformed descriptor record: {descriptor_problem(desc)}", path=descriptors or workdir / "descriptors",
                         record=narration_id, fix="rerun leap extract for that segment")
@@ -91,6 +95,13 @@ def _drawable(record: dict | None) -> dict | None:
     errors = [f.to_dict() for f in findings[:10]] + [e for e in record.get("errors") or [] if isinstance(e, dict)]
     return {**record, "program": None, "status": f"{record.get('status', '?')}, but the program is malformed",
             "errors": errors}
+
+
+def where_when(descriptor: dict | None) -> str:
+    """The descriptor's video and times, "?" for what it does not say."""
+    d = descriptor or {}
+    times = "-".join(f"{d[k]:.2f}" if k in d else "?" for k in ("start", "stop"))
+    return f"video {d.get('video_id', '?')}, {times} s"
 
 
 def keyframes(data: Path, video_id: str, start: float, stop: float, count: int = 6,
@@ -125,8 +136,7 @@ def segment_html(view: SegmentView, frames: list[tuple[float, object]]) -> str:
     action = program.get("action") or {}
     said = action.get('narration') or (d.get('components', {}).get('narration', {}).get('data', {}) or {}).get('narration', '')
     title = f"{view.narration_id}: {said}" if said else view.narration_id  # (test segments have no narration)
-    body = [f"<h1>{esc(title)}</h1><p class='muted'>video {esc(d.get('video_id', '?'))}, "
-            f"{d.get('start', 0):.2f}-{d.get('stop', 0):.2f} s, split {esc(view.split or '?')}"]
+    body = [f"<h1>{esc(title)}</h1><p class='muted'>{esc(where_when(view.descriptor))}, split {esc(view.split or '?')}"]
     if p:
         prov = p.get("provenance") or {}
         body.append(f" &middot; program <span class='tag {esc(p.get('status', ''))}'>{esc(p.get('status'))}</span> "
@@ -168,6 +178,6 @@ def segment_html(view: SegmentView, frames: list[tuple[float, object]]) -> str:
 
 def write_segment_html(view: SegmentView, data: Path, out: Path) -> Path:
     d = view.descriptor or {}
-    frames = keyframes(data, d["video_id"], d["start"], d["stop"]) if d.get("video_id") else []
+    frames = keyframes(data, d["video_id"], d["start"], d["stop"]) if {"video_id", "start", "stop"} <= d.keys() else []
     atomic_write_text(out, segment_html(view, frames))
     return out
