@@ -124,6 +124,26 @@ def program_record_problem(record) -> str | None:
     return None
 
 
+def refuse_overwrite(out: str | Path, inputs, option: str) -> None:
+    """Refuse to write ``out`` (the path given to ``option``) over one of the command's input files: the same
+    file, also through a symlink or a hard link, or the same path where the file does not exist yet."""
+    for f in inputs:
+        if same_file(out, f):
+            raise LeapError(f"{option} would write over {f}, which this command reads or writes", path=out,
+                            fix=f"give {option} another path")
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    import os
+
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def stage_path(workdir: str | Path, *parts: str) -> Path:
     return Path(workdir).joinpath(*parts)
 

@@ -709,3 +709,22 @@ def test_records_of_another_shape_are_listed_and_the_rest_validated(kitchen):
         (4, "not a program record (errors is a str, not a list)"),
         (5, "not a program record (provenance.backend is a list, not a string)")]
     assert rep["statuses"]["valid"] == 25
+
+
+def test_the_page_and_the_report_never_replace_an_input(kitchen):
+    """--html FILE.jsonl replaced the programs with the page, and --html REPORT.json the report just written;
+    also through a symlink or a hard link."""
+    import os
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
+    out = kitchen / "programs" / "val.jsonl"
+    before = out.read_bytes()
+    (kitchen / "link.html").symlink_to(out)
+    os.link(out, kitchen / "hard.html")
+    for args in (["--html", str(out)], ["--html", str(kitchen / "link.html")], ["--html", str(kitchen / "hard.html")],
+                 ["--html", str(kitchen / "programs" / "val.report.json")],
+                 ["--html", str(kitchen / "programs" / "x" / ".." / "val.report.json")], ["--report", str(out)]):
+        r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out), *args])
+        assert r.exit_code != 0 and "would write over" in str(r.exception), (args, r.output)
+    assert out.read_bytes() == before and not (kitchen / "programs" / "val.report.json").exists()

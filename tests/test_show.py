@@ -100,3 +100,16 @@ def test_a_descriptor_without_times_says_so(stored, tmp_path):
     assert r.exit_code == 0, r.output
     assert f"Descriptors of {NID} (video ?, ?-? s)" in " ".join(r.output.split())  # (the title wraps)
     assert "video ?, ?-? s" in (tmp_path / "p.html").read_text()
+
+
+def test_the_page_never_replaces_a_record_file(stored, tmp_path):
+    """--html D.jsonl replaced the descriptors with the page (also a file the search read, or a link to one)."""
+    root, programs, descriptor = stored
+    for target in ("dval.jsonl", "val.jsonl", "link.html"):
+        if target == "link.html":
+            (tmp_path / target).symlink_to(tmp_path / "dval.jsonl")
+        r = show(root, tmp_path, programs[0], descriptor, "--html", str(tmp_path / target))
+        assert r.exit_code != 0 and "--html would write over" in str(r.exception), r.output
+        assert json.loads((tmp_path / "dval.jsonl").read_text()) == descriptor
+    r = CliRunner().invoke(app, ["show", NID, "--workdir", str(root), "--html", str(root / "programs" / "val.jsonl")])
+    assert r.exit_code != 0 and "--html would write over" in str(r.exception), r.output

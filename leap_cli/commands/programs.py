@@ -206,7 +206,7 @@ def validate_programs(
     show: int = typer.Option(10, "--show", min=0, help="Records with errors to print."),
     html: Path = typer.Option(None, "--html", help="Also write a page with the coverage and the distributions as plots."),
 ) -> None:
-    from leap_cli.common import SPLIT_NAMES, normalize_split
+    from leap_cli.common import SPLIT_NAMES, normalize_split, refuse_overwrite
     from leap_cli.errors import LeapError
     from leap_cli.io import atomic_write_json, refuse_folder
     from leap_cli.programs.generate import GenerateConfig, annotations_for
@@ -242,12 +242,15 @@ def validate_programs(
                             + ", ".join(f"{name}: {s}" for name, s in named.items()) + ")",
                             fix="validate one split at a time, or pass --split to check all of them against one")
         split_name = next(iter(named.values()))
-    segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
-    rep = validate_records(list(files), ann.verbs, ann.nouns, segments)
-    rep["split"] = split_name
     # beside the one file checked (a scratch file's report never replaces the stage's), else the split's
     out = report or (Path(files[0]).with_name(Path(files[0]).name.removesuffix(".jsonl") + ".report.json")
                      if given_files and len(files) == 1 else workdir / "programs" / f"{split_name}.report.json")
+    refuse_overwrite(out, files, "--report")
+    if html:
+        refuse_overwrite(html, [*files, out], "--html")
+    segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
+    rep = validate_records(list(files), ann.verbs, ann.nouns, segments)
+    rep["split"] = split_name
     atomic_write_json(out, rep)
     for m in rep["malformed"][:show]:
         console.print("[red]" + printable(f"{m['file']} [line {m['line']}]", one_line=True) + "[/] "

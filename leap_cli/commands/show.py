@@ -28,7 +28,7 @@ def show(
     run: Path = typer.Option(None, "--run", help="A trained run (runs/NAME): show its predicted program beside the target."),
     shards: Path = typer.Option(None, "--shards", help="With --run: the shards holding the segment (default WORKDIR/shards/SPLIT)."),
 ) -> None:
-    from leap_cli.common import dataset_root, normalize_split
+    from leap_cli.common import dataset_root, normalize_split, refuse_overwrite
     from leap_cli.report.program_view import program_tree
     from leap_cli.report.show import COMPONENTS, load_segment, where_when, write_segment_html
 
@@ -39,6 +39,8 @@ def show(
         run_dir = resolve_run(run, workdir)
     view = load_segment(workdir, narration_id, split=normalize_split(split) if split else None,
                         programs=programs, descriptors=descriptors)
+    if html:
+        refuse_overwrite(html, view.files, "--html")
     if view.program:
         console.print(program_tree(view.program))
     else:

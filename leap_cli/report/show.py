@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from leap_cli.common import SPLITS, descriptor_problem, program_record_problem
@@ -23,6 +23,7 @@ class SegmentView:
     split: str | None
     program: dict | None  # the program record
     descriptor: dict | None  # the descriptor record
+    files: list[Path] = field(default_factory=list)  # the record files searched (a page must not replace one)
 
 
 def record_of(path: Path, narration_id: str) -> dict | None:
@@ -44,14 +45,17 @@ def record_of(path: Path, narration_id: str) -> dict | None:
     return found
 
 
+def _candidates(folder: Path, split: str | None) -> list[tuple[str, Path]]:
+    """(split, file) of the record files of ``split`` (every split when None) in ``folder``, in search order."""
+    return [(sp, f) for sp in ([split] if split else SPLITS)
+            for f in sorted(folder.glob(f"{sp}.jsonl")) + sorted(folder.glob(f"{sp}.shard*.jsonl"))]
+
+
 def _find(folder: Path, narration_id: str, split: str | None) -> tuple[dict | None, str | None]:
-    splits = [split] if split else list(SPLITS)
-    for sp in splits:
-        files = sorted(folder.glob(f"{sp}.jsonl")) + sorted(folder.glob(f"{sp}.shard*.jsonl"))
-        for f in files:
-            r = record_of(f, narration_id)
-            if r is not None:
-                return r, sp
+    for sp, f in _candidates(folder, split):
+        r = record_of(f, narration_id)
+        if r is not None:
+            return r, sp
     return None, None
 
 
@@ -79,7 +83,10 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
     if prog is None and desc is None:
         raise LeapError(f"no program or descriptor record for {narration_id}", path=workdir, record=narration_id,
                         fix="check the narration id, --workdir, or run `leap extract` / `leap generate-programs` first")
-    return SegmentView(narration_id, sp or sp2, _drawable(prog), desc)
+    files = [Path(f) for f in (programs, descriptors) if f] + [
+        f for folder, given in (("programs", programs), ("descriptors", descriptors)) if not given
+        for _, f in _candidates(workdir / folder, split)]
+    return SegmentView(narration_id, sp or sp2, _drawable(prog), desc, files)
 
 
 def _drawable(record: dict | None) -> dict | None:
