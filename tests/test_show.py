@@ -113,3 +113,20 @@ def test_the_page_never_replaces_a_record_file(stored, tmp_path):
         assert json.loads((tmp_path / "dval.jsonl").read_text()) == descriptor
     r = CliRunner().invoke(app, ["show", NID, "--workdir", str(root), "--html", str(root / "programs" / "val.jsonl")])
     assert r.exit_code != 0 and "--html would write over" in str(r.exception), r.output
+
+
+def test_the_page_is_written_when_the_prediction_fails(stored, tmp_path, monkeypatch):
+    """The page (target and descriptors, not the prediction) was written after the prediction: a segment that is
+    not in the shards cost it."""
+    import leap_cli.commands.show as show_cmd
+    import leap_cli.evaluate.inference as inference
+    from leap_cli.errors import LeapError
+
+    def fail(*a, **k):
+        raise LeapError(f"{NID} is not in these shards")
+
+    monkeypatch.setattr(inference, "resolve_run", lambda run, workdir: tmp_path)
+    monkeypatch.setattr(show_cmd, "_show_prediction", fail)
+    root, programs, descriptor = stored
+    r = show(root, tmp_path, programs[0], descriptor, "--run", "runs/x", "--html", str(tmp_path / "p.html"))
+    assert isinstance(r.exception, LeapError) and (tmp_path / "p.html").exists()

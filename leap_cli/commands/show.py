@@ -59,11 +59,11 @@ def show(
         console.print(table)
     else:
         console.print(f"[yellow]{printable(narration_id)}: no descriptor record yet (run `leap extract`)[/]")
-    if run_dir is not None:
-        _show_prediction(run_dir, narration_id, workdir, shards, normalize_split(split) if split else view.split)
-    if html:
+    if html:  # before the prediction, which the page does not hold: its failure does not cost the page
         out = write_segment_html(view, dataset_root(workdir, data), html)
         console.print(f"wrote {printable(str(out))}")
+    if run_dir is not None:
+        _show_prediction(run_dir, narration_id, workdir, shards, normalize_split(split) if split else view.split)
 
 
 def _show_prediction(run_dir: Path, narration_id: str, workdir: Path, shards: Path | None, split: str | None) -> None:
