@@ -130,3 +130,14 @@ def test_the_page_is_written_when_the_prediction_fails(stored, tmp_path, monkeyp
     root, programs, descriptor = stored
     r = show(root, tmp_path, programs[0], descriptor, "--run", "runs/x", "--html", str(tmp_path / "p.html"))
     assert isinstance(r.exception, LeapError) and (tmp_path / "p.html").exists()
+
+
+def test_a_non_ascii_id_is_found_as_leap_writes_it(stored, tmp_path):
+    """The search looked for the id as json.dumps escapes it (\\u00e9); leap's writer keeps it as UTF-8."""
+    root, programs, _ = stored
+    nid = "P01_01_é"
+    f = tmp_path / "val.jsonl"
+    for ensure_ascii in (False, True):
+        f.write_text(json.dumps({**programs[0], "narration_id": nid}, ensure_ascii=ensure_ascii) + "\n", encoding="utf-8")
+        r = CliRunner().invoke(app, ["show", nid, "--workdir", str(root), "--programs", str(f)])
+        assert r.exit_code == 0 and nid in r.output, r.output

@@ -31,11 +31,12 @@ def record_of(path: Path, narration_id: str) -> dict | None:
     are parsed (a day's file is ~10^5 records: parsing them all cost seconds and a gigabyte)."""
     if not Path(path).exists():
         raise LeapError("file not found", path=path, fix="check the path or run the stage that writes it")
-    needle = json.dumps(narration_id).encode()
+    # as json.dumps writes the id by default, and as leap's JSONL writer does (ensure_ascii=False)
+    needles = {json.dumps(narration_id).encode(), json.dumps(narration_id, ensure_ascii=False).encode()}
     found = None
     with open(path, "rb") as f:
         for raw in f:
-            if needle in raw:
+            if any(n in raw for n in needles):
                 try:
                     r = json.loads(raw)
                 except (ValueError, RecursionError):
