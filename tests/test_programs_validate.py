@@ -728,3 +728,18 @@ def test_the_page_and_the_report_never_replace_an_input(kitchen):
         r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out), *args])
         assert r.exit_code != 0 and "would write over" in str(r.exception), (args, r.output)
     assert out.read_bytes() == before and not (kitchen / "programs" / "val.report.json").exists()
+
+
+def test_offline_program_of_a_narration_over_the_schemas_limit_is_valid(exemplars, verbs, nouns):
+    """A narration over 200 characters was copied into action.narration: the offline backend's own program
+    failed the schema."""
+    narration = "turn off hob " + "é" * 300
+    info = ClipInfo("P01_01_2", "", narration=narration, verb="turn-off", verb_class=verbs.resolve("turn-off"),
+                    noun="hob", noun_class=nouns.resolve("hob"))
+    p = offline_program(info, exemplars, verbs, nouns)
+    assert check_program(p, verbs, nouns) == []
+    assert p["action"]["narration"].startswith("turn off hob") and len(p["action"]["narration"]) <= 200
+    short = offline_program(ClipInfo("x", "", narration="turn off hob", verb="turn-off",
+                                     verb_class=verbs.resolve("turn-off"), noun="hob", noun_class=nouns.resolve("hob")),
+                            exemplars, verbs, nouns)
+    assert short["action"]["narration"] == "turn off hob"

@@ -141,3 +141,55 @@ def test_a_non_ascii_id_is_found_as_leap_writes_it(stored, tmp_path):
         f.write_text(json.dumps({**programs[0], "narration_id": nid}, ensure_ascii=ensure_ascii) + "\n", encoding="utf-8")
         r = CliRunner().invoke(app, ["show", nid, "--workdir", str(root), "--programs", str(f)])
         assert r.exit_code == 0 and nid in r.output, r.output
+
+
+def test_the_program_is_checked_again_as_validate_programs_does(stored, tmp_path):
+    """show gave the stored status: a program validate-programs finds invalid (build-shards drops it) was shown
+    as a green "valid". It is checked again where the class files are, else its status is labelled as stored."""
+    root, programs, descriptor = stored
+    p = copy.deepcopy(programs[0])
+    p["program"]["steps"][0]["verb"] = "teleport"
+    r = show(root, tmp_path, p, None, "--html", str(tmp_path / "p.html"))
+    assert r.exit_code == 0, r.output
+    first = " ".join(r.output.splitlines()[0].split())
+    assert "take plate invalid (stored as valid)" in first and "/steps/0/verb" in r.output
+    page = (tmp_path / "p.html").read_text()
+    assert "<span class='tag invalid'>invalid</span> <span class='muted'>(stored as valid)</span>" in page
+    assert ", split val" in page  # the split the file's name says
+    r = CliRunner().invoke(app, ["show", NID, "--workdir", str(tmp_path), "--programs", str(tmp_path / "val.jsonl")])
+    assert "valid (as stored, not re-checked" in r.output.splitlines()[0]
+
+
+def test_findings_are_listed_once_and_the_status_is_one_word(stored, tmp_path):
+    """The stored findings and those found again were listed both; the page's tag was "invalid, but the program
+    is malformed", which no style colours."""
+    root, programs, _ = stored
+    p = {**programs[0], "status": "invalid", "program": {"steps": 5}}
+    from leap_cli.programs.schema import validate_program
+
+    p["errors"] = [f.to_dict() for f in validate_program(p["program"])]
+    message = p["errors"][0]["message"]
+    for workdir in (root, tmp_path):  # with the class files (checked again) and without (as stored)
+        r = CliRunner().invoke(app, ["show", NID, "--workdir", str(workdir), "--programs",
+                                     str(write(tmp_path / "val.jsonl", [p])), "--html", str(tmp_path / "p.html")])
+        assert r.exit_code == 0, r.output
+        assert " ".join(r.output.split()).count(message) == 1
+        page = (tmp_path / "p.html").read_text()
+        assert page.count("<tr><td>") == len(p["errors"]) and "<span class='tag invalid'>invalid</span>" in page
+        assert "malformed program" in r.output.splitlines()[0]
+
+
+def test_a_failed_record_and_a_missing_program(stored, tmp_path):
+    """A request failure has no pointer: the tree showed ": request failed", the page an empty cell under
+    "Validation findings". A page without a program record did not say so."""
+    root, programs, descriptor = stored
+    p = {**programs[0], "status": "failed", "program": None,
+         "errors": [{"pointer": "", "message": "request failed: timeout"}]}
+    r = show(root, tmp_path, p, None, "--html", str(tmp_path / "p.html"))
+    assert r.exit_code == 0, r.output
+    assert "└── request failed: timeout" in r.output
+    page = (tmp_path / "p.html").read_text()
+    assert "<h2>Why it failed</h2>" in page and "<td>(the record)</td><td>request failed: timeout</td>" in page
+    r = show(root, tmp_path, {**programs[1]}, descriptor, "--html", str(tmp_path / "p.html"))  # of another id
+    assert r.exit_code == 0, r.output
+    assert "No program record" in (tmp_path / "p.html").read_text()

@@ -38,11 +38,11 @@ def show(
 
         run_dir = resolve_run(run, workdir)
     view = load_segment(workdir, narration_id, split=normalize_split(split) if split else None,
-                        programs=programs, descriptors=descriptors)
+                        programs=programs, descriptors=descriptors, data=data)
     if html:
         refuse_overwrite(html, view.files, "--html")
     if view.program:
-        console.print(program_tree(view.program))
+        console.print(program_tree(view.program, view.status_note))
     else:
         console.print(f"[yellow]{printable(narration_id)}: no program record yet (run `leap generate-programs`)[/]")
     if view.descriptor:

@@ -59,24 +59,25 @@ def _add_steps(node: Tree, steps: list[dict], counter: list[int]) -> None:
             node.add(f"[red]unknown step type {_line(repr(kind))}[/]")
 
 
-def program_tree(record: dict) -> Tree:
-    """The program record (status, program, provenance) as a tree."""
+def program_tree(record: dict, status_note: str | None = None) -> Tree:
+    """The program record (status, program, provenance) as a tree; ``status_note`` says how the status was
+    reached where that is not plain (stored, not re-checked; re-checked and changed)."""
     prov = record.get("provenance") or {}
     status = record.get("status", "?")
     colour = {"valid": "green", "invalid": "yellow", "failed": "red"}.get(status, "white")
     program = record.get("program") or {}
     action = program.get("action") or {}
     root = Tree(f"[bold]{_line(record.get('narration_id'))}[/]  {_line(action.get('narration', ''))}  "
-                f"[{colour}]{_line(status)}[/] [dim]({_line(prov.get('backend', '?'))} "
-                f"{_line(prov.get('model') or '')})[/]")
+                f"[{colour}]{_line(status)}[/]" + (f" [dim]({_line(status_note)})[/]" if status_note else "")
+                + f" [dim]({_line(prov.get('backend', '?'))} {_line(prov.get('model') or '')})[/]")
     if program:
         root.add(_line(f"action: verb {action.get('verb')} ({action.get('verb_class')}), "
                       f"noun {action.get('noun')} ({action.get('noun_class')})"))
         root.add(f"[cyan]pre[/]  {_line(conditions_text(program.get('pre')))}")
         _add_steps(root.add("[bold]steps[/]"), program.get("steps"), [0])
         root.add(f"[green]post[/] {_line(conditions_text(program.get('post')))}")
-    for e in record.get("errors") or []:
-        root.add(f"[red]{_line(e.get('pointer', ''))}: {_line(e.get('message', ''))}[/]")
+    for e in record.get("errors") or []:  # (a request failure points nowhere in the program)
+        root.add(f"[red]{_line(e['pointer']) + ': ' if e.get('pointer') else ''}{_line(e.get('message', ''))}[/]")
     return root
 
 
