@@ -743,3 +743,47 @@ def test_offline_program_of_a_narration_over_the_schemas_limit_is_valid(exemplar
                                      verb_class=verbs.resolve("turn-off"), noun="hob", noun_class=nouns.resolve("hob")),
                             exemplars, verbs, nouns)
     assert short["action"]["narration"] == "turn off hob"
+
+
+def test_the_page_shows_what_the_terminal_does(two_splits):
+    """The page named no file and left out the lines that are not records and the records of another split (a
+    file of garbage looked like a healthy empty one); its table of findings stopped at 200 rows unsaid; the
+    control-flow chart mixed steps with programs under raw keys; coverage said "segments" when it was over the
+    records."""
+    from leap_cli.report.programs_html import programs_report_html
+
+    runner, programs = CliRunner(), two_splits / "programs"
+    val = programs / "val.jsonl"
+    recs = [json.loads(x) for x in val.read_text().splitlines()]
+    bad = []
+    for i in range(250):  # invalid: an unknown verb
+        r = copy.deepcopy(recs[i % len(recs)])
+        r["narration_id"] = f"P99_{i:05d}"
+        r["program"]["steps"][0]["verb"] = "flibber"
+        bad.append(r)
+    val.write_text("".join(json.dumps(x) + "\n" for x in recs + bad) + "not json\n")
+    page = two_splits / "page.html"
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--split", "train", str(val),
+                            "--html", str(page)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "... and 240 more records with findings" in r.output
+    assert "coverage: valid programs over the annotated segments of the split" in r.output
+    text = page.read_text()
+    assert f"<code>{val}</code>" in text
+    assert "280 records are not segments of the train split" in text and "<code>P01_11_0</code>" in text
+    assert "Lines that are not program records (1)" in text and "not valid JSON" in text
+    assert "Records with findings (250, the first 200 shown)" in text and text.count("<tr><td>P99_") == 200
+    assert "programs_with" not in text and "Valid programs with at least one" in text
+    rep = json.loads((programs / "val.report.json").read_text())
+    rep["coverage"]["of"] = "records"
+    assert "over 10 records" in programs_report_html(rep) and "labels" in programs_report_html(rep)
+
+
+def test_the_summary_stays_readable_in_a_narrow_terminal(kitchen):
+    """At 60 columns the summary's numbers were cut to "1…" and its headers to "…"."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--split", "val"], env={"COLUMNS": "40"})
+    assert r.exit_code == 0, r.output
+    assert "…" not in r.output and "30/30 (100.0%)" in r.output
+    assert any(line.split() == ["│", "records", "│", "30", "│"] for line in r.output.splitlines()), r.output

@@ -189,6 +189,25 @@ def failure_cause(message: str) -> str:
     return ": ".join(message.split(" after ")[0].split(": ")[:2])[:100]
 
 
+def _summary_table(title: str, cells) -> Table:
+    """One row of figures under their names; a column of them where the row is wider than the terminal (its
+    numbers were cut to "1…")."""
+    from rich.measure import Measurement
+
+    row = Table(title=title)
+    for name, _ in cells:
+        row.add_column(name, justify="right", no_wrap=True)
+    row.add_row(*(str(v) for _, v in cells))
+    if Measurement.get(console, console.options.update_width(10_000), row).maximum <= console.width:
+        return row
+    column = Table(title=title, show_header=False)
+    column.add_column("what")
+    column.add_column("value", justify="right")
+    for name, value in cells:
+        column.add_row(name, str(value))
+    return column
+
+
 def validate_programs(
     files: list[Path] = typer.Argument(None, metavar="FILES", help="Program JSONL files (default WORKDIR/programs/SPLIT.jsonl)."),
     workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory (report goes to programs/)."),
@@ -252,9 +271,9 @@ def validate_programs(
     rep = validate_records(list(files), ann.verbs, ann.nouns, segments)
     rep["split"] = split_name
     atomic_write_json(out, rep)
-    for m in rep["malformed"][:show]:
+    for m in rep["malformed"][:show]:  # (soft_wrap: a long path is not broken mid-name)
         console.print("[red]" + printable(f"{m['file']} [line {m['line']}]", one_line=True) + "[/] "
-                      + printable(m["problem"], one_line=True), highlight=False)
+                      + printable(m["problem"], one_line=True), highlight=False, soft_wrap=True)
     if len(rep["malformed"]) > show:
         console.print(f"[red]... and {len(rep['malformed']) - show} more lines that are not program records[/]")
     if rep["malformed"]:
@@ -264,16 +283,20 @@ def validate_programs(
         first = r["errors"][0] if r["errors"] else {"pointer": "", "message": r["status"]}
         console.print(f"[red]{printable(r['narration_id'], one_line=True)}[/] "
                       + printable(f"{r['status']}: {first['pointer'] or '/'} {first['message']}", one_line=True)
-                      + (f" (+{len(r['errors']) - 1} more)" if len(r["errors"]) > 1 else ""), highlight=False)
-    table = Table(title=f"validate-programs ({split_name})")
-    for col in ("records", "valid", "invalid", "failed", "dups", "coverage", "loop", "cond", "routine"):
-        table.add_column(col, justify="right")
+                      + (f" (+{len(r['errors']) - 1} more)" if len(r["errors"]) > 1 else ""), highlight=False,
+                      soft_wrap=True)
+    if len(rep["errors"]) > show:
+        console.print(f"[red]... and {len(rep['errors']) - show} more records with findings[/] (the report lists "
+                      "them all)", highlight=False)
     flow = rep["histograms"]["control_flow"]
     cov = rep["coverage"]
-    table.add_row(str(rep["records"]), *(str(rep["statuses"][s]) for s in ("valid", "invalid", "failed")),
-                  str(rep["duplicates"]), f"{cov['valid']}/{cov['segments']} ({cov['fraction']:.1%})",
-                  str(flow.get("loop", 0)), str(flow.get("conditional", 0)), str(flow.get("routine", 0)))
-    console.print(table)
+    console.print(_summary_table(f"validate-programs ({split_name})", (
+        ("records", rep["records"]), *((s, rep["statuses"][s]) for s in ("valid", "invalid", "failed")),
+        ("dups", rep["duplicates"]), ("coverage", f"{cov['valid']}/{cov['segments']} ({cov['fraction']:.1%})"),
+        ("loop", flow.get("loop", 0)), ("cond", flow.get("conditional", 0)), ("routine", flow.get("routine", 0)))))
+    console.print(escape(f"coverage: valid programs over the {cov['of']}"
+                         + (f" (the annotations hold no {split_name} split: labels not checked)"
+                            if cov["of"] == "records" else "")), highlight=False)
     top = lambda h: ", ".join(f"{k} {v}" for k, v in list(h.items())[:8])  # noqa: E731
     # names an LLM wrote and paths: printed as text, never as rich markup
     console.print(printable(f"verbs: {top(rep['histograms']['verbs'])}\nobjects: {top(rep['histograms']['objects'])}\n"
