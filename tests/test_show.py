@@ -193,3 +193,17 @@ def test_a_failed_record_and_a_missing_program(stored, tmp_path):
     r = show(root, tmp_path, {**programs[1]}, descriptor, "--html", str(tmp_path / "p.html"))  # of another id
     assert r.exit_code == 0, r.output
     assert "No program record" in (tmp_path / "p.html").read_text()
+
+
+def test_a_loop_markers_condition_reads_until():
+    """The --run table printed a loop's until condition as "pre cut(potato)", as the targets store it."""
+    import torch
+
+    from leap_cli.report.predicted import _conditions
+
+    class Vocab:
+        conditions = ["cut(potato)", "clean(plate)"]
+
+    probs = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 1.0], [0, 1.0, 0, 0]])
+    assert _conditions(Vocab, probs, ["<loop>", "cut(potato) [left]", "<if>"]) == [
+        ["until cut(potato)"], ["pre clean(plate)", "post clean(plate)"], ["if clean(plate)"]]

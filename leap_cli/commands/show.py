@@ -81,7 +81,8 @@ def _show_prediction(run_dir: Path, narration_id: str, workdir: Path, shards: Pa
         console.print(f"[yellow]{printable(narration_id)}: no prediction: build-shards skipped this segment "
                       f"({printable(e.reason)}; the manifest of {printable(str(shards))} lists it)[/]", highlight=False)
         return
-    table = Table(title=f"{printable(narration_id)}: target program and {printable(str(run_dir))}'s prediction", show_lines=False)
+    table = Table(title=f"{printable(narration_id)}: target program and {printable(str(run_dir))}'s prediction "
+                        "(as the model sees them: EPIC class keys, hands in brackets)", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("target (generated program)")
     table.add_column("predicted")
