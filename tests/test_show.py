@@ -207,3 +207,13 @@ def test_a_loop_markers_condition_reads_until():
     probs = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 1.0], [0, 1.0, 0, 0]])
     assert _conditions(Vocab, probs, ["<loop>", "cut(potato) [left]", "<if>"]) == [
         ["until cut(potato)"], ["pre clean(plate)", "post clean(plate)"], ["if clean(plate)"]]
+
+
+def test_chart_labels_are_cut_before_escaping_and_long_words_wrap():
+    """esc(label)[:28] cut "&amp;" to "&a" and said nothing; a purpose without spaces ran out of its card."""
+    from leap_cli.report.html import CSS, bar_chart
+
+    svg = bar_chart("t", [("a" * 26 + "&b", 1.0), ("salt & pepper", 2.0)])
+    assert "&a<" not in svg and "salt &amp; pepper<title>" in svg and "…<title>" in svg
+    assert "<title>" + "a" * 26 + "&amp;b</title>" in svg
+    assert ".card,.step,td{overflow-wrap:anywhere}" in CSS
