@@ -55,7 +55,7 @@ def show(
         for name in COMPONENTS:
             c = d.get("components", {}).get(name, {})
             colour = {"ok": "green", "unavailable": "dim", "error": "red"}.get(c.get("status"), "white")
-            table.add_row(name, f"[{colour}]{printable(str(c.get('status', 'missing')))}[/]", printable(str(c.get("text", ""))))
+            table.add_row(name, f"[{colour}]{printable(c.get('status', 'missing'))}[/]", printable(c.get("text", "")))
         console.print(table)
     else:
         console.print(f"[yellow]{printable(narration_id)}: no descriptor record yet (run `leap extract`)[/]")

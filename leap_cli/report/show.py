@@ -62,7 +62,8 @@ def _find(folder: Path, narration_id: str, split: str | None) -> tuple[dict | No
 
 
 def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
-                 programs: Path | None = None, descriptors: Path | None = None, data: Path | None = None) -> SegmentView:
+                 programs: Path | None = None, descriptors: Path | None = None,
+                 data: Path | None = None) -> SegmentView:
     """Find a segment's program and descriptor records under the work directory (or in the given files); the
     program is checked again against DATA's annotations (``--data``, default WORKDIR/kitchen) where they are."""
     def from_file(path: Path) -> dict | None:
