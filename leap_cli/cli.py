@@ -14,10 +14,10 @@ import sys
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from leap_cli import __version__
 from leap_cli.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, LeapError
+from leap_cli.report.terminal import printable
 
 app = typer.Typer(
     name="leap",
@@ -160,7 +160,7 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def _print_error(text: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {printable(text, one_line=True)}", highlight=False, soft_wrap=True)
 
 
 _OS_FIX = {

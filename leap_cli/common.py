@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TypeVar
@@ -66,7 +68,8 @@ class ShardSpec:
 
 
 def descriptor_problem(record: dict) -> str | None:
-    """What is wrong with the shape of a descriptor record (``leap extract``'s output), or None."""
+    """What is wrong with the shape of a descriptor record (``leap extract``'s output), or None. ``video_id``,
+    ``start`` and ``stop`` may be absent (the views say "?"), but not of another type."""
     if not isinstance(record.get("narration_id"), str):
         return "no narration_id string"
     comps = record.get("components", {})
@@ -77,7 +80,68 @@ def descriptor_problem(record: dict) -> str | None:
             return f"components.{name} is a {type(comp).__name__}, not an object"
     if not isinstance(record.get("text", ""), str):
         return "text is not a string"
+    if not isinstance(record.get("video_id", ""), str):
+        return "video_id is not a string"
+    for key in ("start", "stop"):
+        if key in record and not _seconds(record[key]):
+            return f"{key} is {json.dumps(record[key])[:40]}, not a number of seconds"
+    if "start" in record and "stop" in record and record["stop"] < record["start"]:
+        return f"the segment stops ({record['stop']}) before it starts ({record['start']})"
     return None
+
+
+def _seconds(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+PROGRAM_STATUSES = ("valid", "invalid", "failed")
+
+
+def program_record_problem(record) -> str | None:
+    """What is wrong with the shape of a program record (``leap generate-programs``' output), or None. The program
+    itself may be anything: an invalid reply is kept as it came, and validation says what is wrong with it."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    if not isinstance(record.get("narration_id"), str):
+        return "no narration_id string"
+    if record.get("status") not in PROGRAM_STATUSES:
+        return f"status is {json.dumps(record.get('status'))[:40]}, not valid, invalid or failed"
+    prov = record.get("provenance") or {}
+    if not isinstance(prov, dict):
+        return f"provenance is a {type(prov).__name__}, not an object"
+    for key in ("backend", "model"):
+        if not isinstance(prov.get(key) or "", str):
+            return f"provenance.{key} is a {type(prov[key]).__name__}, not a string"
+    errors = record.get("errors") or []
+    if not isinstance(errors, list):
+        return f"errors is a {type(errors).__name__}, not a list"
+    for i, e in enumerate(errors):
+        if not isinstance(e, dict):
+            return f"errors[{i}] is a {type(e).__name__}, not an object with pointer and message"
+        for key in ("pointer", "message"):
+            if not isinstance(e.get(key), str):
+                return f"errors[{i}] has no {key} string"
+    return None
+
+
+def refuse_overwrite(out: str | Path, inputs, option: str) -> None:
+    """Refuse to write ``out`` (the path given to ``option``) over one of the command's input files: the same
+    file, also through a symlink or a hard link, or the same path where the file does not exist yet."""
+    for f in inputs:
+        if same_file(out, f):
+            raise LeapError(f"{option} would write over {f}, which this command reads or writes", path=out,
+                            fix=f"give {option} another path")
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    import os
+
+    try:
+        if os.path.exists(a) and os.path.exists(b):
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return Path(a).resolve() == Path(b).resolve()
 
 
 def stage_path(workdir: str | Path, *parts: str) -> Path:

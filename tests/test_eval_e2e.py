@@ -299,7 +299,7 @@ def test_show_predicted_program_beside_the_target(pipeline):
 
     cmp = predicted_program(run, "P01_03_0", work / "shards" / "val", checkpoint="best")
     assert cmp.target is not None and cmp.target[0] == "take(plate) [right]" and cmp.target[1] == "<loop>"
-    assert cmp.target[-1] == "<end>" and "pre clean(plate)" in cmp.target_conditions[1]
+    assert cmp.target[-1] == "<end>" and "until clean(plate)" in cmp.target_conditions[1]  # the loop marker's
     assert 1 <= len(cmp.predicted) <= vocab.max_steps and len(cmp.predicted_conditions) == len(cmp.predicted)
     res = CliRunner().invoke(app, ["show", "P01_03_0", "--workdir", str(work), "--split", "val", "--run", "runs/tiny"],
                              env={"COLUMNS": "200"})

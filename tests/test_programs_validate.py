@@ -666,3 +666,124 @@ def test_offline_leaves_out_objects_a_smaller_class_list_lacks(tmp_path, exempla
                                contacts=[("right", "fridge", 0.3, 1.7), ("left", "cup", 0.0, 1.0)])
     p = offline_program(clip_info(record), exemplars, verbs, small)
     assert "cup" in {s["object_a"] for s in _subs(p["steps"])}
+
+
+def test_control_characters_in_records_are_shown_not_sent(kitchen):
+    """A failed record's message with ESC sequences reached the terminal raw, piped or not."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
+    out = kitchen / "programs" / "val.jsonl"
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    recs[1] = {**recs[1], "status": "failed", "program": None,
+               "errors": [{"pointer": "", "message": "boom \x1b[41mBG\x1b[0m \x9b2J\x07"}]}
+    out.write_text("".join(json.dumps(x) + "\n" for x in recs))
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert not any(c in r.output for c in "\x1b\x9b\x07")
+    assert "boom \\x1b[41mBG\\x1b[0m \\x9b2J\\x07" in r.output
+
+
+def test_records_of_another_shape_are_listed_and_the_rest_validated(kitchen):
+    """A string provenance, errors that are strings or lack a pointer: one such record stopped the report (and
+    its page) with a traceback. They are listed as lines that are not records, like any other."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
+    out = kitchen / "programs" / "val.jsonl"
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    failed = {"status": "failed", "program": None}
+    recs[0] = {**recs[0], "provenance": "offline"}
+    recs[1] = {**recs[1], **failed, "errors": ["timeout"]}
+    recs[2] = {**recs[2], **failed, "errors": [{"message": "timeout"}]}
+    recs[3] = {**recs[3], "errors": "oops"}
+    recs[4] = {**recs[4], "provenance": {"backend": ["offline"]}}
+    out.write_text("".join(json.dumps(x) + "\n" for x in recs))
+    for show in ("10", "0"):
+        r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out), "--show", show,
+                                "--html", str(kitchen / "page.html")])
+        assert r.exit_code == 0 and r.exception is None, r.output
+    rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
+    assert [(m["line"], m["problem"]) for m in rep["malformed"]] == [
+        (1, "not a program record (provenance is a str, not an object)"),
+        (2, "not a program record (errors[0] is a str, not an object with pointer and message)"),
+        (3, "not a program record (errors[0] has no pointer string)"),
+        (4, "not a program record (errors is a str, not a list)"),
+        (5, "not a program record (provenance.backend is a list, not a string)")]
+    assert rep["statuses"]["valid"] == 25
+
+
+def test_the_page_and_the_report_never_replace_an_input(kitchen):
+    """--html FILE.jsonl replaced the programs with the page, and --html REPORT.json the report just written;
+    also through a symlink or a hard link."""
+    import os
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
+    out = kitchen / "programs" / "val.jsonl"
+    before = out.read_bytes()
+    (kitchen / "link.html").symlink_to(out)
+    os.link(out, kitchen / "hard.html")
+    for args in (["--html", str(out)], ["--html", str(kitchen / "link.html")], ["--html", str(kitchen / "hard.html")],
+                 ["--html", str(kitchen / "programs" / "val.report.json")],
+                 ["--html", str(kitchen / "programs" / "x" / ".." / "val.report.json")], ["--report", str(out)]):
+        r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out), *args])
+        assert r.exit_code != 0 and "would write over" in str(r.exception), (args, r.output)
+    assert out.read_bytes() == before and not (kitchen / "programs" / "val.report.json").exists()
+
+
+def test_offline_program_of_a_narration_over_the_schemas_limit_is_valid(exemplars, verbs, nouns):
+    """A narration over 200 characters was copied into action.narration: the offline backend's own program
+    failed the schema."""
+    narration = "turn off hob " + "é" * 300
+    info = ClipInfo("P01_01_2", "", narration=narration, verb="turn-off", verb_class=verbs.resolve("turn-off"),
+                    noun="hob", noun_class=nouns.resolve("hob"))
+    p = offline_program(info, exemplars, verbs, nouns)
+    assert check_program(p, verbs, nouns) == []
+    assert p["action"]["narration"].startswith("turn off hob") and len(p["action"]["narration"]) <= 200
+    short = offline_program(ClipInfo("x", "", narration="turn off hob", verb="turn-off",
+                                     verb_class=verbs.resolve("turn-off"), noun="hob", noun_class=nouns.resolve("hob")),
+                            exemplars, verbs, nouns)
+    assert short["action"]["narration"] == "turn off hob"
+
+
+def test_the_page_shows_what_the_terminal_does(two_splits):
+    """The page named no file and left out the lines that are not records and the records of another split (a
+    file of garbage looked like a healthy empty one); its table of findings stopped at 200 rows unsaid; the
+    control-flow chart mixed steps with programs under raw keys; coverage said "segments" when it was over the
+    records."""
+    from leap_cli.report.programs_html import programs_report_html
+
+    runner, programs = CliRunner(), two_splits / "programs"
+    val = programs / "val.jsonl"
+    recs = [json.loads(x) for x in val.read_text().splitlines()]
+    bad = []
+    for i in range(250):  # invalid: an unknown verb
+        r = copy.deepcopy(recs[i % len(recs)])
+        r["narration_id"] = f"P99_{i:05d}"
+        r["program"]["steps"][0]["verb"] = "flibber"
+        bad.append(r)
+    val.write_text("".join(json.dumps(x) + "\n" for x in recs + bad) + "not json\n")
+    page = two_splits / "page.html"
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--split", "train", str(val),
+                            "--html", str(page)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "... and 240 more records with findings" in r.output
+    assert "coverage: valid programs over the annotated segments of the split" in r.output
+    text = page.read_text()
+    assert f"<code>{val}</code>" in text
+    assert "280 records are not segments of the train split" in text and "<code>P01_11_0</code>" in text
+    assert "Lines that are not program records (1)" in text and "not valid JSON" in text
+    assert "Records with findings (250, the first 200 shown)" in text and text.count("<tr><td>P99_") == 200
+    assert "programs_with" not in text and "Valid programs with at least one" in text
+    rep = json.loads((programs / "val.report.json").read_text())
+    rep["coverage"]["of"] = "records"
+    assert "over 10 records" in programs_report_html(rep) and "labels" in programs_report_html(rep)
+
+
+def test_the_summary_stays_readable_in_a_narrow_terminal(kitchen):
+    """At 60 columns the summary's numbers were cut to "1…" and its headers to "…"."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"]).exit_code == 0
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--split", "val"], env={"COLUMNS": "40"})
+    assert r.exit_code == 0, r.output
+    assert "…" not in r.output and "30/30 (100.0%)" in r.output
+    assert any(line.split() == ["│", "records", "│", "30", "│"] for line in r.output.splitlines()), r.output

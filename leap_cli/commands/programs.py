@@ -10,6 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from leap_cli.report.terminal import printable
+
 console = Console()
 
 
@@ -164,7 +166,7 @@ def generate_programs(
         console.print(f"[yellow]stopped early:[/] {escape(str(summary.stopped))}; raise --max-cost and run the command "
                       "again to continue (the cap counts every run on this output file)")
     for nid, msg in summary.failures[:10]:
-        console.print(f"[red]{escape(str(nid))}[/]: {escape(str(msg))}", highlight=False)
+        console.print(f"[red]{printable(nid, one_line=True)}[/]: {printable(msg, one_line=True)}", highlight=False)
     if len(summary.failures) > 10:
         console.print(f"... and {len(summary.failures) - 10} more (see leap validate-programs)")
     from leap_cli.outcome import Outcome
@@ -187,6 +189,25 @@ def failure_cause(message: str) -> str:
     return ": ".join(message.split(" after ")[0].split(": ")[:2])[:100]
 
 
+def _summary_table(title: str, cells) -> Table:
+    """One row of figures under their names; a column of them where the row is wider than the terminal (its
+    numbers were cut to "1…")."""
+    from rich.measure import Measurement
+
+    row = Table(title=title)
+    for name, _ in cells:
+        row.add_column(name, justify="right", no_wrap=True)
+    row.add_row(*(str(v) for _, v in cells))
+    if Measurement.get(console, console.options.update_width(10_000), row).maximum <= console.width:
+        return row
+    column = Table(title=title, show_header=False)
+    column.add_column("what")
+    column.add_column("value", justify="right")
+    for name, value in cells:
+        column.add_row(name, str(value))
+    return column
+
+
 def validate_programs(
     files: list[Path] = typer.Argument(None, metavar="FILES", help="Program JSONL files (default WORKDIR/programs/SPLIT.jsonl)."),
     workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory (report goes to programs/)."),
@@ -204,7 +225,7 @@ def validate_programs(
     show: int = typer.Option(10, "--show", min=0, help="Records with errors to print."),
     html: Path = typer.Option(None, "--html", help="Also write a page with the coverage and the distributions as plots."),
 ) -> None:
-    from leap_cli.common import SPLIT_NAMES, normalize_split
+    from leap_cli.common import SPLIT_NAMES, normalize_split, refuse_overwrite
     from leap_cli.errors import LeapError
     from leap_cli.io import atomic_write_json, refuse_folder
     from leap_cli.programs.generate import GenerateConfig, annotations_for
@@ -240,16 +261,19 @@ def validate_programs(
                             + ", ".join(f"{name}: {s}" for name, s in named.items()) + ")",
                             fix="validate one split at a time, or pass --split to check all of them against one")
         split_name = next(iter(named.values()))
-    segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
-    rep = validate_records(list(files), ann.verbs, ann.nouns, segments)
-    rep["split"] = split_name
     # beside the one file checked (a scratch file's report never replaces the stage's), else the split's
     out = report or (Path(files[0]).with_name(Path(files[0]).name.removesuffix(".jsonl") + ".report.json")
                      if given_files and len(files) == 1 else workdir / "programs" / f"{split_name}.report.json")
+    refuse_overwrite(out, files, "--report")
+    if html:
+        refuse_overwrite(html, [*files, out], "--html")
+    segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
+    rep = validate_records(list(files), ann.verbs, ann.nouns, segments)
+    rep["split"] = split_name
     atomic_write_json(out, rep)
-    for m in rep["malformed"][:show]:
-        console.print("[red]" + escape(f"{m['file']} [line {m['line']}]") + "[/] " + escape(m["problem"]),
-                      highlight=False)
+    for m in rep["malformed"][:show]:  # (soft_wrap: a long path is not broken mid-name)
+        console.print("[red]" + printable(f"{m['file']} [line {m['line']}]", one_line=True) + "[/] "
+                      + printable(m["problem"], one_line=True), highlight=False, soft_wrap=True)
     if len(rep["malformed"]) > show:
         console.print(f"[red]... and {len(rep['malformed']) - show} more lines that are not program records[/]")
     if rep["malformed"]:
@@ -257,25 +281,29 @@ def validate_programs(
                       highlight=False)
     for r in rep["errors"][:show]:
         first = r["errors"][0] if r["errors"] else {"pointer": "", "message": r["status"]}
-        console.print(f"[red]{escape(str(r['narration_id']))}[/] "
-                      + escape(f"{r['status']}: {first['pointer'] or '/'} {first['message']}")
-                      + (f" (+{len(r['errors']) - 1} more)" if len(r["errors"]) > 1 else ""), highlight=False)
-    table = Table(title=f"validate-programs ({split_name})")
-    for col in ("records", "valid", "invalid", "failed", "dups", "coverage", "loop", "cond", "routine"):
-        table.add_column(col, justify="right")
+        console.print(f"[red]{printable(r['narration_id'], one_line=True)}[/] "
+                      + printable(f"{r['status']}: {first['pointer'] or '/'} {first['message']}", one_line=True)
+                      + (f" (+{len(r['errors']) - 1} more)" if len(r["errors"]) > 1 else ""), highlight=False,
+                      soft_wrap=True)
+    if len(rep["errors"]) > show:
+        console.print(f"[red]... and {len(rep['errors']) - show} more records with findings[/] (the report lists "
+                      "them all)", highlight=False)
     flow = rep["histograms"]["control_flow"]
     cov = rep["coverage"]
-    table.add_row(str(rep["records"]), *(str(rep["statuses"][s]) for s in ("valid", "invalid", "failed")),
-                  str(rep["duplicates"]), f"{cov['valid']}/{cov['segments']} ({cov['fraction']:.1%})",
-                  str(flow.get("loop", 0)), str(flow.get("conditional", 0)), str(flow.get("routine", 0)))
-    console.print(table)
+    console.print(_summary_table(f"validate-programs ({split_name})", (
+        ("records", rep["records"]), *((s, rep["statuses"][s]) for s in ("valid", "invalid", "failed")),
+        ("dups", rep["duplicates"]), ("coverage", f"{cov['valid']}/{cov['segments']} ({cov['fraction']:.1%})"),
+        ("loop", flow.get("loop", 0)), ("cond", flow.get("conditional", 0)), ("routine", flow.get("routine", 0)))))
+    console.print(escape(f"coverage: valid programs over the {cov['of']}"
+                         + (f" (the annotations hold no {split_name} split: labels not checked)"
+                            if cov["of"] == "records" else "")), highlight=False)
     top = lambda h: ", ".join(f"{k} {v}" for k, v in list(h.items())[:8])  # noqa: E731
     # names an LLM wrote and paths: printed as text, never as rich markup
-    console.print(escape(f"verbs: {top(rep['histograms']['verbs'])}\nobjects: {top(rep['histograms']['objects'])}\n"
+    console.print(printable(f"verbs: {top(rep['histograms']['verbs'])}\nobjects: {top(rep['histograms']['objects'])}\n"
                          f"predicates: {top(rep['histograms']['predicates'])}\nsteps: {top(rep['histograms']['steps'])}"),
                   highlight=False)
     if cov["not_in_split"]:
-        console.print("[yellow]" + escape(f"{cov['not_in_split']} records are not segments of the {split_name} split "
+        console.print("[yellow]" + printable(f"{cov['not_in_split']} records are not segments of the {split_name} split "
                                          f"(e.g. {', '.join(cov['not_in_split_examples'][:3])}): not counted in the "
                                          "coverage; check that the files are of this split") + "[/]",
                       highlight=False)

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+
+from leap_cli.report.terminal import printable
 
 console = Console()
 
@@ -27,9 +28,9 @@ def show(
     run: Path = typer.Option(None, "--run", help="A trained run (runs/NAME): show its predicted program beside the target."),
     shards: Path = typer.Option(None, "--shards", help="With --run: the shards holding the segment (default WORKDIR/shards/SPLIT)."),
 ) -> None:
-    from leap_cli.common import dataset_root, normalize_split
+    from leap_cli.common import dataset_root, normalize_split, refuse_overwrite
     from leap_cli.report.program_view import program_tree
-    from leap_cli.report.show import COMPONENTS, load_segment, write_segment_html
+    from leap_cli.report.show import COMPONENTS, load_segment, where_when, write_segment_html
 
     run_dir = None
     if run is not None:  # a run that is not there is said before the segment is drawn, not after
@@ -37,15 +38,16 @@ def show(
 
         run_dir = resolve_run(run, workdir)
     view = load_segment(workdir, narration_id, split=normalize_split(split) if split else None,
-                        programs=programs, descriptors=descriptors)
+                        programs=programs, descriptors=descriptors, data=data)
+    if html:
+        refuse_overwrite(html, view.files, "--html")
     if view.program:
-        console.print(program_tree(view.program))
+        console.print(program_tree(view.program, view.status_note))
     else:
-        console.print(f"[yellow]{escape(narration_id)}: no program record yet (run `leap generate-programs`)[/]")
+        console.print(f"[yellow]{printable(narration_id)}: no program record yet (run `leap generate-programs`)[/]")
     if view.descriptor:
         d = view.descriptor
-        table = Table(title=escape(f"Descriptors of {narration_id} ({d.get('video_id')}, "
-                                   f"{d.get('start', 0):.2f}-{d.get('stop', 0):.2f} s)"),
+        table = Table(title=printable(f"Descriptors of {narration_id} ({where_when(d)})", one_line=True),
                       show_lines=True)
         table.add_column("component")
         table.add_column("status")
@@ -53,20 +55,18 @@ def show(
         for name in COMPONENTS:
             c = d.get("components", {}).get(name, {})
             colour = {"ok": "green", "unavailable": "dim", "error": "red"}.get(c.get("status"), "white")
-            table.add_row(name, f"[{colour}]{escape(str(c.get('status', 'missing')))}[/]", escape(str(c.get("text", ""))))
+            table.add_row(name, f"[{colour}]{printable(c.get('status', 'missing'))}[/]", printable(c.get("text", "")))
         console.print(table)
     else:
-        console.print(f"[yellow]{escape(narration_id)}: no descriptor record yet (run `leap extract`)[/]")
+        console.print(f"[yellow]{printable(narration_id)}: no descriptor record yet (run `leap extract`)[/]")
+    if html:  # before the prediction, which the page does not hold: its failure does not cost the page
+        out = write_segment_html(view, dataset_root(workdir, data), html)
+        console.print(f"wrote {printable(str(out))}")
     if run_dir is not None:
         _show_prediction(run_dir, narration_id, workdir, shards, normalize_split(split) if split else view.split)
-    if html:
-        out = write_segment_html(view, dataset_root(workdir, data), html)
-        console.print(f"wrote {escape(str(out))}")
 
 
 def _show_prediction(run_dir: Path, narration_id: str, workdir: Path, shards: Path | None, split: str | None) -> None:
-    from rich.markup import escape
-
     from leap_cli.report.predicted import SkippedSegment, predicted_program
     from leap_cli.train.checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -78,10 +78,11 @@ def _show_prediction(run_dir: Path, narration_id: str, workdir: Path, shards: Pa
     try:
         cmp = predicted_program(run_dir, narration_id, shards)
     except SkippedSegment as e:  # a fact about the data, not a failure: the rest of the view stands
-        console.print(f"[yellow]{escape(narration_id)}: no prediction: build-shards skipped this segment "
-                      f"({escape(e.reason)}; the manifest of {escape(str(shards))} lists it)[/]", highlight=False)
+        console.print(f"[yellow]{printable(narration_id)}: no prediction: build-shards skipped this segment "
+                      f"({printable(e.reason)}; the manifest of {printable(str(shards))} lists it)[/]", highlight=False)
         return
-    table = Table(title=f"{escape(narration_id)}: target program and {escape(str(run_dir))}'s prediction", show_lines=False)
+    table = Table(title=f"{printable(narration_id)}: target program and {printable(str(run_dir))}'s prediction "
+                        "(as the model sees them: EPIC class keys, hands in brackets)", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("target (generated program)")
     table.add_column("predicted")
@@ -92,8 +93,8 @@ def _show_prediction(run_dir: Path, narration_id: str, workdir: Path, shards: Pa
         tc = "; ".join(cmp.target_conditions[i]) if cmp.target_conditions and i < len(target) else ""
         pc = "; ".join(cmp.predicted_conditions[i]) if i < len(cmp.predicted) else ""
         colour = "green" if t == p else "red"
-        table.add_row(str(i), escape(t) + (f"\n[dim]{escape(tc)}[/]" if tc else ""),
-                      f"[{colour}]{escape(p)}[/]" + (f"\n[dim]{escape(pc)}[/]" if pc else ""))
+        table.add_row(str(i), printable(t) + (f"\n[dim]{printable(tc)}[/]" if tc else ""),
+                      f"[{colour}]{printable(p)}[/]" + (f"\n[dim]{printable(pc)}[/]" if pc else ""))
     if cmp.target is None:
-        console.print(f"[yellow]{escape(narration_id)}: no valid program in the shards; prediction only[/]")
+        console.print(f"[yellow]{printable(narration_id)}: no valid program in the shards; prediction only[/]")
     console.print(table)

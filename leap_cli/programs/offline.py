@@ -43,6 +43,7 @@ names an object that neither the program nor the clip has.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -542,6 +543,23 @@ def _purposes(program: dict, exemplar: dict, names: dict[str, str], swapped: boo
         sub["purpose"] = text
 
 
+@functools.lru_cache(maxsize=1)
+def _narration_limit() -> int:
+    from leap_cli.programs.schema import load_schema
+
+    return load_schema()["$defs"]["action"]["properties"]["narration"]["maxLength"]
+
+
+def _within_schema(narration: str | None) -> str | None:
+    """The narration cut to the schema's limit (a data set's narration may be longer; the program must stay
+    valid), at a word where there is one, marked by an ellipsis."""
+    limit = _narration_limit()
+    if not narration or len(narration) <= limit:
+        return narration
+    cut = narration[:limit - 1]
+    return (cut.rsplit(" ", 1)[0] if " " in cut[limit // 2:] else cut).rstrip() + "…"
+
+
 def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab, nouns: ClassVocab) -> dict:
     verb = info.verb or (info.narration.split()[0] if info.narration else None)
     vid = info.verb_class if info.verb_class is not None else (resolve_verb(verb, verbs) if verb else None)
@@ -552,7 +570,7 @@ def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab
         raise OfflineError(f"no object known for this clip (noun {info.noun!r}, no hand contacts, no detections)")
     noun_name = nouns.keys[nid]
     verb_name = verb if verb and resolve_verb(verb, verbs) == vid else verbs.keys[vid]
-    narration = info.narration or f"{verbs.keys[vid]} {noun_name}"
+    narration = _within_schema(info.narration) or f"{verbs.keys[vid]} {noun_name}"
     action = {"narration": narration, "verb": verb_name, "noun": noun_name, "verb_class": vid, "noun_class": nid}
     ev = clip_evidence(info, nid, nouns)
 

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+from leap_cli.common import PROGRAM_STATUSES, program_record_problem
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.programs.targets import flatten_program
@@ -21,7 +22,7 @@ from leap_cli.programs.schema import Finding
 from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels, check_program
 from leap_cli.programs.vocab import object_key, resolve_verb
 
-STATUSES = ("valid", "invalid", "failed")
+STATUSES = PROGRAM_STATUSES
 
 
 def split_of(path: Path) -> str:
@@ -51,9 +52,9 @@ def _lines(path: Path) -> Iterator[tuple[int, object, str | None]]:
                     problem = "not UTF-8 text (not a record leap writes)"
                 yield i, None, problem
                 continue
-            if not isinstance(r, dict) or not isinstance(r.get("narration_id"), str) or r.get("status") not in STATUSES:
-                yield i, r, ("not a program record (program records have narration_id and status "
-                             "valid|invalid|failed)")
+            problem = program_record_problem(r)
+            if problem:
+                yield i, r, f"not a program record ({problem})"
                 continue
             yield i, r, None
 
@@ -115,6 +116,22 @@ def revalidated(records: list, verbs: ClassVocab, nouns: ClassVocab, segments: d
     return out, failures
 
 
+def recheck(record: dict, verbs: ClassVocab, nouns: ClassVocab, segments: dict[str, Segment] | None = None, *,
+            max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS) -> tuple[str, list[dict]]:
+    """(status, findings) of a program record (of a valid shape) as validate-programs gives them: a program is
+    checked again (``validate.check_program``, with the segment's labels when ``segments`` has it) and its
+    findings replace the stored ones; a record without a program is invalid; a failed one stays as it is."""
+    program, status, errors = record.get("program"), record["status"], record.get("errors") or []
+    if status == "failed":
+        return status, errors
+    if program is None:
+        return "invalid", errors or [{"pointer": "", "message": "no program"}]
+    seg = (segments or {}).get(record["narration_id"])
+    labels = Labels(seg.verb_class, seg.noun_class) if seg is not None else None
+    findings = check_program(program, verbs, nouns, labels, max_sub_actions=max_sub_actions)
+    return ("invalid" if findings else "valid"), [f.to_dict() for f in findings]
+
+
 def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
                      segments: dict[str, Segment] | None = None, *,
                      max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS) -> dict:
@@ -147,19 +164,8 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
     for nid, r in records():
         backends[(r.get("provenance") or {}).get("backend", "?")] += 1
         program = r.get("program")
-        status = r["status"]
-        errors = r.get("errors") or []
-        if status != "failed" and program is not None:
-            seg = (segments or {}).get(nid)
-            labels = Labels(seg.verb_class, seg.noun_class) if seg is not None else None
-            findings = check_program(program, verbs, nouns, labels, max_sub_actions=max_sub_actions)
-            new_status = "valid" if not findings else "invalid"
-            errors = [f.to_dict() for f in findings]
-            changed += new_status != status
-            status = new_status
-        elif status != "failed":
-            status = "invalid"
-            errors = errors or [{"pointer": "", "message": "no program"}]
+        status, errors = recheck(r, verbs, nouns, segments, max_sub_actions=max_sub_actions)
+        changed += status != r["status"] and program is not None
         statuses[status] += 1
         covered += status == "valid" and (not segments or nid in segments)
         if status != "valid":

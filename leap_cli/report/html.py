@@ -23,6 +23,7 @@ table{border-collapse:collapse;margin:8px 0} td,th{border:1px solid #ddd;padding
 .cond{font-family:ui-monospace,Menlo,monospace;font-size:.85em;background:#f1f3f5;padding:1px 5px;border-radius:3px;margin-right:4px}
 .board{display:flex;gap:10px;overflow-x:auto;padding-bottom:8px} .card{min-width:190px;max-width:230px;background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px}
 .card img{width:100%;border-radius:4px} .card h4{margin:4px 0}
+.card,.step,td{overflow-wrap:anywhere}
 pre{white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:8px;border-radius:4px;font-size:.85em}
 """
 
@@ -38,6 +39,9 @@ def jpeg_data_uri(image_rgb: np.ndarray, quality: int = 85) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(encode_jpeg(image_rgb, quality)).decode("ascii")
 
 
+LABEL_CHARS = 22  # what fits left of the bars (164 px at 12 px) in a proportional font
+
+
 def bar_chart(title: str, counts: list[tuple[str, float]], *, width: int = 560, bar_height: int = 18,
               colour: str = "#4a7fb5", show_title: bool = True) -> str:
     """A horizontal bar chart as inline SVG (labels left, values right)."""
@@ -51,8 +55,9 @@ def bar_chart(title: str, counts: list[tuple[str, float]], *, width: int = 560, 
     for i, (label, value) in enumerate(counts):
         y = head + i * bar_height
         w = (width - label_w - value_w) * value / top
+        short = label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1] + "…"  # cut before escaping
         rows.append(f"<text x='{label_w - 6}' y='{y + bar_height * 0.7:.1f}' text-anchor='end' font-size='12'>"
-                    f"{esc(label)[:28]}</text><rect x='{label_w}' y='{y + 2}' width='{w:.1f}' "
+                    f"{esc(short)}<title>{esc(label)}</title></text><rect x='{label_w}' y='{y + 2}' width='{w:.1f}' "
                     f"height='{bar_height - 4}' fill='{colour}' rx='2'/><text x='{label_w + w + 4:.1f}' "
                     f"y='{y + bar_height * 0.7:.1f}' font-size='12'>{value:g}</text>")
     return (f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{h}' role='img' "

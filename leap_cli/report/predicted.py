@@ -68,12 +68,15 @@ def _rows(vocab, steps: torch.Tensor) -> list[str]:
     return rows
 
 
-def _conditions(vocab, probs: torch.Tensor, n: int, threshold: float = 0.5) -> list[list[str]]:
+def _conditions(vocab, probs: torch.Tensor, rows: list[str], threshold: float = 0.5) -> list[list[str]]:
+    """Per row, its conditions as text: ``pre``/``post`` of a step; a ``<loop>`` marker's pre condition is its
+    ``until``, an ``<if>``'s its ``if`` (as the targets store them)."""
     P = len(vocab.conditions)
     out = []
-    for row in probs[:n]:
+    for kind, row in zip(rows, probs[:len(rows)]):
         on = (row >= threshold).nonzero().flatten().tolist()
-        out.append([("pre " if i < P else "post ") + vocab.conditions[i % P] for i in on])
+        pre = {"<loop>": "until ", "<if>": "if "}.get(kind, "pre ")
+        out.append([(pre if i < P else "post ") + vocab.conditions[i % P] for i in on])
     return out
 
 
@@ -102,10 +105,10 @@ def predicted_program(run: str | Path, narration_id: str, shards: str | Path, ch
                     context_mask=None if ctx is None else sample["context_mask"][None])
     pred = model.decoder.ids_from_logits(out)[0]
     predicted = _rows(vocab, pred)
-    pred_conds = _conditions(vocab, torch.sigmoid(out["step_conditions"][0]), len(predicted)) \
+    pred_conds = _conditions(vocab, torch.sigmoid(out["step_conditions"][0]), predicted) \
         if "step_conditions" in out else [[] for _ in predicted]
     target = target_conds = None
     if sample["has_program"]:
         target = _rows(vocab, sample["program_steps"])
-        target_conds = _conditions(vocab, sample["step_conditions"], len(target))
+        target_conds = _conditions(vocab, sample["step_conditions"], target)
     return ProgramComparison(narration_id, target, predicted, target_conds, pred_conds)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from rich.markup import escape
 from rich.tree import Tree
 
 from leap_cli.report.html import esc
+from leap_cli.report.terminal import printable
+
+
+def _line(value) -> str:
+    """Record text in a tree label: one line, printed as itself."""
+    return printable(value, one_line=True)
 
 
 def condition_text(c: dict) -> str:
@@ -33,45 +38,46 @@ def _add_steps(node: Tree, steps: list[dict], counter: list[int]) -> None:
         kind = s.get("type")
         if kind == "sub_action":
             counter[0] += 1
-            label = f"[bold]{counter[0]}. {escape(sub_action_text(s))}[/]"
+            label = f"[bold]{counter[0]}. {_line(sub_action_text(s))}[/]"
             if s.get("purpose"):
-                label += f"  [dim]- {escape(str(s['purpose']))}[/]"
+                label += f"  [dim]- {_line(s['purpose'])}[/]"
             child = node.add(label)
             if s.get("pre"):
-                child.add(f"[cyan]pre[/]  {escape(conditions_text(s['pre']))}")
+                child.add(f"[cyan]pre[/]  {_line(conditions_text(s['pre']))}")
             if s.get("post"):
-                child.add(f"[green]post[/] {escape(conditions_text(s['post']))}")
+                child.add(f"[green]post[/] {_line(conditions_text(s['post']))}")
         elif kind == "loop":
-            _add_steps(node.add(f"[yellow]loop until[/] {escape(condition_text(s.get('until', {})))}"), s.get("steps"), counter)
+            _add_steps(node.add(f"[yellow]loop until[/] {_line(condition_text(s.get('until', {})))}"), s.get("steps"), counter)
         elif kind == "conditional":
-            cond = node.add(f"[magenta]if[/] {escape(condition_text(s.get('if', {})))}")
+            cond = node.add(f"[magenta]if[/] {_line(condition_text(s.get('if', {})))}")
             _add_steps(cond.add("[magenta]then[/]"), s.get("then"), counter)
             if s.get("else"):
                 _add_steps(cond.add("[magenta]else[/]"), s.get("else"), counter)
         elif kind == "routine":
-            _add_steps(node.add(f"[blue]routine[/] {escape(str(s.get('name', '')))}"), s.get("steps"), counter)
+            _add_steps(node.add(f"[blue]routine[/] {_line(s.get('name', ''))}"), s.get("steps"), counter)
         else:
-            node.add(f"[red]unknown step type {escape(repr(kind))}[/]")
+            node.add(f"[red]unknown step type {_line(repr(kind))}[/]")
 
 
-def program_tree(record: dict) -> Tree:
-    """The program record (status, program, provenance) as a tree."""
+def program_tree(record: dict, status_note: str | None = None) -> Tree:
+    """The program record (status, program, provenance) as a tree; ``status_note`` says how the status was
+    reached where that is not plain (stored, not re-checked; re-checked and changed)."""
     prov = record.get("provenance") or {}
     status = record.get("status", "?")
     colour = {"valid": "green", "invalid": "yellow", "failed": "red"}.get(status, "white")
     program = record.get("program") or {}
     action = program.get("action") or {}
-    root = Tree(f"[bold]{escape(str(record.get('narration_id')))}[/]  {escape(str(action.get('narration', '')))}  "
-                f"[{colour}]{escape(str(status))}[/] [dim]({escape(str(prov.get('backend', '?')))} "
-                f"{escape(str(prov.get('model') or ''))})[/]")
+    root = Tree(f"[bold]{_line(record.get('narration_id'))}[/]  {_line(action.get('narration', ''))}  "
+                f"[{colour}]{_line(status)}[/]" + (f" [dim]({_line(status_note)})[/]" if status_note else "")
+                + f" [dim]({_line(prov.get('backend', '?'))} {_line(prov.get('model') or '')})[/]")
     if program:
-        root.add(escape(f"action: verb {action.get('verb')} ({action.get('verb_class')}), "
-                        f"noun {action.get('noun')} ({action.get('noun_class')})"))
-        root.add(f"[cyan]pre[/]  {escape(conditions_text(program.get('pre')))}")
+        root.add(_line(f"action: verb {action.get('verb')} ({action.get('verb_class')}), "
+                      f"noun {action.get('noun')} ({action.get('noun_class')})"))
+        root.add(f"[cyan]pre[/]  {_line(conditions_text(program.get('pre')))}")
         _add_steps(root.add("[bold]steps[/]"), program.get("steps"), [0])
-        root.add(f"[green]post[/] {escape(conditions_text(program.get('post')))}")
-    for e in record.get("errors") or []:
-        root.add(f"[red]{escape(str(e.get('pointer', '')))}: {escape(str(e.get('message', '')))}[/]")
+        root.add(f"[green]post[/] {_line(conditions_text(program.get('post')))}")
+    for e in record.get("errors") or []:  # (a request failure points nowhere in the program)
+        root.add(f"[red]{_line(e['pointer']) + ': ' if e.get('pointer') else ''}{_line(e.get('message', ''))}[/]")
     return root
 
 

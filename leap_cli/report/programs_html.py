@@ -6,6 +6,7 @@ from __future__ import annotations
 from leap_cli.report.html import bar_chart, esc, page
 
 TOP = 25
+ROWS = 200  # table rows a page shows
 
 
 def _counts(h: dict, top: int = TOP) -> list[tuple[str, float]]:
@@ -20,29 +21,56 @@ def programs_report_html(rep: dict, *, title: str | None = None) -> str:
     hist = rep.get("histograms") or {}
     title = title or f"Action programs: {rep.get('split', '?')} split"
     body = [f"<h1>{esc(title)}</h1>"]
+    if rep.get("files"):
+        body.append("<p class='muted'>Validated: " + ", ".join(f"<code>{esc(f)}</code>" for f in rep["files"]) + "</p>")
     frac = cov.get("fraction")
-    body.append(f"<p><b>Coverage:</b> {cov.get('valid', 0)} valid programs over {cov.get('segments', '?')} segments"
+    of = cov.get("of", "segments")
+    body.append(f"<p><b>Coverage:</b> {cov.get('valid', 0)} valid programs over {cov.get('segments', '?')} {esc(of)}"
                 + (f" ({100 * frac:.1f}%)" if isinstance(frac, (int, float)) else "")
-                + f" &middot; {rep.get('records', 0)} records, {rep.get('duplicates', 0)} duplicates</p>")
+                + f" &middot; {rep.get('records', 0)} records, {rep.get('duplicates', 0)} duplicates"
+                + f" &middot; {len(rep.get('malformed') or [])} lines that are not records</p>")
+    if of == "records":
+        body.append("<p class='muted'>The annotations hold no file of this split: coverage counts the records, and "
+                    "the programs were not checked against the segments' labels.</p>")
+    if cov.get("not_in_split"):
+        body.append(f"<p><b>{cov['not_in_split']} records are not segments of the {esc(rep.get('split', '?'))} "
+                    "split</b> (not counted in the coverage, but in the charts), e.g. "
+                    + ", ".join(f"<code>{esc(x)}</code>" for x in cov.get("not_in_split_examples") or []) + "</p>")
     body.append(bar_chart("Records by status", [(s, float(statuses.get(s, 0))) for s in ("valid", "invalid", "failed")],
                           colour="#4a9b6e"))
     steps = hist.get("steps") or {}
     steps_sorted = sorted(steps.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 10 ** 6)
+    flow = hist.get("control_flow") or {}
+    kinds = ("loop", "conditional", "routine")
     for name, data, colour in (
-            ("Control flow (steps of each kind)", _counts(hist.get("control_flow") or {}), "#8a4ab5"),
-            ("Sub-actions per program", [(str(k), float(v)) for k, v in steps_sorted], "#b5834a"),
+            ("Control-flow steps of each kind (all valid programs)",
+             [(k, float(flow.get(k, 0))) for k in kinds], "#8a4ab5"),
+            ("Valid programs with at least one",
+             [(f"{k}s", float(flow.get(f"programs_with_{k}", 0))) for k in kinds], "#6a4ab5"),
+            ("Sub-actions per program (then-branches, each loop once)",
+             [(str(k), float(v)) for k, v in steps_sorted], "#b5834a"),
             (f"Sub-action verbs (top {TOP})", _counts(hist.get("verbs") or {}), "#4a7fb5"),
             (f"Objects (top {TOP})", _counts(hist.get("objects") or {}), "#4ab58a"),
             (f"Predicates in conditions (top {TOP})", _counts(hist.get("predicates") or {}), "#b54a6a")):
         body.append(f"<h2>{esc(name)}</h2>" + bar_chart(name, data, colour=colour, show_title=False))
     errs = rep.get("errors") or []
     if errs:
-        body.append(f"<h2>Records with findings ({len(errs)})</h2><table><tr><th>segment</th><th>status</th>"
-                    "<th>first finding</th></tr>")
-        for r in errs[:200]:
+        body.append(f"<h2>Records with findings ({len(errs)}{_shown(errs)})</h2><table><tr><th>segment</th>"
+                    "<th>status</th><th>first finding</th></tr>")
+        for r in errs[:ROWS]:
             first = (r.get("errors") or [{"pointer": "", "message": ""}])[0]
             body.append(f"<tr><td>{esc(r.get('narration_id'))}</td><td><span class='tag {esc(r.get('status'))}'>"
                         f"{esc(r.get('status'))}</span></td><td>{esc(first.get('pointer', ''))} "
                         f"{esc(first.get('message', ''))}</td></tr>")
         body.append("</table>")
+    bad = rep.get("malformed") or []
+    if bad:
+        body.append(f"<h2>Lines that are not program records ({len(bad)}{_shown(bad)})</h2><table><tr><th>file</th>"
+                    "<th>line</th><th>problem</th></tr>" + "".join(
+                        f"<tr><td>{esc(m.get('file'))}</td><td>{esc(m.get('line'))}</td><td>{esc(m.get('problem'))}"
+                        "</td></tr>" for m in bad[:ROWS]) + "</table>")
     return page(title, "".join(body))
+
+
+def _shown(rows: list) -> str:
+    return f", the first {ROWS} shown" if len(rows) > ROWS else ""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from leap_cli.common import SPLITS, descriptor_problem
+from leap_cli.common import SPLITS, dataset_root, descriptor_problem, program_record_problem
 from leap_cli.errors import LeapError
 from leap_cli.io import atomic_write_text
 from leap_cli.report.html import esc, jpeg_data_uri, page
@@ -23,6 +23,8 @@ class SegmentView:
     split: str | None
     program: dict | None  # the program record
     descriptor: dict | None  # the descriptor record
+    files: list[Path] = field(default_factory=list)  # the record files searched (a page must not replace one)
+    status_note: str | None = None  # how the program's status was reached, where it is not the re-checked one
 
 
 def record_of(path: Path, narration_id: str) -> dict | None:
@@ -30,11 +32,12 @@ def record_of(path: Path, narration_id: str) -> dict | None:
     are parsed (a day's file is ~10^5 records: parsing them all cost seconds and a gigabyte)."""
     if not Path(path).exists():
         raise LeapError("file not found", path=path, fix="check the path or run the stage that writes it")
-    needle = json.dumps(narration_id).encode()
+    # as json.dumps writes the id by default, and as leap's JSONL writer does (ensure_ascii=False)
+    needles = {json.dumps(narration_id).encode(), json.dumps(narration_id, ensure_ascii=False).encode()}
     found = None
     with open(path, "rb") as f:
         for raw in f:
-            if needle in raw:
+            if any(n in raw for n in needles):
                 try:
                     r = json.loads(raw)
                 except (ValueError, RecursionError):
@@ -44,25 +47,34 @@ def record_of(path: Path, narration_id: str) -> dict | None:
     return found
 
 
+def _candidates(folder: Path, split: str | None) -> list[tuple[str, Path]]:
+    """(split, file) of the record files of ``split`` (every split when None) in ``folder``, in search order."""
+    return [(sp, f) for sp in ([split] if split else SPLITS)
+            for f in sorted(folder.glob(f"{sp}.jsonl")) + sorted(folder.glob(f"{sp}.shard*.jsonl"))]
+
+
 def _find(folder: Path, narration_id: str, split: str | None) -> tuple[dict | None, str | None]:
-    splits = [split] if split else list(SPLITS)
-    for sp in splits:
-        files = sorted(folder.glob(f"{sp}.jsonl")) + sorted(folder.glob(f"{sp}.shard*.jsonl"))
-        for f in files:
-            r = record_of(f, narration_id)
-            if r is not None:
-                return r, sp
+    for sp, f in _candidates(folder, split):
+        r = record_of(f, narration_id)
+        if r is not None:
+            return r, sp
     return None, None
 
 
 def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
-                 programs: Path | None = None, descriptors: Path | None = None) -> SegmentView:
-    """Find a segment's program and descriptor records under the work directory (or in the given files)."""
+                 programs: Path | None = None, descriptors: Path | None = None,
+                 data: Path | None = None) -> SegmentView:
+    """Find a segment's program and descriptor records under the work directory (or in the given files); the
+    program is checked again against DATA's annotations (``--data``, default WORKDIR/kitchen) where they are."""
     def from_file(path: Path) -> dict | None:
         return record_of(path, narration_id)
 
     prog, sp = (from_file(programs), split) if programs else _find(workdir / "programs", narration_id, split)
     desc, sp2 = (from_file(descriptors), split) if descriptors else _find(workdir / "descriptors", narration_id, split)
+    if prog is not None and program_record_problem(prog):
+        raise LeapError(f"malformed program record: {program_record_problem(prog)}",
+                        path=programs or workdir / "programs", record=narration_id,
+                        fix="fix or delete that line (leap generate-programs writes a deleted record again)")
     if desc is not None and descriptor_problem(desc):
         raise LeapError(f"malformed descriptor record: {descriptor_problem(desc)}", path=descriptors or workdir / "descriptors",
                         record=narration_id, fix="rerun leap extract for that segment")
@@ -75,22 +87,70 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
     if prog is None and desc is None:
         raise LeapError(f"no program or descriptor record for {narration_id}", path=workdir, record=narration_id,
                         fix="check the narration id, --workdir, or run `leap extract` / `leap generate-programs` first")
-    return SegmentView(narration_id, sp or sp2, _drawable(prog), desc)
+    files = [Path(f) for f in (programs, descriptors) if f] + [
+        f for folder, given in (("programs", programs), ("descriptors", descriptors)) if not given
+        for _, f in _candidates(workdir / folder, split)]
+    split = sp or sp2 or _split_of_files(programs, descriptors)
+    program, note = _drawable(prog, lambda r: _recheck(r, workdir, data, split))
+    return SegmentView(narration_id, split, program, desc, files, note)
 
 
-def _drawable(record: dict | None) -> dict | None:
-    """The program record as the views can draw it: a program that does not have the schema's shape (an LLM's
-    invalid reply is kept as it came) is shown as its findings, not as a tree."""
-    if record is None or record.get("program") is None:
-        return record
+def _split_of_files(*paths: Path | None) -> str | None:
+    """The split a record file's name says (``val.jsonl``, ``train.shard0of2.jsonl``), else None."""
+    from leap_cli.common import SPLIT_NAMES, normalize_split
+
+    names = {normalize_split(p.name.split(".")[0]) for p in paths if p and p.name.split(".")[0].lower() in SPLIT_NAMES}
+    return names.pop() if len(names) == 1 else None
+
+
+def _recheck(record: dict, workdir: Path, data: Path | None, split: str | None) -> tuple[str, list[dict]] | None:
+    """(status, findings) as validate-programs gives them, with the split's labels where the annotations have the
+    split; None without the class files."""
+    from leap_cli.epic.annotations import NOUN_CLASSES, VERB_CLASSES, open_annotations
+    from leap_cli.programs.report import recheck
+
+    ann_dir = dataset_root(workdir, data) / "annotations"
+    if not ((ann_dir / VERB_CLASSES).exists() and (ann_dir / NOUN_CLASSES).exists()):
+        return None
+    ann = open_annotations(workdir, data)
+    segments = {s.narration_id: s for s in ann.segments(split)} if split and ann.has_split(split) else None
+    return recheck(record, ann.verbs, ann.nouns, segments)
+
+
+def _drawable(record: dict | None, recheck) -> tuple[dict | None, str | None]:
+    """The program record as the views can draw it, and a note on its status. ``recheck(record)`` gives (status,
+    findings) as validate-programs does, or None where it cannot (no class files): the stored status is then
+    labelled as such. A program that does not have the schema's shape (an LLM's invalid reply is kept as it came)
+    is shown as its findings, not as a tree."""
+    if record is None:
+        return None, None
     from leap_cli.programs.schema import validate_program
 
-    findings = validate_program(record["program"])
-    if not findings:
-        return record
-    errors = [f.to_dict() for f in findings[:10]] + [e for e in record.get("errors") or [] if isinstance(e, dict)]
-    return {**record, "program": None, "status": f"{record.get('status', '?')}, but the program is malformed",
-            "errors": errors}
+    stored = record["status"]
+    checked = recheck(record)
+    if checked is None:
+        status, errors = stored, list(record.get("errors") or [])
+        note = "as stored, not re-checked: no EPIC class files in the annotations (--data)"
+    else:
+        (status, errors), note = checked, None
+    program = record.get("program")
+    malformed = program is not None and validate_program(program)
+    if malformed:
+        errors = [f.to_dict() for f in malformed[:10]] + errors
+        program = None
+        status = "invalid" if status == "valid" else status
+        note = "a malformed program: not of the schema's shape"
+    if status != stored:
+        note = "; ".join(filter(None, [f"stored as {stored}", note]))
+    unique = list({(e["pointer"], e["message"]): e for e in errors}.values())  # a finding stored and found again
+    return {**record, "program": program, "status": status, "errors": unique}, note
+
+
+def where_when(descriptor: dict | None) -> str:
+    """The descriptor's video and times, "?" for what it does not say."""
+    d = descriptor or {}
+    times = "-".join(f"{d[k]:.2f}" if k in d else "?" for k in ("start", "stop"))
+    return f"video {d.get('video_id', '?')}, {times} s"
 
 
 def keyframes(data: Path, video_id: str, start: float, stop: float, count: int = 6,
@@ -125,13 +185,17 @@ def segment_html(view: SegmentView, frames: list[tuple[float, object]]) -> str:
     action = program.get("action") or {}
     said = action.get('narration') or (d.get('components', {}).get('narration', {}).get('data', {}) or {}).get('narration', '')
     title = f"{view.narration_id}: {said}" if said else view.narration_id  # (test segments have no narration)
-    body = [f"<h1>{esc(title)}</h1><p class='muted'>video {esc(d.get('video_id', '?'))}, "
-            f"{d.get('start', 0):.2f}-{d.get('stop', 0):.2f} s, split {esc(view.split or '?')}"]
+    body = [f"<h1>{esc(title)}</h1><p class='muted'>{esc(where_when(view.descriptor))}, split {esc(view.split or '?')}"]
     if p:
         prov = p.get("provenance") or {}
-        body.append(f" &middot; program <span class='tag {esc(p.get('status', ''))}'>{esc(p.get('status'))}</span> "
-                    f"from {esc(prov.get('backend', '?'))} {esc(prov.get('model') or '')}")
+        body.append(f" &middot; program <span class='tag {esc(p['status'])}'>{esc(p['status'])}</span> "
+                    + (f"<span class='muted'>({esc(view.status_note)})</span> " if view.status_note else "")
+                    + f"from {esc(prov.get('backend', '?'))} {esc(prov.get('model') or '')}")
     body.append("</p>")
+    if not p:
+        body.append("<p><b>No program record</b> for this segment (run <code>leap generate-programs</code>).</p>")
+    if not d:
+        body.append("<p><b>No descriptor record</b> for this segment (run <code>leap extract</code>).</p>")
     if frames:
         body.append("<h2>Keyframes</h2><div class='frames'>" + "".join(
             f"<figure><img src='{jpeg_data_uri(f)}' alt='frame at {t:.2f} s'><figcaption>{t:.2f} s</figcaption></figure>"
@@ -153,8 +217,9 @@ def segment_html(view: SegmentView, frames: list[tuple[float, object]]) -> str:
                     f"<div>pre: {conds_html(program.get('pre'))}</div>{steps_html(program.get('steps'))}"
                     f"<div>post: {conds_html(program.get('post'))}</div>")
     if p.get("errors"):
-        body.append("<h2>Validation findings</h2><table><tr><th>pointer</th><th>message</th></tr>" + "".join(
-            f"<tr><td>{esc(e.get('pointer', ''))}</td><td>{esc(e.get('message', ''))}</td></tr>" for e in p["errors"])
+        heading = "Why it failed" if p["status"] == "failed" else "Validation findings"
+        body.append(f"<h2>{heading}</h2><table><tr><th>where (JSON pointer)</th><th>message</th></tr>" + "".join(
+            f"<tr><td>{esc(e['pointer'] or '(the record)')}</td><td>{esc(e['message'])}</td></tr>" for e in p["errors"])
             + "</table>")
     if d:
         body.append("<h2>Descriptors</h2><table><tr><th>component</th><th>status</th><th>source</th><th>text</th></tr>")
@@ -168,6 +233,6 @@ def segment_html(view: SegmentView, frames: list[tuple[float, object]]) -> str:
 
 def write_segment_html(view: SegmentView, data: Path, out: Path) -> Path:
     d = view.descriptor or {}
-    frames = keyframes(data, d["video_id"], d["start"], d["stop"]) if d.get("video_id") else []
+    frames = keyframes(data, d["video_id"], d["start"], d["stop"]) if {"video_id", "start", "stop"} <= d.keys() else []
     atomic_write_text(out, segment_html(view, frames))
     return out

@@ -1,0 +1,31 @@
+"""Text from records (narrations, purposes, findings, ids, paths) as rich markup that prints as itself.
+
+Records hold what an LLM or a person wrote: JSON carries ESC and other control characters as well as rich's
+``[tags]``, and a terminal acts on ESC sequences (clearing the screen, setting the title, hyperlinks), piped or not.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rich.markup import escape
+
+# C0 controls but tab and newline, DEL and C1: shown as \xNN (newline too when the text must stay on one line)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_ONE_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# rich reads backslashes as escapes only before a tag: trailing backslashes are doubled and an empty tag put after
+# them, so they print as they are whether or not markup follows (escape() alone doubles them at the end of a line)
+_AFTER_BACKSLASHES = "[dim][/dim]"
+
+
+def _visible(m: re.Match) -> str:
+    return {"\n": "\\n", "\r": "\\r"}.get(m.group()) or f"\\x{ord(m.group()):02x}"
+
+
+def printable(value: object, *, one_line: bool = False) -> str:
+    """``str(value)`` as markup: control characters shown as ``\\x1b`` (also newlines with ``one_line``, for
+    labels and one-line messages), ``[`` read as text."""
+    text = (_CONTROL_ONE_LINE if one_line else _CONTROL).sub(_visible, str(value))
+    body = text.rstrip("\\")
+    trailing = len(text) - len(body)
+    return escape(body) + ("\\" * (2 * trailing) + _AFTER_BACKSLASHES if trailing else "")
