@@ -1045,3 +1045,32 @@ def test_descriptors_extracted_anew_with_other_settings_are_refused(workdir, goo
     sidecar.write_text(json.dumps({k: v for k, v in old.items() if k != "descriptors"}))
     s = generate_programs(GenerateConfig(workdir=workdir, split="val"))
     assert s.resumed == 2 and json.loads(sidecar.read_text())["descriptors"]["components"] == ["narration", "audio"]
+
+
+def test_the_program_is_found_after_thinking_and_around_prose():
+    from leap_cli.programs.reply import parse_reply
+
+    program = '{"a": 1, "b": "{not this}"}'
+    for text in (f"<think>\nThe user wants {{a program}}.\n</think>\n\n{program}",  # a thinking model, no parser
+                 f"<think>plan</think>\n```json\n{program}\n```",
+                 f"The template opened the block; {{this}} is thinking\n</think>\n{program}",  # DeepSeek-R1's
+                 f"Here is the action program:\n\n{program}\n\nLet me know if you need more.",
+                 f"Here it is:\n```json\n{program}\n```\nIt takes the plate first.",
+                 f"```\n{program}\n```\nOne sentence after.", f"```json{program}```",
+                 f"{program}<|im_end|>", f"{program}\n{program}"):
+        assert parse_reply(text) == ({"a": 1, "b": "{not this}"}, []), text
+    # what is not one object is still said so
+    assert parse_reply('[{"a": 1}]')[1][0].message == "the reply is JSON but not an object (list)"
+    assert parse_reply("take the plate")[1][0].message.startswith("the reply is not JSON (Expecting value")
+    assert parse_reply('prose {"a": [1,')[1][0].message.startswith("the reply is not JSON")
+    assert parse_reply("<think>the budget ran out here")[1][0].message.startswith("the reply is only the model's thinking")
+
+
+def test_a_program_after_thinking_or_in_prose_costs_no_repair_turn(workdir, good_programs):
+    def script(body, n):
+        program = json.dumps(good_programs[narration_id_of(body)])
+        return Reply(f"<think>\nThe user wants {{a program}}.\n</think>\n\nHere it is:\n```json\n{program}\n```\nDone.")
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2))
+        assert s.statuses == {"valid": 2} and len(server.requests) == 2

@@ -27,9 +27,15 @@ LEN = struct.Struct("<I")
 
 
 REFUSED = "(refused) "  # what backends.reply_text puts before a Structured Outputs refusal
+# what backends.reply_text gives for a reply whose content is empty but whose reasoning field holds text:
+# REASONING_ONLY + "FIELD N" (N characters); kept in the cache as the reply, so a rerun says the same
+REASONING_ONLY = "(reasoning only) "
 MAX_DEPTH = 64  # JSON nesting a reply may have (a program's is ~8-12); deeper is a degenerate reply, not a program
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
+# the first fenced block: its language tag, then what it holds up to the closing fence (or the end: a cut reply)
+_FENCE = re.compile(r"```[ \t]*(?:[A-Za-z][\w+-]*)?(.*?)(?:```|\Z)", re.DOTALL)
+_DECODER = json.JSONDecoder()
 
 
 def json_depth(body: str) -> int:
@@ -41,23 +47,55 @@ def json_depth(body: str) -> int:
     return best
 
 
+def reasoning_only(field: str, chars: int) -> str:
+    """The reply text that stands for an empty content with ``chars`` characters in the message's ``field``."""
+    return f"{REASONING_ONLY}{field} {chars}"
+
+
+def strip_thinking(body: str) -> str:
+    """``body`` without the reasoning a thinking model writes before its answer when the server has no reasoning
+    parser: a leading ``<think>...</think>`` block, or everything up to a lone ``</think>`` (a chat template that
+    opens the block in the prompt, as DeepSeek-R1's). An unclosed leading ``<think>`` leaves nothing."""
+    end = body.find("</think>")
+    if body.startswith("<think>"):
+        return "" if end < 0 else body[end + len("</think>"):].strip()
+    if end >= 0 and "<think>" not in body[:end]:
+        return body[end + len("</think>"):].strip()
+    return body
+
+
 def parse_reply(text: str) -> tuple[dict | None, list[Finding]]:
-    """The program in a reply (a bare JSON object, or one inside a ```json fence), or a finding. A reply nested
-    deeper than ``MAX_DEPTH`` (an LLM repeating brackets) is refused before Python's parser, printer and pickler
-    would each hit their recursion limit on it."""
+    """The program in a reply, or a finding. Before a thinking model's ``<think>`` block is left out; then the
+    program is a reply that is a JSON object, else the first fenced block (```json ... ```), else the first JSON
+    object from the first ``{``; what follows it (prose, a second copy, an end-of-text token) is ignored. A reply
+    nested deeper than ``MAX_DEPTH`` (an LLM repeating brackets) is refused before Python's parser, printer and
+    pickler would each hit their recursion limit on it."""
     body = text.strip()
     if not body:
         return None, [Finding("", "the reply is empty (no content)")]
     if body.startswith(REFUSED):
         return None, [Finding("", f"the model refused: {body[len(REFUSED):][:300]}")]
-    if body.startswith("```"):
-        body = body.strip("`")
-        body = body[4:] if body.lower().startswith("json") else body
+    if body.startswith(REASONING_ONLY):
+        field, _, chars = body[len(REASONING_ONLY):].partition(" ")
+        return None, [Finding("", f"the reply's content is empty; the server put {chars} characters in "
+                                  f"{field} (the model's thinking): turn thinking off (on vLLM or SGLang --extra-body "
+                                  "'{\"chat_template_kwargs\": {\"enable_thinking\": false}}'; see your server's "
+                                  "docs) or raise --max-tokens")]
+    body = strip_thinking(body)
+    if not body:
+        return None, [Finding("", "the reply is only the model's thinking (<think>...) and no program: raise "
+                                  "--max-tokens, or turn thinking off with --extra-body")]
+    if not body.startswith("{") and (fence := _FENCE.search(body)):
+        body = fence.group(1).strip()
     if body.count("[") + body.count("{") > MAX_DEPTH and json_depth(body) > MAX_DEPTH:
         return None, [Finding("", f"the reply nests JSON {json_depth(body)} levels deep (a program nests ~10; at "
                                   f"most {MAX_DEPTH} are read)")]
+    start = body.find("{")
     try:
-        value = json.loads(body)
+        if start < 0 or body[:start].strip().startswith("["):  # no object, or a list of them: said as such
+            value = json.loads(body)
+        else:
+            value = _DECODER.raw_decode(body, start)[0]
     except json.JSONDecodeError as e:
         return None, [Finding("", f"the reply is not JSON ({e.msg}: line {e.lineno} column {e.colno})")]
     if not isinstance(value, dict):
