@@ -437,7 +437,7 @@ def test_store_migrates_an_old_database(tmp_path):
     db.close()
     with ProgramStore(path) as store:
         assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-        assert store.get("k") == ("reply", {"prompt_tokens": 1, "completion_tokens": 2}, "m")
+        assert store.get("k") == ("reply", {"prompt_tokens": 1, "completion_tokens": 2}, "m", False)
         store.log_call(narration_id="n", backend="b", model="m", prompt_hash="h", cache_key="k", round=0,
                        response="r", usage={}, latency=0.1, attempts=1, cached=False, outcome="valid")
         assert store.calls("n")[0]["outcome"] == "valid"
@@ -739,6 +739,7 @@ def test_reply_text_reads_content_parts_and_refusals(workdir, good_programs):
     assert parse_reply("(refused) I cannot help with that.")[1][0].message == "the model refused: I cannot help with that."
     assert parse_reply("  \n")[1][0].message == "the reply is empty (no content)"
     assert reply_text(msg(content=None)) == "" and reply_text({"choices": []}) == "" and reply_text({}) == ""
+    assert reply_text(msg(content={"a": 1})) == '{"a": 1}'  # a server that sent the JSON as an object
 
     def script(body, n):  # a server that sends the content as a list of parts
         data = completion("x")
@@ -1074,3 +1075,93 @@ def test_a_program_after_thinking_or_in_prose_costs_no_repair_turn(workdir, good
     with ScriptedServer(script) as server:
         s = generate_programs(config(workdir, server, limit=2))
         assert s.statuses == {"valid": 2} and len(server.requests) == 2
+
+
+@pytest.mark.parametrize("body", [
+    {"error": {"message": "json: cannot unmarshal array into Go value", "type": "api_error"}},  # Ollama
+    {"error": "model requires more system memory (12.0 GiB) than is available"},
+    {"choices": []}, {"id": "x"}, {"choices": [{"index": 0, "finish_reason": "stop"}]}])
+def test_a_200_reply_without_a_completion_is_a_failed_request_not_cached(workdir, good_programs, body):
+    healthy = []
+
+    def script(b, n):
+        return Reply(json.dumps(good_programs[narration_id_of(b)])) if healthy else Reply(raw=json.dumps(body))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2))
+        assert s.statuses == {"failed": 2} and len(server.requests) == 2  # no repair turn
+        for r in records(workdir):
+            message = r["errors"][0]["message"]
+            assert message.startswith("request failed: the endpoint")
+            if "error" in body:
+                assert str(body["error"])[-20:-2] in message or body["error"]["message"] in message
+        with ProgramStore(workdir / "programs" / "cache.sqlite") as store:
+            assert store.db.execute("SELECT COUNT(*) FROM cache").fetchone()[0] == 0
+        healthy.append(1)
+        s = generate_programs(config(workdir, server, limit=2, retry_failed=True))
+        assert s.statuses == {"valid": 2} and len(server.requests) == 4
+
+
+def test_a_reply_cut_at_the_token_limit_gets_no_repair_turn_also_from_the_cache(workdir, good_programs):
+    def script(body, n):
+        data = completion(json.dumps(good_programs[narration_id_of(body)])[:200])
+        data["choices"][0]["finish_reason"] = "length"
+        return Reply(raw=json.dumps(data))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2))
+        assert s.statuses == {"invalid": 2} and len(server.requests) == 2
+        (workdir / "programs" / "val.jsonl").unlink()
+        s = generate_programs(config(workdir, server, limit=2))
+        assert s.cache_hits == 2 and len(server.requests) == 2
+    for r in records(workdir):
+        assert r["errors"][0]["message"].startswith("the reply stopped at the token limit")
+        assert r["provenance"]["rounds"] == 1
+
+
+@pytest.mark.parametrize("field,content", [("reasoning_content", None), ("reasoning_content", ""),
+                                           ("reasoning", None)])
+def test_a_reply_that_only_thought_names_the_cause_and_gets_no_repair_turn(workdir, good_programs, field, content):
+    def script(body, n):
+        data = completion("x")
+        data["choices"][0]["message"].update({"content": content, field: json.dumps(good_programs[narration_id_of(body)])})
+        return Reply(raw=json.dumps(data))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2))
+        assert s.statuses == {"invalid": 2} and len(server.requests) == 2
+    for r in records(workdir):
+        assert r["program"] is None  # the thinking is not taken for the program
+        message = r["errors"][0]["message"]
+        assert f"characters in {field}" in message and "enable_thinking" in message and "--max-tokens" in message
+
+
+def test_an_endpoint_that_reports_no_usage_is_warned_of_once(workdir, good_programs, caplog):
+    from leap_cli.programs.backends import reply_usage
+
+    assert reply_usage({"usage": {"input_tokens": 7, "output_tokens": 3}}) == {"prompt_tokens": 7, "completion_tokens": 3}
+
+    def script(body, n):
+        data = completion(json.dumps(good_programs[narration_id_of(body)]))
+        del data["usage"]
+        return Reply(raw=json.dumps(data))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=3))
+    assert s.statuses == {"valid": 3}
+    assert caplog.text.count("the endpoint reports no token usage: the cost estimate and --max-cost") == 1
+
+
+def test_cached_prompt_tokens_are_kept_in_the_record_and_the_cache(workdir, good_programs):
+    def script(body, n):
+        data = completion(json.dumps(good_programs[narration_id_of(body)]))
+        data["usage"]["prompt_tokens_details"] = {"cached_tokens": 640}
+        return Reply(raw=json.dumps(data))
+
+    with ScriptedServer(script) as server:
+        generate_programs(config(workdir, server, limit=1))
+        (workdir / "programs" / "val.jsonl").unlink()
+        s = generate_programs(config(workdir, server, limit=1))
+        assert s.cache_hits == 1
+    (rec,) = records(workdir)
+    assert rec["provenance"]["usage"] == {"prompt_tokens": 1000, "completion_tokens": 200, "cached_tokens": 640}

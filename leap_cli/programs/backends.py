@@ -29,7 +29,7 @@ from leap_cli.errors import LeapError
 from leap_cli.programs.http import HTTPClient, HTTPConnectionError, HTTPTimeout, Response
 from leap_cli.programs.prompt import ClipInfo
 from leap_cli.programs.redact import redact, redact_logs, register_secret
-from leap_cli.programs.reply import REFUSED
+from leap_cli.programs.reply import REFUSED, reasoning_only
 
 log = logging.getLogger(__name__)
 redact_logs(log)
@@ -254,6 +254,9 @@ class OpenAIBackend(Backend):
         if not isinstance(data, dict):
             raise BackendError(redact(f"the endpoint did not answer with a JSON object: {resp.body[:120]!r}"), attempts,
                                time.perf_counter() - start)
+        problem = reply_problem(data)
+        if problem:  # no reply to check, cache or repair: a failed request, which --retry-errors redoes
+            raise BackendError(redact(problem), attempts, time.perf_counter() - start)
         text = reply_text(data)
         return Completion(redact(text), reply_usage(data), attempts, time.perf_counter() - start,
                           str(data.get("model") or self.model), cut=reply_cut(data))
@@ -288,10 +291,12 @@ def _count(value) -> int:
 
 
 def reply_usage(data: dict) -> dict:
-    """``{"prompt_tokens", "completion_tokens"[, "cached_tokens"]}`` of a chat completion (counts a server left
-    out or sent in another form are 0: the cost estimate and ``--max-cost`` must not stop on a server's quirk)."""
+    """``{"prompt_tokens", "completion_tokens"[, "cached_tokens"]}`` of a chat completion (``input_tokens`` and
+    ``output_tokens``, the Responses API's names, where those are missing; counts a server left out or sent in
+    another form are 0: the cost estimate and ``--max-cost`` must not stop on a server's quirk)."""
     u = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    usage = {"prompt_tokens": _count(u.get("prompt_tokens")), "completion_tokens": _count(u.get("completion_tokens"))}
+    usage = {"prompt_tokens": _count(u.get("prompt_tokens", u.get("input_tokens"))),
+             "completion_tokens": _count(u.get("completion_tokens", u.get("output_tokens")))}
     details = u.get("prompt_tokens_details")
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     if cached:
@@ -307,9 +312,26 @@ def reply_cut(data: dict) -> bool:
         return False
 
 
+def reply_problem(data: dict) -> str | None:
+    """Why a 200 body is no chat completion (an ``error`` in it, as Ollama and some proxies send; no
+    ``choices``; no ``message`` in the first), else None."""
+    err = data.get("error")
+    if err:
+        message = err.get("message") or err if isinstance(err, dict) else err
+        return "the endpoint answered 200 with an error: " + " ".join(str(message).split())[:300]
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return "the endpoint's reply has no choices"
+    if not isinstance(choices[0], dict) or not isinstance(choices[0].get("message"), dict):
+        return "the endpoint's reply has no message in its first choice"
+    return None
+
+
 def reply_text(data: dict) -> str:
-    """The text of a chat completion's first choice: its ``content`` (a string, or a list of text parts as some
-    OpenAI-compatible servers send), else its ``refusal`` (Structured Outputs: the model declined), else ""."""
+    """The text of a chat completion's first choice: its ``content`` (a string, a list of text parts as some
+    OpenAI-compatible servers send, or an object, written back as JSON), else its ``refusal`` (Structured
+    Outputs: the model declined), else, where the message's ``reasoning_content`` or ``reasoning`` holds text
+    (a thinking model that never answered), ``reply.reasoning_only`` (what parse_reply names), else ""."""
     try:
         message = data["choices"][0]["message"]
         content = message.get("content")
@@ -317,10 +339,17 @@ def reply_text(data: dict) -> str:
         return ""
     if isinstance(content, list):
         content = "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
-    if isinstance(content, str) and content:
+    elif isinstance(content, dict):
+        content = json.dumps(content, ensure_ascii=False)
+    if isinstance(content, str) and content.strip():
         return content
     refusal = message.get("refusal")
-    return REFUSED + refusal if isinstance(refusal, str) and refusal else ""
+    if isinstance(refusal, str) and refusal:
+        return REFUSED + refusal
+    for name in ("reasoning_content", "reasoning"):
+        if isinstance(message.get(name), str) and message[name].strip():
+            return reasoning_only(name, len(message[name]))
+    return ""
 
 
 def _error_message(resp: Response, n: int = 200) -> str:

@@ -40,7 +40,7 @@ from leap_cli.programs.backends import (Backend, BackendError, Completion, Offli
                                        RetryPolicy, check_extra_body)
 from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, PromptBuilder, clip_info, load_exemplars,
                                       load_system_prompt, narration_record)
-from leap_cli.programs.reply import verify_reply
+from leap_cli.programs.reply import REASONING_ONLY, verify_reply
 from leap_cli.programs.redact import redact, redact_logs
 from leap_cli.programs.schema import Finding, strict_schema
 from leap_cli.programs.store import ProgramStore, cache_key
@@ -273,6 +273,8 @@ class ProgramGenerator:
         self.summary_requests = 0
         self.summary_hits = 0
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # requests made in this run
+        # a reply without token counts was warned of (offline: there are none to report)
+        self._no_usage_told = backend.name == "offline"
         self.cost = 0.0
 
     def info(self, record: dict) -> ClipInfo:
@@ -317,7 +319,7 @@ class ProgramGenerator:
             prov["rounds"] = rnd + 1
             cut = False
             if hit is not None:
-                text, usage, _ = hit
+                text, usage, _, cut = hit
                 self.summary_hits += 1
                 latency, attempts = 0.0, 0
             else:
@@ -338,13 +340,17 @@ class ProgramGenerator:
                 text, usage, latency, attempts = comp.text, comp.usage, comp.seconds, comp.attempts
                 prov["attempts"] += attempts
                 cut = comp.cut
-            for k in prov["usage"]:
-                prov["usage"][k] += usage.get(k, 0)
+            for k in ("prompt_tokens", "completion_tokens", "cached_tokens"):
+                if usage.get(k):
+                    prov["usage"][k] = prov["usage"].get(k, 0) + usage[k]
             parsed, findings = await self.verify(text, info)
             if parsed is not None:
                 program = parsed
             if findings and cut:
                 findings = [token_limit_finding(self.cfg.max_tokens)] + findings
+            # no repair turn where another would end the same way: a reply cut at the token limit (the longer
+            # repair prompt gets the same budget), or one whose model only thought (its fix is a setting)
+            final = cut or text.startswith(REASONING_ONLY)
             outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
             # a paid reply a repair round follows is committed now (its record is not written yet); one that
             # finishes its record is safe in the output file, and waits for the store's next batch. A reply
@@ -355,9 +361,12 @@ class ProgramGenerator:
                                     usage=usage, latency=latency, attempts=attempts, cached=hit is not None,
                                     outcome=outcome,
                                     error="; ".join(f"{f.pointer}: {f.message}" for f in findings[:5]) or None,
-                                    durable=hit is None and bool(findings) and rnd < self.cfg.repair_rounds)
+                                    durable=hit is None and bool(findings) and not final
+                                    and rnd < self.cfg.repair_rounds)
             if not findings:
                 return done("valid", program, [])
+            if final:
+                break
             prompt = prompt.extend([{"role": "assistant", "content": text},
                                     {"role": "user", "content": repair_message(findings)}])
         return done("invalid", program, findings)
@@ -383,6 +392,10 @@ class ProgramGenerator:
             finally:
                 self.in_flight -= 1
             usage = comp.usage
+            if not (usage.get("prompt_tokens") or usage.get("completion_tokens") or self._no_usage_told):
+                self._no_usage_told = True
+                log.warning("the endpoint reports no token usage: the cost estimate and --max-cost cannot work for "
+                            "this run")
             self.summary_requests += comp.attempts
             for k in self.usage:
                 self.usage[k] += usage.get(k, 0)
@@ -391,7 +404,7 @@ class ProgramGenerator:
             # committed with the call log (run_one's log_call), not while the slot is held
             if self._cache:
                 self.store.add_spend(self.out_path, cost, usage, comp.attempts, commit=False)
-                self.store.put(key, comp.text, usage, comp.model, commit=False)
+                self.store.put(key, comp.text, usage, comp.model, cut=comp.cut, commit=False)
         # the worker that now has the slot sends its request before this reply's bookkeeping (run_one's _turn)
         return comp
 

@@ -50,6 +50,10 @@ MIGRATIONS = [
     # 4
     """CREATE TABLE ledger (out TEXT PRIMARY KEY, cost REAL NOT NULL DEFAULT 0, prompt_tokens INTEGER NOT NULL DEFAULT 0,
        completion_tokens INTEGER NOT NULL DEFAULT 0, requests INTEGER NOT NULL DEFAULT 0, updated REAL)""",
+    # 5: the prompt tokens the provider read from its prompt cache (priced apart: --price-cached-in)
+    "ALTER TABLE cache ADD COLUMN cached_tokens INTEGER",
+    # 6: the reply stopped at the token limit (finish_reason "length"): a rerun says so again and asks no repair
+    "ALTER TABLE cache ADD COLUMN cut INTEGER",
 ]
 
 
@@ -64,7 +68,8 @@ def cache_key(backend: str, model: str, messages: list[dict] | str, schema: dict
 
 
 class ProgramStore:
-    _CACHE_SQL = "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?, ?, ?)"
+    _CACHE_SQL = ("INSERT OR REPLACE INTO cache (key, response, prompt_tokens, completion_tokens, model, created, "
+                  "cached_tokens, cut) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
     _CALL_SQL = ("INSERT INTO calls (narration_id, backend, model, prompt_hash, cache_key, round, response, prompt_tokens, "
                  "completion_tokens, latency, attempts, cached, outcome, error, created) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -187,24 +192,29 @@ class ProgramStore:
                 self.db.execute(f"PRAGMA user_version = {i}")
         return len(MIGRATIONS)
 
-    def get(self, key: str) -> tuple[str, dict, str] | None:
+    def get(self, key: str) -> tuple[str, dict, str, bool] | None:
+        """A cached reply: its text, usage (``cached_tokens`` where there were any), model, and whether it stopped
+        at the token limit; None when there is none."""
         if key in self._cache:
-            row = self._cache[key][1:5]
+            row = self._cache[key]
         elif self._flushing is not None and key in self._flushing[0]:
-            row = self._flushing[0][key][1:5]
+            row = self._flushing[0][key]
         else:
-            rows = self._read("SELECT response, prompt_tokens, completion_tokens, model FROM cache WHERE key = ?",
-                              (key,))[1]
+            rows = self._read("SELECT key, response, prompt_tokens, completion_tokens, model, created, cached_tokens, "
+                              "cut FROM cache WHERE key = ?", (key,))[1]
             row = rows[0] if rows else None
         if row is None:
             return None
-        return row[0], {"prompt_tokens": row[1] or 0, "completion_tokens": row[2] or 0}, row[3] or ""
+        usage = {"prompt_tokens": row[2] or 0, "completion_tokens": row[3] or 0}
+        if row[6]:
+            usage["cached_tokens"] = row[6]
+        return row[1], usage, row[4] or "", bool(row[7])
 
-    def put(self, key: str, response: str, usage: dict, model: str, *, commit: bool = True) -> None:
-        """Cache a reply. ``commit=False``: not even a due commit now (the caller's next write or ``close``
-        makes it), e.g. while a request slot waits for this call."""
+    def put(self, key: str, response: str, usage: dict, model: str, *, cut: bool = False, commit: bool = True) -> None:
+        """Cache a reply (``cut``: it stopped at the token limit). ``commit=False``: not even a due commit now (the
+        caller's next write or ``close`` makes it), e.g. while a request slot waits for this call."""
         self._cache[key] = (key, redact(response), usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), model,
-                            time.time())
+                            time.time(), usage.get("cached_tokens") or None, int(cut))
         if commit:
             self._written()
 
