@@ -1165,3 +1165,33 @@ def test_cached_prompt_tokens_are_kept_in_the_record_and_the_cache(workdir, good
         assert s.cache_hits == 1
     (rec,) = records(workdir)
     assert rec["provenance"]["usage"] == {"prompt_tokens": 1000, "completion_tokens": 200, "cached_tokens": 640}
+
+
+def test_the_token_limit_finding_says_how_to_redo_only_the_cut_records(workdir, good_programs, caplog):
+    """Its advice, followed as written: the cut record is asked again with a larger budget, the valid ones are
+    not bought again, and the settings check is not touched."""
+    cut_one = sorted(good_programs)[0]
+
+    def script(body, n):
+        nid = narration_id_of(body)
+        data = completion(json.dumps(good_programs[nid]))
+        if nid == cut_one and body["max_tokens"] < 4000:
+            data = completion(json.dumps(good_programs[nid])[:100])
+            data["choices"][0]["finish_reason"] = "length"
+        return Reply(raw=json.dumps(data))
+
+    out = workdir / "programs" / "val.jsonl"
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, max_tokens=2000))
+        assert s.statuses == {"valid": N_SEGMENTS - 1, "invalid": 1}
+        (rec,) = [r for r in records(workdir) if r["status"] == "invalid"]
+        message = rec["errors"][0]["message"]
+        assert "copy val.jsonl without its val.jsonl.settings.json" in message
+        assert "--out COPY --retry-invalid --max-tokens 4000" in message
+        with pytest.raises(LeapError, match="other settings"):  # what the advice steers around
+            generate_programs(config(workdir, server, max_tokens=4000, retry_invalid=True))
+        copy = out.with_name("val-long.jsonl")
+        shutil.copy(out, copy)
+        s = generate_programs(config(workdir, server, max_tokens=4000, retry_invalid=True, out=copy))
+        assert s.statuses == {"valid": 1} and s.resumed == N_SEGMENTS - 1 and len(server.requests) == N_SEGMENTS + 1
+    assert all(r["status"] == "valid" for r in read_jsonl(copy)) and len(read_jsonl(copy)) == N_SEGMENTS

@@ -150,7 +150,7 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
                 text = redact(reply_text(body))
                 program, findings = gen.verify_here(text, info)
                 if findings and reply_cut(body):
-                    findings = [token_limit_finding(cfg.max_tokens)] + findings
+                    findings = [token_limit_finding(cfg.max_tokens, cfg.out_path)] + findings
                 status = "valid" if not findings else "invalid"
             record = {"narration_id": nid, "status": status, "program": program,
                       "errors": [f.to_dict() for f in findings], "provenance": prov}

@@ -34,7 +34,8 @@ from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, normali
 from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import JsonlAppender, check_settings, iter_jsonl, read_jsonl, stable_hash, stored_settings
+from leap_cli.io import (JsonlAppender, check_settings, iter_jsonl, read_jsonl, settings_path, stable_hash,
+                         stored_settings)
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, OfflineBackend, OpenAIBackend, Request,
                                        RetryPolicy, check_extra_body)
@@ -347,7 +348,7 @@ class ProgramGenerator:
             if parsed is not None:
                 program = parsed
             if findings and cut:
-                findings = [token_limit_finding(self.cfg.max_tokens)] + findings
+                findings = [token_limit_finding(self.cfg.max_tokens, self.out_path)] + findings
             # no repair turn where another would end the same way: a reply cut at the token limit (the longer
             # repair prompt gets the same budget), or one whose model only thought (its fix is a setting)
             final = cut or text.startswith(REASONING_ONLY)
@@ -473,10 +474,15 @@ def output_settings(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs)
                                    **({"extra_body": cfg.extra_body} if cfg.extra_body else {})}}
 
 
-def token_limit_finding(max_tokens: int) -> Finding:
-    """What a reply cut at the token limit (finish_reason "length") says first, before what its cut JSON breaks."""
+def token_limit_finding(max_tokens: int, out: Path) -> Finding:
+    """What a reply cut at the token limit (finish_reason "length") says first, before what its cut JSON breaks,
+    with the way to ask again for only such records: ``out`` refuses another --max-tokens (its settings file), and a
+    new --out would buy every reply again (max_tokens is in the cache key); a copy without the settings file
+    resumes the valid records and, with --retry-invalid, asks again for the others."""
     return Finding("", f"the reply stopped at the token limit (--max-tokens {max_tokens}; a reasoning model's hidden "
-                       "reasoning counts too): raise --max-tokens")
+                       f"reasoning counts too): raise --max-tokens; to redo only the invalid records, copy {out.name} "
+                       f"without its {settings_path(out).name} and run --out COPY --retry-invalid --max-tokens "
+                       f"{2 * max_tokens}")
 
 
 def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *, exists: bool | None = None) -> bool:
