@@ -448,7 +448,8 @@ def test_a_damaged_page_inside_the_cache_is_one_line(workdir, good_programs):  #
         generate_programs(config(workdir, server, limit=2))
         db = sqlite3.connect(cache)
         with db:
-            db.executemany("INSERT INTO cache VALUES (?, ?, 0, 0, 'm', 0)", [(f"k{i}", "x" * 2000) for i in range(100)])
+            db.executemany("INSERT INTO cache (key, response, prompt_tokens, completion_tokens, model, created) "
+                           "VALUES (?, ?, 0, 0, 'm', 0)", [(f"k{i}", "x" * 2000) for i in range(100)])
         db.close()
         data = bytearray(cache.read_bytes())
         data[8192:] = b"A" * (len(data) - 8192)  # every page but the first two

@@ -1064,7 +1064,8 @@ def test_the_program_is_found_after_thinking_and_around_prose():
     assert parse_reply('[{"a": 1}]')[1][0].message == "the reply is JSON but not an object (list)"
     assert parse_reply("take the plate")[1][0].message.startswith("the reply is not JSON (Expecting value")
     assert parse_reply('prose {"a": [1,')[1][0].message.startswith("the reply is not JSON")
-    assert parse_reply("<think>the budget ran out here")[1][0].message.startswith("the reply is only the model's thinking")
+    assert parse_reply("<think>the budget ran out here")[1][0].message.startswith(
+        "the reply is only the model's thinking")
 
 
 def test_a_program_after_thinking_or_in_prose_costs_no_repair_turn(workdir, good_programs):
@@ -1124,7 +1125,8 @@ def test_a_reply_cut_at_the_token_limit_gets_no_repair_turn_also_from_the_cache(
 def test_a_reply_that_only_thought_names_the_cause_and_gets_no_repair_turn(workdir, good_programs, field, content):
     def script(body, n):
         data = completion("x")
-        data["choices"][0]["message"].update({"content": content, field: json.dumps(good_programs[narration_id_of(body)])})
+        thinking = json.dumps(good_programs[narration_id_of(body)])
+        data["choices"][0]["message"].update({"content": content, field: thinking})
         return Reply(raw=json.dumps(data))
 
     with ScriptedServer(script) as server:
@@ -1139,7 +1141,8 @@ def test_a_reply_that_only_thought_names_the_cause_and_gets_no_repair_turn(workd
 def test_an_endpoint_that_reports_no_usage_is_warned_of_once(workdir, good_programs, caplog):
     from leap_cli.programs.backends import reply_usage
 
-    assert reply_usage({"usage": {"input_tokens": 7, "output_tokens": 3}}) == {"prompt_tokens": 7, "completion_tokens": 3}
+    assert reply_usage({"usage": {"input_tokens": 7, "output_tokens": 3}}) == {
+        "prompt_tokens": 7, "completion_tokens": 3}
 
     def script(body, n):
         data = completion(json.dumps(good_programs[narration_id_of(body)]))

@@ -7,13 +7,14 @@ narration-only records are built from the ``--data`` annotations (and the summar
 
 Output: ``{workdir}/programs/{split}.jsonl`` (``.shardIofN`` before ``.jsonl`` with ``--shard``), one line per segment:
 ``{"narration_id", "status": "valid"|"invalid"|"failed", "program": {...}|null, "errors": [{"pointer", "message"}],
-"provenance": {"backend", "model", "prompt_hash", "attempts", "usage": {"prompt_tokens", "completion_tokens"},
-"seconds", "created", "rounds", "cached"}}``. The file is appended record by record and resumes; replies are
+"provenance": {"backend", "model", "prompt_hash", "attempts", "usage": {"prompt_tokens", "completion_tokens"[,
+"cached_tokens"]}, "seconds", "created", "rounds", "cached"}}``. The file is appended record by record and resumes; replies are
 cached in ``{workdir}/programs/cache.sqlite`` (with the call log), so a re-run makes no request.
 
 A reply that is not JSON or fails validation gets ``repair_rounds`` (default 1) follow-up turns quoting the
-findings; if it still fails the record is ``invalid`` with its findings. ``failed``: no reply (the request
-failed for good, or nothing to describe).
+findings (none for a reply cut at the token limit or one whose model only thought: another turn would end the
+same way); if it still fails the record is ``invalid`` with its findings. ``failed``: no reply (the request
+failed for good, a 200 that carried an error or no message, or nothing to describe).
 """
 
 from __future__ import annotations
