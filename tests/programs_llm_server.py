@@ -34,6 +34,7 @@ class ScriptedServer:
     def __init__(self, script):
         self.script = script
         self.requests: list[dict] = []
+        self.paths: list[str] = []  # the request target of each (path and query)
         self.times: list[float] = []
         self._lock = threading.Lock()
         self._per_clip: dict[str, int] = {}
@@ -52,6 +53,7 @@ class ScriptedServer:
                 nid = narration_id_of(body)
                 with outer._lock:
                     outer.requests.append(body)
+                    outer.paths.append(self.path)
                     outer.times.append(time.monotonic())
                     n = outer._per_clip.get(nid, 0)
                     outer._per_clip[nid] = n + 1

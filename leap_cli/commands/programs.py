@@ -38,12 +38,14 @@ def generate_programs(
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Requests in flight at once."),
     workers_alias: int = typer.Option(None, "--workers", min=1, hidden=True),  # old spelling of --concurrency
-    timeout: float = typer.Option(60.0, "--timeout", min=0.001, help="Per-request timeout in seconds."),
+    timeout: float = typer.Option(60.0, "--timeout", min=0.001, help="Seconds for a whole reply (a slow local model "
+                                  "may need minutes)."),
     max_retries: int = typer.Option(5, "--max-retries", min=0, help="Retries on 429/5xx/timeouts before a record fails."),
     backoff: float = typer.Option(1.0, "--backoff", min=0.0, help="First retry delay in seconds (doubles, with jitter; "
                                                          "Retry-After wins)."),
-    response_format: str = typer.Option("auto", "--response-format", help="auto (Structured Outputs, JSON mode if refused), "
-                                                                          "json_schema or json_object."),
+    response_format: str = typer.Option("auto", "--response-format", help="auto (Structured Outputs; JSON mode if refused, "
+                                        "then none), json_schema, json_object or none (no response_format: the prompt "
+                                        "asks for JSON)."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, max=2.0, help="Sampling temperature."),
     max_tokens: int = typer.Option(2000, "--max-tokens", min=16, help="Most tokens a reply may have (a reasoning "
                                                                      "model's hidden reasoning counts too: raise it for those)."),
@@ -77,9 +79,9 @@ def generate_programs(
     from leap_cli.errors import LeapError
     from leap_cli.programs.generate import GenerateConfig, dry_run as build_dry_run, generate_programs as run
 
-    if response_format not in ("auto", "json_schema", "json_object"):  # checked where given, offline runs too
+    if response_format not in ("auto", "json_schema", "json_object", "none"):  # checked where given, offline runs too
         raise LeapError(f"--response-format {response_format!r} is not a format",
-                        fix="use auto, json_schema or json_object")
+                        fix="use auto, json_schema, json_object or none")
     if batch_file is not None or ingest_batch is not None:
         if backend not in (None, "openai"):
             raise LeapError(f"--backend {backend} has no Batch API", fix="leave --backend out, or pass --backend openai, "
@@ -165,6 +167,8 @@ def generate_programs(
     if summary.stopped:
         console.print(f"[yellow]stopped early:[/] {escape(str(summary.stopped))}; raise --max-cost and run the command "
                       "again to continue (the cap counts every run on this output file)")
+    for line in endpoint_notes(summary):
+        console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
     for nid, msg in summary.failures[:10]:
         console.print(f"[red]{printable(nid, one_line=True)}[/]: {printable(msg, one_line=True)}", highlight=False)
     if len(summary.failures) > 10:
@@ -178,6 +182,20 @@ def generate_programs(
     for line in outcome.lines():
         console.print(escape(line), highlight=False, style="red")
     outcome.exit()
+
+
+def endpoint_notes(summary) -> list[str]:
+    """What the endpoint's refusals and timeouts in this run mean for the next one."""
+    notes = []
+    if summary.rate_limited:
+        cut = (f"; leap cut the requests in flight to {summary.lowest_concurrency}"
+               if summary.lowest_concurrency is not None else "")
+        notes.append(f"the server refused {summary.rate_limited} requests with HTTP 429 (rate limit){cut}: lower "
+                     f"--concurrency" + (f" (e.g. --concurrency {summary.lowest_concurrency})" if cut else ""))
+    if summary.timed_out:
+        notes.append(f"{summary.timed_out} requests timed out (--timeout) and were abandoned: the server may still "
+                     "have generated and billed them; they are not in the estimated cost")
+    return notes
 
 
 def failure_cause(message: str) -> str:

@@ -6,10 +6,13 @@ A backend declares its capabilities (``supports_schema``: Structured Outputs) an
 - ``OpenAIBackend``: the chat-completions API of any OpenAI-compatible endpoint, through the lean HTTP/1.1
   client of ``leap_cli.programs.http`` (keep-alive, one connection per request in flight; the body is
   assembled from parts serialised once). Retries 408, 409, 429, 5xx, timeouts and connection errors with
-  exponential backoff and jitter, honouring ``Retry-After`` (seconds or an HTTP date) and ``retry-after-ms``;
-  a per-request timeout. With ``response_format="auto"`` it asks for Structured Outputs (strict JSON schema)
-  and falls back to JSON mode for good if the endpoint answers 400 to that. The API key is read from the
-  environment, registered with ``leap_cli.programs.redact`` and redacted from every text that leaves here.
+  exponential backoff and jitter, honouring ``Retry-After`` (seconds or an HTTP date), ``retry-after-ms`` and
+  OpenAI's ``x-ratelimit-reset-*``; a 429 halves the requests in flight (they grow back by one per window of
+  replies). A server that fails every request the same way before any succeeded stops the stage
+  (``LeapError``), as a refused key does. With ``response_format="auto"`` it asks for Structured Outputs
+  (strict JSON schema), falls back to JSON mode for good when the endpoint refuses that (a 400/422, or a 500
+  naming the schema), and to no ``response_format`` when JSON mode is refused too. The API key is read from
+  the environment, registered with ``leap_cli.programs.redact`` and redacted from every text that leaves here.
 - ``OfflineBackend``: no network; the deterministic generator of ``leap_cli.programs.offline``.
 """
 
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import html
+import itertools
 import json
 import logging
 import os
@@ -24,6 +29,7 @@ import re
 import random
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 from leap_cli.errors import LeapError
 from leap_cli.programs.http import HTTPClient, HTTPConnectionError, HTTPTimeout, Response
@@ -93,8 +99,34 @@ class RetryPolicy:
         return d * (1 + random.uniform(-self.jitter, self.jitter))
 
 
+_GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+
+
+def parse_go_duration(value: str) -> float | None:
+    """Seconds of a Go duration string as OpenAI's ``x-ratelimit-reset-*`` headers send it (``1s``, ``6m0s``,
+    ``20ms``, ``1h2m3.5s``), else None."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)", value.strip())
+    if not parts or "".join(n + u for n, u in parts) != value.strip():
+        return None
+    return sum(float(n) * _GO_UNITS[u] for n, u in parts)
+
+
+def _reset_after(headers) -> float | None:
+    """OpenAI's ``x-ratelimit-reset-requests`` / ``-tokens``: the reset of the limit whose remaining count is 0
+    (of both when neither says 0)."""
+    resets = {}
+    for kind in ("requests", "tokens"):
+        value = headers.get(f"x-ratelimit-reset-{kind}")
+        seconds = parse_go_duration(value) if value else None
+        if seconds is not None:
+            resets[kind] = seconds
+    spent = [v for k, v in resets.items() if headers.get(f"x-ratelimit-remaining-{k}", "").strip() == "0"]
+    return max(spent or resets.values(), default=None)
+
+
 def parse_retry_after(headers) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date), else None."""
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date), else from OpenAI's
+    ``x-ratelimit-reset-requests`` / ``x-ratelimit-reset-tokens``, else None."""
     if headers is None:
         return None
     ms = headers.get("retry-after-ms")
@@ -105,7 +137,7 @@ def parse_retry_after(headers) -> float | None:
             pass
     value = headers.get("retry-after")
     if not value:
-        return None
+        return _reset_after(headers)
     try:
         return float(value)
     except ValueError:
@@ -118,6 +150,9 @@ def parse_retry_after(headers) -> float | None:
 
 class OpenAIBackend(Backend):
     name = "openai"
+    FORMATS = ("json_schema", "json_object", "none")  # what ``auto`` steps down through, one refusal at a time
+    STOP_AFTER = 2  # requests failed the same way, one of them for good, before any succeeded: the stage stops
+    FREE_429 = 8  # most 429s a request may get for leap's own concurrency without using up its retries
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, retry: RetryPolicy = RetryPolicy(), temperature: float = 0.0,
@@ -129,11 +164,12 @@ class OpenAIBackend(Backend):
                             fix=f"export {api_key_env}=... or name another variable with --api-key-env "
                                 "(or use --backend offline)")
         register_secret(key)
-        if response_format not in ("auto", "json_schema", "json_object"):
-            raise LeapError(f"unknown response format {response_format!r}", fix="use auto, json_schema or json_object")
+        if response_format not in ("auto", *self.FORMATS):
+            raise LeapError(f"unknown response format {response_format!r}",
+                            fix="use auto, json_schema, json_object or none")
         self.extra_body = check_extra_body(extra_body)
         self.model = model
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        self.base_url = endpoint_base(base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.retry = retry
@@ -148,6 +184,23 @@ class OpenAIBackend(Backend):
         self.supports_schema = self.response_format == "json_schema"
         self._asked_format = self.response_format  # the cache key's, kept after a switch to JSON mode
         self._tails: dict[tuple, bytes] = {}
+        # requests in flight: at most ``_limit``, halved by a 429 (once per window: a request sent before the
+        # last cut does not cut again), one more after ``_limit`` replies in a row; ``_pause_until``: a wait the
+        # server named (Retry-After, x-ratelimit-reset-*), kept by every request
+        self.concurrency = max(1, concurrency)
+        self._limit = self.concurrency
+        self.lowest_limit = self.concurrency
+        self._active = 0
+        self._epoch = 0
+        self._ok_run = 0
+        self._pause_until = 0.0
+        self._waiters: list[asyncio.Future] = []
+        self.rate_limited = 0  # 429s seen (the summary suggests a lower --concurrency)
+        self.timed_out = 0  # requests abandoned at --timeout (a server may bill them)
+        # a server that fails every request the same way (down, a proxy's 502, a web page at the URL): the cause
+        # of the unbroken run of failures since the start, the requests it covers; None once one succeeded
+        self._ids = itertools.count()
+        self._streak: tuple[str, set[int]] | None = ("", set())
         headers = {"Authorization": f"Bearer {key}", "User-Agent": "leap"}
         # what the official client sends for organisation- or project-scoped keys
         for env, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
@@ -161,13 +214,8 @@ class OpenAIBackend(Backend):
 
     def _adapt(self, param: str | None) -> bool:
         """Stop sending what the endpoint refused; whether the request should go again (also when another request
-        in flight has already made the switch: this one was sent before it). Structured Outputs give way to JSON
-        mode (``--response-format auto``), ``max_tokens`` to ``max_completion_tokens``, a temperature to none."""
-        if param == "response_format" and self._fallback_allowed:
-            if self.response_format == "json_schema":
-                log.warning("endpoint refused Structured Outputs; using JSON mode from now on")
-                self.response_format, self.supports_schema = "json_object", False
-            return True
+        in flight has already made the switch: this one was sent before it): ``max_tokens`` gives way to
+        ``max_completion_tokens``, a temperature to none."""
         if param == "max_tokens":
             if self._token_param == "max_tokens":
                 log.warning("%s takes max_completion_tokens instead of max_tokens: sending that from now on", self.model)
@@ -183,21 +231,44 @@ class OpenAIBackend(Backend):
             return True
         return False
 
+    def _step_down(self, sent: str, status: int, message: str) -> bool:
+        """The endpoint refused the ``response_format`` a request was sent with: whether to send it again
+        (``auto``: JSON mode after Structured Outputs, then none; or another request already stepped down).
+        A format chosen by hand that is refused stops the stage: every request would be refused alike."""
+        if self.response_format != sent:
+            return True
+        if not self._fallback_allowed:
+            other = "json_object (or auto)" if sent == "json_schema" else "none (the prompt asks for JSON)"
+            raise LeapError(f"the endpoint refused --response-format {sent} (HTTP {status}: {message[:150]})",
+                            fix=f"rerun with --response-format {other}")
+        nxt = self.FORMATS[self.FORMATS.index(sent) + 1]
+        log.warning("endpoint refused %s (HTTP %d: %s); %s from now on", "Structured Outputs" if sent == "json_schema"
+                    else "JSON mode", status, message[:120],
+                    "JSON mode" if nxt == "json_object" else "no response_format (the prompt asks for JSON)")
+        self.response_format, self.supports_schema = nxt, False
+        self._tails.clear()
+        return True
+
     def params(self) -> dict:
         """The settings asked for (a cache key's): what the endpoint refused and the backend stopped sending does
         not change them, so that a run that starts again before it learns the refusal finds its replies."""
         out = {"temperature": self.temperature, "max_tokens": self.max_tokens, "response_format": self._asked_format}
         return {**out, "extra_body": self.extra_body} if self.extra_body else out
 
+    def _format(self, schema: dict | None) -> str:
+        """The ``response_format`` type a request is sent with now."""
+        return "json_object" if self.response_format == "json_schema" and schema is None else self.response_format
+
     def _tail(self, schema: dict | None) -> bytes:
         """Everything of the body but the messages, serialised once per (format, schema)."""
-        use_schema = self.response_format == "json_schema" and schema is not None
-        key = (use_schema, id(schema) if use_schema else None)
+        fmt_type = self._format(schema)
+        key = (fmt_type, id(schema) if fmt_type == "json_schema" else None)
         if key not in self._tails:
             fmt = ({"type": "json_schema", "json_schema": {"name": "action_program", "strict": True, "schema": schema}}
-                   if use_schema else {"type": "json_object"})
+                   if fmt_type == "json_schema" else {"type": fmt_type})
             rest = {"model": self.model, **({"temperature": self.temperature} if self._send_temperature else {}),
-                    self._token_param: self.max_tokens, "response_format": fmt, **self.extra_body}
+                    self._token_param: self.max_tokens, **({"response_format": fmt} if fmt_type != "none" else {}),
+                    **self.extra_body}
             self._tails[key] = ("," + json.dumps(rest, ensure_ascii=False, separators=(",", ":"))[1:]).encode()
         return self._tails[key]
 
@@ -205,44 +276,148 @@ class OpenAIBackend(Backend):
         messages = request.messages_json or json.dumps(request.messages, ensure_ascii=False)
         return b'{"messages":' + messages.encode() + self._tail(request.schema)
 
+    # ---- requests in flight ----
+    async def _acquire(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            wait = self._pause_until - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            elif self._active < self._limit:
+                self._active += 1
+                return
+            else:
+                fut = loop.create_future()
+                self._waiters.append(fut)
+                try:
+                    await fut
+                finally:
+                    if fut in self._waiters:
+                        self._waiters.remove(fut)
+
+    def _release(self) -> None:
+        self._active -= 1
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _rate_limited(self, epoch: int, server_wait: float | None) -> bool:
+        """A 429 (not a quota): halve the requests in flight once per window, keep the wait the server named for
+        every request. Whether this 429 came of leap's own concurrency (it cut, or was sent before a cut)."""
+        self.rate_limited += 1
+        if server_wait is not None:
+            loop = asyncio.get_running_loop()
+            self._pause_until = max(self._pause_until, loop.time() + min(server_wait, self.retry.max_delay))
+        if epoch == self._epoch and self._limit > 1:
+            self._limit = max(1, min(self._limit, self._active + 1) // 2)
+            self._epoch += 1
+            self._ok_run = 0
+            if self._limit < self.lowest_limit:
+                self.lowest_limit = self._limit
+                log.warning("the server refused requests with 429: at most %d in flight now (lower --concurrency)",
+                            self._limit)
+        return epoch != self._epoch
+
+    def _answered(self) -> None:
+        self._streak = None  # the server works: failures from now on are the records'
+        self._ok_run += 1
+        if self._limit < self.concurrency and self._ok_run >= self._limit:
+            self._limit += 1
+            self._ok_run = 0
+
+    def _failed(self, rid: int, cause: str, final: bool, line: str, fix: str) -> None:
+        """Count a failed attempt towards the run of same-cause failures since the start; stop the stage when a
+        request fails for good and ``STOP_AFTER`` requests, none answered, failed this way."""
+        if self._streak is None:
+            return
+        if self._streak[0] != cause:
+            self._streak = (cause, set())
+        self._streak[1].add(rid)
+        if final and len(self._streak[1]) >= self.STOP_AFTER:
+            raise LeapError(line, fix=fix)
+
     async def complete(self, request: Request) -> Completion:
         start = time.perf_counter()
-        attempts = 0
+        attempts = free = 0  # free: 429s of leap's own concurrency, not counted against --max-retries
         adapted: set[str] = set()
+        rid = next(self._ids)
         while True:
             attempts += 1
+            final = attempts - free > self.retry.max_retries
+            await self._acquire()
+            epoch, sent = self._epoch, self._format(request.schema)
+            error: HTTPTimeout | HTTPConnectionError | None = None
             try:
                 resp = await self._http.post("/chat/completions", self._body(request))
             except (HTTPTimeout, HTTPConnectionError) as e:
-                if attempts > self.retry.max_retries:
-                    raise BackendError(redact(f"{type(e).__name__} after {attempts} attempts: {e}"), attempts,
+                error = e
+            finally:
+                self._release()
+            if error is not None:
+                e = error
+                timeout = isinstance(e, HTTPTimeout)
+                self.timed_out += timeout
+                what = "timed out" if timeout else "connection failed"
+                line, fix = ((f"{e} on every request so far", "raise --timeout (a local model may need minutes for "
+                              "a reply), or check that the server is generating") if timeout else
+                             (f"{e}: is the server running?", "check --base-url") if str(e).startswith("cannot connect")
+                             else (f"{e} on every request so far", "check the server's log and --base-url"))
+                self._failed(rid, f"{what}: {e}", final, redact(line), fix)
+                if final:
+                    raise BackendError(redact(f"{what} after {attempts} attempts: {e}"), attempts,
                                        time.perf_counter() - start) from None
-                wait = self.retry.delay(attempts - 1, None)
-                log.info("%s: %s, retry %d in %.2fs", request.narration_id, type(e).__name__, attempts, wait)
+                wait = self.retry.delay(max(0, attempts - free - 1), None)
+                log.info("%s: %s, retry %d in %.2fs", request.narration_id, what, attempts, wait)
                 await asyncio.sleep(wait)
                 continue
             status = resp.status
             if status == 200:
                 break
             message = _error_message(resp)
-            if status == 400:
-                param = _refused_param(resp, message)
+            param = _refused_param(resp, message) if status == 400 else None
+            if param in ("max_tokens", "temperature"):
                 if param not in adapted and self._adapt(param):
                     adapted.add(param)  # each at most once per request: a server that refuses it again fails it
                     continue
-                raise BackendError(f"request refused (400): {message}", attempts, time.perf_counter() - start)
+            elif sent != "none" and _refuses_format(status, param, message):
+                self._step_down(sent, status, message)  # (stops the stage if it cannot step down)
+                continue
+            if status in (400, 422):
+                raise BackendError(f"request refused ({status}): {message}", attempts, time.perf_counter() - start)
+            if status == 429 and _error_code(resp) == "insufficient_quota":
+                raise LeapError(f"the account has no quota left (HTTP 429: {message[:120]})",
+                                fix=f"check the plan and billing of the account of the key in ${self.api_key_env}")
             if status in (401, 403):
                 # every other request would fail the same way: stop the stage (finished records are kept)
+                if _error_code(resp) == "model_not_found" or re.search(r"\bmodel\b", message, re.IGNORECASE):
+                    raise LeapError(f"the endpoint refused access to the model (HTTP {status}): {message[:120]}",
+                                    fix=f"check --model {self.model} and that the key's project may use that model")
                 raise LeapError(f"the endpoint refused the API key (HTTP {status}): {message[:120]}",
                                 fix=f"check the key in ${self.api_key_env} (or name another variable with --api-key-env)")
             if status == 404:
+                no_path = urlsplit(self.base_url).path.strip("/") == ""
                 raise LeapError(f"HTTP 404 from {self.base_url}: {message[:120]}",
-                                fix="check --model and --base-url (it usually ends in /v1)")
+                                fix="check --model and --base-url (" + ("it has no path: most servers want it to end "
+                                    "in /v1, e.g. http://localhost:8000/v1)" if no_path else "it usually ends in /v1)"))
             if status in (408, 409, 429) or status >= 500:
-                if attempts > self.retry.max_retries:
+                server_wait = parse_retry_after(resp.headers)
+                if status == 429:
+                    server_wait = server_wait if server_wait is not None else _wait_in_message(message)
+                    if self._rate_limited(epoch, server_wait) and free < self.FREE_429:
+                        free += 1
+                        final = False
+                else:
+                    loading = status == 503 and "loading" in message.lower()
+                    self._failed(rid, f"HTTP {status}", final,
+                                 f"the server is still loading the model (HTTP 503: {message[:100]})" if loading else
+                                 f"every request so far failed with HTTP {status}: {message[:120]}",
+                                 "wait until it is ready (llama.cpp: its /health says ok), then run again" if loading
+                                 else "check the server (and any proxy in front of it) and --base-url")
+                if final:
                     raise BackendError(f"HTTP {status} after {attempts} attempts: {message}", attempts,
                                        time.perf_counter() - start)
-                wait = self.retry.delay(attempts - 1, parse_retry_after(resp.headers))
+                wait = self.retry.delay(max(0, attempts - free - 1), server_wait)
                 log.info("%s: HTTP %d, retry %d in %.2fs", request.narration_id, status, attempts, wait)
                 await asyncio.sleep(wait)
                 continue
@@ -252,11 +427,15 @@ class OpenAIBackend(Backend):
         except (ValueError, UnicodeDecodeError, RecursionError):
             data = None
         if not isinstance(data, dict):
+            shown = _error_message(resp, 120)
+            self._failed(rid, "not JSON", True, f"the endpoint answered with no JSON ({shown!r})",
+                         "check --base-url: it must be the API's address, usually ending in /v1, not a web page")
             raise BackendError(redact(f"the endpoint did not answer with a JSON object: {resp.body[:120]!r}"), attempts,
                                time.perf_counter() - start)
         problem = reply_problem(data)
         if problem:  # no reply to check, cache or repair: a failed request, which --retry-errors redoes
             raise BackendError(redact(problem), attempts, time.perf_counter() - start)
+        self._answered()
         text = reply_text(data)
         return Completion(redact(text), reply_usage(data), attempts, time.perf_counter() - start,
                           str(data.get("model") or self.model), cut=reply_cut(data))
@@ -352,22 +531,89 @@ def reply_text(data: dict) -> str:
     return ""
 
 
-def _error_message(resp: Response, n: int = 200) -> str:
-    """The ``error.message`` of an error response (else its text), one line, at most ``n`` characters, redacted."""
+def endpoint_base(url: str) -> str:
+    """``--base-url`` as the client takes it: a trailing ``/chat/completions`` (the whole endpoint pasted from a
+    server's docs) is dropped with a warning, since leap adds it; a query string is kept."""
+    u = urlsplit(url.strip())
+    path = u.path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        fixed = urlunsplit((u.scheme, u.netloc, path[: -len("/chat/completions")], u.query, ""))
+        log.warning("--base-url %s ends in /chat/completions, which leap adds itself: using %s", url.strip(), fixed)
+        return fixed
+    return url.strip()
+
+
+def _detail(detail) -> str:
+    """FastAPI's ``detail``: a string, or pydantic's list of ``{"loc", "msg"}``."""
+    if isinstance(detail, list):
+        return "; ".join(f"{'.'.join(map(str, d.get('loc') or []))}: {d.get('msg')}" if isinstance(d, dict) else str(d)
+                         for d in detail)
+    return str(detail)
+
+
+def _error_message(resp: Response, n: int = 300) -> str:
+    """What an error response says, one line, at most ``n`` characters, redacted: ``error.message`` (OpenAI),
+    ``error`` as a string (LM Studio, Ollama), a top-level ``message`` (vLLM's older form), FastAPI's ``detail``,
+    an HTML page's ``<title>``, else the text."""
     text = resp.body.decode("utf-8", "replace")
     try:
         data = json.loads(text)
-        err = data.get("error") if isinstance(data, dict) else None
-        text = str(err.get("message") if isinstance(err, dict) else err or data)
     except (ValueError, RecursionError):
-        pass
+        data = None
+        title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        if title or re.match(r"\s*<(!doctype|html)", text, re.IGNORECASE):
+            text = html.unescape(title.group(1) if title else re.sub(r"<[^>]*>", " ", text))
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            text = str(err["message"])
+        elif isinstance(err, str) and err:
+            text = err
+        elif isinstance(data.get("message"), str) and data["message"]:
+            text = data["message"]
+        elif data.get("detail"):
+            text = _detail(data["detail"])
+        else:
+            text = json.dumps(data, ensure_ascii=False)
     return redact(" ".join(text.split()))[:n]
+
+
+def _error_code(resp: Response) -> str | None:
+    """``error.code`` (else ``error.type``) of an error response, or the top-level ones."""
+    try:
+        data = json.loads(resp.body)
+    except (ValueError, RecursionError):
+        return None
+    for d in (data.get("error"), data) if isinstance(data, dict) else ():
+        if isinstance(d, dict):
+            for k in ("code", "type"):
+                if isinstance(d.get(k), str) and d[k]:
+                    return d[k]
+    return None
+
+
+_FORMAT_WORDS = re.compile(r"response_format|json_schema|schema|grammar", re.IGNORECASE)
+
+
+def _refuses_format(status: int, param: str | None, message: str) -> bool:
+    """Whether an error refuses the request's ``response_format``: a 400/422 that names it (``error.param``) or
+    the schema or grammar it becomes (vLLM, xgrammar, llama.cpp, LM Studio, FastAPI validation), or a 500 that
+    does (llama-cpp-python). A deterministic refusal: never retried."""
+    if status in (400, 422):
+        return param == "response_format" or bool(_FORMAT_WORDS.search(message))
+    return status >= 500 and bool(_FORMAT_WORDS.search(message))
+
+
+def _wait_in_message(message: str) -> float | None:
+    """A wait named in a 429's text ("Please try again in 20s", "... in 250ms")."""
+    m = re.search(r"try again in (\d+(?:\.\d+)?)\s*(ms|s)\b", message, re.IGNORECASE)
+    return None if m is None else float(m.group(1)) / (1000 if m.group(2).lower() == "ms" else 1)
 
 
 def _refused_param(resp: Response, message: str) -> str | None:
     """The request parameter a 400 names as not taken by this model: ``error.param`` (OpenAI's form), else
-    ``'NAME'`` in an "Unsupported parameter/value" message, else response_format where the message names it;
-    None for other 400s."""
+    ``'NAME'`` in an "Unsupported parameter/value" message; None for other 400s (``_refuses_format`` reads the
+    refusals of a response_format that name no parameter)."""
     param = None
     try:
         err = json.loads(resp.body).get("error")
@@ -376,7 +622,7 @@ def _refused_param(resp: Response, message: str) -> str | None:
         pass
     if not isinstance(param, str):
         m = re.search(r"unsupported (?:parameter|value)s?:? '([a-z_]+)'", message, re.IGNORECASE)
-        param = m.group(1) if m else ("response_format" if "response_format" in message.lower() else None)
+        param = m.group(1) if m else None
     return param
 
 

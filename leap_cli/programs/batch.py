@@ -47,8 +47,8 @@ def write_batch_file(cfg: GenerateConfig, path) -> int:
     records = [r for r in inputs.records if r["narration_id"] not in done]
     if cfg.limit is not None:
         records = records[: cfg.limit]
-    if cfg.response_format == "json_object":
-        fmt = {"type": "json_object"}
+    if cfg.response_format in ("json_object", "none"):
+        fmt = {"type": cfg.response_format}
     else:
         fmt = {"type": "json_schema", "json_schema": {"name": "action_program", "strict": True, "schema": strict_schema()}}
     n = 0
@@ -57,7 +57,8 @@ def write_batch_file(cfg: GenerateConfig, path) -> int:
             info = clip_info(r, inputs.segments.get(r["narration_id"]))
             # max_completion_tokens: what every current OpenAI chat model takes (GPT-5-era ones refuse max_tokens)
             body = {"model": cfg.model, "messages": builder.prompt(info).messages, "temperature": cfg.temperature,
-                    "max_completion_tokens": cfg.max_tokens, "response_format": fmt, **(cfg.extra_body or {})}
+                    "max_completion_tokens": cfg.max_tokens,
+                    **({"response_format": fmt} if fmt["type"] != "none" else {}), **(cfg.extra_body or {})}
             f.write(json.dumps({"custom_id": r["narration_id"], "method": "POST", "url": BATCH_URL, "body": body},
                                ensure_ascii=False) + "\n")
             n += 1

@@ -135,6 +135,9 @@ class GenerateSummary:
     seconds: float = 0.0
     stopped: str | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
+    rate_limited: int = 0  # requests the endpoint refused with 429
+    lowest_concurrency: int | None = None  # the fewest requests in flight the backend cut to after 429s
+    timed_out: int = 0  # requests abandoned at --timeout (the endpoint may bill them)
 
 
 @dataclass
@@ -645,6 +648,10 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         if gen is not None:  # also when interrupted: the summary says what was spent
             summary.requests, summary.cache_hits = gen.summary_requests, gen.summary_hits
             summary.usage, summary.cost = gen.usage, gen.cost
+        summary.rate_limited = getattr(backend, "rate_limited", 0)
+        summary.timed_out = getattr(backend, "timed_out", 0)
+        if getattr(backend, "lowest_limit", cfg.concurrency) < cfg.concurrency:
+            summary.lowest_concurrency = backend.lowest_limit
         appender.close()
         if store is not None:
             store.close()

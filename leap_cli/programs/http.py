@@ -57,6 +57,20 @@ def _ssl_context() -> ssl.SSLContext:
 _HEAD_LIMIT = 1 << 20  # bytes of a response head (or chunk-size line) at most
 
 
+def _broken(e: BaseException) -> str:
+    """What broke an exchange, in words (not the exception's name)."""
+    if isinstance(e, asyncio.IncompleteReadError):
+        return ("the server closed the connection mid-response" if e.partial else
+                "the server closed the connection without answering")
+    if isinstance(e, ConnectionResetError):
+        return "the server reset the connection"
+    if isinstance(e, zlib.error):
+        return f"the response's compressed body is damaged ({e})"
+    if isinstance(e, ValueError):
+        return f"the response is not HTTP ({e})"
+    return f"{type(e).__name__}: {e}"
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection: the bytes received so far in a buffer that the response parser reads from.
     (A protocol rather than asyncio's streams: ~0.05 ms less CPU per request.) A request's timeout is a timer
@@ -158,6 +172,7 @@ class HTTPClient:
         self.scheme, self.host = u.scheme, u.hostname
         self.port = u.port or (443 if u.scheme == "https" else 80)
         self.prefix = u.path or ""
+        self.query = f"?{u.query}" if u.query else ""  # kept on every request (e.g. Azure's ?api-version=)
         self.timeout = timeout
         self._ssl = _ssl_context() if self.scheme == "https" else None
         default_port = self.port == (443 if self.scheme == "https" else 80)
@@ -190,7 +205,7 @@ class HTTPClient:
 
     async def post(self, path: str, body: bytes) -> Response:
         """POST ``body`` (JSON) to ``base_url + path``; raises HTTPTimeout or HTTPConnectionError."""
-        target = (self._origin if self._absolute else "") + self.prefix + path
+        target = (self._origin if self._absolute else "") + self.prefix + path + self.query
         head = (f"POST {target} HTTP/1.1\r\n".encode("latin-1") + self._headers +
                 b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
         async with self._slots:
@@ -198,7 +213,7 @@ class HTTPClient:
             try:
                 return await self._exchange(head, body, loop, loop.time() + self.timeout)
             except HTTPTimeout:
-                raise HTTPTimeout(f"no response within {self.timeout:g} s") from None
+                raise HTTPTimeout(f"no complete response within {self.timeout:g} s (--timeout)") from None
 
     async def _exchange(self, head: bytes, body: bytes, loop: asyncio.AbstractEventLoop, deadline: float) -> Response:
         while True:
@@ -228,7 +243,7 @@ class HTTPClient:
                 if reused and isinstance(e, (asyncio.IncompleteReadError, ConnectionError)) and not getattr(
                         e, "partial", b""):
                     continue  # the server closed the idle connection: once more on a fresh one
-                raise HTTPConnectionError(f"{type(e).__name__}: {e}") from None
+                raise HTTPConnectionError(_broken(e)) from None
             except BaseException:
                 conn.close()  # cancelled mid-response: the connection is in an unknown state
                 raise

@@ -1,0 +1,305 @@
+"""How the openai backend meets what real servers send (QA report llm.md): refusals of the response format,
+servers that fail every request, rate limits, timeouts, error bodies and base URLs."""
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from leap_cli.errors import LeapError
+from leap_cli.programs.generate import generate_programs
+from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
+from tests.test_programs_generate import N_SEGMENTS, config, good_programs, records, workdir  # noqa: F401
+
+
+def _good(good_programs, body):
+    return Reply(json.dumps(good_programs[narration_id_of(body)]))
+
+
+def _fmt(body):
+    return body.get("response_format", {}).get("type", "none")
+
+
+SCHEMA_REFUSALS = {
+    "llama.cpp": (400, {"error": {"code": 400, "message": "Unsupported JSON schema: 'minItems' is not supported with "
+                                  "this grammar", "type": "invalid_request_error"}}),
+    "lmstudio": (400, {"error": "Failed to compile JSON schema"}),
+    "vllm-xgrammar": (400, {"object": "error", "message": "The provided JSON schema contains features not supported by "
+                            "xgrammar.", "type": "BadRequestError", "param": None, "code": 400}),
+    "llama.cpp-grammar": (400, {"error": {"code": 400, "message": 'Either "json_schema" or "grammar" can be specified, '
+                                          "but not both", "type": "invalid_request_error"}}),
+    "fastapi-422": (422, {"detail": [{"loc": ["body", "response_format", "type"], "msg": "Input should be 'text' or "
+                                      "'json_object'", "type": "literal_error"}]}),
+    "llama-cpp-python-500": (500, {"error": {"code": 500, "message": 'response_format type must be one of "text" or '
+                                             '"json_object", but got: json_schema', "type": "server_error"}}),
+}
+
+
+@pytest.mark.parametrize("server_kind", sorted(SCHEMA_REFUSALS))
+def test_schema_refusals_of_local_servers_fall_back_to_json_mode_at_once(workdir, good_programs, server_kind):  # noqa: F811
+    status, body = SCHEMA_REFUSALS[server_kind]
+
+    def script(req, n):
+        if _fmt(req) == "json_schema":
+            return Reply(status=status, raw=json.dumps(body))
+        return _good(good_programs, req)
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2, concurrency=1))
+        assert s.statuses == {"valid": 2}, s.failures
+        # the refusal is not retried (not even the 500): one refused request, then JSON mode
+        assert [_fmt(b) for b in server.requests] == ["json_schema", "json_object", "json_object"]
+
+
+def test_a_400_that_names_no_schema_fails_its_record_and_keeps_the_format(workdir, good_programs):  # noqa: F811
+    ctx = {"object": "error", "message": "This model's maximum context length is 4096 tokens. However, you requested "
+           "6000 tokens (4000 in the messages, 2000 in the completion). Please reduce the length of the messages or "
+           "completion.", "type": "BadRequestError", "param": None, "code": 400}
+
+    def script(req, n):
+        if narration_id_of(req) == sorted(good_programs)[0]:
+            return Reply(status=400, raw=json.dumps(ctx))
+        return _good(good_programs, req)
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=3, concurrency=1))
+        assert s.statuses == {"valid": 2, "failed": 1}
+        assert {_fmt(b) for b in server.requests} == {"json_schema"}
+    (failed,) = [r for r in records(workdir) if r["status"] == "failed"]
+    # vLLM's top-level message, whole (its tail says what to do), not a dict's repr cut at 200 characters
+    assert failed["errors"][0]["message"].endswith("reduce the length of the messages or completion.")
+    assert "{'object'" not in failed["errors"][0]["message"]
+
+
+def test_auto_sends_no_response_format_when_json_mode_is_refused_too(workdir, good_programs):  # noqa: F811
+    refusal = json.dumps({"error": {"message": "response_format is not supported by this server",
+                                    "param": "response_format"}})
+
+    def script(req, n):
+        return Reply(status=400, raw=refusal) if "response_format" in req else _good(good_programs, req)
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2, concurrency=1))
+        assert s.statuses == {"valid": 2}, s.failures
+        assert [_fmt(b) for b in server.requests] == ["json_schema", "json_object", "none", "none"]
+
+
+def test_response_format_none_sends_none_and_a_refused_format_chosen_by_hand_stops(workdir, good_programs):  # noqa: F811
+    with ScriptedServer(lambda req, n: _good(good_programs, req)) as server:
+        s = generate_programs(config(workdir, server, limit=2, response_format="none"))
+        assert s.statuses == {"valid": 2} and all("response_format" not in b for b in server.requests)
+    status, body = SCHEMA_REFUSALS["lmstudio"]
+    with ScriptedServer(lambda req, n: Reply(status=status, raw=json.dumps(body))) as server:
+        with pytest.raises(LeapError, match="--response-format json_object"):
+            generate_programs(config(workdir, server, out=workdir / "o.jsonl", response_format="json_schema",
+                                     concurrency=1))
+        assert len(server.requests) == 1
+    assert not (workdir / "o.jsonl").exists() or not (workdir / "o.jsonl").read_text().strip()
+
+
+def test_the_cli_takes_response_format_none(workdir, good_programs):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    with ScriptedServer(lambda req, n: _good(good_programs, req)) as server:
+        res = CliRunner().invoke(app, ["generate-programs", "--workdir", str(workdir), "--split", "val", "--backend",
+                                       "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env",
+                                       "LEAP_TEST_KEY", "--response-format", "none", "--limit", "1"])
+        assert res.exit_code == 0, res.output
+        assert "response_format" not in server.requests[0]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_server_that_is_not_running_stops_the_stage_in_one_line(workdir):  # noqa: F811
+    port = _closed_port()
+
+    class Down:  # (config reads the server's base_url)
+        base_url = f"http://127.0.0.1:{port}/v1"
+
+    cfg = config(workdir, Down, max_retries=1)
+    t0 = time.monotonic()
+    with pytest.raises(LeapError) as err:
+        generate_programs(cfg)
+    line = err.value.one_line()
+    assert f"cannot connect to 127.0.0.1:{port}" in line and "is the server running?" in line and "--base-url" in line
+    assert time.monotonic() - t0 < 10
+    # no failed record for segments that were never really tried
+    out = workdir / "programs" / "val.jsonl"
+    assert not out.exists() or not [r for r in records(workdir) if r["status"] == "failed"]
+
+
+HTML_502 = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+
+
+@pytest.mark.parametrize("status,raw,expected", [
+    (502, HTML_502, "every request so far failed with HTTP 502: 502 Bad Gateway"),
+    (503, json.dumps({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}}),
+     "the server is still loading the model"),
+])
+def test_a_server_that_fails_every_request_the_same_way_stops_the_stage(workdir, status, raw, expected):  # noqa: F811
+    with ScriptedServer(lambda req, n: Reply(status=status, raw=raw)) as server:
+        with pytest.raises(LeapError, match=expected):
+            generate_programs(config(workdir, server, max_retries=2))
+        assert len(server.requests) <= 4 * 3  # the first requests in flight, with their retries: not every segment
+    assert not (workdir / "programs" / "val.jsonl").exists() or not records(workdir)
+
+
+def test_a_web_page_at_the_base_url_stops_the_stage(workdir):  # noqa: F811
+    page = "<!doctype html><html><head><title>Open WebUI</title></head><body>app</body></html>"
+    with ScriptedServer(lambda req, n: Reply(raw=page)) as server:
+        with pytest.raises(LeapError, match="no JSON.*Open WebUI.*--base-url"):
+            generate_programs(config(workdir, server, concurrency=1))
+        assert len(server.requests) == 2  # the first failed record, then the second alike stops it
+    assert [r["status"] for r in records(workdir)] == ["failed"]
+
+
+def test_one_off_failures_are_still_retried_after_a_success(workdir, good_programs):  # noqa: F811
+    first = sorted(good_programs)[0]
+
+    def script(req, n):
+        return _good(good_programs, req) if narration_id_of(req) == first else Reply(status=502, raw=HTML_502)
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, concurrency=1, max_retries=1))
+        assert s.statuses == {"valid": 1, "failed": N_SEGMENTS - 1}
+    failed = [r for r in records(workdir) if r["status"] == "failed"]
+    assert failed[0]["errors"][0]["message"] == "request failed: HTTP 502 after 2 attempts: 502 Bad Gateway"
+
+
+def test_insufficient_quota_stops_the_stage_like_a_refused_key(workdir):  # noqa: F811
+    body = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
+                      "type": "insufficient_quota", "code": "insufficient_quota"}}
+    with ScriptedServer(lambda req, n: Reply(status=429, raw=json.dumps(body))) as server:
+        with pytest.raises(LeapError, match="no quota left.*billing"):
+            generate_programs(config(workdir, server, concurrency=1))
+        assert len(server.requests) == 1
+
+
+def test_403_for_a_model_names_the_model_not_the_key(workdir):  # noqa: F811
+    body = {"error": {"message": "Project `proj_x` does not have access to model `gpt-4o`", "code": "model_not_found"}}
+    with ScriptedServer(lambda req, n: Reply(status=403, raw=json.dumps(body))) as server:
+        with pytest.raises(LeapError) as err:
+            generate_programs(config(workdir, server, concurrency=1))
+    assert "--model test-model" in err.value.one_line() and "api-key-env" not in err.value.one_line()
+
+
+def test_a_server_that_takes_one_request_at_a_time_gets_fewer_in_flight(workdir, good_programs):  # noqa: F811
+    lock, busy = threading.Lock(), [0]
+
+    def script(req, n):
+        with lock:
+            if busy[0]:
+                return Reply(status=429, raw=json.dumps({"error": {"message": "Too many requests"}}))
+            busy[0] += 1
+        time.sleep(0.03)
+        with lock:
+            busy[0] -= 1
+        return _good(good_programs, req)
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, concurrency=6, max_retries=2, backoff=0.02, max_backoff=0.05))
+        assert s.statuses == {"valid": N_SEGMENTS}, s.failures
+        assert s.rate_limited > 0 and s.lowest_concurrency is not None and s.lowest_concurrency < 6
+    from leap_cli.commands.programs import endpoint_notes
+
+    (note,) = endpoint_notes(s)
+    assert f"refused {s.rate_limited} requests with HTTP 429" in note and "lower --concurrency" in note
+
+
+def test_openai_rate_limit_reset_headers_are_waited_for(workdir, good_programs):  # noqa: F811
+    from leap_cli.programs.backends import parse_go_duration, parse_retry_after
+
+    assert parse_go_duration("1s") == 1 and parse_go_duration("6m0s") == 360 and parse_go_duration("20ms") == 0.02
+    assert parse_go_duration("1h2m3.5s") == 3723.5 and parse_go_duration("soon") is None
+    assert parse_retry_after({"x-ratelimit-reset-requests": "20s", "x-ratelimit-remaining-requests": "0",
+                              "x-ratelimit-reset-tokens": "6ms", "x-ratelimit-remaining-tokens": "900"}) == 20
+    assert parse_retry_after({"x-ratelimit-reset-requests": "1s", "x-ratelimit-reset-tokens": "6m0s"}) == 360
+    assert parse_retry_after({"retry-after": "2", "x-ratelimit-reset-requests": "20s"}) == 2
+
+    def script(req, n):
+        if n == 0:
+            return Reply(status=429, headers={"x-ratelimit-reset-requests": "300ms",
+                                              "x-ratelimit-remaining-requests": "0"})
+        return _good(good_programs, req)
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=1, backoff=0.0, max_backoff=60.0))
+        assert s.statuses == {"valid": 1} and server.times[1] - server.times[0] >= 0.29
+
+
+def test_timeouts_name_the_flag_and_the_summary_says_they_may_be_billed(workdir, good_programs):  # noqa: F811
+    def script(req, n):
+        return Reply(json.dumps(good_programs[narration_id_of(req)]), delay=1.0 if n == 0 else 0.0)
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=1, timeout=0.3, max_retries=0))
+    assert s.timed_out == 1
+    assert records(workdir)[0]["errors"][0]["message"] == \
+        "request failed: timed out after 1 attempts: no complete response within 0.3 s (--timeout)"
+    from leap_cli.commands.programs import endpoint_notes
+
+    (note,) = endpoint_notes(s)
+    assert "1 requests timed out (--timeout)" in note and "billed" in note and "not in the estimated cost" in note
+
+
+def test_error_bodies_are_read_in_the_forms_servers_send():
+    from leap_cli.programs.backends import _error_message
+    from leap_cli.programs.http import Response
+
+    def msg(body):
+        return _error_message(Response(400, {}, body.encode() if isinstance(body, str) else json.dumps(body).encode()))
+
+    assert msg({"detail": "Not Found"}) == "Not Found"
+    assert msg({"detail": [{"loc": ["body", "response_format", "type"], "msg": "bad"}]}) == \
+        "body.response_format.type: bad"
+    assert msg({"object": "error", "message": "m " * 140, "code": 400}).endswith("m m")  # 280 characters, whole
+    assert msg({"error": "Failed to compile JSON schema"}) == "Failed to compile JSON schema"
+    assert msg(HTML_502) == "502 Bad Gateway"
+    assert msg("<html><body><h1>Request Entity Too Large</h1></body></html>") == "Request Entity Too Large"
+
+
+def test_a_base_url_with_the_endpoint_or_a_query_is_used_as_meant(workdir, good_programs, caplog):  # noqa: F811
+    with ScriptedServer(lambda req, n: _good(good_programs, req)) as server:
+        s = generate_programs(config(workdir, server, limit=1, base_url=server.base_url + "/chat/completions/"))
+        assert s.statuses == {"valid": 1} and server.paths == ["/v1/chat/completions"]
+        assert "ends in /chat/completions" in caplog.text
+        s = generate_programs(config(workdir, server, limit=2, out=workdir / "q.jsonl",  # (the first: cached)
+                                     base_url=server.base_url + "?api-version=2024-06-01"))
+        assert s.statuses == {"valid": 2} and server.paths[1:] == ["/v1/chat/completions?api-version=2024-06-01"]
+
+
+def test_a_404_at_a_base_url_without_a_path_says_to_add_v1(workdir):  # noqa: F811
+    with ScriptedServer(lambda req, n: Reply(status=404, raw=json.dumps({"detail": "Not Found"}))) as server:
+        with pytest.raises(LeapError, match=r"Not Found.*it has no path.*end in /v1"):
+            generate_programs(config(workdir, server, base_url=server.base_url[: -len("/v1")]))
+
+
+def test_a_connection_closed_mid_response_is_said_in_words():
+    from leap_cli.programs.http import HTTPClient, HTTPConnectionError
+
+    async def on_conn(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n{\"choices\": [")
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, timeout=5)
+        try:
+            with pytest.raises(HTTPConnectionError, match="^the server closed the connection mid-response$"):
+                await client.post("/chat/completions", b"{}")
+        finally:
+            await client.aclose()
+            server.close()
+
+    asyncio.run(main())
