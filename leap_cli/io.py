@@ -235,7 +235,7 @@ def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def check_settings(output: str | Path, settings: dict, *, force: bool = False, exists: bool | None = None,
                    remove: Callable[[], None] | None = None, option: str = "--force", split: str | None = None,
-                   elsewhere: str = "--out", adopt: tuple[str, ...] = ()) -> bool:
+                   elsewhere: str = "--out", adopt: tuple[str, ...] = (), free: tuple[str, ...] = ()) -> bool:
     """Refuse to resume ``output`` under settings that differ from those it was started with.
 
     ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
@@ -247,7 +247,8 @@ empty: a run that failed before its first record leaves nothing its successor wo
     as ``--split train --out .../val.jsonl``; a sidecar written before it was kept is not compared on it.
     ``option`` and ``elsewhere`` name the command's options that start over and write somewhere else.
     ``adopt``: keys a sidecar written before they were kept lacks; it takes this run's values instead of
-    refusing. Returns whether the output was started over.
+    refusing. ``free``: (dotted) keys kept in the sidecar that a resume may change, such as a limit that changes no
+    record already written. Returns whether the output was started over.
     """
     output = Path(output)
     refuse_folder(output)
@@ -255,12 +256,12 @@ empty: a run that failed before its first record leaves nothing its successor wo
     # sidecar rewritten; the caller's writer takes the lock again at once
     with OutputLock(output):
         return _check_settings(output, settings, force=force, exists=exists, remove=remove, option=option,
-                               split=split, elsewhere=elsewhere, adopt=adopt)
+                               split=split, elsewhere=elsewhere, adopt=adopt, free=free)
 
 
 def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool | None,
                     remove: Callable[[], None] | None, option: str, split: str | None, elsewhere: str,
-                    adopt: tuple[str, ...] = ()) -> bool:
+                    adopt: tuple[str, ...] = (), free: tuple[str, ...] = ()) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = (output.exists() and output.stat().st_size > 0) if exists is None else exists
@@ -273,7 +274,7 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
             raise LeapError(f"holds {old_split} records; this run is --split {split}, and would mix the two",
                             path=output, record="split",
                             fix=f"give this split its own {elsewhere}, or {option} to start the file over")
-        differ = settings_changes(stored, settings)
+        differ = [d for d in settings_changes(stored, settings) if d.split(": ", 1)[0] not in free]
         if split is not None and old_split is not None and old_split != split:
             differ.append(f"split: {old_split!r} -> {split!r}")
         if differ:

@@ -1172,8 +1172,9 @@ def test_cached_prompt_tokens_are_kept_in_the_record_and_the_cache(workdir, good
 
 
 def test_the_token_limit_finding_says_how_to_redo_only_the_cut_records(workdir, good_programs, caplog):
-    """Its advice, followed as written: the cut record is asked again with a larger budget, the valid ones are
-    not bought again, and the settings check is not touched."""
+    """Its advice, followed as written: the cut record is asked again with a larger budget and the valid ones are
+    not bought again. Raising --max-tokens on a resume was refused as other settings (and --force bought every
+    reply again); a reply that was not cut at the old limit is the one the new limit gives."""
     cut_one = sorted(good_programs)[0]
 
     def script(body, n):
@@ -1184,18 +1185,15 @@ def test_the_token_limit_finding_says_how_to_redo_only_the_cut_records(workdir, 
             data["choices"][0]["finish_reason"] = "length"
         return Reply(raw=json.dumps(data))
 
-    out = workdir / "programs" / "val.jsonl"
     with ScriptedServer(script) as server:
         s = generate_programs(config(workdir, server, max_tokens=2000))
         assert s.statuses == {"valid": N_SEGMENTS - 1, "invalid": 1}
         (rec,) = [r for r in records(workdir) if r["status"] == "invalid"]
         message = rec["errors"][0]["message"]
-        assert "copy val.jsonl without its val.jsonl.settings.json" in message
-        assert "--out COPY --retry-invalid --max-tokens 4000" in message
-        with pytest.raises(LeapError, match="other settings"):  # what the advice steers around
-            generate_programs(config(workdir, server, max_tokens=4000, retry_invalid=True))
-        copy = out.with_name("val-long.jsonl")
-        shutil.copy(out, copy)
-        s = generate_programs(config(workdir, server, max_tokens=4000, retry_invalid=True, out=copy))
+        assert "rerun with --max-tokens 4000 --retry-invalid" in message and len(server.requests) == N_SEGMENTS
+        s = generate_programs(config(workdir, server, max_tokens=4000, retry_invalid=True))
         assert s.statuses == {"valid": 1} and s.resumed == N_SEGMENTS - 1 and len(server.requests) == N_SEGMENTS + 1
-    assert all(r["status"] == "valid" for r in read_jsonl(copy)) and len(read_jsonl(copy)) == N_SEGMENTS
+        # the other settings still refuse a resume
+        with pytest.raises(LeapError, match="other settings"):
+            generate_programs(config(workdir, server, max_tokens=4000, temperature=0.5))
+    assert all(r["status"] == "valid" for r in records(workdir)) and len(records(workdir)) == N_SEGMENTS

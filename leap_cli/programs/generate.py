@@ -35,7 +35,7 @@ from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, normali
 from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import (JsonlAppender, check_settings, iter_jsonl, read_jsonl, settings_path, stable_hash,
+from leap_cli.io import (JsonlAppender, check_settings, iter_jsonl, read_jsonl, stable_hash,
                          stored_settings)
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, OfflineBackend, OpenAIBackend, Request,
@@ -480,21 +480,20 @@ def output_settings(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs)
 
 def token_limit_finding(max_tokens: int, out: Path) -> Finding:
     """What a reply cut at the token limit (finish_reason "length") says first, before what its cut JSON breaks,
-    with the way to ask again for only such records: ``out`` refuses another --max-tokens (its settings file), and a
-    new --out would buy every reply again (max_tokens is in the cache key); a copy without the settings file
-    resumes the valid records and, with --retry-invalid, asks again for the others."""
+    with the way to ask again for only such records (a resume may change --max-tokens: ``check_output``)."""
     return Finding("", f"the reply stopped at the token limit (--max-tokens {max_tokens}; a reasoning model's hidden "
-                       f"reasoning counts too): raise --max-tokens; to redo only the invalid records, copy {out.name} "
-                       f"without its {settings_path(out).name} and run --out COPY --retry-invalid --max-tokens "
-                       f"{2 * max_tokens}")
+                       f"reasoning counts too): rerun with --max-tokens {2 * max_tokens} --retry-invalid (only the "
+                       f"invalid records of {out.name} are asked again)")
 
 
 def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *, exists: bool | None = None) -> bool:
     """Refuse to add records to an output made with other settings (``io.check_settings``, as the other stages),
     unless ``cfg.force``: then the output starts over. Returns whether it did."""
-    # a settings file kept before the descriptors' settings were adopts those of now
+    # a settings file kept before the descriptors' settings were adopts those of now; --max-tokens may change on a
+    # resume: a reply that was not cut at the old limit is the one a higher limit gives, and the cut ones are
+    # invalid records that --retry-invalid asks for again (max_tokens stays in the cache key)
     return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
-                          exists=exists, adopt=("descriptors",))
+                          exists=exists, adopt=("descriptors",), free=("params.max_tokens",))
 
 
 def _setup(cfg: GenerateConfig):
