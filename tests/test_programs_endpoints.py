@@ -153,6 +153,21 @@ def test_a_server_that_fails_every_request_the_same_way_stops_the_stage(workdir,
     assert not (workdir / "programs" / "val.jsonl").exists() or not records(workdir)
 
 
+def test_requests_still_waiting_for_a_reply_keep_the_stage_going(workdir, good_programs):  # noqa: F811
+    """Two segments the server refuses with 500s while the others are still being generated (a slow model): the
+    stage stopped once the two had failed for good, cancelling the replies in flight (paid, and bought again)."""
+    refused = set(sorted(good_programs)[:2])
+
+    def script(req, n):
+        if narration_id_of(req) in refused:
+            return Reply(status=500, raw=json.dumps({"error": {"message": "boom"}}))
+        return Reply(json.dumps(good_programs[narration_id_of(req)]), delay=1.0)
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, concurrency=N_SEGMENTS, max_retries=1, backoff=0.01))
+        assert s.statuses == {"valid": N_SEGMENTS - 2, "failed": 2}
+
+
 def test_a_web_page_at_the_base_url_stops_the_stage(workdir):  # noqa: F811
     page = "<!doctype html><html><head><title>Open WebUI</title></head><body>app</body></html>"
     with ScriptedServer(lambda req, n: Reply(raw=page)) as server:

@@ -201,6 +201,7 @@ class OpenAIBackend(Backend):
         # of the unbroken run of failures since the start, the requests it covers; None once one succeeded
         self._ids = itertools.count()
         self._streak: tuple[str, set[int]] | None = ("", set())
+        self._outstanding: set[int] = set()  # the requests not answered or failed for good yet
         headers = {"Authorization": f"Bearer {key}", "User-Agent": "leap"}
         # what the official client sends for organisation- or project-scoped keys
         for env, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
@@ -328,20 +329,29 @@ class OpenAIBackend(Backend):
 
     def _failed(self, rid: int, cause: str, final: bool, line: str, fix: str) -> None:
         """Count a failed attempt towards the run of same-cause failures since the start; stop the stage when a
-        request fails for good and ``STOP_AFTER`` requests, none answered, failed this way."""
+        request fails for good, ``STOP_AFTER`` requests, none answered, failed this way, and every request still
+        out has failed this way too (one still waiting for its reply may yet be answered: a slow model's replies
+        outlast the retries of a request the server refuses, and stopping would lose them, paid)."""
         if self._streak is None:
             return
         if self._streak[0] != cause:
             self._streak = (cause, set())
         self._streak[1].add(rid)
-        if final and len(self._streak[1]) >= self.STOP_AFTER:
+        if final and len(self._streak[1]) >= self.STOP_AFTER and self._outstanding <= self._streak[1]:
             raise LeapError(line, fix=fix)
 
     async def complete(self, request: Request) -> Completion:
+        rid = next(self._ids)
+        self._outstanding.add(rid)
+        try:
+            return await self._complete(request, rid)
+        finally:
+            self._outstanding.discard(rid)
+
+    async def _complete(self, request: Request, rid: int) -> Completion:
         start = time.perf_counter()
         attempts = free = 0  # free: 429s of leap's own concurrency, not counted against --max-retries
         adapted: set[str] = set()
-        rid = next(self._ids)
         while True:
             attempts += 1
             final = attempts - free > self.retry.max_retries
