@@ -90,7 +90,8 @@ def check_sls(levels: dict, source: str | None = None) -> None:
     for key in SLS_KEYS:
         v = levels.get(key)
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 5:
-            raise LeapError(f"{key} is {v!r}; supervision levels are integers from 0 to 5", path=source,
+            name = key if source else "--" + key.replace("_", "-")  # the options' name where they gave it
+            raise LeapError(f"{name} is {v!r}; supervision levels are integers from 0 to 5", path=source,
                             fix="see https://github.com/epic-kitchens/sls for the levels")
 
 

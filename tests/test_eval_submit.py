@@ -265,7 +265,7 @@ def test_submit_cli(tmp_path, ann_dir):
     res = runner.invoke(app, ["submit", "--scores", str(tmp_path / "test.pt"), "--sls-pt", "1", "--sls-tl", "3",
                               "--sls-td", "6", "--workdir", str(tmp_path), "--out", str(tmp_path / "bad.zip")])
     assert isinstance(res.exception, LeapError) and not (tmp_path / "bad.zip").exists(), res.output
-    assert res.exception.one_line().startswith("sls_td is 6; supervision levels are integers from 0 to 5")
+    assert res.exception.one_line().startswith("--sls-td is 6; supervision levels are integers from 0 to 5")
 
 
 def test_submit_takes_the_task_the_scores_were_made_for(tmp_path, ann_dir):

@@ -1019,7 +1019,8 @@ def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path)
     assert ingest_batch(other, results_file(tmp_path / "out3.jsonl", [empty])) == {"invalid": 1}
     assert write_batch_file(other, tmp_path / "b4.jsonl") == N_SEGMENTS - 1
     assert write_batch_file(again, tmp_path / "b5.jsonl") == N_SEGMENTS
-    assert ingest_batch(other, results_file(tmp_path / "out4.jsonl", [ok(nids[0])])) == {"already_present": 1}
+    assert ingest_batch(other, results_file(tmp_path / "out4.jsonl", [ok(nids[0])])) == {"already_present": 1,
+                                                                                         "invalid_kept": 1}
     assert ingest_batch(again, results_file(tmp_path / "out4.jsonl", [ok(nids[0])])) == {"valid": 1}
     assert [r["status"] for r in read_jsonl(other.out_path)] == ["valid"]
 
@@ -1193,7 +1194,9 @@ def test_the_token_limit_finding_says_how_to_redo_only_the_cut_records(workdir, 
         assert "rerun with --max-tokens 4000 --retry-invalid" in message and len(server.requests) == N_SEGMENTS
         s = generate_programs(config(workdir, server, max_tokens=4000, retry_invalid=True))
         assert s.statuses == {"valid": 1} and s.resumed == N_SEGMENTS - 1 and len(server.requests) == N_SEGMENTS + 1
-        # the other settings still refuse a resume
+        # the other settings still refuse a resume, and so does a lower limit (it would cut what it did not)
         with pytest.raises(LeapError, match="other settings"):
             generate_programs(config(workdir, server, max_tokens=4000, temperature=0.5))
+        with pytest.raises(LeapError, match="may raise it, not lower it to 3000"):
+            generate_programs(config(workdir, server, max_tokens=3000))
     assert all(r["status"] == "valid" for r in records(workdir)) and len(records(workdir)) == N_SEGMENTS

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -217,3 +218,17 @@ def test_chart_labels_are_cut_before_escaping_and_long_words_wrap():
     assert "&a<" not in svg and "salt &amp; pepper<title>" in svg and "…<title>" in svg
     assert "<title>" + "a" * 26 + "&amp;b</title>" in svg
     assert ".card,.step,td{overflow-wrap:anywhere}" in CSS
+
+
+def test_record_text_shows_bidirectional_and_zero_width_characters():
+    """A narration holding U+202E (right-to-left override) reversed the rest of the terminal line, and U+200B hid
+    in it: they are shown as \\uNNNN like the control characters are shown as \\xNN."""
+    from rich.console import Console
+
+    from leap_cli.report.terminal import printable
+
+    console = Console(width=200, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(printable("cut \u202eotamot\u200b \x1b[2J onion"), highlight=False)
+    text = console.export_text()
+    assert "\\u202e" in text and "\\u200b" in text and "\\x1b" in text
+    assert "\u202e" not in text and "\u200b" not in text and "\x1b" not in text

@@ -482,17 +482,22 @@ def test_an_epochs_batches_do_not_depend_on_num_workers(shard_work: Path, worker
     batch its own slice and drop its own last partial batch (8 clips, batch 2, 3 workers: 3 batches, not 4)."""
     from leap_cli.train.data import ShardSource
 
-    def epoch(num_workers: int) -> tuple[int, list[dict]]:
+    def epoch(num_workers: int) -> tuple[int, list[dict], list[list[str]]]:
         cfg = load_config(None, ["model.img_size=32", "model.num_frames=4", "data.batch_size=2",
-                                 "data.shuffle_buffer=4", "data.color_jitter=0.2", f"data.num_workers={num_workers}"])
-        source = ShardSource(shard_work / "shards" / "train", None, cfg, distributed.DistInfo())
-        return source.batches_per_epoch, list(source.train_batches(1))
+                                 "data.eval_batch_size=3", "data.shuffle_buffer=4", "data.color_jitter=0.2",
+                                 f"data.num_workers={num_workers}"])
+        source = ShardSource(shard_work / "shards" / "train", shard_work / "shards" / "val", cfg,
+                             distributed.DistInfo())
+        val = [b["narration_id"] for b in source.val_batches()]
+        return source.batches_per_epoch, list(source.train_batches(1)), val
 
-    n0, want = epoch(0)
-    n, got = epoch(workers)
+    n0, want, val0 = epoch(0)
+    n, got, val = epoch(workers)
     assert n == n0 == len(want) == len(got) == 4
     for a, b in zip(want, got):
         assert a["narration_id"] == b["narration_id"] and torch.equal(a["video"], b["video"])
+    # validation too (its loss is a mean over batches: the workers' contiguous slices gave it other batches)
+    assert val == val0 and len(val0) > 1
 
 
 @pytest.mark.parametrize("workers", [0, 2])

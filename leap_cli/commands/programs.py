@@ -127,8 +127,13 @@ def generate_programs(
         from leap_cli.programs.batch import ingest_batch as ingest
 
         counts = ingest(cfg, ingest_batch)
+        kept = counts.pop("invalid_kept", 0)  # (also counted already_present)
         console.print(escape(f"ingested {sum(counts.values())} results into {cfg.out_path}: "
                              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))), highlight=False)
+        if kept:
+            console.print(escape(f"note: {kept} of the already present are invalid records that the results did not "
+                                 "replace: give --retry-invalid to --ingest-batch too (as to --batch-file)"),
+                          highlight=False, style="yellow")
         from leap_cli.outcome import Outcome
 
         outcome = Outcome("generate-programs --ingest-batch")  # 3 when every result ingested now failed

@@ -211,7 +211,7 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
                             "build-shards` for this split first")
     ds = ShardDataset(folder, train=False, num_frames=int(model_args["num_frames"]),
                       img_size=int(model_args["img_size"]), temporal_views=views.temporal,
-                      spatial_views=views.spatial, rank=0, world_size=1)
+                      spatial_views=views.spatial, rank=0, world_size=1, batch_size=batch_size)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips)
     return loader, len(ds)
 

@@ -125,9 +125,9 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg.model), None, builder)  # type: ignore[arg-type]
     counts: Counter = Counter()
     # replaced by a result: a failed record, and with --retry-invalid an invalid one
-    replaced = {r["narration_id"] for r in read_jsonl(cfg.out_path)
-                if r.get("status") == "failed" or (cfg.retry_invalid and r.get("status") == "invalid")} \
-        if cfg.out_path.exists() else set()
+    old = read_jsonl(cfg.out_path) if cfg.out_path.exists() else []
+    invalid = {r["narration_id"] for r in old if r.get("status") == "invalid"}
+    replaced = {r["narration_id"] for r in old if r.get("status") == "failed"} | (invalid if cfg.retry_invalid else set())
     with JsonlAppender(cfg.out_path, replace_keys=replaced) as out, ProgramStore(cfg.cache_path) as store:
         for i, line in enumerate(lines, start=1):
             nid = line["custom_id"]
@@ -158,6 +158,8 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
             # (a failure leaves a failed or invalid record as it was)
             written = not (status == "failed" and nid in replaced) and out.write(record)
             counts[status if written else "already_present"] += 1
+            if not written and status == "valid" and nid in invalid:  # a better result left out
+                counts["invalid_kept"] += 1
             if written and prov["usage"]["prompt_tokens"]:
                 # the ledger of --max-cost: the Batch API bills half the live prices
                 store.add_spend(cfg.out_path, cfg.cost(prov["usage"]) * BATCH_PRICE_FACTOR, prov["usage"])

@@ -10,16 +10,20 @@ import re
 
 from rich.markup import escape
 
-# C0 controls but tab and newline, DEL and C1: shown as \xNN (newline too when the text must stay on one line)
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_CONTROL_ONE_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# C0 controls but tab and newline, DEL and C1, and the invisible format characters that reorder or hide text
+# (bidirectional overrides and isolates, zero-width characters, the BOM): shown as \xNN / \uNNNN (newline too when
+# the text must stay on one line)
+_FORMAT = "\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
+_CONTROL = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_FORMAT}]")
+_CONTROL_ONE_LINE = re.compile(f"[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f{_FORMAT}]")
 # rich reads backslashes as escapes only before a tag: trailing backslashes are doubled and an empty tag put after
 # them, so they print as they are whether or not markup follows (escape() alone doubles them at the end of a line)
 _AFTER_BACKSLASHES = "[dim][/dim]"
 
 
 def _visible(m: re.Match) -> str:
-    return {"\n": "\\n", "\r": "\\r"}.get(m.group()) or f"\\x{ord(m.group()):02x}"
+    c = m.group()
+    return {"\n": "\\n", "\r": "\\r"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
 
 
 def printable(value: object, *, one_line: bool = False) -> str:

@@ -9,9 +9,9 @@ on every rank: ``seed`` and ``set_epoch``);
 rank r takes the contiguous r-th of ``world_size`` slices of it, in training passed through a shuffle buffer
 (simulated on positions, before anything is read). Training then hands whole batches of ``batch_size`` (give
 the DataLoader's) to the DataLoader workers round-robin, batch k to worker k % W, the order in which the
-DataLoader collects them; evaluation gives worker w the w-th contiguous slice of its rank's. So in training the
-batches, their order and their augmentation (drawn per sample from (seed, epoch, rank, position)) do not depend
-on the number of workers, and only the rank's last partial batch is dropped (``drop_last``). ``set_epoch(e,
+DataLoader collects them; evaluation deals its stored order the same way. So the batches, their order and in
+training their augmentation (drawn per sample from (seed, epoch, rank, position)) do not depend on the number of
+workers, and only the rank's last partial batch is partial (training drops it: ``drop_last``). ``set_epoch(e,
 skip_batches=k)`` starts the epoch at its batch k (a resumed run): the batches before it are neither read nor
 decoded, and the rest are the same batches in the same order. Samples are read
 with one seek each (offsets from the manifest), so a consumer reads only its own bytes. The split is by
@@ -140,13 +140,13 @@ class ShardDataset(IterableDataset):
     def consumer_plan(self, worker_id: int = 0, num_workers: int = 1) -> list[tuple[int, tuple[tuple[int, int], bool]]]:
         """(position in the rank's order, (sample, padding)) for one DataLoader worker (see the module docstring)."""
         mine = list(enumerate(self.rank_slice(self.epoch_order())))
+        skip = 0
         if self.train:
             mine = list(self._shuffled(iter(mine), np.random.default_rng([self.seed, self.epoch, self.rank])))
-            B, skip = self.batch_size, int(self._skip)
-            return [x for k in range(skip + worker_id, math.ceil(len(mine) / B), num_workers)
-                    for x in mine[k * B:(k + 1) * B]]
-        m = len(mine)
-        return mine[worker_id * m // num_workers:(worker_id + 1) * m // num_workers]
+            skip = int(self._skip)
+        B = self.batch_size
+        return [x for k in range(skip + worker_id, math.ceil(len(mine) / B), num_workers)
+                for x in mine[k * B:(k + 1) * B]]
 
     # ---- reading ---------------------------------------------------------------------------------------
     def _fail(self, shard: str, key: str, why: str) -> None:

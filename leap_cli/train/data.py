@@ -72,7 +72,8 @@ class ShardSource:
             val_dir = Path(val_dir)
             if (val_dir / "manifest.json").exists() or list(val_dir.glob("manifest.shard*of*.json")):
                 self.val = ShardDataset(val_dir, train=False, num_frames=cfg.model.num_frames,
-                                        img_size=cfg.model.img_size, rank=info.rank, world_size=info.world_size)
+                                        img_size=cfg.model.img_size, rank=info.rank, world_size=info.world_size,
+                                        batch_size=cfg.data.eval_batch_size)  # batches as with num_workers 0
                 self.val_size = self.val.size
                 if self.val.manifest.get("targets") != manifest.get("targets"):
                     raise LeapError("the validation shards use another targets vocabulary than the training shards",
