@@ -268,6 +268,10 @@ def test_segments_past_the_end_of_a_short_video_are_unavailable_not_invented(kit
         assert recs[nid]["components"]["hands"]["status"] == "ok"  # EPIC's published detections do not need it
     assert s.counts["camera"] == {"ok": 1, "unavailable": 3, "error": 0}
     assert sum(n for k, n in s.unavailable.items() if "after the decodable end" in k) == 2
+    # one reason for both (their numbers differ), shown with the first segment's numbers
+    (key,) = [k for k in s.unavailable if "after the decodable end" in k]
+    assert "ends N s after" in key and "EPIC_100_video_info.csv gives N s" in key
+    assert s.unavailable_first[key].startswith("camera: the window ends 1.60 s after")
     assert s.outcome.failed == 0  # unavailable is honest, not a failure
     cached = {p.name.split(".")[0] for p in (tmp_path / "cache" / "P01_01").glob("*.jpgs")}
     assert cached == {"P01_01_0"}  # no cache entry is invented either

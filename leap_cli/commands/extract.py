@@ -177,7 +177,10 @@ def _print_summary(s) -> None:
     if s.unavailable:
         console.print(f"unavailable components by reason ({sum(s.unavailable.values())}):")
         for reason, n in s.unavailable.most_common(10):
-            console.print(f"  {n} x {escape(reason)}", highlight=False)
+            first = s.unavailable_first.get(reason, reason)
+            console.print(f"  {n} x {escape(first if n == 1 else reason)}", highlight=False)
+            if n > 1 and first != reason:
+                console.print(f"    e.g. {escape(first)}", highlight=False, soft_wrap=True)
             if reason in s.unavailable_detail:
                 console.print(f"    first: {escape(s.unavailable_detail[reason])}", highlight=False, soft_wrap=True)
     for line in s.outcome.lines():

@@ -117,8 +117,10 @@ class ExtractSummary:
                                                                        for c in COMPONENTS})
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     errors: list[str] = field(default_factory=list)  # "narration_id component: message"
-    unavailable: Counter = field(default_factory=Counter)  # "component: reason" -> segments
-    unavailable_detail: dict[str, str] = field(default_factory=dict)  # "component: reason" -> its first detail
+    # "component: reason" (its numbers as N, so that the segments past one video's end count as one reason)
+    unavailable: Counter = field(default_factory=Counter)  # -> segments
+    unavailable_first: dict[str, str] = field(default_factory=dict)  # -> the first such reason, numbers and all
+    unavailable_detail: dict[str, str] = field(default_factory=dict)  # -> its first detail
     outcome: Outcome = field(default_factory=lambda: Outcome("extract"))  # a record fails when a component errs
     wall: float = 0.0
     interrupted: bool = False
@@ -134,14 +136,19 @@ class ExtractSummary:
                 self.errors.append(f"{record['narration_id']} {name}: {comp['data'].get('detail', msg)}")
                 causes.append(f"{name}: {msg}")
             elif comp["status"] == "unavailable":
-                key = f"{name}: {comp['data'].get('reason', '')}"
+                reason = f"{name}: {comp['data'].get('reason', '')}"
+                key = _NUMBER.sub("N", reason)
                 self.unavailable[key] += 1
+                self.unavailable_first.setdefault(key, reason)
                 if "detail" in comp["data"]:
                     self.unavailable_detail.setdefault(key, comp["data"]["detail"])
         if causes:
             self.outcome.fail(causes[0])
         for name, sec in timings.items():
             self.seconds[name] += sec
+
+
+_NUMBER = re.compile(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])")  # a number on its own (not the 100 of EPIC_100_...)
 
 
 def build_components(cfg: ExtractConfig) -> list[Component]:
