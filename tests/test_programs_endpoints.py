@@ -153,6 +153,16 @@ def test_a_server_that_fails_every_request_the_same_way_stops_the_stage(workdir,
     assert not (workdir / "programs" / "val.jsonl").exists() or not records(workdir)
 
 
+def test_a_server_that_answers_every_request_with_an_error_in_a_200_stops_the_stage(workdir):  # noqa: F811
+    """Ollama answers 200 with an error object when the model does not fit in memory: every segment was asked and
+    written failed, the whole split walked."""
+    body = json.dumps({"error": "model requires more system memory (12.0 GiB) than is available (4.0 GiB)"})
+    with ScriptedServer(lambda req, n: Reply(raw=body)) as server:
+        with pytest.raises(LeapError, match="answered with an error: .*more system memory"):
+            generate_programs(config(workdir, server, concurrency=1))
+        assert len(server.requests) == 2
+
+
 def test_requests_still_waiting_for_a_reply_keep_the_stage_going(workdir, good_programs):  # noqa: F811
     """Two segments the server refuses with 500s while the others are still being generated (a slow model): the
     stage stopped once the two had failed for good, cancelling the replies in flight (paid, and bought again)."""

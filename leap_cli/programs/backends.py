@@ -444,6 +444,9 @@ class OpenAIBackend(Backend):
                                time.perf_counter() - start)
         problem = reply_problem(data)
         if problem:  # no reply to check, cache or repair: a failed request, which --retry-errors redoes
+            self._failed(rid, "an error in a 200 reply", True, redact(f"every request so far was answered with an "
+                                                                      f"error: {problem[:160]}"),
+                         "check the server's log (e.g. a model that does not fit in memory) and --model")
             raise BackendError(redact(problem), attempts, time.perf_counter() - start)
         self._answered()
         text = reply_text(data)

@@ -52,16 +52,39 @@ def reasoning_only(field: str, chars: int) -> str:
     return f"{REASONING_ONLY}{field} {chars}"
 
 
+_THINK_OPEN, _THINK_CLOSE = re.compile(r"<think>", re.IGNORECASE), re.compile(r"</think>", re.IGNORECASE)
+
+
 def strip_thinking(body: str) -> str:
     """``body`` without the reasoning a thinking model writes before its answer when the server has no reasoning
     parser: a leading ``<think>...</think>`` block, or everything up to a lone ``</think>`` (a chat template that
-    opens the block in the prompt, as DeepSeek-R1's). An unclosed leading ``<think>`` leaves nothing."""
-    end = body.find("</think>")
-    if body.startswith("<think>"):
-        return "" if end < 0 else body[end + len("</think>"):].strip()
-    if end >= 0 and "<think>" not in body[:end]:
-        return body[end + len("</think>"):].strip()
+    opens the block in the prompt, as DeepSeek-R1's). An unclosed leading ``<think>`` leaves nothing. The tags in
+    any case (``<THINK>``)."""
+    close = _THINK_CLOSE.search(body) if "<" in body else None
+    if _THINK_OPEN.match(body):
+        return "" if close is None else body[close.end():].strip()
+    if close is not None and not _THINK_OPEN.search(body, 0, close.start()):
+        return body[close.end():].strip()
     return body
+
+
+def _first_object(body: str, start: int, tries: int = 20):
+    """The JSON value that starts at the first ``{`` from ``start`` that begins one: prose before the program may
+    hold braces of its own ("the {verb} and {noun} slots"). Only a brace that is no JSON object at all (no key
+    follows it) is passed over: a broken object (cut at the token limit) is its reply's failure, not a reason to
+    take an object nested in it. The first failure is raised when none parses."""
+    first: json.JSONDecodeError | None = None
+    for _ in range(tries):
+        try:
+            return _DECODER.raw_decode(body, start)[0]
+        except json.JSONDecodeError as e:
+            first = first or e
+            if body[start + 1:e.pos].strip():  # it began as an object: broken, not prose
+                break
+            start = body.find("{", start + 1)
+            if start < 0:
+                break
+    raise first
 
 
 def parse_reply(text: str) -> tuple[dict | None, list[Finding]]:
@@ -95,7 +118,7 @@ def parse_reply(text: str) -> tuple[dict | None, list[Finding]]:
         if start < 0 or body[:start].strip().startswith("["):  # no object, or a list of them: said as such
             value = json.loads(body)
         else:
-            value = _DECODER.raw_decode(body, start)[0]
+            value = _first_object(body, start)
     except json.JSONDecodeError as e:
         return None, [Finding("", f"the reply is not JSON ({e.msg}: line {e.lineno} column {e.colno})")]
     if not isinstance(value, dict):
