@@ -412,6 +412,9 @@ def test_cli_generate_validate_and_strict(kitchen):
     rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
     assert rep["statuses"] == {"valid": 30, "invalid": 0, "failed": 0} and rep["coverage"]["fraction"] == 1.0
     assert sum(rep["histograms"]["steps"].values()) == 30 and rep["histograms"]["verbs"]
+    # the terminal shows 8 of a histogram and says how many more the report holds (it cut them without a word)
+    n_objects = len(rep["histograms"]["objects"])
+    assert n_objects > 8 and f", ... ({n_objects - 8} more in the report)" in " ".join(r.output.split())
     # break one record: the report flags it and --strict exits 1
     intact = copy.deepcopy(recs[0])
     recs[0]["program"]["steps"][0]["verb"] = "teleport"

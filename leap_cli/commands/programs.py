@@ -320,7 +320,11 @@ def validate_programs(
     console.print(escape(f"coverage: valid programs over the {cov['of']}"
                          + (f" (the annotations hold no {split_name} split: labels not checked)"
                             if cov["of"] == "records" else "")), highlight=False)
-    top = lambda h: ", ".join(f"{k} {v}" for k, v in list(h.items())[:8])  # noqa: E731
+    def top(h: dict) -> str:  # the 8 most frequent, and how many more (the JSON report holds them all)
+        items = list(h.items())
+        shown = ", ".join(f"{k} {v}" for k, v in items[:8]) or "none"
+        return shown + (f", ... ({len(items) - 8} more in the report)" if len(items) > 8 else "")
+
     # names an LLM wrote and paths: printed as text, never as rich markup
     console.print(printable(f"verbs: {top(rep['histograms']['verbs'])}\nobjects: {top(rep['histograms']['objects'])}\n"
                          f"predicates: {top(rep['histograms']['predicates'])}\nsteps: {top(rep['histograms']['steps'])}"),
