@@ -1027,6 +1027,11 @@ def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path)
                                                                                          "invalid_kept": 1}
     assert ingest_batch(again, results_file(tmp_path / "out4.jsonl", [ok(nids[0])])) == {"valid": 1}
     assert [r["status"] for r in read_jsonl(other.out_path)] == ["valid"]
+    # a 200 result without a completion (an error object) is a failed request, as live, not an empty invalid reply
+    err = {"custom_id": nids[1], "response": {"status_code": 200, "body": {"error": {"message": "out of memory"}}}}
+    assert ingest_batch(other, results_file(tmp_path / "out5.jsonl", [err])) == {"failed": 1}
+    rec = [r for r in read_jsonl(other.out_path) if r["narration_id"] == nids[1]][0]
+    assert "out of memory" in rec["errors"][0]["message"]
 
 
 def test_descriptors_extracted_anew_with_other_settings_are_refused(workdir, good_programs):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, atomic_path, read_jsonl, settings_path
-from leap_cli.programs.backends import reply_cut, reply_text, reply_usage
+from leap_cli.programs.backends import reply_cut, reply_problem, reply_text, reply_usage
 from leap_cli.programs.generate import GenerateConfig, ProgramGenerator, _setup, check_output, token_limit_finding
 from leap_cli.programs.prompt import clip_info
 from leap_cli.programs.redact import redact
@@ -142,7 +142,11 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
                     "cached": False, "batch_request_id": line.get("id")}
             program, findings = None, []
             code = resp.get("status_code")
-            if line.get("error") or code != 200:
+            problem = reply_problem(body) if code == 200 and not line.get("error") else None
+            if problem:  # a 200 without a completion (an error object, no choices): failed, as a live request is
+                status = "failed"
+                findings = [Finding("", redact(f"batch request failed: {problem}"))]
+            elif line.get("error") or code != 200:
                 status = "failed"
                 err = line.get("error") or {"message": f"HTTP {code}" if code is not None else
                                             "the result line has no response.status_code"}
