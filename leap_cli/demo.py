@@ -80,7 +80,18 @@ def default_config() -> Path:
     return bundled_config("tiny-synthetic")
 
 
+def submission_levels(train_cfg) -> dict[str, int] | None:
+    """The SLS levels of the demo's model (docs/evaluate-submit.md): PT 0 (random initialisation), TL 4 with the
+    program losses (targets from the descriptors' hand-object boxes), 3 without them, TD 3 (the train split).
+    None with ``model.pretrained``: the level of those weights is not known here."""
+    if train_cfg.model.pretrained:
+        return None
+    return {"--sls-pt": 0, "--sls-tl": 4 if train_cfg.loss.program_loss else 3, "--sls-td": 3}
+
+
 def plan(cfg: DemoConfig) -> list[StageRun]:
+    from leap_cli.train.config import load_config
+
     w = str(cfg.workdir)
     config = cfg.config or default_config()
     run_name = config.stem
@@ -113,10 +124,11 @@ def plan(cfg: DemoConfig) -> list[StageRun]:
     stages.append(StageRun("train", train))
     stages.append(StageRun("evaluate val", ["evaluate", "--split", "val", "--run", str(run_dir), "--workdir", w]))
     stages.append(StageRun("evaluate test", ["evaluate", "--split", "test", "--run", str(run_dir), "--workdir", w]))
-    stages.append(StageRun("submit", ["submit", "--scores", str(run_dir / "eval" / "test" / "scores.pt"),
-                                      "--task", "recognition", "--workdir", w, "--out", f"{w}/submission.zip",
-                                      # SLS: random initialisation, targets from the hand-object boxes, train split
-                                      "--sls-pt", "0", "--sls-tl", "4", "--sls-td", "3"]))
+    levels = submission_levels(load_config(config, list(cfg.train_overrides)))
+    if levels is not None:  # (pretrained weights: their level is not the demo's to declare; no submission)
+        stages.append(StageRun("submit", ["submit", "--scores", str(run_dir / "eval" / "test" / "scores.pt"),
+                                          "--task", "recognition", "--workdir", w, "--out", f"{w}/submission.zip",
+                                          *(x for k, v in levels.items() for x in (k, str(v)))]))
     if cfg.ablate:
         stages.append(StageRun("ablate", ["ablate", "--workdir", f"{w}/ablation"]))
     return stages

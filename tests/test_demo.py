@@ -187,9 +187,16 @@ def test_the_demo_submission_declares_what_the_demo_did(tmp_path):
     train split, with program targets from the descriptors' hand-object boxes."""
     from leap_cli.demo import DemoConfig, plan
 
-    argv = next(s.argv for s in plan(DemoConfig(workdir=tmp_path)) if s.name == "submit")
-    levels = {argv[i]: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--sls-")}
-    assert levels == {"--sls-pt": "0", "--sls-tl": "4", "--sls-td": "3"}
+    def levels(*sets: str) -> dict | None:
+        argv = next((s.argv for s in plan(DemoConfig(workdir=tmp_path, train_overrides=sets)) if s.name == "submit"),
+                    None)
+        return argv and {argv[i]: argv[i + 1] for i, a in enumerate(argv) if a.startswith("--sls-")}
+
+    assert levels() == {"--sls-pt": "0", "--sls-tl": "4", "--sls-td": "3"}
+    # it declared 0-4-3 whatever --set said: without the program losses the labels are EPIC's alone (TL 3), and
+    # with pretrained weights their level is not the demo's to declare (no submission, the user submits)
+    assert levels("loss.program_loss=false") == {"--sls-pt": "0", "--sls-tl": "3", "--sls-td": "3"}
+    assert levels(f"model.pretrained={tmp_path / 'w.pt'}") is None
 
 
 def test_a_stage_gets_sigterm_when_the_demo_is_killed(tmp_path):

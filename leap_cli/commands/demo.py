@@ -60,5 +60,10 @@ def demo(
     if ablate and table_md.exists():
         console.print(Rule("[bold]the program-supervision ablation (validation, %)[/]"))
         console.print(escape(table_md.read_text(encoding="utf-8")))
-    console.print(f"[bold green]submission:[/] {escape(str(workdir / 'submission.zip'))}  "
-                  f"(look at a program: leap show NARRATION_ID --workdir {escape(str(workdir))} --html page.html)")
+    look = f"(look at a program: leap show NARRATION_ID --workdir {escape(str(workdir))} --html page.html)"
+    if any(name == "submit" for name, _ in timings):
+        console.print(f"[bold green]submission:[/] {escape(str(workdir / 'submission.zip'))}  {look}")
+    else:  # model.pretrained: the pre-training level of those weights is the user's to declare
+        console.print("[yellow]no submission[/]: with model.pretrained the demo cannot declare the weights' "
+                      "supervision level; run `leap submit --sls-pt N --sls-tl 4 --sls-td 3` yourself "
+                      f"(docs/evaluate-submit.md)  {look}")
