@@ -507,10 +507,8 @@ def reply_cut(data: dict) -> bool:
 def reply_problem(data: dict) -> str | None:
     """Why a 200 body is no chat completion (an ``error`` in it, as Ollama and some proxies send; no
     ``choices``; no ``message`` in the first), else None."""
-    err = data.get("error")
-    if err:
-        message = err.get("message") or err if isinstance(err, dict) else err
-        return "the endpoint answered 200 with an error: " + " ".join(str(message).split())[:300]
+    if data.get("error"):
+        return "the endpoint answered 200 with an error: " + " ".join(_said(data).split())[:300]
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices:
         return "the endpoint's reply has no choices"
@@ -577,18 +575,23 @@ def _error_message(resp: Response, n: int = 300) -> str:
         if title or re.match(r"\s*<(!doctype|html)", text, re.IGNORECASE):
             text = html.unescape(title.group(1) if title else re.sub(r"<[^>]*>", " ", text))
     if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            text = str(err["message"])
-        elif isinstance(err, str) and err:
-            text = err
-        elif isinstance(data.get("message"), str) and data["message"]:
-            text = data["message"]
-        elif data.get("detail"):
-            text = _detail(data["detail"])
-        else:
-            text = json.dumps(data, ensure_ascii=False)
+        text = _said(data)
     return redact(" ".join(text.split()))[:n]
+
+
+def _said(data: dict) -> str:
+    """What a JSON error body says: ``error.message``, ``error`` as a string, a top-level ``message``, FastAPI's
+    ``detail``, else the body itself."""
+    err = data.get("error")
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    if isinstance(err, str) and err:
+        return err
+    if isinstance(data.get("message"), str) and data["message"]:
+        return data["message"]
+    if data.get("detail"):
+        return _detail(data["detail"])
+    return json.dumps(data, ensure_ascii=False)
 
 
 def _error_code(resp: Response) -> str | None:
