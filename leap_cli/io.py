@@ -235,7 +235,7 @@ def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def check_settings(output: str | Path, settings: dict, *, force: bool = False, exists: bool | None = None,
                    remove: Callable[[], None] | None = None, option: str = "--force", split: str | None = None,
-                   elsewhere: str = "--out", adopt: tuple[str, ...] = (), free: tuple[str, ...] = ()) -> bool:
+                   elsewhere: str = "--out", adopt: tuple[str, ...] = (), grow: tuple[str, ...] = ()) -> bool:
     """Refuse to resume ``output`` under settings that differ from those it was started with.
 
     ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
@@ -247,8 +247,8 @@ empty: a run that failed before its first record leaves nothing its successor wo
     as ``--split train --out .../val.jsonl``; a sidecar written before it was kept is not compared on it.
     ``option`` and ``elsewhere`` name the command's options that start over and write somewhere else.
     ``adopt``: keys a sidecar written before they were kept lacks; it takes this run's values instead of
-    refusing. ``free``: (dotted) keys kept in the sidecar that a resume may change, such as a limit that changes no
-    record already written. Returns whether the output was started over.
+    refusing. ``grow``: (dotted) keys a resume may raise, not lower, such as a limit that changes no record already
+    written (the sidecar then keeps the higher value). Returns whether the output was started over.
     """
     output = Path(output)
     refuse_folder(output)
@@ -256,12 +256,12 @@ empty: a run that failed before its first record leaves nothing its successor wo
     # sidecar rewritten; the caller's writer takes the lock again at once
     with OutputLock(output):
         return _check_settings(output, settings, force=force, exists=exists, remove=remove, option=option,
-                               split=split, elsewhere=elsewhere, adopt=adopt, free=free)
+                               split=split, elsewhere=elsewhere, adopt=adopt, grow=grow)
 
 
 def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool | None,
                     remove: Callable[[], None] | None, option: str, split: str | None, elsewhere: str,
-                    adopt: tuple[str, ...] = (), free: tuple[str, ...] = ()) -> bool:
+                    adopt: tuple[str, ...] = (), grow: tuple[str, ...] = ()) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = (output.exists() and output.stat().st_size > 0) if exists is None else exists
@@ -274,7 +274,8 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
             raise LeapError(f"holds {old_split} records; this run is --split {split}, and would mix the two",
                             path=output, record="split",
                             fix=f"give this split its own {elsewhere}, or {option} to start the file over")
-        differ = [d for d in settings_changes(stored, settings) if d.split(": ", 1)[0] not in free]
+        differ = [d for d in settings_changes(stored, settings)
+                  if not (d.split(": ", 1)[0] in grow and _grew(stored, settings, d.split(": ", 1)[0]))]
         if split is not None and old_split is not None and old_split != split:
             differ.append(f"split: {old_split!r} -> {split!r}")
         if differ:
@@ -288,6 +289,13 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
             started_over = True
     atomic_write_json(sidecar, settings if split is None else {**settings, "split": split})
     return started_over
+
+
+def _grew(old: dict, new: dict, dotted: str) -> bool:
+    """Whether the number at ``dotted`` in ``new`` is at least the one in ``old``."""
+    for part in dotted.split("."):
+        old, new = (old or {}).get(part), (new or {}).get(part)
+    return isinstance(old, (int, float)) and isinstance(new, (int, float)) and new >= old
 
 
 def _read_settings(sidecar: Path, option: str) -> dict:

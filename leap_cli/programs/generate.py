@@ -491,15 +491,10 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
     unless ``cfg.force``: then the output starts over. Returns whether it did."""
     # a settings file kept before the descriptors' settings were adopts those of now; --max-tokens may change on a
     # resume: a reply that was not cut at the old limit is the one a higher limit gives, and the cut ones are
-    # invalid records that --retry-invalid asks for again (max_tokens stays in the cache key)
-    made = ((stored_settings(cfg.out_path) or {}).get("params") or {}).get("max_tokens") \
-        if cfg.out_path.exists() and cfg.out_path.stat().st_size and not cfg.force else None
-    if isinstance(made, int) and cfg.max_tokens < made:  # lowered, it would cut replies the records were not cut at
-        raise LeapError(f"was made with --max-tokens {made}; a resume may raise it, not lower it to {cfg.max_tokens}",
-                        path=cfg.out_path, record="settings",
-                        fix=f"use --max-tokens {made} or more, another --out, or --force to start over")
+    # invalid records that --retry-invalid asks for again (max_tokens stays in the cache key); lowered, it would cut
+    # replies the records were not cut at
     return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
-                          exists=exists, adopt=("descriptors",), free=("params.max_tokens",))
+                          exists=exists, adopt=("descriptors",), grow=("params.max_tokens",))
 
 
 def _setup(cfg: GenerateConfig):
