@@ -188,16 +188,76 @@ def test_a_web_page_at_the_base_url_stops_the_stage(workdir):  # noqa: F811
 
 
 def test_one_off_failures_are_still_retried_after_a_success(workdir, good_programs):  # noqa: F811
-    first = sorted(good_programs)[0]
+    """A prompt the server chokes on among replies fails its record alone (the rest go on at full speed)."""
+    first, bad = sorted(good_programs)[0], sorted(good_programs)[2]
 
     def script(req, n):
-        return _good(good_programs, req) if narration_id_of(req) == first else Reply(status=502, raw=HTML_502)
+        return Reply(status=502, raw=HTML_502) if narration_id_of(req) == bad else _good(good_programs, req)
 
     with ScriptedServer(script) as server:
         s = generate_programs(config(workdir, server, concurrency=1, max_retries=1))
-        assert s.statuses == {"valid": 1, "failed": N_SEGMENTS - 1}
-    failed = [r for r in records(workdir) if r["status"] == "failed"]
-    assert failed[0]["errors"][0]["message"] == "request failed: HTTP 502 after 2 attempts: 502 Bad Gateway"
+        assert s.statuses == {"valid": N_SEGMENTS - 1, "failed": 1} and s.held_seconds == 0
+    (failed,) = [r for r in records(workdir) if r["status"] == "failed"]
+    assert failed["narration_id"] == bad != first
+    assert failed["errors"][0]["message"] == "request failed: HTTP 502 after 2 attempts: 502 Bad Gateway"
+
+
+class _Outage:
+    """A server that answers ``before`` requests, then fails every request (502) until ``down_for`` seconds
+    after its first failure (forever with None), then answers again; it counts the requests in flight at once."""
+
+    def __init__(self, good_programs, before, down_for=None):
+        self.good, self.before, self.down_for = good_programs, before, down_for
+        self.lock, self.served, self.down_at = threading.Lock(), 0, None
+        self.busy = self.most_busy_down = 0
+
+    def __call__(self, req, n):
+        with self.lock:
+            self.served += 1
+            down = self.served > self.before and (self.down_at is None or self.down_for is None
+                                                   or time.monotonic() - self.down_at < self.down_for)
+            if down and self.down_at is None:
+                self.down_at = time.monotonic()
+            self.busy += 1
+            if down:
+                self.most_busy_down = max(self.most_busy_down, self.busy)
+        time.sleep(0.01)
+        with self.lock:
+            self.busy -= 1
+        return Reply(status=502, raw=HTML_502) if down else _good(self.good, req)
+
+
+def test_a_server_that_stops_answering_is_held_then_the_stage_stops(workdir, good_programs, monkeypatch):  # noqa: F811
+    """A local server that crashed after some replies: each remaining segment went through its retries and was
+    written failed (~31 s each at the default policy), the whole split walked, every record to redo. Now two in
+    a row failed for good hold the server: one request at a time probes it, and without a reply for HOLD_FOR
+    the stage stops in one line, the rest of the segments not written (a rerun asks for them)."""
+    from leap_cli.programs.backends import OpenAIBackend
+
+    monkeypatch.setattr(OpenAIBackend, "HOLD_FOR", 0.6)
+    outage = _Outage(good_programs, before=2)
+    with ScriptedServer(outage) as server:
+        t0 = time.monotonic()
+        with pytest.raises(LeapError, match=r"stopped answering: no reply for .* after 2 replies .*HTTP 502") as err:
+            generate_programs(config(workdir, server, concurrency=1, max_retries=1))
+        assert "run the same command again" in err.value.one_line()
+        assert 0.6 <= time.monotonic() - t0 < 10
+        probes = len(server.requests) - 2 - 2 * 2  # beyond the replies and the two given up (2 attempts each)
+        assert 1 <= probes <= 40  # at growing intervals (0.01 .. 0.05 s here), not a request per segment
+    assert sorted(r["status"] for r in records(workdir)) == ["failed", "failed", "valid", "valid"]
+
+
+def test_a_server_that_comes_back_gets_its_requests_in_flight_again(workdir, good_programs):  # noqa: F811
+    outage = _Outage(good_programs, before=1, down_for=0.5)
+    with ScriptedServer(outage) as server:
+        s = generate_programs(config(workdir, server, concurrency=3, max_retries=1))
+    # at most the two that failed for good before the hold (and requests already in flight with them), then
+    # the held requests waited for the server instead of failing their records
+    assert s.statuses["valid"] >= N_SEGMENTS - 3 and s.statuses["valid"] + s.statuses["failed"] == N_SEGMENTS
+    assert 0.3 < s.held_seconds < 5
+    from leap_cli.commands.programs import endpoint_notes
+
+    assert any("stopped answering for" in n for n in endpoint_notes(s))
 
 
 def test_insufficient_quota_stops_the_stage_like_a_refused_key(workdir):  # noqa: F811
@@ -328,3 +388,38 @@ def test_a_connection_closed_mid_response_is_said_in_words():
             server.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("capacity", [1, 2])
+def test_the_429_note_suggests_what_the_server_took(monkeypatch, capacity):
+    """A server that takes two requests at a time: halving the requests in flight went 6 -> 3 -> 1, and the
+    summary suggested --concurrency 1, the lowest cut, for a server that had run 2 at a time without a 429."""
+    from leap_cli.programs.backends import OpenAIBackend, Request, RetryPolicy
+
+    monkeypatch.setenv("LEAP_TEST_KEY", "sk-test")
+    lock, busy = threading.Lock(), [0]
+
+    def script(req, n):
+        with lock:
+            if busy[0] >= capacity:
+                return Reply(status=429, raw=json.dumps({"error": {"message": "Too many requests"}}))
+            busy[0] += 1
+        time.sleep(0.02)
+        with lock:
+            busy[0] -= 1
+        return Reply("{}")
+
+    async def run(url):
+        backend = OpenAIBackend("m", base_url=url, api_key_env="LEAP_TEST_KEY", concurrency=6,
+                                retry=RetryPolicy(max_retries=2, base_delay=0.01, max_delay=0.03))
+        try:
+            await asyncio.gather(*(backend.complete(Request(f"c{i}", [{"role": "user", "content": "x"}]))
+                                   for i in range(60)))
+        finally:
+            await backend.aclose()
+        return backend
+
+    with ScriptedServer(script) as server:
+        backend = asyncio.run(run(server.base_url))
+    assert backend.rate_limited > 0 and backend.lowest_limit <= capacity
+    assert backend.steady_limit == capacity

@@ -193,10 +193,20 @@ def endpoint_notes(summary) -> list[str]:
     """What the endpoint's refusals and timeouts in this run mean for the next one."""
     notes = []
     if summary.rate_limited:
-        cut = (f"; leap cut the requests in flight to {summary.lowest_concurrency}"
-               if summary.lowest_concurrency is not None else "")
-        notes.append(f"the server refused {summary.rate_limited} requests with HTTP 429 (rate limit){cut}: lower "
-                     f"--concurrency" + (f" (e.g. --concurrency {summary.lowest_concurrency})" if cut else ""))
+        low, steady = summary.lowest_concurrency, summary.steady_concurrency
+        if low is None:
+            notes.append(f"the server refused {summary.rate_limited} requests with HTTP 429 (rate limit): lower "
+                         "--concurrency")
+        elif steady is not None and steady >= summary.concurrency:
+            notes.append(f"the server refused {summary.rate_limited} requests with HTTP 429 (rate limit); leap cut the "
+                         f"requests in flight to {low}, and the run ended at --concurrency {steady} again without one")
+        else:
+            notes.append(f"the server refused {summary.rate_limited} requests with HTTP 429 (rate limit); leap cut the "
+                         f"requests in flight to {low}" + (f", and {steady} went without one" if steady else "") +
+                         f": lower --concurrency (e.g. --concurrency {steady or low})")
+    if summary.held_seconds:
+        notes.append(f"the server stopped answering for {summary.held_seconds:.0f} s in all; meanwhile leap asked one "
+                     "request at a time (its records are kept as they came)")
     if summary.timed_out:
         notes.append(f"{summary.timed_out} requests timed out (--timeout) and were abandoned: the server may still "
                      "have generated and billed them; they are not in the estimated cost")

@@ -9,10 +9,14 @@ A backend declares its capabilities (``supports_schema``: Structured Outputs) an
   exponential backoff and jitter, honouring ``Retry-After`` (seconds or an HTTP date), ``retry-after-ms`` and
   OpenAI's ``x-ratelimit-reset-*``; a 429 halves the requests in flight (they grow back by one per window of
   replies). A server that fails every request the same way before any succeeded stops the stage
-  (``LeapError``), as a refused key does. With ``response_format="auto"`` it asks for Structured Outputs
-  (strict JSON schema), falls back to JSON mode for good when the endpoint refuses that (a 400/422, or a 500
-  naming the schema), and to no ``response_format`` when JSON mode is refused too. The API key is read from
-  the environment, registered with ``leap_cli.programs.redact`` and redacted from every text that leaves here.
+  (``LeapError``), as a refused key does. One that stops answering later (``HOLD_AFTER`` requests in a row
+  failed for good, none answered in between: it crashed, ran out of memory, the provider is down) is held:
+  one request at a time probes it, its failures not counted against the retries, at growing intervals; the
+  first reply brings the requests in flight back, and ``HOLD_FOR`` seconds without one stop the stage.
+  With ``response_format="auto"`` it asks for Structured Outputs (strict JSON schema), falls back to JSON
+  mode for good when the endpoint refuses that (a 400/422, or a 500 naming the schema), and to no
+  ``response_format`` when JSON mode is refused too. The API key is read from the environment, registered with
+  ``leap_cli.programs.redact`` and redacted from every text that leaves here.
 - ``OfflineBackend``: no network; the deterministic generator of ``leap_cli.programs.offline``.
 """
 
@@ -153,6 +157,8 @@ class OpenAIBackend(Backend):
     FORMATS = ("json_schema", "json_object", "none")  # what ``auto`` steps down through, one refusal at a time
     STOP_AFTER = 2  # requests failed the same way, one of them for good, before any succeeded: the stage stops
     FREE_429 = 8  # most 429s a request may get for leap's own concurrency without using up its retries
+    HOLD_AFTER = 2  # requests in a row failed for good after the server had answered: hold and probe it
+    HOLD_FOR = 600.0  # seconds without a reply (since the last one) before a held stage stops
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, retry: RetryPolicy = RetryPolicy(), temperature: float = 0.0,
@@ -190,6 +196,10 @@ class OpenAIBackend(Backend):
         self.concurrency = max(1, concurrency)
         self._limit = self.concurrency
         self.lowest_limit = self.concurrency
+        # the most requests in flight that got a whole window of replies (as many as in flight) without a 429
+        # since the last cut: what the summary suggests for --concurrency (the lowest cut overshoots: halving 3
+        # gives 1 for a server that takes 2)
+        self.steady_limit = 0
         self._active = 0
         self._epoch = 0
         self._ok_run = 0
@@ -202,6 +212,15 @@ class OpenAIBackend(Backend):
         self._ids = itertools.count()
         self._streak: tuple[str, set[int]] | None = ("", set())
         self._outstanding: set[int] = set()  # the requests not answered or failed for good yet
+        # a server that stopped answering after it had (see ``_failed``): the time of the last reply, the
+        # requests failed for good since; while held, the limit to go back to, since when, the probes failed
+        self.answered = 0
+        self._last_reply = 0.0
+        self._lost = 0
+        self._held: int | None = None
+        self._held_since = 0.0
+        self._probes = 0
+        self.held_seconds = 0.0  # time spent held (the summary says so)
         headers = {"Authorization": f"Bearer {key}", "User-Agent": "leap"}
         # what the official client sends for organisation- or project-scoped keys
         for env, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
@@ -298,6 +317,9 @@ class OpenAIBackend(Backend):
 
     def _release(self) -> None:
         self._active -= 1
+        self._wake()
+
+    def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
         for fut in waiters:
             if not fut.done():
@@ -314,6 +336,7 @@ class OpenAIBackend(Backend):
             self._limit = max(1, min(self._limit, self._active + 1) // 2)
             self._epoch += 1
             self._ok_run = 0
+            self.steady_limit = 0
             if self._limit < self.lowest_limit:
                 self.lowest_limit = self._limit
                 log.warning("the server refused requests with 429: at most %d in flight now (lower --concurrency)",
@@ -322,23 +345,59 @@ class OpenAIBackend(Backend):
 
     def _answered(self) -> None:
         self._streak = None  # the server works: failures from now on are the records'
+        self.answered += 1
+        now = asyncio.get_running_loop().time()
+        if self._held is not None:
+            self.held_seconds += now - self._held_since
+            log.warning("the server answers again after %.0f s: back to %d requests in flight",
+                        now - self._last_reply, self._held)
+            self._limit, self._held, self._probes, self._pause_until = self._held, None, 0, 0.0
+            self._wake()
+        self._last_reply, self._lost = now, 0
         self._ok_run += 1
+        if self._ok_run >= self._limit:
+            self.steady_limit = max(self.steady_limit, self._limit)
         if self._limit < self.concurrency and self._ok_run >= self._limit:
             self._limit += 1
             self._ok_run = 0
 
-    def _failed(self, rid: int, cause: str, final: bool, line: str, fix: str) -> None:
-        """Count a failed attempt towards the run of same-cause failures since the start; stop the stage when a
-        request fails for good, ``STOP_AFTER`` requests, none answered, failed this way, and every request still
-        out has failed this way too (one still waiting for its reply may yet be answered: a slow model's replies
-        outlast the retries of a request the server refuses, and stopping would lose them, paid)."""
-        if self._streak is None:
-            return
-        if self._streak[0] != cause:
-            self._streak = (cause, set())
-        self._streak[1].add(rid)
-        if final and len(self._streak[1]) >= self.STOP_AFTER and self._outstanding <= self._streak[1]:
-            raise LeapError(line, fix=fix)
+    def _failed(self, rid: int, cause: str, final: bool, line: str, fix: str) -> bool:
+        """A failed attempt; whether it counts against the request's retries (not while the server is held).
+
+        Before any reply: count it towards the run of same-cause failures since the start; stop the stage when a
+        request fails for good, ``STOP_AFTER`` requests failed this way, and every request still out has failed
+        this way too (one still waiting for its reply may yet be answered: a slow model's replies outlast the
+        retries of a request the server refuses, and stopping would lose them, paid).
+
+        After replies: ``HOLD_AFTER`` requests in a row failed for good hold the server (one request in flight,
+        each failure a probe that waits longer for the next, up to the retry policy's longest wait); a held
+        server that has not answered for ``HOLD_FOR`` seconds stops the stage. A request failing alone among
+        replies (a prompt the server chokes on) still fails its record, as before."""
+        if self._streak is not None:
+            if self._streak[0] != cause:
+                self._streak = (cause, set())
+            self._streak[1].add(rid)
+            if final and len(self._streak[1]) >= self.STOP_AFTER and self._outstanding <= self._streak[1]:
+                raise LeapError(line, fix=fix)
+            return True
+        now = asyncio.get_running_loop().time()
+        if self._held is None:
+            self._lost += final
+            if self._lost < self.HOLD_AFTER:
+                return True
+            self._held, self._held_since, self._limit = self._limit, now, 1
+            log.warning("%d requests in a row failed for good (%s) after %d replies: holding the others and asking "
+                        "one at a time until the server answers (the stage stops after %.0f min without a reply)",
+                        self._lost, cause, self.answered, self.HOLD_FOR / 60)
+            return True  # this one was given up already
+        if now - self._last_reply >= self.HOLD_FOR:
+            raise LeapError(f"the server stopped answering: no reply for {(now - self._last_reply) / 60:.0f} min "
+                            f"after {self.answered} replies (last: {cause})",
+                            fix="check the server (its log, memory, --base-url), then run the same command again: "
+                                "the programs written are kept and only the rest are asked for")
+        self._pause_until = max(self._pause_until, now + self.retry.delay(self._probes, None))
+        self._probes += 1
+        return False
 
     async def complete(self, request: Request) -> Completion:
         rid = next(self._ids)
@@ -373,7 +432,9 @@ class OpenAIBackend(Backend):
                               "a reply), or check that the server is generating") if timeout else
                              (f"{e}: is the server running?", "check --base-url") if str(e).startswith("cannot connect")
                              else (f"{e} on every request so far", "check the server's log and --base-url"))
-                self._failed(rid, f"{what}: {e}", final, redact(line), fix)
+                if not self._failed(rid, f"{what}: {e}", final, redact(line), fix):
+                    free, final = free + 1, False  # a probe of a held server: the next waits (_pause_until)
+                    continue
                 if final:
                     raise BackendError(redact(f"{what} after {attempts} attempts: {e}"), attempts,
                                        time.perf_counter() - start) from None
@@ -419,11 +480,14 @@ class OpenAIBackend(Backend):
                         final = False
                 else:
                     loading = status == 503 and "loading" in message.lower()
-                    self._failed(rid, f"HTTP {status}", final,
-                                 f"the server is still loading the model (HTTP 503: {message[:100]})" if loading else
-                                 f"every request so far failed with HTTP {status}: {message[:120]}",
-                                 "wait until it is ready (llama.cpp: its /health says ok), then run again" if loading
-                                 else "check the server (and any proxy in front of it) and --base-url")
+                    if not self._failed(
+                            rid, f"HTTP {status}", final,
+                            f"the server is still loading the model (HTTP 503: {message[:100]})" if loading else
+                            f"every request so far failed with HTTP {status}: {message[:120]}",
+                            "wait until it is ready (llama.cpp: its /health says ok), then run again" if loading
+                            else "check the server (and any proxy in front of it) and --base-url"):
+                        free, final = free + 1, False
+                        continue
                 if final:
                     raise BackendError(f"HTTP {status} after {attempts} attempts: {message}", attempts,
                                        time.perf_counter() - start)

@@ -136,7 +136,10 @@ class GenerateSummary:
     stopped: str | None = None
     failures: list[tuple[str, str]] = field(default_factory=list)
     rate_limited: int = 0  # requests the endpoint refused with 429
+    concurrency: int = 0  # --concurrency of the run
     lowest_concurrency: int | None = None  # the fewest requests in flight the backend cut to after 429s
+    steady_concurrency: int | None = None  # the most in flight that went a window without a 429 after the last cut
+    held_seconds: float = 0.0  # time the server did not answer and was held (asked one request at a time)
     timed_out: int = 0  # requests abandoned at --timeout (the endpoint may bill them)
 
 
@@ -652,6 +655,9 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         summary.timed_out = getattr(backend, "timed_out", 0)
         if getattr(backend, "lowest_limit", cfg.concurrency) < cfg.concurrency:
             summary.lowest_concurrency = backend.lowest_limit
+            summary.steady_concurrency = backend.steady_limit or None
+        summary.held_seconds = getattr(backend, "held_seconds", 0.0)
+        summary.concurrency = cfg.concurrency
         appender.close()
         if store is not None:
             store.close()
