@@ -37,6 +37,7 @@ class ScriptedServer:
         self.paths: list[str] = []  # the request target of each (path and query)
         self.times: list[float] = []
         self._lock = threading.Lock()
+        self.current = threading.local()  # .path: the request target of the request being scripted
         self._per_clip: dict[str, int] = {}
         outer = self
 
@@ -57,6 +58,7 @@ class ScriptedServer:
                     outer.times.append(time.monotonic())
                     n = outer._per_clip.get(nid, 0)
                     outer._per_clip[nid] = n + 1
+                outer.current.path = self.path  # the script may read where this request was sent
                 reply = outer.script(body, n)
                 if reply.delay:
                     time.sleep(reply.delay)

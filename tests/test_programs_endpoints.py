@@ -362,10 +362,28 @@ def test_a_base_url_with_the_endpoint_or_a_query_is_used_as_meant(workdir, good_
         assert s.statuses == {"valid": 2} and server.paths[1:] == ["/v1/chat/completions?api-version=2024-06-01"]
 
 
-def test_a_404_at_a_base_url_without_a_path_says_to_add_v1(workdir):  # noqa: F811
+def test_a_base_url_without_v1_is_tried_with_it(workdir, good_programs, caplog):  # noqa: F811
+    """`--base-url http://localhost:8000` (no /v1) got a 404 from every OpenAI-compatible server and stopped
+    with a hint to add /v1; leap now tries the URL with /v1 itself, says so once, and carries on."""
+    def script(req, n):
+        if not server.current.path.startswith("/v1/"):
+            return Reply(status=404, raw=json.dumps({"detail": "Not Found"}))  # (FastAPI's, as vLLM's)
+        return _good(good_programs, req)
+
+    with ScriptedServer(script) as server:
+        root = server.base_url[: -len("/v1")]
+        s = generate_programs(config(workdir, server, base_url=root, concurrency=3))
+        assert s.statuses == {"valid": N_SEGMENTS}, s.failures
+        assert server.paths.count("/v1/chat/completions") == N_SEGMENTS and 1 <= server.paths.count("/chat/completions") <= 3
+    assert sum("trying http://127.0.0.1" in r.getMessage() and "/v1" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_404_with_and_without_v1_stops_naming_both(workdir):  # noqa: F811
     with ScriptedServer(lambda req, n: Reply(status=404, raw=json.dumps({"detail": "Not Found"}))) as server:
-        with pytest.raises(LeapError, match=r"Not Found.*it has no path.*end in /v1"):
-            generate_programs(config(workdir, server, base_url=server.base_url[: -len("/v1")]))
+        root = server.base_url[: -len("/v1")]
+        with pytest.raises(LeapError, match=r"HTTP 404 from .*:\d+ and from .*:\d+/v1: Not Found.*ends in /v1"):
+            generate_programs(config(workdir, server, base_url=root))
+        assert {p for p in server.paths} == {"/chat/completions", "/v1/chat/completions"}
 
 
 def test_a_connection_closed_mid_response_is_said_in_words():

@@ -190,6 +190,7 @@ class OpenAIBackend(Backend):
         self.supports_schema = self.response_format == "json_schema"
         self._asked_format = self.response_format  # the cache key's, kept after a switch to JSON mode
         self._tails: dict[tuple, bytes] = {}
+        self._given_url: str | None = None  # a --base-url without a path, once /v1 was added to it (a 404)
         # requests in flight: at most ``_limit``, halved by a 429 (once per window: a request sent before the
         # last cut does not cut again), one more after ``_limit`` replies in a row; ``_pause_until``: a wait the
         # server named (Retry-After, x-ratelimit-reset-*), kept by every request
@@ -415,7 +416,7 @@ class OpenAIBackend(Backend):
             attempts += 1
             final = attempts - free > self.retry.max_retries
             await self._acquire()
-            epoch, sent = self._epoch, self._format(request.schema)
+            epoch, sent, prefix = self._epoch, self._format(request.schema), self._http.prefix
             error: HTTPTimeout | HTTPConnectionError | None = None
             try:
                 resp = await self._http.post("/chat/completions", self._body(request))
@@ -467,10 +468,19 @@ class OpenAIBackend(Backend):
                 raise LeapError(f"the endpoint refused the API key (HTTP {status}): {message[:120]}",
                                 fix=f"check the key in ${self.api_key_env} (or name another variable with --api-key-env)")
             if status == 404:
-                no_path = urlsplit(self.base_url).path.strip("/") == ""
-                raise LeapError(f"HTTP 404 from {self.base_url}: {message[:120]}",
-                                fix="check --model and --base-url (" + ("it has no path: most servers want it to end "
-                                    "in /v1, e.g. http://localhost:8000/v1)" if no_path else "it usually ends in /v1)"))
+                if prefix != self._http.prefix:
+                    continue  # sent before another request moved the base URL to /v1
+                if self._given_url is None and urlsplit(self.base_url).path.strip("/") == "":
+                    # a --base-url without its /v1 (http://localhost:8000): OpenAI-compatible servers serve there
+                    self._given_url, self.base_url = self.base_url, self.base_url.rstrip("/") + "/v1"
+                    self._http.prefix = urlsplit(self.base_url).path
+                    log.warning("HTTP 404 at %s/chat/completions: trying %s (OpenAI-compatible servers serve under "
+                                "/v1: give --base-url with it)", self._given_url, self.base_url)
+                    continue
+                tried = f"{self._given_url} and from {self.base_url}" if self._given_url else self.base_url
+                raise LeapError(f"HTTP 404 from {tried}: {message[:120]}",
+                                fix="check --model and --base-url (it usually ends in /v1, e.g. "
+                                    "http://localhost:8000/v1)")
             if status in (408, 409, 429) or status >= 500:
                 server_wait = parse_retry_after(resp.headers)
                 if status == 429:
