@@ -1151,6 +1151,22 @@ def test_a_reply_that_only_thought_names_the_cause_and_gets_no_repair_turn(workd
         assert f"characters in {field}" in message and "enable_thinking" in message and "--max-tokens" in message
 
 
+def test_a_refusal_is_invalid_with_its_words_and_gets_no_repair_turn(workdir):  # noqa: F811
+    """Structured Outputs' refusal (``message.refusal``, content null) got a repair turn quoting "the model
+    refused": a second paid request that the model declined alike."""
+    def script(body, n):
+        data = completion("x")
+        data["choices"][0]["message"].update({"content": None, "refusal": "I'm sorry, I cannot help with that."})
+        return Reply(raw=json.dumps(data))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2))
+        assert s.statuses == {"invalid": 2} and len(server.requests) == 2
+    for r in records(workdir):
+        assert r["errors"][0]["message"] == "the model refused: I'm sorry, I cannot help with that."
+        assert r["provenance"]["rounds"] == 1
+
+
 def test_an_endpoint_that_reports_no_usage_is_warned_of_once(workdir, good_programs, caplog):
     from leap_cli.programs.backends import reply_usage
 
