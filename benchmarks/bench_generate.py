@@ -255,6 +255,8 @@ def openai_client_backend(cfg: GenerateConfig, exemplars, verbs, nouns):
     client = AsyncOpenAI(api_key=os.environ[cfg.api_key_env], base_url=cfg.base_url, timeout=cfg.timeout, max_retries=0)
 
     class Adapter:
+        prefix = ""  # (the client's base_url holds the path; the backend reads it when it meets a 404)
+
         async def post(self, path, body):
             from leap_cli.programs.http import Response
 
