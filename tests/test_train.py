@@ -612,6 +612,46 @@ def test_a_start_or_resume_that_is_refused_leaves_no_run_folder(tmp_path: Path) 
     assert not (tmp_path / "runs").exists()
 
 
+def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it(tmp_path: Path, caplog) -> None:
+    """A preemption in a run's first checkpoint_every steps left runs/NAME/ without last.pt, and the requeue's
+    `--resume` (README: after a preemption, the same command with --resume) was refused: the job never ran."""
+    (tmp_path / "runs" / "r" / "checkpoints").mkdir(parents=True)  # what a SIGKILL before the first save leaves
+    starts: list[dict] = []
+    res = main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="r", source=MemorySource(val=False),
+               resume=True, on_start=starts.append)
+    assert res.steps == 2 and starts[0]["start_step"] == 0
+    assert "holds no checkpoint yet" in caplog.text and (tmp_path / "runs/r/checkpoints/last.pt").exists()
+
+
+def test_a_resume_is_told_where_it_starts(tmp_path: Path) -> None:
+    main(tiny_config("train.max_steps=6"), workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=5)
+    starts: list[dict] = []
+    main(tiny_config("train.max_steps=6"), workdir=tmp_path, name="r", source=MemorySource(val=False), resume=True,
+         on_start=starts.append)
+    # 4 batches per epoch: step 5 is the second epoch's (epoch 1) second batch
+    assert (starts[0]["start_step"], starts[0]["start_epoch"], starts[0]["start_batches"]) == (5, 1, 1)
+
+
+def test_a_dataloader_worker_leaves_the_stop_signal_to_the_trainer() -> None:
+    """With data.num_workers=2, one Ctrl-C printed "SIGINT received: stopping ..." three times: the forked
+    workers kept the trainer's handler."""
+    import os
+    import signal
+
+    from leap_cli.train import distributed
+    from leap_cli.train.loop import GracefulStop
+
+    with GracefulStop(distributed.DistInfo()) as stop:
+        pid = os.fork()
+        if pid == 0:  # the child: a worker forked by the DataLoader
+            os.kill(os.getpid(), signal.SIGINT)
+            os._exit(3 if stop.received is None else 4)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 3 and stop.received is None
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == "SIGINT"
+
+
 def test_resume_without_the_pretrained_set_is_accepted(tmp_path: Path) -> None:
     """README's resume (`--set model.pretrained=FILE` to start, `--resume` without it) was refused ("model.pretrained:
     FILE -> None"): a resume takes the weights from last.pt, so the file may be left out; what the run computes may

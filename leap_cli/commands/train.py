@@ -50,6 +50,9 @@ def train(
         console.print(f"run [bold]{escape(info['run_dir'])}[/]: {info['parameters'] / 1e6:.2f}M parameters, "
                       f"{info['total_steps']} steps ({info['epochs']} epochs x {info['steps_per_epoch']}), "
                       f"{info['device']} x {info['world_size']}")
+        if info["start_step"]:
+            console.print(f"resumed from checkpoints/last.pt at step {info['start_step']} of {info['total_steps']} "
+                          f"(epoch {info['start_epoch']}, {info['start_batches']} of its batches done)")
         progress.start()
         task["id"] = progress.add_task("train", total=info["total_steps"], completed=info["start_step"], info="")
 

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -329,10 +330,13 @@ class GracefulStop:
         self.info = info
         self.received: str | None = None
         self._old: dict = {}
+        self._pid = os.getpid()
 
     def _handle(self, signum, frame) -> None:
         import signal
 
+        if os.getpid() != self._pid:  # a DataLoader worker forked with this handler: the trainer decides
+            return
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
@@ -390,10 +394,15 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
     run_dir = workdir / "runs" / name
     ckpt_dir = run_dir / "checkpoints"
     if resume and not (ckpt_dir / "last.pt").exists():
-        runs = sorted(p.parent.parent.name for p in (workdir / "runs").glob("*/checkpoints/last.pt"))
-        raise LeapError(f"no checkpoint to resume in {run_dir}", path=ckpt_dir / "last.pt",
-                        fix="start the run without --resume, or give --name (and --workdir) of a run to resume"
-                            + (f": runs here: {', '.join(runs)}" if runs else ""))
+        if not run_dir.is_dir():  # no run of this name: a typo must not start a new run under it
+            runs = sorted(p.parent.parent.name for p in (workdir / "runs").glob("*/checkpoints/last.pt"))
+            raise LeapError(f"no checkpoint to resume in {run_dir}", path=ckpt_dir / "last.pt",
+                            fix="start the run without --resume, or give --name (and --workdir) of a run to resume"
+                                + (f": runs here: {', '.join(runs)}" if runs else ""))
+        # the run was started and stopped before its first checkpoint (a preemption in its first
+        # checkpoint_every steps): a requeue that always passes --resume starts it again
+        log.warning("%s holds no checkpoint yet (the run stopped before its first): starting it from step 0", run_dir)
+        resume = False
     made = [p for p in (workdir / "runs", run_dir) if not p.exists()]  # removed again if the run does not start
     info = distributed.setup(cfg.train.device)
     stack = contextlib.ExitStack()
@@ -529,7 +538,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
 
         if on_start and info.is_main:
             on_start({"run_dir": str(run_dir), "total_steps": total, "epochs": epochs,
-                      "steps_per_epoch": steps_per_epoch, "start_step": state.step, "device": str(info.device),
+                      "steps_per_epoch": steps_per_epoch, "start_step": state.step, "start_epoch": state.epoch,
+                      "start_batches": state.batches, "device": str(info.device),
                       "world_size": info.world_size, "model_args": model_args,
                       "parameters": sum(p.numel() for p in model.parameters())})
         last_eval: dict = {}
