@@ -43,12 +43,14 @@ class _Task:
         self.t0 = time.monotonic()
         self.first: tuple[float, float] | None = None  # (time, count) when the first unit finished
 
-    def rate(self, now: float) -> float:
+    def rate(self, now: float) -> float | None:
         """Units per second since the first unit finished (the stage's start-up, loading its inputs or a model,
-        does not make the ETA of a day's run hours too long), else since the task began."""
+        does not make the ETA of a day's run hours too long); None until a unit after the first has finished (one
+        unit measures only the start-up: build-shards' first sample comes after its first video is encoded, and
+        its ETA said 17 hours for a job of 20 s)."""
         if self.first is not None and self.completed > self.first[1] and now > self.first[0]:
             return (self.completed - self.first[1]) / (now - self.first[0])
-        return (self.completed - self.start_completed) / max(now - self.t0, 1e-9)
+        return None
 
 
 class LogProgress:
@@ -108,10 +110,10 @@ class LogProgress:
         done = f"{t.completed:g}/{t.total:g}" if t.total else f"{t.completed:g}"
         if t.total:
             done += f" ({t.completed / t.total:.0%})"
-        text = f"{self.label} {t.description}".strip() + f": {done} {rate:.2f}/s"
+        text = f"{self.label} {t.description}".strip() + f": {done}" + (f" {rate:.2f}/s" if rate is not None else "")
         if final:
             text += f", {_eta(elapsed)} elapsed"
-        elif t.total and rate > 0:
+        elif t.total and rate:
             text += f", ETA {_eta((t.total - t.completed) / rate)}"
         info = " ".join(str(v) for v in t.fields.values() if v not in (None, ""))
         return text + (f", {info}" if info else "")

@@ -19,9 +19,29 @@ def test_log_progress_lines_carry_rate_and_eta():
         for _ in range(2):
             p.update(t, advance=1, description="P01_02")
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("extract train P01_02: 1/4 (25%) ") and "/s, ETA 0:" in lines[0]
-    assert lines[1].startswith("extract train P01_02: 2/4 (50%)")
+    assert lines[0] == "extract train P01_02: 1/4 (25%)"  # one unit measures no rate (see below)
+    assert lines[1].startswith("extract train P01_02: 2/4 (50%) ") and "/s, ETA 0:" in lines[1]
     assert "elapsed" in lines[-1]  # a closing line
+
+
+def test_no_rate_or_eta_from_the_first_unit_alone(monkeypatch):
+    """build-shards encodes a whole video before its first sample is written: its log said "1/3600 (0%) 0.06/s,
+    ETA 16:59:39" for a job of 20 s."""
+    import leap_cli.progress as progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    p = LogProgress("build-shards train", Console(file=out, width=200), every=0.0)
+    t = p.add_task("samples", total=3600)
+    now[0] += 16.0  # the first video's decode and encode
+    p.update(t, advance=1)
+    for _ in range(99):  # the rest of its samples, written at once
+        now[0] += 0.001
+        p.update(t, advance=1)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "build-shards train samples: 1/3600 (0%)"
+    assert lines[-1].endswith("1000.00/s, ETA 0:00:03"), lines[-1]  # 3500 left at 1000/s, not 16 hours
 
 
 def test_the_eta_leaves_out_the_start_up(monkeypatch):
@@ -65,4 +85,4 @@ def test_stage_output_to_a_file_shows_progress(tmp_path):
                         "--segments", "2"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     lines = [x for x in r.stdout.splitlines() if x.startswith("kitchen ")]
-    assert any(": 1/2 (50%)" in x and "ETA" in x for x in lines), r.stdout
+    assert any(": 1/2 (50%)" in x for x in lines) and any(": 2/2 (100%)" in x and "elapsed" in x for x in lines), r.stdout
