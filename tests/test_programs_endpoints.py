@@ -422,7 +422,7 @@ def test_the_429_note_suggests_what_the_server_took(monkeypatch, capacity):
             if busy[0] >= capacity:
                 return Reply(status=429, raw=json.dumps({"error": {"message": "Too many requests"}}))
             busy[0] += 1
-        time.sleep(0.02)
+        time.sleep(0.1)  # long beside the client's own pace: requests in flight overlap, also on a busy machine
         with lock:
             busy[0] -= 1
         return Reply("{}")
@@ -432,7 +432,7 @@ def test_the_429_note_suggests_what_the_server_took(monkeypatch, capacity):
                                 retry=RetryPolicy(max_retries=2, base_delay=0.01, max_delay=0.03))
         try:
             await asyncio.gather(*(backend.complete(Request(f"c{i}", [{"role": "user", "content": "x"}]))
-                                   for i in range(60)))
+                                   for i in range(40)))
         finally:
             await backend.aclose()
         return backend
@@ -440,4 +440,6 @@ def test_the_429_note_suggests_what_the_server_took(monkeypatch, capacity):
     with ScriptedServer(script) as server:
         backend = asyncio.run(run(server.base_url))
     assert backend.rate_limited > 0 and backend.lowest_limit <= capacity
-    assert backend.steady_limit == capacity
+    # what went without a 429 as leap saw it: the server's capacity, or one more where a busy machine spaced the
+    # requests so that one more in flight never met two at the server (the scripted server shares our process)
+    assert capacity <= backend.steady_limit <= capacity + 1
