@@ -132,8 +132,8 @@ _KEPT = {"evaluate": "nothing was saved; the evaluation starts over when run aga
          "submit": "nothing was written", "validate-programs": "a report is written whole: one printed above is complete, the others were not written",
          "check-shards": "nothing was written; the check starts over when run again",
          "show": "nothing was written", "info": "nothing was written",
-         "train": "checkpoints/last.pt holds the last checkpoint saved (at most train.checkpoint_every steps back); "
-                  "continue with the same command and --resume"}
+         "train": "checkpoints/last.pt holds the last checkpoint saved (every train.checkpoint_every steps, else at "
+                  "each epoch's end); continue with the same command and --resume"}
 
 
 def _interrupted() -> None:

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 DEFAULT_EVERY = 10.0
+MIN_RATE_SECONDS = 2.0  # a rate (and an ETA) only from this long after the first unit: not from one burst
 
 
 def progress_every() -> float:
@@ -45,10 +46,12 @@ class _Task:
 
     def rate(self, now: float) -> float | None:
         """Units per second since the first unit finished (the stage's start-up, loading its inputs or a model,
-        does not make the ETA of a day's run hours too long); None until a unit after the first has finished (one
-        unit measures only the start-up: build-shards' first sample comes after its first video is encoded, and
-        its ETA said 17 hours for a job of 20 s)."""
-        if self.first is not None and self.completed > self.first[1] and now > self.first[0]:
+        does not make the ETA of a day's run hours too long); None until ``MIN_RATE_SECONDS`` after it and a unit
+        more (one unit measures only the start-up: build-shards' first sample comes after its first video is
+        encoded, and its ETA said 17 hours for a job of 20 s; the rest of that video's samples, written at once,
+        then said 900/s for 48/s)."""
+        if (self.first is not None and self.completed > self.first[1]
+                and now - self.first[0] >= MIN_RATE_SECONDS):
             return (self.completed - self.first[1]) / (now - self.first[0])
         return None
 

@@ -204,12 +204,11 @@ def test_one_off_failures_are_still_retried_after_a_success(workdir, good_progra
 
 class _Outage:
     """A server that answers ``before`` requests, then fails every request (502) until ``down_for`` seconds
-    after its first failure (forever with None), then answers again; it counts the requests in flight at once."""
+    after its first failure (forever with None), then answers again."""
 
     def __init__(self, good_programs, before, down_for=None):
         self.good, self.before, self.down_for = good_programs, before, down_for
         self.lock, self.served, self.down_at = threading.Lock(), 0, None
-        self.busy = self.most_busy_down = 0
 
     def __call__(self, req, n):
         with self.lock:
@@ -218,12 +217,7 @@ class _Outage:
                                                    or time.monotonic() - self.down_at < self.down_for)
             if down and self.down_at is None:
                 self.down_at = time.monotonic()
-            self.busy += 1
-            if down:
-                self.most_busy_down = max(self.most_busy_down, self.busy)
         time.sleep(0.01)
-        with self.lock:
-            self.busy -= 1
         return Reply(status=502, raw=HTML_502) if down else _good(self.good, req)
 
 
@@ -239,18 +233,19 @@ def test_a_server_that_stops_answering_is_held_then_the_stage_stops(workdir, goo
     with ScriptedServer(outage) as server:
         t0 = time.monotonic()
         with pytest.raises(LeapError, match=r"stopped answering: no reply for .* after 2 replies .*HTTP 502") as err:
-            generate_programs(config(workdir, server, concurrency=1, max_retries=1))
-        assert "run the same command again" in err.value.one_line()
+            generate_programs(config(workdir, server, concurrency=1, max_retries=4, max_backoff=0.2))
+        assert "run the same command again with --retry-errors" in err.value.one_line()
         assert 0.6 <= time.monotonic() - t0 < 10
-        probes = len(server.requests) - 2 - 2 * 2  # beyond the replies and the two given up (2 attempts each)
-        assert 1 <= probes <= 40  # at growing intervals (0.01 .. 0.05 s here), not a request per segment
-    assert sorted(r["status"] for r in records(workdir)) == ["failed", "failed", "valid", "valid"]
+        probes = len(server.requests) - 2 - 2 * 5  # beyond the replies and the two given up (5 attempts each)
+        assert 1 <= probes <= 12  # at growing intervals (0.01 .. 0.2 s here), not a request per segment
+    kept = [r["status"] for r in records(workdir)]
+    assert kept.count("valid") == 2 and 2 <= kept.count("failed") <= 3 and len(kept) < N_SEGMENTS
 
 
 def test_a_server_that_comes_back_gets_its_requests_in_flight_again(workdir, good_programs):  # noqa: F811
     outage = _Outage(good_programs, before=1, down_for=0.5)
     with ScriptedServer(outage) as server:
-        s = generate_programs(config(workdir, server, concurrency=3, max_retries=1))
+        s = generate_programs(config(workdir, server, concurrency=3, max_retries=4, max_backoff=0.2))
     # at most the two that failed for good before the hold (and requests already in flight with them), then
     # the held requests waited for the server instead of failing their records
     assert s.statuses["valid"] >= N_SEGMENTS - 3 and s.statuses["valid"] + s.statuses["failed"] == N_SEGMENTS
@@ -379,11 +374,30 @@ def test_a_base_url_without_v1_is_tried_with_it(workdir, good_programs, caplog):
 
 
 def test_a_404_with_and_without_v1_stops_naming_both(workdir):  # noqa: F811
-    with ScriptedServer(lambda req, n: Reply(status=404, raw=json.dumps({"detail": "Not Found"}))) as server:
-        root = server.base_url[: -len("/v1")]
-        with pytest.raises(LeapError, match=r"HTTP 404 from .*:\d+ and from .*:\d+/v1: Not Found.*ends in /v1"):
+    """Each URL's own words: the first 404 may be the one that says what is wrong (a model not found)."""
+    def script(req, n):
+        said = "The model `test-model` does not exist." if server.current.path.startswith("/chat/") else "Not Found"
+        return Reply(status=404, raw=json.dumps({"detail": said}))
+
+    with ScriptedServer(script) as server:
+        root = server.base_url[: -len("/v1")] + "/?api-version=1"
+        with pytest.raises(LeapError, match=r"HTTP 404 from http://[^ ]+:\d+/\?api-version=1: The model `test-model` "
+                                            r"does not exist.; and from http://[^ ]+:\d+/v1\?api-version=1: Not Found"):
             generate_programs(config(workdir, server, base_url=root))
-        assert {p for p in server.paths} == {"/chat/completions", "/v1/chat/completions"}
+        assert set(server.paths) == {"/chat/completions?api-version=1", "/v1/chat/completions?api-version=1"}
+
+
+def test_a_404_after_replies_is_not_taken_for_a_missing_v1(workdir, good_programs):  # noqa: F811
+    def script(req, n):
+        if len(server.requests) > 2:
+            return Reply(status=404, raw=json.dumps({"detail": "The model `test-model` does not exist."}))
+        return _good(good_programs, req)
+
+    with ScriptedServer(script) as server:
+        root = server.base_url[: -len("/v1")]
+        with pytest.raises(LeapError, match=r"HTTP 404 from http://[^ ]+:\d+: The model"):
+            generate_programs(config(workdir, server, base_url=root, concurrency=1))
+        assert "/v1/chat/completions" not in server.paths
 
 
 def test_a_connection_closed_mid_response_is_said_in_words():
@@ -443,3 +457,74 @@ def test_the_429_note_suggests_what_the_server_took(monkeypatch, capacity):
     # what went without a 429 as leap saw it: the server's capacity, or one more where a busy machine spaced the
     # requests so that one more in flight never met two at the server (the scripted server shares our process)
     assert capacity <= backend.steady_limit <= capacity + 1
+
+
+def test_prompts_the_server_chokes_on_do_not_stop_a_held_stage(workdir, good_programs, monkeypatch):  # noqa: F811
+    """Three prompts in a row that the server always fails (a 500 on their content) held the stage, the third
+    probed alone and forever, and after HOLD_FOR the stage stopped as if the server were down. A request gets
+    --max-retries probes of its own; then it fails its record and the next one probes."""
+    from leap_cli.programs.backends import OpenAIBackend
+
+    monkeypatch.setattr(OpenAIBackend, "HOLD_FOR", 5.0)  # (a stop here fails the test instead of waiting 10 min)
+    poison = set(sorted(good_programs)[1:4])
+
+    def script(req, n):
+        if narration_id_of(req) in poison:
+            return Reply(status=500, raw=json.dumps({"error": {"message": "tokenizer crashed"}}))
+        return _good(good_programs, req)
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, concurrency=1, max_retries=1))
+    assert s.statuses == {"valid": N_SEGMENTS - 3, "failed": 3}
+    assert {r["narration_id"] for r in records(workdir) if r["status"] == "failed"} == poison
+
+
+def test_a_server_answering_only_429_after_replies_is_held_too(workdir, good_programs, monkeypatch):  # noqa: F811
+    """A proxy (LiteLLM: "No deployments available") answers 429 when its backends are down: every record
+    after them was written failed, the hold never began."""
+    from leap_cli.programs.backends import OpenAIBackend
+
+    monkeypatch.setattr(OpenAIBackend, "HOLD_FOR", 0.6)
+
+    def script(req, n):
+        if len(server.requests) > 2:
+            return Reply(status=429, raw=json.dumps({"error": {"message": "No deployments available"}}))
+        return _good(good_programs, req)
+
+    with ScriptedServer(script) as server:
+        with pytest.raises(LeapError, match=r"stopped answering: .* after 2 replies \(last: HTTP 429\).*--retry-errors"):
+            generate_programs(config(workdir, server, concurrency=2, max_retries=5))
+    kept = [r["status"] for r in records(workdir)]
+    assert kept.count("valid") == 2 and kept.count("failed") <= 3 and len(kept) < N_SEGMENTS
+
+
+def test_ctrl_c_while_the_server_is_held_stops_at_once(workdir, good_programs):  # noqa: F811
+    """Ctrl-C during a hold waited the whole grace (20 s) for the requests "in flight" that the hold had kept
+    back, never sent, and then warned that the provider might bill them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    outage = _Outage(good_programs, before=2)
+    with ScriptedServer(outage) as server:
+        root = Path(__file__).resolve().parents[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
+             "--backend", "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
+             "--concurrency", "4", "--max-retries", "3", "--backoff", "0.05"],
+            cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while len(server.requests) < 2 + 2 * 4 + 3 and time.monotonic() < deadline:  # held, probing
+            time.sleep(0.02)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+    assert proc.returncode == 130, err.decode()[-3000:]
+    assert took < 5, took
+    assert "holding the others" in err.decode() and "abandoned" not in err.decode()
+    kept = [r["status"] for r in records(workdir)]
+    assert kept.count("valid") == 2 and len(kept) < N_SEGMENTS  # the ones held back stay pending

@@ -11,12 +11,17 @@ from rich.progress import Progress
 from leap_cli.progress import LogProgress, live_or_log
 
 
-def test_log_progress_lines_carry_rate_and_eta():
+def test_log_progress_lines_carry_rate_and_eta(monkeypatch):
+    import leap_cli.progress as progress
+
+    now = [100.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
     out = io.StringIO()
     p = LogProgress("extract train", Console(file=out, width=200), every=0.0)
     with p:
         t = p.add_task("P01_01", total=4)
         for _ in range(2):
+            now[0] += 3.0
             p.update(t, advance=1, description="P01_02")
     lines = out.getvalue().splitlines()
     assert lines[0] == "extract train P01_02: 1/4 (25%)"  # one unit measures no rate (see below)
@@ -41,7 +46,12 @@ def test_no_rate_or_eta_from_the_first_unit_alone(monkeypatch):
         p.update(t, advance=1)
     lines = out.getvalue().splitlines()
     assert lines[0] == "build-shards train samples: 1/3600 (0%)"
-    assert lines[-1].endswith("1000.00/s, ETA 0:00:03"), lines[-1]  # 3500 left at 1000/s, not 16 hours
+    assert lines[-1] == "build-shards train samples: 100/3600 (3%)"  # neither 17 hours nor 1000/s
+    for _ in range(3):  # the next videos: 100 samples every 2 s
+        now[0] += 2.0
+        p.update(t, advance=100)
+    last = out.getvalue().splitlines()[-1]  # 399 samples in the 6.1 s since the first: the burst fades
+    assert last == "build-shards train samples: 400/3600 (11%) 65.42/s, ETA 0:00:48", last
 
 
 def test_the_eta_leaves_out_the_start_up(monkeypatch):
@@ -55,11 +65,11 @@ def test_the_eta_leaves_out_the_start_up(monkeypatch):
     p = LogProgress("generate-programs train", Console(file=out, width=200), every=0.0)
     t = p.add_task("programs", total=10_000)
     now[0] += 10.0  # loading the inputs
-    for _ in range(101):  # then 100 units per second
+    for _ in range(301):  # then 100 units per second
         p.update(t, advance=1)
         now[0] += 0.01
     last = out.getvalue().splitlines()[-1]
-    assert " 100.00/s, ETA 0:01:" in last, last  # (10,000 - 101) / 100 s, not / 9 per second
+    assert " 100.00/s, ETA 0:01:" in last, last  # (10,000 - 301) / 100 s, not / 29 per second
     p.stop()
     assert "elapsed" in out.getvalue().splitlines()[-1]
 

@@ -623,6 +623,18 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it(tmp_path:
     assert "holds no checkpoint yet" in caplog.text and (tmp_path / "runs/r/checkpoints/last.pt").exists()
 
 
+def test_resume_of_a_finished_run_without_last_pt_is_refused(tmp_path: Path) -> None:
+    """A finished run whose last.pt was deleted (to save space) kept best.pt and metrics.jsonl: --resume retrained
+    it from step 0, even under another config, replacing both."""
+    main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="r", source=MemorySource(val=True))
+    (tmp_path / "runs/r/checkpoints/last.pt").unlink()
+    best = (tmp_path / "runs/r/checkpoints/best.pt").read_bytes()
+    with pytest.raises(LeapError, match=r"no checkpoints/last.pt to resume, but holds best.pt, metrics.jsonl") as e:
+        main(tiny_config("train.max_steps=2", "train.seed=7"), workdir=tmp_path, name="r",
+             source=MemorySource(val=True), resume=True)
+    assert "--force" in e.value.fix and (tmp_path / "runs/r/checkpoints/best.pt").read_bytes() == best
+
+
 def test_a_resume_is_told_where_it_starts(tmp_path: Path) -> None:
     main(tiny_config("train.max_steps=6"), workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=5)
     starts: list[dict] = []

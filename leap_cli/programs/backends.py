@@ -64,6 +64,10 @@ class Completion:
     cut: bool = False  # the reply stopped at the token limit (finish_reason "length")
 
 
+class Halted(Exception):
+    """The stage is stopping (Ctrl-C, SIGTERM): no more attempts go out; the request is left pending."""
+
+
 class BackendError(Exception):
     """A request that failed for good (after retries). ``attempts`` counts the HTTP attempts made."""
 
@@ -191,6 +195,7 @@ class OpenAIBackend(Backend):
         self._asked_format = self.response_format  # the cache key's, kept after a switch to JSON mode
         self._tails: dict[tuple, bytes] = {}
         self._given_url: str | None = None  # a --base-url without a path, once /v1 was added to it (a 404)
+        self._given_said = ""  # what its 404 said
         # requests in flight: at most ``_limit``, halved by a 429 (once per window: a request sent before the
         # last cut does not cut again), one more after ``_limit`` replies in a row; ``_pause_until``: a wait the
         # server named (Retry-After, x-ratelimit-reset-*), kept by every request
@@ -221,6 +226,10 @@ class OpenAIBackend(Backend):
         self._held: int | None = None
         self._held_since = 0.0
         self._probes = 0
+        self._turns: list[int] = []  # while held: the requests waiting to probe, in turn (one failing alone
+        # on every probe, a prompt the server chokes on, must not be the only one asked)
+        self._halted = False  # the stage stops: no more attempts (``halt``)
+        self._peak = 0  # the most requests on the wire in the window of replies going on (``steady_limit``)
         self.held_seconds = 0.0  # time spent held (the summary says so)
         headers = {"Authorization": f"Bearer {key}", "User-Agent": "leap"}
         # what the official client sends for organisation- or project-scoped keys
@@ -298,23 +307,46 @@ class OpenAIBackend(Backend):
         return b'{"messages":' + messages.encode() + self._tail(request.schema)
 
     # ---- requests in flight ----
-    async def _acquire(self) -> None:
+    @property
+    def sending(self) -> int:
+        """Attempts on the wire now (sent, reply not read): what a stop waits for; the requests waiting for a
+        slot, a retry or a held server's turn were not sent."""
+        return self._active
+
+    def halt(self) -> None:
+        """Send no more attempts (the stage stops): the requests waiting raise ``Halted``."""
+        self._halted = True
+        self._wake()
+
+    async def _acquire(self, rid: int) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            wait = self._pause_until - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            elif self._active < self._limit:
-                self._active += 1
-                return
-            else:
-                fut = loop.create_future()
-                self._waiters.append(fut)
-                try:
-                    await fut
-                finally:
-                    if fut in self._waiters:
-                        self._waiters.remove(fut)
+        queued = False
+        try:
+            while True:
+                if self._halted:
+                    raise Halted
+                if self._held is not None and not queued:
+                    self._turns.append(rid)
+                    queued = True
+                wait = self._pause_until - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                elif self._active < self._limit and (self._held is None or not self._turns or self._turns[0] == rid):
+                    self._active += 1
+                    self._peak = max(self._peak, self._active)
+                    return
+                else:
+                    fut = loop.create_future()
+                    self._waiters.append(fut)
+                    try:
+                        await fut
+                    finally:
+                        if fut in self._waiters:
+                            self._waiters.remove(fut)
+        finally:
+            if queued:
+                self._turns.remove(rid)  # its turn came (or it was cancelled): the next one's now
+                self._wake()
 
     def _release(self) -> None:
         self._active -= 1
@@ -338,6 +370,7 @@ class OpenAIBackend(Backend):
             self._epoch += 1
             self._ok_run = 0
             self.steady_limit = 0
+            self._peak = self._active
             if self._limit < self.lowest_limit:
                 self.lowest_limit = self._limit
                 log.warning("the server refused requests with 429: at most %d in flight now (lower --concurrency)",
@@ -350,19 +383,20 @@ class OpenAIBackend(Backend):
         now = asyncio.get_running_loop().time()
         if self._held is not None:
             self.held_seconds += now - self._held_since
-            log.warning("the server answers again after %.0f s: back to %d requests in flight",
-                        now - self._last_reply, self._held)
+            log.warning("the server answers again (held %.0f s, %.0f s since its last reply): back to %d requests "
+                        "in flight", now - self._held_since, now - self._last_reply, self._held)
             self._limit, self._held, self._probes, self._pause_until = self._held, None, 0, 0.0
             self._wake()
         self._last_reply, self._lost = now, 0
         self._ok_run += 1
-        if self._ok_run >= self._limit:
-            self.steady_limit = max(self.steady_limit, self._limit)
+        if self._ok_run >= self._limit:  # a window of replies without a 429: as many in flight went through
+            self.steady_limit = max(self.steady_limit, min(self._peak, self._limit))
+            self._peak = self._active
         if self._limit < self.concurrency and self._ok_run >= self._limit:
             self._limit += 1
             self._ok_run = 0
 
-    def _failed(self, rid: int, cause: str, final: bool, line: str, fix: str) -> bool:
+    def _failed(self, rid: int, cause: str, final: bool, line: str, fix: str, sent_held: bool = False) -> bool:
         """A failed attempt; whether it counts against the request's retries (not while the server is held).
 
         Before any reply: count it towards the run of same-cause failures since the start; stop the stage when a
@@ -371,9 +405,11 @@ class OpenAIBackend(Backend):
         retries of a request the server refuses, and stopping would lose them, paid).
 
         After replies: ``HOLD_AFTER`` requests in a row failed for good hold the server (one request in flight,
-        each failure a probe that waits longer for the next, up to the retry policy's longest wait); a held
-        server that has not answered for ``HOLD_FOR`` seconds stops the stage. A request failing alone among
-        replies (a prompt the server chokes on) still fails its record, as before."""
+        the waiting ones in turn, each with up to --max-retries probes not counted against its retries (one
+        failing every probe, a prompt the server chokes on, fails its record and the next one probes), each failure a probe that waits longer for the next, up to the retry policy's
+        longest wait; ``sent_held``: the attempt was sent while held, so a burst of attempts sent before, failing
+        together, counts as one probe); a held server that has not answered for ``HOLD_FOR`` seconds stops the
+        stage. A request failing alone among replies (a prompt the server chokes on) still fails its record."""
         if self._streak is not None:
             if self._streak[0] != cause:
                 self._streak = (cause, set())
@@ -394,10 +430,12 @@ class OpenAIBackend(Backend):
         if now - self._last_reply >= self.HOLD_FOR:
             raise LeapError(f"the server stopped answering: no reply for {(now - self._last_reply) / 60:.0f} min "
                             f"after {self.answered} replies (last: {cause})",
-                            fix="check the server (its log, memory, --base-url), then run the same command again: "
-                                "the programs written are kept and only the rest are asked for")
-        self._pause_until = max(self._pause_until, now + self.retry.delay(self._probes, None))
-        self._probes += 1
+                            fix="check the server (its log, memory, --base-url), then run the same command again "
+                                "with --retry-errors: the programs written are kept, the rest and the records "
+                                "written failed are asked for")
+        if sent_held or self._probes == 0:
+            self._pause_until = max(self._pause_until, now + self.retry.delay(self._probes, None))
+            self._probes += 1
         return False
 
     async def complete(self, request: Request) -> Completion:
@@ -411,12 +449,14 @@ class OpenAIBackend(Backend):
     async def _complete(self, request: Request, rid: int) -> Completion:
         start = time.perf_counter()
         attempts = free = 0  # free: 429s of leap's own concurrency, not counted against --max-retries
+        probed = 0  # attempts that probed a held server (free, up to --max-retries of them: see _failed)
         adapted: set[str] = set()
         while True:
             attempts += 1
             final = attempts - free > self.retry.max_retries
-            await self._acquire()
+            await self._acquire(rid)
             epoch, sent, prefix = self._epoch, self._format(request.schema), self._http.prefix
+            sent_held = self._held is not None
             error: HTTPTimeout | HTTPConnectionError | None = None
             try:
                 resp = await self._http.post("/chat/completions", self._body(request))
@@ -433,9 +473,12 @@ class OpenAIBackend(Backend):
                               "a reply), or check that the server is generating") if timeout else
                              (f"{e}: is the server running?", "check --base-url") if str(e).startswith("cannot connect")
                              else (f"{e} on every request so far", "check the server's log and --base-url"))
-                if not self._failed(rid, f"{what}: {e}", final, redact(line), fix):
-                    free, final = free + 1, False  # a probe of a held server: the next waits (_pause_until)
-                    continue
+                if not self._failed(rid, f"{what}: {e}", final, redact(line), fix, sent_held):
+                    probed += 1
+                    if probed <= self.retry.max_retries:
+                        free, final = free + 1, False  # a probe of a held server: the next waits (_pause_until)
+                        continue
+                    final = True  # it failed every probe it had: the next request probes (see _failed)
                 if final:
                     raise BackendError(redact(f"{what} after {attempts} attempts: {e}"), attempts,
                                        time.perf_counter() - start) from None
@@ -470,15 +513,19 @@ class OpenAIBackend(Backend):
             if status == 404:
                 if prefix != self._http.prefix:
                     continue  # sent before another request moved the base URL to /v1
-                if self._given_url is None and urlsplit(self.base_url).path.strip("/") == "":
+                base = urlsplit(self.base_url)
+                if self._given_url is None and not self.answered and base.path.strip("/") == "":
                     # a --base-url without its /v1 (http://localhost:8000): OpenAI-compatible servers serve there
-                    self._given_url, self.base_url = self.base_url, self.base_url.rstrip("/") + "/v1"
-                    self._http.prefix = urlsplit(self.base_url).path
-                    log.warning("HTTP 404 at %s/chat/completions: trying %s (OpenAI-compatible servers serve under "
-                                "/v1: give --base-url with it)", self._given_url, self.base_url)
+                    self._given_url, self._given_said = self.base_url, message
+                    self.base_url = urlunsplit(base._replace(path="/v1"))
+                    self._http.prefix = "/v1"
+                    log.warning("HTTP 404 at %s: trying %s (OpenAI-compatible servers serve under /v1: give "
+                                "--base-url with it)", urlunsplit(base._replace(path="/chat/completions")),
+                                self.base_url)
                     continue
-                tried = f"{self._given_url} and from {self.base_url}" if self._given_url else self.base_url
-                raise LeapError(f"HTTP 404 from {tried}: {message[:120]}",
+                said = (f"{self._given_url}: {self._given_said[:120]}; and from {self.base_url}: {message[:120]}"
+                        if self._given_url else f"{self.base_url}: {message[:120]}")
+                raise LeapError(f"HTTP 404 from {said}",
                                 fix="check --model and --base-url (it usually ends in /v1, e.g. "
                                     "http://localhost:8000/v1)")
             if status in (408, 409, 429) or status >= 500:
@@ -488,6 +535,15 @@ class OpenAIBackend(Backend):
                     if self._rate_limited(epoch, server_wait) and free < self.FREE_429:
                         free += 1
                         final = False
+                    elif not self._failed(rid, "HTTP 429", final, f"every request so far was refused with HTTP 429 "
+                                          f"(rate limit): {message[:120]}", "lower --concurrency, or check the "
+                                          "account's rate limits (a proxy's 429 may mean its backends are down)",
+                                          sent_held):
+                        probed += 1  # a server answering only 429s after replies is held too
+                        if probed <= self.retry.max_retries:
+                            free, final = free + 1, False
+                            continue
+                        final = True
                 else:
                     loading = status == 503 and "loading" in message.lower()
                     if not self._failed(
@@ -495,9 +551,12 @@ class OpenAIBackend(Backend):
                             f"the server is still loading the model (HTTP 503: {message[:100]})" if loading else
                             f"every request so far failed with HTTP {status}: {message[:120]}",
                             "wait until it is ready (llama.cpp: its /health says ok), then run again" if loading
-                            else "check the server (and any proxy in front of it) and --base-url"):
-                        free, final = free + 1, False
-                        continue
+                            else "check the server (and any proxy in front of it) and --base-url", sent_held):
+                        probed += 1
+                        if probed <= self.retry.max_retries:
+                            free, final = free + 1, False
+                            continue
+                        final = True
                 if final:
                     raise BackendError(f"HTTP {status} after {attempts} attempts: {message}", attempts,
                                        time.perf_counter() - start)

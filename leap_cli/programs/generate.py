@@ -38,8 +38,8 @@ from leap_cli.errors import LeapError
 from leap_cli.io import (JsonlAppender, check_settings, iter_jsonl, read_jsonl, stable_hash,
                          stored_settings)
 from leap_cli.programs.checker import RemoteChecker
-from leap_cli.programs.backends import (Backend, BackendError, Completion, OfflineBackend, OpenAIBackend, Request,
-                                       RetryPolicy, check_extra_body)
+from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, OfflineBackend, OpenAIBackend,
+                                       Request, RetryPolicy, check_extra_body)
 from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, PromptBuilder, clip_info, load_exemplars,
                                       load_system_prompt, narration_record)
 from leap_cli.programs.reply import REASONING_ONLY, REFUSED, verify_reply
@@ -395,6 +395,8 @@ class ProgramGenerator:
                 comp = await self.backend.complete(request)
             except BackendError:
                 raise
+            except Halted:  # the stage stops (Ctrl-C) before this request's attempt went out: it stays pending
+                raise NoMoreRequests from None
             except Exception:
                 self._halted = True
                 raise
@@ -438,21 +440,40 @@ class _Stop:
     def _on_signal(self, signum, frame) -> None:
         self._loop.call_soon_threadsafe(self._stop, signum)  # (wakes the loop from its select)
 
+    def _on_wire(self) -> int:
+        """Requests sent and not answered: those waiting for a slot, a retry or a held server's turn (the
+        backend's ``sending`` leaves them out) were never sent, and nothing of them is lost by leaving them."""
+        return getattr(self.gen.backend, "sending", self.gen.in_flight)
+
     def _stop(self, signum: int) -> None:
         if self.signum is not None:
             self._abandon()
             return
         self.signum = signum
         self.gen._halted = True
-        if self.gen.in_flight:
+        halt = getattr(self.gen.backend, "halt", None)
+        if halt is not None:
+            halt()  # no more attempts: the requests waiting for theirs end pending
+        if self._on_wire():
             log.warning("stopping: waiting up to %g s for %d requests in flight; Ctrl-C again to abandon them",
-                        self.grace, self.gen.in_flight)
+                        self.grace, self._on_wire())
             self._loop.call_later(self.grace, self._abandon)
+        self._watch()
+
+    def _watch(self) -> None:
+        """Once no request is on the wire, the ones still waiting (a retry's backoff, a held server) are left
+        at once instead of at the end of the grace."""
+        if all(t.done() for t in self.tasks):
+            return
+        if self.gen.in_flight and not self._on_wire():
+            self._abandon()
+        else:
+            self._loop.call_later(0.1, self._watch)
 
     def _abandon(self) -> None:
-        if self.gen.in_flight:
+        if self._on_wire():
             log.warning("abandoned %d requests in flight: the provider may bill them, and neither this run's cost nor "
-                        "the ledger of --max-cost counts them", self.gen.in_flight)
+                        "the ledger of --max-cost counts them", self._on_wire())
         for t in self.tasks:
             t.cancel()
 

@@ -399,6 +399,12 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             raise LeapError(f"no checkpoint to resume in {run_dir}", path=ckpt_dir / "last.pt",
                             fix="start the run without --resume, or give --name (and --workdir) of a run to resume"
                                 + (f": runs here: {', '.join(runs)}" if runs else ""))
+        kept = sorted(p.name for p in ckpt_dir.glob("*.pt")) + (["metrics.jsonl"] if (run_dir / "metrics.jsonl").exists()
+                                                                 and (run_dir / "metrics.jsonl").stat().st_size else [])
+        if kept:  # a run that got further, whose last.pt is gone: starting it over would replace what is left
+            raise LeapError(f"{run_dir} has no checkpoints/last.pt to resume, but holds {', '.join(kept)}",
+                            path=ckpt_dir / "last.pt", fix="put last.pt back, start the run over with --force, or give "
+                                                           "another --name")
         # the run was started and stopped before its first checkpoint (a preemption in its first
         # checkpoint_every steps): a requeue that always passes --resume starts it again
         log.warning("%s holds no checkpoint yet (the run stopped before its first): starting it from step 0", run_dir)
