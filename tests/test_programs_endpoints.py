@@ -3,6 +3,7 @@ servers that fail every request, rate limits, timeouts, error bodies and base UR
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -479,23 +480,20 @@ def test_prompts_the_server_chokes_on_do_not_stop_a_held_stage(workdir, good_pro
     assert {r["narration_id"] for r in records(workdir) if r["status"] == "failed"} == poison
 
 
-def test_a_server_answering_only_429_after_replies_is_held_too(workdir, good_programs, monkeypatch):  # noqa: F811
+def test_a_server_answering_only_429_after_replies_is_held_too(monkeypatch):
     """A proxy (LiteLLM: "No deployments available") answers 429 when its backends are down: every record
     after them was written failed, the hold never began."""
-    from leap_cli.programs.backends import OpenAIBackend
-
-    monkeypatch.setattr(OpenAIBackend, "HOLD_FOR", 0.6)
-
     def script(req, n):
-        if len(server.requests) > 2:
+        if len(server.requests) > 3:
             return Reply(status=429, raw=json.dumps({"error": {"message": "No deployments available"}}))
-        return _good(good_programs, req)
+        return Reply("{}")
 
     with ScriptedServer(script) as server:
-        with pytest.raises(LeapError, match=r"stopped answering: .* after 2 replies \(last: HTTP 429\).*--retry-errors"):
-            generate_programs(config(workdir, server, concurrency=2, max_retries=5))
-    kept = [r["status"] for r in records(workdir)]
-    assert kept.count("valid") == 2 and kept.count("failed") <= 3 and len(kept) < N_SEGMENTS
+        outcome, stop = _backend_run(server.base_url, ["x"] * 40, 4, monkeypatch, 1.5, max_retries=2,
+                                     base_delay=0.05, max_delay=0.4)
+    assert isinstance(stop, LeapError)
+    assert re.search(r"stopped answering: .* after 3 replies \(last: HTTP 429\).*--retry-errors", stop.one_line())
+    assert sum(v == "ok" for v in outcome.values()) == 3 and sum(v != "ok" for v in outcome.values()) <= 16
 
 
 def test_ctrl_c_while_the_server_is_held_stops_at_once(workdir, good_programs):  # noqa: F811
@@ -528,3 +526,69 @@ def test_ctrl_c_while_the_server_is_held_stops_at_once(workdir, good_programs): 
     assert "holding the others" in err.decode() and "abandoned" not in err.decode()
     kept = [r["status"] for r in records(workdir)]
     assert kept.count("valid") == 2 and len(kept) < N_SEGMENTS  # the ones held back stay pending
+
+
+def _backend_run(url, prompts, concurrency, monkeypatch, hold_for, **retry):
+    """The openai backend alone on ``prompts`` (one request each, asked in order as slots free): the outcome of
+    each ("ok", or the error's text), and the LeapError that stopped it, if one did."""
+    from leap_cli.programs.backends import BackendError, OpenAIBackend, Request, RetryPolicy
+
+    monkeypatch.setenv("LEAP_TEST_KEY", "sk-test")
+    monkeypatch.setattr(OpenAIBackend, "HOLD_FOR", hold_for)
+    outcome: dict[int, str] = {}
+
+    async def run():
+        backend = OpenAIBackend("m", base_url=url, api_key_env="LEAP_TEST_KEY", concurrency=concurrency,
+                                retry=RetryPolicy(**retry))
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(i, text):
+            async with slots:
+                try:
+                    await backend.complete(Request(f"c{i}", [{"role": "user", "content": text}]))
+                    outcome[i] = "ok"
+                except BackendError as e:
+                    outcome[i] = str(e)
+        try:
+            await asyncio.gather(*(one(i, t) for i, t in enumerate(prompts)))
+        except LeapError as e:
+            return e
+        finally:
+            await backend.aclose()
+
+    return outcome, asyncio.run(run())
+
+
+def test_an_outage_answering_errors_in_200s_is_paced_and_stops(monkeypatch):
+    """An outage answered with an error in a 200 (or a web page) failed every remaining record within seconds:
+    the probes of a held server set no wait."""
+    def script(req, n):
+        if len(server.requests) > 3:
+            return Reply(raw=json.dumps({"error": "model requires more system memory than is available"}))
+        return Reply("{}")
+
+    with ScriptedServer(script) as server:
+        outcome, stop = _backend_run(server.base_url, ["x"] * 40, 4, monkeypatch, 1.5, max_retries=2,
+                                     base_delay=0.05, max_delay=0.4)
+    assert isinstance(stop, LeapError) and "stopped answering" in str(stop)
+    assert sum(v == "ok" for v in outcome.values()) == 3
+    # the requests in flight when it went down, then probes paced over 1.5 s: not all 37 at once
+    assert 2 <= sum(v != "ok" for v in outcome.values()) <= 16
+
+
+def test_a_run_of_prompts_the_server_chokes_on_starts_each_probe_afresh(monkeypatch):
+    """Each request that fails its probes lets the next start from the shortest wait: eight such prompts in a row
+    at one request at a time ran the wait up to its longest and stopped the stage as if the server were down."""
+    def script(req, n):
+        if req["messages"][0]["content"] == "poison":
+            return Reply(status=500, raw=json.dumps({"error": {"message": "tokenizer crashed"}}))
+        return Reply("{}")
+
+    prompts = ["ok"] * 3 + ["poison"] * 8 + ["ok"] * 3
+    with ScriptedServer(script) as server:
+        # each held one probes after 0.05, 0.1 and 0.2 s: ~2.5 s for the run; from one wait to the next longer,
+        # up to 0.5 s, it was ~8 s, past the 4 s that stop a held stage here
+        outcome, stop = _backend_run(server.base_url, prompts, 1, monkeypatch, 4.0, max_retries=2,
+                                     base_delay=0.05, max_delay=0.5)
+    assert stop is None
+    assert [outcome[i] == "ok" for i in range(len(prompts))] == [p == "ok" for p in prompts]

@@ -616,11 +616,13 @@ def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it(tmp_path:
     """A preemption in a run's first checkpoint_every steps left runs/NAME/ without last.pt, and the requeue's
     `--resume` (README: after a preemption, the same command with --resume) was refused: the job never ran."""
     (tmp_path / "runs" / "r" / "checkpoints").mkdir(parents=True)  # what a SIGKILL before the first save leaves
+    (tmp_path / "runs" / "r" / "metrics.jsonl").write_text('{"split": "train", "step": 10, "loss": 3.2}\n')
     starts: list[dict] = []
     res = main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="r", source=MemorySource(val=False),
                resume=True, on_start=starts.append)
     assert res.steps == 2 and starts[0]["start_step"] == 0
     assert "holds no checkpoint yet" in caplog.text and (tmp_path / "runs/r/checkpoints/last.pt").exists()
+    assert '"loss": 3.2' not in (tmp_path / "runs/r/metrics.jsonl").read_text()  # the killed start's lines go
 
 
 def test_resume_of_a_finished_run_without_last_pt_is_refused(tmp_path: Path) -> None:
@@ -629,10 +631,16 @@ def test_resume_of_a_finished_run_without_last_pt_is_refused(tmp_path: Path) -> 
     main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="r", source=MemorySource(val=True))
     (tmp_path / "runs/r/checkpoints/last.pt").unlink()
     best = (tmp_path / "runs/r/checkpoints/best.pt").read_bytes()
-    with pytest.raises(LeapError, match=r"no checkpoints/last.pt to resume, but holds best.pt, metrics.jsonl") as e:
+    with pytest.raises(LeapError, match=r"no checkpoints/last.pt to resume, but holds best.pt") as e:
         main(tiny_config("train.max_steps=2", "train.seed=7"), workdir=tmp_path, name="r",
              source=MemorySource(val=True), resume=True)
-    assert "--force" in e.value.fix and (tmp_path / "runs/r/checkpoints/best.pt").read_bytes() == best
+    assert "--force" in e.value.fix
+    with pytest.raises(LeapError, match="already holds a checkpoint"):  # nor does a plain start replace it
+        main(tiny_config("train.max_steps=2", "train.seed=7"), workdir=tmp_path, name="r", source=MemorySource(val=True))
+    assert (tmp_path / "runs/r/checkpoints/best.pt").read_bytes() == best
+    res = main(tiny_config("train.max_steps=2", "train.seed=7"), workdir=tmp_path, name="r",
+               source=MemorySource(val=True), resume=True, force=True)  # --resume --force: over
+    assert res.steps == 2 and (tmp_path / "runs/r/checkpoints/best.pt").read_bytes() != best
 
 
 def test_a_resume_is_told_where_it_starts(tmp_path: Path) -> None:

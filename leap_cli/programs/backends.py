@@ -229,8 +229,10 @@ class OpenAIBackend(Backend):
         self._turns: list[int] = []  # while held: the requests waiting to probe, in turn (one failing alone
         # on every probe, a prompt the server chokes on, must not be the only one asked)
         self._halted = False  # the stage stops: no more attempts (``halt``)
+        self._halt_event = asyncio.Event()
         self._peak = 0  # the most requests on the wire in the window of replies going on (``steady_limit``)
         self.held_seconds = 0.0  # time spent held (the summary says so)
+        self.holds = 0  # times held
         headers = {"Authorization": f"Bearer {key}", "User-Agent": "leap"}
         # what the official client sends for organisation- or project-scoped keys
         for env, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
@@ -314,9 +316,19 @@ class OpenAIBackend(Backend):
         return self._active
 
     def halt(self) -> None:
-        """Send no more attempts (the stage stops): the requests waiting raise ``Halted``."""
+        """Send no more attempts (the stage stops): the requests waiting for a slot, a retry or a held server's
+        turn raise ``Halted`` at once (their sleeps end), so that a stop waits only for the requests on the wire."""
         self._halted = True
+        self._halt_event.set()
         self._wake()
+
+    async def _sleep(self, seconds: float) -> None:
+        """``asyncio.sleep`` that ``halt`` ends early (raising ``Halted``)."""
+        try:
+            await asyncio.wait_for(self._halt_event.wait(), seconds)
+        except asyncio.TimeoutError:
+            return
+        raise Halted
 
     async def _acquire(self, rid: int) -> None:
         loop = asyncio.get_running_loop()
@@ -330,7 +342,7 @@ class OpenAIBackend(Backend):
                     queued = True
                 wait = self._pause_until - loop.time()
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    await self._sleep(wait)
                 elif self._active < self._limit and (self._held is None or not self._turns or self._turns[0] == rid):
                     self._active += 1
                     self._peak = max(self._peak, self._active)
@@ -383,8 +395,9 @@ class OpenAIBackend(Backend):
         now = asyncio.get_running_loop().time()
         if self._held is not None:
             self.held_seconds += now - self._held_since
-            log.warning("the server answers again (held %.0f s, %.0f s since its last reply): back to %d requests "
-                        "in flight", now - self._held_since, now - self._last_reply, self._held)
+            log.log(logging.WARNING if self.holds <= 3 else logging.INFO,
+                    "the server answers again (held %.0f s, %.0f s since its last reply): back to %d requests in "
+                    "flight", now - self._held_since, now - self._last_reply, self._held)
             self._limit, self._held, self._probes, self._pause_until = self._held, None, 0, 0.0
             self._wake()
         self._last_reply, self._lost = now, 0
@@ -423,9 +436,11 @@ class OpenAIBackend(Backend):
             if self._lost < self.HOLD_AFTER:
                 return True
             self._held, self._held_since, self._limit = self._limit, now, 1
-            log.warning("%d requests in a row failed for good (%s) after %d replies: holding the others and asking "
-                        "one at a time until the server answers (the stage stops after %.0f min without a reply)",
-                        self._lost, cause, self.answered, self.HOLD_FOR / 60)
+            self.holds += 1  # (a flapping server holds often: the first few are said, the rest logged quietly)
+            log.log(logging.WARNING if self.holds <= 3 else logging.INFO,
+                    "%d requests in a row failed for good (%s) after %d replies: holding the others and asking one at "
+                    "a time until the server answers (the stage stops after %.0f min without a reply)",
+                    self._lost, cause, self.answered, self.HOLD_FOR / 60)
             return True  # this one was given up already
         if now - self._last_reply >= self.HOLD_FOR:
             raise LeapError(f"the server stopped answering: no reply for {(now - self._last_reply) / 60:.0f} min "
@@ -478,13 +493,13 @@ class OpenAIBackend(Backend):
                     if probed <= self.retry.max_retries:
                         free, final = free + 1, False  # a probe of a held server: the next waits (_pause_until)
                         continue
-                    final = True  # it failed every probe it had: the next request probes (see _failed)
+                    final, self._probes = True, 0  # it failed every probe it had: the next one probes afresh
                 if final:
                     raise BackendError(redact(f"{what} after {attempts} attempts: {e}"), attempts,
                                        time.perf_counter() - start) from None
                 wait = self.retry.delay(max(0, attempts - free - 1), None)
                 log.info("%s: %s, retry %d in %.2fs", request.narration_id, what, attempts, wait)
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
                 continue
             status = resp.status
             if status == 200:
@@ -543,7 +558,7 @@ class OpenAIBackend(Backend):
                         if probed <= self.retry.max_retries:
                             free, final = free + 1, False
                             continue
-                        final = True
+                        final, self._probes = True, 0
                 else:
                     loading = status == 503 and "loading" in message.lower()
                     if not self._failed(
@@ -556,13 +571,13 @@ class OpenAIBackend(Backend):
                         if probed <= self.retry.max_retries:
                             free, final = free + 1, False
                             continue
-                        final = True
+                        final, self._probes = True, 0
                 if final:
                     raise BackendError(f"HTTP {status} after {attempts} attempts: {message}", attempts,
                                        time.perf_counter() - start)
                 wait = self.retry.delay(max(0, attempts - free - 1), server_wait)
                 log.info("%s: HTTP %d, retry %d in %.2fs", request.narration_id, status, attempts, wait)
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
                 continue
             raise BackendError(f"HTTP {status}: {message}", attempts, time.perf_counter() - start)
         try:
@@ -572,14 +587,15 @@ class OpenAIBackend(Backend):
         if not isinstance(data, dict):
             shown = _error_message(resp, 120)
             self._failed(rid, "not JSON", True, f"the endpoint answered with no JSON ({shown!r})",
-                         "check --base-url: it must be the API's address, usually ending in /v1, not a web page")
+                         "check --base-url: it must be the API's address, usually ending in /v1, not a web page",
+                         sent_held)
             raise BackendError(redact(f"the endpoint did not answer with a JSON object: {resp.body[:120]!r}"), attempts,
                                time.perf_counter() - start)
         problem = reply_problem(data)
         if problem:  # no reply to check, cache or repair: a failed request, which --retry-errors redoes
             self._failed(rid, "an error in a 200 reply", True, redact(f"every request so far was answered with an "
                                                                       f"error: {problem[:160]}"),
-                         "check the server's log (e.g. a model that does not fit in memory) and --model")
+                         "check the server's log (e.g. a model that does not fit in memory) and --model", sent_held)
             raise BackendError(redact(problem), attempts, time.perf_counter() - start)
         self._answered()
         text = reply_text(data)

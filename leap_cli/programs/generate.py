@@ -442,7 +442,7 @@ class _Stop:
 
     def _on_wire(self) -> int:
         """Requests sent and not answered: those waiting for a slot, a retry or a held server's turn (the
-        backend's ``sending`` leaves them out) were never sent, and nothing of them is lost by leaving them."""
+        backend's ``sending`` leaves them out) were never sent; ``halt`` ends them (they stay pending)."""
         return getattr(self.gen.backend, "sending", self.gen.in_flight)
 
     def _stop(self, signum: int) -> None:
@@ -453,22 +453,12 @@ class _Stop:
         self.gen._halted = True
         halt = getattr(self.gen.backend, "halt", None)
         if halt is not None:
-            halt()  # no more attempts: the requests waiting for theirs end pending
+            halt()  # no more attempts: the requests waiting for theirs (a retry, a held server) end pending now
         if self._on_wire():
-            log.warning("stopping: waiting up to %g s for %d requests in flight; Ctrl-C again to abandon them",
-                        self.grace, self._on_wire())
+            again = "Ctrl-C again" if signum == signal.SIGINT else f"{signal.Signals(signum).name} again"
+            log.warning("stopping: waiting up to %g s for %d requests in flight; %s to abandon them",
+                        self.grace, self._on_wire(), again)
             self._loop.call_later(self.grace, self._abandon)
-        self._watch()
-
-    def _watch(self) -> None:
-        """Once no request is on the wire, the ones still waiting (a retry's backoff, a held server) are left
-        at once instead of at the end of the grace."""
-        if all(t.done() for t in self.tasks):
-            return
-        if self.gen.in_flight and not self._on_wire():
-            self._abandon()
-        else:
-            self._loop.call_later(0.1, self._watch)
 
     def _abandon(self) -> None:
         if self._on_wire():

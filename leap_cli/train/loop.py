@@ -269,6 +269,9 @@ def _mean_top5_recall(kept: dict[str, list], info: distributed.DistInfo) -> dict
     return {f"{t}_mt5r": 100 * m["overall"][t]["mt5r"] for t in ("verb", "noun", "action")}
 
 
+CHECKPOINTS = ("last.pt", "best.pt")  # what a run saves in runs/NAME/checkpoints/
+
+
 class _Metrics:
     """metrics.jsonl (append; on resume, lines past the checkpoint's step are dropped) + optional TensorBoard."""
 
@@ -399,15 +402,16 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             raise LeapError(f"no checkpoint to resume in {run_dir}", path=ckpt_dir / "last.pt",
                             fix="start the run without --resume, or give --name (and --workdir) of a run to resume"
                                 + (f": runs here: {', '.join(runs)}" if runs else ""))
-        kept = sorted(p.name for p in ckpt_dir.glob("*.pt")) + (["metrics.jsonl"] if (run_dir / "metrics.jsonl").exists()
-                                                                 and (run_dir / "metrics.jsonl").stat().st_size else [])
-        if kept:  # a run that got further, whose last.pt is gone: starting it over would replace what is left
+        kept = [n for n in CHECKPOINTS if (ckpt_dir / n).exists()]
+        if kept and not force:  # a run that got further, whose last.pt is gone: a new start would replace the rest
             raise LeapError(f"{run_dir} has no checkpoints/last.pt to resume, but holds {', '.join(kept)}",
                             path=ckpt_dir / "last.pt", fix="put last.pt back, start the run over with --force, or give "
                                                            "another --name")
-        # the run was started and stopped before its first checkpoint (a preemption in its first
-        # checkpoint_every steps): a requeue that always passes --resume starts it again
-        log.warning("%s holds no checkpoint yet (the run stopped before its first): starting it from step 0", run_dir)
+        if not kept:
+            # the run was started and stopped before its first checkpoint (a preemption in its first
+            # checkpoint_every steps, or its first epoch): a requeue that always passes --resume starts it again
+            log.warning("%s holds no checkpoint yet (the run stopped before its first): starting it from step 0",
+                        run_dir)
         resume = False
     made = [p for p in (workdir / "runs", run_dir) if not p.exists()]  # removed again if the run does not start
     info = distributed.setup(cfg.train.device)
@@ -422,7 +426,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         resume_ckpt = None
         # --force removes the old run only once the config, the data and the model have been checked below:
         # a typo in the config or a damaged manifest must not cost the run it was meant to replace.
-        start_over = force and (ckpt_dir / "last.pt").exists()
+        saved_any = any((ckpt_dir / n).exists() for n in CHECKPOINTS)  # last.pt, or a best.pt left without it
+        start_over = force and saved_any
         if start_over:
             resume = False
         if resume:
@@ -444,7 +449,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                                 path=ckpt_dir / "last.pt", record="world_size",
                                 fix=f"resume with the same launch (torchrun --nproc_per_node ... giving {was} "
                                     "processes in all), or pass --force to start the run over")
-        elif not start_over and (ckpt_dir / "last.pt").exists():
+        elif not start_over and saved_any:
             raise LeapError("run directory already holds a checkpoint", path=run_dir,
                             fix="continue it with --resume, start it over with --force, or pick another --name")
         seed_everything(cfg.train.seed)
@@ -507,7 +512,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             distributed.barrier(info)  # every rank has seen the checkpoint before rank 0 removes it
             if info.is_main:
                 log.warning("--force: starting %s over (its checkpoints and metrics are removed)", run_dir)
-                for f in (ckpt_dir / "last.pt", ckpt_dir / "best.pt", run_dir / "metrics.jsonl"):
+                for f in (*(ckpt_dir / n for n in CHECKPOINTS), run_dir / "metrics.jsonl"):
                     f.unlink(missing_ok=True)
             distributed.barrier(info)
         if info.is_main:
