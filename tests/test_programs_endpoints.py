@@ -253,7 +253,8 @@ def test_a_server_that_comes_back_gets_its_requests_in_flight_again(workdir, goo
     assert 0.3 < s.held_seconds < 5
     from leap_cli.commands.programs import endpoint_notes
 
-    assert any("stopped answering for" in n for n in endpoint_notes(s))
+    (note,) = [n for n in endpoint_notes(s) if "stopped answering for" in n]
+    assert f"--retry-errors for the {s.statuses['failed']} records written failed" in note
 
 
 def test_insufficient_quota_stops_the_stage_like_a_refused_key(workdir):  # noqa: F811

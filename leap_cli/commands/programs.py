@@ -205,8 +205,10 @@ def endpoint_notes(summary) -> list[str]:
                          f"requests in flight to {low}" + (f", and {steady} went without one" if steady else "") +
                          f": lower --concurrency (e.g. --concurrency {steady or low})")
     if summary.held_seconds:
+        failed = summary.statuses.get("failed", 0)
         notes.append(f"the server stopped answering for {summary.held_seconds:.0f} s in all; meanwhile leap asked one "
-                     "request at a time (its records are kept as they came)")
+                     "request at a time" + (f": rerun with --retry-errors for the {failed} records written failed"
+                                            if failed else ""))
     if summary.timed_out:
         notes.append(f"{summary.timed_out} requests timed out (--timeout) and were abandoned: the server may still "
                      "have generated and billed them; they are not in the estimated cost")
