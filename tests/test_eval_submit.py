@@ -388,6 +388,11 @@ def test_a_pickle_of_torch_tensors_is_read_and_cannot_run_code(tmp_path, ann_dir
                         protocol=proto)
         s = load_scores(tmp_path / "t.pkl")
         assert torch.equal(s["verb_output"], verb) and torch.equal(s["noun_output"], noun.double())
+    with open(tmp_path / "p.pkl", "wb") as f:  # nn.Parameter (torch._utils._rebuild_parameter) was refused
+        pickle.dump({"narration_id": ids, "verb_output": torch.nn.Parameter(verb), "noun_output": noun}, f)
+    s = load_scores(tmp_path / "p.pkl")
+    assert type(s["verb_output"]) is torch.Tensor and torch.equal(s["verb_output"], verb)
+    assert not s["verb_output"].requires_grad  # (.numpy() and the metrics refuse a tensor that requires grad)
 
     class Evil:
         def __reduce__(self):

@@ -56,9 +56,12 @@ def _storage_from_bytes(data: bytes) -> Any:
         raise pickle.UnpicklingError(f"a tensor's storage did not load ({type(e).__name__})") from None
 
 
-# A pickled tensor: _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, OrderedDict()) (all three
-# are on torch.load(weights_only=True)'s own list, the storage loader made safe above).
+# A pickled tensor: _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, OrderedDict()); a pickled
+# nn.Parameter (scores taken from a model's weights or outputs kept as parameters) wraps one in
+# _rebuild_parameter(tensor, requires_grad, OrderedDict()) (all on torch.load(weights_only=True)'s own list, the
+# storage loader made safe above).
 _TORCH_GLOBALS = {("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+                  ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
                   ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
                   ("collections", "OrderedDict"): collections.OrderedDict}
 
@@ -154,9 +157,12 @@ def _read_raw(path: Path) -> Any:
 
 
 def _as_tensor(x: Any, name: str, path: Path) -> torch.Tensor:
-    """float64 scores stay float64 (rounding them to float32 could tie distinct scores); others become float32."""
+    """float64 scores stay float64 (rounding them to float32 could tie distinct scores); others become float32.
+    A tensor saved with its autograd graph (a model's outputs not detached, an nn.Parameter) is taken as values."""
     try:
-        if not isinstance(x, torch.Tensor):
+        if isinstance(x, torch.Tensor):
+            x = x.detach()
+        else:
             a = np.asarray(x)
             x = torch.as_tensor(a if a.dtype == np.float64 else np.asarray(a, dtype=np.float32))
     except (TypeError, ValueError) as e:
