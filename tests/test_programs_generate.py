@@ -1152,6 +1152,16 @@ def test_a_reply_that_only_thought_names_the_cause_and_gets_no_repair_turn(workd
         assert f"characters in {field}" in message and "enable_thinking" in message and "--max-tokens" in message
 
 
+def test_a_reply_that_never_closed_its_think_block_gets_no_repair_turn(workdir):  # noqa: F811
+    """A thinking model on a server without a reasoning parser that spent its answer thinking (an unclosed
+    <think>, not cut at the token limit) got a repair turn, which it spent thinking again."""
+    with ScriptedServer(lambda body, n: Reply("<think>\nFirst, the clip shows a hand reaching for")) as server:
+        s = generate_programs(config(workdir, server, limit=2))
+        assert s.statuses == {"invalid": 2} and len(server.requests) == 2
+    for r in records(workdir):
+        assert r["errors"][0]["message"].startswith("the reply is only the model's thinking")
+
+
 def test_a_refusal_is_invalid_with_its_words_and_gets_no_repair_turn(workdir):  # noqa: F811
     """Structured Outputs' refusal (``message.refusal``, content null) got a repair turn quoting "the model
     refused": a second paid request that the model declined alike."""
