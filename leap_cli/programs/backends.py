@@ -226,6 +226,7 @@ class OpenAIBackend(Backend):
         self._held: int | None = None
         self._held_since = 0.0
         self._probes = 0
+        self._probed: dict[int, int] = {}  # while held: the probes each request made (at most --max-retries)
         self._turns: list[int] = []  # while held: the requests waiting to probe, in turn (one failing alone
         # on every probe, a prompt the server chokes on, must not be the only one asked)
         self._halted = False  # the stage stops: no more attempts (``halt``)
@@ -409,39 +410,44 @@ class OpenAIBackend(Backend):
             self._limit += 1
             self._ok_run = 0
 
-    def _failed(self, rid: int, cause: str, final: bool, line: str, fix: str, sent_held: bool = False) -> bool:
-        """A failed attempt; whether it counts against the request's retries (not while the server is held).
+    # what a failed attempt means for its request (``_failed``)
+    COUNTS, PROBE, GIVE_UP = "counts", "probe", "give up"
+
+    def _failed(self, rid: int, cause: str, final: bool, line: str, fix: str, sent_held: bool = False) -> str:
+        """A failed attempt: ``COUNTS`` against the request's retries (as always), ``PROBE`` (a held server's
+        probe: not counted, try again after ``_pause_until``) or ``GIVE_UP`` (fail the request now).
 
         Before any reply: count it towards the run of same-cause failures since the start; stop the stage when a
         request fails for good, ``STOP_AFTER`` requests failed this way, and every request still out has failed
         this way too (one still waiting for its reply may yet be answered: a slow model's replies outlast the
         retries of a request the server refuses, and stopping would lose them, paid).
 
-        After replies: ``HOLD_AFTER`` requests in a row failed for good hold the server (one request in flight,
-        the waiting ones in turn, each with up to --max-retries probes not counted against its retries (one
-        failing every probe, a prompt the server chokes on, fails its record and the next one probes), each failure a probe that waits longer for the next, up to the retry policy's
-        longest wait; ``sent_held``: the attempt was sent while held, so a burst of attempts sent before, failing
-        together, counts as one probe); a held server that has not answered for ``HOLD_FOR`` seconds stops the
-        stage. A request failing alone among replies (a prompt the server chokes on) still fails its record."""
+        After replies: ``HOLD_AFTER`` requests in a row failed for good hold the server: one request in flight,
+        the waiting ones in turn, each failure a probe that waits longer for the next, up to the retry policy's
+        longest wait. A request gets --max-retries probes; then it fails (a prompt the server chokes on must not
+        pass for a server that is down) and the next one probes from the shortest wait again. ``sent_held``: the
+        attempt was sent while held (attempts sent before, failing together, count as one probe). A held server
+        that has not answered for ``HOLD_FOR`` seconds stops the stage. A request failing alone among replies
+        still fails its record."""
         if self._streak is not None:
             if self._streak[0] != cause:
                 self._streak = (cause, set())
             self._streak[1].add(rid)
             if final and len(self._streak[1]) >= self.STOP_AFTER and self._outstanding <= self._streak[1]:
                 raise LeapError(line, fix=fix)
-            return True
+            return self.COUNTS
         now = asyncio.get_running_loop().time()
         if self._held is None:
             self._lost += final
             if self._lost < self.HOLD_AFTER:
-                return True
+                return self.COUNTS
             self._held, self._held_since, self._limit = self._limit, now, 1
             self.holds += 1  # (a flapping server holds often: the first few are said, the rest logged quietly)
             log.log(logging.WARNING if self.holds <= 3 else logging.INFO,
                     "%d requests in a row failed for good (%s) after %d replies: holding the others and asking one at "
                     "a time until the server answers (the stage stops after %.0f min without a reply)",
                     self._lost, cause, self.answered, self.HOLD_FOR / 60)
-            return True  # this one was given up already
+            return self.COUNTS  # this one was given up already
         if now - self._last_reply >= self.HOLD_FOR:
             raise LeapError(f"the server stopped answering: no reply for {(now - self._last_reply) / 60:.0f} min "
                             f"after {self.answered} replies (last: {cause})",
@@ -451,7 +457,11 @@ class OpenAIBackend(Backend):
         if sent_held or self._probes == 0:
             self._pause_until = max(self._pause_until, now + self.retry.delay(self._probes, None))
             self._probes += 1
-        return False
+        self._probed[rid] = self._probed.get(rid, 0) + 1
+        if self._probed[rid] <= self.retry.max_retries:
+            return self.PROBE
+        self._probes = 0  # it failed every probe it had: the next one probes from the shortest wait
+        return self.GIVE_UP
 
     async def complete(self, request: Request) -> Completion:
         rid = next(self._ids)
@@ -460,11 +470,11 @@ class OpenAIBackend(Backend):
             return await self._complete(request, rid)
         finally:
             self._outstanding.discard(rid)
+            self._probed.pop(rid, None)
 
     async def _complete(self, request: Request, rid: int) -> Completion:
         start = time.perf_counter()
         attempts = free = 0  # free: 429s of leap's own concurrency, not counted against --max-retries
-        probed = 0  # attempts that probed a held server (free, up to --max-retries of them: see _failed)
         adapted: set[str] = set()
         while True:
             attempts += 1
@@ -488,12 +498,11 @@ class OpenAIBackend(Backend):
                               "a reply), or check that the server is generating") if timeout else
                              (f"{e}: is the server running?", "check --base-url") if str(e).startswith("cannot connect")
                              else (f"{e} on every request so far", "check the server's log and --base-url"))
-                if not self._failed(rid, f"{what}: {e}", final, redact(line), fix, sent_held):
-                    probed += 1
-                    if probed <= self.retry.max_retries:
-                        free, final = free + 1, False  # a probe of a held server: the next waits (_pause_until)
-                        continue
-                    final, self._probes = True, 0  # it failed every probe it had: the next one probes afresh
+                verdict = self._failed(rid, f"{what}: {e}", final, redact(line), fix, sent_held)
+                if verdict == self.PROBE:
+                    free += 1  # a probe of a held server: the next waits (_pause_until)
+                    continue
+                final = final or verdict == self.GIVE_UP
                 if final:
                     raise BackendError(redact(f"{what} after {attempts} attempts: {e}"), attempts,
                                        time.perf_counter() - start) from None
@@ -549,29 +558,24 @@ class OpenAIBackend(Backend):
                     server_wait = server_wait if server_wait is not None else _wait_in_message(message)
                     if self._rate_limited(epoch, server_wait) and free < self.FREE_429:
                         free += 1
-                        final = False
-                    elif not self._failed(rid, "HTTP 429", final, f"every request so far was refused with HTTP 429 "
-                                          f"(rate limit): {message[:120]}", "lower --concurrency, or check the "
-                                          "account's rate limits (a proxy's 429 may mean its backends are down)",
-                                          sent_held):
-                        probed += 1  # a server answering only 429s after replies is held too
-                        if probed <= self.retry.max_retries:
-                            free, final = free + 1, False
-                            continue
-                        final, self._probes = True, 0
+                        final, verdict = False, None
+                    else:  # a server answering only 429s after replies is held too
+                        verdict = self._failed(rid, "HTTP 429", final, "every request so far was refused with HTTP "
+                                               f"429 (rate limit): {message[:120]}", "lower --concurrency, or check "
+                                               "the account's rate limits (a proxy's 429 may mean its backends are "
+                                               "down)", sent_held)
                 else:
                     loading = status == 503 and "loading" in message.lower()
-                    if not self._failed(
-                            rid, f"HTTP {status}", final,
-                            f"the server is still loading the model (HTTP 503: {message[:100]})" if loading else
-                            f"every request so far failed with HTTP {status}: {message[:120]}",
-                            "wait until it is ready (llama.cpp: its /health says ok), then run again" if loading
-                            else "check the server (and any proxy in front of it) and --base-url", sent_held):
-                        probed += 1
-                        if probed <= self.retry.max_retries:
-                            free, final = free + 1, False
-                            continue
-                        final, self._probes = True, 0
+                    verdict = self._failed(
+                        rid, f"HTTP {status}", final,
+                        f"the server is still loading the model (HTTP 503: {message[:100]})" if loading else
+                        f"every request so far failed with HTTP {status}: {message[:120]}",
+                        "wait until it is ready (llama.cpp: its /health says ok), then run again" if loading
+                        else "check the server (and any proxy in front of it) and --base-url", sent_held)
+                if verdict == self.PROBE:
+                    free += 1
+                    continue
+                final = final or verdict == self.GIVE_UP
                 if final:
                     raise BackendError(f"HTTP {status} after {attempts} attempts: {message}", attempts,
                                        time.perf_counter() - start)
