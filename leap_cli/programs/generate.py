@@ -42,7 +42,7 @@ from leap_cli.programs.backends import (Backend, BackendError, Completion, Halte
                                        Request, RetryPolicy, check_extra_body)
 from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, PromptBuilder, clip_info, load_exemplars,
                                       load_system_prompt, narration_record)
-from leap_cli.programs.reply import REASONING_ONLY, REFUSED, strip_thinking, verify_reply
+from leap_cli.programs.reply import repair_futile, verify_reply
 from leap_cli.programs.redact import redact, redact_logs
 from leap_cli.programs.schema import Finding, strict_schema
 from leap_cli.programs.store import ProgramStore, cache_key
@@ -357,11 +357,8 @@ class ProgramGenerator:
             if findings and cut:
                 findings = [token_limit_finding(self.cfg.max_tokens, self.out_path)] + findings
             # no repair turn where another would end the same way: a reply cut at the token limit (the longer
-            # repair prompt gets the same budget), one whose model only thought (in reasoning_content, or an
-            # unclosed <think>: its fix is a setting), or a refusal (Structured Outputs' ``refusal``: the model
-            # declined this clip, and would decline again)
-            final = (cut or text.startswith((REASONING_ONLY, REFUSED))
-                     or bool(text.strip()) and not strip_thinking(text.strip()))
+            # repair prompt gets the same budget), or one that only thought or refused (reply.repair_futile)
+            final = cut or repair_futile(text)
             outcome = "valid" if not findings else ("invalid" if parsed is not None else "not_json")
             # a paid reply a repair round follows is committed now (its record is not written yet); one that
             # finishes its record is safe in the output file, and waits for the store's next batch. A reply

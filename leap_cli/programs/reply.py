@@ -68,6 +68,14 @@ def strip_thinking(body: str) -> str:
     return body
 
 
+def repair_futile(text: str) -> bool:
+    """Whether a repair turn would end as this reply did: the model only thought (an empty content beside its
+    reasoning, or a ``<think>`` block and nothing after it, closed or not: the fix is a setting), or it refused
+    (Structured Outputs' ``refusal``: it declined the clip, and would again)."""
+    body = text.strip()
+    return body.startswith((REASONING_ONLY, REFUSED)) or bool(body) and not strip_thinking(body)
+
+
 def _first_object(body: str, start: int, tries: int = 20):
     """The JSON value that starts at the first ``{`` from ``start`` that begins one: prose before the program may
     hold braces of its own ("the {verb} and {noun} slots"). Only a brace that is no JSON object at all (no key
