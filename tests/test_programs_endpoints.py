@@ -493,7 +493,8 @@ def test_a_server_answering_only_429_after_replies_is_held_too(monkeypatch):
         outcome, stop = _backend_run(server.base_url, ["x"] * 40, 4, monkeypatch, 1.5, max_retries=2,
                                      base_delay=0.05, max_delay=0.4)
     assert isinstance(stop, LeapError)
-    assert re.search(r"stopped answering: .* after 3 replies \(last: HTTP 429\).*--retry-errors", stop.one_line())
+    assert re.search(r"stopped answering: .* after 3 replies \(last: HTTP 429; http://127.0.0.1:\d+/v1\).*--retry-errors",
+                     stop.one_line())
     assert sum(v == "ok" for v in outcome.values()) == 3 and sum(v != "ok" for v in outcome.values()) <= 16
 
 

@@ -450,7 +450,7 @@ class OpenAIBackend(Backend):
             return self.COUNTS  # this one was given up already
         if now - self._last_reply >= self.HOLD_FOR:
             raise LeapError(f"the server stopped answering: no reply for {(now - self._last_reply) / 60:.0f} min "
-                            f"after {self.answered} replies (last: {cause})",
+                            f"after {self.answered} replies (last: {cause}; {self.base_url})",
                             fix="check the server (its log, memory, --base-url), then run the same command again "
                                 "with --retry-errors: the programs written are kept, the rest and the records "
                                 "written failed are asked for")
