@@ -33,7 +33,8 @@ def progress_every() -> float:
         return DEFAULT_EVERY
 
 
-def _eta(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """h:mm:ss, as the progress lines write times."""
     return str(datetime.timedelta(seconds=int(seconds)))
 
 
@@ -115,9 +116,9 @@ class LogProgress:
             done += f" ({t.completed / t.total:.0%})"
         text = f"{self.label} {t.description}".strip() + f": {done}" + (f" {rate:.2f}/s" if rate is not None else "")
         if final:
-            text += f", {_eta(elapsed)} elapsed"
+            text += f", {clock(elapsed)} elapsed"
         elif t.total and rate:
-            text += f", ETA {_eta((t.total - t.completed) / rate)}"
+            text += f", ETA {clock((t.total - t.completed) / rate)}"
         info = " ".join(str(v) for v in t.fields.values() if v not in (None, ""))
         return text + (f", {info}" if info else "")
 

@@ -257,6 +257,39 @@ def test_a_server_that_comes_back_gets_its_requests_in_flight_again(workdir, goo
     assert f"--retry-errors for the {s.statuses['failed']} records written failed" in note
 
 
+def test_a_held_server_shows_on_the_progress_line(workdir, good_programs, monkeypatch):  # noqa: F811
+    """A log of the run (progress lines in a file) said nothing between the hold's warning and the server's
+    return, minutes later: the progress line now says the server is not answering, for how long, and when the
+    stage stops; and once it answers again, plain progress."""
+    from typer.testing import CliRunner
+
+    import leap_cli.programs.generate as generate
+    from leap_cli.cli import app
+
+    monkeypatch.setattr(generate, "WAITING_EVERY", 0.05)
+    monkeypatch.setenv("LEAP_PROGRESS_EVERY", "0")
+    monkeypatch.setenv("COLUMNS", "250")
+    lock, served = threading.Lock(), [0]
+
+    def script(req, n):  # answers once, then fails 7 requests: 2 x 2 attempts before the hold, 3 probes in it
+        with lock:
+            served[0] += 1
+            down = 1 < served[0] <= 8
+        return Reply(status=502, raw=HTML_502) if down else _good(good_programs, req)
+
+    with ScriptedServer(script) as server:
+        res = CliRunner().invoke(app, ["generate-programs", "--workdir", str(workdir), "--split", "val", "--backend",
+                                       "openai", "--model", "m", "--base-url", server.base_url, "--api-key-env",
+                                       "LEAP_TEST_KEY", "--concurrency", "1", "--max-retries", "1", "--backoff",
+                                       "0.1"])
+    assert res.exit_code == 0, res.output
+    lines = [x for x in res.output.splitlines() if x.startswith("generate-programs val programs")]
+    held = [i for i, x in enumerate(lines) if "programs (server not answering for 0:00:0" in x]
+    assert held and "asking one request at a time; the stage stops at 0:10:00" in lines[held[0]], res.output
+    assert any(x.startswith("generate-programs val programs: ") for x in lines[held[-1] + 1:]), res.output
+    assert "(server" not in lines[-1] and "6/6 (100%)" in lines[-1]
+
+
 def test_insufficient_quota_stops_the_stage_like_a_refused_key(workdir):  # noqa: F811
     body = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
                       "type": "insufficient_quota", "code": "insufficient_quota"}}

@@ -152,7 +152,9 @@ def generate_programs(
                      f"generate-programs {cfg.split_name}") as progress:
         task = progress.add_task("programs", total=None)
         summary = run(cfg, on_start=lambda n: progress.update(task, total=n),
-                      on_record=lambda r: progress.advance(task))
+                      on_record=lambda r: progress.advance(task),
+                      on_waiting=lambda why: progress.update(task, description=f"programs ({why})" if why
+                                                             else "programs"))
     console.print(escape(f"input: {summary.source}"), highlight=False)
     table = Table(title=f"generate-programs -> {escape(str(summary.out))}", show_header=False)
     table.add_column("what")

@@ -89,6 +89,11 @@ class Backend:
     async def complete(self, request: Request) -> Completion:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def waiting(self) -> str | None:
+        """What the stage is waiting for, while no reply can come (a held server), for the progress line; None
+        while requests go their way."""
+        return None
+
     async def aclose(self) -> None:
         return None
 
@@ -409,6 +414,15 @@ class OpenAIBackend(Backend):
         if self._limit < self.concurrency and self._ok_run >= self._limit:
             self._limit += 1
             self._ok_run = 0
+
+    def waiting(self) -> str | None:
+        if self._held is None:
+            return None
+        from leap_cli.progress import clock
+
+        quiet = asyncio.get_running_loop().time() - self._last_reply
+        return (f"server not answering for {clock(quiet)}, asking one request at a time; the stage stops at "
+                f"{clock(self.HOLD_FOR)}")
 
     # what a failed attempt means for its request (``_failed``)
     COUNTS, PROBE, GIVE_UP = "counts", "probe", "give up"

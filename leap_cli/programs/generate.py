@@ -51,6 +51,7 @@ from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels
 log = logging.getLogger(__name__)
 redact_logs(log)
 CHECK_PROCESS_MIN = 256  # segments to do before a run starts the checker process (GenerateConfig.check_process)
+WAITING_EVERY = 1.0  # seconds between looks at what a stage with no reply coming waits for (a held server)
 STOP_GRACE = 20.0  # most seconds the requests in flight get after Ctrl-C/SIGTERM (Slurm's KillWait is 30 s)
 
 
@@ -555,7 +556,8 @@ def use_check_process(cfg: GenerateConfig, backend: Backend, pending: int) -> bo
 
 
 async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | None,
-                    on_start: Callable[[int], None] | None, backend: Backend | None) -> GenerateSummary:
+                    on_start: Callable[[int], None] | None, backend: Backend | None,
+                    on_waiting: Callable[[str | None], None] | None = None) -> GenerateSummary:
     inputs, exemplars, builder = _setup(cfg)
     # the backend first: an unknown --backend or a missing API key must not cost an output that --force would
     # start over
@@ -642,9 +644,20 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                     on_record(result)
                 # (a backend that never waits, offline or cache hits, still lets Ctrl-C in: run_one's _turn)
 
+        said: list[str | None] = [None]
+
+        async def watch() -> None:  # a held server on the progress line: minutes without a record say nothing
+            while True:
+                await asyncio.sleep(WAITING_EVERY)
+                now = backend.waiting()
+                if now != said[0]:
+                    on_waiting(now)
+                    said[0] = now
+
         # twice as many workers as requests in flight (ProgramGenerator): half wait with their prompt built
         n = max(1, cfg.concurrency)
         tasks = stop.tasks = [asyncio.ensure_future(worker(i >= n)) for i in range(2 * n)]
+        watcher = asyncio.ensure_future(watch()) if on_waiting else None
         try:
             await asyncio.gather(*tasks)
         except BaseException as e:
@@ -653,6 +666,11 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             await asyncio.gather(*tasks, return_exceptions=True)
             if stop.signum is None or not isinstance(e, asyncio.CancelledError):  # (not the requests abandoned)
                 raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                if said[0] is not None:  # the closing progress line: no longer waiting
+                    on_waiting(None)
     finally:
         if stop is not None:
             stop.restore()
@@ -679,6 +697,9 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
 
 
 def generate_programs(cfg: GenerateConfig, *, on_record: Callable[[dict], None] | None = None,
-                      on_start: Callable[[int], None] | None = None, backend: Backend | None = None) -> GenerateSummary:
-    """Run the stage; finished records are on disk even if interrupted (Ctrl-C)."""
-    return asyncio.run(_generate(cfg, on_record, on_start, backend))
+                      on_start: Callable[[int], None] | None = None, backend: Backend | None = None,
+                      on_waiting: Callable[[str | None], None] | None = None) -> GenerateSummary:
+    """Run the stage; finished records are on disk even if interrupted (Ctrl-C). ``on_waiting``: called with
+    what the stage waits for while no reply can come (``Backend.waiting``, every ``WAITING_EVERY`` seconds while
+    it changes), and with None when requests go their way again."""
+    return asyncio.run(_generate(cfg, on_record, on_start, backend, on_waiting))
