@@ -124,13 +124,35 @@ def program_record_problem(record) -> str | None:
     return None
 
 
-def refuse_overwrite(out: str | Path, inputs, option: str) -> None:
+_KINDS = {"html": ("an HTML page", (b"<!doctype html", b"<html")), "json": ("a JSON report", (b"{",))}
+
+
+def refuse_overwrite(out: str | Path, inputs, option: str, kind: str | None = None) -> None:
     """Refuse to write ``out`` (the path given to ``option``) over one of the command's input files: the same
-    file, also through a symlink or a hard link, or the same path where the file does not exist yet."""
+    file, also through a symlink or a hard link, or the same path where the file does not exist yet; and, with
+    ``kind`` (``html``, ``json``), over an existing file that is not of that kind (a typo that names the
+    annotations or a video, which the command may not read, must not replace them with a page), or a folder."""
+    import os
+
     for f in inputs:
         if same_file(out, f):
             raise LeapError(f"{option} would write over {f}, which this command reads or writes", path=out,
                             fix=f"give {option} another path")
+    if kind is None:
+        return
+    what, starts = _KINDS[kind]
+    if os.path.isdir(out):
+        raise LeapError(f"{option} names a folder", path=out, fix=f"give {option} a file path (e.g. page.{kind})")
+    try:
+        with open(out, "rb") as fh:
+            head = fh.read(64).lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # (the write says what is wrong with the path)
+    if head and not head.startswith(starts):
+        raise LeapError(f"{option} would write over {out}, which is not {what}: leap replaces only its own",
+                        path=out, fix=f"give {option} another path (or remove that file yourself)")
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:

@@ -731,6 +731,12 @@ def test_the_page_and_the_report_never_replace_an_input(kitchen):
         r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out), *args])
         assert r.exit_code != 0 and "would write over" in str(r.exception), (args, r.output)
     assert out.read_bytes() == before and not (kitchen / "programs" / "val.report.json").exists()
+    csv = kitchen / "kitchen" / "annotations" / "EPIC_100_noun_classes.csv"  # not read by this command: a typo
+    table = csv.read_bytes()
+    for option in ("--html", "--report"):
+        r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out), option, str(csv)])
+        assert r.exit_code != 0 and "which is not a" in str(r.exception), (option, r.output)
+    assert csv.read_bytes() == table
 
 
 def test_offline_program_of_a_narration_over_the_schemas_limit_is_valid(exemplars, verbs, nouns):

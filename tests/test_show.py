@@ -116,6 +116,23 @@ def test_the_page_never_replaces_a_record_file(stored, tmp_path):
     assert r.exit_code != 0 and "--html would write over" in str(r.exception), r.output
 
 
+def test_the_page_never_replaces_a_file_that_is_not_a_page(stored, tmp_path):
+    """--html naming the annotations or a video (a typo; files show need not read) replaced them with the page;
+    a page written before is replaced, and a folder is refused before anything is printed."""
+    root, programs, descriptor = stored
+    csv = tmp_path / "EPIC_100_train.csv"
+    csv.write_text("narration_id,participant_id\nP01_01_0,P01\n")
+    r = show(root, tmp_path, programs[0], descriptor, "--html", str(csv))
+    assert r.exit_code != 0 and "--html would write over" in str(r.exception) and "not an HTML page" in str(r.exception)
+    assert csv.read_text().startswith("narration_id,")
+    page = tmp_path / "p.html"
+    for _ in range(2):  # the second run replaces the first run's page
+        r = show(root, tmp_path, programs[0], descriptor, "--html", str(page))
+        assert r.exit_code == 0, r.output
+    r = show(root, tmp_path, programs[0], descriptor, "--html", str(tmp_path))
+    assert r.exit_code != 0 and "--html names a folder" in str(r.exception) and "Descriptors" not in r.output
+
+
 def test_the_page_is_written_when_the_prediction_fails(stored, tmp_path, monkeypatch):
     """The page (target and descriptors, not the prediction) was written after the prediction: a segment that is
     not in the shards cost it."""

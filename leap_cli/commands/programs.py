@@ -301,9 +301,9 @@ def validate_programs(
     # beside the one file checked (a scratch file's report never replaces the stage's), else the split's
     out = report or (Path(files[0]).with_name(Path(files[0]).name.removesuffix(".jsonl") + ".report.json")
                      if given_files and len(files) == 1 else workdir / "programs" / f"{split_name}.report.json")
-    refuse_overwrite(out, files, "--report")
+    refuse_overwrite(out, files, "--report", "json")
     if html:
-        refuse_overwrite(html, [*files, out], "--html")
+        refuse_overwrite(html, [*files, out], "--html", "html")
     segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
     rep = validate_records(list(files), ann.verbs, ann.nouns, segments)
     rep["split"] = split_name

@@ -40,7 +40,7 @@ def show(
     view = load_segment(workdir, narration_id, split=normalize_split(split) if split else None,
                         programs=programs, descriptors=descriptors, data=data)
     if html:
-        refuse_overwrite(html, view.files, "--html")
+        refuse_overwrite(html, view.files, "--html", "html")
     if view.program:
         console.print(program_tree(view.program, view.status_note))
     else:
