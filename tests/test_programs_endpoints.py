@@ -290,6 +290,34 @@ def test_a_held_server_shows_on_the_progress_line(workdir, good_programs, monkey
     assert "(server" not in lines[-1] and "6/6 (100%)" in lines[-1]
 
 
+def test_a_rerun_that_only_resumes_says_which_records_failed(workdir, good_programs):  # noqa: F811
+    """A rerun after a run with failed records said "resumed 6", valid / invalid / failed 0 / 0 / 0, exit 0:
+    nothing told that one of the records resumed had failed, nor how to ask for it again."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    bad = sorted(good_programs)[2]
+
+    def script(req, n):
+        return Reply(status=502, raw=HTML_502) if narration_id_of(req) == bad else _good(good_programs, req)
+
+    def run(server, *extra):
+        return CliRunner().invoke(app, ["generate-programs", "--workdir", str(workdir), "--split", "val",
+                                        "--backend", "openai", "--model", "m", "--base-url", server.base_url,
+                                        "--api-key-env", "LEAP_TEST_KEY", "--concurrency", "1", "--max-retries", "0",
+                                        *extra], env={"COLUMNS": "200"})
+
+    with ScriptedServer(script) as server:
+        assert run(server).exit_code == 0
+        again = run(server)
+        assert again.exit_code == 0 and len(server.requests) == N_SEGMENTS, again.output
+        assert re.search(rf"resumed \(already done\) +│ +{N_SEGMENTS} \(1 failed\)", again.output), again.output
+        assert "note: 1 of the records done before are failed" in again.output and "--retry-errors" in again.output
+        retried = run(server, "--retry-errors")
+        assert len(server.requests) == N_SEGMENTS + 1 and "records done before are failed" not in retried.output
+
+
 def test_insufficient_quota_stops_the_stage_like_a_refused_key(workdir):  # noqa: F811
     body = {"error": {"message": "You exceeded your current quota, please check your plan and billing details.",
                       "type": "insufficient_quota", "code": "insufficient_quota"}}

@@ -162,7 +162,7 @@ def generate_programs(
     st = summary.statuses
     done = sum(st.values())
     for what, value in (("segments done in this run", f"{done} of {summary.total}" if done < summary.total else done),
-                        ("resumed (already done)", summary.resumed),
+                        ("resumed (already done)", resumed_text(summary)),
                         ("valid / invalid / failed", f"{st.get('valid', 0)} / {st.get('invalid', 0)} / {st.get('failed', 0)}"),
                         ("backend calls (incl. retries)", summary.requests), ("cache hits", summary.cache_hits),
                         ("prompt / completion tokens", f"{summary.usage['prompt_tokens']} / {summary.usage['completion_tokens']}"),
@@ -174,6 +174,8 @@ def generate_programs(
     if summary.stopped:
         console.print(f"[yellow]stopped early:[/] {escape(str(summary.stopped))}; raise --max-cost and run the command "
                       "again to continue (the cap counts every run on this output file)")
+    for line in resumed_notes(summary):
+        console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
     for line in endpoint_notes(summary):
         console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
     for nid, msg in summary.failures[:10]:
@@ -189,6 +191,27 @@ def generate_programs(
     for line in outcome.lines():
         console.print(escape(line), highlight=False, style="red")
     outcome.exit()
+
+
+def resumed_text(summary) -> str:
+    """The resumed count, with the failed and invalid among them."""
+    bad = summary.resumed_not_valid
+    parts = [f"{bad[k]} {k}" for k in ("failed", "invalid") if bad.get(k)]
+    return f"{summary.resumed}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def resumed_notes(summary) -> list[str]:
+    """What to do about the records of earlier runs that failed or are invalid (a rerun that only resumed them
+    looked like a success)."""
+    bad = summary.resumed_not_valid
+    notes = []
+    if bad.get("failed"):
+        notes.append(f"{bad['failed']} of the records done before are failed (see leap validate-programs): add "
+                     "--retry-errors to ask for them again")
+    if bad.get("invalid"):
+        notes.append(f"{bad['invalid']} of the records done before are invalid: add --retry-invalid to ask for them "
+                     "again (their replies are not taken from the cache)")
+    return notes
 
 
 def endpoint_notes(summary) -> list[str]:

@@ -127,6 +127,7 @@ class GenerateSummary:
     source: str
     total: int = 0
     resumed: int = 0
+    resumed_not_valid: Counter = field(default_factory=Counter)  # failed / invalid among the resumed
     statuses: Counter = field(default_factory=Counter)
     requests: int = 0  # HTTP attempts made in this run (retries included)
     cache_hits: int = 0
@@ -574,22 +575,28 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     start = time.perf_counter()
     # --retry-errors / --retry-invalid: the records to redo, found in the appender's one pass (each keeps its line
     # until written anew); an invalid one's replies are asked for again, not read from the cache
-    invalid_last: dict[str, bool] = {}
+    # the output's failed and invalid records (each key's last line): redone with the flags, else counted among
+    # the resumed (a rerun that only resumed said nothing of records all failed)
+    not_valid: dict[str, str] = {}
 
     def redo(r: dict) -> bool:
-        if cfg.retry_invalid:
-            invalid_last[r.get("narration_id")] = r.get("status") == "invalid"
+        nid, status = r.get("narration_id"), r.get("status")
+        if status in ("failed", "invalid"):
+            not_valid[nid] = status
+        else:
+            not_valid.pop(nid, None)
         return cfg.redo(r)
 
-    appender = JsonlAppender(cfg.out_path, replace_keys=redo if cfg.retry_failed or cfg.retry_invalid else (),
-                             sync_every=1.0)
-    reask = {k for k, invalid in invalid_last.items() if invalid}
+    appender = JsonlAppender(cfg.out_path, replace_keys=redo, sync_every=1.0)
+    reask = {k for k, status in not_valid.items() if status == "invalid"} if cfg.retry_invalid else set()
     gen: ProgramGenerator | None = None
     checker: RemoteChecker | None = None
     stop: _Stop | None = None
     try:
         pending = [r for r in inputs.records if r["narration_id"] not in appender]
         summary.resumed = len(inputs.records) - len(pending)
+        summary.resumed_not_valid = Counter(not_valid[r["narration_id"]] for r in inputs.records
+                                            if r["narration_id"] in not_valid and r["narration_id"] in appender)
         # the same narration id twice in the input is written once
         seen: set[str] = set()
         pending = [r for r in pending if not (r["narration_id"] in seen or seen.add(r["narration_id"]))]
