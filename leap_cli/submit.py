@@ -79,7 +79,9 @@ def _check_ids(ids: Iterable[str], expected: Sequence[str], source: str) -> None
     if missing:
         raise LeapError(f"{len(missing)} narration id(s) of {SPLIT_FILES['test']} have no scores: "
                         f"{_examples(missing)}", path=source,
-                        fix="score every test segment (leap evaluate --split test) with the same annotations")
+                        fix="score every test segment (leap evaluate --split test) with the same annotations; "
+                            "segments build-shards skipped (its manifest's skipped list, e.g. a video cut short) "
+                            "need their video fixed and build-shards run again first")
     if extra:
         raise LeapError(f"{len(extra)} narration id(s) are not in {SPLIT_FILES['test']}: {_examples(extra)}",
                         path=source, fix="submit test-split scores (validation scores cannot be submitted)")

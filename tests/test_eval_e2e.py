@@ -116,6 +116,28 @@ def test_evaluate_val_writes_scores_and_metrics(pipeline):
     assert again["recognition"] == m["recognition"] and again["programs"] == m["programs"]
 
 
+def test_shards_of_another_vocabulary_leave_the_program_figures_out(pipeline, tmp_path, caplog):
+    """Val shards built against other training shards (another condition vocabulary) crashed the evaluation
+    with a traceback (operands could not be broadcast, in the condition F1); the verb and noun scores do not
+    depend on it."""
+    from leap_cli.shards.writer import ShardSettings, build_split
+
+    root, work, run, model, vocab = pipeline
+    m, _ = load_manifest(work / "shards" / "train")
+    other = dict(m["targets"], conditions=m["targets"]["conditions"][:1] + ["an_extra(condition)"])
+    (tmp_path / "manifest.json").write_text(json.dumps(dict(m, targets=other)))
+    build_split(root, "val", workdir=work, settings=ShardSettings("val", frames=4, short_side=32, max_count=3),
+                out=tmp_path / "val", vocab_manifest=tmp_path / "manifest.json")
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--data", str(root), "--shards", str(tmp_path / "val"), "--device", "cpu",
+                                   "--out", str(tmp_path / "eval")])
+    assert res.exit_code == 0, res.output
+    assert "program vocabulary is not the one the run trained with" in caplog.text
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["segments"] == 2 and "programs" not in metrics
+    assert metrics["recognition"]["all"]["verb"]["top1"] is not None
+
+
 def test_evaluate_out_writes_scores_and_metrics_there_and_leaves_the_runs_alone(pipeline, tmp_path):
     """A trial evaluation (--out, another checkpoint or views) wrote metrics.json to --out but replaced the run's
     eval/val/scores.pt, which its metrics.json no longer described."""
@@ -278,6 +300,16 @@ def test_anticipation_evaluate_and_submit_with_actions(pipeline):
     res = runner.invoke(app, ["evaluate", "--split", "val", "--run", str(arun), "--checkpoint", "last",
                               "--workdir", str(work), "--data", str(root), "--shards", str(work / "shards" / "val")])
     assert res.exit_code != 0
+    # evaluated as the other task, it replaced the run's own scores (those leap submit is pointed at)
+    before = (arun / "eval" / "test" / "scores.pt").read_bytes()
+    res = runner.invoke(app, ["evaluate", "--split", "test", "--run", str(arun), "--checkpoint", "last",
+                              "--workdir", str(work), "--data", str(root), "--task", "recognition"])
+    assert res.exit_code != 0 and "evaluating an anticipation model as recognition would replace" in str(res.exception)
+    assert (arun / "eval" / "test" / "scores.pt").read_bytes() == before
+    res = runner.invoke(app, ["evaluate", "--split", "test", "--run", str(arun), "--checkpoint", "last",
+                              "--workdir", str(work), "--data", str(root), "--task", "recognition",
+                              "--out", str(work / "as-recognition")])
+    assert res.exit_code == 0, res.output
 
 
 def test_evaluate_usage_errors(tmp_path):
@@ -305,6 +337,27 @@ def test_show_predicted_program_beside_the_target(pipeline):
                              env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "target (generated program)" in res.output and "take(plate) [right]" in res.output and "<loop>" in res.output
+
+
+def test_a_test_evaluation_says_which_segments_build_shards_skipped(pipeline, tmp_path, caplog):
+    """Test segments build-shards skipped (a video cut short) went through evaluate without a word; submit
+    then said "score every test segment (leap evaluate --split test)", which the user had just done."""
+    import shutil
+
+    root, work, run, model, vocab = pipeline
+    shards = tmp_path / "test"
+    shutil.copytree(work / "shards" / "test", shards)
+    manifest = json.loads((shards / "manifest.json").read_text())
+    manifest["skipped"].append({"narration_id": "P01_03_12", "reason": "frame 1420 requested but the video has "
+                                                                      "1408 frames (check the segment's times)"})
+    (shards / "manifest.json").write_text(json.dumps(manifest))
+    res = CliRunner().invoke(app, ["evaluate", "--split", "test", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--data", str(root), "--shards", str(shards), "--device", "cpu",
+                                   "--out", str(tmp_path / "eval")])
+    assert res.exit_code == 0, res.output
+    assert "1 segment(s) were skipped by build-shards and have no scores" in caplog.text
+    assert "P01_03_12: frame 1420 requested but the video has 1408 frames)" in caplog.text
+    assert "leap submit needs every test segment" in caplog.text
 
 
 def test_show_a_segment_build_shards_skipped_says_why_and_still_writes_the_page(pipeline, tmp_path):

@@ -477,6 +477,20 @@ def test_val_reuses_the_train_vocabulary(built, root):
     assert r.manifest["targets"] == train_m["targets"]
 
 
+def test_anticipation_splits_reuse_the_anticipation_train_vocabulary(root, tmp_path):
+    """val-anticipation took its vocabulary from the recognition train shards (built with other settings), so
+    it disagreed with train-anticipation's: training refused it, and evaluation crashed comparing conditions."""
+    write_programs(tmp_path / "programs" / "train.jsonl", program_records())
+    build_split(root, "train", workdir=tmp_path, settings=settings(), max_conditions=1)
+    ant = dict(task="anticipation", tau_a=0.2, tau_o=0.4)
+    train_a = build_split(root, "train", workdir=tmp_path, settings=settings(**ant))
+    val_a = build_split(root, "val", workdir=tmp_path, settings=settings(split="val", **ant))
+    recognition = json.loads((tmp_path / "shards" / "train" / "manifest.json").read_text())["targets"]
+    assert recognition != train_a.manifest["targets"]  # (the case: the two train vocabularies differ)
+    assert val_a.manifest["targets"] == train_a.manifest["targets"]
+    assert any("train-anticipation" in n for n in val_a.notes)
+
+
 def test_keys_with_dots_are_refused(tmp_path):
     root = make_root(tmp_path / "k", train=TRAIN[:2])
     csv = root / "annotations" / "EPIC_100_train.csv"

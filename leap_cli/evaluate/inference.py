@@ -116,14 +116,15 @@ def _pad_rows(x: torch.Tensor | None, rows: int) -> torch.Tensor | None:
 def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfig = ViewConfig(),
             device: str | torch.device = "cpu", program: bool = True, precision: str = "fp32",
             end_ids: list[int] | None = None, on_batch: Callable[[int], None] | None = None,
-            compile: bool = False) -> dict:
+            compile: bool = False, targets: bool = True) -> dict:
     """Run ``model`` over ``batches`` and return a scores dict (views averaged, padding rows dropped).
 
     ``compile``: run ``torch.compile(model)`` (the same scores, to float rounding). It is compiled once, around the
     fp32 classifiers; a batch smaller than the first (the last one) is filled up to its size with copies of its
     last clip, whose outputs are dropped, so that one compiled graph serves every batch of a recognition model.
     (An anticipation model's context mask (``nonzero``) splits its graph and recompiles as the masks change:
-    it runs correctly, and the figures in RESULTS are for recognition only.)"""
+    it runs correctly, and the figures in RESULTS are for recognition only.) ``targets``: keep the shards'
+    program targets beside the predictions (False where their vocabulary is not the model's)."""
     device = torch.device(device)
     model.eval().to(device)
     _autocast(device, precision)  # refuse an unknown precision before reading any shard
@@ -163,7 +164,7 @@ def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfi
                 if "step_conditions" in out:
                     sc = torch.sigmoid(out["step_conditions"].float())
                     step_conds.append(sc.view(b, v, *sc.shape[1:])[:, centre].cpu()[keep])  # [B,L,2P]
-                if "program_steps" in batch:
+                if targets and "program_steps" in batch:
                     t_steps.append(batch["program_steps"][keep])
                     t_conds.append(batch["conditions"][keep])
                     has.append(batch["has_program"].bool()[keep])
@@ -228,6 +229,20 @@ def _manifest_task(folder: Path) -> str | None:
         return None  # the shards reader reports a broken manifest with its own message
 
 
+def _same_targets(run_targets: dict | None, shard_targets: dict | None, folder: Path, split: str, task: str) -> bool:
+    """Whether the shards' program targets are in the run's vocabulary (the one its training shards had); if not
+    (shards built against other training shards), they cannot be compared with its predictions: said once, and
+    the program figures are left out (verb, noun and action scores do not depend on it)."""
+    if not run_targets or not shard_targets or run_targets == shard_targets:
+        return True
+    flag = " --task anticipation" if task == "anticipation" else ""
+    log.warning("%s: the shards' program vocabulary is not the one the run trained with (they were built against "
+                "other training shards): program figures left out, verb/noun/action scores unaffected; to have them, "
+                "rebuild with leap build-shards --split %s%s --vocab <the run's training shards>/manifest.json --force",
+                folder, split, flag)
+    return False
+
+
 def resolve_run(run: str | Path, workdir: str | Path) -> Path:
     """``runs/NAME`` as given, else under the work directory (``{workdir}/runs/NAME``)."""
     run = Path(run)
@@ -277,7 +292,11 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
     run_task = (config.get("data") or {}).get("task", "recognition")
     task = task or run_task
     if task != run_task:
-        log.warning("evaluating a %s model as %s", run_task, task)
+        own = run_dir / "eval" / split
+        if out.parent.resolve() == own.resolve():  # what `leap submit` is pointed at: the run's own task's scores
+            raise LeapError(f"evaluating {'an' if run_task[0] in 'aeiou' else 'a'} {run_task} model as {task} would "
+                            f"replace its {run_task} scores in {own}", fix="pass --out DIR for this evaluation")
+        log.warning("evaluating %s %s model as %s", "an" if run_task[0] in "aeiou" else "a", run_task, task)
     if shards:
         folder = Path(shards)
     else:
@@ -290,12 +309,22 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
                         fix=f"build {task} shards (leap build-shards --task {task}) or pass --shards DIR")
     batch_size = batch_size or int((config.get("data") or {}).get("eval_batch_size", 4))
     batches, total = shard_batches(folder, ckpt["model_args"], views, batch_size=batch_size, workers=workers)
+    same_targets = _same_targets(ckpt.get("targets"), batches.dataset.manifest.get("targets"), folder, split, task)
     if on_start:
         on_start(total)
     scores = predict(model, batches, views=views, device=device, program=True, precision=precision,
-                     end_ids=end_ids_from_model_args(ckpt["model_args"]), on_batch=on_batch, compile=compile)
+                     end_ids=end_ids_from_model_args(ckpt["model_args"]), on_batch=on_batch, compile=compile,
+                     targets=same_targets)
     if len(scores["narration_id"]) != total:
         log.warning("scored %d segments, the shards manifest lists %d", len(scores["narration_id"]), total)
+    skipped = batches.dataset.manifest.get("skipped") or []
+    if skipped:  # (on test nothing else says so before leap submit refuses the scores)
+        first = skipped[0]
+        log.warning("%d segment(s) were skipped by build-shards and have no scores (listed in %s under skipped; "
+                    "e.g. %s: %s)%s", len(skipped), folder / "manifest.json", first.get("narration_id"),
+                    str(first.get("reason", "")).split(" (")[0],
+                    ": leap submit needs every test segment; fix their videos (leap info checks them) and run "
+                    "build-shards again, which retries a segment once its video changed" if split == "test" else "")
     meta = {"split": split, "task": task, "run": str(run_dir),
             "checkpoint": scored,
             "views": {"temporal": views.temporal, "spatial": views.spatial}, "step": int(ckpt.get("step", 0)),

@@ -788,7 +788,10 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                          + (" ..." if len(failures) > 3 else ""))
 
     vocab = None
-    train_manifest = Path(vocab_manifest) if vocab_manifest else workdir / "shards" / "train" / "manifest.json"
+    # the training shards of the same task: an anticipation split's vocabulary is train-anticipation's (the
+    # recognition shards' may come from other programs or --max-conditions)
+    train_manifest = (Path(vocab_manifest) if vocab_manifest
+                      else default_out(workdir, "train", settings.task) / "manifest.json")
     if vocab_manifest or (split != "train" and train_manifest.exists()):
         from leap_cli.shards.format import load_manifest
 
