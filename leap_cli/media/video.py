@@ -140,7 +140,9 @@ def _check_frames(frames: Sequence[int], num_frames: int, path: Path, record: st
     if num_frames > 0 and wanted[-1] > num_frames:
         raise VideoUnreadable(f"frame {wanted[-1]} requested but the video has {num_frames} frames", path=path,
                               gist="frames requested past the end of the video",
-                              record=record, fix="check the segment's stop time against the video's length and fps")
+                              record=record, fix="leap info compares each video's decodable length with "
+                              "EPIC_100_video_info.csv (a file cut short: download it again); else check the "
+                              "segment's times against the video's length and fps")
     return wanted
 
 
