@@ -132,6 +132,14 @@ def test_camera_component_words_for_turn_then_look_down():
     assert abs(rec["data"]["total"]["yaw"] - 30) < 4
 
 
+def test_a_frame_showing_at_the_segments_start_is_at_0_s():
+    """The frame showing at the start began up to a frame before it: the clip text (the LLM's input) said
+    "[-0.0-0.2 s] turns head left"."""
+    ctx = SegmentContext(layout=None, segment=_segment(0.1, 2.0, fps=4.0), fps=4.0)
+    assert ctx.frame_time(1) == 0.0 and ctx.frame_time(2) == 0.15  # MP4 frames at 0.0 and 0.25 s
+    assert ctx.epic_frame_time(6) == 0.0 and ctx.epic_frame_time(8) == pytest.approx(0.017)  # EPIC's, 60/s
+
+
 def _pan(step: int, n: int, w: int = 256, h: int = 144) -> list[np.ndarray]:
     """Grey views of a wide texture panning left by ``step`` px per frame (a fast head turn at small frames)."""
     wide = textured(450, h // 2, seed=3)[:h]

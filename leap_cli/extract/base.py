@@ -93,13 +93,14 @@ class SegmentContext:
 
     def frame_time(self, frame_number: int) -> float:
         """Seconds from the segment start to a (1-based) frame of the source (the numbers ``segment_frames``
-        gives and ``read_frames`` takes)."""
-        return round(self.clock.time_of(frame_number) - self.segment.start, 3)
+        gives and ``read_frames`` takes); 0 for the frame showing at the start, which began up to a frame
+        before it (a clip text said "[-0.0-0.2 s] turns head left")."""
+        return max(0.0, round(self.clock.time_of(frame_number) - self.segment.start, 3))
 
     def epic_frame_time(self, frame_number: int) -> float:
         """Seconds from the segment start to a frame in EPIC's numbering (the CSV columns, the hand-object
-        files: 60 per second, 50 for the 50 fps videos)."""
-        return round((frame_number - 1) / epic_frame_rate(self.fps) - self.segment.start, 3)
+        files: 60 per second, 50 for the 50 fps videos); 0 for a frame that began before the start."""
+        return max(0.0, round((frame_number - 1) / epic_frame_rate(self.fps) - self.segment.start, 3))
 
     def side_at_most(self, short_side: int | None) -> int | None:
         """The short side to read at for frames of at most ``short_side`` pixels: ``short_side`` where the source
