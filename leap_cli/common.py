@@ -124,6 +124,48 @@ def program_record_problem(record) -> str | None:
     return None
 
 
+# leap's record files: who writes them and where
+RECORD_FILES = {"program": ("leap generate-programs", "programs/SPLIT.jsonl"),
+                "descriptor": ("leap extract", "descriptors/SPLIT.jsonl")}
+
+
+def record_kind(record) -> str | None:
+    """Which of leap's record files a JSON line belongs to (``RECORD_FILES``), or None."""
+    if not isinstance(record, dict):
+        return None
+    if isinstance(record.get("components"), dict) and "text" in record:
+        return "descriptor"
+    if record.get("status") in PROGRAM_STATUSES and ("program" in record or "provenance" in record):
+        return "program"
+    return None
+
+
+def check_record_file(path: str | Path, want: str) -> None:
+    """One line for a file given as ``want`` records that holds none: binary data (a checkpoint, an archive) or
+    another stage's records (its first lines tell), instead of a line-by-line complaint that ends in "delete
+    those lines"."""
+    writer, default = RECORD_FILES[want]
+    fix = f"give the {want} records {writer} writes (WORKDIR/{default})"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(65536)
+    except OSError:
+        return  # (the reader says what is wrong with the path)
+    if b"\0" in head:
+        raise LeapError(f"not a JSONL file of {want} records (binary data)", path=path, fix=fix)
+    kinds = set()
+    for line in head.splitlines()[:8]:
+        try:
+            kinds.add(record_kind(json.loads(line)))
+        except ValueError:
+            continue
+    kinds.discard(None)
+    if kinds and want not in kinds:
+        other = kinds.pop()
+        raise LeapError(f"holds {other} records ({RECORD_FILES[other][0]} writes them), not {want} records",
+                        path=path, fix=fix)
+
+
 _KINDS = {"html": ("an HTML page", (b"<!doctype html", b"<html")), "json": ("a JSON report", (b"{",))}
 
 

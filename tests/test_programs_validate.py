@@ -739,6 +739,24 @@ def test_the_page_and_the_report_never_replace_an_input(kitchen):
     assert csv.read_bytes() == table
 
 
+def test_a_file_of_another_kind_is_one_line(kitchen):
+    """The descriptors given as FILES printed each line as "not a program record", a table of zeros, "delete or
+    fix those lines", and wrote a report into the descriptors folder; a checkpoint, 24,711 malformed lines."""
+    runner = CliRunner()
+    d = kitchen / "descriptors" / "val.jsonl"
+    d.parent.mkdir(parents=True, exist_ok=True)
+    d.write_text(json.dumps({"narration_id": "P01_11_0", "video_id": "P01_11", "start": 0.0, "stop": 1.0,
+                             "text": "t", "components": {}}) + "\n")
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(d)])
+    assert r.exit_code != 0 and "holds descriptor records (leap extract writes them), not program records" in str(
+        r.exception), r.output
+    assert not (kitchen / "descriptors" / "val.report.json").exists()
+    pt = kitchen / "val.jsonl"
+    pt.write_bytes(b"PK\x03\x04\x00\x00" + b"x" * 100)
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(pt)])
+    assert r.exit_code != 0 and "binary data" in str(r.exception), r.output
+
+
 def test_offline_program_of_a_narration_over_the_schemas_limit_is_valid(exemplars, verbs, nouns):
     """A narration over 200 characters was copied into action.narration: the offline backend's own program
     failed the schema."""

@@ -133,6 +133,22 @@ def test_the_page_never_replaces_a_file_that_is_not_a_page(stored, tmp_path):
     assert r.exit_code != 0 and "--html names a folder" in str(r.exception) and "Descriptors" not in r.output
 
 
+def test_a_file_of_the_wrong_kind_is_one_line(stored, tmp_path):
+    """The descriptors given as --programs said "malformed program record ... (fix or delete that line)"; the
+    programs given as --descriptors drew a table of "?" and "missing"; a checkpoint said "no program record yet"."""
+    root, programs, descriptor = stored
+    r = show(root, tmp_path, programs[0], descriptor)  # (writes the two files the other cases swap)
+    assert r.exit_code == 0, r.output
+    for option, path, said in (("--programs", tmp_path / "dval.jsonl", "holds descriptor records"),
+                               ("--descriptors", tmp_path / "val.jsonl", "holds program records")):
+        r = CliRunner().invoke(app, ["show", NID, "--workdir", str(root), option, str(path)])
+        assert r.exit_code != 0 and said in str(r.exception), (option, r.output)
+    blob = tmp_path / "best.pt"
+    blob.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    r = CliRunner().invoke(app, ["show", NID, "--workdir", str(root), "--programs", str(blob)])
+    assert r.exit_code != 0 and "not a JSONL file of program records (binary data)" in str(r.exception), r.output
+
+
 def test_the_page_is_written_when_the_prediction_fails(stored, tmp_path, monkeypatch):
     """The page (target and descriptors, not the prediction) was written after the prediction: a segment that is
     not in the shards cost it."""

@@ -285,7 +285,7 @@ def validate_programs(
     show: int = typer.Option(10, "--show", min=0, help="Records with errors to print."),
     html: Path = typer.Option(None, "--html", help="Also write a page with the coverage and the distributions as plots."),
 ) -> None:
-    from leap_cli.common import SPLIT_NAMES, normalize_split, refuse_overwrite
+    from leap_cli.common import SPLIT_NAMES, check_record_file, normalize_split, refuse_overwrite
     from leap_cli.errors import LeapError
     from leap_cli.io import atomic_write_json, refuse_folder
     from leap_cli.programs.generate import GenerateConfig, annotations_for
@@ -303,6 +303,7 @@ def validate_programs(
             raise LeapError("program file not found", path=f,
                             fix="check the path, or make it first: leap generate-programs "
                                 f"--workdir {workdir} --split {split_name or 'SPLIT'}")
+        check_record_file(f, "program")
     ann = annotations_for(GenerateConfig(workdir=workdir, data=data, annotations=annotations))
     if ann is None:
         raise LeapError("the EPIC class files are needed to validate verbs and objects",

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from leap_cli.common import SPLITS, dataset_root, descriptor_problem, program_record_problem
+from leap_cli.common import SPLITS, check_record_file, dataset_root, descriptor_problem, program_record_problem
 from leap_cli.errors import LeapError
 from leap_cli.io import atomic_write_text
 from leap_cli.report.html import esc, jpeg_data_uri, page
@@ -68,6 +68,10 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
     program is checked again against DATA's annotations (``--data``, default WORKDIR/kitchen) where they are."""
     def from_file(path: Path) -> dict | None:
         return record_of(path, narration_id)
+
+    for given, kind in ((programs, "program"), (descriptors, "descriptor")):
+        if given and Path(given).is_file():
+            check_record_file(given, kind)
 
     prog, sp = (from_file(programs), split) if programs else _find(workdir / "programs", narration_id, split)
     desc, sp2 = (from_file(descriptors), split) if descriptors else _find(workdir / "descriptors", narration_id, split)
