@@ -421,7 +421,7 @@ def test_cli_generate_validate_and_strict(kitchen):
     recs.append(dict(recs[1]))
     out.write_text("".join(json.dumps(x) + "\n" for x in recs))
     r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(out)])
-    assert r.exit_code == 1
+    assert r.exit_code == 1 and "--strict: 1 invalid" in r.output  # (it exited 1 without a word of why)
     rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
     assert rep["statuses"]["invalid"] == 1 and rep["duplicates"] == 1 and rep["status_changed_on_revalidation"] == 1
     assert rep["errors"][0]["errors"][0]["pointer"] == "/steps/0/verb"

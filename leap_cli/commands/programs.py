@@ -387,6 +387,10 @@ def validate_programs(
                           "generate-programs for that split (an empty file is what a run that wrote nothing leaves)",
                           highlight=False)
         raise typer.Exit(EXIT_ALL_FAILED)
-    if strict and (rep["statuses"]["invalid"] or rep["statuses"]["failed"] or rep["malformed"]
-                   or cov["not_in_split"]):
+    broken = [f"{n} {what}" for n, what in ((rep["statuses"]["invalid"], "invalid"),
+                                            (rep["statuses"]["failed"], "failed"),
+                                            (len(rep["malformed"]), "lines not program records"),
+                                            (cov["not_in_split"], f"records not of the {split_name} split")) if n]
+    if strict and broken:
+        console.print(escape(f"--strict: {', '.join(broken)}"), style="red", highlight=False)
         raise typer.Exit(1)
