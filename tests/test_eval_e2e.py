@@ -48,6 +48,7 @@ def pipeline(tmp_path_factory):
                    "data: {batch_size: 4, eval_batch_size: 2}\ntrain: {epochs: 1, log_every: 1, threads: 1}\n")
     res = CliRunner().invoke(app, ["train", "--config", str(cfg), "--workdir", str(work), "--name", "tiny"])
     assert res.exit_code == 0, res.output
+    assert "val epoch 1/1: verb" in res.output  # counted from 1 for people (it said "val epoch 0" of 1 epoch)
     run = work / "runs" / "tiny"
     model, _ = load_model(run, "best")
     return root, work, run, model, vocab

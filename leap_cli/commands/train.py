@@ -44,7 +44,7 @@ def train(
     progress = live_or_log(Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                     console=console, transient=False), "train")
-    task = {"id": None, "clips": 0.0}
+    task = {"id": None, "clips": 0.0, "epochs": 0}  # (epochs are counted from 1 here, from 0 in metrics.jsonl)
 
     def on_start(info: dict) -> None:
         console.print(f"run [bold]{escape(info['run_dir'])}[/]: {info['parameters'] / 1e6:.2f}M parameters, "
@@ -52,20 +52,22 @@ def train(
                       f"{info['device']} x {info['world_size']}")
         if info["start_step"]:
             console.print(f"resumed from checkpoints/last.pt at step {info['start_step']} of {info['total_steps']} "
-                          f"(epoch {info['start_epoch']}, {info['start_batches']} of its batches done)")
+                          f"(epoch {info['start_epoch'] + 1} of {info['epochs']}, {info['start_batches']} of its "
+                          "batches done)")
         progress.start()
         task["id"] = progress.add_task("train", total=info["total_steps"], completed=info["start_step"], info="")
+        task["epochs"] = info["epochs"]
 
     def on_step(rec: dict) -> None:
         if "clips_per_s" in rec:
             task["clips"] = rec["clips_per_s"]
-        text = f"ep {rec['epoch']} loss {rec['loss']:.3f} lr {rec['lr']:.2e} {task['clips']:.1f} clips/s"
+        text = f"ep {rec['epoch'] + 1}/{task['epochs']} loss {rec['loss']:.3f} lr {rec['lr']:.2e} {task['clips']:.1f} clips/s"
         progress.update(task["id"], completed=rec["step"], info=text)
 
     def on_eval(rec: dict) -> None:
         if rec.get("n"):
             mt5r = f"  action mt5r {rec['action_mt5r']:.1f}" if "action_mt5r" in rec else ""
-            progress.console.print(f"val epoch {rec['epoch']}: verb {rec['verb_top1']:.1f}  noun {rec['noun_top1']:.1f}  "
+            progress.console.print(f"val epoch {rec['epoch'] + 1}/{task['epochs']}: verb {rec['verb_top1']:.1f}  noun {rec['noun_top1']:.1f}  "
                                    f"action {rec['action_top1']:.1f}{mt5r}  loss {rec['loss']:.3f}  (n={rec['n']})")
 
     try:
