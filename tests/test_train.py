@@ -779,6 +779,9 @@ def test_anticipation_keeps_as_best_pt_the_best_validation_mean_top5_recall(tmp_
 
     cfg = tiny_config("train.max_steps=6", "data.task=anticipation", "model.anticipation_context=2", "optim.lr=1e-2")
     main(cfg, workdir=tmp_path, name="ant", source=WithVal(batches_per_epoch=2))
+    # resumed when finished, no validation runs: the summary still names mt5r (it said "best val action top-1")
+    again = main(cfg, workdir=tmp_path, name="ant", source=WithVal(batches_per_epoch=2), resume=True)
+    assert not again.last_eval and again.best_key == "action_mt5r"
     vals = [r for r in read_jsonl(tmp_path / "runs/ant/metrics.jsonl") if r["split"] == "val"]
     assert len(vals) == 3 and all(0 <= r["action_mt5r"] <= 100 and "verb_mt5r" in r for r in vals)
     best = max(vals, key=lambda r: r["action_mt5r"])

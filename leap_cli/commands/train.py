@@ -98,7 +98,8 @@ def train(
     for key in ("verb_top1", "noun_top1", "action_top1", "action_mt5r", "loss"):
         if key in result.last_eval:
             table.add_row(f"val {key}", f"{result.last_eval[key]:.2f}")
-    best = "action mt5r" if "action_mt5r" in result.last_eval else "action top-1"  # what picked best.pt
+    best = {"action_mt5r": "action mt5r"}.get(result.best_key, "action top-1")  # what picked best.pt (also when
+    # a finished run is resumed: no validation ran, last_eval is empty)
     table.add_row(f"best val {best}", "-" if result.best_metric < 0 else f"{result.best_metric:.2f}")
     table.add_row("checkpoints", str(result.run_dir / "checkpoints"))
     console.print(table)

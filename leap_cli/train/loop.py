@@ -319,6 +319,7 @@ class TrainResult:
     model_args: dict
     is_main: bool = True               # False on DDP ranks > 0 (they print and write nothing)
     interrupted: str | None = None     # "SIGINT"/"SIGTERM": stopped at a step boundary, last.pt saved
+    best_key: str = "action_top1"      # the validation figure that picks best.pt (BEST_METRIC of the task)
 
 
 class GracefulStop:
@@ -599,7 +600,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             metrics.close()
         return TrainResult(run_dir=run_dir, steps=state.step, epochs=state.epoch, best_metric=state.best_metric,
                            last_eval=last_eval, history=state.history, seconds=time.perf_counter() - t_start,
-                           model_args=model_args, is_main=info.is_main, interrupted=stop.received)
+                           model_args=model_args, is_main=info.is_main, interrupted=stop.received,
+                           best_key=BEST_METRIC[cfg.data.task])
     finally:
         stack.close()
         distributed.cleanup()
