@@ -412,6 +412,9 @@ def test_cli_generate_validate_and_strict(kitchen):
     rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
     assert rep["statuses"] == {"valid": 30, "invalid": 0, "failed": 0} and rep["coverage"]["fraction"] == 1.0
     assert sum(rep["histograms"]["steps"].values()) == 30 and rep["histograms"]["verbs"]
+    # the histogram of flattened sub-actions per program was labelled "steps" (a program's steps are fewer)
+    k, n = next(iter(rep["histograms"]["steps"].items()))
+    assert f"sub-actions per program (count: programs): {k} {n}" in r.output
     # the terminal shows 8 of a histogram and says how many more the report holds (it cut them without a word)
     n_objects = len(rep["histograms"]["objects"])
     assert n_objects > 8 and f", ... ({n_objects - 8} more in the report)" in " ".join(r.output.split())

@@ -354,7 +354,8 @@ def validate_programs(
     console.print(_summary_table(f"validate-programs ({split_name})", (
         ("records", rep["records"]), *((s, rep["statuses"][s]) for s in ("valid", "invalid", "failed")),
         ("dups", rep["duplicates"]), ("coverage", f"{cov['valid']}/{cov['segments']} ({cov['fraction']:.1%})"),
-        ("loop", flow.get("loop", 0)), ("cond", flow.get("conditional", 0)), ("routine", flow.get("routine", 0)))))
+        ("loop steps", flow.get("loop", 0)), ("cond steps", flow.get("conditional", 0)),
+        ("routine steps", flow.get("routine", 0)))))
     console.print(escape(f"coverage: valid programs over the {cov['of']}"
                          + (f" (the annotations hold no {split_name} split: labels not checked)"
                             if cov["of"] == "records" else "")), highlight=False)
@@ -365,7 +366,8 @@ def validate_programs(
 
     # names an LLM wrote and paths: printed as text, never as rich markup
     console.print(printable(f"verbs: {top(rep['histograms']['verbs'])}\nobjects: {top(rep['histograms']['objects'])}\n"
-                         f"predicates: {top(rep['histograms']['predicates'])}\nsteps: {top(rep['histograms']['steps'])}"),
+                         f"predicates: {top(rep['histograms']['predicates'])}\n"
+                         f"sub-actions per program (count: programs): {top(rep['histograms']['steps'])}"),
                   highlight=False)
     if cov["not_in_split"]:
         console.print("[yellow]" + printable(f"{cov['not_in_split']} records are not segments of the {split_name} split "
