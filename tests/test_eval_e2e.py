@@ -223,6 +223,9 @@ def test_evaluate_test_then_submit(pipeline):
     doc = sub.read_submission(work / "submission.zip")
     assert sorted(doc["results"]) == ["P01_03_10", "P01_03_11"]
     assert len(doc["results"]["P01_03_10"]["noun"]) == 300
+    # the table said "nouns 300" and "actions False" for the scores' length and a flag
+    table = " ".join(res.output.split())
+    assert "noun scores per segment │ 300" in table and "action scores (--with-actions) │ none" in table, res.output
     # val scores cannot be submitted: the ids are not the test ids
     res = runner.invoke(app, ["submit", "--scores", str(run / "eval" / "val" / "scores.pt"), "--data", str(root),
                               "--workdir", str(work), "--out", str(work / "bad.zip"), *SLS])

@@ -79,6 +79,12 @@ def submit(
     table.add_column("field")
     table.add_column("value", justify="right")
     for k, v in summary.items():
-        table.add_row(k, str(v))
+        table.add_row(*_ROWS.get(k, lambda v: (k, str(v)))(v))
     console.print(table)
     console.print(escape(f"{check if check is not None else out}: {title}"), highlight=False)
+
+
+# how the summary's fields read in the table: the score dicts' lengths are the class ids they cover (the largest
+# id + 1, as the challenge's validator checks them), not the classes a data set uses
+_ROWS = {"verbs": lambda v: ("verb scores per segment", str(v)), "nouns": lambda v: ("noun scores per segment", str(v)),
+         "actions": lambda v: ("action scores (--with-actions)", "100 per segment" if v else "none")}
