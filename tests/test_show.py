@@ -56,7 +56,19 @@ def test_control_characters_in_records_are_shown_not_sent(stored, tmp_path):
     for raw in ("\x1b", "\x07", "\x9b", "\x7f"):
         assert raw not in r.output
     assert r.output.count("chop \\x1b[2J\\x1b[31mRED\\x1b[0m \\x1b]0;TITLE\\x07 \\x9b1m \\x7f end") == 3
-    assert "RED" in (tmp_path / "p.html").read_text()
+    page = (tmp_path / "p.html").read_text()
+    assert "RED" in page and "\\x1b[31mRED" in page and "\x1b" not in page
+
+
+def test_the_page_writes_out_characters_that_reorder_text(stored, tmp_path):
+    """A right-to-left override in a narration flipped the page's title and cells (the terminal showed \\u202e)."""
+    root, programs, descriptor = stored
+    p = copy.deepcopy(programs[0])
+    p["program"]["action"]["narration"] = "cut \u202eotamot\u200b onion"
+    r = show(root, tmp_path, p, descriptor, "--html", str(tmp_path / "p.html"))
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "p.html").read_text()
+    assert "cut \\u202eotamot\\u200b onion" in page and "\u202e" not in page and "\u200b" not in page
 
 
 def test_trailing_backslash_and_newlines_print_as_they_are(stored, tmp_path):

@@ -29,7 +29,11 @@ pre{white-space:pre-wrap;background:#fff;border:1px solid #ddd;padding:8px;borde
 
 
 def esc(text) -> str:
-    return html.escape(str(text), quote=True)
+    """Text from records as HTML that shows as itself: escaped, and control characters and the invisible ones that
+    reorder or hide text (a right-to-left override in a narration) written out as in the terminal."""
+    from leap_cli.report.terminal import visible_controls
+
+    return html.escape(visible_controls(str(text)), quote=True)
 
 
 def jpeg_data_uri(image_rgb: np.ndarray, quality: int = 85) -> str:

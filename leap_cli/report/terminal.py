@@ -26,6 +26,12 @@ def _visible(m: re.Match) -> str:
     return {"\n": "\\n", "\r": "\\r"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
 
 
+def visible_controls(text: str) -> str:
+    """``text`` with its control and invisible format characters written out (``\\x1b``, ``\\u202e``); tabs and
+    newlines kept."""
+    return _CONTROL.sub(_visible, text)
+
+
 def printable(value: object, *, one_line: bool = False) -> str:
     """``str(value)`` as markup: control characters shown as ``\\x1b`` (also newlines with ``one_line``, for
     labels and one-line messages), ``[`` read as text."""
