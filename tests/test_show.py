@@ -112,7 +112,13 @@ def test_a_descriptor_without_times_says_so(stored, tmp_path):
     r = show(root, tmp_path, programs[0], d, "--html", str(tmp_path / "p.html"))
     assert r.exit_code == 0, r.output
     assert f"Descriptors of {NID} (video ?, ?-? s)" in " ".join(r.output.split())  # (the title wraps)
-    assert "video ?, ?-? s" in (tmp_path / "p.html").read_text()
+    page = (tmp_path / "p.html").read_text()
+    assert "video ?, ?-? s" in page
+    # the storyboard said each card shows the keyframe of an even share of the segment, on a page without any
+    assert "No keyframes: the descriptor record does not say the video and times" in page and "even share" not in page
+    r = show(root, tmp_path, programs[0], descriptor, "--html", str(tmp_path / "q.html"))  # times, but no video
+    page = (tmp_path / "q.html").read_text()
+    assert r.exit_code == 0 and "No keyframes: " in page and "even share" not in page and str(root) not in page
 
 
 def test_the_page_never_replaces_a_record_file(stored, tmp_path):

@@ -158,10 +158,10 @@ def where_when(descriptor: dict | None) -> str:
 
 
 def keyframes(data: Path, video_id: str, start: float, stop: float, count: int = 6,
-              short_side: int = 160) -> list[tuple[float, "object"]]:
+              short_side: int = 160, why: list[str] | None = None) -> list[tuple[float, "object"]]:
     """(time, RGB frame) pairs evenly spaced over [start, stop] (the timing rule picks the frames), at short side
     ``short_side`` or the source's own size where that is smaller (never upscaled); empty when the video cannot be
-    read or the window is not inside it."""
+    read or the window is not inside it (the reason appended to ``why``)."""
     from leap_cli.epic.layout import DatasetLayout
     from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
     from leap_cli.media.video import open_video, stored_side
@@ -174,16 +174,21 @@ def keyframes(data: Path, video_id: str, start: float, stop: float, count: int =
             window = FrameClock(kind, fps, reader.num_frames).window(start, stop, count)
             if not window.inside:
                 log.warning("no keyframes for %s: %s", video_id, window.reason)
+                if why is not None:
+                    why.append(window.reason)
                 return []
             frames = reader.read_frames(list(window.frames),
                                         short_side=stored_side(reader.width, reader.height, short_side))
         return list(zip(window.times, frames))
     except LeapError as e:
         log.warning("no keyframes for %s: %s", video_id, e.one_line())
+        if why is not None:
+            why.append(e.message)  # (the page names no local path)
         return []
 
 
-def segment_html(view: SegmentView, frames: list[tuple[float, object]]) -> str:
+def segment_html(view: SegmentView, frames: list[tuple[float, object]], no_frames: str | None = None) -> str:
+    """The page; ``no_frames``: why it has no keyframes."""
     d, p = view.descriptor or {}, view.program or {}
     program = p.get("program") or {}
     action = program.get("action") or {}
@@ -200,14 +205,17 @@ def segment_html(view: SegmentView, frames: list[tuple[float, object]]) -> str:
         body.append("<p><b>No program record</b> for this segment (run <code>leap generate-programs</code>).</p>")
     if not d:
         body.append("<p><b>No descriptor record</b> for this segment (run <code>leap extract</code>).</p>")
+    if not frames and no_frames:
+        body.append(f"<p class='muted'>No keyframes: {esc(no_frames)}.</p>")
     if frames:
         body.append("<h2>Keyframes</h2><div class='frames'>" + "".join(
             f"<figure><img src='{jpeg_data_uri(f)}' alt='frame at {t:.2f} s'><figcaption>{t:.2f} s</figcaption></figure>"
             for t, f in frames) + "</div>")
     if program:
         subs = flatten_for_storyboard(program.get("steps"))
-        body.append("<h2>Storyboard</h2><p class='muted'>Sub-actions in execution order. Programs carry no step "
-                    "times, so each card shows the keyframe of an even share of the segment (&asymp;).</p><div class='board'>")
+        body.append("<h2>Storyboard</h2><p class='muted'>Sub-actions in execution order."
+                    + (" Programs carry no step times, so each card shows the keyframe of an even share of the segment "
+                       "(&asymp;)." if frames else "") + "</p><div class='board'>")
         for i, (s, ctx) in enumerate(subs):
             img = ""
             if frames:
@@ -237,6 +245,11 @@ def segment_html(view: SegmentView, frames: list[tuple[float, object]]) -> str:
 
 def write_segment_html(view: SegmentView, data: Path, out: Path) -> Path:
     d = view.descriptor or {}
-    frames = keyframes(data, d["video_id"], d["start"], d["stop"]) if {"video_id", "start", "stop"} <= d.keys() else []
-    atomic_write_text(out, segment_html(view, frames))
+    why: list[str] = []
+    if {"video_id", "start", "stop"} <= d.keys():
+        frames = keyframes(data, d["video_id"], d["start"], d["stop"], why=why)
+    else:
+        frames, why = [], ["the descriptor record does not say the video and times" if d else "no descriptor record "
+                           "(it says the video and times)"]
+    atomic_write_text(out, segment_html(view, frames, why[0] if why else None))
     return out
