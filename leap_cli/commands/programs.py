@@ -278,7 +278,8 @@ def validate_programs(
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (overrides --data)."),
     report: Path = typer.Option(None, "--report", help="Report path (default: beside the one FILE given, "
-                                                         "FILE.report.json; else WORKDIR/programs/SPLIT.report.json)."),
+                                                         "NAME.report.json for NAME.jsonl; else "
+                                                         "WORKDIR/programs/SPLIT.report.json)."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any record is invalid or failed, "
                                                         "a line is not a program record, or a record is not a "
                                                         "segment of the split."),
@@ -342,8 +343,9 @@ def validate_programs(
                       highlight=False)
     for r in rep["errors"][:show]:
         first = r["errors"][0] if r["errors"] else {"pointer": "", "message": r["status"]}
+        where = f"{first['pointer']} " if first["pointer"] else ""  # (a failed request points nowhere)
         console.print(f"[red]{printable(r['narration_id'], one_line=True)}[/] "
-                      + printable(f"{r['status']}: {first['pointer'] or '/'} {first['message']}", one_line=True)
+                      + printable(f"{r['status']}: {where}{first['message']}", one_line=True)
                       + (f" (+{len(r['errors']) - 1} more)" if len(r["errors"]) > 1 else ""), highlight=False,
                       soft_wrap=True)
     if len(rep["errors"]) > show:
