@@ -161,6 +161,8 @@ def test_a_file_of_the_wrong_kind_is_one_line(stored, tmp_path):
                                ("--descriptors", tmp_path / "val.jsonl", "holds program records")):
         r = CliRunner().invoke(app, ["show", NID, "--workdir", str(root), option, str(path)])
         assert r.exit_code != 0 and said in str(r.exception), (option, r.output)
+    r = CliRunner().invoke(app, ["show", NID, "--workdir", str(root), "--shards", str(tmp_path)])
+    assert r.exit_code != 0 and "--shards is read with --run only" in str(r.exception)  # (it was ignored)
     blob = tmp_path / "best.pt"
     blob.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
     r = CliRunner().invoke(app, ["show", NID, "--workdir", str(root), "--programs", str(blob)])

@@ -23,15 +23,21 @@ def show(
     split: str = typer.Option(None, "--split", help="train, val or test (default: search all)."),
     programs: Path = typer.Option(None, "--programs", help="Program records file (default: WORKDIR/programs/SPLIT.jsonl)."),
     descriptors: Path = typer.Option(None, "--descriptors", help="Descriptor records file (default: WORKDIR/descriptors/SPLIT.jsonl)."),
-    data: Path = typer.Option(None, "--data", help="Dataset root for keyframes in --html (default: WORKDIR/kitchen)."),
+    data: Path = typer.Option(None, "--data", help="Dataset root: its annotations re-check the program against the "
+                                                   "segment's labels, its videos give --html's keyframes (default: "
+                                                   "WORKDIR/kitchen)."),
     html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML page (keyframes, descriptors, storyboard)."),
     run: Path = typer.Option(None, "--run", help="A trained run (runs/NAME): show its predicted program beside the target."),
     shards: Path = typer.Option(None, "--shards", help="With --run: the shards holding the segment (default WORKDIR/shards/SPLIT)."),
 ) -> None:
     from leap_cli.common import dataset_root, normalize_split, refuse_overwrite
+    from leap_cli.errors import LeapError
     from leap_cli.report.program_view import program_tree
     from leap_cli.report.show import COMPONENTS, load_segment, where_when, write_segment_html
 
+    if shards is not None and run is None:
+        raise LeapError("--shards is read with --run only (the shards the run's prediction is made from)",
+                        fix="add --run runs/NAME, or leave --shards out")
     run_dir = None
     if run is not None:  # a run that is not there is said before the segment is drawn, not after
         from leap_cli.evaluate.inference import resolve_run
