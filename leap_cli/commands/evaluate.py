@@ -167,4 +167,8 @@ def evaluate(
     result = evaluate_scores(loaded, ann, split, task, source=source)
     atomic_write_json(metrics_path, result)
     console.print(_table(result))
+    if result.get("not_scored") and task == "anticipation":
+        console.print(escape(f"note: {result['not_scored']} segments of {split} have no scores: EPIC's anticipation "
+                             "evaluator refuses scores that lack any, so these figures are not comparable with "
+                             "published ones"), style="yellow", highlight=False)
     console.print(escape(f"wrote {metrics_path}"), highlight=False)
