@@ -84,7 +84,9 @@ def descriptor_problem(record: dict) -> str | None:
         return "video_id is not a string"
     for key in ("start", "stop"):
         if key in record and not _seconds(record[key]):
-            return f"{key} is {json.dumps(record[key])[:40]}, not a number of seconds"
+            negative = isinstance(record[key], (int, float)) and not isinstance(record[key], bool) and record[key] < 0
+            return (f"{key} is {json.dumps(record[key])[:40]}, "
+                    + ("negative (seconds into the video)" if negative else "not a number of seconds"))
     if "start" in record and "stop" in record and record["stop"] < record["start"]:
         return f"the segment stops ({record['stop']}) before it starts ({record['start']})"
     return None

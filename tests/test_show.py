@@ -98,7 +98,8 @@ def test_records_of_another_shape_are_one_line_errors(stored, tmp_path):
     nan, inf = float("nan"), float("inf")
     for change, says in (({"start": None}, "start is null"), ({"start": "1.5"}, 'start is "1.5"'),
                          ({"start": nan}, "start is NaN"), ({"stop": inf}, "stop is Infinity"),
-                         ({"stop": 0.5}, "the segment stops (0.5) before it starts (1.0)")):
+                         ({"stop": 0.5}, "the segment stops (0.5) before it starts (1.0)"),
+                         ({"start": -5.0}, "start is -5.0, negative")):  # (it said "not a number of seconds")
         r = show(root, tmp_path, programs[0], {**descriptor, **change}, "--html", str(tmp_path / "p.html"))
         assert isinstance(r.exception, LeapError), r.output
         assert f"malformed descriptor record: {says}" in str(r.exception)
