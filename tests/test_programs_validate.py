@@ -742,6 +742,27 @@ def test_the_page_and_the_report_never_replace_an_input(kitchen):
     assert csv.read_bytes() == table
 
 
+def test_offline_failures_are_not_called_requests(kitchen):
+    """A test segment (no narration, no labels) with the offline backend was written "request failed: no verb
+    known ...": no request is made."""
+    head = "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,stop_frame"
+    (kitchen / "kitchen" / "annotations" / "EPIC_100_test_timestamps.csv").write_text(
+        head + "\nP01_12_0,P01,P01_12,00:00:01.00,00:00:01.00,00:00:02.00,61,120\n")
+    desc = kitchen / "descriptors" / "test.jsonl"  # what extract writes for a test segment: no narration
+    desc.parent.mkdir(parents=True, exist_ok=True)
+    desc.write_text(json.dumps({"narration_id": "P01_12_0", "video_id": "P01_12", "start": 1.0, "stop": 2.0,
+                                "text": "Audio: water running.", "components": {
+                                    "narration": {"status": "unavailable", "source": "annotations",
+                                                  "data": {"reason": "test split"}, "text": "unavailable"},
+                                    "audio": {"status": "ok", "source": "x", "data": {}, "text": "water running"}}})
+                    + "\n")
+    r = CliRunner().invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "test"])
+    assert r.exit_code == 3, r.output  # every record failed
+    (rec,) = [json.loads(x) for x in (kitchen / "programs" / "test.jsonl").read_text().splitlines()]
+    message = rec["errors"][0]["message"]
+    assert rec["status"] == "failed" and message.startswith("the offline backend made no program: no verb known")
+
+
 def test_a_file_of_another_kind_is_one_line(kitchen):
     """The descriptors given as FILES printed each line as "not a program record", a table of zeros, "delete or
     fix those lines", and wrote a report into the descriptors folder; a checkpoint, 24,711 malformed lines."""
