@@ -109,7 +109,11 @@ def test_unreadable_audio_and_bad_detection_file_are_recorded_then_retried(kitch
     cfg = _cfg(root, out, components=("audio", "objects", "hands"))
     s = run_extract(cfg)
     recs = {r["narration_id"]: r for r in read_jsonl(out)}
-    assert s.written == 4 and s.counts["audio"]["error"] == 3 and s.counts["objects"]["error"] == 3
+    # a damaged audio file is unavailable, as a damaged video is for the camera (it was an error, so one file
+    # was a failure for audio and not for the camera), with the file's cause: --retry-errors redoes it
+    assert s.written == 4 and s.counts["audio"]["unavailable"] == 4 and s.counts["objects"]["error"] == 3
+    audio = recs["P01_01_0"]["components"]["audio"]["data"]
+    assert audio["cause"] == "video" and "the audio file cannot be read" in audio["reason"]
     hands = recs["P01_01_0"]["components"]["hands"]
     assert hands["status"] == "ok" and "object_names_unavailable" in hands["data"]
     # The clip text and data["error"] carry the cause without local paths; data["detail"] names the file.
@@ -285,6 +289,26 @@ def test_segments_past_the_end_of_a_short_video_are_unavailable_not_invented(kit
     assert s.written == 3 and all(after[n]["components"]["camera"]["status"] == "ok" for n in ("P01_01_1", "P01_01_2"))
 
 
+def test_audio_past_the_end_of_a_cut_video_is_unavailable_not_invented(kitchen, tmp_path):
+    """An MP4 cut short (its own audio track the only audio): the segments past its end were "ok" with "no audio
+    in the segment", and one across the end "scraping 0.0-0.5 s" for a 2-s clip, while the camera said the file
+    was cut short."""
+    import soundfile as sf
+
+    wav = kitchen / "P01" / "audio" / "P01_01.wav"
+    sound, rate = sf.read(wav, dtype="float32")
+    _short_copy(kitchen, tmp_path / "k", 2.4, audio=sound[: int(2.4 * rate)], audio_rate=rate)
+    (tmp_path / "k" / "P01" / "audio" / "P01_01.wav").unlink()  # the MP4's own track is read
+    out = tmp_path / "train.jsonl"
+    s = run_extract(_cfg(tmp_path / "k", out, components=("audio",)))
+    audio = {r["narration_id"]: r["components"]["audio"] for r in read_jsonl(out)}
+    assert audio["P01_01_0"]["status"] == "ok"  # 0-2 s: inside the 2.4 s
+    for nid in ("P01_01_1", "P01_01_2"):  # 2-4 s across the end, 4-6 s past it
+        assert audio[nid]["status"] == "unavailable", audio[nid]
+        assert "the file is cut short" in audio[nid]["data"]["reason"] and audio[nid]["data"]["cause"] == "video"
+    assert s.outcome.failed == 0
+
+
 def test_a_window_past_the_end_of_a_whole_video_is_not_the_files_fault(kitchen, tmp_path):
     """A segment annotated past the end of a video as long as EPIC_100_video_info.csv says: no new copy helps, so
     --retry-errors leaves it (no cause)."""
@@ -376,16 +400,16 @@ def test_exit_status_when_every_record_failed(kitchen, tmp_path):
 
     root = tmp_path / "k"
     shutil.copytree(kitchen, root)
-    (root / "P01" / "audio" / "P01_01.wav").write_bytes(b"RIFF not really a wav")
-    base = ["extract", "--data", str(root), "--split", "train", "--components", "audio", "--frame-cache", "none"]
+    (root / "object-detections" / "P01" / "P01_01.jsonl").write_text("frame,label\n1,knife\n")
+    base = ["extract", "--data", str(root), "--split", "train", "--components", "objects", "--frame-cache", "none"]
 
     def run(*extra, out):
         return CliRunner().invoke(app, base + ["--out", str(tmp_path / out), *extra])
 
     res = run("--limit", "3", out="a.jsonl")  # the three P01_01 segments: every one fails
     assert res.exit_code == 3, res.output
-    assert "all 3 records failed" in res.output and "3 x audio: the audio file cannot be read" in res.output
-    res = run(out="b.jsonl")  # P01_02_0 has no audio at all: unavailable, not failed -> a partial failure
+    assert "all 3 records failed" in res.output and "3 x objects: " in res.output
+    res = run(out="b.jsonl")  # P01_02_0 has no detections at all: unavailable, not failed -> a partial failure
     assert res.exit_code == 0, res.output
     assert "3 of 4 records failed" in res.output
     assert run("--strict", out="c.jsonl").exit_code == 3

@@ -180,20 +180,52 @@ def test_audio_file_window_and_resampling(tmp_path):
     assert abs(onset - 8000) < 40  # the click at 2.5 s is 0.5 s into the window
     same = read_audio(wav, 2.0, 3.5, sample_rate=48000)
     assert same.shape == (72000,) and np.allclose(same, audio[96000:168000], atol=1e-3)
-    tail = read_audio(wav, 5.5, 7.0, sample_rate=8000)  # runs past the end: cut there
+    tail = read_audio(wav, 5.5, 6.05, sample_rate=8000)  # past the end by less than LENGTH_TOLERANCE_S: cut there
     assert tail.shape == (4000,)
+    with pytest.raises(AudioUnavailable, match=r"the audio ends at 6\.00 s, before the segment does \(7\.00 s\)") as e:
+        read_audio(wav, 5.5, 7.0, sample_rate=8000)  # by a second: it was cut there and analysed as if whole
+    assert e.value.file
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"RIFFjunk")
     with pytest.raises(LeapError, match="bad.wav"):
         read_audio(bad, 0, 1)
 
 
+def test_a_file_this_user_may_not_read_is_not_called_truncated(tmp_path, monkeypatch):
+    """chmod 000 on a video: "the video cannot be opened (truncated or not a video file)", "re-download" (a
+    30-minute download for a chmod), and the audio's "truncated or corrupt file". (The tests run as root, whom
+    permissions do not stop: the refusal is simulated where leap asks for it.)"""
+    import errno
+    import os
+
+    from leap_cli.media import read_video_audio
+
+    mp4 = tmp_path / "P01_01.MP4"
+    mp4.write_bytes(b"\0" * 1000)  # (cannot be opened by the decoder either way)
+    real = os.open
+
+    def refuse(path, flags, *a, **k):
+        if str(path) == str(mp4):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", refuse)
+    for read in (lambda: VideoReader(mp4, record="P01_01_0"), lambda: read_video_audio(mp4, 0.0, 1.0)):
+        with pytest.raises(LeapError) as e:
+            read()
+        assert e.value.message == "the file cannot be read: permission denied" and "chmod" in e.value.fix
+    monkeypatch.setattr(os, "open", real)
+    with pytest.raises(LeapError, match="truncated or not a video file"):  # readable, not a video
+        VideoReader(mp4)
+
+
 def test_a_window_after_the_end_of_a_cut_audio_file_says_what_to_do(tmp_path):
     wav = tmp_path / "P01_01.wav"
     sf.write(wav, np.zeros(800, np.float32), 16000, subtype="PCM_16")  # 0.05 s: a copy cut short
-    with pytest.raises(LeapError, match=r"window starts at 11\.08s but the audio lasts 0\.05s") as e:
+    with pytest.raises(AudioUnavailable, match=r"the audio ends at 0\.05 s, before the segment does \(12\.00 s\): "
+                                               r"the file is cut short") as e:
         read_audio(wav, 11.08, 12.0, record="P01_01_4")
-    assert e.value.path == str(wav) and e.value.record == "P01_01_4" and "cut copy" in e.value.fix
+    assert e.value.path == str(wav) and e.value.record == "P01_01_4" and "download or extract" in e.value.fix
 
 
 def test_audio_from_mp4_track(mp4):

@@ -351,8 +351,9 @@ class AudioComponent(Component):
         sr = self.model.sample_rate if self.model is not None else SAMPLE_RATE
         try:
             y = ctx.read_audio(sr)
-        except AudioUnavailable as e:
-            return unavailable("none", e.message)
+        except AudioUnavailable as e:  # (a file at fault: --retry-errors redoes it once the file is replaced)
+            return unavailable("none", e.message, cause="video" if e.file else None,
+                               detail=e.one_line() if e.file else None)
         if self.model is not None:
             data = self.model.tag(y)
             base = analyse(y, sr, silence_db=self.silence_db)

@@ -24,7 +24,30 @@ log = logging.getLogger(__name__)
 
 
 class AudioUnavailable(LeapError):
-    """The segment has no audio: neither an audio file nor an audio track in its video."""
+    """The segment has no audio: neither an audio file nor an audio track in its video, or the file cannot be read
+    or ends before the segment does. ``file``: the file is at fault (unreadable, truncated, cut short), so a new
+    copy may remove the cause (``leap extract --retry-errors`` redoes these)."""
+
+    def __init__(self, message: str, *, file: bool = False, **where):
+        super().__init__(message, **where)
+        self.file = file
+
+
+def _unreadable(path: Path, record: str | None, what: str, e: BaseException) -> AudioUnavailable:
+    """The file cannot be opened or decoded: for lack of permission, else damaged."""
+    from leap_cli.media.video import DENIED, permission_denied
+
+    if permission_denied(path):
+        return AudioUnavailable(DENIED[0], file=True, path=path, record=record, fix=DENIED[1])
+    return AudioUnavailable(what, file=True, path=path, record=record, fix=f"re-download or re-encode the file ({e})")
+
+
+def _cut_short(ends: float | None, stop: float, path: Path, record: str | None) -> AudioUnavailable:
+    """The audio ends at ``ends`` seconds (None: before the window), before the segment's ``stop``."""
+    where = f"at {ends:.2f} s" if ends is not None else "before the segment starts"
+    return AudioUnavailable(f"the audio ends {where}, before the segment does ({stop:.2f} s): the file is cut short",
+                            file=True, path=path, record=record,
+                            fix="download or extract the file again (leap info compares the lengths)")
 
 
 def _check_window(start: float, stop: float, path: Path, record: str | None) -> None:
@@ -53,30 +76,28 @@ def read_audio(path: str | Path, start: float, stop: float, sample_rate: int = 1
                record: str | None = None) -> np.ndarray:
     """Samples of ``[start, stop)`` seconds of a WAV/FLAC file as float32 mono at ``sample_rate``.
 
-    A window running past the end of the file is cut at the end (the result is then shorter).
+    A window running past the end of the file by at most ``LENGTH_TOLERANCE_S`` is cut at the end (the result is
+    then shorter); by more, the file is cut short (``AudioUnavailable``: nothing is made up for the rest).
     """
     import soundfile as sf
+
+    from leap_cli.epic.timing import LENGTH_TOLERANCE_S
 
     path = Path(path)
     _check_window(start, stop, path, record)
     try:
         info = sf.info(str(path))
-    except (RuntimeError, sf.LibsndfileError) as e:
-        raise LeapError("the audio file cannot be read (damaged or not WAV/FLAC)", path=path, record=record,
-                        fix=f"re-download or re-encode it as WAV/FLAC ({e})") from None
+    except (RuntimeError, sf.LibsndfileError, OSError) as e:
+        raise _unreadable(path, record, "the audio file cannot be read (damaged or not WAV/FLAC)", e) from None
     native = int(info.samplerate)
     first = int(round(start * native))
     last = min(int(round(stop * native)), info.frames)
-    if first >= info.frames:
-        raise LeapError(f"window starts at {start:.2f}s but the audio lasts {info.frames / native:.2f}s",
-                        path=path, record=record,
-                        fix="check the segment times against the audio length; an audio file shorter than its video "
-                            "is a cut copy: extract or download it again")
+    if stop - info.frames / native > LENGTH_TOLERANCE_S:
+        raise _cut_short(info.frames / native, stop, path, record)
     try:
         data, _ = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
-    except (RuntimeError, sf.LibsndfileError) as e:
-        raise LeapError("the audio window cannot be decoded (truncated file?)", path=path, record=record,
-                        fix=f"the file may be truncated; re-download it ({e})") from None
+    except (RuntimeError, sf.LibsndfileError, OSError) as e:
+        raise _unreadable(path, record, "the audio window cannot be decoded (truncated file?)", e) from None
     mono = data.mean(axis=1)  # [N]
     n_out = int(round((last - first) / native * sample_rate))
     return _fit(resample(mono, native, sample_rate), n_out)
@@ -122,16 +143,19 @@ def has_audio_track(mp4_path: str | Path) -> bool:
 
 def read_video_audio(mp4_path: str | Path, start: float, stop: float, sample_rate: int = 16000, *,
                      record: str | None = None) -> np.ndarray:
-    """Samples of ``[start, stop)`` seconds of a video's own audio track, float32 mono at ``sample_rate``."""
+    """Samples of ``[start, stop)`` seconds of a video's own audio track, float32 mono at ``sample_rate``; as
+    ``read_audio``, a track that ends more than ``LENGTH_TOLERANCE_S`` before ``stop`` (a file cut short) raises
+    ``AudioUnavailable``."""
     import av
+
+    from leap_cli.epic.timing import LENGTH_TOLERANCE_S
 
     path = Path(mp4_path)
     _check_window(start, stop, path, record)
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as e:
-        raise LeapError("the video's audio cannot be read (truncated or corrupt file)", path=path, record=record,
-                        fix=f"re-download or re-encode the file ({e})") from None
+        raise _unreadable(path, record, "the video's audio cannot be read (truncated or corrupt file)", e) from None
     with container:
         if not container.streams.audio:
             raise AudioUnavailable("the video has no audio track", path=path, record=record,
@@ -144,12 +168,13 @@ def read_video_audio(mp4_path: str | Path, start: float, stop: float, sample_rat
                 # The demuxer landed after the window: read from the beginning instead.
                 t0, chunks = _decode_track(container, stream, native, start, stop, seek=False, rewind=True)
         except av.error.FFmpegError as e:
-            raise LeapError(f"cannot decode the audio track ({e})", path=path, record=record,
-                            fix="the file may be truncated; re-download it") from None
+            raise _unreadable(path, record, "the video's audio track cannot be decoded (truncated or corrupt file)",
+                              e) from None
     if t0 is None or not chunks:
-        raise LeapError(f"no audio samples in [{start:.2f}, {stop:.2f}) s", path=path, record=record,
-                        fix="check the segment times against the video length")
+        raise _cut_short(None, stop, path, record)
     samples = np.concatenate(chunks)
+    if stop - (t0 + samples.shape[0] / native) > LENGTH_TOLERANCE_S:
+        raise _cut_short(t0 + samples.shape[0] / native, stop, path, record)
     first = max(0, int(round((start - t0) * native)))
     last = min(samples.shape[0], int(round((stop - t0) * native)))
     window = samples[first:last]

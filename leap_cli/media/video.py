@@ -45,6 +45,24 @@ def _capture(path: Path, threads: int | None) -> cv2.VideoCapture:
     return cv2.VideoCapture(str(path), cv2.CAP_FFMPEG, params)
 
 
+def permission_denied(path: str | Path) -> bool:
+    """Whether this process may not read ``path`` (its permissions), which a decoder reports as a file it cannot
+    open, like a truncated one: said apart, since the fix is not a new download."""
+    import os
+
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+DENIED = ("the file cannot be read: permission denied",
+          "make it readable by this user (e.g. chmod a+r), then run again with --retry-errors")
+
+
 class VideoUnreadable(LeapError):
     """The video (or the frames asked for) cannot be decoded: missing, truncated, corrupt, or past its end.
     ``message`` says what, without paths or tool texts (it may go into a clip text); ``path`` names the file;
@@ -177,6 +195,8 @@ class VideoReader:
         self._cap = _capture(self.path, self._threads)
         if not self._cap.isOpened():
             self._cap.release()
+            if permission_denied(self.path):
+                raise VideoUnreadable(DENIED[0], path=self.path, record=record, fix=DENIED[1])
             raise VideoUnreadable("the video cannot be opened (truncated or not a video file)", path=self.path,
                                   record=record, fix="re-download or re-encode the file")
         self.fps = float(self._cap.get(cv2.CAP_PROP_FPS)) or 0.0
