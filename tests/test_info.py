@@ -176,3 +176,22 @@ def test_rgb_frames_left_in_their_tar_are_named_with_the_command_that_extracts_t
     assert command in res.output and "neither" not in res.output
     subprocess.run(command, shell=True, check=True)
     assert DatasetLayout.open(root).frames_dir("P01_03") == folder and len(list(folder.iterdir())) == 360
+
+
+def test_the_folder_given_to_epics_download_script_is_a_root(tmp_path):
+    """epic_downloader.py writes into OUT/EPIC-KITCHENS/P01/...: --data OUT found no annotations, and with
+    --annotations every video was missing, without saying where it had looked."""
+    out = tmp_path / "out"
+    root = make_root(out / "EPIC-KITCHENS")  # train: P01_01, P01_02; val: P01_03
+    ann = out / "annotations"
+    shutil.move(str(root / "annotations"), str(ann))  # the annotations cloned beside, not inside
+    layout = DatasetLayout.open(out)
+    assert layout.root == root and layout.annotations_dir == ann and layout.frames_dir("P01_01") is not None
+    res = CliRunner().invoke(app, ["info", "--data", str(out), "--no-check-lengths"], env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and "videos missing" in res.output, res.output
+    row = next(line for line in res.output.splitlines() if "videos missing" in line)
+    assert [c.strip() for c in row.split("│") if c.strip()][1:] == ["0", "0"]
+    # a root one level off (the participant folders elsewhere) says where it looked
+    shutil.move(str(root / "P01"), str(tmp_path / "P01"))
+    res = CliRunner().invoke(app, ["info", "--data", str(out), "--no-check-lengths"], env={"COLUMNS": "300"})
+    assert f"looked for {root / 'P01' / 'videos'}" in " ".join(res.output.split()), res.output

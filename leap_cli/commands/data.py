@@ -72,7 +72,8 @@ def info(
     rows = [("segments", lambda s: s.segments), ("videos", lambda s: s.videos),
             ("verb classes used", lambda s: s.verbs_used), ("noun classes used", lambda s: s.nouns_used),
             ("videos with MP4", lambda s: s.with_mp4), ("videos with rgb_frames", lambda s: s.with_frames),
-            ("videos missing", lambda s: len(s.missing) + len(s.tarred)),
+            ("videos missing", lambda s: len(s.missing)),
+            ("videos with rgb_frames only in their tar", lambda s: len(s.tarred)),
             ("audio (WAV/FLAC file)", lambda s: s.with_audio_file),
             ("audio (MP4's own track only)", lambda s: s.with_audio_track),
             ("hand-object detections", lambda s: s.with_hand_objects),
@@ -90,6 +91,11 @@ def info(
             if videos:
                 shown = ", ".join(videos[:5]) + (" ..." if len(videos) > 5 else "")
                 console.print(f"[yellow]{s.split}: {len(videos)} video(s) {what}:[/] {escape(shown)}")
+        if s.missing:  # where they were looked for (a root one level off finds none)
+            v = s.missing[0]
+            part = layout.participant(v)
+            console.print(escape(f"  looked for {layout.root / part / 'videos' / (v + '.MP4')} and "
+                                 f"{layout.root / part / 'rgb_frames' / v}/"), highlight=False, soft_wrap=True)
         if s.tarred:
             console.print(escape(f"  extract each into a folder of its name: {layout.untar_command(s.tarred[0])}"),
                           highlight=False, soft_wrap=True)  # a command to copy: not broken into lines

@@ -14,6 +14,22 @@ AUDIO_EXTS = (".wav", ".flac")
 VIDEO_EXTS = (".MP4", ".mp4")
 
 
+DOWNLOAD_FOLDER = "EPIC-KITCHENS"  # where EPIC's download script (epic_downloader.py) puts P01/, P02/, ...
+
+
+def _download_root(root: Path) -> Path:
+    """``root``, or ``root/EPIC-KITCHENS`` where ``root`` is the folder given to EPIC's download script (which
+    writes into that subfolder) and holds no participant folders of its own."""
+    inner = root / DOWNLOAD_FOLDER
+    if inner.is_dir() and not any(p.is_dir() and _participant_folder(p.name) for p in root.iterdir()):
+        return inner
+    return root
+
+
+def _participant_folder(name: str) -> bool:
+    return len(name) == 3 and name[0] == "P" and name[1:].isdigit()
+
+
 @dataclass
 class DatasetLayout:
     """``ROOT/P01/videos/P01_01.MP4``, ``ROOT/P01/rgb_frames/P01_01/frame_0000000001.jpg``,
@@ -32,7 +48,9 @@ class DatasetLayout:
         if not root.is_dir():
             raise LeapError("dataset root not found", path=root,
                             fix="--data must be the folder holding P01/, P02/, ... and annotations/")
-        ann = Path(annotations) if annotations else root / "annotations"
+        given, root = root, _download_root(root)
+        ann = Path(annotations) if annotations else next(
+            (d for d in (given / "annotations", root / "annotations") if d.is_dir()), root / "annotations")
         if not ann.is_dir():
             raise LeapError("annotations folder not found", path=ann,
                             fix="put EPIC's CSVs in ROOT/annotations/ or pass --annotations DIR")
