@@ -69,6 +69,22 @@ def test_window_past_the_decodable_end_is_flagged_not_clamped():
     assert frames_for_window(FrameClock(MP4, 50.0), 327.0, 330.0).inside  # unknown length: no end check
 
 
+def test_a_segment_that_stops_within_a_frame_of_the_videos_end_ends_at_its_last_frame():
+    """P29_05_563 (EPIC_100_validation.csv) stops at 00:30:21.75; its video lasts 1821.7366 s
+    (EPIC_100_video_info.csv) and decodes 109,195 frames at 59.94 fps: 13 ms, less than a frame, past the end. Its
+    window was "0.02 s after the decodable end", and the segment lost its camera and its shard."""
+    fps = 59.9400599400599
+    seg = SimpleNamespace(start=parse_timestamp("00:30:20.75"), stop=parse_timestamp("00:30:21.75"),
+                          start_frame=109245, stop_frame=109305)
+    clock = FrameClock(MP4, fps, num_frames=109195, duration=1821.7366)
+    w = clock.segment_window(seg, 9, "spread")
+    assert w.inside and w.last == 109195 and max(w.frames) == 109195
+    later = SimpleNamespace(**{**vars(seg), "stop": seg.stop + 0.02})  # more than a frame past: the file's end
+    assert not clock.segment_window(later, 9, "spread").inside
+    cut = FrameClock(MP4, fps, num_frames=109195, duration=1830.0)  # a copy cut short: its end is not the video's
+    assert not cut.segment_window(seg, 9, "spread").inside
+
+
 def test_clip_windows_before_an_action():
     clock = FrameClock(MP4, 59.9400599400599, num_frames=33000)
     clips = clip_windows_before(clock, action_start=100.0, tau_a=1.0, clips=3, frames=256)

@@ -180,7 +180,13 @@ class FrameClock:
             a = int(segment.start_frame)
             return a, max(a, int(segment.stop_frame))
         a = self.frame_at(segment.start)
-        return a, max(a, self.last_before(segment.stop))
+        b = max(a, self.last_before(segment.stop))
+        if (self.num_frames is not None and b == self.num_frames + 1 and not self.cut_short()
+                and segment.stop - self.time_of(b) < 1 / self.rate):
+            # a stop less than a frame past the video's end (EPIC's timestamps are rounded to 10 ms: P29_05_563
+            # stops 13 ms after its video's 1821.737 s) ends at the last frame: nothing past it was filmed
+            b = max(a, self.num_frames)
+        return a, b
 
     def check(self, first: int, last: int) -> str | None:
         """Why frames ``first..last`` are not all decodable (None: they are)."""
