@@ -111,6 +111,25 @@ def test_overrides_and_repo_configs_load() -> None:
         load_config(path)  # every shipped config is valid
 
 
+def test_options_overrides_merge_and_a_section_that_is_not_a_mapping_is_one_line(tmp_path: Path) -> None:
+    """--set model.options={drop_path_rate: 0.2} replaced the config's whole options (its decoder settings lost
+    without a word), model.options.KEY=VALUE was refused, and `optim: 3` in a file was a TypeError traceback."""
+    base = load_config("tiny-synthetic-short").model.options
+    assert len(base) >= 2
+    key = next(iter(base))
+    for override in (f"model.options={{{key}: 7}}", f"model.options.{key}=7"):
+        got = load_config("tiny-synthetic-short", [override]).model.options
+        assert got == {**base, key: 7}, override
+    bad = tmp_path / "bad.yaml"
+    for text in ("base: tiny-synthetic-short\noptim: 3\n", "model: [1, 2]\n"):
+        bad.write_text(text)
+        with pytest.raises(LeapError, match="must be a mapping of keys") as e:
+            load_config(bad)
+        assert e.value.path == str(bad)
+    with pytest.raises(LeapError, match="'optim.lr' has the wrong type"):  # a key of a value that is no mapping
+        load_config(None, ["optim.lr.x=1"])
+
+
 def test_compile_key_is_model_compile_and_train_compile_still_reads(tmp_path: Path) -> None:
     """``model.compile`` (read by `leap train` and `leap evaluate`); ``train.compile``, its old name, in a config
     file or a checkpoint's config, still sets it; the two disagreeing is an error naming both."""

@@ -18,7 +18,9 @@ console = Console()
 
 def register(app: typer.Typer) -> None:
     app.command("train", help="Train the model on the shards (AdamW, cosine schedule, DDP under torchrun); "
-                              "writes runs/NAME/ with config.yaml, checkpoints/{last,best}.pt, metrics.jsonl.")(train)
+                              "writes runs/NAME/ with config.yaml, checkpoints/{last,best}.pt, metrics.jsonl. "
+                              "The config keys (model, data, optim, loss, train) and what each does: docs/train.md; "
+                              "an unknown key is refused with the valid ones listed.")(train)
 
 
 def train(
@@ -55,7 +57,7 @@ def train(
                           f"(epoch {info['start_epoch'] + 1} of {info['epochs']}, {info['start_batches']} of its "
                           "batches done)")
         progress.start()
-        task["id"] = progress.add_task("train", total=info["total_steps"], completed=info["start_step"], info="")
+        task["id"] = progress.add_task("steps", total=info["total_steps"], completed=info["start_step"], info="")
         task["epochs"] = info["epochs"]
 
     def on_step(rec: dict) -> None:

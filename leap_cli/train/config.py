@@ -286,14 +286,25 @@ def apply_overrides(raw: dict, overrides: Iterable[tuple[str, Any]], source: str
     for key, value in overrides:
         parts = key.split(".")
         where = (origins or {}).get(ALIASES.get(key, key), source)
-        if len(parts) != 2:
-            raise LeapError(f"override key {key!r} must be section.key", path=where,
-                            fix=f"sections: {', '.join(_SECTION_CLASSES)}; e.g. --set optim.lr=3e-4")
-        section, name = ALIASES.get(key, key).split(".")  # an old name overrides its new one
+        if len(parts) not in (2, 3):
+            raise LeapError(f"override key {key!r} must be section.key (or section.key.subkey for a mapping such as "
+                            "model.options)", path=where,
+                            fix=f"sections: {', '.join(_SECTION_CLASSES)}; e.g. --set optim.lr=3e-4 or --set "
+                                "model.options.drop_path_rate=0.2")
+        section, name = ALIASES.get(".".join(parts[:2]), ".".join(parts[:2])).split(".")  # an old name: its new one
         if section not in _SECTION_CLASSES:
             raise LeapError(f"unknown config section in override {key!r}", path=where,
                             fix=f"valid sections: {', '.join(_SECTION_CLASSES)}")
-        raw.setdefault(section, {})[name] = value
+        values = raw.setdefault(section, {})
+        if len(parts) == 3:  # one key of a mapping (model.options.decoder_dim=32): the others stay
+            if not isinstance(values.get(name, {}), dict):
+                raise LeapError(f"{section}.{name} is not a mapping, so {key!r} names nothing", path=where,
+                                fix=f"--set {section}.{name}=VALUE")
+            values[name] = {**(values.get(name) or {}), parts[2]: value}
+        elif isinstance(value, dict) and isinstance(values.get(name), dict):
+            values[name] = {**values[name], **value}  # merged key by key, as base: merges (it replaced the mapping)
+        else:
+            values[name] = value
     return raw
 
 
@@ -331,6 +342,10 @@ def _read_raw(path: str | Path, chain: tuple[str, ...] = ()) -> tuple[dict, str]
                         fix="fix the YAML at that line (indentation, a missing ':' or bracket)") from None
     if not isinstance(raw, dict):
         raise LeapError("a config file must be a YAML mapping of sections", path=path)
+    for name, values in raw.items():
+        if name != "base" and values is not None and not isinstance(values, dict):
+            raise LeapError(f"config section {name!r} must be a mapping of keys (found {values!r:.40})", path=path,
+                            record=name, fix=f"write its keys below it, indented (e.g. {name}: {{key: value}})")
     raw = resolve_aliases(raw, source)  # per file: a child file's new name overrides its base's old one
     base = raw.pop("base", None)
     if base is None:
