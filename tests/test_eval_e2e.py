@@ -519,6 +519,27 @@ def test_a_checkpoint_that_is_none_of_best_last_or_a_file_is_named_as_such(pipel
     assert "--checkpoint 'bets' is none of best, last or a checkpoint file" in str(res.exception), res.output
 
 
+def test_a_checkpoint_file_in_no_run_is_evaluated_into_out(pipeline, tmp_path):
+    """A checkpoint copied out of its run said "nothing to evaluate (pass --run ...)" though it holds its config;
+    a path that is not there said "none of best, last or a checkpoint file"; --run FILE.pt "cannot write in
+    FILE.pt/eval/val (Not a directory)"."""
+    import shutil
+
+    root, work, run, model, vocab = pipeline
+    loose = tmp_path / "model.pt"
+    shutil.copy(run / "checkpoints" / "best.pt", loose)
+    base = ["evaluate", "--split", "val", "--workdir", str(work), "--data", str(root), "--device", "cpu"]
+    res = CliRunner().invoke(app, base + ["--checkpoint", str(loose)])
+    assert "pass --out DIR" in str(res.exception), res.output
+    res = CliRunner().invoke(app, base + ["--checkpoint", str(loose), "--out", str(tmp_path / "eval")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["segments"] == 2
+    res = CliRunner().invoke(app, base + ["--checkpoint", str(tmp_path / "nothere.pt")])
+    assert "checkpoint file not found" in str(res.exception), res.output
+    res = CliRunner().invoke(app, base + ["--run", str(loose)])
+    assert "--run takes a run directory" in str(res.exception) and "--checkpoint" in str(res.exception), res.output
+
+
 def test_a_run_path_brings_its_work_directory(pipeline, tmp_path, monkeypatch):
     """`--run X/runs/NAME` without --workdir looked for the shards in ./leap-work and said to rebuild them."""
     root, work, run, model, vocab = pipeline

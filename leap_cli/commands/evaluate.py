@@ -100,12 +100,23 @@ def evaluate(
         raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
     ckpt_file = Path(checkpoint)
     if scores is None and checkpoint not in ("best", "last") and not ckpt_file.is_file():
+        if ckpt_file.suffix in (".pt", ".pth", ".pyth") or len(ckpt_file.parts) > 1:
+            raise LeapError("checkpoint file not found", path=ckpt_file,
+                            fix="check the path (or pass --checkpoint best or last with --run runs/NAME)")
         raise LeapError(f"--checkpoint {checkpoint!r} is none of best, last or a checkpoint file",
                         fix="pass --checkpoint best, last or the path of a checkpoint .pt file")
+    if run is not None and Path(run).is_file():
+        raise LeapError("--run takes a run directory (runs/NAME), not a file", path=run,
+                        fix=f"for a checkpoint file use --checkpoint {run} (with --out DIR when it is in no run)")
     # runs/NAME/checkpoints/x.pt -> runs/NAME
     own_run = ckpt_file.parent.parent if ckpt_file.is_file() and ckpt_file.parent.name == "checkpoints" else None
     if scores is None and run is None:
         run = own_run
+    if scores is None and run is None and ckpt_file.is_file():  # a checkpoint in no run: its scores go to --out
+        if out is None:
+            raise LeapError("a checkpoint outside a run's checkpoints/ folder has no run to write its scores into",
+                            path=ckpt_file, fix="pass --out DIR for scores.pt and metrics.json")
+        run = ckpt_file.parent
     if workdir is None:  # a run given as a path X/runs/NAME lives in the work directory X (its shards, its kitchen)
         in_runs = run is not None and run.parent.name == "runs" and run.is_dir()
         workdir = run.parent.parent if in_runs else DEFAULT_WORKDIR
