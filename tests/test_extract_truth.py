@@ -105,3 +105,5 @@ def test_ctrl_c_keeps_finished_records_and_the_rerun_resumes(kitchen, tmp_path):
     ids = [r["narration_id"] for r in read_jsonl(out)]
     assert len(ids) == 16 and len(set(ids)) == 16
     assert f"{len(kept)} done before" in done.stdout
+    # the table counts this run's segments, and says so (it read as the whole file's)
+    assert f"(the {16 - len(kept)} segments of this run)" in " ".join(done.stdout.split()), done.stdout

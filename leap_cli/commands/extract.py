@@ -156,7 +156,8 @@ def _frame_cache_dir(option: str | None, workdir: Path) -> Path | None:
 
 
 def _print_summary(s) -> None:
-    table = Table(title=f"extract -> {escape(str(s.out))}")
+    table = Table(title=f"extract -> {escape(str(s.out))}"
+                        + (f" (the {s.written} segments of this run)" if s.done_before else ""))
     for col in ("component", "ok", "unavailable", "error", "seconds", "share of time"):
         table.add_column(col, justify="left" if col == "component" else "right")
     total_sec = sum(s.seconds.values()) or 1.0
@@ -175,7 +176,8 @@ def _print_summary(s) -> None:
     console.print(f"segments: {s.segments} selected, {s.done_before} done before, {s.written} written now "
                   f"({rate:.2f}/s)" + (" [yellow]interrupted[/]" if s.interrupted else ""))
     if s.unavailable:
-        console.print(f"unavailable components by reason ({sum(s.unavailable.values())}):")
+        console.print(f"unavailable components by reason ({sum(s.unavailable.values())}"
+                      + (", this run" if s.done_before else "") + "):")
         for reason, n in s.unavailable.most_common(10):
             first = s.unavailable_first.get(reason, reason)
             console.print(f"  {n} x {escape(first if n == 1 else reason)}", highlight=False)
