@@ -142,6 +142,12 @@ def test_misspelt_column(epic_dir, tmp_path):
     p.write_text(p.read_text().replace("start_timestamp", "start_timestmp", 1))
     with pytest.raises(LeapError, match=r"missing column\(s\): start_timestamp \(found 'start_timestmp'\?\)"):
         read_segments(p)
+    # a column dropped, not misspelt: no other required column offered as its spelling
+    header, rest = (folder / "EPIC_100_validation.csv").read_text().split("\n", 1)
+    p.write_text(header.replace("start_timestmp", "start_timestamp").replace(",stop_timestamp", "") + "\n")
+    with pytest.raises(LeapError) as e:
+        read_segments(p)
+    assert "missing column(s): stop_timestamp" in e.value.message and "found" not in e.value.message
 
 
 def test_bad_timestamp_names_file_and_row(epic_dir, tmp_path):

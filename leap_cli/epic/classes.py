@@ -142,7 +142,9 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
             if missing:
                 hints = []
                 for m in missing:
-                    close = difflib.get_close_matches(m, header, n=1)
+                    # a misspelling among the columns that are not required ones (start_timestamp is no
+                    # misspelt stop_timestamp)
+                    close = difflib.get_close_matches(m, [h for h in header if h not in required], n=1)
                     hints.append(f"{m} (found {close[0]!r}?)" if close else m)
                 raise LeapError(f"missing column(s): {', '.join(hints)}", path=path, record="header",
                                 fix=f"expected columns {', '.join(required)}")
