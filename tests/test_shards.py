@@ -299,6 +299,35 @@ def epic_root(tmp_path_factory) -> Path:
     return make_root(tmp_path_factory.mktemp("kitchen-epic"), fps=29.97, epic=True)
 
 
+def test_parts_built_otherwise_are_not_merged(root, tmp_path):
+    """Part 1/2 built with --frames 8 beside part 0/2 at 4 frames was merged under the first part's settings
+    (frames 4, its vocabulary): check-shards passed, and a vocabulary that differed crashed the reader."""
+    build(root, tmp_path, shard=ShardSpec(0, 2))
+    out = tmp_path / "shards" / "train"
+    with pytest.raises(LeapError, match=r"part manifest\.shard1of2\.json was built from other inputs or settings "
+                                        r"than manifest\.shard0of2\.json \(settings\.frames differ\)"):
+        build(root, tmp_path, shard=ShardSpec(1, 2), frames=8)
+    assert not (out / "manifest.json").exists()
+    r = build(root, tmp_path, shard=ShardSpec(1, 2), overwrite=True)  # rebuilt as the other: merged
+    assert any("merged manifest.json" in n for n in r.notes)
+    # --force on one part drops the merged manifest that names its old shards (a reader met missing tars)
+    killed = {"n": 0}
+
+    def stop_after_first(done, total):
+        killed["n"] += 1
+        if killed["n"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build(root, tmp_path, shard=ShardSpec(1, 2), overwrite=True, progress=stop_after_first)
+    assert not (out / "manifest.json").exists()
+    # parts into a folder that holds a build without --shard: refused (its tars would stay beside them)
+    whole = tmp_path / "whole"
+    build(root, whole)
+    with pytest.raises(LeapError, match="holds a build without --shard"):
+        build(root, whole, shard=ShardSpec(0, 2))
+
+
 def test_anticipation_previous_segments_option(epic_root, tmp_path):
     r = build(epic_root, tmp_path, task="anticipation", tau_a=1.0, tau_o=1.0, context=2, context_mode="segments")
     assert r.out == tmp_path / "shards" / "train-anticipation"

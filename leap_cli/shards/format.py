@@ -164,8 +164,32 @@ def iter_tar_samples(path: str | Path):
             yield key, fields
 
 
+class PartsDiffer(LeapError):
+    """``--shard i/n`` parts of one folder built from other inputs or settings: not one split's shards."""
+
+
+def _what_differs(a: dict, b: dict) -> list[str]:
+    """The manifest keys (``settings.frames``, ``sources.programs``, ``targets``, ``split``, ``task``) on which two
+    parts disagree."""
+    def flat(m: dict) -> dict:
+        out = {k: m.get(k) for k in ("format", "split", "task", "targets")}
+        for group in ("settings", "sources"):
+            out.update({f"{group}.{k}": v for k, v in (m.get(group) or {}).items()})
+        return out
+
+    fa, fb = flat(a), flat(b)
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
 def _merge(parts: list[dict], paths: list[Path]) -> dict:
     first = parts[0]
+    for p, path in zip(parts[1:], paths[1:]):
+        differ = _what_differs(first, p)
+        if differ:  # (merged, the first part's settings and vocabulary would describe samples made otherwise)
+            raise PartsDiffer(f"part {path.name} was built from other inputs or settings than {paths[0].name} "
+                              f"({', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''} differ)",
+                              path=path.parent, fix="rebuild the parts that differ with the same command as the "
+                                                    "others (--force on that --shard i/n), or build into another --out")
     merged = dict(first)
     merged["shards"] = [s for p in parts for s in p["shards"]]
     merged["skipped"] = [s for p in parts for s in p.get("skipped", [])]
@@ -253,6 +277,9 @@ def check_part_count(folder: str | Path, count: int) -> None:
     """Refuse a folder that holds ``--shard`` parts of another count than ``count`` (1: no parts): merged, the
     parts of /2 and /3 hold every sample of their overlap twice."""
     other = sorted(n for n in part_counts(folder) if n != count)
+    if count > 1 and (Path(folder) / ".progress.jsonl").exists():  # an unsharded build: its tars would stay beside
+        raise LeapError(f"the folder holds a build without --shard, not of i/{count} parts", path=folder,
+                        fix="build the parts into another --out (or delete the folder to start over)")
     if other:
         raise LeapError(f"the folder holds shards of --shard i/{other[0]} parts"
                         + (f" (and i/{', i/'.join(map(str, other[1:]))})" if other[1:] else "")

@@ -505,7 +505,9 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     progress_path = out / f".progress{shard.suffix}.jsonl"
     if overwrite:  # under the lock: never the shards of a build still running
         with OutputLock(progress_path):
-            for p in list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar")) + [progress_path, out / manifest_name(shard.suffix)]:
+            merged_manifest = [out / manifest_name()] if shard.count > 1 else []  # it names this part's old tars
+            for p in (list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar")) + [progress_path, out / manifest_name(shard.suffix)]
+                      + merged_manifest):
                 if p.exists():
                     p.unlink()
     check_part_count(out, shard.count)
@@ -620,10 +622,12 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     manifest = _manifest(settings, shards, trailing, sources, targets_manifest, prog_report, shard, len(selected))
     atomic_write_json(out / manifest_name(shard.suffix), manifest)
     if shard.count > 1:  # the job that completes the set writes the merged manifest.json
-        from leap_cli.shards.format import MANIFEST, merge_parts
+        from leap_cli.shards.format import MANIFEST, PartsDiffer, merge_parts
 
         try:
             merged = merge_parts(out)
+        except PartsDiffer:
+            raise  # this part is kept; the set is not one split's shards until the others agree
         except LeapError:
             notes.append(f"part {shard.index}/{shard.count} done; manifest.json is written when all parts are")
         else:
