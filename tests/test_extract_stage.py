@@ -552,6 +552,27 @@ def test_build_shards_reuses_extracts_decode_and_writes_the_same_bytes(kitchen, 
     for a, b in zip(sorted((tmp_path / "w1").rglob("*.tar")), sorted((tmp_path / "w2").rglob("*.tar"))):
         assert a.read_bytes() == b.read_bytes()
     assert decoded.manifest["shards"] == cached.manifest["shards"]
+    # an entry changed on disk (its length kept) was copied into the shards, failed check-shards, and a rebuild
+    # copied it again: its CRC no longer matches, so that segment is decoded instead
+    entry = sorted(cache.rglob("*.s64q90.jpgs"))[0]
+    blob = bytearray(entry.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    entry.write_bytes(bytes(blob))
+    rebuilt = build(tmp_path / "w3", FrameCache(cache, 16, 64, 90))
+    assert sorted(opened[-2:]) == ["P01_01", "P01_02"] and rebuilt.manifest["shards"] == cached.manifest["shards"]
+    for a, b in zip(sorted((tmp_path / "w3").rglob("*.tar")), sorted((tmp_path / "w2").rglob("*.tar"))):
+        assert a.read_bytes() == b.read_bytes()
+    # an entry of an earlier leap (no CRC trailer) is still read
+    from leap_cli.extract.cache import MAGIC, TRAILER, _COUNT, _ENTRY
+
+    other = sorted(cache.rglob("*.s64q90.jpgs"))[1]
+    blob = other.read_bytes()
+    assert blob[-8:-4] == TRAILER
+    other.write_bytes(blob[:-8])
+    (count,) = _COUNT.unpack_from(blob, len(MAGIC))
+    frames = [_ENTRY.unpack_from(blob, len(MAGIC) + _COUNT.size + i * _ENTRY.size)[0] for i in range(count)]
+    got = FrameCache(cache, 16, 64, 90).load(other.parent.name, other.name.split(".")[0], frames)
+    assert got is not None and len(got) == count
 
 
 def test_frame_cache_and_build_shards_store_small_frames_at_their_own_size(kitchen, tmp_path, monkeypatch):

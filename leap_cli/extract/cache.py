@@ -11,14 +11,18 @@ Frames are never upscaled: a source whose short side is at most ``short_side`` i
 ``.v2.``, small sources upscaled) are not read, and extract deletes a segment's old entry when it writes the new one.
 
 An entry is one file: ``MAGIC``, the frame count (uint32), per frame its number (int64) and JPEG size (uint32),
-then the JPEG bytes one after the other (little-endian; no zip archive to build, as ``np.savez`` did). It is written
-atomically (temporary name, then rename); a segment whose frames are unavailable gets none, and a damaged or
-truncated entry is not used (build-shards decodes that segment instead).
+then the JPEG bytes one after the other (little-endian; no zip archive to build, as ``np.savez`` did), then
+``TRAILER`` and the CRC-32 of everything before it (entries written before the trailer existed have none and are
+read as before). It is written atomically (temporary name, then rename); a segment whose frames are unavailable
+gets none, and a damaged or truncated entry, or one whose bytes no longer match its CRC (changed on disk: copied
+into the shards, its frames failed check-shards, and rebuilding copied them again), is not used (build-shards
+decodes that segment instead).
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +33,7 @@ RECOGNITION_SAMPLING = "uniform"  # build-shards' recognition frames: centres of
 MAGIC = b"LEAPJPG3"
 _COUNT = struct.Struct("<I")
 _ENTRY = struct.Struct("<qI")  # frame number, JPEG size
+TRAILER = b"CRC3"  # then the CRC-32 (uint32) of the entry's bytes before the trailer
 
 
 def recognition_frames(clock: FrameClock, segment, count: int) -> list[int]:
@@ -84,7 +89,8 @@ class FrameCache:
             return False
         blobs = [encode_jpeg(im, self.quality, colour="bgr") for im in images]
         header = MAGIC + _COUNT.pack(len(blobs)) + b"".join(_ENTRY.pack(n, len(b)) for n, b in zip(numbers, blobs))
-        atomic_write_bytes(path, header + b"".join(blobs))
+        body = header + b"".join(blobs)
+        atomic_write_bytes(path, body + TRAILER + _COUNT.pack(zlib.crc32(body)))
         for old in self.superseded(segment.video_id, segment.narration_id):
             old.unlink(missing_ok=True)  # its replacement is written: the old entry's disk space comes back
         return True
@@ -105,7 +111,13 @@ class FrameCache:
         if count != len(frames) or at > len(blob):
             return None
         entries = [_ENTRY.unpack_from(blob, len(MAGIC) + _COUNT.size + i * _ENTRY.size) for i in range(count)]
-        if [n for n, _ in entries] != list(frames) or at + sum(size for _, size in entries) != len(blob):
+        end = at + sum(size for _, size in entries)
+        if [n for n, _ in entries] != list(frames):
+            return None
+        if len(blob) == end + len(TRAILER) + _COUNT.size and blob[end:end + len(TRAILER)] == TRAILER:
+            if _COUNT.unpack_from(blob, end + len(TRAILER))[0] != zlib.crc32(memoryview(blob)[:end]):
+                return None  # changed on disk since it was written
+        elif len(blob) != end:  # (an entry of an earlier leap has no trailer)
             return None
         out = []
         for _, size in entries:
