@@ -112,6 +112,11 @@ def test_frames_folder_reader(tmp_path, mp4):
     (folder / frame_filename(12)).unlink()
     with pytest.raises(LeapError, match="frame_0000000012.jpg"):
         FramesFolderReader(folder, 50.0, record="P01_01_3").read_frames([12])
+    # a JPEG cut in half decoded with its bottom grey and a bare libjpeg line on stderr: stored in the shards
+    cut = folder / frame_filename(13)
+    cut.write_bytes(cut.read_bytes()[:-40])  # (what still decodes: a download cut inside the last scan)
+    with pytest.raises(LeapError, match=r"frame 13 is cut short \(a truncated JPEG\)"):
+        FramesFolderReader(folder, 50.0, record="P01_01_3").read_frames([13])
 
 
 def test_window_sampling_modes():

@@ -332,7 +332,16 @@ class FramesFolderReader:
 
     def _load(self, frame: int) -> np.ndarray:
         p = self.path / frame_file(frame)
-        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        try:
+            data = p.read_bytes()
+        except OSError:
+            data = b""
+        if data[:2] == b"\xff\xd8" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+            # a JPEG without its end-of-image marker: cv2.imread filled the rest grey with a bare libjpeg line
+            raise VideoUnreadable(f"frame {frame} is cut short (a truncated JPEG)",
+                                  gist="a frame file is cut short", path=p, record=self.record,
+                                  fix="re-extract the rgb_frames of this video (or its tar: a download cut short)")
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
         if bgr is None:
             raise VideoUnreadable(f"frame {frame} is missing or unreadable",
                                   gist="a frame file is missing or unreadable", path=p, record=self.record,
