@@ -510,10 +510,10 @@ def test_build_split_says_when_the_frame_cache_holds_other_settings(kitchen, tmp
     cache = tmp_path / "frame-cache"
     run_extract(_cfg(kitchen, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache, limit=2))
 
-    def notes(side, quality=90):
-        settings = ShardSettings("train", frames=16, short_side=side, jpeg_quality=quality)
-        r = build_split(kitchen, "train", workdir=tmp_path, settings=settings, out=tmp_path / f"s{side}q{quality}",
-                        frame_cache=cache)
+    def notes(side, quality=90, frames=16):
+        settings = ShardSettings("train", frames=frames, short_side=side, jpeg_quality=quality)
+        r = build_split(kitchen, "train", workdir=tmp_path, settings=settings,
+                        out=tmp_path / f"s{side}q{quality}f{frames}", frame_cache=cache)
         return " | ".join(r.notes)
 
     other = notes(64)
@@ -521,6 +521,9 @@ def test_build_split_says_when_the_frame_cache_holds_other_settings(kitchen, tmp
     assert "build with --jpeg-quality 90" in notes(256, 80)
     same = notes(256)
     assert "frames read from extract's frame cache" in same and "holds no frames" not in same, same
+    # the entries' names do not say how many frames they hold: at --frames 8 it said it read them, and decoded all
+    eight = notes(256, frames=8)
+    assert "holds 16 frames per segment, these shards take 8" in eight and "--cache-frames 8" in eight, eight
 
 
 def test_build_shards_reuses_extracts_decode_and_writes_the_same_bytes(kitchen, tmp_path, monkeypatch):

@@ -95,6 +95,18 @@ class FrameCache:
             old.unlink(missing_ok=True)  # its replacement is written: the old entry's disk space comes back
         return True
 
+    @staticmethod
+    def frame_count(path: Path) -> int | None:
+        """How many frames an entry holds (its header), None when it cannot be read."""
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(MAGIC) + _COUNT.size)
+        except OSError:
+            return None
+        if len(head) < len(MAGIC) + _COUNT.size or not head.startswith(MAGIC):
+            return None
+        return _COUNT.unpack_from(head, len(MAGIC))[0]
+
     def load(self, video_id: str, key: str, frames: list[int]) -> list[bytes] | None:
         """The JPEG bytes of ``frames`` for segment ``key``, or None when there is no matching entry."""
         path = self.path(video_id, key)

@@ -843,7 +843,14 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     cache = None
     if settings.task == "recognition" and cache_dir.is_dir():
         cache = FrameCache(cache_dir, settings.frames, settings.short_side, settings.jpeg_quality)
-        if next(cache_dir.glob(f"*/*{cache.suffix}"), None) is None:  # no entry made at these settings
+        entry = next(cache_dir.glob(f"*/*{cache.suffix}"), None)
+        held = cache.frame_count(entry) if entry is not None else None
+        if entry is not None and held is not None and held != settings.frames:  # the name does not say the count
+            notes.append(f"extract's frame cache {cache_dir} holds {held} frames per segment, these shards take "
+                         f"{settings.frames}: every sample is decoded; extract with --cache-frames {settings.frames} "
+                         "to share one decode")
+            cache = None
+        elif entry is None:  # no entry made at these settings
             fix = (f"extract with --cache-frames {settings.frames} --cache-short-side {settings.short_side}"
                    if settings.jpeg_quality == FrameCache.quality else
                    f"extract caches at JPEG quality {FrameCache.quality}: build with --jpeg-quality {FrameCache.quality}")
