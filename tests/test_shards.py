@@ -520,6 +520,27 @@ def test_anticipation_splits_reuse_the_anticipation_train_vocabulary(root, tmp_p
     assert any("train-anticipation" in n for n in val_a.notes)
 
 
+def test_training_says_how_much_of_the_split_the_shards_hold(built, tmp_path, caplog):
+    """A split most of whose videos were not downloaded (20,000 of 20,120 segments skipped) trained without a
+    word about it."""
+    from leap_cli.train.config import load_config
+    from leap_cli.train.data import ShardSource
+    from leap_cli.train.distributed import DistInfo
+
+    _, work = built
+    folder = tmp_path / "train"
+    shutil.copytree(work / "shards" / "train", folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    m["counts"]["segments"] += 2
+    m["counts"]["skipped"] += 2
+    m["skipped"] += [{"narration_id": "P09_01_0", "reason": "video not found"},
+                     {"narration_id": "P09_01_1", "reason": "video not found"}]
+    (folder / "manifest.json").write_text(json.dumps(m))
+    cfg = load_config(None, ["model.num_frames=4", "model.img_size=32", "data.batch_size=2"])
+    ShardSource(folder, None, cfg, DistInfo())
+    assert f"the shards hold 7 of the split's 9 segments (2 skipped by build-shards" in caplog.text
+
+
 def test_keys_with_dots_are_refused(tmp_path):
     root = make_root(tmp_path / "k", train=TRAIN[:2])
     csv = root / "annotations" / "EPIC_100_train.csv"

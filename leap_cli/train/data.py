@@ -54,6 +54,11 @@ class ShardSource:
             raise LeapError(f"model.anticipation_context={cfg.model.anticipation_context} but the shards hold "
                             f"{self.train.context} context clips", path=self.train_dir,
                             fix="lower model.anticipation_context or rebuild with more --context")
+        counts = manifest.get("counts") or {}
+        if counts.get("skipped") and info.is_main:  # (a split most of whose videos are not downloaded trains quietly)
+            log.warning("%s: the shards hold %d of the split's %d segments (%d skipped by build-shards, listed with "
+                        "their reasons in its manifest)", self.train_dir, counts.get("samples", 0),
+                        counts.get("segments", 0), counts["skipped"])
         self.num_verbs, self.num_nouns = class_counts(manifest, self.train_dir / "manifest.json")
         self.program_targets = manifest.get("targets")
         if not manifest.get("counts", {}).get("with_program"):
