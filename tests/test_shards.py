@@ -541,6 +541,17 @@ def test_training_says_how_much_of_the_split_the_shards_hold(built, tmp_path, ca
     assert f"the shards hold 7 of the split's 9 segments (2 skipped by build-shards" in caplog.text
 
 
+def test_a_vocab_that_is_no_manifest_names_the_option(built, root, tmp_path):
+    """--vocab programs/train.jsonl said "manifest is not valid JSON (rerun leap build-shards ...)" and a missing
+    file "build them first"; neither named --vocab."""
+    _, work = built
+    for given in (work / "programs" / "train.jsonl", tmp_path / "nothere.json"):
+        with pytest.raises(LeapError) as e:
+            build_split(root, "val", workdir=work, settings=settings(split="val"), out=tmp_path / "v",
+                        vocab_manifest=given)
+        assert e.value.message.startswith("--vocab: ") and "training shards" in e.value.fix, e.value.one_line()
+
+
 def test_keys_with_dots_are_refused(tmp_path):
     root = make_root(tmp_path / "k", train=TRAIN[:2])
     csv = root / "annotations" / "EPIC_100_train.csv"

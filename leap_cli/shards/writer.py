@@ -799,7 +799,14 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     if vocab_manifest or (split != "train" and train_manifest.exists()):
         from leap_cli.shards.format import load_manifest
 
-        m, _ = load_manifest(train_manifest)
+        try:
+            m, _ = load_manifest(train_manifest)
+        except LeapError as e:
+            if not vocab_manifest:
+                raise
+            raise LeapError(f"--vocab: {e.message}", path=train_manifest,
+                            fix="give --vocab the manifest.json of the training shards whose vocabulary these shards "
+                                "share (e.g. WORKDIR/shards/train/manifest.json)") from None
         if m.get("targets"):
             vocab = TargetVocab.from_manifest(m["targets"], ann.verbs, ann.nouns)
             notes.append(f"target vocabulary from {train_manifest}")
