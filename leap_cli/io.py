@@ -194,9 +194,22 @@ class OutputLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            try:  # who holds it: written by the holder when it took the lock
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+            except OSError:
+                holder = []
             os.close(fd)
             what = "folder" if self.path.is_dir() else "file"  # a run's checkpoints/ or eval/SPLIT/, or an output
-            raise LeapError(f"another leap process is writing this {what}", path=self.path, fix=self.fix) from None
+            who = f" (process {holder[0]} on {holder[1]})" if len(holder) >= 2 else ""
+            raise LeapError(f"another leap process is writing this {what}{who}", path=self.path,
+                            fix=self.fix) from None
+        try:  # (an orphaned worker, a job on another node: the refusal names it)
+            import socket
+
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass
         self._fd = fd
         return self
 

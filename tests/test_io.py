@@ -165,6 +165,11 @@ def test_second_writer_of_one_output_is_refused(tmp_path):
         with pytest.raises(LeapError, match="another leap process is writing this file") as e:
             JsonlAppender(p)
         assert str(p) in e.value.one_line()
+        import os
+        import socket
+
+        # the holder is named (an orphaned worker, a job on another node)
+        assert f"(process {os.getpid()} on {socket.gethostname()})" in e.value.message
     with JsonlAppender(p) as w:  # released on close
         assert "a" in w
 
