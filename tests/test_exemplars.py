@@ -63,6 +63,9 @@ def test_render_and_parse_round_trip_with_unavailable_error_and_overflow():
                 "Clip 1.00-2.00 s (1.0 s long).\nAudio: a.\nAudio: twice.", "Clip 1.00-2.00 s (1.0 s long).\nAudio: no stop"):
         with pytest.raises(ValueError):
             parse_clip_text(bad)
+    # a narration with a line break (a hand-edited CSV) stays on its line: the text parses back
+    broken = render_parts({"clip": "1.00-2.00 s (1.0 s long)", "narration": '"put\nplate down" (verb: put)'})
+    assert parse_clip_text(broken)["narration"] == '"put plate down" (verb: put)'
 
 
 def test_every_exemplar_clip_text_is_an_extract_rendering_of_epic_nouns(exemplars, nouns):

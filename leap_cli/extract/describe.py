@@ -51,7 +51,13 @@ def timeline_text(events: list[tuple[float, float, str]], more: int = 0) -> str:
 
 def render_parts(parts: dict[str, str]) -> str:
     """The clip text of parts ``{"clip": span, "narration": text, ...}``, in the dict's order."""
-    return "\n".join(f"Clip {text}." if key == "clip" else f"{_prefix(key)}: {text}." for key, text in parts.items())
+    return "\n".join(f"Clip {text}." if key == "clip" else f"{_prefix(key)}: {_one_line(text)}."
+                     for key, text in parts.items())
+
+
+def _one_line(text: str) -> str:
+    """A part's text on its one line (a narration with a line break in it split the clip text's format)."""
+    return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
 
 
 def clip_parts(start: float, stop: float, components: dict[str, dict], *, max_events: int = 24) -> dict[str, str]:
