@@ -477,6 +477,7 @@ def test_lines_that_are_not_records_are_listed_and_the_rest_validated(kitchen):
     out.write_text("")  # nothing at all: not a pass with 0 records
     r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)])
     assert r.exit_code == 3 and "no program record in" in r.output, r.output
+    assert "coverage" not in r.output  # the one line, not a table of zeros above it
 
 
 

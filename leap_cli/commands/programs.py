@@ -333,6 +333,13 @@ def validate_programs(
     rep = validate_records(list(files), ann.verbs, ann.nouns, segments)
     rep["split"] = split_name
     atomic_write_json(out, rep)
+    if not rep["records"] and not rep["malformed"]:  # an empty file: one line, not a table of zeros above it
+        from leap_cli.outcome import EXIT_ALL_FAILED
+
+        console.print(f"[red]no program record in {escape(', '.join(map(str, files)))}[/]: run leap "
+                      "generate-programs for that split (an empty file is what a run that wrote nothing leaves)",
+                      highlight=False)
+        raise typer.Exit(EXIT_ALL_FAILED)
     for m in rep["malformed"][:show]:  # (soft_wrap: a long path is not broken mid-name)
         console.print("[red]" + printable(f"{m['file']} [line {m['line']}]", one_line=True) + "[/] "
                       + printable(m["problem"], one_line=True), highlight=False, soft_wrap=True)
