@@ -198,6 +198,17 @@ def test_a_non_ascii_id_is_found_as_leap_writes_it(stored, tmp_path):
         assert r.exit_code == 0 and nid in r.output, r.output
 
 
+def test_a_record_that_is_no_segment_of_the_split_says_so(stored, tmp_path):
+    """A record whose id the split's annotations lack was shown as plainly valid (validate-programs counts it
+    "not in split"): its labels were never checked."""
+    root, programs, descriptor = stored
+    r = show(root, tmp_path, {**programs[0], "narration_id": "P09_99_1"}, None, nid="P09_99_1")
+    assert r.exit_code == 0, r.output
+    assert "not a segment of the val split in the annotations" in " ".join(r.output.split()), r.output
+    r = show(root, tmp_path, programs[0], None)
+    assert "not a segment of" not in r.output
+
+
 def test_the_program_is_checked_again_as_validate_programs_does(stored, tmp_path):
     """show gave the stored status: a program validate-programs finds invalid (build-shards drops it) was shown
     as a green "valid". It is checked again where the class files are, else its status is labelled as stored."""

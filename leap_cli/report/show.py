@@ -95,7 +95,9 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
         f for folder, given in (("programs", programs), ("descriptors", descriptors)) if not given
         for _, f in _candidates(workdir / folder, split)]
     split = sp or sp2 or _split_of_files(programs, descriptors)
-    program, note = _drawable(prog, lambda r: _recheck(r, workdir, data, split))
+    said: list[str] = []
+    program, note = _drawable(prog, lambda r: _recheck(r, workdir, data, split, said))
+    note = "; ".join(filter(None, [note, *said])) or None
     return SegmentView(narration_id, split, program, desc, files, note)
 
 
@@ -107,9 +109,11 @@ def _split_of_files(*paths: Path | None) -> str | None:
     return names.pop() if len(names) == 1 else None
 
 
-def _recheck(record: dict, workdir: Path, data: Path | None, split: str | None) -> tuple[str, list[dict]] | None:
+def _recheck(record: dict, workdir: Path, data: Path | None, split: str | None,
+             said: list[str] | None = None) -> tuple[str, list[dict]] | None:
     """(status, findings) as validate-programs gives them, with the split's labels where the annotations have the
-    split; None without the class files."""
+    split; None without the class files. A record that is no segment of the split is said so in ``said`` (it was
+    shown as plainly valid, its labels never checked)."""
     from leap_cli.epic.annotations import NOUN_CLASSES, VERB_CLASSES, open_annotations
     from leap_cli.programs.report import recheck
 
@@ -118,6 +122,8 @@ def _recheck(record: dict, workdir: Path, data: Path | None, split: str | None) 
         return None
     ann = open_annotations(workdir, data)
     segments = {s.narration_id: s for s in ann.segments(split)} if split and ann.has_split(split) else None
+    if segments is not None and record["narration_id"] not in segments and said is not None:
+        said.append(f"not a segment of the {split} split in the annotations: its labels were not checked")
     return recheck(record, ann.verbs, ann.nouns, segments)
 
 
