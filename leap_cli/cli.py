@@ -137,7 +137,9 @@ _KEPT = {"evaluate": "nothing was saved; the evaluation starts over when run aga
 
 
 def _interrupted() -> None:
-    kept = _KEPT.get(_state.get("command"), "finished records were kept; run the same command to resume")
+    forced = {"--force", "--overwrite"} & set(sys.argv[1:])  # the same command would start over again
+    again = f"the same command without {min(forced)}" if forced else "the same command"
+    kept = _KEPT.get(_state.get("command"), f"finished records were kept; run {again} to resume")
     if _state.get("sigterm"):
         err_console.print(f"[yellow]stopped by SIGTERM[/]: {kept}")
         sys.exit(128 + signal.SIGTERM)

@@ -65,6 +65,27 @@ def check_demo(cfg: DemoConfig) -> None:
                         fix=f"pass --segments {need} or more, or --set data.batch_size={train_videos * cfg.segments}")
     check_settings(cfg.workdir / "demo", cfg.settings(), force=cfg.force, remove=lambda: None,
                    exists=(cfg.workdir / "kitchen").exists(), option="--force (every stage)", elsewhere="--workdir")
+    if cfg.force:
+        start_over(cfg.workdir)
+
+
+# What the demo's extract and generate-programs stages write (their --force starts over only for other settings:
+# a kitchen rebuilt with another seed kept the old seed's records, then 31 of 32 programs failed validation). The
+# stages after them start over through their own --force. The LLM reply cache is never removed (paid calls).
+DEMO_RECORDS = [("descriptors", split) for split in ("train", "val", "test")] + [
+    ("programs", split) for split in ("train", "val")]
+
+
+def start_over(workdir: Path) -> None:
+    """Remove the records and the frame cache the demo's stages wrote into ``workdir`` (``--force``)."""
+    import shutil
+
+    for folder, split in DEMO_RECORDS:
+        base = workdir / folder / f"{split}.jsonl"
+        for p in (base, base.with_name(base.name + ".settings.json"), base.with_name(f"{split}.report.json"),
+                  base.with_name(f"{split}.report.html")):
+            p.unlink(missing_ok=True)
+    shutil.rmtree(workdir / "frame-cache", ignore_errors=True)  # entries keyed by narration id: another kitchen's
 
 
 @dataclass
@@ -211,10 +232,18 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
         status: dict[str, int] = {}
         for r in recs:
             status[r["status"]] = status.get(r["status"], 0) + 1
+        report = w / "programs" / f"{split}.report.json"
+        checked = ""
+        programs_file = w / "programs" / f"{split}.jsonl"
+        if report.exists() and programs_file.exists() and report.stat().st_mtime >= programs_file.stat().st_mtime:
+            # validate-programs' statuses (checked again, with the labels), not the stored ones
+            rep = json.loads(report.read_text())
+            status = {k: v for k, v in rep.get("statuses", {}).items() if v}
+            checked = " as validate-programs checked them"
         backend = {(r.get("provenance") or {}).get("backend") for r in recs} - {None}
         cov = status.get("valid", 0) / max(1, counts[split])
         rows.append((f"programs {split}", f"{w}/programs/{split}.jsonl",
-                     f"{', '.join(f'{k} {v}' for k, v in sorted(status.items()))}; coverage {cov:.0%} "
+                     f"{', '.join(f'{k} {v}' for k, v in sorted(status.items()))}{checked}; coverage {cov:.0%} "
                      f"({'/'.join(sorted(backend)) or '?'} backend)"))
     for split in ("train", "val", "test"):
         m = w / "shards" / split / "manifest.json"

@@ -357,6 +357,9 @@ def test_show_finds_a_record_by_its_id_alone_and_takes_the_last(tmp_path):
 @pytest.mark.parametrize("command, says", [
     (["evaluate", "--split", "val", "--scores", "s.pt"], "interrupted: nothing was saved; the evaluation starts over"),
     (["extract", "--split", "val"], "interrupted: finished records were kept; run the same command to resume"),
+    # with --force, the same command would start over again
+    (["extract", "--split", "val", "--force"], "finished records were kept; run the same command without --force to "
+                                               "resume"),
     (["validate-programs", "--split", "val", "--data", "."], "interrupted: a report is written whole: one printed above is complete, the others were not written"),
     (["train", "--config", "tiny-synthetic"], "checkpoints/last.pt holds the last checkpoint saved (every train.checkpoint_every steps, else at each epoch's end); continue with the same command and --resume")])
 def test_an_interrupted_command_says_what_it_kept(monkeypatch, capsys, tmp_path, command, says):

@@ -98,6 +98,43 @@ def test_demo_refuses_a_kitchen_it_cannot_train_on_or_submit_from(tmp_path):
                ("demo-data", "extract", "generate-programs", "build-shards", "train"))
 
 
+def test_demo_force_starts_the_records_over_and_keeps_the_reply_cache(tmp_path):
+    """--force with another --seed rebuilt the kitchen but kept the old seed's descriptors and programs (their
+    stages' --force starts over only for other settings): 31 of 32 programs then failed validation."""
+    from leap_cli.demo import DemoConfig, check_demo
+
+    made = []
+    for rel in ("descriptors/train.jsonl", "descriptors/train.jsonl.settings.json", "descriptors/test.jsonl",
+                "programs/train.jsonl", "programs/train.report.json", "programs/val.jsonl",
+                "frame-cache/P01_01/P01_01_0.v3.s80q90.jpgs"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("x")
+        made.append(tmp_path / rel)
+    (tmp_path / "programs" / "cache.sqlite").write_text("paid replies")
+    (tmp_path / "kitchen").mkdir()
+    check_demo(DemoConfig(workdir=tmp_path, videos=4, segments=16, force=True))
+    assert not any(p.exists() for p in made) and not (tmp_path / "frame-cache").exists()
+    assert (tmp_path / "programs" / "cache.sqlite").read_text() == "paid replies"
+
+
+def test_the_summary_gives_validate_programs_statuses(tmp_path):
+    """The summary counted the stored statuses (valid 32, coverage 100%) where validate-programs found 1 valid."""
+    from leap_cli.demo import DemoConfig, collect
+    from tests.test_shards import make_root
+
+    root = make_root(tmp_path / "kitchen")  # train: 7 segments
+    head = "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,stop_frame"
+    (root / "annotations" / "EPIC_100_test_timestamps.csv").write_text(head + "\n")
+    progs = tmp_path / "programs"
+    progs.mkdir()
+    (progs / "train.jsonl").write_text("".join(json.dumps({"narration_id": f"P01_01_{i}", "status": "valid",
+                                                           "provenance": {"backend": "offline"}}) + "\n"
+                                               for i in range(7)))
+    (progs / "train.report.json").write_text(json.dumps({"statuses": {"valid": 1, "invalid": 6, "failed": 0}}))
+    rows = {stage: figures for stage, _, figures in collect(DemoConfig(workdir=tmp_path))}
+    assert rows["programs train"].startswith("invalid 6, valid 1 as validate-programs checked them; coverage 14%")
+
+
 def test_a_stage_the_interrupt_did_not_reach_is_stopped_gracefully(monkeypatch):
     """`kill PID` or `timeout` signal the demo alone: its stage (training) was SIGKILLed 0.25 s later, before
     saving last.pt; now it gets SIGTERM, which a stage handles like Ctrl-C."""

@@ -32,7 +32,8 @@ def demo(
     ablate: bool = typer.Option(False, "--ablate", help="Also run `leap ablate` (the program-supervision ablation, "
                                                         "~20 min on 2 CPU cores) into WORKDIR/ablation and show its table."),
     force: bool = typer.Option(False, "--force", help="Start every stage's output in WORKDIR over (a rerun with other "
-                                                      "--videos/--segments/--seed/--config/--set/--frames is refused "
+                                                      "--videos/--segments/--seed/--config/--set/--frames/--short-side "
+                                                      "is refused "
                                                       "without it)."),
 ) -> None:
     from leap_cli.demo import DemoConfig, check_demo, collect, plan, run_stage
