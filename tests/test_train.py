@@ -903,3 +903,28 @@ def test_a_real_backbone_without_pretrained_weights_is_said_to_start_from_random
     assert epic.model.pretrained is None and "starts from random weights" in random_start(epic)
     assert random_start(load_config("uniformerv2-b16-epic", ["model.pretrained=/m/ViT-B-16.pt"])) is None
     assert random_start(tiny_config()) is None  # the CPU demo's tiny model has no weights to start from
+
+
+def test_an_ablation_cell_made_with_other_settings_is_trained_again(tmp_path: Path, monkeypatch) -> None:
+    """`leap ablate --epochs 3` after `--epochs 2` reused the 2-epoch runs and labelled the table with 3 (and so
+    with another --set)."""
+    import leap_cli.evaluate.inference as inference
+    import leap_cli.evaluate.scoring as scoring
+    import leap_cli.train.loop as loop
+    from leap_cli.train.ablate import AblateConfig, Cell, run_cell
+
+    trained: list[int] = []
+
+    def fake_main(cfg, workdir, name):
+        trained.append(cfg.train.epochs)
+        (Path(workdir) / "runs" / name).mkdir(parents=True, exist_ok=True)
+
+    monkeypatch.setattr(loop, "main", fake_main)
+    monkeypatch.setattr(inference, "evaluate_run", lambda *a, **k: ({}, None))
+    monkeypatch.setattr(scoring, "evaluate_scores", lambda *a, **k: {"recognition": {"all": {
+        t: {"top1": 0.5} for t in ("verb", "noun", "action")}}})
+    monkeypatch.setattr("leap_cli.epic.annotations.Annotations", lambda *a, **k: None)
+    cell = Cell("L_CE", "recognition", "none", ("loss.program_loss=false",))
+    for epochs, sets in ((2, ()), (2, ()), (3, ()), (3, ("optim.lr=0.01",))):
+        run_cell(tmp_path, tmp_path / "kitchen", cell, 0, AblateConfig(workdir=tmp_path, epochs=epochs, overrides=sets))
+    assert trained == [2, 3, 3]  # the second run reused the first; a changed --epochs or --set trains again

@@ -182,13 +182,22 @@ def run_cell(work: Path, kitchen: Path, cell: Cell, seed: int, cfg: AblateConfig
     name = f"{cell.task}-{cell.source}-{cell.name.replace('+', 'plus_')}-seed{seed}"
     run_dir = work / "runs" / name
     done = run_dir / "result.json"
+    epochs = cfg.anticipation_epochs if cell.task == "anticipation" else cfg.epochs
+    # what the run's figures depend on beyond its name: a finished run made otherwise is trained again (a rerun
+    # with --epochs 3 reused the 2-epoch runs and labelled the table with 3)
+    data_keys = ("videos", "segments_per_video", "kitchen_seed", "width", "height", "fps", "frames", "short_side",
+                 "span_frames")
+    settings = json.loads(json.dumps({"config": str(cfg.config), "epochs": epochs, "overrides": list(cfg.overrides),
+                                      "data": {k: v for k, v in asdict(cfg).items() if k in data_keys}}))
     if done.exists():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        if result.get("settings", settings) == settings:  # (a result of an earlier leap has none: reused)
+            return result
+        log.info("%s: trained with other settings; training it again", name)
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted run: start it again
+        shutil.rmtree(run_dir)  # an interrupted run, or one made with other settings: start it again
     train_dir, val_dir = (shards_dir(work, cell.source, s, cell.task) for s in ("train", "val"))
     config = bundled_config(cfg.config) or Path(cfg.config)
-    epochs = cfg.anticipation_epochs if cell.task == "anticipation" else cfg.epochs
     sets = [f"data.train={train_dir}", f"data.val={val_dir}", f"train.epochs={epochs}", f"train.seed={seed}",
             f"train.eval_every_epochs={epochs}", "train.checkpoint_every=0", *cfg.overrides, *cell.overrides]
     t0 = time.perf_counter()
@@ -196,7 +205,7 @@ def run_cell(work: Path, kitchen: Path, cell: Cell, seed: int, cfg: AblateConfig
     scores, _ = evaluate_run(run_dir, "val", workdir=work, checkpoint="last", task=cell.task, shards=val_dir)
     metrics = evaluate_scores(scores, Annotations(kitchen / "annotations"), "val", cell.task)
     result = {"cell": asdict(cell), "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
-              **summarize(metrics)}
+              "settings": settings, **summarize(metrics)}
     atomic_write_json(done, result)
     return result
 
