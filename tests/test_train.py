@@ -928,3 +928,16 @@ def test_an_ablation_cell_made_with_other_settings_is_trained_again(tmp_path: Pa
     for epochs, sets in ((2, ()), (2, ()), (3, ()), (3, ("optim.lr=0.01",))):
         run_cell(tmp_path, tmp_path / "kitchen", cell, 0, AblateConfig(workdir=tmp_path, epochs=epochs, overrides=sets))
     assert trained == [2, 3, 3]  # the second run reused the first; a changed --epochs or --set trains again
+
+
+def test_the_ablation_table_says_what_its_figures_are() -> None:
+    """The table had no caption (split, units, what S-Verb and mT5R are) and showed "± 0.0" for one seed."""
+    from leap_cli.train.ablate import table
+
+    one = [{"cell": {"task": "recognition", "source": "none", "name": "L_CE"}, "seed": 0, "seconds": 1.0,
+            "verb_top1": 0.4}]
+    _, md = table(one)
+    assert "| 40.0 |" in md and "±" not in md.split("\n\n")[0]
+    assert "Validation split" in md and "in %" in md and "S-Verb" in md
+    two = one + [{**one[0], "seed": 1, "verb_top1": 0.44}]
+    assert "42.0 ± 2.8" in table(two)[1]

@@ -263,9 +263,19 @@ def table(results: list[dict]) -> tuple[list[dict], str]:
     head = "| task | programs | losses | seeds | " + " | ".join(label for _, label in used) + " |"
     lines = [head, "|" + "---|" * (4 + len(used))]
     for r in rows:
-        cells = [f"{r[k]['mean']:.1f} ± {r[k]['std']:.1f}" if k in r else "" for k, _ in used]
+        # (one seed has no spread: "± 0.0" read as a measured one)
+        cells = [(f"{r[k]['mean']:.1f} ± {r[k]['std']:.1f}" if len(r["seeds"]) > 1 else f"{r[k]['mean']:.1f}")
+                 if k in r else "" for k, _ in used]
         lines.append(f"| {r['task']} | {r['source']} | {r['cell']} | {len(r['seeds'])} | " + " | ".join(cells) + " |")
-    return rows, "\n".join(lines) + "\n"
+    return rows, "\n".join(lines) + "\n\n" + CAPTION + "\n"
+
+
+CAPTION = ("Validation split of the ablation kitchen, in %, each run's last checkpoint; mean ± standard deviation "
+           "over the seeds (one seed: no ±). Top-1: recognition accuracy; ant. mT5R: anticipation class-mean top-5 "
+           "recall (EPIC's); S-Verb: the sub-action verb predicted right, row by row over the true program rows; "
+           "structure: the structure token (step or loop / conditional / routine marker) right; step cond. F1: "
+           "micro F1 of each row's pre- and post-conditions. docs/train.md (leap ablate) and "
+           "docs/evaluate-submit.md (Programs) say more.")
 
 
 def run_ablation(cfg: AblateConfig, on_run: Callable[[str, dict], None] | None = None) -> dict:
