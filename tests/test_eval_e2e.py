@@ -548,3 +548,12 @@ def test_a_run_path_brings_its_work_directory(pipeline, tmp_path, monkeypatch):
                                    "--device", "cpu", "--out", str(tmp_path / "o")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "o" / "metrics.json").read_text())["segments"] == 2
+
+
+def test_resuming_a_finished_run_says_it_is_finished(pipeline):
+    """It said "resumed ... at step 2 of 2 (epoch 2 of 1, 0 of its batches done)"."""
+    root, work, run, model, vocab = pipeline
+    res = CliRunner().invoke(app, ["train", "--config", str(work / "mini.yaml"), "--workdir", str(work), "--name",
+                                   "tiny", "--resume"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "the run is finished" in res.output and "epoch 2 of 1" not in res.output, res.output

@@ -52,7 +52,10 @@ def train(
         console.print(f"run [bold]{escape(info['run_dir'])}[/]: {info['parameters'] / 1e6:.2f}M parameters, "
                       f"{info['total_steps']} steps ({info['epochs']} epochs x {info['steps_per_epoch']}), "
                       f"{info['device']} x {info['world_size']}")
-        if info["start_step"]:
+        if info["start_step"] and info["start_step"] >= info["total_steps"]:  # (not "epoch 3 of 2")
+            console.print(f"resumed from checkpoints/last.pt at step {info['start_step']} of {info['total_steps']}: "
+                          "the run is finished")
+        elif info["start_step"]:
             console.print(f"resumed from checkpoints/last.pt at step {info['start_step']} of {info['total_steps']} "
                           f"(epoch {info['start_epoch'] + 1} of {info['epochs']}, {info['start_batches']} of its "
                           "batches done)")
