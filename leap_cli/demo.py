@@ -250,7 +250,10 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
         if m.exists():
             man = json.loads(m.read_text())
             n = man.get("counts", {}).get("samples", man.get("num_samples", "?"))
-            rows.append((f"shards {split}", str(m.parent), f"{n} samples in {len(man.get('shards', []))} shard(s)"))
+            skipped = man.get("counts", {}).get("skipped")
+            rows.append((f"shards {split}", str(m.parent), f"{n} samples in {len(man.get('shards', []))} shard(s)"
+                         + (f"; {skipped} segments skipped (listed with their reasons in the manifest)"
+                            if skipped else "")))
     config = cfg.config or default_config()
     run_dir = w / "runs" / config.stem
     history = _jsonl(run_dir / "metrics.jsonl")

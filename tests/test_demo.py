@@ -38,6 +38,11 @@ def test_demo_runs_every_stage_and_summarises(demo):
     for stage in ("demo-data", "extract train", "programs train", "shards test", "train", "evaluate val", "submit"):
         assert stage in out, stage
     assert "LEAP demo: every stage" in out and "verb top-1" in out and "coverage 100%" in out
+    # the kitchen's truncated video: its segments past the cut are skipped, and the summary says so
+    skipped = {split: json.loads((work / "shards" / split / "manifest.json").read_text())["counts"]["skipped"]
+               for split in ("train", "val", "test")}
+    assert any(skipped.values()) and all(f"{n} segments skipped" in " ".join(out.split())
+                                         for n in skipped.values() if n), skipped
     # every output the summary names exists, and the submission is a valid challenge file for the test split
     for f in ("descriptors/train.jsonl", "programs/train.jsonl", "programs/train.report.json",
               "shards/train/manifest.json", "runs/tiny-synthetic/eval/val/metrics.json", "submission.zip"):
@@ -61,7 +66,8 @@ def test_demo_again_reuses_what_is_done(demo):
     work, first, second = demo
     assert second.returncode == 0, second.stderr[-3000:]
     # nothing is redone: no new descriptor or program records, no new training steps
-    assert "0 written now" in second.stdout
+    assert "0 written now: nothing to do" in second.stdout  # (no empty table "of this run" above it)
+    assert "(the 0 segments of this run)" not in second.stdout
     assert len(read_jsonl(work / "descriptors" / "train.jsonl")) == len({r["narration_id"] for r in
                                                                          read_jsonl(work / "descriptors" / "train.jsonl")})
     steps = [r["step"] for r in read_jsonl(work / "runs" / "tiny-synthetic" / "metrics.jsonl") if r["split"] == "train"]

@@ -156,6 +156,12 @@ def _frame_cache_dir(option: str | None, workdir: Path) -> Path | None:
 
 
 def _print_summary(s) -> None:
+    if s.done_before and not s.written and not s.interrupted:  # a rerun with nothing left: no empty table
+        console.print(f"segments: {s.segments} selected, {s.done_before} done before, 0 written now: nothing to do "
+                      f"({escape(str(s.out))})")
+        for line in s.outcome.lines():
+            console.print(escape(line), highlight=False, style="red")
+        return
     table = Table(title=f"extract -> {escape(str(s.out))}"
                         + (f" (the {s.written} segments of this run)" if s.done_before else ""))
     for col in ("component", "ok", "unavailable", "error", "seconds", "share of time"):
