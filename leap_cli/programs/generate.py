@@ -657,7 +657,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         async def watch() -> None:  # a held server on the progress line: minutes without a record say nothing
             while True:
                 await asyncio.sleep(WAITING_EVERY)
-                now = backend.waiting()
+                now = waiting()
                 if now != said[0]:
                     on_waiting(now)
                     said[0] = now
@@ -665,7 +665,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         # twice as many workers as requests in flight (ProgramGenerator): half wait with their prompt built
         n = max(1, cfg.concurrency)
         tasks = stop.tasks = [asyncio.ensure_future(worker(i >= n)) for i in range(2 * n)]
-        watcher = asyncio.ensure_future(watch()) if on_waiting else None
+        waiting = getattr(backend, "waiting", None)  # (a backend of another make may not say)
+        watcher = asyncio.ensure_future(watch()) if on_waiting and waiting else None
         try:
             await asyncio.gather(*tasks)
         except BaseException as e:
