@@ -64,7 +64,9 @@ def check_demo(cfg: DemoConfig) -> None:
                         f"segments, fewer than one batch (data.batch_size={batch})",
                         fix=f"pass --segments {need} or more, or --set data.batch_size={train_videos * cfg.segments}")
     check_settings(cfg.workdir / "demo", cfg.settings(), force=cfg.force, remove=lambda: None,
-                   exists=(cfg.workdir / "kitchen").exists(), option="--force (every stage)", elsewhere="--workdir")
+                   exists=(cfg.workdir / "kitchen").exists(), option="--force (every stage)", elsewhere="--workdir",
+                   names={"videos": "--videos", "segments": "--segments", "seed": "--seed", "config": "--config",
+                          "train_overrides": "--set", "frames": "--frames", "short_side": "--short-side"})
     if cfg.force:
         start_over(cfg.workdir)
 

@@ -248,7 +248,8 @@ def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def check_settings(output: str | Path, settings: dict, *, force: bool = False, exists: bool | None = None,
                    remove: Callable[[], None] | None = None, option: str = "--force", split: str | None = None,
-                   elsewhere: str = "--out", adopt: tuple[str, ...] = (), grow: tuple[str, ...] = ()) -> bool:
+                   elsewhere: str = "--out", adopt: tuple[str, ...] = (), grow: tuple[str, ...] = (),
+                   names: dict[str, str] | None = None) -> bool:
     """Refuse to resume ``output`` under settings that differ from those it was started with.
 
     ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
@@ -258,7 +259,8 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
 empty: a run that failed before its first record leaves nothing its successor would mix with).
     ``split`` (kept in the sidecar beside the settings) refuses another split's records in the same file, such
     as ``--split train --out .../val.jsonl``; a sidecar written before it was kept is not compared on it.
-    ``option`` and ``elsewhere`` name the command's options that start over and write somewhere else.
+    ``option`` and ``elsewhere`` name the command's options that start over and write somewhere else; ``names``
+    the options that set the settings' keys, as the refusal says them (``short_side`` -> ``--short-side``).
     ``adopt``: keys a sidecar written before they were kept lacks; it takes this run's values instead of
     refusing. ``grow``: (dotted) keys a resume may raise, not lower, such as a limit that changes no record already
     written (the sidecar then keeps the higher value). Returns whether the output was started over.
@@ -269,12 +271,12 @@ empty: a run that failed before its first record leaves nothing its successor wo
     # sidecar rewritten; the caller's writer takes the lock again at once
     with OutputLock(output):
         return _check_settings(output, settings, force=force, exists=exists, remove=remove, option=option,
-                               split=split, elsewhere=elsewhere, adopt=adopt, grow=grow)
+                               split=split, elsewhere=elsewhere, adopt=adopt, grow=grow, names=names or {})
 
 
 def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool | None,
                     remove: Callable[[], None] | None, option: str, split: str | None, elsewhere: str,
-                    adopt: tuple[str, ...] = (), grow: tuple[str, ...] = ()) -> bool:
+                    adopt: tuple[str, ...] = (), grow: tuple[str, ...] = (), names: dict | None = None) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = (output.exists() and output.stat().st_size > 0) if exists is None else exists
@@ -293,10 +295,12 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
             differ.append(f"split: {old_split!r} -> {split!r}")
         if differ:
             if not force:
-                shown = ", ".join(differ[:6])
+                named = [(names or {}).get(d.split(": ", 1)[0], d.split(": ", 1)[0]) + ": " + d.split(": ", 1)[1]
+                         if ": " in d else d for d in differ]
+                shown = ", ".join(named[:6])
                 more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
                 raise LeapError(f"was started with other settings ({shown}{more}); resuming would mix records",
-                                path=output, record="settings",
+                                path=output if output.exists() else sidecar, record="settings",
                                 fix=f"use the old settings, another {elsewhere}, or {option} to start over")
             (remove or (lambda: output.unlink(missing_ok=True)))()
             started_over = True

@@ -79,12 +79,14 @@ def test_demo_with_other_settings_is_refused_before_any_stage(demo):
     build-shards asking for an option the demo does not have; another --set failed at train the same way."""
     work, _, _ = demo
     before = (work / "descriptors" / "train.jsonl").read_bytes()
-    for extra, says in ((["--segments", "12", "--set", "train.epochs=1"], "segments: 10 -> 12"),
-                        (["--segments", "10"], "train_overrides")):
+    # named as the options that set them (it said "train_overrides", and a path .../demo that does not exist)
+    for extra, says in ((["--segments", "12", "--set", "train.epochs=1"], "--segments: 10 -> 12"),
+                        (["--segments", "10"], "--set: ['train.epochs=1'] -> []")):
         r = leap("demo", "--workdir", str(work), "--videos", "4", "--frames", "4", "--short-side", "64", *extra)
         lines = [x for x in r.stderr.splitlines() if x.strip()]
         assert r.returncode == 2 and len(lines) == 1 and says in lines[0], r.stderr
         assert "another --workdir" in lines[0] and "--force" in lines[0] and "--out" not in lines[0], lines[0]
+        assert "demo.settings.json" in lines[0], lines[0]
         assert "leap demo-data" not in r.stdout  # refused before the first stage
     assert (work / "descriptors" / "train.jsonl").read_bytes() == before
 
