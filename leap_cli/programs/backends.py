@@ -81,6 +81,7 @@ class Backend:
     name = "base"
     model = ""
     supports_schema = False
+    failed = "request failed"  # what a record's finding says before a BackendError's message
 
     def params(self) -> dict:
         """Generation parameters that change the reply (part of the cache key)."""
@@ -815,6 +816,7 @@ class OfflineBackend(Backend):
     part of the cache key, so programs cached by an earlier version are not reused."""
 
     name = "offline"
+    failed = "the offline backend made no program"  # (no request is made)
     model = "offline-v2"
 
     def __init__(self, exemplars, verbs, nouns):

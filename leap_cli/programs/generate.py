@@ -345,7 +345,7 @@ class ProgramGenerator:
                                             latency=e.seconds, attempts=e.attempts, cached=False, outcome="failed",
                                             error=str(e))
                     # a program from an earlier round that failed validation stays, as invalid
-                    what = "the offline backend made no program" if self.backend.name == "offline" else "request failed"
+                    what = getattr(self.backend, "failed", Backend.failed)
                     return done("invalid" if program is not None else "failed", program,
                                 findings + [Finding("", f"{what}: {e}")])
                 text, usage, latency, attempts = comp.text, comp.usage, comp.seconds, comp.attempts
