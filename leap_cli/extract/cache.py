@@ -36,6 +36,13 @@ _ENTRY = struct.Struct("<qI")  # frame number, JPEG size
 TRAILER = b"CRC3"  # then the CRC-32 (uint32) of the entry's bytes before the trailer
 
 
+def _count(head: bytes) -> int | None:
+    """The frame count of an entry that starts with ``head``, None when it is no entry."""
+    if len(head) < len(MAGIC) + _COUNT.size or not head.startswith(MAGIC):
+        return None
+    return _COUNT.unpack_from(head, len(MAGIC))[0]
+
+
 def recognition_frames(clock: FrameClock, segment, count: int) -> list[int]:
     """The ``count`` frames build-shards stores for a segment (the timing rule, centres of equal chunks)."""
     return list(clock.segment_window(segment, count, RECOGNITION_SAMPLING).frames)
@@ -100,12 +107,9 @@ class FrameCache:
         """How many frames an entry holds (its header), None when it cannot be read."""
         try:
             with open(path, "rb") as f:
-                head = f.read(len(MAGIC) + _COUNT.size)
+                return _count(f.read(len(MAGIC) + _COUNT.size))
         except OSError:
             return None
-        if len(head) < len(MAGIC) + _COUNT.size or not head.startswith(MAGIC):
-            return None
-        return _COUNT.unpack_from(head, len(MAGIC))[0]
 
     def load(self, video_id: str, key: str, frames: list[int]) -> list[bytes] | None:
         """The JPEG bytes of ``frames`` for segment ``key``, or None when there is no matching entry."""
@@ -116,9 +120,9 @@ class FrameCache:
             blob = path.read_bytes()
         except OSError:
             return None
-        if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + _COUNT.size:
+        count = _count(blob)
+        if count is None:
             return None  # a damaged entry: decode instead
-        (count,) = _COUNT.unpack_from(blob, len(MAGIC))
         at = len(MAGIC) + _COUNT.size + count * _ENTRY.size
         if count != len(frames) or at > len(blob):
             return None
