@@ -168,16 +168,18 @@ class PartsDiffer(LeapError):
     """``--shard i/n`` parts of one folder built from other inputs or settings: not one split's shards."""
 
 
-def _what_differs(a: dict, b: dict) -> list[str]:
-    """The manifest keys (``settings.frames``, ``sources.programs``, ``targets``, ``split``, ``task``) on which two
-    parts disagree."""
-    def flat(m: dict) -> dict:
-        out = {k: m.get(k) for k in ("format", "split", "task", "targets")}
-        for group in ("settings", "sources"):
-            out.update({f"{group}.{k}": v for k, v in (m.get(group) or {}).items()})
-        return out
+def made_with(m: dict) -> dict:
+    """What a manifest's samples were made from, by key (``settings.frames``, ``sources.programs``, ``targets``,
+    ``split``, ``task``, ``format``): a resume and a merge of parts compare these."""
+    out = {k: m.get(k) for k in ("format", "split", "task", "targets")}
+    for group in ("settings", "sources"):
+        out.update({f"{group}.{k}": v for k, v in (m.get(group) or {}).items()})
+    return out
 
-    fa, fb = flat(a), flat(b)
+
+def _what_differs(a: dict, b: dict) -> list[str]:
+    """The ``made_with`` keys on which two parts' manifests disagree."""
+    fa, fb = made_with(a), made_with(b)
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 

@@ -40,8 +40,8 @@ from leap_cli.extract.cache import FrameCache, recognition_frames
 from leap_cli.io import JsonlAppender, OutputLock, atomic_write_json, read_jsonl, sha256_file, stable_hash, with_path
 from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
-from leap_cli.shards.format import (FORMAT, check_key, check_part_count, frame_field, jpeg_size, manifest_name,
-                                    sample_bytes, shard_name, tar_end)
+from leap_cli.shards.format import (FORMAT, check_key, check_part_count, frame_field, jpeg_size, made_with,
+                                    manifest_name, sample_bytes, shard_name, tar_end)
 
 log = logging.getLogger(__name__)
 
@@ -503,8 +503,8 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     if overwrite:  # under the lock: never the shards of a build still running
         with OutputLock(progress_path):
             merged_manifest = [out / manifest_name()] if shard.count > 1 else []  # it names this part's old tars
-            for p in (list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar")) + [progress_path, out / manifest_name(shard.suffix)]
-                      + merged_manifest):
+            for p in (list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar"))
+                      + [progress_path, out / manifest_name(shard.suffix)] + merged_manifest):
                 if p.exists():
                     p.unlink()
     check_part_count(out, shard.count)
@@ -525,11 +525,10 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
             old = json.loads((out / manifest_name(shard.suffix)).read_text())
         except (OSError, ValueError):
             return []
-        now = {**{f"settings.{k}": v for k, v in json.loads(json.dumps(asdict(settings))).items()},
-               **{f"sources.{k}": v for k, v in sources.items()}, "targets": targets_manifest}
-        was = {**{f"settings.{k}": v for k, v in (old.get("settings") or {}).items()},
-               **{f"sources.{k}": v for k, v in (old.get("sources") or {}).items()}, "targets": old.get("targets")}
-        return sorted(k for k in now if k in was and was[k] != now[k]) or []
+        now = made_with({"format": FORMAT, "split": settings.split, "task": settings.task, "targets": targets_manifest,
+                         "settings": json.loads(json.dumps(asdict(settings))), "sources": sources})
+        was = made_with(old)
+        return sorted(k for k in now if k in was and was[k] != now[k])
 
     appender, kept = _resume(out, progress_path, settings_hash, f"leap-{settings.split}{shard.suffix}", changed,
                              changed_keys)
