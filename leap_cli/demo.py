@@ -82,9 +82,11 @@ def start_over(workdir: Path) -> None:
     """Remove the records and the frame cache the demo's stages wrote into ``workdir`` (``--force``)."""
     import shutil
 
+    from leap_cli.io import settings_path
+
     for folder, split in DEMO_RECORDS:
         base = workdir / folder / f"{split}.jsonl"
-        for p in (base, base.with_name(base.name + ".settings.json"), base.with_name(f"{split}.report.json"),
+        for p in (base, settings_path(base), base.with_name(f"{split}.report.json"),
                   base.with_name(f"{split}.report.html")):
             p.unlink(missing_ok=True)
     shutil.rmtree(workdir / "frame-cache", ignore_errors=True)  # entries keyed by narration id: another kitchen's

@@ -295,8 +295,10 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
             differ.append(f"split: {old_split!r} -> {split!r}")
         if differ:
             if not force:
-                named = [(names or {}).get(d.split(": ", 1)[0], d.split(": ", 1)[0]) + ": " + d.split(": ", 1)[1]
-                         if ": " in d else d for d in differ]
+                named = []
+                for d in differ:  # "key: old -> new", the key as the option that sets it
+                    key, sep, change = d.partition(": ")
+                    named.append(f"{(names or {}).get(key, key)}{sep}{change}")
                 shown = ", ".join(named[:6])
                 more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
                 raise LeapError(f"was started with other settings ({shown}{more}); resuming would mix records",

@@ -292,11 +292,11 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
     run_task = (config.get("data") or {}).get("task", "recognition")
     task = task or run_task
     if task != run_task:
-        own = run_dir / "eval" / split
+        own, model_of = run_dir / "eval" / split, f"{'an' if run_task[0] in 'aeiou' else 'a'} {run_task} model"
         if out.parent.resolve() == own.resolve():  # what `leap submit` is pointed at: the run's own task's scores
-            raise LeapError(f"evaluating {'an' if run_task[0] in 'aeiou' else 'a'} {run_task} model as {task} would "
-                            f"replace its {run_task} scores in {own}", fix="pass --out DIR for this evaluation")
-        log.warning("evaluating %s %s model as %s", "an" if run_task[0] in "aeiou" else "a", run_task, task)
+            raise LeapError(f"evaluating {model_of} as {task} would replace its {run_task} scores in {own}",
+                            fix="pass --out DIR for this evaluation")
+        log.warning("evaluating %s as %s", model_of, task)
     if shards:
         folder = Path(shards)
     else:
