@@ -269,6 +269,25 @@ def test_extract_rerun_with_other_settings_is_refused_unless_forced(tiny_kitchen
     assert json.loads((tmp_path / "descriptors" / "train.jsonl.settings.json").read_text())["hand_threshold"] == 0.7
 
 
+def test_one_damaged_detections_file_is_one_error_line_naming_its_segments(tiny_kitchen, tmp_path):
+    import shutil
+
+    root = tmp_path / "kitchen"
+    shutil.copytree(tiny_kitchen, root)
+    (pkl,) = [p for p in (root / "hand-objects").rglob("*.pkl") if p.stem.endswith("_01")][:1]
+    pkl.write_bytes(pkl.read_bytes()[:300])  # cut short: every segment of the video fails objects and hands
+    r = leap("extract", "--split", "train", "--data", str(root), "--workdir", str(tmp_path), "--components",
+             "narration,objects,hands")
+    assert r.returncode == 3, r.stdout + r.stderr  # all of them failed
+    failed = [json.loads(x)["narration_id"] for x in (tmp_path / "descriptors" / "train.jsonl").read_text().splitlines()
+              if json.loads(x)["components"]["objects"]["status"] == "error"]
+    assert len(failed) == 2
+    # one line for the one message (it named the file 2 x 2 times), with the count and the segments it hit
+    assert r.stdout.count(str(pkl)) == 1, r.stdout
+    assert "4 component errors (rerun with --retry-errors" in r.stdout
+    assert f"objects, hands of 2 segments ({failed[0]}, {failed[1]}): {pkl}: not a hand-object" in r.stdout
+
+
 def test_shard_with_out_keeps_the_shard_suffix(tiny_kitchen, tmp_path):
     for i in (0, 1):
         r = leap("extract", "--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path),

@@ -194,6 +194,15 @@ def _print_summary(s) -> None:
     for line in s.outcome.lines():
         console.print(escape(line), highlight=False, style="red")
     if s.errors:
-        console.print(f"[red]{len(s.errors)} component error(s)[/] (first 10; rerun with --retry-errors after fixing):")
-        for line in s.errors[:10]:
-            console.print(f"  {escape(line)}", highlight=False)
+        n = s.error_count
+        console.print(f"[red]{n} component error{'s' if n != 1 else ''}[/]"
+                      + (f", {len(s.errors)} distinct" if len(s.errors) > 1 else "")
+                      + " (rerun with --retry-errors after fixing):")
+        for detail, g in list(s.errors.items())[:10]:
+            more = g["n_segments"] - len(g["segments"])
+            where = ", ".join(g["segments"]) + (f" and {more} more" if more > 0 else "")
+            segments = f"{g['n_segments']} segment{'s' if g['n_segments'] != 1 else ''}"
+            console.print(f"  {', '.join(g['components'])} of {segments} ({escape(where)}): {escape(detail)}",
+                          highlight=False)
+        if len(s.errors) > 10:
+            console.print(f"  ... and {len(s.errors) - 10} more distinct errors", highlight=False)

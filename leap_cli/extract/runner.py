@@ -107,6 +107,9 @@ class ExtractConfig:
             raise LeapError(f"--device {self.device!r} is not a device", fix="use --device cpu, cuda, cuda:N or mps")
 
 
+ERROR_EXAMPLES = 3  # narration ids named per distinct error message in the summary
+
+
 @dataclass
 class ExtractSummary:
     out: Path
@@ -116,7 +119,10 @@ class ExtractSummary:
     counts: dict[str, dict[str, int]] = field(default_factory=lambda: {c: {"ok": 0, "unavailable": 0, "error": 0}
                                                                        for c in COMPONENTS})
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    errors: list[str] = field(default_factory=list)  # "narration_id component: message"
+    # one entry per distinct error message (a damaged file of a video fails two components of each of its
+    # segments with one message): {"components": [...], "segments": [first narration ids], "count": n,
+    # "n_segments": n}
+    errors: dict[str, dict] = field(default_factory=dict)
     # "component: reason" (its numbers as N, so that the segments past one video's end count as one reason)
     unavailable: Counter = field(default_factory=Counter)  # -> segments
     unavailable_first: dict[str, str] = field(default_factory=dict)  # -> the first such reason, numbers and all
@@ -124,6 +130,22 @@ class ExtractSummary:
     outcome: Outcome = field(default_factory=lambda: Outcome("extract"))  # a record fails when a component errs
     wall: float = 0.0
     interrupted: bool = False
+
+    @property
+    def error_count(self) -> int:
+        return sum(g["count"] for g in self.errors.values())
+
+    def _error(self, narration_id: str, component: str, detail: str) -> None:
+        g = self.errors.setdefault(detail, {"components": [], "segments": [], "count": 0, "n_segments": 0,
+                                            "last": None})
+        g["count"] += 1
+        if component not in g["components"]:
+            g["components"].append(component)
+        if g["last"] != narration_id:  # a record's components come one after another
+            g["n_segments"] += 1
+            g["last"] = narration_id
+            if len(g["segments"]) < ERROR_EXAMPLES:
+                g["segments"].append(narration_id)
 
     def add(self, record: dict, timings: dict[str, float]) -> None:
         self.written += 1
@@ -133,7 +155,7 @@ class ExtractSummary:
             self.counts[name][comp["status"]] += 1
             if comp["status"] == "error":
                 msg = comp["data"].get("error", "")
-                self.errors.append(f"{record['narration_id']} {name}: {comp['data'].get('detail', msg)}")
+                self._error(record["narration_id"], name, comp["data"].get("detail", msg))
                 causes.append(f"{name}: {msg}")
             elif comp["status"] == "unavailable":
                 reason = f"{name}: {comp['data'].get('reason', '')}"
