@@ -68,6 +68,8 @@ def test_demo_again_reuses_what_is_done(demo):
     # nothing is redone: no new descriptor or program records, no new training steps
     assert "0 written now: nothing to do" in second.stdout  # (no empty table "of this run" above it)
     assert "(the 0 segments of this run)" not in second.stdout
+    assert "were built before with these settings and inputs" in second.stdout  # build-shards says it built none
+    assert "frames read from extract's frame cache" not in second.stdout
     assert len(read_jsonl(work / "descriptors" / "train.jsonl")) == len({r["narration_id"] for r in
                                                                          read_jsonl(work / "descriptors" / "train.jsonl")})
     steps = [r["step"] for r in read_jsonl(work / "runs" / "tiny-synthetic" / "metrics.jsonl") if r["split"] == "train"]

@@ -521,6 +521,10 @@ def test_build_split_says_when_the_frame_cache_holds_other_settings(kitchen, tmp
     assert "build with --jpeg-quality 90" in notes(256, 80)
     same = notes(256)
     assert "frames read from extract's frame cache" in same and "holds no frames" not in same, same
+    # built again with nothing to do: no frame was read, and it said it read them and built the vocabulary
+    again = notes(256)
+    assert "all 1 shard(s) were built before with these settings and inputs" in again, again
+    assert "frames read from" not in again and "vocabulary built from" not in again, again
     # the entries' names do not say how many frames they hold: at --frames 8 it said it read them, and decoded all
     eight = notes(256, frames=8)
     assert "holds 16 frames per segment, these shards take 8" in eight and "--cache-frames 8" in eight, eight

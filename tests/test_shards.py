@@ -861,9 +861,11 @@ def test_cli_build_shards_exits_3_when_every_segment_is_skipped(root, tmp_path):
     assert res.exit_code == 3, res.output
     # the cause counted is the one each skip names (it said "video cannot be opened" for every failure to open)
     assert "build-shards: all" in res.output and "7 x no video file or rgb_frames folder" in res.output
-    # each reason shown once with its count (a video's segments share one: the examples repeated it)
+    # one line per cause with its segments and videos, and the first whole reason (the reasons name their
+    # videos: with one line per reason, 334 missing videos were 3 long reasons and "331 more")
     skipped = " ".join(res.output[res.output.index("segment(s) skipped"):res.output.index("build-shards: all")].split())
-    assert skipped.count("cannot be opened") == 2 and " more: video P01_" in skipped, skipped  # the root's 2 videos
+    assert skipped.count("cannot be opened") == 1, skipped
+    assert "no video file or rgb_frames folder: 7 segments of 2 videos (P01_01, P01_02); the first, P01_01_" in skipped
 
 
 # ---- stored frame size: never upscaled ---------------------------------------------------------------------

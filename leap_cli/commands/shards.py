@@ -111,22 +111,40 @@ def build_shards(
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     if m["skipped"]:
-        # each reason once, with how many segments it holds and the first of them (the reasons of a video's
-        # segments are the same line: at EPIC scale, 5 examples were 20 lines of one text)
-        by_reason: dict[str, list[str]] = {}
-        for x in m["skipped"]:
-            by_reason.setdefault(x["reason"], []).append(x["narration_id"])
-        shown = "; ".join(f"{ids[0]}{f' and {len(ids) - 1} more' if len(ids) > 1 else ''}: {reason}"
-                          for reason, ids in list(by_reason.items())[:3])
-        console.print(f"[yellow]{len(m['skipped'])} segment(s) skipped[/] (listed in the manifest): {escape(shown)}"
-                      + (f" ... and {len(by_reason) - 3} more reasons" if len(by_reason) > 3 else ""))
+        console.print(f"[yellow]{len(m['skipped'])} segment(s) skipped[/] (listed in the manifest), by cause:")
+        for line in _skipped_lines(m["skipped"]):
+            console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
     outcome = Outcome("build-shards")  # the exit rule of the record-writing stages (leap_cli/outcome.py)
     outcome.attempt(c["segments"])
-    for x in m["skipped"]:  # a manifest from before skips had a cause: the start of the reason
-        outcome.fail(x.get("cause") or re.sub(r"^video \S+ ", "video ", x["reason"].split(":")[0]))
+    for x in m["skipped"]:
+        outcome.fail(_skip_cause(x))
     for line in outcome.lines():
         console.print(escape(line), style="red", highlight=False)
     outcome.exit(strict)
+
+
+def _skip_cause(x: dict) -> str:
+    """A skip's path-free cause (a manifest from before skips had one: the start of its reason)."""
+    return x.get("cause") or re.sub(r"^video \S+ ", "video ", x["reason"].split(":")[0])
+
+
+def _skipped_lines(skipped: list[dict], shown: int = 3) -> list[str]:
+    """The skipped segments by cause, a line each: how many segments of how many videos (the first few named;
+    EPIC's narration ids are VIDEO_N), then the first one's whole reason (file and fix). At EPIC scale, 334
+    missing videos are one line, not 334 reasons."""
+    by_cause: dict[str, list[dict]] = {}
+    for x in skipped:
+        by_cause.setdefault(_skip_cause(x), []).append(x)
+    lines = []
+    for cause, xs in list(by_cause.items())[:shown]:
+        videos = list(dict.fromkeys(x["narration_id"].rsplit("_", 1)[0] for x in xs))
+        named = ", ".join(videos[:shown]) + (f" and {len(videos) - shown} more" if len(videos) > shown else "")
+        lines.append(f"{cause}: {len(xs)} segment{'s' if len(xs) != 1 else ''} of {len(videos)} "
+                     f"video{'s' if len(videos) != 1 else ''} ({named}); the first, {xs[0]['narration_id']}: "
+                     f"{xs[0]['reason']}")
+    if len(by_cause) > shown:
+        lines.append(f"... and {len(by_cause) - shown} more causes")
+    return lines
 
 
 def check_shards(

@@ -806,6 +806,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         if m.get("targets"):
             vocab = TargetVocab.from_manifest(m["targets"], ann.verbs, ann.nouns)
             notes.append(f"target vocabulary from {train_manifest}")
+    vocab_note = cache_note = None  # what this run builds with: said otherwise when it built nothing
     if vocab is None and programs is not None:
         train_prog = prog_path if split == "train" else workdir / "programs" / "train.jsonl"
         source = read_programs(train_prog) if split != "train" else programs
@@ -821,7 +822,8 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         vocab = TargetVocab.build([r.get("program") for r in source if r.get("status") == "valid"], ann.verbs,
                                   ann.nouns, max_steps=max_steps or DEFAULT_MAX_STEPS,
                                   max_conditions=max_conditions or DEFAULT_MAX_CONDITIONS)
-        notes.append(f"target vocabulary built from {train_prog}: {len(vocab.conditions)} conditions")
+        vocab_note = f"target vocabulary built from {train_prog}: {len(vocab.conditions)} conditions"
+        notes.append(vocab_note)
     if vocab is None:  # no programs anywhere: the class vocabularies still size the model's heads
         vocab = TargetVocab.build([], ann.verbs, ann.nouns, max_steps=max_steps or DEFAULT_MAX_STEPS, max_conditions=0)
         notes.append("no programs: target vocabulary from the class files only (no conditions)")
@@ -862,12 +864,18 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                          f"{fix} to share one decode")
             cache = None
         else:
-            notes.append(f"frames read from extract's frame cache {cache_dir} where it holds them")
+            cache_note = f"frames read from extract's frame cache {cache_dir} where it holds them"
+            notes.append(cache_note)
     result = build_shards(segments, out=out, settings=settings, opener=LayoutOpener(layout.root, layout.annotations_dir, fps_map),
                           fps=fps, programs=programs, programs_path=prog_path, targets=targets, sources=sources,
                           workers=workers, shard=shard, overwrite=overwrite, progress=progress, clock=clock,
                           cache=cache, program_failures=failures)
     if targets is not None and targets.failed:
         notes.append(f"{len(targets.failed)} valid programs could not be encoded (e.g. {targets.failed[0]['error']})")
+    if not result.written_now and result.resumed_shards:  # every shard was there: nothing was read or built now
+        notes = [n for n in notes if n not in (vocab_note, cache_note)]
+        notes.append(f"all {result.resumed_shards} shard(s) were built before with these settings and inputs"
+                     + (f" ({vocab_note.replace('built from', 'from')})" if vocab_note else "")
+                     + ": nothing new to write (--force builds them again)")
     result.notes = notes + result.notes
     return result
