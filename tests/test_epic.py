@@ -184,6 +184,41 @@ def test_a_narration_id_twice_names_both_rows(epic_dir, tmp_path):
         read_segments(p)
 
 
+def test_every_bad_row_is_named_in_one_error(epic_dir, tmp_path):
+    """One error per run meant one rerun per bad row; the rows are read on, and the error names them all."""
+    import csv
+
+    folder = _copy(epic_dir, tmp_path)
+    p = folder / "EPIC_100_validation.csv"
+    with open(p, newline="") as f:
+        rows = list(csv.reader(f))
+    col = {name: i for i, name in enumerate(rows[0])}
+    for r in (2, 4, 5, 7, 9):  # file rows 3, 5, 6, 8, 10
+        rows[r][col["start_frame"]] = "x"
+    rows[4][col["start_timestamp"]] = "0a:00:01.00"  # the same row twice wrong: its first problem is said
+    with open(p, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with pytest.raises(LeapError) as e:
+        read_segments(p)
+    msg = e.value.one_line()
+    assert msg.startswith(f"{p}: 5 rows cannot be read: row 3, {rows[2][0]}: column start_frame holds 'x'"), msg
+    assert f"; row 5, {rows[4][0]}: column start_timestamp holds '0a:00:01.00'" in msg
+    assert f"; row 6, {rows[5][0]}: column start_frame" in msg and "; and 2 more" in msg and "row 8" not in msg
+    assert msg.endswith("(fix or remove those rows)"), msg
+    # class ids checked against the class files: every row too
+    with open(p, "w", newline="") as f:
+        good = [list(r) for r in rows]
+        for r in (2, 4, 5, 7, 9):
+            good[r][col["start_frame"]] = "1"
+            good[r][col["start_timestamp"]] = "00:00:01.00"
+        good[3][col["verb_class"]] = "999"
+        good[6][col["noun_class"]] = "9999"
+        csv.writer(f).writerows(good)
+    with pytest.raises(LeapError, match=rf"2 rows cannot be read: row 4, {good[3][0]}: verb_class 999 is not a class"
+                                        rf".*; row 7, {good[6][0]}: noun_class 9999 is not a class"):
+        Annotations(folder).segments("val")
+
+
 def test_layout_errors(tmp_path):
     with pytest.raises(LeapError, match="dataset root not found"):
         DatasetLayout.open(tmp_path / "nope")

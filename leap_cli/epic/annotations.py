@@ -89,30 +89,54 @@ def read_segments(path: str | Path, *, labelled: bool | None = None) -> list[Seg
     rows = read_csv(path, LABELLED_COLUMNS if labelled else TEST_COLUMNS, what="annotation file")
     segments = []
     seen: dict[str, int] = {}  # narration id -> its row: every stage keys its records (and resumes) by it
+    errors: list[LeapError] = []  # every bad row, said at once: one rerun per row is a long way through 67k rows
     for i, row in enumerate(rows, start=2):
         rec = f"row {i}, {row.get('narration_id') or '?'}"
-        first = seen.setdefault(row["narration_id"], i)
-        if first != i:
-            raise LeapError(f"narration id {row['narration_id']} is also on row {first}", path=path, record=rec,
-                            fix="keep one row per segment (a CSV merged from two copies, or edited by hand?)")
-        start, stop = _time(row, "start_timestamp", path, rec), _time(row, "stop_timestamp", path, rec)
-        if stop < start:
-            raise LeapError(f"stop {row['stop_timestamp']} is before start {row['start_timestamp']}", path=path,
-                            record=rec, fix="swap or fix the timestamps of that row")
-        nts = row["narration_timestamp"].strip()
-        kw: dict = {}
-        if labelled:
-            kw = dict(narration=row["narration"], verb=row["verb"], verb_class=_int(row, "verb_class", path, rec),
-                      noun=row["noun"], noun_class=_int(row, "noun_class", path, rec),
-                      all_nouns=tuple(str(x) for x in parse_list_cell(row["all_nouns"], path=path, record=rec)),
-                      all_noun_classes=tuple(int(x) for x in parse_list_cell(row["all_noun_classes"], path=path,
-                                                                            record=rec)))
-        segments.append(Segment(
-            narration_id=row["narration_id"], participant_id=row["participant_id"], video_id=row["video_id"],
-            start=start, stop=stop, start_frame=_int(row, "start_frame", path, rec),
-            stop_frame=_int(row, "stop_frame", path, rec),
-            narration_timestamp=_time(row, "narration_timestamp", path, rec) if nts else None, **kw))
+        try:
+            segments.append(_segment(row, path, rec, i, seen, labelled))
+        except LeapError as e:
+            errors.append(e)
+    raise_row_errors(errors)
     return segments
+
+
+def _segment(row: dict, path: Path, rec: str, i: int, seen: dict[str, int], labelled: bool) -> Segment:
+    first = seen.setdefault(row["narration_id"], i)
+    if first != i:
+        raise LeapError(f"narration id {row['narration_id']} is also on row {first}", path=path, record=rec,
+                        fix="keep one row per segment (a CSV merged from two copies, or edited by hand?)")
+    start, stop = _time(row, "start_timestamp", path, rec), _time(row, "stop_timestamp", path, rec)
+    if stop < start:
+        raise LeapError(f"stop {row['stop_timestamp']} is before start {row['start_timestamp']}", path=path,
+                        record=rec, fix="swap or fix the timestamps of that row")
+    nts = row["narration_timestamp"].strip()
+    kw: dict = {}
+    if labelled:
+        kw = dict(narration=row["narration"], verb=row["verb"], verb_class=_int(row, "verb_class", path, rec),
+                  noun=row["noun"], noun_class=_int(row, "noun_class", path, rec),
+                  all_nouns=tuple(str(x) for x in parse_list_cell(row["all_nouns"], path=path, record=rec)),
+                  all_noun_classes=tuple(int(x) for x in parse_list_cell(row["all_noun_classes"], path=path,
+                                                                        record=rec)))
+    return Segment(
+        narration_id=row["narration_id"], participant_id=row["participant_id"], video_id=row["video_id"],
+        start=start, stop=stop, start_frame=_int(row, "start_frame", path, rec),
+        stop_frame=_int(row, "stop_frame", path, rec),
+        narration_timestamp=_time(row, "narration_timestamp", path, rec) if nts else None, **kw)
+
+
+ROW_ERRORS_SHOWN = 3
+
+
+def raise_row_errors(errors: list[LeapError]) -> None:
+    """Raise the bad rows of one file as one error: the first few with their problems, and how many in all."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        shown = "; ".join(f"{e.record}: {e.message}" for e in errors[:ROW_ERRORS_SHOWN])
+        more = f"; and {len(errors) - ROW_ERRORS_SHOWN} more" if len(errors) > ROW_ERRORS_SHOWN else ""
+        fixes = {e.fix for e in errors}
+        raise LeapError(f"{len(errors)} rows cannot be read: {shown}{more}", path=errors[0].path,
+                        fix=fixes.pop().replace("that row", "those rows") if len(fixes) == 1 else "fix or remove those rows")
 
 
 def _read_id_list(path: Path, column: str) -> list[str]:
@@ -164,6 +188,7 @@ class Annotations:
         if (self.folder / NOUN_CLASSES).exists():
             checks.append(("noun_class", self.nouns, NOUN_CLASSES,
                            lambda s: [s.noun_class, *s.all_noun_classes]))
+        errors = []
         for i, seg in enumerate(segments, start=2):
             if not seg.has_labels:
                 continue
@@ -171,9 +196,12 @@ class Annotations:
                 bad = next((c for c in ids(seg) if c not in vocab.keys), None)
                 if bad is not None:
                     col = column if bad == ids(seg)[0] else "all_noun_classes"
-                    raise LeapError(f"{col} {bad} is not a class of {file} (ids {min(vocab.keys)}-{max(vocab.keys)})",
-                                    path=path, record=f"row {i}, {seg.narration_id}",
-                                    fix=f"fix that row, or use the {file} the annotations were made with")
+                    errors.append(LeapError(
+                        f"{col} {bad} is not a class of {file} (ids {min(vocab.keys)}-{max(vocab.keys)})", path=path,
+                        record=f"row {i}, {seg.narration_id}",
+                        fix=f"fix that row, or use the {file} the annotations were made with"))
+                    break
+        raise_row_errors(errors)
 
     @cached_property
     def verbs(self) -> ClassVocab:
