@@ -12,6 +12,7 @@ from leap_cli.resources import resource_dir
 from leap_cli.cli import app
 from leap_cli.epic.annotations import Segment, read_segments
 from leap_cli.epic.classes import ClassVocab
+from leap_cli.errors import LeapError
 from leap_cli.programs.offline import OfflineError, offline_program
 from leap_cli.programs.prompt import ClipInfo, PromptBuilder, clip_info, load_exemplars, load_system_prompt, \
     narration_record, select_exemplars
@@ -531,17 +532,24 @@ def test_coverage_counts_only_segments_of_the_split(two_splits):
     """Coverage counted every valid record: val.jsonl --split train was 30/10 (300%). Records not in the split
     are counted apart, with examples, and --strict fails on them."""
     runner, programs = CliRunner(), two_splits / "programs"
+    # a file none of whose records is of the split is refused, as build-shards refuses it, and no report is
+    # written (its report beside it, val.report.json, was replaced by one that counted none of its records)
     r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--split", "train",
                             str(programs / "val.jsonl")])
+    assert r.exit_code == 1 and isinstance(r.exception, LeapError), r.output
+    msg = r.exception.one_line()
+    assert "none of the 30 records is a segment of the train split (e.g. P01_11_0" in msg, msg
+    assert "--split val, the split their name says" in msg, msg
+    assert not (programs / "train.report.json").exists() and not (programs / "val.report.json").exists()
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--split", "train",
+                            str(programs / "train.jsonl"), str(programs / "val.jsonl")])
     assert r.exit_code == 0, r.output
     assert "30 records are not segments of the train split" in " ".join(r.output.split())
-    # the report of one file goes beside it: checking val.jsonl against train replaced train.report.json
-    assert not (programs / "train.report.json").exists()
-    rep = json.loads((programs / "val.report.json").read_text())
+    rep = json.loads((programs / "train.report.json").read_text())
     cov = rep["coverage"]
-    assert (cov["valid"], cov["segments"], cov["fraction"], cov["not_in_split"]) == (0, 10, 0.0, 30)
+    assert (cov["valid"], cov["segments"], cov["fraction"], cov["not_in_split"]) == (10, 10, 1.0, 30)
     assert cov["not_in_split_examples"][0] == "P01_11_0" and len(cov["not_in_split_examples"]) == 10
-    assert rep["statuses"]["valid"] == 30  # the records themselves are still validated
+    assert rep["statuses"]["valid"] == 40  # the records themselves are still validated
     r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--split", "train", "--strict",
                             str(programs / "train.jsonl"), str(programs / "val.jsonl")])
     assert r.exit_code == 1, r.output
@@ -815,8 +823,8 @@ def test_the_page_shows_what_the_terminal_does(two_splits):
         bad.append(r)
     val.write_text("".join(json.dumps(x) + "\n" for x in recs + bad) + "not json\n")
     page = two_splits / "page.html"
-    r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--split", "train", str(val),
-                            "--html", str(page)], env={"COLUMNS": "200"})
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(two_splits), "--split", "train",
+                            str(programs / "train.jsonl"), str(val), "--html", str(page)], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     assert "... and 240 more records with findings" in r.output
     assert "coverage: valid programs over the annotated segments of the split" in r.output
@@ -826,7 +834,7 @@ def test_the_page_shows_what_the_terminal_does(two_splits):
     assert "Lines that are not program records (1)" in text and "not valid JSON" in text
     assert "Records with findings (250, the first 200 shown)" in text and text.count("<tr><td>P99_") == 200
     assert "programs_with" not in text and "Valid programs with at least one" in text
-    rep = json.loads((programs / "val.report.json").read_text())
+    rep = json.loads((programs / "train.report.json").read_text())
     rep["coverage"]["of"] = "records"
     assert "over 10 records" in programs_report_html(rep) and "labels" in programs_report_html(rep)
 

@@ -332,6 +332,16 @@ def validate_programs(
     segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
     rep = validate_records(list(files), ann.verbs, ann.nouns, segments)
     rep["split"] = split_name
+    cov = rep["coverage"]
+    if segments is not None and rep["records"] and cov["not_in_split"] == rep["records"]:
+        # (build-shards refuses such a file too) a file of another split: its report, beside it, would be
+        # replaced by one that counts none of its records
+        named = split_of(Path(files[0])).strip().lower()
+        raise LeapError(f"none of the {rep['records']} records is a segment of the {split_name} split (e.g. "
+                        f"{', '.join(cov['not_in_split_examples'][:3])})", path=files[0] if len(files) == 1 else None,
+                        fix=(f"check them against --split {normalize_split(named)}, the split their name says"
+                             if named in SPLIT_NAMES and normalize_split(named) != split_name else
+                             f"pass the program file of the {split_name} split, or the --split of these records"))
     atomic_write_json(out, rep)
     if not rep["records"] and not rep["malformed"]:  # an empty file: one line, not a table of zeros above it
         from leap_cli.outcome import EXIT_ALL_FAILED
@@ -359,7 +369,6 @@ def validate_programs(
         console.print(f"[red]... and {len(rep['errors']) - show} more records with findings[/] (the report lists "
                       "them all)", highlight=False)
     flow = rep["histograms"]["control_flow"]
-    cov = rep["coverage"]
     console.print(_summary_table(f"validate-programs ({split_name})", (
         ("records", rep["records"]), *((s, rep["statuses"][s]) for s in ("valid", "invalid", "failed")),
         ("dups", rep["duplicates"]), ("coverage", f"{cov['valid']}/{cov['segments']} ({cov['fraction']:.1%})"),
