@@ -136,10 +136,21 @@ _KEPT = {"evaluate": "nothing was saved; the evaluation starts over when run aga
                   "each epoch's end); continue with the same command and --resume"}
 
 
+def _other_rank() -> int | None:
+    """Under torchrun (``leap train`` on several processes): this process's rank when it is not rank 0."""
+    try:
+        rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return None
+    return rank if world > 1 and rank > 0 else None
+
+
 def _interrupted() -> None:
     forced = {"--force", "--overwrite"} & set(sys.argv[1:])  # the same command would start over again
     again = f"the same command without {min(forced)}" if forced else "the same command"
     kept = _KEPT.get(_state.get("command"), f"finished records were kept; run {again} to resume")
+    if _other_rank() is not None:  # rank 0 says it once for the job
+        sys.exit(128 + signal.SIGTERM if _state.get("sigterm") else EXIT_INTERRUPTED)
     if _state.get("sigterm"):
         err_console.print(f"[yellow]stopped by SIGTERM[/]: {kept}")
         sys.exit(128 + signal.SIGTERM)
@@ -164,7 +175,10 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def _print_error(text: str) -> None:
-    err_console.print(f"[bold red]error:[/] {printable(text, one_line=True)}", highlight=False, soft_wrap=True)
+    # under torchrun every rank meets the same bad input: the other ranks' lines say whose they are
+    rank = _other_rank()
+    where = f"[rank {rank}] " if rank is not None else ""
+    err_console.print(f"[bold red]error:[/] {printable(where + text, one_line=True)}", highlight=False, soft_wrap=True)
 
 
 _OS_FIX = {

@@ -403,3 +403,22 @@ def test_an_interrupted_command_says_what_it_kept(monkeypatch, capsys, tmp_path,
         cli.main()
     assert e.value.code == 130
     assert says in " ".join(capsys.readouterr().err.split())
+
+
+def test_under_torchrun_the_other_ranks_name_themselves_and_leave_the_interruption_to_rank_0(monkeypatch, capsys,
+                                                                                             tmp_path):
+    """Every rank printed the same error line and the same "interrupted: ..." advice (8 GPUs: 8 copies of each)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, prefix in (("0", "error: "), ("1", "error: [rank 1] ")):
+        monkeypatch.setenv("RANK", rank)
+        code, err = _main(monkeypatch, capsys, "info", "--data", str(tmp_path / "missing"))
+        assert code == 2 and " ".join(err.split()).startswith(prefix + f"{tmp_path / 'missing'}: dataset root"), err
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("leap_cli.train.loop.main", stop)
+    for rank, says in (("0", True), ("1", False)):
+        monkeypatch.setenv("RANK", rank)
+        code, err = _main(monkeypatch, capsys, "train", "--config", "tiny-synthetic", "--workdir", str(tmp_path))
+        assert code == 130 and ("interrupted: checkpoints/last.pt holds" in " ".join(err.split())) == says, err
