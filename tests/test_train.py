@@ -620,6 +620,18 @@ def test_the_resume_hint_is_a_command_that_resumes_the_run(tmp_path: Path) -> No
     config, workdir, name = re.search(r"--config (\S+) --workdir (\S+) --name (\S+) --resume", e.value.fix).groups()
     assert Path(config) == tmp_path / "runs/r/config.yaml" and Path(workdir) == tmp_path and name == "r"
     assert main(load_config(config), workdir=workdir, name=name, source=MemorySource(val=False), resume=True).steps == 2
+    # a longer run asked of it: the refusal also says how to train on from its weights, and that way works
+    last = tmp_path / "runs/r/checkpoints/last.pt"
+    with pytest.raises(LeapError) as e:
+        main(tiny_config("train.max_steps=3"), workdir=tmp_path, name="r", source=MemorySource(val=False), resume=True)
+    assert f"start a run of another --name with --set model.pretrained={last}" in e.value.fix, e.value.fix
+    on = main(tiny_config("train.max_steps=1", f"model.pretrained={last}"), workdir=tmp_path, name="r2",
+              source=MemorySource(val=False))
+    assert on.steps == 1
+    with pytest.raises(LeapError) as e:  # another change than the length: no such advice
+        main(tiny_config("train.max_steps=2", "loss.label_smoothing=0.2"), workdir=tmp_path, name="r",
+             source=MemorySource(val=False), resume=True)
+    assert "model.pretrained" not in e.value.fix and "--force" in e.value.fix
 
 
 def test_a_start_or_resume_that_is_refused_leaves_no_run_folder(tmp_path: Path) -> None:

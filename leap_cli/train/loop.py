@@ -437,11 +437,17 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             changed = [c for c in settings_changes(old_config, cfg.to_dict())
                        if c.split(":")[0] not in RESUME_MAY_CHANGE]
             if changed:
+                # a longer run asked of a finished or running one: its schedule was laid out for the old length
+                longer = {c.split(":")[0] for c in changed} <= {"train.epochs", "train.max_steps"}
                 raise LeapError(f"the config differs from the checkpoint's ({'; '.join(changed)}); resuming "
                                 f"would mix two trainings", path=ckpt_dir / "last.pt", record="config",
                                 fix=f"resume with --config {run_dir / 'config.yaml'} --workdir {workdir} --name "
                                     f"{name} --resume, "
-                                    "or pass --force to start the run over")
+                                    + ("or, to train on from its weights with a schedule of its own, start a run "
+                                       f"of another --name with --set model.pretrained={ckpt_dir / 'last.pt'} (the "
+                                       "backbone's weights; the heads start anew), "
+                                       if longer else "")
+                                    + "or pass --force to start the run over")
             cfg = _keep_initial_weights(cfg, old_config)
             was = resume_ckpt.get("data_position", {}).get("world_size")  # (checkpoints before it was kept: None)
             if was is not None and was != info.world_size:
