@@ -1238,3 +1238,40 @@ def test_the_token_limit_finding_says_how_to_redo_only_the_cut_records(workdir, 
         with pytest.raises(LeapError, match=r"params.max_tokens: 4000 -> 3000"):
             generate_programs(config(workdir, server, max_tokens=3000))
     assert all(r["status"] == "valid" for r in records(workdir)) and len(records(workdir)) == N_SEGMENTS
+
+
+def test_replies_are_in_the_cache_and_the_ledger_while_a_slow_request_is_still_out(workdir, good_programs):
+    """The store wrote its buffered rows only when the next row came: with a slow server, replies received
+    seconds before a kill -9 were missing from the cache and the ledger (--max-cost under-counted them, and a run
+    to another --out or with --force paid for them again). It now writes them within about commit_every."""
+    import sqlite3
+    import threading
+
+    from leap_cli.epic.annotations import read_segments
+
+    slow = read_segments(workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv")[2].narration_id  # 3rd asked
+
+    def script(body, n):
+        nid = narration_id_of(body)
+        return Reply(json.dumps(good_programs[nid]), delay=1.8 if nid == slow else 0.0)
+
+    out = workdir / "programs" / "val.jsonl"
+    with ScriptedServer(script) as server:
+        cfg = config(workdir, server, limit=3, concurrency=3, timeout=5.0)
+        run = threading.Thread(target=generate_programs, args=(cfg,))
+        run.start()
+        try:
+            t0 = time.monotonic()
+            while (not out.exists() or len(out.read_text().splitlines()) < 2) and time.monotonic() - t0 < 10:
+                time.sleep(0.02)
+            assert len(out.read_text().splitlines()) == 2  # the two quick ones written, the slow one still out
+            time.sleep(1.0)
+            assert run.is_alive()
+            db = sqlite3.connect(workdir / "programs" / "cache.sqlite")
+            cached = db.execute("SELECT COUNT(*) FROM cache").fetchone()[0]
+            requests = db.execute("SELECT requests FROM ledger").fetchone()
+            db.close()
+            assert cached == 2 and requests == (2,), (cached, requests)
+        finally:
+            run.join(30)
+    assert len(records(workdir)) == 3

@@ -662,11 +662,17 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                     on_waiting(now)
                     said[0] = now
 
+        async def flush() -> None:  # replies buffered before a long wait are written on time (store.tick)
+            while True:
+                await asyncio.sleep(store.commit_every)
+                store.tick()
+
         # twice as many workers as requests in flight (ProgramGenerator): half wait with their prompt built
         n = max(1, cfg.concurrency)
         tasks = stop.tasks = [asyncio.ensure_future(worker(i >= n)) for i in range(2 * n)]
         waiting = getattr(backend, "waiting", None)  # (a backend of another make may not say)
         watcher = asyncio.ensure_future(watch()) if on_waiting and waiting else None
+        flusher = asyncio.ensure_future(flush()) if store is not None else None
         try:
             await asyncio.gather(*tasks)
         except BaseException as e:
@@ -676,6 +682,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             if stop.signum is None or not isinstance(e, asyncio.CancelledError):  # (not the requests abandoned)
                 raise
         finally:
+            if flusher is not None:
+                flusher.cancel()
             if watcher is not None:
                 watcher.cancel()
                 if said[0] is not None:  # the closing progress line: no longer waiting

@@ -14,7 +14,8 @@ logged (``log_call(durable=True)``), with its cache row and spend, before the ne
 is not written yet, so a killed run would otherwise ask for it again. A reply that finishes its record needs no
 commit of its own: the record is in the output file (flushed per line) and a resumed run skips the segment; a
 kill loses at most ``commit_every`` of the ledger's spend on such replies (a commit per reply cost ~0.15 ms of
-client CPU and ~6 points of the concurrency bound in ``benchmarks/bench_generate.py``).
+client CPU and ~6 points of the concurrency bound in ``benchmarks/bench_generate.py``): the stage calls ``tick()``
+every ``commit_every`` seconds, so rows are written on time also while no new write comes (a slow server).
 With ``background=True`` (``leap generate-programs``) the periodic transactions are written by a thread of their own
 on a second connection, so that their disk work (7-11 ms each, 60-70 ms where SQLite checkpoints its WAL into the
 database) does not stop the event loop while replies wait; rows written meanwhile wait for the next transaction
@@ -131,6 +132,13 @@ class ProgramStore:
             self._finish_flush()
             self._flush = self._writer.submit(self._write, self._take())
             self._last_commit = time.monotonic()
+
+    def tick(self) -> None:
+        """Write the buffered rows once they are due (``commit_every``): called on a timer by a stage that may
+        wait long without a write (replies in flight from a slow server), so that rows buffered before the wait
+        are on disk within about ``commit_every``, not only at the next write."""
+        if self._cache or self._calls or self._ledger:
+            self._written()
 
     def _take(self) -> tuple[dict, list, dict]:
         """The buffered rows, handed over (the buffers start empty)."""
