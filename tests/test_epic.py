@@ -213,10 +213,14 @@ def test_every_bad_row_is_named_in_one_error(epic_dir, tmp_path):
             good[r][col["start_timestamp"]] = "00:00:01.00"
         good[3][col["verb_class"]] = "999"
         good[6][col["noun_class"]] = "9999"
+        good[8][col["stop_frame"]] = "y"
         csv.writer(f).writerows(good)
-    with pytest.raises(LeapError, match=rf"2 rows cannot be read: row 4, {good[3][0]}: verb_class 999 is not a class"
-                                        rf".*; row 7, {good[6][0]}: noun_class 9999 is not a class"):
+    with pytest.raises(LeapError) as e:  # in the same pass as the rows that do not parse (it took a second)
         Annotations(folder).segments("val")
+    msg = e.value.one_line()
+    assert (f"3 rows cannot be read: row 4, {good[3][0]}: verb_class 999 is not a class of EPIC_100_verb_classes.csv"
+            in msg and f"; row 7, {good[6][0]}: noun_class 9999 is not a class" in msg), msg
+    assert f"; row 9, {good[8][0]}: column stop_frame holds 'y'" in msg and msg.endswith("(fix or remove those rows)")
 
 
 def test_layout_errors(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 from leap_cli.common import dataset_root, normalize_split
 from leap_cli.epic.classes import ClassVocab, csv_header, parse_list_cell, read_csv
@@ -77,11 +78,13 @@ def _time(row: dict, col: str, path: Path, rec: str) -> float:
                         fix="fix or remove that row") from None
 
 
-def read_segments(path: str | Path, *, labelled: bool | None = None) -> list[Segment]:
+def read_segments(path: str | Path, *, labelled: bool | None = None,
+                  check: Callable[[Segment, Path, str], LeapError | None] | None = None) -> list[Segment]:
     """Read a train/validation (15 columns) or test-timestamps (8 columns) CSV.
 
     ``labelled=True`` requires the label columns (a train/validation file without them is an error, not an
-    unlabelled split); ``None`` reads them when present.
+    unlabelled split); ``None`` reads them when present. ``check(segment, path, record)``: what else is wrong
+    with a row that parses (a class id the class files lack), said with the rows that do not.
     """
     path = Path(path)
     if labelled is None:  # from the header: the file is read once
@@ -93,8 +96,12 @@ def read_segments(path: str | Path, *, labelled: bool | None = None) -> list[Seg
     for i, row in enumerate(rows, start=2):
         rec = f"row {i}, {row.get('narration_id') or '?'}"
         try:
-            segments.append(_segment(row, path, rec, i, seen, labelled))
+            seg = _segment(row, path, rec, i, seen, labelled)
         except LeapError as e:
+            errors.append(e)
+            continue
+        segments.append(seg)
+        if check is not None and (e := check(seg, path, rec)) is not None:
             errors.append(e)
     raise_row_errors(errors)
     return segments
@@ -176,32 +183,32 @@ class Annotations:
         split = normalize_split(split)
         if split not in self._segments:
             path = self.split_path(split)
-            segments = read_segments(path, labelled=True if split in LABELLED_SPLITS else None)
-            self._check_class_ids(path, segments)
+            segments = read_segments(path, labelled=True if split in LABELLED_SPLITS else None,
+                                     check=self._class_ids_check())
             self._segments[split] = segments
         return self._segments[split]
 
-    def _check_class_ids(self, path: Path, segments: list[Segment]) -> None:
+    def _class_ids_check(self) -> Callable[[Segment, Path, str], LeapError | None]:
+        """A labelled row's class ids against the class files (those present)."""
         checks = []
         if (self.folder / VERB_CLASSES).exists():
             checks.append(("verb_class", self.verbs, VERB_CLASSES, lambda s: [s.verb_class]))
         if (self.folder / NOUN_CLASSES).exists():
             checks.append(("noun_class", self.nouns, NOUN_CLASSES,
                            lambda s: [s.noun_class, *s.all_noun_classes]))
-        errors = []
-        for i, seg in enumerate(segments, start=2):
+
+        def check(seg: Segment, path: Path, rec: str) -> LeapError | None:
             if not seg.has_labels:
-                continue
+                return None
             for column, vocab, file, ids in checks:
                 bad = next((c for c in ids(seg) if c not in vocab.keys), None)
                 if bad is not None:
                     col = column if bad == ids(seg)[0] else "all_noun_classes"
-                    errors.append(LeapError(
-                        f"{col} {bad} is not a class of {file} (ids {min(vocab.keys)}-{max(vocab.keys)})", path=path,
-                        record=f"row {i}, {seg.narration_id}",
-                        fix=f"fix that row, or use the {file} the annotations were made with"))
-                    break
-        raise_row_errors(errors)
+                    return LeapError(f"{col} {bad} is not a class of {file} (ids {min(vocab.keys)}-{max(vocab.keys)})",
+                                     path=path, record=rec,
+                                     fix=f"fix that row, or use the {file} the annotations were made with")
+            return None
+        return check
 
     @cached_property
     def verbs(self) -> ClassVocab:
