@@ -907,6 +907,29 @@ def test_an_empty_or_cut_checkpoint_is_one_line(tmp_path: Path) -> None:
         assert e.value.path == str(tmp_path / name) and "\n" not in e.value.one_line()
 
 
+def test_a_checkpoint_whose_bytes_changed_on_disk_is_refused_not_resumed(tmp_path: Path) -> None:
+    """torch.load does not check the archive's CRC-32s: a last.pt with 4000 bytes of a tensor overwritten (same
+    size) was resumed as if whole ("resumed from checkpoints/last.pt at step 10"), to weights up to 4.48 off."""
+    import struct
+    import zipfile
+
+    cfg = tiny_config("train.max_steps=2")
+    main(cfg, workdir=tmp_path, name="r", source=MemorySource(val=False), stop_at_step=1)
+    last = tmp_path / "runs/r/checkpoints/last.pt"
+    with zipfile.ZipFile(last) as z:
+        member = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(last.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[member.header_offset + 26:member.header_offset + 30])
+    start = member.header_offset + 30 + name_len + extra_len + 64  # inside the tensor's bytes (its local header's
+    # extra field pads the data to 64 bytes, so it is read from the local header, not from the central directory)
+    data[start:start + 400] = struct.pack("<f", 0.05) * 100
+    last.write_bytes(bytes(data))
+    with pytest.raises(LeapError) as e:
+        main(cfg, workdir=tmp_path, name="r", source=MemorySource(val=False), resume=True)
+    msg = e.value.one_line()
+    assert str(last) in msg and "damaged checkpoint" in msg and member.filename in msg and "--force" in msg, msg
+
+
 def test_a_real_backbone_without_pretrained_weights_is_said_to_start_from_random() -> None:
     from leap_cli.train.config import load_config
     from leap_cli.train.loop import random_start

@@ -67,10 +67,29 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _check_crcs(path: Path) -> None:
+    """torch.save writes a zip archive with a CRC-32 per tensor file, which torch.load does not check: bytes
+    changed on disk since (a failing disk, a bad copy) were loaded as weights, silently. Reading them all once
+    costs ~1 s per GB. A file that is no zip archive is left to torch.load."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError):
+        return
+    if bad is not None:
+        raise LeapError(f"damaged checkpoint: {bad} does not match the CRC-32 stored with it (the bytes changed on "
+                        "disk since it was written)", path=path,
+                        fix="use another checkpoint (best.pt or last.pt of the run, or a copy made before); a run "
+                            "whose last.pt is damaged starts over with --force")
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise LeapError("checkpoint not found", path=path, fix="train first (leap train) or give the right path")
+    _check_crcs(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for a corrupt or foreign file
