@@ -869,13 +869,18 @@ def test_a_bad_override_is_named_as_the_source_not_the_config_file(override: str
     assert e.value.path == f"--set {override}" and "tiny-synthetic.yaml" not in str(e.value)
 
 
-def test_a_second_training_of_the_same_run_is_refused(tmp_path: Path) -> None:
+def test_a_second_training_of_the_same_run_is_refused(tmp_path: Path, caplog) -> None:
     from leap_cli.io import OutputLock
 
     with OutputLock(tmp_path / "runs" / "r" / "checkpoints"):  # as a running `leap train` holds it
         with pytest.raises(LeapError, match="another leap process is writing") as e:
             main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False))
         assert "--name" in e.value.fix and "--out" not in e.value.fix  # train has no --out
+        # a --resume of it while it runs before its first checkpoint: refused, without first announcing a restart
+        with pytest.raises(LeapError, match="another leap process is writing"):
+            main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False),
+                 resume=True)
+        assert "starting it from step 0" not in caplog.text, caplog.text
     assert main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False)).steps == 1
 
 

@@ -408,12 +408,13 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             raise LeapError(f"{run_dir} has no checkpoints/last.pt to resume, but holds {', '.join(kept)}",
                             path=ckpt_dir / "last.pt", fix="put last.pt back, start the run over with --force, or give "
                                                            "another --name")
-        if not kept:
-            # the run was started and stopped before its first checkpoint (a preemption in its first
-            # checkpoint_every steps, or its first epoch): a requeue that always passes --resume starts it again
-            log.warning("%s holds no checkpoint yet (the run stopped before its first): starting it from step 0",
-                        run_dir)
+        # the run was started and stopped before its first checkpoint (a preemption in its first
+        # checkpoint_every steps, or its first epoch): a requeue that always passes --resume starts it again
+        # (said once its lock is held: the same run still going is refused first)
+        unsaved_restart = not kept
         resume = False
+    else:
+        unsaved_restart = False
     made = [p for p in (workdir / "runs", run_dir) if not p.exists()]  # removed again if the run does not start
     info = distributed.setup(cfg.train.device)
     stack = contextlib.ExitStack()
@@ -424,6 +425,9 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             stack.enter_context(OutputLock(run_dir / "checkpoints",
                                            fix="wait for it to finish, or give this run another --name"))
             stack.callback(_remove_unstarted, run_dir, made)
+            if unsaved_restart:
+                log.warning("%s holds no checkpoint yet (the run stopped before its first): starting it from step 0",
+                            run_dir)
         resume_ckpt = None
         # --force removes the old run only once the config, the data and the model have been checked below:
         # a typo in the config or a damaged manifest must not cost the run it was meant to replace.
