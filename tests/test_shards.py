@@ -293,6 +293,23 @@ def test_shard_parts_merge(root, tmp_path):
         merge_parts(out)
 
 
+def test_a_build_without_shard_is_refused_beside_a_part_that_has_begun(root, tmp_path):
+    """A part still running (paused, or on real data long before its first tar) left only its progress file: an
+    unsharded build beside it went ahead, and the folder then held both builds' tars."""
+    def stop(done, total):
+        if done:
+            raise KeyboardInterrupt  # the part stops after its first sample, before any tar is complete
+
+    with pytest.raises(KeyboardInterrupt):
+        build(root, tmp_path, shard=ShardSpec(0, 2), progress=stop, max_shard_size=10**9)
+    out = tmp_path / "shards" / "train"
+    assert (out / ".progress.shard0of2.jsonl").exists() and not list(out.glob("*.tar"))
+    with pytest.raises(LeapError, match=r"holds shards of --shard i/2 parts"):
+        build(root, tmp_path)
+    assert not list(out.glob("leap-train-*.tar"))
+    assert build(root, tmp_path, shard=ShardSpec(1, 2)).written_now  # the other part still builds beside it
+
+
 @pytest.fixture(scope="module")
 def epic_root(tmp_path_factory) -> Path:
     """The same segments, rgb_frames numbered as EPIC numbers them: a 29.97 fps video counted at 60/s."""

@@ -278,7 +278,11 @@ def part_counts(folder: str | Path) -> dict[int, dict[int, Path]]:
 def check_part_count(folder: str | Path, count: int) -> None:
     """Refuse a folder that holds ``--shard`` parts of another count than ``count`` (1: no parts): merged, the
     parts of /2 and /3 hold every sample of their overlap twice."""
-    other = sorted(n for n in part_counts(folder) if n != count)
+    # parts done (their manifests) and parts begun or still running (their progress files, made when they start:
+    # an unsharded build beside a part that had written no tar yet left the folder holding both)
+    begun = {int(m.group(1)) for p in Path(folder).glob(".progress.shard*of*.jsonl")
+             if (m := re.fullmatch(r"\.progress\.shard\d+of(\d+)\.jsonl", p.name))}
+    other = sorted(n for n in set(part_counts(folder)) | begun if n != count)
     if count > 1 and (Path(folder) / ".progress.jsonl").exists():  # an unsharded build: its tars would stay beside
         raise LeapError(f"the folder holds a build without --shard, not of i/{count} parts", path=folder,
                         fix="build the parts into another --out (or delete the folder to start over)")
