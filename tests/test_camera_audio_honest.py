@@ -85,6 +85,7 @@ def test_poses_that_leave_the_segments_end_unregistered_give_way_to_odometry(tmp
     rec = CameraComponent(frames=3).describe(ctx())
     assert rec["data"]["method"] == "visual-odometry"
     assert rec["data"]["poses_skipped"] == "the registered frames leave 0.52 s of the segment uncovered"
+    assert rec["data"]["uncovered_s"] == pytest.approx(0.517, abs=0.01)  # as docs/extract.md says (it was text only)
     rec = CameraComponent(frames=3, source="colmap").describe(ctx())
     assert rec["data"]["method"] == "epic-fields" and rec["data"]["uncovered_s"] == pytest.approx(0.517, abs=0.01)
     # poses over the whole segment are used

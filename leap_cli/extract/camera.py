@@ -513,7 +513,7 @@ class CameraComponent(Component):
     def describe(self, ctx: SegmentContext) -> dict:
         s = ctx.segment
         poses_path = None if self.source == "vo" else ctx.layout.poses_path(s.video_id)
-        skipped = None
+        skipped = uncovered = None
         if poses_path is not None:
             rec = self._from_poses(ctx, poses_path)
             uncovered = rec["data"].get("uncovered_s", 0.0) if rec["status"] == "ok" else None
@@ -551,6 +551,8 @@ class CameraComponent(Component):
         extra = {"method": "visual-odometry", "fov_deg": self.fov_deg, "frame_size": [w, h]}
         if skipped:
             extra["poses_skipped"] = skipped
+            if uncovered is not None:  # poses there, but leaving too much of the segment without a frame
+                extra["uncovered_s"] = uncovered
         return self._summary(steps, total, f"orb-vo:{len(numbers)} frames", extra=extra)
 
     def frames_wanted(self, ctx: SegmentContext) -> list[tuple[list[int], int | None]]:
