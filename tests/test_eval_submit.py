@@ -64,9 +64,11 @@ def test_scores_round_trip_and_official_formats(tmp_path, ann_dir):
     save_scores(tmp_path / "scores.pt", ids, verb, noun, meta={"split": "val", "task": "recognition"})
     a = load_scores(tmp_path / "scores.pt")
     assert a["narration_id"] == ids and torch.equal(a["verb_output"], verb) and a["meta"]["task"] == "recognition"
-    # official dict layout as a pickle of NumPy arrays, and the list-of-dicts layout as .pt
-    with open(tmp_path / "official.pkl", "wb") as f:
-        pickle.dump({"verb_output": verb.numpy(), "noun_output": noun.numpy(), "narration_id": np.array(ids)}, f)
+    # official dict layout as a pickle of NumPy arrays (made from scores.pt as docs/evaluate-submit.md shows, for
+    # EPIC's own evaluate.py), and the list-of-dicts layout as .pt
+    s = torch.load(tmp_path / "scores.pt", weights_only=True)
+    pickle.dump({"narration_id": np.array(s["narration_id"]), "verb_output": s["verb_output"].numpy(),
+                 "noun_output": s["noun_output"].numpy()}, open(tmp_path / "official.pkl", "wb"))
     torch.save([{"verb_output": verb[i].numpy(), "noun_output": noun[i].numpy(), "narration_id": ids[i]}
                 for i in range(4)], tmp_path / "official.pt")
     ann = Annotations(ann_dir)
