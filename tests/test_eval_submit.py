@@ -67,8 +67,9 @@ def test_scores_round_trip_and_official_formats(tmp_path, ann_dir):
     # official dict layout as a pickle of NumPy arrays (made from scores.pt as docs/evaluate-submit.md shows, for
     # EPIC's own evaluate.py), and the list-of-dicts layout as .pt
     s = torch.load(tmp_path / "scores.pt", weights_only=True)
-    pickle.dump({"narration_id": np.array(s["narration_id"]), "verb_output": s["verb_output"].numpy(),
-                 "noun_output": s["noun_output"].numpy()}, open(tmp_path / "official.pkl", "wb"))
+    with open(tmp_path / "official.pkl", "wb") as f:
+        pickle.dump({"narration_id": np.array(s["narration_id"]), "verb_output": s["verb_output"].numpy(),
+                     "noun_output": s["noun_output"].numpy()}, f)
     torch.save([{"verb_output": verb[i].numpy(), "noun_output": noun[i].numpy(), "narration_id": ids[i]}
                 for i in range(4)], tmp_path / "official.pt")
     ann = Annotations(ann_dir)
