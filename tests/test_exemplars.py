@@ -340,3 +340,16 @@ def test_swapped_hands_swap_the_purpose_words(exemplars, verbs, nouns):
     assert any(s["hand"] == "left" and s["object_a"] == "knife" for s in subs)
     assert not any("left hand" in s["purpose"] and s["hand"] == "right" for s in subs)
     assert not any("right hand" in s["purpose"] and s["hand"] == "left" for s in subs)
+
+
+def test_an_object_the_clip_narrates_keeps_its_role(exemplars, verbs, nouns):
+    """"dry hands with towel" with no hand-object files (nothing touched): the narrated towel went to the put's
+    target and the held towel became "top": take(top), rub(hand, top), put(top, towel)."""
+    text = "Clip 26.43-27.55 s (1.1 s long).\nNarration: \"dry hands with towel\" (verb: dry, noun: hand; also towel)."
+    info = ClipInfo("P01_01_13", text, "dry hands with towel", "dry", "hand", verbs.resolve("dry"),
+                    nouns.resolve("hand"), ["hand", "towel"])
+    p = offline_program(info, exemplars, verbs, nouns)
+    assert check_program(p, verbs, nouns, Labels(verbs.resolve("dry"), nouns.resolve("hand"))) == []
+    subs = list(_subs(p["steps"]))
+    assert (subs[0]["verb"], subs[0]["object_a"]) == ("take", "towel"), subs[0]
+    assert all(s["object_a"] == "towel" or s["object_b"] == "towel" for s in subs), subs

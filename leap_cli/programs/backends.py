@@ -817,7 +817,7 @@ class OfflineBackend(Backend):
 
     name = "offline"
     failed = "the offline backend made no program"  # (no request is made)
-    model = "offline-v2"
+    model = "offline-v3"  # v3: an exemplar object the clip narrates keeps its role
 
     def __init__(self, exemplars, verbs, nouns):
         self.exemplars, self.verbs, self.nouns = exemplars, verbs, nouns

@@ -5,6 +5,7 @@ class and renames the exemplar's objects by the role they play in it, from what 
 
 - the action noun (object A): the narration's noun; with no narration, the object a hand touches longest
   (``hands`` component), else the detected object most seen near a hand, else the first detected object;
+- an exemplar object that the clip narrates (the towel of "dry hands with towel") keeps its name and role;
 - *held* objects (a ``holding``/``touching`` argument other than the noun: the knife of a cut, the sponge of
   a wash): the objects the hands are in contact with (longest contact first), then the objects detected near
   a hand (in at least ``MIN_NEAR_SHARE`` of the frames), then the narration's other nouns;
@@ -324,6 +325,12 @@ def _object_mapping(program: dict, ev: Evidence, nouns: ClassVocab, *, drop: boo
         return next((o for o in mapping if own is not None and cls(o) == own), None)
 
     give(program["action"]["noun"], ev.noun)
+    # an exemplar object the clip narrates keeps its name and role (the towel of "dry hands with towel" was
+    # given to the put's target, and the held towel became "top": take(top), rub(hand, top), put(top, towel))
+    for old in _objects_of(program):
+        own = cls(old)
+        if old not in mapping and own is not None and own in ev.narrated and own not in taken:
+            give(old, own)
     held, second = _roles(program)
     touched = set(ev.hand) | set(ev.contacts)
     for old in second:
