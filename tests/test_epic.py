@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import pytest
@@ -250,6 +251,26 @@ def test_hand_objects_round_trip(tmp_path, suffix):
     assert h.side is HandSide.LEFT and h.state is HandState.PORTABLE_OBJECT
     assert h.bbox.left == pytest.approx(0.1) and h.object_offset[1] == pytest.approx(-0.1)
     assert back[0].hands[1].state is HandState.NO_CONTACT and back[0].objects[0].score == pytest.approx(0.66)
+
+
+def test_hand_objects_jsonl_takes_epics_numbers_for_state_and_side(tmp_path):
+    """A JSONL written with EPIC's numbers ("state": 3, "side": 1, as its protobuf and IntEnums have them) failed
+    every segment with "KeyError: 0"; names and numbers now read alike, and a bad one names the choices."""
+    names = tmp_path / "names" / "P01_01.jsonl"
+    names.parent.mkdir()
+    write_hand_objects(names, _frames())
+    numbers = tmp_path / "P01_01.jsonl"
+    lines = [json.loads(x) for x in names.read_text().splitlines()]
+    for d in lines:
+        for h in d["hands"]:
+            h["state"], h["side"] = int(HandState[h["state"]]), int(HandSide[h["side"]])
+    numbers.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    assert read_hand_objects(numbers) == read_hand_objects(names)
+    lines[0]["hands"][0]["state"] = 7
+    numbers.write_text("".join(json.dumps(d) + "\n" for d in lines))
+    with pytest.raises(LeapError, match=r"line 1 is not a frame of detections \(ValueError: state 7 is none of "
+                                        r"NO_CONTACT \(0\), .*STATIONARY_OBJECT \(4\)\)"):
+        read_hand_objects(numbers)
 
 
 def test_hand_objects_protobuf_wire_format():

@@ -93,11 +93,13 @@ class FrameDetections:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FrameDetections":
+        """The JSONL form (``to_dict``); ``state`` and ``side`` by name (``PORTABLE_OBJECT``, ``RIGHT``) or by
+        the number EPIC's protobuf and its Python library use (3, 1)."""
         box = lambda b: BBox(float(b["left"]), float(b["top"]), float(b["right"]), float(b["bottom"]))  # noqa: E731
         return cls(str(d["video_id"]), int(d["frame_number"]),
-                   [HandDetection(box(h["bbox"]), float(h["score"]), HandState[h["state"]],
+                   [HandDetection(box(h["bbox"]), float(h["score"]), _enum(HandState, h["state"], "state"),
                                   (float(h["object_offset"]["x"]), float(h["object_offset"]["y"])),
-                                  HandSide[h["side"]]) for h in d.get("hands", [])],
+                                  _enum(HandSide, h["side"], "side")) for h in d.get("hands", [])],
                    [ObjectDetection(box(o["bbox"]), float(o["score"])) for o in d.get("objects", [])])
 
     # --- protobuf wire format -------------------------------------------------------------------
@@ -138,6 +140,15 @@ class FrameDetections:
             o = _fields(raw)
             objects.append(ObjectDetection(_bbox(_one(o, 1, b"")), _float(_one(o, 2, 0))))
         return cls(_one(f, 1, b"").decode(), _signed32(_one(f, 2, 0)), hands, objects)
+
+
+def _enum(kind: type[IntEnum], value, key: str) -> IntEnum:
+    """A hand's state or side from its name or its number; anything else a ValueError naming the choices."""
+    try:
+        return kind(value) if isinstance(value, int) and not isinstance(value, bool) else kind[value]
+    except (KeyError, ValueError, TypeError):
+        choices = ", ".join(f"{m.name} ({m.value})" for m in kind)
+        raise ValueError(f"{key} {value!r} is none of {choices}") from None
 
 
 def _put_varint(out: bytearray, value: int) -> None:
