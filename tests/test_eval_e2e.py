@@ -253,10 +253,14 @@ def test_the_submit_hint_after_a_test_evaluation_runs_as_printed(pipeline, tmp_p
     assert sorted(sub.read_submission(work / "submission.zip")["results"]) == ["P01_03_10", "P01_03_11"]
     # options left at their defaults are not repeated
     from leap_cli.commands.evaluate import _submit_command
-    from leap_cli.common import DEFAULT_WORKDIR
 
-    assert _submit_command(Path("s.pt"), "recognition", DEFAULT_WORKDIR, None, None) == \
-        "leap submit --scores s.pt --task recognition --sls-pt PT --sls-tl TL --sls-td 3"
+    (tmp_path / "kitchen" / "annotations").mkdir(parents=True)
+    assert _submit_command(Path("s.pt"), "recognition", tmp_path, None, None) == \
+        f"leap submit --scores s.pt --task recognition --workdir {tmp_path} --sls-pt PT --sls-tl TL --sls-td 3"
+    # an evaluation given no --data, whose annotations are not where submit looks by default: a ROOT to fill in
+    # (pasted as printed, it stopped at "leap-work/kitchen/annotations: annotations folder not found")
+    assert _submit_command(Path("s.pt"), "recognition", tmp_path / "w", None, None) == \
+        f"leap submit --scores s.pt --task recognition --data ROOT --workdir {tmp_path / 'w'} --sls-pt PT --sls-tl TL --sls-td 3"
 
 
 def test_anticipation_evaluate_and_submit_with_actions(pipeline):

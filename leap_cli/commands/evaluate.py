@@ -45,6 +45,8 @@ def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, a
     for option, value in (("--data", data), ("--annotations", annotations)):
         if value is not None:
             args += [option, str(value)]
+    if data is None and annotations is None and not (Path(workdir) / "kitchen" / "annotations").is_dir():
+        args += ["--data", "ROOT"]  # submit reads the test split's annotations: not where it would look by default
     if Path(workdir) != DEFAULT_WORKDIR:
         args += ["--workdir", str(workdir)]
     return shlex.join(args + ["--sls-pt", "PT", "--sls-tl", "TL", "--sls-td", "3"])
@@ -170,7 +172,10 @@ def evaluate(
             console.print(escape(f"test split: no labels, scores only. Next: "
                                  f"{_submit_command(scores_path, task, workdir, data, annotations)}"),
                           highlight=False, soft_wrap=True)
-            console.print("(PT, TL: this model's supervision levels, see docs/evaluate-submit.md)", highlight=False)
+            console.print("(PT, TL: this model's supervision levels, see docs/evaluate-submit.md"
+                          + ("; ROOT: the data set root holding annotations/" if " --data ROOT " in
+                             _submit_command(scores_path, task, workdir, data, annotations) else "") + ")",
+                          highlight=False)
             return
         metrics_path = scores_path.parent / "metrics.json"
         source = str(scores_path)
