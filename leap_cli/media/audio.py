@@ -195,7 +195,8 @@ def audio_source(layout: "DatasetLayout", video_id: str, *, record: str | None =
         return video
     part = layout.participant(video_id)
     looked = layout.root / part / "audio" / f"{video_id}.wav"
-    raise AudioUnavailable("no audio file or audio track", path=looked, record=record or video_id,
+    # the file is at fault, as for the camera's missing video: --retry-errors redoes it once downloaded
+    raise AudioUnavailable("no audio file and no video file", file=True, path=looked, record=record or video_id,
                            fix=f"looked for {looked.name} or .flac in {looked.parent} and a video in "
                                f"{layout.root / part / 'videos'}; the audio component is reported as unavailable")
 
