@@ -422,3 +422,13 @@ def test_under_torchrun_the_other_ranks_name_themselves_and_leave_the_interrupti
         monkeypatch.setenv("RANK", rank)
         code, err = _main(monkeypatch, capsys, "train", "--config", "tiny-synthetic", "--workdir", str(tmp_path))
         assert code == 130 and ("interrupted: checkpoints/last.pt holds" in " ".join(err.split())) == says, err
+
+
+def test_build_shards_says_what_it_does_before_its_first_sample(tiny_kitchen, tmp_path):
+    """With EPIC's 67k train segments build-shards checks the programs and plans for ~20 s before its first sample:
+    a log (no terminal) said nothing all that time."""
+    r = leap("build-shards", "--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path),
+             "--frames", "2", "--short-side", "32")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith("build-shards train: reading the annotations, checking the programs"), \
+        r.stdout
