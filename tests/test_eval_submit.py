@@ -130,8 +130,14 @@ def test_evaluate_cli_scores(tmp_path, ann_dir):
     res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--scores", str(tmp_path / "scores.pt"),
                                    "--workdir", str(tmp_path), "--task", "anticipation"])
     assert res.exit_code == 0, res.output
-    m = json.loads((tmp_path / "scores.metrics.json").read_text())
+    # a file saying no task holds recognition scores: scored as anticipation, its metrics get a name of their own
+    # (both tasks wrote scores.metrics.json, one replacing the other)
+    m = json.loads((tmp_path / "scores.anticipation.metrics.json").read_text())
     assert m["segments"] == 3 and m["not_scored"] == 1 and m["task"] == "anticipation"
+    assert CliRunner().invoke(app, ["evaluate", "--split", "val", "--scores", str(tmp_path / "scores.pt"),
+                                    "--workdir", str(tmp_path)]).exit_code == 0
+    assert json.loads((tmp_path / "scores.metrics.json").read_text())["task"] == "recognition"
+    assert json.loads((tmp_path / "scores.anticipation.metrics.json").read_text())["task"] == "anticipation"
     # verb classes 0 (s0 hit), 2 (s1 hit), 5 (s2 miss in top-1 but 6 classes: top-5 holds all but one)
     assert m["anticipation"]["overall"]["verb"]["mt5r"] == 1.0
     assert "anticipation" in res.output and "overall" in res.output

@@ -129,12 +129,16 @@ def evaluate(
             from leap_cli.evaluate.inference import resolve_run
 
             run_dir = resolve_run(run, workdir)
-        task = task or scores_task(loaded) or "recognition"
+        own = scores_task(loaded) or "recognition"  # what the file says it holds
+        task = task or own
         if split == "test":
             raise LeapError("the test split has no labels to score against", path=scores,
                             fix="use `leap submit --scores FILE` for test scores, or --split val")
         metrics_path = (out or (run_dir / "eval" / split if run_dir else None))
-        metrics_path = metrics_path / "metrics.json" if metrics_path else scores.with_suffix(".metrics.json")
+        # next to the file: scored as another task than its own, under a name of its own (it replaced the
+        # metrics of the file's own task)
+        metrics_path = metrics_path / "metrics.json" if metrics_path else scores.with_suffix(
+            ".metrics.json" if task == own else f".{task}.metrics.json")
         source = str(scores)
     else:
         from leap_cli.evaluate.inference import ViewConfig, evaluate_run, resolve_run
