@@ -444,16 +444,18 @@ def test_store_migrates_an_old_database(tmp_path):
         assert store.calls("n")[0]["outcome"] == "valid"
 
 
-def test_offline_fails_segments_without_narration(workdir):
+def test_offline_refuses_a_split_without_narrations_or_labels(workdir):
+    """EPIC's test split: the offline generator wrote every record failed and exited 3."""
     ann = workdir / "kitchen" / "annotations"
     rows = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()[:4]
     cols = 8  # the test-timestamps file has the first 8 columns only
     (ann / "EPIC_100_test_timestamps.csv").write_text(
         "\n".join(",".join(r.split(",")[:cols]) for r in rows) + "\n")
-    s = generate_programs(GenerateConfig(workdir=workdir, split="test"))
-    assert s.statuses == {"failed": 3}
-    recs = read_jsonl(workdir / "programs" / "test.jsonl")
-    assert all(r["program"] is None and "nothing to describe" in r["errors"][0]["message"] for r in recs)
+    with pytest.raises(LeapError, match="the offline backend makes a program from a clip's narration or labels, and "
+                                        "the test split has neither") as e:
+        generate_programs(GenerateConfig(workdir=workdir, split="test"))
+    assert "training and submission need no test programs" in e.value.fix
+    assert not (workdir / "programs" / "test.jsonl").exists()
 
 
 def test_backoff_and_retry_after_parsing():

@@ -751,7 +751,7 @@ def test_the_page_and_the_report_never_replace_an_input(kitchen):
     assert csv.read_bytes() == table
 
 
-def test_offline_failures_are_not_called_requests(kitchen):
+def test_offline_failures_are_not_called_requests(kitchen, monkeypatch):
     """A test segment (no narration, no labels) with the offline backend was written "request failed: no verb
     known ...": no request is made."""
     head = "narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,stop_frame"
@@ -765,9 +765,22 @@ def test_offline_failures_are_not_called_requests(kitchen):
                                                   "data": {"reason": "test split"}, "text": "unavailable"},
                                     "audio": {"status": "ok", "source": "x", "data": {}, "text": "water running"}}})
                     + "\n")
+    # refused up front: every record failed ("no verb known"), exit 3 after writing them all
     r = CliRunner().invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "test"])
+    assert r.exit_code == 1 and isinstance(r.exception, LeapError), r.output
+    assert "the test split has neither" in str(r.exception) and "--backend openai" in str(r.exception)
+    assert not (kitchen / "programs" / "test.jsonl").exists()
+    # a clip the offline generator makes nothing of (here: made so) is a failed record, without "request"
+    import leap_cli.programs.offline as offline
+
+    def nothing(*a, **k):
+        raise offline.OfflineError("no verb known for this clip")
+
+    monkeypatch.setattr(offline, "offline_program", nothing)
+    r = CliRunner().invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val", "--limit", "1",
+                                 "--out", str(kitchen / "programs" / "one.jsonl")])
     assert r.exit_code == 3, r.output  # every record failed
-    (rec,) = [json.loads(x) for x in (kitchen / "programs" / "test.jsonl").read_text().splitlines()]
+    (rec,) = [json.loads(x) for x in (kitchen / "programs" / "one.jsonl").read_text().splitlines()]
     message = rec["errors"][0]["message"]
     assert rec["status"] == "failed" and message.startswith("the offline backend made no program: no verb known")
 

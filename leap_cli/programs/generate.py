@@ -567,6 +567,13 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     # (and a cache that cannot be opened); the offline generator's programs are neither cached nor paid for
     store = None if backend.name == "offline" else ProgramStore(cfg.cache_path, commit_every=0.5, background=True)
     try:
+        if (backend.name == "offline" and inputs.records and inputs.segments
+                and all(s.narration is None and s.verb_class is None for s in inputs.segments.values())):
+            # EPIC's test split: every record would fail ("no verb known"), exit 3 after writing them all
+            raise LeapError(f"the offline backend makes a program from a clip's narration or labels, and the "
+                            f"{cfg.split_name} split has neither", record=cfg.split_name,
+                            fix="generate its programs with an LLM (--backend openai, from the clip texts), or go "
+                                "on without them: build-shards, training and submission need no test programs")
         check_output(cfg, builder, inputs)
     except BaseException:
         if store is not None:
