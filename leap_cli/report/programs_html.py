@@ -46,7 +46,7 @@ def programs_report_html(rep: dict, *, title: str | None = None) -> str:
             ("Control-flow steps of each kind (all valid programs)",
              [(k, float(flow.get(k, 0))) for k in kinds], "#8a4ab5"),
             ("Valid programs with at least one",
-             [(f"{k}s", float(flow.get(f"programs_with_{k}", 0))) for k in kinds], "#6a4ab5"),
+             [(k, float(flow.get(f"programs_with_{k}", 0))) for k in kinds], "#6a4ab5"),
             ("Sub-actions per program (then-branches, each loop once)",
              [(str(k), float(v)) for k, v in steps_sorted], "#b5834a"),
             (f"Sub-action verbs (top {TOP})", _counts(hist.get("verbs") or {}), "#4a7fb5"),
