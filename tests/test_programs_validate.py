@@ -847,7 +847,7 @@ def test_the_page_shows_what_the_terminal_does(two_splits):
     assert "Lines that are not program records (1)" in text and "not valid JSON" in text
     assert "Records with findings (250, the first 200 shown)" in text and text.count("<tr><td>P99_") == 200
     assert "programs_with" not in text and "Valid programs with at least one" in text
-    assert "at least one loops" not in text  # (the bars read "loops", "conditionals": one loops)
+    assert ">loops<" not in text  # under "Valid programs with at least one" the bars read "loops": one loops
     rep = json.loads((programs / "train.report.json").read_text())
     rep["coverage"]["of"] = "records"
     assert "over 10 records" in programs_report_html(rep) and "labels" in programs_report_html(rep)
