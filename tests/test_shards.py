@@ -883,6 +883,10 @@ def test_cli_build_shards_exits_3_when_every_segment_is_skipped(root, tmp_path):
     skipped = " ".join(res.output[res.output.index("segment(s) skipped"):res.output.index("build-shards: all")].split())
     assert skipped.count("cannot be opened") == 1, skipped
     assert "no video file or rgb_frames folder: 7 segments of 2 videos (P01_01, P01_02); the first, P01_01_" in skipped
+    # check-shards on them: 0 shards, 0 problems, and it says the split's segments are in no shard
+    res = CliRunner().invoke(app, ["check-shards", "--split", "train", "--workdir", str(tmp_path / "w3")])
+    assert res.exit_code == 0, res.output
+    assert "7 segment(s) of the split were skipped when the shards were built" in " ".join(res.output.split())
 
 
 # ---- stored frame size: never upscaled ---------------------------------------------------------------------

@@ -190,5 +190,11 @@ def check_shards(
         console.print(f"[red]{escape(p['shard'])}[/] {escape(where + p['problem'])}")
     if len(report.problems) > 20:
         console.print(f"... and {len(report.problems) - 20} more")
+    from leap_cli.shards.format import load_manifest
+
+    skipped = load_manifest(folder)[0].get("counts", {}).get("skipped", 0)
+    if skipped:  # (a folder of 0 shards read as a clean check of a whole split)
+        console.print(f"[yellow]note:[/] {skipped} segment(s) of the split were skipped when the shards were built "
+                      "(no frames; listed with their reasons in the manifest): they are in no shard", highlight=False)
     if report.problems:
         raise typer.Exit(1)
