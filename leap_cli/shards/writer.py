@@ -850,6 +850,8 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         cache = FrameCache(cache_dir, settings.frames, settings.short_side, settings.jpeg_quality)
         entry = next(cache_dir.glob(f"*/*{cache.suffix}"), None)
         held = cache.frame_count(entry) if entry is not None else None
+        # an entry of this split's (the other splits' say nothing of whether this one was extracted)
+        ours = next((p for seg in segments if (p := cache.path(seg.video_id, seg.narration_id)).exists()), None)
         if entry is not None and held is not None and held != settings.frames:  # the name does not say the count
             notes.append(f"extract's frame cache {cache_dir} holds {held} frames per segment, these shards take "
                          f"{settings.frames}: every sample is decoded; extract with --cache-frames {settings.frames} "
@@ -862,6 +864,10 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
             notes.append(f"extract's frame cache {cache_dir} holds no frames at these shards' settings (short side "
                          f"{settings.short_side}, JPEG quality {settings.jpeg_quality}): every sample is decoded; "
                          f"{fix} to share one decode")
+            cache = None
+        elif ours is None:
+            notes.append(f"extract's frame cache {cache_dir} holds no frames of the {split} split: every sample is "
+                         f"decoded (leap extract --split {split} first shares one decode)")
             cache = None
         else:
             cache_note = f"frames read from extract's frame cache {cache_dir} where it holds them"
