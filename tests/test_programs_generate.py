@@ -368,9 +368,13 @@ def test_ctrl_c_keeps_finished_records(workdir, good_programs, signame):
         proc = start_cli(workdir, server, 1)
         wait_until(lambda: out.exists() and len(out.read_text().splitlines()) >= 2)
         proc.send_signal(getattr(signal, signame))
-        _, err = proc.communicate(timeout=30)
+        stdout, err = proc.communicate(timeout=30)
         assert proc.returncode == 128 + getattr(signal, signame), err
         assert ("stopped by SIGTERM" if signame == "SIGTERM" else "interrupted") in err.decode()
+        # the summary of what was done and spent is shown before it stops (it printed none: the cost of a paid
+        # run's stretch went unsaid)
+        shown = " ".join(stdout.decode().split())
+        assert "segments done in this run" in shown and "estimated cost of this run" in shown, shown
         kept = read_jsonl(out)
         assert 2 <= len(kept) < N_SEGMENTS and all(r["status"] == "valid" for r in kept)
         assert out.read_text().endswith("\n")

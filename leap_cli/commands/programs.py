@@ -154,7 +154,7 @@ def generate_programs(
         summary = run(cfg, on_start=lambda n: progress.update(task, total=n),
                       on_record=lambda r: progress.advance(task),
                       on_waiting=lambda why: progress.update(task, description=f"programs ({why})" if why
-                                                             else "programs"))
+                                                             else "programs"), reraise=False)
     console.print(escape(f"input: {summary.source}"), highlight=False)
     table = Table(title=f"generate-programs -> {escape(str(summary.out))}", show_header=False)
     table.add_column("what")
@@ -178,6 +178,10 @@ def generate_programs(
         console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
     for line in endpoint_notes(summary):
         console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
+    if summary.interrupted is not None:  # what was done and spent is shown, then the stop goes on as Ctrl-C's
+        import signal
+
+        signal.raise_signal(summary.interrupted)
     for nid, msg in summary.failures[:10]:
         console.print(f"[red]{printable(nid, one_line=True)}[/]: {printable(msg, one_line=True)}", highlight=False)
     if len(summary.failures) > 10:

@@ -143,6 +143,7 @@ class GenerateSummary:
     steady_concurrency: int | None = None  # the most in flight that went a window without a 429 after the last cut
     held_seconds: float = 0.0  # time the server did not answer and was held (asked one request at a time)
     timed_out: int = 0  # requests abandoned at --timeout (the endpoint may bill them)
+    interrupted: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM), with reraise=False
 
 
 @dataclass
@@ -716,14 +717,20 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             store.close()
         await backend.aclose()
         summary.seconds = time.perf_counter() - start
-    stop.reraise()
+    summary.interrupted = stop.signum
     return summary
 
 
 def generate_programs(cfg: GenerateConfig, *, on_record: Callable[[dict], None] | None = None,
                       on_start: Callable[[int], None] | None = None, backend: Backend | None = None,
-                      on_waiting: Callable[[str | None], None] | None = None) -> GenerateSummary:
+                      on_waiting: Callable[[str | None], None] | None = None,
+                      reraise: bool = True) -> GenerateSummary:
     """Run the stage; finished records are on disk even if interrupted (Ctrl-C). ``on_waiting``: called with
     what the stage waits for while no reply can come (``Backend.waiting``, every ``WAITING_EVERY`` seconds while
-    it changes), and with None when requests go their way again."""
-    return asyncio.run(_generate(cfg, on_record, on_start, backend, on_waiting))
+    it changes), and with None when requests go their way again. A run stopped by SIGINT/SIGTERM raises that
+    signal again once its files are closed; with ``reraise=False`` it returns, ``summary.interrupted`` saying
+    which (so that a caller can show what was done and spent first, then raise it)."""
+    summary = asyncio.run(_generate(cfg, on_record, on_start, backend, on_waiting))
+    if reraise and summary.interrupted is not None:
+        signal.raise_signal(summary.interrupted)
+    return summary
