@@ -50,25 +50,21 @@ def check_demo(cfg: DemoConfig) -> None:
     """Refuse, before any stage runs, what the stages would fail on late or mix silently: another demo's work
     directory (other settings), a kitchen too small to train on or to have a test split."""
     from leap_cli.io import check_settings
-    from leap_cli.synth.kitchen import TRUNCATED_SEGMENTS, KitchenConfig, assign_videos
+    from leap_cli.synth.kitchen import KitchenConfig, assign_videos
     from leap_cli.train.config import load_config
 
     if cfg.videos < 3:
         raise LeapError(f"--videos {cfg.videos}: the kitchen has a test split (and so a submission) from 3 videos on",
                         fix="pass --videos 3 or more")
     kitchen = KitchenConfig(videos=cfg.videos, seed=cfg.seed, segments_per_video=cfg.segments)
-    entries = assign_videos(kitchen)
-    train_videos = sum(v.split == "train" for v in entries)
-    # the kitchen's truncated video: its last segments lie past the end of its file, and build-shards skips them
-    cut = kitchen.truncated_video()
-    lost = TRUNCATED_SEGMENTS if (cut is not None and entries[cut].split == "train"
-                                  and cfg.segments > TRUNCATED_SEGMENTS) else 0
+    train_videos = sum(v.split == "train" for v in assign_videos(kitchen))
+    lost = kitchen.segments_past_end().get("train", 0)  # the truncated video's: build-shards skips them
     usable = train_videos * cfg.segments - lost
     batch = load_config(cfg.config or default_config(), list(cfg.train_overrides)).data.batch_size
     if usable < batch:
         need = -(-(batch + lost) // train_videos)
         raise LeapError(f"--videos {cfg.videos} --segments {cfg.segments} give {usable} training segments with frames"
-                        + (f" ({lost} more of the kitchen's truncated video lie past its end)" if lost else "")
+                        + (f" (at least {lost} more of the kitchen's truncated video lie past its end)" if lost else "")
                         + f", fewer than one batch (data.batch_size={batch})",
                         fix=f"pass --segments {need} or more, or --set data.batch_size={max(1, usable)}")
     check_settings(cfg.workdir / "demo", cfg.settings(), force=cfg.force, remove=lambda: None,

@@ -104,7 +104,7 @@ def test_demo_refuses_a_kitchen_it_cannot_train_on_or_submit_from(tmp_path):
     check_demo(DemoConfig(workdir=tmp_path, videos=3, segments=4, train_overrides=("data.batch_size=4",)))
     # the truncated video's last segments are skipped by build-shards: counted out here (--segments 8, as the
     # refusal of --segments 4 advised, ran four stages and failed at train with 13 training samples)
-    with pytest.raises(LeapError, match=r"--videos 4 --segments 8 give 13 training segments with frames \(3 more of "
+    with pytest.raises(LeapError, match=r"--videos 4 --segments 8 give 13 training segments with frames \(at least 3 more of "
                                         r"the kitchen's truncated video lie past its end\).*--segments 10 or more"):
         check_demo(DemoConfig(workdir=tmp_path, videos=4, segments=8))
     check_demo(DemoConfig(workdir=tmp_path, videos=4, segments=10))

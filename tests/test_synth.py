@@ -397,6 +397,8 @@ def test_truncated_video_has_segments_past_its_end(kitchen):
     assert info.duration > v["truncated_at"] + 1
     past = [t for t in _truth(root) if t["video_id"] == v["video_id"] and t.get("past_end_of_video")]
     assert len(past) >= TRUNCATED_SEGMENTS and all(t["stop"] > v["truncated_at"] for t in past)
+    split = assign_videos(CFG)[CFG.truncated_video()].split
+    assert CFG.segments_past_end() == {split: TRUNCATED_SEGMENTS} and len(past) >= CFG.segments_past_end()[split]
     assert any(t["start"] < v["truncated_at"] for t in past)  # one straddles the end
 
 

@@ -173,13 +173,12 @@ def evaluate(
                              f"checkpoint {loaded['meta']['checkpoint']})"), highlight=False)
         if split == "test":
             # soft_wrap: a long command is not broken by inserted newlines, so it pastes as printed
-            console.print(escape(f"test split: no labels, scores only. Next: "
-                                 f"{_submit_command(scores_path, task, workdir, data, annotations)}"),
-                          highlight=False, soft_wrap=True)
+            command = _submit_command(scores_path, task, workdir, data, annotations)
+            console.print(escape(f"test split: no labels, scores only. Next: {command}"), highlight=False,
+                          soft_wrap=True)
             console.print("(PT, TL: this model's supervision levels, see docs/evaluate-submit.md"
-                          + ("; ROOT: the data set root holding annotations/" if " --data ROOT " in
-                             _submit_command(scores_path, task, workdir, data, annotations) else "") + ")",
-                          highlight=False)
+                          + ("; ROOT: the data set root holding annotations/" if " --data ROOT " in command else "")
+                          + ")", highlight=False)
             return
         metrics_path = scores_path.parent / "metrics.json"
         source = str(scores_path)

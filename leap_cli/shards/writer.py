@@ -848,10 +848,12 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     cache = None
     if settings.task == "recognition" and cache_dir.is_dir():
         cache = FrameCache(cache_dir, settings.frames, settings.short_side, settings.jpeg_quality)
-        entry = next(cache_dir.glob(f"*/*{cache.suffix}"), None)
+        # an entry of this split's (the other splits' say nothing of whether this one was extracted), else any
+        # entry at these settings, to tell the two notes apart
+        entry = next((p for seg in segments if (p := cache.path(seg.video_id, seg.narration_id)).exists()), None)
+        ours = entry is not None
+        entry = entry or next(cache_dir.glob(f"*/*{cache.suffix}"), None)
         held = cache.frame_count(entry) if entry is not None else None
-        # an entry of this split's (the other splits' say nothing of whether this one was extracted)
-        ours = next((p for seg in segments if (p := cache.path(seg.video_id, seg.narration_id)).exists()), None)
         if entry is not None and held is not None and held != settings.frames:  # the name does not say the count
             notes.append(f"extract's frame cache {cache_dir} holds {held} frames per segment, these shards take "
                          f"{settings.frames}: every sample is decoded; extract with --cache-frames {settings.frames} "
@@ -865,7 +867,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                          f"{settings.short_side}, JPEG quality {settings.jpeg_quality}): every sample is decoded; "
                          f"{fix} to share one decode")
             cache = None
-        elif ours is None:
+        elif not ours:
             notes.append(f"extract's frame cache {cache_dir} holds no frames of the {split} split: every sample is "
                          f"decoded (leap extract --split {split} first shares one decode)")
             cache = None

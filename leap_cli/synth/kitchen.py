@@ -100,6 +100,15 @@ class KitchenConfig:
     def rates(self) -> tuple[float, ...]:
         return self.fps or (FPS_CYCLE if self.honest else CLEAN_FPS_CYCLE)
 
+    def segments_past_end(self) -> dict[str, int]:
+        """{split: segments of the truncated video that lie past (or run over) the end of its file}, at least:
+        build-shards skips them (``_VideoBuilder.build`` cuts the file inside the TRUNCATED_SEGMENTS-th segment from
+        the end; an earlier one that overlaps it may run past the cut too)."""
+        cut = self.truncated_video()
+        if cut is None or self.segments_per_video <= TRUNCATED_SEGMENTS:
+            return {}
+        return {assign_videos(self)[cut].split: TRUNCATED_SEGMENTS}
+
     def truncated_video(self) -> int | None:
         """Index of the video whose MP4 is a truncated copy (honest kitchens of 2 videos or more): the first
         labelled video without poses (so nothing legitimately describes the missing part), else the second."""
