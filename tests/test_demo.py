@@ -276,9 +276,11 @@ def test_a_stage_gets_sigterm_when_the_demo_is_killed(tmp_path):
         demo.send_signal(signal.SIGKILL)
         demo.wait()
         deadline = time.time() + 5
-        while not (tmp_path / "got").exists() and time.time() < deadline:
+        got = tmp_path / "got"
+        # (the stage's handler creates the file, then writes it: an empty file was read in between once)
+        while not (got.exists() and got.read_text()) and time.time() < deadline:
             time.sleep(0.1)
-        assert (tmp_path / "got").read_text() == "TERM"
+        assert got.read_text() == "TERM"
     finally:
         if demo.poll() is None:
             demo.kill()
