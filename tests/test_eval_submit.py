@@ -167,6 +167,33 @@ def test_submission_round_trip(tmp_path, ann_dir):
     assert sub.check_file(tmp_path / "s.zip", ann)["verbs"] == NV
 
 
+@pytest.mark.parametrize("with_actions", [False, True])
+def test_streamed_submission_is_json_dumps_of_the_whole_dict(tmp_path, with_actions):
+    """write_submission writes a few segments at a time (a test split as one dict is ~0.7 GB): the bytes are
+    json.dumps of the whole challenge dict, as the official create_submission.py writes it."""
+    ids = [f"P01_101_{i}" for i in range(600)]  # more than one batch of 256
+    scores = _test_scores(97, 300, ids)
+    kw = dict(sls_pt=1, sls_tl=2, sls_td=3, with_actions=with_actions)
+    whole = sub.make_submission(scores, "anticipation", **kw)
+    sub.write_submission(tmp_path / "s.zip", sub.make_submission(scores, "anticipation", lazy=True, **kw))
+    with zipfile.ZipFile(tmp_path / "s.zip") as z:
+        assert z.read("test.json") == json.dumps(whole).encode()
+        assert z.getinfo("test.json").compress_type == zipfile.ZIP_DEFLATED
+    assert sub.check_submission(sub.read_submission(tmp_path / "s.zip"), ids, 97, 300)["actions"] is with_actions
+
+
+@pytest.mark.parametrize("value", [True, "0.5", None, [0.5], 10 ** 400, float("inf")])
+def test_check_refuses_scores_that_are_not_finite_numbers(value):
+    doc = sub.make_submission(_test_scores(), "recognition", sls_pt=2, sls_tl=3, sls_td=4)
+    doc["results"]["P03_01_1"]["noun"]["2"] = value
+    with pytest.raises(LeapError, match="noun scores that are NaN, infinite or not numbers: P03_01_1"):
+        sub.check_submission(doc, TEST_IDS, NV, NN)
+    doc["results"]["P03_01_1"]["noun"]["2"] = 3  # an integer is a number
+    doc["results"]["P03_01_0"]["verb"]["99"] = 0.1  # a key beyond the classes
+    with pytest.raises(LeapError, match=r"1 segment\(s\) with verb scores not keyed.*P03_01_0 \(7 keys\) \(rewrite"):
+        sub.check_submission(doc, TEST_IDS, NV, NN)
+
+
 def test_anticipation_submission_with_actions(tmp_path, ann_dir):
     ann = Annotations(ann_dir)
     # 6 x 8 = 48 pairs < 100: the official file needs exactly 100 action scores
