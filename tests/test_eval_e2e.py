@@ -561,3 +561,15 @@ def test_resuming_a_finished_run_says_it_is_finished(pipeline):
                                    "tiny", "--resume"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "the run is finished" in res.output and "epoch 2 of 1" not in res.output, res.output
+
+
+def test_evaluate_starts_no_more_loader_workers_than_cpus_and_batches() -> None:
+    """`leap evaluate --workers 1000000` started over a thousand DataLoader processes (~0.3 GB each)."""
+    import os
+
+    from leap_cli.evaluate.inference import loader_workers
+
+    cpus = len(os.sched_getaffinity(0))
+    assert loader_workers(1_000_000, 10_000, 4) == cpus
+    assert loader_workers(1_000_000, 5, 4) == min(cpus, 2)  # two batches: two workers at most
+    assert loader_workers(0, 10_000, 4) == 0 and loader_workers(1, 1, 4) == 1

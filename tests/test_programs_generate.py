@@ -1281,3 +1281,17 @@ def test_replies_are_in_the_cache_and_the_ledger_while_a_slow_request_is_still_o
         finally:
             run.join(30)
     assert len(records(workdir)) == 3
+
+
+def test_no_more_workers_than_records(workdir, monkeypatch):
+    """--concurrency 1000000 started two million asyncio workers, also with nothing left to do (60 s, 1.8 GB)."""
+    import asyncio
+
+    started = []
+    ensure_future = asyncio.ensure_future
+    monkeypatch.setattr(asyncio, "ensure_future", lambda coro: started.append(1) or ensure_future(coro))
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val", concurrency=1_000_000))
+    assert s.statuses["valid"] == N_SEGMENTS and len(started) <= 2 * N_SEGMENTS + 2  # + the flusher and watcher
+    started.clear()
+    assert generate_programs(GenerateConfig(workdir=workdir, split="val", concurrency=1_000_000)).resumed == N_SEGMENTS
+    assert len(started) <= 4

@@ -7,6 +7,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -958,6 +959,7 @@ def test_an_ablation_cell_made_with_other_settings_is_trained_again(tmp_path: Pa
     def fake_main(cfg, workdir, name):
         trained.append(cfg.train.epochs)
         (Path(workdir) / "runs" / name).mkdir(parents=True, exist_ok=True)
+        return SimpleNamespace(interrupted=None)
 
     monkeypatch.setattr(loop, "main", fake_main)
     monkeypatch.setattr(inference, "evaluate_run", lambda *a, **k: ({}, None))
@@ -968,6 +970,31 @@ def test_an_ablation_cell_made_with_other_settings_is_trained_again(tmp_path: Pa
     for epochs, sets in ((2, ()), (2, ()), (3, ()), (3, ("optim.lr=0.01",))):
         run_cell(tmp_path, tmp_path / "kitchen", cell, 0, AblateConfig(workdir=tmp_path, epochs=epochs, overrides=sets))
     assert trained == [2, 3, 3]  # the second run reused the first; a changed --epochs or --set trains again
+
+
+def test_a_signal_stops_the_ablation_and_its_cell_is_not_recorded(tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C or SIGTERM ended only the cell training then: ablate scored the cut-short model, wrote its
+    result.json (which a rerun reused) and went on to the next cell."""
+    import leap_cli.evaluate.inference as inference
+    import leap_cli.train.loop as loop
+    from leap_cli.train.ablate import AblateConfig, Cell, CellInterrupted, run_cell
+
+    stops = ["SIGTERM"]
+
+    def fake_main(cfg, workdir, name):
+        (Path(workdir) / "runs" / name).mkdir(parents=True, exist_ok=True)
+        return SimpleNamespace(interrupted=stops.pop() if stops else None)
+
+    monkeypatch.setattr(loop, "main", fake_main)
+    monkeypatch.setattr(inference, "evaluate_run", lambda *a, **k: pytest.fail("an interrupted cell was scored"))
+    cell = Cell("L_CE", "recognition", "none", ("loss.program_loss=false",))
+    with pytest.raises(CellInterrupted) as stopped:
+        run_cell(tmp_path, tmp_path / "kitchen", cell, 0, AblateConfig(workdir=tmp_path, epochs=2))
+    assert stopped.value.signal == "SIGTERM" and stopped.value.run_dir.is_dir()
+    assert not (stopped.value.run_dir / "result.json").exists()  # the next `leap ablate` trains it again
+    with pytest.raises(LeapError, match="unknown --anticipation-sources bogus"):
+        AblateConfig(anticipation_sources=("bogus",))  # it started ~20 min of cells without the anticipation ones
+    assert AblateConfig(sources=("offline", "none")).anticipation_sources == ("truth",)  # the default still stands
 
 
 def test_the_ablation_table_says_what_its_figures_are() -> None:

@@ -37,7 +37,7 @@ def ablate(
     config: str = typer.Option(_D.config, "--config", help="Training config (bundled name or YAML file)."),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key of every run (repeatable)."),
 ) -> None:
-    from leap_cli.train.ablate import run_ablation
+    from leap_cli.train.ablate import CellInterrupted, run_ablation
 
     cfg = AblateConfig(workdir=workdir, videos=videos, segments_per_video=segments, seeds=tuple(range(seeds)),
                        epochs=epochs, anticipation_epochs=anticipation_epochs,
@@ -54,6 +54,14 @@ def ablate(
     # (the kitchen, the programs and the shards come first, ~40 s on a fresh folder, reused after)
     console.print(escape(f"ablation in {workdir}: {cfg.videos} videos x {cfg.segments_per_video} segments, "
                          f"{len(cfg.seeds)} seed(s); building or reusing the kitchen, programs and shards first"))
-    summary = run_ablation(cfg, on_run=on_run)
+    try:
+        summary = run_ablation(cfg, on_run=on_run)
+    except CellInterrupted as e:  # one signal stops the whole ablation, not only the cell training then
+        import signal
+        import sys
+
+        console.print(f"[yellow]{e.signal}[/]: ablation stopped in {escape(e.run_dir.name)}; finished cells are "
+                      f"kept, and the same command trains that cell again and goes on")
+        sys.exit(128 + getattr(signal, e.signal))  # 130 for SIGINT, 143 for SIGTERM
     console.print(escape(summary["markdown"]))
     console.print(f"wrote {escape(str(workdir / 'ablation.md'))} and ablation.json ({summary['seconds']:.0f} s)")

@@ -68,7 +68,7 @@ def evaluate(
     spatial_views: int = typer.Option(1, "--spatial-views", min=1, help="Crops per clip (1 centre, 3 left/centre/right)."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Segments per batch (default: the run's "
                                                                      "data.eval_batch_size)."),
-    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes reading the shards."),
+    workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes reading the shards (at most one per CPU and per batch)."),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, "
                                                                "bf16 or fp16; scores are stored in fp32."),

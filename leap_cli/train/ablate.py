@@ -35,6 +35,15 @@ log = logging.getLogger(__name__)
 SOURCES = ("truth", "offline", "none")
 
 
+class CellInterrupted(Exception):
+    """A cell's training stopped on SIGINT/SIGTERM (``signal``: its name): the ablation stops with it, and the
+    cell's run, which has no result.json, is trained again by the next ``leap ablate``."""
+
+    def __init__(self, signal: str, run_dir: Path):
+        super().__init__(signal)
+        self.signal, self.run_dir = signal, run_dir
+
+
 @dataclass(frozen=True)
 class Cell:
     name: str
@@ -100,6 +109,10 @@ class AblateConfig:
         bad = set(self.sources) - set(SOURCES)
         if bad or not self.sources:
             raise LeapError(f"unknown program source(s) {sorted(bad)}", fix=f"use some of {', '.join(SOURCES)}")
+        unknown = sorted(set(self.anticipation_sources or ()) - set(SOURCES))
+        if unknown:  # a misspelt source silently dropped its anticipation cells
+            raise LeapError(f"unknown --anticipation-sources {', '.join(unknown)}",
+                            fix=f"use 'all' or some of {', '.join(s for s in SOURCES if s != 'none')}")
         if len(self.seeds) < 1 or self.epochs < 1 or self.anticipation_epochs < 1:
             raise LeapError("give at least one seed and one epoch")
 
@@ -201,7 +214,9 @@ def run_cell(work: Path, kitchen: Path, cell: Cell, seed: int, cfg: AblateConfig
     sets = [f"data.train={train_dir}", f"data.val={val_dir}", f"train.epochs={epochs}", f"train.seed={seed}",
             f"train.eval_every_epochs={epochs}", "train.checkpoint_every=0", *cfg.overrides, *cell.overrides]
     t0 = time.perf_counter()
-    main(load_config(config, sets), workdir=work, name=name)
+    trained = main(load_config(config, sets), workdir=work, name=name)
+    if trained.interrupted:  # not scored nor recorded as done: a rerun trains this cell again
+        raise CellInterrupted(trained.interrupted, run_dir)
     scores, _ = evaluate_run(run_dir, "val", workdir=work, checkpoint="last", task=cell.task, shards=val_dir)
     metrics = evaluate_scores(scores, Annotations(kitchen / "annotations"), "val", cell.task)
     result = {"cell": asdict(cell), "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
