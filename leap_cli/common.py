@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TypeVar
@@ -228,6 +229,29 @@ def shard_out(path: str | Path, shard: ShardSpec) -> Path:
     suffix = path.suffix
     return path.with_name(path.name[:len(path.name) - len(suffix)] + shard.suffix + suffix) if suffix \
         else path.with_name(path.name + shard.suffix)
+
+
+def merged_input(path: str | Path) -> Path:
+    """A stage's default input (e.g. ``WORKDIR/descriptors/train.jsonl``) as it is; where it is missing but
+    ``--shard`` runs left parts of it (``train.shard0of4.jsonl`` ...), a LeapError naming them and the merge (the
+    next stage went on without them: generate-programs from the narrations alone, build-shards without
+    programs)."""
+    path = Path(path)
+    if path.exists() or not path.parent.is_dir():
+        return path
+    pattern = re.compile(rf"{re.escape(path.stem)}\.shard(\d+)of(\d+){re.escape(path.suffix)}")
+    parts: dict[int, list[int]] = {}
+    for p in path.parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m:
+            parts.setdefault(int(m.group(2)), []).append(int(m.group(1)))
+    if not parts:
+        return path
+    n = max(parts, key=lambda k: len(parts[k]))
+    have = ", ".join(f"{len(v)} of {k}" for k, v in sorted(parts.items()))
+    merge = f"cat {path.parent}/{path.stem}.shard*of{n}{path.suffix} > {path}"
+    raise LeapError(f"not found, but parts of it from --shard runs are there ({have})", path=path,
+                    fix=f"once every part is done, merge them: {merge}")
 
 
 def die_with_parent(sig: int, parent: int) -> None:

@@ -1295,3 +1295,22 @@ def test_no_more_workers_than_records(workdir, monkeypatch):
     started.clear()
     assert generate_programs(GenerateConfig(workdir=workdir, split="val", concurrency=1_000_000)).resumed == N_SEGMENTS
     assert len(started) <= 4
+
+
+def test_parts_of_a_sharded_run_are_named_not_passed_over(workdir):
+    """After `extract --shard i/2` runs, generate-programs went on from the narrations alone (with an LLM: paying
+    for prompts without descriptors), build-shards without programs, validate-programs said "not found"."""
+    from tests.test_cli import leap
+
+    (workdir / "descriptors").mkdir()
+    (workdir / "descriptors" / "val.shard1of2.jsonl").write_text("")
+    with pytest.raises(LeapError, match=r"val\.jsonl: not found, but parts of it from --shard runs are there "
+                                        r"\(1 of 2\).*once every part is done, merge them: cat .*val\.shard\*of2\.jsonl"):
+        generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    (workdir / "programs").mkdir()
+    for i in (0, 1, 2):
+        (workdir / "programs" / f"val.shard{i}of3.jsonl").write_text("")
+    (workdir / "programs" / "val.shard0of3.jsonl.settings.json").write_text("{}")  # sidecars are not parts
+    for args in (("validate-programs", "--split", "val"), ("build-shards", "--split", "val")):
+        r = leap(*args, "--workdir", str(workdir))
+        assert r.returncode == 2 and "not found, but parts of it from --shard runs are there (3 of 3)" in r.stderr

@@ -290,7 +290,7 @@ def validate_programs(
     show: int = typer.Option(10, "--show", min=0, help="Records with errors to print."),
     html: Path = typer.Option(None, "--html", help="Also write a page with the coverage and the distributions as plots."),
 ) -> None:
-    from leap_cli.common import SPLIT_NAMES, check_record_file, normalize_split, refuse_overwrite
+    from leap_cli.common import SPLIT_NAMES, check_record_file, merged_input, normalize_split, refuse_overwrite
     from leap_cli.errors import LeapError
     from leap_cli.io import atomic_write_json, refuse_folder
     from leap_cli.programs.generate import GenerateConfig, annotations_for
@@ -301,7 +301,7 @@ def validate_programs(
     if not files:
         if split_name is None:
             raise LeapError("which programs?", fix="pass --split SPLIT (WORKDIR/programs/SPLIT.jsonl) or FILES")
-        files = [workdir / "programs" / f"{split_name}.jsonl"]
+        files = [merged_input(workdir / "programs" / f"{split_name}.jsonl")]
     for f in files:
         refuse_folder(Path(f), "program file")
         if not Path(f).is_file():

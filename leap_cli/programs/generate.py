@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, normalize_split
+from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, merged_input, normalize_split
 from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
@@ -167,7 +167,7 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
                         fix="pass --data ROOT (holding annotations/) or --annotations DIR")
     split = cfg.split_name
     segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
-    path = cfg.descriptors or cfg.workdir / "descriptors" / f"{split}.jsonl"
+    path = cfg.descriptors or merged_input(cfg.workdir / "descriptors" / f"{split}.jsonl")
     extracted: dict | str | None = "narration-only"
     if path.exists():
         records = read_jsonl(path, check=descriptor_problem, keep=_for_generation)

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
-from leap_cli.common import ShardSpec, start_worker
+from leap_cli.common import ShardSpec, merged_input, start_worker
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
@@ -769,7 +769,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     segments = ann.segments(split)
     workdir = Path(workdir)
     out = Path(out) if out else default_out(workdir, split, settings.task)
-    prog_path = Path(programs_path) if programs_path else workdir / "programs" / f"{split}.jsonl"
+    prog_path = Path(programs_path) if programs_path else merged_input(workdir / "programs" / f"{split}.jsonl")
     if programs_path and not prog_path.exists():
         raise LeapError("program file not found", path=prog_path, fix="run leap generate-programs or fix --programs")
     programs = read_programs(prog_path)
