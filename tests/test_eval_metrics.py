@@ -156,3 +156,16 @@ def test_condition_f1_micro_macro():
     assert m["post"] == {"micro_f1": 1.0, "macro_f1": 1.0}
     empty = M.f1_scores(np.zeros((2, 2), bool), np.zeros((2, 2), bool))
     assert empty == {"micro_f1": None, "macro_f1": None}
+
+
+@pytest.mark.parametrize("values", ["continuous", "few", "many"])
+def test_top_classes_is_rank_classes_cut_ties_included(values):
+    """The action combination keeps 100 of 10,000 pairs: found by partition, in rank_classes' order exactly
+    (ties: the higher id first), also where the 100th value is tied."""
+    from leap_cli.evaluate.metrics import top_classes
+
+    rng = np.random.default_rng(0)
+    scores = {"continuous": rng.standard_normal((200, 500)), "few": rng.integers(0, 4, (200, 500)).astype(float),
+              "many": rng.integers(0, 200, (200, 500)).astype(np.float32)}[values]
+    for k in (1, 5, 100, 499, 500, 600):
+        assert np.array_equal(top_classes(scores, k), M.rank_classes(scores)[:, :k]), k
