@@ -122,6 +122,11 @@ def test_scores_refusals(tmp_path, ann_dir):
     save_scores(tmp_path / "s.pt", ids, verb[:, :3], noun)
     with pytest.raises(LeapError, match="verb_output has 3 classes, the class file needs 6"):
         evaluate_scores(load_scores(tmp_path / "s.pt"), Annotations(ann_dir), "val")
+    noun = noun.clone()
+    noun[[1, 3], 2] = float("nan")  # which segments, as submit says (it said only "holds NaN or infinity")
+    save_scores(tmp_path / "n.pt", ids, verb, noun)
+    with pytest.raises(LeapError, match=rf"noun_output holds NaN or infinity for 2 segment\(s\): {ids[1]}, {ids[3]} \("):
+        evaluate_scores(load_scores(tmp_path / "n.pt"), Annotations(ann_dir), "val")
 
 
 def test_evaluate_cli_scores(tmp_path, ann_dir):

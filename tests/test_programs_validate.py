@@ -490,18 +490,20 @@ def test_lines_that_are_not_json_are_listed_and_the_rest_validated(kitchen):
     out = kitchen / "programs" / "val.jsonl"
     lines = out.read_bytes().splitlines()
     lines[5:5] = [b"not json {", b"", b'{"narration_id": "\xff\xfe"}',
-                  b"[" * 100000 + b"]" * 100000]
+                  b"[" * 100000 + b"]" * 100000, b'{"narration_id": "broken']  # (parts joined before one finished)
     out.write_bytes(b"\n".join(lines) + b"\n")
     r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)])
     assert r.exit_code == 0, r.output
     assert f"{out}[line6]notvalidJSON" in "".join(r.output.split())
     rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
     assert [(m["line"], m["problem"].split(" (")[0]) for m in rep["malformed"]] == [
-        (6, "not valid JSON"), (8, "not UTF-8 text"), (9, "JSON nested too deeply")]
+        (6, "not valid JSON"), (8, "not UTF-8 text"), (9, "JSON nested too deeply"), (10, "line cut short after "
+                                                                                       "column 24")]
+    assert rep["malformed"][0]["problem"] == "not valid JSON (Expecting value at column 1)"  # ("... at, column 1")
     assert rep["statuses"]["valid"] == 30 and rep["records"] == 30
     assert runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(out)]).exit_code == 1
     # a truncated last line (a write cut short) is listed too, so that --strict does not pass a damaged file
-    good = b"".join(x + b"\n" for x in lines[:5] + lines[9:])
+    good = b"".join(x + b"\n" for x in lines[:5] + lines[10:])
     out.write_bytes(good[:-20])
     r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), str(out)])
     assert r.exit_code == 0, r.output

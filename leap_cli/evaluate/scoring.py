@@ -60,8 +60,11 @@ def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", 
         if out.shape[1] != count:
             raise LeapError(f"{name}_output has {out.shape[1]} classes, the class file needs {count} (max id + 1)",
                             path=source, fix="score with a model built for these annotations' classes")
-        if not np.isfinite(out).all():
-            raise LeapError(f"{name}_output holds NaN or infinity", path=source, fix="check the model's outputs")
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if len(bad):
+            ids = ", ".join(segs[i].narration_id for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
+            raise LeapError(f"{name}_output holds NaN or infinity for {len(bad)} segment(s): {ids}", path=source,
+                            fix="check the model's outputs")
     for name in (TAIL_VERBS, TAIL_NOUNS, UNSEEN.get(split)):
         path = annotations.folder / name if name else None
         if path and not path.exists() and path not in _warned:  # else null subsets look like empty ones

@@ -44,8 +44,12 @@ def _lines(path: Path) -> Iterator[tuple[int, object, str | None]]:
                 if not raw.endswith(b"\n"):  # the last line, and no newline after it
                     problem = ("truncated last line (a write cut short; generate-programs cuts it off when it "
                                "resumes)")
+                elif isinstance(e, json.JSONDecodeError) and e.pos >= len(e.doc.rstrip("\r\n")):
+                    problem = (f"line cut short after column {e.colno - 1} (a write that stopped: e.g. a part joined "
+                               f"before it finished, or a killed process)")
                 elif isinstance(e, json.JSONDecodeError):
-                    problem = f"not valid JSON ({e.msg}, column {e.colno})"
+                    msg = e.msg[:-3] if e.msg.endswith(" at") else e.msg  # json's "Invalid control character at"
+                    problem = f"not valid JSON ({msg} at column {e.colno})"
                 elif isinstance(e, RecursionError):
                     problem = "JSON nested too deeply (not a record leap writes)"
                 else:
