@@ -272,6 +272,29 @@ def die_with_parent(sig: int, parent: int) -> None:
         os._exit(1)
 
 
+def stop_pool(pool, grace: float = 10.0) -> None:
+    """``pool.terminate()`` and ``join()`` of a stage's ``multiprocessing.Pool``, bounded. They can wait for good
+    when a worker died inside the pool's pipes or locks: a process group's SIGTERM (``timeout``, Slurm) during
+    the workers' start-up hung ``extract --workers 2`` about one run in three until SIGKILL, holding the output's
+    lock. The workers are SIGKILLed first (the pool would only SIGTERM them), and the pool's own threads are left
+    (daemon threads) if the terminate has not returned after ``grace`` seconds."""
+    import threading
+
+    for p in list(getattr(pool, "_pool", None) or ()):  # the pool's worker processes (Pool keeps them there)
+        try:
+            p.kill()
+        except Exception:  # noqa: BLE001 - already gone, or never started
+            pass
+
+    def finish() -> None:
+        pool.terminate()
+        pool.join()
+
+    t = threading.Thread(target=finish, name="leap-pool-stop", daemon=True)
+    t.start()
+    t.join(grace)
+
+
 def start_worker(parent: int) -> None:
     """Set up a forked worker process of a stage (its pool's initializer): Ctrl-C is the parent's (it keeps what
     is written and stops the pool), SIGTERM kills at once (the stage's own handler, inherited by the fork, only

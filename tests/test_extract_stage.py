@@ -861,3 +861,43 @@ def test_generation_reads_the_same_clip_from_the_records_it_keeps(kitchen, tmp_p
         kept = _for_generation(json.loads(json.dumps(r)))
         assert "data" not in kept["components"]["camera"] and kept["components"]["hands"] == r["components"]["hands"]
         assert clip_info(kept) == clip_info(r)
+
+
+def test_frame_cache_entries_of_another_source_are_neither_kept_nor_copied(kitchen, tmp_path):
+    """build-shards --data OTHER (the same video ids, a video there unreadable) built its samples from the cache
+    of the first dataset's videos; extract kept a replaced video's old entries as done."""
+    import os
+    import shutil
+
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.extract.cache import FrameCache
+    from leap_cli.shards.writer import ShardSettings, build_split
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
+        shutil.copy(Path(__file__).parent / "data" / "epic100" / name, root / "annotations" / name)
+    cache = tmp_path / "frame-cache"
+    run_extract(_cfg(root, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache, limit=2))
+    layout = DatasetLayout.open(root)
+    seg = layout.annotations().segments("train")[0]
+    fc = FrameCache(cache, 16, 256, 90)
+    entry = fc.path(seg.video_id, seg.narration_id)
+    assert entry.is_file() and fc.source_of(seg.video_id) == layout.source_stat(seg.video_id)
+
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    (other / "P01" / "videos" / f"{seg.video_id}.MP4").write_bytes(b"garbage")  # same id, another file
+    settings = ShardSettings("train", frames=16, short_side=256, jpeg_quality=90)
+    r = build_split(other, "train", workdir=tmp_path, settings=settings, out=tmp_path / "s", frame_cache=cache)
+    skipped = {s["narration_id"]: s["reason"] for s in r.manifest["skipped"]}
+    assert seg.narration_id in skipped and "cannot be opened" in skipped[seg.narration_id], skipped
+    assert "frames read from extract's frame cache" in " | ".join(r.notes)  # (the cache is read where it fits)
+
+    video = layout.video_path(seg.video_id)
+    os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))  # re-downloaded in place
+    stale = entry.read_bytes()
+    entry.write_bytes(stale[:-8] + b"STALE!!!")  # (what a stale entry holds does not matter: it must go)
+    run_extract(_cfg(root, tmp_path / "d2.jsonl", components=("camera",), frame_cache=cache, limit=2))
+    assert entry.read_bytes() != stale[:-8] + b"STALE!!!" and fc.source_of(seg.video_id) == layout.source_stat(
+        seg.video_id)

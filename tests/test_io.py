@@ -396,3 +396,67 @@ def test_force_never_deletes_an_output_another_run_is_writing(tmp_path):
         running.write({"narration_id": "b"})
     assert [r["narration_id"] for r in read_jsonl(out)] == ["a", "b"]
     assert json.loads(settings_path(out).read_text()) == {"k": 4}
+
+
+def _sleep_forever():
+    import time
+
+    time.sleep(3600)
+
+
+def test_stop_pool_kills_the_workers_and_does_not_wait_for_good():
+    """Pool.terminate/join waited for good when a worker died inside the pool's pipes (a group SIGTERM during
+    the workers' start-up): `extract --workers 2` hung until SIGKILL, holding its output's lock."""
+    import multiprocessing as mp
+    import threading
+    import time
+
+    from leap_cli.common import stop_pool
+
+    worker = mp.get_context("spawn").Process(target=_sleep_forever, daemon=True)
+    worker.start()
+    hung = threading.Event()
+
+    class Stuck:  # a pool whose terminate never returns, as the hung one did
+        _pool = [worker]
+
+        def terminate(self):
+            hung.wait()
+
+        def join(self):
+            pass
+
+    t0 = time.monotonic()
+    stop_pool(Stuck(), grace=0.5)
+    assert time.monotonic() - t0 < 5
+    worker.join(5)
+    assert worker.exitcode == -9  # SIGKILLed, not left running
+    hung.set()
+
+
+def _loader_worker(q):
+    import os
+    import signal
+    import time
+
+    from leap_cli.shards.dataset import loader_worker_init
+
+    loader_worker_init(0)
+    os.kill(os.getpid(), signal.SIGTERM)  # a process group's SIGTERM reaches the workers too
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.2)
+    q.put("alive")
+
+
+def test_dataloader_workers_leave_sigterm_to_the_main_process():
+    """A group SIGTERM killed evaluate's DataLoader workers first: torch's "DataLoader worker exited
+    unexpectedly" traceback and exit 1 instead of "stopped by SIGTERM" and 143."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_loader_worker, args=(q,))
+    p.start()
+    assert q.get(timeout=20) == "alive"
+    p.join(10)
+    assert p.exitcode == 0

@@ -79,6 +79,15 @@ class DatasetLayout:
         d = self.root / self.participant(video_id) / "rgb_frames" / video_id
         return d if d.is_dir() else None
 
+    def source_stat(self, video_id: str) -> list[int] | None:
+        """``[size, mtime_ns]`` of the MP4 (else the rgb_frames folder) of ``video_id``; None when neither is there.
+        What frames were read from: build-shards' skip records and extract's frame cache keep it."""
+        path = self.video_path(video_id) or self.frames_dir(video_id)
+        if path is None:
+            return None
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns]
+
     def frames_tar(self, video_id: str) -> Path | None:
         """``ROOT/P01/rgb_frames/P01_01.tar`` as EPIC's download script saves it, when no folder was extracted."""
         tar = self.root / self.participant(video_id) / "rgb_frames" / f"{video_id}.tar"

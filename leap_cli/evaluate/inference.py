@@ -203,7 +203,7 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
     """A DataLoader over the evaluation views of a shards folder and its number of segments."""
     from torch.utils.data import DataLoader
 
-    from leap_cli.shards.dataset import ShardDataset, collate_clips
+    from leap_cli.shards.dataset import ShardDataset, collate_clips, loader_worker_init
 
     folder = Path(folder)
     if not (folder / "manifest.json").exists():
@@ -214,7 +214,7 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
                       img_size=int(model_args["img_size"]), temporal_views=views.temporal,
                       spatial_views=views.spatial, rank=0, world_size=1, batch_size=batch_size)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=loader_workers(workers, len(ds), batch_size),
-                        collate_fn=collate_clips)
+                        collate_fn=collate_clips, worker_init_fn=loader_worker_init)
     return loader, len(ds)
 
 

@@ -21,19 +21,21 @@ decodes that segment instead).
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from leap_cli.epic.timing import FrameClock
-from leap_cli.io import atomic_write_bytes
+from leap_cli.io import atomic_write_bytes, atomic_write_text
 
 RECOGNITION_SAMPLING = "uniform"  # build-shards' recognition frames: centres of T equal chunks of the segment
 MAGIC = b"LEAPJPG3"
 _COUNT = struct.Struct("<I")
 _ENTRY = struct.Struct("<qI")  # frame number, JPEG size
 TRAILER = b"CRC3"  # then the CRC-32 (uint32) of the entry's bytes before the trailer
+SOURCE = "source.json"  # per video folder: {"source_stat": [size, mtime_ns]} of the video the entries come from
 
 
 def _count(head: bytes) -> int | None:
@@ -101,6 +103,35 @@ class FrameCache:
         for old in self.superseded(segment.video_id, segment.narration_id):
             old.unlink(missing_ok=True)  # its replacement is written: the old entry's disk space comes back
         return True
+
+    def source_of(self, video_id: str) -> list[int] | None:
+        """The ``[size, mtime_ns]`` of the source the video's entries were made from (``DatasetLayout.source_stat``),
+        None where not recorded (entries of an earlier leap) or unreadable."""
+        try:
+            held = json.loads((self.root / video_id / SOURCE).read_text()).get("source_stat")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return held if isinstance(held, list) else None
+
+    def claim(self, video_id: str, stat: list[int] | None) -> None:
+        """Extract, before a video's first segment: record the source its entries come from, after deleting the
+        entries made from another one (a video replaced since, or another dataset with these video ids: extract
+        kept them as done and build-shards copied them)."""
+        if stat is None:
+            return
+        held = self.source_of(video_id)
+        if held == stat:
+            return
+        if held is not None:
+            for old in (self.root / video_id).glob(f"*{self.suffix}"):
+                old.unlink(missing_ok=True)
+        atomic_write_text(self.root / video_id / SOURCE, json.dumps({"source_stat": stat}) + "\n")
+
+    def same_source(self, video_id: str, stat: list[int] | None) -> bool:
+        """Whether the video's entries were made from the source of this ``stat`` (true where either is not
+        known: entries of an earlier leap, a video with no source)."""
+        held = self.source_of(video_id)
+        return held is None or stat is None or held == stat
 
     @staticmethod
     def frame_count(path: Path) -> int | None:

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from leap_cli.common import ShardSpec, normalize_split, start_worker
+from leap_cli.common import ShardSpec, normalize_split, start_worker, stop_pool
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.layout import DatasetLayout
 from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
@@ -426,6 +426,9 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
         read_audio=lambda sr: read_segment_audio(
             layout, seg.video_id, seg.start, max(seg.stop, seg.start + 0.05), sr, record=seg.narration_id),
         frame_size=lambda: video.size(seg))
+    if cache is not None and "frame-cache source" not in video.cache:  # once per video, before its entries are read
+        cache.claim(seg.video_id, layout.source_stat(seg.video_id))
+        video.cache["frame-cache source"] = True
     video.start_segment(seg, _planned_frames(ctx, components, cache))
     comps, timings = {}, {}
     decode0 = video.decode_seconds
@@ -586,11 +589,10 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
                     for record, timings in pool.imap_unordered(_worker_segment, jobs, chunksize=1):
                         take(record, timings)
                     pool.close()
-                except BaseException:
-                    pool.terminate()
-                    raise
-                finally:
                     pool.join()
+                except BaseException:
+                    stop_pool(pool)
+                    raise
         except KeyboardInterrupt:  # finished records are on disk; the caller reports and exits
             summary.interrupted = True
         finally:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
-from leap_cli.common import ShardSpec, merged_input, start_worker
+from leap_cli.common import ShardSpec, merged_input, start_worker, stop_pool
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
@@ -258,8 +258,11 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
             raise _Skip(state["why"])
         return state["reader"]
 
+    # (entries made from another source, e.g. another --data with these video ids, or a video since replaced,
+    # are not used: they were copied into the shards as if they were this video's frames)
     usable = (cache is not None and cache.short_side == settings.short_side
-              and cache.quality == settings.jpeg_quality)
+              and cache.quality == settings.jpeg_quality
+              and cache.same_source(job.video_id, stat(job.video_id) if stat is not None else None))
     for s in job.samples:
         try:
             fields: dict[str, bytes] = {}
@@ -595,8 +598,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
                         progress(done_count, total)
         finally:
             if pool is not None:
-                pool.terminate()
-                pool.join()
+                stop_pool(pool)
         for vid in sorted({by_key[k].video_id for k in plan_skips}):
             emit_plan_skips(vid)
         trailing = sink.finish()
@@ -709,15 +711,10 @@ class LayoutOpener:
         return open_video(DatasetLayout(self.root, self.annotations_dir), video_id, self.fps.get(video_id))
 
     def video_stat(self, video_id: str) -> list[int] | None:
-        """``[size, mtime_ns]`` of the MP4 (else the rgb_frames folder) of ``video_id``; None when neither is there."""
+        """``[size, mtime_ns]`` of the video's source (``DatasetLayout.source_stat``)."""
         from leap_cli.epic.layout import DatasetLayout
 
-        layout = DatasetLayout(self.root, self.annotations_dir)
-        path = layout.video_path(video_id) or layout.frames_dir(video_id)
-        if path is None:
-            return None
-        st = path.stat()
-        return [st.st_size, st.st_mtime_ns]
+        return DatasetLayout(self.root, self.annotations_dir).source_stat(video_id)
 
 
 class ProgramTargets:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from leap_cli.errors import LeapError
-from leap_cli.shards.dataset import ShardDataset, collate_clips
+from leap_cli.shards.dataset import ShardDataset, collate_clips, loader_worker_init
 from leap_cli.train.config import Config
 from leap_cli.train.distributed import DistInfo
 
@@ -97,6 +97,7 @@ class ShardSource:
             workers = self.cfg.data.num_workers
             self._loaders[split] = DataLoader(
                 ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips, drop_last=drop_last,
+                worker_init_fn=loader_worker_init,
                 pin_memory=self.info.device.type == "cuda", persistent_workers=workers > 0 and split == "train",
                 generator=torch.Generator().manual_seed(self.cfg.train.seed))
         return self._loaders[split]
