@@ -16,7 +16,9 @@ then the JPEG bytes one after the other (little-endian; no zip archive to build,
 read as before). It is written atomically (temporary name, then rename); a segment whose frames are unavailable
 gets none, and a damaged or truncated entry, or one whose bytes no longer match its CRC (changed on disk: copied
 into the shards, its frames failed check-shards, and rebuilding copied them again), is not used (build-shards
-decodes that segment instead).
+decodes that segment instead). Each video folder's ``source.json`` records ``[size, mtime_ns]`` of the source its
+entries were made from (``DatasetLayout.source_stat``): build-shards uses no entry of another source, and
+extract deletes them (``FrameCache.claim``).
 """
 
 from __future__ import annotations
