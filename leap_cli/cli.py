@@ -237,6 +237,9 @@ def main() -> None:
     except Exception as e:
         # click's usage errors (typer ships its own copy of click, so match them by shape, not by class)
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
-            e.show()
+            # one line, as every other error (click prints the usage, a hint and the error on four lines)
+            ctx = getattr(e, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if getattr(ctx, "command_path", None) else ""
+            _print_error(f"{e.format_message()}{where}")
             sys.exit(e.exit_code)
         raise

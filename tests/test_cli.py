@@ -432,3 +432,15 @@ def test_build_shards_says_what_it_does_before_its_first_sample(tiny_kitchen, tm
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].startswith("build-shards train: reading the annotations, checking the programs"), \
         r.stdout
+
+
+def test_usage_errors_are_one_line():
+    """A bad option value printed click's usage, a hint, a blank line and the error: four lines where every
+    other error is one (docs/options.md)."""
+    for args, says in ((("extract", "--split", "train", "--workers", "0"), "Invalid value for '--workers'"),
+                       (("extract",), "Missing option '--split'"), (("extract", "--bogus"), "No such option: --bogus"),
+                       (("nosuch",), "No such command 'nosuch'")):
+        r = leap(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
+        assert "--help" in lines[0]
