@@ -231,6 +231,15 @@ def shard_out(path: str | Path, shard: ShardSpec) -> Path:
         else path.with_name(path.name + shard.suffix)
 
 
+def only_one(found: list[Path], what: str, where: Path, fix: str) -> Path | None:
+    """The one path a stage can take by default from its work directory (``found``: the candidates, e.g. its
+    runs); None when there is none; a LeapError naming them when there are several."""
+    if len(found) > 1:
+        names = ", ".join(str(p) for p in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise LeapError(f"{where} holds {len(found)} {what}: {names}", fix=fix)
+    return found[0] if found else None
+
+
 def merged_input(path: str | Path) -> Path:
     """A stage's default input (e.g. ``WORKDIR/descriptors/train.jsonl``) as it is; where it is missing but
     ``--shard`` runs left parts of it (``train.shard0of4.jsonl`` ...), a LeapError naming them and the merge (the

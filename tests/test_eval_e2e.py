@@ -233,6 +233,26 @@ def test_evaluate_test_then_submit(pipeline):
     assert res.exit_code != 0 and not (work / "bad.zip").exists()
 
 
+def test_the_work_directorys_only_run_and_test_scores_are_the_defaults(pipeline, tmp_path):
+    """`leap evaluate --split val` and `leap submit` said "nothing to evaluate / submit" beside a work directory
+    holding one run: the previous stage's output is found there unless a path is given."""
+    root, work, run, model, vocab = pipeline
+    w = tmp_path / "w"
+    (w / "runs").mkdir(parents=True)
+    (w / "runs" / "tiny").symlink_to(run)
+    (w / "shards").symlink_to(work / "shards")
+    runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", "--split", "test", "--workdir", str(w), "--data", str(root),
+                              "--device", "cpu"])
+    assert res.exit_code == 0 and f"run: {w / 'runs' / 'tiny'} (the only run in" in " ".join(res.output.split())
+    res = runner.invoke(app, ["submit", "--workdir", str(w), "--data", str(root), *SLS])
+    assert res.exit_code == 0 and "(the only test scores in" in " ".join(res.output.split()), res.output
+    assert sorted(sub.read_submission(w / "submission.zip")["results"]) == ["P01_03_10", "P01_03_11"]
+    (w / "runs" / "other" / "checkpoints").mkdir(parents=True)
+    res = runner.invoke(app, ["evaluate", "--split", "val", "--workdir", str(w), "--data", str(root)])
+    assert res.exit_code != 0 and "holds 2 runs" in str(res.exception) and "--run runs/NAME" in str(res.exception)
+
+
 def test_the_submit_hint_after_a_test_evaluation_runs_as_printed(pipeline, tmp_path):
     """The "Next:" line was `leap submit --scores ... --task ...` without the --data/--workdir the evaluation was
     given: pasted as is, it looked for leap-work/kitchen/annotations. It names them, and the --out folder's file."""

@@ -143,8 +143,15 @@ def evaluate(
     else:
         from leap_cli.evaluate.inference import ViewConfig, evaluate_run, resolve_run
 
-        if run is None:
-            raise LeapError("nothing to evaluate", fix="pass --run runs/NAME (a trained run) or --scores FILE")
+        if run is None:  # the work directory's one run (several: which one is for the user to say)
+            from leap_cli.common import only_one
+
+            runs = Path(workdir) / "runs"
+            found = sorted(p for p in runs.iterdir() if (p / "checkpoints").is_dir()) if runs.is_dir() else []
+            run = only_one(found, "runs", runs, fix="pass --run runs/NAME, or --scores FILE")
+            if run is None:
+                raise LeapError("nothing to evaluate", fix="pass --run runs/NAME (a trained run) or --scores FILE")
+            console.print(escape(f"run: {run} (the only run in {runs})"), highlight=False)
         run_dir = resolve_run(run, workdir)
         if own_run is not None and out is None and own_run.resolve() != run_dir.resolve():
             raise LeapError(f"--checkpoint {checkpoint} is run {own_run}'s, not --run {run_dir}'s: its scores would "

@@ -56,9 +56,16 @@ def submit(
         summary = sub.check_file(check, ann)
         title = "valid submission"
     else:
-        if scores is None:
-            raise LeapError("nothing to submit", fix="pass --scores FILE (from `leap evaluate --split test`) "
-                                                     "or --check submission.zip")
+        if scores is None:  # the test scores of the work directory's one run
+            from leap_cli.common import only_one
+
+            runs = Path(workdir) / "runs"
+            scores = only_one(sorted(runs.glob("*/eval/test/scores.pt")), "runs' test scores", runs,
+                              fix="pass --scores runs/NAME/eval/test/scores.pt")
+            if scores is None:
+                raise LeapError("nothing to submit", fix="pass --scores FILE (from `leap evaluate --split test`) "
+                                                         "or --check submission.zip")
+            console.print(escape(f"scores: {scores} (the only test scores in {runs})"), highlight=False)
         out = out or Path(workdir) / "submission.zip"
         if out.suffix.lower() != ".zip":  # the server takes a zip holding test.json
             raise LeapError(f"--out {out} is not a .zip: the challenge server takes a zip holding test.json",
