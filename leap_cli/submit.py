@@ -36,12 +36,10 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from leap_cli.epic.annotations import Annotations, SPLIT_FILES
 from leap_cli.errors import LeapError
 from leap_cli.evaluate.metrics import TOP_N_ACTIONS, action_scores
-from leap_cli.evaluate.scores import scores_task
 from leap_cli.io import atomic_path
 
 VERSION = "0.2"
@@ -110,7 +108,7 @@ def check_scores(scores: dict, expected_ids: Sequence[str], num_verbs: int, num_
             raise LeapError(f"{name}_output has {out.shape[1]} classes, the class file needs {count} "
                             f"(max id + 1)", path=source,
                             fix="score with a model built for these annotations' classes")
-        bad = (~torch.isfinite(out)).any(dim=1).nonzero().flatten().tolist()
+        bad = np.flatnonzero(~np.isfinite(out.float().numpy()).all(axis=1)).tolist()
         if bad:
             ids = [scores["narration_id"][i] for i in bad]
             raise LeapError(f"{name}_output holds NaN or infinity for {len(ids)} segment(s): {_examples(ids)}",
@@ -280,6 +278,8 @@ def check_submission(submission: dict, expected_ids: Sequence[str], num_verbs: i
 def submit(scores: dict, annotations: Annotations, task: str, out: str | Path, *, sls_pt: int, sls_tl: int,
            sls_td: int, with_actions: bool = False, source: str = "<scores>") -> dict:
     """Check ``scores`` against the test split, write the zip, re-check what was written; return the summary."""
+    from leap_cli.evaluate.scores import scores_task  # (torch: not imported by `leap submit --check`)
+
     made_for = scores_task(scores)
     if made_for is not None and task in CHALLENGES and made_for != task:
         raise LeapError(f"these are {made_for} scores (meta.task), not {task} scores", path=source,

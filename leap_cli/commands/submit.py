@@ -40,7 +40,6 @@ def submit(
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory of the pipeline."),
 ) -> None:
     from leap_cli.errors import LeapError
-    from leap_cli.evaluate.scores import load_scores, scores_task
     from leap_cli.epic.annotations import open_annotations
     from leap_cli import submit as sub
 
@@ -77,6 +76,8 @@ def submit(
                                               "and TL depend on its weights and targets: see docs/evaluate-submit.md")
         # checked here, as --check checks a zip's, in one line (typer's range check printed a usage box)
         sub.check_sls({"sls_pt": sls_pt, "sls_tl": sls_tl, "sls_td": sls_td})
+        from leap_cli.evaluate.scores import load_scores, scores_task  # torch: not for --check
+
         loaded = load_scores(scores)
         task = task or scores_task(loaded) or "recognition"
         summary = sub.submit(loaded, ann, task, out, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
