@@ -231,6 +231,12 @@ def shard_out(path: str | Path, shard: ShardSpec) -> Path:
         else path.with_name(path.name + shard.suffix)
 
 
+def lowercase(value: str | None) -> str | None:
+    """A choice option's value as its choices are spelt (``--task Recognition``, ``--backend OFFLINE``: split
+    names were taken in any case, these were refused); the typer callback of such options."""
+    return value.strip().lower() if isinstance(value, str) else value
+
+
 def only_one(found: list[Path], what: str, where: Path, fix: str) -> Path | None:
     """The one path a stage can take by default from its work directory (``found``: the candidates, e.g. its
     runs); None when there is none; a LeapError naming them when there are several."""

@@ -444,3 +444,13 @@ def test_usage_errors_are_one_line():
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
         assert "--help" in lines[0]
+
+
+def test_choice_options_are_taken_in_any_case_as_split_names_are(tmp_path):
+    """`--task Recognition`, `--backend OFFLINE`, `--on-error SKIP` were refused where `--split VAL` was taken."""
+    r = leap("evaluate", "--task", "Recognition", "--split", "val", "--scores", str(tmp_path / "none.pt"))
+    assert r.returncode == 2 and "scores file not found" in r.stderr and "unknown task" not in r.stderr, r.stderr
+    r = leap("generate-programs", "--backend", "OFFLINE", "--split", "val", "--workdir", str(tmp_path))
+    assert r.returncode == 2 and "class files are needed" in r.stderr and "backend" not in r.stderr, r.stderr
+    r = leap("extract", "--camera-source", "VO", "--split", "val", "--workdir", str(tmp_path))
+    assert r.returncode == 2 and "camera" not in r.stderr, r.stderr

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR
+from leap_cli.common import DEFAULT_WORKDIR, lowercase
 from leap_cli.progress import live_or_log
 
 console = Console()
@@ -60,7 +60,7 @@ def evaluate(
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a checkpoint file (a file under "
                                                                 "runs/NAME/checkpoints/ implies --run; one under "
                                                                 "another run's is refused without --out)."),
-    task: str = typer.Option(None, "--task", help="recognition or anticipation (default: the run's task, or the "
+    task: str = typer.Option(None, "--task", callback=lowercase, help="recognition or anticipation (default: the run's task, or the "
                                                   "scores file's, else recognition)."),
     scores: Path = typer.Option(None, "--scores", help="Score this existing file instead of running a model "
                                                        "(leap scores.pt, official .pkl/.pt results, or a challenge .json/.zip)."),
@@ -69,8 +69,8 @@ def evaluate(
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Segments per batch (default: the run's "
                                                                      "data.eval_batch_size)."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes reading the shards (at most one per CPU and per batch)."),
-    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda."),
-    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, "
+    device: str = typer.Option("auto", "--device", callback=lowercase, help="auto (cuda when available), cpu or cuda."),
+    precision: str = typer.Option("auto", "--precision", callback=lowercase, help="auto (bf16 autocast on CUDA, fp32 on CPU), fp32, "
                                                                "bf16 or fp16; scores are stored in fp32."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model (default: "
                                         "the run's model.compile). The same scores, to float rounding; compiling "

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, normalize_split, shard_out
+from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase, normalize_split, shard_out
 from leap_cli.io import check_settings
 from leap_cli.progress import live_or_log
 
@@ -57,7 +57,7 @@ def extract(
     camera_frames: int = typer.Option(
         9, "--camera-frames", min=2,
         help="Frames sampled through a segment for visual odometry."),
-    camera_source: str = typer.Option("auto", "--camera-source", help="auto: the video's camera poses where they "
+    camera_source: str = typer.Option("auto", "--camera-source", callback=lowercase, help="auto: the video's camera poses where they "
                                       "cover the segment (EPIC Fields' poses/VIDEO.json first, else COLMAP's "
                                       "poses/VIDEO/images.txt or images.bin), else visual odometry; vo: odometry "
                                       "only; colmap: poses only (any of these files)."),
@@ -88,7 +88,7 @@ def extract(
     audio_labels: Path = typer.Option(
         None, "--audio-labels",
         help="AudioSet class_labels_indices.csv for --audio-model."),
-    device: str = typer.Option("cpu", "--device", help="Torch device for the detector, CLIP and the audio model."),
+    device: str = typer.Option("cpu", "--device", callback=lowercase, help="Torch device for the detector, CLIP and the audio model."),
     frame_cache: str = typer.Option(
         None, "--frame-cache",
         help="Folder for build-shards' recognition frames, JPEG-encoded from extract's own decode so that "

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from leap_cli.common import lowercase
 from leap_cli.report.terminal import printable
 
 console = Console()
@@ -30,7 +31,7 @@ def generate_programs(
     descriptors: Path = typer.Option(None, "--descriptors", help="Descriptor JSONL (default WORKDIR/descriptors/SPLIT.jsonl; "
                                                                  "narration-only records from the annotations when absent)."),
     out: Path = typer.Option(None, "--out", help="Programs JSONL (default WORKDIR/programs/SPLIT.jsonl)."),
-    backend: str = typer.Option(None, "--backend", help="offline (the default: deterministic baseline, no network) or "
+    backend: str = typer.Option(None, "--backend", callback=lowercase, help="offline (the default: deterministic baseline, no network) or "
                                                      "openai (the only one with --batch-file/--ingest-batch)."),
     model: str = typer.Option("gpt-4o-mini", "--model", help="Model name sent to the endpoint."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "

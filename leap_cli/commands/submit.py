@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR
+from leap_cli.common import DEFAULT_WORKDIR, lowercase
 
 console = Console()
 
@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
 def submit(
     scores: Path = typer.Option(None, "--scores", help="Scores file of the test split (leap's scores.pt or the "
                                                        "official .pt/.pkl results format)."),
-    task: str = typer.Option(None, "--task", help="recognition or anticipation (sets the challenge; default: the "
+    task: str = typer.Option(None, "--task", callback=lowercase, help="recognition or anticipation (sets the challenge; default: the "
                                                   "scores file's task, else recognition)."),
     out: Path = typer.Option(None, "--out", help="Zip to write (default {workdir}/submission.zip)."),
     sls_pt: int = typer.Option(None, "--sls-pt", help="Supervision level, pre-training (0-5; "
