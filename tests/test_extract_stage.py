@@ -148,6 +148,12 @@ def test_workers_give_the_same_records(kitchen, tmp_path):
     assert a == b
 
 
+def read_segments_of(kitchen):
+    from leap_cli.epic.layout import DatasetLayout
+
+    return DatasetLayout.open(kitchen).annotations().segments("train")
+
+
 def test_cli_extract_writes_default_path_with_shard_suffix(kitchen, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -163,6 +169,10 @@ def test_cli_extract_writes_default_path_with_shard_suffix(kitchen, tmp_path, mo
     assert resolved["shard"] == {"index": 0, "count": 2} and resolved["components"] == ["narration", "hands"]
     assert {r["video_id"] for r in recs} == {"P01_01"} and len(recs) == 3
     assert "hands" in res.output and "segments: 3" in res.output
+    videos = {s.video_id for s in read_segments_of(kitchen)}
+    res = CliRunner().invoke(app, ["extract", "--data", str(kitchen), "--split", "train", "--workdir", str(work),
+                                   "--shard", f"{len(videos)}/{len(videos) + 1}", "--components", "narration"])
+    assert res.exit_code == 0 and "holds no segment of the train split" in " ".join(res.output.split()), res.output
     res = CliRunner().invoke(app, ["extract", "--data", str(kitchen), "--split", "train", "--workdir", str(work),
                                    "--components", "narration,smell"])
     assert res.exit_code != 0 and "smell" in str(res.exception or res.output)
