@@ -121,7 +121,10 @@ def _recheck(record: dict, workdir: Path, data: Path | None, split: str | None,
     if not ((ann_dir / VERB_CLASSES).exists() and (ann_dir / NOUN_CLASSES).exists()):
         return None
     ann = open_annotations(workdir, data)
-    segments = {s.narration_id: s for s in ann.segments(split)} if split and ann.has_split(split) else None
+    segments = None
+    if split and ann.has_split(split):  # its row alone (the split's other 67k are not needed)
+        seg = ann.segment(split, record["narration_id"])
+        segments = {seg.narration_id: seg} if seg is not None else {}
     if segments is not None and record["narration_id"] not in segments and said is not None:
         said.append(f"not a segment of the {split} split in the annotations: its labels were not checked")
     return recheck(record, ann.verbs, ann.nouns, segments)
