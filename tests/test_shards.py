@@ -745,6 +745,11 @@ def test_check_shards_names_damaged_files_and_samples(built, tmp_path):
     r = check_shards(out, on_error="skip")
     assert r.ok == 6 - 1 and [(p["shard"][-10:], p["sample"]) for p in r.problems] == [
         ("000000.tar", None), ("000000.tar", k1), ("000002.tar", None)]
+    # in two processes (EPIC's train shards: ~25 min on one core): the same report, in the manifest's order
+    two = check_shards(out, on_error="skip", workers=2)
+    assert (two.ok, two.problems) == (r.ok, r.problems)
+    with pytest.raises(LeapError, match="leap-train-000000.tar: shard sha256 differs"):
+        check_shards(out, workers=2)
     res = CliRunner().invoke(app, ["check-shards", "--shards", str(out), "--on-error", "skip"])
     assert res.exit_code == 1 and k1 in res.output
 

@@ -161,6 +161,8 @@ def check_shards(
     on_error: str = typer.Option("raise", "--on-error", callback=lowercase, help="raise: stop at the first damaged shard or sample; "
                                                             "skip: list and count every problem."),
     no_hash: bool = typer.Option(False, "--no-hash", help="Skip the sha256 of whole shards (sizes still checked)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes checking shards in parallel (decoding the "
+                                                            "frames is most of the time)."),
 ) -> None:
     from leap_cli.shards.check import check_shards as run_check
     from leap_cli.shards.writer import default_out
@@ -178,7 +180,7 @@ def check_shards(
     with live_or_log(Progress(TextColumn("[bold]check-shards[/]"), BarColumn(), MofNCompleteColumn(),
                               TimeRemainingColumn(), console=console), "check-shards") as bar:
         tid = bar.add_task("", total=None)
-        report = run_check(folder, on_error=on_error, verify_hash=not no_hash,
+        report = run_check(folder, on_error=on_error, verify_hash=not no_hash, workers=workers,
                            progress=lambda d, t: bar.update(tid, completed=d, total=t))
     table = Table(title=f"Shards check of {escape(str(report.folder))}")
     for col in ("shards", "samples", "ok", "problems"):
