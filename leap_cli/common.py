@@ -231,6 +231,15 @@ def shard_out(path: str | Path, shard: ShardSpec) -> Path:
         else path.with_name(path.name + shard.suffix)
 
 
+def workdir_option(value: Path | None) -> Path | None:
+    """``--workdir``'s typer callback: a path that is a file is said so (it was reported through the first file
+    under it: "afile/descriptors: Not a directory", "afile/kitchen: dataset root not found")."""
+    if value is not None and value.exists() and not value.is_dir():
+        raise LeapError(f"--workdir {value} is a file, not a folder",
+                        fix="pass the folder that holds (or will hold) the pipeline's files, e.g. leap-work")
+    return value
+
+
 def lowercase(value: str | None) -> str | None:
     """A choice option's value as its choices are spelt (``--task Recognition``, ``--backend OFFLINE``: split
     names were taken in any case, these were refused); the typer callback of such options."""

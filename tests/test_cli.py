@@ -84,7 +84,12 @@ def test_extract_with_a_wrong_data_folder_leaves_nothing_behind(tmp_path):
     assert not (tmp_path / "w").exists()
     (tmp_path / "file").write_text("")
     r = leap("extract", "--split", "train", "--data", str(tmp_path / "missing"), "--workdir", str(tmp_path / "file"))
-    assert r.returncode == 2 and "Not a directory" in r.stderr and str(tmp_path / "file") in r.stderr
+    assert r.returncode == 2 and f"--workdir {tmp_path / 'file'} is a file, not a folder" in r.stderr, r.stderr
+    for command in (["info"], ["generate-programs", "--split", "val"], ["train"], ["evaluate", "--split", "val"],
+                    ["show", "X"], ["demo"], ["build-shards", "--split", "val"]):  # ("afile/kitchen: not found")
+        r = leap(*command, "--workdir", str(tmp_path / "file"))
+        assert r.returncode == 2 and "is a file, not a folder" in r.stderr and len(r.stderr.splitlines()) == 1, (
+            command, r.stderr)
 
 
 def test_info_on_real_excerpt(tmp_path, epic_dir):

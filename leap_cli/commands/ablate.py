@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from leap_cli.common import workdir_option
 from leap_cli.train.ablate import AblateConfig
 
 console = Console()
@@ -21,7 +22,7 @@ def register(app: typer.Typer) -> None:
 
 
 def ablate(
-    workdir: Path = typer.Option(Path("leap-work/ablation"), "--workdir", help="Folder for the kitchen, shards, runs and the table."),
+    workdir: Path = typer.Option(Path("leap-work/ablation"), "--workdir", callback=workdir_option, help="Folder for the kitchen, shards, runs and the table."),
     seeds: int = typer.Option(len(_D.seeds), "--seeds", min=1, help="Seeds per cell (0..N-1)."),
     epochs: int = typer.Option(_D.epochs, "--epochs", min=1, help="Training epochs per recognition run."),
     anticipation_epochs: int = typer.Option(_D.anticipation_epochs, "--anticipation-epochs", min=1,

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from leap_cli.common import workdir_option
+
 console = Console()
 
 
@@ -17,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 def demo_data(
-    workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory: the kitchen goes to "
+    workdir: Path = typer.Option(Path("leap-work"), "--workdir", callback=workdir_option, help="Work directory: the kitchen goes to "
                                                                        "WORKDIR/kitchen, where the stages look for it."),
     out: Path = typer.Option(None, "--out", help="Folder to write the synthetic kitchen into (default WORKDIR/kitchen)."),
     videos: int = typer.Option(8, "--videos", min=1, help="Number of videos (about two minutes each at the default "
@@ -48,7 +50,7 @@ def demo_data(
 
 
 def info(
-    workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory (its kitchen/ is the default --data)."),
+    workdir: Path = typer.Option(Path("leap-work"), "--workdir", callback=workdir_option, help="Work directory (its kitchen/ is the default --data)."),
     data: Path = typer.Option(None, "--data", help="Dataset root in the EPIC layout (P01/videos/..., annotations/; "
                                                    "default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),

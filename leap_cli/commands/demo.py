@@ -11,6 +11,8 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
+from leap_cli.common import workdir_option
+
 console = Console()
 
 
@@ -19,7 +21,7 @@ def register(app: typer.Typer) -> None:
 
 
 def demo(
-    workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory for every stage's files."),
+    workdir: Path = typer.Option(Path("leap-work"), "--workdir", callback=workdir_option, help="Work directory for every stage's files."),
     videos: int = typer.Option(8, "--videos", min=3, help="Videos in the synthetic kitchen (3 or more: one is the "
                                                          "test split)."),
     segments: int = typer.Option(48, "--segments", min=2, help="Action segments per video."),

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, lowercase
+from leap_cli.common import DEFAULT_WORKDIR, lowercase, workdir_option
 from leap_cli.progress import live_or_log
 
 console = Console()
@@ -83,7 +83,7 @@ def evaluate(
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default {workdir}/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default "
                                                                 "DATA/annotations)."),
-    workdir: Path = typer.Option(None, "--workdir", help="Work directory of the pipeline (default: X when --run "
+    workdir: Path = typer.Option(None, "--workdir", callback=workdir_option, help="Work directory of the pipeline (default: X when --run "
                                                          "or the checkpoint is a path X/runs/NAME, else leap-work)."),
     allow_partial_load: bool = typer.Option(False, "--allow-partial-load", help="Evaluate a checkpoint whose weights "
                                             "do not all fit the model it describes (missing tensors stay at their "

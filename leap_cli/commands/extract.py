@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase, normalize_split, shard_out
+from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase, normalize_split, shard_out,
+                             workdir_option)
 from leap_cli.io import check_settings
 from leap_cli.progress import live_or_log
 
@@ -32,7 +33,7 @@ def extract(
     split: str = typer.Option(..., "--split", help="train, val (or validation) or test."),
     out: Path = typer.Option(None, "--out", help="Output JSONL (default WORKDIR/descriptors/{split}.jsonl, "
                                                  "with a .shardIofN suffix when sharded)."),
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory holding the stage files."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", callback=workdir_option, help="Work directory holding the stage files."),
     annotations: Path = typer.Option(
         None, "--annotations",
         help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),

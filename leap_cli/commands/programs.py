@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import lowercase
+from leap_cli.common import lowercase, workdir_option
 from leap_cli.report.terminal import printable
 
 console = Console()
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 
 
 def generate_programs(
-    workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory (reads descriptors/, writes programs/)."),
+    workdir: Path = typer.Option(Path("leap-work"), "--workdir", callback=workdir_option, help="Work directory (reads descriptors/, writes programs/)."),
     split: str = typer.Option(..., "--split", help="Split: train, val (validation) or test."),
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (overrides --data)."),
@@ -275,7 +275,7 @@ def _summary_table(title: str, cells) -> Table:
 
 def validate_programs(
     files: list[Path] = typer.Argument(None, metavar="FILES", help="Program JSONL files (default WORKDIR/programs/SPLIT.jsonl)."),
-    workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory (report goes to programs/)."),
+    workdir: Path = typer.Option(Path("leap-work"), "--workdir", callback=workdir_option, help="Work directory (report goes to programs/)."),
     split: str = typer.Option(None, "--split", help="Split the files are checked against (required without FILES; "
                                                     "else the one their names say, e.g. train.jsonl, and files that "
                                                     "name different splits are refused). Coverage counts that "

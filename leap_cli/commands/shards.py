@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase, normalize_split
+from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase, normalize_split, workdir_option
 from leap_cli.errors import LeapError
 from leap_cli.progress import live_or_log
 
@@ -42,7 +42,7 @@ def build_shards(
                                                           "missing: every sample has_program false)."),
     out: Path = typer.Option(None, "--out", help="Output folder (default WORKDIR/shards/SPLIT, "
                                                  "anticipation: WORKDIR/shards/SPLIT-anticipation)."),
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory holding every stage's files."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", callback=workdir_option, help="Work directory holding every stage's files."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
     task: str = typer.Option("recognition", "--task", callback=lowercase, help="recognition, or anticipation (three clips "
                                                            "ending tau-a before the action)."),
@@ -157,7 +157,7 @@ def check_shards(
                                                          "--task anticipation: WORKDIR/shards/SPLIT-anticipation)."),
     split: str = typer.Option(None, "--split", help="Split whose shards to check (required without --shards)."),
     task: str = typer.Option("recognition", "--task", callback=lowercase, help="recognition or anticipation (which default folder)."),
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory holding every stage's files."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", callback=workdir_option, help="Work directory holding every stage's files."),
     on_error: str = typer.Option("raise", "--on-error", callback=lowercase, help="raise: stop at the first damaged shard or sample; "
                                                             "skip: list and count every problem."),
     no_hash: bool = typer.Option(False, "--no-hash", help="Skip the sha256 of whole shards (sizes still checked)."),

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from leap_cli.common import workdir_option
 from leap_cli.report.terminal import printable
 
 console = Console()
@@ -19,7 +20,7 @@ def register(app: typer.Typer) -> None:
 
 def show(
     narration_id: str = typer.Argument(..., help="The segment, e.g. P01_01_12."),
-    workdir: Path = typer.Option(Path("leap-work"), "--workdir", help="Work directory holding descriptors/ and programs/."),
+    workdir: Path = typer.Option(Path("leap-work"), "--workdir", callback=workdir_option, help="Work directory holding descriptors/ and programs/."),
     split: str = typer.Option(None, "--split", help="train, val or test (default: search all)."),
     programs: Path = typer.Option(None, "--programs", help="Program records file (default: WORKDIR/programs/SPLIT.jsonl)."),
     descriptors: Path = typer.Option(None, "--descriptors", help="Descriptor records file (default: WORKDIR/descriptors/SPLIT.jsonl)."),

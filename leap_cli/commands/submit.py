@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, lowercase
+from leap_cli.common import DEFAULT_WORKDIR, lowercase, workdir_option
 
 console = Console()
 
@@ -37,7 +37,7 @@ def submit(
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default {workdir}/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs "
                                      "(default DATA/annotations); gives the test ids and class counts."),
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory of the pipeline."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", callback=workdir_option, help="Work directory of the pipeline."),
 ) -> None:
     from leap_cli.errors import LeapError
     from leap_cli.epic.annotations import open_annotations

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR
+from leap_cli.common import DEFAULT_WORKDIR, workdir_option
 from leap_cli.progress import live_or_log
 
 console = Console()
@@ -27,7 +27,7 @@ def train(
     config: Path = typer.Option(..., "--config", "-c", help="Training config: a YAML file, or a bundled config by name (tiny-synthetic, uniformerv2-b16-epic, ...)."),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key: --set optim.lr=3e-4 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from checkpoints/last.pt exactly where it stopped."),
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", help="Work directory: reads shards/{train,val}, writes runs/NAME."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", callback=workdir_option, help="Work directory: reads shards/{train,val}, writes runs/NAME."),
     name: str = typer.Option(None, "--name", help="Run name (default: the config file's stem)."),
     no_program_loss: bool = typer.Option(False, "--no-program-loss", help="Ablation: train with L_CE only and no program heads (same as --set loss.program_loss=false)."),
     force: bool = typer.Option(False, "--force", "--overwrite", help="Start runs/NAME over (removes its checkpoints "
