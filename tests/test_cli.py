@@ -307,7 +307,8 @@ def test_shard_with_out_keeps_the_shard_suffix(tiny_kitchen, tmp_path):
 def test_a_path_of_the_wrong_kind_says_what_to_do(tiny_kitchen, tmp_path):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "a-folder").mkdir()
-    for args, says in ((["extract", "--split", "train", "--workdir", str(tmp_path / "a-file")], "give a folder"),
+    for args, says in ((["extract", "--split", "train", "--workdir", str(tmp_path / "a-file")],
+                        "is a file, not a folder"),
                        (["build-shards", "--split", "train", "--out", str(tmp_path / "a-file"),
                          "--data", str(tiny_kitchen), "--workdir", str(tmp_path)], "a file is in the way"),
                        (["submit", "--check", str(tmp_path / "a-folder"), "--data", str(tiny_kitchen)],
