@@ -231,6 +231,16 @@ def shard_out(path: str | Path, shard: ShardSpec) -> Path:
         else path.with_name(path.name + shard.suffix)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a Slurm job's share, not the machine's count)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # (not on Linux)
+        return os.cpu_count() or 1
+
+
 def workdir_option(value: Path | None) -> Path | None:
     """``--workdir``'s typer callback: a path that is a file is said so (it was reported through the first file
     under it: "afile/descriptors: Not a directory", "afile/kitchen: dataset root not found")."""

@@ -691,7 +691,7 @@ def test_the_checker_process_starts_only_where_it_pays(monkeypatch):
 
     class B:
         name = "openai"
-    monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(g, "usable_cpus", lambda: 2)
     cfg = GenerateConfig(backend="openai", concurrency=32)
     assert g.use_check_process(cfg, B(), 1000)
     assert not g.use_check_process(cfg, B(), g.CHECK_PROCESS_MIN - 1)  # a short run: not worth a process
@@ -699,7 +699,7 @@ def test_the_checker_process_starts_only_where_it_pays(monkeypatch):
     B.name = "offline"
     assert not g.use_check_process(cfg, B(), 1000)  # the offline backend makes its programs on the loop
     B.name = "openai"
-    monkeypatch.setattr(g.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(g, "usable_cpus", lambda: 1)
     assert not g.use_check_process(cfg, B(), 1000)  # one CPU: the child would take the loop's
     assert g.use_check_process(GenerateConfig(concurrency=1, check_process=True), B(), 1)  # asked for
 

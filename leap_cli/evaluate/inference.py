@@ -221,9 +221,9 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
 def loader_workers(asked: int, samples: int, batch_size: int) -> int:
     """``--workers`` as DataLoader processes: at most one per batch and per CPU this process may use (each worker
     holds ~0.3 GB; --workers 1000000 started over a thousand of them and used up the machine's memory)."""
-    import os
+    from leap_cli.common import usable_cpus
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cpus()
     batches = -(-samples // max(batch_size, 1))
     workers = max(0, min(asked, cpus, batches))
     if workers < asked:

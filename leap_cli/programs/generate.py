@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import signal
 import threading
 import time
@@ -31,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, merged_input, normalize_split
+from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, merged_input, normalize_split, usable_cpus
 from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
@@ -551,11 +550,7 @@ def use_check_process(cfg: GenerateConfig, backend: Backend, pending: int) -> bo
     segments."""
     if cfg.check_process is not None:
         return cfg.check_process
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # (not on Linux)
-        cpus = os.cpu_count() or 1
-    return backend.name != "offline" and cfg.concurrency >= 8 and cpus >= 2 and pending >= CHECK_PROCESS_MIN
+    return backend.name != "offline" and cfg.concurrency >= 8 and usable_cpus() >= 2 and pending >= CHECK_PROCESS_MIN
 
 
 async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | None,
