@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TypeVar
@@ -273,12 +272,11 @@ def merged_input(path: str | Path) -> Path:
     path = Path(path)
     if path.exists() or not path.parent.is_dir():
         return path
-    pattern = re.compile(rf"{re.escape(path.stem)}\.shard(\d+)of(\d+){re.escape(path.suffix)}")
+    from leap_cli.io import shard_parts
+
     parts: dict[int, list[int]] = {}
-    for p in path.parent.iterdir():
-        m = pattern.fullmatch(p.name)
-        if m:
-            parts.setdefault(int(m.group(2)), []).append(int(m.group(1)))
+    for index, count, _ in shard_parts(path):
+        parts.setdefault(count, []).append(index)
     if not parts:
         return path
     n = max(parts, key=lambda k: len(parts[k]))

@@ -100,8 +100,23 @@ def start_over(workdir: Path) -> None:
 class StageRun:
     name: str
     argv: list[str]
+    outputs: tuple[Path, ...] = ()  # what the stage writes: all there before and untouched after = done earlier
     seconds: float = 0.0
     returncode: int | None = None
+    reused: bool = False  # the stage found its work done (its outputs were there and it changed none of them)
+
+
+def _stamps(paths: tuple[Path, ...]) -> list[tuple[int, int] | None]:
+    """(size, mtime_ns) of each path, None where it is missing."""
+    out = []
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_size, st.st_mtime_ns))
+    return out
 
 
 def default_config() -> Path:
@@ -126,23 +141,29 @@ def plan(cfg: DemoConfig) -> list[StageRun]:
     run_name = config.stem
     run_dir = cfg.workdir / "runs" / run_name
     force = ["--force"] if cfg.force else []
+    work = cfg.workdir
+    from leap_cli.synth.kitchen import MARKER
+
     stages = [StageRun("demo-data", ["demo-data", "--out", f"{w}/kitchen", "--videos", str(cfg.videos),
-                                     "--segments", str(cfg.segments), "--seed", str(cfg.seed), *force])]
+                                     "--segments", str(cfg.segments), "--seed", str(cfg.seed), *force],
+                       (work / "kitchen" / MARKER,))]
     for split in ("train", "val", "test"):
         stages.append(StageRun(f"extract {split}", ["extract", "--split", split, "--workdir", w,
                                                    "--workers", str(cfg.workers),
                                                    # the frame cache at the shards' settings: build-shards reads it
                                                    "--cache-frames", str(cfg.frames),
-                                                   "--cache-short-side", str(cfg.short_side), *force]))
+                                                   "--cache-short-side", str(cfg.short_side), *force],
+                               (work / "descriptors" / f"{split}.jsonl",)))
     for split in ("train", "val"):
         stages.append(StageRun(f"generate-programs {split}", ["generate-programs", "--split", split, "--workdir", w,
-                                                             *force]))
+                                                             *force], (work / "programs" / f"{split}.jsonl",)))
     stages.append(StageRun("validate-programs", ["validate-programs", f"{w}/programs/train.jsonl",
                                                  "--workdir", w, "--html", f"{w}/programs/train.report.html"]))
     for split in ("train", "val", "test"):
         stages.append(StageRun(f"build-shards {split}", ["build-shards", "--split", split, "--workdir", w,
                                                         "--frames", str(cfg.frames), "--short-side", str(cfg.short_side),
-                                                        "--workers", str(cfg.workers), *force]))
+                                                        "--workers", str(cfg.workers), *force],
+                               (work / "shards" / split / "manifest.json",)))
     train = ["train", "--config", str(config), "--workdir", w]
     for o in cfg.train_overrides:
         train += ["--set", o]
@@ -150,7 +171,7 @@ def plan(cfg: DemoConfig) -> list[StageRun]:
         train.append("--force")
     elif (run_dir / "checkpoints" / "last.pt").exists():
         train.append("--resume")
-    stages.append(StageRun("train", train))
+    stages.append(StageRun("train", train, (run_dir / "checkpoints" / "last.pt",)))
     stages.append(StageRun("evaluate val", ["evaluate", "--split", "val", "--run", str(run_dir), "--workdir", w]))
     stages.append(StageRun("evaluate test", ["evaluate", "--split", "test", "--run", str(run_dir), "--workdir", w]))
     levels = submission_levels(load_config(config, list(cfg.train_overrides)))
@@ -176,6 +197,7 @@ def run_stage(stage: StageRun) -> StageRun:
     from leap_cli.common import die_with_parent
 
     t = time.perf_counter()
+    before = _stamps(stage.outputs)
     demo = os.getpid()
     # a demo killed outright (SIGKILL) leaves no stage running on its own: the stage gets SIGTERM and stops
     # as on Ctrl-C (training saves last.pt)
@@ -188,6 +210,7 @@ def run_stage(stage: StageRun) -> StageRun:
         raise
     stage.seconds = time.perf_counter() - t
     stage.returncode = proc.returncode
+    stage.reused = bool(stage.outputs) and None not in before and _stamps(stage.outputs) == before
     if proc.returncode != 0:
         raise LeapError(f"stage `leap {' '.join(stage.argv)}` failed with exit code {proc.returncode}",
                         record=stage.name, fix="see its message above; fix it and run the demo again (done work is kept)")

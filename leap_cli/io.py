@@ -4,11 +4,11 @@ with, and content hashes."""
 from __future__ import annotations
 
 import gc
-import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -164,7 +164,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, *, if_changed: bool = False) -> None:
+    """``data`` into ``path`` through a temporary file and a rename; ``if_changed``: a file that holds these bytes
+    already is left as it is (its time too: a rerun with nothing to do leaves its outputs untouched)."""
+    if if_changed:
+        try:
+            if os.path.getsize(path) == len(data) and Path(path).read_bytes() == data:
+                return
+        except OSError:
+            pass
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -226,6 +234,21 @@ class OutputLock:
 
 
 SETTINGS_SUFFIX = ".settings.json"
+
+
+def shard_parts(output: str | Path, tail: str = "") -> list[tuple[int, int, Path]]:
+    """(index, count, path) of the files that ``--shard I/N`` runs write instead of ``output`` (``ShardSpec.suffix``:
+    ``train.shard0of4.jsonl`` for ``train.jsonl``), each name followed by ``tail`` (a sidecar's suffix), sorted."""
+    output = Path(output)
+    stem, suffix = (output.name[: -len(output.suffix)], output.suffix) if output.suffix else (output.name, "")
+    pattern = re.compile(rf"{re.escape(stem)}\.shard(\d+)of(\d+){re.escape(suffix + tail)}")
+    try:
+        names = os.listdir(output.parent)
+    except OSError:
+        return []
+    found = [(int(m.group(1)), int(m.group(2)), output.parent / name) for name in names
+             if (m := pattern.fullmatch(name))]
+    return sorted(found)
 
 
 def settings_path(output: str | Path) -> Path:
@@ -340,9 +363,7 @@ def _stored_settings(output: Path, option: str, *, warn: bool = True) -> dict | 
     sidecar = settings_path(output)
     if sidecar.exists():
         return _read_settings(sidecar, option)
-    stem, suffix = (output.name[: -len(output.suffix)], output.suffix) if output.suffix else (output.name, "")
-    parts = sorted(output.parent.glob(f"{glob.escape(stem)}.shard*of*{glob.escape(suffix)}{SETTINGS_SUFFIX}"))
-    found = [_read_settings(p, option) for p in parts]
+    found = [_read_settings(p, option) for _, _, p in shard_parts(output, SETTINGS_SUFFIX)]
     if found and all(f == found[0] for f in found):
         return found[0]
     if warn and output.is_file() and output.stat().st_size:
@@ -352,12 +373,13 @@ def _stored_settings(output: Path, option: str, *, warn: bool = True) -> dict | 
     return None
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, *, if_changed: bool = False) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), if_changed=if_changed)
 
 
-def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2, if_changed: bool = False) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False) + "\n",
+                      if_changed=if_changed)
 
 
 def sha256_bytes(data: bytes) -> str:

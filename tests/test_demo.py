@@ -70,6 +70,13 @@ def test_demo_again_reuses_what_is_done(demo):
     assert "(the 0 segments of this run)" not in second.stdout
     assert "were built before with these settings and inputs" in second.stdout  # build-shards says it built none
     assert "frames read from extract's frame cache" not in second.stdout
+    # the demo's own summary says which stages found their work done (the first run's did all of it)
+    times = lambda out: " ".join(out.split("time per stage:", 1)[1].split("submission:", 1)[0].split())  # noqa: E731
+    assert "(done before)" not in times(first.stdout)
+    again = times(second.stdout)
+    for stage in ("demo-data", "extract train", "extract test", "generate-programs val", "build-shards test", "train"):
+        assert f", {stage} " in f", {again}" and again.split(f"{stage} ", 1)[1].split(",")[0].endswith("(done before)"), again
+    assert not again.split("evaluate val ", 1)[1].split(",")[0].endswith("(done before)"), again  # run again
     assert len(read_jsonl(work / "descriptors" / "train.jsonl")) == len({r["narration_id"] for r in
                                                                          read_jsonl(work / "descriptors" / "train.jsonl")})
     steps = [r["step"] for r in read_jsonl(work / "runs" / "tiny-synthetic" / "metrics.jsonl") if r["split"] == "train"]

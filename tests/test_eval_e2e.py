@@ -575,21 +575,35 @@ def test_a_run_path_brings_its_work_directory(pipeline, tmp_path, monkeypatch):
 
 
 def test_resuming_a_finished_run_says_it_is_finished(pipeline):
-    """It said "resumed ... at step 2 of 2 (epoch 2 of 1, 0 of its batches done)"."""
+    """It said "resumed ... at step 2 of 2 (epoch 2 of 1, 0 of its batches done)", and wrote last.pt again (the same
+    state: several GB for UniFormerV2-L with its optimizer)."""
     root, work, run, model, vocab = pipeline
+    last = run / "checkpoints" / "last.pt"
+    before = (last.stat().st_mtime_ns, last.read_bytes())
     res = CliRunner().invoke(app, ["train", "--config", str(work / "mini.yaml"), "--workdir", str(work), "--name",
                                    "tiny", "--resume"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "the run is finished" in res.output and "epoch 2 of 1" not in res.output, res.output
+    assert (last.stat().st_mtime_ns, last.read_bytes()) == before
 
 
-def test_evaluate_starts_no_more_loader_workers_than_cpus_and_batches() -> None:
-    """`leap evaluate --workers 1000000` started over a thousand DataLoader processes (~0.3 GB each)."""
+def test_loaders_start_no_more_workers_than_cpus_and_batches(monkeypatch) -> None:
+    """`leap evaluate --workers 1000000` started over a thousand DataLoader processes (~0.3 GB each); training
+    started a config's data.num_workers 8 on a 2-core machine, and 8 per rank under torchrun."""
     import os
 
-    from leap_cli.evaluate.inference import loader_workers
+    from leap_cli.shards.dataset import loader_workers
 
     cpus = len(os.sched_getaffinity(0))
-    assert loader_workers(1_000_000, 10_000, 4) == cpus
-    assert loader_workers(1_000_000, 5, 4) == min(cpus, 2)  # two batches: two workers at most
-    assert loader_workers(0, 10_000, 4) == 0 and loader_workers(1, 1, 4) == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers(1_000_000, "--workers", samples=10_000, batch_size=4) == cpus
+    assert loader_workers(1_000_000, "--workers", samples=5, batch_size=4) == min(cpus, 2)  # two batches at most
+    assert loader_workers(0, "--workers", samples=10_000, batch_size=4) == 0
+    assert loader_workers(1, "--workers", samples=1, batch_size=4) == 1
+    assert loader_workers(8, "data.num_workers") == min(8, cpus)  # training: no batch count
+    monkeypatch.setattr("leap_cli.common.usable_cpus", lambda: 16)
+    assert loader_workers(8, "data.num_workers") == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun's 4 processes on the machine share its 16 CPUs
+    assert loader_workers(8, "data.num_workers") == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert loader_workers(8, "data.num_workers") == 1

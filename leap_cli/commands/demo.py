@@ -49,7 +49,7 @@ def demo(
     for stage in plan(cfg):
         console.print(Rule(f"[bold]leap {stage.name}[/]"))
         run_stage(stage)
-        timings.append((stage.name, stage.seconds))
+        timings.append((stage.name, stage.seconds, stage.reused))
     table = Table(title=f"LEAP demo: every stage ({time.perf_counter() - t0:.0f} s in all)", show_lines=False)
     table.add_column("stage")
     table.add_column(f"output (in {escape(str(workdir))})", overflow="fold")
@@ -58,13 +58,14 @@ def demo(
         table.add_row(escape(name), escape(out), escape(figures))
     console.print(Rule())
     console.print(table)
-    console.print("time per stage: " + ", ".join(f"{n} {s:.0f}s" for n, s in timings))
+    console.print("time per stage: " + ", ".join(f"{n} {s:.0f}s" + (" (done before)" if reused else "")
+                                                 for n, s, reused in timings))
     table_md = workdir / "ablation" / "ablation.md"
     if ablate and table_md.exists():
         console.print(Rule("[bold]the program-supervision ablation (validation, %)[/]"))
         console.print(escape(table_md.read_text(encoding="utf-8")))
     look = f"(look at a program: leap show NARRATION_ID --workdir {escape(str(workdir))} --html page.html)"
-    if any(name == "submit" for name, _ in timings):
+    if any(name == "submit" for name, *_ in timings):
         console.print(f"[bold green]submission:[/] {escape(str(workdir / 'submission.zip'))}  {look}")
     else:  # model.pretrained: the pre-training level of those weights is the user's to declare
         console.print("[yellow]no submission[/]: with model.pretrained the demo cannot declare the weights' "

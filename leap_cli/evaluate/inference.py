@@ -203,7 +203,7 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
     """A DataLoader over the evaluation views of a shards folder and its number of segments."""
     from torch.utils.data import DataLoader
 
-    from leap_cli.shards.dataset import ShardDataset, collate_clips, loader_worker_init
+    from leap_cli.shards.dataset import ShardDataset, collate_clips, loader_worker_init, loader_workers
 
     folder = Path(folder)
     if not (folder / "manifest.json").exists():
@@ -213,22 +213,10 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
     ds = ShardDataset(folder, train=False, num_frames=int(model_args["num_frames"]),
                       img_size=int(model_args["img_size"]), temporal_views=views.temporal,
                       spatial_views=views.spatial, rank=0, world_size=1, batch_size=batch_size)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=loader_workers(workers, len(ds), batch_size),
+    loader = DataLoader(ds, batch_size=batch_size,
+                        num_workers=loader_workers(workers, "--workers", samples=len(ds), batch_size=batch_size),
                         collate_fn=collate_clips, worker_init_fn=loader_worker_init)
     return loader, len(ds)
-
-
-def loader_workers(asked: int, samples: int, batch_size: int) -> int:
-    """``--workers`` as DataLoader processes: at most one per batch and per CPU this process may use (each worker
-    holds ~0.3 GB; --workers 1000000 started over a thousand of them and used up the machine's memory)."""
-    from leap_cli.common import usable_cpus
-
-    cpus = usable_cpus()
-    batches = -(-samples // max(batch_size, 1))
-    workers = max(0, min(asked, cpus, batches))
-    if workers < asked:
-        log.info("--workers %d: %d DataLoader worker(s) (%d CPU(s), %d batch(es))", asked, workers, cpus, batches)
-    return workers
 
 
 def _manifest_task(folder: Path) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from leap_cli.common import SPLITS, check_record_file, dataset_root, descriptor_problem, program_record_problem
 from leap_cli.errors import LeapError
-from leap_cli.io import atomic_write_text
+from leap_cli.io import atomic_write_text, shard_parts
 from leap_cli.report.html import esc, jpeg_data_uri, page
 from leap_cli.report.program_view import conds_html, flatten_for_storyboard, steps_html, sub_action_text
 
@@ -49,8 +49,11 @@ def record_of(path: Path, narration_id: str) -> dict | None:
 
 def _candidates(folder: Path, split: str | None) -> list[tuple[str, Path]]:
     """(split, file) of the record files of ``split`` (every split when None) in ``folder``, in search order."""
-    return [(sp, f) for sp in ([split] if split else SPLITS)
-            for f in sorted(folder.glob(f"{sp}.jsonl")) + sorted(folder.glob(f"{sp}.shard*.jsonl"))]
+    found = []
+    for sp in [split] if split else SPLITS:
+        whole = folder / f"{sp}.jsonl"
+        found += [(sp, f) for f in ([whole] if whole.exists() else []) + [p for _, _, p in shard_parts(whole)]]
+    return found
 
 
 def _find(folder: Path, narration_id: str, split: str | None) -> tuple[dict | None, str | None]:

@@ -305,6 +305,22 @@ def loader_worker_init(_worker_id: int) -> None:
     die_with_parent(signal.SIGKILL, os.getppid())
 
 
+def loader_workers(asked: int, option: str, samples: int | None = None, batch_size: int = 1) -> int:
+    """``asked`` DataLoader processes (``option`` names the setting), at most one per CPU this process may use
+    (its share where torchrun starts several on the machine: LOCAL_WORLD_SIZE) and, given ``samples``, one per
+    batch. Each worker holds ~0.3 GB: `leap evaluate --workers 1000000` started over a thousand of them and used
+    up the machine's memory; a config's data.num_workers 8 on a 2-core machine started 8."""
+    from leap_cli.common import usable_cpus
+
+    cpus = max(1, usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
+    batches = -(-samples // max(batch_size, 1)) if samples is not None else asked
+    workers = max(0, min(asked, cpus, batches))
+    if workers < asked:
+        log.info("%s %d: %d DataLoader worker(s) (%d CPU(s) for this process%s)", option, asked, workers, cpus,
+                 f", {batches} batch(es)" if samples is not None else "")
+    return workers
+
+
 def collate_clips(samples: list[dict]) -> dict:
     """Stack samples into the batch described in the module docstring."""
     batch = {

@@ -24,6 +24,7 @@ import zlib
 from pathlib import Path
 
 from leap_cli.errors import LeapError
+from leap_cli.io import shard_parts
 
 FORMAT = "leap-shards/1"
 MANIFEST = "manifest.json"
@@ -268,10 +269,8 @@ def build_command(folder: Path) -> str:
 def part_counts(folder: str | Path) -> dict[int, dict[int, Path]]:
     """``--shard i/n`` part manifests in ``folder``: {n: {i: path}}."""
     out: dict[int, dict[int, Path]] = {}
-    for p in sorted(Path(folder).glob("manifest.shard*of*.json")):
-        m = re.fullmatch(r"manifest\.shard(\d+)of(\d+)\.json", p.name)
-        if m:
-            out.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
+    for index, count, p in shard_parts(Path(folder) / "manifest.json"):
+        out.setdefault(count, {})[index] = p
     return out
 
 
@@ -280,8 +279,7 @@ def check_part_count(folder: str | Path, count: int) -> None:
     parts of /2 and /3 hold every sample of their overlap twice."""
     # parts done (their manifests) and parts begun or still running (their progress files, made when they start:
     # an unsharded build beside a part that had written no tar yet left the folder holding both)
-    begun = {int(m.group(1)) for p in Path(folder).glob(".progress.shard*of*.jsonl")
-             if (m := re.fullmatch(r"\.progress\.shard\d+of(\d+)\.jsonl", p.name))}
+    begun = {count for _, count, _ in shard_parts(Path(folder) / ".progress.jsonl")}
     other = sorted(n for n in set(part_counts(folder)) | begun if n != count)
     if count > 1 and (Path(folder) / ".progress.jsonl").exists():  # an unsharded build: its tars would stay beside
         raise LeapError(f"the folder holds a build without --shard, not of i/{count} parts", path=folder,

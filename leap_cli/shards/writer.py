@@ -618,7 +618,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         progress(total, total)
 
     manifest = _manifest(settings, shards, trailing, sources, targets_manifest, prog_report, shard, len(selected))
-    atomic_write_json(out / manifest_name(shard.suffix), manifest)
+    atomic_write_json(out / manifest_name(shard.suffix), manifest, if_changed=True)
     if shard.count > 1:  # the job that completes the set writes the merged manifest.json
         from leap_cli.shards.format import MANIFEST, PartsDiffer, merge_parts
 
@@ -629,7 +629,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         except LeapError:
             notes.append(f"part {shard.index}/{shard.count} done; manifest.json is written when all parts are")
         else:
-            atomic_write_json(out / MANIFEST, merged)
+            atomic_write_json(out / MANIFEST, merged, if_changed=True)
             notes.append(f"all {shard.count} parts done: merged manifest.json written")
     return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes)
 

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from leap_cli.errors import LeapError
-from leap_cli.shards.dataset import ShardDataset, collate_clips, loader_worker_init
+from leap_cli.shards.dataset import ShardDataset, collate_clips, loader_worker_init, loader_workers
+from leap_cli.shards.format import part_counts
 from leap_cli.train.config import Config
 from leap_cli.train.distributed import DistInfo
 
@@ -75,7 +76,7 @@ class ShardSource:
         self.val_size: int | None = None
         if val_dir is not None:
             val_dir = Path(val_dir)
-            if (val_dir / "manifest.json").exists() or list(val_dir.glob("manifest.shard*of*.json")):
+            if (val_dir / "manifest.json").exists() or part_counts(val_dir):
                 self.val = ShardDataset(val_dir, train=False, num_frames=cfg.model.num_frames,
                                         img_size=cfg.model.img_size, rank=info.rank, world_size=info.world_size,
                                         batch_size=cfg.data.eval_batch_size)  # batches as with num_workers 0
@@ -94,7 +95,7 @@ class ShardSource:
         its device. The order does not depend on the torch RNG, so the explicit generator only keeps the loader
         from drawing on the global one (exact resume)."""
         if split not in self._loaders:
-            workers = self.cfg.data.num_workers
+            workers = loader_workers(self.cfg.data.num_workers, "data.num_workers")
             self._loaders[split] = DataLoader(
                 ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips, drop_last=drop_last,
                 worker_init_fn=loader_worker_init,

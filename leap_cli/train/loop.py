@@ -532,7 +532,9 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         metrics = (_Metrics(run_dir, state.step if resume_ckpt is not None else None, state.epoch)
                    if info.is_main else None)
 
-        saved = {"last": -1}
+        # last.pt's position as it is on disk: a resumed run that is finished already does not write it again
+        # (the same state; a UniFormerV2-L last.pt with its optimizer is several GB)
+        saved = {"last": (state.step, state.epoch, state.batches) if resume_ckpt is not None else -1}
 
         def checkpoint(path: Path) -> None:
             if not info.is_main:
