@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import traceback
 
 import typer
 from rich.console import Console
@@ -216,16 +217,18 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except LeapError as e:
-        if _state["debug"]:
-            raise
+        if _state["debug"]:  # the traceback, and still a user error's status (scripts test it)
+            traceback.print_exc()
         _print_error(e.one_line())
         sys.exit(EXIT_USER_ERROR)
     except OSError as e:
         # A read-only work dir, a full disk, a quota: the user's to fix, so one line naming the path.
-        if _state["debug"] or e.errno is None:
+        if e.errno is None:
             raise
         if e.errno == errno.EPIPE:  # `leap ... | head` closed the pipe: nothing to report
             sys.exit(1)
+        if _state["debug"]:
+            traceback.print_exc()
         _print_error(os_error_line(e))
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:

@@ -460,3 +460,13 @@ def test_choice_options_are_taken_in_any_case_as_split_names_are(tmp_path):
     assert r.returncode == 2 and "class files are needed" in r.stderr and "backend" not in r.stderr, r.stderr
     r = leap("extract", "--camera-source", "VO", "--split", "val", "--workdir", str(tmp_path))
     assert r.returncode == 2 and "camera" not in r.stderr, r.stderr
+
+
+def test_debug_shows_a_user_errors_traceback_and_keeps_its_status(tmp_path):
+    """--debug re-raised a user error: the traceback, and exit 1 (a bug's status) instead of 2."""
+    r = leap("--debug", "info", "--data", str(tmp_path / "nothere"))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback (most recent call last)" in r.stderr and "LeapError" in r.stderr
+    assert r.stderr.rstrip().splitlines()[-1].startswith("error: ") and "dataset root not found" in r.stderr
+    plain = leap("info", "--data", str(tmp_path / "nothere"))
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr
