@@ -219,7 +219,11 @@ def main() -> None:
     except LeapError as e:
         if _state["debug"]:  # the traceback, and still a user error's status (scripts test it)
             traceback.print_exc()
-        _print_error(e.one_line())
+        from leap_cli.common import missing_workdir
+
+        workdir = missing_workdir(e)
+        _print_error((f"{workdir}: no such work directory (check --workdir, or run from the folder that holds it); "
+                      if workdir is not None else "") + e.one_line())
         sys.exit(EXIT_USER_ERROR)
     except OSError as e:
         # A read-only work dir, a full disk, a quota: the user's to fix, so one line naming the path.

@@ -240,13 +240,34 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+WORKDIRS: list[Path] = []  # the --workdir values of this command (``workdir_option``), for ``missing_workdir``
+
+
 def workdir_option(value: Path | None) -> Path | None:
     """``--workdir``'s typer callback: a path that is a file is said so (it was reported through the first file
     under it: "afile/descriptors: Not a directory", "afile/kitchen: dataset root not found")."""
     if value is not None and value.exists() and not value.is_dir():
         raise LeapError(f"--workdir {value} is a file, not a folder",
                         fix="pass the folder that holds (or will hold) the pipeline's files, e.g. leap-work")
+    if value is not None:
+        WORKDIRS.append(value)
     return value
+
+
+def missing_workdir(error: LeapError) -> Path | None:
+    """The command's work directory where it does not exist and ``error`` names a path in it (a mistyped
+    --workdir, or the default leap-work/ from another folder, was reported through the first file the stage
+    looked for: "nowork/kitchen: dataset root not found")."""
+    if not error.path:
+        return None
+    import os
+
+    at = os.path.abspath(error.path)
+    for w in WORKDIRS:
+        root = os.path.abspath(w)
+        if (at == root or at.startswith(root.rstrip(os.sep) + os.sep)) and not os.path.isdir(root):
+            return w
+    return None
 
 
 def lowercase(value: str | None) -> str | None:

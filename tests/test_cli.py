@@ -470,3 +470,21 @@ def test_debug_shows_a_user_errors_traceback_and_keeps_its_status(tmp_path):
     assert r.stderr.rstrip().splitlines()[-1].startswith("error: ") and "dataset root not found" in r.stderr
     plain = leap("info", "--data", str(tmp_path / "nothere"))
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
+
+
+def test_a_work_directory_that_does_not_exist_is_named_as_such(tmp_path):
+    """A mistyped --workdir (or the default leap-work/ from another folder) was reported through the first file
+    the stage looked for ("nowork/kitchen: dataset root not found"), and `leap train` left it made, empty."""
+    work = tmp_path / "nowork"
+    for args in (["info"], ["extract", "--split", "train"], ["generate-programs", "--split", "train"],
+                 ["check-shards", "--split", "train"], ["show", "P01_01_1"], ["train", "--config", "tiny-synthetic"]):
+        r = leap(*args, "--workdir", str(work))
+        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        assert r.returncode == 2 and len(lines) == 1, (args, r.stderr)
+        assert lines[0].startswith(f"error: {work}: no such work directory (check --workdir"), (args, lines[0])
+        assert not work.exists(), args
+    r = leap("info", cwd=tmp_path)  # the default, from a folder without it
+    assert r.returncode == 2 and "error: leap-work: no such work directory" in r.stderr, r.stderr
+    (work / "kitchen").mkdir(parents=True)  # there: the stage's own line alone
+    r = leap("info", "--workdir", str(work))
+    assert r.returncode == 2 and "no such work directory" not in r.stderr and "annotations folder not found" in r.stderr

@@ -415,7 +415,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         resume = False
     else:
         unsaved_restart = False
-    made = [p for p in (workdir / "runs", run_dir) if not p.exists()]  # removed again if the run does not start
+    made = [p for p in (workdir, workdir / "runs", run_dir) if not p.exists()]  # removed again if the run does not start
     info = distributed.setup(cfg.train.device)
     stack = contextlib.ExitStack()
     try:
@@ -636,7 +636,7 @@ def _remove_unstarted(run_dir: Path, made: list[Path]) -> None:
     if (run_dir / "config.yaml").exists():
         return
     (run_dir / "checkpoints.lock").unlink(missing_ok=True)
-    for folder in reversed(made):  # run_dir, then runs/
+    for folder in reversed(made):  # run_dir, runs/, then the work directory
         with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
             folder.rmdir()
 
