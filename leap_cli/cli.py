@@ -49,8 +49,11 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logging."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each stage does."),
 ) -> None:
+    from leap_cli.common import WORKDIRS
+
     _state["debug"] = debug
     _state["command"] = ctx.invoked_subcommand
+    WORKDIRS.clear()  # this command's --workdir is recorded as its options are read, after this
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
