@@ -46,19 +46,18 @@ class ShardSpec:
             raise LeapError(f"--shard {text!r} is out of range", fix="i must satisfy 0 <= i < n")
         return cls(i, n)
 
-    def select(self, items: Sequence[T], key=None) -> list[T]:
-        """Split deterministically; with ``key`` (e.g. the video id) items sharing a key stay together."""
+    def select(self, items: Sequence[T], key=None, order: Sequence | None = None) -> list[T]:
+        """Split deterministically; with ``key`` (e.g. the video id) items sharing a key stay together, the keys
+        dealt in turn in the order they first appear, or in ``order`` (the split's videos in annotation order:
+        then part i of any subset, such as extract's part i, is the same videos as part i of the whole)."""
         if self.count == 1:
             return list(items)
         if key is None:
             return [x for j, x in enumerate(items) if j % self.count == self.index]
-        groups: list = []
         seen: dict = {}
-        for x in items:
-            k = key(x)
+        for k in [*(order or ()), *(key(x) for x in items)]:
             if k not in seen:
-                seen[k] = len(groups)
-                groups.append(k)
+                seen[k] = len(seen)
         return [x for x in items if seen[key(x)] % self.count == self.index]
 
     @property

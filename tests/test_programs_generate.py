@@ -1314,3 +1314,44 @@ def test_parts_of_a_sharded_run_are_named_not_passed_over(workdir):
     for args in (("validate-programs", "--split", "val"), ("build-shards", "--split", "val")):
         r = leap(*args, "--workdir", str(workdir))
         assert r.returncode == 2 and "not found, but parts of it from --shard runs are there (3 of 3)" in r.stderr
+
+
+def test_a_part_of_extract_feeds_the_same_part_of_generation(workdir, caplog):
+    """`generate-programs --descriptors train.shard1of3.jsonl --shard 1/3` (Slurm arrays chaining part i into part i)
+    did nothing: the part's own videos were dealt into three again. Parts now follow the split's annotation order,
+    as extract's do, whatever order the input holds them in; a duplicated id takes its last record."""
+    from leap_cli.common import ShardSpec
+    from leap_cli.epic.annotations import read_segments
+    from leap_cli.programs.generate import load_inputs
+
+    ann = workdir / "kitchen" / "annotations"
+    lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
+    rows = [lines[0]] + [ln.replace("P01_11", f"P01_1{1 + i % 3}", 2) for i, ln in enumerate(lines[1:13])]
+    (ann / "EPIC_100_validation.csv").write_text("\n".join(rows) + "\n")
+    segs = read_segments(ann / "EPIC_100_validation.csv")
+    desc = workdir / "descriptors"
+    desc.mkdir()
+
+    def record(s, text="clip"):
+        return {"narration_id": s.narration_id, "video_id": s.video_id, "start": s.start, "stop": s.stop,
+                "text": text, "components": {}}
+
+    parts = [ShardSpec(i, 3).select(segs, key=lambda s: s.video_id) for i in range(3)]  # extract's parts
+    for i, part in enumerate(parts):
+        (desc / f"val.shard{i}of3.jsonl").write_text("".join(json.dumps(record(s)) + "\n" for s in part))
+    merged = desc / "val.jsonl"  # merged in another order than the annotation's
+    merged.write_text("".join((desc / f"val.shard{i}of3.jsonl").read_text() for i in (2, 0, 1)))
+    for i, part in enumerate(parts):
+        want = {s.narration_id for s in part}
+        assert want
+        got = generate_programs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(i, 3),
+                                               descriptors=desc / f"val.shard{i}of3.jsonl"))
+        assert {r["narration_id"] for r in read_jsonl(got.out)} == want, i
+        inputs = load_inputs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(i, 3)))
+        assert {r["narration_id"] for r in inputs.records} == want, i
+    with merged.open("a") as f:  # an id twice (a merge of overlapping parts): the later record is the one used
+        f.write(json.dumps(record(segs[0], "NEWER")) + "\n")
+    with caplog.at_level("WARNING"):
+        inputs = load_inputs(GenerateConfig(workdir=workdir, split="val"))
+    assert [r["text"] for r in inputs.records if r["narration_id"] == segs[0].narration_id] == ["NEWER"]
+    assert len(inputs.records) == 12 and "1 narration ids appear more than once" in caplog.text

@@ -138,7 +138,7 @@ def extract(
     with progress:
         summary = run_extract(cfg, on_start=on_start, on_record=on_record)
     _print_summary(summary)
-    if spec.count > 1 and not summary.segments and not limit:  # (it said "0 selected" and nothing more)
+    if spec.count > 1 and not summary.segments and limit is None:  # (it said "0 selected" and nothing more)
         console.print(f"note: part {spec.index}/{spec.count} holds no segment of the {split_name} split: parts are "
                       f"whole videos, and with fewer videos than parts some parts are empty")
     if summary.interrupted:  # the summary is printed; the CLI says how to resume and exits 130 (143: SIGTERM)

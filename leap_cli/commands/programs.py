@@ -172,6 +172,10 @@ def generate_programs(
                         ("seconds", f"{summary.seconds:.1f}")):
         table.add_row(what, str(value))
     console.print(table)
+    if spec.count > 1 and not summary.total and not summary.resumed and limit is None:  # (it said "0" and no more)
+        console.print(f"[yellow]note:[/] part {spec.index}/{spec.count} holds no segment of {escape(summary.source)}: "
+                      "parts are whole videos, dealt in the split's annotation order as extract deals them, and with "
+                      "fewer videos than parts some parts are empty", highlight=False)
     if summary.stopped:
         console.print(f"[yellow]stopped early:[/] {escape(str(summary.stopped))}; raise --max-cost and run the command "
                       "again to continue (the cap counts every run on this output file)")

@@ -170,6 +170,11 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     extracted: dict | str | None = "narration-only"
     if path.exists():
         records = read_jsonl(path, check=descriptor_problem, keep=_for_generation)
+        latest = {r["narration_id"]: r for r in records}  # a later record of an id replaces an earlier one
+        if len(latest) < len(records):  # (JsonlAppender keeps the last too: extract --retry-errors appends)
+            log.warning("%s: %d narration ids appear more than once (parts merged twice, or a run stopped before "
+                        "it rewrote the file): the last record of each is used", path, len(records) - len(latest))
+            records = list(latest.values())
         source = f"descriptors {path}"
         try:
             extracted = stored_settings(path)
@@ -194,7 +199,9 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
             log.warning("%s: %d descriptor records are not segments of split %s (e.g. %s): skipped", path,
                         len(outside), split, ", ".join(outside[:3]))
             records = [r for r in records if r["narration_id"] in segments]
-    records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]))
+    # parts by the split's videos in annotation order, as extract's: part i of extract's part i is all of it
+    records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]),
+                               order=[s.video_id for s in segments.values()])
     return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted)
 
 
