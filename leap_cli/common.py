@@ -288,22 +288,65 @@ def merged_input(path: str | Path) -> Path:
     """A stage's default input (e.g. ``WORKDIR/descriptors/train.jsonl``) as it is; where it is missing but
     ``--shard`` runs left parts of it (``train.shard0of4.jsonl`` ...), a LeapError naming them and the merge (the
     next stage went on without them: generate-programs from the narrations alone, build-shards without
-    programs)."""
-    path = Path(path)
-    if path.exists() or not path.parent.is_dir():
-        return path
-    from leap_cli.io import shard_parts
+    programs). Where both are there, the merge is checked against its parts (``check_merge``)."""
+    from leap_cli.io import merge_command, parts_text, shard_parts
 
-    parts: dict[int, list[int]] = {}
-    for index, count, _ in shard_parts(path):
-        parts.setdefault(count, []).append(index)
-    if not parts:
+    path = Path(path)
+    if not path.parent.is_dir():
         return path
-    n = max(parts, key=lambda k: len(parts[k]))
-    have = ", ".join(f"{len(v)} of {k}" for k, v in sorted(parts.items()))
-    merge = f"cat {path.parent}/{path.stem}.shard*of{n}{path.suffix} > {path}"
-    raise LeapError(f"not found, but parts of it from --shard runs are there ({have})", path=path,
-                    fix=f"once every part is done, merge them: {merge}")
+    if path.exists():
+        parts: dict[int, list[tuple[int, Path]]] = {}
+        for index, count, p in shard_parts(path):
+            parts.setdefault(count, []).append((index, p))
+        check_merge(path, parts)
+        return path
+    found = parts_text(path)
+    if found is None:
+        return path
+    raise LeapError(f"not found, but parts of it from --shard runs are there ({found[0]})", path=path,
+                    fix=f"once every part is done, merge them: {merge_command(path, found[1])}")
+
+
+def _lines(path: Path) -> int:
+    """Lines (records) of a JSONL file, the last one counted without its newline too; at disk speed."""
+    n, last = 0, b"\n"
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
+    """A file merged from the ``--shard`` parts beside it (``parts``: {count: [(index, path)]}) that holds fewer
+    records than the parts of a count together is refused (merged before a part was done, or from some parts
+    only: the next stage went on with the rest, exit 0); a part missing, or written after the merge, is warned of
+    (merge again). Line counts, not records: a file of a day's descriptors is read at disk speed."""
+    import logging
+
+    from leap_cli.io import merge_command
+
+    log = logging.getLogger(__name__)
+    merged_at = path.stat().st_mtime_ns
+    lines = None
+    for count, have in sorted(parts.items()):
+        if lines is None:
+            lines = _lines(path)
+        in_parts = sum(_lines(p) for _, p in have)
+        if lines < in_parts:
+            raise LeapError(f"holds {lines} records, its --shard parts of {count} beside it {in_parts} together: "
+                            f"it was merged before every part was done, or from some of them", path=path,
+                            fix=f"merge again once every part is done: {merge_command(path, count)} (or move the "
+                                "parts away if this file is as you want it)")
+        missing = sorted(set(range(count)) - {i for i, _ in have})
+        if missing:
+            log.warning("%s: part(s) %s of --shard i/%d are not beside it: if they were not done when it was merged, "
+                        "run them and merge again (%s)", path, ", ".join(map(str, missing)), count,
+                        merge_command(path, count))
+        newer = [p.name for _, p in have if p.stat().st_mtime_ns > merged_at]
+        if newer:
+            log.warning("%s: %s written after it (a part run again, e.g. with --retry-errors?): merge again to take "
+                        "them in (%s)", path, ", ".join(newer), merge_command(path, count))
 
 
 def die_with_parent(sig: int, parent: int) -> None:

@@ -251,6 +251,22 @@ def shard_parts(output: str | Path, tail: str = "") -> list[tuple[int, int, Path
     return sorted(found)
 
 
+def parts_text(output: Path) -> tuple[str, int] | None:
+    """("2 of 3", 3): how many ``--shard`` parts of ``output`` are there, per count, and the count with most;
+    None without parts."""
+    counts: dict[int, int] = {}
+    for _, count, _ in shard_parts(output):
+        counts[count] = counts.get(count, 0) + 1
+    if not counts:
+        return None
+    return ", ".join(f"{k} of {n}" for n, k in sorted(counts.items())), max(counts, key=counts.get)
+
+
+def merge_command(output: Path, count: int) -> str:
+    """The shell command that merges the ``--shard i/count`` parts of ``output`` into it."""
+    return f"cat {output.parent}/{output.stem}.shard*of{count}{output.suffix} > {output}"
+
+
 def settings_path(output: str | Path) -> Path:
     """Where the settings an output was made with are kept: ``OUT.settings.json`` beside it."""
     output = Path(output)
@@ -290,6 +306,12 @@ empty: a run that failed before its first record leaves nothing its successor wo
     """
     output = Path(output)
     refuse_folder(output)
+    if not force and not (output.is_file() and output.stat().st_size) and (found := parts_text(output)):
+        # (extract or generate-programs without --shard beside the parts of a sharded run: the whole split again)
+        raise LeapError(f"not there, but parts of it from --shard runs are ({found[0]}): this run without --shard "
+                        "would do the whole split again", path=output,
+                        fix=f"merge them and run again to resume from the merge: {merge_command(output, found[1])}; "
+                            f"or run the parts left with --shard i/{found[1]}; or pass {option} to do it all again")
     # under the output's lock: a run still writing it is not started over (--force) under its feet, nor its
     # sidecar rewritten; the caller's writer takes the lock again at once
     with OutputLock(output):

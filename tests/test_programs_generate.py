@@ -1355,3 +1355,53 @@ def test_a_part_of_extract_feeds_the_same_part_of_generation(workdir, caplog):
         inputs = load_inputs(GenerateConfig(workdir=workdir, split="val"))
     assert [r["text"] for r in inputs.records if r["narration_id"] == segs[0].narration_id] == ["NEWER"]
     assert len(inputs.records) == 12 and "1 narration ids appear more than once" in caplog.text
+
+
+def test_a_merge_of_some_parts_only_is_refused_and_a_stale_one_warned_of(workdir, caplog):
+    """`cat` of 2 of 3 parts (or before the last was done) went on with two thirds of the split, exit 0; a part run
+    again after the merge (--retry-errors) was not taken in, without a word."""
+    import os
+
+    from leap_cli.common import merged_input
+
+    desc = workdir / "descriptors"
+    desc.mkdir()
+    for i in range(3):
+        (desc / f"val.shard{i}of3.jsonl").write_text("".join(f'{{"narration_id": "P01_11_{i}{k}"}}\n' for k in range(4)))
+    merged = desc / "val.jsonl"
+    merged.write_text((desc / "val.shard0of3.jsonl").read_text() + (desc / "val.shard1of3.jsonl").read_text())
+    with pytest.raises(LeapError, match=r"val\.jsonl: holds 8 records, its --shard parts of 3 beside it 12 together"
+                                        r".*merge again once every part is done: cat .*val\.shard\*of3\.jsonl > "):
+        generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    merged.write_text("".join((desc / f"val.shard{i}of3.jsonl").read_text() for i in range(3)).rstrip("\n"))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert merged_input(merged) == merged and not caplog.records  # complete (its last line has no newline)
+        os.utime(desc / "val.shard2of3.jsonl", ns=(merged.stat().st_mtime_ns + 10**9,) * 2)
+        (desc / "val.shard1of3.jsonl").unlink()
+        merged_input(merged)
+    assert "val.shard2of3.jsonl written after it" in caplog.text and "part(s) 1 of --shard i/3" in caplog.text
+    with merged.open("a") as f:  # an unsharded run on the merge added records since: more than the parts is fine
+        f.write('\n{"narration_id": "P01_11_99"}\n')
+    assert merged_input(merged) == merged
+
+
+def test_a_run_without_shard_beside_the_parts_of_its_output_is_refused(workdir):
+    """`generate-programs --split val` (or extract) without --shard, where the parts of a sharded run of it were
+    not merged, did the whole split again (paid prompts included)."""
+    from tests.test_cli import leap
+
+    programs = workdir / "programs"
+    programs.mkdir()
+    (programs / "val.shard0of2.jsonl").write_text('{"narration_id": "P01_11_0"}\n')
+    with pytest.raises(LeapError, match=r"val\.jsonl: not there, but parts of it from --shard runs are \(1 of 2\): "
+                                        r"this run without --shard would do the whole split again.*cat .*"
+                                        r"val\.shard\*of2\.jsonl > .*val\.jsonl.*--shard i/2.*--force"):
+        generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    assert not (programs / "val.jsonl").exists()
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val", force=True))  # asked for: done whole
+    assert len(read_jsonl(s.out)) == N_SEGMENTS
+    (workdir / "descriptors").mkdir()
+    (workdir / "descriptors" / "val.shard1of2.jsonl").write_text("")
+    r = leap("extract", "--split", "val", "--workdir", str(workdir), "--components", "narration")
+    assert r.returncode == 2 and "val.jsonl: not there, but parts of it from --shard runs are (1 of 2)" in r.stderr
