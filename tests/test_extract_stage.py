@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import jsonschema
@@ -269,6 +270,36 @@ def _short_copy(kitchen, root, seconds: float, **kw):
     return mp4
 
 
+def test_a_copy_encoded_at_another_rate_than_video_info_says_is_left_out(kitchen, tmp_path):
+    """A video re-encoded at 25 fps (video_info: the original's rate) was read by the original's frame numbers:
+    build-shards stored other moments under the segment's labels, extract called the whole file cut short."""
+    import shutil
+
+    from leap_cli.epic.info import check_lengths
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.media.video import VideoReader
+    from leap_cli.media.write import write_mp4
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    mp4 = root / "P01" / "videos" / "P01_01.MP4"
+    with VideoReader(mp4) as r:
+        frames = r.read_frames(list(range(1, r.num_frames + 1, 2)))
+    write_mp4(mp4, list(frames), FPS / 2)  # the same 6 s at half the rate
+    out = tmp_path / "t.jsonl"
+    run_extract(_cfg(root, out, components=("camera",)))
+    for r in read_jsonl(out):
+        cam = r["components"]["camera"]
+        if r["video_id"] == "P01_01":
+            assert cam["status"] == "unavailable" and cam["data"]["cause"] == "video", cam
+            assert f"the file runs at {FPS / 2:.2f} fps, EPIC_100_video_info.csv gives {FPS:g}" in cam["data"]["reason"]
+        else:  # (the other video is read as before)
+            assert "fps" not in json.dumps(cam)
+    assert sum(r["video_id"] == "P01_01" for r in read_jsonl(out)) == 3
+    bad = check_lengths(DatasetLayout.open(root), ["P01_01", "P01_02"])
+    assert [b.video_id for b in bad] == ["P01_01"] and f"runs at {FPS / 2:.2f} fps" in bad[0].note
+
+
 def test_segments_past_the_end_of_a_short_video_are_unavailable_not_invented(kitchen, tmp_path):
     _short_copy(kitchen, tmp_path / "k", 2.4)  # 2.4 s of frames: segment 0 (0-2 s) fits, 1 (2-4 s) and 2 (4-6 s) do not
     out = tmp_path / "train.jsonl"
@@ -377,6 +408,8 @@ def test_truncated_mp4_files_are_unavailable_and_ffmpeg_stays_quiet(kitchen, tmp
     cams = [r["components"]["camera"] for r in read_jsonl(out) if r["video_id"] == "P01_01"]
     assert cams[0]["status"] == "ok" and cams[-1]["status"] == "unavailable", cams
     assert "the video ends or is corrupt at frame" in cams[-1]["data"]["reason"]
+    late = [r["narration_id"] for r in read_jsonl(out) if r["video_id"] == "P01_01"][-1]
+    assert f"[{late}]" in cams[-1]["data"]["detail"], cams[-1]  # its own segment (it named the video's first)
 
 
 def test_retry_errors_redoes_the_segments_of_a_truncated_video_once_it_is_replaced(kitchen, tmp_path):
@@ -911,3 +944,24 @@ def test_frame_cache_entries_of_another_source_are_neither_kept_nor_copied(kitch
     run_extract(_cfg(root, tmp_path / "d2.jsonl", components=("camera",), frame_cache=cache, limit=2))
     assert entry.read_bytes() != stale[:-8] + b"STALE!!!" and fc.source_of(seg.video_id) == layout.source_stat(
         seg.video_id)
+
+
+def test_a_skip_is_tried_again_after_a_fix_that_keeps_size_and_mtime(kitchen, tmp_path):
+    """build-shards tries a skipped segment again when its video's source changed; `chmod a+r`, or the frames'
+    tar extracted again (tar sets the folder's mtime back), changed neither size nor mtime: the skip stayed."""
+    import os
+    import shutil
+
+    from leap_cli.shards.writer import LayoutOpener
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    opener = LayoutOpener(root, root / "annotations")
+    mp4 = root / "P01" / "videos" / "P01_01.MP4"
+    before = opener.video_stat("P01_01")
+    st = mp4.stat()
+    time.sleep(0.01)
+    os.chmod(mp4, 0o600)
+    os.utime(mp4, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert mp4.stat().st_size == st.st_size and mp4.stat().st_mtime_ns == st.st_mtime_ns
+    assert opener.video_stat("P01_01") != before

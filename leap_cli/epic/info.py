@@ -89,7 +89,7 @@ def check_lengths(layout: DatasetLayout, video_ids: list[str], *, tolerance_s: f
     (EPIC's numbering, ``epic_frame_rate``)."""
     from leap_cli.epic.timing import LENGTH_TOLERANCE_S, epic_frame_rate
     from leap_cli.errors import LeapError
-    from leap_cli.media.video import FramesFolderReader, VideoUnreadable, decodable_frames
+    from leap_cli.media.video import FPS_TOLERANCE, FramesFolderReader, VideoReader, VideoUnreadable, decodable_frames
 
     tolerance_s = LENGTH_TOLERANCE_S if tolerance_s is None else tolerance_s
     ann = layout.annotations()
@@ -110,6 +110,14 @@ def check_lengths(layout: DatasetLayout, video_ids: list[str], *, tolerance_s: f
             continue
         try:
             if mp4 is not None:
+                with VideoReader(mp4, record=vid) as reader:  # (the header only)
+                    file_fps = reader.fps
+                if abs(file_fps / info.fps - 1) > FPS_TOLERANCE:
+                    out.append(LengthCheck(vid, source, expected, None,
+                                           f"the file runs at {file_fps:.2f} fps, not video_info's {info.fps:g}: the "
+                                           "stages leave it out (use EPIC's original video, or give this file's fps "
+                                           "in its row)"))
+                    continue
                 announced, good = decodable_frames(mp4)
                 decoded = good / info.fps
                 note = (f"decodes {good} of the {announced} frames the file announces" if good < announced

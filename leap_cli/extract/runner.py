@@ -292,7 +292,9 @@ class _Video:
             raise FramesUnavailable(self.failure.reason, self.failure.video, self.failure.detail)
         if self.reader is None:
             try:
-                self.reader = open_video(self.layout, self.video_id, getattr(self, "fps", None), record=record)
+                # (a failure to open is the video's, kept for its every segment: named by the video, not by the
+                # segment that asked first)
+                self.reader = open_video(self.layout, self.video_id, getattr(self, "fps", None), record=self.video_id)
             except VideoUnreadable as e:
                 self.failure = FramesUnavailable(e.message, detail=e.one_line())
                 log.info("%s", e.one_line())
@@ -319,6 +321,7 @@ class _Video:
         from leap_cli.media.video import VideoUnreadable, resize_short_side
 
         t0 = time.perf_counter()
+        self.reader.record = record  # its errors name the segment being read (not the first the video served)
         try:
             self._full = (self.reader.height, self.reader.width, 3)
             for f, bgr in self.reader.decode(sorted(wanted), into=self._buffer):

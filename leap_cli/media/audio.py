@@ -47,7 +47,7 @@ def _cut_short(ends: float | None, stop: float, path: Path, record: str | None) 
     where = f"at {ends:.2f} s" if ends is not None else "before the segment starts"
     return AudioUnavailable(f"the audio ends {where}, before the segment does ({stop:.2f} s): the file is cut short",
                             file=True, path=path, record=record,
-                            fix="download or extract the file again (leap info compares the lengths)")
+                            fix="download or extract the file again")
 
 
 def _check_window(start: float, stop: float, path: Path, record: str | None) -> None:

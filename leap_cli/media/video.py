@@ -60,7 +60,7 @@ def permission_denied(path: str | Path) -> bool:
 
 
 DENIED = ("the file cannot be read: permission denied",
-          "make it readable by this user (e.g. chmod a+r), then run again with --retry-errors")
+          "make it readable by this user (e.g. chmod a+r), then run the stage again (extract: with --retry-errors)")
 
 
 class VideoUnreadable(LeapError):
@@ -359,6 +359,11 @@ class FramesFolderReader:
         return out.array
 
 
+# A container's frame rate within this share of EPIC_100_video_info.csv's is the same video's (59.94 read as 60);
+# beyond it the file is another encoding (25 fps for 59.94), whose frame numbers the timing rule would misread.
+FPS_TOLERANCE = 0.02
+
+
 def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None, *,
                record: str | None = None) -> VideoReader | FramesFolderReader:
     """The MP4 of ``video_id`` if present, else its ``rgb_frames`` folder (fps from ``fps`` or video_info).
@@ -368,7 +373,15 @@ def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None,
     record = record or video_id
     mp4 = layout.video_path(video_id)
     if mp4 is not None:
-        return VideoReader(mp4, record=record)
+        reader = VideoReader(mp4, record=record)
+        if fps and abs(reader.fps / fps - 1) > FPS_TOLERANCE:
+            reader.close()
+            raise VideoUnreadable(f"the file runs at {reader.fps:.2f} fps, EPIC_100_video_info.csv gives {fps:g}: its "
+                                  "frames would be read at the wrong times", gist="the video's fps is not video_info's",
+                                  path=mp4, record=record,
+                                  fix="use EPIC's original video (a copy encoded at another rate), or give this file's "
+                                      "fps in its EPIC_100_video_info.csv row")
+        return reader
     frames = layout.frames_dir(video_id)
     if frames is not None:
         if fps is None:

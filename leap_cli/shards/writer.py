@@ -711,10 +711,20 @@ class LayoutOpener:
         return open_video(DatasetLayout(self.root, self.annotations_dir), video_id, self.fps.get(video_id))
 
     def video_stat(self, video_id: str) -> list[int] | None:
-        """``[size, mtime_ns]`` of the video's source (``DatasetLayout.source_stat``)."""
+        """``[size, mtime_ns, ctime_ns]`` of the video's source (``DatasetLayout.source_stat`` and the inode's change
+        time: a fix that keeps size and mtime, such as chmod a+r or the frames' tar extracted again, which sets the
+        folder's mtime back, still changes it, so a skip for it is tried again)."""
         from leap_cli.epic.layout import DatasetLayout
 
-        return DatasetLayout(self.root, self.annotations_dir).source_stat(video_id)
+        layout = DatasetLayout(self.root, self.annotations_dir)
+        stat = layout.source_stat(video_id)
+        if stat is None:
+            return None
+        path = layout.video_path(video_id) or layout.frames_dir(video_id)
+        try:
+            return [*stat, path.stat().st_ctime_ns]
+        except OSError:
+            return stat
 
 
 class ProgramTargets:
