@@ -326,7 +326,7 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = (output.exists() and output.stat().st_size > 0) if exists is None else exists
     started_over = False
-    stored = _stored_settings(output, option) if has_output else None
+    stored = _stored_settings(output, option, force=force) if has_output else None
     if stored is not None:
         stored.update({k: settings.get(k) for k in adopt if k not in stored})
         old_split = stored.pop("split", None)
@@ -378,16 +378,28 @@ def stored_settings(output: str | Path) -> dict | None:
     return _stored_settings(Path(output), "--force", warn=False)
 
 
-def _stored_settings(output: Path, option: str, *, warn: bool = True) -> dict | None:
+def _stored_settings(output: Path, option: str, *, warn: bool = True, force: bool = False) -> dict | None:
     """The settings ``output`` was made with: its sidecar's; for a file merged from ``--shard`` parts (README:
     ``cat X.shard*of16.jsonl > X.jsonl``) without one, those of the parts' sidecars where they agree; else None,
     with a warning (``warn``) when the file holds records that nothing can then be checked against."""
     sidecar = settings_path(output)
     if sidecar.exists():
         return _read_settings(sidecar, option)
-    found = [_read_settings(p, option) for _, _, p in shard_parts(output, SETTINGS_SUFFIX)]
+    parts = [(p, _read_settings(p, option)) for _, _, p in shard_parts(output, SETTINGS_SUFFIX)]
+    found = [s for _, s in parts]
     if found and all(f == found[0] for f in found):
         return found[0]
+    if found and force:  # parts made with other settings than each other: none stands for the file; --force
+        return {}  # starts it over (no settings are anyone's)
+    if found:  # (a merge of parts made with other options: its records are not of one run)
+        (first_path, first), (odd_path, odd) = parts[0], next(x for x in parts if x[1] != found[0])
+        changes = settings_changes(first, odd)
+        name = lambda p: p.name[: -len(SETTINGS_SUFFIX)]  # noqa: E731
+        raise LeapError(f"was merged from --shard parts made with other settings: {name(odd_path)} against "
+                        f"{name(first_path)}: {', '.join(changes[:6])}" + (" ..." if len(changes) > 6 else ""),
+                        path=output, record="settings",
+                        fix=f"run the part that differs again with the others' options ({option} on that --shard i/n), "
+                            "then merge again")
     if warn and output.is_file() and output.stat().st_size:
         why = "its --shard parts' settings differ" if found else "no settings file beside it"
         log.warning("%s: %s, so its records cannot be checked against this run's settings; this run's are "

@@ -243,7 +243,20 @@ def test_a_file_merged_from_shard_parts_is_checked_against_the_parts_settings(tm
         check_settings(out, {"hand_threshold": 0.9}, split="train")
     assert not check_settings(out, {"hand_threshold": 0.5}, split="train")  # the parts' settings: resumes
     assert json.loads(settings_path(out).read_text()) == {"hand_threshold": 0.5, "split": "train"}
-    # parts that disagree (or none at all) cannot speak for it: said, and this run's settings are recorded
+    # parts made with other settings than each other: their merge is not one run's records (the next stage took
+    # it, and recorded its settings as unknown), named with the keys; --force starts it over
+    settings_path(out).unlink()
+    settings_path(tmp_path / "train.shard1of2.jsonl").write_text('{"hand_threshold": 0.7, "split": "train"}')
+    with pytest.raises(LeapError, match=r"train\.jsonl \[settings\]: was merged from --shard parts made with other "
+                                        r"settings: train\.shard1of2\.jsonl against train\.shard0of2\.jsonl: "
+                                        r"hand_threshold: 0\.5 -> 0\.7 \(run the part that differs again"):
+        check_settings(out, {"hand_threshold": 0.5}, split="train")
+    from leap_cli.io import stored_settings
+
+    with pytest.raises(LeapError, match="merged from --shard parts made with other settings"):
+        stored_settings(out)  # (generate-programs reading the descriptors' settings)
+    assert check_settings(out, {"hand_threshold": 0.5}, split="train", force=True) and not out.exists()
+    # none at all cannot speak for it: said, and this run's settings are recorded
     lone = tmp_path / "val.jsonl"
     lone.write_text('{"narration_id": "a"}\n')
     assert not check_settings(lone, {"hand_threshold": 0.9})

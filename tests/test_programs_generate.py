@@ -1405,3 +1405,20 @@ def test_a_run_without_shard_beside_the_parts_of_its_output_is_refused(workdir):
     (workdir / "descriptors" / "val.shard1of2.jsonl").write_text("")
     r = leap("extract", "--split", "val", "--workdir", str(workdir), "--components", "narration")
     assert r.returncode == 2 and "val.jsonl: not there, but parts of it from --shard runs are (1 of 2)" in r.stderr
+
+
+def test_descriptors_merged_from_parts_of_other_settings_are_refused(workdir):
+    """Parts extracted with other --components merged silently; the programs recorded the descriptors' settings
+    as unknown."""
+    from leap_cli.io import settings_path
+
+    desc = workdir / "descriptors"
+    desc.mkdir()
+    for i, comps in enumerate((["narration", "camera"], ["narration"])):
+        part = desc / f"val.shard{i}of2.jsonl"
+        part.write_text(f'{{"narration_id": "P01_11_{i}", "video_id": "P01_11", "text": "x", "components": {{}}}}\n')
+        settings_path(part).write_text(json.dumps({"components": comps, "split": "val"}))
+    (desc / "val.jsonl").write_text("".join((desc / f"val.shard{i}of2.jsonl").read_text() for i in range(2)))
+    with pytest.raises(LeapError, match=r"merged from --shard parts made with other settings: val\.shard1of2\.jsonl "
+                                        r"against val\.shard0of2\.jsonl: components"):
+        generate_programs(GenerateConfig(workdir=workdir, split="val"))

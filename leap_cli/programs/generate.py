@@ -178,7 +178,9 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
         source = f"descriptors {path}"
         try:
             extracted = stored_settings(path)
-        except LeapError:  # a sidecar that is not a JSON object: the descriptors' settings are not known
+        except LeapError as e:  # a sidecar that is not a JSON object: the descriptors' settings are not known
+            if e.record == "settings":  # a merge of parts extracted with other options than each other
+                raise
             extracted = None
         if extracted is not None:
             extracted.pop("split", None)
