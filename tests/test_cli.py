@@ -304,6 +304,19 @@ def test_shard_with_out_keeps_the_shard_suffix(tiny_kitchen, tmp_path):
     assert (videos[0] or videos[1]) and not videos[0] & videos[1]
 
 
+def test_val_shards_wait_for_the_training_shards_parts(tiny_kitchen, tmp_path):
+    """build-shards --split val while the train parts were running (two Slurm arrays at once) took the class files'
+    vocabulary, without a word: the run's program figures were left out of its evaluation."""
+    train = tmp_path / "shards" / "train"
+    train.mkdir(parents=True)
+    (train / ".progress.shard1of2.jsonl").write_text("")  # part 1 of 2 begun, none done
+    r = leap("build-shards", "--split", "val", "--data", str(tiny_kitchen), "--workdir", str(tmp_path))
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert "the training shards are still in --shard parts (0 of 2 done, no merged manifest.json yet)" in lines[0]
+    assert "--vocab" in lines[0] and not (tmp_path / "shards" / "val" / "manifest.json").exists()
+
+
 def test_a_path_of_the_wrong_kind_says_what_to_do(tiny_kitchen, tmp_path):
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "a-folder").mkdir()

@@ -607,3 +607,26 @@ def test_loaders_start_no_more_workers_than_cpus_and_batches(monkeypatch) -> Non
     assert loader_workers(8, "data.num_workers") == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
     assert loader_workers(8, "data.num_workers") == 1
+
+
+def test_evaluate_names_the_missing_parts_of_sharded_val_shards(pipeline, tmp_path):
+    """With a val part missing, evaluate said "no shards manifest ... run `leap build-shards`" where train and
+    check-shards name the parts."""
+    import shutil
+
+    from leap_cli.errors import LeapError
+
+    root, work, run, model, vocab = pipeline
+    val = tmp_path / "val"
+    shutil.copytree(work / "shards" / "val", val)
+    (val / "manifest.json").rename(val / "manifest.shard0of2.json")  # as a part 0 of 2 leaves it
+    (val / ".progress.jsonl").rename(val / ".progress.shard0of2.jsonl")
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", str(run), "--workdir", str(work),
+                                   "--data", str(root), "--shards", str(val), "--device", "cpu",
+                                   "--out", str(tmp_path / "eval")])
+    assert isinstance(res.exception, LeapError), res.output
+    assert "parts [1] of 2 are missing" in str(res.exception) and "--shard i/2" in str(res.exception)
+    (val / "manifest.shard0of2.json").unlink()
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", str(run), "--workdir", str(work),
+                                   "--data", str(root), "--shards", str(val), "--device", "cpu"])
+    assert "no shards manifest found" in str(res.exception) and "leap build-shards" in str(res.exception)

@@ -207,9 +207,9 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
 
     folder = Path(folder)
     if not (folder / "manifest.json").exists():
-        raise LeapError("no shards manifest", path=folder / "manifest.json",
-                        fix="pass the --workdir whose shards/ holds them, or --shards DIR, or run `leap "
-                            "build-shards` for this split first")
+        from leap_cli.shards.format import load_manifest
+
+        load_manifest(folder)  # --shard parts: which are missing (as train says); none: the command that builds them
     ds = ShardDataset(folder, train=False, num_frames=int(model_args["num_frames"]),
                       img_size=int(model_args["img_size"]), temporal_views=views.temporal,
                       spatial_views=views.spatial, rank=0, world_size=1, batch_size=batch_size)

@@ -799,6 +799,18 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     # recognition shards' may come from other programs or --max-conditions)
     train_manifest = (Path(vocab_manifest) if vocab_manifest
                       else default_out(workdir, "train", settings.task) / "manifest.json")
+    if split != "train" and not vocab_manifest and not train_manifest.exists():
+        from leap_cli.io import shard_parts
+
+        begun = {(i, n) for i, n, _ in shard_parts(train_manifest) + shard_parts(train_manifest.parent / ".progress.jsonl")}
+        if begun:  # (two Slurm arrays at once: the val shards got the class files' vocabulary, not the run's)
+            n = max(n for _, n in begun)
+            done = len(shard_parts(train_manifest))
+            raise LeapError(f"the training shards are still in --shard parts ({done} of {n} done, no merged "
+                            "manifest.json yet): this split's target vocabulary must be theirs",
+                            path=train_manifest.parent,
+                            fix="build this split once every training part is done (the last one writes "
+                                "manifest.json), or give --vocab the manifest.json of the training shards to share")
     if vocab_manifest or (split != "train" and train_manifest.exists()):
         from leap_cli.shards.format import load_manifest
 
