@@ -321,8 +321,11 @@ def test_parts_built_otherwise_are_not_merged(root, tmp_path):
     (frames 4, its vocabulary): check-shards passed, and a vocabulary that differed crashed the reader."""
     build(root, tmp_path, shard=ShardSpec(0, 2))
     out = tmp_path / "shards" / "train"
-    with pytest.raises(LeapError, match=r"part manifest\.shard1of2\.json was built from other inputs or settings "
-                                        r"than manifest\.shard0of2\.json \(settings\.frames differ\)"):
+    # named against the part just built (made from the inputs as they are now: part 0 was told to rebuild part 1,
+    # which changed nothing, where part 0 had been built from an older programs file)
+    with pytest.raises(LeapError, match=r"part\(s\) manifest\.shard0of2\.json were built from other inputs or "
+                                        r"settings than manifest\.shard1of2\.json \(settings\.frames differ\) "
+                                        r"\(rebuild part\(s\) 0 with the inputs and options of this one"):
         build(root, tmp_path, shard=ShardSpec(1, 2), frames=8)
     assert not (out / "manifest.json").exists()
     r = build(root, tmp_path, shard=ShardSpec(1, 2), overwrite=True)  # rebuilt as the other: merged

@@ -184,15 +184,23 @@ def _what_differs(a: dict, b: dict) -> list[str]:
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 
-def _merge(parts: list[dict], paths: list[Path]) -> dict:
+def _merge(parts: list[dict], paths: list[Path], reference: int = 0) -> dict:
+    """The merged manifest; parts made otherwise than part ``reference`` (the part just built: made from the inputs
+    as they are now) are named, all of them (each was compared with part 0: the part built last, from the current
+    programs, was called the odd one, and rebuilding it as told changed nothing)."""
+    ref = parts[reference]
+    odd = [(path, _what_differs(ref, p)) for p, path in zip(parts, paths) if p is not ref]
+    odd = [(path, differ) for path, differ in odd if differ]
+    if odd:  # (merged, one part's settings and vocabulary would describe samples made otherwise)
+        keys = sorted({k for _, differ in odd for k in differ})
+        names = ", ".join(path.name for path, _ in odd)
+        indices = ", ".join(str((parts[paths.index(path)].get("part") or {}).get("index", "i")) for path, _ in odd)
+        raise PartsDiffer(f"part(s) {names} were built from other inputs or settings than {paths[reference].name} "
+                          f"({', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''} differ)",
+                          path=paths[reference].parent,
+                          fix=f"rebuild part(s) {indices} with the inputs and options of this one (--force on "
+                              f"--shard i/{len(parts)}), or this one with theirs, or build into another --out")
     first = parts[0]
-    for p, path in zip(parts[1:], paths[1:]):
-        differ = _what_differs(first, p)
-        if differ:  # (merged, the first part's settings and vocabulary would describe samples made otherwise)
-            raise PartsDiffer(f"part {path.name} was built from other inputs or settings than {paths[0].name} "
-                              f"({', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''} differ)",
-                              path=path.parent, fix="rebuild the parts that differ with the same command as the "
-                                                    "others (--force on that --shard i/n), or build into another --out")
     merged = dict(first)
     merged["shards"] = [s for p in parts for s in p["shards"]]
     merged["skipped"] = [s for p in parts for s in p.get("skipped", [])]
@@ -292,9 +300,10 @@ def check_part_count(folder: str | Path, count: int) -> None:
                             "(or delete the folder to start over)")
 
 
-def merge_parts(folder: str | Path) -> dict | None:
+def merge_parts(folder: str | Path, current: str | None = None) -> dict | None:
     """The manifest of all ``--shard i/n`` parts in ``folder`` (None when there are none). A missing part is
-    an error naming it, and so are parts of two counts."""
+    an error naming it, and so are parts of two counts, and parts made otherwise than ``current`` (the name of
+    the part manifest just written; else the first)."""
     folder = Path(folder)
     counts = part_counts(folder)
     if not counts:
@@ -307,7 +316,8 @@ def merge_parts(folder: str | Path) -> dict | None:
         raise LeapError(f"parts {missing} of {total} are missing", path=folder,
                         fix=f"run leap build-shards --shard i/{total} for the missing parts")
     ordered = [found[i] for i in range(total)]
-    return _merge([_read_manifest(p) for p in ordered], ordered)
+    names = [p.name for p in ordered]
+    return _merge([_read_manifest(p) for p in ordered], ordered, names.index(current) if current in names else 0)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:

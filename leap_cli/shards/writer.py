@@ -623,7 +623,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         from leap_cli.shards.format import MANIFEST, PartsDiffer, merge_parts
 
         try:
-            merged = merge_parts(out)
+            merged = merge_parts(out, current=manifest_name(shard.suffix))
         except PartsDiffer:
             raise  # this part is kept; the set is not one split's shards until the others agree
         except LeapError:
