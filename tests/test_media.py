@@ -173,6 +173,22 @@ def test_truncated_faststart_mp4_fails_at_missing_frames(tmp_path):
     with pytest.raises(LeapError, match="fast_cut.mp4"):
         with VideoReader(cut, record="P01_01_9") as r:
             r.read_frames([N_FRAMES - 2])
+    # later segments past the cut fail at once: the file was decoded from its start for every one of them (hours
+    # on EPIC's long 1080p videos), with a warning each
+    rewinds = []
+    with VideoReader(cut, record="P01_01_9") as r:
+        first = r._rewind
+        r._rewind = lambda: (rewinds.append(1), first())[1]
+        with pytest.raises(LeapError, match="the video ends or is corrupt at frame") as e:
+            r.read_frames([N_FRAMES - 2])
+        dead = e.value.message
+        assert len(rewinds) == 1
+        for late in (N_FRAMES - 1, N_FRAMES - 8):
+            with pytest.raises(LeapError) as e:
+                r.read_frames([late])
+            assert e.value.message == dead
+        assert len(rewinds) == 1
+        assert r.read_frames([1, 2]).shape[0] == 2  # the start still reads
 
 
 def test_audio_file_window_and_resampling(tmp_path):

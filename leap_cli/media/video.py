@@ -213,6 +213,8 @@ class VideoReader:
             self._threads = DECODE_THREADS
             self._rewind()
         self._next = 1  # 1-based index of the frame the next grab() returns
+        self._from_start = True  # the frames since the last rewind were decoded in order from the file's start
+        self._dead_from: int | None = None  # the first frame that decoding from the start could not reach
 
     def __enter__(self) -> "VideoReader":
         return self
@@ -235,11 +237,17 @@ class VideoReader:
                                   fix="the file may be truncated; re-download or re-encode it")
         landed = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES)) + 1
         if landed != frame:
+            if self._dead_from is not None and frame >= self._dead_from:
+                # a file cut short (its index announces frames its data lacks): decoding from the start failed
+                # there already, for an earlier segment; not again for every later one (minutes per segment on
+                # an hour of 1080p, and a warning each)
+                self._fail(self._dead_from)
             # An inexact seek (odd timestamps): decode from the start instead of returning the wrong frame.
             log.warning("%s: seek to frame %d landed on %d; decoding from the start", self.path, frame, landed)
             self._rewind()
             return
         self._next = frame
+        self._from_start = False
 
     def _grab(self, target: int) -> None:
         """Grab (demux + decode, no colour conversion) until the next frame is ``target``."""
@@ -249,6 +257,8 @@ class VideoReader:
             self._next += 1
 
     def _fail(self, frame: int):
+        if self._from_start:  # (after an exact seek, frames past a corrupt stretch may still be reached)
+            self._dead_from = frame if self._dead_from is None else min(self._dead_from, frame)
         raise VideoUnreadable(f"the video ends or is corrupt at frame {frame} (of {self.num_frames} announced)",
                               gist="the video ends early or is corrupt",
                               path=self.path, record=self.record,
@@ -299,6 +309,7 @@ class VideoReader:
         if not self._cap.isOpened():
             raise VideoUnreadable("the video cannot be reopened", path=self.path, record=self.record)
         self._next = 1
+        self._from_start = True
 
 
 class FramesFolderReader:
