@@ -878,6 +878,10 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                          f"{settings.frames}: every sample is decoded; extract with --cache-frames {settings.frames} "
                          "to share one decode")
             cache = None
+        elif entry is None and next(cache_dir.glob("*/*.jpgs"), None) is None:  # (its settings are not the cause)
+            notes.append(f"extract's frame cache {cache_dir} holds no frames at all (extract decoded no video into "
+                         "it): every sample is decoded")
+            cache = None
         elif entry is None:  # no entry made at these settings
             fix = (f"extract with --cache-frames {settings.frames} --cache-short-side {settings.short_side}"
                    if settings.jpeg_quality == FrameCache.quality else
