@@ -560,9 +560,10 @@ class JsonlAppender:
 
     def __init__(self, path: str | Path, key: str | Callable[[dict], str] = "narration_id",
                  *, replace_keys: Iterable[str] | Callable[[dict], bool] = (), sync_every: float = 0.0,
-                 keep_records: bool = False):
+                 keep_records: bool = False, count: Callable[[dict], bool] | None = None):
         """``replace_keys``: the keys to redo, or a test of a record (its key is redone where the key's last record
-        passes it: one pass over the file finds them)."""
+        passes it: one pass over the file finds them). ``count``: a test whose passing keys (by their last record)
+        are only counted, in ``counted`` (what a rerun could redo, said without redoing it)."""
         self.path = Path(path)
         self._key = (lambda r: r[key]) if isinstance(key, str) else key
         refuse_folder(self.path, "JSONL file")
@@ -572,6 +573,7 @@ class JsonlAppender:
         redo: set[str] = set()
         test = replace_keys if callable(replace_keys) else None
         self.records: dict[str, dict] | None = {} if keep_records else None
+        counted: set[str] = set()
         n = 0
         try:
             with gc_paused():
@@ -582,6 +584,8 @@ class JsonlAppender:
                         self.records[k] = r
                     if test is not None:
                         (redo.add if test(r) else redo.discard)(k)
+                    if count is not None:
+                        (counted.add if count(r) else counted.discard)(k)
             self._end_with_newline()
             if n > len(last):
                 log.warning("%s: %d records were there twice (a run stopped while redoing them, or files "
@@ -593,6 +597,7 @@ class JsonlAppender:
             self._lock.release()
             raise
         self._redo = redo if test is not None else set(replace_keys).intersection(last)  # done, to be done again
+        self.counted = len(counted)
         self._rewritten: set[str] = set()
         self.keys: set[str] = set(last) - self._redo
         self.sync_every = sync_every

@@ -429,6 +429,8 @@ def test_retry_errors_redoes_the_segments_of_a_truncated_video_once_it_is_replac
     for r in before.values():
         jsonschema.validate(r, SCHEMA)
     mp4.write_bytes(good)  # downloaded again
+    again = run_extract(_cfg(root, out, components=("camera", "hands")))  # a plain rerun: says what it could redo
+    assert again.written == 0 and again.retryable == len(bad)
     hands_only = tmp_path / "hands.jsonl"
     run_extract(_cfg(root, hands_only, components=("hands",)))
     assert run_extract(_cfg(root, hands_only, components=("hands",), retry_errors=True)).written == 0

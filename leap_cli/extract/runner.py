@@ -115,6 +115,7 @@ class ExtractSummary:
     out: Path
     segments: int = 0  # in the split (after sharding)
     done_before: int = 0
+    retryable: int = 0  # records of earlier runs that --retry-errors would redo (a component failed, or its video)
     written: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=lambda: {c: {"ok": 0, "unavailable": 0, "error": 0}
                                                                        for c in COMPONENTS})
@@ -553,9 +554,11 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     replace = _to_retry if cfg.retry_errors else ()
     t_start = time.perf_counter()
     cache = FrameCache.from_config(cfg)
-    with JsonlAppender(cfg.out, replace_keys=replace, sync_every=SYNC_EVERY) as appender:
+    with JsonlAppender(cfg.out, replace_keys=replace, sync_every=SYNC_EVERY,
+                       count=None if cfg.retry_errors else _to_retry) as appender:
         todo = [s for s in segments if s.narration_id not in appender]
         summary.done_before = len(segments) - len(todo)
+        summary.retryable = appender.counted
         if on_start:
             on_start(len(segments), summary.done_before)
         by_video: dict[str, list[Segment]] = {}
