@@ -36,8 +36,11 @@ class ShardSpec:
 
     @classmethod
     def parse(cls, text: str | None) -> "ShardSpec":
-        if text is None or text == "":
+        if text is None:
             return cls()
+        if not text.strip():  # `--shard "$SLURM_ARRAY_TASK_ID/16"` is never empty; `--shard "$PART"` unset is
+            raise LeapError("--shard is empty (an unset variable in a job script?): every job would do the whole split",
+                            fix="give i/n, e.g. --shard $SLURM_ARRAY_TASK_ID/16, or leave --shard out")
         try:
             i, n = (int(x) for x in text.split("/"))
         except ValueError:

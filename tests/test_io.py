@@ -90,6 +90,10 @@ def test_split_names_and_shards():
     for bad in ("3/3", "x", "1/0"):
         with pytest.raises(LeapError):
             ShardSpec.parse(bad)
+    for empty in ("", " "):  # `--shard "$PART"` with PART unset: every array job did the whole split
+        with pytest.raises(LeapError, match="--shard is empty"):
+            ShardSpec.parse(empty)
+    assert ShardSpec.parse(None) == ShardSpec()
     assert stable_hash({"b": 1, "a": 2}) == stable_hash({"a": 2, "b": 1})
 
 
