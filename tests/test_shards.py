@@ -1032,3 +1032,11 @@ def test_build_shards_workers_stop_on_sigterm_and_die_with_their_parent(tmp_path
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_parts_packed_into_tars_otherwise_still_merge(root, tmp_path):
+    """A part run with another --max-count (samples per tar: packing, not content) blocked the merge."""
+    build(root, tmp_path, shard=ShardSpec(0, 2), max_count=2)
+    r = build(root, tmp_path, shard=ShardSpec(1, 2), max_count=3)
+    assert any("merged manifest.json" in n for n in r.notes)
+    assert load_manifest(tmp_path / "shards" / "train")[0]["counts"]["samples"] == 7

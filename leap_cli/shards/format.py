@@ -178,10 +178,14 @@ def made_with(m: dict) -> dict:
     return out
 
 
+# How a part packs its samples into tars, not what the samples hold: parts may differ in them.
+PACKING = frozenset({"settings.max_shard_size", "settings.max_count"})
+
+
 def _what_differs(a: dict, b: dict) -> list[str]:
-    """The ``made_with`` keys on which two parts' manifests disagree."""
+    """The ``made_with`` keys on which two parts' manifests disagree (not their ``PACKING``)."""
     fa, fb = made_with(a), made_with(b)
-    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k) and k not in PACKING)
 
 
 def _merge(parts: list[dict], paths: list[Path], reference: int = 0) -> dict:
