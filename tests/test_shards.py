@@ -1040,3 +1040,20 @@ def test_parts_packed_into_tars_otherwise_still_merge(root, tmp_path):
     r = build(root, tmp_path, shard=ShardSpec(1, 2), max_count=3)
     assert any("merged manifest.json" in n for n in r.notes)
     assert load_manifest(tmp_path / "shards" / "train")[0]["counts"]["samples"] == 7
+
+
+def test_a_missing_part_tar_names_the_part_to_build_again(root, tmp_path):
+    """check-shards on a part's deleted tar said "delete that shard file and run the same leap build-shards again":
+    the file was gone, and that command needs the part's --shard i/n."""
+    from leap_cli.shards.check import check_shards
+
+    build(root, tmp_path, shard=ShardSpec(0, 2))
+    build(root, tmp_path, shard=ShardSpec(1, 2))
+    out = tmp_path / "shards" / "train"
+    tar = sorted(out.glob("leap-train.shard1of2-*.tar"))[0]
+    tar.unlink()
+    with pytest.raises(LeapError, match=r"shard file is missing \(delete that shard file if it is still there and "
+                                        r"run the same leap build-shards --shard 1/2 again .* rebuild that part"):
+        check_shards(out)
+    report = check_shards(out, on_error="skip")
+    assert [p["problem"] for p in report.problems] == ["shard file is missing"]

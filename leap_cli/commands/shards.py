@@ -192,6 +192,10 @@ def check_shards(
         console.print(f"[red]{escape(p['shard'])}[/] {escape(where + p['problem'])}")
     if len(report.problems) > 20:
         console.print(f"... and {len(report.problems) - 20} more")
+    if report.problems:
+        from leap_cli.shards.format import rebuild_fix
+
+        console.print(f"fix: {escape(rebuild_fix(report.problems[0]['shard']))}", highlight=False)
     from leap_cli.shards.format import load_manifest
 
     skipped = load_manifest(folder)[0].get("counts", {}).get("skipped", 0)

@@ -12,7 +12,7 @@ from typing import Callable
 
 from leap_cli.errors import LeapError
 from leap_cli.io import sha256_file
-from leap_cli.shards.format import (REBUILD_FIX, group_sample, load_manifest, parse_members, read_sample_at,
+from leap_cli.shards.format import (group_sample, load_manifest, parse_members, read_sample_at, rebuild_fix,
                                    sample_crc)
 from leap_cli.shards.transforms import decode_jpegs
 
@@ -46,7 +46,7 @@ def check_shards(source: str | Path, *, on_error: str = "raise", verify_hash: bo
         for sample, what in problems:
             if on_error == "raise":
                 raise LeapError(what, path=folder / info["name"], record=f"sample {sample}" if sample else None,
-                                fix=REBUILD_FIX)
+                                fix=rebuild_fix(info["name"]))
             report.problems.append({"shard": info["name"], "sample": sample, "problem": what})
         done += info["count"]
         if progress:

@@ -30,8 +30,16 @@ FORMAT = "leap-shards/1"
 MANIFEST = "manifest.json"
 # What to do about a damaged shard. A re-run of build-shards keeps every shard whose size is right (hashing them
 # all on each resume would read the whole split again): a shard with the right size and wrong bytes must go first.
-REBUILD_FIX = ("delete that shard file and run the same leap build-shards again (it rebuilds a missing or cut "
-               "shard and those after it), or rebuild all with --force")
+def rebuild_fix(shard: str | None = None) -> str:
+    """What to do about a damaged or missing shard file (``shard``: its name; a ``--shard i/n`` part's tar is
+    rebuilt by that part's command)."""
+    m = re.search(r"\.shard(\d+)of(\d+)-\d+\.tar$", shard or "")
+    part = f" --shard {m.group(1)}/{m.group(2)}" if m else ""
+    return (f"delete that shard file if it is still there and run the same leap build-shards{part} again (it rebuilds "
+            f"a missing or cut shard and those after it), or rebuild {'that part' if m else 'all'} with --force")
+
+
+REBUILD_FIX = rebuild_fix()
 _HEADER = 512
 
 
