@@ -399,6 +399,8 @@ def test_unreadable_frames_are_skipped_and_listed(tmp_path):
     skipped = {x["narration_id"]: x["reason"] for x in r.manifest["skipped"]}
     assert set(skipped) == {"P01_02_1", "P01_02_3", "P01_04_0"}
     assert "unreadable" in skipped["P01_02_1"] and "frame_0000000028.jpg" in skipped["P01_02_1"]
+    # named by its own segment, in words (it said "[P01_02]" and the class name "VideoUnreadable")
+    assert "[P01_02_1]" in skipped["P01_02_1"] and "VideoUnreadable" not in skipped["P01_02_1"]
     assert "60 frames" in skipped["P01_02_3"]  # the segment runs past the end of the video
     assert "cannot be opened" in skipped["P01_04_0"]
     assert r.manifest["counts"]["samples"] == 6 and r.manifest["counts"]["skipped"] == 3

@@ -280,6 +280,8 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
                         fields[frame_field(i, ctx)] = jpg
                     continue
                 r = reader()
+                if hasattr(r, "record"):
+                    r.record = s.key  # its errors name this segment (they named the video)
                 frames = r.read_frames(list(idx), stored_side(r.width, r.height, settings.short_side))
                 if frames is None or len(frames) != len(idx):
                     raise ValueError(f"got {0 if frames is None else len(frames)} of {len(idx)} frames")
@@ -289,8 +291,8 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
         except _Skip as e:
             out.append((s.key, e.args[0]))
         except Exception as e:  # noqa: BLE001 - unreadable frames: the segment is skipped and listed
-            out.append((s.key, Skipped(f"frames unreadable: {type(e).__name__}: {e}", _gist(e),
-                                       state.get("stat", {}))))
+            what = e.one_line() if isinstance(e, LeapError) else f"{type(e).__name__}: {e}"  # (not a class name)
+            out.append((s.key, Skipped(f"frames unreadable: {what}", _gist(e), state.get("stat", {}))))
     close = getattr(state.get("reader"), "close", None)
     if close:
         close()
