@@ -340,3 +340,23 @@ def test_jpeg_of_rgb_frames_keeps_colours_and_bytes_of_any_layout():
         encode_jpeg(view, 90, colour="gray")
     back = cv2.imdecode(np.frombuffer(want, np.uint8), cv2.IMREAD_COLOR)  # BGR
     assert back[30, 60, 2] > 180 and back[30, 60, 0] < 60
+
+
+def test_a_video_link_to_a_missing_file_and_a_folder_named_as_a_video(tmp_path):
+    """A dangling link was "no video file or rgb_frames folder"; a folder named P01_01.MP4 was counted as the video
+    by `leap info` and then not found."""
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.media.video import VideoUnreadable, open_video
+
+    (tmp_path / "annotations").mkdir()
+    videos = tmp_path / "P01" / "videos"
+    videos.mkdir(parents=True)
+    (videos / "P01_01.MP4").symlink_to(tmp_path / "unmounted" / "P01_01.MP4")
+    (videos / "P01_02.MP4").mkdir()
+    layout = DatasetLayout.open(tmp_path)
+    assert layout.video_path("P01_01") is None and layout.video_path("P01_02") is None
+    with pytest.raises(VideoUnreadable, match=r"P01_01\.MP4 \[P01_01_3\]: the video is a link to .*unmounted/P01_01"
+                                              r"\.MP4, which is not there \(mount or restore"):
+        open_video(layout, "P01_01", 50.0, record="P01_01_3")
+    with pytest.raises(VideoUnreadable, match="no video file or rgb_frames folder"):
+        open_video(layout, "P01_02", 50.0)

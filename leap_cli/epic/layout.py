@@ -71,7 +71,7 @@ class DatasetLayout:
         folder = self.root / self.participant(video_id) / "videos"
         for ext in VIDEO_EXTS:
             p = folder / f"{video_id}{ext}"
-            if p.exists():
+            if p.is_file():  # (a folder of that name is not a video; a link is followed)
                 return p
         return None
 
@@ -105,7 +105,7 @@ class DatasetLayout:
         folder = self.root / self.participant(video_id) / "audio"
         for ext in AUDIO_EXTS:
             p = folder / f"{video_id}{ext}"
-            if p.exists():
+            if p.is_file():  # (a folder of that name is not a video; a link is followed)
                 return p
         return None
 
