@@ -1422,3 +1422,21 @@ def test_descriptors_merged_from_parts_of_other_settings_are_refused(workdir):
     with pytest.raises(LeapError, match=r"merged from --shard parts made with other settings: val\.shard1of2\.jsonl "
                                         r"against val\.shard0of2\.jsonl: components"):
         generate_programs(GenerateConfig(workdir=workdir, split="val"))
+
+
+def test_validating_a_part_counts_the_coverage_of_that_part(workdir):
+    """`validate-programs val.shard0of2.jsonl` gave the coverage over the whole split (50% for a complete part)."""
+    from leap_cli.common import ShardSpec
+    from tests.test_cli import leap
+
+    ann = workdir / "kitchen" / "annotations"
+    lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
+    rows = [lines[0]] + [ln.replace("P01_11", "P01_12", 2) if i % 2 else ln for i, ln in enumerate(lines[1:13])]
+    (ann / "EPIC_100_validation.csv").write_text("\n".join(rows) + "\n")
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(0, 2)))
+    n = len(read_jsonl(s.out))
+    r = leap("validate-programs", str(s.out), "--workdir", str(workdir))
+    assert r.returncode == 0, r.stderr
+    report = json.loads(s.out.with_name("val.shard0of2.report.json").read_text())
+    assert report["coverage"]["segments"] == n < 12 and report["coverage"]["fraction"] == 1.0
+    assert "annotated segments of part(s) 0/2 of the split" in " ".join(r.stdout.split())

@@ -138,9 +138,18 @@ def recheck(record: dict, verbs: ClassVocab, nouns: ClassVocab, segments: dict[s
 
 def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
                      segments: dict[str, Segment] | None = None, *,
-                     max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS) -> dict:
+                     max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS, part: tuple[list[int], int] | None = None) -> dict:
     """The report dict of the program files ``paths`` of one split; ``segments`` (the split's) also says which
-    records count towards coverage."""
+    records count towards coverage; ``part`` ([i, ...], n): the files are those ``--shard i/n`` parts, whose
+    segments (``ShardSpec.select``) the coverage counts."""
+    if segments and part is not None:
+        from leap_cli.common import ShardSpec
+
+        ordered = list(segments.values())
+        cover = {s.narration_id for i in part[0]
+                 for s in ShardSpec(i, part[1]).select(ordered, key=lambda s: s.video_id)}
+    else:
+        cover = set(segments) if segments else None
     # Two passes, so that one record at a time is held (a split of EPIC's size is ~1 GB as Python objects): the
     # first finds the line that counts for each narration id (its last), the second checks those lines.
     last: dict[str, tuple[int, int]] = {}  # narration id -> (file index, line number)
@@ -171,7 +180,7 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
         status, errors = recheck(r, verbs, nouns, segments, max_sub_actions=max_sub_actions)
         changed += status != r["status"] and program is not None
         statuses[status] += 1
-        covered += status == "valid" and (not segments or nid in segments)
+        covered += status == "valid" and (cover is None or nid in cover)
         if status != "valid":
             per_record.append({"narration_id": nid, "status": status, "errors": errors})
             continue
@@ -190,7 +199,7 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
         for k, v in flow.items():
             flow_h[k] += v
             flow_h[f"programs_with_{k}"] += 1
-    denominator = len(segments) if segments else len(last)
+    denominator = len(cover) if cover is not None else len(last)
     not_in_split = sorted(nid for nid in last if segments and nid not in segments)
     return {
         "files": [str(p) for p in paths],
@@ -200,7 +209,8 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
         "status_changed_on_revalidation": changed,
         "backends": dict(backends),
         "coverage": {"valid": covered, "segments": denominator,
-                     "of": "annotated segments of the split" if segments else "records",
+                     "of": ("records" if not segments else "annotated segments of the split" if part is None else
+                            f"annotated segments of part(s) {', '.join(f'{i}/{part[1]}' for i in part[0])} of the split"),
                      "fraction": round(covered / denominator, 4) if denominator else 0.0,
                      "not_in_split": len(not_in_split), "not_in_split_examples": not_in_split[:10]},
         "histograms": {"verbs": dict(verb_h.most_common()), "objects": dict(obj_h.most_common()),
