@@ -150,7 +150,7 @@ def test_coco_weights_from_the_hub_cache_map_to_epic_nouns_in_batches(tmp_path, 
     from leap_cli.epic.layout import DatasetLayout
 
     root = build(tmp_path / "k")
-    reader = open_video(DatasetLayout.open(root), "P01_01", 25.0, record="P01_01_0")
+    reader = open_video(DatasetLayout.open(root), "P01_01", None, record="P01_01_0")
     frames = reader.read_frames([1, 20, 40], None)
     reader.close()
     batched = det(frames)

@@ -773,7 +773,7 @@ def test_what_check_shards_says_to_do_about_a_damaged_shard_repairs_it(root, tmp
     build(root, tmp_path / "w")  # a plain re-run keeps it
     with pytest.raises(LeapError, match="sha256 differs") as e:
         check_shards(out)
-    assert e.value.fix.startswith("delete that shard file and run the same leap build-shards again")
+    assert e.value.fix.startswith("delete that shard file if it is still there and run the same leap build-shards again")
     first.unlink()  # as the error says
     build(root, tmp_path / "w")
     assert tar_digests(out) == good and check_shards(out).ok == r.manifest["counts"]["samples"]

@@ -230,6 +230,12 @@ def _gist(e: Exception) -> str:
     return f"frames unreadable ({type(e).__name__})"
 
 
+def _source_of(video_stat: list[int] | None) -> list[int] | None:
+    """The ``[size, mtime_ns]`` a frame cache keeps of its source (``DatasetLayout.source_stat``) of a skip record's
+    ``video_stat`` (which adds the change time: a chmod must not make extract's whole cache unusable)."""
+    return video_stat[:2] if video_stat else video_stat
+
+
 def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
                  cache: FrameCache | None = None) -> list[tuple[str, dict[str, bytes] | Skipped]]:
     """Read and JPEG-encode the frames of every sample of one video. Returns [(key, {field: bytes} | Skipped)].
@@ -262,7 +268,7 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
     # are not used: they were copied into the shards as if they were this video's frames)
     usable = (cache is not None and cache.short_side == settings.short_side
               and cache.quality == settings.jpeg_quality
-              and cache.same_source(job.video_id, stat(job.video_id) if stat is not None else None))
+              and cache.same_source(job.video_id, _source_of(stat(job.video_id) if stat is not None else None)))
     for s in job.samples:
         try:
             fields: dict[str, bytes] = {}
