@@ -165,3 +165,12 @@ def test_from_epic_matches_an_ffmpeg_r60_extraction(tmp_path, fps, frames):
     assert all(clock.from_epic(clock.to_epic(f)) == f for f in range(1, frames + 1))
     # EPIC's last frames (-r writes a few past the video's length; their boxes exist) hold its last frame
     assert [clock.from_epic(clock.to_epic(frames) + k) for k in range(1, 4)] == [frames] * 3
+
+
+def test_a_source_short_of_video_info_says_what_to_fetch_again():
+    """A half-extracted frames folder was told "the file is cut short (download it again)"."""
+    mp4 = FrameClock(MP4, 50.0, num_frames=100, duration=6.0).check(1, 150)
+    frames = FrameClock(RGB_FRAMES, 50.0, num_frames=100, duration=6.0).check(1, 150)
+    assert mp4.endswith("the file is cut short (download it again)")
+    assert frames.endswith("the frames folder is short of frames (extract its rgb_frames tar again)")
+    assert FrameClock(RGB_FRAMES, 50.0, num_frames=300, duration=6.0).check(1, 301).endswith("(6.00 s, 300 frames)")

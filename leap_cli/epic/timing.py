@@ -194,8 +194,9 @@ class FrameClock:
             return f"the window starts {self._secs(1 - first)} before the video"
         if self.num_frames is not None and last > self.num_frames:
             end = self.time_of(self.num_frames + 1)
-            cut = (f"; EPIC_100_video_info.csv gives {self.duration:.2f} s: the file is cut short (download it again)"
-                   if self.cut_short() else "")
+            again = ("the frames folder is short of frames (extract its rgb_frames tar again)" if self.kind == RGB_FRAMES
+                     else "the file is cut short (download it again)")
+            cut = f"; EPIC_100_video_info.csv gives {self.duration:.2f} s: {again}" if self.cut_short() else ""
             return (f"the window ends {self._secs(last - self.num_frames)} after the decodable end of the video "
                     f"({end:.2f} s, {self.num_frames} frames){cut}")
         return None
