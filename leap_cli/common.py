@@ -310,21 +310,38 @@ def merged_input(path: str | Path) -> Path:
                     fix=f"once every part is done, merge them: {merge_command(path, found[1])}")
 
 
-def _lines(path: Path) -> int:
-    """Lines (records) of a JSONL file, the last one counted without its newline too; at disk speed."""
+def _lines(path: Path) -> tuple[int, bool]:
+    """(lines, ends with a newline) of a JSONL file, a last line without its newline counted too; at disk speed."""
     n, last = 0, b"\n"
     with path.open("rb") as f:
         while chunk := f.read(1 << 22):
             n += chunk.count(b"\n")
             last = chunk[-1:]
-    return n + (last != b"\n")
+    return n + (last != b"\n"), last == b"\n"
+
+
+def _ids(path: Path) -> set[str]:
+    """The narration ids of a JSONL file's records (lines that are not records are passed over)."""
+    import json
+
+    out = set()
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(r, dict) and isinstance(r.get("narration_id"), str):
+                out.add(r["narration_id"])
+    return out
 
 
 def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
-    """A file merged from the ``--shard`` parts beside it (``parts``: {count: [(index, path)]}) that holds fewer
-    records than the parts of a count together is refused (merged before a part was done, or from some parts
-    only: the next stage went on with the rest, exit 0); a part missing, or written after the merge, is warned of
-    (merge again). Line counts, not records: a file of a day's descriptors is read at disk speed."""
+    """A file merged from the ``--shard`` parts beside it (``parts``: {count: [(index, path)]}) that lacks records
+    the parts hold is refused (merged before a part was done, or from some parts only: the next stage went on
+    with the rest, exit 0); a part missing, or written after the merge, is warned of. Line counts first (a file of
+    a day's descriptors is read at disk speed); only where the file has fewer lines than its parts together are
+    the ids compared (a merge that a later run rid of a record held twice has every id)."""
     import logging
 
     from leap_cli.io import merge_command
@@ -334,13 +351,19 @@ def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
     lines = None
     for count, have in sorted(parts.items()):
         if lines is None:
-            lines = _lines(path)
-        in_parts = sum(_lines(p) for _, p in have)
-        if lines < in_parts:
-            raise LeapError(f"holds {lines} records, its --shard parts of {count} beside it {in_parts} together: "
-                            f"it was merged before every part was done, or from some of them", path=path,
-                            fix=f"merge again once every part is done: {merge_command(path, count)} (or move the "
-                                "parts away if this file is as you want it)")
+            lines = _lines(path)[0]
+        counted = [(p, *_lines(p)) for _, p in sorted(have)]
+        if lines < sum(n for _, n, _ in counted):
+            lacking = set().union(*(_ids(p) for p, _, _ in counted)) - _ids(path)
+            if lacking:
+                glued = [p.name for p, n, newline in counted[:-1] if n and not newline]
+                why = (f"{', '.join(glued)} ends without a newline, so `cat` joined its last record to the next "
+                       "part's first" if glued else "it was merged before every part was done, or from some of them")
+                raise LeapError(f"lacks {len(lacking)} records that its --shard parts of {count} beside it hold (e.g. "
+                                f"{sorted(lacking)[0]}): {why}", path=path,
+                                fix=(f"end {glued[0]} with a newline (echo >> FILE), then " if glued else "")
+                                + f"merge again once every part is done: {merge_command(path, count)} (or move the "
+                                  "parts away if this file is as you want it)")
         missing = sorted(set(range(count)) - {i for i, _ in have})
         if missing:
             log.warning("%s: part(s) %s of --shard i/%d are not beside it: if they were not done when it was merged, "
@@ -348,8 +371,9 @@ def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
                         merge_command(path, count))
         newer = [p.name for _, p in have if p.stat().st_mtime_ns > merged_at]
         if newer:
-            log.warning("%s: %s written after it (a part run again, e.g. with --retry-errors?): merge again to take "
-                        "them in (%s)", path, ", ".join(newer), merge_command(path, count))
+            log.warning("%s: %s written after it: if that part was run again since the merge (e.g. with "
+                        "--retry-errors), merge again to take it in (%s); if the files were only copied, nothing to "
+                        "do", path, ", ".join(newer), merge_command(path, count))
 
 
 def die_with_parent(sig: int, parent: int) -> None:

@@ -264,7 +264,10 @@ def parts_text(output: Path) -> tuple[str, int] | None:
 
 def merge_command(output: Path, count: int) -> str:
     """The shell command that merges the ``--shard i/count`` parts of ``output`` into it."""
-    return f"cat {output.parent}/{output.stem}.shard*of{count}{output.suffix} > {output}"
+    from shlex import quote
+
+    return (f"cat {quote(str(output.parent))}/{quote(output.stem)}.shard*of{count}{quote(output.suffix)} > "
+            f"{quote(str(output))}")
 
 
 def settings_path(output: str | Path) -> Path:
@@ -392,14 +395,20 @@ def _stored_settings(output: Path, option: str, *, warn: bool = True, force: boo
     if found and force:  # parts made with other settings than each other: none stands for the file; --force
         return {}  # starts it over (no settings are anyone's)
     if found:  # (a merge of parts made with other options: its records are not of one run)
-        (first_path, first), (odd_path, odd) = parts[0], next(x for x in parts if x[1] != found[0])
-        changes = settings_changes(first, odd)
+        groups: dict[str, list[tuple[Path, dict]]] = {}
+        for p, st in parts:
+            groups.setdefault(json.dumps(st, sort_keys=True), []).append((p, st))
+        most = max(groups.values(), key=len)  # the parts that agree the most stand for the run; the others differ
+        odd = [x for g in groups.values() if g is not most for x in g]
+        changes = sorted({c for _, st in odd for c in settings_changes(most[0][1], st)})
         name = lambda p: p.name[: -len(SETTINGS_SUFFIX)]  # noqa: E731
-        raise LeapError(f"was merged from --shard parts made with other settings: {name(odd_path)} against "
-                        f"{name(first_path)}: {', '.join(changes[:6])}" + (" ..." if len(changes) > 6 else ""),
+        raise LeapError(f"was merged from --shard parts made with other settings: {', '.join(name(p) for p, _ in odd)} "
+                        f"against {name(most[0][0])}"
+                        + (f" and {len(most) - 1} more" if len(most) > 1 else "")
+                        + f": {', '.join(changes[:6])}" + (" ..." if len(changes) > 6 else ""),
                         path=output, record="settings",
-                        fix=f"run the part that differs again with the others' options ({option} on that --shard i/n), "
-                            "then merge again")
+                        fix=f"run the parts that differ again with the others' options ({option} on that --shard i/n; "
+                            "or the others with theirs), then merge again")
     if warn and output.is_file() and output.stat().st_size:
         why = "its --shard parts' settings differ" if found else "no settings file beside it"
         log.warning("%s: %s, so its records cannot be checked against this run's settings; this run's are "
@@ -563,7 +572,7 @@ class JsonlAppender:
                  keep_records: bool = False, count: Callable[[dict], bool] | None = None):
         """``replace_keys``: the keys to redo, or a test of a record (its key is redone where the key's last record
         passes it: one pass over the file finds them). ``count``: a test whose passing keys (by their last record)
-        are only counted, in ``counted`` (what a rerun could redo, said without redoing it)."""
+        are only collected, in ``counted`` (what a rerun could redo, said without redoing it)."""
         self.path = Path(path)
         self._key = (lambda r: r[key]) if isinstance(key, str) else key
         refuse_folder(self.path, "JSONL file")
@@ -597,7 +606,7 @@ class JsonlAppender:
             self._lock.release()
             raise
         self._redo = redo if test is not None else set(replace_keys).intersection(last)  # done, to be done again
-        self.counted = len(counted)
+        self.counted = counted
         self._rewritten: set[str] = set()
         self.keys: set[str] = set(last) - self._redo
         self.sync_every = sync_every

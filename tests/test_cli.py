@@ -496,6 +496,8 @@ def test_a_work_directory_that_does_not_exist_is_named_as_such(tmp_path):
         assert r.returncode == 2 and len(lines) == 1, (args, r.stderr)
         assert lines[0].startswith(f"error: {work}: no such work directory (check --workdir"), (args, lines[0])
         assert not work.exists(), args
+    r = leap("train", "--config", "tiny-synthetic", "--workdir", str(work / "a" / "b"))  # made nothing above it
+    assert r.returncode == 2 and not work.exists(), r.stderr
     r = leap("info", cwd=tmp_path)  # the default, from a folder without it
     assert r.returncode == 2 and "error: leap-work: no such work directory" in r.stderr, r.stderr
     (work / "kitchen").mkdir(parents=True)  # there: the stage's own line alone

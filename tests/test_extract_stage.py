@@ -431,6 +431,7 @@ def test_retry_errors_redoes_the_segments_of_a_truncated_video_once_it_is_replac
     mp4.write_bytes(good)  # downloaded again
     again = run_extract(_cfg(root, out, components=("camera", "hands")))  # a plain rerun: says what it could redo
     assert again.written == 0 and again.retryable == len(bad)
+    assert run_extract(_cfg(root, out, components=("camera", "hands"), limit=1)).retryable == 0  # P01_01_0 is fine
     hands_only = tmp_path / "hands.jsonl"
     run_extract(_cfg(root, hands_only, components=("hands",)))
     assert run_extract(_cfg(root, hands_only, components=("hands",), retry_errors=True)).written == 0

@@ -253,8 +253,15 @@ def test_a_file_merged_from_shard_parts_is_checked_against_the_parts_settings(tm
     settings_path(tmp_path / "train.shard1of2.jsonl").write_text('{"hand_threshold": 0.7, "split": "train"}')
     with pytest.raises(LeapError, match=r"train\.jsonl \[settings\]: was merged from --shard parts made with other "
                                         r"settings: train\.shard1of2\.jsonl against train\.shard0of2\.jsonl: "
-                                        r"hand_threshold: 0\.5 -> 0\.7 \(run the part that differs again"):
+                                        r"hand_threshold: 0\.5 -> 0\.7 \(run the parts that differ again"):
         check_settings(out, {"hand_threshold": 0.5}, split="train")
+    # the part named is the one the others do not agree with (it was always the one against part 0)
+    third = tmp_path / "train.shard2of2.jsonl"  # (a name of the same pattern: three sidecars, two agree)
+    settings_path(third).write_text('{"hand_threshold": 0.7, "split": "train"}')
+    with pytest.raises(LeapError, match=r"other settings: train\.shard0of2\.jsonl against train\.shard1of2\.jsonl "
+                                        r"and 1 more: hand_threshold: 0\.7 -> 0\.5"):
+        check_settings(out, {"hand_threshold": 0.5}, split="train")
+    settings_path(third).unlink()
     from leap_cli.io import stored_settings
 
     with pytest.raises(LeapError, match="merged from --shard parts made with other settings"):

@@ -360,3 +360,15 @@ def test_a_video_link_to_a_missing_file_and_a_folder_named_as_a_video(tmp_path):
         open_video(layout, "P01_01", 50.0, record="P01_01_3")
     with pytest.raises(VideoUnreadable, match="no video file or rgb_frames folder"):
         open_video(layout, "P01_02", 50.0)
+
+
+def test_leap_info_says_what_is_under_a_video_name_that_is_not_a_video(tmp_path):
+    from tests.test_cli import leap
+
+    r = leap("demo-data", "--out", str(tmp_path / "k"), "--videos", "3", "--segments", "2")
+    assert r.returncode == 0, r.stderr
+    videos = tmp_path / "k" / "P01" / "videos"
+    (videos / "P01_01.MP4").unlink()
+    (videos / "P01_01.MP4").symlink_to(tmp_path / "unmounted.MP4")
+    r = leap("info", "--data", str(tmp_path / "k"))
+    assert f"P01_01.MP4 is a link to {tmp_path / 'unmounted.MP4'}, which is not there" in " ".join(r.stdout.split())

@@ -1370,9 +1370,27 @@ def test_a_merge_of_some_parts_only_is_refused_and_a_stale_one_warned_of(workdir
         (desc / f"val.shard{i}of3.jsonl").write_text("".join(f'{{"narration_id": "P01_11_{i}{k}"}}\n' for k in range(4)))
     merged = desc / "val.jsonl"
     merged.write_text((desc / "val.shard0of3.jsonl").read_text() + (desc / "val.shard1of3.jsonl").read_text())
-    with pytest.raises(LeapError, match=r"val\.jsonl: holds 8 records, its --shard parts of 3 beside it 12 together"
-                                        r".*merge again once every part is done: cat .*val\.shard\*of3\.jsonl > "):
+    with pytest.raises(LeapError, match=r"val\.jsonl: lacks 4 records that its --shard parts of 3 beside it hold \(e\.g\. "
+                                        r"P01_11_20\): it was merged before every part was done.*merge again once every "
+                                        r"part is done: cat .*val\.shard\*of3\.jsonl > "):
         generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    with pytest.raises(LeapError, match=r"lacks 4 records"):  # a path given is checked as the default is
+        generate_programs(GenerateConfig(workdir=workdir, split="val", descriptors=merged))
+    # a part that ends without a newline: `cat` glued two records into one line; said so
+    part0 = desc / "val.shard0of3.jsonl"
+    kept = part0.read_text()
+    part0.write_text(kept.rstrip("\n"))
+    merged.write_text("".join((desc / f"val.shard{i}of3.jsonl").read_text() for i in range(3)))
+    with pytest.raises(LeapError, match=r"val\.shard0of3\.jsonl ends without a newline, so `cat` joined its last "
+                                        r"record to the next part's first \(end val\.shard0of3\.jsonl with a newline"):
+        merged_input(merged)
+    part0.write_text(kept)
+    # a part holding a record twice (a run stopped while redoing it): the merge, rid of it later, has every id
+    with (desc / "val.shard1of3.jsonl").open("a") as f:
+        f.write('{"narration_id": "P01_11_10"}\n')
+    merged.write_text("".join((desc / f"val.shard{i}of3.jsonl").read_text() for i in range(3) if i != 1)
+                      + "".join(f'{{"narration_id": "P01_11_1{k}"}}\n' for k in range(4)))
+    assert merged_input(merged) == merged
     merged.write_text("".join((desc / f"val.shard{i}of3.jsonl").read_text() for i in range(3)).rstrip("\n"))
     caplog.clear()
     with caplog.at_level("WARNING"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -98,6 +99,13 @@ def info(
             part = layout.participant(v)
             console.print(escape(f"  looked for {layout.root / part / 'videos' / (v + '.MP4')} and "
                                  f"{layout.root / part / 'rgb_frames' / v}/"), highlight=False, soft_wrap=True)
+            for v in s.missing:  # there under the name, but not a video: a link to nothing, a folder
+                for p in (layout.root / layout.participant(v) / "videos" / f"{v}{ext}" for ext in (".MP4", ".mp4")):
+                    if p.is_symlink() and not p.exists():
+                        console.print(escape(f"  {p} is a link to {os.readlink(p)}, which is not there"),
+                                      highlight=False, soft_wrap=True)
+                    elif p.is_dir():
+                        console.print(escape(f"  {p} is a folder, not a video file"), highlight=False, soft_wrap=True)
         if s.tarred:
             console.print(escape(f"  extract each into a folder of its name: {layout.untar_command(s.tarred[0])}"),
                           highlight=False, soft_wrap=True)  # a command to copy: not broken into lines
@@ -116,6 +124,9 @@ def info(
                           "reported unavailable):")
             for b in bad:
                 if b.expected_s is None:  # not in the video info: what each stage does with it
+                    console.print(f"  {escape(b.video_id)} ({b.source}): {escape(b.note)}", highlight=False)
+                    continue
+                if b.decoded_s is None and b.note.startswith("the file runs at"):  # (it decodes: it is left out)
                     console.print(f"  {escape(b.video_id)} ({b.source}): {escape(b.note)}", highlight=False)
                     continue
                 got = "nothing" if b.decoded_s is None else f"{b.decoded_s:.2f} s"

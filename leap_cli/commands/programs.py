@@ -307,6 +307,7 @@ def validate_programs(
         if split_name is None:
             raise LeapError("which programs?", fix="pass --split SPLIT (WORKDIR/programs/SPLIT.jsonl) or FILES")
         files = [merged_input(workdir / "programs" / f"{split_name}.jsonl")]
+    files = [merged_input(f) for f in files]  # (a file given is checked against --shard parts beside it too)
     for f in files:
         refuse_folder(Path(f), "program file")
         if not Path(f).is_file():

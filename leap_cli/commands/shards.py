@@ -195,7 +195,8 @@ def check_shards(
     if report.problems:
         from leap_cli.shards.format import rebuild_fix
 
-        console.print(f"fix: {escape(rebuild_fix(report.problems[0]['shard']))}", highlight=False)
+        for fix in dict.fromkeys(rebuild_fix(p["shard"]) for p in report.problems):  # one per part that needs it
+            console.print(f"fix: {escape(fix)}", highlight=False)
     from leap_cli.shards.format import load_manifest
 
     skipped = load_manifest(folder)[0].get("counts", {}).get("skipped", 0)

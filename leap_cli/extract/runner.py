@@ -558,7 +558,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
                        count=None if cfg.retry_errors else _to_retry) as appender:
         todo = [s for s in segments if s.narration_id not in appender]
         summary.done_before = len(segments) - len(todo)
-        summary.retryable = appender.counted
+        summary.retryable = len(appender.counted.intersection(s.narration_id for s in segments))  # (--limit, --shard)
         if on_start:
             on_start(len(segments), summary.done_before)
         by_video: dict[str, list[Segment]] = {}

@@ -392,7 +392,8 @@ def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None,
                                   "frames would be read at the wrong times", gist="the video's fps is not video_info's",
                                   path=mp4, record=record,
                                   fix="use EPIC's original video (a copy encoded at another rate), or give this file's "
-                                      "fps in its EPIC_100_video_info.csv row")
+                                      "fps in its EPIC_100_video_info.csv row; then `leap extract --retry-errors` and "
+                                      "`leap build-shards --force` read it")
         return reader
     frames = layout.frames_dir(video_id)
     if frames is not None:

@@ -166,7 +166,8 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
                         fix="pass --data ROOT (holding annotations/) or --annotations DIR")
     split = cfg.split_name
     segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
-    path = cfg.descriptors or merged_input(cfg.workdir / "descriptors" / f"{split}.jsonl")
+    # (a path given is checked as the default is: parts beside it, not merged, or merged too early)
+    path = merged_input(cfg.descriptors or cfg.workdir / "descriptors" / f"{split}.jsonl")
     extracted: dict | str | None = "narration-only"
     if path.exists():
         records = read_jsonl(path, check=descriptor_problem, keep=_for_generation)

@@ -784,7 +784,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     segments = ann.segments(split)
     workdir = Path(workdir)
     out = Path(out) if out else default_out(workdir, split, settings.task)
-    prog_path = Path(programs_path) if programs_path else merged_input(workdir / "programs" / f"{split}.jsonl")
+    prog_path = merged_input(programs_path or workdir / "programs" / f"{split}.jsonl")
     if programs_path and not prog_path.exists():
         raise LeapError("program file not found", path=prog_path, fix="run leap generate-programs or fix --programs")
     programs = read_programs(prog_path)

@@ -415,7 +415,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         resume = False
     else:
         unsaved_restart = False
-    made = [p for p in (workdir, workdir / "runs", run_dir) if not p.exists()]  # removed again if the run does not start
+    # removed again if the run does not start: every folder it makes, up to the first that was there
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()][::-1]
     info = distributed.setup(cfg.train.device)
     stack = contextlib.ExitStack()
     try:
@@ -636,7 +637,7 @@ def _remove_unstarted(run_dir: Path, made: list[Path]) -> None:
     if (run_dir / "config.yaml").exists():
         return
     (run_dir / "checkpoints.lock").unlink(missing_ok=True)
-    for folder in reversed(made):  # run_dir, runs/, then the work directory
+    for folder in reversed(made):  # run_dir, runs/, then the work directory and those above it it made
         with contextlib.suppress(OSError):  # not empty: something else was written there meanwhile
             folder.rmdir()
 
