@@ -322,8 +322,6 @@ def _lines(path: Path) -> tuple[int, bool]:
 
 def _ids(path: Path) -> set[str]:
     """The narration ids of a JSONL file's records (lines that are not records are passed over)."""
-    import json
-
     out = set()
     with path.open("rb") as f:
         for line in f:
@@ -343,6 +341,7 @@ def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
     a day's descriptors is read at disk speed); only where the file has fewer lines than its parts together are
     the ids compared (a merge that a later run rid of a record held twice has every id)."""
     import logging
+    import shlex
 
     from leap_cli.io import merge_command
 
@@ -361,7 +360,8 @@ def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
                        "part's first" if glued else "it was merged before every part was done, or from some of them")
                 raise LeapError(f"lacks {len(lacking)} records that its --shard parts of {count} beside it hold (e.g. "
                                 f"{sorted(lacking)[0]}): {why}", path=path,
-                                fix=(f"end {glued[0]} with a newline (echo >> FILE), then " if glued else "")
+                                fix=(f"end it with a newline (echo >> {shlex.quote(str(path.parent / glued[0]))}), then "
+                                     if glued else "")
                                 + f"merge again once every part is done: {merge_command(path, count)} (or move the "
                                   "parts away if this file is as you want it)")
         missing = sorted(set(range(count)) - {i for i, _ in have})

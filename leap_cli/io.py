@@ -251,6 +251,13 @@ def shard_parts(output: str | Path, tail: str = "") -> list[tuple[int, int, Path
     return sorted(found)
 
 
+def part_of(name: str | Path) -> tuple[int, int] | None:
+    """(i, n) of a file that a ``--shard i/n`` run wrote (``train.shard1of4.jsonl``, ``leap-train.shard1of4-000000.tar``,
+    ``manifest.shard1of4.json``: ``ShardSpec.suffix`` in its name); None for any other."""
+    m = re.search(r"\.shard(\d+)of(\d+)(?=[.-])", Path(name).name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 def parts_text(output: Path) -> tuple[str, int] | None:
     """("2 of 3", 3): how many ``--shard`` parts of ``output`` are there, per count, and the count with most;
     None without parts."""
@@ -383,8 +390,9 @@ def stored_settings(output: str | Path) -> dict | None:
 
 def _stored_settings(output: Path, option: str, *, warn: bool = True, force: bool = False) -> dict | None:
     """The settings ``output`` was made with: its sidecar's; for a file merged from ``--shard`` parts (README:
-    ``cat X.shard*of16.jsonl > X.jsonl``) without one, those of the parts' sidecars where they agree; else None,
-    with a warning (``warn``) when the file holds records that nothing can then be checked against."""
+    ``cat X.shard*of16.jsonl > X.jsonl``) without one, those of the parts' sidecars where they agree (where they
+    do not, a LeapError naming the parts that differ; with ``force`` {}, which starts it over); else None, with a
+    warning (``warn``) when the file holds records that nothing can then be checked against."""
     sidecar = settings_path(output)
     if sidecar.exists():
         return _read_settings(sidecar, option)
@@ -410,9 +418,8 @@ def _stored_settings(output: Path, option: str, *, warn: bool = True, force: boo
                         fix=f"run the parts that differ again with the others' options ({option} on that --shard i/n; "
                             "or the others with theirs), then merge again")
     if warn and output.is_file() and output.stat().st_size:
-        why = "its --shard parts' settings differ" if found else "no settings file beside it"
-        log.warning("%s: %s, so its records cannot be checked against this run's settings; this run's are "
-                    "recorded from now on", output, why)
+        log.warning("%s: no settings file beside it, so its records cannot be checked against this run's settings; "
+                    "this run's are recorded from now on", output)
     return None
 
 

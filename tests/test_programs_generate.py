@@ -1382,7 +1382,7 @@ def test_a_merge_of_some_parts_only_is_refused_and_a_stale_one_warned_of(workdir
     part0.write_text(kept.rstrip("\n"))
     merged.write_text("".join((desc / f"val.shard{i}of3.jsonl").read_text() for i in range(3)))
     with pytest.raises(LeapError, match=r"val\.shard0of3\.jsonl ends without a newline, so `cat` joined its last "
-                                        r"record to the next part's first \(end val\.shard0of3\.jsonl with a newline"):
+                                        r"record to the next part's first \(end it with a newline \(echo >> .*val\.shard0of3\.jsonl\)"):
         merged_input(merged)
     part0.write_text(kept)
     # a part holding a record twice (a run stopped while redoing it): the merge, rid of it later, has every id

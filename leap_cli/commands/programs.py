@@ -340,12 +340,12 @@ def validate_programs(
     if html:
         refuse_overwrite(html, [*files, out], "--html", "html")
     segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
-    import re
+    from leap_cli.io import part_of
 
-    parts = [re.search(r"\.shard(\d+)of(\d+)\.jsonl$", Path(f).name) for f in files]
+    parts = [part_of(f) for f in files]
     part = None  # every file a --shard part of one count: the coverage of those parts, not of the whole split
-    if all(parts) and len({m.group(2) for m in parts}) == 1:
-        part = (sorted({int(m.group(1)) for m in parts}), int(parts[0].group(2)))
+    if all(parts) and len({n for _, n in parts}) == 1:
+        part = (sorted({i for i, _ in parts}), parts[0][1])
     rep = validate_records(list(files), ann.verbs, ann.nouns, segments, part=part)
     rep["split"] = split_name
     cov = rep["coverage"]

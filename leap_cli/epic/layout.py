@@ -105,7 +105,7 @@ class DatasetLayout:
         folder = self.root / self.participant(video_id) / "audio"
         for ext in AUDIO_EXTS:
             p = folder / f"{video_id}{ext}"
-            if p.is_file():  # (a folder of that name is not a video; a link is followed)
+            if p.is_file():  # (a folder of that name is not a sound file; a link is followed)
                 return p
         return None
 

@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 
 from leap_cli.errors import LeapError
-from leap_cli.io import shard_parts
+from leap_cli.io import part_of, shard_parts
 
 FORMAT = "leap-shards/1"
 MANIFEST = "manifest.json"
@@ -33,8 +33,8 @@ MANIFEST = "manifest.json"
 def rebuild_fix(shard: str | None = None) -> str:
     """What to do about a damaged or missing shard file (``shard``: its name; a ``--shard i/n`` part's tar is
     rebuilt by that part's command)."""
-    m = re.search(r"\.shard(\d+)of(\d+)-\d+\.tar$", shard or "")
-    part = f" --shard {m.group(1)}/{m.group(2)}" if m else ""
+    m = part_of(shard or "")
+    part = f" --shard {m[0]}/{m[1]}" if m else ""
     return (f"delete that shard file if it is still there and run the same leap build-shards{part} again (it rebuilds "
             f"a missing or cut shard and those after it), or rebuild {'that part' if m else 'all'} with --force")
 
