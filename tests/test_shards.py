@@ -1059,3 +1059,17 @@ def test_a_missing_part_tar_names_the_part_to_build_again(root, tmp_path):
         check_shards(out)
     report = check_shards(out, on_error="skip")
     assert [p["problem"] for p in report.problems] == ["shard file is missing"]
+
+
+def test_val_takes_the_vocabulary_of_training_parts_all_done_before_their_merge(root, tmp_path):
+    """Val shards wait for the training shards' parts; once every part is done, their vocabulary is the one taken,
+    whether or not manifest.json was written yet (a part begun but unfinished: refused)."""
+    build(root, tmp_path, shard=ShardSpec(0, 2))
+    with pytest.raises(LeapError, match=r"the training shards are still in --shard parts \(1 of 2 done"):
+        build_split(root, "val", workdir=tmp_path, settings=settings(split="val"))
+    build(root, tmp_path, shard=ShardSpec(1, 2))
+    train = tmp_path / "shards" / "train"
+    targets = json.loads((train / "manifest.json").read_text())["targets"]
+    (train / "manifest.json").unlink()
+    r = build_split(root, "val", workdir=tmp_path, settings=settings(split="val"))
+    assert r.manifest["targets"] == targets

@@ -807,19 +807,22 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     # recognition shards' may come from other programs or --max-conditions)
     train_manifest = (Path(vocab_manifest) if vocab_manifest
                       else default_out(workdir, "train", settings.task) / "manifest.json")
+    in_parts = False  # the training shards' parts are all done, their merged manifest.json not (yet) written
     if split != "train" and not vocab_manifest and not train_manifest.exists():
         from leap_cli.io import shard_parts
 
-        begun = {(i, n) for i, n, _ in shard_parts(train_manifest) + shard_parts(train_manifest.parent / ".progress.jsonl")}
-        if begun:  # (two Slurm arrays at once: the val shards got the class files' vocabulary, not the run's)
-            n = max(n for _, n in begun)
-            done = len(shard_parts(train_manifest))
-            raise LeapError(f"the training shards are still in --shard parts ({done} of {n} done, no merged "
+        done = shard_parts(train_manifest)
+        begun = done + shard_parts(train_manifest.parent / ".progress.jsonl")
+        n = max((n for _, n, _ in begun), default=0)
+        in_parts = bool(done) and {i for i, k, _ in done if k == n} == set(range(n))
+        if begun and not in_parts:  # (two Slurm arrays at once: the val shards got the class files' vocabulary)
+            finished = sum(k == n for _, k, _ in done)
+            raise LeapError(f"the training shards are still in --shard parts ({finished} of {n} done, no merged "
                             "manifest.json yet): this split's target vocabulary must be theirs",
                             path=train_manifest.parent,
                             fix="build this split once every training part is done (the last one writes "
                                 "manifest.json), or give --vocab the manifest.json of the training shards to share")
-    if vocab_manifest or (split != "train" and train_manifest.exists()):
+    if vocab_manifest or (split != "train" and (train_manifest.exists() or in_parts)):
         from leap_cli.shards.format import load_manifest
 
         try:
