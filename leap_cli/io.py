@@ -164,13 +164,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes, *, if_changed: bool = False) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, *, if_changed: bool = False) -> bool:
     """``data`` into ``path`` through a temporary file and a rename; ``if_changed``: a file that holds these bytes
-    already is left as it is (its time too: a rerun with nothing to do leaves its outputs untouched)."""
+    already is left as it is (its time too: a rerun with nothing to do leaves its outputs untouched). Returns
+    whether it wrote."""
     if if_changed:
         try:
             if os.path.getsize(path) == len(data) and Path(path).read_bytes() == data:
-                return
+                return False
         except OSError:
             pass
     with atomic_path(path) as tmp:
@@ -179,6 +180,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, if_changed: bool = Fals
             f.flush()
             if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # (a pipe or a device takes no fsync)
                 os.fsync(f.fileno())
+    return True
 
 
 class OutputLock:
@@ -423,12 +425,12 @@ def _stored_settings(output: Path, option: str, *, warn: bool = True, force: boo
     return None
 
 
-def atomic_write_text(path: str | Path, text: str, *, if_changed: bool = False) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"), if_changed=if_changed)
+def atomic_write_text(path: str | Path, text: str, *, if_changed: bool = False) -> bool:
+    return atomic_write_bytes(path, text.encode("utf-8"), if_changed=if_changed)
 
 
-def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2, if_changed: bool = False) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False) + "\n",
+def atomic_write_json(path: str | Path, obj: Any, *, indent: int | None = 2, if_changed: bool = False) -> bool:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False, ensure_ascii=False) + "\n",
                       if_changed=if_changed)
 
 

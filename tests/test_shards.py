@@ -1040,7 +1040,12 @@ def test_parts_packed_into_tars_otherwise_still_merge(root, tmp_path):
     """A part run with another --max-count (samples per tar: packing, not content) blocked the merge."""
     build(root, tmp_path, shard=ShardSpec(0, 2), max_count=2)
     r = build(root, tmp_path, shard=ShardSpec(1, 2), max_count=3)
-    assert any("merged manifest.json" in n for n in r.notes)
+    assert any("merged manifest.json written" in n for n in r.notes)
+    merged = tmp_path / "shards" / "train" / "manifest.json"
+    at = merged.stat().st_mtime_ns
+    r = build(root, tmp_path, shard=ShardSpec(1, 2), max_count=3)  # again: nothing changed, nor the merge
+    assert any("merged manifest.json as it was (nothing changed)" in n for n in r.notes)
+    assert merged.stat().st_mtime_ns == at
     assert load_manifest(tmp_path / "shards" / "train")[0]["counts"]["samples"] == 7
 
 

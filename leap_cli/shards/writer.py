@@ -637,8 +637,9 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         except LeapError:
             notes.append(f"part {shard.index}/{shard.count} done; manifest.json is written when all parts are")
         else:
-            atomic_write_json(out / MANIFEST, merged, if_changed=True)
-            notes.append(f"all {shard.count} parts done: merged manifest.json written")
+            wrote = atomic_write_json(out / MANIFEST, merged, if_changed=True)
+            notes.append(f"all {shard.count} parts done: merged manifest.json "
+                         + ("written" if wrote else "as it was (nothing changed)"))
     return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes)
 
 
