@@ -298,6 +298,25 @@ def test_a_copy_encoded_at_another_rate_than_video_info_says_is_left_out(kitchen
     assert sum(r["video_id"] == "P01_01" for r in read_jsonl(out)) == 3
     bad = check_lengths(DatasetLayout.open(root), ["P01_01", "P01_02"])
     assert [b.video_id for b in bad] == ["P01_01"] and f"runs at {FPS / 2:.2f} fps" in bad[0].note
+    # frames an earlier leap cached of it (it had no such check) are not packed into shards either
+    import leap_cli.media.video as video
+    from leap_cli.shards.writer import LayoutOpener, ShardSettings, build_shards
+    from leap_cli.extract.cache import FrameCache
+
+    cache = tmp_path / "frame-cache"
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(video, "FPS_TOLERANCE", 10.0)
+        run_extract(_cfg(root, tmp_path / "old.jsonl", components=("camera",), frame_cache=cache, cache_frames=4,
+                         cache_short_side=64))
+    assert list((cache / "P01_01").glob("*.jpgs"))
+    layout = DatasetLayout.open(root)
+    ann = layout.annotations()
+    r = build_shards(ann.segments("train"), out=tmp_path / "shards", settings=ShardSettings("train", frames=4,
+                     short_side=64), fps=ann.fps, cache=FrameCache(cache, 4, 64, 90),
+                     opener=LayoutOpener(layout.root, layout.annotations_dir, {"P01_01": FPS}))  # (as build_split)
+    skipped = {x["narration_id"]: x["reason"] for x in r.manifest["skipped"]}
+    assert {n for n in skipped if n.startswith("P01_01")} == {"P01_01_0", "P01_01_1", "P01_01_2"}
+    assert all("fps" in skipped[n] for n in skipped if n.startswith("P01_01"))
 
 
 def test_segments_past_the_end_of_a_short_video_are_unavailable_not_invented(kitchen, tmp_path):
@@ -617,10 +636,15 @@ def test_build_shards_reuses_extracts_decode_and_writes_the_same_bytes(kitchen, 
         return build_shards(ann.segments("train"), out=out, settings=settings, fps=ann.fps,
                             opener=LayoutOpener(layout.root, layout.annotations_dir), cache=frame_cache)
 
+    reads = []
+    monkeypatch.setattr(video.VideoReader, "read_frames",
+                        lambda self, *a, _real=video.VideoReader.read_frames, **kw: reads.append(1) or _real(self, *a, **kw))
     cached = build(tmp_path / "w1", FrameCache(cache, 16, 64, 90))
-    assert opened == ["P01_02"] and cached.manifest["counts"]["samples"] == 3  # P01_02 has no video: skipped
+    # P01_01 is opened (its header: a video the stages leave out is not packed from cached frames), not decoded;
+    # P01_02 has no video: skipped
+    assert opened == ["P01_01", "P01_02"] and not reads and cached.manifest["counts"]["samples"] == 3
     decoded = build(tmp_path / "w2", None)
-    assert opened == ["P01_02", "P01_01", "P01_02"]
+    assert opened == ["P01_01", "P01_02", "P01_01", "P01_02"] and reads
     for a, b in zip(sorted((tmp_path / "w1").rglob("*.tar")), sorted((tmp_path / "w2").rglob("*.tar"))):
         assert a.read_bytes() == b.read_bytes()
     assert decoded.manifest["shards"] == cached.manifest["shards"]

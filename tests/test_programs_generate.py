@@ -1458,3 +1458,25 @@ def test_validating_a_part_counts_the_coverage_of_that_part(workdir):
     report = json.loads(s.out.with_name("val.shard0of2.report.json").read_text())
     assert report["coverage"]["segments"] == n < 12 and report["coverage"]["fraction"] == 1.0
     assert "annotated segments of part(s) 0/2 of the split" in " ".join(r.stdout.split())
+
+
+def test_a_part_begun_with_another_dealing_of_the_videos_is_refused(workdir):
+    """Parts begun by leap before parts followed the annotation order hold other videos: resuming one with this
+    leap redid some records (paid) and left others undone, silently."""
+    from leap_cli.common import ShardSpec
+    from leap_cli.epic.annotations import read_segments
+
+    ann = workdir / "kitchen" / "annotations"
+    lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
+    rows = [lines[0]] + [ln.replace("P01_11", f"P01_1{1 + i % 3}", 2) for i, ln in enumerate(lines[1:13])]
+    (ann / "EPIC_100_validation.csv").write_text("\n".join(rows) + "\n")
+    segs = read_segments(ann / "EPIC_100_validation.csv")
+    theirs = [s for s in segs if s.video_id == "P01_12"]  # video 1 of 3: part 1 now, part 0 as an old leap dealt it
+    (workdir / "programs").mkdir()
+    part = workdir / "programs" / "val.shard0of3.jsonl"
+    part.write_text("".join(json.dumps({"narration_id": s.narration_id, "status": "failed", "program": None,
+                                        "errors": []}) + "\n" for s in theirs))
+    with pytest.raises(LeapError, match=r"holds 4 records of videos outside part 0/3 \(e\.g\. P01_12_.*merge the "
+                                        r"parts there are \(cat .*val\.shard\*of3\.jsonl > .*val\.jsonl\)"):
+        generate_programs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(0, 3)))
+    assert generate_programs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(1, 3))).out.exists()

@@ -34,7 +34,7 @@ from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, merged_
 from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import (JsonlAppender, check_settings, iter_jsonl, read_jsonl, stable_hash,
+from leap_cli.io import (JsonlAppender, check_settings, iter_jsonl, merge_command, read_jsonl, stable_hash,
                          stored_settings)
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, OfflineBackend, OpenAIBackend,
@@ -607,6 +607,18 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     checker: RemoteChecker | None = None
     stop: _Stop | None = None
     try:
+        if cfg.shard.count > 1 and inputs.segments:  # a part file holding other videos than this part's (begun by
+            # a leap that dealt them otherwise): resuming it would redo some (paid) and never do others
+            mine = {s.narration_id for s in cfg.shard.select(list(inputs.segments.values()), key=lambda s: s.video_id)}
+            outside = sorted(k for k in appender.keys if k in inputs.segments and k not in mine)
+            if outside:
+                whole = cfg.out_path.with_name(cfg.out_path.name.replace(cfg.shard.suffix, ""))
+                raise LeapError(f"holds {len(outside)} records of videos outside part {cfg.shard.index}/"
+                                f"{cfg.shard.count} (e.g. {outside[0]}): the part was begun by an earlier leap, which "
+                                "dealt the videos to parts in another order", path=cfg.out_path,
+                                fix="finish the sharded run with the leap that began it; or merge the parts there are "
+                                    f"({merge_command(whole, cfg.shard.count)}) and run without --shard: it does "
+                                    "only what is missing")
         pending = [r for r in inputs.records if r["narration_id"] not in appender]
         summary.resumed = len(inputs.records) - len(pending)
         summary.resumed_not_valid = Counter(not_valid[r["narration_id"]] for r in inputs.records

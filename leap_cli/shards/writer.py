@@ -269,6 +269,11 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
     usable = (cache is not None and cache.short_side == settings.short_side
               and cache.quality == settings.jpeg_quality
               and cache.same_source(job.video_id, _source_of(stat(job.video_id) if stat is not None else None)))
+    if usable and getattr(opener, "is_mp4", lambda v: False)(job.video_id):
+        try:  # opened first (its header): an MP4 the stages leave out, such as one at another rate than video_info
+            reader()  # says, is skipped whole, not packed from frames an earlier leap cached of it
+        except _Skip:
+            usable = False
     for s in job.samples:
         try:
             fields: dict[str, bytes] = {}
@@ -718,6 +723,12 @@ class LayoutOpener:
         from leap_cli.media.video import open_video
 
         return open_video(DatasetLayout(self.root, self.annotations_dir), video_id, self.fps.get(video_id))
+
+    def is_mp4(self, video_id: str) -> bool:
+        """Whether the video's frames come from an MP4 (else an rgb_frames folder, or nothing)."""
+        from leap_cli.epic.layout import DatasetLayout
+
+        return DatasetLayout(self.root, self.annotations_dir).video_path(video_id) is not None
 
     def video_stat(self, video_id: str) -> list[int] | None:
         """``[size, mtime_ns, ctime_ns]`` of the video's source (``DatasetLayout.source_stat`` and the inode's change
