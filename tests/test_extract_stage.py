@@ -270,7 +270,7 @@ def _short_copy(kitchen, root, seconds: float, **kw):
     return mp4
 
 
-def test_a_copy_encoded_at_another_rate_than_video_info_says_is_left_out(kitchen, tmp_path):
+def test_a_copy_encoded_at_another_rate_than_video_info_says_is_left_out(kitchen, tmp_path, caplog):
     """A video re-encoded at 25 fps (video_info: the original's rate) was read by the original's frame numbers:
     build-shards stored other moments under the segment's labels, extract called the whole file cut short."""
     import shutil
@@ -287,6 +287,9 @@ def test_a_copy_encoded_at_another_rate_than_video_info_says_is_left_out(kitchen
         frames = r.read_frames(list(range(1, r.num_frames + 1, 2)))
     write_mp4(mp4, list(frames), FPS / 2)  # the same 6 s at half the rate
     out = tmp_path / "t.jsonl"
+    with caplog.at_level("WARNING"):  # said as a warning, once, even where no component reads its frames
+        run_extract(_cfg(root, tmp_path / "hands.jsonl", components=("hands",), frame_cache=tmp_path / "fc"))
+    assert [r.getMessage().count("the file runs at") for r in caplog.records] == [1], caplog.text
     run_extract(_cfg(root, out, components=("camera",)))
     for r in read_jsonl(out):
         cam = r["components"]["camera"]

@@ -287,7 +287,7 @@ class _Video:
         self.decode_seconds = 0.0  # wall time spent decoding (the summary shows it apart from the components)
 
     def _open(self, record: str) -> None:
-        from leap_cli.media.video import VideoUnreadable, open_video
+        from leap_cli.media.video import FPS_MISMATCH, VideoUnreadable, open_video
 
         if self.failure is not None:
             raise FramesUnavailable(self.failure.reason, self.failure.video, self.failure.detail)
@@ -298,7 +298,9 @@ class _Video:
                 self.reader = open_video(self.layout, self.video_id, getattr(self, "fps", None), record=self.video_id)
             except VideoUnreadable as e:
                 self.failure = FramesUnavailable(e.message, detail=e.one_line())
-                log.info("%s", e.one_line())
+                # (said once per video; a video at another rate than video_info's is said even where no component
+                # reads its frames: the frame cache, and so build-shards, leave it out)
+                (log.warning if e.gist == FPS_MISMATCH else log.info)("%s", e.one_line())
                 raise FramesUnavailable(e.message, detail=e.one_line()) from None
             if hasattr(self, "clock"):
                 self.clock = self.clock.with_frames(self.reader.num_frames)

@@ -374,6 +374,7 @@ class FramesFolderReader:
 # A container's frame rate within this share of EPIC_100_video_info.csv's is the same video's (59.94 read as 60);
 # beyond it the file is another encoding (25 fps for 59.94), whose frame numbers the timing rule would misread.
 FPS_TOLERANCE = 0.02
+FPS_MISMATCH = "the video's fps is not video_info's"  # its gist
 
 
 def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None, *,
@@ -389,7 +390,7 @@ def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None,
         if fps and abs(reader.fps / fps - 1) > FPS_TOLERANCE:
             reader.close()
             raise VideoUnreadable(f"the file runs at {reader.fps:.2f} fps, EPIC_100_video_info.csv gives {fps:g}: its "
-                                  "frames would be read at the wrong times", gist="the video's fps is not video_info's",
+                                  "frames would be read at the wrong times", gist=FPS_MISMATCH,
                                   path=mp4, record=record,
                                   fix="use EPIC's original video (a copy encoded at another rate), or give this file's "
                                       "fps in its EPIC_100_video_info.csv row; then `leap extract --retry-errors` and "
