@@ -302,7 +302,9 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
             meta = m.get("meta") or {}
             # the checkpoint chosen by validation action top-1 (best.pt), not the run's last state of the row above
             which = f" ({meta['checkpoint']}.pt, step {meta['step']})" if "checkpoint" in meta and "step" in meta else ""
-            unscored = f"; {m['not_scored']} of {m['segments']} segments not scored" if m.get("not_scored") else ""
+            # ("segments": those scored; the split holds them and the not scored)
+            unscored = (f"; {m['not_scored']} of the split's {m['segments'] + m['not_scored']} segments not scored"
+                        if m.get("not_scored") else "")
             rows.append((f"evaluate {split}{which}", str(mfile), _metrics_text(m) + unscored))
     sub = w / "submission.zip"
     if sub.exists():

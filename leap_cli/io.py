@@ -363,7 +363,7 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
                                 fix=f"use the old settings, another {elsewhere}, or {option} to start over")
             (remove or (lambda: output.unlink(missing_ok=True)))()
             started_over = True
-    atomic_write_json(sidecar, settings if split is None else {**settings, "split": split})
+    atomic_write_json(sidecar, settings if split is None else {**settings, "split": split}, if_changed=True)
     return started_over
 
 

@@ -552,7 +552,8 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     if cfg.limit is not None:
         segments = segments[:cfg.limit]
     summary = ExtractSummary(out=cfg.out, segments=len(segments))
-    atomic_write_json(config_path(cfg.out), {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()})
+    atomic_write_json(config_path(cfg.out), {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+                      if_changed=True)  # (a rerun with the same options leaves it untouched)
     replace = _to_retry if cfg.retry_errors else ()
     t_start = time.perf_counter()
     cache = FrameCache.from_config(cfg)
