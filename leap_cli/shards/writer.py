@@ -525,6 +525,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
                     p.unlink()
     check_part_count(out, shard.count)
     stat, stats = getattr(opener, "video_stat", None), {}
+    retried: set[str] = set()  # skips tried again: their video changed since
 
     def changed(skip: dict) -> bool:
         """The skip was made when the video was another file (re-downloaded since, or there at last)."""
@@ -533,7 +534,10 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
             return False
         if seg.video_id not in stats:
             stats[seg.video_id] = stat(seg.video_id)
-        return stats[seg.video_id] != skip["video_stat"]
+        if stats[seg.video_id] != skip["video_stat"]:
+            retried.add(skip["narration_id"])
+            return True
+        return False
 
     def changed_keys() -> list[str]:
         """What differs from the part's last manifest (where a run got that far)."""
@@ -630,6 +634,9 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     if progress:
         progress(total, total)
 
+    if retried:  # (it said "nothing new to write" after opening their videos again)
+        notes.append(f"{len(retried)} segment(s) skipped before were tried again: their video's file changed since "
+                     "(or the skip was recorded before leap kept the file's change time)")
     manifest = _manifest(settings, shards, trailing, sources, targets_manifest, prog_report, shard, len(selected))
     atomic_write_json(out / manifest_name(shard.suffix), manifest, if_changed=True)
     if shard.count > 1:  # the job that completes the set writes the merged manifest.json
