@@ -172,3 +172,44 @@ def test_shard_samples_store_exactly_the_clips_for_both_clocks(tmp_path):
     assert b["context_mask"][i].tolist() == [False, True] and b["context_video"][i, 0].abs().sum() == 0
     j = b["narration_id"].index("P01_01_3")
     assert b["context_mask"][j].tolist() == [True, True]
+
+
+def test_validation_shards_of_another_task_or_fewer_context_clips_are_refused_before_training(tmp_path, caplog):
+    """An anticipation run validated on recognition shards (no gap, no context) without a word, and chose best.pt
+    on them; validation shards with fewer context clips failed after a whole epoch, before any checkpoint. Shards
+    with more context clips than the model takes feed it their latest."""
+    from leap_cli.errors import LeapError
+    from leap_cli.train.config import load_config
+    from leap_cli.train.data import ShardSource
+    from leap_cli.train.distributed import DistInfo
+
+    root = make_root(tmp_path / "kitchen")
+    train = build(root, tmp_path, task="anticipation", context=2, span_frames=8).out
+    rec = build(root, tmp_path / "r").out
+    fewer = build(root, tmp_path / "c1", task="anticipation", context=1, span_frames=8).out
+    cfg = load_config("tiny-synthetic", ["data.task=anticipation", "model.anticipation_context=2", "model.num_frames=4",
+                                         "model.img_size=32", "data.batch_size=2"])
+    with pytest.raises(LeapError, match=r"the validation shards are for recognition, the training shards for "
+                                        r"anticipation \(build the val shards for anticipation"):
+        ShardSource(train, rec, cfg, DistInfo())
+    with pytest.raises(LeapError, match=r"the shards hold 1 context clip\(s\) before each action, the model takes 2 "
+                                        r"\(rebuild them with --context 2, or set model.anticipation_context 1\)"):
+        ShardSource(train, fewer, cfg, DistInfo())
+    assert ShardSource(train, train, cfg, DistInfo()).val is not None
+
+
+def test_more_context_clips_than_the_model_takes_feed_it_the_latest():
+    """Shards built with --context 3 failed every step of a model of 2 ("context_video holds 3 clips")."""
+    import torch
+
+    from leap_cli.model import build_model
+    from tests.test_model import make_batch, tiny_args
+
+    torch.manual_seed(0)
+    model = build_model(tiny_args(anticipation={"context": 2, "aggregate": True})).eval()
+    batch = make_batch(context=3)
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    with torch.no_grad():
+        three = model(batch["video"], batch["program_steps"], batch["context_video"], mask)
+        two = model(batch["video"], batch["program_steps"], batch["context_video"][:, 1:], mask[:, 1:])
+    assert torch.equal(three["verb"], two["verb"]) and torch.equal(three["noun"], two["noun"])

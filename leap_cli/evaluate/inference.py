@@ -203,7 +203,7 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
     """A DataLoader over the evaluation views of a shards folder and its number of segments."""
     from torch.utils.data import DataLoader
 
-    from leap_cli.shards.dataset import ShardDataset, collate_clips, loader_worker_init, loader_workers
+    from leap_cli.shards.dataset import ShardDataset, check_context, collate_clips, loader_worker_init, loader_workers
 
     folder = Path(folder)
     if not (folder / "manifest.json").exists():
@@ -213,6 +213,8 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
     ds = ShardDataset(folder, train=False, num_frames=int(model_args["num_frames"]),
                       img_size=int(model_args["img_size"]), temporal_views=views.temporal,
                       spatial_views=views.spatial, rank=0, world_size=1, batch_size=batch_size)
+    check_context(ds, int((model_args.get("anticipation") or {}).get("context") or 0),
+                  None, folder)
     loader = DataLoader(ds, batch_size=batch_size,
                         num_workers=loader_workers(workers, "--workers", samples=len(ds), batch_size=batch_size),
                         collate_fn=collate_clips, worker_init_fn=loader_worker_init)

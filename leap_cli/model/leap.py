@@ -146,8 +146,12 @@ class LeapModel(nn.Module):
         mask[:, C] = True
         embeds[:, C] = self._program_embedding(feature, tokens)
         if context_video is not None and C > 0:
+            if context_video.shape[1] > C:  # shards built with more --context: the latest C (oldest first)
+                context_video = context_video[:, -C:]
+                context_mask = context_mask[:, -C:] if context_mask is not None else None
             if context_video.shape[1] != C:
-                raise LeapError(f"context_video holds {context_video.shape[1]} clips, the model expects {C}")
+                raise LeapError(f"context_video holds {context_video.shape[1]} clips, the model expects {C}",
+                                fix=f"rebuild the shards with --context {C}")
             cmask = context_mask if context_mask is not None else torch.ones(B, C, dtype=torch.bool)
             cmask = cmask.to(feature.device).bool()
             present = cmask.flatten().nonzero().squeeze(1)

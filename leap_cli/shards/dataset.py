@@ -321,6 +321,16 @@ def loader_workers(asked: int, option: str, samples: int | None = None, batch_si
     return workers
 
 
+def check_context(ds: "ShardDataset", context: int, option: str | None, folder: Path) -> None:
+    """Refuse, before any work, shards that hold fewer context clips than the model takes (``option`` names where
+    the model's count is set); more are fine (the model takes the latest). It failed at the first batch: for
+    validation shards, after a whole epoch of training and before any checkpoint."""
+    if context and ds.manifest.get("task") == "anticipation" and ds.context < context:  # (recognition: none fed)
+        raise LeapError(f"the shards hold {ds.context} context clip(s) before each action, the model takes {context}",
+                        path=folder, fix=f"rebuild them with --context {context}"
+                                         + (f", or set {option} {ds.context}" if option else " (as the run was trained)"))
+
+
 def collate_clips(samples: list[dict]) -> dict:
     """Stack samples into the batch described in the module docstring."""
     batch = {

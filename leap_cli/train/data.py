@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from leap_cli.errors import LeapError
-from leap_cli.shards.dataset import ShardDataset, collate_clips, loader_worker_init, loader_workers
+from leap_cli.shards.dataset import ShardDataset, check_context, collate_clips, loader_worker_init, loader_workers
 from leap_cli.shards.format import part_counts
 from leap_cli.train.config import Config
 from leap_cli.train.distributed import DistInfo
@@ -51,10 +51,8 @@ class ShardSource:
         if task != cfg.data.task:
             raise LeapError(f"the shards are for {task} but data.task is {cfg.data.task}", path=self.train_dir,
                             fix="build shards for that task or set data.task to match")
-        if task == "anticipation" and cfg.model.anticipation_context > self.train.context:
-            raise LeapError(f"model.anticipation_context={cfg.model.anticipation_context} but the shards hold "
-                            f"{self.train.context} context clips", path=self.train_dir,
-                            fix="lower model.anticipation_context or rebuild with more --context")
+        if task == "anticipation":
+            check_context(self.train, cfg.model.anticipation_context, "model.anticipation_context", self.train_dir)
         counts = manifest.get("counts") or {}
         if counts.get("skipped") and info.is_main:  # (a split most of whose videos are not downloaded trains quietly)
             log.warning("%s: the shards hold %d of the split's %d segments (%d skipped by build-shards, listed with "
@@ -81,6 +79,19 @@ class ShardSource:
                                         img_size=cfg.model.img_size, rank=info.rank, world_size=info.world_size,
                                         batch_size=cfg.data.eval_batch_size)  # batches as with num_workers 0
                 self.val_size = self.val.size
+                val_task = self.val.manifest.get("task", "recognition")
+                if val_task != task:  # (it validated, and chose best.pt, on the other task's samples)
+                    raise LeapError(f"the validation shards are for {val_task}, the training shards for {task}",
+                                    path=val_dir, fix=f"build the val shards for {task} (leap build-shards --split "
+                                                      f"val{' --task anticipation' if task == 'anticipation' else ''}), "
+                                                      "or set data.val to them")
+                if task == "anticipation":
+                    check_context(self.val, cfg.model.anticipation_context, "model.anticipation_context", val_dir)
+                vcounts = self.val.manifest.get("counts") or {}
+                if vcounts.get("skipped") and info.is_main:  # (best.pt is chosen on the segments there are)
+                    log.warning("%s: the validation shards hold %d of the split's %d segments (%d skipped by "
+                                "build-shards, listed with their reasons in its manifest)", val_dir,
+                                vcounts.get("samples", 0), vcounts.get("segments", 0), vcounts["skipped"])
                 if self.val.manifest.get("targets") != manifest.get("targets"):
                     raise LeapError("the validation shards use another targets vocabulary than the training shards",
                                     path=val_dir, fix="rebuild the val shards after the train shards")
