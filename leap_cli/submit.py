@@ -275,6 +275,9 @@ def check_submission(submission: dict, expected_ids: Sequence[str], num_verbs: i
             "nouns": num_nouns, "actions": has_actions, **{k: submission[k] for k in SLS_KEYS}}
 
 
+CHALLENGE_TAU_A = 1.0  # s: EPIC-KITCHENS-100's anticipation time (the observed video ends this long before the action)
+
+
 def submit(scores: dict, annotations: Annotations, task: str, out: str | Path, *, sls_pt: int, sls_tl: int,
            sls_td: int, with_actions: bool = False, source: str = "<scores>") -> dict:
     """Check ``scores`` against the test split, write the zip, re-check what was written; return the summary."""
@@ -284,6 +287,12 @@ def submit(scores: dict, annotations: Annotations, task: str, out: str | Path, *
     if made_for is not None and task in CHALLENGES and made_for != task:
         raise LeapError(f"these are {made_for} scores (meta.task), not {task} scores", path=source,
                         fix=f"pass --task {made_for}, or submit the scores of a model trained for {task}")
+    tau_a = (scores.get("meta") or {}).get("tau_a")
+    if task == "anticipation" and tau_a is not None and abs(float(tau_a) - CHALLENGE_TAU_A) > 1e-6:
+        raise LeapError(f"these scores were made on shards whose observed clips end {float(tau_a):g} s before each "
+                        f"action; EPIC's anticipation challenge observes up to {CHALLENGE_TAU_A:g} s before it",
+                        path=source, fix=f"build the test shards with --tau-a {CHALLENGE_TAU_A:g} (the default), "
+                                         "evaluate them and submit those scores")
     expected = expected_narration_ids(annotations)
     nv, nn = class_counts(annotations)
     check_scores(scores, expected, nv, nn, source)

@@ -283,7 +283,7 @@ def test_the_submit_hint_after_a_test_evaluation_runs_as_printed(pipeline, tmp_p
         f"leap submit --scores s.pt --task recognition --data ROOT --workdir {tmp_path / 'w'} --sls-pt PT --sls-tl TL --sls-td 3"
 
 
-def test_anticipation_evaluate_and_submit_with_actions(pipeline):
+def test_anticipation_evaluate_and_submit_with_actions(pipeline, tmp_path):
     root, work, run, _, _ = pipeline
     for split in ("train", "val", "test"):
         build(root, work, split=split, task="anticipation", tau_a=1.0, tau_o=1.0, context=2)
@@ -324,6 +324,14 @@ def test_anticipation_evaluate_and_submit_with_actions(pipeline):
     doc = sub.read_submission(work / "ant.zip")
     assert doc["challenge"] == "action_anticipation"
     assert all(len(e["action"]) == 100 for e in doc["results"].values())
+    # scores of shards that observe up to another time before the action break the challenge's rule: refused
+    scores = torch.load(arun / "eval" / "test" / "scores.pt", weights_only=False)
+    assert scores["meta"]["tau_a"] == 1.0
+    scores["meta"]["tau_a"] = 0.0
+    torch.save(scores, tmp_path / "t0.pt")
+    res = runner.invoke(app, ["submit", "--scores", str(tmp_path / "t0.pt"), "--task", "anticipation", "--data",
+                              str(root), "--workdir", str(work), "--out", str(tmp_path / "t0.zip"), *SLS])
+    assert "observes up to 1 s before it" in str(res.exception) and not (tmp_path / "t0.zip").exists()
     # recognition shards cannot be scored as anticipation
     res = runner.invoke(app, ["evaluate", "--split", "val", "--run", str(arun), "--checkpoint", "last",
                               "--workdir", str(work), "--data", str(root), "--shards", str(work / "shards" / "val")])
