@@ -1082,3 +1082,11 @@ def test_val_takes_the_vocabulary_of_training_parts_all_done_before_their_merge(
     (train / "manifest.json").unlink()
     r = build_split(root, "val", workdir=tmp_path, settings=settings(split="val"))
     assert r.manifest["targets"] == targets
+
+
+@pytest.mark.parametrize("kw", [{"tau_a": float("inf")}, {"tau_a": float("nan")}, {"tau_o": float("inf")},
+                                {"tau_a": -1.0}])
+def test_anticipation_times_that_are_not_finite_seconds_are_refused(kw):
+    """--tau-a inf ended in an OverflowError traceback (exit 1)."""
+    with pytest.raises(LeapError, match="both finite seconds"):
+        settings(task="anticipation", **kw)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import multiprocessing as mp
 import os
 import zlib
@@ -87,8 +88,9 @@ class ShardSettings:
             raise LeapError("--frames must be >= 1, --short-side >= 16 and --jpeg-quality in 1..100")
         if self.max_shard_size < 1 or self.max_count < 0:
             raise LeapError("--max-shard-size must be positive and --max-count >= 0")
-        if self.tau_a < 0 or self.tau_o <= 0 or self.context < 0:
-            raise LeapError("--tau-a must be >= 0, --tau-o > 0 and --context >= 0")
+        if not (math.isfinite(self.tau_a) and math.isfinite(self.tau_o)) or self.tau_a < 0 or self.tau_o <= 0 \
+                or self.context < 0:  # (inf reached the frame arithmetic: an OverflowError traceback)
+            raise LeapError("--tau-a must be >= 0, --tau-o > 0 (both finite seconds) and --context >= 0")
         if self.context_mode not in ("clips", "segments") or self.span_frames < 1:
             raise LeapError(f"anticipation context {self.context_mode!r} / span {self.span_frames}",
                             fix="use --anticipation-context clips (the paper's contiguous clips) or segments, and a "
