@@ -386,6 +386,8 @@ def test_anticipation_previous_segments_option(epic_root, tmp_path):
     assert b["context_video"].shape == (7, 2, 3, 2, 16, 16)
     i = b["narration_id"].index("P01_01_1")  # only P01_01_0 before it: context 0 absent, 1 present
     assert b["context_mask"][i].tolist() == [False, True] and b["context_video"][i, 0].abs().sum() == 0
+    assert blank and m["counts"]["blank"] == len(blank)  # counted (only each sample's JSON said it)
+    assert "observed clip" in m["settings"]["sampling"]
 
 
 # ---- bad input -----------------------------------------------------------------------------------------------

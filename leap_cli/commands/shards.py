@@ -115,6 +115,10 @@ def build_shards(
     console.print(table)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
+    if c.get("blank"):  # (anticipation: black clips the model learns labels from; the manifest counts them)
+        console.print(f"[yellow]note:[/] {c['blank']} of the {c['samples']} samples have no frame to observe (their "
+                      f"action starts within --tau-a {m['settings']['tau_a']:g} s of the video's start): stored black, "
+                      "\"blank\": true in their JSON", highlight=False)
     if m["skipped"]:
         console.print(f"[yellow]{len(m['skipped'])} segment(s) skipped[/] (listed in the manifest), by cause:")
         for line in _skipped_lines(m["skipped"]):

@@ -607,10 +607,12 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
                         rec["has_program"] = tgt is not None
                         rec["targets"] = tgt
                         fields["json"] = json.dumps(rec, ensure_ascii=False, sort_keys=True).encode("utf-8")
-                        sink.add(key, sample_bytes(key, fields),
-                                 {"verb_class": seg.verb_class, "noun_class": seg.noun_class,
-                                  "has_program": tgt is not None, "video": seg.video_id,
-                                  "frame_size": list(jpeg_size(fields[frame_field(0)]))})
+                        entry = {"verb_class": seg.verb_class, "noun_class": seg.noun_class,
+                                 "has_program": tgt is not None, "video": seg.video_id,
+                                 "frame_size": list(jpeg_size(fields[frame_field(0)]))}
+                        if rec.get("blank"):  # (anticipation: no frame to observe before the action)
+                            entry["blank"] = True
+                        sink.add(key, sample_bytes(key, fields), entry)
                         written += 1
                     done_count += 1
                     if progress:
@@ -674,16 +676,20 @@ def _manifest(settings: ShardSettings, shards: list[dict], trailing: list[dict],
         c = Counter(x[name] for x in samples if x[name] is not None)
         hist[name] = {str(k): v for k, v in sorted(c.items())}
     with_prog = sum(1 for x in samples if x["has_program"])
+    blank = sum(1 for x in samples if x.get("blank"))
+    sampling = ("centres of T equal chunks of the observed clip (anticipation) (1-based frames)"
+                if settings.task == "anticipation" else "centres of T equal chunks of the segment (1-based frames)")
     return {
         "format": FORMAT,
         "split": settings.split,
         "task": settings.task,
-        "settings": {**asdict(settings), "sampling": "centres of T equal chunks of the segment (1-based frames)",
+        "settings": {**asdict(settings), "sampling": sampling,
                      "jpeg": "RGB, short side resized to short_side by the frame reader, never upscaled: a source "
                              "whose short side is no larger is stored at its own size (frame_sizes)"},
         "part": {"index": shard.index, "count": shard.count},
         "counts": {"segments": segments, "samples": len(samples), "skipped": len(skipped),
-                   "with_program": with_prog, "without_program": len(samples) - with_prog, "shards": len(shards)},
+                   "with_program": with_prog, "without_program": len(samples) - with_prog, "shards": len(shards),
+                   **({"blank": blank} if settings.task == "anticipation" else {})},
         "histograms": hist,
         "frame_sizes": frame_sizes(samples),
         "targets": targets_manifest,
