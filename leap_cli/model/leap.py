@@ -194,7 +194,8 @@ class LeapModel(nn.Module):
     ) -> torch.Tensor:
         """Greedy program decoding: LongTensor [B, L, K] of token rows (S-Verb, Obj(A), Obj(B)[, hand, kind]). END is
         the last id of each vocabulary (the shards manifest's convention); rows after the first END row are -100,
-        as in the targets. The program describes the clip's own action, so context clips do not change it."""
+        as in the targets. The program is the one the decoder predicts from this clip (recognition: the clip's own
+        action's; anticipation: the coming action's, as the shards' targets are), so context clips do not change it."""
         if self.decoder is None or self.program_spec is None:
             raise LeapError("this model has no program heads", fix="build it with model_args.program")
         feature, tokens = self.encode(video)
