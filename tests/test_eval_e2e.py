@@ -634,6 +634,7 @@ def test_evaluate_names_the_missing_parts_of_sharded_val_shards(pipeline, tmp_pa
                                    "--out", str(tmp_path / "eval")])
     assert isinstance(res.exception, LeapError), res.output
     assert "parts [1] of 2 are missing" in str(res.exception) and "--shard i/2" in str(res.exception)
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "eval.lock").exists()  # it left them made, empty
     (val / "manifest.shard0of2.json").unlink()
     res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", str(run), "--workdir", str(work),
                                    "--data", str(root), "--shards", str(val), "--device", "cpu"])

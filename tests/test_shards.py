@@ -1092,3 +1092,13 @@ def test_anticipation_times_that_are_not_finite_seconds_are_refused(kw):
     """--tau-a inf ended in an OverflowError traceback (exit 1)."""
     with pytest.raises(LeapError, match="both finite seconds"):
         settings(task="anticipation", **kw)
+
+
+def test_a_model_of_more_frames_than_the_shards_hold_is_warned_of(built, caplog):
+    """A model of 8 frames on shards of 4 repeated each frame, without a word."""
+    r, _ = built
+    with caplog.at_level("WARNING"):
+        ShardDataset(r.out, train=False, num_frames=4, img_size=16)
+        assert "frames are repeated" not in caplog.text
+        ShardDataset(r.out, train=False, num_frames=8, img_size=16)
+    assert "the shards hold 4 frames per clip, the model takes 8: frames are repeated" in caplog.text

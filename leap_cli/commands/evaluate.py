@@ -35,6 +35,16 @@ def _table(result: dict) -> Table:
     return table
 
 
+def _remove_if_left_empty(made: list[Path]) -> None:
+    """The folders in ``made`` (deepest first), where they hold nothing, and the lock file beside each."""
+    import contextlib
+
+    for folder in made:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+            folder.with_name(folder.name + ".lock").unlink(missing_ok=True)
+
+
 def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, annotations: Path | None) -> str:
     """The `leap submit` of these scores with the options given here that submit reads too (the annotations
     and the work directory), quoted for the shell, and the supervision levels: TD 3 (`leap train` trains on the
@@ -161,20 +171,25 @@ def evaluate(
         # where the scores and the metrics go, checked before the model runs (not after an hour of scoring); with
         # --out the run's own eval/SPLIT (what `leap submit` is pointed at) is not written
         dest = out if out is not None else run_dir / "eval" / split
+        made = [p for p in (Path(dest), *Path(dest).parents) if not p.exists()]  # (removed again if it fails)
         check_writable(dest, "--out" if out is not None else "--run (its eval/ folder), or pass --out")
-        if split != "test":  # the labels the scores will meet, read before the model runs (not after an hour)
-            ann = open_annotations(workdir, data, annotations)
-            ann.segments(split)
-        views = ViewConfig(temporal_views, spatial_views)
-        with live_or_log(Progress(TextColumn("[bold]scoring[/] {task.description}"), BarColumn(),
-                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True),
-                         "scoring") as bar:
-            job = bar.add_task(f"{split} x{views.count} views", total=None)
-            loaded, scores_path = evaluate_run(
-                run_dir, split, workdir=workdir, checkpoint=checkpoint, task=task, shards=shards, views=views,
-                batch_size=batch_size, workers=workers, device=device, precision=precision,
-                allow_partial=allow_partial_load, compile=compile, out=dest,
-                on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n))
+        try:
+            if split != "test":  # the labels the scores will meet, read before the model runs (not after an hour)
+                ann = open_annotations(workdir, data, annotations)
+                ann.segments(split)
+            views = ViewConfig(temporal_views, spatial_views)
+            with live_or_log(Progress(TextColumn("[bold]scoring[/] {task.description}"), BarColumn(),
+                                      MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True),
+                             "scoring") as bar:
+                job = bar.add_task(f"{split} x{views.count} views", total=None)
+                loaded, scores_path = evaluate_run(
+                    run_dir, split, workdir=workdir, checkpoint=checkpoint, task=task, shards=shards, views=views,
+                    batch_size=batch_size, workers=workers, device=device, precision=precision,
+                    allow_partial=allow_partial_load, compile=compile, out=dest,
+                    on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n))
+        except BaseException:  # a refused evaluation leaves none of the folders it made (nor their locks)
+            _remove_if_left_empty(made)
+            raise
         task = loaded["meta"]["task"]
         console.print(escape(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s), "
                              f"checkpoint {loaded['meta']['checkpoint']})"), highlight=False)

@@ -98,6 +98,10 @@ class ShardDataset(IterableDataset):
         self.step_width = 5 if "structure" in targets else 3  # [verb, obj_a, obj_b(, hand, kind)]: programs.targets
         self.context = int(self.manifest["settings"].get("context", 0)) if self.manifest.get("task") == "anticipation" else 0
         self.stats = {"samples": 0, "padding": 0, "errors": 0}
+        stored = int(self.manifest["settings"].get("frames", num_frames))
+        if stored < num_frames and self.rank == 0:  # (a model of 8 frames trained on 4 stored ones, without a word)
+            log.warning("%s: the shards hold %d frames per clip, the model takes %d: frames are repeated (build-shards "
+                        "--frames %d stores as many)", self.folder, stored, num_frames, num_frames)
 
     # ---- which samples this consumer reads -------------------------------------------------------------
     def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
