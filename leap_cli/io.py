@@ -390,6 +390,10 @@ def stored_settings(output: str | Path) -> dict | None:
     return _stored_settings(Path(output), "--force", warn=False)
 
 
+class MixedParts(LeapError):
+    """A file merged from ``--shard`` parts made with other settings than each other (``_stored_settings``)."""
+
+
 def _stored_settings(output: Path, option: str, *, warn: bool = True, force: bool = False) -> dict | None:
     """The settings ``output`` was made with: its sidecar's; for a file merged from ``--shard`` parts (README:
     ``cat X.shard*of16.jsonl > X.jsonl``) without one, those of the parts' sidecars where they agree (where they
@@ -412,7 +416,7 @@ def _stored_settings(output: Path, option: str, *, warn: bool = True, force: boo
         odd = [x for g in groups.values() if g is not most for x in g]
         changes = sorted({c for _, st in odd for c in settings_changes(most[0][1], st)})
         name = lambda p: p.name[: -len(SETTINGS_SUFFIX)]  # noqa: E731
-        raise LeapError(f"was merged from --shard parts made with other settings: {', '.join(name(p) for p, _ in odd)} "
+        raise MixedParts(f"was merged from --shard parts made with other settings: {', '.join(name(p) for p, _ in odd)} "
                         f"against {name(most[0][0])}"
                         + (f" and {len(most) - 1} more" if len(most) > 1 else "")
                         + f": {', '.join(changes[:6])}" + (" ..." if len(changes) > 6 else ""),

@@ -34,8 +34,8 @@ from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, merged_
 from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import (JsonlAppender, check_settings, iter_jsonl, merge_command, read_jsonl, stable_hash,
-                         stored_settings)
+from leap_cli.io import (JsonlAppender, MixedParts, check_settings, iter_jsonl, merge_command, read_jsonl,
+                         stable_hash, stored_settings)
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, OfflineBackend, OpenAIBackend,
                                        Request, RetryPolicy, check_extra_body)
@@ -179,9 +179,9 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
         source = f"descriptors {path}"
         try:
             extracted = stored_settings(path)
-        except LeapError as e:  # a sidecar that is not a JSON object: the descriptors' settings are not known
-            if e.record == "settings":  # a merge of parts extracted with other options than each other
-                raise
+        except MixedParts:  # a merge of parts extracted with other options than each other
+            raise
+        except LeapError:  # a sidecar that is not a JSON object: the descriptors' settings are not known
             extracted = None
         if extracted is not None:
             extracted.pop("split", None)
