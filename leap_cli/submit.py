@@ -278,9 +278,11 @@ def check_submission(submission: dict, expected_ids: Sequence[str], num_verbs: i
 CHALLENGE_TAU_A = 1.0  # s: EPIC-KITCHENS-100's anticipation time (the observed video ends this long before the action)
 
 
-def submit(scores: dict, annotations: Annotations, task: str, out: str | Path, *, sls_pt: int, sls_tl: int,
-           sls_td: int, with_actions: bool = False, source: str = "<scores>") -> dict:
-    """Check ``scores`` against the test split, write the zip, re-check what was written; return the summary."""
+def check_submittable(scores: dict, annotations: Annotations, task: str, source: str = "<scores>"
+                      ) -> tuple[list[str], int, int]:
+    """Refuse scores that `leap submit` cannot turn into a valid ``task`` submission (their task, the
+    anticipation time of their shards, the test split's narration ids, the class counts, finite values); return
+    (the test split's narration ids, verbs, nouns)."""
     from leap_cli.evaluate.scores import scores_task  # (torch: not imported by `leap submit --check`)
 
     made_for = scores_task(scores)
@@ -296,6 +298,13 @@ def submit(scores: dict, annotations: Annotations, task: str, out: str | Path, *
     expected = expected_narration_ids(annotations)
     nv, nn = class_counts(annotations)
     check_scores(scores, expected, nv, nn, source)
+    return expected, nv, nn
+
+
+def submit(scores: dict, annotations: Annotations, task: str, out: str | Path, *, sls_pt: int, sls_tl: int,
+           sls_td: int, with_actions: bool = False, source: str = "<scores>") -> dict:
+    """Check ``scores`` against the test split, write the zip, re-check what was written; return the summary."""
+    expected, nv, nn = check_submittable(scores, annotations, task, source)
     write_submission(out, make_submission(scores, task, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
                                           with_actions=with_actions, lazy=True))
     return check_submission(read_submission(out), expected, nv, nn, str(out))

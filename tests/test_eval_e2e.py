@@ -394,6 +394,20 @@ def test_a_test_evaluation_says_which_segments_build_shards_skipped(pipeline, tm
     assert "1 segment(s) were skipped by build-shards and have no scores" in caplog.text
     assert "P01_03_12: frame 1420 requested but the video has 1408 frames)" in caplog.text
     assert "leap submit needs every test segment" in caplog.text
+    assert "Next: leap submit" in res.output  # (the skipped one is not a test segment of these annotations)
+    # with it in the test split, the scores lack it: evaluate printed "Next: leap submit ..." for scores that
+    # submit then refused; it says submit's refusal instead
+    ann = tmp_path / "annotations"
+    shutil.copytree(root / "annotations", ann)
+    csv = ann / "EPIC_100_test_timestamps.csv"
+    last = csv.read_text().splitlines()[-1].split(",")
+    csv.write_text(csv.read_text() + ",".join(["P01_03_12"] + last[1:]) + "\n")
+    res = CliRunner().invoke(app, ["evaluate", "--split", "test", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--annotations", str(ann), "--shards", str(shards), "--device", "cpu",
+                                   "--out", str(tmp_path / "eval")], env={"COLUMNS": "300"})
+    assert res.exit_code == 0, res.output
+    assert "Next:" not in res.output
+    assert "leap submit would refuse them: " in res.output and "have no scores: P01_03_12" in res.output
 
 
 def test_show_a_segment_build_shards_skipped_says_why_and_still_writes_the_page(pipeline, tmp_path):

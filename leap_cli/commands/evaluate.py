@@ -62,6 +62,27 @@ def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, a
     return shlex.join(args + ["--sls-pt", "PT", "--sls-tl", "TL", "--sls-td", "3"])
 
 
+def _submit_refusal(scores: dict, task: str, workdir: Path, data: Path | None, annotations: Path | None,
+                    source: Path) -> str | None:
+    """Why `leap submit` would refuse these test scores (its own checks), or None; None too where the test
+    split's annotations are not found here (submit is then given them)."""
+    from leap_cli.epic.annotations import open_annotations
+    from leap_cli.errors import LeapError
+    from leap_cli.submit import check_submittable
+
+    try:
+        ann = open_annotations(workdir, data, annotations)
+        if not ann.has_split("test"):
+            return None
+    except LeapError:
+        return None
+    try:
+        check_submittable(scores, ann, task, str(source))
+    except LeapError as e:
+        return e.one_line()
+    return None
+
+
 def evaluate(
     split: str = typer.Option(..., "--split", help="val (metrics) or test (scores only, for `leap submit`); train "
                                                     "is scored too (a check of fit)."),
@@ -194,6 +215,11 @@ def evaluate(
         console.print(escape(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s), "
                              f"checkpoint {loaded['meta']['checkpoint']})"), highlight=False)
         if split == "test":
+            refusal = _submit_refusal(loaded, task, workdir, data, annotations, scores_path)
+            if refusal:  # (not "Next: leap submit" for scores it would refuse)
+                console.print(escape(f"test split: no labels, scores only; leap submit would refuse them: {refusal}"),
+                              style="yellow", highlight=False)
+                return
             # soft_wrap: a long command is not broken by inserted newlines, so it pastes as printed
             command = _submit_command(scores_path, task, workdir, data, annotations)
             console.print(escape(f"test split: no labels, scores only. Next: {command}"), highlight=False,
