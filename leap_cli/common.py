@@ -272,6 +272,14 @@ def missing_workdir(error: LeapError) -> Path | None:
     return None
 
 
+def given_options(ctx, *names: str) -> list[str]:
+    """The options among the parameters ``names`` that were given on the command line (not left at their
+    defaults), as the command spells them (``--tau-o``)."""
+    # (by the enum member's name: newer typer releases carry their own copy of click's ParameterSource)
+    return [p.opts[0] for p in ctx.command.params
+            if p.name in names and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]
+
+
 def lowercase(value: str | None) -> str | None:
     """A choice option's value as its choices are spelt (``--task Recognition``, ``--backend OFFLINE``: split
     names were taken in any case, these were refused); the typer callback of such options."""

@@ -1102,3 +1102,26 @@ def test_a_model_of_more_frames_than_the_shards_hold_is_warned_of(built, caplog)
         assert "frames are repeated" not in caplog.text
         ShardDataset(r.out, train=False, num_frames=8, img_size=16)
     assert "the shards hold 4 frames per clip, the model takes 8: frames are repeated" in caplog.text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tau-a", "2"], "--tau-a sets how anticipation shards are built; these are recognition shards"),
+    (["--context", "3", "--span-frames", "128"], "--context, --span-frames set how anticipation shards"),
+    (["--task", "anticipation", "--tau-o", "3"], "--tau-o applies to --anticipation-context segments only"),
+    (["--task", "anticipation", "--anticipation-context", "segments", "--span-frames", "64"],
+     "--span-frames applies to --anticipation-context clips only"),
+])
+def test_options_for_what_the_build_does_not_do_are_refused(tmp_path, args, message):
+    """`build-shards --split val --tau-a 2` (no --task anticipation) built recognition shards without a word, and
+    --tau-o did nothing in the default clips mode. Refused before any work."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    res = CliRunner().invoke(app, ["build-shards", "--split", "val", "--workdir", str(tmp_path), *args])
+    assert isinstance(res.exception, LeapError), res.output
+    assert message in str(res.exception)
+    assert list(tmp_path.iterdir()) == []
+    ok = CliRunner().invoke(app, ["build-shards", "--split", "val", "--workdir", str(tmp_path), "--task",
+                                  "anticipation", "--tau-a", "2", "--context", "1"])
+    assert "applies to" not in str(ok.exception) and "sets how" not in str(ok.exception)

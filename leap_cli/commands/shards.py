@@ -11,7 +11,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase, normalize_split, workdir_option
+from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, given_options, lowercase, normalize_split,
+                             workdir_option)
 from leap_cli.errors import LeapError
 from leap_cli.progress import live_or_log
 
@@ -36,6 +37,7 @@ def register(app: typer.Typer) -> None:
 
 
 def build_shards(
+    ctx: typer.Context,
     data: Path = typer.Option(None, "--data", help="Dataset root in the EPIC layout (default WORKDIR/kitchen)."),
     split: str = typer.Option(..., "--split", help="train, val (validation) or test."),
     programs: Path = typer.Option(None, "--programs", help="Program records (default WORKDIR/programs/SPLIT.jsonl; "
@@ -83,6 +85,7 @@ def build_shards(
 
     split = normalize_split(split)
     spec = ShardSpec.parse(shard)
+    _refuse_unused(ctx, task, anticipation_context)
     settings = ShardSettings(split=split, task=task, frames=frames, short_side=short_side, jpeg_quality=jpeg_quality,
                              max_shard_size=parse_size(max_shard_size), max_count=max_count, tau_a=tau_a,
                              tau_o=tau_o, context=context if task == "anticipation" else 0,
@@ -130,6 +133,25 @@ def build_shards(
     for line in outcome.lines():
         console.print(escape(line), style="red", highlight=False)
     outcome.exit(strict)
+
+
+def _refuse_unused(ctx: typer.Context, task: str, mode: str) -> None:
+    """Refuse options given for what this build does not do (they were silently ignored: a `--tau-a 2` without
+    `--task anticipation` built recognition shards)."""
+    if task != "anticipation":
+        unused = given_options(ctx, "tau_a", "tau_o", "context", "anticipation_context", "span_frames")
+        if unused:
+            raise LeapError(f"{', '.join(unused)} set{'s' if len(unused) == 1 else ''} how anticipation shards are "
+                            f"built; these are {task} shards", fix=f"add --task anticipation, or drop {unused[0]}")
+        return
+    unused = given_options(ctx, "tau_o" if mode == "clips" else "span_frames")
+    if unused:
+        other = "segments" if mode == "clips" else "clips"
+        raise LeapError(f"{unused[0]} applies to --anticipation-context {other} only; {mode} mode "
+                        + ("observes --context + 1 clips of --span-frames source frames each" if mode == "clips"
+                           else "observes the --tau-o seconds ending --tau-a before the action, then the previous "
+                                "segments"),
+                        fix=f"drop {unused[0]}, or pass --anticipation-context {other}")
 
 
 def _skip_cause(x: dict) -> str:
