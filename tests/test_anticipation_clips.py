@@ -195,7 +195,15 @@ def test_validation_shards_of_another_task_or_fewer_context_clips_are_refused_be
     with pytest.raises(LeapError, match=r"the shards hold 1 context clip\(s\) before each action, the model takes 2 "
                                         r"\(rebuild them with --context 2, or set model.anticipation_context 1\)"):
         ShardSource(train, fewer, cfg, DistInfo())
-    assert ShardSource(train, train, cfg, DistInfo()).val is not None
+    with caplog.at_level("WARNING"):
+        source = ShardSource(train, train, cfg, DistInfo())
+        assert source.val is not None and "observe otherwise" not in caplog.text
+        assert source.timing == {"tau_a": 1.0, "context_mode": "clips", "span_frames": 8}  # kept in checkpoints
+        # validation shards of another anticipation time chose best.pt without a word
+        later = build(root, tmp_path / "t2", task="anticipation", context=2, span_frames=8, tau_a=2.0).out
+        ShardSource(train, later, cfg, DistInfo())
+    assert ("the validation shards observe otherwise than the training shards (tau_a 2.0 s, clips of 8 source "
+            "frames, training: tau_a 1.0 s, clips of 8 source frames)") in caplog.text
 
 
 def test_more_context_clips_than_the_model_takes_feed_it_the_latest():

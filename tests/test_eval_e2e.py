@@ -283,7 +283,7 @@ def test_the_submit_hint_after_a_test_evaluation_runs_as_printed(pipeline, tmp_p
         f"leap submit --scores s.pt --task recognition --data ROOT --workdir {tmp_path / 'w'} --sls-pt PT --sls-tl TL --sls-td 3"
 
 
-def test_anticipation_evaluate_and_submit_with_actions(pipeline, tmp_path):
+def test_anticipation_evaluate_and_submit_with_actions(pipeline, tmp_path, caplog):
     root, work, run, _, _ = pipeline
     for split in ("train", "val", "test"):
         build(root, work, split=split, task="anticipation", tau_a=1.0, tau_o=1.0, context=2)
@@ -315,6 +315,16 @@ def test_anticipation_evaluate_and_submit_with_actions(pipeline, tmp_path):
         assert res.exit_code == 0, res.output
     m = json.loads((arun / "eval" / "val" / "metrics.json").read_text())
     assert m["task"] == "anticipation" and set(m["anticipation"]) == {"overall", "unseen", "tail"}
+    # a run trained on shards of another anticipation time: its figures here are for another task, said
+    ckpt = torch.load(arun / "checkpoints" / "last.pt", weights_only=True)
+    ckpt["shards_timing"] = {"tau_a": 2.0, "context_mode": "clips", "span_frames": 256}
+    save_checkpoint(arun / "checkpoints" / "t2.pt", ckpt)
+    with caplog.at_level("WARNING"):
+        res = runner.invoke(app, ["evaluate", "--split", "val", "--checkpoint", str(arun / "checkpoints" / "t2.pt"),
+                                  "--workdir", str(work), "--data", str(root), "--out", str(tmp_path / "t2")])
+    assert res.exit_code == 0, res.output
+    assert ("these shards observe otherwise than the run's training shards (tau_a 1.0 s, clips of 256 source frames; "
+            "training: tau_a 2.0 s, clips of 256 source frames)") in caplog.text
     assert 0.0 <= m["anticipation"]["overall"]["action"]["mt5r"] <= 1.0
     assert m["anticipation"]["tail"]["verb"]["mt5r"] is None  # no tail lists in this root
     res = runner.invoke(app, ["submit", "--scores", str(arun / "eval" / "test" / "scores.pt"), "--task",

@@ -233,6 +233,18 @@ def _manifest_task(folder: Path) -> str | None:
         return None  # the shards reader reports a broken manifest with its own message
 
 
+def _same_timing(run_timing: dict | None, manifest: dict, folder: Path) -> None:
+    """Warn where anticipation shards observe otherwise than the run's training shards did (another --tau-a: the
+    figures are for another anticipation time; `leap submit` checks the challenge's 1 s itself)."""
+    from leap_cli.shards.dataset import anticipation_timing, timing_text
+
+    timing = anticipation_timing(manifest)
+    if run_timing and timing and timing != run_timing:
+        log.warning("%s: these shards observe otherwise than the run's training shards (%s; training: %s): the figures "
+                    "are for another anticipation time than the model learnt", folder, timing_text(timing),
+                    timing_text(run_timing))
+
+
 def _same_targets(run_targets: dict | None, shard_targets: dict | None, folder: Path, split: str, task: str) -> bool:
     """Whether the shards' program targets are in the run's vocabulary (the one its training shards had); if not
     (shards built against other training shards), they cannot be compared with its predictions: said once, and
@@ -314,6 +326,7 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
     batch_size = batch_size or int((config.get("data") or {}).get("eval_batch_size", 4))
     batches, total = shard_batches(folder, ckpt["model_args"], views, batch_size=batch_size, workers=workers)
     same_targets = _same_targets(ckpt.get("targets"), batches.dataset.manifest.get("targets"), folder, split, task)
+    _same_timing(ckpt.get("shards_timing"), batches.dataset.manifest, folder)
     if on_start:
         on_start(total)
     scores = predict(model, batches, views=views, device=device, program=True, precision=precision,

@@ -325,6 +325,25 @@ def loader_workers(asked: int, option: str, samples: int | None = None, batch_si
     return workers
 
 
+def anticipation_timing(manifest: dict) -> dict | None:
+    """When anticipation shards observe (the build settings that set it: tau_a, the context mode, and the clips'
+    span or the observed window's length), or None for recognition shards."""
+    if manifest.get("task") != "anticipation":
+        return None
+    settings = manifest.get("settings") or {}
+    mode = settings.get("context_mode", "clips")
+    keys = ("tau_a", "context_mode", "span_frames" if mode == "clips" else "tau_o")
+    return {k: settings.get(k) for k in keys}
+
+
+def timing_text(timing: dict) -> str:
+    """``tau_a 1 s, clips of 256 source frames`` (for messages)."""
+    text = f"tau_a {timing.get('tau_a')} s"
+    if timing.get("context_mode") == "segments":
+        return text + f", previous segments and a {timing.get('tau_o')} s observed window"
+    return text + f", clips of {timing.get('span_frames')} source frames"
+
+
 def check_context(ds: "ShardDataset", context: int, option: str | None, folder: Path) -> None:
     """Refuse, before any work, shards that hold fewer context clips than the model takes (``option`` names where
     the model's count is set); more are fine (the model takes the latest). It failed at the first batch: for

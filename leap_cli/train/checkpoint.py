@@ -4,7 +4,8 @@ A checkpoint is a dict of tensors and primitives only::
 
     {"model": state_dict, "model_args": dict, "config": dict (resolved Config.to_dict()),
      "optimizer": state_dict, "scheduler": dict, "scaler": dict, "step": int, "epoch": int,
-     "best_metric": float, "best_key": str, "rng": {...},
+     "best_metric": float, "best_key": str, "rng": {...}, "targets": dict | None (the program vocabulary),
+     "shards_timing": dict | None (anticipation: tau_a and the context of the training shards),
      "data_position": {"epoch": int, "batches": int, "world_size": int, "order": int}}
 
 Files: ``runs/NAME/checkpoints/last.pt`` (every ``train.checkpoint_every`` steps, each epoch and at the end)

@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from leap_cli.errors import LeapError
-from leap_cli.shards.dataset import ShardDataset, check_context, collate_clips, loader_worker_init, loader_workers
+from leap_cli.shards.dataset import (ShardDataset, anticipation_timing, check_context, collate_clips, loader_worker_init,
+                                    loader_workers, timing_text)
 from leap_cli.shards.format import part_counts
 from leap_cli.train.config import Config
 from leap_cli.train.distributed import DistInfo
@@ -60,6 +61,7 @@ class ShardSource:
                         counts.get("segments", 0), counts["skipped"])
         self.num_verbs, self.num_nouns = class_counts(manifest, self.train_dir / "manifest.json")
         self.program_targets = manifest.get("targets")
+        self.timing = anticipation_timing(manifest)  # (kept in the checkpoints: evaluate compares its shards')
         if not manifest.get("counts", {}).get("with_program"):
             self.program_targets = None  # no program heads: nothing would train them
             if cfg.loss.program_loss:
@@ -87,6 +89,11 @@ class ShardSource:
                                                       "or set data.val to them")
                 if task == "anticipation":
                     check_context(self.val, cfg.model.anticipation_context, "model.anticipation_context", val_dir)
+                    val_timing = anticipation_timing(self.val.manifest)
+                    if val_timing != self.timing and info.is_main:  # (best.pt chosen at another anticipation time)
+                        log.warning("%s: the validation shards observe otherwise than the training shards (%s, "
+                                    "training: %s): validation, and the choice of best.pt, measure another "
+                                    "anticipation time", val_dir, timing_text(val_timing), timing_text(self.timing))
                 vcounts = self.val.manifest.get("counts") or {}
                 if vcounts.get("skipped") and info.is_main:  # (best.pt is chosen on the segments there are)
                     log.warning("%s: the validation shards hold %d of the split's %d segments (%d skipped by "

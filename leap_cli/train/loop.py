@@ -550,6 +550,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": state.step,
                 "targets": source.program_targets,  # the token vocabularies, to read predicted programs back
+                "shards_timing": getattr(source, "timing", None),  # anticipation: when the training shards observe
                 "epoch": state.epoch, "best_metric": state.best_metric, "best_key": BEST_METRIC[cfg.data.task],
                 "rng": rng_state(),
                 "data_position": {"epoch": state.epoch, "batches": state.batches, "world_size": info.world_size,
