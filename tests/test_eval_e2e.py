@@ -617,6 +617,11 @@ def test_resuming_a_finished_run_says_it_is_finished(pipeline):
     assert res.exit_code == 0, res.output
     assert "the run is finished" in res.output and "epoch 2 of 1" not in res.output, res.output
     assert (last.stat().st_mtime_ns, last.read_bytes()) == before
+    # its summary gives the last validation's figures, from metrics.jsonl (it gave none: none ran now)
+    val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["split"] == "val"][-1]
+    row = next(line for line in res.output.splitlines() if "val verb_top1 (step" in line)
+    assert f"(step {val['step']})" in row and f"{val['verb_top1']:.2f}" in row
 
 
 def test_loaders_start_no_more_workers_than_cpus_and_batches(monkeypatch) -> None:

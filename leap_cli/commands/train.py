@@ -100,11 +100,30 @@ def train(
     table.add_row("optimizer steps", str(result.steps))
     table.add_row("epochs", str(result.epochs))
     table.add_row("seconds", f"{result.seconds:.1f}")
+    last_eval, at = result.last_eval, ""
+    if not last_eval:  # a finished run resumed: no validation ran now; its last one, from metrics.jsonl
+        last_eval = _last_validation(result.run_dir / "metrics.jsonl", result.steps)
+        at = f" (step {last_eval['step']})" if last_eval else ""
     for key in ("verb_top1", "noun_top1", "action_top1", "action_mt5r", "loss"):
-        if key in result.last_eval:
-            table.add_row(f"val {key}", f"{result.last_eval[key]:.2f}")
+        if key in last_eval:
+            table.add_row(f"val {key}{at}", f"{last_eval[key]:.2f}")
     best = {"action_mt5r": "action mt5r"}.get(result.best_key, "action top-1")  # what picked best.pt (also when
     # a finished run is resumed: no validation ran, last_eval is empty)
     table.add_row(f"best val {best}", "-" if result.best_metric < 0 else f"{result.best_metric:.2f}")
     table.add_row("checkpoints", str(result.run_dir / "checkpoints"))
     console.print(table)
+
+
+def _last_validation(path: Path, step: int) -> dict:
+    """The run's last validation record at or before ``step`` in its metrics.jsonl ({} if none or unreadable)."""
+    from leap_cli.errors import LeapError
+    from leap_cli.io import iter_jsonl
+
+    last: dict = {}
+    try:
+        for _, rec in iter_jsonl(path):
+            if isinstance(rec, dict) and rec.get("split") == "val" and int(rec.get("step", -1)) <= step:
+                last = rec
+    except (LeapError, OSError, TypeError, ValueError):
+        return {}
+    return last
