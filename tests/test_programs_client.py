@@ -408,13 +408,17 @@ def test_generate_programs_exits_3_when_every_record_failed(workdir, good_progra
                 "--model", "test-model", "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY",
                 "--max-retries", "0", "--out", str(workdir / out)]
 
-    with ScriptedServer(lambda body, n: Reply(status=400, content="bad request")) as server:
+    def too_long(body):  # a refusal of each prompt of its own (its length), as a context limit words it
+        return Reply(status=400, raw=json.dumps({"error": {"message": f"the prompt of {narration_id_of(body)} is too "
+                                                                      "long for this model", "type": "test"}}))
+
+    with ScriptedServer(lambda body, n: too_long(body)) as server:
         res = CliRunner().invoke(app, args(server, "down.jsonl"))
     assert res.exit_code == 3, res.output
     assert f"all {N_SEGMENTS} records failed" in " ".join(res.output.split())
     first = sorted(good_programs)[0]
     script = lambda body, n: (Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
-                              if narration_id_of(body) == first else Reply(status=400, content="bad request"))
+                              if narration_id_of(body) == first else too_long(body))
     with ScriptedServer(script) as server:
         res = CliRunner().invoke(app, args(server, "some.jsonl"))
     assert res.exit_code == 0, res.output  # some failed: listed, the job went on

@@ -164,6 +164,74 @@ def test_a_server_that_answers_every_request_with_an_error_in_a_200_stops_the_st
         assert len(server.requests) == 2
 
 
+def test_instant_errors_with_requests_in_flight_stop_the_stage_without_walking_the_split(workdir):  # noqa: F811
+    """With several requests in flight and errors that come at once, a new request was always out when one failed,
+    so the stop waited for the last segment: every record of the split was written failed (QA: 119 of 120)."""
+    body = json.dumps({"error": "model requires more system memory (12.0 GiB) than is available (4.0 GiB)"})
+    with ScriptedServer(lambda req, n: Reply(raw=body)) as server:
+        with pytest.raises(LeapError, match="answered with an error: .*more system memory"):
+            generate_programs(config(workdir, server, concurrency=3))
+        assert len(server.requests) <= 3 + 1  # those sent before the second failure: not every segment
+    out = workdir / "programs" / "val.jsonl"
+    assert not out.exists() or [r["status"] for r in records(workdir)] == ["failed"]  # the first, before the stop
+
+
+def test_the_same_400_for_every_request_stops_the_stage_and_a_too_large_max_tokens_is_not_switched(workdir):  # noqa: F811
+    """A 400 every request gets alike (max_tokens over the model's limit, an --extra-body key it refuses) wrote
+    every record failed; and "max_tokens is too large" was taken for "this model takes max_completion_tokens"."""
+    body = {"error": {"message": "max_tokens is too large: 20000. This model supports at most 16384 completion tokens, "
+                      "whereas you provided 20000.", "type": "invalid_request_error", "param": "max_tokens",
+                      "code": "invalid_value"}}
+    with ScriptedServer(lambda req, n: Reply(status=400, raw=json.dumps(body))) as server:
+        with pytest.raises(LeapError) as err:
+            generate_programs(config(workdir, server, concurrency=2))
+        assert all("max_tokens" in b and "max_completion_tokens" not in b for b in server.requests)
+        assert len(server.requests) <= 3
+    line = err.value.one_line()
+    assert "every request so far was refused (HTTP 400): max_tokens is too large: 20000" in line and "--max-tokens" in line
+
+
+def test_a_fatal_error_keeps_the_replies_in_flight(workdir, good_programs):  # noqa: F811
+    """A quota error while other requests were on the wire cancelled them at once: paid, and asked again on
+    resume. They are answered and written first; the ones not yet sent stay pending."""
+    first = sorted(good_programs)[0]
+    quota = {"error": {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                       "code": "insufficient_quota"}}
+
+    def script(req, n):
+        if narration_id_of(req) == first:
+            return Reply(status=429, raw=json.dumps(quota), delay=0.2)
+        return Reply(json.dumps(good_programs[narration_id_of(req)]), delay=1.0)
+
+    with ScriptedServer(script) as server:
+        with pytest.raises(LeapError, match="no quota left"):
+            generate_programs(config(workdir, server, concurrency=3))
+        asked = {narration_id_of(b) for b in server.requests}
+    written = {r["narration_id"]: r["status"] for r in records(workdir)}
+    assert len(asked) == 3 and written == {i: "valid" for i in asked - {first}}  # the two in flight, kept
+    # the command shows what was done and spent before the error's line (it showed the line alone)
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    with ScriptedServer(script) as server:
+        res = CliRunner().invoke(app, ["generate-programs", "--workdir", str(workdir), "--split", "val", "--backend",
+                                       "openai", "--model", "test-model", "--base-url", server.base_url,
+                                       "--api-key-env", "LEAP_TEST_KEY", "--out", str(workdir / "cli.jsonl")],
+                                 env={"COLUMNS": "200"})
+    assert isinstance(res.exception, LeapError) and "no quota left" in str(res.exception)
+    assert "valid / invalid / failed" in res.output and "estimated cost of this run" in res.output
+
+
+def test_a_redirect_stops_the_stage_naming_where(workdir):  # noqa: F811
+    with ScriptedServer(lambda req, n: Reply(status=307, raw="", headers={"Location": "https://example.org/v1/chat/completions"})) as server:
+        with pytest.raises(LeapError) as err:
+            generate_programs(config(workdir, server, concurrency=2))
+        assert len(server.requests) <= 2
+    assert "HTTP 307, a redirect to https://example.org/v1/chat/completions" in err.value.one_line()
+    assert "--base-url" in err.value.one_line()
+
+
 def test_requests_still_waiting_for_a_reply_keep_the_stage_going(workdir, good_programs):  # noqa: F811
     """Two segments the server refuses with 500s while the others are still being generated (a slow model): the
     stage stopped once the two had failed for good, cancelling the replies in flight (paid, and bought again)."""

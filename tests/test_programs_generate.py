@@ -176,8 +176,11 @@ def test_500_retried_then_fails_after_max_retries(workdir, good_programs):
 
 
 def test_retry_errors_with_a_limit_keeps_the_failed_records_it_does_not_redo(workdir, good_programs):
-    # (a 400 fails its record; a 500 for every request stops the stage: test_programs_endpoints.py)
-    with ScriptedServer(lambda body, n: Reply(status=400)) as server:
+    # (a 400 of its own fails its record; a 500, or the same 400, for every request stops the stage:
+    # test_programs_endpoints.py)
+    refused = lambda body, n: Reply(status=400, raw=json.dumps(  # noqa: E731
+        {"error": {"message": f"the prompt of {narration_id_of(body)} is too long"}}))
+    with ScriptedServer(refused) as server:
         s = generate_programs(config(workdir, server, limit=3, max_retries=0))
         assert s.statuses == {"failed": 3}
     with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
@@ -835,8 +838,9 @@ def test_a_model_that_refuses_max_tokens_and_temperature_is_sent_what_it_takes(w
 
 
 def test_other_400s_still_fail_the_record(workdir):
-    def script(body, n):
-        return Reply(status=400, raw=json.dumps({"error": {"message": "Invalid 'messages[1].content': too long.",
+    def script(body, n):  # (each its own: the same 400 for every request stops the stage)
+        return Reply(status=400, raw=json.dumps({"error": {"message": f"Invalid 'messages[1].content': too long "
+                                                                      f"({narration_id_of(body)}).",
                                                            "param": "messages", "code": "invalid_value"}}))
 
     with ScriptedServer(script) as server:

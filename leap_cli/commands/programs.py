@@ -187,6 +187,8 @@ def generate_programs(
         import signal
 
         signal.raise_signal(summary.interrupted)
+    if summary.error is not None:  # (after what was done and spent: the error is the last line, exit 2)
+        raise summary.error
     for nid, msg in summary.failures[:10]:
         console.print(f"[red]{printable(nid, one_line=True)}[/]: {printable(msg, one_line=True)}", highlight=False)
     if len(summary.failures) > 10:

@@ -223,7 +223,11 @@ class OpenAIBackend(Backend):
         # of the unbroken run of failures since the start, the requests it covers; None once one succeeded
         self._ids = itertools.count()
         self._streak: tuple[str, set[int]] | None = ("", set())
-        self._outstanding: set[int] = set()  # the requests not answered or failed for good yet
+        # what stops the stage once no attempt is on the wire (the replies of those, paid, are kept): such a run
+        # of failures (a reply before then lifts it), or an error no request can get past (a key refused, no
+        # quota left); no attempt is sent meanwhile
+        self._stop: LeapError | None = None
+        self._stop_fatal = False
         # a server that stopped answering after it had (see ``_failed``): the time of the last reply, the
         # requests failed for good since; while held, the limit to go back to, since when, the probes failed
         self.answered = 0
@@ -344,6 +348,9 @@ class OpenAIBackend(Backend):
             while True:
                 if self._halted:
                     raise Halted
+                if self._stop is not None:  # nothing more is sent; the stop comes once the wire is empty
+                    await self._stopped()
+                    continue  # (a reply lifted it)
                 if self._held is not None and not queued:
                     self._turns.append(rid)
                     queued = True
@@ -370,6 +377,31 @@ class OpenAIBackend(Backend):
     def _release(self) -> None:
         self._active -= 1
         self._wake()
+
+    async def _stopped(self) -> None:
+        """Wait while attempts are on the wire (their replies are kept), then raise the stop (``_stop``), unless
+        a reply lifted it meanwhile (a run of failures that was not the server's)."""
+        loop = asyncio.get_running_loop()
+        while self._stop is not None and self._active > 0:
+            fut = loop.create_future()
+            self._waiters.append(fut)
+            try:
+                await fut
+            finally:
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+        if self._stop is not None:
+            e = self._stop
+            raise LeapError(e.message, path=e.path, record=e.record, fix=e.fix)
+
+    async def _fatal(self, error: LeapError) -> None:
+        """An error every request would meet (a key refused, no quota left, a redirect): send nothing more; the
+        requests waiting for a slot or a retry end pending; raise it once the attempts on the wire are answered
+        (it cancelled them: their replies, paid, were lost and asked for again on resume)."""
+        if not self._stop_fatal:
+            self._stop, self._stop_fatal = error, True
+        self.halt()
+        await self._stopped()
 
     def _wake(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -398,6 +430,9 @@ class OpenAIBackend(Backend):
 
     def _answered(self) -> None:
         self._streak = None  # the server works: failures from now on are the records'
+        if self._stop is not None and not self._stop_fatal:
+            self._stop = None  # (the requests waiting to be sent go on)
+            self._wake()
         self.answered += 1
         now = asyncio.get_running_loop().time()
         if self._held is not None:
@@ -426,16 +461,18 @@ class OpenAIBackend(Backend):
                 f"{clock(self.HOLD_FOR)}")
 
     # what a failed attempt means for its request (``_failed``)
-    COUNTS, PROBE, GIVE_UP = "counts", "probe", "give up"
+    COUNTS, PROBE, GIVE_UP, STOP = "counts", "probe", "give up", "stop"
 
     def _failed(self, rid: int, cause: str, final: bool, line: str, fix: str, sent_held: bool = False) -> str:
         """A failed attempt: ``COUNTS`` against the request's retries (as always), ``PROBE`` (a held server's
         probe: not counted, try again after ``_pause_until``) or ``GIVE_UP`` (fail the request now).
 
-        Before any reply: count it towards the run of same-cause failures since the start; stop the stage when a
-        request fails for good, ``STOP_AFTER`` requests failed this way, and every request still out has failed
-        this way too (one still waiting for its reply may yet be answered: a slow model's replies outlast the
-        retries of a request the server refuses, and stopping would lose them, paid).
+        Before any reply: count it towards the run of same-cause failures since the start; when a request fails
+        for good and ``STOP_AFTER`` requests failed this way, ``STOP``: nothing more is sent, and the stage stops
+        once the attempts on the wire are answered (one may yet be answered: a slow model's replies outlast the
+        retries of a request the server refuses, and stopping at once would lose them, paid); a reply meanwhile
+        lifts the stop. (It waited for every request still out to fail this way: with failures that come at once,
+        new requests kept going out, and a whole split was written failed.)
 
         After replies: ``HOLD_AFTER`` requests in a row failed for good hold the server: one request in flight,
         the waiting ones in turn, each failure a probe that waits longer for the next, up to the retry policy's
@@ -448,8 +485,10 @@ class OpenAIBackend(Backend):
             if self._streak[0] != cause:
                 self._streak = (cause, set())
             self._streak[1].add(rid)
-            if final and len(self._streak[1]) >= self.STOP_AFTER and self._outstanding <= self._streak[1]:
-                raise LeapError(line, fix=fix)
+            if final and len(self._streak[1]) >= self.STOP_AFTER:
+                if self._stop is None:
+                    self._stop = LeapError(line, fix=fix)
+                return self.STOP
             return self.COUNTS
         now = asyncio.get_running_loop().time()
         if self._held is None:
@@ -480,11 +519,9 @@ class OpenAIBackend(Backend):
 
     async def complete(self, request: Request) -> Completion:
         rid = next(self._ids)
-        self._outstanding.add(rid)
         try:
             return await self._complete(request, rid)
         finally:
-            self._outstanding.discard(rid)
             self._probed.pop(rid, None)
 
     async def _complete(self, request: Request, rid: int) -> Completion:
@@ -517,6 +554,8 @@ class OpenAIBackend(Backend):
                 if verdict == self.PROBE:
                     free += 1  # a probe of a held server: the next waits (_pause_until)
                     continue
+                if verdict == self.STOP:
+                    await self._stopped()  # (returns where a reply came meanwhile: this request failed for good)
                 final = final or verdict == self.GIVE_UP
                 if final:
                     raise BackendError(redact(f"{what} after {attempts} attempts: {e}"), attempts,
@@ -530,7 +569,7 @@ class OpenAIBackend(Backend):
                 break
             message = _error_message(resp)
             param = _refused_param(resp, message) if status == 400 else None
-            if param in ("max_tokens", "temperature"):
+            if param in ("max_tokens", "temperature") and _not_taken(resp, message):
                 if param not in adapted and self._adapt(param):
                     adapted.add(param)  # each at most once per request: a server that refuses it again fails it
                     continue
@@ -538,17 +577,31 @@ class OpenAIBackend(Backend):
                 self._step_down(sent, status, message)  # (stops the stage if it cannot step down)
                 continue
             if status in (400, 422):
+                if self._streak is not None and self._failed(  # (before any reply: the same refusal of every request)
+                        rid, f"HTTP {status}: {message}", True, f"every request so far was refused (HTTP {status}): "
+                        f"{message[:200]}", "check what the server accepts (--model, --max-tokens, --extra-body, "
+                        "--response-format; its log says more)", sent_held) == self.STOP:
+                    await self._stopped()
                 raise BackendError(f"request refused ({status}): {message}", attempts, time.perf_counter() - start)
             if status == 429 and _error_code(resp) == "insufficient_quota":
-                raise LeapError(f"the account has no quota left (HTTP 429: {message[:120]})",
-                                fix=f"check the plan and billing of the account of the key in ${self.api_key_env}")
+                await self._fatal(LeapError(f"the account has no quota left (HTTP 429: {message[:200]})",
+                                            fix=f"check the plan and billing of the account of the key in "
+                                                f"${self.api_key_env}"))
+            if 300 <= status < 400:  # (http:// to an https:// site, a path the server moved)
+                where = resp.headers.get("location")
+                await self._fatal(LeapError(f"the endpoint answered HTTP {status}, a redirect"
+                                            + (f" to {where}" if where else ""),
+                                            fix="give --base-url as the address it redirects to (often https:// "
+                                                "for http://, or another path)"))
             if status in (401, 403):
                 # every other request would fail the same way: stop the stage (finished records are kept)
                 if _error_code(resp) == "model_not_found" or re.search(r"\bmodel\b", message, re.IGNORECASE):
-                    raise LeapError(f"the endpoint refused access to the model (HTTP {status}): {message[:120]}",
-                                    fix=f"check --model {self.model} and that the key's project may use that model")
-                raise LeapError(f"the endpoint refused the API key (HTTP {status}): {message[:120]}",
-                                fix=f"check the key in ${self.api_key_env} (or name another variable with --api-key-env)")
+                    await self._fatal(LeapError(f"the endpoint refused access to the model (HTTP {status}): "
+                                                f"{message[:200]}", fix=f"check --model {self.model} and that the "
+                                                                        "key's project may use that model"))
+                await self._fatal(LeapError(f"the endpoint refused the API key (HTTP {status}): {message[:200]}",
+                                            fix=f"check the key in ${self.api_key_env} (or name another variable with "
+                                                "--api-key-env)"))
             if status == 404:
                 if prefix != self._http.prefix:
                     continue  # sent before another request moved the base URL to /v1
@@ -564,9 +617,9 @@ class OpenAIBackend(Backend):
                     continue
                 said = (f"{self._given_url}: {self._given_said[:120]}; and from {self.base_url}: {message[:120]}"
                         if self._given_url else f"{self.base_url}: {message[:120]}")
-                raise LeapError(f"HTTP 404 from {said}",
-                                fix="check --model and --base-url (it usually ends in /v1, e.g. "
-                                    "http://localhost:8000/v1)")
+                await self._fatal(LeapError(f"HTTP 404 from {said}",
+                                            fix="check --model and --base-url (it usually ends in /v1, e.g. "
+                                                "http://localhost:8000/v1)"))
             if status in (408, 409, 429) or status >= 500:
                 server_wait = parse_retry_after(resp.headers)
                 if status == 429:
@@ -590,6 +643,8 @@ class OpenAIBackend(Backend):
                 if verdict == self.PROBE:
                     free += 1
                     continue
+                if verdict == self.STOP:
+                    await self._stopped()
                 final = final or verdict == self.GIVE_UP
                 if final:
                     raise BackendError(f"HTTP {status} after {attempts} attempts: {message}", attempts,
@@ -605,16 +660,19 @@ class OpenAIBackend(Backend):
             data = None
         if not isinstance(data, dict):
             shown = _error_message(resp, 120)
-            self._failed(rid, "not JSON", True, f"the endpoint answered with no JSON ({shown!r})",
-                         "check --base-url: it must be the API's address, usually ending in /v1, not a web page",
-                         sent_held)
+            if self._failed(rid, "not JSON", True, f"the endpoint answered with no JSON ({shown!r})",
+                            "check --base-url: it must be the API's address, usually ending in /v1, not a web page",
+                            sent_held) == self.STOP:
+                await self._stopped()
             raise BackendError(redact(f"the endpoint did not answer with a JSON object: {resp.body[:120]!r}"), attempts,
                                time.perf_counter() - start)
         problem = reply_problem(data)
         if problem:  # no reply to check, cache or repair: a failed request, which --retry-errors redoes
-            self._failed(rid, "an error in a 200 reply", True, redact(f"every request so far was answered with an "
-                                                                      f"error: {problem[:160]}"),
-                         "check the server's log (e.g. a model that does not fit in memory) and --model", sent_held)
+            if self._failed(rid, "an error in a 200 reply", True, redact(f"every request so far was answered with "
+                                                                         f"an error: {problem[:160]}"),
+                            "check the server's log (e.g. a model that does not fit in memory) and --model",
+                            sent_held) == self.STOP:
+                await self._stopped()
             raise BackendError(redact(problem), attempts, time.perf_counter() - start)
         self._answered()
         text = reply_text(data)
@@ -760,6 +818,15 @@ def _said(data: dict) -> str:
     if data.get("detail"):
         return _detail(data["detail"])
     return json.dumps(data, ensure_ascii=False)
+
+
+def _not_taken(resp: Response, message: str) -> bool:
+    """Whether a 400 naming a parameter says the model does not take it at all (``unsupported_parameter``: "Use
+    'max_completion_tokens' instead"; ``unsupported_value``: "Only the default (1) value is supported"), not that
+    its value is too large (``invalid_value``: "max_tokens is too large: 20000")."""
+    if _error_code(resp) in ("unsupported_parameter", "unsupported_value"):
+        return True
+    return bool(re.search(r"unsupported|not supported|max_completion_tokens|only the default", message, re.IGNORECASE))
 
 
 def _error_code(resp: Response) -> str | None:

@@ -143,6 +143,7 @@ class GenerateSummary:
     held_seconds: float = 0.0  # time the server did not answer and was held (asked one request at a time)
     timed_out: int = 0  # requests abandoned at --timeout (the endpoint may bill them)
     interrupted: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM), with reraise=False
+    error: LeapError | None = None  # with reraise=False: what stopped the stage (a key refused, a server down)
 
 
 @dataclass
@@ -705,7 +706,9 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             for t in tasks:  # a fatal error (bad key) stops the others before files are closed
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if stop.signum is None or not isinstance(e, asyncio.CancelledError):  # (not the requests abandoned)
+            if isinstance(e, LeapError) and stop.signum is None:
+                summary.error = e  # (raised by generate_programs once the files are closed and the summary made)
+            elif stop.signum is None or not isinstance(e, asyncio.CancelledError):  # (not the requests abandoned)
                 raise
         finally:
             if flusher is not None:
@@ -746,9 +749,12 @@ def generate_programs(cfg: GenerateConfig, *, on_record: Callable[[dict], None] 
     """Run the stage; finished records are on disk even if interrupted (Ctrl-C). ``on_waiting``: called with
     what the stage waits for while no reply can come (``Backend.waiting``, every ``WAITING_EVERY`` seconds while
     it changes), and with None when requests go their way again. A run stopped by SIGINT/SIGTERM raises that
-    signal again once its files are closed; with ``reraise=False`` it returns, ``summary.interrupted`` saying
-    which (so that a caller can show what was done and spent first, then raise it)."""
+    signal again once its files are closed, and one stopped by an error (a key refused, a server down) raises it;
+    with ``reraise=False`` it returns, ``summary.interrupted`` or ``summary.error`` saying which (so that a
+    caller can show what was done and spent first, then raise it)."""
     summary = asyncio.run(_generate(cfg, on_record, on_start, backend, on_waiting))
+    if reraise and summary.error is not None:
+        raise summary.error
     if reraise and summary.interrupted is not None:
         signal.raise_signal(summary.interrupted)
     return summary
