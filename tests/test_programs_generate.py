@@ -1043,6 +1043,19 @@ def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path)
     assert ingest_batch(other, results_file(tmp_path / "out5.jsonl", [err])) == {"failed": 1}
     rec = [r for r in read_jsonl(other.out_path) if r["narration_id"] == nids[1]][0]
     assert "out of memory" in rec["errors"][0]["message"]
+    # one file holding an expired batch's errors, then the retry's results for the same segments (cat of both):
+    # the failures were written and the paid results counted already present; and a per-request 400's reason
+    # was left out of its record
+    third = dataclasses.replace(cfg, out=workdir / "programs" / "third.jsonl")
+    bad = {"custom_id": nids[2], "response": {"status_code": 400, "body": {"error": {
+        "message": "Invalid schema for response_format 'action_program'"}}}}
+    both = results_file(tmp_path / "out6.jsonl", expired + [ok(nid) for nid in nids[2:]] + [ok(nid) for nid in nids[:2]])
+    assert ingest_batch(third, both) == {"valid": N_SEGMENTS, "already_present": 2}
+    assert {r["status"] for r in read_jsonl(third.out_path)} == {"valid"}
+    assert ingest_batch(other, results_file(tmp_path / "out7.jsonl", [bad])) == {"failed": 1}
+    rec = [r for r in read_jsonl(other.out_path) if r["narration_id"] == nids[2]][0]
+    assert rec["errors"][0]["message"] == ("batch request failed: HTTP 400: Invalid schema for response_format "
+                                           "'action_program'")
 
 
 def test_descriptors_extracted_anew_with_other_settings_are_refused(workdir, good_programs):

@@ -107,6 +107,12 @@ def _dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _failed_line(line: dict) -> bool:
+    """Whether a Batch output line is a failed request (an error, a status other than 200, no completion)."""
+    resp = _dict(line.get("response"))
+    return bool(line.get("error")) or resp.get("status_code") != 200 or bool(reply_problem(_dict(resp.get("body"))))
+
+
 def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     """Validate the Batch output and append its records to the programs file; a result that did not fail
     replaces a ``failed`` record (e.g. of an expired batch), and with ``cfg.retry_invalid`` an ``invalid`` one.
@@ -128,9 +134,20 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     old = read_jsonl(cfg.out_path) if cfg.out_path.exists() else []
     invalid = {r["narration_id"] for r in old if r.get("status") == "invalid"}
     replaced = {r["narration_id"] for r in old if r.get("status") == "failed"} | (invalid if cfg.retry_invalid else set())
+    # a segment with several results in the file (an expired batch's error lines, then the retry's output, in one
+    # file): its first result that did not fail is the one written (the failure was written before, and the paid
+    # result counted already present)
+    chosen: dict[str, int] = {}
+    for i, line in enumerate(lines):
+        j = chosen.get(line["custom_id"])
+        if j is None or (_failed_line(lines[j]) and not _failed_line(line)):
+            chosen[line["custom_id"]] = i
     with JsonlAppender(cfg.out_path, replace_keys=replaced) as out, ProgramStore(cfg.cache_path) as store:
         for i, line in enumerate(lines, start=1):
             nid = line["custom_id"]
+            if chosen[nid] != i - 1:
+                counts["already_present"] += 1  # (another result for it in this file is written)
+                continue
             info = gen.info(by_id[nid])
             resp = _dict(line.get("response"))
             body = _dict(resp.get("body"))
@@ -148,8 +165,9 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
                 findings = [Finding("", redact(f"batch request failed: {problem}"))]
             elif line.get("error") or code != 200:
                 status = "failed"
-                err = line.get("error") or {"message": f"HTTP {code}" if code is not None else
-                                            "the result line has no response.status_code"}
+                said = _dict(body.get("error")).get("message")  # (OpenAI's per-request error, e.g. a 400's reason)
+                err = line.get("error") or {"message": (f"HTTP {code}" + (f": {said}" if said else "")) if code is not None
+                                            else "the result line has no response.status_code"}
                 findings = [Finding("", redact(f"batch request failed: {err.get('message', err) if isinstance(err, dict) else err}"))]
             else:
                 text = redact(reply_text(body))
