@@ -1206,6 +1206,12 @@ def test_an_endpoint_that_reports_no_usage_is_warned_of_once(workdir, good_progr
 
     assert reply_usage({"usage": {"input_tokens": 7, "output_tokens": 3}}) == {
         "prompt_tokens": 7, "completion_tokens": 3}
+    # one count left out beside the total: the other from it (the completion was counted 0, free, unsaid)
+    assert reply_usage({"usage": {"prompt_tokens": 1000, "total_tokens": 1200}}) == {
+        "prompt_tokens": 1000, "completion_tokens": 200}
+    assert reply_usage({"usage": {"completion_tokens": 200, "total_tokens": 1200}}) == {
+        "prompt_tokens": 1000, "completion_tokens": 200}
+    assert reply_usage({"usage": {"total_tokens": 1200}}) == {"prompt_tokens": 0, "completion_tokens": 0}
 
     def script(body, n):
         data = completion(json.dumps(good_programs[narration_id_of(body)]))
@@ -1216,6 +1222,16 @@ def test_an_endpoint_that_reports_no_usage_is_warned_of_once(workdir, good_progr
         s = generate_programs(config(workdir, server, limit=3))
     assert s.statuses == {"valid": 3}
     assert caplog.text.count("the endpoint reports no token usage: the cost estimate and --max-cost") == 1
+
+    def prompt_only(body, n):  # the prompt's count alone: the completion was counted free without a word
+        data = completion(json.dumps(good_programs[narration_id_of(body)]))
+        data["usage"] = {"prompt_tokens": 1000}
+        return Reply(raw=json.dumps(data))
+
+    caplog.clear()
+    with ScriptedServer(prompt_only) as server:
+        generate_programs(config(workdir, server, limit=4, out=workdir / "p.jsonl"))  # (3 from the cache)
+    assert caplog.text.count("the endpoint reports no completion tokens: the cost estimate") == 1
 
 
 def test_cached_prompt_tokens_are_kept_in_the_record_and_the_cache(workdir, good_programs):

@@ -715,6 +715,10 @@ def reply_usage(data: dict) -> dict:
     u = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     usage = {"prompt_tokens": _count(u.get("prompt_tokens", u.get("input_tokens"))),
              "completion_tokens": _count(u.get("completion_tokens", u.get("output_tokens")))}
+    total = _count(u.get("total_tokens"))
+    if total and bool(usage["prompt_tokens"]) != bool(usage["completion_tokens"]):  # one of the two left out
+        missing = "completion_tokens" if usage["prompt_tokens"] else "prompt_tokens"
+        usage[missing] = max(0, total - usage["prompt_tokens"] - usage["completion_tokens"])
     details = u.get("prompt_tokens_details")
     cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     if cached:

@@ -416,10 +416,11 @@ class ProgramGenerator:
             finally:
                 self.in_flight -= 1
             usage = comp.usage
-            if not (usage.get("prompt_tokens") or usage.get("completion_tokens") or self._no_usage_told):
+            if not (usage.get("prompt_tokens") and usage.get("completion_tokens") or self._no_usage_told):
                 self._no_usage_told = True
-                log.warning("the endpoint reports no token usage: the cost estimate and --max-cost cannot work for "
-                            "this run")
+                log.warning("the endpoint reports %s: the cost estimate and --max-cost cannot work for this run",
+                            "no token usage" if not (usage.get("prompt_tokens") or usage.get("completion_tokens"))
+                            else "no " + ("completion" if usage.get("prompt_tokens") else "prompt") + " tokens")
             self.summary_requests += comp.attempts
             for k in self.usage:
                 self.usage[k] += usage.get(k, 0)
