@@ -223,6 +223,14 @@ def test_a_fatal_error_keeps_the_replies_in_flight(workdir, good_programs):  # n
     assert "valid / invalid / failed" in res.output and "estimated cost of this run" in res.output
 
 
+def test_a_streamed_reply_is_said_as_such(workdir):  # noqa: F811
+    """A proxy that always streams: every reply was "no JSON ... not a web page" (check --base-url)."""
+    sse = 'data: {"choices": [{"delta": {"content": "{"}}]}\n\ndata: [DONE]\n\n'
+    with ScriptedServer(lambda req, n: Reply(raw=sse, headers={"Content-Type": "text/event-stream"})) as server:
+        with pytest.raises(LeapError, match=r"streamed its reply \(text/event-stream\), leap reads whole replies"):
+            generate_programs(config(workdir, server, concurrency=1))
+
+
 def test_a_redirect_stops_the_stage_naming_where(workdir):  # noqa: F811
     with ScriptedServer(lambda req, n: Reply(status=307, raw="", headers={"Location": "https://example.org/v1/chat/completions"})) as server:
         with pytest.raises(LeapError) as err:

@@ -880,6 +880,8 @@ def test_extra_body_fields_are_sent_and_are_part_of_the_settings(workdir, good_p
         assert s.cache_hits == 2 and len(server.requests) == 4
     with pytest.raises(LeapError, match="may not replace the messages"):
         generate_programs(config(workdir, server, extra_body={"messages": []}))
+    with pytest.raises(LeapError, match="asks for a streamed reply"):  # (every reply failed "not JSON: a web page?")
+        generate_programs(config(workdir, server, extra_body={"stream": True}))
 
 
 @pytest.mark.parametrize("refusal", ["max_tokens", "temperature", "response_format"])
@@ -1513,3 +1515,26 @@ def test_a_part_begun_with_another_dealing_of_the_videos_is_refused(workdir):
                                         r"parts there are \(cat .*val\.shard\*of3\.jsonl > .*val\.jsonl\)"):
         generate_programs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(0, 3)))
     assert generate_programs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(1, 3))).out.exists()
+
+
+def test_the_model_that_served_a_reply_is_kept_beside_the_one_asked_for(workdir, good_programs, tmp_path):
+    """Live records kept only the model asked for (the dated snapshot that answered was lost), Batch records only
+    the served one."""
+    def script(body, n):
+        return Reply(raw=json.dumps(completion(json.dumps(good_programs[narration_id_of(body)]),
+                                               model="test-model-2026-01-01")))
+
+    with ScriptedServer(script) as server:
+        generate_programs(config(workdir, server, limit=2))
+        generate_programs(config(workdir, server, limit=2, out=workdir / "again.jsonl"))  # from the cache
+    for recs in (records(workdir), read_jsonl(workdir / "again.jsonl")):
+        assert [(r["provenance"]["model"], r["provenance"]["served_model"]) for r in recs] == \
+            [("test-model", "test-model-2026-01-01")] * 2
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test", out=workdir / "batch.jsonl", limit=1)
+    write_batch_file(cfg, tmp_path / "b.jsonl")
+    nid = read_jsonl(tmp_path / "b.jsonl")[0]["custom_id"]
+    line = {"custom_id": nid, "response": {"status_code": 200, "body": completion(
+        json.dumps(good_programs[nid]), model="gpt-test-2026-01-01")}}
+    ingest_batch(cfg, results_file(tmp_path / "o.jsonl", [line]))
+    (rec,) = read_jsonl(workdir / "batch.jsonl")
+    assert (rec["provenance"]["model"], rec["provenance"]["served_model"]) == ("gpt-test", "gpt-test-2026-01-01")

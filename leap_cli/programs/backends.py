@@ -660,7 +660,10 @@ class OpenAIBackend(Backend):
             data = None
         if not isinstance(data, dict):
             shown = _error_message(resp, 120)
-            if self._failed(rid, "not JSON", True, f"the endpoint answered with no JSON ({shown!r})",
+            streamed = "text/event-stream" in resp.headers.get("content-type", "")
+            if self._failed(rid, "not JSON", True, "the endpoint streamed its reply (text/event-stream), leap reads "
+                            "whole replies" if streamed else f"the endpoint answered with no JSON ({shown!r})",
+                            "check what in front of the server streams (a proxy, its settings)" if streamed else
                             "check --base-url: it must be the API's address, usually ending in /v1, not a web page",
                             sent_held) == self.STOP:
                 await self._stopped()
@@ -692,6 +695,8 @@ def check_extra_body(extra: dict | None) -> dict:
         raise LeapError("--extra-body must be a JSON object", fix='e.g. --extra-body \'{"reasoning_effort": "low"}\'')
     if "messages" in extra:
         raise LeapError("--extra-body may not replace the messages", fix="leave messages out of it")
+    if extra.get("stream"):
+        raise LeapError("--extra-body asks for a streamed reply; leap reads whole replies", fix="leave stream out of it")
     return extra
 
 

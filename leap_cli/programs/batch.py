@@ -152,11 +152,13 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
             resp = _dict(line.get("response"))
             body = _dict(resp.get("body"))
             usage = reply_usage(body)  # (cached tokens left out: the Batch price is half the live one as it is)
-            prov = {"backend": "openai-batch", "model": body.get("model") or cfg.model,
+            prov = {"backend": "openai-batch", "model": cfg.model,
                     "prompt_hash": builder.prompt(info).hash[:16], "attempts": 1,
                     "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]},
                     "seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": 1,
                     "cached": False, "batch_request_id": line.get("id")}
+            if body.get("model") and body["model"] != cfg.model:  # (as a live record: the name asked for, and this)
+                prov["served_model"] = str(body["model"])
             program, findings = None, []
             code = resp.get("status_code")
             problem = reply_problem(body) if code == 200 and not line.get("error") else None

@@ -340,7 +340,7 @@ class ProgramGenerator:
             prov["rounds"] = rnd + 1
             cut = False
             if hit is not None:
-                text, usage, _, cut = hit
+                text, usage, served, cut = hit
                 self.summary_hits += 1
                 latency, attempts = 0.0, 0
             else:
@@ -361,7 +361,9 @@ class ProgramGenerator:
                                 findings + [Finding("", f"{what}: {e}")])
                 text, usage, latency, attempts = comp.text, comp.usage, comp.seconds, comp.attempts
                 prov["attempts"] += attempts
-                cut = comp.cut
+                cut, served = comp.cut, comp.model
+            if served and served != self.backend.model:  # the snapshot the server answered with (a Batch record's
+                prov["served_model"] = served  # model is the served one)
             for k in ("prompt_tokens", "completion_tokens", "cached_tokens"):
                 if usage.get(k):
                     prov["usage"][k] = prov["usage"].get(k, 0) + usage[k]
