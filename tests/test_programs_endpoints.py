@@ -561,6 +561,29 @@ def test_a_connection_closed_mid_response_is_said_in_words():
     asyncio.run(main())
 
 
+def test_https_to_a_plain_http_server_says_use_http():
+    """It said "[SSL: WRONG_VERSION_NUMBER] ...: is the server running?"."""
+    from leap_cli.programs.http import HTTPClient, HTTPConnectionError
+
+    async def on_conn(reader, writer):
+        await reader.read(100)
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        client = HTTPClient(f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, timeout=5)
+        try:
+            with pytest.raises(HTTPConnectionError, match="plain http: give --base-url with http://"):
+                await client.post("/chat/completions", b"{}")
+        finally:
+            await client.aclose()
+            server.close()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("capacity", [1, 2])
 def test_the_429_note_suggests_what_the_server_took(monkeypatch, capacity):
     """A server that takes two requests at a time: halving the requests in flight went 6 -> 3 -> 1, and the

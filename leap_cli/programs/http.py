@@ -274,7 +274,10 @@ class HTTPClient:
                 conn.transport = await loop.start_tls(conn.transport, conn, self._ssl, server_hostname=self.host)
             return conn
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as e:
-            raise HTTPConnectionError(f"cannot connect to {self.host}:{self.port}: {e}") from None
+            plain = isinstance(e, ssl.SSLError) and "WRONG_VERSION_NUMBER" in str(e)  # (TLS to a plain http server)
+            raise HTTPConnectionError(f"cannot connect to {self.host}:{self.port}: {e}"
+                                      + (" (the server speaks plain http: give --base-url with http://)" if plain
+                                         else "")) from None
 
     async def _read_response(self, reader: _Conn, head_only: bool = False) -> tuple[Response, bool]:
         while True:
