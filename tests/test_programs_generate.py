@@ -1538,3 +1538,34 @@ def test_the_model_that_served_a_reply_is_kept_beside_the_one_asked_for(workdir,
     ingest_batch(cfg, results_file(tmp_path / "o.jsonl", [line]))
     (rec,) = read_jsonl(workdir / "batch.jsonl")
     assert (rec["provenance"]["model"], rec["provenance"]["served_model"]) == ("gpt-test", "gpt-test-2026-01-01")
+
+
+def test_a_full_output_disk_keeps_the_paid_replies_and_their_spend(workdir, good_programs, monkeypatch):
+    """The output's disk full (ENOSPC on a write of --out): the error ended the stage before the program cache
+    was committed, so its paid replies were asked (and paid) again and --max-cost's ledger missed their spend."""
+    import errno
+
+    from leap_cli.io import JsonlAppender
+    from leap_cli.programs.store import ProgramStore
+
+    write = JsonlAppender.write
+    calls = {"n": 0}
+
+    def full(self, record):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write(self, record)
+
+    monkeypatch.setattr(JsonlAppender, "write", full)
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    with ScriptedServer(script) as server:
+        with pytest.raises(OSError, match="No space left"):
+            generate_programs(config(workdir, server, concurrency=1))
+        paid = len(server.requests)
+        monkeypatch.setattr(JsonlAppender, "write", write)
+        with ProgramStore(workdir / "programs" / "cache.sqlite") as store:
+            assert store.spent(workdir / "programs" / "val.jsonl")["requests"] == paid >= 3
+        s = generate_programs(config(workdir, server, concurrency=1))  # the space freed: the rest, none paid twice
+        assert s.cache_hits >= 1 and len(server.requests) == N_SEGMENTS
+    assert len(records(workdir)) == N_SEGMENTS

@@ -672,7 +672,16 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                     result = await gen.run_one(record)
                 except NoMoreRequests:
                     return
-                appender.write(result)
+                try:
+                    appender.write(result)
+                except OSError as e:  # (the output's disk full): nothing more is sent; the replies in flight,
+                    if unwritten[0] is None:  # paid, are cached for the rerun; then the error ends the stage
+                        unwritten[0] = e
+                        gen._halted = True
+                        halt = getattr(backend, "halt", None)
+                        if halt is not None:
+                            halt()
+                    return
                 summary.statuses[result["status"]] += 1
                 if result["status"] != "valid":
                     summary.failures.append((result["narration_id"],
@@ -682,6 +691,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                 # (a backend that never waits, offline or cache hits, still lets Ctrl-C in: run_one's _turn)
 
         said: list[str | None] = [None]
+        unwritten: list[OSError | None] = [None]  # the first write of the output that failed
 
         async def watch() -> None:  # a held server on the progress line: minutes without a record say nothing
             while True:
@@ -705,6 +715,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         flusher = asyncio.ensure_future(flush()) if store is not None else None
         try:
             await asyncio.gather(*tasks)
+            if unwritten[0] is not None:
+                raise unwritten[0]
         except BaseException as e:
             for t in tasks:  # a fatal error (bad key) stops the others before files are closed
                 t.cancel()
@@ -736,10 +748,14 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             summary.steady_concurrency = backend.steady_limit or None
         summary.held_seconds = getattr(backend, "held_seconds", 0.0)
         summary.concurrency = cfg.concurrency
-        appender.close()
-        if store is not None:
-            store.close()
-        await backend.aclose()
+        try:
+            appender.close()
+        finally:  # (the output's disk full: the paid replies and their spend are still committed to the cache)
+            try:
+                if store is not None:
+                    store.close()
+            finally:
+                await backend.aclose()
         summary.seconds = time.perf_counter() - start
     summary.interrupted = stop.signum
     return summary

@@ -102,10 +102,22 @@ class ProgramStore:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="leap-store") if background else None
         self._flushing: tuple[dict, list, dict] | None = None  # the rows the writer thread is writing
         self._flush: Future | None = None
-        self.migrate()
+        try:
+            self.migrate()
+        except sqlite3.DatabaseError as e:  # (a full disk: a traceback)
+            raise self._damaged("opened", e) from None
 
     def _damaged(self, what: str, e: sqlite3.DatabaseError) -> LeapError:
-        return LeapError(f"the program cache cannot be {what} ({e})", path=self.path,
+        said = str(e)
+        if "readonly" in said or "unable to open" in said:  # the file or its folder (its -wal, -shm) not writable
+            return LeapError(f"the program cache cannot be {what}: {said}", path=self.path,
+                             fix=f"make {self.path.parent} and the cache files in it writable (it keeps the paid "
+                                 "replies and the spend of --max-cost), or give --out elsewhere and copy it there")
+        if "disk is full" in said or "disk I/O error" in said:
+            return LeapError(f"the program cache cannot be {what}: {said}", path=self.path,
+                             fix="free space on its disk (or lift the quota) and run the same command again: nothing "
+                                 "written is lost")
+        return LeapError(f"the program cache cannot be {what} ({said})", path=self.path,
                          fix="move it aside and run again: a new cache starts; the programs already written are "
                              "kept, but --max-cost no longer counts the spend recorded in the old one")
 
