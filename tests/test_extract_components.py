@@ -454,3 +454,31 @@ def test_hand_objects_of_either_format_find_a_segments_frames_by_bisection(tmp_p
     frames = video_hand_objects({}, SimpleNamespace(hand_objects_path=lambda video_id: path), "P01_01")
     assert frames.keys_sorted == numbers
     assert in_segment(frames, 100, 200) == [n for n in numbers if 100 <= n <= 200]
+
+
+def test_the_hand_an_object_is_near_does_not_depend_on_the_process(tmp_path):
+    """An object near each hand equally often got the hand a max over a set picked: by the process's string
+    hashing (PYTHONHASHSEED), so extract's clip text changed from run to run. The tie goes to the first."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+from types import SimpleNamespace as NS
+from leap_cli.epic.hand_objects import BBox
+from leap_cli.extract.detections import LabelledBox
+from leap_cli.extract.objects import summarise_objects
+
+box = lambda x: BBox(x, 0.4, x + 0.1, 0.5)
+per_frame = {n: [LabelledBox("cup", box(0.45), 0.9)] for n in (1, 2, 3, 4)}
+hand = lambda side, x: NS(bbox=box(x), score=0.9, side=NS(name=side))
+hands = {1: NS(hands=[hand("LEFT", 0.4)]), 2: NS(hands=[hand("RIGHT", 0.5)]),
+         3: NS(hands=[hand("RIGHT", 0.5)]), 4: NS(hands=[hand("LEFT", 0.4)])}
+ctx = NS(epic_frame_time=lambda n: n / 60, fps=60.0, segment=NS(duration=1.0))
+print(summarise_objects(per_frame, ctx, hands, 0.5)[0][0]["near_hand"])
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    seen = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": root}).stdout.strip()
+            for seed in range(1, 9)}
+    assert seen == {"left"}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from functools import lru_cache
 from pathlib import Path
 
@@ -192,7 +192,9 @@ def summarise_objects(per_frame: dict[int, list[LabelledBox]], ctx: SegmentConte
         xs = [b.bbox.center[0] for _, b, _ in hits]
         named = [b.names for _, b, _ in hits if b.names]
         nears = [x for _, _, x in hits if x]
-        near = max(set(nears), key=nears.count) if nears else None
+        # the hand it was near most often; a tie goes to the hand it was near first (a max over a set broke ties
+        # by the process's string hashing: another clip text from run to run)
+        near = Counter(nears).most_common(1)[0][0] if nears else None
         start = max(0.0, times[hits[0][0]])
         stop = round(min(times[hits[-1][0]] + step, duration), 3)
         obj = {"label": label, "start": round(start, 3), "stop": stop,

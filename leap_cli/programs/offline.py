@@ -508,7 +508,7 @@ def _spoken(name: str) -> str:
 def _forms(name: str) -> list[str]:
     """The ways a purpose may name an object: 'board:chopping', 'chopping board', 'board'."""
     out = [name, _spoken(name), name.split(":")[0]]
-    return sorted(set(out), key=len, reverse=True)
+    return sorted(dict.fromkeys(out), key=len, reverse=True)  # (a set's order of equal lengths varied by run)
 
 
 _EVIDENCE = re.compile(r"\s*\([^()]*\)")  # "(the clatter at 0.8 s)": what the exemplar's own clip showed
