@@ -185,16 +185,23 @@ def _print_error(text: str) -> None:
     err_console.print(f"[bold red]error:[/] {printable(where + text, one_line=True)}", highlight=False, soft_wrap=True)
 
 
-_OS_FIX = {
-    errno.ENOSPC: "free space on that file system or point --workdir/--out elsewhere; finished records were kept",
-    errno.EDQUOT: "free space within your quota or point --workdir/--out elsewhere; finished records were kept",
-    errno.EROFS: "the file system is read-only: point --workdir/--out at a writable folder",
-    errno.EACCES: "check the permissions of that path or point --workdir/--out at a folder you can write",
-    errno.EPERM: "check the permissions of that path or point --workdir/--out at a folder you can write",
+_OS_FIX = {  # ("the output options": --workdir, --out, or validate-programs' --report)
+    errno.ENOSPC: "free space on that file system or point the output options elsewhere, then run the same command "
+                  "again (the stages that resume keep their finished work)",
+    errno.EDQUOT: "free space within your quota or point the output options elsewhere, then run the same command "
+                  "again (the stages that resume keep their finished work)",
+    errno.EFBIG: "the file outgrew a file-size limit (ulimit -f, a job scheduler's) or the file system's: lift it or "
+                 "point the output options at another file system, then run the same command again",
+    errno.EROFS: "the file system is read-only: point the output options (--workdir, --out, --report) at a writable "
+                 "folder",
+    errno.EACCES: "check the permissions of that path or point the output options at a folder you can write",
+    errno.EPERM: "check the permissions of that path or point the output options at a folder you can write",
     errno.ENOENT: "check the path given to the option that names it",
     errno.EISDIR: "that path is a folder: give the path of a file",
     errno.ENOTDIR: "part of that path is a file where a folder is needed: give a folder",
     errno.EEXIST: "a file is in the way where a folder is needed: give another path or move that file",
+    errno.ENAMETOOLONG: "a name in that path is too long (leap writes a temporary file and a .settings.json beside "
+                        "an output: keep its name under ~200 bytes)",
 }
 
 
@@ -208,9 +215,24 @@ def os_error_line(e: OSError) -> str:
     return f"{where}{reason} ({fix})"
 
 
+def expand_home(args: list[str]) -> list[str]:
+    """``~`` at the start of an argument or of an option's value after ``=`` (``--workdir=~/x``, which the shell
+    leaves as it is) as the user's home: it made a folder named ``~`` in the current one."""
+    out = []
+    for a in args:
+        if a.startswith("~"):
+            a = os.path.expanduser(a)
+        elif a.startswith("--") and "=~" in a:
+            name, value = a.split("=", 1)
+            a = f"{name}={os.path.expanduser(value)}" if value.startswith("~") else a
+        out.append(a)
+    return out
+
+
 def main() -> None:
     _state["pid"] = os.getpid()
     signal.signal(signal.SIGTERM, _on_sigterm)
+    sys.argv[1:] = expand_home(sys.argv[1:])
     try:
         # Without standalone mode typer returns what click would have exited with: typer.Exit's code, or 130
         # after Ctrl-C (it catches the KeyboardInterrupt itself).

@@ -163,6 +163,24 @@ def test_full_disk_is_one_line_naming_the_path_and_keeps_data(tmp_path, epic_dir
     assert [p.name for p in (tmp_path / "programs").iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_a_file_size_limit_says_so_and_a_tilde_is_the_home_folder(tmp_path, monkeypatch, capsys):
+    """EFBIG said "check that path and run the same command again" (which failed alike under the same limit);
+    `--workdir=~/x` (the shell leaves a ~ after = as it is) made a folder named ~ in the current one."""
+    import errno
+
+    from leap_cli import cli
+
+    line = cli.os_error_line(OSError(errno.EFBIG, os.strerror(errno.EFBIG), "/w/programs/val.jsonl"))
+    assert line.startswith("/w/programs/val.jsonl: File too large") and "ulimit -f" in line
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cli.expand_home(["info", "--workdir=~/w", "--data", "~/d", "--x=a~b", "P01~1"]) == [
+        "info", f"--workdir={tmp_path}/w", "--data", f"{tmp_path}/d", "--x=a~b", "P01~1"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w").mkdir()
+    code, err = _main(monkeypatch, capsys, "validate-programs", "--workdir=~/w", "--split", "val")
+    assert not (tmp_path / "~").exists() and str(tmp_path / "w") in err, err
+
+
 def test_read_only_workdir_is_one_line(tmp_path, monkeypatch, capsys):
     import errno
     import tempfile
