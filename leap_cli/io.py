@@ -183,6 +183,33 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, if_changed: bool = Fals
     return True
 
 
+def writer_of(path: str | Path) -> str | None:
+    """Who is writing ``path`` now (``process PID on HOST``, or ``another leap process``) when a running leap
+    holds its ``OutputLock``, else None: a stage reading the output of one that is still running."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: never written by a leap that locks, or removed
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+        except OSError:
+            holder = []
+        return f"process {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another leap process"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # (drops the shared lock taken to look)
+    return None
+
+
 class OutputLock:
     """An exclusive lock on ``PATH.lock`` beside an output file: a second process writing the same output
     (two identical jobs started at once) is refused with a one-line error instead of writing every record

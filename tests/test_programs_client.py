@@ -269,6 +269,19 @@ def test_build_shards_revalidates_programs(tmp_path):
                                    str(tmp_path / "work"), "--frames", "2", "--short-side", "32", "--overwrite"])
     assert res.exit_code == 0, res.output
     assert "5 program records failed re-validation" in " ".join(res.output.split())
+    # a line replaced by a later one of its id (a rerun's) is not re-validated: it was listed as failing while
+    # the segment got the later, valid program
+    broken = dict(genuine[0], program={"action": None})  # P01_02_2's earlier line, replaced by genuine's
+    write_programs(tmp_path / "work" / "programs" / "train.jsonl", [broken] + semantic[1:] + genuine)
+    r = build(root, tmp_path / "work", programs=False, frames=2, overwrite=True)
+    failed = {x["narration_id"] for x in r.manifest["programs"]["failed_validation"]}
+    assert failed == {"P01_01_2"} and r.manifest["counts"]["with_program"] == 1
+    # programs still being written (a generate-programs running): packed without a word, most samples programless
+    from leap_cli.io import OutputLock
+
+    with OutputLock(tmp_path / "work" / "programs" / "train.jsonl"):
+        r = build(root, tmp_path / "work", programs=False, frames=2, overwrite=True)
+    assert any("train.jsonl is still being written by process" in n and "with --force" in n for n in r.notes)
 
 
 def test_https_through_a_connect_proxy(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -1569,3 +1570,30 @@ def test_a_full_output_disk_keeps_the_paid_replies_and_their_spend(workdir, good
         s = generate_programs(config(workdir, server, concurrency=1))  # the space freed: the rest, none paid twice
         assert s.cache_hits >= 1 and len(server.requests) == N_SEGMENTS
     assert len(records(workdir)) == N_SEGMENTS
+
+
+def test_descriptors_short_of_the_split_are_said_and_so_is_an_extract_still_writing_them(workdir, caplog):
+    """generate-programs took a descriptors file an extract was still writing (or had stopped early) without a
+    word, exited 0, and build-shards then packed the split with programs for part of it."""
+    from leap_cli.epic.annotations import read_segments
+    from leap_cli.io import OutputLock
+
+    segs = read_segments(workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv")
+    path = workdir / "descriptors" / "val.jsonl"
+    path.parent.mkdir()
+    path.write_text("".join(json.dumps(narration_record(s)) + "\n" for s in segs[:3]))
+    offline = GenerateConfig(workdir=workdir, split="val")
+    with caplog.at_level("WARNING"):
+        generate_programs(offline)
+    assert (f"{path} holds 3 of the {N_SEGMENTS} segments of val: the other {N_SEGMENTS - 3} get no program in this "
+            "run; run this command again after extract has finished them") in caplog.text
+    caplog.clear()
+    with OutputLock(path), caplog.at_level("WARNING"):  # as a running extract holds it
+        generate_programs(offline)
+    assert f"{path} is still being written by process {os.getpid()} on " in caplog.text
+    assert "run this command again once extract has finished" in caplog.text
+    caplog.clear()
+    path.write_text("".join(json.dumps(narration_record(s)) + "\n" for s in segs))
+    with caplog.at_level("WARNING"):
+        generate_programs(offline)
+    assert "segments of val" not in caplog.text

@@ -35,7 +35,7 @@ from leap_cli.epic.annotations import Annotations, Segment, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.io import (JsonlAppender, MixedParts, check_settings, iter_jsonl, merge_command, read_jsonl,
-                         stable_hash, stored_settings)
+                         stable_hash, stored_settings, writer_of)
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, OfflineBackend, OpenAIBackend,
                                        Request, RetryPolicy, check_extra_body)
@@ -204,8 +204,17 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
                         len(outside), split, ", ".join(outside[:3]))
             records = [r for r in records if r["narration_id"] in segments]
     # parts by the split's videos in annotation order, as extract's: part i of extract's part i is all of it
-    records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]),
-                               order=[s.video_id for s in segments.values()])
+    order = [s.video_id for s in segments.values()]
+    records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]), order=order)
+    if source.startswith("descriptors") and segments:  # (a run on what exists so far gets no word of the rest)
+        wanted = len(cfg.shard.select(list(segments.values()), key=lambda s: s.video_id, order=order))
+        if len(records) < wanted:
+            who = writer_of(path)
+            log.warning("%s %s %d of the %d segments of %s%s: the other %d get no program in this run; run this "
+                        "command again %s (it adds what is new)", path, "is still being written by " + who +
+                        ", which holds so far" if who else "holds", len(records), wanted, split, cfg.shard.suffix,
+                        wanted - len(records), "once extract has finished" if who else
+                        "after extract has finished them (an extract stopped early: run it again)")
     return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted)
 
 

@@ -38,7 +38,8 @@ from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
-from leap_cli.io import JsonlAppender, OutputLock, atomic_write_json, read_jsonl, sha256_file, stable_hash, with_path
+from leap_cli.io import (JsonlAppender, OutputLock, atomic_write_json, read_jsonl, sha256_file, stable_hash, with_path,
+                         writer_of)
 from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.shards.format import (FORMAT, check_key, check_part_count, frame_field, jpeg_size, made_with,
@@ -714,9 +715,15 @@ def frame_sizes(samples: list[dict]) -> dict[str, list[int]]:
 
 
 def read_programs(path: str | Path | None) -> list[dict] | None:
+    """The program records of ``path`` as generate-programs leaves them: of the lines of one narration id, the last
+    (a line replaced by a later run); lines that are not records are kept for re-validation to name them."""
     if path is None or not Path(path).exists():
         return None
-    return read_jsonl(path)
+    records = read_jsonl(path)
+    last = {r["narration_id"]: i for i, r in enumerate(records)
+            if isinstance(r, dict) and isinstance(r.get("narration_id"), str)}
+    return [r for i, r in enumerate(records)
+            if not (isinstance(r, dict) and isinstance(r.get("narration_id"), str)) or last[r["narration_id"]] == i]
 
 
 def input_hashes(files: dict[str, Path | None]) -> dict[str, Any]:
@@ -816,6 +823,9 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         raise LeapError("program file not found", path=prog_path, fix="run leap generate-programs or fix --programs")
     programs = read_programs(prog_path)
     notes: list[str] = []
+    if programs is not None and (who := writer_of(prog_path)):  # (samples of the rest would have no program)
+        notes.append(f"{prog_path} is still being written by {who}: its {len(programs)} records so far are used; "
+                     "once generate-programs has finished, run build-shards again with --force (the programs changed)")
     failures: list[dict] = []
     if programs is not None:
         # "valid" in a file is not trusted (a tampered or hand-edited file, another split's programs): each is checked
