@@ -353,3 +353,19 @@ def test_an_object_the_clip_narrates_keeps_its_role(exemplars, verbs, nouns):
     subs = list(_subs(p["steps"]))
     assert (subs[0]["verb"], subs[0]["object_a"]) == ("take", "towel"), subs[0]
     assert all(s["object_a"] == "towel" or s["object_b"] == "towel" for s in subs), subs
+
+
+def test_no_exemplar_step_means_another_action_in_epic_classes(exemplars, verbs):  # noqa: F811
+    """mix-salad's loop step was toss(salad, bowl): EPIC's class file lists toss under throw, so every program
+    copied from it (26 of 90 real 'mix' segments) put the salad's mixing under throw. A step whose verb EPIC
+    files under a class that names a different kind of act than the exemplar's own (throw in a mixing) is
+    wrong in the targets; the classes below are those no exemplar should step through unless it is its action."""
+    from leap_cli.programs.vocab import resolve_verb
+
+    for ex in exemplars:
+        own = ex.program["action"]["verb_class"]
+        for step in _subs(ex.program["steps"]):
+            cid = resolve_verb(step["verb"], verbs)
+            assert cid is not None, (ex.id, step["verb"])
+            assert verbs.keys[cid] not in {"throw", "eat", "drink"} or cid == own, \
+                (ex.id, step["verb"], verbs.keys[cid])
