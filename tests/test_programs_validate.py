@@ -439,6 +439,14 @@ def test_cli_generate_validate_and_strict(kitchen):
     r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(fixed), str(out)])
     assert r.exit_code == 1 and json.loads((kitchen / "programs" / "val.report.json").read_text())["statuses"][
         "invalid"] == 1
+    # a record stored invalid whose program passes now was counted valid, where build-shards leaves it out
+    fixed.write_text(json.dumps({**intact, "status": "invalid"}) + "\n")
+    r = runner.invoke(app, ["validate-programs", "--workdir", str(kitchen), "--strict", str(out), str(fixed)])
+    assert r.exit_code == 1
+    rep = json.loads((kitchen / "programs" / "val.report.json").read_text())
+    assert rep["statuses"]["invalid"] == 1 and rep["coverage"]["valid"] == 29
+    assert "stored invalid, though its checks pass now: build-shards uses only records stored valid" in \
+        rep["errors"][0]["errors"][0]["message"]
 
 
 def test_paths_with_brackets_print_as_text(kitchen):
