@@ -871,3 +871,25 @@ def test_the_summary_stays_readable_in_a_narrow_terminal(kitchen):
     assert r.exit_code == 0, r.output
     assert "…" not in r.output and "30/30 (100.0%)" in r.output
     assert any(line.split() == ["│", "records", "│", "30", "│"] for line in r.output.splitlines()), r.output
+
+
+def test_schema_findings_stay_one_short_line(exemplars):
+    """A program of too many steps was named with the whole array (a line of thousands of characters), a long
+    purpose with the whole string, and control flow nested too deep as "type 'loop' is not one of sub_action"."""
+    wash = next(e for e in exemplars if e.id == "wash-plate").program
+    many = {**copy.deepcopy(wash), "steps": copy.deepcopy(wash["steps"]) * 13}
+    from leap_cli.programs.schema import load_schema
+
+    most = load_schema()["properties"]["steps"]["maxItems"]
+    (f,) = validate_program(many)
+    assert (f.pointer, f.message) == ("/steps", f"has {len(many['steps'])} items, more than the {most} allowed")
+    long = copy.deepcopy(wash)
+    long["steps"][0]["purpose"] = "x" * 500
+    (f,) = validate_program(long)
+    assert f.message.endswith("... is 500 characters long, more than the 200 allowed") and len(f.message) < 130
+    until = {"predicate": "clean", "args": ["plate"], "negated": False}
+    nest = {"type": "routine", "name": "r", "steps": copy.deepcopy(wash["steps"][:1])}
+    for _ in range(3):
+        nest = {"type": "loop", "until": until, "steps": [nest]}
+    deep = {**copy.deepcopy(wash), "steps": [nest]}
+    assert any("control flow is nested deeper than allowed" in f.message for f in validate_program(deep))

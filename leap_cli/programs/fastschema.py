@@ -31,6 +31,12 @@ _TYPES = {
 _CLASSES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
 
 
+
+def _shown(x) -> str:
+    """``repr(x)``, cut to 60 characters (a message quoting a long value stays one readable line)."""
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "..."
+
 def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
     defs = root.get("$defs", {})
     cache: dict[str, Check] = {}
@@ -137,8 +143,8 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
                     return
                 if lo is not None and len(x) < lo:
                     out.append((p, f"{x!r} should be non-empty" if lo == 1 else f"{x!r} is too short"))
-                if hi is not None and len(x) > hi:
-                    out.append((p, f"{x!r} is too long"))
+                if hi is not None and len(x) > hi:  # (the whole array in the message: a line of thousands)
+                    out.append((p, f"has {len(x)} items, more than the {hi} allowed"))
                 for i, v in enumerate(x):
                     if i < len(prefix):
                         prefix[i](v, (p, i), out)
@@ -163,7 +169,7 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
                 if lo is not None and len(x) < lo:
                     out.append((p, f"{x!r} should be non-empty" if lo == 1 else f"{x!r} is too short"))
                 if hi is not None and len(x) > hi:
-                    out.append((p, f"{x!r} is too long"))
+                    out.append((p, f"{_shown(x)} is {len(x)} characters long, more than the {hi} allowed"))
                 if rx is not None and not rx.search(x):
                     out.append((p, f"{x!r} does not match {rx.pattern!r}"))
             checks.append(string)
@@ -216,7 +222,11 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
                     elif disc not in x:
                         out.append((p, f"{disc!r} is a required property"))
                     elif not isinstance(x[disc], str) or x[disc] not in table:
-                        out.append(((p, disc), f"{disc} {x[disc]!r} is not one of {allowed}"))
+                        deep = disc == "type" and allowed == "sub_action" and x[disc] in ("loop", "conditional",
+                                                                                          "routine")
+                        out.append(((p, disc), f"type {x[disc]!r}: control flow is nested deeper than allowed (only "
+                                               "sub_action steps at this depth)" if deep else
+                                    f"{disc} {x[disc]!r} is not one of {allowed}"))
                     else:
                         table[x[disc]](x, p, out)
                 return dispatch
