@@ -109,7 +109,7 @@ def test_schema_findings_name_the_place(exemplars):
     assert "/steps/2/steps/0/type" in got and "jump" in got["/steps/2/steps/0/type"]
     assert "inside" in got["/pre/0/predicate"]
     assert "middle" in got["/steps/0/hand"]
-    assert "too long" in got["/post/0/args"]
+    assert got["/post/0/args"] == "has 2 items, more than the 1 allowed"
     assert validate_program([1])[0].pointer == ""
 
 
@@ -153,6 +153,18 @@ def test_chaining_preconditions(verbs, nouns):
     wash = S("wash", "plate", post=[C("clean", "plate")])
     got = messages(validate_semantics(prog([wash], pre=[C("dirty", "plate")], post=[C("dirty", "plate")]), verbs, nouns))
     assert got == [("/post/0", "postcondition dirty(plate) does not hold after the last step")]
+    # a negated precondition that fails does so because its fact holds, not for want of an earlier step
+    shut = S("close", "fridge", pre=[C("open", "fridge", neg=True)], post=[C("closed", "fridge")])
+    got = messages(validate_semantics(prog([shut], pre=[C("open", "fridge")], verb="close", noun="fridge"), verbs, nouns))
+    assert ("/steps/0/pre/0", "precondition not open(fridge) does not hold: open(fridge) holds here (the program's pre "
+            "or an earlier step makes it true)") in got
+    # a list of conditions that contradicts itself was valid (QA: pre [closed(fridge), open(fridge)])
+    got = messages(validate_semantics(prog([shut], pre=[C("closed", "fridge"), C("open", "fridge")], verb="close",
+                                           noun="fridge"), verbs, nouns))
+    assert ("/pre/1", "open(fridge) contradicts /pre/0 (closed) of the same list: they cannot hold at once") in got
+    both = S("take", "knife", post=[C("holding", "right", "knife"), C("holding", "right", "knife", neg=True)])
+    got = messages(validate_semantics(prog([both]), verbs, nouns))
+    assert ("/steps/0/post/1", "not holding(right, knife) contradicts /steps/0/post/0 of the same list") in got
 
 
 def test_loops_and_conditionals(verbs, nouns):

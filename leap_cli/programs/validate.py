@@ -125,6 +125,22 @@ class _Checker:
                 if state.get(("holding", h, *fact[2:])):
                     state[("holding", h, *fact[2:])] = False
 
+    def consistent(self, conds: list[dict], ptr: str) -> None:
+        """A list of conditions that holds at one moment (a pre or a post) must not contradict itself: a fact and
+        its negation, or both of a pair that cannot hold at once (open and closed, switched_on and switched_off)."""
+        said: dict = {}  # fact -> (negated, index)
+        for j, cond in enumerate(conds):
+            fact = self.fact(cond)
+            other = said.get(fact)
+            opposite = OPPOSITES.get(fact[0])
+            clash = (opposite, *fact[1:]) if opposite and not cond["negated"] else None
+            if other is not None and other[0] != cond["negated"]:
+                self.add(f"{ptr}/{j}", f"{_text(cond)} contradicts {ptr}/{other[1]} of the same list")
+            elif clash is not None and said.get(clash, (True,))[0] is False:
+                self.add(f"{ptr}/{j}", f"{_text(cond)} contradicts {ptr}/{said[clash][1]} ({clash[0]}) of the same "
+                                       "list: they cannot hold at once")
+            said.setdefault(fact, (cond["negated"], j))
+
     def run(self, steps: list[dict], state: dict, ptr: str, *, report: bool = True) -> dict:
         for i, step in enumerate(steps):
             p = f"{ptr}/{i}"
@@ -134,12 +150,16 @@ class _Checker:
                     self.check_verb(step["verb"], f"{p}/verb")
                     self.check_object(step["object_a"], p, "object_a")
                     self.check_object(step.get("object_b"), p, "object_b")
+                    self.consistent(step.get("pre") or [], f"{p}/pre")
+                    self.consistent(step.get("post") or [], f"{p}/post")
                 for j, cond in enumerate(step.get("pre") or []):
                     if report:
                         self.check_condition(cond, f"{p}/pre/{j}")
                     if not self.holds(state, self.fact(cond), cond["negated"]):
-                        self.add(f"{p}/pre/{j}", f"precondition {_text(cond)} does not hold: no earlier step or "
-                                                 f"program precondition establishes it")
+                        self.add(f"{p}/pre/{j}", f"precondition {_text(cond)} does not hold: " + (
+                            f"{_text({**cond, 'negated': False})} holds here (the program's pre or an earlier step "
+                            "makes it true)" if cond["negated"] else
+                            "no earlier step or program precondition establishes it"))
                 for j, cond in enumerate(step.get("post") or []):
                     if report:
                         self.check_condition(cond, f"{p}/post/{j}")
@@ -212,6 +232,8 @@ def validate_semantics(program: dict, verbs: ClassVocab, nouns: ClassVocab, labe
             c.add("/action/noun", f"the action's noun {action['noun']!r} (class {nid}) does not match the segment's "
                                   f"noun class {labels.noun_class} ({nouns.keys.get(labels.noun_class)})")
     state: dict = {}
+    c.consistent(program.get("pre") or [], "/pre")
+    c.consistent(program.get("post") or [], "/post")
     for j, cond in enumerate(program.get("pre") or []):
         c.check_condition(cond, f"/pre/{j}")
         c.assert_(state, cond)
