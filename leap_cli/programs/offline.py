@@ -587,13 +587,40 @@ def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab
     words = _words(" ".join(filter(None, [info.text, info.narration])))
     sig = clip_signals(info.text)
     clip_objects = {nid, *ev.pool()}
-    best = min(same_verb, key=lambda e: _exemplar_key(e, nid, clip_objects, sig.keys(), words, nouns))
     from leap_cli.programs.validate import validate_semantics
 
-    program = _from_exemplar(best.program, action, ev, sig, verbs, nouns, drop=True)
-    if validate_semantics(program, verbs, nouns):  # leaving objects out broke the chaining: rename them all
-        program = _from_exemplar(best.program, action, ev, sig, verbs, nouns, drop=False)
-    return program
+    # the nearest exemplar whose program, renamed, asks nothing of an object that it cannot be or do (the
+    # toaster's lever and switched_on on the cupboard of "put pan into cupboard"); none: the one-step template
+    for best in sorted(same_verb, key=lambda e: _exemplar_key(e, nid, clip_objects, sig.keys(), words, nouns)):
+        program = _from_exemplar(best.program, action, ev, sig, verbs, nouns, drop=True)
+        if validate_semantics(program, verbs, nouns):  # leaving objects out broke the chaining: rename them all
+            program = _from_exemplar(best.program, action, ev, sig, verbs, nouns, drop=False)
+        if not _implausible(program, nouns):
+            return program
+    return _template(action, ev, verbs, nouns)
+
+
+# EPIC's noun categories (the class file's last column) of what can be switched on and off, and of what a hand
+# cannot pick up and hold (the counter, a cupboard; a hand)
+SWITCHABLE = ("appliances",)
+UNHELD = ("furniture", "storage", "hand")
+
+
+def _implausible(program: dict, nouns: ClassVocab) -> str | None:
+    """What a renamed exemplar program asks of an object that its class cannot be or do: switched on or off
+    outside EPIC's appliances, held when it is furniture, storage or a hand; None when nothing."""
+    for cond in _conditions(program):
+        pred, args = cond["predicate"], cond["args"]
+        obj = args[0] if pred in ("switched_on", "switched_off") else args[1] if pred == "holding" else None
+        cid = resolve_object(obj, nouns) if obj else None
+        category = nouns.categories.get(cid) if cid is not None else None
+        if category is None or cond["negated"]:
+            continue
+        if pred != "holding" and category not in SWITCHABLE:
+            return f"{pred}({obj}): a {category} object"
+        if pred == "holding" and category in UNHELD:
+            return f"holding({obj}): a {category} object"
+    return None
 
 
 def _from_exemplar(exemplar: dict, action: dict, ev: Evidence, sig: Signals, verbs: ClassVocab, nouns: ClassVocab,
