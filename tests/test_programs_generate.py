@@ -68,7 +68,7 @@ def test_valid_replies_cache_and_resume(workdir, good_programs):
         # Structured Outputs with the strict schema were requested
         assert server.requests[0]["response_format"]["type"] == "json_schema"
         assert server.requests[0]["response_format"]["json_schema"]["strict"] is True
-        assert s.usage == {"prompt_tokens": 1000 * N_SEGMENTS, "completion_tokens": 200 * N_SEGMENTS}
+        assert s.usage == {"prompt_tokens": 1000 * N_SEGMENTS, "completion_tokens": 200 * N_SEGMENTS, "cached_tokens": 0}
         assert s.cost == pytest.approx(N_SEGMENTS * (1000 * 1.0 + 200 * 2.0) / 1e6)
         recs = records(workdir)
         assert sorted(r["narration_id"] for r in recs) == sorted(good_programs)
@@ -1244,7 +1244,8 @@ def test_cached_prompt_tokens_are_kept_in_the_record_and_the_cache(workdir, good
         return Reply(raw=json.dumps(data))
 
     with ScriptedServer(script) as server:
-        generate_programs(config(workdir, server, limit=1))
+        s = generate_programs(config(workdir, server, limit=1))
+        assert s.usage["cached_tokens"] == 640  # (the summary shows them: the cost counted them, unsaid)
         (workdir / "programs" / "val.jsonl").unlink()
         s = generate_programs(config(workdir, server, limit=1))
         assert s.cache_hits == 1

@@ -166,7 +166,9 @@ def generate_programs(
                         ("resumed (already done)", resumed_text(summary)),
                         ("valid / invalid / failed", f"{st.get('valid', 0)} / {st.get('invalid', 0)} / {st.get('failed', 0)}"),
                         ("backend calls (incl. retries)", summary.requests), ("cache hits", summary.cache_hits),
-                        ("prompt / completion tokens", f"{summary.usage['prompt_tokens']} / {summary.usage['completion_tokens']}"),
+                        ("prompt / completion tokens", f"{summary.usage['prompt_tokens']} / {summary.usage['completion_tokens']}"
+                         + (f" ({summary.usage['cached_tokens']} of the prompt's from the provider's cache)"
+                            if summary.usage.get("cached_tokens") else "")),
                         ("estimated cost of this run", f"${summary.cost:.4f}"),
                         ("spent on this output so far", f"${summary.spent_before + summary.cost:.4f}"),
                         ("seconds", f"{summary.seconds:.1f}")):

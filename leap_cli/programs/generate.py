@@ -302,7 +302,7 @@ class ProgramGenerator:
         self.reask: set[str] = set()  # segments whose replies are asked for again, not read from the cache
         self.summary_requests = 0
         self.summary_hits = 0
-        self.usage = {"prompt_tokens": 0, "completion_tokens": 0}  # requests made in this run
+        self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}  # requests made in this run
         # a reply without token counts was warned of (offline: there are none to report)
         self._no_usage_told = backend.name == "offline"
         self.cost = 0.0
