@@ -51,10 +51,15 @@ def refuse_folder(path: Path, what: str = "file") -> None:
                         fix=f"give the path of a {what}, e.g. {path / 'NAME'}")
 
 
-def check_writable(folder: str | Path, option: str) -> None:
+def check_writable(folder: str | Path, option: str, files: tuple[str, ...] = ()) -> None:
     """Fail now, in one line, where a long job would fail only at its end: make ``folder`` and a file in it
-    (the real test: a read-only mount, permissions, a full disk's inodes)."""
+    (the real test: a read-only mount, permissions, a full disk's inodes); ``files``: the names the job will
+    write there, none of which may be a folder."""
     folder = Path(folder)
+    for name in files:
+        if (folder / name).is_dir():
+            raise LeapError(f"is a folder where a {name} file is to be written", path=folder / name,
+                            fix=f"move that folder aside, or give {option} another folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".leap-write-check.")

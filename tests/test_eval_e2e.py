@@ -67,6 +67,12 @@ def test_evaluate_refuses_an_out_it_cannot_write_before_scoring(pipeline, tmp_pa
                                    "--data", str(root), "--out", str(blocker / "metrics"), "--device", "cpu"])
     assert isinstance(res.exception, LeapError), res.output
     assert "cannot write in this folder" in str(res.exception) and "--out" in res.exception.fix
+    # a folder where metrics.json goes: it failed after the scoring, leaving new scores and no metrics
+    (tmp_path / "out" / "metrics.json").mkdir(parents=True)
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--data", str(root), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert isinstance(res.exception, LeapError) and "is a folder where a metrics.json file is to be written" in \
+        str(res.exception), res.output
 
 
 def test_a_second_evaluation_of_one_run_and_split_is_refused_in_one_line(pipeline, monkeypatch):

@@ -193,7 +193,8 @@ def evaluate(
         # --out the run's own eval/SPLIT (what `leap submit` is pointed at) is not written
         dest = out if out is not None else run_dir / "eval" / split
         made = [p for p in (Path(dest), *Path(dest).parents) if not p.exists()]  # (removed again if it fails)
-        check_writable(dest, "--out" if out is not None else "--run (its eval/ folder), or pass --out")
+        check_writable(dest, "--out" if out is not None else "--run (its eval/ folder), or pass --out",
+                       files=("scores.pt", "metrics.json"))
         try:
             if split != "test":  # the labels the scores will meet, read before the model runs (not after an hour)
                 ann = open_annotations(workdir, data, annotations)
