@@ -1635,3 +1635,25 @@ def _subs_of(steps):
         else:
             for k in ("steps", "then", "else"):
                 yield from _subs_of(s.get(k) or [])
+
+
+def test_a_purpose_written_anew_says_where_the_step_puts_its_object_and_a_blank_narration_is_none():
+    """Purposes written from the step joined object B with "with" whatever its role ("lift the bowl with the
+    top" for a bowl put on the counter); a narration of spaces was kept as the action's narration."""
+    from leap_cli.epic.annotations import read_segments
+    from leap_cli.epic.classes import ClassVocab
+    from leap_cli.programs.offline import _preposition
+
+    step = {"object_a": "plate", "object_b": "fridge", "post": [{"predicate": "in", "args": ["plate", "fridge"],
+                                                                "negated": False}]}
+    assert _preposition(step) == "into"
+    assert _preposition({**step, "post": [{"predicate": "on", "args": ["plate", "fridge"], "negated": False}]}) == "onto"
+    assert _preposition({**step, "post": [{"predicate": "in", "args": ["plate", "fridge"], "negated": True}]}) == "with"
+    verbs = ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb")
+    nouns = ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
+    (seg,) = [s for s in read_segments(DATA / "EPIC_100_validation_excerpt.csv") if s.narration_id == "P01_11_146"]
+    p = offline_program(clip_info(narration_record(seg), seg), load_exemplars(), verbs, nouns)
+    assert "insert the plate into the fridge" in [s["purpose"] for s in _subs_of(p["steps"])]
+    blank = dataclasses.replace(seg, narration="   ")
+    p = offline_program(clip_info(narration_record(blank), blank), load_exemplars(), verbs, nouns)
+    assert p["action"]["narration"] == f"{verbs.keys[seg.verb_class]} {nouns.keys[seg.noun_class]}"

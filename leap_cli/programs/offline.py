@@ -37,7 +37,8 @@ with the action noun in view opens the first purpose ("turn left to the fridge, 
 
 Purposes agree with the program: a copied purpose loses the exemplar clip's evidence (the parenthesised
 "(the clatter at 0.8 s)"), names the renamed objects ('steady the onion' -> 'steady the potato'), swaps left
-and right with the hands, and is written anew from its step ("cut the potato with the knife") when it still
+and right with the hands, and is written anew from its step ("cut the potato with the knife", "insert the plate into
+the fridge" where the step puts it there) when it still
 names an object that neither the program nor the clip has.
 """
 
@@ -546,8 +547,20 @@ def _purposes(program: dict, exemplar: dict, names: dict[str, str], swapped: boo
             text = re.sub(r"\b(left|right)\b", lambda m: other[m.group(1)], text)
         if not text or _foreign(text, allowed, nouns):
             text = f"{sub['verb']} the {_spoken(sub['object_a'])}" + (
-                f" with the {_spoken(sub['object_b'])}" if sub.get("object_b") else "")
+                f" {_preposition(sub)} the {_spoken(sub['object_b'])}" if sub.get("object_b") else "")
         sub["purpose"] = text
+
+
+def _preposition(sub: dict) -> str:
+    """How a purpose joins object B to the step: where the step puts A (its post ``in(A, B)``: into; ``on``:
+    onto), else with (a tool). ("lift the bowl with the top" was said of a bowl put on the counter.)"""
+    for cond in sub.get("post") or []:
+        if not cond["negated"] and cond["args"] == [sub["object_a"], sub["object_b"]]:
+            if cond["predicate"] == "in":
+                return "into"
+            if cond["predicate"] == "on":
+                return "onto"
+    return "with"
 
 
 @functools.lru_cache(maxsize=1)
@@ -577,7 +590,7 @@ def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab
         raise OfflineError(f"no object known for this clip (noun {info.noun!r}, no hand contacts, no detections)")
     noun_name = nouns.keys[nid]
     verb_name = verb if verb and resolve_verb(verb, verbs) == vid else verbs.keys[vid]
-    narration = _within_schema(info.narration) or f"{verbs.keys[vid]} {noun_name}"
+    narration = _within_schema((info.narration or "").strip() or None) or f"{verbs.keys[vid]} {noun_name}"
     action = {"narration": narration, "verb": verb_name, "noun": noun_name, "verb_class": vid, "noun_class": nid}
     ev = clip_evidence(info, nid, nouns)
 
