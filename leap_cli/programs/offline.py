@@ -37,9 +37,9 @@ with the action noun in view opens the first purpose ("turn left to the fridge, 
 
 Purposes agree with the program: a copied purpose loses the exemplar clip's evidence (the parenthesised
 "(the clatter at 0.8 s)"), names the renamed objects ('steady the onion' -> 'steady the potato'), swaps left
-and right with the hands, and is written anew from its step ("cut the potato with the knife", "insert the plate into
-the fridge" where the step puts it there) when it still
-names an object that neither the program nor the clip has.
+and right with the hands, and is written anew from its step ("cut the potato with the knife", "insert the plate
+into the fridge" where the step puts it there) when it still names an object that neither the program nor the
+clip has.
 """
 
 from __future__ import annotations
