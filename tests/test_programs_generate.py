@@ -1657,3 +1657,15 @@ def test_a_purpose_written_anew_says_where_the_step_puts_its_object_and_a_blank_
     blank = dataclasses.replace(seg, narration="   ")
     p = offline_program(clip_info(narration_record(blank), blank), load_exemplars(), verbs, nouns)
     assert p["action"]["narration"] == f"{verbs.keys[seg.verb_class]} {nouns.keys[seg.noun_class]}"
+
+
+def test_the_narrations_nouns_take_their_roles_from_the_words_before_them():
+    """Roles went by noun order: "move pasta from pan to tupperware" moved the pasta to the pan, "put plate and
+    spoon in dishwasher" lowered the plate onto the spoon (QA on real narrations)."""
+    from leap_cli.programs.offline import _by_role
+
+    assert _by_role("move pasta from pan to tupperware", ["pasta", "pan", "tupperware"]) == ["tupperware", "pasta", "pan"]
+    assert _by_role("put plate and spoon in dishwasher", ["plate", "spoon", "dishwasher"]) == ["dishwasher", "plate", "spoon"]
+    assert _by_role("move broccoli from chopping board to pan", ["broccoli", "board:chopping", "pan"]) == \
+        ["pan", "broccoli", "board:chopping"]
+    assert _by_role("wash plate", ["plate"]) == ["plate"] and _by_role(None, ["plate"]) == ["plate"]

@@ -184,11 +184,47 @@ def clip_evidence(info: ClipInfo, nid: int, nouns: ClassVocab) -> Evidence:
     rest = lambda ids: [c for c in _unique(ids) if c != nid]  # noqa: E731
     return Evidence(
         noun=nid,
-        narrated=rest(resolve_object(n, nouns) for n in info.all_nouns),
+        narrated=rest(resolve_object(n, nouns) for n in _by_role(info.narration, info.all_nouns)),
         contacts=rest(ranked),
         near=rest(resolve_object(o, nouns) for o, _, share in info.near_hands if share >= MIN_NEAR_SHARE),
         detected=rest(resolve_object(o, nouns) for o in info.objects),
         hand=hand)
+
+
+# Where a narration's noun stands to the action, by the word before it: a place the object goes to first (the
+# second object of "move pasta from pan to tupperware" is the tupperware), a co-object ("knife and fork") or a
+# place it comes from after the nouns said without either
+_TO = {"to", "into", "onto", "in", "on", "inside", "under", "over", "towards"}
+_FROM = {"from", "off", "out"}
+_AND = {"and", "&", "with"}
+_SKIP = {"the", "a", "an", "some", "of", "its", "their", "his", "her", "my", "back", "up", "down"}
+
+
+def _by_role(narration: str | None, forms) -> list[str]:
+    """The narration's nouns (EPIC forms, "board:chopping") in the order the offline generator gives them roles:
+    places they go to, then the rest, then co-objects, then places they come from."""
+    forms = [f for f in (forms or []) if f]
+    words = [w.strip(".,;!?").lower() for w in (narration or "").split()]
+
+    def rank(form: str) -> int:
+        head, *modifiers = form.lower().split(":")  # ("board:chopping": "chopping board")
+        at = next((i for i, w in enumerate(words) if w == head or w == head + "s" or w == head + "es"), None)
+        if at is None:
+            return 1
+        for w in reversed(words[max(0, at - 4 - len(modifiers)):at]):
+            if w in modifiers:
+                continue
+            if w in _TO:
+                return 0
+            if w in _FROM:
+                return 3
+            if w in _AND:
+                return 2
+            if w not in _SKIP:
+                return 1  # another word between (an adjective, a noun): no role said
+        return 1
+
+    return sorted(forms, key=rank)
 
 
 # ---- walking a program ----
