@@ -474,6 +474,21 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_identity(path: str | Path, edge: int = 1 << 20) -> str:
+    """What a (weights or labels) file is, wherever it lies: its size and the sha256 of its first and last
+    ``edge`` bytes (the whole file when smaller), ``"12345:ab12..."``: the same for a copy staged elsewhere,
+    another for a file edited in place. Reads at most 2 MiB."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(edge))
+        if size > 2 * edge:
+            f.seek(size - edge)
+        h.update(f.read(edge))
+    return f"{size}:{h.hexdigest()[:16]}"
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

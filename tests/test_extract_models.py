@@ -214,3 +214,37 @@ def test_stage_runs_with_both_models(tmp_path):
     assert s.counts["audio"]["ok"] == 1 and s.counts["objects"]["ok"] == 1, s.errors
     assert r["components"]["audio"]["source"] == "cnn14:cnn14.pth" and len(r["components"]["audio"]["data"]["top_tags"]) == 5
     assert r["components"]["objects"]["source"] == f"detector:{DET_ARCH}:det.pth"
+
+
+def test_a_model_file_is_known_by_its_content_not_its_path(tmp_path):
+    """The weights staged to node-local scratch (the same file elsewhere) were refused as other settings, and
+    labels edited in place resumed into records of the old labels (QA)."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+    from leap_cli.errors import LeapError
+    from tests.extract_kitchen import build
+
+    root = build(tmp_path / "k")
+    home, scratch = tmp_path / "weights", tmp_path / "scratch"
+    home.mkdir()
+    _cnn14_checkpoint(home / "cnn14.pth")
+    (home / "labels.csv").write_text("index,mid,display_name\n" + "".join(f"{i},/m/{i},Sound {i}\n" for i in range(527)))
+    shutil.copytree(home, scratch)
+
+    def extract(folder, limit):
+        return CliRunner().invoke(app, ["extract", "--data", str(root), "--split", "train", "--workdir", str(tmp_path),
+                                        "--components", "audio", "--limit", str(limit), "--frame-cache", "none",
+                                        "--audio-model", str(folder / "cnn14.pth"),
+                                        "--audio-labels", str(folder / "labels.csv")])
+
+    assert extract(home, 1).exit_code == 0
+    res = extract(scratch, 2)  # the same files, staged elsewhere: resumed
+    assert res.exit_code == 0, res.output
+    lines = (tmp_path / "descriptors" / "train.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    (scratch / "labels.csv").write_text((scratch / "labels.csv").read_text().replace("Sound 1\n", "Bell 1\n"))
+    res = extract(scratch, 3)  # labels edited in place: not the run's labels
+    assert isinstance(res.exception, LeapError) and "files.audio_labels: '" in str(res.exception), res.output

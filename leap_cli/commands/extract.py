@@ -12,6 +12,7 @@ from rich.table import Table
 
 from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase, normalize_split, shard_out,
                              workdir_option)
+from leap_cli.errors import LeapError
 from leap_cli.io import check_settings
 from leap_cli.progress import live_or_log
 
@@ -21,6 +22,35 @@ console = Console()
 RESULT_SETTINGS = ("components", "hand_threshold", "object_threshold", "camera_frames", "camera_source", "fov_deg",
                    "object_frames", "detector_weights", "detector_labels", "detector_arch", "audio_model",
                    "audio_labels", "clip_weights", "clip_arch")
+
+
+# Files whose content, not path, the records depend on (a copy staged to node-local scratch is the same model;
+# labels edited in place are not)
+MODEL_FILES = ("detector_weights", "detector_labels", "audio_model", "audio_labels", "clip_weights")
+
+
+def _settings(cfg, out: Path) -> dict:
+    """The settings that change the records, for ``check_settings``: with ``files``, the identity (size and
+    edge hash, ``io.file_identity``) of each model file given; a model file given by another path than the output
+    was started with is taken for the same when its identity is (the path as it was is kept)."""
+    from leap_cli.io import file_identity, stored_settings
+
+    settings = {k: getattr(cfg, k) for k in RESULT_SETTINGS}
+    files = {k: file_identity(v) for k in MODEL_FILES if (v := getattr(cfg, k)) is not None and Path(v).is_file()}
+    if files:
+        try:
+            stored = stored_settings(out) or {}
+        except LeapError:
+            stored = {}  # (check_settings says what is wrong with it)
+        known = stored.get("files") if isinstance(stored.get("files"), dict) else {}
+        for k, ident in files.items():
+            old = stored.get(k)
+            if isinstance(old, str) and old != str(settings[k]):
+                was = known.get(k) or (file_identity(old) if Path(old).is_file() else None)
+                if was == ident:
+                    settings[k] = old
+        settings["files"] = files
+    return settings
 
 
 def register(app: typer.Typer) -> None:
@@ -123,7 +153,7 @@ def extract(
     cfg.check_options()  # before check_settings: --force would start the output over first
     if _existing_ancestor(out.parent).is_dir():  # a file in the output's path: check_settings names it
         DatasetLayout.open(data, annotations)  # a wrong --data fails before the output's settings and lock exist
-    check_settings(out, {k: getattr(cfg, k) for k in RESULT_SETTINGS}, force=force, split=split_name)
+    check_settings(out, _settings(cfg, out), force=force, split=split_name, adopt=("files",))
     progress = live_or_log(Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
                                     MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
                                     transient=False), f"extract {split_name}")

@@ -186,6 +186,7 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
             extracted = None
         if extracted is not None:
             extracted.pop("split", None)
+            extracted.pop("files", None)  # (the model files' identities: extract's own check of a copy or an edit)
     elif cfg.descriptors is not None:
         raise LeapError("descriptor file not found", path=path, fix="run leap extract or fix --descriptors")
     elif segments:
