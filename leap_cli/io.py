@@ -48,7 +48,7 @@ def refuse_folder(path: Path, what: str = "file") -> None:
     before anything is written beside it."""
     if path.is_dir():
         raise LeapError(f"is a folder, not a {what}", path=path,
-                        fix=f"give the path of a {what}, e.g. {path / 'NAME'}")
+                        fix=f"move that folder aside, or give the path of a {what} (e.g. {path / 'NAME'}, inside it)")
 
 
 def check_writable(folder: str | Path, option: str, files: tuple[str, ...] = ()) -> None:
