@@ -70,7 +70,8 @@ class Evidence:
     """What the descriptor record says about a clip's objects, as EPIC noun class ids (the noun excluded)."""
 
     noun: int
-    narrated: list[int] = field(default_factory=list)  # the narration's other nouns
+    narrated: list[int] = field(default_factory=list)  # the narration's other nouns (by role: ``_by_role``)
+    sources: list[int] = field(default_factory=list)  # those of them said as where the object comes from
     contacts: list[int] = field(default_factory=list)  # objects a hand touches, longest contact first
     near: list[int] = field(default_factory=list)  # objects detected near a hand, most seen first
     detected: list[int] = field(default_factory=list)  # every other detected object
@@ -182,9 +183,11 @@ def clip_evidence(info: ClipInfo, nid: int, nouns: ClassVocab) -> Evidence:
                 hand[cid] = h1
     ranked = sorted(touch, key=lambda c: -sum(touch[c].values()))  # stable: ties keep the record's order
     rest = lambda ids: [c for c in _unique(ids) if c != nid]  # noqa: E731
+    ranks = _role_ranks(info.narration, info.all_nouns)
     return Evidence(
         noun=nid,
-        narrated=rest(resolve_object(n, nouns) for n in _by_role(info.narration, info.all_nouns)),
+        narrated=rest(resolve_object(n, nouns) for n in sorted(ranks, key=ranks.get)),
+        sources=rest(resolve_object(n, nouns) for n, r in ranks.items() if r == _SOURCE),
         contacts=rest(ranked),
         near=rest(resolve_object(o, nouns) for o, _, share in info.near_hands if share >= MIN_NEAR_SHARE),
         detected=rest(resolve_object(o, nouns) for o in info.objects),
@@ -200,9 +203,19 @@ _AND = {"and", "&", "with"}
 _SKIP = {"the", "a", "an", "some", "of", "its", "their", "his", "her", "my", "back", "up", "down"}
 
 
+_SOURCE = 3
+
+
 def _by_role(narration: str | None, forms) -> list[str]:
     """The narration's nouns (EPIC forms, "board:chopping") in the order the offline generator gives them roles:
     places they go to, then the rest, then co-objects, then places they come from."""
+    ranks = _role_ranks(narration, forms)
+    return sorted(ranks, key=ranks.get)
+
+
+def _role_ranks(narration: str | None, forms) -> dict[str, int]:
+    """{form: 0 a place it goes to, 1 no role said, 2 a co-object, ``_SOURCE`` a place it comes from}, in the
+    narration's order of the forms."""
     forms = [f for f in (forms or []) if f]
     words = [w.strip(".,;!?").lower() for w in (narration or "").split()]
 
@@ -217,14 +230,14 @@ def _by_role(narration: str | None, forms) -> list[str]:
             if w in _TO:
                 return 0
             if w in _FROM:
-                return 3
+                return _SOURCE
             if w in _AND:
                 return 2
             if w not in _SKIP:
                 return 1  # another word between (an adjective, a noun): no role said
         return 1
 
-    return sorted(forms, key=rank)
+    return {f: rank(f) for f in dict.fromkeys(forms)}
 
 
 # ---- walking a program ----
@@ -373,13 +386,15 @@ def _object_mapping(program: dict, ev: Evidence, nouns: ClassVocab, *, drop: boo
     for old in second:
         if twin(old):
             continue
-        c = first_free(c for c in ev.narrated if c not in touched)
+        c = first_free(c for c in ev.narrated if c not in touched and c not in ev.sources)  # (not where it came from)
         if c is not None:
             give(old, c)
     for old in held:
         # a held object of the clip noun's class (the board of "scrape onion" for "scrape board") is not a tool slot
         if old not in mapping and cls(old) != ev.noun and not twin(old):
-            c = first_free([*(c for c in ev.narrated if c in touched), *ev.contacts, *ev.near, *ev.narrated])
+            # (the kettle of "pour water from kettle into pan": where it comes from is what is held)
+            c = first_free([*ev.sources, *(c for c in ev.narrated if c in touched), *ev.contacts, *ev.near,
+                            *ev.narrated])
             if c is not None:
                 give(old, c)
     pool = ev.pool()
@@ -649,10 +664,12 @@ def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab
     return _template(action, ev, verbs, nouns)
 
 
-# EPIC's noun categories (the class file's last column) of what can be switched on and off, and of what a hand
-# cannot pick up and hold (the counter, a cupboard; a hand)
+# EPIC's noun category (the class file's last column) of what can be switched on and off, and the classes a hand
+# cannot pick up and hold: the fixed furniture and storage (a chair, a ladder, a stand, a candle, also
+# furniture in EPIC's file, are carried), and a hand (category hand)
 SWITCHABLE = ("appliances",)
-UNHELD = ("furniture", "storage", "hand")
+UNHELD = ("top", "cupboard", "drawer", "sink", "kitchen", "floor", "wall", "shelf", "window", "door:kitchen",
+          "rack:drying")
 
 
 def _implausible(program: dict, nouns: ClassVocab) -> str | None:
@@ -667,8 +684,8 @@ def _implausible(program: dict, nouns: ClassVocab) -> str | None:
             continue
         if pred != "holding" and category not in SWITCHABLE:
             return f"{pred}({obj}): a {category} object"
-        if pred == "holding" and category in UNHELD:
-            return f"holding({obj}): a {category} object"
+        if pred == "holding" and (category == "hand" or nouns.keys[cid] in UNHELD):
+            return f"holding({obj}): a {category} object that is not carried"
     return None
 
 
@@ -701,10 +718,12 @@ def _template(action: dict, ev: Evidence, verbs: ClassVocab, nouns: ClassVocab) 
     tool = next((c for c in (*ev.narrated, *ev.contacts, *ev.near) if c != ev.noun), None)
     hand = ev.hand.get(tool) or ev.hand.get(ev.noun) or "right"
     touch_hand = ev.hand.get(ev.noun) or hand
+    said = action["narration"] != f"{verbs.keys[action['verb_class']]} {noun_name}"  # (the clip's own narration)
     step = {"type": "sub_action", "verb": action["verb"], "object_a": noun_name,
             "object_b": nouns.keys[tool] if tool is not None else None, "hand": hand,
             "pre": [{"predicate": "visible", "args": [noun_name], "negated": False}],
             "post": [{"predicate": "touching", "args": [touch_hand, noun_name], "negated": False}],
-            "purpose": f"{verbs.keys[action['verb_class']]} the {noun_name}"}
+            # the narration says it best ("put stand into cupboard", where "put-into the stand" did not)
+            "purpose": action["narration"] if said else f"{verbs.keys[action['verb_class']]} the {_spoken(noun_name)}"}
     return {"action": action, "pre": [{"predicate": "visible", "args": [noun_name], "negated": False}],
             "post": [{"predicate": "touching", "args": [touch_hand, noun_name], "negated": False}], "steps": [step]}
