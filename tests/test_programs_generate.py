@@ -1053,8 +1053,14 @@ def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path)
     bad = {"custom_id": nids[2], "response": {"status_code": 400, "body": {"error": {
         "message": "Invalid schema for response_format 'action_program'"}}}}
     both = results_file(tmp_path / "out6.jsonl", expired + [ok(nid) for nid in nids[2:]] + [ok(nid) for nid in nids[:2]])
-    assert ingest_batch(third, both) == {"valid": N_SEGMENTS, "already_present": 2}
+    assert ingest_batch(third, both) == {"valid": N_SEGMENTS, "superseded": 2}
     assert {r["status"] for r in read_jsonl(third.out_path)} == {"valid"}
+    # a batch's output and its --retry-invalid batch's in one file: the valid result after an invalid one was
+    # counted already present, and no ingest could ever write it
+    fourth = dataclasses.replace(cfg, out=workdir / "programs" / "fourth.jsonl")
+    empty_then_ok = [{"custom_id": nids[0], "response": {"status_code": 200, "body": completion("")}}, ok(nids[0])]
+    assert ingest_batch(fourth, results_file(tmp_path / "out8.jsonl", empty_then_ok)) == {"valid": 1, "superseded": 1}
+    assert [r["status"] for r in read_jsonl(fourth.out_path)] == ["valid"]
     assert ingest_batch(other, results_file(tmp_path / "out7.jsonl", [bad])) == {"failed": 1}
     rec = [r for r in read_jsonl(other.out_path) if r["narration_id"] == nids[2]][0]
     assert rec["errors"][0]["message"] == ("batch request failed: HTTP 400: Invalid schema for response_format "

@@ -134,59 +134,75 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     old = read_jsonl(cfg.out_path) if cfg.out_path.exists() else []
     invalid = {r["narration_id"] for r in old if r.get("status") == "invalid"}
     replaced = {r["narration_id"] for r in old if r.get("status") == "failed"} | (invalid if cfg.retry_invalid else set())
-    # a segment with several results in the file (an expired batch's error lines, then the retry's output, in one
-    # file): its first result that did not fail is the one written (the failure was written before, and the paid
-    # result counted already present)
+    def result(line: dict) -> dict:
+        """The program record of one result line (validated, no repair round)."""
+        nid = line["custom_id"]
+        info = gen.info(by_id[nid])
+        resp = _dict(line.get("response"))
+        body = _dict(resp.get("body"))
+        usage = reply_usage(body)  # (cached tokens left out: the Batch price is half the live one as it is)
+        prov = {"backend": "openai-batch", "model": cfg.model,
+                "prompt_hash": builder.prompt(info).hash[:16], "attempts": 1,
+                "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]},
+                "seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": 1,
+                "cached": False, "batch_request_id": line.get("id")}
+        if body.get("model") and body["model"] != cfg.model:  # (as a live record: the name asked for, and this)
+            prov["served_model"] = str(body["model"])
+        program, findings = None, []
+        code = resp.get("status_code")
+        problem = reply_problem(body) if code == 200 and not line.get("error") else None
+        if problem:  # a 200 without a completion (an error object, no choices): failed, as a live request is
+            status = "failed"
+            findings = [Finding("", redact(f"batch request failed: {problem}"))]
+        elif line.get("error") or code != 200:
+            status = "failed"
+            said = _dict(body.get("error")).get("message")  # (OpenAI's per-request error, e.g. a 400's reason)
+            err = line.get("error") or {"message": (f"HTTP {code}" + (f": {said}" if said else "")) if code is not None
+                                        else "the result line has no response.status_code"}
+            findings = [Finding("", redact(f"batch request failed: {err.get('message', err) if isinstance(err, dict) else err}"))]
+        else:
+            text = redact(reply_text(body))
+            program, findings = gen.verify_here(text, info)
+            if findings and reply_cut(body):
+                findings = [token_limit_finding(cfg.max_tokens, cfg.out_path)] + findings
+            status = "valid" if not findings else "invalid"
+        return {"narration_id": nid, "status": status, "program": program,
+                "errors": [f.to_dict() for f in findings], "provenance": prov}
+
+    def spend(record: dict) -> None:
+        if record["provenance"]["usage"]["prompt_tokens"]:  # the ledger of --max-cost: the Batch API bills half
+            usage = record["provenance"]["usage"]
+            store.add_spend(cfg.out_path, cfg.cost(usage) * BATCH_PRICE_FACTOR, usage)
+
+    # a segment with several results in the file (an expired batch's error lines, then the retry's output; the
+    # output of a batch and of its --retry-invalid batch, in one file): the best is the one written, valid before
+    # invalid before failed, the first of equals (an invalid result before a valid one kept the invalid)
+    results = [result(line) for line in lines]
+    rank = {"valid": 0, "invalid": 1, "failed": 2}
     chosen: dict[str, int] = {}
-    for i, line in enumerate(lines):
-        j = chosen.get(line["custom_id"])
-        if j is None or (_failed_line(lines[j]) and not _failed_line(line)):
-            chosen[line["custom_id"]] = i
+    for i, r in enumerate(results):
+        j = chosen.get(r["narration_id"])
+        if j is None or rank[r["status"]] < rank[results[j]["status"]]:
+            chosen[r["narration_id"]] = i
     with JsonlAppender(cfg.out_path, replace_keys=replaced) as out, ProgramStore(cfg.cache_path) as store:
-        for i, line in enumerate(lines, start=1):
-            nid = line["custom_id"]
-            if chosen[nid] != i - 1:
-                counts["already_present"] += 1  # (another result for it in this file is written)
+        written_ids = set()
+        for i, record in enumerate(results):
+            nid, status = record["narration_id"], record["status"]
+            if chosen[nid] != i:
                 continue
-            info = gen.info(by_id[nid])
-            resp = _dict(line.get("response"))
-            body = _dict(resp.get("body"))
-            usage = reply_usage(body)  # (cached tokens left out: the Batch price is half the live one as it is)
-            prov = {"backend": "openai-batch", "model": cfg.model,
-                    "prompt_hash": builder.prompt(info).hash[:16], "attempts": 1,
-                    "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]},
-                    "seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": 1,
-                    "cached": False, "batch_request_id": line.get("id")}
-            if body.get("model") and body["model"] != cfg.model:  # (as a live record: the name asked for, and this)
-                prov["served_model"] = str(body["model"])
-            program, findings = None, []
-            code = resp.get("status_code")
-            problem = reply_problem(body) if code == 200 and not line.get("error") else None
-            if problem:  # a 200 without a completion (an error object, no choices): failed, as a live request is
-                status = "failed"
-                findings = [Finding("", redact(f"batch request failed: {problem}"))]
-            elif line.get("error") or code != 200:
-                status = "failed"
-                said = _dict(body.get("error")).get("message")  # (OpenAI's per-request error, e.g. a 400's reason)
-                err = line.get("error") or {"message": (f"HTTP {code}" + (f": {said}" if said else "")) if code is not None
-                                            else "the result line has no response.status_code"}
-                findings = [Finding("", redact(f"batch request failed: {err.get('message', err) if isinstance(err, dict) else err}"))]
-            else:
-                text = redact(reply_text(body))
-                program, findings = gen.verify_here(text, info)
-                if findings and reply_cut(body):
-                    findings = [token_limit_finding(cfg.max_tokens, cfg.out_path)] + findings
-                status = "valid" if not findings else "invalid"
-            record = {"narration_id": nid, "status": status, "program": program,
-                      "errors": [f.to_dict() for f in findings], "provenance": prov}
             # (a failure leaves a failed or invalid record as it was)
             written = not (status == "failed" and nid in replaced) and out.write(record)
             counts[status if written else "already_present"] += 1
             if not written and status == "valid" and nid in invalid:  # a better result left out
                 counts["invalid_kept"] += 1
-            if written and prov["usage"]["prompt_tokens"]:
-                # the ledger of --max-cost: the Batch API bills half the live prices
-                store.add_spend(cfg.out_path, cfg.cost(prov["usage"]) * BATCH_PRICE_FACTOR, prov["usage"])
+            if written:
+                written_ids.add(nid)
+                spend(record)
+        for i, record in enumerate(results):  # the other results of a segment written now: paid, and said
+            if chosen[record["narration_id"]] != i:
+                counts["superseded"] += 1
+                if record["narration_id"] in written_ids:
+                    spend(record)
     return counts
 
 
