@@ -392,6 +392,30 @@ def test_ctrl_c_keeps_finished_records(workdir, good_programs, signame):
     assert len(recs) == N_SEGMENTS == len({r["narration_id"] for r in recs})
 
 
+def test_ctrl_c_while_a_fatal_error_waits_for_the_replies_in_flight(workdir, good_programs):
+    """A refused key while replies were on the wire, then Ctrl-C during that wait: no summary, exit 2 (the
+    error's) instead of the signal's 130."""
+    import signal
+
+    first = sorted(good_programs)[0]
+
+    def script(body, n):
+        if narration_id_of(body) == first:
+            return Reply(status=401, raw=json.dumps({"error": {"message": "Incorrect API key provided"}}), delay=0.1)
+        return Reply(json.dumps(good_programs[narration_id_of(body)]), delay=2.0)
+
+    with ScriptedServer(script) as server:
+        proc = start_cli(workdir, server, 3)
+        wait_until(lambda: len(server.requests) >= 3)
+        time.sleep(0.6)  # the 401 is in: the stage waits for the other two
+        proc.send_signal(signal.SIGINT)
+        stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    shown = " ".join(stdout.decode().split())
+    assert "segments done in this run" in shown and "estimated cost of this run" in shown, (shown, err)
+    assert sorted(r["status"] for r in records(workdir)) == ["valid", "valid"]  # the replies in flight, kept
+
+
 def test_sigkill_never_loses_a_paid_reply(workdir, good_programs):
     """A run killed (SIGKILL) while a repair round is in flight kept the first round's paid reply only in the
     store's buffer (committed every 0.5 s): the resumed run asked for it again and the ledger (--max-cost) never

@@ -731,8 +731,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             for t in tasks:  # a fatal error (bad key) stops the others before files are closed
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if isinstance(e, LeapError) and stop.signum is None:
-                summary.error = e  # (raised by generate_programs once the files are closed and the summary made)
+            if isinstance(e, LeapError):  # (also after a Ctrl-C while a fatal error waited for the wire: the
+                summary.error = e  # summary, then the signal's exit) raised once the files are closed
             elif stop.signum is None or not isinstance(e, asyncio.CancelledError):  # (not the requests abandoned)
                 raise
         finally:
