@@ -115,8 +115,8 @@ class ProgramStore:
                                  "replies and the spend of --max-cost), or give --out elsewhere and copy it there")
         if "disk is full" in said or "disk I/O error" in said:
             return LeapError(f"the program cache cannot be {what}: {said}", path=self.path,
-                             fix="free space on its disk (or lift the quota) and run the same command again: nothing "
-                                 "written is lost")
+                             fix="free space on its disk, or lift the quota or file-size limit (ulimit -f, a job "
+                                 "scheduler's), and run the same command again: nothing written is lost")
         return LeapError(f"the program cache cannot be {what} ({said})", path=self.path,
                          fix="move it aside and run again: a new cache starts; the programs already written are "
                              "kept, but --max-cost no longer counts the spend recorded in the old one")
@@ -171,8 +171,9 @@ class ProgramStore:
             if getattr(e, "sqlite_errorname", None) == "SQLITE_CORRUPT":
                 raise self._damaged("written", e) from None
             raise LeapError(f"cannot write the program cache ({e})", path=self.path,
-                            fix="free disk space or make the folder writable, then run again: finished programs are "
-                                "kept in the output file") from None
+                            fix="free disk space, lift a quota or file-size limit (ulimit -f, a job scheduler's), or "
+                                "make the folder writable, then run again: finished programs are kept in the output "
+                                "file (the replies in flight, and the ledger's last spend, may be lost)") from None
 
     def _finish_flush(self) -> None:
         """Wait for the writer thread's transaction; where it failed, its rows go back into the buffers (a later
