@@ -165,6 +165,10 @@ def test_chaining_preconditions(verbs, nouns):
     both = S("take", "knife", post=[C("holding", "right", "knife"), C("holding", "right", "knife", neg=True)])
     got = messages(validate_semantics(prog([both]), verbs, nouns))
     assert ("/steps/0/post/1", "not holding(right, knife) contradicts /steps/0/post/0 of the same list") in got
+    # two names of one class clash only through it: said (QA: in(pasta, pan:frying), not in(pasta, saucepan))
+    pour = S("pour", "pasta", "pan:frying", post=[C("in", "pasta", "pan:frying"), C("in", "pasta", "saucepan", neg=True)])
+    got = dict(messages(validate_semantics(prog([pour]), verbs, nouns)))
+    assert got["/steps/0/post/1"].endswith("of the same list (saucepan and pan:frying are one EPIC class, pan)")
 
 
 def test_loops_and_conditionals(verbs, nouns):

@@ -22,7 +22,7 @@ from functools import lru_cache
 from leap_cli.epic.classes import ClassVocab, normalize_form
 from leap_cli.programs.schema import Finding, validate_program
 from leap_cli.programs.targets import flatten_program
-from leap_cli.programs.vocab import COMPLEMENTS, OPPOSITES, PREDICATES, object_key, resolve_object, resolve_verb
+from leap_cli.programs.vocab import COMPLEMENTS, HANDS, OPPOSITES, PREDICATES, object_key, resolve_object, resolve_verb
 
 DEFAULT_MAX_SUB_ACTIONS = 24
 Fact = tuple  # (predicate, arg, ...) with object args as EPIC noun keys
@@ -128,18 +128,19 @@ class _Checker:
     def consistent(self, conds: list[dict], ptr: str) -> None:
         """A list of conditions that holds at one moment (a pre or a post) must not contradict itself: a fact and
         its negation, or both of a pair that cannot hold at once (open and closed, switched_on and switched_off)."""
-        said: dict = {}  # fact -> (negated, index)
+        said: dict = {}  # fact -> (negated, index, condition)
         for j, cond in enumerate(conds):
             fact = self.fact(cond)
             other = said.get(fact)
             opposite = OPPOSITES.get(fact[0])
             clash = (opposite, *fact[1:]) if opposite and not cond["negated"] else None
             if other is not None and other[0] != cond["negated"]:
-                self.add(f"{ptr}/{j}", f"{_text(cond)} contradicts {ptr}/{other[1]} of the same list")
+                self.add(f"{ptr}/{j}", f"{_text(cond)} contradicts {ptr}/{other[1]} of the same list"
+                                       + _one_class(cond, other[2], fact))
             elif clash is not None and said.get(clash, (True,))[0] is False:
                 self.add(f"{ptr}/{j}", f"{_text(cond)} contradicts {ptr}/{said[clash][1]} ({clash[0]}) of the same "
-                                       "list: they cannot hold at once")
-            said.setdefault(fact, (cond["negated"], j))
+                                       "list: they cannot hold at once" + _one_class(cond, said[clash][2], fact))
+            said.setdefault(fact, (cond["negated"], j, cond))
 
     def run(self, steps: list[dict], state: dict, ptr: str, *, report: bool = True) -> dict:
         for i, step in enumerate(steps):
@@ -204,6 +205,12 @@ def _sub_actions(steps: list[dict]):
         else:
             for key in ("steps", "then", "else"):
                 yield from _sub_actions(s.get(key) or [])
+
+
+def _one_class(a: dict, b: dict, fact: tuple) -> str:
+    """Where two conditions name other objects that are one EPIC class (pan:frying and saucepan are pan): so."""
+    pairs = [(x, y, k) for x, y, k in zip(a["args"], b["args"], fact[1:]) if x != y and x not in HANDS]
+    return "".join(f" ({x} and {y} are one EPIC class, {k})" for x, y, k in pairs)
 
 
 def _text(cond: dict) -> str:
