@@ -1617,12 +1617,12 @@ def test_descriptors_short_of_the_split_are_said_and_so_is_an_extract_still_writ
     with caplog.at_level("WARNING"):
         generate_programs(offline)
     assert (f"{path} holds 3 of the {N_SEGMENTS} segments of val: the other {N_SEGMENTS - 3} get no program in this "
-            "run; run this command again after extract has finished them") in caplog.text
+            "run; finish extract (an extract stopped early: run it again), then this command again") in caplog.text
     caplog.clear()
     with OutputLock(path), caplog.at_level("WARNING"):  # as a running extract holds it
         generate_programs(offline)
     assert f"{path} is still being written by process {os.getpid()} on " in caplog.text
-    assert "run this command again once extract has finished" in caplog.text
+    assert "wait for extract to finish, then this command again" in caplog.text
     caplog.clear()
     path.write_text("".join(json.dumps(narration_record(s)) + "\n" for s in segs))
     with caplog.at_level("WARNING"):

@@ -211,11 +211,11 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
         wanted = len(cfg.shard.select(list(segments.values()), key=lambda s: s.video_id, order=order))
         if len(records) < wanted:
             who = writer_of(path)
-            log.warning("%s %s %d of the %d segments of %s%s: the other %d get no program in this run; run this "
-                        "command again %s (it adds what is new)", path, "is still being written by " + who +
+            log.warning("%s %s %d of the %d segments of %s%s: the other %d get no program in this run; %s, then "
+                        "this command again: it adds what is new", path, "is still being written by " + who +
                         ", which holds so far" if who else "holds", len(records), wanted, split, cfg.shard.suffix,
-                        wanted - len(records), "once extract has finished" if who else
-                        "after extract has finished them (an extract stopped early: run it again)")
+                        wanted - len(records), "wait for extract to finish" if who else
+                        "finish extract (an extract stopped early: run it again)")
     return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted)
 
 
