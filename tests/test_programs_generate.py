@@ -13,7 +13,7 @@ from leap_cli.errors import LeapError
 from leap_cli.io import read_jsonl
 from leap_cli.programs.batch import ingest_batch, write_batch_file
 from leap_cli.programs.generate import GenerateConfig, generate_programs
-from leap_cli.programs.offline import offline_program
+from leap_cli.programs.offline import _sub_actions, offline_program
 from leap_cli.programs.prompt import clip_info, load_exemplars, narration_record
 from leap_cli.programs.store import ProgramStore
 from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
@@ -1647,7 +1647,7 @@ def test_offline_programs_ask_nothing_of_an_object_it_cannot_be_or_do():
     for s in read_segments(DATA / "EPIC_100_validation_excerpt.csv"):
         p = offline_program(clip_info(narration_record(s), s), ex, verbs, nouns)
         assert not check_program(p, verbs, nouns, Labels(s.verb_class, s.noun_class)), s.narration
-        for sub in _subs_of(p["steps"]):
+        for sub in _sub_actions(p["steps"]):
             for c in sub["pre"] + sub["post"]:
                 cid = nouns.resolve(c["args"][-1 if c["predicate"] == "holding" else 0])
                 if c["predicate"] in ("switched_on", "switched_off") and not c["negated"]:
@@ -1657,15 +1657,6 @@ def test_offline_programs_ask_nothing_of_an_object_it_cannot_be_or_do():
                     assert nouns.keys[cid] not in ("top", "cupboard", "drawer", "sink", "shelf", "hand"), (s.narration, c)
         checked += 1
     assert checked == 199 and switched > 10  # (the taps of "turn on tap" are still switched)
-
-
-def _subs_of(steps):
-    for s in steps:
-        if s["type"] == "sub_action":
-            yield s
-        else:
-            for k in ("steps", "then", "else"):
-                yield from _subs_of(s.get(k) or [])
 
 
 def test_a_purpose_written_anew_says_where_the_step_puts_its_object_and_a_blank_narration_is_none():
@@ -1684,7 +1675,7 @@ def test_a_purpose_written_anew_says_where_the_step_puts_its_object_and_a_blank_
     nouns = ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
     (seg,) = [s for s in read_segments(DATA / "EPIC_100_validation_excerpt.csv") if s.narration_id == "P01_11_146"]
     p = offline_program(clip_info(narration_record(seg), seg), load_exemplars(), verbs, nouns)
-    assert "insert the plate into the fridge" in [s["purpose"] for s in _subs_of(p["steps"])]
+    assert "insert the plate into the fridge" in [s["purpose"] for s in _sub_actions(p["steps"])]
     blank = dataclasses.replace(seg, narration="   ")
     p = offline_program(clip_info(narration_record(blank), blank), load_exemplars(), verbs, nouns)
     assert p["action"]["narration"] == f"{verbs.keys[seg.verb_class]} {nouns.keys[seg.noun_class]}"
@@ -1712,5 +1703,5 @@ def test_the_narrations_nouns_take_their_roles_from_the_words_before_them():
                                noun="oil", verb_class=verbs.resolve("pour"), noun_class=nouns.resolve("oil"),
                                all_nouns=("oil", "thyme", "plate", "dough"))
     p = offline_program(clip_info(narration_record(pour), pour), load_exemplars(), verbs, nouns)
-    steps = [(x["verb"], x["object_a"], x["object_b"]) for x in _subs_of(p["steps"])]
+    steps = [(x["verb"], x["object_a"], x["object_b"]) for x in _sub_actions(p["steps"])]
     assert ("tilt", "plate", "dough") in steps and ("pour", "oil", "dough") in steps, steps

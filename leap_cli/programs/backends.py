@@ -362,13 +362,7 @@ class OpenAIBackend(Backend):
                     self._peak = max(self._peak, self._active)
                     return
                 else:
-                    fut = loop.create_future()
-                    self._waiters.append(fut)
-                    try:
-                        await fut
-                    finally:
-                        if fut in self._waiters:
-                            self._waiters.remove(fut)
+                    await self._woken()
         finally:
             if queued:
                 self._turns.remove(rid)  # its turn came (or it was cancelled): the next one's now
@@ -378,18 +372,21 @@ class OpenAIBackend(Backend):
         self._active -= 1
         self._wake()
 
+    async def _woken(self) -> None:
+        """Wait for the next ``_wake`` (a slot freed, a reply, a hold lifted)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        finally:
+            if fut in self._waiters:
+                self._waiters.remove(fut)
+
     async def _stopped(self) -> None:
         """Wait while attempts are on the wire (their replies are kept), then raise the stop (``_stop``), unless
         a reply lifted it meanwhile (a run of failures that was not the server's)."""
-        loop = asyncio.get_running_loop()
         while self._stop is not None and self._active > 0:
-            fut = loop.create_future()
-            self._waiters.append(fut)
-            try:
-                await fut
-            finally:
-                if fut in self._waiters:
-                    self._waiters.remove(fut)
+            await self._woken()
         if self._stop is not None:
             e = self._stop
             raise LeapError(e.message, path=e.path, record=e.record, fix=e.fix)
