@@ -1705,3 +1705,25 @@ def test_the_narrations_nouns_take_their_roles_from_the_words_before_them():
     p = offline_program(clip_info(narration_record(pour), pour), load_exemplars(), verbs, nouns)
     steps = [(x["verb"], x["object_a"], x["object_b"]) for x in _sub_actions(p["steps"])]
     assert ("tilt", "plate", "dough") in steps and ("pour", "oil", "dough") in steps, steps
+
+
+def test_a_resume_after_the_bundled_generator_changed_says_what_force_costs(workdir):
+    """Programs made by an earlier leap's offline generator or exemplar library were refused on resume with "use
+    the old settings", which a user cannot get back; --force remakes them at no cost (offline), or asks again only
+    for the prompts the library changes (an LLM: the rest come from the program cache)."""
+    from leap_cli.io import settings_path
+
+    offline = GenerateConfig(workdir=workdir, split="val", limit=2)
+    generate_programs(offline)
+    sidecar = settings_path(offline.out_path)
+    old = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**old, "model": "offline-v3", "exemplars": "0123456789abcdef"}))
+    with pytest.raises(LeapError) as e:
+        generate_programs(dataclasses.replace(offline, limit=3))
+    assert "offline-v3' -> 'offline-v4'" in e.value.message or "model: 'offline-v3'" in e.value.message
+    assert e.value.fix.startswith("the offline generator or its exemplar library changed (a newer leap): --force "
+                                  "makes the programs anew, at no cost")
+    sidecar.write_text(json.dumps({**old, "repair_rounds": 9}))  # another setting of the user's: as before
+    with pytest.raises(LeapError) as e:
+        generate_programs(dataclasses.replace(offline, limit=3))
+    assert "use the old settings" in e.value.fix
