@@ -345,6 +345,12 @@ def test_a_path_of_the_wrong_kind_says_what_to_do(tiny_kitchen, tmp_path):
                        (["submit", "--check", str(tmp_path / "a-folder"), "--data", str(tiny_kitchen)],
                         "give the path of a file"),
                        (["validate-programs", "--split", "train", str(tmp_path / "a-folder")], "is a folder"),
+                       # a run's folder or a weights release's given as the file (it said "not found")
+                       (["evaluate", "--split", "val", "--checkpoint", str(tmp_path / "a-folder"), "--workdir",
+                         str(tmp_path)], "--checkpoint is a folder, not a checkpoint file"),
+                       (["extract", "--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path),
+                         "--components", "audio", "--audio-model", str(tmp_path / "a-folder")],
+                        "--audio-model: a folder, not a weights file"),
                        (["generate-programs", "--split", "train", "--data", str(tiny_kitchen), "--workdir",
                          str(tmp_path), "--system-prompt", str(tmp_path / "nosuch.md")], "check the path given")):
         r = leap(*args)

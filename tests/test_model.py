@@ -424,8 +424,17 @@ def test_load_clip_visual_weights_plain_and_torchscript(tmp_path, caplog):
 def test_wrong_shapes_and_foreign_keys_fail_clearly(tmp_path):
     state = random_state(official_uniformerv2_shapes(width=32, heads=4))
     torch.save(state, tmp_path / "b.pth")
-    with pytest.raises(LeapError, match=r"shape mismatch.*class_embedding: checkpoint \(32,\) vs model \(64,\)"):
-        load_pretrained(build_model(tiny_args()), tmp_path / "b.pth")
+    with pytest.raises(LeapError, match=r"the checkpoint's backbone is 32 wide, this model's 64 \(another ViT size"):
+        load_pretrained(build_model(tiny_args()), tmp_path / "b.pth")  # (it listed every shape mismatch)
+    # a file of another layout (timm's CLIP) or none: it was a "k710 family" checkpoint, and --allow-partial-load
+    # then trained from 0 tensors loaded
+    torch.save({"cls_token": torch.zeros(1, 1, 64), "blocks.0.attn.qkv.weight": torch.zeros(192, 64)},
+               tmp_path / "timm.pth")
+    for allow in (False, True):
+        with pytest.raises(LeapError, match=r"holds no tensor this model can take .*cls_token"):
+            load_pretrained(build_model(tiny_args()), tmp_path / "timm.pth", allow_partial=allow)
+    with pytest.raises(LeapError, match="is a folder, not a weights file"):
+        load_pretrained(build_model(tiny_args()), tmp_path)
     state = random_state(official_uniformerv2_shapes(layers=4))
     torch.save(state, tmp_path / "deeper.pth")
     with pytest.raises(LeapError, match="resblocks.3"):

@@ -133,6 +133,10 @@ def evaluate(
         raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
     ckpt_file = Path(checkpoint)
     if scores is None and checkpoint not in ("best", "last") and not ckpt_file.is_file():
+        if ckpt_file.is_dir():
+            raise LeapError("--checkpoint is a folder, not a checkpoint file", path=ckpt_file,
+                            fix="give a file in it (checkpoints/best.pt or last.pt), or pass --run with it and "
+                                "--checkpoint best or last")
         if ckpt_file.suffix in (".pt", ".pth", ".pyth") or len(ckpt_file.parts) > 1:
             raise LeapError("checkpoint file not found", path=ckpt_file,
                             fix="check the path (or pass --checkpoint best or last with --run runs/NAME)")

@@ -98,7 +98,8 @@ class ExtractConfig:
             files += [("--audio-model", self.audio_model, None), ("--audio-labels", self.audio_labels, None)]
         for option, path, name in files:
             if path is not None and str(path) != name and not Path(path).is_file():
-                raise LeapError(f"{option}: file not found", path=path,
+                raise LeapError(f"{option}: " + ("a folder, not a weights file" if Path(path).is_dir()
+                                                 else "file not found"), path=path,
                                 fix="give the path of a local file" + (f", or {name!r}" if name else ""))
         if self.audio_labels is not None and self.audio_model is None:
             raise LeapError("--audio-labels is for --audio-model (the signal-processing classifier has its own "

@@ -728,6 +728,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint file: a TorchScript archive (OpenAI CLIP releases) or a torch.save'd dict,
     the latter with ``weights_only=True``."""
     path = Path(path)
+    if path.is_dir():  # (a run's folder, a Hugging Face snapshot)
+        raise LeapError("is a folder, not a weights file", path=str(path),
+                        fix="give the file inside it (a run's checkpoints/best.pt or last.pt, a release's .pth/.pyth)")
     if not path.is_file():
         raise LeapError(f"checkpoint {path} does not exist", path=str(path), fix="give the path of a local weights file")
     if zipfile.is_zipfile(path):
@@ -944,6 +947,19 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: boo
     target = backbone.state_dict()
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}"
                   for k, v in filtered.items() if k in target and v.shape != target[k].shape]
+    width = filtered.get("class_embedding")
+    if width is not None and "class_embedding" in target and width.shape != target["class_embedding"].shape:
+        # another size of ViT (L/14 is 1024 wide, B/16 768): no option of this model makes it fit
+        raise LeapError(f"the checkpoint's backbone is {width.shape[-1]} wide, this model's "
+                        f"{target['class_embedding'].shape[-1]} (another ViT size: B/16 is 768, L/14 1024)",
+                        path=str(path), fix="use a config of the checkpoint's size (uniformerv2-l14-* for 1024, "
+                                            "uniformerv2-b16-* for 768), or that size's weights")
+    if not any(k in target and v.shape == target[k].shape for k, v in filtered.items()):
+        # (a timm layout, another model, an empty dict: --allow-partial-load would train from nothing)
+        raise LeapError("the checkpoint holds no tensor this model can take (no UniFormerV2 or CLIP visual-tower "
+                        f"keys of its shapes; {len(raw)} entries, e.g. {', '.join(list(raw)[:3]) or 'none'})",
+                        path=str(path), fix="give an official UniFormerV2 checkpoint or CLIP ViT weights in the "
+                                            "OpenAI or open_clip layout (docs/model.md)")
     if mismatched and allow_partial:
         log.warning("%d tensors of %s do not fit the model's shapes, left at initialisation (allow-partial-load): %s",
                     len(mismatched), path, "; ".join(mismatched))
