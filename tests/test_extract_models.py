@@ -171,6 +171,10 @@ def test_detector_loads_torchvisions_published_layout_and_computes_as_torchvisio
     with torch.no_grad():
         got, want = det.model.backbone(x), ref.backbone(x)
     assert all(torch.allclose(got[k], want[k], rtol=1e-4, atol=1e-5) for k in want)
+    if arch == "fasterrcnn_resnet50_fpn":  # torch hub's v1 file under the default (v2) architecture: said so
+        with pytest.raises(LeapError, match="is a fasterrcnn_resnet50_fpn, not a fasterrcnn_resnet50_fpn_v2") as e:
+            FasterRCNNDetector(tmp_path / "coco.pth")
+        assert e.value.fix == "add --detector-arch fasterrcnn_resnet50_fpn"
 
 
 def test_detector_labels_file_and_mismatches(tmp_path):

@@ -120,7 +120,14 @@ class FasterRCNNDetector:
             # of the v1 ResNet-50 FPN and the MobileNets), with eps 0 for the v1 ResNet-50 COCO file
             v1_coco = arch == "fasterrcnn_resnet50_fpn" and self.classes == coco
             freeze_batch_norm(self.model, eps=0.0 if v1_coco else 1e-5)
-        load_exact(self.model, state, path, "detector")
+        try:
+            load_exact(self.model, state, path, "detector")
+        except LeapError as e:  # the weights of another of the architectures (torch hub's v1 file, the default v2)
+            other = _matching_arch(det, state, len(self.classes), arch, model_kwargs)
+            if other is None:
+                raise
+            raise LeapError(f"the detector checkpoint is a {other}, not a {arch}", path=path,
+                            fix=f"add --detector-arch {other}") from e
         self.model.eval().to(device)
         self.device = device
         self.score_threshold = score_threshold
@@ -148,6 +155,20 @@ class FasterRCNNDetector:
                         boxes.append(LabelledBox(self.labels[lab], BBox(x0 / w, y0 / h, x1 / w, y1 / h), float(sc)))
                 res.append(boxes)
         return res
+
+
+def _matching_arch(det, state: dict, num_classes: int, tried: str, model_kwargs: dict) -> str | None:
+    """The detector architecture (of ``DETECTOR_ARCHS``) whose parameters ``state`` has, key for key and shape for
+    shape, other than ``tried``; None when none has."""
+    for name in DETECTOR_ARCHS:
+        if name == tried:
+            continue
+        own = getattr(det, name)(weights=None, weights_backbone=None, num_classes=num_classes, **model_kwargs)
+        own = {k: v.shape for k, v in own.state_dict().items() if not k.endswith("num_batches_tracked")}
+        theirs = {k: v.shape for k, v in state.items() if not k.endswith("num_batches_tracked")}
+        if own == theirs:
+            return name
+    return None
 
 
 def freeze_batch_norm(module, eps: float) -> None:
