@@ -114,6 +114,14 @@ def test_cnn14_wrong_keys_are_listed(tmp_path):
     msg = e.value.one_line()
     assert "missing keys: conv_block3.conv2.weight" in msg and "unexpected keys: head.weight" in msg
     assert str(ck) in msg
+    # PANNs' 16 kHz CNN14 (a 512-sample window): "shape mismatches ... pass a checkpoint of the CNN14 audio model
+    # architecture", of a published CNN14
+    state = torch.load(tmp_path / "bad.pth", weights_only=True)["model"]
+    state["logmel_extractor.melW"] = torch.zeros(257, 64)
+    torch.save({"model": state}, tmp_path / "16k.pth")
+    with pytest.raises(LeapError, match="a 512-sample window: a 16 kHz or 8 kHz release") as e:
+        AudioTagger(tmp_path / "16k.pth", widths=SMALL)
+    assert "Cnn14_mAP=0.431.pth" in e.value.fix
 
 
 DET_ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"

@@ -191,6 +191,12 @@ class AudioTagger:
             found = [state.get(f"conv_block{i}.conv1.weight") for i in range(1, 7)]
             widths = (tuple(int(w.shape[0]) for w in found) if all(w is not None for w in found)
                       else (64, 128, 256, 512, 1024, 2048))
+        mel = state.get("logmel_extractor.melW")
+        bins = PUBLISHED["window_size"] // 2 + 1
+        if mel is not None and mel.ndim == 2 and mel.shape[0] != bins:  # (PANNs' 16 kHz and 8 kHz CNN14 releases)
+            raise LeapError(f"a CNN14 of another front end (a {2 * (mel.shape[0] - 1)}-sample window: a 16 kHz or "
+                            f"8 kHz release); leap's takes the 32 kHz one ({PUBLISHED['window_size']}-sample window)",
+                            path=checkpoint, fix="give PANNs' 32 kHz CNN14, Cnn14_mAP=0.431.pth")
         self.model = Cnn14(classes_num=classes, widths=widths)
         load_exact(self.model, state, checkpoint, "CNN14 audio model", ignore=("num_batches_tracked",))
         self.model.eval().to(device)
