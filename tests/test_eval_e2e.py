@@ -674,3 +674,23 @@ def test_evaluate_names_the_missing_parts_of_sharded_val_shards(pipeline, tmp_pa
     res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", str(run), "--workdir", str(work),
                                    "--data", str(root), "--shards", str(val), "--device", "cpu"])
     assert "no shards manifest found" in str(res.exception) and "leap build-shards" in str(res.exception)
+
+
+def test_show_of_a_run_without_program_heads_says_why(pipeline, tmp_path):
+    """A run trained on shards with no valid program was told "train with program_heads and the program loss",
+    both of which it had on: the heads are left out when the training shards hold no program."""
+    from leap_cli.errors import LeapError
+    from leap_cli.report.predicted import predicted_program
+
+    root, work, run, model, vocab = pipeline
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    args = {**ckpt["model_args"], "program": None}
+    for name, config in (("on", {"model": {"program_heads": True}, "loss": {"program_loss": True}}),
+                         ("off", {"model": {"program_heads": False}})):
+        save_checkpoint(tmp_path / name / "checkpoints" / "best.pt", {
+            **ckpt, "model": build_model(dict(args)).state_dict(), "model_args": args, "config": config})
+    with pytest.raises(LeapError, match="its training shards held no valid program"):
+        predicted_program(tmp_path / "on", "P01_03_0", work / "shards" / "val")
+    with pytest.raises(LeapError) as e:
+        predicted_program(tmp_path / "off", "P01_03_0", work / "shards" / "val")
+    assert e.value.fix == "train with model.program_heads and loss.program_loss on"

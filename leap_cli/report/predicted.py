@@ -91,7 +91,15 @@ def predicted_program(run: str | Path, narration_id: str, shards: str | Path, ch
     _check_not_skipped(folder, narration_id)
     model, ckpt = load_model(run, which=checkpoint)
     if model.decoder is None:
-        raise LeapError("this run's model has no program heads", path=run, fix="train with program_heads and the program loss")
+        config = ckpt.get("config") or {}
+        asked = (config.get("model") or {}).get("program_heads", True) and (config.get("loss") or {}).get(
+            "program_loss", True)
+        if asked:  # (the heads are left out when the training shards hold no valid program)
+            raise LeapError("this run's model has no program heads: its training shards held no valid program",
+                            path=run, fix="generate programs for the train split, build its shards again and train "
+                                          "a run on them")
+        raise LeapError("this run's model has no program heads", path=run,
+                        fix="train with model.program_heads and loss.program_loss on")
     ds = ShardDataset(folder, train=False, num_frames=int(ckpt["model_args"]["num_frames"]),
                       img_size=int(ckpt["model_args"]["img_size"]), rank=0, world_size=1)
     targets = ckpt.get("targets") or ds.manifest.get("targets")
