@@ -582,7 +582,11 @@ def test_pretrained_backbone_is_loaded_before_training(tmp_path: Path) -> None:
              source=MemorySource(val=False))
     cfg = tiny_config("train.max_steps=1", "optim.lr=0.0", "optim.weight_decay=0.0", "model.weights=ssv2",
                       f"model.pretrained={tmp_path / 'uniformerv2_tiny.pth'}")
-    main(cfg, workdir=tmp_path, name="pre", source=MemorySource(val=False))
+    starts = []
+    main(cfg, workdir=tmp_path, name="pre", source=MemorySource(val=False), on_start=starts.append)
+    # the start says what the load did (it was said only under -v)
+    assert starts[0]["pretrained"].startswith(f"{tmp_path / 'uniformerv2_tiny.pth'} (uniformerv2): ")
+    assert starts[0]["pretrained"].endswith(", 0 missing, 0 unexpected") and " 0 loaded" not in starts[0]["pretrained"]
     got = torch.load(tmp_path / "runs/pre/checkpoints/last.pt", weights_only=True)["model"]
     params = [k for k, v in weights.items() if v.is_floating_point() and "running" not in k]
     assert params and all(torch.equal(got[k], weights[k]) for k in params)

@@ -52,6 +52,8 @@ def train(
         console.print(f"run [bold]{escape(info['run_dir'])}[/]: {info['parameters'] / 1e6:.2f}M parameters, "
                       f"{info['total_steps']} steps ({info['epochs']} epochs x {info['steps_per_epoch']}), "
                       f"{info['device']} x {info['world_size']}")
+        if info.get("pretrained"):  # (what a model.pretrained load did was said only under -v)
+            console.print(escape(f"pretrained weights: {info['pretrained']}"), highlight=False, soft_wrap=True)
         if info["start_step"] and info["start_step"] >= info["total_steps"]:  # (not "epoch 3 of 2")
             console.print(f"resumed from checkpoints/last.pt at step {info['start_step']} of {info['total_steps']}: "
                           "the run is finished")

@@ -1016,8 +1016,11 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: boo
     report.loaded = sorted(f"backbone.{k}" for k in loadable)
     log.info("loaded %d tensors from %s (%s); resized %s; dropped %d; initialised %d", len(loadable), path,
              report.source, report.resized or "none", len(report.dropped), len(report.initialized))
-    for k, why in report.dropped.items():
-        log.info("dropped %s: %s", k, why)
+    by_reason: dict[str, list[str]] = {}
+    for k, why in report.dropped.items():  # (a CLIP file's text tower was 153 lines)
+        by_reason.setdefault(why, []).append(k)
+    for why, keys in by_reason.items():
+        log.info("dropped %d key(s), %s: %s", len(keys), why, ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else ""))
     if report.missing:
         hint = (" (the checkpoint has no 'balance': it was trained with frozen=True; build the model with frozen: true)"
                 if report.missing == ["backbone.transformer.balance"] else "")

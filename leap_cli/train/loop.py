@@ -480,8 +480,9 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             raise LeapError(f"the config's model section does not build: {e.message}", record="model",
                             fix=e.fix or "change model.num_frames, model.img_size or model.options in the config or its --set"
                             ) from None
+        pretrained = None  # what the start line says of the weights loaded
         if cfg.model.pretrained and resume_ckpt is None:
-            _load_pretrained(model, cfg.model.pretrained, cfg.model.allow_partial_load)
+            pretrained = _load_pretrained(model, cfg.model.pretrained, cfg.model.allow_partial_load)
         elif resume_ckpt is None and info.is_main and (why := random_start(cfg)):
             log.warning(why)
         model = prepare_model(model, cfg, info)
@@ -566,7 +567,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             on_start({"run_dir": str(run_dir), "total_steps": total, "epochs": epochs,
                       "steps_per_epoch": steps_per_epoch, "start_step": state.step, "start_epoch": state.epoch,
                       "start_batches": state.batches, "device": str(info.device),
-                      "world_size": info.world_size, "model_args": model_args,
+                      "world_size": info.world_size, "model_args": model_args, "pretrained": pretrained,
                       "parameters": sum(p.numel() for p in model.parameters())})
         last_eval: dict = {}
         best_key = BEST_METRIC[cfg.data.task]
@@ -680,9 +681,10 @@ def random_start(cfg: Config) -> str | None:
             "trained from CLIP or Kinetics weights (--set model.pretrained=FILE, docs/model.md says which file)")
 
 
-def _load_pretrained(model: nn.Module, path: str, allow_partial: bool = False) -> None:
+def _load_pretrained(model: nn.Module, path: str, allow_partial: bool = False) -> str:
     """Load official UniFormerV2 or CLIP weights into the backbone (the model package does the filtering)."""
     from leap_cli.model.uniformerv2 import load_pretrained
 
     report = load_pretrained(model.backbone, path, allow_partial=allow_partial)
     log.info("pretrained weights from %s: %s", path, report)
+    return str(report)
