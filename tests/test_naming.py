@@ -128,6 +128,13 @@ def test_coco_weights_offline_error_names_the_file(tmp_path, monkeypatch):
         FasterRCNNDetector("coco")
     msg = e.value.one_line()
     assert str(cached) in msg and "--detector-weights FILE" in msg and "download.pytorch.org" in msg
+    # a download cut short in the cache: "load it in Python ... and save its 'model' entry alone" was the fix
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"PK\x03\x04" + b"\0" * 3000)
+    with pytest.raises(LeapError) as e:
+        FasterRCNNDetector("coco")
+    assert e.value.message.startswith("the cached COCO weights cannot be read")
+    assert e.value.fix.startswith(f"delete it and place {cached.name} (from https://download.pytorch.org")
 
 
 def test_coco_weights_from_the_hub_cache_map_to_epic_nouns_in_batches(tmp_path, monkeypatch):

@@ -76,7 +76,12 @@ def load_torchvision_coco(arch: str) -> tuple[dict[str, torch.Tensor], list[str]
     LeapError names the file to place and where."""
     weights, cached = torchvision_coco_weights(arch)
     if cached.is_file():
-        state = unwrap_state_dict(load_checkpoint(cached, "detector"), cached, "detector")
+        try:
+            state = unwrap_state_dict(load_checkpoint(cached, "detector"), cached, "detector")
+        except LeapError as e:  # (a download cut short in the cache: the fix was to re-save it in Python)
+            raise LeapError(f"the cached COCO weights cannot be read ({e.message})", path=cached,
+                            fix=f"delete it and place {cached.name} (from {weights.url}) there again, or pass "
+                                "--detector-weights FILE") from None
     else:
         try:
             state = weights.get_state_dict(progress=False, check_hash=True)
