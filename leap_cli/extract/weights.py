@@ -83,8 +83,15 @@ def load_torchvision_coco(arch: str) -> tuple[dict[str, torch.Tensor], list[str]
                             fix=f"delete it and place {cached.name} (from {weights.url}) there again, or pass "
                                 "--detector-weights FILE") from None
     else:
+        import contextlib
+        import io
+        import sys
+
+        said = io.StringIO()  # torch.hub's "Downloading: ..." line: said when it downloaded, not before the error
         try:
-            state = weights.get_state_dict(progress=False, check_hash=True)
+            with contextlib.redirect_stderr(said):
+                state = weights.get_state_dict(progress=False, check_hash=True)
+            sys.stderr.write(said.getvalue())
         except Exception as e:  # noqa: BLE001 - offline, proxy, refused: all mean "place the file yourself"
             raise LeapError(f"cannot download torchvision's COCO weights of {arch} ({type(e).__name__})",
                             path=cached, fix=f"place {cached.name} (from {weights.url}) at {cached}, "
