@@ -110,7 +110,9 @@ def test_mean_names_averages_crops():
 
 # --- torchvision Faster R-CNN: COCO weights as users get them -------------------------------------------
 
-def test_coco_weights_offline_error_names_the_file(tmp_path, monkeypatch):
+def test_coco_weights_offline_error_names_the_file(tmp_path, monkeypatch, capsys):
+    import sys
+
     import torchvision.models._api as api
 
     from leap_cli.extract.objects import FasterRCNNDetector
@@ -119,6 +121,7 @@ def test_coco_weights_offline_error_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
     def offline(url, *a, **k):
+        sys.stderr.write(f'Downloading: "{url}"\n')  # (torch.hub says so before it fails: a second line)
         raise OSError("network unreachable")
 
     monkeypatch.setattr(api, "load_state_dict_from_url", offline)
@@ -128,6 +131,7 @@ def test_coco_weights_offline_error_names_the_file(tmp_path, monkeypatch):
         FasterRCNNDetector("coco")
     msg = e.value.one_line()
     assert str(cached) in msg and "--detector-weights FILE" in msg and "download.pytorch.org" in msg
+    assert "Downloading" not in capsys.readouterr().err
     # a download cut short in the cache: "load it in Python ... and save its 'model' entry alone" was the fix
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"PK\x03\x04" + b"\0" * 3000)
