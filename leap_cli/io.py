@@ -332,7 +332,8 @@ def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 def check_settings(output: str | Path, settings: dict, *, force: bool = False, exists: bool | None = None,
                    remove: Callable[[], None] | None = None, option: str = "--force", split: str | None = None,
                    elsewhere: str = "--out", adopt: tuple[str, ...] = (), grow: tuple[str, ...] = (),
-                   names: dict[str, str] | None = None) -> bool:
+                   names: dict[str, str] | None = None,
+                   explain: Callable[[set[str]], str | None] | None = None) -> bool:
     """Refuse to resume ``output`` under settings that differ from those it was started with.
 
     ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
@@ -346,7 +347,9 @@ empty: a run that failed before its first record leaves nothing its successor wo
     the options that set the settings' keys, as the refusal says them (``short_side`` -> ``--short-side``).
     ``adopt``: keys a sidecar written before they were kept lacks; it takes this run's values instead of
     refusing. ``grow``: (dotted) keys a resume may raise, not lower, such as a limit that changes no record already
-    written (the sidecar then keeps the higher value). Returns whether the output was started over.
+    written (the sidecar then keeps the higher value). ``explain``: given the (top-level) keys that differ, the
+    refusal's fix where the caller knows a better one than the generic (None: the generic). Returns whether the
+    output was started over.
     """
     output = Path(output)
     refuse_folder(output)
@@ -360,12 +363,14 @@ empty: a run that failed before its first record leaves nothing its successor wo
     # sidecar rewritten; the caller's writer takes the lock again at once
     with OutputLock(output):
         return _check_settings(output, settings, force=force, exists=exists, remove=remove, option=option,
-                               split=split, elsewhere=elsewhere, adopt=adopt, grow=grow, names=names or {})
+                               split=split, elsewhere=elsewhere, adopt=adopt, grow=grow, names=names or {},
+                               explain=explain)
 
 
 def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool | None,
                     remove: Callable[[], None] | None, option: str, split: str | None, elsewhere: str,
-                    adopt: tuple[str, ...] = (), grow: tuple[str, ...] = (), names: dict | None = None) -> bool:
+                    adopt: tuple[str, ...] = (), grow: tuple[str, ...] = (), names: dict | None = None,
+                    explain: Callable[[set[str]], str | None] | None = None) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = (output.exists() and output.stat().st_size > 0) if exists is None else exists
@@ -390,9 +395,11 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
                     named.append(f"{(names or {}).get(key, key)}{sep}{change}")
                 shown = ", ".join(named[:6])
                 more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+                keys = {d.partition(": ")[0].split(".")[0] for d in differ}
                 raise LeapError(f"was started with other settings ({shown}{more}); resuming would mix records",
                                 path=output if output.exists() else sidecar, record="settings",
-                                fix=f"use the old settings, another {elsewhere}, or {option} to start over")
+                                fix=(explain and explain(keys)) or
+                                f"use the old settings, another {elsewhere}, or {option} to start over")
             (remove or (lambda: output.unlink(missing_ok=True)))()
             started_over = True
     atomic_write_json(sidecar, settings if split is None else {**settings, "split": split}, if_changed=True)

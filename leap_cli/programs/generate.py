@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import re
 import signal
 import threading
 import time
@@ -535,20 +534,19 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
     # resume: a reply that was not cut at the old limit is the one a higher limit gives, and the cut ones are
     # invalid records that --retry-invalid asks for again (max_tokens stays in the cache key); lowered, it would cut
     # replies the records were not cut at
-    try:
-        return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force,
-                              split=cfg.split_name, exists=exists, adopt=("descriptors",), grow=("params.max_tokens",))
-    except LeapError as e:  # the bundled generator or exemplars of a newer leap: what --force costs, said
-        said = e.message.split("(", 1)[-1]
-        if e.record != "settings" or not re.search(r"\b(exemplars|model: 'offline-)", said) or \
-                re.search(r"\b(descriptors|backend|k|params|prompt_version|system_prompt|repair_rounds)\b[.:]", said):
-            raise
-        fix = ("the offline generator or its exemplar library changed (a newer leap): --force makes the programs "
-               "anew, at no cost" if cfg.backend == "offline" else
-               "the exemplar library changed (a newer leap, or --exemplars): --force asks again only for the prompts "
-               "it changes (the others are answered from the program cache, unpaid); or pass --exemplars with the "
-               "library the output was made with")
-        raise LeapError(e.message, path=e.path, record=e.record, fix=fix + "; or give another --out") from None
+    def explain(keys: set[str]) -> str | None:  # the bundled generator or exemplars of a newer leap: what
+        # --force costs, where nothing else differs ("use the old settings" was no way back)
+        bundled = {"exemplars", "model"} if cfg.backend == "offline" else {"exemplars"}
+        if not keys or not keys <= bundled:
+            return None
+        return ("the offline generator or its exemplar library changed (a newer leap): --force makes the programs "
+                "anew, at no cost" if cfg.backend == "offline" else
+                "the exemplar library changed (a newer leap, or --exemplars): --force asks again only for the prompts "
+                "it changes (the others are answered from the program cache, unpaid); or pass --exemplars with the "
+                "library the output was made with") + "; or give another --out"
+
+    return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
+                          exists=exists, adopt=("descriptors",), grow=("params.max_tokens",), explain=explain)
 
 
 def _setup(cfg: GenerateConfig):
