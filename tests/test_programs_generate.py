@@ -1684,7 +1684,10 @@ def test_a_purpose_written_anew_says_where_the_step_puts_its_object_and_a_blank_
 def test_the_narrations_nouns_take_their_roles_from_the_words_before_them():
     """Roles went by noun order: "move pasta from pan to tupperware" moved the pasta to the pan, "put plate and
     spoon in dishwasher" lowered the plate onto the spoon (QA on real narrations)."""
-    from leap_cli.programs.offline import _by_role
+    from leap_cli.programs.offline import _by_role as order, _role_ranks
+
+    def _by_role(narration, forms):
+        return order(_role_ranks(narration, forms))
 
     assert _by_role("move pasta from pan to tupperware", ["pasta", "pan", "tupperware"]) == ["tupperware", "pasta", "pan"]
     assert _by_role("put plate and spoon in dishwasher", ["plate", "spoon", "dishwasher"]) == ["dishwasher", "plate", "spoon"]

@@ -107,12 +107,6 @@ def _dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def _failed_line(line: dict) -> bool:
-    """Whether a Batch output line is a failed request (an error, a status other than 200, no completion)."""
-    resp = _dict(line.get("response"))
-    return bool(line.get("error")) or resp.get("status_code") != 200 or bool(reply_problem(_dict(resp.get("body"))))
-
-
 def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     """Validate the Batch output and append its records to the programs file; a result that did not fail
     replaces a ``failed`` record (e.g. of an expired batch), and with ``cfg.retry_invalid`` an ``invalid`` one.
@@ -134,6 +128,7 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     old = read_jsonl(cfg.out_path) if cfg.out_path.exists() else []
     invalid = {r["narration_id"] for r in old if r.get("status") == "invalid"}
     replaced = {r["narration_id"] for r in old if r.get("status") == "failed"} | (invalid if cfg.retry_invalid else set())
+
     def result(line: dict) -> dict:
         """The program record of one result line (validated, no repair round)."""
         nid = line["custom_id"]

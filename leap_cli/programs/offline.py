@@ -186,7 +186,7 @@ def clip_evidence(info: ClipInfo, nid: int, nouns: ClassVocab) -> Evidence:
     ranks = _role_ranks(info.narration, info.all_nouns)
     return Evidence(
         noun=nid,
-        narrated=rest(resolve_object(n, nouns) for n in sorted(ranks, key=ranks.get)),
+        narrated=rest(resolve_object(n, nouns) for n in _by_role(ranks)),
         sources=rest(resolve_object(n, nouns) for n, r in ranks.items() if r == _SOURCE),
         contacts=rest(ranked),
         near=rest(resolve_object(o, nouns) for o, _, share in info.near_hands if share >= MIN_NEAR_SHARE),
@@ -201,15 +201,12 @@ _TO = {"to", "into", "onto", "in", "on", "inside", "under", "over", "towards"}
 _FROM = {"from", "off", "out"}
 _AND = {"and", "&", "with"}
 _SKIP = {"the", "a", "an", "some", "of", "its", "their", "his", "her", "my", "back", "up", "down"}
+_SOURCE = 3  # the rank of a place the object comes from (``_role_ranks``)
 
 
-_SOURCE = 3
-
-
-def _by_role(narration: str | None, forms) -> list[str]:
-    """The narration's nouns (EPIC forms, "board:chopping") in the order the offline generator gives them roles:
-    places they go to, then the rest, then co-objects, then places they come from."""
-    ranks = _role_ranks(narration, forms)
+def _by_role(ranks: dict[str, int]) -> list[str]:
+    """The narration's nouns (``_role_ranks``) in the order the offline generator gives them roles: places they
+    go to, then the rest, then co-objects, then places they come from."""
     return sorted(ranks, key=ranks.get)
 
 
@@ -674,7 +671,7 @@ UNHELD = ("top", "cupboard", "drawer", "sink", "kitchen", "floor", "wall", "shel
 
 def _implausible(program: dict, nouns: ClassVocab) -> str | None:
     """What a renamed exemplar program asks of an object that its class cannot be or do: switched on or off
-    outside EPIC's appliances, held when it is furniture, storage or a hand; None when nothing."""
+    outside EPIC's appliances, held when it is fixed furniture (``UNHELD``) or a hand; None when nothing."""
     for cond in _conditions(program):
         pred, args = cond["predicate"], cond["args"]
         obj = args[0] if pred in ("switched_on", "switched_off") else args[1] if pred == "holding" else None
