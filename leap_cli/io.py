@@ -203,16 +203,22 @@ def writer_of(path: str | Path) -> str | None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        try:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
-        except OSError:
-            holder = []
-        return f"process {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another leap process"
+        return _lock_holder(fd) or "another leap process"
     except OSError:
         return None
     finally:
         os.close(fd)  # (drops the shared lock taken to look)
     return None
+
+
+def _lock_holder(fd: int) -> str | None:
+    """``process PID on HOST``: who holds a lock file, as its holder wrote it when it took the lock (None: not
+    said)."""
+    try:
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
+    except OSError:
+        return None
+    return f"process {holder[0]} on {holder[1]}" if len(holder) >= 2 else None
 
 
 class OutputLock:
@@ -236,13 +242,10 @@ class OutputLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:  # who holds it: written by the holder when it took the lock
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
-            except OSError:
-                holder = []
+            holder = _lock_holder(fd)  # (an orphaned worker, a job on another node: the refusal names it)
             os.close(fd)
             what = "folder" if self.path.is_dir() else "file"  # a run's checkpoints/ or eval/SPLIT/, or an output
-            who = f" (process {holder[0]} on {holder[1]})" if len(holder) >= 2 else ""
+            who = f" ({holder})" if holder else ""
             raise LeapError(f"another leap process is writing this {what}{who}", path=self.path,
                             fix=self.fix) from None
         try:  # (an orphaned worker, a job on another node: the refusal names it)
