@@ -334,8 +334,9 @@ def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path
     # an ingest where every result failed exits 3, as every stage where all records failed
     failed = [{"id": f"r{i}", "custom_id": r["custom_id"], "response": {"status_code": 500, "body": {}}}
               for i, r in enumerate(read_jsonl(tmp_path / "b.jsonl"))]
+    # (a segment's second failed result, superseded, is no record of its own: it made the count N+1 and exit 0)
     ingest = ["generate-programs", "--workdir", str(workdir), "--split", "val", "--model", "gpt-test", "--ingest-batch",
-              str(results_file(tmp_path / "out.jsonl", failed))]
+              str(results_file(tmp_path / "out.jsonl", failed + failed[:1]))]
     res = CliRunner().invoke(app, ingest)
     assert res.exit_code == 3 and f"all {N_SEGMENTS} records failed" in res.output, res.output
 

@@ -138,7 +138,8 @@ def generate_programs(
         from leap_cli.outcome import Outcome
 
         outcome = Outcome("generate-programs --ingest-batch")  # 3 when every result ingested now failed
-        outcome.attempt(sum(v for k, v in counts.items() if k != "already_present"))
+        # (results superseded by a better one for their segment are not records of their own)
+        outcome.attempt(sum(v for k, v in counts.items() if k not in ("already_present", "superseded")))
         for status in ("invalid", "failed"):
             for _ in range(counts.get(status, 0)):
                 outcome.fail(f"{status} (see leap validate-programs)")

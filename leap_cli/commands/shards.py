@@ -142,7 +142,8 @@ def _refuse_unused(ctx: typer.Context, task: str, mode: str) -> None:
         unused = given_options(ctx, "tau_a", "tau_o", "context", "anticipation_context", "span_frames")
         if unused:
             raise LeapError(f"{', '.join(unused)} set{'s' if len(unused) == 1 else ''} how anticipation shards are "
-                            f"built; these are {task} shards", fix="add --task anticipation, or drop " + ("it" if len(unused) == 1 else "them"))
+                            f"built; these are {task} shards",
+                            fix="add --task anticipation, or drop " + ("it" if len(unused) == 1 else "them"))
         return
     unused = given_options(ctx, "tau_o" if mode == "clips" else "span_frames")
     if unused:

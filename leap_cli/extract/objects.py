@@ -160,13 +160,12 @@ class FasterRCNNDetector:
 def _matching_arch(det, state: dict, num_classes: int, tried: str, model_kwargs: dict) -> str | None:
     """The detector architecture (of ``DETECTOR_ARCHS``) whose parameters ``state`` has, key for key and shape for
     shape, other than ``tried``; None when none has."""
+    theirs = {k: v.shape for k, v in state.items() if not k.endswith("num_batches_tracked")}
     for name in DETECTOR_ARCHS:
         if name == tried:
             continue
         own = getattr(det, name)(weights=None, weights_backbone=None, num_classes=num_classes, **model_kwargs)
-        own = {k: v.shape for k, v in own.state_dict().items() if not k.endswith("num_batches_tracked")}
-        theirs = {k: v.shape for k, v in state.items() if not k.endswith("num_batches_tracked")}
-        if own == theirs:
+        if {k: v.shape for k, v in own.state_dict().items() if not k.endswith("num_batches_tracked")} == theirs:
             return name
     return None
 
