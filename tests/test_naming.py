@@ -277,6 +277,77 @@ def test_clip_openai_offline_names_the_file_url_and_caches(tiny_clip, monkeypatc
     assert "models--timm--vit_base_patch16_clip_224.openai" in msg and "open_clip_pytorch_model.bin" in msg
 
 
+def _openai_tag(monkeypatch, arch: str, hub: str = "timm/tiny_clip.openai/"):
+    """open_clip's ``openai`` tag for ``arch``: a hub release (and no URL), as ViT-B-16's; the network refused."""
+    import socket
+
+    real = open_clip.get_pretrained_cfg
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda a, tag: (
+        {"url": "", "hf_hub": hub, "quick_gelu": True} if (a, tag) == (arch, "openai") else real(a, tag)))
+    downloads = []
+
+    def create_model(name, pretrained=None, **kw):
+        if pretrained is not None:
+            downloads.append(pretrained)
+            raise RuntimeError("offline")
+        return real_create(name, pretrained=None, **kw)
+
+    real_create = open_clip.create_model
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(-2, "Name or service not known")))
+    return downloads
+
+
+@pytest.mark.parametrize("name", ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
+def test_clip_openai_reads_the_hugging_face_cache_offline(tiny_clip, monkeypatch, tmp_path, name):
+    """``--clip-weights openai`` with open_clip's file in the Hugging Face cache loads it with OpenAI's QuickGELU
+    and asks no network (the hub client's ~50 s of retries came first on an offline node), in either of the
+    two formats open_clip downloads."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    from leap_cli.extract.naming import ClipNamer
+
+    arch, ck = tiny_clip
+    downloads = _openai_tag(monkeypatch, arch)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    repo = tmp_path / "hub" / "models--timm--tiny_clip.openai"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    state = torch.load(ck, weights_only=True)
+    target = repo / "snapshots" / "0123abcd" / name
+    save_file(state, str(target)) if name.endswith(".safetensors") else torch.save(state, target)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    namer = ClipNamer("openai", arch=arch)
+    assert downloads == [] and namer.source == f"clip:{arch}:openai"
+    assert type(namer.model.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+    assert torch.equal(namer.model.state_dict()["visual.proj"], state["visual.proj"])
+
+
+def test_clip_openai_unreachable_hub_fails_at_once(tiny_clip, monkeypatch, tmp_path):
+    """With nothing cached and the hub unreachable, the error comes before open_clip's download (whose retries
+    took ~50 s), naming the files to place; HF_HUB_OFFLINE says so without trying the network."""
+    from huggingface_hub import constants
+
+    from leap_cli.extract.naming import ClipNamer
+
+    arch, _ = tiny_clip
+    downloads = _openai_tag(monkeypatch, arch)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(LeapError) as e:
+        ClipNamer("openai", arch=arch)
+    assert downloads == []
+    assert "huggingface.co cannot be reached (Name or service not known" in e.value.one_line()
+    assert "models--timm--tiny_clip.openai" in e.value.one_line()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(LeapError, match="HF_HUB_OFFLINE is set"):
+        ClipNamer("openai", arch=arch)
+    assert downloads == []
+
+
 @pytest.mark.slow
 def test_real_vit_b16_layout_loads_and_names(tmp_path, epic_nouns):
     """OpenAI's CLIP ViT-B/16 architecture, random weights in its key layout, through the real loading path."""

@@ -123,16 +123,7 @@ class ClipNamer:
             raise LeapError(f"unknown open_clip architecture {arch!r}", fix="use ViT-B-16 (OpenAI's CLIP ViT-B/16)")
         self._torch = torch
         if str(weights) == "openai" and not Path(weights).is_file():
-            url = open_clip.get_pretrained_cfg(arch, "openai").get("url", "")
-            cached = Path("~/.cache/clip").expanduser() / url.rsplit("/", 1)[-1]  # where open_clip puts the URL's file
-            if url and cached.is_file():
-                self.model = load_clip_file(open_clip, arch, cached)
-            else:
-                try:  # open_clip's own download (into its cache) on a connected machine
-                    self.model = open_clip.create_model(arch, pretrained="openai", force_quick_gelu=True)
-                except Exception as e:  # noqa: BLE001 - offline: say which file to place where
-                    raise LeapError(f"cannot download OpenAI's CLIP {arch} through open_clip ({type(e).__name__})",
-                                    fix=_openai_fix(open_clip, arch, url, cached)) from None
+            self.model = _openai_clip(open_clip, arch)
             self._identity = f"{arch}:openai"
             self.source = f"clip:{arch}:openai"
         else:
@@ -246,6 +237,65 @@ def mean_names(named: list[list[tuple[str, float]]], k: int = 5) -> list[tuple[s
     return [(noun, round(s / len(named), 4)) for noun, s in ranked]
 
 
+# open_clip's files of a hub release, the safetensors one first (as open_clip asks for them)
+_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_REACH_S = 5.0  # seconds to wait for the Hugging Face hub to answer a connection before calling it unreachable
+
+
+def _openai_clip(open_clip, arch: str):
+    """OpenAI's CLIP ``arch`` (open_clip's ``openai`` tag): from a cache where one holds it (OpenAI's archive
+    where open_clip keeps its URL's files, else open_clip's files in the Hugging Face cache), never asking the
+    network then (an offline compute node waited ~50 s of the hub client's retries before it read its own
+    cache); else open_clip's download, once the hub is seen to answer (else the error at once, with the files
+    to place)."""
+    pcfg = open_clip.get_pretrained_cfg(arch, "openai")
+    url, hub = pcfg.get("url", ""), pcfg.get("hf_hub", "").strip("/")
+    cached = Path("~/.cache/clip").expanduser() / url.rsplit("/", 1)[-1]  # where open_clip puts the URL's file
+    if url and cached.is_file():
+        return load_clip_file(open_clip, arch, cached)
+    for name in _HUB_FILES if hub else ():
+        found = _hub_cached(hub, name)
+        if found is not None:
+            log.info("OpenAI's CLIP %s from the Hugging Face cache: %s", arch, found)
+            return load_clip_file(open_clip, arch, found, quick_gelu=True)
+    unreachable = _unreachable("huggingface.co") if hub else None
+    if unreachable:
+        raise LeapError(f"cannot download OpenAI's CLIP {arch}: {unreachable}",
+                        fix=_openai_fix(open_clip, arch, url, cached))
+    logging.disable(logging.WARNING)  # the hub client's retry lines and open_clip's own: the error says it all
+    try:  # open_clip's own download (into its cache) on a connected machine
+        return open_clip.create_model(arch, pretrained="openai", force_quick_gelu=True)
+    except Exception as e:  # noqa: BLE001 - say which file to place where
+        raise LeapError(f"cannot download OpenAI's CLIP {arch} through open_clip ({type(e).__name__})",
+                        fix=_openai_fix(open_clip, arch, url, cached)) from None
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _hub_cached(repo: str, name: str) -> Path | None:
+    """The file ``name`` of hub repository ``repo`` where the Hugging Face cache holds it, else None."""
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo, name, cache_dir=constants.HF_HUB_CACHE)
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+def _unreachable(host: str) -> str | None:
+    """Why ``host`` cannot be downloaded from (offline mode, no name, no connection), else None."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set and the Hugging Face cache does not hold it"
+    try:
+        socket.create_connection((host, 443), timeout=_REACH_S).close()
+    except OSError as e:
+        return f"{host} cannot be reached ({e.strerror or type(e).__name__}: no network here?)"
+    return None
+
+
 def _openai_fix(open_clip, arch: str, url: str, cached: Path) -> str:
     hub = open_clip.get_pretrained_cfg(arch, "openai").get("hf_hub", "").strip("/")
     places = [f"place {cached.name} (from {url}) at {cached}"] if url else []
@@ -258,15 +308,16 @@ def _openai_fix(open_clip, arch: str, url: str, cached: Path) -> str:
     return ", or ".join(places + ["pass --clip-weights FILE"])
 
 
-def load_clip_file(open_clip, arch: str, path: str | Path):
+def load_clip_file(open_clip, arch: str, path: str | Path, *, quick_gelu: bool = False):
     """An open_clip model of ``arch`` built without weights, then the local file loaded exactly (OpenAI's
     TorchScript archive or a state dict in open_clip's / OpenAI's key layout, which are the same). QuickGELU
-    for OpenAI's archive (its ``input_resolution`` ... entries say so), else the activation of ``arch``."""
+    for OpenAI's archive (its ``input_resolution`` ... entries say so) or with ``quick_gelu`` (OpenAI's weights
+    as a state dict: open_clip's ``openai`` tag on the Hugging Face hub), else the activation of ``arch``."""
     from leap_cli.extract.weights import load_exact, unwrap_state_dict
     from leap_cli.model.uniformerv2 import read_checkpoint
 
     state = unwrap_state_dict(read_checkpoint(path), path, "CLIP")
-    openai = any(k in state for k in _JIT_EXTRAS)
+    openai = quick_gelu or any(k in state for k in _JIT_EXTRAS)
     for k in _JIT_EXTRAS:
         state.pop(k, None)
     quiet = _NoRandomInitWarning()  # open_clip warns "initialized randomly": the file is loaded next

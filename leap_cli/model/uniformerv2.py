@@ -724,15 +724,36 @@ def _is_uniformer_only(key: str) -> bool:
     return key.startswith(UNIFORMER_ONLY)
 
 
+def _is_safetensors(path: Path) -> bool:
+    """A safetensors file: a little-endian 8-byte length of the JSON header that follows (``{``), inside the file."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(9)
+    except OSError:  # (torch.load says why)
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint file: a TorchScript archive (OpenAI CLIP releases) or a torch.save'd dict,
-    the latter with ``weights_only=True``."""
+    """Read a checkpoint file: a TorchScript archive (OpenAI CLIP releases), a safetensors file (Hugging Face
+    releases) or a torch.save'd dict, the latter with ``weights_only=True``."""
     path = Path(path)
     if path.is_dir():  # (a run's folder, a Hugging Face snapshot)
         raise LeapError("is a folder, not a weights file", path=str(path),
                         fix="give the file inside it (a run's checkpoints/best.pt or last.pt, a release's .pth/.pyth)")
     if not path.is_file():
         raise LeapError(f"checkpoint {path} does not exist", path=str(path), fix="give the path of a local weights file")
+    if _is_safetensors(path):
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise LeapError(f"{path.name} is a safetensors file and the safetensors package is not installed",
+                            path=str(path), fix="pip install safetensors") from None
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as exc:  # noqa: BLE001 - a damaged file is a bad file for the user
+            raise LeapError(f"not a readable safetensors file ({exc})", path=str(path),
+                            fix="download the file again") from None
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as zf:
             scripted = any(n.endswith("/constants.pkl") or n.startswith("code/") or "/code/" in n for n in zf.namelist())
