@@ -270,6 +270,37 @@ def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
     assert build(root, tmp_path / "run", frames=2, overwrite=True).manifest["settings"]["frames"] == 2
 
 
+def test_programs_generated_again_the_same_resume_and_merge(root, tmp_path, monkeypatch):
+    """The same programs written again (another order, another time in their provenance: a regeneration from
+    the cache, generate-programs with another concurrency) are the same input: hashing the file's bytes refused
+    to resume the shards ("sources.programs differ") and to merge --shard parts. Other programs are refused."""
+    import leap_cli.shards.writer as writer
+
+    work, out = tmp_path / "w", tmp_path / "w" / "shards" / "train"
+    path = work / "programs" / "train.jsonl"
+    records = [dict(r, provenance={"created": "2026-12-01T10:00:00Z", "seconds": 1.5}) for r in program_records()]
+    write_programs(path, records)
+    build(root, work, programs=False, shard=ShardSpec(0, 2))
+    write_programs(path, [dict(r, provenance={"created": "2026-12-03T12:00:00Z", "seconds": 0.01})
+                          for r in reversed(records)])
+    r = build(root, work, programs=False, shard=ShardSpec(1, 2))
+    assert any("merged manifest.json" in n for n in r.notes)
+    assert build(root, work, programs=False, shard=ShardSpec(0, 2)).resumed_shards >= 1
+    changed = [dict(r, status="invalid") if r["narration_id"] == "P01_02_2" else r for r in records]
+    write_programs(path, changed)
+    with pytest.raises(LeapError, match=r"\(sources\.programs, targets differ\)"):
+        build(root, work, programs=False, shard=ShardSpec(0, 2))
+    # a folder built by an earlier leap (which hashed the file's bytes) resumes as before
+    old = tmp_path / "old"
+    write_programs(old / "programs" / "train.jsonl", records)
+    monkeypatch.setattr(writer, "programs_digest", lambda recs: writer.sha256_file(old / "programs" / "train.jsonl"))
+    made = build(root, old, programs=False)
+    monkeypatch.undo()
+    again = build(root, old, programs=False)
+    assert again.written_now == 0 and again.resumed_shards == len(list((old / "shards" / "train").glob("*.tar")))
+    assert again.manifest["sources"]["programs"] == made.manifest["sources"]["programs"]
+
+
 def test_shard_parts_merge(root, tmp_path):
     first = build(root, tmp_path, shard=ShardSpec(1, 2))
     # numbered as --shard numbers it, from 0 (it said "part 2 of 2 done", a part --shard does not have)

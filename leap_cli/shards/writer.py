@@ -480,7 +480,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
                  sources: dict | None = None, workers: int = 1, shard: ShardSpec = ShardSpec(),
                  overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
                  clock: Callable[[str], FrameClock] | None = None, cache: FrameCache | None = None,
-                 program_failures: list[dict] | None = None) -> BuildResult:
+                 program_failures: list[dict] | None = None, adopt: dict | None = None) -> BuildResult:
     """Write the shards of ``segments`` into ``out`` and return the manifest.
 
     ``clock(video_id)``: the timing rule of each video's source (default: an MP4 at ``fps``); ``cache``:
@@ -489,8 +489,9 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     ``programs`` are program records (None: no program file, every sample ``has_program: false``);
     ``targets`` encodes valid programs; ``program_failures`` (``programs.report.revalidated``'s) are listed in the
     manifest under ``programs.failed_validation``; ``sources`` (hashes of the inputs) goes into the manifest and the
-    settings hash, so a re-run with other inputs refuses to mix shards. ``progress(done, total)`` is
-    called after each segment.
+    settings hash, so a re-run with other inputs refuses to mix shards; ``adopt``: sources as an earlier leap
+    hashed them, kept where this folder's shards were built with them (``_adopted``). ``progress(done, total)``
+    is called after each segment.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -512,13 +513,16 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     else:
         notes.append("no program file: every sample has has_program: false")
     targets_manifest = targets.manifest() if targets is not None else None
-    sources = dict(sources or {})
-    settings_hash = stable_hash({"format": FORMAT, "settings": asdict(settings), "upscale": False, "sources": sources,
-                                 "targets": targets_manifest, "shard": [shard.index, shard.count]})
+    def hash_of(sources: dict) -> str:
+        return stable_hash({"format": FORMAT, "settings": asdict(settings), "upscale": False, "sources": sources,
+                            "targets": targets_manifest, "shard": [shard.index, shard.count]})
+
+    progress_path = out / f".progress{shard.suffix}.jsonl"
+    sources = _adopted(out, progress_path, dict(sources or {}), adopt, hash_of) if not overwrite else dict(sources or {})
+    settings_hash = hash_of(sources)
 
     jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
 
-    progress_path = out / f".progress{shard.suffix}.jsonl"
     if overwrite:  # under the lock: never the shards of a build still running
         with OutputLock(progress_path):
             merged_manifest = [out / manifest_name()] if shard.count > 1 else []  # it names this part's old tars
@@ -727,8 +731,49 @@ def read_programs(path: str | Path | None) -> list[dict] | None:
 
 
 def input_hashes(files: dict[str, Path | None]) -> dict[str, Any]:
-    """sha256 of each existing source file (annotations, class lists, programs) for the manifest."""
+    """sha256 of each existing source file (annotations, class lists) for the manifest."""
     return {name: (sha256_file(p) if p is not None and Path(p).exists() else None) for name, p in files.items()}
+
+
+def programs_digest(records: list) -> str:
+    """sha256 of what shards take from program records (``read_programs``'): each record without its
+    ``provenance`` (when, how fast, by which request it was made), in narration-id order. The same programs
+    generated again (from the cache, by another worker count, in another order) are the same input: hashing the
+    file's bytes refused to resume or merge shards built from them."""
+    import hashlib
+
+    lines = sorted(json.dumps({k: v for k, v in r.items() if k != "provenance"} if isinstance(r, dict) else r,
+                              sort_keys=True, separators=(",", ":"), ensure_ascii=False) for r in records)
+    h = hashlib.sha256()
+    for line in lines:
+        h.update(line.encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _adopted(out: Path, progress_path: Path, sources: dict, adopt: dict | None,
+             hash_of: Callable[[dict], str]) -> dict:
+    """``sources`` with ``adopt``'s values where the folder's shards were built with them (by a leap that hashed
+    the program file's bytes): its progress names their settings hash, or a part's manifest their values. Such a
+    folder resumes and its parts merge as before; one built now takes ``sources``."""
+    old = {**sources, **(adopt or {})}
+    if old == sources:
+        return sources
+    legacy = hash_of(old)
+    try:
+        if progress_path.exists() and any(isinstance(r, dict) and r.get("settings_hash") == legacy
+                                          for r in read_jsonl(progress_path)):
+            return old
+    except LeapError:
+        pass  # (a damaged progress file: _resume says so)
+    for path in out.glob("manifest*.json"):
+        try:
+            made = json.loads(path.read_text()).get("sources") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if all(made.get(k) == v for k, v in (adopt or {}).items()):
+            return old
+    return sources
 
 
 # ---- from a dataset root: what ``leap build-shards`` calls --------------------------------------------
@@ -822,6 +867,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     if programs_path and not prog_path.exists():
         raise LeapError("program file not found", path=prog_path, fix="run leap generate-programs or fix --programs")
     programs = read_programs(prog_path)
+    digest = programs_digest(programs) if programs is not None else None
     notes: list[str] = []
     if programs is not None and (who := writer_of(prog_path)):  # (samples of the rest would have no program)
         notes.append(f"{prog_path} is still being written by {who}: its {len(programs)} records so far are used; "
@@ -904,7 +950,9 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         return ann.fps(video_id)
 
     sources = input_hashes({"annotations": ann.split_path(split), "verb_classes": ann.folder / VERB_CLASSES,
-                            "noun_classes": ann.folder / NOUN_CLASSES, "programs": prog_path if programs is not None else None})
+                            "noun_classes": ann.folder / NOUN_CLASSES})
+    sources["programs"] = digest
+    adopt = {"programs": sha256_file(prog_path)} if digest is not None else None  # (shards built before 2026-12-03)
     from leap_cli.epic.timing import RGB_FRAMES
 
     def clock(video_id: str) -> FrameClock:
@@ -948,7 +996,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     result = build_shards(segments, out=out, settings=settings, opener=LayoutOpener(layout.root, layout.annotations_dir, fps_map),
                           fps=fps, programs=programs, programs_path=prog_path, targets=targets, sources=sources,
                           workers=workers, shard=shard, overwrite=overwrite, progress=progress, clock=clock,
-                          cache=cache, program_failures=failures)
+                          cache=cache, program_failures=failures, adopt=adopt)
     if targets is not None and targets.failed:
         notes.append(f"{len(targets.failed)} valid programs could not be encoded (e.g. {targets.failed[0]['error']})")
     if not result.written_now and result.resumed_shards:  # every shard was there: nothing was read or built now
