@@ -1731,3 +1731,17 @@ def test_a_resume_after_the_bundled_generator_changed_says_what_force_costs(work
     with pytest.raises(LeapError) as e:
         generate_programs(dataclasses.replace(offline, limit=3))
     assert "use the old settings" in e.value.fix
+
+
+def test_limit_takes_the_split_order_whatever_the_descriptor_order(workdir):
+    """extract with --workers 2 appends records as segments finish: --limit N took the file's first N, so the
+    segments chosen depended on extract's worker count. The split's order decides."""
+    from leap_cli.epic.annotations import read_segments
+
+    segs = read_segments(workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv")
+    desc = workdir / "descriptors" / "val.jsonl"
+    desc.parent.mkdir(parents=True)
+    desc.write_text("".join(json.dumps(narration_record(s)) + "\n" for s in [segs[3], segs[0], segs[5], segs[1],
+                                                                            segs[2], segs[4]]))
+    generate_programs(GenerateConfig(workdir=workdir, split="val", backend="offline", limit=3))
+    assert [r["narration_id"] for r in records(workdir)] == [s.narration_id for s in segs[:3]]

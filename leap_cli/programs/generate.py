@@ -204,6 +204,10 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
             log.warning("%s: %d descriptor records are not segments of split %s (e.g. %s): skipped", path,
                         len(outside), split, ", ".join(outside[:3]))
             records = [r for r in records if r["narration_id"] in segments]
+        # in the split's order, not the descriptor file's (extract's workers append segments as they finish):
+        # --limit N takes the same N segments whatever extract's --workers was
+        rank = {k: i for i, k in enumerate(segments)}
+        records.sort(key=lambda r: rank.get(r["narration_id"], len(rank)))
     # parts by the split's videos in annotation order, as extract's: part i of extract's part i is all of it
     order = [s.video_id for s in segments.values()]
     records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]), order=order)
