@@ -189,6 +189,18 @@ def test_streamed_submission_is_json_dumps_of_the_whole_dict(tmp_path, with_acti
     assert sub.check_submission(sub.read_submission(tmp_path / "s.zip"), ids, 97, 300)["actions"] is with_actions
 
 
+def test_the_same_scores_give_the_same_zip_bytes(tmp_path, monkeypatch):
+    """test.json's date in the zip was the time of writing: a rerun made another file from the same scores."""
+    import time
+
+    doc = sub.make_submission(_test_scores(), "recognition", sls_pt=2, sls_tl=3, sls_td=4)
+    sub.write_submission(tmp_path / "a.zip", doc)
+    later = time.localtime(time.time() + 86400 * 40)
+    monkeypatch.setattr(time, "localtime", lambda *a: later)
+    sub.write_submission(tmp_path / "b.zip", doc)
+    assert (tmp_path / "a.zip").read_bytes() == (tmp_path / "b.zip").read_bytes()
+
+
 @pytest.mark.parametrize("value", [True, "0.5", None, [0.5], 10 ** 400, float("inf")])
 def test_check_refuses_scores_that_are_not_finite_numbers(value):
     doc = sub.make_submission(_test_scores(), "recognition", sls_pt=2, sls_tl=3, sls_td=4)
