@@ -141,6 +141,11 @@ def recheck(record: dict, verbs: ClassVocab, nouns: ClassVocab, segments: dict[s
     return ("invalid" if findings else "valid"), [f.to_dict() for f in findings]
 
 
+def _ranked(counts: Counter) -> dict:
+    """Most frequent first, ties by name (``most_common`` breaks them by first sight: the files' record order)."""
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0]))))
+
+
 def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
                      segments: dict[str, Segment] | None = None, *,
                      max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS, part: tuple[list[int], int] | None = None) -> dict:
@@ -218,8 +223,7 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
                             f"annotated segments of part(s) {', '.join(f'{i}/{part[1]}' for i in part[0])} of the split"),
                      "fraction": round(covered / denominator, 4) if denominator else 0.0,
                      "not_in_split": len(not_in_split), "not_in_split_examples": not_in_split[:10]},
-        "histograms": {"verbs": dict(verb_h.most_common()), "objects": dict(obj_h.most_common()),
-                       "predicates": dict(pred_h.most_common()),
+        "histograms": {"verbs": _ranked(verb_h), "objects": _ranked(obj_h), "predicates": _ranked(pred_h),
                        "steps": {str(k): v for k, v in sorted(steps_h.items())}, "control_flow": dict(flow_h)},
         "errors": per_record,
         "malformed": malformed,
