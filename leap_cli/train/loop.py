@@ -515,6 +515,9 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 log.warning("%s: best.pt was chosen by %s; from now on by %s (the next validation sets it)",
                             ckpt_dir, resume_ckpt.get("best_key", "action_top1"), BEST_METRIC[cfg.data.task])
                 state.best_metric = -1.0
+            if changed := _numerics_changed(resume_ckpt.get("numerics"), numerics(cfg, info)):
+                log.warning("%s: resumed with %s: the run goes on within float rounding, not bit for bit as it "
+                            "would have uninterrupted", ckpt_dir, changed)
             if state.batches and resume_ckpt["data_position"].get("order") != DATA_ORDER:
                 log.warning("%s: written by an older leap, which ordered an epoch's batches otherwise: the rest "
                             "of epoch %d is not the batches the interrupted run would have seen", ckpt_dir,
@@ -553,7 +556,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 "targets": source.program_targets,  # the token vocabularies, to read predicted programs back
                 "shards_timing": getattr(source, "timing", None),  # anticipation: when the training shards observe
                 "epoch": state.epoch, "best_metric": state.best_metric, "best_key": BEST_METRIC[cfg.data.task],
-                "rng": rng_state(),
+                "rng": rng_state(), "numerics": numerics(cfg, info),
                 "data_position": {"epoch": state.epoch, "batches": state.batches, "world_size": info.world_size,
                                   "order": DATA_ORDER}})
 
@@ -632,6 +635,22 @@ DATA_ORDER = 2  # how an epoch's batches are formed (2: shuffled, cut into batch
 RESUME_MAY_CHANGE = frozenset({"train.device", "train.threads", "train.log_every", "train.checkpoint_every",
                                "data.num_workers", "data.eval_batch_size", "data.val", "data.train",
                                "model.compile", "model.pretrained", "model.allow_partial_load"})
+
+
+def numerics(cfg: Config, info: distributed.DistInfo) -> dict:
+    """What sets the order of a step's float sums besides the config's keys: the device, CPU threads (the
+    machine's cores where train.threads is 0), torch.compile and the number of ranks."""
+    return {"device": info.device.type, "threads": torch.get_num_threads() if info.device.type == "cpu" else None,
+            "compile": bool(cfg.model.compile), "world_size": info.world_size}
+
+
+def _numerics_changed(was: dict | None, now: dict) -> str | None:
+    """What differs (``numerics``) between the checkpoint's run and this one, in words; None: the same or unknown."""
+    if not was:
+        return None
+    names = {"device": "device", "threads": "CPU threads", "compile": "model.compile", "world_size": "ranks"}
+    diff = [f"{names[k]} {now[k]} (was {was[k]})" for k in names if k in was and was[k] != now.get(k)]
+    return ", ".join(diff) or None
 
 
 def _remove_unstarted(run_dir: Path, made: list[Path]) -> None:
