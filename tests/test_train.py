@@ -510,6 +510,7 @@ def test_an_epochs_batches_do_not_depend_on_num_workers(shard_work: Path, worker
         source = ShardSource(shard_work / "shards" / "train", shard_work / "shards" / "val", cfg,
                              distributed.DistInfo())
         val = [b["narration_id"] for b in source.val_batches()]
+        assert not list(source.train_batches(2, source.batches_per_epoch))  # resumed at its end (a signal there)
         return source.batches_per_epoch, list(source.train_batches(1)), val
 
     n0, want, val0 = epoch(0)
@@ -807,6 +808,50 @@ def test_signal_saves_a_resumable_checkpoint_at_the_step_boundary(tmp_path: Path
     assert ckpt["step"] == 2 and ckpt["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1, "order": 2}
     done = main(cfg, workdir=tmp_path, name="cut", source=MemorySource(batches_per_epoch=8, val=False), resume=True)
     assert done.steps == 6 and done.interrupted is None and full.steps == 6
+    a = torch.load(tmp_path / "runs/full/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "runs/cut/checkpoints/last.pt", weights_only=True)["model"]
+    for k in a:
+        assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
+
+
+class ValSignalSource(MemorySource):
+    """Sends a signal while validation reads its first batch, once."""
+
+    def __init__(self, signum: int, **kw):
+        super().__init__(**kw)
+        self.signum, self.sent = signum, False
+
+    def val_batches(self):
+        for i, b in enumerate(super().val_batches()):
+            if i == 0 and not self.sent:
+                self.sent = True
+                os.kill(os.getpid(), self.signum)
+            yield b
+
+
+@pytest.mark.parametrize("where", ["last step", "validation"])
+def test_a_signal_at_an_epochs_end_stops_before_validating_and_resume_validates(tmp_path: Path, where) -> None:
+    """A signal in an epoch's last step ran the whole validation before stopping (minutes on EPIC's val, past a
+    scheduler's grace period), and one during validation waited for its end: the run stops at the epoch's end
+    without validating, and --resume validates it first, as the uninterrupted run did."""
+    import signal
+
+    cfg = tiny_config("train.max_steps=8")
+    full = main(cfg, workdir=tmp_path, name="full", source=MemorySource(batches_per_epoch=4))
+    source = (SignalSource(signal.SIGTERM, 4, batches_per_epoch=4) if where == "last step" else
+              ValSignalSource(signal.SIGTERM, batches_per_epoch=4))
+    part = main(cfg, workdir=tmp_path, name="cut", source=source)
+    assert part.interrupted == "SIGTERM" and part.steps == 4
+    lines = [json.loads(x) for x in (tmp_path / "runs/cut/metrics.jsonl").read_text().splitlines()]
+    assert not [x for x in lines if x["split"] == "val"]
+    ckpt = torch.load(tmp_path / "runs/cut/checkpoints/last.pt", weights_only=True)
+    assert ckpt["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1, "order": 2}
+    done = main(cfg, workdir=tmp_path, name="cut", source=MemorySource(batches_per_epoch=4), resume=True)
+    assert done.steps == 8 and full.steps == 8
+    val = [[{k: v for k, v in json.loads(x).items() if k != "seconds"}
+            for x in (tmp_path / f"runs/{name}/metrics.jsonl").read_text().splitlines() if '"val"' in x]
+           for name in ("full", "cut")]
+    assert len(val[0]) == 2 and val[0] == val[1]
     a = torch.load(tmp_path / "runs/full/checkpoints/last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "runs/cut/checkpoints/last.pt", weights_only=True)["model"]
     for k in a:

@@ -209,15 +209,19 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[Batch], cfg: Config, info: distributed.DistInfo) -> dict:
+def evaluate(model: nn.Module, batches: Iterable[Batch], cfg: Config, info: distributed.DistInfo, *,
+             should_stop: Callable[[], bool] | None = None) -> dict | None:
     """Validation loss and verb / noun / action top-1 and top-5, summed over processes. Action top-1 (verb and
     noun both right) equals EPIC's official action top-1: the best pair of the softmax product is the pair of
     the two argmaxes. Anticipation adds the challenge's class-mean top-5 recall (``*_mt5r``, leap evaluate's
-    ``anticipation_metrics`` over the scores of all processes). ``n`` counts labelled samples, ``seen`` all samples."""
+    ``anticipation_metrics`` over the scores of all processes). ``n`` counts labelled samples, ``seen`` all samples.
+    None where ``should_stop()`` held before a batch (one process only: ranks agree on a stop in collectives)."""
     model.eval()
     sums = {"seen": 0.0, "n": 0.0, "loss": 0.0, "verb": 0.0, "noun": 0.0, "action": 0.0, "verb5": 0.0, "noun5": 0.0}
     kept: dict[str, list] = {"verb": [], "noun": [], "verb_class": [], "noun_class": []}  # anticipation
     for batch in batches:
+        if should_stop is not None and should_stop():
+            return None
         batch = to_device(batch, info.device)
         sums["seen"] += batch["verb_class"].shape[0]
         with autocast_context(info.device, cfg.train.precision):
@@ -344,8 +348,9 @@ class GracefulStop:
         if self.received is not None:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
-        log.warning("%s received: stopping at the next step boundary and saving checkpoints/last.pt "
-                    "(send it again to stop at once)", self.received)
+        if self.info.is_main:  # (every rank of a torchrun gets the signal: said once)
+            log.warning("%s received: stopping at the next step boundary and saving checkpoints/last.pt "
+                        "(send it again to stop at once)", self.received)
 
     def __enter__(self) -> "GracefulStop":
         import signal
@@ -586,18 +591,23 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 train_model, batches, optimizer, scheduler, scaler, cfg, state, info, total_steps=total,
                 batches_per_epoch=steps_per_epoch * accum, stop_at_step=stop_at_step, on_step=log_step,
                 on_checkpoint=lambda: checkpoint(ckpt_dir / "last.pt"), should_stop=stop)
-            if not going:
-                stopped = True
-                break
-            epoch_done = state.epoch
+            if not going or stop():  # a signal in the epoch's last step: no validation first (minutes on EPIC's
+                stopped = True  # val, past a scheduler's grace period); last.pt at the epoch's end, so that
+                break  # --resume validates it as the run would have
+            epoch_done, batches_done = state.epoch, state.batches
             state.epoch += 1
             state.batches = 0
             val = source.val_batches()
             is_last = state.epoch >= epochs or state.step >= total
             if val is not None and (state.epoch % max(1, cfg.train.eval_every_epochs) == 0 or is_last):
                 rng = rng_state()  # keep validation from disturbing the training RNG stream
-                last_eval = evaluate(model, val, cfg, info)  # unwrapped: ranks may hold different counts
+                # unwrapped: ranks may hold different counts; one process stops inside it at a signal
+                last_eval = evaluate(model, val, cfg, info, should_stop=None if info.distributed else stop)
                 set_rng_state(rng)
+                if last_eval is None:  # back to the epoch's end, which --resume validates
+                    state.epoch, state.batches = epoch_done, batches_done
+                    stopped = True
+                    break
                 expected = getattr(source, "val_size", None)
                 if expected is not None and last_eval.get("seen") != expected:
                     log.warning("validation saw %s samples, the val shards hold %s", last_eval.get("seen"), expected)
