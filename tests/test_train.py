@@ -74,6 +74,20 @@ def tiny_config(*extra: str) -> Config:
 
 
 # ---------------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize("text,line,key", [("train:\n  epochs: 1\ntrain:\n  log_every: 3\n", 3, "train"),
+                                           ("data: {batch_size: 8, batch_size: 0}\n", 1, "batch_size")])
+def test_a_key_given_twice_in_a_config_is_refused(tmp_path: Path, text: str, line: int, key: str) -> None:
+    """PyYAML keeps the last of two equal keys: a second train: section dropped the first's epochs unseen."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(LeapError, match=f"key '{key}' appears twice in one mapping") as e:
+        load_config(path)
+    assert e.value.record == f"line {line}" and e.value.fix == "merge the two into one"
+    path.write_text("# a config still to write\n")  # (it trained on every default)
+    with pytest.raises(LeapError, match="the config file is empty"):
+        load_config(path)
+
+
 def test_unknown_config_key_names_key_and_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("optim:\n  lr: 1.0e-3\n  learning_rate: 3\n")
@@ -920,10 +934,39 @@ def test_anticipation_trains_with_context_clips(tmp_path: Path, aggregate: bool)
 
 @pytest.mark.parametrize("override,key", [("optim.lr=-1", "optim.lr"), ("optim.warmup_ratio=2", "optim.warmup_ratio"),
                                           ("loss.label_smoothing=1.5", "loss.label_smoothing"),
-                                          ("data.num_workers=-1", "data.num_workers")])
+                                          ("data.num_workers=-1", "data.num_workers"),
+                                          ("optim.lr=.inf", "optim.lr"),  # (trained, logging "lr": Infinity)
+                                          ("model.anticipation_context=-1", "model.anticipation_context"),
+                                          ("model.options.decoder_layers=0", "model.options.decoder_layers"),
+                                          ("model.options.decoder_dropout=-0.5", "model.options.decoder_dropout"),
+                                          ("model.options.drop_path_rate=2", "model.options.drop_path_rate")])
 def test_config_values_out_of_range_are_refused(override: str, key: str) -> None:
     with pytest.raises(LeapError, match=rf"config key '{key}': .* is out of range"):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("override,says", [
+    ("model.options.decoder_dim=abc", "'abc' is not an integer"),
+    ("model.options.num_verbs=10", "set by the shards' class files, not by model.options"),
+    ("model.options.num_frames=8", "set by model.num_frames, not by model.options"),
+    ("model.options.program=null", "set by model.program_heads and the shards' programs")])
+def test_model_options_are_checked_before_anything_runs(override: str, says: str) -> None:
+    """model.options went to the model as they were: a string or a negative size crashed building it (a
+    traceback), a drop path of 2 at the first step, and num_verbs / num_frames / program overrode what the data
+    and the model section set (an IndexError in the loss, another clip length, the program heads dropped)."""
+    with pytest.raises(LeapError, match=re.escape(says)) as e:
+        load_config("tiny-synthetic", [override])
+    assert e.value.path == f"--set {override}"
+
+
+def test_model_options_the_model_cannot_take_are_one_line(tmp_path: Path) -> None:
+    """decoder_heads that do not divide decoder_dim: torch's AssertionError was a traceback."""
+    with pytest.raises(LeapError, match=r"model section does not build \(AssertionError: embed_dim must be divisible "
+                                        r"by num_heads\) with model.options") as e:
+        main(tiny_config("train.max_steps=1", "model.options.decoder_heads=3"), workdir=tmp_path, name="h",
+             source=MemorySource(val=False))
+    assert "decoder_heads" in e.value.fix
+    assert not (tmp_path / "runs" / "h").exists()
 
 
 @pytest.mark.parametrize("betas", ["[0.9]", "[0.9, 0.95, 0.99]", "[]"])

@@ -8,6 +8,7 @@ config (file + overrides + defaults) is written to ``runs/NAME/config.yaml`` and
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, get_type_hints
@@ -248,10 +249,43 @@ def _validate(cfg: Config, source: str, origins: dict[str, str] | None = None) -
               ("data.eval_batch_size", d.eval_batch_size, 1, None, False), ("data.num_workers", d.num_workers, 0, None, False),
               ("data.shuffle_buffer", d.shuffle_buffer, 0, None, False), ("data.color_jitter", d.color_jitter, 0, None, False)]
     ranges += [(f"optim.betas[{i}]", b, 0, 0.999999, False) for i, b in enumerate(o.betas)]
+    ranges += [("model.anticipation_context", cfg.model.anticipation_context, 0, None, False)]
+    _check_options(cfg.model.options, bad)
     for key, value, low, high, low_open in ranges:
-        if value != value or (value <= low if low_open else value < low) or (high is not None and value > high):
+        if (value != value or (value <= low if low_open else value < low) or (high is not None and value > high)
+                or value == math.inf):
             span = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'}{']' if high is not None else ')'}"
             raise bad(key, f"{value!r} is out of range {span}")
+
+
+# model.options keys that model_args takes from elsewhere (model_args_for): an option would override them unseen
+_SET_ELSEWHERE = {"backbone": "model.backbone", "num_frames": "model.num_frames", "img_size": "model.img_size",
+                  "num_verbs": "the shards' class files", "num_nouns": "the shards' class files",
+                  "program": "model.program_heads and the shards' programs",
+                  "anticipation": "data.task, model.anticipation_context and model.anticipation_aggregate",
+                  "grad_checkpointing": "model.grad_checkpointing"}
+# model.options of the heads and the backbone with a range: (low, high or None, high open, integer)
+_OPTION_RANGES = {"decoder_dim": (1, None, False, True), "decoder_layers": (1, None, False, True),
+                  "decoder_heads": (1, None, False, True), "decoder_dropout": (0, 1, True, False),
+                  "decoder_label_forcing": (0, 1, False, False), "drop_path_rate": (0, 1, True, False),
+                  "backbone_drop_path_rate": (0, 1, True, False), "cls_dropout": (0, 1, True, False)}
+
+
+def _check_options(options: dict, bad) -> None:
+    """Refuse a ``model.options`` value of the wrong type or out of its range, or an option that another key sets
+    (each crashed building the model or at its first step, or overrode that key unseen)."""
+    for key, value in options.items():
+        name = f"model.options.{key}"
+        if key in _SET_ELSEWHERE:
+            raise bad(name, f"set by {_SET_ELSEWHERE[key]}, not by model.options: remove it there")
+        if key not in _OPTION_RANGES or (key == "decoder_dim" and value is None):
+            continue
+        low, high, high_open, integer = _OPTION_RANGES[key]
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            raise bad(name, f"{value!r} is not {'an integer' if integer else 'a number'}")
+        if not low <= value < (high if high is not None else math.inf) and not (value == high and not high_open):
+            raise bad(name, f"{value!r} is out of range [{low}, {high if high is not None else 'inf'}"
+                            f"{')' if high_open or high is None else ']'}")
 
 
 def backbone_options(model: ModelConfig) -> dict:
@@ -321,6 +355,22 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Confi
     return _build(apply_overrides(raw, pairs, source, origins), source, origins)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (the first was dropped without a word: a
+    second ``train:`` section lost the first's keys)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (the first would be dropped)",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_raw(path: str | Path, chain: tuple[str, ...] = ()) -> tuple[dict, str]:
     """A config file's sections, with ``base: NAME`` (a bundled config or a file next to this one) merged
     underneath key by key (``model.options`` too)."""
@@ -333,13 +383,17 @@ def _read_raw(path: str | Path, chain: tuple[str, ...] = ()) -> tuple[dict, str]
         raise LeapError("config file not found", path=path,
                         fix=f"give a YAML file, or the name of a bundled config: {names}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise LeapError(f"config is not valid YAML: {problem}", path=path,
                         record=None if mark is None else f"line {mark.line + 1}",
-                        fix="fix the YAML at that line (indentation, a missing ':' or bracket)") from None
+                        fix="merge the two into one" if "appears twice" in problem else
+                        "fix the YAML at that line (indentation, a missing ':' or bracket)") from None
+    if raw is None:  # (it trained with every default, the tiny model at 224 pixels, without a word)
+        raise LeapError("the config file is empty", path=path,
+                        fix="write its sections, or start from a bundled config: base: tiny-synthetic")
     if not isinstance(raw, dict):
         raise LeapError("a config file must be a YAML mapping of sections", path=path)
     for name, values in raw.items():

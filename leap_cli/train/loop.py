@@ -485,6 +485,12 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             raise LeapError(f"the config's model section does not build: {e.message}", record="model",
                             fix=e.fix or "change model.num_frames, model.img_size or model.options in the config or its --set"
                             ) from None
+        except (TypeError, ValueError, AssertionError, IndexError, RuntimeError) as e:  # torch's, of model.options
+            raise LeapError(f"the config's model section does not build ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else 'no message'}) with model.options "
+                            f"{cfg.model.options}", record="model",
+                            fix="change model.options (docs/model.md lists them; decoder_dim must be a multiple of "
+                                "decoder_heads)") from None
         pretrained = None  # what the start line says of the weights loaded
         if cfg.model.pretrained and resume_ckpt is None:
             pretrained = _load_pretrained(model, cfg.model.pretrained, cfg.model.allow_partial_load)
