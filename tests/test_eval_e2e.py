@@ -547,6 +547,34 @@ def test_annotations_are_read_before_the_model_runs(pipeline, tmp_path, monkeypa
     assert "EPIC_100_validation.csv" in str(res.exception)
 
 
+@pytest.mark.parametrize("change", ["classes", "ids"])
+def test_a_model_or_shards_the_annotations_cannot_score_are_refused_before_the_model_runs(pipeline, tmp_path,
+                                                                                         monkeypatch, change):
+    """A checkpoint of another class count, or shards of other narration ids, failed only after the split was
+    scored (GPU hours on EPIC with several views), leaving a scores.pt no metric could be made of."""
+    import shutil
+
+    import leap_cli.evaluate.inference as inference
+    from leap_cli.errors import LeapError
+
+    root, work, run, model, vocab = pipeline
+    ann = tmp_path / "annotations"
+    shutil.copytree(root / "annotations", ann)
+    if change == "classes":
+        verbs = ann / "EPIC_100_verb_classes.csv"
+        verbs.write_text(verbs.read_text().rstrip("\n") + "\n97,zigzag,['zigzag'],other\n")
+        says = f"verb_output has {model.model_args['num_verbs']} classes, the class file needs 98"
+    else:
+        val = ann / "EPIC_100_validation.csv"
+        val.write_text(val.read_text().replace("P01_03_", "P01_09_"))
+        says = "narration id(s) are not in the val annotations, e.g. P01_03_"
+    monkeypatch.setattr(inference, "predict", lambda *a, **k: pytest.fail("the model ran"))
+    res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
+                                   "--annotations", str(ann), "--device", "cpu", "--out", str(tmp_path / "ev")])
+    assert isinstance(res.exception, LeapError) and says in str(res.exception), res.output
+    assert not (tmp_path / "ev" / "scores.pt").exists()
+
+
 def test_a_checkpoint_of_another_run_does_not_replace_this_runs_scores(pipeline, tmp_path, monkeypatch):
     """`--run A --checkpoint runs/B/checkpoints/best.pt` scored B and wrote A's eval folder (the one `leap submit`
     is pointed at). Refused before scoring; with --out, or a checkpoint outside any run, it runs and says so."""

@@ -177,6 +177,7 @@ def evaluate(
         source = str(scores)
     else:
         from leap_cli.evaluate.inference import ViewConfig, evaluate_run, resolve_run
+        from leap_cli.evaluate.scoring import check_scorable
 
         if run is None:  # the work directory's one run (several: which one is for the user to say)
             from leap_cli.common import only_one
@@ -212,7 +213,9 @@ def evaluate(
                     run_dir, split, workdir=workdir, checkpoint=checkpoint, task=task, shards=shards, views=views,
                     batch_size=batch_size, workers=workers, device=device, precision=precision,
                     allow_partial=allow_partial_load, compile=compile, out=dest,
-                    on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n))
+                    on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n),
+                    check=None if split == "test" else lambda args, ids, source: check_scorable(
+                        ann, split, ids, (args["num_verbs"], args["num_nouns"]), str(source)))
         except BaseException:  # a refused evaluation leaves none of the folders it made (nor their locks)
             _remove_if_left_empty(made)
             raise

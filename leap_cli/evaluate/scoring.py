@@ -34,32 +34,42 @@ def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
-def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", task: str = "recognition",
-                    *, source: str = "<scores>") -> dict:
-    """Metrics of a normalized scores dict (see ``scores.load_scores``) against the labels of ``split``."""
-    if task not in TASKS:
-        raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
+def check_scorable(annotations: Annotations, split: str, ids: list[str], classes: tuple[int, int],
+                   source: str) -> dict:
+    """The split's segments by narration id, once scores of ``ids`` with ``classes`` (verbs, nouns) can be scored
+    against them: every id in the split, as many classes as the class files (what `leap submit` demands too).
+    ``leap evaluate --run`` asks this of the checkpoint and the shards before the model runs."""
+    from leap_cli.submit import class_counts
+
     segments = {s.narration_id: s for s in annotations.segments(split)}
-    ids = scores["narration_id"]
     unknown = [i for i in ids if i not in segments]
     if unknown:
         raise LeapError(f"{len(unknown)} narration id(s) are not in the {split} annotations, e.g. "
                         f"{', '.join(unknown[:5])}", path=source,
                         fix=f"score the {split} split, or pass the annotations the scores were made for")
+    for name, n, count in zip(("verb", "noun"), classes, class_counts(annotations)):
+        if n != count:
+            raise LeapError(f"{name}_output has {n} classes, the class file needs {count} (max id + 1)",
+                            path=source, fix="score with a model built for these annotations' classes")
+    return segments
+
+
+def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", task: str = "recognition",
+                    *, source: str = "<scores>") -> dict:
+    """Metrics of a normalized scores dict (see ``scores.load_scores``) against the labels of ``split``."""
+    if task not in TASKS:
+        raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
+    ids = scores["narration_id"]
+    verb, noun = _np(scores["verb_output"]).astype(np.float64), _np(scores["noun_output"]).astype(np.float64)
+    segments = check_scorable(annotations, split, ids, (verb.shape[1], noun.shape[1]), source)
     segs = [segments[i] for i in ids]
     unlabelled = [s.narration_id for s in segs if not s.has_labels]
     if unlabelled:
         raise LeapError(f"the {split} split has no labels (e.g. {unlabelled[0]})", path=annotations.split_path(split),
                         fix="metrics need a labelled split such as val; use `leap submit` for test scores")
-    verb, noun = _np(scores["verb_output"]).astype(np.float64), _np(scores["noun_output"]).astype(np.float64)
     vl = np.array([s.verb_class for s in segs], dtype=np.int64)
     nl = np.array([s.noun_class for s in segs], dtype=np.int64)
-    from leap_cli.submit import class_counts  # the same count `leap submit` demands
-
-    for name, out, labels, count in zip(("verb", "noun"), (verb, noun), (vl, nl), class_counts(annotations)):
-        if out.shape[1] != count:
-            raise LeapError(f"{name}_output has {out.shape[1]} classes, the class file needs {count} (max id + 1)",
-                            path=source, fix="score with a model built for these annotations' classes")
+    for name, out in zip(("verb", "noun"), (verb, noun)):
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         if len(bad):
             ids = ", ".join(segs[i].narration_id for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
