@@ -771,6 +771,28 @@ def test_resume_with_another_thread_count_says_it_is_not_bit_for_bit(tmp_path: P
         torch.set_num_threads(t)
 
 
+def test_a_checkpoint_whose_tensors_do_not_fit_its_model_args_is_one_line(tmp_path: Path, caplog) -> None:
+    """model_args edited (num_verbs 20) with the old weights left: load_state_dict(strict=False) still raised
+    on the shapes (a traceback, also with --allow-partial-load, which is meant for weights that do not fit)."""
+    from leap_cli.train.checkpoint import save_checkpoint
+
+    main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="r", source=MemorySource(val=False))
+    last = tmp_path / "runs/r/checkpoints/last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["model_args"]["num_verbs"] = V + 3
+    save_checkpoint(tmp_path / "edited.pt", ckpt)
+    with pytest.raises(LeapError, match=rf"of another shape \['verb_head.weight \({V}, ") as e:
+        load_model(tmp_path / "edited.pt")
+    assert "model_args were edited" in e.value.fix
+    with caplog.at_level(logging.WARNING):
+        model, _ = load_model(tmp_path / "edited.pt", allow_partial=True)
+    assert model.verb_head.weight.shape[0] == V + 3 and "of another shape (left at initialisation)" in caplog.text
+    ckpt["model_args"]["num_verbs"] = "many"
+    save_checkpoint(tmp_path / "garbled.pt", ckpt)
+    with pytest.raises(LeapError, match="model_args.num_verbs must be a positive integer"):
+        load_model(tmp_path / "garbled.pt")
+
+
 def test_resume_by_another_number_of_processes_is_refused(tmp_path: Path) -> None:
     """A run started by torchrun on 8 processes and resumed by one (README's old resume line) would replay another
     data order from another position, with a smaller batch per step: refused, naming both counts."""

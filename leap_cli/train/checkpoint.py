@@ -133,15 +133,29 @@ def load_model(path_or_run: str | Path, which: str = "best", map_location: Any =
 
     path = resolve_checkpoint(path_or_run, which)
     ckpt = load_checkpoint(path, map_location=map_location)
-    model = build_model(dict(ckpt["model_args"]))
-    result = model.load_state_dict(ckpt["model"], strict=False)
-    if (result.missing_keys or result.unexpected_keys) and allow_partial:
-        log.warning("%s: %d model tensors missing from the checkpoint (left at initialisation), %d foreign ones "
-                    "ignored (allow-partial-load)", path, len(result.missing_keys), len(result.unexpected_keys))
-    elif result.missing_keys or result.unexpected_keys:
+    try:
+        model = build_model(dict(ckpt["model_args"]))
+    except (TypeError, ValueError, AssertionError, IndexError, RuntimeError) as e:  # (edited model_args)
+        raise LeapError(f"the checkpoint's model_args do not build a model ({type(e).__name__}: {e})", path=path,
+                        record="model_args", fix="use the checkpoint as training wrote it") from None
+    own = model.state_dict()
+    state = dict(ckpt["model"])
+    # another shape than the model built from model_args: load_state_dict raised even with strict=False
+    misfit = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in state.items()
+              if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
+    if misfit:
+        state = {k: v for k, v in state.items() if not (k in own and hasattr(v, "shape") and v.shape != own[k].shape)}
+    result = model.load_state_dict(state, strict=False)
+    if (result.missing_keys or result.unexpected_keys or misfit) and allow_partial:
+        log.warning("%s: %d model tensors missing from the checkpoint or of another shape (left at initialisation), "
+                    "%d foreign ones ignored (allow-partial-load)", path, len(result.missing_keys),
+                    len(result.unexpected_keys))
+    elif result.missing_keys or result.unexpected_keys or misfit:
         raise LeapError(f"checkpoint does not match its model: missing {result.missing_keys[:5]}, "
-                        f"unexpected {result.unexpected_keys[:5]}", path=path,
-                        fix="the model code changed since training; retrain or use a matching leap version")
+                        f"unexpected {result.unexpected_keys[:5]}"
+                        + (f", of another shape {misfit[:3]}" if misfit else ""), path=path,
+                        fix="the model code changed since training, or the file's model_args were edited; retrain "
+                            "or use a matching leap version")
     model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     model.eval()
     return model, ckpt
