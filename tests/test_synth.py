@@ -338,13 +338,14 @@ def test_publishes_only_what_epic_publishes(kitchen):
     ann = Annotations(root / "annotations")
     rates = {v["video_id"]: v["fps"] for v in summary.videos}
     assert {round(f, 2) for f in rates.values()} == {59.94, 50.0}
-    from leap_cli.epic.timing import time_to_frame
+    from leap_cli.epic.timing import csv_frame
 
     for split in ("train", "val", "test"):
         for s in ann.segments(split):
             rate = epic_frame_rate(rates[s.video_id])
             assert rate == (50.0 if round(rates[s.video_id]) == 50 else 60.0)
-            assert (s.start_frame, s.stop_frame) == (time_to_frame(s.start, rate), time_to_frame(s.stop, rate))
+            # EPIC's convention (its CSVs: floor(timestamp x rate), at least 1), not the frame shown (one more)
+            assert (s.start_frame, s.stop_frame) == (csv_frame(s.start, rate), csv_frame(s.stop, rate))
     # the truth has its own folder, and the published files name no object
     pkl = (root / "hand-objects" / "P01" / "P01_01.pkl").read_bytes()
     assert b"plate" not in pkl and b"knife" not in pkl

@@ -174,3 +174,12 @@ def test_a_source_short_of_video_info_says_what_to_fetch_again():
     assert mp4.endswith("the file is cut short (download it again)")
     assert frames.endswith("the frames folder is short of frames (extract its rgb_frames tar again)")
     assert FrameClock(RGB_FRAMES, 50.0, num_frames=300, duration=6.0).check(1, 301).endswith("(6.00 s, 300 frames)")
+
+
+def test_csv_frame_is_epics_column_convention():
+    """EPIC_100_validation.csv's rows (tests/data excerpt's first two): start_frame is floor(timestamp x 60), at
+    least 1 (the kitchen wrote the frame shown, one more: P03_02_0 at 1.34 s was 81 where EPIC writes 80)."""
+    from leap_cli.epic.timing import csv_frame
+
+    assert (csv_frame(0.0, 60), csv_frame(1.89, 60), csv_frame(1.56, 60), csv_frame(2.45, 60)) == (1, 113, 93, 147)
+    assert csv_frame(1.34, 60) == 80 and csv_frame(1.34, 50) == 67

@@ -108,7 +108,7 @@ def extract(
     clip_weights: Path = typer.Option(
         None, "--clip-weights",
         help="Name object boxes with CLIP (needs open_clip_torch): a local CLIP checkpoint FILE (OpenAI's "
-             "ViT-B-16.pt), or 'openai' for open_clip's own download."),
+             "ViT-B-16.pt), or 'openai' for OpenAI's weights from open_clip's caches, else its download."),
     clip_arch: str = typer.Option(
         "ViT-B-16", "--clip-arch",
         help="open_clip architecture of --clip-weights (ViT-B-16-quickgelu: OpenAI's weights as a plain state dict)."),

@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
 
 def submit(
     scores: Path = typer.Option(None, "--scores", help="Scores file of the test split (leap's scores.pt or the "
-                                                       "official .pt/.pkl results format)."),
+                                                       "official .pt/.pkl results format; default: the work directory's "
+                                                       "only run's eval/test/scores.pt)."),
     task: str = typer.Option(None, "--task", callback=lowercase, help="recognition or anticipation (sets the challenge; default: the "
                                                   "scores file's task, else recognition)."),
     out: Path = typer.Option(None, "--out", help="Zip to write (default {workdir}/submission.zip)."),

@@ -40,6 +40,13 @@ def time_to_frame(seconds: float, fps: float) -> int:
     return int(math.floor(seconds * fps + 1e-6)) + 1
 
 
+def csv_frame(seconds: float, rate: float) -> int:
+    """EPIC's ``start_frame``/``stop_frame`` column of a time printed with 2 decimals, at EPIC's ``rate``
+    (``epic_frame_rate``): floor(timestamp x rate), at least 1 (EPIC_100_validation.csv: P01_11_1 at 1.56 s is
+    frame 93, P01_11_0 at 0.00 s frame 1). The frame *shown* then is one later (``time_to_frame``)."""
+    return max(1, int(math.floor(round(seconds, 2) * rate + 1e-6)))
+
+
 def frame_to_time(frame: int, fps: float) -> float:
     """Start time of 1-based frame ``frame``."""
     if frame < 1:

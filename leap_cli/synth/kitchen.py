@@ -46,7 +46,7 @@ import numpy as np
 
 from leap_cli.epic import annotations as A
 from leap_cli.epic.hand_objects import write_hand_objects
-from leap_cli.epic.timing import format_timestamp, frame_filename, time_to_frame
+from leap_cli.epic.timing import csv_frame, format_timestamp, frame_filename
 from leap_cli.errors import LeapError
 from leap_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, stable_hash
 from leap_cli.media.audio import resample
@@ -454,8 +454,8 @@ class _VideoBuilder:
             rows.append({
                 "narration_id": nid, "participant_id": e.participant_id, "video_id": e.video_id,
                 "narration_timestamp": nts, "start_timestamp": format_timestamp(seg.start),
-                "stop_timestamp": format_timestamp(seg.stop), "start_frame": time_to_frame(seg.start, rate),
-                "stop_frame": time_to_frame(seg.stop, rate), "narration": narration, "verb": seg.verb_form,
+                "stop_timestamp": format_timestamp(seg.stop), "start_frame": csv_frame(seg.start, rate),
+                "stop_frame": csv_frame(seg.stop, rate), "narration": narration, "verb": seg.verb_form,
                 "verb_class": verb_class, "noun": nouns[0], "noun_class": noun_classes[0],
                 "all_nouns": repr(nouns), "all_noun_classes": repr(noun_classes), "split": e.split})
             frames = [i for i, a in enumerate(active) if a == k]
