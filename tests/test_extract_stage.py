@@ -592,8 +592,8 @@ def test_build_split_says_when_the_frame_cache_holds_other_settings(kitchen, tmp
     empty = notes(64)
     assert "holds no frames at all" in empty and "--cache-short-side" not in empty, empty
     run_extract(_cfg(kitchen, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache, limit=2))
-    other = notes(64)
-    assert "holds no frames at these shards' settings" in other and "--cache-short-side 64" in other, other
+    other = notes(96)  # (a new folder: 64's was built above, and a build of nothing says nothing of the cache)
+    assert "holds no frames at these shards' settings" in other and "--cache-short-side 96" in other, other
     assert "build with --jpeg-quality 90" in notes(256, 80)
     same = notes(256)
     assert "frames read from extract's frame cache" in same and "holds no frames" not in same, same
@@ -601,6 +601,8 @@ def test_build_split_says_when_the_frame_cache_holds_other_settings(kitchen, tmp
     again = notes(256)
     assert "all 1 shard(s) were built before with these settings and inputs" in again, again
     assert "frames read from" not in again and "vocabulary built from" not in again, again
+    again = notes(64)  # (nor that every sample is decoded, where none was)
+    assert "were built before" in again and "every sample is decoded" not in again, again
     # a cache of another split's segments only: it said it read frames from it (build-shards --split test, never
     # extracted, beside train's cache)
     other_split = tmp_path / "other-cache"

@@ -919,7 +919,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         if m.get("targets"):
             vocab = TargetVocab.from_manifest(m["targets"], ann.verbs, ann.nouns)
             notes.append(f"target vocabulary from {train_manifest}")
-    vocab_note = cache_note = None  # what this run builds with: said otherwise when it built nothing
+    vocab_note = None  # what this run builds with: said otherwise when it built nothing
     if vocab is None and programs is not None:
         train_prog = prog_path if split == "train" else workdir / "programs" / "train.jsonl"
         source = read_programs(train_prog) if split != "train" else programs
@@ -960,6 +960,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                           else RGB_FRAMES, fps(video_id))
 
     cache_dir = Path(frame_cache) if frame_cache else workdir / "frame-cache"
+    said = len(notes)  # the notes of the frame cache follow: a run that builds nothing leaves them out
     cache = None
     if settings.task == "recognition" and cache_dir.is_dir():
         cache = FrameCache(cache_dir, settings.frames, settings.short_side, settings.jpeg_quality)
@@ -991,8 +992,8 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                          f"decoded (leap extract --split {split} first shares one decode)")
             cache = None
         else:
-            cache_note = f"frames read from extract's frame cache {cache_dir} where it holds them"
-            notes.append(cache_note)
+            notes.append(f"frames read from extract's frame cache {cache_dir} where it holds them")
+    cache_notes = notes[said:]
     result = build_shards(segments, out=out, settings=settings, opener=LayoutOpener(layout.root, layout.annotations_dir, fps_map),
                           fps=fps, programs=programs, programs_path=prog_path, targets=targets, sources=sources,
                           workers=workers, shard=shard, overwrite=overwrite, progress=progress, clock=clock,
@@ -1000,7 +1001,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     if targets is not None and targets.failed:
         notes.append(f"{len(targets.failed)} valid programs could not be encoded (e.g. {targets.failed[0]['error']})")
     if not result.written_now and result.resumed_shards:  # every shard was there: nothing was read or built now
-        notes = [n for n in notes if n not in (vocab_note, cache_note)]
+        notes = [n for n in notes if n != vocab_note and n not in cache_notes]
         notes.append(f"all {result.resumed_shards} shard(s) were built before with these settings and inputs"
                      + (f" ({vocab_note.replace('built from', 'from')})" if vocab_note else "")
                      + ": nothing new to write (--force builds them again)")
