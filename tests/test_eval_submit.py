@@ -189,6 +189,15 @@ def test_streamed_submission_is_json_dumps_of_the_whole_dict(tmp_path, with_acti
     assert sub.check_submission(sub.read_submission(tmp_path / "s.zip"), ids, 97, 300)["actions"] is with_actions
 
 
+def test_action_scores_in_a_recognition_submission_are_counted_on_every_segment():
+    """It named the first segment and said "1 segment(s)" where every one had action scores."""
+    doc = sub.make_submission(_test_scores(), "anticipation", sls_pt=2, sls_tl=3, sls_td=4, with_actions=True)
+    doc["challenge"] = "action_recognition"
+    n = len(doc["results"])
+    with pytest.raises(LeapError, match=rf"{n} segment\(s\) with action scores in a recognition submission"):
+        sub.check_submission(doc, TEST_IDS, NV, NN)
+
+
 def test_the_same_scores_give_the_same_zip_bytes(tmp_path, monkeypatch):
     """test.json's date in the zip was the time of writing: a rerun made another file from the same scores."""
     import time
