@@ -261,7 +261,7 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     part = main(cfg, workdir=tmp_path, name="split", source=source, stop_at_step=3)
     assert part.steps == 3
     mid = torch.load(tmp_path / "runs/split/checkpoints/last.pt", weights_only=True)
-    assert mid["data_position"] == {"epoch": 0, "batches": 6, "world_size": 1, "order": 2}
+    assert mid["data_position"] == {"epoch": 0, "batches": 6, "world_size": 1, "order": 2, "batches_per_epoch": 8}
     with pytest.raises(LeapError, match="--resume"):
         main(cfg, workdir=tmp_path, name="split", source=source)
     resumed = main(cfg, workdir=tmp_path, name="split", source=source, resume=True)
@@ -290,7 +290,8 @@ def test_resume_after_a_kill_between_validation_and_checkpoint_writes_each_row_o
     with pytest.raises(SystemExit):
         main(cfg, workdir=tmp_path, name="split", source=source, on_eval=killed)
     mid = torch.load(tmp_path / "runs/split/checkpoints/last.pt", weights_only=True)
-    assert mid["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1, "order": 2}  # the position before validation
+    assert mid["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1, "order": 2, "batches_per_epoch": 4}
+    # (the position before validation)
     main(cfg, workdir=tmp_path, name="split", source=source, resume=True)
 
     def rows(name: str) -> list[tuple]:
@@ -793,6 +794,29 @@ def test_a_checkpoint_whose_tensors_do_not_fit_its_model_args_is_one_line(tmp_pa
         load_model(tmp_path / "garbled.pt")
 
 
+def test_resume_on_training_shards_that_are_not_the_runs_is_refused(tmp_path: Path) -> None:
+    """data.train may change on --resume (the same shards moved), but shards of another size re-laid the schedule
+    (a 2-step run resumed as "step 1 of 6") and anticipation shards of another tau_a went on silently."""
+    from leap_cli.train.checkpoint import save_checkpoint
+
+    main(tiny_config("train.max_steps=4"), workdir=tmp_path, name="r", source=MemorySource(batches_per_epoch=4),
+         stop_at_step=1)
+    with pytest.raises(LeapError, match="give 6 batches per epoch, the run's gave 4: resuming would change") as e:
+        main(tiny_config("train.max_steps=4"), workdir=tmp_path, name="r", source=MemorySource(batches_per_epoch=6),
+             resume=True)
+    assert "model.pretrained=" in e.value.fix and e.value.record == "data.train"
+    last = tmp_path / "runs/r/checkpoints/last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["shards_timing"] = {"tau_a": 2.0, "context_mode": "clips", "span_frames": 256}
+    save_checkpoint(last, ckpt)
+    source = MemorySource(batches_per_epoch=4)
+    source.timing = {"tau_a": 1.0, "context_mode": "clips", "span_frames": 256}
+    with pytest.raises(LeapError, match=r"observe tau_a 1.0 s, clips of 256 source frames, the run's observed tau_a 2.0"):
+        main(tiny_config("train.max_steps=4"), workdir=tmp_path, name="r", source=source, resume=True)
+    source.timing = ckpt["shards_timing"]  # the same shards elsewhere: resumed
+    assert main(tiny_config("train.max_steps=4"), workdir=tmp_path, name="r", source=source, resume=True).steps == 4
+
+
 def test_resume_by_another_number_of_processes_is_refused(tmp_path: Path) -> None:
     """A run started by torchrun on 8 processes and resumed by one (README's old resume line) would replay another
     data order from another position, with a smaller batch per step: refused, naming both counts."""
@@ -841,7 +865,7 @@ def test_signal_saves_a_resumable_checkpoint_at_the_step_boundary(tmp_path: Path
     assert part.interrupted == signame and part.steps == 2
     assert signal.getsignal(signal.SIGTERM) == before  # handlers restored
     ckpt = torch.load(tmp_path / "runs/cut/checkpoints/last.pt", weights_only=True)
-    assert ckpt["step"] == 2 and ckpt["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1, "order": 2}
+    assert ckpt["step"] == 2 and ckpt["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1, "order": 2, "batches_per_epoch": 8}
     done = main(cfg, workdir=tmp_path, name="cut", source=MemorySource(batches_per_epoch=8, val=False), resume=True)
     assert done.steps == 6 and done.interrupted is None and full.steps == 6
     a = torch.load(tmp_path / "runs/full/checkpoints/last.pt", weights_only=True)["model"]
@@ -881,7 +905,7 @@ def test_a_signal_at_an_epochs_end_stops_before_validating_and_resume_validates(
     lines = [json.loads(x) for x in (tmp_path / "runs/cut/metrics.jsonl").read_text().splitlines()]
     assert not [x for x in lines if x["split"] == "val"]
     ckpt = torch.load(tmp_path / "runs/cut/checkpoints/last.pt", weights_only=True)
-    assert ckpt["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1, "order": 2}
+    assert ckpt["data_position"] == {"epoch": 0, "batches": 4, "world_size": 1, "order": 2, "batches_per_epoch": 4}
     done = main(cfg, workdir=tmp_path, name="cut", source=MemorySource(batches_per_epoch=4), resume=True)
     assert done.steps == 8 and full.steps == 8
     val = [[{k: v for k, v in json.loads(x).items() if k != "seconds"}

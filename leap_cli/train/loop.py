@@ -472,6 +472,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         seed_everything(cfg.train.seed)
         source = source or default_source(cfg, workdir, info)
         model_args = model_args_for(cfg, source)
+        if resume_ckpt is not None:
+            _same_training_data(resume_ckpt, source, ckpt_dir / "last.pt", cfg.data.train)
         if resume_ckpt is not None and resume_ckpt["model_args"] != model_args:
             raise LeapError("the config or data vocabulary differs from the checkpoint's model",
                             path=ckpt_dir / "last.pt", fix="resume with the same config and shards")
@@ -569,7 +571,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 "epoch": state.epoch, "best_metric": state.best_metric, "best_key": BEST_METRIC[cfg.data.task],
                 "rng": rng_state(), "numerics": numerics(cfg, info),
                 "data_position": {"epoch": state.epoch, "batches": state.batches, "world_size": info.world_size,
-                                  "order": DATA_ORDER}})
+                                  "order": DATA_ORDER, "batches_per_epoch": int(source.batches_per_epoch)}})
 
         def log_step(rec: dict) -> None:
             if info.is_main and not rec.get("partial"):
@@ -651,6 +653,26 @@ DATA_ORDER = 2  # how an epoch's batches are formed (2: shuffled, cut into batch
 RESUME_MAY_CHANGE = frozenset({"train.device", "train.threads", "train.log_every", "train.checkpoint_every",
                                "data.num_workers", "data.eval_batch_size", "data.val", "data.train",
                                "model.compile", "model.pretrained", "model.allow_partial_load"})
+
+
+def _same_training_data(ckpt: dict, source: DataSource, path: Path, given: str | None) -> None:
+    """Refuse a resume on training shards that are not the run's (data.train may change on --resume: the same
+    shards moved): another number of batches per epoch (it re-laid the schedule, the run grew or ended, and the
+    epoch's position meant other batches) or, for anticipation, another timing. Checkpoints from before the
+    count was kept are not checked for it."""
+    from leap_cli.shards.dataset import timing_text
+
+    where = f"data.train {given}" if given else "the default training shards"
+    fix = ("resume with the shards the run trained on; to train on from its weights with these, start a run of "
+           f"another --name with --set model.pretrained={path}")
+    had = (ckpt.get("data_position") or {}).get("batches_per_epoch")
+    if had is not None and had != source.batches_per_epoch:
+        raise LeapError(f"{where} give {source.batches_per_epoch} batches per epoch, the run's gave {had}: resuming "
+                        "would change its schedule and what its epochs hold", path=path, record="data.train", fix=fix)
+    was, now = ckpt.get("shards_timing"), getattr(source, "timing", None)
+    if was and now and was != now:
+        raise LeapError(f"{where} observe {timing_text(now)}, the run's observed {timing_text(was)}", path=path,
+                        record="data.train", fix=fix)
 
 
 def numerics(cfg: Config, info: distributed.DistInfo) -> dict:
