@@ -447,8 +447,12 @@ def test_cli_train_on_shards_stop_and_resume(shard_work: Path, tmp_path: Path) -
     args = ["train", "--config", str(cfg), "--workdir", str(shard_work), "--set", "optim.lr=1e-3"]
     r = CliRunner().invoke(app, args + ["--stop-after", "1"])
     assert r.exit_code == 0, r.output
+    # a pause said as such (the summary gave the steps made, no "of 4", no word of --resume)
+    assert "paused at step 1 of 4 (--stop-after): continue with --resume" in " ".join(r.output.split())
     run = shard_work / "runs" / "mini"
     assert torch.load(run / "checkpoints/last.pt", weights_only=True)["step"] == 1
+    r = CliRunner().invoke(app, args + ["--resume", "--stop-after", "1"])  # counts from the run's start
+    assert "the run is at step 1 already" in " ".join(r.output.split()) and r.exit_code == 0, r.output
     r = CliRunner().invoke(app, args + ["--resume"])
     assert r.exit_code == 0, r.output
     last = torch.load(run / "checkpoints/last.pt", weights_only=True)
@@ -815,6 +819,19 @@ def test_resume_on_training_shards_that_are_not_the_runs_is_refused(tmp_path: Pa
         main(tiny_config("train.max_steps=4"), workdir=tmp_path, name="r", source=source, resume=True)
     source.timing = ckpt["shards_timing"]  # the same shards elsewhere: resumed
     assert main(tiny_config("train.max_steps=4"), workdir=tmp_path, name="r", source=source, resume=True).steps == 4
+
+
+def test_a_loss_that_is_not_finite_names_the_step_it_computes(tmp_path: Path) -> None:
+    """It named the steps done before (step 0 for the first) and advised enabling optim.grad_clip, on."""
+    class NaNSource(MemorySource):
+        def train_batches(self, epoch: int, skip: int = 0):
+            for b in super().train_batches(epoch, skip):
+                b["video"] = torch.full_like(b["video"], float("nan"))
+                yield b
+
+    with pytest.raises(LeapError, match=r"loss is nan at step 1") as e:
+        main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="n", source=NaNSource(val=False))
+    assert "grad_clip" not in e.value.fix and "lower optim.lr" in e.value.fix
 
 
 def test_resume_by_another_number_of_processes_is_refused(tmp_path: Path) -> None:

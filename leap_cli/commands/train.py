@@ -33,7 +33,7 @@ def train(
     force: bool = typer.Option(False, "--force", "--overwrite", help="Start runs/NAME over (removes its checkpoints "
                                                                      "and metrics) instead of refusing."),
     allow_partial_load: bool = typer.Option(False, "--allow-partial-load", help="Load model.pretrained even when it does not fit the model (another weights family: fresh backbone tensors, another normalisation); the default is an error naming the preset to use."),
-    stop_after: int = typer.Option(None, "--stop-after", min=1, help="Pause after this many optimizer steps (the schedule still spans the whole run); continue with --resume."),
+    stop_after: int = typer.Option(None, "--stop-after", min=1, help="Pause once the run has made this many optimizer steps in all (counted from its start, also on --resume; the schedule still spans the whole run); continue with --resume."),
 ) -> None:
     from leap_cli.errors import LeapError
     from leap_cli.train.config import load_config
@@ -63,7 +63,10 @@ def train(
                           "batches done)")
         progress.start()
         task["id"] = progress.add_task("steps", total=info["total_steps"], completed=info["start_step"], info="")
-        task["epochs"] = info["epochs"]
+        task["epochs"], task["total"] = info["epochs"], info["total_steps"]
+        if stop_after is not None and info["start_step"] >= stop_after and info["start_step"] < info["total_steps"]:
+            console.print(f"[yellow]--stop-after {stop_after}[/]: the run is at step {info['start_step']} already "
+                          "(--stop-after counts the run's steps from its start)")
 
     def on_step(rec: dict) -> None:
         if "clips_per_s" in rec:
@@ -99,7 +102,8 @@ def train(
     table = Table(title=f"leap train: {escape(str(result.run_dir))}")
     table.add_column("item")
     table.add_column("value", justify="right")
-    table.add_row("optimizer steps", str(result.steps))
+    paused = task.get("total") is not None and result.steps < task["total"]  # (--stop-after)
+    table.add_row("optimizer steps", f"{result.steps} of {task['total']}" if paused else str(result.steps))
     table.add_row("epochs", str(result.epochs))
     table.add_row("seconds", f"{result.seconds:.1f}")
     last_eval, at = result.last_eval, ""
@@ -114,6 +118,9 @@ def train(
     table.add_row(f"best val {best}", "-" if result.best_metric < 0 else f"{result.best_metric:.2f}")
     table.add_row("checkpoints", str(result.run_dir / "checkpoints"))
     console.print(table)
+    if paused:
+        console.print(escape(f"paused at step {result.steps} of {task['total']} (--stop-after): continue with "
+                             "--resume"), highlight=False)
 
 
 def _last_validation(path: Path, step: int) -> dict:

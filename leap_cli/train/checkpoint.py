@@ -96,7 +96,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for a corrupt or foreign file
         raise LeapError(f"cannot read checkpoint: {load_problem(e, path)}", path=path,
-                        fix="the file is corrupt or not a leap checkpoint; use another one") from None
+                        fix="the file is corrupt or not a leap checkpoint: use another one; a run whose last.pt is "
+                            "damaged starts over with --force") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise LeapError("not a leap checkpoint (no 'model'/'model_args')", path=path,
                         fix="give a checkpoint written by leap train")

@@ -168,8 +168,9 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
                 with autocast_context(device, cfg.train.precision):
                     loss, parts, _ = forward_loss(model, batch, cfg)
                 if not torch.isfinite(loss):
-                    raise LeapError(f"loss is {loss.item()} at step {state.step}",
-                                    fix="lower optim.lr, enable optim.grad_clip, or check the data")
+                    raise LeapError(f"loss is {loss.item()} at step {state.step + 1}",  # (the step it computes)
+                                    fix="lower optim.lr" + ("" if cfg.optim.grad_clip > 0 else ", enable optim.grad_clip")
+                                        + ", or check the data")
                 scaler.scale(loss / accum).backward()
             state.batches += 1
             clips += batch["video"].shape[0] * info.world_size
