@@ -103,6 +103,7 @@ def test_evaluate_val_writes_scores_and_metrics(pipeline):
     assert sorted(scores["narration_id"]) == ["P01_03_0", "P01_03_1"]
     assert scores["verb_output"].shape == (2, 97) and scores["noun_output"].shape == (2, 300)
     assert scores["meta"]["views"] == {"temporal": 2, "spatial": 1}
+    assert scores["meta"]["precision"] == "fp32"  # what ran (it said "auto")
     prog = scores["program"]
     assert prog["steps"].shape[0] == 2 and prog["end_ids"] == vocab.end_triple
     m = json.loads((run / "eval" / "val" / "metrics.json").read_text())

@@ -834,6 +834,15 @@ def test_a_loss_that_is_not_finite_names_the_step_it_computes(tmp_path: Path) ->
     assert "grad_clip" not in e.value.fix and "lower optim.lr" in e.value.fix
 
 
+def test_a_warmup_past_the_run_and_a_program_loss_without_heads_are_said(tmp_path: Path, caplog) -> None:
+    """Both trained without a word: the peak learning rate never reached, the program loss not applied."""
+    with caplog.at_level(logging.WARNING):
+        main(tiny_config("train.max_steps=2", "optim.warmup_steps=1000", "model.program_heads=false"),
+             workdir=tmp_path, name="w", source=MemorySource(val=False))
+    assert "optim.warmup_steps 1000 reaches past the run's 2 steps" in caplog.text
+    assert "model.program_heads is false: loss.program_loss has no heads to train" in caplog.text
+
+
 def test_resume_by_another_number_of_processes_is_refused(tmp_path: Path) -> None:
     """A run started by torchrun on 8 processes and resumed by one (README's old resume line) would replay another
     data order from another position, with a smaller batch per step: refused, naming both counts."""

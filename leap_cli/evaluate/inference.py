@@ -71,12 +71,18 @@ def _flatten_views(batch: dict, views: int) -> tuple[torch.Tensor, torch.Tensor 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def _autocast(device: torch.device, precision: str):
-    """``auto``: bf16 on CUDA, fp32 elsewhere. Scores are returned in fp32 either way."""
+def resolved_precision(precision: str, device: torch.device | str) -> str:
+    """``auto``: bf16 on CUDA, fp32 elsewhere (what scores.pt's ``meta.precision`` records: it said ``auto``)."""
     if precision not in PRECISIONS:
         raise LeapError(f"unknown precision {precision!r}", fix=f"use one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if torch.device(device).type == "cuda" else "fp32"
+    return precision
+
+
+def _autocast(device: torch.device, precision: str):
+    """Scores are returned in fp32 whatever the precision (``resolved_precision``)."""
+    precision = resolved_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -350,7 +356,7 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
     meta = {"split": split, "task": task, "run": str(run_dir),
             "checkpoint": scored,
             "views": {"temporal": views.temporal, "spatial": views.spatial}, "step": int(ckpt.get("step", 0)),
-            "precision": precision, "compile": compile}
+            "precision": resolved_precision(precision, device), "compile": compile}
     if task == "anticipation":  # (leap submit checks it against the challenge's 1 s)
         meta["tau_a"] = float((batches.dataset.manifest.get("settings") or {}).get("tau_a", 1.0))
     saved = save_scores(out, scores["narration_id"], scores["verb_output"], scores["noun_output"],

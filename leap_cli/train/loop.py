@@ -509,6 +509,13 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
         epochs = math.ceil(total / steps_per_epoch)
         warmup = cfg.optim.warmup_steps or int(round(cfg.optim.warmup_ratio * total))
+        if warmup >= total and info.is_main and resume_ckpt is None:  # (the peak lr is never reached: unsaid)
+            log.warning("optim.warmup_steps %d reaches past the run's %d steps: the learning rate never gets to "
+                        "optim.lr %g (lower warmup_steps, or set it to 0 for warmup_ratio)", warmup, total,
+                        cfg.optim.lr)
+        if cfg.loss.program_loss and not cfg.model.program_heads and info.is_main and resume_ckpt is None:
+            log.warning("model.program_heads is false: loss.program_loss has no heads to train, the loss is L_CE "
+                        "alone (as --no-program-loss)")
         scheduler = CosineWithWarmup(optimizer, peak_lr=cfg.optim.lr, total=total, warmup=warmup,
                                      min_lr_ratio=cfg.optim.min_lr_ratio)
         scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.train.precision == "fp16")
