@@ -86,6 +86,11 @@ def test_a_key_given_twice_in_a_config_is_refused(tmp_path: Path, text: str, lin
     path.write_text("# a config still to write\n")  # (it trained on every default)
     with pytest.raises(LeapError, match="the config file is empty"):
         load_config(path)
+    # YAML's merge key is no key given twice: its keys may be overridden, as YAML has it
+    path.write_text("base: tiny-synthetic-short\noptim:\n  <<: {lr: 0.002, weight_decay: 0.02}\n"
+                    "  weight_decay: 0.01\n")
+    cfg = load_config(path)
+    assert (cfg.optim.lr, cfg.optim.weight_decay) == (0.002, 0.01)
 
 
 def test_unknown_config_key_names_key_and_file(tmp_path: Path) -> None:
@@ -1019,16 +1024,29 @@ def test_config_values_out_of_range_are_refused(override: str, key: str) -> None
 
 @pytest.mark.parametrize("override,says", [
     ("model.options.decoder_dim=abc", "'abc' is not an integer"),
-    ("model.options.num_verbs=10", "set by the shards' class files, not by model.options"),
-    ("model.options.num_frames=8", "set by model.num_frames, not by model.options"),
-    ("model.options.program=null", "set by model.program_heads and the shards' programs")])
+    ("model.options.num_frames=6", "6 where model.num_frames is 8: it is set there, not by model.options")])
 def test_model_options_are_checked_before_anything_runs(override: str, says: str) -> None:
     """model.options went to the model as they were: a string or a negative size crashed building it (a
-    traceback), a drop path of 2 at the first step, and num_verbs / num_frames / program overrode what the data
-    and the model section set (an IndexError in the loss, another clip length, the program heads dropped)."""
+    traceback), a drop path of 2 at the first step, and num_frames overrode model.num_frames (another clip
+    length than the config's). The same value as the key's is harmless (a run begun with it must resume)."""
     with pytest.raises(LeapError, match=re.escape(says)) as e:
         load_config("tiny-synthetic", [override])
     assert e.value.path == f"--set {override}"
+    assert load_config("tiny-synthetic", ["model.options.num_frames=8"]).model.options == {
+        **load_config("tiny-synthetic").model.options, "num_frames": 8}
+
+
+def test_model_options_of_what_the_data_sets_must_agree_with_it(tmp_path: Path) -> None:
+    """num_verbs / program in model.options overrode the shards' (an IndexError in the loss; the program heads
+    dropped while the config said program_loss): refused where they differ, accepted where they agree."""
+    with pytest.raises(LeapError, match=rf"'model.options.num_verbs': {V + 1} where the shards' class files give {V}"):
+        main(tiny_config("train.max_steps=1", f"model.options.num_verbs={V + 1}"), workdir=tmp_path, name="a",
+             source=MemorySource(val=False))
+    with pytest.raises(LeapError, match=r"'model.options.program': None where model.program_heads and the shards'"):
+        main(tiny_config("train.max_steps=1", "model.options.program=null"), workdir=tmp_path, name="b",
+             source=MemorySource(val=False))
+    assert main(tiny_config("train.max_steps=1", f"model.options.num_verbs={V}"), workdir=tmp_path, name="c",
+                source=MemorySource(val=False)).steps == 1
 
 
 def test_model_options_the_model_cannot_take_are_one_line(tmp_path: Path) -> None:

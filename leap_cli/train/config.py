@@ -250,7 +250,7 @@ def _validate(cfg: Config, source: str, origins: dict[str, str] | None = None) -
               ("data.shuffle_buffer", d.shuffle_buffer, 0, None, False), ("data.color_jitter", d.color_jitter, 0, None, False)]
     ranges += [(f"optim.betas[{i}]", b, 0, 0.999999, False) for i, b in enumerate(o.betas)]
     ranges += [("model.anticipation_context", cfg.model.anticipation_context, 0, None, False)]
-    _check_options(cfg.model.options, bad)
+    _check_options(cfg.model, bad)
     for key, value, low, high, low_open in ranges:
         if (value != value or (value <= low if low_open else value < low) or (high is not None and value > high)
                 or value == math.inf):
@@ -258,12 +258,13 @@ def _validate(cfg: Config, source: str, origins: dict[str, str] | None = None) -
             raise bad(key, f"{value!r} is out of range {span}")
 
 
-# model.options keys that model_args takes from elsewhere (model_args_for): an option would override them unseen
-_SET_ELSEWHERE = {"backbone": "model.backbone", "num_frames": "model.num_frames", "img_size": "model.img_size",
-                  "num_verbs": "the shards' class files", "num_nouns": "the shards' class files",
-                  "program": "model.program_heads and the shards' programs",
-                  "anticipation": "data.task, model.anticipation_context and model.anticipation_aggregate",
-                  "grad_checkpointing": "model.grad_checkpointing"}
+# model.options keys that model_args takes from elsewhere (model_args_for): an option of another value would
+# override them unseen (the same value is harmless, and a run begun with it must resume). The model section's are
+# checked here, the data's (``DATA_SET``) by train.loop.model_args_for, which knows them.
+_SET_ELSEWHERE = {"backbone": "model.backbone", "num_frames": "model.num_frames", "img_size": "model.img_size"}
+DATA_SET = {"num_verbs": "the shards' class files", "num_nouns": "the shards' class files",
+            "program": "model.program_heads and the shards' programs",
+            "anticipation": "data.task, model.anticipation_context and model.anticipation_aggregate"}
 # model.options of the heads and the backbone with a range: (low, high or None, high open, integer)
 _OPTION_RANGES = {"decoder_dim": (1, None, False, True), "decoder_layers": (1, None, False, True),
                   "decoder_heads": (1, None, False, True), "decoder_dropout": (0, 1, True, False),
@@ -271,13 +272,14 @@ _OPTION_RANGES = {"decoder_dim": (1, None, False, True), "decoder_layers": (1, N
                   "backbone_drop_path_rate": (0, 1, True, False), "cls_dropout": (0, 1, True, False)}
 
 
-def _check_options(options: dict, bad) -> None:
-    """Refuse a ``model.options`` value of the wrong type or out of its range, or an option that another key sets
-    (each crashed building the model or at its first step, or overrode that key unseen)."""
-    for key, value in options.items():
+def _check_options(model: "ModelConfig", bad) -> None:
+    """Refuse a ``model.options`` value of the wrong type or out of its range, or one that differs from the key
+    that sets it (each crashed building the model or at its first step, or overrode that key unseen)."""
+    for key, value in model.options.items():
         name = f"model.options.{key}"
-        if key in _SET_ELSEWHERE:
-            raise bad(name, f"set by {_SET_ELSEWHERE[key]}, not by model.options: remove it there")
+        if key in _SET_ELSEWHERE and value != getattr(model, key):
+            raise bad(name, f"{value!r} where {_SET_ELSEWHERE[key]} is {getattr(model, key)!r}: it is set there, "
+                            "not by model.options (remove it)")
         if key not in _OPTION_RANGES or (key == "decoder_dim" and value is None):
             continue
         low, high, high_open, integer = _OPTION_RANGES[key]
@@ -362,6 +364,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen: set = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # (<<: *defaults: merged keys may be overridden)
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -391,7 +395,7 @@ def _read_raw(path: str | Path, chain: tuple[str, ...] = ()) -> tuple[dict, str]
                         record=None if mark is None else f"line {mark.line + 1}",
                         fix="merge the two into one" if "appears twice" in problem else
                         "fix the YAML at that line (indentation, a missing ':' or bracket)") from None
-    if raw is None:  # (it trained with every default, the tiny model at 224 pixels, without a word)
+    if not raw:  # (none or {}: it trained with every default, the tiny model at 224 pixels, without a word)
         raise LeapError("the config file is empty", path=path,
                         fix="write its sections, or start from a bundled config: base: tiny-synthetic")
     if not isinstance(raw, dict):

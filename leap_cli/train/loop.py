@@ -88,6 +88,12 @@ def model_args_for(cfg: Config, source: DataSource) -> dict:
             "anticipation": anticipation}
     if cfg.model.grad_checkpointing:
         args["grad_checkpointing"] = True
+    from leap_cli.train.config import DATA_SET
+
+    for key, what in DATA_SET.items():  # (the same value is harmless: a run begun with it resumes)
+        if key in cfg.model.options and cfg.model.options[key] != args[key]:
+            raise LeapError(f"config key 'model.options.{key}': {cfg.model.options[key]!r} where {what} give "
+                            f"{args[key]!r}: it is set there, not by model.options (remove it)", record="model")
     args.update(backbone_options(cfg.model))  # weight family (architecture, normalisation) + model.options
     return args
 
