@@ -301,6 +301,40 @@ def test_programs_generated_again_the_same_resume_and_merge(root, tmp_path, monk
     assert again.manifest["sources"]["programs"] == made.manifest["sources"]["programs"]
 
 
+def test_parts_of_a_folder_begun_by_the_earlier_hash_merge_whichever_leap_builds_them(root, tmp_path, monkeypatch):
+    """A part rebuilt (--force) beside parts an earlier leap built took the new hash and was refused the merge; a
+    part built with the new hash was later refused its own shards where a sibling had the old one, and the
+    advice went round in a circle between the parts."""
+    import leap_cli.shards.writer as writer
+
+    work = tmp_path / "w"
+    path = write_programs(work / "programs" / "train.jsonl", program_records())
+    real = writer.programs_digest
+
+    def earlier(on: bool) -> None:
+        monkeypatch.setattr(writer, "programs_digest", (lambda recs: writer.sha256_file(path)) if on else real)
+
+    earlier(True)
+    build(root, work, programs=False, shard=ShardSpec(0, 2))
+    build(root, work, programs=False, shard=ShardSpec(1, 2))
+    earlier(False)
+    r = build(root, work, programs=False, shard=ShardSpec(0, 2), overwrite=True)  # as its sibling: merged
+    assert any("merged manifest.json" in n for n in r.notes), r.notes
+    assert build(root, work, programs=False, shard=ShardSpec(0, 2)).written_now == 0
+    # part 0 by today's leap, part 1 by the earlier one: rebuilding either with today's leap merges them
+    other = tmp_path / "o"
+    write_programs(other / "programs" / "train.jsonl", program_records())
+    path = other / "programs" / "train.jsonl"
+    build(root, other, programs=False, shard=ShardSpec(0, 2))
+    earlier(True)
+    with pytest.raises(LeapError, match="sources.programs differ"):
+        build(root, other, programs=False, shard=ShardSpec(1, 2))
+    earlier(False)
+    r = build(root, other, programs=False, shard=ShardSpec(0, 2), overwrite=True)
+    assert any("merged manifest.json" in n for n in r.notes), r.notes
+    assert build(root, other, programs=False, shard=ShardSpec(0, 2)).written_now == 0
+
+
 def test_shard_parts_merge(root, tmp_path):
     first = build(root, tmp_path, shard=ShardSpec(1, 2))
     # numbered as --shard numbers it, from 0 (it said "part 2 of 2 done", a part --shard does not have)

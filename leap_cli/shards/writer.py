@@ -518,7 +518,8 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
                             "targets": targets_manifest, "shard": [shard.index, shard.count]})
 
     progress_path = out / f".progress{shard.suffix}.jsonl"
-    sources = _adopted(out, progress_path, dict(sources or {}), adopt, hash_of) if not overwrite else dict(sources or {})
+    sources = _adopted(out, progress_path, out / manifest_name(shard.suffix), dict(sources or {}), adopt, hash_of,
+                       overwrite)
     settings_hash = hash_of(sources)
 
     jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
@@ -751,29 +752,36 @@ def programs_digest(records: list) -> str:
     return h.hexdigest()
 
 
-def _adopted(out: Path, progress_path: Path, sources: dict, adopt: dict | None,
-             hash_of: Callable[[dict], str]) -> dict:
-    """``sources`` with ``adopt``'s values where the folder's shards were built with them (by a leap that hashed
-    the program file's bytes): its progress names their settings hash, or a part's manifest their values. Such a
-    folder resumes and its parts merge as before; one built now takes ``sources``."""
+def _adopted(out: Path, progress_path: Path, own: Path, sources: dict, adopt: dict | None,
+             hash_of: Callable[[dict], str], overwrite: bool) -> dict:
+    """``sources`` with ``adopt``'s values (as a leap that hashed the program file's bytes made them) where this
+    part's shards were built with them (its progress names their settings hash), or, for a part built anew (none
+    yet, or ``overwrite``), where the folder's other parts were (a manifest beside it holds their values and none
+    holds ``sources``'): the folder resumes and its parts merge as before. Else ``sources``."""
     old = {**sources, **(adopt or {})}
     if old == sources:
         return sources
-    legacy = hash_of(old)
-    try:
-        if progress_path.exists() and any(isinstance(r, dict) and r.get("settings_hash") == legacy
-                                          for r in read_jsonl(progress_path)):
+    if not overwrite and progress_path.exists():
+        try:
+            built = {r.get("settings_hash") for r in read_jsonl(progress_path) if isinstance(r, dict)}
+        except LeapError:
+            built = set()  # (a damaged progress file: _resume says so)
+        if hash_of(sources) in built:
+            return sources
+        if hash_of(old) in built:
             return old
-    except LeapError:
-        pass  # (a damaged progress file: _resume says so)
+    legacy = False
     for path in out.glob("manifest*.json"):
+        if path == own and overwrite:  # (rebuilt now)
+            continue
         try:
             made = json.loads(path.read_text()).get("sources") or {}
         except (OSError, ValueError, AttributeError):
             continue
-        if all(made.get(k) == v for k, v in (adopt or {}).items()):
-            return old
-    return sources
+        if all(made.get(k) == sources.get(k) for k in adopt or {}):
+            return sources
+        legacy = legacy or all(made.get(k) == v for k, v in (adopt or {}).items())
+    return old if legacy else sources
 
 
 # ---- from a dataset root: what ``leap build-shards`` calls --------------------------------------------
