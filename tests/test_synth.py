@@ -305,6 +305,15 @@ def test_same_seed_same_bytes_and_rebuild_rules(kitchen, tmp_path):
         build_kitchen(junk, KitchenConfig(videos=1, segments_per_video=2))
     build_kitchen(junk, KitchenConfig(videos=1, segments_per_video=2), force=True)
     assert (junk / "notes.txt").exists() and (junk / MARKER).exists()
+    # A kitchen an earlier leap built (another KITCHEN_VERSION: other bytes for the config) is rebuilt.
+    import leap_cli.synth.kitchen as kitchen_module
+
+    marker = json.loads((junk / MARKER).read_text())
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(kitchen_module, "KITCHEN_VERSION", kitchen_module.KITCHEN_VERSION - 1)
+        earlier = KitchenConfig(videos=1, segments_per_video=2).hash()
+    (junk / MARKER).write_text(json.dumps({**marker, "hash": earlier}))
+    assert not build_kitchen(junk, KitchenConfig(videos=1, segments_per_video=2)).skipped
     # An interrupted build (marker not complete) is redone without --force.
     marker = json.loads((junk / MARKER).read_text())
     (junk / MARKER).write_text(json.dumps({**marker, "complete": False}))

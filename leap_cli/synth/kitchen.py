@@ -60,7 +60,7 @@ from leap_cli.synth.world import POUR_INTO, class_file, true_program, vocabulari
 log = logging.getLogger(__name__)
 
 MARKER = ".leap-kitchen.json"
-KITCHEN_VERSION = 5  # bump when the output changes for the same config
+KITCHEN_VERSION = 6  # bump when the output changes for the same config (6: EPIC's frame columns)
 NTSC_30 = 30000 / 1001
 NTSC_60 = 60000 / 1001
 # Frame rates EPIC-KITCHENS-100 videos really have (EPIC_100_video_info.csv: 423 at 59.94, 268 at 50, a few at
