@@ -342,10 +342,25 @@ def test_clip_openai_unreachable_hub_fails_at_once(tiny_clip, monkeypatch, tmp_p
     assert downloads == []
     assert "huggingface.co cannot be reached (Name or service not known" in e.value.one_line()
     assert "models--timm--tiny_clip.openai" in e.value.one_line()
+    # a mirror (HF_ENDPOINT) is the host tried; behind a proxy no direct connection is tried: the download goes
+    # through the hub client (refused here by the fake download, after the pre-check let it through)
+    import socket
+
+    tried = []
+    monkeypatch.setattr(socket, "create_connection", lambda addr, **k: (tried.append(addr), (_ for _ in ()).throw(
+        OSError(111, "Connection refused")))[1])
+    monkeypatch.setattr(constants, "ENDPOINT", "http://mirror.example:8080")
+    with pytest.raises(LeapError, match=r"mirror.example cannot be reached \(Connection refused"):
+        ClipNamer("openai", arch=arch)
+    assert tried == [("mirror.example", 8080)] and downloads == []
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    with pytest.raises(LeapError, match="through open_clip"):
+        ClipNamer("openai", arch=arch)
+    assert tried == [("mirror.example", 8080)] and downloads == ["openai"]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(LeapError, match="HF_HUB_OFFLINE is set"):
         ClipNamer("openai", arch=arch)
-    assert downloads == []
+    assert downloads == ["openai"]
 
 
 @pytest.mark.slow

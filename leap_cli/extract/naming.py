@@ -258,7 +258,7 @@ def _openai_clip(open_clip, arch: str):
         if found is not None:
             log.info("OpenAI's CLIP %s from the Hugging Face cache: %s", arch, found)
             return load_clip_file(open_clip, arch, found, quick_gelu=True)
-    unreachable = _unreachable("huggingface.co") if hub else None
+    unreachable = _hub_unreachable() if hub else None
     if unreachable:
         raise LeapError(f"cannot download OpenAI's CLIP {arch}: {unreachable}",
                         fix=_openai_fix(open_clip, arch, url, cached))
@@ -282,15 +282,31 @@ def _hub_cached(repo: str, name: str) -> Path | None:
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
-def _unreachable(host: str) -> str | None:
-    """Why ``host`` cannot be downloaded from (offline mode, no name, no connection), else None."""
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub (``HF_ENDPOINT``, huggingface.co by default) cannot be downloaded from: offline
+    mode, no such name, no connection; else None. Behind a proxy the hub client goes through it, so no direct
+    connection is tried then."""
     import os
     import socket
+    from urllib.parse import urlparse
 
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return "HF_HUB_OFFLINE is set and the Hugging Face cache does not hold it"
+    if any(os.environ.get(k) for k in _PROXIES):
+        return None
     try:
-        socket.create_connection((host, 443), timeout=_REACH_S).close()
+        from huggingface_hub import constants
+
+        endpoint = urlparse(constants.ENDPOINT)
+    except ImportError:
+        endpoint = urlparse("https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=_REACH_S).close()
     except OSError as e:
         return f"{host} cannot be reached ({e.strerror or type(e).__name__}: no network here?)"
     return None
