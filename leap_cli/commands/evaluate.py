@@ -214,8 +214,8 @@ def evaluate(
                     batch_size=batch_size, workers=workers, device=device, precision=precision,
                     allow_partial=allow_partial_load, compile=compile, out=dest,
                     on_start=lambda n: bar.update(job, total=n), on_batch=lambda n: bar.advance(job, n),
-                    check=None if split == "test" else lambda args, ids, source: check_scorable(
-                        ann, split, ids, (args["num_verbs"], args["num_nouns"]), str(source)))
+                    check=None if split == "test" else lambda args, ids, source, folder: check_scorable(
+                        ann, split, ids, (args["num_verbs"], args["num_nouns"]), str(source), str(folder)))
         except BaseException:  # a refused evaluation leaves none of the folders it made (nor their locks)
             _remove_if_left_empty(made)
             raise

@@ -280,13 +280,13 @@ def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint
                  allow_partial: bool = False, compile: bool | None = None, out: str | Path | None = None,
                  on_start: Callable[[int], None] | None = None,
                  on_batch: Callable[[int], None] | None = None,
-                 check: Callable[[dict, list[str], Path], None] | None = None) -> tuple[dict, Path]:
+                 check: Callable[[dict, list[str], Path, Path], None] | None = None) -> tuple[dict, Path]:
     """Load the run's checkpoint, score every segment of ``{workdir}/shards/{split}`` on all views and write
     ``scores.pt`` into ``out`` (default ``runs/NAME/eval/{split}``: the file ``leap submit`` is pointed at; a
     trial evaluation writes elsewhere and leaves it alone). Returns (scores, scores path). ``compile``:
     torch.compile the model (None: as the run's config says, ``model.compile``). A second evaluation into the
     same folder while this one runs is refused (it would write the same scores.pt, perhaps of another checkpoint).
-    ``check(model_args, narration_ids, checkpoint)``: called before the model runs, with the shards' ids."""
+    ``check(model_args, narration_ids, checkpoint, shards)``: called before the model runs, with the shards' ids."""
     from leap_cli.io import OutputLock
 
     folder = Path(out) if out is not None else Path(run) / "eval" / split
@@ -301,7 +301,7 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
                shards: str | Path | None, views: ViewConfig, batch_size: int | None, workers: int, device: str,
                precision: str, allow_partial: bool, compile: bool | None, out: Path,
                on_start: Callable[[int], None] | None, on_batch: Callable[[int], None] | None,
-               check: Callable[[dict, list[str], Path], None] | None = None) -> tuple[dict, Path]:
+               check: Callable[[dict, list[str], Path, Path], None] | None = None) -> tuple[dict, Path]:
     from leap_cli.evaluate.scores import save_scores
     from leap_cli.train.checkpoint import load_model, resolve_checkpoint
     from leap_cli.train.config import resolve_aliases
@@ -337,7 +337,7 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
     same_targets = _same_targets(ckpt.get("targets"), batches.dataset.manifest.get("targets"), folder, split, task)
     _same_timing(ckpt.get("shards_timing"), batches.dataset.manifest, folder)
     if check is not None:  # (not after the scoring of a whole split)
-        check(ckpt["model_args"], [k for sh in batches.dataset.manifest["shards"] for k in sh["keys"]], source)
+        check(ckpt["model_args"], [k for sh in batches.dataset.manifest["shards"] for k in sh["keys"]], source, folder)
     if on_start:
         on_start(total)
     scores = predict(model, batches, views=views, device=device, program=True, precision=precision,

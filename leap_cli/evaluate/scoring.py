@@ -35,17 +35,18 @@ def _np(x) -> np.ndarray:
 
 
 def check_scorable(annotations: Annotations, split: str, ids: list[str], classes: tuple[int, int],
-                   source: str) -> dict:
+                   source: str, ids_source: str | None = None) -> dict:
     """The split's segments by narration id, once scores of ``ids`` with ``classes`` (verbs, nouns) can be scored
     against them: every id in the split, as many classes as the class files (what `leap submit` demands too).
-    ``leap evaluate --run`` asks this of the checkpoint and the shards before the model runs."""
+    ``leap evaluate --run`` asks this of the checkpoint (``source``) and the shards (``ids_source``) before the
+    model runs."""
     from leap_cli.submit import class_counts
 
     segments = {s.narration_id: s for s in annotations.segments(split)}
     unknown = [i for i in ids if i not in segments]
     if unknown:
         raise LeapError(f"{len(unknown)} narration id(s) are not in the {split} annotations, e.g. "
-                        f"{', '.join(unknown[:5])}", path=source,
+                        f"{', '.join(unknown[:5])}", path=ids_source or source,
                         fix=f"score the {split} split, or pass the annotations the scores were made for")
     for name, n, count in zip(("verb", "noun"), classes, class_counts(annotations)):
         if n != count:
