@@ -137,7 +137,8 @@ _KEPT = {"evaluate": "nothing was saved; the evaluation starts over when run aga
          "check-shards": "nothing was written; the check starts over when run again",
          "show": "nothing was written", "info": "nothing was written",
          "train": "checkpoints/last.pt holds the last checkpoint saved (every train.checkpoint_every steps, else at "
-                  "each epoch's end); continue with the same command and --resume"}
+                  "each epoch's end); continue with the same command and --resume (a run stopped before it "
+                  "started, with no runs/NAME/config.yaml, left nothing: the same command without --resume)"}
 
 
 def _other_rank() -> int | None:

@@ -423,7 +423,7 @@ def test_show_finds_a_record_by_its_id_alone_and_takes_the_last(tmp_path):
     (["extract", "--split", "val", "--force"], "finished records were kept; run the same command without --force to "
                                                "resume"),
     (["validate-programs", "--split", "val", "--data", "."], "interrupted: a report is written whole: one printed above is complete, the others were not written"),
-    (["train", "--config", "tiny-synthetic"], "checkpoints/last.pt holds the last checkpoint saved (every train.checkpoint_every steps, else at each epoch's end); continue with the same command and --resume")])
+    (["train", "--config", "tiny-synthetic"], "checkpoints/last.pt holds the last checkpoint saved (every train.checkpoint_every steps, else at each epoch's end); continue with the same command and --resume (a run stopped before it started, with no runs/NAME/config.yaml, left nothing: the same command without --resume)")])
 def test_an_interrupted_command_says_what_it_kept(monkeypatch, capsys, tmp_path, command, says):
     """Ctrl-C in `leap evaluate` promised "finished records were kept; run the same command to resume", but an
     evaluation keeps nothing and starts over; the stages that do resume keep saying so."""
