@@ -157,8 +157,10 @@ def plan(cfg: DemoConfig) -> list[StageRun]:
     for split in ("train", "val"):
         stages.append(StageRun(f"generate-programs {split}", ["generate-programs", "--split", split, "--workdir", w,
                                                              *force], (work / "programs" / f"{split}.jsonl",)))
-    stages.append(StageRun("validate-programs", ["validate-programs", f"{w}/programs/train.jsonl",
-                                                 "--workdir", w, "--html", f"{w}/programs/train.report.html"]))
+    stages.append(StageRun("validate-programs train", ["validate-programs", f"{w}/programs/train.jsonl",
+                                                       "--workdir", w, "--html", f"{w}/programs/train.report.html"]))
+    # (the summary's val row too gives the statuses checked again against the labels, not the stored ones)
+    stages.append(StageRun("validate-programs val", ["validate-programs", f"{w}/programs/val.jsonl", "--workdir", w]))
     for split in ("train", "val", "test"):
         stages.append(StageRun(f"build-shards {split}", ["build-shards", "--split", split, "--workdir", w,
                                                         "--frames", str(cfg.frames), "--short-side", str(cfg.short_side),
@@ -293,8 +295,8 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
     if trains:
         last = vals[-1] if vals else {}
         rows.append(("train", str(run_dir), f"{trains[-1]['step']} steps, last loss {trains[-1]['loss']:.3f}"
-                     + (f"; val at the end: verb {last['verb_top1']:.1f}, noun {last['noun_top1']:.1f}, "
-                        f"action {last['action_top1']:.1f} top-1" if last else "")))
+                     + (f"; val at the end: verb {last['verb_top1']:.1f}%, noun {last['noun_top1']:.1f}%, "
+                        f"action {last['action_top1']:.1f}% top-1" if last else "")))
     for split in ("val",):
         mfile = run_dir / "eval" / split / "metrics.json"
         if mfile.exists():
@@ -317,15 +319,18 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
 
 
 def ablation_text(summary: dict) -> str:
-    """Validation verb top-1 (mean ± std over seeds) of each recognition cell of ``leap ablate``'s ablation.json."""
-    cells = [f"{r['source']} {r['cell']} {r['verb_top1']['mean']:.1f} ± {r['verb_top1']['std']:.1f}"
-             for r in summary.get("rows", []) if r.get("task") == "recognition" and "verb_top1" in r]
+    """Validation verb top-1 (mean ± std over seeds; one seed: no ±) of each recognition cell of ``leap ablate``'s
+    ablation.json."""
+    rows = [r for r in summary.get("rows", []) if r.get("task") == "recognition" and "verb_top1" in r]
+    cells = [f"{r['source']} {r['cell']} {r['verb_top1']['mean']:.1f}%"
+             + (f" ± {r['verb_top1']['std']:.1f}" if len(r.get("seeds", [])) > 1 else "") for r in rows]
     seeds = max((len(r.get("seeds", [])) for r in summary.get("rows", [])), default=0)
-    return (f"verb top-1 over {seeds} seeds: " + "; ".join(cells)) if cells else "no recognition cells"
+    return (f"val verb top-1 over {seeds} seed{'s' if seeds != 1 else ''}: " + "; ".join(cells)) if cells else \
+        "no recognition cells"
 
 
 def _metrics_text(m: dict) -> str:
     """verb/noun/action top-1 from the ``recognition.all`` block of ``leap evaluate``'s metrics.json."""
     overall = (m.get("recognition") or {}).get("all") or {}
-    return ", ".join(f"{kind} top-1 {100 * overall[kind]['top1']:.1f}" for kind in ("verb", "noun", "action")
+    return ", ".join(f"{kind} top-1 {100 * overall[kind]['top1']:.1f}%" for kind in ("verb", "noun", "action")
                      if kind in overall) or "no recognition metrics"

@@ -159,6 +159,12 @@ def test_the_summary_gives_validate_programs_statuses(tmp_path):
     (progs / "train.report.json").write_text(json.dumps({"statuses": {"valid": 1, "invalid": 6, "failed": 0}}))
     rows = {stage: figures for stage, _, figures in collect(DemoConfig(workdir=tmp_path))}
     assert rows["programs train"].startswith("invalid 6, valid 1 as validate-programs checked them; coverage 14%")
+    # the demo validates both splits it summarises (val's row gave the stored statuses: no report was made)
+    from leap_cli.demo import plan
+
+    runs = {s.name: s.argv for s in plan(DemoConfig(workdir=tmp_path))}
+    assert runs["validate-programs val"][:2] == ["validate-programs", f"{tmp_path}/programs/val.jsonl"]
+    assert runs["validate-programs train"][:2] == ["validate-programs", f"{tmp_path}/programs/train.jsonl"]
 
 
 def test_a_stage_the_interrupt_did_not_reach_is_stopped_gracefully(monkeypatch):
@@ -240,7 +246,13 @@ def test_demo_ablate_option_runs_leap_ablate_and_summarises_its_table(demo):
         assert "ablate" not in [r[0] for r in collect(DemoConfig(workdir=work))]
         row = next(r for r in collect(DemoConfig(workdir=work, ablate=True)) if r[0] == "ablate")
         assert row[1] == "ablation/ablation.md"
-        assert row[2] == "verb top-1 over 2 seeds: none L_CE 42.0 ± 2.8; truth +L_T+L_PC 51.0 ± 1.4"
+        assert row[2] == "val verb top-1 over 2 seeds: none L_CE 42.0% ± 2.8; truth +L_T+L_PC 51.0% ± 1.4"
+        # one seed: no "± 0.0" (no spread was measured); a mean of 2.05 printed 2.0 where the run's log said 2.1
+        rows, _ = table([{"cell": {"task": "recognition", "source": "none", "name": "L_CE"}, "seed": 0,
+                          "seconds": 1.0, "verb_top1": 0.020536}])
+        (work / "ablation" / "ablation.json").write_text(json.dumps({"rows": rows}))
+        row = next(r for r in collect(DemoConfig(workdir=work, ablate=True)) if r[0] == "ablate")
+        assert row[2] == "val verb top-1 over 1 seed: none L_CE 2.1%"
     finally:
         (work / "ablation" / "ablation.json").unlink()
 

@@ -272,7 +272,7 @@ def table(results: list[dict]) -> tuple[list[dict], str]:
             vals = [100 * r[key] for r in rs if r.get(key) is not None]
             if vals:
                 m, sd = mean_std(vals)
-                row[key] = {"mean": round(m, 2), "std": round(sd, 2)}
+                row[key] = {"mean": round(m, 4), "std": round(sd, 4)}  # (at 2: 2.05 printed 2.0, the log 2.1)
         rows.append(row)
     used = [(k, label) for k, label in COLUMNS if any(k in r for r in rows)]
     head = "| task | programs | losses | seeds | " + " | ".join(label for _, label in used) + " |"
