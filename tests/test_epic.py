@@ -229,6 +229,12 @@ def test_layout_errors(tmp_path):
         DatasetLayout.open(tmp_path / "nope")
     with pytest.raises(LeapError, match="annotations folder not found"):
         DatasetLayout.open(tmp_path)
+    # --data pointed at the annotations folder itself: said, with the root to give
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "EPIC_100_validation.csv").write_text("narration_id\n")
+    with pytest.raises(LeapError, match="holds EPIC's CSVs itself") as e:
+        DatasetLayout.open(tmp_path / "annotations")
+    assert f"--data {tmp_path}" in e.value.fix
 
 
 def _frames():

@@ -386,10 +386,15 @@ def test_show_predicted_program_beside_the_target(pipeline):
     assert cmp.target is not None and cmp.target[0] == "take(plate) [right]" and cmp.target[1] == "<loop>"
     assert cmp.target[-1] == "<end>" and "until clean(plate)" in cmp.target_conditions[1]  # the loop marker's
     assert 1 <= len(cmp.predicted) <= vocab.max_steps and len(cmp.predicted_conditions) == len(cmp.predicted)
+    # an <end> row is no step: no conditions listed on it (an untrained model's listed dozens there)
+    assert cmp.target_conditions[-1] == [] and all(c == [] for r, c in zip(cmp.predicted, cmp.predicted_conditions)
+                                                   if r == "<end>")
+    assert cmp.checkpoint.startswith("best.pt, step ")
     res = CliRunner().invoke(app, ["show", "P01_03_0", "--workdir", str(work), "--split", "val", "--run", "runs/tiny"],
                              env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "target (generated program)" in res.output and "take(plate) [right]" in res.output and "<loop>" in res.output
+    assert cmp.checkpoint in " ".join(res.output.split())  # which checkpoint predicted
 
 
 def test_a_test_evaluation_says_which_segments_build_shards_skipped(pipeline, tmp_path, caplog):

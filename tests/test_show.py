@@ -254,6 +254,11 @@ def test_a_failed_record_and_a_missing_program(stored, tmp_path):
     r = show(root, tmp_path, p, None, "--html", str(tmp_path / "p.html"))
     assert r.exit_code == 0, r.output
     assert "└── request failed: timeout" in r.output
+    # the heading of a failed record says the segment's narration, from its descriptor (it had none)
+    said = {**descriptor, "components": {"narration": {"status": "ok", "source": "annotations",
+                                                       "data": {"narration": "take plate"}, "text": "x"}}}
+    r = show(root, tmp_path, p, said)
+    assert f"{NID}  take plate  failed" in r.output, r.output
     page = (tmp_path / "p.html").read_text()
     assert "<h2>Why it failed</h2>" in page and "<td>(the record)</td><td>request failed: timeout</td>" in page
     r = show(root, tmp_path, {**programs[1]}, descriptor, "--html", str(tmp_path / "p.html"))  # of another id
@@ -297,3 +302,14 @@ def test_record_text_shows_bidirectional_and_zero_width_characters():
     text = console.export_text()
     assert "\\u202e" in text and "\\u200b" in text and "\\x1b" in text
     assert "\u202e" not in text and "\u200b" not in text and "\x1b" not in text
+
+
+def test_a_test_segment_without_a_program_is_not_told_to_run_what_refuses_it():
+    """`leap show` of a test segment said "run `leap generate-programs`", which refuses the test split offline."""
+    from leap_cli.report.show import SegmentView, no_program_text, segment_html
+
+    assert "run `leap generate-programs`" in no_program_text("val")
+    said = no_program_text("test")
+    assert "generate-programs" in said and "--backend openai" in said and "nothing needs them" in said
+    page = segment_html(SegmentView("P01_101_0", "test", None, None), [])
+    assert "test programs come from an LLM only" in page

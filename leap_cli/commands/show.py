@@ -34,7 +34,8 @@ def show(
     from leap_cli.common import dataset_root, normalize_split, refuse_overwrite
     from leap_cli.errors import LeapError
     from leap_cli.report.program_view import program_tree
-    from leap_cli.report.show import COMPONENTS, load_segment, where_when, write_segment_html
+    from leap_cli.report.show import (COMPONENTS, load_segment, narration_of, no_program_text, where_when,
+                                      write_segment_html)
 
     if shards is not None and run is None:
         raise LeapError("--shards is read with --run only (the shards the run's prediction is made from)",
@@ -49,9 +50,9 @@ def show(
     if html:
         refuse_overwrite(html, view.files, "--html", "html")
     if view.program:
-        console.print(program_tree(view.program, view.status_note))
+        console.print(program_tree(view.program, view.status_note, narration_of(view)))
     else:
-        console.print(f"[yellow]{printable(narration_id)}: no program record yet (run `leap generate-programs`)[/]")
+        console.print(f"[yellow]{printable(narration_id)}: {no_program_text(view.split)}[/]")
     if view.descriptor:
         d = view.descriptor
         table = Table(title=printable(f"Descriptors of {narration_id} ({where_when(d)})", one_line=True),
@@ -89,7 +90,8 @@ def _show_prediction(run_dir: Path, narration_id: str, workdir: Path, shards: Pa
                       f"({printable(e.reason)}; the manifest of {printable(str(shards))} lists it)[/]", highlight=False)
         return
     table = Table(title=f"{printable(narration_id)}: target program and {printable(str(run_dir))}'s prediction "
-                        "(as the model sees them: EPIC class keys, hands in brackets)", show_lines=False)
+                        f"({printable(cmp.checkpoint)}; as the model sees them: EPIC class keys, hands in brackets; "
+                        "conditions of probability >= 0.5)", show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("target (generated program)")
     table.add_column("predicted")

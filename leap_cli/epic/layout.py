@@ -52,6 +52,9 @@ class DatasetLayout:
         ann = Path(annotations) if annotations else next(
             (d for d in (given / "annotations", root / "annotations") if d.is_dir()), root / "annotations")
         if not ann.is_dir():
+            if next(given.glob("EPIC_100_*.csv"), None) is not None:  # --data ROOT/annotations
+                raise LeapError(f"annotations folder not found: {given} holds EPIC's CSVs itself", path=ann,
+                                fix=f"pass the data set root (--data {given.parent}), or --annotations {given}")
             raise LeapError("annotations folder not found", path=ann,
                             fix="put EPIC's CSVs in ROOT/annotations/ or pass --annotations DIR")
         return cls(root, ann)

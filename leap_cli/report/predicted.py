@@ -19,6 +19,7 @@ class ProgramComparison:
     predicted: list[str]
     target_conditions: list[list[str]] | None  # per row: pre then post condition strings
     predicted_conditions: list[list[str]]
+    checkpoint: str = ""  # which predicted: "best.pt, step 840"
 
 
 class SkippedSegment(LeapError):
@@ -74,6 +75,9 @@ def _conditions(vocab, probs: torch.Tensor, rows: list[str], threshold: float = 
     P = len(vocab.conditions)
     out = []
     for kind, row in zip(rows, probs[:len(rows)]):
+        if kind == "<end>":  # (no step: its row's conditions were listed as if it had some)
+            out.append([])
+            continue
         on = (row >= threshold).nonzero().flatten().tolist()
         pre = {"<loop>": "until ", "<if>": "if "}.get(kind, "pre ")
         out.append([(pre if i < P else "post ") + vocab.conditions[i % P] for i in on])
@@ -85,11 +89,12 @@ def predicted_program(run: str | Path, narration_id: str, shards: str | Path, ch
     ``SkippedSegment`` (before the model is loaded) when build-shards skipped the segment."""
     from leap_cli.programs.targets import TargetVocab
     from leap_cli.shards.dataset import ShardDataset
-    from leap_cli.train.checkpoint import load_model
+    from leap_cli.train.checkpoint import load_model, resolve_checkpoint
 
     folder = Path(shards)
     _check_not_skipped(folder, narration_id)
-    model, ckpt = load_model(run, which=checkpoint)
+    source = resolve_checkpoint(run, checkpoint)
+    model, ckpt = load_model(source)
     if model.decoder is None:
         config = ckpt.get("config") or {}
         asked = (config.get("model") or {}).get("program_heads", True) and (config.get("loss") or {}).get(
@@ -119,4 +124,5 @@ def predicted_program(run: str | Path, narration_id: str, shards: str | Path, ch
     if sample["has_program"]:
         target = _rows(vocab, sample["program_steps"])
         target_conds = _conditions(vocab, sample["step_conditions"], target)
-    return ProgramComparison(narration_id, target, predicted, target_conds, pred_conds)
+    return ProgramComparison(narration_id, target, predicted, target_conds, pred_conds,
+                             f"{source.name}, step {int(ckpt.get('step', 0))}")

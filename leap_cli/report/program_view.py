@@ -59,15 +59,16 @@ def _add_steps(node: Tree, steps: list[dict], counter: list[int]) -> None:
             node.add(f"[red]unknown step type {_line(repr(kind))}[/]")
 
 
-def program_tree(record: dict, status_note: str | None = None) -> Tree:
+def program_tree(record: dict, status_note: str | None = None, narration: str = "") -> Tree:
     """The program record (status, program, provenance) as a tree; ``status_note`` says how the status was
-    reached where that is not plain (stored, not re-checked; re-checked and changed)."""
+    reached where that is not plain (stored, not re-checked; re-checked and changed); ``narration``: the
+    segment's, where the record holds no program that says it (a failed one)."""
     prov = record.get("provenance") or {}
     status = record.get("status", "?")
     colour = {"valid": "green", "invalid": "yellow", "failed": "red"}.get(status, "white")
     program = record.get("program") or {}
     action = program.get("action") or {}
-    root = Tree(f"[bold]{_line(record.get('narration_id'))}[/]  {_line(action.get('narration', ''))}  "
+    root = Tree(f"[bold]{_line(record.get('narration_id'))}[/]  {_line(action.get('narration') or narration)}  "
                 f"[{colour}]{_line(status)}[/]" + (f" [dim]({_line(status_note)})[/]" if status_note else "")
                 + f" [dim]({_line(prov.get('backend', '?'))} {_line(prov.get('model') or '')})[/]")
     if program:

@@ -162,6 +162,23 @@ def _drawable(record: dict | None, recheck) -> tuple[dict | None, str | None]:
     return {**record, "program": program, "status": status, "errors": unique}, note
 
 
+def narration_of(view: SegmentView) -> str:
+    """The segment's narration: its program's action, else its descriptor's narration component ("" if none)."""
+    action = ((view.program or {}).get("program") or {}).get("action") or {}
+    d = view.descriptor or {}
+    return action.get("narration") or (d.get("components", {}).get("narration", {}).get("data", {}) or {}).get(
+        "narration", "")
+
+
+def no_program_text(split: str | None) -> str:
+    """Why a segment has no program record, and what makes one (the test split's: an LLM's only, and nothing
+    needs them; the offline backend refuses that split, so "run leap generate-programs" could not be followed)."""
+    if split == "test":
+        return ("no program record: test programs come from an LLM only (leap generate-programs --split test "
+                "--backend openai), and nothing needs them: build-shards, training and submission run without")
+    return "no program record yet (run `leap generate-programs`)"
+
+
 def where_when(descriptor: dict | None) -> str:
     """The descriptor's video and times, "?" for what it does not say."""
     d = descriptor or {}
@@ -203,8 +220,7 @@ def segment_html(view: SegmentView, frames: list[tuple[float, object]], no_frame
     """The page; ``no_frames``: why it has no keyframes."""
     d, p = view.descriptor or {}, view.program or {}
     program = p.get("program") or {}
-    action = program.get("action") or {}
-    said = action.get('narration') or (d.get('components', {}).get('narration', {}).get('data', {}) or {}).get('narration', '')
+    said = narration_of(view)
     title = f"{view.narration_id}: {said}" if said else view.narration_id  # (test segments have no narration)
     body = [f"<h1>{esc(title)}</h1><p class='muted'>{esc(where_when(view.descriptor))}, split {esc(view.split or '?')}"]
     if p:
@@ -214,7 +230,7 @@ def segment_html(view: SegmentView, frames: list[tuple[float, object]], no_frame
                     + f"from {esc(prov.get('backend', '?'))} {esc(prov.get('model') or '')}")
     body.append("</p>")
     if not p:
-        body.append("<p><b>No program record</b> for this segment (run <code>leap generate-programs</code>).</p>")
+        body.append(f"<p><b>No program record</b> for this segment ({esc(no_program_text(view.split))}).</p>")
     if not d:
         body.append("<p><b>No descriptor record</b> for this segment (run <code>leap extract</code>).</p>")
     if not frames and no_frames:
