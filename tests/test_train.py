@@ -1215,3 +1215,11 @@ def test_the_ablation_table_says_what_its_figures_are() -> None:
     assert "Validation split" in md and "in %" in md and "S-Verb" in md
     two = one + [{**one[0], "seed": 1, "verb_top1": 0.44}]
     assert "42.0 ± 2.8" in table(two)[1]
+
+
+def test_a_runs_own_config_names_its_run() -> None:
+    """`--config runs/r/config.yaml` without --name made (or resumed) a run named "config", whichever run's it was."""
+    from leap_cli.commands.train import default_name
+
+    assert default_name(Path("work/runs/r/config.yaml")) == "r"
+    assert default_name(Path("configs/config.yaml")) == "config" and default_name(Path("b16.yaml")) == "b16"

@@ -28,7 +28,8 @@ def train(
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key: --set optim.lr=3e-4 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from checkpoints/last.pt exactly where it stopped."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", callback=workdir_option, help="Work directory: reads shards/{train,val}, writes runs/NAME."),
-    name: str = typer.Option(None, "--name", help="Run name (default: the config file's stem)."),
+    name: str = typer.Option(None, "--name", help="Run name (default: the config file's stem; a run's own "
+                                                  "runs/NAME/config.yaml: NAME)."),
     no_program_loss: bool = typer.Option(False, "--no-program-loss", help="Ablation: train with L_CE only and no program heads (same as --set loss.program_loss=false)."),
     force: bool = typer.Option(False, "--force", "--overwrite", help="Start runs/NAME over (removes its checkpoints "
                                                                      "and metrics) instead of refusing."),
@@ -42,7 +43,7 @@ def train(
     sets = list(overrides) + (["loss.program_loss=false"] if no_program_loss else [])
     sets += ["model.allow_partial_load=true"] if allow_partial_load else []
     cfg = load_config(config, sets)
-    name = name or config.stem
+    name = name or default_name(config)
     progress = live_or_log(Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                     console=console, transient=False), "train")
@@ -121,6 +122,15 @@ def train(
     if paused:
         console.print(escape(f"paused at step {result.steps} of {task['total']} (--stop-after): continue with "
                              "--resume"), highlight=False)
+
+
+def default_name(config: Path) -> str:
+    """The run name a --config gives: a run's own ``runs/NAME/config.yaml`` is NAME's (its resume hint's form),
+    else the file's stem (every run's config.yaml named a run "config")."""
+    path = Path(config)
+    if path.name == "config.yaml" and path.parent.parent.name == "runs":
+        return path.parent.name
+    return path.stem
 
 
 def _last_validation(path: Path, step: int) -> dict:
