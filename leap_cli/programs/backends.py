@@ -890,8 +890,9 @@ class OfflineBackend(Backend):
 
     name = "offline"
     failed = "the offline backend made no program"  # (no request is made)
-    model = "offline-v4"  # v3: an exemplar object the clip narrates keeps its role; v4: no exemplar that asks of
-    # an object what its EPIC category cannot be or do (switched on outside appliances, held furniture)
+    model = "offline-v5"  # v3: an exemplar object the clip narrates keeps its role; v4: no exemplar that asks of
+    # an object what its EPIC category cannot be or do (switched on outside appliances, held furniture); v5: nor
+    # holds a large appliance (the fridge, the oven, ...)
 
     def __init__(self, exemplars, verbs, nouns):
         self.exemplars, self.verbs, self.nouns = exemplars, verbs, nouns

@@ -663,10 +663,12 @@ def offline_program(info: ClipInfo, exemplars: list[Exemplar], verbs: ClassVocab
 
 # EPIC's noun category (the class file's last column) of what can be switched on and off, and the classes a hand
 # cannot pick up and hold: the fixed furniture and storage (a chair, a ladder, a stand, a candle, also
-# furniture in EPIC's file, are carried), and a hand (category hand)
+# furniture in EPIC's file, are carried), the large appliances, and a hand (category hand)
 SWITCHABLE = ("appliances",)
 UNHELD = ("top", "cupboard", "drawer", "sink", "kitchen", "floor", "wall", "shelf", "window", "door:kitchen",
-          "rack:drying")
+          "rack:drying",
+          # the large appliances (offline-v5: "move things in the fridge" held the fridge and put it in the dishwasher)
+          "fridge", "freezer", "dishwasher", "oven", "hob", "machine:washing", "microwave", "heater")
 
 
 def _implausible(program: dict, nouns: ClassVocab) -> str | None:
