@@ -1000,3 +1000,20 @@ def test_a_skip_is_tried_again_after_a_fix_that_keeps_size_and_mtime(kitchen, tm
     os.utime(mp4, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert mp4.stat().st_size == st.st_size and mp4.stat().st_mtime_ns == st.st_mtime_ns
     assert opener.video_stat("P01_01") != before
+
+
+def test_a_rerun_without_videos_says_they_are_missing_not_failed(tmp_path):
+    """Annotations only (no videos yet): the rerun said the components "failed or whose video could not be read",
+    where the first run had called them unavailable (no video)."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+    from tests.program_helpers import excerpt_annotations
+
+    excerpt_annotations(tmp_path, 3)
+    args = ["extract", "--split", "val", "--workdir", str(tmp_path), "--components", "narration,camera"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    again = " ".join(CliRunner().invoke(app, args).output.split())
+    assert "3 of them hold a component that failed or had no readable video (none there, or damaged)" in again, again
+    assert "once the videos are there or fixed, --retry-errors redoes them" in again

@@ -194,8 +194,9 @@ def _print_summary(s) -> None:
         console.print(f"segments: {s.segments} selected, {s.done_before} done before, 0 written now: nothing to do "
                       f"({escape(str(s.out))})")
         if s.retryable:  # (a fixed or re-downloaded video is read again only when asked: it said nothing to do)
-            console.print(f"note: {s.retryable} of them hold a component that failed or whose video could not be "
-                          "read: once the files are fixed, --retry-errors redoes them", style="yellow", highlight=False)
+            console.print(f"note: {s.retryable} of them hold a component that failed or had no readable video (none "
+                          "there, or damaged): once the videos are there or fixed, --retry-errors redoes them",
+                          style="yellow", highlight=False)
         for line in s.outcome.lines():
             console.print(escape(line), highlight=False, style="red")
         return
