@@ -195,3 +195,19 @@ def test_the_folder_given_to_epics_download_script_is_a_root(tmp_path):
     shutil.move(str(root / "P01"), str(tmp_path / "P01"))
     res = CliRunner().invoke(app, ["info", "--data", str(out), "--no-check-lengths"], env={"COLUMNS": "300"})
     assert f"looked for {root / 'P01' / 'videos'}" in " ".join(res.output.split()), res.output
+
+
+def test_info_names_a_split_whose_csv_is_not_there(tmp_path):
+    """EPIC_100_train.csv not downloaded: the table left train out without a word (extract --split train then said
+    "annotation file not found" of a --data that was right)."""
+    root = make_root(tmp_path / "k")  # train and val; no test CSV
+    r = CliRunner().invoke(app, ["info", "--data", str(root)], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "splits without their CSV here: test (EPIC_100_test_timestamps.csv)" in r.output
+    (root / "annotations" / "EPIC_100_train.csv").unlink()
+    r = CliRunner().invoke(app, ["info", "--data", str(root)], env={"COLUMNS": "200"})
+    assert "train (EPIC_100_train.csv), test (EPIC_100_test_timestamps.csv)" in r.output
+    # and a stage asked for that split says to put the file beside the others (not to point --data elsewhere)
+    r = CliRunner().invoke(app, ["extract", "--data", str(root), "--split", "train", "--workdir", str(tmp_path)])
+    assert "put EPIC_100_train.csv (EPIC's annotations repository) in that folder beside the others" in str(
+        r.exception), r.output

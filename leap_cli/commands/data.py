@@ -87,6 +87,13 @@ def info(
         table.add_row(name, *(str(get(s)) for s in splits))
     console.print(table)
     console.print(escape(f"annotations: {layout.annotations_dir} ({', '.join(s.file for s in splits)})"), highlight=False)
+    from leap_cli.epic.annotations import SPLIT_FILES
+
+    absent = [f"{split} ({name})" for split, name in SPLIT_FILES.items() if split not in {s.split for s in splits}]
+    if absent:  # (the table left them out without a word; extract --split train then said "not found")
+        console.print(escape(f"splits without their CSV here: {', '.join(absent)}: the stages refuse them until the "
+                             "file is in that folder (EPIC's annotations repository has it)"), style="yellow",
+                      highlight=False)
     console.print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in classes.items()))
     for s in splits:
         for videos, what in ((s.missing, "with neither MP4 nor rgb_frames"),

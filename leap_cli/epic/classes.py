@@ -132,8 +132,11 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
 
     path = Path(path)
     if not path.exists():
+        others = path.parent.is_dir() and next(path.parent.glob("EPIC_100_*.csv"), None) is not None
         raise LeapError(f"{what or 'file'} not found", path=path,
-                        fix="point --data at the dataset root or --annotations at the folder holding EPIC's CSVs")
+                        fix=f"put {path.name} (EPIC's annotations repository) in that folder beside the others"
+                        if others else "point --data at the dataset root or --annotations at the folder holding "
+                                       "EPIC's CSVs")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
