@@ -109,7 +109,7 @@ def test_missing_annotation_file(epic_dir, tmp_path):
     (ann.folder / "EPIC_100_train.csv").unlink()
     with pytest.raises(LeapError, match="annotation file not found") as e:
         ann.segments("train")
-    assert "EPIC_100_train.csv" in str(e.value) and "--annotations" in str(e.value)
+    assert "EPIC_100_train.csv" in str(e.value) and "beside the others" in e.value.fix  # (the folder is right)
 
 
 def test_a_cut_or_bad_row_of_the_video_info_or_a_class_file_says_what_to_do(epic_dir, tmp_path):
