@@ -141,6 +141,9 @@ _KEPT = {"evaluate": "nothing was saved; the evaluation starts over when run aga
                   "started, with no runs/NAME/config.yaml, left nothing: the same command without --resume)"}
 
 
+GLOBAL_OPTIONS = ("-v", "--verbose", "--debug")  # leap's own, before the command (the app's callback)
+
+
 def _other_rank() -> int | None:
     """Under torchrun (``leap train`` on several processes): this process's rank when it is not rank 0."""
     try:
@@ -273,6 +276,10 @@ def main() -> None:
             # one line, as every other error (click prints the usage, a hint and the error on four lines)
             ctx = getattr(e, "ctx", None)
             where = f" (see `{ctx.command_path} --help`)" if getattr(ctx, "command_path", None) else ""
+            option = getattr(e, "option_name", None)
+            if option in GLOBAL_OPTIONS and getattr(ctx, "parent", None) is not None:  # `leap info -v`
+                where = (f" ({option} is leap's own: give it before the command, "
+                         f"`{ctx.parent.command_path} {option} {ctx.info_name} ...`)")
             _print_error(f"{e.format_message()}{where}")
             sys.exit(e.exit_code)
         raise

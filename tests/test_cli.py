@@ -487,6 +487,9 @@ def test_usage_errors_are_one_line():
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and says in lines[0], r.stderr
         assert "--help" in lines[0]
+    # leap's own options after the command: said where they go (it said only "No such option: -v")
+    r = leap("info", "-v")
+    assert r.returncode == 2 and "-v is leap's own: give it before the command" in r.stderr and " -v info ..." in r.stderr
 
 
 def test_choice_options_are_taken_in_any_case_as_split_names_are(tmp_path):
