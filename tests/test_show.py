@@ -222,8 +222,11 @@ def test_the_program_is_checked_again_as_validate_programs_does(stored, tmp_path
     page = (tmp_path / "p.html").read_text()
     assert "<span class='tag invalid'>invalid</span> <span class='muted'>(stored as valid)</span>" in page
     assert ", split val" in page  # the split the file's name says
-    r = CliRunner().invoke(app, ["show", NID, "--workdir", str(tmp_path), "--programs", str(tmp_path / "val.jsonl")])
+    r = CliRunner().invoke(app, ["show", NID, "--workdir", str(tmp_path), "--programs", str(tmp_path / "val.jsonl")],
+                           env={"COLUMNS": "250"})
     assert "valid (as stored, not re-checked" in r.output.splitlines()[0]
+    # which folder held no class files, and what to pass (it said "(--data)" of a default folder not there)
+    assert f"no EPIC class files in {tmp_path / 'kitchen' / 'annotations'}: pass --data ROOT" in r.output.splitlines()[0]
 
 
 def test_findings_are_listed_once_and_the_status_is_one_word(stored, tmp_path):

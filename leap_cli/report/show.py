@@ -122,6 +122,8 @@ def _recheck(record: dict, workdir: Path, data: Path | None, split: str | None,
 
     ann_dir = dataset_root(workdir, data) / "annotations"
     if not ((ann_dir / VERB_CLASSES).exists() and (ann_dir / NOUN_CLASSES).exists()):
+        if said is not None:  # (which folder: "(--data)" did not say the default one was not there)
+            said.append(f"no EPIC class files in {ann_dir}" + ("" if data else ": pass --data ROOT"))
         return None
     ann = open_annotations(workdir, data)
     segments = None
@@ -146,7 +148,7 @@ def _drawable(record: dict | None, recheck) -> tuple[dict | None, str | None]:
     checked = recheck(record)
     if checked is None:
         status, errors = stored, list(record.get("errors") or [])
-        note = "as stored, not re-checked: no EPIC class files in the annotations (--data)"
+        note = "as stored, not re-checked"
     else:
         (status, errors), note = checked, None
     program = record.get("program")
