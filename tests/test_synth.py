@@ -439,3 +439,15 @@ def test_clean_kitchen_for_debugging(tmp_path):
     assert (out / "object-detections" / "P01" / "P01_01.jsonl").exists()
     assert (out / "poses" / "P01_01" / "images.txt").exists()
     assert not (out / "ground-truth" / "audio").exists()
+
+
+def test_the_summary_says_the_truncated_video_is_cut_on_purpose(kitchen):
+    """A newcomer read the truncated video's warnings in the demo as a real error: its summary now says why."""
+    from rich.console import Console
+
+    _, summary = kitchen
+    console = Console(width=300, record=True)
+    console.print(summary.render())
+    text = " ".join(console.export_text().split())
+    cut = next(v["video_id"] for v in summary.videos if "truncated_at" in v)
+    assert f"{cut} is cut short on purpose, as a broken download would be (the stages say so)" in text, text

@@ -152,7 +152,7 @@ class KitchenSummary:
         """A rich table: one row per video, and the totals."""
         from rich.table import Table
 
-        kind = "honest" if self.config.honest else "clean (debugging: publishes the truth)"
+        kind = "honest: the truth in ground-truth/ only" if self.config.honest else "clean (debugging: publishes the truth)"
         title = f"Synthetic kitchen {self.out} (seed {self.config.seed}, {kind})"
         if self.skipped:
             title += " - already built, skipped (use --force to rebuild)"
@@ -164,7 +164,10 @@ class KitchenSummary:
             table.add_row(v["video_id"], v["split"], f"{v['fps']:.2f}", frames, f"{v['duration']:.1f}",
                           str(v["segments"]))
         counts = ", ".join(f"{s} {self.segments(s)}" for s in ("train", "val", "test"))
+        cut = [v["video_id"] for v in self.videos if "truncated_at" in v]
         table.caption = (f"{self.segments()} segments ({counts}); "
+                         + (f"{cut[0]} is cut short on purpose, as a broken download would be (the stages say so); "
+                            if cut else "")
                          + (f"built in {self.seconds:.1f}s" if not self.skipped else "nothing rebuilt"))
         return table
 
