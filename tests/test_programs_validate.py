@@ -421,6 +421,7 @@ def test_cli_generate_validate_and_strict(kitchen):
     r = runner.invoke(app, ["generate-programs", "--workdir", str(kitchen), "--split", "val"])
     assert r.exit_code == 0, r.output
     assert "narration-only" in r.output
+    assert "prompt / completion tokens" not in r.output and "cost" not in r.output  # (offline: rows of zeros)
     out = kitchen / "programs" / "val.jsonl"
     recs = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(recs) == 30 and all(x["status"] == "valid" and x["provenance"]["backend"] == "offline" for x in recs)

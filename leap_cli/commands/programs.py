@@ -163,16 +163,17 @@ def generate_programs(
     table.add_column("value", justify="right")
     st = summary.statuses
     done = sum(st.values())
-    for what, value in (("segments done in this run", f"{done} of {summary.total}" if done < summary.total else done),
-                        ("resumed (already done)", resumed_text(summary)),
-                        ("valid / invalid / failed", f"{st.get('valid', 0)} / {st.get('invalid', 0)} / {st.get('failed', 0)}"),
-                        ("backend calls (incl. retries)", summary.requests), ("cache hits", summary.cache_hits),
-                        ("prompt / completion tokens", f"{summary.usage['prompt_tokens']} / {summary.usage['completion_tokens']}"
-                         + (f" ({summary.usage['cached_tokens']} of the prompt's from the provider's cache)"
-                            if summary.usage.get("cached_tokens") else "")),
-                        ("estimated cost of this run", f"${summary.cost:.4f}"),
-                        ("spent on this output so far", f"${summary.spent_before + summary.cost:.4f}"),
-                        ("seconds", f"{summary.seconds:.1f}")):
+    rows = [("segments done in this run", f"{done} of {summary.total}" if done < summary.total else done),
+            ("resumed (already done)", resumed_text(summary)),
+            ("valid / invalid / failed", f"{st.get('valid', 0)} / {st.get('invalid', 0)} / {st.get('failed', 0)}")]
+    if backend != "offline":  # (no request, no token, no cost: rows of zeros said nothing)
+        rows += [("backend calls (incl. retries)", summary.requests), ("cache hits", summary.cache_hits),
+                 ("prompt / completion tokens", f"{summary.usage['prompt_tokens']} / {summary.usage['completion_tokens']}"
+                  + (f" ({summary.usage['cached_tokens']} of the prompt's from the provider's cache)"
+                     if summary.usage.get("cached_tokens") else "")),
+                 ("estimated cost of this run", f"${summary.cost:.4f}"),
+                 ("spent on this output so far", f"${summary.spent_before + summary.cost:.4f}")]
+    for what, value in rows + [("seconds", f"{summary.seconds:.1f}")]:
         table.add_row(what, str(value))
     console.print(table)
     if spec.count > 1 and not summary.total and not summary.resumed and limit is None:  # (it said "0" and no more)
