@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from leap_cli.errors import LeapError
@@ -46,11 +46,14 @@ class DemoConfig:
                 "frames": self.frames, "short_side": self.short_side}
 
 
-def check_demo(cfg: DemoConfig) -> None:
+def check_demo(cfg: DemoConfig) -> DemoConfig:
     """Refuse, before any stage runs, what the stages would fail on late or mix silently: another demo's work
-    directory (other settings), a kitchen too small to train on or to have a test split."""
+    directory (other settings), a kitchen too small to train on or to have a test split. Returns the config to
+    run: with ``force`` where the work directory's kitchen was built by another leap (another KITCHEN_VERSION:
+    demo-data rebuilds it, and the records made from the old one would be resumed into, then refused by
+    build-shards, "sources.annotations differ", run after run)."""
     from leap_cli.io import check_settings
-    from leap_cli.synth.kitchen import KitchenConfig, assign_videos
+    from leap_cli.synth.kitchen import MARKER, KitchenConfig, assign_videos
     from leap_cli.train.config import load_config
 
     if cfg.videos < 3:
@@ -71,8 +74,19 @@ def check_demo(cfg: DemoConfig) -> None:
                    exists=(cfg.workdir / "kitchen").exists(), option="--force (every stage)", elsewhere="--workdir",
                    names={"videos": "--videos", "segments": "--segments", "seed": "--seed", "config": "--config",
                           "train_overrides": "--set", "frames": "--frames", "short_side": "--short-side"})
+    marker = cfg.workdir / "kitchen" / MARKER
+    if not cfg.force and marker.exists():
+        try:
+            made = json.loads(marker.read_text()).get("hash")
+        except (OSError, ValueError, AttributeError):
+            made = None
+        if made is not None and made != kitchen.hash():
+            log.warning("%s was built by another leap (its kitchen version): it is rebuilt, and every stage after "
+                        "it starts over, as with --force (the LLM reply cache is kept)", cfg.workdir / "kitchen")
+            cfg = replace(cfg, force=True)
     if cfg.force:
         start_over(cfg.workdir)
+    return cfg
 
 
 # What the demo's extract and generate-programs stages write (their --force starts over only for other settings:
@@ -166,7 +180,7 @@ def plan(cfg: DemoConfig) -> list[StageRun]:
                                                         "--frames", str(cfg.frames), "--short-side", str(cfg.short_side),
                                                         "--workers", str(cfg.workers), *force],
                                (work / "shards" / split / "manifest.json",)))
-    train = ["train", "--config", str(config), "--workdir", w]
+    train = ["train", "--config", str(config), "--workdir", w, "--name", run_name]  # (the run collect() reads)
     for o in cfg.train_overrides:
         train += ["--set", o]
     if cfg.force:

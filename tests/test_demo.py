@@ -124,6 +124,38 @@ def test_demo_refuses_a_kitchen_it_cannot_train_on_or_submit_from(tmp_path):
                ("demo-data", "extract", "generate-programs", "build-shards", "train"))
 
 
+def test_a_kitchen_of_another_leap_version_starts_the_stages_after_it_over(tmp_path):
+    """After an upgrade that changes the kitchen's bytes (KITCHEN_VERSION), demo-data rebuilt it but extract and
+    generate-programs resumed their records of the old one, and build-shards refused the shards run after run
+    ("sources.annotations differ", fixed only by --force): the demo now starts them over itself."""
+    import subprocess
+    import sys
+
+    from leap_cli.demo import DemoConfig, check_demo, plan
+    from leap_cli.synth.kitchen import MARKER
+
+    cfg = DemoConfig(workdir=tmp_path, videos=3, segments=16)
+    demo_data = next(s for s in plan(cfg) if s.name == "demo-data")
+    r = subprocess.run([sys.executable, "-m", "leap_cli", *demo_data.argv], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "descriptors").mkdir()
+    (tmp_path / "descriptors" / "train.jsonl").write_text("{}\n")
+    assert check_demo(cfg).force is False  # the kitchen the demo's demo-data builds: nothing starts over
+    assert (tmp_path / "descriptors" / "train.jsonl").exists()
+    marker = json.loads((tmp_path / "kitchen" / MARKER).read_text())
+    (tmp_path / "kitchen" / MARKER).write_text(json.dumps({**marker, "hash": "an earlier leap's"}))
+    again = check_demo(cfg)
+    assert again.force is True and not (tmp_path / "descriptors" / "train.jsonl").exists()
+    assert all("--force" in s.argv for s in plan(again) if s.name.split()[0] in ("demo-data", "extract", "train"))
+    # the run the demo reads is the one its train stage names (with a run's own config.yaml as --config, train's
+    # default name and the demo's parted: "runs/config: run not found")
+    own = tmp_path / "runs" / "base" / "config.yaml"
+    own.parent.mkdir(parents=True)
+    own.write_text("base: tiny-synthetic\n")
+    train = next(s for s in plan(DemoConfig(workdir=tmp_path, config=own)) if s.name == "train")
+    assert train.argv[train.argv.index("--name") + 1] == "config"
+
+
 def test_demo_force_starts_the_records_over_and_keeps_the_reply_cache(tmp_path):
     """--force with another --seed rebuilt the kitchen but kept the old seed's descriptors and programs (their
     stages' --force starts over only for other settings): 31 of 32 programs then failed validation."""

@@ -1221,5 +1221,7 @@ def test_a_runs_own_config_names_its_run() -> None:
     """`--config runs/r/config.yaml` without --name made (or resumed) a run named "config", whichever run's it was."""
     from leap_cli.commands.train import default_name
 
-    assert default_name(Path("work/runs/r/config.yaml")) == "r"
-    assert default_name(Path("configs/config.yaml")) == "config" and default_name(Path("b16.yaml")) == "b16"
+    assert default_name(Path("work/runs/r/config.yaml"), resume=True) == "r"
+    assert default_name(Path("configs/config.yaml"), resume=True) == "config" and default_name(Path("b16.yaml")) == "b16"
+    # without --resume a run's config is a template: `--config runs/base/config.yaml --force` must not wipe base
+    assert default_name(Path("work/runs/base/config.yaml")) == "config"

@@ -43,7 +43,7 @@ def demo(
     cfg = DemoConfig(workdir=workdir, videos=videos, segments=segments, seed=seed, config=config,
                      train_overrides=tuple(set_), workers=workers, frames=frames, short_side=short_side,
                      ablate=ablate, force=force)
-    check_demo(cfg)
+    cfg = check_demo(cfg)
     t0 = time.perf_counter()
     timings = []
     for stage in plan(cfg):

@@ -28,8 +28,8 @@ def train(
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key: --set optim.lr=3e-4 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from checkpoints/last.pt exactly where it stopped."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", callback=workdir_option, help="Work directory: reads shards/{train,val}, writes runs/NAME."),
-    name: str = typer.Option(None, "--name", help="Run name (default: the config file's stem; a run's own "
-                                                  "runs/NAME/config.yaml: NAME)."),
+    name: str = typer.Option(None, "--name", help="Run name (default: the config file's stem; with --resume, a "
+                                                  "run's own runs/NAME/config.yaml: NAME)."),
     no_program_loss: bool = typer.Option(False, "--no-program-loss", help="Ablation: train with L_CE only and no program heads (same as --set loss.program_loss=false)."),
     force: bool = typer.Option(False, "--force", "--overwrite", help="Start runs/NAME over (removes its checkpoints "
                                                                      "and metrics) instead of refusing."),
@@ -43,7 +43,7 @@ def train(
     sets = list(overrides) + (["loss.program_loss=false"] if no_program_loss else [])
     sets += ["model.allow_partial_load=true"] if allow_partial_load else []
     cfg = load_config(config, sets)
-    name = name or default_name(config)
+    name = name or default_name(config, resume)
     progress = live_or_log(Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                     console=console, transient=False), "train")
@@ -124,11 +124,12 @@ def train(
                              "--resume"), highlight=False)
 
 
-def default_name(config: Path) -> str:
-    """The run name a --config gives: a run's own ``runs/NAME/config.yaml`` is NAME's (its resume hint's form),
-    else the file's stem (every run's config.yaml named a run "config")."""
+def default_name(config: Path, resume: bool = False) -> str:
+    """The run name a --config gives: with --resume, a run's own ``runs/NAME/config.yaml`` is NAME's (its resume
+    hint's form: every run's config.yaml resumed a run named "config"); else the file's stem (a run's config used
+    as a template, with --force, must not start that run over)."""
     path = Path(config)
-    if path.name == "config.yaml" and path.parent.parent.name == "runs":
+    if resume and path.name == "config.yaml" and path.parent.parent.name == "runs":
         return path.parent.name
     return path.stem
 
