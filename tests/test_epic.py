@@ -1,5 +1,7 @@
 import json
+import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -235,6 +237,14 @@ def test_layout_errors(tmp_path):
     with pytest.raises(LeapError, match="holds EPIC's CSVs itself") as e:
         DatasetLayout.open(tmp_path / "annotations")
     assert f"--data {tmp_path}" in e.value.fix
+    here = os.getcwd()
+    try:  # from inside it, `--data .`: the root to give is its parent, not "." again
+        os.chdir(tmp_path / "annotations")
+        with pytest.raises(LeapError, match="holds EPIC's CSVs itself") as e:
+            DatasetLayout.open(Path("."))
+        assert f"--data {tmp_path}" in e.value.fix
+    finally:
+        os.chdir(here)
 
 
 def _frames():

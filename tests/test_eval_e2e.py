@@ -579,8 +579,9 @@ def test_a_model_or_shards_the_annotations_cannot_score_are_refused_before_the_m
                                    "--annotations", str(ann), "--device", "cpu", "--out", str(tmp_path / "ev")])
     assert isinstance(res.exception, LeapError) and says in str(res.exception), res.output
     assert not (tmp_path / "ev" / "scores.pt").exists()
-    # named by what does not fit: the checkpoint's classes, the shards' narration ids
+    # named by what does not fit: the checkpoint's classes, the shards' narration ids (and --shards for those)
     assert res.exception.path == str(run / "checkpoints" / "best.pt" if change == "classes" else work / "shards" / "val")
+    assert ("--shards DIR" in res.exception.fix) == (change == "ids")
 
 
 def test_a_checkpoint_of_another_run_does_not_replace_this_runs_scores(pipeline, tmp_path, monkeypatch):

@@ -353,14 +353,19 @@ def test_clip_openai_unreachable_hub_fails_at_once(tiny_clip, monkeypatch, tmp_p
     with pytest.raises(LeapError, match=r"mirror.example cannot be reached \(Connection refused"):
         ClipNamer("openai", arch=arch)
     assert tried == [("mirror.example", 8080)] and downloads == []
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setattr(constants, "ENDPOINT", "mirror.example:8080")  # no scheme: the hub client's to read
     with pytest.raises(LeapError, match="through open_clip"):
         ClipNamer("openai", arch=arch)
     assert tried == [("mirror.example", 8080)] and downloads == ["openai"]
+    monkeypatch.setattr(constants, "ENDPOINT", "http://mirror.example:8080")
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    with pytest.raises(LeapError, match="through open_clip"):
+        ClipNamer("openai", arch=arch)
+    assert tried == [("mirror.example", 8080)] and downloads == ["openai", "openai"]
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(LeapError, match="HF_HUB_OFFLINE is set"):
         ClipNamer("openai", arch=arch)
-    assert downloads == ["openai"]
+    assert downloads == ["openai", "openai"]
 
 
 @pytest.mark.slow

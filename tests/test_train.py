@@ -1024,7 +1024,8 @@ def test_config_values_out_of_range_are_refused(override: str, key: str) -> None
 
 @pytest.mark.parametrize("override,says", [
     ("model.options.decoder_dim=abc", "'abc' is not an integer"),
-    ("model.options.num_frames=6", "6 where model.num_frames is 8: it is set there, not by model.options")])
+    ("model.options.num_frames=6", "6 where model.num_frames is 8: it is set there, not by model.options"),
+    ("model.options.img_size=64.0", "64.0 where model.img_size is 64")])  # (a float passed, then crashed)
 def test_model_options_are_checked_before_anything_runs(override: str, says: str) -> None:
     """model.options went to the model as they were: a string or a negative size crashed building it (a
     traceback), a drop path of 2 at the first step, and num_frames overrode model.num_frames (another clip

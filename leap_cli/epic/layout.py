@@ -54,7 +54,7 @@ class DatasetLayout:
         if not ann.is_dir():
             if next(given.glob("EPIC_100_*.csv"), None) is not None:  # --data ROOT/annotations
                 raise LeapError(f"annotations folder not found: {given} holds EPIC's CSVs itself", path=ann,
-                                fix=f"pass the data set root (--data {given.parent}), or --annotations {given}")
+                                fix=f"pass the data set root (--data {given.resolve().parent}), or --annotations {given}")
             raise LeapError("annotations folder not found", path=ann,
                             fix="put EPIC's CSVs in ROOT/annotations/ or pass --annotations DIR")
         return cls(root, ann)

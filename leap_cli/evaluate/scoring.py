@@ -47,7 +47,8 @@ def check_scorable(annotations: Annotations, split: str, ids: list[str], classes
     if unknown:
         raise LeapError(f"{len(unknown)} narration id(s) are not in the {split} annotations, e.g. "
                         f"{', '.join(unknown[:5])}", path=ids_source or source,
-                        fix=f"score the {split} split, or pass the annotations the scores were made for")
+                        fix=f"give the {split} split's shards (--shards DIR), or the annotations they were built from"
+                        if ids_source else f"score the {split} split, or pass the annotations the scores were made for")
     for name, n, count in zip(("verb", "noun"), classes, class_counts(annotations)):
         if n != count:
             raise LeapError(f"{name}_output has {n} classes, the class file needs {count} (max id + 1)",

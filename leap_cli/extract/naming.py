@@ -282,13 +282,13 @@ def _hub_cached(repo: str, name: str) -> Path | None:
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
-_PROXIES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+_PROXIES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 
 
 def _hub_unreachable() -> str | None:
     """Why the Hugging Face hub (``HF_ENDPOINT``, huggingface.co by default) cannot be downloaded from: offline
     mode, no such name, no connection; else None. Behind a proxy the hub client goes through it, so no direct
-    connection is tried then."""
+    connection is tried then (nor where HF_ENDPOINT has no scheme to read its host from)."""
     import os
     import socket
     from urllib.parse import urlparse
@@ -303,7 +303,9 @@ def _hub_unreachable() -> str | None:
         endpoint = urlparse(constants.ENDPOINT)
     except ImportError:
         endpoint = urlparse("https://huggingface.co")
-    host = endpoint.hostname or "huggingface.co"
+    if endpoint.hostname is None:  # (an endpoint without a scheme: the hub client's to read, not ours to guess)
+        return None
+    host = endpoint.hostname
     port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
     try:
         socket.create_connection((host, port), timeout=_REACH_S).close()

@@ -277,7 +277,7 @@ def _check_options(model: "ModelConfig", bad) -> None:
     that sets it (each crashed building the model or at its first step, or overrode that key unseen)."""
     for key, value in model.options.items():
         name = f"model.options.{key}"
-        if key in _SET_ELSEWHERE and value != getattr(model, key):
+        if key in _SET_ELSEWHERE and (value != getattr(model, key) or type(value) is not type(getattr(model, key))):
             raise bad(name, f"{value!r} where {_SET_ELSEWHERE[key]} is {getattr(model, key)!r}: it is set there, "
                             "not by model.options (remove it)")
         if key not in _OPTION_RANGES or (key == "decoder_dim" and value is None):
