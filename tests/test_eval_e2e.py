@@ -397,6 +397,24 @@ def test_show_predicted_program_beside_the_target(pipeline):
     assert cmp.checkpoint in " ".join(res.output.split())  # which checkpoint predicted
 
 
+def test_show_of_a_run_without_best_pt_says_so_once(pipeline, caplog):
+    """`leap show --run` of a run that never validated said "has no best.pt ...; using last.pt" twice."""
+    import shutil
+
+    root, work, run, model, vocab = pipeline
+    other = work / "runs" / "nobest" / "checkpoints"
+    other.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run / "checkpoints" / "last.pt", other / "last.pt")
+    try:
+        with caplog.at_level("WARNING"):
+            res = CliRunner().invoke(app, ["show", "P01_03_0", "--workdir", str(work), "--split", "val", "--run",
+                                           "runs/nobest"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, res.output
+        assert caplog.text.count("has no best.pt") == 1, caplog.text
+    finally:
+        shutil.rmtree(other.parent)
+
+
 def test_a_test_evaluation_says_which_segments_build_shards_skipped(pipeline, tmp_path, caplog):
     """Test segments build-shards skipped (a video cut short) went through evaluate without a word; submit
     then said "score every test segment (leap evaluate --split test)", which the user had just done."""

@@ -78,13 +78,14 @@ def _show_prediction(run_dir: Path, narration_id: str, workdir: Path, shards: Pa
     from leap_cli.report.predicted import SkippedSegment, predicted_program
     from leap_cli.train.checkpoint import load_checkpoint, resolve_checkpoint
 
+    source = resolve_checkpoint(run_dir, "best")  # (once: its "no best.pt, using last.pt" said once)
     if shards is None:
         from leap_cli.shards.writer import default_out
 
-        task = ((load_checkpoint(resolve_checkpoint(run_dir, "best")).get("config") or {}).get("data") or {}).get("task", "recognition")
+        task = ((load_checkpoint(source).get("config") or {}).get("data") or {}).get("task", "recognition")
         shards = default_out(workdir, split or "val", task)
     try:
-        cmp = predicted_program(run_dir, narration_id, shards)
+        cmp = predicted_program(source, narration_id, shards)
     except SkippedSegment as e:  # a fact about the data, not a failure: the rest of the view stands
         console.print(f"[yellow]{printable(narration_id)}: no prediction: build-shards skipped this segment "
                       f"({printable(e.reason)}; the manifest of {printable(str(shards))} lists it)[/]", highlight=False)
