@@ -765,7 +765,7 @@ def test_resume_with_another_thread_count_says_it_is_not_bit_for_bit(tmp_path: P
     main(tiny_config("train.max_steps=3", "train.threads=1"), workdir=tmp_path, name="r",
          source=MemorySource(val=False), stop_at_step=1)
     assert torch.load(tmp_path / "runs/r/checkpoints/last.pt", weights_only=True)["numerics"] == {
-        "device": "cpu", "threads": 1, "compile": False, "world_size": 1}
+        "device": "cpu", "threads": 1, "compile": False}
     try:
         with caplog.at_level(logging.WARNING):
             main(tiny_config("train.max_steps=3", "train.threads=2"), workdir=tmp_path, name="r",

@@ -35,6 +35,9 @@ from leap_cli.model.uniformerv2 import BUILDERS, UniFormerV2Config
 DECODER_DEFAULTS = {"decoder_dim": None, "decoder_layers": 2, "decoder_heads": 4, "decoder_dropout": 0.1,
                     "decoder_recognition": True, "decoder_label_forcing": 0.5}
 MODEL_KEYS = {"backbone", "num_frames", "img_size", "num_verbs", "num_nouns", "program", "anticipation"}
+# What torch raises building a model from arguments it cannot take (an option's type or value): the callers say
+# which arguments in one line (a config's model section, a checkpoint's model_args)
+BUILD_ERRORS = (TypeError, ValueError, AssertionError, IndexError, RuntimeError)
 
 
 class LeapModel(nn.Module):

@@ -513,6 +513,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     else:
         notes.append("no program file: every sample has has_program: false")
     targets_manifest = targets.manifest() if targets is not None else None
+
     def hash_of(sources: dict) -> str:
         return stable_hash({"format": FORMAT, "settings": asdict(settings), "upscale": False, "sources": sources,
                             "targets": targets_manifest, "shard": [shard.index, shard.count]})

@@ -6,7 +6,7 @@ A checkpoint is a dict of tensors and primitives only::
      "optimizer": state_dict, "scheduler": dict, "scaler": dict, "step": int, "epoch": int,
      "best_metric": float, "best_key": str, "rng": {...}, "targets": dict | None (the program vocabulary),
      "shards_timing": dict | None (anticipation: tau_a and the context of the training shards),
-     "numerics": {"device", "threads", "compile", "world_size"} (what orders the float sums: a resume otherwise warns),
+     "numerics": {"device", "threads", "compile"} (what orders the float sums: a resume otherwise warns),
      "data_position": {"epoch": int, "batches": int, "world_size": int, "order": int}}
 
 Files: ``runs/NAME/checkpoints/last.pt`` (every ``train.checkpoint_every`` steps, each epoch and at the end)
@@ -131,30 +131,28 @@ def load_model(path_or_run: str | Path, which: str = "best", map_location: Any =
     or foreign tensors are a warning, missing ones stay at their initialisation); it is returned in eval mode.
     """
     from leap_cli.model import build_model
+    from leap_cli.model.leap import BUILD_ERRORS
 
     path = resolve_checkpoint(path_or_run, which)
     ckpt = load_checkpoint(path, map_location=map_location)
     try:
         model = build_model(dict(ckpt["model_args"]))
-    except (TypeError, ValueError, AssertionError, IndexError, RuntimeError) as e:  # (edited model_args)
+    except BUILD_ERRORS as e:  # (edited model_args)
         raise LeapError(f"the checkpoint's model_args do not build a model ({type(e).__name__}: {e})", path=path,
                         record="model_args", fix="use the checkpoint as training wrote it") from None
     own = model.state_dict()
-    state = dict(ckpt["model"])
     # another shape than the model built from model_args: load_state_dict raised even with strict=False
-    misfit = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in state.items()
-              if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
-    if misfit:
-        state = {k: v for k, v in state.items() if not (k in own and hasattr(v, "shape") and v.shape != own[k].shape)}
-    result = model.load_state_dict(state, strict=False)
+    misfit = {k: v for k, v in ckpt["model"].items() if k in own and hasattr(v, "shape") and v.shape != own[k].shape}
+    result = model.load_state_dict({k: v for k, v in ckpt["model"].items() if k not in misfit}, strict=False)
     if (result.missing_keys or result.unexpected_keys or misfit) and allow_partial:
         log.warning("%s: %d model tensors missing from the checkpoint or of another shape (left at initialisation), "
                     "%d foreign ones ignored (allow-partial-load)", path, len(result.missing_keys),
                     len(result.unexpected_keys))
     elif result.missing_keys or result.unexpected_keys or misfit:
+        shapes = [f"{k} {tuple(v.shape)} (model {tuple(own[k].shape)})" for k, v in list(misfit.items())[:3]]
         raise LeapError(f"checkpoint does not match its model: missing {result.missing_keys[:5]}, "
-                        f"unexpected {result.unexpected_keys[:5]}"
-                        + (f", of another shape {misfit[:3]}" if misfit else ""), path=path,
+                        f"unexpected {result.unexpected_keys[:5]}" + (f", of another shape {shapes}" if misfit else ""),
+                        path=path,
                         fix="the model code changed since training, or the file's model_args were edited; retrain "
                             "or use a matching leap version")
     model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu")

@@ -485,6 +485,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             raise LeapError("the config or data vocabulary differs from the checkpoint's model",
                             path=ckpt_dir / "last.pt", fix="resume with the same config and shards")
         from leap_cli.model import build_model
+        from leap_cli.model.leap import BUILD_ERRORS
 
         try:
             model = build_model(dict(model_args))
@@ -494,7 +495,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             raise LeapError(f"the config's model section does not build: {e.message}", record="model",
                             fix=e.fix or "change model.num_frames, model.img_size or model.options in the config or its --set"
                             ) from None
-        except (TypeError, ValueError, AssertionError, IndexError, RuntimeError) as e:  # torch's, of model.options
+        except BUILD_ERRORS as e:  # torch's, of model.options
             raise LeapError(f"the config's model section does not build ({type(e).__name__}: "
                             f"{str(e).splitlines()[0] if str(e) else 'no message'}) with model.options "
                             f"{cfg.model.options}", record="model",
@@ -691,16 +692,17 @@ def _same_training_data(ckpt: dict, source: DataSource, path: Path, given: str |
 
 def numerics(cfg: Config, info: distributed.DistInfo) -> dict:
     """What sets the order of a step's float sums besides the config's keys: the device, CPU threads (the
-    machine's cores where train.threads is 0), torch.compile and the number of ranks."""
+    machine's cores where train.threads is 0) and torch.compile (another number of ranks is refused on resume:
+    data_position.world_size)."""
     return {"device": info.device.type, "threads": torch.get_num_threads() if info.device.type == "cpu" else None,
-            "compile": bool(cfg.model.compile), "world_size": info.world_size}
+            "compile": bool(cfg.model.compile)}
 
 
 def _numerics_changed(was: dict | None, now: dict) -> str | None:
     """What differs (``numerics``) between the checkpoint's run and this one, in words; None: the same or unknown."""
     if not was:
         return None
-    names = {"device": "device", "threads": "CPU threads", "compile": "model.compile", "world_size": "ranks"}
+    names = {"device": "device", "threads": "CPU threads", "compile": "model.compile"}
     diff = [f"{names[k]} {now[k]} (was {was[k]})" for k in names if k in was and was[k] != now.get(k)]
     return ", ".join(diff) or None
 
