@@ -1017,3 +1017,61 @@ def test_a_rerun_without_videos_says_they_are_missing_not_failed(tmp_path):
     again = " ".join(CliRunner().invoke(app, args).output.split())
     assert "3 of them hold a component that failed or had no readable video (none there, or damaged)" in again, again
     assert "once the videos are there or fixed, --retry-errors redoes them" in again
+
+
+def test_records_of_other_annotations_are_made_again_on_resume(kitchen, tmp_path):
+    """Resume kept a record by its narration id alone: after a new version of the split CSV (a segment's times or
+    its narration changed) the old record, frames and text of another segment, was kept as done, and so was its
+    frame-cache entry."""
+    import shutil
+
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.epic.timing import MP4, FrameClock
+    from leap_cli.extract.cache import FrameCache, recognition_frames
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    out, cache = tmp_path / "train.jsonl", tmp_path / "fc"
+    cfg = _cfg(root, out, components=("narration", "camera"), frame_cache=cache)
+    run_extract(cfg)
+    before = {r["narration_id"]: r for r in read_jsonl(out)}
+    csv = root / "annotations" / "EPIC_100_train.csv"
+    text = csv.read_text()
+    text = text.replace("P01_01_1,P01,P01_01,00:00:02.00,00:00:02.00,00:00:04.00,", # a new stop: 3.5 s
+                        "P01_01_1,P01,P01_01,00:00:02.00,00:00:02.00,00:00:03.50,")
+    text = text.replace(",fry onion,fry,9,onion,30,", ",fry onions,fry,9,onion,30,")  # a narration fixed
+    csv.write_text(text)
+
+    s = run_extract(cfg)
+    after = {r["narration_id"]: r for r in read_jsonl(out)}
+    assert s.reannotated == 2 and s.written == 2 and s.done_before == 2
+    assert after["P01_01_1"]["stop"] == 3.5 and after["P01_01_2"]["components"]["narration"]["data"]["narration"] \
+        == "fry onions" and '"fry onions"' in after["P01_01_2"]["text"]
+    assert after["P01_01_0"] == before["P01_01_0"] and len(read_jsonl(out)) == 4  # the others kept, once each
+    layout = DatasetLayout.open(root)
+    seg = next(x for x in layout.annotations().segments("train") if x.narration_id == "P01_01_1")
+    clock = FrameClock(MP4, FPS)
+    frames = recognition_frames(clock, seg, 16)
+    entry = FrameCache(cache, 16, 256, 90).path("P01_01", "P01_01_1")
+    assert FrameCache.holds(entry, frames)  # the entry of the old times was replaced
+    assert run_extract(cfg).written == 0  # and the next run has nothing to do
+
+
+def test_the_extract_summary_says_records_were_made_again_from_new_annotations(kitchen, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    args = ["extract", "--data", str(root), "--split", "train", "--workdir", str(tmp_path / "w"),
+            "--components", "narration", "--frame-cache", "none"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    csv = root / "annotations" / "EPIC_100_train.csv"
+    csv.write_text(csv.read_text().replace(",wash knife,wash,2,knife,4,", ",rinse knife,wash,2,knife,4,"))
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "1 records of earlier runs were made from other annotations" in " ".join(r.output.split())
+    assert "EPIC_100_train.csv" in r.output

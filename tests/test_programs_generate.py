@@ -1747,3 +1747,61 @@ def test_limit_takes_the_split_order_whatever_the_descriptor_order(workdir):
                                                                             segs[2], segs[4]]))
     generate_programs(GenerateConfig(workdir=workdir, split="val", backend="offline", limit=3))
     assert [r["narration_id"] for r in records(workdir)] == [s.narration_id for s in segs[:3]]
+
+
+def test_a_program_of_a_clip_that_changed_since_is_made_again(workdir, good_programs, tmp_path):
+    """Resume kept a program by its narration id alone: after extract made a record again from another version of
+    the annotations (or the labels changed), the old clip's program was kept, and trained on."""
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    csv = workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv"
+    lines = csv.read_text().splitlines()
+    nid, narration = lines[2].split(",")[0], lines[2].split(",")[8]
+    with ScriptedServer(script) as server:
+        cfg = config(workdir, server, data=workdir / "kitchen")
+        generate_programs(cfg)
+        before = {r["narration_id"]: r for r in records(workdir)}
+        assert all(r["provenance"]["clip_hash"] for r in before.values())
+        lines[2] = lines[2].replace(f",{narration},", f",{narration} again,", 1)  # the narration, fixed
+        csv.write_text("\n".join(lines) + "\n")
+        s = generate_programs(cfg)
+        assert s.reclipped == 1 and s.total == 1 and s.resumed == N_SEGMENTS - 1 and len(server.requests) == \
+            N_SEGMENTS + 1 and f"{narration} again" in json.dumps(server.requests[-1]["messages"])
+        after = {r["narration_id"]: r for r in records(workdir)}
+        assert len(records(workdir)) == N_SEGMENTS and after[nid]["provenance"]["clip_hash"] != \
+            before[nid]["provenance"]["clip_hash"]
+        assert all(after[k] == before[k] for k in before if k != nid)
+        assert generate_programs(cfg).total == 0  # made once
+        # the Batch API's requests: the segment whose clip changed is asked for again
+        other = lines[3].split(",")[0]
+        lines[3] = lines[3].replace(f",{lines[3].split(',')[8]},", f",{lines[3].split(',')[8]} too,", 1)
+        csv.write_text("\n".join(lines) + "\n")
+        batch = tmp_path / "batch.jsonl"
+        assert write_batch_file(dataclasses.replace(cfg, backend="openai"), batch) == 1
+        assert read_jsonl(batch)[0]["custom_id"] == other
+    # a record of a leap that kept no clip hash is taken as it is
+    out = workdir / "programs" / "val.jsonl"
+    recs = records(workdir)
+    for r in recs:
+        r["provenance"].pop("clip_hash")
+    out.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, data=workdir / "kitchen"))
+        assert s.reclipped == 0 and s.total == 0 and not server.requests
+
+
+def test_a_program_whose_descriptor_record_was_made_again_is_made_again(workdir):
+    """The descriptor record's text is what changes when extract makes a record again (its labels may not)."""
+    from leap_cli.epic.annotations import read_segments
+
+    segs = read_segments(workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv")
+    desc = workdir / "descriptors" / "val.jsonl"
+    desc.parent.mkdir(parents=True)
+    recs = [{**narration_record(s), "text": f"Narration: {s.narration}. Audio: silence."} for s in segs]
+    desc.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cfg = GenerateConfig(workdir=workdir, split="val", data=workdir / "kitchen")
+    assert generate_programs(cfg).total == N_SEGMENTS
+    recs[1]["text"] = recs[1]["text"].replace("silence", "running water")  # extract made it again
+    desc.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    s = generate_programs(cfg)
+    assert s.reclipped == 1 and s.total == 1 and s.resumed == N_SEGMENTS - 1
+    assert generate_programs(cfg).total == 0

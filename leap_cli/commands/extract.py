@@ -219,6 +219,10 @@ def _print_summary(s) -> None:
     # selected: the split's, or its --shard part's, up to --limit
     console.print(f"segments: {s.segments} selected, {s.done_before} done before, {s.written} written now "
                   f"({rate:.2f}/s)" + (" [yellow]interrupted[/]" if s.interrupted else ""))
+    if s.reannotated:  # (resumed, they would have described another segment than the annotations' now)
+        console.print(f"note: {s.reannotated} records of earlier runs were made from other annotations (their video, "
+                      f"times or narration differ from {escape(s.annotations)} now): they are made again",
+                      style="yellow", highlight=False)
     if s.unavailable:
         console.print(f"unavailable components by reason ({sum(s.unavailable.values())}"
                       + (", this run" if s.done_before else "") + "):")

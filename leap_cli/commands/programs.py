@@ -220,6 +220,9 @@ def resumed_notes(summary) -> list[str]:
     looked like a success)."""
     bad = summary.resumed_not_valid
     notes = []
+    if summary.reclipped:  # (a program of another clip's text or labels was kept before)
+        notes.append(f"{summary.reclipped} records of earlier runs were made from a clip that has changed since (its "
+                     "descriptor record or its labels: extract made it again from other annotations): made again")
     if bad.get("failed"):
         notes.append(f"{bad['failed']} of the records done before are failed (see leap validate-programs): add "
                      "--retry-errors to ask for them again")

@@ -92,7 +92,7 @@ class FrameCache:
             return False
         numbers = self.frames_of(ctx)
         path = self.path(segment.video_id, segment.narration_id)
-        if path.exists():
+        if self.holds(path, numbers):
             return True
         try:  # never upscaled (``stored_side``); the decoder's BGR images, encoded as they are (the same bytes)
             images = ctx.images_at_most(numbers, self.short_side, "bgr")
@@ -134,6 +134,20 @@ class FrameCache:
         known: entries of an earlier leap, a video with no source)."""
         held = self.source_of(video_id)
         return held is None or stat is None or held == stat
+
+    @staticmethod
+    def holds(path: Path, frames: list[int]) -> bool:
+        """Whether the entry at ``path`` is there with these frame numbers (its header only: an entry made for other
+        times of the segment, from another version of the annotations, is replaced; ``load`` checks the rest)."""
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(MAGIC) + _COUNT.size + len(frames) * _ENTRY.size)
+        except OSError:
+            return False
+        if _count(head) != len(frames) or len(head) < len(MAGIC) + _COUNT.size + len(frames) * _ENTRY.size:
+            return False
+        return [_ENTRY.unpack_from(head, len(MAGIC) + _COUNT.size + i * _ENTRY.size)[0]
+                for i in range(len(frames))] == list(frames)
 
     @staticmethod
     def frame_count(path: Path) -> int | None:

@@ -35,6 +35,7 @@ from leap_cli.errors import LeapError
 from leap_cli.extract.base import COMPONENTS, Component, FramesUnavailable, SegmentContext, error, unavailable
 from leap_cli.extract.cache import FrameCache
 from leap_cli.extract.describe import render_clip
+from leap_cli.extract.narration import narration_data
 from leap_cli.io import JsonlAppender, atomic_write_json
 from leap_cli.outcome import Outcome
 
@@ -117,6 +118,8 @@ class ExtractSummary:
     segments: int = 0  # in the split (after sharding)
     done_before: int = 0
     retryable: int = 0  # records of earlier runs that --retry-errors would redo (a component failed, or its video)
+    reannotated: int = 0  # records of earlier runs made from other annotations (``_other_annotations``): redone
+    annotations: str = ""  # the split CSV's name, for the summary
     written: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=lambda: {c: {"ok": 0, "unavailable": 0, "error": 0}
                                                                        for c in COMPONENTS})
@@ -389,13 +392,15 @@ def _planned_frames(ctx: SegmentContext, components: list[Component], cache: "Fr
         for numbers, side in wanted:
             for n in numbers:
                 plan.setdefault(n, set()).add(side or None)
-    if cache is not None and not cache.path(ctx.segment.video_id, ctx.segment.narration_id).exists():
-        try:
-            side = ctx.side_at_most(cache.short_side)  # never above the source's size
-        except FramesUnavailable:
-            side = None
-        for n in cache.frames_of(ctx):
-            plan.setdefault(n, set()).add(side)
+    if cache is not None:
+        numbers = cache.frames_of(ctx)
+        if not cache.holds(cache.path(ctx.segment.video_id, ctx.segment.narration_id), numbers):
+            try:
+                side = ctx.side_at_most(cache.short_side)  # never above the source's size
+            except FramesUnavailable:
+                side = None
+            for n in numbers:
+                plan.setdefault(n, set()).add(side)
     return plan
 
 
@@ -543,6 +548,20 @@ def _to_retry(record: dict) -> bool:
     return any(_retry(c) for c in (record.get("components") or {}).values())
 
 
+def _other_annotations(record: dict, seg: Segment) -> bool:
+    """Whether a stored record was made from other annotations than ``seg``'s (another version of the split CSV,
+    or another data set's with these narration ids): its video, start or stop, or its narration component's
+    annotation (narration, verb, nouns and their classes), differ. Its frames or its text would be another
+    segment's: resuming keeps only records that are this segment's."""
+    if (record.get("video_id"), record.get("start"), record.get("stop")) != (seg.video_id, round(seg.start, 3),
+                                                                             round(seg.stop, 3)):
+        return True
+    narration = (record.get("components") or {}).get("narration")
+    if isinstance(narration, dict) and narration.get("status") in ("ok", "unavailable"):
+        return (narration.get("data") if narration["status"] == "ok" else None) != narration_data(seg)
+    return False
+
+
 def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | None = None,
                 on_record: Callable[[dict], None] | None = None) -> ExtractSummary:
     """Run the stage. ``on_start(total, already_done)`` and ``on_record(record)`` feed a progress bar."""
@@ -552,16 +571,27 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     segments = cfg.shard.select(ann.segments(split), key=lambda s: s.video_id)
     if cfg.limit is not None:
         segments = segments[:cfg.limit]
-    summary = ExtractSummary(out=cfg.out, segments=len(segments))
+    summary = ExtractSummary(out=cfg.out, segments=len(segments), annotations=ann.split_path(split).name)
     atomic_write_json(config_path(cfg.out), {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
                       if_changed=True)  # (a rerun with the same options leaves it untouched)
-    replace = _to_retry if cfg.retry_errors else ()
+    by_id = {s.narration_id: s for s in segments}
+    reannotated: set[str] = set()
+
+    def replace(record: dict) -> bool:  # asked of each key's lines in turn: the last one decides
+        seg = by_id.get(record.get("narration_id"))
+        if seg is not None and _other_annotations(record, seg):
+            reannotated.add(seg.narration_id)
+            return True
+        reannotated.discard(record.get("narration_id"))
+        return cfg.retry_errors and _to_retry(record)
+
     t_start = time.perf_counter()
     cache = FrameCache.from_config(cfg)
     with JsonlAppender(cfg.out, replace_keys=replace, sync_every=SYNC_EVERY,
                        count=None if cfg.retry_errors else _to_retry) as appender:
         todo = [s for s in segments if s.narration_id not in appender]
         summary.done_before = len(segments) - len(todo)
+        summary.reannotated = len(reannotated)
         summary.retryable = len(appender.counted.intersection(s.narration_id for s in segments))  # (--limit, --shard)
         if on_start:
             on_start(len(segments), summary.done_before)

@@ -18,7 +18,8 @@ from pathlib import Path
 from leap_cli.errors import LeapError
 from leap_cli.io import JsonlAppender, atomic_path, read_jsonl, settings_path
 from leap_cli.programs.backends import reply_cut, reply_problem, reply_text, reply_usage
-from leap_cli.programs.generate import GenerateConfig, ProgramGenerator, _setup, check_output, token_limit_finding
+from leap_cli.programs.generate import (GenerateConfig, ProgramGenerator, _setup, check_output, clip_changed, clip_hash,
+                                       token_limit_finding)
 from leap_cli.programs.prompt import clip_info
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
@@ -43,7 +44,9 @@ def write_batch_file(cfg: GenerateConfig, path) -> int:
     cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
     check_output(cfg, builder, inputs)
-    done = {r["narration_id"] for r in read_jsonl(cfg.out_path) if not cfg.redo(r)} if cfg.out_path.exists() else set()
+    changed = clip_changed(inputs)  # (a record made from a clip that has changed since is asked for again)
+    done = ({r["narration_id"] for r in read_jsonl(cfg.out_path) if not (cfg.redo(r) or changed(r))}
+            if cfg.out_path.exists() else set())
     records = [r for r in inputs.records if r["narration_id"] not in done]
     if cfg.limit is not None:
         records = records[: cfg.limit]
@@ -127,7 +130,9 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     # replaced by a result: a failed record, and with --retry-invalid an invalid one
     old = read_jsonl(cfg.out_path) if cfg.out_path.exists() else []
     invalid = {r["narration_id"] for r in old if r.get("status") == "invalid"}
-    replaced = {r["narration_id"] for r in old if r.get("status") == "failed"} | (invalid if cfg.retry_invalid else set())
+    changed = clip_changed(inputs)
+    replaced = ({r["narration_id"] for r in old if r.get("status") == "failed" or changed(r)}
+                | (invalid if cfg.retry_invalid else set()))
 
     def result(line: dict) -> dict:
         """The program record of one result line (validated, no repair round)."""
@@ -137,7 +142,7 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
         body = _dict(resp.get("body"))
         usage = reply_usage(body)  # (cached tokens left out: the Batch price is half the live one as it is)
         prov = {"backend": "openai-batch", "model": cfg.model,
-                "prompt_hash": builder.prompt(info).hash[:16], "attempts": 1,
+                "prompt_hash": builder.prompt(info).hash[:16], "clip_hash": clip_hash(inputs, by_id[nid]), "attempts": 1,
                 "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]},
                 "seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": 1,
                 "cached": False, "batch_request_id": line.get("id")}

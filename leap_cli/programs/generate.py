@@ -127,6 +127,7 @@ class GenerateSummary:
     total: int = 0
     resumed: int = 0
     resumed_not_valid: Counter = field(default_factory=Counter)  # failed / invalid among the resumed
+    reclipped: int = 0  # records of earlier runs made from a clip that has changed since: asked again
     statuses: Counter = field(default_factory=Counter)
     requests: int = 0  # HTTP attempts made in this run (retries included)
     cache_hits: int = 0
@@ -156,6 +157,33 @@ class Inputs:
     # the settings the descriptor records were extracted with (their settings file's; None: it has none), or
     # "narration-only" (no descriptor file): part of the output's settings
     extracted: dict | str | None = "narration-only"
+
+
+def clip_hash(inputs: Inputs, record: dict) -> str:
+    """What a program was made from besides the output's settings, kept in its provenance (``clip_hash``): the
+    descriptor record's text as extract wrote it (not a narration-only record's: leap renders it from the labels)
+    and the segment's annotation. Data only, no rendering of leap's: a newer leap that builds its prompts otherwise
+    does not see every clip as changed (and ask for every program again)."""
+    seg = inputs.segments.get(record["narration_id"])
+    labels = None if seg is None else [seg.narration, seg.verb, seg.verb_class, seg.noun, seg.noun_class,
+                                       list(seg.all_nouns), list(seg.all_noun_classes)]
+    text = None if inputs.extracted == "narration-only" else record.get("text")
+    return stable_hash([text, labels])[:16]
+
+
+def clip_changed(inputs: Inputs) -> Callable[[dict], bool]:
+    """A test of an output record: whether the clip it was made from (``provenance.clip_hash``) is no longer the
+    input's (extract made the descriptor record again from other annotations, or the segment's annotation
+    changed). Records of a leap that kept no clip hash, and of segments not in the input, are taken as they are."""
+    by_id = {r["narration_id"]: r for r in inputs.records}
+
+    def changed(record: dict) -> bool:
+        prov = record.get("provenance")
+        held = prov.get("clip_hash") if isinstance(prov, dict) else None
+        source = by_id.get(record.get("narration_id"))
+        return isinstance(held, str) and source is not None and held != clip_hash(inputs, source)
+
+    return changed
 
 
 def load_inputs(cfg: GenerateConfig) -> Inputs:
@@ -334,9 +362,9 @@ class ProgramGenerator:
         await _turn()
         prompt = self.builder.prompt(info)
         phash = prompt.hash[:16]  # == prompt_hash(messages)
-        prov = {"backend": self.backend.name, "model": self.backend.model, "prompt_hash": phash, "attempts": 0,
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "seconds": 0.0, "created": None,
-                "rounds": 0, "cached": True}
+        prov = {"backend": self.backend.name, "model": self.backend.model, "prompt_hash": phash,
+                "clip_hash": clip_hash(self.inputs, record), "attempts": 0, "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+                "seconds": 0.0, "created": None, "rounds": 0, "cached": True}
 
         def done(status: str, program, errors: list[Finding]) -> dict:
             prov["seconds"] = round(time.perf_counter() - start, 4)
@@ -621,6 +649,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     # the output's failed and invalid records (each key's last line): redone with the flags, else counted among
     # the resumed (a rerun that only resumed said nothing of records all failed)
     not_valid: dict[str, str] = {}
+    changed = clip_changed(inputs)
+    reclipped: set[str] = set()  # made from a clip that has changed since: asked again (the cache holds no reply)
 
     def redo(r: dict) -> bool:
         nid, status = r.get("narration_id"), r.get("status")
@@ -628,6 +658,11 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             not_valid[nid] = status
         else:
             not_valid.pop(nid, None)
+        if changed(r):
+            reclipped.add(nid)
+            not_valid.pop(nid, None)
+            return True
+        reclipped.discard(nid)
         return cfg.redo(r)
 
     appender = JsonlAppender(cfg.out_path, replace_keys=redo, sync_every=1.0)
@@ -650,6 +685,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                                     "only what is missing")
         pending = [r for r in inputs.records if r["narration_id"] not in appender]
         summary.resumed = len(inputs.records) - len(pending)
+        summary.reclipped = len(reclipped)
         summary.resumed_not_valid = Counter(not_valid[r["narration_id"]] for r in inputs.records
                                             if r["narration_id"] in not_valid and r["narration_id"] in appender)
         # the same narration id twice in the input is written once
