@@ -1040,14 +1040,19 @@ def test_records_of_other_annotations_are_made_again_on_resume(kitchen, tmp_path
     text = text.replace("P01_01_1,P01,P01_01,00:00:02.00,00:00:02.00,00:00:04.00,", # a new stop: 3.5 s
                         "P01_01_1,P01,P01_01,00:00:02.00,00:00:02.00,00:00:03.50,")
     text = text.replace(",fry onion,fry,9,onion,30,", ",fry onions,fry,9,onion,30,")  # a narration fixed
+    first = text.splitlines()[1]  # P01_01_0: only its frame columns (which rgb_frames are read by), one later
+    cols = first.split(",")
+    cols[6], cols[7] = str(int(cols[6]) + 1), str(int(cols[7]) + 1)
+    text = text.replace(first, ",".join(cols))
     csv.write_text(text)
 
     s = run_extract(cfg)
     after = {r["narration_id"]: r for r in read_jsonl(out)}
-    assert s.reannotated == 2 and s.written == 2 and s.done_before == 2
+    assert s.reannotated == 3 and s.written == 3 and s.done_before == 1
+    assert after["P01_01_0"]["start_frame"] == before["P01_01_0"]["start_frame"] + 1
     assert after["P01_01_1"]["stop"] == 3.5 and after["P01_01_2"]["components"]["narration"]["data"]["narration"] \
         == "fry onions" and '"fry onions"' in after["P01_01_2"]["text"]
-    assert after["P01_01_0"] == before["P01_01_0"] and len(read_jsonl(out)) == 4  # the others kept, once each
+    assert after["P01_02_0"] == before["P01_02_0"] and len(read_jsonl(out)) == 4  # the other kept, once each
     layout = DatasetLayout.open(root)
     seg = next(x for x in layout.annotations().segments("train") if x.narration_id == "P01_01_1")
     clock = FrameClock(MP4, FPS)

@@ -462,7 +462,8 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
         timings["frame-cache"] = time.perf_counter() - t0 - (video.decode_seconds - d0)
     timings["decode"] = video.decode_seconds - decode0
     record = {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),
-              "stop": round(seg.stop, 3), "components": comps,
+              "stop": round(seg.stop, 3), "start_frame": int(seg.start_frame), "stop_frame": int(seg.stop_frame),
+              "components": comps,
               "text": render_clip(seg.start, seg.stop, comps)}
     return record, timings
 
@@ -550,11 +551,14 @@ def _to_retry(record: dict) -> bool:
 
 def _other_annotations(record: dict, seg: Segment) -> bool:
     """Whether a stored record was made from other annotations than ``seg``'s (another version of the split CSV,
-    or another data set's with these narration ids): its video, start or stop, or its narration component's
+    or another data set's with these narration ids): its video, start or stop, its frame columns (which an
+    ``rgb_frames`` folder is read by; records of a leap before 2026-12-03 have none), or its narration component's
     annotation (narration, verb, nouns and their classes), differ. Its frames or its text would be another
     segment's: resuming keeps only records that are this segment's."""
     if (record.get("video_id"), record.get("start"), record.get("stop")) != (seg.video_id, round(seg.start, 3),
                                                                              round(seg.stop, 3)):
+        return True
+    if any(k in record and record[k] != int(getattr(seg, k)) for k in ("start_frame", "stop_frame")):
         return True
     narration = (record.get("components") or {}).get("narration")
     if isinstance(narration, dict) and narration.get("status") in ("ok", "unavailable"):
