@@ -1080,3 +1080,21 @@ def test_the_extract_summary_says_records_were_made_again_from_new_annotations(k
     assert r.exit_code == 0, r.output
     assert "1 records of earlier runs were made from other annotations" in " ".join(r.output.split())
     assert "EPIC_100_train.csv" in r.output
+
+
+def test_records_without_a_narration_component_see_a_changed_annotation(kitchen, tmp_path):
+    """The hands name what they touch from the narration's nouns: a record of --components hands was kept after
+    its noun changed (only the narration component was compared)."""
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    out = tmp_path / "hands.jsonl"
+    cfg = _cfg(root, out, components=("hands",), frame_cache=None)
+    run_extract(cfg)
+    assert all(len(r["annotation_hash"]) == 16 for r in read_jsonl(out))
+    csv = root / "annotations" / "EPIC_100_train.csv"
+    csv.write_text(csv.read_text().replace(",cut carrot,cut,7,carrot,23,['carrot'],[23]",
+                                           ",cut onion,cut,7,onion,30,['onion'],[30]"))
+    s = run_extract(cfg)
+    assert s.reannotated == 1 and s.written == 1 and "narration or labels" in s.reannotated_example

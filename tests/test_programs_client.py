@@ -158,8 +158,8 @@ def test_prompts_carry_no_paths_and_do_not_depend_on_where_data_lives(tmp_path):
                 f"Camera: error (cannot open {root}/videos/P01_11.MP4: moov atom not found). Left hand holds plate.")
         desc = root / "descriptors" / "val.jsonl"
         desc.parent.mkdir(parents=True)
-        desc.write_text(json.dumps({"narration_id": nid, "video_id": "P01_11", "start": 0, "stop": 1, "text": text,
-                                    "components": {}}) + "\n")
+        desc.write_text(json.dumps({"narration_id": nid, "video_id": "P01_11", "text": text, "components": {}})
+                        + "\n")
         prompts.append(dry_run(GenerateConfig(workdir=root, split="val")))
     assert prompts[0] == prompts[1]  # the same prompt, so the same cache key
     assert str(tmp_path) not in prompts[0] and "/deep/" not in prompts[0]

@@ -262,15 +262,17 @@ def test_batch_file_and_ingest(workdir, good_programs, tmp_path):
     batch = tmp_path / "batch.jsonl"
     assert write_batch_file(cfg, batch) == N_SEGMENTS
     reqs = read_jsonl(batch)
-    assert {r["custom_id"] for r in reqs} == set(good_programs)
+    # NARRATION_ID@CLIP_HASH: the clip a request was made from comes back with its result
+    assert {r["custom_id"].partition("@")[0] for r in reqs} == set(good_programs)
+    assert all(len(r["custom_id"].partition("@")[2]) == 16 for r in reqs)
     assert all(r["url"] == "/v1/chat/completions" and r["body"]["model"] == "gpt-test" for r in reqs)
     assert all(r["body"]["max_completion_tokens"] == cfg.max_tokens and "max_tokens" not in r["body"] for r in reqs)
     results = []
     for i, r in enumerate(reqs):
-        nid = r["custom_id"]
+        nid = r["custom_id"].partition("@")[0]
         content = json.dumps(good_programs[nid]) if i % 3 else "not json"
         resp = {"status_code": 200, "body": completion(content)} if i != 1 else {"status_code": 500, "body": {}}
-        results.append({"id": f"batch_req_{i}", "custom_id": nid, "response": resp, "error": None})
+        results.append({"id": f"batch_req_{i}", "custom_id": r["custom_id"], "response": resp, "error": None})
     out = tmp_path / "results.jsonl"
     out.write_text("".join(json.dumps(x) + "\n" for x in results))
     counts = ingest_batch(cfg, out)
@@ -291,13 +293,14 @@ def test_batch_settings_are_recorded_when_the_requests_are_written(workdir, good
     cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test", limit=3)
     batch = tmp_path / "batch.jsonl"
     assert write_batch_file(cfg, batch) == 3
-    nids = [r["custom_id"] for r in read_jsonl(batch)]
+    ids = [r["custom_id"] for r in read_jsonl(batch)]  # NARRATION_ID@CLIP_HASH
+    nids = [i.partition("@")[0] for i in ids]
     cut = completion(json.dumps(good_programs[nids[1]])[:150])
     cut["choices"][0]["finish_reason"] = "length"
-    lines = [{"id": "r0", "custom_id": nids[0], "response": {"status_code": 200,
-                                                              "body": completion(json.dumps(good_programs[nids[0]]))}},
-             {"id": "r1", "custom_id": nids[1], "response": {"status_code": 200, "body": cut}},
-             {"id": "r2", "custom_id": nids[2], "response": {"body": {}}}]
+    lines = [{"id": "r0", "custom_id": ids[0], "response": {"status_code": 200,
+                                                             "body": completion(json.dumps(good_programs[nids[0]]))}},
+             {"id": "r1", "custom_id": ids[1], "response": {"status_code": 200, "body": cut}},
+             {"id": "r2", "custom_id": ids[2], "response": {"body": {}}}]
     results = tmp_path / "results.jsonl"
     with pytest.raises(LeapError, match="other settings.*model"):  # the file does not exist yet: the sidecar speaks
         ingest_batch(dataclasses.replace(cfg, model="gpt-other"), results_file(results, lines))
@@ -543,7 +546,7 @@ def test_descriptor_records_feed_the_prompt(workdir, good_programs):
     desc.parent.mkdir(parents=True)
     recs = []
     for nid in list(good_programs)[:2]:
-        recs.append({"narration_id": nid, "video_id": "P01_11", "start": 0.0, "stop": 1.0, "text": f"CLIP-TEXT-{nid}",
+        recs.append({"narration_id": nid, "video_id": "P01_11", "text": f"CLIP-TEXT-{nid}",
                      "components": {"objects": {"status": "ok", "source": "object-detections", "text": "",
                                                 "data": {"objects": [{"label": "sponge"}]}}}})
     desc.write_text("".join(json.dumps(r) + "\n" for r in recs))
@@ -1039,7 +1042,8 @@ def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path)
     redo them."""
     cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
     assert write_batch_file(cfg, tmp_path / "b1.jsonl") == N_SEGMENTS
-    nids = [r["custom_id"] for r in read_jsonl(tmp_path / "b1.jsonl")]
+    # (results named by the narration id alone, as a batch file of a leap before clip hashes asked)
+    nids = [r["custom_id"].partition("@")[0] for r in read_jsonl(tmp_path / "b1.jsonl")]
     ok = lambda nid: {"custom_id": nid, "response": {"status_code": 200,  # noqa: E731
                                                       "body": completion(json.dumps(good_programs[nid]))}}
     expired = [{"custom_id": nid, "response": None, "error": {"code": "batch_expired", "message": "expired"}}
@@ -1049,7 +1053,7 @@ def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path)
     assert write_batch_file(cfg, tmp_path / "b2.jsonl") == 0
     retry = dataclasses.replace(cfg, retry_failed=True)
     assert write_batch_file(retry, tmp_path / "b2.jsonl") == 2
-    assert [r["custom_id"] for r in read_jsonl(tmp_path / "b2.jsonl")] == nids[:2]
+    assert [r["custom_id"].partition("@")[0] for r in read_jsonl(tmp_path / "b2.jsonl")] == nids[:2]
     assert ingest_batch(cfg, first) == {"already_present": N_SEGMENTS}  # a failure again replaces nothing
     assert ingest_batch(cfg, results_file(tmp_path / "out2.jsonl", [ok(nid) for nid in nids[:2]])) == {"valid": 2}
     recs = records(workdir)
@@ -1567,7 +1571,7 @@ def test_the_model_that_served_a_reply_is_kept_beside_the_one_asked_for(workdir,
     write_batch_file(cfg, tmp_path / "b.jsonl")
     nid = read_jsonl(tmp_path / "b.jsonl")[0]["custom_id"]
     line = {"custom_id": nid, "response": {"status_code": 200, "body": completion(
-        json.dumps(good_programs[nid]), model="gpt-test-2026-01-01")}}
+        json.dumps(good_programs[nid.partition("@")[0]]), model="gpt-test-2026-01-01")}}
     ingest_batch(cfg, results_file(tmp_path / "o.jsonl", [line]))
     (rec,) = read_jsonl(workdir / "batch.jsonl")
     assert (rec["provenance"]["model"], rec["provenance"]["served_model"]) == ("gpt-test", "gpt-test-2026-01-01")
@@ -1777,7 +1781,7 @@ def test_a_program_of_a_clip_that_changed_since_is_made_again(workdir, good_prog
         csv.write_text("\n".join(lines) + "\n")
         batch = tmp_path / "batch.jsonl"
         assert write_batch_file(dataclasses.replace(cfg, backend="openai"), batch) == 1
-        assert read_jsonl(batch)[0]["custom_id"] == other
+        assert read_jsonl(batch)[0]["custom_id"].partition("@")[0] == other
     # a record of a leap that kept no clip hash is taken as it is
     out = workdir / "programs" / "val.jsonl"
     recs = records(workdir)
@@ -1805,3 +1809,75 @@ def test_a_program_whose_descriptor_record_was_made_again_is_made_again(workdir)
     s = generate_programs(cfg)
     assert s.reclipped == 1 and s.total == 1 and s.resumed == N_SEGMENTS - 1
     assert generate_programs(cfg).total == 0
+
+
+def test_programs_of_an_earlier_leap_are_made_again_once_their_descriptor_record_is(workdir):
+    """A program of a leap before clip hashes has none to compare: after extract made its descriptor record again
+    (from a new version of the CSV) it was resumed, stale, without a word."""
+    from leap_cli.epic.annotations import read_segments
+
+    segs = read_segments(workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv")
+    desc = workdir / "descriptors" / "val.jsonl"
+    desc.parent.mkdir(parents=True)
+    recs = [{**narration_record(s), "text": f"Narration: {s.narration}."} for s in segs]  # (as a leap before wrote)
+    desc.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cfg = GenerateConfig(workdir=workdir, split="val", data=workdir / "kitchen")
+    generate_programs(cfg)
+    out = workdir / "programs" / "val.jsonl"
+    old = records(workdir)
+    for r in old:
+        del r["provenance"]["clip_hash"]
+    out.write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert generate_programs(cfg).total == 0  # resumed as they are
+    recs[2] = {**recs[2], "annotation_hash": segs[2].annotation_hash, "start_frame": segs[2].start_frame,
+               "stop_frame": segs[2].stop_frame}  # made again by extract since
+    desc.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    s = generate_programs(cfg)
+    assert s.reclipped == 1 and s.total == 1 and "clip_hash" in records(workdir)[-1]["provenance"]
+
+
+def test_descriptor_records_of_other_annotations_are_refused_before_any_request(workdir):
+    """Run before extract made them again, a changed clip was asked for from the old text with the new labels, and
+    paid for once more after extract."""
+    from leap_cli.epic.annotations import read_segments
+
+    csv = workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv"
+    segs = read_segments(csv)
+    desc = workdir / "descriptors" / "val.jsonl"
+    desc.parent.mkdir(parents=True)
+    desc.write_text("".join(json.dumps({**narration_record(s), "text": "t", "annotation_hash": s.annotation_hash})
+                            + "\n" for s in segs))
+    cfg = GenerateConfig(workdir=workdir, split="val", data=workdir / "kitchen", limit=1)
+    generate_programs(cfg)
+    lines = csv.read_text().splitlines()
+    narration = lines[3].split(",")[8]
+    csv.write_text("\n".join(lines[:3] + [lines[3].replace(f",{narration},", f",{narration} again,", 1)]
+                             + lines[4:]) + "\n")
+    with pytest.raises(LeapError, match=rf"1 descriptor records were made from other annotations than "
+                                        rf"EPIC_100_validation.csv holds now \(e.g. {segs[2].narration_id}: its "
+                                        r"narration or labels differs\).*leap extract --split val first"):
+        generate_programs(cfg)
+
+
+def test_a_batch_result_asked_for_before_its_clip_changed_is_asked_for_again(workdir, good_programs, tmp_path):
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test", data=workdir / "kitchen")
+    write_batch_file(cfg, tmp_path / "b1.jsonl")
+    ids = [r["custom_id"] for r in read_jsonl(tmp_path / "b1.jsonl")]
+    csv = workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv"
+    lines = csv.read_text().splitlines()
+    narration = lines[1].split(",")[8]
+    lines[1] = lines[1].replace(f",{narration},", f",{narration} again,", 1)  # changed while the batch ran
+    csv.write_text("\n".join(lines) + "\n")
+    ok = lambda cid: {"custom_id": cid, "response": {"status_code": 200,  # noqa: E731
+                                                      "body": completion(json.dumps(good_programs[cid.split("@")[0]]))}}
+    counts = ingest_batch(cfg, results_file(tmp_path / "o1.jsonl", [ok(c) for c in ids]))
+    assert counts["asked_before_the_clip_changed"] == 1 and counts["valid"] == N_SEGMENTS
+    again = read_jsonl(tmp_path / "b2.jsonl") if write_batch_file(cfg, tmp_path / "b2.jsonl") else []
+    assert [r["custom_id"].partition("@")[0] for r in again] == [ids[0].partition("@")[0]]
+    assert again[0]["custom_id"] != ids[0]  # the new clip's
+    counts = ingest_batch(cfg, results_file(tmp_path / "o2.jsonl", [ok(again[0]["custom_id"])]))
+    assert counts == {"valid": 1} and not write_batch_file(cfg, tmp_path / "b3.jsonl")
+    # a batch file of a leap before (the narration id alone) is still read
+    other = dataclasses.replace(cfg, out=workdir / "programs" / "other.jsonl")
+    assert ingest_batch(other, results_file(tmp_path / "o3.jsonl", [ok(c.partition("@")[0]) for c in ids])) == \
+        {"valid": N_SEGMENTS}

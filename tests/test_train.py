@@ -734,6 +734,29 @@ def test_a_dataloader_worker_leaves_the_stop_signal_to_the_trainer() -> None:
         assert stop.received == "SIGINT"
 
 
+def test_a_sigterm_right_after_the_first_is_the_same_stop(monkeypatch) -> None:
+    """Slurm signals every process of a job step and torchrun forwards its SIGTERM too: a rank got two at once and
+    stopped at once, without saving last.pt (3 of 6 tries). A second SIGINT, or a SIGTERM later, still stops at
+    once."""
+    import os
+    import signal
+
+    from leap_cli.train import distributed
+    from leap_cli.train.loop import GracefulStop
+
+    with GracefulStop(distributed.DistInfo()) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's copy
+        assert stop.received == "SIGTERM"
+        monkeypatch.setattr(GracefulStop, "SAME_STOP_SECONDS", 0.0)  # (as if 5 s had passed)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    with GracefulStop(distributed.DistInfo()) as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
 def test_resume_without_the_pretrained_set_is_accepted(tmp_path: Path) -> None:
     """README's resume (`--set model.pretrained=FILE` to start, `--resume` without it) was refused ("model.pretrained:
     FILE -> None"): a resume takes the weights from last.pt, so the file may be left out; what the run computes may

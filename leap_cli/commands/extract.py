@@ -220,9 +220,9 @@ def _print_summary(s) -> None:
     console.print(f"segments: {s.segments} selected, {s.done_before} done before, {s.written} written now "
                   f"({rate:.2f}/s)" + (" [yellow]interrupted[/]" if s.interrupted else ""))
     if s.reannotated:  # (resumed, they would have described another segment than the annotations' now)
-        console.print(f"note: {s.reannotated} records of earlier runs were made from other annotations (their video, "
-                      f"times or narration differ from {escape(s.annotations)} now): they are made again",
-                      style="yellow", highlight=False)
+        console.print(f"note: {s.reannotated} records of earlier runs were made from other annotations than "
+                      f"{escape(s.annotations)} holds now (e.g. {escape(s.reannotated_example)} differs): they are "
+                      "made again, and generate-programs makes their programs again", style="yellow", highlight=False)
     if s.unavailable:
         console.print(f"unavailable components by reason ({sum(s.unavailable.values())}"
                       + (", this run" if s.done_before else "") + "):")

@@ -129,8 +129,14 @@ def generate_programs(
 
         counts = ingest(cfg, ingest_batch)
         kept = counts.pop("invalid_kept", 0)  # (also counted already_present)
+        before = counts.pop("asked_before_the_clip_changed", 0)  # (also counted by status)
         console.print(escape(f"ingested {sum(counts.values())} results into {cfg.out_path}: "
                              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))), highlight=False)
+        if before:
+            console.print(escape(f"note: {before} of the results were asked for before their clip changed (its "
+                                 "descriptor record was made again, or its annotation changed): they are kept as the "
+                                 "old clip's programs, and the next --batch-file asks for them again"),
+                          style="yellow", highlight=False)
         if kept:
             console.print(escape(f"note: {kept} of the already present are invalid records that the results did not "
                                  "replace: give --retry-invalid to --ingest-batch too (as to --batch-file)"),
@@ -222,7 +228,8 @@ def resumed_notes(summary) -> list[str]:
     notes = []
     if summary.reclipped:  # (a program of another clip's text or labels was kept before)
         notes.append(f"{summary.reclipped} records of earlier runs were made from a clip that has changed since (its "
-                     "descriptor record or its labels: extract made it again from other annotations): made again")
+                     "descriptor record was made again, or its annotation changed): made again (shards built from "
+                     "the old ones are rebuilt with build-shards --force)")
     if bad.get("failed"):
         notes.append(f"{bad['failed']} of the records done before are failed (see leap validate-programs): add "
                      "--retry-errors to ask for them again")

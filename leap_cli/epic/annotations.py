@@ -61,6 +61,50 @@ class Segment:
         d["all_noun_classes"] = list(self.all_noun_classes)
         return d
 
+    def annotation(self) -> dict | None:
+        """What a record made from this segment holds of its annotation (extract's narration component's data,
+        ``annotation_hash``): narration, verb, nouns and their classes; None on the test split, which has none."""
+        if not self.narration and self.verb is None:
+            return None
+        return {"narration": self.narration, "verb": self.verb, "verb_class": self.verb_class, "noun": self.noun,
+                "noun_class": self.noun_class, "all_nouns": list(self.all_nouns),
+                "all_noun_classes": list(self.all_noun_classes)}
+
+    @property
+    def annotation_hash(self) -> str:
+        """A hash of ``annotation()``, kept in each descriptor record: whatever components a record has (the hands
+        name what they touch from the narration's nouns), a change of the annotation is seen."""
+        from leap_cli.io import stable_hash
+
+        return stable_hash(self.annotation())[:16]
+
+
+def _same_time(held, seconds: float) -> bool:
+    """Whether a record's time is ``seconds`` as extract writes it (rounded to the millisecond)."""
+    return isinstance(held, (int, float)) and abs(held - seconds) < 5e-4
+
+
+def made_from_other_annotations(record: dict, seg: Segment) -> str | None:
+    """What differs between a descriptor record and the segment it is for now, None when it is still that segment's:
+    its video, start or stop (seconds, to the millisecond extract rounds them to), its frame columns (which an
+    ``rgb_frames`` folder is read by), or its annotation (``annotation_hash``; in a record of a leap before
+    2026-12-03, which kept neither, its narration component's data). A field the record lacks is not compared. Such
+    a record was made from another version of the split CSV (or another data set's with these narration ids): its
+    frames or its text are another segment's."""
+    if "video_id" in record and record["video_id"] != seg.video_id:
+        return "its video"
+    if any(k in record and not _same_time(record[k], getattr(seg, k)) for k in ("start", "stop")):
+        return "its start or stop"
+    if any(k in record and record[k] != int(getattr(seg, k)) for k in ("start_frame", "stop_frame")):
+        return "its frame columns"
+    if "annotation_hash" in record:
+        return None if record["annotation_hash"] == seg.annotation_hash else "its narration or labels"
+    narration = (record.get("components") or {}).get("narration")
+    if isinstance(narration, dict) and narration.get("status") in ("ok", "unavailable"):
+        held = narration.get("data") if narration["status"] == "ok" else None
+        return None if held == seg.annotation() else "its narration or labels"
+    return None
+
 
 def _int(row: dict, col: str, path: Path, rec: str) -> int:
     try:

@@ -13,7 +13,7 @@ class NarrationComponent(Component):
 
     def describe(self, ctx: SegmentContext) -> dict:
         s = ctx.segment
-        data = narration_data(s)
+        data = s.annotation()
         if data is None:
             return unavailable("annotations", "no narration for this split (test timestamps only)")
         text = f'"{s.narration}" (verb: {s.verb}, noun: {s.noun}'
@@ -23,11 +23,3 @@ class NarrationComponent(Component):
         text += ")"
         return result("ok", "annotations", data, text)
 
-
-def narration_data(s) -> dict | None:
-    """What the component's record holds of segment ``s``'s annotation (None: the test split has none). The
-    runner compares it with a stored record's to find records made from other annotations."""
-    if not s.narration and s.verb is None:
-        return None
-    return {"narration": s.narration, "verb": s.verb, "verb_class": s.verb_class, "noun": s.noun,
-            "noun_class": s.noun_class, "all_nouns": list(s.all_nouns), "all_noun_classes": list(s.all_noun_classes)}

@@ -28,14 +28,13 @@ from typing import Callable
 import numpy as np
 
 from leap_cli.common import ShardSpec, normalize_split, start_worker, stop_pool
-from leap_cli.epic.annotations import Segment
+from leap_cli.epic.annotations import Segment, made_from_other_annotations
 from leap_cli.epic.layout import DatasetLayout
 from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
 from leap_cli.errors import LeapError
 from leap_cli.extract.base import COMPONENTS, Component, FramesUnavailable, SegmentContext, error, unavailable
 from leap_cli.extract.cache import FrameCache
 from leap_cli.extract.describe import render_clip
-from leap_cli.extract.narration import narration_data
 from leap_cli.io import JsonlAppender, atomic_write_json
 from leap_cli.outcome import Outcome
 
@@ -118,7 +117,8 @@ class ExtractSummary:
     segments: int = 0  # in the split (after sharding)
     done_before: int = 0
     retryable: int = 0  # records of earlier runs that --retry-errors would redo (a component failed, or its video)
-    reannotated: int = 0  # records of earlier runs made from other annotations (``_other_annotations``): redone
+    reannotated: int = 0  # records of earlier runs made from other annotations (``made_from_other_annotations``)
+    reannotated_example: str = ""  # the first of them, with what differs
     annotations: str = ""  # the split CSV's name, for the summary
     written: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=lambda: {c: {"ok": 0, "unavailable": 0, "error": 0}
@@ -463,7 +463,7 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
     timings["decode"] = video.decode_seconds - decode0
     record = {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),
               "stop": round(seg.stop, 3), "start_frame": int(seg.start_frame), "stop_frame": int(seg.stop_frame),
-              "components": comps,
+              "annotation_hash": seg.annotation_hash, "components": comps,
               "text": render_clip(seg.start, seg.stop, comps)}
     return record, timings
 
@@ -549,23 +549,6 @@ def _to_retry(record: dict) -> bool:
     return any(_retry(c) for c in (record.get("components") or {}).values())
 
 
-def _other_annotations(record: dict, seg: Segment) -> bool:
-    """Whether a stored record was made from other annotations than ``seg``'s (another version of the split CSV,
-    or another data set's with these narration ids): its video, start or stop, its frame columns (which an
-    ``rgb_frames`` folder is read by; records of a leap before 2026-12-03 have none), or its narration component's
-    annotation (narration, verb, nouns and their classes), differ. Its frames or its text would be another
-    segment's: resuming keeps only records that are this segment's."""
-    if (record.get("video_id"), record.get("start"), record.get("stop")) != (seg.video_id, round(seg.start, 3),
-                                                                             round(seg.stop, 3)):
-        return True
-    if any(k in record and record[k] != int(getattr(seg, k)) for k in ("start_frame", "stop_frame")):
-        return True
-    narration = (record.get("components") or {}).get("narration")
-    if isinstance(narration, dict) and narration.get("status") in ("ok", "unavailable"):
-        return (narration.get("data") if narration["status"] == "ok" else None) != narration_data(seg)
-    return False
-
-
 def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | None = None,
                 on_record: Callable[[dict], None] | None = None) -> ExtractSummary:
     """Run the stage. ``on_start(total, already_done)`` and ``on_record(record)`` feed a progress bar."""
@@ -579,14 +562,14 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     atomic_write_json(config_path(cfg.out), {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
                       if_changed=True)  # (a rerun with the same options leaves it untouched)
     by_id = {s.narration_id: s for s in segments}
-    reannotated: set[str] = set()
+    reannotated: dict[str, str] = {}  # narration id -> what differs
 
     def replace(record: dict) -> bool:  # asked of each key's lines in turn: the last one decides
         seg = by_id.get(record.get("narration_id"))
-        if seg is not None and _other_annotations(record, seg):
-            reannotated.add(seg.narration_id)
+        if seg is not None and (why := made_from_other_annotations(record, seg)):
+            reannotated[seg.narration_id] = why
             return True
-        reannotated.discard(record.get("narration_id"))
+        reannotated.pop(record.get("narration_id"), None)
         return cfg.retry_errors and _to_retry(record)
 
     t_start = time.perf_counter()
@@ -596,6 +579,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         todo = [s for s in segments if s.narration_id not in appender]
         summary.done_before = len(segments) - len(todo)
         summary.reannotated = len(reannotated)
+        summary.reannotated_example = next((f"{k}: {why}" for k, why in reannotated.items()), "")
         summary.retryable = len(appender.counted.intersection(s.narration_id for s in segments))  # (--limit, --shard)
         if on_start:
             on_start(len(segments), summary.done_before)

@@ -1,7 +1,9 @@
 """The OpenAI Batch API path: write the requests as Batch input JSONL, later validate and merge the output.
 
-Input line (``--batch-file OUT.jsonl``): ``{"custom_id": narration_id, "method": "POST", "url": "/v1/chat/completions",
-"body": {"model", "messages", "temperature", "max_tokens", "response_format"}}``.
+Input line (``--batch-file OUT.jsonl``): ``{"custom_id": "NARRATION_ID@CLIP_HASH", "method": "POST",
+"url": "/v1/chat/completions", "body": {"model", "messages", "temperature", "max_tokens", "response_format"}}``: the
+clip hash (``generate.clip_hash``) of the clip the request was made from comes back with its result, so a result
+asked for before the clip changed is kept as that clip's program (and asked for again), not as the new one's.
 Output line (``--ingest-batch RESULTS.jsonl``, as the Batch API returns it): ``{"id", "custom_id",
 "response": {"status_code", "body": <chat completion>}, "error"}``. Each reply is validated like a live one
 (no repair round: a failing program is recorded ``invalid`` with its findings) and appended to the programs file.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,6 +27,8 @@ from leap_cli.programs.prompt import clip_info
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
 from leap_cli.programs.schema import Finding, strict_schema
+
+log = logging.getLogger(__name__)
 
 BATCH_URL = "/v1/chat/completions"
 BATCH_PRICE_FACTOR = 0.5  # the Batch API's discount on the live prices
@@ -45,11 +50,16 @@ def write_batch_file(cfg: GenerateConfig, path) -> int:
     inputs, _, builder = _setup(cfg)
     check_output(cfg, builder, inputs)
     changed = clip_changed(inputs)  # (a record made from a clip that has changed since is asked for again)
-    done = ({r["narration_id"] for r in read_jsonl(cfg.out_path) if not (cfg.redo(r) or changed(r))}
-            if cfg.out_path.exists() else set())
+    old = read_jsonl(cfg.out_path) if cfg.out_path.exists() else []
+    again = {r["narration_id"] for r in old if changed(r) and not cfg.redo(r)}
+    done = {r["narration_id"] for r in old if not cfg.redo(r)} - again
     records = [r for r in inputs.records if r["narration_id"] not in done]
     if cfg.limit is not None:
         records = records[: cfg.limit]
+    if again.intersection(r["narration_id"] for r in records):
+        log.warning("%d of the requests are for records already done whose clip has changed since (their descriptor "
+                    "record was made again, or their annotation changed): their results replace them",
+                    len(again.intersection(r["narration_id"] for r in records)))
     if cfg.response_format in ("json_object", "none"):
         fmt = {"type": cfg.response_format}
     else:
@@ -62,8 +72,8 @@ def write_batch_file(cfg: GenerateConfig, path) -> int:
             body = {"model": cfg.model, "messages": builder.prompt(info).messages, "temperature": cfg.temperature,
                     "max_completion_tokens": cfg.max_tokens,
                     **({"response_format": fmt} if fmt["type"] != "none" else {}), **(cfg.extra_body or {})}
-            f.write(json.dumps({"custom_id": r["narration_id"], "method": "POST", "url": BATCH_URL, "body": body},
-                               ensure_ascii=False) + "\n")
+            f.write(json.dumps({"custom_id": f"{r['narration_id']}@{clip_hash(inputs, r)}", "method": "POST",
+                                "url": BATCH_URL, "body": body}, ensure_ascii=False) + "\n")
             n += 1
     return n
 
@@ -121,10 +131,13 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     check_output(cfg, builder, inputs, exists=cfg.out_path.exists() or settings_path(cfg.out_path).exists())
     by_id = {r["narration_id"]: r for r in inputs.records}
     for i, line in enumerate(lines, start=1):  # all checked before a record is written
-        if line["custom_id"] not in by_id:
+        # NARRATION_ID@CLIP_HASH (a batch file of a leap before 2026-12-03: the narration id alone)
+        nid, _, line["clip_hash"] = line["custom_id"].partition("@")
+        if nid not in by_id:
             raise LeapError(f"custom_id {line['custom_id']!r} is not a segment of the input (nothing was ingested)",
                             path=results_path, record=f"line {i}",
                             fix="ingest with the same --split/--descriptors as the batch file")
+        line["custom_id"] = nid
     gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg.model), None, builder)  # type: ignore[arg-type]
     counts: Counter = Counter()
     # replaced by a result: a failed record, and with --retry-invalid an invalid one
@@ -138,11 +151,14 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
         """The program record of one result line (validated, no repair round)."""
         nid = line["custom_id"]
         info = gen.info(by_id[nid])
+        clip = clip_hash(inputs, by_id[nid])
+        if line["clip_hash"] and line["clip_hash"] != clip:  # asked for before the clip changed: kept as that clip's
+            clip = line["clip_hash"]  # program, which the next --batch-file or run asks for again
         resp = _dict(line.get("response"))
         body = _dict(resp.get("body"))
         usage = reply_usage(body)  # (cached tokens left out: the Batch price is half the live one as it is)
         prov = {"backend": "openai-batch", "model": cfg.model,
-                "prompt_hash": builder.prompt(info).hash[:16], "clip_hash": clip_hash(inputs, by_id[nid]), "attempts": 1,
+                "prompt_hash": builder.prompt(info).hash[:16], "clip_hash": clip, "attempts": 1,
                 "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]},
                 "seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": 1,
                 "cached": False, "batch_request_id": line.get("id")}
@@ -198,6 +214,8 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
             if written:
                 written_ids.add(nid)
                 spend(record)
+                if record["provenance"]["clip_hash"] != clip_hash(inputs, by_id[nid]):
+                    counts["asked_before_the_clip_changed"] += 1
         for i, record in enumerate(results):  # the other results of a segment written now: paid, and said
             if chosen[record["narration_id"]] != i:
                 counts["superseded"] += 1

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, merged_input, normalize_split, usable_cpus
-from leap_cli.epic.annotations import Annotations, Segment, open_annotations
+from leap_cli.epic.annotations import Annotations, Segment, made_from_other_annotations, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.io import (JsonlAppender, MixedParts, check_settings, iter_jsonl, merge_command, read_jsonl,
@@ -173,15 +173,21 @@ def clip_hash(inputs: Inputs, record: dict) -> str:
 
 def clip_changed(inputs: Inputs) -> Callable[[dict], bool]:
     """A test of an output record: whether the clip it was made from (``provenance.clip_hash``) is no longer the
-    input's (extract made the descriptor record again from other annotations, or the segment's annotation
-    changed). Records of a leap that kept no clip hash, and of segments not in the input, are taken as they are."""
+    input's (extract made the descriptor record again, from other annotations or with a component fixed, or the
+    segment's annotation changed). A record of a leap that kept no clip hash is changed only where its descriptor
+    record was made again since; records of segments not in the input are taken as they are."""
     by_id = {r["narration_id"]: r for r in inputs.records}
 
     def changed(record: dict) -> bool:
         prov = record.get("provenance")
-        held = prov.get("clip_hash") if isinstance(prov, dict) else None
         source = by_id.get(record.get("narration_id"))
-        return isinstance(held, str) and source is not None and held != clip_hash(inputs, source)
+        if not isinstance(prov, dict) or source is None:
+            return False
+        if "clip_hash" in prov:
+            return prov["clip_hash"] != clip_hash(inputs, source)
+        # a program of a leap before clip hashes: changed where extract has made its descriptor record again since
+        # (a record of that leap has no annotation_hash)
+        return "annotation_hash" in source
 
     return changed
 
@@ -236,6 +242,14 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
         # --limit N takes the same N segments whatever extract's --workers was
         rank = {k: i for i, k in enumerate(segments)}
         records.sort(key=lambda r: rank.get(r["narration_id"], len(rank)))
+        if source.startswith("descriptors"):  # made from another version of the split CSV: extract makes them again
+            stale = [(r["narration_id"], why) for r in records
+                     if (why := made_from_other_annotations(r, segments[r["narration_id"]]))]
+            if stale:
+                raise LeapError(f"{len(stale)} descriptor records were made from other annotations than "
+                                f"{ann.split_path(split).name} holds now (e.g. {stale[0][0]}: {stale[0][1]} differs)",
+                                path=path, fix=f"run leap extract --split {split} first (it makes only those "
+                                               "again), then this command")
     # parts by the split's videos in annotation order, as extract's: part i of extract's part i is all of it
     order = [s.video_id for s in segments.values()]
     records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]), order=order)

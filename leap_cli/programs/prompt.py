@@ -100,10 +100,7 @@ def narration_record(seg: Segment) -> dict:
     comps = {name: {"status": "unavailable", "source": "none", "data": {}, "text": ""} for name in COMPONENTS}
     if seg.narration:
         text = f"Narration: {seg.narration}."
-        comps["narration"] = {"status": "ok", "source": "annotations",
-                              "data": {"narration": seg.narration, "verb": seg.verb, "noun": seg.noun,
-                                       "verb_class": seg.verb_class, "noun_class": seg.noun_class,
-                                       "all_nouns": list(seg.all_nouns)}, "text": text}
+        comps["narration"] = {"status": "ok", "source": "annotations", "data": seg.annotation(), "text": text}
     else:
         comps["narration"]["text"] = ""
         text = ""

@@ -340,10 +340,16 @@ class GracefulStop:
     of the flag at each step), so no rank waits in a collective that the others left."""
 
     SIGNALS = ("SIGINT", "SIGTERM")
+    # A SIGTERM this soon after the first is the same stop, not a second one: Slurm (scancel, a time limit,
+    # preemption) signals every process of a job step, and torchrun forwards its own SIGTERM to the ranks, so a
+    # rank gets two at once (it stopped at once, without last.pt, in half of the tries). Slurm's SIGKILL comes
+    # KillWait (30 s by default) later.
+    SAME_STOP_SECONDS = 5.0
 
     def __init__(self, info: distributed.DistInfo):
         self.info = info
         self.received: str | None = None
+        self._at = 0.0
         self._old: dict = {}
         self._pid = os.getpid()
 
@@ -352,12 +358,16 @@ class GracefulStop:
 
         if os.getpid() != self._pid:  # a DataLoader worker forked with this handler: the trainer decides
             return
+        name = signal.Signals(signum).name
         if self.received is not None:
+            if name == self.received == "SIGTERM" and time.monotonic() - self._at < self.SAME_STOP_SECONDS:
+                return
             raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
+        self.received, self._at = name, time.monotonic()
         if self.info.is_main:  # (every rank of a torchrun gets the signal: said once)
             log.warning("%s received: stopping at the next step boundary and saving checkpoints/last.pt "
-                        "(send it again to stop at once)", self.received)
+                        "(send it again%s to stop at once)", self.received,
+                        f" after {self.SAME_STOP_SECONDS:g} s" if name == "SIGTERM" else "")
 
     def __enter__(self) -> "GracefulStop":
         import signal
