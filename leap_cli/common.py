@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -328,6 +329,21 @@ def _lines(path: Path) -> tuple[int, bool]:
     return n + (last != b"\n"), last == b"\n"
 
 
+def _last_line_whole(path: Path) -> bool:
+    """Whether a file's last line (one without its newline) is a whole JSON value, not a record cut short."""
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        back = min(size, 1 << 20)
+        f.seek(size - back)
+        tail = f.read()
+    try:
+        json.loads(tail.rsplit(b"\n", 1)[-1])
+    except ValueError:
+        return False
+    return True
+
+
 def _ids(path: Path) -> set[str]:
     """The narration ids of a JSONL file's records (lines that are not records are passed over)."""
     out = set()
@@ -363,15 +379,23 @@ def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
         if lines < sum(n for _, n, _ in counted):
             lacking = set().union(*(_ids(p) for p, _, _ in counted)) - _ids(path)
             if lacking:
-                glued = [p.name for p, n, newline in counted[:-1] if n and not newline]
-                why = (f"{', '.join(glued)} ends without a newline, so `cat` joined its last record to the next "
+                glued = [(p, i) for (i, _), (p, n, newline) in zip(sorted(have), counted[:-1]) if n and not newline]
+                cut = [(p, i) for p, i in glued if not _last_line_whole(p)]
+                why = (f"{glued[0][0].name} ends without a newline, so `cat` joined its last record to the next "
                        "part's first" if glued else "it was merged before every part was done, or from some of them")
+                if cut:  # (a part killed while writing: its last line, a record cut short, is no record to keep)
+                    why = (f"{cut[0][0].name} ends in a record cut short (its job was killed while writing it), "
+                           "which `cat` joined to the next part's first")
+                    first = (f"run part {cut[0][1]}/{count} again with the command that wrote it (it drops the cut "
+                             "record and does it again), then ")
+                elif glued:
+                    first = f"end it with a newline (echo >> {shlex.quote(str(glued[0][0]))}), then "
+                else:
+                    first = ""
                 raise LeapError(f"lacks {len(lacking)} records that its --shard parts of {count} beside it hold (e.g. "
                                 f"{sorted(lacking)[0]}): {why}", path=path,
-                                fix=(f"end it with a newline (echo >> {shlex.quote(str(path.parent / glued[0]))}), then "
-                                     if glued else "")
-                                + f"merge again once every part is done: {merge_command(path, count)} (or move the "
-                                  "parts away if this file is as you want it)")
+                                fix=first + f"merge again once every part is done: {merge_command(path, count)} (or "
+                                            "move the parts away if this file is as you want it)")
         missing = sorted(set(range(count)) - {i for i, _ in have})
         if missing:
             log.warning("%s: part(s) %s of --shard i/%d are not beside it: if they were not done when it was merged, "

@@ -246,8 +246,12 @@ class OutputLock:
             os.close(fd)
             what = "folder" if self.path.is_dir() else "file"  # a run's checkpoints/ or eval/SPLIT/, or an output
             who = f" ({holder})" if holder else ""
-            raise LeapError(f"another leap process is writing this {what}{who}", path=self.path,
-                            fix=self.fix) from None
+            fix = self.fix
+            if (part := part_of(self.path)) is not None and "another --out" in fix:  # (an array task run twice: a
+                # stray part in another --out is no way out)
+                fix = (f"part {part[0]}/{part[1]} is being made by that job: run each --shard part once (wait for it, "
+                       "or stop it first)")
+            raise LeapError(f"another leap process is writing this {what}{who}", path=self.path, fix=fix) from None
         try:  # (an orphaned worker, a job on another node: the refusal names it)
             import socket
 
@@ -356,6 +360,15 @@ empty: a run that failed before its first record leaves nothing its successor wo
     """
     output = Path(output)
     refuse_folder(output)
+    if (part := part_of(output)) is not None:  # a --shard part beside parts of another count: merged, they would
+        # hold the segments of their overlap twice (build-shards refuses its folder's as well)
+        whole = output.with_name(output.name.replace(f".shard{part[0]}of{part[1]}", ""))
+        other = sorted({n for _, n, _ in shard_parts(whole) if n != part[1]})
+        if other:
+            raise LeapError(f"parts of --shard i/{other[0]} are beside it, and this run is --shard {part[0]}/{part[1]}: "
+                            "merged, the two sets would hold segments twice", path=output,
+                            fix=f"finish the set begun with --shard i/{other[0]}, or give this set another --out (or "
+                                "move the other parts away)")
     if not force and not (output.is_file() and output.stat().st_size) and (found := parts_text(output)):
         # (extract or generate-programs without --shard beside the parts of a sharded run: the whole split again)
         raise LeapError(f"not there, but parts of it from --shard runs are ({found[0]}): this run without --shard "

@@ -170,9 +170,15 @@ def test_cli_extract_writes_default_path_with_shard_suffix(kitchen, tmp_path, mo
     assert resolved["shard"] == {"index": 0, "count": 2} and resolved["components"] == ["narration", "hands"]
     assert {r["video_id"] for r in recs} == {"P01_01"} and len(recs) == 3
     assert "hands" in res.output and "segments: 3" in res.output
-    videos = {s.video_id for s in read_segments_of(kitchen)}
+    # a part of another count beside them: merged with cat, the two sets would hold segments twice
     res = CliRunner().invoke(app, ["extract", "--data", str(kitchen), "--split", "train", "--workdir", str(work),
-                                   "--shard", f"{len(videos)}/{len(videos) + 1}", "--components", "narration"])
+                                   "--shard", "0/3", "--components", "narration,hands"])
+    assert "parts of --shard i/2 are beside it, and this run is --shard 0/3" in str(res.exception), res.output
+    assert not (work / "descriptors" / "train.shard0of3.jsonl").exists()
+    videos = {s.video_id for s in read_segments_of(kitchen)}
+    res = CliRunner().invoke(app, ["extract", "--data", str(kitchen), "--split", "train", "--workdir",
+                                   str(tmp_path / "other"), "--shard", f"{len(videos)}/{len(videos) + 1}",
+                                   "--components", "narration"])
     assert res.exit_code == 0 and "holds no segment of the train split" in " ".join(res.output.split()), res.output
     res = CliRunner().invoke(app, ["extract", "--data", str(kitchen), "--split", "train", "--workdir", str(work),
                                    "--components", "narration,smell"])

@@ -176,6 +176,10 @@ def test_second_writer_of_one_output_is_refused(tmp_path):
         assert f"(process {os.getpid()} on {socket.gethostname()})" in e.value.message
     with JsonlAppender(p) as w:  # released on close
         assert "a" in w
+    part = tmp_path / "train.shard1of3.jsonl"  # an array task run twice: another --out would leave a stray part
+    with JsonlAppender(part):
+        with pytest.raises(LeapError, match=r"part 1/3 is being made by that job: run each --shard part once"):
+            JsonlAppender(part)
 
 
 def test_second_writer_in_another_process_is_refused(tmp_path):

@@ -1421,6 +1421,11 @@ def test_a_part_of_extract_feeds_the_same_part_of_generation(workdir, caplog):
         assert {r["narration_id"] for r in read_jsonl(got.out)} == want, i
         inputs = load_inputs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(i, 3)))
         assert {r["narration_id"] for r in inputs.records} == want, i
+    # an array script's index off by one (part 0's descriptors for --shard 1/3): an empty part, exit 0, before
+    with pytest.raises(LeapError, match=r"val.shard0of3.jsonl: is extract's part 0/3, and this run is --shard 1/3.*"
+                                        r"--descriptors .*val.shard1of3.jsonl"):
+        load_inputs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(1, 3),
+                                   descriptors=desc / "val.shard0of3.jsonl"))
     with merged.open("a") as f:  # an id twice (a merge of overlapping parts): the later record is the one used
         f.write(json.dumps(record(segs[0], "NEWER")) + "\n")
     with caplog.at_level("WARNING"):
@@ -1455,6 +1460,12 @@ def test_a_merge_of_some_parts_only_is_refused_and_a_stale_one_warned_of(workdir
     merged.write_text("".join((desc / f"val.shard{i}of3.jsonl").read_text() for i in range(3)))
     with pytest.raises(LeapError, match=r"val\.shard0of3\.jsonl ends without a newline, so `cat` joined its last "
                                         r"record to the next part's first \(end it with a newline \(echo >> .*val\.shard0of3\.jsonl\)"):
+        merged_input(merged)
+    # a part whose job was killed while writing its last record: a newline would make that a line of broken JSON
+    part0.write_text(kept.rstrip("\n")[:-20])
+    merged.write_text("".join((desc / f"val.shard{i}of3.jsonl").read_text() for i in range(3)))
+    with pytest.raises(LeapError, match=r"val\.shard0of3\.jsonl ends in a record cut short .*\(run part 0/3 again with "
+                                        r"the command that wrote it .*then merge again"):
         merged_input(merged)
     part0.write_text(kept)
     # a part holding a record twice (a run stopped while redoing it): the merge, rid of it later, has every id

@@ -348,10 +348,18 @@ def test_shard_parts_merge(root, tmp_path):
     assert m["counts"]["samples"] == 7 and len(m["parts"]) == 2
     ds = ShardDataset(out, train=False, num_frames=2, img_size=16)
     assert sorted(s["narration_id"] for s in ds) == sorted(f"P01_01_{i}" for i in range(4)) + [f"P01_02_{i}" for i in range(3)]
-    # parts of another count (or none) in the same folder would hold their overlap twice once merged: refused
-    for other in (ShardSpec(2, 3), ShardSpec()):
-        with pytest.raises(LeapError, match=r"--shard i/2 parts"):
-            build(root, tmp_path, shard=other)
+    # parts of another count in the same folder would hold their overlap twice once merged: refused
+    with pytest.raises(LeapError, match=r"--shard i/2 parts"):
+        build(root, tmp_path, shard=ShardSpec(2, 3))
+    # the build without --shard after the parts are all done (README's loop over the splits, run again): nothing to
+    # do (it was refused: "finish the split with --shard i/2 as begun"), with other settings refused as before
+    tars = sorted(p.name for p in out.glob("*.tar"))
+    again = build(root, tmp_path)
+    assert again.written_now == 0 and again.manifest["counts"]["samples"] == 7
+    assert any("built before in 2 parts" in n and "nothing new to write" in n for n in again.notes), again.notes
+    assert sorted(p.name for p in out.glob("*.tar")) == tars
+    with pytest.raises(LeapError, match=r"--shard i/2 parts"):
+        build(root, tmp_path, frames=3)
     assert load_manifest(out)[0]["counts"]["samples"] == 7
     (out / "manifest.shard2of3.json").write_text((out / "manifest.shard0of2.json").read_text())
     with pytest.raises(LeapError, match=r"--shard i/2 parts"):
@@ -389,8 +397,8 @@ def test_parts_built_otherwise_are_not_merged(root, tmp_path):
     # named against the part just built (made from the inputs as they are now: part 0 was told to rebuild part 1,
     # which changed nothing, where part 0 had been built from an older programs file)
     with pytest.raises(LeapError, match=r"part\(s\) manifest\.shard0of2\.json were built from other inputs or "
-                                        r"settings than manifest\.shard1of2\.json \(settings\.frames differ\) "
-                                        r"\(rebuild part\(s\) 0 with the inputs and options of this one"):
+                                        r"settings than manifest\.shard1of2\.json \(settings\.frames: 8 -> 4 differ\) "
+                                        r"\(rebuild part\(s\) 0 with the inputs and options of part 1"):
         build(root, tmp_path, shard=ShardSpec(1, 2), frames=8)
     assert not (out / "manifest.json").exists()
     r = build(root, tmp_path, shard=ShardSpec(1, 2), overwrite=True)  # rebuilt as the other: merged
@@ -1190,3 +1198,16 @@ def test_options_for_what_the_build_does_not_do_are_refused(tmp_path, args, mess
     ok = CliRunner().invoke(app, ["build-shards", "--split", "val", "--workdir", str(tmp_path), "--task",
                                   "anticipation", "--tau-a", "2", "--context", "1"])
     assert "applies to" not in str(ok.exception) and "sets how" not in str(ok.exception)
+
+
+def test_segments_without_a_program_record_are_counted_in_a_note(root, tmp_path):
+    """A program file merged from some of its parts (or a generation stopped early) built samples without program
+    targets, said only in the summary's count of programs."""
+    r = build(root, tmp_path)  # program_records() holds 4 of the 7 segments
+    (note,) = [n for n in r.notes if "have no record in" in n]
+    assert note.startswith("3 of the 7 segments have no record in ") and "(e.g. P01_01_3)" in note, note
+    write_programs(tmp_path / "all" / "programs" / "train.jsonl",
+                   program_records() + [{"narration_id": k, "status": "failed", "program": None, "errors": []}
+                                        for k in ("P01_01_3", "P01_02_0", "P01_02_1")])
+    r = build_split(root, "train", workdir=tmp_path / "all", settings=settings())
+    assert not [n for n in r.notes if "have no record in" in n]

@@ -34,7 +34,7 @@ from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, merged_
 from leap_cli.epic.annotations import Annotations, Segment, made_from_other_annotations, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import (JsonlAppender, MixedParts, check_settings, iter_jsonl, merge_command, read_jsonl,
+from leap_cli.io import (JsonlAppender, MixedParts, check_settings, iter_jsonl, merge_command, part_of, read_jsonl,
                          stable_hash, stored_settings, writer_of)
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, OfflineBackend, OpenAIBackend,
@@ -203,6 +203,13 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
     # (a path given is checked as the default is: parts beside it, not merged, or merged too early)
     path = merged_input(cfg.descriptors or cfg.workdir / "descriptors" / f"{split}.jsonl")
+    part = part_of(path)
+    if part is not None and cfg.shard.count > 1 and part != (cfg.shard.index, cfg.shard.count):
+        # (an array script's index off by one: an empty part, exit 0, and the merge lacked a part's programs)
+        mine = path.with_name(path.name.replace(f".shard{part[0]}of{part[1]}", cfg.shard.suffix))
+        raise LeapError(f"is extract's part {part[0]}/{part[1]}, and this run is --shard {cfg.shard.index}/"
+                        f"{cfg.shard.count}: it holds none of this part's segments", path=path,
+                        fix=f"pass --descriptors {mine} (the part of this run's index), or the merged file")
     extracted: dict | str | None = "narration-only"
     if path.exists():
         records = read_jsonl(path, check=descriptor_problem, keep=_for_generation)

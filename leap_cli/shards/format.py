@@ -207,11 +207,18 @@ def _merge(parts: list[dict], paths: list[Path], reference: int = 0) -> dict:
         keys = sorted({k for _, differ in odd for k in differ})
         names = ", ".join(path.name for path, _ in odd)
         indices = ", ".join(str((parts[paths.index(path)].get("part") or {}).get("index", "i")) for path, _ in odd)
+        mine = (ref.get("part") or {}).get("index", "i")
+        other = parts[paths.index(odd[0][0])]
+        shown = []  # the values of the first few (hashes of the inputs are only named)
+        for k in keys[:6]:
+            a, b = made_with(ref).get(k), made_with(other).get(k)
+            short = all(isinstance(v, (int, float, str, bool, type(None))) and len(str(v)) <= 20 for v in (a, b))
+            shown.append(f"{k}: {a!r} -> {b!r}" if short and k.startswith("settings.") else k)
         raise PartsDiffer(f"part(s) {names} were built from other inputs or settings than {paths[reference].name} "
-                          f"({', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''} differ)",
+                          f"({', '.join(shown)}{' ...' if len(keys) > 6 else ''} differ)",
                           path=paths[reference].parent,
-                          fix=f"rebuild part(s) {indices} with the inputs and options of this one (--force on "
-                              f"--shard i/{len(parts)}), or this one with theirs, or build into another --out")
+                          fix=f"rebuild part(s) {indices} with the inputs and options of part {mine} (--force on "
+                              f"--shard i/{len(parts)}), or part {mine} with theirs, or build into another --out")
     first = parts[0]
     merged = dict(first)
     merged["shards"] = [s for p in parts for s in p["shards"]]

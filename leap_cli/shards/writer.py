@@ -38,8 +38,8 @@ from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
-from leap_cli.io import (JsonlAppender, OutputLock, atomic_write_json, read_jsonl, sha256_file, stable_hash, with_path,
-                         writer_of)
+from leap_cli.io import (JsonlAppender, OutputLock, atomic_write_json, read_jsonl, sha256_file, shard_parts, stable_hash,
+                         with_path, writer_of)
 from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.shards.format import (FORMAT, check_key, check_part_count, frame_field, jpeg_size, made_with,
@@ -510,6 +510,11 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
         if prog_report["unknown_ids"]:
             notes.append(f"{prog_report['unknown_ids']} program records name narration ids not in the split "
                          f"(e.g. {', '.join(prog_report['unknown_examples'][:3])})")
+        lacking = [s.narration_id for s in selected if s.narration_id not in prog_by_id]
+        if lacking:  # (a program file merged from some of its parts, a generation stopped early: said only in a count)
+            notes.append(f"{len(lacking)} of the {len(selected)} segments have no record in "
+                         f"{programs_path or 'the program file'} (e.g. {lacking[0]}): their samples have no program "
+                         "target; generate-programs makes them (then build-shards --force)")
     else:
         notes.append("no program file: every sample has has_program: false")
     targets_manifest = targets.manifest() if targets is not None else None
@@ -522,6 +527,11 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     sources = _adopted(out, progress_path, out / manifest_name(shard.suffix), dict(sources or {}), adopt, hash_of,
                        overwrite)
     settings_hash = hash_of(sources)
+
+    now = made_with({"format": FORMAT, "split": settings.split, "task": settings.task, "targets": targets_manifest,
+                     "settings": json.loads(json.dumps(asdict(settings))), "sources": sources})
+    if shard.count == 1 and not overwrite and (done := _built_in_parts(out, now)) is not None:
+        return done
 
     jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
 
@@ -554,8 +564,6 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
             old = json.loads((out / manifest_name(shard.suffix)).read_text())
         except (OSError, ValueError):
             return []
-        now = made_with({"format": FORMAT, "split": settings.split, "task": settings.task, "targets": targets_manifest,
-                         "settings": json.loads(json.dumps(asdict(settings))), "sources": sources})
         was = made_with(old)
         return sorted(k for k in now if k in was and was[k] != now[k])
 
@@ -664,6 +672,32 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
             notes.append(f"all {shard.count} parts done: merged manifest.json "
                          + ("written" if wrote else "as it was (nothing changed)"))
     return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes)
+
+
+def _built_in_parts(out: Path, now: dict) -> BuildResult | None:
+    """A build without --shard over a folder whose --shard i/n parts are all done (manifest.json merged) from what
+    this build would make them from (``now``: ``made_with``): nothing to do, as extract and generate-programs say on
+    their merged files (the README's loop over the splits was refused after a sharded build). None otherwise: the
+    caller refuses the parts as before."""
+    from leap_cli.shards.format import MANIFEST, PACKING, part_counts
+
+    counts = part_counts(out)
+    if len(counts) != 1 or (out / ".progress.jsonl").exists():
+        return None
+    ((n, found),) = counts.items()
+    if n < 2 or len(found) != n or any(count != n for _, count, _ in shard_parts(out / ".progress.jsonl")):
+        return None
+    try:
+        merged = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(merged, dict) or len(merged.get("parts") or []) != n:
+        return None
+    was = made_with(merged)
+    if any(was.get(k) != v for k, v in now.items() if k not in PACKING):
+        return None
+    return BuildResult(out, merged, notes=[f"built before in {n} parts (--shard i/{n}), all done and merged into "
+                                           "manifest.json with these settings and inputs: nothing new to write"])
 
 
 def _has_fps(fps: Callable[[str], float], vid: str) -> bool:
@@ -901,8 +935,6 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                       else default_out(workdir, "train", settings.task) / "manifest.json")
     in_parts = False  # the training shards' parts are all done, their merged manifest.json not (yet) written
     if split != "train" and not vocab_manifest and not train_manifest.exists():
-        from leap_cli.io import shard_parts
-
         done = shard_parts(train_manifest)
         begun = done + shard_parts(train_manifest.parent / ".progress.jsonl")
         n = max((n for _, n, _ in begun), default=0)
@@ -1009,8 +1041,9 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                           cache=cache, program_failures=failures, adopt=adopt)
     if targets is not None and targets.failed:
         notes.append(f"{len(targets.failed)} valid programs could not be encoded (e.g. {targets.failed[0]['error']})")
-    if not result.written_now and result.resumed_shards:  # every shard was there: nothing was read or built now
-        notes = [n for n in notes if n != vocab_note and n not in cache_notes]
+    if not result.written_now and (result.resumed_shards or result.manifest.get("parts")):  # every shard was there
+        notes = [n for n in notes if n != vocab_note and n not in cache_notes]  # (nothing was read or built now)
+    if not result.written_now and result.resumed_shards:
         notes.append(f"all {result.resumed_shards} shard(s) were built before with these settings and inputs"
                      + (f" ({vocab_note.replace('built from', 'from')})" if vocab_note else "")
                      + ": nothing new to write (--force builds them again)")
