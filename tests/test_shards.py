@@ -360,6 +360,9 @@ def test_shard_parts_merge(root, tmp_path):
     assert sorted(p.name for p in out.glob("*.tar")) == tars
     with pytest.raises(LeapError, match=r"--shard i/2 parts"):
         build(root, tmp_path, frames=3)
+    with pytest.raises(LeapError, match=r"--shard i/2 parts"):  # --force refused before it deletes anything (it
+        build(root, tmp_path, overwrite=True)  # deleted the merged manifest.json, then refused)
+    assert (out / "manifest.json").is_file() and sorted(p.name for p in out.glob("*.tar")) == tars
     assert load_manifest(out)[0]["counts"]["samples"] == 7
     (out / "manifest.shard2of3.json").write_text((out / "manifest.shard0of2.json").read_text())
     with pytest.raises(LeapError, match=r"--shard i/2 parts"):

@@ -755,6 +755,16 @@ def test_a_sigterm_right_after_the_first_is_the_same_stop(monkeypatch) -> None:
         os.kill(os.getpid(), signal.SIGINT)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+    # under DDP a rank may learn of the stop from another rank first (their signals a moment apart): its own
+    # SIGTERM then is the same stop too
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(GracefulStop, "SAME_STOP_SECONDS", 5.0)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.fill_(1.0))
+    with GracefulStop(SimpleNamespace(is_main=False, world_size=2, device="cpu")) as stop:
+        assert stop() and stop.received == "SIGTERM"
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_resume_without_the_pretrained_set_is_accepted(tmp_path: Path) -> None:

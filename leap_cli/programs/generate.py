@@ -208,8 +208,10 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
         # (an array script's index off by one: an empty part, exit 0, and the merge lacked a part's programs)
         mine = path.with_name(path.name.replace(f".shard{part[0]}of{part[1]}", cfg.shard.suffix))
         raise LeapError(f"is extract's part {part[0]}/{part[1]}, and this run is --shard {cfg.shard.index}/"
-                        f"{cfg.shard.count}: it holds none of this part's segments", path=path,
-                        fix=f"pass --descriptors {mine} (the part of this run's index), or the merged file")
+                        f"{cfg.shard.count}: it holds other videos than this part's", path=path,
+                        fix=f"pass --descriptors {mine} (the part of this run's index), or the merged file"
+                        if part[1] == cfg.shard.count else
+                        f"run the parts as extract did (--shard i/{part[1]} with its part i), or give the merged file")
     extracted: dict | str | None = "narration-only"
     if path.exists():
         records = read_jsonl(path, check=descriptor_problem, keep=_for_generation)

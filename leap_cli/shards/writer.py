@@ -535,6 +535,7 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
 
     jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
 
+    check_part_count(out, shard.count)  # before --force deletes anything (it deleted the parts' merged manifest.json)
     if overwrite:  # under the lock: never the shards of a build still running
         with OutputLock(progress_path):
             merged_manifest = [out / manifest_name()] if shard.count > 1 else []  # it names this part's old tars
@@ -542,7 +543,6 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
                       + [progress_path, out / manifest_name(shard.suffix)] + merged_manifest):
                 if p.exists():
                     p.unlink()
-    check_part_count(out, shard.count)
     stat, stats = getattr(opener, "video_stat", None), {}
     retried: set[str] = set()  # skips tried again: their video changed since
 

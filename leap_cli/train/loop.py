@@ -366,8 +366,9 @@ class GracefulStop:
         self.received, self._at = name, time.monotonic()
         if self.info.is_main:  # (every rank of a torchrun gets the signal: said once)
             log.warning("%s received: stopping at the next step boundary and saving checkpoints/last.pt "
-                        "(send it again%s to stop at once)", self.received,
-                        f" after {self.SAME_STOP_SECONDS:g} s" if name == "SIGTERM" else "")
+                        "(%s)", self.received,
+                        f"Ctrl-C, or SIGTERM again after {self.SAME_STOP_SECONDS:g} s, stops at once" if name == "SIGTERM"
+                        else "send it again to stop at once")
 
     def __enter__(self) -> "GracefulStop":
         import signal
@@ -391,8 +392,8 @@ class GracefulStop:
         if self.info.world_size > 1 and torch.distributed.is_initialized():
             t = torch.tensor([1.0 if flag else 0.0], device=self.info.device)
             torch.distributed.all_reduce(t)
-            if t.item() > 0 and self.received is None:
-                self.received = "SIGTERM"  # another rank was signalled
+            if t.item() > 0 and self.received is None:  # another rank was signalled: this rank's own SIGTERM,
+                self.received, self._at = "SIGTERM", time.monotonic()  # a moment later, is the same stop
             return t.item() > 0
         return flag
 
