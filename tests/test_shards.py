@@ -1214,3 +1214,40 @@ def test_segments_without_a_program_record_are_counted_in_a_note(root, tmp_path)
                                         for k in ("P01_01_3", "P01_02_0", "P01_02_1")])
     r = build_split(root, "train", workdir=tmp_path / "all", settings=settings())
     assert not [n for n in r.notes if "have no record in" in n]
+
+
+def test_the_split_csv_is_known_by_its_values_and_folders_of_earlier_leaps_resume(root, tmp_path, monkeypatch):
+    """The split CSV saved again with the same values (quoted, CRLF: pandas or a spreadsheet) refused the shards,
+    whose sources hashed its bytes; folders built by the leaps that hashed the files resume as they are."""
+    import csv
+    import shutil
+
+    import leap_cli.shards.writer as writer
+
+    data = tmp_path / "root"
+    shutil.copytree(root, data)
+    split_csv = data / "annotations" / "EPIC_100_train.csv"
+    build(data, tmp_path / "a")
+    rows = list(csv.reader(split_csv.open(newline="")))
+    with split_csv.open("w", newline="") as f:
+        csv.writer(f, quoting=csv.QUOTE_ALL, lineterminator="\r\n").writerows(rows)
+    again = build(data, tmp_path / "a")
+    assert again.written_now == 0 and again.resumed_shards, again.notes
+    rows[1][8] = rows[1][8] + " again"  # a narration changed: the shards hold it
+    with split_csv.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with pytest.raises(LeapError, match="sources.annotations differ"):
+        build(data, tmp_path / "a")
+    # built by the leaps that hashed the files' bytes (both, or only the CSV's): resumed, nothing rebuilt
+    real_annotations, real_programs = writer.annotations_digest, writer.programs_digest
+    for earlier_programs in (True, False):
+        work = tmp_path / f"old{earlier_programs}"
+        monkeypatch.setattr(writer, "annotations_digest", lambda segs: writer.sha256_file(split_csv))
+        if earlier_programs:
+            monkeypatch.setattr(writer, "programs_digest",
+                                lambda recs: writer.sha256_file(work / "programs" / "train.jsonl"))
+        first = build(data, work)
+        monkeypatch.setattr(writer, "annotations_digest", real_annotations)
+        monkeypatch.setattr(writer, "programs_digest", real_programs)
+        r = build(data, work)
+        assert first.written_now and r.written_now == 0 and r.resumed_shards, (earlier_programs, r.notes)

@@ -789,34 +789,52 @@ def programs_digest(records: list) -> str:
 
 def _adopted(out: Path, progress_path: Path, own: Path, sources: dict, adopt: dict | None,
              hash_of: Callable[[dict], str], overwrite: bool) -> dict:
-    """``sources`` with ``adopt``'s values (as a leap that hashed the program file's bytes made them) where this
-    part's shards were built with them (its progress names their settings hash), or, for a part built anew (none
-    yet, or ``overwrite``), where the folder's other parts were (a manifest beside it holds their values and none
-    holds ``sources``'): the folder resumes and its parts merge as before. Else ``sources``."""
-    old = {**sources, **(adopt or {})}
-    if old == sources:
+    """``sources`` with some of ``adopt``'s values (as an earlier leap hashed those inputs: the program file's or
+    the split CSV's bytes; a folder built in between has one of each) where this part's shards were built with them
+    (its progress names their settings hash), or, for a part built anew (none yet, or ``overwrite``), where the
+    folder's other parts were (a manifest beside it holds their values and none holds ``sources``'): the folder
+    resumes and its parts merge as before. Else ``sources``."""
+    from itertools import combinations
+
+    keys = sorted(k for k, v in (adopt or {}).items() if sources.get(k) != v)
+    candidates = [sources] + [{**sources, **{k: adopt[k] for k in chosen}}  # (this leap's own values first)
+                              for n in range(1, len(keys) + 1) for chosen in combinations(keys, n)]
+    if len(candidates) == 1:
         return sources
     if not overwrite and progress_path.exists():
         try:
             built = {r.get("settings_hash") for r in read_jsonl(progress_path) if isinstance(r, dict)}
         except LeapError:
             built = set()  # (a damaged progress file: _resume says so)
-        if hash_of(sources) in built:
-            return sources
-        if hash_of(old) in built:
-            return old
-    legacy = False
+        for c in candidates:
+            if hash_of(c) in built:
+                return c
+    made = []
     for path in out.glob("manifest*.json"):
         if path == own and overwrite:  # (rebuilt now)
             continue
         try:
-            made = json.loads(path.read_text()).get("sources") or {}
+            made.append(json.loads(path.read_text()).get("sources") or {})
         except (OSError, ValueError, AttributeError):
             continue
-        if all(made.get(k) == sources.get(k) for k in adopt or {}):
-            return sources
-        legacy = legacy or all(made.get(k) == v for k, v in (adopt or {}).items())
-    return old if legacy else sources
+    for c in candidates:
+        if any(all(m.get(k) == c.get(k) for k in keys) for m in made):
+            return c
+    return sources
+
+
+def annotations_digest(segments: list[Segment]) -> str:
+    """sha256 of what shards take from the split CSV: each segment's row as read (``Segment.to_dict``, without the
+    narration timestamp, which no sample holds), in narration-id order. The CSV saved again with the same values
+    (other quoting, line ends, decimals, row order) is the same input: hashing its bytes refused the shards."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for line in sorted(json.dumps({k: v for k, v in s.to_dict().items() if k != "narration_timestamp"},
+                                  sort_keys=True, separators=(",", ":"), ensure_ascii=False) for s in segments):
+        h.update(line.encode())
+        h.update(b"\n")
+    return h.hexdigest()
 
 
 # ---- from a dataset root: what ``leap build-shards`` calls --------------------------------------------
@@ -990,10 +1008,13 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
             return fps_map[video_id]
         return ann.fps(video_id)
 
-    sources = input_hashes({"annotations": ann.split_path(split), "verb_classes": ann.folder / VERB_CLASSES,
-                            "noun_classes": ann.folder / NOUN_CLASSES})
+    sources = input_hashes({"verb_classes": ann.folder / VERB_CLASSES, "noun_classes": ann.folder / NOUN_CLASSES})
+    sources["annotations"] = annotations_digest(segments)
     sources["programs"] = digest
-    adopt = {"programs": sha256_file(prog_path)} if digest is not None else None  # (shards built before 2026-12-03)
+    # shards built by an earlier leap hashed the files: the program file (before 2026-12-03), the split CSV (until
+    # the same day)
+    adopt = {"annotations": sha256_file(ann.split_path(split)),
+             **({"programs": sha256_file(prog_path)} if digest is not None else {})}
     from leap_cli.epic.timing import RGB_FRAMES
 
     def clock(video_id: str) -> FrameClock:
