@@ -12,6 +12,7 @@ import pytest
 
 import leap_cli.extract as extract
 import leap_cli.media.audio as media_audio
+from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import FrameClock
 from leap_cli.extract.audio import WORDS as AUDIO_WORDS, events_text, sound_timeline
 from leap_cli.extract.base import result, unavailable
@@ -132,8 +133,8 @@ def _narration(text: str):
     m = re.fullmatch(r'"(.*)" \(verb: (\S+), noun: (\S+)(?:; also (.*))?\)', text)
     assert m, text
     others = m.group(4).split(", ") if m.group(4) else []
-    seg = SimpleNamespace(narration=m.group(1), verb=m.group(2), noun=m.group(3), verb_class=0, noun_class=0,
-                          all_nouns=[m.group(3), *others], all_noun_classes=[])
+    seg = Segment("x", "P01", "P01_01", 0.0, 1.0, 1, 2, narration=m.group(1), verb=m.group(2), noun=m.group(3),
+                  verb_class=0, noun_class=0, all_nouns=(m.group(3), *others))
     c = NarrationComponent().describe(SimpleNamespace(segment=seg))
     return c["data"], c["text"]
 
