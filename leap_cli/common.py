@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, TypeVar

@@ -1847,9 +1847,9 @@ def test_programs_of_an_earlier_leap_are_made_again_once_their_descriptor_record
     assert s.reclipped == 1 and s.total == 1 and "clip_hash" in records(workdir)[-1]["provenance"]
 
 
-def test_descriptor_records_of_other_annotations_are_refused_before_any_request(workdir):
+def test_descriptor_records_of_other_annotations_are_left_out_before_any_request(workdir, caplog):
     """Run before extract made them again, a changed clip was asked for from the old text with the new labels, and
-    paid for once more after extract."""
+    paid for once more after extract. The others go on; all of them is a refusal."""
     from leap_cli.epic.annotations import read_segments
 
     csv = workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv"
@@ -1864,9 +1864,14 @@ def test_descriptor_records_of_other_annotations_are_refused_before_any_request(
     narration = lines[3].split(",")[8]
     csv.write_text("\n".join(lines[:3] + [lines[3].replace(f",{narration},", f",{narration} again,", 1)]
                              + lines[4:]) + "\n")
-    with pytest.raises(LeapError, match=rf"1 descriptor records were made from other annotations than "
-                                        rf"EPIC_100_validation.csv holds now \(e.g. {segs[2].narration_id}: its "
-                                        r"narration or labels differs\).*leap extract --split val first"):
+    s = generate_programs(dataclasses.replace(cfg, limit=None))
+    assert s.total == N_SEGMENTS - 2 and segs[2].narration_id not in {r["narration_id"] for r in records(workdir)}
+    assert (f"1 descriptor records were made from other annotations than EPIC_100_validation.csv holds now (e.g. "
+            f"{segs[2].narration_id}: its narration or labels differs): left out of this run; run leap extract --split "
+            "val") in caplog.text
+    csv.write_text("\n".join([lines[0]] + [ln.replace(f",{ln.split(',')[8]},", f",{ln.split(',')[8]} too,", 1)
+                                            for ln in lines[1:]]) + "\n")
+    with pytest.raises(LeapError, match=rf"all {N_SEGMENTS} descriptor records were made from other annotations"):
         generate_programs(cfg)
 
 

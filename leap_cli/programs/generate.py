@@ -251,14 +251,18 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
         # --limit N takes the same N segments whatever extract's --workers was
         rank = {k: i for i, k in enumerate(segments)}
         records.sort(key=lambda r: rank.get(r["narration_id"], len(rank)))
-        if source.startswith("descriptors"):  # made from another version of the split CSV: extract makes them again
-            stale = [(r["narration_id"], why) for r in records
-                     if (why := made_from_other_annotations(r, segments[r["narration_id"]]))]
+        if source.startswith("descriptors"):  # made from another version of the split CSV: their programs would
+            # be asked for from the old clip with the new labels, and paid for again once extract made them again
+            stale = {r["narration_id"]: why for r in records
+                     if (why := made_from_other_annotations(r, segments[r["narration_id"]]))}
             if stale:
-                raise LeapError(f"{len(stale)} descriptor records were made from other annotations than "
-                                f"{ann.split_path(split).name} holds now (e.g. {stale[0][0]}: {stale[0][1]} differs)",
-                                path=path, fix=f"run leap extract --split {split} first (it makes only those "
-                                               "again), then this command")
+                what = (f"descriptor records were made from other annotations than {ann.split_path(split).name} "
+                        f"holds now (e.g. {next(iter(stale))}: {next(iter(stale.values()))} differs)")
+                fix = f"run leap extract --split {split} (it makes only those again), then this command again"
+                if len(stale) == len(records):
+                    raise LeapError(f"all {len(stale)} {what}", path=path, fix=fix)
+                log.warning("%s: %d %s: left out of this run; %s", path, len(stale), what, fix)
+                records = [r for r in records if r["narration_id"] not in stale]
     # parts by the split's videos in annotation order, as extract's: part i of extract's part i is all of it
     order = [s.video_id for s in segments.values()]
     records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]), order=order)
@@ -386,8 +390,9 @@ class ProgramGenerator:
         prompt = self.builder.prompt(info)
         phash = prompt.hash[:16]  # == prompt_hash(messages)
         prov = {"backend": self.backend.name, "model": self.backend.model, "prompt_hash": phash,
-                "clip_hash": clip_hash(self.inputs, record), "attempts": 0, "usage": {"prompt_tokens": 0, "completion_tokens": 0},
-                "seconds": 0.0, "created": None, "rounds": 0, "cached": True}
+                "clip_hash": clip_hash(self.inputs, record), "attempts": 0,
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0}, "seconds": 0.0, "created": None, "rounds": 0,
+                "cached": True}
 
         def done(status: str, program, errors: list[Finding]) -> dict:
             prov["seconds"] = round(time.perf_counter() - start, 4)
@@ -673,7 +678,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     # the resumed (a rerun that only resumed said nothing of records all failed)
     not_valid: dict[str, str] = {}
     changed = clip_changed(inputs)
-    reclipped: set[str] = set()  # made from a clip that has changed since: asked again (the cache holds no reply)
+    reclipped: set[str] = set()  # made from a clip that has changed since: made again (a new prompt, unless cached)
 
     def redo(r: dict) -> bool:
         nid, status = r.get("narration_id"), r.get("status")
