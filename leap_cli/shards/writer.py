@@ -776,12 +776,15 @@ def programs_digest(records: list) -> str:
     ``provenance`` (when, how fast, by which request it was made), in narration-id order. The same programs
     generated again (from the cache, by another worker count, in another order) are the same input: hashing the
     file's bytes refused to resume or merge shards built from them."""
+    return _digest({k: v for k, v in r.items() if k != "provenance"} if isinstance(r, dict) else r for r in records)
+
+
+def _digest(items) -> str:
+    """sha256 of the items' canonical JSON lines, sorted: the same items in any order are the same input."""
     import hashlib
 
-    lines = sorted(json.dumps({k: v for k, v in r.items() if k != "provenance"} if isinstance(r, dict) else r,
-                              sort_keys=True, separators=(",", ":"), ensure_ascii=False) for r in records)
     h = hashlib.sha256()
-    for line in lines:
+    for line in sorted(json.dumps(x, sort_keys=True, separators=(",", ":"), ensure_ascii=False) for x in items):
         h.update(line.encode())
         h.update(b"\n")
     return h.hexdigest()
@@ -827,14 +830,7 @@ def annotations_digest(segments: list[Segment]) -> str:
     """sha256 of what shards take from the split CSV: each segment's row as read (``Segment.to_dict``, without the
     narration timestamp, which no sample holds), in narration-id order. The CSV saved again with the same values
     (other quoting, line ends, decimals, row order) is the same input: hashing its bytes refused the shards."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for line in sorted(json.dumps({k: v for k, v in s.to_dict().items() if k != "narration_timestamp"},
-                                  sort_keys=True, separators=(",", ":"), ensure_ascii=False) for s in segments):
-        h.update(line.encode())
-        h.update(b"\n")
-    return h.hexdigest()
+    return _digest({k: v for k, v in s.to_dict().items() if k != "narration_timestamp"} for s in segments)
 
 
 # ---- from a dataset root: what ``leap build-shards`` calls --------------------------------------------
