@@ -365,8 +365,8 @@ empty: a run that failed before its first record leaves nothing its successor wo
         whole = output.with_name(output.name.replace(f".shard{part[0]}of{part[1]}", ""))
         other = sorted({n for _, n, _ in shard_parts(whole) if n != part[1]})
         if other:
-            raise LeapError(f"parts of --shard i/{other[0]} are beside it, and this run is --shard {part[0]}/{part[1]}: "
-                            "merged, the two sets would hold segments twice", path=output,
+            raise LeapError(f"parts of --shard i/{other[0]} are beside it, and this run is --shard "
+                            f"{part[0]}/{part[1]}: merged, the two sets would hold segments twice", path=output,
                             fix=f"finish the set begun with --shard i/{other[0]}, or give this set another --out (or "
                                 "move the other parts away)")
     if not force and not (output.is_file() and output.stat().st_size) and (found := parts_text(output)):

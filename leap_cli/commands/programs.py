@@ -41,7 +41,8 @@ def generate_programs(
     workers_alias: int = typer.Option(None, "--workers", min=1, hidden=True),  # old spelling of --concurrency
     timeout: float = typer.Option(60.0, "--timeout", min=0.001, help="Seconds for a whole reply (a slow local model "
                                   "may need minutes)."),
-    max_retries: int = typer.Option(5, "--max-retries", min=0, help="Retries on 408/409/429/5xx/timeouts/connection errors before a record fails."),
+    max_retries: int = typer.Option(5, "--max-retries", min=0,
+                                    help="Retries on 408/409/429/5xx/timeouts/connection errors before a record fails."),
     backoff: float = typer.Option(1.0, "--backoff", min=0.0, help="First retry delay in seconds (doubles, with jitter; "
                                                          "Retry-After wins)."),
     response_format: str = typer.Option("auto", "--response-format", help="auto (Structured Outputs; JSON mode if refused, "

@@ -38,8 +38,8 @@ from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
-from leap_cli.io import (JsonlAppender, OutputLock, atomic_write_json, read_jsonl, sha256_file, shard_parts, stable_hash,
-                         with_path, writer_of)
+from leap_cli.io import (JsonlAppender, OutputLock, atomic_write_json, read_jsonl, sha256_file, shard_parts,
+                         stable_hash, with_path, writer_of)
 from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.shards.format import (FORMAT, check_key, check_part_count, frame_field, jpeg_size, made_with,

@@ -367,8 +367,8 @@ class GracefulStop:
         if self.info.is_main:  # (every rank of a torchrun gets the signal: said once)
             log.warning("%s received: stopping at the next step boundary and saving checkpoints/last.pt "
                         "(%s)", self.received,
-                        f"Ctrl-C, or SIGTERM again after {self.SAME_STOP_SECONDS:g} s, stops at once" if name == "SIGTERM"
-                        else "send it again to stop at once")
+                        f"Ctrl-C, or SIGTERM again after {self.SAME_STOP_SECONDS:g} s, stops at once"
+                        if name == "SIGTERM" else "send it again to stop at once")
 
     def __enter__(self) -> "GracefulStop":
         import signal
