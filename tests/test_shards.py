@@ -358,7 +358,8 @@ def test_shard_parts_merge(root, tmp_path):
     assert again.written_now == 0 and again.manifest["counts"]["samples"] == 7
     assert any("built before in 2 parts" in n and "nothing new to write" in n for n in again.notes), again.notes
     assert sorted(p.name for p in out.glob("*.tar")) == tars
-    with pytest.raises(LeapError, match=r"--shard i/2 parts"):
+    with pytest.raises(LeapError, match=r"built in 2 parts \(--shard i/2, all done\) from other inputs or settings "
+                                        r"\(settings.frames differ\).*--force --shard i/2"):
         build(root, tmp_path, frames=3)
     with pytest.raises(LeapError, match=r"--shard i/2 parts"):  # --force refused before it deletes anything (it
         build(root, tmp_path, overwrite=True)  # deleted the merged manifest.json, then refused)
@@ -1251,3 +1252,36 @@ def test_the_split_csv_is_known_by_its_values_and_folders_of_earlier_leaps_resum
         monkeypatch.setattr(writer, "programs_digest", real_programs)
         r = build(data, work)
         assert first.written_now and r.written_now == 0 and r.resumed_shards, (earlier_programs, r.notes)
+    # the programs changed since, the CSV not: the refusal names the programs only (it named the CSV too, whose
+    # earlier hash no candidate held with the new programs')
+    write_programs(work / "programs" / "train.jsonl", program_records()[:3])
+    with pytest.raises(LeapError, match=r"\(sources.programs differ\)"):
+        build_split(data, "train", workdir=work, settings=settings())
+
+
+def test_a_video_fixed_after_a_sharded_build_is_tried_again_by_its_part(tmp_path):
+    """After a build in parts, the build without --shard said "nothing new to write" over skips whose video had
+    been downloaded again since (the parts, or an unsharded build, try them again)."""
+    import re
+
+    from leap_cli.media.write import write_mp4
+
+    root = make_root(tmp_path / "k")
+    shutil.rmtree(root / "P01" / "rgb_frames" / "P01_02")
+    mp4 = root / "P01" / "videos" / "P01_02.MP4"
+    mp4.parent.mkdir(parents=True)
+    images = [np.full((48, 64, 3), colour("P01_02", n), np.uint8) for n in range(1, FRAMES_PER_VIDEO + 1)]
+    write_mp4(mp4, images, FPS, gop=10, container_options={"movflags": "faststart"})
+    good = mp4.read_bytes()
+    mp4.write_bytes(good[: int(len(good) * 0.5)])
+    for i in range(2):
+        build(root, tmp_path / "w", shard=ShardSpec(i, 2))
+    assert build(root, tmp_path / "w").written_now == 0  # nothing changed: nothing to do
+    mp4.write_bytes(good)
+    with pytest.raises(LeapError, match=r"part\(s\) \d skipped segments whose video has changed since") as e:
+        build(root, tmp_path / "w")
+    (part,) = re.findall(r"--shard (\d)/2", e.value.fix)
+    r = build(root, tmp_path / "w", shard=ShardSpec(int(part), 2))
+    assert r.written_now and any("tried again" in n for n in r.notes)
+    again = build(root, tmp_path / "w")
+    assert again.written_now == 0 and again.manifest["counts"]["samples"] == 7 and not again.manifest["skipped"]

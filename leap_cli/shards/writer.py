@@ -530,7 +530,8 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
 
     now = made_with({"format": FORMAT, "split": settings.split, "task": settings.task, "targets": targets_manifest,
                      "settings": json.loads(json.dumps(asdict(settings))), "sources": sources})
-    if shard.count == 1 and not overwrite and (done := _built_in_parts(out, now)) is not None:
+    if shard.count == 1 and not overwrite and (done := _built_in_parts(out, now, by_key,
+                                                                        getattr(opener, "video_stat", None))):
         return done
 
     jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
@@ -674,11 +675,13 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes)
 
 
-def _built_in_parts(out: Path, now: dict) -> BuildResult | None:
+def _built_in_parts(out: Path, now: dict, segments: dict[str, Segment],
+                    stat: Callable[[str], list[int] | None] | None) -> BuildResult | None:
     """A build without --shard over a folder whose --shard i/n parts are all done (manifest.json merged) from what
     this build would make them from (``now``: ``made_with``): nothing to do, as extract and generate-programs say on
-    their merged files (the README's loop over the splits was refused after a sharded build). None otherwise: the
-    caller refuses the parts as before."""
+    their merged files (the README's loop over the splits was refused after a sharded build). Parts all done from
+    other inputs or settings, or holding skips whose video has changed since (a re-download the parts would try
+    again), are a LeapError saying so; None otherwise: the caller refuses the parts as before."""
     from leap_cli.shards.format import MANIFEST, PACKING, part_counts
 
     counts = part_counts(out)
@@ -694,8 +697,26 @@ def _built_in_parts(out: Path, now: dict) -> BuildResult | None:
     if not isinstance(merged, dict) or len(merged.get("parts") or []) != n:
         return None
     was = made_with(merged)
-    if any(was.get(k) != v for k, v in now.items() if k not in PACKING):
-        return None
+    differ = sorted(k for k, v in now.items() if k not in PACKING and was.get(k) != v)
+    if differ:
+        raise LeapError(f"holds this split built in {n} parts (--shard i/{n}, all done) from other inputs or settings "
+                        f"({', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''} differ)", path=out,
+                        fix=f"rebuild each part with --force --shard i/{n}, or build into another --out (or delete the "
+                            "folder to build it without --shard)")
+    retry = []  # the parts holding a skip whose video changed since (re-downloaded): a part's run tries it again
+    for i, path in sorted(found.items()):
+        try:
+            skipped = json.loads(path.read_text()).get("skipped") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        if stat is not None and any(
+                isinstance(x, dict) and "video_stat" in x and (seg := segments.get(x.get("narration_id"))) is not None
+                and stat(seg.video_id) != x["video_stat"] for x in skipped):
+            retry.append(i)
+    if retry:
+        raise LeapError(f"holds this split built in {n} parts, and part(s) {', '.join(map(str, retry))} skipped "
+                        "segments whose video has changed since (downloaded again?)", path=out,
+                        fix=" and ".join(f"--shard {i}/{n}" for i in retry) + " of the same command tries them again")
     return BuildResult(out, merged, notes=[f"built before in {n} parts (--shard i/{n}), all done and merged into "
                                            "manifest.json with these settings and inputs: nothing new to write"])
 
@@ -823,7 +844,9 @@ def _adopted(out: Path, progress_path: Path, own: Path, sources: dict, adopt: di
     for c in candidates:
         if any(all(m.get(k) == c.get(k) for k in keys) for m in made):
             return c
-    return sources
+    # no build holds all of one candidate's values: the one that agrees with a build on most inputs (an earlier
+    # leap's hash of an unchanged CSV is kept), so that the refusal names only the inputs that changed
+    return max(candidates, key=lambda c: max((sum(m.get(k) == c.get(k) for k in keys) for m in made), default=0))
 
 
 def annotations_digest(segments: list[Segment]) -> str:
