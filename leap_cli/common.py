@@ -375,11 +375,13 @@ def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
     for count, have in sorted(parts.items()):
         if lines is None:
             lines = _lines(path)[0]
-        counted = [(p, *_lines(p)) for _, p in sorted(have)]
+        # in the order `cat X.shard*ofN.jsonl` joined them: the shell sorts the names (shard10 before shard2)
+        joined = sorted(have, key=lambda ip: ip[1].name)
+        counted = [(p, *_lines(p)) for _, p in joined]
         if lines < sum(n for _, n, _ in counted):
             lacking = set().union(*(_ids(p) for p, _, _ in counted)) - _ids(path)
             if lacking:
-                glued = [(p, i) for (i, _), (p, n, newline) in zip(sorted(have), counted[:-1]) if n and not newline]
+                glued = [(p, i) for (i, _), (p, n, newline) in zip(joined, counted[:-1]) if n and not newline]
                 cut = [(p, i) for p, i in glued if not _last_line_whole(p)]
                 why = (f"{glued[0][0].name} ends without a newline, so `cat` joined its last record to the next "
                        "part's first" if glued else "it was merged before every part was done, or from some of them")

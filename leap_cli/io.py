@@ -226,10 +226,10 @@ class OutputLock:
     (two identical jobs started at once) is refused with a one-line error instead of writing every record
     twice. ``flock`` locks die with their process, so a killed run never leaves a stale lock behind."""
 
-    def __init__(self, path: str | Path, fix: str = "wait for it to finish, or give this run another --out"):
+    def __init__(self, path: str | Path, fix: str | None = None):
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self.fix = fix  # what to do, in the words of the command that holds the lock
+        self.fix = fix  # what to do, in the words of the command that holds the lock (None: an output's)
         self._fd: int | None = None
 
     def acquire(self) -> "OutputLock":
@@ -246,9 +246,9 @@ class OutputLock:
             os.close(fd)
             what = "folder" if self.path.is_dir() else "file"  # a run's checkpoints/ or eval/SPLIT/, or an output
             who = f" ({holder})" if holder else ""
-            fix = self.fix
-            if (part := part_of(self.path)) is not None and "another --out" in fix:  # (an array task run twice: a
-                # stray part in another --out is no way out)
+            fix = self.fix or "wait for it to finish, or give this run another --out"
+            if self.fix is None and (part := part_of(self.path)) is not None:  # (an array task run twice: a stray
+                # part in another --out is no way out)
                 fix = (f"part {part[0]}/{part[1]} is being made by that job: run each --shard part once (wait for it, "
                        "or stop it first)")
             raise LeapError(f"another leap process is writing this {what}{who}", path=self.path, fix=fix) from None
@@ -367,8 +367,10 @@ empty: a run that failed before its first record leaves nothing its successor wo
         if other:
             raise LeapError(f"parts of --shard i/{other[0]} are beside it, and this run is --shard "
                             f"{part[0]}/{part[1]}: merged, the two sets would hold segments twice", path=output,
-                            fix=f"finish the set begun with --shard i/{other[0]}, or give this set another --out (or "
-                                "move the other parts away)")
+                            fix=(f"the set of i/{other[0]} is merged into {whole.name}: move its part files away, "
+                                 "or give this set another --out" if whole.is_file() and whole.stat().st_size else
+                                 f"finish the set begun with --shard i/{other[0]}, or give this set another --out (or "
+                                 "move the other parts away)"))
     if not force and not (output.is_file() and output.stat().st_size) and (found := parts_text(output)):
         # (extract or generate-programs without --shard beside the parts of a sharded run: the whole split again)
         raise LeapError(f"not there, but parts of it from --shard runs are ({found[0]}): this run without --shard "

@@ -488,3 +488,20 @@ def test_dataloader_workers_leave_sigterm_to_the_main_process():
     assert q.get(timeout=20) == "alive"
     p.join(10)
     assert p.exitcode == 0
+
+
+def test_a_cut_part_is_named_in_the_order_cat_joined_the_parts(tmp_path):
+    """`cat X.shard*of12.jsonl` joins shard10 and shard11 before shard2 (the shell sorts the names): a cut part 11,
+    joined to part 2, was taken for a merge made too early, and merging again changed nothing."""
+    import json
+
+    from leap_cli.common import merged_input
+
+    parts = {i: tmp_path / f"train.shard{i}of12.jsonl" for i in range(12)}
+    for i, p in parts.items():
+        p.write_text("".join(json.dumps({"narration_id": f"P{i:02d}_{k}"}) + "\n" for k in range(2)))
+    parts[11].write_text(parts[11].read_text()[:-15])  # its job killed while writing its last record
+    merged = tmp_path / "train.jsonl"
+    merged.write_text("".join(parts[i].read_text() for i in sorted(parts, key=lambda i: parts[i].name)))
+    with pytest.raises(LeapError, match=r"train.shard11of12.jsonl ends in a record cut short .*run part 11/12 again"):
+        merged_input(merged)

@@ -1841,7 +1841,10 @@ def test_programs_of_an_earlier_leap_are_made_again_once_their_descriptor_record
     out.write_text("".join(json.dumps(r) + "\n" for r in old))
     assert generate_programs(cfg).total == 0  # resumed as they are
     recs[2] = {**recs[2], "annotation_hash": segs[2].annotation_hash, "start_frame": segs[2].start_frame,
-               "stop_frame": segs[2].stop_frame}  # made again by extract since
+               "stop_frame": segs[2].stop_frame}  # made again by extract since, the same clip (--retry-errors)
+    desc.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert generate_programs(cfg).reclipped == 0  # its prompt is the one the program was asked with
+    recs[2]["text"] += " Audio: running water."  # made again with a component that failed before
     desc.write_text("".join(json.dumps(r) + "\n" for r in recs))
     s = generate_programs(cfg)
     assert s.reclipped == 1 and s.total == 1 and "clip_hash" in records(workdir)[-1]["provenance"]
@@ -1891,9 +1894,38 @@ def test_a_batch_result_asked_for_before_its_clip_changed_is_asked_for_again(wor
     again = read_jsonl(tmp_path / "b2.jsonl") if write_batch_file(cfg, tmp_path / "b2.jsonl") else []
     assert [r["custom_id"].partition("@")[0] for r in again] == [ids[0].partition("@")[0]]
     assert again[0]["custom_id"] != ids[0]  # the new clip's
-    counts = ingest_batch(cfg, results_file(tmp_path / "o2.jsonl", [ok(again[0]["custom_id"])]))
+    # both batches' results in one file: the new clip's (invalid) is written, not the old one's (valid)
+    bad = {"custom_id": again[0]["custom_id"], "response": {"status_code": 200, "body": completion("not json")}}
+    counts = ingest_batch(dataclasses.replace(cfg, retry_invalid=True),
+                          results_file(tmp_path / "o2.jsonl", [ok(ids[0]), bad]))
+    assert counts == {"invalid": 1, "superseded": 1}, counts
+    counts = ingest_batch(dataclasses.replace(cfg, retry_invalid=True),
+                          results_file(tmp_path / "o2.jsonl", [ok(again[0]["custom_id"])]))
     assert counts == {"valid": 1} and not write_batch_file(cfg, tmp_path / "b3.jsonl")
     # a batch file of a leap before (the narration id alone) is still read
     other = dataclasses.replace(cfg, out=workdir / "programs" / "other.jsonl")
     assert ingest_batch(other, results_file(tmp_path / "o3.jsonl", [ok(c.partition("@")[0]) for c in ids])) == \
         {"valid": N_SEGMENTS}
+
+
+def test_batch_results_for_descriptor_records_of_other_annotations_say_to_extract_first(workdir, tmp_path):
+    """The CSV changed while a batch ran: its results were refused as "not a segment of the input" (the records
+    left out), with the advice to ingest with the same --split."""
+    from leap_cli.epic.annotations import read_segments
+
+    csv = workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv"
+    segs = read_segments(csv)
+    desc = workdir / "descriptors" / "val.jsonl"
+    desc.parent.mkdir(parents=True)
+    desc.write_text("".join(json.dumps({**narration_record(s), "text": "t", "annotation_hash": s.annotation_hash})
+                            + "\n" for s in segs))
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test", data=workdir / "kitchen")
+    write_batch_file(cfg, tmp_path / "b.jsonl")
+    ids = [r["custom_id"] for r in read_jsonl(tmp_path / "b.jsonl")]
+    lines = csv.read_text().splitlines()
+    narration = lines[1].split(",")[8]
+    csv.write_text("\n".join([lines[0], lines[1].replace(f",{narration},", f",{narration} again,", 1)] + lines[2:])
+                   + "\n")
+    result = {"custom_id": ids[0], "response": {"status_code": 200, "body": completion("{}")}}
+    with pytest.raises(LeapError, match=r"its descriptor record was made from other annotations .*run leap extract"):
+        ingest_batch(cfg, results_file(tmp_path / "o.jsonl", [result]))

@@ -751,8 +751,11 @@ def test_a_sigterm_right_after_the_first_is_the_same_stop(monkeypatch) -> None:
         monkeypatch.setattr(GracefulStop, "SAME_STOP_SECONDS", 0.0)  # (as if 5 s had passed)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
-    with GracefulStop(distributed.DistInfo()) as stop:
+    with GracefulStop(distributed.DistInfo()) as stop:  # scancel --signal=INT: two SIGINTs at once, one stop
         os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == "SIGINT"
+        monkeypatch.setattr(GracefulStop, "SAME_SIGINT_SECONDS", 0.0)  # (a person's second Ctrl-C, a second later)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     # under DDP a rank may learn of the stop from another rank first (their signals a moment apart): its own
@@ -762,9 +765,11 @@ def test_a_sigterm_right_after_the_first_is_the_same_stop(monkeypatch) -> None:
     monkeypatch.setattr(GracefulStop, "SAME_STOP_SECONDS", 5.0)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.fill_(1.0))
-    with GracefulStop(SimpleNamespace(is_main=False, world_size=2, device="cpu")) as stop:
-        assert stop() and stop.received == "SIGTERM"
-        os.kill(os.getpid(), signal.SIGTERM)
+    for own in (signal.SIGTERM, signal.SIGINT):
+        with GracefulStop(SimpleNamespace(is_main=False, world_size=2, device="cpu")) as stop:
+            assert stop() and stop.received == "SIGTERM"
+            os.kill(os.getpid(), own)  # the same stop, and the rank's exit status is its own signal's
+            assert stop.received == signal.Signals(own).name
 
 
 def test_resume_without_the_pretrained_set_is_accepted(tmp_path: Path) -> None:

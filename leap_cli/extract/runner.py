@@ -580,7 +580,8 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         summary.done_before = len(segments) - len(todo)
         summary.reannotated = len(reannotated)
         summary.reannotated_example = next((f"{k}: {why}" for k, why in reannotated.items()), "")
-        summary.retryable = len(appender.counted.intersection(s.narration_id for s in segments))  # (--limit, --shard)
+        summary.retryable = len((appender.counted - set(reannotated)).intersection(  # (--limit, --shard; those
+            s.narration_id for s in segments))  # made again now for other annotations are not left to --retry-errors)
         if on_start:
             on_start(len(segments), summary.done_before)
         by_video: dict[str, list[Segment]] = {}

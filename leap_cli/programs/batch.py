@@ -49,7 +49,7 @@ def write_batch_file(cfg: GenerateConfig, path) -> int:
     cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
     check_output(cfg, builder, inputs)
-    changed = clip_changed(inputs)  # (a record made from a clip that has changed since is asked for again)
+    changed = clip_changed(inputs, builder)  # (a record made from a clip that has changed since is asked for again)
     old = read_jsonl(cfg.out_path) if cfg.out_path.exists() else []
     again = {r["narration_id"] for r in old if changed(r) and not cfg.redo(r)}
     done = {r["narration_id"] for r in old if not cfg.redo(r)} - again
@@ -133,6 +133,12 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     for i, line in enumerate(lines, start=1):  # all checked before a record is written
         # NARRATION_ID@CLIP_HASH (a batch file of a leap before 2026-12-03: the narration id alone)
         nid, _, line["clip_hash"] = line["custom_id"].partition("@")
+        if nid in inputs.stale:  # (the CSV changed while the batch ran: extract first, then these are read)
+            raise LeapError(f"custom_id {line['custom_id']!r}: its descriptor record was made from other annotations "
+                            f"than the split CSV holds now ({inputs.stale[nid]} differs; nothing was ingested)",
+                            path=results_path, record=f"line {i}",
+                            fix="run leap extract for this split first (it makes only those records again), then "
+                                "ingest this file again: its results are kept as the old clips' programs")
         if nid not in by_id:
             raise LeapError(f"custom_id {line['custom_id']!r} is not a segment of the input (nothing was ingested)",
                             path=results_path, record=f"line {i}",
@@ -143,7 +149,7 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     # replaced by a result: a failed record, and with --retry-invalid an invalid one
     old = read_jsonl(cfg.out_path) if cfg.out_path.exists() else []
     invalid = {r["narration_id"] for r in old if r.get("status") == "invalid"}
-    changed = clip_changed(inputs)
+    changed = clip_changed(inputs, builder)
     replaced = ({r["narration_id"] for r in old if r.get("status") == "failed" or changed(r)}
                 | (invalid if cfg.retry_invalid else set()))
 
@@ -192,13 +198,19 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
 
     # a segment with several results in the file (an expired batch's error lines, then the retry's output; the
     # output of a batch and of its --retry-invalid batch, in one file): the best is the one written, valid before
-    # invalid before failed, the first of equals (an invalid result before a valid one kept the invalid)
+    # invalid before failed, the first of equals (an invalid result before a valid one kept the invalid); a result
+    # of the clip as it is now before one asked for before it changed (two batches' outputs in one file)
     results = [result(line) for line in lines]
-    rank = {"valid": 0, "invalid": 1, "failed": 2}
+    current = {nid: clip_hash(inputs, by_id[nid]) for nid in {r["narration_id"] for r in results}}
+    order = {"valid": 0, "invalid": 1, "failed": 2}
+
+    def rank(r: dict) -> tuple[int, int]:
+        return r["provenance"]["clip_hash"] != current[r["narration_id"]], order[r["status"]]
+
     chosen: dict[str, int] = {}
     for i, r in enumerate(results):
         j = chosen.get(r["narration_id"])
-        if j is None or rank[r["status"]] < rank[results[j]["status"]]:
+        if j is None or rank(r) < rank(results[j]):
             chosen[r["narration_id"]] = i
     with JsonlAppender(cfg.out_path, replace_keys=replaced) as out, ProgramStore(cfg.cache_path) as store:
         written_ids = set()
@@ -214,7 +226,7 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
             if written:
                 written_ids.add(nid)
                 spend(record)
-                if record["provenance"]["clip_hash"] != clip_hash(inputs, by_id[nid]):
+                if record["provenance"]["clip_hash"] != current[nid]:
                     counts["asked_before_the_clip_changed"] += 1
         for i, record in enumerate(results):  # the other results of a segment written now: paid, and said
             if chosen[record["narration_id"]] != i:

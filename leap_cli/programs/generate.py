@@ -157,6 +157,8 @@ class Inputs:
     # the settings the descriptor records were extracted with (their settings file's; None: it has none), or
     # "narration-only" (no descriptor file): part of the output's settings
     extracted: dict | str | None = "narration-only"
+    # descriptor records made from other annotations than the split CSV holds now, left out (id -> what differs)
+    stale: dict[str, str] = field(default_factory=dict)
 
 
 def clip_hash(inputs: Inputs, record: dict) -> str:
@@ -165,17 +167,16 @@ def clip_hash(inputs: Inputs, record: dict) -> str:
     and the segment's annotation. Data only, no rendering of leap's: a newer leap that builds its prompts otherwise
     does not see every clip as changed (and ask for every program again)."""
     seg = inputs.segments.get(record["narration_id"])
-    labels = None if seg is None else [seg.narration, seg.verb, seg.verb_class, seg.noun, seg.noun_class,
-                                       list(seg.all_nouns), list(seg.all_noun_classes)]
     text = None if inputs.extracted == "narration-only" else record.get("text")
-    return stable_hash([text, labels])[:16]
+    return stable_hash([text, None if seg is None else seg.annotation()])[:16]
 
 
-def clip_changed(inputs: Inputs) -> Callable[[dict], bool]:
+def clip_changed(inputs: Inputs, builder: PromptBuilder) -> Callable[[dict], bool]:
     """A test of an output record: whether the clip it was made from (``provenance.clip_hash``) is no longer the
     input's (extract made the descriptor record again, from other annotations or with a component fixed, or the
-    segment's annotation changed). A record of a leap that kept no clip hash is changed only where its descriptor
-    record was made again since; records of segments not in the input are taken as they are."""
+    segment's annotation changed). A record of a leap that kept no clip hash is compared by its prompt's hash, where
+    its descriptor record was made again since (a record of that leap has no annotation_hash; the others are as
+    they were); records of segments not in the input are taken as they are."""
     by_id = {r["narration_id"]: r for r in inputs.records}
 
     def changed(record: dict) -> bool:
@@ -185,9 +186,10 @@ def clip_changed(inputs: Inputs) -> Callable[[dict], bool]:
             return False
         if "clip_hash" in prov:
             return prov["clip_hash"] != clip_hash(inputs, source)
-        # a program of a leap before clip hashes: changed where extract has made its descriptor record again since
-        # (a record of that leap has no annotation_hash)
-        return "annotation_hash" in source
+        if "annotation_hash" not in source:
+            return False
+        info = clip_info(source, inputs.segments.get(source["narration_id"]))
+        return prov.get("prompt_hash") != builder.prompt(info).hash[:16]
 
     return changed
 
@@ -213,6 +215,7 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
                         if part[1] == cfg.shard.count else
                         f"run the parts as extract did (--shard i/{part[1]} with its part i), or give the merged file")
     extracted: dict | str | None = "narration-only"
+    stale: dict[str, str] = {}
     if path.exists():
         records = read_jsonl(path, check=descriptor_problem, keep=_for_generation)
         latest = {r["narration_id"]: r for r in records}  # a later record of an id replaces an earlier one
@@ -275,7 +278,7 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
                         ", which holds so far" if who else "holds", len(records), wanted, split, cfg.shard.suffix,
                         wanted - len(records), "wait for extract to finish" if who else
                         "finish extract (an extract stopped early: run it again)")
-    return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted)
+    return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted, stale)
 
 
 # What generation reads of a descriptor record beside its text (prompt.clip_info): the camera's steps and the
@@ -677,7 +680,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     # the output's failed and invalid records (each key's last line): redone with the flags, else counted among
     # the resumed (a rerun that only resumed said nothing of records all failed)
     not_valid: dict[str, str] = {}
-    changed = clip_changed(inputs)
+    changed = clip_changed(inputs, builder)
     reclipped: set[str] = set()  # made from a clip that has changed since: made again (a new prompt, unless cached)
 
     def redo(r: dict) -> bool:

@@ -530,8 +530,8 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
 
     now = made_with({"format": FORMAT, "split": settings.split, "task": settings.task, "targets": targets_manifest,
                      "settings": json.loads(json.dumps(asdict(settings))), "sources": sources})
-    if shard.count == 1 and not overwrite and (done := _built_in_parts(out, now, by_key,
-                                                                        getattr(opener, "video_stat", None))):
+    if shard.count == 1 and not overwrite and (
+            done := _built_in_parts(out, now, _video_changed(getattr(opener, "video_stat", None), by_key))):
         return done
 
     jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
@@ -544,17 +544,11 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
                       + [progress_path, out / manifest_name(shard.suffix)] + merged_manifest):
                 if p.exists():
                     p.unlink()
-    stat, stats = getattr(opener, "video_stat", None), {}
+    video_changed = _video_changed(getattr(opener, "video_stat", None), by_key)
     retried: set[str] = set()  # skips tried again: their video changed since
 
     def changed(skip: dict) -> bool:
-        """The skip was made when the video was another file (re-downloaded since, or there at last)."""
-        seg = by_key.get(skip["narration_id"])
-        if stat is None or seg is None or "video_stat" not in skip:
-            return False
-        if seg.video_id not in stats:
-            stats[seg.video_id] = stat(seg.video_id)
-        if stats[seg.video_id] != skip["video_stat"]:
+        if video_changed(skip):
             retried.add(skip["narration_id"])
             return True
         return False
@@ -675,8 +669,24 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes)
 
 
-def _built_in_parts(out: Path, now: dict, segments: dict[str, Segment],
-                    stat: Callable[[str], list[int] | None] | None) -> BuildResult | None:
+def _video_changed(stat: Callable[[str], list[int] | None] | None,
+                   segments: dict[str, Segment]) -> Callable[[dict], bool]:
+    """A test of a skip record: whether it was made when its video was another file (downloaded again since, or
+    there at last). Each video's stat is read once."""
+    stats: dict[str, list[int] | None] = {}
+
+    def changed(skip: dict) -> bool:
+        seg = segments.get(skip.get("narration_id")) if isinstance(skip, dict) else None
+        if stat is None or seg is None or "video_stat" not in skip:
+            return False
+        if seg.video_id not in stats:
+            stats[seg.video_id] = stat(seg.video_id)
+        return stats[seg.video_id] != skip["video_stat"]
+
+    return changed
+
+
+def _built_in_parts(out: Path, now: dict, video_changed: Callable[[dict], bool]) -> BuildResult | None:
     """A build without --shard over a folder whose --shard i/n parts are all done (manifest.json merged) from what
     this build would make them from (``now``: ``made_with``): nothing to do, as extract and generate-programs say on
     their merged files (the README's loop over the splits was refused after a sharded build). Parts all done from
@@ -709,9 +719,7 @@ def _built_in_parts(out: Path, now: dict, segments: dict[str, Segment],
             skipped = json.loads(path.read_text()).get("skipped") or []
         except (OSError, ValueError, AttributeError):
             continue
-        if stat is not None and any(
-                isinstance(x, dict) and "video_stat" in x and (seg := segments.get(x.get("narration_id"))) is not None
-                and stat(seg.video_id) != x["video_stat"] for x in skipped):
+        if any(video_changed(x) for x in skipped):
             retry.append(i)
     if retry:
         raise LeapError(f"holds this split built in {n} parts, and part(s) {', '.join(map(str, retry))} skipped "

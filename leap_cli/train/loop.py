@@ -340,16 +340,18 @@ class GracefulStop:
     of the flag at each step), so no rank waits in a collective that the others left."""
 
     SIGNALS = ("SIGINT", "SIGTERM")
-    # A SIGTERM this soon after the first is the same stop, not a second one: Slurm (scancel, a time limit,
-    # preemption) signals every process of a job step, and torchrun forwards its own SIGTERM to the ranks, so a
-    # rank gets two at once (it stopped at once, without last.pt, in half of the tries). Slurm's SIGKILL comes
-    # KillWait (30 s by default) later.
-    SAME_STOP_SECONDS = 5.0
+    # The same signal this soon after the first is the same stop, not a second one: Slurm (scancel, a time limit,
+    # preemption; scancel --signal=INT) signals every process of a job step, and torchrun forwards its own signal
+    # to the ranks, so a rank gets two at once (it stopped at once, without last.pt, in half of the tries). Slurm's
+    # SIGKILL comes KillWait (30 s by default) later; a person's second Ctrl-C comes later than a second.
+    SAME_STOP_SECONDS = 5.0  # SIGTERM, and a rank's own signal after another rank's stop reached it
+    SAME_SIGINT_SECONDS = 1.0
 
     def __init__(self, info: distributed.DistInfo):
         self.info = info
         self.received: str | None = None
         self._at = 0.0
+        self._peer = False  # the stop came from another rank (the all-reduce), not yet from this rank's own signal
         self._old: dict = {}
         self._pid = os.getpid()
 
@@ -360,7 +362,10 @@ class GracefulStop:
             return
         name = signal.Signals(signum).name
         if self.received is not None:
-            if name == self.received == "SIGTERM" and time.monotonic() - self._at < self.SAME_STOP_SECONDS:
+            window = self.SAME_STOP_SECONDS if self._peer or name == "SIGTERM" else self.SAME_SIGINT_SECONDS
+            if (self._peer or name == self.received) and time.monotonic() - self._at < window:
+                if self._peer:  # this rank's own signal names its exit status (130 for SIGINT, 143 for SIGTERM)
+                    self.received, self._peer = name, False
                 return
             raise KeyboardInterrupt
         self.received, self._at = name, time.monotonic()
@@ -368,7 +373,7 @@ class GracefulStop:
             log.warning("%s received: stopping at the next step boundary and saving checkpoints/last.pt "
                         "(%s)", self.received,
                         f"Ctrl-C, or SIGTERM again after {self.SAME_STOP_SECONDS:g} s, stops at once"
-                        if name == "SIGTERM" else "send it again to stop at once")
+                        if name == "SIGTERM" else f"send it again after {self.SAME_SIGINT_SECONDS:g} s to stop at once")
 
     def __enter__(self) -> "GracefulStop":
         import signal
@@ -392,8 +397,8 @@ class GracefulStop:
         if self.info.world_size > 1 and torch.distributed.is_initialized():
             t = torch.tensor([1.0 if flag else 0.0], device=self.info.device)
             torch.distributed.all_reduce(t)
-            if t.item() > 0 and self.received is None:  # another rank was signalled: this rank's own SIGTERM,
-                self.received, self._at = "SIGTERM", time.monotonic()  # a moment later, is the same stop
+            if t.item() > 0 and self.received is None:  # another rank was signalled: this rank's own signal, a
+                self.received, self._at, self._peer = "SIGTERM", time.monotonic(), True  # moment later, is the same
             return t.item() > 0
         return flag
 
