@@ -1850,9 +1850,9 @@ def test_programs_of_an_earlier_leap_are_made_again_once_their_descriptor_record
     assert s.reclipped == 1 and s.total == 1 and "clip_hash" in records(workdir)[-1]["provenance"]
 
 
-def test_descriptor_records_of_other_annotations_are_left_out_before_any_request(workdir, caplog):
-    """Run before extract made them again, a changed clip was asked for from the old text with the new labels, and
-    paid for once more after extract. The others go on; all of them is a refusal."""
+def _descriptors_as_extract_writes_them(workdir):
+    """The split CSV and its segments, with WORKDIR/descriptors/val.jsonl holding a record of each as extract
+    writes them (their annotation hash)."""
     from leap_cli.epic.annotations import read_segments
 
     csv = workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv"
@@ -1861,6 +1861,13 @@ def test_descriptor_records_of_other_annotations_are_left_out_before_any_request
     desc.parent.mkdir(parents=True)
     desc.write_text("".join(json.dumps({**narration_record(s), "text": "t", "annotation_hash": s.annotation_hash})
                             + "\n" for s in segs))
+    return csv, segs
+
+
+def test_descriptor_records_of_other_annotations_are_left_out_before_any_request(workdir, caplog):
+    """Run before extract made them again, a changed clip was asked for from the old text with the new labels, and
+    paid for once more after extract. The others go on; all of them is a refusal."""
+    csv, segs = _descriptors_as_extract_writes_them(workdir)
     cfg = GenerateConfig(workdir=workdir, split="val", data=workdir / "kitchen", limit=1)
     generate_programs(cfg)
     lines = csv.read_text().splitlines()
@@ -1911,14 +1918,7 @@ def test_a_batch_result_asked_for_before_its_clip_changed_is_asked_for_again(wor
 def test_batch_results_for_descriptor_records_of_other_annotations_say_to_extract_first(workdir, tmp_path):
     """The CSV changed while a batch ran: its results were refused as "not a segment of the input" (the records
     left out), with the advice to ingest with the same --split."""
-    from leap_cli.epic.annotations import read_segments
-
-    csv = workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv"
-    segs = read_segments(csv)
-    desc = workdir / "descriptors" / "val.jsonl"
-    desc.parent.mkdir(parents=True)
-    desc.write_text("".join(json.dumps({**narration_record(s), "text": "t", "annotation_hash": s.annotation_hash})
-                            + "\n" for s in segs))
+    csv, segs = _descriptors_as_extract_writes_them(workdir)
     cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test", data=workdir / "kitchen")
     write_batch_file(cfg, tmp_path / "b.jsonl")
     ids = [r["custom_id"] for r in read_jsonl(tmp_path / "b.jsonl")]
