@@ -1104,3 +1104,19 @@ def test_records_without_a_narration_component_see_a_changed_annotation(kitchen,
                                            ",cut onion,cut,7,onion,30,['onion'],[30]"))
     s = run_extract(cfg)
     assert s.reannotated == 1 and s.written == 1 and "narration or labels" in s.reannotated_example
+
+
+def test_records_made_again_for_new_annotations_are_not_offered_to_retry_errors(kitchen, tmp_path):
+    """The summary offered --retry-errors for a record the same run made again (its annotation had changed)."""
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    out = tmp_path / "train.jsonl"
+    cfg = _cfg(root, out, components=("narration", "camera"), frame_cache=None)
+    run_extract(cfg)
+    assert run_extract(cfg).retryable == 1  # P01_02_0: no video
+    csv = root / "annotations" / "EPIC_100_train.csv"
+    csv.write_text(csv.read_text().replace(",open door,open,3,door,3,", ",open the door,open,3,door,3,"))
+    s = run_extract(cfg)
+    assert s.reannotated == 1 and s.written == 1 and s.retryable == 0
