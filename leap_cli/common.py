@@ -378,6 +378,13 @@ def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
         # in the order `cat X.shard*ofN.jsonl` joined them: the shell sorts the names (shard10 before shard2)
         joined = sorted(have, key=lambda ip: ip[1].name)
         counted = [(p, *_lines(p)) for _, p in joined]
+        last_index, last = joined[-1]
+        if counted[-1][1] and not counted[-1][2] and not _last_line_whole(last) and not _last_line_whole(path):
+            # (the part `cat` put last ends in a record cut short, and so does the merge: the line counts agree)
+            raise LeapError(f"ends in a record cut short: {last.name}, the part `cat` joined last, was killed while "
+                            "writing it", path=path,
+                            fix=f"run part {last_index}/{count} again with the command that wrote it (it drops the cut "
+                                f"record and does it again), then merge again: {merge_command(path, count)}")
         if lines < sum(n for _, n, _ in counted):
             lacking = set().union(*(_ids(p) for p, _, _ in counted)) - _ids(path)
             if lacking:

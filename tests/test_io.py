@@ -505,3 +505,10 @@ def test_a_cut_part_is_named_in_the_order_cat_joined_the_parts(tmp_path):
     merged.write_text("".join(parts[i].read_text() for i in sorted(parts, key=lambda i: parts[i].name)))
     with pytest.raises(LeapError, match=r"train.shard11of12.jsonl ends in a record cut short .*run part 11/12 again"):
         merged_input(merged)
+    # the part `cat` joins last (shard9) cut: the line counts agree, and the lost record went unsaid
+    parts[11].write_text("".join(json.dumps({"narration_id": f"P11_{k}"}) + "\n" for k in range(2)))
+    parts[9].write_text(parts[9].read_text()[:-15])
+    merged.write_text("".join(parts[i].read_text() for i in sorted(parts, key=lambda i: parts[i].name)))
+    with pytest.raises(LeapError, match=r"ends in a record cut short: train.shard9of12.jsonl, the part `cat` joined "
+                                        r"last.*run part 9/12 again"):
+        merged_input(merged)

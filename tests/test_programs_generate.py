@@ -304,7 +304,8 @@ def test_batch_settings_are_recorded_when_the_requests_are_written(workdir, good
     results = tmp_path / "results.jsonl"
     with pytest.raises(LeapError, match="other settings.*model"):  # the file does not exist yet: the sidecar speaks
         ingest_batch(dataclasses.replace(cfg, model="gpt-other"), results_file(results, lines))
-    with pytest.raises(LeapError, match=r"\[line 2\]: custom_id 'P99_01_0' is not a segment.*nothing was ingested"):
+    with pytest.raises(LeapError, match=r"\[line 2\]: custom_id 'P99_01_0' is not in the split CSV now \(nothing was "
+                                        r"ingested\).*delete that result's line"):
         ingest_batch(cfg, results_file(results, lines[:1] + [{**lines[1], "custom_id": "P99_01_0"}]))
     assert not cfg.out_path.exists()
     assert ingest_batch(cfg, results_file(results, lines)) == {"valid": 1, "invalid": 1, "failed": 1}
@@ -1793,7 +1794,8 @@ def test_a_program_of_a_clip_that_changed_since_is_made_again(workdir, good_prog
         batch = tmp_path / "batch.jsonl"
         assert write_batch_file(dataclasses.replace(cfg, backend="openai"), batch) == 1
         assert read_jsonl(batch)[0]["custom_id"].partition("@")[0] == other
-    # a record of a leap that kept no clip hash is taken as it is
+    # a record of a leap that kept no clip hash is compared by its prompt (narration-only: made from the CSV as it is
+    # now): the one whose narration changed since is asked for again, the others are taken as they are
     out = workdir / "programs" / "val.jsonl"
     recs = records(workdir)
     for r in recs:
@@ -1801,7 +1803,7 @@ def test_a_program_of_a_clip_that_changed_since_is_made_again(workdir, good_prog
     out.write_text("".join(json.dumps(r) + "\n" for r in recs))
     with ScriptedServer(script) as server:
         s = generate_programs(config(workdir, server, data=workdir / "kitchen"))
-        assert s.reclipped == 0 and s.total == 0 and not server.requests
+        assert s.reclipped == 1 and s.total == 1 and [narration_id_of(b) for b in server.requests] == [other]
 
 
 def test_a_program_whose_descriptor_record_was_made_again_is_made_again(workdir):
@@ -1929,3 +1931,21 @@ def test_batch_results_for_descriptor_records_of_other_annotations_say_to_extrac
     result = {"custom_id": ids[0], "response": {"status_code": 200, "body": completion("{}")}}
     with pytest.raises(LeapError, match=r"its descriptor record was made from other annotations .*run leap extract"):
         ingest_batch(cfg, results_file(tmp_path / "o.jsonl", [result]))
+
+
+def test_a_narration_only_program_of_an_earlier_leap_is_made_again_when_its_prompt_changed(workdir):
+    cfg = GenerateConfig(workdir=workdir, split="val", data=workdir / "kitchen")
+    generate_programs(cfg)
+    out = workdir / "programs" / "val.jsonl"
+    old = records(workdir)
+    for r in old:
+        del r["provenance"]["clip_hash"]  # (as a leap before clip hashes wrote them)
+    out.write_text("".join(json.dumps(r) + "\n" for r in old))
+    assert generate_programs(cfg).total == 0
+    csv = workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv"
+    lines = csv.read_text().splitlines()
+    narration = lines[1].split(",")[8]
+    csv.write_text("\n".join([lines[0], lines[1].replace(f",{narration},", f",{narration} again,", 1)] + lines[2:])
+                   + "\n")
+    s = generate_programs(cfg)
+    assert s.reclipped == 1 and s.total == 1

@@ -764,12 +764,14 @@ def test_a_sigterm_right_after_the_first_is_the_same_stop(monkeypatch) -> None:
 
     monkeypatch.setattr(GracefulStop, "SAME_STOP_SECONDS", 5.0)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "all_reduce", lambda t: t.fill_(1.0))
-    for own in (signal.SIGTERM, signal.SIGINT):
-        with GracefulStop(SimpleNamespace(is_main=False, world_size=2, device="cpu")) as stop:
-            assert stop() and stop.received == "SIGTERM"
-            os.kill(os.getpid(), own)  # the same stop, and the rank's exit status is its own signal's
-            assert stop.received == signal.Signals(own).name
+    for sent in ("SIGINT", "SIGTERM"):  # the other rank's signal is this rank's too (it exited 143 for a SIGINT)
+        monkeypatch.setattr(torch.distributed, "all_reduce",
+                            lambda t, op=None: t.fill_(float(GracefulStop.SIGNALS.index(sent) + 1)))
+        for own in (signal.SIGTERM, signal.SIGINT):
+            with GracefulStop(SimpleNamespace(is_main=False, world_size=2, device="cpu")) as stop:
+                assert stop() and stop.received == sent
+                os.kill(os.getpid(), own)  # the same stop, and the rank's exit status is its own signal's
+                assert stop.received == signal.Signals(own).name
 
 
 def test_resume_without_the_pretrained_set_is_accepted(tmp_path: Path) -> None:

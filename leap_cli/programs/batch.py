@@ -139,6 +139,12 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
                             path=results_path, record=f"line {i}",
                             fix="run leap extract for this split first (it makes only those records again), then "
                                 "ingest this file again: its results are kept as the old clips' programs")
+        if nid not in by_id and inputs.segments and nid not in inputs.segments and by_id.keys() & {
+                x["custom_id"].partition("@")[0] for x in lines}:  # (the others are this split's: a row removed)
+            raise LeapError(f"custom_id {line['custom_id']!r} is not in the split CSV now (nothing was ingested)",
+                            path=results_path, record=f"line {i}",
+                            fix="ingest with the CSV the batch file was written from, or delete that result's line "
+                                "(its row was removed since)")
         if nid not in by_id:
             raise LeapError(f"custom_id {line['custom_id']!r} is not a segment of the input (nothing was ingested)",
                             path=results_path, record=f"line {i}",

@@ -176,7 +176,8 @@ def clip_changed(inputs: Inputs, builder: PromptBuilder) -> Callable[[dict], boo
     input's (extract made the descriptor record again, from other annotations or with a component fixed, or the
     segment's annotation changed). A record of a leap that kept no clip hash is compared by its prompt's hash, where
     its descriptor record was made again since (a record of that leap has no annotation_hash; the others are as
-    they were); records of segments not in the input are taken as they are."""
+    they were) or the input is narration-only (made from the CSV as it is now); records of segments not in the input
+    are taken as they are."""
     by_id = {r["narration_id"]: r for r in inputs.records}
 
     def changed(record: dict) -> bool:
@@ -186,8 +187,8 @@ def clip_changed(inputs: Inputs, builder: PromptBuilder) -> Callable[[dict], boo
             return False
         if "clip_hash" in prov:
             return prov["clip_hash"] != clip_hash(inputs, source)
-        if "annotation_hash" not in source:
-            return False
+        if "annotation_hash" not in source and inputs.extracted != "narration-only":
+            return False  # (a narration-only record is made from the CSV as it is now: its prompt is compared)
         info = clip_info(source, inputs.segments.get(source["narration_id"]))
         return prov.get("prompt_hash") != builder.prompt(info).hash[:16]
 

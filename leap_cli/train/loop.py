@@ -395,10 +395,16 @@ class GracefulStop:
     def __call__(self) -> bool:
         flag = self.received is not None
         if self.info.world_size > 1 and torch.distributed.is_initialized():
-            t = torch.tensor([1.0 if flag else 0.0], device=self.info.device)
-            torch.distributed.all_reduce(t)
+            # the signal travels with the flag (0 none, 1 SIGINT, 2 SIGTERM; the highest wins): every rank stops
+            # for the signal that was sent, and exits with its status
+            t = torch.tensor([float(self.SIGNALS.index(self.received) + 1) if flag else 0.0], device=self.info.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
             if t.item() > 0 and self.received is None:  # another rank was signalled: this rank's own signal, a
-                self.received, self._at, self._peer = "SIGTERM", time.monotonic(), True  # moment later, is the same
+                # moment later, is the same stop
+                self.received, self._at, self._peer = self.SIGNALS[int(t.item()) - 1], time.monotonic(), True
+                if self.info.is_main:
+                    log.warning("%s received by another rank: stopping at the next step boundary and saving "
+                                "checkpoints/last.pt", self.received)
             return t.item() > 0
         return flag
 
