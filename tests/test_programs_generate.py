@@ -1949,3 +1949,32 @@ def test_a_narration_only_program_of_an_earlier_leap_is_made_again_when_its_prom
                    + "\n")
     s = generate_programs(cfg)
     assert s.reclipped == 1 and s.total == 1
+
+
+def test_a_file_holding_a_record_twice_counts_its_last_line_in_batch_mode(workdir, good_programs, tmp_path):
+    """A run killed before the rewrite that drops a redone record's old line leaves both lines; a live run keeps
+    the last, but --batch-file asked again (paid) for a record remade since its clip changed, and --ingest replaced
+    it, because the old line's clip was another. --dry-run showed no prompt of a clip that changed."""
+    from leap_cli.programs.generate import dry_run
+
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    csv = workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv"
+    lines = csv.read_text().splitlines()
+    nid, narration = lines[2].split(",")[0], lines[2].split(",")[8]
+    out = workdir / "programs" / "val.jsonl"
+    with ScriptedServer(script) as server:
+        cfg = config(workdir, server, data=workdir / "kitchen")
+        generate_programs(cfg)
+        old = next(r for r in records(workdir) if r["narration_id"] == nid)
+        lines[2] = lines[2].replace(f",{narration},", f",{narration} again,", 1)
+        csv.write_text("\n".join(lines) + "\n")
+        assert f"{narration} again" in dry_run(cfg)  # the prompt a run sends first (it showed none was left)
+        assert generate_programs(cfg).reclipped == 1
+    kept = out.read_text().splitlines()
+    out.write_text(json.dumps(old) + "\n" + "\n".join(kept) + "\n")  # (the old line, as a kill leaves it)
+    batch_cfg = dataclasses.replace(cfg, backend="openai")
+    assert write_batch_file(batch_cfg, tmp_path / "b.jsonl") == 0
+    new = next(r for r in read_jsonl(out) if r["narration_id"] == nid and r != old)
+    ok = {"custom_id": f"{nid}@{new['provenance']['clip_hash']}",
+          "response": {"status_code": 200, "body": completion(json.dumps(good_programs[nid]))}}
+    assert ingest_batch(batch_cfg, results_file(tmp_path / "o.jsonl", [ok])) == {"already_present": 1}

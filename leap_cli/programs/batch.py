@@ -19,10 +19,10 @@ from collections import Counter
 from pathlib import Path
 
 from leap_cli.errors import LeapError
-from leap_cli.io import JsonlAppender, atomic_path, read_jsonl, settings_path
+from leap_cli.io import JsonlAppender, atomic_path, settings_path
 from leap_cli.programs.backends import reply_cut, reply_problem, reply_text, reply_usage
 from leap_cli.programs.generate import (GenerateConfig, ProgramGenerator, _setup, check_output, clip_changed, clip_hash,
-                                       token_limit_finding)
+                                       kept_and_redone, output_records, token_limit_finding)
 from leap_cli.programs.prompt import clip_info
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
@@ -49,10 +49,7 @@ def write_batch_file(cfg: GenerateConfig, path) -> int:
     cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
     check_output(cfg, builder, inputs)
-    changed = clip_changed(inputs, builder)  # (a record made from a clip that has changed since is asked for again)
-    old = read_jsonl(cfg.out_path) if cfg.out_path.exists() else []
-    again = {r["narration_id"] for r in old if changed(r) and not cfg.redo(r)}
-    done = {r["narration_id"] for r in old if not cfg.redo(r)} - again
+    done, again = kept_and_redone(cfg, inputs, builder)  # (one made from a clip that has changed since: asked again)
     records = [r for r in inputs.records if r["narration_id"] not in done]
     if cfg.limit is not None:
         records = records[: cfg.limit]
@@ -153,10 +150,10 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
     gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg.model), None, builder)  # type: ignore[arg-type]
     counts: Counter = Counter()
     # replaced by a result: a failed record, and with --retry-invalid an invalid one
-    old = read_jsonl(cfg.out_path) if cfg.out_path.exists() else []
-    invalid = {r["narration_id"] for r in old if r.get("status") == "invalid"}
+    old = output_records(cfg)
+    invalid = {nid for nid, r in old.items() if r.get("status") == "invalid"}
     changed = clip_changed(inputs, builder)
-    replaced = ({r["narration_id"] for r in old if r.get("status") == "failed" or changed(r)}
+    replaced = ({nid for nid, r in old.items() if r.get("status") == "failed" or changed(r)}
                 | (invalid if cfg.retry_invalid else set()))
 
     def result(line: dict) -> dict:

@@ -195,6 +195,30 @@ def clip_changed(inputs: Inputs, builder: PromptBuilder) -> Callable[[dict], boo
     return changed
 
 
+def output_records(cfg: GenerateConfig) -> dict[str, dict]:
+    """The output's record of each narration id, as a run resumes it: the last line of a key (a file holding one
+    twice, from a run killed before its rewrite, is what the next run rewrites to its last lines)."""
+    if not cfg.out_path.exists():
+        return {}
+    return {r["narration_id"]: r for _, r in iter_jsonl(cfg.out_path)
+            if isinstance(r, dict) and isinstance(r.get("narration_id"), str)}
+
+
+def kept_and_redone(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder) -> tuple[set[str], set[str]]:
+    """(kept, reclipped): the narration ids whose record in the output a run keeps, and those it makes again
+    because their clip changed since (``clip_changed``); the rest of the output's (``cfg.redo``: --retry-errors,
+    --retry-invalid) and the input's segments without a record are made too. A live run finds the same as it opens
+    the output (``_generate``'s test of each line)."""
+    changed = clip_changed(inputs, builder)
+    kept, reclipped = set(), set()
+    for nid, r in output_records(cfg).items():
+        if changed(r):
+            reclipped.add(nid)
+        elif not cfg.redo(r):
+            kept.add(nid)
+    return kept, reclipped
+
+
 def load_inputs(cfg: GenerateConfig) -> Inputs:
     """Descriptor records of the split (or narration-only ones from the annotations), labels and classes."""
     ann = annotations_for(cfg)
@@ -629,8 +653,7 @@ def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
         if not records:
             raise LeapError(f"segment {narration_id} is not in the input", fix="check --split and the narration id")
     elif records and cfg.out_path.exists():  # the first segment a run would send: not one with its record
-        done = {r["narration_id"] for _, r in iter_jsonl(cfg.out_path) if isinstance(r, dict) and "narration_id" in r
-                and not cfg.redo(r)}
+        done = kept_and_redone(cfg, inputs, builder)[0]
         records = [r for r in records if r["narration_id"] not in done]
         if not records:
             raise LeapError("every segment of the input has its record in the output", path=cfg.out_path,
