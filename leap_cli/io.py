@@ -70,6 +70,27 @@ def check_writable(folder: str | Path, option: str, files: tuple[str, ...] = ())
                         fix=f"give {option} a folder you can write") from None
 
 
+LOW_DISK_BYTES = 32 << 20  # below this free, a stage that pays for its work (LLM requests) asks for no more
+
+
+def short_of_space(folders: Iterable[str | Path], need: int = LOW_DISK_BYTES) -> tuple[Path, int] | None:
+    """(folder, free bytes) of the first of ``folders`` whose file system has less than ``need`` free (None: all
+    have it, or cannot be asked). A paid reply that cannot be written is paid again by the next run."""
+    import shutil
+
+    for folder in folders:
+        folder = Path(folder)
+        while not folder.exists() and folder != folder.parent:  # (an output folder not made yet: its disk)
+            folder = folder.parent
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        if free < need:
+            return folder, free
+    return None
+
+
 def _naming_target(e: OSError, path: Path) -> OSError:
     """The user knows the output, not our temp file beside it: an error on the temp file (its creation in a
     read-only folder, the rename onto the output) names the output."""

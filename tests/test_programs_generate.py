@@ -1978,3 +1978,36 @@ def test_a_file_holding_a_record_twice_counts_its_last_line_in_batch_mode(workdi
     ok = {"custom_id": f"{nid}@{new['provenance']['clip_hash']}",
           "response": {"status_code": 200, "body": completion(json.dumps(good_programs[nid]))}}
     assert ingest_batch(batch_cfg, results_file(tmp_path / "o.jsonl", [ok])) == {"already_present": 1}
+
+
+def test_no_paid_request_is_sent_while_the_disk_is_nearly_full(workdir, good_programs, monkeypatch):
+    """A rerun on the disk a run had filled sent its requests, then failed to write their replies (the cache's
+    commit, the output): each rerun paid again for the same segments, and left the spend out of --max-cost's
+    ledger. A run stops asking when the disk gets that full, and writes the replies in flight."""
+    import shutil
+
+    real = shutil.disk_usage
+    low = [True]
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: real(p)._replace(free=1 << 20) if low[0] else real(p))
+
+    def script(body, n):
+        if len(server.requests) == 2:  # the disk fills while the run goes on
+            low[0] = True
+        return Reply(json.dumps(good_programs[narration_id_of(body)]), delay=0.35)
+
+    with ScriptedServer(script) as server:
+        cfg = config(workdir, server, concurrency=1)
+        with pytest.raises(LeapError, match=r"only 1\.0 MiB free on the disk holding this folder: no request was sent"):
+            generate_programs(cfg)
+        assert not server.requests
+        low[0] = False
+        with pytest.raises(LeapError, match="no more requests were sent .the replies in flight were written"):
+            generate_programs(cfg)
+        sent = len(server.requests)
+        assert 2 <= sent < N_SEGMENTS and len(records(workdir)) == sent  # (each paid reply is written)
+        low[0] = False
+        assert generate_programs(cfg).total == N_SEGMENTS - sent and len(server.requests) == N_SEGMENTS
+    # the offline backend pays nothing: it runs on
+    low[0] = True
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val", out=workdir / "programs" / "offline.jsonl"))
+    assert s.statuses["valid"] + s.statuses["invalid"] == N_SEGMENTS

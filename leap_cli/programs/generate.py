@@ -34,8 +34,8 @@ from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, merged_
 from leap_cli.epic.annotations import Annotations, Segment, made_from_other_annotations, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import (JsonlAppender, MixedParts, check_settings, iter_jsonl, merge_command, part_of, read_jsonl,
-                         stable_hash, stored_settings, writer_of)
+from leap_cli.io import (LOW_DISK_BYTES, JsonlAppender, MixedParts, check_settings, iter_jsonl, merge_command, part_of,
+                         read_jsonl, short_of_space, stable_hash, stored_settings, writer_of)
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, OfflineBackend, OpenAIBackend,
                                        Request, RetryPolicy, check_extra_body)
@@ -202,6 +202,21 @@ def output_records(cfg: GenerateConfig) -> dict[str, dict]:
         return {}
     return {r["narration_id"]: r for _, r in iter_jsonl(cfg.out_path)
             if isinstance(r, dict) and isinstance(r.get("narration_id"), str)}
+
+
+def disk_short(cfg: GenerateConfig, *, before: bool = True) -> LeapError | None:
+    """The refusal to ask for more (paid) programs while the output's or the cache's disk is nearly full
+    (``io.LOW_DISK_BYTES``): a reply that cannot be written is paid again by the next run. ``before``: no request
+    of this run was sent yet."""
+    low = short_of_space(dict.fromkeys([cfg.out_path.parent, cfg.cache_path.parent]))
+    if low is None:
+        return None
+    folder, free = low
+    done = ("no request was sent" if before else
+            "no more requests were sent (the replies in flight were written; the programs so far are kept)")
+    return LeapError(f"only {free / 2**20:.1f} MiB free on the disk holding this folder: {done}", path=folder,
+                     fix=f"free disk space there (leap asks for programs only with {LOW_DISK_BYTES >> 20} MiB free), "
+                         "then run the same command again: it asks only for what is missing")
 
 
 def kept_and_redone(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder) -> tuple[set[str], set[str]]:
@@ -749,6 +764,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         if cfg.limit is not None:
             pending = pending[: cfg.limit]
         summary.total = len(pending)
+        if pending and store is not None and (low := disk_short(cfg)):  # (a rerun on the disk a run filled paid
+            raise low  # again each time for the replies it could not write, and left them out of the ledger)
         # the inputs live until the end: out of the collector's sight, a full collection does not walk them
         # again and again (~0.1 s per pass with 60k objects, all at once, while 32 replies wait)
         if use_check_process(cfg, backend, len(pending)):  # started (~0.2 s) before the first request
@@ -784,6 +801,12 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             for record in queue:
                 if stop.signum is not None or over_budget():
                     return
+                if store is not None and unwritten[0] is None and time.monotonic() >= disk_checked[0] + 1.0:
+                    disk_checked[0] = time.monotonic()  # (once a second: a statvfs is ~2 us, a request ~1 ms of CPU)
+                    if (low := disk_short(cfg, before=False)) is not None:  # the replies in flight are still written
+                        unwritten[0] = low
+                        gen._halted = True
+                        return
                 try:
                     result = await gen.run_one(record)
                 except NoMoreRequests:
@@ -807,7 +830,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                 # (a backend that never waits, offline or cache hits, still lets Ctrl-C in: run_one's _turn)
 
         said: list[str | None] = [None]
-        unwritten: list[OSError | None] = [None]  # the first write of the output that failed
+        unwritten: list[Exception | None] = [None]  # the first write of the output that failed (or the disk filling)
+        disk_checked = [time.monotonic()]  # (checked before the first request)
 
         async def watch() -> None:  # a held server on the progress line: minutes without a record say nothing
             while True:
