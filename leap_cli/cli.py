@@ -153,10 +153,20 @@ def _other_rank() -> int | None:
     return rank if world > 1 and rank > 0 else None
 
 
+def _again(plain: str = "the same command") -> str:
+    """How to go on after a stop: the same command (``plain``), but without what would start it over, and
+    ``leap train`` with --resume (the same command is refused beside its checkpoint)."""
+    args = set(sys.argv[1:])
+    forced = {"--force", "--overwrite"} & args  # the same command would start over again
+    if forced:
+        return f"the same command without {min(forced)}"
+    if _state.get("command") == "train" and "--resume" not in args:
+        return "the same command with --resume"
+    return plain
+
+
 def _interrupted() -> None:
-    forced = {"--force", "--overwrite"} & set(sys.argv[1:])  # the same command would start over again
-    again = f"the same command without {min(forced)}" if forced else "the same command"
-    kept = _KEPT.get(_state.get("command"), f"finished records were kept; run {again} to resume")
+    kept = _KEPT.get(_state.get("command"), f"finished records were kept; run {_again()} to resume")
     if _other_rank() is not None:  # rank 0 says it once for the job
         sys.exit(128 + signal.SIGTERM if _state.get("sigterm") else EXIT_INTERRUPTED)
     if _state.get("sigterm"):
@@ -189,13 +199,13 @@ def _print_error(text: str) -> None:
     err_console.print(f"[bold red]error:[/] {printable(where + text, one_line=True)}", highlight=False, soft_wrap=True)
 
 
-_OS_FIX = {  # ("the output options": --workdir, --out, or validate-programs' --report)
-    errno.ENOSPC: "free space on that file system or point the output options elsewhere, then run the same command "
-                  "again (the stages that resume keep their finished work)",
-    errno.EDQUOT: "free space within your quota or point the output options elsewhere, then run the same command "
-                  "again (the stages that resume keep their finished work)",
+_OS_FIX = {  # ("the output options": --workdir, --out, or validate-programs' --report; {again}: _again())
+    errno.ENOSPC: "free space on that file system or point the output options elsewhere, then run {again} "
+                  "(the stages that resume keep their finished work)",
+    errno.EDQUOT: "free space within your quota or point the output options elsewhere, then run {again} "
+                  "(the stages that resume keep their finished work)",
     errno.EFBIG: "the file outgrew a file-size limit (ulimit -f, a job scheduler's) or the file system's: lift it or "
-                 "point the output options at another file system, then run the same command again",
+                 "point the output options at another file system, then run {again}",
     errno.EROFS: "the file system is read-only: point the output options (--workdir, --out, --report) at a writable "
                  "folder",
     errno.EACCES: "check the permissions of that path or point the output options at a folder you can write",
@@ -215,7 +225,7 @@ def os_error_line(e: OSError) -> str:
     if e.filename2 is not None:
         where = f"{e.filename} -> {e.filename2}: "
     reason = e.strerror or os.strerror(e.errno)
-    fix = _OS_FIX.get(e.errno, "check that path and run the same command again")
+    fix = _OS_FIX.get(e.errno, "check that path and run {again}").format(again=_again("the same command again"))
     return f"{where}{reason} ({fix})"
 
 

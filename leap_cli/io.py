@@ -91,9 +91,9 @@ def short_of_space(folders: Iterable[str | Path], need: int = LOW_DISK_BYTES) ->
     return None
 
 
-def _naming_target(e: OSError, path: Path) -> OSError:
+def naming_target(e: OSError, path: Path) -> OSError:
     """The user knows the output, not our temp file beside it: an error on the temp file (its creation in a
-    read-only folder, the rename onto the output) names the output."""
+    read-only folder, a write to it, the rename onto the output) names the output."""
     name = Path(e.filename).name if e.filename is not None else ""
     if name.startswith(f".{path.name}.") and name.endswith(".tmp"):  # mkstemp's name, or os.replace's source
         e.filename, e.filename2 = str(path), None
@@ -171,7 +171,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_temp_tag()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise _naming_target(e, path) from None
+        raise naming_target(e, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -184,7 +184,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.chmod(tmp_path, mode)
             os.replace(tmp_path, path)
         except OSError as e:
-            raise _naming_target(with_path(e, path), path)
+            raise naming_target(with_path(e, path), path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

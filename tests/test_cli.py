@@ -181,6 +181,23 @@ def test_a_file_size_limit_says_so_and_a_tilde_is_the_home_folder(tmp_path, monk
     assert not (tmp_path / "~").exists() and str(tmp_path / "w") in err, err
 
 
+def test_a_full_disk_says_how_to_go_on_in_each_command(monkeypatch):
+    """ENOSPC told `leap train` to run the same command again, which is refused beside the run's checkpoint, and
+    a --force run to run it again, which starts over."""
+    import errno
+
+    from leap_cli import cli
+
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/w/runs/r/checkpoints/last.pt")
+    for argv, says in [(["train", "--config", "c"], "then run the same command with --resume (the stages"),
+                       (["train", "--config", "c", "--resume"], "then run the same command again"),
+                       (["build-shards", "--force"], "then run the same command without --force"),
+                       (["extract"], "then run the same command again (the stages")]:
+        monkeypatch.setattr(sys, "argv", ["leap", *argv])
+        monkeypatch.setitem(cli._state, "command", argv[0])
+        assert says in cli.os_error_line(full), (argv, cli.os_error_line(full))
+
+
 def test_read_only_workdir_is_one_line(tmp_path, monkeypatch, capsys):
     import errno
     import tempfile

@@ -1120,3 +1120,32 @@ def test_records_made_again_for_new_annotations_are_not_offered_to_retry_errors(
     csv.write_text(csv.read_text().replace(",open door,open,3,door,3,", ",open the door,open,3,door,3,"))
     s = run_extract(cfg)
     assert s.reannotated == 1 and s.written == 1 and s.retryable == 0
+
+
+def test_a_full_disk_under_the_frame_cache_names_the_way_on_without_it(kitchen, tmp_path, monkeypatch):
+    """ENOSPC writing the frame cache said to free space or move the output options: the cache is optional, and
+    --frame-cache none (or another folder) goes on. The records finished before are kept either way."""
+    import errno
+    import os
+
+    from leap_cli.errors import LeapError
+    from leap_cli.extract import cache as cache_mod
+
+    real = cache_mod.atomic_write_bytes
+    written = []
+
+    def fills(path, data, **kw):
+        if written:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        written.append(path)
+        return real(path, data, **kw)
+
+    monkeypatch.setattr(cache_mod, "atomic_write_bytes", fills)
+    out = tmp_path / "t.jsonl"
+    with pytest.raises(LeapError, match="No space left on device .writing extract's frame cache.*--frame-cache "
+                                        "none .the cache only spares build-shards a decode") as e:
+        run_extract(_cfg(kitchen, out, components=("camera",), frame_cache=tmp_path / "fc"))
+    assert str(tmp_path / "fc") in str(e.value)
+    assert len(read_jsonl(out)) == 1  # (the first segment's, before the disk filled)
+    s = run_extract(_cfg(kitchen, out, components=("camera",), frame_cache=None))
+    assert s.written == len(SEGMENTS) - 1 and len(read_jsonl(out)) == len(SEGMENTS)

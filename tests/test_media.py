@@ -372,3 +372,30 @@ def test_leap_info_says_what_is_under_a_video_name_that_is_not_a_video(tmp_path)
     (videos / "P01_01.MP4").symlink_to(tmp_path / "unmounted.MP4")
     r = leap("info", "--data", str(tmp_path / "k"))
     assert f"P01_01.MP4 is a link to {tmp_path / 'unmounted.MP4'}, which is not there" in " ".join(r.stdout.split())
+
+
+def test_a_full_disk_while_a_video_is_written_names_the_video(tmp_path):
+    """demo-data on a full disk named the writer's temp file (deleted by then), not the video it was making."""
+    import errno
+
+    from leap_cli.media.write import Mp4Writer
+
+    out = tmp_path / "P01_01.MP4"
+    writer = Mp4Writer(out, 64, 48, 50.0)
+    real = writer._container
+
+    class Full:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def mux(self, packet):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(writer._tmp))
+
+    writer._container = Full()
+    with pytest.raises(OSError) as e:
+        for _ in range(30):  # (the encoder holds a few frames before its first packet)
+            writer.write(np.zeros((48, 64, 3), np.uint8))
+    writer._container = real
+    writer.abort()
+    assert e.value.filename == str(out) and e.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []

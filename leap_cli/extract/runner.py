@@ -404,6 +404,20 @@ def _planned_frames(ctx: SegmentContext, components: list[Component], cache: "Fr
     return plan
 
 
+def _cache_write_error(e: OSError, cache: "FrameCache") -> OSError | LeapError:
+    """A full disk (or quota, or file-size limit) under the frame cache: the cache is extract's gift to
+    build-shards, not its output, so the way on without it is named too."""
+    import errno
+
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return e
+    return LeapError(f"{e.strerror or os.strerror(e.errno)} (writing extract's frame cache)",
+                     path=e.filename or cache.root,
+                     fix=f"free space there, or give --frame-cache a folder on another disk, or --frame-cache none (the "
+                         "cache only spares build-shards a decode of the videos), then run the same command again: "
+                         "the finished records are kept")
+
+
 def describe_video(layout: DatasetLayout, segments: list[Segment], components: list[Component],
                    fps: float, cache: "FrameCache | None" = None) -> list[tuple[dict, dict[str, float]]]:
     """Records (and per-component seconds) for the segments of one video, in order."""
@@ -458,7 +472,10 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
         timings[comp.name] = time.perf_counter() - t0 - (video.decode_seconds - d0)
     if cache is not None:
         t0, d0 = time.perf_counter(), video.decode_seconds
-        cache.store(ctx, seg)
+        try:
+            cache.store(ctx, seg)
+        except OSError as e:
+            raise _cache_write_error(e, cache) from None
         timings["frame-cache"] = time.perf_counter() - t0 - (video.decode_seconds - d0)
     timings["decode"] = video.decode_seconds - decode0
     record = {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),

@@ -9,7 +9,7 @@ from typing import Iterable
 
 import numpy as np
 
-from leap_cli.io import atomic_path
+from leap_cli.io import atomic_path, naming_target
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 90, *, colour: str = "rgb") -> bytes:
@@ -72,19 +72,21 @@ class Mp4Writer:
     def write(self, rgb: np.ndarray) -> None:
         import av
 
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+        self._encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"))
+
+    def _encode(self, frame) -> None:
+        try:
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        except OSError as e:  # (a full disk: the error names the temp file being written, which is then deleted)
+            raise naming_target(e, self.path)
         self.frames += 1
 
     def write_yuv420p(self, planes: np.ndarray) -> None:
         """Write one frame given as stacked yuv420p planes ``[H * 3 // 2, W]`` (skips the RGB conversion)."""
         import av
 
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(planes), format="yuv420p")
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
-        self.frames += 1
+        self._encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(planes), format="yuv420p"))
 
     def close(self, audio: np.ndarray | None = None) -> None:
         import av
