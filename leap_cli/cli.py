@@ -158,6 +158,8 @@ def _again(plain: str = "the same command") -> str:
     ``leap train`` with --resume (the same command is refused beside its checkpoint)."""
     args = set(sys.argv[1:])
     forced = {"--force", "--overwrite"} & args  # the same command would start over again
+    if forced and _state.get("command") == "train":
+        return f"the same command with --resume instead of {min(forced)}"
     if forced:
         return f"the same command without {min(forced)}"
     if _state.get("command") == "train" and "--resume" not in args:

@@ -192,6 +192,7 @@ def test_a_full_disk_says_how_to_go_on_in_each_command(monkeypatch):
     for argv, says in [(["train", "--config", "c"], "then run the same command with --resume (the stages"),
                        (["train", "--config", "c", "--resume"], "then run the same command again"),
                        (["build-shards", "--force"], "then run the same command without --force"),
+                       (["train", "--force"], "then run the same command with --resume instead of --force"),
                        (["extract"], "then run the same command again (the stages")]:
         monkeypatch.setattr(sys, "argv", ["leap", *argv])
         monkeypatch.setitem(cli._state, "command", argv[0])
