@@ -295,6 +295,78 @@ class OutputLock:
         self.release()
 
 
+class ShardReaders:
+    """Who reads a shards folder (``leap train``, ``leap evaluate``: a shared ``flock`` on ``FOLDER/.readers.lock``
+    for the whole command) and who rewrites it (``leap build-shards`` writing or deleting shards: exclusive).
+    build-shards --force deleted the shards under a running training, which then stopped on a "corrupt shard" that
+    check-shards found whole. A folder where the lock file cannot be made (read-only shards) takes no lock: nothing
+    can rewrite it either."""
+
+    NAME = ".readers.lock"
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._fd: int | None = None
+        self._mode = 0
+
+    def _open(self) -> int | None:
+        path = self.folder / self.NAME
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):  # (a lock file of another user: flock takes it read-only)
+            try:
+                return os.open(path, flags, 0o666)
+            except OSError:
+                continue
+        return None
+
+    def _take(self, shared: bool) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # not on POSIX: no lock
+            return True
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        if self._mode == mode:
+            return True
+        fd = self._fd if self._fd is not None else self._open()
+        if fd is None:
+            return True
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if self._fd is None:
+                os.close(fd)
+            return False
+        except OSError:  # (a file system without locks)
+            pass
+        self._fd, self._mode = fd, mode
+        return True
+
+    def read(self) -> "ShardReaders":
+        """Take the shared lock (refused while build-shards rewrites the folder)."""
+        if not self._take(shared=True):
+            raise LeapError("leap build-shards is writing these shards", path=self.folder,
+                            fix="wait for it to finish, then run this again")
+        return self
+
+    def write(self) -> "ShardReaders":
+        """Take the exclusive lock before a shard is written or deleted (refused while a command reads them)."""
+        if not self._take(shared=False):
+            raise LeapError("a leap train or evaluate is reading these shards: rewriting them now would change its "
+                            "data under it", path=self.folder,
+                            fix="wait for it to finish (or stop it), or build into another --out")
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd, self._mode = None, 0
+
+    def __enter__(self) -> "ShardReaders":
+        return self.read()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 SETTINGS_SUFFIX = ".settings.json"
 
 

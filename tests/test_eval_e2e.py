@@ -749,3 +749,23 @@ def test_show_of_a_run_without_program_heads_says_why(pipeline, tmp_path):
     with pytest.raises(LeapError) as e:
         predicted_program(tmp_path / "off", "P01_03_0", work / "shards" / "val")
     assert e.value.fix == "train with model.program_heads and loss.program_loss on"
+
+
+def test_an_evaluation_holds_its_shards_against_a_rebuild(pipeline, tmp_path):
+    """build-shards --force could delete the shards an evaluation was reading (as it did a training's)."""
+    from leap_cli.errors import LeapError
+    from leap_cli.evaluate.inference import evaluate_run
+    from leap_cli.io import ShardReaders
+
+    root, work, run, model, vocab = pipeline
+    refused = []
+
+    def rebuild(*_args) -> None:  # (called before the model runs, inside the evaluation)
+        try:
+            ShardReaders(work / "shards" / "val").write().release()
+        except LeapError as e:
+            refused.append(e.message)
+
+    evaluate_run(run, "val", workdir=work, out=tmp_path / "e", device="cpu", check=rebuild)
+    assert len(refused) == 1 and "reading these shards" in refused[0]
+    ShardReaders(work / "shards" / "val").write().release()

@@ -1285,3 +1285,27 @@ def test_a_video_fixed_after_a_sharded_build_is_tried_again_by_its_part(tmp_path
     assert r.written_now and any("tried again" in n for n in r.notes)
     again = build(root, tmp_path / "w")
     assert again.written_now == 0 and again.manifest["counts"]["samples"] == 7 and not again.manifest["skipped"]
+
+
+def test_shards_a_command_reads_are_not_rewritten_under_it(root, tmp_path):
+    """build-shards --force deleted the shards a running `leap train` read: the training stopped on a "corrupt
+    shard" (delete that file...) that check-shards found whole. A reader holds a shared lock on the folder;
+    build-shards writes or deletes shards only under the exclusive one, and a reader waits for no build."""
+    from leap_cli.io import ShardReaders
+
+    out = build(root, tmp_path / "run").out
+    before = tar_digests(out)
+    with ShardReaders(out):  # (as train and evaluate hold it)
+        with pytest.raises(LeapError, match="a leap train or evaluate is reading these shards") as e:
+            build(root, tmp_path / "run", frames=2, overwrite=True)
+        assert "wait for it to finish" in e.value.fix and tar_digests(out) == before
+        assert build(root, tmp_path / "run").written_now == 0  # nothing to write: not refused
+        with ShardReaders(out):  # two readers at once (torchrun's ranks, an evaluation beside a training)
+            pass
+    writer = ShardReaders(out).write()
+    try:
+        with pytest.raises(LeapError, match="leap build-shards is writing these shards"):
+            ShardReaders(out).read()
+    finally:
+        writer.release()
+    assert build(root, tmp_path / "run", frames=2, overwrite=True).manifest["settings"]["frames"] == 2

@@ -1266,3 +1266,24 @@ def test_a_runs_own_config_names_its_run() -> None:
     assert default_name(Path("configs/config.yaml"), resume=True) == "config" and default_name(Path("b16.yaml")) == "b16"
     # without --resume a run's config is a template: `--config runs/base/config.yaml --force` must not wipe base
     assert default_name(Path("work/runs/base/config.yaml")) == "config"
+
+
+def test_a_training_holds_its_shards_against_a_rebuild(shard_work: Path) -> None:
+    """build-shards --force while a training read the shards deleted them under it (the run then stopped on a
+    "corrupt shard"); the training now holds the train and val folders until it ends."""
+    from leap_cli.io import ShardReaders
+
+    refused = []
+
+    def rebuild(_row: dict) -> None:
+        for split in ("train", "val"):
+            try:
+                ShardReaders(shard_work / "shards" / split).write().release()
+            except LeapError as e:
+                refused.append((split, e.message))
+
+    cfg = tiny_config(f"data.train={shard_work / 'shards' / 'train'}", "train.max_steps=1",
+                      "model.options={decoder_dim: 32}")
+    main(cfg, workdir=shard_work, name="held", on_step=rebuild)
+    assert [s for s, _ in refused] == ["train", "val"] and "reading these shards" in refused[0][1]
+    ShardReaders(shard_work / "shards" / "train").write().release()  # let go once the run ended

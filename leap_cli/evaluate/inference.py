@@ -32,6 +32,7 @@ from typing import Callable, Iterable
 import torch
 
 from leap_cli.errors import LeapError
+from leap_cli.io import ShardReaders
 
 log = logging.getLogger(__name__)
 
@@ -333,16 +334,17 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
         raise LeapError(f"the shards are for {manifest_task}, the evaluation is for {task}", path=folder,
                         fix=f"build {task} shards (leap build-shards --task {task}) or pass --shards DIR")
     batch_size = batch_size or int((config.get("data") or {}).get("eval_batch_size", 4))
-    batches, total = shard_batches(folder, ckpt["model_args"], views, batch_size=batch_size, workers=workers)
-    same_targets = _same_targets(ckpt.get("targets"), batches.dataset.manifest.get("targets"), folder, split, task)
-    _same_timing(ckpt.get("shards_timing"), batches.dataset.manifest, folder)
-    if check is not None:  # (not after the scoring of a whole split)
-        check(ckpt["model_args"], [k for sh in batches.dataset.manifest["shards"] for k in sh["keys"]], source, folder)
-    if on_start:
-        on_start(total)
-    scores = predict(model, batches, views=views, device=device, program=True, precision=precision,
-                     end_ids=end_ids_from_model_args(ckpt["model_args"]), on_batch=on_batch, compile=compile,
-                     targets=same_targets)
+    with ShardReaders(folder):  # held until the scores are made: build-shards --force would delete them
+        batches, total = shard_batches(folder, ckpt["model_args"], views, batch_size=batch_size, workers=workers)
+        same_targets = _same_targets(ckpt.get("targets"), batches.dataset.manifest.get("targets"), folder, split, task)
+        _same_timing(ckpt.get("shards_timing"), batches.dataset.manifest, folder)
+        if check is not None:  # (not after the scoring of a whole split)
+            check(ckpt["model_args"], [k for sh in batches.dataset.manifest["shards"] for k in sh["keys"]], source, folder)
+        if on_start:
+            on_start(total)
+        scores = predict(model, batches, views=views, device=device, program=True, precision=precision,
+                         end_ids=end_ids_from_model_args(ckpt["model_args"]), on_batch=on_batch, compile=compile,
+                         targets=same_targets)
     if len(scores["narration_id"]) != total:
         log.warning("scored %d segments, the shards manifest lists %d", len(scores["narration_id"]), total)
     skipped = batches.dataset.manifest.get("skipped") or []

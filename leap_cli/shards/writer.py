@@ -38,8 +38,8 @@ from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
-from leap_cli.io import (JsonlAppender, OutputLock, atomic_write_json, read_jsonl, sha256_file, shard_parts,
-                         stable_hash, with_path, writer_of)
+from leap_cli.io import (JsonlAppender, OutputLock, ShardReaders, atomic_write_json, read_jsonl, sha256_file,
+                         shard_parts, stable_hash, with_path, writer_of)
 from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.shards.format import (FORMAT, check_key, check_part_count, frame_field, jpeg_size, made_with,
@@ -474,13 +474,24 @@ def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
     return appender, kept
 
 
-def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSettings, opener: FrameOpener,
-                 fps: Callable[[str], float], programs: list[dict] | None = None,
-                 programs_path: str | Path | None = None, targets: TargetEncoder | None = None,
-                 sources: dict | None = None, workers: int = 1, shard: ShardSpec = ShardSpec(),
-                 overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
-                 clock: Callable[[str], FrameClock] | None = None, cache: FrameCache | None = None,
-                 program_failures: list[dict] | None = None, adopt: dict | None = None) -> BuildResult:
+def build_shards(segments: list[Segment], *, out: str | Path, **kw) -> BuildResult:
+    """Write the shards of ``segments`` into ``out`` and return the manifest (``_build_shards``); no shard is
+    written or deleted while a leap train or evaluate reads the folder (``io.ShardReaders``)."""
+    gate = ShardReaders(Path(out))
+    try:
+        return _build_shards(segments, out=out, gate=gate, **kw)
+    finally:
+        gate.release()
+
+
+def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSettings, opener: FrameOpener,
+                  fps: Callable[[str], float], programs: list[dict] | None = None,
+                  programs_path: str | Path | None = None, targets: TargetEncoder | None = None,
+                  sources: dict | None = None, workers: int = 1, shard: ShardSpec = ShardSpec(),
+                  overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
+                  clock: Callable[[str], FrameClock] | None = None, cache: FrameCache | None = None,
+                  program_failures: list[dict] | None = None, adopt: dict | None = None,
+                  gate: ShardReaders) -> BuildResult:
     """Write the shards of ``segments`` into ``out`` and return the manifest.
 
     ``clock(video_id)``: the timing rule of each video's source (default: an MP4 at ``fps``); ``cache``:
@@ -537,7 +548,8 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
 
     check_part_count(out, shard.count)  # before --force deletes anything (it deleted the parts' merged manifest.json)
-    if overwrite:  # under the lock: never the shards of a build still running
+    if overwrite:  # under the lock: never the shards of a build still running, nor of a training
+        gate.write()
         with OutputLock(progress_path):
             merged_manifest = [out / manifest_name()] if shard.count > 1 else []  # it names this part's old tars
             for p in (list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar"))
@@ -578,6 +590,12 @@ def build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSet
     if progress:
         progress(done_count, total)
 
+    if todo_jobs:
+        try:
+            gate.write()
+        except BaseException:
+            appender.close()
+            raise
     sink = _ShardSink(out, settings.split, shard.suffix, settings, appender, settings_hash, len(kept))
     written = 0
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from leap_cli.errors import LeapError
-from leap_cli.io import OutputLock, atomic_write_text, read_jsonl, settings_changes
+from leap_cli.io import OutputLock, ShardReaders, atomic_write_text, read_jsonl, settings_changes
 from leap_cli.train import distributed
 from leap_cli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from leap_cli.train.config import Config, backbone_options, dump_config, resolve_aliases
@@ -500,6 +500,9 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                             fix="continue it with --resume, start it over with --force, or pick another --name")
         seed_everything(cfg.train.seed)
         source = source or default_source(cfg, workdir, info)
+        for ds in (getattr(source, "train", None), getattr(source, "val", None)):
+            if getattr(ds, "folder", None) is not None:  # build-shards --force would delete them under this run
+                stack.enter_context(ShardReaders(ds.folder))
         model_args = model_args_for(cfg, source)
         if resume_ckpt is not None:
             _same_training_data(resume_ckpt, source, ckpt_dir / "last.pt", cfg.data.train)
