@@ -247,9 +247,9 @@ class OutputLock:
     (two identical jobs started at once) is refused with a one-line error instead of writing every record
     twice. ``flock`` locks die with their process, so a killed run never leaves a stale lock behind."""
 
-    def __init__(self, path: str | Path, fix: str | None = None):
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
+    def __init__(self, path: str | Path, fix: str | None = None, lock_path: str | Path | None = None):
+        self.path = Path(path)  # (what the refusal names; ``lock_path``: the lock file, default PATH.lock beside it)
+        self.lock_path = Path(lock_path) if lock_path is not None else self.path.with_name(self.path.name + ".lock")
         self.fix = fix  # what to do, in the words of the command that holds the lock (None: an output's)
         self._fd: int | None = None
 

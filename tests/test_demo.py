@@ -175,6 +175,30 @@ def test_demo_force_starts_the_records_over_and_keeps_the_reply_cache(tmp_path):
     assert (tmp_path / "programs" / "cache.sqlite").read_text() == "paid replies"
 
 
+def test_a_second_demo_in_one_work_directory_is_refused_before_it_touches_anything(tmp_path):
+    """Two demos on one work directory ran every stage side by side (a --force one deleted the first's records)
+    and the first failed at train, with advice for flags the demo chooses itself. So did two demo-data builds of
+    one kitchen: the second's clearing deleted the first's videos under it."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+    from leap_cli.errors import LeapError
+    from leap_cli.io import OutputLock
+    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+
+    record = tmp_path / "descriptors" / "train.jsonl"
+    record.parent.mkdir(parents=True)
+    record.write_text("x")
+    with OutputLock(tmp_path, lock_path=tmp_path / "demo.run.lock"):  # (as the running demo holds it)
+        res = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path), "--videos", "3", "--force"])
+    assert isinstance(res.exception, LeapError) and "another leap demo runs in it" in res.exception.fix, res.output
+    assert record.read_text() == "x" and not (tmp_path / "kitchen").exists()
+    with OutputLock(tmp_path / "kitchen"):  # (a demo-data build running)
+        with pytest.raises(LeapError, match="another leap process is writing this") as e:
+            build_kitchen(tmp_path / "kitchen", KitchenConfig(videos=1, segments_per_video=2))
+    assert "it builds this kitchen" in e.value.fix and not (tmp_path / "kitchen").exists()
+
+
 def test_the_summary_gives_validate_programs_statuses(tmp_path):
     """The summary counted the stored statuses (valid 32, coverage 100%) where validate-programs found 1 valid."""
     from leap_cli.demo import DemoConfig, collect

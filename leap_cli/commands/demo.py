@@ -39,17 +39,22 @@ def demo(
                                                       "without it)."),
 ) -> None:
     from leap_cli.demo import DemoConfig, check_demo, collect, plan, run_stage
+    from leap_cli.io import OutputLock
 
     cfg = DemoConfig(workdir=workdir, videos=videos, segments=segments, seed=seed, config=config,
                      train_overrides=tuple(set_), workers=workers, frames=frames, short_side=short_side,
                      ablate=ablate, force=force)
-    cfg = check_demo(cfg)
     t0 = time.perf_counter()
     timings = []
-    for stage in plan(cfg):
-        console.print(Rule(f"[bold]leap {stage.name}[/]"))
-        run_stage(stage)
-        timings.append((stage.name, stage.seconds, stage.reused))
+    # one demo per work directory at once: a second one ran every stage beside the first (its --force deleted the
+    # first's records), and failed at train with advice for flags the demo chooses itself
+    with OutputLock(Path(workdir), lock_path=Path(workdir) / "demo.run.lock",
+                    fix="another leap demo runs in it: wait for it to finish, or give this one another --workdir"):
+        cfg = check_demo(cfg)
+        for stage in plan(cfg):
+            console.print(Rule(f"[bold]leap {stage.name}[/]"))
+            run_stage(stage)
+            timings.append((stage.name, stage.seconds, stage.reused))
     table = Table(title=f"LEAP demo: every stage ({time.perf_counter() - t0:.0f} s in all)", show_lines=False)
     table.add_column("stage")
     table.add_column(f"output (in {escape(str(workdir))})", overflow="fold")

@@ -48,7 +48,7 @@ from leap_cli.epic import annotations as A
 from leap_cli.epic.hand_objects import write_hand_objects
 from leap_cli.epic.timing import csv_frame, format_timestamp, frame_filename
 from leap_cli.errors import LeapError
-from leap_cli.io import atomic_write_bytes, atomic_write_json, atomic_write_text, stable_hash
+from leap_cli.io import OutputLock, atomic_write_bytes, atomic_write_json, atomic_write_text, stable_hash
 from leap_cli.media.audio import resample
 from leap_cli.media.write import Mp4Writer
 from leap_cli.synth.plan import PlannedSegment, VideoPlan, camera_track, plan_video
@@ -568,6 +568,13 @@ def build_kitchen(out: Path, cfg: KitchenConfig = KitchenConfig(), force: bool =
     ``on_video(done, total, video_id)`` is called after each video (for a progress bar).
     """
     out = Path(out)
+    # (two builds of one folder at once: the second's clearing deleted the first's videos under it)
+    with OutputLock(out, fix="wait for it to finish (it builds this kitchen), or give this one another --out"):
+        return _build_kitchen(out, cfg, force, on_video)
+
+
+def _build_kitchen(out: Path, cfg: KitchenConfig, force: bool,
+                   on_video: Callable[[int, int, str], None] | None) -> KitchenSummary:
     marker = read_marker(out)
     if marker and marker.get("complete") and marker.get("hash") == cfg.hash() and not force:
         log.info("%s already holds this kitchen; skipping", out)
