@@ -221,6 +221,14 @@ _OS_FIX = {  # ("the output options": --workdir, --out, or validate-programs' --
 }
 
 
+def _dangling(path: str) -> bool:
+    """Whether ``path`` is a symbolic link whose target is missing (mkdir says "File exists" there)."""
+    try:
+        return os.path.islink(path) and not os.path.exists(path)
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def os_error_line(e: OSError) -> str:
     """One line for an OSError: the path, what the system said, and what to do."""
     where = "" if e.filename is None else f"{e.filename}: "
@@ -228,6 +236,9 @@ def os_error_line(e: OSError) -> str:
         where = f"{e.filename} -> {e.filename2}: "
     reason = e.strerror or os.strerror(e.errno)
     fix = _OS_FIX.get(e.errno, "check that path and run {again}").format(again=_again("the same command again"))
+    if e.errno == errno.EEXIST and e.filename is not None and _dangling(e.filename):  # (a purged scratch folder)
+        reason = f"a symbolic link to {os.readlink(e.filename)}, which does not exist"
+        fix = "make that folder, or remove the link or point it elsewhere"
     return f"{where}{reason} ({fix})"
 
 

@@ -3,6 +3,7 @@ with, and content hashes."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import json
@@ -239,7 +240,16 @@ def _lock_holder(fd: int) -> str | None:
         holder = os.pread(fd, 200, 0).decode("utf-8", "replace").split()
     except OSError:
         return None
-    return f"process {holder[0]} on {holder[1]}" if len(holder) >= 2 else None
+    if len(holder) < 2:
+        return None
+    if holder[1] == socket.gethostname() and holder[0].isdigit():  # (a lock file taken read-only keeps the words of
+        try:  # a holder gone since: not named)
+            os.kill(int(holder[0]), 0)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            pass
+    return f"process {holder[0]} on {holder[1]}"
 
 
 class OutputLock:
@@ -259,7 +269,13 @@ class OutputLock:
         except ImportError:  # not on POSIX: no lock, as before
             return self
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except PermissionError:  # a lock file another user's run left (umask 022): it holds no data, and flock
+            try:  # takes a file opened for reading as well
+                fd = os.open(self.lock_path, os.O_RDONLY)
+            except OSError:
+                raise with_path(PermissionError(errno.EACCES, os.strerror(errno.EACCES)), self.lock_path) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

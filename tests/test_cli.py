@@ -548,3 +548,13 @@ def test_a_work_directory_that_does_not_exist_is_named_as_such(tmp_path):
     (work / "kitchen").mkdir(parents=True)  # there: the stage's own line alone
     r = leap("info", "--workdir", str(work))
     assert r.returncode == 2 and "no such work directory" not in r.stderr and "annotations folder not found" in r.stderr
+
+
+def test_a_dangling_symlink_says_so(tmp_path, monkeypatch, capsys):
+    """A work directory linked to a purged scratch folder said "File exists (a file is in the way where a folder
+    is needed)"."""
+    (tmp_path / "work").symlink_to(tmp_path / "purged")
+    code, err = _main(monkeypatch, capsys, "demo-data", "--out", str(tmp_path / "work" / "kitchen"), "--videos", "1",
+                      "--segments", "2")
+    assert code == 2 and "Traceback" not in err
+    assert f"a symbolic link to {tmp_path / 'purged'}, which does not exist (make that folder" in " ".join(err.split())

@@ -512,3 +512,29 @@ def test_a_cut_part_is_named_in_the_order_cat_joined_the_parts(tmp_path):
     with pytest.raises(LeapError, match=r"ends in a record cut short: train.shard9of12.jsonl, the part `cat` joined "
                                         r"last.*run part 9/12 again"):
         merged_input(merged)
+
+
+def test_a_lock_file_another_user_left_does_not_block_the_output(tmp_path, monkeypatch):
+    """A group member's run (umask 022) killed with its lock file left -rw-r--r--: the owner's next run stopped
+    on "lock: Permission denied", even with --force, though the lock holds no data. (Root ignores modes: the
+    refusal of a write is simulated.) A holder gone since is not named."""
+    import os
+
+    p = tmp_path / "r.jsonl"
+    lock = tmp_path / "r.jsonl.lock"
+    lock.write_text("999999999 " + __import__("socket").gethostname() + "\n")  # (a pid no process has)
+    real = os.open
+
+    def others(path, flags, *a):
+        if str(path) == str(lock) and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, flags, *a)
+
+    monkeypatch.setattr(os, "open", others)
+    with JsonlAppender(p) as w:
+        w.write({"narration_id": "a"})
+        with pytest.raises(LeapError, match="another leap process is writing this file") as e:
+            JsonlAppender(p)
+        assert "(process" not in e.value.message  # (the words in it are the gone holder's)
+    monkeypatch.setattr(os, "open", real)
+    assert [r["narration_id"] for r in read_jsonl(p)] == ["a"]

@@ -405,17 +405,20 @@ def _planned_frames(ctx: SegmentContext, components: list[Component], cache: "Fr
 
 
 def _cache_write_error(e: OSError, cache: "FrameCache") -> OSError | LeapError:
-    """A full disk (or quota, or file-size limit) under the frame cache: the cache is extract's gift to
-    build-shards, not its output, so the way on without it is named too."""
+    """A full disk (or quota, or file-size limit) or a folder not ours under the frame cache: the cache is
+    extract's gift to build-shards, not its output, so the way on without it is named too."""
     import errno
 
-    if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        first = "free space there, or give --frame-cache a folder on another disk"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # (another's work directory, a read-only one)
+        first = "give --frame-cache a folder you can write"
+    else:
         return e
     return LeapError(f"{e.strerror or os.strerror(e.errno)} (writing extract's frame cache)",
                      path=e.filename or cache.root,
-                     fix=f"free space there, or give --frame-cache a folder on another disk, or --frame-cache none (the "
-                         "cache only spares build-shards a decode of the videos), then run the same command again: "
-                         "the finished records are kept")
+                     fix=f"{first}, or --frame-cache none (the cache only spares build-shards a decode of the "
+                         "videos), then run the same command again: the finished records are kept")
 
 
 def describe_video(layout: DatasetLayout, segments: list[Segment], components: list[Component],
