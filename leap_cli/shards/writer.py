@@ -645,9 +645,13 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                     done_count += 1
                     if progress:
                         progress(done_count, total)
-        finally:
+            if pool is not None:  # (stop_pool on the way out of every build waited out its 10 s grace: --workers 2
+                pool.close()  # took 11.6 s where 1 took 2.5)
+                pool.join()
+        except BaseException:
             if pool is not None:
                 stop_pool(pool)
+            raise
         for vid in sorted({by_key[k].video_id for k in plan_skips}):
             emit_plan_skips(vid)
         trailing = sink.finish()
