@@ -154,17 +154,9 @@ def _other_rank() -> int | None:
 
 
 def _again(plain: str = "the same command") -> str:
-    """How to go on after a stop: the same command (``plain``), but without what would start it over, and
-    ``leap train`` with --resume (the same command is refused beside its checkpoint)."""
-    args = set(sys.argv[1:])
-    forced = {"--force", "--overwrite"} & args  # the same command would start over again
-    if forced and _state.get("command") == "train":
-        return f"the same command with --resume instead of {min(forced)}"
-    if forced:
-        return f"the same command without {min(forced)}"
-    if _state.get("command") == "train" and "--resume" not in args:
-        return "the same command with --resume"
-    return plain
+    from leap_cli.common import rerun
+
+    return rerun(plain, _state.get("command"))
 
 
 def _interrupted() -> None:

@@ -468,3 +468,26 @@ def start_worker(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(signal.SIGKILL, parent)
+
+
+# A stage's word on what its next run is (``rerun``): ``leap train`` says "resume" once its run has started (its
+# config.yaml is written: the same command is refused beside it, --resume continues it)
+NEXT_RUN: dict[str, str] = {}
+
+
+def rerun(plain: str = "the same command", command: str | None = None) -> str:
+    """How to go on after a stop, for the advice of an error: the same command (``plain``), but without --force or
+    --overwrite (they would start the finished work over), and ``leap train`` with --resume once its run has
+    started. ``command``: the leap command running (the CLI's); the options are read from ``sys.argv``."""
+    import sys
+
+    args = set(sys.argv[1:])
+    forced = {"--force", "--overwrite"} & args
+    resumes = command == "train" and NEXT_RUN.get("train") == "resume"
+    if forced and resumes:
+        return f"the same command with --resume instead of {min(forced)}"
+    if forced and command != "train":  # (a run that never started: its --force deletes nothing)
+        return f"the same command without {min(forced)}"
+    if resumes and "--resume" not in args:
+        return "the same command with --resume"
+    return plain

@@ -3,7 +3,6 @@ with, and content hashes."""
 
 from __future__ import annotations
 
-import errno
 import gc
 import hashlib
 import json
@@ -269,16 +268,27 @@ class OutputLock:
         except ImportError:  # not on POSIX: no lock, as before
             return self
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        denied = LeapError("a lock file of another user that this run cannot take", path=self.lock_path,
+                           fix=f"delete it (it holds no data) if no leap process writes {self.path}, or ask its owner "
+                               "to make it writable")
+        read_only = False
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         except PermissionError:  # a lock file another user's run left (umask 022): it holds no data, and flock
-            try:  # takes a file opened for reading as well
-                fd = os.open(self.lock_path, os.O_RDONLY)
+            try:  # takes a file opened for reading as well (not on NFS: below)
+                fd, read_only = os.open(self.lock_path, os.O_RDONLY), True
             except OSError:
-                raise with_path(PermissionError(errno.EACCES, os.strerror(errno.EACCES)), self.lock_path) from None
+                if self.lock_path.exists():
+                    raise denied from None
+                raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as e:
+            if not isinstance(e, BlockingIOError):
+                os.close(fd)
+                if read_only:  # (NFS locks no file opened for reading: EBADF)
+                    raise denied from None
+                raise
             holder = _lock_holder(fd)  # (an orphaned worker, a job on another node: the refusal names it)
             os.close(fd)
             what = "folder" if self.path.is_dir() else "file"  # a run's checkpoints/ or eval/SPLIT/, or an output
@@ -312,60 +322,112 @@ class OutputLock:
 
 
 class ShardReaders:
-    """Who reads a shards folder (``leap train``, ``leap evaluate``: a shared ``flock`` on ``FOLDER/.readers.lock``
-    for the whole command) and who rewrites it (``leap build-shards`` writing or deleting shards: exclusive).
-    build-shards --force deleted the shards under a running training, which then stopped on a "corrupt shard" that
-    check-shards found whole. A folder where the lock file cannot be made (read-only shards) takes no lock: nothing
-    can rewrite it either."""
+    """Who reads a shards folder and who rewrites it, through two lock files in it. A reader (``leap train``,
+    ``leap evaluate``) holds a shared ``flock`` on ``.readers.lock`` for the whole command; a builder (``leap
+    build-shards`` about to write or delete shards) holds a shared one on ``.writers.lock`` (the ``--shard`` parts
+    of one folder build side by side). Each then probes the other file for a moment (an exclusive lock, let go at
+    once): a reader refuses while a builder holds ``.writers.lock``, a builder while a reader holds
+    ``.readers.lock``; of two that start together one refuses, never neither. (build-shards --force deleted the
+    shards under a running training, which stopped on a "corrupt shard" that check-shards found whole.) A folder
+    where no lock file can be opened (read-only shards) takes no lock: nothing can rewrite it either."""
 
-    NAME = ".readers.lock"
+    READERS, WRITERS = ".readers.lock", ".writers.lock"
+    PROBES = 10  # tries of a probe, 50 ms apart: another's probe holds a lock file for a moment only
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self._fd: int | None = None
-        self._mode = 0
+        self._fd: int | None = None  # the lock held: shared, on READERS (reading) or WRITERS (writing)
 
-    def _open(self) -> int | None:
-        path = self.folder / self.NAME
-        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):  # (a lock file of another user: flock takes it read-only)
-            try:
-                return os.open(path, flags, 0o666)
+    def _open(self, name: str) -> tuple[int, bool] | None:
+        """(descriptor, opened for writing) of a lock file, made where missing (mode 0666: anyone who reads or
+        builds the folder takes it, whoever made it); None where it cannot be opened."""
+        path = self.folder / name
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            try:  # (another user's lock file: flock takes one opened for reading, except on NFS: _flock)
+                return os.open(path, os.O_RDONLY), False
             except OSError:
-                continue
-        return None
+                return None
+        try:
+            if os.fstat(fd).st_uid == os.geteuid():
+                os.fchmod(fd, 0o666)
+        except OSError:
+            pass
+        return fd, True
 
-    def _take(self, shared: bool) -> bool:
+    @staticmethod
+    def _flock(fd: int, mode: int) -> bool | None:
+        """Take ``mode`` without waiting: True, False (held by another), None (this file system refuses: NFS takes no
+        exclusive lock on a file opened for reading)."""
+        import fcntl
+
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return None
+        return True
+
+    def _free(self, name: str) -> bool | None:
+        """Whether no other process holds the lock file ``name`` (probed with an exclusive lock, let go at once;
+        another's probe is waited out); None: it cannot be told."""
+        import fcntl
+
+        opened = self._open(name)
+        if opened is None:
+            return True  # (no lock file can be made: no one else holds one either)
+        fd, writable = opened
+        try:
+            for _ in range(self.PROBES):
+                took = self._flock(fd, fcntl.LOCK_EX)
+                if took is None:  # (a file system without locks; or NFS, another user's file opened for reading)
+                    return True if writable else None
+                if took:
+                    return True
+                time.sleep(0.05)
+            return False
+        finally:
+            os.close(fd)  # (lets go of the probe's lock)
+
+    def _hold(self, name: str, other: str) -> bool:
+        """Hold ``name`` shared, then probe ``other``: False (and nothing held) when ``other`` is held."""
         try:
             import fcntl
         except ImportError:  # not on POSIX: no lock
             return True
-        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
-        if self._mode == mode:
+        opened = self._open(name)
+        if opened is None:
             return True
-        fd = self._fd if self._fd is not None else self._open()
-        if fd is None:
-            return True
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if self._fd is None:
-                os.close(fd)
+        fd, _ = opened
+        if self._flock(fd, fcntl.LOCK_SH) is False:  # (None: a file system without locks)
+            os.close(fd)
             return False
-        except OSError:  # (a file system without locks)
-            pass
-        self._fd, self._mode = fd, mode
+        free = self._free(other)
+        if free is None:  # (another user's lock file on NFS)
+            os.close(fd)
+            raise LeapError(f"cannot tell whether another leap process uses these shards: {self.folder / other} "
+                            "belongs to another user and this file system locks no file opened for reading",
+                            path=self.folder / other,
+                            fix="delete that file (it holds no data) if no leap train, evaluate or build-shards uses "
+                                "the folder, or ask its owner to make it writable")
+        if not free:
+            os.close(fd)
+            return False
+        self._fd = fd
         return True
 
     def read(self) -> "ShardReaders":
-        """Take the shared lock (refused while build-shards rewrites the folder)."""
-        if not self._take(shared=True):
+        """Hold the folder for reading (refused while build-shards writes into it)."""
+        if self._fd is None and not self._hold(self.READERS, self.WRITERS):
             raise LeapError("leap build-shards is writing these shards", path=self.folder,
                             fix="wait for it to finish, then run this again")
         return self
 
     def write(self) -> "ShardReaders":
-        """Take the exclusive lock before a shard is written or deleted (refused while a command reads them)."""
-        if not self._take(shared=False):
+        """Hold the folder for writing or deleting shards (refused while a command reads them)."""
+        if self._fd is None and not self._hold(self.WRITERS, self.READERS):
             raise LeapError("a leap train or evaluate is reading these shards: rewriting them now would change its "
                             "data under it", path=self.folder,
                             fix="wait for it to finish (or stop it), or build into another --out")
@@ -374,7 +436,7 @@ class ShardReaders:
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
-            self._fd, self._mode = None, 0
+            self._fd = None
 
     def __enter__(self) -> "ShardReaders":
         return self.read()

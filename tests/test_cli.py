@@ -189,13 +189,16 @@ def test_a_full_disk_says_how_to_go_on_in_each_command(monkeypatch):
     from leap_cli import cli
 
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/w/runs/r/checkpoints/last.pt")
-    for argv, says in [(["train", "--config", "c"], "then run the same command with --resume (the stages"),
-                       (["train", "--config", "c", "--resume"], "then run the same command again"),
-                       (["build-shards", "--force"], "then run the same command without --force"),
-                       (["train", "--force"], "then run the same command with --resume instead of --force"),
-                       (["extract"], "then run the same command again (the stages")]:
+    for argv, started, says in [
+            (["train", "--config", "c"], True, "then run the same command with --resume (the stages"),
+            (["train", "--config", "c"], False, "then run the same command again"),  # (config.yaml not written yet:
+            (["train", "--config", "c", "--resume"], True, "then run the same command again"),  # the run is removed)
+            (["build-shards", "--force"], False, "then run the same command without --force"),
+            (["train", "--force"], True, "then run the same command with --resume instead of --force"),
+            (["extract"], False, "then run the same command again (the stages")]:
         monkeypatch.setattr(sys, "argv", ["leap", *argv])
         monkeypatch.setitem(cli._state, "command", argv[0])
+        monkeypatch.setattr("leap_cli.common.NEXT_RUN", {"train": "resume"} if started else {})
         assert says in cli.os_error_line(full), (argv, cli.os_error_line(full))
 
 

@@ -193,10 +193,20 @@ def test_a_second_demo_in_one_work_directory_is_refused_before_it_touches_anythi
         res = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path), "--videos", "3", "--force"])
     assert isinstance(res.exception, LeapError) and "another leap demo runs in it" in res.exception.fix, res.output
     assert record.read_text() == "x" and not (tmp_path / "kitchen").exists()
-    with OutputLock(tmp_path / "kitchen"):  # (a demo-data build running)
+    kitchen = tmp_path / "kitchen"
+    with OutputLock(kitchen, lock_path=kitchen / ".leap-kitchen.lock"):  # (a demo-data build running)
         with pytest.raises(LeapError, match="another leap process is writing this") as e:
-            build_kitchen(tmp_path / "kitchen", KitchenConfig(videos=1, segments_per_video=2))
-    assert "it builds this kitchen" in e.value.fix and not (tmp_path / "kitchen").exists()
+            build_kitchen(kitchen, KitchenConfig(videos=1, segments_per_video=2))
+    assert "it builds this kitchen" in e.value.fix and [p.name for p in kitchen.iterdir()] == [".leap-kitchen.lock"]
+    built = build_kitchen(kitchen, KitchenConfig(videos=1, segments_per_video=2))  # (the lock file is in the way of
+    assert not built.skipped and built.segments() == 2  # nothing: an empty folder otherwise)
+    kitchen.chmod(0o555)  # a finished kitchen on read-only storage is read, not locked (root ignores modes: the lock
+    try:  # file is taken away)
+        (kitchen / ".leap-kitchen.lock").unlink()
+        assert build_kitchen(kitchen, KitchenConfig(videos=1, segments_per_video=2)).skipped
+        assert not (kitchen / ".leap-kitchen.lock").exists()
+    finally:
+        kitchen.chmod(0o755)
 
 
 def test_the_summary_gives_validate_programs_statuses(tmp_path):

@@ -536,5 +536,15 @@ def test_a_lock_file_another_user_left_does_not_block_the_output(tmp_path, monke
         with pytest.raises(LeapError, match="another leap process is writing this file") as e:
             JsonlAppender(p)
         assert "(process" not in e.value.message  # (the words in it are the gone holder's)
+    import fcntl
+
+    def nfs(fd, mode):  # NFS takes no exclusive lock on a file opened for reading
+        raise OSError(9, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", nfs)
+    with pytest.raises(LeapError, match="a lock file of another user that this run cannot take") as e:
+        JsonlAppender(p)
+    assert e.value.path == str(lock) and "delete it (it holds no data)" in e.value.fix
+    monkeypatch.undo()
     monkeypatch.setattr(os, "open", real)
     assert [r["narration_id"] for r in read_jsonl(p)] == ["a"]

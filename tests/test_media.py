@@ -399,3 +399,18 @@ def test_a_full_disk_while_a_video_is_written_names_the_video(tmp_path):
     writer.abort()
     assert e.value.filename == str(out) and e.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
+    # the closing packets and the trailer: the same (the container's close fails again there)
+    writer = Mp4Writer(out, 64, 48, 50.0)
+    for _ in range(3):
+        writer.write(np.zeros((48, 64, 3), np.uint8))
+    real = writer._container
+
+    class FullAtTheEnd(Full):
+        def close(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(writer._tmp))
+
+    writer._container = FullAtTheEnd()
+    with pytest.raises(OSError) as e:
+        writer.close()
+    real.close()
+    assert e.value.filename == str(out) and list(tmp_path.iterdir()) == []

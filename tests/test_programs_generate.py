@@ -2001,7 +2001,7 @@ def test_no_paid_request_is_sent_while_the_disk_is_nearly_full(workdir, good_pro
             generate_programs(cfg)
         assert not server.requests
         low[0] = False
-        with pytest.raises(LeapError, match="no more requests were sent .the replies in flight were written"):
+        with pytest.raises(LeapError, match="no more requests were sent .the programs so far are kept"):
             generate_programs(cfg)
         sent = len(server.requests)
         assert 2 <= sent < N_SEGMENTS and len(records(workdir)) == sent  # (each paid reply is written)

@@ -1311,6 +1311,18 @@ def test_shards_a_command_reads_are_not_rewritten_under_it(root, tmp_path):
     try:
         with pytest.raises(LeapError, match="leap build-shards is writing these shards"):
             ShardReaders(out).read()
+        # --shard parts of one folder build side by side (an 8-task array into one --out)
+        part = build(root, tmp_path / "parts", shard=ShardSpec(0, 2))
+        with ShardReaders(part.out).write():  # (part 0's job still writing)
+            assert build(root, tmp_path / "parts", shard=ShardSpec(1, 2)).written_now > 0
     finally:
         writer.release()
     assert build(root, tmp_path / "run", frames=2, overwrite=True).manifest["settings"]["frames"] == 2
+    # another user's lock file on NFS (no exclusive lock on a file opened for reading): said, not taken as free
+    real_open, real_flock = ShardReaders._open, ShardReaders._flock
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ShardReaders, "_open", lambda self, name: (real_open(self, name)[0], False))
+        mp.setattr(ShardReaders, "_flock", staticmethod(lambda fd, mode: None if mode & 2 else real_flock(fd, mode)))
+        with pytest.raises(LeapError, match="cannot tell whether another leap process uses these shards") as e:
+            ShardReaders(out).read()
+        assert "delete that file (it holds no data)" in e.value.fix

@@ -1284,6 +1284,12 @@ def test_a_training_holds_its_shards_against_a_rebuild(shard_work: Path) -> None
 
     cfg = tiny_config(f"data.train={shard_work / 'shards' / 'train'}", "train.max_steps=1",
                       "model.options={decoder_dim: 32}")
+    from leap_cli.common import NEXT_RUN
+
+    with pytest.raises(LeapError, match="no checkpoint to resume"):  # (refused before it started: a plain rerun)
+        main(cfg, workdir=shard_work, name="held", resume=True)
+    assert "train" not in NEXT_RUN
     main(cfg, workdir=shard_work, name="held", on_step=rebuild)
     assert [s for s, _ in refused] == ["train", "val"] and "reading these shards" in refused[0][1]
+    assert NEXT_RUN["train"] == "resume"  # (an error's advice once config.yaml is written: --resume)
     ShardReaders(shard_work / "shards" / "train").write().release()  # let go once the run ended

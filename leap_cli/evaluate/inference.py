@@ -329,12 +329,12 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
         from leap_cli.shards.writer import default_out
 
         folder = default_out(workdir, split, task)
-    manifest_task = _manifest_task(folder)
-    if manifest_task and manifest_task != task:
-        raise LeapError(f"the shards are for {manifest_task}, the evaluation is for {task}", path=folder,
-                        fix=f"build {task} shards (leap build-shards --task {task}) or pass --shards DIR")
-    batch_size = batch_size or int((config.get("data") or {}).get("eval_batch_size", 4))
     with ShardReaders(folder):  # held until the scores are made: build-shards --force would delete them
+        manifest_task = _manifest_task(folder)
+        if manifest_task and manifest_task != task:
+            raise LeapError(f"the shards are for {manifest_task}, the evaluation is for {task}", path=folder,
+                            fix=f"build {task} shards (leap build-shards --task {task}) or pass --shards DIR")
+        batch_size = batch_size or int((config.get("data") or {}).get("eval_batch_size", 4))
         batches, total = shard_batches(folder, ckpt["model_args"], views, batch_size=batch_size, workers=workers)
         same_targets = _same_targets(ckpt.get("targets"), batches.dataset.manifest.get("targets"), folder, split, task)
         _same_timing(ckpt.get("shards_timing"), batches.dataset.manifest, folder)

@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from leap_cli.common import ShardSpec, normalize_split, start_worker, stop_pool
+from leap_cli.common import ShardSpec, normalize_split, rerun, start_worker, stop_pool
 from leap_cli.epic.annotations import Segment, made_from_other_annotations
 from leap_cli.epic.layout import DatasetLayout
 from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
@@ -418,7 +418,7 @@ def _cache_write_error(e: OSError, cache: "FrameCache") -> OSError | LeapError:
     return LeapError(f"{e.strerror or os.strerror(e.errno)} (writing extract's frame cache)",
                      path=e.filename or cache.root,
                      fix=f"{first}, or --frame-cache none (the cache only spares build-shards a decode of the "
-                         "videos), then run the same command again: the finished records are kept")
+                         f"videos), then run {rerun('the same command again')}: the finished records are kept")
 
 
 def describe_video(layout: DatasetLayout, segments: list[Segment], components: list[Component],

@@ -110,7 +110,12 @@ class Mp4Writer:
                     self._container.mux(packet)
             self._container.close()
         except BaseException as e:
-            self._container.close()
+            try:  # (the trailer on a full disk fails again: the temp file is removed all the same)
+                self._container.close()
+            except Exception:  # noqa: BLE001 - the first error is the one said
+                pass
+            if isinstance(e, OSError):  # (the last packets, the audio, the trailer: named as the video, not the temp)
+                naming_target(e, self.path)
             self._ctx.__exit__(type(e), e, e.__traceback__)
             raise
         self._ctx.__exit__(None, None, None)

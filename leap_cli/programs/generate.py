@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from leap_cli.common import ShardSpec, dataset_root, descriptor_problem, merged_input, normalize_split, usable_cpus
+from leap_cli.common import (ShardSpec, dataset_root, descriptor_problem, merged_input, normalize_split, rerun,
+                             usable_cpus)
 from leap_cli.epic.annotations import Annotations, Segment, made_from_other_annotations, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
@@ -212,11 +213,10 @@ def disk_short(cfg: GenerateConfig, *, before: bool = True) -> LeapError | None:
     if low is None:
         return None
     folder, free = low
-    done = ("no request was sent" if before else
-            "no more requests were sent (the replies in flight were written; the programs so far are kept)")
+    done = "no request was sent" if before else "no more requests were sent (the programs so far are kept)"
     return LeapError(f"only {free / 2**20:.1f} MiB free on the disk holding this folder: {done}", path=folder,
                      fix=f"free disk space there (leap asks for programs only with {LOW_DISK_BYTES >> 20} MiB free), "
-                         "then run the same command again: it asks only for what is missing")
+                         f"then run {rerun('the same command again')}: it asks only for what is missing")
 
 
 def kept_and_redone(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder) -> tuple[set[str], set[str]]:
@@ -814,8 +814,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                 try:
                     appender.write(result)
                 except OSError as e:  # (the output's disk full): nothing more is sent; the replies in flight,
-                    if unwritten[0] is None:  # paid, are cached for the rerun; then the error ends the stage
-                        unwritten[0] = e
+                    if unwritten[0] is None or not isinstance(unwritten[0], OSError):  # paid, are cached for the
+                        unwritten[0] = e  # rerun; then the error ends the stage (said over the disk's low mark)
                         gen._halted = True
                         halt = getattr(backend, "halt", None)
                         if halt is not None:

@@ -60,6 +60,7 @@ from leap_cli.synth.world import POUR_INTO, class_file, true_program, vocabulari
 log = logging.getLogger(__name__)
 
 MARKER = ".leap-kitchen.json"
+LOCK = ".leap-kitchen.lock"  # held while the kitchen is built (OutputLock): the clearing leaves it
 KITCHEN_VERSION = 6  # bump when the output changes for the same config (6: EPIC's frame columns)
 NTSC_30 = 30000 / 1001
 NTSC_60 = 60000 / 1001
@@ -568,19 +569,28 @@ def build_kitchen(out: Path, cfg: KitchenConfig = KitchenConfig(), force: bool =
     ``on_video(done, total, video_id)`` is called after each video (for a progress bar).
     """
     out = Path(out)
+    if (done := _built(out, cfg, force)) is not None:  # (before the lock: a kitchen on read-only storage is read)
+        return done
     # (two builds of one folder at once: the second's clearing deleted the first's videos under it)
-    with OutputLock(out, fix="wait for it to finish (it builds this kitchen), or give this one another --out"):
+    with OutputLock(out, lock_path=out / LOCK,
+                    fix="wait for it to finish (it builds this kitchen), or give this one another --out"):
         return _build_kitchen(out, cfg, force, on_video)
+
+
+def _built(out: Path, cfg: KitchenConfig, force: bool) -> KitchenSummary | None:
+    """The summary of the kitchen ``out`` holds already at this config (None: to build)."""
+    marker = read_marker(out)
+    if marker and marker.get("complete") and marker.get("hash") == cfg.hash() and not force:
+        log.info("%s already holds this kitchen; skipping", out)
+        return KitchenSummary(out, cfg, marker.get("summary", {}).get("videos", []), skipped=True)
+    return None
 
 
 def _build_kitchen(out: Path, cfg: KitchenConfig, force: bool,
                    on_video: Callable[[int, int, str], None] | None) -> KitchenSummary:
-    marker = read_marker(out)
-    if marker and marker.get("complete") and marker.get("hash") == cfg.hash() and not force:
-        log.info("%s already holds this kitchen; skipping", out)
-        s = KitchenSummary(out, cfg, marker.get("summary", {}).get("videos", []), skipped=True)
-        return s
-    if out.exists() and any(out.iterdir()):
+    if (done := _built(out, cfg, force)) is not None:  # (finished by another build since the look above)
+        return done
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         if marker is None and not force:
             raise LeapError("the folder is not empty and holds no synthetic kitchen", path=out,
                             fix="choose an empty or new --out folder, or pass --force to overwrite it")

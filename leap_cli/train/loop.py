@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from leap_cli.common import NEXT_RUN
 from leap_cli.errors import LeapError
 from leap_cli.io import OutputLock, ShardReaders, atomic_write_text, read_jsonl, settings_changes
 from leap_cli.train import distributed
@@ -409,13 +410,18 @@ class GracefulStop:
         return flag
 
 
-def default_source(cfg: Config, workdir: Path, info: distributed.DistInfo) -> DataSource:
-    from leap_cli.train.data import ShardSource
-
+def shard_folders(cfg: Config, workdir: Path) -> tuple[Path, Path | None]:
+    """The training and validation shards folders (``data.train``/``data.val``, else build-shards' defaults)."""
     suffix = "-anticipation" if cfg.data.task == "anticipation" else ""  # leap build-shards' default folders
     train = Path(cfg.data.train) if cfg.data.train else workdir / "shards" / f"train{suffix}"
     val = None if cfg.data.val == "" else Path(cfg.data.val) if cfg.data.val else workdir / "shards" / f"val{suffix}"
-    return ShardSource(train, val, cfg, info)
+    return train, val
+
+
+def default_source(cfg: Config, workdir: Path, info: distributed.DistInfo) -> DataSource:
+    from leap_cli.train.data import ShardSource
+
+    return ShardSource(*shard_folders(cfg, workdir), cfg, info)
 
 
 def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", resume: bool = False,
@@ -428,6 +434,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
     ``force`` starts the run over instead. SIGINT/SIGTERM save last.pt at the next step boundary and return
     with ``interrupted`` set."""
     t_start = time.perf_counter()
+    NEXT_RUN.pop("train", None)  # (until this run has started)
     workdir = Path(workdir)
     run_dir = workdir / "runs" / name
     ckpt_dir = run_dir / "checkpoints"
@@ -499,10 +506,11 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             raise LeapError("run directory already holds a checkpoint", path=run_dir,
                             fix="continue it with --resume, start it over with --force, or pick another --name")
         seed_everything(cfg.train.seed)
+        if source is None:
+            for folder in shard_folders(cfg, workdir):  # held before a manifest is read: build-shards --force
+                if folder is not None and folder.is_dir():  # would delete them under this run
+                    stack.enter_context(ShardReaders(folder))
         source = source or default_source(cfg, workdir, info)
-        for ds in (getattr(source, "train", None), getattr(source, "val", None)):
-            if getattr(ds, "folder", None) is not None:  # build-shards --force would delete them under this run
-                stack.enter_context(ShardReaders(ds.folder))
         model_args = model_args_for(cfg, source)
         if resume_ckpt is not None:
             _same_training_data(resume_ckpt, source, ckpt_dir / "last.pt", cfg.data.train)
@@ -587,6 +595,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+            NEXT_RUN["train"] = "resume"  # (an error's advice from here on: --resume)
         metrics = (_Metrics(run_dir, state.step if resume_ckpt is not None else None, state.epoch)
                    if info.is_main else None)
 
