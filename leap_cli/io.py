@@ -329,7 +329,8 @@ class ShardReaders:
     once): a reader refuses while a builder holds ``.writers.lock``, a builder while a reader holds
     ``.readers.lock``; of two that start together one refuses, never neither. (build-shards --force deleted the
     shards under a running training, which stopped on a "corrupt shard" that check-shards found whole.) A folder
-    where no lock file can be opened (read-only shards) takes no lock: nothing can rewrite it either."""
+    where no lock file can be opened takes no lock: build-shards makes both files (mode 0666) in every folder it
+    builds or finds built, so a reader who may not write there finds them."""
 
     READERS, WRITERS = ".readers.lock", ".writers.lock"
     PROBES = 10  # tries of a probe, 50 ms apart: another's probe holds a lock file for a moment only
@@ -417,6 +418,14 @@ class ShardReaders:
             return False
         self._fd = fd
         return True
+
+    def make_files(self) -> None:
+        """Make both lock files where missing (build-shards, even with nothing to write): a reader who may not
+        write in the folder still takes one it finds (a folder built by an earlier leap had none, and its owner's
+        --force then went unseen)."""
+        for name in (self.READERS, self.WRITERS):
+            if (opened := self._open(name)) is not None:
+                os.close(opened[0])
 
     def read(self) -> "ShardReaders":
         """Hold the folder for reading (refused while build-shards writes into it)."""

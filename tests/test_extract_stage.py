@@ -1148,10 +1148,12 @@ def test_a_full_disk_under_the_frame_cache_names_the_way_on_without_it(kitchen, 
     assert str(tmp_path / "fc") in str(e.value)
     assert len(read_jsonl(out)) == 1  # (the first segment's, before the disk filled)
     written.clear()
-    monkeypatch.setattr(cache_mod, "atomic_write_bytes", lambda path, data, **kw: (_ for _ in ()).throw(
-        PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))))  # (another user's work directory)
+    denied = lambda path, data, **kw: (_ for _ in ()).throw(  # noqa: E731 (another user's work directory)
+        PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path)))
+    monkeypatch.setattr(cache_mod, "atomic_write_bytes", denied)
+    monkeypatch.setattr(cache_mod, "atomic_write_text", denied)  # (the video's source.json, written first)
     with pytest.raises(LeapError, match="Permission denied .writing extract's frame cache.*give --frame-cache a folder "
                                         "you can write, or --frame-cache none"):
-        run_extract(_cfg(kitchen, out, components=("camera",), frame_cache=tmp_path / "fc"))
+        run_extract(_cfg(kitchen, out, components=("camera",), frame_cache=tmp_path / "fc2"))
     s = run_extract(_cfg(kitchen, out, components=("camera",), frame_cache=None))
     assert s.written == len(SEGMENTS) - 1 and len(read_jsonl(out)) == len(SEGMENTS)

@@ -2007,6 +2007,9 @@ def test_no_paid_request_is_sent_while_the_disk_is_nearly_full(workdir, good_pro
         assert 2 <= sent < N_SEGMENTS and len(records(workdir)) == sent  # (each paid reply is written)
         low[0] = False
         assert generate_programs(cfg).total == N_SEGMENTS - sent and len(server.requests) == N_SEGMENTS
+        low[0] = True  # a run its cache answers whole sends no request: it is not refused
+        s = generate_programs(dataclasses.replace(cfg, out=workdir / "programs" / "copy.jsonl"))
+        assert s.cache_hits == N_SEGMENTS and len(server.requests) == N_SEGMENTS
     # the offline backend pays nothing: it runs on
     low[0] = True
     s = generate_programs(GenerateConfig(workdir=workdir, split="val", out=workdir / "programs" / "offline.jsonl"))

@@ -1292,4 +1292,9 @@ def test_a_training_holds_its_shards_against_a_rebuild(shard_work: Path) -> None
     main(cfg, workdir=shard_work, name="held", on_step=rebuild)
     assert [s for s, _ in refused] == ["train", "val"] and "reading these shards" in refused[0][1]
     assert NEXT_RUN["train"] == "resume"  # (an error's advice once config.yaml is written: --resume)
-    ShardReaders(shard_work / "shards" / "train").write().release()  # let go once the run ended
+    building = ShardReaders(shard_work / "shards" / "train").write()  # let go once the run ended; a training
+    try:  # started while build-shards writes is refused before it reads a manifest (it said "no shards manifest")
+        with pytest.raises(LeapError, match="leap build-shards is writing these shards"):
+            main(cfg, workdir=shard_work, name="held-too")
+    finally:
+        building.release()

@@ -456,7 +456,10 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
             layout, seg.video_id, seg.start, max(seg.stop, seg.start + 0.05), sr, record=seg.narration_id),
         frame_size=lambda: video.size(seg))
     if cache is not None and "frame-cache source" not in video.cache:  # once per video, before its entries are read
-        cache.claim(seg.video_id, layout.source_stat(seg.video_id))
+        try:
+            cache.claim(seg.video_id, layout.source_stat(seg.video_id))
+        except OSError as e:  # (its folder or source.json: the first write into the cache)
+            raise _cache_write_error(e, cache) from None
         video.cache["frame-cache source"] = True
     video.start_segment(seg, _planned_frames(ctx, components, cache))
     comps, timings = {}, {}

@@ -405,6 +405,7 @@ class ProgramGenerator:
         self.reask: set[str] = set()  # segments whose replies are asked for again, not read from the cache
         self.summary_requests = 0
         self.summary_hits = 0
+        self.may_send: Callable[[], bool] | None = None  # asked before each request goes out (_generate's disk check)
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}  # requests made in this run
         # a reply without token counts was warned of (offline: there are none to report)
         self._no_usage_told = backend.name == "offline"
@@ -515,6 +516,9 @@ class ProgramGenerator:
             self._slots = asyncio.Semaphore(max(1, self.cfg.concurrency))
         async with self._slots:
             if self._halted or (first and self.over_budget is not None and self.over_budget()):
+                raise NoMoreRequests
+            if self.may_send is not None and not self.may_send():  # (a disk too full to keep the reply)
+                self._halted = True
                 raise NoMoreRequests
             if self._slots.locked():
                 self.all_busy.set()
@@ -764,8 +768,6 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         if cfg.limit is not None:
             pending = pending[: cfg.limit]
         summary.total = len(pending)
-        if pending and store is not None and (low := disk_short(cfg)):  # (a rerun on the disk a run filled paid
-            raise low  # again each time for the replies it could not write, and left them out of the ledger)
         # the inputs live until the end: out of the collector's sight, a full collection does not walk them
         # again and again (~0.1 s per pass with 60k objects, all at once, while 32 replies wait)
         if use_check_process(cfg, backend, len(pending)):  # started (~0.2 s) before the first request
@@ -801,12 +803,6 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             for record in queue:
                 if stop.signum is not None or over_budget():
                     return
-                if store is not None and unwritten[0] is None and time.monotonic() >= disk_checked[0] + 1.0:
-                    disk_checked[0] = time.monotonic()  # (once a second: a statvfs is ~2 us, a request ~1 ms of CPU)
-                    if (low := disk_short(cfg, before=False)) is not None:  # the replies in flight are still written
-                        unwritten[0] = low
-                        gen._halted = True
-                        return
                 try:
                     result = await gen.run_one(record)
                 except NoMoreRequests:
@@ -831,7 +827,21 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
 
         said: list[str | None] = [None]
         unwritten: list[Exception | None] = [None]  # the first write of the output that failed (or the disk filling)
-        disk_checked = [time.monotonic()]  # (checked before the first request)
+        disk_checked = [-1.0]
+
+        def may_send() -> bool:
+            """No request while the output's or cache's disk is nearly full (a rerun on the disk a run filled paid
+            again each time for the replies it could not write, and left them out of the ledger); asked once a
+            second at most (a statvfs is ~2 us, a request ~1 ms of CPU); cache hits need no request."""
+            if store is None or time.monotonic() < disk_checked[0] + 1.0:
+                return True
+            disk_checked[0] = time.monotonic()
+            low = disk_short(cfg, before=gen.summary_requests == 0 and gen.in_flight == 0)
+            if low is not None and unwritten[0] is None:
+                unwritten[0] = low
+            return low is None
+
+        gen.may_send = may_send
 
         async def watch() -> None:  # a held server on the progress line: minutes without a record say nothing
             while True:

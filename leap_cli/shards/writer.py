@@ -478,6 +478,8 @@ def build_shards(segments: list[Segment], *, out: str | Path, **kw) -> BuildResu
     """Write the shards of ``segments`` into ``out`` and return the manifest (``_build_shards``); no shard is
     written or deleted while a leap train or evaluate reads the folder (``io.ShardReaders``)."""
     gate = ShardReaders(Path(out))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    gate.make_files()
     try:
         return _build_shards(segments, out=out, gate=gate, **kw)
     finally:
