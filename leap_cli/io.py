@@ -400,6 +400,10 @@ class ShardReaders:
             return True
         opened = self._open(name)
         if opened is None:
+            if name == self.READERS and self.folder.is_dir():  # (built by an earlier leap, not writable here)
+                log.warning("%s has no %s and this user cannot make it: a build-shards --force there would not wait "
+                            "for this run; if anyone may rebuild these shards, run leap build-shards on them once "
+                            "(it makes the lock files)", self.folder, name)
             return True
         fd, _ = opened
         if self._flock(fd, fcntl.LOCK_SH) is False:  # (None: a file system without locks)

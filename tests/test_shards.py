@@ -1292,7 +1292,7 @@ def test_a_video_fixed_after_a_sharded_build_is_tried_again_by_its_part(tmp_path
     assert again.written_now == 0 and again.manifest["counts"]["samples"] == 7 and not again.manifest["skipped"]
 
 
-def test_shards_a_command_reads_are_not_rewritten_under_it(root, tmp_path):
+def test_shards_a_command_reads_are_not_rewritten_under_it(root, tmp_path, caplog):
     """build-shards --force deleted the shards a running `leap train` read: the training stopped on a "corrupt
     shard" (delete that file...) that check-shards found whole. A reader holds a shared lock on the folder;
     build-shards writes or deletes shards only under the exclusive one, and a reader waits for no build."""
@@ -1322,6 +1322,11 @@ def test_shards_a_command_reads_are_not_rewritten_under_it(root, tmp_path):
     finally:
         writer.release()
     assert build(root, tmp_path / "run", frames=2, overwrite=True).manifest["settings"]["frames"] == 2
+    # a folder of an earlier leap (no lock files) that this user may not write in: the reader says it holds nothing
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level("WARNING"):
+        mp.setattr(ShardReaders, "_open", lambda self, name: None)
+        ShardReaders(out).read().release()
+    assert "has no .readers.lock and this user cannot make it" in caplog.text
     # another user's lock file on NFS (no exclusive lock on a file opened for reading): said, not taken as free
     real_open, real_flock = ShardReaders._open, ShardReaders._flock
     with pytest.MonkeyPatch.context() as mp:
