@@ -590,6 +590,7 @@ def _build_kitchen(out: Path, cfg: KitchenConfig, force: bool,
                    on_video: Callable[[int, int, str], None] | None) -> KitchenSummary:
     if (done := _built(out, cfg, force)) is not None:  # (finished by another build since the look above)
         return done
+    marker = read_marker(out)
     if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         if marker is None and not force:
             raise LeapError("the folder is not empty and holds no synthetic kitchen", path=out,
