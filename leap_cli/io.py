@@ -300,8 +300,6 @@ class OutputLock:
                        "or stop it first)")
             raise LeapError(f"another leap process is writing this {what}{who}", path=self.path, fix=fix) from None
         try:  # (an orphaned worker, a job on another node: the refusal names it)
-            import socket
-
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         except OSError:

@@ -13,6 +13,7 @@ and the workers die with the parent.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -404,21 +405,26 @@ def _planned_frames(ctx: SegmentContext, components: list[Component], cache: "Fr
     return plan
 
 
-def _cache_write_error(e: OSError, cache: "FrameCache") -> OSError | LeapError:
+@contextlib.contextmanager
+def _cache_writes(cache: "FrameCache"):
     """A full disk (or quota, or file-size limit) or a folder not ours under the frame cache: the cache is
     extract's gift to build-shards, not its output, so the way on without it is named too."""
     import errno
 
-    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        first = "free space there, or give --frame-cache a folder on another disk"
-    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # (another's work directory, a read-only one)
-        first = "give --frame-cache a folder you can write"
-    else:
-        return e
-    return LeapError(f"{e.strerror or os.strerror(e.errno)} (writing extract's frame cache)",
-                     path=e.filename or cache.root,
-                     fix=f"{first}, or --frame-cache none (the cache only spares build-shards a decode of the "
-                         f"videos), then run {rerun('the same command again')}: the finished records are kept")
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            first = "free space there, or give --frame-cache a folder on another disk"
+        elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):  # (another's work directory, a read-only one)
+            first = "give --frame-cache a folder you can write"
+        else:
+            raise
+        raise LeapError(f"{e.strerror or os.strerror(e.errno)} (writing extract's frame cache)",
+                        path=e.filename or cache.root,
+                        fix=f"{first}, or --frame-cache none (the cache only spares build-shards a decode of the "
+                            f"videos), then run {rerun('the same command again')}: the finished records are kept"
+                        ) from None
 
 
 def describe_video(layout: DatasetLayout, segments: list[Segment], components: list[Component],
@@ -456,10 +462,8 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
             layout, seg.video_id, seg.start, max(seg.stop, seg.start + 0.05), sr, record=seg.narration_id),
         frame_size=lambda: video.size(seg))
     if cache is not None and "frame-cache source" not in video.cache:  # once per video, before its entries are read
-        try:
+        with _cache_writes(cache):  # (its folder or source.json: the first write into the cache)
             cache.claim(seg.video_id, layout.source_stat(seg.video_id))
-        except OSError as e:  # (its folder or source.json: the first write into the cache)
-            raise _cache_write_error(e, cache) from None
         video.cache["frame-cache source"] = True
     video.start_segment(seg, _planned_frames(ctx, components, cache))
     comps, timings = {}, {}
@@ -478,10 +482,8 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
         timings[comp.name] = time.perf_counter() - t0 - (video.decode_seconds - d0)
     if cache is not None:
         t0, d0 = time.perf_counter(), video.decode_seconds
-        try:
+        with _cache_writes(cache):
             cache.store(ctx, seg)
-        except OSError as e:
-            raise _cache_write_error(e, cache) from None
         timings["frame-cache"] = time.perf_counter() - t0 - (video.decode_seconds - d0)
     timings["decode"] = video.decode_seconds - decode0
     record = {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),

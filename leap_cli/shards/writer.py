@@ -506,8 +506,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
     hashed them, kept where this folder's shards were built with them (``_adopted``). ``progress(done, total)``
     is called after each segment.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # (made by build_shards)
     notes: list[str] = []
     selected = shard.select(segments, key=lambda s: s.video_id)
     by_key = {s.narration_id: s for s in selected}
