@@ -251,6 +251,17 @@ def test_max_cost_stops_cleanly(workdir, good_programs):
         assert s2.resumed == 3 and len(records(workdir)) == N_SEGMENTS
 
 
+def test_max_cost_stop_line_counts_the_replies_in_flight(workdir, good_programs):
+    """The stop line said what was spent when the cap was reached, before the replies then in flight came in
+    (QA: "$0.0900 spent" beside the summary's $0.1350): it gives the run's final spend, as the summary does."""
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]), delay=0.0 if n == 0 else 0.5)  # noqa: E731
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, concurrency=3, max_cost=0.001))
+        assert len(server.requests) == 3 == len(records(workdir))  # the first reply reached the cap; two in flight
+        assert s.cost == pytest.approx(3 * 0.0014)
+        assert f"${s.spent_before + s.cost:.4f} spent on val.jsonl so far, ${s.cost:.4f} in this run" in s.stopped
+
+
 def test_missing_key_is_a_leap_error(workdir, monkeypatch):
     monkeypatch.delenv("LEAP_TEST_KEY")
     with ScriptedServer(lambda b, n: Reply("{}")) as server, pytest.raises(LeapError, match="LEAP_TEST_KEY"):

@@ -781,8 +781,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         def over_budget() -> bool:
             if cfg.max_cost is None or summary.spent_before + gen.cost < cfg.max_cost:
                 return False
-            summary.stopped = (f"--max-cost {cfg.max_cost:g} reached (estimated ${summary.spent_before + gen.cost:.4f} "
-                               f"spent on {cfg.out_path.name} so far, ${gen.cost:.4f} in this run)")
+            summary.stopped = _budget_line(cfg, summary.spent_before, gen.cost)  # (said again at the end, below)
             return True
 
         gen = ProgramGenerator(cfg, inputs, backend, store, builder, over_budget)
@@ -891,6 +890,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         if gen is not None:  # also when interrupted: the summary says what was spent
             summary.requests, summary.cache_hits = gen.summary_requests, gen.summary_hits
             summary.usage, summary.cost = gen.usage, gen.cost
+            if summary.stopped:  # with the replies that were in flight when the cap was reached
+                summary.stopped = _budget_line(cfg, summary.spent_before, gen.cost)
         summary.rate_limited = getattr(backend, "rate_limited", 0)
         summary.timed_out = getattr(backend, "timed_out", 0)
         if getattr(backend, "lowest_limit", cfg.concurrency) < cfg.concurrency:
@@ -909,6 +910,12 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         summary.seconds = time.perf_counter() - start
     summary.interrupted = stop.signum
     return summary
+
+
+def _budget_line(cfg: GenerateConfig, spent_before: float, cost: float) -> str:
+    """Why a run stopped at ``--max-cost``, with what was spent."""
+    return (f"--max-cost {cfg.max_cost:g} reached (estimated ${spent_before + cost:.4f} spent on "
+            f"{cfg.out_path.name} so far, ${cost:.4f} in this run)")
 
 
 def generate_programs(cfg: GenerateConfig, *, on_record: Callable[[dict], None] | None = None,
