@@ -1,7 +1,7 @@
 """The OpenAI Batch API path: write the requests as Batch input JSONL, later validate and merge the output.
 
 Input line (``--batch-file OUT.jsonl``): ``{"custom_id": "NARRATION_ID@CLIP_HASH", "method": "POST",
-"url": "/v1/chat/completions", "body": {"model", "messages", "temperature", "max_tokens", "response_format"}}``: the
+"url": "/v1/chat/completions", "body": {"model", "messages", "temperature", "max_completion_tokens", "response_format"}}``: the
 clip hash (``generate.clip_hash``) of the clip the request was made from comes back with its result, so a result
 asked for before the clip changed is kept as that clip's program (and asked for again), not as the new one's.
 Output line (``--ingest-batch RESULTS.jsonl``, as the Batch API returns it): ``{"id", "custom_id",
