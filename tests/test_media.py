@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -109,6 +110,10 @@ def test_frames_folder_reader(tmp_path, mp4):
     shutil.copy(mp4, root / "P01" / "videos" / "P01_01.MP4")
     with open_video(layout, "P01_01") as r:
         assert isinstance(r, VideoReader)
+    # a damaged MP4 hides the frames beside it: its fix names them
+    (root / "P01" / "videos" / "P01_01.MP4").write_bytes(b"not a video")
+    with pytest.raises(LeapError, match=f"move the MP4 away to read the video's rgb_frames folder beside it \\({folder}\\)"):
+        open_video(layout, "P01_01")
     (folder / frame_filename(12)).unlink()
     with pytest.raises(LeapError, match="frame_0000000012.jpg"):
         FramesFolderReader(folder, 50.0, record="P01_01_3").read_frames([12])
@@ -117,6 +122,60 @@ def test_frames_folder_reader(tmp_path, mp4):
     cut.write_bytes(cut.read_bytes()[:-40])  # (what still decodes: a download cut inside the last scan)
     with pytest.raises(LeapError, match=r"frame 13 is cut short \(a truncated JPEG\)"):
         FramesFolderReader(folder, 50.0, record="P01_01_3").read_frames([13])
+
+
+def _damaged(data: bytes) -> bytes:
+    """A JPEG whose middle third is random bytes, its size and end marker kept (a bad disk sector, a bad copy)."""
+    n = len(data)
+    return data[: n // 3] + np.random.default_rng(0).integers(0, 256, n // 3, dtype=np.uint8).tobytes() + data[2 * n // 3:]
+
+
+def test_damaged_frame_files_are_refused_with_their_cause(tmp_path, capfd, monkeypatch):
+    """A frame file with corrupt data decoded (the rest of the picture grey, a bare libjpeg line on stderr) and went
+    into the shards; a zero-byte file, a file of another size than the folder's others and one this user may not
+    read were all "missing or unreadable" (re-extract). Each is now refused with its own cause, naming the file."""
+    folder = tmp_path / "P01" / "rgb_frames" / "P01_01"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(1, 9):  # (textured: the entropy-coded data is most of the file, as in a real frame)
+        cv2.imwrite(str(folder / frame_filename(i)), rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))
+    capfd.readouterr()
+    good = (folder / frame_filename(3)).read_bytes()
+    (folder / frame_filename(3)).write_bytes(_damaged(good))
+    assert (folder / frame_filename(3)).read_bytes()[-2:] == b"\xff\xd9"  # not cut short: the end marker is there
+    reader = FramesFolderReader(folder, 50.0, record="P01_01_3")
+    with pytest.raises(LeapError, match=r"frame 3 is corrupt \(libjpeg: Corrupt JPEG data") as e:
+        reader.read_frames([2, 3])
+    assert "frame_0000000003.jpg" in e.value.one_line() and "[P01_01_3]" in e.value.one_line()
+    assert "JPEG" not in capfd.readouterr().err  # libjpeg's own line is not left on the terminal
+    (folder / frame_filename(3)).write_bytes(good)
+    assert reader.read_frames([3]).shape == (1, 96, 128, 3)  # the file copied back in place: read again
+    (folder / frame_filename(4)).write_bytes(b"")
+    with pytest.raises(LeapError, match="frame 4 is an empty file"):
+        reader.read_frames([4])
+    cv2.imwrite(str(folder / frame_filename(5)), np.zeros((48, 64, 3), np.uint8))
+    with pytest.raises(LeapError, match=r"frame 5 is 64x48, frame 1 of this video 128x96"):
+        reader.read_frames([5])
+    (folder / frame_filename(6)).write_bytes(b"not a jpeg")
+    with pytest.raises(LeapError, match="frame 6 is not an image OpenCV can read"):
+        reader.read_frames([6])
+    (folder / frame_filename(7)).unlink()
+    with pytest.raises(LeapError, match="frame 7 is missing"):
+        reader.read_frames([7])
+    real = Path.read_bytes
+
+    def denied(self):  # (the tests run as root, whom file modes do not stop)
+        if self.name == frame_filename(8):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(LeapError, match="frame 8 cannot be read: permission denied") as e:
+        reader.read_frames([8])
+    assert f"chmod -R a+rX {folder}" in e.value.one_line()
+    monkeypatch.undo()
+    print("a line of the program's own")  # what is not libjpeg's still reaches the terminal
+    assert "program's own" in capfd.readouterr().out
 
 
 def test_window_sampling_modes():

@@ -490,6 +490,31 @@ def test_unreadable_frames_are_skipped_and_listed(tmp_path):
     assert r.manifest["counts"]["samples"] == 6 and r.manifest["counts"]["skipped"] == 3
 
 
+def test_a_frame_file_replaced_in_place_is_read_again(tmp_path):
+    """A corrupt frame (random bytes inside, its end marker kept) was decoded with its rest grey and written into
+    the shards; now its segment is skipped, and once the file is copied over in place (the folder's size and times
+    as they were) the next run writes that segment; a run before the fix redoes nothing."""
+    root = make_root(tmp_path / "k")
+    frame = root / "P01" / "rgb_frames" / "P01_02" / f"frame_{28:010d}.jpg"  # inside P01_02_1
+    rng = np.random.default_rng(0)
+    textured = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    good = cv2.imencode(".jpg", textured, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    n = len(good)
+    folder_times = frame.parent.stat()
+    frame.write_bytes(good[: n // 3] + rng.integers(0, 256, n // 3, dtype=np.uint8).tobytes() + good[2 * n // 3:])
+    r = build(root, tmp_path / "w")
+    skipped = {x["narration_id"]: x for x in r.manifest["skipped"]}
+    assert list(skipped) == ["P01_02_1"] and skipped["P01_02_1"]["cause"] == "a frame file is corrupt"
+    assert "frame_0000000028.jpg" in skipped["P01_02_1"]["reason"]
+    assert build(root, tmp_path / "w").written_now == 0  # the same file: nothing redone
+    frame.write_bytes(good)  # copied over in place
+    now = frame.parent.stat()
+    assert (now.st_size, now.st_mtime_ns, now.st_ctime_ns) == (folder_times.st_size, folder_times.st_mtime_ns,
+                                                               folder_times.st_ctime_ns)
+    again = build(root, tmp_path / "w")
+    assert again.written_now == 1 and not again.manifest["skipped"]
+
+
 def test_skips_of_one_kind_are_counted_as_one_cause(tmp_path):
     """Segments past the end of a video: each reason names its frames, their cause does not, so the summary counts
     them together (each skip was its own cause: "1 x frame 75 requested ...", "1 x frame 85 requested ...")."""

@@ -183,12 +183,15 @@ class _Output:
 
 
 class VideoReader:
-    """An MP4 opened with OpenCV. Use as a context manager; ``record`` names the segment in errors."""
+    """An MP4 opened with OpenCV. Use as a context manager; ``record`` names the segment in errors;
+    ``frames_beside``: the video's rgb_frames folder, which the fix of a damaged file names (the MP4 is read first)."""
 
-    def __init__(self, path: str | Path, *, record: str | None = None, seek_gap: int = SEEK_GAP):
+    def __init__(self, path: str | Path, *, record: str | None = None, seek_gap: int = SEEK_GAP,
+                 frames_beside: Path | None = None):
         self.path = Path(path)
         self.record = record
         self.seek_gap = seek_gap
+        self.frames_beside = frames_beside
         if not self.path.is_file():
             raise VideoUnreadable("video not found", path=self.path, record=record,
                                   fix="download the video or its rgb_frames, or drop the segment")
@@ -199,7 +202,7 @@ class VideoReader:
             if permission_denied(self.path):
                 raise VideoUnreadable(DENIED[0], path=self.path, record=record, fix=DENIED[1])
             raise VideoUnreadable("the video cannot be opened (truncated or not a video file)", path=self.path,
-                                  record=record, fix="re-download or re-encode the file")
+                                  record=record, fix=self._redo("re-download or re-encode the file"))
         self.fps = float(self._cap.get(cv2.CAP_PROP_FPS)) or 0.0
         self.num_frames = int(self._cap.get(cv2.CAP_PROP_FRAME_COUNT))
         self.width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
@@ -209,13 +212,19 @@ class VideoReader:
             raise VideoUnreadable(f"video reports fps={self.fps}, frames={self.num_frames}, "
                             f"size={self.width}x{self.height}", gist="the video reports no fps, frames or size",
                             path=self.path, record=record,
-                            fix="the file is damaged; re-download or re-encode it")
+                            fix=self._redo("the file is damaged; re-download or re-encode it"))
         if DECODE_THREADS != 1 and self.width * self.height > SMALL_FRAME:
             self._threads = DECODE_THREADS
             self._rewind()
         self._next = 1  # 1-based index of the frame the next grab() returns
         self._from_start = True  # the frames since the last rewind were decoded in order from the file's start
         self._dead_from: int | None = None  # the first frame that decoding from the start could not reach
+
+    def _redo(self, fix: str) -> str:
+        """The fix of a damaged file, naming the rgb_frames folder beside it where there is one."""
+        if self.frames_beside is None:
+            return fix
+        return f"{fix}; or move the MP4 away to read the video's rgb_frames folder beside it ({self.frames_beside})"
 
     def __enter__(self) -> "VideoReader":
         return self
@@ -235,7 +244,7 @@ class VideoReader:
         if not ok:
             raise VideoUnreadable(f"cannot seek to frame {frame}", gist="cannot seek in the video", path=self.path,
                                   record=self.record,
-                                  fix="the file may be truncated; re-download or re-encode it")
+                                  fix=self._redo("the file may be truncated; re-download or re-encode it"))
         landed = int(self._cap.get(cv2.CAP_PROP_POS_FRAMES)) + 1
         if landed != frame:
             if self._dead_from is not None and frame >= self._dead_from:
@@ -263,7 +272,7 @@ class VideoReader:
         raise VideoUnreadable(f"the video ends or is corrupt at frame {frame} (of {self.num_frames} announced)",
                               gist="the video ends early or is corrupt",
                               path=self.path, record=self.record,
-                              fix="the file is truncated; re-download or re-encode it")
+                              fix=self._redo("the file is truncated; re-download or re-encode it"))
 
     def decode(self, frames: Sequence[int], *, seek: bool = True,
                into: Callable[[], np.ndarray | None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
@@ -313,6 +322,80 @@ class VideoReader:
         self._from_start = True
 
 
+_FRAMES_DENIED = ("make the folder and its frames readable by this user (e.g. chmod -R a+rX {folder}), then run the "
+                  "stage again (extract: with --retry-errors)")
+
+# libjpeg's warnings that mean the image data is damaged (bad Huffman codes, data that ends inside the file, a
+# broken scan): the decoder goes on and fills the rest grey. "extraneous bytes before marker" is left out: many
+# sound JPEGs carry it (padding), and it leaves the image whole.
+_JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
+                "Inconsistent progression sequence", "Huffman")
+
+
+class _JpegWarnings:
+    """``cv2.imdecode`` of a JPEG with libjpeg's warnings: OpenCV decodes a file with corrupt data without an error
+    (the rest of the image grey) and libjpeg says so only on the process's stderr ("Corrupt JPEG data: premature end
+    of data segment"). During the decode, stderr (fd 2) goes to a file of this process's own; what came is read
+    back: libjpeg's damage warnings are returned, any other line (another thread's) is written to stderr as it was.
+    A few microseconds a frame."""
+
+    def __init__(self):
+        import threading
+
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._sink: int | None = None
+
+    def _file(self) -> int:
+        if self._pid != os.getpid():  # a forked worker gets a file of its own, not its parent's (a shared offset)
+            if hasattr(os, "memfd_create"):
+                self._sink = os.memfd_create("leap-libjpeg")
+            else:
+                import tempfile
+
+                self._sink = os.dup(tempfile.TemporaryFile().fileno())
+            self._pid = os.getpid()
+        return self._sink
+
+    def decode(self, data: bytes) -> tuple[np.ndarray | None, str | None]:
+        """(BGR image or None, libjpeg's damage warning or None)."""
+        buf = np.frombuffer(data, np.uint8)
+        with self._lock:
+            try:
+                sink = self._file()
+                saved = os.dup(2)
+            except OSError:  # no stderr to swap (closed): the decode alone
+                return cv2.imdecode(buf, cv2.IMREAD_COLOR), None
+            try:
+                os.dup2(sink, 2)
+                try:
+                    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+                finally:
+                    os.dup2(saved, 2)
+            finally:
+                os.close(saved)
+            if not os.fstat(sink).st_size:
+                return bgr, None
+            os.lseek(sink, 0, os.SEEK_SET)
+            said = b""
+            while chunk := os.read(sink, 65536):
+                said += chunk
+            os.ftruncate(sink, 0)
+            os.lseek(sink, 0, os.SEEK_SET)
+        damage, other = None, []
+        for line in said.decode("utf-8", "replace").splitlines(keepends=True):
+            if any(w in line for w in _JPEG_DAMAGE) and "extraneous bytes" not in line:
+                damage = damage or line.strip()
+            elif "JPEG" not in line and "JFIF" not in line:  # (libjpeg's other warnings leave the image whole)
+                other.append(line)
+        if other:
+            os.write(2, "".join(other).encode())
+        return bgr, damage
+
+
+_jpeg = _JpegWarnings()
+
+
 class FramesFolderReader:
     """An EPIC ``rgb_frames/P01_01/`` folder of 1-based ``frame_0000000001.jpg`` files at ``fps``."""
 
@@ -328,9 +411,14 @@ class FramesFolderReader:
         self.fps = float(fps)
         names = sorted(p.name for p in self.path.glob("frame_*.jpg"))
         if not names:
+            if not os.access(self.path, os.R_OK | os.X_OK):  # (glob finds nothing in a folder it may not list)
+                raise VideoUnreadable("the frames folder cannot be read: permission denied", path=self.path,
+                                      record=record, fix=_FRAMES_DENIED.format(folder=self.path))
             raise VideoUnreadable("the frames folder holds no frame_*.jpg files", path=self.path, record=record)
         self.num_frames = int(names[-1][len("frame_"):-len(".jpg")])
-        first = self._load(int(names[0][len("frame_"):-len(".jpg")]))
+        self.height = self.width = 0
+        self.first = int(names[0][len("frame_"):-len(".jpg")])
+        first = self._load(self.first)
         self.height, self.width = first.shape[:2]
 
     def __enter__(self) -> "FramesFolderReader":
@@ -344,20 +432,38 @@ class FramesFolderReader:
 
     def _load(self, frame: int) -> np.ndarray:
         p = self.path / frame_file(frame)
+        redo = "re-extract the rgb_frames of this video"
         try:
             data = p.read_bytes()
-        except OSError:
-            data = b""
+        except FileNotFoundError:
+            raise VideoUnreadable(f"frame {frame} is missing", gist="a frame file is missing", path=p,
+                                  record=self.record, fix=redo) from None
+        except PermissionError:
+            raise VideoUnreadable(f"frame {frame} cannot be read: permission denied", path=p, record=self.record,
+                                  gist="a frame file cannot be read: permission denied",
+                                  fix=_FRAMES_DENIED.format(folder=self.path)) from None
+        except OSError as e:  # (an I/O error of a failing disk)
+            raise VideoUnreadable(f"frame {frame} cannot be read ({e.strerror or e})", path=p, record=self.record,
+                                  gist="a frame file cannot be read", fix=redo) from None
+        if not data:
+            raise VideoUnreadable(f"frame {frame} is an empty file", gist="a frame file is empty", path=p,
+                                  record=self.record, fix=redo)
         if data[:2] == b"\xff\xd8" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
             # a JPEG without its end-of-image marker: cv2.imread filled the rest grey with a bare libjpeg line
             raise VideoUnreadable(f"frame {frame} is cut short (a truncated JPEG)",
                                   gist="a frame file is cut short", path=p, record=self.record,
-                                  fix="re-extract the rgb_frames of this video (or its tar: a download cut short)")
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+                                  fix=redo + " (or its tar: a download cut short)")
+        bgr, damage = _jpeg.decode(data)
         if bgr is None:
-            raise VideoUnreadable(f"frame {frame} is missing or unreadable",
-                                  gist="a frame file is missing or unreadable", path=p, record=self.record,
-                                  fix="re-extract the rgb_frames of this video")
+            raise VideoUnreadable(f"frame {frame} is not an image OpenCV can read", path=p, record=self.record,
+                                  gist="a frame file is not a readable image", fix=redo)
+        if damage is not None:  # decoded, the rest of the picture grey: not a frame to learn from
+            raise VideoUnreadable(f"frame {frame} is corrupt (libjpeg: {damage})", gist="a frame file is corrupt",
+                                  path=p, record=self.record, fix=redo + " (or its tar: a damaged download or disk)")
+        if self.height and bgr.shape[:2] != (self.height, self.width):  # one clip's frames are stacked
+            raise VideoUnreadable(f"frame {frame} is {bgr.shape[1]}x{bgr.shape[0]}, frame {self.first} of this "
+                                  f"video {self.width}x{self.height}", gist="a frame file has another size than "
+                                  "the video's others", path=p, record=self.record, fix=redo)
         return bgr
 
     def decode(self, frames: Sequence[int], **_: object) -> Iterator[tuple[int, np.ndarray]]:
@@ -386,7 +492,7 @@ def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None,
     record = record or video_id
     mp4 = layout.video_path(video_id)
     if mp4 is not None:
-        reader = VideoReader(mp4, record=record)
+        reader = VideoReader(mp4, record=record, frames_beside=layout.frames_dir(video_id))
         if fps and abs(reader.fps / fps - 1) > FPS_TOLERANCE:
             reader.close()
             raise VideoUnreadable(f"the file runs at {reader.fps:.2f} fps, EPIC_100_video_info.csv gives {fps:g}: its "

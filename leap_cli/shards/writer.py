@@ -215,7 +215,8 @@ def _plan_clips(s: Segment, clock: FrameClock, settings: ShardSettings) -> tuple
 class Skipped:
     """Why a sample was not written: ``reason`` is the full line (file and fix) for the manifest, ``cause`` its
     path-free gist (the summary counts skips by it), ``stat`` ``{"video_stat": [size, mtime_ns] or None}`` of the
-    video before it was read (empty where the opener cannot tell), so a re-run tries again once the file changes."""
+    video before it was read (empty where the opener cannot tell), and for a file of an rgb_frames folder at fault
+    ``frame_file`` and ``frame_stat`` (``_frame_file_stat``), so a re-run tries again once the file changes."""
 
     reason: str
     cause: str
@@ -262,7 +263,8 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
                 state["reader"] = opener(job.video_id)
             except Exception as e:  # noqa: BLE001 - any failure to open becomes a listed skip of its samples
                 state["reader"] = None
-                state["why"] = Skipped(f"video {job.video_id} cannot be opened: {e}", _gist(e), state["stat"])
+                state["why"] = Skipped(f"video {job.video_id} cannot be opened: {e}", _gist(e),
+                                       {**state["stat"], **_frame_file_stat(e, job.video_id)})
         if state["reader"] is None:
             raise _Skip(state["why"])
         return state["reader"]
@@ -306,7 +308,8 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
             out.append((s.key, e.args[0]))
         except Exception as e:  # noqa: BLE001 - unreadable frames: the segment is skipped and listed
             what = e.one_line() if isinstance(e, LeapError) else f"{type(e).__name__}: {e}"  # (not a class name)
-            out.append((s.key, Skipped(f"frames unreadable: {what}", _gist(e), state.get("stat", {}))))
+            out.append((s.key, Skipped(f"frames unreadable: {what}", _gist(e),
+                                       {**state.get("stat", {}), **_frame_file_stat(e, job.video_id)})))
     close = getattr(state.get("reader"), "close", None)
     if close:
         close()
@@ -315,6 +318,25 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
 
 class _Skip(Exception):
     pass
+
+
+def file_stat(path: str | Path) -> list[int] | None:
+    """``[size, mtime_ns, ctime_ns]`` of a file, None when it is not there (or cannot be stat'ed)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _frame_file_stat(e: Exception, video_id: str) -> dict:
+    """For a skip caused by one file of the video's rgb_frames folder (damaged, missing, unreadable):
+    ``frame_file`` (its name) and ``frame_stat`` (``file_stat``), so that a re-run tries the segment again once that
+    file is replaced (a frame copied over in place changes neither the folder's size nor its times)."""
+    where = Path(getattr(e, "path", None) or ".")
+    if where.parent.name != video_id or where.parent.parent.name != "rgb_frames":
+        return {}
+    return {"frame_file": where.name, "frame_stat": file_stat(where)}
 
 
 _worker_ctx: dict = {}
@@ -543,7 +565,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
     now = made_with({"format": FORMAT, "split": settings.split, "task": settings.task, "targets": targets_manifest,
                      "settings": json.loads(json.dumps(asdict(settings))), "sources": sources})
     if shard.count == 1 and not overwrite and (
-            done := _built_in_parts(out, now, _video_changed(getattr(opener, "video_stat", None), by_key))):
+            done := _built_in_parts(out, now, _video_changed(opener, by_key))):
         return done
 
     jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
@@ -557,7 +579,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                       + [progress_path, out / manifest_name(shard.suffix)] + merged_manifest):
                 if p.exists():
                     p.unlink()
-    video_changed = _video_changed(getattr(opener, "video_stat", None), by_key)
+    video_changed = _video_changed(opener, by_key)
     retried: set[str] = set()  # skips tried again: their video changed since
 
     def changed(skip: dict) -> bool:
@@ -692,10 +714,11 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
     return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes)
 
 
-def _video_changed(stat: Callable[[str], list[int] | None] | None,
-                   segments: dict[str, Segment]) -> Callable[[dict], bool]:
+def _video_changed(opener, segments: dict[str, Segment]) -> Callable[[dict], bool]:
     """A test of a skip record: whether it was made when its video was another file (downloaded again since, or
-    there at last). Each video's stat is read once."""
+    there at last), or when the frame file it names was (``_frame_file_stat``). Each video's stat is read once."""
+    stat = getattr(opener, "video_stat", None)
+    frame_stat = getattr(opener, "frame_stat", None)
     stats: dict[str, list[int] | None] = {}
 
     def changed(skip: dict) -> bool:
@@ -704,7 +727,11 @@ def _video_changed(stat: Callable[[str], list[int] | None] | None,
             return False
         if seg.video_id not in stats:
             stats[seg.video_id] = stat(seg.video_id)
-        return stats[seg.video_id] != skip["video_stat"]
+        if stats[seg.video_id] != skip["video_stat"]:
+            return True
+        name = skip.get("frame_file")
+        return (frame_stat is not None and isinstance(name, str) and "frame_stat" in skip
+                and frame_stat(seg.video_id, name) != skip["frame_stat"])
 
     return changed
 
@@ -924,6 +951,14 @@ class LayoutOpener:
             return [*stat, path.stat().st_ctime_ns]
         except OSError:
             return stat
+
+
+    def frame_stat(self, video_id: str, name: str) -> list[int] | None:
+        """``file_stat`` of the file ``name`` in the video's rgb_frames folder (None: no such folder or file)."""
+        from leap_cli.epic.layout import DatasetLayout
+
+        folder = DatasetLayout(self.root, self.annotations_dir).frames_dir(video_id)
+        return file_stat(folder / Path(name).name) if folder is not None else None
 
 
 class ProgramTargets:
