@@ -35,6 +35,7 @@ class ScriptedServer:
         self.script = script
         self.requests: list[dict] = []
         self.paths: list[str] = []  # the request target of each (path and query)
+        self.headers: list[dict[str, str]] = []  # the request headers of each (names in lower case)
         self.times: list[float] = []
         self._lock = threading.Lock()
         self.current = threading.local()  # .path: the request target of the request being scripted
@@ -55,6 +56,7 @@ class ScriptedServer:
                 with outer._lock:
                     outer.requests.append(body)
                     outer.paths.append(self.path)
+                    outer.headers.append({k.lower(): v for k, v in self.headers.items()})
                     outer.times.append(time.monotonic())
                     n = outer._per_clip.get(nid, 0)
                     outer._per_clip[nid] = n + 1

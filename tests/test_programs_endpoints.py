@@ -3,6 +3,7 @@ servers that fail every request, rate limits, timeouts, error bodies and base UR
 
 import asyncio
 import json
+import os
 import re
 import socket
 import threading
@@ -494,6 +495,9 @@ def test_a_base_url_with_the_endpoint_or_a_query_is_used_as_meant(workdir, good_
         s = generate_programs(config(workdir, server, limit=2, out=workdir / "q.jsonl",  # (the first: cached)
                                      base_url=server.base_url + "?api-version=2024-06-01"))
         assert s.statuses == {"valid": 2} and server.paths[1:] == ["/v1/chat/completions?api-version=2024-06-01"]
+        # Azure OpenAI (a deployment's ?api-version=) takes the key in api-key; other servers get Bearer alone
+        assert server.headers[1]["api-key"] == os.environ["LEAP_TEST_KEY"]
+        assert "api-key" not in server.headers[0] and server.headers[0]["authorization"].startswith("Bearer ")
 
 
 def test_a_base_url_without_v1_is_tried_with_it(workdir, good_programs, caplog):  # noqa: F811

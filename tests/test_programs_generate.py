@@ -262,6 +262,39 @@ def test_max_cost_stop_line_counts_the_replies_in_flight(workdir, good_programs)
         assert f"${s.spent_before + s.cost:.4f} spent on val.jsonl so far, ${s.cost:.4f} in this run" in s.stopped
 
 
+def test_max_cost_holds_back_repair_turns_too(workdir, good_programs):
+    """The cap was asked only before a segment's first request: segments started before it was reached sent their
+    repair turns after it (QA: $24 spent under --max-cost 5 at --concurrency 8, each first reply needing a repair).
+    Now no request goes out past the cap; a segment whose repair was held back stays pending, its first reply
+    cached, so the rerun with a raised cap sends only the repair."""
+    def script(body, n):
+        program = dict(good_programs[narration_id_of(body)])
+        if n == 0:
+            program["steps"] = [dict(program["steps"][0], verb="teleport")]  # invalid: repaired in round 2
+        return Reply(json.dumps(program), delay=0.3 if n == 0 else 0.0)
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, concurrency=3, limit=3, max_cost=0.001))
+        assert s.stopped and len(server.requests) == 3  # the three first requests, in flight at the cap; no repair
+        assert not records(workdir) and s.cost == pytest.approx(3 * 0.0014)
+        s = generate_programs(config(workdir, server, concurrency=3, limit=3))
+        assert len(server.requests) == 6 and s.cache_hits == 3  # the repairs alone
+    assert [r["provenance"]["rounds"] for r in records(workdir)] == [2, 2, 2]
+    assert all(r["status"] == "valid" for r in records(workdir))
+
+
+def test_backend_calls_count_what_the_server_got(workdir):
+    """Requests that stopped the stage (a refused key, here) were left out of "backend calls (incl. retries)"
+    (QA: the server got 4, the summary said 0)."""
+    def script(body, n):
+        return Reply(status=401, raw=json.dumps({"error": {"message": "Incorrect API key provided"}}), delay=0.2)
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, concurrency=3), reraise=False)
+        assert s.error is not None and "API key" in s.error.message
+        assert len(server.requests) >= 1 and s.requests == len(server.requests)
+
+
 def test_missing_key_is_a_leap_error(workdir, monkeypatch):
     monkeypatch.delenv("LEAP_TEST_KEY")
     with ScriptedServer(lambda b, n: Reply("{}")) as server, pytest.raises(LeapError, match="LEAP_TEST_KEY"):
@@ -955,6 +988,11 @@ def test_failures_are_counted_by_cause_not_by_where_the_json_broke():
     assert a != b and "at at" not in a and "line 1 column" in a  # the record says where
     assert failure_cause(a) == failure_cause(b) == "the reply is not JSON (Unterminated string starting at)"
     assert failure_cause("HTTP 503 after 4 attempts: upstream busy") == "HTTP 503"
+    # a thinking model that never answered: one cause, not one per reply's length (QA: 16 causes of "1 x")
+    from leap_cli.programs.reply import REASONING_ONLY
+
+    thought = [parse_reply(f"{REASONING_ONLY}reasoning_content {n}")[1][0].message for n in (1460, 2210)]
+    assert thought[0] != thought[1] and failure_cause(thought[0]) == failure_cause(thought[1])
 
 
 def test_descriptors_of_another_split_are_refused(workdir, tmp_path, caplog):
@@ -1251,6 +1289,22 @@ def test_a_refusal_is_invalid_with_its_words_and_gets_no_repair_turn(workdir):  
         assert r["provenance"]["rounds"] == 1
 
 
+def test_a_reply_the_content_filter_stopped_names_it_and_gets_no_repair_turn(workdir):  # noqa: F811
+    """finish_reason "content_filter" with no content (OpenAI, Azure) was "the reply is empty (no content)" and
+    got a paid repair turn, which the filter stops alike (QA)."""
+    def script(body, n):
+        data = completion("x")
+        data["choices"][0].update({"finish_reason": "content_filter", "message": {"role": "assistant", "content": None}})
+        return Reply(raw=json.dumps(data))
+
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=2))
+        assert s.statuses == {"invalid": 2} and len(server.requests) == 2
+    for r in records(workdir):
+        assert r["errors"][0]["message"].startswith("the provider's content filter stopped the reply")
+        assert r["provenance"]["rounds"] == 1
+
+
 def test_an_endpoint_that_reports_no_usage_is_warned_of_once(workdir, good_programs, caplog):
     from leap_cli.programs.backends import reply_usage
 
@@ -1271,7 +1325,14 @@ def test_an_endpoint_that_reports_no_usage_is_warned_of_once(workdir, good_progr
     with ScriptedServer(script) as server:
         s = generate_programs(config(workdir, server, limit=3))
     assert s.statuses == {"valid": 3}
-    assert caplog.text.count("the endpoint reports no token usage: the cost estimate and --max-cost") == 1
+    assert caplog.text.count("the endpoint reports no token usage: the cost estimate cannot work") == 1
+    # with --max-cost, which it cannot keep, no request more is sent (QA: all sent, "$0.0000" spent, exit 0)
+    with ScriptedServer(script) as server:
+        s = generate_programs(config(workdir, server, limit=3, concurrency=1, max_cost=5.0, out=workdir / "cap.jsonl",
+                                     model="other"))
+    assert len(server.requests) == 1 and s.statuses == {"valid": 1}
+    assert "--max-cost 5 cannot be kept: the endpoint reports no token usage" in s.stopped
+    assert "nor can --max-cost: no more requests are sent" in caplog.text
 
     def prompt_only(body, n):  # the prompt's count alone: the completion was counted free without a word
         data = completion(json.dumps(good_programs[narration_id_of(body)]))

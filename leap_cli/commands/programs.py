@@ -188,8 +188,7 @@ def generate_programs(
                       "parts are whole videos, dealt in the split's annotation order as extract deals them, and with "
                       "fewer videos than parts some parts are empty", highlight=False)
     if summary.stopped:
-        console.print(f"[yellow]stopped early:[/] {escape(str(summary.stopped))}; raise --max-cost and run the command "
-                      "again to continue (the cap counts every run on this output file)")
+        console.print(f"[yellow]stopped early:[/] {escape(str(summary.stopped))}")
     for line in resumed_notes(summary):
         console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
     for line in endpoint_notes(summary):
@@ -272,6 +271,7 @@ def failure_cause(message: str) -> str:
     import re
 
     message = re.sub(r": line \d+ column \d+", "", message)
+    message = re.sub(r"\bput \d+ characters in\b", "put text in", message)  # (a thinking model's every reply)
     return ": ".join(message.split(" after ")[0].split(": ")[:2])[:100]
 
 

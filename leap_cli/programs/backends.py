@@ -39,7 +39,7 @@ from leap_cli.errors import LeapError
 from leap_cli.programs.http import HTTPClient, HTTPConnectionError, HTTPTimeout, Response
 from leap_cli.programs.prompt import ClipInfo
 from leap_cli.programs.redact import redact, redact_logs, register_secret
-from leap_cli.programs.reply import REFUSED, reasoning_only
+from leap_cli.programs.reply import FILTERED, REFUSED, reasoning_only
 
 log = logging.getLogger(__name__)
 redact_logs(log)
@@ -240,11 +240,14 @@ class OpenAIBackend(Backend):
         self._turns: list[int] = []  # while held: the requests waiting to probe, in turn (one failing alone
         # on every probe, a prompt the server chokes on, must not be the only one asked)
         self._halted = False  # the stage stops: no more attempts (``halt``)
+        self.sent = 0  # HTTP attempts sent, all of them (also those of requests that stopped the stage)
         self._halt_event = asyncio.Event()
         self._peak = 0  # the most requests on the wire in the window of replies going on (``steady_limit``)
         self.held_seconds = 0.0  # time spent held (the summary says so)
         self.holds = 0  # times held
         headers = {"Authorization": f"Bearer {key}", "User-Agent": "leap"}
+        if _azure(self.base_url):  # Azure OpenAI takes its keys in api-key (Bearer is for Entra ID tokens)
+            headers["api-key"] = key
         # what the official client sends for organisation- or project-scoped keys
         for env, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
             if os.environ.get(env):
@@ -532,6 +535,7 @@ class OpenAIBackend(Backend):
             epoch, sent, prefix = self._epoch, self._format(request.schema), self._http.prefix
             sent_held = self._held is not None
             error: HTTPTimeout | HTTPConnectionError | None = None
+            self.sent += 1
             try:
                 resp = await self._http.post("/chat/completions", self._body(request))
             except (HTTPTimeout, HTTPConnectionError) as e:
@@ -753,7 +757,8 @@ def reply_text(data: dict) -> str:
     """The text of a chat completion's first choice: its ``content`` (a string, a list of text parts as some
     OpenAI-compatible servers send, or an object, written back as JSON), else its ``refusal`` (Structured
     Outputs: the model declined), else, where the message's ``reasoning_content`` or ``reasoning`` holds text
-    (a thinking model that never answered), ``reply.reasoning_only`` (what parse_reply names), else ""."""
+    (a thinking model that never answered), ``reply.reasoning_only`` (what parse_reply names), else
+    ``reply.FILTERED`` where the content filter stopped it, else ""."""
     try:
         message = data["choices"][0]["message"]
         content = message.get("content")
@@ -771,7 +776,16 @@ def reply_text(data: dict) -> str:
     for name in ("reasoning_content", "reasoning"):
         if isinstance(message.get(name), str) and message[name].strip():
             return reasoning_only(name, len(message[name]))
+    if data["choices"][0].get("finish_reason") == "content_filter":
+        return FILTERED
     return ""
+
+
+def _azure(url: str) -> bool:
+    """Whether ``url`` is an Azure OpenAI endpoint (its host, or the ``api-version`` query its deployments take)."""
+    u = urlsplit(url)
+    return (u.hostname or "").endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
+            ) or "api-version=" in u.query
 
 
 def endpoint_base(url: str) -> str:

@@ -383,7 +383,7 @@ class ProgramGenerator:
     worker lets the event loop go round once (``_turn``): the replies already read and the requests whose slot
     came free in that pass go out first, so a burst of replies is read, and their slots' next requests sent,
     before the burst's checks.
-    ``over_budget`` (``--max-cost``) is asked again when a segment's first request gets its slot."""
+    ``over_budget`` (``--max-cost``) is asked again when a request (a first or a repair turn) gets its slot."""
 
     def __init__(self, cfg: GenerateConfig, inputs: Inputs, backend: Backend, store: ProgramStore | None, builder: PromptBuilder,
                  over_budget: Callable[[], bool] | None = None):
@@ -409,6 +409,7 @@ class ProgramGenerator:
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}  # requests made in this run
         # a reply without token counts was warned of (offline: there are none to report)
         self._no_usage_told = backend.name == "offline"
+        self.unpriced = False  # a reply came without its token counts: its cost is not known
         self.cost = 0.0
 
     def info(self, record: dict) -> ClipInfo:
@@ -460,7 +461,7 @@ class ProgramGenerator:
             else:
                 prov["cached"] = False
                 try:
-                    comp = await self._complete(Request(nid, prompt.messages, schema, info, prompt.json), key, rnd == 0)
+                    comp = await self._complete(Request(nid, prompt.messages, schema, info, prompt.json), key)
                 except BackendError as e:
                     prov["attempts"] += e.attempts
                     self.summary_requests += e.attempts
@@ -509,13 +510,15 @@ class ProgramGenerator:
                                     {"role": "user", "content": repair_message(findings)}])
         return done("invalid", program, findings)
 
-    async def _complete(self, request: Request, key: str, first: bool) -> Completion:
+    async def _complete(self, request: Request, key: str) -> Completion:
         """The backend's reply, its cost counted and the reply cached before the slot is handed on (so that the
         next segment's budget check sees it)."""
         if self._slots is None:  # made in the running event loop
             self._slots = asyncio.Semaphore(max(1, self.cfg.concurrency))
         async with self._slots:
-            if self._halted or (first and self.over_budget is not None and self.over_budget()):
+            # (a repair turn too: segments started before the cap sent theirs after it; one held back stays
+            # pending, its first reply cached, so the rerun with a raised cap sends only the repair)
+            if self._halted or (self.over_budget is not None and self.over_budget()):
                 raise NoMoreRequests
             if self.may_send is not None and not self.may_send():  # (a disk too full to keep the reply)
                 self._halted = True
@@ -535,11 +538,15 @@ class ProgramGenerator:
             finally:
                 self.in_flight -= 1
             usage = comp.usage
-            if not (usage.get("prompt_tokens") and usage.get("completion_tokens") or self._no_usage_told):
-                self._no_usage_told = True
-                log.warning("the endpoint reports %s: the cost estimate and --max-cost cannot work for this run",
-                            "no token usage" if not (usage.get("prompt_tokens") or usage.get("completion_tokens"))
-                            else "no " + ("completion" if usage.get("prompt_tokens") else "prompt") + " tokens")
+            if not (usage.get("prompt_tokens") and usage.get("completion_tokens")):
+                self.unpriced = True  # (with --max-cost: no request more, the cap cannot be kept)
+                if not self._no_usage_told:
+                    self._no_usage_told = True
+                    log.warning("the endpoint reports %s: the cost estimate cannot work for this run%s",
+                                "no token usage" if not (usage.get("prompt_tokens") or usage.get("completion_tokens"))
+                                else "no " + ("completion" if usage.get("prompt_tokens") else "prompt") + " tokens",
+                                ", nor can --max-cost: no more requests are sent" if self.cfg.max_cost is not None
+                                else "")
             self.summary_requests += comp.attempts
             for k in self.usage:
                 self.usage[k] += usage.get(k, 0)
@@ -779,6 +786,11 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         summary.spent_before = store.spent(cfg.out_path)["cost"] if store is not None else 0.0
 
         def over_budget() -> bool:
+            if cfg.max_cost is not None and gen.unpriced:
+                summary.stopped = (f"--max-cost {cfg.max_cost:g} cannot be kept: the endpoint reports no token usage, "
+                                   "so what its replies cost is not known; run without --max-cost to go on (and "
+                                   "watch the spend at the provider)")
+                return True
             if cfg.max_cost is None or summary.spent_before + gen.cost < cfg.max_cost:
                 return False
             summary.stopped = _budget_line(cfg, summary.spent_before, gen.cost)  # (said again at the end, below)
@@ -888,9 +900,11 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         if checker is not None:
             await checker.aclose()
         if gen is not None:  # also when interrupted: the summary says what was spent
-            summary.requests, summary.cache_hits = gen.summary_requests, gen.summary_hits
+            # (the endpoint's own count: also the attempts of requests that stopped the stage, a refused key's)
+            summary.requests = getattr(backend, "sent", gen.summary_requests)
+            summary.cache_hits = gen.summary_hits
             summary.usage, summary.cost = gen.usage, gen.cost
-            if summary.stopped:  # with the replies that were in flight when the cap was reached
+            if summary.stopped and not gen.unpriced:  # with the replies that were in flight when the cap was reached
                 summary.stopped = _budget_line(cfg, summary.spent_before, gen.cost)
         summary.rate_limited = getattr(backend, "rate_limited", 0)
         summary.timed_out = getattr(backend, "timed_out", 0)
@@ -915,7 +929,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
 def _budget_line(cfg: GenerateConfig, spent_before: float, cost: float) -> str:
     """Why a run stopped at ``--max-cost``, with what was spent."""
     return (f"--max-cost {cfg.max_cost:g} reached (estimated ${spent_before + cost:.4f} spent on "
-            f"{cfg.out_path.name} so far, ${cost:.4f} in this run)")
+            f"{cfg.out_path.name} so far, ${cost:.4f} in this run); raise --max-cost and run the command again to "
+            "continue (the cap counts every run on this output file)")
 
 
 def generate_programs(cfg: GenerateConfig, *, on_record: Callable[[dict], None] | None = None,

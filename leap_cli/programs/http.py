@@ -13,7 +13,7 @@ What it does: keep-alive connections reused across requests (at most ``max_conne
 ``http`` and ``https`` (certifi's CA bundle when installed, else the system's; ``SSL_CERT_FILE`` wins),
 proxies from the environment (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY``: ``CONNECT`` tunnels for
 https, absolute URIs for http; never for localhost), ``Content-Length`` and chunked bodies, gzip/deflate, a timeout per request.
-A reused connection that the server closed while idle is retried once on a fresh one.
+A reused connection that the server closed while idle (no byte of a response came) is retried once on a fresh one.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ class _Conn(asyncio.Protocol):
         self.closed = False  # EOF or connection lost
         self.error: BaseException | None = None
         self.timed_out = False
+        self.got = 0  # bytes received since the last request went out (``write``)
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport) -> None:
@@ -90,6 +91,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
+        self.got += len(data)
         self._wake()
 
     def eof_received(self) -> bool:
@@ -166,12 +168,12 @@ class _Conn(asyncio.Protocol):
 
 class HTTPClient:
     def __init__(self, base_url: str, headers: dict[str, str], *, max_connections: int = 8, timeout: float = 60.0):
-        u = urlsplit(base_url.rstrip("/"))
+        u = urlsplit(base_url.strip())
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.scheme, self.host = u.scheme, u.hostname
         self.port = u.port or (443 if u.scheme == "https" else 80)
-        self.prefix = u.path or ""
+        self.prefix = u.path.rstrip("/")  # (the path's own slash: "/deployments/x/?api-version=" took two)
         self.query = f"?{u.query}" if u.query else ""  # kept on every request (e.g. Azure's ?api-version=)
         self.timeout = timeout
         self._ssl = _ssl_context() if self.scheme == "https" else None
@@ -230,6 +232,7 @@ class HTTPClient:
                 except (TimeoutError, asyncio.TimeoutError):
                     raise HTTPTimeout("timed out") from None
             timer = loop.call_at(deadline, conn.expire)
+            conn.got = 0
             try:
                 conn.write(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
@@ -240,9 +243,10 @@ class HTTPClient:
                 raise
             except (OSError, asyncio.IncompleteReadError, ValueError, zlib.error) as e:
                 conn.close()
-                if reused and isinstance(e, (asyncio.IncompleteReadError, ConnectionError)) and not getattr(
-                        e, "partial", b""):
-                    continue  # the server closed the idle connection: once more on a fresh one
+                if reused and isinstance(e, (asyncio.IncompleteReadError, ConnectionError)) and not conn.got:
+                    # the server closed the idle connection before it read the request: once more on a fresh one
+                    # (not where any byte of a response came: it had the request, and may bill it)
+                    continue
                 raise HTTPConnectionError(_broken(e)) from None
             except BaseException:
                 conn.close()  # cancelled mid-response: the connection is in an unknown state

@@ -30,6 +30,9 @@ REFUSED = "(refused) "  # what backends.reply_text puts before a Structured Outp
 # what backends.reply_text gives for a reply whose content is empty but whose reasoning field holds text:
 # REASONING_ONLY + "FIELD N" (N characters); kept in the cache as the reply, so a rerun says the same
 REASONING_ONLY = "(reasoning only) "
+# what backends.reply_text gives for an empty content stopped by the provider's content filter (finish_reason
+# "content_filter", as OpenAI and Azure send)
+FILTERED = "(content filter)"
 MAX_DEPTH = 64  # JSON nesting a reply may have (a program's is ~8-12); deeper is a degenerate reply, not a program
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
@@ -71,9 +74,10 @@ def strip_thinking(body: str) -> str:
 def repair_futile(text: str) -> bool:
     """Whether a repair turn would end as this reply did: the model only thought (an empty content beside its
     reasoning, or a ``<think>`` block and nothing after it, closed or not: the fix is a setting), or it refused
-    (Structured Outputs' ``refusal``: it declined the clip, and would again)."""
+    (Structured Outputs' ``refusal``: it declined the clip, and would again), or the provider's content filter
+    stopped it (it would again)."""
     body = text.strip()
-    return body.startswith((REASONING_ONLY, REFUSED)) or bool(body) and not strip_thinking(body)
+    return body.startswith((REASONING_ONLY, REFUSED, FILTERED)) or bool(body) and not strip_thinking(body)
 
 
 def _first_object(body: str, start: int, tries: int = 20):
@@ -106,6 +110,10 @@ def parse_reply(text: str) -> tuple[dict | None, list[Finding]]:
         return None, [Finding("", "the reply is empty (no content)")]
     if body.startswith(REFUSED):
         return None, [Finding("", f"the model refused: {body[len(REFUSED):][:300]}")]
+    if body == FILTERED:
+        return None, [Finding("", "the provider's content filter stopped the reply (finish_reason content_filter): "
+                                  "a repair turn would be stopped the same way; look at the clip's text "
+                                  "(leap generate-programs --dry-run shows the prompt)")]
     if body.startswith(REASONING_ONLY):
         field, _, chars = body[len(REASONING_ONLY):].partition(" ")
         return None, [Finding("", f"the reply's content is empty; the server put {chars} characters in "
