@@ -90,6 +90,9 @@ def test_split_names_and_shards():
     for bad in ("3/3", "x", "1/0"):
         with pytest.raises(LeapError):
             ShardSpec.parse(bad)
+    with pytest.raises(LeapError, match="numbered from 0") as e:  # (a job array numbered from 1 asked for 2/2)
+        ShardSpec.parse("2/2")
+    assert "$((TASK_ID - 1))/n" in e.value.one_line()
     for empty in ("", " "):  # `--shard "$PART"` with PART unset: every array job did the whole split
         with pytest.raises(LeapError, match="--shard is empty"):
             ShardSpec.parse(empty)
