@@ -495,9 +495,13 @@ def test_a_base_url_with_the_endpoint_or_a_query_is_used_as_meant(workdir, good_
         s = generate_programs(config(workdir, server, limit=2, out=workdir / "q.jsonl",  # (the first: cached)
                                      base_url=server.base_url + "?api-version=2024-06-01"))
         assert s.statuses == {"valid": 2} and server.paths[1:] == ["/v1/chat/completions?api-version=2024-06-01"]
-        # Azure OpenAI (a deployment's ?api-version=) takes the key in api-key; other servers get Bearer alone
-        assert server.headers[1]["api-key"] == os.environ["LEAP_TEST_KEY"]
+        # Azure OpenAI (a deployment's ?api-version=, here a gateway's) takes the key in api-key; other servers get
+        # Bearer alone; an Azure host api-key alone (it reads a Bearer header as an Entra ID token)
+        assert server.headers[1]["api-key"] == os.environ["LEAP_TEST_KEY"] and "authorization" in server.headers[1]
         assert "api-key" not in server.headers[0] and server.headers[0]["authorization"].startswith("Bearer ")
+    from leap_cli.programs.backends import _azure
+
+    assert _azure("https://me.openai.azure.com/openai/v1") == "host" and _azure("http://localhost:8000/v1") is None
 
 
 def test_a_base_url_without_v1_is_tried_with_it(workdir, good_programs, caplog):  # noqa: F811

@@ -1333,6 +1333,22 @@ def test_an_endpoint_that_reports_no_usage_is_warned_of_once(workdir, good_progr
     assert len(server.requests) == 1 and s.statuses == {"valid": 1}
     assert "--max-cost 5 cannot be kept: the endpoint reports no token usage" in s.stopped
     assert "nor can --max-cost: no more requests are sent" in caplog.text
+    # the offline generator has no cost to count: --max-cost leaves it be (review: it stopped after one record)
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val", max_cost=5.0, out=workdir / "offline.jsonl",
+                                         limit=3))
+    assert s.stopped is None and s.statuses == {"valid": 3}
+
+    # a completion of 0 beside a prompt count is a count (an empty reply the content filter stopped): priced
+    def filtered(body, n):
+        data = completion("x")
+        data["choices"][0].update({"finish_reason": "content_filter", "message": {"role": "assistant", "content": None}})
+        data["usage"] = {"prompt_tokens": 1000, "completion_tokens": 0, "total_tokens": 1000}
+        return Reply(raw=json.dumps(data))
+
+    with ScriptedServer(filtered) as server:
+        s = generate_programs(config(workdir, server, limit=3, concurrency=1, max_cost=5.0, out=workdir / "f.jsonl",
+                                     model="filtered"))
+    assert s.stopped is None and len(server.requests) == 3 and s.cost == pytest.approx(3 * 0.001)
 
     def prompt_only(body, n):  # the prompt's count alone: the completion was counted free without a word
         data = completion(json.dumps(good_programs[narration_id_of(body)]))

@@ -513,6 +513,18 @@ def test_a_frame_file_replaced_in_place_is_read_again(tmp_path):
                                                                folder_times.st_ctime_ns)
     again = build(root, tmp_path / "w")
     assert again.written_now == 1 and not again.manifest["skipped"]
+    # a first frame of another size: every segment reading the video names it beside its own frame, and once it
+    # is copied back in place those segments are written (review: only the other frame's stat was kept)
+    first = root / "P01" / "rgb_frames" / "P01_02" / f"frame_{1:010d}.jpg"
+    good_first = first.read_bytes()
+    cv2.imwrite(str(first), np.zeros((H * 2, W * 2, 3), np.uint8))
+    r = build(root, tmp_path / "w2")
+    odd = [x for x in r.manifest["skipped"] if x["cause"] == "a frame file has another size than the video's others"]
+    assert odd and all(f"frame_{1:010d}.jpg" in x["frame_files"] for x in odd)
+    assert build(root, tmp_path / "w2").written_now == 0
+    first.write_bytes(good_first)
+    again = build(root, tmp_path / "w2")
+    assert again.written_now == len(odd) and not again.manifest["skipped"]
 
 
 def test_skips_of_one_kind_are_counted_as_one_cause(tmp_path):

@@ -69,9 +69,11 @@ class VideoUnreadable(LeapError):
     ``message`` says what, without paths or tool texts (it may go into a clip text); ``path`` names the file;
     ``gist`` is the message without its numbers (frame numbers, counts), so failures of one kind count as one cause."""
 
-    def __init__(self, message: str, *, gist: str | None = None, **where):
+    def __init__(self, message: str, *, gist: str | None = None, files: list[Path] | None = None, **where):
         super().__init__(message, **where)
         self.gist = gist or message
+        # the files at fault (default: ``path``): build-shards keeps their stats, to try again once one changes
+        self.files = files if files is not None else ([Path(self.path)] if self.path else [])
 
 
 def frame_file(frame: int) -> str:
@@ -348,12 +350,17 @@ class _JpegWarnings:
 
     def _file(self) -> int:
         if self._pid != os.getpid():  # a forked worker gets a file of its own, not its parent's (a shared offset)
+            import fcntl
+
             if hasattr(os, "memfd_create"):
-                self._sink = os.memfd_create("leap-libjpeg")
+                fd = os.memfd_create("leap-libjpeg")
             else:
                 import tempfile
 
-                self._sink = os.dup(tempfile.TemporaryFile().fileno())
+                fd = os.dup(tempfile.TemporaryFile().fileno())
+            # above stdin/out/err: with stderr closed (2>&-, a daemon) the new file would be fd 2 itself, for good
+            self._sink = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
             self._pid = os.getpid()
         return self._sink
 
@@ -363,17 +370,24 @@ class _JpegWarnings:
         with self._lock:
             try:
                 sink = self._file()
-                saved = os.dup(2)
-            except OSError:  # no stderr to swap (closed): the decode alone
+            except OSError:  # (no file to be had: the decode alone)
                 return cv2.imdecode(buf, cv2.IMREAD_COLOR), None
+            try:
+                saved = os.dup(2)
+            except OSError:  # stderr closed: it is closed again after
+                saved = None
             try:
                 os.dup2(sink, 2)
                 try:
                     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
                 finally:
-                    os.dup2(saved, 2)
+                    if saved is None:
+                        os.close(2)
+                    else:
+                        os.dup2(saved, 2)
             finally:
-                os.close(saved)
+                if saved is not None:
+                    os.close(saved)
             if not os.fstat(sink).st_size:
                 return bgr, None
             os.lseek(sink, 0, os.SEEK_SET)
@@ -389,7 +403,10 @@ class _JpegWarnings:
             elif "JPEG" not in line and "JFIF" not in line:  # (libjpeg's other warnings leave the image whole)
                 other.append(line)
         if other:
-            os.write(2, "".join(other).encode())
+            try:
+                os.write(2, "".join(other).encode())
+            except OSError:  # (stderr closed, or a pipe whose reader is gone: the lines were for nobody)
+                pass
         return bgr, damage
 
 
@@ -417,8 +434,16 @@ class FramesFolderReader:
             raise VideoUnreadable("the frames folder holds no frame_*.jpg files", path=self.path, record=record)
         self.num_frames = int(names[-1][len("frame_"):-len(".jpg")])
         self.height = self.width = 0
-        self.first = int(names[0][len("frame_"):-len(".jpg")])
-        first = self._load(self.first)
+        # the frames' size, from the first frame that decodes at all: a damaged one still has its size, and is
+        # refused only where a segment reads it (it refused the whole video)
+        for i, name in enumerate(names[:10]):
+            try:
+                first = self._load(int(name[len("frame_"):-len(".jpg")]), strict=False)
+                break
+            except VideoUnreadable:
+                if i == min(len(names), 10) - 1:
+                    raise
+        self.first = int(name[len("frame_"):-len(".jpg")])
         self.height, self.width = first.shape[:2]
 
     def __enter__(self) -> "FramesFolderReader":
@@ -430,7 +455,8 @@ class FramesFolderReader:
     def close(self) -> None:
         pass
 
-    def _load(self, frame: int) -> np.ndarray:
+    def _load(self, frame: int, strict: bool = True) -> np.ndarray:
+        """Frame ``frame`` (BGR); ``strict=False`` (the size only): also one that is cut short or corrupt."""
         p = self.path / frame_file(frame)
         redo = "re-extract the rgb_frames of this video"
         try:
@@ -448,7 +474,7 @@ class FramesFolderReader:
         if not data:
             raise VideoUnreadable(f"frame {frame} is an empty file", gist="a frame file is empty", path=p,
                                   record=self.record, fix=redo)
-        if data[:2] == b"\xff\xd8" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        if strict and data[:2] == b"\xff\xd8" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
             # a JPEG without its end-of-image marker: cv2.imread filled the rest grey with a bare libjpeg line
             raise VideoUnreadable(f"frame {frame} is cut short (a truncated JPEG)",
                                   gist="a frame file is cut short", path=p, record=self.record,
@@ -457,13 +483,14 @@ class FramesFolderReader:
         if bgr is None:
             raise VideoUnreadable(f"frame {frame} is not an image OpenCV can read", path=p, record=self.record,
                                   gist="a frame file is not a readable image", fix=redo)
-        if damage is not None:  # decoded, the rest of the picture grey: not a frame to learn from
+        if damage is not None and strict:  # decoded, the rest of the picture grey: not a frame to learn from
             raise VideoUnreadable(f"frame {frame} is corrupt (libjpeg: {damage})", gist="a frame file is corrupt",
                                   path=p, record=self.record, fix=redo + " (or its tar: a damaged download or disk)")
         if self.height and bgr.shape[:2] != (self.height, self.width):  # one clip's frames are stacked
             raise VideoUnreadable(f"frame {frame} is {bgr.shape[1]}x{bgr.shape[0]}, frame {self.first} of this "
                                   f"video {self.width}x{self.height}", gist="a frame file has another size than "
-                                  "the video's others", path=p, record=self.record, fix=redo)
+                                  "the video's others", path=p, record=self.record, fix=redo,
+                                  files=[p, self.path / frame_file(self.first)])  # (either may be the odd one)
         return bgr
 
     def decode(self, frames: Sequence[int], **_: object) -> Iterator[tuple[int, np.ndarray]]:

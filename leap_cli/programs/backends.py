@@ -240,14 +240,17 @@ class OpenAIBackend(Backend):
         self._turns: list[int] = []  # while held: the requests waiting to probe, in turn (one failing alone
         # on every probe, a prompt the server chokes on, must not be the only one asked)
         self._halted = False  # the stage stops: no more attempts (``halt``)
-        self.sent = 0  # HTTP attempts sent, all of them (also those of requests that stopped the stage)
+        self._sent = 0  # HTTP attempts sent (``sent``)
         self._halt_event = asyncio.Event()
         self._peak = 0  # the most requests on the wire in the window of replies going on (``steady_limit``)
         self.held_seconds = 0.0  # time spent held (the summary says so)
         self.holds = 0  # times held
         headers = {"Authorization": f"Bearer {key}", "User-Agent": "leap"}
-        if _azure(self.base_url):  # Azure OpenAI takes its keys in api-key (Bearer is for Entra ID tokens)
+        azure = _azure(self.base_url)
+        if azure:  # Azure OpenAI takes its keys in api-key (a Bearer header is read as an Entra ID token there)
             headers["api-key"] = key
+            if azure == "host":
+                del headers["Authorization"]
         # what the official client sends for organisation- or project-scoped keys
         for env, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
             if os.environ.get(env):
@@ -257,6 +260,12 @@ class OpenAIBackend(Backend):
             self._http = HTTPClient(self.base_url, headers, max_connections=concurrency, timeout=timeout)
         except ValueError as e:
             raise LeapError(f"bad --base-url: {e}", fix="e.g. --base-url http://localhost:8000/v1") from None
+
+    @property
+    def sent(self) -> int:
+        """HTTP requests sent, all of them: also those of requests that stopped the stage (a refused key's) and the
+        client's own resends on a keep-alive connection the server had closed."""
+        return self._sent + self._http.resent
 
     def _adapt(self, param: str | None) -> bool:
         """Stop sending what the endpoint refused; whether the request should go again (also when another request
@@ -535,7 +544,7 @@ class OpenAIBackend(Backend):
             epoch, sent, prefix = self._epoch, self._format(request.schema), self._http.prefix
             sent_held = self._held is not None
             error: HTTPTimeout | HTTPConnectionError | None = None
-            self.sent += 1
+            self._sent += 1
             try:
                 resp = await self._http.post("/chat/completions", self._body(request))
             except (HTTPTimeout, HTTPConnectionError) as e:
@@ -781,11 +790,13 @@ def reply_text(data: dict) -> str:
     return ""
 
 
-def _azure(url: str) -> bool:
-    """Whether ``url`` is an Azure OpenAI endpoint (its host, or the ``api-version`` query its deployments take)."""
+def _azure(url: str) -> str | None:
+    """Whether ``url`` is an Azure OpenAI endpoint: "host" (an Azure host), "query" (the ``api-version`` its
+    deployments take, elsewhere: a gateway in front of one, which gets both headers), else None."""
     u = urlsplit(url)
-    return (u.hostname or "").endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
-            ) or "api-version=" in u.query
+    if (u.hostname or "").endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")):
+        return "host"
+    return "query" if "api-version=" in u.query else None
 
 
 def endpoint_base(url: str) -> str:

@@ -539,14 +539,16 @@ class ProgramGenerator:
                 self.in_flight -= 1
             usage = comp.usage
             if not (usage.get("prompt_tokens") and usage.get("completion_tokens")):
-                self.unpriced = True  # (with --max-cost: no request more, the cap cannot be kept)
+                # no prompt count: what it cost is not known (with --max-cost: no request more, the cap cannot
+                # be kept); a completion of 0 beside one is a count (an empty reply the content filter stopped)
+                self.unpriced = self.unpriced or not usage.get("prompt_tokens") and self.backend.name != "offline"
                 if not self._no_usage_told:
                     self._no_usage_told = True
                     log.warning("the endpoint reports %s: the cost estimate cannot work for this run%s",
                                 "no token usage" if not (usage.get("prompt_tokens") or usage.get("completion_tokens"))
                                 else "no " + ("completion" if usage.get("prompt_tokens") else "prompt") + " tokens",
-                                ", nor can --max-cost: no more requests are sent" if self.cfg.max_cost is not None
-                                else "")
+                                ", nor can --max-cost: no more requests are sent"
+                                if self.cfg.max_cost is not None and self.unpriced else "")
             self.summary_requests += comp.attempts
             for k in self.usage:
                 self.usage[k] += usage.get(k, 0)

@@ -13,7 +13,8 @@ What it does: keep-alive connections reused across requests (at most ``max_conne
 ``http`` and ``https`` (certifi's CA bundle when installed, else the system's; ``SSL_CERT_FILE`` wins),
 proxies from the environment (``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY``: ``CONNECT`` tunnels for
 https, absolute URIs for http; never for localhost), ``Content-Length`` and chunked bodies, gzip/deflate, a timeout per request.
-A reused connection that the server closed while idle (no byte of a response came) is retried once on a fresh one.
+A reused connection that the server closed while idle (no byte of a response came, within ``STALE_CLOSE_S`` of the
+request) is retried once on a fresh one.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
+
+
+# A reused connection that ends this soon after the request went out, with no byte of a response, was closed
+# by the server while idle (its keep-alive timeout): the request is sent once more on a fresh connection.
+STALE_CLOSE_S = 1.0
 
 
 class HTTPTimeout(Exception):
@@ -175,6 +181,7 @@ class HTTPClient:
         self.port = u.port or (443 if u.scheme == "https" else 80)
         self.prefix = u.path.rstrip("/")  # (the path's own slash: "/deployments/x/?api-version=" took two)
         self.query = f"?{u.query}" if u.query else ""  # kept on every request (e.g. Azure's ?api-version=)
+        self.resent = 0  # requests sent once more on a fresh connection (a keep-alive one closed while idle)
         self.timeout = timeout
         self._ssl = _ssl_context() if self.scheme == "https" else None
         default_port = self.port == (443 if self.scheme == "https" else 80)
@@ -232,7 +239,7 @@ class HTTPClient:
                 except (TimeoutError, asyncio.TimeoutError):
                     raise HTTPTimeout("timed out") from None
             timer = loop.call_at(deadline, conn.expire)
-            conn.got = 0
+            conn.got, written = 0, loop.time()
             try:
                 conn.write(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
@@ -243,9 +250,11 @@ class HTTPClient:
                 raise
             except (OSError, asyncio.IncompleteReadError, ValueError, zlib.error) as e:
                 conn.close()
-                if reused and isinstance(e, (asyncio.IncompleteReadError, ConnectionError)) and not conn.got:
-                    # the server closed the idle connection before it read the request: once more on a fresh one
-                    # (not where any byte of a response came: it had the request, and may bill it)
+                if reused and isinstance(e, (asyncio.IncompleteReadError, ConnectionError)) and not conn.got and (
+                        loop.time() - written < STALE_CLOSE_S):
+                    # the server had closed the idle connection: once more on a fresh one (not where a byte of a
+                    # response came, or the close came late: the server had the request, and may bill it)
+                    self.resent += 1
                     continue
                 raise HTTPConnectionError(_broken(e)) from None
             except BaseException:

@@ -215,8 +215,8 @@ def _plan_clips(s: Segment, clock: FrameClock, settings: ShardSettings) -> tuple
 class Skipped:
     """Why a sample was not written: ``reason`` is the full line (file and fix) for the manifest, ``cause`` its
     path-free gist (the summary counts skips by it), ``stat`` ``{"video_stat": [size, mtime_ns] or None}`` of the
-    video before it was read (empty where the opener cannot tell), and for a file of an rgb_frames folder at fault
-    ``frame_file`` and ``frame_stat`` (``_frame_file_stat``), so a re-run tries again once the file changes."""
+    video before it was read (empty where the opener cannot tell), and for files of an rgb_frames folder at fault
+    ``frame_files`` (``_frame_file_stat``), so a re-run tries again once the file changes."""
 
     reason: str
     cause: str
@@ -330,13 +330,12 @@ def file_stat(path: str | Path) -> list[int] | None:
 
 
 def _frame_file_stat(e: Exception, video_id: str) -> dict:
-    """For a skip caused by one file of the video's rgb_frames folder (damaged, missing, unreadable):
-    ``frame_file`` (its name) and ``frame_stat`` (``file_stat``), so that a re-run tries the segment again once that
-    file is replaced (a frame copied over in place changes neither the folder's size nor its times)."""
-    where = Path(getattr(e, "path", None) or ".")
-    if where.parent.name != video_id or where.parent.parent.name != "rgb_frames":
-        return {}
-    return {"frame_file": where.name, "frame_stat": file_stat(where)}
+    """For a skip caused by files of the video's rgb_frames folder (damaged, missing, unreadable, of another size
+    than the first frame): ``frame_files`` {name: ``file_stat``}, so that a re-run tries the segment again once one
+    is replaced (a frame copied over in place changes neither the folder's size nor its times)."""
+    files = {Path(f).name: file_stat(f) for f in getattr(e, "files", None) or ()
+             if Path(f).parent.name == video_id and Path(f).parent.parent.name == "rgb_frames"}
+    return {"frame_files": files} if files else {}
 
 
 _worker_ctx: dict = {}
@@ -729,9 +728,9 @@ def _video_changed(opener, segments: dict[str, Segment]) -> Callable[[dict], boo
             stats[seg.video_id] = stat(seg.video_id)
         if stats[seg.video_id] != skip["video_stat"]:
             return True
-        name = skip.get("frame_file")
-        return (frame_stat is not None and isinstance(name, str) and "frame_stat" in skip
-                and frame_stat(seg.video_id, name) != skip["frame_stat"])
+        files = skip.get("frame_files")
+        return frame_stat is not None and isinstance(files, dict) and any(
+            frame_stat(seg.video_id, str(name)) != held for name, held in files.items())
 
     return changed
 
