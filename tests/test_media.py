@@ -154,9 +154,9 @@ def test_damaged_frame_files_are_refused_with_their_cause(tmp_path, capfd, monke
     with pytest.raises(LeapError, match="frame 4 is an empty file"):
         reader.read_frames([4])
     cv2.imwrite(str(folder / frame_filename(5)), np.zeros((48, 64, 3), np.uint8))
-    with pytest.raises(LeapError, match=r"frame 5 is 64x48, frame 1 of this video 128x96"):
-        reader.read_frames([5])
-    assert {p.name for p in e_files(reader, 5)} == {frame_filename(5), frame_filename(1)}  # either may be odd
+    with pytest.raises(LeapError, match=r"frame 5 is 64x48, the video's frames 128x96 \(frames 1, 5, 8\)"):
+        reader.read_frames([5])  # (its size was read from frames 1, 5 and 8 when the folder was opened)
+    assert {p.name for p in e_files(reader, 5)} == {frame_filename(f) for f in (1, 5, 8)}  # any may be the odd one
     (folder / frame_filename(6)).write_bytes(b"not a jpeg")
     with pytest.raises(LeapError, match="frame 6 is not an image OpenCV can read"):
         reader.read_frames([6])
@@ -175,6 +175,25 @@ def test_damaged_frame_files_are_refused_with_their_cause(tmp_path, capfd, monke
         reader.read_frames([8])
     assert f"chmod -R a+rX {folder}" in e.value.one_line()
     monkeypatch.undo()
+    # a first frame of another size: the size most of the first, middle and last frames have is the video's
+    # (review: every other frame was "of another size"); only a read of frame 1 is refused
+    good_first = (folder / frame_filename(1)).read_bytes()
+    cv2.imwrite(str(folder / frame_filename(1)), np.zeros((48, 64, 3), np.uint8))
+    odd = FramesFolderReader(folder, 50.0, record="P01_01_3")
+    assert (odd.width, odd.height) == (128, 96) and odd.read_frames([2]).shape == (1, 96, 128, 3)
+    with pytest.raises(LeapError, match=r"frame 1 is 64x48, the video's frames 128x96"):
+        odd.read_frames([1])
+    (folder / frame_filename(1)).write_bytes(good_first)
+    # bytes after the end marker are no harm (it was "cut short"); damage before a restart marker, as in FFmpeg's
+    # frames, is ("N extraneous bytes before marker 0xd3", the first warning libjpeg prints, was let through)
+    (folder / frame_filename(2)).write_bytes((folder / frame_filename(2)).read_bytes() + b"trailing junk")
+    assert reader.read_frames([2]).shape == (1, 96, 128, 3)
+    from leap_cli.media.video import _jpeg_damage
+
+    assert _jpeg_damage("Corrupt JPEG data: 1090 extraneous bytes before marker 0xd3")
+    assert _jpeg_damage("Corrupt JPEG data: 961 extraneous bytes before marker 0xd9")
+    assert not _jpeg_damage("Corrupt JPEG data: 1 extraneous bytes before marker 0xd9")  # padding
+    assert not _jpeg_damage("Corrupt JPEG data: 2 extraneous bytes before marker 0xdb")
     # a damaged first frame: the folder still opens (its size is read from it) and only a read of it is refused
     first = (folder / frame_filename(1)).read_bytes()
     (folder / frame_filename(1)).write_bytes(_damaged(first))

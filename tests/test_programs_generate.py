@@ -1333,6 +1333,10 @@ def test_an_endpoint_that_reports_no_usage_is_warned_of_once(workdir, good_progr
     assert len(server.requests) == 1 and s.statuses == {"valid": 1}
     assert "--max-cost 5 cannot be kept: the endpoint reports no token usage" in s.stopped
     assert "nor can --max-cost: no more requests are sent" in caplog.text
+    with ScriptedServer(script) as server:  # the same command again: its ledger says so before any request
+        s = generate_programs(config(workdir, server, limit=3, concurrency=1, max_cost=5.0, out=workdir / "cap.jsonl",
+                                     model="other"))
+    assert not server.requests and "cannot be kept" in s.stopped
     # the offline generator has no cost to count: --max-cost leaves it be (review: it stopped after one record)
     s = generate_programs(GenerateConfig(workdir=workdir, split="val", max_cost=5.0, out=workdir / "offline.jsonl",
                                          limit=3))

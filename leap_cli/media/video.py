@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
 
@@ -327,11 +328,26 @@ class VideoReader:
 _FRAMES_DENIED = ("make the folder and its frames readable by this user (e.g. chmod -R a+rX {folder}), then run the "
                   "stage again (extract: with --retry-errors)")
 
-# libjpeg's warnings that mean the image data is damaged (bad Huffman codes, data that ends inside the file, a
-# broken scan): the decoder goes on and fills the rest grey. "extraneous bytes before marker" is left out: many
-# sound JPEGs carry it (padding), and it leaves the image whole.
-_JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
-                "Inconsistent progression sequence", "Huffman")
+# libjpeg's warnings (it prints the first of an image only): those that mean the image data is damaged (bad
+# Huffman codes, data that ends inside a scan, a broken scan) leave the rest of the picture grey, or with restart
+# markers (as FFmpeg's frames, EPIC's, have) a band of it; "N extraneous bytes before marker 0xXX" is damage
+# before a restart marker (0xd0-0xd7: the scan lost its place) or more than a few bytes before the end (0xd9), and
+# padding elsewhere (sound JPEGs carry it before their tables, or a byte or two before the end).
+_LIBJPEG = re.compile(r"(Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Inconsistent progression"
+                      r" sequence|Warning: (unknown JFIF revision|thumbnail image size)|JFIF extension marker|"
+                      r"Unknown Adobe color transform|Unsupported marker type|Huffman)")
+_EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-fA-F]{2})")
+_EOI_PADDING = 8  # extraneous bytes before the end marker still taken for padding
+
+
+def _jpeg_damage(line: str) -> bool:
+    """Whether libjpeg's warning ``line`` says the image data is damaged (``_LIBJPEG``)."""
+    extra = _EXTRANEOUS.search(line)
+    if extra:
+        marker = int(extra.group(2), 16)
+        return 0xD0 <= marker <= 0xD7 or marker == 0xD9 and int(extra.group(1)) > _EOI_PADDING
+    return line.startswith(("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
+                            "Inconsistent progression sequence")) or "Huffman" in line
 
 
 class _JpegWarnings:
@@ -398,10 +414,10 @@ class _JpegWarnings:
             os.lseek(sink, 0, os.SEEK_SET)
         damage, other = None, []
         for line in said.decode("utf-8", "replace").splitlines(keepends=True):
-            if any(w in line for w in _JPEG_DAMAGE) and "extraneous bytes" not in line:
-                damage = damage or line.strip()
-            elif "JPEG" not in line and "JFIF" not in line:  # (libjpeg's other warnings leave the image whole)
+            if not _LIBJPEG.match(line):  # (another thread's line: written back to stderr)
                 other.append(line)
+            elif damage is None and _jpeg_damage(line):
+                damage = line.strip()
         if other:
             try:
                 os.write(2, "".join(other).encode())
@@ -434,17 +450,24 @@ class FramesFolderReader:
             raise VideoUnreadable("the frames folder holds no frame_*.jpg files", path=self.path, record=record)
         self.num_frames = int(names[-1][len("frame_"):-len(".jpg")])
         self.height = self.width = 0
-        # the frames' size, from the first frame that decodes at all: a damaged one still has its size, and is
-        # refused only where a segment reads it (it refused the whole video)
-        for i, name in enumerate(names[:10]):
-            try:
-                first = self._load(int(name[len("frame_"):-len(".jpg")]), strict=False)
+        # the frames' size: the one most of the first, middle and last frames have (a single odd frame 1 made
+        # every other frame of the video "of another size"), each read as it decodes (a damaged frame still has
+        # its size, and is refused only where a segment reads it); where no two of them agree (one unreadable),
+        # the next frames too, until two do
+        numbers = [int(n[len("frame_"):-len(".jpg")]) for n in dict.fromkeys((names[0], names[len(names) // 2],
+                                                                                names[-1], *names[1:8]))]
+        sizes: dict[tuple[int, int], list[int]] = {}
+        error: VideoUnreadable | None = None
+        for i, f in enumerate(numbers):
+            if i >= 3 and any(len(v) > 1 for v in sizes.values()):  # (else more, until two frames agree)
                 break
-            except VideoUnreadable:
-                if i == min(len(names), 10) - 1:
-                    raise
-        self.first = int(name[len("frame_"):-len(".jpg")])
-        self.height, self.width = first.shape[:2]
+            try:
+                sizes.setdefault(self._load(f, strict=False).shape[:2], []).append(f)
+            except VideoUnreadable as e:
+                error = error or e
+        if not sizes:
+            raise error
+        (self.height, self.width), self.sized_by = max(sizes.items(), key=lambda kv: len(kv[1]))
 
     def __enter__(self) -> "FramesFolderReader":
         return self
@@ -474,7 +497,9 @@ class FramesFolderReader:
         if not data:
             raise VideoUnreadable(f"frame {frame} is an empty file", gist="a frame file is empty", path=p,
                                   record=self.record, fix=redo)
-        if strict and data[:2] == b"\xff\xd8" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        if strict and data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+            # (no end marker after the last scan's start: bytes after the end, "trailing junk", are no harm; a
+            # thumbnail's end marker lies before the image's scans)
             # a JPEG without its end-of-image marker: cv2.imread filled the rest grey with a bare libjpeg line
             raise VideoUnreadable(f"frame {frame} is cut short (a truncated JPEG)",
                                   gist="a frame file is cut short", path=p, record=self.record,
@@ -487,10 +512,12 @@ class FramesFolderReader:
             raise VideoUnreadable(f"frame {frame} is corrupt (libjpeg: {damage})", gist="a frame file is corrupt",
                                   path=p, record=self.record, fix=redo + " (or its tar: a damaged download or disk)")
         if self.height and bgr.shape[:2] != (self.height, self.width):  # one clip's frames are stacked
-            raise VideoUnreadable(f"frame {frame} is {bgr.shape[1]}x{bgr.shape[0]}, frame {self.first} of this "
-                                  f"video {self.width}x{self.height}", gist="a frame file has another size than "
-                                  "the video's others", path=p, record=self.record, fix=redo,
-                                  files=[p, self.path / frame_file(self.first)])  # (either may be the odd one)
+            seen = ", ".join(map(str, self.sized_by))
+            raise VideoUnreadable(f"frame {frame} is {bgr.shape[1]}x{bgr.shape[0]}, the video's frames "
+                                  f"{self.width}x{self.height} (frame{'s' * (len(self.sized_by) > 1)} {seen})",
+                                  gist="a frame file has another size than the video's others", path=p,
+                                  record=self.record, fix=redo,  # (either may be the odd one)
+                                  files=[p, *(self.path / frame_file(f) for f in self.sized_by)])
         return bgr
 
     def decode(self, frames: Sequence[int], **_: object) -> Iterator[tuple[int, np.ndarray]]:

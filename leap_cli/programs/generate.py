@@ -785,7 +785,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         gc.freeze()
         if on_start:
             on_start(len(pending))
-        summary.spent_before = store.spent(cfg.out_path)["cost"] if store is not None else 0.0
+        ledger = store.spent(cfg.out_path) if store is not None else {"cost": 0.0, "requests": 0, "prompt_tokens": 0}
+        summary.spent_before = ledger["cost"]
 
         def over_budget() -> bool:
             if cfg.max_cost is not None and gen.unpriced:
@@ -799,6 +800,9 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             return True
 
         gen = ProgramGenerator(cfg, inputs, backend, store, builder, over_budget)
+        # earlier runs on this output were paid with no token counts: so would this one be (each rerun of a capped
+        # command paid for its requests in flight again before it stopped)
+        gen.unpriced = backend.name != "offline" and ledger["requests"] > 0 and not ledger["prompt_tokens"]
         gen.reask = reask
         gen.checker = checker
         stop = _Stop(gen, min(STOP_GRACE, cfg.timeout))
