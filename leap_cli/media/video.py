@@ -498,9 +498,8 @@ class FramesFolderReader:
             raise VideoUnreadable(f"frame {frame} is an empty file", gist="a frame file is empty", path=p,
                                   record=self.record, fix=redo)
         if strict and data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-            # (no end marker after the last scan's start: bytes after the end, "trailing junk", are no harm; a
-            # thumbnail's end marker lies before the image's scans)
-            # a JPEG without its end-of-image marker: cv2.imread filled the rest grey with a bare libjpeg line
+            # no end marker after the last scan's start: OpenCV fills the rest grey without a word (bytes after
+            # the end marker are no harm; a thumbnail's end marker lies before the image's scans)
             raise VideoUnreadable(f"frame {frame} is cut short (a truncated JPEG)",
                                   gist="a frame file is cut short", path=p, record=self.record,
                                   fix=redo + " (or its tar: a download cut short)")

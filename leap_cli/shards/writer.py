@@ -335,7 +335,8 @@ def _frame_file_stat(e: Exception, video_id: str) -> dict:
     is replaced (a frame copied over in place changes neither the folder's size nor its times)."""
     files = {Path(f).name: file_stat(f) for f in getattr(e, "files", None) or ()
              if Path(f).parent.name == video_id and Path(f).parent.parent.name == "rgb_frames"}
-    return {"frame_files": files} if files else {}
+    # (kept, if empty, for every frame file's skip: one without it is an earlier leap's, tried once more)
+    return {"frame_files": files} if files or _gist(e).startswith("a frame file") else {}
 
 
 _worker_ctx: dict = {}
@@ -952,7 +953,6 @@ class LayoutOpener:
             return [*stat, path.stat().st_ctime_ns]
         except OSError:
             return stat
-
 
     def frame_stat(self, video_id: str, name: str) -> list[int] | None:
         """``file_stat`` of the file ``name`` in the video's rgb_frames folder (None: no such folder or file)."""
