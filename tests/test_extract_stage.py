@@ -1157,3 +1157,25 @@ def test_a_full_disk_under_the_frame_cache_names_the_way_on_without_it(kitchen, 
         run_extract(_cfg(kitchen, out, components=("camera",), frame_cache=tmp_path / "fc2"))
     s = run_extract(_cfg(kitchen, out, components=("camera",), frame_cache=None))
     assert s.written == len(SEGMENTS) - 1 and len(read_jsonl(out)) == len(SEGMENTS)
+
+
+def test_frame_cache_entries_of_an_rgb_frames_video_from_an_earlier_leap_are_not_used(tmp_path):
+    """An earlier leap cached a damaged rgb_frames JPEG as decoded (its rest grey), and an upgraded build-shards
+    copied it on, even with --force (QA). Such entries (no ``frames_checked`` in source.json) are not used for an
+    rgb_frames video, and extract replaces them; an MP4's are used as before."""
+    import json
+
+    from leap_cli.extract.cache import FrameCache
+
+    cache = FrameCache(tmp_path / "cache", 16, 256, 90)
+    for video in ("P01_01", "P01_02"):
+        (tmp_path / "cache" / video).mkdir(parents=True)
+        (tmp_path / "cache" / video / "source.json").write_text(json.dumps({"source_stat": [10, 20]}))
+        (tmp_path / "cache" / video / f"{video}_0{cache.suffix}").write_bytes(b"old entry")
+    assert not cache.same_source("P01_01", [10, 20], frames=True)  # rgb_frames: an earlier leap's
+    assert cache.same_source("P01_02", [10, 20], frames=False)  # an MP4's: as before
+    cache.claim("P01_01", [10, 20], frames=True)
+    cache.claim("P01_02", [10, 20], frames=False)
+    assert not (tmp_path / "cache" / "P01_01" / f"P01_01_0{cache.suffix}").exists()  # replaced as extract goes
+    assert (tmp_path / "cache" / "P01_02" / f"P01_02_0{cache.suffix}").exists()
+    assert cache.same_source("P01_01", [10, 20], frames=True)  # its new entries are used

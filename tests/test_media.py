@@ -184,14 +184,22 @@ def test_damaged_frame_files_are_refused_with_their_cause(tmp_path, capfd, monke
     with pytest.raises(LeapError, match=r"frame 1 is 64x48, the video's frames 128x96"):
         odd.read_frames([1])
     (folder / frame_filename(1)).write_bytes(good_first)
+    # two of the first, middle and last frames odd: frames 2-8 are read too, and most of them decide (QA)
+    few = tmp_path / "P02" / "rgb_frames" / "P02_01"
+    few.mkdir(parents=True)
+    for i in range(1, 10):
+        cv2.imwrite(str(few / frame_filename(i)), np.zeros((48, 64, 3) if i in (1, 5) else (96, 128, 3), np.uint8))
+    assert (FramesFolderReader(few, 50.0).width, FramesFolderReader(few, 50.0).height) == (128, 96)
     # bytes after the end marker are no harm (it was "cut short"); damage before a restart marker, as in FFmpeg's
     # frames, is ("N extraneous bytes before marker 0xd3", the first warning libjpeg prints, was let through)
-    (folder / frame_filename(2)).write_bytes((folder / frame_filename(2)).read_bytes() + b"trailing junk")
-    assert reader.read_frames([2]).shape == (1, 96, 128, 3)
+    (folder / frame_filename(2)).write_bytes((folder / frame_filename(2)).read_bytes() + b"junk \xff\xda junk")
+    assert reader.read_frames([2]).shape == (1, 96, 128, 3)  # (junk that holds a scan's marker too: QA)
     from leap_cli.media.video import _jpeg_damage
 
     assert _jpeg_damage("Corrupt JPEG data: 1090 extraneous bytes before marker 0xd3")
     assert _jpeg_damage("Corrupt JPEG data: 961 extraneous bytes before marker 0xd9")
+    assert _jpeg_damage("Corrupt JPEG data: 316 extraneous bytes before marker 0xa6")  # (no marker: garbage)
+    assert _jpeg_damage("Corrupt JPEG data: 40 extraneous bytes before marker 0xc4")  # (progressive: a scan's end)
     assert not _jpeg_damage("Corrupt JPEG data: 1 extraneous bytes before marker 0xd9")  # padding
     assert not _jpeg_damage("Corrupt JPEG data: 2 extraneous bytes before marker 0xdb")
     # a damaged first frame: the folder still opens (its size is read from it) and only a read of it is refused

@@ -1327,19 +1327,30 @@ def test_an_endpoint_that_reports_no_usage_is_warned_of_once(workdir, good_progr
     assert s.statuses == {"valid": 3}
     assert caplog.text.count("the endpoint reports no token usage: the cost estimate cannot work") == 1
     # with --max-cost, which it cannot keep, no request more is sent (QA: all sent, "$0.0000" spent, exit 0)
-    with ScriptedServer(script) as server:
+    with ScriptedServer(script) as server:  # (a user error, exit 2: the same command would stop alike)
         s = generate_programs(config(workdir, server, limit=3, concurrency=1, max_cost=5.0, out=workdir / "cap.jsonl",
-                                     model="other"))
-    assert len(server.requests) == 1 and s.statuses == {"valid": 1}
-    assert "--max-cost 5 cannot be kept: the endpoint reports no token usage" in s.stopped
+                                     model="other"), reraise=False)
+    assert len(server.requests) == 1 and s.statuses == {"valid": 1} and s.stopped is None
+    assert "--max-cost 5 cannot be kept: the endpoint reports no token usage" in s.error.message
+    assert "run without --max-cost" in s.error.one_line()
     assert "nor can --max-cost: no more requests are sent" in caplog.text
-    with ScriptedServer(script) as server:  # the same command again: its ledger says so before any request
+    with ScriptedServer(script) as server:  # the same command again: the call log says so before any request
+        with pytest.raises(LeapError, match=r"cannot be kept: the endpoint reports no token usage \(its last reply, "
+                                            r"in an earlier run, had none\)"):
+            generate_programs(config(workdir, server, limit=3, concurrency=1, max_cost=5.0, out=workdir / "cap.jsonl",
+                                     model="other"))
+    assert not server.requests
+    # a run without the cap whose reply comes with its counts: the cap works again (the latest reply decides)
+    priced = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    with ScriptedServer(priced) as server:
+        generate_programs(config(workdir, server, limit=2, concurrency=1, out=workdir / "cap.jsonl", model="other"))
+        n = len(server.requests)
         s = generate_programs(config(workdir, server, limit=3, concurrency=1, max_cost=5.0, out=workdir / "cap.jsonl",
                                      model="other"))
-    assert not server.requests and "cannot be kept" in s.stopped
+        assert s.stopped is None and s.error is None and s.statuses == {"valid": 3} and len(server.requests) == n + 3
     # the offline generator has no cost to count: --max-cost leaves it be (review: it stopped after one record)
-    s = generate_programs(GenerateConfig(workdir=workdir, split="val", max_cost=5.0, out=workdir / "offline.jsonl",
-                                         limit=3))
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val", max_cost=0.0, out=workdir / "offline.jsonl",
+                                         limit=3))  # (also a cap of 0: QA, it stopped at 0 of 40)
     assert s.stopped is None and s.statuses == {"valid": 3}
 
     # a completion of 0 beside a prompt count is a count (an empty reply the content filter stopped): priced

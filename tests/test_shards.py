@@ -623,7 +623,7 @@ def test_segments_of_a_truncated_mp4_are_written_once_it_is_replaced(tmp_path, m
     mp4.write_bytes(good[: int(len(good) * 0.6)])  # another partial copy: tried again, still skipped
     again = build(root, tmp_path / "w")
     assert again.written_now + len(again.manifest["skipped"]) == len(skipped)
-    assert f"{len(skipped)} segment(s) skipped before were tried again: their video's file changed since" in " ".join(
+    assert f"{len(skipped)} segment(s) skipped before were tried again: their video, or a frame file" in " ".join(
         again.notes)  # (it said "nothing new to write" after opening the video again)
     assert again.manifest["skipped"] and again.manifest["counts"]["samples"] == 7 - len(again.manifest["skipped"])
     still = {x["narration_id"] for x in again.manifest["skipped"]}

@@ -18,7 +18,7 @@ gets none, and a damaged or truncated entry, or one whose bytes no longer match 
 into the shards, its frames failed check-shards, and rebuilding copied them again), is not used (build-shards
 decodes that segment instead). Each video folder's ``source.json`` records ``[size, mtime_ns]`` of the source its
 entries were made from (``DatasetLayout.source_stat``): build-shards uses no entry of another source, and
-extract deletes them (``FrameCache.claim``).
+extract deletes them (``FrameCache.claim``); nor, for an rgb_frames folder, entries without ``FRAMES_CHECKED``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ _COUNT = struct.Struct("<I")
 _ENTRY = struct.Struct("<qI")  # frame number, JPEG size
 TRAILER = b"CRC3"  # then the CRC-32 (uint32) of the entry's bytes before the trailer
 SOURCE = "source.json"  # per video folder: {"source_stat": [size, mtime_ns]} of the video the entries come from
+# source.json's mark of entries made by a leap that refuses a damaged rgb_frames JPEG (since 2026-12-03; an earlier
+# one cached such a frame with its rest grey): an rgb_frames video's entries without it are not used, and extract
+# replaces them
+FRAMES_CHECKED = "frames_checked"
 
 
 def _count(head: bytes) -> int | None:
@@ -106,32 +110,42 @@ class FrameCache:
             old.unlink(missing_ok=True)  # its replacement is written: the old entry's disk space comes back
         return True
 
+    def _record(self, video_id: str) -> dict:
+        """The video's ``source.json`` ({} where there is none, or it cannot be read)."""
+        try:
+            record = json.loads((self.root / video_id / SOURCE).read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
     def source_of(self, video_id: str) -> list[int] | None:
         """The ``[size, mtime_ns]`` of the source the video's entries were made from (``DatasetLayout.source_stat``),
         None where not recorded (entries of an earlier leap) or unreadable."""
-        try:
-            held = json.loads((self.root / video_id / SOURCE).read_text()).get("source_stat")
-        except (OSError, ValueError, AttributeError):
-            return None
+        held = self._record(video_id).get("source_stat")
         return held if isinstance(held, list) else None
 
-    def claim(self, video_id: str, stat: list[int] | None) -> None:
+    def claim(self, video_id: str, stat: list[int] | None, frames: bool = False) -> None:
         """Extract, before a video's first segment: record the source its entries come from, after deleting the
         entries made from another one (a video replaced since, or another dataset with these video ids: extract
-        kept them as done and build-shards copied them)."""
+        kept them as done and build-shards copied them), and, for an rgb_frames folder (``frames``), those an
+        earlier leap made (``FRAMES_CHECKED``)."""
         if stat is None:
             return
+        record = self._record(video_id)
         held = self.source_of(video_id)
-        if held == stat:
+        if held == stat and (not frames or record.get(FRAMES_CHECKED)):
             return
         if held is not None:
             for old in (self.root / video_id).glob(f"*{self.suffix}"):
                 old.unlink(missing_ok=True)
-        atomic_write_text(self.root / video_id / SOURCE, json.dumps({"source_stat": stat}) + "\n")
+        atomic_write_text(self.root / video_id / SOURCE, json.dumps({"source_stat": stat, FRAMES_CHECKED: True}) + "\n")
 
-    def same_source(self, video_id: str, stat: list[int] | None) -> bool:
+    def same_source(self, video_id: str, stat: list[int] | None, frames: bool = False) -> bool:
         """Whether the video's entries were made from the source of this ``stat`` (true where either is not
-        known: entries of an earlier leap, a video with no source)."""
+        known: entries of an earlier leap, a video with no source), for an rgb_frames folder (``frames``) by a leap
+        that refuses damaged frames (``FRAMES_CHECKED``)."""
+        if frames and not self._record(video_id).get(FRAMES_CHECKED):
+            return False
         held = self.source_of(video_id)
         return held is None or stat is None or held == stat
 

@@ -463,7 +463,7 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
         frame_size=lambda: video.size(seg))
     if cache is not None and "frame-cache source" not in video.cache:  # once per video, before its entries are read
         with _cache_writes(cache):  # (its folder or source.json: the first write into the cache)
-            cache.claim(seg.video_id, layout.source_stat(seg.video_id))
+            cache.claim(seg.video_id, layout.source_stat(seg.video_id), frames=layout.video_path(seg.video_id) is None)
         video.cache["frame-cache source"] = True
     video.start_segment(seg, _planned_frames(ctx, components, cache))
     comps, timings = {}, {}

@@ -330,24 +330,47 @@ _FRAMES_DENIED = ("make the folder and its frames readable by this user (e.g. ch
 
 # libjpeg's warnings (it prints the first of an image only): those that mean the image data is damaged (bad
 # Huffman codes, data that ends inside a scan, a broken scan) leave the rest of the picture grey, or with restart
-# markers (as FFmpeg's frames, EPIC's, have) a band of it; "N extraneous bytes before marker 0xXX" is damage
-# before a restart marker (0xd0-0xd7: the scan lost its place) or more than a few bytes before the end (0xd9), and
-# padding elsewhere (sound JPEGs carry it before their tables, or a byte or two before the end).
+# markers (as FFmpeg's frames, EPIC's, have) a band of it; "N extraneous bytes before marker 0xXX" is padding
+# where at most a few bytes come before a real marker of the file's layout (the end, 0xd9, a table, a scan's
+# start: some encoders pad there), and damage otherwise (before a restart marker, 0xd0-0xd7, the scan lost its
+# place; before a "marker" that is no marker, garbage ended on an 0xff).
 _LIBJPEG = re.compile(r"(Corrupt JPEG data|Premature end of JPEG file|Invalid SOS parameters|Inconsistent progression"
                       r" sequence|Warning: (unknown JFIF revision|thumbnail image size)|JFIF extension marker|"
                       r"Unknown Adobe color transform|Unsupported marker type|Huffman)")
 _EXTRANEOUS = re.compile(r"(\d+) extraneous bytes before marker 0x([0-9a-fA-F]{2})")
-_EOI_PADDING = 8  # extraneous bytes before the end marker still taken for padding
+_PADDING = 8  # extraneous bytes before a marker of the layout still taken for padding
+# the markers a file's layout has between its parts: frame and table headers (0xc0-0xcf), the end (0xd9), a scan's
+# start (0xda), quantisation tables (0xdb), the restart interval (0xdd), application segments and comments
+_LAYOUT_MARKERS = {*range(0xC0, 0xD0), 0xD9, 0xDA, 0xDB, 0xDD, *range(0xE0, 0xF0), 0xFE}
 
 
 def _jpeg_damage(line: str) -> bool:
     """Whether libjpeg's warning ``line`` says the image data is damaged (``_LIBJPEG``)."""
     extra = _EXTRANEOUS.search(line)
     if extra:
-        marker = int(extra.group(2), 16)
-        return 0xD0 <= marker <= 0xD7 or marker == 0xD9 and int(extra.group(1)) > _EOI_PADDING
+        return int(extra.group(2), 16) not in _LAYOUT_MARKERS or int(extra.group(1)) > _PADDING
     return line.startswith(("Corrupt JPEG data", "Premature end of JPEG file", "Invalid SOS parameters",
                             "Inconsistent progression sequence")) or "Huffman" in line
+
+
+def _cut_short(data: bytes) -> bool:
+    """Whether a JPEG (``data`` starts with its 0xffd8) ends before its end marker: the marker segments are walked
+    (an APP1's thumbnail, a whole JPEG of its own, is passed over) to the first scan, after which the first 0xffd9
+    is the image's end (scans and the tables between them hold no 0xffd9); bytes after it are no harm."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False  # not a layout this walk knows: the decoder says what it makes of it
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xDA:
+            return data.find(b"\xff\xd9", i) < 0
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # (markers without a length)
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return True  # the headers run past the end of the file
 
 
 class _JpegWarnings:
@@ -452,14 +475,14 @@ class FramesFolderReader:
         self.height = self.width = 0
         # the frames' size: the one most of the first, middle and last frames have (a single odd frame 1 made
         # every other frame of the video "of another size"), each read as it decodes (a damaged frame still has
-        # its size, and is refused only where a segment reads it); where no two of them agree (one unreadable),
-        # the next frames too, until two do
+        # its size, and is refused only where a segment reads it); where they do not all agree (or one cannot be
+        # read), frames 2-8 too, and the size most of them have
         numbers = [int(n[len("frame_"):-len(".jpg")]) for n in dict.fromkeys((names[0], names[len(names) // 2],
                                                                                 names[-1], *names[1:8]))]
         sizes: dict[tuple[int, int], list[int]] = {}
         error: VideoUnreadable | None = None
         for i, f in enumerate(numbers):
-            if i >= 3 and any(len(v) > 1 for v in sizes.values()):  # (else more, until two frames agree)
+            if i >= 3 and len(sizes) == 1:  # (else more: the first frames after frame 1, for a majority)
                 break
             try:
                 sizes.setdefault(self._load(f, strict=False).shape[:2], []).append(f)
@@ -467,7 +490,8 @@ class FramesFolderReader:
                 error = error or e
         if not sizes:
             raise error
-        (self.height, self.width), self.sized_by = max(sizes.items(), key=lambda kv: len(kv[1]))
+        (self.height, self.width), sized_by = max(sizes.items(), key=lambda kv: len(kv[1]))
+        self.sized_by = sorted(sized_by)
 
     def __enter__(self) -> "FramesFolderReader":
         return self
@@ -497,9 +521,7 @@ class FramesFolderReader:
         if not data:
             raise VideoUnreadable(f"frame {frame} is an empty file", gist="a frame file is empty", path=p,
                                   record=self.record, fix=redo)
-        if strict and data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
-            # no end marker after the last scan's start: OpenCV fills the rest grey without a word (bytes after
-            # the end marker are no harm; a thumbnail's end marker lies before the image's scans)
+        if strict and data[:2] == b"\xff\xd8" and _cut_short(data):  # (OpenCV fills the rest grey without a word)
             raise VideoUnreadable(f"frame {frame} is cut short (a truncated JPEG)",
                                   gist="a frame file is cut short", path=p, record=self.record,
                                   fix=redo + " (or its tar: a download cut short)")

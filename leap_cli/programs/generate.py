@@ -785,24 +785,27 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         gc.freeze()
         if on_start:
             on_start(len(pending))
-        ledger = store.spent(cfg.out_path) if store is not None else {"cost": 0.0, "requests": 0, "prompt_tokens": 0}
-        summary.spent_before = ledger["cost"]
+        summary.spent_before = store.spent(cfg.out_path)["cost"] if store is not None else 0.0
+        # the latest reply paid for with this model came with no token counts: so would this run's (each rerun of
+        # a capped command paid for its requests in flight again before it stopped)
+        unpriced_before = (cfg.max_cost is not None and store is not None and backend.name != "offline"
+                           and store.last_paid_tokens(backend.name, backend.model) == 0)
 
         def over_budget() -> bool:
-            if cfg.max_cost is not None and gen.unpriced:
-                summary.stopped = (f"--max-cost {cfg.max_cost:g} cannot be kept: the endpoint reports no token usage, "
-                                   "so what its replies cost is not known; run without --max-cost to go on (and "
-                                   "watch the spend at the provider)")
+            if cfg.max_cost is None or backend.name == "offline":  # (the offline generator costs nothing)
+                return False
+            if gen.unpriced:  # (a user error once the run ends: exit 2, below)
+                summary.stopped = (f"--max-cost {cfg.max_cost:g} cannot be kept: the endpoint reports no token usage"
+                                   + (" (its last reply, in an earlier run, had none)" if unpriced_before and not
+                                      gen.summary_requests else "") + ", so what its replies cost is not known")
                 return True
-            if cfg.max_cost is None or summary.spent_before + gen.cost < cfg.max_cost:
+            if summary.spent_before + gen.cost < cfg.max_cost:
                 return False
             summary.stopped = _budget_line(cfg, summary.spent_before, gen.cost)  # (said again at the end, below)
             return True
 
         gen = ProgramGenerator(cfg, inputs, backend, store, builder, over_budget)
-        # earlier runs on this output were paid with no token counts: so would this one be (each rerun of a capped
-        # command paid for its requests in flight again before it stopped)
-        gen.unpriced = backend.name != "offline" and ledger["requests"] > 0 and not ledger["prompt_tokens"]
+        gen.unpriced = unpriced_before
         gen.reask = reask
         gen.checker = checker
         stop = _Stop(gen, min(STOP_GRACE, cfg.timeout))
@@ -912,6 +915,12 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             summary.usage, summary.cost = gen.usage, gen.cost
             if summary.stopped and not gen.unpriced:  # with the replies that were in flight when the cap was reached
                 summary.stopped = _budget_line(cfg, summary.spent_before, gen.cost)
+            elif summary.stopped and summary.error is None:  # the same command would stop alike: a job array that
+                # reran it would never see that nothing is done (exit 0)
+                summary.error = LeapError(summary.stopped, path=cfg.out_path, fix="run without --max-cost to go on "
+                                          "(and watch the spend at the provider; once a reply comes with its token "
+                                          "counts, --max-cost works again)")
+                summary.stopped = None
         summary.rate_limited = getattr(backend, "rate_limited", 0)
         summary.timed_out = getattr(backend, "timed_out", 0)
         if getattr(backend, "lowest_limit", cfg.concurrency) < cfg.concurrency:

@@ -267,6 +267,14 @@ class ProgramStore:
                                 (self.ledger_key(out),))
         return dict(zip(cols, rows[0] if rows else (0.0, 0, 0, 0)))
 
+    def last_paid_tokens(self, backend: str, model: str) -> int | None:
+        """The prompt tokens the endpoint reported for the latest reply paid for with ``backend`` and ``model``
+        (0: it reported none), None where there is none."""
+        self.commit()
+        _, rows = self._read("SELECT prompt_tokens FROM calls WHERE backend = ? AND model = ? AND cached = 0 AND "
+                             "response IS NOT NULL ORDER BY id DESC LIMIT 1", (backend, model))
+        return int(rows[0][0] or 0) if rows else None
+
     def log_call(self, *, narration_id: str, backend: str, model: str, prompt_hash: str, cache_key: str,
                  round: int, response: str | None, usage: dict, latency: float, attempts: int, cached: bool,
                  outcome: str, error: str | None = None, durable: bool = False) -> None:

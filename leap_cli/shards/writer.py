@@ -273,7 +273,8 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
     # are not used: they were copied into the shards as if they were this video's frames)
     usable = (cache is not None and cache.short_side == settings.short_side
               and cache.quality == settings.jpeg_quality
-              and cache.same_source(job.video_id, _source_of(stat(job.video_id) if stat is not None else None)))
+              and cache.same_source(job.video_id, _source_of(stat(job.video_id) if stat is not None else None),
+                                    frames=getattr(opener, "is_mp4", None) is not None and not opener.is_mp4(job.video_id)))
     if usable and getattr(opener, "is_mp4", lambda v: False)(job.video_id):
         try:  # opened first (its header): an MP4 the stages leave out, such as one at another rate than video_info
             reader()  # says, is skipped whole, not packed from frames an earlier leap cached of it
@@ -694,8 +695,9 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         progress(total, total)
 
     if retried:  # (it said "nothing new to write" after opening their videos again)
-        notes.append(f"{len(retried)} segment(s) skipped before were tried again: their video's file changed since "
-                     "(or the skip was recorded before leap kept the file's change time)")
+        notes.append(f"{len(retried)} segment(s) skipped before were tried again: their video, or a frame file "
+                     "their skip named, changed since (or the skip was recorded by an earlier leap, which kept less of "
+                     "the files)")
     manifest = _manifest(settings, shards, trailing, sources, targets_manifest, prog_report, shard, len(selected))
     atomic_write_json(out / manifest_name(shard.suffix), manifest, if_changed=True)
     if shard.count > 1:  # the job that completes the set writes the merged manifest.json
