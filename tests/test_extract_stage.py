@@ -1179,3 +1179,8 @@ def test_frame_cache_entries_of_an_rgb_frames_video_from_an_earlier_leap_are_not
     assert not (tmp_path / "cache" / "P01_01" / f"P01_01_0{cache.suffix}").exists()  # replaced as extract goes
     assert (tmp_path / "cache" / "P01_02" / f"P01_02_0{cache.suffix}").exists()
     assert cache.same_source("P01_01", [10, 20], frames=True)  # its new entries are used
+    # entries of a leap before source.json existed: an rgb_frames video's go too (QA: they were blessed as checked)
+    (tmp_path / "cache" / "P01_03").mkdir()
+    (tmp_path / "cache" / "P01_03" / f"P01_03_0{cache.suffix}").write_bytes(b"older entry")
+    cache.claim("P01_03", [10, 20], frames=True)
+    assert not (tmp_path / "cache" / "P01_03" / f"P01_03_0{cache.suffix}").exists()

@@ -190,6 +190,13 @@ def test_damaged_frame_files_are_refused_with_their_cause(tmp_path, capfd, monke
     for i in range(1, 10):
         cv2.imwrite(str(few / frame_filename(i)), np.zeros((48, 64, 3) if i in (1, 5) else (96, 128, 3), np.uint8))
     assert (FramesFolderReader(few, 50.0).width, FramesFolderReader(few, 50.0).height) == (128, 96)
+    # the first and middle frames unreadable, the last odd: not sized by the last alone (QA: every other refused)
+    for i, kind in ((1, "bad"), (5, "bad"), (9, "odd")):
+        if kind == "bad":
+            (few / frame_filename(i)).write_bytes(b"not a jpeg")
+        else:
+            cv2.imwrite(str(few / frame_filename(i)), np.zeros((48, 64, 3), np.uint8))
+    assert FramesFolderReader(few, 50.0).width == 128
     # bytes after the end marker are no harm (it was "cut short"); damage before a restart marker, as in FFmpeg's
     # frames, is ("N extraneous bytes before marker 0xd3", the first warning libjpeg prints, was let through)
     (folder / frame_filename(2)).write_bytes((folder / frame_filename(2)).read_bytes() + b"junk \xff\xda junk")

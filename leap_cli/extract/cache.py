@@ -135,7 +135,7 @@ class FrameCache:
         held = self.source_of(video_id)
         if held == stat and (not frames or record.get(FRAMES_CHECKED)):
             return
-        if held is not None:
+        if held is not None or frames:  # (an rgb_frames video's entries of a leap before source.json too)
             for old in (self.root / video_id).glob(f"*{self.suffix}"):
                 old.unlink(missing_ok=True)
         atomic_write_text(self.root / video_id / SOURCE, json.dumps({"source_stat": stat, FRAMES_CHECKED: True}) + "\n")

@@ -482,7 +482,7 @@ class FramesFolderReader:
         sizes: dict[tuple[int, int], list[int]] = {}
         error: VideoUnreadable | None = None
         for i, f in enumerate(numbers):
-            if i >= 3 and len(sizes) == 1:  # (else more: the first frames after frame 1, for a majority)
+            if i >= 3 and len(sizes) == 1 and len(next(iter(sizes.values()))) > 1:  # (else frames 2-8 too)
                 break
             try:
                 sizes.setdefault(self._load(f, strict=False).shape[:2], []).append(f)

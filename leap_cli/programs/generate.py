@@ -917,9 +917,9 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                 summary.stopped = _budget_line(cfg, summary.spent_before, gen.cost)
             elif summary.stopped and summary.error is None:  # the same command would stop alike: a job array that
                 # reran it would never see that nothing is done (exit 0)
-                summary.error = LeapError(summary.stopped, path=cfg.out_path, fix="run without --max-cost to go on "
-                                          "(and watch the spend at the provider; once a reply comes with its token "
-                                          "counts, --max-cost works again)")
+                summary.error = LeapError(summary.stopped, path=cfg.out_path, fix="run without --max-cost to go on, "
+                                          "and watch the spend at the provider; --max-cost works again once a reply "
+                                          "comes with its token counts")
                 summary.stopped = None
         summary.rate_limited = getattr(backend, "rate_limited", 0)
         summary.timed_out = getattr(backend, "timed_out", 0)
