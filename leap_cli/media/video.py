@@ -73,8 +73,9 @@ class VideoUnreadable(LeapError):
     def __init__(self, message: str, *, gist: str | None = None, files: list[Path] | None = None, **where):
         super().__init__(message, **where)
         self.gist = gist or message
-        # the files at fault (default: ``path``): build-shards keeps their stats, to try again once one changes
-        self.files = files if files is not None else ([Path(self.path)] if self.path else [])
+        # the rgb_frames files at fault (FramesFolderReader's): build-shards keeps their stats, to try again once one
+        # changes (a frame copied over in place changes neither the folder's size nor its times)
+        self.files = list(files or ())
 
 
 def frame_file(frame: int) -> str:
@@ -325,6 +326,10 @@ class VideoReader:
         self._from_start = True
 
 
+_FRAMES_REDO = "re-extract the rgb_frames of this video"
+# a video's frames as stored, never turned by an EXIF orientation tag (a frame has none; one that did would no
+# longer have the size its header, and the video's other frames, give)
+_IMREAD = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 _FRAMES_DENIED = ("make the folder and its frames readable by this user (e.g. chmod -R a+rX {folder}), then run the "
                   "stage again (extract: with --retry-errors)")
 
@@ -353,24 +358,31 @@ def _jpeg_damage(line: str) -> bool:
                             "Inconsistent progression sequence")) or "Huffman" in line
 
 
-def _cut_short(data: bytes) -> bool:
-    """Whether a JPEG (``data`` starts with its 0xffd8) ends before its end marker: the marker segments are walked
-    (an APP1's thumbnail, a whole JPEG of its own, is passed over) to the first scan, after which the first 0xffd9
-    is the image's end (scans and the tables between them hold no 0xffd9); bytes after it are no harm."""
-    i, n = 2, len(data)
+# start-of-frame markers (baseline, progressive, lossless, arithmetic): their segment holds the image's size
+_SOF = {*range(0xC0, 0xD0)} - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_header(data: bytes) -> tuple[tuple[int, int] | None, bool]:
+    """((height, width) or None, cut short) of a JPEG (``data`` starts with its 0xffd8), from its marker segments
+    alone, walked to the first scan (an APP1's thumbnail, a whole JPEG of its own, is passed over): the size from
+    its start-of-frame segment, and whether the file ends before its end marker (after the first scan, the first
+    0xffd9 is the image's end: scans and the tables between them hold none; bytes after it are no harm)."""
+    i, n, size = 2, len(data), None
     while i + 4 <= n:
         if data[i] != 0xFF:
-            return False  # not a layout this walk knows: the decoder says what it makes of it
+            return size, False  # not a layout this walk knows: the decoder says what it makes of it
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
         elif marker == 0xDA:
-            return data.find(b"\xff\xd9", i) < 0
+            return size, data.find(b"\xff\xd9", i) < 0
         elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # (markers without a length)
             i += 2
         else:
+            if marker in _SOF and i + 9 <= n:
+                size = (int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big"))
             i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return True  # the headers run past the end of the file
+    return size, True  # the headers run past the end of the file
 
 
 class _JpegWarnings:
@@ -410,7 +422,7 @@ class _JpegWarnings:
             try:
                 sink = self._file()
             except OSError:  # (no file to be had: the decode alone)
-                return cv2.imdecode(buf, cv2.IMREAD_COLOR), None
+                return cv2.imdecode(buf, _IMREAD), None
             try:
                 saved = os.dup(2)
             except OSError:  # stderr closed: it is closed again after
@@ -418,7 +430,7 @@ class _JpegWarnings:
             try:
                 os.dup2(sink, 2)
                 try:
-                    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+                    bgr = cv2.imdecode(buf, _IMREAD)
                 finally:
                     if saved is None:
                         os.close(2)
@@ -474,7 +486,7 @@ class FramesFolderReader:
         self.num_frames = int(names[-1][len("frame_"):-len(".jpg")])
         self.height = self.width = 0
         # the frames' size: the one most of the first, middle and last frames have (a single odd frame 1 made
-        # every other frame of the video "of another size"), each read as it decodes (a damaged frame still has
+        # every other frame of the video "of another size"), read from their headers (a damaged frame still has
         # its size, and is refused only where a segment reads it); where they do not all agree (or one cannot be
         # read), frames 2-8 too, and the size most of them have
         numbers = [int(n[len("frame_"):-len(".jpg")]) for n in dict.fromkeys((names[0], names[len(names) // 2],
@@ -485,7 +497,7 @@ class FramesFolderReader:
             if i >= 3 and len(sizes) == 1 and len(next(iter(sizes.values()))) > 1:  # (else frames 2-8 too)
                 break
             try:
-                sizes.setdefault(self._load(f, strict=False).shape[:2], []).append(f)
+                sizes.setdefault(self._size(f), []).append(f)
             except VideoUnreadable as e:
                 error = error or e
         if not sizes:
@@ -502,43 +514,59 @@ class FramesFolderReader:
     def close(self) -> None:
         pass
 
-    def _load(self, frame: int, strict: bool = True) -> np.ndarray:
-        """Frame ``frame`` (BGR); ``strict=False`` (the size only): also one that is cut short or corrupt."""
+    def _refuse(self, frame: int, message: str, gist: str, fix: str = _FRAMES_REDO, *,
+                files: Sequence[Path] = ()) -> VideoUnreadable:
+        """The error of frame ``frame``'s file (and of ``files``, the others at fault)."""
         p = self.path / frame_file(frame)
-        redo = "re-extract the rgb_frames of this video"
+        return VideoUnreadable(message, gist=gist, path=p, record=self.record, fix=fix, files=[p, *files])
+
+    def _read(self, frame: int) -> bytes:
         try:
-            data = p.read_bytes()
+            data = (self.path / frame_file(frame)).read_bytes()
         except FileNotFoundError:
-            raise VideoUnreadable(f"frame {frame} is missing", gist="a frame file is missing", path=p,
-                                  record=self.record, fix=redo) from None
+            raise self._refuse(frame, f"frame {frame} is missing", "a frame file is missing") from None
         except PermissionError:
-            raise VideoUnreadable(f"frame {frame} cannot be read: permission denied", path=p, record=self.record,
-                                  gist="a frame file cannot be read: permission denied",
-                                  fix=_FRAMES_DENIED.format(folder=self.path)) from None
+            raise self._refuse(frame, f"frame {frame} cannot be read: permission denied",
+                               "a frame file cannot be read: permission denied",
+                               _FRAMES_DENIED.format(folder=self.path)) from None
         except OSError as e:  # (an I/O error of a failing disk)
-            raise VideoUnreadable(f"frame {frame} cannot be read ({e.strerror or e})", path=p, record=self.record,
-                                  gist="a frame file cannot be read", fix=redo) from None
+            raise self._refuse(frame, f"frame {frame} cannot be read ({e.strerror or e})",
+                               "a frame file cannot be read") from None
         if not data:
-            raise VideoUnreadable(f"frame {frame} is an empty file", gist="a frame file is empty", path=p,
-                                  record=self.record, fix=redo)
-        if strict and data[:2] == b"\xff\xd8" and _cut_short(data):  # (OpenCV fills the rest grey without a word)
-            raise VideoUnreadable(f"frame {frame} is cut short (a truncated JPEG)",
-                                  gist="a frame file is cut short", path=p, record=self.record,
-                                  fix=redo + " (or its tar: a download cut short)")
+            raise self._refuse(frame, f"frame {frame} is an empty file", "a frame file is empty")
+        return data
+
+    def _size(self, frame: int) -> tuple[int, int]:
+        """(height, width) of frame ``frame``: from its JPEG header, else (another format) decoded."""
+        data = self._read(frame)
+        size = _jpeg_header(data)[0] if data[:2] == b"\xff\xd8" else None
+        if size is None:
+            bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD)
+            if bgr is None:
+                raise self._refuse(frame, f"frame {frame} is not an image OpenCV can read",
+                                   "a frame file is not a readable image")
+            size = bgr.shape[:2]
+        return size
+
+    def _load(self, frame: int) -> np.ndarray:
+        """Frame ``frame`` (BGR)."""
+        data = self._read(frame)
+        if data[:2] == b"\xff\xd8" and _jpeg_header(data)[1]:  # (OpenCV fills the rest grey without a word)
+            raise self._refuse(frame, f"frame {frame} is cut short (a truncated JPEG)", "a frame file is cut short",
+                               _FRAMES_REDO + " (or its tar: a download cut short)")
         bgr, damage = _jpeg.decode(data)
         if bgr is None:
-            raise VideoUnreadable(f"frame {frame} is not an image OpenCV can read", path=p, record=self.record,
-                                  gist="a frame file is not a readable image", fix=redo)
-        if damage is not None and strict:  # decoded, the rest of the picture grey: not a frame to learn from
-            raise VideoUnreadable(f"frame {frame} is corrupt (libjpeg: {damage})", gist="a frame file is corrupt",
-                                  path=p, record=self.record, fix=redo + " (or its tar: a damaged download or disk)")
-        if self.height and bgr.shape[:2] != (self.height, self.width):  # one clip's frames are stacked
+            raise self._refuse(frame, f"frame {frame} is not an image OpenCV can read",
+                               "a frame file is not a readable image")
+        if damage is not None:  # decoded, the rest of the picture grey: not a frame to learn from
+            raise self._refuse(frame, f"frame {frame} is corrupt (libjpeg: {damage})", "a frame file is corrupt",
+                               _FRAMES_REDO + " (or its tar: a damaged download or disk)")
+        if bgr.shape[:2] != (self.height, self.width):  # one clip's frames are stacked
             seen = ", ".join(map(str, self.sized_by))
-            raise VideoUnreadable(f"frame {frame} is {bgr.shape[1]}x{bgr.shape[0]}, the video's frames "
-                                  f"{self.width}x{self.height} (frame{'s' * (len(self.sized_by) > 1)} {seen})",
-                                  gist="a frame file has another size than the video's others", path=p,
-                                  record=self.record, fix=redo,  # (either may be the odd one)
-                                  files=[p, *(self.path / frame_file(f) for f in self.sized_by)])
+            raise self._refuse(frame, f"frame {frame} is {bgr.shape[1]}x{bgr.shape[0]}, the video's frames "
+                               f"{self.width}x{self.height} (frame{'s' * (len(self.sized_by) > 1)} {seen})",
+                               "a frame file has another size than the video's others",  # (any may be the odd one)
+                               files=[self.path / frame_file(f) for f in self.sized_by])
         return bgr
 
     def decode(self, frames: Sequence[int], **_: object) -> Iterator[tuple[int, np.ndarray]]:

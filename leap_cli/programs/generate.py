@@ -541,7 +541,7 @@ class ProgramGenerator:
             if not (usage.get("prompt_tokens") and usage.get("completion_tokens")):
                 # no prompt count: what it cost is not known (with --max-cost: no request more, the cap cannot
                 # be kept); a completion of 0 beside one is a count (an empty reply the content filter stopped)
-                self.unpriced = self.unpriced or not usage.get("prompt_tokens") and self.backend.name != "offline"
+                self.unpriced = self.unpriced or not usage.get("prompt_tokens")  # (the offline one: over_budget)
                 if not self._no_usage_told:
                     self._no_usage_told = True
                     log.warning("the endpoint reports %s: the cost estimate cannot work for this run%s",

@@ -264,7 +264,7 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
             except Exception as e:  # noqa: BLE001 - any failure to open becomes a listed skip of its samples
                 state["reader"] = None
                 state["why"] = Skipped(f"video {job.video_id} cannot be opened: {e}", _gist(e),
-                                       {**state["stat"], **_frame_file_stat(e, job.video_id)})
+                                       {**state["stat"], **_frame_file_stat(e)})
         if state["reader"] is None:
             raise _Skip(state["why"])
         return state["reader"]
@@ -310,7 +310,7 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
         except Exception as e:  # noqa: BLE001 - unreadable frames: the segment is skipped and listed
             what = e.one_line() if isinstance(e, LeapError) else f"{type(e).__name__}: {e}"  # (not a class name)
             out.append((s.key, Skipped(f"frames unreadable: {what}", _gist(e),
-                                       {**state.get("stat", {}), **_frame_file_stat(e, job.video_id)})))
+                                       {**state.get("stat", {}), **_frame_file_stat(e)})))
     close = getattr(state.get("reader"), "close", None)
     if close:
         close()
@@ -330,14 +330,12 @@ def file_stat(path: str | Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _frame_file_stat(e: Exception, video_id: str) -> dict:
-    """For a skip caused by files of the video's rgb_frames folder (damaged, missing, unreadable, of another size
-    than the first frame): ``frame_files`` {name: ``file_stat``}, so that a re-run tries the segment again once one
-    is replaced (a frame copied over in place changes neither the folder's size nor its times)."""
-    files = {Path(f).name: file_stat(f) for f in getattr(e, "files", None) or ()
-             if Path(f).parent.name == video_id and Path(f).parent.parent.name == "rgb_frames"}
-    # (kept, if empty, for every frame file's skip: one without it is an earlier leap's, tried once more)
-    return {"frame_files": files} if files or _gist(e).startswith("a frame file") else {}
+def _frame_file_stat(e: Exception) -> dict:
+    """For a skip caused by files of the video's rgb_frames folder (``VideoUnreadable.files``: damaged, missing,
+    unreadable, of another size than the others): ``frame_files`` {name: ``file_stat``}, so that a re-run tries the
+    segment again once one is replaced (``LayoutOpener.frame_stat``)."""
+    files = {Path(f).name: file_stat(f) for f in getattr(e, "files", None) or ()}
+    return {"frame_files": files} if files else {}
 
 
 _worker_ctx: dict = {}
@@ -941,20 +939,14 @@ class LayoutOpener:
         return DatasetLayout(self.root, self.annotations_dir).video_path(video_id) is not None
 
     def video_stat(self, video_id: str) -> list[int] | None:
-        """``[size, mtime_ns, ctime_ns]`` of the video's source (``DatasetLayout.source_stat`` and the inode's change
-        time: a fix that keeps size and mtime, such as chmod a+r or the frames' tar extracted again, which sets the
-        folder's mtime back, still changes it, so a skip for it is tried again)."""
+        """``file_stat`` of the video's source, its MP4 or rgb_frames folder (``DatasetLayout.source_stat`` and the
+        inode's change time: a fix that keeps size and mtime, such as chmod a+r or the frames' tar extracted again,
+        which sets the folder's mtime back, still changes it, so a skip for it is tried again)."""
         from leap_cli.epic.layout import DatasetLayout
 
         layout = DatasetLayout(self.root, self.annotations_dir)
-        stat = layout.source_stat(video_id)
-        if stat is None:
-            return None
         path = layout.video_path(video_id) or layout.frames_dir(video_id)
-        try:
-            return [*stat, path.stat().st_ctime_ns]
-        except OSError:
-            return stat
+        return file_stat(path) if path is not None else None
 
     def frame_stat(self, video_id: str, name: str) -> list[int] | None:
         """``file_stat`` of the file ``name`` in the video's rgb_frames folder (None: no such folder or file)."""
