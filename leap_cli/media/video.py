@@ -540,7 +540,7 @@ class FramesFolderReader:
         """(height, width) of frame ``frame``: from its JPEG header, else (another format) decoded."""
         data = self._read(frame)
         size = _jpeg_header(data)[0] if data[:2] == b"\xff\xd8" else None
-        if size is None:
+        if not (size and all(size)):  # (a height of 0: given later, by a DNL marker)
             bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _IMREAD)
             if bgr is None:
                 raise self._refuse(frame, f"frame {frame} is not an image OpenCV can read",
