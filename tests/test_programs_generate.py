@@ -1360,10 +1360,12 @@ def test_an_endpoint_that_reports_no_usage_is_warned_of_once(workdir, good_progr
         data["usage"] = {"prompt_tokens": 1000, "completion_tokens": 0, "total_tokens": 1000}
         return Reply(raw=json.dumps(data))
 
+    caplog.clear()
     with ScriptedServer(filtered) as server:
         s = generate_programs(config(workdir, server, limit=3, concurrency=1, max_cost=5.0, out=workdir / "f.jsonl",
                                      model="filtered"))
     assert s.stopped is None and len(server.requests) == 3 and s.cost == pytest.approx(3 * 0.001)
+    assert "no completion tokens" not in caplog.text and "cannot work" not in caplog.text  # (it said "cannot work")
 
     def prompt_only(body, n):  # the prompt's count alone: the completion was counted free without a word
         data = completion(json.dumps(good_programs[narration_id_of(body)]))
@@ -1373,7 +1375,8 @@ def test_an_endpoint_that_reports_no_usage_is_warned_of_once(workdir, good_progr
     caplog.clear()
     with ScriptedServer(prompt_only) as server:
         generate_programs(config(workdir, server, limit=4, out=workdir / "p.jsonl"))  # (3 from the cache)
-    assert caplog.text.count("the endpoint reports no completion tokens: the cost estimate") == 1
+    assert caplog.text.count("the endpoint reports no completion tokens for a reply with text: the cost estimate "
+                             "counts the prompt tokens only") == 1
 
 
 def test_cached_prompt_tokens_are_kept_in_the_record_and_the_cache(workdir, good_programs):

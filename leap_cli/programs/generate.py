@@ -42,7 +42,7 @@ from leap_cli.programs.backends import (Backend, BackendError, Completion, Halte
                                        Request, RetryPolicy, check_extra_body)
 from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, PromptBuilder, clip_info, load_exemplars,
                                       load_system_prompt, narration_record)
-from leap_cli.programs.reply import repair_futile, verify_reply
+from leap_cli.programs.reply import FILTERED, repair_futile, verify_reply
 from leap_cli.programs.redact import redact, redact_logs
 from leap_cli.programs.schema import Finding, strict_schema
 from leap_cli.programs.store import ProgramStore, cache_key
@@ -407,8 +407,9 @@ class ProgramGenerator:
         self.summary_hits = 0
         self.may_send: Callable[[], bool] | None = None  # asked before each request goes out (_generate's disk check)
         self.usage = {"prompt_tokens": 0, "completion_tokens": 0, "cached_tokens": 0}  # requests made in this run
-        # a reply without token counts was warned of (offline: there are none to report)
-        self._no_usage_told = backend.name == "offline"
+        # a reply without a prompt count, and one with text and no completion count, were warned of (once a
+        # run each; offline: there are none to report)
+        self._no_usage_told = self._no_completions_told = backend.name == "offline"
         self.unpriced = False  # a reply came without its token counts: its cost is not known
         self.cost = 0.0
 
@@ -538,17 +539,23 @@ class ProgramGenerator:
             finally:
                 self.in_flight -= 1
             usage = comp.usage
-            if not (usage.get("prompt_tokens") and usage.get("completion_tokens")):
-                # no prompt count: what it cost is not known (with --max-cost: no request more, the cap cannot
-                # be kept); a completion of 0 beside one is a count (an empty reply the content filter stopped)
-                self.unpriced = self.unpriced or not usage.get("prompt_tokens")  # (the offline one: over_budget)
-                if not self._no_usage_told:
+            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            # no prompt count: what it cost is not known (with --max-cost: no request more, the cap cannot be
+            # kept); a completion of 0 beside one is a count for an empty reply (one the content filter
+            # stopped), and for a reply with text it is an endpoint that does not count completions
+            if not prompt or (not completion and comp.text not in ("", FILTERED)):
+                self.unpriced = self.unpriced or not prompt  # (the offline one: over_budget)
+                if prompt and not self._no_completions_told:
+                    self._no_completions_told = True
+                    log.warning("the endpoint reports no completion tokens for a reply with text: the cost "
+                                "estimate %s the prompt tokens only", "and --max-cost count" if
+                                self.cfg.max_cost is not None else "counts")
+                elif not prompt and not self._no_usage_told:
                     self._no_usage_told = True
                     log.warning("the endpoint reports %s: the cost estimate cannot work for this run%s",
-                                "no token usage" if not (usage.get("prompt_tokens") or usage.get("completion_tokens"))
-                                else "no " + ("completion" if usage.get("prompt_tokens") else "prompt") + " tokens",
+                                "no prompt tokens" if completion else "no token usage",
                                 ", nor can --max-cost: no more requests are sent"
-                                if self.cfg.max_cost is not None and self.unpriced else "")
+                                if self.cfg.max_cost is not None else "")
             self.summary_requests += comp.attempts
             for k in self.usage:
                 self.usage[k] += usage.get(k, 0)
