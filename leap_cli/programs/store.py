@@ -55,6 +55,8 @@ MIGRATIONS = [
     "ALTER TABLE cache ADD COLUMN cached_tokens INTEGER",
     # 6: the reply stopped at the token limit (finish_reason "length"): a rerun says so again and asks no repair
     "ALTER TABLE cache ADD COLUMN cut INTEGER",
+    # 7: a capped run's check of the model's latest paid reply (last_paid_tokens) without a scan of the call log
+    "CREATE INDEX IF NOT EXISTS calls_by_model ON calls(backend, model, cached)",
 ]
 
 
@@ -74,6 +76,8 @@ class ProgramStore:
     _CALL_SQL = ("INSERT INTO calls (narration_id, backend, model, prompt_hash, cache_key, round, response, prompt_tokens, "
                  "completion_tokens, latency, attempts, cached, outcome, error, created) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+    _LAST_PAID_SQL = ("SELECT prompt_tokens FROM calls WHERE backend = ? AND model = ? AND cached = 0 AND response IS "
+                      "NOT NULL ORDER BY id DESC LIMIT 1")
     _LEDGER_SQL = ("INSERT INTO ledger (out, cost, prompt_tokens, completion_tokens, requests, updated) VALUES (?, ?, ?, ?, ?, ?) "
                    "ON CONFLICT(out) DO UPDATE SET cost = cost + excluded.cost, prompt_tokens = prompt_tokens + "
                    "excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens, "
@@ -271,8 +275,7 @@ class ProgramStore:
         """The prompt tokens the endpoint reported for the latest reply paid for with ``backend`` and ``model``
         (0: it reported none), None where there is none."""
         self.commit()
-        _, rows = self._read("SELECT prompt_tokens FROM calls WHERE backend = ? AND model = ? AND cached = 0 AND "
-                             "response IS NOT NULL ORDER BY id DESC LIMIT 1", (backend, model))
+        _, rows = self._read(self._LAST_PAID_SQL, (backend, model))
         return int(rows[0][0] or 0) if rows else None
 
     def log_call(self, *, narration_id: str, backend: str, model: str, prompt_hash: str, cache_key: str,
