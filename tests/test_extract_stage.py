@@ -603,6 +603,7 @@ def test_build_split_says_when_the_frame_cache_holds_other_settings(kitchen, tmp
     assert "build with --jpeg-quality 90" in notes(256, 80)
     same = notes(256)
     assert "frames read from extract's frame cache" in same and "holds no frames" not in same, same
+    assert "another source" not in same, same
     # built again with nothing to do: no frame was read, and it said it read them and built the vocabulary
     again = notes(256)
     assert "all 1 shard(s) were built before with these settings and inputs" in again, again
@@ -976,7 +977,10 @@ def test_frame_cache_entries_of_another_source_are_neither_kept_nor_copied(kitch
     r = build_split(other, "train", workdir=tmp_path, settings=settings, out=tmp_path / "s", frame_cache=cache)
     skipped = {s["narration_id"]: s["reason"] for s in r.manifest["skipped"]}
     assert seg.narration_id in skipped and "cannot be opened" in skipped[seg.narration_id], skipped
-    assert "frames read from extract's frame cache" in " | ".join(r.notes)  # (the cache is read where it fits)
+    said = " | ".join(r.notes)
+    assert "frames read from extract's frame cache" in said  # (the cache is read where it fits)
+    # and what it passed over is said, not only in docs/extract.md
+    assert f"holds entries of 1 video(s) ({seg.video_id}) made from another source" in said, said
 
     video = layout.video_path(seg.video_id)
     os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))  # re-downloaded in place

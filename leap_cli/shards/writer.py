@@ -240,6 +240,15 @@ def _source_of(video_stat: list[int] | None) -> list[int] | None:
     return video_stat[:2] if video_stat else video_stat
 
 
+def cache_entries_usable(cache: FrameCache, opener: FrameOpener, video_id: str) -> bool:
+    """Whether the frame cache's entries of the video may be copied into shards: entries made from another
+    source (another --data with these video ids, a video replaced since) are not (they were copied as if they
+    were this video's frames), nor an rgb_frames video's of a leap that cached damaged frames."""
+    stat = getattr(opener, "video_stat", None)
+    return cache.same_source(video_id, _source_of(stat(video_id) if stat is not None else None),
+                             frames=getattr(opener, "is_mp4", None) is not None and not opener.is_mp4(video_id))
+
+
 def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
                  cache: FrameCache | None = None) -> list[tuple[str, dict[str, bytes] | Skipped]]:
     """Read and JPEG-encode the frames of every sample of one video. Returns [(key, {field: bytes} | Skipped)].
@@ -269,12 +278,8 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
             raise _Skip(state["why"])
         return state["reader"]
 
-    # (entries made from another source, e.g. another --data with these video ids, or a video since replaced,
-    # are not used: they were copied into the shards as if they were this video's frames)
     usable = (cache is not None and cache.short_side == settings.short_side
-              and cache.quality == settings.jpeg_quality
-              and cache.same_source(job.video_id, _source_of(stat(job.video_id) if stat is not None else None),
-                                    frames=getattr(opener, "is_mp4", None) is not None and not opener.is_mp4(job.video_id)))
+              and cache.quality == settings.jpeg_quality and cache_entries_usable(cache, opener, job.video_id))
     if usable and getattr(opener, "is_mp4", lambda v: False)(job.video_id):
         try:  # opened first (its header): an MP4 the stages leave out, such as one at another rate than video_info
             reader()  # says, is skipped whole, not packed from frames an earlier leap cached of it
@@ -1102,6 +1107,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         return FrameClock(MP4 if layout.video_path(video_id) is not None or layout.frames_dir(video_id) is None
                           else RGB_FRAMES, fps(video_id))
 
+    opener = LayoutOpener(layout.root, layout.annotations_dir, fps_map)
     cache_dir = Path(frame_cache) if frame_cache else workdir / "frame-cache"
     said = len(notes)  # the notes of the frame cache follow: a run that builds nothing leaves them out
     cache = None
@@ -1136,8 +1142,15 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
             cache = None
         else:
             notes.append(f"frames read from extract's frame cache {cache_dir} where it holds them")
+            passed = sorted(v for v in {seg.video_id for seg in segments} if next((cache_dir / v).glob(
+                f"*{cache.suffix}"), None) is not None and not cache_entries_usable(cache, opener, v))
+            if passed:
+                notes.append(f"extract's frame cache {cache_dir} holds entries of {len(passed)} video(s) "
+                             f"({', '.join(passed[:3])}{', ...' if len(passed) > 3 else ''}) made from another source "
+                             "or, for an rgb_frames folder, by a leap before 2026-12-03: their samples are decoded "
+                             f"(leap extract --split {split} --force makes them again)")
     cache_notes = notes[said:]
-    result = build_shards(segments, out=out, settings=settings, opener=LayoutOpener(layout.root, layout.annotations_dir, fps_map),
+    result = build_shards(segments, out=out, settings=settings, opener=opener,
                           fps=fps, programs=programs, programs_path=prog_path, targets=targets, sources=sources,
                           workers=workers, shard=shard, overwrite=overwrite, progress=progress, clock=clock,
                           cache=cache, program_failures=failures, adopt=adopt)
