@@ -64,6 +64,25 @@ def test_records_validate_and_match_truth(kitchen, tmp_path):
     assert s.unavailable["camera: no video file or rgb_frames folder"] == 1 and s.outcome.failed == 0
 
 
+def test_an_rgb_frames_video_without_an_audio_file_is_not_a_file_to_fix(kitchen, tmp_path):
+    """EPIC's frames download has no sound: its audio was recorded as a missing file ("no audio file and no video
+    file", cause video), so every run said its segments could be redone and --retry-errors redid them every time
+    (QA, an EPIC layout of frames)."""
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    (root / "P01" / "rgb_frames" / "P01_02").mkdir(parents=True)  # (P01_02 has no MP4; audio reads no frame)
+    out = tmp_path / "train.jsonl"
+    run_extract(_cfg(root, out, components=("audio",)))
+    (rec,) = [r for r in read_jsonl(out) if r["narration_id"] == "P01_02_0"]
+    data = rec["components"]["audio"]["data"]
+    assert rec["components"]["audio"]["status"] == "unavailable" and "cause" not in data, data
+    assert data["reason"] == "no audio file (the video is an rgb_frames folder, which has no sound)"
+    assert run_extract(_cfg(root, out, components=("audio",))).retryable == 0
+    assert run_extract(_cfg(root, out, components=("audio",), retry_errors=True)).written == 0
+
+
 def test_test_split_has_no_narration(kitchen, tmp_path):
     out = tmp_path / "test.jsonl"
     run_extract(_cfg(kitchen, out, split="test", components=("narration", "hands")))

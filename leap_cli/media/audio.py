@@ -195,6 +195,14 @@ def audio_source(layout: "DatasetLayout", video_id: str, *, record: str | None =
         return video
     part = layout.participant(video_id)
     looked = layout.root / part / "audio" / f"{video_id}.wav"
+    if layout.frames_dir(video_id) is not None:  # EPIC's frames download: JPEGs, no sound (no file at fault, so
+        # --retry-errors does not redo every segment of the video, every time, for it)
+        raise AudioUnavailable("no audio file (the video is an rgb_frames folder, which has no sound)", path=looked,
+                               record=record or video_id,
+                               fix=f"to describe its sound, place its audio as {looked.name} or .flac in "
+                                   f"{looked.parent} (e.g. ffmpeg -i {video_id}.MP4 -vn -ac 1 {looked.name}) and "
+                                   "run extract with --force; without it the audio component is reported as "
+                                   "unavailable")
     # the file is at fault, as for the camera's missing video: --retry-errors redoes it once downloaded
     raise AudioUnavailable("no audio file and no video file", file=True, path=looked, record=record or video_id,
                            fix=f"looked for {looked.name} or .flac in {looked.parent} and a video in "
