@@ -708,6 +708,22 @@ def test_training_says_how_much_of_the_split_the_shards_hold(built, tmp_path, ca
     assert f"the shards hold 7 of the split's 9 segments (2 skipped by build-shards" in caplog.text
 
 
+def test_training_says_when_the_validation_shards_hold_training_segments(built, tmp_path, caplog):
+    """A train CSV that was a copy of the validation one trained and chose best.pt on its own segments, and
+    evaluate reported 90% top-1, without a word (QA)."""
+    from leap_cli.train.config import load_config
+    from leap_cli.train.data import ShardSource
+    from leap_cli.train.distributed import DistInfo
+
+    _, work = built
+    cfg = load_config(None, ["model.num_frames=4", "model.img_size=32", "data.batch_size=2"])
+    ShardSource(work / "shards" / "train", work / "shards" / "val", cfg, DistInfo())
+    assert "also in the training shards" not in caplog.text  # (the built splits are apart)
+    ShardSource(work / "shards" / "train", work / "shards" / "train", cfg, DistInfo())  # (data.val: the train shards)
+    n = sum(sh["count"] for sh in json.loads((work / "shards" / "train" / "manifest.json").read_text())["shards"])
+    assert f"{n} of the validation shards' {n} segments are also in the training shards" in caplog.text
+
+
 def test_a_vocab_that_is_no_manifest_names_the_option(built, root, tmp_path):
     """--vocab programs/train.jsonl said "manifest is not valid JSON (rerun leap build-shards ...)" and a missing
     file "build them first"; neither named --vocab."""

@@ -99,6 +99,13 @@ class ShardSource:
                     log.warning("%s: the validation shards hold %d of the split's %d segments (%d skipped by "
                                 "build-shards, listed with their reasons in its manifest)", val_dir,
                                 vcounts.get("samples", 0), vcounts.get("segments", 0), vcounts["skipped"])
+                train_keys = {k for sh in manifest.get("shards", []) for k in sh.get("keys", [])}
+                shared = [k for sh in self.val.manifest.get("shards", []) for k in sh.get("keys", []) if k in train_keys]
+                if shared and info.is_main:  # (a train CSV that is a copy of the validation one: scores not held out)
+                    log.warning("%s: %d of the validation shards' %d segments are also in the training shards (e.g. "
+                                "%s): validation, and the choice of best.pt, measure segments the model trains on; "
+                                "check the split CSVs the two builds read (leap info lists each split's segments)",
+                                val_dir, len(shared), self.val_size, shared[0])
                 if self.val.manifest.get("targets") != manifest.get("targets"):
                     raise LeapError("the validation shards use another targets vocabulary than the training shards",
                                     path=val_dir, fix="rebuild the val shards after the train shards")
