@@ -235,6 +235,21 @@ def test_program_targets_keep_the_program(built):
     assert metas["P01_01_0"]["has_program"] is False and metas["P01_01_0"]["targets"] is None  # invalid program
 
 
+def test_programs_cut_to_max_steps_are_said(built, root, tmp_path):
+    """A val program longer than the training ones was cut to the vocabulary's max_steps without a word, its
+    <if> left open, and evaluate scored the cut targets (QA)."""
+    first, work = built
+    assert not any("longer than the target vocabulary's max_steps" in n for n in first.notes)  # (sized to fit)
+    r = build_split(root, "train", workdir=work, settings=settings(), out=tmp_path / "cut", max_steps=4)
+    (said,) = [n for n in r.notes if "longer than the target vocabulary's max_steps" in n]
+    assert said.startswith("programs longer than the target vocabulary's max_steps (4 rows") and \
+        ": 1 (e.g. P01_01_1: 14 rows)" in said, said
+    m = json.loads((tmp_path / "cut" / "manifest.json").read_text())
+    (cut,) = [json.loads(f["json"]) for s in m["shards"] for k, f in iter_tar_samples(tmp_path / "cut" / s["name"])
+              if k == "P01_01_1"]
+    assert len(cut["targets"]["steps"]) == 4
+
+
 def test_same_bytes_with_one_and_two_workers(root, tmp_path, monkeypatch):
     from leap_cli.shards import writer
 

@@ -62,7 +62,7 @@ FrameOpener = Callable[[str], FrameReader]  # video_id -> reader (must be pickla
 class TargetEncoder(Protocol):
     """Program -> training targets; ``manifest()`` is the vocabulary stored under ``"targets"``."""
 
-    def encode(self, program: dict) -> dict: ...
+    def encode(self, program: dict, key: str | None = None) -> dict: ...
 
     def manifest(self) -> dict: ...
 
@@ -658,7 +658,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                         prog = prog_by_id.get(key)
                         tgt = None
                         if prog is not None and prog.get("status") == "valid" and prog.get("program") and targets:
-                            tgt = targets.encode(prog["program"])
+                            tgt = targets.encode(prog["program"], key)
                         rec["has_program"] = tgt is not None
                         rec["targets"] = tgt
                         fields["json"] = json.dumps(rec, ensure_ascii=False, sort_keys=True).encode("utf-8")
@@ -968,15 +968,20 @@ class ProgramTargets:
     def __init__(self, vocab):
         self.vocab = vocab
         self.failed: list[dict] = []
+        self.cut: list[tuple[str | None, int]] = []  # (sample key, its rows): longer than max_steps, so cut
 
-    def encode(self, program: dict) -> dict | None:
-        from leap_cli.programs.targets import encode_program
+    def encode(self, program: dict, key: str | None = None) -> dict | None:
+        from leap_cli.programs.targets import encode_program, iter_tokens
 
         try:
-            return encode_program(program, self.vocab, self.vocab.max_steps)
+            encoded = encode_program(program, self.vocab, self.vocab.max_steps)
         except LeapError as e:
             self.failed.append({"narration": (program.get("action") or {}).get("narration"), "error": e.message})
             return None
+        rows = sum(1 for _ in iter_tokens(program.get("steps") or [])) + 1  # (+ END)
+        if rows > len(encoded["steps"]):
+            self.cut.append((key, rows))
+        return encoded
 
     def manifest(self) -> dict:
         return self.vocab.to_manifest()
@@ -1156,6 +1161,11 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                           cache=cache, program_failures=failures, adopt=adopt)
     if targets is not None and targets.failed:
         notes.append(f"{len(targets.failed)} valid programs could not be encoded (e.g. {targets.failed[0]['error']})")
+    if targets is not None and targets.cut:  # (a val program longer than the training ones: an <if> left open)
+        cut_key, rows = targets.cut[0]
+        notes.append(f"programs longer than the target vocabulary's max_steps ({targets.vocab.max_steps} rows, from "
+                     f"the training programs or --max-steps): {len(targets.cut)} (e.g. {cut_key}: {rows} rows); their "
+                     "targets are cut there, control flow left open, and the sequence metrics score the cut targets")
     if not result.written_now and (result.resumed_shards or result.manifest.get("parts")):  # every shard was there
         notes = [n for n in notes if n != vocab_note and n not in cache_notes]  # (nothing was read or built now)
     if not result.written_now and result.resumed_shards:
