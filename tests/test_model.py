@@ -20,6 +20,17 @@ def tiny_args(**over):
     return args
 
 
+def test_programs_without_conditions_build_a_model_without_a_library_warning():
+    """Training programs with no condition: torch's "Initializing zero-element tensors is a no-op" was printed by
+    train, show and evaluate (QA)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = build_model(tiny_args(program={**PROGRAM, "conditions": 0}))
+    assert model.condition_head.out_features == 0
+
+
 def make_batch(B=2, context=0, seed=0):
     g = torch.Generator().manual_seed(seed)
     steps = torch.full((B, PROGRAM["max_steps"], 3), -100)

@@ -23,6 +23,7 @@ Outputs of ``forward``: "verb" [B,V], "noun" [B,N] logits; with program heads al
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -82,7 +83,9 @@ class LeapModel(nn.Module):
                 self.program_spec, width, dec["decoder_dim"], dec["decoder_layers"], dec["decoder_heads"],
                 dec["decoder_dropout"], recognition=num_verbs + num_nouns if dec["decoder_recognition"] else 0,
             )
-            self.condition_head = nn.Linear(width, 2 * self.program_spec.conditions)
+            with warnings.catch_warnings():  # (no condition in the training programs: a head of 0 outputs, whose
+                warnings.filterwarnings("ignore", "Initializing zero-element tensors")  # init torch warns of)
+                self.condition_head = nn.Linear(width, 2 * self.program_spec.conditions)
 
         self.label_forcing = float(dec["decoder_label_forcing"])
         self.num_verbs, self.num_nouns = num_verbs, num_nouns
