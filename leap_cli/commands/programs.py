@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import typer
@@ -122,13 +123,22 @@ def generate_programs(
     if batch_file is not None:
         from leap_cli.programs.batch import write_batch_file
 
-        n = write_batch_file(cfg, batch_file)
-        console.print(escape(f"wrote {n} Batch API requests to {batch_file}; submit it, then run with --ingest-batch RESULTS.jsonl"), highlight=False)
+        kept_not_valid = Counter()
+        n = write_batch_file(cfg, batch_file, kept_not_valid)
+        if n:
+            console.print(escape(f"wrote {n} Batch API requests to {batch_file}; submit it, then run with "
+                                 "--ingest-batch RESULTS.jsonl"), highlight=False)
+        else:  # (it said "submit it" of an empty file)
+            console.print(escape(f"nothing to ask: every segment has a record in {cfg.out_path} ({batch_file} holds "
+                                 "no request)"), highlight=False)
+        for line in not_valid_notes(kept_not_valid):
+            console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
         return
     if ingest_batch is not None:
         from leap_cli.programs.batch import ingest_batch as ingest
 
-        counts = ingest(cfg, ingest_batch)
+        failures: list[tuple[str, str]] = []
+        counts = ingest(cfg, ingest_batch, failures)
         kept = counts.pop("invalid_kept", 0)  # (also counted already_present)
         before = counts.pop("asked_before_the_clip_changed", 0)  # (also counted by status)
         console.print(escape(f"ingested {sum(counts.values())} results into {cfg.out_path}: "
@@ -147,9 +157,7 @@ def generate_programs(
         outcome = Outcome("generate-programs --ingest-batch")  # 3 when every result ingested now failed
         # (results superseded by a better one for their segment are not records of their own)
         outcome.attempt(sum(v for k, v in counts.items() if k not in ("already_present", "superseded")))
-        for status in ("invalid", "failed"):
-            for _ in range(counts.get(status, 0)):
-                outcome.fail(f"{status} (see leap validate-programs)")
+        print_failures(failures, outcome)  # (it said "1 x failed (see leap validate-programs)", not why)
         for line in outcome.lines():
             console.print(escape(line), highlight=False, style="red")
         outcome.exit()
@@ -199,16 +207,11 @@ def generate_programs(
         signal.raise_signal(summary.interrupted)
     if summary.error is not None:  # (after what was done and spent: the error is the last line, exit 2)
         raise summary.error
-    for nid, msg in summary.failures[:10]:
-        console.print(f"[red]{printable(nid, one_line=True)}[/]: {printable(msg, one_line=True)}", highlight=False)
-    if len(summary.failures) > 10:
-        console.print(f"... and {len(summary.failures) - 10} more (see leap validate-programs)")
     from leap_cli.outcome import Outcome
 
     outcome = Outcome("generate-programs")  # the exit rule of the record-writing stages: 3 when every record failed
     outcome.attempt(sum(st.values()))
-    for _, msg in summary.failures:  # invalid or failed, counted by cause
-        outcome.fail(failure_cause(str(msg)))
+    print_failures(summary.failures, outcome)
     for line in outcome.lines():
         console.print(escape(line), highlight=False, style="red")
     outcome.exit()
@@ -230,6 +233,12 @@ def resumed_notes(summary) -> list[str]:
         notes.append(f"{summary.reclipped} records of earlier runs were made from a clip that has changed since (its "
                      "descriptor record was made again, or its annotation changed): made again (shards built from "
                      "the old ones are rebuilt with build-shards --force)")
+    return notes + not_valid_notes(bad)
+
+
+def not_valid_notes(bad) -> list[str]:
+    """What to do about the failed and invalid records (counts by status) that a run kept as done."""
+    notes = []
     if bad.get("failed"):
         notes.append(f"{bad['failed']} of the records done before are failed (see leap validate-programs): add "
                      "--retry-errors to ask for them again")
@@ -237,6 +246,16 @@ def resumed_notes(summary) -> list[str]:
         notes.append(f"{bad['invalid']} of the records done before are invalid: add --retry-invalid to ask for them "
                      "again (their replies are not taken from the cache)")
     return notes
+
+
+def print_failures(failures: list[tuple[str, str]], outcome) -> None:
+    """The first ten records that failed or are invalid, with their cause, and each counted by cause in ``outcome``."""
+    for nid, msg in failures[:10]:
+        console.print(f"[red]{printable(nid, one_line=True)}[/]: {printable(msg, one_line=True)}", highlight=False)
+    if len(failures) > 10:
+        console.print(f"... and {len(failures) - 10} more (see leap validate-programs)")
+    for _, msg in failures:
+        outcome.fail(failure_cause(str(msg)))
 
 
 def endpoint_notes(summary) -> list[str]:

@@ -41,15 +41,20 @@ def _openai(cfg: GenerateConfig) -> GenerateConfig:
     return cfg if cfg.backend == "openai" else dataclasses.replace(cfg, backend="openai")
 
 
-def write_batch_file(cfg: GenerateConfig, path) -> int:
+def write_batch_file(cfg: GenerateConfig, path, kept_not_valid: Counter | None = None) -> int:
     """Write one Batch request per pending segment (those not yet in the programs file, and those
-    ``cfg.redo`` names: --retry-errors, --retry-invalid). Returns the count.
+    ``cfg.redo`` names: --retry-errors, --retry-invalid). Returns the count; ``kept_not_valid`` gets the failed
+    and invalid records kept as done, by status.
     The programs file's settings are checked and recorded now (``check_output``), so that the ingest, and any
     live run on the same file, must use the settings the requests were written with."""
     cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
     check_output(cfg, builder, inputs)
     done, again = kept_and_redone(cfg, inputs, builder)  # (one made from a clip that has changed since: asked again)
+    if kept_not_valid is not None:
+        ids = {r["narration_id"] for r in inputs.records}
+        kept_not_valid.update(r.get("status") for nid, r in output_records(cfg).items()
+                              if nid in done and nid in ids and r.get("status") in ("failed", "invalid"))
     records = [r for r in inputs.records if r["narration_id"] not in done]
     if cfg.limit is not None:
         records = records[: cfg.limit]
@@ -117,10 +122,11 @@ def _dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
+def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None) -> Counter:
     """Validate the Batch output and append its records to the programs file; a result that did not fail
     replaces a ``failed`` record (e.g. of an expired batch), and with ``cfg.retry_invalid`` an ``invalid`` one.
-    Returns counts per status."""
+    Returns counts per status; ``failures`` gets ``(narration_id, first error)`` of each invalid or failed record
+    written (as a live run's summary)."""
     cfg = _openai(cfg)
     lines = read_batch_output(results_path)
     inputs, _, builder = _setup(cfg)
@@ -229,6 +235,8 @@ def ingest_batch(cfg: GenerateConfig, results_path) -> Counter:
             if written:
                 written_ids.add(nid)
                 spend(record)
+                if status != "valid" and failures is not None:
+                    failures.append((nid, record["errors"][0]["message"] if record["errors"] else status))
                 if record["provenance"]["clip_hash"] != current[nid]:
                     counts["asked_before_the_clip_changed"] += 1
         for i, record in enumerate(results):  # the other results of a segment written now: paid, and said
