@@ -153,6 +153,22 @@ def test_misspelt_column(epic_dir, tmp_path):
     assert "missing column(s): stop_timestamp" in e.value.message and "found" not in e.value.message
 
 
+def test_a_csv_separated_by_semicolons_says_so(epic_dir, tmp_path):
+    """Saved by a spreadsheet in a locale that separates with ';': every column was listed as missing, twice (QA)."""
+    import csv
+
+    folder = _copy(epic_dir, tmp_path)
+    p = folder / "EPIC_100_validation.csv"
+    rows = list(csv.reader(p.open(newline="")))
+    for sep in (";", "\t"):
+        with p.open("w", newline="") as f:
+            csv.writer(f, delimiter=sep).writerows(rows)
+        with pytest.raises(LeapError) as e:
+            read_segments(p)
+        assert e.value.message == f"the header's columns are separated by {sep!r}, not commas", e.value.one_line()
+        assert "save it as comma-separated CSV" in e.value.fix
+
+
 def test_bad_timestamp_names_file_and_row(epic_dir, tmp_path):
     folder = _copy(epic_dir, tmp_path)
     p = folder / "EPIC_100_validation.csv"
@@ -231,6 +247,16 @@ def test_layout_errors(tmp_path):
         DatasetLayout.open(tmp_path / "nope")
     with pytest.raises(LeapError, match="annotations folder not found"):
         DatasetLayout.open(tmp_path)
+    # EPIC's download (ROOT/EPIC-KITCHENS/P01) beside a clone of the annotations repository under its own name:
+    # both places looked in are named, and the clone (QA: only ROOT/EPIC-KITCHENS/annotations was named)
+    dl = tmp_path / "dl"
+    (dl / "EPIC-KITCHENS" / "P01").mkdir(parents=True)
+    (dl / "epic-kitchens-100-annotations").mkdir()
+    (dl / "epic-kitchens-100-annotations" / "EPIC_100_train.csv").write_text("narration_id\n")
+    with pytest.raises(LeapError) as e:
+        DatasetLayout.open(dl)
+    assert f"(looked in {dl / 'annotations'} and {dl / 'EPIC-KITCHENS' / 'annotations'})" in e.value.message
+    assert e.value.fix.startswith(f"pass --annotations {dl / 'epic-kitchens-100-annotations'} (EPIC's CSVs are there)")
     # --data pointed at the annotations folder itself: said, with the root to give
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "EPIC_100_validation.csv").write_text("narration_id\n")

@@ -143,6 +143,13 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
             header = [h.strip() for h in (reader.fieldnames or [])]
             missing = [c for c in required if c not in header]
             if missing:
+                joined = ",".join(header)  # (one column named "narration_id;participant_id;...")
+                sep = next((c for c in (";", "\t", "|") if sum(r in joined for r in required) >= 2
+                            and all(c in h for h in header if any(r in h for r in required))), None)
+                if sep is not None:
+                    raise LeapError(f"the header's columns are separated by {sep!r}, not commas", path=path,
+                                    record="header", fix="save it as comma-separated CSV (a spreadsheet in a locale "
+                                                         "that writes ';' separates with it), or take EPIC's file again")
                 hints = []
                 for m in missing:
                     # a misspelling among the columns that are not required ones (start_timestamp is no
