@@ -490,6 +490,12 @@ def test_a_video_link_to_a_missing_file_and_a_folder_named_as_a_video(tmp_path):
         open_video(layout, "P01_01", 50.0, record="P01_01_3")
     with pytest.raises(VideoUnreadable, match="no video file or rgb_frames folder"):
         open_video(layout, "P01_02", 50.0)
+    # an rgb_frames folder linked from elsewhere, gone (QA: "no video file or rgb_frames folder")
+    (tmp_path / "P01" / "rgb_frames").mkdir()
+    (tmp_path / "P01" / "rgb_frames" / "P01_03").symlink_to(tmp_path / "unmounted" / "P01_03")
+    with pytest.raises(VideoUnreadable, match=r"rgb_frames/P01_03 \[P01_03\]: the video is a link to .*unmounted/"
+                                              r"P01_03, which is not there"):
+        open_video(layout, "P01_03", 50.0)
 
 
 def test_leap_info_says_what_is_under_a_video_name_that_is_not_a_video(tmp_path):
@@ -500,8 +506,14 @@ def test_leap_info_says_what_is_under_a_video_name_that_is_not_a_video(tmp_path)
     videos = tmp_path / "k" / "P01" / "videos"
     (videos / "P01_01.MP4").unlink()
     (videos / "P01_01.MP4").symlink_to(tmp_path / "unmounted.MP4")
+    frames = tmp_path / "k" / "P01" / "rgb_frames"
+    frames.mkdir(exist_ok=True)
+    (frames / "P01_02").symlink_to(tmp_path / "unmounted")  # (P01_02's MP4 moved away: its frames are read)
+    (videos / "P01_02.MP4").rename(tmp_path / "P01_02.MP4")
     r = leap("info", "--data", str(tmp_path / "k"))
-    assert f"P01_01.MP4 is a link to {tmp_path / 'unmounted.MP4'}, which is not there" in " ".join(r.stdout.split())
+    out = " ".join(r.stdout.split())
+    assert f"P01_01.MP4 is a link to {tmp_path / 'unmounted.MP4'}, which is not there" in out
+    assert f"P01_02 is a link to {tmp_path / 'unmounted'}, which is not there" in out, out
 
 
 def test_a_full_disk_while_a_video_is_written_names_the_video(tmp_path):

@@ -62,7 +62,7 @@ def info(
     from rich.markup import escape
 
     from leap_cli.epic.info import check_lengths as length_report, dataset_info
-    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.epic.layout import VIDEO_EXTS, DatasetLayout
 
     from leap_cli.common import dataset_root
 
@@ -107,11 +107,11 @@ def info(
             console.print(escape(f"  looked for {layout.root / part / 'videos' / (v + '.MP4')} and "
                                  f"{layout.root / part / 'rgb_frames' / v}/"), highlight=False, soft_wrap=True)
             for v in s.missing:  # there under the name, but not a video: a link to nothing, a folder
-                for p in (layout.root / layout.participant(v) / "videos" / f"{v}{ext}" for ext in (".MP4", ".mp4")):
-                    if p.is_symlink() and not p.exists():
-                        console.print(escape(f"  {p} is a link to {os.readlink(p)}, which is not there"),
-                                      highlight=False, soft_wrap=True)
-                    elif p.is_dir():
+                for p in layout.broken_links(v):
+                    console.print(escape(f"  {p} is a link to {os.readlink(p)}, which is not there"),
+                                  highlight=False, soft_wrap=True)
+                for p in (layout.root / layout.participant(v) / "videos" / f"{v}{ext}" for ext in VIDEO_EXTS):
+                    if p.is_dir():
                         console.print(escape(f"  {p} is a folder, not a video file"), highlight=False, soft_wrap=True)
         if s.tarred:
             console.print(escape(f"  extract each into a folder of its name: {layout.untar_command(s.tarred[0])}"),

@@ -97,6 +97,13 @@ class DatasetLayout:
         st = path.stat()
         return [st.st_size, st.st_mtime_ns]
 
+    def broken_links(self, video_id: str) -> list[Path]:
+        """The video's MP4 names and rgb_frames folder that are symbolic links to nothing (a dataset linked from
+        storage that is not mounted, or moved)."""
+        part = self.root / self.participant(video_id)
+        return [p for p in [part / "videos" / f"{video_id}{ext}" for ext in VIDEO_EXTS] + [part / "rgb_frames" / video_id]
+                if p.is_symlink() and not p.exists()]
+
     def frames_tar(self, video_id: str) -> Path | None:
         """``ROOT/P01/rgb_frames/P01_01.tar`` as EPIC's download script saves it, when no folder was extracted."""
         tar = self.root / self.participant(video_id) / "rgb_frames" / f"{video_id}.tar"

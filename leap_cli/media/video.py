@@ -616,11 +616,10 @@ def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None,
                               fix=f"extract them: {layout.untar_command(video_id)}")
     part = layout.participant(video_id)
     looked = [layout.root / part / "videos" / f"{video_id}.MP4", layout.root / part / "rgb_frames" / video_id]
-    for p in (looked[0], looked[0].with_suffix(".mp4")):
-        if p.is_symlink() and not p.exists():  # (a dataset linked from storage that is not mounted, or moved)
-            raise VideoUnreadable(f"the video is a link to {os.readlink(p)}, which is not there", path=p, record=record,
-                                  gist="the video is a link to a missing file",
-                                  fix="mount or restore what the link points to, or link the video again")
+    for p in layout.broken_links(video_id):  # (a dataset linked from storage that is not mounted, or moved)
+        raise VideoUnreadable(f"the video is a link to {os.readlink(p)}, which is not there", path=p, record=record,
+                              gist="the video is a link to a missing file",
+                              fix="mount or restore what the link points to, or link the video again")
     raise VideoUnreadable("no video file or rgb_frames folder", path=looked[0], record=record,
                           fix=f"looked for {looked[0]} and {looked[1]}/: download the MP4 or the rgb_frames, "
                               "or leave this video out")
