@@ -169,6 +169,19 @@ def test_a_csv_separated_by_semicolons_says_so(epic_dir, tmp_path):
         assert "save it as comma-separated CSV" in e.value.fix
 
 
+def test_the_test_timestamps_under_another_splits_name_say_so(epic_dir, tmp_path):
+    """EPIC_100_test_timestamps.csv saved as EPIC_100_validation.csv listed the label columns as missing (QA)."""
+    import shutil
+
+    folder = _copy(epic_dir, tmp_path)
+    shutil.copy(Path(__file__).parent / "data" / "epic100" / "EPIC_100_test_timestamps.csv",
+                folder / "EPIC_100_validation.csv")
+    with pytest.raises(LeapError) as e:
+        Annotations(folder).segments("val")
+    assert e.value.message == "it holds times but no narrations or classes, as EPIC_100_test_timestamps.csv does"
+    assert "put EPIC's EPIC_100_validation.csv there" in e.value.fix
+
+
 def test_bad_timestamp_names_file_and_row(epic_dir, tmp_path):
     folder = _copy(epic_dir, tmp_path)
     p = folder / "EPIC_100_validation.csv"

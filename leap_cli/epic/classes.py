@@ -156,6 +156,12 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
                     # misspelt stop_timestamp)
                     close = difflib.get_close_matches(m, [h for h in header if h not in required], n=1)
                     hints.append(f"{m} (found {close[0]!r}?)" if close else m)
+                if "verb_class" in missing and "stop_frame" in header and not {"verb", "verb_class"} & set(header):
+                    # (the test split's timestamps saved under another split's name)
+                    raise LeapError("it holds times but no narrations or classes, as EPIC_100_test_timestamps.csv "
+                                    "does", path=path, record="header",
+                                    fix=f"put EPIC's {path.name} there (the test split's file is read as "
+                                        "--split test)")
                 raise LeapError(f"missing column(s): {', '.join(hints)}", path=path, record="header",
                                 fix=f"expected columns {', '.join(required)}")
             reader.fieldnames = header
