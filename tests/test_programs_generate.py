@@ -1054,7 +1054,9 @@ def test_a_stop_signal_lets_the_requests_in_flight_finish(workdir, good_programs
         _, err = proc.communicate(timeout=30)
         assert proc.returncode == 128 + getattr(signal, signame), err
         again = "Ctrl-C again" if signame == "SIGINT" else "SIGTERM again"  # (a scheduler sends no Ctrl-C)
-        assert f"stopping: waiting up to 20 s for 2 requests in flight; {again} to abandon them" in err.decode()
+        window = "1" if signame == "SIGINT" else "5"
+        assert (f"stopping: waiting up to 20 s for 2 requests in flight; {again} after {window} s to abandon them"
+                in err.decode())
         kept = read_jsonl(out)
         assert len(kept) == 4 and len(server.requests) == 4
         s = generate_programs(config(workdir, server, model="m"))
@@ -1065,6 +1067,8 @@ def test_a_stop_signal_lets_the_requests_in_flight_finish(workdir, good_programs
 
 
 def test_a_second_stop_signal_abandons_the_requests_in_flight(workdir, good_programs):
+    """... but not the same signal again at once: Slurm or a wrapper forwarding its own signal delivers two, and
+    the requests in flight were abandoned and paid again (QA; train already took them as one stop)."""
     import signal
 
     script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]), delay=10)  # noqa: E731
@@ -1073,7 +1077,10 @@ def test_a_second_stop_signal_abandons_the_requests_in_flight(workdir, good_prog
         wait_until(lambda: len(server.requests) >= 2)
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
+        time.sleep(0.5)  # (not at once: the kernel would merge the two)
+        proc.send_signal(signal.SIGTERM)  # the same stop, twice
+        time.sleep(1.0)
+        assert proc.poll() is None  # still waiting for the requests in flight
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
         assert time.monotonic() - start < 5

@@ -572,13 +572,16 @@ class ProgramGenerator:
 class _Stop:
     """Ctrl-C or SIGTERM while the stage runs: the first stops new requests and gives those in flight up to
     ``grace`` seconds, so that their replies, paid for anyway, are kept (a resume would pay for them again); a
-    second signal, or the end of the grace, abandons them. ``reraise`` sends the signal again once the files
+    second signal, or the end of the grace, abandons them, except the same signal again within
+    ``leap_cli.signals``' window, which is the same stop (Slurm, or a wrapper forwarding its own signal, delivers
+    two at once: the requests were abandoned and paid again). ``reraise`` sends the signal again once the files
     are closed, to the handlers that were there before (the CLI's: exit 130 or 143)."""
 
     def __init__(self, gen: ProgramGenerator, grace: float):
         self.gen, self.grace = gen, grace
         self.tasks: list[asyncio.Future] = []
         self.signum: int | None = None
+        self._at = 0.0  # when the first signal came
         self._loop = asyncio.get_running_loop()
         self._before: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():
@@ -596,18 +599,25 @@ class _Stop:
 
     def _stop(self, signum: int) -> None:
         if self.signum is not None:
-            self._abandon()
+            if signum != self.signum or time.monotonic() - self._at >= self._window(signum):
+                self._abandon()
             return
-        self.signum = signum
+        self.signum, self._at = signum, time.monotonic()
         self.gen._halted = True
         halt = getattr(self.gen.backend, "halt", None)
         if halt is not None:
             halt()  # no more attempts: the requests waiting for theirs (a retry, a held server) end pending now
         if self._on_wire():
             again = "Ctrl-C again" if signum == signal.SIGINT else f"{signal.Signals(signum).name} again"
-            log.warning("stopping: waiting up to %g s for %d requests in flight; %s to abandon them",
-                        self.grace, self._on_wire(), again)
+            log.warning("stopping: waiting up to %g s for %d requests in flight; %s after %g s to abandon them",
+                        self.grace, self._on_wire(), again, self._window(signum))
             self._loop.call_later(self.grace, self._abandon)
+
+    @staticmethod
+    def _window(signum: int) -> float:
+        from leap_cli.signals import same_stop_window
+
+        return same_stop_window(signal.Signals(signum).name)
 
     def _abandon(self) -> None:
         if self._on_wire():

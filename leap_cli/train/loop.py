@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from leap_cli.common import NEXT_RUN
+from leap_cli import signals
 from leap_cli.errors import LeapError
 from leap_cli.io import OutputLock, ShardReaders, atomic_write_text, read_jsonl, settings_changes
 from leap_cli.train import distributed
@@ -341,12 +342,10 @@ class GracefulStop:
     of the flag at each step), so no rank waits in a collective that the others left."""
 
     SIGNALS = ("SIGINT", "SIGTERM")
-    # The same signal this soon after the first is the same stop, not a second one: Slurm (scancel, a time limit,
-    # preemption; scancel --signal=INT) signals every process of a job step, and torchrun forwards its own signal
-    # to the ranks, so a rank gets two at once (it stopped at once, without last.pt, in half of the tries). Slurm's
-    # SIGKILL comes KillWait (30 s by default) later; a person's second Ctrl-C comes later than a second.
-    SAME_STOP_SECONDS = 5.0  # SIGTERM, and a rank's own signal after another rank's stop reached it
-    SAME_SIGINT_SECONDS = 1.0
+    # The same signal this soon after the first is the same stop (leap_cli.signals): torchrun forwards its own
+    # signal to the ranks, so a rank gets two at once (it stopped at once, without last.pt, in half of the tries)
+    SAME_STOP_SECONDS = signals.SAME_STOP_SECONDS  # SIGTERM, and a rank's own signal after another rank's stop
+    SAME_SIGINT_SECONDS = signals.SAME_SIGINT_SECONDS
 
     def __init__(self, info: distributed.DistInfo):
         self.info = info
