@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,21 @@ from leap_cli import __version__
 def leap(*args, cwd=None):
     env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
     return subprocess.run([sys.executable, "-m", "leap_cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_a_sigterm_while_a_finished_command_exits_keeps_its_status(tmp_path):
+    """SIGTERM as the process exits after the work is done (atexit: a pool's or logging's cleanup): a traceback
+    (KeyboardInterrupt in an atexit callback), and a requeue script saw a finished build-shards exit 143 (QA)."""
+    script = tmp_path / "late_term.py"
+    script.write_text("import atexit, os, signal, sys, time\n"
+                      "import leap_cli.cli as cli\n"
+                      "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(2)))\n"
+                      "sys.argv = ['leap', '--version']\n"
+                      "cli.main()\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert r.returncode == 0 and r.stdout.strip() == f"leap {__version__}", r
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
 
 
 def test_version_and_help_order():
