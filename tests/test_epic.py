@@ -206,6 +206,26 @@ def test_stop_before_start(epic_dir, tmp_path):
         read_segments(p)
 
 
+def test_frame_columns_counted_from_0_or_reversed_are_refused(epic_dir, tmp_path):
+    """EPIC counts frames from 1; a row with start_frame 0 was read (the camera said its window starts before the
+    video, build-shards packed it anyway: QA), and reversed frame columns went unsaid."""
+    import csv
+
+    folder = _copy(epic_dir, tmp_path)
+    p = folder / "EPIC_100_test_timestamps.csv"
+    rows = list(csv.reader(p.open(newline="")))
+    col = {name: i for i, name in enumerate(rows[0])}
+    rows[1][col["start_frame"]] = "0"
+    rows[2][col["start_frame"]], rows[2][col["stop_frame"]] = rows[2][col["stop_frame"]], rows[2][col["start_frame"]]
+    with p.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    with pytest.raises(LeapError) as e:
+        read_segments(p)
+    msg = e.value.one_line()
+    assert f"row 2, {rows[1][0]}: start_frame 0: EPIC counts frames from 1" in msg, msg
+    assert f"row 3, {rows[2][0]}: stop_frame {rows[2][col['stop_frame']]} is before start_frame" in msg, msg
+
+
 def test_a_narration_id_twice_names_both_rows(epic_dir, tmp_path):
     folder = _copy(epic_dir, tmp_path)
     p = folder / "EPIC_100_validation.csv"

@@ -490,6 +490,15 @@ def test_a_video_link_to_a_missing_file_and_a_folder_named_as_a_video(tmp_path):
         open_video(layout, "P01_01", 50.0, record="P01_01_3")
     with pytest.raises(VideoUnreadable, match="no video file or rgb_frames folder"):
         open_video(layout, "P01_02", 50.0)
+    # a typo in a row's video_id (P01_1 for P01_01) where the narration id names a video that is there (QA)
+    (videos / "P01_05.MP4").write_bytes(b"")
+    with pytest.raises(VideoUnreadable) as e:
+        open_video(layout, "P01_5", 50.0, record="P01_05_3")
+    assert e.value.fix.endswith("the narration id P01_05_3 names video P01_05, which is there: a typo in the row's "
+                                "video_id?"), e.value.fix
+    with pytest.raises(VideoUnreadable) as e:  # (nothing to suggest where that video is not there either)
+        open_video(layout, "P01_6", 50.0, record="P01_06_3")
+    assert "typo" not in e.value.fix
     # an rgb_frames folder linked from elsewhere, gone (QA: "no video file or rgb_frames folder")
     (tmp_path / "P01" / "rgb_frames").mkdir()
     (tmp_path / "P01" / "rgb_frames" / "P01_03").symlink_to(tmp_path / "unmounted" / "P01_03")

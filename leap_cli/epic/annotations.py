@@ -160,6 +160,15 @@ def _segment(row: dict, path: Path, rec: str, i: int, seen: dict[str, int], labe
     if stop < start:
         raise LeapError(f"stop {row['stop_timestamp']} is before start {row['start_timestamp']}", path=path,
                         record=rec, fix="swap or fix the timestamps of that row")
+    start_frame, stop_frame = _int(row, "start_frame", path, rec), _int(row, "stop_frame", path, rec)
+    if start_frame < 1:  # (rgb_frames are read by these: frame 0 is before the video's first JPEG)
+        raise LeapError(f"start_frame {start_frame}: EPIC counts frames from 1 (frame_0000000001.jpg is a video's "
+                        "first)", path=path, record=rec,
+                        fix="number the frames from 1, as EPIC's CSVs do (a CSV counted from 0 is one frame off "
+                            "on every row)")
+    if stop_frame < start_frame:
+        raise LeapError(f"stop_frame {stop_frame} is before start_frame {start_frame}", path=path, record=rec,
+                        fix="swap or fix the frame columns of that row")
     nts = row["narration_timestamp"].strip()
     kw: dict = {}
     if labelled:
@@ -170,8 +179,7 @@ def _segment(row: dict, path: Path, rec: str, i: int, seen: dict[str, int], labe
                                                                         record=rec)))
     return Segment(
         narration_id=row["narration_id"], participant_id=row["participant_id"], video_id=row["video_id"],
-        start=start, stop=stop, start_frame=_int(row, "start_frame", path, rec),
-        stop_frame=_int(row, "stop_frame", path, rec),
+        start=start, stop=stop, start_frame=start_frame, stop_frame=stop_frame,
         narration_timestamp=_time(row, "narration_timestamp", path, rec) if nts else None, **kw)
 
 

@@ -620,9 +620,12 @@ def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None,
         raise VideoUnreadable(f"the video is a link to {os.readlink(p)}, which is not there", path=p, record=record,
                               gist="the video is a link to a missing file",
                               fix="mount or restore what the link points to, or link the video again")
+    named = record.rsplit("_", 1)[0] if record and record != video_id else None  # (EPIC's ids: VIDEO_N)
+    typo = (f"; the narration id {record} names video {named}, which is there: a typo in the row's video_id?"
+            if named and named != video_id and (layout.video_path(named) or layout.frames_dir(named)) else "")
     raise VideoUnreadable("no video file or rgb_frames folder", path=looked[0], record=record,
                           fix=f"looked for {looked[0]} and {looked[1]}/: download the MP4 or the rgb_frames, "
-                              "or leave this video out")
+                              f"or leave this video out{typo}")
 
 
 def decodable_frames(path: str | Path) -> tuple[int, int]:
