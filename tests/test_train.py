@@ -250,11 +250,34 @@ def test_checkpoint_round_trip_weights_only(tmp_path: Path) -> None:
     for k, v in model.state_dict().items():
         assert torch.equal(v, raw["model"][k]), k
     assert ckpt["model_args"] == result.model_args
+    # the normalisation is in every checkpoint, also the builder's default (QA: a tiny run's had none, though
+    # docs/model.md said so)
+    from leap_cli.model.uniformerv2 import CLIP_MEAN, CLIP_STD
+
+    assert raw["model_args"]["mean"] == list(CLIP_MEAN) and raw["model_args"]["std"] == list(CLIP_STD)
     best, _ = load_model(run / "checkpoints" / "best.pt")
     assert not best.training
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(LeapError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_metrics_lines_are_strict_json(tmp_path: Path) -> None:
+    """An fp16 step's infinite gradient norm went into metrics.jsonl as Infinity, which jq refuses (QA)."""
+    import json
+
+    from leap_cli.train.loop import _Metrics
+
+    metrics = _Metrics(tmp_path, None)
+    metrics.write({"split": "train", "step": 1, "loss": 0.5, "grad_norm": float("inf"), "lr": float("nan")})
+    metrics.close()
+
+    def refuse(name):
+        raise ValueError(f"{name} in metrics.jsonl")
+
+    (line,) = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(line, parse_constant=refuse) == {"split": "train", "step": 1, "loss": 0.5, "grad_norm": None,
+                                                       "lr": None}
 
 
 def test_resume_is_exact(tmp_path: Path) -> None:
@@ -269,6 +292,9 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     assert mid["data_position"] == {"epoch": 0, "batches": 6, "world_size": 1, "order": 2, "batches_per_epoch": 8}
     with pytest.raises(LeapError, match="--resume"):
         main(cfg, workdir=tmp_path, name="split", source=source)
+    # a checkpoint of a leap that left the default normalisation out of model_args resumes as before
+    mid["model_args"] = {k: v for k, v in mid["model_args"].items() if k not in ("mean", "std")}
+    torch.save(mid, tmp_path / "runs/split/checkpoints/last.pt")
     resumed = main(cfg, workdir=tmp_path, name="split", source=source, resume=True)
     assert resumed.steps == 6
     a = torch.load(tmp_path / "runs/full/checkpoints/last.pt", weights_only=True)

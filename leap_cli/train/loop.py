@@ -97,7 +97,17 @@ def model_args_for(cfg: Config, source: DataSource) -> dict:
             raise LeapError(f"config key 'model.options.{key}': {cfg.model.options[key]!r} where {what} give "
                             f"{args[key]!r}: it is set there, not by model.options (remove it)", record="model")
     args.update(backbone_options(cfg.model))  # weight family (architecture, normalisation) + model.options
-    return args
+    return with_normalisation(args)
+
+
+def with_normalisation(model_args: dict) -> dict:
+    """``model_args`` with the input normalisation the model uses, also where no weight family or option set it
+    (the builder's default, CLIP's): every checkpoint says how its clips were normalised. A checkpoint of a leap
+    before 2026-12-04 lacks it where it was the default; compared through this, it resumes."""
+    from leap_cli.model.uniformerv2 import CLIP_MEAN, CLIP_STD
+
+    return {**model_args, "mean": list(model_args.get("mean", CLIP_MEAN)),
+            "std": list(model_args.get("std", CLIP_STD))}
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -308,8 +318,12 @@ class _Metrics:
             pass
 
     def write(self, rec: dict) -> None:
+        # strict JSON: a value that is not finite (an fp16 step's infinite gradient norm, which the scaler skips)
+        # is null, not the Infinity or NaN that jq and other strict parsers refuse
+        line = json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()},
+                          allow_nan=False)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(line + "\n")
         if self.tb is not None:
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and k not in ("step", "epoch"):
@@ -513,7 +527,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         model_args = model_args_for(cfg, source)
         if resume_ckpt is not None:
             _same_training_data(resume_ckpt, source, ckpt_dir / "last.pt", cfg.data.train)
-        if resume_ckpt is not None and resume_ckpt["model_args"] != model_args:
+        if resume_ckpt is not None and with_normalisation(resume_ckpt["model_args"]) != model_args:
             raise LeapError("the config or data vocabulary differs from the checkpoint's model",
                             path=ckpt_dir / "last.pt", fix="resume with the same config and shards")
         from leap_cli.model import build_model
