@@ -248,6 +248,14 @@ def test_programs_cut_to_max_steps_are_said(built, root, tmp_path):
     (cut,) = [json.loads(f["json"]) for s in m["shards"] for k, f in iter_tar_samples(tmp_path / "cut" / s["name"])
               if k == "P01_01_1"]
     assert len(cut["targets"]["steps"]) == 4
+    # conditions outside the vocabulary are said too (QA: a val program's conditions the training ones never had
+    # were dropped without a word, a marker row's own among them)
+    assert not any("conditions outside the target vocabulary" in n for n in first.notes)
+    r = build_split(root, "train", workdir=work, settings=settings(), out=tmp_path / "few", max_conditions=1)
+    (said,) = [n for n in r.notes if "conditions outside the target vocabulary" in n]
+    assert said.startswith("conditions outside the target vocabulary (1, the training programs' most frequent"), said
+    dropped, total = (int(x) for x in said.split("): ")[1].split(" condition mentions")[0].split(" of the programs' "))
+    assert 0 < dropped < total, said
 
 
 def test_same_bytes_with_one_and_two_workers(root, tmp_path, monkeypatch):
@@ -465,6 +473,7 @@ def test_anticipation_previous_segments_option(epic_root, tmp_path):
                 assert img.max() <= 2 and not any(c["present"] for c in meta["context"])
                 continue
             assert meta["observed"]["stop"] == pytest.approx(end)
+            assert meta["blank"] is False  # (the key in every anticipation sample: QA's j["blank"] raised KeyError)
             read = meta["frame_indices"] + [i for c in meta["context"] for i in c["frame_indices"]]
             assert max(clock.time_of(i) for i in read) <= end + 1e-9  # no frame after the observed window
             assert time_to_frame(end, FPS) < max(meta["frame_indices"]) <= clock.frame_at(end)  # counted at 60/s

@@ -176,7 +176,7 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
                 ctx_jobs.append(cidx)
                 ctx_rec.append({"key": p.narration_id, "present": True, "frame_indices": cidx})
             samples.append(SampleJob(s.narration_id, idx, ctx_jobs))
-            records[s.narration_id] = {"frame_indices": idx,
+            records[s.narration_id] = {"frame_indices": idx, "blank": False,
                                        "observed": {"start": round(max(0.0, obs_end_t - settings.tau_o), 6),
                                                     "stop": round(obs_end_t, 6)},
                                        "context": ctx_rec}
@@ -208,7 +208,7 @@ def _plan_clips(s: Segment, clock: FrameClock, settings: ShardSettings) -> tuple
                  "context": [dict(c, present=False, frame_indices=[]) for c in context]})
     return (SampleJob(s.narration_id, current["frame_indices"], jobs[:-1]),
             {"frame_indices": current["frame_indices"], "observed": {"start": current["start"], "stop": current["stop"]},
-             "clips": clips, "context": context})
+             "blank": False, "clips": clips, "context": context})
 
 
 @dataclass
@@ -969,6 +969,8 @@ class ProgramTargets:
         self.vocab = vocab
         self.failed: list[dict] = []
         self.cut: list[tuple[str | None, int]] = []  # (sample key, its rows): longer than max_steps, so cut
+        # condition mentions of the encoded programs, and those outside the vocabulary (left out of the targets)
+        self.conditions, self.dropped, self.dropped_example = 0, 0, None
 
     def encode(self, program: dict, key: str | None = None) -> dict | None:
         from leap_cli.programs.targets import encode_program, iter_tokens
@@ -978,9 +980,16 @@ class ProgramTargets:
         except LeapError as e:
             self.failed.append({"narration": (program.get("action") or {}).get("narration"), "error": e.message})
             return None
-        rows = sum(1 for _ in iter_tokens(program.get("steps") or [])) + 1  # (+ END)
-        if rows > len(encoded["steps"]):
-            self.cut.append((key, rows))
+        tokens = list(iter_tokens(program.get("steps") or []))
+        if len(tokens) + 1 > len(encoded["steps"]):  # (+ END)
+            self.cut.append((key, len(tokens) + 1))
+        conds = [c for _, _, pre, post in tokens for c in (pre or []) + (post or [])]
+        conds += (program.get("pre") or []) + (program.get("post") or [])
+        missing = [c for c in conds if self.vocab.condition_id(c) is None]
+        self.conditions += len(conds)
+        self.dropped += len(missing)
+        if missing and self.dropped_example is None:
+            self.dropped_example = (key, missing[0])
         return encoded
 
     def manifest(self) -> dict:
@@ -1166,6 +1175,14 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         notes.append(f"programs longer than the target vocabulary's max_steps ({targets.vocab.max_steps} rows, from "
                      f"the training programs or --max-steps): {len(targets.cut)} (e.g. {cut_key}: {rows} rows); their "
                      "targets are cut there, control flow left open, and the sequence metrics score the cut targets")
+    if targets is not None and targets.dropped:  # (a val program's conditions the training ones never had)
+        from leap_cli.programs.vocab import condition_string
+
+        where, cond = targets.dropped_example
+        notes.append(f"conditions outside the target vocabulary ({len(targets.vocab.conditions)}, the training "
+                     f"programs' most frequent: --max-conditions): {targets.dropped} of the programs' "
+                     f"{targets.conditions} condition mentions are left out of the targets (e.g. "
+                     f"{condition_string(cond)} of {where}), and the condition metrics do not score them")
     if not result.written_now and (result.resumed_shards or result.manifest.get("parts")):  # every shard was there
         notes = [n for n in notes if n != vocab_note and n not in cache_notes]  # (nothing was read or built now)
     if not result.written_now and result.resumed_shards:
