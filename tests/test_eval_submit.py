@@ -186,6 +186,7 @@ def test_streamed_submission_is_json_dumps_of_the_whole_dict(tmp_path, with_acti
     with zipfile.ZipFile(tmp_path / "s.zip") as z:
         assert z.read("test.json") == json.dumps(whole).encode()
         assert z.getinfo("test.json").compress_type == zipfile.ZIP_DEFLATED
+        assert z.getinfo("test.json").external_attr >> 16 == 0o100644  # (unzip made it 0600, no file type: QA)
     assert sub.check_submission(sub.read_submission(tmp_path / "s.zip"), ids, 97, 300)["actions"] is with_actions
 
 
