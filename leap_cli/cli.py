@@ -178,13 +178,6 @@ def _on_sigterm(signum, frame) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
         return
-    if "finished" in _state:  # the command is done, the process exiting (atexit: a pool's, logging's): with its
-        for stream in (sys.stdout, sys.stderr):  # status, not a traceback (a requeue script took a finished
-            try:  # job for a stopped one)
-                stream.flush()
-            except (OSError, ValueError):
-                pass
-        os._exit(_state["finished"])
     _state["sigterm"] = True
     on_int = signal.getsignal(signal.SIGINT)
     if callable(on_int):  # Python's (KeyboardInterrupt), or asyncio's, which cancels the stage's main task
@@ -256,6 +249,16 @@ def expand_home(args: list[str]) -> list[str]:
 
 
 def main() -> None:
+    try:
+        _main()
+    finally:
+        # The command is done, its status set, whichever way it ended: a SIGTERM while the process exits (its
+        # atexit callbacks, then the interpreter's teardown, where Python puts the default handler back) would
+        # print a traceback or end it with 143 (a requeue script took a finished job for a stopped one)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _main() -> None:
     _state["pid"] = os.getpid()
     signal.signal(signal.SIGTERM, _on_sigterm)
     sys.argv[1:] = expand_home(sys.argv[1:])
@@ -265,7 +268,6 @@ def main() -> None:
         code = app(standalone_mode=False)
         if code == EXIT_INTERRUPTED:
             _interrupted()
-        _state["finished"] = code if isinstance(code, int) else 0
         if isinstance(code, int) and code:
             sys.exit(code)
     except LeapError as e:

@@ -18,6 +18,17 @@ def ctrl_c_is_delivered():
     signal.signal(signal.SIGINT, old)
 
 
+@pytest.fixture(autouse=True)
+def sigterm_handler_restored():
+    """A test that runs ``leap_cli.cli.main`` in this process leaves SIGTERM ignored, as a finished command's
+    process does while it exits: the next tests (and a timeout that stops the suite) get the handler back."""
+    import signal
+
+    old = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, old)
+
+
 DATA = Path(__file__).parent / "data"
 EPIC_EXCERPT = DATA / "epic100"
 

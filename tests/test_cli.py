@@ -14,18 +14,25 @@ def leap(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "leap_cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
-def test_a_sigterm_while_a_finished_command_exits_keeps_its_status(tmp_path):
-    """SIGTERM as the process exits after the work is done (atexit: a pool's or logging's cleanup): a traceback
-    (KeyboardInterrupt in an atexit callback), and a requeue script saw a finished build-shards exit 143 (QA)."""
+@pytest.mark.parametrize("argv, status", [(["--version"], 0), (["info", "--data", "/nonexistent"], 2)])
+@pytest.mark.parametrize("when", ["atexit", "teardown"])
+def test_a_sigterm_while_a_finished_command_exits_keeps_its_status(tmp_path, argv, status, when):
+    """SIGTERM as the process exits after the command is done: in an atexit callback (a pool's or logging's
+    cleanup) it printed a KeyboardInterrupt traceback; in the interpreter's teardown, where Python puts the default
+    handler back, it ended a finished build-shards with 143 (QA), whichever way the command had ended."""
     script = tmp_path / "late_term.py"
+    late = ("atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(1)))" if when == "atexit" else
+            # (a module torn down last: its __del__ runs after the handlers are reset)
+            "sys.modules['late_term_probe'] = type(sys)('late_term_probe'); sys.modules['late_term_probe'].x = "
+            "type('P', (), {'__del__': lambda self: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(1))})()")
     script.write_text("import atexit, os, signal, sys, time\n"
                       "import leap_cli.cli as cli\n"
-                      "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(2)))\n"
-                      "sys.argv = ['leap', '--version']\n"
+                      f"{late}\n"
+                      f"sys.argv = ['leap', *{argv!r}]\n"
                       "cli.main()\n")
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
-    assert r.returncode == 0 and r.stdout.strip() == f"leap {__version__}", r
+    assert r.returncode == status, r
     assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
 
 
