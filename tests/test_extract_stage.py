@@ -77,10 +77,18 @@ def test_an_rgb_frames_video_without_an_audio_file_is_not_a_file_to_fix(kitchen,
     run_extract(_cfg(root, out, components=("audio",)))
     (rec,) = [r for r in read_jsonl(out) if r["narration_id"] == "P01_02_0"]
     data = rec["components"]["audio"]["data"]
-    assert rec["components"]["audio"]["status"] == "unavailable" and "cause" not in data, data
+    assert rec["components"]["audio"]["status"] == "unavailable" and data["cause"] == "no-audio-file", data
+    jsonschema.validate(rec, SCHEMA)
     assert data["reason"] == "no audio file (the video is an rgb_frames folder, which has no sound)"
     assert run_extract(_cfg(root, out, components=("audio",))).retryable == 0
     assert run_extract(_cfg(root, out, components=("audio",), retry_errors=True)).written == 0
+    # once its audio is placed there, a rerun says --retry-errors would describe it, and that does (QA: the fix
+    # said --force, which changes nothing where the settings are the same)
+    shutil.copy(root / "P01" / "audio" / "P01_01.wav", root / "P01" / "audio" / "P01_02.wav")
+    assert run_extract(_cfg(root, out, components=("audio",))).retryable == 1
+    assert run_extract(_cfg(root, out, components=("audio",), retry_errors=True)).written == 1
+    (rec,) = [r for r in read_jsonl(out) if r["narration_id"] == "P01_02_0"]
+    assert rec["components"]["audio"]["status"] == "ok"
 
 
 def test_test_split_has_no_narration(kitchen, tmp_path):
@@ -1000,6 +1008,14 @@ def test_frame_cache_entries_of_another_source_are_neither_kept_nor_copied(kitch
     assert "frames read from extract's frame cache" in said  # (the cache is read where it fits)
     # and what it passed over is said, not only in docs/extract.md
     assert f"holds entries of 1 video(s) ({seg.video_id}) made from another source" in said, said
+    from leap_cli.common import ShardSpec
+
+    part = ShardSpec(1, 2)  # (the other video's part: it names no video of another part)
+    assert seg.video_id not in {x.video_id for x in part.select(layout.annotations().segments("train"),
+                                                                 key=lambda x: x.video_id)}
+    r = build_split(other, "train", workdir=tmp_path, settings=settings, out=tmp_path / "s1", frame_cache=cache,
+                    shard=part)
+    assert "another source" not in " | ".join(r.notes), r.notes
 
     video = layout.video_path(seg.video_id)
     os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))  # re-downloaded in place
@@ -1044,7 +1060,7 @@ def test_a_rerun_without_videos_says_they_are_missing_not_failed(tmp_path):
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     again = " ".join(CliRunner().invoke(app, args).output.split())
-    assert "3 of them hold a component that failed or had no readable video (none there, or damaged)" in again, again
+    assert "3 of them hold a component that failed, had no readable video (none there, or damaged)" in again, again
     assert "once the videos are there or fixed, --retry-errors redoes them" in again
 
 

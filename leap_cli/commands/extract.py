@@ -74,8 +74,9 @@ def extract(
     retry_errors: bool = typer.Option(
         False, "--retry-errors",
         help="Redo finished segments that have a failed component, or whose video file could not be read "
-             "(missing, unreadable, truncated: after downloading it again); not those unavailable for other "
-             "causes (no poses, no audio track, no detection files, a segment past the end of the video)."),
+             "(missing, unreadable, truncated: after downloading it again), or whose rgb_frames video had no audio "
+             "file and has one now; not those unavailable for other causes (no poses, no audio track, no detection "
+             "files, a segment past the end of the video)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", hidden=True),  # old spelling of --retry-errors
     force: bool = typer.Option(False, "--force", "--overwrite", help="Start over: delete --out when it was made "
                                                                      "with other settings."),
@@ -194,9 +195,9 @@ def _print_summary(s) -> None:
         console.print(f"segments: {s.segments} selected, {s.done_before} done before, 0 written now: nothing to do "
                       f"({escape(str(s.out))})")
         if s.retryable:  # (a fixed or re-downloaded video is read again only when asked: it said nothing to do)
-            console.print(f"note: {s.retryable} of them hold a component that failed or had no readable video (none "
-                          "there, or damaged): once the videos are there or fixed, --retry-errors redoes them",
-                          style="yellow", highlight=False)
+            console.print(f"note: {s.retryable} of them hold a component that failed, had no readable video (none "
+                          "there, or damaged) or had no audio file that is there now: once the files are there or "
+                          "fixed, --retry-errors redoes them", style="yellow", highlight=False)
         for line in s.outcome.lines():
             console.print(escape(line), highlight=False, style="red")
         return

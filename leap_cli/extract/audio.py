@@ -352,8 +352,7 @@ class AudioComponent(Component):
         try:
             y = ctx.read_audio(sr)
         except AudioUnavailable as e:  # (a file at fault: --retry-errors redoes it once the file is replaced)
-            return unavailable("none", e.message, cause="video" if e.file else None,
-                               detail=e.one_line() if e.file else None)
+            return unavailable("none", e.message, cause=e.cause, detail=e.one_line() if e.cause else None)
         if self.model is not None:
             data = self.model.tag(y)
             base = analyse(y, sr, silence_db=self.silence_db)

@@ -561,17 +561,33 @@ def _opencv_one_thread():
         cv2.setNumThreads(before)
 
 
-def _retry(component: dict) -> bool:
+def _retry(component: dict, removed: str | None = None) -> bool:
     """A component ``--retry-errors`` redoes: failed, or unavailable because of the video file (a re-downloaded
-    file may now be read); not one unavailable for a cause a new file does not change (a window past the end the
-    file announces, no poses, no audio track, no detection files)."""
+    file may now be read), or for a cause now ``removed`` (an rgb_frames video's audio once an audio file is
+    placed); not one unavailable for a cause a new file does not change (a window past the end the file announces,
+    no poses, no audio track, no detection files)."""
     status = component.get("status")
-    return status == "error" or (status == "unavailable" and (component.get("data") or {}).get("cause") == "video")
+    cause = (component.get("data") or {}).get("cause")
+    return status == "error" or (status == "unavailable" and cause is not None and cause in ("video", removed))
 
 
-def _to_retry(record: dict) -> bool:
-    """Whether ``--retry-errors`` redoes a record (the output file's own scan asks it, once per record)."""
-    return any(_retry(c) for c in (record.get("components") or {}).values())
+def retry_test(layout: DatasetLayout) -> Callable[[dict], bool]:
+    """Whether ``--retry-errors`` redoes a record (the output file's own scan asks it, once per record); an audio
+    file looked for once per video."""
+    from leap_cli.media.audio import NO_AUDIO_FILE
+
+    placed: dict[str, bool] = {}
+
+    def audio_placed(video_id: str) -> bool:
+        if video_id not in placed:
+            placed[video_id] = layout.audio_path(video_id) is not None
+        return placed[video_id]
+
+    def to_retry(record: dict) -> bool:
+        return any(isinstance(c, dict) and _retry(c, NO_AUDIO_FILE if name == "audio" and audio_placed(
+            str(record.get("video_id"))) else None) for name, c in (record.get("components") or {}).items())
+
+    return to_retry
 
 
 def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | None = None,
@@ -588,6 +604,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
                       if_changed=True)  # (a rerun with the same options leaves it untouched)
     by_id = {s.narration_id: s for s in segments}
     reannotated: dict[str, str] = {}  # narration id -> what differs
+    to_retry = retry_test(layout)
 
     def replace(record: dict) -> bool:  # asked of each key's lines in turn: the last one decides
         seg = by_id.get(record.get("narration_id"))
@@ -595,12 +612,12 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
             reannotated[seg.narration_id] = why
             return True
         reannotated.pop(record.get("narration_id"), None)
-        return cfg.retry_errors and _to_retry(record)
+        return cfg.retry_errors and to_retry(record)
 
     t_start = time.perf_counter()
     cache = FrameCache.from_config(cfg)
     with JsonlAppender(cfg.out, replace_keys=replace, sync_every=SYNC_EVERY,
-                       count=None if cfg.retry_errors else _to_retry) as appender:
+                       count=None if cfg.retry_errors else to_retry) as appender:
         todo = [s for s in segments if s.narration_id not in appender]
         summary.done_before = len(segments) - len(todo)
         summary.reannotated = len(reannotated)

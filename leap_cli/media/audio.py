@@ -23,14 +23,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+NO_AUDIO_FILE = "no-audio-file"  # the cause of an rgb_frames video's audio without a file: none is published
+
+
 class AudioUnavailable(LeapError):
     """The segment has no audio: neither an audio file nor an audio track in its video, or the file cannot be read
     or ends before the segment does. ``file``: the file is at fault (unreadable, truncated, cut short), so a new
     copy may remove the cause (``leap extract --retry-errors`` redoes these)."""
 
-    def __init__(self, message: str, *, file: bool = False, **where):
+    def __init__(self, message: str, *, file: bool = False, cause: str | None = None, **where):
         super().__init__(message, **where)
         self.file = file
+        # what the record's data says (``leap extract --retry-errors``): "video" where the file is at fault,
+        # "no-audio-file" where none is published (an rgb_frames folder): redone once one is placed there
+        self.cause = "video" if file else cause
 
 
 def _unreadable(path: Path, record: str | None, what: str, e: BaseException) -> AudioUnavailable:
@@ -198,11 +204,10 @@ def audio_source(layout: "DatasetLayout", video_id: str, *, record: str | None =
     if layout.frames_dir(video_id) is not None:  # EPIC's frames download: JPEGs, no sound (no file at fault, so
         # --retry-errors does not redo every segment of the video, every time, for it)
         raise AudioUnavailable("no audio file (the video is an rgb_frames folder, which has no sound)", path=looked,
-                               record=record or video_id,
+                               record=record or video_id, cause=NO_AUDIO_FILE,
                                fix=f"to describe its sound, place its audio as {looked.name} or .flac in "
-                                   f"{looked.parent} (e.g. ffmpeg -i {video_id}.MP4 -vn -ac 1 {looked.name}) and "
-                                   "run extract with --force; without it the audio component is reported as "
-                                   "unavailable")
+                                   f"{looked.parent} (e.g. ffmpeg -i {video_id}.MP4 -vn -ac 1 {looked.name}), then "
+                                   "extract with --retry-errors; without it the audio component is unavailable")
     # the file is at fault, as for the camera's missing video: --retry-errors redoes it once downloaded
     raise AudioUnavailable("no audio file and no video file", file=True, path=looked, record=record or video_id,
                            fix=f"looked for {looked.name} or .flac in {looked.parent} and a video in "

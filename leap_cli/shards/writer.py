@@ -1156,13 +1156,15 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
             cache = None
         else:
             notes.append(f"frames read from extract's frame cache {cache_dir} where it holds them")
-            passed = sorted(v for v in {seg.video_id for seg in segments} if next((cache_dir / v).glob(
-                f"*{cache.suffix}"), None) is not None and not cache_entries_usable(cache, opener, v))
+            # (this part's videos that are there: a missing one is skipped, not decoded)
+            mine = {seg.video_id for seg in shard.select(segments, key=lambda seg: seg.video_id)}
+            passed = sorted(v for v in mine if next((cache_dir / v).glob(f"*{cache.suffix}"), None) is not None
+                            and opener.video_stat(v) is not None and not cache_entries_usable(cache, opener, v))
             if passed:
                 notes.append(f"extract's frame cache {cache_dir} holds entries of {len(passed)} video(s) "
                              f"({', '.join(passed[:3])}{', ...' if len(passed) > 3 else ''}) made from another source "
                              "or, for an rgb_frames folder, by a leap before 2026-12-03: their samples are decoded "
-                             f"(leap extract --split {split} --force makes them again)")
+                             "from the videos instead (the same shards; only the decode is not shared)")
     cache_notes = notes[said:]
     result = build_shards(segments, out=out, settings=settings, opener=opener,
                           fps=fps, programs=programs, programs_path=prog_path, targets=targets, sources=sources,
