@@ -1061,7 +1061,7 @@ def test_a_rerun_without_videos_says_they_are_missing_not_failed(tmp_path):
     assert first.exit_code == 0, first.output
     again = " ".join(CliRunner().invoke(app, args).output.split())
     assert "3 of them hold a component that failed, had no readable video (none there, or damaged)" in again, again
-    assert "once the videos are there or fixed, --retry-errors redoes them" in again
+    assert "once the files are there or fixed, --retry-errors redoes them" in again
 
 
 def test_records_of_other_annotations_are_made_again_on_resume(kitchen, tmp_path):
