@@ -390,7 +390,7 @@ def test_a_rerun_that_only_resumes_says_which_records_failed(workdir, good_progr
         again = run(server)
         assert again.exit_code == 0 and len(server.requests) == N_SEGMENTS, again.output
         assert re.search(rf"resumed \(already done\) +│ +{N_SEGMENTS} \(1 failed\)", again.output), again.output
-        assert "note: 1 of the records done before are failed" in again.output and "--retry-errors" in again.output
+        assert "note: 1 of the records done before is failed" in again.output and "--retry-errors" in again.output
         retried = run(server, "--retry-errors")
         assert len(server.requests) == N_SEGMENTS + 1 and "records done before are failed" not in retried.output
 

@@ -393,8 +393,16 @@ def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path
         res.output.split(f"all {N_SEGMENTS} records failed")[1], res.output
     # a batch file with no request says so, and what would ask for the failed ones (it said "submit it")
     res = CliRunner().invoke(app, base + ["--model", "gpt-test"])
-    assert res.exit_code == 0 and "nothing to ask: every segment has a record" in res.output, res.output
-    assert f"{N_SEGMENTS} of the records done before are failed" in res.output and "--retry-errors" in res.output
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "no request to write: every segment has a record in" in said, said
+    assert f"{N_SEGMENTS} of the records done before are failed" in said and "--retry-errors" in said
+    # --limit 0 and an empty part say so (QA: "every segment has a record" of 16 pending and no output file)
+    other = ["generate-programs", "--workdir", str(workdir), "--split", "val", "--model", "gpt-test", "--out",
+             str(tmp_path / "new.jsonl"), "--batch-file", str(tmp_path / "b0.jsonl")]
+    res = CliRunner().invoke(app, other + ["--limit", "0"])
+    assert f"no request to write: --limit 0 ({N_SEGMENTS} segments pending)" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, other + ["--shard", "5/6"])  # (fewer videos than parts)
+    assert "no request to write: the input holds no segment (part 5/6)" in " ".join(res.output.split()), res.output
 
 
 def start_cli(workdir, server, concurrency: int):
@@ -1125,6 +1133,15 @@ def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path)
     assert write_batch_file(retry, tmp_path / "b2.jsonl") == 2
     assert [r["custom_id"].partition("@")[0] for r in read_jsonl(tmp_path / "b2.jsonl")] == nids[:2]
     assert ingest_batch(cfg, first) == {"already_present": N_SEGMENTS}  # a failure again replaces nothing
+    # a resubmitted request that fails once more (another request id) is a failure of this ingest, listed: it was
+    # counted already_present, as if it were fine (QA)
+    again = [dict(x, id=f"batch_req_{i}") for i, x in enumerate(expired[:1])]
+    failures: list = []
+    assert ingest_batch(cfg, results_file(tmp_path / "again.jsonl", again), failures) == {"failed": 1}
+    assert failures == [(nids[0], "batch request failed: expired")]
+    (rec,) = [r for r in records(workdir) if r["narration_id"] == nids[0]]
+    assert rec["status"] == "failed" and rec["provenance"]["batch_request_id"] == "batch_req_0"  # (the newer)
+    assert ingest_batch(cfg, results_file(tmp_path / "again.jsonl", again)) == {"already_present": 1}
     assert ingest_batch(cfg, results_file(tmp_path / "out2.jsonl", [ok(nid) for nid in nids[:2]])) == {"valid": 2}
     recs = records(workdir)
     assert len(recs) == N_SEGMENTS and {r["status"] for r in recs} == {"valid"}

@@ -123,15 +123,17 @@ def generate_programs(
     if batch_file is not None:
         from leap_cli.programs.batch import write_batch_file
 
-        kept_not_valid = Counter()
-        n = write_batch_file(cfg, batch_file, kept_not_valid)
+        stats = Counter()
+        n = write_batch_file(cfg, batch_file, stats)
         if n:
             console.print(escape(f"wrote {n} Batch API requests to {batch_file}; submit it, then run with "
                                  "--ingest-batch RESULTS.jsonl"), highlight=False)
         else:  # (it said "submit it" of an empty file)
-            console.print(escape(f"nothing to ask: every segment has a record in {cfg.out_path} ({batch_file} holds "
-                                 "no request)"), highlight=False)
-        for line in not_valid_notes(kept_not_valid):
+            why = ("the input holds no segment" + (f" (part {spec.index}/{spec.count})" if spec.count > 1 else "")
+                   if not stats["segments"] else f"--limit 0 ({stats['pending']} segments pending)" if
+                   stats["pending"] else f"every segment has a record in {cfg.out_path}")
+            console.print(escape(f"no request to write: {why}; {batch_file} holds none"), highlight=False)
+        for line in not_valid_notes(stats):
             console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
         return
     if ingest_batch is not None:
@@ -240,11 +242,11 @@ def not_valid_notes(bad) -> list[str]:
     """What to do about the failed and invalid records (counts by status) that a run kept as done."""
     notes = []
     if bad.get("failed"):
-        notes.append(f"{bad['failed']} of the records done before are failed (see leap validate-programs): add "
-                     "--retry-errors to ask for them again")
+        notes.append(f"{bad['failed']} of the records done before {'is' if bad['failed'] == 1 else 'are'} failed "
+                     "(see leap validate-programs): add --retry-errors to ask for them again")
     if bad.get("invalid"):
-        notes.append(f"{bad['invalid']} of the records done before are invalid: add --retry-invalid to ask for them "
-                     "again (their replies are not taken from the cache)")
+        notes.append(f"{bad['invalid']} of the records done before {'is' if bad['invalid'] == 1 else 'are'} invalid: "
+                     "add --retry-invalid to ask for them again (their replies are not taken from the cache)")
     return notes
 
 

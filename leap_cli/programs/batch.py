@@ -41,21 +41,21 @@ def _openai(cfg: GenerateConfig) -> GenerateConfig:
     return cfg if cfg.backend == "openai" else dataclasses.replace(cfg, backend="openai")
 
 
-def write_batch_file(cfg: GenerateConfig, path, kept_not_valid: Counter | None = None) -> int:
+def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None) -> int:
     """Write one Batch request per pending segment (those not yet in the programs file, and those
-    ``cfg.redo`` names: --retry-errors, --retry-invalid). Returns the count; ``kept_not_valid`` gets the failed
-    and invalid records kept as done, by status.
+    ``cfg.redo`` names: --retry-errors, --retry-invalid). Returns the count; ``stats`` gets the input's
+    ``segments``, those ``pending`` (before --limit), and the ``failed`` and ``invalid`` records kept as done.
     The programs file's settings are checked and recorded now (``check_output``), so that the ingest, and any
     live run on the same file, must use the settings the requests were written with."""
     cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
     check_output(cfg, builder, inputs)
     done, again = kept_and_redone(cfg, inputs, builder)  # (one made from a clip that has changed since: asked again)
-    if kept_not_valid is not None:
-        ids = {r["narration_id"] for r in inputs.records}
-        kept_not_valid.update(r.get("status") for nid, r in output_records(cfg).items()
-                              if nid in done and nid in ids and r.get("status") in ("failed", "invalid"))
     records = [r for r in inputs.records if r["narration_id"] not in done]
+    if stats is not None:
+        stats.update(segments=len(inputs.records), pending=len(records))
+        stats.update(done[r["narration_id"]] for r in inputs.records
+                     if done.get(r["narration_id"]) in ("failed", "invalid"))
     if cfg.limit is not None:
         records = records[: cfg.limit]
     if again.intersection(r["narration_id"] for r in records):
@@ -227,9 +227,16 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
             nid, status = record["narration_id"], record["status"]
             if chosen[nid] != i:
                 continue
-            # (a failure leaves a failed or invalid record as it was)
-            written = not (status == "failed" and nid in replaced) and out.write(record)
-            counts[status if written else "already_present"] += 1
+            # A failure leaves an invalid record, or one of a clip changed since, as it was; over a failed record
+            # it is written where it is another request's (resubmitted, it failed once more: the newer error),
+            # and the same result ingested again is already present
+            again = (status == "failed" and nid in replaced
+                     and _request_id(old.get(nid)) != record["provenance"]["batch_request_id"])
+            written = (not (status == "failed" and nid in replaced)
+                       or again and (old.get(nid) or {}).get("status") == "failed") and out.write(record)
+            counts[status if written or again else "already_present"] += 1
+            if again and not written and failures is not None:
+                failures.append((nid, record["errors"][0]["message"] + " (its record stays as it was)"))
             if not written and status == "valid" and nid in invalid:  # a better result left out
                 counts["invalid_kept"] += 1
             if written:
@@ -245,6 +252,11 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                 if record["narration_id"] in written_ids:
                     spend(record)
     return counts
+
+
+def _request_id(record: dict | None) -> str | None:
+    """The Batch API request id a record of an ingest came from (None for others)."""
+    return ((record or {}).get("provenance") or {}).get("batch_request_id")
 
 
 class _BatchBackend:

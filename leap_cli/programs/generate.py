@@ -219,18 +219,20 @@ def disk_short(cfg: GenerateConfig, *, before: bool = True) -> LeapError | None:
                          f"then run {rerun('the same command again')}: it asks only for what is missing")
 
 
-def kept_and_redone(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder) -> tuple[set[str], set[str]]:
-    """(kept, reclipped): the narration ids whose record in the output a run keeps, and those it makes again
+def kept_and_redone(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder) -> tuple[dict[str, str], set[str]]:
+    """(kept, reclipped): the narration ids whose record in the output a run keeps (with its status), and those it
+    makes again
     because their clip changed since (``clip_changed``); the rest of the output's (``cfg.redo``: --retry-errors,
     --retry-invalid) and the input's segments without a record are made too. A live run finds the same as it opens
     the output (``_generate``'s test of each line)."""
     changed = clip_changed(inputs, builder)
-    kept, reclipped = set(), set()
+    kept: dict[str, str] = {}
+    reclipped: set[str] = set()
     for nid, r in output_records(cfg).items():
         if changed(r):
             reclipped.add(nid)
         elif not cfg.redo(r):
-            kept.add(nid)
+            kept[nid] = r.get("status")
     return kept, reclipped
 
 
