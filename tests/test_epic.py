@@ -171,6 +171,7 @@ def test_a_csv_separated_by_semicolons_says_so(epic_dir, tmp_path):
 
 def test_the_test_timestamps_under_another_splits_name_say_so(epic_dir, tmp_path):
     """EPIC_100_test_timestamps.csv saved as EPIC_100_validation.csv listed the label columns as missing (QA)."""
+    import csv
     import shutil
 
     folder = _copy(epic_dir, tmp_path)
@@ -180,6 +181,14 @@ def test_the_test_timestamps_under_another_splits_name_say_so(epic_dir, tmp_path
         Annotations(folder).segments("val")
     assert e.value.message == "it holds times but no narrations or classes, as EPIC_100_test_timestamps.csv does"
     assert "put EPIC's EPIC_100_validation.csv there" in e.value.fix
+    # a file with narrations, its class columns lost, is not said to be the test split's (QA)
+    rows = list(csv.reader((epic_dir / "EPIC_100_validation.csv").open(newline="")))
+    drop = {rows[0].index("verb"), rows[0].index("verb_class")}
+    with (folder / "EPIC_100_validation.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([[v for i, v in enumerate(r) if i not in drop] for r in rows])
+    with pytest.raises(LeapError) as e:
+        Annotations(folder).segments("val")
+    assert e.value.message.startswith("missing column(s): verb"), e.value.one_line()
 
 
 def test_bad_timestamp_names_file_and_row(epic_dir, tmp_path):
@@ -290,6 +299,13 @@ def test_layout_errors(tmp_path):
         DatasetLayout.open(dl)
     assert f"(looked in {dl / 'annotations'} and {dl / 'EPIC-KITCHENS' / 'annotations'})" in e.value.message
     assert e.value.fix.startswith(f"pass --annotations {dl / 'epic-kitchens-100-annotations'} (EPIC's CSVs are there)")
+    with pytest.raises(LeapError) as e:  # the download folder itself given: the clone beside it (QA)
+        DatasetLayout.open(dl / "EPIC-KITCHENS")
+    assert e.value.fix.startswith(f"pass --annotations {dl / 'epic-kitchens-100-annotations'}"), e.value.fix
+    with pytest.raises(LeapError) as e:  # --annotations given: that folder, not the places it did not look (review)
+        DatasetLayout.open(dl, dl / "anotations")
+    assert e.value.message == "annotations folder not found" and "--annotations" in e.value.fix
+    assert e.value.path == str(dl / "anotations")
     # --data pointed at the annotations folder itself: said, with the root to give
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "EPIC_100_validation.csv").write_text("narration_id\n")

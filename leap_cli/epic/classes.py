@@ -148,20 +148,20 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
                             and all(c in h for h in header if any(r in h for r in required))), None)
                 if sep is not None:
                     raise LeapError(f"the header's columns are separated by {sep!r}, not commas", path=path,
-                                    record="header", fix="save it as comma-separated CSV (a spreadsheet in a locale "
-                                                         "that writes ';' separates with it), or take EPIC's file again")
+                                    record="header", fix="save it as comma-separated CSV (as a spreadsheet saves "
+                                                         "\"CSV UTF-8\"), or take EPIC's file again")
                 hints = []
                 for m in missing:
                     # a misspelling among the columns that are not required ones (start_timestamp is no
                     # misspelt stop_timestamp)
                     close = difflib.get_close_matches(m, [h for h in header if h not in required], n=1)
                     hints.append(f"{m} (found {close[0]!r}?)" if close else m)
-                if "verb_class" in missing and "stop_frame" in header and not {"verb", "verb_class"} & set(header):
+                if "verb_class" in missing and "stop_frame" in header and not {
+                        "narration", "verb", "verb_class", "noun", "noun_class"} & set(header):
                     # (the test split's timestamps saved under another split's name)
                     raise LeapError("it holds times but no narrations or classes, as EPIC_100_test_timestamps.csv "
                                     "does", path=path, record="header",
-                                    fix=f"put EPIC's {path.name} there (the test split's file is read as "
-                                        "--split test)")
+                                    fix=f"put EPIC's {path.name} there; the test split's file is read as --split test")
                 raise LeapError(f"missing column(s): {', '.join(hints)}", path=path, record="header",
                                 fix=f"expected columns {', '.join(required)}")
             reader.fieldnames = header

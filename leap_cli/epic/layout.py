@@ -52,16 +52,21 @@ class DatasetLayout:
         ann = Path(annotations) if annotations else next(
             (d for d in (given / "annotations", root / "annotations") if d.is_dir()), root / "annotations")
         if not ann.is_dir():
+            if annotations:
+                raise LeapError("annotations folder not found", path=ann,
+                                fix="check the folder given to --annotations: it holds EPIC's CSVs")
             if next(given.glob("EPIC_100_*.csv"), None) is not None:  # --data ROOT/annotations
                 raise LeapError(f"annotations folder not found: {given} holds EPIC's CSVs itself", path=ann,
                                 fix=f"pass the data set root (--data {given.resolve().parent}), or --annotations {given}")
             looked = list(dict.fromkeys([given / "annotations", root / "annotations"]))
-            clone = next((d for base in dict.fromkeys([given, root]) for d in sorted(base.glob("*annotations*"))
+            # a clone of EPIC's annotations repository under its own name, in the root or beside it
+            clone = next((d for base in dict.fromkeys([given, root, given.resolve().parent])
+                          for d in sorted(base.glob("*annotations*"))
                           if d.is_dir() and next(d.glob("EPIC_100_*.csv"), None) is not None), None)
             raise LeapError("annotations folder not found" + (f" (looked in {' and '.join(map(str, looked))})"
                                                               if len(looked) > 1 else ""), path=ann,
                             fix=f"pass --annotations {clone} (EPIC's CSVs are there), or rename it to "
-                                f"{clone.parent / 'annotations'}" if clone is not None else
+                                f"{root / 'annotations'}" if clone is not None else
                             "put EPIC's CSVs in ROOT/annotations/ or pass --annotations DIR")
         return cls(root, ann)
 
