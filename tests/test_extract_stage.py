@@ -91,6 +91,29 @@ def test_an_rgb_frames_video_without_an_audio_file_is_not_a_file_to_fix(kitchen,
     assert rec["components"]["audio"]["status"] == "ok"
 
 
+def test_a_typo_in_a_rows_video_id_is_suggested(kitchen, tmp_path):
+    """A row's video_id P01_1 for P01_01: "no video file" alone; the narration id names the video that is there
+    (QA; the hint was only in open_video, which extract called without the narration id)."""
+    import csv
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    path = root / "annotations" / "EPIC_100_train.csv"
+    rows = list(csv.DictReader(path.open(newline="")))
+    rows[2]["video_id"] = "P01_1"  # (P01_01_2)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "train.jsonl"
+    run_extract(_cfg(root, out, components=("camera",)))
+    (rec,) = [r for r in read_jsonl(out) if r["narration_id"] == rows[2]["narration_id"]]
+    detail = rec["components"]["camera"]["data"]["detail"]
+    assert detail.endswith(f"the narration id {rows[2]['narration_id']} names video P01_01, which is there: a typo "
+                           "in the row's video_id?)"), detail
+
+
 def test_test_split_has_no_narration(kitchen, tmp_path):
     out = tmp_path / "test.jsonl"
     run_extract(_cfg(kitchen, out, split="test", components=("narration", "hands")))

@@ -106,13 +106,22 @@ def info(
             part = layout.participant(v)
             console.print(escape(f"  looked for {layout.root / part / 'videos' / (v + '.MP4')} and "
                                  f"{layout.root / part / 'rgb_frames' / v}/"), highlight=False, soft_wrap=True)
-            for v in s.missing:  # there under the name, but not a video: a link to nothing, a folder
-                for p in layout.broken_links(v):
-                    console.print(escape(f"  {p} is a link to {os.readlink(p)}, which is not there"),
-                                  highlight=False, soft_wrap=True)
-                for p in (layout.root / layout.participant(v) / "videos" / f"{v}{ext}" for ext in VIDEO_EXTS):
-                    if p.is_dir():
-                        console.print(escape(f"  {p} is a folder, not a video file"), highlight=False, soft_wrap=True)
+            from leap_cli.media.video import typo_hint
+
+            first = {}  # a narration id of each missing video's (EPIC's ids name their video: a typo shows)
+            for seg in layout.annotations().segments(s.split):
+                first.setdefault(seg.video_id, seg.narration_id)
+            said = []  # there under the name, but not a video (a link to nothing, a folder), or a typo
+            for v in s.missing:
+                said += [f"{p} is a link to {os.readlink(p)}, which is not there" for p in layout.broken_links(v)]
+                said += [f"{p} is a folder, not a video file" for ext in VIDEO_EXTS
+                         if (p := layout.root / layout.participant(v) / "videos" / f"{v}{ext}").is_dir()]
+                if hint := typo_hint(layout, v, first.get(v)):
+                    said.append(f"{v}: {hint[2:]}")
+            for line in said[:10]:  # (700 videos on storage that is not mounted: not 700 lines)
+                console.print(escape(f"  {line}"), highlight=False, soft_wrap=True)
+            if len(said) > 10:
+                console.print(f"  ... and {len(said) - 10} more", highlight=False)
         if s.tarred:
             console.print(escape(f"  extract each into a folder of its name: {layout.untar_command(s.tarred[0])}"),
                           highlight=False, soft_wrap=True)  # a command to copy: not broken into lines

@@ -300,7 +300,8 @@ class _Video:
             try:
                 # (a failure to open is the video's, kept for its every segment: named by the video, not by the
                 # segment that asked first)
-                self.reader = open_video(self.layout, self.video_id, getattr(self, "fps", None), record=self.video_id)
+                self.reader = open_video(self.layout, self.video_id, getattr(self, "fps", None), record=self.video_id,
+                                         narration_id=record)
             except VideoUnreadable as e:
                 self.failure = FramesUnavailable(e.message, detail=e.one_line())
                 # (said once per video; a video at another rate than video_info's is said even where no component

@@ -587,10 +587,12 @@ FPS_MISMATCH = "the video's fps is not video_info's"  # its gist
 
 
 def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None, *,
-               record: str | None = None) -> VideoReader | FramesFolderReader:
+               record: str | None = None, narration_id: str | None = None) -> VideoReader | FramesFolderReader:
     """The MP4 of ``video_id`` if present, else its ``rgb_frames`` folder (fps from ``fps`` or video_info).
 
-    ``record`` (e.g. the narration_id) is named in errors; the paths looked for are named when neither exists.
+    ``record`` (e.g. the narration_id) is named in errors; the paths looked for are named when neither exists,
+    and where ``narration_id`` (a segment of the video's, default ``record``) names another video that is there,
+    the typo it suggests.
     """
     record = record or video_id
     mp4 = layout.video_path(video_id)
@@ -620,12 +622,19 @@ def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None,
         raise VideoUnreadable(f"the video is a link to {os.readlink(p)}, which is not there", path=p, record=record,
                               gist="the video is a link to a missing file",
                               fix="mount or restore what the link points to, or link the video again")
-    named = record.rsplit("_", 1)[0] if record and record != video_id else None  # (EPIC's ids: VIDEO_N)
-    typo = (f"; the narration id {record} names video {named}, which is there: a typo in the row's video_id?"
-            if named and named != video_id and (layout.video_path(named) or layout.frames_dir(named)) else "")
+    typo = typo_hint(layout, video_id, narration_id or record)
     raise VideoUnreadable("no video file or rgb_frames folder", path=looked[0], record=record,
                           fix=f"looked for {looked[0]} and {looked[1]}/: download the MP4 or the rgb_frames, "
                               f"or leave this video out{typo}")
+
+
+def typo_hint(layout: "DatasetLayout", video_id: str, narration_id: str | None) -> str:
+    """For a video that is not there: where its segment's narration id names another video that is (EPIC's ids
+    are VIDEO_N), a hint of a typo in the row's video_id ("; ..."), else ""."""
+    named = narration_id.rsplit("_", 1)[0] if narration_id and "_" in narration_id else None
+    if not named or named == video_id or not (layout.video_path(named) or layout.frames_dir(named)):
+        return ""
+    return f"; the narration id {narration_id} names video {named}, which is there: a typo in the row's video_id?"
 
 
 def decodable_frames(path: str | Path) -> tuple[int, int]:
