@@ -1094,6 +1094,9 @@ def test_a_second_stop_signal_abandons_the_requests_in_flight(workdir, good_prog
         assert time.monotonic() - start < 5
         assert proc.returncode == 128 + signal.SIGTERM, err
         assert "abandoned 2 requests in flight" in err.decode()
+        # (and the second SIGTERM said it was the same stop: QA pressed Ctrl-C again and heard nothing)
+        assert "the same stop: still waiting for 2 requests in flight; SIGTERM again after 5 s abandons" in \
+            " ".join(err.decode().split())
         assert len(server.requests) == 2
 
 

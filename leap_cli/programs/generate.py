@@ -592,19 +592,24 @@ class _Stop:
                     self._before[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        self._loop.call_soon_threadsafe(self._stop, signum)  # (wakes the loop from its select)
+        # (timed here, as it comes: a loop busy for a while would take two stops seconds apart for one)
+        self._loop.call_soon_threadsafe(self._stop, signum, time.monotonic())  # (wakes the loop from its select)
 
     def _on_wire(self) -> int:
         """Requests sent and not answered: those waiting for a slot, a retry or a held server's turn (the
         backend's ``sending`` leaves them out) were never sent; ``halt`` ends them (they stay pending)."""
         return getattr(self.gen.backend, "sending", self.gen.in_flight)
 
-    def _stop(self, signum: int) -> None:
+    def _stop(self, signum: int, at: float) -> None:
         if self.signum is not None:
-            if signum != self.signum or time.monotonic() - self._at >= self._window(signum):
+            if signum != self.signum or at - self._at >= self._window(signum):
                 self._abandon()
+            elif self._on_wire():  # (a person pressing Ctrl-C again at once heard nothing)
+                log.warning("the same stop: still waiting for %d requests in flight; %s again after %g s abandons "
+                            "them", self._on_wire(), "Ctrl-C" if signum == signal.SIGINT else
+                            signal.Signals(signum).name, self._window(signum))
             return
-        self.signum, self._at = signum, time.monotonic()
+        self.signum, self._at = signum, at
         self.gen._halted = True
         halt = getattr(self.gen.backend, "halt", None)
         if halt is not None:

@@ -1176,7 +1176,9 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         cut_key, rows = targets.cut[0]
         notes.append(f"programs longer than the target vocabulary's max_steps ({targets.vocab.max_steps} rows, from "
                      f"the training programs or --max-steps): {len(targets.cut)} (e.g. {cut_key}: {rows} rows); their "
-                     "targets are cut there, control flow left open, and the sequence metrics score the cut targets")
+                     "targets are cut there, control flow left open, and the sequence metrics score the cut targets "
+                     f"(to keep them whole: the training shards with --max-steps {max(r for _, r in targets.cut)}, "
+                     "then these, and a model trained on them)")
     if targets is not None and targets.dropped:  # (a val program's conditions the training ones never had)
         from leap_cli.programs.vocab import condition_string
 
