@@ -13,6 +13,7 @@ from leap_cli.resources import resource_dir
 from leap_cli.extract.runner import ExtractConfig, run_extract
 from leap_cli.io import read_jsonl
 from tests.extract_kitchen import CONTACT, FPS, SEGMENTS, build
+from tests.csv_rows import edit_csv
 from tests.procs import alive_after
 
 SCHEMA = json.loads((resource_dir("schemas") / "descriptors.schema.json").read_text())
@@ -94,18 +95,11 @@ def test_an_rgb_frames_video_without_an_audio_file_is_not_a_file_to_fix(kitchen,
 def test_a_typo_in_a_rows_video_id_is_suggested(kitchen, tmp_path):
     """A row's video_id P01_1 for P01_01: "no video file" alone; the narration id names the video that is there
     (QA; the hint was only in open_video, which extract called without the narration id)."""
-    import csv
     import shutil
 
     root = tmp_path / "k"
     shutil.copytree(kitchen, root)
-    path = root / "annotations" / "EPIC_100_train.csv"
-    rows = list(csv.DictReader(path.open(newline="")))
-    rows[2]["video_id"] = "P01_1"  # (P01_01_2)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    rows = edit_csv(root / "annotations" / "EPIC_100_train.csv", lambda rows: rows[2].update(video_id="P01_1"))
     out = tmp_path / "train.jsonl"
     run_extract(_cfg(root, out, components=("camera",)))
     (rec,) = [r for r in read_jsonl(out) if r["narration_id"] == rows[2]["narration_id"]]
@@ -436,19 +430,17 @@ def test_audio_past_the_end_of_a_cut_video_is_unavailable_not_invented(kitchen, 
 def test_a_window_past_the_end_of_a_whole_video_is_not_the_files_fault(kitchen, tmp_path):
     """A segment annotated past the end of a video as long as EPIC_100_video_info.csv says: no new copy helps, so
     --retry-errors leaves it (no cause)."""
-    import csv
     import shutil
 
     root = tmp_path / "k"
     shutil.copytree(kitchen, root)
-    train = root / "annotations" / "EPIC_100_train.csv"
-    rows = list(csv.DictReader(train.open()))
-    last = max((r for r in rows if r["video_id"] == "P01_01"), key=lambda r: float(r["stop_frame"]))
-    last["stop_timestamp"] = "00:00:07.00"  # past the 6-s video
-    with train.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+
+    def past_the_end(rows):  # (the video's last segment: past the 6-s video)
+        max((r for r in rows if r["video_id"] == "P01_01"), key=lambda r: float(r["stop_frame"])).update(
+            stop_timestamp="00:00:07.00")
+
+    rows = edit_csv(root / "annotations" / "EPIC_100_train.csv", past_the_end)
+    (last,) = [r for r in rows if r["stop_timestamp"] == "00:00:07.00"]
     out = tmp_path / "train.jsonl"
     run_extract(_cfg(root, out, components=("camera",)))
     cam = {r["narration_id"]: r for r in read_jsonl(out)}[last["narration_id"]]["components"]["camera"]

@@ -524,16 +524,11 @@ def test_leap_info_says_what_is_under_a_video_name_that_is_not_a_video(tmp_path)
     assert f"P01_01.MP4 is a link to {tmp_path / 'unmounted.MP4'}, which is not there" in out
     assert f"P01_02 is a link to {tmp_path / 'unmounted'}, which is not there" in out, out
     # a typo in a row's video_id: the narration id names a video that is there (QA)
-    import csv
+    from tests.csv_rows import edit_csv
 
-    path = tmp_path / "k" / "annotations" / "EPIC_100_test_timestamps.csv"  # (P01_03: the video still there)
-    rows = list(csv.DictReader(path.open(newline="")))
-    (row,) = [r for r in rows if r["video_id"] == "P01_03"][:1]
-    row["video_id"] = "P01_3"
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    rows = edit_csv(tmp_path / "k" / "annotations" / "EPIC_100_test_timestamps.csv",  # (P01_03: still there)
+                    lambda rows: next(r for r in rows if r["video_id"] == "P01_03").update(video_id="P01_3"))
+    row = next(r for r in rows if r["video_id"] == "P01_3")
     out = " ".join(leap("info", "--data", str(tmp_path / "k")).stdout.split())
     assert f"P01_3: the narration id {row['narration_id']} names video P01_03, which is there: a typo in the row's " \
            "video_id?" in out, out
