@@ -562,31 +562,34 @@ def _opencv_one_thread():
         cv2.setNumThreads(before)
 
 
-def _retry(component: dict, removed: str | None = None) -> bool:
+def _retry(component: dict) -> bool:
     """A component ``--retry-errors`` redoes: failed, or unavailable because of the video file (a re-downloaded
-    file may now be read), or for a cause now ``removed`` (an rgb_frames video's audio once an audio file is
-    placed); not one unavailable for a cause a new file does not change (a window past the end the file announces,
-    no poses, no audio track, no detection files)."""
+    file may now be read); not one unavailable for a cause a new file does not change (a window past the end the
+    file announces, no poses, no audio track, no detection files)."""
     status = component.get("status")
-    cause = (component.get("data") or {}).get("cause")
-    return status == "error" or (status == "unavailable" and cause is not None and cause in ("video", removed))
+    return status == "error" or (status == "unavailable" and (component.get("data") or {}).get("cause") == "video")
 
 
 def retry_test(layout: DatasetLayout) -> Callable[[dict], bool]:
-    """Whether ``--retry-errors`` redoes a record (the output file's own scan asks it, once per record); an audio
-    file looked for once per video."""
+    """Whether ``--retry-errors`` redoes a record (the output file's own scan asks it, once per record): a component
+    ``_retry`` redoes, or an rgb_frames video's audio that had no file once one is placed (looked for once per
+    video)."""
     from leap_cli.media.audio import NO_AUDIO_FILE
 
     placed: dict[str, bool] = {}
 
-    def audio_placed(video_id: str) -> bool:
+    def audio_placed(record: dict) -> bool:
+        audio = (record.get("components") or {}).get("audio")
+        if not isinstance(audio, dict) or (audio.get("data") or {}).get("cause") != NO_AUDIO_FILE:
+            return False
+        video_id = str(record.get("video_id"))
         if video_id not in placed:
             placed[video_id] = layout.audio_path(video_id) is not None
         return placed[video_id]
 
     def to_retry(record: dict) -> bool:
-        return any(isinstance(c, dict) and _retry(c, NO_AUDIO_FILE if name == "audio" and audio_placed(
-            str(record.get("video_id"))) else None) for name, c in (record.get("components") or {}).items())
+        return any(isinstance(c, dict) and _retry(c) for c in (record.get("components") or {}).values()) \
+            or audio_placed(record)
 
     return to_retry
 
