@@ -1238,3 +1238,27 @@ def test_frame_cache_entries_of_an_rgb_frames_video_from_an_earlier_leap_are_not
     (tmp_path / "cache" / "P01_03" / f"P01_03_0{cache.suffix}").write_bytes(b"older entry")
     cache.claim("P01_03", [10, 20], frames=True)
     assert not (tmp_path / "cache" / "P01_03" / f"P01_03_0{cache.suffix}").exists()
+
+
+def test_rows_whose_frame_columns_and_timestamps_disagree_are_warned_of(kitchen, tmp_path, caplog):
+    """A CSV whose start_frame was edited (the timestamps left as they were) gave an MP4 user and an rgb_frames
+    user different clips without a word: extract names such rows, with EPIC's own rows (off by at most one frame)
+    left alone."""
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    with caplog.at_level("WARNING"):
+        run_extract(_cfg(root, tmp_path / "a.jsonl", components=("narration",)))
+    assert "disagree" not in caplog.text
+
+    def shift(rows):
+        rows[1]["start_frame"] = str(int(rows[1]["start_frame"]) + 1)  # EPIC's rounding: not said
+        rows[2]["stop_frame"] = str(int(rows[2]["stop_frame"]) + 30)
+
+    rows = edit_csv(root / "annotations" / "EPIC_100_train.csv", shift)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run_extract(_cfg(root, tmp_path / "b.jsonl", components=("narration",)))
+    (msg,) = [r.getMessage() for r in caplog.records if "disagree" in r.getMessage()]
+    assert msg.startswith("EPIC_100_train.csv: 1 row(s)") and f"e.g. {rows[2]['narration_id']}: stop_frame" in msg

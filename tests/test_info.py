@@ -211,3 +211,19 @@ def test_info_names_a_split_whose_csv_is_not_there(tmp_path):
     r = CliRunner().invoke(app, ["extract", "--data", str(root), "--split", "train", "--workdir", str(tmp_path)])
     assert "put EPIC_100_train.csv (EPIC's annotations repository) in that folder beside the others" in str(
         r.exception), r.output
+
+
+def test_info_names_rows_whose_frame_columns_and_timestamps_disagree(tmp_path):
+    from tests.csv_rows import edit_csv
+
+    root = make_root(tmp_path / "k", epic=True)  # columns counted as EPIC's are
+    args = ["info", "--data", str(root), "--no-check-lengths"]
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    assert r.exit_code == 0 and "disagree" not in r.output, r.output
+    rows = edit_csv(root / "annotations" / "EPIC_100_validation.csv",
+                    lambda rows: rows[0].update(start_frame=str(int(rows[0]["start_frame"]) + 60)))
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    assert f"val: 1 row(s) whose frame columns and timestamps disagree (e.g. {rows[0]['narration_id']}: " \
+           "start_frame" in r.output, r.output
+    assert "train:" not in r.output

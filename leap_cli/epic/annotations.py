@@ -259,6 +259,30 @@ class Annotations:
                 return seg
         return None
 
+    def columns_disagree(self, segments: list[Segment]) -> list[tuple[Segment, str]]:
+        """The segments whose frame columns and timestamps disagree (``timing.columns_disagree``), with what
+        differs; those of videos the video info lacks are not checked (their rate is not known)."""
+        from leap_cli.epic.timing import columns_disagree
+
+        info = self.video_info if (self.folder / VIDEO_INFO).exists() else {}
+        out = []
+        for s in segments:
+            if s.video_id in info and (why := columns_disagree(s.start, s.stop, s.start_frame, s.stop_frame,
+                                                                info[s.video_id].fps)):
+                out.append((s, why))
+        return out
+
+    def columns_note(self, segments: list[Segment]) -> str | None:
+        """One line on the segments whose frame columns and timestamps disagree (None where none do), for
+        ``leap info`` and extract."""
+        off = self.columns_disagree(segments)
+        if not off:
+            return None
+        seg, why = off[0]
+        return (f"{len(off)} row(s) whose frame columns and timestamps disagree (e.g. {seg.narration_id}: {why}): an "
+                "MP4 is cut by the timestamps, an rgb_frames folder by the frame columns, so the two would show "
+                "different clips; make each row's columns agree (EPIC's own rows differ by at most 1 frame)")
+
     def _class_ids_check(self) -> Callable[[Segment, Path, str], LeapError | None]:
         """A labelled row's class ids against the class files (those present)."""
         checks = []

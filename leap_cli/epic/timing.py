@@ -77,6 +77,24 @@ def epic_frame_rate(fps: float) -> float:
     return 50.0 if abs(float(fps) - 50.0) < 0.5 else 60.0
 
 
+# How many frames a row's start_frame/stop_frame may differ from floor(timestamp x rate) before the two are said to
+# disagree: EPIC's own rows differ by at most 1 (the 2-decimal rounding), on all of EPIC_100_validation.csv and
+# EPIC_100_test_timestamps.csv
+COLUMNS_TOLERANCE = 2
+
+
+def columns_disagree(start: float, stop: float, start_frame: int, stop_frame: int, fps: float) -> str | None:
+    """Where a row's frame columns and timestamps name different frames (an edited CSV: an MP4 is cut by the
+    timestamps, an ``rgb_frames`` folder by the frame columns, so the two sources would show different clips),
+    what differs; None where they agree as EPIC's rows do."""
+    rate = epic_frame_rate(fps)
+    for col, frame, t in (("start_frame", start_frame, start), ("stop_frame", stop_frame, stop)):
+        if abs(frame - csv_frame(t, rate)) > COLUMNS_TOLERANCE:
+            return (f"{col} {frame} but its timestamp {format_timestamp(t)} is frame {csv_frame(t, rate)} at "
+                    f"{rate:g}/s")
+    return None
+
+
 class WindowOutside(ValueError):
     """A window is not fully inside the decodable video (``reason`` says why, without paths)."""
 

@@ -604,6 +604,8 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     if cfg.limit is not None:
         segments = segments[:cfg.limit]
     summary = ExtractSummary(out=cfg.out, segments=len(segments), annotations=ann.split_path(split).name)
+    if note := ann.columns_note(segments):
+        log.warning("%s: %s", ann.split_path(split).name, note)
     atomic_write_json(config_path(cfg.out), {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
                       if_changed=True)  # (a rerun with the same options leaves it untouched)
     by_id = {s.narration_id: s for s in segments}
