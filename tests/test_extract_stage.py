@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 
 from leap_cli.resources import resource_dir
@@ -85,11 +86,45 @@ def test_an_rgb_frames_video_without_an_audio_file_is_not_a_file_to_fix(kitchen,
     assert run_extract(_cfg(root, out, components=("audio",), retry_errors=True)).written == 0
     # once its audio is placed there, a rerun says --retry-errors would describe it, and that does (QA: the fix
     # said --force, which changes nothing where the settings are the same)
-    shutil.copy(root / "P01" / "audio" / "P01_01.wav", root / "P01" / "audio" / "P01_02.wav")
+    # (named .WAV, as some copies are: not found before, while an .MP4 or .mp4 was)
+    shutil.copy(root / "P01" / "audio" / "P01_01.wav", root / "P01" / "audio" / "P01_02.WAV")
     assert run_extract(_cfg(root, out, components=("audio",))).retryable == 1
     assert run_extract(_cfg(root, out, components=("audio",), retry_errors=True)).written == 1
     (rec,) = [r for r in read_jsonl(out) if r["narration_id"] == "P01_02_0"]
     assert rec["components"]["audio"]["status"] == "ok"
+
+
+def test_audio_that_nothing_held_is_redone_once_something_does(kitchen, tmp_path):
+    """An MP4 without a sound track had no cause: once its WAV was placed (as the fix said) neither --retry-errors
+    nor --force redid it; an rgb_frames video's audio was not redone once its MP4 (with a track) was downloaded
+    (QA)."""
+    import shutil
+
+    from leap_cli.media.video import VideoReader
+    from leap_cli.media.write import write_mp4
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    with VideoReader(root / "P01" / "videos" / "P01_01.MP4") as r:
+        frames = list(r.read_frames(list(range(1, r.num_frames + 1))))
+    (root / "P01" / "rgb_frames" / "P01_02").mkdir(parents=True)
+    mp4 = root / "P01" / "videos" / "P01_01.MP4"
+    write_mp4(mp4, frames, FPS)  # no sound track
+    wav = (root / "P01" / "audio" / "P01_01.wav").rename(tmp_path / "P01_01.wav")
+    out = tmp_path / "train.jsonl"
+    run_extract(_cfg(root, out, components=("audio",)))
+    recs = {r["narration_id"]: r["components"]["audio"] for r in read_jsonl(out)}
+    assert recs["P01_01_0"]["data"]["reason"] == "the video has no audio track"
+    assert {nid: a["data"].get("cause") for nid, a in recs.items()} == {
+        "P01_01_0": "no-audio-file", "P01_01_1": "no-audio-file", "P01_01_2": "no-audio-file",
+        "P01_02_0": "no-audio-file"}
+    assert "place its audio as P01_01.wav or .flac in " in recs["P01_01_0"]["data"]["detail"]
+    assert run_extract(_cfg(root, out, components=("audio",), retry_errors=True)).written == 0
+    shutil.copy(wav, root / "P01" / "audio" / "P01_01.wav")
+    write_mp4(root / "P01" / "videos" / "P01_02.MP4", frames, FPS, audio=np.zeros(16000 * 7, np.float32))
+    assert run_extract(_cfg(root, out, components=("audio",))).retryable == 4
+    assert run_extract(_cfg(root, out, components=("audio",), retry_errors=True)).written == 4
+    assert {r["components"]["audio"]["status"] for r in read_jsonl(out)} == {"ok"}
 
 
 def test_a_typo_in_a_rows_video_id_is_suggested(kitchen, tmp_path):

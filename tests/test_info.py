@@ -213,17 +213,36 @@ def test_info_names_a_split_whose_csv_is_not_there(tmp_path):
         r.exception), r.output
 
 
-def test_info_names_rows_whose_frame_columns_and_timestamps_disagree(tmp_path):
+def test_info_names_rows_that_epics_own_files_never_hold(tmp_path):
+    """Rows that parse but that no row of EPIC's holds, each kind said with how many and one: frame columns off
+    their timestamps (an MP4 and an rgb_frames folder would show different clips), a video_id edited to another
+    video that is there (the segment was read from it without a word), a row of no length."""
     from tests.csv_rows import edit_csv
 
     root = make_root(tmp_path / "k", epic=True)  # columns counted as EPIC's are
     args = ["info", "--data", str(root), "--no-check-lengths"]
     r = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
-    assert r.exit_code == 0 and "disagree" not in r.output, r.output
-    rows = edit_csv(root / "annotations" / "EPIC_100_validation.csv",
-                    lambda rows: rows[0].update(start_frame=str(int(rows[0]["start_frame"]) + 60)))
+    assert r.exit_code == 0 and "row(s)" not in r.output, r.output
+
+    def edit(rows):
+        rows[0]["start_frame"] = str(int(rows[0]["start_frame"]) + 60)
+        rows[0]["stop_frame"] = str(int(rows[0]["stop_frame"]) + 1)  # EPIC's rounding: not said
+
+    rows = edit_csv(root / "annotations" / "EPIC_100_validation.csv", edit)
     r = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
     assert r.exit_code == 0, r.output
     assert f"val: 1 row(s) whose frame columns and timestamps disagree (e.g. {rows[0]['narration_id']}: " \
            "start_frame" in r.output, r.output
     assert "train:" not in r.output
+
+    def edit(rows):
+        rows[0]["video_id"] = next(x["video_id"] for x in rows if x["video_id"] != rows[0]["video_id"])
+        rows[1]["stop_timestamp"], rows[1]["stop_frame"] = rows[1]["start_timestamp"], rows[1]["start_frame"]
+
+    rows = edit_csv(root / "annotations" / "EPIC_100_train.csv", edit)
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert f"train: 1 row(s) whose ids name different videos (e.g. {rows[0]['narration_id']}: participant_id " \
+           f"P01, video_id {rows[0]['video_id']})" in out, out
+    assert f"train: 1 row(s) of no length (stop equals start) (e.g. {rows[1]['narration_id']}:" in out

@@ -96,7 +96,7 @@ def info(
                       highlight=False)
     console.print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in classes.items()))
     for s in splits:
-        if note := layout.annotations().columns_note(layout.annotations().segments(s.split)):
+        for note in layout.annotations().row_notes(layout.annotations().segments(s.split)):
             console.print(f"[yellow]{s.split}:[/] {escape(note)}", highlight=False)
         for videos, what in ((s.missing, "with neither MP4 nor rgb_frames"),
                              (s.tarred, "with rgb_frames not extracted from their tar")):

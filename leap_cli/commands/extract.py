@@ -74,9 +74,9 @@ def extract(
     retry_errors: bool = typer.Option(
         False, "--retry-errors",
         help="Redo finished segments that have a failed component, or whose video file could not be read "
-             "(missing, unreadable, truncated: after downloading it again), or whose rgb_frames video had no audio "
-             "file and has one now; not those unavailable for other causes (no poses, no audio track, no detection "
-             "files, a segment past the end of the video)."),
+             "(missing, unreadable, truncated: after downloading it again), or whose audio nothing held (an rgb_frames "
+             "folder, an MP4 without a track) and an audio file or an MP4 with a track now does; not those "
+             "unavailable for other causes (no poses, no detection files, a segment past the end of the video)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", hidden=True),  # old spelling of --retry-errors
     force: bool = typer.Option(False, "--force", "--overwrite", help="Start over: delete --out when it was made "
                                                                      "with other settings."),

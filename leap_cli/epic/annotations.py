@@ -259,29 +259,34 @@ class Annotations:
                 return seg
         return None
 
-    def columns_disagree(self, segments: list[Segment]) -> list[tuple[Segment, str]]:
-        """The segments whose frame columns and timestamps disagree (``timing.columns_disagree``), with what
-        differs; those of videos the video info lacks are not checked (their rate is not known)."""
+    def row_notes(self, segments: list[Segment]) -> list[str]:
+        """One line for each kind of row among ``segments`` that parses but that EPIC's own files never hold (none
+        of the validation and test CSVs' rows does), with how many and one of them, for ``leap info`` and extract:
+        ids that name different videos (an edited video_id: the segment is read from another video), rows of no
+        length, frame columns that disagree with the timestamps (``timing.columns_disagree``; only for videos in
+        the video info, whose rate is known)."""
         from leap_cli.epic.timing import columns_disagree
 
         info = self.video_info if (self.folder / VIDEO_INFO).exists() else {}
-        out = []
+        found: dict[str, list[tuple[Segment, str]]] = {}
         for s in segments:
+            if not (s.narration_id.startswith(s.video_id + "_") and s.video_id.startswith(s.participant_id + "_")):
+                found.setdefault("ids", []).append((s, f"participant_id {s.participant_id}, video_id {s.video_id}"))
+            if s.stop == s.start or s.stop_frame == s.start_frame:
+                found.setdefault("empty", []).append((s, f"{s.start:.2f}-{s.stop:.2f} s, frames "
+                                                          f"{s.start_frame}-{s.stop_frame}"))
             if s.video_id in info and (why := columns_disagree(s.start, s.stop, s.start_frame, s.stop_frame,
                                                                 info[s.video_id].fps)):
-                out.append((s, why))
-        return out
-
-    def columns_note(self, segments: list[Segment]) -> str | None:
-        """One line on the segments whose frame columns and timestamps disagree (None where none do), for
-        ``leap info`` and extract."""
-        off = self.columns_disagree(segments)
-        if not off:
-            return None
-        seg, why = off[0]
-        return (f"{len(off)} row(s) whose frame columns and timestamps disagree (e.g. {seg.narration_id}: {why}): an "
-                "MP4 is cut by the timestamps, an rgb_frames folder by the frame columns, so the two would show "
-                "different clips; make each row's columns agree (EPIC's own rows differ by at most 1 frame)")
+                found.setdefault("columns", []).append((s, why))
+        what = {"ids": ("whose ids name different videos", "the segment is read from the video of its video_id: fix "
+                        "the row (EPIC's narration ids are VIDEO_N, its video ids PARTICIPANT_NN)"),
+                "empty": ("of no length (stop equals start)", "its clip is a single moment: give the row its real "
+                          "stop"),
+                "columns": ("whose frame columns and timestamps disagree", "an MP4 is cut by the timestamps, an "
+                            "rgb_frames folder by the frame columns, so the two would show different clips; make "
+                            "each row's columns agree (EPIC's own rows differ by at most 1 frame)")}
+        return [f"{len(rows)} row(s) {what[k][0]} (e.g. {rows[0][0].narration_id}: {rows[0][1]}): {what[k][1]}"
+                for k, rows in found.items()]
 
     def _class_ids_check(self) -> Callable[[Segment, Path, str], LeapError | None]:
         """A labelled row's class ids against the class files (those present)."""

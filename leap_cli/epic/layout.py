@@ -10,7 +10,7 @@ from leap_cli.epic.annotations import Annotations
 from leap_cli.epic.timing import frame_filename
 from leap_cli.errors import LeapError
 
-AUDIO_EXTS = (".wav", ".flac")
+AUDIO_EXTS = (".wav", ".flac", ".WAV", ".FLAC")
 VIDEO_EXTS = (".MP4", ".mp4")
 
 

@@ -572,9 +572,9 @@ def _retry(component: dict) -> bool:
 
 def retry_test(layout: DatasetLayout) -> Callable[[dict], bool]:
     """Whether ``--retry-errors`` redoes a record (the output file's own scan asks it, once per record): a component
-    ``_retry`` redoes, or an rgb_frames video's audio that had no file once one is placed (looked for once per
-    video)."""
-    from leap_cli.media.audio import NO_AUDIO_FILE
+    ``_retry`` redoes, or a video's audio that nothing held (an rgb_frames folder, an MP4 without a track) once
+    an audio file is placed or an MP4 with a track (looked for once per video)."""
+    from leap_cli.media.audio import NO_AUDIO_FILE, has_audio_track
 
     placed: dict[str, bool] = {}
 
@@ -584,7 +584,8 @@ def retry_test(layout: DatasetLayout) -> Callable[[dict], bool]:
             return False
         video_id = str(record.get("video_id"))
         if video_id not in placed:
-            placed[video_id] = layout.audio_path(video_id) is not None
+            mp4 = layout.video_path(video_id)
+            placed[video_id] = layout.audio_path(video_id) is not None or (mp4 is not None and has_audio_track(mp4))
         return placed[video_id]
 
     def to_retry(record: dict) -> bool:
@@ -604,7 +605,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     if cfg.limit is not None:
         segments = segments[:cfg.limit]
     summary = ExtractSummary(out=cfg.out, segments=len(segments), annotations=ann.split_path(split).name)
-    if note := ann.columns_note(segments):
+    for note in ann.row_notes(segments):
         log.warning("%s: %s", ann.split_path(split).name, note)
     atomic_write_json(config_path(cfg.out), {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
                       if_changed=True)  # (a rerun with the same options leaves it untouched)

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-NO_AUDIO_FILE = "no-audio-file"  # the cause of an rgb_frames video's audio without a file: none is published
+NO_AUDIO_FILE = "no-audio-file"  # the cause of a video's audio without a file where nothing holds its sound (an
+# rgb_frames folder, an MP4 without a track): redone once something does
 
 
 class AudioUnavailable(LeapError):
@@ -35,7 +36,8 @@ class AudioUnavailable(LeapError):
         super().__init__(message, **where)
         self.file = file
         # what the record's data says (``leap extract --retry-errors``): "video" where the file is at fault,
-        # "no-audio-file" where none is published (an rgb_frames folder): redone once one is placed there
+        # "no-audio-file" where nothing holds its sound (an rgb_frames folder, an MP4 without a track): redone once
+        # an audio file is placed, or an MP4 with a track
         self.cause = "video" if file else cause
 
 
@@ -164,8 +166,10 @@ def read_video_audio(mp4_path: str | Path, start: float, stop: float, sample_rat
         raise _unreadable(path, record, "the video's audio cannot be read (truncated or corrupt file)", e) from None
     with container:
         if not container.streams.audio:
-            raise AudioUnavailable("the video has no audio track", path=path, record=record,
-                                   fix="provide P../audio/VIDEO.wav or skip the audio component")
+            raise AudioUnavailable("the video has no audio track", path=path, record=record, cause=NO_AUDIO_FILE,
+                                   fix=f"to describe its sound, place its audio as {path.stem}.wav or .flac in "
+                                       f"{path.parent.parent / 'audio'}, then extract with --retry-errors; without "
+                                       "it the audio component is unavailable")
         stream = container.streams.audio[0]
         native = int(stream.rate or stream.codec_context.sample_rate)
         try:
