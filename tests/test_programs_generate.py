@@ -348,8 +348,9 @@ def test_batch_settings_are_recorded_when_the_requests_are_written(workdir, good
     results = tmp_path / "results.jsonl"
     with pytest.raises(LeapError, match="other settings.*model"):  # the file does not exist yet: the sidecar speaks
         ingest_batch(dataclasses.replace(cfg, model="gpt-other"), results_file(results, lines))
-    with pytest.raises(LeapError, match=r"\[line 2\]: custom_id 'P99_01_0' is not in the split CSV now \(nothing was "
-                                        r"ingested\).*delete that result's line"):
+    with pytest.raises(LeapError, match=r"\[line 2\]: custom_id 'P99_01_0' is not a segment of the val split's CSV "
+                                        r"now \(nothing was ingested\).*the --split and the CSV.*delete that result's "
+                                        r"line"):  # (a result of another split's batch: it said only "removed since")
         ingest_batch(cfg, results_file(results, lines[:1] + [{**lines[1], "custom_id": "P99_01_0"}]))
     assert not cfg.out_path.exists()
     assert ingest_batch(cfg, results_file(results, lines)) == {"valid": 1, "invalid": 1, "failed": 1}
@@ -1145,7 +1146,21 @@ def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path)
     (rec,) = [r for r in records(workdir) if r["narration_id"] == nids[0]]
     assert rec["status"] == "failed" and rec["provenance"]["batch_request_id"] == "batch_req_0"  # (the newer)
     assert ingest_batch(cfg, results_file(tmp_path / "again.jsonl", again)) == {"already_present": 1}
-    assert ingest_batch(cfg, results_file(tmp_path / "out2.jsonl", [ok(nid) for nid in nids[:2]])) == {"valid": 2}
+    # the expired line and the retry's newer failure in one file (an expired batch's lines and the retry's output,
+    # as docs/programs.md suggests): the newer error is kept (the expired one was chosen, already_present)
+    newer = {"custom_id": nids[0], "id": "batch_req_9",
+             "response": {"status_code": 500, "body": {"error": {"message": "server error"}}}}
+    assert ingest_batch(cfg, results_file(tmp_path / "both.jsonl", expired[:1] + [newer])) == {
+        "failed": 1, "superseded": 1}
+    (rec,) = [r for r in records(workdir) if r["narration_id"] == nids[0]]
+    assert rec["provenance"]["batch_request_id"] == "batch_req_9" and "HTTP 500: server error" in str(rec["errors"])
+    # a result line without an id (a compatible server's) with another error is told apart by its error
+    no_id = {"custom_id": nids[0], "response": None, "error": {"message": "cancelled"}}
+    assert ingest_batch(cfg, results_file(tmp_path / "no_id.jsonl", [no_id])) == {"failed": 1}
+    assert ingest_batch(cfg, results_file(tmp_path / "no_id.jsonl", [no_id])) == {"already_present": 1}
+    # a status code written as a string by some servers is read as the number
+    as_text = [dict(ok(nid), response=dict(ok(nid)["response"], status_code="200")) for nid in nids[:2]]
+    assert ingest_batch(cfg, results_file(tmp_path / "out2.jsonl", as_text)) == {"valid": 2}
     recs = records(workdir)
     assert len(recs) == N_SEGMENTS and {r["status"] for r in recs} == {"valid"}
     assert write_batch_file(retry, tmp_path / "b3.jsonl") == 0

@@ -126,7 +126,7 @@ def generate_programs(
         stats = Counter()
         n = write_batch_file(cfg, batch_file, stats)
         if n:
-            console.print(escape(f"wrote {n} Batch API requests to {batch_file}; submit it, then run with "
+            console.print(escape(f"wrote {n} Batch API request{'s' if n != 1 else ''} to {batch_file}; submit it, then run with "
                                  "--ingest-batch RESULTS.jsonl"), highlight=False)
         else:  # (it said "submit it" of an empty file)
             why = ("the input holds no segment" + (f" (part {spec.index}/{spec.count})" if spec.count > 1 else "")
@@ -143,7 +143,8 @@ def generate_programs(
         counts = ingest(cfg, ingest_batch, failures)
         kept = counts.pop("invalid_kept", 0)  # (also counted already_present)
         before = counts.pop("asked_before_the_clip_changed", 0)  # (also counted by status)
-        console.print(escape(f"ingested {sum(counts.values())} results into {cfg.out_path}: "
+        n = sum(counts.values())
+        console.print(escape(f"ingested {n} result{'s' if n != 1 else ''} into {cfg.out_path}: "
                              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))), highlight=False)
         if before:
             console.print(escape(f"note: {before} of the results were asked for before their clip changed (its "

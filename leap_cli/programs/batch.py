@@ -144,10 +144,10 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                                 "ingest this file again: its results are kept as the old clips' programs")
         if nid not in by_id and inputs.segments and nid not in inputs.segments and by_id.keys() & {
                 x["custom_id"].partition("@")[0] for x in lines}:  # (the others are this split's: a row removed)
-            raise LeapError(f"custom_id {line['custom_id']!r} is not in the split CSV now (nothing was ingested)",
-                            path=results_path, record=f"line {i}",
-                            fix="ingest with the CSV the batch file was written from, or delete that result's line "
-                                "(its row was removed since)")
+            raise LeapError(f"custom_id {line['custom_id']!r} is not a segment of the {cfg.split} split's CSV now "
+                            "(nothing was ingested)", path=results_path, record=f"line {i}",
+                            fix="ingest with the --split and the CSV the batch file was written from, or delete that "
+                                "result's line (its row was removed since)")
         if nid not in by_id:
             raise LeapError(f"custom_id {line['custom_id']!r} is not a segment of the input (nothing was ingested)",
                             path=results_path, record=f"line {i}",
@@ -181,6 +181,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
             prov["served_model"] = str(body["model"])
         program, findings = None, []
         code = resp.get("status_code")
+        code = int(code) if isinstance(code, str) and code.strip().isdigit() else code  # ("200" of some servers)
         problem = reply_problem(body) if code == 200 and not line.get("error") else None
         if problem:  # a 200 without a completion (an error object, no choices): failed, as a live request is
             status = "failed"
@@ -207,8 +208,9 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
 
     # a segment with several results in the file (an expired batch's error lines, then the retry's output; the
     # output of a batch and of its --retry-invalid batch, in one file): the best is the one written, valid before
-    # invalid before failed, the first of equals (an invalid result before a valid one kept the invalid); a result
-    # of the clip as it is now before one asked for before it changed (two batches' outputs in one file)
+    # invalid before failed, the first of equals (an invalid result before a valid one kept the invalid) but the
+    # last of failures (the retry's newer error, not the expired one's); a result of the clip as it is now before
+    # one asked for before it changed (two batches' outputs in one file)
     results = [result(line) for line in lines]
     current = {nid: clip_hash(inputs, by_id[nid]) for nid in {r["narration_id"] for r in results}}
     order = {"valid": 0, "invalid": 1, "failed": 2}
@@ -219,7 +221,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     chosen: dict[str, int] = {}
     for i, r in enumerate(results):
         j = chosen.get(r["narration_id"])
-        if j is None or rank(r) < rank(results[j]):
+        if j is None or rank(r) < rank(results[j]) or rank(r) == rank(results[j]) and r["status"] == "failed":
             chosen[r["narration_id"]] = i
     with JsonlAppender(cfg.out_path, replace_keys=replaced) as out, ProgramStore(cfg.cache_path) as store:
         written_ids = set()
@@ -230,8 +232,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
             # A failure leaves an invalid record, or one of a clip changed since, as it was; over a failed record
             # it is written where it is another request's (resubmitted, it failed once more: the newer error),
             # and the same result ingested again is already present
-            again = (status == "failed" and nid in replaced
-                     and _request_id(old.get(nid)) != record["provenance"]["batch_request_id"])
+            again = (status == "failed" and nid in replaced and _attempt(old.get(nid)) != _attempt(record))
             written = (not (status == "failed" and nid in replaced)
                        or again and (old.get(nid) or {}).get("status") == "failed") and out.write(record)
             counts[status if written or again else "already_present"] += 1
@@ -254,9 +255,13 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     return counts
 
 
-def _request_id(record: dict | None) -> str | None:
-    """The Batch API request id a record of an ingest came from (None for others)."""
-    return ((record or {}).get("provenance") or {}).get("batch_request_id")
+def _attempt(record: dict | None) -> tuple:
+    """Which request a record of an ingest came from: its Batch API request id and its first error (a result line
+    without an id, of a compatible server, is told apart by its error); (None, None) for others."""
+    record = record or {}
+    errors = record.get("errors") or [{}]
+    return ((record.get("provenance") or {}).get("batch_request_id"),
+            errors[0].get("message") if isinstance(errors[0], dict) else None)
 
 
 class _BatchBackend:
