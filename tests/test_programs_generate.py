@@ -404,6 +404,8 @@ def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path
     assert f"no request to write: --limit 0 ({N_SEGMENTS} segments pending)" in " ".join(res.output.split())
     res = CliRunner().invoke(app, other + ["--shard", "5/6"])  # (fewer videos than parts)
     assert "no request to write: the input holds no segment (part 5/6)" in " ".join(res.output.split()), res.output
+    res = CliRunner().invoke(app, other + ["--limit", "1"])  # (it said "wrote 1 Batch API requests")
+    assert "wrote 1 Batch API request to" in " ".join(res.output.split()), res.output
 
 
 def start_cli(workdir, server, concurrency: int):
