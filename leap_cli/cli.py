@@ -160,7 +160,8 @@ def _again(plain: str = "the same command") -> str:
 
 
 def _interrupted() -> None:
-    kept = _KEPT.get(_state.get("command"), f"finished records were kept; run {_again()} to resume")
+    kept = _KEPT.get(_state.get("command"), f"finished records were kept; run {_again()} to resume") \
+        if _state.get("command") else "the command had not started: nothing was written"
     if _other_rank() is not None:  # rank 0 says it once for the job
         sys.exit(128 + signal.SIGTERM if _state.get("sigterm") else EXIT_INTERRUPTED)
     if _state.get("sigterm"):
@@ -260,9 +261,10 @@ def main() -> None:
 
 def _main() -> None:
     _state["pid"] = os.getpid()
+    _state.pop("command", None)  # (set once the command line is read)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    sys.argv[1:] = expand_home(sys.argv[1:])
     try:
+        sys.argv[1:] = expand_home(sys.argv[1:])
         # Without standalone mode typer returns what click would have exited with: typer.Exit's code, or 130
         # after Ctrl-C (it catches the KeyboardInterrupt itself).
         code = app(standalone_mode=False)

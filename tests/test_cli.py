@@ -36,6 +36,21 @@ def test_a_sigterm_while_a_finished_command_exits_keeps_its_status(tmp_path, arg
     assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
 
 
+def test_a_sigterm_before_the_command_starts_says_nothing_was_written(tmp_path):
+    """SIGTERM as the command line was read: "finished records were kept; run the same command to resume" of
+    `leap info`, which writes nothing (QA)."""
+    script = tmp_path / "early_term.py"
+    script.write_text("import os, signal, sys, time\n"
+                      "import leap_cli.cli as cli\n"
+                      "cli.expand_home = lambda a: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(1), a)[2]\n"
+                      "sys.argv = ['leap', 'info', '--data', '/nonexistent']\n"
+                      "cli.main()\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "NO_COLOR": "1"})
+    assert r.returncode == 143, r
+    assert r.stderr.strip() == "stopped by SIGTERM: the command had not started: nothing was written", r.stderr
+
+
 def test_version_and_help_order():
     r = leap("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"leap {__version__}"
