@@ -306,6 +306,18 @@ def test_layout_errors(tmp_path):
         DatasetLayout.open(dl, dl / "anotations")
     assert e.value.message == "annotations folder not found" and "--annotations" in e.value.fix
     assert e.value.path == str(dl / "anotations")
+    csv = dl / "epic-kitchens-100-annotations" / "EPIC_100_train.csv"
+    with pytest.raises(LeapError) as e:  # a CSV given for the folder (QA: "annotations folder not found")
+        DatasetLayout.open(dl, csv)
+    assert e.value.message == "--annotations names a file, not the folder of EPIC's CSVs"
+    assert e.value.fix == f"pass the folder that holds it: --annotations {csv.parent}"
+    (dl / "annotations").mkdir()  # made and left empty, the clone beside it (QA: "EPIC_100_verb_classes.csv: file
+    with pytest.raises(LeapError) as e:  # not found", no word of the clone)
+        DatasetLayout.open(dl)
+    assert e.value.message == "the annotations folder holds no EPIC_100_*.csv" and e.value.fix.startswith(
+        f"pass --annotations {dl / 'epic-kitchens-100-annotations'} (EPIC's CSVs are there)"), e.value
+    shutil.rmtree(dl / "epic-kitchens-100-annotations")  # no clone: each stage names the file it lacks there
+    assert DatasetLayout.open(dl).annotations_dir == dl / "annotations"
     # --data pointed at the annotations folder itself: said, with the root to give
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "EPIC_100_validation.csv").write_text("narration_id\n")
@@ -508,3 +520,17 @@ def test_one_segment_is_found_without_parsing_the_split(epic_dir, monkeypatch):
     assert ann.segment("train", "P99_99_9") is None and len(parsed) == 3  # the matching rows alone
     ann.segments("train")
     assert ann.segment("train", "P01_01_0") == want["P01_01_0"]  # (from the split read meanwhile)
+
+
+@pytest.mark.parametrize("name", ["EPIC_100_validation (1).csv", "EPIC_100_validation.csv.csv",
+                                  "epic_100_validation.CSV", "EPIC_100_validation - Copy.csv"])
+def test_a_split_csv_under_a_name_a_browser_gave_it_is_named(tmp_path, epic_dir, name):
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    shutil.copy(epic_dir / "EPIC_100_verb_classes.csv", folder)
+    (folder / "EPIC_100_validation_missing_timestamp_narrations.csv").write_text("narration_id\n")  # not it
+    (folder / name).write_text("narration_id\n")
+    with pytest.raises(LeapError) as e:
+        Annotations(folder).segments("val")
+    assert e.value.message == "annotation file not found" and e.value.fix == f"rename {name} there to " \
+                                                                            "EPIC_100_validation.csv", e.value

@@ -133,8 +133,13 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
     path = Path(path)
     if not path.exists():
         others = path.parent.is_dir() and next(path.parent.glob("EPIC_100_*.csv"), None) is not None
+        # the file under a name a browser or a copy gave it: "EPIC_100_train (1).csv", "EPIC_100_train.csv.csv"
+        near = re.compile(re.escape(path.stem) + r"(\s*\(\d+\)|[ _-]*copy[ \d]*)?(\.csv)+(\.txt)?", re.I)
+        renamed = next((p for p in sorted(path.parent.iterdir()) if p.name != path.name
+                        and p.is_file() and near.fullmatch(p.name)), None) if path.parent.is_dir() else None
         raise LeapError(f"{what or 'file'} not found", path=path,
-                        fix=f"put {path.name} (EPIC's annotations repository) in that folder beside the others"
+                        fix=f"rename {renamed.name} there to {path.name}" if renamed is not None else
+                        f"put {path.name} (EPIC's annotations repository) in that folder beside the others"
                         if others else "point --data at the dataset root or --annotations at the folder holding "
                                        "EPIC's CSVs")
     try:

@@ -51,7 +51,12 @@ class DatasetLayout:
         given, root = root, _download_root(root)
         ann = Path(annotations) if annotations else next(
             (d for d in (given / "annotations", root / "annotations") if d.is_dir()), root / "annotations")
-        if not ann.is_dir():
+        if annotations and ann.is_file():  # (--annotations .../EPIC_100_train.csv)
+            raise LeapError("--annotations names a file, not the folder of EPIC's CSVs", path=ann,
+                            fix=f"pass the folder that holds it: --annotations {ann.parent}")
+        # an annotations folder made but left empty, with EPIC's CSVs cloned beside it: as if there were none
+        empty = not annotations and ann.is_dir() and next(ann.glob("EPIC_100_*.csv"), None) is None
+        if not ann.is_dir() or empty:
             if annotations:
                 raise LeapError("annotations folder not found", path=ann,
                                 fix="check the folder given to --annotations: it holds EPIC's CSVs")
@@ -63,6 +68,11 @@ class DatasetLayout:
             clone = next((d for base in dict.fromkeys([given, root, given.resolve().parent])
                           for d in sorted(base.glob("*annotations*"))
                           if d.is_dir() and next(d.glob("EPIC_100_*.csv"), None) is not None), None)
+            if empty:
+                if clone is None:
+                    return cls(root, ann)  # (each stage names the file it lacks there)
+                raise LeapError("the annotations folder holds no EPIC_100_*.csv", path=ann,
+                                fix=f"pass --annotations {clone} (EPIC's CSVs are there), or move its CSVs into {ann}")
             raise LeapError("annotations folder not found" + (f" (looked in {' and '.join(map(str, looked))})"
                                                               if len(looked) > 1 else ""), path=ann,
                             fix=f"pass --annotations {clone} (EPIC's CSVs are there), or rename it to "
