@@ -167,6 +167,14 @@ def test_a_csv_separated_by_semicolons_says_so(epic_dir, tmp_path):
             read_segments(p)
         assert e.value.message == f"the header's columns are separated by {sep!r}, not commas", e.value.one_line()
         assert "save it as comma-separated CSV" in e.value.fix
+        # the header kept as it was, the rows saved with ';' (QA: "a cut or damaged line")
+        with p.open("w", newline="") as f:
+            csv.writer(f).writerow(rows[0])
+            csv.writer(f, delimiter=sep).writerows(rows[1:])
+        with pytest.raises(LeapError) as e:
+            read_segments(p)
+        assert e.value.record == "row 2" and e.value.message.endswith(f": its fields are separated by {sep!r}, not "
+                                                                      "commas"), e.value.one_line()
 
 
 def test_the_test_timestamps_under_another_splits_name_say_so(epic_dir, tmp_path):

@@ -176,10 +176,15 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
                 if short:
                     n = sum(v is not None for k, v in row.items() if k is not None)
                     first = next(iter(row.values()), "") or ""
+                    # (a row saved with ';' or tabs under a comma header: its fields are all in the first)
+                    sep = next((c for c in (";", "\t") if first.count(c) >= len(header) - 1), None)
                     raise LeapError(f"row {reader.line_num} ({first}) has {n} of {len(header)} fields "
-                                    f"(no {', '.join(short)})",
+                                    f"(no {', '.join(short)})" + (f": its fields are separated by {sep!r}, not commas"
+                                                                   if sep else ""),
                                     path=path, record=f"row {reader.line_num}",
-                                    fix="a cut or damaged line: complete it, or restore the file from EPIC's release")
+                                    fix="save the file as comma-separated CSV throughout, or take EPIC's file again"
+                                    if sep else "a cut or damaged line: complete it, or restore the file from EPIC's "
+                                                "release")
                 rows.append({k: (v if v is not None else "") for k, v in row.items()})
             return rows
     except UnicodeDecodeError:
