@@ -559,6 +559,15 @@ empty: a run that failed before its first record leaves nothing its successor wo
                         "would do the whole split again", path=output,
                         fix=f"merge them and run again to resume from the merge: {merge_command(output, found[1])}; "
                             f"or run the parts left with --shard i/{found[1]}; or pass {option} to do it all again")
+    if not force and part is None and output.is_file() and output.stat().st_size:
+        # a merge beside its parts that lacks some of their records (merged too early): this run would do the
+        # parts' segments again, also those of a part still running, as the next stage refuses to read it
+        from leap_cli.common import check_merge
+
+        parts: dict[int, list[tuple[int, Path]]] = {}
+        for index, count, p in shard_parts(output):
+            parts.setdefault(count, []).append((index, p))
+        check_merge(output, parts)
     # under the output's lock: a run still writing it is not started over (--force) under its feet, nor its
     # sidecar rewritten; the caller's writer takes the lock again at once
     with OutputLock(output):

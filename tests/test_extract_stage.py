@@ -1301,3 +1301,25 @@ def test_rows_whose_frame_columns_and_timestamps_disagree_are_warned_of(kitchen,
         run_extract(_cfg(root, tmp_path / "b.jsonl", components=("narration",)))
     (msg,) = [r.getMessage() for r in caplog.records if "disagree" in r.getMessage()]
     assert msg.startswith("EPIC_100_train.csv: 1 row(s)") and f"e.g. {rows[2]['narration_id']}: stop_frame" in msg
+
+
+def test_a_run_without_shard_over_a_merge_made_too_early_is_refused(kitchen, tmp_path):
+    """train.jsonl merged from part 0 only, part 1 beside it (or still running): a run without --shard did part 1's
+    segments again, where the next stage refuses to read that merge (QA)."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    args = ["extract", "--data", str(kitchen), "--split", "train", "--workdir", str(tmp_path),
+            "--components", "narration", "--frame-cache", "none"]
+    for i in range(2):
+        assert CliRunner().invoke(app, args + ["--shard", f"{i}/2"]).exit_code == 0
+    desc = tmp_path / "descriptors"
+    (desc / "train.jsonl").write_text((desc / "train.shard0of2.jsonl").read_text())
+    r = CliRunner().invoke(app, args)
+    assert type(r.exception).__name__ == "LeapError" and "records that its --shard parts of 2 beside it hold" in \
+        str(r.exception), r.output
+    assert (desc / "train.jsonl").read_text() == (desc / "train.shard0of2.jsonl").read_text()  # nothing redone
+    (desc / "train.jsonl").write_text("".join((desc / f"train.shard{i}of2.jsonl").read_text() for i in range(2)))
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and f"{len(SEGMENTS)} done before, 0 written now" in " ".join(r.output.split()), r.output
