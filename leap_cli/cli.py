@@ -249,6 +249,28 @@ def expand_home(args: list[str]) -> list[str]:
     return out
 
 
+def empty_path_option(args: list[str]) -> None:
+    """A path option given an empty value (``--workdir "$WORK"`` with ``WORK`` unset) is refused: as a path it is
+    the current folder, where a job would have written a work directory of its own without a word."""
+    import inspect
+    import typing
+    from pathlib import Path
+
+    command = next((a for a in args if not a.startswith("-")), None)
+    info = next((c for c in app.registered_commands if c.name == command and c.callback is not None), None)
+    if info is None:
+        return
+    hints = typing.get_type_hints(info.callback)
+    names = {d for p in inspect.signature(info.callback).parameters.values()
+             if hints.get(p.name) in (Path, Path | None) and isinstance(p.default, typer.models.OptionInfo)
+             for d in (p.default.param_decls or ()) if d.startswith("--")}
+    for i, a in enumerate(args):
+        name, eq, value = a.partition("=")
+        if name in names and (value.strip() == "" if eq else i + 1 < len(args) and args[i + 1].strip() == ""):
+            raise LeapError(f"{name} is empty (an unset variable in a job script?): as a path it would be the current "
+                            "folder", fix=f"give {name} a path, or leave it out for its default")
+
+
 def main() -> None:
     try:
         _main()
@@ -265,6 +287,7 @@ def _main() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         sys.argv[1:] = expand_home(sys.argv[1:])
+        empty_path_option(sys.argv[1:])
         # Without standalone mode typer returns what click would have exited with: typer.Exit's code, or 130
         # after Ctrl-C (it catches the KeyboardInterrupt itself).
         code = app(standalone_mode=False)
