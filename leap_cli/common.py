@@ -46,7 +46,10 @@ class ShardSpec:
             i, n = (int(x) for x in text.split("/"))
         except ValueError:
             raise LeapError(f"--shard {text!r} is not of the form i/n", fix="e.g. --shard 0/4 for the first of four") from None
-        if n < 1 or not 0 <= i < n:
+        if n < 1:
+            raise LeapError(f"--shard {text!r}: n, the number of parts, is at least 1",
+                            fix="e.g. --shard 0/4 for the first of four parts")
+        if not 0 <= i < n:
             raise LeapError(f"--shard {text!r} is out of range: parts are numbered from 0",
                             fix="i must satisfy 0 <= i < n (the parts of --shard i/4 are 0/4, 1/4, 2/4 and 3/4; "
                                 "for a job array numbered from 1, pass $((TASK_ID - 1))/n)")

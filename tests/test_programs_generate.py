@@ -1575,6 +1575,10 @@ def test_a_part_of_extract_feeds_the_same_part_of_generation(workdir, caplog):
     parts = [ShardSpec(i, 3).select(segs, key=lambda s: s.video_id) for i in range(3)]  # extract's parts
     for i, part in enumerate(parts):
         (desc / f"val.shard{i}of3.jsonl").write_text("".join(json.dumps(record(s)) + "\n" for s in part))
+    for i, part in enumerate(parts):  # not merged yet: --shard i/3 alone takes extract's part i (QA: it said to
+        inputs = load_inputs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(i, 3)))  # merge first)
+        assert {r["narration_id"] for r in inputs.records} == {s.narration_id for s in part}, i
+        assert inputs.source.endswith(f"val.shard{i}of3.jsonl"), inputs.source
     merged = desc / "val.jsonl"  # merged in another order than the annotation's
     merged.write_text("".join((desc / f"val.shard{i}of3.jsonl").read_text() for i in (2, 0, 1)))
     for i, part in enumerate(parts):
@@ -1808,6 +1812,14 @@ def test_descriptors_short_of_the_split_are_said_and_so_is_an_extract_still_writ
     with caplog.at_level("WARNING"):
         generate_programs(offline)
     assert "segments of val" not in caplog.text
+    # a part of extract's given without --shard: said as such (QA: "finish extract (an extract stopped early)")
+    part = path.with_name("val.shard0of2.jsonl")
+    part.write_text("".join(json.dumps(narration_record(s)) + "\n" for s in segs[:3]))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        generate_programs(dataclasses.replace(offline, descriptors=part, out=workdir / "programs" / "part.jsonl"))
+    assert "it is extract's part 0/2: pass --shard 0/2 (this part's programs, beside the other parts') or the merged " \
+           "file, then this command again" in caplog.text, caplog.text
 
 
 def test_offline_programs_ask_nothing_of_an_object_it_cannot_be_or_do():

@@ -1317,6 +1317,12 @@ def test_segments_without_a_program_record_are_counted_in_a_note(root, tmp_path)
                                         for k in ("P01_01_3", "P01_02_0", "P01_02_1")])
     r = build_split(root, "train", workdir=tmp_path / "all", settings=settings())
     assert not [n for n in r.notes if "have no record in" in n]
+    # a part of generate-programs' given without --shard: said as such (QA: "generate-programs makes them")
+    part = write_programs(tmp_path / "part" / "programs" / "train.shard0of2.jsonl", program_records())
+    r = build_split(root, "train", workdir=tmp_path / "part", settings=settings(), programs_path=part)
+    (note,) = [n for n in r.notes if "have no record in" in n]
+    assert note.endswith("it is generate-programs' part 0/2: give the merged file (or build-shards --shard i/2 with "
+                         "each part's), then build-shards --force"), note
 
 
 def test_the_split_csv_is_known_by_its_values_and_folders_of_earlier_leaps_resume(root, tmp_path, monkeypatch):

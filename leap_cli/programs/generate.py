@@ -246,7 +246,13 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     split = cfg.split_name
     segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
     # (a path given is checked as the default is: parts beside it, not merged, or merged too early)
-    path = merged_input(cfg.descriptors or cfg.workdir / "descriptors" / f"{split}.jsonl")
+    path = cfg.descriptors or cfg.workdir / "descriptors" / f"{split}.jsonl"
+    if cfg.descriptors is None and cfg.shard.count > 1 and not path.exists():
+        # extract's part of this run's --shard beside no merge: all this part needs (a job array's step i of
+        # both stages), as --descriptors would give it
+        mine = path.with_name(f"{split}{cfg.shard.suffix}.jsonl")
+        path = mine if mine.is_file() else path
+    path = merged_input(path)
     part = part_of(path)
     if part is not None and cfg.shard.count > 1 and part != (cfg.shard.index, cfg.shard.count):
         # (an array script's index off by one: an empty part, exit 0, and the merge lacked a part's programs)
@@ -319,6 +325,8 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
                         "this command again: it adds what is new", path, "is still being written by " + who +
                         ", which holds so far" if who else "holds", len(records), wanted, split, cfg.shard.suffix,
                         wanted - len(records), "wait for extract to finish" if who else
+                        f"it is extract's part {part[0]}/{part[1]}: pass --shard {part[0]}/{part[1]} (this part's "
+                        "programs, beside the other parts') or the merged file" if part is not None else
                         "finish extract (an extract stopped early: run it again)")
     return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted, stale)
 

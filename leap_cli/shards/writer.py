@@ -550,9 +550,15 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                          f"(e.g. {', '.join(prog_report['unknown_examples'][:3])})")
         lacking = [s.narration_id for s in selected if s.narration_id not in prog_by_id]
         if lacking:  # (a program file merged from some of its parts, a generation stopped early: said only in a count)
+            from leap_cli.io import part_of
+
+            part = part_of(programs_path) if programs_path else None
             notes.append(f"{len(lacking)} of the {len(selected)} segments have no record in "
                          f"{programs_path or 'the program file'} (e.g. {lacking[0]}): their samples have no program "
-                         "target; generate-programs makes them (then build-shards --force)")
+                         "target; " + (f"it is generate-programs' part {part[0]}/{part[1]}: give the merged file "
+                                       f"(or build-shards --shard i/{part[1]} with each part's), then build-shards "
+                                       "--force" if part is not None else
+                                       "generate-programs makes them (then build-shards --force)"))
     else:
         notes.append("no program file: every sample has has_program: false")
     targets_manifest = targets.manifest() if targets is not None else None
