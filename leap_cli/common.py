@@ -238,6 +238,17 @@ def shard_out(path: str | Path, shard: ShardSpec) -> Path:
         else path.with_name(path.name + shard.suffix)
 
 
+def workers_option(value: int | None) -> int | None:
+    """``--workers``' typer callback (extract, build-shards, check-shards, demo): more processes than this job's
+    CPUs are warned of (``--workers 64`` on 2 cores ran 10 times slower than 1, output the same)."""
+    import logging
+
+    if value is not None and value > 1 and value > (cpus := usable_cpus()):
+        logging.getLogger("leap_cli").warning("--workers %d is more than the %d CPUs this job may use: the processes "
+                                              "take turns and run slower than %d would", value, cpus, cpus)
+    return value
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity: a Slurm job's share, not the machine's count)."""
     import os

@@ -553,3 +553,18 @@ def test_a_lock_file_another_user_left_does_not_block_the_output(tmp_path, monke
     monkeypatch.undo()
     monkeypatch.setattr(os, "open", real)
     assert [r["narration_id"] for r in read_jsonl(p)] == ["a"]
+
+
+def test_more_workers_than_cpus_are_warned_of(tmp_path, monkeypatch, caplog):
+    """`extract --workers 64` on 2 cores ran 10 times slower than 1 without a word (QA)."""
+    from typer.testing import CliRunner
+
+    import leap_cli.common as common
+    from leap_cli.cli import app
+
+    monkeypatch.setattr(common, "usable_cpus", lambda: 2)
+    for n, said in ((2, False), (3, True)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            CliRunner().invoke(app, ["check-shards", "--shards", str(tmp_path / "none"), "--workers", str(n)])
+        assert ("--workers 3 is more than the 2 CPUs this job may use" in caplog.text) == said, caplog.text

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
-from leap_cli.common import workdir_option
+from leap_cli.common import workdir_option, workers_option
 
 console = Console()
 
@@ -28,7 +28,7 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic kitchen."),
     config: Path = typer.Option(None, "--config", help="Training config (default tiny-synthetic)."),
     set_: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a training config key, e.g. --set train.epochs=2 (repeatable)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes for extract and build-shards."),
+    workers: int = typer.Option(1, "--workers", min=1, callback=workers_option, help="Worker processes for extract and build-shards."),
     frames: int = typer.Option(8, "--frames", min=1, help="Frames stored per clip in the shards."),
     short_side: int = typer.Option(80, "--short-side", min=16, help="Short side of the stored frames in pixels."),
     ablate: bool = typer.Option(False, "--ablate", help="Also run `leap ablate` (the program-supervision ablation, "

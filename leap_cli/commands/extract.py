@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase, normalize_split, shard_out,
-                             workdir_option)
+                             workdir_option, workers_option)
 from leap_cli.errors import LeapError
 from leap_cli.io import check_settings
 from leap_cli.progress import live_or_log
@@ -69,7 +69,7 @@ def extract(
         help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
     components: str = typer.Option("narration,audio,camera,objects,hands", "--components",
                                    help="Comma-separated components to compute."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes; each takes one segment at a time."),
+    workers: int = typer.Option(1, "--workers", min=1, callback=workers_option, help="Worker processes; each takes one segment at a time."),
     shard: str = typer.Option(None, "--shard", help="Take part i of n (0-based), e.g. 0/4; videos stay together."),
     retry_errors: bool = typer.Option(
         False, "--retry-errors",

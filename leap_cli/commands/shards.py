@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, given_options, lowercase, normalize_split,
-                             workdir_option)
+                             workdir_option, workers_option)
 from leap_cli.errors import LeapError
 from leap_cli.progress import live_or_log
 
@@ -52,7 +52,7 @@ def build_shards(
                                                     "temporal jitter)."),
     short_side: int = typer.Option(256, "--short-side", min=16, help="Short side of the stored JPEG frames, in pixels."),
     jpeg_quality: int = typer.Option(90, "--jpeg-quality", min=1, max=100, help="JPEG quality of the stored frames (1-100)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes decoding videos in parallel (bytes do not depend on it)."),
+    workers: int = typer.Option(1, "--workers", min=1, callback=workers_option, help="Processes decoding videos in parallel (bytes do not depend on it)."),
     shard: str = typer.Option(None, "--shard", help="Write part i of n (i/n, 0-based; videos split between jobs) into "
                                                     "the same --out; the part that finishes last writes the merged "
                                                     "manifest.json."),
@@ -188,7 +188,7 @@ def check_shards(
     on_error: str = typer.Option("raise", "--on-error", callback=lowercase, help="raise: stop at the first damaged shard or sample; "
                                                             "skip: list and count every problem."),
     no_hash: bool = typer.Option(False, "--no-hash", help="Skip the sha256 of whole shards (sizes still checked)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes checking shards in parallel (decoding the "
+    workers: int = typer.Option(1, "--workers", min=1, callback=workers_option, help="Processes checking shards in parallel (decoding the "
                                                             "frames is most of the time)."),
 ) -> None:
     from leap_cli.shards.check import check_shards as run_check
