@@ -260,11 +260,16 @@ def empty_path_option(args: list[str]) -> None:
     info = next((c for c in app.registered_commands if c.name == command and c.callback is not None), None)
     if info is None:
         return
-    hints = typing.get_type_hints(info.callback)
+    try:
+        hints = typing.get_type_hints(info.callback)
+    except (NameError, TypeError):  # (an annotation that does not resolve here: typer's own parsing decides)
+        return
     names = {d for p in inspect.signature(info.callback).parameters.values()
              if hints.get(p.name) in (Path, Path | None) and isinstance(p.default, typer.models.OptionInfo)
              for d in (p.default.param_decls or ()) if d.startswith("--")}
     for i, a in enumerate(args):
+        if a == "--":  # (what follows is no option)
+            break
         name, eq, value = a.partition("=")
         if name in names and (value.strip() == "" if eq else i + 1 < len(args) and args[i + 1].strip() == ""):
             raise LeapError(f"{name} is empty (an unset variable in a job script?): as a path it would be the current "

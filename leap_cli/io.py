@@ -559,9 +559,10 @@ empty: a run that failed before its first record leaves nothing its successor wo
                         "would do the whole split again", path=output,
                         fix=f"merge them and run again to resume from the merge: {merge_command(output, found[1])}; "
                             f"or run the parts left with --shard i/{found[1]}; or pass {option} to do it all again")
-    if not force and part is None and output.is_file() and output.stat().st_size:
+    if not force and part is None and output.is_file() and output.stat().st_size and not settings_path(output).exists():
         # a merge beside its parts that lacks some of their records (merged too early): this run would do the
-        # parts' segments again, also those of a part still running, as the next stage refuses to read it
+        # parts' segments again, also those of a part still running, as the next stage refuses to read it (a
+        # merge has no settings file of its own; an output of unsharded runs, started over with --force, has)
         from leap_cli.common import check_merge
 
         parts: dict[int, list[tuple[int, Path]]] = {}

@@ -160,6 +160,7 @@ def test_a_csv_separated_by_semicolons_says_so(epic_dir, tmp_path):
     folder = _copy(epic_dir, tmp_path)
     p = folder / "EPIC_100_validation.csv"
     rows = list(csv.reader(p.open(newline="")))
+    rows[1][13:15] = ["['tap', 'water']", "[0, 5]"]  # (fields that hold commas: split by the header's commas)
     for sep in (";", "\t"):
         with p.open("w", newline="") as f:
             csv.writer(f, delimiter=sep).writerows(rows)

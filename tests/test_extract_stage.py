@@ -1301,6 +1301,9 @@ def test_rows_whose_frame_columns_and_timestamps_disagree_are_warned_of(kitchen,
         run_extract(_cfg(root, tmp_path / "b.jsonl", components=("narration",)))
     (msg,) = [r.getMessage() for r in caplog.records if "disagree" in r.getMessage()]
     assert msg.startswith("EPIC_100_train.csv: 1 row(s)") and f"e.g. {rows[2]['narration_id']}: stop_frame" in msg
+    info = root / "annotations" / "EPIC_100_video_info.csv"  # a damaged video info: extract goes on (review)
+    info.write_text(info.read_text().rstrip("\n").rsplit(",", 2)[0] + "\n")
+    run_extract(_cfg(root, tmp_path / "c.jsonl", components=("narration",)))
 
 
 def test_a_run_without_shard_over_a_merge_made_too_early_is_refused(kitchen, tmp_path):
@@ -1323,3 +1326,10 @@ def test_a_run_without_shard_over_a_merge_made_too_early_is_refused(kitchen, tmp
     (desc / "train.jsonl").write_text("".join((desc / f"train.shard{i}of2.jsonl").read_text() for i in range(2)))
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0 and f"{len(SEGMENTS)} done before, 0 written now" in " ".join(r.output.split()), r.output
+    # an output of unsharded runs (started over with --force, stopped after one record) resumes: it is no merge
+    (desc / "train.jsonl").unlink()
+    assert CliRunner().invoke(app, args + ["--force"]).exit_code == 0
+    (desc / "train.jsonl").write_text((desc / "train.jsonl").read_text().splitlines(keepends=True)[0])
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and f"1 done before, {len(SEGMENTS) - 1} written now" in " ".join(r.output.split()), \
+        r.output

@@ -1820,6 +1820,13 @@ def test_descriptors_short_of_the_split_are_said_and_so_is_an_extract_still_writ
         generate_programs(dataclasses.replace(offline, descriptors=part, out=workdir / "programs" / "part.jsonl"))
     assert "it is extract's part 0/2: pass --shard 0/2 (this part's programs, beside the other parts') or the merged " \
            "file, then this command again" in caplog.text, caplog.text
+    from leap_cli.common import ShardSpec
+
+    caplog.clear()  # given with its --shard, and short of the part's segments: an extract part stopped early (review)
+    with caplog.at_level("WARNING"):
+        generate_programs(dataclasses.replace(offline, descriptors=part, shard=ShardSpec(0, 2),
+                                              out=workdir / "programs" / "part.jsonl"))
+    assert "finish extract (an extract stopped early" in caplog.text and "pass --shard" not in caplog.text, caplog.text
 
 
 def test_offline_programs_ask_nothing_of_an_object_it_cannot_be_or_do():

@@ -1323,6 +1323,10 @@ def test_segments_without_a_program_record_are_counted_in_a_note(root, tmp_path)
     (note,) = [n for n in r.notes if "have no record in" in n]
     assert note.endswith("it is generate-programs' part 0/2: give the merged file (or build-shards --shard i/2 with "
                          "each part's), then build-shards --force"), note
+    r = build_split(root, "train", workdir=tmp_path / "part", settings=settings(), programs_path=part,
+                    shard=ShardSpec(0, 2), out=tmp_path / "part" / "p")  # its own part, stopped early: not said (review)
+    (note,) = [n for n in r.notes if "have no record in" in n] or [""]
+    assert "generate-programs' part" not in note, note
 
 
 def test_the_split_csv_is_known_by_its_values_and_folders_of_earlier_leaps_resume(root, tmp_path, monkeypatch):

@@ -267,7 +267,10 @@ class Annotations:
         the video info, whose rate is known)."""
         from leap_cli.epic.timing import columns_disagree
 
-        info = self.video_info if (self.folder / VIDEO_INFO).exists() else {}
+        try:  # (a damaged video info: extract goes on, each video's fps said where it is needed)
+            info = self.video_info if (self.folder / VIDEO_INFO).exists() else {}
+        except LeapError:
+            info = {}
         found: dict[str, list[tuple[Segment, str]]] = {}
         for s in segments:
             if not (s.narration_id.startswith(s.video_id + "_") and s.video_id.startswith(s.participant_id + "_")):

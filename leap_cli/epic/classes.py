@@ -176,8 +176,11 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
                 if short:
                     n = sum(v is not None for k, v in row.items() if k is not None)
                     first = next(iter(row.values()), "") or ""
-                    # (a row saved with ';' or tabs under a comma header: its fields are all in the first)
-                    sep = next((c for c in (";", "\t") if first.count(c) >= len(header) - 1), None)
+                    # (a row saved with ';' or tabs under a comma header: its fields are all in the first, or
+                    # in the first few where a field holds commas, "['tap', 'water']")
+                    line = ",".join([v for k, v in row.items() if k is not None and isinstance(v, str)]
+                                    + list(row.get(None) or []))
+                    sep = next((c for c in (";", "\t") if line.count(c) >= len(header) - 1), None)
                     raise LeapError(f"row {reader.line_num} ({first}) has {n} of {len(header)} fields "
                                     f"(no {', '.join(short)})" + (f": its fields are separated by {sep!r}, not commas"
                                                                    if sep else ""),

@@ -181,7 +181,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
             prov["served_model"] = str(body["model"])
         program, findings = None, []
         code = resp.get("status_code")
-        code = int(code) if isinstance(code, str) and code.strip().isdigit() else code  # ("200" of some servers)
+        code = int(code) if isinstance(code, str) and code.strip().isdecimal() else code  # ("200" of some servers)
         problem = reply_problem(body) if code == 200 and not line.get("error") else None
         if problem:  # a 200 without a completion (an error object, no choices): failed, as a live request is
             status = "failed"
@@ -256,12 +256,14 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
 
 
 def _attempt(record: dict | None) -> tuple:
-    """Which request a record of an ingest came from: its Batch API request id and its first error (a result line
-    without an id, of a compatible server, is told apart by its error); (None, None) for others."""
+    """Which request a record of an ingest came from: its Batch API request id, or where it has none (a result
+    line of a compatible server) its first error; (None, None) for others."""
     record = record or {}
+    request = (record.get("provenance") or {}).get("batch_request_id")
+    if request is not None:
+        return request, None
     errors = record.get("errors") or [{}]
-    return ((record.get("provenance") or {}).get("batch_request_id"),
-            errors[0].get("message") if isinstance(errors[0], dict) else None)
+    return None, errors[0].get("message") if isinstance(errors[0], dict) else None
 
 
 class _BatchBackend:

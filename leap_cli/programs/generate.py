@@ -326,7 +326,8 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
                         ", which holds so far" if who else "holds", len(records), wanted, split, cfg.shard.suffix,
                         wanted - len(records), "wait for extract to finish" if who else
                         f"it is extract's part {part[0]}/{part[1]}: pass --shard {part[0]}/{part[1]} (this part's "
-                        "programs, beside the other parts') or the merged file" if part is not None else
+                        "programs, beside the other parts') or the merged file" if part is not None
+                        and cfg.shard.count == 1 else
                         "finish extract (an extract stopped early: run it again)")
     return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted, stale)
 

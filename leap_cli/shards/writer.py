@@ -552,7 +552,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         if lacking:  # (a program file merged from some of its parts, a generation stopped early: said only in a count)
             from leap_cli.io import part_of
 
-            part = part_of(programs_path) if programs_path else None
+            part = part_of(programs_path) if programs_path and shard.count == 1 else None  # (not a part of its own)
             notes.append(f"{len(lacking)} of the {len(selected)} segments have no record in "
                          f"{programs_path or 'the program file'} (e.g. {lacking[0]}): their samples have no program "
                          "target; " + (f"it is generate-programs' part {part[0]}/{part[1]}: give the merged file "
