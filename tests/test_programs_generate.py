@@ -408,6 +408,51 @@ def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path
     assert "wrote 1 Batch API request to" in " ".join(res.output.split()), res.output
 
 
+def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, good_programs, tmp_path):
+    """The Batch API takes 50,000 requests and 200 MB per input file: EPIC's train split (67k requests, 1.4 GB)
+    went into one file the API refuses. Over either limit the requests are split into FILE-I-of-N files with the
+    same lines; a rerun removes the files of an earlier one that are not its own."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+    from leap_cli.programs.batch import BatchPart
+
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    whole = tmp_path / "whole.jsonl"
+    assert write_batch_file(cfg, whole) == N_SEGMENTS
+    lines = whole.read_bytes().splitlines(keepends=True)
+    batch, parts = tmp_path / "batch.jsonl", []
+    batch.write_text("an earlier --batch-file's requests\n")
+    assert write_batch_file(cfg, batch, parts=parts, max_requests=4) == N_SEGMENTS
+    names = [tmp_path / "batch-1-of-2.jsonl", tmp_path / "batch-2-of-2.jsonl"]
+    assert parts == [BatchPart(names[0], 4, sum(map(len, lines[:4]))), BatchPart(names[1], 2, sum(map(len, lines[4:]))),
+                     BatchPart(batch, 0, 0, removed=True)]
+    assert b"".join(p.read_bytes() for p in names) == b"".join(lines) and not batch.exists()
+    # by size: each file holds as many lines as fit (the next file's first line would not), at least one
+    parts, most = [], len(lines[0]) + len(lines[1])
+    write_batch_file(cfg, batch, parts=parts, max_mb=most / 1e6)
+    files = [p for p in parts if not p.removed]
+    assert len(files) > 2 and all(p.bytes <= most or p.requests == 1 for p in files), files
+    assert all(a.bytes + len(b.path.read_bytes().splitlines(keepends=True)[0]) > most for a, b in zip(files, files[1:]))
+    assert b"".join(p.path.read_bytes() for p in files) == b"".join(lines)
+    assert {p.path for p in parts if p.removed} == set(names) and not any(n.exists() for n in names)
+    # the CLI names every file; a rerun that fits one file removes the parts; the limits need --batch-file
+    base = ["generate-programs", "--workdir", str(workdir), "--split", "val", "--model", "gpt-test",
+            "--batch-file", str(batch)]
+    res = CliRunner().invoke(app, base + ["--batch-max-requests", "5"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"wrote {N_SEGMENTS} Batch API requests to 2 files (at most 5 requests" in said, said
+    packed = "".join(res.output.split())  # (rich wraps long paths anywhere)
+    assert "batch-1-of-2.jsonl:5requests" in packed and "batch-2-of-2.jsonl:1request," in packed, said
+    assert "--ingest-batch RESULTS.jsonl for each output file" in said and "batch-3-of-3.jsonl,anearlier" in packed
+    res = CliRunner().invoke(app, base)
+    said = " ".join(res.output.split())
+    assert f"wrote {N_SEGMENTS} Batch API requests to {batch}" in said and "removed" in said, said
+    assert batch.read_bytes() == b"".join(lines) and sorted(p.name for p in tmp_path.glob("batch*")) == ["batch.jsonl"]
+    res = CliRunner().invoke(app, base[:-2] + ["--batch-max-mb", "1"])
+    assert isinstance(res.exception, LeapError) and "--batch-max-mb sizes the files of --batch-file" in str(res.exception)
+
+
 def start_cli(workdir, server, concurrency: int):
     """``leap generate-programs`` in a process of its own (to be sent signals), against ``server``."""
     import os

@@ -75,7 +75,12 @@ def generate_programs(
                                                       "(backend, model, prompt, exemplars, k, ...); else that is refused."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the prompt of one segment and make no call."),
     narration_id: str = typer.Option(None, "--narration-id", help="With --dry-run: the segment to show."),
-    batch_file: Path = typer.Option(None, "--batch-file", help="Write OpenAI Batch API requests to this JSONL instead of calling."),
+    batch_file: Path = typer.Option(None, "--batch-file", help="Write OpenAI Batch API requests to this JSONL instead of "
+                                    "calling (more than one file's limits: FILE-1-of-N.jsonl ..., one batch each)."),
+    batch_max_requests: int = typer.Option(None, "--batch-max-requests", min=1, help="With --batch-file: requests per "
+                                           "file at most (default 50000, the Batch API's limit)."),
+    batch_max_mb: float = typer.Option(None, "--batch-max-mb", min=0.001, help="With --batch-file: size of a file at "
+                                       "most, in MB of 10^6 bytes (default 200, the Batch API's limit)."),
     ingest_batch: Path = typer.Option(None, "--ingest-batch", help="Validate and merge a Batch API output JSONL."),
 ) -> None:
     from leap_cli.common import ShardSpec, shard_out
@@ -85,6 +90,9 @@ def generate_programs(
     if response_format not in ("auto", "json_schema", "json_object", "none"):  # checked where given, offline runs too
         raise LeapError(f"--response-format {response_format!r} is not a format",
                         fix="use auto, json_schema, json_object or none")
+    if batch_file is None and (batch_max_requests, batch_max_mb) != (None, None):  # (else unheard)
+        raise LeapError(f"{'--batch-max-requests' if batch_max_requests is not None else '--batch-max-mb'} sizes the "
+                        "files of --batch-file", fix="add --batch-file FILE, or drop it")
     if batch_file is not None or ingest_batch is not None:
         if backend not in (None, "openai"):
             raise LeapError(f"--backend {backend} has no Batch API", fix="leave --backend out, or pass --backend openai, "
@@ -121,11 +129,25 @@ def generate_programs(
         raise LeapError("--narration-id only chooses the segment whose prompt --dry-run prints",
                         fix="add --dry-run to see that prompt, or drop --narration-id; --limit N generates a few")
     if batch_file is not None:
-        from leap_cli.programs.batch import write_batch_file
+        from leap_cli.programs.batch import BATCH_MAX_MB, BATCH_MAX_REQUESTS, write_batch_file
 
-        stats = Counter()
-        n = write_batch_file(cfg, batch_file, stats)
-        if n:
+        stats, parts = Counter(), []
+        batch_max_requests = batch_max_requests or BATCH_MAX_REQUESTS
+        batch_max_mb = batch_max_mb or BATCH_MAX_MB
+        n = write_batch_file(cfg, batch_file, stats, parts=parts, max_requests=batch_max_requests, max_mb=batch_max_mb)
+        written = [p for p in parts if p.requests]
+        for p in parts:
+            if p.removed:
+                console.print(escape(f"removed {p.path}, an earlier --batch-file's input"), highlight=False)
+        if len(written) > 1:
+            console.print(escape(f"wrote {n} Batch API requests to {len(written)} files (at most {batch_max_requests} "
+                                 f"requests and {batch_max_mb:g} MB each):"), highlight=False)
+            for p in written:
+                console.print(escape(f"  {p.path}: {p.requests} request{'s' if p.requests != 1 else ''}, "
+                                     f"{p.bytes / 1e6:.1f} MB"), highlight=False)
+            console.print(escape("submit each as a batch of its own, then run with --ingest-batch RESULTS.jsonl for "
+                                 "each output file"), highlight=False)
+        elif n:
             console.print(escape(f"wrote {n} Batch API request{'s' if n != 1 else ''} to {batch_file}; submit it, then run with "
                                  "--ingest-batch RESULTS.jsonl"), highlight=False)
         else:  # (it said "submit it" of an empty file)

@@ -11,9 +11,12 @@ Output line (``--ingest-batch RESULTS.jsonl``, as the Batch API returns it): ``{
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
+import os
+import shutil
 import time
 from collections import Counter
 from pathlib import Path
@@ -41,12 +44,61 @@ def _openai(cfg: GenerateConfig) -> GenerateConfig:
     return cfg if cfg.backend == "openai" else dataclasses.replace(cfg, backend="openai")
 
 
-def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None) -> int:
+# The OpenAI Batch API's limits on one input file (its batches.create reference: "up to 50,000 requests, and can be
+# up to 200 MB in size"); MB read as 10^6 bytes, the smaller reading
+BATCH_MAX_REQUESTS = 50_000
+BATCH_MAX_MB = 200
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchPart:
+    """One input file of ``write_batch_file``: its path, request count and size in bytes; ``removed``: an earlier
+    --batch-file's file, deleted."""
+    path: Path
+    requests: int
+    bytes: int
+    removed: bool = False
+
+
+def batch_part_paths(path: Path, n: int) -> list[Path]:
+    """Where ``n`` input files go: ``path`` itself for one, else ``STEM-1-of-N.SUFFIX`` ... beside it."""
+    if n == 1:
+        return [path]
+    return [path.with_name(f"{path.stem}-{i}-of-{n}{path.suffix}") for i in range(1, n + 1)]
+
+
+def _earlier_parts(path: Path, written: list[Path]) -> list[Path]:
+    """The input files an earlier --batch-file to ``path`` left that this one did not write: ``path`` itself and
+    its ``STEM-I-of-N.SUFFIX`` parts (their requests are no longer this file set's: submitted, they would be paid
+    twice or ask for records done since)."""
+    import re
+
+    pattern = re.compile(re.escape(path.stem) + r"-\d+-of-\d+" + re.escape(path.suffix))
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.is_file() and (e.name == path.name or pattern.fullmatch(e.name))]
+    except OSError:
+        return []
+    keep = {p.name for p in written}
+    return sorted((path.parent / n for n in names if n not in keep), key=lambda p: p.name)
+
+
+def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *, parts: list | None = None,
+                     max_requests: int = BATCH_MAX_REQUESTS, max_mb: float = BATCH_MAX_MB) -> int:
     """Write one Batch request per pending segment (those not yet in the programs file, and those
     ``cfg.redo`` names: --retry-errors, --retry-invalid). Returns the count; ``stats`` gets the input's
     ``segments``, those ``pending`` (before --limit), and the ``failed`` and ``invalid`` records kept as done.
     The programs file's settings are checked and recorded now (``check_output``), so that the ingest, and any
-    live run on the same file, must use the settings the requests were written with."""
+    live run on the same file, must use the settings the requests were written with.
+
+    Requests beyond one file's limits (``max_requests``, ``max_mb`` in 10^6 bytes: the Batch API's) go into
+    several files, ``STEM-1-of-N.SUFFIX`` ...; ``parts`` gets a ``BatchPart`` per file written, then one per file
+    of an earlier --batch-file to ``path`` that was removed (``removed``). Every file appears at once,
+    when all are written (a crash leaves none); a single request over ``max_mb`` is a file of its own."""
+    path = Path(path)
+    if max_requests < 1 or not max_mb > 0:
+        raise LeapError(f"a Batch input file of at most {max_requests} requests and {max_mb} MB holds nothing",
+                        fix="give --batch-max-requests and --batch-max-mb values above 0")
+    max_bytes = int(max_mb * 1_000_000)
     cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
     check_output(cfg, builder, inputs)
@@ -66,18 +118,64 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None) ->
         fmt = {"type": cfg.response_format}
     else:
         fmt = {"type": "json_schema", "json_schema": {"name": "action_program", "strict": True, "schema": strict_schema()}}
-    n = 0
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    special = path.exists() and not path.is_file()  # /dev/stdout, a FIFO: one stream, written in place
+    sizes: list[tuple[int, int]] = [(0, 0)]  # (requests, bytes) per file
+    # every line goes to a scratch file beside the output first: how many files the requests need is known only
+    # once all are written, and their names say it
+    try:
+        scratch = tempfile.TemporaryFile(dir=None if special else path.parent)
+    except OSError as e:  # (a read-only folder: the output is what the user knows)
+        e.filename = str(path)
+        raise
+    with scratch:
         for r in records:
             info = clip_info(r, inputs.segments.get(r["narration_id"]))
             # max_completion_tokens: what every current OpenAI chat model takes (GPT-5-era ones refuse max_tokens)
             body = {"model": cfg.model, "messages": builder.prompt(info).messages, "temperature": cfg.temperature,
                     "max_completion_tokens": cfg.max_tokens,
                     **({"response_format": fmt} if fmt["type"] != "none" else {}), **(cfg.extra_body or {})}
-            f.write(json.dumps({"custom_id": f"{r['narration_id']}@{clip_hash(inputs, r)}", "method": "POST",
-                                "url": BATCH_URL, "body": body}, ensure_ascii=False) + "\n")
-            n += 1
-    return n
+            line = (json.dumps({"custom_id": f"{r['narration_id']}@{clip_hash(inputs, r)}", "method": "POST",
+                                "url": BATCH_URL, "body": body}, ensure_ascii=False) + "\n").encode("utf-8")
+            n, size = sizes[-1]
+            if n and not special and (n + 1 > max_requests or size + len(line) > max_bytes):
+                sizes.append((0, 0))
+                n, size = 0, 0
+            sizes[-1] = (n + 1, size + len(line))
+            scratch.write(line)
+        scratch.seek(0)
+        names = batch_part_paths(path, len(sizes))
+        with contextlib.ExitStack() as stack:  # each file renamed into place only once all are written
+            for name, (_, size) in zip(names, sizes):
+                with open(stack.enter_context(atomic_path(name)), "wb") as f:
+                    shutil.copyfileobj(_Limited(scratch, size), f)
+    written = [BatchPart(name, n, size) for name, (n, size) in zip(names, sizes)]
+    removed = []
+    for old in [] if special else _earlier_parts(path, names):
+        try:
+            old.unlink()
+            removed.append(BatchPart(old, 0, 0, removed=True))
+        except OSError as e:
+            log.warning("%s, an earlier --batch-file's input file, could not be removed (%s): do not submit it",
+                        old, e.strerror or e)
+    if parts is not None:
+        parts.extend(written + removed)
+    return sum(p.requests for p in written)
+
+
+class _Limited:
+    """A read-only view of the next ``size`` bytes of a file, for ``shutil.copyfileobj``."""
+
+    def __init__(self, f, size: int):
+        self.f, self.left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        self.left -= len(data)
+        return data
 
 
 BATCH_OUTPUT_FIX = ("pass the output file the OpenAI Batch API returned: JSONL, one "
