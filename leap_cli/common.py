@@ -244,19 +244,56 @@ def workers_option(value: int | None) -> int | None:
     import logging
 
     if value is not None and value > 1 and value > (cpus := usable_cpus()):
-        logging.getLogger("leap_cli").warning("--workers %d is more than the %d CPUs this job may use: the processes "
-                                              "take turns and run slower than %d would", value, cpus, cpus)
+        logging.getLogger("leap_cli").warning("--workers %d is more than the %d CPU%s this job may use: the processes "
+                                              "take turns and run slower than %d would", value, cpus,
+                                              "s" if cpus != 1 else "", cpus)
     return value
 
 
 def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: a Slurm job's share, not the machine's count)."""
+    """The CPUs this process may run on: its affinity (a Slurm job's share, not the machine's count), fewer where a
+    cgroup's CPU quota allows fewer (``docker run --cpus 4``, a Kubernetes CPU limit: all the node's CPUs in the
+    affinity, 4 CPUs of time)."""
+    import math
     import os
 
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # (not on Linux)
         return os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota is not None else cpus
+
+
+def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")) -> float | None:
+    """The CPUs' worth of time this process's cgroups allow (the smallest quota / period of its cgroup and those
+    above it, v2's ``cpu.max`` or v1's ``cpu.cfs_quota_us``), None without a quota or where none can be read."""
+    try:
+        lines = own.read_text().splitlines()
+    except OSError:
+        return None
+    found = []
+    for line in lines:
+        _, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2: "0::/PATH", the files "max 100000" or "QUOTA PERIOD"
+            base, names = root, ("cpu.max",)
+        elif "cpu" in controllers.split(","):  # v1: "N:cpu,cpuacct:/PATH"
+            base, names = root / controllers, ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+            if not base.is_dir():
+                base = root / "cpu"
+        else:
+            continue
+        folder = base / rel.strip("/")  # in a container the path may be the host's: its mount's root is read too
+        for d in [folder, *folder.parents]:
+            try:
+                fields = " ".join((d / n).read_text() for n in names).split()
+                if fields[0] not in ("max", "-1") and float(fields[1]) > 0:
+                    found.append(float(fields[0]) / float(fields[1]))
+            except (OSError, ValueError, IndexError):
+                pass
+            if d == base:
+                break
+    return min(found) if found else None
 
 
 WORKDIRS: list[Path] = []  # the --workdir values of this command (``workdir_option``), for ``missing_workdir``

@@ -568,3 +568,32 @@ def test_more_workers_than_cpus_are_warned_of(tmp_path, monkeypatch, caplog):
         with caplog.at_level("WARNING"):
             CliRunner().invoke(app, ["check-shards", "--shards", str(tmp_path / "none"), "--workers", str(n)])
         assert ("--workers 3 is more than the 2 CPUs this job may use" in caplog.text) == said, caplog.text
+
+
+def test_a_cgroup_cpu_quota_counts_as_fewer_cpus(tmp_path, monkeypatch):
+    """`docker run --cpus 2` (a Kubernetes CPU limit) leaves every CPU of the node in the affinity: the workers
+    warning and the loaders' worker cap counted 64 CPUs of which the job may use 2."""
+    import os
+
+    import leap_cli.common as common
+
+    def tree(files: dict, cgroup: str):
+        for rel, text in files.items():
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_text(text)
+        (tmp_path / "self").write_text(cgroup)
+        return common.cgroup_cpu_quota(tmp_path / "fs", tmp_path / "self")
+
+    # v2: the smallest quota of the cgroup and those above it; "max" is none
+    assert tree({"fs/cpu.max": "max 100000\n", "fs/job/cpu.max": "150000 100000\n",
+                 "fs/job/step/cpu.max": "max 100000\n"}, "0::/job/step\n") == 1.5
+    # v1 in a container: /proc/self/cgroup names the host's path, the mount holds the container's own cgroup
+    (tmp_path / "fs").rename(tmp_path / "v2")
+    assert tree({"fs/cpu,cpuacct/cpu.cfs_quota_us": "200000\n", "fs/cpu,cpuacct/cpu.cfs_period_us": "100000\n"},
+                "4:cpu,cpuacct:/docker/0123abc\n3:memory:/docker/0123abc\n") == 2.0
+    assert tree({"fs/cpu,cpuacct/cpu.cfs_quota_us": "-1\n"}, "4:cpu,cpuacct:/\n") is None  # no quota
+    assert common.cgroup_cpu_quota(tmp_path / "fs", tmp_path / "missing") is None
+    monkeypatch.setattr(common, "cgroup_cpu_quota", lambda: 0.5)  # half a CPU is one
+    assert common.usable_cpus() == 1
+    monkeypatch.setattr(common, "cgroup_cpu_quota", lambda: 1000.0)
+    assert common.usable_cpus() == len(os.sched_getaffinity(0))
