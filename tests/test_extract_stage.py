@@ -10,6 +10,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from leap_cli.errors import LeapError
 from leap_cli.resources import resource_dir
 from leap_cli.extract.runner import ExtractConfig, run_extract
 from leap_cli.io import read_jsonl
@@ -145,6 +146,23 @@ def test_a_typo_in_a_rows_video_id_is_suggested(kitchen, tmp_path):
     detail = rec["components"]["camera"]["data"]["detail"]
     assert detail.endswith(f"the narration id {rows[2]['narration_id']} names video P01_01, which is there: a typo "
                            "in the row's video_id?)"), detail
+
+
+def test_a_damaged_video_info_row_stops_extract_before_any_work(kitchen, tmp_path, caplog):
+    """A row of EPIC_100_video_info.csv that cannot be parsed: extract warned "no fps for P01_01 in the video info"
+    of every video and recorded the rgb_frames videos unavailable (QA); it is one line naming the row, as in
+    build-shards and leap info, before anything is written."""
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    edit_csv(root / "annotations" / "EPIC_100_video_info.csv", lambda rows: rows[-1].update(fps="fifty"))
+    out = tmp_path / "train.jsonl"
+    with caplog.at_level("WARNING"), pytest.raises(LeapError, match=r"cannot parse duration/fps/resolution of "
+                                                                    r"'P0\d_\d\d'.*'fifty'") as e:
+        run_extract(_cfg(root, out, components=("camera",)))
+    assert e.value.path.endswith("EPIC_100_video_info.csv") and e.value.record.startswith("row ")
+    assert not out.exists() and "no fps for" not in caplog.text
 
 
 def test_test_split_has_no_narration(kitchen, tmp_path):

@@ -267,7 +267,7 @@ class Annotations:
         the video info, whose rate is known)."""
         from leap_cli.epic.timing import columns_disagree
 
-        try:  # (a damaged video info: extract goes on, each video's fps said where it is needed)
+        try:  # (a damaged video info is said where it is read: extract, build-shards and info stop on it)
             info = self.video_info if (self.folder / VIDEO_INFO).exists() else {}
         except LeapError:
             info = {}

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 
 from leap_cli.common import ShardSpec, normalize_split, rerun, start_worker, stop_pool
-from leap_cli.epic.annotations import Segment, made_from_other_annotations
+from leap_cli.epic.annotations import VIDEO_INFO, Segment, made_from_other_annotations
 from leap_cli.epic.layout import DatasetLayout
 from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
 from leap_cli.errors import LeapError
@@ -606,6 +606,8 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     segments = cfg.shard.select(ann.segments(split), key=lambda s: s.video_id)
     if cfg.limit is not None:
         segments = segments[:cfg.limit]
+    if (ann.folder / VIDEO_INFO).exists():  # a row that cannot be parsed: one line naming it before any work, as
+        _ = ann.video_info  # in build-shards and info (it was "no fps for VIDEO in the video info" of every video)
     summary = ExtractSummary(out=cfg.out, segments=len(segments), annotations=ann.split_path(split).name)
     for note in ann.row_notes(segments):
         log.warning("%s: %s", ann.split_path(split).name, note)
