@@ -854,6 +854,17 @@ def test_info_reports_videos_whose_decoded_length_disagrees_with_video_info(kitc
     assert res.exit_code == 0, res.output
     assert "1 video(s) whose decodable length disagrees" in res.output and "P01_01 (mp4): video_info 6.00 s, " \
         "decodes 2.40 s" in res.output
+    # a list of hundreds (rgb_frames of another extraction) shows its first 20, and --all every one
+    import leap_cli.epic.info as info
+
+    many = [info.LengthCheck(f"P01_{i:03d}", "rgb_frames", 6.0, 6.6, "x frames") for i in range(1, 26)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(info, "check_lengths", lambda layout, videos: many)
+        short = CliRunner().invoke(app, ["info", "--data", str(tmp_path / "k")]).output
+        full = CliRunner().invoke(app, ["info", "--data", str(tmp_path / "k"), "--all"]).output
+    assert "25 video(s) whose decodable length" in short and "P01_020 (rgb_frames)" in short
+    assert "P01_021" not in short and "... and 5 more (--all lists every one)" in short, short
+    assert "P01_025 (rgb_frames): video_info 6.00 s, decodes 6.60 s" in full and "more (--all" not in full
 
 
 def test_a_video_missing_from_video_info_uses_its_own_fps_not_an_assumed_one(kitchen, tmp_path):

@@ -14,6 +14,9 @@ from leap_cli.common import workdir_option
 console = Console()
 
 
+LENGTHS_SHOWN = 20  # videos listed by info's length check without --all
+
+
 def register(app: typer.Typer) -> None:
     app.command("demo-data", help="Build the synthetic kitchen: EPIC-layout videos, sound, annotations, detections, truth.")(demo_data)
     app.command("info", help="Summarise a dataset root: splits, segments, classes, videos, audio, detections.")(info)
@@ -58,6 +61,8 @@ def info(
     check_lengths: bool = typer.Option(True, "--check-lengths/--no-check-lengths",
                                        help="Decode the end of every video and report those whose length disagrees "
                                             "with EPIC_100_video_info.csv (truncated downloads)."),
+    show_all: bool = typer.Option(False, "--all", help="List every video the length check finds (default the first "
+                                  f"{LENGTHS_SHOWN})."),
 ) -> None:
     from rich.markup import escape
 
@@ -140,7 +145,7 @@ def info(
             console.print(f"[yellow]{len(bad)} video(s) whose decodable length disagrees with "
                           "EPIC_100_video_info.csv, or that it lacks[/] (segments past the decodable end are "
                           "reported unavailable):")
-            for b in bad:
+            for b in bad if show_all else bad[:LENGTHS_SHOWN]:
                 if b.expected_s is None:  # not in the video info: what each stage does with it
                     console.print(f"  {escape(b.video_id)} ({b.source}): {escape(b.note)}", highlight=False)
                     continue
@@ -150,3 +155,5 @@ def info(
                 got = "nothing" if b.decoded_s is None else f"{b.decoded_s:.2f} s"
                 console.print(f"  {escape(b.video_id)} ({b.source}): video_info {b.expected_s:.2f} s, decodes {got} "
                               f"({escape(b.note)})", highlight=False)
+            if len(bad) > LENGTHS_SHOWN and not show_all:  # (rgb_frames of another extraction: 700 lines)
+                console.print(f"  ... and {len(bad) - LENGTHS_SHOWN} more (--all lists every one)", highlight=False)
