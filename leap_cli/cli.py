@@ -266,11 +266,11 @@ def empty_path_option(args: list[str]) -> None:
         return
     names = {d for p in inspect.signature(info.callback).parameters.values()
              if hints.get(p.name) in (Path, Path | None) and isinstance(p.default, typer.models.OptionInfo)
-             for d in (p.default.param_decls or ()) if d.startswith("--")}
+             for d in (p.default.param_decls or ()) if d.startswith("-")}
     for i, a in enumerate(args):
         if a == "--":  # (what follows is no option)
             break
-        name, eq, value = a.partition("=")
+        name, eq, value = a.partition("=") if a.startswith("--") else (a, "", "")  # (-c takes no "=")
         if name in names and (value.strip() == "" if eq else i + 1 < len(args) and args[i + 1].strip() == ""):
             raise LeapError(f"{name} is empty (an unset variable in a job script?): as a path it would be the current "
                             "folder", fix=f"give {name} a path, or leave it out for its default")

@@ -52,11 +52,12 @@ def test_a_sigterm_before_the_command_starts_says_nothing_was_written(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["extract", "--split", "val", "--workdir", ""], ["info", "--data="],
-                                  ["train", "--config", " "]])
+                                  ["train", "--config", " "], ["train", "-c", ""]])
 def test_an_empty_path_option_is_refused(tmp_path, argv):
-    """`--workdir "$WORK"` with WORK unset: the current folder, where extract wrote descriptors/ without a word (QA)."""
+    """`--workdir "$WORK"` with WORK unset: the current folder, where extract wrote descriptors/ without a word (QA);
+    a short alias too (`-c ""` passed the check)."""
     r = leap(*argv, cwd=tmp_path)
-    name = next(a for a in argv if a.startswith("--") and a != "--split").rstrip("=")
+    name = next(a for a in argv if a.startswith("-") and a != "--split").rstrip("=")
     assert r.returncode == 2 and r.stderr.startswith(f"error: {name} is empty (an unset variable in a job script?)"), r
     assert list(tmp_path.iterdir()) == []
 
