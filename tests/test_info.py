@@ -245,4 +245,4 @@ def test_info_names_rows_that_epics_own_files_never_hold(tmp_path):
     out = " ".join(r.output.split())
     assert f"train: 1 row(s) whose ids name different videos (e.g. {rows[0]['narration_id']}: participant_id " \
            f"P01, video_id {rows[0]['video_id']})" in out, out
-    assert f"train: 1 row(s) of no length (stop equals start) (e.g. {rows[1]['narration_id']}:" in out
+    assert f"train: 1 row(s) of no length (stop equals start, in seconds or in frames) (e.g. {rows[1]['narration_id']}:" in out

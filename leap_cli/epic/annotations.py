@@ -282,8 +282,9 @@ class Annotations:
                                                                 info[s.video_id].fps)):
                 found.setdefault("columns", []).append((s, why))
         what = {"ids": ("whose ids name different videos", "the segment is read from the video of its video_id: fix "
-                        "the row (EPIC's narration ids are VIDEO_N, its video ids PARTICIPANT_NN)"),
-                "empty": ("of no length (stop equals start)", "its clip is a single moment: give the row its real "
+                        "the row (EPIC's video ids are PARTICIPANT_NN or _NNN, e.g. P01_101, its narration ids VIDEO_N, "
+                        "e.g. P01_101_0)"),
+                "empty": ("of no length (stop equals start, in seconds or in frames)", "its clip is a single moment: give the row its real "
                           "stop"),
                 "columns": ("whose frame columns and timestamps disagree", "an MP4 is cut by the timestamps, an "
                             "rgb_frames folder by the frame columns, so the two would show different clips; make "
