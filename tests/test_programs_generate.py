@@ -444,13 +444,31 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     assert res.exit_code == 0 and f"wrote {N_SEGMENTS} Batch API requests to 2 files (at most 5 requests" in said, said
     packed = "".join(res.output.split())  # (rich wraps long paths anywhere)
     assert "batch-1-of-2.jsonl:5requests" in packed and "batch-2-of-2.jsonl:1request," in packed, said
-    assert "--ingest-batch RESULTS.jsonl for each output file" in said and "batch-3-of-3.jsonl,anearlier" in packed
+    assert "ingest their outputs in one run: --ingest-batch RESULTS-1.jsonl --ingest-batch" in said
+    assert "batch-3-of-3.jsonl,anearlier" in packed
     res = CliRunner().invoke(app, base)
     said = " ".join(res.output.split())
     assert f"wrote {N_SEGMENTS} Batch API requests to {batch}" in said and "removed" in said, said
     assert batch.read_bytes() == b"".join(lines) and sorted(p.name for p in tmp_path.glob("batch*")) == ["batch.jsonl"]
     res = CliRunner().invoke(app, base[:-2] + ["--batch-max-mb", "1"])
     assert isinstance(res.exception, LeapError) and "--batch-max-mb sizes the files of --batch-file" in str(res.exception)
+    # the outputs of the parts' batches ingest in one run; a bad line is named by its file and line
+    write_batch_file(cfg, batch, max_requests=4)
+    outs = []
+    for name in names:
+        results = [{"id": f"r_{r['custom_id']}", "custom_id": r["custom_id"], "response": {
+            "status_code": 200, "body": completion(json.dumps(good_programs[r["custom_id"].partition("@")[0]]))}}
+            for r in read_jsonl(name)]
+        outs.append(results_file(tmp_path / f"out-{name.name}", results))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n" + outs[1].read_text().replace('"custom_id": "', '"custom_id": "X', 1))
+    ingest = base[:-2] + ["--ingest-batch", str(outs[0]), "--ingest-batch", str(bad)]
+    res = CliRunner().invoke(app, ingest)
+    assert isinstance(res.exception, LeapError) and res.exception.path == str(bad) and res.exception.record == "line 2"
+    assert not (workdir / "programs" / "val.jsonl").exists()
+    res = CliRunner().invoke(app, ingest[:-1] + [str(outs[1])])
+    assert res.exit_code == 0 and f"ingested {N_SEGMENTS} results" in res.output and f"valid {N_SEGMENTS}" in res.output
+    assert len(records(workdir)) == N_SEGMENTS
 
 
 def start_cli(workdir, server, concurrency: int):

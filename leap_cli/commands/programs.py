@@ -81,7 +81,8 @@ def generate_programs(
                                            "file at most (default 50000, the Batch API's limit)."),
     batch_max_mb: float = typer.Option(None, "--batch-max-mb", min=0.001, help="With --batch-file: size of a file at "
                                        "most, in MB of 10^6 bytes (default 200, the Batch API's limit)."),
-    ingest_batch: Path = typer.Option(None, "--ingest-batch", help="Validate and merge a Batch API output JSONL."),
+    ingest_batch: list[Path] = typer.Option(None, "--ingest-batch", help="Validate and merge a Batch API output JSONL "
+                                            "(repeat it for the outputs of several batches: read as one)."),
 ) -> None:
     from leap_cli.common import ShardSpec, shard_out
     from leap_cli.errors import LeapError
@@ -93,6 +94,7 @@ def generate_programs(
     if batch_file is None and (batch_max_requests, batch_max_mb) != (None, None):  # (else unheard)
         raise LeapError(f"{'--batch-max-requests' if batch_max_requests is not None else '--batch-max-mb'} sizes the "
                         "files of --batch-file", fix="add --batch-file FILE, or drop it")
+    ingest_batch = ingest_batch or None  # (typer gives [] when it is not given)
     if batch_file is not None or ingest_batch is not None:
         if backend not in (None, "openai"):
             raise LeapError(f"--backend {backend} has no Batch API", fix="leave --backend out, or pass --backend openai, "
@@ -145,8 +147,8 @@ def generate_programs(
             for p in written:
                 console.print(escape(f"  {p.path}: {p.requests} request{'s' if p.requests != 1 else ''}, "
                                      f"{p.bytes / 1e6:.1f} MB"), highlight=False)
-            console.print(escape("submit each as a batch of its own, then run with --ingest-batch RESULTS.jsonl for "
-                                 "each output file"), highlight=False)
+            console.print(escape("submit each as a batch of its own, then ingest their outputs in one run: "
+                                 "--ingest-batch RESULTS-1.jsonl --ingest-batch RESULTS-2.jsonl ..."), highlight=False)
         elif n:
             console.print(escape(f"wrote {n} Batch API request{'s' if n != 1 else ''} to {batch_file}; submit it, then run with "
                                  "--ingest-batch RESULTS.jsonl"), highlight=False)

@@ -182,9 +182,9 @@ BATCH_OUTPUT_FIX = ("pass the output file the OpenAI Batch API returned: JSONL, 
                     '{"custom_id", "response", "error"} object per line')
 
 
-def read_batch_output(path) -> list[dict]:
-    """The result lines of a Batch output file; anything else (another format, the Batch *input* file, a
-    truncated download) is a one-line LeapError naming the line."""
+def read_batch_output(path, numbers: list | None = None) -> list[dict]:
+    """The result lines of a Batch output file (``numbers`` gets each one's line number in the file); anything
+    else (another format, the Batch *input* file, a truncated download) is a one-line LeapError naming the line."""
     path = Path(path)
     if not path.is_file():
         raise LeapError("Batch output file not found", path=path, fix=BATCH_OUTPUT_FIX)
@@ -211,6 +211,8 @@ def read_batch_output(path) -> list[dict]:
             what = "a Batch request (the --batch-file input), not a result" if "body" in line else "not a Batch result"
             raise LeapError(f"line {i} is {what}", path=path, record=f"line {i}", fix=BATCH_OUTPUT_FIX)
         lines.append(line)
+        if numbers is not None:
+            numbers.append(i)
     if not lines:
         raise LeapError("the Batch output file holds no result", path=path, fix=BATCH_OUTPUT_FIX)
     return lines
@@ -223,32 +225,38 @@ def _dict(value) -> dict:
 def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None) -> Counter:
     """Validate the Batch output and append its records to the programs file; a result that did not fail
     replaces a ``failed`` record (e.g. of an expired batch), and with ``cfg.retry_invalid`` an ``invalid`` one.
-    Returns counts per status; ``failures`` gets ``(narration_id, first error)`` of each invalid or failed record
-    written (as a live run's summary)."""
+    ``results_path``: one output file, or a list of them (the outputs of a --batch-file split into several files,
+    read as one: the input is read once). Returns counts per status; ``failures`` gets ``(narration_id, first
+    error)`` of each invalid or failed record written (as a live run's summary)."""
     cfg = _openai(cfg)
-    lines = read_batch_output(results_path)
+    paths = [results_path] if isinstance(results_path, (str, Path)) else list(results_path)
+    lines, where = [], []  # the result lines of every file, and (file, line number) of each
+    for path in paths:
+        numbers: list[int] = []
+        lines += read_batch_output(path, numbers)
+        where += [(path, i) for i in numbers]
     inputs, _, builder = _setup(cfg)
     # compared with the settings --batch-file recorded, also before the programs file exists
     check_output(cfg, builder, inputs, exists=cfg.out_path.exists() or settings_path(cfg.out_path).exists())
     by_id = {r["narration_id"]: r for r in inputs.records}
-    for i, line in enumerate(lines, start=1):  # all checked before a record is written
+    for line, (path, i) in zip(lines, where):  # all checked before a record is written
         # NARRATION_ID@CLIP_HASH (a batch file of a leap before 2026-12-03: the narration id alone)
         nid, _, line["clip_hash"] = line["custom_id"].partition("@")
         if nid in inputs.stale:  # (the CSV changed while the batch ran: extract first, then these are read)
             raise LeapError(f"custom_id {line['custom_id']!r}: its descriptor record was made from other annotations "
                             f"than the split CSV holds now ({inputs.stale[nid]} differs; nothing was ingested)",
-                            path=results_path, record=f"line {i}",
+                            path=path, record=f"line {i}",
                             fix="run leap extract for this split first (it makes only those records again), then "
                                 "ingest this file again: its results are kept as the old clips' programs")
         if nid not in by_id and inputs.segments and nid not in inputs.segments and by_id.keys() & {
                 x["custom_id"].partition("@")[0] for x in lines}:  # (the others are this split's: a row removed)
             raise LeapError(f"custom_id {line['custom_id']!r} is not a segment of the {cfg.split} split's CSV now "
-                            "(nothing was ingested)", path=results_path, record=f"line {i}",
+                            "(nothing was ingested)", path=path, record=f"line {i}",
                             fix="ingest with the --split and the CSV the batch file was written from, or delete that "
                                 "result's line (its row was removed since)")
         if nid not in by_id:
             raise LeapError(f"custom_id {line['custom_id']!r} is not a segment of the input (nothing was ingested)",
-                            path=results_path, record=f"line {i}",
+                            path=path, record=f"line {i}",
                             fix="ingest with the same --split/--descriptors as the batch file")
         line["custom_id"] = nid
     gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg.model), None, builder)  # type: ignore[arg-type]
