@@ -406,6 +406,12 @@ def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path
     assert "no request to write: the input holds no segment (part 5/6)" in " ".join(res.output.split()), res.output
     res = CliRunner().invoke(app, other + ["--limit", "1"])  # (it said "wrote 1 Batch API requests")
     assert "wrote 1 Batch API request to" in " ".join(res.output.split()), res.output
+    # the parts of a sharded run write a file each, as --out does (a Slurm array wrote one file over another)
+    for part in ("0/2", "1/2"):
+        res = CliRunner().invoke(app, other + ["--shard", part])
+        assert res.exit_code == 0, res.output
+    got = [read_jsonl(tmp_path / f"b0.shard{i}of2.jsonl") for i in (0, 1)]
+    assert len(got[0]) + len(got[1]) == N_SEGMENTS
 
 
 def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, good_programs, tmp_path):

@@ -58,7 +58,7 @@ def generate_programs(
     k: int = typer.Option(4, "--k", min=0, help="Exemplar programs per prompt."),
     repair_rounds: int = typer.Option(1, "--repair-rounds", min=0, help="Follow-up turns that send validation errors back."),
     limit: int = typer.Option(None, "--limit", min=0, help="Process at most this many pending segments (the first in the split CSV's order)."),
-    shard: str = typer.Option(None, "--shard", help="i/n: process part i of n (i from 0, by video); writes SPLIT.shardIofN.jsonl (--out X.jsonl: X.shardIofN.jsonl)."),
+    shard: str = typer.Option(None, "--shard", help="i/n: process part i of n (i from 0, by video); writes SPLIT.shardIofN.jsonl (--out or --batch-file X.jsonl: X.shardIofN.jsonl)."),
     price_in: float = typer.Option(0.15, "--price-in", min=0.0, help="USD per 1M prompt tokens (for the cost estimate)."),
     price_out: float = typer.Option(0.60, "--price-out", min=0.0, help="USD per 1M completion tokens."),
     price_cached_in: float = typer.Option(0.075, "--price-cached-in", min=0.0, help="USD per 1M prompt tokens the provider "
@@ -116,6 +116,8 @@ def generate_programs(
     retry_failed = retry_failed or retry_failed_alias
     spec = ShardSpec.parse(shard)
     out = shard_out(out, spec) if out is not None else None
+    if batch_file is not None and not (batch_file.exists() and not batch_file.is_file()):  # (/dev/stdout as it is)
+        batch_file = shard_out(batch_file, spec)  # (a Slurm array's parts wrote one file over another)
     cfg = GenerateConfig(workdir=workdir, split=split, data=data, annotations=annotations, descriptors=descriptors,
                          out=out, backend=backend, model=model, base_url=base_url, api_key_env=api_key_env,
                          concurrency=concurrency, timeout=timeout, max_retries=max_retries, backoff=backoff,
