@@ -1225,6 +1225,12 @@ def test_batch_results_redo_the_failed_records(workdir, good_programs, tmp_path)
         "failed": 1, "superseded": 1}
     (rec,) = [r for r in records(workdir) if r["narration_id"] == nids[0]]
     assert rec["provenance"]["batch_request_id"] == "batch_req_9" and "HTTP 500: server error" in str(rec["errors"])
+    # ... also given in the other order (the retry's output file before the expired batch's): the request that ran
+    newest = dict(newer, id="batch_req_10")
+    assert ingest_batch(cfg, [results_file(tmp_path / "retry.jsonl", [newest]),
+                              results_file(tmp_path / "expired.jsonl", expired[:1])]) == {"failed": 1, "superseded": 1}
+    (rec,) = [r for r in records(workdir) if r["narration_id"] == nids[0]]
+    assert rec["provenance"]["batch_request_id"] == "batch_req_10", rec
     # a result line without an id (a compatible server's) with another error is told apart by its error
     no_id = {"custom_id": nids[0], "response": None, "error": {"message": "cancelled"}}
     assert ingest_batch(cfg, results_file(tmp_path / "no_id.jsonl", [no_id])) == {"failed": 1}

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 BATCH_URL = "/v1/chat/completions"
 BATCH_PRICE_FACTOR = 0.5  # the Batch API's discount on the live prices
+NOT_RUN = ("batch_expired", "batch_cancelled")  # a result line's error.code for a request the Batch API never ran
 
 
 def _openai(cfg: GenerateConfig) -> GenerateConfig:
@@ -316,18 +317,22 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     # output of a batch and of its --retry-invalid batch, in one file): the best is the one written, valid before
     # invalid before failed, the first of equals (an invalid result before a valid one kept the invalid) but the
     # last of failures (the retry's newer error, not the expired one's); a result of the clip as it is now before
-    # one asked for before it changed (two batches' outputs in one file)
+    # one asked for before it changed (two batches' outputs in one file, or in several files given at once); of
+    # failures, a request that ran before one the Batch API never ran (expired, cancelled: the outputs of an
+    # expired batch and of its retry, given in either order)
     results = [result(line) for line in lines]
     current = {nid: clip_hash(inputs, by_id[nid]) for nid in {r["narration_id"] for r in results}}
     order = {"valid": 0, "invalid": 1, "failed": 2}
 
-    def rank(r: dict) -> tuple[int, int]:
-        return r["provenance"]["clip_hash"] != current[r["narration_id"]], order[r["status"]]
+    def rank(i: int) -> tuple[bool, int, bool]:
+        r, error = results[i], lines[i].get("error")
+        return (r["provenance"]["clip_hash"] != current[r["narration_id"]], order[r["status"]],
+                isinstance(error, dict) and error.get("code") in NOT_RUN)
 
     chosen: dict[str, int] = {}
     for i, r in enumerate(results):
         j = chosen.get(r["narration_id"])
-        if j is None or rank(r) < rank(results[j]) or rank(r) == rank(results[j]) and r["status"] == "failed":
+        if j is None or rank(i) < rank(j) or rank(i) == rank(j) and r["status"] == "failed":
             chosen[r["narration_id"]] = i
     with JsonlAppender(cfg.out_path, replace_keys=replaced) as out, ProgramStore(cfg.cache_path) as store:
         written_ids = set()
