@@ -211,6 +211,11 @@ def test_info_names_a_split_whose_csv_is_not_there(tmp_path):
     r = CliRunner().invoke(app, ["extract", "--data", str(root), "--split", "train", "--workdir", str(tmp_path)])
     assert "put EPIC_100_train.csv (EPIC's annotations repository) in that folder beside the others" in str(
         r.exception), r.output
+    # a copy under a browser's name: info says to rename it, as the stages do
+    (root / "annotations" / "EPIC_100_test_timestamps (1).csv").write_text("narration_id\n")
+    r = CliRunner().invoke(app, ["info", "--data", str(root)], env={"COLUMNS": "300"})
+    assert "test (EPIC_100_test_timestamps.csv; EPIC_100_test_timestamps (1).csv is there: rename it to " \
+           "EPIC_100_test_timestamps.csv)" in " ".join(r.output.split()), r.output
 
 
 def test_info_names_rows_that_epics_own_files_never_hold(tmp_path):

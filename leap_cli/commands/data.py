@@ -94,7 +94,11 @@ def info(
     console.print(escape(f"annotations: {layout.annotations_dir} ({', '.join(s.file for s in splits)})"), highlight=False)
     from leap_cli.epic.annotations import SPLIT_FILES
 
-    absent = [f"{split} ({name})" for split, name in SPLIT_FILES.items() if split not in {s.split for s in splits}]
+    from leap_cli.epic.classes import renamed_copy
+
+    folder = layout.annotations().folder
+    absent = [f"{split} ({name}" + (f"; {copy.name} is there: rename it to {name}" if (copy := renamed_copy(
+        folder / name)) else "") + ")" for split, name in SPLIT_FILES.items() if split not in {s.split for s in splits}]
     if absent:  # (the table left them out without a word; extract --split train then said "not found")
         console.print(escape(f"splits without their CSV here: {', '.join(absent)}: the stages refuse them until the "
                              "file is in that folder (EPIC's annotations repository has it)"), style="yellow",

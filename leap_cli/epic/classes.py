@@ -126,6 +126,17 @@ def csv_header(path: str | Path) -> list[str]:
         return []
 
 
+def renamed_copy(path: Path) -> Path | None:
+    """The file ``path`` names, beside it under a name a browser or a copy gave it ("EPIC_100_train (1).csv",
+    "EPIC_100_train.csv.csv", "EPIC_100_train copy.csv"); None where there is none."""
+    near = re.compile(re.escape(path.stem) + r"(\s*\(\d+\)|[ _-]*copy[ \d]*)?(\.csv)+(\.txt)?", re.I)
+    try:
+        return next((p for p in sorted(path.parent.iterdir()) if p.name != path.name
+                     and p.is_file() and near.fullmatch(p.name)), None)
+    except OSError:  # (no such folder)
+        return None
+
+
 def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: str | None = None) -> list[dict]:
     """Read a CSV as dicts, refusing missing columns by name (and suggesting close spellings)."""
     import difflib
@@ -133,10 +144,7 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
     path = Path(path)
     if not path.exists():
         others = path.parent.is_dir() and next(path.parent.glob("EPIC_100_*.csv"), None) is not None
-        # the file under a name a browser or a copy gave it: "EPIC_100_train (1).csv", "EPIC_100_train.csv.csv"
-        near = re.compile(re.escape(path.stem) + r"(\s*\(\d+\)|[ _-]*copy[ \d]*)?(\.csv)+(\.txt)?", re.I)
-        renamed = next((p for p in sorted(path.parent.iterdir()) if p.name != path.name
-                        and p.is_file() and near.fullmatch(p.name)), None) if path.parent.is_dir() else None
+        renamed = renamed_copy(path)
         raise LeapError(f"{what or 'file'} not found", path=path,
                         fix=f"rename {renamed.name} there to {path.name}" if renamed is not None else
                         f"put {path.name} (EPIC's annotations repository) in that folder beside the others"
