@@ -532,7 +532,8 @@ def test_one_segment_is_found_without_parsing_the_split(epic_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["EPIC_100_validation (1).csv", "EPIC_100_validation.csv.csv",
-                                  "epic_100_validation.CSV", "EPIC_100_validation - Copy.csv"])
+                                  "epic_100_validation.CSV", "EPIC_100_validation - Copy.csv",
+                                  "EPIC_100_validation 2.csv"])  # (macOS Finder's duplicate)
 def test_a_split_csv_under_a_name_a_browser_gave_it_is_named(tmp_path, epic_dir, name):
     folder = tmp_path / "annotations"
     folder.mkdir()

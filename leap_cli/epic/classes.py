@@ -128,8 +128,8 @@ def csv_header(path: str | Path) -> list[str]:
 
 def renamed_copy(path: Path) -> Path | None:
     """The file ``path`` names, beside it under a name a browser or a copy gave it ("EPIC_100_train (1).csv",
-    "EPIC_100_train.csv.csv", "EPIC_100_train copy.csv"); None where there is none."""
-    near = re.compile(re.escape(path.stem) + r"(\s*\(\d+\)|[ _-]*copy[ \d]*)?(\.csv)+(\.txt)?", re.I)
+    "EPIC_100_train.csv.csv", "EPIC_100_train copy.csv", macOS's "EPIC_100_train 2.csv"); None where there is none."""
+    near = re.compile(re.escape(path.stem) + r"(\s*\(\d+\)|\s+\d+|[ _-]*copy[ \d]*)?(\.csv)+(\.txt)?", re.I)
     try:
         return next((p for p in sorted(path.parent.iterdir()) if p.name != path.name
                      and p.is_file() and near.fullmatch(p.name)), None)
