@@ -76,7 +76,8 @@ def _earlier_parts(path: Path, written: list[Path]) -> list[Path]:
 
     pattern = re.compile(re.escape(path.stem) + r"-\d+-of-\d+" + re.escape(path.suffix))
     try:
-        names = [e.name for e in os.scandir(path.parent) if e.is_file() and (e.name == path.name or pattern.fullmatch(e.name))]
+        names = [e.name for e in os.scandir(path.parent)
+                 if e.is_file() and (e.name == path.name or pattern.fullmatch(e.name))]
     except OSError:
         return []
     keep = {p.name for p in written}
