@@ -265,7 +265,8 @@ def empty_path_option(args: list[str]) -> None:
     except (NameError, TypeError):  # (an annotation that does not resolve here: typer's own parsing decides)
         return
     names = {d for p in inspect.signature(info.callback).parameters.values()
-             if hints.get(p.name) in (Path, Path | None) and isinstance(p.default, typer.models.OptionInfo)
+             if hints.get(p.name) in (Path, Path | None, list[Path], list[Path] | None)
+             and isinstance(p.default, typer.models.OptionInfo)
              for d in (p.default.param_decls or ()) if d.startswith("-")}
     for i, a in enumerate(args):
         if a == "--":  # (what follows is no option)

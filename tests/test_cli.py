@@ -52,7 +52,8 @@ def test_a_sigterm_before_the_command_starts_says_nothing_was_written(tmp_path):
 
 
 @pytest.mark.parametrize("argv", [["extract", "--split", "val", "--workdir", ""], ["info", "--data="],
-                                  ["train", "--config", " "], ["train", "-c", ""]])
+                                  ["train", "--config", " "], ["train", "-c", ""],
+                                  ["generate-programs", "--split", "val", "--ingest-batch", ""]])
 def test_an_empty_path_option_is_refused(tmp_path, argv):
     """`--workdir "$WORK"` with WORK unset: the current folder, where extract wrote descriptors/ without a word (QA);
     a short alias too (`-c ""` passed the check)."""

@@ -148,18 +148,20 @@ def test_a_typo_in_a_rows_video_id_is_suggested(kitchen, tmp_path):
                            "in the row's video_id?)"), detail
 
 
-def test_a_damaged_video_info_row_stops_extract_before_any_work(kitchen, tmp_path, caplog):
+@pytest.mark.parametrize("fps", ["fifty", "nan", "0", "-50", "inf"])
+def test_a_damaged_video_info_row_stops_extract_before_any_work(kitchen, tmp_path, caplog, fps):
     """A row of EPIC_100_video_info.csv that cannot be parsed: extract warned "no fps for P01_01 in the video info"
     of every video and recorded the rgb_frames videos unavailable (QA); it is one line naming the row, as in
-    build-shards and leap info, before anything is written."""
+    build-shards and leap info, before anything is written. So is an fps that parses but is no rate (nan: a
+    traceback after writing; 0: "video_info gives 50" of a row that says 0)."""
     import shutil
 
     root = tmp_path / "k"
     shutil.copytree(kitchen, root)
-    edit_csv(root / "annotations" / "EPIC_100_video_info.csv", lambda rows: rows[-1].update(fps="fifty"))
+    edit_csv(root / "annotations" / "EPIC_100_video_info.csv", lambda rows: rows[-1].update(fps=fps))
     out = tmp_path / "train.jsonl"
-    with caplog.at_level("WARNING"), pytest.raises(LeapError, match=r"cannot parse duration/fps/resolution of "
-                                                                    r"'P0\d_\d\d'.*'fifty'") as e:
+    with caplog.at_level("WARNING"), pytest.raises(LeapError, match=r"no positive duration/fps/resolution for "
+                                                                    rf"'P0\d_\d\d'.*'{fps}'") as e:
         run_extract(_cfg(root, out, components=("camera",)))
     assert e.value.path.endswith("EPIC_100_video_info.csv") and e.value.record.startswith("row ")
     assert not out.exists() and "no fps for" not in caplog.text

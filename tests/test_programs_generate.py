@@ -414,7 +414,7 @@ def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path
     assert len(got[0]) + len(got[1]) == N_SEGMENTS
 
 
-def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, good_programs, tmp_path):
+def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, good_programs, tmp_path, caplog):
     """The Batch API takes 50,000 requests and 200 MB per input file: EPIC's train split (67k requests, 1.4 GB)
     went into one file the API refuses. Over either limit the requests are split into FILE-I-of-N files with the
     same lines; a rerun removes the files of an earlier one that are not its own."""
@@ -428,15 +428,32 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     assert write_batch_file(cfg, whole) == N_SEGMENTS
     lines = whole.read_bytes().splitlines(keepends=True)
     batch, parts = tmp_path / "batch.jsonl", []
-    batch.write_text("an earlier --batch-file's requests\n")
+    batch.write_bytes(lines[0])  # an earlier --batch-file's
+    kept = {n: tmp_path / n for n in ("batch-01-of-03.jsonl", "batch-5-of-3.jsonl", "batch-notes.jsonl")}
+    for p in kept.values():  # names leap never writes, and a file of its name that holds no requests: kept
+        p.write_bytes(lines[0])
+    kept["records"] = tmp_path / "batch-1-of-9.jsonl"
+    kept["records"].write_text('{"narration_id": "P01_11_0", "status": "valid"}\n')
     assert write_batch_file(cfg, batch, parts=parts, max_requests=4) == N_SEGMENTS
     names = [tmp_path / "batch-1-of-2.jsonl", tmp_path / "batch-2-of-2.jsonl"]
     assert parts == [BatchPart(names[0], 4, sum(map(len, lines[:4]))), BatchPart(names[1], 2, sum(map(len, lines[4:]))),
                      BatchPart(batch, 0, 0, removed=True)]
     assert b"".join(p.read_bytes() for p in names) == b"".join(lines) and not batch.exists()
-    # by size: each file holds as many lines as fit (the next file's first line would not), at least one
+    assert all(p.exists() for p in kept.values())
+    # a file of program records, or the programs output itself, is refused, not replaced (it destroyed them)
+    for target in (kept["records"], cfg.out_path):
+        with pytest.raises(LeapError, match="--batch-file names (a file whose lines are not Batch requests|the "
+                                            "programs output)"):
+            write_batch_file(cfg, target, max_requests=4)
+    assert kept["records"].read_text().startswith('{"narration_id"') and not cfg.out_path.exists()
+    with pytest.raises(LeapError, match="is no limit"):
+        write_batch_file(cfg, batch, max_mb=float("inf"))
+    # by size: each file holds as many lines as fit (the next file's first line would not), at least one; one line
+    # over the limit alone is warned of
     parts, most = [], len(lines[0]) + len(lines[1])
-    write_batch_file(cfg, batch, parts=parts, max_mb=most / 1e6)
+    with caplog.at_level("WARNING"):
+        write_batch_file(cfg, batch, parts=parts, max_mb=most / 1e6)
+    assert ("larger than --batch-max-mb" in caplog.text) == (max(map(len, lines)) > most)
     files = [p for p in parts if not p.removed]
     assert len(files) > 2 and all(p.bytes <= most or p.requests == 1 for p in files), files
     assert all(a.bytes + len(b.path.read_bytes().splitlines(keepends=True)[0]) > most for a, b in zip(files, files[1:]))
@@ -455,7 +472,8 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     res = CliRunner().invoke(app, base)
     said = " ".join(res.output.split())
     assert f"wrote {N_SEGMENTS} Batch API requests to {batch}" in said and "removed" in said, said
-    assert batch.read_bytes() == b"".join(lines) and sorted(p.name for p in tmp_path.glob("batch*")) == ["batch.jsonl"]
+    assert batch.read_bytes() == b"".join(lines) and sorted(p.name for p in tmp_path.glob("batch*")) == sorted(
+        ["batch.jsonl", *(p.name for p in kept.values())])
     res = CliRunner().invoke(app, base[:-2] + ["--batch-max-mb", "1"])
     assert isinstance(res.exception, LeapError) and "--batch-max-mb sizes the files of --batch-file" in str(res.exception)
     # the outputs of the parts' batches ingest in one run; a bad line is named by its file and line
@@ -466,6 +484,10 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
             "status_code": 200, "body": completion(json.dumps(good_programs[r["custom_id"].partition("@")[0]]))}}
             for r in read_jsonl(name)]
         outs.append(results_file(tmp_path / f"out-{name.name}", results))
+    # a raw U+2028 inside a JSON string is no end of line (splitlines() cut the line there: "not JSON")
+    outs[1].write_text("".join(json.dumps(dict(x, note="a\u2028b"), ensure_ascii=False) + "\n"
+                               for x in read_jsonl(outs[1])), encoding="utf-8")
+    assert "\u2028" in outs[1].read_text(encoding="utf-8")
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n" + outs[1].read_text().replace('"custom_id": "', '"custom_id": "X', 1))
     ingest = base[:-2] + ["--ingest-batch", str(outs[0]), "--ingest-batch", str(bad)]
@@ -475,6 +497,40 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     res = CliRunner().invoke(app, ingest[:-1] + [str(outs[1])])
     assert res.exit_code == 0 and f"ingested {N_SEGMENTS} results" in res.output and f"valid {N_SEGMENTS}" in res.output
     assert len(records(workdir)) == N_SEGMENTS
+    # ... given twice (or cat'ed): one request's result once, the others said repeated; the ledger counts it once
+    from leap_cli.programs.store import ProgramStore
+
+    again = dataclasses.replace(cfg, out=tmp_path / "twice.jsonl")
+    assert ingest_batch(again, [outs[0], outs[0]]) == {"valid": 4, "repeated": 4}
+    with ProgramStore(again.cache_path) as store:
+        assert store.spent(again.out_path)["requests"] == 4, store.spent(again.out_path)
+    assert ingest_batch(again, outs) == {"already_present": 4, "valid": 2}
+
+
+def test_a_symlinked_batch_file_is_written_through_and_a_fifo_gets_every_request(workdir, tmp_path, caplog):
+    """Split requests named after a symbolic link deleted the link (as root, /dev/stdout itself); a stream is
+    written unsplit, with a warning when it is over the limits."""
+    import threading
+
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    here = tmp_path / "o"
+    real = here / "real"
+    real.mkdir(parents=True)
+    (here / "link.jsonl").symlink_to(real / "target.jsonl")
+    parts: list = []
+    assert write_batch_file(cfg, here / "link.jsonl", parts=parts, max_requests=4) == N_SEGMENTS
+    assert (here / "link.jsonl").is_symlink() and [p.path for p in parts] == [
+        real / "target-1-of-2.jsonl", real / "target-2-of-2.jsonl"]
+    fifo = here / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    with caplog.at_level("WARNING"):
+        assert write_batch_file(cfg, fifo, max_requests=4) == N_SEGMENTS
+    reader.join(10)
+    assert got and got[0].count(b"\n") == N_SEGMENTS and "is a stream, written unsplit" in caplog.text
+    assert sorted(p.name for p in here.iterdir()) == ["fifo", "link.jsonl", "real"]
 
 
 def start_cli(workdir, server, concurrency: int):

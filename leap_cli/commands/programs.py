@@ -100,7 +100,7 @@ def generate_programs(
             raise LeapError(f"--backend {backend} has no Batch API", fix="leave --backend out, or pass --backend openai, "
                             "with --batch-file or --ingest-batch")
         if backend is None:  # the default (offline) has no Batch API: say which backend and model the requests name
-            console.print(escape(f"note: the Batch API is the openai backend's: model {model} (--model to change)"),
+            console.print(escape(f"note: the Batch API is OpenAI's: the requests name the model {model} (--model to change)"),
                           highlight=False)
         backend = "openai"
     backend = backend or "offline"
@@ -116,8 +116,11 @@ def generate_programs(
     retry_failed = retry_failed or retry_failed_alias
     spec = ShardSpec.parse(shard)
     out = shard_out(out, spec) if out is not None else None
-    if batch_file is not None and not (batch_file.exists() and not batch_file.is_file()):  # (/dev/stdout as it is)
-        batch_file = shard_out(batch_file, spec)  # (a Slurm array's parts wrote one file over another)
+    if batch_file is not None:
+        from leap_cli.programs.batch import batch_stream
+
+        if not batch_stream(batch_file):  # (/dev/stdout as it is)
+            batch_file = shard_out(batch_file, spec)  # (a Slurm array's parts wrote one file over another)
     cfg = GenerateConfig(workdir=workdir, split=split, data=data, annotations=annotations, descriptors=descriptors,
                          out=out, backend=backend, model=model, base_url=base_url, api_key_env=api_key_env,
                          concurrency=concurrency, timeout=timeout, max_retries=max_retries, backoff=backoff,
@@ -133,7 +136,7 @@ def generate_programs(
         raise LeapError("--narration-id only chooses the segment whose prompt --dry-run prints",
                         fix="add --dry-run to see that prompt, or drop --narration-id; --limit N generates a few")
     if batch_file is not None:
-        from leap_cli.programs.batch import BATCH_MAX_MB, BATCH_MAX_REQUESTS, write_batch_file
+        from leap_cli.programs.batch import BATCH_MAX_MB, BATCH_MAX_REQUESTS, size_text, write_batch_file
 
         stats, parts = Counter(), []
         batch_max_requests = batch_max_requests or BATCH_MAX_REQUESTS
@@ -142,13 +145,15 @@ def generate_programs(
         written = [p for p in parts if p.requests]
         for p in parts:
             if p.removed:
-                console.print(escape(f"removed {p.path}, an earlier --batch-file's input"), highlight=False)
+                console.print(escape(f"removed {p.path}, an earlier --batch-file's input"), highlight=False,
+                              soft_wrap=True)
         if len(written) > 1:
             console.print(escape(f"wrote {n} Batch API requests to {len(written)} files (at most {batch_max_requests} "
-                                 f"requests and {batch_max_mb:g} MB each):"), highlight=False)
+                                 f"request{'s' if batch_max_requests != 1 else ''} and {batch_max_mb:g} MB each):"),
+                          highlight=False)
             for p in written:
                 console.print(escape(f"  {p.path}: {p.requests} request{'s' if p.requests != 1 else ''}, "
-                                     f"{p.bytes / 1e6:.1f} MB"), highlight=False)
+                                     f"{size_text(p.bytes)}"), highlight=False, soft_wrap=True)
             console.print(escape("submit each as a batch of its own, then ingest their outputs in one run: "
                                  "--ingest-batch RESULTS-1.jsonl --ingest-batch RESULTS-2.jsonl ..."), highlight=False)
         elif n:
@@ -185,7 +190,7 @@ def generate_programs(
 
         outcome = Outcome("generate-programs --ingest-batch")  # 3 when every result ingested now failed
         # (results superseded by a better one for their segment are not records of their own)
-        outcome.attempt(sum(v for k, v in counts.items() if k not in ("already_present", "superseded")))
+        outcome.attempt(sum(v for k, v in counts.items() if k not in ("already_present", "superseded", "repeated")))
         print_failures(failures, outcome)  # (it said "1 x failed (see leap validate-programs)", not why)
         for line in outcome.lines():
             console.print(escape(line), highlight=False, style="red")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -342,9 +343,12 @@ class Annotations:
                                 start=2):
             try:
                 w, h = (int(x) for x in row["resolution"].lower().split("x"))
-                out[row["video_id"]] = VideoInfo(row["video_id"], float(row["duration"]), float(row["fps"]), w, h)
+                duration, fps = float(row["duration"]), float(row["fps"])
+                if not (0 < duration < math.inf and 0 < fps < math.inf and w > 0 and h > 0):  # (nan, 0, -50)
+                    raise ValueError
+                out[row["video_id"]] = VideoInfo(row["video_id"], duration, fps, w, h)
             except (ValueError, AttributeError):  # a cut row leaves None in its last columns
-                raise LeapError(f"cannot parse duration/fps/resolution of {row.get('video_id')!r}: "
+                raise LeapError(f"no positive duration/fps/resolution for {row.get('video_id')!r}: "
                                 f"{row.get('duration')!r}, {row.get('fps')!r}, {row.get('resolution')!r}", path=path,
                                 record=f"row {i}",
                                 fix="each row is video_id,duration (s),fps,WIDTHxHEIGHT, e.g. P01_01,1652.152817,"

@@ -68,20 +68,40 @@ def batch_part_paths(path: Path, n: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i}-of-{n}{path.suffix}") for i in range(1, n + 1)]
 
 
+def batch_stream(path: Path) -> bool:
+    """A --batch-file written as one stream, never split, renamed or swept: a path under /dev or /proc
+    (``/dev/stdout``, whatever it points to) and any existing file that is not a regular one (a FIFO)."""
+    p = Path(os.path.abspath(path))
+    return p.parts[1:2] in (("dev",), ("proc",)) or (p.exists() and not p.is_file())
+
+
+def is_batch_input(path: Path) -> bool:
+    """Whether a file is one --batch-file may replace or remove: empty, or its first line a Batch request
+    (``custom_id`` and ``body``); a file of program records, descriptors or anything else is not."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 26)
+        line = json.loads(first) if first.strip() else {"custom_id": "", "body": {}}
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(line, dict) and "custom_id" in line and "body" in line
+
+
 def _earlier_parts(path: Path, written: list[Path]) -> list[Path]:
     """The input files an earlier --batch-file to ``path`` left that this one did not write: ``path`` itself and
     its ``STEM-I-of-N.SUFFIX`` parts (their requests are no longer this file set's: submitted, they would be paid
-    twice or ask for records done since)."""
+    twice or ask for records done since); only names leap writes, and only files that hold Batch requests."""
     import re
 
-    pattern = re.compile(re.escape(path.stem) + r"-\d+-of-\d+" + re.escape(path.suffix))
+    pattern = re.compile(re.escape(path.stem) + r"-([1-9]\d*)-of-([1-9]\d*)" + re.escape(path.suffix))
     try:
-        names = [e.name for e in os.scandir(path.parent)
-                 if e.is_file() and (e.name == path.name or pattern.fullmatch(e.name))]
+        names = [e.name for e in os.scandir(path.parent) if e.is_file() and not e.is_symlink() and (
+            e.name == path.name or (m := pattern.fullmatch(e.name)) and int(m[1]) <= int(m[2]))]
     except OSError:
         return []
     keep = {p.name for p in written}
-    return sorted((path.parent / n for n in names if n not in keep), key=lambda p: p.name)
+    return sorted((path.parent / n for n in names if n not in keep and is_batch_input(path.parent / n)),
+                  key=lambda p: p.name)
 
 
 def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *, parts: list | None = None,
@@ -94,13 +114,30 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
 
     Requests beyond one file's limits (``max_requests``, ``max_mb`` in 10^6 bytes: the Batch API's) go into
     several files, ``STEM-1-of-N.SUFFIX`` ...; ``parts`` gets a ``BatchPart`` per file written, then one per file
-    of an earlier --batch-file to ``path`` that was removed (``removed``). Every file appears at once,
-    when all are written (a crash leaves none); a single request over ``max_mb`` is a file of its own."""
+    of an earlier --batch-file to ``path`` that was removed (``removed``). The files are renamed into place once
+    all are written (a crash before leaves none; one during the renames, an instant, some, which the next run
+    replaces or removes); a single request over ``max_mb`` is a file of its own, warned of. A symbolic link is
+    written through (its target's folder gets the files); a stream (``batch_stream``) gets every request,
+    unsplit. An existing file that holds no Batch requests (the programs output, a file of records) is refused,
+    not replaced."""
+    import math
+
     path = Path(path)
-    if max_requests < 1 or not max_mb > 0:
-        raise LeapError(f"a Batch input file of at most {max_requests} requests and {max_mb} MB holds nothing",
-                        fix="give --batch-max-requests and --batch-max-mb values above 0")
+    if max_requests < 1 or not 0 < max_mb < math.inf:
+        raise LeapError(f"a Batch input file of at most {max_requests} requests and {max_mb} MB is no limit",
+                        fix="give --batch-max-requests and --batch-max-mb numbers above 0")
     max_bytes = int(max_mb * 1_000_000)
+    stream = batch_stream(path)
+    if not stream:
+        if path.is_symlink():  # (the part files and the sweep go where the link points; the link stays)
+            path = path.resolve()
+        fix = "give --batch-file a path of its own (e.g. WORKDIR/batch.jsonl)"
+        if path.resolve() == Path(cfg.out_path).resolve():
+            raise LeapError("--batch-file names the programs output, where the ingested results go", path=path,
+                            fix=fix)
+        if path.exists() and not is_batch_input(path):
+            raise LeapError("--batch-file names a file whose lines are not Batch requests: it is not replaced",
+                            path=path, fix=fix + ", or move that file away")
     cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
     check_output(cfg, builder, inputs)
@@ -122,13 +159,14 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         fmt = {"type": "json_schema", "json_schema": {"name": "action_program", "strict": True, "schema": strict_schema()}}
     import tempfile
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    special = path.exists() and not path.is_file()  # /dev/stdout, a FIFO: one stream, written in place
+    if not stream:
+        path.parent.mkdir(parents=True, exist_ok=True)
     sizes: list[tuple[int, int]] = [(0, 0)]  # (requests, bytes) per file
+    oversize = 0  # requests over max_bytes alone
     # every line goes to a scratch file beside the output first: how many files the requests need is known only
     # once all are written, and their names say it
     try:
-        scratch = tempfile.TemporaryFile(dir=None if special else path.parent)
+        scratch = tempfile.TemporaryFile(dir=None if stream else path.parent)
     except OSError as e:  # (a read-only folder: the output is what the user knows)
         e.filename = str(path)
         raise
@@ -141,21 +179,33 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                     **({"response_format": fmt} if fmt["type"] != "none" else {}), **(cfg.extra_body or {})}
             line = (json.dumps({"custom_id": f"{r['narration_id']}@{clip_hash(inputs, r)}", "method": "POST",
                                 "url": BATCH_URL, "body": body}, ensure_ascii=False) + "\n").encode("utf-8")
+            oversize += len(line) > max_bytes
             n, size = sizes[-1]
-            if n and not special and (n + 1 > max_requests or size + len(line) > max_bytes):
+            if n and not stream and (n + 1 > max_requests or size + len(line) > max_bytes):
                 sizes.append((0, 0))
                 n, size = 0, 0
             sizes[-1] = (n + 1, size + len(line))
             scratch.write(line)
         scratch.seek(0)
         names = batch_part_paths(path, len(sizes))
-        with contextlib.ExitStack() as stack:  # each file renamed into place only once all are written
-            for name, (_, size) in zip(names, sizes):
-                with open(stack.enter_context(atomic_path(name)), "wb") as f:
-                    shutil.copyfileobj(_Limited(scratch, size), f)
+        if stream:  # (no temp file and rename: /dev/stdout may be a pipe; appended, as a shell's >> would)
+            with open(path, "ab") as f:
+                shutil.copyfileobj(scratch, f)
+        else:
+            with contextlib.ExitStack() as stack:  # each file renamed into place only once all are written
+                for name, (_, size) in zip(names, sizes):
+                    with open(stack.enter_context(atomic_path(name)), "wb") as f:
+                        shutil.copyfileobj(_Limited(scratch, size), f)
     written = [BatchPart(name, n, size) for name, (n, size) in zip(names, sizes)]
+    if stream and (sizes[0][0] > max_requests or sizes[0][1] > max_bytes):
+        log.warning("%s is a stream, written unsplit: its %d requests (%s) are more than one Batch input file "
+                    "takes (%d requests, %g MB): give --batch-file a file's path to have them split",
+                    path, sizes[0][0], size_text(sizes[0][1]), max_requests, max_mb)
+    elif oversize:
+        log.warning("%d request%s larger than --batch-max-mb %g alone: each is a file of its own, over that "
+                    "limit", oversize, " is" if oversize == 1 else "s are", max_mb)
     removed = []
-    for old in [] if special else _earlier_parts(path, names):
+    for old in [] if stream else _earlier_parts(path, names):
         try:
             old.unlink()
             removed.append(BatchPart(old, 0, 0, removed=True))
@@ -165,6 +215,11 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
     if parts is not None:
         parts.extend(written + removed)
     return sum(p.requests for p in written)
+
+
+def size_text(n: int) -> str:
+    """A file's size for a person: MB of 10^6 bytes, kB under 0.1 MB."""
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"  # (199.98 MB, not 200.0 beside "200 MB")
 
 
 class _Limited:
@@ -195,7 +250,7 @@ def read_batch_output(path, numbers: list | None = None) -> list[dict]:
     except UnicodeDecodeError:
         raise LeapError("not a Batch output file (not UTF-8 text)", path=path, fix=BATCH_OUTPUT_FIX) from None
     lines = []
-    for i, raw in enumerate(text.splitlines(), start=1):
+    for i, raw in enumerate(text.split("\n"), start=1):  # (not splitlines: U+2028 inside a JSON string is no end)
         if not raw.strip():
             continue
         try:
@@ -228,15 +283,26 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     """Validate the Batch output and append its records to the programs file; a result that did not fail
     replaces a ``failed`` record (e.g. of an expired batch), and with ``cfg.retry_invalid`` an ``invalid`` one.
     ``results_path``: one output file, or a list of them (the outputs of a --batch-file split into several files,
-    read as one: the input is read once). Returns counts per status; ``failures`` gets ``(narration_id, first
+    read as one: the input is read once). Returns counts per status, and ``repeated``: lines of a request already
+    read (same ``custom_id`` and ``id``: a file given twice), left out; ``failures`` gets ``(narration_id, first
     error)`` of each invalid or failed record written (as a live run's summary)."""
     cfg = _openai(cfg)
     paths = [results_path] if isinstance(results_path, (str, Path)) else list(results_path)
     lines, where = [], []  # the result lines of every file, and (file, line number) of each
+    seen, repeated = set(), 0
     for path in paths:
         numbers: list[int] = []
-        lines += read_batch_output(path, numbers)
-        where += [(path, i) for i in numbers]
+        for line, i in zip(read_batch_output(path, numbers), numbers):
+            if line.get("id") is not None and (key := (line["custom_id"], str(line["id"]))) in seen:
+                repeated += 1  # (one request's result twice: a file given twice, or files cat'ed: paid once)
+                continue
+            if line.get("id") is not None:
+                seen.add(key)
+            lines.append(line)
+            where.append((path, i))
+    ids_in = {}  # the narration ids of each file's results
+    for line, (path, _) in zip(lines, where):
+        ids_in.setdefault(path, set()).add(line["custom_id"].partition("@")[0])
     inputs, _, builder = _setup(cfg)
     # compared with the settings --batch-file recorded, also before the programs file exists
     check_output(cfg, builder, inputs, exists=cfg.out_path.exists() or settings_path(cfg.out_path).exists())
@@ -250,8 +316,8 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                             path=path, record=f"line {i}",
                             fix="run leap extract for this split first (it makes only those records again), then "
                                 "ingest this file again: its results are kept as the old clips' programs")
-        if nid not in by_id and inputs.segments and nid not in inputs.segments and by_id.keys() & {
-                x["custom_id"].partition("@")[0] for x in lines}:  # (the others are this split's: a row removed)
+        if nid not in by_id and inputs.segments and nid not in inputs.segments and by_id.keys() & ids_in[path]:
+            # (the file's others are this split's: a row removed since)
             raise LeapError(f"custom_id {line['custom_id']!r} is not a segment of the {cfg.split} split's CSV now "
                             "(nothing was ingested)", path=path, record=f"line {i}",
                             fix="ingest with the --split and the CSV the batch file was written from, or delete that "
@@ -262,21 +328,25 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                             fix="ingest with the same --split/--descriptors as the batch file")
         line["custom_id"] = nid
     gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg.model), None, builder)  # type: ignore[arg-type]
-    counts: Counter = Counter()
+    counts: Counter = Counter(repeated=repeated) if repeated else Counter()
     # replaced by a result: a failed record, and with --retry-invalid an invalid one
-    old = output_records(cfg)
+    old = output_records(cfg, programs=False)  # (what decides: status, provenance, errors)
     invalid = {nid for nid, r in old.items() if r.get("status") == "invalid"}
     changed = clip_changed(inputs, builder)
     replaced = ({nid for nid, r in old.items() if r.get("status") == "failed" or changed(r)}
                 | (invalid if cfg.retry_invalid else set()))
+    stays = old.keys() - replaced - invalid  # valid records no result replaces: their results are not validated
 
     def result(line: dict) -> dict:
-        """The program record of one result line (validated, no repair round)."""
+        """The program record of one result line (validated, no repair round); for a record that stays, only
+        what picks among a segment's results (an ingest run again over 67k results took 34 s and 1.9 GB)."""
         nid = line["custom_id"]
-        info = gen.info(by_id[nid])
         clip = clip_hash(inputs, by_id[nid])
         if line["clip_hash"] and line["clip_hash"] != clip:  # asked for before the clip changed: kept as that clip's
             clip = line["clip_hash"]  # program, which the next --batch-file or run asks for again
+        if nid in stays:
+            return {"narration_id": nid, "status": "valid", "stays": True, "provenance": {"clip_hash": clip}}
+        info = gen.info(by_id[nid])
         resp = _dict(line.get("response"))
         body = _dict(resp.get("body"))
         usage = reply_usage(body)  # (cached tokens left out: the Batch price is half the live one as it is)
@@ -340,6 +410,9 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
         for i, record in enumerate(results):
             nid, status = record["narration_id"], record["status"]
             if chosen[nid] != i:
+                continue
+            if record.get("stays"):
+                counts["already_present"] += 1
                 continue
             # A failure leaves an invalid record, or one of a clip changed since, as it was; over a failed record
             # it is written where it is another request's (resubmitted, it failed once more: the newer error),
