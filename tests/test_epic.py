@@ -222,6 +222,15 @@ def test_stop_before_start(epic_dir, tmp_path):
     p.write_text("\n".join(lines) + "\n")
     with pytest.raises(LeapError, match=r"\[row 2, P01_101_0\]: stop .* is before start"):
         read_segments(p)
+    # blank lines count as an editor counts them (the rows were numbered as the reader returned them)
+    p.write_text("\n".join([lines[0], "", ""] + lines[1:]) + "\n")
+    with pytest.raises(LeapError, match=r"\[row 4, P01_101_0\]: stop .* is before start"):
+        read_segments(p)
+    info = folder / "EPIC_100_video_info.csv"
+    rows = info.read_text().splitlines()
+    info.write_text("\n".join(rows[:2] + [""] + [rows[2].replace(",", ",-", 1)] + rows[3:]) + "\n")
+    with pytest.raises(LeapError, match=r"\[row 4\]: .*no positive duration/fps/resolution"):
+        Annotations(folder).video_info
 
 
 def test_frame_columns_counted_from_0_or_reversed_are_refused(epic_dir, tmp_path):

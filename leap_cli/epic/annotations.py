@@ -138,7 +138,7 @@ def read_segments(path: str | Path, *, labelled: bool | None = None,
     segments = []
     seen: dict[str, int] = {}  # narration id -> its row: every stage keys its records (and resumes) by it
     errors: list[LeapError] = []  # every bad row, said at once: one rerun per row is a long way through 67k rows
-    for i, row in enumerate(rows, start=2):
+    for i, row in rows.numbered():
         rec = f"row {i}, {row.get('narration_id') or '?'}"
         try:
             seg = _segment(row, path, rec, i, seen, labelled)
@@ -250,8 +250,7 @@ class Annotations:
             return next((s for s in self._segments[split] if s.narration_id == narration_id), None)
         path = self.split_path(split)
         labelled = split in LABELLED_SPLITS or "verb_class" in csv_header(path)
-        for i, row in enumerate(read_csv(path, LABELLED_COLUMNS if labelled else TEST_COLUMNS,
-                                         what="annotation file"), start=2):
+        for i, row in read_csv(path, LABELLED_COLUMNS if labelled else TEST_COLUMNS, what="annotation file").numbered():
             if row["narration_id"] == narration_id:
                 rec = f"row {i}, {narration_id}"
                 seg = _segment(row, path, rec, i, {}, labelled)
@@ -339,8 +338,7 @@ class Annotations:
     def video_info(self) -> dict[str, VideoInfo]:
         path = self.folder / VIDEO_INFO
         out = {}
-        for i, row in enumerate(read_csv(path, ("video_id", "duration", "fps", "resolution"), what="video info"),
-                                start=2):
+        for i, row in read_csv(path, ("video_id", "duration", "fps", "resolution"), what="video info").numbered():
             try:
                 w, h = (int(x) for x in row["resolution"].lower().split("x"))
                 duration, fps = float(row["duration"]), float(row["fps"])

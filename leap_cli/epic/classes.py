@@ -100,7 +100,7 @@ class ClassVocab:
         path = Path(path)
         rows = read_csv(path, CLASS_COLUMNS)
         keys, instances, categories = {}, {}, {}
-        for i, row in enumerate(rows, start=2):
+        for i, row in rows.numbered():
             try:
                 cid = int(row["id"])
             except (ValueError, TypeError):
@@ -137,7 +137,20 @@ def renamed_copy(path: Path) -> Path | None:
         return None
 
 
-def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: str | None = None) -> list[dict]:
+class CsvRows(list):
+    """``read_csv``'s rows, each a dict, and ``lines``: the line of each in the file, as an editor counts (blank
+    lines, which the reader skips, counted too; a row with a line break in a quoted field: its last line)."""
+
+    def __init__(self, rows=(), lines=()):
+        super().__init__(rows)
+        self.lines = list(lines)
+
+    def numbered(self):
+        """(line, row) of each row."""
+        return zip(self.lines, self)
+
+
+def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: str | None = None) -> CsvRows:
     """Read a CSV as dicts, refusing missing columns by name (and suggesting close spellings)."""
     import difflib
 
@@ -178,7 +191,7 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
                 raise LeapError(f"missing column(s): {', '.join(hints)}", path=path, record="header",
                                 fix=f"expected columns {', '.join(required)}")
             reader.fieldnames = header
-            rows = []
+            rows = CsvRows()
             for row in reader:
                 short = [c for c in required if row.get(c) is None]  # absent, not empty: the line ends early
                 if short:
@@ -197,6 +210,7 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
                                     if sep else "a cut or damaged line: complete it, or restore the file from EPIC's "
                                                 "release")
                 rows.append({k: (v if v is not None else "") for k, v in row.items()})
+                rows.lines.append(reader.line_num)
             return rows
     except UnicodeDecodeError:
         raise LeapError("not a UTF-8 CSV file", path=path) from None
