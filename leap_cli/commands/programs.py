@@ -81,7 +81,7 @@ def generate_programs(
                                            "file at most (default 50000, the Batch API's limit)."),
     batch_max_mb: float = typer.Option(None, "--batch-max-mb", min=0.001, help="With --batch-file: size of a file at "
                                        "most, in MB of 10^6 bytes (default 200, the Batch API's limit)."),
-    ingest_batch: list[Path] = typer.Option(None, "--ingest-batch", help="Validate and merge a Batch API output JSONL "
+    ingest_batch: list[Path] = typer.Option(None, "--ingest-batch", metavar="FILE", help="Validate and merge a Batch API output JSONL "
                                             "(repeat it for the outputs of several batches: read as one)."),
 ) -> None:
     from leap_cli.common import ShardSpec, shard_out
