@@ -190,6 +190,57 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+class AtomicFiles:
+    """Files written under temp names beside ``base`` and renamed into place together once all are written, under
+    names chosen only then (``commit``: the Batch API's input files, whose names say how many there are). A crash
+    before the renames leaves none of them (the temp files of a killed writer are removed by the next write beside
+    ``base``, as ``atomic_path``'s); the files get the mode ``atomic_path`` gives."""
+
+    def __init__(self, base: str | Path):
+        self.base = Path(base)
+        self.temps: list[Path] = []
+
+    def __enter__(self) -> "AtomicFiles":
+        self.base.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_temps(self.base)
+        return self
+
+    def new(self) -> Path:
+        """A new temp file beside ``base``, the next one ``commit`` renames."""
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.base.name}.{_temp_tag()}.", suffix=".tmp",
+                                       dir=self.base.parent)
+        except OSError as e:
+            raise naming_target(e, self.base) from None
+        os.close(fd)
+        self.temps.append(Path(tmp))
+        return self.temps[-1]
+
+    def commit(self, targets: list[Path]) -> None:
+        """Rename the temp files, in the order ``new`` made them, onto ``targets``."""
+        assert len(targets) == len(self.temps), (targets, self.temps)
+        while self.temps:
+            tmp, target = self.temps[0], targets[len(targets) - len(self.temps)]
+            try:
+                mode = target.stat().st_mode & 0o777
+            except FileNotFoundError:
+                mode = 0o666 & ~current_umask()
+            try:
+                os.chmod(tmp, mode)
+                os.replace(tmp, target)
+            except OSError as e:
+                e.filename, e.filename2 = str(target), None
+                raise
+            self.temps.pop(0)
+
+    def __exit__(self, *exc) -> None:
+        for tmp in self.temps:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+
+
 def atomic_write_bytes(path: str | Path, data: bytes, *, if_changed: bool = False) -> bool:
     """``data`` into ``path`` through a temporary file and a rename; ``if_changed``: a file that holds these bytes
     already is left as it is (its time too: a rerun with nothing to do leaves its outputs untouched). Returns

@@ -504,7 +504,85 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     assert ingest_batch(again, [outs[0], outs[0]]) == {"valid": 4, "repeated": 4}
     with ProgramStore(again.cache_path) as store:
         assert store.spent(again.out_path)["requests"] == 4, store.spent(again.out_path)
+    # an ingest run again does not validate the results of records that stay (34 s, 1.9 GB at EPIC's size)
+    import leap_cli.programs.generate as generate
+
+    def no(*a, **k):
+        raise AssertionError("validated a result of a record that stays")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(generate.ProgramGenerator, "verify_here", no)
+        assert ingest_batch(again, [outs[0]]) == {"already_present": 4}
+    # an invalid result ingested again with --retry-invalid is the record it made: not written again, not paid
+    # again (the ledger grew at each such ingest, and "all 1 records failed" exited 3)
+    invalid = dataclasses.replace(cfg, out=tmp_path / "invalid.jsonl", retry_invalid=True)
+    bad = results_file(tmp_path / "bad-result.jsonl", [dict(read_jsonl(outs[0])[0], response={
+        "status_code": 200, "body": completion("not a program")})])
+    assert ingest_batch(invalid, bad) == {"invalid": 1}
+    assert ingest_batch(invalid, bad) == {"already_present": 1}
+    with ProgramStore(invalid.cache_path) as store:
+        assert store.spent(invalid.out_path)["requests"] == 1
     assert ingest_batch(again, outs) == {"already_present": 4, "valid": 2}
+    # lines without a request id (a compatible server's) are one result when the line is the same
+    plain = results_file(tmp_path / "plain.jsonl", [{k: v for k, v in x.items() if k != "id"}
+                                                     for x in read_jsonl(outs[0])])
+    other = dataclasses.replace(cfg, out=tmp_path / "plain-out.jsonl")
+    assert ingest_batch(other, [plain, plain]) == {"valid": 4, "repeated": 4}
+
+
+def test_batch_file_refusals_and_dev_paths(workdir, tmp_path):
+    """A folder is refused before any request is made (it failed at the end with a raw OSError); a name the split
+    files need that holds something else is refused with nothing written; a blank first line is no empty file; a
+    regular file under /dev (/dev/shm) is a file, split and replaced, not a stream appended to."""
+    from leap_cli.programs.batch import batch_stream, is_batch_input
+
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    with pytest.raises(LeapError, match="is a folder"):
+        write_batch_file(cfg, tmp_path)
+    (tmp_path / "loop.jsonl").symlink_to(tmp_path / "loop.jsonl")  # (a traceback: "Symlink loop from ...")
+    with pytest.raises(LeapError, match="a symbolic link that points to itself"):
+        write_batch_file(cfg, tmp_path / "loop.jsonl")
+    (tmp_path / "b-2-of-2.jsonl").write_text('{"narration_id": "x", "status": "valid"}\n')
+    with pytest.raises(LeapError, match="holds something else than Batch requests: nothing was written") as e:
+        write_batch_file(cfg, tmp_path / "b.jsonl", max_requests=4)
+    assert e.value.path == str(tmp_path / "b-2-of-2.jsonl") and not (tmp_path / "b-1-of-2.jsonl").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".b.jsonl")]  # no temp file left
+    (tmp_path / "blank.jsonl").write_text('\n{"narration_id": "x", "status": "valid"}\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    assert not is_batch_input(tmp_path / "blank.jsonl") and is_batch_input(tmp_path / "empty.jsonl")
+    assert batch_stream(Path("/dev/stdout")) and batch_stream(Path("/proc/self/fd/1")) and batch_stream(Path("/dev/null"))
+    assert not batch_stream(tmp_path / "b.jsonl")
+    if Path("/dev/shm").is_dir():
+        shm = Path("/dev/shm") / f"leap-test-{os.getpid()}.jsonl"
+        try:
+            assert not batch_stream(shm)
+            for _ in range(2):
+                assert write_batch_file(cfg, shm) == N_SEGMENTS
+            assert len(read_jsonl(shm)) == N_SEGMENTS  # (twice appended: 12)
+        finally:
+            shm.unlink(missing_ok=True)
+
+
+def test_batch_requests_to_dev_stdout_are_the_whole_output(workdir, tmp_path):
+    """`--batch-file /dev/stdout > f`: the CLI's messages sat at the top of f and cut its first request; they go
+    to stderr, and stdout holds the requests alone, redirected to a file or to a pipe."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
+           "--model", "gpt-test", "--batch-file", "/dev/stdout", "--batch-max-requests", "2"]
+    env = {**os.environ, "PYTHONPATH": str(root), "NO_COLOR": "1"}
+    with open(tmp_path / "out.jsonl", "w") as f:
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = read_jsonl(tmp_path / "out.jsonl")
+    assert len(got) == N_SEGMENTS and all("custom_id" in x for x in got), got
+    assert "is a stream, written unsplit" in r.stderr and f"wrote {N_SEGMENTS} Batch API requests" in r.stderr
+    assert Path("/dev/stdout").is_symlink() or Path("/dev/stdout").exists()
+    piped = subprocess.run(cmd[:-3] + ["-"] + cmd[-2:], capture_output=True, text=True, env=env, timeout=300)  # "-"
+    assert piped.returncode == 0 and piped.stdout.count("\n") == N_SEGMENTS, piped.stderr
+    assert [json.loads(x)["custom_id"] for x in piped.stdout.splitlines()] == [x["custom_id"] for x in got]
 
 
 def test_a_symlinked_batch_file_is_written_through_and_a_fifo_gets_every_request(workdir, tmp_path, caplog):

@@ -96,7 +96,7 @@ def info(
 
     from leap_cli.epic.classes import renamed_copy
 
-    folder = layout.annotations().folder
+    folder = layout.annotations_dir
     absent = [f"{split} ({name}" + (f"; {copy.name} is there: rename it to {name}" if (copy := renamed_copy(
         folder / name)) else "") + ")" for split, name in SPLIT_FILES.items() if split not in {s.split for s in splits}]
     if absent:  # (the table left them out without a word; extract --split train then said "not found")

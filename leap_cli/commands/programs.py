@@ -95,13 +95,23 @@ def generate_programs(
         raise LeapError(f"{'--batch-max-requests' if batch_max_requests is not None else '--batch-max-mb'} sizes the "
                         "files of --batch-file", fix="add --batch-file FILE, or drop it")
     ingest_batch = ingest_batch or None  # (typer gives [] when it is not given)
+    say = console  # the Batch modes' messages: on stderr where the requests go to a stream (/dev/stdout | gzip)
+    if batch_file is not None and str(batch_file) == "-":  # (the usual spelling of stdout; it wrote a file "-")
+        batch_file = Path("/dev/stdout")
+    if batch_file is not None:
+        from leap_cli.io import refuse_folder
+        from leap_cli.programs.batch import batch_stream
+
+        refuse_folder(batch_file)
+        if batch_stream(batch_file):
+            say = Console(stderr=True)
     if batch_file is not None or ingest_batch is not None:
         if backend not in (None, "openai"):
             raise LeapError(f"--backend {backend} has no Batch API", fix="leave --backend out, or pass --backend openai, "
                             "with --batch-file or --ingest-batch")
         if backend is None:  # the default (offline) has no Batch API: say which backend and model the requests name
-            console.print(escape(f"note: the Batch API is OpenAI's: the requests name the model {model} (--model to change)"),
-                          highlight=False)
+            say.print(escape(f"note: the Batch API is OpenAI's: the requests name the model {model} (--model to change)"),
+                      highlight=False)
         backend = "openai"
     backend = backend or "offline"
     concurrency = workers_alias or concurrency
@@ -116,11 +126,8 @@ def generate_programs(
     retry_failed = retry_failed or retry_failed_alias
     spec = ShardSpec.parse(shard)
     out = shard_out(out, spec) if out is not None else None
-    if batch_file is not None:
-        from leap_cli.programs.batch import batch_stream
-
-        if not batch_stream(batch_file):  # (/dev/stdout as it is)
-            batch_file = shard_out(batch_file, spec)  # (a Slurm array's parts wrote one file over another)
+    if batch_file is not None and say is console:  # (a stream, /dev/stdout, as it is)
+        batch_file = shard_out(batch_file, spec)  # (a Slurm array's parts wrote one file over another)
     cfg = GenerateConfig(workdir=workdir, split=split, data=data, annotations=annotations, descriptors=descriptors,
                          out=out, backend=backend, model=model, base_url=base_url, api_key_env=api_key_env,
                          concurrency=concurrency, timeout=timeout, max_retries=max_retries, backoff=backoff,
@@ -145,27 +152,27 @@ def generate_programs(
         written = [p for p in parts if p.requests]
         for p in parts:
             if p.removed:
-                console.print(escape(f"removed {p.path}, an earlier --batch-file's input"), highlight=False,
-                              soft_wrap=True)
+                say.print(escape(f"removed {p.path}, an earlier --batch-file's input"), highlight=False,
+                          soft_wrap=True)
         if len(written) > 1:
-            console.print(escape(f"wrote {n} Batch API requests to {len(written)} files (at most {batch_max_requests} "
-                                 f"request{'s' if batch_max_requests != 1 else ''} and {batch_max_mb:g} MB each):"),
-                          highlight=False)
+            say.print(escape(f"wrote {n} Batch API requests to {len(written)} files (at most {batch_max_requests} "
+                             f"request{'s' if batch_max_requests != 1 else ''} and {batch_max_mb:g} MB each):"),
+                      highlight=False)
             for p in written:
-                console.print(escape(f"  {p.path}: {p.requests} request{'s' if p.requests != 1 else ''}, "
-                                     f"{size_text(p.bytes)}"), highlight=False, soft_wrap=True)
-            console.print(escape("submit each as a batch of its own, then ingest their outputs in one run: "
-                                 "--ingest-batch RESULTS-1.jsonl --ingest-batch RESULTS-2.jsonl ..."), highlight=False)
+                say.print(escape(f"  {p.path}: {p.requests} request{'s' if p.requests != 1 else ''}, "
+                                 f"{size_text(p.bytes)}"), highlight=False, soft_wrap=True)
+            say.print(escape("submit each as a batch of its own, then ingest their outputs in one run: "
+                             "--ingest-batch RESULTS-1.jsonl --ingest-batch RESULTS-2.jsonl ..."), highlight=False)
         elif n:
-            console.print(escape(f"wrote {n} Batch API request{'s' if n != 1 else ''} to {batch_file}; submit it, then run with "
-                                 "--ingest-batch RESULTS.jsonl"), highlight=False)
+            say.print(escape(f"wrote {n} Batch API request{'s' if n != 1 else ''} to {batch_file}; submit it, then run with "
+                             "--ingest-batch RESULTS.jsonl"), highlight=False)
         else:  # (it said "submit it" of an empty file)
             why = ("the input holds no segment" + (f" (part {spec.index}/{spec.count})" if spec.count > 1 else "")
                    if not stats["segments"] else f"--limit 0 ({stats['pending']} segments pending)" if
                    stats["pending"] else f"every segment has a record in {cfg.out_path}")
-            console.print(escape(f"no request to write: {why}; {batch_file} holds none"), highlight=False)
+            say.print(escape(f"no request to write: {why}; {batch_file} holds none"), highlight=False)
         for line in not_valid_notes(stats):
-            console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
+            say.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
         return
     if ingest_batch is not None:
         from leap_cli.programs.batch import ingest_batch as ingest
@@ -174,7 +181,7 @@ def generate_programs(
         counts = ingest(cfg, ingest_batch, failures)
         kept = counts.pop("invalid_kept", 0)  # (also counted already_present)
         before = counts.pop("asked_before_the_clip_changed", 0)  # (also counted by status)
-        n = sum(counts.values())
+        n = sum(v for k, v in counts.items() if k != "repeated")
         console.print(escape(f"ingested {n} result{'s' if n != 1 else ''} into {cfg.out_path}: "
                              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))), highlight=False)
         if before:

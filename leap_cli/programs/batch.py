@@ -16,13 +16,15 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
+import stat
+import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 from leap_cli.errors import LeapError
-from leap_cli.io import JsonlAppender, atomic_path, settings_path
+from leap_cli.io import AtomicFiles, JsonlAppender, refuse_folder, settings_path
 from leap_cli.programs.backends import reply_cut, reply_problem, reply_text, reply_usage
 from leap_cli.programs.generate import (GenerateConfig, ProgramGenerator, _setup, check_output, clip_changed, clip_hash,
                                        kept_and_redone, output_records, token_limit_finding)
@@ -69,19 +71,33 @@ def batch_part_paths(path: Path, n: int) -> list[Path]:
 
 
 def batch_stream(path: Path) -> bool:
-    """A --batch-file written as one stream, never split, renamed or swept: a path under /dev or /proc
-    (``/dev/stdout``, whatever it points to) and any existing file that is not a regular one (a FIFO)."""
-    p = Path(os.path.abspath(path))
-    return p.parts[1:2] in (("dev",), ("proc",)) or (p.exists() and not p.is_file())
+    """A --batch-file written as one stream, never split, renamed or swept: a process's own descriptor
+    (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``), whatever it points to, and an existing
+    file that is neither a regular file nor a folder (a FIFO, ``/dev/null``). A regular file under /dev (``/dev/shm``)
+    is a file."""
+    import re
+
+    if re.fullmatch(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|\d+)/fd/\d+", os.path.abspath(path)):
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def is_batch_input(path: Path) -> bool:
-    """Whether a file is one --batch-file may replace or remove: empty, or its first line a Batch request
-    (``custom_id`` and ``body``); a file of program records, descriptors or anything else is not."""
+    """Whether a file is one --batch-file may replace or remove: empty (0 bytes), or its first line that is not
+    blank a Batch request (``custom_id`` and ``body``); a file of program records, descriptors or anything else is
+    not."""
     try:
         with open(path, "rb") as f:
             first = f.readline(1 << 26)
-        line = json.loads(first) if first.strip() else {"custom_id": "", "body": {}}
+            while first and not first.strip():
+                first = f.readline(1 << 26)
+            if not first:
+                return f.tell() == 0
+        line = json.loads(first)
     except (OSError, ValueError, RecursionError):
         return False
     return isinstance(line, dict) and "custom_id" in line and "body" in line
@@ -117,21 +133,27 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
     of an earlier --batch-file to ``path`` that was removed (``removed``). The files are renamed into place once
     all are written (a crash before leaves none; one during the renames, an instant, some, which the next run
     replaces or removes); a single request over ``max_mb`` is a file of its own, warned of. A symbolic link is
-    written through (its target's folder gets the files); a stream (``batch_stream``) gets every request,
-    unsplit. An existing file that holds no Batch requests (the programs output, a file of records) is refused,
-    not replaced."""
+    written through (its target's folder gets the files); a stream (``batch_stream``) gets every request as it
+    is made, unsplit. An existing file that holds no Batch requests (the programs output, a file of records), as
+    ``path`` or as one of the names the files need, is refused, not replaced."""
     import math
 
     path = Path(path)
     if max_requests < 1 or not 0 < max_mb < math.inf:
         raise LeapError(f"a Batch input file of at most {max_requests} requests and {max_mb} MB is no limit",
-                        fix="give --batch-max-requests and --batch-max-mb numbers above 0")
+                        fix="give --batch-max-requests a whole number and --batch-max-mb a number of MB, both "
+                            "above 0 and finite")
     max_bytes = int(max_mb * 1_000_000)
+    refuse_folder(path)
     stream = batch_stream(path)
     if not stream:
         if path.is_symlink():  # (the part files and the sweep go where the link points; the link stays)
-            path = path.resolve()
-        fix = "give --batch-file a path of its own (e.g. WORKDIR/batch.jsonl)"
+            try:
+                path = path.resolve(strict=False)
+            except (RuntimeError, OSError):  # (a loop: RuntimeError before Python 3.13)
+                raise LeapError("--batch-file is a symbolic link that points to itself, through a loop of links",
+                                path=path, fix="remove the link, or give --batch-file another path") from None
+        fix = "give --batch-file a path of its own, e.g. WORKDIR/batch.jsonl"
         if path.resolve() == Path(cfg.out_path).resolve():
             raise LeapError("--batch-file names the programs output, where the ingested results go", path=path,
                             fix=fix)
@@ -157,45 +179,48 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         fmt = {"type": cfg.response_format}
     else:
         fmt = {"type": "json_schema", "json_schema": {"name": "action_program", "strict": True, "schema": strict_schema()}}
-    import tempfile
-
-    if not stream:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    sizes: list[tuple[int, int]] = [(0, 0)]  # (requests, bytes) per file
-    oversize = 0  # requests over max_bytes alone
-    # every line goes to a scratch file beside the output first: how many files the requests need is known only
-    # once all are written, and their names say it
-    try:
-        scratch = tempfile.TemporaryFile(dir=None if stream else path.parent)
-    except OSError as e:  # (a read-only folder: the output is what the user knows)
-        e.filename = str(path)
-        raise
-    with scratch:
+    def request_lines() -> Iterator[bytes]:
         for r in records:
             info = clip_info(r, inputs.segments.get(r["narration_id"]))
             # max_completion_tokens: what every current OpenAI chat model takes (GPT-5-era ones refuse max_tokens)
             body = {"model": cfg.model, "messages": builder.prompt(info).messages, "temperature": cfg.temperature,
                     "max_completion_tokens": cfg.max_tokens,
                     **({"response_format": fmt} if fmt["type"] != "none" else {}), **(cfg.extra_body or {})}
-            line = (json.dumps({"custom_id": f"{r['narration_id']}@{clip_hash(inputs, r)}", "method": "POST",
-                                "url": BATCH_URL, "body": body}, ensure_ascii=False) + "\n").encode("utf-8")
-            oversize += len(line) > max_bytes
-            n, size = sizes[-1]
-            if n and not stream and (n + 1 > max_requests or size + len(line) > max_bytes):
-                sizes.append((0, 0))
-                n, size = 0, 0
-            sizes[-1] = (n + 1, size + len(line))
-            scratch.write(line)
-        scratch.seek(0)
-        names = batch_part_paths(path, len(sizes))
-        if stream:  # (no temp file and rename: /dev/stdout may be a pipe; appended, as a shell's >> would)
-            with open(path, "ab") as f:
-                shutil.copyfileobj(scratch, f)
-        else:
-            with contextlib.ExitStack() as stack:  # each file renamed into place only once all are written
-                for name, (_, size) in zip(names, sizes):
-                    with open(stack.enter_context(atomic_path(name)), "wb") as f:
-                        shutil.copyfileobj(_Limited(scratch, size), f)
+            yield (json.dumps({"custom_id": f"{r['narration_id']}@{clip_hash(inputs, r)}", "method": "POST",
+                               "url": BATCH_URL, "body": body}, ensure_ascii=False) + "\n").encode("utf-8")
+
+    sizes: list[tuple[int, int]] = [(0, 0)]  # (requests, bytes) per file
+    oversize = 0  # requests over max_bytes alone
+    if stream:
+        names = [path]
+        with _stream(path) as f:
+            for line in request_lines():
+                f.write(line)
+                sizes[0] = (sizes[0][0] + 1, sizes[0][1] + len(line))
+    else:
+        # each file is written under a temp name, and all are renamed once the last is written: how many files
+        # the requests need is known only then, and their names say it
+        with AtomicFiles(path) as files:
+            f = open(files.new(), "wb")
+            try:
+                for line in request_lines():
+                    oversize += len(line) > max_bytes
+                    n, size = sizes[-1]
+                    if n and (n + 1 > max_requests or size + len(line) > max_bytes):
+                        f.close()
+                        f = open(files.new(), "wb")
+                        sizes.append((0, 0))
+                        n, size = 0, 0
+                    f.write(line)
+                    sizes[-1] = (n + 1, size + len(line))
+            finally:
+                f.close()
+            names = batch_part_paths(path, len(sizes))
+            if mine := next((p for p in names if p.exists() and not is_batch_input(p)), None):
+                raise LeapError("the requests need a file of this name, which holds something else than Batch "
+                                "requests: nothing was written", path=mine,
+                                fix="move that file away, or give --batch-file a path of its own")
+            files.commit(names)
     written = [BatchPart(name, n, size) for name, (n, size) in zip(names, sizes)]
     if stream and (sizes[0][0] > max_requests or sizes[0][1] > max_bytes):
         log.warning("%s is a stream, written unsplit: its %d requests (%s) are more than one Batch input file "
@@ -217,22 +242,31 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
     return sum(p.requests for p in written)
 
 
+@contextlib.contextmanager
+def _stream(path: Path) -> Iterator:
+    """A binary file object writing to a stream path: this process's own standard output or error through its
+    Python object (flushed first: what was printed so far stays before the requests, not over them), any other
+    opened for appending."""
+    own = None
+    for std in (sys.stdout, sys.stderr):
+        try:
+            if os.path.samestat(os.stat(path), os.fstat(std.fileno())):
+                own = std
+                break
+        except (OSError, AttributeError, ValueError):  # (a test's captured stream has no descriptor)
+            pass
+    if own is None:
+        with open(path, "ab") as f:
+            yield f
+        return
+    own.flush()
+    yield own.buffer
+    own.buffer.flush()
+
+
 def size_text(n: int) -> str:
     """A file's size for a person: MB of 10^6 bytes, kB under 0.1 MB."""
     return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"  # (199.98 MB, not 200.0 beside "200 MB")
-
-
-class _Limited:
-    """A read-only view of the next ``size`` bytes of a file, for ``shutil.copyfileobj``."""
-
-    def __init__(self, f, size: int):
-        self.f, self.left = f, size
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(n)
-        self.left -= len(data)
-        return data
 
 
 BATCH_OUTPUT_FIX = ("pass the output file the OpenAI Batch API returned: JSONL, one "
@@ -284,8 +318,9 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     replaces a ``failed`` record (e.g. of an expired batch), and with ``cfg.retry_invalid`` an ``invalid`` one.
     ``results_path``: one output file, or a list of them (the outputs of a --batch-file split into several files,
     read as one: the input is read once). Returns counts per status, and ``repeated``: lines of a request already
-    read (same ``custom_id`` and ``id``: a file given twice), left out; ``failures`` gets ``(narration_id, first
-    error)`` of each invalid or failed record written (as a live run's summary)."""
+    read (same ``custom_id`` and ``id``, or the same line where it has no ``id``: a file given twice), left out;
+    ``failures`` gets ``(narration_id, first error)`` of each invalid or failed record written (as a live run's
+    summary)."""
     cfg = _openai(cfg)
     paths = [results_path] if isinstance(results_path, (str, Path)) else list(results_path)
     lines, where = [], []  # the result lines of every file, and (file, line number) of each
@@ -293,11 +328,14 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     for path in paths:
         numbers: list[int] = []
         for line, i in zip(read_batch_output(path, numbers), numbers):
-            if line.get("id") is not None and (key := (line["custom_id"], str(line["id"]))) in seen:
-                repeated += 1  # (one request's result twice: a file given twice, or files cat'ed: paid once)
+            # one request's result twice (a file given twice, files cat'ed: paid once): the same request id, or
+            # for lines without one (a compatible server's) the same line
+            key = (line["custom_id"], str(line["id"]) if line.get("id") is not None
+                   else json.dumps(line, sort_keys=True))
+            if key in seen:
+                repeated += 1
                 continue
-            if line.get("id") is not None:
-                seen.add(key)
+            seen.add(key)
             lines.append(line)
             where.append((path, i))
     ids_in = {}  # the narration ids of each file's results
@@ -413,6 +451,9 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                 continue
             if record.get("stays"):
                 counts["already_present"] += 1
+                continue
+            if (prior := _attempt(old.get(nid)))[0] is not None and prior == _attempt(record):
+                counts["already_present"] += 1  # (the request its record came from: written and paid before)
                 continue
             # A failure leaves an invalid record, or one of a clip changed since, as it was; over a failed record
             # it is written where it is another request's (resubmitted, it failed once more: the newer error),
