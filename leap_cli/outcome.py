@@ -54,7 +54,8 @@ class Outcome:
         """The failure summary (empty when nothing failed): a count line, then the causes, most frequent first."""
         if not self.failed:
             return []
-        head = (f"{self.stage}: all {self.attempted} records failed" if self.all_failed
+        head = (f"{self.stage}: the only record failed" if self.all_failed and self.attempted == 1
+                else f"{self.stage}: all {self.attempted} records failed" if self.all_failed
                 else f"{self.stage}: {self.failed} of {self.attempted} records failed")
         out = [head + " (by cause):"]
         for cause, n in self.causes.most_common(limit):

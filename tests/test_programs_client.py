@@ -493,6 +493,9 @@ def test_generate_programs_exits_3_when_every_record_failed(workdir, good_progra
     with ScriptedServer(script) as server:
         res = CliRunner().invoke(app, args(server, "some.jsonl"))
     assert res.exit_code == 0, res.output  # some failed: listed, the job went on
+    with ScriptedServer(lambda body, n: too_long(body)) as server:  # (it said "all 1 records failed")
+        one = CliRunner().invoke(app, args(server, "one.jsonl") + ["--limit", "1", "--model", "uncached"])
+    assert one.exit_code == 3 and "generate-programs: the only record failed (by cause)" in one.output, one.output
     assert f"{N_SEGMENTS - 1} of {N_SEGMENTS} records failed" in " ".join(res.output.split())
 
 
