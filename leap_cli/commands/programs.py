@@ -185,13 +185,17 @@ def generate_programs(
         console.print(escape(f"ingested {n} result{'s' if n != 1 else ''} into {cfg.out_path}: "
                              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))), highlight=False)
         if before:
-            console.print(escape(f"note: {before} of the results were asked for before their clip changed (its "
-                                 "descriptor record was made again, or its annotation changed): they are kept as the "
-                                 "old clip's programs, and the next --batch-file asks for them again"),
+            one = before == 1
+            console.print(escape(f"note: {before} of the results {'was' if one else 'were'} asked for before "
+                                 f"{'its' if one else 'their'} clip changed (its descriptor record was made again, or "
+                                 f"its annotation changed): {'it is' if one else 'they are'} kept as the old clip's "
+                                 f"program{'' if one else 's'}, and the next --batch-file asks for "
+                                 f"{'it' if one else 'them'} again"),
                           style="yellow", highlight=False)
         if kept:
-            console.print(escape(f"note: {kept} of the already present are invalid records that the results did not "
-                                 "replace: give --retry-invalid to --ingest-batch too (as to --batch-file)"),
+            console.print(escape(f"note: {kept} of the already present {'is an invalid record' if kept == 1 else 'are invalid records'} "
+                                 "that the results did not replace: give --retry-invalid to --ingest-batch too (as to "
+                                 "--batch-file)"),
                           highlight=False, style="yellow")
         from leap_cli.outcome import Outcome
 
