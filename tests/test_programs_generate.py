@@ -496,6 +496,9 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     assert not (workdir / "programs" / "val.jsonl").exists()
     res = CliRunner().invoke(app, ingest[:-1] + [str(outs[1])])
     assert res.exit_code == 0 and f"ingested {N_SEGMENTS} results" in res.output and f"valid {N_SEGMENTS}" in res.output
+    # what it cost, at half the prices (1000 prompt and 200 completion tokens each at 0.15 and 0.60 USD per 1M)
+    cost = N_SEGMENTS * (1000 * 0.15 + 200 * 0.60) / 1e6 / 2
+    assert f"cost: ${cost:.4f} for {N_SEGMENTS} requests at the Batch API's price" in " ".join(res.output.split())
     assert len(records(workdir)) == N_SEGMENTS
     # ... given twice (or cat'ed): one request's result once, the others said repeated; the ledger counts it once
     from leap_cli.programs.store import ProgramStore

@@ -178,12 +178,17 @@ def generate_programs(
         from leap_cli.programs.batch import ingest_batch as ingest
 
         failures: list[tuple[str, str]] = []
-        counts = ingest(cfg, ingest_batch, failures)
+        spent: dict = {}
+        counts = ingest(cfg, ingest_batch, failures, spent)
         kept = counts.pop("invalid_kept", 0)  # (also counted already_present)
         before = counts.pop("asked_before_the_clip_changed", 0)  # (also counted by status)
         n = sum(v for k, v in counts.items() if k != "repeated")
         console.print(escape(f"ingested {n} result{'s' if n != 1 else ''} into {cfg.out_path}: "
                              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))), highlight=False)
+        console.print(escape(f"cost: ${spent['cost']:.4f} for {spent['requests']} request"
+                             f"{'s' if spent['requests'] != 1 else ''} at the Batch API's price (half of --price-in and "
+                             f"--price-out); spent on this output so far ${spent['total']:.4f}"),
+                      highlight=False)
         if before:
             one = before == 1
             console.print(escape(f"note: {before} of the results {'was' if one else 'were'} asked for before "

@@ -313,14 +313,16 @@ def _dict(value) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None) -> Counter:
+def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None,
+                 spent: dict | None = None) -> Counter:
     """Validate the Batch output and append its records to the programs file; a result that did not fail
     replaces a ``failed`` record (e.g. of an expired batch), and with ``cfg.retry_invalid`` an ``invalid`` one.
     ``results_path``: one output file, or a list of them (the outputs of a --batch-file split into several files,
     read as one: the input is read once). Returns counts per status, and ``repeated``: lines of a request already
     read (same ``custom_id`` and ``id``, or the same line where it has no ``id``: a file given twice), left out;
     ``failures`` gets ``(narration_id, first error)`` of each invalid or failed record written (as a live run's
-    summary)."""
+    summary); ``spent`` the ``requests`` and ``cost`` (USD, at the Batch price) this ingest added to the ledger,
+    and the ledger's ``total`` for the output."""
     cfg = _openai(cfg)
     paths = [results_path] if isinstance(results_path, (str, Path)) else list(results_path)
     lines, where = [], []  # the result lines of every file, and (file, line number) of each
@@ -417,10 +419,14 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
         return {"narration_id": nid, "status": status, "program": program,
                 "errors": [f.to_dict() for f in findings], "provenance": prov}
 
+    added = {"requests": 0, "cost": 0.0}
+
     def spend(record: dict) -> None:
         if record["provenance"]["usage"]["prompt_tokens"]:  # the ledger of --max-cost: the Batch API bills half
             usage = record["provenance"]["usage"]
             store.add_spend(cfg.out_path, cfg.cost(usage) * BATCH_PRICE_FACTOR, usage)
+            added["requests"] += 1
+            added["cost"] += cfg.cost(usage) * BATCH_PRICE_FACTOR
 
     # a segment with several results in the file (an expired batch's error lines, then the retry's output; the
     # output of a batch and of its --retry-invalid batch, in one file): the best is the one written, valid before
@@ -478,6 +484,8 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                 counts["superseded"] += 1
                 if record["narration_id"] in written_ids:
                     spend(record)
+        if spent is not None:
+            spent.update(added, total=store.spent(cfg.out_path)["cost"])
     return counts
 
 
