@@ -213,6 +213,9 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                         n, size = 0, 0
                     f.write(line)
                     sizes[-1] = (n + 1, size + len(line))
+            except OSError as e:  # (a full disk: the user's path, not the temp file's, in the one line)
+                e.filename, e.filename2 = str(path), None
+                raise
             finally:
                 f.close()
             names = batch_part_paths(path, len(sizes))
