@@ -264,7 +264,7 @@ def empty_path_option(args: list[str]) -> None:
         hints = typing.get_type_hints(info.callback)
     except (NameError, TypeError):  # (an annotation that does not resolve here: typer's own parsing decides)
         return
-    names = {d for p in inspect.signature(info.callback).parameters.values()
+    names = {d: p.default.default for p in inspect.signature(info.callback).parameters.values()
              if hints.get(p.name) in (Path, Path | None, list[Path], list[Path] | None)
              and isinstance(p.default, typer.models.OptionInfo)
              for d in (p.default.param_decls or ()) if d.startswith("-")}
@@ -274,7 +274,9 @@ def empty_path_option(args: list[str]) -> None:
         name, eq, value = a.partition("=") if a.startswith("--") else (a, "", "")  # (-c takes no "=")
         if name in names and (value.strip() == "" if eq else i + 1 < len(args) and args[i + 1].strip() == ""):
             raise LeapError(f"{name} is empty (an unset variable in a job script?): as a path it would be the current "
-                            "folder", fix=f"give {name} a path, or leave it out for its default")
+                            "folder", fix=f"give {name} a path" + (
+                                " (it is required)" if names[name] is ... else ", or leave it out" if names[name] is None
+                                else ", or leave it out for its default"))
 
 
 def main() -> None:

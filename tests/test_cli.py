@@ -61,6 +61,10 @@ def test_an_empty_path_option_is_refused(tmp_path, argv):
     name = next(a for a in argv if a.startswith("-") and a != "--split").rstrip("=")
     assert r.returncode == 2 and r.stderr.startswith(f"error: {name} is empty (an unset variable in a job script?)"), r
     assert list(tmp_path.iterdir()) == []
+    # what to do, as the option is: required (train's config), with a default (--workdir), or none (--ingest-batch)
+    fix = {"--workdir": ", or leave it out for its default", "--data": ", or leave it out)",
+           "--config": " (it is required)", "-c": " (it is required)", "--ingest-batch": ", or leave it out)"}[name]
+    assert f"(give {name} a path{fix}" in " ".join(r.stderr.split()), r.stderr
 
 
 def test_version_and_help_order():
