@@ -499,6 +499,8 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     # what it cost, at half the prices (1000 prompt and 200 completion tokens each at 0.15 and 0.60 USD per 1M)
     cost = N_SEGMENTS * (1000 * 0.15 + 200 * 0.60) / 1e6 / 2
     assert f"cost: ${cost:.4f} for {N_SEGMENTS} requests at the Batch API's price" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ingest[:-1] + [str(outs[1])])  # (it said "ingested" of nothing written)
+    assert f"nothing new in {N_SEGMENTS} results for" in " ".join(res.output.split()), res.output
     assert len(records(workdir)) == N_SEGMENTS
     # ... given twice (or cat'ed): one request's result once, the others said repeated; the ledger counts it once
     from leap_cli.programs.store import ProgramStore
@@ -582,6 +584,7 @@ def test_batch_requests_to_dev_stdout_are_the_whole_output(workdir, tmp_path):
     got = read_jsonl(tmp_path / "out.jsonl")
     assert len(got) == N_SEGMENTS and all("custom_id" in x for x in got), got
     assert "is a stream, written unsplit" in r.stderr and f"wrote {N_SEGMENTS} Batch API requests" in r.stderr
+    assert "split it into files within the limits, submit each" in " ".join(r.stderr.split()), r.stderr
     assert Path("/dev/stdout").is_symlink() or Path("/dev/stdout").exists()
     piped = subprocess.run(cmd[:-3] + ["-"] + cmd[-2:], capture_output=True, text=True, env=env, timeout=300)  # "-"
     assert piped.returncode == 0 and piped.stdout.count("\n") == N_SEGMENTS, piped.stderr

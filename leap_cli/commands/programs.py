@@ -164,8 +164,10 @@ def generate_programs(
             say.print(escape("submit each as a batch of its own, then ingest their outputs in one run: "
                              "--ingest-batch RESULTS-1.jsonl --ingest-batch RESULTS-2.jsonl ..."), highlight=False)
         elif n:
-            say.print(escape(f"wrote {n} Batch API request{'s' if n != 1 else ''} to {batch_file}; submit it, then run with "
-                             "--ingest-batch RESULTS.jsonl"), highlight=False)
+            over = n > batch_max_requests or written[0].bytes > batch_max_mb * 1e6  # (a stream: warned of above)
+            say.print(escape(f"wrote {n} Batch API request{'s' if n != 1 else ''} to {batch_file}; "
+                             + ("split it into files within the limits, submit each" if over else "submit it")
+                             + ", then run with --ingest-batch RESULTS.jsonl"), highlight=False)
         else:  # (it said "submit it" of an empty file)
             why = ("the input holds no segment" + (f" (part {spec.index}/{spec.count})" if spec.count > 1 else "")
                    if not stats["segments"] else f"--limit 0 ({stats['pending']} segments pending)" if
@@ -183,7 +185,9 @@ def generate_programs(
         kept = counts.pop("invalid_kept", 0)  # (also counted already_present)
         before = counts.pop("asked_before_the_clip_changed", 0)  # (also counted by status)
         n = sum(v for k, v in counts.items() if k != "repeated")
-        console.print(escape(f"ingested {n} result{'s' if n != 1 else ''} into {cfg.out_path}: "
+        new = sum(counts[k] for k in ("valid", "invalid", "failed"))
+        console.print(escape((f"ingested {n} result{'s' if n != 1 else ''} into {cfg.out_path}: " if new else
+                              f"nothing new in {n} result{'s' if n != 1 else ''} for {cfg.out_path}: ")
                              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))), highlight=False)
         console.print(escape(f"cost: ${spent['cost']:.4f} for {spent['requests']} request"
                              f"{'s' if spent['requests'] != 1 else ''} at the Batch API's price (half of --price-in and "
