@@ -99,12 +99,14 @@ def generate_programs(
     if batch_file is not None and str(batch_file) == "-":  # (the usual spelling of stdout; it wrote a file "-")
         batch_file = Path("/dev/stdout")
     if batch_file is not None:
+        import sys
+
         from leap_cli.io import refuse_folder
-        from leap_cli.programs.batch import batch_stream
+        from leap_cli.programs.batch import batch_stream, own_std
 
         refuse_folder(batch_file)
-        if batch_stream(batch_file):
-            say = Console(stderr=True)
+        if batch_stream(batch_file):  # (the messages on the other one where the requests go to stderr)
+            say = Console(stderr=own_std(batch_file) is not sys.stderr)
     if batch_file is not None or ingest_batch is not None:
         if backend not in (None, "openai"):
             raise LeapError(f"--backend {backend} has no Batch API", fix="leave --backend out, or pass --backend openai, "

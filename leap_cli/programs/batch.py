@@ -245,19 +245,24 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
     return sum(p.requests for p in written)
 
 
+def own_std(path: Path):
+    """``sys.stdout`` or ``sys.stderr`` where ``path`` is this process's own (``/dev/stdout``, ``-``, the file or
+    pipe it is redirected to), else None."""
+    for std in (sys.stdout, sys.stderr):
+        try:
+            if os.path.samestat(os.stat(path), os.fstat(std.fileno())):
+                return std
+        except (OSError, AttributeError, ValueError):  # (a test's captured stream has no descriptor)
+            pass
+    return None
+
+
 @contextlib.contextmanager
 def _stream(path: Path) -> Iterator:
     """A binary file object writing to a stream path: this process's own standard output or error through its
     Python object (flushed first: what was printed so far stays before the requests, not over them), any other
     opened for appending."""
-    own = None
-    for std in (sys.stdout, sys.stderr):
-        try:
-            if os.path.samestat(os.stat(path), os.fstat(std.fileno())):
-                own = std
-                break
-        except (OSError, AttributeError, ValueError):  # (a test's captured stream has no descriptor)
-            pass
+    own = own_std(path)
     if own is None:
         with open(path, "ab") as f:
             yield f
