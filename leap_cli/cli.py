@@ -275,7 +275,7 @@ def empty_path_option(args: list[str]) -> None:
         if name in names and (value.strip() == "" if eq else i + 1 < len(args) and args[i + 1].strip() == ""):
             raise LeapError(f"{name} is empty (an unset variable in a job script?): as a path it would be the current "
                             "folder", fix=f"give {name} a path" + (
-                                " (it is required)" if names[name] is ... else ", or leave it out" if names[name] is None
+                                ": it is required" if names[name] is ... else ", or leave it out" if names[name] is None
                                 else ", or leave it out for its default"))
 
 

@@ -63,7 +63,7 @@ def test_an_empty_path_option_is_refused(tmp_path, argv):
     assert list(tmp_path.iterdir()) == []
     # what to do, as the option is: required (train's config), with a default (--workdir), or none (--ingest-batch)
     fix = {"--workdir": ", or leave it out for its default", "--data": ", or leave it out)",
-           "--config": " (it is required)", "-c": " (it is required)", "--ingest-batch": ", or leave it out)"}[name]
+           "--config": ": it is required", "-c": ": it is required", "--ingest-batch": ", or leave it out)"}[name]
     assert f"(give {name} a path{fix}" in " ".join(r.stderr.split()), r.stderr
 
 

@@ -501,6 +501,12 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     assert f"cost: ${cost:.4f} for {N_SEGMENTS} requests at the Batch API's price" in " ".join(res.output.split())
     res = CliRunner().invoke(app, ingest[:-1] + [str(outs[1])])  # (it said "ingested" of nothing written)
     assert f"nothing new in {N_SEGMENTS} results for" in " ".join(res.output.split()), res.output
+    assert "cost:" not in res.output  # (nothing paid now)
+    # "-" reads stdin (it said "not found" of /dev/stdin and of a pipe); a folder is said to be one
+    res = CliRunner().invoke(app, ingest[:-4] + ["--ingest-batch", "-"], input=outs[0].read_text())
+    assert "nothing new in 4 results for" in " ".join(res.output.split()), res.output
+    res = CliRunner().invoke(app, ingest[:-4] + ["--ingest-batch", str(tmp_path)])
+    assert "is a folder, not a Batch output file" in str(res.exception)
     assert len(records(workdir)) == N_SEGMENTS
     # ... given twice (or cat'ed): one request's result once, the others said repeated; the ledger counts it once
     from leap_cli.programs.store import ProgramStore
@@ -547,6 +553,11 @@ def test_batch_file_refusals_and_dev_paths(workdir, tmp_path):
     (tmp_path / "loop.jsonl").symlink_to(tmp_path / "loop.jsonl")  # (a traceback: "Symlink loop from ...")
     with pytest.raises(LeapError, match="a symbolic link that points to itself"):
         write_batch_file(cfg, tmp_path / "loop.jsonl")
+    # ... and beside the output, it stopped the sweep of an earlier run's files without a word
+    parts: list = []
+    write_batch_file(cfg, tmp_path / "q.jsonl", max_requests=4)
+    write_batch_file(cfg, tmp_path / "q.jsonl", parts=parts)
+    assert {p.path.name for p in parts if p.removed} == {"q-1-of-2.jsonl", "q-2-of-2.jsonl"}
     (tmp_path / "b-2-of-2.jsonl").write_text('{"narration_id": "x", "status": "valid"}\n')
     with pytest.raises(LeapError, match="holds something else than Batch requests: nothing was written") as e:
         write_batch_file(cfg, tmp_path / "b.jsonl", max_requests=4)

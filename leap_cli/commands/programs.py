@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -167,9 +168,10 @@ def generate_programs(
                              "--ingest-batch RESULTS-1.jsonl --ingest-batch RESULTS-2.jsonl ..."), highlight=False)
         elif n:
             over = n > batch_max_requests or written[0].bytes > batch_max_mb * 1e6  # (a stream: warned of above)
-            say.print(escape(f"wrote {n} Batch API request{'s' if n != 1 else ''} to {batch_file}; "
-                             + ("split it into files within the limits, submit each" if over else "submit it")
-                             + ", then run with --ingest-batch RESULTS.jsonl"), highlight=False)
+            say.print(escape(f"wrote {n} Batch API request{'s' if n != 1 else ''} to {batch_file}"
+                             + ("" if str(batch_file) == os.devnull else "; " + (
+                                 "split it into files within the limits, submit each" if over else "submit it")
+                                 + ", then run with --ingest-batch RESULTS.jsonl")), highlight=False)
         else:  # (it said "submit it" of an empty file)
             why = ("the input holds no segment" + (f" (part {spec.index}/{spec.count})" if spec.count > 1 else "")
                    if not stats["segments"] else f"--limit 0 ({stats['pending']} segments pending)" if
@@ -191,10 +193,11 @@ def generate_programs(
         console.print(escape((f"ingested {n} result{'s' if n != 1 else ''} into {cfg.out_path}: " if new else
                               f"nothing new in {n} result{'s' if n != 1 else ''} for {cfg.out_path}: ")
                              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))), highlight=False)
-        console.print(escape(f"cost: ${spent['cost']:.4f} for {spent['requests']} request"
-                             f"{'s' if spent['requests'] != 1 else ''} at the Batch API's price (half of --price-in and "
-                             f"--price-out); spent on this output so far ${spent['total']:.4f}"),
-                      highlight=False)
+        if spent["requests"]:
+            console.print(escape(f"cost: ${spent['cost']:.4f} for {spent['requests']} request"
+                                 f"{'s' if spent['requests'] != 1 else ''} at the Batch API's price (half of --price-in and "
+                                 f"--price-out); spent on this output so far ${spent['total']:.4f}"),
+                          highlight=False)
         if before:
             one = before == 1
             console.print(escape(f"note: {before} of the results {'was' if one else 'were'} asked for before "

@@ -110,10 +110,12 @@ def _earlier_parts(path: Path, written: list[Path]) -> list[Path]:
     import re
 
     pattern = re.compile(re.escape(path.stem) + r"-([1-9]\d*)-of-([1-9]\d*)" + re.escape(path.suffix))
-    try:
-        names = [e.name for e in os.scandir(path.parent) if e.is_file() and not e.is_symlink() and (
-            e.name == path.name or (m := pattern.fullmatch(e.name)) and int(m[1]) <= int(m[2]))]
-    except OSError:
+    try:  # (links are not followed: one that loops made is_file() raise, and the sweep stopped without a word)
+        names = [e.name for e in os.scandir(path.parent) if not e.is_symlink() and e.is_file(follow_symlinks=False)
+                 and (e.name == path.name or (m := pattern.fullmatch(e.name)) and int(m[1]) <= int(m[2]))]
+    except OSError as e:
+        log.warning("the files of an earlier --batch-file beside %s could not be looked for (%s): do not submit "
+                    "any but those written now", path, e.strerror or e)
         return []
     keep = {p.name for p in written}
     return sorted((path.parent / n for n in names if n not in keep and is_batch_input(path.parent / n)),
@@ -172,9 +174,10 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
     if cfg.limit is not None:
         records = records[: cfg.limit]
     if again.intersection(r["narration_id"] for r in records):
-        log.warning("%d of the requests are for records already done whose clip has changed since (their descriptor "
-                    "record was made again, or their annotation changed): their results replace them",
-                    len(again.intersection(r["narration_id"] for r in records)))
+        k = len(again.intersection(r["narration_id"] for r in records))
+        log.warning("%d of the requests %s for records already done whose clip has changed since (their descriptor "
+                    "record was made again, or their annotation changed): their results replace them", k,
+                    "is" if k == 1 else "are")
     if cfg.response_format in ("json_object", "none"):
         fmt = {"type": cfg.response_format}
     else:
@@ -284,11 +287,14 @@ BATCH_OUTPUT_FIX = ("pass the output file the OpenAI Batch API returned: JSONL, 
 def read_batch_output(path, numbers: list | None = None) -> list[dict]:
     """The result lines of a Batch output file (``numbers`` gets each one's line number in the file); anything
     else (another format, the Batch *input* file, a truncated download) is a one-line LeapError naming the line."""
-    path = Path(path)
-    if not path.is_file():
+    stdin = str(path) == "-"  # (a pipe, as --batch-file - writes one)
+    path = Path("<stdin>" if stdin else path)
+    if not stdin and path.is_dir():
+        raise LeapError("is a folder, not a Batch output file", path=path, fix=BATCH_OUTPUT_FIX)
+    if not stdin and not path.exists():
         raise LeapError("Batch output file not found", path=path, fix=BATCH_OUTPUT_FIX)
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = (sys.stdin.buffer.read() if stdin else path.read_bytes()).decode("utf-8")
     except UnicodeDecodeError:
         raise LeapError("not a Batch output file (not UTF-8 text)", path=path, fix=BATCH_OUTPUT_FIX) from None
     lines = []
