@@ -1332,9 +1332,10 @@ def test_rows_whose_frame_columns_and_timestamps_disagree_are_warned_of(kitchen,
         run_extract(_cfg(root, tmp_path / "b.jsonl", components=("narration",)))
     (msg,) = [r.getMessage() for r in caplog.records if "disagree" in r.getMessage()]
     assert msg.startswith("EPIC_100_train.csv: 1 row(s)") and f"e.g. {rows[2]['narration_id']}: stop_frame" in msg
-    info = root / "annotations" / "EPIC_100_video_info.csv"  # a damaged video info: extract goes on (review)
-    info.write_text(info.read_text().rstrip("\n").rsplit(",", 2)[0] + "\n")
-    run_extract(_cfg(root, tmp_path / "c.jsonl", components=("narration",)))
+    info = root / "annotations" / "EPIC_100_video_info.csv"  # a damaged video info: one line naming the row, not
+    info.write_text(info.read_text().rstrip("\n").rsplit(",", 2)[0] + "\n")  # a traceback of the row notes (review)
+    with pytest.raises(LeapError, match=r"row \d+ \(P01_\d+\) has 2 of 4 fields"):
+        run_extract(_cfg(root, tmp_path / "c.jsonl", components=("narration",)))
 
 
 def test_a_run_without_shard_over_a_merge_made_too_early_is_refused(kitchen, tmp_path):
