@@ -541,6 +541,37 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     assert ingest_batch(other, [plain, plain]) == {"valid": 4, "repeated": 4}
 
 
+def test_force_over_paid_batch_programs_keeps_them_and_the_ledger_counts_each_request_once(workdir, good_programs,
+                                                                                             tmp_path, caplog):
+    """--force over an output of Batch API programs deleted them, and the Batch replies are in no cache: going back
+    paid again (QA). The old output is kept beside it; its results ingested again are not added to the ledger a
+    second time."""
+    from leap_cli.programs.store import ProgramStore
+
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    write_batch_file(cfg, tmp_path / "b.jsonl")
+    results = results_file(tmp_path / "out.jsonl", [
+        {"id": f"batch_req_{i}", "custom_id": r["custom_id"], "response": {"status_code": 200, "body": completion(
+            json.dumps(good_programs[r["custom_id"].partition("@")[0]]))}}
+        for i, r in enumerate(read_jsonl(tmp_path / "b.jsonl"))])
+    assert ingest_batch(cfg, results) == {"valid": N_SEGMENTS}
+    paid = cfg.out_path.read_bytes()
+    with caplog.at_level("WARNING"):
+        generate_programs(GenerateConfig(workdir=workdir, split="val", force=True))  # offline, over the paid ones
+    (aside,) = cfg.out_path.parent.glob("val.before-force-*.jsonl")
+    assert aside.read_bytes() == paid and f"held {N_SEGMENTS} programs made by an LLM (paid)" in caplog.text
+    assert {r["provenance"]["backend"] for r in read_jsonl(cfg.out_path)} == {"offline"}
+    spent = {}
+    assert ingest_batch(dataclasses.replace(cfg, force=True), results, spent=spent) == {"valid": N_SEGMENTS}
+    assert spent["requests"] == 0 and spent["cost"] == 0
+    with ProgramStore(cfg.cache_path) as store:
+        assert store.spent(cfg.out_path)["requests"] == N_SEGMENTS  # (it was 2 x N_SEGMENTS)
+    # an offline output started over is deleted as before: nothing paid in it
+    generate_programs(GenerateConfig(workdir=workdir, split="val", out=tmp_path / "o.jsonl"))
+    generate_programs(GenerateConfig(workdir=workdir, split="val", out=tmp_path / "o.jsonl", k=2, force=True))
+    assert not list(tmp_path.glob("o.before-force-*"))
+
+
 def test_batch_file_refusals_and_dev_paths(workdir, tmp_path):
     """A folder is refused before any request is made (it failed at the end with a raw OSError); a name the split
     files need that holds something else is refused with nothing written; a blank first line is no empty file; a

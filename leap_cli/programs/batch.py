@@ -433,14 +433,13 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
         return {"narration_id": nid, "status": status, "program": program,
                 "errors": [f.to_dict() for f in findings], "provenance": prov}
 
-    added = {"requests": 0, "cost": 0.0}
+    spends: list[tuple[str | None, float, dict]] = []  # (request id, cost, usage): the ledger's, once per request
 
     def spend(record: dict) -> None:
         if record["provenance"]["usage"]["prompt_tokens"]:  # the ledger of --max-cost: the Batch API bills half
             usage = record["provenance"]["usage"]
-            store.add_spend(cfg.out_path, cfg.cost(usage) * BATCH_PRICE_FACTOR, usage)
-            added["requests"] += 1
-            added["cost"] += cfg.cost(usage) * BATCH_PRICE_FACTOR
+            request = record["provenance"].get("batch_request_id")
+            spends.append((None if request is None else str(request), cfg.cost(usage) * BATCH_PRICE_FACTOR, usage))
 
     # a segment with several results in the file (an expired batch's error lines, then the retry's output; the
     # output of a batch and of its --retry-invalid batch, in one file): the best is the one written, valid before
@@ -498,6 +497,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                 counts["superseded"] += 1
                 if record["narration_id"] in written_ids:
                     spend(record)
+        added = store.add_batch_spend(cfg.out_path, spends)
         if spent is not None:
             spent.update(added, total=store.spent(cfg.out_path)["cost"])
     return counts

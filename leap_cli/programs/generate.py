@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -695,8 +696,23 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
                 "it changes (the others are answered from the program cache, unpaid); or pass --exemplars with the "
                 "library the output was made with") + "; or give another --out"
 
+    def set_aside() -> None:  # --force over paid programs: kept beside it, not deleted (a Batch API's replies are
+        # in no cache: they were paid again)
+        paid = sum(1 for _, r in iter_jsonl(cfg.out_path) if isinstance(r, dict) and isinstance(
+            r.get("provenance"), dict) and r["provenance"].get("backend") not in (None, "offline"))
+        if not paid:
+            cfg.out_path.unlink(missing_ok=True)
+            return
+        aside = cfg.out_path.with_name(f"{cfg.out_path.stem}.before-force-{time.strftime('%Y%m%dT%H%M%S')}"
+                                       f"{cfg.out_path.suffix}")
+        os.replace(cfg.out_path, aside)
+        log.warning("--force: %s held %d program%s made by an LLM (paid); it is kept as %s (nothing reads it: "
+                    "ingest its Batch results again, or copy records back, to use them)", cfg.out_path.name, paid,
+                    "" if paid == 1 else "s", aside)
+
     return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
-                          exists=exists, adopt=("descriptors",), grow=("params.max_tokens",), explain=explain)
+                          exists=exists, adopt=("descriptors",), grow=("params.max_tokens",), explain=explain,
+                          remove=set_aside)
 
 
 def _setup(cfg: GenerateConfig):

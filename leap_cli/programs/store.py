@@ -57,6 +57,8 @@ MIGRATIONS = [
     "ALTER TABLE cache ADD COLUMN cut INTEGER",
     # 7: a capped run's check of the model's latest paid reply (last_paid_tokens) without a scan of the call log
     "CREATE INDEX IF NOT EXISTS calls_by_model ON calls(backend, model, cached)",
+    # 8: the Batch API requests whose cost the ledger holds, per output (add_batch_spend: each counted once)
+    "CREATE TABLE IF NOT EXISTS batch_paid (out TEXT NOT NULL, request_id TEXT NOT NULL, PRIMARY KEY (out, request_id))",
 ]
 
 
@@ -252,6 +254,41 @@ class ProgramStore:
         row[3] += requests
         if commit:
             self._written()
+
+    def add_batch_spend(self, out: str | Path, spends: list[tuple[str | None, float, dict]]) -> dict:
+        """Add Batch API results' cost, ``(request id, cost, usage)`` each, to the ledger of ``out``: once per
+        request id across ingests (a result ingested again, after --force or from a second copy of its file, was
+        paid once); a result without an id (a compatible server's) each time. One transaction, which records the
+        ids. Returns the ``requests`` and ``cost`` added."""
+        self.commit()  # (the buffered rows first: the ledger row below adds to what they hold)
+        key = self.ledger_key(out)
+        ids = list(dict.fromkeys(i for i, _, _ in spends if i is not None))
+        try:
+            with self._wdb as db:
+                seen: set[str] = set()
+                for start in range(0, len(ids), 500):
+                    part = ids[start:start + 500]
+                    seen.update(r[0] for r in db.execute(
+                        f"SELECT request_id FROM batch_paid WHERE out = ? AND request_id IN ({','.join('?' * len(part))})",
+                        (key, *part)))
+                new = []
+                for request, cost, usage in spends:
+                    if request is None or request not in seen:
+                        new.append((cost, usage))
+                        if request is not None:
+                            seen.add(request)
+                db.executemany("INSERT OR IGNORE INTO batch_paid (out, request_id) VALUES (?, ?)",
+                               [(key, i) for i in ids])
+                if new:
+                    db.execute(self._LEDGER_SQL, (key, sum(c for c, _ in new),
+                                                  sum(u.get("prompt_tokens", 0) for _, u in new),
+                                                  sum(u.get("completion_tokens", 0) for _, u in new), len(new),
+                                                  time.time()))
+        except sqlite3.Error as e:
+            raise LeapError(f"cannot write the program cache ({e})", path=self.path,
+                            fix="free disk space or make the folder writable, then ingest again: the records "
+                                "written are kept, and their cost is added once") from None
+        return {"requests": len(new), "cost": sum(c for c, _ in new)}
 
     def ledger_key(self, out: str | Path) -> str:
         """The ledger's key of an output file: its path relative to the database's folder when it lies below it
