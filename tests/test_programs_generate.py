@@ -531,8 +531,14 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
         "status_code": 200, "body": completion("not a program")})])
     assert ingest_batch(invalid, bad) == {"invalid": 1}
     assert ingest_batch(invalid, bad) == {"already_present": 1}
+    # the reply of another request (a --batch-file --retry-invalid batch's) replaces the invalid record without
+    # --retry-invalid at the ingest: paid to replace it, it was left out and not in the ledger (QA)
     with ProgramStore(invalid.cache_path) as store:
         assert store.spent(invalid.out_path)["requests"] == 1
+    retry = results_file(tmp_path / "retry.jsonl", [dict(read_jsonl(outs[0])[0], id="batch_req_retry")])
+    assert ingest_batch(dataclasses.replace(invalid, retry_invalid=False), retry) == {"valid": 1}
+    with ProgramStore(invalid.cache_path) as store:
+        assert store.spent(invalid.out_path)["requests"] == 2
     assert ingest_batch(again, outs) == {"already_present": 4, "valid": 2}
     # lines without a request id (a compatible server's) are one result when the line is the same
     plain = results_file(tmp_path / "plain.jsonl", [{k: v for k, v in x.items() if k != "id"}

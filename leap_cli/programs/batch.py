@@ -387,8 +387,14 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     old = output_records(cfg, programs=False)  # (what decides: status, provenance, errors)
     invalid = {nid for nid, r in old.items() if r.get("status") == "invalid"}
     changed = clip_changed(inputs, builder)
+    # an invalid record is replaced also, without --retry-invalid, by a reply of another request than its own (the
+    # Batch request id tells: a --batch-file --retry-invalid batch's, paid to replace it; it was left out, unsaid
+    # in the ledger, until the ingest was run again with --retry-invalid)
+    retried = {line["custom_id"] for line in lines if line["custom_id"] in invalid and line.get("id") is not None
+               and not line.get("error") and str(_dict(line.get("response")).get("status_code")) == "200"
+               and str(line["id"]) != str((old[line["custom_id"]].get("provenance") or {}).get("batch_request_id"))}
     replaced = ({nid for nid, r in old.items() if r.get("status") == "failed" or changed(r)}
-                | (invalid if cfg.retry_invalid else set()))
+                | (invalid if cfg.retry_invalid else retried))
     stays = old.keys() - replaced - invalid  # valid records no result replaces: their results are not validated
 
     def result(line: dict) -> dict:
