@@ -539,6 +539,11 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     assert ingest_batch(dataclasses.replace(invalid, retry_invalid=False), retry) == {"valid": 1}
     with ProgramStore(invalid.cache_path) as store:
         assert store.spent(invalid.out_path)["requests"] == 2
+    # a request id written as a number by one file and as a string by another is one request
+    numbered = dataclasses.replace(cfg, out=tmp_path / "numbered.jsonl")
+    line = dict(read_jsonl(bad)[0], id=7, response={"status_code": 500, "body": {}})
+    assert ingest_batch(numbered, results_file(tmp_path / "n1.jsonl", [line])) == {"failed": 1}
+    assert ingest_batch(numbered, results_file(tmp_path / "n2.jsonl", [dict(line, id="7")])) == {"already_present": 1}
     assert ingest_batch(again, outs) == {"already_present": 4, "valid": 2}
     # lines without a request id (a compatible server's) are one result when the line is the same
     plain = results_file(tmp_path / "plain.jsonl", [{k: v for k, v in x.items() if k != "id"}
@@ -564,18 +569,28 @@ def test_force_over_paid_batch_programs_keeps_them_and_the_ledger_counts_each_re
     paid = cfg.out_path.read_bytes()
     with caplog.at_level("WARNING"):
         generate_programs(GenerateConfig(workdir=workdir, split="val", force=True))  # offline, over the paid ones
-    (aside,) = cfg.out_path.parent.glob("val.before-force-*.jsonl")
+    (aside,) = cfg.out_path.parent.glob("val.before-force-*[0-9].jsonl")
     assert aside.read_bytes() == paid and f"held {N_SEGMENTS} programs made by an LLM (paid)" in caplog.text
+    assert json.loads(Path(str(aside) + ".settings.json").read_text())["backend"] == "openai"  # (moved back: as made)
     assert {r["provenance"]["backend"] for r in read_jsonl(cfg.out_path)} == {"offline"}
     spent = {}
     assert ingest_batch(dataclasses.replace(cfg, force=True), results, spent=spent) == {"valid": N_SEGMENTS}
     assert spent["requests"] == 0 and spent["cost"] == 0
     with ProgramStore(cfg.cache_path) as store:
         assert store.spent(cfg.out_path)["requests"] == N_SEGMENTS  # (it was 2 x N_SEGMENTS)
+    # a second --force within the second keeps the first one's file (it was replaced); a damaged output is kept too
+    generate_programs(GenerateConfig(workdir=workdir, split="val", force=True))
+    assert len(list(cfg.out_path.parent.glob("val.before-force-*.jsonl"))) == 2
+    cfg.out_path.write_text(cfg.out_path.read_text() + "{not json\n" + cfg.out_path.read_text())
+    generate_programs(GenerateConfig(workdir=workdir, split="val", max_sub_actions=12, force=True))
+    assert len(list(cfg.out_path.parent.glob("val.before-force-*.jsonl"))) == 3 and "held programs made by" in caplog.text
     # an offline output started over is deleted as before: nothing paid in it
     generate_programs(GenerateConfig(workdir=workdir, split="val", out=tmp_path / "o.jsonl"))
-    generate_programs(GenerateConfig(workdir=workdir, split="val", out=tmp_path / "o.jsonl", k=2, force=True))
-    assert not list(tmp_path.glob("o.before-force-*"))
+    caplog.clear()
+    generate_programs(GenerateConfig(workdir=workdir, split="val", out=tmp_path / "o.jsonl", max_sub_actions=12,
+                                     force=True))
+    assert not list(tmp_path.glob("o.before-force-*")) and "--force" not in caplog.text
+    assert {r["provenance"]["backend"] for r in read_jsonl(tmp_path / "o.jsonl")} == {"offline"}
 
 
 def test_batch_file_refusals_and_dev_paths(workdir, tmp_path):

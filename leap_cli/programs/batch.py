@@ -387,14 +387,8 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     old = output_records(cfg, programs=False)  # (what decides: status, provenance, errors)
     invalid = {nid for nid, r in old.items() if r.get("status") == "invalid"}
     changed = clip_changed(inputs, builder)
-    # an invalid record is replaced also, without --retry-invalid, by a reply of another request than its own (the
-    # Batch request id tells: a --batch-file --retry-invalid batch's, paid to replace it; it was left out, unsaid
-    # in the ledger, until the ingest was run again with --retry-invalid)
-    retried = {line["custom_id"] for line in lines if line["custom_id"] in invalid and line.get("id") is not None
-               and not line.get("error") and str(_dict(line.get("response")).get("status_code")) == "200"
-               and str(line["id"]) != str((old[line["custom_id"]].get("provenance") or {}).get("batch_request_id"))}
     replaced = ({nid for nid, r in old.items() if r.get("status") == "failed" or changed(r)}
-                | (invalid if cfg.retry_invalid else retried))
+                | (invalid if cfg.retry_invalid else set()))
     stays = old.keys() - replaced - invalid  # valid records no result replaces: their results are not validated
 
     def result(line: dict) -> dict:
@@ -455,6 +449,11 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     # failures, a request that ran before one the Batch API never ran (expired, cancelled: the outputs of an
     # expired batch and of its retry, given in either order)
     results = [result(line) for line in lines]
+    # an invalid record of a Batch request is replaced also, without --retry-invalid, by a valid reply of another
+    # request (a --batch-file --retry-invalid batch's, paid to replace it: it was left out, and out of the ledger,
+    # until the ingest was run again with --retry-invalid)
+    replaced |= {r["narration_id"] for r in results if r["narration_id"] in invalid and r["status"] == "valid"
+                 and _attempt(r)[0] is not None and _attempt(old[r["narration_id"]])[0] not in (None, _attempt(r)[0])}
     current = {nid: clip_hash(inputs, by_id[nid]) for nid in {r["narration_id"] for r in results}}
     order = {"valid": 0, "invalid": 1, "failed": 2}
 
@@ -470,40 +469,42 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
             chosen[r["narration_id"]] = i
     with JsonlAppender(cfg.out_path, replace_keys=replaced) as out, ProgramStore(cfg.cache_path) as store:
         written_ids = set()
-        for i, record in enumerate(results):
-            nid, status = record["narration_id"], record["status"]
-            if chosen[nid] != i:
-                continue
-            if record.get("stays"):
-                counts["already_present"] += 1
-                continue
-            if (prior := _attempt(old.get(nid)))[0] is not None and prior == _attempt(record):
-                counts["already_present"] += 1  # (the request its record came from: written and paid before)
-                continue
-            # A failure leaves an invalid record, or one of a clip changed since, as it was; over a failed record
-            # it is written where it is another request's (resubmitted, it failed once more: the newer error),
-            # and the same result ingested again is already present
-            again = (status == "failed" and nid in replaced and _attempt(old.get(nid)) != _attempt(record))
-            written = (not (status == "failed" and nid in replaced)
-                       or again and (old.get(nid) or {}).get("status") == "failed") and out.write(record)
-            counts[status if written or again else "already_present"] += 1
-            if again and not written and failures is not None:
-                failures.append((nid, record["errors"][0]["message"] + " (its record stays as it was)"))
-            if not written and status == "valid" and nid in invalid:  # a better result left out
-                counts["invalid_kept"] += 1
-            if written:
-                written_ids.add(nid)
-                spend(record)
-                if status != "valid" and failures is not None:
-                    failures.append((nid, record["errors"][0]["message"] if record["errors"] else status))
-                if record["provenance"]["clip_hash"] != current[nid]:
-                    counts["asked_before_the_clip_changed"] += 1
-        for i, record in enumerate(results):  # the other results of a segment written now: paid, and said
-            if chosen[record["narration_id"]] != i:
-                counts["superseded"] += 1
-                if record["narration_id"] in written_ids:
+        try:
+            for i, record in enumerate(results):
+                nid, status = record["narration_id"], record["status"]
+                if chosen[nid] != i:
+                    continue
+                if record.get("stays"):
+                    counts["already_present"] += 1
+                    continue
+                if (prior := _attempt(old.get(nid)))[0] is not None and prior == _attempt(record):
+                    counts["already_present"] += 1  # (the request its record came from: written and paid before)
+                    continue
+                # A failure leaves an invalid record, or one of a clip changed since, as it was; over a failed record
+                # it is written where it is another request's (resubmitted, it failed once more: the newer error),
+                # and the same result ingested again is already present
+                again = (status == "failed" and nid in replaced and _attempt(old.get(nid)) != _attempt(record))
+                written = (not (status == "failed" and nid in replaced)
+                           or again and (old.get(nid) or {}).get("status") == "failed") and out.write(record)
+                counts[status if written or again else "already_present"] += 1
+                if again and not written and failures is not None:
+                    failures.append((nid, record["errors"][0]["message"] + " (its record stays as it was)"))
+                if not written and status == "valid" and nid in invalid:  # a better result left out
+                    counts["invalid_kept"] += 1
+                if written:
+                    written_ids.add(nid)
                     spend(record)
-        added = store.add_batch_spend(cfg.out_path, spends)
+                    if status != "valid" and failures is not None:
+                        failures.append((nid, record["errors"][0]["message"] if record["errors"] else status))
+                    if record["provenance"]["clip_hash"] != current[nid]:
+                        counts["asked_before_the_clip_changed"] += 1
+            for i, record in enumerate(results):  # the other results of a segment written now: paid, and said
+                if chosen[record["narration_id"]] != i:
+                    counts["superseded"] += 1
+                    if record["narration_id"] in written_ids:
+                        spend(record)
+        finally:  # (an error part way: the records written are kept, and so is what they cost)
+            added = store.add_batch_spend(cfg.out_path, spends)
         if spent is not None:
             spent.update(added, total=store.spent(cfg.out_path)["cost"])
     return counts
@@ -515,7 +516,7 @@ def _attempt(record: dict | None) -> tuple:
     record = record or {}
     request = (record.get("provenance") or {}).get("batch_request_id")
     if request is not None:
-        return request, None
+        return str(request), None  # (an id written as a number by one server, as a string by another)
     errors = record.get("errors") or [{}]
     return None, errors[0].get("message") if isinstance(errors[0], dict) else None
 

@@ -23,6 +23,7 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -37,7 +38,7 @@ from leap_cli.epic.annotations import Annotations, Segment, made_from_other_anno
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.io import (LOW_DISK_BYTES, JsonlAppender, MixedParts, check_settings, iter_jsonl, merge_command, part_of,
-                         read_jsonl, short_of_space, stable_hash, stored_settings, writer_of)
+                         read_jsonl, settings_path, short_of_space, stable_hash, stored_settings, writer_of)
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, OfflineBackend, OpenAIBackend,
                                        Request, RetryPolicy, check_extra_body)
@@ -698,17 +699,25 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
 
     def set_aside() -> None:  # --force over paid programs: kept beside it, not deleted (a Batch API's replies are
         # in no cache: they were paid again)
-        paid = sum(1 for _, r in iter_jsonl(cfg.out_path) if isinstance(r, dict) and isinstance(
-            r.get("provenance"), dict) and r["provenance"].get("backend") not in (None, "offline"))
+        out = cfg.out_path
+        try:
+            paid = sum(1 for _, r in iter_jsonl(out) if isinstance(r, dict) and isinstance(
+                r.get("provenance"), dict) and r["provenance"].get("backend") not in (None, "offline"))
+        except LeapError:  # (a damaged line: what it holds cannot be told, so it is kept)
+            paid = -1
         if not paid:
-            cfg.out_path.unlink(missing_ok=True)
+            out.unlink(missing_ok=True)
             return
-        aside = cfg.out_path.with_name(f"{cfg.out_path.stem}.before-force-{time.strftime('%Y%m%dT%H%M%S')}"
-                                       f"{cfg.out_path.suffix}")
-        os.replace(cfg.out_path, aside)
-        log.warning("--force: %s held %d program%s made by an LLM (paid); it is kept as %s (nothing reads it: "
-                    "ingest its Batch results again, or copy records back, to use them)", cfg.out_path.name, paid,
-                    "" if paid == 1 else "s", aside)
+        stamp, n = time.strftime("%Y%m%dT%H%M%S"), 1
+        while (aside := out.with_name(f"{out.stem}.before-force-{stamp}{f'-{n}' if n > 1 else ''}{out.suffix}")
+               ).exists() or settings_path(aside).exists():  # (two --force runs in one second)
+            n += 1
+        if settings_path(out).exists():  # (its settings with it: moved back, the file resumes as it was made)
+            shutil.copy2(settings_path(out), settings_path(aside))
+        os.replace(out, aside)
+        log.warning("--force: %s held %s made by an LLM (paid); it is kept as %s with its settings file (nothing "
+                    "reads it: move both back, or ingest its Batch results again, to use them)", out.name,
+                    "programs" if paid < 0 else f"{paid} program{'' if paid == 1 else 's'}", aside)
 
     return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
                           exists=exists, adopt=("descriptors",), grow=("params.max_tokens",), explain=explain,

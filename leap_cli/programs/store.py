@@ -265,7 +265,8 @@ class ProgramStore:
         ids = list(dict.fromkeys(i for i, _, _ in spends if i is not None))
         try:
             with self._wdb as db:
-                seen: set[str] = set()
+                db.execute("BEGIN IMMEDIATE")  # (the check and the insert in one write transaction: two ingests
+                seen: set[str] = set()        # of one output at once count a request once)
                 for start in range(0, len(ids), 500):
                     part = ids[start:start + 500]
                     seen.update(r[0] for r in db.execute(
@@ -286,8 +287,8 @@ class ProgramStore:
                                                   time.time()))
         except sqlite3.Error as e:
             raise LeapError(f"cannot write the program cache ({e})", path=self.path,
-                            fix="free disk space or make the folder writable, then ingest again: the records "
-                                "written are kept, and their cost is added once") from None
+                            fix="free disk space or make the folder writable: the records written are kept (their "
+                                "cost is not in the ledger)") from None
         return {"requests": len(new), "cost": sum(c for c, _ in new)}
 
     def ledger_key(self, out: str | Path) -> str:
