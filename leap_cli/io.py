@@ -144,6 +144,24 @@ def _remove_dead_temps(path: Path) -> None:
             pass
 
 
+def _temp_beside(path: Path) -> Path:
+    """A new empty temp file in ``path``'s folder, named for ``path`` and this writer (``_remove_dead_temps``)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_temp_tag()}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise naming_target(e, path) from None
+    os.close(fd)
+    return Path(tmp)
+
+
+def _mode_of(path: Path) -> int:
+    """The mode a file written to ``path`` gets: that of the file it replaces, else 0666 less the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; rename it onto ``path`` only if the block succeeds.
@@ -168,17 +186,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     refuse_folder(path)
     _remove_dead_temps(path)
+    tmp_path = _temp_beside(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_temp_tag()}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise naming_target(e, path) from None
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        try:
-            mode = path.stat().st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o666 & ~current_umask()
+        mode = _mode_of(path)
         try:
             yield tmp_path
             os.chmod(tmp_path, mode)
@@ -207,13 +217,7 @@ class AtomicFiles:
 
     def new(self) -> Path:
         """A new temp file beside ``base``, the next one ``commit`` renames."""
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self.base.name}.{_temp_tag()}.", suffix=".tmp",
-                                       dir=self.base.parent)
-        except OSError as e:
-            raise naming_target(e, self.base) from None
-        os.close(fd)
-        self.temps.append(Path(tmp))
+        self.temps.append(_temp_beside(self.base))
         return self.temps[-1]
 
     def commit(self, targets: list[Path]) -> None:
@@ -222,11 +226,7 @@ class AtomicFiles:
         while self.temps:
             tmp, target = self.temps[0], targets[len(targets) - len(self.temps)]
             try:
-                mode = target.stat().st_mode & 0o777
-            except FileNotFoundError:
-                mode = 0o666 & ~current_umask()
-            try:
-                os.chmod(tmp, mode)
+                os.chmod(tmp, _mode_of(target))
                 os.replace(tmp, target)
             except OSError as e:
                 e.filename, e.filename2 = str(target), None

@@ -267,10 +267,8 @@ class Annotations:
         the video info, whose rate is known)."""
         from leap_cli.epic.timing import columns_disagree
 
-        try:  # (a damaged video info is said where it is read: extract, build-shards and info stop on it)
-            info = self.video_info if (self.folder / VIDEO_INFO).exists() else {}
-        except LeapError:
-            info = {}
+        # (a damaged video info stops extract and info in one line before their row notes)
+        info = self.video_info if (self.folder / VIDEO_INFO).exists() else {}
         found: dict[str, list[tuple[Segment, str]]] = {}
         for s in segments:
             if not (s.narration_id.startswith(s.video_id + "_") and s.video_id.startswith(s.participant_id + "_")):

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import stat
 import sys
 import time
@@ -75,8 +76,6 @@ def batch_stream(path: Path) -> bool:
     (``/dev/stdout``, ``/dev/stderr``, ``/dev/fd/N``, ``/proc/self/fd/N``), whatever it points to, and an existing
     file that is neither a regular file nor a folder (a FIFO, ``/dev/null``). A regular file under /dev (``/dev/shm``)
     is a file."""
-    import re
-
     if re.fullmatch(r"/dev/(stdout|stderr|fd/\d+)|/proc/(self|\d+)/fd/\d+", os.path.abspath(path)):
         return True
     try:
@@ -107,8 +106,6 @@ def _earlier_parts(path: Path, written: list[Path]) -> list[Path]:
     """The input files an earlier --batch-file to ``path`` left that this one did not write: ``path`` itself and
     its ``STEM-I-of-N.SUFFIX`` parts (their requests are no longer this file set's: submitted, they would be paid
     twice or ask for records done since); only names leap writes, and only files that hold Batch requests."""
-    import re
-
     pattern = re.compile(re.escape(path.stem) + r"-([1-9]\d*)-of-([1-9]\d*)" + re.escape(path.suffix))
     try:  # (links are not followed: one that loops made is_file() raise, and the sweep stopped without a word)
         names = [e.name for e in os.scandir(path.parent) if not e.is_symlink() and e.is_file(follow_symlinks=False)
@@ -438,8 +435,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     def spend(record: dict) -> None:
         if record["provenance"]["usage"]["prompt_tokens"]:  # the ledger of --max-cost: the Batch API bills half
             usage = record["provenance"]["usage"]
-            request = record["provenance"].get("batch_request_id")
-            spends.append((None if request is None else str(request), cfg.cost(usage) * BATCH_PRICE_FACTOR, usage))
+            spends.append((_attempt(record)[0], cfg.cost(usage) * BATCH_PRICE_FACTOR, usage))
 
     # a segment with several results in the file (an expired batch's error lines, then the retry's output; the
     # output of a batch and of its --retry-invalid batch, in one file): the best is the one written, valid before

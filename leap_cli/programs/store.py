@@ -174,12 +174,16 @@ class ProgramStore:
                 self._wdb.executemany(self._CALL_SQL, calls)
                 self._wdb.executemany(self._LEDGER_SQL, [(k, *v, time.time()) for k, v in ledger.items()])
         except sqlite3.Error as e:  # a full disk, a read-only folder, a lock held past the 30-s timeout
-            if getattr(e, "sqlite_errorname", None) == "SQLITE_CORRUPT":
-                raise self._damaged("written", e) from None
-            raise LeapError(f"cannot write the program cache ({e})", path=self.path,
-                            fix="free disk space, lift a quota or file-size limit (ulimit -f, a job scheduler's), or "
-                                "make the folder writable, then run again: finished programs are kept in the output "
-                                "file (the replies in flight, and the ledger's last spend, may be lost)") from None
+            raise self._unwritten(e, "finished programs are kept in the output file (the replies in flight, and the "
+                                     "ledger's last spend, may be lost)") from None
+
+    def _unwritten(self, e: sqlite3.Error, kept: str) -> LeapError:
+        """The one line of a write to the database that failed; ``kept``: what of the run is kept all the same."""
+        if getattr(e, "sqlite_errorname", None) == "SQLITE_CORRUPT":
+            return self._damaged("written", e)
+        return LeapError(f"cannot write the program cache ({e})", path=self.path,
+                         fix="free disk space, lift a quota or file-size limit (ulimit -f, a job scheduler's), or "
+                             f"make the folder writable, then run again: {kept}")
 
     def _finish_flush(self) -> None:
         """Wait for the writer thread's transaction; where it failed, its rows go back into the buffers (a later
@@ -286,9 +290,7 @@ class ProgramStore:
                                                   sum(u.get("completion_tokens", 0) for _, u in new), len(new),
                                                   time.time()))
         except sqlite3.Error as e:
-            raise LeapError(f"cannot write the program cache ({e})", path=self.path,
-                            fix="free disk space or make the folder writable: the records written are kept (their "
-                                "cost is not in the ledger)") from None
+            raise self._unwritten(e, "the records written are kept (their cost is not in the ledger)") from None
         return {"requests": len(new), "cost": sum(c for c, _ in new)}
 
     def ledger_key(self, out: str | Path) -> str:
