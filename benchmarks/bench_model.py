@@ -8,6 +8,8 @@ on CUDA with bf16 autocast at batches up to what fits.
     python benchmarks/bench_model.py --backbone uniformerv2_tiny --frames 4 --img 96   # quick check
     # side by side with the official code (not part of leap: fetch OpenGVLab/UniFormerV2 and point at the file)
     python benchmarks/bench_model.py --official /path/to/UniFormerV2/slowfast/models/uniformerv2_model.py [--compile]
+    # the same on a GPU: wall time between synchronisations, bf16 autocast (outputs compared in float32 first)
+    python benchmarks/bench_model.py --official .../uniformerv2_model.py --device cuda --batches 32 --iters 10
 
 Each CPU configuration runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its own;
 "peak MiB" on the CPU is the peak RSS above the RSS after building the model and the input. Besides clips per
@@ -163,12 +165,22 @@ def load_official(path: Path):
 def side_by_side(args: argparse.Namespace) -> None:
     """Ours (eager, and compiled with --compile) vs the official module, the same random weights and input,
     forward+backward in train mode (batch statistics, dropout off), timed interleaved in one process (the order
-    alternating every iteration). CPU seconds per iteration are the figure; the ratio of their medians, of their
-    minima (the least disturbed runs, on a shared machine) and the median of the per-iteration ratios are printed."""
+    alternating every iteration). On the CPU, CPU seconds per iteration are the figure; on CUDA (``--device
+    cuda``), wall-clock seconds between synchronisations, under bf16 autocast unless ``--precision fp32``. The
+    ratio of their medians, of their minima (the least disturbed runs, on a shared machine) and the median of the
+    per-iteration ratios are printed. The outputs are compared in float32 (on CUDA with TF32 off) before timing."""
     import os
 
     official = load_official(args.official)
-    torch.set_num_threads(args.threads)
+    cuda = args.device == "cuda"
+    device = "cuda" if cuda else "cpu"
+    if cuda:  # the equality check in true float32; the timed steps in the precision asked for
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    else:
+        torch.set_num_threads(args.threads)
+    bf16 = cuda and args.precision == "bf16"
+    unit = "GPU wall s" if cuda else "CPU-s"
     torch.manual_seed(0)
     base = {"uniformerv2_b16": dict(patch_size=16, width=768, layers=12, heads=12, return_list=[8, 9, 10, 11]),
             "uniformerv2_l14": dict(patch_size=14, width=1024, layers=24, heads=16, return_list=[20, 21, 22, 23])}
@@ -191,50 +203,62 @@ def side_by_side(args: argparse.Namespace) -> None:
                     t.copy_(torch.rand(t.shape, generator=g) + 0.5 if name.endswith("running_var")
                             else 0.02 * torch.randn(t.shape, generator=g))
         ref.load_state_dict(ours.state_dict(), strict=True)  # the same key layout, loaded as is
-        ours.train()
-        ref.train()
-        x = torch.randn(args.batches[0], 3, args.frames, args.img, args.img, generator=g)
+        ours.to(device).train()
+        ref.to(device).train()
+        x = torch.randn(args.batches[0], 3, args.frames, args.img, args.img, generator=g).to(device)
         models = {"ours": ours, "official": ref}
         if args.compile:
             models["ours compiled"] = torch.compile(ours)
 
-        def step(m: torch.nn.Module) -> torch.Tensor:
-            out = m(x)
+        def step(m: torch.nn.Module, low: bool) -> torch.Tensor:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=low):
+                out = m(x)
             out.float().sum().backward()
             for p in (ours, ref):
                 p.zero_grad(set_to_none=True)
-            return out.detach()
+            return out.detach().float()
 
-        outs = {name: step(m) for name, m in models.items()}  # warm-up (and compilation)
+        outs = {name: step(m, False) for name, m in models.items()}  # float32, warm-up (and compilation)
         rel = {name: float((o - outs["official"]).norm() / outs["official"].norm()) for name, o in outs.items()}
+        if bf16:
+            for m in models.values():  # warm-up in bf16 (a compiled model compiles again)
+                step(m, True)
         cpu: dict[str, list[float]] = {name: [] for name in models}
         wall: dict[str, list[float]] = {name: [] for name in models}
         for i in range(args.iters):
             # the order alternates, so that neither model always runs right after the other one's allocations
             for name in list(models) if i % 2 == 0 else list(models)[::-1]:
+                if cuda:
+                    torch.cuda.synchronize()
                 t0, c0 = time.perf_counter(), time.process_time()
-                step(models[name])
+                step(models[name], bf16)
+                if cuda:
+                    torch.cuda.synchronize()
                 wall[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.process_time() - c0)
+        timed = wall if cuda else cpu  # the figure: CPU time on the CPU, wall time on a GPU
         for name in models:
-            c, w = statistics.median(cpu[name]), statistics.median(wall[name])
-            ratio, ratio_min = statistics.median(cpu["official"]) / c, min(cpu["official"]) / min(cpu[name])
+            c, w = statistics.median(timed[name]), statistics.median(wall[name])
+            ratio, ratio_min = statistics.median(timed["official"]) / c, min(timed["official"]) / min(timed[name])
             # each iteration's two runs are neighbours in time, under about the same load: the median of their ratios
-            ratio_pairs = statistics.median(o / t for o, t in zip(cpu["official"], cpu[name]))
-            rows.append((options, name, c, min(cpu[name]), w, ratio, ratio_min, ratio_pairs, rel[name]))
-            print(f"{options or 'default'} {name}: CPU-s per fwd+bwd {' '.join(f'{v:.2f}' for v in cpu[name])} "
-                  f"(median {c:.2f}), wall median {w:.2f} s; official/this (CPU) {ratio:.2f}x by the medians, "
-                  f"{ratio_min:.2f}x by the minima, {ratio_pairs:.2f}x the median of the iterations' ratios; relative difference to the official output {rel[name]:.1e}; "
+            ratio_pairs = statistics.median(o / t for o, t in zip(timed["official"], timed[name]))
+            rows.append((options, name, c, min(timed[name]), w, ratio, ratio_min, ratio_pairs, rel[name]))
+            print(f"{options or 'default'} {name}: {unit} per fwd+bwd {' '.join(f'{v:.3f}' for v in timed[name])} "
+                  f"(median {c:.3f}), wall median {w:.3f} s; official/this {ratio:.2f}x by the medians, "
+                  f"{ratio_min:.2f}x by the minima, {ratio_pairs:.2f}x the median of the iterations' ratios; "
+                  f"relative difference to the official output (float32) {rel[name]:.1e}; "
                   f"load average {os.getloadavg()[0]:.2f}", flush=True)
-    print(f"\n{args.backbone} {args.frames}x{args.img}, batch {args.batches[0]}, {args.threads} thread(s), "
+    where = (f"CUDA ({torch.cuda.get_device_name()}), {'bf16 autocast' if bf16 else 'float32, TF32 off'}" if cuda
+             else f"{args.threads} thread(s)")
+    print(f"\n{args.backbone} {args.frames}x{args.img}, batch {args.batches[0]}, {where}, "
           f"{args.iters} interleaved iterations (alternating order); load average "
           f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print("| options | model | CPU-s per fwd+bwd (median) | CPU-s (min) | wall s (median) | official / this (median CPU) "
-          "| official / this (min CPU) | official / this (median of per-iteration ratios) | rel. diff to official |")
+    print(f"| options | model | {unit} per fwd+bwd (median) | {unit} (min) | wall s (median) | official / this (median) "
+          "| official / this (min) | official / this (median of per-iteration ratios) | rel. diff to official (fp32) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for options, name, c, cmin, w, ratio, ratio_min, ratio_pairs, r in rows:
         opt = ", ".join(f"{k}={v}" for k, v in options.items()) or "default"
-        print(f"| {opt} | {name} | {c:.2f} | {cmin:.2f} | {w:.2f} | {ratio:.2f}x | {ratio_min:.2f}x | {ratio_pairs:.2f}x | {r:.1e} |")
+        print(f"| {opt} | {name} | {c:.3f} | {cmin:.3f} | {w:.3f} | {ratio:.2f}x | {ratio_min:.2f}x | {ratio_pairs:.2f}x | {r:.1e} |")
 
 
 def _fmt(r: dict) -> str:
@@ -284,6 +308,8 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile(ours): with --official beside "
                     "the official code; else forward+backward at --compile-batch against eager")
     ap.add_argument("--compile-batch", type=int, default=32, help="batch of the compiled-vs-eager rows")
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
+                    help="with --official --device cuda: the timed steps' precision (the outputs are compared in fp32)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.official:

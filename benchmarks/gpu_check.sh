@@ -5,13 +5,19 @@
 #   ddp      `leap train` under torchrun (NCCL, one process per GPU), bf16, on the synthetic kitchen's shards
 #   compile  `leap train` with model.compile: true, bf16, one process
 #   evaluate `leap evaluate --split val` on the GPU, bf16, compiled
-# Every step runs even when one before it failed; the summary at the end lists each step's exit status and
-# seconds, and the script exits non-zero when any failed.
+#   official bench_model.py --official on CUDA: ours against the official UniFormerV2 module, forward+backward,
+#            the same weights (outputs compared in float32, timed in bf16), when $WORK/official/uniformerv2_model.py
+#            is there (copy slowfast/models/uniformerv2_model.py from github.com/OpenGVLab/UniFormerV2; or OFFICIAL=path)
+# Every step runs even when one before it failed; on CUDA each is stopped after a limit (T_MODEL=180, T_DDP=90,
+# T_COMPILE=140, T_EVALUATE=90, T_OFFICIAL=60 seconds; 0 = none) so that a hang leaves the later steps their
+# time. The summary at the end lists each step's exit status and seconds (124: stopped at its limit), and the
+# script exits non-zero when any failed.
 #
 #   bash benchmarks/gpu_check.sh                           # a GPU machine with leap installed: all of it
 #   WORK=.gpu-work bash benchmarks/gpu_check.sh prepare    # only the data: the synthetic kitchen, extract,
 #                                                          # programs, shards (needs the CPU-side packages: av, ...)
 #   WORK=.gpu-work bash benchmarks/gpu_check.sh check      # only the checks, on prepared data (needs torch only)
+#   PY=.venv/bin/python ...                                # another interpreter than python3 (leap's own venv)
 #   DEVICE=cpu bash benchmarks/gpu_check.sh                # a dry run of the same steps on the CPU at tiny sizes
 #
 # The device machine lent to sessions has torch but not av, soundfile or jsonschema, so there the data is
@@ -43,6 +49,14 @@ step() {  # step NAME COMMAND...: run it, note its exit status and seconds, go o
 
 leap() { $PY -m leap_cli "$@"; }
 
+# limit SECS NAME COMMAND...: a step of the checks, stopped after SECS seconds (a hang must not eat the device
+# time of the steps after it; the lent machine has 15 minutes in all)
+limit() {
+  local secs=$1 name=$2
+  shift 2
+  step "$name" timeout -k 20 "$secs" "$@"
+}
+
 prepare() {
   step demo-data leap demo-data --out "$WORK/kitchen" --videos 4 --segments 24
   for s in train val; do
@@ -71,15 +85,25 @@ check() {
     np=2
     model_args=(--device cpu --backbone uniformerv2_tiny --frames 4 --img 64 --batches 2 --iters 1 --threads 1
                 --compile --compile-batch 2)
+    : "${T_MODEL:=0}" "${T_DDP:=0}" "${T_COMPILE:=0}" "${T_EVALUATE:=0}" "${T_OFFICIAL:=0}"  # no limits: compiling is slow here
   fi
-  step model $PY benchmarks/bench_model.py "${model_args[@]}" --json "$OUT/model.json"
+  limit "${T_MODEL:-180}" model $PY benchmarks/bench_model.py "${model_args[@]}" --json "$OUT/model.json"
   local common=(--config tiny-synthetic --workdir "$WORK" --force --set train.epochs=3 --set train.eval_every_epochs=3
                 --set "train.device=$DEVICE" --set "train.precision=$precision")
-  step ddp $PY -m torch.distributed.run --standalone --nproc_per_node "$np" -m leap_cli train "${common[@]}" \
-    --name gpu-ddp
-  step compile leap train "${common[@]}" --name gpu-compile --set model.compile=true
-  step evaluate leap evaluate --split val --run "$WORK/runs/gpu-ddp" --workdir "$WORK" --device "$DEVICE" \
-    --precision "$precision" --compile --out "$OUT/eval"
+  limit "${T_DDP:-90}" ddp $PY -m torch.distributed.run --standalone --nproc_per_node "$np" -m leap_cli train \
+    "${common[@]}" --name gpu-ddp
+  limit "${T_COMPILE:-140}" compile $PY -m leap_cli train "${common[@]}" --name gpu-compile --set model.compile=true
+  limit "${T_EVALUATE:-90}" evaluate $PY -m leap_cli evaluate --split val --run "$WORK/runs/gpu-ddp" --workdir "$WORK" \
+    --device "$DEVICE" --precision "$precision" --compile --out "$OUT/eval"
+  # ours against the official code, when its file is there (fetch OpenGVLab/UniFormerV2 and copy
+  # slowfast/models/uniformerv2_model.py to $WORK/official/): the same weights, forward+backward, interleaved
+  local official=${OFFICIAL:-$WORK/official/uniformerv2_model.py}
+  if [ -f "$official" ]; then
+    local official_args=(--device cuda --batches 32 --iters 10)
+    [ "$DEVICE" = cuda ] || official_args=(--device cpu --backbone uniformerv2_b16 --frames 4 --img 64 --batches 1 \
+                                           --iters 2 --threads 1)
+    limit "${T_OFFICIAL:-60}" official $PY benchmarks/bench_model.py --official "$official" "${official_args[@]}"
+  fi
 }
 
 {
