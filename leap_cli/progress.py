@@ -8,7 +8,8 @@ the time left, like torchvision's ``MetricLogger``::
     extract train: 1200/9668 (12%) 3.41/s, ETA 0:41:23, P01_11
 
 Both take the same calls (``add_task``, ``update``, ``advance``, ``start``, ``stop``, ``with``), so a stage's
-loop does not know which one it drives.
+loop does not know which one it drives. :func:`stage_progress` makes a stage's progress on stderr, as tqdm's: a
+redirect of stdout (``leap evaluate ... > results.txt``) keeps the stage's results and messages, not its progress.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import Progress, ProgressColumn
 
 DEFAULT_EVERY = 10.0
 MIN_RATE_SECONDS = 2.0  # a rate (and an ETA) only from this long after the first unit: not from one burst
@@ -135,3 +136,12 @@ def live_or_log(progress: Progress, label: str) -> Progress | LogProgress:
     if progress.console.is_terminal:
         return progress
     return LogProgress(label, progress.console)
+
+
+def stage_progress(label: str, *columns: str | ProgressColumn, transient: bool = False) -> Progress | LogProgress:
+    """A stage's progress on stderr: a bar where stderr is a terminal, :class:`LogProgress` lines elsewhere. While a
+    bar draws, what the stage prints to stdout goes above it only where stdout is the terminal too (else into the
+    file stdout was sent to, not onto the bar's stream)."""
+    bar = Progress(*columns, console=Console(stderr=True), transient=transient,
+                   redirect_stdout=Console().is_terminal)
+    return live_or_log(bar, label)

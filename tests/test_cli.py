@@ -14,6 +14,12 @@ def leap(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "leap_cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
+def error_lines(stderr: str) -> list[str]:
+    """stderr's non-blank lines less the progress lines that share it (build-shards says what it prepares)."""
+    return [x for x in stderr.splitlines() if x.strip() and not x.endswith(": reading the annotations, checking the "
+                                                                            "programs, planning the samples ...")]
+
+
 @pytest.mark.parametrize("argv, status", [(["--version"], 0), (["info", "--data", "/nonexistent"], 2)])
 @pytest.mark.parametrize("when", ["atexit", "teardown"])
 def test_a_sigterm_while_a_finished_command_exits_keeps_its_status(tmp_path, argv, status, when):
@@ -404,7 +410,7 @@ def test_val_shards_wait_for_the_training_shards_parts(tiny_kitchen, tmp_path):
     train.mkdir(parents=True)
     (train / ".progress.shard1of2.jsonl").write_text("")  # part 1 of 2 begun, none done
     r = leap("build-shards", "--split", "val", "--data", str(tiny_kitchen), "--workdir", str(tmp_path))
-    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    lines = error_lines(r.stderr)
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert "the training shards are still in --shard parts (0 of 2 done, no merged manifest.json yet)" in lines[0]
     assert "--vocab" in lines[0] and not (tmp_path / "shards" / "val" / "manifest.json").exists()
@@ -429,7 +435,7 @@ def test_a_path_of_the_wrong_kind_says_what_to_do(tiny_kitchen, tmp_path):
                        (["generate-programs", "--split", "train", "--data", str(tiny_kitchen), "--workdir",
                          str(tmp_path), "--system-prompt", str(tmp_path / "nosuch.md")], "check the path given")):
         r = leap(*args)
-        lines = [x for x in r.stderr.splitlines() if x.strip()]
+        lines = error_lines(r.stderr)
         assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
         assert says in lines[0] and "run the same command again" not in lines[0], (args, lines[0])
 
@@ -548,8 +554,8 @@ def test_build_shards_says_what_it_does_before_its_first_sample(tiny_kitchen, tm
     r = leap("build-shards", "--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path),
              "--frames", "2", "--short-side", "32")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.splitlines()[0].startswith("build-shards train: reading the annotations, checking the programs"), \
-        r.stdout
+    lines = [x for x in r.stderr.splitlines() if x.startswith("build-shards train")]  # progress lines: on stderr
+    assert lines[0].startswith("build-shards train: reading the annotations, checking the programs"), r.stderr
 
 
 def test_usage_errors_are_one_line():

@@ -89,10 +89,40 @@ def test_bar_in_a_terminal_log_lines_elsewhere():
     assert live_or_log(term, "x") is term
 
 
-def test_stage_output_to_a_file_shows_progress(tmp_path):
+def test_stage_output_to_a_file_shows_progress_on_stderr(tmp_path):
+    """Progress lines go to stderr (as tqdm's), the stage's results to stdout: a redirect of stdout
+    (``> results.txt``) took the progress lines too."""
     env = {**os.environ, "LEAP_PROGRESS_EVERY": "0", "COLUMNS": "200"}
     r = subprocess.run([sys.executable, "-m", "leap_cli", "demo-data", "--out", str(tmp_path / "k"), "--videos", "2",
                         "--segments", "2"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
-    lines = [x for x in r.stdout.splitlines() if x.startswith("kitchen ")]
-    assert any(": 1/2 (50%)" in x for x in lines) and any(": 2/2 (100%)" in x and "elapsed" in x for x in lines), r.stdout
+    lines = [x for x in r.stderr.splitlines() if x.startswith("kitchen ")]
+    assert any(": 1/2 (50%)" in x for x in lines) and any(": 2/2 (100%)" in x and "elapsed" in x for x in lines), r.stderr
+    assert r.stdout.strip() and not any(x.startswith("kitchen ") for x in r.stdout.splitlines()), r.stdout
+
+
+def test_stage_bar_draws_on_stderr_and_leaves_a_redirected_stdout_alone(monkeypatch):
+    """In a terminal the bar draws on stderr; what the stage prints to stdout while it draws goes above the bar only
+    where stdout is that terminal too, else into stdout's file."""
+    import leap_cli.progress as progress
+
+    terminals = {}
+
+    class FakeConsole(Console):
+        def __init__(self, stderr=False, **kw):
+            self.stderr_ = stderr
+            super().__init__(stderr=stderr, file=io.StringIO(), **kw)
+
+        @property
+        def is_terminal(self):
+            return terminals["stderr" if self.stderr_ else "stdout"]
+
+    monkeypatch.setattr(progress, "Console", FakeConsole)
+    for stdout_tty in (True, False):
+        terminals.update(stderr=True, stdout=stdout_tty)
+        bar = progress.stage_progress("x")
+        assert isinstance(bar, Progress) and bar.console.stderr_
+        assert bar.live._redirect_stdout is stdout_tty
+    terminals.update(stderr=False, stdout=True)
+    logged = progress.stage_progress("x")
+    assert isinstance(logged, LogProgress) and logged.console.stderr_

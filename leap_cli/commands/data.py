@@ -35,15 +35,15 @@ def demo_data(
     clean: bool = typer.Option(False, "--clean", help="Debugging only: publish the truth (exact hand-object boxes, "
                                "labelled object boxes, COLMAP poses, quiet background) instead of what EPIC publishes."),
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
 
     cfg = KitchenConfig(videos=videos, seed=seed, segments_per_video=segments, honest=not clean)
-    from leap_cli.progress import live_or_log
+    from leap_cli.progress import stage_progress
 
-    with live_or_log(Progress(TextColumn("[bold]kitchen[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeElapsedColumn(), console=console, transient=True), "kitchen") as progress:
+    with stage_progress("kitchen", TextColumn("[bold]kitchen[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), transient=True) as progress:
         task = progress.add_task("videos", total=videos)
 
         def on_video(done: int, total: int, video_id: str) -> None:

@@ -8,11 +8,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR, lowercase, workdir_option
-from leap_cli.progress import live_or_log
+from leap_cli.progress import stage_progress
 
 console = Console()
 
@@ -205,9 +205,8 @@ def evaluate(
                 ann = open_annotations(workdir, data, annotations)
                 ann.segments(split)
             views = ViewConfig(temporal_views, spatial_views)
-            with live_or_log(Progress(TextColumn("[bold]scoring[/] {task.description}"), BarColumn(),
-                                      MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True),
-                             "scoring") as bar:
+            with stage_progress("scoring", TextColumn("[bold]scoring[/] {task.description}"), BarColumn(),
+                                MofNCompleteColumn(), TimeElapsedColumn(), transient=True) as bar:
                 job = bar.add_task(f"{split} x{views.count} views", total=None)
                 loaded, scores_path = evaluate_run(
                     run_dir, split, workdir=workdir, checkpoint=checkpoint, task=task, shards=shards, views=views,

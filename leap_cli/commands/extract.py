@@ -7,14 +7,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase, normalize_split, shard_out,
                              workdir_option, workers_option)
 from leap_cli.errors import LeapError
 from leap_cli.io import check_settings
-from leap_cli.progress import live_or_log
+from leap_cli.progress import stage_progress
 
 console = Console()
 
@@ -155,9 +155,8 @@ def extract(
     if _existing_ancestor(out.parent).is_dir():  # a file in the output's path: check_settings names it
         DatasetLayout.open(data, annotations)  # a wrong --data fails before the output's settings and lock exist
     check_settings(out, _settings(cfg, out), force=force, split=split_name, adopt=("files",))
-    progress = live_or_log(Progress(TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
-                                    MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                                    transient=False), f"extract {split_name}")
+    progress = stage_progress(f"extract {split_name}", TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
+                              MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     task = {}
 
     def on_start(total: int, done: int) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from leap_cli.common import lowercase, workdir_option
@@ -221,11 +221,10 @@ def generate_programs(
             console.print(escape(line), highlight=False, style="red")
         outcome.exit()
         return
-    from leap_cli.progress import live_or_log
+    from leap_cli.progress import stage_progress
 
-    with live_or_log(Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), console=console, transient=True),
-                     f"generate-programs {cfg.split_name}") as progress:
+    with stage_progress(f"generate-programs {cfg.split_name}", TextColumn("{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as progress:
         task = progress.add_task("programs", total=None)
         summary = run(cfg, on_start=lambda n: progress.update(task, total=n),
                       on_record=lambda r: progress.advance(task),

@@ -8,13 +8,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, given_options, lowercase, normalize_split,
                              workdir_option, workers_option)
 from leap_cli.errors import LeapError
-from leap_cli.progress import live_or_log
+from leap_cli.progress import stage_progress
 
 console = Console()
 
@@ -91,15 +91,14 @@ def build_shards(
                              tau_o=tau_o, context=context if task == "anticipation" else 0,
                              context_mode=anticipation_context, span_frames=span_frames)
     data = dataset_root(workdir, data)
-    with live_or_log(Progress(TextColumn("[bold]build-shards[/] {task.description}"), BarColumn(),
-                              MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=False),
-                     "build-shards") as bar:
+    with stage_progress("build-shards", TextColumn("[bold]build-shards[/] {task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         # before the first sample: the annotations read, the programs checked against the labels and the target
         # vocabulary built (~20 s for EPIC's 67k train segments), said so (a log said nothing all that time)
         preparing = "reading the annotations, checking the programs, planning the samples"
         tid = bar.add_task(f"{split}{spec.suffix} ({preparing})", total=None)
-        if not console.is_terminal:
-            console.print(f"build-shards {split}{spec.suffix}: {preparing} ...", highlight=False)
+        if not bar.console.is_terminal:  # (a progress line: beside the others, on stderr)
+            bar.console.print(f"build-shards {split}{spec.suffix}: {preparing} ...", highlight=False)
 
         def progress(done: int, total: int) -> None:
             bar.update(tid, completed=done, total=total, description=f"{split}{spec.suffix}")
@@ -204,8 +203,8 @@ def check_shards(
         if held and held != normalize_split(split):
             raise LeapError(f"the shards hold the {held} split, not {normalize_split(split)}", path=folder,
                             fix=f"pass --split {held}, or the folder of the {normalize_split(split)} shards")
-    with live_or_log(Progress(TextColumn("[bold]check-shards[/]"), BarColumn(), MofNCompleteColumn(),
-                              TimeRemainingColumn(), console=console), "check-shards") as bar:
+    with stage_progress("check-shards", TextColumn("[bold]check-shards[/]"), BarColumn(), MofNCompleteColumn(),
+                        TimeRemainingColumn()) as bar:
         tid = bar.add_task("", total=None)
         report = run_check(folder, on_error=on_error, verify_hash=not no_hash, workers=workers,
                            progress=lambda d, t: bar.update(tid, completed=d, total=t))

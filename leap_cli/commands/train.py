@@ -7,11 +7,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR, workdir_option
-from leap_cli.progress import live_or_log
+from leap_cli.progress import stage_progress
 
 console = Console()
 
@@ -44,9 +44,8 @@ def train(
     sets += ["model.allow_partial_load=true"] if allow_partial_load else []
     cfg = load_config(config, sets)
     name = name or default_name(config, resume)
-    progress = live_or_log(Progress(TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                    console=console, transient=False), "train")
+    progress = stage_progress("train", TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
+                              TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
     task = {"id": None, "clips": 0.0, "epochs": 0}  # (epochs are counted from 1 here, from 0 in metrics.jsonl)
 
     def on_start(info: dict) -> None:
