@@ -53,9 +53,23 @@ def _root(
 
     _state["debug"] = debug
     _state["command"] = ctx.invoked_subcommand
+    _note_options(ctx)
     WORKDIRS.clear()  # this command's --workdir is recorded as its options are read, after this
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _note_options(ctx: typer.Context) -> None:
+    """The command's options by their parameters' names (``io.COMMAND_OPTIONS``: a settings refusal says them)."""
+    from leap_cli.io import COMMAND_OPTIONS
+
+    COMMAND_OPTIONS.clear()
+    ctx.call_on_close(COMMAND_OPTIONS.clear)  # (not left to a later call in the same process)
+    command = ctx.command.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+    for p in getattr(command, "params", ()):
+        longs = [o for o in getattr(p, "opts", ()) if o.startswith("--")]
+        if p.param_type_name == "option" and p.name and longs:
+            COMMAND_OPTIONS[p.name] = longs[0]
 
 
 def _register() -> None:

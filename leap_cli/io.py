@@ -651,9 +651,10 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
         if differ:
             if not force:
                 named = []
+                names = {**_option_names(), **(names or {})}
                 for d in differ:  # "key: old -> new", the key as the option that sets it
                     key, sep, change = d.partition(": ")
-                    named.append(f"{(names or {}).get(key, key)}{sep}{change}")
+                    named.append(f"{names.get(key, key)}{sep}{change}")
                 shown = ", ".join(named[:6])
                 more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
                 keys = {d.partition(": ")[0].split(".")[0] for d in differ}
@@ -665,6 +666,16 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
             started_over = True
     atomic_write_json(sidecar, settings if split is None else {**settings, "split": split}, if_changed=True)
     return started_over
+
+
+# The running command's options by the names of their parameters (``short_side`` -> ``--short-side``), set by the
+# CLI as it reads the command line: a settings key that is one is said as the option (the refusal said
+# ``k: None -> 4`` for ``--k``); empty outside the CLI.
+COMMAND_OPTIONS: dict[str, str] = {}
+
+
+def _option_names() -> dict[str, str]:
+    return COMMAND_OPTIONS
 
 
 def _grew(old: dict, new: dict, dotted: str) -> bool:

@@ -548,6 +548,27 @@ def test_under_torchrun_the_other_ranks_name_themselves_and_leave_the_interrupti
         assert code == 130 and ("interrupted: checkpoints/last.pt holds" in " ".join(err.split())) == says, err
 
 
+def test_a_settings_refusal_names_the_options(tiny_kitchen, tmp_path):
+    """A resume under other settings named the settings' inner keys ("k: None -> 4" for --k): the CLI says the
+    option that sets each."""
+    common = ["extract", "--split", "val", "--data", str(tiny_kitchen), "--workdir", str(tmp_path)]
+    assert leap(*common, "--components", "narration").returncode == 0
+    r = leap(*common, "--components", "narration,audio")
+    assert r.returncode == 2 and "other settings (--components: ['narration'] -> ['narration', 'audio'])" in r.stderr, \
+        r.stderr
+
+
+def test_the_command_options_noted_for_refusals_do_not_outlive_the_command(tmp_path):
+    """(A library call after a CLI call in the same process would say its keys as that command's options.)"""
+    from typer.testing import CliRunner
+
+    from leap_cli import io
+    from leap_cli.cli import app
+
+    r = CliRunner().invoke(app, ["info", "--data", str(tmp_path / "nothing-here")])
+    assert r.exit_code != 0 and io.COMMAND_OPTIONS == {}
+
+
 def test_build_shards_says_what_it_does_before_its_first_sample(tiny_kitchen, tmp_path):
     """With EPIC's 67k train segments build-shards checks the programs and plans for ~20 s before its first sample:
     a log (no terminal) said nothing all that time."""

@@ -920,7 +920,7 @@ def test_resuming_with_other_settings_is_refused_like_the_other_stages(workdir, 
         generate_programs(config(workdir, server, limit=2))
         stored = json.loads(settings_path(out).read_text())
         assert stored["backend"] == "openai" and stored["model"] == "test-model" and stored["k"] == 4
-        for change, key in ((dict(model="other-model"), "model"), (dict(k=2), "k"), (dict(temperature=0.7), "params"),
+        for change, key in ((dict(model="other-model"), "model"), (dict(k=2), "k"), (dict(temperature=0.7), "--temperature"),
                             (dict(backend="offline"), "backend")):
             with pytest.raises(LeapError, match=f"other settings \\({key}") as e:
                 generate_programs(config(workdir, server, **change))
@@ -941,7 +941,8 @@ def test_resuming_with_other_settings_is_refused_like_the_other_stages(workdir, 
     args = ["generate-programs", "--workdir", str(workdir), "--split", "val", "--out", str(tmp_path / "off.jsonl"),
             "--exemplars", str(lib)]
     res = leap(*args)  # the CLI's one-line user error, exit status 2
-    assert res.returncode == 2 and "other settings (exemplars" in res.stderr + res.stdout and "--force" in res.stderr
+    # (the key said as the option that sets it)
+    assert res.returncode == 2 and "other settings (--exemplars: " in res.stderr + res.stdout and "--force" in res.stderr
     assert len(read_jsonl(tmp_path / "off.jsonl")) == 3
     res = leap(*args, "--force")
     assert res.returncode == 0, res.stderr

@@ -655,6 +655,13 @@ class _Stop:
             signal.raise_signal(self.signum)
 
 
+# output_settings' keys as a refusal says them where they are not an option's own name (the others are: --k, ...)
+SETTINGS_NAMES = {"params.temperature": "--temperature", "params.max_tokens": "--max-tokens",
+                  "params.response_format": "--response-format", "params.extra_body": "--extra-body",
+                  "params": "generation parameters", "prompt_version": "leap's prompt format",
+                  "descriptors": "the descriptors' extract settings"}
+
+
 def output_settings(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs) -> dict:
     """What changes the records of an output file: the descriptors' extraction settings, the backend and its
     model (the offline generator's version), its generation parameters, the prompt (format version, system
@@ -721,7 +728,7 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
 
     return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
                           exists=exists, adopt=("descriptors",), grow=("params.max_tokens",), explain=explain,
-                          remove=set_aside)
+                          remove=set_aside, names=SETTINGS_NAMES)
 
 
 def _setup(cfg: GenerateConfig):
