@@ -365,7 +365,7 @@ def test_extract_rerun_with_other_settings_is_refused_unless_forced(tiny_kitchen
     r = leap(*base, "--hand-threshold", "0.7")
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert "hand_threshold: 0.5 -> 0.7" in lines[0] and "--force" in lines[0]
+    assert "--hand-threshold: 0.5 -> 0.7" in lines[0] and "--force" in lines[0]
     assert out.read_bytes() == before
     assert leap(*base).returncode == 0  # same settings: resumes
     r = leap(*base, "--hand-threshold", "0.7", "--force")

@@ -1756,7 +1756,7 @@ def test_the_token_limit_finding_says_how_to_redo_only_the_cut_records(workdir, 
         # the other settings still refuse a resume, and so does a lower limit (it would cut what it did not)
         with pytest.raises(LeapError, match="other settings"):
             generate_programs(config(workdir, server, max_tokens=4000, temperature=0.5))
-        with pytest.raises(LeapError, match=r"params.max_tokens: 4000 -> 3000"):
+        with pytest.raises(LeapError, match=r"--max-tokens: 4000 -> 3000"):
             generate_programs(config(workdir, server, max_tokens=3000))
     assert all(r["status"] == "valid" for r in records(workdir)) and len(records(workdir)) == N_SEGMENTS
 
