@@ -261,6 +261,7 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
     w = cfg.workdir
     rows: list[tuple[str, str, str]] = []
     from leap_cli.epic.annotations import open_annotations
+    from leap_cli.programs.provenance import made_by
 
     ann = open_annotations(w)
     counts = {s: len(ann.segments(s)) for s in ("train", "val", "test")}
@@ -287,7 +288,7 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
             rep = json.loads(report.read_text())
             status = {k: v for k, v in rep.get("statuses", {}).items() if v}
             checked = " as validate-programs checked them"
-        backend = {(r.get("provenance") or {}).get("backend") for r in recs} - {None}
+        backend = {made_by(r)[0] for r in recs} - {None}
         cov = status.get("valid", 0) / max(1, counts[split])
         rows.append((f"programs {split}", f"{w}/programs/{split}.jsonl",
                      f"{', '.join(f'{k} {v}' for k, v in sorted(status.items()))}{checked}; coverage {cov:.0%} "

@@ -690,6 +690,50 @@ def test_missing_program_file_means_no_programs(root, tmp_path):
     assert any("no program file" in n for n in r.notes)
 
 
+def test_the_manifest_says_what_made_the_programs_and_an_earlier_manifest_is_not_rebuilt_for_it(root, tmp_path):
+    """The manifest counted the program records, not what made them: shards (and the runs trained on them) of
+    offline programs and of an LLM's could not be told apart. ``programs.made_by`` counts the file's records, and
+    the split's valid ones, per backend and model (summing to ``records`` and ``valid``), and ``prompt_version``
+    is the program file's settings'. The manifest of an earlier leap lacks both: a build run again over it
+    rebuilds nothing and writes them."""
+    records = program_records()  # P01_01_1 and P01_02_2 valid, P01_01_0 invalid, P01_01_2 failed
+    made = [("openai", "gpt-4o-mini"), ("offline", "offline-v5"), ("openai", "gpt-4o-mini"), ("openai", "gpt-4o-mini")]
+    for r, (backend, model) in zip(records, made):
+        r["provenance"] = {"backend": backend, "model": model, "prompt_hash": "0" * 16}
+    programs = write_programs(tmp_path / "programs" / "train.jsonl", records)
+    programs.with_name("train.jsonl.settings.json").write_text(json.dumps(
+        {"backend": "openai", "model": "gpt-4o-mini", "prompt_version": 2}))
+    first = build(root, tmp_path, programs=False)
+    p = first.manifest["programs"]
+    assert p["made_by"] == [{"backend": "openai", "model": "gpt-4o-mini", "records": 3, "valid": 1},
+                            {"backend": "offline", "model": "offline-v5", "records": 1, "valid": 1}]
+    assert p["prompt_version"] == 2
+    assert sum(r["records"] for r in p["made_by"]) == p["records"] == 4
+    assert sum(r["valid"] for r in p["made_by"]) == p["valid"] == 2
+    from leap_cli.programs.provenance import programs_text
+    from leap_cli.shards.format import programs_provenance
+
+    summary = programs_provenance(first.manifest)
+    assert summary["made_by"] == p["made_by"] and summary["sha256"] == first.manifest["sources"]["programs"]
+    assert summary["with_program"] == first.manifest["counts"]["with_program"] == 2
+    assert programs_text(summary) == ("openai gpt-4o-mini: 1 valid of 3; offline offline-v5: 1 valid of 1, "
+                                      "prompt v2")
+    # an earlier leap's manifest: the run's summary says "unknown", and a build run again rebuilds no shard
+    out = first.out
+    older = json.loads((out / "manifest.json").read_text())
+    del older["programs"]["made_by"], older["programs"]["prompt_version"]
+    (out / "manifest.json").write_text(json.dumps(older, indent=2))
+    assert programs_provenance(older)["made_by"] is None and "unknown" in programs_text(programs_provenance(older))
+    tars = {t.name: t.stat().st_mtime_ns for t in out.glob("*.tar")}
+    again = build(root, tmp_path, programs=False)
+    assert again.written_now == 0 and again.resumed_shards == len(tars) > 0
+    assert {t.name: t.stat().st_mtime_ns for t in out.glob("*.tar")} == tars
+    assert json.loads((out / "manifest.json").read_text()) == first.manifest
+    # no program file: no generator, said as such (not "unknown")
+    bare = programs_provenance(build(root, tmp_path / "bare", programs=False).manifest)
+    assert bare["made_by"] == [] and bare["records"] == 0 and programs_text(bare).startswith("none")
+
+
 def test_val_reuses_the_train_vocabulary(built, root):
     _, work = built
     r = build_split(root, "val", workdir=work, settings=settings(split="val"))

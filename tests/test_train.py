@@ -458,8 +458,10 @@ def shard_work(tmp_path_factory) -> Path:
     root = _kitchen(tmp_path_factory.mktemp("kitchen"))
     work = tmp_path_factory.mktemp("work")
     (work / "programs").mkdir()
+    # made by two generators (what the shards' manifest and a run's provenance.json count; the shards are the same)
+    made = {"backend": "offline", "model": "offline-v5"}, {"backend": "openai", "model": "gpt-4o"}
     recs = [{"narration_id": f"P01_01_{i}", "status": "valid", "program": _program(ACTIONS[i % 2][0], ACTIONS[i % 2][2]),
-             "errors": []} for i in range(8)]
+             "errors": [], "provenance": made[i >= 6]} for i in range(8)]
     (work / "programs" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     for split in ("train", "val"):
         build_split(root, split, workdir=work, settings=ShardSettings(split=split, frames=4, short_side=32))
@@ -494,6 +496,86 @@ def test_cli_train_on_shards_stop_and_resume(shard_work: Path, tmp_path: Path) -
     assert [v["epoch"] for v in vals] == [0, 1] and all(v["n"] == 4 for v in vals)
     r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--workdir", str(shard_work), "--set", "optim.lrr=1"])
     assert r.exit_code != 0 and "optim.lrr" in str(r.exception or r.output)
+
+
+def test_a_run_keeps_what_made_its_programs_and_its_evaluation_says_it(shard_work: Path, tmp_path: Path) -> None:
+    """A run trained on offline programs and one trained on gpt-4o's could not be told apart from their run
+    directories. runs/NAME/provenance.json (and the checkpoints) say which shards and what made their programs,
+    `leap train` and `leap show --run` say it in a line, and evaluate's metrics.json carries it in meta."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    cfg = tmp_path / "prov.yaml"
+    cfg.write_text("model: {img_size: 32, num_frames: 4, options: {decoder_dim: 32}}\n"
+                   "data: {batch_size: 4, eval_batch_size: 4}\ntrain: {epochs: 1, max_steps: 1, threads: 1}\n")
+    r = CliRunner().invoke(app, ["train", "--config", str(cfg), "--workdir", str(shard_work), "--name", "prov"])
+    assert r.exit_code == 0, r.output
+    said = "trained on programs: offline offline-v5: 6 valid of 6; openai gpt-4o: 2 valid of 2"
+    assert said in " ".join(r.output.split())
+    assert "(validation: none (the shards were built without a program file))" in " ".join(r.output.split())
+    run = shard_work / "runs" / "prov"
+    prov = json.loads((run / "provenance.json").read_text())
+    train = json.loads((shard_work / "shards" / "train" / "manifest.json").read_text())
+    assert prov["train"]["shards"] == str(shard_work / "shards" / "train")
+    assert prov["train"]["programs"] == {
+        "records": 8, "valid": 8, "with_program": 8, "prompt_version": None, "sha256": train["sources"]["programs"],
+        "made_by": [{"backend": "offline", "model": "offline-v5", "records": 6, "valid": 6},
+                    {"backend": "openai", "model": "gpt-4o", "records": 2, "valid": 2}]}
+    assert prov["val"]["shards"] == str(shard_work / "shards" / "val") and prov["val"]["programs"]["made_by"] == []
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["provenance"] == prov
+    r = CliRunner().invoke(app, ["show", "P01_01_0", "--workdir", str(shard_work), "--split", "train", "--run",
+                                 str(run)], env={"COLUMNS": "300"})
+    assert r.exit_code == 0, r.output
+    assert said in " ".join(r.output.split())
+    root = _kitchen(tmp_path / "kitchen")  # (the fixture's annotations, made again: evaluate scores against them)
+    r = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", str(run), "--data", str(root),
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "eval" / "val" / "metrics.json").read_text())["meta"]["provenance"] == prov
+
+
+def test_shards_of_an_earlier_leap_without_the_programs_provenance_still_train(shard_work: Path, tmp_path: Path) -> None:
+    """A manifest written before it said what made its programs trains as before; the run says "unknown"."""
+    import shutil
+
+    from leap_cli.programs.provenance import read_run_provenance, run_programs_text
+
+    shards = tmp_path / "shards"
+    shutil.copytree(shard_work / "shards" / "train", shards)
+    m = json.loads((shards / "manifest.json").read_text())
+    for key in ("made_by", "prompt_version"):
+        m["programs"].pop(key, None)
+    (shards / "manifest.json").write_text(json.dumps(m))
+    result = main(tiny_config(f"data.train={shards}", "data.val=", "train.max_steps=1",
+                              "model.options={decoder_dim: 32}"), workdir=tmp_path, name="old")
+    assert result.steps == 1 and result.model_args["program"] is not None
+    prov = read_run_provenance(tmp_path / "runs" / "old")
+    assert prov["train"]["programs"]["made_by"] is None and prov["train"]["programs"]["valid"] == 8
+    assert prov["val"] is None
+    assert "made by unknown" in run_programs_text(prov)
+    assert run_programs_text(None).startswith("unknown")  # a run of an earlier leap: no provenance.json
+
+
+def test_a_resume_on_shards_of_other_programs_is_said_and_the_run_keeps_both(tmp_path: Path, caplog) -> None:
+    from leap_cli.train.loop import record_provenance
+
+    def prov(model: str) -> dict:
+        return {"train": {"shards": "s", "programs": {"records": 1, "made_by": [{"backend": "openai", "model": model,
+                                                                                 "records": 1, "valid": 1}]}},
+                "val": None}
+
+    assert record_provenance(tmp_path, prov("gpt-4o"), resumed=False) == prov("gpt-4o")
+    assert record_provenance(tmp_path, {**prov("gpt-4o"), "train": {**prov("gpt-4o")["train"], "shards": "moved"}},
+                             resumed=True)["train"]["shards"] == "moved"  # (the same programs moved: nothing said)
+    assert "not those the run was trained on" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        now = record_provenance(tmp_path, prov("gpt-4o-mini"), resumed=True)
+    assert "not those the run was trained on so far" in caplog.text and "openai gpt-4o: 1 valid of 1" in caplog.text
+    assert now["earlier"][0]["train"]["programs"] == prov("gpt-4o")["train"]["programs"]
+    assert json.loads((tmp_path / "provenance.json").read_text()) == now
+    assert record_provenance(tmp_path, prov("gpt-4o-mini"), resumed=True) == now  # (kept on the next resume)
+    assert record_provenance(tmp_path, prov("x"), resumed=False) == prov("x")  # a run started over: anew
 
 
 def test_a_model_section_that_does_not_build_names_the_file_and_the_section(shard_work: Path, tmp_path: Path) -> None:

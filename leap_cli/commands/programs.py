@@ -487,6 +487,9 @@ def validate_programs(
     console.print(escape(f"coverage: valid programs over the {cov['of']}"
                          + (f" (the annotations hold no {split_name} split: labels not checked)"
                             if cov["of"] == "records" else "")), highlight=False)
+    from leap_cli.programs.provenance import made_by_text
+
+    console.print(printable(f"made by: {made_by_text(rep['made_by'])}", one_line=True), highlight=False)
     def top(h: dict) -> str:  # the 8 most frequent, and how many more (the JSON report holds them all)
         items = list(h.items())
         shown = ", ".join(f"{k} {v}" for k, v in items[:8]) or "none"

@@ -75,9 +75,13 @@ def show(
 
 
 def _show_prediction(run_dir: Path, narration_id: str, workdir: Path, shards: Path | None, split: str | None) -> None:
+    from leap_cli.programs.provenance import read_run_provenance, run_programs_text
     from leap_cli.report.predicted import SkippedSegment, predicted_program
     from leap_cli.train.checkpoint import load_checkpoint, resolve_checkpoint
 
+    trained_on = run_programs_text(read_run_provenance(run_dir))
+    console.print(printable(f"{run_dir}: trained on programs: {trained_on}", one_line=True), highlight=False,
+                  soft_wrap=True)
     source = resolve_checkpoint(run_dir, "best")  # (once: its "no best.pt, using last.pt" said once)
     if shards is None:
         from leap_cli.shards.writer import default_out

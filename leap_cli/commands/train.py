@@ -18,7 +18,8 @@ console = Console()
 
 def register(app: typer.Typer) -> None:
     app.command("train", help="Train the model on the shards (AdamW, cosine schedule, DDP under torchrun); "
-                              "writes runs/NAME/ with config.yaml, checkpoints/{last,best}.pt, metrics.jsonl. "
+                              "writes runs/NAME/ with config.yaml, provenance.json, checkpoints/{last,best}.pt, "
+                              "metrics.jsonl. "
                               "The config keys (model, data, optim, loss, train) and what each does: docs/train.md; "
                               "an unknown key is refused with the valid ones listed.")(train)
 
@@ -118,6 +119,11 @@ def train(
     table.add_row(f"best val {best}", "-" if result.best_metric < 0 else f"{result.best_metric:.2f}")
     table.add_row("checkpoints", str(result.run_dir / "checkpoints"))
     console.print(table)
+    if result.provenance is not None:  # (model names are the files' text: printed as it is)
+        from leap_cli.programs.provenance import run_programs_text
+
+        console.print(escape(f"trained on programs: {run_programs_text(result.provenance)}"), highlight=False,
+                      soft_wrap=True)
     if paused:
         console.print(escape(f"paused at step {result.steps} of {task['total']} (--stop-after): continue with "
                              "--resume"), highlight=False)

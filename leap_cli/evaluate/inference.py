@@ -358,7 +358,9 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
     meta = {"split": split, "task": task, "run": str(run_dir),
             "checkpoint": scored,
             "views": {"temporal": views.temporal, "spatial": views.spatial}, "step": int(ckpt.get("step", 0)),
-            "precision": resolved_precision(precision, device), "compile": compile}
+            "precision": resolved_precision(precision, device), "compile": compile,
+            # what the model was trained on (the run's provenance.json, as its checkpoint holds it; None: unknown)
+            "provenance": ckpt.get("provenance")}
     if task == "anticipation":  # (leap submit checks it against the challenge's 1 s)
         meta["tau_a"] = float((batches.dataset.manifest.get("settings") or {}).get("tau_a", 1.0))
     saved = save_scores(out, scores["narration_id"], scores["verb_output"], scores["noun_output"],

@@ -9,7 +9,8 @@ leap's own file (``scores.pt``, ``torch.save``; read with ``torch.load(weights_o
         "conditions": FloatTensor[N, 2P],            # pre/post-condition probabilities
         "target_steps": LongTensor[N, L, 3],         # truth from the shards (-100 padding, END triple), if known
         "target_conditions": FloatTensor[N, 2P], "has_program": BoolTensor[N], "end_ids": [v, a, b]},
-     "meta": {"split", "task", "run", "checkpoint", "views", ...; anticipation: "tau_a"}}
+     "meta": {"split", "task", "run", "checkpoint", "views", ..., "provenance" (the run's provenance.json);
+              anticipation: "tau_a"}}
 
 The official EPIC results format is accepted too, as ``.pt`` or ``.pkl``: a dict with ``verb_output``
 [N, 97], ``noun_output`` [N, 300] and ``narration_id`` [N] (NumPy arrays or tensors), or a list of

@@ -1,6 +1,7 @@
 """``leap validate-programs``: re-validate program records, count, and write ``programs/{split}.report.json``.
 
-Report: files, record and status totals (after re-validation), duplicate narration ids, errors per record,
+Report: files, record and status totals (after re-validation), the generators that made the records (``made_by``:
+records and valid ones of each, ``programs.provenance``), duplicate narration ids, errors per record,
 lines that are not records (``malformed``), coverage (valid programs of the split's annotated segments over
 those segments, with the records whose ids are not segments of the split counted apart; over the records when
 no annotations are given), and histograms: sub-action verbs and objects (EPIC keys), predicates, flattened sub-actions per
@@ -17,6 +18,7 @@ from typing import Iterator
 from leap_cli.common import PROGRAM_STATUSES, program_record_problem
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.classes import ClassVocab
+from leap_cli.programs.provenance import MadeBy
 from leap_cli.programs.targets import flatten_program
 from leap_cli.programs.schema import Finding
 from leap_cli.programs.validate import DEFAULT_MAX_SUB_ACTIONS, Labels, check_program
@@ -183,11 +185,12 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
     covered = 0  # valid records of segments of the split
     changed = 0
     per_record = []
-    verb_h, obj_h, pred_h, steps_h, flow_h, backends = Counter(), Counter(), Counter(), Counter(), Counter(), Counter()
+    verb_h, obj_h, pred_h, steps_h, flow_h = Counter(), Counter(), Counter(), Counter(), Counter()
+    made = MadeBy()
     for nid, r in records():
-        backends[(r.get("provenance") or {}).get("backend", "?")] += 1
         program = r.get("program")
         status, errors = recheck(r, verbs, nouns, segments, max_sub_actions=max_sub_actions)
+        made.add(r, status == "valid")
         changed += status != r["status"] and program is not None
         statuses[status] += 1
         covered += status == "valid" and (cover is None or nid in cover)
@@ -217,7 +220,8 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
         "duplicates": duplicates,
         "statuses": {s: statuses.get(s, 0) for s in STATUSES},
         "status_changed_on_revalidation": changed,
-        "backends": dict(backends),
+        "backends": made.backends(),
+        "made_by": made.summary(),
         "coverage": {"valid": covered, "segments": denominator,
                      "of": ("records" if not segments else "annotated segments of the split" if part is None else
                             f"annotated segments of part(s) {', '.join(f'{i}/{part[1]}' for i in part[0])} of the split"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.tree import Tree
 
+from leap_cli.programs.provenance import generator_text, made_by
 from leap_cli.report.html import esc
 from leap_cli.report.terminal import printable
 
@@ -63,14 +64,13 @@ def program_tree(record: dict, status_note: str | None = None, narration: str = 
     """The program record (status, program, provenance) as a tree; ``status_note`` says how the status was
     reached where that is not plain (stored, not re-checked; re-checked and changed); ``narration``: the
     segment's, where the record holds no program that says it (a failed one)."""
-    prov = record.get("provenance") or {}
     status = record.get("status", "?")
     colour = {"valid": "green", "invalid": "yellow", "failed": "red"}.get(status, "white")
     program = record.get("program") or {}
     action = program.get("action") or {}
     root = Tree(f"[bold]{_line(record.get('narration_id'))}[/]  {_line(action.get('narration') or narration)}  "
                 f"[{colour}]{_line(status)}[/]" + (f" [dim]({_line(status_note)})[/]" if status_note else "")
-                + f" [dim]({_line(prov.get('backend', '?'))} {_line(prov.get('model') or '')})[/]")
+                + f" [dim]({_line(generator_text(*made_by(record)))})[/]")
     if program:
         root.add(_line(f"action: verb {action.get('verb')} ({action.get('verb_class')}), "
                       f"noun {action.get('noun')} ({action.get('noun_class')})"))

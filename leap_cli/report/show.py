@@ -10,6 +10,7 @@ from pathlib import Path
 from leap_cli.common import SPLITS, check_record_file, dataset_root, descriptor_problem, program_record_problem
 from leap_cli.errors import LeapError
 from leap_cli.io import atomic_write_text, shard_parts
+from leap_cli.programs.provenance import generator_text, made_by
 from leap_cli.report.html import esc, jpeg_data_uri, page
 from leap_cli.report.program_view import conds_html, flatten_for_storyboard, steps_html, sub_action_text
 
@@ -226,10 +227,9 @@ def segment_html(view: SegmentView, frames: list[tuple[float, object]], no_frame
     title = f"{view.narration_id}: {said}" if said else view.narration_id  # (test segments have no narration)
     body = [f"<h1>{esc(title)}</h1><p class='muted'>{esc(where_when(view.descriptor))}, split {esc(view.split or '?')}"]
     if p:
-        prov = p.get("provenance") or {}
         body.append(f" &middot; program <span class='tag {esc(p['status'])}'>{esc(p['status'])}</span> "
                     + (f"<span class='muted'>({esc(view.status_note)})</span> " if view.status_note else "")
-                    + f"from {esc(prov.get('backend', '?'))} {esc(prov.get('model') or '')}")
+                    + f"from {esc(generator_text(*made_by(p)))}")
     body.append("</p>")
     if not p:
         body.append(f"<p><b>No program record</b> for this segment ({esc(no_program_text(view.split))}).</p>")

@@ -186,6 +186,24 @@ def made_with(m: dict) -> dict:
     return out
 
 
+def programs_provenance(m: dict) -> dict | None:
+    """What a manifest's program targets were made from, as a run keeps it (``provenance.json``): ``records``
+    and ``valid`` of the program file, ``with_program`` (the samples that carry a target), ``made_by`` (per
+    generator, ``programs.provenance.MadeBy``; null: shards of a leap before the manifest kept it),
+    ``prompt_version`` and ``sha256`` (``sources.programs``). A build without a program file: 0 records, no
+    generator. None: the manifest says nothing of programs at all."""
+    if "programs" not in m:
+        return None
+    p = m.get("programs")
+    with_program = (m.get("counts") or {}).get("with_program", 0)
+    if not isinstance(p, dict):  # built without a program file
+        return {"records": 0, "valid": 0, "with_program": with_program, "made_by": [], "prompt_version": None,
+                "sha256": None}
+    return {"records": p.get("records"), "valid": p.get("valid"), "with_program": with_program,
+            "made_by": p.get("made_by"), "prompt_version": p.get("prompt_version"),
+            "sha256": (m.get("sources") or {}).get("programs")}
+
+
 # How a part packs its samples into tars, not what the samples hold: parts may differ in them.
 PACKING = frozenset({"settings.max_shard_size", "settings.max_count"})
 

@@ -42,6 +42,7 @@ from leap_cli.io import (JsonlAppender, OutputLock, ShardReaders, atomic_write_j
                          shard_parts, stable_hash, with_path, writer_of)
 from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
+from leap_cli.programs.provenance import MadeBy, prompt_version
 from leap_cli.shards.format import (FORMAT, check_key, check_part_count, frame_field, jpeg_size, made_with,
                                     manifest_name, sample_bytes, shard_name, tar_end)
 
@@ -380,9 +381,13 @@ def match_programs(records: list[dict], split_ids: set[str], path: Path | str) -
     No id in common with a non-empty file is an error (the file of another split)."""
     by_id = {r["narration_id"]: r for r in records if "narration_id" in r}
     unknown = sorted(k for k in by_id if k not in split_ids)
+    made = MadeBy()  # (the same counts per generator: their records and valid sum to the two below)
+    for k, r in by_id.items():
+        made.add(r, k in split_ids and r.get("status") == "valid")
     report = {"records": len(by_id), "matched": len(by_id) - len(unknown), "unknown_ids": len(unknown),
               "unknown_examples": unknown[:10],
-              "valid": sum(1 for k, r in by_id.items() if k in split_ids and r.get("status") == "valid")}
+              "valid": sum(1 for k, r in by_id.items() if k in split_ids and r.get("status") == "valid"),
+              "made_by": made.summary()}
     if by_id and not report["matched"]:
         raise LeapError(f"none of the {len(by_id)} narration ids in the program file belong to this split "
                         f"(e.g. {unknown[0]})", path=path, fix="pass the program file of this split with --programs")
@@ -544,6 +549,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
     if programs is not None:
         prog_by_id, prog_report = match_programs(programs, {s.narration_id for s in segments},
                                                  programs_path or "programs")
+        prog_report["prompt_version"] = prompt_version(programs_path)
         prog_report["failed_validation"] = list(program_failures or [])
         if prog_report["unknown_ids"]:
             notes.append(f"{prog_report['unknown_ids']} program records name narration ids not in the split "

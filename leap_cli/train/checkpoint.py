@@ -6,6 +6,7 @@ A checkpoint is a dict of tensors and primitives only::
      "optimizer": state_dict, "scheduler": dict, "scaler": dict, "step": int, "epoch": int,
      "best_metric": float, "best_key": str, "rng": {...}, "targets": dict | None (the program vocabulary),
      "shards_timing": dict | None (anticipation: tau_a and the context of the training shards),
+     "provenance": dict | None (runs/NAME/provenance.json: the shards and what made their programs),
      "numerics": {"device", "threads", "compile"} (what orders the float sums: a resume otherwise warns),
      "data_position": {"epoch": int, "batches": int, "world_size": int, "order": int}}
 

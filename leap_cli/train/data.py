@@ -10,6 +10,7 @@ once over all ranks; None when there is no validation split).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -19,7 +20,7 @@ from torch.utils.data import DataLoader
 from leap_cli.errors import LeapError
 from leap_cli.shards.dataset import (ShardDataset, anticipation_timing, check_context, collate_clips, loader_worker_init,
                                     loader_workers, timing_text)
-from leap_cli.shards.format import part_counts
+from leap_cli.shards.format import part_counts, programs_provenance
 from leap_cli.train.config import Config
 from leap_cli.train.distributed import DistInfo
 
@@ -62,6 +63,9 @@ class ShardSource:
         self.num_verbs, self.num_nouns = class_counts(manifest, self.train_dir / "manifest.json")
         self.program_targets = manifest.get("targets")
         self.timing = anticipation_timing(manifest)  # (kept in the checkpoints: evaluate compares its shards')
+        # the run's provenance.json: which shards, and what made their programs (a manifest of an earlier leap: unknown)
+        self.provenance = {"train": {"shards": os.path.abspath(self.train_dir),
+                                     "programs": programs_provenance(manifest)}, "val": None}
         if not manifest.get("counts", {}).get("with_program"):
             self.program_targets = None  # no program heads: nothing would train them
             if cfg.loss.program_loss:
@@ -81,6 +85,8 @@ class ShardSource:
                                         img_size=cfg.model.img_size, rank=info.rank, world_size=info.world_size,
                                         batch_size=cfg.data.eval_batch_size)  # batches as with num_workers 0
                 self.val_size = self.val.size
+                self.provenance["val"] = {"shards": os.path.abspath(val_dir),
+                                          "programs": programs_provenance(self.val.manifest)}
                 val_task = self.val.manifest.get("task", "recognition")
                 if val_task != task:  # (it validated, and chose best.pt, on the other task's samples)
                     raise LeapError(f"the validation shards are for {val_task}, the training shards for {task}",

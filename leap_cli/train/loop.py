@@ -4,6 +4,7 @@
 schedule, evaluates each epoch, and writes ``runs/NAME/``:
 
     config.yaml            the resolved config
+    provenance.json        the shards trained and validated on, and what made their programs (``record_provenance``)
     checkpoints/last.pt    every train.checkpoint_every optimizer steps, each epoch and at the end
     checkpoints/best.pt    best validation action top-1 (anticipation: action class-mean top-5 recall)
     metrics.jsonl          one line per log interval ("split": "train") and per validation ("split": "val")
@@ -52,6 +53,8 @@ class DataSource(Protocol):
     num_nouns: int
     program_targets: dict | None      # manifest "targets": max_steps, step_verbs, objects, conditions
     batches_per_epoch: int            # micro-batches per process per epoch (equal on every rank)
+    # optional: {"train"|"val": {"shards", "programs"}} for provenance.json (None or absent: unknown, no file)
+    provenance: dict | None
 
     def train_batches(self, epoch: int, skip: int = 0) -> Iterator[Batch]: ...  # the epoch from its batch skip
     def val_batches(self) -> Iterable[Batch] | None: ...
@@ -347,6 +350,7 @@ class TrainResult:
     is_main: bool = True               # False on DDP ranks > 0 (they print and write nothing)
     interrupted: str | None = None     # "SIGINT"/"SIGTERM": stopped at a step boundary, last.pt saved
     best_key: str = "action_top1"      # the validation figure that picks best.pt (BEST_METRIC of the task)
+    provenance: dict | None = None     # what runs/NAME/provenance.json holds (None: the source did not say)
 
 
 class GracefulStop:
@@ -609,6 +613,9 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
             NEXT_RUN["train"] = "resume"  # (an error's advice from here on: --resume)
+        provenance = getattr(source, "provenance", None)
+        if info.is_main and provenance is not None:
+            provenance = record_provenance(run_dir, provenance, resumed=resume)
         metrics = (_Metrics(run_dir, state.step if resume_ckpt is not None else None, state.epoch)
                    if info.is_main else None)
 
@@ -630,6 +637,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "step": state.step,
                 "targets": source.program_targets,  # the token vocabularies, to read predicted programs back
                 "shards_timing": getattr(source, "timing", None),  # anticipation: when the training shards observe
+                "provenance": provenance,  # (also in a checkpoint evaluated outside its run: evaluate's meta)
                 "epoch": state.epoch, "best_metric": state.best_metric, "best_key": BEST_METRIC[cfg.data.task],
                 "rng": rng_state(), "numerics": numerics(cfg, info),
                 "data_position": {"epoch": state.epoch, "batches": state.batches, "world_size": info.world_size,
@@ -699,7 +707,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         return TrainResult(run_dir=run_dir, steps=state.step, epochs=state.epoch, best_metric=state.best_metric,
                            last_eval=last_eval, history=state.history, seconds=time.perf_counter() - t_start,
                            model_args=model_args, is_main=info.is_main, interrupted=stop.received,
-                           best_key=BEST_METRIC[cfg.data.task])
+                           best_key=BEST_METRIC[cfg.data.task], provenance=provenance)
     finally:
         stack.close()
         distributed.cleanup()
@@ -715,6 +723,35 @@ DATA_ORDER = 2  # how an epoch's batches are formed (2: shuffled, cut into batch
 RESUME_MAY_CHANGE = frozenset({"train.device", "train.threads", "train.log_every", "train.checkpoint_every",
                                "data.num_workers", "data.eval_batch_size", "data.val", "data.train",
                                "model.compile", "model.pretrained", "model.allow_partial_load"})
+
+
+def record_provenance(run_dir: Path, now: dict, *, resumed: bool) -> dict:
+    """Write ``runs/NAME/provenance.json`` (``now``: the data source's ``provenance``) and return what it holds. A
+    resume on shards whose programs are not those the file names (shards built again from other programs, with
+    as many batches per epoch) is warned of, and the file keeps what the run was trained on before under
+    ``earlier`` (oldest first)."""
+    from leap_cli.io import atomic_write_json
+    from leap_cli.programs.provenance import RUN_PROVENANCE, run_programs_text
+
+    path = run_dir / RUN_PROVENANCE
+    old = None
+    if resumed and path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = None  # (unreadable: written anew)
+    if isinstance(old, dict):
+        earlier = old.pop("earlier", None)
+        earlier = earlier if isinstance(earlier, list) else []
+        programs = lambda p: {k: (p.get(k) or {}).get("programs") for k in ("train", "val")}  # noqa: E731
+        if programs(old) != programs(now):
+            log.warning("%s: the shards' programs are not those the run was trained on so far (%s; before: %s): "
+                        "%s keeps both", run_dir, run_programs_text(now), run_programs_text(old), RUN_PROVENANCE)
+            earlier.append(old)
+        if earlier:
+            now = {**now, "earlier": earlier}
+    atomic_write_json(path, now)
+    return now
 
 
 def _same_training_data(ckpt: dict, source: DataSource, path: Path, given: str | None) -> None:
