@@ -56,7 +56,24 @@ def _root(
     _note_options(ctx)
     WORKDIRS.clear()  # this command's --workdir is recorded as its options are read, after this
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", handlers=[_StderrHandler()])
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A StreamHandler on ``sys.stderr`` as it is when a record is written, not when the handler was made: a stage's
+    progress bar takes stderr over while it draws (rich's redirect), and a warning written to the stream from
+    before was glued onto the bar's line."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # (StreamHandler sets it; the property always answers sys.stderr)
+        pass
 
 
 def _note_options(ctx: typer.Context) -> None:
@@ -303,10 +320,48 @@ def main() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+class ReaderSafeStdout:
+    """``sys.stdout`` that outlives its reader: `leap evaluate --split val | head -1` closed the pipe at the first
+    line, and the next print stopped the stage half-way (exit 1, metrics.json never written). Once the reader is
+    gone, what the stage prints goes to /dev/null and the stage runs to its end (its progress and messages on
+    stderr are untouched)."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self.reader_gone = False
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def _gone(self) -> None:
+        if not self.reader_gone:  # the file descriptor itself to /dev/null: what is buffered goes there too
+            self.reader_gone = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, self._stream.fileno())
+            finally:
+                os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def _main() -> None:
     _state["pid"] = os.getpid()
     _state.pop("command", None)  # (set once the command line is read)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if not isinstance(sys.stdout, ReaderSafeStdout) and hasattr(sys.stdout, "fileno"):
+        sys.stdout = ReaderSafeStdout(sys.stdout)
     try:
         sys.argv[1:] = expand_home(sys.argv[1:])
         empty_path_option(sys.argv[1:])

@@ -584,7 +584,9 @@ empty: a run that failed before its first record leaves nothing its successor wo
     ``split`` (kept in the sidecar beside the settings) refuses another split's records in the same file, such
     as ``--split train --out .../val.jsonl``; a sidecar written before it was kept is not compared on it.
     ``option`` and ``elsewhere`` name the command's options that start over and write somewhere else; ``names``
-    the options that set the settings' keys, as the refusal says them (``short_side`` -> ``--short-side``).
+    the options that set the settings' keys, as the refusal says them (``short_side`` -> ``--short-side``; the
+    command's own options are known without it: ``COMMAND_OPTIONS``); a name ending in "." is a prefix for the
+    inner keys of a dict (``"descriptors."``).
     ``adopt``: keys a sidecar written before they were kept lacks; it takes this run's values instead of
     refusing. ``grow``: (dotted) keys a resume may raise, not lower, such as a limit that changes no record already
     written (the sidecar then keeps the higher value). ``explain``: given the (top-level) keys that differ, the
@@ -654,7 +656,9 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
                 names = {**_option_names(), **(names or {})}
                 for d in differ:  # "key: old -> new", the key as the option that sets it
                     key, sep, change = d.partition(": ")
-                    named.append(f"{names.get(key, key)}{sep}{change}")
+                    head, dot, rest = key.partition(".")  # (names["descriptors."]: a prefix for its inner keys)
+                    name = names.get(key) or (names[head + dot] + rest if dot and head + dot in names else key)
+                    named.append(f"{name}{sep}{change}")
                 shown = ", ".join(named[:6])
                 more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
                 keys = {d.partition(": ")[0].split(".")[0] for d in differ}

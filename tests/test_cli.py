@@ -556,6 +556,8 @@ def test_a_settings_refusal_names_the_options(tiny_kitchen, tmp_path):
     r = leap(*common, "--components", "narration,audio")
     assert r.returncode == 2 and "other settings (--components: ['narration'] -> ['narration', 'audio'])" in r.stderr, \
         r.stderr
+    r = leap(*common, "--components", "narration", "--fov", "60")  # (a key not named as its option: fov_deg)
+    assert r.returncode == 2 and "other settings (--fov: 90.0 -> 60.0)" in r.stderr, r.stderr
 
 
 def test_the_command_options_noted_for_refusals_do_not_outlive_the_command(tmp_path):
@@ -567,6 +569,47 @@ def test_the_command_options_noted_for_refusals_do_not_outlive_the_command(tmp_p
 
     r = CliRunner().invoke(app, ["info", "--data", str(tmp_path / "nothing-here")])
     assert r.exit_code != 0 and io.COMMAND_OPTIONS == {}
+
+
+def test_log_records_go_to_stderr_as_it_is_when_written(monkeypatch):
+    """A progress bar takes stderr over while it draws (rich's redirect); a warning written to the stream the
+    handler held from before was glued onto the bar's line."""
+    import io
+    import logging
+
+    from leap_cli.cli import _StderrHandler
+
+    handler = _StderrHandler()
+    now = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", now)  # (the bar's proxy, say)
+    handler.emit(logging.LogRecord("leap_cli", logging.WARNING, __file__, 1, "3 segments skipped", None, None))
+    assert now.getvalue() == "3 segments skipped\n"
+
+
+def test_stdout_outlives_its_reader():
+    """`leap evaluate | head -1`: the pipe closed at the first line, and the next print stopped the stage half-way
+    (exit 1, metrics.json never written): what follows goes to /dev/null and the stage goes on."""
+    import io
+
+    from leap_cli.cli import ReaderSafeStdout
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone
+    out = ReaderSafeStdout(io.TextIOWrapper(io.FileIO(write, "w"), line_buffering=True))
+    assert out.write("first line\n") == len("first line\n") and out.reader_gone
+    out.write("more\n")
+    out.flush()
+    assert os.readlink(f"/proc/self/fd/{write}") == os.devnull
+    out.close()
+
+
+def test_a_stage_whose_stdout_reader_left_finishes_with_its_status(tiny_kitchen):
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "leap_cli", "info", "--data", str(tiny_kitchen)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p.stdout.close()  # as `| head -0`: every line the stage prints meets a closed pipe
+    err = p.stderr.read().decode()
+    assert p.wait() == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_build_shards_says_what_it_does_before_its_first_sample(tiny_kitchen, tmp_path):

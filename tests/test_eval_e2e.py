@@ -49,6 +49,8 @@ def pipeline(tmp_path_factory):
     res = CliRunner().invoke(app, ["train", "--config", str(cfg), "--workdir", str(work), "--name", "tiny"])
     assert res.exit_code == 0, res.output
     assert "val epoch 1/1: verb" in res.output  # counted from 1 for people (it said "val epoch 0" of 1 epoch)
+    # a result, on stdout (`> train.log` keeps it), where the progress (stderr) is not
+    assert "val epoch 1/1: verb" in res.stdout and "val epoch" not in res.stderr
     run = work / "runs" / "tiny"
     model, _ = load_model(run, "best")
     return root, work, run, model, vocab

@@ -942,7 +942,7 @@ def test_resuming_with_other_settings_is_refused_like_the_other_stages(workdir, 
             "--exemplars", str(lib)]
     res = leap(*args)  # the CLI's one-line user error, exit status 2
     # (the key said as the option that sets it)
-    assert res.returncode == 2 and "other settings (--exemplars: " in res.stderr + res.stdout and "--force" in res.stderr
+    assert res.returncode == 2 and "other settings (--exemplars (the library's hash): " in res.stderr + res.stdout and "--force" in res.stderr
     assert len(read_jsonl(tmp_path / "off.jsonl")) == 3
     res = leap(*args, "--force")
     assert res.returncode == 0, res.stderr
@@ -1496,9 +1496,11 @@ def test_descriptors_extracted_anew_with_other_settings_are_refused(workdir, goo
     settings_path(desc).write_text(json.dumps({**extracted, "split": "val"}))
     generate_programs(GenerateConfig(workdir=workdir, split="val", limit=2))
     settings_path(desc).write_text(json.dumps({**extracted, "components": ["narration", "audio"], "split": "val"}))
-    with pytest.raises(LeapError, match=r"descriptors\.components: \[.*\] -> \['narration', 'audio'\]") as e:
+    with pytest.raises(LeapError, match=r"the descriptors' extract components: \[.*\] -> \['narration', 'audio'\]") as e:
         generate_programs(GenerateConfig(workdir=workdir, split="val"))
-    assert "--force" in e.value.fix and len(records(workdir)) == 2
+    # (extract's settings, not this command's: the way back is extract's or --force)
+    assert e.value.fix.startswith("the descriptors were extracted again with other settings since: --force makes")
+    assert len(records(workdir)) == 2
     # a programs file whose settings were kept before the descriptors' were adopts those of now
     sidecar = settings_path(workdir / "programs" / "val.jsonl")
     old = json.loads(sidecar.read_text())

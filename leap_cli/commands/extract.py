@@ -27,6 +27,9 @@ RESULT_SETTINGS = ("components", "hand_threshold", "object_threshold", "camera_f
 # Files whose content, not path, the records depend on (a copy staged to node-local scratch is the same model;
 # labels edited in place are not)
 MODEL_FILES = ("detector_weights", "detector_labels", "audio_model", "audio_labels", "clip_weights")
+# settings keys as a refusal says them where they are not an option's own name (the others are: --components, ...)
+SETTINGS_NAMES = {"fov_deg": "--fov", **{f"files.{k}": f"--{k.replace('_', '-')} (the file's size and content hash)"
+                                          for k in MODEL_FILES}}
 
 
 def _settings(cfg, out: Path) -> dict:
@@ -154,7 +157,7 @@ def extract(
     cfg.check_options()  # before check_settings: --force would start the output over first
     if _existing_ancestor(out.parent).is_dir():  # a file in the output's path: check_settings names it
         DatasetLayout.open(data, annotations)  # a wrong --data fails before the output's settings and lock exist
-    check_settings(out, _settings(cfg, out), force=force, split=split_name, adopt=("files",))
+    check_settings(out, _settings(cfg, out), force=force, split=split_name, adopt=("files",), names=SETTINGS_NAMES)
     progress = stage_progress(f"extract {split_name}", TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
                               MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     task = {}

@@ -98,7 +98,7 @@ def build_shards(
         preparing = "reading the annotations, checking the programs, planning the samples"
         tid = bar.add_task(f"{split}{spec.suffix} ({preparing})", total=None)
         if not bar.console.is_terminal:  # (a progress line: beside the others, on stderr)
-            bar.console.print(f"build-shards {split}{spec.suffix}: {preparing} ...", highlight=False)
+            bar.console.print(f"build-shards {split}{spec.suffix}: {preparing} ...", highlight=False, soft_wrap=True)
 
         def progress(done: int, total: int) -> None:
             bar.update(tid, completed=done, total=total, description=f"{split}{spec.suffix}")

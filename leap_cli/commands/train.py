@@ -78,8 +78,10 @@ def train(
     def on_eval(rec: dict) -> None:
         if rec.get("n"):
             mt5r = f"  action mt5r {rec['action_mt5r']:.1f}" if "action_mt5r" in rec else ""
-            progress.console.print(f"val epoch {rec['epoch'] + 1}/{task['epochs']}: verb {rec['verb_top1']:.1f}  noun {rec['noun_top1']:.1f}  "
-                                   f"action {rec['action_top1']:.1f}{mt5r}  loss {rec['loss']:.3f}  (n={rec['n']})")
+            # (a result: on stdout, above the bar where stdout is its terminal too; progress is on stderr)
+            console.print(f"val epoch {rec['epoch'] + 1}/{task['epochs']}: verb {rec['verb_top1']:.1f}  noun "
+                          f"{rec['noun_top1']:.1f}  action {rec['action_top1']:.1f}{mt5r}  loss {rec['loss']:.3f}  "
+                          f"(n={rec['n']})", highlight=False, soft_wrap=True)
 
     try:
         result = main(cfg, workdir=workdir, name=name, resume=resume, stop_at_step=stop_after,

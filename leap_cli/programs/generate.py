@@ -659,7 +659,9 @@ class _Stop:
 SETTINGS_NAMES = {"params.temperature": "--temperature", "params.max_tokens": "--max-tokens",
                   "params.response_format": "--response-format", "params.extra_body": "--extra-body",
                   "params": "generation parameters", "prompt_version": "leap's prompt format",
-                  "descriptors": "the descriptors' extract settings"}
+                  "descriptors": "the descriptors' extract settings", "descriptors.": "the descriptors' extract ",
+                  "exemplars": "--exemplars (the library's hash)", "system_prompt": "--system-prompt (the file's hash)",
+                  "max_sub_actions": "leap's limit of sub-actions per program"}
 
 
 def output_settings(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs) -> dict:
@@ -695,11 +697,16 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
     # replies the records were not cut at
     def explain(keys: set[str]) -> str | None:  # the bundled generator or exemplars of a newer leap: what
         # --force costs, where nothing else differs ("use the old settings" was no way back)
+        if keys == {"descriptors"}:  # (extract ran again with other settings since: not this command's options)
+            return ("the descriptors were extracted again with other settings since: --force makes the programs anew "
+                    "from them" + ("" if cfg.backend == "offline" else " (the prompts of clips whose text did not "
+                                   "change are answered from the program cache, unpaid)") +
+                    ", or extract again with the settings the output was made from; or give another --out")
         bundled = {"exemplars", "model"} if cfg.backend == "offline" else {"exemplars"}
         if not keys or not keys <= bundled:
             return None
-        return ("the offline generator or its exemplar library changed (a newer leap): --force makes the programs "
-                "anew, at no cost" if cfg.backend == "offline" else
+        return ("the offline generator or its exemplar library changed (a newer leap, or --exemplars): --force makes "
+                "the programs anew, at no cost" if cfg.backend == "offline" else
                 "the exemplar library changed (a newer leap, or --exemplars): --force asks again only for the prompts "
                 "it changes (the others are answered from the program cache, unpaid); or pass --exemplars with the "
                 "library the output was made with") + "; or give another --out"
@@ -728,7 +735,8 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
 
     return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
                           exists=exists, adopt=("descriptors",), grow=("params.max_tokens",), explain=explain,
-                          remove=set_aside, names=SETTINGS_NAMES)
+                          remove=set_aside, names={**SETTINGS_NAMES, **(
+                              {"model": "the offline generator"} if cfg.backend == "offline" else {})})
 
 
 def _setup(cfg: GenerateConfig):
