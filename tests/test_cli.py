@@ -620,6 +620,10 @@ def test_build_shards_says_what_it_does_before_its_first_sample(tiny_kitchen, tm
     assert r.returncode == 0, r.stderr
     lines = [x for x in r.stderr.splitlines() if x.startswith("build-shards train")]  # progress lines: on stderr
     assert lines[0].startswith("build-shards train: reading the annotations, checking the programs"), r.stderr
+    # other settings over them: refused, the key said as the option ("settings.frames differ")
+    r = leap("build-shards", "--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path),
+             "--frames", "3", "--short-side", "32")
+    assert r.returncode == 2 and "(--frames differ)" in r.stderr, r.stderr
 
 
 def test_usage_errors_are_one_line():

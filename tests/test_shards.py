@@ -316,7 +316,7 @@ def test_programs_generated_again_the_same_resume_and_merge(root, tmp_path, monk
     assert build(root, work, programs=False, shard=ShardSpec(0, 2)).resumed_shards >= 1
     changed = [dict(r, status="invalid") if r["narration_id"] == "P01_02_2" else r for r in records]
     write_programs(path, changed)
-    with pytest.raises(LeapError, match=r"\(sources\.programs, targets differ\)"):
+    with pytest.raises(LeapError, match=r"\(the programs, the target vocabulary differ\)"):
         build(root, work, programs=False, shard=ShardSpec(0, 2))
     # a folder built by an earlier leap (which hashed the file's bytes) resumes as before
     old = tmp_path / "old"
@@ -355,7 +355,7 @@ def test_parts_of_a_folder_begun_by_the_earlier_hash_merge_whichever_leap_builds
     path = other / "programs" / "train.jsonl"
     build(root, other, programs=False, shard=ShardSpec(0, 2))
     earlier(True)
-    with pytest.raises(LeapError, match="sources.programs differ"):
+    with pytest.raises(LeapError, match="the programs differ"):
         build(root, other, programs=False, shard=ShardSpec(1, 2))
     earlier(False)
     r = build(root, other, programs=False, shard=ShardSpec(0, 2), overwrite=True)
@@ -1393,7 +1393,7 @@ def test_the_split_csv_is_known_by_its_values_and_folders_of_earlier_leaps_resum
     rows[1][8] = rows[1][8] + " again"  # a narration changed: the shards hold it
     with split_csv.open("w", newline="") as f:
         csv.writer(f).writerows(rows)
-    with pytest.raises(LeapError, match="sources.annotations differ"):
+    with pytest.raises(LeapError, match="the split.s annotation rows differ"):
         build(data, tmp_path / "a")
     # built by the leaps that hashed the files' bytes (both, or only the CSV's): resumed, nothing rebuilt
     real_annotations, real_programs = writer.annotations_digest, writer.programs_digest
@@ -1411,7 +1411,7 @@ def test_the_split_csv_is_known_by_its_values_and_folders_of_earlier_leaps_resum
     # the programs changed since, the CSV not: the refusal names the programs only (it named the CSV too, whose
     # earlier hash no candidate held with the new programs')
     write_programs(work / "programs" / "train.jsonl", program_records()[:3])
-    with pytest.raises(LeapError, match=r"\(sources.programs differ\)"):
+    with pytest.raises(LeapError, match=r"\(the programs differ\)"):
         build_split(data, "train", workdir=work, settings=settings())
 
 

@@ -186,6 +186,24 @@ def made_with(m: dict) -> dict:
     return out
 
 
+SOURCE_NAMES = {"annotations": "the split's annotation rows", "programs": "the programs", "verb_classes":
+                "EPIC_100_verb_classes.csv", "noun_classes": "EPIC_100_noun_classes.csv"}
+
+
+def said(key: str) -> str:
+    """A ``made_with`` key as a refusal says it: ``settings.frames`` as build-shards' ``--frames`` (the running
+    command's option, ``io.COMMAND_OPTIONS``), ``sources.programs`` as "the programs", ``targets`` as "the
+    target vocabulary"; the key itself where nothing better is known."""
+    from leap_cli.io import COMMAND_OPTIONS
+
+    group, _, name = key.partition(".")
+    if group == "settings":
+        return COMMAND_OPTIONS.get(name, key)
+    if group == "sources":
+        return SOURCE_NAMES.get(name, f"the {name} (an input)")
+    return {"targets": "the target vocabulary"}.get(key, key)
+
+
 def programs_provenance(m: dict) -> dict | None:
     """What a manifest's program targets were made from, as a run keeps it (``provenance.json``): ``records``
     and ``valid`` of the program file, ``with_program`` (the samples that carry a target), ``made_by`` (per
@@ -231,7 +249,7 @@ def _merge(parts: list[dict], paths: list[Path], reference: int = 0) -> dict:
         for k in keys[:6]:
             a, b = made_with(ref).get(k), made_with(other).get(k)
             short = all(isinstance(v, (int, float, str, bool, type(None))) and len(str(v)) <= 20 for v in (a, b))
-            shown.append(f"{k}: {a!r} -> {b!r}" if short and k.startswith("settings.") else k)
+            shown.append(f"{said(k)}: {a!r} -> {b!r}" if short and k.startswith("settings.") else said(k))
         raise PartsDiffer(f"part(s) {names} were built from other inputs or settings than {paths[reference].name} "
                           f"({', '.join(shown)}{' ...' if len(keys) > 6 else ''} differ)",
                           path=paths[reference].parent,
