@@ -331,6 +331,126 @@ def test_batch_file_and_ingest(workdir, good_programs, tmp_path):
         generate_programs(GenerateConfig(workdir=workdir, split="val", retry_failed=True))
 
 
+def batch_results(batch, reply):
+    """The Batch output of the requests in ``batch``: ``reply(i, narration_id)`` -> a line's response (or error)."""
+    return [{"id": f"batch_req_{i}", "custom_id": r["custom_id"], **reply(i, r["custom_id"].partition("@")[0])}
+            for i, r in enumerate(read_jsonl(batch))]
+
+
+def cache_rows(cfg):
+    import sqlite3
+
+    with ProgramStore(cfg.cache_path):  # (its buffered rows are on disk once it is closed)
+        pass
+    db = sqlite3.connect(cfg.cache_path)
+    try:
+        return db.execute("SELECT key, response, prompt_tokens, completion_tokens, cut FROM cache ORDER BY key"
+                          ).fetchall()
+    finally:
+        db.close()
+
+
+def test_ingested_batch_replies_are_cached_so_a_live_run_of_the_same_settings_pays_nothing(workdir, good_programs,
+                                                                                            tmp_path):
+    """A Batch API reply is paid as a live one is: ingested, it goes into the program cache under the key a live run
+    of the same settings looks up, so that a live run over the same segments after the output is lost (or with
+    another --out, or --force) sends no request (it asked for every one of them again: paid twice)."""
+    with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
+        cfg = config(workdir, server)
+        batch = tmp_path / "batch.jsonl"
+        assert write_batch_file(cfg, batch) == N_SEGMENTS
+        results = results_file(tmp_path / "results.jsonl", batch_results(batch, lambda i, nid: {"response": {
+            "status_code": 200, "body": completion(json.dumps(good_programs[nid]), prompt_tokens=900 + i)}}))
+        assert ingest_batch(cfg, results) == {"valid": N_SEGMENTS}
+        ingested = {r["narration_id"]: r["program"] for r in records(workdir)}
+        rows = cache_rows(cfg)
+        assert len(rows) == N_SEGMENTS and sorted(r[2] for r in rows) == [900 + i for i in range(N_SEGMENTS)]
+        with ProgramStore(cfg.cache_path) as store:
+            spent = store.spent(cfg.out_path)
+        # the same results again: nothing more in the cache, nor in the ledger
+        assert ingest_batch(cfg, results) == {"already_present": N_SEGMENTS}
+        assert cache_rows(cfg) == rows
+        with ProgramStore(cfg.cache_path) as store:
+            assert store.spent(cfg.out_path) == spent
+        # another --out, then the output lost: each live run is answered from the cache
+        other = dataclasses.replace(cfg, out=tmp_path / "other.jsonl")
+        s = generate_programs(other)
+        assert len(server.requests) == 0 and s.requests == 0 and s.cache_hits == N_SEGMENTS
+        assert {r["narration_id"]: r["program"] for r in read_jsonl(other.out_path)} == ingested == good_programs
+        cfg.out_path.unlink()
+        s = generate_programs(cfg)
+        assert len(server.requests) == 0 and s.cache_hits == N_SEGMENTS and s.statuses == {"valid": N_SEGMENTS}
+        assert {r["narration_id"]: r["program"] for r in records(workdir)} == ingested
+        # other settings are another key: asked for
+        s = generate_programs(dataclasses.replace(cfg, out=tmp_path / "warm.jsonl", temperature=0.5))
+        assert len(server.requests) == N_SEGMENTS and s.cache_hits == 0
+
+
+def test_ingested_batch_replies_are_cached_as_a_live_run_caches_them(workdir, good_programs, tmp_path):
+    """A failed or expired result is not cached (a live run asks for it); an invalid reply is, and a live run
+    repairs it (only the repair turn is sent); a reply cut at the token limit is cached as cut (no repair: its
+    record is invalid again, sending nothing); a result asked for before its clip changed is not (its prompt is not
+    the one of now); a record that stays (ingested again) has its reply cached where the key holds none."""
+    ids = []
+
+    def reply(i, nid):
+        ids.append(nid)
+        if i == 0:
+            return {"response": {"status_code": 500, "body": {}}}
+        if i == 1:
+            return {"response": None, "error": {"code": "batch_expired", "message": "expired"}}
+        if i == 2:
+            return {"response": {"status_code": 200, "body": completion("not json")}}
+        if i == 3:
+            cut = completion(json.dumps(good_programs[nid])[:150])
+            cut["choices"][0]["finish_reason"] = "length"
+            return {"response": {"status_code": 200, "body": cut}}
+        return {"response": {"status_code": 200, "body": completion(json.dumps(good_programs[nid]))}}
+
+    with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
+        cfg = config(workdir, server)
+        batch = tmp_path / "batch.jsonl"
+        write_batch_file(cfg, batch)
+        lines = batch_results(batch, reply)
+        assert ingest_batch(cfg, results_file(tmp_path / "results.jsonl", lines)) == {"valid": 2, "invalid": 2,
+                                                                                   "failed": 2}
+        rows = cache_rows(cfg)
+        assert len(rows) == 4 and sorted(r[4] for r in rows) == [0, 0, 0, 1]
+        cfg.out_path.unlink()
+        s = generate_programs(cfg)
+        asked = [narration_id_of(b) for b in server.requests]
+        assert sorted(asked) == sorted([ids[0], ids[1], ids[2]]) and s.cache_hits == 4, asked
+        repair = next(b for b in server.requests if narration_id_of(b) == ids[2])
+        assert repair["messages"][-2] == {"role": "assistant", "content": "not json"}
+        by_id = {r["narration_id"]: r for r in records(workdir)}
+        assert by_id[ids[3]]["status"] == "invalid" and "token limit" in by_id[ids[3]]["errors"][0]["message"]
+        assert all(by_id[n]["status"] == "valid" for n in ids if n != ids[3])
+    # a record that stays (ingested again) has its reply cached where the key holds none (ingested by a leap that
+    # cached no Batch reply); a result asked for before its clip changed is kept as that clip's program, not cached
+    fresh = tmp_path / "fresh"
+    shutil.copytree(workdir / "kitchen", fresh / "kitchen")
+    with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
+        cfg = config(fresh, server)
+        write_batch_file(cfg, batch)
+        csv = fresh / "kitchen" / "annotations" / "EPIC_100_validation.csv"
+        rows = csv.read_text().splitlines()
+        narration = rows[1].split(",")[8]
+        rows[1] = rows[1].replace(f",{narration},", f",{narration} again,", 1)  # changed while the batch ran
+        csv.write_text("\n".join(rows) + "\n")
+        changed = rows[1].split(",")[0]
+        valid = results_file(tmp_path / "valid.jsonl", batch_results(batch, lambda i, nid: {"response": {
+            "status_code": 200, "body": completion(json.dumps(good_programs[nid]))}}))
+        counts = ingest_batch(cfg, valid)
+        assert counts["valid"] == N_SEGMENTS and counts["asked_before_the_clip_changed"] == 1
+        assert len(cache_rows(cfg)) == N_SEGMENTS - 1
+        for path in cfg.cache_path.parent.glob("cache.sqlite*"):  # (a cache lost, or a leap's before this)
+            path.unlink()
+        assert ingest_batch(cfg, valid) == {"already_present": N_SEGMENTS}
+        assert len(cache_rows(cfg)) == N_SEGMENTS - 1
+        s = generate_programs(dataclasses.replace(cfg, out=tmp_path / "again.jsonl"))
+        assert [narration_id_of(b) for b in server.requests] == [changed] and s.cache_hits == N_SEGMENTS - 1
+
+
 def test_batch_settings_are_recorded_when_the_requests_are_written(workdir, good_programs, tmp_path):
     """The ingest must use the settings the requests were written with; a bad line refuses the whole file before a
     record is written; a cut reply and a line without a status say so."""

@@ -307,8 +307,7 @@ class OpenAIBackend(Backend):
     def params(self) -> dict:
         """The settings asked for (a cache key's): what the endpoint refused and the backend stopped sending does
         not change them, so that a run that starts again before it learns the refusal finds its replies."""
-        out = {"temperature": self.temperature, "max_tokens": self.max_tokens, "response_format": self._asked_format}
-        return {**out, "extra_body": self.extra_body} if self.extra_body else out
+        return openai_params(self.temperature, self.max_tokens, self._asked_format, self.extra_body)
 
     def _format(self, schema: dict | None) -> str:
         """The ``response_format`` type a request is sent with now."""
@@ -694,6 +693,15 @@ class OpenAIBackend(Backend):
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def openai_params(temperature: float, max_tokens: int, response_format: str, extra_body: dict | None) -> dict:
+    """The generation parameters of an openai request as its cache key holds them (``OpenAIBackend.params``, and
+    the Batch requests' in ``batch.ingest_batch``): the settings asked for, ``auto`` as the json_schema it asks
+    first."""
+    out = {"temperature": temperature, "max_tokens": max_tokens,
+           "response_format": "json_schema" if response_format == "auto" else response_format}
+    return {**out, "extra_body": extra_body} if extra_body else out
 
 
 def check_extra_body(extra: dict | None) -> dict:

@@ -26,7 +26,8 @@ from typing import Iterator
 
 from leap_cli.errors import LeapError
 from leap_cli.io import AtomicFiles, JsonlAppender, refuse_folder, settings_path
-from leap_cli.programs.backends import reply_cut, reply_problem, reply_text, reply_usage
+from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
+                                       reply_usage)
 from leap_cli.programs.generate import (GenerateConfig, ProgramGenerator, _setup, check_output, clip_changed, clip_hash,
                                        kept_and_redone, output_records, token_limit_finding)
 from leap_cli.programs.prompt import clip_info
@@ -175,17 +176,21 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         log.warning("%d of the requests %s for records already done whose clip has changed since (their descriptor "
                     "record was made again, or their annotation changed): their results replace them", k,
                     "is" if k == 1 else "are")
-    if cfg.response_format in ("json_object", "none"):
-        fmt = {"type": cfg.response_format}
-    else:
+    # the bodies are written from the pieces of the cache key their results are put under at the ingest (the
+    # model, prompt, schema and parameters of _BatchBackend: ProgramGenerator.request_key)
+    backend = _BatchBackend(cfg)
+    params = backend.params()
+    if backend.supports_schema:
         fmt = {"type": "json_schema", "json_schema": {"name": "action_program", "strict": True, "schema": strict_schema()}}
+    else:
+        fmt = {"type": params["response_format"]}
     def request_lines() -> Iterator[bytes]:
         for r in records:
             info = clip_info(r, inputs.segments.get(r["narration_id"]))
             # max_completion_tokens: what every current OpenAI chat model takes (GPT-5-era ones refuse max_tokens)
-            body = {"model": cfg.model, "messages": builder.prompt(info).messages, "temperature": cfg.temperature,
-                    "max_completion_tokens": cfg.max_tokens,
-                    **({"response_format": fmt} if fmt["type"] != "none" else {}), **(cfg.extra_body or {})}
+            body = {"model": backend.model, "messages": builder.prompt(info).messages,
+                    "temperature": params["temperature"], "max_completion_tokens": params["max_tokens"],
+                    **({"response_format": fmt} if fmt["type"] != "none" else {}), **(params.get("extra_body") or {})}
             yield (json.dumps({"custom_id": f"{r['narration_id']}@{clip_hash(inputs, r)}", "method": "POST",
                                "url": BATCH_URL, "body": body}, ensure_ascii=False) + "\n").encode("utf-8")
 
@@ -378,7 +383,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                             path=path, record=f"line {i}",
                             fix="ingest with the same --split/--descriptors as the batch file")
         line["custom_id"] = nid
-    gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg.model), None, builder)  # type: ignore[arg-type]
+    gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg), None, builder)
     counts: Counter = Counter(repeated=repeated) if repeated else Counter()
     # replaced by a result: a failed record, and with --retry-invalid an invalid one
     old = output_records(cfg, programs=False)  # (what decides: status, provenance, errors)
@@ -409,8 +414,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
         if body.get("model") and body["model"] != cfg.model:  # (as a live record: the name asked for, and this)
             prov["served_model"] = str(body["model"])
         program, findings = None, []
-        code = resp.get("status_code")
-        code = int(code) if isinstance(code, str) and code.strip().isdecimal() else code  # ("200" of some servers)
+        code = _status_code(resp)
         problem = reply_problem(body) if code == 200 and not line.get("error") else None
         if problem:  # a 200 without a completion (an error object, no choices): failed, as a live request is
             status = "failed"
@@ -463,9 +467,50 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
         j = chosen.get(r["narration_id"])
         if j is None or rank(i) < rank(j) or rank(i) == rank(j) and r["status"] == "failed":
             chosen[r["narration_id"]] = i
+    of_segment: dict[str, list[int]] = {}
+    for i, r in enumerate(results):
+        of_segment.setdefault(r["narration_id"], []).append(i)
+
+    def to_cache(nid: str) -> tuple[int, bool] | None:
+        """The result of a segment whose reply goes into the program cache, and whether it is known valid: the one
+        its record is made from (``chosen``; of a record that stays, which is not validated again, the result of
+        its own request, else the first reply), where it holds a reply (not a failure, nor an expired or cancelled
+        request: a live run caches none) and was asked for from the clip as it is now (its prompt is the one built
+        here; a custom_id without the clip hash does not say)."""
+        if nid not in stays:
+            i = chosen[nid]
+            if results[i]["status"] == "failed" or lines[i]["clip_hash"] != current[nid]:
+                return None
+            return i, results[i]["status"] == "valid"
+        own = _attempt(old[nid])[0]
+        replies = [i for i in of_segment[nid] if lines[i]["clip_hash"] == current[nid] and _reply(lines[i]) is not None]
+        mine = [i for i in replies if own is not None and lines[i].get("id") is not None and str(lines[i]["id"]) == own]
+        return (mine[0], True) if mine else (replies[0], False) if replies else None
+
     with JsonlAppender(cfg.out_path, replace_keys=replaced) as out, ProgramStore(cfg.cache_path) as store:
         written_ids = set()
         try:
+            # each segment's paid reply goes into the program cache as a live run's does, under the key a live run
+            # of these settings looks up (ProgramGenerator.request_key, from the pieces the request bodies are
+            # written from): a later run over the same segments (the output lost, --force, another --out) asks
+            # nothing again. A valid reply replaces what the key holds (as a live --retry-invalid's does); one
+            # not known valid goes only where the key holds nothing (an earlier run's reply may be valid). The same
+            # results again put nothing more.
+            put = 0
+            for nid in of_segment:
+                if (pick := to_cache(nid)) is None:
+                    continue
+                i, valid = pick
+                body = _reply(lines[i])
+                text = redact(reply_text(body))
+                key = gen.request_key(builder.prompt(gen.info(by_id[nid])).hash)
+                have = store.get(key)
+                if have is None or (valid and have[0] != text):
+                    store.put(key, text, reply_usage(body), str(body.get("model") or cfg.model), cut=reply_cut(body),
+                              commit=False)
+                    put += 1
+                    if put % 1000 == 0:  # (a day's 67k replies are not all held in memory)
+                        store.commit()
             for i, record in enumerate(results):
                 nid, status = record["narration_id"], record["status"]
                 if chosen[nid] != i:
@@ -506,6 +551,22 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     return counts
 
 
+def _status_code(resp: dict):
+    """A result's ``response.status_code`` (``"200"`` of some servers read as 200)."""
+    code = resp.get("status_code")
+    return int(code) if isinstance(code, str) and code.strip().isdecimal() else code
+
+
+def _reply(line: dict) -> dict | None:
+    """The chat completion of a result line that holds one (HTTP 200, no error, a message: what a live request
+    returns and caches), else None (a failed record's line)."""
+    resp = _dict(line.get("response"))
+    body = _dict(resp.get("body"))
+    if line.get("error") or _status_code(resp) != 200 or reply_problem(body):
+        return None
+    return body
+
+
 def _attempt(record: dict | None) -> tuple:
     """Which request a record of an ingest came from: its Batch API request id, or where it has none (a result
     line of a compatible server) its first error; (None, None) for others."""
@@ -517,9 +578,16 @@ def _attempt(record: dict | None) -> tuple:
     return None, errors[0].get("message") if isinstance(errors[0], dict) else None
 
 
-class _BatchBackend:
-    name = "openai-batch"
-    supports_schema = True
+class _BatchBackend(Backend):
+    """The openai backend as the Batch requests are made for it (no client, no key): its name, model, schema and
+    parameters are the pieces of ``ProgramGenerator.request_key``, so that an ingested result is cached under the
+    key a live run of the same settings looks up; and the request bodies are written from them."""
+    name = OpenAIBackend.name
 
-    def __init__(self, model: str):
-        self.model = model
+    def __init__(self, cfg: GenerateConfig):
+        self.model = cfg.model
+        self._params = openai_params(cfg.temperature, cfg.max_tokens, cfg.response_format, cfg.extra_body)
+        self.supports_schema = self._params["response_format"] == "json_schema"
+
+    def params(self) -> dict:
+        return self._params

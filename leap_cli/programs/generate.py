@@ -430,6 +430,12 @@ class ProgramGenerator:
     def info(self, record: dict) -> ClipInfo:
         return clip_info(record, self.inputs.segments.get(record["narration_id"]))
 
+    def request_key(self, prompt_hash: str) -> str:
+        """The program cache's key of a request of the prompt whose ``Prompt.hash`` this is: the backend, its
+        model, the schema asked for and its parameters. What a run looks up and caches a reply under, and what an
+        ingested Batch result is cached under (``batch.ingest_batch``), so that a run of the same settings finds it."""
+        return cache_key(self.backend.name, self.backend.model, prompt_hash, self._key_schema, self.backend.params())
+
     def verify_here(self, text: str, info: ClipInfo) -> tuple[dict | None, list[Finding]]:
         """A reply's program (None: not a JSON object) and its findings, checked in this process."""
         return verify_reply(text, self.inputs.verbs, self.inputs.nouns, Labels(info.verb_class, info.noun_class),
@@ -465,7 +471,7 @@ class ProgramGenerator:
         program, findings = None, []
         for rnd in range(self.cfg.repair_rounds + 1):
             schema = self.schema if self.backend.supports_schema else None
-            key = cache_key(self.backend.name, self.backend.model, prompt.hash, self._key_schema, self.backend.params())
+            key = self.request_key(prompt.hash)
             hit = self.store.get(key) if self._cache and nid not in self.reask else None
             prov["rounds"] = rnd + 1
             cut = False
@@ -711,8 +717,8 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
                 "it changes (the others are answered from the program cache, unpaid); or pass --exemplars with the "
                 "library the output was made with") + "; or give another --out"
 
-    def set_aside() -> None:  # --force over paid programs: kept beside it, not deleted (a Batch API's replies are
-        # in no cache: they were paid again)
+    def set_aside() -> None:  # --force over paid programs: kept beside it, not deleted (a Batch API's replies
+        # ingested by a leap that did not cache them are in no cache: they were paid again)
         out = cfg.out_path
         try:
             paid = sum(1 for _, r in iter_jsonl(out) if isinstance(r, dict) and isinstance(
