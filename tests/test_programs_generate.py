@@ -2325,9 +2325,9 @@ def test_a_resume_after_the_bundled_generator_changed_says_what_force_costs(work
     sidecar.write_text(json.dumps({**old, "model": "offline-v3", "exemplars": "0123456789abcdef"}))
     with pytest.raises(LeapError) as e:
         generate_programs(dataclasses.replace(offline, limit=3))
-    assert "offline-v3' -> 'offline-v4'" in e.value.message or "model: 'offline-v3'" in e.value.message
-    assert e.value.fix.startswith("the offline generator or its exemplar library changed (a newer leap): --force "
-                                  "makes the programs anew, at no cost")
+    assert "the offline generator: 'offline-v3' -> " in e.value.message  # (not --model, which it ignores)
+    assert e.value.fix.startswith("the offline generator or its exemplar library changed (a newer leap, or "
+                                  "--exemplars): --force makes the programs anew, at no cost")
     sidecar.write_text(json.dumps({**old, "repair_rounds": 9}))  # another setting of the user's: as before
     with pytest.raises(LeapError) as e:
         generate_programs(dataclasses.replace(offline, limit=3))
