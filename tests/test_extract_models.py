@@ -259,4 +259,5 @@ def test_a_model_file_is_known_by_its_content_not_its_path(tmp_path):
     assert len(lines) == 2
     (scratch / "labels.csv").write_text((scratch / "labels.csv").read_text().replace("Sound 1\n", "Bell 1\n"))
     res = extract(scratch, 3)  # labels edited in place: not the run's labels
-    assert isinstance(res.exception, LeapError) and "files.audio_labels: '" in str(res.exception), res.output
+    assert isinstance(res.exception, LeapError), res.output
+    assert "--audio-labels (the file's size and content hash): '" in str(res.exception), res.output
