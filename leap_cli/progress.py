@@ -8,8 +8,9 @@ the time left, like torchvision's ``MetricLogger``::
     extract train: 1200/9668 (12%) 3.41/s, ETA 0:41:23, P01_11
 
 Both take the same calls (``add_task``, ``update``, ``advance``, ``start``, ``stop``, ``with``), so a stage's
-loop does not know which one it drives. :func:`stage_progress` makes a stage's progress on stderr, as tqdm's: a
-redirect of stdout (``leap evaluate ... > results.txt``) keeps the stage's results and messages, not its progress.
+loop does not know which one it drives. :func:`stage_progress` keeps a stage's progress off a redirected stdout
+(``leap evaluate ... > results.txt`` keeps the stage's results and messages alone): the bar draws on the terminal,
+and progress lines outside one go to stderr, as tqdm's.
 """
 
 from __future__ import annotations
@@ -138,10 +139,13 @@ def live_or_log(progress: Progress, label: str) -> Progress | LogProgress:
     return LogProgress(label, progress.console)
 
 
-def stage_progress(label: str, *columns: str | ProgressColumn, transient: bool = False) -> Progress | LogProgress:
-    """A stage's progress on stderr: a bar where stderr is a terminal, :class:`LogProgress` lines elsewhere. While a
-    bar draws, what the stage prints to stdout goes above it only where stdout is the terminal too (else into the
-    file stdout was sent to, not onto the bar's stream)."""
-    bar = Progress(*columns, console=Console(stderr=True), transient=transient,
-                   redirect_stdout=Console().is_terminal)
-    return live_or_log(bar, label)
+def stage_progress(label: str, *columns: str | ProgressColumn, console: Console,
+                   transient: bool = False) -> Progress | LogProgress:
+    """A stage's progress: a bar on the stage's own stdout ``console`` where stdout is a terminal (what the stage
+    prints through that console goes above the bar: a second Console on the same terminal, rich's proxy bypassed,
+    was glued onto the bar's line), else a bar on stderr where that is a terminal (stdout's file gets the results
+    alone), else :class:`LogProgress` lines on stderr."""
+    if console.is_terminal:
+        return Progress(*columns, console=console, transient=transient)
+    return live_or_log(Progress(*columns, console=Console(stderr=True), transient=transient, redirect_stdout=False),
+                       label)

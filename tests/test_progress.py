@@ -101,28 +101,51 @@ def test_stage_output_to_a_file_shows_progress_on_stderr(tmp_path):
     assert r.stdout.strip() and not any(x.startswith("kitchen ") for x in r.stdout.splitlines()), r.stdout
 
 
-def test_stage_bar_draws_on_stderr_and_leaves_a_redirected_stdout_alone(monkeypatch):
-    """In a terminal the bar draws on stderr; what the stage prints to stdout while it draws goes above the bar only
-    where stdout is that terminal too, else into stdout's file."""
+def test_stage_progress_draws_on_the_terminal_and_logs_to_stderr(monkeypatch):
+    """The bar draws on the stage's stdout console where stdout is a terminal (the stage's prints go above it), on
+    stderr where only stderr is one (stdout's file keeps the results alone), and progress lines go to stderr
+    where neither is."""
     import leap_cli.progress as progress
 
-    terminals = {}
-
     class FakeConsole(Console):
-        def __init__(self, stderr=False, **kw):
-            self.stderr_ = stderr
+        def __init__(self, stderr=False, terminal=False, **kw):
+            self.stderr_, self.terminal_ = stderr, terminal
             super().__init__(stderr=stderr, file=io.StringIO(), **kw)
 
         @property
         def is_terminal(self):
-            return terminals["stderr" if self.stderr_ else "stdout"]
+            return self.terminal_ if not self.stderr_ else terminals["stderr"]
 
+    terminals = {}
     monkeypatch.setattr(progress, "Console", FakeConsole)
-    for stdout_tty in (True, False):
-        terminals.update(stderr=True, stdout=stdout_tty)
-        bar = progress.stage_progress("x")
-        assert isinstance(bar, Progress) and bar.console.stderr_
-        assert bar.live._redirect_stdout is stdout_tty
-    terminals.update(stderr=False, stdout=True)
-    logged = progress.stage_progress("x")
+    stdout_tty = FakeConsole(terminal=True)
+    terminals["stderr"] = True
+    bar = progress.stage_progress("x", console=stdout_tty)
+    assert isinstance(bar, Progress) and bar.console is stdout_tty
+    bar = progress.stage_progress("x", console=FakeConsole(terminal=False))
+    assert isinstance(bar, Progress) and bar.console.stderr_ and bar.live._redirect_stdout is False
+    terminals["stderr"] = False
+    logged = progress.stage_progress("x", console=FakeConsole(terminal=False))
     assert isinstance(logged, LogProgress) and logged.console.stderr_
+
+
+def test_a_result_printed_while_the_bar_draws_takes_its_own_line():
+    """train's "val epoch" line, printed by a second Console while the bar drew on stderr, was glued onto the
+    bar's line ("train ━━━ 1/4val epoch 1/2: ..."): printed through the stage's console it goes above the bar."""
+    import re
+
+    from rich.progress import BarColumn, TextColumn
+
+    from leap_cli.progress import stage_progress
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100)
+    bar = stage_progress("train", TextColumn("train"), BarColumn(), console=console)
+    with bar:
+        t = bar.add_task("steps", total=4)
+        bar.update(t, completed=1)
+        bar.refresh()
+        console.print("val epoch 1/2: verb 1.0")
+        bar.update(t, completed=2)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert any(x.startswith("val epoch 1/2: verb 1.0") for x in re.split(r"[\r\n]", text)), repr(text)

@@ -43,7 +43,7 @@ def demo_data(
     from leap_cli.progress import stage_progress
 
     with stage_progress("kitchen", TextColumn("[bold]kitchen[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), transient=True) as progress:
+                        TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("videos", total=videos)
 
         def on_video(done: int, total: int, video_id: str) -> None:

@@ -206,7 +206,7 @@ def evaluate(
                 ann.segments(split)
             views = ViewConfig(temporal_views, spatial_views)
             with stage_progress("scoring", TextColumn("[bold]scoring[/] {task.description}"), BarColumn(),
-                                MofNCompleteColumn(), TimeElapsedColumn(), transient=True) as bar:
+                                MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
                 job = bar.add_task(f"{split} x{views.count} views", total=None)
                 loaded, scores_path = evaluate_run(
                     run_dir, split, workdir=workdir, checkpoint=checkpoint, task=task, shards=shards, views=views,

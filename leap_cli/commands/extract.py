@@ -159,7 +159,7 @@ def extract(
         DatasetLayout.open(data, annotations)  # a wrong --data fails before the output's settings and lock exist
     check_settings(out, _settings(cfg, out), force=force, split=split_name, adopt=("files",), names=SETTINGS_NAMES)
     progress = stage_progress(f"extract {split_name}", TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
-                              MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
+                              MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     task = {}
 
     def on_start(total: int, done: int) -> None:

@@ -224,7 +224,7 @@ def generate_programs(
     from leap_cli.progress import stage_progress
 
     with stage_progress(f"generate-programs {cfg.split_name}", TextColumn("{task.description}"), BarColumn(),
-                        MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as progress:
+                        MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True) as progress:
         task = progress.add_task("programs", total=None)
         summary = run(cfg, on_start=lambda n: progress.update(task, total=n),
                       on_record=lambda r: progress.advance(task),

@@ -92,7 +92,7 @@ def build_shards(
                              context_mode=anticipation_context, span_frames=span_frames)
     data = dataset_root(workdir, data)
     with stage_progress("build-shards", TextColumn("[bold]build-shards[/] {task.description}"), BarColumn(),
-                        MofNCompleteColumn(), TimeRemainingColumn()) as bar:
+                        MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
         # before the first sample: the annotations read, the programs checked against the labels and the target
         # vocabulary built (~20 s for EPIC's 67k train segments), said so (a log said nothing all that time)
         preparing = "reading the annotations, checking the programs, planning the samples"
@@ -204,7 +204,7 @@ def check_shards(
             raise LeapError(f"the shards hold the {held} split, not {normalize_split(split)}", path=folder,
                             fix=f"pass --split {held}, or the folder of the {normalize_split(split)} shards")
     with stage_progress("check-shards", TextColumn("[bold]check-shards[/]"), BarColumn(), MofNCompleteColumn(),
-                        TimeRemainingColumn()) as bar:
+                        TimeRemainingColumn(), console=console) as bar:
         tid = bar.add_task("", total=None)
         report = run_check(folder, on_error=on_error, verify_hash=not no_hash, workers=workers,
                            progress=lambda d, t: bar.update(tid, completed=d, total=t))

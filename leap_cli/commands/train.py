@@ -46,7 +46,8 @@ def train(
     cfg = load_config(config, sets)
     name = name or default_name(config, resume)
     progress = stage_progress("train", TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
-                              TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+                              TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                              console=console)
     task = {"id": None, "clips": 0.0, "epochs": 0}  # (epochs are counted from 1 here, from 0 in metrics.jsonl)
 
     def on_start(info: dict) -> None:
@@ -78,7 +79,7 @@ def train(
     def on_eval(rec: dict) -> None:
         if rec.get("n"):
             mt5r = f"  action mt5r {rec['action_mt5r']:.1f}" if "action_mt5r" in rec else ""
-            # (a result: on stdout, above the bar where stdout is its terminal too; progress is on stderr)
+            # (a result: on stdout, above the bar where stdout is the terminal; progress lines are on stderr)
             console.print(f"val epoch {rec['epoch'] + 1}/{task['epochs']}: verb {rec['verb_top1']:.1f}  noun "
                           f"{rec['noun_top1']:.1f}  action {rec['action_top1']:.1f}{mt5r}  loss {rec['loss']:.3f}  "
                           f"(n={rec['n']})", highlight=False, soft_wrap=True)
