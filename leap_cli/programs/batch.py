@@ -476,14 +476,18 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
         its record is made from (``chosen``; of a record that stays, which is not validated again, the result of
         its own request, else the first reply), where it holds a reply (not a failure, nor an expired or cancelled
         request: a live run caches none) and was asked for from the clip as it is now (its prompt is the one built
-        here; a custom_id without the clip hash does not say)."""
+        here; a custom_id without the clip hash does not say). Not a reply cut at the token limit: the limit it was
+        asked with is not known here (--max-tokens may have been raised since the requests were written; cached
+        under the higher limit's key, a live run said to raise it again)."""
         if nid not in stays:
             i = chosen[nid]
-            if results[i]["status"] == "failed" or lines[i]["clip_hash"] != current[nid]:
+            if (results[i]["status"] == "failed" or lines[i]["clip_hash"] != current[nid]
+                    or reply_cut(_reply(lines[i]) or {})):
                 return None
             return i, results[i]["status"] == "valid"
         own = _attempt(old[nid])[0]
-        replies = [i for i in of_segment[nid] if lines[i]["clip_hash"] == current[nid] and _reply(lines[i]) is not None]
+        replies = [i for i in of_segment[nid] if lines[i]["clip_hash"] == current[nid]
+                   and (body := _reply(lines[i])) is not None and not reply_cut(body)]
         mine = [i for i in replies if own is not None and lines[i].get("id") is not None and str(lines[i]["id"]) == own]
         return (mine[0], True) if mine else (replies[0], False) if replies else None
 
@@ -506,8 +510,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                 key = gen.request_key(builder.prompt(gen.info(by_id[nid])).hash)
                 have = store.get(key)
                 if have is None or (valid and have[0] != text):
-                    store.put(key, text, reply_usage(body), str(body.get("model") or cfg.model), cut=reply_cut(body),
-                              commit=False)
+                    store.put(key, text, reply_usage(body), str(body.get("model") or cfg.model), commit=False)
                     put += 1
                     if put % 1000 == 0:  # (a day's 67k replies are not all held in memory)
                         store.commit()
