@@ -560,14 +560,17 @@ def test_shards_of_an_earlier_leap_without_the_programs_provenance_still_train(s
 def test_a_resume_on_shards_of_other_programs_is_said_and_the_run_keeps_both(tmp_path: Path, caplog) -> None:
     from leap_cli.train.loop import record_provenance
 
-    def prov(model: str) -> dict:
-        return {"train": {"shards": "s", "programs": {"records": 1, "made_by": [{"backend": "openai", "model": model,
-                                                                                 "records": 1, "valid": 1}]}},
-                "val": None}
+    def prov(model: str, made_by: bool = True, val=None) -> dict:
+        return {"train": {"shards": "s", "programs": {"records": 1, "sha256": f"hash of {model}'s", "made_by": [
+            {"backend": "openai", "model": model, "records": 1, "valid": 1}] if made_by else None}}, "val": val}
 
-    assert record_provenance(tmp_path, prov("gpt-4o"), resumed=False) == prov("gpt-4o")
+    assert record_provenance(tmp_path, prov("gpt-4o", made_by=False), resumed=False) == prov("gpt-4o", made_by=False)
+    # the same programs described more fully (shards of an earlier leap built again, as its note advises), other
+    # validation shards, the shards moved: written as they are now, nothing said
+    assert record_provenance(tmp_path, prov("gpt-4o"), resumed=True) == prov("gpt-4o")
+    assert record_provenance(tmp_path, prov("gpt-4o", val={"shards": "v", "programs": None}), resumed=True)["val"]
     assert record_provenance(tmp_path, {**prov("gpt-4o"), "train": {**prov("gpt-4o")["train"], "shards": "moved"}},
-                             resumed=True)["train"]["shards"] == "moved"  # (the same programs moved: nothing said)
+                             resumed=True)["train"]["shards"] == "moved"
     assert "not those the run was trained on" not in caplog.text
     with caplog.at_level(logging.WARNING):
         now = record_provenance(tmp_path, prov("gpt-4o-mini"), resumed=True)

@@ -727,9 +727,10 @@ RESUME_MAY_CHANGE = frozenset({"train.device", "train.threads", "train.log_every
 
 def record_provenance(run_dir: Path, now: dict, *, resumed: bool) -> dict:
     """Write ``runs/NAME/provenance.json`` (``now``: the data source's ``provenance``) and return what it holds. A
-    resume on shards whose programs are not those the file names (shards built again from other programs, with
-    as many batches per epoch) is warned of, and the file keeps what the run was trained on before under
-    ``earlier`` (oldest first)."""
+    resume on training shards made from other programs than the file names (their content hash: shards built
+    again from other programs, with as many batches per epoch) is warned of, and the file keeps what the run was
+    trained on before under ``earlier`` (oldest first). The same programs described more fully (shards of an
+    earlier leap built again, as its note advises) or other validation shards are written as they are now."""
     from leap_cli.io import atomic_write_json
     from leap_cli.programs.provenance import RUN_PROVENANCE, run_programs_text
 
@@ -743,8 +744,8 @@ def record_provenance(run_dir: Path, now: dict, *, resumed: bool) -> dict:
     if isinstance(old, dict):
         earlier = old.pop("earlier", None)
         earlier = earlier if isinstance(earlier, list) else []
-        programs = lambda p: {k: (p.get(k) or {}).get("programs") for k in ("train", "val")}  # noqa: E731
-        if programs(old) != programs(now):
+        trained_on = lambda p: ((p.get("train") or {}).get("programs") or {}).get("sha256")  # noqa: E731
+        if trained_on(old) != trained_on(now):
             log.warning("%s: the shards' programs are not those the run was trained on so far (%s; before: %s): "
                         "%s keeps both", run_dir, run_programs_text(now), run_programs_text(old), RUN_PROVENANCE)
             earlier.append(old)
