@@ -292,7 +292,7 @@ def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
     damaged.write_bytes(damaged.read_bytes()[:1000])
     again = build(root, tmp_path / "run")
     assert again.resumed_shards == 1 and tar_digests(out) == tar_digests(ref.out)
-    with pytest.raises(LeapError, match=r"other inputs or settings \(settings.frames differ\)") as e:
+    with pytest.raises(LeapError, match=r"other inputs or settings \(--frames differ\)") as e:
         build(root, tmp_path / "run", frames=2)
     assert "--force" in e.value.fix
     assert build(root, tmp_path / "run", frames=2, overwrite=True).manifest["settings"]["frames"] == 2
@@ -387,7 +387,7 @@ def test_shard_parts_merge(root, tmp_path):
     assert any("built before in 2 parts" in n and "nothing new to write" in n for n in again.notes), again.notes
     assert sorted(p.name for p in out.glob("*.tar")) == tars
     with pytest.raises(LeapError, match=r"built in 2 parts \(--shard i/2, all done\) from other inputs or settings "
-                                        r"\(settings.frames differ\).*--force --shard i/2"):
+                                        r"\(--frames differ\).*--force --shard i/2"):
         build(root, tmp_path, frames=3)
     with pytest.raises(LeapError, match=r"--shard i/2 parts"):  # --force refused before it deletes anything (it
         build(root, tmp_path, overwrite=True)  # deleted the merged manifest.json, then refused)
@@ -1486,3 +1486,21 @@ def test_shards_a_command_reads_are_not_rewritten_under_it(root, tmp_path, caplo
         with pytest.raises(LeapError, match="cannot tell whether another leap process uses these shards") as e:
             ShardReaders(out).read()
         assert "delete that file (it holds no data)" in e.value.fix
+
+
+def test_each_shard_setting_is_said_as_a_build_shards_option():
+    """A refusal says a shard setting as the build-shards option that sets it, whichever command reads the
+    manifest (settings.frames as --frames; evaluate's own --task is another thing)."""
+    import dataclasses
+
+    import typer
+
+    from leap_cli.cli import app
+    from leap_cli.shards.format import SETTINGS_OPTIONS, said
+    from leap_cli.shards.writer import ShardSettings
+
+    command = typer.main.get_command(app).commands["build-shards"]
+    options = {o for p in command.params for o in getattr(p, "opts", ())}
+    assert set(SETTINGS_OPTIONS) == {f.name for f in dataclasses.fields(ShardSettings)}
+    assert set(SETTINGS_OPTIONS.values()) <= options
+    assert said("settings.context_mode") == "--anticipation-context" and said("targets") == "the target vocabulary"

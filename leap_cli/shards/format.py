@@ -190,15 +190,21 @@ SOURCE_NAMES = {"annotations": "the split's annotation rows", "programs": "the p
                 "EPIC_100_verb_classes.csv", "noun_classes": "EPIC_100_noun_classes.csv"}
 
 
-def said(key: str) -> str:
-    """A ``made_with`` key as a refusal says it: ``settings.frames`` as build-shards' ``--frames`` (the running
-    command's option, ``io.COMMAND_OPTIONS``), ``sources.programs`` as "the programs", ``targets`` as "the
-    target vocabulary"; the key itself where nothing better is known."""
-    from leap_cli.io import COMMAND_OPTIONS
+# build-shards' options by the ShardSettings field they set (whichever command reads the manifest: a merge of
+# parts is also made by evaluate, check-shards and show, whose own --task or --split mean another thing)
+SETTINGS_OPTIONS = {"split": "--split", "task": "--task", "frames": "--frames", "short_side": "--short-side",
+                    "jpeg_quality": "--jpeg-quality", "max_shard_size": "--max-shard-size", "max_count": "--max-count",
+                    "tau_a": "--tau-a", "tau_o": "--tau-o", "context": "--context",
+                    "context_mode": "--anticipation-context", "span_frames": "--span-frames"}
 
+
+def said(key: str) -> str:
+    """A ``made_with`` key as a refusal says it: ``settings.frames`` as build-shards' ``--frames``,
+    ``sources.programs`` as "the programs", ``targets`` as "the target vocabulary"; the key itself where nothing
+    better is known."""
     group, _, name = key.partition(".")
     if group == "settings":
-        return COMMAND_OPTIONS.get(name, key)
+        return SETTINGS_OPTIONS.get(name, key)
     if group == "sources":
         return SOURCE_NAMES.get(name, f"the {name} (an input)")
     return {"targets": "the target vocabulary"}.get(key, key)
