@@ -10,9 +10,10 @@
 #            is there (copy slowfast/models/uniformerv2_model.py from github.com/OpenGVLab/UniFormerV2; or OFFICIAL=path)
 # Every step runs even when one before it failed; on CUDA each is stopped after a limit (T_MODEL=180, T_DDP=60,
 # T_COMPILE=120, T_EVALUATE=120, T_OFFICIAL=60 seconds, then killed 10 s later; 0 = none; session 39 measured
-# 135 / 22 / 71 / 80 / 21 s on an H200) so that a hang leaves the later steps their time. The summary at the end
-# lists each step's exit status and seconds (124: stopped at its limit; 137: killed after it), and the script
-# exits non-zero when any failed.
+# 135 / 22 / 71 / 80 / 21 s on an H200), and all of them within T_TOTAL=560 s (a device call's 600), so that a
+# hang leaves the later steps their time and the summary its place. The summary at the end lists each step's exit
+# status and seconds (124: stopped at its limit; 137: killed after it), and the script exits non-zero when any
+# failed. Ctrl-C stops the step that runs and skips the others.
 #
 #   bash benchmarks/gpu_check.sh                           # a GPU machine with leap installed: all of it
 #   WORK=.gpu-work bash benchmarks/gpu_check.sh prepare    # only the data: the synthetic kitchen, extract,
@@ -51,12 +52,45 @@ step() {  # step NAME COMMAND...: run it, note its exit status and seconds, go o
 leap() { $PY -m leap_cli "$@"; }
 
 # limit SECS NAME COMMAND...: a step of the checks, stopped after SECS seconds (a hang must not eat the device
-# time of the steps after it; the lent machine has 15 minutes in all)
+# time of the steps after it; the lent machine has 15 minutes in all, 10 a call), and after what is left of
+# T_TOTAL (default 560 s from the start of the checks; 0 = none). timeout signals the step's whole process group
+# (torchrun's workers too); it runs in the background so that Ctrl-C (the INT trap) stops the step at once (with
+# SIGTERM, which leap and torchrun stop on cleanly) and the steps after it are skipped.
+INTERRUPTED=0
+STEP_PID=
+T0=$SECONDS
+on_int() { INTERRUPTED=1; [ -n "$STEP_PID" ] && kill -TERM "$STEP_PID" 2>/dev/null; }  # (trapped in the pipeline below)
 limit() {
-  local secs=$1 name=$2
+  local secs=$1 name=$2 total=${T_TOTAL:-560} rc
   shift 2
-  # --foreground: the step stays in the terminal's process group, so Ctrl-C reaches it
-  step "$name" timeout --foreground -k 10 "$secs" "$@"
+  if [ "$INTERRUPTED" = 1 ]; then
+    STEPS+=("$name skipped (interrupted) rc=130 0s")
+    return
+  fi
+  if [ "$secs" != 0 ] && [ "$total" != 0 ]; then
+    local left=$((total - (SECONDS - T0)))
+    if [ "$left" -lt 15 ]; then
+      echo "=== $name: skipped, T_TOTAL=$total s spent"
+      STEPS+=("$name skipped (T_TOTAL spent) rc=124 0s")
+      return
+    fi
+    [ "$left" -lt "$secs" ] && secs=$left
+  fi
+  step "$name" _timed "$secs" "$@"
+}
+_timed() {  # _timed SECS COMMAND...: COMMAND under timeout (0: no limit, its process group still signalled as
+  local secs=$1 rc  # one), in the background, waited for
+  shift
+  timeout -k 10 "$secs" "$@" &
+  STEP_PID=$!
+  wait "$STEP_PID"
+  rc=$?
+  while kill -0 "$STEP_PID" 2>/dev/null; do  # (wait returned for the trap: the step is still stopping)
+    wait "$STEP_PID"
+    rc=$?
+  done
+  STEP_PID=
+  return "$rc"
 }
 
 prepare() {
@@ -112,6 +146,7 @@ check() {
 }
 
 {
+  trap on_int INT  # (here: a pipeline's subshell does not keep the shell's traps)
   echo "gpu_check.sh $WHAT: device $DEVICE, work $WORK, $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
   if [ "$WHAT" != check ]; then prepare; fi
   if [ "$WHAT" != prepare ]; then check; fi
@@ -122,5 +157,5 @@ check() {
     case "$s" in *" rc=0 "*) ;; *) failed=1;; esac
   done
   exit $failed
-} 2>&1 | tee "$OUT/gpu_check.log"
+} 2>&1 | tee -i "$OUT/gpu_check.log"  # (-i: Ctrl-C leaves the log and the summary to come)
 exit "${PIPESTATUS[0]}"
