@@ -771,6 +771,12 @@ def test_batch_requests_to_dev_stdout_are_the_whole_output(workdir, tmp_path):
     piped = subprocess.run(cmd[:-3] + ["-"] + cmd[-2:], capture_output=True, text=True, env=env, timeout=300)  # "-"
     assert piped.returncode == 0 and piped.stdout.count("\n") == N_SEGMENTS, piped.stderr
     assert [json.loads(x)["custom_id"] for x in piped.stdout.splitlines()] == [x["custom_id"] for x in got]
+    # a reader that leaves early (`| head -c 100`): said, not a silent exit 1 with half the requests taken
+    p = subprocess.Popen(cmd[:-3] + ["-"] + cmd[-2:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=300) == 2 and "its reader left after 0 of the requests" in err, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_a_symlinked_batch_file_is_written_through_and_a_fifo_gets_every_request(workdir, tmp_path, caplog):

@@ -122,11 +122,12 @@ def train(
     table.add_row(f"best val {best}", "-" if result.best_metric < 0 else f"{result.best_metric:.2f}")
     table.add_row("checkpoints", str(result.run_dir / "checkpoints"))
     console.print(table)
-    if result.provenance is not None:  # (model names are the files' text: printed as it is)
+    if result.provenance is not None:  # (model names are the records' text: control characters shown, not run)
         from leap_cli.programs.provenance import run_programs_text
+        from leap_cli.report.terminal import printable
 
-        console.print(escape(f"trained on programs: {run_programs_text(result.provenance)}"), highlight=False,
-                      soft_wrap=True)
+        console.print(printable(f"trained on programs: {run_programs_text(result.provenance)}", one_line=True),
+                      highlight=False, soft_wrap=True)
     if paused:
         console.print(escape(f"paused at step {result.steps} of {task['total']} (--stop-after): continue with "
                              "--resume"), highlight=False)

@@ -402,7 +402,7 @@ class _DepthwiseConv3d(torch.autograd.Function):
             xp = F.pad(x.to(grad.dtype).contiguous(), (pad[2], pad[2], pad[1], pad[1], pad[0], pad[0]))
             g = grad.contiguous().view(N * C, 1, *grad.shape[2:])
             corr = F.conv3d(xp.view(1, N * C, *xp.shape[2:]), g, groups=N * C)
-            grad_w = corr.view(N, C, 1, *w.shape[2:]).sum(0).to(w.dtype)
+            grad_w = corr.view(N, C, 1, *w.shape[2:]).sum(0, dtype=torch.float32).to(w.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(dim=(0, 2, 3, 4))
         return grad_x, grad_w, grad_b

@@ -198,10 +198,15 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
     oversize = 0  # requests over max_bytes alone
     if stream:
         names = [path]
-        with _stream(path) as f:
-            for line in request_lines():
-                f.write(line)
-                sizes[0] = (sizes[0][0] + 1, sizes[0][1] + len(line))
+        try:
+            with _stream(path) as f:
+                for line in request_lines():
+                    f.write(line)
+                    sizes[0] = (sizes[0][0] + 1, sizes[0][1] + len(line))
+        except BrokenPipeError:  # (`--batch-file - | head`: it said nothing, exit 1)
+            raise LeapError(f"its reader left after {sizes[0][0]} of the requests: what it got is incomplete",
+                            path=path, fix="send the requests to a file (--batch-file FILE), or to a reader that "
+                                           "takes them all") from None
     else:
         # each file is written under a temp name, and all are renamed once the last is written: how many files
         # the requests need is known only then, and their names say it
