@@ -381,13 +381,13 @@ def match_programs(records: list[dict], split_ids: set[str], path: Path | str) -
     No id in common with a non-empty file is an error (the file of another split)."""
     by_id = {r["narration_id"]: r for r in records if "narration_id" in r}
     unknown = sorted(k for k in by_id if k not in split_ids)
-    made = MadeBy()  # (the same counts per generator: their records and valid sum to the two below)
+    made = MadeBy()  # (the counts per generator: their records and valid sum to the file's)
     for k, r in by_id.items():
         made.add(r, k in split_ids and r.get("status") == "valid")
+    by_generator = made.summary()
     report = {"records": len(by_id), "matched": len(by_id) - len(unknown), "unknown_ids": len(unknown),
-              "unknown_examples": unknown[:10],
-              "valid": sum(1 for k, r in by_id.items() if k in split_ids and r.get("status") == "valid"),
-              "made_by": made.summary()}
+              "unknown_examples": unknown[:10], "valid": sum(g["valid"] for g in by_generator),
+              "made_by": by_generator}
     if by_id and not report["matched"]:
         raise LeapError(f"none of the {len(by_id)} narration ids in the program file belong to this split "
                         f"(e.g. {unknown[0]})", path=path, fix="pass the program file of this split with --programs")
