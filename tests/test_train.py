@@ -576,6 +576,10 @@ def test_a_resume_on_shards_of_other_programs_is_said_and_the_run_keeps_both(tmp
         now = record_provenance(tmp_path, prov("gpt-4o-mini"), resumed=True)
     assert "not those the run was trained on so far" in caplog.text and "openai gpt-4o: 1 valid of 1" in caplog.text
     assert now["earlier"][0]["train"]["programs"] == prov("gpt-4o")["train"]["programs"]
+    from leap_cli.programs.provenance import run_programs_text  # (the line train and show print says both)
+
+    assert run_programs_text(now).endswith("; before a resume on other programs: openai gpt-4o: 1 valid of 1"), \
+        run_programs_text(now)
     assert json.loads((tmp_path / "provenance.json").read_text()) == now
     assert record_provenance(tmp_path, prov("gpt-4o-mini"), resumed=True) == now  # (kept on the next resume)
     assert record_provenance(tmp_path, prov("x"), resumed=False) == prov("x")  # a run started over: anew

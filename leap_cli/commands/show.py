@@ -79,14 +79,17 @@ def _show_prediction(run_dir: Path, narration_id: str, workdir: Path, shards: Pa
     from leap_cli.report.predicted import SkippedSegment, predicted_program
     from leap_cli.train.checkpoint import load_checkpoint, resolve_checkpoint
 
-    trained_on = run_programs_text(read_run_provenance(run_dir))
-    console.print(printable(f"{run_dir}: trained on programs: {trained_on}", one_line=True), highlight=False,
-                  soft_wrap=True)
     source = resolve_checkpoint(run_dir, "best")  # (once: its "no best.pt, using last.pt" said once)
+    ckpt = load_checkpoint(source)
+    # what the predicting checkpoint was trained on (a resume on other programs since: the run's file says the
+    # latest), the run's file for a checkpoint of a leap before checkpoints kept it
+    provenance = ckpt["provenance"] if "provenance" in ckpt else read_run_provenance(run_dir)
+    console.print(printable(f"{run_dir}: trained on programs: {run_programs_text(provenance)}", one_line=True),
+                  highlight=False, soft_wrap=True)
     if shards is None:
         from leap_cli.shards.writer import default_out
 
-        task = ((load_checkpoint(source).get("config") or {}).get("data") or {}).get("task", "recognition")
+        task = ((ckpt.get("config") or {}).get("data") or {}).get("task", "recognition")
         shards = default_out(workdir, split or "val", task)
     try:
         cmp = predicted_program(source, narration_id, shards)

@@ -115,6 +115,10 @@ def run_programs_text(provenance: dict | None) -> str:
     val = (provenance.get("val") or {}).get("programs") if isinstance(provenance.get("val"), dict) else None
     if val is not None and _generators(val) != _generators(train):
         text += f" (validation: {programs_text(val)})"
+    earlier = [e for e in provenance.get("earlier") or [] if isinstance(e, dict) and isinstance(e.get("train"), dict)]
+    if earlier:  # (a resume on shards of other programs: the steps before it were trained on these)
+        text += "; before a resume on other programs: " + "; then ".join(programs_text(e["train"].get("programs"))
+                                                                          for e in earlier)
     return text
 
 
