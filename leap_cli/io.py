@@ -653,7 +653,7 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
         if differ:
             if not force:
                 named = []
-                names = {**_option_names(), **(names or {})}
+                names = {**COMMAND_OPTIONS, **(names or {})}
                 for d in differ:  # "key: old -> new", the key as the option that sets it
                     key, sep, change = d.partition(": ")
                     head, dot, rest = key.partition(".")  # (names["descriptors."]: a prefix for its inner keys)
@@ -676,10 +676,6 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
 # CLI as it reads the command line: a settings key that is one is said as the option (the refusal said
 # ``k: None -> 4`` for ``--k``); empty outside the CLI.
 COMMAND_OPTIONS: dict[str, str] = {}
-
-
-def _option_names() -> dict[str, str]:
-    return COMMAND_OPTIONS
 
 
 def _grew(old: dict, new: dict, dotted: str) -> bool:

@@ -490,6 +490,7 @@ def validate_programs(
     from leap_cli.programs.provenance import made_by_text
 
     console.print(printable(f"made by: {made_by_text(rep['made_by'])}", one_line=True), highlight=False)
+
     def top(h: dict) -> str:  # the 8 most frequent, and how many more (the JSON report holds them all)
         items = list(h.items())
         shown = ", ".join(f"{k} {v}" for k, v in items[:8]) or "none"

@@ -732,16 +732,10 @@ def record_provenance(run_dir: Path, now: dict, *, resumed: bool) -> dict:
     trained on before under ``earlier`` (oldest first). The same programs described more fully (shards of an
     earlier leap built again, as its note advises) or other validation shards are written as they are now."""
     from leap_cli.io import atomic_write_json
-    from leap_cli.programs.provenance import RUN_PROVENANCE, run_programs_text
+    from leap_cli.programs.provenance import RUN_PROVENANCE, read_run_provenance, run_programs_text
 
-    path = run_dir / RUN_PROVENANCE
-    old = None
-    if resumed and path.is_file():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            old = None  # (unreadable: written anew)
-    if isinstance(old, dict):
+    old = read_run_provenance(run_dir) if resumed else None  # (unreadable: written anew)
+    if old is not None:
         earlier = old.pop("earlier", None)
         earlier = earlier if isinstance(earlier, list) else []
         trained_on = lambda p: ((p.get("train") or {}).get("programs") or {}).get("sha256")  # noqa: E731
@@ -751,7 +745,7 @@ def record_provenance(run_dir: Path, now: dict, *, resumed: bool) -> dict:
             earlier.append(old)
         if earlier:
             now = {**now, "earlier": earlier}
-    atomic_write_json(path, now)
+    atomic_write_json(run_dir / RUN_PROVENANCE, now)
     return now
 
 
