@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -306,9 +307,10 @@ def test_batch_file_and_ingest(workdir, good_programs, tmp_path):
     batch = tmp_path / "batch.jsonl"
     assert write_batch_file(cfg, batch) == N_SEGMENTS
     reqs = read_jsonl(batch)
-    # NARRATION_ID@CLIP_HASH: the clip a request was made from comes back with its result
+    # NARRATION_ID@CLIP_HASH@KEY: the clip a request was made from, and the head of its cache key, come back with
+    # its result
     assert {r["custom_id"].partition("@")[0] for r in reqs} == set(good_programs)
-    assert all(len(r["custom_id"].partition("@")[2]) == 16 for r in reqs)
+    assert all([len(part) for part in r["custom_id"].split("@")[1:]] == [16, 16] for r in reqs)
     assert all(r["url"] == "/v1/chat/completions" and r["body"]["model"] == "gpt-test" for r in reqs)
     assert all(r["body"]["max_completion_tokens"] == cfg.max_tokens and "max_tokens" not in r["body"] for r in reqs)
     results = []
@@ -448,6 +450,88 @@ def test_ingested_batch_replies_are_cached_as_a_live_run_caches_them(workdir, go
         assert len(cache_rows(cfg)) == N_SEGMENTS - 1
         s = generate_programs(dataclasses.replace(cfg, out=tmp_path / "again.jsonl"))
         assert [narration_id_of(b) for b in server.requests] == [changed] and s.cache_hits == N_SEGMENTS - 1
+
+
+def test_a_batch_file_asks_nothing_whose_reply_is_in_the_cache(workdir, good_programs, tmp_path):
+    """--batch-file after the output was lost (or with --force, or another --out) wrote a request for every
+    segment whose paid reply was in the program cache: submitted, each was paid again. Now their records are made
+    from the cache (as a Batch result's: no repair round) and no request is written for them; with --retry-invalid
+    the segments whose record is invalid are asked anew, as a live run asks them."""
+    first = list(good_programs)[:3]
+    bad = first[0]
+
+    def reply(body, n):
+        nid = narration_id_of(body)
+        return Reply("not json" if nid == bad else json.dumps(good_programs[nid]))
+
+    with ScriptedServer(reply) as server:
+        cfg = config(workdir, server, limit=3, repair_rounds=0)
+        s = generate_programs(cfg)
+        assert s.statuses == {"valid": 2, "invalid": 1} and len(server.requests) == 3
+        live = {r["narration_id"]: r["program"] for r in records(workdir)}
+    cfg = dataclasses.replace(cfg, limit=None, base_url=None)
+    cfg.out_path.unlink()  # (the output lost)
+    batch, stats = tmp_path / "batch.jsonl", Counter()
+    assert write_batch_file(cfg, batch, stats) == N_SEGMENTS - 3
+    assert {r["custom_id"].partition("@")[0] for r in read_jsonl(batch)} == set(good_programs) - set(first)
+    assert stats["cached_valid"] == 2 and stats["cached_invalid"] == 1
+    made = {r["narration_id"]: r for r in records(workdir)}
+    assert set(made) == set(first) and all(r["provenance"]["cached"] for r in made.values())
+    assert {k: r["program"] for k, r in made.items() if r["status"] == "valid"} == {k: v for k, v in live.items()
+                                                                                   if k != bad}
+    # run again: the records made are kept, the others asked for again (the file replaced)
+    assert write_batch_file(cfg, batch) == N_SEGMENTS - 3
+    # --retry-invalid asks the invalid one anew (its cached reply is the invalid one)
+    again = read_jsonl(batch) if write_batch_file(dataclasses.replace(cfg, retry_invalid=True), batch) else []
+    assert {r["custom_id"].partition("@")[0] for r in again} == set(good_programs) - set(first) | {bad}
+
+
+def test_an_ingest_of_other_settings_caches_nothing(workdir, good_programs, tmp_path):
+    """A Batch result goes into the program cache only under the key it was asked with (its head is in the
+    custom_id): ingested with --force under other settings (here another temperature), it was cached under the
+    ingest's key, and a live run of those settings took a reply it never asked for as its own."""
+    with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
+        cfg = config(workdir, server)
+        batch = tmp_path / "batch.jsonl"
+        assert write_batch_file(cfg, batch) == N_SEGMENTS
+        lines = batch_results(batch, lambda i, nid: {"response": {
+            "status_code": 200, "body": completion(json.dumps(good_programs[nid]))}})
+        other = dataclasses.replace(cfg, temperature=0.7, force=True)
+        counts = ingest_batch(other, results_file(tmp_path / "results.jsonl", lines))
+        assert counts == {"valid": N_SEGMENTS, "not_cached": N_SEGMENTS} and cache_rows(cfg) == []
+        s = generate_programs(dataclasses.replace(other, out=tmp_path / "live.jsonl"))
+        assert s.cache_hits == 0 and len(server.requests) == N_SEGMENTS
+    # results named as a leap before 2026-12-05 named them (no key) are cached under the ingest's key, as before
+    fresh = tmp_path / "fresh"
+    shutil.copytree(workdir / "kitchen", fresh / "kitchen")
+    cfg = dataclasses.replace(cfg, workdir=fresh)
+    assert write_batch_file(cfg, batch) == N_SEGMENTS
+    old = [{**x, "custom_id": x["custom_id"].rpartition("@")[0]} for x in lines]
+    assert ingest_batch(cfg, results_file(tmp_path / "old.jsonl", old)) == {"valid": N_SEGMENTS}
+    assert len(cache_rows(cfg)) == N_SEGMENTS
+
+
+def test_cli_says_what_the_cache_answered_and_what_it_did_not_cache(workdir, good_programs, tmp_path):
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
+        generate_programs(config(workdir, server, limit=2))
+    (workdir / "programs" / "val.jsonl").unlink()
+    base = ["generate-programs", "--workdir", str(workdir), "--split", "val", "--model", "test-model"]
+    res = CliRunner().invoke(app, base + ["--batch-file", str(tmp_path / "b.jsonl")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "2 segments' replies were in the program cache (an earlier run or ingest): no " \
+        "request for them; their records written to" in said and "(valid 2)" in said, said
+    assert f"wrote {N_SEGMENTS - 2} Batch API requests" in said, said
+    lines = batch_results(tmp_path / "b.jsonl", lambda i, nid: {"response": {
+        "status_code": 200, "body": completion(json.dumps(good_programs[nid]))}})
+    res = CliRunner().invoke(app, base + ["--temperature", "0.5", "--force", "--ingest-batch",
+                                          str(results_file(tmp_path / "r.jsonl", lines))])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"ingested {N_SEGMENTS - 2} results" in said and "not_cached" not in said, said
+    assert f"note: {N_SEGMENTS - 2} of the results were asked for with other settings" in said, said
 
 
 def test_batch_settings_are_recorded_when_the_requests_are_written(workdir, good_programs, tmp_path):

@@ -153,6 +153,13 @@ def generate_programs(
         batch_max_mb = batch_max_mb or BATCH_MAX_MB
         n = write_batch_file(cfg, batch_file, stats, parts=parts, max_requests=batch_max_requests, max_mb=batch_max_mb)
         written = [p for p in parts if p.requests]
+        if cached := {k.removeprefix("cached_"): v for k, v in stats.items() if k.startswith("cached_")}:
+            k = sum(cached.values())
+            say.print(escape(f"{k} segment{'s' if k != 1 else ''}' repl{'ies were' if k != 1 else 'y was'} in the "
+                             f"program cache (an earlier run or ingest): no request for {'them' if k != 1 else 'it'}; "
+                             f"{'their records' if k != 1 else 'its record'} written to {cfg.out_path} ("
+                             + ", ".join(f"{s} {v}" for s, v in sorted(cached.items())) + ")"),
+                      highlight=False, soft_wrap=True)
         for p in parts:
             if p.removed:
                 say.print(escape(f"removed {p.path}, an earlier --batch-file's input"), highlight=False,
@@ -174,7 +181,8 @@ def generate_programs(
                                  + ", then run with --ingest-batch RESULTS.jsonl")), highlight=False)
         else:  # (it said "submit it" of an empty file)
             why = ("the input holds no segment" + (f" (part {spec.index}/{spec.count})" if spec.count > 1 else "")
-                   if not stats["segments"] else f"--limit 0 ({stats['pending']} segments pending)" if
+                   if not stats["segments"] else "every pending segment's reply was in the program cache" if cached
+                   else f"--limit 0 ({stats['pending']} segments pending)" if
                    stats["pending"] else f"every segment has a record in {cfg.out_path}")
             say.print(escape(f"no request to write: {why}; {batch_file} holds none"), highlight=False)
         for line in not_valid_notes(stats):
@@ -188,6 +196,7 @@ def generate_programs(
         counts = ingest(cfg, ingest_batch, failures, spent)
         kept = counts.pop("invalid_kept", 0)  # (also counted already_present)
         before = counts.pop("asked_before_the_clip_changed", 0)  # (also counted by status)
+        uncached = counts.pop("not_cached", 0)  # (also counted by status)
         n = sum(v for k, v in counts.items() if k != "repeated")
         new = sum(counts[k] for k in ("valid", "invalid", "failed"))
         console.print(escape((f"ingested {n} result{'s' if n != 1 else ''} into {cfg.out_path}: " if new else
@@ -205,6 +214,13 @@ def generate_programs(
                                  f"its annotation changed): {'it is' if one else 'they are'} kept as the old clip's "
                                  f"program{'' if one else 's'}, and the next --batch-file asks for "
                                  f"{'it' if one else 'them'} again"),
+                          style="yellow", highlight=False)
+        if uncached:
+            one = uncached == 1
+            console.print(escape(f"note: {uncached} of the results {'was' if one else 'were'} asked for with other "
+                                 "settings or another prompt than this ingest's (--model, --temperature, --max-tokens, "
+                                 "the exemplars, a newer leap's prompt): not put in the program cache, where a live "
+                                 f"run of these settings would take {'it' if one else 'them'} for its own"),
                           style="yellow", highlight=False)
         if kept:
             console.print(escape(f"note: {kept} of the already present {'is an invalid record' if kept == 1 else 'are invalid records'} "

@@ -1,9 +1,11 @@
 """The OpenAI Batch API path: write the requests as Batch input JSONL, later validate and merge the output.
 
-Input line (``--batch-file OUT.jsonl``): ``{"custom_id": "NARRATION_ID@CLIP_HASH", "method": "POST",
+Input line (``--batch-file OUT.jsonl``): ``{"custom_id": "NARRATION_ID@CLIP_HASH@KEY", "method": "POST",
 "url": "/v1/chat/completions", "body": {"model", "messages", "temperature", "max_completion_tokens", "response_format"}}``: the
 clip hash (``generate.clip_hash``) of the clip the request was made from comes back with its result, so a result
-asked for before the clip changed is kept as that clip's program (and asked for again), not as the new one's.
+asked for before the clip changed is kept as that clip's program (and asked for again), not as the new one's; KEY,
+the head of the request's program-cache key, so that its reply is cached only under the key it was asked with.
+A segment whose reply is in the program cache gets no request: its record is made from the cache.
 Output line (``--ingest-batch RESULTS.jsonl``, as the Batch API returns it): ``{"id", "custom_id",
 "response": {"status_code", "body": <chat completion>}, "error"}``. Each reply is validated like a live one
 (no repair round: a failing program is recorded ``invalid`` with its findings) and appended to the programs file.
@@ -38,6 +40,7 @@ from leap_cli.programs.schema import Finding, strict_schema
 log = logging.getLogger(__name__)
 
 BATCH_URL = "/v1/chat/completions"
+KEY_CHARS = 16  # the head of a request's program-cache key in its custom_id (NARRATION_ID@CLIP_HASH@KEY)
 BATCH_PRICE_FACTOR = 0.5  # the Batch API's discount on the live prices
 NOT_RUN = ("batch_expired", "batch_cancelled")  # a result line's error.code for a request the Batch API never ran
 
@@ -177,82 +180,119 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                     "record was made again, or their annotation changed): their results replace them", k,
                     "is" if k == 1 else "are")
     # the bodies are written from the pieces of the cache key their results are put under at the ingest (the
-    # model, prompt, schema and parameters of _BatchBackend: ProgramGenerator.request_key)
+    # model, prompt, schema and parameters of _BatchBackend: ProgramGenerator.request_key); the key's head is in
+    # the custom_id, so that the ingest caches a reply only under the key it was asked with
     backend = _BatchBackend(cfg)
     params = backend.params()
     if backend.supports_schema:
         fmt = {"type": "json_schema", "json_schema": {"name": "action_program", "strict": True, "schema": strict_schema()}}
     else:
         fmt = {"type": params["response_format"]}
-    def request_lines() -> Iterator[bytes]:
-        for r in records:
-            info = clip_info(r, inputs.segments.get(r["narration_id"]))
-            # max_completion_tokens: what every current OpenAI chat model takes (GPT-5-era ones refuse max_tokens)
-            body = {"model": backend.model, "messages": builder.prompt(info).messages,
-                    "temperature": params["temperature"], "max_completion_tokens": params["max_tokens"],
-                    **({"response_format": fmt} if fmt["type"] != "none" else {}), **(params.get("extra_body") or {})}
-            yield (json.dumps({"custom_id": f"{r['narration_id']}@{clip_hash(inputs, r)}", "method": "POST",
-                               "url": BATCH_URL, "body": body}, ensure_ascii=False) + "\n").encode("utf-8")
+    # a segment whose reply is in the program cache already (a live run's, an earlier ingest's: the output lost,
+    # --force, another --out) is not asked for again: its record is made from that reply, as a Batch result's is
+    # (no repair round), once the requests are written; --retry-invalid's segments are asked anew, as a live run does
+    store = ProgramStore(cfg.cache_path, commit_every=0.5) if cfg.cache_path.exists() else None
+    try:
+        gen = ProgramGenerator(dataclasses.replace(cfg, repair_rounds=0), inputs, backend, store, builder)
+        if store is not None and cfg.retry_invalid:
+            gen.reask = {nid for nid, r in output_records(cfg, programs=False).items() if r.get("status") == "invalid"}
+        hits: list[dict] = []
 
-    sizes: list[tuple[int, int]] = [(0, 0)]  # (requests, bytes) per file
-    oversize = 0  # requests over max_bytes alone
-    if stream:
-        names = [path]
-        try:
-            with _stream(path) as f:
-                for line in request_lines():
-                    f.write(line)
-                    sizes[0] = (sizes[0][0] + 1, sizes[0][1] + len(line))
-        except BrokenPipeError:  # (`--batch-file - | head`: it said nothing, exit 1)
-            raise LeapError(f"its reader left after {sizes[0][0]} of the requests: what it got is incomplete",
-                            path=path, fix="send the requests to a file (--batch-file FILE), or to a reader that "
-                                           "takes them all") from None
-    else:
-        # each file is written under a temp name, and all are renamed once the last is written: how many files
-        # the requests need is known only then, and their names say it
-        with AtomicFiles(path) as files:
-            f = open(files.new(), "wb")
+        def request_lines() -> Iterator[bytes]:
+            for r in records:
+                prompt = builder.prompt(gen.info(r))
+                key = gen.request_key(prompt.hash)
+                if store is not None and r["narration_id"] not in gen.reask and store.get(key) is not None:
+                    hits.append(r)
+                    continue
+                # max_completion_tokens: what every current OpenAI chat model takes (GPT-5-era ones refuse max_tokens)
+                body = {"model": backend.model, "messages": prompt.messages,
+                        "temperature": params["temperature"], "max_completion_tokens": params["max_tokens"],
+                        **({"response_format": fmt} if fmt["type"] != "none" else {}), **(params.get("extra_body") or {})}
+                yield (json.dumps({"custom_id": f"{r['narration_id']}@{clip_hash(inputs, r)}@{key[:KEY_CHARS]}",
+                                   "method": "POST", "url": BATCH_URL, "body": body}, ensure_ascii=False)
+                       + "\n").encode("utf-8")
+
+        sizes: list[tuple[int, int]] = [(0, 0)]  # (requests, bytes) per file
+        oversize = 0  # requests over max_bytes alone
+        if stream:
+            names = [path]
             try:
-                for line in request_lines():
-                    oversize += len(line) > max_bytes
-                    n, size = sizes[-1]
-                    if n and (n + 1 > max_requests or size + len(line) > max_bytes):
-                        f.close()
-                        f = open(files.new(), "wb")
-                        sizes.append((0, 0))
-                        n, size = 0, 0
-                    f.write(line)
-                    sizes[-1] = (n + 1, size + len(line))
-            except OSError as e:  # (a full disk: the user's path, not the temp file's, in the one line)
-                e.filename, e.filename2 = str(path), None
-                raise
-            finally:
-                f.close()
-            names = batch_part_paths(path, len(sizes))
-            if mine := next((p for p in names if p.exists() and not is_batch_input(p)), None):
-                raise LeapError("the requests need a file of this name, which holds something else than Batch "
-                                "requests: nothing was written", path=mine,
-                                fix="move that file away, or give --batch-file a path of its own")
-            files.commit(names)
-    written = [BatchPart(name, n, size) for name, (n, size) in zip(names, sizes)]
-    if stream and (sizes[0][0] > max_requests or sizes[0][1] > max_bytes):
-        log.warning("%s is a stream, written unsplit: its %d requests (%s) are more than one Batch input file "
-                    "takes (%d requests, %g MB): give --batch-file a file's path to have them split",
-                    path, sizes[0][0], size_text(sizes[0][1]), max_requests, max_mb)
-    elif oversize:
-        log.warning("%d request%s larger than --batch-max-mb %g alone: each is a file of its own, over that "
-                    "limit", oversize, " is" if oversize == 1 else "s are", max_mb)
-    removed = []
-    for old in [] if stream else _earlier_parts(path, names):
-        try:
-            old.unlink()
-            removed.append(BatchPart(old, 0, 0, removed=True))
-        except OSError as e:
-            log.warning("%s, an earlier --batch-file's input file, could not be removed (%s): do not submit it",
-                        old, e.strerror or e)
-    if parts is not None:
-        parts.extend(written + removed)
-    return sum(p.requests for p in written)
+                with _stream(path) as f:
+                    for line in request_lines():
+                        f.write(line)
+                        sizes[0] = (sizes[0][0] + 1, sizes[0][1] + len(line))
+            except BrokenPipeError:  # (`--batch-file - | head`: it said nothing, exit 1)
+                raise LeapError(f"its reader left after {sizes[0][0]} of the requests: what it got is incomplete",
+                                path=path, fix="send the requests to a file (--batch-file FILE), or to a reader that "
+                                               "takes them all") from None
+        else:
+            # each file is written under a temp name, and all are renamed once the last is written: how many files
+            # the requests need is known only then, and their names say it
+            with AtomicFiles(path) as files:
+                f = open(files.new(), "wb")
+                try:
+                    for line in request_lines():
+                        oversize += len(line) > max_bytes
+                        n, size = sizes[-1]
+                        if n and (n + 1 > max_requests or size + len(line) > max_bytes):
+                            f.close()
+                            f = open(files.new(), "wb")
+                            sizes.append((0, 0))
+                            n, size = 0, 0
+                        f.write(line)
+                        sizes[-1] = (n + 1, size + len(line))
+                except OSError as e:  # (a full disk: the user's path, not the temp file's, in the one line)
+                    e.filename, e.filename2 = str(path), None
+                    raise
+                finally:
+                    f.close()
+                names = batch_part_paths(path, len(sizes))
+                if mine := next((p for p in names if p.exists() and not is_batch_input(p)), None):
+                    raise LeapError("the requests need a file of this name, which holds something else than Batch "
+                                    "requests: nothing was written", path=mine,
+                                    fix="move that file away, or give --batch-file a path of its own")
+                files.commit(names)
+        written = [BatchPart(name, n, size) for name, (n, size) in zip(names, sizes)]
+        if stream and (sizes[0][0] > max_requests or sizes[0][1] > max_bytes):
+            log.warning("%s is a stream, written unsplit: its %d requests (%s) are more than one Batch input file "
+                        "takes (%d requests, %g MB): give --batch-file a file's path to have them split",
+                        path, sizes[0][0], size_text(sizes[0][1]), max_requests, max_mb)
+        elif oversize:
+            log.warning("%d request%s larger than --batch-max-mb %g alone: each is a file of its own, over that "
+                        "limit", oversize, " is" if oversize == 1 else "s are", max_mb)
+        removed = []
+        for old in [] if stream else _earlier_parts(path, names):
+            try:
+                old.unlink()
+                removed.append(BatchPart(old, 0, 0, removed=True))
+            except OSError as e:
+                log.warning("%s, an earlier --batch-file's input file, could not be removed (%s): do not submit it",
+                            old, e.strerror or e)
+        if parts is not None:
+            parts.extend(written + removed)
+        if hits:
+            made = _records_from_cache(gen, hits)
+            with JsonlAppender(cfg.out_path, replace_keys={r["narration_id"] for r in made}) as out:
+                for record in made:
+                    out.write(record)
+            if stats is not None:
+                stats.update(f"cached_{r['status']}" for r in made)
+        return sum(p.requests for p in written)
+    finally:
+        if store is not None:
+            store.close()
+
+
+def _records_from_cache(gen: ProgramGenerator, records: list[dict]) -> list[dict]:
+    """The program records of segments whose reply is in the program cache, made as a live run makes them
+    (``ProgramGenerator.run_one``; the generator's config has no repair round, as a Batch result has none)."""
+    import asyncio
+
+    async def made() -> list[dict]:
+        return [await gen.run_one(r) for r in records]
+
+    return asyncio.run(made())
 
 
 def own_std(path: Path):
@@ -369,8 +409,10 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     check_output(cfg, builder, inputs, exists=cfg.out_path.exists() or settings_path(cfg.out_path).exists())
     by_id = {r["narration_id"]: r for r in inputs.records}
     for line, (path, i) in zip(lines, where):  # all checked before a record is written
-        # NARRATION_ID@CLIP_HASH (a batch file of a leap before 2026-12-03: the narration id alone)
-        nid, _, line["clip_hash"] = line["custom_id"].partition("@")
+        # NARRATION_ID@CLIP_HASH@KEY (a batch file of a leap before 2026-12-05: NARRATION_ID@CLIP_HASH; before
+        # 2026-12-03: the narration id alone)
+        nid, _, rest = line["custom_id"].partition("@")
+        line["clip_hash"], _, line["request_key"] = rest.partition("@")
         if nid in inputs.stale:  # (the CSV changed while the batch ran: extract first, then these are read)
             raise LeapError(f"custom_id {line['custom_id']!r}: its descriptor record was made from other annotations "
                             f"than the split CSV holds now ({inputs.stale[nid]} differs; nothing was ingested)",
@@ -510,9 +552,12 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                 if (pick := to_cache(nid)) is None:
                     continue
                 i, valid = pick
+                key = gen.request_key(builder.prompt(gen.info(by_id[nid])).hash)
+                if lines[i]["request_key"] and lines[i]["request_key"] != key[:KEY_CHARS]:
+                    counts["not_cached"] += 1  # (asked with other settings or another prompt than this ingest's)
+                    continue
                 body = _reply(lines[i])
                 text = redact(reply_text(body))
-                key = gen.request_key(builder.prompt(gen.info(by_id[nid])).hash)
                 have = store.get(key)
                 if have is None or (valid and have[0] != text):
                     store.put(key, text, reply_usage(body), str(body.get("model") or cfg.model), commit=False)

@@ -720,6 +720,8 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
     def set_aside() -> None:  # --force over paid programs: kept beside it, not deleted (a Batch API's replies
         # ingested by a leap that did not cache them are in no cache: they were paid again)
         out = cfg.out_path
+        if not out.exists():  # (only its settings file: written by --batch-file, before an ingest)
+            return
         try:
             paid = sum(1 for _, r in iter_jsonl(out) if isinstance(r, dict) and isinstance(
                 r.get("provenance"), dict) and r["provenance"].get("backend") not in (None, "offline"))
