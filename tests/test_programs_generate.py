@@ -302,6 +302,30 @@ def test_missing_key_is_a_leap_error(workdir, monkeypatch):
         generate_programs(config(workdir, server))
 
 
+def test_an_output_that_is_done_needs_no_key(workdir, good_programs, monkeypatch):
+    """A pipeline run again where the key is not set (a GPU node's job) stopped at generate-programs with "no API
+    key" though every program was made: with nothing pending it says so and goes on; anything pending (here one
+    segment, and --retry-invalid's) still asks for the key before a record is touched, and --force at once."""
+    bad = list(good_programs)[0]
+    with ScriptedServer(lambda body, n: Reply("not json" if narration_id_of(body) == bad else
+                                              json.dumps(good_programs[narration_id_of(body)]))) as server:
+        cfg = config(workdir, server, repair_rounds=0)
+        assert generate_programs(cfg).statuses == {"valid": N_SEGMENTS - 1, "invalid": 1}
+        monkeypatch.delenv("LEAP_TEST_KEY")
+        before = cfg.out_path.read_bytes()
+        s = generate_programs(cfg)
+        assert s.total == 0 and s.resumed == N_SEGMENTS and s.requests == 0
+        for other in (dict(retry_invalid=True), dict(force=True)):
+            with pytest.raises(LeapError, match="no API key: the environment variable LEAP_TEST_KEY is not set"):
+                generate_programs(dataclasses.replace(cfg, **other))
+            assert cfg.out_path.read_bytes() == before
+        lines = before.splitlines(keepends=True)
+        cfg.out_path.write_bytes(b"".join(lines[1:]))
+        with pytest.raises(LeapError, match="LEAP_TEST_KEY"):
+            generate_programs(cfg)
+        assert len(server.requests) == N_SEGMENTS
+
+
 def test_batch_file_and_ingest(workdir, good_programs, tmp_path):
     cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
     batch = tmp_path / "batch.jsonl"

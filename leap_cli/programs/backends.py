@@ -77,6 +77,10 @@ class BackendError(Exception):
         self.seconds = seconds
 
 
+class NoApiKey(LeapError):
+    """The API key's environment variable is not set (``OpenAIBackend``)."""
+
+
 class Backend:
     name = "base"
     model = ""
@@ -176,7 +180,7 @@ class OpenAIBackend(Backend):
                  extra_body: dict | None = None):
         key = os.environ.get(api_key_env)
         if not key:
-            raise LeapError(f"no API key: the environment variable {api_key_env} is not set",
+            raise NoApiKey(f"no API key: the environment variable {api_key_env} is not set",
                             fix=f"export {api_key_env}=... or name another variable with --api-key-env "
                                 "(or use --backend offline)")
         register_secret(key)

@@ -40,8 +40,8 @@ from leap_cli.errors import LeapError
 from leap_cli.io import (LOW_DISK_BYTES, JsonlAppender, MixedParts, check_settings, iter_jsonl, merge_command, part_of,
                          read_jsonl, settings_path, short_of_space, stable_hash, stored_settings, writer_of)
 from leap_cli.programs.checker import RemoteChecker
-from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, OfflineBackend, OpenAIBackend,
-                                       Request, RetryPolicy, check_extra_body)
+from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, NoApiKey, OfflineBackend,
+                                       OpenAIBackend, Request, RetryPolicy, check_extra_body)
 from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, PromptBuilder, clip_info, load_exemplars,
                                       load_system_prompt, narration_record)
 from leap_cli.programs.reply import FILTERED, repair_futile, verify_reply
@@ -368,6 +368,13 @@ def build_backend(cfg: GenerateConfig, exemplars, verbs: ClassVocab, nouns: Clas
                              response_format=cfg.response_format, concurrency=cfg.concurrency,
                              extra_body=cfg.extra_body)
     raise LeapError(f"unknown backend {cfg.backend!r}", fix="use --backend offline or --backend openai")
+
+
+class _Keyless(Backend):
+    """The backend of a run whose API key is not set, while it looks for pending segments (none: it asks nothing)."""
+
+    def __init__(self, name: str, model: str):
+        self.name, self.model = name, model
 
 
 def repair_message(findings: list[Finding]) -> str:
@@ -790,8 +797,15 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                     on_waiting: Callable[[str | None], None] | None = None) -> GenerateSummary:
     inputs, exemplars, builder = _setup(cfg)
     # the backend first: an unknown --backend or a missing API key must not cost an output that --force would
-    # start over
-    backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
+    # start over. Without --force a missing key is said once a segment is found pending: an output that is done
+    # needs none (a pipeline run again where the key is not set, e.g. on a GPU node, stopped at this stage)
+    no_key: NoApiKey | None = None
+    try:
+        backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
+    except NoApiKey as e:
+        if cfg.force:
+            raise
+        no_key, backend = e, _Keyless(cfg.backend, cfg.model)
     # (and a cache that cannot be opened); the offline generator's programs are neither cached nor paid for
     store = None if backend.name == "offline" else ProgramStore(cfg.cache_path, commit_every=0.5, background=True)
     try:
@@ -858,6 +872,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         pending = [r for r in pending if not (r["narration_id"] in seen or seen.add(r["narration_id"]))]
         if cfg.limit is not None:
             pending = pending[: cfg.limit]
+        if no_key is not None and pending:
+            raise no_key
         summary.total = len(pending)
         # the inputs live until the end: out of the collector's sight, a full collection does not walk them
         # again and again (~0.1 s per pass with 60k objects, all at once, while 32 replies wait)
