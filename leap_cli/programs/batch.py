@@ -146,7 +146,6 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         raise LeapError(f"a Batch input file of at most {max_requests} requests and {max_mb} MB is no limit",
                         fix="give --batch-max-requests a whole number and --batch-max-mb a number of MB, both "
                             "above 0 and finite")
-    max_bytes = int(max_mb * 1_000_000)
     refuse_folder(path)
     stream = batch_stream(path)
     if not stream:
@@ -213,62 +212,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                                    "method": "POST", "url": BATCH_URL, "body": body}, ensure_ascii=False)
                        + "\n").encode("utf-8")
 
-        sizes: list[tuple[int, int]] = [(0, 0)]  # (requests, bytes) per file
-        oversize = 0  # requests over max_bytes alone
-        if stream:
-            names = [path]
-            try:
-                with _stream(path) as f:
-                    for line in request_lines():
-                        f.write(line)
-                        sizes[0] = (sizes[0][0] + 1, sizes[0][1] + len(line))
-            except BrokenPipeError:  # (`--batch-file - | head`: it said nothing, exit 1)
-                raise LeapError(f"its reader left after {sizes[0][0]} of the requests: what it got is incomplete",
-                                path=path, fix="send the requests to a file (--batch-file FILE), or to a reader that "
-                                               "takes them all") from None
-        else:
-            # each file is written under a temp name, and all are renamed once the last is written: how many files
-            # the requests need is known only then, and their names say it
-            with AtomicFiles(path) as files:
-                f = open(files.new(), "wb")
-                try:
-                    for line in request_lines():
-                        oversize += len(line) > max_bytes
-                        n, size = sizes[-1]
-                        if n and (n + 1 > max_requests or size + len(line) > max_bytes):
-                            f.close()
-                            f = open(files.new(), "wb")
-                            sizes.append((0, 0))
-                            n, size = 0, 0
-                        f.write(line)
-                        sizes[-1] = (n + 1, size + len(line))
-                except OSError as e:  # (a full disk: the user's path, not the temp file's, in the one line)
-                    e.filename, e.filename2 = str(path), None
-                    raise
-                finally:
-                    f.close()
-                names = batch_part_paths(path, len(sizes))
-                if mine := next((p for p in names if p.exists() and not is_batch_input(p)), None):
-                    raise LeapError("the requests need a file of this name, which holds something else than Batch "
-                                    "requests: nothing was written", path=mine,
-                                    fix="move that file away, or give --batch-file a path of its own")
-                files.commit(names)
-        written = [BatchPart(name, n, size) for name, (n, size) in zip(names, sizes)]
-        if stream and (sizes[0][0] > max_requests or sizes[0][1] > max_bytes):
-            log.warning("%s is a stream, written unsplit: its %d requests (%s) are more than one Batch input file "
-                        "takes (%d requests, %g MB): give --batch-file a file's path to have them split",
-                        path, sizes[0][0], size_text(sizes[0][1]), max_requests, max_mb)
-        elif oversize:
-            log.warning("%d request%s larger than --batch-max-mb %g alone: each is a file of its own, over that "
-                        "limit", oversize, " is" if oversize == 1 else "s are", max_mb)
-        removed = []
-        for old in [] if stream else _earlier_parts(path, names):
-            try:
-                old.unlink()
-                removed.append(BatchPart(old, 0, 0, removed=True))
-            except OSError as e:
-                log.warning("%s, an earlier --batch-file's input file, could not be removed (%s): do not submit it",
-                            old, e.strerror or e)
+        written, removed = _write_parts(path, request_lines(), stream, max_requests, max_mb)
         if parts is not None:
             parts.extend(written + removed)
         if hits:
@@ -282,6 +226,71 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
     finally:
         if store is not None:
             store.close()
+
+
+def _write_parts(path: Path, lines: Iterator[bytes], stream: bool, max_requests: int,
+                 max_mb: float) -> tuple[list[BatchPart], list[BatchPart]]:
+    """Write the request lines to ``path`` (a stream as they come; a file split by the limits, renamed into place
+    once all are written), then remove an earlier --batch-file's files that these did not replace: (written,
+    removed)."""
+    max_bytes = int(max_mb * 1_000_000)
+    sizes: list[tuple[int, int]] = [(0, 0)]  # (requests, bytes) per file
+    oversize = 0  # requests over max_bytes alone
+    if stream:
+        names = [path]
+        try:
+            with _stream(path) as f:
+                for line in lines:
+                    f.write(line)
+                    sizes[0] = (sizes[0][0] + 1, sizes[0][1] + len(line))
+        except BrokenPipeError:  # (`--batch-file - | head`: it said nothing, exit 1)
+            raise LeapError(f"its reader left after {sizes[0][0]} of the requests: what it got is incomplete",
+                            path=path, fix="send the requests to a file (--batch-file FILE), or to a reader that "
+                                           "takes them all") from None
+    else:
+        # each file is written under a temp name, and all are renamed once the last is written: how many files
+        # the requests need is known only then, and their names say it
+        with AtomicFiles(path) as files:
+            f = open(files.new(), "wb")
+            try:
+                for line in lines:
+                    oversize += len(line) > max_bytes
+                    n, size = sizes[-1]
+                    if n and (n + 1 > max_requests or size + len(line) > max_bytes):
+                        f.close()
+                        f = open(files.new(), "wb")
+                        sizes.append((0, 0))
+                        n, size = 0, 0
+                    f.write(line)
+                    sizes[-1] = (n + 1, size + len(line))
+            except OSError as e:  # (a full disk: the user's path, not the temp file's, in the one line)
+                e.filename, e.filename2 = str(path), None
+                raise
+            finally:
+                f.close()
+            names = batch_part_paths(path, len(sizes))
+            if mine := next((p for p in names if p.exists() and not is_batch_input(p)), None):
+                raise LeapError("the requests need a file of this name, which holds something else than Batch "
+                                "requests: nothing was written", path=mine,
+                                fix="move that file away, or give --batch-file a path of its own")
+            files.commit(names)
+    written = [BatchPart(name, n, size) for name, (n, size) in zip(names, sizes)]
+    if stream and (sizes[0][0] > max_requests or sizes[0][1] > max_bytes):
+        log.warning("%s is a stream, written unsplit: its %d requests (%s) are more than one Batch input file "
+                    "takes (%d requests, %g MB): give --batch-file a file's path to have them split",
+                    path, sizes[0][0], size_text(sizes[0][1]), max_requests, max_mb)
+    elif oversize:
+        log.warning("%d request%s larger than --batch-max-mb %g alone: each is a file of its own, over that "
+                    "limit", oversize, " is" if oversize == 1 else "s are", max_mb)
+    removed = []
+    for old in [] if stream else _earlier_parts(path, names):
+        try:
+            old.unlink()
+            removed.append(BatchPart(old, 0, 0, removed=True))
+        except OSError as e:
+            log.warning("%s, an earlier --batch-file's input file, could not be removed (%s): do not submit it",
+                        old, e.strerror or e)
+    return written, removed
 
 
 def _records_from_cache(gen: ProgramGenerator, records: list[dict]) -> list[dict]:
