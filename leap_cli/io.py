@@ -908,15 +908,17 @@ class JsonlAppender:
 
     def __init__(self, path: str | Path, key: str | Callable[[dict], str] = "narration_id",
                  *, replace_keys: Iterable[str] | Callable[[dict], bool] = (), sync_every: float = 0.0,
-                 keep_records: bool = False, count: Callable[[dict], bool] | None = None):
+                 keep_records: bool = False, count: Callable[[dict], bool] | None = None,
+                 lock: "OutputLock | None" = None):
         """``replace_keys``: the keys to redo, or a test of a record (its key is redone where the key's last record
         passes it: one pass over the file finds them). ``count``: a test whose passing keys (by their last record)
-        are only collected, in ``counted`` (what a rerun could redo, said without redoing it)."""
+        are only collected, in ``counted`` (what a rerun could redo, said without redoing it). ``lock``: the
+        output's lock, taken already by the caller (released on close, as the appender's own)."""
         self.path = Path(path)
         self._key = (lambda r: r[key]) if isinstance(key, str) else key
         refuse_folder(self.path, "JSONL file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = OutputLock(self.path).acquire()
+        self._lock = lock or OutputLock(self.path).acquire()
         last: dict[str, int] = {}  # each key's (last) line
         redo: set[str] = set()
         test = replace_keys if callable(replace_keys) else None

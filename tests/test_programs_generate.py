@@ -479,41 +479,71 @@ def test_ingested_batch_replies_are_cached_as_a_live_run_caches_them(workdir, go
 def test_a_batch_file_asks_nothing_whose_reply_is_in_the_cache(workdir, good_programs, tmp_path):
     """--batch-file after the output was lost (or with --force, or another --out) wrote a request for every
     segment whose paid reply was in the program cache: submitted, each was paid again. Now their records are made
-    from the cache (as a Batch result's: no repair round) and no request is written for them; with --retry-invalid
-    the segments whose record is invalid are asked anew, as a live run asks them."""
-    first = list(good_programs)[:3]
-    bad = first[0]
+    from the cache as a live run makes them, with the repair turns that are cached (a record a live run repaired
+    was written invalid from its first reply), and no request is written for them; --limit counts the requests;
+    with --retry-invalid a segment whose record would be invalid is asked anew in the same run."""
+    fixed, broken, fine = list(good_programs)[:3]  # first reply invalid then repaired; invalid twice; valid
 
     def reply(body, n):
         nid = narration_id_of(body)
-        return Reply("not json" if nid == bad else json.dumps(good_programs[nid]))
+        return Reply("not json" if nid == broken or nid == fixed and n == 0 else json.dumps(good_programs[nid]))
 
     with ScriptedServer(reply) as server:
-        cfg = config(workdir, server, limit=3, repair_rounds=0)
+        cfg = config(workdir, server, limit=3, repair_rounds=1)
         s = generate_programs(cfg)
-        assert s.statuses == {"valid": 2, "invalid": 1} and len(server.requests) == 3
-        live = {r["narration_id"]: r["program"] for r in records(workdir)}
+        assert s.statuses == {"valid": 2, "invalid": 1} and len(server.requests) == 5
+        live = {r["narration_id"]: r for r in records(workdir)}
     cfg = dataclasses.replace(cfg, limit=None, base_url=None)
     cfg.out_path.unlink()  # (the output lost)
     batch, stats = tmp_path / "batch.jsonl", Counter()
     assert write_batch_file(cfg, batch, stats) == N_SEGMENTS - 3
-    assert {r["custom_id"].partition("@")[0] for r in read_jsonl(batch)} == set(good_programs) - set(first)
+    assert {r["custom_id"].partition("@")[0] for r in read_jsonl(batch)} == set(good_programs) - {fixed, broken, fine}
     assert stats["cached_valid"] == 2 and stats["cached_invalid"] == 1
     made = {r["narration_id"]: r for r in records(workdir)}
-    assert set(made) == set(first) and all(r["provenance"]["cached"] for r in made.values())
-    assert {k: r["program"] for k, r in made.items() if r["status"] == "valid"} == {k: v for k, v in live.items()
-                                                                                   if k != bad}
+    assert {k: (r["status"], r["program"]) for k, r in made.items()} == {
+        k: (r["status"], r["program"]) for k, r in live.items()}
+    assert all(r["provenance"]["cached"] for r in made.values()) and made[fixed]["provenance"]["rounds"] == 2
     # run again: the records made are kept, the others asked for again (the file replaced)
     assert write_batch_file(cfg, batch) == N_SEGMENTS - 3
-    # --retry-invalid asks the invalid one anew (its cached reply is the invalid one)
-    again = read_jsonl(batch) if write_batch_file(dataclasses.replace(cfg, retry_invalid=True), batch) else []
-    assert {r["custom_id"].partition("@")[0] for r in again} == set(good_programs) - set(first) | {bad}
+    # --retry-invalid asks for the invalid record anew (its cached replies are the invalid ones)
+    assert write_batch_file(dataclasses.replace(cfg, retry_invalid=True), batch) == N_SEGMENTS - 2
+    # the output lost again: --limit counts requests (the cached segments on the way are written too), and
+    # --retry-invalid asks in the same run for the segment whose record from the cache would be invalid
+    cfg.out_path.unlink()
+    stats = Counter()
+    assert write_batch_file(dataclasses.replace(cfg, limit=2, retry_invalid=True), batch, stats) == 2
+    assert [r["custom_id"].partition("@")[0] for r in read_jsonl(batch)] == [broken, list(good_programs)[3]]
+    assert stats["cached_valid"] == 2 and not stats["cached_invalid"]
+    assert {r["narration_id"] for r in records(workdir)} == {fixed, fine}
+
+
+def test_a_batch_file_holds_the_output_while_it_writes(workdir, tmp_path, monkeypatch):
+    """A live run (or a second --batch-file) started on the output while --batch-file chose and wrote its requests
+    asked for the same segments (paid twice), and the cache's records then failed on the lock after the request
+    file was in place: the output is locked from the settings check to the end."""
+    import leap_cli.programs.batch as batch
+    from leap_cli.io import OutputLock
+
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    real, tried = batch._write_parts, []
+
+    def during(path, lines, *args):
+        with pytest.raises(LeapError, match="another leap process is writing this file"):
+            OutputLock(cfg.out_path).acquire().release()
+        tried.append(path)
+        return real(path, lines, *args)
+
+    monkeypatch.setattr(batch, "_write_parts", during)
+    assert write_batch_file(cfg, tmp_path / "b.jsonl") == N_SEGMENTS and tried
+    OutputLock(cfg.out_path).acquire().release()  # (released at the end)
 
 
 def test_an_ingest_of_other_settings_caches_nothing(workdir, good_programs, tmp_path):
     """A Batch result goes into the program cache only under the key it was asked with (its head is in the
     custom_id): ingested with --force under other settings (here another temperature), it was cached under the
-    ingest's key, and a live run of those settings took a reply it never asked for as its own."""
+    ingest's key, and a live run of those settings took a reply it never asked for as its own. Its record is
+    written all the same (paid), marked, and a valid result of the output's settings ingested later replaces it
+    (the output's own batch's results were dropped as already present)."""
     with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
         cfg = config(workdir, server)
         batch = tmp_path / "batch.jsonl"
@@ -521,11 +551,25 @@ def test_an_ingest_of_other_settings_caches_nothing(workdir, good_programs, tmp_
         lines = batch_results(batch, lambda i, nid: {"response": {
             "status_code": 200, "body": completion(json.dumps(good_programs[nid]))}})
         other = dataclasses.replace(cfg, temperature=0.7, force=True)
+        assert write_batch_file(other, tmp_path / "other.jsonl") == N_SEGMENTS  # (the output's settings now)
         counts = ingest_batch(other, results_file(tmp_path / "results.jsonl", lines))
-        assert counts == {"valid": N_SEGMENTS, "not_cached": N_SEGMENTS} and cache_rows(cfg) == []
-        s = generate_programs(dataclasses.replace(other, out=tmp_path / "live.jsonl"))
+        assert counts == {"valid": N_SEGMENTS, "other_settings": N_SEGMENTS} and cache_rows(cfg) == []
+        assert all(r["provenance"]["other_settings"] for r in records(workdir))
+        s = generate_programs(dataclasses.replace(other, out=tmp_path / "live.jsonl", force=False))
         assert s.cache_hits == 0 and len(server.requests) == N_SEGMENTS
-    # results named as a leap before 2026-12-05 named them (no key) are cached under the ingest's key, as before
+        # the output's own batch's results replace them, are cached, and enter the ledger
+        own = batch_results(tmp_path / "other.jsonl", lambda i, nid: {"response": {
+            "status_code": 200, "body": completion(json.dumps(good_programs[nid]), prompt_tokens=100)}})
+        own = [{**x, "id": f"own_{i}"} for i, x in enumerate(own)]
+        other = dataclasses.replace(other, force=False)
+        with ProgramStore(cfg.cache_path) as store:
+            before = store.spent(cfg.out_path)["requests"]
+        assert ingest_batch(other, results_file(tmp_path / "own.jsonl", own)) == {"valid": N_SEGMENTS}
+        assert not any(r["provenance"].get("other_settings") for r in records(workdir))
+        assert len(records(workdir)) == N_SEGMENTS and len(cache_rows(cfg)) == N_SEGMENTS
+        with ProgramStore(cfg.cache_path) as store:
+            assert store.spent(cfg.out_path)["requests"] == before + N_SEGMENTS
+    # results named as an older leap named them (no key) are cached under the ingest's key, as before
     fresh = tmp_path / "fresh"
     shutil.copytree(workdir / "kitchen", fresh / "kitchen")
     cfg = dataclasses.replace(cfg, workdir=fresh)
@@ -554,8 +598,8 @@ def test_cli_says_what_the_cache_answered_and_what_it_did_not_cache(workdir, goo
     res = CliRunner().invoke(app, base + ["--temperature", "0.5", "--force", "--ingest-batch",
                                           str(results_file(tmp_path / "r.jsonl", lines))])
     said = " ".join(res.output.split())
-    assert res.exit_code == 0 and f"ingested {N_SEGMENTS - 2} results" in said and "not_cached" not in said, said
-    assert f"note: {N_SEGMENTS - 2} of the results were asked for with other settings" in said, said
+    assert res.exit_code == 0 and f"ingested {N_SEGMENTS - 2} results" in said and "other_settings 4" not in said, said
+    assert f"note: {N_SEGMENTS - 2} of the records written were asked for with other settings" in said, said
 
 
 def test_batch_settings_are_recorded_when_the_requests_are_written(workdir, good_programs, tmp_path):

@@ -155,10 +155,12 @@ def generate_programs(
         written = [p for p in parts if p.requests]
         if cached := {k.removeprefix("cached_"): v for k, v in stats.items() if k.startswith("cached_")}:
             k = sum(cached.values())
-            say.print(escape(f"{k} segment{'s' if k != 1 else ''}' repl{'ies were' if k != 1 else 'y was'} in the "
-                             f"program cache (an earlier run or ingest): no request for {'them' if k != 1 else 'it'}; "
+            whose = "segments' replies were" if k != 1 else "segment's reply was"
+            say.print(escape(f"{k} {whose} in the program cache (an earlier run or ingest): no request for "
+                             f"{'them' if k != 1 else 'it'}; "
                              f"{'their records' if k != 1 else 'its record'} written to {cfg.out_path} ("
-                             + ", ".join(f"{s} {v}" for s, v in sorted(cached.items())) + ")"),
+                             + ", ".join(f"{s} {v}" for s, v in sorted(cached.items())) + ")"
+                             + ("; --retry-invalid asks for the invalid ones anew" if cached.get("invalid") else "")),
                       highlight=False, soft_wrap=True)
         for p in parts:
             if p.removed:
@@ -196,7 +198,7 @@ def generate_programs(
         counts = ingest(cfg, ingest_batch, failures, spent)
         kept = counts.pop("invalid_kept", 0)  # (also counted already_present)
         before = counts.pop("asked_before_the_clip_changed", 0)  # (also counted by status)
-        uncached = counts.pop("not_cached", 0)  # (also counted by status)
+        other = counts.pop("other_settings", 0)  # (also counted by status)
         n = sum(v for k, v in counts.items() if k != "repeated")
         new = sum(counts[k] for k in ("valid", "invalid", "failed"))
         console.print(escape((f"ingested {n} result{'s' if n != 1 else ''} into {cfg.out_path}: " if new else
@@ -215,12 +217,14 @@ def generate_programs(
                                  f"program{'' if one else 's'}, and the next --batch-file asks for "
                                  f"{'it' if one else 'them'} again"),
                           style="yellow", highlight=False)
-        if uncached:
-            one = uncached == 1
-            console.print(escape(f"note: {uncached} of the results {'was' if one else 'were'} asked for with other "
-                                 "settings or another prompt than this ingest's (--model, --temperature, --max-tokens, "
-                                 "the exemplars, a newer leap's prompt): not put in the program cache, where a live "
-                                 f"run of these settings would take {'it' if one else 'them'} for its own"),
+        if other:
+            one = other == 1
+            console.print(escape(f"note: {other} of the records written {'was' if one else 'were'} asked for with "
+                                 "other settings or another prompt than this ingest's (a --batch-file of other "
+                                 "--model, --temperature, --max-tokens, --response-format, --extra-body or exemplars, "
+                                 "or of an older leap): kept as records of this output all the same (their provenance "
+                                 "says other_settings), not put in the program cache; a valid result of these "
+                                 f"settings ingested later replaces {'it' if one else 'them'}"),
                           style="yellow", highlight=False)
         if kept:
             console.print(escape(f"note: {kept} of the already present {'is an invalid record' if kept == 1 else 'are invalid records'} "

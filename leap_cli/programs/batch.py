@@ -13,6 +13,7 @@ Output line (``--ingest-batch RESULTS.jsonl``, as the Batch API returns it): ``{
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -27,12 +28,11 @@ from pathlib import Path
 from typing import Iterator
 
 from leap_cli.errors import LeapError
-from leap_cli.io import AtomicFiles, JsonlAppender, refuse_folder, settings_path
+from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, refuse_folder, settings_path
 from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
                                        reply_usage)
-from leap_cli.programs.generate import (GenerateConfig, ProgramGenerator, _setup, check_output, clip_changed, clip_hash,
-                                       kept_and_redone, output_records, token_limit_finding)
-from leap_cli.programs.prompt import clip_info
+from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, check_output,
+                                       clip_changed, clip_hash, kept_and_redone, output_records, token_limit_finding)
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
 from leap_cli.programs.schema import Finding, strict_schema
@@ -164,68 +164,96 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                             path=path, fix=fix + ", or move that file away")
     cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
-    check_output(cfg, builder, inputs)
-    done, again = kept_and_redone(cfg, inputs, builder)  # (one made from a clip that has changed since: asked again)
-    records = [r for r in inputs.records if r["narration_id"] not in done]
-    if stats is not None:
-        stats.update(segments=len(inputs.records), pending=len(records))
-        stats.update(done[r["narration_id"]] for r in inputs.records
-                     if done.get(r["narration_id"]) in ("failed", "invalid"))
-    if cfg.limit is not None:
-        records = records[: cfg.limit]
-    if again.intersection(r["narration_id"] for r in records):
-        k = len(again.intersection(r["narration_id"] for r in records))
-        log.warning("%d of the requests %s for records already done whose clip has changed since (their descriptor "
-                    "record was made again, or their annotation changed): their results replace them", k,
-                    "is" if k == 1 else "are")
-    # the bodies are written from the pieces of the cache key their results are put under at the ingest (the
-    # model, prompt, schema and parameters of _BatchBackend: ProgramGenerator.request_key); the key's head is in
-    # the custom_id, so that the ingest caches a reply only under the key it was asked with
-    backend = _BatchBackend(cfg)
-    params = backend.params()
-    if backend.supports_schema:
-        fmt = {"type": "json_schema", "json_schema": {"name": "action_program", "strict": True, "schema": strict_schema()}}
-    else:
-        fmt = {"type": params["response_format"]}
-    # a segment whose reply is in the program cache already (a live run's, an earlier ingest's: the output lost,
-    # --force, another --out) is not asked for again: its record is made from that reply, as a Batch result's is
-    # (no repair round), once the requests are written; --retry-invalid's segments are asked anew, as a live run does
-    store = ProgramStore(cfg.cache_path, commit_every=0.5) if cfg.cache_path.exists() else None
+    check_output(cfg, builder, inputs)  # (under the output's lock, then taken again at once, as a live run does)
+    # the output is locked from here on: a live run or another --batch-file on it meanwhile would ask for the same
+    # segments (paid twice), and the records answered from the cache are written to it
+    lock = OutputLock(cfg.out_path).acquire()
+    out: JsonlAppender | None = None
+    store: ProgramStore | None = None
+    loop = None
     try:
-        gen = ProgramGenerator(dataclasses.replace(cfg, repair_rounds=0), inputs, backend, store, builder)
+        done, again = kept_and_redone(cfg, inputs, builder)  # (one made from a clip that changed since: asked again)
+        records = [r for r in inputs.records if r["narration_id"] not in done]
+        if stats is not None:
+            stats.update(segments=len(inputs.records), pending=len(records))
+            stats.update(done[r["narration_id"]] for r in inputs.records
+                         if done.get(r["narration_id"]) in ("failed", "invalid"))
+        # the bodies are written from the pieces of the cache key their results are put under at the ingest (the
+        # model, prompt, schema and parameters of _BatchBackend: ProgramGenerator.request_key); the key's head is
+        # in the custom_id, so that the ingest caches a reply only under the key it was asked with
+        backend = _BatchBackend(cfg)
+        params = backend.params()
+        if backend.supports_schema:
+            fmt = {"type": "json_schema", "json_schema": {"name": "action_program", "strict": True,
+                                                          "schema": strict_schema()}}
+        else:
+            fmt = {"type": params["response_format"]}
+        # a segment whose replies are in the program cache already (a live run's, an earlier ingest's: the output
+        # lost, --force, another --out) is not asked for again: its record is made from them as a live run makes
+        # it (with the repair turns that are cached; one that is not ends the record unrepaired, as a Batch result
+        # ends) and written at once. --retry-invalid asks anew for the output's invalid records, and for segments
+        # whose record from the cache would be invalid; --limit counts the requests
+        store = ProgramStore(cfg.cache_path, commit_every=0.5) if cfg.cache_path.exists() else None
+        gen = ProgramGenerator(cfg, inputs, backend, store, builder)
+        gen.cache_only = True
         if store is not None and cfg.retry_invalid:
             gen.reask = {nid for nid, r in output_records(cfg, programs=False).items() if r.get("status") == "invalid"}
-        hits: list[dict] = []
+        asked_again = 0  # requests for records whose clip changed since
 
         def request_lines() -> Iterator[bytes]:
+            nonlocal out, loop, asked_again
+            requested = 0
             for r in records:
+                if cfg.limit is not None and requested >= cfg.limit:
+                    return
+                nid = r["narration_id"]
                 prompt = builder.prompt(gen.info(r))
                 key = gen.request_key(prompt.hash)
-                if store is not None and r["narration_id"] not in gen.reask and store.get(key) is not None:
-                    hits.append(r)
-                    continue
-                # max_completion_tokens: what every current OpenAI chat model takes (GPT-5-era ones refuse max_tokens)
+                if store is not None and nid not in gen.reask and store.get(key) is not None:
+                    loop = loop or asyncio.new_event_loop()
+                    try:
+                        record = loop.run_until_complete(gen.run_one(r))
+                    except NoMoreRequests:  # (not cached after all: asked)
+                        record = None
+                    if record is not None and not (cfg.retry_invalid and record["status"] == "invalid"):
+                        if out is None:
+                            out = JsonlAppender(cfg.out_path, replace_keys={x["narration_id"] for x in records},
+                                                lock=lock)
+                        out.write(record)
+                        if stats is not None:
+                            stats[f"cached_{record['status']}"] += 1
+                        continue
+                # max_completion_tokens: what every current OpenAI chat model takes (GPT-5-era ones refuse
+                # max_tokens)
                 body = {"model": backend.model, "messages": prompt.messages,
                         "temperature": params["temperature"], "max_completion_tokens": params["max_tokens"],
-                        **({"response_format": fmt} if fmt["type"] != "none" else {}), **(params.get("extra_body") or {})}
-                yield (json.dumps({"custom_id": f"{r['narration_id']}@{clip_hash(inputs, r)}@{key[:KEY_CHARS]}",
+                        **({"response_format": fmt} if fmt["type"] != "none" else {}),
+                        **(params.get("extra_body") or {})}
+                requested += 1
+                asked_again += nid in again
+                yield (json.dumps({"custom_id": f"{nid}@{clip_hash(inputs, r)}@{key[:KEY_CHARS]}",
                                    "method": "POST", "url": BATCH_URL, "body": body}, ensure_ascii=False)
                        + "\n").encode("utf-8")
 
         written, removed = _write_parts(path, request_lines(), stream, max_requests, max_mb)
+        if asked_again:
+            log.warning("%d of the requests %s for records already done whose clip has changed since (their "
+                        "descriptor record was made again, or their annotation changed): their results replace them",
+                        asked_again, "is" if asked_again == 1 else "are")
         if parts is not None:
             parts.extend(written + removed)
-        if hits:
-            made = _records_from_cache(gen, hits)
-            with JsonlAppender(cfg.out_path, replace_keys={r["narration_id"] for r in made}) as out:
-                for record in made:
-                    out.write(record)
-            if stats is not None:
-                stats.update(f"cached_{r['status']}" for r in made)
         return sum(p.requests for p in written)
     finally:
-        if store is not None:
-            store.close()
+        try:
+            if loop is not None:
+                loop.close()
+            if store is not None:
+                store.close()
+        finally:
+            if out is not None:
+                out.close()  # (and the lock with it)
+            else:
+                lock.release()
 
 
 def _write_parts(path: Path, lines: Iterator[bytes], stream: bool, max_requests: int,
@@ -291,17 +319,6 @@ def _write_parts(path: Path, lines: Iterator[bytes], stream: bool, max_requests:
             log.warning("%s, an earlier --batch-file's input file, could not be removed (%s): do not submit it",
                         old, e.strerror or e)
     return written, removed
-
-
-def _records_from_cache(gen: ProgramGenerator, records: list[dict]) -> list[dict]:
-    """The program records of segments whose reply is in the program cache, made as a live run makes them
-    (``ProgramGenerator.run_one``; the generator's config has no repair round, as a Batch result has none)."""
-    import asyncio
-
-    async def made() -> list[dict]:
-        return [await gen.run_one(r) for r in records]
-
-    return asyncio.run(made())
 
 
 def own_std(path: Path):
@@ -390,7 +407,8 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     ``results_path``: one output file, or a list of them (the outputs of a --batch-file split into several files,
     read as one: the input is read once). Returns counts per status, and ``repeated``: lines of a request already
     read (same ``custom_id`` and ``id``, or the same line where it has no ``id``: a file given twice), left out;
-    ``failures`` gets ``(narration_id, first error)`` of each invalid or failed record written (as a live run's
+    ``other_settings``: records written from results asked for with other settings than ``cfg``'s (also counted by
+    status); ``failures`` gets ``(narration_id, first error)`` of each invalid or failed record written (as a live run's
     summary); ``spent`` the ``requests`` and ``cost`` (USD, at the Batch price) this ingest added to the ledger,
     and the ledger's ``total`` for the output."""
     cfg = _openai(cfg)
@@ -418,7 +436,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     check_output(cfg, builder, inputs, exists=cfg.out_path.exists() or settings_path(cfg.out_path).exists())
     by_id = {r["narration_id"]: r for r in inputs.records}
     for line, (path, i) in zip(lines, where):  # all checked before a record is written
-        # NARRATION_ID@CLIP_HASH@KEY (a batch file of a leap before 2026-12-05: NARRATION_ID@CLIP_HASH; before
+        # NARRATION_ID@CLIP_HASH@KEY (an older leap's batch file: NARRATION_ID@CLIP_HASH; before
         # 2026-12-03: the narration id alone)
         nid, _, rest = line["custom_id"].partition("@")
         line["clip_hash"], _, line["request_key"] = rest.partition("@")
@@ -447,7 +465,10 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     changed = clip_changed(inputs, builder)
     replaced = ({nid for nid, r in old.items() if r.get("status") == "failed" or changed(r)}
                 | (invalid if cfg.retry_invalid else set()))
-    stays = old.keys() - replaced - invalid  # valid records no result replaces: their results are not validated
+    # records of results asked for with other settings than the output's (the custom_id's key head said so): a
+    # valid result of these settings replaces them
+    other = {nid for nid, r in old.items() if _dict(r.get("provenance")).get("other_settings")}
+    stays = old.keys() - replaced - invalid - other  # valid records no result replaces: their results are not validated
 
     def result(line: dict) -> dict:
         """The program record of one result line (validated, no repair round); for a record that stays, only
@@ -459,16 +480,19 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
         if nid in stays:
             return {"narration_id": nid, "status": "valid", "stays": True, "provenance": {"clip_hash": clip}}
         info = gen.info(by_id[nid])
+        prompt = builder.prompt(info)
         resp = _dict(line.get("response"))
         body = _dict(resp.get("body"))
         usage = reply_usage(body)  # (cached tokens left out: the Batch price is half the live one as it is)
         prov = {"backend": "openai-batch", "model": cfg.model,
-                "prompt_hash": builder.prompt(info).hash[:16], "clip_hash": clip, "attempts": 1,
+                "prompt_hash": prompt.hash[:16], "clip_hash": clip, "attempts": 1,
                 "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]},
                 "seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": 1,
                 "cached": False, "batch_request_id": line.get("id")}
         if body.get("model") and body["model"] != cfg.model:  # (as a live record: the name asked for, and this)
             prov["served_model"] = str(body["model"])
+        if line["request_key"] and line["request_key"] != gen.request_key(prompt.hash)[:KEY_CHARS]:
+            prov["other_settings"] = True  # (asked with other settings or another prompt than this ingest's)
         program, findings = None, []
         code = _status_code(resp)
         problem = reply_problem(body) if code == 200 and not line.get("error") else None
@@ -508,6 +532,8 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     # an invalid record of a Batch request is replaced also, without --retry-invalid, by a valid reply of another
     # request (a --batch-file --retry-invalid batch's, paid to replace it: it was left out, and out of the ledger,
     # until the ingest was run again with --retry-invalid)
+    replaced |= {r["narration_id"] for r in results if r["narration_id"] in other and r["status"] == "valid"
+                 and not r["provenance"].get("other_settings")}
     replaced |= {r["narration_id"] for r in results if r["narration_id"] in invalid and r["status"] == "valid"
                  and _attempt(r)[0] is not None and _attempt(old[r["narration_id"]])[0] not in (None, _attempt(r)[0])}
     current = {nid: clip_hash(inputs, by_id[nid]) for nid in {r["narration_id"] for r in results}}
@@ -563,8 +589,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                 i, valid = pick
                 key = gen.request_key(builder.prompt(gen.info(by_id[nid])).hash)
                 if lines[i]["request_key"] and lines[i]["request_key"] != key[:KEY_CHARS]:
-                    counts["not_cached"] += 1  # (asked with other settings or another prompt than this ingest's)
-                    continue
+                    continue  # (asked with other settings or another prompt than this ingest's: not its key)
                 body = _reply(lines[i])
                 text = redact(reply_text(body))
                 have = store.get(key)
@@ -597,6 +622,8 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                 if written:
                     written_ids.add(nid)
                     spend(record)
+                    if record["provenance"].get("other_settings"):
+                        counts["other_settings"] += 1
                     if status != "valid" and failures is not None:
                         failures.append((nid, record["errors"][0]["message"] if record["errors"] else status))
                     if record["provenance"]["clip_hash"] != current[nid]:

@@ -424,6 +424,10 @@ class ProgramGenerator:
         # row and a call-log row each (~3.4 kB a record, more than the programs file)
         self._cache = backend.name != "offline"
         self.reask: set[str] = set()  # segments whose replies are asked for again, not read from the cache
+        # answer from the cache only (--batch-file): a first turn that is not cached raises NoMoreRequests (the
+        # segment is a request of the batch); a repair turn that is not cached ends the record unrepaired, as a
+        # Batch result ends
+        self.cache_only = False
         self.summary_requests = 0
         self.summary_hits = 0
         self.may_send: Callable[[], bool] | None = None  # asked before each request goes out (_generate's disk check)
@@ -486,6 +490,11 @@ class ProgramGenerator:
                 text, usage, served, cut = hit
                 self.summary_hits += 1
                 latency, attempts = 0.0, 0
+            elif self.cache_only:
+                if rnd == 0:
+                    raise NoMoreRequests
+                prov["rounds"] = rnd
+                break
             else:
                 prov["cached"] = False
                 try:
