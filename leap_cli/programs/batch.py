@@ -218,7 +218,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                     if record is not None and not (cfg.retry_invalid and record["status"] == "invalid"):
                         if out is None:
                             out = JsonlAppender(cfg.out_path, replace_keys={x["narration_id"] for x in records},
-                                                lock=lock)
+                                                sync_every=1.0, lock=lock)  # (as a live run's: not an fsync each)
                         out.write(record)
                         if stats is not None:
                             stats[f"cached_{record['status']}"] += 1
