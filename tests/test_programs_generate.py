@@ -326,6 +326,51 @@ def test_an_output_that_is_done_needs_no_key(workdir, good_programs, monkeypatch
         assert len(server.requests) == N_SEGMENTS
 
 
+def test_a_missing_key_touches_no_file(workdir, tmp_path, monkeypatch):
+    """A run that stops on a missing key wrote the output's settings first (and the cache, the lock, an empty
+    output): after a --batch-file of another model, the keyless run's default model was recorded, and the batch's
+    results were then refused at the ingest or kept as of other settings."""
+    monkeypatch.delenv("LEAP_TEST_KEY")
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-batch")
+    assert write_batch_file(cfg, tmp_path / "b.jsonl") == N_SEGMENTS
+    before = {p.name: p.read_bytes() for p in (workdir / "programs").iterdir()}
+    live = dataclasses.replace(cfg, backend="openai", model="gpt-other", api_key_env="LEAP_TEST_KEY",
+                               base_url="http://127.0.0.1:9")
+    with pytest.raises(LeapError, match="no API key"):
+        generate_programs(live)
+    assert {p.name: p.read_bytes() for p in (workdir / "programs").iterdir()} == before
+
+
+def test_an_output_that_is_only_its_settings_is_protected(workdir, good_programs, tmp_path):
+    """--batch-file leaves the output as its settings file until the ingest: a second --batch-file (or a live run)
+    of other settings replaced them without a word, and the first batch's results were then of other settings.
+    Given both batches' results at once, the output's own win in either order; a paid result from which no
+    record is made is in the ledger all the same."""
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    old = tmp_path / "old.jsonl"
+    assert write_batch_file(dataclasses.replace(cfg, temperature=0.5), old) == N_SEGMENTS
+    with pytest.raises(LeapError, match="other settings.*--temperature"):
+        write_batch_file(cfg, tmp_path / "new.jsonl")
+    assert write_batch_file(dataclasses.replace(cfg, force=True), tmp_path / "new.jsonl") == N_SEGMENTS
+
+    def results(batch, tag):
+        return [{**x, "id": f"{tag}_{i}"} for i, x in enumerate(batch_results(batch, lambda i, nid: {"response": {
+            "status_code": 200, "body": completion(json.dumps(good_programs[nid]), prompt_tokens=100)}}))]
+
+    both = results(old, "old") + results(tmp_path / "new.jsonl", "new")
+    counts = ingest_batch(cfg, results_file(tmp_path / "r.jsonl", both))
+    assert counts == {"valid": N_SEGMENTS, "superseded": N_SEGMENTS}, counts
+    assert not any(r["provenance"].get("other_settings") for r in records(workdir))
+    assert len(cache_rows(cfg)) == N_SEGMENTS
+    with ProgramStore(cfg.cache_path) as store:
+        assert store.spent(cfg.out_path)["requests"] == 2 * N_SEGMENTS
+    # the same segments' results of a batch submitted twice: no record made, paid all the same (once)
+    again = results_file(tmp_path / "again.jsonl", results(tmp_path / "new.jsonl", "twice"))
+    assert ingest_batch(cfg, again) == ingest_batch(cfg, again) == {"already_present": N_SEGMENTS}
+    with ProgramStore(cfg.cache_path) as store:
+        assert store.spent(cfg.out_path)["requests"] == 3 * N_SEGMENTS
+
+
 def test_batch_file_and_ingest(workdir, good_programs, tmp_path):
     cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
     batch = tmp_path / "batch.jsonl"
@@ -467,6 +512,7 @@ def test_ingested_batch_replies_are_cached_as_a_live_run_caches_them(workdir, go
             "status_code": 200, "body": completion(json.dumps(good_programs[nid]))}}))
         counts = ingest_batch(cfg, valid)
         assert counts["valid"] == N_SEGMENTS and counts["asked_before_the_clip_changed"] == 1
+        assert not counts["other_settings"]  # (its prompt changed with its clip, not with the settings)
         assert len(cache_rows(cfg)) == N_SEGMENTS - 1
         for path in cfg.cache_path.parent.glob("cache.sqlite*"):  # (a cache lost, or a leap's before this)
             path.unlink()

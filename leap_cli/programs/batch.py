@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from leap_cli.errors import LeapError
-from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, refuse_folder, settings_path
+from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, refuse_folder
 from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
                                        reply_usage)
 from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, check_output,
@@ -191,13 +191,12 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         # a segment whose replies are in the program cache already (a live run's, an earlier ingest's: the output
         # lost, --force, another --out) is not asked for again: its record is made from them as a live run makes
         # it (with the repair turns that are cached; one that is not ends the record unrepaired, as a Batch result
-        # ends) and written at once. --retry-invalid asks anew for the output's invalid records, and for segments
-        # whose record from the cache would be invalid; --limit counts the requests
+        # ends) and written at once. With --retry-invalid a segment whose record from the cache would be invalid
+        # is asked anew (the output's invalid records among them); one whose cache holds a valid reply now (an
+        # ingest of a --retry-invalid batch put it there) is answered from it. --limit counts the requests
         store = ProgramStore(cfg.cache_path, commit_every=0.5) if cfg.cache_path.exists() else None
         gen = ProgramGenerator(cfg, inputs, backend, store, builder)
         gen.cache_only = True
-        if store is not None and cfg.retry_invalid:
-            gen.reask = {nid for nid, r in output_records(cfg, programs=False).items() if r.get("status") == "invalid"}
         asked_again = 0  # requests for records whose clip changed since
 
         def request_lines() -> Iterator[bytes]:
@@ -209,7 +208,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                 nid = r["narration_id"]
                 prompt = builder.prompt(gen.info(r))
                 key = gen.request_key(prompt.hash)
-                if store is not None and nid not in gen.reask and store.get(key) is not None:
+                if store is not None and store.get(key) is not None:
                     loop = loop or asyncio.new_event_loop()
                     try:
                         record = loop.run_until_complete(gen.run_one(r))
@@ -433,13 +432,17 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
         ids_in.setdefault(path, set()).add(line["custom_id"].partition("@")[0])
     inputs, _, builder = _setup(cfg)
     # compared with the settings --batch-file recorded, also before the programs file exists
-    check_output(cfg, builder, inputs, exists=cfg.out_path.exists() or settings_path(cfg.out_path).exists())
+    check_output(cfg, builder, inputs)
     by_id = {r["narration_id"]: r for r in inputs.records}
     for line, (path, i) in zip(lines, where):  # all checked before a record is written
         # NARRATION_ID@CLIP_HASH@KEY (an older leap's batch file: NARRATION_ID@CLIP_HASH; before
         # 2026-12-03: the narration id alone)
         nid, _, rest = line["custom_id"].partition("@")
         line["clip_hash"], _, line["request_key"] = rest.partition("@")
+        if "@" in line["request_key"]:
+            raise LeapError(f"custom_id {line['custom_id']!r} is not one leap wrote (NARRATION_ID@CLIP_HASH@KEY; "
+                            "nothing was ingested)", path=path, record=f"line {i}",
+                            fix="ingest the output of a batch written by leap generate-programs --batch-file")
         if nid in inputs.stale:  # (the CSV changed while the batch ran: extract first, then these are read)
             raise LeapError(f"custom_id {line['custom_id']!r}: its descriptor record was made from other annotations "
                             f"than the split CSV holds now ({inputs.stale[nid]} differs; nothing was ingested)",
@@ -455,7 +458,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
         if nid not in by_id:
             raise LeapError(f"custom_id {line['custom_id']!r} is not a segment of the input (nothing was ingested)",
                             path=path, record=f"line {i}",
-                            fix="ingest with the same --split/--descriptors as the batch file")
+                            fix="ingest with the same --split, --descriptors and --shard as the batch file")
         line["custom_id"] = nid
     gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg), None, builder)
     counts: Counter = Counter(repeated=repeated) if repeated else Counter()
@@ -474,25 +477,29 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
         """The program record of one result line (validated, no repair round); for a record that stays, only
         what picks among a segment's results (an ingest run again over 67k results took 34 s and 1.9 GB)."""
         nid = line["custom_id"]
-        clip = clip_hash(inputs, by_id[nid])
+        clip = current_clip = clip_hash(inputs, by_id[nid])
         if line["clip_hash"] and line["clip_hash"] != clip:  # asked for before the clip changed: kept as that clip's
             clip = line["clip_hash"]  # program, which the next --batch-file or run asks for again
-        if nid in stays:
-            return {"narration_id": nid, "status": "valid", "stays": True, "provenance": {"clip_hash": clip}}
-        info = gen.info(by_id[nid])
-        prompt = builder.prompt(info)
         resp = _dict(line.get("response"))
         body = _dict(resp.get("body"))
         usage = reply_usage(body)  # (cached tokens left out: the Batch price is half the live one as it is)
+        usage = {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]}
+        if nid in stays:  # (its request is paid all the same: in the ledger once, by its id)
+            return {"narration_id": nid, "status": "valid", "stays": True,
+                    "provenance": {"clip_hash": clip, "usage": usage, "batch_request_id": line.get("id")}}
+        info = gen.info(by_id[nid])
+        prompt = builder.prompt(info)
         prov = {"backend": "openai-batch", "model": cfg.model,
                 "prompt_hash": prompt.hash[:16], "clip_hash": clip, "attempts": 1,
-                "usage": {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]},
+                "usage": usage,
                 "seconds": 0.0, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": 1,
                 "cached": False, "batch_request_id": line.get("id")}
         if body.get("model") and body["model"] != cfg.model:  # (as a live record: the name asked for, and this)
             prov["served_model"] = str(body["model"])
-        if line["request_key"] and line["request_key"] != gen.request_key(prompt.hash)[:KEY_CHARS]:
-            prov["other_settings"] = True  # (asked with other settings or another prompt than this ingest's)
+        if (line["request_key"] and clip == current_clip
+                and line["request_key"] != gen.request_key(prompt.hash)[:KEY_CHARS]):
+            prov["other_settings"] = True  # (asked with other settings or another prompt than this ingest's; one
+            # asked before its clip changed has another prompt, and is said as such)
         program, findings = None, []
         code = _status_code(resp)
         problem = reply_problem(body) if code == 200 and not line.get("error") else None
@@ -526,8 +533,9 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     # invalid before failed, the first of equals (an invalid result before a valid one kept the invalid) but the
     # last of failures (the retry's newer error, not the expired one's); a result of the clip as it is now before
     # one asked for before it changed (two batches' outputs in one file, or in several files given at once); of
-    # failures, a request that ran before one the Batch API never ran (expired, cancelled: the outputs of an
-    # expired batch and of its retry, given in either order)
+    # equals, one asked with these settings before one of other settings (an earlier --batch-file's, given with
+    # this one's); of failures, a request that ran before one the Batch API never ran (expired, cancelled: the
+    # outputs of an expired batch and of its retry, given in either order)
     results = [result(line) for line in lines]
     # an invalid record of a Batch request is replaced also, without --retry-invalid, by a valid reply of another
     # request (a --batch-file --retry-invalid batch's, paid to replace it: it was left out, and out of the ledger,
@@ -539,10 +547,10 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     current = {nid: clip_hash(inputs, by_id[nid]) for nid in {r["narration_id"] for r in results}}
     order = {"valid": 0, "invalid": 1, "failed": 2}
 
-    def rank(i: int) -> tuple[bool, int, bool]:
+    def rank(i: int) -> tuple[bool, int, bool, bool]:
         r, error = results[i], lines[i].get("error")
         return (r["provenance"]["clip_hash"] != current[r["narration_id"]], order[r["status"]],
-                isinstance(error, dict) and error.get("code") in NOT_RUN)
+                bool(r["provenance"].get("other_settings")), isinstance(error, dict) and error.get("code") in NOT_RUN)
 
     chosen: dict[str, int] = {}
     for i, r in enumerate(results):
@@ -633,6 +641,11 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                     counts["superseded"] += 1
                     if record["narration_id"] in written_ids:
                         spend(record)
+                # a result with its request id is paid whether or not a record is made from it (left out for a
+                # better record: an invalid one over a valid record of other settings, a valid one over an invalid
+                # record of a live run); the ledger counts each request id once, across ingests
+                if _attempt(record)[0] is not None:
+                    spend(record)
         finally:  # (an error part way: the records written are kept, and so is what they cost)
             added = store.add_batch_spend(cfg.out_path, spends)
         if spent is not None:

@@ -231,7 +231,7 @@ def kept_and_redone(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder)
     changed = clip_changed(inputs, builder)
     kept: dict[str, str] = {}
     reclipped: set[str] = set()
-    for nid, r in output_records(cfg).items():
+    for nid, r in output_records(cfg, programs=False).items():
         if changed(r):
             reclipped.add(nid)
         elif not cfg.redo(r):
@@ -757,6 +757,10 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
                     "reads it: move both back, or ingest its Batch results again, to use them)", out.name,
                     "programs" if paid < 0 else f"{paid} program{'' if paid == 1 else 's'}", aside)
 
+    if exists is None:  # (an output that is only its settings file, written by --batch-file: its batch may be
+        # running, and its results are the output's; a run of other settings would leave them none)
+        out = cfg.out_path
+        exists = out.exists() and out.stat().st_size > 0 or settings_path(out).exists()
     return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
                           exists=exists, adopt=("descriptors",), grow=("params.max_tokens",), explain=explain,
                           remove=set_aside, names={**SETTINGS_NAMES, **(
@@ -806,15 +810,18 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                     on_waiting: Callable[[str | None], None] | None = None) -> GenerateSummary:
     inputs, exemplars, builder = _setup(cfg)
     # the backend first: an unknown --backend or a missing API key must not cost an output that --force would
-    # start over. Without --force a missing key is said once a segment is found pending: an output that is done
-    # needs none (a pipeline run again where the key is not set, e.g. on a GPU node, stopped at this stage)
-    no_key: NoApiKey | None = None
+    # start over, nor touch a file. Without --force a missing key is said only where a segment is pending (read
+    # as a run would find it): an output that is done needs none (a pipeline run again where the key is not set,
+    # e.g. on a GPU node, stopped at this stage)
     try:
         backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
-    except NoApiKey as e:
+    except NoApiKey:
         if cfg.force:
             raise
-        no_key, backend = e, _Keyless(cfg.backend, cfg.model)
+        kept = kept_and_redone(cfg, inputs, builder)[0]
+        if [r for r in inputs.records if r["narration_id"] not in kept][: cfg.limit]:
+            raise
+        backend = _Keyless(cfg.backend, cfg.model)
     # (and a cache that cannot be opened); the offline generator's programs are neither cached nor paid for
     store = None if backend.name == "offline" else ProgramStore(cfg.cache_path, commit_every=0.5, background=True)
     try:
@@ -881,8 +888,6 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         pending = [r for r in pending if not (r["narration_id"] in seen or seen.add(r["narration_id"]))]
         if cfg.limit is not None:
             pending = pending[: cfg.limit]
-        if no_key is not None and pending:
-            raise no_key
         summary.total = len(pending)
         # the inputs live until the end: out of the collector's sight, a full collection does not walk them
         # again and again (~0.1 s per pass with 60k objects, all at once, while 32 replies wait)
