@@ -561,6 +561,12 @@ def test_a_batch_file_asks_nothing_whose_reply_is_in_the_cache(workdir, good_pro
     assert [r["custom_id"].partition("@")[0] for r in read_jsonl(batch)] == [broken, list(good_programs)[3]]
     assert stats["cached_valid"] == 2 and not stats["cached_invalid"]
     assert {r["narration_id"] for r in records(workdir)} == {fixed, fine}
+    # a refusal after records were made from the cache says they are kept
+    (tmp_path / "split-1-of-3.jsonl").write_text("not a batch file\n")
+    with pytest.raises(LeapError, match=r"holds something else than Batch requests: nothing was written \(1 record "
+                                        r"made from the program cache before that is kept in"):
+        write_batch_file(cfg, tmp_path / "split.jsonl", max_requests=1)
+    assert {r["narration_id"] for r in records(workdir)} == {fixed, fine, broken}
 
 
 def test_a_batch_file_holds_the_output_while_it_writes(workdir, tmp_path, monkeypatch):

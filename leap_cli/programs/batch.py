@@ -198,9 +198,10 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         gen = ProgramGenerator(cfg, inputs, backend, store, builder)
         gen.cache_only = True
         asked_again = 0  # requests for records whose clip changed since
+        made = 0  # records made from the cache
 
         def request_lines() -> Iterator[bytes]:
-            nonlocal out, loop, asked_again
+            nonlocal out, loop, asked_again, made
             requested = 0
             for r in records:
                 if cfg.limit is not None and requested >= cfg.limit:
@@ -219,6 +220,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                             out = JsonlAppender(cfg.out_path, replace_keys={x["narration_id"] for x in records},
                                                 sync_every=1.0, lock=lock)  # (as a live run's: not an fsync each)
                         out.write(record)
+                        made += 1
                         if stats is not None:
                             stats[f"cached_{record['status']}"] += 1
                         continue
@@ -234,7 +236,14 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                                    "method": "POST", "url": BATCH_URL, "body": body}, ensure_ascii=False)
                        + "\n").encode("utf-8")
 
-        written, removed = _write_parts(path, request_lines(), stream, max_requests, max_mb)
+        try:
+            written, removed = _write_parts(path, request_lines(), stream, max_requests, max_mb)
+        except LeapError as e:  # (a stream's reader gone, a name taken): the records made are kept, and said
+            if not made:
+                raise
+            raise LeapError(f"{e.message} ({made} record{'s' if made != 1 else ''} made from the program cache "
+                            f"before that {'are' if made != 1 else 'is'} kept in {cfg.out_path})", path=e.path,
+                            record=e.record, fix=e.fix) from None
         if asked_again:
             log.warning("%d of the requests %s for records already done whose clip has changed since (their "
                         "descriptor record was made again, or their annotation changed): their results replace them",
