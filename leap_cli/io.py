@@ -573,7 +573,7 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
                    remove: Callable[[], None] | None = None, option: str = "--force", split: str | None = None,
                    elsewhere: str = "--out", adopt: tuple[str, ...] = (), grow: tuple[str, ...] = (),
                    names: dict[str, str] | None = None,
-                   explain: Callable[[set[str]], str | None] | None = None) -> bool:
+                   explain: Callable[[set[str]], str | None] | None = None, held: str | None = None) -> bool:
     """Refuse to resume ``output`` under settings that differ from those it was started with.
 
     ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
@@ -590,8 +590,9 @@ empty: a run that failed before its first record leaves nothing its successor wo
     ``adopt``: keys a sidecar written before they were kept lacks; it takes this run's values instead of
     refusing. ``grow``: (dotted) keys a resume may raise, not lower, such as a limit that changes no record already
     written (the sidecar then keeps the higher value). ``explain``: given the (top-level) keys that differ, the
-    refusal's fix where the caller knows a better one than the generic (None: the generic). Returns whether the
-    output was started over.
+    refusal's fix where the caller knows a better one than the generic (None: the generic). ``held``: why the
+    settings are held, where not because records would mix (an ``exists`` output that holds none yet). Returns
+    whether the output was started over.
     """
     output = Path(output)
     refuse_folder(output)
@@ -627,13 +628,13 @@ empty: a run that failed before its first record leaves nothing its successor wo
     with OutputLock(output):
         return _check_settings(output, settings, force=force, exists=exists, remove=remove, option=option,
                                split=split, elsewhere=elsewhere, adopt=adopt, grow=grow, names=names or {},
-                               explain=explain)
+                               explain=explain, held=held)
 
 
 def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool | None,
                     remove: Callable[[], None] | None, option: str, split: str | None, elsewhere: str,
                     adopt: tuple[str, ...] = (), grow: tuple[str, ...] = (), names: dict | None = None,
-                    explain: Callable[[set[str]], str | None] | None = None) -> bool:
+                    explain: Callable[[set[str]], str | None] | None = None, held: str | None = None) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = (output.exists() and output.stat().st_size > 0) if exists is None else exists
@@ -662,7 +663,8 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
                 shown = ", ".join(named[:6])
                 more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
                 keys = {d.partition(": ")[0].split(".")[0] for d in differ}
-                raise LeapError(f"was started with other settings ({shown}{more}); resuming would mix records",
+                raise LeapError(f"was started with other settings ({shown}{more}); "
+                                f"{held or 'resuming would mix records'}",
                                 path=output if output.exists() else sidecar, record="settings",
                                 fix=(explain and explain(keys)) or
                                 f"use the old settings, another {elsewhere}, or {option} to start over")

@@ -621,6 +621,10 @@ def test_an_ingest_of_other_settings_caches_nothing(workdir, good_programs, tmp_
         assert len(records(workdir)) == N_SEGMENTS and len(cache_rows(cfg)) == N_SEGMENTS
         with ProgramStore(cfg.cache_path) as store:
             assert store.spent(cfg.out_path)["requests"] == before + N_SEGMENTS
+    # a custom_id leap did not write is refused, nothing ingested
+    bad = [{**lines[0], "custom_id": lines[0]["custom_id"] + "@more"}]
+    with pytest.raises(LeapError, match=r"\[line 1\]: custom_id '.*@more' is not one leap wrote"):
+        ingest_batch(other, results_file(tmp_path / "bad.jsonl", bad))
     # results named as an older leap named them (no key) are cached under the ingest's key, as before
     fresh = tmp_path / "fresh"
     shutil.copytree(workdir / "kitchen", fresh / "kitchen")
@@ -629,6 +633,33 @@ def test_an_ingest_of_other_settings_caches_nothing(workdir, good_programs, tmp_
     old = [{**x, "custom_id": x["custom_id"].rpartition("@")[0]} for x in lines]
     assert ingest_batch(cfg, results_file(tmp_path / "old.jsonl", old)) == {"valid": N_SEGMENTS}
     assert len(cache_rows(cfg)) == N_SEGMENTS
+
+
+def test_an_ingest_at_a_raised_token_limit_is_of_these_settings(workdir, good_programs, tmp_path):
+    """--max-tokens may be raised on a resume (a reply not cut at the old limit is the one the higher limit gives):
+    results of requests written at the lower limit, ingested at the higher, are of the output's settings, cached
+    under the higher limit's key (they were all marked of other settings, and none cached)."""
+    low = GenerateConfig(workdir=workdir, split="val", model="gpt-test", max_tokens=1000)
+    assert write_batch_file(low, tmp_path / "b.jsonl") == N_SEGMENTS
+    lines = batch_results(tmp_path / "b.jsonl", lambda i, nid: {"response": {
+        "status_code": 200, "body": completion(json.dumps(good_programs[nid]))}})
+    high = dataclasses.replace(low, max_tokens=2000)
+    assert ingest_batch(high, results_file(tmp_path / "r.jsonl", lines)) == {"valid": N_SEGMENTS}
+    assert len(cache_rows(high)) == N_SEGMENTS
+
+
+def test_a_batch_file_ends_a_record_whose_repair_turn_is_not_cached(workdir, good_programs, tmp_path):
+    """A cached first reply that is invalid, whose repair turn was never asked (a live run without repair rounds):
+    the record made from the cache is invalid, unrepaired, as a Batch result is; nothing is asked for it."""
+    first = list(good_programs)[0]
+    with ScriptedServer(lambda body, n: Reply("not json")) as server:
+        generate_programs(config(workdir, server, limit=1, repair_rounds=0))
+        cfg = config(workdir, server, repair_rounds=1, out=tmp_path / "other.jsonl")
+    stats = Counter()
+    assert write_batch_file(cfg, tmp_path / "b.jsonl", stats) == N_SEGMENTS - 1
+    (record,) = read_jsonl(cfg.out_path)
+    assert record["narration_id"] == first and record["status"] == "invalid" and stats["cached_invalid"] == 1
+    assert record["provenance"]["rounds"] == 1 and record["provenance"]["cached"]
 
 
 def test_cli_says_what_the_cache_answered_and_what_it_did_not_cache(workdir, good_programs, tmp_path):

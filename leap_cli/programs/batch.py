@@ -126,10 +126,14 @@ def _earlier_parts(path: Path, written: list[Path]) -> list[Path]:
 def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *, parts: list | None = None,
                      max_requests: int = BATCH_MAX_REQUESTS, max_mb: float = BATCH_MAX_MB) -> int:
     """Write one Batch request per pending segment (those not yet in the programs file, and those
-    ``cfg.redo`` names: --retry-errors, --retry-invalid). Returns the count; ``stats`` gets the input's
-    ``segments``, those ``pending`` (before --limit), and the ``failed`` and ``invalid`` records kept as done.
+    ``cfg.redo`` names: --retry-errors, --retry-invalid), at most ``cfg.limit``, but none for a segment whose
+    replies are in the program cache: its record is made from them (``ProgramGenerator.cache_only``) and written
+    to the programs file at once (with --retry-invalid one that would be invalid is asked for instead). Returns
+    the count of requests; ``stats`` gets the input's ``segments``, those ``pending`` (before --limit), the
+    ``failed`` and ``invalid`` records kept as done, and ``cached_STATUS`` per record made from the cache.
     The programs file's settings are checked and recorded now (``check_output``), so that the ingest, and any
-    live run on the same file, must use the settings the requests were written with.
+    live run on the same file, must use the settings the requests were written with; the file is locked from
+    then to the end.
 
     Requests beyond one file's limits (``max_requests``, ``max_mb`` in 10^6 bytes: the Batch API's) go into
     several files, ``STEM-1-of-N.SUFFIX`` ...; ``parts`` gets a ``BatchPart`` per file written, then one per file
@@ -173,7 +177,9 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
     loop = None
     try:
         done, again = kept_and_redone(cfg, inputs, builder)  # (one made from a clip that changed since: asked again)
-        records = [r for r in inputs.records if r["narration_id"] not in done]
+        seen: set[str] = set()  # (an id twice in the input is asked for once, as a live run does)
+        records = [r for r in inputs.records if r["narration_id"] not in done
+                   and not (r["narration_id"] in seen or seen.add(r["narration_id"]))]
         if stats is not None:
             stats.update(segments=len(inputs.records), pending=len(records))
             stats.update(done[r["narration_id"]] for r in inputs.records
@@ -219,10 +225,10 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                         if out is None:
                             out = JsonlAppender(cfg.out_path, replace_keys={x["narration_id"] for x in records},
                                                 sync_every=1.0, lock=lock)  # (as a live run's: not an fsync each)
-                        out.write(record)
-                        made += 1
-                        if stats is not None:
-                            stats[f"cached_{record['status']}"] += 1
+                        if out.write(record):
+                            made += 1
+                            if stats is not None:
+                                stats[f"cached_{record['status']}"] += 1
                         continue
                 # max_completion_tokens: what every current OpenAI chat model takes (GPT-5-era ones refuse
                 # max_tokens)
@@ -232,7 +238,8 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                         **(params.get("extra_body") or {})}
                 requested += 1
                 asked_again += nid in again
-                yield (json.dumps({"custom_id": f"{nid}@{clip_hash(inputs, r)}@{key[:KEY_CHARS]}",
+                head = gen.request_key(prompt.hash, token_limit=False)[:KEY_CHARS]
+                yield (json.dumps({"custom_id": f"{nid}@{clip_hash(inputs, r)}@{head}",
                                    "method": "POST", "url": BATCH_URL, "body": body}, ensure_ascii=False)
                        + "\n").encode("utf-8")
 
@@ -253,15 +260,22 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         return sum(p.requests for p in written)
     finally:
         try:
-            if loop is not None:
+            if loop is not None:  # (a task Ctrl-C left between its steps is cancelled, not destroyed pending)
+                with contextlib.suppress(BaseException):
+                    tasks = asyncio.all_tasks(loop)
+                    for t in tasks:
+                        t.cancel()
+                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
                 loop.close()
-            if store is not None:
-                store.close()
         finally:
-            if out is not None:
-                out.close()  # (and the lock with it)
-            else:
-                lock.release()
+            try:
+                if store is not None:
+                    store.close()
+            finally:
+                if out is not None:
+                    out.close()  # (and the lock with it)
+                else:
+                    lock.release()
 
 
 def _write_parts(path: Path, lines: Iterator[bytes], stream: bool, max_requests: int,
@@ -506,7 +520,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
         if body.get("model") and body["model"] != cfg.model:  # (as a live record: the name asked for, and this)
             prov["served_model"] = str(body["model"])
         if (line["request_key"] and clip == current_clip
-                and line["request_key"] != gen.request_key(prompt.hash)[:KEY_CHARS]):
+                and line["request_key"] != gen.request_key(prompt.hash, token_limit=False)[:KEY_CHARS]):
             prov["other_settings"] = True  # (asked with other settings or another prompt than this ingest's; one
             # asked before its clip changed has another prompt, and is said as such)
         program, findings = None, []
@@ -550,7 +564,8 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     # request (a --batch-file --retry-invalid batch's, paid to replace it: it was left out, and out of the ledger,
     # until the ingest was run again with --retry-invalid)
     replaced |= {r["narration_id"] for r in results if r["narration_id"] in other and r["status"] == "valid"
-                 and not r["provenance"].get("other_settings")}
+                 and not r["provenance"].get("other_settings")
+                 and r["provenance"]["clip_hash"] == clip_hash(inputs, by_id[r["narration_id"]])}
     replaced |= {r["narration_id"] for r in results if r["narration_id"] in invalid and r["status"] == "valid"
                  and _attempt(r)[0] is not None and _attempt(old[r["narration_id"]])[0] not in (None, _attempt(r)[0])}
     current = {nid: clip_hash(inputs, by_id[nid]) for nid in {r["narration_id"] for r in results}}
@@ -570,23 +585,24 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     for i, r in enumerate(results):
         of_segment.setdefault(r["narration_id"], []).append(i)
 
-    def to_cache(nid: str) -> tuple[int, bool] | None:
+    def to_cache(nid: str, head: str) -> tuple[int, bool] | None:
         """The result of a segment whose reply goes into the program cache, and whether it is known valid: the one
         its record is made from (``chosen``; of a record that stays, which is not validated again, the result of
-        its own request, else the first reply), where it holds a reply (not a failure, nor an expired or cancelled
-        request: a live run caches none) and was asked for from the clip as it is now (its prompt is the one built
-        here; a custom_id without the clip hash does not say). Not a reply cut at the token limit: the limit it was
-        asked with is not known here (--max-tokens may have been raised since the requests were written; cached
-        under the higher limit's key, a live run said to raise it again)."""
+        its own request), else the first other reply. Only a result that holds a reply (not a failure, nor an
+        expired or cancelled request: a live run caches none), asked for from the clip as it is now (its prompt is
+        the one built here; a custom_id without the clip hash does not say) and with these settings (``head``,
+        the custom_id's key head; one without it does not say). Not a reply cut at the token limit: the limit it
+        was asked with is not known here (--max-tokens may have been raised since the requests were written;
+        cached under the higher limit's key, a live run said to raise it again)."""
+        def fits(i: int) -> bool:
+            return (lines[i]["clip_hash"] == current[nid] and lines[i]["request_key"] in ("", head)
+                    and (body := _reply(lines[i])) is not None and not reply_cut(body))
+
+        replies = [i for i in of_segment[nid] if fits(i)]
         if nid not in stays:
             i = chosen[nid]
-            if (results[i]["status"] == "failed" or lines[i]["clip_hash"] != current[nid]
-                    or reply_cut(_reply(lines[i]) or {})):
-                return None
-            return i, results[i]["status"] == "valid"
+            return (i, results[i]["status"] == "valid") if i in replies else (replies[0], False) if replies else None
         own = _attempt(old[nid])[0]
-        replies = [i for i in of_segment[nid] if lines[i]["clip_hash"] == current[nid]
-                   and (body := _reply(lines[i])) is not None and not reply_cut(body)]
         mine = [i for i in replies if own is not None and lines[i].get("id") is not None and str(lines[i]["id"]) == own]
         return (mine[0], True) if mine else (replies[0], False) if replies else None
 
@@ -601,12 +617,11 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
             # results again put nothing more.
             put = 0
             for nid in of_segment:
-                if (pick := to_cache(nid)) is None:
+                phash = builder.prompt(gen.info(by_id[nid])).hash
+                if (pick := to_cache(nid, gen.request_key(phash, token_limit=False)[:KEY_CHARS])) is None:
                     continue
                 i, valid = pick
-                key = gen.request_key(builder.prompt(gen.info(by_id[nid])).hash)
-                if lines[i]["request_key"] and lines[i]["request_key"] != key[:KEY_CHARS]:
-                    continue  # (asked with other settings or another prompt than this ingest's: not its key)
+                key = gen.request_key(phash)
                 body = _reply(lines[i])
                 text = redact(reply_text(body))
                 have = store.get(key)
@@ -638,7 +653,8 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                     counts["invalid_kept"] += 1
                 if written:
                     written_ids.add(nid)
-                    spend(record)
+                    if _attempt(record)[0] is None:  # (one with its request id: below)
+                        spend(record)
                     if record["provenance"].get("other_settings"):
                         counts["other_settings"] += 1
                     if status != "valid" and failures is not None:
@@ -648,7 +664,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
             for i, record in enumerate(results):  # the other results of a segment written now: paid, and said
                 if chosen[record["narration_id"]] != i:
                     counts["superseded"] += 1
-                    if record["narration_id"] in written_ids:
+                    if record["narration_id"] in written_ids and _attempt(record)[0] is None:
                         spend(record)
                 # a result with its request id is paid whether or not a record is made from it (left out for a
                 # better record: an invalid one over a valid record of other settings, a valid one over an invalid

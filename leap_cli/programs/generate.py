@@ -371,10 +371,14 @@ def build_backend(cfg: GenerateConfig, exemplars, verbs: ClassVocab, nouns: Clas
 
 
 class _Keyless(Backend):
-    """The backend of a run whose API key is not set, while it looks for pending segments (none: it asks nothing)."""
+    """The backend of a run whose API key is not set and that has nothing pending: asked for a reply, it says the
+    key is missing."""
 
-    def __init__(self, name: str, model: str):
-        self.name, self.model = name, model
+    def __init__(self, name: str, model: str, missing: NoApiKey):
+        self.name, self.model, self.missing = name, model, missing
+
+    async def complete(self, request: Request) -> Completion:
+        raise self.missing
 
 
 def repair_message(findings: list[Finding]) -> str:
@@ -441,11 +445,16 @@ class ProgramGenerator:
     def info(self, record: dict) -> ClipInfo:
         return clip_info(record, self.inputs.segments.get(record["narration_id"]))
 
-    def request_key(self, prompt_hash: str) -> str:
+    def request_key(self, prompt_hash: str, *, token_limit: bool = True) -> str:
         """The program cache's key of a request of the prompt whose ``Prompt.hash`` this is: the backend, its
         model, the schema asked for and its parameters. What a run looks up and caches a reply under, and what an
-        ingested Batch result is cached under (``batch.ingest_batch``), so that a run of the same settings finds it."""
-        return cache_key(self.backend.name, self.backend.model, prompt_hash, self._key_schema, self.backend.params())
+        ingested Batch result is cached under (``batch.ingest_batch``), so that a run of the same settings finds it.
+        ``token_limit=False``: the same without ``max_tokens`` (a Batch request's custom_id: a resume may raise the
+        limit, and a reply not cut at the old one is the one the higher limit gives)."""
+        params = self.backend.params()
+        if not token_limit:
+            params = {k: v for k, v in params.items() if k != "max_tokens"}
+        return cache_key(self.backend.name, self.backend.model, prompt_hash, self._key_schema, params)
 
     def verify_here(self, text: str, info: ClipInfo) -> tuple[dict | None, list[Finding]]:
         """A reply's program (None: not a JSON object) and its findings, checked in this process."""
@@ -757,13 +766,16 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
                     "reads it: move both back, or ingest its Batch results again, to use them)", out.name,
                     "programs" if paid < 0 else f"{paid} program{'' if paid == 1 else 's'}", aside)
 
-    if exists is None:  # (an output that is only its settings file, written by --batch-file: its batch may be
-        # running, and its results are the output's; a run of other settings would leave them none)
-        out = cfg.out_path
+    out, held = cfg.out_path, None
+    if exists is None:  # (an output that is only its settings file, as --batch-file leaves it: its batch may be
+        # running, and its results are the output's; a run of other settings would make them of other settings)
         exists = out.exists() and out.stat().st_size > 0 or settings_path(out).exists()
+        if exists and not (out.exists() and out.stat().st_size > 0):
+            held = ("it holds no record yet, but Batch requests written with those settings may be out, whose "
+                    "results are ingested into it")
     return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
                           exists=exists, adopt=("descriptors",), grow=("params.max_tokens",), explain=explain,
-                          remove=set_aside, names={**SETTINGS_NAMES, **(
+                          held=held, remove=set_aside, names={**SETTINGS_NAMES, **(
                               {"model": "the offline generator"} if cfg.backend == "offline" else {})})
 
 
@@ -815,15 +827,17 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     # e.g. on a GPU node, stopped at this stage)
     try:
         backend = backend or build_backend(cfg, exemplars, inputs.verbs, inputs.nouns)
-    except NoApiKey:
+    except NoApiKey as e:
         if cfg.force:
             raise
         kept = kept_and_redone(cfg, inputs, builder)[0]
         if [r for r in inputs.records if r["narration_id"] not in kept][: cfg.limit]:
             raise
-        backend = _Keyless(cfg.backend, cfg.model)
-    # (and a cache that cannot be opened); the offline generator's programs are neither cached nor paid for
-    store = None if backend.name == "offline" else ProgramStore(cfg.cache_path, commit_every=0.5, background=True)
+        backend = _Keyless(cfg.backend, cfg.model, e)
+    # (and a cache that cannot be opened); the offline generator's programs are neither cached nor paid for, and a
+    # run without its key asks nothing
+    store = (None if backend.name == "offline" or isinstance(backend, _Keyless)
+             else ProgramStore(cfg.cache_path, commit_every=0.5, background=True))
     try:
         if (backend.name == "offline" and inputs.records and inputs.segments
                 and all(s.narration is None and s.verb_class is None for s in inputs.segments.values())):
