@@ -315,6 +315,7 @@ def test_an_output_that_is_done_needs_no_key(workdir, good_programs, monkeypatch
         before = cfg.out_path.read_bytes()
         s = generate_programs(cfg)
         assert s.total == 0 and s.resumed == N_SEGMENTS and s.requests == 0
+        assert s.spent_before > 0  # (the ledger's, as a run with its key says)
         for other in (dict(retry_invalid=True), dict(force=True)):
             with pytest.raises(LeapError, match="no API key: the environment variable LEAP_TEST_KEY is not set"):
                 generate_programs(dataclasses.replace(cfg, **other))
@@ -590,7 +591,7 @@ def test_a_batch_file_holds_the_output_while_it_writes(workdir, tmp_path, monkey
     OutputLock(cfg.out_path).acquire().release()  # (released at the end)
 
 
-def test_an_ingest_of_other_settings_caches_nothing(workdir, good_programs, tmp_path):
+def test_an_ingest_of_other_settings_caches_nothing(workdir, good_programs, tmp_path, caplog):
     """A Batch result goes into the program cache only under the key it was asked with (its head is in the
     custom_id): ingested with --force under other settings (here another temperature), it was cached under the
     ingest's key, and a live run of those settings took a reply it never asked for as its own. Its record is
@@ -604,6 +605,8 @@ def test_an_ingest_of_other_settings_caches_nothing(workdir, good_programs, tmp_
             "status_code": 200, "body": completion(json.dumps(good_programs[nid]))}})
         other = dataclasses.replace(cfg, temperature=0.7, force=True)
         assert write_batch_file(other, tmp_path / "other.jsonl") == N_SEGMENTS  # (the output's settings now)
+        assert "held no record, only its settings file: Batch requests written with those settings may be out" \
+            in caplog.text
         counts = ingest_batch(other, results_file(tmp_path / "results.jsonl", lines))
         assert counts == {"valid": N_SEGMENTS, "other_settings": N_SEGMENTS} and cache_rows(cfg) == []
         assert all(r["provenance"]["other_settings"] for r in records(workdir))
@@ -707,9 +710,13 @@ def test_batch_settings_are_recorded_when_the_requests_are_written(workdir, good
                                         r"line"):  # (a result of another split's batch: it said only "removed since")
         ingest_batch(cfg, results_file(results, lines[:1] + [{**lines[1], "custom_id": "P99_01_0"}]))
     assert not cfg.out_path.exists()
-    assert ingest_batch(cfg, results_file(results, lines)) == {"valid": 1, "invalid": 1, "failed": 1}
+    # (ingested at a raised limit: the cut reply's finding says the limit it was asked with, and the Batch way back)
+    raised = dataclasses.replace(cfg, max_tokens=3000)
+    assert ingest_batch(raised, results_file(results, lines)) == {"valid": 1, "invalid": 1, "failed": 1}
     by_id = {r["narration_id"]: r for r in records(workdir)}
-    assert by_id[nids[1]]["errors"][0]["message"].startswith("the reply stopped at the token limit (--max-tokens")
+    assert by_id[nids[1]]["errors"][0]["message"].startswith(
+        "the reply stopped at the token limit (--max-tokens 2000; a reasoning model's hidden reasoning counts too): "
+        "write the requests again (--batch-file) with --max-tokens 4000 --retry-invalid")
     assert "no response.status_code" in by_id[nids[2]]["errors"][0]["message"]
     # an output made by another backend is refused when the requests are written, not after they are paid
     offline = GenerateConfig(workdir=workdir, split="val", out=tmp_path / "offline.jsonl")
@@ -734,6 +741,10 @@ def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path
     res = CliRunner().invoke(app, base + ["--model", "gpt-test"])
     assert res.exit_code == 0, res.output
     assert {r["body"]["model"] for r in read_jsonl(tmp_path / "b.jsonl")} == {"gpt-test"}
+    # both at once: the requests were written and the results left out (submitted, paid again)
+    res = CliRunner().invoke(app, base + ["--model", "gpt-test", "--ingest-batch", str(tmp_path / "b.jsonl")])
+    assert isinstance(res.exception, LeapError) and "--batch-file and --ingest-batch are two runs" in str(
+        res.exception)
     # an ingest where every result failed exits 3, as every stage where all records failed
     failed = [{"id": f"r{i}", "custom_id": r["custom_id"], "response": {"status_code": 500, "body": {}}}
               for i, r in enumerate(read_jsonl(tmp_path / "b.jsonl"))]

@@ -97,6 +97,13 @@ def generate_programs(
                         "files of --batch-file", fix="add --batch-file FILE, or drop it")
     ingest_batch = ingest_batch or None  # (typer gives [] when it is not given)
     say = console  # the Batch modes' messages: on stderr where the requests go to a stream (/dev/stdout | gzip)
+    if batch_file is not None and ingest_batch is not None:  # (the requests were written, the ingest left out:
+        # submitted, they paid again for the results given)
+        raise LeapError("--batch-file and --ingest-batch are two runs: ingest the results first, then write the "
+                        "requests of what is still pending", fix="run with --ingest-batch FILE, then again with "
+                                                                 "--batch-file FILE")
+    if dry_run and ingest_batch is not None:
+        raise LeapError("--dry-run prints a prompt; --ingest-batch reads results", fix="give one of the two")
     if batch_file is not None and str(batch_file) == "-":  # (the usual spelling of stdout; it wrote a file "-")
         batch_file = Path("/dev/stdout")
     if batch_file is not None:
@@ -151,6 +158,9 @@ def generate_programs(
         stats, parts = Counter(), []
         batch_max_requests = batch_max_requests or BATCH_MAX_REQUESTS
         batch_max_mb = batch_max_mb or BATCH_MAX_MB
+        if max_cost is not None:  # (nothing is paid until the batch runs: the ingest adds it to the ledger)
+            say.print(escape("note: --max-cost caps live requests; --batch-file pays nothing when it writes, and the "
+                             "ingest adds what its results cost to the ledger"), highlight=False)
         n = write_batch_file(cfg, batch_file, stats, parts=parts, max_requests=batch_max_requests, max_mb=batch_max_mb)
         written = [p for p in parts if p.requests]
         if cached := {k.removeprefix("cached_"): v for k, v in stats.items() if k.startswith("cached_")}:
@@ -221,7 +231,7 @@ def generate_programs(
             one = other == 1
             console.print(escape(f"note: {other} of the records written {'was' if one else 'were'} asked for with "
                                  "other settings or another prompt than this ingest's (a --batch-file of other "
-                                 "--model, --temperature, --max-tokens, --response-format, --extra-body or exemplars, "
+                                 "--model, --temperature, --response-format, --extra-body or exemplars, "
                                  "or of an older leap): kept as records of this output all the same (their provenance "
                                  "says other_settings; they count as done), not put in the program cache; a valid "
                                  f"result of these settings ingested later replaces {'it' if one else 'them'}"),

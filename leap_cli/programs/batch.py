@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from leap_cli.errors import LeapError
-from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, refuse_folder
+from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, refuse_folder, stored_settings
 from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
                                        reply_usage)
 from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, check_output,
@@ -454,6 +454,10 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     for line, (path, _) in zip(lines, where):
         ids_in.setdefault(path, set()).add(line["custom_id"].partition("@")[0])
     inputs, _, builder = _setup(cfg)
+    # the token limit the requests were written with (as recorded then; this ingest may raise it), which a cut
+    # reply's finding says
+    asked_limit = _dict(_dict(stored_settings(cfg.out_path)).get("params")).get("max_tokens")
+    asked_limit = asked_limit if isinstance(asked_limit, int) and not isinstance(asked_limit, bool) else None
     # compared with the settings --batch-file recorded, also before the programs file exists
     check_output(cfg, builder, inputs)
     by_id = {r["narration_id"]: r for r in inputs.records}
@@ -539,7 +543,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
             text = redact(reply_text(body))
             program, findings = gen.verify_here(text, info)
             if findings and reply_cut(body):
-                findings = [token_limit_finding(cfg.max_tokens, cfg.out_path)] + findings
+                findings = [token_limit_finding(asked_limit, cfg.out_path, batch=True)] + findings
             status = "valid" if not findings else "invalid"
         return {"narration_id": nid, "status": status, "program": program,
                 "errors": [f.to_dict() for f in findings], "provenance": prov}

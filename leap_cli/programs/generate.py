@@ -711,12 +711,15 @@ def output_settings(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs)
                                    **({"extra_body": cfg.extra_body} if cfg.extra_body else {})}}
 
 
-def token_limit_finding(max_tokens: int, out: Path) -> Finding:
+def token_limit_finding(max_tokens: int | None, out: Path, *, batch: bool = False) -> Finding:
     """What a reply cut at the token limit (finish_reason "length") says first, before what its cut JSON breaks,
-    with the way to ask again for only such records (a resume may change --max-tokens: ``check_output``)."""
-    return Finding("", f"the reply stopped at the token limit (--max-tokens {max_tokens}; a reasoning model's hidden "
-                       f"reasoning counts too): rerun with --max-tokens {2 * max_tokens} --retry-invalid (only the "
-                       f"invalid records of {out.name} are asked again)")
+    with the way to ask again for only such records (a resume may change --max-tokens: ``check_output``).
+    ``max_tokens``: the limit it was asked with (None: not known); ``batch``: a Batch API result's."""
+    limit = f"--max-tokens {max_tokens}" if max_tokens else "--max-tokens"
+    again = f"--max-tokens {2 * max_tokens}" if max_tokens else "a higher --max-tokens"
+    how = "write the requests again (--batch-file) with" if batch else "rerun with"
+    return Finding("", f"the reply stopped at the token limit ({limit}; a reasoning model's hidden reasoning counts "
+                       f"too): {how} {again} --retry-invalid (only the invalid records of {out.name} are asked again)")
 
 
 def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *, exists: bool | None = None) -> bool:
@@ -746,6 +749,9 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
         # ingested by a leap that did not cache them are in no cache: they were paid again)
         out = cfg.out_path
         if not out.exists():  # (only its settings file: written by --batch-file, before an ingest)
+            log.warning("--force: %s held no record, only its settings file: Batch requests written with those "
+                        "settings may be out, whose results, ingested, are now of other settings (kept, not cached)",
+                        out.name)
             return
         try:
             paid = sum(1 for _, r in iter_jsonl(out) if isinstance(r, dict) and isinstance(
@@ -836,7 +842,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         backend = _Keyless(cfg.backend, cfg.model, e)
     # (and a cache that cannot be opened); the offline generator's programs are neither cached nor paid for, and a
     # run without its key asks nothing
-    store = (None if backend.name == "offline" or isinstance(backend, _Keyless)
+    store = (None if backend.name == "offline" or isinstance(backend, _Keyless) and not cfg.cache_path.exists()
              else ProgramStore(cfg.cache_path, commit_every=0.5, background=True))
     try:
         if (backend.name == "offline" and inputs.records and inputs.segments
