@@ -638,6 +638,31 @@ def test_an_ingest_of_other_settings_caches_nothing(workdir, good_programs, tmp_
     assert len(cache_rows(cfg)) == N_SEGMENTS
 
 
+def test_a_run_over_the_segments_of_a_batch_not_ingested_is_warned(workdir, good_programs, tmp_path, caplog):
+    """A live run (or another --batch-file) over an output whose Batch requests are out asked for their segments
+    again without a word: a batch submitted paid for them twice. Their segments are recorded beside the output
+    until their results are ingested, and a run that asks for them is warned."""
+    with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
+        cfg = config(workdir, server)
+        assert write_batch_file(cfg, tmp_path / "b.jsonl") == N_SEGMENTS
+        pending = workdir / "programs" / "val.jsonl.batch.json"
+        assert sorted(json.loads(pending.read_text())["ids"]) == sorted(good_programs)
+        caplog.clear()
+        generate_programs(dataclasses.replace(cfg, limit=2))
+        assert "this run asks for 2 segments whose Batch requests were written for val.jsonl at" in caplog.text
+        caplog.clear()
+        assert write_batch_file(cfg, tmp_path / "b2.jsonl") == N_SEGMENTS - 2
+        assert f"b2.jsonl asks for {N_SEGMENTS - 2} segments whose Batch requests" in caplog.text
+        assert len(json.loads(pending.read_text())["ids"]) == N_SEGMENTS - 2
+        lines = batch_results(tmp_path / "b2.jsonl", lambda i, nid: {"response": {
+            "status_code": 200, "body": completion(json.dumps(good_programs[nid]))}})
+        assert ingest_batch(cfg, results_file(tmp_path / "r.jsonl", lines)) == {"valid": N_SEGMENTS - 2}
+        assert not pending.exists()
+        caplog.clear()
+        generate_programs(dataclasses.replace(cfg, out=tmp_path / "other.jsonl"))
+        assert "Batch requests were written" not in caplog.text
+
+
 def test_an_ingest_at_a_raised_token_limit_is_of_these_settings(workdir, good_programs, tmp_path):
     """--max-tokens may be raised on a resume (a reply not cut at the old limit is the one the higher limit gives):
     results of requests written at the lower limit, ingested at the higher, are of the output's settings, cached

@@ -32,7 +32,8 @@ from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, refuse_folder, s
 from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
                                        reply_usage)
 from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, check_output,
-                                       clip_changed, clip_hash, kept_and_redone, output_records, token_limit_finding)
+                                       clip_changed, clip_hash, kept_and_redone, output_records, token_limit_finding,
+                                       update_batch_pending, warn_batch_pending)
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
 from leap_cli.programs.schema import Finding, strict_schema
@@ -205,6 +206,8 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         gen.cache_only = True
         asked_again = 0  # requests for records whose clip changed since
         made = 0  # records made from the cache
+        asked: list[str] = []  # the segments of the requests written
+        made_ids: set[str] = set()  # and of the records made from the cache
 
         def request_lines() -> Iterator[bytes]:
             nonlocal out, loop, asked_again, made
@@ -227,6 +230,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                                                 sync_every=1.0, lock=lock)  # (as a live run's: not an fsync each)
                         if out.write(record):
                             made += 1
+                            made_ids.add(nid)
                             if stats is not None:
                                 stats[f"cached_{record['status']}"] += 1
                         continue
@@ -238,6 +242,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                         **(params.get("extra_body") or {})}
                 requested += 1
                 asked_again += nid in again
+                asked.append(nid)
                 head = gen.request_key(prompt.hash, token_limit=False)[:KEY_CHARS]
                 yield (json.dumps({"custom_id": f"{nid}@{clip_hash(inputs, r)}@{head}",
                                    "method": "POST", "url": BATCH_URL, "body": body}, ensure_ascii=False)
@@ -251,6 +256,11 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
             raise LeapError(f"{e.message} ({made} record{'s' if made != 1 else ''} made from the program cache "
                             f"before that {'are' if made != 1 else 'is'} kept in {cfg.out_path})", path=e.path,
                             record=e.record, fix=e.fix) from None
+        # the requests' segments are recorded until their results are ingested: a run that asks for them again
+        # meanwhile (a live one, another --batch-file) is warned, since a batch submitted would pay for them twice
+        warn_batch_pending(cfg.out_path, set(asked), f"--batch-file {path}")
+        update_batch_pending(cfg.out_path, add=(asked, [str(p.path) for p in written if p.requests]) if asked else None,
+                             drop=made_ids | done.keys())
         if asked_again:
             log.warning("%d of the requests %s for records already done whose clip has changed since (their "
                         "descriptor record was made again, or their annotation changed): their results replace them",
@@ -679,6 +689,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
             added = store.add_batch_spend(cfg.out_path, spends)
         if spent is not None:
             spent.update(added, total=store.spent(cfg.out_path)["cost"])
+    update_batch_pending(cfg.out_path, drop=set(of_segment) | old.keys())  # (answered, or with a record)
     return counts
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
 import os
 import shutil
@@ -37,8 +38,8 @@ from leap_cli.common import (ShardSpec, dataset_root, descriptor_problem, merged
 from leap_cli.epic.annotations import Annotations, Segment, made_from_other_annotations, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import (LOW_DISK_BYTES, JsonlAppender, MixedParts, check_settings, iter_jsonl, merge_command, part_of,
-                         read_jsonl, settings_path, short_of_space, stable_hash, stored_settings, writer_of)
+from leap_cli.io import (LOW_DISK_BYTES, JsonlAppender, MixedParts, atomic_write_json, check_settings, iter_jsonl,
+                         merge_command, part_of, read_jsonl, settings_path, short_of_space, stable_hash, stored_settings, writer_of)
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, NoApiKey, OfflineBackend,
                                        OpenAIBackend, Request, RetryPolicy, check_extra_body)
@@ -220,6 +221,51 @@ def disk_short(cfg: GenerateConfig, *, before: bool = True) -> LeapError | None:
     return LeapError(f"only {free / 2**20:.1f} MiB free on the disk holding this folder: {done}", path=folder,
                      fix=f"free disk space there (leap asks for programs only with {LOW_DISK_BYTES >> 20} MiB free), "
                          f"then run {rerun('the same command again')}: it asks only for what is missing")
+
+
+def batch_pending_path(out: Path) -> Path:
+    """``OUT.batch.json`` beside a programs output: the segments of Batch requests written for it (--batch-file)
+    whose results are not ingested yet, and when and where they were written."""
+    return out.with_name(out.name + ".batch.json")
+
+
+def batch_pending(out: Path) -> dict | None:
+    """``batch_pending_path``'s content (``written``, ``files``, ``ids``), None where there is none (or it cannot
+    be read: it only feeds a warning)."""
+    try:
+        data = json.loads(batch_pending_path(out).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("ids"), list) else None
+
+
+def warn_batch_pending(out: Path, asked: set[str], what: str) -> None:
+    """Warn where ``asked`` (the segments this run asks for) holds segments of Batch requests written for ``out``
+    and not ingested yet: if that batch was submitted, they are paid twice."""
+    data = batch_pending(out)
+    if data is None or not (k := len(asked.intersection(data["ids"]))):
+        return
+    log.warning("%s asks for %d segment%s whose Batch requests were written for %s at %s (%s) and not ingested yet: "
+                "if that batch was submitted, %s paid twice; ingest its results first (--ingest-batch)", what, k,
+                "s" if k != 1 else "", out.name, data.get("written", "?"), ", ".join(map(str, data.get("files", []))),
+                "it is" if k == 1 else "they are")
+
+
+def update_batch_pending(out: Path, *, add: tuple[list[str], list[str]] | None = None,
+                         drop: set[str] = frozenset()) -> None:
+    """Record the segments of the requests a --batch-file wrote (``add``: their ids and the files), or take
+    those ingested off (``drop``); the file goes once none is left."""
+    data = batch_pending(out) or {"ids": [], "files": []}
+    ids = [i for i in data["ids"] if i not in drop]
+    if add is not None:
+        ids = list(dict.fromkeys(ids + add[0]))
+        data["files"] = list(dict.fromkeys([*map(str, data.get("files", [])), *add[1]]))
+        data["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    path = batch_pending_path(out)
+    if not ids:
+        path.unlink(missing_ok=True)
+    elif ids != data["ids"] or add is not None:
+        atomic_write_json(path, {**data, "ids": ids}, indent=None)
 
 
 def kept_and_redone(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder) -> tuple[dict[str, str], set[str]]:
@@ -909,6 +955,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         if cfg.limit is not None:
             pending = pending[: cfg.limit]
         summary.total = len(pending)
+        warn_batch_pending(cfg.out_path, {r["narration_id"] for r in pending}, "this run")
         # the inputs live until the end: out of the collector's sight, a full collection does not walk them
         # again and again (~0.1 s per pass with 60k objects, all at once, while 32 replies wait)
         if use_check_process(cfg, backend, len(pending)):  # started (~0.2 s) before the first request
