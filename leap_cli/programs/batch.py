@@ -259,8 +259,9 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         # the requests' segments are recorded until their results are ingested: a run that asks for them again
         # meanwhile (a live one, another --batch-file) is warned, since a batch submitted would pay for them twice
         warn_batch_pending(cfg.out_path, set(asked), f"--batch-file {path}")
-        update_batch_pending(cfg.out_path, add=(asked, [str(p.path) for p in written if p.requests]) if asked else None,
-                             drop=made_ids | done.keys())
+        submittable = asked and os.path.abspath(path) != os.devnull  # (requests sent nowhere are out nowhere)
+        update_batch_pending(cfg.out_path, add=(asked, [str(p.path) for p in written if p.requests])
+                             if submittable else None, drop=made_ids | done.keys())
         if asked_again:
             log.warning("%d of the requests %s for records already done whose clip has changed since (their "
                         "descriptor record was made again, or their annotation changed): their results replace them",
