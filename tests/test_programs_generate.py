@@ -770,6 +770,9 @@ def test_cli_batch_modes_are_openai_and_refuse_another_backend(workdir, tmp_path
     res = CliRunner().invoke(app, base + ["--model", "gpt-test", "--ingest-batch", str(tmp_path / "b.jsonl")])
     assert isinstance(res.exception, LeapError) and "--batch-file and --ingest-batch are two runs" in str(
         res.exception)
+    res = CliRunner().invoke(app, ["generate-programs", "--workdir", str(workdir), "--split", "val", "--ingest-batch",
+                                   "-", "--ingest-batch", "-"], input="")
+    assert isinstance(res.exception, LeapError) and "stdin can be read once" in str(res.exception)
     # an ingest where every result failed exits 3, as every stage where all records failed
     failed = [{"id": f"r{i}", "custom_id": r["custom_id"], "response": {"status_code": 500, "body": {}}}
               for i, r in enumerate(read_jsonl(tmp_path / "b.jsonl"))]

@@ -102,6 +102,9 @@ def generate_programs(
         raise LeapError("--batch-file and --ingest-batch are two runs: ingest the results first, then write the "
                         "requests of what is still pending", fix="run with --ingest-batch FILE, then again with "
                                                                  "--batch-file FILE")
+    if ingest_batch is not None and sum(str(f) == "-" for f in ingest_batch) > 1:  # (the second read nothing)
+        raise LeapError("--ingest-batch - is given twice: stdin can be read once", fix="give it once, the other "
+                        "results as files (or cat them into one stream)")
     if dry_run and ingest_batch is not None:
         raise LeapError("--dry-run prints a prompt; --ingest-batch reads results", fix="give one of the two")
     if batch_file is not None and str(batch_file) == "-":  # (the usual spelling of stdout; it wrote a file "-")
