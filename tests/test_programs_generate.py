@@ -641,7 +641,9 @@ def test_an_ingest_of_other_settings_caches_nothing(workdir, good_programs, tmp_
 def test_a_run_over_the_segments_of_a_batch_not_ingested_is_warned(workdir, good_programs, tmp_path, caplog):
     """A live run (or another --batch-file) over an output whose Batch requests are out asked for their segments
     again without a word: a batch submitted paid for them twice. Their segments are recorded beside the output
-    until their results are ingested, and a run that asks for them is warned."""
+    until they are answered, and a run that pays for any of them is warned (not one answered from the cache); a
+    damaged record is ignored."""
+    ok = lambda i, nid: {"response": {"status_code": 200, "body": completion(json.dumps(good_programs[nid]))}}  # noqa: E731
     with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
         cfg = config(workdir, server)
         assert write_batch_file(cfg, tmp_path / "b.jsonl") == N_SEGMENTS
@@ -649,18 +651,31 @@ def test_a_run_over_the_segments_of_a_batch_not_ingested_is_warned(workdir, good
         assert sorted(json.loads(pending.read_text())["ids"]) == sorted(good_programs)
         caplog.clear()
         generate_programs(dataclasses.replace(cfg, limit=2))
-        assert "this run asks for 2 segments whose Batch requests were written for val.jsonl at" in caplog.text
+        assert f"this run asks for 2 segments whose Batch requests were written for {cfg.out_path} (" in caplog.text
+        assert "paid twice" in caplog.text and "delete it if that batch was never submitted" in caplog.text
+        assert len(json.loads(pending.read_text())["ids"]) == N_SEGMENTS - 2  # (answered by the live run)
         caplog.clear()
         assert write_batch_file(cfg, tmp_path / "b2.jsonl") == N_SEGMENTS - 2
         assert f"b2.jsonl asks for {N_SEGMENTS - 2} segments whose Batch requests" in caplog.text
-        assert len(json.loads(pending.read_text())["ids"]) == N_SEGMENTS - 2
-        lines = batch_results(tmp_path / "b2.jsonl", lambda i, nid: {"response": {
-            "status_code": 200, "body": completion(json.dumps(good_programs[nid]))}})
-        assert ingest_batch(cfg, results_file(tmp_path / "r.jsonl", lines)) == {"valid": N_SEGMENTS - 2}
-        assert not pending.exists()
+        lines = batch_results(tmp_path / "b2.jsonl", ok)
+        lines[0] = {**lines[0], "response": {"status_code": 500, "body": {}}}  # (one failed)
+        assert ingest_batch(cfg, results_file(tmp_path / "r.jsonl", lines)) == {"valid": N_SEGMENTS - 3, "failed": 1}
+        assert not pending.exists(), pending.read_text()
+        # a --retry-errors batch's segment stays recorded through a plain --batch-file and the same ingest again
+        failed = lines[0]["custom_id"].partition("@")[0]
+        assert write_batch_file(dataclasses.replace(cfg, retry_failed=True), tmp_path / "b3.jsonl") == 1
+        assert write_batch_file(cfg, tmp_path / "b4.jsonl") == 0
+        ingest_batch(cfg, tmp_path / "r.jsonl")
+        assert json.loads(pending.read_text())["ids"] == [failed]
+        # a live run answered from the cache pays nothing: not warned; a damaged record is ignored
+        retry = [{**x, "id": "retry"} for x in batch_results(tmp_path / "b3.jsonl", ok)]
+        assert ingest_batch(cfg, results_file(tmp_path / "r3.jsonl", retry)) == {"valid": 1}
+        assert not pending.exists(), pending.read_text()
+        pending.write_text('{"ids": [{"a": 1}, ["x"]], "files": 5}')
         caplog.clear()
-        generate_programs(dataclasses.replace(cfg, out=tmp_path / "other.jsonl"))
-        assert "Batch requests were written" not in caplog.text
+        s = generate_programs(dataclasses.replace(cfg, out=tmp_path / "other.jsonl"))
+        assert s.cache_hits == N_SEGMENTS and "Batch requests were written" not in caplog.text
+        assert write_batch_file(dataclasses.replace(cfg, retry_failed=True), tmp_path / "b5.jsonl") == 0
 
 
 def test_an_ingest_at_a_raised_token_limit_is_of_these_settings(workdir, good_programs, tmp_path):

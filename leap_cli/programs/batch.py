@@ -258,10 +258,11 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                             record=e.record, fix=e.fix) from None
         # the requests' segments are recorded until their results are ingested: a run that asks for them again
         # meanwhile (a live one, another --batch-file) is warned, since a batch submitted would pay for them twice
-        warn_batch_pending(cfg.out_path, set(asked), f"--batch-file {path}")
-        submittable = asked and os.path.abspath(path) != os.devnull  # (requests sent nowhere are out nowhere)
-        update_batch_pending(cfg.out_path, add=(asked, [str(p.path) for p in written if p.requests])
-                             if submittable else None, drop=made_ids | done.keys())
+        if os.path.realpath(path) != os.devnull:  # (requests sent nowhere are out nowhere)
+            warn_batch_pending(cfg.out_path, set(asked), f"--batch-file {path}")
+            update_batch_pending(cfg.out_path, add=(asked, [str(p.path) for p in written if p.requests])
+                                 if asked else None, removed={str(p.path) for p in removed},
+                                 drop=made_ids | {nid for nid, status in done.items() if status == "valid"})
         if asked_again:
             log.warning("%d of the requests %s for records already done whose clip has changed since (their "
                         "descriptor record was made again, or their annotation changed): their results replace them",
@@ -690,7 +691,10 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
             added = store.add_batch_spend(cfg.out_path, spends)
         if spent is not None:
             spent.update(added, total=store.spent(cfg.out_path)["cost"])
-    update_batch_pending(cfg.out_path, drop=set(of_segment) | old.keys())  # (answered, or with a record)
+        # the segments a result was written for now, or whose record is valid, wait for no request of theirs (under
+        # the output's lock: a --batch-file --retry-* meanwhile records its own)
+        update_batch_pending(cfg.out_path, drop=written_ids | {nid for nid, r in old.items()
+                                                              if r.get("status") == "valid"})
     return counts
 
 

@@ -225,47 +225,59 @@ def disk_short(cfg: GenerateConfig, *, before: bool = True) -> LeapError | None:
 
 def batch_pending_path(out: Path) -> Path:
     """``OUT.batch.json`` beside a programs output: the segments of Batch requests written for it (--batch-file)
-    whose results are not ingested yet, and when and where they were written."""
+    whose results are not ingested yet, and when and where they were written. It only feeds a warning: deleting it
+    is safe."""
     return out.with_name(out.name + ".batch.json")
 
 
-def batch_pending(out: Path) -> dict | None:
-    """``batch_pending_path``'s content (``written``, ``files``, ``ids``), None where there is none (or it cannot
-    be read: it only feeds a warning)."""
+def batch_pending(out: Path) -> dict:
+    """``batch_pending_path``'s ``ids``, ``files`` and ``written``; empty where there is none, or it cannot be read
+    (a hand-edited or damaged file is not worth stopping a stage for)."""
     try:
         data = json.loads(batch_pending_path(out).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and isinstance(data.get("ids"), list) else None
+        data = None
+    data = data if isinstance(data, dict) else {}
+    ids, files = data.get("ids"), data.get("files")
+    return {"ids": [i for i in ids if isinstance(i, str)] if isinstance(ids, list) else [],
+            "files": [f for f in files if isinstance(f, str)] if isinstance(files, list) else [],
+            "written": str(data.get("written", "?"))}
 
 
 def warn_batch_pending(out: Path, asked: set[str], what: str) -> None:
-    """Warn where ``asked`` (the segments this run asks for) holds segments of Batch requests written for ``out``
-    and not ingested yet: if that batch was submitted, they are paid twice."""
+    """Warn where ``asked`` (the segments this run pays for: not answered from the cache) holds segments of Batch
+    requests written for ``out`` and not ingested yet: if that batch was submitted, they are paid twice."""
     data = batch_pending(out)
-    if data is None or not (k := len(asked.intersection(data["ids"]))):
+    if not (k := len(asked.intersection(data["ids"]))):
         return
-    log.warning("%s asks for %d segment%s whose Batch requests were written for %s at %s (%s) and not ingested yet: "
-                "if that batch was submitted, %s paid twice; ingest its results first (--ingest-batch)", what, k,
-                "s" if k != 1 else "", out.name, data.get("written", "?"), ", ".join(map(str, data.get("files", []))),
-                "it is" if k == 1 else "they are")
+    log.warning("%s asks for %d segment%s whose Batch requests were written for %s (%s, to %s) and are not ingested "
+                "yet: if that batch was submitted, %s paid twice; ingest its results first (%s lists them; delete it "
+                "if that batch was never submitted)", what, k, "s" if k != 1 else "", out, data["written"],
+                ", ".join(data["files"]) or "?", "it is" if k == 1 else "they are", batch_pending_path(out).name)
 
 
 def update_batch_pending(out: Path, *, add: tuple[list[str], list[str]] | None = None,
-                         drop: set[str] = frozenset()) -> None:
-    """Record the segments of the requests a --batch-file wrote (``add``: their ids and the files), or take
-    those ingested off (``drop``); the file goes once none is left."""
-    data = batch_pending(out) or {"ids": [], "files": []}
+                         drop: set[str] = frozenset(), removed: set[str] = frozenset()) -> None:
+    """Record the segments of the requests a --batch-file wrote (``add``: their ids and the files; ``removed``:
+    files of an earlier --batch-file it deleted), or take off those answered (``drop``); the file goes once none
+    is left. A failure to write it is warned of, not raised (it only feeds a warning)."""
+    data = batch_pending(out)
     ids = [i for i in data["ids"] if i not in drop]
+    files = [f for f in data["files"] if f not in removed]
     if add is not None:
         ids = list(dict.fromkeys(ids + add[0]))
-        data["files"] = list(dict.fromkeys([*map(str, data.get("files", [])), *add[1]]))
+        files = list(dict.fromkeys(files + add[1]))
         data["written"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     path = batch_pending_path(out)
-    if not ids:
-        path.unlink(missing_ok=True)
-    elif ids != data["ids"] or add is not None:
-        atomic_write_json(path, {**data, "ids": ids}, indent=None)
+    try:
+        if not ids:
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+        elif ids != data["ids"] or add is not None:
+            atomic_write_json(path, {"written": data["written"], "files": files, "ids": ids}, indent=None)
+    except (OSError, LeapError) as e:
+        log.warning("%s could not be written (%s): a run that asks again for the segments of Batch requests out is "
+                    "not warned", path, getattr(e, "strerror", None) or e)
 
 
 def kept_and_redone(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder) -> tuple[dict[str, str], set[str]]:
@@ -930,6 +942,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     reask = {k for k, status in not_valid.items() if status == "invalid"} if cfg.retry_invalid else set()
     gen: ProgramGenerator | None = None
     checker: RemoteChecker | None = None
+    answered: set[str] = set()  # valid records written: no Batch request of theirs is waited for
     stop: _Stop | None = None
     try:
         if cfg.shard.count > 1 and inputs.segments:  # a part file holding other videos than this part's (begun by
@@ -955,7 +968,6 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         if cfg.limit is not None:
             pending = pending[: cfg.limit]
         summary.total = len(pending)
-        warn_batch_pending(cfg.out_path, {r["narration_id"] for r in pending}, "this run")
         # the inputs live until the end: out of the collector's sight, a full collection does not walk them
         # again and again (~0.1 s per pass with 60k objects, all at once, while 32 replies wait)
         if use_check_process(cfg, backend, len(pending)):  # started (~0.2 s) before the first request
@@ -987,6 +999,11 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         gen.unpriced = unpriced_before
         gen.reask = reask
         gen.checker = checker
+        if store is not None and (out_batch := set(batch_pending(cfg.out_path)["ids"])):  # (the cache's answers
+            # are not paid again)
+            warn_batch_pending(cfg.out_path, {r["narration_id"] for r in pending if r["narration_id"] in out_batch and (
+                r["narration_id"] in reask or store.get(gen.request_key(builder.prompt(gen.info(r)).hash)) is None)},
+                "this run")
         stop = _Stop(gen, min(STOP_GRACE, cfg.timeout))
         queue = iter(pending)
 
@@ -1017,6 +1034,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                             halt()
                     return
                 summary.statuses[result["status"]] += 1
+                if result["status"] == "valid":
+                    answered.add(result["narration_id"])
                 if result["status"] != "valid":
                     summary.failures.append((result["narration_id"],
                                              result["errors"][0]["message"] if result["errors"] else result["status"]))
@@ -1108,6 +1127,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         summary.held_seconds = getattr(backend, "held_seconds", 0.0)
         summary.concurrency = cfg.concurrency
         try:
+            if answered:
+                update_batch_pending(cfg.out_path, drop=answered)
             appender.close()
         finally:  # (the output's disk full: the paid replies and their spend are still committed to the cache)
             try:
