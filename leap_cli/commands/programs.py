@@ -58,7 +58,8 @@ def generate_programs(
                                    "{\"enable_thinking\": false}}'."),
     k: int = typer.Option(4, "--k", min=0, help="Exemplar programs per prompt."),
     repair_rounds: int = typer.Option(1, "--repair-rounds", min=0, help="Follow-up turns that send validation errors back."),
-    limit: int = typer.Option(None, "--limit", min=0, help="Process at most this many pending segments (the first in the split CSV's order; with --batch-file, write at most this many requests)."),
+    limit: int = typer.Option(None, "--limit", min=0, help="Process at most this many pending segments (the first in "
+                              "the split CSV's order; with --batch-file, write at most this many requests)."),
     shard: str = typer.Option(None, "--shard", help="i/n: process part i of n (i from 0, by video); writes SPLIT.shardIofN.jsonl (--out or --batch-file X.jsonl: X.shardIofN.jsonl)."),
     price_in: float = typer.Option(0.15, "--price-in", min=0.0, help="USD per 1M prompt tokens (for the cost estimate)."),
     price_out: float = typer.Option(0.60, "--price-out", min=0.0, help="USD per 1M completion tokens."),

@@ -39,7 +39,8 @@ from leap_cli.epic.annotations import Annotations, Segment, made_from_other_anno
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.io import (LOW_DISK_BYTES, JsonlAppender, MixedParts, atomic_write_json, check_settings, iter_jsonl,
-                         merge_command, part_of, read_jsonl, settings_path, short_of_space, stable_hash, stored_settings, writer_of)
+                         merge_command, part_of, read_jsonl, settings_path, short_of_space, stable_hash,
+                         stored_settings, writer_of)
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, NoApiKey, OfflineBackend,
                                        OpenAIBackend, Request, RetryPolicy, check_extra_body)
