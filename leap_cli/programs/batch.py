@@ -32,7 +32,7 @@ from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, refuse_folder, s
 from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
                                        reply_usage)
 from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, check_output,
-                                       clip_changed, clip_hash, kept_and_redone, output_records, token_limit_finding,
+                                       clip_changed, clip_hash, output_records, pending_records, token_limit_finding,
                                        update_batch_pending, warn_batch_pending)
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
@@ -177,10 +177,8 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
     store: ProgramStore | None = None
     loop = None
     try:
-        done, again = kept_and_redone(cfg, inputs, builder)  # (one made from a clip that changed since: asked again)
-        seen: set[str] = set()  # (an id twice in the input is asked for once, as a live run does)
-        records = [r for r in inputs.records if r["narration_id"] not in done
-                   and not (r["narration_id"] in seen or seen.add(r["narration_id"]))]
+        # (one made from a clip that changed since: asked again)
+        records, done, again = pending_records(cfg, inputs, builder)
         if stats is not None:
             stats.update(segments=len(inputs.records), pending=len(records))
             stats.update(done[r["narration_id"]] for r in inputs.records

@@ -281,6 +281,17 @@ def update_batch_pending(out: Path, *, add: tuple[list[str], list[str]] | None =
                     "not warned", path, getattr(e, "strerror", None) or e)
 
 
+def pending_records(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder) -> tuple[list[dict], dict[str, str],
+                                                                                        set[str]]:
+    """(pending, kept, reclipped): the input's records a run makes (each narration id once, in the input's order;
+    before --limit), and ``kept_and_redone``'s two, read from the output without writing anything."""
+    kept, reclipped = kept_and_redone(cfg, inputs, builder)
+    seen: set[str] = set()  # (an id twice in the input is made once)
+    pending = [r for r in inputs.records if r["narration_id"] not in kept
+               and not (r["narration_id"] in seen or seen.add(r["narration_id"]))]
+    return pending, kept, reclipped
+
+
 def kept_and_redone(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder) -> tuple[dict[str, str], set[str]]:
     """(kept, reclipped): the narration ids whose record in the output a run keeps (with its status), and those it
     makes again
@@ -895,8 +906,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     except NoApiKey as e:
         if cfg.force:
             raise
-        kept = kept_and_redone(cfg, inputs, builder)[0]
-        if [r for r in inputs.records if r["narration_id"] not in kept][: cfg.limit]:
+        if pending_records(cfg, inputs, builder)[0][: cfg.limit]:
             raise
         backend = _Keyless(cfg.backend, cfg.model, e)
     # (and a cache that cannot be opened); the offline generator's programs are neither cached nor paid for, and a
