@@ -728,6 +728,29 @@ def test_cli_says_what_the_cache_answered_and_what_it_did_not_cache(workdir, goo
     assert f"note: {N_SEGMENTS - 2} of the records written were asked for with other settings" in said, said
 
 
+def test_cli_a_batch_file_whose_cached_records_all_failed_exits_3(workdir, tmp_path):
+    """--batch-file that wrote no request, and whose records made from the cache were all invalid, exited 0 with
+    only their count: the records are listed as a live run lists them, and with no request written it is a
+    stage where every record failed (exit 3); with requests written it exits 0."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    base = ["generate-programs", "--workdir", str(workdir), "--split", "val", "--model", "test-model",
+            "--repair-rounds", "0", "--batch-file", str(tmp_path / "b.jsonl")]
+    with ScriptedServer(lambda body, n: Reply("not json")) as server:
+        generate_programs(config(workdir, server, limit=2, repair_rounds=0))
+        res = CliRunner().invoke(app, base + ["--out", str(tmp_path / "some.jsonl")])
+        said = " ".join(res.output.split())
+        assert res.exit_code == 0 and f"wrote {N_SEGMENTS - 2} Batch API requests" in said, said
+        assert "generate-programs --batch-file: all 2 records failed (by cause):" in said, said
+        generate_programs(config(workdir, server, repair_rounds=0))
+    res = CliRunner().invoke(app, base + ["--out", str(tmp_path / "all.jsonl")])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 3 and f"all {N_SEGMENTS} records failed (by cause):" in said, said
+    assert "no request to write: every pending segment's reply was in the program cache" in said, said
+
+
 def test_batch_settings_are_recorded_when_the_requests_are_written(workdir, good_programs, tmp_path):
     """The ingest must use the settings the requests were written with; a bad line refuses the whole file before a
     record is written; a cut reply and a line without a status say so."""

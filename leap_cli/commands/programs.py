@@ -159,13 +159,14 @@ def generate_programs(
     if batch_file is not None:
         from leap_cli.programs.batch import BATCH_MAX_MB, BATCH_MAX_REQUESTS, size_text, write_batch_file
 
-        stats, parts = Counter(), []
+        stats, parts, failures = Counter(), [], []
         batch_max_requests = batch_max_requests or BATCH_MAX_REQUESTS
         batch_max_mb = batch_max_mb or BATCH_MAX_MB
         if max_cost is not None:  # (nothing is paid until the batch runs: the ingest adds it to the ledger)
             say.print(escape("note: --max-cost caps live requests; --batch-file pays nothing when it writes, and the "
                              "ingest adds what its results cost to the ledger"), highlight=False)
-        n = write_batch_file(cfg, batch_file, stats, parts=parts, max_requests=batch_max_requests, max_mb=batch_max_mb)
+        n = write_batch_file(cfg, batch_file, stats, parts=parts, failures=failures,
+                             max_requests=batch_max_requests, max_mb=batch_max_mb)
         written = [p for p in parts if p.requests]
         if cached := {k.removeprefix("cached_"): v for k, v in stats.items() if k.startswith("cached_")}:
             k = sum(cached.values())
@@ -203,6 +204,17 @@ def generate_programs(
             say.print(escape(f"no request to write: {why}; {batch_file} holds none"), highlight=False)
         for line in not_valid_notes(stats):
             say.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
+        from leap_cli.outcome import Outcome
+
+        # the records made from the cache end as a live run's: listed when not valid, and with no request written,
+        # every one of them failed or invalid is a stage where all failed (exit 3); a request written is work done
+        outcome = Outcome("generate-programs --batch-file")
+        outcome.attempt(sum(v for k, v in stats.items() if k.startswith("cached_")))
+        print_failures(failures, outcome, console=say)
+        for line in outcome.lines():
+            say.print(escape(line), highlight=False, style="red")
+        if not n:
+            outcome.exit()
         return
     if ingest_batch is not None:
         from leap_cli.programs.batch import ingest_batch as ingest
@@ -340,7 +352,7 @@ def not_valid_notes(bad) -> list[str]:
     return notes
 
 
-def print_failures(failures: list[tuple[str, str]], outcome) -> None:
+def print_failures(failures: list[tuple[str, str]], outcome, console: Console = console) -> None:
     """The first ten records that failed or are invalid, with their cause, and each counted by cause in ``outcome``."""
     for nid, msg in failures[:10]:
         console.print(f"[red]{printable(nid, one_line=True)}[/]: {printable(msg, one_line=True)}", highlight=False)

@@ -125,16 +125,18 @@ def _earlier_parts(path: Path, written: list[Path]) -> list[Path]:
 
 
 def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *, parts: list | None = None,
-                     max_requests: int = BATCH_MAX_REQUESTS, max_mb: float = BATCH_MAX_MB) -> int:
+                     failures: list | None = None, max_requests: int = BATCH_MAX_REQUESTS,
+                     max_mb: float = BATCH_MAX_MB) -> int:
     """Write one Batch request per pending segment (those not yet in the programs file, and those
     ``cfg.redo`` names: --retry-errors, --retry-invalid), at most ``cfg.limit``, but none for a segment whose
     replies are in the program cache: its record is made from them (``ProgramGenerator.cache_only``) and written
     to the programs file at once (with --retry-invalid one that would be invalid is asked for instead). Returns
     the count of requests; ``stats`` gets the input's ``segments``, those ``pending`` (before --limit), the
-    ``failed`` and ``invalid`` records kept as done, and ``cached_STATUS`` per record made from the cache.
-    The programs file's settings are checked and recorded now (``check_output``), so that the ingest, and any
-    live run on the same file, must use the settings the requests were written with; the file is locked from
-    then to the end.
+    ``failed`` and ``invalid`` records kept as done, and ``cached_STATUS`` per record made from the cache;
+    ``failures`` gets ``(narration_id, first error)`` per record made from the cache that is not valid. The
+    programs file's settings are checked and recorded now (``check_output``), so that the ingest, and any live
+    run on the same file, must use the settings the requests were written with; the file is locked from then to
+    the end.
 
     Requests beyond one file's limits (``max_requests``, ``max_mb`` in 10^6 bytes: the Batch API's) go into
     several files, ``STEM-1-of-N.SUFFIX`` ...; ``parts`` gets a ``BatchPart`` per file written, then one per file
@@ -231,6 +233,9 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                             made_ids.add(nid)
                             if stats is not None:
                                 stats[f"cached_{record['status']}"] += 1
+                            if failures is not None and record["status"] != "valid":  # (as a live run lists them)
+                                failures.append((nid, record["errors"][0]["message"] if record["errors"]
+                                                 else record["status"]))
                         continue
                 # max_completion_tokens: what every current OpenAI chat model takes (GPT-5-era ones refuse
                 # max_tokens)
