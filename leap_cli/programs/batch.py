@@ -221,7 +221,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                 if store is not None and store.get(key) is not None:
                     loop = loop or asyncio.new_event_loop()
                     try:
-                        record = loop.run_until_complete(gen.run_one(r))
+                        record = loop.run_until_complete(gen.run_one(r, prompt))
                     except NoMoreRequests:  # (not cached after all: asked)
                         record = None
                     if record is not None and not (cfg.retry_invalid and record["status"] == "invalid"):

@@ -44,8 +44,8 @@ from leap_cli.io import (LOW_DISK_BYTES, JsonlAppender, MixedParts, atomic_write
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, NoApiKey, OfflineBackend,
                                        OpenAIBackend, Request, RetryPolicy, check_extra_body)
-from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, PromptBuilder, clip_info, load_exemplars,
-                                      load_system_prompt, narration_record)
+from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, Prompt, PromptBuilder, clip_info,
+                                      load_exemplars, load_system_prompt, narration_record)
 from leap_cli.programs.reply import FILTERED, repair_futile, verify_reply
 from leap_cli.programs.redact import redact, redact_logs
 from leap_cli.programs.schema import Finding, strict_schema
@@ -538,12 +538,13 @@ class ProgramGenerator:
         await _turn()
         return self.verify_here(text, info)
 
-    async def run_one(self, record: dict) -> dict:
+    async def run_one(self, record: dict, prompt: Prompt | None = None) -> dict:
+        """The segment's program record; ``prompt``: its prompt when the caller built it already."""
         start = time.perf_counter()
         info = self.info(record)
         nid = record["narration_id"]
         await _turn()
-        prompt = self.builder.prompt(info)
+        prompt = prompt or self.builder.prompt(info)
         phash = prompt.hash[:16]  # == prompt_hash(messages)
         prov = {"backend": self.backend.name, "model": self.backend.model, "prompt_hash": phash,
                 "clip_hash": clip_hash(self.inputs, record), "attempts": 0,
