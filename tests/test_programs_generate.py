@@ -1024,6 +1024,32 @@ def test_force_over_paid_batch_programs_keeps_them_and_the_ledger_counts_each_re
     assert {r["provenance"]["backend"] for r in read_jsonl(tmp_path / "o.jsonl")} == {"offline"}
 
 
+def test_a_reingest_of_results_an_older_leap_ingested_adds_nothing_to_the_ledger(workdir, good_programs, tmp_path):
+    """An ingest by a leap before the ledger kept request ids (cache schema 8) added the results' cost; the same
+    results ingested again by this one were all already present and added again (--max-cost then stopped a run
+    early): the request ids of the records present count as in the ledger."""
+    import sqlite3
+
+    from leap_cli.programs.store import ProgramStore
+
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    write_batch_file(cfg, tmp_path / "b.jsonl")
+    results = results_file(tmp_path / "out.jsonl", [
+        {"id": f"batch_req_{i}", "custom_id": r["custom_id"], "response": {"status_code": 200, "body": completion(
+            json.dumps(good_programs[r["custom_id"].partition("@")[0]]))}}
+        for i, r in enumerate(read_jsonl(tmp_path / "b.jsonl"))])
+    assert ingest_batch(cfg, results) == {"valid": N_SEGMENTS}
+    with ProgramStore(cfg.cache_path) as store:
+        spent = store.spent(cfg.out_path)
+    with sqlite3.connect(cfg.cache_path) as db:  # (as an older leap left it: the cost, not the ids)
+        db.execute("DELETE FROM batch_paid")
+    added = {}
+    assert ingest_batch(cfg, results, spent=added) == {"already_present": N_SEGMENTS}
+    assert added["requests"] == 0 and added["cost"] == 0
+    with ProgramStore(cfg.cache_path) as store:
+        assert store.spent(cfg.out_path) == spent
+
+
 def test_batch_file_refusals_and_dev_paths(workdir, tmp_path):
     """A folder is refused before any request is made (it failed at the end with a raw OSError); a name the split
     files need that holds something else is refused with nothing written; a blank first line is no empty file; a

@@ -691,7 +691,10 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                 if _attempt(record)[0] is not None:
                     spend(record)
         finally:  # (an error part way: the records written are kept, and so is what they cost)
-            added = store.add_batch_spend(cfg.out_path, spends)
+            # (the request ids of the records present: an ingest wrote them and added their cost, one by a leap
+            # before the ledger kept ids too)
+            added = store.add_batch_spend(cfg.out_path, spends, counted={
+                i for r in old.values() if (i := _attempt(r)[0]) is not None})
         if spent is not None:
             spent.update(added, total=store.spent(cfg.out_path)["cost"])
         # the segments a result was written for now, or whose record is valid, wait for no request of theirs (under

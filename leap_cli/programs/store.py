@@ -30,6 +30,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -259,18 +260,21 @@ class ProgramStore:
         if commit:
             self._written()
 
-    def add_batch_spend(self, out: str | Path, spends: list[tuple[str | None, float, dict]]) -> dict:
+    def add_batch_spend(self, out: str | Path, spends: list[tuple[str | None, float, dict]],
+                        counted: Iterable[str] = ()) -> dict:
         """Add Batch API results' cost, ``(request id, cost, usage)`` each, to the ledger of ``out``: once per
         request id across ingests (a result ingested again, after --force or from a second copy of its file, was
-        paid once); a result without an id (a compatible server's) each time. One transaction, which records the
-        ids. Returns the ``requests`` and ``cost`` added."""
+        paid once); a result without an id (a compatible server's) each time. ``counted``: request ids the ledger
+        holds already without their record here (those of the records an ingest by a leap before this table wrote:
+        it added their cost). One transaction, which records the ids. Returns the ``requests`` and ``cost`` added."""
         self.commit()  # (the buffered rows first: the ledger row below adds to what they hold)
         key = self.ledger_key(out)
+        counted = set(counted)
         ids = list(dict.fromkeys(i for i, _, _ in spends if i is not None))
         try:
             with self._wdb as db:
                 db.execute("BEGIN IMMEDIATE")  # (the check and the insert in one write transaction: two ingests
-                seen: set[str] = set()        # of one output at once count a request once)
+                seen = {i for i in ids if i in counted}  # of one output at once count a request once)
                 for start in range(0, len(ids), 500):
                     part = ids[start:start + 500]
                     seen.update(r[0] for r in db.execute(
