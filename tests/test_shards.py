@@ -729,6 +729,22 @@ def test_the_manifest_says_what_made_the_programs_and_an_earlier_manifest_is_not
     assert again.written_now == 0 and again.resumed_shards == len(tars) > 0
     assert {t.name: t.stat().st_mtime_ns for t in out.glob("*.tar")} == tars
     assert json.loads((out / "manifest.json").read_text()) == first.manifest
+    # built in --shard parts by an earlier leap: one part's command again writes it into the merged manifest too
+    # (the merge took part 0's, and rebuilding part 1 as told changed nothing)
+    parts = tmp_path / "parts"
+    (parts / "programs").mkdir(parents=True)
+    for f in (programs, programs.with_name("train.jsonl.settings.json")):
+        shutil.copy(f, parts / "programs" / f.name)
+    for i in (0, 1):
+        build(root, parts, programs=False, shard=ShardSpec(i, 2))
+    out = parts / "shards" / "train"
+    for name in ("manifest.shard0of2.json", "manifest.shard1of2.json", "manifest.json"):
+        older = json.loads((out / name).read_text())
+        del older["programs"]["made_by"]
+        (out / name).write_text(json.dumps(older, indent=2))
+    again = build(root, parts, programs=False, shard=ShardSpec(1, 2))
+    assert again.written_now == 0
+    assert load_manifest(out)[0]["programs"]["made_by"] == p["made_by"]
     # no program file: no generator, said as such (not "unknown")
     bare = programs_provenance(build(root, tmp_path / "bare", programs=False).manifest)
     assert bare["made_by"] == [] and bare["records"] == 0 and programs_text(bare).startswith("none")

@@ -90,7 +90,8 @@ def programs_text(summary: dict | None) -> str:
     text = made_by_text(summary.get("made_by"))
     if summary.get("made_by") is None:
         text = f"{summary.get('valid', '?')} valid of {summary.get('records', '?')}, made by unknown (shards built " \
-               "by a leap before the manifest said it: build-shards again adds it, rebuilding nothing)"
+               "by a leap before the manifest said it: build-shards again adds it, rebuilding nothing; for shards " \
+               "built in --shard parts, one part's command again)"
     if summary.get("prompt_version") is not None:
         text += f", prompt v{summary['prompt_version']}"
     return text

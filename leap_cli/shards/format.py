@@ -263,6 +263,13 @@ def _merge(parts: list[dict], paths: list[Path], reference: int = 0) -> dict:
                               f"--shard i/{len(parts)}), or part {mine} with theirs, or build into another --out")
     first = parts[0]
     merged = dict(first)
+    # the program file's summary is the same in every part (the parts agree on the file), but a part an older leap
+    # built lacks made_by: the reference part's (built now), else any part's that has it (rebuilding one part as
+    # told added it to that part only, and the merge kept part 0's)
+    told = [p for p in (ref, *parts)
+            if isinstance(p.get("programs"), dict) and p["programs"].get("made_by") is not None]
+    if told:
+        merged["programs"] = told[0]["programs"]
     merged["shards"] = [s for p in parts for s in p["shards"]]
     merged["skipped"] = [s for p in parts for s in p.get("skipped", [])]
     counts: dict = {}
