@@ -38,8 +38,31 @@ _state = {"debug": False}
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"leap {__version__}")
+        typer.echo(f"leap {__version__}{source_revision()}")
         raise typer.Exit()
+
+
+def source_revision() -> str:
+    """`` (git COMMIT, DATE)`` of the git checkout leap runs from (the docs name the changes of file formats by
+    date: "a leap before 2026-12-03"), with ``, changed`` when its files differ from the commit; "" for an
+    installed package, or where git cannot say."""
+    import subprocess
+    from pathlib import Path
+
+    top = Path(__file__).resolve().parent.parent
+    if not (top / ".git").exists():
+        return ""
+    try:
+        head = subprocess.run(["git", "-C", str(top), "log", "-1", "--format=%h %cs"], capture_output=True,
+                              text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(top), "status", "--porcelain", "--untracked-files=no", "--",
+                                "leap_cli"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    commit, _, date = head.stdout.strip().partition(" ")
+    if head.returncode or not commit or not date:
+        return ""
+    return f" (git {commit}, {date}{', changed' if dirty.returncode == 0 and dirty.stdout.strip() else ''})"
 
 
 @app.callback()

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,9 +74,21 @@ def test_an_empty_path_option_is_refused(tmp_path, argv):
     assert f"(give {name} a path{fix}" in " ".join(r.stderr.split()), r.stderr
 
 
-def test_version_and_help_order():
+def test_version_and_help_order(tmp_path):
+    """--version was 0.1.0 for every leap, while the docs name file format changes by date ("a leap before
+    2026-12-03"): a git checkout says its commit and date, and whether its files differ from it."""
+    top = Path(__file__).resolve().parent.parent
     r = leap("--version")
-    assert r.returncode == 0 and r.stdout.strip() == f"leap {__version__}"
+    if (top / ".git").exists():
+        commit, date = subprocess.run(["git", "-C", str(top), "log", "-1", "--format=%h %cs"], capture_output=True,
+                                      text=True, check=True).stdout.split()
+        assert r.returncode == 0 and r.stdout.startswith(f"leap {__version__} (git {commit}, {date}"), r.stdout
+    # an installed copy (no .git above it): the version alone
+    copy = tmp_path / "site"
+    shutil.copytree(top / "leap_cli", copy / "leap_cli", ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run([sys.executable, "-m", "leap_cli", "--version"], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(copy)})
+    assert r.returncode == 0 and r.stdout.strip() == f"leap {__version__}", r.stdout + r.stderr
     r = leap("--help")
     assert r.returncode == 0
     order = ["demo-data", "info", "extract", "generate-programs", "validate-programs", "build-shards", "train",
