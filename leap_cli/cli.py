@@ -341,6 +341,11 @@ def main() -> None:
         # atexit callbacks, then the interpreter's teardown, where Python puts the default handler back) would
         # print a traceback or end it with 143 (a requeue script took a finished job for a stopped one)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # A KeyboardInterrupt (a SIGTERM's too) that left code run from a string (exec: a dataclass's generated
+        # methods as a module is imported), caught or not, is marked by CPython, and `python -m leap_cli` (torchrun's
+        # and the demo's way) then ends by SIGINT whatever the status (a SIGTERM at start-up: 130, not 143). Code
+        # run from a string clears the mark as it starts (run_eval_code_obj): the status set above stands.
+        exec("pass")
 
 
 class ReaderSafeStdout:
