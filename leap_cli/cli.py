@@ -186,7 +186,7 @@ _flags_without_a_type()
 
 
 # What a stopped command leaves behind: the stages keep their finished records and resume; these keep nothing.
-_KEPT = {"evaluate": "nothing was saved; the evaluation starts over when run again",
+_KEPT = {"evaluate": "no metrics.json was written; the evaluation starts over when run again",
          "submit": "nothing was written", "validate-programs": "a report is written whole: one printed above is complete, the others were not written",
          "check-shards": "nothing was written; the check starts over when run again",
          "show": "nothing was written", "info": "nothing was written",

@@ -530,7 +530,7 @@ def test_show_finds_a_record_by_its_id_alone_and_takes_the_last(tmp_path):
 
 
 @pytest.mark.parametrize("command, says", [
-    (["evaluate", "--split", "val", "--scores", "s.pt"], "interrupted: nothing was saved; the evaluation starts over"),
+    (["evaluate", "--split", "val", "--scores", "s.pt"], "interrupted: no metrics.json was written; the evaluation starts over"),
     (["extract", "--split", "val"], "interrupted: finished records were kept; run the same command to resume"),
     # with --force, the same command would start over again
     (["extract", "--split", "val", "--force"], "finished records were kept; run the same command without --force to "

@@ -166,6 +166,26 @@ def test_evaluate_out_writes_scores_and_metrics_there_and_leaves_the_runs_alone(
     assert json.loads((trial / "metrics.json").read_text())["segments"] == 2
 
 
+def test_an_evaluation_stopped_after_its_scores_leaves_no_old_metrics_beside_them(pipeline, tmp_path, monkeypatch):
+    """A stop (SIGKILL, SIGTERM) while the metrics of new scores were computed left the new scores.pt beside the
+    metrics.json of the evaluation they replaced (QA: 3 of 3 kills at the rename)."""
+    import leap_cli.evaluate.scoring as scoring
+
+    root, work, run, model, vocab = pipeline
+    trial = tmp_path / "trial"
+    base = ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work), "--data", str(root),
+            "--checkpoint", "last", "--device", "cpu", "--out", str(trial)]
+    assert CliRunner().invoke(app, base).exit_code == 0 and (trial / "metrics.json").is_file()
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scoring, "evaluate_scores", stopped)
+    res = CliRunner().invoke(app, base + ["--temporal-views", "2"])
+    assert res.exit_code != 0 and load_scores(trial / "scores.pt")["meta"]["views"]["temporal"] == 2
+    assert not (trial / "metrics.json").exists()
+
+
 def test_best_that_falls_back_to_last_is_named_last(pipeline):
     """A run that never validated has only last.pt: `--checkpoint best` scores it, and the output line and the
     scores' meta name "last" (they said "best", a checkpoint that was not scored)."""

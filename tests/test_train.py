@@ -781,12 +781,24 @@ def test_the_resume_hint_is_a_command_that_resumes_the_run(tmp_path: Path) -> No
 
 
 def test_a_start_or_resume_that_is_refused_leaves_no_run_folder(tmp_path: Path) -> None:
-    with pytest.raises(LeapError, match="no checkpoint to resume") as e:
-        main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="nosuch", source=MemorySource(), resume=True)
-    assert "--resume" in e.value.fix
-    with pytest.raises(LeapError, match="no shards manifest"):  # a fresh start on a work dir without shards
-        main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="new")
-    assert not (tmp_path / "runs").exists()
+    for resume in (False, True):
+        with pytest.raises(LeapError, match="no shards manifest"):  # a start on a work dir without shards
+            main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="new", resume=resume)
+        assert not (tmp_path / "runs").exists()
+
+
+def test_resume_of_a_run_stopped_before_its_folder_was_made_starts_it(tmp_path: Path, caplog) -> None:
+    """A job killed in its first seconds (torch imported, the config, weights and shards checked) leaves no
+    runs/NAME/, and its requeue's --resume was refused at every requeue ("no checkpoint to resume"), though the
+    README says a requeue script may always pass --resume: it starts from step 0, saying so with the runs there
+    (in case --name is not the run's)."""
+    main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="other", source=MemorySource(val=False))
+    starts: list[dict] = []
+    res = main(tiny_config("train.max_steps=2"), workdir=tmp_path, name="new", source=MemorySource(val=False),
+               resume=True, on_start=starts.append)
+    assert res.steps == 2 and starts[0]["start_step"] == 0 and (tmp_path / "runs/new/checkpoints/last.pt").exists()
+    assert "no run 'new' to resume" in caplog.text and "starting it from step 0" in caplog.text
+    assert "runs with a checkpoint there: other" in caplog.text
 
 
 def test_resume_of_a_run_stopped_before_its_first_checkpoint_starts_it(tmp_path: Path, caplog) -> None:
@@ -1401,8 +1413,8 @@ def test_a_training_holds_its_shards_against_a_rebuild(shard_work: Path) -> None
                       "model.options={decoder_dim: 32}")
     from leap_cli.common import NEXT_RUN
 
-    with pytest.raises(LeapError, match="no checkpoint to resume"):  # (refused before it started: a plain rerun)
-        main(cfg, workdir=shard_work, name="held", resume=True)
+    with pytest.raises(LeapError, match="no shards manifest"):  # (refused before it started: a plain rerun)
+        main(tiny_config("data.train=/nonexistent", "train.max_steps=1"), workdir=shard_work, name="held")
     assert "train" not in NEXT_RUN
     main(cfg, workdir=shard_work, name="held", on_step=rebuild)
     assert [s for s, _ in refused] == ["train", "val"] and "reading these shards" in refused[0][1]

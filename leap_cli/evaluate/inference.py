@@ -363,6 +363,9 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
             "provenance": ckpt.get("provenance")}
     if task == "anticipation":  # (leap submit checks it against the challenge's 1 s)
         meta["tau_a"] = float((batches.dataset.manifest.get("settings") or {}).get("tau_a", 1.0))
+    # the metrics of the scores about to be replaced go first: a stop before the new ones are written (they are
+    # computed from the scores saved here) left new scores beside the old scores' metrics
+    (out.parent / "metrics.json").unlink(missing_ok=True)
     saved = save_scores(out, scores["narration_id"], scores["verb_output"], scores["noun_output"],
                         program=scores.get("program"), meta=meta)
     return saved, out

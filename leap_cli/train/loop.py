@@ -455,12 +455,19 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
     workdir = Path(workdir)
     run_dir = workdir / "runs" / name
     ckpt_dir = run_dir / "checkpoints"
+    unstarted_note = None
     if resume and not (ckpt_dir / "last.pt").exists():
-        if not run_dir.is_dir():  # no run of this name: a typo must not start a new run under it
+        if not run_dir.is_dir():
+            # no run of this name: a job stopped before its run folder was made (in its first seconds, while torch
+            # is imported and the config, weights and shards are checked; the folder of a start that did not get
+            # that far is removed), requeued with --resume, was refused at every requeue. Started from step 0, as
+            # the field's trainers do (detectron2's resume, Lightning's ckpt_path="last"); the warning names the
+            # runs that are there, in case --name or --workdir is not the run's
             runs = sorted(p.parent.parent.name for p in (workdir / "runs").glob("*/checkpoints/last.pt"))
-            raise LeapError(f"no checkpoint to resume in {run_dir}", path=ckpt_dir / "last.pt",
-                            fix="start the run without --resume, or give --name (and --workdir) of a run to resume"
-                                + (f": runs here: {', '.join(runs)}" if runs else ""))
+            unstarted_note = (f"no run {name!r} to resume in {workdir / 'runs'} (one stopped before it started, "
+                              f"or --name / --workdir is not the run's): starting it from step 0"
+                              + (f"; runs with a checkpoint there: {', '.join(runs[:10])}"
+                                 + (" ..." if len(runs) > 10 else "") if runs else ""))
         kept = [n for n in CHECKPOINTS if (ckpt_dir / n).exists()]
         if kept and not force:  # a run that got further, whose last.pt is gone: a new start would replace the rest
             raise LeapError(f"{run_dir} has no checkpoints/last.pt to resume, but holds {', '.join(kept)}",
@@ -484,7 +491,9 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             stack.enter_context(OutputLock(run_dir / "checkpoints",
                                            fix="wait for it to finish, or give this run another --name"))
             stack.callback(_remove_unstarted, run_dir, made)
-            if unsaved_restart:
+            if unstarted_note:
+                log.warning("%s", unstarted_note)
+            elif unsaved_restart:
                 log.warning("%s holds no checkpoint yet (the run stopped before its first): starting it from step 0",
                             run_dir)
         resume_ckpt = None
