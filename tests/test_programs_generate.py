@@ -1050,6 +1050,47 @@ def test_a_reingest_of_results_an_older_leap_ingested_adds_nothing_to_the_ledger
         assert store.spent(cfg.out_path) == spent
 
 
+def test_an_ingest_stopped_part_way_has_the_cost_of_every_paid_result_in_the_ledger(workdir, good_programs,
+                                                                                      tmp_path, monkeypatch):
+    """The results' cost went into the ledger after the last record was written: an ingest stopped part way
+    (Ctrl-C, SIGTERM, a full disk) counted none, and its rerun found their records present (QA at EPIC's train
+    size: $21.72 of $26.66 in the ledger after a Ctrl-C and a rerun). Every paid result is counted before a record
+    is written."""
+    from leap_cli.io import JsonlAppender
+
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    write_batch_file(cfg, tmp_path / "b.jsonl")
+    results = results_file(tmp_path / "out.jsonl", [
+        {"id": f"batch_req_{i}", "custom_id": r["custom_id"], "response": {"status_code": 200, "body": completion(
+            json.dumps(good_programs[r["custom_id"].partition("@")[0]]))}}
+        for i, r in enumerate(read_jsonl(tmp_path / "b.jsonl"))])
+    write, n = JsonlAppender.write, [0]
+
+    def stop_after_two(self, record):
+        if n[0] == 2:
+            raise KeyboardInterrupt
+        n[0] += 1
+        return write(self, record)
+
+    monkeypatch.setattr(JsonlAppender, "write", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_batch(cfg, results)
+    monkeypatch.setattr(JsonlAppender, "write", write)
+    made = [r["narration_id"] for r in read_jsonl(cfg.out_path)]
+    pending = Path(str(cfg.out_path) + ".batch.json")
+    assert len(made) == 2 and not set(made) & set(json.loads(pending.read_text())["ids"])  # (taken off at the stop)
+    # the two records made before the stop as invalid ones (their results' replies were not programs): the rerun
+    # finds them present, and their segments were still said to wait for a batch (a later --batch-file warned
+    # "paid twice")
+    cfg.out_path.write_text("".join(json.dumps({**r, "status": "invalid"}) + "\n" for r in read_jsonl(cfg.out_path)))
+    pending.write_text(json.dumps({**json.loads(pending.read_text()), "ids": made + ["x"],
+                                   "written": "2026-01-01T00:00:00Z"}))  # (before the records: the seconds differ)
+    assert ingest_batch(cfg, results) == {"already_present": 2, "valid": N_SEGMENTS - 2}
+    with ProgramStore(cfg.cache_path) as store:
+        assert store.spent(cfg.out_path)["requests"] == N_SEGMENTS
+    assert json.loads(pending.read_text())["ids"] == ["x"]
+
+
 def test_batch_file_refusals_and_dev_paths(workdir, tmp_path):
     """A folder is refused before any request is made (it failed at the end with a raw OSError); a name the split
     files need that holds something else is refused with nothing written; a blank first line is no empty file; a

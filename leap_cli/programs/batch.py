@@ -31,9 +31,9 @@ from leap_cli.errors import LeapError
 from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, refuse_folder, stored_settings
 from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
                                        reply_usage)
-from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, check_output,
-                                       clip_changed, clip_hash, output_records, pending_records, token_limit_finding,
-                                       update_batch_pending, warn_batch_pending)
+from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, batch_pending,
+                                       check_output, clip_changed, clip_hash, output_records, pending_records,
+                                       token_limit_finding, update_batch_pending, warn_batch_pending)
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
 from leap_cli.programs.schema import Finding, strict_schema
@@ -627,6 +627,18 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
 
     with JsonlAppender(cfg.out_path, replace_keys=replaced) as out, ProgramStore(cfg.cache_path) as store:
         written_ids = set()
+        # Every result with its request id was paid, whether or not a record is made from it (left out for a
+        # better one, already present): in the ledger, once per id across ingests, before any record is written.
+        # A stop part way (Ctrl-C, SIGTERM, a full disk, a kill) then leaves no written record whose cost is not
+        # counted (they were added at the end: a stopped ingest counted none, and its rerun found them present), and
+        # the id of a record present that the ledger lacks is one an ingest by a leap before the ledger kept ids
+        # wrote (it added the cost): counted. The results without an id are added as their records are written.
+        for record in results:
+            if _attempt(record)[0] is not None:
+                spend(record)
+        added = store.add_batch_spend(cfg.out_path, spends, counted={
+            i for r in old.values() if (i := _attempt(r)[0]) is not None}, kept="no record was written")
+        spends.clear()
         try:
             # each segment's paid reply goes into the program cache as a live run's does, under the key a live run
             # of these settings looks up (ProgramGenerator.request_key, from the pieces the request bodies are
@@ -672,7 +684,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                     counts["invalid_kept"] += 1
                 if written:
                     written_ids.add(nid)
-                    if _attempt(record)[0] is None:  # (one with its request id: below)
+                    if _attempt(record)[0] is None:  # (one with its request id is counted already)
                         spend(record)
                     if record["provenance"].get("other_settings"):
                         counts["other_settings"] += 1
@@ -685,22 +697,20 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                     counts["superseded"] += 1
                     if record["narration_id"] in written_ids and _attempt(record)[0] is None:
                         spend(record)
-                # a result with its request id is paid whether or not a record is made from it (left out for a
-                # better record: an invalid one over a valid record of other settings, a valid one over an invalid
-                # record of a live run); the ledger counts each request id once, across ingests
-                if _attempt(record)[0] is not None:
-                    spend(record)
         finally:  # (an error part way: the records written are kept, and so is what they cost)
-            # (the request ids of the records present: an ingest wrote them and added their cost, one by a leap
-            # before the ledger kept ids too)
-            added = store.add_batch_spend(cfg.out_path, spends, counted={
-                i for r in old.values() if (i := _attempt(r)[0]) is not None})
+            more = store.add_batch_spend(cfg.out_path, spends)
+            added = {k: added[k] + more[k] for k in ("requests", "cost")}
+            # the segments a result was written for now, whose record is valid, or whose record an ingest made
+            # since the last --batch-file wrote its requests (one stopped part way: its rerun finds them present)
+            # wait for no request of theirs; also after a stop (under the output's lock: a --batch-file --retry-*
+            # meanwhile records its own)
+            since = batch_pending(cfg.out_path)["written"]
+            update_batch_pending(cfg.out_path, drop=written_ids | {
+                nid for nid, r in old.items() if r.get("status") == "valid"
+                or _dict(r.get("provenance")).get("backend") == "openai-batch"
+                and str(_dict(r.get("provenance")).get("created") or "") > since})
         if spent is not None:
             spent.update(added, total=store.spent(cfg.out_path)["cost"])
-        # the segments a result was written for now, or whose record is valid, wait for no request of theirs (under
-        # the output's lock: a --batch-file --retry-* meanwhile records its own)
-        update_batch_pending(cfg.out_path, drop=written_ids | {nid for nid, r in old.items()
-                                                              if r.get("status") == "valid"})
     return counts
 
 

@@ -261,12 +261,14 @@ class ProgramStore:
             self._written()
 
     def add_batch_spend(self, out: str | Path, spends: list[tuple[str | None, float, dict]],
-                        counted: Iterable[str] = ()) -> dict:
+                        counted: Iterable[str] = (),
+                        kept: str = "the records written are kept (their cost is not in the ledger)") -> dict:
         """Add Batch API results' cost, ``(request id, cost, usage)`` each, to the ledger of ``out``: once per
         request id across ingests (a result ingested again, after --force or from a second copy of its file, was
         paid once); a result without an id (a compatible server's) each time. ``counted``: request ids the ledger
         holds already without their record here (those of the records an ingest by a leap before this table wrote:
-        it added their cost). One transaction, which records the ids. Returns the ``requests`` and ``cost`` added."""
+        it added their cost). One transaction, which records the ids. Returns the ``requests`` and ``cost`` added;
+        ``kept``: what the error of a failed write says is kept."""
         self.commit()  # (the buffered rows first: the ledger row below adds to what they hold)
         key = self.ledger_key(out)
         counted = set(counted)
@@ -294,7 +296,7 @@ class ProgramStore:
                                                   sum(u.get("completion_tokens", 0) for _, u in new), len(new),
                                                   time.time()))
         except sqlite3.Error as e:
-            raise self._unwritten(e, "the records written are kept (their cost is not in the ledger)") from None
+            raise self._unwritten(e, kept) from None
         return {"requests": len(new), "cost": sum(c for c, _ in new)}
 
     def ledger_key(self, out: str | Path) -> str:
