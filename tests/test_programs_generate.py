@@ -751,6 +751,28 @@ def test_cli_a_batch_file_whose_cached_records_all_failed_exits_3(workdir, tmp_p
     assert "no request to write: every pending segment's reply was in the program cache" in said, said
 
 
+def test_cli_an_ingest_says_the_segments_whose_results_are_not_in(workdir, good_programs, tmp_path):
+    """OpenAI writes the requests that failed or expired to a batch's error file: ingesting only the outputs said
+    nothing of those segments, and the next --batch-file's "not ingested yet" warning was the first word."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+
+    base = ["generate-programs", "--workdir", str(workdir), "--split", "val", "--model", "test-model"]
+    res = CliRunner().invoke(app, base + ["--batch-file", str(tmp_path / "b.jsonl")])
+    said = " ".join(res.output.split())
+    assert "then run this command with --ingest-batch RESULTS.jsonl (and --ingest-batch ERRORS.jsonl, the batch's " \
+        "error file, where it has one) in place of --batch-file" in said, said
+    lines = batch_results(tmp_path / "b.jsonl", lambda i, nid: {"response": {
+        "status_code": 200, "body": completion(json.dumps(good_programs[nid]))}})
+    res = CliRunner().invoke(app, base + ["--ingest-batch", str(results_file(tmp_path / "r.jsonl", lines[2:]))])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "note: 2 segments of the Batch requests written for" in said, said
+    assert "the requests in a batch's error file" in said, said
+    res = CliRunner().invoke(app, base + ["--ingest-batch", str(results_file(tmp_path / "e.jsonl", lines[:2]))])
+    assert res.exit_code == 0 and "no result yet" not in res.output, res.output
+
+
 def test_batch_settings_are_recorded_when_the_requests_are_written(workdir, good_programs, tmp_path):
     """The ingest must use the settings the requests were written with; a bad line refuses the whole file before a
     record is written; a cut reply and a line without a status say so."""
@@ -898,7 +920,8 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     assert res.exit_code == 0 and f"wrote {N_SEGMENTS} Batch API requests to 2 files (at most 5 requests" in said, said
     packed = "".join(res.output.split())  # (rich wraps long paths anywhere)
     assert "batch-1-of-2.jsonl:5requests" in packed and "batch-2-of-2.jsonl:1request," in packed, said
-    assert "ingest their outputs in one run: --ingest-batch RESULTS-1.jsonl --ingest-batch" in said
+    assert "ingest their outputs in one run, and each batch's error file where it has one: this command with " \
+           "--ingest-batch RESULTS-1.jsonl --ingest-batch RESULTS-2.jsonl ... in place of --batch-file" in said
     assert "batch-3-of-3.jsonl,anearlier" in packed
     res = CliRunner().invoke(app, base)
     said = " ".join(res.output.split())

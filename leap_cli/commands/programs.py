@@ -188,14 +188,17 @@ def generate_programs(
             for p in written:
                 say.print(escape(f"  {p.path}: {p.requests} request{'s' if p.requests != 1 else ''}, "
                                  f"{size_text(p.bytes)}"), highlight=False, soft_wrap=True)
-            say.print(escape("submit each as a batch of its own, then ingest their outputs in one run: "
-                             "--ingest-batch RESULTS-1.jsonl --ingest-batch RESULTS-2.jsonl ..."), highlight=False)
+            say.print(escape("submit each as a batch of its own, then ingest their outputs in one run, and each "
+                             "batch's error file where it has one: this command with --ingest-batch RESULTS-1.jsonl "
+                             "--ingest-batch RESULTS-2.jsonl ... in place of --batch-file"), highlight=False)
         elif n:
             over = n > batch_max_requests or written[0].bytes > batch_max_mb * 1e6  # (a stream: warned of above)
             say.print(escape(f"wrote {n} Batch API request{'s' if n != 1 else ''} to {batch_file}"
                              + ("" if str(batch_file) == os.devnull else "; " + (
                                  "split it into files within the limits, submit each" if over else "submit it")
-                                 + ", then run with --ingest-batch RESULTS.jsonl")), highlight=False)
+                                 + ", then run this command with --ingest-batch RESULTS.jsonl (and "
+                                   "--ingest-batch ERRORS.jsonl, the batch's error file, where it has one) in place "
+                                   "of --batch-file")), highlight=False, soft_wrap=True)
         else:  # (it said "submit it" of an empty file)
             why = ("the input holds no segment" + (f" (part {spec.index}/{spec.count})" if spec.count > 1 else "")
                    if not stats["segments"] else "every pending segment's reply was in the program cache" if cached
@@ -252,6 +255,14 @@ def generate_programs(
                                  "says other_settings; they count as done), not put in the program cache; a valid "
                                  f"result of these settings ingested later replaces {'it' if one else 'them'}"),
                           style="yellow", highlight=False)
+        from leap_cli.programs.generate import batch_pending, batch_pending_path
+
+        if left := len(batch_pending(cfg.out_path)["ids"]):  # (ingesting the outputs without the error files: no word)
+            console.print(escape(f"note: {left} segment{'s' if left != 1 else ''} of the Batch requests written for "
+                                 f"{cfg.out_path} {'have' if left != 1 else 'has'} no result yet "
+                                 f"({batch_pending_path(cfg.out_path).name} lists them): a batch not back yet, or "
+                                 "the requests in a batch's error file (OpenAI writes those that failed or expired "
+                                 "apart from the output): ingest it too"), style="yellow", highlight=False)
         if kept:
             console.print(escape(f"note: {kept} of the already present {'is an invalid record' if kept == 1 else 'are invalid records'} "
                                  "that the results did not replace: give --retry-invalid to --ingest-batch too (as to "
