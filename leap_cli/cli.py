@@ -43,26 +43,30 @@ def _version(value: bool) -> None:
 
 
 def source_revision() -> str:
-    """`` (git COMMIT, DATE)`` of the git checkout leap runs from (the docs name the changes of file formats by
-    date: "a leap before 2026-12-03"), with ``, changed`` when its files differ from the commit; "" for an
-    installed package, or where git cannot say."""
+    """`` (git COMMIT, YYYY-MM-DD HH:MM UTC)`` of the git checkout leap runs from (the docs name the changes of
+    file formats by their time: "a leap before 2026-12-04 14:53 UTC"), with ``, changed`` when its ``leap_cli/``
+    differs from the commit (an untracked file too); "" for an installed package, or where git cannot say."""
     import subprocess
     from pathlib import Path
 
     top = Path(__file__).resolve().parent.parent
     if not (top / ".git").exists():
         return ""
+    # (this checkout's, not a GIT_DIR's of the environment, as in a git hook; a shared install another user owns
+    # is no "dubious ownership" to leap)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | {"TZ": "UTC"}
+    git = ["git", "-c", f"safe.directory={top}", "-C", str(top)]
     try:
-        head = subprocess.run(["git", "-C", str(top), "log", "-1", "--format=%h %cs"], capture_output=True,
-                              text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(top), "status", "--porcelain", "--untracked-files=no", "--",
-                                "leap_cli"], capture_output=True, text=True, timeout=5)
+        head = subprocess.run([*git, "log", "-1", "--format=%h %cd", "--date=format-local:%Y-%m-%d %H:%M"],
+                              capture_output=True, text=True, timeout=5, env=env)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "leap_cli"], capture_output=True, text=True,
+                               timeout=5, env=env)
     except (OSError, subprocess.SubprocessError):
         return ""
     commit, _, date = head.stdout.strip().partition(" ")
     if head.returncode or not commit or not date:
         return ""
-    return f" (git {commit}, {date}{', changed' if dirty.returncode == 0 and dirty.stdout.strip() else ''})"
+    return f" (git {commit}, {date} UTC{', changed' if dirty.returncode == 0 and dirty.stdout.strip() else ''})"
 
 
 @app.callback()
@@ -186,7 +190,7 @@ _flags_without_a_type()
 
 
 # What a stopped command leaves behind: the stages keep their finished records and resume; these keep nothing.
-_KEPT = {"evaluate": "no metrics.json was written; the evaluation starts over when run again",
+_KEPT = {"evaluate": "the evaluation starts over when run again",
          "submit": "nothing was written", "validate-programs": "a report is written whole: one printed above is complete, the others were not written",
          "check-shards": "nothing was written; the check starts over when run again",
          "show": "nothing was written", "info": "nothing was written",

@@ -99,9 +99,14 @@ def test_version_and_help_order(tmp_path):
     top = Path(__file__).resolve().parent.parent
     r = leap("--version")
     if (top / ".git").exists():
-        commit, date = subprocess.run(["git", "-C", str(top), "log", "-1", "--format=%h %cs"], capture_output=True,
-                                      text=True, check=True).stdout.split()
-        assert r.returncode == 0 and r.stdout.startswith(f"leap {__version__} (git {commit}, {date}"), r.stdout
+        commit = subprocess.run(["git", "-C", str(top), "log", "-1", "--format=%h"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        assert r.returncode == 0 and r.stdout.startswith(f"leap {__version__} (git {commit}, 20"), r.stdout
+        assert " UTC" in r.stdout  # (the time of day: formats changed more than once a day)
+        # a GIT_DIR of the environment (a git hook's) is not this checkout
+        other = subprocess.run([sys.executable, "-m", "leap_cli", "--version"], capture_output=True, text=True,
+                               env={**os.environ, "GIT_DIR": str(tmp_path)}, cwd=top)
+        assert other.stdout == r.stdout, other.stdout
     # an installed copy (no .git above it): the version alone
     copy = tmp_path / "site"
     shutil.copytree(top / "leap_cli", copy / "leap_cli", ignore=shutil.ignore_patterns("__pycache__"))
@@ -530,7 +535,7 @@ def test_show_finds_a_record_by_its_id_alone_and_takes_the_last(tmp_path):
 
 
 @pytest.mark.parametrize("command, says", [
-    (["evaluate", "--split", "val", "--scores", "s.pt"], "interrupted: no metrics.json was written; the evaluation starts over"),
+    (["evaluate", "--split", "val", "--scores", "s.pt"], "interrupted: the evaluation starts over when run again"),
     (["extract", "--split", "val"], "interrupted: finished records were kept; run the same command to resume"),
     # with --force, the same command would start over again
     (["extract", "--split", "val", "--force"], "finished records were kept; run the same command without --force to "

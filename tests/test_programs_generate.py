@@ -948,6 +948,12 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     res = CliRunner().invoke(app, ingest)
     assert isinstance(res.exception, LeapError) and res.exception.path == str(bad) and res.exception.record == "line 2"
     assert not (workdir / "programs" / "val.jsonl").exists()
+    # a download cut short (its last line without its end): said as such ("line 4 is not JSON" before)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_bytes(outs[0].read_bytes()[:-40])
+    res = CliRunner().invoke(app, ingest[:-3] + [str(cut)])
+    assert isinstance(res.exception, LeapError) and "its last line (line 4) is cut short" in str(res.exception)
+    assert "download the batch's output file again" in res.exception.fix
     res = CliRunner().invoke(app, ingest[:-1] + [str(outs[1])])
     assert res.exit_code == 0 and f"ingested {N_SEGMENTS} results" in res.output and f"valid {N_SEGMENTS}" in res.output
     # what it cost, at half the prices (1000 prompt and 200 completion tokens each at 0.15 and 0.60 USD per 1M)

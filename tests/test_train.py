@@ -782,9 +782,11 @@ def test_the_resume_hint_is_a_command_that_resumes_the_run(tmp_path: Path) -> No
 
 def test_a_start_or_resume_that_is_refused_leaves_no_run_folder(tmp_path: Path) -> None:
     for resume in (False, True):
-        with pytest.raises(LeapError, match="no shards manifest"):  # a start on a work dir without shards
+        with pytest.raises(LeapError, match="no shards manifest") as e:  # a start on a work dir without shards
             main(tiny_config("train.max_steps=1"), workdir=tmp_path, name="new", resume=resume)
         assert not (tmp_path / "runs").exists()
+        # a --resume that found no run says so too (a mistyped --workdir was told to build shards there)
+        assert ("--resume found no run 'new' in" in e.value.fix) == resume, e.value.fix
 
 
 def test_resume_of_a_run_stopped_before_its_folder_was_made_starts_it(tmp_path: Path, caplog) -> None:

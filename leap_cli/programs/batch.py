@@ -408,12 +408,17 @@ def read_batch_output(path, numbers: list | None = None) -> list[dict]:
     except UnicodeDecodeError:
         raise LeapError("not a Batch output file (not UTF-8 text)", path=path, fix=BATCH_OUTPUT_FIX) from None
     lines = []
-    for i, raw in enumerate(text.split("\n"), start=1):  # (not splitlines: U+2028 inside a JSON string is no end)
+    rows = text.split("\n")  # (not splitlines: U+2028 inside a JSON string is no end)
+    for i, raw in enumerate(rows, start=1):
         if not raw.strip():
             continue
         try:
             line = json.loads(raw)
         except json.JSONDecodeError as e:
+            if i == len(rows) and i > 1 and raw.lstrip().startswith("{"):  # the last line, without its newline
+                raise LeapError(f"its last line (line {i}) is cut short: a download that stopped part way?",
+                                path=path, record=f"line {i}", fix="download the batch's output file again (nothing "
+                                                                   "was ingested)") from None
             raise LeapError(f"not a Batch output file: line {i} is not JSON ({e.msg})", path=path, record=f"line {i}",
                             fix=BATCH_OUTPUT_FIX) from None
         except RecursionError:

@@ -254,7 +254,8 @@ def warn_batch_pending(out: Path, asked: set[str], what: str) -> None:
     log.warning("%s asks for %d segment%s whose Batch requests were written for %s (%s, to %s) and are not ingested "
                 "yet: if that batch was submitted, %s paid twice; ingest its results first (%s lists them; delete it "
                 "if that batch was never submitted)", what, k, "s" if k != 1 else "", out, data["written"],
-                ", ".join(data["files"]) or "?", "it is" if k == 1 else "they are", batch_pending_path(out).name)
+                (data["files"][0] + (f" and {len(data['files']) - 1} more" if len(data["files"]) > 1 else ""))
+                if data["files"] else "?", "it is" if k == 1 else "they are", batch_pending_path(out).name)
 
 
 def update_batch_pending(out: Path, *, add: tuple[list[str], list[str]] | None = None,

@@ -717,6 +717,13 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                            last_eval=last_eval, history=state.history, seconds=time.perf_counter() - t_start,
                            model_args=model_args, is_main=info.is_main, interrupted=stop.received,
                            best_key=BEST_METRIC[cfg.data.task], provenance=provenance)
+    except LeapError as e:
+        if unstarted_note is None or (run_dir / "config.yaml").exists():
+            raise
+        # (a --resume that found no run, then refused, told to build shards under a mistyped --workdir)
+        raise LeapError(e.message, path=e.path, record=e.record,
+                        fix=(f"{e.fix}; or, " if e.fix else "") + f"--resume found no run {name!r} in "
+                            f"{workdir / 'runs'}: check --workdir and --name") from None
     finally:
         stack.close()
         distributed.cleanup()
