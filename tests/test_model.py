@@ -524,6 +524,31 @@ def test_anticipation_uses_present_context_only_when_aggregating():
         assert torch.allclose(a[1], b[1], atol=1e-6) != aggregate  # a present one matters only when aggregating
 
 
+def test_a_clips_program_embedding_is_its_program_up_to_end(monkeypatch):
+    """The anticipation aggregator's program embedding averaged all max_steps greedy rows, the untrained ones after
+    the first END too (docs: "the mean decoder state of the greedily predicted program"); pool "program" averages
+    the rows up to and with the first END; a model_args without the key (a checkpoint written before) keeps "all"."""
+    torch.manual_seed(0)
+    old = build_model(tiny_args(anticipation={"context": 2, "aggregate": True})).eval()
+    new = build_model(tiny_args(anticipation={"context": 2, "aggregate": True, "pool": "program"})).eval()
+    new.load_state_dict(old.state_dict())
+    dec = new.decoder
+    L = dec.spec.max_steps
+    ids = torch.zeros(2, L, len(dec.spec.columns), dtype=torch.long)
+    ids[0, 2, 0] = dec.spec.step_verbs - 1  # END at row 2 of sample 0 (the verb column's last id without a
+    # structure column); sample 1 never ends
+    h = torch.randn(2, L, 64)
+    for m in (old, new):
+        monkeypatch.setattr(m.decoder, "greedy", lambda memory: (ids, h))
+    feature, tokens = torch.randn(2, 64), torch.randn(2, 10, 64)
+    got = new._program_embedding(feature, tokens)
+    torch.testing.assert_close(got[0], h[0, :3].mean(0))
+    torch.testing.assert_close(got[1], h[1].mean(0))
+    torch.testing.assert_close(old._program_embedding(feature, tokens), h.mean(1))
+    with pytest.raises(LeapError, match="anticipation.pool"):
+        build_model(tiny_args(anticipation={"context": 2, "pool": "mean"}))
+
+
 def _reference_uniformerv2(sd, x, *, heads, downsample, no_lmhra, return_list, n_head, frozen=False):
     """The official forward written out functionally from a state dict, in the official sequence-first
     layout ([L, N*T, C]) and with torch's own multi-head attention for the backbone blocks; independent of

@@ -1173,9 +1173,21 @@ def test_anticipation_trains_with_context_clips(tmp_path: Path, aggregate: bool)
     cfg = tiny_config("train.max_steps=2", "data.task=anticipation", "model.anticipation_context=2",
                       f"model.anticipation_aggregate={str(aggregate).lower()}")
     result = main(cfg, workdir=tmp_path, name="ant", source=AnticipationSource())
-    assert result.model_args["anticipation"] == {"context": 2, "aggregate": aggregate}
+    assert result.model_args["anticipation"] == {"context": 2, "aggregate": aggregate, "pool": "program"}
     model, _ = load_model(tmp_path / "runs/ant", which="last")
-    assert (model.aggregator is not None) == aggregate
+    assert (model.aggregator is not None) == aggregate and model.program_pool == "program"
+    if aggregate:  # a run begun before the pooling key (every decoded row) resumes, keeping its pooling
+        from leap_cli.train.checkpoint import load_checkpoint, save_checkpoint
+
+        cfg = tiny_config("train.max_steps=3", "data.task=anticipation", "model.anticipation_context=2")
+        main(cfg, workdir=tmp_path, name="ant2", source=AnticipationSource(), stop_at_step=2)
+        last = tmp_path / "runs/ant2/checkpoints/last.pt"
+        ckpt = load_checkpoint(last)
+        del ckpt["model_args"]["anticipation"]["pool"]
+        save_checkpoint(last, ckpt)
+        again = main(cfg, workdir=tmp_path, name="ant2", source=AnticipationSource(), resume=True)
+        assert again.steps == 3 and again.model_args["anticipation"]["pool"] == "all"
+        assert load_model(tmp_path / "runs/ant2", which="last")[0].program_pool == "all"
 
 
 @pytest.mark.parametrize("override,key", [("optim.lr=-1", "optim.lr"), ("optim.warmup_ratio=2", "optim.warmup_ratio"),

@@ -9,7 +9,10 @@
                   "structure": n} (the sizes of ``TargetVocab.model_program_args``; without hands/structure the
                   decoder predicts (S-Verb, Obj(A), Obj(B)) triples only)
   anticipation    None or {"context": C, "aggregate": bool, "context_grad": bool (default true; false encodes
-                  the context clips without gradients, saving the memory of C extra backbone passes)}
+                  the context clips without gradients, saving the memory of C extra backbone passes), "pool":
+                  "program" (a clip's program embedding is the mean decoder state of its greedy program, up to and
+                  with its first END row; leap train writes it) or "all" (every decoded row, the untrained ones
+                  after END too: the default, as the checkpoints written before the key computed it)}
   decoder_dim, decoder_layers, decoder_heads, decoder_dropout   program-decoder options
                   (defaults: min(256, backbone width), 2, 4, 0.1)
   decoder_recognition  (default true) the decoder's memory holds the verb/noun heads' probabilities
@@ -91,12 +94,16 @@ class LeapModel(nn.Module):
         self.num_verbs, self.num_nouns = num_verbs, num_nouns
         self.context = 0
         self.context_grad = True
+        self.program_pool = "all"
         self.aggregator: AnticipationAggregator | None = None
         if anticipation is not None:
-            unknown = set(anticipation) - {"context", "aggregate", "context_grad"}
+            unknown = set(anticipation) - {"context", "aggregate", "context_grad", "pool"}
             if unknown:
                 raise LeapError(f"unknown model_args.anticipation keys: {sorted(unknown)}",
-                                fix="use context, aggregate and context_grad")
+                                fix="use context, aggregate, context_grad and pool")
+            self.program_pool = str(anticipation.get("pool", "all"))
+            if self.program_pool not in ("program", "all"):
+                raise LeapError(f"model_args.anticipation.pool {self.program_pool!r}", fix="use program or all")
             self.context = int(anticipation.get("context", 2))
             self.context_grad = bool(anticipation.get("context_grad", True))
             if anticipation.get("aggregate", True):
@@ -136,10 +143,15 @@ class LeapModel(nn.Module):
         return self.decoder.memory(tokens, feature, recognition)
 
     def _program_embedding(self, feature: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Mean decoder state of the greedily predicted program: [B, decoder_dim]."""
+        """Mean decoder state of the greedily predicted program, up to and with its first END row (``pool``
+        "program"; "all": every one of the ``max_steps`` rows, those after END too, which no loss trains and which
+        outnumber a short program's): [B, decoder_dim]."""
         assert self.decoder is not None
-        _, h = self.decoder.greedy(self._memory(feature, tokens))
-        return h.mean(1)
+        ids, h = self.decoder.greedy(self._memory(feature, tokens))
+        if self.program_pool == "all":
+            return h.mean(1)
+        keep = (~self.decoder.after_end(ids)).to(h.dtype)[..., None]  # [B, L, 1]; row 0 is always kept
+        return (h * keep).sum(1) / keep.sum(1)
 
     def _aggregate(
         self, feature: torch.Tensor, tokens: torch.Tensor, context_video: torch.Tensor | None,

@@ -87,7 +87,9 @@ def model_args_for(cfg: Config, source: DataSource) -> dict:
     anticipation = None
     if cfg.data.task == "anticipation":
         anticipation = {"context": cfg.model.anticipation_context,
-                        "aggregate": bool(cfg.model.anticipation_aggregate and program is not None)}
+                        "aggregate": bool(cfg.model.anticipation_aggregate and program is not None),
+                        "pool": "program"}  # (a clip's program, not the rows after its END: build_model's default
+        # is the "all" of the checkpoints written before, which a resume or evaluation of theirs keeps)
     args = {"backbone": cfg.model.backbone, "num_frames": cfg.model.num_frames, "img_size": cfg.model.img_size,
             "num_verbs": int(source.num_verbs), "num_nouns": int(source.num_nouns), "program": program,
             "anticipation": anticipation}
@@ -106,11 +108,15 @@ def model_args_for(cfg: Config, source: DataSource) -> dict:
 def with_normalisation(model_args: dict) -> dict:
     """``model_args`` with the input normalisation the model uses, also where no weight family or option set it
     (the builder's default, CLIP's): every checkpoint says how its clips were normalised. A checkpoint of a leap
-    before 2026-12-04 lacks it where it was the default; compared through this, it resumes."""
+    before 2026-12-04 lacks it where it was the default; compared through this, it resumes. Likewise an
+    anticipation model's program pooling (``anticipation.pool``, the builder's "all" where a checkpoint lacks it)."""
     from leap_cli.model.uniformerv2 import CLIP_MEAN, CLIP_STD
 
-    return {**model_args, "mean": list(model_args.get("mean", CLIP_MEAN)),
+    args = {**model_args, "mean": list(model_args.get("mean", CLIP_MEAN)),
             "std": list(model_args.get("std", CLIP_STD))}
+    if isinstance(args.get("anticipation"), dict):
+        args["anticipation"] = {"pool": "all", **args["anticipation"]}
+    return args
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -540,6 +546,10 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         model_args = model_args_for(cfg, source)
         if resume_ckpt is not None:
             _same_training_data(resume_ckpt, source, ckpt_dir / "last.pt", cfg.data.train)
+            old_ant = with_normalisation(resume_ckpt["model_args"]).get("anticipation")
+            if isinstance(old_ant, dict) and isinstance(model_args.get("anticipation"), dict):
+                # a run keeps the program pooling it began with (one begun before the key: every decoded row)
+                model_args = {**model_args, "anticipation": {**model_args["anticipation"], "pool": old_ant["pool"]}}
         if resume_ckpt is not None and with_normalisation(resume_ckpt["model_args"]) != model_args:
             raise LeapError("the config or data vocabulary differs from the checkpoint's model",
                             path=ckpt_dir / "last.pt", fix="resume with the same config and shards")
