@@ -954,7 +954,15 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     res = CliRunner().invoke(app, ingest[:-3] + [str(cut)])
     assert isinstance(res.exception, LeapError) and "its last line (line 4) is cut short" in str(res.exception)
     assert "download the batch's output file again" in res.exception.fix
-    res = CliRunner().invoke(app, ingest[:-1] + [str(outs[1])])
+    cut.write_bytes(outs[0].read_bytes().split(b"\n")[0][:-40])  # (a one-result batch's: line 1)
+    res = CliRunner().invoke(app, ingest[:-3] + [str(cut)])
+    assert isinstance(res.exception, LeapError) and "its last line (line 1) is cut short" in str(res.exception)
+    cut.write_bytes(outs[0].read_bytes()[:-40] + "é".encode()[:1])  # (inside a character: "not UTF-8" before)
+    res = CliRunner().invoke(app, ingest[:-3] + [str(cut)])
+    assert isinstance(res.exception, LeapError) and "cut short, inside a character" in str(res.exception)
+    # (the command that wrote them, --batch-max-requests and all, with --ingest-batch in place of --batch-file, as
+    # its last line says: it was refused, "--batch-max-requests sizes the files of --batch-file")
+    res = CliRunner().invoke(app, ingest[:-1] + [str(outs[1]), "--batch-max-requests", "4"])
     assert res.exit_code == 0 and f"ingested {N_SEGMENTS} results" in res.output and f"valid {N_SEGMENTS}" in res.output
     # what it cost, at half the prices (1000 prompt and 200 completion tokens each at 0.15 and 0.60 USD per 1M)
     cost = N_SEGMENTS * (1000 * 0.15 + 200 * 0.60) / 1e6 / 2

@@ -1359,6 +1359,22 @@ def test_an_ablation_cell_made_with_other_settings_is_trained_again(tmp_path: Pa
     for epochs, sets in ((2, ()), (2, ()), (3, ()), (3, ("optim.lr=0.01",))):
         run_cell(tmp_path, tmp_path / "kitchen", cell, 0, AblateConfig(workdir=tmp_path, epochs=epochs, overrides=sets))
     assert trained == [2, 3, 3]  # the second run reused the first; a changed --epochs or --set trains again
+    # an aggregation cell of the earlier program pooling (its result.json without "pool") is trained again: reused,
+    # it was averaged with a seed of the new pooling in one row (QA)
+    agg = Cell("+L_T+L_PC+aggregation", "anticipation", "truth", ("model.anticipation_aggregate=true",))
+    monkeypatch.setattr(scoring, "evaluate_scores", lambda *a, **k: {"anticipation": {"overall": {
+        t: {"mt5r": 0.5} for t in ("verb", "noun", "action")}}})
+    ablate = AblateConfig(workdir=tmp_path, epochs=2, anticipation_epochs=2)
+    run_cell(tmp_path, tmp_path / "kitchen", agg, 0, ablate)
+    done = next((tmp_path / "runs").glob("anticipation-truth-*-seed0")) / "result.json"
+    result = json.loads(done.read_text())
+    assert result["settings"]["pool"] == "program"
+    run_cell(tmp_path, tmp_path / "kitchen", agg, 0, ablate)
+    assert len(trained) == 4  # reused
+    del result["settings"]["pool"]
+    done.write_text(json.dumps(result))
+    run_cell(tmp_path, tmp_path / "kitchen", agg, 0, ablate)
+    assert len(trained) == 5
 
 
 def test_a_signal_stops_the_ablation_and_its_cell_is_not_recorded(tmp_path: Path, monkeypatch) -> None:

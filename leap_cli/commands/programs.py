@@ -93,10 +93,11 @@ def generate_programs(
     if response_format not in ("auto", "json_schema", "json_object", "none"):  # checked where given, offline runs too
         raise LeapError(f"--response-format {response_format!r} is not a format",
                         fix="use auto, json_schema, json_object or none")
-    if batch_file is None and (batch_max_requests, batch_max_mb) != (None, None):  # (else unheard)
+    ingest_batch = ingest_batch or None  # (typer gives [] when it is not given)
+    # (else unheard; the ingest's command is the --batch-file's with --ingest-batch in its place, as it says)
+    if batch_file is None and ingest_batch is None and (batch_max_requests, batch_max_mb) != (None, None):
         raise LeapError(f"{'--batch-max-requests' if batch_max_requests is not None else '--batch-max-mb'} sizes the "
                         "files of --batch-file", fix="add --batch-file FILE, or drop it")
-    ingest_batch = ingest_batch or None  # (typer gives [] when it is not given)
     say = console  # the Batch modes' messages: on stderr where the requests go to a stream (/dev/stdout | gzip)
     if batch_file is not None and ingest_batch is not None:  # (the requests were written, the ingest left out:
         # submitted, they paid again for the results given)

@@ -394,6 +394,9 @@ BATCH_OUTPUT_FIX = ("pass the output file the OpenAI Batch API returned: JSONL, 
                     '{"custom_id", "response", "error"} object per line')
 
 
+CUT_FIX = "download the batch's output file again (nothing was ingested)"
+
+
 def read_batch_output(path, numbers: list | None = None) -> list[dict]:
     """The result lines of a Batch output file (``numbers`` gets each one's line number in the file); anything
     else (another format, the Batch *input* file, a truncated download) is a one-line LeapError naming the line."""
@@ -403,9 +406,13 @@ def read_batch_output(path, numbers: list | None = None) -> list[dict]:
         raise LeapError("is a folder, not a Batch output file", path=path, fix=BATCH_OUTPUT_FIX)
     if not stdin and not path.exists():
         raise LeapError("Batch output file not found", path=path, fix=BATCH_OUTPUT_FIX)
+    data = sys.stdin.buffer.read() if stdin else path.read_bytes()
     try:
-        text = (sys.stdin.buffer.read() if stdin else path.read_bytes()).decode("utf-8")
-    except UnicodeDecodeError:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start >= len(data) - 3 and b"\n" not in data[e.start:]:  # a character cut at the end: a download too
+            raise LeapError("its last line is cut short, inside a character: a download that stopped part way?",
+                            path=path, fix=CUT_FIX) from None
         raise LeapError("not a Batch output file (not UTF-8 text)", path=path, fix=BATCH_OUTPUT_FIX) from None
     lines = []
     rows = text.split("\n")  # (not splitlines: U+2028 inside a JSON string is no end)
@@ -415,10 +422,9 @@ def read_batch_output(path, numbers: list | None = None) -> list[dict]:
         try:
             line = json.loads(raw)
         except json.JSONDecodeError as e:
-            if i == len(rows) and i > 1 and raw.lstrip().startswith("{"):  # the last line, without its newline
+            if i == len(rows) and raw.lstrip().startswith("{"):  # the last line, without its newline
                 raise LeapError(f"its last line (line {i}) is cut short: a download that stopped part way?",
-                                path=path, record=f"line {i}", fix="download the batch's output file again (nothing "
-                                                                   "was ingested)") from None
+                                path=path, record=f"line {i}", fix=CUT_FIX) from None
             raise LeapError(f"not a Batch output file: line {i} is not JSON ({e.msg})", path=path, record=f"line {i}",
                             fix=BATCH_OUTPUT_FIX) from None
         except RecursionError:

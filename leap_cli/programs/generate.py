@@ -278,8 +278,10 @@ def update_batch_pending(out: Path, *, add: tuple[list[str], list[str]] | None =
         elif ids != data["ids"] or add is not None:
             atomic_write_json(path, {"written": data["written"], "files": files, "ids": ids}, indent=None)
     except (OSError, LeapError) as e:
-        log.warning("%s could not be written (%s): a run that asks again for the segments of Batch requests out is "
-                    "not warned", path, getattr(e, "strerror", None) or e)
+        log.warning("%s could not be written (%s): %s", path, getattr(e, "strerror", None) or e,
+                    "a run that asks again for the segments of Batch requests out is not warned" if add is not None
+                    else "it still lists segments answered since, which a later run may be warned of (the next "
+                         "ingest or run that can write it takes them off)")
 
 
 def pending_records(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder) -> tuple[list[dict], dict[str, str],

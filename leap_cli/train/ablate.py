@@ -202,6 +202,8 @@ def run_cell(work: Path, kitchen: Path, cell: Cell, seed: int, cfg: AblateConfig
                  "span_frames")
     settings = json.loads(json.dumps({"config": str(cfg.config), "epochs": epochs, "overrides": list(cfg.overrides),
                                       "data": {k: v for k, v in asdict(cfg).items() if k in data_keys}}))
+    if "model.anticipation_aggregate=true" in cell.overrides:  # the aggregator's program embedding (leap train's
+        settings["pool"] = "program"  # model_args.anticipation.pool): a cell of the earlier pooling is trained again
     if done.exists():
         result = json.loads(done.read_text())
         if result.get("settings", settings) == settings:  # (a result of an earlier leap has none: reused)
