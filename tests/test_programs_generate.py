@@ -1020,6 +1020,16 @@ def test_batch_requests_over_one_files_limits_go_into_several_files(workdir, goo
     assert ingest_batch(other, [plain, plain]) == {"valid": 4, "repeated": 4}
 
 
+def paid_results(cfg: GenerateConfig, good_programs: dict, tmp_path: Path) -> Path:
+    """A Batch request file for every segment of ``cfg``'s output, and its results file: each a valid program with
+    its request id (``batch_req_I``)."""
+    write_batch_file(cfg, tmp_path / "b.jsonl")
+    return results_file(tmp_path / "out.jsonl", [
+        {"id": f"batch_req_{i}", "custom_id": r["custom_id"], "response": {"status_code": 200, "body": completion(
+            json.dumps(good_programs[r["custom_id"].partition("@")[0]]))}}
+        for i, r in enumerate(read_jsonl(tmp_path / "b.jsonl"))])
+
+
 def test_force_over_paid_batch_programs_keeps_them_and_the_ledger_counts_each_request_once(workdir, good_programs,
                                                                                              tmp_path, caplog):
     """--force over an output of Batch API programs deleted them, and the Batch replies are in no cache: going back
@@ -1028,11 +1038,7 @@ def test_force_over_paid_batch_programs_keeps_them_and_the_ledger_counts_each_re
     from leap_cli.programs.store import ProgramStore
 
     cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
-    write_batch_file(cfg, tmp_path / "b.jsonl")
-    results = results_file(tmp_path / "out.jsonl", [
-        {"id": f"batch_req_{i}", "custom_id": r["custom_id"], "response": {"status_code": 200, "body": completion(
-            json.dumps(good_programs[r["custom_id"].partition("@")[0]]))}}
-        for i, r in enumerate(read_jsonl(tmp_path / "b.jsonl"))])
+    results = paid_results(cfg, good_programs, tmp_path)
     assert ingest_batch(cfg, results) == {"valid": N_SEGMENTS}
     paid = cfg.out_path.read_bytes()
     with caplog.at_level("WARNING"):
@@ -1070,11 +1076,7 @@ def test_a_reingest_of_results_an_older_leap_ingested_adds_nothing_to_the_ledger
     from leap_cli.programs.store import ProgramStore
 
     cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
-    write_batch_file(cfg, tmp_path / "b.jsonl")
-    results = results_file(tmp_path / "out.jsonl", [
-        {"id": f"batch_req_{i}", "custom_id": r["custom_id"], "response": {"status_code": 200, "body": completion(
-            json.dumps(good_programs[r["custom_id"].partition("@")[0]]))}}
-        for i, r in enumerate(read_jsonl(tmp_path / "b.jsonl"))])
+    results = paid_results(cfg, good_programs, tmp_path)
     assert ingest_batch(cfg, results) == {"valid": N_SEGMENTS}
     with ProgramStore(cfg.cache_path) as store:
         spent = store.spent(cfg.out_path)
@@ -1096,11 +1098,7 @@ def test_an_ingest_stopped_part_way_has_the_cost_of_every_paid_result_in_the_led
     from leap_cli.io import JsonlAppender
 
     cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
-    write_batch_file(cfg, tmp_path / "b.jsonl")
-    results = results_file(tmp_path / "out.jsonl", [
-        {"id": f"batch_req_{i}", "custom_id": r["custom_id"], "response": {"status_code": 200, "body": completion(
-            json.dumps(good_programs[r["custom_id"].partition("@")[0]]))}}
-        for i, r in enumerate(read_jsonl(tmp_path / "b.jsonl"))])
+    results = paid_results(cfg, good_programs, tmp_path)
     write, n = JsonlAppender.write, [0]
 
     def stop_after_two(self, record):
