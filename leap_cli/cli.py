@@ -55,7 +55,7 @@ def source_revision() -> str:
     # (this checkout's, not a GIT_DIR's of the environment, as in a git hook; a shared install another user owns
     # is no "dubious ownership" to leap)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | {"TZ": "UTC"}
-    git = ["git", "-c", f"safe.directory={top}", "-C", str(top)]
+    git = ["git", "--no-optional-locks", "-c", f"safe.directory={top}", "-C", str(top)]  # (no index.lock taken)
     try:
         head = subprocess.run([*git, "log", "-1", "--format=%h %cd", "--date=format-local:%Y-%m-%d %H:%M"],
                               capture_output=True, text=True, timeout=5, env=env)

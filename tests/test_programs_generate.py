@@ -678,6 +678,31 @@ def test_a_run_over_the_segments_of_a_batch_not_ingested_is_warned(workdir, good
         assert write_batch_file(dataclasses.replace(cfg, retry_failed=True), tmp_path / "b5.jsonl") == 0
 
 
+def test_a_retry_batch_whose_results_failed_again_is_not_pending(workdir, good_programs, tmp_path):
+    """A --batch-file --retry-invalid batch whose results failed again (HTTP 500) leaves the invalid records as they
+    were: their segments stayed recorded as waiting for a batch, the ingest said they had "no result yet" (ingest
+    the error file) and the next --batch-file warned "paid twice" (a code review). The same first results again
+    do not take a segment off while its retry batch is out."""
+    from leap_cli.programs.generate import batch_pending
+
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    write_batch_file(cfg, tmp_path / "b.jsonl")
+    lines = batch_results(tmp_path / "b.jsonl", lambda i, nid: {"response": {"status_code": 200, "body": completion(
+        "not json" if i < 2 else json.dumps(good_programs[nid]))}})
+    first = results_file(tmp_path / "r.jsonl", lines)
+    ingest_batch(cfg, first)
+    retry = dataclasses.replace(cfg, retry_invalid=True)
+    assert write_batch_file(retry, tmp_path / "b2.jsonl") == 2
+    asked = sorted(batch_pending(cfg.out_path)["ids"])
+    assert len(asked) == 2
+    ingest_batch(cfg, first)  # (the first batch's results again: the retry batch is still out)
+    assert sorted(batch_pending(cfg.out_path)["ids"]) == asked
+    again = [{"id": f"req2_{i}", "custom_id": r["custom_id"], "response": {"status_code": 500, "body": {}}}
+             for i, r in enumerate(read_jsonl(tmp_path / "b2.jsonl"))]
+    assert ingest_batch(retry, results_file(tmp_path / "r2.jsonl", again)) == {"failed": 2}
+    assert batch_pending(cfg.out_path)["ids"] == []
+
+
 def test_an_ingest_at_a_raised_token_limit_is_of_these_settings(workdir, good_programs, tmp_path):
     """--max-tokens may be raised on a resume (a reply not cut at the old limit is the one the higher limit gives):
     results of requests written at the lower limit, ingested at the higher, are of the output's settings, cached

@@ -410,7 +410,7 @@ def read_batch_output(path, numbers: list | None = None) -> list[dict]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        if e.start >= len(data) - 3 and b"\n" not in data[e.start:]:  # a character cut at the end: a download too
+        if e.reason == "unexpected end of data" and e.end == len(data):  # a character cut at the end: a download
             raise LeapError("its last line is cut short, inside a character: a download that stopped part way?",
                             path=path, fix=CUT_FIX) from None
         raise LeapError("not a Batch output file (not UTF-8 text)", path=path, fix=BATCH_OUTPUT_FIX) from None
@@ -641,6 +641,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     with JsonlAppender(cfg.out_path, replace_keys=replaced, sync_every=1.0) as out, \
             ProgramStore(cfg.cache_path) as store:
         written_ids = set()
+        finished = False
         # Every result with its request id was paid, whether or not a record is made from it (left out for a
         # better one, already present): in the ledger, once per id across ingests, before any record is written.
         # A stop part way (Ctrl-C, SIGTERM, a full disk, a kill) then leaves no written record whose cost is not
@@ -711,18 +712,27 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
                     counts["superseded"] += 1
                     if record["narration_id"] in written_ids and _attempt(record)[0] is None:
                         spend(record)
+            finished = True
         finally:  # (an error part way: the records written are kept, and so is what they cost)
-            more = store.add_batch_spend(cfg.out_path, spends)
-            added = {k: added[k] + more[k] for k in ("requests", "cost")}
-            # the segments a result was written for now, whose record is valid, or whose record an ingest made
-            # since the last --batch-file wrote its requests (one stopped part way: its rerun finds them present)
-            # wait for no request of theirs; also after a stop (under the output's lock: a --batch-file --retry-*
-            # meanwhile records its own)
-            since = batch_pending(cfg.out_path)["written"]
-            update_batch_pending(cfg.out_path, drop=written_ids | {
-                nid for nid, r in old.items() if r.get("status") == "valid"
-                or _dict(r.get("provenance")).get("backend") == "openai-batch"
-                and str(_dict(r.get("provenance")).get("created") or "") > since})
+            try:
+                if spends:  # (results without a request id: a compatible server's)
+                    more = store.add_batch_spend(cfg.out_path, spends, kept="the records written are kept (the "
+                                                 "cost of results without a request id is not in the ledger)")
+                    added = {k: added[k] + more[k] for k in ("requests", "cost")}
+            finally:
+                # a segment waits for no request of its own where a record was written for it now, its record is
+                # valid, an ingest made its record since the last --batch-file wrote its requests (a stopped
+                # ingest's rerun finds them present), or (an ingest to its end) a result of another request than
+                # its record's came in (a --retry-* batch's failure that left the record as it was: that batch is
+                # back; the same results ingested again are not, while a --retry-* batch of theirs is out). Under
+                # the output's lock: a --batch-file --retry-* meanwhile records its own
+                since = batch_pending(cfg.out_path)["written"]
+                back = {nid for nid, rows in of_segment.items()
+                        if any(_attempt(results[i]) != _attempt(old.get(nid)) for i in rows)} if finished else set()
+                update_batch_pending(cfg.out_path, drop=written_ids | back | {
+                    nid for nid, r in old.items() if r.get("status") == "valid"
+                    or _dict(r.get("provenance")).get("backend") == "openai-batch"
+                    and str(_dict(r.get("provenance")).get("created") or "") > since})
         if spent is not None:
             spent.update(added, total=store.spent(cfg.out_path)["cost"])
     return counts

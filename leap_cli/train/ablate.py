@@ -206,7 +206,8 @@ def run_cell(work: Path, kitchen: Path, cell: Cell, seed: int, cfg: AblateConfig
         settings["pool"] = "program"  # model_args.anticipation.pool): a cell of the earlier pooling is trained again
     if done.exists():
         result = json.loads(done.read_text())
-        if result.get("settings", settings) == settings:  # (a result of an earlier leap has none: reused)
+        # (a result of an earlier leap has none: reused, but for an aggregation cell, which pooled otherwise)
+        if result.get("settings", None if "pool" in settings else settings) == settings:
             return result
         log.info("%s: trained with other settings; training it again", name)
     if run_dir.exists():

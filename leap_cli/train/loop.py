@@ -731,9 +731,10 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         if unstarted_note is None or (run_dir / "config.yaml").exists():
             raise
         # (a --resume that found no run, then refused, told to build shards under a mistyped --workdir)
-        raise LeapError(e.message, path=e.path, record=e.record,
-                        fix=(f"{e.fix}; or, " if e.fix else "") + f"--resume found no run {name!r} in "
-                            f"{workdir / 'runs'}: check --workdir and --name") from None
+        e.fix = (f"{e.fix}; or, " if e.fix else "") + f"--resume found no run {name!r} in {workdir / 'runs'}: " \
+                "check --workdir and --name"
+        e.args = (e.one_line(),)
+        raise
     finally:
         stack.close()
         distributed.cleanup()
