@@ -842,6 +842,9 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+_TOLD_TRUNCATED: set[tuple[str, int, int]] = set()  # (file, where, bytes) of the truncated last lines warned of
+
+
 def iter_jsonl(path: str | Path, *, repair: bool = False) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) of each non-blank line of a JSONL file, read as a stream (one line in memory at a
     time). A truncated last line (a crash mid-write) is dropped, and cut off the file when ``repair`` is set; a bad
@@ -860,7 +863,9 @@ def iter_jsonl(path: str | Path, *, repair: bool = False) -> Iterator[tuple[int,
                     value = json.loads(raw[:-1] if raw.endswith(b"\n") else raw)  # (bytes: JSON's encodings are sniffed)
                 except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:  # a cut can split a UTF-8 character
                     if not raw.endswith(b"\n"):  # the last line, cut short
-                        log.warning("%s: dropping a truncated last line (%d bytes)", path, len(raw))
+                        if (told := (str(path.resolve()), good_end, len(raw))) not in _TOLD_TRUNCATED:
+                            _TOLD_TRUNCATED.add(told)  # (once: a stage reads its output more than once)
+                            log.warning("%s: dropping a truncated last line (%d bytes)", path, len(raw))
                         cut = good_end
                         break
                     what = (f"valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else

@@ -35,6 +35,21 @@ def test_jsonl_resume_skips_done_and_repairs_truncated_line(tmp_path):
     assert [r["narration_id"] for r in recs] == ["a", "b", "c"] and recs[2]["v"] == 4
 
 
+def test_a_truncated_last_line_is_warned_of_once(tmp_path, caplog):
+    """A stage reads its output more than once (its records, then its appender): the same cut line was warned of
+    twice (QA: after a full disk)."""
+    p = tmp_path / "r.jsonl"
+    p.write_text('{"narration_id": "a"}\n{"narration_id": "b", "v"')
+    with caplog.at_level("WARNING"):
+        assert [r["narration_id"] for r in read_jsonl(p)] == ["a"]
+        assert [r["narration_id"] for r in read_jsonl(p)] == ["a"]
+    assert caplog.text.count("dropping a truncated last line") == 1, caplog.text
+    p.write_text('{"narration_id": "a"}\n{"narration_id": "b"}\n{"narration_id": "c", "v"')  # (another cut: said)
+    with caplog.at_level("WARNING"):
+        read_jsonl(p)
+    assert caplog.text.count("dropping a truncated last line") == 2, caplog.text
+
+
 def test_jsonl_replace_keys_redoes_records(tmp_path):
     p = tmp_path / "r.jsonl"
     with JsonlAppender(p) as w:
