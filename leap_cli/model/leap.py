@@ -42,6 +42,8 @@ MODEL_KEYS = {"backbone", "num_frames", "img_size", "num_verbs", "num_nouns", "p
 # What torch raises building a model from arguments it cannot take (an option's type or value): the callers say
 # which arguments in one line (a config's model section, a checkpoint's model_args)
 BUILD_ERRORS = (TypeError, ValueError, AssertionError, IndexError, RuntimeError)
+# what an anticipation model_args without "pool" means: every decoded row (the checkpoints written before the key)
+POOL_BEFORE_THE_KEY = "all"
 
 
 class LeapModel(nn.Module):
@@ -94,14 +96,14 @@ class LeapModel(nn.Module):
         self.num_verbs, self.num_nouns = num_verbs, num_nouns
         self.context = 0
         self.context_grad = True
-        self.program_pool = "all"
+        self.program_pool = POOL_BEFORE_THE_KEY
         self.aggregator: AnticipationAggregator | None = None
         if anticipation is not None:
             unknown = set(anticipation) - {"context", "aggregate", "context_grad", "pool"}
             if unknown:
                 raise LeapError(f"unknown model_args.anticipation keys: {sorted(unknown)}",
                                 fix="use context, aggregate, context_grad and pool")
-            self.program_pool = str(anticipation.get("pool", "all"))
+            self.program_pool = str(anticipation.get("pool", POOL_BEFORE_THE_KEY))
             if self.program_pool not in ("program", "all"):
                 raise LeapError(f"model_args.anticipation.pool {self.program_pool!r}", fix="use program or all")
             self.context = int(anticipation.get("context", 2))

@@ -527,12 +527,13 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     stays = old.keys() - replaced - invalid - other  # valid records no result replaces: their results are not validated
 
     prompt_hashes: dict[str, str] = {}  # (each segment's prompt built once: for its records, then its cache key)
+    current = {nid: clip_hash(inputs, by_id[nid]) for nid in {line["custom_id"] for line in lines}}  # (once each)
 
     def result(line: dict) -> dict:
         """The program record of one result line (validated, no repair round); for a record that stays, only
         what picks among a segment's results (an ingest run again over 67k results took 34 s and 1.9 GB)."""
         nid = line["custom_id"]
-        clip = current_clip = clip_hash(inputs, by_id[nid])
+        clip = current_clip = current[nid]
         if line["clip_hash"] and line["clip_hash"] != clip:  # asked for before the clip changed: kept as that clip's
             clip = line["clip_hash"]  # program, which the next --batch-file or run asks for again
         resp = _dict(line.get("response"))
@@ -597,10 +598,9 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     # until the ingest was run again with --retry-invalid)
     replaced |= {r["narration_id"] for r in results if r["narration_id"] in other and r["status"] == "valid"
                  and not r["provenance"].get("other_settings")
-                 and r["provenance"]["clip_hash"] == clip_hash(inputs, by_id[r["narration_id"]])}
+                 and r["provenance"]["clip_hash"] == current[r["narration_id"]]}
     replaced |= {r["narration_id"] for r in results if r["narration_id"] in invalid and r["status"] == "valid"
                  and _attempt(r)[0] is not None and _attempt(old[r["narration_id"]])[0] not in (None, _attempt(r)[0])}
-    current = {nid: clip_hash(inputs, by_id[nid]) for nid in {r["narration_id"] for r in results}}
     order = {"valid": 0, "invalid": 1, "failed": 2}
 
     def rank(i: int) -> tuple[bool, int, bool, bool]:

@@ -110,12 +110,13 @@ def with_normalisation(model_args: dict) -> dict:
     (the builder's default, CLIP's): every checkpoint says how its clips were normalised. A checkpoint of a leap
     before 2026-12-04 lacks it where it was the default; compared through this, it resumes. Likewise an
     anticipation model's program pooling (``anticipation.pool``, the builder's "all" where a checkpoint lacks it)."""
+    from leap_cli.model.leap import POOL_BEFORE_THE_KEY
     from leap_cli.model.uniformerv2 import CLIP_MEAN, CLIP_STD
 
     args = {**model_args, "mean": list(model_args.get("mean", CLIP_MEAN)),
             "std": list(model_args.get("std", CLIP_STD))}
     if isinstance(args.get("anticipation"), dict):
-        args["anticipation"] = {"pool": "all", **args["anticipation"]}
+        args["anticipation"] = {"pool": POOL_BEFORE_THE_KEY, **args["anticipation"]}
     return args
 
 
@@ -546,13 +547,14 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         model_args = model_args_for(cfg, source)
         if resume_ckpt is not None:
             _same_training_data(resume_ckpt, source, ckpt_dir / "last.pt", cfg.data.train)
-            old_ant = with_normalisation(resume_ckpt["model_args"]).get("anticipation")
-            if isinstance(old_ant, dict) and isinstance(model_args.get("anticipation"), dict):
+            old_args = with_normalisation(resume_ckpt["model_args"])
+            if isinstance(old_args.get("anticipation"), dict) and isinstance(model_args.get("anticipation"), dict):
                 # a run keeps the program pooling it began with (one begun before the key: every decoded row)
-                model_args = {**model_args, "anticipation": {**model_args["anticipation"], "pool": old_ant["pool"]}}
-        if resume_ckpt is not None and with_normalisation(resume_ckpt["model_args"]) != model_args:
-            raise LeapError("the config or data vocabulary differs from the checkpoint's model",
-                            path=ckpt_dir / "last.pt", fix="resume with the same config and shards")
+                model_args = {**model_args, "anticipation": {**model_args["anticipation"],
+                                                             "pool": old_args["anticipation"]["pool"]}}
+            if old_args != model_args:
+                raise LeapError("the config or data vocabulary differs from the checkpoint's model",
+                                path=ckpt_dir / "last.pt", fix="resume with the same config and shards")
         from leap_cli.model import build_model
         from leap_cli.model.leap import BUILD_ERRORS
 
