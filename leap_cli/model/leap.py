@@ -44,6 +44,8 @@ MODEL_KEYS = {"backbone", "num_frames", "img_size", "num_verbs", "num_nouns", "p
 BUILD_ERRORS = (TypeError, ValueError, AssertionError, IndexError, RuntimeError)
 # what an anticipation model_args without "pool" means: every decoded row (the checkpoints written before the key)
 POOL_BEFORE_THE_KEY = "all"
+# what leap train writes: a clip's program, its decoded rows up to and with its first END
+POOL_PROGRAM = "program"
 
 
 class LeapModel(nn.Module):
@@ -104,7 +106,7 @@ class LeapModel(nn.Module):
                 raise LeapError(f"unknown model_args.anticipation keys: {sorted(unknown)}",
                                 fix="use context, aggregate, context_grad and pool")
             self.program_pool = str(anticipation.get("pool", POOL_BEFORE_THE_KEY))
-            if self.program_pool not in ("program", "all"):
+            if self.program_pool not in (POOL_PROGRAM, POOL_BEFORE_THE_KEY):
                 raise LeapError(f"model_args.anticipation.pool {self.program_pool!r}", fix="use program or all")
             self.context = int(anticipation.get("context", 2))
             self.context_grad = bool(anticipation.get("context_grad", True))
@@ -150,7 +152,7 @@ class LeapModel(nn.Module):
         outnumber a short program's): [B, decoder_dim]."""
         assert self.decoder is not None
         ids, h = self.decoder.greedy(self._memory(feature, tokens))
-        if self.program_pool == "all":
+        if self.program_pool == POOL_BEFORE_THE_KEY:
             return h.mean(1)
         keep = (~self.decoder.after_end(ids)).to(h.dtype)[..., None]  # [B, L, 1]; row 0 is always kept
         return (h * keep).sum(1) / keep.sum(1)

@@ -188,6 +188,7 @@ def run_cell(work: Path, kitchen: Path, cell: Cell, seed: int, cfg: AblateConfig
     from leap_cli.epic.annotations import Annotations
     from leap_cli.evaluate.inference import evaluate_run
     from leap_cli.evaluate.scoring import evaluate_scores
+    from leap_cli.model.leap import POOL_PROGRAM
     from leap_cli.resources import bundled_config
     from leap_cli.train.config import load_config
     from leap_cli.train.loop import main
@@ -203,7 +204,7 @@ def run_cell(work: Path, kitchen: Path, cell: Cell, seed: int, cfg: AblateConfig
     settings = json.loads(json.dumps({"config": str(cfg.config), "epochs": epochs, "overrides": list(cfg.overrides),
                                       "data": {k: v for k, v in asdict(cfg).items() if k in data_keys}}))
     if "model.anticipation_aggregate=true" in cell.overrides:  # the aggregator's program embedding (leap train's
-        settings["pool"] = "program"  # model_args.anticipation.pool): a cell of the earlier pooling is trained again
+        settings["pool"] = POOL_PROGRAM  # model_args.anticipation.pool): a cell of the earlier pooling is trained again
     if done.exists():
         result = json.loads(done.read_text())
         # (a result of an earlier leap has none: reused, but for an aggregation cell, which pooled otherwise)

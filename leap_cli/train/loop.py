@@ -77,6 +77,8 @@ def seed_everything(seed: int) -> None:
 
 def model_args_for(cfg: Config, source: DataSource) -> dict:
     """The ``build_model`` arguments (plain types) from the config and the data's vocabulary."""
+    from leap_cli.model.leap import POOL_PROGRAM
+
     program = None
     targets = source.program_targets
     if cfg.model.program_heads and cfg.loss.program_loss and targets:
@@ -88,8 +90,8 @@ def model_args_for(cfg: Config, source: DataSource) -> dict:
     if cfg.data.task == "anticipation":
         anticipation = {"context": cfg.model.anticipation_context,
                         "aggregate": bool(cfg.model.anticipation_aggregate and program is not None),
-                        "pool": "program"}  # (a clip's program, not the rows after its END: build_model's default
-        # is the "all" of the checkpoints written before, which a resume or evaluation of theirs keeps)
+                        "pool": POOL_PROGRAM}  # (not the rows after its END: build_model's default is the
+        # POOL_BEFORE_THE_KEY of the checkpoints written before, which a resume or evaluation of theirs keeps)
     args = {"backbone": cfg.model.backbone, "num_frames": cfg.model.num_frames, "img_size": cfg.model.img_size,
             "num_verbs": int(source.num_verbs), "num_nouns": int(source.num_nouns), "program": program,
             "anticipation": anticipation}
