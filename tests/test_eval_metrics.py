@@ -75,6 +75,14 @@ def test_recognition_metrics_hand_computed():
     assert m["unseen"] == {"verb": {"top1": 0.5}, "noun": {"top1": 1.0}, "action": {"top1": 0.5}}
 
 
+def test_topk_counts_the_first_k_ranks_only():
+    """A label ranked exactly k+1-th is a miss at k (the recognition case ranks its top-1 misses 3rd or lower)."""
+    ranks = np.array([[4, 2, 0, 1, 3, 5, 6], [0, 1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1, 0]])
+    labels = np.array([2, 5, 6])  # ranked 2nd, 6th, 1st
+    assert M.topk_accuracy(ranks, labels, (1, 2, 5)) == [pytest.approx(1 / 3), pytest.approx(2 / 3),
+                                                          pytest.approx(2 / 3)]
+
+
 def test_recognition_empty_subsets_are_none():
     verb, noun, vl, nl, parts = _recognition_case()
     m = M.recognition_metrics(verb, noun, vl, nl, parts, tail_verbs=set(), tail_nouns={2}, unseen_participants={"P99"})
@@ -156,6 +164,9 @@ def test_condition_f1_micro_macro():
     assert m["post"] == {"micro_f1": 1.0, "macro_f1": 1.0}
     empty = M.f1_scores(np.zeros((2, 2), bool), np.zeros((2, 2), bool))
     assert empty == {"micro_f1": None, "macro_f1": None}
+    # a class always missed (true, never predicted: tp 0, fn 1) counts in the macro mean with F1 0
+    assert M.f1_scores(np.array([[False, True]]), np.array([[True, True]])) == {"micro_f1": pytest.approx(2 / 3),
+                                                                                 "macro_f1": 0.5}
 
 
 @pytest.mark.parametrize("values", ["continuous", "few", "many"])

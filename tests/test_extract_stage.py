@@ -1230,6 +1230,27 @@ def test_records_without_a_narration_component_see_a_changed_annotation(kitchen,
     assert s.reannotated == 1 and s.written == 1 and "narration or labels" in s.reannotated_example
 
 
+def test_a_records_last_line_decides_whether_it_was_made_from_other_annotations(kitchen, tmp_path):
+    """A run killed before its close-time rewrite leaves a record's old line (other annotations) before its new
+    one: the last line is current, so the record is done, not made again nor counted as re-annotated."""
+    import json
+    import shutil
+
+    root = tmp_path / "k"
+    shutil.copytree(kitchen, root)
+    out = tmp_path / "train.jsonl"
+    cfg = _cfg(root, out, components=("narration",), frame_cache=None)
+    run_extract(cfg)
+    old = {r["narration_id"]: r for r in read_jsonl(out)}
+    csv = root / "annotations" / "EPIC_100_train.csv"
+    csv.write_text(csv.read_text().replace(",fry onion,fry,9,onion,30,", ",fry onions,fry,9,onion,30,"))
+    assert run_extract(cfg).reannotated == 1
+    new = read_jsonl(out)
+    out.write_text("".join(json.dumps(r) + "\n" for r in [old["P01_01_2"], *new]))  # old line first, then the new
+    s = run_extract(cfg)
+    assert (s.reannotated, s.written, s.done_before) == (0, 0, len(new))
+
+
 def test_records_made_again_for_new_annotations_are_not_offered_to_retry_errors(kitchen, tmp_path):
     """The summary offered --retry-errors for a record the same run made again (its annotation had changed)."""
     import shutil

@@ -78,6 +78,18 @@ def test_jsonl_a_key_written_twice_keeps_its_last_line(tmp_path, caplog):
     assert "1 records were there twice" in caplog.text
 
 
+def test_jsonl_replace_keys_test_is_decided_by_a_keys_last_line(tmp_path):
+    # a --retry-errors run killed before its close-time rewrite leaves a key's failed line and then its ok one: the
+    # next --retry-errors must not redo (and pay for) the record that succeeded
+    p = tmp_path / "r.jsonl"
+    rows = [{"k": "a", "status": "failed"}, {"k": "a", "status": "ok"}, {"k": "b", "status": "failed"}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with JsonlAppender(p, key="k", replace_keys=lambda r: r["status"] == "failed") as w:
+        assert "a" in w and "b" not in w
+        assert not w.write({"k": "a", "status": "ok again"})
+    assert read_jsonl(p) == rows[1:]
+
+
 def test_a_line_nested_too_deeply_is_a_leap_error(tmp_path):
     p = tmp_path / "r.jsonl"
     p.write_text(json.dumps({"a": 1}) + "\n" + "[" * 100_000 + "]" * 100_000 + "\n")
@@ -427,6 +439,30 @@ def test_a_folder_is_swept_for_dead_temp_files_once_per_process(tmp_path, monkey
         atomic_write_text(folder / f"seg.{i:04d}.jpg", "x")
     assert listed.count(str(folder)) == 1 and not dead.exists()
     assert len(list(folder.iterdir())) == 20
+
+
+def test_the_sweep_keeps_the_temp_file_of_another_live_writer_and_removes_it_once_that_writer_is_dead(tmp_path):
+    # the live writer of test_a_killed_writers_temp_file_... is this process, which the sweep passes over before
+    # asking whether it lives: another process that is running keeps its temp file too
+    import os
+    import subprocess
+
+    import leap_cli.io as io
+
+    child = subprocess.Popen(["sleep", "30"])
+    swept = (os.getpid(), str(tmp_path))  # (the sweep's once-per-folder memo)
+    temp = tmp_path / f".out.json.{io._temp_tag().rsplit('-', 1)[0]}-{child.pid}.abcd1234.tmp"
+    try:
+        temp.write_bytes(b"half")
+        io._SWEPT.discard(swept)
+        atomic_write_text(tmp_path / "out.json", "{}")
+        assert temp.exists()
+    finally:
+        child.kill()
+        child.wait()
+    io._SWEPT.discard(swept)
+    atomic_write_text(tmp_path / "out.json", "{}")
+    assert not temp.exists()
 
 
 def test_force_never_deletes_an_output_another_run_is_writing(tmp_path):

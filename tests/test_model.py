@@ -210,6 +210,42 @@ def test_condition_pos_weight_weighs_the_positive_entries():
     assert weighted == pytest.approx(ln2 * (10 * pos + (1 - pos)), rel=1e-5)
 
 
+def test_l_t_and_l_pc_are_the_documented_means_computed_by_hand():
+    """L_T is the mean over the five columns of each column's cross-entropy over its rows; L_PC the mean of the
+    program-level and the per-row condition terms (rows of the true sequence only), positives weighed by
+    pos_weight. A sum instead of a mean, or one term alone, would train another loss than the docs' (and than
+    lambda_t / lambda_pc were chosen for)."""
+    g = torch.Generator().manual_seed(3)
+    sizes = {"step_verb": 6, "step_obj_a": 5, "step_obj_b": 5, "step_hand": 4, "step_kind": 9}
+    out = {k: torch.randn(1, 3, n, generator=g) for k, n in sizes.items()}
+    out.update(verb=torch.randn(1, 7, generator=g), noun=torch.randn(1, 9, generator=g),
+               conditions=torch.randn(1, 4, generator=g), step_conditions=torch.randn(1, 3, 4, generator=g))
+    # row 0: a sub-action; row 1: a marker row (only its kind column counts); row 2: padding
+    steps = torch.tensor([[[2, 1, 4, 0, 0], [-100, -100, -100, -100, 3], [-100] * 5]])
+    cond = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    step_cond = torch.tensor([[[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]]])
+    batch = {"verb_class": torch.tensor([3]), "noun_class": torch.tensor([5]), "has_program": torch.tensor([True]),
+             "program_steps": steps, "conditions": cond, "step_conditions": step_cond}
+    _, parts = leap_loss(out, batch, condition_pos_weight=10.0, label_smoothing=0.0)
+
+    def nll(logits, target):  # -log softmax at the target
+        return float(-(logits[target] - torch.logsumexp(logits, 0)))
+
+    columns = []
+    for i, key in enumerate(sizes):
+        rows = [r for r in range(3) if steps[0, r, i] >= 0]
+        columns.append(sum(nll(out[key][0, r], int(steps[0, r, i])) for r in rows) / len(rows))
+    assert parts["l_t"] == pytest.approx(sum(columns) / 5, rel=1e-5)
+
+    def bce(x, y, pw=10.0):  # mean of -(pw y log s(x) + (1 - y) log(1 - s(x)))
+        x, y = x.flatten(), y.flatten()
+        return float((-(pw * y * torch.nn.functional.logsigmoid(x) + (1 - y) * torch.nn.functional.logsigmoid(-x))).mean())
+
+    program_term = bce(out["conditions"][0], cond[0])
+    row_term = bce(out["step_conditions"][0, :2], step_cond[0, :2])  # not the padding row
+    assert parts["l_pc"] == pytest.approx((program_term + row_term) / 2, rel=1e-5)
+
+
 def test_the_loss_defaults_are_the_training_configs():
     """A call without keywords computes the loss leap train does (the function weighed the conditions 1, the
     config 10: the docs' example trained the condition heads unweighted)."""

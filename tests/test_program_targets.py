@@ -71,6 +71,18 @@ def test_encode_resolves_synonyms_primitives_and_end(classes):
     assert enc["step_pre"][0] == [] and enc["step_post"][-1] == []
 
 
+def test_a_conditional_without_else_has_no_else_row(classes):
+    """A conditional whose else branch is absent or empty encodes <if> ... </if> alone: an <else> row there would be
+    a structure target no program holds, scored against every such prediction."""
+    verbs, nouns = classes
+    program = {"pre": [], "post": [], "steps": [
+        {"type": "conditional", "if": cond("closed", "tap"), "then": [sub("switch-on", "tap")]},
+        {"type": "conditional", "if": cond("open", "fridge"), "then": [sub("close", "fridge")], "else": []}]}
+    vocab = TargetVocab.build([program], verbs, nouns, max_steps=16)
+    kinds = [vocab.structure[row[-1]] for row in encode_program(program, vocab)["steps"]]
+    assert kinds == ["<if>", "<step>", "</if>", "<if>", "<step>", "</if>", END]
+
+
 def test_vocabulary_is_sized_from_the_training_programs(classes):
     verbs, nouns = classes
     vocab = TargetVocab.build([PROGRAM], verbs, nouns)

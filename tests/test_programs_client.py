@@ -193,7 +193,10 @@ def test_max_cost_is_cumulative_per_output_file(workdir, good_programs):  # noqa
         # its first 4 come from the cache (free), the 5th is paid and reaches the cap
         assert s4.spent_before == 0 and len(read_jsonl(workdir / "other.jsonl")) == 5 and len(server.requests) == 5
     with ProgramStore(workdir / "programs" / "cache.sqlite") as store:
-        assert store.spent(workdir / "programs" / "val.jsonl")["requests"] == 4
+        spent = store.spent(workdir / "programs" / "val.jsonl")
+    # the cost adds up across runs too (a run's commit overwriting it with its own spend let the next run's cap
+    # count from that run's spend alone)
+    assert spent["requests"] == 4 and spent["cost"] == pytest.approx(4 * 0.0014)
 
 
 def test_cached_input_tokens_are_priced_apart():
@@ -451,7 +454,10 @@ def test_background_writes_are_read_back_and_a_failed_one_is_raised_and_kept(tmp
             super()._write(rows)
 
     s = Slow(path, commit_every=0.0, background=True)
-    s.put("k1", "reply 1", {"prompt_tokens": 3}, "m")  # due at once: handed to the writer thread, which waits
+    s.put("k1", "reply 1", {"prompt_tokens": 3}, "m", commit=False)
+    s.log_call(narration_id="n1", backend="openai", model="m", prompt_hash="p", cache_key="k1", round=1,
+               response="reply 1", usage={"prompt_tokens": 3}, latency=0.1, attempts=1, cached=False, outcome="valid")
+    # due at once: k1 and its call handed to the writer thread, which waits
     assert s._flushing is not None and s.get("k1")[0] == "reply 1"
     s.put("k2", "reply 2", {}, "m")  # the thread is busy: stays in the buffer
     s.add_spend(out, 0.25, {"prompt_tokens": 3})
@@ -465,6 +471,7 @@ def test_background_writes_are_read_back_and_a_failed_one_is_raised_and_kept(tmp
     check = ProgramStore(path)
     assert check.get("k1")[0] == "reply 1" and check.get("k2")[0] == "reply 2"
     assert check.spent(out)["cost"] == 0.25
+    assert [c["narration_id"] for c in check.calls()] == ["n1"]  # (the call log of the failed write too)
     check.close()
 
 

@@ -523,6 +523,35 @@ def test_ingested_batch_replies_are_cached_as_a_live_run_caches_them(workdir, go
         assert [narration_id_of(b) for b in server.requests] == [changed] and s.cache_hits == N_SEGMENTS - 1
 
 
+def test_an_ingested_reply_not_known_valid_leaves_a_valid_cached_reply_under_its_key(workdir, good_programs, tmp_path):
+    # a live run's valid reply cached under the key a Batch request of the same settings is cached under: an
+    # unparsable Batch reply replacing it would make the next live run over that segment pay for a repair
+    with ScriptedServer(lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))) as server:
+        cfg = config(workdir, server)
+        batch = tmp_path / "batch.jsonl"
+        assert write_batch_file(cfg, batch) == N_SEGMENTS
+        assert generate_programs(dataclasses.replace(cfg, out=tmp_path / "live.jsonl")).statuses == {
+            "valid": N_SEGMENTS}
+        rows = cache_rows(cfg)
+        assert len(rows) == N_SEGMENTS
+        lines = batch_results(batch, lambda i, nid: {"response": {"status_code": 200, "body": completion("not json")}})
+        assert ingest_batch(cfg, results_file(tmp_path / "results.jsonl", lines)) == {"invalid": N_SEGMENTS}
+        assert cache_rows(cfg) == rows
+
+
+def test_of_two_equal_batch_results_for_a_segment_the_first_is_written(workdir, good_programs, tmp_path):
+    # (as ingest_batch's comment says: the first of equals)
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    batch = tmp_path / "batch.jsonl"
+    assert write_batch_file(cfg, batch) == N_SEGMENTS
+    line = batch_results(batch, lambda i, nid: {"response": {
+        "status_code": 200, "body": completion(json.dumps(good_programs[nid]))}})[0]
+    both = [{**line, "id": "batch_req_first"}, {**line, "id": "batch_req_second"}]
+    assert ingest_batch(cfg, results_file(tmp_path / "results.jsonl", both)) == {"valid": 1, "superseded": 1}
+    (rec,) = records(workdir)
+    assert rec["provenance"]["batch_request_id"] == "batch_req_first"
+
+
 def test_a_batch_file_asks_nothing_whose_reply_is_in_the_cache(workdir, good_programs, tmp_path):
     """--batch-file after the output was lost (or with --force, or another --out) wrote a request for every
     segment whose paid reply was in the program cache: submitted, each was paid again. Now their records are made

@@ -183,3 +183,13 @@ def test_csv_frame_is_epics_column_convention():
 
     assert (csv_frame(0.0, 60), csv_frame(1.89, 60), csv_frame(1.56, 60), csv_frame(2.45, 60)) == (1, 113, 93, 147)
     assert csv_frame(1.34, 60) == 80 and csv_frame(1.34, 50) == 67
+
+
+@pytest.mark.parametrize("fps", [50, 59.94, 60, 29.97, 47.95, 90, 30000 / 1001])
+def test_a_frames_start_time_maps_back_to_that_frame(fps):
+    """frame_to_time and time_to_frame are inverses: (k - 1) / fps times fps lands a hair under k - 1 in floating
+    point for some k (30 at 50 fps, 62 at 59.94, 124 at 60), and a plain floor then gave the frame before."""
+    from leap_cli.epic.timing import frame_to_time, time_to_frame
+
+    wrong = [k for k in range(1, 20001) if time_to_frame(frame_to_time(k, fps), fps) != k]
+    assert wrong == []

@@ -307,6 +307,32 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     assert len(lines_a) == len(lines_b)
 
 
+def test_accumulated_micro_batches_average_their_gradients(tmp_path: Path) -> None:
+    """optim.accum_steps=2 over two identical micro-batches takes the step one of them takes alone: each
+    micro-batch's loss is divided by accum_steps (summed, the gradient, the logged grad_norm and optim.grad_clip's
+    threshold were accum_steps times off)."""
+
+    class Repeated(MemorySource):
+        def train_batches(self, epoch: int, skip: int = 0):
+            for i in range(skip, self.batches_per_epoch):
+                yield make_batch(torch.Generator().manual_seed(5), self.batch)
+
+    deterministic = ("model.options={decoder_dropout: 0.0, drop_path_rate: 0.0, cls_dropout: 0.0, "
+                     "decoder_label_forcing: 0.0}")
+    source = Repeated(batches_per_epoch=2, val=False)
+    for name, accum in (("one", 1), ("two", 2)):
+        main(tiny_config("train.max_steps=1", f"optim.accum_steps={accum}", "optim.grad_clip=0", deterministic),
+             workdir=tmp_path, name=name, source=source)
+    norms = [next(r["grad_norm"] for r in read_jsonl(tmp_path / "runs" / name / "metrics.jsonl") if "grad_norm" in r)
+             for name in ("one", "two")]
+    assert norms[1] == pytest.approx(norms[0], rel=1e-4) and norms[0] > 0
+    a, b = (torch.load(tmp_path / "runs" / name / "checkpoints/last.pt", weights_only=True)["model"]
+            for name in ("one", "two"))
+    weights = [k for k in a if "running_" not in k and "num_batches_tracked" not in k]  # (BatchNorm's statistics
+    assert len(weights) > 100 and all(  # saw two forward passes)
+        torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=1e-5) for k in weights)
+
+
 def test_resume_after_a_kill_between_validation_and_checkpoint_writes_each_row_once(tmp_path: Path) -> None:
     """Killed after an epoch's validation row was written but before the epoch-end last.pt (which still holds
     the position before validation): the resumed run validates that epoch again, and metrics.jsonl held its
