@@ -806,6 +806,24 @@ def numpy_safe_globals() -> list:
     return found + [t for t in vars(np.dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
 
 
+def weights_only_allowing(globals_: list):
+    """``torch.serialization.safe_globals(globals_)`` as the installed torch takes it, for a
+    ``torch.load(weights_only=True)`` inside it: ``(object, name)`` pairs from torch 2.6, the objects alone in 2.5
+    (which name them by their own module: a file pickled under NumPy 1's module names is then refused under
+    NumPy 2), and nothing before 2.5, which has no ``safe_globals`` (NumPy objects in the file are refused there;
+    tensors load)."""
+    import contextlib
+
+    import torch
+
+    allow = getattr(torch.serialization, "safe_globals", None)
+    if allow is None:
+        return contextlib.nullcontext()
+    if tuple(map(int, re.findall(r"\d+", torch.__version__)[:2])) < (2, 6):  # (2.6.0a0 builds count as 2.6)
+        globals_ = [g[0] if isinstance(g, tuple) else g for g in globals_]
+    return allow(globals_)
+
+
 def load_problem(e: Exception, path: str | Path) -> str:
     """Why ``torch.load`` (or an unpickler) could not read ``path``, in a few words for a one-line error: torch's
     own first line is often a paragraph about ``weights_only``, and an empty file raises an EOFError with no

@@ -648,3 +648,36 @@ def test_a_cgroup_cpu_quota_counts_as_fewer_cpus(tmp_path, monkeypatch):
     assert common.usable_cpus() == 1
     monkeypatch.setattr(common, "cgroup_cpu_quota", lambda: 1000.0)
     assert common.usable_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_weights_only_loads_take_the_allowed_globals_as_the_installed_torch_does(tmp_path, monkeypatch):
+    """pyproject admits torch >= 2.3: safe_globals exists from 2.5 and takes (object, name) pairs from 2.6. Every
+    detector and CNN14 checkpoint failed to load below 2.5 (AttributeError), and NumPy-holding files on 2.5."""
+    import contextlib
+
+    import torch
+
+    from leap_cli.extract.weights import load_checkpoint
+
+    path = tmp_path / "w.pt"
+    torch.save({"model": {"w": torch.ones(2)}}, path)
+    taken = []
+
+    @contextlib.contextmanager
+    def recording(globals_):
+        taken.append(list(globals_))
+        yield
+
+    monkeypatch.setattr(torch.serialization, "safe_globals", recording)
+    monkeypatch.setattr(torch, "__version__", "2.5.1+cu121")
+    assert torch.equal(load_checkpoint(path, "test")["model"]["w"], torch.ones(2))
+    assert taken and not any(isinstance(g, tuple) for g in taken[-1])  # 2.5: the objects alone
+    monkeypatch.delattr(torch.serialization, "safe_globals")  # torch < 2.5
+    assert torch.equal(load_checkpoint(path, "test")["model"]["w"], torch.ones(2))
+    from leap_cli.io import numpy_safe_globals, weights_only_allowing
+
+    monkeypatch.setattr(torch.serialization, "safe_globals", recording, raising=False)
+    monkeypatch.setattr(torch, "__version__", "2.6.0a0+ecf3bae40a")  # (NVIDIA's containers number builds so)
+    with weights_only_allowing(numpy_safe_globals()):
+        pass
+    assert any(isinstance(g, tuple) for g in taken[-1])  # 2.6: (object, name) pairs

@@ -25,7 +25,6 @@ with ``torch.load(weights_only=True)``) and plain Python values, so a scores fil
 from __future__ import annotations
 
 import collections
-import contextlib
 import io
 import json
 import pickle
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 
 from leap_cli.errors import LeapError
-from leap_cli.io import atomic_path, is_numpy_pickle_global, load_problem, numpy_safe_globals
+from leap_cli.io import atomic_path, is_numpy_pickle_global, load_problem, numpy_safe_globals, weights_only_allowing
 
 REQUIRED = ("narration_id", "verb_output", "noun_output")
 SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".json", ".zip")  # torch.save, pickle, challenge JSON or zip
@@ -148,9 +147,7 @@ def _read_raw(path: Path) -> Any:
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
             raise LeapError(f"cannot read the pickle ({load_problem(e, path)})", path=path, fix=_FIX_FORMAT) from None
     try:
-        # torch < 2.5 has no safe_globals: NumPy arrays in a .pt file are refused there (tensors load)
-        allow = getattr(torch.serialization, "safe_globals", None)
-        with allow(_numpy_safe_globals()) if allow else contextlib.nullcontext():
+        with weights_only_allowing(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for foreign or broken files
         raise LeapError(f"cannot read with torch.load(weights_only=True): {load_problem(e, path)}",

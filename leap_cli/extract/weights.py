@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from leap_cli.errors import LeapError
-from leap_cli.io import load_problem, numpy_safe_globals
+from leap_cli.io import load_problem, numpy_safe_globals, weights_only_allowing
 
 
 def load_checkpoint(path: str | Path, what: str) -> dict:
@@ -17,7 +17,7 @@ def load_checkpoint(path: str | Path, what: str) -> dict:
     if not path.is_file():
         raise LeapError(f"{what} checkpoint not found", path=path, fix="pass the path of a local .pth/.pt file")
     try:
-        with torch.serialization.safe_globals(numpy_safe_globals()):
+        with weights_only_allowing(numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure here is the file's fault
         raise LeapError(f"cannot read the {what} checkpoint ({load_problem(e, path)})", path=path,

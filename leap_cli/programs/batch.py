@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -158,10 +159,18 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
     if not stream:
         if path.is_symlink():  # (the part files and the sweep go where the link points; the link stays)
             try:
-                path = path.resolve(strict=False)
+                path.stat()  # (a loop says ELOOP; Python 3.13's resolve(strict=False) returns it without a word)
+                looped = False
+            except OSError as e:
+                looped = e.errno == errno.ELOOP  # (a link to nothing yet is written through: its target is made)
+            try:
+                resolved = path.resolve(strict=False)
             except (RuntimeError, OSError):  # (a loop: RuntimeError before Python 3.13)
+                looped = True
+            if looped:
                 raise LeapError("--batch-file is a symbolic link that points to itself, through a loop of links",
-                                path=path, fix="remove the link, or give --batch-file another path") from None
+                                path=path, fix="remove the link, or give --batch-file another path")
+            path = resolved
         fix = "give --batch-file a path of its own, e.g. WORKDIR/batch.jsonl"
         if path.resolve() == Path(cfg.out_path).resolve():
             raise LeapError("--batch-file names the programs output, where the ingested results go", path=path,
