@@ -207,17 +207,21 @@ def test_validation_shards_of_another_task_or_fewer_context_clips_are_refused_be
 
 
 def test_more_context_clips_than_the_model_takes_feed_it_the_latest():
-    """Shards built with --context 3 failed every step of a model of 2 ("context_video holds 3 clips")."""
+    """Shards built with --context 3 failed every step of a model of 2 ("context_video holds 3 clips"). The clips
+    kept are the latest, those closest to the action (the gate is opened: at its zero start no clip shows)."""
     import torch
 
     from leap_cli.model import build_model
-    from tests.test_model import make_batch, tiny_args
+    from tests.test_model import make_batch, tiny_args, unzero_
 
     torch.manual_seed(0)
     model = build_model(tiny_args(anticipation={"context": 2, "aggregate": True})).eval()
+    unzero_(model)
     batch = make_batch(context=3)
     mask = torch.tensor([[True, False, True], [True, True, False]])
     with torch.no_grad():
         three = model(batch["video"], batch["program_steps"], batch["context_video"], mask)
         two = model(batch["video"], batch["program_steps"], batch["context_video"][:, 1:], mask[:, 1:])
+        oldest = model(batch["video"], batch["program_steps"], batch["context_video"][:, :2], mask[:, :2])
     assert torch.equal(three["verb"], two["verb"]) and torch.equal(three["noun"], two["noun"])
+    assert not torch.allclose(three["verb"], oldest["verb"])  # the context clips reach the action feature

@@ -223,6 +223,34 @@ def test_views_are_averaged(pipeline):
     assert torch.equal(got["program"]["steps"], model.predict_program(batch["video"][:, 1]))
 
 
+def test_condition_probabilities_are_the_mean_of_each_views_sigmoid(pipeline):
+    """Condition scores over views are probabilities averaged (as the verb/noun scores average the views): logits
+    +4 and 0 on two views give (sigmoid(4) + sigmoid(0)) / 2 ~ 0.741, not sigmoid(2) ~ 0.881."""
+    from leap_cli.evaluate.inference import ViewConfig, predict, shard_batches
+
+    root, work, run, model, vocab = pipeline
+    args = torch.load(run / "checkpoints" / "best.pt", weights_only=True)["model_args"]
+    batches, n = shard_batches(work / "shards" / "val", args, ViewConfig(2, 1), batch_size=2)
+    batch = next(iter(batches))
+
+    class TwoViewConditions(torch.nn.Module):  # wraps the model as DDP does (.module)
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, video, **kw):
+            out = self.module(video, **kw)
+            logits = torch.zeros_like(out["conditions"])
+            logits[0::2] = 4.0  # rows are [segment 0 view 0, segment 0 view 1, segment 1 view 0, ...]
+            return {**out, "conditions": logits}
+
+    got = predict(TwoViewConditions(model), [batch], views=ViewConfig(2, 1))["program"]["conditions"]
+    assert got.shape[1] > 0
+    want = (torch.sigmoid(torch.tensor(4.0)) + 0.5) / 2
+    torch.testing.assert_close(got, torch.full_like(got, float(want)))
+    assert abs(float(want) - 0.7410) < 1e-4
+
+
 def test_bf16_inference_keeps_fp32_logits(pipeline):
     """Under bf16 autocast the classifiers still run in fp32: the stored logits are not bf16-rounded (fewer ties)."""
     from leap_cli.evaluate.inference import ViewConfig, predict, shard_batches

@@ -248,6 +248,19 @@ def test_anticipation_actions_on_epic_sizes():
         sub.check_submission(doc, ids, 97, 300)
 
 
+@pytest.mark.parametrize("key", ["0,300", "97,0", "-1,5"])
+def test_check_refuses_action_keys_outside_the_class_ids(key):
+    """EPIC has 97 verbs (ids 0-96) and 300 nouns (0-299): an action keyed past them is no action the server
+    scores, and must not pass --check."""
+    ids = ["a", "b"]
+    doc = sub.make_submission(_test_scores(97, 300, ids), "anticipation", sls_pt=1, sls_tl=1, sls_td=1,
+                              with_actions=True)
+    acts = doc["results"]["b"]["action"]
+    acts[key] = acts.pop(next(iter(acts)))  # still 100 scores
+    with pytest.raises(LeapError, match=f"action keys that are not valid \"verb,noun\" ids: b: {key}"):
+        sub.check_submission(doc, ids, 97, 300)
+
+
 @pytest.mark.parametrize("case, pattern", [
     ("missing", r"1 narration id\(s\) of EPIC_100_test_timestamps.csv have no scores: P03_01_2"),
     ("extra", r"not in EPIC_100_test_timestamps.csv: P01_01_0"),
@@ -297,6 +310,7 @@ def test_check_refusals(tmp_path, ann_dir):
     refused(dict(good, version="0.1"), "version '0.1' is not supported")
     refused(dict(good, challenge="action_detection"), "challenge 'action_detection'")
     refused(dict(good, sls_td=6), "sls_td is 6")
+    refused(dict(good, sls_pt=True), "sls_pt is True; supervision levels are integers")  # JSON true is no level
     doc = json.loads(json.dumps(good))
     del doc["results"]["P03_01_0"]
     refused(doc, "have no scores: P03_01_0")

@@ -77,6 +77,20 @@ def test_seek_read_equals_decode_from_start(mp4):
     assert [_frame_number(f) for f in seeked] == frames
 
 
+def test_a_backward_jump_seeks_instead_of_decoding_from_the_start(mp4, caplog):
+    """Segments are read in any order (a shard's samples, an anticipation clip before the last action): a jump back
+    seeks to the frame, as a jump forward does; decoding from the start costs minutes late in an hour of 1080p."""
+    with VideoReader(mp4, seek_gap=16) as r:
+        rewinds = []
+        first = r._rewind
+        r._rewind = lambda: (rewinds.append(1), first())[1]
+        with caplog.at_level("WARNING", logger="leap_cli.media.video"):
+            late = r.read_frames([150])
+            early = r.read_frames([10, 11])
+    assert [_frame_number(f) for f in (*late, *early)] == [150, 10, 11]
+    assert rewinds == [] and "decoding from the start" not in caplog.text
+
+
 def test_seek_is_frame_exact_with_b_frames(tmp_path):
     """H.264 with B-frames (as camera files have) reorders frames in the stream; seeking must still land exactly."""
     path = tmp_path / "h264.mp4"

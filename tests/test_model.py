@@ -560,6 +560,47 @@ def test_anticipation_uses_present_context_only_when_aggregating():
         assert torch.allclose(a[1], b[1], atol=1e-6) != aggregate  # a present one matters only when aggregating
 
 
+def test_the_aggregator_ignores_the_embedding_of_an_absent_context_clip():
+    """A clip before the video's start (EPIC's first actions) is masked out of the aggregator's attention: whatever
+    its embedding slot holds must not move the action feature. The gate starts at zero, which hid a lost mask."""
+    from leap_cli.model.heads import AnticipationAggregator
+
+    torch.manual_seed(0)
+    agg = AnticipationAggregator(dim=32, feat_dim=16, context=2).eval()
+    with torch.no_grad():
+        agg.gate.fill_(1.0)
+    feature, embeds = torch.randn(2, 16), torch.randn(2, 3, 32)
+    mask = torch.tensor([[False, True, True], [False, False, True]])
+    other = embeds.clone()
+    other[~mask] = torch.randn(int((~mask).sum()), 32) * 5
+    with torch.no_grad():
+        a, b = agg(feature, embeds, mask), agg(feature, other, mask)
+    assert not torch.allclose(a, feature)  # the gate lets the aggregate through
+    torch.testing.assert_close(a, b)
+
+
+def test_an_end_row_keeps_its_ids_where_marker_rows_are_masked():
+    """END is END in every column (programs.targets): the marker masking of targets, greedy inputs and predicted
+    ids blanks the verb/object/hand columns of loop/conditional rows only, never of the END row, which program
+    metrics compare in the verb and object columns."""
+    from leap_cli.model.heads import ProgramDecoder, ProgramSpec
+
+    spec = ProgramSpec(step_verbs=8, objects=10, conditions=5, max_steps=4, hands=4, structure=5)
+    dec = ProgramDecoder(spec, in_dim=16, dim=32).eval()
+    end_kind, loop_kind = spec.structure - 1, 1
+    rows = torch.tensor([[[2, 3, 4, 1, spec.step_kind], [5, 6, 7, 2, loop_kind], [7, 9, 9, 3, end_kind],
+                          [1, 1, 1, 1, spec.step_kind]]])
+    masked = dec.mask_markers(rows, -100)
+    assert masked[0, 0].tolist() == [2, 3, 4, 1, 0]
+    assert masked[0, 1].tolist() == [-100, -100, -100, -100, loop_kind]
+    assert masked[0, 2].tolist() == [7, 9, 9, 3, end_kind]
+    assert torch.equal(dec.mask_markers(rows, dec.bos())[0, 2], rows[0, 2])  # the greedy decoder's next input
+    logits = {c: torch.nn.functional.one_hot(rows[..., i], n).float()
+              for i, (c, n) in enumerate(zip(spec.columns, spec.sizes))}
+    ids = dec.ids_from_logits(logits)
+    assert ids[0, 2].tolist() == [7, 9, 9, 3, end_kind] and (ids[0, 3] == -100).all()
+
+
 def test_a_clips_program_embedding_is_its_program_up_to_end(monkeypatch):
     """The anticipation aggregator's program embedding averaged all max_steps greedy rows, the untrained ones after
     the first END too (docs: "the mean decoder state of the greedily predicted program"); pool "program" averages
@@ -915,3 +956,19 @@ def test_drop_path_masks_follow_the_official_layout():
     assert (block.drop_path.per, block.drop_path_local.per, dec.drop_path.per) == ("token", "sample", "batch")
     timm_like = uniformerv2_tiny(drop_path_rate=0.2, backbone_drop_path_rate=0.2, drop_path_mode="sample")
     assert timm_like.transformer.resblocks[2].drop_path.per == timm_like.transformer.dec[1].drop_path.per == "sample"
+
+
+def test_resizing_the_position_embedding_keeps_its_orientation():
+    """A CLIP/UniFormerV2 checkpoint for another input size has its patch-position grid resized; a transposed grid
+    would swap the rows and columns of every pretrained position."""
+    from leap_cli.model.uniformerv2 import resize_pos_embed
+
+    torch.manual_seed(0)
+    pos = torch.randn(1 + 4 * 4, 3)
+    torch.testing.assert_close(resize_pos_embed(pos, pos.shape[0]), pos)  # same grid: unchanged
+    rows = torch.arange(4.0)[:, None].expand(4, 4).reshape(16, 1)  # value = row index
+    big = resize_pos_embed(torch.cat([torch.full((1, 1), -1.0), rows]), 1 + 6 * 6)
+    assert big[0].item() == -1.0  # class position kept
+    grid = big[1:, 0].reshape(6, 6)
+    assert torch.allclose(grid, grid[:, :1].expand(6, 6))  # constant along each row
+    assert (grid[1:, 0] > grid[:-1, 0]).all()  # and rising down the rows

@@ -140,6 +140,16 @@ def test_labels_must_match(verbs, nouns):
     assert "/action/verb_class" in dict(messages(validate_semantics(p, verbs, nouns)))
 
 
+def test_a_noun_class_that_is_not_the_nouns_class_is_a_finding(verbs, nouns):
+    """A program whose action carries the wrong EPIC noun class would train the noun head on it."""
+    p = prog([S("wash", "plate")], verb="rinse", noun="plate")
+    p["action"]["noun_class"] = 2  # plate's class
+    assert validate_semantics(p, verbs, nouns) == []
+    p["action"]["noun_class"] = 7
+    got = dict(messages(validate_semantics(p, verbs, nouns)))
+    assert set(got) == {"/action/noun_class"} and "not the class of 'plate' (2)" in got["/action/noun_class"]
+
+
 def test_chaining_preconditions(verbs, nouns):
     take = S("take", "knife", pre=[C("visible", "knife")], post=[C("holding", "right", "knife")])
     cut = S("cut", "onion", "knife", pre=[C("holding", "right", "knife")], post=[C("cut", "onion")])
@@ -194,6 +204,29 @@ def test_loops_and_conditionals(verbs, nouns):
     assert {p for p, _ in messages(validate_semantics(empty, verbs, nouns))} >= {"/steps/0/steps", "/steps/1/steps"}
     long = prog([S("wash", "plate")] * 5)
     assert messages(validate_semantics(long, verbs, nouns, max_sub_actions=4))[-1][0] == "/steps"
+
+
+def test_a_loops_until_is_reached_only_by_a_post_of_the_same_sign(verbs, nouns):
+    """until not full(pot) is not reached by a body that only fills the pot."""
+    fill = S("fill", "pot", post=[C("full", "pot")])
+    loop = {"type": "loop", "until": C("full", "pot", neg=True), "steps": [fill]}
+    got = messages(validate_semantics(prog([loop], verb="fill", noun="pot"), verbs, nouns))
+    assert [p for p, _ in got] == ["/steps/0/until"] and "never reached" in got[0][1]
+    loop["until"] = C("full", "pot")
+    assert validate_semantics(prog([loop], verb="fill", noun="pot"), verbs, nouns) == []
+
+
+def test_holding_with_both_hands_and_letting_go_with_one(verbs, nouns):
+    """holding(both, pot) satisfies a later holding(left, pot); after not holding(left, pot) the pot is no longer
+    held with both hands (two-handed carries of pans and pots are common in EPIC)."""
+    lift = S("lift", "pot", post=[C("holding", "both", "pot")], hand="both")
+    left = S("carry", "pot", pre=[C("holding", "left", "pot")], hand="left")
+    assert validate_semantics(prog([lift, left], verb="lift", noun="pot"), verbs, nouns) == []
+    release = S("let-go", "pot", post=[C("holding", "left", "pot", neg=True)], hand="left")
+    both = S("carry", "pot", pre=[C("holding", "both", "pot")], hand="both")
+    got = messages(validate_semantics(prog([lift, release, both], verb="lift", noun="pot"), verbs, nouns))
+    assert got == [("/steps/2/pre/0", "precondition holding(both, pot) does not hold: no earlier step or program "
+                                      "precondition establishes it")]
 
 
 # ---- prompts ----

@@ -889,6 +889,21 @@ def test_bytes_changed_in_place_are_caught_by_the_samples_crc(built, tmp_path):
         ShardDataset(out, train=False, num_frames=2, img_size=16)
 
 
+def test_evaluation_views_take_chunk_centres_and_centre_or_spread_crops():
+    """EPIC evaluation numbers depend on these: one temporal view takes the centre frame of each chunk, one spatial
+    view the centre square of the frame; three spatial views its start, centre and end."""
+    from leap_cli.shards.transforms import spatial_boxes, temporal_indices
+
+    assert temporal_indices(16, 8, None, 0, 1) == [1, 3, 5, 7, 9, 11, 13, 15]
+    assert [temporal_indices(24, 8, None, v, 3)[:3] for v in range(3)] == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
+    assert temporal_indices(16, 8, None, 0, 2)[:2] == [0, 2] and temporal_indices(16, 8, None, 1, 2)[:2] == [1, 3]
+    # boxes (top, left, height, width) in the frame's own pixels; the scale brings the short side to size
+    assert spatial_boxes(224, 456, 224, 1) == (1.0, [(0, 116, 224, 224)])
+    assert spatial_boxes(256, 456, 224, 1) == (224 / 256, [(0, 100, 256, 256)])
+    assert spatial_boxes(456, 224, 224, 1) == (1.0, [(116, 0, 224, 224)])  # portrait: centred vertically
+    assert spatial_boxes(224, 456, 224, 3)[1] == [(0, 0, 224, 224), (0, 116, 224, 224), (0, 232, 224, 224)]
+
+
 # ---- reader ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("pad", [False, True])
@@ -909,6 +924,18 @@ def test_two_ranks_two_workers_see_each_sample_once_per_epoch(built, pad):
             seen += ids
         assert sorted(seen) == sorted(f"P01_01_{i}" for i in range(4)) + [f"P01_02_{i}" for i in range(3)]
         assert padded == (1 if pad else 0)
+
+
+def test_padding_repeats_samples_from_the_start_of_the_epoch_order(built):
+    """DDP ranks padded to equal length repeat the epoch order's first samples (module docstring), the same ones on
+    every rank: 7 samples over 3 ranks give ranks 0 and 1 one padding sample each, the order's first."""
+    _, work = built
+    out = work / "shards" / "train"
+    order = [s["narration_id"] for s in ShardDataset(out, train=False, num_frames=2, img_size=16)]
+    for rank, own in ((0, order[0:2]), (1, order[2:4])):
+        ds = ShardDataset(out, train=False, num_frames=2, img_size=16, rank=rank, world_size=3, pad=True)
+        got = [(s["narration_id"], bool(s["padding"])) for s in ds]
+        assert got == [(k, False) for k in own] + [(order[0], True)]
 
 
 def test_training_order_changes_with_epoch_and_eval_views(built):
