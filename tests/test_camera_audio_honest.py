@@ -93,6 +93,30 @@ def test_poses_that_leave_the_segments_end_unregistered_give_way_to_odometry(tmp
     assert full and CameraComponent(frames=3).describe(ctx())["data"]["method"] == "epic-fields"
 
 
+def test_poses_that_leave_the_segments_start_unregistered_give_way_to_odometry(tmp_path):
+    """As at the end: a reconstruction that registers a segment's frames only from 1 s in would miss a turn at its
+    start; the uncovered time counts the start's gap too."""
+    path = _fields_json(tmp_path / "P01_01.json", n_frames=100, skip=range(1, 61))  # frames 61-100: from 1.0 s
+    seg = Segment("P01_01_0", "P01", "P01_01", 0.0, 1.5, 1, 90)
+    views = _views([np.eye(3)] * 3)
+    ctx = SegmentContext(layout=_Layout(tmp_path, poses=path), segment=seg, fps=59.94,
+                         read_frames=lambda nums, side: views[[0] * len(nums)])
+    rec = CameraComponent(frames=3).describe(ctx)
+    assert rec["data"]["method"] == "visual-odometry"
+    assert rec["data"]["poses_skipped"] == "the registered frames leave 1.02 s of the segment uncovered"
+    assert rec["data"]["uncovered_s"] == pytest.approx(1.017, abs=0.01)
+
+
+def test_a_pose_images_frame_number_is_the_last_number_in_its_name(tmp_path):
+    """Frames extracted per video are often named with the video first (P01_01_frame_0000000123.jpg): the frame
+    is the last number, not the participant's 01."""
+    path = tmp_path / "P01_01.json"
+    pose = [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    path.write_text(json.dumps({"images": {"P01_01_frame_0000000123.jpg": pose, "P01_01_frame_0000000124.jpg": pose}}))
+    poses, _ = read_epic_fields(path)
+    assert sorted(poses) == [123, 124]
+
+
 def test_pose_file_errors_name_the_line_an_editor_shows(tmp_path):
     bad = tmp_path / "P01_01.json"
     bad.write_text('{\n  "camera": {},\n  "images": {\n    "frame_0000000001.jpg": [1, 0, 0, 0, 0, 0, 0],\n  }\n}\n')

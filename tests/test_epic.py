@@ -52,6 +52,14 @@ def test_every_real_synonym_resolves(epic_dir):
         nouns.resolve_or_raise("no-such-thing")
 
 
+def test_a_class_written_with_underscores_resolves(epic_dir):
+    """LLMs write verbs as identifiers ("turn_on"): they resolve as EPIC's hyphenated forms do, else a program
+    naming them is rejected and repaired (another call) for a spelling."""
+    verbs = ClassVocab.from_csv(epic_dir / "EPIC_100_verb_classes.csv", "verb")
+    assert verbs.resolve("turn_on") == verbs.resolve("turn-on") == verbs.resolve("turn on") == 6
+    assert verbs.resolve("Switch_On") == 6 and verbs.resolve("put_down") == verbs.resolve("put-down") == 1
+
+
 def test_list_cells_are_parsed_without_eval():
     assert parse_list_cell("['plate', 'veg:mixed']") == ["plate", "veg:mixed"]
     assert parse_list_cell("[2, 10]") == [2, 10]
@@ -253,6 +261,33 @@ def test_frame_columns_counted_from_0_or_reversed_are_refused(epic_dir, tmp_path
     assert f"row 3, {rows[2][0]}: stop_frame {rows[2][col['stop_frame']]} is before start_frame" in msg, msg
 
 
+def test_a_stop_frame_one_before_the_start_frame_is_refused(epic_dir, tmp_path):
+    """Reversed by one frame (a stop_frame typed off by one) is reversed too: the clip would have no frames."""
+    from tests.csv_rows import edit_csv
+
+    folder = _copy(epic_dir, tmp_path)
+    p = folder / "EPIC_100_test_timestamps.csv"
+    rows = edit_csv(p, lambda rows: rows[0].update(stop_frame=str(int(rows[0]["start_frame"]) - 1)))
+    with pytest.raises(LeapError) as e:
+        read_segments(p)
+    assert e.value.record == f"row 2, {rows[0]['narration_id']}"
+    assert e.value.message == f"stop_frame {rows[0]['stop_frame']} is before start_frame {rows[0]['start_frame']}"
+
+
+def test_equal_frame_columns_are_a_row_of_no_length(epic_dir):
+    """A row whose frame columns are equal but whose timestamps are not is a single frame in an rgb_frames folder:
+    the row notes say so, as for equal timestamps."""
+    from dataclasses import replace
+
+    ann = Annotations(epic_dir)
+    seg = ann.segments("val")[0]
+    assert seg.stop > seg.start and not ann.row_notes([seg])
+    notes = ann.row_notes([replace(seg, stop_frame=seg.start_frame)])
+    assert any(n.startswith(f"1 row(s) of no length (stop equals start, in seconds or in frames) (e.g. "
+                            f"{seg.narration_id}: {seg.start:.2f}-{seg.stop:.2f} s, frames {seg.start_frame}-"
+                            f"{seg.start_frame})") for n in notes), notes
+
+
 def test_a_narration_id_twice_names_both_rows(epic_dir, tmp_path):
     folder = _copy(epic_dir, tmp_path)
     p = folder / "EPIC_100_validation.csv"
@@ -374,6 +409,26 @@ def test_hand_objects_round_trip(tmp_path, suffix):
     assert back[0].hands[1].state is HandState.NO_CONTACT and back[0].objects[0].score == pytest.approx(0.66)
 
 
+def test_box_iou_is_intersection_over_union():
+    """The overlap that decides which labelled box names a contact (IoU >= 0.3): 1 for a box on itself, 1/3 for
+    two boxes sharing half their width, 0 for boxes apart."""
+    a = BBox(0.0, 0.0, 0.2, 0.2)
+    assert a.iou(BBox(0.0, 0.0, 0.2, 0.2)) == 1.0
+    assert a.iou(BBox(0.1, 0.0, 0.3, 0.2)) == pytest.approx(1 / 3)
+    assert a.iou(BBox(0.5, 0.5, 0.7, 0.7)) == 0.0
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".jsonl"])
+def test_a_frame_given_twice_in_a_hand_object_file_is_its_last_message(tmp_path, suffix):
+    """A file holding a frame twice (detections rerun on some frames and appended): the later message is the frame,
+    as documented for ``open_hand_objects``."""
+    first, again = _frames()[0], FrameDetections("P01_01", 1, [], [ObjectDetection(BBox(0.5, 0.5, 0.6, 0.6), 0.8)])
+    path = tmp_path / f"P01_01{suffix}"
+    write_hand_objects(path, [first, _frames()[1], again])
+    frames = open_hand_objects(path, "P01_01")
+    assert sorted(frames) == [1, 2] and frames[1].hands == [] and frames[1].objects[0].score == pytest.approx(0.8)
+
+
 def test_hand_objects_jsonl_takes_epics_numbers_for_state_and_side(tmp_path):
     """A JSONL written with EPIC's numbers ("state": 3, "side": 1, as its protobuf and IntEnums have them) failed
     every segment with "KeyError: 0"; names and numbers now read alike, and a bad one names the choices."""
@@ -488,6 +543,20 @@ def test_unknown_class_id_names_file_and_row(epic_dir, tmp_path):
     msg = e.value.one_line()
     assert f"EPIC_100_validation.csv [row 3, {f[0]}]: verb_class 999 is not a class of EPIC_100_verb_classes.csv" in msg
     assert Annotations(folder).segments("train")  # the other splits still read
+
+
+def test_an_unknown_id_in_all_noun_classes_names_that_column_and_row(epic_dir, tmp_path):
+    """all_noun_classes is checked against the noun classes as noun_class is: an id there that is no class would
+    crash training's multi-noun targets much later."""
+    from tests.csv_rows import edit_csv
+
+    folder = _copy(epic_dir, tmp_path)
+    rows = edit_csv(folder / "EPIC_100_validation.csv",
+                    lambda rows: rows[1].update(all_noun_classes=f"[{rows[1]['noun_class']}, 9999]"))
+    with pytest.raises(LeapError) as e:
+        Annotations(folder).segments("val")
+    assert e.value.record == f"row 3, {rows[1]['narration_id']}"
+    assert e.value.message.startswith("all_noun_classes 9999 is not a class of EPIC_100_noun_classes.csv"), e.value
 
 
 def test_labelled_split_without_label_columns_is_an_error(epic_dir, tmp_path):

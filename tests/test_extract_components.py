@@ -11,7 +11,7 @@ import pytest
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.hand_objects import BBox, FrameDetections, HandDetection, HandSide, HandState, ObjectDetection
 from leap_cli.errors import LeapError
-from leap_cli.extract.audio import AudioComponent, analyse, dominant_sound
+from leap_cli.extract.audio import AudioComponent, analyse, dominant_sound, merge_windows
 from leap_cli.extract.base import SegmentContext
 from leap_cli.extract.camera import (CameraComponent, angles, intrinsics, phases_from_steps, phases_text,
                                      read_colmap_images, relative_pose)
@@ -92,6 +92,38 @@ def test_audio_component_unavailable_without_audio():
     ctx.read_audio = lambda sr: sound("running_water", 2.0, np.random.default_rng(0))
     rec = AudioComponent().describe(ctx)
     assert rec["status"] == "ok" and rec["data"]["dominant"] == "running_water" and "running water" in rec["text"]
+
+
+def test_a_one_window_blip_inside_a_sound_is_absorbed():
+    """One window of another label between two of the same sound (a chop that reads as speech) is part of that
+    sound: one event over all three windows, not three events in the clip text."""
+    events = merge_windows(["chopping", "speech", "chopping"], [0.0, 0.375, 0.625], [0.375, 0.625, 1.0])
+    assert events == [{"label": "chopping", "start": 0.0, "stop": 1.0}]
+    # two windows of it are no blip
+    events = merge_windows(["chopping", "speech", "speech", "chopping"], [0.0, 0.375, 0.625, 0.875],
+                           [0.375, 0.625, 0.875, 1.0])
+    assert [e["label"] for e in events] == ["chopping", "speech", "chopping"]
+
+
+def test_the_windows_tile_the_segment_from_0_s_to_its_end():
+    """Each window speaks for its central part, the first from the segment's start: a sound from the first
+    instant would be said to start 0.125 s in."""
+    from leap_cli.extract.audio import analyse_windows
+
+    w = analyse_windows(sound("chopping", 2.0, np.random.default_rng(0)), SR)
+    spans = w["window_spans"]
+    assert spans[0] == (0.0, 0.375) and spans[-1][1] == 2.0
+    assert all(a[1] == pytest.approx(b[0]) for a, b in zip(spans, spans[1:]))
+    assert analyse(sound("running_water", 2.0, np.random.default_rng(0)), SR)["events"][0]["start"] == 0.0
+
+
+def test_the_dominant_sound_is_a_kitchen_sound_heard_even_briefly():
+    """Background and silence are no sound: half a second of chopping in two seconds of background is the
+    segment's sound; only a segment of none is "background"."""
+    events = [{"label": "background", "start": 0.0, "stop": 2.0}, {"label": "chopping", "start": 2.0, "stop": 2.5},
+              {"label": "silence", "start": 2.5, "stop": 3.0}]
+    assert dominant_sound(events) == "chopping"
+    assert dominant_sound([events[0], events[2]]) == "background"
 
 
 # --- camera ----------------------------------------------------------------------------------------------
@@ -191,6 +223,44 @@ def test_camera_still_and_small_jitter_is_still():
     steps = [{"start": i * 0.25, "stop": (i + 1) * 0.25, "yaw": 0.3 * (-1) ** i, "pitch": 0.1, "roll": 0.0}
              for i in range(8)]
     assert phases_text(phases_from_steps(steps)) == "holds still"
+
+
+def test_a_turn_of_under_5_deg_in_all_is_holding_still():
+    """A step fast enough to count as turning, but 2 deg in all (odometry's noise on a held head): still."""
+    steps = [{"start": i * 0.25, "stop": (i + 1) * 0.25, "yaw": -2.0 if i == 3 else 0.0, "pitch": 0.0, "roll": 0.0}
+             for i in range(8)]
+    phases = phases_from_steps(steps)
+    assert [(p["motion"], p["start"], p["stop"]) for p in phases] == [("still", 0.0, 2.0)]
+    assert phases_text(phases) == "holds still"
+
+
+def test_pauses_are_said_between_turns_only():
+    """Holding still before the first turn or after the last is no pause (a single turn would read "pauses, then
+    turns head left ..., then pauses"); between two turns it is one."""
+    def steps(*yaws):
+        return [{"start": i * 0.25, "stop": (i + 1) * 0.25, "yaw": y, "pitch": 0.0, "roll": 0.0}
+                for i, y in enumerate(yaws)]
+
+    phases = phases_from_steps(steps(0, 0, -10, -10, -10, 0, 0))
+    assert [p["motion"] for p in phases] == ["still", "turn_left", "still"]
+    assert phases_text(phases) == "turns head left about 30 deg"
+    phases = phases_from_steps(steps(-10, -10, -10, 0, 0, 10, 10))
+    assert phases_text(phases) == "turns head left about 30 deg, then pauses, then turns head right about 20 deg"
+
+
+def test_camera_moves_only_where_most_steps_give_a_translation():
+    """Odometry's essential matrix gives a direction of travel on the steps it wins; on fewer than half
+    of them the motion is rotation (the homography won), and one step's direction is no walk across the kitchen."""
+    def summary(with_translation):
+        steps = [{"start": i * 0.25, "stop": (i + 1) * 0.25, "yaw": 0.0, "pitch": 0.0, "roll": 0.0} for i in range(4)]
+        for st in steps[:with_translation]:
+            st["translation"] = [1.0, 0.0, 0.0]
+        return CameraComponent(frames=5)._summary(steps, np.eye(3), "orb-vo:5 frames")
+
+    rec = summary(1)
+    assert rec["text"] == "holds still" and "translation_direction" not in rec["data"]
+    rec = summary(2)
+    assert rec["text"] == "holds still; moves right" and rec["data"]["translation_direction"] == "right"
 
 
 def test_colmap_poses_give_motion_and_place(tmp_path):
@@ -370,6 +440,88 @@ def test_contact_box_is_the_object_centre_nearest_the_offset_point_as_epic_match
     assert box(hand(0.09, -0.15), [faint]) is None
 
 
+def test_a_labelled_box_names_the_contact_only_where_it_overlaps_the_contact_box_or_lies_near_it():
+    """EPIC's labelled boxes cover the whole scene: the one that names the object in the hand overlaps the
+    contact box (IoU >= 0.3), or has its centre within 0.15 of the contact point. A board that merely touches
+    the knife's box, its centre far off, would name the knife "board"."""
+    from leap_cli.extract.detections import LabelledBox
+
+    knife = ObjectDetection(BBox(0.10, 0.10, 0.50, 0.50), 0.9)  # the contact box
+    hand = HandDetection(BBox(0.10, 0.50, 0.30, 0.70), 0.9, HandState.PORTABLE_OBJECT, (0.08, -0.30),
+                         HandSide.RIGHT)  # contact point (0.28, 0.30)
+    board = LabelledBox("board", BBox(0.32, 0.32, 0.92, 0.92), 0.9)  # IoU 0.07, centre 0.47 from the point
+    pan = LabelledBox("pan", BBox(0.30, 0.10, 0.70, 0.50), 0.9)  # IoU 1/3, centre 0.22 from the point
+    spoon = LabelledBox("spoon", BBox(0.33, 0.36, 0.37, 0.40), 0.9)  # IoU 0.01, centre 0.11 from the point
+    assert board.bbox.iou(knife.bbox) < 0.1 and pan.bbox.iou(knife.bbox) >= 0.3
+
+    def name(*labelled):
+        return HandsComponent()._contact_box(hand, FrameDetections("P01_01", 1, [hand], [knife]), list(labelled))
+
+    assert name(board) == (knife.bbox, None)
+    assert name(board, pan) == (knife.bbox, "pan")
+    assert name(board, spoon) == (knife.bbox, "spoon")
+
+
+def test_flickering_contact_is_bridged_up_to_max_gap_and_short_contacts_are_dropped():
+    """The detector's contact state flickers from frame to frame: at 50 fps a gap of up to ``max_gap`` (0.25 s)
+    joins two runs into one contact, a longer one leaves two; a run shorter than ``min_duration`` (0.15 s) is
+    dropped, each run counting its last frame's duration, up to the segment's end."""
+    from leap_cli.extract.hands import contact_intervals
+
+    comp = HandsComponent()
+    assert (comp.max_gap, comp.min_duration) == (0.25, 0.15)  # the values the cases below sit either side of
+    times = [round(n / 50, 3) for n in range(100)]  # a 2 s segment's frames: 0.00-1.98 s
+
+    def runs(*frames, end=2.0):
+        on = [any(a <= i <= b for a, b in frames) for i in range(len(times))]
+        return contact_intervals(times, on, 0.02, max_gap=comp.max_gap, min_duration=comp.min_duration, end=end)
+
+    assert runs((0, 24), (37, 74)) == [(0, 74)]  # 0.24 s off (0.50-0.72 s): the longest gap under max_gap
+    assert runs((0, 24), (40, 74)) == [(0, 24), (40, 74)]  # 0.30 s off
+    assert runs((0, 24), (60, 64)) == [(0, 24)]  # 5 frames: 0.10 s of contact
+    assert runs((0, 24), (60, 67)) == [(0, 24), (60, 67)]  # 8 frames: 0.16 s (1.20-1.36 s)
+    assert runs((92, 99)) == [(92, 99)]  # the last 8 frames: 1.84-2.00 s
+    assert runs((92, 99), end=1.98) == []  # ... of a segment ending at 1.98 s: 0.14 s in it
+
+
+def test_the_strongest_of_two_hands_of_one_side_is_the_hand(tmp_path):
+    """The detector can box one side twice in a frame (the hand and a second box on the wrist or another
+    person's hand): the more confident box is the hand; a weak box saying NO_CONTACT would hide the contact."""
+    frames = _hand_frames()
+    for f in frames:
+        f.hands.insert(0, HandDetection(BBox(0.20, 0.60, 0.35, 0.85), 0.6, HandState.NO_CONTACT, (0.0, 0.0),
+                                        HandSide.RIGHT))
+    assert [(h.score, h.state) for h in frames[40].hands] == [(0.6, HandState.NO_CONTACT),
+                                                              (0.9, HandState.PORTABLE_OBJECT)]
+    rec = HandsComponent().describe(SegmentContext(layout=_write(tmp_path, frames), segment=_segment(), fps=50.0))
+    (c,) = next(h for h in rec["data"]["hands"] if h["hand"] == "right")["contacts"]
+    assert _iou((c["start"], c["stop"]), (0.5, 1.5)) >= 0.9, c
+
+
+def test_a_contact_to_the_segments_end_stops_at_its_end(tmp_path):
+    """A segment's stop falls between two frames: a contact held to the end stops at the segment's duration,
+    not a frame after its last frame began (past the clip the text describes)."""
+    layout = _write(tmp_path, _hand_frames((1.0, 2.0)))
+    seg = Segment("P01_01_0", "P01", "P01_01", 0.0, 1.97, 1, 99)  # frames 1-99: 0.00-1.96 s
+    rec = HandsComponent().describe(SegmentContext(layout=layout, segment=seg, fps=50.0))
+    (c,) = next(h for h in rec["data"]["hands"] if h["hand"] == "right")["contacts"]
+    assert (c["start"], c["stop"]) == (1.0, 1.97)
+
+
+def test_detector_frames_outside_a_contact_do_not_name_it(tmp_path):
+    """The objects component's detector sees frames spread over the whole segment: those before or after a
+    contact show what lies there then (the board the knife was put down on), and do not vote for its name."""
+    from leap_cli.extract.detections import LabelledBox
+
+    ctx = SegmentContext(layout=_write(tmp_path, _hand_frames((0.5, 1.0))), segment=_segment(), fps=50.0)
+    # the contact: frames 26-50; one detector frame inside it, five outside, all boxing the knife's place
+    boxes = {n: [LabelledBox("knife" if n == 38 else "board", KNIFE, 0.9)] for n in (1, 20, 38, 60, 80, 100)}
+    ctx.video_cache[("detector_boxes", ctx.segment.narration_id)] = ("detector:test", boxes)
+    rec = HandsComponent().describe(ctx)
+    (c,) = next(h for h in rec["data"]["hands"] if h["hand"] == "right")["contacts"]
+    assert (c["object"], c["named_by"]) == ("knife", "detector:test"), c
+
+
 def test_objects_from_labelled_detections(tmp_path):
     board = {"left": 0.3, "top": 0.5, "right": 0.5, "bottom": 0.8}
     labelled = [{"video_id": "P01_01", "frame_number": n, "objects":
@@ -482,3 +634,23 @@ print(summarise_objects(per_frame, ctx, hands, 0.5)[0][0]["near_hand"])
                            env={**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": root}).stdout.strip()
             for seed in range(1, 9)}
     assert seen == {"left"}
+
+
+def test_an_object_is_near_a_hand_only_within_a_quarter_frame_of_a_confident_hand():
+    """The clip text's "near the right hand": a hand a quarter of the frame away or more is not near, nor is a
+    box the hand detector is unsure of (score 0.5 or less, which the hands component ignores too)."""
+    from types import SimpleNamespace as NS
+
+    from leap_cli.extract.detections import LabelledBox
+    from leap_cli.extract.objects import summarise_objects
+
+    cup = {1: [LabelledBox("cup", BBox(0.45, 0.40, 0.55, 0.50), 0.9)]}  # centre (0.50, 0.45)
+    ctx = NS(epic_frame_time=lambda n: n / 60, fps=60.0, segment=NS(duration=1.0))
+
+    def near(cx, cy, score=0.9):
+        hand = NS(bbox=BBox(cx - 0.05, cy - 0.05, cx + 0.05, cy + 0.05), score=score, side=NS(name="RIGHT"))
+        return summarise_objects(cup, ctx, {1: NS(hands=[hand])}, 0.5)[0][0]["near_hand"]
+
+    assert near(0.60, 0.45) == "right"  # 0.1 away
+    assert near(0.50, 0.95) is None  # 0.5 away
+    assert near(0.60, 0.45, score=0.3) is None
