@@ -31,6 +31,13 @@ def _fields_json(path, n_frames=100, skip=()):
     return path
 
 
+def _still_ctx(tmp_path, poses, seg, fps):
+    """A segment of a still camera's frames (for odometry), with the EPIC Fields file ``poses``."""
+    views = _views([np.eye(3)] * 3)
+    return SegmentContext(layout=_Layout(tmp_path, poses=poses), segment=seg, fps=fps,
+                          read_frames=lambda nums, side: views[[0] * len(nums)])
+
+
 def test_epic_fields_json_gives_motion_and_says_so(tmp_path):
     path = _fields_json(tmp_path / "P01_01.json", skip=range(40, 101))
     poses, camera = read_epic_fields(path)
@@ -43,10 +50,7 @@ def test_epic_fields_json_gives_motion_and_says_so(tmp_path):
     assert rec["data"]["camera_model"]["params"][4] == -0.02  # the distortion travels with the record
     # frames the reconstruction did not register: visual odometry, and the record says why
     late = Segment("P01_01_9", "P01", "P01_01", 2.0, 3.0, 51, 75)
-    views = _views([np.eye(3)] * 3)
-    ctx = SegmentContext(layout=_Layout(tmp_path, poses=path), segment=late, fps=25.0,
-                         read_frames=lambda nums, side: views[[0] * len(nums)])
-    rec = CameraComponent(frames=3).describe(ctx)
+    rec = CameraComponent(frames=3).describe(_still_ctx(tmp_path, path, late, 25.0))
     assert rec["data"]["method"] == "visual-odometry"
     assert rec["data"]["poses_skipped"] == "fewer than 2 registered frames in the segment"
 
@@ -76,11 +80,9 @@ def test_poses_that_leave_the_segments_end_unregistered_give_way_to_odometry(tmp
     default camera uses odometry there and says why; ``source="colmap"`` keeps the poses."""
     path = _fields_json(tmp_path / "P01_01.json", skip=range(31, 101))  # frames 1-30: the first 0.5 s
     seg = Segment("P01_01_0", "P01", "P01_01", 0.0, 1.0, 1, 60)
-    views = _views([np.eye(3)] * 3)
 
     def ctx():
-        return SegmentContext(layout=_Layout(tmp_path, poses=path), segment=seg, fps=59.94,
-                              read_frames=lambda nums, side: views[[0] * len(nums)])
+        return _still_ctx(tmp_path, path, seg, 59.94)
 
     rec = CameraComponent(frames=3).describe(ctx())
     assert rec["data"]["method"] == "visual-odometry"
@@ -98,10 +100,7 @@ def test_poses_that_leave_the_segments_start_unregistered_give_way_to_odometry(t
     start; the uncovered time counts the start's gap too."""
     path = _fields_json(tmp_path / "P01_01.json", n_frames=100, skip=range(1, 61))  # frames 61-100: from 1.0 s
     seg = Segment("P01_01_0", "P01", "P01_01", 0.0, 1.5, 1, 90)
-    views = _views([np.eye(3)] * 3)
-    ctx = SegmentContext(layout=_Layout(tmp_path, poses=path), segment=seg, fps=59.94,
-                         read_frames=lambda nums, side: views[[0] * len(nums)])
-    rec = CameraComponent(frames=3).describe(ctx)
+    rec = CameraComponent(frames=3).describe(_still_ctx(tmp_path, path, seg, 59.94))
     assert rec["data"]["method"] == "visual-odometry"
     assert rec["data"]["poses_skipped"] == "the registered frames leave 1.02 s of the segment uncovered"
     assert rec["data"]["uncovered_s"] == pytest.approx(1.017, abs=0.01)
