@@ -335,6 +335,26 @@ def test_truncated_faststart_mp4_fails_at_missing_frames(tmp_path):
         assert r.read_frames([1, 2]).shape[0] == 2  # the start still reads
 
 
+@pytest.mark.parametrize("keep", [0.45, 0.6, 0.8])
+def test_decodable_frames_finds_the_exact_last_frame_of_a_cut_file(tmp_path, keep):
+    """leap info's video lengths: the last frame that decodes, not one short of it (the segments that end there
+    would be reported as cut and skipped)."""
+    from leap_cli.media.video import decodable_frames
+
+    path = tmp_path / "fast.mp4"
+    write_mp4(path, (_frame(i) for i in range(1, N_FRAMES + 1)), FPS, gop=24,
+              container_options={"movflags": "faststart"})
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(path.read_bytes()[:int(path.stat().st_size * keep)])
+    announced, good = decodable_frames(cut)
+    assert announced == N_FRAMES and 1 < good < N_FRAMES
+    with VideoReader(cut) as r:  # (the last one may be the decoder's concealment of a cut packet: it decodes)
+        assert r.read_frames([good]).shape[0] == 1
+    with pytest.raises(LeapError), VideoReader(cut) as r:
+        r.read_frames([good + 1])
+    assert decodable_frames(path) == (N_FRAMES, N_FRAMES)
+
+
 def test_audio_file_window_and_resampling(tmp_path):
     audio = _tone_with_click(6.0, click_at=2.5, rate=48000)
     wav = tmp_path / "a.wav"
