@@ -726,3 +726,76 @@ def test_a_dangling_symlink_says_so(tmp_path, monkeypatch, capsys):
                       "--segments", "2")
     assert code == 2 and "Traceback" not in err
     assert f"a symbolic link to {tmp_path / 'purged'}, which does not exist (make that folder" in " ".join(err.split())
+
+
+def test_a_failure_summary_lists_ten_causes_and_counts_the_rest():
+    """The stages' failure summary (leap_cli/outcome.py): the ten most frequent causes, then how many more; a
+    partial failure exits 0 (3 under --strict), and a run that attempted nothing has not "all failed"."""
+    from leap_cli.outcome import EXIT_ALL_FAILED, Outcome
+
+    o = Outcome("extract")
+    o.attempt(30)
+    for i in range(12):
+        for _ in range(12 - i):  # cause 0 the most frequent
+            o.fail(f"camera: Error{i}")
+    lines = o.lines()
+    assert lines[0] == f"extract: {o.failed} of 30 records failed (by cause):", lines
+    assert lines[1:11] == [f"  {12 - i} x camera: Error{i}" for i in range(10)], lines
+    assert lines[11:] == ["  ... and 2 more causes"], lines
+    assert o.exit_code() == 0 and o.exit_code(strict=True) == EXIT_ALL_FAILED == 3
+    nothing = Outcome("extract")
+    assert nothing.exit_code() == 0 and nothing.lines() == []
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_sigterm_under_torchrun_exits_143_on_every_rank(monkeypatch, capsys, tmp_path, rank):
+    """The ranks other than 0 leave the words to rank 0, not the status: a SIGTERM is 143 on each (130 is Ctrl-C's,
+    and Slurm's requeue scripts tell the two apart)."""
+    import signal
+
+    from leap_cli import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setitem(cli._state, "sigterm", False)  # (set by the handler; not left to the tests after this one)
+    monkeypatch.setattr("leap_cli.train.loop.main", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+    code, err = _main(monkeypatch, capsys, "train", "--config", "tiny-synthetic", "--workdir", str(tmp_path))
+    assert code == 143, (code, err)
+    assert ("stopped by SIGTERM: checkpoints/last.pt holds" in " ".join(err.split())) == (rank == "0"), err
+
+
+@pytest.mark.parametrize("command", ["extract", "generate-programs", "build-shards"])
+@pytest.mark.parametrize("shard, says", [("-1/4", " is out of range: parts are numbered from 0 (i must satisfy 0 <= i < n"),
+                                         ("4/4", " is out of range: parts are numbered from 0 (i must satisfy 0 <= i < n"),
+                                         ("0/0", ": n, the number of parts, is at least 1 (e.g. --shard 0/4")])
+def test_a_shard_out_of_range_is_one_line_exit_2(tmp_path, command, shard, says):
+    """--shard i/n takes 0 <= i < n, refused at the option before any work: a part -1 (a job array's index less
+    one, once too often) would otherwise go on to fail later with another message, or select nothing."""
+    r = leap(command, "--split", "train", f"--shard={shard}", "--workdir", str(tmp_path / "w"))
+    lines = error_lines(r.stderr)
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"error: --shard '{shard}'{says}"), lines[0]  # (the fix in brackets)
+    assert not (tmp_path / "w").exists()
+
+
+def test_every_stage_takes_split_validation_and_finds_the_last_stages_output_in_the_workdir(tiny_kitchen, tmp_path):
+    """EPIC's name of the split, `--split validation`, is `val` in each stage: each writes WORKDIR/.../val* and the
+    next one finds it there (a stage that kept the name would write validation.jsonl, and the next find nothing)."""
+    work, data = tmp_path / "w", ["--data", str(tiny_kitchen)]
+    for args in (["extract", *data, "--components", "narration", "--frame-cache", "none"],
+                 ["generate-programs", *data], ["validate-programs", *data],
+                 ["build-shards", *data, "--frames", "2", "--short-side", "32"], ["check-shards"]):
+        r = leap(*args, "--split", "validation", "--workdir", str(work))
+        assert r.returncode == 0, (args, r.stdout + r.stderr)
+    assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*") if p.is_file() and p.suffix != ".lock"
+                  and not p.name.startswith(".")) == [
+        "descriptors/val.config.json", "descriptors/val.jsonl", "descriptors/val.jsonl.settings.json",
+        "programs/val.jsonl", "programs/val.jsonl.settings.json", "programs/val.report.json",
+        "shards/val/leap-val-000000.tar", "shards/val/manifest.json"]
+    segments = len((tiny_kitchen / "annotations" / "EPIC_100_validation.csv").read_text().splitlines()) - 1
+    # generate-programs read the descriptors, build-shards the programs
+    settings = json.loads((work / "programs" / "val.jsonl.settings.json").read_text())
+    assert settings["split"] == "val" and isinstance(settings["descriptors"], dict), settings
+    assert settings["descriptors"]["components"] == ["narration"], settings
+    manifest = json.loads((work / "shards" / "val" / "manifest.json").read_text())
+    assert manifest["split"] == "val" and manifest["programs"]["matched"] == segments > 0, manifest["programs"]
