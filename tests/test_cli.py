@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -230,8 +231,12 @@ def _main(monkeypatch, capsys, *argv):
     from leap_cli import cli
 
     monkeypatch.setattr(sys, "argv", ["leap", *argv])
-    with pytest.raises(SystemExit) as e:
-        cli.main()
+    term = signal.getsignal(signal.SIGTERM)  # (main installs its handler, and ignores SIGTERM once it is done)
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        signal.signal(signal.SIGTERM, term)
     return e.value.code, capsys.readouterr().err
 
 
