@@ -524,6 +524,21 @@ def test_a_damaged_cache_is_one_line_and_costs_no_output(workdir, good_programs)
     assert out.read_bytes() == before
 
 
+def test_a_run_refused_for_its_settings_makes_no_cache(workdir, good_programs):  # noqa: F811
+    """An LLM run over offline programs is refused (other settings); it left an empty cache.sqlite beside them,
+    which the offline generator never makes. Accepted, the same run makes its cache and fills it."""
+    generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    programs = workdir / "programs"
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    with ScriptedServer(script) as server:
+        with pytest.raises(LeapError, match="was started with other settings"):
+            generate_programs(config(workdir, server))
+        assert not list(programs.glob("cache.sqlite*")) and not server.requests
+        generate_programs(config(workdir, server, force=True))
+    with ProgramStore(programs / "cache.sqlite") as store:
+        assert store.spent(programs / "val.jsonl")["requests"] == N_SEGMENTS
+
+
 def test_a_damaged_page_inside_the_cache_is_one_line(workdir, good_programs):  # noqa: F811
     """A cache whose header is sound but a page inside is not opened fine and then raised sqlite3.DatabaseError
     (database disk image is malformed) from a lookup: a traceback, exit 1."""
@@ -556,7 +571,8 @@ def test_a_read_only_programs_folder_is_said_to_be_read_only(workdir, monkeypatc
     real_open, real_connect = os.open, sqlite3.connect
 
     def ro_open(path, flags, *args, **kwargs):
-        if Path(path).parent == programs and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+        if Path(path).name.startswith("cache.sqlite") and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            # (the cache alone: in a read-only folder the output's lock, made first, would be refused first)
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return real_open(path, flags, *args, **kwargs)
 

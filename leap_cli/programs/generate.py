@@ -914,9 +914,14 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             raise
         backend = _Keyless(cfg.backend, cfg.model, e)
     # (and a cache that cannot be opened); the offline generator's programs are neither cached nor paid for, and a
-    # run without its key asks nothing
-    store = (None if backend.name == "offline" or isinstance(backend, _Keyless) and not cfg.cache_path.exists()
-             else ProgramStore(cfg.cache_path, commit_every=0.5, background=True))
+    # run without its key asks nothing. A cache that is not there yet is made once the output's settings are
+    # accepted (a refused run left an empty cache.sqlite beside the offline programs)
+    cached = not (backend.name == "offline" or isinstance(backend, _Keyless) and not cfg.cache_path.exists())
+
+    def open_store() -> ProgramStore:
+        return ProgramStore(cfg.cache_path, commit_every=0.5, background=True)
+
+    store = open_store() if cached and cfg.cache_path.exists() else None
     try:
         if (backend.name == "offline" and inputs.records and inputs.segments
                 and all(s.narration is None and s.verb_class is None for s in inputs.segments.values())):
@@ -926,6 +931,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                             fix="generate its programs with an LLM (--backend openai, from the clip texts), or go "
                                 "on without them: build-shards, training and submission need no test programs")
         check_output(cfg, builder, inputs)
+        if cached and store is None:
+            store = open_store()
     except BaseException:
         if store is not None:
             store.close()
