@@ -689,8 +689,34 @@ def test_choice_options_are_taken_in_any_case_as_split_names_are(tmp_path):
     assert r.returncode == 2 and "scores file not found" in r.stderr and "unknown task" not in r.stderr, r.stderr
     r = leap("generate-programs", "--backend", "OFFLINE", "--split", "val", "--workdir", str(tmp_path))
     assert r.returncode == 2 and "class files are needed" in r.stderr and "backend" not in r.stderr, r.stderr
-    r = leap("extract", "--camera-source", "VO", "--split", "val", "--workdir", str(tmp_path))
-    assert r.returncode == 2 and "camera" not in r.stderr, r.stderr
+    r = leap("extract", "--camera-source", "VO", "--components", "Narration,CAMERA", "--split", "val",
+             "--workdir", str(tmp_path))
+    assert r.returncode == 2 and "camera" not in r.stderr and "component" not in r.stderr, r.stderr
+    r = leap("generate-programs", "--response-format", "JSON_Schema", "--split", "val", "--workdir", str(tmp_path))
+    assert r.returncode == 2 and "class files are needed" in r.stderr and "format" not in r.stderr, r.stderr
+    r = leap("build-shards", "--task", "anticipation", "--anticipation-context", "CLIPS", "--split", "val",
+             "--workdir", str(tmp_path))
+    assert r.returncode == 2 and "dataset root not found" in r.stderr and "context" not in r.stderr, r.stderr
+
+
+def test_ablation_sources_are_taken_in_any_case(tmp_path, monkeypatch, capsys):
+    """`--sources TRUTH` said "unknown program source(s) ['TRUTH']" where `--backend OFFLINE` was taken."""
+    import leap_cli.train.ablate as ablate
+    from leap_cli.errors import LeapError
+
+    seen = []
+
+    def run_ablation(cfg, on_run=None):
+        seen.append(cfg)
+        raise LeapError("stopped here")
+
+    monkeypatch.setattr(ablate, "run_ablation", run_ablation)
+    code, err = _main(monkeypatch, capsys, "ablate", "--workdir", str(tmp_path), "--sources", "TRUTH, None",
+                      "--anticipation-sources", "Offline")
+    assert code == 2 and "stopped here" in err, err
+    assert seen[0].sources == ("truth", "none") and seen[0].anticipation_sources == ("offline",)
+    code, err = _main(monkeypatch, capsys, "ablate", "--workdir", str(tmp_path), "--anticipation-sources", "ALL")
+    assert code == 2 and seen[1].anticipation_sources is None
 
 
 def test_debug_shows_a_user_errors_traceback_and_keeps_its_status(tmp_path):

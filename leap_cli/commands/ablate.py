@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from leap_cli.common import workdir_option
+from leap_cli.common import lowercase, workdir_option
 from leap_cli.train.ablate import AblateConfig
 
 console = Console()
@@ -30,10 +30,10 @@ def ablate(
     videos: int = typer.Option(_D.videos, "--videos", min=2, help="Kitchen videos."),
     segments: int = typer.Option(_D.segments_per_video, "--segments", "--segments-per-video", min=2,
                                  help="Kitchen segments per video (as demo-data --segments)."),
-    sources: str = typer.Option(",".join(_D.sources), "--sources", help="Program sources, comma-separated: truth (the kitchen's "
+    sources: str = typer.Option(",".join(_D.sources), "--sources", callback=lowercase, help="Program sources, comma-separated: truth (the kitchen's "
                                   "true programs), offline (the offline generator's), none (no programs)."),
     no_anticipation: bool = typer.Option(False, "--no-anticipation", help="Recognition cells only."),
-    anticipation_sources: str = typer.Option(",".join(_D.anticipation_sources or ("all",)), "--anticipation-sources", help="Program sources of the anticipation cells ('all': every source with programs)."),
+    anticipation_sources: str = typer.Option(",".join(_D.anticipation_sources or ("all",)), "--anticipation-sources", callback=lowercase, help="Program sources of the anticipation cells ('all': every source with programs)."),
     span_frames: int = typer.Option(_D.span_frames, "--span-frames", min=1, help="Anticipation clips: source frames each clip spans."),
     config: str = typer.Option(_D.config, "--config", help="Training config (bundled name or YAML file)."),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key of every run (repeatable)."),

@@ -70,7 +70,7 @@ def extract(
     annotations: Path = typer.Option(
         None, "--annotations",
         help="Folder of EPIC's annotation CSVs (default DATA/annotations)."),
-    components: str = typer.Option("narration,audio,camera,objects,hands", "--components",
+    components: str = typer.Option("narration,audio,camera,objects,hands", "--components", callback=lowercase,
                                    help="Comma-separated components to compute."),
     workers: int = typer.Option(1, "--workers", min=1, callback=workers_option, help="Worker processes; each takes one segment at a time."),
     shard: str = typer.Option(None, "--shard", help="Take part i of n (0-based), e.g. 0/4; videos stay together."),
@@ -108,7 +108,7 @@ def extract(
         help="Class names of the detector, one per line, background first (if the checkpoint has none)."),
     detector_arch: str = typer.Option("fasterrcnn_resnet50_fpn_v2", "--detector-arch",
                                       help="torchvision builder of the detector (if the checkpoint does not say)."),
-    object_frames: int = typer.Option(6, "--object-frames", min=1, help="Frames per segment the detector runs on."),
+    object_frames: int = typer.Option(6, "--object-frames", min=1, help="Frames per segment the detector (or CLIP, on hand-object boxes) sees."),
     clip_weights: Path = typer.Option(
         None, "--clip-weights",
         help="Name object boxes with CLIP (needs open_clip_torch): a local CLIP checkpoint FILE (OpenAI's "

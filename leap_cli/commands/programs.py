@@ -47,7 +47,7 @@ def generate_programs(
                                     help="Retries on 408/409/429/5xx/timeouts/connection errors before a record fails."),
     backoff: float = typer.Option(1.0, "--backoff", min=0.0, help="First retry delay in seconds (doubles, with jitter; "
                                                          "Retry-After wins)."),
-    response_format: str = typer.Option("auto", "--response-format", help="auto (Structured Outputs; JSON mode if refused, "
+    response_format: str = typer.Option("auto", "--response-format", callback=lowercase, help="auto (Structured Outputs; JSON mode if refused, "
                                         "then none), json_schema, json_object or none (no response_format: the prompt "
                                         "asks for JSON)."),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, max=2.0, help="Sampling temperature."),

@@ -64,12 +64,14 @@ def build_shards(
                                                      "the observed window in seconds."),
     context: int = typer.Option(2, "--context", min=0, help="Anticipation: clips stored before the current one (2: s_{i-2}, "
                                                      "s_{i-1})."),
-    anticipation_context: str = typer.Option("clips", "--anticipation-context",
+    anticipation_context: str = typer.Option("clips", "--anticipation-context", callback=lowercase,
                                              help="clips: contiguous --span-frames clips ending tau-a before the action "
                                                   "(the paper); segments: the previous annotated segments."),
     span_frames: int = typer.Option(256, "--span-frames", min=1, help="Anticipation clips: source frames each clip spans."),
     vocab: Path = typer.Option(None, "--vocab", help="Manifest whose target vocabulary to reuse (default for val/test: "
-                                                     "WORKDIR/shards/train/manifest.json when present)."),
+                                                     "the train shards' of the same task when present, "
+                                                     "WORKDIR/shards/train/manifest.json or, with --task "
+                                                     "anticipation, shards/train-anticipation/manifest.json)."),
     max_steps: int = typer.Option(None, "--max-steps", min=2, help="Program steps per target incl. END (new vocabulary only)."),
     max_conditions: int = typer.Option(None, "--max-conditions", min=1,
                                        help="At most this many conditions, the most frequent in the training "
