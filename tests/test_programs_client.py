@@ -83,6 +83,28 @@ def test_http_client_chunked_gzip_reconnect_and_proxy(monkeypatch):
     assert proxied.status == 200 and seen[-1] == b"POST http://api.example.test/v1/chat/completions HTTP/1.1"
 
 
+def test_a_close_after_the_response_head_is_said_to_be_mid_response():
+    """A server that sent a whole response head, then closed, was said to have closed "without answering" (the
+    parsed head is no longer in the bytes a close leaves); a close before any byte still says so."""
+    from leap_cli.programs.http import HTTPClient, HTTPConnectionError
+
+    async def main(answer: bytes) -> str:
+        server = await _serve_raw(lambda head, body: (answer, True))
+        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, timeout=5)
+        try:
+            await client.post("/chat/completions", b"{}")
+        except HTTPConnectionError as e:
+            return str(e)
+        finally:
+            await client.aclose()
+            server.close()
+        return "answered"
+
+    assert asyncio.run(main(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")) == (
+        "the server closed the connection mid-response")
+    assert asyncio.run(main(b"")) == "the server closed the connection without answering"
+
+
 def test_a_reset_after_part_of_a_response_is_not_sent_again_unseen():
     """A reused connection reset by the server after it had begun answering was taken for an idle connection the
     server had closed, and the request sent again on a fresh one, uncounted (QA: the server got 32 requests where

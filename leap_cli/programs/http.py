@@ -63,10 +63,11 @@ def _ssl_context() -> ssl.SSLContext:
 _HEAD_LIMIT = 1 << 20  # bytes of a response head (or chunk-size line) at most
 
 
-def _broken(e: BaseException) -> str:
-    """What broke an exchange, in words (not the exception's name)."""
+def _broken(e: BaseException, got: int = 0) -> str:
+    """What broke an exchange, in words (not the exception's name); ``got``: bytes of a response received (a head
+    already parsed is no longer in the partial bytes a close leaves)."""
     if isinstance(e, asyncio.IncompleteReadError):
-        return ("the server closed the connection mid-response" if e.partial else
+        return ("the server closed the connection mid-response" if e.partial or got else
                 "the server closed the connection without answering")
     if isinstance(e, ConnectionResetError):
         return "the server reset the connection"
@@ -256,7 +257,7 @@ class HTTPClient:
                     # response came, or the close came late: the server had the request, and may bill it)
                     self.resent += 1
                     continue
-                raise HTTPConnectionError(_broken(e)) from None
+                raise HTTPConnectionError(_broken(e, conn.got)) from None
             except BaseException:
                 conn.close()  # cancelled mid-response: the connection is in an unknown state
                 raise
