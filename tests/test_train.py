@@ -74,6 +74,15 @@ def tiny_config(*extra: str) -> Config:
 
 
 # ---------------------------------------------------------------------------------------------- config
+def test_a_section_with_its_keys_commented_out_keeps_the_bases(tmp_path: Path) -> None:
+    """`train:` with every key below it commented out replaced the base's train section with the defaults (10
+    epochs instead of the base's 60, and its checkpoint and evaluation cadence), without a word."""
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: tiny-synthetic\ntrain:\n  # epochs: 30\noptim:\n  lr: 0.002\n")
+    cfg, base = load_config(path), load_config("tiny-synthetic")
+    assert cfg.train == base.train and cfg.optim.lr == 0.002
+
+
 @pytest.mark.parametrize("text,line,key", [("train:\n  epochs: 1\ntrain:\n  log_every: 3\n", 3, "train"),
                                            ("data: {batch_size: 8, batch_size: 0}\n", 1, "batch_size")])
 def test_a_key_given_twice_in_a_config_is_refused(tmp_path: Path, text: str, line: int, key: str) -> None:

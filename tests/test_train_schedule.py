@@ -175,3 +175,11 @@ def test_training_draws_no_global_numpy_or_python_rng(tmp_path, shard_work, monk
                              "data.val=", "model.options={decoder_dropout: 0.3, drop_path_rate: 0.2}"])
     loop.main(cfg, workdir=tmp_path, name="r")
     assert changed and not any(any(c) for c in changed)
+
+
+def test_accumulation_that_does_not_divide_an_epoch_trains_every_epoch(tmp_path: Path) -> None:
+    """5 batches an epoch with accum_steps 2: 2 optimizer steps per epoch (the fifth batch left out); counting 3
+    per epoch asked for batches the epoch does not have ("training data ran out")."""
+    r = main(tiny_config("train.epochs=2", "optim.accum_steps=2"), workdir=tmp_path, name="r",
+             source=MemorySource(batches_per_epoch=5, val=False))
+    assert (r.steps, r.epochs) == (4, 2)

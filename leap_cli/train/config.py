@@ -418,6 +418,9 @@ def _read_raw(path: str | Path, chain: tuple[str, ...] = ()) -> tuple[dict, str]
     parent, _ = _read_raw(near if near.is_file() else base, chain + (source,))
     merged = {k: dict(v or {}) for k, v in parent.items()}
     for section, values in raw.items():
+        if values is None:  # (a section whose keys are all commented out: the base's stays, not the defaults)
+            merged.setdefault(section, {})
+            continue
         if not isinstance(values, dict):
             merged[section] = values
             continue
