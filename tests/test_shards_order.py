@@ -66,3 +66,20 @@ def test_segments_context_is_the_previous_segment_in_time_whatever_the_csv_order
     _, records, _ = plan_samples(segs, lambda v: 10.0, s)
     assert records["P01_01_0"]["context"][0]["key"] == "P01_01_1"
     assert records["P01_01_2"]["context"][0]["key"] == "P01_01_0"
+
+
+def test_a_previous_segment_that_starts_after_the_observed_window_is_no_context():
+    """Anticipation must not see the future: at 10 fps with tau_a 1 s, an action at 5.0 s is observed up to frame
+    41 (4.0 s); a previous segment starting at 4.15 s (frame 42) is absent, not stored from its first frame."""
+    def seg(i, start, stop):
+        return Segment(f"P01_01_{i}", "P01", "P01_01", start, stop, int(start * 10) + 1, int(stop * 10))
+
+    segs = [seg(0, 1.0, 3.0), seg(1, 4.15, 6.0), seg(2, 5.0, 7.0)]
+    s = ShardSettings(split="train", task="anticipation", frames=2, context=2, context_mode="segments",
+                      tau_a=1.0, tau_o=1.0)
+    _, records, _ = plan_samples(segs, lambda v: 10.0, s)
+    rec = records["P01_01_2"]
+    last = 41  # (the frame shown at 4.0 s: EPIC's frame n spans [(n - 1) / fps, n / fps))
+    assert rec["observed"]["stop"] == 4.0 and max(rec["frame_indices"]) <= last
+    assert [c["present"] for c in rec["context"]] == [True, False]  # (oldest first)
+    assert all(f <= last for c in rec["context"] for f in c["frame_indices"])
