@@ -619,10 +619,13 @@ def test_the_429_note_suggests_what_the_server_took(monkeypatch, capacity):
     assert capacity <= backend.steady_limit <= capacity + 1
 
 
-def test_prompts_the_server_chokes_on_do_not_stop_a_held_stage(workdir, good_programs, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("retries", [1, 2])
+def test_prompts_the_server_chokes_on_do_not_stop_a_held_stage(workdir, good_programs, monkeypatch,  # noqa: F811
+                                                               retries):
     """Three prompts in a row that the server always fails (a 500 on their content) held the stage, the third
     probed alone and forever, and after HOLD_FOR the stage stopped as if the server were down. A request gets
-    --max-retries probes of its own; then it fails its record and the next one probes."""
+    --max-retries probes of its own (+ its first try; one fewer failed a request its last try would have passed);
+    then it fails its record and the next one probes."""
     from leap_cli.programs.backends import OpenAIBackend
 
     monkeypatch.setattr(OpenAIBackend, "HOLD_FOR", 5.0)  # (a stop here fails the test instead of waiting 10 min)
@@ -634,9 +637,11 @@ def test_prompts_the_server_chokes_on_do_not_stop_a_held_stage(workdir, good_pro
         return _good(good_programs, req)
 
     with ScriptedServer(script) as server:
-        s = generate_programs(config(workdir, server, concurrency=1, max_retries=1))
+        s = generate_programs(config(workdir, server, concurrency=1, max_retries=retries))
+        calls = [server.calls_for(p) for p in sorted(poison)]
     assert s.statuses == {"valid": N_SEGMENTS - 3, "failed": 3}
     assert {r["narration_id"] for r in records(workdir) if r["status"] == "failed"} == poison
+    assert calls == [retries + 1] * 3
 
 
 def test_a_server_answering_only_429_after_replies_is_held_too(monkeypatch):

@@ -41,11 +41,18 @@ def _serve_script(on_request):
     return asyncio.start_server(on_conn, "127.0.0.1", 0), seen, conns
 
 
+def _client(server, **kw):
+    """An ``HTTPClient`` of the local ``server``'s /v1."""
+    from leap_cli.programs.http import HTTPClient
+
+    return HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, **kw)
+
+
 def test_a_reused_connection_closed_long_after_the_request_is_not_resent(monkeypatch):
     """A keep-alive connection the server closes well after it got the request was resent unseen: the server
     had the request and may bill it twice."""
     from leap_cli.programs import http
-    from leap_cli.programs.http import HTTPClient, HTTPConnectionError
+    from leap_cli.programs.http import HTTPConnectionError
 
     monkeypatch.setattr(http, "STALE_CLOSE_S", 0.2)
 
@@ -60,8 +67,7 @@ def test_a_reused_connection_closed_long_after_the_request_is_not_resent(monkeyp
     async def main():
         start, seen, _ = _serve_script(on_request)
         server = await start
-        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, max_connections=1,
-                            timeout=5)
+        client = _client(server, max_connections=1, timeout=5)
         first = await client.post("/chat/completions", b"{}")
         with pytest.raises(HTTPConnectionError):
             await client.post("/chat/completions", b"{}")
@@ -76,7 +82,7 @@ def test_a_reused_connection_closed_long_after_the_request_is_not_resent(monkeyp
 def test_a_fresh_connection_closed_without_an_answer_is_not_resent():
     """A new connection that the server closed without answering was resent unseen (only an idle keep-alive
     connection may be): the server had the request, and may bill it twice."""
-    from leap_cli.programs.http import HTTPClient, HTTPConnectionError
+    from leap_cli.programs.http import HTTPConnectionError
 
     async def on_request(n, body, writer):
         return True
@@ -84,7 +90,7 @@ def test_a_fresh_connection_closed_without_an_answer_is_not_resent():
     async def main():
         start, seen, _ = _serve_script(on_request)
         server = await start
-        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, timeout=5)
+        client = _client(server, timeout=5)
         with pytest.raises(HTTPConnectionError) as err:
             await client.post("/chat/completions", b"{}")
         await client.aclose()
@@ -99,8 +105,6 @@ def test_a_fresh_connection_closed_without_an_answer_is_not_resent():
 def test_non_ascii_and_large_bodies_arrive_whole():
     """A body's Content-Length counted characters, not bytes, or a body at the 64 KiB boundary was sent wrong:
     a prompt with accents or a long one would reach the server cut or never."""
-    from leap_cli.programs.http import HTTPClient
-
     def echo(head, body):
         return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body), False
 
@@ -110,8 +114,7 @@ def test_non_ascii_and_large_bodies_arrive_whole():
 
     async def main():
         server = await _serve_raw(echo)
-        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, max_connections=1,
-                            timeout=5)
+        client = _client(server, max_connections=1, timeout=5)
         out = [await client.post("/chat/completions", b) for b in bodies]
         await client.aclose()
         server.close()
@@ -123,8 +126,6 @@ def test_non_ascii_and_large_bodies_arrive_whole():
 
 def test_interim_responses_are_skipped():
     """A 100 Continue or 103 Early Hints before the answer was taken for the answer: the reply would be lost."""
-    from leap_cli.programs.http import HTTPClient
-
     async def on_request(n, body, writer):
         writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n"
                      b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
@@ -134,7 +135,7 @@ def test_interim_responses_are_skipped():
     async def main():
         start, _, _ = _serve_script(on_request)
         server = await start
-        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, timeout=1)
+        client = _client(server, timeout=1)
         r = await client.post("/chat/completions", b"{}")
         await client.aclose()
         server.close()
@@ -146,8 +147,6 @@ def test_interim_responses_are_skipped():
 
 def test_a_connection_close_response_is_not_reused():
     """A connection the server said it would close was reused: the next request would fail or be resent."""
-    from leap_cli.programs.http import HTTPClient
-
     async def on_request(n, body, writer):
         writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}")
         await writer.drain()
@@ -157,8 +156,7 @@ def test_a_connection_close_response_is_not_reused():
     async def main():
         start, seen, conns = _serve_script(on_request)
         server = await start
-        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, max_connections=1,
-                            timeout=5)
+        client = _client(server, max_connections=1, timeout=5)
         out = [await client.post("/chat/completions", b"{}") for _ in range(2)]
         await client.aclose()
         await asyncio.sleep(0.35)
@@ -172,7 +170,7 @@ def test_a_connection_close_response_is_not_reused():
 
 def test_the_timeout_is_enforced():
     """A server slower than --timeout held the request past it: a stuck server would stall the run."""
-    from leap_cli.programs.http import HTTPClient, HTTPTimeout
+    from leap_cli.programs.http import HTTPTimeout
 
     async def on_request(n, body, writer):
         await asyncio.sleep(5.0)
@@ -183,7 +181,7 @@ def test_the_timeout_is_enforced():
     async def main():
         start, _, _ = _serve_script(on_request)
         server = await start
-        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, timeout=1.0)
+        client = _client(server, timeout=1.0)
         t0 = time.monotonic()
         with pytest.raises(HTTPTimeout):
             await client.post("/chat/completions", b"{}")
@@ -232,27 +230,6 @@ def test_429s_from_our_own_concurrency_do_not_use_up_max_retries(workdir, good_p
     with ScriptedServer(script) as server:
         s = generate_programs(config(workdir, server, limit=2, concurrency=2, max_retries=1))
         assert s.statuses == {"valid": 2} and s.rate_limited == 2
-
-
-def test_each_poison_prompt_gets_max_retries_plus_one_probes_while_held(workdir, good_programs,  # noqa: F811
-                                                                         monkeypatch):
-    """While the server is held, a prompt it chokes on got one probe fewer than --max-retries allows: a request
-    that would have gone through on its last try fails."""
-    from leap_cli.programs.backends import OpenAIBackend
-
-    monkeypatch.setattr(OpenAIBackend, "HOLD_FOR", 5.0)
-    poison = sorted(good_programs)[1:4]
-
-    def script(req, n):
-        if narration_id_of(req) in poison:
-            return Reply(status=500, raw=json.dumps({"error": {"message": "tokenizer crashed"}}))
-        return _good(good_programs, req)
-
-    with ScriptedServer(script) as server:
-        s = generate_programs(config(workdir, server, concurrency=1, max_retries=2))
-        calls = [server.calls_for(p) for p in poison]
-    assert s.statuses == {"valid": N_SEGMENTS - 3, "failed": 3}
-    assert calls == [3, 3, 3]
 
 
 # ---- generation ---------------------------------------------------------------------------------------------
