@@ -112,6 +112,20 @@ def test_unreadable_scores_files_are_one_short_line(tmp_path):
         assert "PyTorch 2.6" not in line and len(line) < 400, line
 
 
+@pytest.mark.parametrize("doc", [
+    {"results": {"a": {"verb": {"0": 1, "1": 2}, "noun": {"0": 1}}, "b": {"verb": {"0": 1}, "noun": {"0": 1}}}},
+    {"results": {"a": [1, 2]}},
+    {"results": {"a": {"verb": {"0": 1}, "noun": {"0": 1}, "action": {"1": 0.5}}}}])
+def test_a_challenge_json_of_another_layout_is_one_line(tmp_path, doc):
+    """Segments with different class counts, a result that is not an object, an action key without its noun:
+    `leap evaluate --scores` / `leap submit --scores` ended in a traceback (ValueError, AttributeError)."""
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(LeapError) as e:
+        load_scores(path)
+    assert e.value.path == str(path) and "narration_id" in e.value.fix
+
+
 def test_scores_refusals(tmp_path, ann_dir):
     ids, verb, noun = _val_scores()
     with pytest.raises(LeapError, match="duplicated"):

@@ -212,7 +212,13 @@ def scores_task(scores: dict) -> str | None:
 
 def load_scores(path: str | Path) -> dict:
     """Read a leap ``scores.pt`` or an official-format ``.pt``/``.pkl`` results file."""
-    return normalize_scores(_read_raw(Path(path)), path)
+    path = Path(path)
+    try:
+        return normalize_scores(_read_raw(path), path)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:  # a layout the checks above missed
+        # (segments of different class counts, a result that is not an object, ...): one line, not a traceback
+        raise LeapError(f"not a scores layout leap reads ({type(e).__name__}: {str(e)[:160]})", path=path,
+                        fix=_FIX_FORMAT) from None
 
 
 def save_scores(path: str | Path, narration_ids: Sequence[str], verb_output: torch.Tensor,
