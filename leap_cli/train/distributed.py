@@ -51,6 +51,10 @@ def pick_device(pref: str, local_rank: int = 0, option: str = "train.device",
                 raise LeapError(f"{option} is {pref!r} but there are {torch.cuda.device_count()} CUDA devices",
                                 fix=f"use {option} cuda:0 ... cuda:{torch.cuda.device_count() - 1}")
             return torch.device("cuda", index)
+        count = torch.cuda.device_count()
+        if local_rank >= count:
+            raise LeapError(f"LOCAL_RANK is {local_rank} but this machine has {count} CUDA device(s)",
+                            fix=f"start at most {count} process(es) per node (torchrun --nproc_per_node {count})")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
