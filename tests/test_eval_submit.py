@@ -112,18 +112,45 @@ def test_unreadable_scores_files_are_one_short_line(tmp_path):
         assert "PyTorch 2.6" not in line and len(line) < 400, line
 
 
-@pytest.mark.parametrize("doc", [
-    {"results": {"a": {"verb": {"0": 1, "1": 2}, "noun": {"0": 1}}, "b": {"verb": {"0": 1}, "noun": {"0": 1}}}},
-    {"results": {"a": [1, 2]}},
-    {"results": {"a": {"verb": {"0": 1}, "noun": {"0": 1}, "action": {"1": 0.5}}}}])
-def test_a_challenge_json_of_another_layout_is_one_line(tmp_path, doc):
-    """Segments with different class counts, a result that is not an object, an action key without its noun:
-    `leap evaluate --scores` / `leap submit --scores` ended in a traceback (ValueError, AttributeError)."""
+_TWO = {"verb": {"0": 1, "1": 2}, "noun": {"0": 1}}
+
+
+@pytest.mark.parametrize("doc, segment, says", [
+    ({"results": {"a": _TWO, "b": {"verb": {"0": 1}, "noun": {"0": 1}}}}, "b", "1 verb classes here but 2 in a"),
+    ({"results": {"a": _TWO, "b": [1, 2]}}, "b", "the result is a list"),
+    ({"results": {"a": {**_TWO, "action": {"1": 0.5}}}}, "a", "action keys must be \"verb,noun\""),
+    ({"results": {"a": {**_TWO, "action": {"1,0": 0.5}}, "b": {**_TWO, "action": {"1,0": 0.5, "0,0": 0.1}}}},
+     "b", "2 action scores here but 1 in a"),
+    ({"results": {"a": {**_TWO, "action": {"1,0": 0.5}}, "b": {**_TWO, "action": [0.5]}}}, "b", "not a {"),
+    ({"results": {"a": _TWO, "b": {"verb": {"0": 1, "00": 5}, "noun": {"0": 1}}}}, "b",
+     "verb class id 0 is given more than once")])
+def test_a_challenge_json_of_another_layout_is_one_line_naming_the_segment(tmp_path, doc, segment, says):
+    """Segments with different class counts or action counts, a result or action scores that are not an object,
+    an action key without its noun, a class id written twice ("0" and "00" were one class, the later score kept):
+    `leap evaluate --scores` / `leap submit --scores` ended in a traceback or read it silently."""
     path = tmp_path / "s.json"
     path.write_text(json.dumps(doc))
     with pytest.raises(LeapError) as e:
         load_scores(path)
-    assert e.value.path == str(path) and "narration_id" in e.value.fix
+    assert e.value.path == str(path) and e.value.record == segment and says in e.value.message, e.value.one_line()
+
+
+@pytest.mark.parametrize("entries, record, says", [
+    ([{"narration_id": "a", "verb_output": [1, 2], "noun_output": [1]}, {"narration_id": "b", "verb_output": [1, 2]}],
+     "entry 1 (b)", "segment entries lack noun_output"),
+    ([{"narration_id": "a", "verb_output": [1, 2], "noun_output": [1]},
+      {"narration_id": "b", "verb_output": [1, 2, 3], "noun_output": [1]}],
+     "entry 1 (b)", "verb_output of shape (3,) here but (2,) in entry 0"),
+    ([{"narration_id": "a", "verb_output": [1, 2], "noun_output": [1]}, {"verb_output": [1, 2], "noun_output": [1]}],
+     "entry 1", "segment entries lack narration_id")])
+def test_a_list_of_results_names_the_entry_that_differs(tmp_path, entries, record, says):
+    import pickle
+
+    path = tmp_path / "s.pkl"
+    path.write_bytes(pickle.dumps(entries))
+    with pytest.raises(LeapError) as e:
+        load_scores(path)
+    assert e.value.path == str(path) and e.value.record == record and says in e.value.message, e.value.one_line()
 
 
 def test_scores_refusals(tmp_path, ann_dir):
@@ -132,6 +159,10 @@ def test_scores_refusals(tmp_path, ann_dir):
         save_scores(tmp_path / "d.pt", [ids[0]] * 4, verb, noun)
     with pytest.raises(LeapError, match="4 narration ids but 3"):
         save_scores(tmp_path / "d.pt", ids, verb[:3], noun)
+    with pytest.raises(LeapError, match="4 verb rows and 3 noun rows"):
+        save_scores(tmp_path / "d.pt", ids, verb, noun[:3])
+    with pytest.raises(LeapError, match=r"noun_output has shape \(4,\), expected \[N, classes\]"):
+        save_scores(tmp_path / "d.pt", ids, verb, noun[:, 0])
     save_scores(tmp_path / "x.pt", ["P09_01_0"], verb[:1], noun[:1])
     with pytest.raises(LeapError, match="not in the val annotations.*P09_01_0"):
         evaluate_scores(load_scores(tmp_path / "x.pt"), Annotations(ann_dir), "val")

@@ -87,40 +87,76 @@ def _class_array(scores: Any, task: str, nid: str, path: Path) -> np.ndarray:
         table = {int(k): float(v) for k, v in scores.items()}
     except (AttributeError, TypeError, ValueError):
         raise LeapError(f"{task} scores are not a {{\"class id\": score}} object", path=path, record=nid) from None
+    if len(table) != len(scores):  # "0" and "00" (or " 0") name one class
+        twice = collections.Counter(int(k) for k in scores)
+        raise LeapError(f"{task} class id {min(k for k, n in twice.items() if n > 1)} is given more than once",
+                        path=path, record=nid, fix="give one score per class id")
     if sorted(table) != list(range(len(table))):
         raise LeapError(f"{task} scores do not cover the class ids 0..{len(table) - 1}", path=path, record=nid,
                         fix="give a score for every class")
     return np.array([table[i] for i in range(len(table))], dtype=np.float64)
 
 
-def _from_challenge(doc: Any, path: Path) -> dict:
-    """Official challenge JSON -> leap's scores layout (raw values kept)."""
+def _class_rows(results: dict, task: str, path: Path) -> np.ndarray:
+    """One row per segment; a segment with another number of classes than the first is named."""
+    rows: list[np.ndarray] = []
+    first = next(iter(results))
+    for nid, result in results.items():
+        row = _class_array(result.get(task), task, nid, path)
+        if rows and len(row) != len(rows[0]):
+            raise LeapError(f"{len(row)} {task} classes here but {len(rows[0])} in {first}", path=path, record=nid,
+                            fix="give every segment a score for every class")
+        rows.append(row)
+    return np.stack(rows)
+
+
+def _action_pair(key: str) -> tuple[int, int]:
+    verb, noun = key.split(",")  # ValueError unless two parts
+    return int(verb), int(noun)
+
+
+def _action_rows(results: dict, path: Path) -> dict:
+    """The optional action scores ("verb,noun": score), the same number on every segment."""
     from leap_cli.evaluate.metrics import action_id
 
+    ids = list(results)
+    size = len(results[ids[0]]["action"]) if isinstance(results[ids[0]]["action"], dict) else None
+    rows = []
+    for nid in ids:
+        actions = results[nid]["action"]
+        if not isinstance(actions, dict):
+            raise LeapError("action scores are not a {\"verb,noun\": score} object", path=path, record=nid,
+                            fix=_FIX_FORMAT)
+        if len(actions) != size:
+            raise LeapError(f"{len(actions)} action scores here but {size} in {ids[0]}", path=path, record=nid,
+                            fix="give every segment the same number of action scores")
+        try:
+            rows.append([(*_action_pair(k), float(v)) for k, v in actions.items()])
+        except (ValueError, TypeError):
+            raise LeapError("action keys must be \"verb,noun\" with numeric scores", path=path, record=nid) from None
+    return {"ids": torch.tensor([[action_id(v, n) for v, n, _ in row] for row in rows]),
+            "scores": torch.tensor([[s for _, _, s in row] for row in rows], dtype=torch.float64)}
+
+
+def _from_challenge(doc: Any, path: Path) -> dict:
+    """Official challenge JSON -> leap's scores layout (raw values kept)."""
     results = doc.get("results") if isinstance(doc, dict) else None
     if not isinstance(results, dict) or not results:
         raise LeapError("a challenge JSON needs a non-empty 'results' object", path=path, fix=_FIX_FORMAT)
-    ids = list(results)
-    verb = [_class_array(results[i].get("verb"), "verb", i, path) for i in ids]
-    noun = [_class_array(results[i].get("noun"), "noun", i, path) for i in ids]
-    out: dict = {"narration_id": ids, "verb_output": np.stack(verb), "noun_output": np.stack(noun),
+    for nid, result in results.items():
+        if not isinstance(result, dict):
+            raise LeapError(f"the result is a {type(result).__name__}, not an object of verb and noun scores",
+                            path=path, record=nid, fix=_FIX_FORMAT)
+    out: dict = {"narration_id": list(results), "verb_output": _class_rows(results, "verb", path),
+                 "noun_output": _class_rows(results, "noun", path),
                  "meta": {"challenge": doc.get("challenge"),
                           "task": "anticipation" if doc.get("challenge") == "action_anticipation" else "recognition"}}
-    with_actions = ["action" in results[i] for i in ids]
+    with_actions = ["action" in r for r in results.values()]
     if any(with_actions):
         if not all(with_actions):
             raise LeapError("action scores on some segments but not all", path=path,
                             fix="give action scores for every segment or none")
-        sizes = {len(results[i]["action"]) for i in ids}
-        if len(sizes) != 1:
-            raise LeapError(f"segments hold different numbers of action scores ({sorted(sizes)})", path=path)
-        try:
-            pairs = [[(*(int(x) for x in k.split(",")), float(v)) for k, v in results[i]["action"].items()]
-                     for i in ids]
-        except (ValueError, TypeError, AttributeError):
-            raise LeapError("action keys must be \"verb,noun\" with numeric scores", path=path) from None
-        out["action"] = {"ids": torch.tensor([[action_id(v, n) for v, n, _ in row] for row in pairs]),
-                         "scores": torch.tensor([[s for _, _, s in row] for row in pairs], dtype=torch.float64)}
+        out["action"] = _action_rows(results, path)
     return out
 
 
@@ -170,18 +206,34 @@ def _as_tensor(x: Any, name: str, path: Path) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+def _from_entries(entries: Sequence[dict], path: Path) -> dict:
+    """The official list of per-segment dicts -> one dict of stacked rows; an entry that differs is named."""
+    def where(k: int, entry: dict) -> str:
+        return f"entry {k} ({entry['narration_id']})" if "narration_id" in entry else f"entry {k}"
+
+    for k, entry in enumerate(entries):
+        missing = [key for key in REQUIRED if key not in entry]
+        if missing:
+            raise LeapError(f"segment entries lack {', '.join(missing)}", path=path, record=where(k, entry),
+                            fix=_FIX_FORMAT)
+    out: dict = {"narration_id": [e["narration_id"] for e in entries]}
+    for name in ("verb_output", "noun_output"):
+        rows = [np.asarray(e[name]) for e in entries]
+        for k, row in enumerate(rows):
+            if row.shape != rows[0].shape:
+                raise LeapError(f"{name} of shape {row.shape} here but {rows[0].shape} in entry 0", path=path,
+                                record=where(k, entries[k]), fix="give every segment a score for every class")
+        out[name] = np.stack(rows)
+    return out
+
+
 def normalize_scores(raw: Any, path: str | Path = "<scores>") -> dict:
     """Turn any accepted layout into leap's dict (tensors, list of str ids), checking shapes and duplicates."""
     path = Path(path)
     if isinstance(raw, (list, tuple)):
         if not raw or not all(isinstance(r, dict) for r in raw):
             raise LeapError("a list of results must hold one dict per segment", path=path, fix=_FIX_FORMAT)
-        missing = [k for k in REQUIRED if k not in raw[0]]
-        if missing:
-            raise LeapError(f"segment entries lack {', '.join(missing)}", path=path, record="entry 0", fix=_FIX_FORMAT)
-        raw = {"narration_id": [r["narration_id"] for r in raw],
-               "verb_output": np.stack([np.asarray(r["verb_output"]) for r in raw]),
-               "noun_output": np.stack([np.asarray(r["noun_output"]) for r in raw])}
+        raw = _from_entries(raw, path)
     if not isinstance(raw, dict):
         raise LeapError(f"holds a {type(raw).__name__}, not a dict of scores", path=path, fix=_FIX_FORMAT)
     missing = [k for k in REQUIRED if k not in raw]
