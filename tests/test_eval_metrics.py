@@ -122,6 +122,18 @@ def test_anticipation_class_mean_recall():
     assert m["tail"]["action"]["mt5r"] == 1.0
 
 
+def test_anticipation_recall_counts_ranks_two_to_five():
+    """Mean top-5 recall: a label ranked 2nd (top-1 would miss it) is recalled."""
+    verb = np.array([[0, 9, 8, 7, 6.0, 0, 0, 0]])
+    m = M.anticipation_metrics(verb, verb, [2], [2], ["P01"], tail_verbs=set(), tail_nouns=set(),
+                               unseen_participants=set())
+    assert m["overall"]["verb"]["mt5r"] == 1.0
+    verb[0, 2] = -1.0  # now ranked last
+    m = M.anticipation_metrics(verb, verb, [2], [2], ["P01"], tail_verbs=set(), tail_nouns=set(),
+                               unseen_participants=set())
+    assert m["overall"]["verb"]["mt5r"] == 0.0
+
+
 def test_anticipation_uses_given_action_scores():
     verb = np.stack([_hit(0), _hit(1)])
     noun = np.stack([_hit(2), _hit(2)])
@@ -167,6 +179,11 @@ def test_condition_f1_micro_macro():
     # a class always missed (true, never predicted: tp 0, fn 1) counts in the macro mean with F1 0
     assert M.f1_scores(np.array([[False, True]]), np.array([[True, True]])) == {"micro_f1": pytest.approx(2 / 3),
                                                                                  "macro_f1": 0.5}
+    # a class predicted but never true (tp 0, fp 1) counts too: "classes seen in truth or prediction"
+    assert M.f1_scores(np.array([[True, True]]), np.array([[True, False]]))["macro_f1"] == 0.5
+    # a probability of exactly the threshold is a positive
+    at = M.condition_metrics(np.array([[0.5, 0.0]]), np.array([[1.0, 0.0]]), np.array([True]))
+    assert at["pre"]["micro_f1"] == 1.0
 
 
 @pytest.mark.parametrize("values", ["continuous", "few", "many"])

@@ -215,8 +215,40 @@ def test_submission_round_trip(tmp_path, ann_dir):
     assert doc["version"] == "0.2" and (doc["sls_pt"], doc["sls_tl"], doc["sls_td"]) == (2, 3, 4)
     entry = doc["results"]["P03_01_1"]
     assert list(entry["verb"]) == [str(i) for i in range(NV)] and list(entry["noun"]) == [str(i) for i in range(NN)]
-    assert entry["noun"]["7"] == pytest.approx(float(scores["noun_output"][1, 7]))  # raw logits, no softmax
+    # raw logits, no softmax (the server combines verb and noun itself: a softmax here would move its action figures)
+    assert list(entry["verb"].values()) == scores["verb_output"][1].double().tolist()
+    assert list(entry["noun"].values()) == scores["noun_output"][1].double().tolist()
     assert sub.check_file(tmp_path / "s.zip", ann)["verbs"] == NV
+
+
+def test_float64_scores_are_written_to_the_last_digit():
+    """float32 would round distinct float64 scores into ties."""
+    scores = _test_scores()
+    scores["noun_output"] = scores["noun_output"].double() + 0.1  # not float32 values
+    doc = sub.make_submission(scores, "recognition", sls_pt=1, sls_tl=1, sls_td=1)
+    assert doc["results"][TEST_IDS[0]]["noun"]["3"] == float(scores["noun_output"][0, 3])
+
+
+def test_action_scores_in_a_recognition_submission_are_refused_before_a_file_is_written(tmp_path, ann_dir):
+    with pytest.raises(LeapError, match="anticipation submissions only"):
+        sub.submit(_test_scores(), Annotations(ann_dir), "recognition", tmp_path / "s.zip", sls_pt=1, sls_tl=1,
+                   sls_td=1, with_actions=True)
+    assert not (tmp_path / "s.zip").exists()
+
+
+def test_check_refuses_a_zip_with_another_file_and_class_keys_off_by_one(tmp_path):
+    """The official validator takes a zip of test.json alone, and class keys "0".."C-1" (MissingScoreException)."""
+    doc = sub.make_submission(_test_scores(), "recognition", sls_pt=1, sls_tl=1, sls_td=1)
+    with zipfile.ZipFile(tmp_path / "s.zip", "w") as z:
+        z.writestr("test.json", json.dumps(doc))
+        z.writestr("notes.txt", "x")
+    with pytest.raises(LeapError, match="must hold only test.json"):
+        sub.read_submission(tmp_path / "s.zip")
+    shifted = json.loads(json.dumps(doc))
+    entry = shifted["results"][TEST_IDS[0]]
+    entry["verb"] = {str(int(k) + 1): v for k, v in entry["verb"].items()}  # "1".."C" instead of "0".."C-1"
+    with pytest.raises(LeapError, match="verb scores not keyed"):
+        sub.check_submission(shifted, TEST_IDS, NV, NN)
 
 
 @pytest.mark.parametrize("with_actions", [False, True])

@@ -183,6 +183,56 @@ def test_csv_frame_is_epics_column_convention():
 
     assert (csv_frame(0.0, 60), csv_frame(1.89, 60), csv_frame(1.56, 60), csv_frame(2.45, 60)) == (1, 113, 93, 147)
     assert csv_frame(1.34, 60) == 80 and csv_frame(1.34, 50) == 67
+    # a product a hair under the frame in floating point (0.58 x 50 = 28.999999999999996) is still that frame,
+    # and a time of more decimals is read as printed (1.666 s is 00:00:01.67: floor(100.2))
+    assert csv_frame(0.58, 50) == 29 and csv_frame(2.05, 60) == 123 and csv_frame(1.666, 60) == 100
+
+
+def test_timestamps_past_an_hour_and_rounded_to_epics_two_decimals():
+    from leap_cli.epic.timing import format_timestamp, parse_timestamp
+
+    assert parse_timestamp("01:02:03.45") == pytest.approx(3723.45)
+    assert format_timestamp(3723.45) == "01:02:03.45"
+    assert format_timestamp(0.29) == "00:00:00.29" and format_timestamp(1.15) == "00:00:01.15"  # rounded, not cut
+
+
+def test_frame_columns_may_differ_from_the_timestamps_by_two_frames_not_three():
+    """EPIC's own rows differ by at most 1; an edited CSV (an MP4 cut by its timestamps, a frames folder by its
+    columns: two different clips) is said from 3 frames on."""
+    from leap_cli.epic.timing import columns_disagree
+
+    assert columns_disagree(1.56, 3.0, 95, 180, 59.94) is None  # 93 +2
+    assert columns_disagree(1.56, 3.0, 96, 180, 59.94).startswith("start_frame 96 but its timestamp 00:00:01.56 "
+                                                                  "is frame 93")
+    assert columns_disagree(1.56, 3.0, 93, 177, 59.94).startswith("stop_frame 177")
+
+
+def test_an_mp4_segment_stops_before_the_frame_shown_at_its_stop():
+    """[start, stop): at 50 fps 1.00-2.00 s is frames 51-100 (frame 101 is shown from 2.00 s)."""
+    assert FrameClock(MP4, 50.0).segment_span(SimpleNamespace(start=1.0, stop=2.0)) == (51, 100)
+
+
+def test_a_window_starting_a_hair_before_the_video_is_outside():
+    w = FrameClock(MP4, 60.0).window(-0.01, 0.5)
+    assert w.first == 0 and not w.inside
+
+
+def test_frame_sampling_modes():
+    """spread: both ends and evenly between (rounded); random: one frame per chunk, each chunk's first possible."""
+    from leap_cli.epic.timing import pick_frames
+
+    class First:
+        def integers(self, lo, hi):
+            return lo
+
+    class Last:
+        def integers(self, lo, hi):
+            return hi - 1
+
+    assert pick_frames(1, 10, 3, "spread") == [1, 6, 10]
+    assert pick_frames(1, 10, 3, "random", rng=First()) == [1, 4, 7]
+    assert pick_frames(1, 10, 3, "random", rng=Last()) == [3, 6, 10]
+    assert pick_frames(1, 10, 3, "uniform") == [2, 6, 9]  # the middle of each of 3 chunks
 
 
 @pytest.mark.parametrize("fps", [50, 59.94, 60, 29.97, 47.95, 90, 30000 / 1001])
