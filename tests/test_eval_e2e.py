@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from leap_cli import submit as sub
 from leap_cli.cli import app
 from leap_cli.epic.timing import epic_frame_rate, format_timestamp, time_to_frame
-from leap_cli.evaluate.scores import load_scores
+from leap_cli.evaluate.scores import load_scores, save_scores
 from leap_cli.model import build_model
 from leap_cli.programs.targets import TargetVocab
 from leap_cli.shards.format import iter_tar_samples, load_manifest
@@ -283,8 +283,11 @@ def test_evaluate_test_then_submit(pipeline):
     # the table said "nouns 300" and "actions False" for the scores' length and a flag
     table = " ".join(res.output.split())
     assert "noun scores per segment │ 300" in table and "action scores (--with-actions) │ none" in table, res.output
-    # val scores cannot be submitted: the ids are not the test ids
-    res = runner.invoke(app, ["submit", "--scores", str(run / "eval" / "val" / "scores.pt"), "--data", str(root),
+    # val scores cannot be submitted: the ids are not the test ids (written here: this test runs alone too)
+    val = load_scores(run / "eval" / "test" / "scores.pt")
+    save_scores(work / "val-scores.pt", [f"P01_01_{i}" for i in range(len(val["narration_id"]))], val["verb_output"],
+                val["noun_output"], meta={"split": "val"})
+    res = runner.invoke(app, ["submit", "--scores", str(work / "val-scores.pt"), "--data", str(root),
                               "--workdir", str(work), "--out", str(work / "bad.zip"), *SLS])
     assert "not test-split scores" in str(res.exception)
     assert res.exit_code != 0 and not (work / "bad.zip").exists()
