@@ -573,7 +573,8 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
                    remove: Callable[[], None] | None = None, option: str = "--force", split: str | None = None,
                    elsewhere: str = "--out", adopt: tuple[str, ...] = (), grow: tuple[str, ...] = (),
                    names: dict[str, str] | None = None,
-                   explain: Callable[[set[str]], str | None] | None = None, held: str | None = None) -> bool:
+                   explain: Callable[[set[str]], str | None] | None = None, held: str | None = None,
+                   lock: "OutputLock | None" = None) -> bool:
     """Refuse to resume ``output`` under settings that differ from those it was started with.
 
     ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
@@ -591,8 +592,11 @@ empty: a run that failed before its first record leaves nothing its successor wo
     refusing. ``grow``: (dotted) keys a resume may raise, not lower, such as a limit that changes no record already
     written (the sidecar then keeps the higher value). ``explain``: given the (top-level) keys that differ, the
     refusal's fix where the caller knows a better one than the generic (None: the generic). ``held``: why the
-    settings are held, where not because records would mix (an ``exists`` output that holds none yet). Returns
-    whether the output was started over.
+    settings are held, where not because records would mix (an ``exists`` output that holds none yet). ``lock``:
+    the output's ``OutputLock``, taken here and kept for the caller's writer (``JsonlAppender(lock=...)``), so that
+    a second run cannot rewrite the settings of an output that holds no record yet between this check and the first
+    record (its records would then mix under the other run's settings); the caller releases it. Returns whether the
+    output was started over.
     """
     output = Path(output)
     refuse_folder(output)
@@ -625,16 +629,21 @@ empty: a run that failed before its first record leaves nothing its successor wo
         check_merge(output, parts)
     # under the output's lock: a run still writing it is not started over (--force) under its feet, nor its
     # sidecar rewritten; the caller's writer takes the lock again at once
-    with OutputLock(output):
+    taken = (lock or OutputLock(output)).acquire()
+    try:
         return _check_settings(output, settings, force=force, exists=exists, remove=remove, option=option,
                                split=split, elsewhere=elsewhere, adopt=adopt, grow=grow, names=names or {},
                                explain=explain, held=held)
+    finally:
+        if lock is None:
+            taken.release()
 
 
 def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool | None,
                     remove: Callable[[], None] | None, option: str, split: str | None, elsewhere: str,
                     adopt: tuple[str, ...] = (), grow: tuple[str, ...] = (), names: dict | None = None,
-                    explain: Callable[[set[str]], str | None] | None = None, held: str | None = None) -> bool:
+                    explain: Callable[[set[str]], str | None] | None = None, held: str | None = None,
+                   lock: "OutputLock | None" = None) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = (output.exists() and output.stat().st_size > 0) if exists is None else exists

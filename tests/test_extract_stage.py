@@ -258,6 +258,37 @@ def read_segments_of(kitchen):
     return DatasetLayout.open(kitchen).annotations().segments("train")
 
 
+def test_a_second_run_cannot_rewrite_the_settings_before_the_first_record(kitchen, tmp_path, monkeypatch):
+    """The output's lock was dropped after its settings were checked and taken again by the writer: a second run
+    with other settings, started meanwhile (while the first read the annotations), found no record yet and wrote
+    its own settings; both runs' records then mixed in one file under the second run's settings, and the first
+    run's resume was refused (its advice, --force, deleted the finished work)."""
+    from typer.testing import CliRunner
+
+    import leap_cli.extract.runner as runner
+    from leap_cli.cli import app
+    from leap_cli.errors import LeapError
+    from leap_cli.io import check_settings, stored_settings
+
+    out = tmp_path / "train.jsonl"
+    real, seen = runner.run_extract, []
+
+    def meanwhile(cfg, **kw):  # another run's settings check, between this run's and its first record
+        try:
+            check_settings(cfg.out, {"hand_threshold": 0.9})
+        except LeapError as e:
+            seen.append(str(e))
+        return real(cfg, **kw)
+
+    monkeypatch.setattr(runner, "run_extract", meanwhile)
+    res = CliRunner().invoke(app, ["extract", "--data", str(kitchen), "--split", "train", "--out", str(out),
+                                   "--components", "narration", "--limit", "2"])
+    assert res.exit_code == 0, res.output
+    assert len(seen) == 1 and "another leap process is writing this file" in seen[0]
+    assert stored_settings(out) != {"hand_threshold": 0.9}  # this run's settings, kept
+    assert len(read_jsonl(out)) == 2
+
+
 def test_cli_extract_writes_default_path_with_shard_suffix(kitchen, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase, normalize_split, shard_out,
                              workdir_option, workers_option)
 from leap_cli.errors import LeapError
-from leap_cli.io import check_settings
+from leap_cli.io import OutputLock, check_settings
 from leap_cli.progress import stage_progress
 
 console = Console()
@@ -136,7 +136,7 @@ def extract(
                                                         "(without it: only when every segment does)."),
 ) -> None:
     from leap_cli.epic.layout import DatasetLayout
-    from leap_cli.extract.runner import ExtractConfig, run_extract
+    from leap_cli.extract.runner import ExtractConfig
 
     split_name = normalize_split(split)
     spec = ShardSpec.parse(shard)
@@ -157,7 +157,18 @@ def extract(
     cfg.check_options()  # before check_settings: --force would start the output over first
     if _existing_ancestor(out.parent).is_dir():  # a file in the output's path: check_settings names it
         DatasetLayout.open(data, annotations)  # a wrong --data fails before the output's settings and lock exist
-    check_settings(out, _settings(cfg, out), force=force, split=split_name, adopt=("files",), names=SETTINGS_NAMES)
+    lock = OutputLock(out)  # held from the settings check to the first record: another run cannot rewrite them
+    try:
+        check_settings(out, _settings(cfg, out), force=force, split=split_name, adopt=("files",),
+                       names=SETTINGS_NAMES, lock=lock)
+        _run(cfg, split_name, spec, limit, strict, lock)
+    finally:
+        lock.release()
+
+
+def _run(cfg, split_name: str, spec, limit: int | None, strict: bool, lock: OutputLock) -> None:
+    from leap_cli.extract.runner import run_extract
+
     progress = stage_progress(f"extract {split_name}", TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
                               MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     task = {}
@@ -169,7 +180,7 @@ def extract(
         progress.update(task["id"], advance=1, description=record["video_id"])
 
     with progress:
-        summary = run_extract(cfg, on_start=on_start, on_record=on_record)
+        summary = run_extract(cfg, on_start=on_start, on_record=on_record, lock=lock)
     _print_summary(summary)
     if spec.count > 1 and not summary.segments and limit is None:  # (it said "0 selected" and nothing more)
         console.print(f"note: part {spec.index}/{spec.count} holds no segment of the {split_name} split: parts are "

@@ -36,7 +36,7 @@ from leap_cli.errors import LeapError
 from leap_cli.extract.base import COMPONENTS, Component, FramesUnavailable, SegmentContext, error, unavailable
 from leap_cli.extract.cache import FrameCache
 from leap_cli.extract.describe import render_clip
-from leap_cli.io import JsonlAppender, atomic_write_json
+from leap_cli.io import JsonlAppender, OutputLock, atomic_write_json
 from leap_cli.outcome import Outcome
 
 log = logging.getLogger(__name__)
@@ -598,8 +598,9 @@ def retry_test(layout: DatasetLayout) -> Callable[[dict], bool]:
 
 
 def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | None = None,
-                on_record: Callable[[dict], None] | None = None) -> ExtractSummary:
-    """Run the stage. ``on_start(total, already_done)`` and ``on_record(record)`` feed a progress bar."""
+                on_record: Callable[[dict], None] | None = None, lock: OutputLock | None = None) -> ExtractSummary:
+    """Run the stage. ``on_start(total, already_done)`` and ``on_record(record)`` feed a progress bar; ``lock``: the
+    output's lock, held since its settings were checked (the appender takes it over)."""
     split = normalize_split(cfg.split)
     layout = DatasetLayout.open(cfg.data, cfg.annotations)
     ann = layout.annotations()
@@ -628,7 +629,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     t_start = time.perf_counter()
     cache = FrameCache.from_config(cfg)
     with JsonlAppender(cfg.out, replace_keys=replace, sync_every=SYNC_EVERY,
-                       count=None if cfg.retry_errors else to_retry) as appender:
+                       count=None if cfg.retry_errors else to_retry, lock=lock) as appender:
         todo = [s for s in segments if s.narration_id not in appender]
         summary.done_before = len(segments) - len(todo)
         summary.reannotated = len(reannotated)
