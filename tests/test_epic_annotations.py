@@ -121,6 +121,18 @@ def test_a_header_separated_by_comma_space_is_read(epic_dir, tmp_path):
     assert (seg.narration_id, seg.verb, seg.verb_class, seg.noun_class) == ("P01_11_0", "take", 0, 2)
 
 
+def test_a_file_separated_by_comma_space_gives_values_without_the_space(epic_dir, tmp_path):
+    """Every line ", "-separated (a hand-made or re-saved file): the values kept their leading space (video_id
+    " P01_11", verb " take"), and the rows were then said to name different videos."""
+    folder = _copy(epic_dir, tmp_path)
+    (folder / VAL).write_text((folder / VAL).read_text().replace(",", ", "))
+    ann = Annotations(folder)
+    seg = ann.segments("val")[0]
+    assert (seg.participant_id, seg.video_id, seg.verb, seg.noun, seg.verb_class) == ("P01", "P01_11", "take",
+                                                                                        "plate", 0)
+    assert ann.row_notes(ann.segments("val")) == []
+
+
 def test_a_labelled_test_csv_with_a_comma_space_header_keeps_its_labels(epic_dir, tmp_path):
     folder = _copy(epic_dir, tmp_path)
     shutil.copy(folder / VAL, folder / TEST)

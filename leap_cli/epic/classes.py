@@ -165,7 +165,7 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
                                        "EPIC's CSVs")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
+            reader = csv.DictReader(f, skipinitialspace=True)  # (", " between fields: the values without the space)
             header = [h.strip() for h in (reader.fieldnames or [])]
             missing = [c for c in required if c not in header]
             if missing:
