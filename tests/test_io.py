@@ -681,3 +681,102 @@ def test_weights_only_loads_take_the_allowed_globals_as_the_installed_torch_does
     with weights_only_allowing(numpy_safe_globals()):
         pass
     assert any(isinstance(g, tuple) for g in taken[-1])  # 2.6: (object, name) pairs
+
+
+def test_shard_parts_of_two_digit_counts(tmp_path):
+    """`--shard 1/10`'s file is part (1, 10), not (1, 1): a set of another count beside it is refused (merged, the
+    two sets would hold segments twice)."""
+    from leap_cli.io import check_settings, part_of
+
+    assert part_of("train.shard1of10.jsonl") == (1, 10) and part_of("leap-train.shard3of12-000000.tar") == (3, 12)
+    assert part_of("train.shard12of16.config.json") == (12, 16) and part_of("train.jsonl") is None
+    (tmp_path / "train.shard0of4.jsonl").write_text('{"narration_id": "a"}\n')
+    with pytest.raises(LeapError, match="parts of --shard i/4 are beside it"):
+        check_settings(tmp_path / "train.shard1of10.jsonl", {"x": 1})
+
+
+def test_resuming_a_merge_that_lacks_a_parts_records_is_refused(tmp_path):
+    """A merge made before part 2/3 was done, resumed without --shard, would do that part's segments again
+    (paid again at an LLM stage) without a word."""
+    from leap_cli.io import check_settings, settings_path
+
+    for i in range(3):
+        part = tmp_path / f"val.shard{i}of3.jsonl"
+        part.write_text("".join(json.dumps({"narration_id": f"s{i}_{k}"}) + "\n" for k in range(4)))
+        settings_path(part).write_text(json.dumps({"settings": {"m": 1}}))
+    merged = tmp_path / "val.jsonl"
+    merged.write_text("".join((tmp_path / f"val.shard{i}of3.jsonl").read_text() for i in (0, 1)))
+    with pytest.raises(LeapError, match="lacks 4 records"):
+        check_settings(merged, {"m": 1})
+
+
+def test_a_reader_leaves_a_writers_torn_last_line_alone(tmp_path):
+    """The next stage reading an output while its writer is mid-line: only the writer's own resume cuts a torn
+    line (a reader cutting it would leave the rest of the line glued on after the cut, a bad line in the middle)."""
+    from leap_cli.io import iter_jsonl
+
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b'{"narration_id": "a"}\n{"narration_id": "b"}\n{"narration_id": "c", "te')
+    before = path.read_bytes()
+    assert [r["narration_id"] for r in read_jsonl(path)] == ["a", "b"]
+    assert [r["narration_id"] for _, r in iter_jsonl(path)] == ["a", "b"]
+    assert path.read_bytes() == before
+
+
+def _fsync_sizes(monkeypatch) -> list[int]:
+    import os
+
+    sizes: list[int] = []
+    real = os.fsync
+
+    def spy(fd):
+        sizes.append(os.fstat(fd).st_size)
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return sizes
+
+
+def test_records_are_fsynced_as_sync_every_says_and_at_close(tmp_path, monkeypatch):
+    """sync_every=0: each record on disk before the next (a power loss takes at most the last); any other: at the
+    latest on close (a clean exit leaves every record durable)."""
+    path = tmp_path / "out.jsonl"
+    sizes = _fsync_sizes(monkeypatch)
+    with JsonlAppender(path, sync_every=0) as a:
+        for k in range(3):
+            a.write({"narration_id": f"n{k}"})
+            assert sizes and sizes[-1] == path.stat().st_size  # this record's bytes, flushed, then fsynced
+    assert len([s for s in sizes if s < path.stat().st_size]) == 2
+    sizes.clear()
+    with JsonlAppender(tmp_path / "slow.jsonl", sync_every=3600) as a:
+        a.write({"narration_id": "n0"})
+        a.write({"narration_id": "n1"})
+        n_before_close = len(sizes)
+    assert n_before_close <= 1 and sizes[-1] == (tmp_path / "slow.jsonl").stat().st_size
+
+
+def test_an_atomic_write_fsyncs_its_bytes_not_an_empty_buffer(tmp_path, monkeypatch):
+    from leap_cli.io import atomic_write_bytes
+
+    sizes = _fsync_sizes(monkeypatch)
+    atomic_write_bytes(tmp_path / "x.json", b"x" * 100)
+    assert sizes[0] == 100
+
+
+def test_files_committed_together_get_the_umasks_mode(tmp_path):
+    """`--batch-file` parts: 0666 less the umask (a group's shared folder reads them), as atomic_path's files."""
+    import os
+
+    from leap_cli.io import AtomicFiles
+
+    old = os.umask(0o002)
+    try:
+        with AtomicFiles(tmp_path / "batch.jsonl") as files:
+            for name in ("a", "b"):
+                files.new().write_text(name)
+            files.commit([tmp_path / "batch-1of2.jsonl", tmp_path / "batch-2of2.jsonl"])
+    finally:
+        os.umask(old)
+    for name in ("batch-1of2.jsonl", "batch-2of2.jsonl"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o664
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch-1of2.jsonl", "batch-2of2.jsonl"]
