@@ -121,3 +121,142 @@ def test_unknown_verb_is_an_error(classes):
     bad = {"pre": [], "post": [], "steps": [sub("teleport", "plate")]}
     with pytest.raises(LeapError, match="teleport"):
         encode_program(bad, vocab)
+
+
+def test_program_post_is_encoded_from_post_not_pre(classes):
+    """The program-level ``post`` target holds the ids of the program's post-conditions: one read from ``pre``
+    trains the model to predict the start state as the goal."""
+    verbs, nouns = classes
+    program = {"pre": [cond("in", "plate", "sink")],
+               "post": [cond("clean", "plate"), cond("holding", "right", "plate", neg=True)],
+               "steps": [sub("wash", "plate")]}
+    vocab = TargetVocab.build([program], verbs, nouns)
+    enc = encode_program(program, vocab)
+    assert enc["pre"] == [vocab.conditions.index("in(plate,sink)")]
+    assert sorted(enc["post"]) == sorted([vocab.conditions.index("clean(plate)"),
+                                          vocab.conditions.index("not holding(right,plate)")])
+
+
+def test_end_row_holds_the_last_id_of_every_vocabulary(classes):
+    """END is the last id of each target vocabulary, the hand column too (not "none", a real hand value)."""
+    verbs, nouns = classes
+    vocab = TargetVocab.build([PROGRAM], verbs, nouns)
+    v, a, b, hand, kind = vocab.end_row
+    assert hand == vocab.hands.index(END) == len(vocab.hands) - 1 != vocab.hands.index("none")
+    assert (v, a, b, kind) == (len(vocab.step_verbs) - 1, len(vocab.objects) - 1, len(vocab.objects) - 1,
+                               len(vocab.structure) - 1)
+
+
+def test_a_sub_action_without_hand_encodes_as_none(classes):
+    """A sub-action whose hand is None or absent is the "none" hand, not a guessed "right"."""
+    verbs, nouns = classes
+    no_hand = dict(sub("take", "plate"), hand=None)
+    absent = {k: v for k, v in sub("take", "plate").items() if k != "hand"}
+    program = {"pre": [], "post": [], "steps": [no_hand, absent]}
+    vocab = TargetVocab.build([program], verbs, nouns)
+    rows = encode_program(program, vocab)["steps"]
+    assert rows[0][3] == rows[1][3] == vocab.hands.index("none")
+    assert vocab.hand_id(None) == vocab.hands.index("none")
+
+
+def test_default_hands_order_is_fixed():
+    """A vocabulary (or an older manifest) without ``hands`` gets left, right, both, either, none, END in this
+    order: another order would shift the hand ids a trained checkpoint predicts."""
+    expected = ["left", "right", "both", "either", "none", END]
+    assert TargetVocab(["take", END], ["plate", "none", END], []).hands == expected
+    manifest = {"max_steps": 4, "step_verbs": ["take", END], "objects": ["plate", "none", END], "conditions": []}
+    assert TargetVocab.from_manifest(manifest).hands == expected
+
+
+def test_sized_max_steps_is_capped_at_48(classes):
+    """A very long training program sizes the vocabulary to at most 48 rows (MAX_STEPS_CAP), and its target is
+    cut there with END last."""
+    from leap_cli.programs.targets import MAX_STEPS_CAP
+    verbs, nouns = classes
+    long = {"pre": [], "post": [], "steps": [sub("take", "plate")] * 60}
+    vocab = TargetVocab.build([long], verbs, nouns)
+    assert MAX_STEPS_CAP == 48 and vocab.max_steps == 48
+    rows = encode_program(long, vocab)["steps"]
+    assert len(rows) == 48 and rows[-1] == vocab.end_row
+
+
+def _subset(kind, keys):
+    return ClassVocab(kind, dict(keys), {i: [] for i in keys}, {i: "" for i in keys})
+
+
+def test_subset_class_file_keeps_the_epic_class_id_as_index():
+    """With a class file that lists only some ids, the index stays the EPIC class id: the gaps hold
+    "<unused-ID>", so "knife" (class 5) is object 5, not 2."""
+    verbs = _subset("verb", {0: "take", 3: "wash"})
+    nouns = _subset("noun", {0: "tap", 1: "spoon", 5: "knife"})
+    vocab = TargetVocab.build([], verbs, nouns)
+    assert vocab.objects == ["tap", "spoon", "<unused-2>", "<unused-3>", "<unused-4>", "knife", "none", END]
+    assert vocab.objects[5] == "knife" and vocab.object_id("knife") == 5 and len(vocab.objects) == 5 + 1 + 2
+    assert vocab.step_verbs == ["take", "<unused-1>", "<unused-2>", "wash", END] and vocab.verb_id("wash") == 3
+
+
+@pytest.mark.parametrize("step", [sub(END, "plate"), sub("take", END), sub("put", "plate", END)])
+def test_end_is_not_a_step_verb_or_object(classes, step):
+    """"<end>" written as a verb or object in a program is refused: encoding it would put END mid-sequence."""
+    verbs, nouns = classes
+    vocab = TargetVocab.build([], verbs, nouns)
+    with pytest.raises(LeapError, match="<end>"):
+        encode_program({"pre": [], "post": [], "steps": [step]}, vocab)
+
+
+def test_equally_frequent_conditions_are_ordered_alphabetically(classes):
+    """Conditions with the same count are ordered by name, so the vocabulary (and its ids) does not depend on the
+    order of the programs or of their conditions."""
+    verbs, nouns = classes
+    p1 = {"pre": [cond("open", "fridge"), cond("closed", "tap")], "post": [], "steps": [sub("take", "plate")]}
+    p2 = {"pre": [cond("visible", "plate")], "post": [cond("dirty", "plate")], "steps": [sub("take", "plate")]}
+    vocab = TargetVocab.build([p1, p2], verbs, nouns)
+    assert vocab.conditions == ["closed(tap)", "dirty(plate)", "open(fridge)", "visible(plate)"]
+    assert TargetVocab.build([p2, p1], verbs, nouns).conditions == vocab.conditions
+
+
+def test_routine_names_are_capped_most_frequent_first(classes):
+    """``max_routines`` keeps that many ``<call:NAME>`` tokens: the most frequent, ties by name."""
+    verbs, nouns = classes
+
+    def prog(name):
+        return {"pre": [], "post": [], "steps": [{"type": "routine", "name": name, "steps": [sub("take", "plate")]}]}
+
+    programs = [prog("r2"), prog("r1"), prog("r0"), prog("r2")]
+    vocab = TargetVocab.build(programs, verbs, nouns, max_routines=2)
+    assert [k for k in vocab.structure if k.startswith("<call:")] == ["<call:r2>", "<call:r0>"]
+    assert vocab.structure[-1] == END
+
+
+def test_empty_object_b_is_none(classes):
+    """An empty ``object_b`` ("") is "no object B", like None."""
+    verbs, nouns = classes
+    vocab = TargetVocab.build([], verbs, nouns)
+    assert vocab.object_id("") == vocab.object_id(None) == vocab.object_none
+    row = encode_program({"pre": [], "post": [], "steps": [sub("take", "plate", "")]}, vocab)["steps"][0]
+    assert row[2] == vocab.object_none
+
+
+def test_max_steps_below_one_is_refused(classes):
+    """A target must hold at least the END row: a vocabulary of max_steps 0, or a negative limit, is an error, not
+    an empty or END-less target."""
+    verbs, nouns = classes
+    program = {"pre": [], "post": [], "steps": [sub("take", "plate")]}
+    with pytest.raises(LeapError, match="at least 1"):
+        encode_program(program, TargetVocab.build([program], verbs, nouns, max_steps=0))
+    with pytest.raises(LeapError, match="at least 1"):
+        encode_program(program, TargetVocab.build([program], verbs, nouns), max_steps=-1)
+    assert encode_program(program, TargetVocab.build([program], verbs, nouns), max_steps=1)["steps"] == [
+        TargetVocab.build([program], verbs, nouns).end_row]
+
+
+def test_decode_row_shows_end_alone(classes):
+    """A row whose verb is END reads "<end>", not "<end>(tap)": the END row, a predicted <step> row with the END
+    verb and a former triple row."""
+    verbs, nouns = classes
+    vocab = TargetVocab.build([PROGRAM], verbs, nouns)
+    tap, right = vocab.object_id("tap"), vocab.hands.index("right")
+    assert vocab.decode_row(vocab.end_row) == END
+    assert vocab.decode_row([vocab.verb_end, tap, vocab.object_none, right, vocab.step_kind]) == END
+    assert vocab.decode_row(vocab.end_triple) == END
+    assert vocab.decode_row([vocab.verb_id("take"), tap, vocab.object_none, right, vocab.step_kind]) == "take(tap) [right]"
