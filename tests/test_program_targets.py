@@ -244,8 +244,9 @@ def test_max_steps_below_one_is_refused(classes):
     program = {"pre": [], "post": [], "steps": [sub("take", "plate")]}
     with pytest.raises(LeapError, match="at least 1"):
         encode_program(program, TargetVocab.build([program], verbs, nouns, max_steps=0))
-    with pytest.raises(LeapError, match="at least 1"):
-        encode_program(program, TargetVocab.build([program], verbs, nouns), max_steps=-1)
+    for limit in (0, -1):  # (an explicit 0 fell back to the vocabulary's limit)
+        with pytest.raises(LeapError, match="at least 1"):
+            encode_program(program, TargetVocab.build([program], verbs, nouns), max_steps=limit)
     assert encode_program(program, TargetVocab.build([program], verbs, nouns), max_steps=1)["steps"] == [
         TargetVocab.build([program], verbs, nouns).end_row]
 

@@ -272,7 +272,7 @@ class TargetVocab:
 def encode_program(program: dict, vocab: TargetVocab, max_steps: int | None = None) -> dict:
     """Encode one program as token rows (ending with END), per-row conditions and the program's pre/post
     condition ids (see the module docstring)."""
-    limit = max_steps or vocab.max_steps
+    limit = vocab.max_steps if max_steps is None else max_steps
     if limit < 1:
         raise LeapError(f"max_steps must be at least 1 (got {limit})")
     rows, step_pre, step_post = [], [], []
