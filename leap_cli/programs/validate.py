@@ -5,7 +5,8 @@ Checks:
   every object (``object_a``, ``object_b``, condition arguments, the action noun) to an EPIC noun class;
 - when the segment's labels are known, the action's verb/noun (and its class ids) match them;
 - chaining: the symbolic state starts from the program's ``pre``; each sub-action's ``pre`` must hold in it,
-  then its ``post`` is applied (asserting a state retracts its opposite: clean/dirty, open/closed, ...).
+  then its ``post`` is applied (asserting a state retracts its opposite: clean/dirty, open/closed, ...; of the
+  hands, ``either`` is any and ``both`` also left and right together).
   Loops run their body twice (the second pass checks that the body can repeat) and end with ``until`` true;
   ``until`` must be asserted by some sub-action in the loop. Conditionals run both branches (``then`` with
   ``if`` true, ``else`` with it false) and keep the facts both agree on. Routines are inlined. The program's
@@ -25,6 +26,7 @@ from leap_cli.programs.targets import flatten_program
 from leap_cli.programs.vocab import COMPLEMENTS, HANDS, OPPOSITES, PREDICATES, object_key, resolve_object, resolve_verb
 
 DEFAULT_MAX_SUB_ACTIONS = 24
+HANDS_HOLDING = ("left", "right", "both", "either")
 Fact = tuple  # (predicate, arg, ...) with object args as EPIC noun keys
 
 
@@ -106,7 +108,8 @@ class _Checker:
                 candidates = [fact, (fact[0], "both", *rest)]
             else:
                 candidates = [fact]
-            true = any(state.get(c) is True for c in candidates)
+            true = any(state.get(c) is True for c in candidates) or (  # 'both': held with the left and the right
+                hand == "both" and all(state.get((fact[0], h, *rest)) is True for h in ("left", "right")))
         else:
             true = state.get(fact) is True
         return not true if negated else true
@@ -119,11 +122,18 @@ class _Checker:
             state[(opposite, *fact[1:])] = False
         if cond["negated"] and fact[0] in COMPLEMENTS:
             state[(COMPLEMENTS[fact[0]], *fact[1:])] = True
-        if fact[0] == "holding" and cond["negated"]:
-            # letting go with one hand ends 'both' and 'either' holds of that object too
-            for h in ("both", "either"):
-                if state.get(("holding", h, *fact[2:])):
-                    state[("holding", h, *fact[2:])] = False
+        if fact[0] in ("holding", "touching") and cond["negated"]:
+            pred, hand, rest = fact[0], fact[1], fact[2:]
+            if hand == "either":  # no hand holds it any more
+                for h in HANDS_HOLDING:
+                    state[(pred, h, *rest)] = False
+            else:  # letting go with one hand ends 'both' and 'either' holds of that object; the other hand of a
+                # 'both' hold keeps it
+                if hand in ("left", "right") and state.get((pred, "both", *rest)):
+                    state[(pred, "right" if hand == "left" else "left", *rest)] = True
+                for h in ("both", "either"):
+                    if h != hand and state.get((pred, h, *rest)):
+                        state[(pred, h, *rest)] = False
 
     def consistent(self, conds: list[dict], ptr: str) -> None:
         """A list of conditions that holds at one moment (a pre or a post) must not contradict itself: a fact and
