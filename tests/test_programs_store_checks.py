@@ -7,36 +7,14 @@ import json
 import sqlite3
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from leap_cli.epic.classes import ClassVocab
 from leap_cli.programs.store import MIGRATIONS, ProgramStore, cache_key
 from leap_cli.programs.validate import Labels, validate_semantics
 from tests.program_helpers import cond as C
 
-CLASSES = Path(__file__).parent / "data" / "epic100"
-
-
-@pytest.fixture(scope="module")
-def verbs():
-    return ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb")
-
-
-@pytest.fixture(scope="module")
-def nouns():
-    return ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
-
-
-def S(verb, a, b=None, pre=(), post=(), hand="right"):
-    return {"type": "sub_action", "verb": verb, "object_a": a, "object_b": b, "hand": hand, "pre": list(pre),
-            "post": list(post), "purpose": ""}
-
-
-def prog(steps, pre=(), post=(), verb="wash", noun="plate"):
-    return {"action": {"narration": f"{verb} {noun}", "verb": verb, "noun": noun, "verb_class": None, "noun_class": None},
-            "pre": list(pre), "post": list(post), "steps": steps}
+from tests.test_programs_validate import S, nouns, prog, verbs  # noqa: F401 (the class files' fixtures)
 
 
 def pointers(program, verbs, nouns, **kw):
