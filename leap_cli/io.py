@@ -628,7 +628,7 @@ empty: a run that failed before its first record leaves nothing its successor wo
             parts.setdefault(count, []).append((index, p))
         check_merge(output, parts)
     # under the output's lock: a run still writing it is not started over (--force) under its feet, nor its
-    # sidecar rewritten; the caller's writer takes the lock again at once
+    # sidecar rewritten; the caller's writer takes the lock again at once (or keeps ``lock``)
     taken = (lock or OutputLock(output)).acquire()
     try:
         return _check_settings(output, settings, force=force, exists=exists, remove=remove, option=option,
@@ -642,8 +642,7 @@ empty: a run that failed before its first record leaves nothing its successor wo
 def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool | None,
                     remove: Callable[[], None] | None, option: str, split: str | None, elsewhere: str,
                     adopt: tuple[str, ...] = (), grow: tuple[str, ...] = (), names: dict | None = None,
-                    explain: Callable[[set[str]], str | None] | None = None, held: str | None = None,
-                   lock: "OutputLock | None" = None) -> bool:
+                    explain: Callable[[set[str]], str | None] | None = None, held: str | None = None) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = (output.exists() and output.stat().st_size > 0) if exists is None else exists

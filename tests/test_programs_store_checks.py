@@ -291,3 +291,8 @@ def test_a_pot_held_with_each_hand_is_held_with_both_and_letting_go_of_one_keeps
     stir = S("stir", "pot", pre=[C("holding", "right", "pot")])
     assert pointers(prog([both, free_left, stir], verb="stir", noun="pot"), verbs, nouns) == []
     assert pointers(prog([both, free_left, pour], verb="pour", noun="pot"), verbs, nouns) == ["/steps/2/pre/0"]
+    # letting go with both hands of a pot held with each: neither holds it, and the program's post says so
+    put = S("put", "pot", post=[C("holding", "both", "pot", neg=True)])
+    assert pointers(prog([left, right, put], verb="put", noun="pot",
+                         post=[C("holding", "both", "pot", neg=True)]), verbs, nouns) == []
+    assert pointers(prog([left, right, put, stir], verb="stir", noun="pot"), verbs, nouns) == ["/steps/3/pre/0"]

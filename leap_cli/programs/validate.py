@@ -124,15 +124,16 @@ class _Checker:
             state[(COMPLEMENTS[fact[0]], *fact[1:])] = True
         if fact[0] in ("holding", "touching") and cond["negated"]:
             pred, hand, rest = fact[0], fact[1], fact[2:]
-            if hand == "either":  # no hand holds it any more
+            if hand in ("either", "both"):  # no hand holds it any more (of 'both': neither of the two, which
+                # held it together also where each was said on its own)
                 for h in HANDS_HOLDING:
                     state[(pred, h, *rest)] = False
-            else:  # letting go with one hand ends 'both' and 'either' holds of that object; the other hand of a
-                # 'both' hold keeps it
-                if hand in ("left", "right") and state.get((pred, "both", *rest)):
+            else:  # one hand lets go: 'both' and 'either' holds of it end, and the other hand of a 'both' hold
+                # keeps it
+                if state.get((pred, "both", *rest)):
                     state[(pred, "right" if hand == "left" else "left", *rest)] = True
                 for h in ("both", "either"):
-                    if h != hand and state.get((pred, h, *rest)):
+                    if state.get((pred, h, *rest)):
                         state[(pred, h, *rest)] = False
 
     def consistent(self, conds: list[dict], ptr: str) -> None:
