@@ -309,8 +309,14 @@ def _read_manifest(path: Path) -> dict:
         missing = [k for k in _SHARD_KEYS if k not in info] if isinstance(info, dict) else ["all"]
         if missing:
             raise LeapError(f"shard entry lacks {', '.join(missing)}", path=path, record=f"shards[{i}]", fix=fix)
+        keys = info["keys"]
+        lists = {k: info.get(k) for k in ("keys", "offsets", "sizes")}
+        if not all(isinstance(v, list) for v in lists.values()) or len({len(v) for v in lists.values()}) != 1 or (
+                "count" in info and info["count"] != len(keys)):
+            raise LeapError("keys, offsets, sizes (and count) do not describe the same samples", path=path,
+                            record=f"shards[{i}]", fix=fix)
         crcs = info.get("crc32s")
-        if crcs is not None and not (isinstance(crcs, list) and len(crcs) == len(info["keys"])
+        if crcs is not None and not (isinstance(crcs, list) and len(crcs) == len(keys)
                                      and all(c is None or type(c) is int for c in crcs)):
             raise LeapError("crc32s is not one integer (or null) per sample", path=path, record=f"shards[{i}]", fix=fix)
     return m
