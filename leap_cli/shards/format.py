@@ -310,9 +310,9 @@ def _read_manifest(path: Path) -> dict:
         if missing:
             raise LeapError(f"shard entry lacks {', '.join(missing)}", path=path, record=f"shards[{i}]", fix=fix)
         keys = info["keys"]
-        lists = {k: info.get(k) for k in ("keys", "offsets", "sizes")}
-        if not all(isinstance(v, list) for v in lists.values()) or len({len(v) for v in lists.values()}) != 1 or (
-                "count" in info and info["count"] != len(keys)):
+        lists = [info[k] for k in ("keys", "offsets", "sizes")]  # (all in _SHARD_KEYS, checked above)
+        if (not all(isinstance(v, list) for v in lists) or len({len(v) for v in lists}) != 1
+                or info["count"] != len(keys)):
             raise LeapError("keys, offsets, sizes (and count) do not describe the same samples", path=path,
                             record=f"shards[{i}]", fix=fix)
         crcs = info.get("crc32s")
