@@ -162,9 +162,25 @@ def _mode_of(path: Path) -> int:
         return 0o666 & ~current_umask()
 
 
+def sync_folder(folder: Path) -> None:
+    """Make the renames into ``folder`` durable: a rename lives in the folder's own data, which a power loss can
+    take back (the old file returns) until the folder is fsync'ed. Best effort: some file systems refuse."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; rename it onto ``path`` only if the block succeeds.
+    """Yield a temp path in the target's folder; rename it onto ``path`` only if the block succeeds, then fsync
+    the folder (``sync_folder``).
 
     The file gets the mode a plain ``open`` would give it (0666 minus the umask, or the mode of the file it
     replaces): ``mkstemp`` creates 0600, which hides checkpoints and results from a shared group. The temp
@@ -195,6 +211,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.replace(tmp_path, path)
         except OSError as e:
             raise naming_target(with_path(e, path), path)
+        sync_folder(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -232,6 +249,8 @@ class AtomicFiles:
                 e.filename, e.filename2 = str(target), None
                 raise
             self.temps.pop(0)
+        for folder in dict.fromkeys(t.parent for t in targets):
+            sync_folder(folder)
 
     def __exit__(self, *exc) -> None:
         for tmp in self.temps:

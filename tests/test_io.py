@@ -763,6 +763,45 @@ def test_an_atomic_write_fsyncs_its_bytes_not_an_empty_buffer(tmp_path, monkeypa
     assert sizes[0] == 100
 
 
+def _fsynced(monkeypatch, watch) -> list[tuple[str, bytes | None]]:
+    """Each fsync as (what, bytes of ``watch`` then): a folder's, or a file's."""
+    import os
+    import stat
+
+    seen: list[tuple[str, bytes | None]] = []
+    real = os.fsync
+
+    def spy(fd):
+        st = os.fstat(fd)
+        what = "folder" if stat.S_ISDIR(st.st_mode) else "file"
+        if what == "folder":
+            assert st.st_ino == os.stat(watch.parent).st_ino
+        seen.append((what, watch.read_bytes() if watch.exists() else None))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return seen
+
+
+def test_a_rename_is_made_durable_by_fsyncing_its_folder_after_it(tmp_path, monkeypatch):
+    """Until the folder is fsync'ed a power loss can undo the rename (the old file, or none, comes back): the
+    bytes are fsync'ed first, then the folder once the new file has its name."""
+    from leap_cli.io import AtomicFiles, atomic_write_bytes
+
+    target = tmp_path / "sub" / "x.json"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    seen = _fsynced(monkeypatch, target)
+    atomic_write_bytes(target, b"new")
+    assert seen == [("file", b"old"), ("folder", b"new")]
+    seen.clear()
+    with AtomicFiles(target) as files:
+        tmp = files.new()
+        tmp.write_bytes(b"newer")
+        files.commit([target])
+    assert seen == [("folder", b"newer")]
+
+
 def test_files_committed_together_get_the_umasks_mode(tmp_path):
     """`--batch-file` parts: 0666 less the umask (a group's shared folder reads them), as atomic_path's files."""
     import os
