@@ -162,11 +162,10 @@ def _mode_of(path: Path) -> int:
         return 0o666 & ~current_umask()
 
 
-def sync_folder(folder: Path) -> None:
-    """Make the renames into ``folder`` durable: a rename lives in the folder's own data, which a power loss can
-    take back (the old file returns) until the folder is fsync'ed. Best effort: some file systems refuse."""
+def _sync(path: Path, flags: int = 0) -> None:
+    """fsync ``path``'s data (a file or a folder), best effort: some file systems refuse."""
     try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = os.open(path, os.O_RDONLY | flags)
     except OSError:
         return
     try:
@@ -177,10 +176,16 @@ def sync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def sync_folder(folder: Path) -> None:
+    """Make the renames into ``folder`` durable: a rename lives in the folder's own data, which a power loss can
+    take back (the old file returns) until the folder is fsync'ed."""
+    _sync(folder, getattr(os, "O_DIRECTORY", 0))
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; rename it onto ``path`` only if the block succeeds, then fsync
-    the folder (``sync_folder``).
+    """Yield a temp path in the target's folder; rename it onto ``path`` only if the block succeeds: its bytes
+    fsync'ed before the rename, the folder after it (a power loss leaves the old file or the new one).
 
     The file gets the mode a plain ``open`` would give it (0666 minus the umask, or the mode of the file it
     replaces): ``mkstemp`` creates 0600, which hides checkpoints and results from a shared group. The temp
@@ -208,6 +213,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         try:
             yield tmp_path
             os.chmod(tmp_path, mode)
+            _sync(tmp_path)
             os.replace(tmp_path, path)
         except OSError as e:
             raise naming_target(with_path(e, path), path)
@@ -244,6 +250,7 @@ class AtomicFiles:
             tmp, target = self.temps[0], targets[len(targets) - len(self.temps)]
             try:
                 os.chmod(tmp, _mode_of(target))
+                _sync(tmp)
                 os.replace(tmp, target)
             except OSError as e:
                 e.filename, e.filename2 = str(target), None
@@ -273,9 +280,6 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, if_changed: bool = Fals
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            if stat.S_ISREG(os.fstat(f.fileno()).st_mode):  # (a pipe or a device takes no fsync)
-                os.fsync(f.fileno())
     return True
 
 

@@ -785,8 +785,10 @@ def _fsynced(monkeypatch, watch) -> list[tuple[str, bytes | None]]:
 
 def test_a_rename_is_made_durable_by_fsyncing_its_folder_after_it(tmp_path, monkeypatch):
     """Until the folder is fsync'ed a power loss can undo the rename (the old file, or none, comes back): the
-    bytes are fsync'ed first, then the folder once the new file has its name."""
-    from leap_cli.io import AtomicFiles, atomic_write_bytes
+    bytes are fsync'ed first, then the folder once the new file has its name; whoever wrote the temp file."""
+    import torch
+
+    from leap_cli.io import AtomicFiles, atomic_path, atomic_write_bytes
 
     target = tmp_path / "sub" / "x.json"
     target.parent.mkdir()
@@ -795,11 +797,16 @@ def test_a_rename_is_made_durable_by_fsyncing_its_folder_after_it(tmp_path, monk
     atomic_write_bytes(target, b"new")
     assert seen == [("file", b"old"), ("folder", b"new")]
     seen.clear()
+    with atomic_path(target) as tmp:
+        torch.save({"a": 1}, tmp)  # as the scores and the naming cache are written: no fsync of their own
+    assert [w for w, _ in seen] == ["file", "folder"] and seen[0][1] == b"new" and seen[1][1] != b"new"
+    seen.clear()
+    before = target.read_bytes()
     with AtomicFiles(target) as files:
         tmp = files.new()
         tmp.write_bytes(b"newer")
         files.commit([target])
-    assert seen == [("folder", b"newer")]
+    assert seen == [("file", before), ("folder", b"newer")]
 
 
 def test_files_committed_together_get_the_umasks_mode(tmp_path):
