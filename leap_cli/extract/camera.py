@@ -52,10 +52,11 @@ def intrinsics(width: int, height: int, fov_deg: float) -> np.ndarray:
 
 
 def angles(r_cam: np.ndarray) -> tuple[float, float, float]:
-    """(yaw, pitch, roll) in degrees of a camera rotation (camera-2 axes expressed in camera-1 axes)."""
+    """(yaw, pitch, roll) in degrees of a camera rotation (camera-2 axes expressed in camera-1 axes), the angles of
+    its yaw-then-pitch-then-roll decomposition ``Ry(yaw) Rx(pitch) Rz(roll)``."""
     yaw = math.degrees(math.atan2(r_cam[0, 2], r_cam[2, 2]))
     pitch = math.degrees(math.atan2(-r_cam[1, 2], math.hypot(r_cam[0, 2], r_cam[2, 2])))
-    roll = math.degrees(math.atan2(-r_cam[0, 1], r_cam[1, 1]))
+    roll = math.degrees(math.atan2(r_cam[1, 0], r_cam[1, 1]))
     return yaw, pitch, roll
 
 
