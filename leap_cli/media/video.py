@@ -464,6 +464,9 @@ class _JpegWarnings:
 _jpeg = _JpegWarnings()
 
 
+_FRAME_NAME = re.compile(r"frame_[0-9]+\.jpg")
+
+
 class FramesFolderReader:
     """An EPIC ``rgb_frames/P01_01/`` folder of 1-based ``frame_0000000001.jpg`` files at ``fps``."""
 
@@ -477,7 +480,10 @@ class FramesFolderReader:
             raise LeapError(f"no fps for the frames folder (got {fps})", path=self.path, record=record,
                             fix="add the video to EPIC_100_video_info.csv")
         self.fps = float(fps)
-        names = sorted(p.name for p in self.path.glob("frame_*.jpg"))
+        # frame_NUMBER.jpg only, by number: another file there (a file manager's "frame_0000000003 (copy).jpg")
+        # is no frame, and no crash
+        names = sorted((p.name for p in self.path.glob("frame_*.jpg") if _FRAME_NAME.fullmatch(p.name)),
+                       key=lambda n: int(n[len("frame_"):-len(".jpg")]))
         if not names:
             if not os.access(self.path, os.R_OK | os.X_OK):  # (glob finds nothing in a folder it may not list)
                 raise VideoUnreadable("the frames folder cannot be read: permission denied", path=self.path,
