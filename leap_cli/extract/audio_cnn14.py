@@ -234,7 +234,7 @@ class AudioTagger:
                 if self.categories[j] is not None:
                     best = self.categories[j]
                     break
-            labels.append(best or "other")
+            labels.append(best or "background")  # no kitchen sound heard: the rules' "don't know", no event
             wstarts.append(0.0 if i == 0 else t0 + (window - hop) / 2)
             wstops.append(duration if i == len(starts) - 1 else min(t0 + (window + hop) / 2, duration))
         mean = probs.mean(axis=0)
