@@ -92,9 +92,10 @@ def flatten_for_storyboard(steps: list[dict], context: str = "") -> list[tuple[d
         elif kind == "loop":
             out += flatten_for_storyboard(s.get("steps"), f"{context} repeat until {condition_text(s.get('until', {}))}".strip())
         elif kind == "conditional":
-            c = condition_text(s.get("if", {}))
+            cond = s.get("if", {})
+            c, other = condition_text(cond), condition_text({**cond, "negated": not cond.get("negated")})
             out += flatten_for_storyboard(s.get("then"), f"{context} if {c}".strip())
-            out += flatten_for_storyboard(s.get("else"), f"{context} if not {c}".strip())
+            out += flatten_for_storyboard(s.get("else"), f"{context} if {other}".strip())  # (not "if not not")
         elif kind == "routine":
             out += flatten_for_storyboard(s.get("steps"), f"{context} routine {s.get('name', '')}".strip())
     return out
