@@ -3,6 +3,7 @@ with, and content hashes."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import hashlib
 import json
@@ -162,24 +163,26 @@ def _mode_of(path: Path) -> int:
         return 0o666 & ~current_umask()
 
 
-def _sync(path: Path, flags: int = 0) -> None:
-    """fsync ``path``'s data (a file or a folder), best effort: some file systems refuse."""
+def _sync(path: Path, flags: int = 0, *, strict: bool = True) -> None:
+    """fsync ``path``'s data (a file or a folder). A file system that cannot (EINVAL, ENOTSUP) is passed over; a
+    failed write-back (a full disk, EIO) is raised where ``strict``: the bytes may not be there."""
     try:
         fd = os.open(path, os.O_RDONLY | flags)
     except OSError:
         return
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as e:
+        if strict and e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 
 
 def sync_folder(folder: Path) -> None:
     """Make the renames into ``folder`` durable: a rename lives in the folder's own data, which a power loss can
-    take back (the old file returns) until the folder is fsync'ed."""
-    _sync(folder, getattr(os, "O_DIRECTORY", 0))
+    take back (the old file returns) until the folder is fsync'ed. Best effort: the new file is in place."""
+    _sync(folder, getattr(os, "O_DIRECTORY", 0), strict=False)
 
 
 @contextmanager
@@ -212,8 +215,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         mode = _mode_of(path)
         try:
             yield tmp_path
-            os.chmod(tmp_path, mode)
             _sync(tmp_path)
+            os.chmod(tmp_path, mode)
             os.replace(tmp_path, path)
         except OSError as e:
             raise naming_target(with_path(e, path), path)
@@ -249,8 +252,8 @@ class AtomicFiles:
         while self.temps:
             tmp, target = self.temps[0], targets[len(targets) - len(self.temps)]
             try:
-                os.chmod(tmp, _mode_of(target))
                 _sync(tmp)
+                os.chmod(tmp, _mode_of(target))
                 os.replace(tmp, target)
             except OSError as e:
                 e.filename, e.filename2 = str(target), None

@@ -809,6 +809,36 @@ def test_a_rename_is_made_durable_by_fsyncing_its_folder_after_it(tmp_path, monk
     assert seen == [("file", before), ("folder", b"newer")]
 
 
+@pytest.mark.parametrize("code,raised", [("ENOSPC", True), ("EIO", True), ("EINVAL", False)])
+def test_a_failed_fsync_of_the_bytes_keeps_the_old_file_one_that_cannot_is_passed_over(tmp_path, monkeypatch,
+                                                                                       code, raised):
+    """fsync's ENOSPC / EIO: the bytes may not be on disk, so the write fails and the old file stays; EINVAL (a
+    file system that cannot fsync) is no failure. A folder's fsync never fails the write (the file is in place)."""
+    import errno
+    import os
+    import stat
+
+    from leap_cli.io import atomic_path
+
+    target = tmp_path / "x.json"
+    target.write_bytes(b"old")
+
+    def fsync(fd):
+        if not stat.S_ISDIR(os.fstat(fd).st_mode) or not raised:
+            raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    if raised:
+        with pytest.raises(OSError, match=str(target)):
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(b"new")
+        assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]
+    else:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"new")
+        assert target.read_bytes() == b"new"
+
+
 def test_files_committed_together_get_the_umasks_mode(tmp_path):
     """`--batch-file` parts: 0666 less the umask (a group's shared folder reads them), as atomic_path's files."""
     import os
