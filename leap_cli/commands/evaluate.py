@@ -131,8 +131,11 @@ def evaluate(
     split = normalize_split(split)
     if task is not None and task not in TASKS:
         raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
+    # best and last are names, whatever the current folder holds (a file there named best is ./best)
+    named = checkpoint in ("best", "last")
     ckpt_file = Path(checkpoint)
-    if scores is None and checkpoint not in ("best", "last") and not ckpt_file.is_file():
+    is_file = not named and ckpt_file.is_file()
+    if scores is None and not named and not is_file:
         if ckpt_file.is_dir():
             raise LeapError("--checkpoint is a folder, not a checkpoint file", path=ckpt_file,
                             fix="give a file in it (checkpoints/best.pt or last.pt), or pass --run with it and "
@@ -146,10 +149,10 @@ def evaluate(
         raise LeapError("--run takes a run directory (runs/NAME), not a file", path=run,
                         fix=f"for a checkpoint file use --checkpoint {run} (with --out DIR when it is in no run)")
     # runs/NAME/checkpoints/x.pt -> runs/NAME
-    own_run = ckpt_file.parent.parent if ckpt_file.is_file() and ckpt_file.parent.name == "checkpoints" else None
+    own_run = ckpt_file.parent.parent if is_file and ckpt_file.parent.name == "checkpoints" else None
     if scores is None and run is None:
         run = own_run
-    if scores is None and run is None and ckpt_file.is_file():  # a checkpoint in no run: its scores go to --out
+    if scores is None and run is None and is_file:  # a checkpoint in no run: its scores go to --out
         if out is None:
             raise LeapError("a checkpoint outside a run's checkpoints/ folder has no run to write its scores into",
                             path=ckpt_file, fix="pass --out DIR for scores.pt and metrics.json")

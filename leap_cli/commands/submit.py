@@ -54,6 +54,12 @@ def submit(
     ann = open_annotations(workdir, data, annotations)
     if check is not None:
         summary = sub.check_file(check, ann)
+        if task is not None and task not in sub.CHALLENGES:
+            raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
+        if task is not None and summary["challenge"] != sub.CHALLENGES[task]:
+            raise LeapError(f"a valid {summary['challenge']} submission, not the {sub.CHALLENGES[task]} that --task "
+                            f"{task} asks for", path=check,
+                            fix="submit it to its own challenge, or write the other one from that task's scores")
         title = "valid submission"
     else:
         if scores is None:  # the test scores of the work directory's one run
