@@ -484,6 +484,8 @@ def test_a_test_segment_without_a_program_says_where_its_programs_come_from(tmp_
 def test_the_else_branch_of_a_negated_condition_reads_as_the_condition_itself():
     """The else of "if not open(bottle)" runs where the bottle is open: its cards say "if open(bottle)" (they said
     "if not not open(bottle)")."""
+    from leap_cli.report.program_view import flatten_for_storyboard
+
     step = {"type": "sub_action", "verb": "pour", "object_a": "water"}
     cards = flatten_for_storyboard([{"type": "conditional", "if": {"predicate": "open", "args": ["bottle"],
                                                                    "negated": True},
