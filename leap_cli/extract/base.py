@@ -48,7 +48,9 @@ def error(source: str, exc: BaseException) -> dict:
 
 
 _QUOTED_PATH = re.compile(r"""(['"])(?:[A-Za-z]:)?[\\/][^'"]*[\\/]([^'"\\/]+)\1""")
-_PATH = re.compile(r"""(?:[A-Za-z]:)?(?:[\\/][^\\/\s'"]+)+[\\/]([^\\/\s'"]+)""")
+# (an absolute path starts the text or follows a space, "(", "[", "=" or ",": "duration/fps/resolution" and a
+# URL's "//host/a" are no paths)
+_PATH = re.compile(r"""(?<![^\s(\[=,])(?:[A-Za-z]:)?(?:[\\/][^\\/\s'"]+)+[\\/]([^\\/\s'"]+)""")
 
 
 def scrub_paths(text: str) -> str:
