@@ -385,6 +385,7 @@ def test_a_stray_file_in_a_frames_folder_is_no_crash(tmp_path):
     folder = _folder(tmp_path, numbers=range(1, 4))
     (folder / "frame_0000000003 (copy).jpg").write_bytes((folder / frame_file(3)).read_bytes())
     (folder / "frame_0000000009.jpg.jpg").write_bytes((folder / frame_file(3)).read_bytes())
+    (folder / "frame_12.jpg").write_bytes((folder / frame_file(3)).read_bytes())  # (no name frame_file reads)
     r = FramesFolderReader(folder, 50.0)
     assert r.num_frames == 3 and _number(r.read_frames([3])[0]) == 3
 

@@ -464,7 +464,7 @@ class _JpegWarnings:
 _jpeg = _JpegWarnings()
 
 
-_FRAME_NAME = re.compile(r"frame_[0-9]+\.jpg")
+_FRAME_NAME = re.compile(r"frame_([0-9]{10})\.jpg")  # as frame_file names them
 
 
 class FramesFolderReader:
@@ -480,23 +480,21 @@ class FramesFolderReader:
             raise LeapError(f"no fps for the frames folder (got {fps})", path=self.path, record=record,
                             fix="add the video to EPIC_100_video_info.csv")
         self.fps = float(fps)
-        # frame_NUMBER.jpg only, by number: another file there (a file manager's "frame_0000000003 (copy).jpg")
+        # frame_NNNNNNNNNN.jpg only, by number: another file there (a file manager's "frame_0000000003 (copy).jpg")
         # is no frame, and no crash
-        names = sorted((p.name for p in self.path.glob("frame_*.jpg") if _FRAME_NAME.fullmatch(p.name)),
-                       key=lambda n: int(n[len("frame_"):-len(".jpg")]))
-        if not names:
+        frames = sorted(int(m[1]) for p in self.path.glob("frame_*.jpg") if (m := _FRAME_NAME.fullmatch(p.name)))
+        if not frames:
             if not os.access(self.path, os.R_OK | os.X_OK):  # (glob finds nothing in a folder it may not list)
                 raise VideoUnreadable("the frames folder cannot be read: permission denied", path=self.path,
                                       record=record, fix=_FRAMES_DENIED.format(folder=self.path))
             raise VideoUnreadable("the frames folder holds no frame_*.jpg files", path=self.path, record=record)
-        self.num_frames = int(names[-1][len("frame_"):-len(".jpg")])
+        self.num_frames = frames[-1]
         self.height = self.width = 0
         # the frames' size: the one most of the first, middle and last frames have (a single odd frame 1 made
         # every other frame of the video "of another size"), read from their headers (a damaged frame still has
         # its size, and is refused only where a segment reads it); where they do not all agree (or one cannot be
         # read), frames 2-8 too, and the size most of them have
-        numbers = [int(n[len("frame_"):-len(".jpg")]) for n in dict.fromkeys((names[0], names[len(names) // 2],
-                                                                                names[-1], *names[1:8]))]
+        numbers = list(dict.fromkeys((frames[0], frames[len(frames) // 2], frames[-1], *frames[1:8])))
         sizes: dict[tuple[int, int], list[int]] = {}
         error: VideoUnreadable | None = None
         for i, f in enumerate(numbers):
