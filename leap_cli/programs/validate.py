@@ -26,7 +26,6 @@ from leap_cli.programs.targets import flatten_program
 from leap_cli.programs.vocab import COMPLEMENTS, HANDS, OPPOSITES, PREDICATES, object_key, resolve_object, resolve_verb
 
 DEFAULT_MAX_SUB_ACTIONS = 24
-HANDS_HOLDING = ("left", "right", "both", "either")
 Fact = tuple  # (predicate, arg, ...) with object args as EPIC noun keys
 
 
@@ -126,7 +125,7 @@ class _Checker:
             pred, hand, rest = fact[0], fact[1], fact[2:]
             if hand in ("either", "both"):  # no hand holds it any more (of 'both': neither of the two, which
                 # held it together also where each was said on its own)
-                for h in HANDS_HOLDING:
+                for h in HANDS:
                     state[(pred, h, *rest)] = False
             else:  # one hand lets go: 'both' and 'either' holds of it end, and the other hand of a 'both' hold
                 # keeps it
