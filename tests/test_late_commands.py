@@ -195,6 +195,13 @@ def test_a_model_section_error_names_the_config_file(monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------------------------------- evaluate
 
 
+def test_submit_refuses_an_unknown_task_before_reading_anything(tmp_path):
+    """Writing (the scores file is not even there) and --check alike: the task first."""
+    for args in (("--scores", tmp_path / "absent.pt", *SLS), ("--check", tmp_path / "absent.zip")):
+        res = invoke("submit", "--task", "detection", "--workdir", tmp_path, *args)
+        assert "unknown task 'detection'" in refusal(res) and res.exit_code != 0
+
+
 def test_evaluate_refuses_an_unknown_task_before_reading_anything(tmp_path):
     res = invoke("evaluate", "--split", "val", "--task", "detection", "--scores", tmp_path / "absent.pt")
     assert "unknown task 'detection'" in refusal(res) and res.exit_code != 0

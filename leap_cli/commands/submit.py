@@ -44,6 +44,8 @@ def submit(
     from leap_cli.epic.annotations import open_annotations
     from leap_cli import submit as sub
 
+    if task is not None and task not in sub.CHALLENGES:  # (said before a zip or a large scores file is read)
+        raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
     if check is not None:  # --check reads the zip alone: options that write one would be ignored
         ignored = [name for name, value in (("--scores", scores), ("--out", out), ("--with-actions", with_actions or None),
                                             ("--sls-pt", sls_pt), ("--sls-tl", sls_tl), ("--sls-td", sls_td))
@@ -54,8 +56,6 @@ def submit(
     ann = open_annotations(workdir, data, annotations)
     if check is not None:
         summary = sub.check_file(check, ann)
-        if task is not None and task not in sub.CHALLENGES:
-            raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
         if task is not None and summary["challenge"] != sub.CHALLENGES[task]:
             raise LeapError(f"a valid {summary['challenge']} submission, not the {sub.CHALLENGES[task]} that --task "
                             f"{task} asks for", path=check,
