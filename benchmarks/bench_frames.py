@@ -24,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leap_cli.media.video import FramesFolderReader, frame_file  # noqa: E402
+from leap_cli.epic.timing import frame_filename  # noqa: E402
+from leap_cli.media.video import FramesFolderReader  # noqa: E402
 
 
 def write_frames(folder: Path, n: int) -> None:
@@ -39,7 +40,7 @@ def write_frames(folder: Path, n: int) -> None:
     for i in range(1, n + 1):
         rgb = np.ascontiguousarray(base[:, i:i + 456])
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuvj420p")
-        (folder / frame_file(i)).write_bytes(b"".join(bytes(p) for p in ctx.encode(frame)))
+        (folder / frame_filename(i)).write_bytes(b"".join(bytes(p) for p in ctx.encode(frame)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +67,7 @@ def run(folder: Path, args: argparse.Namespace) -> int:
 
     def bare() -> None:
         for f in numbers:
-            cv2.imdecode(np.frombuffer((folder / frame_file(f)).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+            cv2.imdecode(np.frombuffer((folder / frame_filename(f)).read_bytes(), np.uint8), cv2.IMREAD_COLOR)
 
     times: dict[str, list[float]] = {"leap": [], "bare": []}
     leap(), bare()  # (warm: the files in the page cache)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from leap_cli.epic.layout import DatasetLayout
+from leap_cli.epic.timing import frame_filename
 from leap_cli.errors import LeapError
 from leap_cli.media import video
-from leap_cli.media.video import (FramesFolderReader, VideoReader, VideoUnreadable, as_colour, frame_file, open_video,
+from leap_cli.media.video import (FramesFolderReader, VideoReader, VideoUnreadable, as_colour, open_video,
                                   resize_short_side, stored_side, stored_size)
 from leap_cli.media.write import write_mp4
 
@@ -241,13 +242,13 @@ def _folder(root, video_id="P01_01", numbers=range(1, 11)):
     folder = root / video_id.split("_")[0] / "rgb_frames" / video_id
     folder.mkdir(parents=True)
     for i in numbers:
-        cv2.imwrite(str(folder / frame_file(i)), cv2.cvtColor(_frame(i), cv2.COLOR_RGB2BGR),
+        cv2.imwrite(str(folder / frame_filename(i)), cv2.cvtColor(_frame(i), cv2.COLOR_RGB2BGR),
                     [cv2.IMWRITE_JPEG_QUALITY, 95])
     return folder
 
 
 def test_a_frames_folder_counts_to_its_last_frame_and_refuses_past_it(tmp_path):
-    assert frame_file(7) == "frame_0000000007.jpg"
+    assert frame_filename(7) == "frame_0000000007.jpg"
     folder = _folder(tmp_path, numbers=[*range(1, 5), *range(6, 13)])  # frame 5 lost
     r = FramesFolderReader(folder, 59.94, record="P01_01_2")
     assert (r.num_frames, r.width, r.height, r.fps) == (12, W, H, 59.94)
@@ -269,7 +270,7 @@ def test_a_frames_folder_counts_to_its_last_frame_and_refuses_past_it(tmp_path):
 def test_a_frames_folder_is_sized_by_most_of_its_first_middle_and_last_frames(tmp_path):
     folder = _folder(tmp_path, numbers=range(1, 10))
     assert FramesFolderReader(folder, 50.0).sized_by == [1, 5, 9]  # (agreeing: no more read)
-    cv2.imwrite(str(folder / frame_file(9)), np.zeros((W, H, 3), np.uint8))  # the last one turned: 48x64
+    cv2.imwrite(str(folder / frame_filename(9)), np.zeros((W, H, 3), np.uint8))  # the last one turned: 48x64
     r = FramesFolderReader(folder, 50.0)
     assert (r.width, r.height) == (W, H) and r.sized_by == [1, 2, 3, 4, 5, 6, 7, 8]  # (disagreeing: 2-8 read too)
     with pytest.raises(VideoUnreadable, match=f"frame 9 is {H}x{W}, the video's frames {W}x{H} \\(frames 1, 2, "):
@@ -383,9 +384,9 @@ def test_a_stray_file_in_a_frames_folder_is_no_crash(tmp_path):
     """A file manager's copy of a frame beside the frames (its name no frame number) is not a frame: the folder
     opens with its own frames (it raised a bare ValueError, a traceback)."""
     folder = _folder(tmp_path, numbers=range(1, 4))
-    (folder / "frame_0000000003 (copy).jpg").write_bytes((folder / frame_file(3)).read_bytes())
-    (folder / "frame_0000000009.jpg.jpg").write_bytes((folder / frame_file(3)).read_bytes())
-    (folder / "frame_12.jpg").write_bytes((folder / frame_file(3)).read_bytes())  # (no name frame_file reads)
+    (folder / "frame_0000000003 (copy).jpg").write_bytes((folder / frame_filename(3)).read_bytes())
+    (folder / "frame_0000000009.jpg.jpg").write_bytes((folder / frame_filename(3)).read_bytes())
+    (folder / "frame_12.jpg").write_bytes((folder / frame_filename(3)).read_bytes())  # (no name frame_filename reads)
     r = FramesFolderReader(folder, 50.0)
     assert r.num_frames == 3 and _number(r.read_frames([3])[0]) == 3
 
@@ -453,15 +454,15 @@ def test_a_jpeg_cut_inside_its_headers_or_after_fill_bytes_is_cut_short(tmp_path
     folder = _folder(tmp_path, numbers=range(1, 6))
     data = _jpeg(3)
     sos = data.index(b"\xff\xda")
-    (folder / frame_file(3)).write_bytes(data[:sos - 20])  # the headers themselves cut: no scan at all
+    (folder / frame_filename(3)).write_bytes(data[:sos - 20])  # the headers themselves cut: no scan at all
     filled = _jpeg(4)[:2] + b"\xff" + _jpeg(4)[2:]  # a fill byte before the first marker (allowed by the standard)
     assert cv2.imdecode(np.frombuffer(filled, np.uint8), cv2.IMREAD_COLOR) is not None
-    (folder / frame_file(4)).write_bytes(filled[:-40])
+    (folder / frame_filename(4)).write_bytes(filled[:-40])
     r = FramesFolderReader(folder, 50.0)
     for f in (3, 4):
         with pytest.raises(VideoUnreadable, match=f"frame {f} is cut short \\(a truncated JPEG\\)"):
             r.read_frames([f])
-    (folder / frame_file(4)).write_bytes(filled)
+    (folder / frame_filename(4)).write_bytes(filled)
     assert _number(r.read_frames([4])[0]) == 4
 
 

@@ -55,6 +55,7 @@ def frame_to_time(frame: int, fps: float) -> float:
 
 
 def frame_filename(frame: int) -> str:
+    """The file name of 1-based frame ``frame`` in an EPIC ``rgb_frames`` folder."""
     return f"frame_{frame:010d}.jpg"
 
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
 import cv2
 import numpy as np
 
+from leap_cli.epic.timing import frame_filename
 from leap_cli.errors import LeapError
 
 if TYPE_CHECKING:
@@ -76,11 +77,6 @@ class VideoUnreadable(LeapError):
         # the rgb_frames files at fault (FramesFolderReader's): build-shards keeps their stats, to try again once one
         # changes (a frame copied over in place changes neither the folder's size nor its times)
         self.files = list(files or ())
-
-
-def frame_file(frame: int) -> str:
-    """The file name of 1-based frame ``frame`` in an EPIC ``rgb_frames`` folder."""
-    return f"frame_{frame:010d}.jpg"
 
 
 class FrameSource(Protocol):
@@ -464,7 +460,7 @@ class _JpegWarnings:
 _jpeg = _JpegWarnings()
 
 
-_FRAME_NAME = re.compile(r"frame_([0-9]{10})\.jpg")  # as frame_file names them
+_FRAME_NAME = re.compile(r"frame_([0-9]{10})\.jpg")  # as frame_filename names them
 
 
 class FramesFolderReader:
@@ -521,12 +517,12 @@ class FramesFolderReader:
     def _refuse(self, frame: int, message: str, gist: str, fix: str = _FRAMES_REDO, *,
                 files: Sequence[Path] = ()) -> VideoUnreadable:
         """The error of frame ``frame``'s file (and of ``files``, the others at fault)."""
-        p = self.path / frame_file(frame)
+        p = self.path / frame_filename(frame)
         return VideoUnreadable(message, gist=gist, path=p, record=self.record, fix=fix, files=[p, *files])
 
     def _read(self, frame: int) -> bytes:
         try:
-            data = (self.path / frame_file(frame)).read_bytes()
+            data = (self.path / frame_filename(frame)).read_bytes()
         except FileNotFoundError:
             raise self._refuse(frame, f"frame {frame} is missing", "a frame file is missing") from None
         except PermissionError:
@@ -570,7 +566,7 @@ class FramesFolderReader:
             raise self._refuse(frame, f"frame {frame} is {bgr.shape[1]}x{bgr.shape[0]}, the video's frames "
                                f"{self.width}x{self.height} (frame{'s' * (len(self.sized_by) > 1)} {seen})",
                                "a frame file has another size than the video's others",  # (any may be the odd one)
-                               files=[self.path / frame_file(f) for f in self.sized_by])
+                               files=[self.path / frame_filename(f) for f in self.sized_by])
         return bgr
 
     def decode(self, frames: Sequence[int], **_: object) -> Iterator[tuple[int, np.ndarray]]:
