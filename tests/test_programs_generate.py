@@ -3074,3 +3074,24 @@ def test_no_paid_request_is_sent_while_the_disk_is_nearly_full(workdir, good_pro
     low[0] = True
     s = generate_programs(GenerateConfig(workdir=workdir, split="val", out=workdir / "programs" / "offline.jsonl"))
     assert s.statuses["valid"] + s.statuses["invalid"] == N_SEGMENTS
+
+
+def test_a_cache_that_cannot_be_made_leaves_no_settings_file_holding_the_output(workdir, good_programs, monkeypatch):
+    # a new output whose cache.sqlite cannot be made (a full disk): the run fails before any record, and leaves no
+    # settings file that a later run of other settings would take for a --batch-file's, held for its Batch results
+    import leap_cli.programs.generate as generate
+    from leap_cli.io import settings_path
+
+    def no_room(*args, **kwargs):
+        raise LeapError("cannot make the program cache: database or disk is full", path=args[0])
+
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    with ScriptedServer(script) as server:
+        monkeypatch.setattr(generate, "ProgramStore", no_room)
+        with pytest.raises(LeapError, match="disk is full"):
+            generate_programs(config(workdir, server))
+        out = workdir / "programs" / "val.jsonl"
+        assert not settings_path(out).exists() and not (out.exists() and out.stat().st_size)
+        monkeypatch.setattr(generate, "ProgramStore", ProgramStore)
+        s = generate_programs(config(workdir, server, model="another-model"))  # (other settings: not refused)
+        assert s.statuses["valid"] == N_SEGMENTS

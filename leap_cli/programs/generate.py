@@ -930,9 +930,17 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                             f"{cfg.split_name} split has neither", record=cfg.split_name,
                             fix="generate its programs with an LLM (--backend openai, from the clip texts), or go "
                                 "on without them: build-shards, training and submission need no test programs")
+        sidecar = settings_path(cfg.out_path)
+        new_output = not sidecar.exists()
         check_output(cfg, builder, inputs)
         if cached and store is None:
-            store = open_store()
+            try:
+                store = open_store()
+            except BaseException:  # (a full disk): the settings file just written would hold an output that holds
+                # nothing, as a --batch-file's is held for its Batch results, refusing a run of other settings
+                if new_output and not (cfg.out_path.exists() and cfg.out_path.stat().st_size):
+                    sidecar.unlink(missing_ok=True)
+                raise
     except BaseException:
         if store is not None:
             store.close()
