@@ -7,7 +7,7 @@ so the kitchen degrades its truth the way it does (rates below are the defaults 
 - missed hands, in bursts (a two-state chain: a hand is lost with probability ``miss_start`` per frame and
   stays lost with ``miss_stay``); some true hands come back with a score under 0.5;
 - box jitter (each edge moves by a normal draw with ``box_jitter`` of the box's width/height);
-- false positive hands (``false_hand`` per frame: a box somewhere in the lower half, score 0.5-0.8);
+- false positive hands (``false_hand`` per frame: a box below the top 30% of the frame, score 0.5-0.8);
 - hand side swaps (``side_swap`` per hand and frame);
 - contact states that flicker: a true contact is reported as no contact in bursts (``contact_drop_start`` /
   ``contact_drop_stay``), portable and stationary are confused (``state_confusion``), a free hand is reported
