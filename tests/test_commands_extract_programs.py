@@ -253,6 +253,22 @@ def test_extract_cli_writes_the_split_file_resumes_and_refuses_other_settings(ew
     assert json.loads((ework / "descriptors" / "val.jsonl.settings.json").read_text())["hand_threshold"] == 0.7
 
 
+def test_extract_cli_resumes_an_output_whose_settings_file_predates_the_model_files_identity(ework):
+    # a settings file written before leap kept its model files' identities ("files") takes this run's, not refused
+    labels, model = ework / "labels.csv", ework / "cnn14.pth"  # (not read: the narration alone is extracted)
+    labels.write_text("index,mid,display_name\n0,/m/x,Speech\n")
+    model.write_bytes(b"weights" * 20)
+    files = ("--audio-labels", labels, "--audio-model", model)
+    code, said, res = extract_cli(ework, "--split", "val", *files)
+    sidecar = ework / "descriptors" / "val.jsonl.settings.json"
+    stored = json.loads(sidecar.read_text())
+    assert code == 0 and set(stored.pop("files")) == {"audio_labels", "audio_model"}, (said, res.exception)
+    sidecar.write_text(json.dumps(stored))  # (as an earlier leap wrote it)
+    code, said, res = extract_cli(ework, "--split", "val", *files)
+    assert code == 0 and "6 done before, 0 written now" in said, (said, res.exception)
+    assert set(json.loads(sidecar.read_text())["files"]) == {"audio_labels", "audio_model"}
+
+
 @pytest.mark.parametrize("spelling", ["--retry-errors", "--retry-failed"])
 def test_extract_cli_retry_errors_and_its_old_spelling_redo_a_failed_record(ework, spelling):
     extract_cli(ework, "--split", "val")
