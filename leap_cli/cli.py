@@ -427,7 +427,10 @@ def _main() -> None:
         _interrupted()
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
+    except typer.Abort as e:
+        if isinstance(e.__cause__, EOFError):  # click's Abort for an EOFError in the command (pickle.load of a
+            # cut file), not a prompt's: a fault as any other, its traceback said (it ended with a blank line)
+            traceback.print_exception(e.__cause__)
         sys.exit(1)
     except Exception as e:
         # click's usage errors (typer ships its own copy of click, so match them by shape, not by class)
