@@ -618,7 +618,8 @@ def test_more_workers_than_cpus_are_warned_of(tmp_path, monkeypatch, caplog):
         caplog.clear()
         with caplog.at_level("WARNING"):
             CliRunner().invoke(app, ["check-shards", "--shards", str(tmp_path / "none"), "--workers", str(n)])
-        assert ("--workers 3 is more than the 2 CPUs this job may use" in caplog.text) == said, caplog.text
+        assert ("is more than the 2 CPUs this job may use" in caplog.text) == said, caplog.text
+        assert not said or f"--workers {n} is more" in caplog.text, caplog.text
 
 
 def test_a_cgroup_cpu_quota_counts_as_fewer_cpus(tmp_path, monkeypatch):
