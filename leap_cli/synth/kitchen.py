@@ -52,7 +52,7 @@ from leap_cli.io import OutputLock, atomic_write_bytes, atomic_write_json, atomi
 from leap_cli.media.audio import resample
 from leap_cli.media.write import Mp4Writer
 from leap_cli.synth.plan import PlannedSegment, VideoPlan, camera_track, plan_video
-from leap_cli.synth.render import BASE_W, SKINS, Renderer, make_hand, make_panorama, make_sprites
+from leap_cli.synth.render import BASE_W, FOV_DEG, SKINS, Renderer, make_hand, make_panorama, make_sprites
 from leap_cli.synth.detector import Detector, TrueHand, truth_detections
 from leap_cli.synth.sound import render_audio, render_background
 from leap_cli.synth.world import POUR_INTO, class_file, true_program, vocabularies
@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 
 MARKER = ".leap-kitchen.json"
 LOCK = ".leap-kitchen.lock"  # held while the kitchen is built (OutputLock): the clearing leaves it
-KITCHEN_VERSION = 6  # bump when the output changes for the same config (6: EPIC's frame columns)
+KITCHEN_VERSION = 7  # bump when the output changes for the same config (6: EPIC's frame columns; 7: frames of
+# a pinhole camera, as the poses' intrinsics say)
 NTSC_30 = 30000 / 1001
 NTSC_60 = 60000 / 1001
 # Frame rates EPIC-KITCHENS-100 videos really have (EPIC_100_video_info.csv: 423 at 59.94, 268 at 50, a few at
@@ -422,7 +423,7 @@ class _VideoBuilder:
             rows = [(n, float(track[i, 0]), float(track[i, 1])) for n, i in numbered]
             if honest:
                 atomic_write_json(self.out / "poses" / f"{e.video_id}.json",
-                                  epic_fields_json(rows, W, H, 90.0, self.aux_rng["poses"]))
+                                  epic_fields_json(rows, W, H, FOV_DEG, self.aux_rng["poses"]))
             else:
                 atomic_write_text(self.out / "poses" / e.video_id / "images.txt", colmap_images_txt(rows))
         rows, truth = self._segments(plan, active_per_frame, per_frame_contacts, per_frame_labels, layers,

@@ -1,9 +1,10 @@
 """Drawing the synthetic kitchen: a panorama per participant seen through a turning head-mounted camera,
 objects (sprites whose shape, colour and texture differ by noun) and hands that move differently for each verb.
 
-The camera rotation is a shift of the view over the panorama (turning right moves the scene left), so
-visual odometry recovers yaw and pitch. Everything here is numpy slicing and a few OpenCV primitives: a frame
-costs well under a millisecond at 192x144.
+The panorama is the kitchen seen all round (``ppd`` pixels per degree of longitude and latitude); each frame is
+what a pinhole camera of ``FOV_DEG`` turned to (yaw, pitch) sees of it (a remap: turning right moves the scene
+left), so visual odometry recovers yaw and pitch at the field of view the published poses' intrinsics say.
+Everything here is numpy and a few OpenCV primitives: a frame costs about a millisecond at 192x144.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from leap_cli.synth.plan import PlannedSegment
 from leap_cli.synth.world import LOOKS, POUR_FROM, POUR_INTO, TOOLS
 
 BASE_W = 192  # LOOKS sizes are in pixels at this width
-FOV_DEG = 70.0  # horizontal field of view
+FOV_DEG = 90.0  # horizontal field of view of the pinhole camera (EPIC's GoPro, undistorted; extract's --fov default,
+# and the intrinsics of the poses the kitchen publishes)
 
 WALLS = [(205, 195, 170), (170, 195, 215), (215, 185, 185), (190, 215, 185), (200, 200, 200), (225, 210, 160)]
 COUNTERS = [(120, 95, 70), (90, 90, 95), (160, 150, 135), (70, 60, 55), (140, 110, 80), (110, 120, 110)]
@@ -214,18 +216,46 @@ class Renderer:
                  hands: dict[str, Sprite], panorama: np.ndarray, noise: np.ndarray):
         self.W, self.H = width, height
         self.s = width / BASE_W
-        self.ppd = width / FOV_DEG
+        self.f = (width / 2) / math.tan(math.radians(FOV_DEG) / 2)  # focal length, pixels
+        self.ppd = self.f * math.pi / 180  # the panorama's pixels per degree: the frame's own at its centre
         self.sprites, self.rotated, self.hands = sprites, rotated, hands
         self.pano = panorama
         self.noise = noise  # [n, 3] uint8 jitter for liquids
         ph, pw = panorama.shape[:2]
         self.pcx, self.pcy = pw / 2, ph / 2
+        self._rays: dict[float, tuple[np.ndarray, np.ndarray]] = {}
 
-    def view_origin(self, yaw: float, pitch: float) -> tuple[int, int]:
-        ph, pw = self.pano.shape[:2]
-        x0 = int(round(self.pcx + yaw * self.ppd - self.W / 2))
-        y0 = int(round(self.pcy - pitch * self.ppd - self.H / 2))
-        return min(max(0, x0), pw - self.W), min(max(0, y0), ph - self.H)
+    def _rays_at(self, pitch: float) -> tuple[np.ndarray, np.ndarray]:
+        """Longitude and latitude (deg) of each pixel's ray, camera at yaw 0 looking ``pitch`` up: [H, W] each
+        (a yaw adds to the longitude)."""
+        key = round(pitch, 3)
+        if key not in self._rays:
+            if len(self._rays) >= 64:
+                self._rays.clear()
+            v, u = np.mgrid[0:self.H, 0:self.W].astype(np.float64)
+            x, y = (u + 0.5 - self.W / 2) / self.f, (v + 0.5 - self.H / 2) / self.f  # camera: x right, y down
+            c, s = math.cos(math.radians(key)), math.sin(math.radians(key))
+            wy, wz = y * c - s, y * s + c  # pitched up about x
+            self._rays[key] = (np.degrees(np.arctan2(x, wz)).astype(np.float32),
+                               np.degrees(np.arctan2(-wy, np.hypot(x, wz))).astype(np.float32))
+        return self._rays[key]
+
+    def view(self, yaw: float, pitch: float) -> np.ndarray:
+        """The background the camera turned to (yaw, pitch) sees: [H, W, 3]."""
+        lon, lat = self._rays_at(pitch)
+        return cv2.remap(self.pano, self.pcx + (lon + yaw) * self.ppd - 0.5, self.pcy - lat * self.ppd - 0.5,
+                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+    def project(self, point: tuple[float, float], yaw: float, pitch: float) -> tuple[float, float]:
+        """Frame position (pixels) of panorama position ``point`` seen by the camera turned to (yaw, pitch)."""
+        lon = math.radians((point[0] - self.pcx) / self.ppd - yaw)
+        lat = math.radians((self.pcy - point[1]) / self.ppd)
+        wx, wy, wz = math.cos(lat) * math.sin(lon), -math.sin(lat), math.cos(lat) * math.cos(lon)
+        c, s = math.cos(math.radians(pitch)), math.sin(math.radians(pitch))
+        y, z = wy * c + wz * s, -wy * s + wz * c
+        if z <= 1e-6:  # behind the camera
+            return -1e6, -1e6
+        return self.W / 2 + self.f * wx / z, self.H / 2 + self.f * y / z
 
     def anchor(self, yaw: float, pitch: float, place: tuple[float, float]) -> tuple[float, float]:
         """World position (panorama pixels) of an action placed at ``place`` degrees from the view (yaw, pitch)."""
@@ -303,13 +333,12 @@ class Renderer:
     def frame(self, t: float, yaw: float, pitch: float, seg: PlannedSegment | None,
               seg_anchor: tuple[float, float] | None, skin: tuple[int, int, int]):
         """Render time ``t``; returns (frame, objects [(label, box)], hands [(HandPose, box)])."""
-        x0, y0 = self.view_origin(yaw, pitch)
-        background = self.pano[y0:y0 + self.H, x0:x0 + self.W]
+        background = self.view(yaw, pitch)
         frame = background.copy()
         objects: list[tuple[str, tuple]] = []
         hands: list[HandPose] = []
         if seg is not None and seg_anchor is not None:
-            ax, ay = seg_anchor[0] - x0, seg_anchor[1] - y0
+            ax, ay = self.project(seg_anchor, yaw, pitch)
             u = min(1.0, max(0.0, (t - seg.start) / max(seg.duration, 1e-3)))
             if seg.distractor:
                 side = -1 if seg.index % 2 else 1
