@@ -223,21 +223,27 @@ class Renderer:
         self.noise = noise  # [n, 3] uint8 jitter for liquids
         ph, pw = panorama.shape[:2]
         self.pcx, self.pcy = pw / 2, ph / 2
-        self._rays: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+        v, u = np.mgrid[0:height, 0:width].astype(np.float32)
+        self._xy = ((u + 0.5 - width / 2) / self.f, (v + 0.5 - height / 2) / self.f)  # rays at z 1: x right, y down
+        self._rays: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # by whole degrees of pitch
 
     def _rays_at(self, pitch: float) -> tuple[np.ndarray, np.ndarray]:
         """Longitude and latitude (deg) of each pixel's ray, camera at yaw 0 looking ``pitch`` up: [H, W] each
-        (a yaw adds to the longitude)."""
-        key = round(pitch, 3)
+        (a yaw adds to the longitude). Interpolated between whole degrees (at most 0.01 px off: a pitch changes in
+        most frames, and working a map out costs twice the frame)."""
+        k0 = math.floor(pitch)
+        w = np.float32(pitch - k0)
+        (lon0, lat0), (lon1, lat1) = self._rays_of(k0), self._rays_of(k0 + 1)
+        return lon0 + (lon1 - lon0) * w, lat0 + (lat1 - lat0) * w
+
+    def _rays_of(self, key: int) -> tuple[np.ndarray, np.ndarray]:
         if key not in self._rays:
             if len(self._rays) >= 64:
                 self._rays.clear()
-            v, u = np.mgrid[0:self.H, 0:self.W].astype(np.float64)
-            x, y = (u + 0.5 - self.W / 2) / self.f, (v + 0.5 - self.H / 2) / self.f  # camera: x right, y down
-            c, s = math.cos(math.radians(key)), math.sin(math.radians(key))
+            x, y = self._xy
+            c, s = np.float32(math.cos(math.radians(key))), np.float32(math.sin(math.radians(key)))
             wy, wz = y * c - s, y * s + c  # pitched up about x
-            self._rays[key] = (np.degrees(np.arctan2(x, wz)).astype(np.float32),
-                               np.degrees(np.arctan2(-wy, np.hypot(x, wz))).astype(np.float32))
+            self._rays[key] = (np.degrees(np.arctan2(x, wz)), np.degrees(np.arctan2(-wy, np.hypot(x, wz))))
         return self._rays[key]
 
     def view(self, yaw: float, pitch: float) -> np.ndarray:
