@@ -15,3 +15,23 @@ def alive_after(pids: list[int], seconds: float = 5.0) -> list[int]:
         alive = [p for p in pids if os.path.exists(f"/proc/{p}")
                  and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
     return alive
+
+
+def leap_main(monkeypatch, capsys, *argv) -> tuple[int | str | None, str, str]:
+    """``leap ARGV`` run by ``leap_cli.cli.main`` in this process: (exit status, stdout, stderr)."""
+    import signal
+    import sys
+
+    import pytest
+
+    from leap_cli import cli
+
+    monkeypatch.setattr(sys, "argv", ["leap", *argv])
+    term = signal.getsignal(signal.SIGTERM)  # (main installs its handler, and ignores SIGTERM once it is done)
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        signal.signal(signal.SIGTERM, term)
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err

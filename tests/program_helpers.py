@@ -24,3 +24,33 @@ def excerpt_annotations(root, rows: int | None = None):
     lines = (data / "epic" / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
     (ann / "EPIC_100_validation.csv").write_text("\n".join(lines if rows is None else lines[: rows + 1]) + "\n")
     return ann
+
+
+def excerpt_programs(rows: int) -> dict:
+    """A valid program (the offline generator's) per segment of the first ``rows`` rows of the validation excerpt,
+    by narration id."""
+    from pathlib import Path
+
+    from leap_cli.epic.annotations import read_segments
+    from leap_cli.epic.classes import ClassVocab
+    from leap_cli.programs.offline import offline_program
+    from leap_cli.programs.prompt import clip_info, load_exemplars, narration_record
+
+    data = Path(__file__).parent / "data"
+    verbs = ClassVocab.from_csv(data / "epic100" / "EPIC_100_verb_classes.csv", "verb")
+    nouns = ClassVocab.from_csv(data / "epic100" / "EPIC_100_noun_classes.csv", "noun")
+    ex = load_exemplars()
+    segs = read_segments(data / "epic" / "EPIC_100_validation_excerpt.csv")[:rows]
+    return {s.narration_id: offline_program(clip_info(narration_record(s), s), ex, verbs, nouns) for s in segs}
+
+
+def server_config(workdir, server, **kw):
+    """Generation of the validation split against a scripted server (``tests.programs_llm_server``), with the key in
+    LEAP_TEST_KEY, short timeouts and backoffs, and prices of 1 and 2 USD per million tokens."""
+    from leap_cli.programs.generate import GenerateConfig
+
+    base = dict(workdir=workdir, split="val", backend="openai", model="test-model", base_url=server.base_url,
+                api_key_env="LEAP_TEST_KEY", concurrency=4, timeout=2.0, max_retries=3, backoff=0.01, max_backoff=0.05,
+                price_in=1.0, price_out=2.0)
+    base.update(kw)
+    return GenerateConfig(**base)

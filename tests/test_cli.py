@@ -226,18 +226,10 @@ def test_error_keeps_its_record_in_brackets(tmp_path, epic_dir):
 
 
 def _main(monkeypatch, capsys, *argv):
-    import pytest
+    from tests.procs import leap_main
 
-    from leap_cli import cli
-
-    monkeypatch.setattr(sys, "argv", ["leap", *argv])
-    term = signal.getsignal(signal.SIGTERM)  # (main installs its handler, and ignores SIGTERM once it is done)
-    try:
-        with pytest.raises(SystemExit) as e:
-            cli.main()
-    finally:
-        signal.signal(signal.SIGTERM, term)
-    return e.value.code, capsys.readouterr().err
+    code, _, err = leap_main(monkeypatch, capsys, *argv)
+    return code, err
 
 
 def test_full_disk_is_one_line_naming_the_path_and_keeps_data(tmp_path, epic_dir, monkeypatch, capsys):

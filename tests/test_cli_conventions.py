@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from leap_cli.errors import LeapError
+from tests.procs import leap_main
 
 
 def _main(monkeypatch, capsys, *argv):
@@ -19,19 +20,7 @@ def _main(monkeypatch, capsys, *argv):
     return code, err
 
 
-def _run(monkeypatch, capsys, *argv):
-    """``leap ARGV`` in this process: (exit status, stdout, stderr)."""
-    from leap_cli import cli
-
-    monkeypatch.setattr(sys, "argv", ["leap", *argv])
-    term = signal.getsignal(signal.SIGTERM)  # (main installs its handler, and ignores SIGTERM once it is done)
-    try:
-        with pytest.raises(SystemExit) as e:
-            cli.main()
-    finally:
-        signal.signal(signal.SIGTERM, term)
-    out = capsys.readouterr()
-    return e.value.code, out.out, out.err
+_run = leap_main
 
 
 # -- split names and --shard i/n (leap_cli/common.py)

@@ -17,6 +17,7 @@ from leap_cli.programs.generate import GenerateConfig, generate_programs
 from leap_cli.programs.offline import _sub_actions, offline_program
 from leap_cli.programs.prompt import clip_info, load_exemplars, narration_record
 from leap_cli.programs.store import ProgramStore
+from tests.program_helpers import excerpt_annotations, excerpt_programs, server_config
 from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
 
 DATA = Path(__file__).parent / "data" / "epic"
@@ -26,12 +27,7 @@ N_SEGMENTS = 6
 
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch):
-    ann = tmp_path / "kitchen" / "annotations"
-    ann.mkdir(parents=True)
-    for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
-        shutil.copy(CLASSES / name, ann / name)
-    lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
-    (ann / "EPIC_100_validation.csv").write_text("\n".join(lines[: N_SEGMENTS + 1]) + "\n")
+    excerpt_annotations(tmp_path, rows=N_SEGMENTS)
     monkeypatch.setenv("LEAP_TEST_KEY", "sk-test-secret-never-logged")
     return tmp_path
 
@@ -39,22 +35,10 @@ def workdir(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def good_programs():
     """A valid program per segment of the excerpt (the offline generator's, so we know they validate)."""
-    from leap_cli.epic.annotations import read_segments
-    from leap_cli.epic.classes import ClassVocab
-
-    verbs = ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb")
-    nouns = ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
-    ex = load_exemplars()
-    segs = read_segments(DATA / "EPIC_100_validation_excerpt.csv")[:N_SEGMENTS]
-    return {s.narration_id: offline_program(clip_info(narration_record(s), s), ex, verbs, nouns) for s in segs}
+    return excerpt_programs(N_SEGMENTS)
 
 
-def config(workdir, server, **kw):
-    base = dict(workdir=workdir, split="val", backend="openai", model="test-model", base_url=server.base_url,
-                api_key_env="LEAP_TEST_KEY", concurrency=4, timeout=2.0, max_retries=3, backoff=0.01, max_backoff=0.05,
-                price_in=1.0, price_out=2.0)
-    base.update(kw)
-    return GenerateConfig(**base)
+config = server_config
 
 
 def records(workdir):

@@ -2,7 +2,6 @@
 programs/generate.py and programs/provenance.py found no test for: what a rerun keeps, counts and pays."""
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -11,45 +10,13 @@ import pytest
 from leap_cli.errors import LeapError
 from leap_cli.io import read_jsonl, settings_path
 from leap_cli.programs.generate import GenerateConfig, generate_programs
-from leap_cli.programs.offline import offline_program
-from leap_cli.programs.prompt import clip_info, load_exemplars, narration_record
+from leap_cli.programs.prompt import narration_record
+from tests.program_helpers import server_config
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
+from tests.test_programs_generate import N_SEGMENTS, good_programs, workdir  # noqa: F401 (the fixtures)
 
 DATA = Path(__file__).parent / "data" / "epic"
-CLASSES = Path(__file__).parent / "data" / "epic100"
-N_SEGMENTS = 6
-
-
-@pytest.fixture()
-def workdir(tmp_path, monkeypatch):
-    ann = tmp_path / "kitchen" / "annotations"
-    ann.mkdir(parents=True)
-    for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):
-        shutil.copy(CLASSES / name, ann / name)
-    lines = (DATA / "EPIC_100_validation_excerpt.csv").read_text().splitlines()
-    (ann / "EPIC_100_validation.csv").write_text("\n".join(lines[: N_SEGMENTS + 1]) + "\n")
-    monkeypatch.setenv("LEAP_TEST_KEY", "sk-test-secret-never-logged")
-    return tmp_path
-
-
-@pytest.fixture(scope="module")
-def good_programs():
-    from leap_cli.epic.annotations import read_segments
-    from leap_cli.epic.classes import ClassVocab
-
-    verbs = ClassVocab.from_csv(CLASSES / "EPIC_100_verb_classes.csv", "verb")
-    nouns = ClassVocab.from_csv(CLASSES / "EPIC_100_noun_classes.csv", "noun")
-    ex = load_exemplars()
-    segs = read_segments(DATA / "EPIC_100_validation_excerpt.csv")[:N_SEGMENTS]
-    return {s.narration_id: offline_program(clip_info(narration_record(s), s), ex, verbs, nouns) for s in segs}
-
-
-def config(workdir, server, **kw):
-    base = dict(workdir=workdir, split="val", backend="openai", model="test-model", base_url=server.base_url,
-                api_key_env="LEAP_TEST_KEY", concurrency=4, timeout=2.0, max_retries=3, backoff=0.01, max_backoff=0.05,
-                price_in=1.0, price_out=2.0)
-    base.update(kw)
-    return GenerateConfig(**base)
+config = server_config
 
 
 def out_file(workdir) -> Path:
