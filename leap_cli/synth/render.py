@@ -4,7 +4,7 @@ objects (sprites whose shape, colour and texture differ by noun) and hands that 
 The panorama is the kitchen seen all round (``ppd`` pixels per degree of longitude and latitude); each frame is
 what a pinhole camera of ``FOV_DEG`` turned to (yaw, pitch) sees of it (a remap: turning right moves the scene
 left), so visual odometry recovers yaw and pitch at the field of view the published poses' intrinsics say.
-Everything here is numpy and a few OpenCV primitives: a frame costs about a millisecond at 192x144.
+Everything here is numpy and a few OpenCV primitives: a frame costs about 0.3 ms at 192x144.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ class Renderer:
     def _rays_at(self, pitch: float) -> tuple[np.ndarray, np.ndarray]:
         """Longitude and latitude (deg) of each pixel's ray, camera at yaw 0 looking ``pitch`` up: [H, W] each
         (a yaw adds to the longitude). Interpolated between whole degrees (at most 0.01 px off: a pitch changes in
-        most frames, and working a map out costs twice the frame)."""
+        most frames, and working a map out costs as much as the rest of the frame)."""
         k0 = math.floor(pitch)
         w = np.float32(pitch - k0)
         (lon0, lat0), (lon1, lat1) = self._rays_of(k0), self._rays_of(k0 + 1)
