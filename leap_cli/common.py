@@ -20,6 +20,16 @@ DEFAULT_WORKDIR = Path("leap-work")
 T = TypeVar("T")
 
 
+TASKS = ("recognition", "anticipation")
+
+
+def check_task(task: str) -> str:
+    """``task`` when it is one of ``TASKS``, else the one-line refusal every stage gives."""
+    if task not in TASKS:
+        raise LeapError(f"unknown task {task!r}", fix="use --task recognition or anticipation")
+    return task
+
+
 def normalize_split(name: str) -> str:
     """``train``, ``val`` or ``test``; EPIC's ``validation`` is accepted as an alias of ``val``."""
     try:

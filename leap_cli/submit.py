@@ -36,6 +36,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from leap_cli.common import check_task
 from leap_cli.epic.annotations import Annotations, SPLIT_FILES
 from leap_cli.errors import LeapError
 from leap_cli.evaluate.metrics import TOP_N_ACTIONS, action_scores
@@ -119,8 +120,7 @@ def make_submission(scores: dict, task: str, *, sls_pt: int, sls_tl: int, sls_td
     """The challenge dict for a (checked) scores dict. With ``lazy``, its ``results`` is an iterator of
     (narration id, entry) pairs that ``write_submission`` writes one at a time: a whole test split as one dict
     of Python floats takes ~0.7 GB (13k segments x 397 scores)."""
-    if task not in CHALLENGES:
-        raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
+    check_task(task)
     if with_actions and task != "anticipation":
         raise LeapError("action scores belong to anticipation submissions only",
                         fix="drop --with-actions or use --task anticipation")

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, lowercase, workdir_option
+from leap_cli.common import DEFAULT_WORKDIR, check_task, lowercase, workdir_option
 from leap_cli.progress import stage_progress
 
 console = Console()
@@ -124,13 +124,13 @@ def evaluate(
     from leap_cli.errors import LeapError
     from leap_cli.evaluate.scores import load_scores, scores_task
     from leap_cli.epic.annotations import open_annotations
-    from leap_cli.evaluate.scoring import TASKS, evaluate_scores
+    from leap_cli.evaluate.scoring import evaluate_scores
     from leap_cli.io import atomic_write_json, check_writable
     from leap_cli.train.distributed import pick_device
 
     split = normalize_split(split)
-    if task is not None and task not in TASKS:
-        raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
+    if task is not None:
+        check_task(task)
     # best and last are names, whatever the current folder holds (a file there named best is ./best)
     named = checkpoint in ("best", "last")
     ckpt_file = Path(checkpoint)

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, lowercase, workdir_option
+from leap_cli.common import DEFAULT_WORKDIR, check_task, lowercase, workdir_option
 
 console = Console()
 
@@ -44,8 +44,8 @@ def submit(
     from leap_cli.epic.annotations import open_annotations
     from leap_cli import submit as sub
 
-    if task is not None and task not in sub.CHALLENGES:  # (said before a zip or a large scores file is read)
-        raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
+    if task is not None:  # (said before a zip or a large scores file is read)
+        check_task(task)
     if check is not None:  # --check reads the zip alone: options that write one would be ignored
         ignored = [name for name, value in (("--scores", scores), ("--out", out), ("--with-actions", with_actions or None),
                                             ("--sls-pt", sls_pt), ("--sls-tl", sls_tl), ("--sls-td", sls_td))

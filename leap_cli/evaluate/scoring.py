@@ -21,12 +21,12 @@ import logging
 import numpy as np
 import torch
 
+from leap_cli.common import check_task
 from leap_cli.epic.annotations import TAIL_NOUNS, TAIL_VERBS, UNSEEN, Annotations
 from leap_cli.errors import LeapError
 from leap_cli.evaluate import metrics as M
 
 log = logging.getLogger(__name__)
-TASKS = ("recognition", "anticipation")
 _warned: set = set()  # the missing subset lists already named (once per process)
 
 
@@ -59,8 +59,7 @@ def check_scorable(annotations: Annotations, split: str, ids: list[str], classes
 def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", task: str = "recognition",
                     *, source: str = "<scores>") -> dict:
     """Metrics of a normalized scores dict (see ``scores.load_scores``) against the labels of ``split``."""
-    if task not in TASKS:
-        raise LeapError(f"unknown task {task!r}", fix="use recognition or anticipation")
+    check_task(task)
     ids = scores["narration_id"]
     verb, noun = _np(scores["verb_output"]).astype(np.float64), _np(scores["noun_output"]).astype(np.float64)
     segments = check_scorable(annotations, split, ids, (verb.shape[1], noun.shape[1]), source)

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
-from leap_cli.common import ShardSpec, merged_input, start_worker, stop_pool
+from leap_cli.common import ShardSpec, check_task, merged_input, start_worker, stop_pool
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
@@ -84,8 +84,7 @@ class ShardSettings:
     span_frames: int = 256  # anticipation, "clips": source frames each clip spans
 
     def __post_init__(self):
-        if self.task not in ("recognition", "anticipation"):
-            raise LeapError(f"unknown task {self.task!r}", fix="use --task recognition or anticipation")
+        check_task(self.task)
         if self.frames < 1 or self.short_side < 16 or not 1 <= self.jpeg_quality <= 100:
             raise LeapError("--frames must be >= 1, --short-side >= 16 and --jpeg-quality in 1..100")
         if self.max_shard_size < 1 or self.max_count < 0:
@@ -1009,8 +1008,7 @@ class ProgramTargets:
 
 
 def default_out(workdir: str | Path, split: str, task: str) -> Path:
-    if task not in ("recognition", "anticipation"):  # any other word read as anticipation's folder
-        raise LeapError(f"unknown task {task!r}", fix="use --task recognition or anticipation")
+    check_task(task)  # (any other word was read as anticipation's folder)
     return Path(workdir) / "shards" / (split if task == "recognition" else f"{split}-anticipation")
 
 
