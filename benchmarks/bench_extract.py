@@ -110,6 +110,12 @@ def main() -> None:
     def met(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
+    def size(m: dict, method: str | None = None) -> str:
+        t = m["turn_size"] if method is None else m["turn_size"]["by_method"].get(method)
+        return "n/a" if not t or t["median_ratio"] is None else f"{t['median_ratio']:.3f} ({pct(t['within_1.25x'])})"
+
+    vo_tr, vo_va = score(vo[:len(auto['train'])], truth), score(vo[len(auto['train']):], truth)
+
     yaw_poses = both["yaw_direction"]["by_method"].get("epic-fields", {})
     yaw_vo = vos["yaw_direction"]
     hc = both["hand_contacts"]
@@ -125,13 +131,18 @@ def main() -> None:
              "| figure | measured on | goal | train | validation | |",
              "|---|---|---|---|---|---|",
              f"| yaw direction of head turns, visual odometry everywhere | segments with a true turn | >= 90% | "
-             f"{pct(score(vo[:len(auto['train'])], truth)['yaw_direction']['correct'])} | "
-             f"{pct(score(vo[len(auto['train']):], truth)['yaw_direction']['correct'])} | "
+             f"{pct(vo_tr['yaw_direction']['correct'])} | {pct(vo_va['yaw_direction']['correct'])} | "
              f"{met((yaw_vo['correct'] or 0) >= GOALS['yaw'])} ({yaw_vo['segments']} segments) |",
              f"| yaw direction, default camera (EPIC Fields poses where present) | segments with a true turn | >= 90% "
              f"| {pct(tr['yaw_direction']['correct'])} | {pct(va['yaw_direction']['correct'])} | "
              f"poses: {pct(yaw_poses.get('correct'))} of {yaw_poses.get('segments', 0)}; "
              f"{met((both['yaw_direction']['correct'] or 0) >= GOALS['yaw'])} |",
+             f"| size of head turns read, visual odometry everywhere: estimated / true yaw over the steps a turn "
+             f"overlaps, median (share within 1.25x) | windows holding whole turns | - | {size(vo_tr)} | {size(vo_va)} "
+             f"| 1 is exact; {vos['turn_size']['windows']} windows, {vos['turn_size']['segments_skipped']} segments "
+             "with a turn had none |",
+             f"| size of head turns read, default camera | windows holding whole turns | - | {size(tr)} | {size(va)} | "
+             f"poses: {size(both, 'epic-fields')} |",
              f"| audio false events on background-only time | seconds with no kitchen sound (room tone, fan, hum, "
              f"music, babble) | <= 10% | {pct(tr['audio']['false_event_rate'])} of {tr['audio']['background_seconds']} s "
              f"| {pct(va['audio']['false_event_rate'])} of {va['audio']['background_seconds']} s | "

@@ -43,6 +43,9 @@ def test_yaw_direction_of_head_turns(measured, extracted):
     auto, vo = measured
     assert vo["yaw_direction"]["segments"] >= 8 and vo["yaw_direction"]["correct"] >= 0.9
     assert auto["yaw_direction"]["correct"] >= 0.9
+    # and their size: the odometry reads the kitchen's 8-20 deg turns in degrees, as the poses give them
+    for m in (vo, auto):
+        assert m["turn_size"]["windows"] >= 6 and 0.85 <= m["turn_size"]["median_ratio"] <= 1.15, m["turn_size"]
     # EPIC Fields poses on P01_01, visual odometry on P01_02 (no poses), and the record says which
     assert set(auto["yaw_direction"]["by_method"]) == {"epic-fields", "visual-odometry"}
     cams = {r["video_id"]: r["components"]["camera"] for r in extracted[0] if r["components"]["camera"]["status"] == "ok"}

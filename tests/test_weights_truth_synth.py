@@ -280,6 +280,56 @@ def test_camera_yaw_sign_past_the_end_and_per_method():
     assert s["past_end_of_video"] == {"segments": 2, "camera_invented": 1}
 
 
+def test_turn_size_reads_whole_steps_over_whole_turns_not_shares_of_steps():
+    from leap_cli.extract.truth import score, yaw_over
+
+    steps = [{"start": 0.0, "stop": 1.0, "yaw": 0.0}, {"start": 1.0, "stop": 2.0, "yaw": 6.0},
+             {"start": 2.0, "stop": 3.0, "yaw": 4.0}]
+    right = {"motion": "turn_right", "start": 1.5, "stop": 2.5, "degrees": 10.0}
+    truth = {"a": _seg("a", camera=[right])}
+    s = score([_rec("a", camera={"method": "visual-odometry", "steps": steps})], truth)
+    # the two steps the turn overlaps hold all of its rotation: 10 of 10 (a share by overlap reads half)
+    assert yaw_over(steps, 1.5, 2.5) == pytest.approx(5.0)
+    assert s["turn_size"]["windows"] == 1 and s["turn_size"]["median_ratio"] == pytest.approx(1.0)
+    assert s["turn_size"]["within_1.25x"] == 1.0 and s["turn_size"]["segments_skipped"] == 0
+    assert s["turn_size"]["by_method"] == {"visual-odometry": {"windows": 1, "median_ratio": 1.0, "within_1.25x": 1.0}}
+
+    # a left turn read as 6 of 8 deg: 0.75, outside 1.25x; its sign counts
+    left = {"motion": "turn_left", "start": 0.2, "stop": 0.8, "degrees": 8.0}
+    s = score([_rec("a", camera={"method": "epic-fields", "steps": [{**steps[0], "yaw": -6.0}] + steps[1:]})],
+              {"a": _seg("a", camera=[left])})
+    assert s["turn_size"]["median_ratio"] == pytest.approx(0.75) and s["turn_size"]["within_1.25x"] == 0.0
+
+
+def test_turn_size_counts_the_videos_other_motions_inside_a_window_and_skips_those_over_its_edge():
+    from leap_cli.extract.truth import score
+
+    steps = [{"start": 0.0, "stop": 1.0, "yaw": 0.0}, {"start": 1.0, "stop": 2.0, "yaw": 15.0},
+             {"start": 2.0, "stop": 3.0, "yaw": 0.0}]
+    right = {"motion": "turn_right", "start": 1.2, "stop": 1.5, "degrees": 10.0}
+
+    def measured(*others):
+        truth = {"a": _seg("a", camera=[right]), "b": _seg("b", start=9.0, stop=12.0, camera=list(others))}
+        return score([_rec("a", camera={"method": "visual-odometry", "steps": steps})], truth)["turn_size"]
+
+    # another segment's turn inside the window (absolute 11.6-11.9 s) adds to the true yaw: 15 of 15
+    assert measured({"motion": "turn_right", "start": 2.6, "stop": 2.9, "degrees": 5.0})["median_ratio"] == 1.0
+    # a shake wholly inside returns to where it started: 15 of 10
+    assert measured({"motion": "shake", "start": 2.6, "stop": 2.9, "degrees": 2.0})["median_ratio"] == 1.5
+    # a shake or a turn over either edge of the window (11.0-12.0 s): no size to read, the segment skipped
+    for motion in ("shake", "turn_left"):
+        for start, stop in ((1.5, 2.2), (2.8, 3.3)):
+            size = measured({"motion": motion, "start": start, "stop": stop, "degrees": 2.0})
+            assert size["windows"] == 0 and size["median_ratio"] is None and size["segments_skipped"] == 1
+    # turns that cancel out (10 right, 9 left) leave no size to read
+    assert measured({"motion": "turn_left", "start": 2.6, "stop": 2.9, "degrees": 9.0})["windows"] == 0
+    # a turn past the last step, or one of unknown size: skipped
+    late = {"motion": "turn_right", "start": 3.5, "stop": 3.9, "degrees": 10.0}
+    for cam in ([late], [{k: v for k, v in right.items() if k != "degrees"}]):
+        s = score([_rec("a", camera={"method": "visual-odometry", "steps": steps})], {"a": _seg("a", camera=cam)})
+        assert s["turn_size"]["windows"] == 0 and s["turn_size"]["segments_skipped"] == 1
+
+
 def test_hand_contacts_take_the_best_same_hand_estimate_and_name_by_base_noun():
     from leap_cli.extract.truth import score
 

@@ -5,6 +5,10 @@ Only the measuring reads the truth; no extractor does. Figures (``score``):
 - camera: the yaw direction of head turns (per segment with a turn: the estimated yaw change over each true
   turn has the true sign), overall and per method the camera component used (EPIC Fields poses, COLMAP poses,
   visual odometry); segments past the end of a truncated video are counted apart (nothing may be invented);
+  the size of the turns read (``turn_windows``): over the camera's steps that a true turn overlaps, the estimated
+  yaw against the true yaw change between the first step's start and the last one's stop, for the windows that
+  hold each turn or shake of the video they touch whole (a shake returns to where it started): a step that
+  straddles a turn's start or end holds all of its rotation there, so no share of a step is counted;
 - audio, on a 0.05 s grid over each segment: per category, precision and recall of the predicted sound against
   the true sounds of the video (a segment also hears the end of the previous one's); the false-event rate:
   the share of background-only time (no kitchen sound within ``MARGIN`` s, only room tone, fan, hum, music,
@@ -47,6 +51,49 @@ def yaw_over(steps: list[dict], t0: float, t1: float) -> float:
     return total
 
 
+MIN_TURN = 5.0  # degrees: a window whose true net yaw is smaller has no size to read (turns are 8-20 deg)
+
+
+def video_turns(truth: dict[str, dict]) -> dict[str, list[tuple[float, float, float]]]:
+    """Every true head turn and shake of each video in absolute seconds, with the yaw it leaves (deg, right
+    positive; a shake's is 0: it returns to where it started; None: a turn of unknown size)."""
+    out: dict[str, list] = {}
+    for seg in truth.values():
+        for ev in seg.get("camera", []):
+            if ev["motion"] in ("turn_left", "turn_right", "shake"):
+                deg = 0.0 if ev["motion"] == "shake" else ev.get("degrees")
+                net = -deg if ev["motion"] == "turn_left" and deg is not None else deg
+                out.setdefault(seg["video_id"], []).append((seg["start"] + ev["start"], seg["start"] + ev["stop"], net))
+    return out
+
+
+def turn_windows(steps: list[dict], seg: dict, turns: list[tuple[float, float, float | None]]
+                 ) -> list[tuple[float, float]] | None:
+    """(estimated, true) yaw over the steps each of the segment's true turns overlaps (one pair per window),
+    for windows that hold every turn or shake of the video they touch whole and a net turn of ``MIN_TURN`` or
+    more; None: no turn's window does (another motion runs over its edge, the turn runs past the last step, a
+    turn's size is not known, or turns cancel out)."""
+    out: dict[tuple[float, float], tuple[float, float]] = {}
+    skipped = False
+    for ev in seg.get("camera", []):
+        if ev["motion"] not in ("turn_left", "turn_right"):
+            continue
+        cover = [st for st in steps if st["stop"] > ev["start"] and st["start"] < ev["stop"]]
+        w0 = seg["start"] + cover[0]["start"] if cover else 0.0
+        w1 = seg["start"] + cover[-1]["stop"] if cover else 0.0
+        touched = [(a, b, net) for a, b, net in turns if b > w0 and a < w1]
+        # (times are rounded to the ms in the records and the truth)
+        if not cover or any(a < w0 - 1e-3 or b > w1 + 1e-3 or net is None for a, b, net in touched):
+            skipped = True
+            continue
+        true = sum(net for _, _, net in touched)
+        if abs(true) < MIN_TURN:
+            skipped = True
+            continue
+        out[(w0, w1)] = (sum(st["yaw"] for st in cover), true)
+    return None if skipped and not out else list(out.values())
+
+
 def base_name(label: str) -> str:
     """'board:chopping' -> 'board' (EPIC noun keys carry a qualifier after the colon)."""
     return label.split(":")[0].strip().lower()
@@ -82,7 +129,10 @@ def score(records: list[dict], truth: dict[str, dict]) -> dict:
     from leap_cli.extract.audio import NOT_EVENTS
 
     sounds = video_sounds(truth)
+    turns_of = video_turns(truth)
     yaw: Counter = Counter()  # (method, ok) -> segments
+    sizes: dict[str, list[float]] = {}  # method -> estimated / true yaw per window of whole turns
+    sizes_skipped = 0  # segments with a turn none of whose windows holds its motions whole
     past_end = past_end_invented = 0
     a_pred: Counter = Counter()
     a_true: Counter = Counter()
@@ -109,6 +159,11 @@ def score(records: list[dict], truth: dict[str, dict]) -> dict:
             ok = all((yaw_over(cam["data"]["steps"], c["start"], c["stop"]) > 0) == (c["motion"] == "turn_right")
                      for c in turns)
             yaw[(cam["data"].get("method", "?"), ok)] += 1
+            windows = turn_windows(cam["data"]["steps"], t, turns_of.get(t["video_id"], []))
+            if windows is None:
+                sizes_skipped += 1
+            for est, true in windows or []:
+                sizes.setdefault(cam["data"].get("method", "?"), []).append(est / true)
         aud = comps.get("audio")
         duration = t["stop"] - t["start"]
         steps = [i * GRID + GRID / 2 for i in range(int(duration / GRID))]
@@ -163,6 +218,8 @@ def score(records: list[dict], truth: dict[str, dict]) -> dict:
                           "by_method": {m: {"segments": yaw[(m, True)] + yaw[(m, False)],
                                             "correct": frac(yaw[(m, True)], yaw[(m, True)] + yaw[(m, False)])}
                                         for m in methods}},
+        "turn_size": {**_ratios([r for rs in sizes.values() for r in rs]), "segments_skipped": sizes_skipped,
+                      "by_method": {m: _ratios(rs) for m, rs in sorted(sizes.items())}},
         "past_end_of_video": {"segments": past_end, "camera_invented": past_end_invented},
         "audio": {"per_category": {c: {"precision": frac(a_hit[c], a_pred[c]), "recall": frac(a_hit[c], a_true[c]),
                                        "true_seconds": round(a_true[c] * GRID, 1),
@@ -178,3 +235,11 @@ def score(records: list[dict], truth: dict[str, dict]) -> dict:
                           "object_named": frac(contact_named, contact_total)},
         "objects": {"true_objects": obj_true, "recall": frac(obj_found, obj_true),
                     "names_given": obj_named_total, "precision": frac(obj_named_right, obj_named_total)}}
+
+
+def _ratios(ratios: list[float]) -> dict:
+    """The windows' estimated / true yaw: how many, their median and the share read within a factor 1.25."""
+    from statistics import median
+
+    return {"windows": len(ratios), "median_ratio": round(median(ratios), 4) if ratios else None,
+            "within_1.25x": round(sum(0.8 <= r <= 1.25 for r in ratios) / len(ratios), 4) if ratios else None}
