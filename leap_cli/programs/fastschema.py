@@ -78,7 +78,7 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
         if t is not None:
             names = t if isinstance(t, list) else [t]
             preds = [_TYPES[n] for n in names]
-            shown = names[0] if len(names) == 1 else names
+            shown = ", ".join(repr(n) for n in names)  # as jsonschema says it: 'integer', 'null'
 
             if all(n in _CLASSES for n in names):
                 classes = tuple(_CLASSES[n] for n in names)
@@ -86,12 +86,12 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
                 def type_check(x, p, out, classes=classes, shown=shown):
                     if isinstance(x, classes):
                         return True
-                    out.append((p, f"{x!r} is not of type {shown!r}"))
+                    out.append((p, f"{x!r} is not of type {shown}"))
                     return False
             else:
                 def type_check(x, p, out, preds=preds, shown=shown):
                     if not any(f(x) for f in preds):
-                        out.append((p, f"{x!r} is not of type {shown!r}"))
+                        out.append((p, f"{x!r} is not of type {shown}"))
                         return False
                     return True
         else:
