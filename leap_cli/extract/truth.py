@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from statistics import median
 
 from leap_cli.io import read_jsonl
 
@@ -54,7 +55,7 @@ def yaw_over(steps: list[dict], t0: float, t1: float) -> float:
 MIN_TURN = 5.0  # degrees: a window whose true net yaw is smaller has no size to read (turns are 8-20 deg)
 
 
-def video_turns(truth: dict[str, dict]) -> dict[str, list[tuple[float, float, float]]]:
+def video_turns(truth: dict[str, dict]) -> dict[str, list[tuple[float, float, float | None]]]:
     """Every true head turn and shake of each video in absolute seconds, with the yaw it leaves (deg, right
     positive; a shake's is 0: it returns to where it started; None: a turn of unknown size)."""
     out: dict[str, list] = {}
@@ -239,7 +240,5 @@ def score(records: list[dict], truth: dict[str, dict]) -> dict:
 
 def _ratios(ratios: list[float]) -> dict:
     """The windows' estimated / true yaw: how many, their median and the share read within a factor 1.25."""
-    from statistics import median
-
     return {"windows": len(ratios), "median_ratio": round(median(ratios), 4) if ratios else None,
             "within_1.25x": round(sum(0.8 <= r <= 1.25 for r in ratios) / len(ratios), 4) if ratios else None}
