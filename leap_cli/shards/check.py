@@ -96,6 +96,8 @@ def _check_shard(folder: Path, stored: dict, verify_hash: bool, decode: bool, fi
                 if got != key:
                     raise ValueError(f"found sample {got!r} where the manifest has {key!r}")
                 meta = json.loads(fields["json"])
+                if not isinstance(meta, dict):
+                    raise ValueError(f"json is a {type(meta).__name__}, not an object")
                 if meta.get("narration_id") != key:
                     raise ValueError("json names another narration id")
                 frames = [v for k, v in sorted(fields.items()) if k.endswith(".jpg")]
