@@ -89,7 +89,7 @@ def check_lengths(layout: DatasetLayout, video_ids: list[str], *, tolerance_s: f
     (EPIC's numbering, ``epic_frame_rate``)."""
     from leap_cli.epic.timing import LENGTH_TOLERANCE_S, epic_frame_rate
     from leap_cli.errors import LeapError
-    from leap_cli.media.video import FPS_TOLERANCE, FramesFolderReader, VideoReader, VideoUnreadable, decodable_frames
+    from leap_cli.media.video import FPS_TOLERANCE, FramesFolderReader, VideoReader, decodable_frames
 
     tolerance_s = LENGTH_TOLERANCE_S if tolerance_s is None else tolerance_s
     ann = layout.annotations()
@@ -126,10 +126,7 @@ def check_lengths(layout: DatasetLayout, video_ids: list[str], *, tolerance_s: f
                 rate = epic_frame_rate(info.fps)
                 n = FramesFolderReader(frames, info.fps).num_frames
                 decoded, note = n / rate, f"{n} frame files at {rate:g}/s"
-        except VideoUnreadable as e:
-            out.append(LengthCheck(vid, source, expected, None, e.message))
-            continue
-        except LeapError as e:
+        except LeapError as e:  # (VideoUnreadable among them)
             out.append(LengthCheck(vid, source, expected, None, e.message))
             continue
         longest = expected + (tolerance_s if mp4 is not None else RGB_FRAMES_EXTRA_S)
