@@ -102,6 +102,18 @@ def test_layer_id_under_ddp_and_compile_prefixes():
         assert layer_id(prefix + "verb_head.weight", 2) == 3, prefix
 
 
+def test_param_groups_of_a_wrapped_model_scale_the_backbone_as_the_bare_models():
+    """A model wrapped by DDP (module.) or torch.compile (_orig_mod.) before its optimizer is built: the backbone
+    keeps its backbone_lr_scale (under _orig_mod. it was lost: a 10x larger lr for the whole backbone)."""
+    cfg = OptimConfig(layer_decay=0.5, backbone_lr_scale=0.1)
+    bare = {n: g["lr_scale"] for n, g in _by_name(cfg).items()}
+    for attr in ("module", "_orig_mod"):
+        wrapper = nn.Module()
+        setattr(wrapper, attr, _Tiny())
+        wrapped = {n.removeprefix(attr + "."): g["lr_scale"] for n, g in _by_name(cfg, wrapper).items()}
+        assert wrapped == pytest.approx(bare), attr
+
+
 # ---------------------------------------------------------------------------------------------- schedule
 def _sched(**kw) -> tuple[torch.optim.Optimizer, CosineWithWarmup]:
     opt = torch.optim.SGD([{"params": [nn.Parameter(torch.zeros(1))], "lr_scale": 1.0},

@@ -27,10 +27,15 @@ def _no_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
+def _bare(name: str) -> str:
+    """A parameter's name without the prefixes of DDP (``module.``) and torch.compile (``_orig_mod.``)."""
+    return name.removeprefix("module.").removeprefix("_orig_mod.")
+
+
 def layer_id(name: str, num_layers: int) -> int:
     """0 for the backbone stem (patch embedding, position/class embeddings, ln_pre), i+1 for backbone block i,
     num_layers+1 for everything above (global UniBlocks, fusion, heads): those get the full lr."""
-    name = name.removeprefix("module.").removeprefix("_orig_mod.")
+    name = _bare(name)
     m = _BLOCK.search("." + name)
     if m:
         return int(m.group(1)) + 1
@@ -43,14 +48,14 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Parameter groups keyed by (layer, decay); each carries ``lr_scale`` used by the schedule."""
     no_decay = _no_decay_names(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    blocks = {int(m.group(1)) for n, _ in named if (m := _BLOCK.search("." + n.removeprefix("module.")))}
+    blocks = {int(m.group(1)) for n, _ in named if (m := _BLOCK.search("." + _bare(n)))}
     num_layers = max(blocks) + 1 if blocks else 0
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in named:
         lid = layer_id(name, num_layers)
         decay = name not in no_decay
         scale = cfg.layer_decay ** (num_layers + 1 - lid)
-        if name.removeprefix("module.").startswith("backbone.") and lid <= num_layers:
+        if _bare(name).startswith("backbone.") and lid <= num_layers:
             scale *= cfg.backbone_lr_scale
         key = (lid, decay)
         if key not in groups:
