@@ -31,10 +31,10 @@ def redact(text):
     for s in _SECRETS:
         if s in text:
             text = text.replace(s, REDACTED)
-    # the patterns only where they can match (a regex pass over every reply costs more than the rest of redact)
-    low = text.lower() if len(text) < 256 else None
-    if low is not None and ("bearer" in low or "authoriz" in low or "sk-" in low) or low is None and any(
-            w in text for w in ("earer", "EARER", "uthoriz", "UTHORIZ", "sk-")):
+    # the patterns only where they can match (a regex pass over every reply costs more than the rest of redact;
+    # the patterns ignore case, and so does this test: a long text's "bEaReR" was let through)
+    low = text.lower()
+    if "bearer" in low or "authoriz" in low or "sk-" in low:
         text = _PATTERNS.sub(lambda m: (m.group("pre") or "") + REDACTED, text)
     return text
 
