@@ -496,3 +496,16 @@ def test_a_29_97_fps_video_is_numbered_at_60_per_second(tmp_path):
     assert [d.frame_number for d in dets] == list(range(1, last + 1))
     read, _ = read_epic_fields(root / "poses" / f"{v['video_id']}.json")
     assert max(read) <= last and max(read) > 0.8 * last
+
+
+def test_the_narrations_other_noun_forms_are_epics_instances_of_the_noun():
+    """'dish' narrates a plate, 'mug' a cup: each form the kitchen narrates is one of the instances EPIC's noun class
+    file lists for that noun (a form of another class would teach the wrong noun)."""
+    from leap_cli.resources import resource_dir
+    from leap_cli.synth.world import NOUN_FORMS
+
+    with open(resource_dir("epic100_subset") / "EPIC_100_noun_classes.csv", newline="") as f:
+        instances = {r["key"]: ast.literal_eval(r["instances"]) for r in csv.DictReader(f)}
+    assert NOUN_FORMS and any(len(forms) > 1 for forms in NOUN_FORMS.values())
+    for noun, forms in NOUN_FORMS.items():
+        assert noun in forms and all(form in instances[noun] for form in forms), (noun, forms)
