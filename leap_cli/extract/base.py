@@ -88,6 +88,7 @@ class SegmentContext:
     clock: FrameClock | None = None  # None: an MP4 at ``fps`` (what a bare context in a test means)
     frame_size: Callable[[], tuple[int, int]] | None = None  # (width, height) of the source's frames, no decoding
     read_images: ImageReader | None = None  # the decoded BGR images, uncopied (the runner's; see images_at_most)
+    fps_known: bool = True  # False: no row in EPIC_100_video_info.csv and no MP4 to say it (``fps`` stands in)
 
     def __post_init__(self):
         if self.clock is None:
@@ -101,7 +102,11 @@ class SegmentContext:
 
     def epic_frame_time(self, frame_number: int) -> float:
         """Seconds from the segment start to a frame in EPIC's numbering (the CSV columns, the hand-object
-        files: 60 per second, 50 for the 50 fps videos); 0 for a frame that began before the start."""
+        files: 60 per second, 50 for the 50 fps videos); 0 for a frame that began before the start.
+        ``FramesUnavailable`` where the video's fps is not known (the rate of its numbering is not either)."""
+        if not self.fps_known:
+            raise FramesUnavailable("no fps for the video in EPIC_100_video_info.csv: its frame numbers cannot be "
+                                    "timed", video=False)
         return max(0.0, round((frame_number - 1) / epic_frame_rate(self.fps) - self.segment.start, 3))
 
     def side_at_most(self, short_side: int | None) -> int | None:

@@ -274,6 +274,7 @@ class _Video:
                     pass
             elif layout.frames_dir(video_id) is not None:
                 self.failure = FramesUnavailable("no fps for the video in EPIC_100_video_info.csv", video=False)
+        self.fps_known = bool(fps)  # (EPIC's frame numbers, the detection and pose files', cannot be timed without)
         self.fps = fps or 50.0  # 50 only stands in where no frame can be read anyway
         if duration is None:  # video_info's length: a file shorter than it is cut short (FrameClock.cut_short)
             try:
@@ -456,7 +457,8 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
 
     layout = video.layout
     ctx = SegmentContext(
-        layout=layout, segment=seg, fps=video.fps, video_cache=video.cache, clock=video.clock,
+        layout=layout, segment=seg, fps=video.fps, fps_known=video.fps_known, video_cache=video.cache,
+        clock=video.clock,
         read_frames=lambda nums, side: video.read(list(nums), side, seg),
         read_images=lambda nums, side: video.images(list(nums), side, seg),
         read_audio=lambda sr: read_segment_audio(
