@@ -619,7 +619,8 @@ class UniFormerV2(nn.Module):
             video = self.normalize(video)
         p = self.conv1.kernel_size[-1]
         H, W = video.shape[-2] // p, video.shape[-1] // p
-        if H * W + 1 != self.positional_embedding.shape[0]:
+        side = math.isqrt(self.positional_embedding.shape[0] - 1)  # the square grid the model was built for
+        if (H, W) != (side, side):  # (a 2x8 grid has the 4x4 one's 16 patches, not its positions)
             raise LeapError(
                 f"input of {video.shape[-2]}x{video.shape[-1]} pixels gives a {H}x{W} patch grid, "
                 f"the model was built for {self.cfg.img_size}x{self.cfg.img_size}",
