@@ -28,6 +28,7 @@ import collections
 import io
 import json
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -51,7 +52,9 @@ def _storage_from_bytes(data: bytes) -> Any:
     """``torch.storage._load_from_bytes`` (how ``pickle.dump`` stores a tensor's data), without its
     ``weights_only=False``."""
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # (torch warns of the pickle protocol of bytes it did not write, before
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # they are refused below)
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... for anything but a storage
         raise pickle.UnpicklingError(f"a tensor's storage did not load ({type(e).__name__})") from None
 
