@@ -77,6 +77,7 @@ def _orthonormal(m: np.ndarray) -> np.ndarray:
 
 
 def _unit_rays(p: np.ndarray, k_inv: np.ndarray) -> np.ndarray:
+    """Unit rays [N, 3] of pixel positions ``p`` [N, 2] (``k_inv``: the inverse intrinsics)."""
     r = np.ones((len(p), 3))
     r[:, :2] = p
     r = r @ k_inv.T
