@@ -60,7 +60,8 @@ class ClassVocab:
         for cid, insts in self.instances.items():
             for form in [self.keys[cid], *insts]:
                 forms.setdefault(normalize_form(form), cid)
-        # A noun given as 'mixed veg' or 'veg mixed' should find 'veg:mixed'; a bare head noun ('veg') too.
+        # A noun given as 'mixed veg' or 'veg mixed' finds 'veg:mixed' (a bare head noun, 'veg', does not: it
+        # may head several keys; programs.vocab tries a name's last word on its own).
         for form, cid in list(forms.items()):
             if ":" in form:
                 parts = form.split(":")
