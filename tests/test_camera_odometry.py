@@ -13,7 +13,7 @@ import pytest
 
 from leap_cli.epic.annotations import Segment
 from leap_cli.extract.base import SegmentContext
-from leap_cli.extract.camera import (CameraComponent, _colmap_name, _orthonormal, angles, intrinsics, motion_label,
+from leap_cli.extract.camera import (CameraComponent, _colmap_name, angles, intrinsics, motion_label,
                                      phases_from_steps, phases_text, read_colmap_images, read_epic_fields,
                                      read_poses, relative_pose, where_in_kitchen)
 from tests.extract_signals import rot_x, rot_y
@@ -88,14 +88,6 @@ def test_intrinsics_from_the_horizontal_field_of_view():
     assert np.allclose(intrinsics(640, 480, 90.0), [[320, 0, 320], [0, 320, 240], [0, 0, 1]])
     f = 100 / math.tan(math.radians(30))
     assert np.allclose(intrinsics(200, 100, 60.0), [[f, 0, 100], [0, f, 50], [0, 0, 1]])
-
-
-def test_orthonormal_undoes_a_homographys_scale_and_sign():
-    """A homography is known only up to scale, sign included: K^-1 H K = s R gives back R (a rotation, det +1)."""
-    r = rot_y(10) @ rot_x(-4)
-    for s in (1.3, -2.0, -0.5):
-        out = _orthonormal(s * r)
-        assert np.allclose(out, r, atol=1e-9) and np.linalg.det(out) == pytest.approx(1.0)
 
 
 # --- odometry's pose from matches of a known motion -------------------------------------------------------------

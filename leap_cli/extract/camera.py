@@ -70,12 +70,6 @@ def _k_inv(k: np.ndarray) -> np.ndarray:
     return np.array([[1 / fx, 0, -cx / fx], [0, 1 / fy, -cy / fy], [0, 0, 1]])
 
 
-def _orthonormal(m: np.ndarray) -> np.ndarray:
-    _, u, vt = cv2.SVDecomp(m)  # a fifth of np.linalg.svd's overhead on a 3x3, once per frame pair
-    r = u @ vt
-    return r if cv2.determinant(r) > 0 else -r
-
-
 def _unit_rays(p: np.ndarray, k_inv: np.ndarray) -> np.ndarray:
     """Unit rays [N, 3] of pixel positions ``p`` [N, 2] (``k_inv``: the inverse intrinsics)."""
     r = np.ones((len(p), 3))
