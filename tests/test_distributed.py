@@ -178,13 +178,17 @@ def test_conversion_for_cuda_is_torch_syncbatchnorm():
     assert type(out[0]) is nn.SyncBatchNorm
 
 
+# (one channel far from zero: variance from the sum of squares less the squared mean loses its digits in float32)
+_OFFSETS = torch.tensor([1.0, -3.0, 100.0]).view(1, 3, 1, 1)
+
+
 def _same_as_batchnorm(bn: nn.BatchNorm2d, steps: int = 3) -> None:
     ref = copy.deepcopy(bn)
     sync = distributed.convert_sync_batchnorm(copy.deepcopy(bn), torch.device("cpu"))
     assert type(sync) is distributed.CPUSyncBatchNorm
     torch.manual_seed(1)
     for _ in range(steps):
-        x = torch.randn(4, 3, 5, 6) * 2 + 1
+        x = torch.randn(4, 3, 5, 6) * 2 + _OFFSETS
         xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
         ya, yb = ref(xa), sync(xb)
         torch.testing.assert_close(yb, ya)
@@ -257,7 +261,7 @@ def test_two_processes_with_half_a_batch_each_equal_batchnorm_on_the_whole(tmp_p
     one process, and the parameter gradients sum (what DDP's all-reduce then averages) to the whole batch's."""
     bns = [_bn(momentum=0.1), _bn(momentum=None)]
     torch.manual_seed(2)
-    xs = [torch.randn(6, 3, 4, 5) * 2 + 1 for _ in range(3)]
+    xs = [torch.randn(6, 3, 4, 5) * 2 + _OFFSETS for _ in range(3)]
     gs = [torch.randn(6, 3, 4, 5) for _ in range(3)]
     torch.multiprocessing.spawn(_two_ranks, args=(str(tmp_path / "store"), xs, gs, bns, str(tmp_path / "r{}.pt")),
                                 nprocs=2)
@@ -269,8 +273,9 @@ def test_two_processes_with_half_a_batch_each_equal_batchnorm_on_the_whole(tmp_p
             y.backward(g)
             torch.testing.assert_close(torch.cat([y0, y1]), y.detach())
             torch.testing.assert_close(torch.cat([dx0, dx1]), x.grad)
-        torch.testing.assert_close(r0["dw"] + r1["dw"], bn.weight.grad)
-        torch.testing.assert_close(r0["db"] + r1["db"], bn.bias.grad)
+        # (two half sums against one whole sum: float32 rounding of the offset channel, ~4e-6 relative)
+        torch.testing.assert_close(r0["dw"] + r1["dw"], bn.weight.grad, rtol=2e-5, atol=1e-4)
+        torch.testing.assert_close(r0["db"] + r1["db"], bn.bias.grad, rtol=2e-5, atol=1e-4)
         for name, b in bn.named_buffers():
             torch.testing.assert_close(r0["buffers"][name], b)
             torch.testing.assert_close(r1["buffers"][name], b)

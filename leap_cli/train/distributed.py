@@ -114,13 +114,20 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 
         C = x.shape[1]
         dims = [0, *range(2, x.dim())]
-        count = torch.full((1,), x.numel() / C, dtype=x.dtype, device=x.device)
+        # Each rank's own mean and centred sum of squares, combined exactly (Chan et al.): the sum of squares less
+        # the squared mean would lose a channel's variance in float32 when its mean is far from zero. Rank r fills
+        # row r, so the autograd-aware all-reduce (gloo has no differentiable all-gather) gathers the rows.
+        local_var, local_mean = torch.var_mean(x, dims, correction=0)
+        local_n = x.numel() / C
+        rows = x.new_zeros(dist.get_world_size(), 2 * C + 1)
+        rows[dist.get_rank()] = torch.cat([local_mean, local_var * local_n, x.new_full((1,), local_n)])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))  # [2C+1], summed over ranks
-        n = stats[-1]
-        mean = stats[:C] / n
-        var = (stats[C:2 * C] / n - mean * mean).clamp_min(0)
+            rows = all_reduce(rows)  # [world, 2C+1]: every rank's mean, centred sum of squares and count
+        means, m2s, counts = rows[:, :C], rows[:, C:2 * C], rows[:, 2 * C:]
+        n = counts.sum()
+        mean = (means * counts).sum(0) / n
+        var = (m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)) / n
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked += 1
