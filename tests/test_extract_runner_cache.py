@@ -226,3 +226,16 @@ def test_the_summary_names_three_segments_of_an_error_and_counts_the_rest(monkey
     command._print_summary(s)
     assert ("camera, hands of 5 segments (P01_01_0, P01_01_1, P01_01_2 and 2 more): boom (P01_01.MP4)"
             in buf.getvalue()), buf.getvalue()
+
+
+@pytest.mark.parametrize("field, value", [("cache_frames", 0), ("cache_frames", -1), ("cache_short_side", 8),
+                                          ("cache_quality", 0), ("cache_quality", 101)])
+def test_a_config_through_the_api_refuses_cache_settings_the_cli_refuses(tmp_path, field, value):
+    """A cache of 0 frames would have been silently no cache, and -1 a cache of empty entries."""
+    from leap_cli.errors import LeapError
+    from leap_cli.extract.runner import ExtractConfig
+
+    with pytest.raises(LeapError, match=f"{field}={value} is out of range"):
+        ExtractConfig(data=tmp_path, split="train", out=tmp_path / "o.jsonl", frame_cache=tmp_path / "c",
+                      **{field: value})
+    ExtractConfig(data=tmp_path, split="train", out=tmp_path / "o.jsonl", frame_cache=None, **{field: value})

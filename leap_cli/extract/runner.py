@@ -81,6 +81,13 @@ class ExtractConfig:
         unknown = [c for c in self.components if c not in COMPONENTS]
         if unknown:
             raise LeapError(f"unknown component(s) {', '.join(unknown)}", fix=f"choose from {', '.join(COMPONENTS)}")
+        if self.frame_cache is not None:  # (the CLI's own limits, for a config built through the API)
+            for name, value, low, high in (("cache_frames", self.cache_frames, 1, None),
+                                           ("cache_short_side", self.cache_short_side, 16, None),
+                                           ("cache_quality", self.cache_quality, 1, 100)):
+                if value < low or (high is not None and value > high):
+                    raise LeapError(f"{name}={value} is out of range",
+                                    fix=f"use {low}.." + (f"{high}" if high else "") + " or frame_cache=None")
 
     def check_options(self) -> None:
         """The choices and files the chosen components will use, checked before anything is written: with
