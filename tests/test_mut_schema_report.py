@@ -292,3 +292,14 @@ def test_strict_schema_is_a_fresh_copy_each_time():
     s = strict_schema()
     s["$defs"].clear()
     assert strict_schema()["$defs"]
+
+
+def test_a_record_stored_valid_without_a_program_counts_as_changed_on_revalidation(tmp_path, wash, vocab):
+    """R18 of session 47: ``status_changed_on_revalidation`` left out a record stored valid whose program is null
+    (a hand edit, or a writer's fault), though revalidation turns it invalid. One stored invalid stays so."""
+    f = tmp_path / "val.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in (_record("a", None), _record("b", None, "invalid"),
+                                                          _record("c", wash), _record("d", None, "failed"))))
+    rep = validate_records([f], *vocab)
+    assert rep["statuses"] == {"valid": 1, "invalid": 2, "failed": 1}
+    assert rep["status_changed_on_revalidation"] == 1

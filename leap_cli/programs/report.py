@@ -191,7 +191,7 @@ def validate_records(paths: list[Path], verbs: ClassVocab, nouns: ClassVocab,
         program = r.get("program")
         status, errors = recheck(r, verbs, nouns, segments, max_sub_actions=max_sub_actions)
         made.add(r, status == "valid")
-        changed += status != r["status"] and program is not None
+        changed += status != r["status"]
         statuses[status] += 1
         covered += status == "valid" and (cover is None or nid in cover)
         if status != "valid":
