@@ -61,6 +61,24 @@ def test_max_cost_counts_what_earlier_runs_spent_on_the_output(workdir, good_pro
         assert len(server.requests) == 3 == len(records(workdir))
 
 
+
+def test_past_max_cost_the_replies_the_cache_holds_are_still_written(workdir, good_programs):
+    """A rerun over the cap wrote nothing, not even the segments whose replies were paid for and cached (an output
+    lost or set aside by --force keeps its ledger; a run killed before it wrote its last replies): they cost nothing
+    now. The rest stays pending, and no request goes out."""
+    script = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    with ScriptedServer(script) as server:
+        generate_programs(config(workdir, server, concurrency=1, limit=4))
+        assert len(server.requests) == 4 and len(records(workdir)) == 4
+        out_file(workdir).unlink()  # (its 0.0056 $ stay in the ledger)
+        s = generate_programs(config(workdir, server, concurrency=2, max_cost=0.0028))
+        assert len(server.requests) == 4 and s.cache_hits == 4 and len(records(workdir)) == 4
+        assert s.stopped and "max-cost 0.0028 reached" in s.stopped
+        assert s.statuses == {"valid": 4}
+        s = generate_programs(config(workdir, server, concurrency=2, max_cost=0.0028))
+        assert len(server.requests) == 4 and not s.statuses and s.stopped and len(records(workdir)) == 4
+
+
 # --- a record's provenance --------------------------------------------------------------------------------------
 
 def test_a_paid_reply_is_not_marked_cached_and_a_cached_one_is(workdir, good_programs):

@@ -1047,12 +1047,14 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
 
         async def work() -> None:
             for record in queue:
-                if stop.signum is not None or over_budget():
+                if stop.signum is not None or gen._halted:
                     return
                 try:
                     result = await gen.run_one(record)
                 except NoMoreRequests:
-                    return
+                    if stop.signum is not None or gen._halted or not over_budget():
+                        return
+                    continue  # past --max-cost: a segment the cache answers costs nothing and is still written
                 try:
                     appender.write(result)
                 except OSError as e:  # (the output's disk full): nothing more is sent; the replies in flight,
