@@ -240,7 +240,8 @@ class HTTPClient:
                 except (TimeoutError, asyncio.TimeoutError):
                     raise HTTPTimeout("timed out") from None
             timer = loop.call_at(deadline, conn.expire)
-            conn.got, written = 0, loop.time()
+            # (a deadline is a request's: one that passed as the last response's bytes came marked the connection)
+            conn.got, conn.timed_out, written = 0, False, loop.time()
             try:
                 conn.write(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
@@ -276,7 +277,12 @@ class HTTPClient:
                 _, conn = await loop.create_connection(_Conn, self.host, self.port, ssl=self._ssl,
                                                        server_hostname=self.host if self._ssl else None)
                 return conn
-            _, conn = await loop.create_connection(_Conn, self._proxy["host"], self._proxy["port"])
+            try:
+                _, conn = await loop.create_connection(_Conn, self._proxy["host"], self._proxy["port"])
+            except OSError as e:  # (said as the endpoint's host, the user looked at the wrong machine)
+                raise HTTPConnectionError(
+                    f"cannot connect to the proxy {self._proxy['host']}:{self._proxy['port']} (the environment's "
+                    f"{self.scheme}_proxy or all_proxy; no_proxy={self.host} bypasses it): {e}") from None
             if self.scheme == "https":
                 auth = f"Proxy-Authorization: {self._proxy['auth']}\r\n" if self._proxy["auth"] else ""
                 conn.write(f"CONNECT {self.host}:{self.port} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{auth}\r\n"
