@@ -379,6 +379,7 @@ def test_a_refused_connect_tunnel_is_said_with_its_status_and_credentials_were_o
     msg = asyncio.run(main())
     assert msg == "the proxy refused the tunnel (HTTP 407)"
     assert connects[0].startswith(b"CONNECT api.example.test:443 HTTP/1.1\r\n")
+    assert connects[0].split(b"\r\n")[1] == b"Host: api.example.test:443"
     assert b"Proxy-Authorization: Basic " + base64.b64encode(b"bob:secret") in connects[0]
 
 
@@ -406,6 +407,34 @@ def test_a_proxy_that_cannot_be_reached_is_named_as_the_proxy(no_proxies):
     msg = asyncio.run(main())
     assert msg.startswith(f"cannot connect to the proxy 127.0.0.1:{port} (the environment's https_proxy or all_proxy")
     assert "api.example.test" in msg  # (how to go around it)
+
+
+
+def test_the_connect_line_brackets_an_ipv6_endpoint(no_proxies):
+    """``CONNECT 2001:db8::1:443`` cannot be told from a port of the address: RFC 9110 writes ``[2001:db8::1]:443``."""
+    from leap_cli.programs.http import HTTPConnectionError
+
+    connects = []
+
+    async def proxy(reader, writer):
+        connects.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+        no_proxies.setenv("HTTPS_PROXY", f"http://127.0.0.1:{_port(server)}")
+        client = _client("https://[2001:db8::1]/v1", timeout=5)
+        try:
+            with pytest.raises(HTTPConnectionError, match=r"HTTP 403"):
+                await client.post("/chat/completions", b"{}")
+        finally:
+            await client.aclose()
+            server.close()
+
+    asyncio.run(main())
+    assert connects[0].split(b"\r\n")[:2] == [b"CONNECT [2001:db8::1]:443 HTTP/1.1", b"Host: [2001:db8::1]:443"]
 
 
 # ---- the store ----------------------------------------------------------------------------------------------

@@ -285,7 +285,8 @@ class HTTPClient:
                     f"{self.scheme}_proxy or all_proxy; no_proxy={self.host} bypasses it): {e}") from None
             if self.scheme == "https":
                 auth = f"Proxy-Authorization: {self._proxy['auth']}\r\n" if self._proxy["auth"] else ""
-                conn.write(f"CONNECT {self.host}:{self.port} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{auth}\r\n"
+                target = f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"  # (IPv6)
+                conn.write(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n"
                            .encode("latin-1"))
                 resp, _ = await self._read_response(conn, head_only=True)
                 if resp.status != 200:
