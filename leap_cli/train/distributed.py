@@ -117,8 +117,11 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         # Each rank's own mean and centred sum of squares, combined exactly (Chan et al.): the sum of squares less
         # the squared mean would lose a channel's variance in float32 when its mean is far from zero. Rank r fills
         # row r, so the autograd-aware all-reduce (gloo has no differentiable all-gather) gathers the rows.
-        local_var, local_mean = torch.var_mean(x, dims, correction=0)
         local_n = x.numel() / C
+        if local_n:
+            local_var, local_mean = torch.var_mean(x, dims, correction=0)
+        else:  # (a rank with an empty batch adds nothing, where var_mean's NaN would poison every rank)
+            local_var = local_mean = x.sum(dims)
         rows = x.new_zeros(dist.get_world_size(), 2 * C + 1)
         rows[dist.get_rank()] = torch.cat([local_mean, local_var * local_n, x.new_full((1,), local_n)])
         with warnings.catch_warnings():
