@@ -280,37 +280,3 @@ def test_two_processes_with_half_a_batch_each_equal_batchnorm_on_the_whole(tmp_p
             torch.testing.assert_close(r0["buffers"][name], b)
             torch.testing.assert_close(r1["buffers"][name], b)
 
-
-def _one_rank_empty(rank: int, store: str, x, g, bn, out: str) -> None:
-    torch.distributed.init_process_group("gloo", store=torch.distributed.FileStore(store, 2), rank=rank, world_size=2)
-    try:
-        sync = distributed.convert_sync_batchnorm(copy.deepcopy(bn), torch.device("cpu"))
-        xr = (x if rank == 0 else x[:0]).clone().requires_grad_()
-        y = sync(xr)
-        y.backward(g if rank == 0 else g[:0])
-        torch.save({"y": y.detach(), "dx": xr.grad, "dw": sync.weight.grad, "buffers": dict(sync.named_buffers())},
-                   out.format(rank))
-        torch.distributed.barrier()
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def test_a_rank_with_an_empty_batch_adds_nothing(tmp_path):
-    """A rank whose batch is empty: the statistics are the other rank's alone, on both (its var_mean of nothing,
-    NaN, made every rank's outputs and running statistics NaN)."""
-    bn = _bn()
-    torch.manual_seed(3)
-    x, g = torch.randn(4, 3, 4, 5) * 2 + _OFFSETS, torch.randn(4, 3, 4, 5)
-    torch.multiprocessing.spawn(_one_rank_empty, args=(str(tmp_path / "store"), x, g, bn, str(tmp_path / "r{}.pt")),
-                                nprocs=2)
-    r0, r1 = (torch.load(tmp_path / f"r{r}.pt") for r in range(2))
-    ref, xa = copy.deepcopy(bn), x.clone().requires_grad_()
-    y = ref(xa)
-    y.backward(g)
-    torch.testing.assert_close(r0["y"], y.detach())
-    torch.testing.assert_close(r0["dx"], xa.grad)
-    torch.testing.assert_close(r0["dw"] + r1["dw"], ref.weight.grad)
-    assert r1["y"].shape == (0, 3, 4, 5)
-    for name, b in ref.named_buffers():
-        torch.testing.assert_close(r0["buffers"][name], b)
-        torch.testing.assert_close(r1["buffers"][name], b)
