@@ -350,90 +350,66 @@ def test_all_proxy_with_credentials_carries_them_to_the_proxy(no_proxies):
     assert b"\r\nProxy-Authorization: Basic " + token + b"\r\n" in heads[0]
 
 
-def test_a_refused_connect_tunnel_is_said_with_its_status_and_credentials_were_offered(no_proxies):
-    """An HTTPS_PROXY answering CONNECT with 407 fails the request in one line naming the status (it went on to a
-    TLS handshake with the proxy); the CONNECT carried the proxy's credentials."""
+def _through_proxy(no_proxies, base_url, status=None, credentials=""):
+    """A request to ``base_url`` through an HTTPS_PROXY that answers CONNECT with ``status`` (None: a port where
+    nothing listens): (the HTTPConnectionError's text, the CONNECT heads the proxy got, the proxy's port)."""
     from leap_cli.programs.http import HTTPConnectionError
 
     connects = []
 
     async def proxy(reader, writer):
         connects.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+        writer.write(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n".encode())
         await writer.drain()
         await asyncio.sleep(0.2)
         writer.close()
 
     async def main():
-        server = await asyncio.start_server(proxy, "127.0.0.1", 0)
-        no_proxies.setenv("HTTPS_PROXY", f"http://bob:secret@127.0.0.1:{_port(server)}")
-        client = _client("https://api.example.test/v1", timeout=5)
+        if status is None:
+            free = socket.socket()
+            free.bind(("127.0.0.1", 0))
+            port, server = free.getsockname()[1], None
+            free.close()  # (nothing listens there now)
+        else:
+            server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+            port = _port(server)
+        no_proxies.setenv("HTTPS_PROXY", f"http://{credentials}127.0.0.1:{port}")
+        client = _client(base_url, timeout=5)
         try:
             with pytest.raises(HTTPConnectionError) as err:
                 await client.post("/chat/completions", b"{}")
         finally:
             await client.aclose()
-            server.close()
-        return str(err.value)
+            if server is not None:
+                server.close()
+        return str(err.value), connects, port
 
-    msg = asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_refused_connect_tunnel_is_said_with_its_status_and_credentials_were_offered(no_proxies):
+    """An HTTPS_PROXY answering CONNECT with 407 fails the request in one line naming the status (it went on to a
+    TLS handshake with the proxy); the CONNECT carried the proxy's credentials."""
+    msg, connects, _ = _through_proxy(no_proxies, "https://api.example.test/v1", "407 Proxy Authentication Required",
+                                      "bob:secret@")
     assert msg == "the proxy refused the tunnel (HTTP 407)"
     assert connects[0].startswith(b"CONNECT api.example.test:443 HTTP/1.1\r\n")
     assert connects[0].split(b"\r\n")[1] == b"Host: api.example.test:443"
     assert b"Proxy-Authorization: Basic " + base64.b64encode(b"bob:secret") in connects[0]
 
 
-
 def test_a_proxy_that_cannot_be_reached_is_named_as_the_proxy(no_proxies):
     """The error named the endpoint's host ("cannot connect to api.example.test:443"), where it was the proxy from
     the environment that did not answer."""
-    from leap_cli.programs.http import HTTPConnectionError
-
-    free = socket.socket()
-    free.bind(("127.0.0.1", 0))
-    port = free.getsockname()[1]
-    free.close()  # (nothing listens there now)
-    no_proxies.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
-
-    async def main():
-        client = _client("https://api.example.test/v1", timeout=5)
-        try:
-            with pytest.raises(HTTPConnectionError) as err:
-                await client.post("/chat/completions", b"{}")
-        finally:
-            await client.aclose()
-        return str(err.value)
-
-    msg = asyncio.run(main())
+    msg, _, port = _through_proxy(no_proxies, "https://api.example.test/v1")
     assert msg.startswith(f"cannot connect to the proxy 127.0.0.1:{port} (the environment's https_proxy or all_proxy")
     assert "api.example.test" in msg  # (how to go around it)
 
 
-
 def test_the_connect_line_brackets_an_ipv6_endpoint(no_proxies):
     """``CONNECT 2001:db8::1:443`` cannot be told from a port of the address: RFC 9110 writes ``[2001:db8::1]:443``."""
-    from leap_cli.programs.http import HTTPConnectionError
-
-    connects = []
-
-    async def proxy(reader, writer):
-        connects.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    async def main():
-        server = await asyncio.start_server(proxy, "127.0.0.1", 0)
-        no_proxies.setenv("HTTPS_PROXY", f"http://127.0.0.1:{_port(server)}")
-        client = _client("https://[2001:db8::1]/v1", timeout=5)
-        try:
-            with pytest.raises(HTTPConnectionError, match=r"HTTP 403"):
-                await client.post("/chat/completions", b"{}")
-        finally:
-            await client.aclose()
-            server.close()
-
-    asyncio.run(main())
+    msg, connects, _ = _through_proxy(no_proxies, "https://[2001:db8::1]/v1", "403 Forbidden")
+    assert msg == "the proxy refused the tunnel (HTTP 403)"
     assert connects[0].split(b"\r\n")[:2] == [b"CONNECT [2001:db8::1]:443 HTTP/1.1", b"Host: [2001:db8::1]:443"]
 
 
@@ -484,10 +460,9 @@ def test_buffered_spends_add_up_in_every_column(tmp_path):
     assert spent == {"cost": pytest.approx(1.75), "prompt_tokens": 16, "completion_tokens": 4, "requests": 4}
 
 
-def test_a_failed_background_write_keeps_the_spend_added_while_it_was_written(tmp_path):
-    """The spend in a failed write goes back into the buffer: added to what was spent on the same output meanwhile,
-    not in its place (--max-cost would no longer count one of them)."""
-    path, out = tmp_path / "cache.sqlite", tmp_path / "out.jsonl"
+def _store_whose_first_write_waits_then_fails(path):
+    """A store with the writer thread whose first write waits for ``release`` (returned), then fails as a full
+    disk does; later writes go through."""
     release, failures = threading.Event(), [True]
 
     class Slow(ProgramStore):
@@ -498,7 +473,14 @@ def test_a_failed_background_write_keeps_the_spend_added_while_it_was_written(tm
                 raise LeapError("cannot write the program cache (disk is full)")
             super()._write(rows)
 
-    s = Slow(path, commit_every=0.0, background=True)
+    return Slow(path, commit_every=0.0, background=True), release
+
+
+def test_a_failed_background_write_keeps_the_spend_added_while_it_was_written(tmp_path):
+    """The spend in a failed write goes back into the buffer: added to what was spent on the same output meanwhile,
+    not in its place (--max-cost would no longer count one of them)."""
+    path, out = tmp_path / "cache.sqlite", tmp_path / "out.jsonl"
+    s, release = _store_whose_first_write_waits_then_fails(path)
     s.add_spend(out, 0.25, {"prompt_tokens": 3})  # due at once: handed to the writer thread, which waits
     s.add_spend(out, 0.5, {"prompt_tokens": 4}, 2)  # the thread is busy: buffered
     release.set()
@@ -534,17 +516,7 @@ def test_a_failed_background_write_is_raised_by_the_next_write_and_its_rows_kept
     """With the writer thread, a write that failed is raised by the next due write (not only by a commit), and its
     rows are written by a later one."""
     path = tmp_path / "cache.sqlite"
-    release, failures = threading.Event(), [True]
-
-    class Slow(ProgramStore):
-        def _write(self, rows):
-            release.wait(10)
-            if failures:
-                failures.pop()
-                raise LeapError("cannot write the program cache (disk is full)")
-            super()._write(rows)
-
-    s = Slow(path, commit_every=0.0, background=True)
+    s, release = _store_whose_first_write_waits_then_fails(path)
     s.put("k1", "reply 1", {}, "m")  # due at once: handed to the writer thread, which fails it
     release.set()
     s._flush.exception(5)  # (the failed write is over)
