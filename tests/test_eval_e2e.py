@@ -303,7 +303,7 @@ def test_the_work_directorys_only_run_and_test_scores_are_the_defaults(pipeline,
     (w / "shards").symlink_to(work / "shards")
     runner = CliRunner()
     res = runner.invoke(app, ["evaluate", "--split", "test", "--workdir", str(w), "--data", str(root),
-                              "--device", "cpu"])
+                              "--device", "cpu"], env={"COLUMNS": "400"})
     assert res.exit_code == 0 and f"run: {w / 'runs' / 'tiny'} (the only run in" in " ".join(res.output.split())
     res = runner.invoke(app, ["submit", "--workdir", str(w), "--data", str(root), *SLS])
     assert res.exit_code == 0 and "(the only test scores in" in " ".join(res.output.split()), res.output
