@@ -372,8 +372,25 @@ def test_where_is_the_mean_of_the_segments_centres_among_all_the_videos(tmp_path
     where = rec["data"]["where"]
     assert where["distance_from_centre"] == pytest.approx(round(4 / math.sqrt(10), 2))
     assert where["time_share_nearby"] == pytest.approx(round(3 / 11, 3))
-    assert where["along_main_axis"] in (pytest.approx(0.9), pytest.approx(0.1))  # SVD's sign picks the end
-    assert "toward the edge of" in rec["text"]
+    assert where["along_main_axis"] == pytest.approx(0.9)  # from the video's first frame's end
+    assert "toward the edge of" in rec["text"] and "90% along the main axis" in rec["text"]
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+@pytest.mark.parametrize("order", ["frames", "reversed"])
+def test_along_the_main_axis_runs_from_where_the_video_starts(tmp_path, backwards, order):
+    """Where along the main axis was measured from whichever end SVD's arbitrary sign picked (0.1 or 0.9 for the
+    same segment; it may differ between machines' libraries, and the clip text, hence the prompt's cache key, with
+    it). It runs from the end of the video's first frame, whether the video walks +x or -x, and whatever order the
+    pose file lists the frames in."""
+    frames = list(range(1, 12)) if order == "frames" else list(range(11, 0, -1))
+    c2w = {n: np.eye(3) for n in frames}
+    centres = {n: [float(10 - (n - 1) if backwards else n - 1), 0.0, 0.0] for n in frames}
+    rec = _describe(tmp_path, _write_json_poses(tmp_path / "P01_01.json", c2w, centres), 9, 11)
+    assert rec["data"]["where"]["along_main_axis"] == pytest.approx(0.9)
+    for sign in (1.0, -1.0):  # the axis as SVD may give it: either sign, the same answer
+        pts = np.array([[sign * x, 0.0, 0.0] for x in range(11)])
+        assert where_in_kitchen(pts, pts[9])[0]["along_main_axis"] == 0.9
 
 
 def test_where_in_kitchen_middle_edge_and_far():
@@ -385,7 +402,7 @@ def test_where_in_kitchen_middle_edge_and_far():
     assert data["distance_from_centre"] == 0.95 and text.startswith("camera toward the edge of")
     data, text = where_in_kitchen(centres, np.array([10.0, 0.0, 0.0]))  # 5 / 3.16 = 1.58 spreads
     assert data["distance_from_centre"] == 1.58 and text.startswith("camera far out from")
-    assert data["along_main_axis"] in (0.0, 1.0) and data["time_share_nearby"] == round(2 / 11, 3)
+    assert data["along_main_axis"] == 1.0 and data["time_share_nearby"] == round(2 / 11, 3)
     data, text = where_in_kitchen(np.zeros((5, 3)), np.zeros(3))
     assert data["along_main_axis"] is None and "one place" in text
 

@@ -489,7 +489,7 @@ def read_poses(path: str | Path) -> tuple[dict[int, tuple[np.ndarray, np.ndarray
 
 
 def where_in_kitchen(centres: np.ndarray, seg_centre: np.ndarray) -> tuple[dict, str]:
-    """Where the segment's camera is relative to all camera centres of the video."""
+    """Where the segment's camera is relative to all camera centres of the video (``centres`` in frame order)."""
     mean = centres.mean(axis=0)
     spread = float(np.sqrt(((centres - mean) ** 2).sum(axis=1).mean()))
     if spread < 1e-6:
@@ -498,11 +498,14 @@ def where_in_kitchen(centres: np.ndarray, seg_centre: np.ndarray) -> tuple[dict,
     dist = float(np.linalg.norm(seg_centre - mean)) / spread
     radius = 0.5 * spread
     share = float((np.linalg.norm(centres - seg_centre, axis=1) < radius).mean())
-    # the main axis of movement through the kitchen: where along it the segment is (0 one end, 1 the other)
+    # the main axis of movement through the kitchen: where along it the segment is, from the end nearer the video's
+    # first frame (0) to the other (1). (SVD's sign of the axis is arbitrary, and may differ between machines'
+    # libraries: the clip text, and the prompt's cache key, with it.)
     _, _, vt = np.linalg.svd(centres - mean, full_matrices=False)
-    proj = (centres - mean) @ vt[0]
+    axis = vt[0] if (centres[-1] - centres[0]) @ vt[0] >= 0 else -vt[0]
+    proj = (centres - mean) @ axis
     lo, hi = float(proj.min()), float(proj.max())
-    along = float(((seg_centre - mean) @ vt[0] - lo) / ((hi - lo) or 1.0))
+    along = float(((seg_centre - mean) @ axis - lo) / ((hi - lo) or 1.0))
     place = "near the middle of" if dist < 0.6 else "toward the edge of" if dist < 1.5 else "far out from"
     data = {"distance_from_centre": round(dist, 2), "along_main_axis": round(along, 2),
             "time_share_nearby": round(share, 3)}
@@ -633,7 +636,7 @@ class CameraComponent(Component):
             if np.linalg.norm(move) > 1e-9:
                 step["translation"] = [round(float(v), 3) for v in move / np.linalg.norm(move)]
             steps.append(step)
-        centres = np.array([c for _, c in poses.values()])
+        centres = np.array([poses[n][1] for n in sorted(poses)])
         seg_centre = np.mean([poses[n][1] for n in inside], axis=0)
         first, last = ctx.epic_frame_time(inside[0]), ctx.epic_frame_time(inside[-1])
         uncovered = max(0.0, first) + max(0.0, round(s.stop - s.start, 3) - last)
