@@ -93,7 +93,8 @@ def test_ctrl_c_keeps_finished_records_and_the_rerun_resumes(kitchen, tmp_path):
     out = tmp_path / "train.jsonl"
     cmd = [sys.executable, "-m", "leap_cli", "extract", "--data", str(kitchen), "--split", "train", "--out", str(out),
            "--components", "narration,audio,camera,objects,hands"]
-    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    # (from tmp_path: its default work directory, where the frame cache goes, is ./leap-work; it wrote into the repo)
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONPATH": str(repo)})
     deadline = time.time() + 120
     while time.time() < deadline and (not out.exists() or out.read_text().count("\n") < 1):
@@ -103,7 +104,7 @@ def test_ctrl_c_keeps_finished_records_and_the_rerun_resumes(kitchen, tmp_path):
     kept = read_jsonl(out)
     assert proc.returncode == 130, output
     assert 1 <= len(kept) < 16 and "interrupted" in output
-    done = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
     assert done.returncode == 0, done.stdout + done.stderr
     ids = [r["narration_id"] for r in read_jsonl(out)]
     assert len(ids) == 16 and len(set(ids)) == 16
