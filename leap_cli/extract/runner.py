@@ -87,7 +87,8 @@ class ExtractConfig:
                                            ("cache_quality", self.cache_quality, 1, 100)):
                 if value < low or (high is not None and value > high):
                     raise LeapError(f"{name}={value} is out of range",
-                                    fix=f"use {low}.." + (f"{high}" if high else "") + " or frame_cache=None")
+                                    fix=(f"use {low}..{high}" if high else f"use at least {low}") +
+                                    ", or frame_cache=None for no frame cache")
 
     def check_options(self) -> None:
         """The choices and files the chosen components will use, checked before anything is written: with
