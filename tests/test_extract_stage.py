@@ -281,6 +281,7 @@ def test_a_second_run_cannot_rewrite_the_settings_before_the_first_record(kitche
         return real(cfg, **kw)
 
     monkeypatch.setattr(runner, "run_extract", meanwhile)
+    monkeypatch.chdir(tmp_path)  # (the default work directory, ./leap-work, takes the frame cache: not the checkout)
     res = CliRunner().invoke(app, ["extract", "--data", str(kitchen), "--split", "train", "--out", str(out),
                                    "--components", "narration", "--limit", "2"])
     assert res.exit_code == 0, res.output
