@@ -28,6 +28,14 @@ def narration_id_of(body: dict) -> str | None:
     return ids[-1] if ids else None
 
 
+async def read_request(reader) -> tuple[bytes, bytes]:
+    """(head, body) of the next request on an asyncio stream (the hand-written servers of the HTTP client tests);
+    ``asyncio.IncompleteReadError`` where the client closed the connection."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int([ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
+    return head, await reader.readexactly(length)
+
+
 class ScriptedServer:
     """``script(body, call_index_for_this_clip) -> Reply``; every request is recorded in ``requests``."""
 

@@ -15,6 +15,7 @@ import pytest
 
 from leap_cli.errors import LeapError
 from leap_cli.programs.store import ProgramStore
+from tests.programs_llm_server import read_request
 
 
 # ---- the HTTP client ----------------------------------------------------------------------------------------
@@ -41,10 +42,7 @@ def _serve(on_request):
         conns.append(writer)
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int([ln.split(b":")[1] for ln in head.split(b"\r\n")
-                              if ln.lower().startswith(b"content-length")][0])
-                await reader.readexactly(length)
+                head, _ = await read_request(reader)
                 heads.append(head)
                 if await on_request(len(heads), head, reader, writer):
                     break

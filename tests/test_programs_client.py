@@ -14,7 +14,7 @@ from leap_cli.io import read_jsonl
 from leap_cli.programs.generate import GenerateConfig, generate_programs
 from leap_cli.programs.store import ProgramStore
 from tests.program_helpers import excerpt_annotations
-from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
+from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of, read_request
 from tests.test_programs_generate import N_SEGMENTS, config, good_programs, records, workdir  # noqa: F401
 
 KEY = "sk-test-secret-never-logged"
@@ -28,9 +28,7 @@ def _serve_raw(handler):
     async def on_conn(reader, writer):
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int([ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
-                body = await reader.readexactly(length)
+                head, body = await read_request(reader)
                 out, close = handler(head, body)
                 writer.write(out)
                 await writer.drain()
@@ -120,10 +118,7 @@ def test_a_reset_after_part_of_a_response_is_not_sent_again_unseen():
     async def on_conn(reader, writer):
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int([ln.split(b":")[1] for ln in head.split(b"\r\n")
-                              if ln.lower().startswith(b"content-length")][0])
-                await reader.readexactly(length)
+                head, _ = await read_request(reader)
                 seen.append(head)
                 if len(seen) == 1:
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
@@ -424,9 +419,7 @@ def test_https_through_a_connect_proxy(tmp_path, monkeypatch):
 async def _tls_handler(reader, writer):
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = int([ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
-            await reader.readexactly(length)
+            await read_request(reader)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError, OSError):

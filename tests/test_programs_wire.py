@@ -9,7 +9,7 @@ import pytest
 
 from leap_cli.programs.generate import generate_programs
 from leap_cli.programs.store import ProgramStore
-from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
+from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of, read_request
 from tests.test_programs_client import _serve_raw
 from tests.test_programs_endpoints import _good
 from tests.test_programs_generate import N_SEGMENTS, config, good_programs, records, workdir  # noqa: F401
@@ -27,10 +27,7 @@ def _serve_script(on_request):
         conns.append(writer)
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int([ln.split(b":")[1] for ln in head.split(b"\r\n")
-                              if ln.lower().startswith(b"content-length")][0])
-                body = await reader.readexactly(length)
+                _, body = await read_request(reader)
                 seen.append(body)
                 if await on_request(len(seen), body, writer):
                     break
