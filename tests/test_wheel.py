@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,9 @@ def test_wheel_installs_and_runs_outside_the_checkout(tmp_path):
     _run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
           "-w", dist, src], cwd=tmp_path)
     (whl,) = dist.glob("leap_cli-*.whl")
+    with zipfile.ZipFile(whl) as zf:  # the MIT text README and pyproject.toml name travels with the wheel
+        (licence,) = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "LICENSE"]
+        assert "Permission is hereby granted" in zf.read(licence).decode()
 
     venv = tmp_path / "fresh"
     _run([sys.executable, "-m", "venv", "--without-pip", venv], cwd=tmp_path)
