@@ -189,7 +189,8 @@ def evaluate(
             found = sorted(p for p in runs.iterdir() if (p / "checkpoints").is_dir()) if runs.is_dir() else []
             run = only_one(found, "runs", runs, fix="pass --run runs/NAME, or --scores FILE")
             if run is None:
-                raise LeapError("nothing to evaluate", fix="pass --run runs/NAME (a trained run) or --scores FILE")
+                raise LeapError("nothing to evaluate", path=runs,
+                                fix="pass --run runs/NAME (a trained run) or --scores FILE")
             console.print(escape(f"run: {run} (the only run in {runs})"), highlight=False)
         run_dir = resolve_run(run, workdir)
         if own_run is not None and out is None and own_run.resolve() != run_dir.resolve():

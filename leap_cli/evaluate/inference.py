@@ -272,7 +272,9 @@ def resolve_run(run: str | Path, workdir: str | Path) -> Path:
     for cand in (run, Path(workdir) / run, Path(workdir) / "runs" / run):
         if cand.exists():
             return cand
-    raise LeapError("run not found", path=run, fix=f"give runs/NAME written by `leap train` (looked under {workdir})")
+    # (a bare name is said as the run of that name in the work directory, so that a mistyped --workdir is named)
+    said = run if run.is_absolute() or len(run.parts) > 1 else Path(workdir) / "runs" / run
+    raise LeapError("run not found", path=said, fix=f"give runs/NAME written by `leap train` (looked under {workdir})")
 
 
 def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: str = "best",
