@@ -485,7 +485,11 @@ def test_force_with_a_bad_option_keeps_the_output(tiny_kitchen, tmp_path):
     assert before
     for extra, says in ((["--camera-source", "bogus"], "unknown camera source"),
                         (["--detector-weights", str(tmp_path / "nosuch.pt")], "--detector-weights: file not found"),
-                        (["--clip-weights", str(tmp_path / "nosuch.pt")], "--clip-weights: file not found")):
+                        (["--clip-weights", str(tmp_path / "nosuch.pt")], "--clip-weights: file not found"),
+                        # a published file's name: the error says where to download it (README, "Weights")
+                        (["--clip-weights", str(tmp_path / "ViT-B-16.pt")], "download ViT-B-16.pt from https://"
+                         "openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb"
+                         "61988df416f/ViT-B-16.pt)")):
         r = leap(*base, *extra, "--force")
         lines = [x for x in r.stderr.splitlines() if x.strip()]
         assert r.returncode == 2 and len(lines) == 1 and says in lines[0], (extra, r.stderr)

@@ -494,8 +494,16 @@ def test_wrong_shapes_and_foreign_keys_fail_clearly(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(LeapError, match="cannot read checkpoint"):
         load_pretrained(build_model(tiny_args()), tmp_path / "junk.pth")
-    with pytest.raises(LeapError, match="does not exist"):
+    with pytest.raises(LeapError, match="does not exist") as absent:
         load_pretrained(build_model(tiny_args()), tmp_path / "absent.pth")
+    assert "download" not in str(absent.value)  # a name leap does not know: no address made up
+    for name, folder in (("k400_k710_uniformerv2_l14_8x224.pyth", "k400"), ("mit_uniformerv2_b16_8x224.pyth", "mitv1"),
+                         ("frozen_k710_uniformerv2_l14_8x336.pyth", "k710")):
+        with pytest.raises(LeapError, match="does not exist") as missing:  # an official file: MODEL_ZOO's address
+            load_pretrained(build_model(tiny_args()), tmp_path / name)
+        assert str(missing.value).count(str(tmp_path)) == 1  # (the path once, not again in the message)
+        assert str(missing.value).endswith(
+            f"download {name} from https://pjlab-gvm-data.oss-cn-shanghai.aliyuncs.com/uniformerv2/{folder}/{name})")
 
 
 def test_sdpa_plain_attention_and_grad_checkpointing_agree():

@@ -38,6 +38,7 @@ from leap_cli.extract.cache import FrameCache
 from leap_cli.extract.describe import render_clip
 from leap_cli.io import JsonlAppender, OutputLock, atomic_write_json
 from leap_cli.outcome import Outcome
+from leap_cli.published import missing_file_fix
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,8 @@ class ExtractConfig:
             if path is not None and str(path) != name and not Path(path).is_file():
                 raise LeapError(f"{option}: " + ("a folder, not a weights file" if Path(path).is_dir()
                                                  else "file not found"), path=path,
-                                fix="give the path of a local file" + (f", or {name!r}" if name else ""))
+                                fix=missing_file_fix(path, "give the path of a local file"
+                                                     + (f", or {name!r}" if name else "")))
         if self.audio_labels is not None and self.audio_model is None:
             raise LeapError("--audio-labels is for --audio-model (the signal-processing classifier has its own "
                             "classes)", fix="add --audio-model CNN14.pth, or drop --audio-labels")

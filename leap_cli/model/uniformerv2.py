@@ -31,6 +31,7 @@ from torch import nn
 
 from leap_cli.errors import LeapError
 from leap_cli.io import load_problem
+from leap_cli.published import missing_file_fix
 
 log = logging.getLogger(__name__)
 
@@ -748,7 +749,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise LeapError("is a folder, not a weights file", path=str(path),
                         fix="give the file inside it (a run's checkpoints/best.pt or last.pt, a release's .pth/.pyth)")
     if not path.is_file():
-        raise LeapError(f"checkpoint {path} does not exist", path=str(path), fix="give the path of a local weights file")
+        raise LeapError("checkpoint does not exist", path=str(path),
+                        fix=missing_file_fix(path, "give the path of a local weights file"))
     if _is_safetensors(path):
         try:
             from safetensors.torch import load_file
