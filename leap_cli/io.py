@@ -776,6 +776,21 @@ def _stored_settings(output: Path, option: str, *, warn: bool = True, force: boo
     return None
 
 
+def read_utf8(path: str | Path, what: str, *, fix: str = "save it as UTF-8 text", unit: str = "line") -> str:
+    """The text of a file a user gives (a prompt, a config, a CSV), as UTF-8 with any BOM dropped; another
+    encoding (Notepad's "Unicode" is UTF-16, an old spreadsheet's CSV Latin-1) is a LeapError naming the
+    ``unit`` ("line", "row") of the first byte that is not UTF-8."""
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise LeapError(f"{what} is UTF-16 text, not UTF-8", path=path, fix=fix) from None
+        at = raw[:e.start].count(b"\n") + 1
+        raise LeapError(f"{what} is not UTF-8 text (byte 0x{raw[e.start]:02x})", path=path, record=f"{unit} {at}",
+                        fix=fix) from None
+
+
 def atomic_write_text(path: str | Path, text: str, *, if_changed: bool = False) -> bool:
     return atomic_write_bytes(path, text.encode("utf-8"), if_changed=if_changed)
 

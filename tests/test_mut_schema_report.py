@@ -211,10 +211,10 @@ def test_revalidated_names_a_line_that_is_not_a_record_and_counts_the_rest_of_th
     stored_invalid = _record("c", None, "invalid")
     out, failures = revalidated([[1], _record("a", bad), {"narration_id": 3}, _record("b", None), stored_invalid],
                                 *vocab)
-    assert failures[0] == {"narration_id": None, "reason": "line 1: not a program record"}
+    assert failures[0] == {"narration_id": None, "reason": "line 1: not a program record (a JSON list, not an object)"}
     assert failures[1]["narration_id"] == "a" and failures[1]["reason"].startswith("/steps/0/hand: ")
     assert "more)" not in failures[1]["reason"]  # one finding: no "(+0 more)"
-    assert failures[2] == {"narration_id": None, "reason": "line 3: not a program record"}
+    assert failures[2] == {"narration_id": None, "reason": "line 3: not a program record (no narration_id string)"}
     assert failures[3] == {"narration_id": "b", "reason": "/: no program"}
     assert len(failures) == 4  # a record stored invalid was never called valid: not a failure, and kept as it is
     assert [r["status"] for r in out] == ["invalid", "invalid", "invalid"] and out[2] == stored_invalid

@@ -333,7 +333,7 @@ def test_build_shards_revalidates_programs(tmp_path):
     failed = {x["narration_id"]: x["reason"] for x in r.manifest["programs"]["failed_validation"]}
     assert set(failed) == {"P01_01_3", "P01_02_0", "P01_01_1", "P01_01_2", None}
     assert "never reached" in failed["P01_01_1"] and "does not match the segment's verb class" in failed["P01_01_2"]
-    assert failed[None] == "line 6: not a program record"
+    assert failed[None] == "line 6: not a program record (a JSON list, not an object)"
     # the same findings generate-programs would give
     from leap_cli.epic.annotations import Annotations
     from leap_cli.programs.validate import Labels

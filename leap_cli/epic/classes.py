@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from leap_cli.errors import LeapError
+from leap_cli.io import read_utf8
 
 CLASS_COLUMNS = ("id", "key", "instances", "category")
 
@@ -214,4 +215,6 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
                 rows.lines.append(reader.line_num)
             return rows
     except UnicodeDecodeError:
-        raise LeapError("not a UTF-8 CSV file", path=path) from None
+        fix = "save it as UTF-8 (a spreadsheet's \"CSV UTF-8\"), or take EPIC's file again"
+        read_utf8(path, "the CSV file", fix=fix, unit="row")  # (raises, naming the row)
+        raise LeapError("not a UTF-8 CSV file", path=path, fix=fix) from None

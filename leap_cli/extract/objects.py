@@ -31,6 +31,7 @@ from leap_cli.extract.base import Component, SegmentContext, result, unavailable
 from leap_cli.extract.detections import (LabelledBox, in_segment, position_word, video_hand_objects,
                                          video_object_detections)
 from leap_cli.extract.naming import mean_names, narration_nouns
+from leap_cli.io import read_utf8
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def read_labels_file(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise LeapError("detector labels file not found", path=path, fix="one class name per line, background first")
-    names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    names = [ln.strip() for ln in read_utf8(path, "the detector labels file").splitlines() if ln.strip()]
     if len(names) < 2:
         raise LeapError("detector labels file holds fewer than 2 names", path=path,
                         fix="one class name per line, index 0 the background")

@@ -23,7 +23,7 @@ from pathlib import Path
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.io import stable_hash
+from leap_cli.io import read_utf8, stable_hash
 from leap_cli.resources import resource_dir
 from leap_cli.programs.vocab import HANDS, MOTOR_PRIMITIVES, PREDICATES, resolve_object, resolve_verb
 
@@ -81,9 +81,11 @@ def load_exemplars(folder: str | Path | None = None) -> list[Exemplar]:
     out = []
     for path in sorted(folder.glob("*.json")):
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
+            d = json.loads(read_utf8(path, "the exemplar", fix="save it as UTF-8 JSON"))
+            if not isinstance(d, dict):
+                raise TypeError(f"a JSON {type(d).__name__}, not an object")
             out.append(Exemplar(d["id"], d["narration"], d.get("text") or d["narration"], d["program"]))
-        except (json.JSONDecodeError, KeyError) as e:
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise LeapError(f"not an exemplar ({e})", path=path, fix='an exemplar is {"id", "narration", "text", "program"}') from None
     if not out:
         raise LeapError("no exemplar programs found", path=folder, fix="point --exemplars at a folder of *.json exemplars")
@@ -92,7 +94,7 @@ def load_exemplars(folder: str | Path | None = None) -> list[Exemplar]:
 
 def load_system_prompt(path: str | Path | None = None) -> str:
     path = Path(path) if path else resource_dir("prompts") / "system.md"
-    return path.read_text(encoding="utf-8").strip()
+    return read_utf8(path, "the system prompt").strip()
 
 
 def narration_record(seg: Segment) -> dict:

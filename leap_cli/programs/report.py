@@ -97,12 +97,14 @@ def revalidated(records: list, verbs: ClassVocab, nouns: ClassVocab, segments: d
     """Program records as a consumer may trust them: each ``valid`` one is checked again with the validation
     generate-programs runs (``validate.check_program``: the schema, then chaining and vocabulary, and the segment's
     labels when ``segments`` has it); one that fails comes back ``invalid`` with its findings, a line that is not a
-    record is dropped. Returns (records, failures): one ``{"narration_id", "reason"}`` per record that was not
-    valid after all (``narration_id`` None and ``reason`` naming the line for a line that is not a record)."""
+    record (``common.program_record_problem``: a descriptor record, a status of another kind) is dropped. Returns
+    (records, failures): one ``{"narration_id", "reason"}`` per record that was not valid after all (``reason``
+    naming the line for a line that is not a record; ``narration_id`` None where it has none)."""
     out, failures = [], []
     for i, r in enumerate(records, start=1):
-        if not isinstance(r, dict) or not isinstance(r.get("narration_id"), str):
-            failures.append({"narration_id": None, "reason": f"line {i}: not a program record"})
+        if problem := program_record_problem(r):
+            failures.append({"narration_id": r["narration_id"] if isinstance(r, dict) and isinstance(
+                r.get("narration_id"), str) else None, "reason": f"line {i}: not a program record ({problem})"})
             continue
         if r.get("status") == "valid":
             program = r.get("program")

@@ -1049,7 +1049,11 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         # again with generate-programs' own validation (programs.validate.check_program, the segment's labels included)
         from leap_cli.programs.report import revalidated
 
+        lines = len(programs)
         programs, failures = revalidated(programs, ann.verbs, ann.nouns, {s.narration_id: s for s in segments})
+        if lines and not programs:  # (descriptors given as --programs: every sample would train without a program)
+            raise LeapError(f"no program record among its {lines} lines: {failures[0]['reason']}", path=prog_path,
+                            fix="give --programs the output of leap generate-programs (programs/SPLIT.jsonl)")
         if failures:
             shown = "; ".join(f"{x['narration_id'] or prog_path.name}: {x['reason']}" for x in failures[:3])
             notes.append(f"{len(failures)} program records failed re-validation (listed in the manifest under "

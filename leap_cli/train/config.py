@@ -16,6 +16,7 @@ from typing import Any, Iterable, get_type_hints
 import yaml
 
 from leap_cli.errors import LeapError
+from leap_cli.io import read_utf8
 from leap_cli.resources import bundled_config, bundled_configs
 
 BACKBONES = ("uniformerv2_tiny", "uniformerv2_b16", "uniformerv2_l14")
@@ -387,7 +388,7 @@ def _read_raw(path: str | Path, chain: tuple[str, ...] = ()) -> tuple[dict, str]
         raise LeapError("config file not found", path=path,
                         fix=f"give a YAML file, or the name of a bundled config: {names}")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        raw = yaml.load(read_utf8(path, "the config file"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
