@@ -85,11 +85,15 @@ class ShardSpec:
         return "" if self.count == 1 else f".shard{self.index}of{self.count}"
 
 
-def descriptor_problem(record: dict) -> str | None:
-    """What is wrong with the shape of a descriptor record (``leap extract``'s output), or None. ``video_id``,
-    ``start`` and ``stop`` may be absent (the views say "?"), but not of another type."""
+def descriptor_problem(record: dict) -> str | tuple[str, str] | None:
+    """What is wrong with the shape of a descriptor record (``leap extract``'s output), or None (``(problem, fix)``
+    for a program record: the file given is the wrong one). ``video_id``, ``start`` and ``stop`` may be absent
+    (the views say "?"), but not of another type."""
     if not isinstance(record.get("narration_id"), str):
         return "no narration_id string"
+    if "components" not in record and "text" not in record and "program" in record:
+        return ("a program record (generate-programs' output), not a descriptor record",
+                "give extract's output, descriptors/SPLIT.jsonl")
     comps = record.get("components", {})
     if not isinstance(comps, dict):
         return f"components is a {type(comps).__name__}, not an object"

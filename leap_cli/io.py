@@ -892,6 +892,13 @@ def load_problem(e: Exception, path: str | Path) -> str:
         return "the file ends early (a truncated copy?)"
     if "central directory" in text or "PytorchStreamReader" in text:
         return "a damaged or truncated torch file (its zip archive cannot be read)"
+    try:  # neither a zip archive (torch.save since 1.6) nor a pickle (before): text, an image, another format
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head[:1] != b"\x80" and head != b"PK\x03\x04":
+            return "not a file written by torch.save"
+    except OSError:
+        pass
     first = text.splitlines()[0][:200] if text else ""
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
@@ -948,16 +955,19 @@ def iter_jsonl(path: str | Path, *, repair: bool = False) -> Iterator[tuple[int,
             f.truncate(cut)
 
 
-def read_jsonl(path: str | Path, *, repair: bool = False, check: Callable[[dict], str | None] | None = None,
+def read_jsonl(path: str | Path, *, repair: bool = False,
+               check: Callable[[dict], str | tuple[str, str] | None] | None = None,
                keep: Callable[[dict], dict] | None = None) -> list[dict]:
-    """Read a JSONL file (``iter_jsonl``). ``check`` returns what is wrong with a record's shape (or None): a record
-    that is not an object, or fails it, is a LeapError naming its line. ``keep`` (after ``check``): what of each
-    record to keep in memory."""
+    """Read a JSONL file (``iter_jsonl``). ``check`` returns what is wrong with a record's shape (or None; or
+    ``(problem, fix)`` where the fix is not to rerun the stage that wrote it): a record that is not an object, or
+    fails it, is a LeapError naming its line. ``keep`` (after ``check``): what of each record to keep in memory."""
     records: list[dict] = []
     with gc_paused():
         for i, r in iter_jsonl(path, repair=repair):
             if check is not None:
                 problem = "not a JSON object" if not isinstance(r, dict) else check(r)
+                if isinstance(problem, tuple):  # (what is wrong, what to do): another stage's file, say
+                    raise LeapError(problem[0], path=path, record=f"line {i}", fix=problem[1])
                 if problem:
                     raise LeapError(f"malformed record: {problem}", path=path, record=f"line {i}",
                                     fix="rerun the stage that wrote it (delete the line; finished records are kept)")

@@ -148,6 +148,19 @@ def _generate(monkeypatch, capsys, root, work, *extra):
                      "--workdir", str(work), *extra)
 
 
+def test_program_records_given_as_descriptors_are_refused_as_such(root, tmp_path, monkeypatch, capsys):
+    """generate-programs' own output passed back as --descriptors: refused in one line, before any program."""
+    work = tmp_path / "w"
+    _descriptors(root, work / "descriptors" / "train.jsonl")
+    assert _generate(monkeypatch, capsys, root, work)[0] == 0
+    programs = work / "programs" / "train.jsonl"
+    code, _, err = _generate(monkeypatch, capsys, root, work, "--descriptors", str(programs),
+                             "--out", str(tmp_path / "again.jsonl"))
+    line = one_error_line(err)
+    assert code == 2 and f"{programs} [line 1]: a program record" in line and "descriptors/SPLIT.jsonl" in line, line
+    assert not (tmp_path / "again.jsonl").exists()
+
+
 def test_a_truncated_last_descriptor_line_is_dropped_and_the_rest_goes_on(root, tmp_path, monkeypatch, capsys,
                                                                           caplog):
     work = tmp_path / "w"
@@ -208,6 +221,20 @@ def test_an_exemplar_that_is_not_json_is_one_line(root, tmp_path, monkeypatch, c
     code, _, err = _dry_run(monkeypatch, capsys, root, work, victim.parent)
     line = one_error_line(err)
     assert code == 2 and str(victim) in line and "not an exemplar" in line
+
+
+def test_an_exemplar_whose_program_breaks_the_schema_is_refused_naming_where(root, tmp_path, monkeypatch, capsys):
+    """The LLM copies its exemplars: one whose program the schema refuses would teach it the fault."""
+    from leap_cli.resources import resource_dir
+
+    work = tmp_path / "w"
+    _descriptors(root, work / "descriptors" / "train.jsonl")
+    good = json.loads(sorted((resource_dir("prompts") / "exemplars").glob("*.json"))[0].read_text())
+    good["program"]["steps"][0]["hand"] = "third"  # no such hand
+    victim = _exemplars_with(tmp_path, json.dumps(good).encode())
+    code, _, err = _dry_run(monkeypatch, capsys, root, work, victim.parent)
+    line = one_error_line(err)
+    assert code == 2 and str(victim) in line and "does not fit the schema: /steps/0/hand" in line, line
 
 
 def test_an_exemplar_that_is_a_json_list_is_one_line(root, tmp_path, monkeypatch, capsys):
@@ -323,7 +350,7 @@ def test_a_scores_file_that_is_not_torch_is_one_line(root, tmp_path, monkeypatch
     (tmp_path / "s.pt").write_text("not a torch file\n")
     code, _, err = _evaluate_scores(monkeypatch, capsys, root, tmp_path, tmp_path / "s.pt")
     line = one_error_line(err)
-    assert code == 2 and str(tmp_path / "s.pt") in line and "torch" in line
+    assert code == 2 and str(tmp_path / "s.pt") in line and "not a file written by torch.save" in line, line
 
 
 def test_a_config_key_typo_lists_the_valid_keys(tmp_path, monkeypatch, capsys):

@@ -185,6 +185,8 @@ def _run(cfg, split_name: str, spec, limit: int | None, strict: bool, lock: Outp
     if spec.count > 1 and not summary.segments and limit is None:  # (it said "0 selected" and nothing more)
         console.print(f"note: part {spec.index}/{spec.count} holds no segment of the {split_name} split: parts are "
                       f"whole videos, and with fewer videos than parts some parts are empty")
+    elif spec.count == 1 and not summary.segments and limit is None:  # (a header-only CSV: a cut download?)
+        console.print(f"note: the {split_name} split's annotation file holds no segment (a header and no rows)")
     if summary.interrupted:  # the summary is printed; the CLI says how to resume and exits 130 (143: SIGTERM)
         raise KeyboardInterrupt
     summary.outcome.exit(strict)  # 3 when every segment failed (or any, with --strict)

@@ -25,6 +25,7 @@ from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.io import read_utf8, stable_hash
 from leap_cli.resources import resource_dir
+from leap_cli.programs.schema import validate_program
 from leap_cli.programs.vocab import HANDS, MOTOR_PRIMITIVES, PREDICATES, resolve_object, resolve_verb
 
 COMPONENTS = ("narration", "audio", "camera", "objects", "hands")
@@ -87,6 +88,10 @@ def load_exemplars(folder: str | Path | None = None) -> list[Exemplar]:
             out.append(Exemplar(d["id"], d["narration"], d.get("text") or d["narration"], d["program"]))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise LeapError(f"not an exemplar ({e})", path=path, fix='an exemplar is {"id", "narration", "text", "program"}') from None
+        if findings := validate_program(d["program"]):  # (the LLM would copy its faults)
+            raise LeapError(f"the exemplar's program does not fit the schema: {findings[0].pointer or '/'}: "
+                            f"{findings[0].message}" + (f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""),
+                            path=path, fix="correct it (leap validate-programs checks a program file the same way)")
     if not out:
         raise LeapError("no exemplar programs found", path=folder, fix="point --exemplars at a folder of *.json exemplars")
     return out

@@ -83,9 +83,10 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
         raise LeapError(f"malformed program record: {program_record_problem(prog)}",
                         path=programs or workdir / "programs", record=narration_id,
                         fix="fix or delete that line (leap generate-programs writes a deleted record again)")
-    if desc is not None and descriptor_problem(desc):
-        raise LeapError(f"malformed descriptor record: {descriptor_problem(desc)}", path=descriptors or workdir / "descriptors",
-                        record=narration_id, fix="rerun leap extract for that segment")
+    if desc is not None and (problem := descriptor_problem(desc)):
+        problem, fix = problem if isinstance(problem, tuple) else (f"malformed descriptor record: {problem}",
+                                                                   "rerun leap extract for that segment")
+        raise LeapError(problem, path=descriptors or workdir / "descriptors", record=narration_id, fix=fix)
     if prog is None and desc is None and split and not (programs or descriptors):
         elsewhere = _find(workdir / "programs", narration_id, None)[1] or _find(workdir / "descriptors", narration_id,
                                                                                 None)[1]
