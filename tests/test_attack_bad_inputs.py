@@ -214,45 +214,28 @@ def _dry_run(monkeypatch, capsys, root, work, exemplars):
                      "--exemplars", str(exemplars))
 
 
-def test_an_exemplar_that_is_not_json_is_one_line(root, tmp_path, monkeypatch, capsys):
-    work = tmp_path / "w"
-    _descriptors(root, work / "descriptors" / "train.jsonl")
-    victim = _exemplars_with(tmp_path, b'{"id": "x", broken')
-    code, _, err = _dry_run(monkeypatch, capsys, root, work, victim.parent)
-    line = one_error_line(err)
-    assert code == 2 and str(victim) in line and "not an exemplar" in line
-
-
-def test_an_exemplar_whose_program_breaks_the_schema_is_refused_naming_where(root, tmp_path, monkeypatch, capsys):
-    """The LLM copies its exemplars: one whose program the schema refuses would teach it the fault."""
+def _exemplar_off_schema() -> bytes:
     from leap_cli.resources import resource_dir
 
-    work = tmp_path / "w"
-    _descriptors(root, work / "descriptors" / "train.jsonl")
     good = json.loads(sorted((resource_dir("prompts") / "exemplars").glob("*.json"))[0].read_text())
     good["program"]["steps"][0]["hand"] = "third"  # no such hand
-    victim = _exemplars_with(tmp_path, json.dumps(good).encode())
-    code, _, err = _dry_run(monkeypatch, capsys, root, work, victim.parent)
-    line = one_error_line(err)
-    assert code == 2 and str(victim) in line and "does not fit the schema: /steps/0/hand" in line, line
+    return json.dumps(good).encode()
 
 
-def test_an_exemplar_that_is_a_json_list_is_one_line(root, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("content, says", [
+    # the LLM copies its exemplars: one whose program the schema refuses would teach it the fault
+    (_exemplar_off_schema, "does not fit the schema: /steps/0/hand"),
+    (lambda: b'{"id": "x", broken', "not an exemplar"),
+    (lambda: b"[1, 2]\n", "not an exemplar (a JSON list, not an object)"),
+    (lambda: b'{"id": "caf\xe9", "narration": "x", "text": "x", "program": {}}\n', "[line 1]: the exemplar is not UTF-8"),
+], ids=["off-schema", "not-json", "json-list", "latin-1"])
+def test_a_bad_exemplar_is_one_line_naming_the_file(content, says, root, tmp_path, monkeypatch, capsys):
     work = tmp_path / "w"
     _descriptors(root, work / "descriptors" / "train.jsonl")
-    victim = _exemplars_with(tmp_path, b"[1, 2]\n")
+    victim = _exemplars_with(tmp_path, content())
     code, _, err = _dry_run(monkeypatch, capsys, root, work, victim.parent)
     line = one_error_line(err)
-    assert code == 2 and str(victim) in line
-
-
-def test_an_exemplar_that_is_not_utf8_is_one_line(root, tmp_path, monkeypatch, capsys):
-    work = tmp_path / "w"
-    _descriptors(root, work / "descriptors" / "train.jsonl")
-    victim = _exemplars_with(tmp_path, b'{"id": "caf\xe9", "narration": "x", "text": "x", "program": {}}\n')
-    code, _, err = _dry_run(monkeypatch, capsys, root, work, victim.parent)
-    line = one_error_line(err)
-    assert code == 2 and str(victim) in line
+    assert code == 2 and str(victim) in line and says in line, line
 
 
 def test_a_system_prompt_that_is_not_utf8_is_one_line(root, tmp_path, monkeypatch, capsys):
