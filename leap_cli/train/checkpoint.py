@@ -17,9 +17,12 @@ anticipation).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from leap_cli.errors import LeapError
-from leap_cli.io import atomic_write_bytes, load_problem
+from leap_cli.io import atomic_path, atomic_write_bytes, load_problem
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,22 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
     buf = io.BytesIO()
     torch.save(checkpoint, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
+    """``dst`` made the same file as ``src``, atomically: a hard link where the file system has them (no bytes
+    copied, so the two renames of last.pt and best.pt are close to one instant), else a copy. Nothing is done
+    when ``dst`` is ``src``'s link already."""
+    src, dst = Path(src), Path(dst)
+    with contextlib.suppress(OSError):
+        if os.path.samefile(src, dst):
+            return
+    with atomic_path(dst) as tmp:
+        try:
+            tmp.unlink()  # (the temp name is this process's: the link takes it)
+            os.link(src, tmp)
+        except OSError:  # (no hard links there, or another device)
+            shutil.copyfile(src, tmp)
 
 
 def _check_crcs(path: Path) -> None:

@@ -36,7 +36,7 @@ from leap_cli import signals
 from leap_cli.errors import LeapError
 from leap_cli.io import OutputLock, ShardReaders, atomic_write_text, read_jsonl, settings_changes
 from leap_cli.train import distributed
-from leap_cli.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from leap_cli.train.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from leap_cli.train.config import Config, backbone_options, dump_config, resolve_aliases
 from leap_cli.train.optim import CosineWithWarmup, build_optimizer
 
@@ -66,6 +66,7 @@ class TrainState:
     epoch: int = 0                 # current epoch
     batches: int = 0               # micro-batches consumed in the current epoch
     best_metric: float = -1.0
+    best_step: int | None = None   # the step best.pt holds
     history: list = field(default_factory=list)
 
 
@@ -610,6 +611,9 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             state.epoch = int(resume_ckpt["data_position"]["epoch"])
             state.batches = int(resume_ckpt["data_position"]["batches"])
             state.best_metric = float(resume_ckpt["best_metric"])
+            state.best_step = resume_ckpt.get("best_step")
+            if info.is_main and state.best_step == state.step:  # (a stop between last.pt and its best.pt copy)
+                copy_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
             # a checkpoint written before best.pt was chosen by this metric (anticipation used action top-1):
             # its best is not comparable, so the next validation sets it anew
             if resume_ckpt.get("best_key", "action_top1") != BEST_METRIC[cfg.data.task]:
@@ -662,6 +666,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                 "shards_timing": getattr(source, "timing", None),  # anticipation: when the training shards observe
                 "provenance": provenance,  # (also in a checkpoint evaluated outside its run: evaluate's meta)
                 "epoch": state.epoch, "best_metric": state.best_metric, "best_key": BEST_METRIC[cfg.data.task],
+                "best_step": state.best_step,
                 "rng": rng_state(), "numerics": numerics(cfg, info),
                 "data_position": {"epoch": state.epoch, "batches": state.batches, "world_size": info.world_size,
                                   "order": DATA_ORDER, "batches_per_epoch": int(source.batches_per_epoch)}})
@@ -718,8 +723,13 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                     if on_eval:
                         on_eval(rec)
                 if last_eval.get("n") and last_eval[best_key] > state.best_metric:
-                    state.best_metric = last_eval[best_key]
-                    checkpoint(ckpt_dir / "best.pt")
+                    state.best_metric, state.best_step = last_eval[best_key], state.step
+                    # last.pt first, best.pt its copy: a stop in between leaves a run that --resume continues
+                    # from last.pt (which makes the copy again); best.pt first left a best.pt alone at the first
+                    # validation, and --resume refused such a run
+                    checkpoint(ckpt_dir / "last.pt")
+                    if info.is_main:
+                        copy_checkpoint(ckpt_dir / "last.pt", ckpt_dir / "best.pt")
             checkpoint(ckpt_dir / "last.pt")
             if state.step >= total or stop():
                 break
