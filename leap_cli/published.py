@@ -16,7 +16,7 @@ URLS = {  # file name as published -> its address
     "class_labels_indices.csv":
         "http://storage.googleapis.com/us_audioset/youtube_corpus/v1/csv/class_labels_indices.csv",
 }
-UNIFORMERV2_ZOO = "https://github.com/OpenGVLab/UniFormerV2/blob/main/MODEL_ZOO.md"
+# (the files that OpenGVLab/UniFormerV2's MODEL_ZOO.md lists)
 _UNIFORMERV2_FILES = "https://pjlab-gvm-data.oss-cn-shanghai.aliyuncs.com/uniformerv2"
 # an official UniFormerV2 file's name starts with its data set, the folder it is published in
 _UNIFORMERV2_NAME = re.compile(r"(?:frozen_)?(k400|k600|k700|k710|sthv1|sthv2|anet|hacs|mit)_\w*uniformerv2_\w+\.pyth")

@@ -16,7 +16,8 @@ def load_checkpoint(path: str | Path, what: str) -> dict:
     rides along, e.g. PANNs' ``main.py``); a missing or unreadable file is a LeapError."""
     path = Path(path)
     if not path.is_file():
-        raise LeapError(f"{what} checkpoint not found", path=path, fix=missing_file_fix(path, "pass the path of a local .pth/.pt file"))
+        raise LeapError(f"{what} checkpoint not found", path=path,
+                        fix=missing_file_fix(path, "pass the path of a local .pth/.pt file"))
     try:
         with weights_only_allowing(numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
