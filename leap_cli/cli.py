@@ -6,6 +6,7 @@ Each command parses its options, calls its stage, and prints the summary. Stage 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -393,6 +394,8 @@ def _main() -> None:
     _state.pop("command", None)  # (set once the command line is read)
     signal.signal(signal.SIGTERM, _on_sigterm)
     if not isinstance(sys.stdout, ReaderSafeStdout) and hasattr(sys.stdout, "fileno"):
+        with contextlib.suppress(AttributeError, ValueError):  # an ASCII stdout (PYTHONIOENCODING=ascii, a job's
+            sys.stdout.reconfigure(errors="backslashreplace")  # environment) writes a path's é as \xe9, as stderr does
         sys.stdout = ReaderSafeStdout(sys.stdout)
     try:
         sys.argv[1:] = expand_home(sys.argv[1:])

@@ -351,13 +351,13 @@ class OutputLock:
         read_only = False
         try:
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        except PermissionError:  # a lock file another user's run left (umask 022): it holds no data, and flock
-            try:  # takes a file opened for reading as well (not on NFS: below)
+        except PermissionError as first:  # a lock file another user's run left (umask 022): it holds no data,
+            try:  # and flock takes a file opened for reading as well (not on NFS: below)
                 fd, read_only = os.open(self.lock_path, os.O_RDONLY), True
             except OSError:
                 if self.lock_path.exists():
                     raise denied from None
-                raise
+                raise first from None  # (no lock file, in a folder this user cannot write: that, not "not found")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

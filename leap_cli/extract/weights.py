@@ -96,6 +96,7 @@ def load_torchvision_coco(arch: str) -> tuple[dict[str, torch.Tensor], list[str]
             sys.stderr.write(said.getvalue())
         except Exception as e:  # noqa: BLE001 - offline, proxy, refused: all mean "place the file yourself"
             raise LeapError(f"cannot download torchvision's COCO weights of {arch} ({type(e).__name__})",
-                            path=cached, fix=f"place {cached.name} (from {weights.url}) at {cached}, "
-                                             "or pass --detector-weights FILE") from None
+                            path=cached, fix=f"place {cached.name} (from {weights.url}) at {cached} (another "
+                                             "folder: set TORCH_HOME, torch hub's cache), or pass --detector-weights "
+                                             "FILE") from None
     return state, list(weights.meta["categories"]), cached
