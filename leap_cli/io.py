@@ -145,6 +145,11 @@ def _remove_dead_temps(path: Path) -> None:
             pass
 
 
+def remove_dead_temps(folder: str | Path) -> None:
+    """``_remove_dead_temps`` of a folder no write of this run may touch again (a resumed stage's finished part)."""
+    _remove_dead_temps(Path(folder) / "_")  # (it sweeps the folder of the path it is given)
+
+
 def _temp_beside(path: Path) -> Path:
     """A new empty temp file in ``path``'s folder, named for ``path`` and this writer (``_remove_dead_temps``)."""
     try:

@@ -4,6 +4,7 @@ the cache's source record and entries of other frames, and the summary's error e
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -239,3 +240,28 @@ def test_a_config_through_the_api_refuses_cache_settings_the_cli_refuses(tmp_pat
         ExtractConfig(data=tmp_path, split="train", out=tmp_path / "o.jsonl", frame_cache=tmp_path / "c",
                       **{field: value})
     ExtractConfig(data=tmp_path, split="train", out=tmp_path / "o.jsonl", frame_cache=None, **{field: value})
+
+
+def test_a_resume_removes_a_killed_writers_temp_file_from_a_video_folder_it_does_not_write_again(
+        kitchen, tmp_path, monkeypatch):  # noqa: F811
+    """A worker killed mid-write leaves .KEY...HOST-PID....tmp in frame-cache/VIDEO/; a resume whose segments of that
+    video are all done writes no entry there, so no write of it swept the folder: the run's start does."""
+    import socket
+    import subprocess
+    import sys
+
+    from leap_cli import io as leap_io
+
+    out, cache = tmp_path / "t.jsonl", tmp_path / "fc"
+    run_extract(_cfg(kitchen, out, components=("narration",), frame_cache=cache))
+    folder = next(p for p in cache.iterdir() if p.is_dir())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # (a pid that has exited)
+    host = "".join(c if c.isalnum() or c in "-_" else "_" for c in socket.gethostname()) or "host"
+    left = folder / f".P01_01_0.v3.s256q90.jpgs.{host}-{dead}.abcdefgh.tmp"
+    alive = folder / f".P01_01_1.v3.s256q90.jpgs.{host}-{os.getppid()}.abcdefgh.tmp"  # a live writer's: kept
+    left.write_bytes(b"half")
+    alive.write_bytes(b"half")
+    monkeypatch.setattr(leap_io, "_SWEPT", set())  # (the resume is another process: no folder swept yet)
+    s = run_extract(_cfg(kitchen, out, components=("narration",), frame_cache=cache))
+    assert s.done_before == s.segments and not left.exists() and alive.exists()

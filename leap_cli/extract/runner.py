@@ -36,7 +36,7 @@ from leap_cli.errors import LeapError
 from leap_cli.extract.base import COMPONENTS, Component, FramesUnavailable, SegmentContext, error, unavailable
 from leap_cli.extract.cache import FrameCache
 from leap_cli.extract.describe import render_clip
-from leap_cli.io import JsonlAppender, OutputLock, atomic_write_json
+from leap_cli.io import JsonlAppender, OutputLock, atomic_write_json, remove_dead_temps
 from leap_cli.outcome import Outcome
 from leap_cli.published import missing_file_fix
 
@@ -640,6 +640,9 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
 
     t_start = time.perf_counter()
     cache = FrameCache.from_config(cfg)
+    if cache is not None:  # (a killed worker's temp file in a video folder that this run does not write again)
+        for vid in dict.fromkeys(s.video_id for s in segments):
+            remove_dead_temps(cache.root / vid)
     with JsonlAppender(cfg.out, replace_keys=replace, sync_every=SYNC_EVERY,
                        count=None if cfg.retry_errors else to_retry, lock=lock) as appender:
         todo = [s for s in segments if s.narration_id not in appender]
