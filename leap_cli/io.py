@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import socket
 import stat
@@ -158,6 +159,11 @@ def _temp_beside(path: Path) -> Path:
         raise naming_target(e, path) from None
     os.close(fd)
     return Path(tmp)
+
+
+def output_mode(path: str | Path) -> int:
+    """The mode ``atomic_path`` gives a file written to ``path`` (``_mode_of``)."""
+    return _mode_of(Path(path))
 
 
 def _mode_of(path: Path) -> int:
@@ -787,13 +793,27 @@ def read_utf8(path: str | Path, what: str, *, fix: str = "save it as UTF-8 text"
     ``unit`` ("line", "row") of the first byte that is not UTF-8."""
     raw = Path(path).read_bytes()
     try:
-        return raw.decode("utf-8-sig")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
-            raise LeapError(f"{what} is UTF-16 text, not UTF-8", path=path, fix=fix) from None
-        at = raw[:e.start].count(b"\n") + 1
-        raise LeapError(f"{what} is not UTF-8 text (byte 0x{raw[e.start]:02x})", path=path, record=f"{unit} {at}",
-                        fix=fix) from None
+        for bom, name in ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe", "UTF-16"),
+                          (b"\xfe\xff", "UTF-16")):
+            if raw.startswith(bom):
+                raise LeapError(f"{what} is {name} text, not UTF-8", path=path, fix=fix) from None
+        start = e.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)  # (the offset is the text's, after a BOM)
+        raise LeapError(f"{what} is not UTF-8 text (byte 0x{raw[start]:02x})", path=path,
+                        record=f"{unit} {_line_of(raw, start)}", fix=fix) from None
+    if "\x00" in text:  # (UTF-16 without its BOM decodes as UTF-8: every other byte a NUL)
+        at = _line_of(raw, raw.index(0))
+        raise LeapError(f"{what} holds NUL bytes: UTF-16 text without its BOM?", path=path, record=f"{unit} {at}",
+                        fix=fix)
+    return text
+
+
+def _line_of(raw: bytes, offset: int) -> int:
+    """The line, from 1, that byte ``offset`` of ``raw`` is on, with lines ended by LF, CRLF or a lone CR (as
+    Python's csv module and text mode read them)."""
+    head = raw[:offset]
+    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
 
 
 def atomic_write_text(path: str | Path, text: str, *, if_changed: bool = False) -> bool:
@@ -897,13 +917,17 @@ def load_problem(e: Exception, path: str | Path) -> str:
         return "the file ends early (a truncated copy?)"
     if "central directory" in text or "PytorchStreamReader" in text:
         return "a damaged or truncated torch file (its zip archive cannot be read)"
-    try:  # neither a zip archive (torch.save since 1.6) nor a pickle (before): text, an image, another format
+    try:
         with open(path, "rb") as f:
             head = f.read(4)
-        if head[:1] != b"\x80" and head != b"PK\x03\x04":
-            return "not a file written by torch.save"
     except OSError:
-        pass
+        head = None
+    # (an unpickler's own words, but for "invalid load key", name the fault: a class refused in a protocol-0 pickle)
+    if head is not None and not (isinstance(e, pickle.UnpicklingError) and "invalid load key" not in text):
+        if len(head) < 4 and (b"PK\x03\x04".startswith(head) or head[:1] == b"\x80"):
+            return "the file ends early (a truncated copy?)"
+        if head[:1] != b"\x80" and head != b"PK\x03\x04":  # neither a zip archive (torch.save since 1.6) nor a
+            return "not a file written by torch.save"  # binary pickle (before): text, an image, another format
     first = text.splitlines()[0][:200] if text else ""
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
 

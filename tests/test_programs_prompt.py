@@ -237,8 +237,7 @@ def test_a_prompt_is_system_exemplar_turns_then_clip_and_its_hash_is_the_stable_
 
 
 def test_an_exemplar_file_without_text_uses_its_narration_and_an_empty_folder_is_refused(tmp_path):
-    program = {"action": {"narration": "wash plate", "verb": "wash", "noun": "plate"}, "pre": [], "post": [],
-               "steps": []}
+    program = load_exemplars()[0].program  # (one the schema takes: an exemplar's program is checked at load)
     (tmp_path / "b.json").write_text(json.dumps({"id": "b", "narration": "wash plate", "program": program}))
     (tmp_path / "a.json").write_text(json.dumps({"id": "a", "narration": "cut onion", "text": "Narration: cut onion.",
                                                  "program": program}))

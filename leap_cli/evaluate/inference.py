@@ -272,8 +272,11 @@ def resolve_run(run: str | Path, workdir: str | Path) -> Path:
     for cand in (run, Path(workdir) / run, Path(workdir) / "runs" / run):
         if cand.exists():
             return cand
-    # (a bare name is said as the run of that name in the work directory, so that a mistyped --workdir is named)
-    said = run if run.is_absolute() or len(run.parts) > 1 else Path(workdir) / "runs" / run
+    # (a name, or runs/NAME, is said as that run in the work directory, so that a mistyped --workdir is named)
+    if run.is_absolute() or (len(run.parts) > 1 and run.parts[0] != "runs"):
+        said = run
+    else:
+        said = Path(workdir) / run if run.parts[0] == "runs" else Path(workdir) / "runs" / run
     raise LeapError("run not found", path=said, fix=f"give runs/NAME written by `leap train` (looked under {workdir})")
 
 

@@ -85,6 +85,8 @@ def load_exemplars(folder: str | Path | None = None) -> list[Exemplar]:
             d = json.loads(read_utf8(path, "the exemplar", fix="save it as UTF-8 JSON"))
             if not isinstance(d, dict):
                 raise TypeError(f"a JSON {type(d).__name__}, not an object")
+            if wrong := [k for k in ("id", "narration", "text") if not isinstance(d.get(k, ""), str)]:
+                raise TypeError(f"{', '.join(wrong)} not a string")
             out.append(Exemplar(d["id"], d["narration"], d.get("text") or d["narration"], d["program"]))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise LeapError(f"not an exemplar ({e})", path=path, fix='an exemplar is {"id", "narration", "text", "program"}') from None

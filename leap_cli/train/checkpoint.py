@@ -23,6 +23,7 @@ import logging
 import os
 import random
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ import numpy as np
 import torch
 
 from leap_cli.errors import LeapError
-from leap_cli.io import atomic_path, atomic_write_bytes, load_problem
+from leap_cli.io import atomic_path, atomic_write_bytes, load_problem, output_mode
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +77,18 @@ def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
 def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
     """``dst`` made the same file as ``src``, atomically: a hard link where the file system has them (no bytes
     copied, so the two renames of last.pt and best.pt are close to one instant), else a copy. Nothing is done
-    when ``dst`` is ``src``'s link already."""
+    when ``dst`` is ``src``'s link already. A link shares ``src``'s mode: where ``dst`` is to have another (a best.pt
+    its user made read-only) or ``src`` is another user's, the bytes are copied."""
     src, dst = Path(src), Path(dst)
     with contextlib.suppress(OSError):
         if os.path.samefile(src, dst):
             return
+    st = src.stat()
+    linkable = st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == output_mode(dst)
     with atomic_path(dst) as tmp:
         try:
+            if not linkable:
+                raise OSError("the link would change the mode of both")
             tmp.unlink()  # (the temp name is this process's: the link takes it)
             os.link(src, tmp)
         except OSError:  # (no hard links there, or another device)
