@@ -22,15 +22,20 @@ the ids absent from the class files simply get scores nobody is labelled with.
 Refusals (``LeapError``, listing up to five examples): narration ids missing from or extra to
 ``EPIC_100_test_timestamps.csv``, NaN or infinite scores, a wrong number of verb or noun scores, SLS levels
 outside 0-5, an unknown challenge or version, action entries that are malformed, not 100 per segment, or not
-on every segment, and a zip that does not hold ``test.json`` at its root.
+on every segment, a narration id given twice, and a zip that does not hold ``test.json`` at its root. A zip is
+checked as it is read, one entry of ``results`` at a time (``_check_streamed``): a test split's file parsed whole
+is ~250 MB of Python objects.
 """
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import json
 import math
+import re
 import zipfile
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -173,26 +178,117 @@ def write_submission(path: str | Path, submission: dict, batch: int = 256) -> No
             f.write(b"}}")
 
 
-def read_submission(path: str | Path) -> dict:
-    """Read ``test.json`` from a submission zip (refusing folders, extra files and bad JSON)."""
-    path = Path(path)
+def _open_member(path: Path):
+    """The zip's ``test.json``, opened for reading (refusing a missing file, folders, extra files, no zip)."""
     if not path.exists():
         raise LeapError("submission file not found", path=path, fix="check the path or run `leap submit` first")
     try:
-        with zipfile.ZipFile(path) as z:
-            names = [n for n in z.namelist() if not n.endswith("/")]
-            if names != [MEMBER]:
-                raise LeapError(f"the zip holds {_examples(names) or 'nothing'}; it must hold only {MEMBER} "
-                                f"at its root", path=path, fix="zip test.json alone, without a folder")
-            raw = z.read(MEMBER)
+        z = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
         raise LeapError("not a zip file", path=path, fix="write it with `leap submit`") from None
+    names = [n for n in z.namelist() if not n.endswith("/")]
+    if names != [MEMBER]:
+        z.close()
+        raise LeapError(f"the zip holds {_examples(names) or 'nothing'}; it must hold only {MEMBER} "
+                        f"at its root", path=path, fix="zip test.json alone, without a folder")
+    return z
+
+
+def read_submission(path: str | Path) -> dict:
+    """Read ``test.json`` from a submission zip (refusing folders, extra files and bad JSON)."""
+    path = Path(path)
+    with _open_member(path) as z:
+        raw = z.read(MEMBER)
     try:
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads decodes bytes
         del raw  # not held through the parse: a test split's file is ~140 MB
         return json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LeapError(f"{MEMBER} is not valid JSON ({e})", path=path, fix="write it with `leap submit`") from None
+
+
+class _JsonStream:
+    """JSON values read one at a time from a text stream, a chunk in memory: the results of a test split's
+    ``test.json`` (~140 MB, ~250 MB as Python objects) are checked an entry at a time."""
+
+    CHUNK = 1 << 20
+    _WS = re.compile(r"[ \t\n\r]*")
+    _DECODER = json.JSONDecoder()
+
+    def __init__(self, f, encoding: str):
+        self.f, self.decode = f, codecs.getincrementaldecoder(encoding)("surrogatepass").decode
+        self.buf, self.pos, self.eof = "", 0, False
+
+    def more(self) -> bool:
+        """Read the next chunk onto the buffer (what was parsed dropped); False at the end of the stream."""
+        if self.eof:
+            return False
+        data = self.f.read(max(self.CHUNK, len(self.buf) - self.pos))  # (a value longer than a chunk: doubled)
+        self.eof = not data
+        self.buf, self.pos = self.buf[self.pos:] + self.decode(data, final=self.eof), 0
+        return True
+
+    def peek(self) -> str:
+        """The next character that is not white space ('' at the end)."""
+        while True:
+            self.pos = self._WS.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf) or not self.more():
+                return self.buf[self.pos:self.pos + 1]
+
+    def take(self, char: str) -> None:
+        if self.peek() != char:
+            raise json.JSONDecodeError(f"Expecting {char!r}", self.buf, self.pos)
+        self.pos += 1
+
+    def value(self):
+        self.peek()
+        while True:
+            try:
+                value, end = self._DECODER.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError:
+                if self.more():  # (the value goes on in the next chunk)
+                    continue
+                raise
+            if end == len(self.buf) and self.more():  # (a number may go on: "12" of "125")
+                continue
+            self.pos = end
+            return value
+
+
+def _check_streamed(path: Path, expected_ids: Sequence[str], num_verbs: int, num_nouns: int) -> dict:
+    """``check_submission`` of a submission zip, its results read and checked one entry at a time."""
+    check = _SubmissionCheck(expected_ids, num_verbs, num_nouns, str(path))
+    header: dict = {}
+    with _open_member(path) as z, z.open(MEMBER) as f:
+        try:
+            stream = _JsonStream(f, json.detect_encoding(f.peek(4)[:4]))
+            stream.take("{")
+            while stream.peek() != "}":
+                if header or check.ids:
+                    stream.take(",")
+                key = stream.value()
+                if not isinstance(key, str):
+                    raise json.JSONDecodeError("Expecting property name enclosed in double quotes", stream.buf,
+                                               stream.pos)
+                stream.take(":")
+                if key != "results" or stream.peek() != "{":
+                    header[key] = stream.value()
+                    continue
+                header[key] = check  # (the entries went to it)
+                stream.take("{")
+                while stream.peek() != "}":
+                    if check.ids:
+                        stream.take(",")
+                    nid = stream.value()
+                    stream.take(":")
+                    check.entry(nid, stream.value())
+                stream.take("}")
+            stream.take("}")
+            if stream.peek():
+                raise json.JSONDecodeError("Extra data", stream.buf, stream.pos)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LeapError(f"{MEMBER} is not valid JSON ({e})", path=path, fix="write it with `leap submit`") from None
+    return check.finish(header)
 
 
 def _bad_score(x) -> bool:
@@ -216,52 +312,61 @@ def check_submission(submission: dict, expected_ids: Sequence[str], num_verbs: i
     """Check a challenge dict as the official validator does (and for NaN/inf); return a short summary."""
     if not isinstance(submission, dict):
         raise LeapError("test.json must hold a JSON object", path=source)
-    for key in ("version", "challenge", *SLS_KEYS, "results"):
-        if key not in submission:
-            raise LeapError(f"missing property {key!r}", path=source, fix="write it with `leap submit`")
-    if submission["version"] != VERSION:
-        raise LeapError(f"version {submission['version']!r} is not supported", path=source, fix=f"use {VERSION!r}")
-    if submission["challenge"] not in CHALLENGES.values():
-        raise LeapError(f"challenge {submission['challenge']!r} is not supported", path=source,
-                        fix=f"use one of {', '.join(CHALLENGES.values())}")
-    check_sls(submission, source)
-    results = submission["results"]
-    if not isinstance(results, dict):
-        raise LeapError("results must map narration ids to scores", path=source)
-    _check_ids(results.keys(), expected_ids, source)
-    want = {"verb": {str(i) for i in range(num_verbs)}, "noun": {str(i) for i in range(num_nouns)}}
-    problems: dict[str, list[str]] = {}
-    first = next(iter(results.values()), {})
-    has_actions = isinstance(first, dict) and "action" in first
-    recognition = submission["challenge"] != CHALLENGES["anticipation"]
-    for nid, entry in results.items():
+    check = _SubmissionCheck(expected_ids, num_verbs, num_nouns, source)
+    results = submission.get("results")
+    if isinstance(results, dict):
+        for nid, entry in results.items():
+            check.entry(nid, entry)
+        submission = {**submission, "results": check}
+    return check.finish(submission)
+
+
+class _SubmissionCheck:
+    """The checks of ``check_submission``, fed the results one entry at a time (``entry``) and then the other
+    properties (``finish``, which raises the first fault in the order: properties, ids, entries)."""
+
+    def __init__(self, expected_ids: Sequence[str], num_verbs: int, num_nouns: int, source: str):
+        self.expected, self.num_verbs, self.num_nouns, self.source = expected_ids, num_verbs, num_nouns, source
+        self.want = {"verb": {str(i) for i in range(num_verbs)}, "noun": {str(i) for i in range(num_nouns)}}
+        self.ids: list[str] = []
+        self.with_action: list[str] = []  # (refused in a recognition submission, whose challenge may come later)
+        self.has_actions: bool | None = None  # (as the first entry says)
+        self.problems: dict[str, list[str]] = {}
+
+    def entry(self, nid: str, entry) -> None:
+        self.ids.append(nid)
+        problems = self.problems
         if not isinstance(entry, dict):
             problems.setdefault("entries that are not objects", []).append(nid)
-            continue
-        if recognition and "action" in entry:  # (each: it named the first and counted 1)
-            problems.setdefault("action scores in a recognition submission", []).append(nid)
+            if self.has_actions is None:
+                self.has_actions = False
+            return
+        if "action" in entry:  # (each: it named the first and counted 1)
+            self.with_action.append(nid)
+        if self.has_actions is None:
+            self.has_actions = "action" in entry
         for task in ("verb", "noun"):
             scores = entry.get(task)
             if not isinstance(scores, dict):
                 problems.setdefault(f"entries without {task} scores", []).append(nid)
                 continue
-            if scores.keys() != want[task]:  # JSON keys are unique: the same set is the same sorted list
-                problems.setdefault(f"{task} scores not keyed \"0\"..\"{len(want[task]) - 1}\" "
-                                    f"({len(want[task])} classes)", []).append(f"{nid} ({len(scores)} keys)")
+            if scores.keys() != self.want[task]:  # JSON keys are unique: the same set is the same sorted list
+                problems.setdefault(f"{task} scores not keyed \"0\"..\"{len(self.want[task]) - 1}\" "
+                                    f"({len(self.want[task])} classes)", []).append(f"{nid} ({len(scores)} keys)")
             if _bad_scores(scores.values()):
                 problems.setdefault(f"{task} scores that are NaN, infinite or not numbers", []).append(nid)
-        if ("action" in entry) != has_actions:
+        if ("action" in entry) != self.has_actions:
             problems.setdefault("action scores on some segments but not all", []).append(nid)
-        elif has_actions:
+        elif self.has_actions:
             acts = entry["action"]
             if not isinstance(acts, dict) or len(acts) != TOP_N_ACTIONS:
                 problems.setdefault(f"action entries without exactly {TOP_N_ACTIONS} scores", []).append(
                     f"{nid} ({len(acts) if isinstance(acts, dict) else type(acts).__name__})")
-                continue
+                return
             for key, s in acts.items():
                 try:
                     v, n = (int(x) for x in key.split(","))
-                    ok = 0 <= v < num_verbs and 0 <= n < num_nouns
+                    ok = 0 <= v < self.num_verbs and 0 <= n < self.num_nouns
                 except ValueError:
                     ok = False
                 if not ok:
@@ -270,13 +375,36 @@ def check_submission(submission: dict, expected_ids: Sequence[str], num_verbs: i
                 if _bad_score(s):
                     problems.setdefault("action scores that are NaN, infinite or not numbers", []).append(nid)
                     break
-    if problems:
-        what, examples = next(iter(problems.items()))
-        more = f"; also: {', '.join(list(problems)[1:])}" if len(problems) > 1 else ""
-        raise LeapError(f"{len(examples)} segment(s) with {what}: {_examples(examples)}{more}", path=source,
-                        fix="rewrite it with `leap submit` from a scores file")
-    return {"challenge": submission["challenge"], "segments": len(results), "verbs": num_verbs,
-            "nouns": num_nouns, "actions": has_actions, **{k: submission[k] for k in SLS_KEYS}}
+
+    def finish(self, submission: dict) -> dict:
+        """``submission``: the properties, with this check as its ``results`` where they were fed to it."""
+        source = self.source
+        for key in ("version", "challenge", *SLS_KEYS, "results"):
+            if key not in submission:
+                raise LeapError(f"missing property {key!r}", path=source, fix="write it with `leap submit`")
+        if submission["version"] != VERSION:
+            raise LeapError(f"version {submission['version']!r} is not supported", path=source, fix=f"use {VERSION!r}")
+        if submission["challenge"] not in CHALLENGES.values():
+            raise LeapError(f"challenge {submission['challenge']!r} is not supported", path=source,
+                            fix=f"use one of {', '.join(CHALLENGES.values())}")
+        check_sls(submission, source)
+        if submission["results"] is not self:
+            raise LeapError("results must map narration ids to scores", path=source)
+        twice = [nid for nid, n in Counter(self.ids).items() if n > 1]
+        if twice:  # (json.loads would keep the last of each: which one the server reads is not said)
+            raise LeapError(f"{len(twice)} narration id(s) hold two entries in results: {_examples(twice)}",
+                            path=source, fix="rewrite it with `leap submit` from a scores file")
+        _check_ids(self.ids, self.expected, source)
+        problems = self.problems
+        if submission["challenge"] != CHALLENGES["anticipation"] and self.with_action:
+            problems = {"action scores in a recognition submission": self.with_action, **problems}
+        if problems:
+            what, examples = next(iter(problems.items()))
+            more = f"; also: {', '.join(list(problems)[1:])}" if len(problems) > 1 else ""
+            raise LeapError(f"{len(examples)} segment(s) with {what}: {_examples(examples)}{more}", path=source,
+                            fix="rewrite it with `leap submit` from a scores file")
+        return {"challenge": submission["challenge"], "segments": len(self.ids), "verbs": self.num_verbs,
+                "nouns": self.num_nouns, "actions": bool(self.has_actions), **{k: submission[k] for k in SLS_KEYS}}
 
 
 CHALLENGE_TAU_A = 1.0  # s: EPIC-KITCHENS-100's anticipation time (the observed video ends this long before the action)
@@ -311,11 +439,11 @@ def submit(scores: dict, annotations: Annotations, task: str, out: str | Path, *
     expected, nv, nn = check_submittable(scores, annotations, task, source)
     write_submission(out, make_submission(scores, task, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
                                           with_actions=with_actions, lazy=True))
-    return check_submission(read_submission(out), expected, nv, nn, str(out))
+    return _check_streamed(Path(out), expected, nv, nn)  # what was written, an entry at a time
 
 
 def check_file(path: str | Path, annotations: Annotations) -> dict:
     """``leap submit --check``: read and check an existing submission zip."""
     nv, nn = class_counts(annotations)
-    return check_submission(read_submission(path), expected_narration_ids(annotations), nv, nn, str(path))
+    return _check_streamed(Path(path), expected_narration_ids(annotations), nv, nn)
 

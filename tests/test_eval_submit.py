@@ -2,6 +2,7 @@
 
 import json
 import pickle
+import re
 import subprocess
 import sys
 import zipfile
@@ -630,3 +631,35 @@ def test_missing_tail_and_unseen_lists_are_warned_once(tmp_path, ann_dir, caplog
     said = [m for m in caplog.messages if "not found" in m]
     assert len(said) == 2, said
     assert "EPIC_100_tail_verbs.csv" in said[0] and "EPIC_100_unseen_participant_ids_validation.csv" in said[1]
+
+
+def _zip(path, text: str, encoding: str = "utf-8"):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("test.json", text.encode(encoding))
+    return path
+
+
+@pytest.mark.parametrize("chunk", [1 << 20, 7])  # (7 bytes: every number, key and entry cut between chunks)
+def test_the_written_submission_is_checked_an_entry_at_a_time_as_a_whole_parse_checks_it(tmp_path, monkeypatch, chunk):
+    """submit and --check read test.json's results one entry at a time (a whole test split parsed was ~380 MB):
+    the same summary as a whole parse, whatever the property order, indentation, BOM or UTF-16; the same faults."""
+    monkeypatch.setattr(sub._JsonStream, "CHUNK", chunk)
+    ids = [f"P01_101_{i}" for i in range(5)]
+    doc = sub.make_submission(_test_scores(97, 300, ids), "anticipation", sls_pt=1, sls_tl=2, sls_td=3,
+                              with_actions=True)
+    whole = sub.check_submission(json.loads(json.dumps(doc)), ids, 97, 300)
+    results_first = {"results": doc["results"], **{k: v for k, v in doc.items() if k != "results"}}
+    for i, (d, kw, encoding) in enumerate([(doc, {}, "utf-8"), (results_first, {"indent": 1}, "utf-8"),
+                                            (doc, {}, "utf-8-sig"), (doc, {"indent": 2}, "utf-16")]):
+        path = _zip(tmp_path / f"{i}.zip", json.dumps(d, **kw), encoding)
+        assert sub._check_streamed(path, ids, 97, 300) == whole, (i, chunk)
+    text = json.dumps(doc)
+    cases = {
+        "hold two entries in results: P01_101_0": text.replace(f'"{ids[1]}":', f'"{ids[0]}":', 1),  # json.loads kept the last
+        "not valid JSON": text + " {}",
+        "is not valid JSON (Expecting": text[:-1],  # cut: the results' object is not closed
+        "action scores in a recognition submission": text.replace("action_anticipation", "action_recognition"),
+    }
+    for says, bad in cases.items():
+        with pytest.raises(LeapError, match=re.escape(says) if "(" in says else says):
+            sub._check_streamed(_zip(tmp_path / "bad.zip", bad), ids, 97, 300)
