@@ -240,6 +240,12 @@ class _JsonStream:
             raise json.JSONDecodeError(f"Expecting {char!r}", self.buf, self.pos)
         self.pos += 1
 
+    def key(self) -> str:
+        """An object's next property name."""
+        if self.peek() != '"':
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", self.buf, self.pos)
+        return self.value()
+
     def value(self):
         self.peek()
         while True:
@@ -266,10 +272,7 @@ def _check_streamed(path: Path, expected_ids: Sequence[str], num_verbs: int, num
             while stream.peek() != "}":
                 if header or check.ids:
                     stream.take(",")
-                key = stream.value()
-                if not isinstance(key, str):
-                    raise json.JSONDecodeError("Expecting property name enclosed in double quotes", stream.buf,
-                                               stream.pos)
+                key = stream.key()
                 stream.take(":")
                 if key != "results" or stream.peek() != "{":
                     header[key] = stream.value()
@@ -279,7 +282,7 @@ def _check_streamed(path: Path, expected_ids: Sequence[str], num_verbs: int, num
                 while stream.peek() != "}":
                     if check.ids:
                         stream.take(",")
-                    nid = stream.value()
+                    nid = stream.key()
                     stream.take(":")
                     check.entry(nid, stream.value())
                 stream.take("}")

@@ -659,6 +659,7 @@ def test_the_written_submission_is_checked_an_entry_at_a_time_as_a_whole_parse_c
         "not valid JSON": text + " {}",
         "is not valid JSON (Expecting": text[:-1],  # cut: the results' object is not closed
         "action scores in a recognition submission": text.replace("action_anticipation", "action_recognition"),
+        "Expecting property name": text.replace(f'"{ids[2]}":', "7:", 1),  # (raw_decode would take a number)
     }
     for says, bad in cases.items():
         with pytest.raises(LeapError, match=re.escape(says) if "(" in says else says):
