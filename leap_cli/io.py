@@ -804,8 +804,8 @@ def read_utf8(path: str | Path, what: str, *, fix: str = "save it as UTF-8 text"
                         record=f"{unit} {_line_of(raw, start)}", fix=fix) from None
     if "\x00" in text:  # (UTF-16 without its BOM decodes as UTF-8: every other byte a NUL)
         at = _line_of(raw, raw.index(0))
-        raise LeapError(f"{what} holds NUL bytes: UTF-16 text without its BOM?", path=path, record=f"{unit} {at}",
-                        fix=fix)
+        raise LeapError(f"{what} holds NUL bytes (UTF-16 or UTF-32 text without its BOM?)", path=path,
+                        record=f"{unit} {at}", fix=fix)
     return text
 
 
@@ -903,10 +903,14 @@ def load_problem(e: Exception, path: str | Path) -> str:
     own first line is often a paragraph about ``weights_only``, and an empty file raises an EOFError with no
     text."""
     try:
-        if Path(path).stat().st_size == 0:
-            return "the file is empty"
+        with open(path, "rb") as f:
+            head = f.read(4)
     except OSError:
-        pass
+        head = None
+    if head == b"":
+        return "the file is empty"
+    if head is not None and len(head) < 4 and (b"PK\x03\x04".startswith(head) or head[:1] == b"\x80"):
+        return "the file ends early (a truncated copy?)"  # (the first bytes of a zip archive or a pickle)
     text = str(e).strip()
     if "WeightsUnpickler error:" in text:
         detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n\n")[0].strip()
@@ -917,15 +921,8 @@ def load_problem(e: Exception, path: str | Path) -> str:
         return "the file ends early (a truncated copy?)"
     if "central directory" in text or "PytorchStreamReader" in text:
         return "a damaged or truncated torch file (its zip archive cannot be read)"
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        head = None
     # (an unpickler's own words, but for "invalid load key", name the fault: a class refused in a protocol-0 pickle)
     if head is not None and not (isinstance(e, pickle.UnpicklingError) and "invalid load key" not in text):
-        if len(head) < 4 and (b"PK\x03\x04".startswith(head) or head[:1] == b"\x80"):
-            return "the file ends early (a truncated copy?)"
         if head[:1] != b"\x80" and head != b"PK\x03\x04":  # neither a zip archive (torch.save since 1.6) nor a
             return "not a file written by torch.save"  # binary pickle (before): text, an image, another format
     first = text.splitlines()[0][:200] if text else ""

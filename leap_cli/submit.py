@@ -35,6 +35,7 @@ import json
 import math
 import re
 import zipfile
+import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -194,17 +195,34 @@ def _open_member(path: Path):
     return z
 
 
+# what reading a zip's member or parsing its JSON raises for a damaged or malformed file (ValueError: an integer of
+# over 4,300 digits; RecursionError: nesting too deep)
+_DAMAGED = (zipfile.BadZipFile, zlib.error, EOFError)
+_NOT_JSON = (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError)
+
+
+def _damaged(path: Path, e: Exception) -> LeapError:
+    return LeapError(f"damaged zip ({e})", path=path, fix="write it again with `leap submit`")
+
+
+def _not_json(path: Path, e: Exception) -> LeapError:
+    return LeapError(f"{MEMBER} is not valid JSON ({e})", path=path, fix="write it with `leap submit`")
+
+
 def read_submission(path: str | Path) -> dict:
     """Read ``test.json`` from a submission zip (refusing folders, extra files and bad JSON)."""
     path = Path(path)
     with _open_member(path) as z:
-        raw = z.read(MEMBER)
+        try:
+            raw = z.read(MEMBER)
+        except _DAMAGED as e:
+            raise _damaged(path, e) from None
     try:
         text = raw.decode(json.detect_encoding(raw), "surrogatepass")  # as json.loads decodes bytes
         del raw  # not held through the parse: a test split's file is ~140 MB
         return json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LeapError(f"{MEMBER} is not valid JSON ({e})", path=path, fix="write it with `leap submit`") from None
+    except _NOT_JSON as e:
+        raise _not_json(path, e) from None
 
 
 class _JsonStream:
@@ -213,11 +231,13 @@ class _JsonStream:
 
     CHUNK = 1 << 20
     _WS = re.compile(r"[ \t\n\r]*")
+    _NUMBER_GOES_ON = re.compile(r"[0-9.eE+-]*")  # (what follows a number cut at a chunk's end: "12." of "12.5")
     _DECODER = json.JSONDecoder()
 
     def __init__(self, f, encoding: str):
         self.f, self.decode = f, codecs.getincrementaldecoder(encoding)("surrogatepass").decode
         self.buf, self.pos, self.eof = "", 0, False
+        self.dropped = 0  # characters of the stream before the buffer's first
 
     def more(self) -> bool:
         """Read the next chunk onto the buffer (what was parsed dropped); False at the end of the stream."""
@@ -225,8 +245,17 @@ class _JsonStream:
             return False
         data = self.f.read(max(self.CHUNK, len(self.buf) - self.pos))  # (a value longer than a chunk: doubled)
         self.eof = not data
+        self.dropped += self.pos
         self.buf, self.pos = self.buf[self.pos:] + self.decode(data, final=self.eof), 0
         return True
+
+    def rest(self) -> str:
+        """What is left of the stream, whole."""
+        return self.buf[self.pos:] + self.decode(self.f.read(), final=True)
+
+    def where(self, e: json.JSONDecodeError) -> str:
+        """``e``'s message with its place counted in the whole stream."""
+        return f"{e.msg}: character {self.dropped + e.pos} of {MEMBER}"
 
     def peek(self) -> str:
         """The next character that is not white space ('' at the end)."""
@@ -255,7 +284,7 @@ class _JsonStream:
                 if self.more():  # (the value goes on in the next chunk)
                     continue
                 raise
-            if end == len(self.buf) and self.more():  # (a number may go on: "12" of "125")
+            if not self.eof and self._NUMBER_GOES_ON.fullmatch(self.buf, end) and self.more():
                 continue
             self.pos = end
             return value
@@ -268,16 +297,20 @@ def _check_streamed(path: Path, expected_ids: Sequence[str], num_verbs: int, num
     with _open_member(path) as z, z.open(MEMBER) as f:
         try:
             stream = _JsonStream(f, json.detect_encoding(f.peek(4)[:4]))
+            if stream.peek() != "{":  # (no object: said as a whole parse says it)
+                return check_submission(json.loads(stream.rest()), expected_ids, num_verbs, num_nouns, str(path))
             stream.take("{")
             while stream.peek() != "}":
-                if header or check.ids:
+                if header:
                     stream.take(",")
                 key = stream.key()
                 stream.take(":")
                 if key != "results" or stream.peek() != "{":
                     header[key] = stream.value()
                     continue
-                header[key] = check  # (the entries went to it)
+                if header.get("results") is check:  # (json.loads would keep the second; its entries are gone)
+                    raise LeapError("test.json gives results twice", path=path, fix="write it with `leap submit`")
+                header[key] = check  # (the entries go to it)
                 stream.take("{")
                 while stream.peek() != "}":
                     if check.ids:
@@ -289,8 +322,12 @@ def _check_streamed(path: Path, expected_ids: Sequence[str], num_verbs: int, num
             stream.take("}")
             if stream.peek():
                 raise json.JSONDecodeError("Extra data", stream.buf, stream.pos)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LeapError(f"{MEMBER} is not valid JSON ({e})", path=path, fix="write it with `leap submit`") from None
+        except json.JSONDecodeError as e:
+            raise _not_json(path, stream.where(e) if e.doc is stream.buf else e) from None
+        except _NOT_JSON as e:
+            raise _not_json(path, e) from None
+        except _DAMAGED as e:
+            raise _damaged(path, e) from None
     return check.finish(header)
 
 
