@@ -55,6 +55,16 @@ def lines(path) -> int:
         return 0
 
 
+def settled(server) -> int:
+    """The count of the server's requests once no more arrive: a request a process wrote just before it was killed
+    or stopped reaches the server after it."""
+    n = -1
+    while n != len(server.requests):
+        n = len(server.requests)
+        time.sleep(0.3)
+    return n
+
+
 def kill_when(cmd, ready, *, parent_only=False, timeout=120.0) -> tuple[subprocess.Popen, list[int]]:
     """Start ``cmd`` in a session of its own, wait until ``ready()``, then SIGKILL its process group (or only its
     parent); returns the process and the parent's children at the kill. Fails when the stage ended first."""
@@ -175,6 +185,7 @@ def test_generate_killed_mid_run_asks_no_answered_prompt_again(tmp_path, clip_pr
     script = lambda body, n: Reply(json.dumps(clip_programs[narration_id_of(body)]), delay=0.1)  # noqa: E731
     with ScriptedServer(script) as server:
         kill_when(_generate(tmp_path, server), lambda: lines(out) >= 5)
+        settled(server)
         before = [json.loads(x)["narration_id"] for x in out.read_text().splitlines()]
         asked_before = Counter(narration_id_of(b) for b in server.requests)
         rc, res = run(_generate(tmp_path, server))
@@ -239,10 +250,7 @@ def test_a_second_generate_on_an_output_a_stopped_run_holds_is_refused_in_one_li
                 assert p.poll() is None
                 time.sleep(0.003)
             os.killpg(p.pid, signal.SIGSTOP)
-            n0 = -1
-            while n0 != len(server.requests):  # (a request sent just before the stop reaches the server after it)
-                n0 = len(server.requests)
-                time.sleep(0.3)
+            n0 = settled(server)
             rc, res = run(_generate(tmp_path, server, "--concurrency", 1))
             assert rc == 2 and len(server.requests) == n0, res
             err = [x for x in res.splitlines() if x.startswith("error:")]
