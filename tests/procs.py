@@ -35,3 +35,19 @@ def leap_main(monkeypatch, capsys, *argv) -> tuple[int | str | None, str, str]:
         signal.signal(signal.SIGTERM, term)
     out = capsys.readouterr()
     return e.value.code, out.out, out.err
+
+
+def spawn_ranks(fn, args: tuple, outputs: list, nprocs: int = 2) -> None:
+    """``torch.multiprocessing.spawn`` of ``fn`` over ``nprocs`` ranks, each of which writes ``outputs[rank]`` before
+    its process group is torn down. gloo on CPU now and then aborts a rank in that teardown ("terminate called
+    without an active exception", SIGABRT: seen once, in a CI run of session 49); once every rank's output is
+    written, that abort is torch's, not the code's under test, and is let pass. Any other failure is raised."""
+    from pathlib import Path
+
+    import torch.multiprocessing as mp
+
+    try:
+        mp.spawn(fn, args=args, nprocs=nprocs)
+    except mp.ProcessExitedException as e:
+        if e.signal_name != "SIGABRT" or not all(Path(o).is_file() for o in outputs):
+            raise

@@ -13,6 +13,7 @@ import torch
 from leap_cli.programs.generate import generate_programs
 from leap_cli.programs.http import HTTPClient, HTTPTimeout
 from leap_cli.train import distributed
+from tests.procs import spawn_ranks
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
 from tests.test_programs_generate import N_SEGMENTS, good_programs, workdir  # noqa: F401 (the fixtures)
 from tests.test_programs_generate_resume import config, invalid, out_file, records
@@ -58,7 +59,7 @@ def _ranks(rank: int, store: str, cases: list, out: str) -> None:
 def two_ranks(tmp_path_factory):
     d = tmp_path_factory.mktemp("bn")
     cases = _cases()
-    torch.multiprocessing.spawn(_ranks, args=(str(d / "store"), cases, str(d / "r{}.pt")), nprocs=2)
+    spawn_ranks(_ranks, (str(d / "store"), cases, str(d / "r{}.pt")), [d / f"r{r}.pt" for r in range(2)])
     ranks = [torch.load(d / f"r{r}.pt") for r in range(2)]
     return {c[0]: (c, ranks[0][c[0]], ranks[1][c[0]]) for c in cases}
 

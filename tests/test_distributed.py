@@ -10,6 +10,7 @@ from torch import nn
 
 from leap_cli.errors import LeapError
 from leap_cli.train import distributed
+from tests.procs import spawn_ranks
 
 
 def _gpus(monkeypatch, n: int) -> None:
@@ -263,8 +264,8 @@ def test_two_processes_with_half_a_batch_each_equal_batchnorm_on_the_whole(tmp_p
     torch.manual_seed(2)
     xs = [torch.randn(6, 3, 4, 5) * 2 + _OFFSETS for _ in range(3)]
     gs = [torch.randn(6, 3, 4, 5) for _ in range(3)]
-    torch.multiprocessing.spawn(_two_ranks, args=(str(tmp_path / "store"), xs, gs, bns, str(tmp_path / "r{}.pt")),
-                                nprocs=2)
+    spawn_ranks(_two_ranks, (str(tmp_path / "store"), xs, gs, bns, str(tmp_path / "r{}.pt")),
+                [tmp_path / f"r{r}.pt" for r in range(2)])
     ranks = [torch.load(tmp_path / f"r{r}.pt") for r in range(2)]
     for bn, r0, r1 in zip(bns, *ranks):
         for x, g, y0, y1, dx0, dx1 in zip(xs, gs, r0["y"], r1["y"], r0["dx"], r1["dx"]):

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from leap_cli.programs.validate import Labels
+from tests.procs import spawn_ranks
 from tests.test_programs_validate import S, nouns, prog, verbs  # noqa: F401 (the class files' fixtures)
 
 
@@ -411,9 +412,8 @@ def test_two_processes_sum_in_float64_and_wait_for_each_other_at_the_barrier(tmp
     its units), and ``barrier`` holds a rank until the other arrives."""
     import pickle
 
-    import torch
-
-    torch.multiprocessing.spawn(_sum_ranks, args=(str(tmp_path / "store"), str(tmp_path / "r{}.pkl")), nprocs=2)
+    spawn_ranks(_sum_ranks, (str(tmp_path / "store"), str(tmp_path / "r{}.pkl")),
+                [tmp_path / f"r{r}.pkl" for r in range(2)])
     r0, r1 = (pickle.loads((tmp_path / f"r{r}.pkl").read_bytes()) for r in range(2))
     want = [7.0, 2.0 ** 31 + 2.5, 0.1 + 0.2]
     assert r0[0] == r1[0]

@@ -21,6 +21,7 @@ from leap_cli.train.checkpoint import load_checkpoint, load_model
 from leap_cli.train.config import Config, load_config
 from leap_cli.train.loop import forward_loss, main, model_args_for, prepare_model, seed_everything, wrap_model
 from leap_cli.train.optim import CosineWithWarmup, build_optimizer
+from tests.procs import spawn_ranks
 
 torch.set_num_threads(1)
 
@@ -419,7 +420,7 @@ def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
 
 def test_ddp_two_processes_match_one_process(tmp_path: Path) -> None:
     out = str(tmp_path / "grads{rank}.pt")
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    spawn_ranks(_ddp_worker, (2, _free_port(), out), [out.format(rank=r) for r in range(2)])
     from leap_cli.model import build_model
 
     cfg = tiny_config("model.options={decoder_dropout: 0.0, decoder_label_forcing: 0.0}")
