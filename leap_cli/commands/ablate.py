@@ -17,7 +17,7 @@ _D = AblateConfig()  # the defaults live in one place
 
 def register(app: typer.Typer) -> None:
     app.command("ablate", help="Train the tiny model with L_CE only, +L_T, +L_PC, both, and aggregation for "
-                               "anticipation, over seeds and program sources (true, offline, none) on the "
+                               "anticipation, over seeds and program sources (truth, offline, none) on the "
                                "synthetic kitchen; writes ablation.md and ablation.json.")(ablate)
 
 
