@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -34,6 +35,31 @@ async def read_request(reader) -> tuple[bytes, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     length = int([ln.split(b":")[1] for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0])
     return head, await reader.readexactly(length)
+
+
+def serve_requests(on_request):
+    """An asyncio server on 127.0.0.1 (the hand-written servers of the HTTP client tests) that reads each request and
+    hands it to ``await on_request(n, head, body, reader, writer)``, n counting from 1 across connections; it returns
+    True to close the connection. Returns (the ``start_server`` coroutine, the request heads, their bodies, the
+    connections accepted, the connections the client closed)."""
+    heads, bodies, conns, eofs = [], [], [], []
+
+    async def on_conn(reader, writer):
+        conns.append(writer)
+        try:
+            while True:
+                head, body = await read_request(reader)
+                heads.append(head)
+                bodies.append(body)
+                if await on_request(len(heads), head, body, reader, writer):
+                    break
+        except asyncio.IncompleteReadError:
+            eofs.append(writer)
+        except ConnectionError:
+            pass
+        writer.close()
+
+    return asyncio.start_server(on_conn, "127.0.0.1", 0), heads, bodies, conns, eofs
 
 
 class ScriptedServer:

@@ -15,7 +15,7 @@ import pytest
 
 from leap_cli.errors import LeapError
 from leap_cli.programs.store import ProgramStore
-from tests.programs_llm_server import read_request
+from tests.programs_llm_server import serve_requests
 
 
 # ---- the HTTP client ----------------------------------------------------------------------------------------
@@ -33,26 +33,10 @@ def no_proxies(monkeypatch):
 
 
 def _serve(on_request):
-    """An asyncio server on 127.0.0.1 that reads each request and hands it to ``await on_request(n, head, reader,
-    writer)`` (n counting from 1 across connections); it returns True to close the connection. ``heads``: the
-    request heads; ``conns``: the connections accepted; ``eofs``: the connections the client closed."""
-    heads, conns, eofs = [], [], []
-
-    async def on_conn(reader, writer):
-        conns.append(writer)
-        try:
-            while True:
-                head, _ = await read_request(reader)
-                heads.append(head)
-                if await on_request(len(heads), head, reader, writer):
-                    break
-        except asyncio.IncompleteReadError:
-            eofs.append(writer)
-        except ConnectionError:
-            pass
-        writer.close()
-
-    return asyncio.start_server(on_conn, "127.0.0.1", 0), heads, conns, eofs
+    """``serve_requests`` handing ``on_request(n, head, reader, writer)``: (start, heads, conns, eofs)."""
+    start, heads, _, conns, eofs = serve_requests(lambda n, head, body, reader, writer: on_request(n, head, reader,
+                                                                                                   writer))
+    return start, heads, conns, eofs
 
 
 def _port(server) -> int:

@@ -14,7 +14,7 @@ from leap_cli.io import read_jsonl
 from leap_cli.programs.generate import GenerateConfig, generate_programs
 from leap_cli.programs.store import ProgramStore
 from tests.program_helpers import excerpt_annotations
-from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of, read_request
+from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of, read_request, serve_requests
 from tests.test_programs_generate import N_SEGMENTS, config, good_programs, records, workdir  # noqa: F401
 
 KEY = "sk-test-secret-never-logged"
@@ -23,22 +23,15 @@ KEY = "sk-test-secret-never-logged"
 # ---- the HTTP client ----------------------------------------------------------------------------------------
 
 def _serve_raw(handler):
-    """An asyncio TCP server on 127.0.0.1 whose ``handler(head: bytes, body: bytes) -> bytes`` writes raw responses."""
+    """``serve_requests`` whose ``handler(head: bytes, body: bytes) -> (bytes, close)`` writes raw responses."""
 
-    async def on_conn(reader, writer):
-        try:
-            while True:
-                head, body = await read_request(reader)
-                out, close = handler(head, body)
-                writer.write(out)
-                await writer.drain()
-                if close:
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        writer.close()
+    async def on_request(n, head, body, reader, writer):
+        out, close = handler(head, body)
+        writer.write(out)
+        await writer.drain()
+        return close
 
-    return asyncio.start_server(on_conn, "127.0.0.1", 0)
+    return serve_requests(on_request)[0]
 
 
 def test_http_client_chunked_gzip_reconnect_and_proxy(monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 
 from leap_cli.programs.generate import generate_programs
 from leap_cli.programs.store import ProgramStore
-from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of, read_request
+from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of, serve_requests
 from tests.test_programs_client import _serve_raw
 from tests.test_programs_endpoints import _good
 from tests.test_programs_generate import N_SEGMENTS, config, good_programs, records, workdir  # noqa: F401
@@ -18,24 +18,9 @@ from tests.test_programs_generate import N_SEGMENTS, config, good_programs, reco
 # ---- the HTTP client ----------------------------------------------------------------------------------------
 
 def _serve_script(on_request):
-    """An asyncio server that reads each request and hands it to ``await on_request(n, body, writer)``, n counting
-    from 1 across connections; it returns True to close the connection. ``seen``: the requests, ``conns``: the
-    connections accepted."""
-    seen, conns = [], []
-
-    async def on_conn(reader, writer):
-        conns.append(writer)
-        try:
-            while True:
-                _, body = await read_request(reader)
-                seen.append(body)
-                if await on_request(len(seen), body, writer):
-                    break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        writer.close()
-
-    return asyncio.start_server(on_conn, "127.0.0.1", 0), seen, conns
+    """``serve_requests`` handing ``on_request(n, body, writer)``: (start, the request bodies, the connections)."""
+    start, _, seen, conns, _ = serve_requests(lambda n, head, body, reader, writer: on_request(n, body, writer))
+    return start, seen, conns
 
 
 def _client(server, **kw):
