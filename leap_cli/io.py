@@ -111,19 +111,20 @@ def _temp_tag() -> str:
 _SWEPT: set[tuple[int, str]] = set()  # (pid, folder) already swept: once per folder and process
 
 
-def _remove_dead_temps(path: Path) -> None:
-    """Delete the temp files killed writers left in ``path``'s folder (``.NAME.HOST-PID.XXXXXXXX.tmp`` whose
-    process on this host is gone); a running writer's, another host's, and any other file stay. Once per folder
-    and process: a folder that one run writes thousands of files into (a video's frame cache) is read once, not
-    once per file."""
-    key = (os.getpid(), str(path.parent))
+def remove_dead_temps(folder: str | Path) -> None:
+    """Delete the temp files killed writers left in ``folder`` (``.NAME.HOST-PID.XXXXXXXX.tmp`` whose process on
+    this host is gone); a running writer's, another host's, and any other file stay. Once per folder and process:
+    a folder that one run writes thousands of files into (a video's frame cache) is read once, not once per file.
+    ``atomic_path`` sweeps the folder it writes into; a resumed stage sweeps the folders it no longer writes."""
+    folder = Path(folder)
+    key = (os.getpid(), str(folder))
     if key in _SWEPT:
         return
     _SWEPT.add(key)
     host = _temp_tag().rsplit("-", 1)[0]
     tag = f".{host}-"
     try:
-        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(".") and e.name.endswith(".tmp")
+        names = [e.name for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(".tmp")
                  and tag in e.name]
     except OSError:
         return
@@ -140,19 +141,14 @@ def _remove_dead_temps(path: Path) -> None:
         except OSError:  # EPERM: alive, another user's
             continue
         try:
-            (path.parent / name).unlink()
-            log.debug("removed %s, left by a killed writer", path.parent / name)
+            (folder / name).unlink()
+            log.debug("removed %s, left by a killed writer", folder / name)
         except OSError:
             pass
 
 
-def remove_dead_temps(folder: str | Path) -> None:
-    """``_remove_dead_temps`` of a folder no write of this run may touch again (a resumed stage's finished part)."""
-    _remove_dead_temps(Path(folder) / "_")  # (it sweeps the folder of the path it is given)
-
-
 def _temp_beside(path: Path) -> Path:
-    """A new empty temp file in ``path``'s folder, named for ``path`` and this writer (``_remove_dead_temps``)."""
+    """A new empty temp file in ``path``'s folder, named for ``path`` and this writer (``remove_dead_temps``)."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_temp_tag()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
@@ -162,14 +158,10 @@ def _temp_beside(path: Path) -> Path:
 
 
 def output_mode(path: str | Path) -> int:
-    """The mode ``atomic_path`` gives a file written to ``path`` (``_mode_of``)."""
-    return _mode_of(Path(path))
-
-
-def _mode_of(path: Path) -> int:
-    """The mode a file written to ``path`` gets: that of the file it replaces, else 0666 less the umask."""
+    """The mode a file written to ``path`` gets (``atomic_path``): that of the file it replaces, else 0666 less the
+    umask."""
     try:
-        return path.stat().st_mode & 0o777
+        return Path(path).stat().st_mode & 0o777
     except FileNotFoundError:
         return 0o666 & ~current_umask()
 
@@ -220,10 +212,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     refuse_folder(path)
-    _remove_dead_temps(path)
+    remove_dead_temps(path.parent)
     tmp_path = _temp_beside(path)
     try:
-        mode = _mode_of(path)
+        mode = output_mode(path)
         try:
             yield tmp_path
             _sync(tmp_path)
@@ -249,7 +241,7 @@ class AtomicFiles:
 
     def __enter__(self) -> "AtomicFiles":
         self.base.parent.mkdir(parents=True, exist_ok=True)
-        _remove_dead_temps(self.base)
+        remove_dead_temps(self.base.parent)
         return self
 
     def new(self) -> Path:
@@ -264,7 +256,7 @@ class AtomicFiles:
             tmp, target = self.temps[0], targets[len(targets) - len(self.temps)]
             try:
                 _sync(tmp)
-                os.chmod(tmp, _mode_of(target))
+                os.chmod(tmp, output_mode(target))
                 os.replace(tmp, target)
             except OSError as e:
                 e.filename, e.filename2 = str(target), None
