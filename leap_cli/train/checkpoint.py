@@ -86,13 +86,14 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
     st = src.stat()
     linkable = st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == output_mode(dst)
     with atomic_path(dst) as tmp:
-        try:
-            if not linkable:
-                raise OSError("the link would change the mode of both")
-            tmp.unlink()  # (the temp name is this process's: the link takes it)
-            os.link(src, tmp)
-        except OSError:  # (no hard links there, or another device)
-            shutil.copyfile(src, tmp)
+        if linkable:
+            try:
+                tmp.unlink()  # (the temp name is this process's: the link takes it)
+                os.link(src, tmp)
+                return
+            except OSError:  # (no hard links there, or another device)
+                pass
+        shutil.copyfile(src, tmp)
 
 
 def _check_crcs(path: Path) -> None:
