@@ -1072,6 +1072,31 @@ def test_a_manifest_of_the_wrong_shape_is_one_line_and_a_rerun_rewrites_it(root,
     assert check_shards(r.out).ok == r.manifest["counts"]["samples"]
 
 
+def test_a_manifest_whose_sample_count_is_not_its_shards_is_a_problem_a_rerun_repairs(root, tmp_path):
+    """counts.samples (the build's summary, `leap info`) against the samples the shards list: a hand-merged or
+    edited manifest whose count lies passed the check."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+    from leap_cli.shards.check import check_shards
+
+    r = build(root, tmp_path / "w")
+    path = r.out / "manifest.json"
+    m = json.loads(path.read_text())
+    n = m["counts"]["samples"]
+    m["counts"]["samples"] = n + 3
+    path.write_text(json.dumps(m))
+    with pytest.raises(LeapError, match=f"counts.samples says {n + 3} samples, its shards list {n}") as e:
+        check_shards(r.out)
+    assert e.value.path == str(path) and "rewrites the manifest" in e.value.fix
+    skip = check_shards(r.out, on_error="skip")
+    assert skip.ok == n and [p["shard"] for p in skip.problems] == ["manifest.json"]
+    res = CliRunner().invoke(app, ["check-shards", "--shards", str(r.out), "--on-error", "skip"], terminal_width=400)
+    assert res.exit_code == 1 and "rewrites the manifest" in res.output and "delete that shard" not in res.output
+    build(root, tmp_path / "w")  # as the fix says
+    assert json.loads(path.read_text())["counts"]["samples"] == n and check_shards(r.out).problems == []
+
+
 def test_check_shards_refuses_an_unknown_task(built):
     """Any --task other than recognition was read as anticipation: 'no shards manifest' in SPLIT-anticipation."""
     from typer.testing import CliRunner

@@ -12,9 +12,11 @@ from typing import Callable
 
 from leap_cli.errors import LeapError
 from leap_cli.io import sha256_file
-from leap_cli.shards.format import (group_sample, load_manifest, parse_members, read_sample_at, rebuild_fix,
+from leap_cli.shards.format import (MANIFEST, group_sample, load_manifest, parse_members, read_sample_at, rebuild_fix,
                                    sample_crc)
 from leap_cli.shards.transforms import decode_jpegs
+
+_REWRITE_FIX = "rerun the same leap build-shards: it rewrites the manifest from what it wrote"
 
 
 @dataclass
@@ -23,7 +25,7 @@ class CheckReport:
     shards: int = 0
     samples: int = 0
     ok: int = 0
-    problems: list[dict] = field(default_factory=list)  # {"shard", "sample" (or None), "problem"}
+    problems: list[dict] = field(default_factory=list)  # {"shard", "sample" (or None), "problem"[, "fix"]}
 
 
 def check_shards(source: str | Path, *, on_error: str = "raise", verify_hash: bool = True, decode: bool = True,
@@ -37,6 +39,12 @@ def check_shards(source: str | Path, *, on_error: str = "raise", verify_hash: bo
     manifest, folder = load_manifest(source)
     report = CheckReport(folder, shards=len(manifest["shards"]),
                          samples=sum(s["count"] for s in manifest["shards"]))
+    said = (manifest.get("counts") or {}).get("samples")
+    if type(said) is int and said != report.samples:  # a hand-edited or hand-merged manifest: its summary lies
+        what = f"counts.samples says {said} samples, its shards list {report.samples}"
+        if on_error == "raise":
+            raise LeapError(what, path=folder / MANIFEST, fix=_REWRITE_FIX)
+        report.problems.append({"shard": MANIFEST, "sample": None, "problem": what, "fix": _REWRITE_FIX})
     check = partial(_check_shard, folder, manifest.get("frame_sizes") or {}, verify_hash, decode, on_error == "raise")
     done = 0
 
