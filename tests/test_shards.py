@@ -298,6 +298,29 @@ def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
     assert build(root, tmp_path / "run", frames=2, overwrite=True).manifest["settings"]["frames"] == 2
 
 
+def test_a_refusal_after_a_kill_before_the_first_manifest_names_what_changed(root, tmp_path):
+    """A build killed before it wrote its manifest (EPIC's train split: hours), run again with other settings:
+    refused without naming what differs, where the manifest would have said it; each shard's progress record now
+    holds what it was made with."""
+    def interrupt(done, total):
+        if done >= 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build(root, tmp_path / "run", progress=interrupt)
+    out = tmp_path / "run" / "shards" / "train"
+    assert not (out / "manifest.json").exists() and (out / "leap-train-000000.tar").exists()
+    with pytest.raises(LeapError, match=r"other inputs or settings \(--frames, --short-side differ\)"):
+        build(root, tmp_path / "run", frames=2, short_side=24)
+    progress = out / ".progress.jsonl"  # a record of a leap before: still refused, what differs not known
+    records = [json.loads(x) for x in progress.read_text().splitlines()]
+    progress.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "made_with"}) + "\n" for r in records))
+    with pytest.raises(LeapError) as e:
+        build(root, tmp_path / "run", frames=2)
+    assert e.value.message == "the folder holds shards built from other inputs or settings"
+    assert build(root, tmp_path / "run").resumed_shards == 1  # the settings it began with: resumed
+
+
 def test_programs_generated_again_the_same_resume_and_merge(root, tmp_path, monkeypatch):
     """The same programs written again (another order, another time in their provenance: a regeneration from
     the cache, generate-programs with another concurrency) are the same input: hashing the file's bytes refused

@@ -397,9 +397,9 @@ class _ShardSink:
     """Writes samples in order into rolling shards; records each completed shard in the progress file."""
 
     def __init__(self, out: Path, split: str, suffix: str, settings: ShardSettings, progress: JsonlAppender,
-                 settings_hash: str, first_index: int):
+                 settings_hash: str, first_index: int, made: dict[str, str] | None = None):
         self.out, self.split, self.suffix, self.settings = out, split, suffix, settings
-        self.progress, self.settings_hash = progress, settings_hash
+        self.progress, self.settings_hash, self.made = progress, settings_hash, made
         self.index = first_index
         self._f = None
         self._tmp: Path | None = None
@@ -447,6 +447,8 @@ class _ShardSink:
         rec = {"name": name, "index": self.index, "settings_hash": self.settings_hash, "count": len(self._samples),
                "bytes": final.stat().st_size, "sha256": sha256_file(final), "samples": self._samples,
                "skipped": self._skipped}
+        if self.made is not None:
+            rec["made_with"] = self.made
         self.progress.write(rec)
         self.completed.append(rec)
         self._skipped = []
@@ -472,17 +474,18 @@ class _ShardSink:
 
 def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
             retry: Callable[[dict], bool] = lambda skip: False,
-            changed_keys: Callable[[], list[str]] = lambda: []) -> tuple[JsonlAppender, list[dict]]:
+            changed_keys: Callable[[list[dict]], list[str]] = lambda other: []) -> tuple[JsonlAppender, list[dict]]:
     """Open the progress file; keep the complete shards that are intact (from the first damaged one on, redo).
     A kept shard's skips for which ``retry(skip)`` holds are dropped from its record: their segments are to do.
-    ``changed_keys()``: the settings that differ from the stored ones, for the refusal (empty: not known)."""
+    ``changed_keys(records)``: the settings that differ from those the progress records of other settings (or
+    the part's manifest) were made with, for the refusal (empty: not known)."""
     from leap_cli.io import atomic_write_text
 
     appender = JsonlAppender(progress_path, key="name", keep_records=True)
     done: list[dict] = sorted(appender.records.values(), key=lambda r: r["index"])
-    if any(r["settings_hash"] != settings_hash for r in done):
+    if other := [r for r in done if r["settings_hash"] != settings_hash]:
         appender.close()
-        keys = changed_keys()
+        keys = changed_keys(other)
         raise LeapError("the folder holds shards built from other inputs or settings"
                         + (f" ({', '.join(said(k) for k in keys)} differ)" if keys else ""), path=out,
                         fix="pass --force to delete them and rebuild, or another --out")
@@ -603,8 +606,14 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
             return True
         return False
 
-    def changed_keys() -> list[str]:
-        """What differs from the part's last manifest (where a run got that far)."""
+    made = {k: stable_hash(v)[:16] for k, v in now.items()}  # each key's value as a shard's progress record holds it
+
+    def changed_keys(other: list[dict]) -> list[str]:
+        """What differs from what the shards of other settings were made with: their progress records' (a run
+        killed before the part's manifest was written), else the part's last manifest."""
+        was = next((r["made_with"] for r in other if isinstance(r.get("made_with"), dict)), None)
+        if was is not None:
+            return sorted(k for k in made if k in was and was[k] != made[k])
         try:
             old = json.loads((out / manifest_name(shard.suffix)).read_text())
         except (OSError, ValueError):
@@ -634,7 +643,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         except BaseException:
             appender.close()
             raise
-    sink = _ShardSink(out, settings.split, shard.suffix, settings, appender, settings_hash, len(kept))
+    sink = _ShardSink(out, settings.split, shard.suffix, settings, appender, settings_hash, len(kept), made)
     written = 0
 
     def emit_plan_skips(video_id: str) -> None:
