@@ -265,8 +265,9 @@ class _JsonStream:
                 return self.buf[self.pos:self.pos + 1]
 
     def take(self, char: str) -> None:
-        if self.peek() != char:
-            raise json.JSONDecodeError(f"Expecting {char!r}", self.buf, self.pos)
+        if self.peek() != char:  # (json's words: "Expecting ':' delimiter")
+            raise json.JSONDecodeError(f"Expecting {char!r}" + (" delimiter" if char in ",:" else ""), self.buf,
+                                       self.pos)
         self.pos += 1
 
     def key(self) -> str:

@@ -660,7 +660,12 @@ def test_the_written_submission_is_checked_an_entry_at_a_time_as_a_whole_parse_c
         "is not valid JSON (Expecting": text[:-1],  # cut: the results' object is not closed
         "action scores in a recognition submission": text.replace("action_anticipation", "action_recognition"),
         "Expecting property name": text.replace(f'"{ids[2]}":', "7:", 1),  # (raw_decode would take a number)
+        "Expecting ':' delimiter": text.replace(f'"{ids[3]}":', f'"{ids[3]}" ', 1),  # (json's own words)
+        "Expecting ',' delimiter": text.replace(f'}}, "{ids[4]}"', f'}} "{ids[4]}"', 1),
     }
     for says, bad in cases.items():
+        if says.endswith("delimiter"):
+            with pytest.raises(json.JSONDecodeError, match=says):
+                json.loads(bad)
         with pytest.raises(LeapError, match=re.escape(says) if "(" in says else says):
             sub._check_streamed(_zip(tmp_path / "bad.zip", bad), ids, 97, 300)
