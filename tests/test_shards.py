@@ -270,16 +270,21 @@ def test_same_bytes_with_one_and_two_workers(root, tmp_path, monkeypatch):
     assert (a.out / "manifest.json").read_bytes() == (b.out / "manifest.json").read_bytes()
 
 
-def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
-    ref = build(root, tmp_path / "ref")
-
+def build_stopped(root: Path, work: Path) -> Path:
+    """A build stopped by Ctrl-C after 5 samples (its first shard of 3 complete): its shards folder."""
     def interrupt(done, total):
         if done >= 5:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        build(root, tmp_path / "run", progress=interrupt)
-    out = tmp_path / "run" / "shards" / "train"
+        build(root, work, progress=interrupt)
+    return work / "shards" / "train"
+
+
+def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
+    ref = build(root, tmp_path / "ref")
+
+    out = build_stopped(root, tmp_path / "run")
     assert [p.name for p in sorted(out.glob("*.tar"))] == ["leap-train-000000.tar"]  # shard 1 was unfinished
     assert not list(out.glob(".*partial"))
     first = (out / "leap-train-000000.tar").stat().st_mtime_ns
@@ -302,13 +307,7 @@ def test_a_refusal_after_a_kill_before_the_first_manifest_names_what_changed(roo
     """A build killed before it wrote its manifest (EPIC's train split: hours), run again with other settings:
     refused without naming what differs, where the manifest would have said it; each shard's progress record now
     holds what it was made with."""
-    def interrupt(done, total):
-        if done >= 5:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        build(root, tmp_path / "run", progress=interrupt)
-    out = tmp_path / "run" / "shards" / "train"
+    out = build_stopped(root, tmp_path / "run")
     assert not (out / "manifest.json").exists() and (out / "leap-train-000000.tar").exists()
     with pytest.raises(LeapError, match=r"other inputs or settings \(--frames, --short-side differ\)"):
         build(root, tmp_path / "run", frames=2, short_side=24)
