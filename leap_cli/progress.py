@@ -27,6 +27,13 @@ DEFAULT_EVERY = 10.0
 MIN_RATE_SECONDS = 2.0  # a rate (and an ETA) only from this long after the first unit: not from one burst
 
 
+def output_console(*, stderr: bool = False) -> Console:
+    """The console a command prints its messages and summary on: a line is never broken inside (soft wrap: piped
+    to a log, rich wraps at 80 columns, and a path or a command copied from the log was not the file or the
+    command); tables still fit the width."""
+    return Console(stderr=stderr, soft_wrap=True)
+
+
 def progress_every() -> float:
     """Seconds between progress lines outside a terminal (``LEAP_PROGRESS_EVERY``; 0 logs every update)."""
     try:

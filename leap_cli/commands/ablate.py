@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
 from leap_cli.common import lowercase, workdir_option
+from leap_cli.progress import output_console
 from leap_cli.train.ablate import AblateConfig
 
-console = Console()
+console = output_console()
 _D = AblateConfig()  # the defaults live in one place
 
 

@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from leap_cli.common import workdir_option
+from leap_cli.progress import output_console
 
-console = Console()
+console = output_console()
 
 
 LENGTHS_SHOWN = 20  # videos listed by info's length check without --all

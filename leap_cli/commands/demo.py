@@ -6,14 +6,14 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.rule import Rule
 from rich.table import Table
 
 from leap_cli.common import workdir_option, workers_option
+from leap_cli.progress import output_console
 
-console = Console()
+console = output_console()
 
 
 def register(app: typer.Typer) -> None:

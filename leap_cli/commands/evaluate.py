@@ -6,15 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR, check_task, lowercase, workdir_option
-from leap_cli.progress import stage_progress
+from leap_cli.progress import output_console, stage_progress
 
-console = Console()
+console = output_console()
 
 
 def register(app: typer.Typer) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -14,9 +13,9 @@ from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase
                              workdir_option, workers_option)
 from leap_cli.errors import LeapError
 from leap_cli.io import OutputLock, check_settings
-from leap_cli.progress import stage_progress
+from leap_cli.progress import output_console, stage_progress
 
-console = Console()
+console = output_console()
 
 # What changes the records: a re-run with other values is refused (io.check_settings) unless --force.
 RESULT_SETTINGS = ("components", "hand_threshold", "object_threshold", "camera_frames", "camera_source", "fov_deg",

@@ -13,9 +13,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from rich.table import Table
 
 from leap_cli.common import lowercase, workdir_option
+from leap_cli.progress import output_console
 from leap_cli.report.terminal import printable
 
-console = Console()
+console = output_console()
+
+
+# What only an LLM backend reads: refused with the offline backend (generate_programs)
+_REQUEST_OPTIONS = ("model", "base_url", "api_key_env", "concurrency", "workers_alias", "timeout", "max_retries",
+                    "backoff", "temperature", "max_tokens", "extra_body", "repair_rounds", "price_in", "price_out",
+                    "price_cached_in", "max_cost")
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +33,7 @@ def register(app: typer.Typer) -> None:
 
 
 def generate_programs(
+    ctx: typer.Context,
     workdir: Path = typer.Option(Path("leap-work"), "--workdir", callback=workdir_option, help="Work directory (reads descriptors/, writes programs/)."),
     split: str = typer.Option(..., "--split", help="Split: train, val (validation) or test."),
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
@@ -119,7 +127,7 @@ def generate_programs(
 
         refuse_folder(batch_file)
         if batch_stream(batch_file):  # (the messages on the other one where the requests go to stderr)
-            say = Console(stderr=own_std(batch_file) is not sys.stderr)
+            say = output_console(stderr=own_std(batch_file) is not sys.stderr)
     if batch_file is not None or ingest_batch is not None:
         if backend not in (None, "openai"):
             raise LeapError(f"--backend {backend} has no Batch API", fix="leave --backend out, or pass --backend openai, "
@@ -138,6 +146,14 @@ def generate_programs(
         except json.JSONDecodeError as e:
             raise LeapError(f"--extra-body is not JSON ({e.msg} at column {e.colno})",
                             fix='give a JSON object, e.g. --extra-body \'{"reasoning_effort": "low"}\'') from None
+    if backend == "offline":  # (unheard: a run meant for an LLM wrote the baseline's programs, exit 0)
+        from leap_cli.common import given_options
+
+        unused = given_options(ctx, *_REQUEST_OPTIONS)
+        if unused:
+            raise LeapError(f"{', '.join(unused)} {'is an option' if len(unused) == 1 else 'are options'} of the "
+                            "LLM's requests; the backend is offline (the default: the deterministic baseline, no LLM)",
+                            fix="add --backend openai to ask an LLM, or drop " + ("it" if len(unused) == 1 else "them"))
     retry_failed = retry_failed or retry_failed_alias
     spec = ShardSpec.parse(shard)
     out = shard_out(out, spec) if out is not None else None

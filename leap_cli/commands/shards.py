@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -14,9 +13,9 @@ from rich.table import Table
 from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, given_options, lowercase, normalize_split,
                              workdir_option, workers_option)
 from leap_cli.errors import LeapError
-from leap_cli.progress import stage_progress
+from leap_cli.progress import output_console, stage_progress
 
-console = Console()
+console = output_console()
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.I)
 

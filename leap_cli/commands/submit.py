@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR, check_task, lowercase, workdir_option
+from leap_cli.progress import output_console
 
-console = Console()
+console = output_console()
 
 
 def register(app: typer.Typer) -> None:

@@ -1101,6 +1101,16 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         if m.get("targets"):
             vocab = TargetVocab.from_manifest(m["targets"], ann.verbs, ann.nouns)
             notes.append(f"target vocabulary from {train_manifest}")
+            # (unheard before: a val build with --max-steps 3 kept the training shards' 6 steps without a word)
+            other = []
+            if max_steps is not None and max_steps != vocab.max_steps:
+                other.append(f"--max-steps {max_steps} (it holds {vocab.max_steps})")
+            if max_conditions is not None and max_conditions < len(vocab.conditions):
+                other.append(f"--max-conditions {max_conditions} (it holds {len(vocab.conditions)})")
+            if other:
+                raise LeapError(f"{' and '.join(other)}: this build shares the target vocabulary of {train_manifest}, "
+                                "so that program ids agree with the training shards'",
+                                fix="drop the option, or build the training shards with it first (then this split)")
     vocab_note = None  # what this run builds with: said otherwise when it built nothing
     if vocab is None and programs is not None:
         train_prog = prog_path if split == "train" else workdir / "programs" / "train.jsonl"

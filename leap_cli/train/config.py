@@ -270,7 +270,17 @@ DATA_SET = {"num_verbs": "the shards' class files", "num_nouns": "the shards' cl
 _OPTION_RANGES = {"decoder_dim": (1, None, False, True), "decoder_layers": (1, None, False, True),
                   "decoder_heads": (1, None, False, True), "decoder_dropout": (0, 1, True, False),
                   "decoder_label_forcing": (0, 1, False, False), "drop_path_rate": (0, 1, True, False),
-                  "backbone_drop_path_rate": (0, 1, True, False), "cls_dropout": (0, 1, True, False)}
+                  "backbone_drop_path_rate": (0, 1, True, False), "cls_dropout": (0, 1, True, False),
+                  **{k: (1, None, False, True) for k in ("patch_size", "width", "layers", "heads", "kernel_t", "n_dim",
+                                                         "n_head")}}
+# model.options that must be over 0 (a divisor: dw_reduction=0 was a ZeroDivisionError building the model)
+_OPTION_POSITIVE = ("dw_reduction", "mlp_factor")
+# model.options of other types, as UniFormerV2Config and model.leap.DECODER_DEFAULTS declare them (a test checks
+# these against them; config.py stays import-light): a string "false" was truthy, a number for a list a TypeError
+_OPTION_BOOLS = ("temporal_downsample", "no_lmhra", "double_lmhra", "grad_checkpointing", "frozen", "use_sdpa",
+                 "decoder_recognition")
+_OPTION_LISTS = {"return_list": "integers (block indices)", "mlp_dropout": "numbers (one per return_list block)",
+                 "mean": "numbers (R, G, B)", "std": "numbers (R, G, B)"}
 
 
 def _check_options(model: "ModelConfig", bad) -> None:
@@ -281,6 +291,14 @@ def _check_options(model: "ModelConfig", bad) -> None:
         if key in _SET_ELSEWHERE and (value != getattr(model, key) or type(value) is not type(getattr(model, key))):
             raise bad(name, f"{value!r} where {_SET_ELSEWHERE[key]} is {getattr(model, key)!r}: it is set there, "
                             "not by model.options (remove it)")
+        if key in _OPTION_BOOLS and not isinstance(value, bool):
+            raise bad(name, f"{value!r} is not true or false")
+        if key in _OPTION_LISTS and (not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, int if key == "return_list" else (int, float)) and not isinstance(v, bool) for v in value)):
+            raise bad(name, f"{value!r} is not a list of {_OPTION_LISTS[key]}")
+        if key in _OPTION_POSITIVE and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                        or not 0 < value < math.inf):
+            raise bad(name, f"{value!r} is not a number over 0")
         if key not in _OPTION_RANGES or (key == "decoder_dim" and value is None):
             continue
         low, high, high_open, integer = _OPTION_RANGES[key]

@@ -55,6 +55,14 @@ class ShardSource:
                             fix="build shards for that task or set data.task to match")
         if task == "anticipation":
             check_context(self.train, cfg.model.anticipation_context, "model.anticipation_context", self.train_dir)
+            if not cfg.model.anticipation_context and self.train.context and info.is_main:
+                log.warning("%s: the shards hold %d context clip(s) before each action, and model.anticipation_context "
+                            "is 0: the model reads none of them (and aggregates nothing); set "
+                            "model.anticipation_context %d to use them", self.train_dir, self.train.context,
+                            self.train.context)
+        elif cfg.model.anticipation_context and info.is_main:
+            log.warning("model.anticipation_context %d is not used: data.task is %s (anticipation shards and "
+                        "data.task=anticipation read context clips)", cfg.model.anticipation_context, task)
         counts = manifest.get("counts") or {}
         if counts.get("skipped") and info.is_main:  # (a split most of whose videos are not downloaded trains quietly)
             log.warning("%s: the shards hold %d of the split's %d segments (%d skipped by build-shards, listed with "

@@ -218,6 +218,7 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
         window["grad_norm"] = window.get("grad_norm", 0.0) + _float(norm)
         scaler.step(optimizer)
         scaler.update()
+        lr = scheduler.get_last_lr()  # the lr this step applied (logged with it; step() sets the next step's)
         scheduler.step()
         state.step += 1
         window["n"] = window.get("n", 0) + 1
@@ -226,7 +227,7 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
             n = window.pop("n")
             rec = {"split": "train", "step": state.step, "epoch": state.epoch,
                    **{k: round(v / n, 6) for k, v in window.items()},
-                   "lr": scheduler.get_last_lr(), "clips_per_s": round(clips / max(elapsed, 1e-9), 3),
+                   "lr": lr, "clips_per_s": round(clips / max(elapsed, 1e-9), 3),
                    "clipped_steps": clipped}
             state.history.append(rec)
             if on_step:
@@ -234,7 +235,7 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
             window, clips, clipped, t0 = {}, 0, 0, time.perf_counter()
         elif on_step:
             on_step({"split": "train", "step": state.step, "epoch": state.epoch, "loss": _float(loss),
-                     "lr": scheduler.get_last_lr(), "partial": True})
+                     "lr": lr, "partial": True})
         if on_checkpoint and cfg.train.checkpoint_every > 0 and state.step % cfg.train.checkpoint_every == 0:
             on_checkpoint()
     return True
@@ -442,6 +443,10 @@ def shard_folders(cfg: Config, workdir: Path) -> tuple[Path, Path | None]:
     suffix = "-anticipation" if cfg.data.task == "anticipation" else ""  # leap build-shards' default folders
     train = Path(cfg.data.train) if cfg.data.train else workdir / "shards" / f"train{suffix}"
     val = None if cfg.data.val == "" else Path(cfg.data.val) if cfg.data.val else workdir / "shards" / f"val{suffix}"
+    if cfg.data.val and not val.exists():  # (a typo trained without validation and best.pt, with a warning only)
+        raise LeapError("data.val names no such folder", path=val,
+                        fix=f"build them (leap build-shards --split val{' --task anticipation' if suffix else ''} "
+                            "--out that folder), fix the path, or set data.val=\"\" to train without validation")
     return train, val
 
 
