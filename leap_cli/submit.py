@@ -249,9 +249,10 @@ class _JsonStream:
         self.buf, self.pos = self.buf[self.pos:] + self.decode(data, final=self.eof), 0
         return True
 
-    def rest(self) -> str:
-        """What is left of the stream, whole."""
-        return self.buf[self.pos:] + self.decode(self.f.read(), final=True)
+    def whole(self) -> str:
+        """The stream from its start, whole, where nothing was parsed yet (only white space skipped; beyond a
+        chunk of it, what is left)."""
+        return self.buf + self.decode(self.f.read(), final=True)
 
     def where(self, e: json.JSONDecodeError) -> str:
         """``e``'s message with its place counted in the whole stream."""
@@ -298,8 +299,8 @@ def _check_streamed(path: Path, expected_ids: Sequence[str], num_verbs: int, num
     with _open_member(path) as z, z.open(MEMBER) as f:
         try:
             stream = _JsonStream(f, json.detect_encoding(f.peek(4)[:4]))
-            if stream.peek() != "{":  # (no object: said as a whole parse says it)
-                return check_submission(json.loads(stream.rest()), expected_ids, num_verbs, num_nouns, str(path))
+            if stream.peek() != "{":  # (no object: said as a whole parse says it, its place counted from the start)
+                return check_submission(json.loads(stream.whole()), expected_ids, num_verbs, num_nouns, str(path))
             stream.take("{")
             while stream.peek() != "}":
                 if header:
