@@ -50,7 +50,8 @@ def show(
     if html:
         refuse_overwrite(html, view.files, "--html", "html")
     if view.program:
-        console.print(program_tree(view.program, view.status_note, narration_of(view)))
+        console.print(program_tree(view.program, view.status_note, narration_of(view)), soft_wrap=False)  # (soft
+        # wrap crops a tree's lines at the width: its labels are wrapped by rich, whole)
     else:
         console.print(f"[yellow]{printable(narration_id)}: {no_program_text(view.split)}[/]")
     if view.descriptor:

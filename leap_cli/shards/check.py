@@ -41,10 +41,13 @@ def check_shards(source: str | Path, *, on_error: str = "raise", verify_hash: bo
                          samples=sum(s["count"] for s in manifest["shards"]))
     said = (manifest.get("counts") or {}).get("samples")
     if type(said) is int and said != report.samples:  # a hand-edited or hand-merged manifest: its summary lies
+        where = Path(source) if Path(source).is_file() else folder / MANIFEST  # (a part's, given as the file)
+        if not where.exists():  # merged from the parts here: one of theirs
+            where = folder / "manifest.shard*.json"
         what = f"counts.samples says {said} samples, its shards list {report.samples}"
         if on_error == "raise":
-            raise LeapError(what, path=folder / MANIFEST, fix=_REWRITE_FIX)
-        report.problems.append({"shard": MANIFEST, "sample": None, "problem": what, "fix": _REWRITE_FIX})
+            raise LeapError(what, path=where, fix=_REWRITE_FIX)
+        report.problems.append({"shard": where.name, "sample": None, "problem": what, "fix": _REWRITE_FIX})
     check = partial(_check_shard, folder, manifest.get("frame_sizes") or {}, verify_hash, decode, on_error == "raise")
     done = 0
 
