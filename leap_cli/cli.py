@@ -15,11 +15,38 @@ import sys
 import traceback
 
 import typer
-from rich.console import Console
 
 from leap_cli import __version__
 from leap_cli.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, LeapError
+from leap_cli.progress import output_console
 from leap_cli.report.terminal import printable
+
+def _fold_help_tables() -> None:
+    """Help that folds a word too long for its column instead of cutting it with '…': at 80 columns typer's option
+    tables cut long option names and default paths (``WORKDIR/descriptors/…``). Its tables (and
+    rich's Columns) add their columns by ``add_row``; this makes them fold (where they are not rich's Table: left as
+    they are). Called for a help only: the process prints nothing else."""
+    import rich.table
+
+    try:
+        from typer import rich_utils as utils  # (imported for a help only: ~40 ms)
+    except ImportError:
+        return
+    if getattr(utils, "Table", None) is not rich.table.Table:
+        return
+
+    class FoldingTable(rich.table.Table):
+        def add_row(self, *renderables, **kwargs):
+            while len(self.columns) < len(renderables):
+                self.add_column(overflow="fold")
+            super().add_row(*renderables, **kwargs)
+
+    utils.Table = FoldingTable
+    import rich.columns  # (an option's help is a Columns of its texts, laid out in a table of its own)
+
+    if getattr(rich.columns, "Table", None) is rich.table.Table:
+        rich.columns.Table = FoldingTable
+
 
 app = typer.Typer(
     name="leap",
@@ -33,7 +60,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-err_console = Console(stderr=True)
+err_console = output_console(stderr=True)
 _state = {"debug": False}
 
 
@@ -75,7 +102,7 @@ def _root(
     ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and debug logging."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each stage does."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each stage does (before the command: leap -v extract ...)."),
 ) -> None:
     from leap_cli.common import WORKDIRS
 
@@ -400,6 +427,8 @@ def _main() -> None:
     try:
         sys.argv[1:] = expand_home(sys.argv[1:])
         empty_path_option(sys.argv[1:])
+        if len(sys.argv) == 1 or {"-h", "--help"} & set(sys.argv[1:]):
+            _fold_help_tables()
         # Without standalone mode typer returns what click would have exited with: typer.Exit's code, or 130
         # after Ctrl-C (it catches the KeyboardInterrupt itself).
         code = app(standalone_mode=False)

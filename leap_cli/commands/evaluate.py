@@ -86,7 +86,8 @@ def evaluate(
     split: str = typer.Option(..., "--split", help="val (metrics) or test (scores only, for `leap submit`); train "
                                                     "is scored too (a check of fit)."),
     run: Path = typer.Option(None, "--run", help="Run directory written by `leap train` (runs/NAME, also looked "
-                                                 "up under --workdir; a path X/runs/NAME also sets --workdir X)."),
+                                                 "up under --workdir; a path X/runs/NAME also sets --workdir X; "
+                                                 "default: the work directory's only run)."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best, last, or a checkpoint file (a file under "
                                                                 "runs/NAME/checkpoints/ implies --run; one under "
                                                                 "another run's is refused without --out)."),
@@ -106,11 +107,11 @@ def evaluate(
                                         "the run's model.compile). The same scores, to float rounding; compiling "
                                         "takes minutes once per command, so it pays on a large split, not on a few "
                                         "segments."),
-    shards: Path = typer.Option(None, "--shards", help="Shards folder (default {workdir}/shards/SPLIT, anticipation: SPLIT-anticipation)."),
+    shards: Path = typer.Option(None, "--shards", help="Shards folder (default WORKDIR/shards/SPLIT, anticipation: SPLIT-anticipation)."),
     out: Path = typer.Option(None, "--out", help="Folder for scores.pt and metrics.json (default "
                                                  "runs/NAME/eval/SPLIT, which --out leaves untouched; with --scores: "
                                                  "metrics.json only, default next to the file)."),
-    data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default {workdir}/kitchen)."),
+    data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default "
                                                                 "DATA/annotations)."),
     workdir: Path = typer.Option(None, "--workdir", callback=workdir_option, help="Work directory of the pipeline (default: X when --run "

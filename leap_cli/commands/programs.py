@@ -43,7 +43,7 @@ def generate_programs(
     out: Path = typer.Option(None, "--out", help="Programs JSONL (default WORKDIR/programs/SPLIT.jsonl)."),
     backend: str = typer.Option(None, "--backend", callback=lowercase, help="offline (the default: deterministic baseline, no network) or "
                                                      "openai (the only one with --batch-file/--ingest-batch)."),
-    model: str = typer.Option("gpt-4o-mini", "--model", help="Model name sent to the endpoint."),
+    model: str = typer.Option("gpt-4o-mini", "--model", help="Model name sent to the endpoint (--backend openai)."),
     base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "
                                                      "(default: $OPENAI_BASE_URL, else https://api.openai.com/v1)."),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Environment variable holding the API key."),
@@ -75,8 +75,8 @@ def generate_programs(
                                                                           "read from its prompt cache."),
     max_cost: float = typer.Option(None, "--max-cost", min=0.0, help="Stop cleanly once the estimated spend on this output file "
                                                             "(all runs together, from the ledger) reaches this (USD)."),
-    exemplars: Path = typer.Option(None, "--exemplars", help="Folder of exemplar programs (default prompts/exemplars)."),
-    system_prompt: Path = typer.Option(None, "--system-prompt", help="System prompt file (default prompts/system.md)."),
+    exemplars: Path = typer.Option(None, "--exemplars", help="Folder of exemplar programs (default: the package's prompts/exemplars)."),
+    system_prompt: Path = typer.Option(None, "--system-prompt", help="System prompt file (default: the package's prompts/system.md)."),
     retry_failed: bool = typer.Option(False, "--retry-errors", help="Redo the records whose status is failed."),
     retry_failed_alias: bool = typer.Option(False, "--retry-failed", hidden=True),  # old spelling of --retry-errors
     retry_invalid: bool = typer.Option(False, "--retry-invalid", help="Ask again for the records whose status is "
@@ -448,7 +448,7 @@ def _summary_table(title: str, cells) -> Table:
 def validate_programs(
     files: list[Path] = typer.Argument(None, metavar="FILES", help="Program JSONL files (default WORKDIR/programs/SPLIT.jsonl)."),
     workdir: Path = typer.Option(Path("leap-work"), "--workdir", callback=workdir_option, help="Work directory (report goes to programs/)."),
-    split: str = typer.Option(None, "--split", help="Split the files are checked against (required without FILES; "
+    split: str = typer.Option(None, "--split", help="train, val (validation) or test: the split the files are checked against (required without FILES; "
                                                     "else the one their names say, e.g. train.jsonl, and files that "
                                                     "name different splits are refused). Coverage counts that "
                                                     "split's segments only; records of other ids are counted apart."),

@@ -71,7 +71,8 @@ def build_shards(
                                                      "the train shards' of the same task when present, "
                                                      "WORKDIR/shards/train/manifest.json or, with --task "
                                                      "anticipation, shards/train-anticipation/manifest.json)."),
-    max_steps: int = typer.Option(None, "--max-steps", min=2, help="Program steps per target incl. END (new vocabulary only)."),
+    max_steps: int = typer.Option(None, "--max-steps", min=2, help="Program steps per target incl. END (default: the longest "
+                                                                  "training program's, at most 48; new vocabulary only)."),
     max_conditions: int = typer.Option(None, "--max-conditions", min=1,
                                        help="At most this many conditions, the most frequent in the training "
                                             "programs (default 256; new vocabulary only)."),
@@ -182,7 +183,8 @@ def _skipped_lines(skipped: list[dict], shown: int = 3) -> list[str]:
 def check_shards(
     shards: Path = typer.Option(None, "--shards", help="Shards folder (default WORKDIR/shards/SPLIT; with "
                                                          "--task anticipation: WORKDIR/shards/SPLIT-anticipation)."),
-    split: str = typer.Option(None, "--split", help="Split whose shards to check (required without --shards)."),
+    split: str = typer.Option(None, "--split", help="train, val (validation) or test: the split whose shards to "
+                                                        "check (required without --shards)."),
     task: str = typer.Option("recognition", "--task", callback=lowercase, help="recognition or anticipation (which default folder)."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", callback=workdir_option, help="Work directory holding every stage's files."),
     on_error: str = typer.Option("raise", "--on-error", callback=lowercase, help="raise: stop at the first damaged shard or sample; "

@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 
 def show(
-    narration_id: str = typer.Argument(..., help="The segment, e.g. P01_01_12."),
+    narration_id: str = typer.Argument(..., metavar="NARRATION_ID", help="The segment, e.g. P01_01_12."),
     workdir: Path = typer.Option(Path("leap-work"), "--workdir", callback=workdir_option, help="Work directory holding descriptors/ and programs/."),
     split: str = typer.Option(None, "--split", help="train, val or test (default: search all)."),
     programs: Path = typer.Option(None, "--programs", help="Program records file (default: WORKDIR/programs/SPLIT.jsonl)."),

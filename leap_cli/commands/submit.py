@@ -26,16 +26,16 @@ def submit(
                                                        "only run's eval/test/scores.pt)."),
     task: str = typer.Option(None, "--task", callback=lowercase, help="recognition or anticipation (sets the challenge; default: the "
                                                   "scores file's task, else recognition)."),
-    out: Path = typer.Option(None, "--out", help="Zip to write (default {workdir}/submission.zip)."),
+    out: Path = typer.Option(None, "--out", help="Zip to write (default WORKDIR/submission.zip)."),
     sls_pt: int = typer.Option(None, "--sls-pt", help="Supervision level, pre-training (0-5; "
-                               "0: random initialisation)."),
+                               "0: random initialisation; the three levels are required to write a zip)."),
     sls_tl: int = typer.Option(None, "--sls-tl", help="Supervision level, training labels (0-5)."),
     sls_td: int = typer.Option(None, "--sls-td", help="Supervision level, training data (0-5; "
                                "`leap train` trains on the train split: 3)."),
     with_actions: bool = typer.Option(False, "--with-actions", help="Anticipation only: add the 100 best "
                                       "'verb,noun' action scores per segment (official combination)."),
     check: Path = typer.Option(None, "--check", help="Check this existing submission zip instead of writing one."),
-    data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default {workdir}/kitchen)."),
+    data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs "
                                      "(default DATA/annotations); gives the test ids and class counts."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", callback=workdir_option, help="Work directory of the pipeline."),

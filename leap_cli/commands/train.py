@@ -37,11 +37,17 @@ def train(
     stop_after: int = typer.Option(None, "--stop-after", min=1, help="Pause once the run has made this many optimizer steps in all (counted from its start, also on --resume; the schedule still spans the whole run); continue with --resume."),
 ) -> None:
     from leap_cli.errors import LeapError
-    from leap_cli.train.config import load_config
+    from leap_cli.train.config import load_config, parse_overrides
     from leap_cli.train.loop import main
 
-    sets = list(overrides) + (["loss.program_loss=false"] if no_program_loss else [])
-    sets += ["model.allow_partial_load=true"] if allow_partial_load else []
+    flags = {"--no-program-loss": ("loss.program_loss", False)} if no_program_loss else {}
+    flags.update({"--allow-partial-load": ("model.allow_partial_load", True)} if allow_partial_load else {})
+    given = parse_overrides(overrides)
+    for flag, (key, value) in flags.items():  # (the flag won without a word)
+        if any(k == key and v is not value for k, v in given):
+            raise LeapError(f"{flag} is --set {key}={str(value).lower()}, and a --set gives it another value",
+                            fix="give one of the two")
+    sets = list(overrides) + [f"{key}={str(value).lower()}" for key, value in flags.values()]
     cfg = load_config(config, sets)
     name = name or default_name(config, resume)
     progress = stage_progress("train", TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(),
