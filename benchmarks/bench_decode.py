@@ -99,7 +99,7 @@ def make_root(root: Path, seconds: float, segments: int) -> Path:
             a = 0.2 + k * span
             b = min(seconds - 0.1, a + span * 1.15)
             rows.append(f"{vid}_{k},P01,{vid},{format_timestamp(a)},{format_timestamp(a)},{format_timestamp(b)},"
-                        f"{time_to_frame(a, 60)},{time_to_frame(b, 60)},take plate,take,0,plate,2,['plate'],[2]\n")
+                        f"{time_to_frame(a, fps)},{time_to_frame(b, fps)},take plate,take,0,plate,2,['plate'],[2]\n")
     ann = root / "annotations"
     ann.mkdir(parents=True, exist_ok=True)
     (ann / "EPIC_100_train.csv").write_text(HEADER + "".join(rows))

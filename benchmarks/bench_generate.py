@@ -362,7 +362,8 @@ def _throughput_run(work: Path, kitchen: Path, server: ServerProcess, c: int, cl
            "request_round_trip_ms_mean": round(trip, 1), "closing_s": round(closing, 3),
            "run_queue_wait_s_client_server": [None if w is None else round(w, 3) for w in waits],
            "load_average": round(load, 2)}
-    server_txt = "" if server_ms is None else f"; server CPU {server_ms:.2f} ms/request (ceiling {1000 / server_ms:.0f}/s)"
+    server_txt = "" if server_ms is None else f"; server CPU {server_ms:.2f} ms/request " + (
+        f"(ceiling {1000 / server_ms:.0f}/s)" if server_ms > 0 else "(under the clock's tick: no ceiling measured)")
     if late is not None:
         server_txt += (f", replies sent {late['late_ms_mean']:.2f} ms (p90 {late['late_ms_p90']:.2f}, max "
                        f"{late['late_ms_max']:.2f}) after arrival + {latency * 1000:g} ms")

@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="runs per measurement; the fastest counts")
     ap.add_argument("--no-write", action="store_true", help="print only, do not update benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
+    if args.minutes * 60 - 20 < 10 + 2 * args.window:  # (the late window must come after the early one)
+        ap.error(f"--minutes {args.minutes:g} is too short: the late window starts 20 s before the end and must come "
+                 f"after the early one at 10 s (--minutes {(32 + 2 * args.window) / 60:.2f} at least)")
     args.video.parent.mkdir(parents=True, exist_ok=True)
     video = ensure_video(args.video, args.minutes)
     length = args.minutes * 60

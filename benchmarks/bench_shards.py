@@ -94,7 +94,7 @@ class Mp4Clips(Dataset):
         box = random_resized_box(clip.shape[1], clip.shape[2], rng)
         return {"video": to_tensor(crop_resize(clip, box, self.S)), "verb_class": s.verb_class,
                 "noun_class": s.noun_class, "has_program": False, "program_steps": torch.full((1, 3), -100),
-                "conditions": torch.zeros(0), "narration_id": s.narration_id}
+                "conditions": torch.zeros(0), "step_conditions": torch.zeros(1, 0), "narration_id": s.narration_id}
 
 
 def clips_per_second(ds, workers: int, batch: int, limit: int) -> tuple[float, int]:
