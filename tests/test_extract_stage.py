@@ -1244,6 +1244,38 @@ def test_the_extract_summary_says_records_were_made_again_from_new_annotations(k
     assert "EPIC_100_train.csv" in r.output
 
 
+def test_records_an_earlier_leap_made_otherwise_are_made_again_and_said(kitchen, tmp_path, monkeypatch):
+    """An upgrade of leap that changes what a component writes (session 47's camera rotation fit) left a resumed
+    output holding records of both leaps. Each record now says what made its parts ("versions"); a resume makes
+    again those of an earlier number, and a record of a leap before the numbers counts as version 1 of each."""
+    from typer.testing import CliRunner
+
+    from leap_cli.cli import app
+    from leap_cli.extract import base
+
+    out = tmp_path / "w" / "descriptors" / "train.jsonl"
+    args = ["extract", "--data", str(kitchen), "--split", "train", "--workdir", str(tmp_path / "w"),
+            "--components", "narration,camera", "--frame-cache", "none"]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    first = read_jsonl(out)
+    assert all(r["versions"] == {"narration": 1, "camera": 1, "text": 1} for r in first)
+    lines = out.read_text().splitlines()  # a record of a leap before the numbers: kept as it is
+    old = json.loads(lines[0])
+    del old["versions"]
+    out.write_text("\n".join([json.dumps(old), *lines[1:]]) + "\n")
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0 and "0 written now" in " ".join(r.output.split()), r.output
+    monkeypatch.setitem(base.VERSIONS, "camera", 2)  # a leap whose odometry writes otherwise
+    r = CliRunner().invoke(app, args, terminal_width=400)
+    said = " ".join(r.output.split())
+    assert r.exit_code == 0 and f"{len(first)} records of earlier runs hold parts an earlier leap made otherwise" in said
+    assert "camera 1 -> 2" in said, said
+    after = {x["narration_id"]: x for x in read_jsonl(out)}
+    assert len(after) == len(first) and all(x["versions"]["camera"] == 2 for x in after.values())
+    r = CliRunner().invoke(app, args)  # and they are not made again a third time
+    assert r.exit_code == 0 and "0 written now" in " ".join(r.output.split()) and "earlier leap" not in r.output
+
+
 def test_records_without_a_narration_component_see_a_changed_annotation(kitchen, tmp_path):
     """The hands name what they touch from the narration's nouns: a record of --components hands was kept after
     its noun changed (only the narration component was compared)."""

@@ -20,6 +20,25 @@ from leap_cli.epic.timing import FrameClock, Window, epic_frame_rate
 
 COMPONENTS = ("narration", "audio", "camera", "objects", "hands")
 STATUSES = ("ok", "unavailable", "error")
+# What made each part of a record (a record's "versions"; "text": describe.render_clip): a change of leap that
+# changes what a part writes for the same input raises its number, and a resume makes the records of an earlier
+# number again (``outdated``), as it does those of other annotations: an output never mixes two leaps' parts.
+# A record without "versions" (a leap before 2026-12-05 17:45 UTC) is taken as version 1 of every part.
+VERSIONS = {"narration": 1, "audio": 1, "camera": 1, "objects": 1, "hands": 1, "text": 1}
+
+
+def record_versions(components) -> dict[str, int]:
+    """The ``versions`` of a record holding ``components`` (their names) and the clip text."""
+    return {**{c: VERSIONS[c] for c in components if c in VERSIONS}, "text": VERSIONS["text"]}
+
+
+def outdated(record: dict) -> list[str]:
+    """The parts of ``record`` (components it holds, and its text) made by an earlier number than this leap's
+    ``VERSIONS``, as "camera 1 -> 2"."""
+    held = record.get("versions") if isinstance(record.get("versions"), dict) else {}
+    comps = record.get("components") if isinstance(record.get("components"), dict) else {}
+    now = record_versions(comps)
+    return [f"{k} {held.get(k, 1)} -> {v}" for k, v in now.items() if held.get(k, 1) != v]
 
 
 def result(status: str, source: str, data: dict | None = None, text: str = "") -> dict:

@@ -33,7 +33,8 @@ from leap_cli.epic.annotations import VIDEO_INFO, Segment, made_from_other_annot
 from leap_cli.epic.layout import DatasetLayout
 from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
 from leap_cli.errors import LeapError
-from leap_cli.extract.base import COMPONENTS, Component, FramesUnavailable, SegmentContext, error, unavailable
+from leap_cli.extract.base import (COMPONENTS, Component, FramesUnavailable, SegmentContext, error, outdated,
+                                   record_versions, unavailable)
 from leap_cli.extract.cache import FrameCache
 from leap_cli.extract.describe import render_clip
 from leap_cli.io import JsonlAppender, OutputLock, atomic_write_json, remove_dead_temps
@@ -130,6 +131,8 @@ class ExtractSummary:
     retryable: int = 0  # records of earlier runs that --retry-errors would redo (a component failed, or its video)
     reannotated: int = 0  # records of earlier runs made from other annotations (``made_from_other_annotations``)
     reannotated_example: str = ""  # the first of them, with what differs
+    outdated: int = 0  # records of earlier runs with a part made by an earlier leap (``base.outdated``): made again
+    outdated_example: str = ""  # the first of them, with its parts' numbers
     annotations: str = ""  # the split CSV's name, for the summary
     written: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=lambda: {c: {"ok": 0, "unavailable": 0, "error": 0}
@@ -502,7 +505,7 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
     record = {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),
               "stop": round(seg.stop, 3), "start_frame": int(seg.start_frame), "stop_frame": int(seg.stop_frame),
               "annotation_hash": seg.annotation_hash, "components": comps,
-              "text": render_clip(seg.start, seg.stop, comps)}
+              "text": render_clip(seg.start, seg.stop, comps), "versions": record_versions(comps)}
     return record, timings
 
 
@@ -628,6 +631,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
                       if_changed=True)  # (a rerun with the same options leaves it untouched)
     by_id = {s.narration_id: s for s in segments}
     reannotated: dict[str, str] = {}  # narration id -> what differs
+    remade: dict[str, str] = {}  # narration id -> its parts made by an earlier leap (``outdated``)
     to_retry = retry_test(layout)
 
     def replace(record: dict) -> bool:  # asked of each key's lines in turn: the last one decides
@@ -636,6 +640,10 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
             reannotated[seg.narration_id] = why
             return True
         reannotated.pop(record.get("narration_id"), None)
+        if seg is not None and (parts := outdated(record)):
+            remade[seg.narration_id] = ", ".join(parts)
+            return True
+        remade.pop(record.get("narration_id"), None)
         return cfg.retry_errors and to_retry(record)
 
     t_start = time.perf_counter()
@@ -649,7 +657,9 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         summary.done_before = len(segments) - len(todo)
         summary.reannotated = len(reannotated)
         summary.reannotated_example = next((f"{k}: {why}" for k, why in reannotated.items()), "")
-        summary.retryable = len((appender.counted - set(reannotated)).intersection(  # (--limit, --shard; those
+        summary.outdated = len(remade)
+        summary.outdated_example = next((f"{k}: {why}" for k, why in remade.items()), "")
+        summary.retryable = len((appender.counted - set(reannotated) - set(remade)).intersection(  # (--limit, --shard; those
             s.narration_id for s in segments))  # made again now for other annotations are not left to --retry-errors)
         if on_start:
             on_start(len(segments), summary.done_before)
