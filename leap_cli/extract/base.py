@@ -23,7 +23,7 @@ STATUSES = ("ok", "unavailable", "error")
 # What made each part of a record (a record's "versions"; "text": describe.render_clip): a change of leap that
 # changes what a part writes for the same input raises its number, and a resume makes the records of an earlier
 # number again (``outdated``), as it does those of other annotations: an output never mixes two leaps' parts.
-# A record without "versions" (a leap before 2026-12-05 17:45 UTC) is taken as version 1 of every part.
+# A record without "versions" (a leap before 2026-12-05 17:36 UTC) is taken as version 1 of every part.
 VERSIONS = {"narration": 1, "audio": 1, "camera": 1, "objects": 1, "hands": 1, "text": 1}
 
 
