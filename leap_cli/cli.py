@@ -21,6 +21,7 @@ from leap_cli.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, LeapError
 from leap_cli.progress import output_console
 from leap_cli.report.terminal import printable
 
+
 def _fold_help_tables() -> None:
     """Help that folds a word too long for its column instead of cutting it with '…': at 80 columns typer's option
     tables cut long option names and default paths (``WORKDIR/descriptors/…``). Its tables (and

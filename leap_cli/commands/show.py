@@ -49,9 +49,8 @@ def show(
                         programs=programs, descriptors=descriptors, data=data)
     if html:
         refuse_overwrite(html, view.files, "--html", "html")
-    if view.program:
-        console.print(program_tree(view.program, view.status_note, narration_of(view)), soft_wrap=False)  # (soft
-        # wrap crops a tree's lines at the width: its labels are wrapped by rich, whole)
+    if view.program:  # (a tree wraps its own lines: soft wrap would crop them at the width)
+        console.print(program_tree(view.program, view.status_note, narration_of(view)), soft_wrap=False)
     else:
         console.print(f"[yellow]{printable(narration_id)}: {no_program_text(view.split)}[/]")
     if view.descriptor:
