@@ -37,6 +37,10 @@ def _fold_help_tables() -> None:
         return
 
     class FoldingTable(rich.table.Table):
+        def add_column(self, *args, **kwargs):
+            kwargs.setdefault("overflow", "fold")
+            super().add_column(*args, **kwargs)
+
         def add_row(self, *renderables, **kwargs):
             while len(self.columns) < len(renderables):
                 self.add_column(overflow="fold")
@@ -467,6 +471,8 @@ def _main() -> None:
         sys.exit(1)
     except Exception as e:
         # click's usage errors (typer ships its own copy of click, so match them by shape, not by class)
+        if type(e).__name__ == "NoArgsIsHelpError":  # `leap` alone: the help was printed, as it asked (it added
+            sys.exit(0)  # an empty error line and exit 2)
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             # one line, as every other error (click prints the usage, a hint and the error on four lines)
             ctx = getattr(e, "ctx", None)

@@ -1268,12 +1268,12 @@ def test_records_an_earlier_leap_made_otherwise_are_made_again_and_said(kitchen,
     monkeypatch.setitem(base.VERSIONS, "camera", 2)  # a leap whose odometry writes otherwise
     r = CliRunner().invoke(app, args, terminal_width=400)
     said = " ".join(r.output.split())
-    assert r.exit_code == 0 and f"{len(first)} records of earlier runs hold parts an earlier leap made otherwise" in said
+    assert r.exit_code == 0 and f"{len(first)} records of earlier runs hold parts another leap made otherwise" in said
     assert "camera 1 -> 2" in said, said
     after = {x["narration_id"]: x for x in read_jsonl(out)}
     assert len(after) == len(first) and all(x["versions"]["camera"] == 2 for x in after.values())
     r = CliRunner().invoke(app, args)  # and they are not made again a third time
-    assert r.exit_code == 0 and "0 written now" in " ".join(r.output.split()) and "earlier leap" not in r.output
+    assert r.exit_code == 0 and "0 written now" in " ".join(r.output.split()) and "another leap" not in r.output
 
 
 def test_records_without_a_narration_component_see_a_changed_annotation(kitchen, tmp_path):

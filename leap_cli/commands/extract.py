@@ -239,7 +239,7 @@ def _print_summary(s) -> None:
                       f"{escape(s.annotations)} holds now (e.g. {escape(s.reannotated_example)} differs): they are "
                       "made again, and generate-programs makes their programs again", style="yellow", highlight=False)
     if s.outdated:  # (an upgrade of leap that changed what a component writes: the output holds one leap's records)
-        console.print(f"note: {s.outdated} records of earlier runs hold parts an earlier leap made otherwise (e.g. "
+        console.print(f"note: {s.outdated} records of earlier runs hold parts another leap made otherwise (e.g. "
                       f"{escape(s.outdated_example)}): they are made again, and generate-programs asks again for "
                       "the programs of those whose clip text changed", style="yellow", highlight=False)
     if s.unavailable:

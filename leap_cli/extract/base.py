@@ -33,12 +33,12 @@ def record_versions(components) -> dict[str, int]:
 
 
 def outdated(record: dict) -> list[str]:
-    """The parts of ``record`` (components it holds, and its text) made by an earlier number than this leap's
-    ``VERSIONS``, as "camera 1 -> 2"."""
+    """The parts of ``record`` (components it holds, and its text) made by another number than this leap's
+    ``VERSIONS`` (an earlier leap's, or after a downgrade a later one's), as "camera 1 -> 2"."""
     held = record.get("versions") if isinstance(record.get("versions"), dict) else {}
     comps = record.get("components") if isinstance(record.get("components"), dict) else {}
-    now = record_versions(comps)
-    return [f"{k} {held.get(k, 1)} -> {v}" for k, v in now.items() if held.get(k, 1) != v]
+    was = {k: v if type(v) is int else 1 for k, v in held.items()}  # (not a number: as a record without one)
+    return [f"{k} {was.get(k, 1)} -> {v}" for k, v in record_versions(comps).items() if was.get(k, 1) != v]
 
 
 def result(status: str, source: str, data: dict | None = None, text: str = "") -> dict:

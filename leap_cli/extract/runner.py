@@ -131,7 +131,7 @@ class ExtractSummary:
     retryable: int = 0  # records of earlier runs that --retry-errors would redo (a component failed, or its video)
     reannotated: int = 0  # records of earlier runs made from other annotations (``made_from_other_annotations``)
     reannotated_example: str = ""  # the first of them, with what differs
-    outdated: int = 0  # records of earlier runs with a part made by an earlier leap (``base.outdated``): made again
+    outdated: int = 0  # records of earlier runs with a part another leap made otherwise (``base.outdated``): made again
     outdated_example: str = ""  # the first of them, with its parts' numbers
     annotations: str = ""  # the split CSV's name, for the summary
     written: int = 0
@@ -631,7 +631,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
                       if_changed=True)  # (a rerun with the same options leaves it untouched)
     by_id = {s.narration_id: s for s in segments}
     reannotated: dict[str, str] = {}  # narration id -> what differs
-    remade: dict[str, str] = {}  # narration id -> its parts made by an earlier leap (``outdated``)
+    remade: dict[str, str] = {}  # narration id -> its parts another leap made otherwise (``outdated``)
     to_retry = retry_test(layout)
 
     def replace(record: dict) -> bool:  # asked of each key's lines in turn: the last one decides

@@ -123,7 +123,7 @@ class ShardSource:
                 if self.val.manifest.get("targets") != manifest.get("targets"):
                     raise LeapError("the validation shards use another targets vocabulary than the training shards",
                                     path=val_dir, fix="rebuild the val shards after the train shards")
-            else:
+            elif info.is_main:
                 log.warning("no validation shards in %s: no validation and no best.pt", val_dir)
 
     def _loader(self, split: str, ds: ShardDataset, batch_size: int, drop_last: bool) -> DataLoader:
