@@ -315,8 +315,8 @@ def test_descriptor_records_hold_the_fields_extract_md_lists(kitchen_run):
     assert len(recs) == 4
     top = {f for r in rows if not r[0].startswith("`components") for f in _field_names(r[0])}
     assert top == {"narration_id", "video_id", "start", "stop", "start_frame", "stop_frame", "annotation_hash",
-                   "text"}
-    types = {"string": str, "number": (int, float), "integer": int}
+                   "text", "versions"}
+    types = {"string": str, "number": (int, float), "integer": int, "object": dict}
     for rec in recs:
         for r in rows:
             for f in _field_names(r[0]) & top:
