@@ -471,8 +471,8 @@ def _main() -> None:
         sys.exit(1)
     except Exception as e:
         # click's usage errors (typer ships its own copy of click, so match them by shape, not by class)
-        if type(e).__name__ == "NoArgsIsHelpError":  # `leap` alone: the help was printed, as it asked (it added
-            sys.exit(0)  # an empty error line and exit 2)
+        if type(e).__name__ == "NoArgsIsHelpError":  # `leap` alone: the help was printed, and nothing was done:
+            sys.exit(e.exit_code)  # click's usage status, without the empty error line it added
         if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             # one line, as every other error (click prints the usage, a hint and the error on four lines)
             ctx = getattr(e, "ctx", None)
