@@ -272,17 +272,18 @@ def _extract(kitchen, work, **kw):
     return " ".join(r.output.split())
 
 
+def _extractor(data, out):
+    """A run of extract (narration and camera) over ``data``'s train split into ``out``, as often as called."""
+    from leap_cli.extract.runner import ExtractConfig, run_extract
+
+    return lambda: run_extract(ExtractConfig(data=data, split="train", out=out, components=("narration", "camera")))
+
+
 def test_an_outdated_line_followed_by_a_current_one_of_its_key_is_not_made_again(extract_kitchen, tmp_path):
     """The last line of a key decides: an earlier leap's line that a later run appended again is not counted; a
     record of an id outside the split is kept as it is; one made from other annotations is not counted outdated."""
-    from leap_cli.extract.runner import ExtractConfig, run_extract
-
     out = tmp_path / "train.jsonl"
-
-    def run():
-        return run_extract(ExtractConfig(data=extract_kitchen, split="train", out=out,
-                                         components=("narration", "camera")))
-
+    run = _extractor(extract_kitchen, out)
     run()
     lines = out.read_text().splitlines()
     old = json.loads(lines[0])
@@ -310,14 +311,8 @@ def test_an_outdated_line_followed_by_a_current_one_of_its_key_is_not_made_again
 
 def test_an_outdated_record_with_a_failed_component_is_not_left_to_retry_errors(extract_kitchen, tmp_path):
     """Made again for its versions, it is not also counted among the records --retry-errors would redo."""
-    from leap_cli.extract.runner import ExtractConfig, run_extract
-
     out = tmp_path / "train.jsonl"
-
-    def run():
-        return run_extract(ExtractConfig(data=extract_kitchen, split="train", out=out,
-                                         components=("narration", "camera")))
-
+    run = _extractor(extract_kitchen, out)
     run()
     lines = out.read_text().splitlines()
     recs = [json.loads(x) for x in lines]
