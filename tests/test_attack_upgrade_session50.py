@@ -279,6 +279,16 @@ def test_an_anticipation_context_warning_is_said_by_rank_zero_only(monkeypatch, 
     assert len(said) == 1 and words in said[0], said
 
 
+def test_anticipation_shards_without_context_and_a_model_without_are_not_warned_of(monkeypatch, tmp_path, caplog):
+    """Context 0 in the model warns only where the shards hold context clips (the one survivor of the session's
+    mutation run: the warning with its shards condition dropped)."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        _source(monkeypatch, tmp_path, 0, ["data.task=anticipation"], "anticipation", 0)
+    assert not [r for r in caplog.records if "anticipation_context" in r.getMessage()]
+
+
 def test_no_validation_shards_is_said_by_rank_zero_only(monkeypatch, tmp_path, caplog):
     """Was wrong: train/data.py ShardSource warns 'no validation shards in ...' on every torchrun rank (not gated by
     info.is_main as its other warnings are): said world_size times"""
