@@ -397,7 +397,7 @@ class _ShardSink:
     """Writes samples in order into rolling shards; records each completed shard in the progress file."""
 
     def __init__(self, out: Path, split: str, suffix: str, settings: ShardSettings, progress: JsonlAppender,
-                 settings_hash: str, first_index: int, made: dict[str, str] | None = None):
+                 settings_hash: str, first_index: int, made: dict[str, str]):
         self.out, self.split, self.suffix, self.settings = out, split, suffix, settings
         self.progress, self.settings_hash, self.made = progress, settings_hash, made
         self.index = first_index
@@ -446,9 +446,7 @@ class _ShardSink:
         os.replace(self._tmp, final)
         rec = {"name": name, "index": self.index, "settings_hash": self.settings_hash, "count": len(self._samples),
                "bytes": final.stat().st_size, "sha256": sha256_file(final), "samples": self._samples,
-               "skipped": self._skipped}
-        if self.made is not None:
-            rec["made_with"] = self.made
+               "skipped": self._skipped, "made_with": self.made}
         self.progress.write(rec)
         self.completed.append(rec)
         self._skipped = []
