@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Iterator
 
 from leap_cli.errors import LeapError
-from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, refuse_folder, stored_settings
+from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, refuse_folder
 from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
                                        reply_usage)
-from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, batch_pending,
-                                       check_output, clip_changed, clip_hash, output_records, pending_records,
-                                       token_limit_finding, update_batch_pending, warn_batch_pending)
+from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, asked_token_limit,
+                                       batch_pending, check_output, clip_changed, clip_hash, output_records,
+                                       pending_records, token_limit_finding, update_batch_pending, warn_batch_pending)
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
 from leap_cli.programs.schema import Finding, strict_schema
@@ -180,6 +180,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                             path=path, fix=fix + ", or move that file away")
     cfg = _openai(cfg)
     inputs, _, builder = _setup(cfg)
+    earlier_limit = asked_token_limit(cfg.out_path)
     check_output(cfg, builder, inputs)  # (under the output's lock, then taken again at once, as a live run does)
     # the output is locked from here on: a live run or another --batch-file on it meanwhile would ask for the same
     # segments (paid twice), and the records answered from the cache are written to it
@@ -212,6 +213,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         # ingest of a --retry-invalid batch put it there) is answered from it. --limit counts the requests
         store = ProgramStore(cfg.cache_path, commit_every=0.5) if cfg.cache_path.exists() else None
         gen = ProgramGenerator(cfg, inputs, backend, store, builder)
+        gen.earlier_limit = earlier_limit if earlier_limit is not None and earlier_limit < cfg.max_tokens else None
         gen.cache_only = True
         asked_again = 0  # requests for records whose clip changed since
         made = 0  # records made from the cache
@@ -226,8 +228,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                     return
                 nid = r["narration_id"]
                 prompt = builder.prompt(gen.info(r))
-                key = gen.request_key(prompt.hash)
-                if store is not None and store.get(key) is not None:
+                if store is not None and gen.cached(prompt.hash) is not None:
                     loop = loop or asyncio.new_event_loop()
                     try:
                         record = loop.run_until_complete(gen.run_one(r, prompt))
@@ -491,8 +492,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     inputs, _, builder = _setup(cfg)
     # the token limit the requests were written with (as recorded then; this ingest may raise it), which a cut
     # reply's finding says
-    asked_limit = _dict(_dict(stored_settings(cfg.out_path)).get("params")).get("max_tokens")
-    asked_limit = asked_limit if isinstance(asked_limit, int) and not isinstance(asked_limit, bool) else None
+    asked_limit = asked_token_limit(cfg.out_path)
     # compared with the settings --batch-file recorded, also before the programs file exists
     check_output(cfg, builder, inputs)
     by_id = {r["narration_id"]: r for r in inputs.records}

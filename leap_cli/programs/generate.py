@@ -513,21 +513,39 @@ class ProgramGenerator:
         # run each; offline: there are none to report)
         self._no_usage_told = self._no_completions_told = backend.name == "offline"
         self.unpriced = False  # a reply came without its token counts: its cost is not known
+        # the --max-tokens the output was asked with before this run raised it (``asked_token_limit``; ``cached``)
+        self.earlier_limit: int | None = None
         self.cost = 0.0
 
     def info(self, record: dict) -> ClipInfo:
         return clip_info(record, self.inputs.segments.get(record["narration_id"]))
 
-    def request_key(self, prompt_hash: str, *, token_limit: bool = True) -> str:
+    def request_key(self, prompt_hash: str, *, token_limit: bool | int = True) -> str:
         """The program cache's key of a request of the prompt whose ``Prompt.hash`` this is: the backend, its
         model, the schema asked for and its parameters. What a run looks up and caches a reply under, and what an
         ingested Batch result is cached under (``batch.ingest_batch``), so that a run of the same settings finds it.
         ``token_limit=False``: the same without ``max_tokens`` (a Batch request's custom_id: a resume may raise the
-        limit, and a reply not cut at the old one is the one the higher limit gives)."""
+        limit, and a reply not cut at the old one is the one the higher limit gives); an int: with that limit."""
         params = self.backend.params()
-        if not token_limit:
+        if token_limit is False:
             params = {k: v for k, v in params.items() if k != "max_tokens"}
+        elif token_limit is not True and "max_tokens" in params:
+            params = {**params, "max_tokens": token_limit}
         return cache_key(self.backend.name, self.backend.model, prompt_hash, self._key_schema, params)
+
+    def cached(self, prompt_hash: str) -> tuple[str, dict, str, bool] | None:
+        """The cached reply to the prompt (``ProgramStore.get``), None where there is none. Under a ``--max-tokens``
+        raised on a resume, a reply cached at the output's earlier limit (``earlier_limit``) that was not cut there
+        is the one the higher limit gives: it is taken, and cached under this limit's key too (a later raise then
+        finds it); a cut one is asked again."""
+        key = self.request_key(prompt_hash)
+        hit = self.store.get(key)
+        if hit is None and self.earlier_limit is not None:
+            earlier = self.store.get(self.request_key(prompt_hash, token_limit=self.earlier_limit))
+            if earlier is not None and not earlier[3]:
+                self.store.put(key, earlier[0], earlier[1], earlier[2], commit=False)
+                hit = earlier
+        return hit
 
     def verify_here(self, text: str, info: ClipInfo) -> tuple[dict | None, list[Finding]]:
         """A reply's program (None: not a JSON object) and its findings, checked in this process."""
@@ -566,7 +584,7 @@ class ProgramGenerator:
         for rnd in range(self.cfg.repair_rounds + 1):
             schema = self.schema if self.backend.supports_schema else None
             key = self.request_key(prompt.hash)
-            hit = self.store.get(key) if self._cache and nid not in self.reask else None
+            hit = self.cached(prompt.hash) if self._cache and nid not in self.reask else None
             prov["rounds"] = rnd + 1
             cut = False
             if hit is not None:
@@ -796,6 +814,14 @@ def token_limit_finding(max_tokens: int | None, out: Path, *, batch: bool = Fals
                        f"too): {how} {again} --retry-invalid (only the invalid records of {out.name} are asked again)")
 
 
+def asked_token_limit(out: Path) -> int | None:
+    """The ``--max-tokens`` the output's settings file records (None: none, or no settings): read before
+    ``check_output`` records a raised one."""
+    params = (stored_settings(out) or {}).get("params")
+    limit = params.get("max_tokens") if isinstance(params, dict) else None
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
 def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *, exists: bool | None = None) -> bool:
     """Refuse to add records to an output made with other settings (``io.check_settings``, as the other stages),
     unless ``cfg.force``: then the output starts over. Returns whether it did."""
@@ -932,6 +958,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                                 "on without them: build-shards, training and submission need no test programs")
         sidecar = settings_path(cfg.out_path)
         new_output = not sidecar.exists()
+        earlier_limit = asked_token_limit(cfg.out_path)
         check_output(cfg, builder, inputs)
         if cached and store is None:
             try:
@@ -992,6 +1019,16 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         summary.reclipped = len(reclipped)
         summary.resumed_not_valid = Counter(not_valid[r["narration_id"]] for r in inputs.records
                                             if r["narration_id"] in not_valid and r["narration_id"] in appender)
+        if backend.name != "offline":  # what is paid for again, said before the first request (the summary's
+            # note came after days of a run at EPIC's size)
+            again = Counter(not_valid[k] for k in not_valid if k not in appender)
+            parts = ([f"{len(reclipped)} made from a clip that has changed since (its descriptor record was made "
+                      "again, or its annotation changed; a prompt the program cache holds is answered unpaid)"]
+                     if reclipped else []) + \
+                [f"{again[k]} {k} ({flag})" for k, flag in (("failed", "--retry-errors"), ("invalid", "--retry-invalid: "
+                 "not answered from the cache")) if again[k]]
+            if parts:
+                log.warning("records of earlier runs asked for again: %s", "; ".join(parts))
         # the same narration id twice in the input is written once
         seen: set[str] = set()
         pending = [r for r in pending if not (r["narration_id"] in seen or seen.add(r["narration_id"]))]
@@ -1028,11 +1065,12 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         gen = ProgramGenerator(cfg, inputs, backend, store, builder, over_budget)
         gen.unpriced = unpriced_before
         gen.reask = reask
+        gen.earlier_limit = earlier_limit if earlier_limit is not None and earlier_limit < cfg.max_tokens else None
         gen.checker = checker
         if store is not None and (out_batch := set(batch_pending(cfg.out_path)["ids"])):  # (the cache's answers
             # are not paid again)
             warn_batch_pending(cfg.out_path, {r["narration_id"] for r in pending if r["narration_id"] in out_batch and (
-                r["narration_id"] in reask or store.get(gen.request_key(builder.prompt(gen.info(r)).hash)) is None)},
+                r["narration_id"] in reask or gen.cached(builder.prompt(gen.info(r)).hash) is None)},
                 "this run")
         stop = _Stop(gen, min(STOP_GRACE, cfg.timeout))
         queue = iter(pending)
