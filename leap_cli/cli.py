@@ -282,7 +282,10 @@ def _print_error(text: str) -> None:
     # under torchrun every rank meets the same bad input: the other ranks' lines say whose they are
     rank = _other_rank()
     where = f"[rank {rank}] " if rank is not None else ""
-    err_console.print(f"[bold red]error:[/] {printable(where + text, one_line=True)}", highlight=False, soft_wrap=True)
+    from leap_cli.programs.redact import redact  # (a secret a message quotes: an LLM server's or a URL's)
+
+    err_console.print(f"[bold red]error:[/] {printable(redact(where + text), one_line=True)}", highlight=False,
+                      soft_wrap=True)
 
 
 _OS_FIX = {  # ("the output options": --workdir, --out, or validate-programs' --report; {again}: _again())

@@ -33,7 +33,7 @@ import re
 import random
 import time
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from leap_cli.errors import LeapError
 from leap_cli.programs.http import HTTPClient, HTTPConnectionError, HTTPTimeout, Response
@@ -189,7 +189,8 @@ class OpenAIBackend(Backend):
                             fix="use auto, json_schema, json_object or none")
         self.extra_body = check_extra_body(extra_body)
         self.model = model
-        self.base_url = endpoint_base(base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1")
+        self.base_url = endpoint_base(url_secrets(base_url or os.environ.get("OPENAI_BASE_URL")
+                                                  or "https://api.openai.com/v1"))
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.retry = retry
@@ -601,7 +602,7 @@ class OpenAIBackend(Backend):
                                             fix=f"check the plan and billing of the account of the key in "
                                                 f"${self.api_key_env}"))
             if 300 <= status < 400:  # (http:// to an https:// site, a path the server moved)
-                where = resp.headers.get("location")
+                where = redact(resp.headers.get("location"))
                 await self._fatal(LeapError(f"the endpoint answered HTTP {status}, a redirect"
                                             + (f" to {where}" if where else ""),
                                             fix="give --base-url as the address it redirects to (often https:// "
@@ -680,7 +681,8 @@ class OpenAIBackend(Backend):
                             "check --base-url: it must be the API's address, usually ending in /v1, not a web page",
                             sent_held) == self.STOP:
                 await self._stopped()
-            raise BackendError(redact(f"the endpoint did not answer with a JSON object: {resp.body[:120]!r}"), attempts,
+            raise BackendError(f"the endpoint did not answer with a JSON object: "
+                               f"{redact(resp.body.decode('utf-8', 'replace'))[:120]!r}", attempts,
                                time.perf_counter() - start)
         problem = reply_problem(data)
         if problem:  # no reply to check, cache or repair: a failed request, which --retry-errors redoes
@@ -765,7 +767,7 @@ def reply_problem(data: dict) -> str | None:
     """Why a 200 body is no chat completion (an ``error`` in it, as Ollama and some proxies send; no
     ``choices``; no ``message`` in the first), else None."""
     if data.get("error"):
-        return "the endpoint answered 200 with an error: " + " ".join(_said(data).split())[:300]
+        return "the endpoint answered 200 with an error: " + redact(" ".join(_said(data).split()))[:300]
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices:
         return "the endpoint's reply has no choices"
@@ -809,6 +811,22 @@ def _azure(url: str) -> str | None:
     if (u.hostname or "").endswith((".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")):
         return "host"
     return "query" if "api-version=" in u.query else None
+
+
+def url_secrets(url: str) -> str:
+    """``url``, its query's values registered as secrets (a proxy's or Google's ``?key=TOKEN``: redacted wherever
+    the URL is said); a user name or password in it is refused: leap sends the API key as its only credential."""
+    u = urlsplit(url.strip())
+    for _, value in parse_qsl(u.query, keep_blank_values=True):
+        register_secret(value)
+    if u.username is not None or u.password is not None:
+        register_secret(u.password)
+        shown = urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2]))
+        raise LeapError(f"--base-url holds a user name or password ({redact(shown)} with credentials before its host): "
+                        "leap does not send them", fix="give --base-url without them; leap sends the API key of "
+                        "--api-key-env as its credential (a proxy that wants a password: put it in front of leap's "
+                        "requests, e.g. as HTTPS_PROXY)")
+    return url
 
 
 def endpoint_base(url: str) -> str:

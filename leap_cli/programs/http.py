@@ -28,6 +28,8 @@ import zlib
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from leap_cli.programs.redact import register_secret
+
 
 # A reused connection that ends this soon after the request went out, with no byte of a response, was closed
 # by the server while idle (its keep-alive timeout): the request is sent once more on a fresh connection.
@@ -211,6 +213,8 @@ class HTTPClient:
         if p.username:
             token = base64.b64encode(f"{unquote(p.username)}:{unquote(p.password or '')}".encode()).decode()
             auth = f"Basic {token}"
+            register_secret(unquote(p.password or ""))  # (redacted wherever said, as the API key)
+            register_secret(token)
         return {"host": p.hostname, "port": p.port or 8080, "auth": auth}
 
     async def post(self, path: str, body: bytes) -> Response:

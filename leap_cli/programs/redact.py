@@ -2,7 +2,7 @@
 log, cached replies and program records.
 
 ``redact(text)`` replaces each registered secret (the API key, registered by the backend that reads it),
-any ``Bearer <token>`` / ``Authorization: <value>`` and anything shaped like an OpenAI key (``sk-...``) with
+any ``Bearer <token>`` / ``Authorization: [Basic|Bearer] <value>`` and anything shaped like an OpenAI key (``sk-...``) with
 ``[REDACTED]``. A server that echoes the request's Authorization header in its 401 message cannot make leap
 print or store the key.
 """
@@ -14,7 +14,7 @@ import re
 
 REDACTED = "[REDACTED]"
 _SECRETS: set[str] = set()
-_PATTERNS = re.compile(r"(?i)(?P<pre>\bbearer\s+|\bauthorization\s*[:=]\s*[\"']?(?:bearer\s+)?)[^\s\"',}]+"
+_PATTERNS = re.compile(r"(?i)(?P<pre>\bbearer\s+|\bauthorization\s*[:=]\s*[\"']?(?:(?:bearer|basic)\s+)?)[^\s\"',}]+"
                        r"|\bsk-[A-Za-z0-9_\-]{12,}")
 
 
