@@ -7,7 +7,6 @@ check that what it names (commands, paths, versions, links) is there."""
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import shutil
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.csv_rows import edit_csv
+from tests.procs import leap_main
 from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,33 +56,9 @@ def kitchen(kitchen_template, tmp_path) -> Path:
 
 
 def leap(monkeypatch, capsys, *argv):
-    """``leap ARGV`` in this process (tests/procs.py's leap_main, which also takes a command that returns without
-    SystemExit: status 0); (exit status, stdout, stderr), whitespace folded."""
-    import signal
-
-    from leap_cli import cli
-
-    monkeypatch.setattr(sys, "argv", ["leap", *argv])
-    term = signal.getsignal(signal.SIGTERM)
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if e.code is not None else 0
-    finally:
-        signal.signal(signal.SIGTERM, term)
-    out = capsys.readouterr()
-    return code, flat(out.out), flat(out.err)
-
-
-def edit_rows(path: Path, edit) -> None:
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    edit(rows)
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    """``leap ARGV`` in this process (tests.procs.leap_main): (exit status, stdout, stderr), whitespace folded."""
+    code, out, err = leap_main(monkeypatch, capsys, *argv)
+    return (code if code is not None else 0), flat(out), flat(err)
 
 
 def extract(monkeypatch, capsys, kitchen: Path, work: Path, *more):
@@ -121,7 +98,7 @@ def test_a_bad_timestamp_names_row_and_column(kitchen, tmp_path, monkeypatch, ca
 
     def bad(rows):
         rows[1]["start_timestamp"] = "2.5"
-    edit_rows(kitchen / "annotations" / "EPIC_100_train.csv", bad)
+    edit_csv(kitchen / "annotations" / "EPIC_100_train.csv", bad)
     code, _, err = extract(monkeypatch, capsys, kitchen, tmp_path / "w")
     assert code == 2 and re.search(r"\[row 3, P\d\d_\d\d_\d+\]: column start_timestamp holds '2.5'", err), err
 
@@ -131,7 +108,7 @@ def test_a_class_id_outside_the_class_file(kitchen, tmp_path, monkeypatch, capsy
 
     def bad(rows):
         rows[1]["verb_class"] = "999"
-    edit_rows(kitchen / "annotations" / "EPIC_100_train.csv", bad)
+    edit_csv(kitchen / "annotations" / "EPIC_100_train.csv", bad)
     code, _, err = extract(monkeypatch, capsys, kitchen, tmp_path / "w")
     assert code == 2 and "verb_class 999 is not a class of EPIC_100_verb_classes.csv" in err
 

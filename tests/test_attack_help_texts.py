@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import leap_main
+
 
 OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 
@@ -33,27 +35,6 @@ def _options(cmd) -> set[str]:
 
 def _param(command: str, name: str):
     return next(p for p in _cli().commands[command].params if p.name == name)
-
-
-def leap_main(monkeypatch, capsys, *argv) -> tuple[int | str | None, str, str]:
-    """``leap ARGV`` by ``leap_cli.cli.main`` in this process: (exit status, stdout, stderr); a command that ends
-    well returns from main without SystemExit (tests.procs.leap_main expects one)."""
-    import signal
-    import sys
-
-    from leap_cli import cli
-
-    monkeypatch.setattr(sys, "argv", ["leap", *argv])
-    term = signal.getsignal(signal.SIGTERM)
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    finally:
-        signal.signal(signal.SIGTERM, term)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _help(monkeypatch, capsys, tmp_path, command: str, columns: int = 100) -> str:

@@ -189,8 +189,8 @@ class OpenAIBackend(Backend):
                             fix="use auto, json_schema, json_object or none")
         self.extra_body = check_extra_body(extra_body)
         self.model = model
-        self.base_url = endpoint_base(url_secrets(base_url or os.environ.get("OPENAI_BASE_URL")
-                                                  or "https://api.openai.com/v1"))
+        given = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+        self.base_url = endpoint_base(url_secrets(given))
         self.api_key_env = api_key_env
         self.timeout = timeout
         self.retry = retry
