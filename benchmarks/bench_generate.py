@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from leap_cli.epic.annotations import Annotations  # noqa: E402
 from leap_cli.io import read_jsonl  # noqa: E402
 from leap_cli.programs.agreement import aggregate, compare_programs  # noqa: E402
+from leap_cli.programs.estimate import cacheable, chat_tokens, text_tokens  # noqa: E402
 from leap_cli.programs.generate import GenerateConfig, build_backend, generate_programs  # noqa: E402
 from leap_cli.programs.offline import offline_program  # noqa: E402
 from leap_cli.programs.prompt import PromptBuilder, clip_info, load_exemplars, load_system_prompt, narration_record  # noqa: E402
@@ -447,17 +448,7 @@ def token_counter():
         enc = bpe_openai.get_encoding("o200k_base")
         return (lambda text: len(enc.encode(text))), "o200k_base (bpe-openai)"
     except Exception:  # noqa: BLE001 - optional package; fall back to an estimate
-        return (lambda text: max(1, round(len(text) / 4))), "estimate: characters / 4 (pip install bpe-openai for exact counts)"
-
-
-def chat_tokens(messages: list[dict], count) -> int:
-    """Tokens of a chat prompt: the contents plus OpenAI's ~3 tokens of framing per message and 3 for the reply."""
-    return sum(count(m["content"]) + 3 for m in messages) + 3
-
-
-def cacheable(tokens: int) -> int:
-    """OpenAI caches prompts of >= 1024 tokens, in 1024 + 128k-token prefixes."""
-    return 0 if tokens < 1024 else 1024 + (tokens - 1024) // 128 * 128
+        return text_tokens, "estimate: characters / 4 (pip install bpe-openai for exact counts)"
 
 
 def prompt_tokens(k: int = 4) -> dict:

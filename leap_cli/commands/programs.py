@@ -17,6 +17,7 @@ from leap_cli.progress import output_console
 from leap_cli.report.terminal import printable
 
 console = output_console()
+err_console = output_console(stderr=True)
 
 
 # What only an LLM backend reads: refused with the offline backend (generate_programs)
@@ -83,7 +84,8 @@ def generate_programs(
                                        "invalid (their cached replies are not used: paid again)."),
     force: bool = typer.Option(False, "--force", help="Start the output over when it was made with other settings "
                                                       "(backend, model, prompt, exemplars, k, ...); else that is refused."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the prompt of one segment and make no call."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the prompt of one segment and make no call; with "
+                                 "--backend openai also the run's requests and estimated cost (on stderr)."),
     narration_id: str = typer.Option(None, "--narration-id", help="With --dry-run: the segment to show."),
     batch_file: Path = typer.Option(None, "--batch-file", help="Write OpenAI Batch API requests to this JSONL instead of "
                                     "calling (more than one file's limits: FILE-1-of-N.jsonl ..., one batch each)."),
@@ -169,6 +171,11 @@ def generate_programs(
                          retry_failed=retry_failed, retry_invalid=retry_invalid, force=force)
     if dry_run:
         typer.echo(build_dry_run(cfg, narration_id))  # as it is sent: not wrapped at the terminal's width
+        if backend == "openai":  # what the run would ask for and cost, before it is paid (stderr: stdout is the prompt)
+            from leap_cli.programs.generate import estimate_cost
+
+            for line in estimate_cost(cfg).lines():
+                err_console.print(escape(line), highlight=False)
         return
     if narration_id is not None:  # without --dry-run it would go unheard: every pending segment, paid calls too
         raise LeapError("--narration-id only chooses the segment whose prompt --dry-run prints",

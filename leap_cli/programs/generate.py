@@ -42,6 +42,7 @@ from leap_cli.io import (LOW_DISK_BYTES, JsonlAppender, MixedParts, atomic_write
                          merge_command, part_of, read_jsonl, settings_path, short_of_space, stable_hash,
                          stored_settings, writer_of)
 from leap_cli.programs.checker import RemoteChecker
+from leap_cli.programs.estimate import CostEstimate, cacheable, chat_tokens, exemplar_reply_tokens
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, NoApiKey, OfflineBackend,
                                        OpenAIBackend, Request, RetryPolicy, check_extra_body)
 from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, Prompt, PromptBuilder, clip_info,
@@ -533,17 +534,18 @@ class ProgramGenerator:
             params = {**params, "max_tokens": token_limit}
         return cache_key(self.backend.name, self.backend.model, prompt_hash, self._key_schema, params)
 
-    def cached(self, prompt_hash: str) -> tuple[str, dict, str, bool] | None:
+    def cached(self, prompt_hash: str, *, keep: bool = True) -> tuple[str, dict, str, bool] | None:
         """The cached reply to the prompt (``ProgramStore.get``), None where there is none. Under a ``--max-tokens``
         raised on a resume, a reply cached at the output's earlier limit (``earlier_limit``) that was not cut there
-        is the one the higher limit gives: it is taken, and cached under this limit's key too (a later raise then
-        finds it); a cut one is asked again."""
+        is the one the higher limit gives: it is taken, and (``keep``) cached under this limit's key too (a later
+        raise then finds it); a cut one is asked again."""
         key = self.request_key(prompt_hash)
         hit = self.store.get(key)
         if hit is None and self.earlier_limit is not None:
             earlier = self.store.get(self.request_key(prompt_hash, token_limit=self.earlier_limit))
             if earlier is not None and not earlier[3]:
-                self.store.put(key, earlier[0], earlier[1], earlier[2], commit=False)
+                if keep:
+                    self.store.put(key, earlier[0], earlier[1], earlier[2], commit=False)
                 hit = earlier
         return hit
 
@@ -911,6 +913,44 @@ def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
     from leap_cli.programs.prompt import render_messages
 
     return render_messages(builder.messages(clip_info(records[0], inputs.segments.get(records[0]["narration_id"]))))
+
+
+def estimate_cost(cfg: GenerateConfig) -> CostEstimate:
+    """What a run of ``cfg`` with an LLM would ask for and cost (``programs.estimate``): read from the input, the
+    output and the program cache without writing anything, and without the API key."""
+    from leap_cli.programs.batch import _BatchBackend  # (the request's pieces without a client)
+
+    inputs, exemplars, builder = _setup(cfg)
+    pending = pending_records(cfg, inputs, builder)[0][: cfg.limit]
+    store = ProgramStore(cfg.cache_path) if cfg.cache_path.exists() else None
+    try:
+        gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg), store, builder)
+        limit = asked_token_limit(cfg.out_path) if cfg.out_path.exists() or settings_path(cfg.out_path).exists() \
+            else None
+        gen.earlier_limit = limit if limit is not None and limit < cfg.max_tokens else None
+        reask = {nid for nid, r in output_records(cfg, programs=False).items()
+                 if r.get("status") == "invalid"} if cfg.retry_invalid and cfg.out_path.exists() else set()
+        answered, prompts = 0, []
+        for r in pending:
+            prompt = builder.prompt(gen.info(r))
+            if store is not None and r["narration_id"] not in reask and gen.cached(prompt.hash, keep=False):
+                answered += 1
+            else:
+                prompts.append(chat_tokens(prompt.messages))
+        paid = store.spent(cfg.out_path) if store is not None else {"requests": 0}
+    finally:
+        if store is not None:
+            store.close()
+    if paid["requests"]:
+        reply = paid["completion_tokens"] / paid["requests"]
+        reply_from = f"the mean of the {paid['requests']} replies this output has paid for"
+    else:
+        reply, reply_from = exemplar_reply_tokens(exemplars), "the exemplar programs' mean"
+    return CostEstimate(cfg.split_name, len(pending), answered, sum(prompts) / len(prompts) if prompts else 0.0,
+                        cacheable(chat_tokens([{"role": "system", "content": builder.static_prefix}]) - 3), reply,
+                        reply_from, cfg.max_tokens, cfg.cost,
+                        f"{cfg.price_in:g} / {cfg.price_in if cfg.price_cached_in is None else cfg.price_cached_in:g}"
+                        f" / {cfg.price_out:g} USD per 1M tokens (--price-in / --price-cached-in / --price-out)")
 
 
 def use_check_process(cfg: GenerateConfig, backend: Backend, pending: int) -> bool:
