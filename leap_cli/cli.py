@@ -303,6 +303,11 @@ _OS_FIX = {  # ("the output options": --workdir, --out, or validate-programs' --
     errno.EISDIR: "that path is a folder: give the path of a file",
     errno.ENOTDIR: "part of that path is a file where a folder is needed: give a folder",
     errno.EEXIST: "a file is in the way where a folder is needed: give another path or move that file",
+    errno.EMFILE: "the process reached its limit of open files: raise it (e.g. ulimit -n 4096 in the shell or job "
+                  "script before leap; ulimit -Hn says how high it may go) or use fewer --workers / data.num_workers, "
+                  "then run {again}",
+    errno.ENFILE: "the system's table of open files is full: close other programs or ask the machine's admin, then "
+                  "run {again}",
     errno.ENAMETOOLONG: "a name in that path is too long (leap writes a temporary file and a .settings.json beside "
                         "an output: keep its name under ~200 bytes)",
 }
@@ -424,10 +429,27 @@ class ReaderSafeStdout:
         return getattr(self._stream, name)
 
 
+def raise_open_files_limit(most: int = 65536) -> None:
+    """The process's soft limit of open files raised to its hard limit (at most ``most``), as a shell's
+    ``ulimit -n`` could: DataLoader workers pass each tensor of a batch as an open file, and a cluster's usual soft
+    limit of 1024 is within reach of EPIC's settings (8-16 workers, 16 open shards each). Beyond the hard limit
+    only the machine's admin can go: what reaching it says is ``os_error_line``'s."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = most if hard == resource.RLIM_INFINITY else min(hard, most)
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):  # (no resource module, or a limit the system does not let raise)
+        pass
+
+
 def _main() -> None:
     _state["pid"] = os.getpid()
     _state.pop("command", None)  # (set once the command line is read)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    raise_open_files_limit()
     if not isinstance(sys.stdout, ReaderSafeStdout) and hasattr(sys.stdout, "fileno"):
         with contextlib.suppress(AttributeError, ValueError):  # an ASCII stdout (PYTHONIOENCODING=ascii, a job's
             sys.stdout.reconfigure(errors="backslashreplace")  # environment) writes a path's é as \xe9, as stderr does

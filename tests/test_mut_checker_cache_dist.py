@@ -546,10 +546,11 @@ def test_validation_batches_hold_every_sample_once_at_the_eval_batch_size(shard_
                          _cfg("data.eval_batch_size=3", "data.num_workers=64"), DistInfo())
     n = source.val_size
     assert n % 3, n  # (a partial last batch to keep)
-    loader = source.val_batches()
-    sizes = [len(b["narration_id"]) for b in loader]
+    sizes = [len(b["narration_id"]) for b in source.val_batches()]
     assert sizes == [3] * (n // 3) + [n % 3]
-    assert loader is source.val_batches()
+    loader = source._loaders["val"]  # (one DataLoader for the run: made at the first validation, kept)
+    source.val_batches()
+    assert source._loaders["val"] is loader
     assert not loader.persistent_workers and not loader.pin_memory
     assert 1 <= loader.num_workers <= usable_cpus()  # data.num_workers 64 on this machine: one per CPU at most
 

@@ -210,7 +210,8 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
     """A DataLoader over the evaluation views of a shards folder and its number of segments."""
     from torch.utils.data import DataLoader
 
-    from leap_cli.shards.dataset import ShardDataset, check_context, collate_clips, loader_worker_init, loader_workers
+    from leap_cli.shards.dataset import (LOADER_TIMEOUT, Guarded, ShardDataset, check_context, collate_clips,
+                                         loader_worker_init, loader_workers)
 
     folder = Path(folder)
     if not (folder / "manifest.json").exists():
@@ -222,10 +223,10 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
                       spatial_views=views.spatial, rank=0, world_size=1, batch_size=batch_size)
     check_context(ds, int((model_args.get("anticipation") or {}).get("context") or 0),
                   None, folder)
-    loader = DataLoader(ds, batch_size=batch_size,
-                        num_workers=loader_workers(workers, "--workers", samples=len(ds), batch_size=batch_size),
-                        collate_fn=collate_clips, worker_init_fn=loader_worker_init)
-    return loader, len(ds)
+    workers = loader_workers(workers, "--workers", samples=len(ds), batch_size=batch_size)
+    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips,
+                        worker_init_fn=loader_worker_init, timeout=LOADER_TIMEOUT if workers else 0)
+    return Guarded(loader, "--workers"), len(ds)
 
 
 def _manifest_task(folder: Path) -> str | None:

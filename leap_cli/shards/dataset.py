@@ -38,6 +38,7 @@ Errors: a missing, truncated or corrupt shard raises a ``LeapError`` naming the 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -173,6 +174,8 @@ class ShardDataset(IterableDataset):
                     try:
                         files[s] = open(self.folder / info["name"], "rb")
                     except OSError as e:
+                        if e.errno in (errno.EMFILE, errno.ENFILE):  # (the process's limit, not the shard: said
+                            raise  # as such, with what to do, by the command's error line)
                         self._fail(info["name"], key, f"cannot open the shard ({e.strerror})")
                         continue
                 f = files[s]
@@ -309,6 +312,74 @@ def loader_worker_init(_worker_id: int) -> None:
     die_with_parent(signal.SIGKILL, os.getppid())
 
 
+LOADER_TIMEOUT = 900  # seconds: a DataLoader worker's batch that has not come by then is lost (``Guarded``)
+_LOST_FIX = ("a worker that could not hand its batch over prints why above; torch passes each tensor of a batch as "
+             "an open file, so at the process's limit of open files (\"Too many open files\") raise it (e.g. ulimit "
+             "-n 4096 before leap) or use fewer workers ({option}); then run the command again (leap train --resume "
+             "goes on from the last checkpoint)")
+
+
+class Guarded:
+    """A DataLoader (``loader``; ``option`` sets its workers) whose lost batch is said in one line: a worker that
+    cannot hand its batch over (at the limit of open files) loses it, and the main process then met an EOFError
+    (a traceback, exit 1) or waited for it for ever; with workers the loader is made with
+    ``timeout=LOADER_TIMEOUT``, which ends that wait. Iterated as the loader is; ``dataset`` is the loader's."""
+
+    def __init__(self, loader, option: str):
+        self.loader, self.option = loader, option
+
+    @property
+    def dataset(self):
+        return self.loader.dataset
+
+    def __iter__(self) -> Iterator[dict]:
+        it = iter(self.loader)
+        workers = self.loader.num_workers
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except EOFError as e:
+                if not workers:
+                    raise
+                raise LeapError("a DataLoader worker's batch was lost on its way to the main process (EOFError)",
+                                fix=_LOST_FIX.format(option=self.option)) from e
+            except RuntimeError as e:
+                if not workers or "timed out" not in str(e):
+                    raise
+                raise LeapError(f"no batch came from the DataLoader's workers in {LOADER_TIMEOUT} s",
+                                fix="a slow or stalled disk under the shards, or "
+                                    + _LOST_FIX.format(option=self.option)) from e
+            yield batch
+
+
+# torch passes each tensor of a worker's batch as an open file ("file_descriptor" sharing), and at the process's
+# limit of open files a batch is lost on its way, silently where the dataset streams (fewer batches, fewer samples
+# scored). Under this limit (after ``cli.raise_open_files_limit``) the loader's processes share tensors by name
+# ("file_system", torch's advice for low limits: no file stays open per tensor).
+LOW_OPEN_FILES = 4096
+
+
+def share_by_name_under_a_low_limit(workers: int) -> None:
+    """With DataLoader ``workers``, "file_system" sharing where the soft limit of open files is under
+    ``LOW_OPEN_FILES`` (before the workers start: they take the strategy with them)."""
+    if not workers:
+        return
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        return
+    if soft != resource.RLIM_INFINITY and soft < LOW_OPEN_FILES:
+        import torch.multiprocessing as tmp
+
+        if tmp.get_sharing_strategy() != "file_system" and "file_system" in tmp.get_all_sharing_strategies():
+            log.info("open files limited to %d: DataLoader workers share tensors by name (file_system)", soft)
+            tmp.set_sharing_strategy("file_system")
+
+
 def loader_workers(asked: int, option: str, samples: int | None = None, batch_size: int = 1) -> int:
     """``asked`` DataLoader processes (``option`` names the setting), at most one per CPU this process may use
     (its share where torchrun starts several on the machine: LOCAL_WORLD_SIZE) and, given ``samples``, one per
@@ -322,6 +393,7 @@ def loader_workers(asked: int, option: str, samples: int | None = None, batch_si
     if workers < asked:
         log.info("%s %d: %d DataLoader worker(s) (%d CPU(s) for this process%s)", option, asked, workers, cpus,
                  f", {batches} batch(es)" if samples is not None else "")
+    share_by_name_under_a_low_limit(workers)
     return workers
 
 

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from leap_cli.errors import LeapError
-from leap_cli.shards.dataset import (ShardDataset, anticipation_timing, check_context, collate_clips, loader_worker_init,
-                                    loader_workers, timing_text)
+from leap_cli.shards.dataset import (LOADER_TIMEOUT, Guarded, ShardDataset, anticipation_timing, check_context,
+                                    collate_clips, loader_worker_init, loader_workers, timing_text)
 from leap_cli.shards.format import part_counts, programs_provenance
 from leap_cli.train.config import Config
 from leap_cli.train.distributed import DistInfo
@@ -137,16 +137,16 @@ class ShardSource:
             workers = loader_workers(self.cfg.data.num_workers, "data.num_workers")
             self._loaders[split] = DataLoader(
                 ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips, drop_last=drop_last,
-                worker_init_fn=loader_worker_init,
+                worker_init_fn=loader_worker_init, timeout=LOADER_TIMEOUT if workers else 0,
                 pin_memory=self.info.device.type == "cuda", persistent_workers=workers > 0 and split == "train",
                 generator=torch.Generator().manual_seed(self.cfg.train.seed))
         return self._loaders[split]
 
     def train_batches(self, epoch: int, skip: int = 0) -> Iterator[dict]:
         self.train.set_epoch(epoch, skip)  # before the iterator: persistent workers read it when the epoch starts
-        return iter(self._loader("train", self.train, self.cfg.data.batch_size, True))
+        return iter(Guarded(self._loader("train", self.train, self.cfg.data.batch_size, True), "data.num_workers"))
 
     def val_batches(self) -> Iterable[dict] | None:
         if self.val is None:
             return None
-        return self._loader("val", self.val, self.cfg.data.eval_batch_size, False)
+        return Guarded(self._loader("val", self.val, self.cfg.data.eval_batch_size, False), "data.num_workers")
