@@ -213,7 +213,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         # ingest of a --retry-invalid batch put it there) is answered from it. --limit counts the requests
         store = ProgramStore(cfg.cache_path, commit_every=0.5) if cfg.cache_path.exists() else None
         gen = ProgramGenerator(cfg, inputs, backend, store, builder)
-        gen.earlier_limit = earlier_limit if earlier_limit is not None and earlier_limit < cfg.max_tokens else None
+        gen.take_earlier_limits(earlier_limit)
         gen.cache_only = True
         asked_again = 0  # requests for records whose clip changed since
         made = 0  # records made from the cache
@@ -651,6 +651,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     # a network file system; a line a crash loses is read again from the results file, its cost counted already)
     with JsonlAppender(cfg.out_path, replace_keys=replaced, sync_every=1.0) as out, \
             ProgramStore(cfg.cache_path) as store:
+        store.note_token_limit(cfg.out_path, cfg.max_tokens)  # (its results are cached under this limit's keys)
         written_ids = set()
         finished = False
         # Every result with its request id was paid, whether or not a record is made from it (left out for a

@@ -514,8 +514,8 @@ class ProgramGenerator:
         # run each; offline: there are none to report)
         self._no_usage_told = self._no_completions_told = backend.name == "offline"
         self.unpriced = False  # a reply came without its token counts: its cost is not known
-        # the --max-tokens the output was asked with before this run raised it (``asked_token_limit``; ``cached``)
-        self.earlier_limit: int | None = None
+        # the --max-tokens the output was asked with below this run's, highest first (``take_earlier_limits``)
+        self.earlier_limits: list[int] = []
         self.cost = 0.0
 
     def info(self, record: dict) -> ClipInfo:
@@ -534,19 +534,31 @@ class ProgramGenerator:
             params = {**params, "max_tokens": token_limit}
         return cache_key(self.backend.name, self.backend.model, prompt_hash, self._key_schema, params)
 
+    def take_earlier_limits(self, settings_limit: int | None, *, note: bool = True) -> None:
+        """``earlier_limits``: the ``--max-tokens`` below this run's that the output was asked with, from its
+        settings file (``settings_limit``, read before ``check_output`` records this run's) and the program cache's
+        record of the runs on it (a run stopped at a raised limit rewrote the settings file); and (``note``) this
+        run's recorded there."""
+        limits = set(self.store.token_limits(self.out_path)) if self.store is not None else set()
+        if settings_limit is not None:
+            limits.add(settings_limit)
+        self.earlier_limits = sorted((n for n in limits if n < self.cfg.max_tokens), reverse=True)
+        if note and self.store is not None and self._cache:
+            self.store.note_token_limit(self.out_path, self.cfg.max_tokens)
+
     def cached(self, prompt_hash: str, *, keep: bool = True) -> tuple[str, dict, str, bool] | None:
         """The cached reply to the prompt (``ProgramStore.get``), None where there is none. Under a ``--max-tokens``
-        raised on a resume, a reply cached at the output's earlier limit (``earlier_limit``) that was not cut there
-        is the one the higher limit gives: it is taken, and (``keep``) cached under this limit's key too (a later
-        raise then finds it); a cut one is asked again."""
+        raised on a resume, a reply cached at one of the output's lower limits (``earlier_limits``) that was not cut
+        there is the one the higher limit gives: it is taken, and (``keep``) cached under this limit's key too; a
+        cut one is asked again."""
         key = self.request_key(prompt_hash)
         hit = self.store.get(key)
-        if hit is None and self.earlier_limit is not None:
-            earlier = self.store.get(self.request_key(prompt_hash, token_limit=self.earlier_limit))
+        for limit in self.earlier_limits if hit is None else ():
+            earlier = self.store.get(self.request_key(prompt_hash, token_limit=limit))
             if earlier is not None and not earlier[3]:
                 if keep:
                     self.store.put(key, earlier[0], earlier[1], earlier[2], commit=False)
-                hit = earlier
+                return earlier
         return hit
 
     def verify_here(self, text: str, info: ClipInfo) -> tuple[dict | None, list[Finding]]:
@@ -925,11 +937,10 @@ def estimate_cost(cfg: GenerateConfig) -> CostEstimate:
     store = ProgramStore(cfg.cache_path) if cfg.cache_path.exists() else None
     try:
         gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg), store, builder)
-        limit = asked_token_limit(cfg.out_path) if cfg.out_path.exists() or settings_path(cfg.out_path).exists() \
-            else None
-        gen.earlier_limit = limit if limit is not None and limit < cfg.max_tokens else None
+        gen.take_earlier_limits(asked_token_limit(cfg.out_path), note=False)
+        changed = clip_changed(inputs, builder)  # (a record whose clip changed is made again, not asked again)
         reask = {nid for nid, r in output_records(cfg, programs=False).items()
-                 if r.get("status") == "invalid"} if cfg.retry_invalid and cfg.out_path.exists() else set()
+                 if r.get("status") == "invalid" and not changed(r)} if cfg.retry_invalid else set()
         answered, prompts = 0, []
         for r in pending:
             prompt = builder.prompt(gen.info(r))
@@ -1105,7 +1116,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         gen = ProgramGenerator(cfg, inputs, backend, store, builder, over_budget)
         gen.unpriced = unpriced_before
         gen.reask = reask
-        gen.earlier_limit = earlier_limit if earlier_limit is not None and earlier_limit < cfg.max_tokens else None
+        gen.take_earlier_limits(earlier_limit)
         gen.checker = checker
         if store is not None and (out_batch := set(batch_pending(cfg.out_path)["ids"])):  # (the cache's answers
             # are not paid again)

@@ -60,6 +60,8 @@ MIGRATIONS = [
     "CREATE INDEX IF NOT EXISTS calls_by_model ON calls(backend, model, cached)",
     # 8: the Batch API requests whose cost the ledger holds, per output (add_batch_spend: each counted once)
     "CREATE TABLE IF NOT EXISTS batch_paid (out TEXT NOT NULL, request_id TEXT NOT NULL, PRIMARY KEY (out, request_id))",
+    # 9: the --max-tokens each output was asked with (note_token_limit): a raised one looks up each lower one's replies
+    "CREATE TABLE IF NOT EXISTS token_limits (out TEXT NOT NULL, max_tokens INTEGER NOT NULL, PRIMARY KEY (out, max_tokens))",
 ]
 
 
@@ -259,6 +261,24 @@ class ProgramStore:
         row[3] += requests
         if commit:
             self._written()
+
+    def token_limits(self, out: str | Path) -> list[int]:
+        """The ``--max-tokens`` values runs on the output file ``out`` asked with (``note_token_limit``), lowest
+        first."""
+        _, rows = self._read("SELECT max_tokens FROM token_limits WHERE out = ? ORDER BY max_tokens",
+                             (self.ledger_key(out),))
+        return [int(r[0]) for r in rows]
+
+    def note_token_limit(self, out: str | Path, limit: int) -> None:
+        """Record that a run on ``out`` asks with ``--max-tokens limit`` (before its first request): a later run
+        with a higher limit looks up the replies cached at each lower one (``ProgramGenerator.cached``)."""
+        self.commit()
+        try:
+            with self._wdb as db:
+                db.execute("INSERT OR IGNORE INTO token_limits (out, max_tokens) VALUES (?, ?)",
+                           (self.ledger_key(out), int(limit)))
+        except sqlite3.Error as e:
+            raise self._unwritten(e, "nothing was asked yet") from None
 
     def add_batch_spend(self, out: str | Path, spends: list[tuple[str | None, float, dict]],
                         counted: Iterable[str] = (),
