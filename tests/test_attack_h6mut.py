@@ -70,6 +70,13 @@ def test_the_warning_counts_only_the_records_this_rerun_asks_again_for(workdir, 
                                      retry_failed=True))
         said = " ".join(r.getMessage() for r in warned())
         assert "1 failed (--retry-errors)" in said and "1 invalid (--retry-invalid" in said, said
+        # --limit 1: the warning counts what this run asks for, not what later runs will
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            generate_programs(config(workdir, server, repair_rounds=0, max_retries=0, retry_invalid=True,
+                                     retry_failed=True, limit=1))
+        said = " ".join(r.getMessage() for r in warned())
+        assert ("1 failed (--retry-errors)" in said) != ("1 invalid (--retry-invalid" in said), said
 
 
 # --- a reply cached at another --max-tokens ------------------------------------------------------------------------
@@ -365,3 +372,20 @@ def test_with_retry_invalid_the_estimate_and_the_run_agree_on_a_reclipped_invali
     with ScriptedServer(script) as server:
         generate_programs(config(workdir, server, repair_rounds=0, retry_invalid=True))
     assert est.asked == len(asked) - (N_SEGMENTS + 1), "the estimate and the run disagree"
+
+
+def test_a_reply_that_reached_the_earlier_limit_is_asked_again_at_a_raised_one(workdir, good_programs):  # noqa: F811
+    """A cache row of a leap before rows kept "cut" reads as not cut: one whose completion reached the earlier
+    limit is taken as cut there (asked again at the raised limit), the others are taken."""
+    long_one = sorted(good_programs)[0]
+
+    def script(body, n):
+        nid = narration_id_of(body)
+        tokens = 2000 if nid == long_one and n == 0 else 200  # (no finish_reason "length": an old row's look)
+        return Reply(raw=json.dumps(completion(json.dumps(good_programs[nid]), completion_tokens=tokens)))
+
+    with ScriptedServer(script) as server:
+        generate_programs(config(workdir, server))
+        out_file(workdir).unlink()
+        assert generate_programs(config(workdir, server, max_tokens=4000)).statuses == {"valid": N_SEGMENTS}
+        assert [narration_id_of(b) for b in server.requests[N_SEGMENTS:]] == [long_one]

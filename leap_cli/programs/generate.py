@@ -555,7 +555,8 @@ class ProgramGenerator:
         hit = self.store.get(key)
         for limit in self.earlier_limits if hit is None else ():
             earlier = self.store.get(self.request_key(prompt_hash, token_limit=limit))
-            if earlier is not None and not earlier[3]:
+            # (not cut there: a row of a cache before it kept "cut" says so by reaching the limit)
+            if earlier is not None and not earlier[3] and earlier[1].get("completion_tokens", 0) < limit:
                 if keep:
                     self.store.put(key, earlier[0], earlier[1], earlier[2], commit=False)
                 return earlier
@@ -1070,21 +1071,23 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         summary.reclipped = len(reclipped)
         summary.resumed_not_valid = Counter(not_valid[r["narration_id"]] for r in inputs.records
                                             if r["narration_id"] in not_valid and r["narration_id"] in appender)
-        if backend.name != "offline":  # what is paid for again, said before the first request (the summary's
-            # note came after days of a run at EPIC's size)
-            again = Counter(not_valid[k] for k in not_valid if k not in appender)
-            parts = ([f"{len(reclipped)} made from a clip that has changed since (its descriptor record was made "
-                      "again, or its annotation changed; a prompt the program cache holds is answered unpaid)"]
-                     if reclipped else []) + \
-                [f"{again[k]} {k} ({flag})" for k, flag in (("failed", "--retry-errors"), ("invalid", "--retry-invalid: "
-                 "not answered from the cache")) if again[k]]
-            if parts:
-                log.warning("records of earlier runs asked for again: %s", "; ".join(parts))
         # the same narration id twice in the input is written once
         seen: set[str] = set()
         pending = [r for r in pending if not (r["narration_id"] in seen or seen.add(r["narration_id"]))]
         if cfg.limit is not None:
             pending = pending[: cfg.limit]
+        if backend.name != "offline":  # what is paid for again (of this run's segments, after --limit), said before
+            # the first request (the summary's note came after days of a run at EPIC's size)
+            mine = {r["narration_id"] for r in pending}
+            again = Counter(not_valid[k] for k in not_valid if k not in appender and k in mine)
+            redone = len(reclipped & mine)
+            parts = ([f"{redone} made from a clip that has changed since (its descriptor record was made again, or "
+                      "its annotation changed; a prompt the program cache holds is answered unpaid)"]
+                     if redone else []) + \
+                [f"{again[k]} {k} ({flag})" for k, flag in (("failed", "--retry-errors"), ("invalid", "--retry-invalid: "
+                 "not answered from the cache")) if again[k]]
+            if parts:
+                log.warning("records of earlier runs asked for again: %s", "; ".join(parts))
         summary.total = len(pending)
         # the inputs live until the end: out of the collector's sight, a full collection does not walk them
         # again and again (~0.1 s per pass with 60k objects, all at once, while 32 replies wait)
