@@ -19,7 +19,7 @@ def alive_after(pids: list[int], seconds: float = 5.0) -> list[int]:
 
 def leap_main(monkeypatch, capsys, *argv) -> tuple[int | str | None, str, str]:
     """``leap ARGV`` run by ``leap_cli.cli.main`` in this process: (exit status, stdout, stderr); a command that ends
-    well may return from main without SystemExit: status 0."""
+    well may return from main without SystemExit, or exit with None: status 0."""
     import signal
     import sys
 
@@ -31,7 +31,7 @@ def leap_main(monkeypatch, capsys, *argv) -> tuple[int | str | None, str, str]:
     try:
         cli.main()
     except SystemExit as e:
-        code = e.code
+        code = e.code if e.code is not None else 0
     finally:
         signal.signal(signal.SIGTERM, term)
     out = capsys.readouterr()

@@ -58,7 +58,7 @@ def kitchen(kitchen_template, tmp_path) -> Path:
 def leap(monkeypatch, capsys, *argv):
     """``leap ARGV`` in this process (tests.procs.leap_main): (exit status, stdout, stderr), whitespace folded."""
     code, out, err = leap_main(monkeypatch, capsys, *argv)
-    return (code if code is not None else 0), flat(out), flat(err)
+    return code, flat(out), flat(err)
 
 
 def extract(monkeypatch, capsys, kitchen: Path, work: Path, *more):

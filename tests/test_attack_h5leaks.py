@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.procs import leap_main
 
 REPO = Path(__file__).resolve().parent.parent
 VIDEOS = 12  # more than the descriptors a stage has free under LIMIT: a leak of one per video fails the stage
@@ -48,25 +49,6 @@ def leap_limited(limit: int, *argv: str, cwd: Path) -> subprocess.CompletedProce
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=120)
-
-
-def leap_main(monkeypatch, capsys, *argv) -> tuple[int, str, str]:
-    """``leap ARGV`` by ``leap_cli.cli.main`` in this process: (exit status, 0 where it returned, stdout, stderr)."""
-    import signal
-
-    from leap_cli import cli
-
-    monkeypatch.setattr(sys, "argv", ["leap", *argv])
-    term = signal.getsignal(signal.SIGTERM)  # (main installs its handler, and ignores SIGTERM once it is done)
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if e.code is not None else 0
-    finally:
-        signal.signal(signal.SIGTERM, term)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def open_fds() -> set[str]:

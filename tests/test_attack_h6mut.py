@@ -14,19 +14,10 @@ import pytest
 from leap_cli.io import settings_path
 from leap_cli.programs.generate import asked_token_limit, estimate_cost, generate_programs
 from tests.program_helpers import server_config as config
+from tests.test_attack_h1money import invalid, out_file
 from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
 from tests.test_programs_generate import N_SEGMENTS, good_programs, workdir  # noqa: F401 (the fixtures)
 from tests.test_programs_estimate import offline_config
-
-
-def out_file(workdir):
-    return workdir / "programs" / "val.jsonl"
-
-
-def invalid(program: dict) -> dict:
-    program = json.loads(json.dumps(program))
-    program["steps"][0]["verb"] = "teleport"
-    return program
 
 
 def snapshot(folder):
