@@ -14,7 +14,7 @@ import pytest
 from leap_cli.io import settings_path
 from leap_cli.programs.generate import asked_token_limit, estimate_cost, generate_programs
 from tests.program_helpers import server_config as config
-from tests.test_attack_h1money import invalid, out_file
+from tests.test_attack_h1money import descriptors, invalid, out_file
 from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
 from tests.test_programs_generate import N_SEGMENTS, good_programs, workdir  # noqa: F401 (the fixtures)
 from tests.test_programs_estimate import offline_config
@@ -315,19 +315,11 @@ def test_a_batch_file_at_a_raised_max_tokens_answers_from_the_earlier_limits_rep
         assert len(out_file(workdir).read_text().splitlines()) == N_SEGMENTS
 
 
-def _descriptors(workdir, ids, changed=()):
-    path = workdir / "descriptors" / "val.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"narration_id": i, "video_id": "P01_11", "components": {},
-                                        "text": f"Clip text of {i}: the hand reaches the board." +
-                                        (" Then it taps it." if i in changed else "")}) + "\n" for i in ids))
-
-
 def _reclipped_invalid(workdir, good_programs, server_log):
     """An invalid record whose clip changed and changed back: its prompt's (invalid) reply is in the cache."""
     ids = sorted(good_programs)
     bad = ids[0]
-    _descriptors(workdir, ids)
+    descriptors(workdir, ids)
 
     def script(body, n):
         server_log.append(narration_id_of(body))
@@ -336,9 +328,9 @@ def _reclipped_invalid(workdir, good_programs, server_log):
 
     with ScriptedServer(script) as server:
         generate_programs(config(workdir, server, repair_rounds=0))
-        _descriptors(workdir, ids, changed=[bad])
+        descriptors(workdir, ids, changed=[bad])
         generate_programs(config(workdir, server, repair_rounds=0))
-    _descriptors(workdir, ids)  # back as it was: the first prompt's reply is cached
+    descriptors(workdir, ids)  # back as it was: the first prompt's reply is cached
     return script
 
 
