@@ -37,3 +37,26 @@ EPIC_EXCERPT = DATA / "epic100"
 def epic_dir() -> Path:
     """An excerpt of the real EPIC-KITCHENS-100 annotations (see tests/data/epic100/ATTRIBUTION.md)."""
     return EPIC_EXCERPT
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """`leap demo` on a small kitchen (4 videos x 10 segments, 1 tiny epoch), run twice (the second reuses what the
+    first did): (work directory, first run, second run). One per test session: test_demo's tests and the file
+    formats' (test_attack_h3formats) read it; a test that writes, writes elsewhere."""
+    import subprocess
+    import sys
+
+    work = tmp_path_factory.mktemp("demo") / "work"
+    args = ["demo", "--workdir", str(work), "--videos", "4", "--segments", "10", "--set", "train.epochs=1",
+            "--frames", "4", "--short-side", "64"]
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+
+    def run():
+        return subprocess.run([sys.executable, "-m", "leap_cli", *args], capture_output=True, text=True, env=env,
+                              timeout=900)
+
+    first = run()
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return work, first, run()
+

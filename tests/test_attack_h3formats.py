@@ -1,6 +1,6 @@
 """Every file a small `leap demo` writes, checked against the formats docs/*.md and the schemas document.
 
-One module-scoped demo (3 videos x 8 segments, 2 tiny epochs), plus the failure kinds a user meets: program
+The session's demo (conftest.py: 4 videos x 10 segments, 1 tiny epoch), plus the failure kinds a user meets: program
 records from an LLM server that answers garbage / refuses / returns a broken program, and descriptor records of a
 damaged hand-object file. Each test reads the files as a user would (json, tarfile, torch.load(weights_only=True),
 zipfile) and asserts what the docs say about their fields, units and ids.
@@ -73,12 +73,9 @@ def shard_samples(work, split):
 
 
 @pytest.fixture(scope="module")
-def work(tmp_path_factory):
+def work(tmp_path_factory, demo):
     base = tmp_path_factory.mktemp("h3formats")
-    w = base / "work"
-    r = leap("demo", "--workdir", w, "--videos", 3, "--segments", 8, "--set", "train.epochs=2",
-             "--set", "data.batch_size=4", "--frames", 4, "--short-side", 64)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    w = demo[0]  # (the session's demo, conftest.py: read here, never written)
 
     # program records of the failure kinds: an LLM server that answers garbage, refuses, or sends a broken program
     good = jsonl(w / "programs" / "val.jsonl")[0]["program"]

@@ -21,17 +21,6 @@ def leap(*args, cwd=None):
                           timeout=900)
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    work = tmp_path_factory.mktemp("demo") / "work"
-    args = ["demo", "--workdir", str(work), "--videos", "4", "--segments", "10", "--set", "train.epochs=1",
-            "--frames", "4", "--short-side", "64"]
-    first = leap(*args)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    second = leap(*args)
-    return work, first, second
-
-
 def test_demo_runs_every_stage_and_summarises(demo):
     work, first, _ = demo
     out = first.stdout
