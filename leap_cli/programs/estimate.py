@@ -35,7 +35,7 @@ def cacheable(tokens: int) -> int:
 @dataclass
 class CostEstimate:
     split: str
-    pending: int            # segments the run would make (before --limit)
+    pending: int            # segments the run would make (after --limit)
     answered: int           # of them, answered by the program cache (free)
     prompt_tokens: float    # mean per request
     prefix_tokens: int      # of them, the static prefix a provider's prompt caching can reuse

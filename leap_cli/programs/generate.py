@@ -930,7 +930,8 @@ def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
 
 def estimate_cost(cfg: GenerateConfig) -> CostEstimate:
     """What a run of ``cfg`` with an LLM would ask for and cost (``programs.estimate``): read from the input, the
-    output and the program cache without writing anything, and without the API key."""
+    output and the program cache without writing a record or a reply (a cache of an older leap gets its new tables,
+    as any open of it does), and without the API key."""
     from leap_cli.programs.batch import _BatchBackend  # (the request's pieces without a client)
 
     inputs, exemplars, builder = _setup(cfg)
@@ -1084,8 +1085,9 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             parts = ([f"{redone} made from a clip that has changed since (its descriptor record was made again, or "
                       "its annotation changed; a prompt the program cache holds is answered unpaid)"]
                      if redone else []) + \
-                [f"{again[k]} {k} ({flag})" for k, flag in (("failed", "--retry-errors"), ("invalid", "--retry-invalid: "
-                 "not answered from the cache")) if again[k]]
+                [f"{again[k]} {k} ({flag})" for k, flag in (("failed", "--retry-errors"),
+                                                           ("invalid", "--retry-invalid: not answered from the cache"))
+                 if again[k]]
             if parts:
                 log.warning("records of earlier runs asked for again: %s", "; ".join(parts))
         summary.total = len(pending)

@@ -61,7 +61,8 @@ MIGRATIONS = [
     # 8: the Batch API requests whose cost the ledger holds, per output (add_batch_spend: each counted once)
     "CREATE TABLE IF NOT EXISTS batch_paid (out TEXT NOT NULL, request_id TEXT NOT NULL, PRIMARY KEY (out, request_id))",
     # 9: the --max-tokens each output was asked with (note_token_limit): a raised one looks up each lower one's replies
-    "CREATE TABLE IF NOT EXISTS token_limits (out TEXT NOT NULL, max_tokens INTEGER NOT NULL, PRIMARY KEY (out, max_tokens))",
+    """CREATE TABLE IF NOT EXISTS token_limits (out TEXT NOT NULL, max_tokens INTEGER NOT NULL,
+       PRIMARY KEY (out, max_tokens))""",
 ]
 
 
