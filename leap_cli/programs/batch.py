@@ -33,8 +33,8 @@ from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, refuse_folder
 from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
                                        reply_usage)
 from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, asked_token_limit,
-                                       batch_pending, check_output, clip_changed, clip_hash, output_records,
-                                       pending_records, token_limit_finding, update_batch_pending, warn_batch_pending)
+                                       batch_pending, check_output, clip_changed, clip_hash, note_token_limits,
+                                       output_records, pending_records, token_limit_finding, update_batch_pending, warn_batch_pending)
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
 from leap_cli.programs.schema import Finding, strict_schema
@@ -212,6 +212,8 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         # is asked anew (the output's invalid records among them); one whose cache holds a valid reply now (an
         # ingest of a --retry-invalid batch put it there) is answered from it. --limit counts the requests
         store = ProgramStore(cfg.cache_path, commit_every=0.5) if cfg.cache_path.exists() else None
+        if store is not None:
+            note_token_limits(store, cfg.out_path, cfg.max_tokens, earlier_limit)
         gen = ProgramGenerator(cfg, inputs, backend, store, builder)
         gen.take_earlier_limits(earlier_limit)
         gen.cache_only = True
@@ -651,7 +653,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     # a network file system; a line a crash loses is read again from the results file, its cost counted already)
     with JsonlAppender(cfg.out_path, replace_keys=replaced, sync_every=1.0) as out, \
             ProgramStore(cfg.cache_path) as store:
-        store.note_token_limit(cfg.out_path, cfg.max_tokens)  # (its results are cached under this limit's keys)
+        note_token_limits(store, cfg.out_path, cfg.max_tokens, asked_limit)  # (its results: under this one's keys)
         written_ids = set()
         finished = False
         # Every result with its request id was paid, whether or not a record is made from it (left out for a

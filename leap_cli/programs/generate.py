@@ -534,17 +534,15 @@ class ProgramGenerator:
             params = {**params, "max_tokens": token_limit}
         return cache_key(self.backend.name, self.backend.model, prompt_hash, self._key_schema, params)
 
-    def take_earlier_limits(self, settings_limit: int | None, *, note: bool = True) -> None:
+    def take_earlier_limits(self, settings_limit: int | None) -> None:
         """``earlier_limits``: the ``--max-tokens`` below this run's that the output was asked with, from its
         settings file (``settings_limit``, read before ``check_output`` records this run's) and the program cache's
-        record of the runs on it (a run stopped at a raised limit rewrote the settings file); and (``note``) this
-        run's recorded there."""
+        record of the runs on it (``note_token_limits``: a run stopped at a raised limit rewrote the settings
+        file)."""
         limits = set(self.store.token_limits(self.out_path)) if self.store is not None else set()
         if settings_limit is not None:
             limits.add(settings_limit)
         self.earlier_limits = sorted((n for n in limits if n < self.cfg.max_tokens), reverse=True)
-        if note and self.store is not None and self._cache:
-            self.store.note_token_limit(self.out_path, self.cfg.max_tokens)
 
     def cached(self, prompt_hash: str, *, keep: bool = True) -> tuple[str, dict, str, bool] | None:
         """The cached reply to the prompt (``ProgramStore.get``), None where there is none. Under a ``--max-tokens``
@@ -829,6 +827,15 @@ def token_limit_finding(max_tokens: int | None, out: Path, *, batch: bool = Fals
                        f"too): {how} {again} --retry-invalid (only the invalid records of {out.name} are asked again)")
 
 
+def note_token_limits(store: ProgramStore, out: Path, *limits: int | None) -> None:
+    """Record in the program cache the ``--max-tokens`` a run on ``out`` asks with and the one its settings file
+    held (a leap before the cache kept them recorded it there alone, and ``check_output`` rewrites it): as soon as
+    the cache is open, before any request, so that a run that stops at once, or asks for nothing, keeps them too
+    (``ProgramGenerator.take_earlier_limits``)."""
+    for limit in {n for n in limits if n is not None}:
+        store.note_token_limit(out, limit)
+
+
 def asked_token_limit(out: Path) -> int | None:
     """The ``--max-tokens`` the output's settings file records (None: none, or no settings): read before
     ``check_output`` records a raised one."""
@@ -939,7 +946,7 @@ def estimate_cost(cfg: GenerateConfig) -> CostEstimate:
     store = ProgramStore(cfg.cache_path) if cfg.cache_path.exists() else None
     try:
         gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg), store, builder)
-        gen.take_earlier_limits(asked_token_limit(cfg.out_path), note=False)
+        gen.take_earlier_limits(asked_token_limit(cfg.out_path))
         changed = clip_changed(inputs, builder)  # (a record whose clip changed is made again, not asked again)
         reask = {nid for nid, r in output_records(cfg, programs=False).items()
                  if r.get("status") == "invalid" and not changed(r)} if cfg.retry_invalid else set()
@@ -1021,6 +1028,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                 if new_output and not (cfg.out_path.exists() and cfg.out_path.stat().st_size):
                     sidecar.unlink(missing_ok=True)
                 raise
+        if store is not None:
+            note_token_limits(store, cfg.out_path, cfg.max_tokens, earlier_limit)
     except BaseException:
         if store is not None:
             store.close()
