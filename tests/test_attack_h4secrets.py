@@ -204,3 +204,15 @@ def test_a_proxys_password_and_basic_token_are_redacted(monkeypatch):
     said = redact(f"407 from proxy: password {password}; Proxy-Authorization: Basic {token}; echo {token}")
     assert password not in said and token not in said
     assert redact("authorization: basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==") == "authorization: basic [REDACTED]"
+
+
+def test_only_a_credential_parameter_of_the_base_url_is_a_secret():
+    """A gateway's ?key= / ?access_token= are redacted wherever the URL is said; Azure's api-version is not a
+    secret, and stays readable (redacted, it hid the version a 400 "api-version ... is not supported" named)."""
+    from leap_cli.programs.backends import url_secrets
+    from leap_cli.programs.redact import redact
+
+    url_secrets("https://gw.example.com/openai/deployments/d?api-version=2031-01-17&access_token=tok3n-51abc")
+    said = redact("HTTP 400 from https://gw.example.com/openai/deployments/d?api-version=2031-01-17&access_token="
+                  "tok3n-51abc: api-version 2031-01-17 is not supported")
+    assert "tok3n-51abc" not in said and said.count("2031-01-17") == 2, said

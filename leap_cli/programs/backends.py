@@ -813,12 +813,19 @@ def _azure(url: str) -> str | None:
     return "query" if "api-version=" in u.query else None
 
 
+# a query parameter of --base-url whose value is a credential (a gateway's ?key=, ?api-key=, ?access_token=, a
+# signed URL's sig=); others, such as Azure's api-version, stay readable in the messages that quote the URL
+_CREDENTIAL_PARAM = re.compile(r"key|token|secret|sig|auth|pass|code", re.IGNORECASE)
+
+
 def url_secrets(url: str) -> str:
-    """``url``, its query's values registered as secrets (a proxy's or Google's ``?key=TOKEN``: redacted wherever
-    the URL is said); a user name or password in it is refused: leap sends the API key as its only credential."""
+    """``url``, the values of its query's credential parameters registered as secrets (a proxy's or Google's
+    ``?key=TOKEN``: redacted wherever the URL is said); a user name or password in it is refused: leap sends the API
+    key as its only credential."""
     u = urlsplit(url.strip())
-    for _, value in parse_qsl(u.query, keep_blank_values=True):
-        register_secret(value)
+    for name, value in parse_qsl(u.query, keep_blank_values=True):
+        if _CREDENTIAL_PARAM.search(name):
+            register_secret(value)
     if u.username is not None or u.password is not None:
         register_secret(u.password)
         shown = urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2]))

@@ -2,7 +2,7 @@
 log, cached replies and program records.
 
 ``redact(text)`` replaces each registered secret (the API key, registered by the backend that reads it; the
-values of ``--base-url``'s query; a proxy's password), any ``Bearer <token>`` / ``Authorization: [Basic|Bearer]
+values of ``--base-url``'s credential parameters; a proxy's password), any ``Bearer <token>`` / ``Authorization: [Basic|Bearer]
 <value>`` and anything shaped like an OpenAI key (``sk-...``) with ``[REDACTED]``. A server that echoes the
 request's Authorization header in its 401 message cannot make leap print or store the key.
 """

@@ -384,7 +384,8 @@ def loader_workers(asked: int, option: str, samples: int | None = None, batch_si
     """``asked`` DataLoader processes (``option`` names the setting), at most one per CPU this process may use
     (its share where torchrun starts several on the machine: LOCAL_WORLD_SIZE) and, given ``samples``, one per
     batch. Each worker holds ~0.3 GB: `leap evaluate --workers 1000000` started over a thousand of them and used
-    up the machine's memory; a config's data.num_workers 8 on a 2-core machine started 8."""
+    up the machine's memory; a config's data.num_workers 8 on a 2-core machine started 8. Called right before
+    the loader is made: with workers it also sets how they share tensors (``share_by_name_under_a_low_limit``)."""
     from leap_cli.common import usable_cpus
 
     cpus = max(1, usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
