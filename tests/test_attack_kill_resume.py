@@ -196,11 +196,57 @@ def test_generate_killed_mid_run_asks_no_answered_prompt_again(tmp_path, clip_pr
     assert {k: r["program"] for k, r in recs.items()} == clip_programs  # the server's replies, each once
     assert all(r["status"] == "valid" for r in recs.values())
     assert all(asked[nid] == 1 for nid in before), asked  # answered and written before the kill: never again
-    in_flight = [nid for nid in asked_before if nid not in before]
-    assert len(in_flight) <= 2  # --concurrency 2
-    assert sum(asked.values()) == N_CLIPS + len(in_flight)
+    # asked again: only requests the server had not answered to the process at the kill (a reply it had, and had
+    # not written as a record yet, is in the cache's journal: test_generate_killed_between_a_reply_and_its_record_...)
+    again = [nid for nid in asked_before if asked[nid] > 1]
+    assert len(again) <= 2  # --concurrency 2
+    assert sum(asked.values()) == N_CLIPS + len(again)
     assert summary_count(res, "resumed (already done)") == len(before)
     assert not temps(tmp_path / "programs")
+
+
+KILL_AT_THIRD_CHECK = """
+import os, signal, sys
+from leap_cli.programs import generate
+checked, verify = [], generate.ProgramGenerator.verify
+async def killed_at_the_third(self, text, info):
+    checked.append(info.narration_id)
+    if len(checked) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return await verify(self, text, info)
+generate.ProgramGenerator.verify = killed_at_the_third
+sys.argv[0] = "leap"
+from leap_cli.cli import main
+main()
+"""
+
+
+def test_generate_killed_between_a_reply_and_its_record_asks_it_no_more(tmp_path, clip_programs):
+    """The third reply is in the process (received, paid) and its record not yet written when the kill comes: it
+    was only in memory until the next batch of the cache, and the resume paid for it again (1 run in ~8 of the test
+    above). The journal (cache.sqlite.unwritten/) keeps it: every clip is asked once in all, and the ledger counts
+    each request once."""
+    excerpt_annotations(tmp_path, rows=N_CLIPS)
+    out = tmp_path / "programs" / "val.jsonl"
+    script = lambda body, n: Reply(json.dumps(clip_programs[narration_id_of(body)]))  # noqa: E731
+    with ScriptedServer(script) as server:
+        cmd = _generate(tmp_path, server, "--concurrency", 1)
+        killed = subprocess.run([sys.executable, "-c", KILL_AT_THIRD_CHECK, *cmd[3:]], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=ENV, cwd=ROOT, timeout=180)
+        assert killed.returncode == -signal.SIGKILL, killed.stdout.decode(errors="replace")[-2000:]
+        assert lines(out) == 2 and len(server.requests) == 3
+        assert list((tmp_path / "programs" / "cache.sqlite.unwritten").iterdir())  # the process's journal
+        rc, res = run(cmd)
+        assert rc == 0, res
+        asked = Counter(narration_id_of(b) for b in server.requests)
+    assert len(asked) == N_CLIPS and set(asked.values()) == {1}, asked
+    assert summary_count(res, "cache hits") == 1
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(recs) == N_CLIPS and all(r["status"] == "valid" for r in recs)
+    import sqlite3
+    with sqlite3.connect(tmp_path / "programs" / "cache.sqlite") as db:
+        assert db.execute("SELECT requests FROM ledger").fetchall() == [(N_CLIPS,)]
+    assert not (tmp_path / "programs" / "cache.sqlite.unwritten").exists()
 
 
 def test_generate_killed_during_a_repair_turn_does_not_pay_the_first_reply_again(tmp_path, clip_programs):

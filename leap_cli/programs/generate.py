@@ -1005,7 +1005,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     cached = not (backend.name == "offline" or isinstance(backend, _Keyless) and not cfg.cache_path.exists())
 
     def open_store() -> ProgramStore:
-        return ProgramStore(cfg.cache_path, commit_every=0.5, background=True)
+        return ProgramStore(cfg.cache_path, commit_every=0.5, background=True, journal=True)
 
     store = open_store() if cached and cfg.cache_path.exists() else None
     try:

@@ -9,24 +9,33 @@ file (what ``--max-cost`` caps, across runs).
 Writes are buffered and written in one short transaction at most every ``commit_every`` seconds and on
 close (a commit per call costs more CPU than the rest of a cached lookup; no transaction stays open, so
 parallel shard processes sharing the database do not wait on each other); a killed process loses at most
-that much of the cache, the log and the ledger. A paid reply that a repair round follows is committed when it is
+that much of the log, and without the journal (below) of the cache and the ledger. A paid reply that a repair round follows is committed when it is
 logged (``log_call(durable=True)``), with its cache row and spend, before the next request goes out: its record
 is not written yet, so a killed run would otherwise ask for it again. A reply that finishes its record needs no
-commit of its own: the record is in the output file (flushed per line) and a resumed run skips the segment; a
-kill loses at most ``commit_every`` of the ledger's spend on such replies (a commit per reply cost ~0.15 ms of
-client CPU and ~6 points of the concurrency bound in ``benchmarks/bench_generate.py``): the stage calls ``tick()``
+commit of its own (a commit per reply cost ~0.15 ms of client CPU and ~6 points of the concurrency bound in
+``benchmarks/bench_generate.py``): the journal keeps it and its spend until the next batch. The stage calls ``tick()``
 every ``commit_every`` seconds, so rows are written on time also while no new write comes (a slow server).
 With ``background=True`` (``leap generate-programs``) the periodic transactions are written by a thread of their own
 on a second connection, so that their disk work (7-11 ms each, 60-70 ms where SQLite checkpoints its WAL into the
 database) does not stop the event loop while replies wait; rows written meanwhile wait for the next transaction
-(a kill loses those and the one in flight), ``commit()`` returns once everything is written, and a failed
+(the journal keeps them), ``commit()`` returns once everything is written, and a failed
 background write is raised by the next write or commit, its rows kept for a later one.
+With ``journal=True`` (``leap generate-programs``) every reply and spend buffered by ``put`` and ``add_spend`` is also
+appended, as it comes, to a file of this process in ``cache.sqlite.unwritten/`` (one unbuffered write, ~10 us; no
+fsync: it outlives a killed process, not a crashed machine, as SQLite's WAL at synchronous=NORMAL), and the file goes
+once its rows are in the database: a reply received and not yet in its output file's record nor in the database
+(being checked, or waiting for the next batch) is not lost with a killed process. The next ``ProgramStore`` opened
+on the cache writes the files of processes that ended (each is locked by its process while it runs) into the
+database. A process killed in the instant between a batch's transaction and its file's deletion has that batch's
+spend counted twice (the replies once).
 Response and error texts pass through ``leap_cli.programs.redact.redact`` before they are stored.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -37,6 +46,8 @@ from pathlib import Path
 from leap_cli.errors import LeapError
 from leap_cli.io import stable_hash
 from leap_cli.programs.redact import redact
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = [
     # 1
@@ -89,7 +100,8 @@ class ProgramStore:
                    "excluded.prompt_tokens, completion_tokens = completion_tokens + excluded.completion_tokens, "
                    "requests = requests + excluded.requests, updated = excluded.updated")
 
-    def __init__(self, path: str | Path, commit_every: float = 0.0, *, background: bool = False):
+    def __init__(self, path: str | Path, commit_every: float = 0.0, *, background: bool = False,
+                 journal: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # created here, 0666 less the umask as every file leap writes (SQLite's own is 0644 whatever the umask;
@@ -110,10 +122,18 @@ class ProgramStore:
         self._calls: list[tuple] = []
         self._ledger: dict[str, list] = {}
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="leap-store") if background else None
-        self._flushing: tuple[dict, list, dict] | None = None  # the rows the writer thread is writing
+        self._flushing: tuple[dict, list, dict, list] | None = None  # the rows the writer thread is writing
         self._flush: Future | None = None
+        # the journal (module docstring): its files of rows not yet written (path, locked descriptor), the last
+        # one being appended to while ``_journal_fd`` is set
+        self.unwritten_dir = self.path.with_name(self.path.name + ".unwritten")
+        self._journal = journal
+        self._journal_fd: int | None = None
+        self._journal_files: list[tuple[Path, int]] = []
+        self._journal_seq = 0
         try:
             self.migrate()
+            self.replayed = self._replay()
         except sqlite3.DatabaseError as e:  # (a full disk: a traceback)
             raise self._damaged("opened", e) from None
 
@@ -162,24 +182,96 @@ class ProgramStore:
         if self._cache or self._calls or self._ledger:
             self._written()
 
-    def _take(self) -> tuple[dict, list, dict]:
-        """The buffered rows, handed over (the buffers start empty)."""
-        rows = self._flushing = (self._cache, self._calls, self._ledger)
-        self._cache, self._calls, self._ledger = {}, [], {}
+    def _take(self) -> tuple[dict, list, dict, list]:
+        """The buffered rows, handed over (the buffers start empty), with the journal's files that hold them."""
+        rows = self._flushing = (self._cache, self._calls, self._ledger, self._journal_files)
+        self._cache, self._calls, self._ledger, self._journal_files = {}, [], {}, []
+        self._journal_fd = None  # the next row starts a file of its own
         return rows
 
-    def _write(self, rows: tuple[dict, list, dict]) -> None:
-        cache, calls, ledger = rows
-        if not (cache or calls or ledger):
-            return
+    def _write(self, rows: tuple[dict, list, dict, list]) -> None:
+        cache, calls, ledger, files = rows
+        if cache or calls or ledger:
+            try:
+                with self._wdb:
+                    self._wdb.executemany(self._CACHE_SQL, cache.values())
+                    self._wdb.executemany(self._CALL_SQL, calls)
+                    self._wdb.executemany(self._LEDGER_SQL, [(k, *v, time.time()) for k, v in ledger.items()])
+            except sqlite3.Error as e:  # a full disk, a read-only folder, a lock held past the 30-s timeout
+                raise self._unwritten(e, "finished programs are kept in the output file (the replies in flight, "
+                                         "and the ledger's last spend, may be lost)") from None
+        _drop(files)  # (at once, in the thread that wrote them: a kill after this would count their spend twice)
+
+    def _log(self, row: tuple) -> None:
+        """Append a buffered row to the journal (module docstring)."""
         try:
-            with self._wdb:
-                self._wdb.executemany(self._CACHE_SQL, cache.values())
-                self._wdb.executemany(self._CALL_SQL, calls)
-                self._wdb.executemany(self._LEDGER_SQL, [(k, *v, time.time()) for k, v in ledger.items()])
-        except sqlite3.Error as e:  # a full disk, a read-only folder, a lock held past the 30-s timeout
-            raise self._unwritten(e, "finished programs are kept in the output file (the replies in flight, and the "
-                                     "ledger's last spend, may be lost)") from None
+            if self._journal_fd is None:
+                self._journal_seq += 1
+                path = self.unwritten_dir / f"{os.getpid()}-{id(self):x}-{self._journal_seq}.jsonl"
+                for tries in (2, 1):
+                    self.unwritten_dir.mkdir(exist_ok=True)
+                    try:
+                        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
+                        break
+                    except FileNotFoundError:  # (another process's close took the empty folder away meanwhile)
+                        if tries == 1:
+                            raise
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._journal_files.append((path, fd))
+                self._journal_fd = fd
+            os.write(self._journal_fd, (dumps(row) + "\n").encode())
+        except OSError as e:  # (a full disk): the rows are still buffered and written with the next batch
+            self._journal = False
+            log.warning("cannot keep the replies not yet in the program cache in %s (%s): a killed run may pay "
+                        "again for those of its last second", self.unwritten_dir, e.strerror or e)
+
+    def _replay(self) -> int:
+        """Write the journal files of processes that ended without writing their rows (killed) into the database;
+        the number of replies they held."""
+        try:
+            names = sorted(os.listdir(self.unwritten_dir))
+        except OSError:  # (none: the usual case)
+            return 0
+        replies = 0
+        for name in names:
+            path = self.unwritten_dir / name
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # its process still runs
+                    continue
+                if os.fstat(fd).st_nlink == 0:  # written and deleted by another process meanwhile
+                    continue
+                with os.fdopen(os.dup(fd), "rb") as f:
+                    data = f.read()
+                cache, ledger = {}, {}
+                for line in data.split(b"\n"):
+                    try:
+                        kind, *row = json.loads(line)
+                    except (ValueError, TypeError):  # the last line of a process killed while writing it
+                        continue
+                    if (kind == "c" and len(row) == 8 and isinstance(row[0], str) and isinstance(row[1], str)
+                            and all(isinstance(v, (int, float, str, type(None))) for v in row)):
+                        cache[row[0]] = row
+                    elif (kind == "l" and len(row) == 5 and isinstance(row[0], str)
+                          and all(isinstance(v, (int, float)) for v in row[1:])):
+                        sums = ledger.setdefault(row[0], [0.0, 0, 0, 0])
+                        ledger[row[0]] = [a + b for a, b in zip(sums, row[1:])]
+                with self.db:
+                    self.db.executemany(self._CACHE_SQL, cache.values())
+                    self.db.executemany(self._LEDGER_SQL, [(k, *v, time.time()) for k, v in ledger.items()])
+                os.unlink(path)
+                replies += len(cache)
+            finally:
+                os.close(fd)
+        if replies:
+            log.info("took %d replies of a stopped run from %s into the program cache", replies, self.unwritten_dir)
+        _rmdir(self.unwritten_dir)
+        return replies
 
     def _unwritten(self, e: sqlite3.Error, kept: str) -> LeapError:
         """The one line of a write to the database that failed; ``kept``: what of the run is kept all the same."""
@@ -198,9 +290,10 @@ class ProgramStore:
         try:
             flush.result()
         except BaseException:
-            cache, calls, ledger = rows
+            cache, calls, ledger, files = rows
             self._cache = {**cache, **self._cache}
             self._calls = calls + self._calls
+            self._journal_files = files + self._journal_files
             for k, v in ledger.items():
                 row = self._ledger.setdefault(k, [0.0, 0, 0, 0])
                 self._ledger[k] = [a + b for a, b in zip(row, v)]
@@ -211,8 +304,9 @@ class ProgramStore:
     def commit(self) -> None:
         """Write the buffered rows (one transaction); with a writer thread, after its own and by it."""
         if self._writer is None:
-            self._write((self._cache, self._calls, self._ledger))  # the buffers are kept where it fails
-            self._cache, self._calls, self._ledger = {}, [], {}
+            self._write((self._cache, self._calls, self._ledger, self._journal_files))  # kept where it fails
+            self._cache, self._calls, self._ledger, self._journal_files = {}, [], {}, []
+            self._journal_fd = None
         else:
             self._finish_flush()
             self._flush = self._writer.submit(self._write, self._take())
@@ -248,18 +342,22 @@ class ProgramStore:
     def put(self, key: str, response: str, usage: dict, model: str, *, cut: bool = False, commit: bool = True) -> None:
         """Cache a reply (``cut``: it stopped at the token limit). ``commit=False``: not even a due commit now (the
         caller's next write or ``close`` makes it), e.g. while a request slot waits for this call."""
-        self._cache[key] = (key, redact(response), usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), model,
-                            time.time(), usage.get("cached_tokens") or None, int(cut))
+        row = self._cache[key] = (key, redact(response), usage.get("prompt_tokens", 0),
+                                  usage.get("completion_tokens", 0), model, time.time(),
+                                  usage.get("cached_tokens") or None, int(cut))
+        if self._journal:
+            self._log(("c", *row))
         if commit:
             self._written()
 
     def add_spend(self, out: str | Path, cost: float, usage: dict, requests: int = 1, *, commit: bool = True) -> None:
         """Add the cost of requests made for the output file ``out`` to the ledger (``commit`` as in ``put``)."""
-        row = self._ledger.setdefault(self.ledger_key(out), [0.0, 0, 0, 0])
-        row[0] += cost
-        row[1] += usage.get("prompt_tokens", 0)
-        row[2] += usage.get("completion_tokens", 0)
-        row[3] += requests
+        key = self.ledger_key(out)
+        spend = (cost, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0), requests)
+        row = self._ledger.setdefault(key, [0.0, 0, 0, 0])
+        self._ledger[key] = [a + b for a, b in zip(row, spend)]
+        if self._journal:
+            self._log(("l", key, *spend))
         if commit:
             self._written()
 
@@ -370,12 +468,33 @@ class ProgramStore:
                 self._writer.shutdown()
                 self._wdb.close()
             self.db.close()
+            for _, fd in self._journal_files:  # (not written: a failed commit; the next run takes them)
+                os.close(fd)
+            self._journal_files, self._journal_fd = [], None
+            _rmdir(self.unwritten_dir)
 
     def __enter__(self) -> "ProgramStore":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _drop(files: list[tuple[Path, int]]) -> None:
+    """Delete journal files whose rows are written (module docstring)."""
+    for path, fd in files:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _rmdir(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:  # (none, or files in it: another process's, or kept for the next run)
+        pass
 
 
 def dumps(obj) -> str:
