@@ -16,7 +16,7 @@ demo: $(BIN)/.installed
 	$(BIN)/leap demo --workdir $(WORKDIR)
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --maxprocesses 8 --dist loadfile
 
 bench: $(BIN)/.installed
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

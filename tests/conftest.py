@@ -4,6 +4,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# a command's console (rich) takes COLUMNS and LINES as they are when leap_cli is imported, and keeps them: a test
+# that gives its command a width (CliRunner's env) gets it only where none was set at the start (pytest-xdist's
+# workers start with the 80 x 24 of a terminal)
+for _name in ("COLUMNS", "LINES"):
+    os.environ.pop(_name, None)
 
 
 
@@ -39,24 +44,56 @@ def epic_dir() -> Path:
     return EPIC_EXCERPT
 
 
+DEMO_FILES = ("test_demo.py", "test_attack_h3formats.py")  # the files that read the `demo` fixture below
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`make test` runs with pytest-xdist's --dist loadfile (each file's tests in one worker, in their order): the
+    files that read the session's demo go to one worker together, so that it runs once and no worker waits for
+    another's (a scope of pytest-xdist's own making; without it they still share the demo, one waiting)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class DemoTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "demo" if scope.rsplit("/", 1)[-1] in DEMO_FILES else scope
+
+    return DemoTogether(config, log)
+
+
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory):
     """`leap demo` on a small kitchen (4 videos x 10 segments, 1 tiny epoch), run twice (the second reuses what the
-    first did): (work directory, first run, second run). One per test session: test_demo's tests and the file
-    formats' (test_attack_h3formats) read it; a test that writes, writes elsewhere."""
+    first did): (work directory, first run, second run). One per test session, also under pytest-xdist (`make
+    test` runs the files on every core): the first worker that needs it runs it, under a lock, in the folder the
+    workers share, and the others read what it left. test_demo's tests and the file formats'
+    (test_attack_h3formats) read it; a test that writes, writes elsewhere."""
+    import fcntl
+    import json
     import subprocess
     import sys
 
-    work = tmp_path_factory.mktemp("demo") / "work"
-    args = ["demo", "--workdir", str(work), "--videos", "4", "--segments", "10", "--set", "train.epochs=1",
-            "--frames", "4", "--short-side", "64"]
+    args = ["demo", "--videos", "4", "--segments", "10", "--set", "train.epochs=1", "--frames", "4",
+            "--short-side", "64"]
     env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    shared = os.environ.get("PYTEST_XDIST_WORKER") is not None
+    root = tmp_path_factory.getbasetemp().parent / "demo" if shared else tmp_path_factory.mktemp("demo")
+    root.mkdir(exist_ok=True)
+    work, done = root / "work", root / "runs.json"
 
     def run():
-        return subprocess.run([sys.executable, "-m", "leap_cli", *args], capture_output=True, text=True, env=env,
-                              timeout=900)
+        return subprocess.run([sys.executable, "-m", "leap_cli", *args, "--workdir", str(work)], capture_output=True,
+                              text=True, env=env, timeout=900)
 
-    first = run()
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    return work, first, run()
-
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # (held by the worker running it: the others wait here)
+        if not done.exists():
+            first = run()
+            assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+            runs = [first, run()]
+            done.write_text(json.dumps([[r.args, r.returncode, r.stdout, r.stderr] for r in runs]))
+    first, second = (subprocess.CompletedProcess(*r) for r in json.loads(done.read_text()))
+    return work, first, second

@@ -28,7 +28,7 @@ EXTERNAL_OPTIONS = {
     # pip (README's install notes)
     "--no-deps", "--index-url", "--extra-index-url", "--upgrade", "--editable", "--constraint",
     # pytest
-    "--maxfail", "--durations",
+    "--maxfail", "--durations", "--dist", "--maxprocesses",  # (and pytest-xdist's: the Makefile, docs/development.md)
     # git, which `leap --version` runs (leap_cli/cli.py)
     "--no-optional-locks", "--format", "--date", "--porcelain",
     # docker run (the CPU quota of common.py / docs/options.md), Slurm's scancel and srun (signals.py, docs/train.md)

@@ -269,7 +269,7 @@ def test_offline_run_stops_promptly_on_ctrl_c(tmp_path):
 
 @pytest.mark.parametrize("content, message", [
     (b'[{"custom_id": "x"}]\n', "not an object with a custom_id"),
-    (gzip.compress(b'{"custom_id": "x"}\n'), "not UTF-8"),
+    (gzip.compress(b'{"custom_id": "x"}\n', mtime=0), "not UTF-8"),
     (b"narration_id,verb\nP01_11_0,take", "line 1 is not JSON"),
     (b'{"custom_id": "P01_11_0", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n', "the --batch-file input"),
     (b"", "no result"),
