@@ -208,10 +208,7 @@ def end_ids_from_model_args(model_args: dict) -> list[int] | None:
 def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, batch_size: int = 4,
                   workers: int = 0) -> tuple[Iterable[dict], int]:
     """A DataLoader over the evaluation views of a shards folder and its number of segments."""
-    from torch.utils.data import DataLoader
-
-    from leap_cli.shards.dataset import (LOADER_TIMEOUT, Guarded, ShardDataset, check_context, collate_clips,
-                                         loader_worker_init, loader_workers)
+    from leap_cli.shards.dataset import Guarded, ShardDataset, check_context, loader_workers, shard_loader
 
     folder = Path(folder)
     if not (folder / "manifest.json").exists():
@@ -224,9 +221,7 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
     check_context(ds, int((model_args.get("anticipation") or {}).get("context") or 0),
                   None, folder)
     workers = loader_workers(workers, "--workers", samples=len(ds), batch_size=batch_size)
-    loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips,
-                        worker_init_fn=loader_worker_init, timeout=LOADER_TIMEOUT if workers else 0)
-    return Guarded(loader, "--workers"), len(ds)
+    return Guarded(shard_loader(ds, batch_size=batch_size, workers=workers), "--workers"), len(ds)
 
 
 def _manifest_task(folder: Path) -> str | None:

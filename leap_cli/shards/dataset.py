@@ -427,6 +427,16 @@ def check_context(ds: "ShardDataset", context: int, option: str | None, folder: 
                                          + (f", or set {option} {ds.context}" if option else " (as the run was trained)"))
 
 
+def shard_loader(ds: "ShardDataset", *, batch_size: int, workers: int, **options) -> "torch.utils.data.DataLoader":
+    """A DataLoader over a shards dataset with ``workers`` processes (``loader_workers``' count): leap's batches
+    (``collate_clips``), its workers' start (``loader_worker_init``) and the wait for a batch (``LOADER_TIMEOUT``;
+    torch takes no timeout without workers). Iterate it through ``Guarded``."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips,
+                      worker_init_fn=loader_worker_init, timeout=LOADER_TIMEOUT if workers else 0, **options)
+
+
 def collate_clips(samples: list[dict]) -> dict:
     """Stack samples into the batch described in the module docstring."""
     batch = {

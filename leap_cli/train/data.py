@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from leap_cli.errors import LeapError
-from leap_cli.shards.dataset import (LOADER_TIMEOUT, Guarded, ShardDataset, anticipation_timing, check_context,
-                                    collate_clips, loader_worker_init, loader_workers, timing_text)
+from leap_cli.shards.dataset import (Guarded, ShardDataset, anticipation_timing, check_context, loader_workers,
+                                    shard_loader, timing_text)
 from leap_cli.shards.format import part_counts, programs_provenance
 from leap_cli.train.config import Config
 from leap_cli.train.distributed import DistInfo
@@ -135,9 +135,8 @@ class ShardSource:
         from drawing on the global one (exact resume)."""
         if split not in self._loaders:
             workers = loader_workers(self.cfg.data.num_workers, "data.num_workers")
-            self._loaders[split] = DataLoader(
-                ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips, drop_last=drop_last,
-                worker_init_fn=loader_worker_init, timeout=LOADER_TIMEOUT if workers else 0,
+            self._loaders[split] = shard_loader(
+                ds, batch_size=batch_size, workers=workers, drop_last=drop_last,
                 pin_memory=self.info.device.type == "cuda", persistent_workers=workers > 0 and split == "train",
                 generator=torch.Generator().manual_seed(self.cfg.train.seed))
         return self._loaders[split]
