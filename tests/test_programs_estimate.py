@@ -93,3 +93,14 @@ def test_dry_run_prints_the_prompt_on_stdout_and_the_estimate_on_stderr(workdir)
     # the offline generator costs nothing: no estimate
     r = subprocess.run(cmd[:8] + ["--dry-run"], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "estimate:" not in r.stderr
+
+
+def test_dry_run_refuses_a_base_url_with_credentials_as_the_run_does(workdir):  # noqa: F811
+    """The estimate was printed for a `--base-url` holding a user and password, which the run then refused."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "300"}
+    cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(workdir), "--split", "val",
+           "--backend", "openai", "--model", "test-model", "--api-key-env", "LEAP_NO_SUCH_KEY", "--dry-run",
+           "--base-url", "https://me:hunter2secret@llm.example.org/v1"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stdout == ""
+    assert "--base-url holds a user name or password" in r.stderr and "hunter2secret" not in r.stderr

@@ -170,6 +170,10 @@ def generate_programs(
                          price_cached_in=price_cached_in, max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
                          retry_failed=retry_failed, retry_invalid=retry_invalid, force=force)
     if dry_run:
+        if backend == "openai":  # a --base-url the run would refuse (credentials in it) is refused here too
+            from leap_cli.programs.backends import url_secrets
+
+            url_secrets(base_url or os.environ.get("OPENAI_BASE_URL") or "")
         typer.echo(build_dry_run(cfg, narration_id))  # as it is sent: not wrapped at the terminal's width
         if backend == "openai":  # what the run would ask for and cost, before it is paid (stderr: stdout is the prompt)
             from leap_cli.programs.generate import estimate_cost
