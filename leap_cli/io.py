@@ -603,7 +603,7 @@ def check_settings(output: str | Path, settings: dict, *, force: bool = False, e
                    elsewhere: str = "--out", adopt: tuple[str, ...] = (), grow: tuple[str, ...] = (),
                    names: dict[str, str] | None = None,
                    explain: Callable[[set[str]], str | None] | None = None, held: str | None = None,
-                   lock: "OutputLock | None" = None) -> bool:
+                   lock: "OutputLock | None" = None, dry: bool = False) -> bool:
     """Refuse to resume ``output`` under settings that differ from those it was started with.
 
     ``settings`` holds only what changes the records (thresholds, model, config), as plain JSON values. On
@@ -625,7 +625,8 @@ empty: a run that failed before its first record leaves nothing its successor wo
     the output's ``OutputLock``, taken here and kept for the caller's writer (``JsonlAppender(lock=...)``), so that
     a second run cannot rewrite the settings of an output that holds no record yet between this check and the first
     record (its records would then mix under the other run's settings); the caller releases it. Returns whether the
-    output was started over.
+    output was started over. ``dry``: the same refusals, but nothing is locked, started over or written (a run's
+    estimate); returns whether the run would start it over.
     """
     output = Path(output)
     refuse_folder(output)
@@ -658,6 +659,10 @@ empty: a run that failed before its first record leaves nothing its successor wo
         check_merge(output, parts)
     # under the output's lock: a run still writing it is not started over (--force) under its feet, nor its
     # sidecar rewritten; the caller's writer takes the lock again at once (or keeps ``lock``)
+    if dry:
+        return _check_settings(output, settings, force=force, exists=exists, remove=None, option=option, split=split,
+                               elsewhere=elsewhere, adopt=adopt, grow=grow, names=names or {}, explain=explain,
+                               held=held, dry=True)
     taken = (lock or OutputLock(output)).acquire()
     try:
         return _check_settings(output, settings, force=force, exists=exists, remove=remove, option=option,
@@ -671,7 +676,8 @@ empty: a run that failed before its first record leaves nothing its successor wo
 def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool | None,
                     remove: Callable[[], None] | None, option: str, split: str | None, elsewhere: str,
                     adopt: tuple[str, ...] = (), grow: tuple[str, ...] = (), names: dict | None = None,
-                    explain: Callable[[set[str]], str | None] | None = None, held: str | None = None) -> bool:
+                    explain: Callable[[set[str]], str | None] | None = None, held: str | None = None,
+                    dry: bool = False) -> bool:
     sidecar = settings_path(output)
     settings = json.loads(json.dumps(settings, default=str))  # the form it takes on disk (tuples -> lists)
     has_output = (output.exists() and output.stat().st_size > 0) if exists is None else exists
@@ -705,9 +711,12 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
                                 path=output if output.exists() else sidecar, record="settings",
                                 fix=(explain and explain(keys)) or
                                 f"use the old settings, another {elsewhere}, or {option} to start over")
+            if dry:
+                return True
             (remove or (lambda: output.unlink(missing_ok=True)))()
             started_over = True
-    atomic_write_json(sidecar, settings if split is None else {**settings, "split": split}, if_changed=True)
+    if not dry:
+        atomic_write_json(sidecar, settings if split is None else {**settings, "split": split}, if_changed=True)
     return started_over
 
 

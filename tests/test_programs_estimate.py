@@ -104,3 +104,24 @@ def test_dry_run_refuses_a_base_url_with_credentials_as_the_run_does(workdir):  
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert "--base-url holds a user name or password" in r.stderr and "hunter2secret" not in r.stderr
+
+
+def test_an_output_of_other_settings_is_said_refused_and_estimated_anew(workdir, good_programs):  # noqa: F811
+    """The estimate counted what a resume would ask for under another --model, which the run then refused
+    (settings differ): it says the refusal, and counts what --force (or another --out) asks for; with --force
+    it is counted without a word. Nothing is written: the output and its settings stay as they were."""
+    reply = lambda body, n: Reply(json.dumps(good_programs[narration_id_of(body)]))  # noqa: E731
+    with ScriptedServer(reply) as server:
+        assert generate_programs(config(workdir, server, limit=3)).statuses == {"valid": 3}
+    folder = workdir / "programs"
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and "sqlite" not in p.name}
+    assert estimate_cost(offline_config(workdir)).pending == N_SEGMENTS - 3  # the same settings: a resume
+    est = estimate_cost(offline_config(workdir, model="another-model"))
+    assert est.refused and "was started with other settings" in est.refused and "another-model" in est.refused
+    assert (est.pending, est.answered) == (N_SEGMENTS, 0)  # another model: no reply of the cache is its
+    assert est.lines()[0].startswith("estimate: a run with these options is refused: ")
+    forced = estimate_cost(offline_config(workdir, model="another-model", force=True))
+    assert forced.refused is None and (forced.pending, forced.answered) == (N_SEGMENTS, 0)
+    # the first model again with --force and no change of settings: a resume (nothing is started over)
+    assert estimate_cost(offline_config(workdir, force=True)).pending == N_SEGMENTS - 3
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and "sqlite" not in p.name} == before

@@ -44,6 +44,7 @@ class CostEstimate:
     max_tokens: int
     price: Callable[[dict], float]  # USD of a request's usage (``GenerateConfig.cost``)
     prices: str             # the prices, as said
+    refused: str | None = None  # the run's refusal of the output (other settings): pending is then every segment
 
     @property
     def asked(self) -> int:
@@ -57,10 +58,12 @@ class CostEstimate:
         return self.price(usage) * self.asked
 
     def lines(self) -> list[str]:
+        lines = [f"estimate: a run with these options is refused: {self.refused}; the figures below are those of "
+                 "--force or another --out, which make every segment anew"] if self.refused else []
         if not self.pending:
-            return [f"estimate: nothing pending in {self.split}: a run would ask for nothing"]
+            return lines + [f"estimate: nothing pending in {self.split}: a run would ask for nothing"]
         free = f" ({self.answered:,} answered by the program cache, free)" if self.answered else ""
-        lines = [f"estimate: {self.pending:,} segments of {self.split} pending{free}: {self.asked:,} requests"]
+        lines += [f"estimate: {self.pending:,} segments of {self.split} pending{free}: {self.asked:,} requests"]
         if not self.asked:
             return lines
         lines += [

@@ -285,11 +285,12 @@ def update_batch_pending(out: Path, *, add: tuple[list[str], list[str]] | None =
                          "ingest or run that can write it takes them off)")
 
 
-def pending_records(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder) -> tuple[list[dict], dict[str, str],
-                                                                                        set[str]]:
+def pending_records(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder, *, anew: bool = False
+                    ) -> tuple[list[dict], dict[str, str], set[str]]:
     """(pending, kept, reclipped): the input's records a run makes (each narration id once, in the input's order;
-    before --limit), and ``kept_and_redone``'s two, read from the output without writing anything."""
-    kept, reclipped = kept_and_redone(cfg, inputs, builder)
+    before --limit), and ``kept_and_redone``'s two, read from the output without writing anything (``anew``: an
+    output the run starts over, whose records count for nothing)."""
+    kept, reclipped = ({}, set()) if anew else kept_and_redone(cfg, inputs, builder)
     seen: set[str] = set()  # (an id twice in the input is made once)
     pending = [r for r in inputs.records if r["narration_id"] not in kept
                and not (r["narration_id"] in seen or seen.add(r["narration_id"]))]
@@ -844,9 +845,10 @@ def asked_token_limit(out: Path) -> int | None:
     return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 
-def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *, exists: bool | None = None) -> bool:
+def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *, exists: bool | None = None,
+                 dry: bool = False) -> bool:
     """Refuse to add records to an output made with other settings (``io.check_settings``, as the other stages),
-    unless ``cfg.force``: then the output starts over. Returns whether it did."""
+    unless ``cfg.force``: then the output starts over. Returns whether it did (``dry``: would; nothing written)."""
     # a settings file kept before the descriptors' settings were adopts those of now; --max-tokens may change on a
     # resume: a reply that was not cut at the old limit is the one a higher limit gives, and the cut ones are
     # invalid records that --retry-invalid asks for again (max_tokens stays in the cache key); lowered, it would cut
@@ -903,7 +905,7 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
                     "results are ingested into it")
     return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
                           exists=exists, adopt=("descriptors",), grow=("params.max_tokens",), explain=explain,
-                          held=held, remove=set_aside, names={**SETTINGS_NAMES, **(
+                          held=held, remove=set_aside, dry=dry, names={**SETTINGS_NAMES, **(
                               {"model": "the offline generator"} if cfg.backend == "offline" else {})})
 
 
@@ -942,7 +944,12 @@ def estimate_cost(cfg: GenerateConfig) -> CostEstimate:
     from leap_cli.programs.batch import _BatchBackend  # (the request's pieces without a client)
 
     inputs, exemplars, builder = _setup(cfg)
-    pending = pending_records(cfg, inputs, builder)[0][: cfg.limit]
+    refused = None
+    try:  # the run's refusal of an output made with other settings; with --force it starts that output over
+        anew = check_output(cfg, builder, inputs, dry=True)
+    except LeapError as e:  # (the figures: those of the fix that makes every segment anew)
+        refused, anew = e.one_line(), True
+    pending = pending_records(cfg, inputs, builder, anew=anew)[0][: cfg.limit]
     store = ProgramStore(cfg.cache_path) if cfg.cache_path.exists() else None
     try:
         gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg), store, builder)
@@ -970,7 +977,8 @@ def estimate_cost(cfg: GenerateConfig) -> CostEstimate:
                         cacheable(chat_tokens([{"role": "system", "content": builder.static_prefix}]) - 3), reply,
                         reply_from, cfg.max_tokens, cfg.cost,
                         f"{cfg.price_in:g} / {cfg.price_in if cfg.price_cached_in is None else cfg.price_cached_in:g}"
-                        f" / {cfg.price_out:g} USD per 1M tokens (--price-in / --price-cached-in / --price-out)")
+                        f" / {cfg.price_out:g} USD per 1M tokens (--price-in / --price-cached-in / --price-out)",
+                        refused)
 
 
 def use_check_process(cfg: GenerateConfig, backend: Backend, pending: int) -> bool:
