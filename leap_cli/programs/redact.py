@@ -4,7 +4,9 @@ log, cached replies and program records.
 ``redact(text)`` replaces each registered secret (the API key, registered by the backend that reads it; the
 values of ``--base-url``'s credential parameters; a proxy's password), any ``Bearer <token>`` / ``Authorization: [Basic|Bearer]
 <value>`` and anything shaped like an OpenAI key (``sk-...``) with ``[REDACTED]``. A server that echoes the
-request's Authorization header in its 401 message cannot make leap print or store the key.
+request's Authorization header in its 401 message cannot make leap print or store the key. A lone UTF-16
+surrogate (a JSON escape of half a character, ``"\\ud83d"``, from a reply cut inside an emoji) becomes U+FFFD: UTF-8
+cannot hold it, and the cache, the output file or the terminal refused the whole reply with a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ REDACTED = "[REDACTED]"
 _SECRETS: set[str] = set()
 _PATTERNS = re.compile(r"(?i)(?P<pre>\bbearer\s+|\bauthorization\s*[:=]\s*[\"']?(?:(?:bearer|basic)\s+)?)[^\s\"',}]+"
                        r"|\bsk-[A-Za-z0-9_\-]{12,}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def register_secret(value: str | None) -> None:
@@ -25,7 +28,7 @@ def register_secret(value: str | None) -> None:
 
 
 def redact(text):
-    """``text`` without secrets (anything not a str is returned as it is)."""
+    """``text`` without secrets, nor lone surrogates (anything not a str is returned as it is)."""
     if not isinstance(text, str) or not text:
         return text
     for s in _SECRETS:
@@ -36,6 +39,13 @@ def redact(text):
     low = text.lower()
     if "bearer" in low or "authoriz" in low or "sk-" in low:
         text = _PATTERNS.sub(lambda m: (m.group("pre") or "") + REDACTED, text)
+    return well_formed(text)
+
+
+def well_formed(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD (module docstring)."""
+    if not text.isascii() and _SURROGATE.search(text):
+        return _SURROGATE.sub("\ufffd", text)
     return text
 
 

@@ -20,6 +20,7 @@ import struct
 import sys
 
 from leap_cli.epic.classes import ClassVocab
+from leap_cli.programs.redact import well_formed
 from leap_cli.programs.schema import Finding
 from leap_cli.programs.validate import Labels, check_program
 
@@ -139,7 +140,22 @@ def parse_reply(text: str) -> tuple[dict | None, list[Finding]]:
         return None, [Finding("", f"the reply is not JSON ({e.msg}: line {e.lineno} column {e.colno})")]
     if not isinstance(value, dict):
         return None, [Finding("", f"the reply is JSON but not an object ({type(value).__name__})")]
+    if _ESCAPED_SURROGATE.search(body):  # "\ud83d" alone (a reply cut inside an emoji): U+FFFD in its strings,
+        value = _well_formed(value)  # which the output file (UTF-8) could not hold
     return value, []
+
+
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _well_formed(value):
+    if isinstance(value, str):
+        return well_formed(value)
+    if isinstance(value, dict):
+        return {well_formed(k): _well_formed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_well_formed(v) for v in value]
+    return value
 
 
 def verify_reply(text: str, verbs: ClassVocab, nouns: ClassVocab, labels: Labels, max_sub_actions: int

@@ -33,6 +33,7 @@ Response and error texts pass through ``leap_cli.programs.redact.redact`` before
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -206,24 +207,34 @@ class ProgramStore:
         """Append a buffered row to the journal (module docstring)."""
         try:
             if self._journal_fd is None:
-                self._journal_seq += 1
-                path = self.unwritten_dir / f"{os.getpid()}-{id(self):x}-{self._journal_seq}.jsonl"
-                for tries in (2, 1):
-                    self.unwritten_dir.mkdir(exist_ok=True)
-                    try:
-                        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
-                        break
-                    except FileNotFoundError:  # (another process's close took the empty folder away meanwhile)
-                        if tries == 1:
-                            raise
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._journal_files.append((path, fd))
-                self._journal_fd = fd
+                self._journal_fd = self._journal_file()
             os.write(self._journal_fd, (dumps(row) + "\n").encode())
-        except OSError as e:  # (a full disk): the rows are still buffered and written with the next batch
-            self._journal = False
+        except (OSError, ValueError) as e:  # (a full disk; a file system without flock): the rows are still
+            self._journal = False  # buffered, and written with the next batch
             log.warning("cannot keep the replies not yet in the program cache in %s (%s): a killed run may pay "
-                        "again for those of its last second", self.unwritten_dir, e.strerror or e)
+                        "again for those of its last second", self.unwritten_dir, getattr(e, "strerror", None) or e)
+
+    def _journal_file(self) -> int:
+        """A new journal file of this process, locked before anything is written to it."""
+        for _ in range(5):
+            self._journal_seq += 1
+            path = self.unwritten_dir / f"{os.getpid()}-{id(self):x}-{self._journal_seq}.jsonl"
+            self.unwritten_dir.mkdir(exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
+            except FileNotFoundError:  # (another process's close took the empty folder away meanwhile)
+                continue
+            try:
+                # another process's replay may take the file, empty, before this lock (it waits for that one's)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if os.fstat(fd).st_nlink:
+                    self._journal_files.append((path, fd))
+                    return fd
+            except OSError:  # (no flock on this file system: no journal, and no file of it left behind)
+                _drop([(path, fd)])
+                raise
+            os.close(fd)  # taken away meanwhile: another name
+        raise OSError(errno.EAGAIN, "its files were taken by other processes as they were made")
 
     def _replay(self) -> int:
         """Write the journal files of processes that ended without writing their rows (killed) into the database;
@@ -231,6 +242,10 @@ class ProgramStore:
         try:
             names = sorted(os.listdir(self.unwritten_dir))
         except OSError:  # (none: the usual case)
+            return 0
+        if names and not os.access(self.unwritten_dir, os.W_OK | os.X_OK):  # (taken, they could not be deleted,
+            log.warning("cannot take the replies of stopped runs in %s into the program cache: the folder is not "
+                        "writable", self.unwritten_dir)  # and the next open would count their spend again)
             return 0
         replies = 0
         for name in names:
@@ -248,6 +263,9 @@ class ProgramStore:
                     continue
                 with os.fdopen(os.dup(fd), "rb") as f:
                     data = f.read()
+                if not data:  # (a process made it and was stopped before its first row)
+                    os.unlink(path)
+                    continue
                 cache, ledger = {}, {}
                 for line in data.split(b"\n"):
                     try:
