@@ -46,7 +46,7 @@ from pathlib import Path
 
 from leap_cli.errors import LeapError
 from leap_cli.io import stable_hash
-from leap_cli.programs.redact import redact
+from leap_cli.programs.redact import redact, well_formed
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ class ProgramStore:
         """Cache a reply (``cut``: it stopped at the token limit). ``commit=False``: not even a due commit now (the
         caller's next write or ``close`` makes it), e.g. while a request slot waits for this call."""
         row = self._cache[key] = (key, redact(response), usage.get("prompt_tokens", 0),
-                                  usage.get("completion_tokens", 0), model, time.time(),
+                                  usage.get("completion_tokens", 0), well_formed(model), time.time(),
                                   usage.get("cached_tokens") or None, int(cut))
         if self._journal:
             self._log(("c", *row))
@@ -442,9 +442,11 @@ class ProgramStore:
         if str(out) not in self._ledger_keys:
             path, home = Path(out).resolve(), self.path.resolve().parent
             try:
-                self._ledger_keys[str(out)] = path.relative_to(home).as_posix()
+                key = path.relative_to(home).as_posix()
             except ValueError:
-                self._ledger_keys[str(out)] = str(path)
+                key = str(path)
+            # (a name that is not UTF-8, from a Latin-1 file system: its bytes escaped, as SQLite takes UTF-8 only)
+            self._ledger_keys[str(out)] = os.fsencode(key).decode("utf-8", "backslashreplace")
         return self._ledger_keys[str(out)]
 
     def spent(self, out: str | Path) -> dict:
