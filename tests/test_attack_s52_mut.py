@@ -4,6 +4,7 @@ through (named in its docstring)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -20,6 +21,8 @@ from tests.test_attack_h8mut import eval_shards  # noqa: F401 (the fixture: 2 vi
 
 
 def _fds() -> int:
+    """This process's open descriptors, once what earlier tests left to the garbage collector is closed."""
+    gc.collect()
     return len(os.listdir("/proc/self/fd"))
 
 

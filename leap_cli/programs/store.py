@@ -282,8 +282,12 @@ class ProgramStore:
                 with self.db:
                     self.db.executemany(self._CACHE_SQL, cache.values())
                     self.db.executemany(self._LEDGER_SQL, [(k, *v, time.time()) for k, v in ledger.items()])
-                os.unlink(path)
                 replies += len(cache)
+                try:
+                    os.unlink(path)
+                except OSError as e:  # (written: kept, the next open would count its spend again)
+                    log.warning("%s: its replies are in the program cache now, but it cannot be deleted (%s): "
+                                "delete it, or the next run counts its spend again", path, e.strerror or e)
             finally:
                 os.close(fd)
         if replies:
