@@ -22,6 +22,7 @@ import pytest
 
 from leap_cli.programs.store import ProgramStore
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
+from tests.test_attack_kill_resume import KILL_AT_THIRD_CHECK, leap, lines, run  # (the SIGKILL at the 3rd check)
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
@@ -132,21 +133,6 @@ def test_a_reply_with_a_lone_surrogate_is_cached_with_a_replacement_character(tm
 
 # --- generate-programs against a scripted server -----------------------------------------------------------------
 
-def leap(*args) -> list[str]:
-    return [sys.executable, "-m", "leap_cli", *map(str, args)]
-
-
-def run(cmd, timeout=120) -> tuple[int, str]:
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT, timeout=timeout)
-    return r.returncode, r.stdout.decode(errors="replace")
-
-
-def lines(path) -> int:
-    try:
-        return Path(path).read_bytes().count(b"\n")
-    except OSError:
-        return 0
-
 
 # 6 clips of each of the excerpt's 2 videos: a --shard i/2 run does one video
 PICK = list(range(1, 7)) + list(range(149, 155))
@@ -193,23 +179,6 @@ def _generate(wd, server, *extra):
     return leap("generate-programs", "--workdir", wd, "--split", "val", "--backend", "openai", "--model", "test-model",
                 "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY", "--concurrency", 1,
                 "--timeout", 30, "--price-in", 1, "--price-out", 2, *extra)
-
-
-# the process SIGKILLs itself while checking its third reply: received and paid, its record not written
-KILL_AT_THIRD_CHECK = """
-import os, signal, sys
-from leap_cli.programs import generate
-checked, verify = [], generate.ProgramGenerator.verify
-async def killed_at_the_third(self, text, info):
-    checked.append(info.narration_id)
-    if len(checked) == 3:
-        os.kill(os.getpid(), signal.SIGKILL)
-    return await verify(self, text, info)
-generate.ProgramGenerator.verify = killed_at_the_third
-sys.argv[0] = "leap"
-from leap_cli.cli import main
-main()
-"""
 
 
 def _killed_at_third_check(cmd) -> None:
