@@ -946,6 +946,18 @@ def gc_paused() -> Iterator[None]:
 _TOLD_TRUNCATED: set[tuple[str, int, int]] = set()  # (file, where, bytes) of the truncated last lines warned of
 
 
+# the characters that JSON leaves raw and that str.splitlines() (and JavaScript, and some editors) take as line
+# breaks: a record holding one (a reply's U+2028) was two lines to such a reader
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def json_line(obj) -> str:
+    """``obj`` as one JSONL line, newline included: UTF-8 as it is, but the characters any reader takes as a line
+    break escaped (``_LINE_BREAKS``)."""
+    text = json.dumps(obj, ensure_ascii=False)
+    return (text if text.isascii() else text.translate(_LINE_BREAKS)) + "\n"
+
+
 def iter_jsonl(path: str | Path, *, repair: bool = False) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) of each non-blank line of a JSONL file, read as a stream (one line in memory at a
     time). A truncated last line (a crash mid-write) is dropped, and cut off the file when ``repair`` is set; a bad
@@ -1108,7 +1120,7 @@ class JsonlAppender:
         if k in self.keys:
             return False
         try:
-            self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._f.write(json_line(record))
             self._f.flush()
             self.keys.add(k)
             if k in self._redo:

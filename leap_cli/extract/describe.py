@@ -56,8 +56,9 @@ def render_parts(parts: dict[str, str]) -> str:
 
 
 def _one_line(text: str) -> str:
-    """A part's text on its one line (a narration with a line break in it split the clip text's format)."""
-    return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
+    """A part's text on its one line (a narration with a line break in it split the clip text's format; also the
+    breaks only Unicode has, U+2028 and the like)."""
+    return text if text.isascii() and "\n" not in text and "\r" not in text else " ".join(text.splitlines())
 
 
 def clip_parts(start: float, stop: float, components: dict[str, dict], *, max_events: int = 24) -> dict[str, str]:

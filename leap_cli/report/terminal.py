@@ -11,9 +11,10 @@ import re
 from rich.markup import escape
 
 # C0 controls but tab and newline, DEL and C1, and the invisible format characters that reorder or hide text
-# (bidirectional overrides and isolates, zero-width characters, the BOM): shown as \xNN / \uNNNN (newline too when
+# (bidirectional overrides and isolates, zero-width characters, the BOM) and Unicode's line and paragraph
+# separators: shown as \xNN / \uNNNN (newline too when
 # the text must stay on one line)
-_FORMAT = "\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
+_FORMAT = "\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
 _CONTROL = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_FORMAT}]")
 _CONTROL_ONE_LINE = re.compile(f"[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f{_FORMAT}]")
 # rich reads backslashes as escapes only before a tag: trailing backslashes are doubled and an empty tag put after

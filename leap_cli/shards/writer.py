@@ -38,8 +38,8 @@ from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
-from leap_cli.io import (JsonlAppender, OutputLock, ShardReaders, atomic_write_json, read_jsonl, sha256_file,
-                         shard_parts, stable_hash, with_path, writer_of)
+from leap_cli.io import (JsonlAppender, OutputLock, ShardReaders, atomic_write_json, json_line, read_jsonl,
+                         sha256_file, shard_parts, stable_hash, with_path, writer_of)
 from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.programs.provenance import MadeBy, prompt_version
@@ -498,7 +498,7 @@ def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
         kept = [dict(r, skipped=[x for x in r["skipped"] if x["narration_id"] not in retried]) for r in kept]
     if len(kept) < len(done) or retried:
         appender.close()
-        atomic_write_text(progress_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        atomic_write_text(progress_path, "".join(json_line(r) for r in kept))
         appender = JsonlAppender(progress_path, key="name", keep_records=True)
     for stray in out.glob(f".{prefix}-*.tar.partial"):
         stray.unlink()
@@ -706,7 +706,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
 
             shards[-1] = dict(shards[-1], skipped=shards[-1]["skipped"] + trailing)
             trailing = []
-            atomic_write_text(progress_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in shards))
+            atomic_write_text(progress_path, "".join(json_line(r) for r in shards))
     except BaseException:
         sink.abort()
         appender.close()
