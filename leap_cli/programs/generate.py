@@ -924,8 +924,8 @@ def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
         records = [r for r in records if r["narration_id"] == narration_id]
         if not records:
             raise LeapError(f"segment {narration_id} is not in the input", fix="check --split and the narration id")
-    elif records and cfg.out_path.exists():  # the first segment a run would send: not one with its record
-        done = kept_and_redone(cfg, inputs, builder)[0]
+    elif records and cfg.out_path.exists() and not starts_over(cfg, builder, inputs):
+        done = kept_and_redone(cfg, inputs, builder)[0]  # the first segment a run would send: not one with its record
         records = [r for r in records if r["narration_id"] not in done]
         if not records:
             raise LeapError("every segment of the input has its record in the output", path=cfg.out_path,
@@ -937,6 +937,16 @@ def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
     return render_messages(builder.messages(clip_info(records[0], inputs.segments.get(records[0]["narration_id"]))))
 
 
+def starts_over(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs) -> str | bool:
+    """Whether a run of ``cfg`` makes every segment anew: ``--force`` over an output of other settings (True), or
+    the refusal of such an output without it (its one line: the figures of a dry run are then --force's); False
+    for a resume. Nothing is written (``check_output(dry=True)``)."""
+    try:
+        return check_output(cfg, builder, inputs, dry=True)
+    except LeapError as e:
+        return e.one_line()
+
+
 def estimate_cost(cfg: GenerateConfig) -> CostEstimate:
     """What a run of ``cfg`` with an LLM would ask for and cost (``programs.estimate``): read from the input, the
     output and the program cache without writing a record or a reply (a cache of an older leap gets its new tables,
@@ -944,12 +954,9 @@ def estimate_cost(cfg: GenerateConfig) -> CostEstimate:
     from leap_cli.programs.batch import _BatchBackend  # (the request's pieces without a client)
 
     inputs, exemplars, builder = _setup(cfg)
-    refused = None
-    try:  # the run's refusal of an output made with other settings; with --force it starts that output over
-        anew = check_output(cfg, builder, inputs, dry=True)
-    except LeapError as e:  # (the figures: those of the fix that makes every segment anew)
-        refused, anew = e.one_line(), True
-    pending = pending_records(cfg, inputs, builder, anew=anew)[0][: cfg.limit]
+    anew = starts_over(cfg, builder, inputs)
+    refused = anew if isinstance(anew, str) else None
+    pending = pending_records(cfg, inputs, builder, anew=bool(anew))[0][: cfg.limit]
     store = ProgramStore(cfg.cache_path) if cfg.cache_path.exists() else None
     try:
         gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg), store, builder)
