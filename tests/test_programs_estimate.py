@@ -15,7 +15,7 @@ from leap_cli.programs.estimate import cacheable, chat_tokens, text_tokens
 from leap_cli.programs.generate import estimate_cost, generate_programs
 from tests.program_helpers import server_config as config
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
-from tests.test_programs_generate import N_SEGMENTS, good_programs, workdir  # noqa: F401 (the fixtures)
+from tests.test_programs_generate import N_SEGMENTS, good_programs, records, workdir  # noqa: F401 (the fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,3 +125,39 @@ def test_an_output_of_other_settings_is_said_refused_and_estimated_anew(workdir,
     # the first model again with --force and no change of settings: a resume (nothing is started over)
     assert estimate_cost(offline_config(workdir, force=True)).pending == N_SEGMENTS - 3
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and "sqlite" not in p.name} == before
+
+
+def test_retry_invalid_asks_anew_for_a_record_the_cache_alone_makes_invalid(workdir, good_programs):  # noqa: F811
+    """A clip answered invalid, changed (answered valid), then changed back: a --retry-invalid run made its record
+    from the cached invalid reply again, unasked (its record was valid when the run began, so not one of the
+    output's invalid ones). Now the run asks anew, and the dry run's estimate counts that request."""
+    csv = workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv"
+    lines = csv.read_text().splitlines()
+    nid, narration = lines[2].split(",")[0], lines[2].split(",")[8]
+    bad = {"on": True}
+
+    def script(body, n):
+        program = json.loads(json.dumps(good_programs[narration_id_of(body)]))
+        if narration_id_of(body) == nid and bad["on"]:
+            program["steps"][0]["verb"] = "teleport"  # parses, fails validation
+        return Reply(json.dumps(program))
+
+    def clip(text):
+        lines[2] = lines[2].replace(lines[2].split(",")[8], text, 1)
+        csv.write_text("\n".join(lines) + "\n")
+
+    with ScriptedServer(script) as server:
+        run = lambda **kw: generate_programs(config(workdir, server, data=workdir / "kitchen",  # noqa: E731
+                                                    repair_rounds=0, **kw))
+        assert run().statuses == {"valid": N_SEGMENTS - 1, "invalid": 1}
+        bad["on"] = False
+        clip(f"{narration} again")
+        assert run().statuses == {"valid": 1}
+        clip(narration)  # back: the first prompt, whose invalid reply is cached
+        plain = estimate_cost(offline_config(workdir, data=workdir / "kitchen", repair_rounds=0))
+        retry = estimate_cost(offline_config(workdir, data=workdir / "kitchen", repair_rounds=0, retry_invalid=True))
+        assert (plain.pending, plain.answered, retry.pending, retry.answered) == (1, 1, 1, 0)
+        asked = len(server.requests)
+        assert run(retry_invalid=True).statuses == {"valid": 1}
+        assert [narration_id_of(b) for b in server.requests[asked:]] == [nid]
+    assert {r["narration_id"]: r["status"] for r in records(workdir)}[nid] == "valid"

@@ -507,6 +507,7 @@ class ProgramGenerator:
         # segment is a request of the batch); a repair turn that is not cached ends the record unrepaired, as a
         # Batch result ends
         self.cache_only = False
+        self.dry = False  # with cache_only: read the cache and write nothing to it (the dry run's estimate)
         self.summary_requests = 0
         self.summary_hits = 0
         self.may_send: Callable[[], bool] | None = None  # asked before each request goes out (_generate's disk check)
@@ -574,7 +575,18 @@ class ProgramGenerator:
         return self.verify_here(text, info)
 
     async def run_one(self, record: dict, prompt: Prompt | None = None) -> dict:
-        """The segment's program record; ``prompt``: its prompt when the caller built it already."""
+        """The segment's program record; ``prompt``: its prompt when the caller built it already. Under
+        --retry-invalid a record the cache alone makes ``invalid`` (its clip changed and changed back, the output
+        was lost) is asked anew, as the output's invalid records are (``reask``)."""
+        result = await self._run_one(record, prompt)
+        nid = record["narration_id"]
+        if (self.cfg.retry_invalid and result["status"] == "invalid" and result["provenance"]["cached"]
+                and not self.cache_only and nid not in self.reask):
+            self.reask.add(nid)
+            result = await self._run_one(record, prompt)
+        return result
+
+    async def _run_one(self, record: dict, prompt: Prompt | None = None) -> dict:
         start = time.perf_counter()
         info = self.info(record)
         nid = record["narration_id"]
@@ -598,7 +610,7 @@ class ProgramGenerator:
         for rnd in range(self.cfg.repair_rounds + 1):
             schema = self.schema if self.backend.supports_schema else None
             key = self.request_key(prompt.hash)
-            hit = self.cached(prompt.hash) if self._cache and nid not in self.reask else None
+            hit = self.cached(prompt.hash, keep=not self.dry) if self._cache and nid not in self.reask else None
             prov["rounds"] = rnd + 1
             cut = False
             if hit is not None:
@@ -646,7 +658,7 @@ class ProgramGenerator:
             # a paid reply a repair round follows is committed now (its record is not written yet); one that
             # finishes its record is safe in the output file, and waits for the store's next batch. A reply
             # from the cache is logged without its text (the cache row has it: a rerun grew the log by a copy)
-            if self._cache:
+            if self._cache and not self.dry:
                 self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
                                     prompt_hash=phash, cache_key=key, round=rnd, response=None if hit else text,
                                     usage=usage, latency=latency, attempts=attempts, cached=hit is not None,
@@ -958,21 +970,35 @@ def estimate_cost(cfg: GenerateConfig) -> CostEstimate:
     refused = anew if isinstance(anew, str) else None
     pending = pending_records(cfg, inputs, builder, anew=bool(anew))[0][: cfg.limit]
     store = ProgramStore(cfg.cache_path) if cfg.cache_path.exists() else None
+    loop = None
     try:
         gen = ProgramGenerator(cfg, inputs, _BatchBackend(cfg), store, builder)
         gen.take_earlier_limits(asked_token_limit(cfg.out_path))
         changed = clip_changed(inputs, builder)  # (a record whose clip changed is made again, not asked again)
         reask = {nid for nid, r in output_records(cfg, programs=False).items()
-                 if r.get("status") == "invalid" and not changed(r)} if cfg.retry_invalid else set()
+                 if r.get("status") == "invalid" and not changed(r)} if cfg.retry_invalid and not anew else set()
+        gen.cache_only = gen.dry = True
+
+        def made_invalid(r: dict, prompt) -> bool:  # (--retry-invalid asks for such a record anew: run_one)
+            nonlocal loop
+            loop = loop or asyncio.new_event_loop()
+            try:
+                return loop.run_until_complete(gen.run_one(r, prompt))["status"] == "invalid"
+            except NoMoreRequests:
+                return True
+
         answered, prompts = 0, []
         for r in pending:
             prompt = builder.prompt(gen.info(r))
-            if store is not None and r["narration_id"] not in reask and gen.cached(prompt.hash, keep=False):
+            if (store is not None and r["narration_id"] not in reask and gen.cached(prompt.hash, keep=False)
+                    and not (cfg.retry_invalid and made_invalid(r, prompt))):
                 answered += 1
             else:
                 prompts.append(chat_tokens(prompt.messages))
         paid = store.spent(cfg.out_path) if store is not None else {"requests": 0}
     finally:
+        if loop is not None:
+            loop.close()
         if store is not None:
             store.close()
     if paid["requests"]:
