@@ -418,7 +418,7 @@ def _read_jsonl(path: Path) -> list[FrameDetections]:
     if not path.exists():
         raise LeapError("hand-object detections not found", path=path, fix=_EXPECTED)
     frames = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):  # (U+2028 is no line break)
+    for i, line in enumerate(path.read_text(encoding="utf-8-sig").split("\n"), start=1):  # (U+2028: no line break)
         if not line.strip():
             continue
         try:

@@ -37,7 +37,8 @@ def read_object_detections(path: str | Path) -> dict[int, list[LabelledBox]]:
     path = Path(path)
     frames: dict[int, list[LabelledBox]] = ByFrame()
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")  # (not splitlines: a label may hold a U+2028)
+        # (a BOM dropped; not splitlines: a label may hold a U+2028)
+        lines = path.read_text(encoding="utf-8-sig").split("\n")
     except (OSError, UnicodeDecodeError) as e:
         raise LeapError(f"cannot read object detections ({type(e).__name__})", path=path,
                         fix=f"expected {LABELLED_FORMAT}") from None

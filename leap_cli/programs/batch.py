@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from leap_cli.errors import LeapError
-from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, refuse_folder
+from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, json_line, refuse_folder
 from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
                                        reply_usage)
 from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, asked_token_limit,
@@ -259,9 +259,8 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
                 asked_again += nid in again
                 asked.append(nid)
                 head = gen.request_key(prompt.hash, token_limit=False)[:KEY_CHARS]
-                yield (json.dumps({"custom_id": f"{nid}@{clip_hash(inputs, r)}@{head}",
-                                   "method": "POST", "url": BATCH_URL, "body": body}, ensure_ascii=False)
-                       + "\n").encode("utf-8")
+                yield json_line({"custom_id": f"{nid}@{clip_hash(inputs, r)}@{head}", "method": "POST",
+                                 "url": BATCH_URL, "body": body}).encode("utf-8")
 
         try:
             written, removed = _write_parts(path, request_lines(), stream, max_requests, max_mb)

@@ -508,6 +508,8 @@ class ProgramGenerator:
         # Batch result ends
         self.cache_only = False
         self.dry = False  # with cache_only: read the cache and write nothing to it (the dry run's estimate)
+        self.batch_out: set[str] = set()  # the segments of Batch requests written for the output, not ingested yet
+        self._batch_told = False
         self.summary_requests = 0
         self.summary_hits = 0
         self.may_send: Callable[[], bool] | None = None  # asked before each request goes out (_generate's disk check)
@@ -578,11 +580,17 @@ class ProgramGenerator:
         """The segment's program record; ``prompt``: its prompt when the caller built it already. Under
         --retry-invalid a record the cache alone makes ``invalid`` (its clip changed and changed back, the output
         was lost) is asked anew, as the output's invalid records are (``reask``)."""
+        hits = self.summary_hits
         result = await self._run_one(record, prompt)
         nid = record["narration_id"]
         if (self.cfg.retry_invalid and result["status"] == "invalid" and result["provenance"]["cached"]
                 and not self.cache_only and nid not in self.reask):
             self.reask.add(nid)
+            self.summary_hits = hits  # (the cached turns were not this run's answer)
+            if nid in self.batch_out and not self._batch_told:  # (said once: the run's first such segment)
+                self._batch_told = True
+                warn_batch_pending(self.out_path, {nid}, "--retry-invalid (a record the program cache alone makes "
+                                                         "invalid)")
             result = await self._run_one(record, prompt)
         return result
 
@@ -1174,7 +1182,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         gen.take_earlier_limits(earlier_limit)
         gen.checker = checker
         if store is not None and (out_batch := set(batch_pending(cfg.out_path)["ids"])):  # (the cache's answers
-            # are not paid again)
+            # are not paid again; run_one warns of one it asks anew under --retry-invalid)
+            gen.batch_out = out_batch
             warn_batch_pending(cfg.out_path, {r["narration_id"] for r in pending if r["narration_id"] in out_batch and (
                 r["narration_id"] in reask or gen.cached(builder.prompt(gen.info(r)).hash) is None)},
                 "this run")
