@@ -368,6 +368,13 @@ class OutputLock:
                 os.close(fd)
                 if read_only:  # (NFS locks no file opened for reading: EBADF)
                     raise denied from None
+                if e.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP):  # (Lustre without -o flock, an NFS
+                    # without its lock service): one line naming the file system's want, not "check that path"
+                    raise LeapError(f"the file system of this output takes no file locks ({e.strerror or e})",
+                                    path=self.lock_path,
+                                    fix="mount it with flock (Lustre: -o flock; NFS: its lock service), or give the "
+                                        "work directory (or --out) on a file system that has them: leap locks each "
+                                        "output so that two runs never write it at once") from None
                 raise
             holder = _lock_holder(fd)  # (an orphaned worker, a job on another node: the refusal names it)
             os.close(fd)

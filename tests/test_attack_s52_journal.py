@@ -310,3 +310,19 @@ def test_replies_with_half_a_character_are_written_with_a_replacement_character(
     assert len(recs) == 12 and all(r["status"] == "valid" for r in recs.values())
     assert [recs[n]["program"]["steps"][0]["purpose"] for n in (first, second)] == ["half an emoji \ufffd here"] * 2
     assert len(_rows(wd / "programs" / "cache.sqlite", "SELECT key FROM cache")) == 12
+
+
+def test_an_output_on_a_file_system_without_locks_is_refused_in_one_line_naming_it(tmp_path, monkeypatch):
+    """Lustre mounted without -o flock: the output's lock failed with "No locks available (check that path and run
+    the same command again)", naming no file and no cause. It names the lock file and the mount option."""
+    from leap_cli.errors import LeapError
+    from leap_cli.io import OutputLock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(LeapError) as e:
+        OutputLock(tmp_path / "programs" / "val.jsonl").acquire()
+    line = e.value.one_line()
+    assert "takes no file locks" in line and "val.jsonl.lock" in line and "-o flock" in line
