@@ -169,17 +169,18 @@ def generate_programs(
                          limit=limit, shard=spec, price_in=price_in, price_out=price_out,
                          price_cached_in=price_cached_in, max_cost=max_cost, exemplars=exemplars, system_prompt=system_prompt,
                          retry_failed=retry_failed, retry_invalid=retry_invalid, force=force)
-    if dry_run:
-        if backend == "openai":  # a --base-url the run would refuse (credentials in it) is refused here too
-            from leap_cli.programs.backends import url_secrets
+    if dry_run:  # the prompt as it is sent (stdout: not wrapped at the terminal's width)
+        if backend != "openai":
+            typer.echo(build_dry_run(cfg, narration_id))
+            return
+        from leap_cli.programs.backends import url_secrets
+        from leap_cli.programs.generate import dry_run_and_estimate
 
-            url_secrets(base_url or os.environ.get("OPENAI_BASE_URL") or "")
-        typer.echo(build_dry_run(cfg, narration_id))  # as it is sent: not wrapped at the terminal's width
-        if backend == "openai":  # what the run would ask for and cost, before it is paid (stderr: stdout is the prompt)
-            from leap_cli.programs.generate import estimate_cost
-
-            for line in estimate_cost(cfg).lines():
-                err_console.print(escape(line), highlight=False)
+        url_secrets(base_url or os.environ.get("OPENAI_BASE_URL") or "")  # (refused as the run refuses it)
+        prompt, estimate = dry_run_and_estimate(cfg, narration_id)
+        typer.echo(prompt)
+        for line in estimate.lines():  # what the run would ask for and cost, before it is paid (stderr)
+            err_console.print(escape(line), highlight=False)
         return
     if narration_id is not None:  # without --dry-run it would go unheard: every pending segment, paid calls too
         raise LeapError("--narration-id only chooses the segment whose prompt --dry-run prints",

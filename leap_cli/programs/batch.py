@@ -34,7 +34,8 @@ from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, r
                                        reply_usage)
 from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, asked_token_limit,
                                        batch_pending, check_output, clip_changed, clip_hash, note_token_limits,
-                                       output_records, pending_records, token_limit_finding, update_batch_pending, warn_batch_pending)
+                                       output_records, pending_records, token_limit_finding, update_batch_pending,
+                                       warn_batch_pending)
 from leap_cli.programs.redact import redact
 from leap_cli.programs.store import ProgramStore
 from leap_cli.programs.schema import Finding, strict_schema

@@ -936,9 +936,10 @@ def _setup(cfg: GenerateConfig):
     return inputs, exemplars, builder
 
 
-def dry_run(cfg: GenerateConfig, narration_id: str | None = None) -> str:
-    """The prompt of one segment (the first pending one, or ``narration_id``); makes no call."""
-    inputs, _, builder = _setup(cfg)
+def dry_run(cfg: GenerateConfig, narration_id: str | None = None, *, setup: tuple | None = None) -> str:
+    """The prompt of one segment (the first pending one, or ``narration_id``); makes no call. ``setup``: ``_setup``'s
+    inputs, exemplars and prompt builder, read once for the prompt and the estimate (``estimate_cost``)."""
+    inputs, _, builder = setup or _setup(cfg)
     records = inputs.records
     if narration_id:
         records = [r for r in records if r["narration_id"] == narration_id]
@@ -967,13 +968,19 @@ def starts_over(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs) -> 
         return e.one_line()
 
 
-def estimate_cost(cfg: GenerateConfig) -> CostEstimate:
+def dry_run_and_estimate(cfg: GenerateConfig, narration_id: str | None = None) -> tuple[str, CostEstimate]:
+    """``dry_run``'s prompt and ``estimate_cost``'s estimate, the inputs read once (EPIC's train split: seconds)."""
+    setup = _setup(cfg)
+    return dry_run(cfg, narration_id, setup=setup), estimate_cost(cfg, setup=setup)
+
+
+def estimate_cost(cfg: GenerateConfig, *, setup: tuple | None = None) -> CostEstimate:
     """What a run of ``cfg`` with an LLM would ask for and cost (``programs.estimate``): read from the input, the
     output and the program cache without writing a record or a reply (a cache of an older leap gets its new tables,
     as any open of it does), and without the API key."""
     from leap_cli.programs.batch import _BatchBackend  # (the request's pieces without a client)
 
-    inputs, exemplars, builder = _setup(cfg)
+    inputs, exemplars, builder = setup or _setup(cfg)
     anew = starts_over(cfg, builder, inputs)
     refused = anew if isinstance(anew, str) else None
     pending = pending_records(cfg, inputs, builder, anew=bool(anew))[0][: cfg.limit]
