@@ -429,6 +429,19 @@ class ReaderSafeStdout:
         return getattr(self._stream, name)
 
 
+def _quiet_teardown() -> None:
+    """After the open-files line: objects the limit left half-built (torch's DataLoader iterator, whose workers could
+    not start) fail again in their ``__del__`` as the process ends, each an "Exception ignored in ..." traceback under
+    the line that said it all. Such AttributeErrors and OSErrors are dropped; any other goes to the usual hook."""
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, (AttributeError, OSError)):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def raise_open_files_limit(most: int = 65536) -> None:
     """The process's soft limit of open files raised to its hard limit (at most ``most``), as a shell's
     ``ulimit -n`` could: DataLoader workers pass each tensor of a batch as an open file, and a cluster's usual soft
@@ -484,6 +497,8 @@ def _main() -> None:
         if _state["debug"]:
             traceback.print_exc()
         _print_error(os_error_line(e))
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            _quiet_teardown()
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         _interrupted()

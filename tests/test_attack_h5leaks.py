@@ -207,6 +207,24 @@ def test_train_with_loader_workers_under_a_small_ulimit_trains_every_batch(kitch
     assert ckpt["epoch"] == 2 and ckpt["step"] == 2 * ckpt["data_position"]["batches_per_epoch"] == steps[-1]
 
 
+def test_train_whose_loader_workers_cannot_start_says_one_line(kitchen, tmp_path):
+    """Was wrong: under `ulimit -n 20` train's DataLoader could not start its two workers; the error line came, and
+    under it torch's half-built loader iterator failed again in its ``__del__`` at exit ("Exception ignored in ...
+    AttributeError: ... has no attribute '_workers_status'", a traceback of a dozen lines)."""
+    wd = tmp_path / "work"
+    for split in ("train", "val"):
+        subprocess.run([sys.executable, "-m", "leap_cli", "build-shards", "--data", str(kitchen), "--workdir", str(wd),
+                        "--split", split, "--frames", "4", "--short-side", "32"],
+                       check=True, capture_output=True, cwd=tmp_path)
+    r = leap_limited(20, "train", "--config", "tiny-synthetic-short", "--workdir", str(wd), "--name", "r",
+                     "--set", "train.max_steps=2", "--set", "data.batch_size=4", "--set", "data.num_workers=2",
+                     cwd=tmp_path)
+    assert r.returncode == 2, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Too many open files" in errors[0] and "ulimit -n" in errors[0], r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr[-3000:]
+
+
 def test_a_lost_batch_or_a_stalled_worker_is_one_line(monkeypatch):
     """The net under the sharing by name: an EOFError from the loader's queue (a batch lost on its way) and torch's
     "DataLoader timed out" (a batch that never came: the loader waits LOADER_TIMEOUT with workers) are one line

@@ -333,8 +333,8 @@ class Guarded:
         return self.loader.dataset
 
     def __iter__(self) -> Iterator[dict]:
-        it = iter(self.loader)
         workers = self.loader.num_workers
+        it = _start(self.loader) if workers else iter(self.loader)
         while True:
             try:
                 batch = next(it)
@@ -352,6 +352,24 @@ class Guarded:
                                 fix="a slow or stalled disk under the shards, or "
                                     + _LOST_FIX.format(option=self.option)) from e
             yield batch
+
+
+def _start(loader) -> Iterator[dict]:
+    """``iter(loader)`` of a loader with workers. Where it fails part way (the limit of open files reached with a
+    worker started and the next not), torch's half-made iterator cannot stop the workers it started, and those
+    ignore SIGTERM (``loader_worker_init``): Python's exit then waited for them for ever, after the error line. The
+    workers this call started are killed before its error goes on."""
+    import multiprocessing
+
+    before = {p.pid for p in multiprocessing.active_children()}
+    try:
+        return iter(loader)
+    except BaseException:
+        for p in multiprocessing.active_children():
+            if p.pid not in before:
+                p.kill()
+                p.join(5)
+        raise
 
 
 # torch passes each tensor of a worker's batch as an open file ("file_descriptor" sharing), and at the process's
