@@ -78,12 +78,12 @@ def deepseek_busy(body, n=0) -> Reply:
     return Reply(raw=json.dumps(data))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a provider failure inside a 200's choice (OpenRouter's choices[0].error, "
-                                       "DeepSeek's finish_reason insufficient_system_resource) is taken for an empty "
-                                       "model reply: cached, a repair turn paid, the cause never said")
 @pytest.mark.parametrize("quirk,said", [(openrouter_error, "Upstream provider returned error"),
                                         (deepseek_busy, "insufficient_system_resource")])
 def test_an_error_inside_the_first_choice_is_a_failed_request(workdir, good, quirk, said):
+    """Was wrong: a provider failure inside a 200's choice (OpenRouter's choices[0].error, DeepSeek's finish_reason
+    insufficient_system_resource) is taken for an empty model reply: cached, a repair turn paid, the cause never
+    said."""
     target = sorted(good)[0]
 
     def script(body, n):
@@ -103,9 +103,9 @@ def test_an_error_inside_the_first_choice_is_a_failed_request(workdir, good, qui
         assert len(server.requests) == 1 and records(workdir)[target]["status"] == "valid"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: an error in a 200 that refuses response_format json_schema stops the "
-                                       "stage pointing at --model, where a 400 saying the same steps down to JSON mode")
 def test_a_200_error_refusing_structured_outputs_steps_down_to_json_mode(workdir, good):
+    """Was wrong: an error in a 200 that refuses response_format json_schema stops the stage pointing at --model,
+    where a 400 saying the same steps down to JSON mode."""
     refusal = json.dumps({"error": {"message": "response_format json_schema is not supported by this provider",
                                     "code": 400}})
 
@@ -119,10 +119,9 @@ def test_a_200_error_refusing_structured_outputs_steps_down_to_json_mode(workdir
     assert s.statuses == {"valid": ROWS}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a repair turn answered with OpenRouter's choices[0].error is read as "
-                                       "an empty reply: one more repair turn is paid and the record says 'the reply "
-                                       "is empty', not the provider's error")
 def test_an_error_inside_the_choice_of_a_repair_turn_is_said_and_not_repaired(workdir, good):
+    """Was wrong: a repair turn answered with OpenRouter's choices[0].error is read as an empty reply: one more
+    repair turn is paid and the record says 'the reply is empty', not the provider's error."""
     target, script = first_turn_fails_schema(good, openrouter_error)
     with ScriptedServer(script) as server:
         generate_programs(config(workdir, server, repair_rounds=2))
@@ -140,10 +139,9 @@ NGINX_502 = ("<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\
              "</center>\r\n<hr><center>nginx/1.18.0</center>\r\n</body>\r\n</html>\r\n")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a repair turn lost to a proxy's 502 leaves the record invalid: "
-                                       "--retry-errors skips it and only --retry-invalid, which buys the first turn "
-                                       "again, redoes it")
 def test_a_repair_turn_lost_to_a_502_is_redone_by_retry_errors_without_buying_the_first_turn(workdir, good):
+    """Was wrong: a repair turn lost to a proxy's 502 leaves the record invalid: --retry-errors skips it and only
+    --retry-invalid, which buys the first turn again, redoes it."""
     target, script = first_turn_fails_schema(good, lambda body, n: Reply(status=502, raw=NGINX_502))
     with ScriptedServer(script) as server:
         s = generate_programs(config(workdir, server, max_retries=0))

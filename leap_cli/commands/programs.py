@@ -78,7 +78,7 @@ def generate_programs(
                                                             "(all runs together, from the ledger) reaches this (USD)."),
     exemplars: Path = typer.Option(None, "--exemplars", help="Folder of exemplar programs (default: the package's prompts/exemplars)."),
     system_prompt: Path = typer.Option(None, "--system-prompt", help="System prompt file (default: the package's prompts/system.md)."),
-    retry_failed: bool = typer.Option(False, "--retry-errors", help="Redo the records whose status is failed."),
+    retry_failed: bool = typer.Option(False, "--retry-errors", help="Redo the records whose status is failed (and the invalid ones whose repair turn's request failed)."),
     retry_failed_alias: bool = typer.Option(False, "--retry-failed", hidden=True),  # old spelling of --retry-errors
     retry_invalid: bool = typer.Option(False, "--retry-invalid", help="Ask again for the records whose status is "
                                        "invalid (their cached replies are not used: paid again)."),

@@ -580,6 +580,11 @@ class OpenAIBackend(Backend):
                 continue
             status = resp.status
             if status == 200:
+                data = _json_object(resp.body)
+                problem = None if data is None else reply_problem(data)
+                if problem and sent != "none" and _refuses_format(400, None, problem):
+                    self._step_down(sent, status, problem)  # (an error in a 200, as some servers send: as a 400's)
+                    continue
                 break
             message = _error_message(resp)
             param = _refused_param(resp, message) if status == 400 else None
@@ -668,11 +673,7 @@ class OpenAIBackend(Backend):
                 await self._sleep(wait)
                 continue
             raise BackendError(f"HTTP {status}: {message}", attempts, time.perf_counter() - start)
-        try:
-            data = json.loads(resp.body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            data = None
-        if not isinstance(data, dict):
+        if data is None:
             shown = _error_message(resp, 120)
             streamed = "text/event-stream" in resp.headers.get("content-type", "")
             if self._failed(rid, "not JSON", True, "the endpoint streamed its reply (text/event-stream), leap reads "
@@ -684,7 +685,6 @@ class OpenAIBackend(Backend):
             raise BackendError(f"the endpoint did not answer with a JSON object: "
                                f"{redact(resp.body.decode('utf-8', 'replace'))[:120]!r}", attempts,
                                time.perf_counter() - start)
-        problem = reply_problem(data)
         if problem:  # no reply to check, cache or repair: a failed request, which --retry-errors redoes
             if self._failed(rid, "an error in a 200 reply", True, redact(f"every request so far was answered with "
                                                                          f"an error: {problem[:160]}"),
@@ -763,16 +763,37 @@ def reply_cut(data: dict) -> bool:
         return False
 
 
+# finish_reason of a generation the server broke off (OpenRouter's "error", DeepSeek's "insufficient_system_resource",
+# vLLM's "abort"): whatever content came is not the model's whole reply
+FAILED_FINISH = ("error", "insufficient_system_resource", "abort")
+
+
+def _json_object(body: bytes) -> dict | None:
+    """A reply body as the JSON object it should be, else None."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def reply_problem(data: dict) -> str | None:
     """Why a 200 body is no chat completion (an ``error`` in it, as Ollama and some proxies send; no
-    ``choices``; no ``message`` in the first), else None."""
+    ``choices``; no ``message`` in the first; an ``error`` in the first choice, as OpenRouter sends when the
+    provider behind it fails, or a ``finish_reason`` of a generation the server broke off), else None."""
     if data.get("error"):
         return "the endpoint answered 200 with an error: " + redact(" ".join(_said(data).split()))[:300]
     choices = data.get("choices")
     if not isinstance(choices, list) or not choices:
         return "the endpoint's reply has no choices"
-    if not isinstance(choices[0], dict) or not isinstance(choices[0].get("message"), dict):
+    first = choices[0]
+    if not isinstance(first, dict) or not isinstance(first.get("message"), dict):
         return "the endpoint's reply has no message in its first choice"
+    if first.get("error"):
+        return ("the endpoint answered 200 with an error in its reply: "
+                + redact(" ".join(_said({"error": first["error"]}).split()))[:300])
+    if first.get("finish_reason") in FAILED_FINISH:
+        return f"the server broke the reply off (finish_reason {first['finish_reason']!r})"
     return None
 
 

@@ -103,9 +103,12 @@ class GenerateConfig:
         check_extra_body(self.extra_body)  # one line for a body that is no object or would replace the messages
 
     def redo(self, record: dict) -> bool:
-        """Whether a record already in the output is done again (``--retry-errors``, ``--retry-invalid``)."""
+        """Whether a record already in the output is done again (``--retry-errors``: the failed records, and the
+        invalid ones whose repair turn's request failed; ``--retry-invalid``: every invalid one)."""
         status = record.get("status")
-        return (self.retry_failed and status == "failed") or (self.retry_invalid and status == "invalid")
+        repair_failed = status == "invalid" and bool((record.get("provenance") or {}).get("repair_failed"))
+        return ((self.retry_failed and (status == "failed" or repair_failed))
+                or (self.retry_invalid and status == "invalid"))
 
     @property
     def split_name(self) -> str:
@@ -642,8 +645,12 @@ class ProgramGenerator:
                                             prompt_hash=phash, cache_key=key, round=rnd, response=None, usage={},
                                             latency=e.seconds, attempts=e.attempts, cached=False, outcome="failed",
                                             error=str(e))
-                    # a program from an earlier round that failed validation stays, as invalid
+                    # a program from an earlier round that failed validation stays, as invalid; its repair turn's
+                    # request failed (provenance repair_failed), so --retry-errors sends that turn again, the
+                    # earlier rounds' paid replies read from the cache
                     what = getattr(self.backend, "failed", Backend.failed)
+                    if program is not None:
+                        prov["repair_failed"] = True
                     return done("invalid" if program is not None else "failed", program,
                                 findings + [Finding("", f"{what}: {e}")])
                 text, usage, latency, attempts = comp.text, comp.usage, comp.seconds, comp.attempts
