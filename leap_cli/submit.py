@@ -155,10 +155,11 @@ def _entries(scores: dict, with_actions: bool) -> Iterator[tuple[str, dict]]:
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # the zip format's first date, for test.json: a rerun's zip is byte-identical
 
 
-def write_submission(path: str | Path, submission: dict, batch: int = 256) -> None:
+def write_submission(path: str | Path, submission: dict, batch: int = 256, check=None):
     """Write ``test.json`` into a flat zip, atomically, a few segments at a time: the same bytes as
     ``json.dumps(submission)``, whose ``results`` (its last key) may be a dict or an iterator of (narration id,
-    entry) pairs (``make_submission(lazy=True)``)."""
+    entry) pairs (``make_submission(lazy=True)``). ``check(written, path)``, given, reads the written zip before it
+    takes ``path``'s place (a refusal leaves a file already there as it was); what it returns is returned."""
     results = submission["results"]
     items = iter(results.items() if isinstance(results, Mapping) else results)
     head = json.dumps({k: v for k, v in submission.items() if k != "results"}, allow_nan=False)
@@ -177,21 +178,37 @@ def write_submission(path: str | Path, submission: dict, batch: int = 256) -> No
                 f.write(((", " if not first else "") + text).encode())
                 first = False
             f.write(b"}}")
+        return None if check is None else check(tmp, Path(path))
 
 
-def _open_member(path: Path):
-    """The zip's ``test.json``, opened for reading (refusing a missing file, folders, extra files, no zip)."""
+# how test.json may be compressed: the methods Python's zipfile reads (a 7-Zip or Windows zip may use Deflate64)
+_READABLE = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
+             zipfile.ZIP_LZMA: "lzma"}
+
+
+def _open_member(path: Path, shown: Path | None = None):
+    """The zip's ``test.json``, opened for reading (refusing a missing file, folders, extra files, no zip, a
+    password and a compression method zipfile cannot read); ``shown``: the path messages name (else ``path``)."""
+    shown = shown or path
     if not path.exists():
-        raise LeapError("submission file not found", path=path, fix="check the path or run `leap submit` first")
+        raise LeapError("submission file not found", path=shown, fix="check the path or run `leap submit` first")
     try:
         z = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
-        raise LeapError("not a zip file", path=path, fix="write it with `leap submit`") from None
+        raise LeapError("not a zip file", path=shown, fix="write it with `leap submit`") from None
     names = [n for n in z.namelist() if not n.endswith("/")]
     if names != [MEMBER]:
         z.close()
         raise LeapError(f"the zip holds {_examples(names) or 'nothing'}; it must hold only {MEMBER} "
-                        f"at its root", path=path, fix="zip test.json alone, without a folder")
+                        f"at its root", path=shown, fix="zip test.json alone, without a folder")
+    info = z.getinfo(MEMBER)
+    problem = ("is encrypted (a zip with a password), which the challenge's server cannot read" if info.flag_bits & 1
+               else f"is compressed with method {info.compress_type}, which Python's zipfile (and so the challenge's "
+                    f"server) cannot read" if info.compress_type not in _READABLE else None)
+    if problem:
+        z.close()
+        raise LeapError(f"{MEMBER} {problem}", path=shown,
+                        fix="write it with `leap submit` (or zip test.json with `zip`, deflate, no password)")
     return z
 
 
@@ -292,15 +309,18 @@ class _JsonStream:
             return value
 
 
-def _check_streamed(path: Path, expected_ids: Sequence[str], num_verbs: int, num_nouns: int) -> dict:
-    """``check_submission`` of a submission zip, its results read and checked one entry at a time."""
-    check = _SubmissionCheck(expected_ids, num_verbs, num_nouns, str(path))
+def _check_streamed(path: Path, expected_ids: Sequence[str], num_verbs: int, num_nouns: int,
+                    shown: Path | None = None) -> dict:
+    """``check_submission`` of a submission zip, its results read and checked one entry at a time; ``shown``: the
+    path messages name (the output a temp file is written for), else ``path``."""
+    shown = shown or path
+    check = _SubmissionCheck(expected_ids, num_verbs, num_nouns, str(shown))
     header: dict = {}
-    with _open_member(path) as z, z.open(MEMBER) as f:
+    with _open_member(path, shown) as z, z.open(MEMBER) as f:
         try:
             stream = _JsonStream(f, json.detect_encoding(f.peek(4)[:4]))
             if stream.peek() != "{":  # (no object: said as a whole parse says it, its place counted from the start)
-                return check_submission(json.loads(stream.whole()), expected_ids, num_verbs, num_nouns, str(path))
+                return check_submission(json.loads(stream.whole()), expected_ids, num_verbs, num_nouns, str(shown))
             stream.take("{")
             while stream.peek() != "}":
                 if header:
@@ -311,7 +331,7 @@ def _check_streamed(path: Path, expected_ids: Sequence[str], num_verbs: int, num
                     header[key] = stream.value()
                     continue
                 if header.get("results") is check:  # (json.loads would keep the second; its entries are gone)
-                    raise LeapError("test.json gives results twice", path=path, fix="write it with `leap submit`")
+                    raise LeapError("test.json gives results twice", path=shown, fix="write it with `leap submit`")
                 header[key] = check  # (the entries go to it)
                 stream.take("{")
                 while stream.peek() != "}":
@@ -325,11 +345,11 @@ def _check_streamed(path: Path, expected_ids: Sequence[str], num_verbs: int, num
             if stream.peek():
                 raise json.JSONDecodeError("Extra data", stream.buf, stream.pos)
         except json.JSONDecodeError as e:
-            raise _not_json(path, stream.where(e) if e.doc is stream.buf else e) from None
+            raise _not_json(shown, stream.where(e) if e.doc is stream.buf else e) from None
         except _NOT_JSON as e:
-            raise _not_json(path, e) from None
+            raise _not_json(shown, e) from None
         except _DAMAGED as e:
-            raise _damaged(path, e) from None
+            raise _damaged(shown, e) from None
     return check.finish(header)
 
 
@@ -479,9 +499,10 @@ def submit(scores: dict, annotations: Annotations, task: str, out: str | Path, *
            sls_td: int, with_actions: bool = False, source: str = "<scores>") -> dict:
     """Check ``scores`` against the test split, write the zip, re-check what was written; return the summary."""
     expected, nv, nn = check_submittable(scores, annotations, task, source)
-    write_submission(out, make_submission(scores, task, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
-                                          with_actions=with_actions, lazy=True))
-    return _check_streamed(Path(out), expected, nv, nn)  # what was written, an entry at a time
+    # what was written is checked an entry at a time before it takes the place of a file at ``out``
+    return write_submission(out, make_submission(scores, task, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,
+                                                 with_actions=with_actions, lazy=True),
+                            check=lambda written, shown: _check_streamed(written, expected, nv, nn, shown))
 
 
 def check_file(path: str | Path, annotations: Annotations) -> dict:

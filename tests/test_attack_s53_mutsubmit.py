@@ -136,31 +136,32 @@ def _patched(path, method: int | None = None, encrypted: bool = False):
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --check of a zip whose test.json is Deflate64 (7-Zip, Windows) or "
-                                       "another method zipfile lacks: NotImplementedError traceback, not one line")
 def test_check_of_a_deflate64_zip_is_one_line(tmp_path, ann_dir):  # noqa: F811
+    """Was wrong: --check of a zip whose test.json is Deflate64 (7-Zip, Windows) or another method zipfile lacks:
+    NotImplementedError traceback, not one line."""
     path = _patched(tmp_path / "s.zip", method=9)
     with pytest.raises(LeapError, match="s.zip"):
         sub.check_file(path, Annotations(ann_dir))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --check of a password-protected zip (zip -e): RuntimeError "
-                                       "traceback, not one line")
 def test_check_of_an_encrypted_zip_is_one_line(tmp_path, ann_dir):  # noqa: F811
+    """Was wrong: --check of a password-protected zip (zip -e): RuntimeError traceback, not one line."""
     path = _patched(tmp_path / "s.zip", encrypted=True)
     with pytest.raises(LeapError, match="s.zip"):
         sub.check_file(path, Annotations(ann_dir))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: submit --with-actions where verbs x nouns < 100 is refused only after "
-                                       "the zip is written: a valid submission.zip at --out is replaced by the invalid one")
 def test_a_refused_action_submission_leaves_the_earlier_zip_as_it_was(tmp_path, ann_dir):  # noqa: F811
+    """Was wrong: submit --with-actions where verbs x nouns < 100 is refused only after the zip is written: a valid
+    submission.zip at --out is replaced by the invalid one."""
     ann, out = Annotations(ann_dir), tmp_path / "a.zip"
     sub.submit(_test_scores(), ann, "anticipation", out, sls_pt=0, sls_tl=0, sls_td=0)
     before = out.read_bytes()
-    with pytest.raises(LeapError, match="exactly 100"):  # 6 x 8 = 48 verb-noun pairs
+    with pytest.raises(LeapError, match="exactly 100") as e:  # 6 x 8 = 48 verb-noun pairs
         sub.submit(_test_scores(), ann, "anticipation", out, sls_pt=0, sls_tl=0, sls_td=0, with_actions=True)
     assert out.read_bytes() == before
+    assert str(out) in e.value.one_line() and ".tmp" not in e.value.one_line()  # the output named, not its temp file
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "kitchen") == ["a.zip"]  # no temp file left
 
 
 # ---- estimate ------------------------------------------------------------------------------------------------------
