@@ -215,10 +215,10 @@ def test_anticipation_samples_store_no_frame_at_or_after_the_cut_off(mode):
 
 
 # ------------------------------------------------------------------------ 5. greedy decoding: its cost
-@pytest.mark.xfail(strict=True, reason="BUG (cost): an anticipation model's forward without targets greedily decodes "
-                                       "the current clip twice (step logits + aggregation embedding)")
 def test_an_anticipation_forward_decodes_each_clip_once():
-    """Greedy decoding has no KV cache: max_steps decoder passes over growing prefixes (on B/16 8x224, 16 rows, CPU:
+    """Was wrong: BUG (cost): an anticipation model's forward without targets greedily decodes the current clip twice
+    (step logits + aggregation embedding).
+    Greedy decoding has no KV cache: max_steps decoder passes over growing prefixes (on B/16 8x224, 16 rows, CPU:
     ~0.3x the backbone's time per clip). ``LeapModel.forward`` without targets decodes the current clip greedily
     for the step logits, and ``_aggregate`` -> ``_program_embedding`` decodes the same memory greedily again for
     its embedding: 4 decodes per sample (2 context + current twice) where 3 give the same outputs."""

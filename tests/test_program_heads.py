@@ -98,7 +98,7 @@ def test_targets_shorter_or_longer_than_max_steps_are_padded_with_ignore_or_cut(
 def _scripted_greedy(dec, monkeypatch, kinds):
     """Greedy decoding whose kind column follows ``kinds`` (the other columns: the decoder's own argmax); returns
     (ids, states, the input rows of the final pass)."""
-    real_heads, real_decode = dec._heads, dec._decode
+    real_heads, real_decode = dec.step_logits, dec._decode
     calls, inputs = [], []
 
     def heads(h):
@@ -114,10 +114,10 @@ def _scripted_greedy(dec, monkeypatch, kinds):
         inputs.append(prev.clone())
         return real_decode(prev, memory)
 
-    monkeypatch.setattr(dec, "_heads", heads)
+    monkeypatch.setattr(dec, "step_logits", heads)
     monkeypatch.setattr(dec, "_decode", decode)
     ids, h = dec.greedy(make_memory(dec))
-    monkeypatch.setattr(dec, "_heads", real_heads)
+    monkeypatch.setattr(dec, "step_logits", real_heads)
     monkeypatch.setattr(dec, "_decode", real_decode)
     return ids, h, inputs[-1]
 

@@ -139,7 +139,8 @@ class ProgramDecoder(nn.Module):
         h = self.decoder(x, memory, tgt_mask=causal, tgt_is_causal=True)
         return self.norm(h)  # [B, l, dim]
 
-    def _heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step_logits(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The step logits of hidden states [B, L, dim] (``greedy``'s, or a teacher-forced pass's)."""
         out = {"step_verb": self.verb_out(h), "step_obj_a": self.obj_a_out(h), "step_obj_b": self.obj_b_out(h)}
         if self.spec.structure:
             out["step_hand"] = self.hand_out(h)
@@ -157,9 +158,9 @@ class ProgramDecoder(nn.Module):
             if steps.shape[1] < L:
                 steps = F.pad(steps, (0, 0, 0, L - steps.shape[1]), value=IGNORE)  # [B, L, K]
             h = self._decode(self._shift(steps), memory)
-            return self._heads(h), h
+            return self.step_logits(h), h
         _, h = self.greedy(memory)
-        return self._heads(h), h
+        return self.step_logits(h), h
 
     def greedy(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding: (ids [B, L, K], hidden states [B, L, dim]). Marker rows carry -100 in their
@@ -170,7 +171,7 @@ class ProgramDecoder(nn.Module):
         prev = bos.expand(B, 1, k)
         with torch.no_grad():  # argmax is not differentiable; the final pass below carries the graph
             for _ in range(self.spec.max_steps):
-                logits = self._heads(self._decode(prev, memory)[:, -1:])
+                logits = self.step_logits(self._decode(prev, memory)[:, -1:])
                 step = torch.stack([logits[c].argmax(-1) for c in self.spec.columns], -1)
                 prev = torch.cat([prev, self.mask_markers(step, bos)], dim=1)  # [B, l+1, K]
         h = self._decode(prev[:, :-1], memory)  # hidden states of the whole greedy sequence, [B, L, dim]

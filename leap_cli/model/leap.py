@@ -146,12 +146,14 @@ class LeapModel(nn.Module):
             recognition = torch.cat(parts, -1).to(feature.dtype)
         return self.decoder.memory(tokens, feature, recognition)
 
-    def _program_embedding(self, feature: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def _program_embedding(self, feature: torch.Tensor, tokens: torch.Tensor,
+                           decoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Mean decoder state of the greedily predicted program, up to and with its first END row (``pool``
         "program"; "all": every one of the ``max_steps`` rows, those after END too, which no loss trains and which
-        outnumber a short program's): [B, decoder_dim]."""
+        outnumber a short program's): [B, decoder_dim]. ``decoded``: the clip's greedy (ids, hidden states), where
+        the caller has them already."""
         assert self.decoder is not None
-        ids, h = self.decoder.greedy(self._memory(feature, tokens))
+        ids, h = decoded if decoded is not None else self.decoder.greedy(self._memory(feature, tokens))
         if self.program_pool == POOL_BEFORE_THE_KEY:
             return h.mean(1)
         keep = (~self.decoder.after_end(ids)).to(h.dtype)[..., None]  # [B, L, 1]; row 0 is always kept
@@ -159,14 +161,16 @@ class LeapModel(nn.Module):
 
     def _aggregate(
         self, feature: torch.Tensor, tokens: torch.Tensor, context_video: torch.Tensor | None,
-        context_mask: torch.Tensor | None,
+        context_mask: torch.Tensor | None, decoded: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """The action feature of the current clip and its context (``decoded``: the current clip's greedy program,
+        where forward decoded it already)."""
         assert self.aggregator is not None
         B, C = feature.shape[0], self.context
         embeds = feature.new_zeros(B, C + 1, self.aggregator.clip_pos.shape[-1])
         mask = torch.zeros(B, C + 1, dtype=torch.bool, device=feature.device)
         mask[:, C] = True
-        embeds[:, C] = self._program_embedding(feature, tokens)
+        embeds[:, C] = self._program_embedding(feature, tokens, decoded)
         if context_video is not None and C > 0:
             if context_video.shape[1] > C:  # shards built with more --context: the latest C (oldest first)
                 context_video = context_video[:, -C:]
@@ -197,14 +201,18 @@ class LeapModel(nn.Module):
         (``labels``: the true verb and noun classes, for ``decoder_label_forcing`` in training)."""
         feature, tokens = self.encode(video)
         out: dict[str, torch.Tensor] = {}
+        decoded = None  # the greedy program, without targets: the aggregation's embedding of this clip reads it
         if self.decoder is not None:
-            logits, _ = self.decoder(self._memory(feature, tokens, labels if program_steps is not None else None),
-                                     program_steps)
-            out.update(logits)
+            memory = self._memory(feature, tokens, labels if program_steps is not None else None)
+            if program_steps is None:
+                decoded = self.decoder.greedy(memory)
+                out.update(self.decoder.step_logits(decoded[1]))
+            else:
+                out.update(self.decoder(memory, program_steps)[0])
             out["conditions"] = self.condition_head(feature)
         action_feature = feature
         if self.aggregator is not None:
-            action_feature = self._aggregate(feature, tokens, context_video, context_mask)
+            action_feature = self._aggregate(feature, tokens, context_video, context_mask, decoded)
         out["verb"] = self.verb_head(action_feature)
         out["noun"] = self.noun_head(action_feature)
         return out
