@@ -228,6 +228,16 @@ def programs_provenance(m: dict) -> dict | None:
             "sha256": (m.get("sources") or {}).get("programs")}
 
 
+LABEL_SOURCES = ("annotations", "verb_classes", "noun_classes")
+
+
+def labels_provenance(m: dict) -> dict | None:
+    """What a manifest's labels were made from, as a run keeps it (``provenance.json``): the hashes of the split's
+    annotation rows and of the class files (``sources``); None where the manifest keeps none."""
+    sources = m.get("sources") or {}
+    return {k: sources.get(k) for k in LABEL_SOURCES} if any(sources.get(k) for k in LABEL_SOURCES) else None
+
+
 # How a part packs its samples into tars, not what the samples hold: parts may differ in them.
 PACKING = frozenset({"settings.max_shard_size", "settings.max_count"})
 

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from leap_cli.errors import LeapError
 from leap_cli.shards.dataset import (Guarded, ShardDataset, anticipation_timing, check_context, loader_workers,
                                     shard_loader, timing_text)
-from leap_cli.shards.format import part_counts, programs_provenance
+from leap_cli.shards.format import labels_provenance, part_counts, programs_provenance
 from leap_cli.train.config import Config
 from leap_cli.train.distributed import DistInfo
 
@@ -73,7 +73,8 @@ class ShardSource:
         self.timing = anticipation_timing(manifest)  # (kept in the checkpoints: evaluate compares its shards')
         # the run's provenance.json: which shards, and what made their programs (a manifest of an earlier leap: unknown)
         self.provenance = {"train": {"shards": os.path.abspath(self.train_dir),
-                                     "programs": programs_provenance(manifest)}, "val": None}
+                                     "programs": programs_provenance(manifest),
+                                     "labels": labels_provenance(manifest)}, "val": None}
         if not manifest.get("counts", {}).get("with_program"):
             self.program_targets = None  # no program heads: nothing would train them
             if cfg.loss.program_loss:

@@ -775,21 +775,33 @@ RESUME_MAY_CHANGE = frozenset({"train.device", "train.threads", "train.log_every
 
 def record_provenance(run_dir: Path, now: dict, *, resumed: bool) -> dict:
     """Write ``runs/NAME/provenance.json`` (``now``: the data source's ``provenance``) and return what it holds. A
-    resume on training shards made from other programs than the file names (their content hash: shards built
-    again from other programs, with as many batches per epoch) is warned of, and the file keeps what the run was
-    trained on before under ``earlier`` (oldest first). The same programs described more fully (shards of an
+    resume on training shards made from other programs or labels than the file names (their content hashes: shards
+    built again from other programs, or from annotation rows or class files with other labels, with as many batches
+    per epoch) is warned of, and the file keeps what the run was trained on before under ``earlier`` (oldest
+    first). The same programs described more fully (shards of an
     earlier leap built again, as its note advises) or other validation shards are written as they are now."""
     from leap_cli.io import atomic_write_json
     from leap_cli.programs.provenance import RUN_PROVENANCE, read_run_provenance, run_programs_text
+
+    from leap_cli.shards.format import SOURCE_NAMES
 
     old = read_run_provenance(run_dir) if resumed else None  # (unreadable: written anew)
     if old is not None:
         earlier = old.pop("earlier", None)
         earlier = earlier if isinstance(earlier, list) else []
         trained_on = lambda p: ((p.get("train") or {}).get("programs") or {}).get("sha256")  # noqa: E731
+        labels = lambda p: (p.get("train") or {}).get("labels") or {}  # noqa: E731  (a run before it was kept: {})
+        relabelled = [SOURCE_NAMES[k] for k in sorted(labels(old)) if labels(old)[k] != labels(now).get(k)]
         if trained_on(old) != trained_on(now):
             log.warning("%s: the shards' programs are not those the run was trained on so far (%s; before: %s): "
                         "%s keeps both", run_dir, run_programs_text(now), run_programs_text(old), RUN_PROVENANCE)
+        if relabelled:
+            log.warning("%s: the training shards were built from other labels than the run was trained on so far "
+                        "(%s changed): its remaining steps learn the new ones (%s keeps what each part of the run "
+                        "was trained on; to train on from its weights with a schedule of its own instead, start a "
+                        "run of another --name with --set model.pretrained=%s)", run_dir, " and ".join(relabelled),
+                        RUN_PROVENANCE, run_dir / "checkpoints" / "last.pt")
+        if trained_on(old) != trained_on(now) or relabelled:
             earlier.append(old)
         if earlier:
             now = {**now, "earlier": earlier}
