@@ -5,6 +5,7 @@ DataLoader start that kills its own workers, and the anticipation forward's sing
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import zipfile
@@ -140,10 +141,10 @@ def test_a_200_error_refusing_json_mode_steps_down_to_no_response_format(workdir
     assert s.statuses == {"valid": ROWS}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: usage reported in a live 200 whose generation broke off (finish_reason "
-                   "error) is not in the ledger/--max-cost, while a Batch result of the same shape is")
 def test_the_usage_a_broken_off_200_reports_goes_into_the_ledger(workdir, good):
-    """A provider that reports usage in a 200 whose generation broke off billed those tokens (a Batch result of the
+    """Was wrong: usage reported in a live 200 whose generation broke off (finish_reason error) is not in the
+    ledger/--max-cost, while a Batch result of the same shape is.
+    A provider that reports usage in a 200 whose generation broke off billed those tokens (a Batch result of the
     same shape is counted: test_a_failed_result_that_was_billed_is_in_the_ledger); the live run's ledger and
     --max-cost should count them too."""
     target = sorted(good)[0]
@@ -155,6 +156,11 @@ def test_the_usage_a_broken_off_200_reports_goes_into_the_ledger(workdir, good):
         s = generate_programs(config(workdir, server, max_retries=0))
     assert s.statuses == {"valid": ROWS - 1, "failed": 1}
     assert s.cost == pytest.approx(ROWS * (1000 * 1.0 + 200 * 2.0) / 1e6)
+    from leap_cli.programs.store import ProgramStore
+
+    with contextlib.closing(ProgramStore(workdir / "programs" / "cache.sqlite")) as store:
+        ledger = store.spent(workdir / "programs" / "val.jsonl")
+    assert ledger["cost"] == pytest.approx(s.cost) and ledger["prompt_tokens"] == ROWS * 1000
 
 
 def test_a_batch_result_with_an_error_in_its_choice_is_failed_billed_and_asked_again(workdir, good, tmp_path):
@@ -260,9 +266,9 @@ def test_a_repair_failed_record_is_kept_without_retry_errors_and_read_by_validat
     assert report
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --batch-file --retry-errors remakes a repair_failed record from the cache "
-                   "without the flag (no request written): a later live --retry-errors skips it for good")
 def test_a_batch_file_retry_errors_keeps_a_repair_failed_record_redoable(workdir, good, tmp_path):
+    """Was wrong: --batch-file --retry-errors remakes a repair_failed record from the cache without the flag (no
+    request written): a later live --retry-errors skips it for good."""
     from collections import Counter
 
     from leap_cli.programs.batch import write_batch_file
@@ -276,9 +282,9 @@ def test_a_batch_file_retry_errors_keeps_a_repair_failed_record_redoable(workdir
     assert records(workdir)[target]["status"] == "valid"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --retry-errors on a repair_failed record warns '1 invalid (--retry-invalid: "
-                   "not answered from the cache)' though only the repair turn is sent, the first reply from the cache")
 def test_the_warning_of_a_retry_errors_run_names_what_it_pays_for(workdir, good, caplog):
+    """Was wrong: --retry-errors on a repair_failed record warns '1 invalid (--retry-invalid: not answered from the
+    cache)' though only the repair turn is sent, the first reply from the cache."""
     repair_failed_output(workdir, good)
     caplog.clear()
     with ScriptedServer(lambda body, n: good_reply(good, body)) as server:
@@ -494,9 +500,9 @@ def trained(tmp_path_factory):
     return root
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: evaluate --workers 2 under `ulimit -n 20`: a worker's batch is lost "
-                   "(torch's file_system sharing hits EMFILE, a traceback), exit 0 with 1 of 2 segments scored")
 def test_evaluate_with_workers_under_a_small_ulimit_scores_every_segment_or_says_one_line(trained):
+    """Was wrong: evaluate --workers 2 under `ulimit -n 20`: a worker's batch is lost (torch's file_system sharing
+    hits EMFILE, a traceback), exit 0 with 1 of 2 segments scored."""
     from tests.test_attack_h5leaks import leap_limited
 
     for limit in range(18, 24):  # (where a batch is lost varies a little from run to run)

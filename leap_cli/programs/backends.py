@@ -69,12 +69,14 @@ class Halted(Exception):
 
 
 class BackendError(Exception):
-    """A request that failed for good (after retries). ``attempts`` counts the HTTP attempts made."""
+    """A request that failed for good (after retries). ``attempts`` counts the HTTP attempts made; ``usage``: the
+    tokens a failed 200 reports (a generation the server broke off is billed all the same), else empty."""
 
-    def __init__(self, message: str, attempts: int = 1, seconds: float = 0.0):
+    def __init__(self, message: str, attempts: int = 1, seconds: float = 0.0, usage: dict | None = None):
         super().__init__(message)
         self.attempts = attempts
         self.seconds = seconds
+        self.usage = usage or {}
 
 
 class NoApiKey(LeapError):
@@ -691,7 +693,7 @@ class OpenAIBackend(Backend):
                             "check the server's log (e.g. a model that does not fit in memory) and --model",
                             sent_held) == self.STOP:
                 await self._stopped()
-            raise BackendError(redact(problem), attempts, time.perf_counter() - start)
+            raise BackendError(redact(problem), attempts, time.perf_counter() - start, reply_usage(data))
         self._answered()
         text = reply_text(data)
         return Completion(redact(text), reply_usage(data), attempts, time.perf_counter() - start,

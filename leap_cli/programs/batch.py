@@ -179,7 +179,9 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         if path.exists() and not is_batch_input(path):
             raise LeapError("--batch-file names a file whose lines are not Batch requests: it is not replaced",
                             path=path, fix=fix + ", or move that file away")
-    cfg = _openai(cfg)
+    # (a record whose repair turn's request failed waits for a live --retry-errors: a Batch request asks no repair
+    # turn, and the record made again from the cache would end unrepaired, without its mark)
+    cfg = dataclasses.replace(_openai(cfg), retry_repairs=False)
     inputs, _, builder = _setup(cfg)
     earlier_limit = asked_token_limit(cfg.out_path)
     check_output(cfg, builder, inputs)  # (under the output's lock, then taken again at once, as a live run does)

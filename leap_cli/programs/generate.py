@@ -94,6 +94,7 @@ class GenerateConfig:
     max_sub_actions: int = DEFAULT_MAX_SUB_ACTIONS
     retry_failed: bool = False  # --retry-errors: redo the records whose status is failed (no reply)
     retry_invalid: bool = False  # --retry-invalid: ask again for the invalid ones (their cached replies unused)
+    retry_repairs: bool = True  # with retry_failed: also the invalid records whose repair turn's request failed
     force: bool = False  # start the output over when it was made with other settings (output_settings)
     # a reply's checks in a child process (checker.py); None: where it pays (an HTTP backend, concurrency >= 8,
     # two CPUs or more, at least CHECK_PROCESS_MIN segments to do)
@@ -106,7 +107,8 @@ class GenerateConfig:
         """Whether a record already in the output is done again (``--retry-errors``: the failed records, and the
         invalid ones whose repair turn's request failed; ``--retry-invalid``: every invalid one)."""
         status = record.get("status")
-        repair_failed = status == "invalid" and bool((record.get("provenance") or {}).get("repair_failed"))
+        repair_failed = (self.retry_repairs and status == "invalid"
+                         and bool((record.get("provenance") or {}).get("repair_failed")))
         return ((self.retry_failed and (status == "failed" or repair_failed))
                 or (self.retry_invalid and status == "invalid"))
 
@@ -642,7 +644,7 @@ class ProgramGenerator:
                     self.summary_requests += e.attempts
                     if self._cache:
                         self.store.log_call(narration_id=nid, backend=self.backend.name, model=self.backend.model,
-                                            prompt_hash=phash, cache_key=key, round=rnd, response=None, usage={},
+                                            prompt_hash=phash, cache_key=key, round=rnd, response=None, usage=e.usage,
                                             latency=e.seconds, attempts=e.attempts, cached=False, outcome="failed",
                                             error=str(e))
                     # a program from an earlier round that failed validation stays, as invalid; its repair turn's
@@ -689,6 +691,16 @@ class ProgramGenerator:
                                     {"role": "user", "content": repair_message(findings)}])
         return done("invalid", program, findings)
 
+    def _spend(self, usage: dict, attempts: int) -> None:
+        """A request's tokens into the run's usage and cost and the output's ledger (committed with the call log,
+        run_one's log_call)."""
+        for k in self.usage:
+            self.usage[k] += usage.get(k, 0)
+        cost = self.cfg.cost(usage)
+        self.cost += cost
+        if self._cache:
+            self.store.add_spend(self.out_path, cost, usage, attempts, commit=False)
+
     async def _complete(self, request: Request, key: str) -> Completion:
         """The backend's reply, its cost counted and the reply cached before the slot is handed on (so that the
         next segment's budget check sees it)."""
@@ -707,7 +719,9 @@ class ProgramGenerator:
             self.in_flight += 1
             try:
                 comp = await self.backend.complete(request)
-            except BackendError:
+            except BackendError as e:
+                if any(e.usage.values()):  # a 200 the server broke off, its tokens billed: in the ledger too
+                    self._spend(e.usage, e.attempts)
                 raise
             except Halted:  # the stage stops (Ctrl-C) before this request's attempt went out: it stays pending
                 raise NoMoreRequests from None
@@ -735,13 +749,8 @@ class ProgramGenerator:
                                 ", nor can --max-cost: no more requests are sent"
                                 if self.cfg.max_cost is not None else "")
             self.summary_requests += comp.attempts
-            for k in self.usage:
-                self.usage[k] += usage.get(k, 0)
-            cost = self.cfg.cost(usage)
-            self.cost += cost
-            # committed with the call log (run_one's log_call), not while the slot is held
-            if self._cache:
-                self.store.add_spend(self.out_path, cost, usage, comp.attempts, commit=False)
+            self._spend(usage, comp.attempts)
+            if self._cache:  # committed with the call log (run_one's log_call), not while the slot is held
                 self.store.put(key, comp.text, usage, comp.model, cut=comp.cut, commit=False)
         # the worker that now has the slot sends its request before this reply's bookkeeping (run_one's _turn)
         return comp
@@ -1106,6 +1115,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     not_valid: dict[str, str] = {}
     changed = clip_changed(inputs, builder)
     reclipped: set[str] = set()  # made from a clip that has changed since: made again (a new prompt, unless cached)
+    repairs: set[str] = set()  # invalid records redone by --retry-errors: their repair turn's request failed
 
     def redo(r: dict) -> bool:
         nid, status = r.get("narration_id"), r.get("status")
@@ -1113,6 +1123,10 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             not_valid[nid] = status
         else:
             not_valid.pop(nid, None)
+        if status == "invalid" and not cfg.retry_invalid and cfg.redo(r):
+            repairs.add(nid)
+        else:
+            repairs.discard(nid)
         if changed(r):
             reclipped.add(nid)
             not_valid.pop(nid, None)
@@ -1152,14 +1166,17 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         if backend.name != "offline":  # what is paid for again (of this run's segments, after --limit), said before
             # the first request (the summary's note came after days of a run at EPIC's size)
             mine = {r["narration_id"] for r in pending}
-            again = Counter(not_valid[k] for k in not_valid if k not in appender and k in mine)
+            again = Counter("repair" if k in repairs else not_valid[k] for k in not_valid
+                            if k not in appender and k in mine)
             redone = len(reclipped & mine)
             parts = ([f"{redone} made from a clip that has changed since (its descriptor record was made again, or "
                       "its annotation changed; a prompt the program cache holds is answered unpaid)"]
                      if redone else []) + \
-                [f"{again[k]} {k} ({flag})" for k, flag in (("failed", "--retry-errors"),
-                                                           ("invalid", "--retry-invalid: not answered from the cache"))
-                 if again[k]]
+                [f"{again[k]} {said}" for k, said in (
+                    ("failed", "failed (--retry-errors)"),
+                    ("repair", "invalid whose repair turn's request failed (--retry-errors: that turn is sent, the "
+                               "earlier replies are read from the cache)"),
+                    ("invalid", "invalid (--retry-invalid: not answered from the cache)")) if again[k]]
             if parts:
                 log.warning("records of earlier runs asked for again: %s", "; ".join(parts))
         summary.total = len(pending)

@@ -310,6 +310,18 @@ def loader_worker_init(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     die_with_parent(signal.SIGKILL, os.getppid())
+    import multiprocessing.queues
+
+    # a batch the worker cannot hand over (at the limit of open files: torch passes each tensor as a file) is
+    # said in one line, not the queue's traceback; the main process then says what to do (``Guarded``, evaluate's
+    # count of the segments scored, train's "the training data ran out")
+    multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(_batch_not_handed_over)
+
+
+def _batch_not_handed_over(e: BaseException, obj: object) -> None:
+    import sys
+
+    print(f"leap: a DataLoader worker could not hand a batch over: {type(e).__name__}: {e}", file=sys.stderr)
 
 
 LOADER_TIMEOUT = 900  # seconds: a DataLoader worker's batch that has not come by then is lost (``Guarded``)
