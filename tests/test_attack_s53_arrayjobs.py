@@ -165,11 +165,10 @@ assert other and other[0].wait(timeout=60) == 0, "the other process could not op
 """
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parts of an array opening a new cache.sqlite at once race in "
-                   "ProgramStore.migrate (user_version read outside the write transaction): 'table cache already "
-                   "exists', exit 2, told to move the cache aside")
 def test_parts_opening_a_fresh_cache_at_once_all_open_it(tmp_path):
-    """The first run of a job array: every part opens programs/cache.sqlite, none made yet. Each must open it (the
+    """Was wrong: parts of an array opening a new cache.sqlite at once race in ProgramStore.migrate (user_version read
+    outside the write transaction): 'table cache already exists', exit 2, told to move the cache aside.
+    The first run of a job array: every part opens programs/cache.sqlite, none made yet. Each must open it (the
     migrations run once, whoever runs them). Seen in ~1 run in 3 of 8 parts: one part stopped at once, exit 2, with
     'the program cache cannot be opened (table cache already exists) (move it aside and run again ...)'."""
     path = tmp_path / "programs" / "cache.sqlite"
@@ -480,10 +479,10 @@ def test_scancel_of_the_whole_array_mid_run_then_a_requeue_pays_nothing_twice(tm
     assert sum(v[0] for v in ledger.values()) == pytest.approx(billed * COST)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a generate-programs run without --shard still writing val.jsonl does not "
-                   "stop --shard parts started beside it (nor they it): prompts in flight in both are paid twice")
 def test_parts_started_while_a_whole_run_writes_the_split_do_not_pay_its_prompts_again(tmp_path, kitchen):
-    """A stray `leap generate-programs` without --shard (the script's loop) is writing val.jsonl when the array's
+    """Was wrong: a generate-programs run without --shard still writing val.jsonl does not stop --shard parts started
+    beside it (nor they it): prompts in flight in both are paid twice.
+    A stray `leap generate-programs` without --shard (the script's loop) is writing val.jsonl when the array's
     4 parts start on the same split. Sequentially, the whole run is refused beside the parts; here the parts must
     be refused beside the live whole run (its output's lock is held), or wait for its replies: each prompt paid
     once in all. Was: both ask the prompts in flight (started at the same moment, 2 runs in 3 paid every prompt
@@ -510,3 +509,25 @@ def test_parts_started_while_a_whole_run_writes_the_split_do_not_pay_its_prompts
             assert "Traceback" not in text and "database is locked" not in text, text[-3000:]
         asked = _first_rounds(server)
     assert set(asked) == set(programs) and set(asked.values()) == {1}, asked
+
+
+def test_a_run_without_shard_is_refused_while_a_part_holds_its_lock_and_a_part_while_the_whole_run_does(tmp_path):
+    """The other order of the test above, and a part whose file holds no record yet (only its lock): the check under
+    each output's own lock probes the other's lock and refuses in one line naming the writer and the way out; once
+    that writer ends, the same check goes through."""
+    from leap_cli.errors import LeapError
+    from leap_cli.io import OutputLock, refuse_beside_a_live_writer
+
+    whole = tmp_path / "programs" / "val.jsonl"
+    part = whole.with_name("val.shard2of4.jsonl")
+    with OutputLock(part):  # a part begun (its lock held), its file not written yet
+        with pytest.raises(LeapError) as e:
+            refuse_beside_a_live_writer(whole)
+        line = e.value.one_line()
+        assert "part 2/4" in line and f"process {os.getpid()}" in line and "cat " in line, line
+    refuse_beside_a_live_writer(whole)  # the part ended: its lock file stays, held by nobody
+    with OutputLock(whole):
+        with pytest.raises(LeapError) as e:
+            refuse_beside_a_live_writer(part)
+        assert "without --shard is writing val.jsonl" in e.value.one_line() and "--shard 2/4" in e.value.one_line()
+    refuse_beside_a_live_writer(part)

@@ -336,11 +336,22 @@ class ProgramStore:
         self._last_commit = time.monotonic()
 
     def migrate(self) -> int:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        for i, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-            with self.db:
+        """The tables made or brought up to this leap's ``MIGRATIONS``, in one write transaction that reads the
+        version again once it holds the lock: the parts of a job array opening a new cache at once each read
+        version 0, and all but the first failed on "table cache already exists"."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] >= len(MIGRATIONS):
+            return len(MIGRATIONS)
+        self.db.execute("BEGIN IMMEDIATE")  # (waits up to the connection's timeout for another process's turn)
+        try:
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            for sql in MIGRATIONS[version:]:
                 self.db.execute(sql)
-                self.db.execute(f"PRAGMA user_version = {i}")
+            if version < len(MIGRATIONS):
+                self.db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+            self.db.commit()
+        except BaseException:
+            self.db.rollback()
+            raise
         return len(MIGRATIONS)
 
     def get(self, key: str) -> tuple[str, dict, str, bool] | None:
