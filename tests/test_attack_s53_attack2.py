@@ -56,10 +56,9 @@ def test_a_change_of_the_class_files_only_names_that_file_and_keeps_the_earlier_
     assert json.loads((tmp_path / "provenance.json").read_text()) == now
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after a resume on relabelled shards (same programs) the 'trained on "
-                                       "programs' line of train/show says 'before a resume on other programs' "
-                                       "naming the very same programs")
 def test_a_relabel_only_resume_does_not_claim_other_programs_in_the_trained_on_line(tmp_path: Path) -> None:
+    """Was wrong: after a resume on relabelled shards (same programs) the 'trained on programs' line of train/show
+    says 'before a resume on other programs' naming the very same programs."""
     from leap_cli.programs.provenance import run_programs_text
     from leap_cli.train.loop import record_provenance
 
@@ -69,10 +68,9 @@ def test_a_relabel_only_resume_does_not_claim_other_programs_in_the_trained_on_l
     assert "other programs" not in run_programs_text(now), run_programs_text(now)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a provenance.json whose train.labels holds a key this leap does not "
-                                       "know (a newer leap's, an edit) makes train --resume stop with KeyError "
-                                       "(loop.record_provenance: SOURCE_NAMES[k])")
 def test_a_labels_key_this_leap_does_not_know_does_not_stop_the_resume(tmp_path: Path) -> None:
+    """Was wrong: a provenance.json whose train.labels holds a key this leap does not know (a newer leap's, an edit)
+    makes train --resume stop with KeyError (loop.record_provenance: SOURCE_NAMES[k])."""
     from leap_cli.train.loop import record_provenance
 
     record_provenance(tmp_path, _prov("a", extra={"narration_classes": "x"}), resumed=False)
@@ -142,10 +140,10 @@ def test_an_older_cache_opened_by_several_processes_at_once_is_migrated_once(tmp
             assert store.get("k") is not None  # (the old reply kept)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: parts of a job array opening a NEW cache.sqlite at once still fail, "
-                                       "~1 start in 8: 'cannot be opened (database is locked) (move it aside...)' "
-                                       "from ProgramStore._connect's PRAGMA journal_mode=WAL (no busy wait there)")
 def test_parts_creating_the_cache_at_once_never_fail_on_database_is_locked(tmp_path: Path) -> None:
+    """Was wrong: parts of a job array opening a NEW cache.sqlite at once still fail, ~1 start in 8: 'cannot be
+    opened (database is locked) (move it aside...)' from ProgramStore._connect's PRAGMA journal_mode=WAL (no busy
+    wait there)."""
     ctx = multiprocessing.get_context("fork")
     for trial in range(300):  # (stops at the first start in which a part fails)
         path = tmp_path / str(trial) / "programs" / "cache.sqlite"
@@ -273,11 +271,11 @@ def test_billed_failed_200s_after_a_reply_stop_the_run_at_the_max_cost(tmp_path:
 from tests.test_attack_s53_s53attack import good, repair_failed_output, workdir  # noqa: E402,F401 (the fixtures)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: --batch-file --retry-errors leaves a repair_failed record to a live run "
-                                       "but its note says only 'invalid: add --retry-invalid' (which pays its first "
-                                       "reply again); nothing says a live --retry-errors sends just its repair turn")
 def test_batch_file_retry_errors_says_what_to_do_about_the_repair_failed_record_it_leaves(workdir, good,  # noqa: F811
                                                                                          tmp_path) -> None:
+    """Was wrong: --batch-file --retry-errors leaves a repair_failed record to a live run but its note says only
+    'invalid: add --retry-invalid' (which pays its first reply again); nothing says a live --retry-errors sends just
+    its repair turn."""
     from collections import Counter
 
     from leap_cli.commands.programs import not_valid_notes

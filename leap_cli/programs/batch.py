@@ -197,7 +197,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         if stats is not None:
             stats.update(segments=len(inputs.records), pending=len(records))
             stats.update(done[r["narration_id"]] for r in inputs.records
-                         if done.get(r["narration_id"]) in ("failed", "invalid"))
+                         if done.get(r["narration_id"]) in ("failed", "invalid", "repair"))
         # the bodies are written from the pieces of the cache key their results are put under at the ingest (the
         # model, prompt, schema and parameters of _BatchBackend: ProgramGenerator.request_key); the key's head is
         # in the custom_id, so that the ingest caches a reply only under the key it was asked with

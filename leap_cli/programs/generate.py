@@ -206,6 +206,15 @@ def clip_changed(inputs: Inputs, builder: PromptBuilder) -> Callable[[dict], boo
     return changed
 
 
+def not_valid_kind(record: dict) -> str | None:
+    """"failed", "invalid", or "repair" (invalid because its repair turn's request failed: ``--retry-errors`` sends
+    that turn again) for a record that is not valid; None for a valid one."""
+    status = record.get("status")
+    if status == "invalid" and (record.get("provenance") or {}).get("repair_failed"):
+        return "repair"
+    return status if status in ("failed", "invalid") else None
+
+
 def output_records(cfg: GenerateConfig, *, programs: bool = True) -> dict[str, dict]:
     """The output's record of each narration id, as a run resumes it: the last line of a key (a file holding one
     twice, from a run killed before its rewrite, is what the next run rewrites to its last lines). ``programs``
@@ -315,7 +324,7 @@ def kept_and_redone(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder)
         if changed(r):
             reclipped.add(nid)
         elif not cfg.redo(r):
-            kept[nid] = r.get("status")
+            kept[nid] = not_valid_kind(r) or r.get("status")
     return kept, reclipped
 
 
@@ -1115,18 +1124,13 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
     not_valid: dict[str, str] = {}
     changed = clip_changed(inputs, builder)
     reclipped: set[str] = set()  # made from a clip that has changed since: made again (a new prompt, unless cached)
-    repairs: set[str] = set()  # invalid records redone by --retry-errors: their repair turn's request failed
 
     def redo(r: dict) -> bool:
-        nid, status = r.get("narration_id"), r.get("status")
-        if status in ("failed", "invalid"):
-            not_valid[nid] = status
+        nid, kind = r.get("narration_id"), not_valid_kind(r)
+        if kind is not None:
+            not_valid[nid] = kind
         else:
             not_valid.pop(nid, None)
-        if status == "invalid" and not cfg.retry_invalid and cfg.redo(r):
-            repairs.add(nid)
-        else:
-            repairs.discard(nid)
         if changed(r):
             reclipped.add(nid)
             not_valid.pop(nid, None)
@@ -1135,7 +1139,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         return cfg.redo(r)
 
     appender = JsonlAppender(cfg.out_path, replace_keys=redo, sync_every=1.0)
-    reask = {k for k, status in not_valid.items() if status == "invalid"} if cfg.retry_invalid else set()
+    reask = {k for k, kind in not_valid.items() if kind in ("invalid", "repair")} if cfg.retry_invalid else set()
     gen: ProgramGenerator | None = None
     checker: RemoteChecker | None = None
     answered: set[str] = set()  # valid records written: no Batch request of theirs is waited for
@@ -1166,8 +1170,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
         if backend.name != "offline":  # what is paid for again (of this run's segments, after --limit), said before
             # the first request (the summary's note came after days of a run at EPIC's size)
             mine = {r["narration_id"] for r in pending}
-            again = Counter("repair" if k in repairs else not_valid[k] for k in not_valid
-                            if k not in appender and k in mine)
+            again = Counter("invalid" if cfg.retry_invalid and not_valid[k] == "repair" else not_valid[k]
+                            for k in not_valid if k not in appender and k in mine)
             redone = len(reclipped & mine)
             parts = ([f"{redone} made from a clip that has changed since (its descriptor record was made again, or "
                       "its annotation changed; a prompt the program cache holds is answered unpaid)"]

@@ -117,9 +117,13 @@ def run_programs_text(provenance: dict | None) -> str:
     if val is not None and _generators(val) != _generators(train):
         text += f" (validation: {programs_text(val)})"
     earlier = [e for e in provenance.get("earlier") or [] if isinstance(e, dict) and isinstance(e.get("train"), dict)]
-    if earlier:  # (a resume on shards of other programs: the steps before it were trained on these)
+    # (a resume on shards of other programs: the steps before it were trained on these; an entry a resume on other
+    # labels left, of the programs that came next too, is not another program set)
+    sha = lambda e: ((e.get("train") or {}).get("programs") or {}).get("sha256")  # noqa: E731
+    others = [e for e, after in zip(earlier, earlier[1:] + [provenance]) if sha(e) != sha(after)]
+    if others:
         text += "; before a resume on other programs: " + "; then ".join(programs_text(e["train"].get("programs"))
-                                                                          for e in earlier)
+                                                                          for e in others)
     return text
 
 

@@ -144,6 +144,12 @@ class ProgramStore:
             return LeapError(f"the program cache cannot be {what}: {said}", path=self.path,
                              fix=f"make {self.path.parent} and the cache files in it writable (it keeps the paid "
                                  "replies and the spend of --max-cost), or give --out elsewhere and copy it there")
+        if "locked" in said:  # (another process held it past the busy timeout: nothing is wrong with the file)
+            return LeapError(f"the program cache cannot be {what}: another process kept it locked for over "
+                             f"{self.TIMEOUT:.0f} s ({said})", path=self.path,
+                             fix="run the same command again; if it stays locked, look for a leap process (or an "
+                                 "sqlite3 shell) holding it, and for a file system without working locks (NFS "
+                                 "without its lock service)")
         if "disk is full" in said or "disk I/O error" in said:
             return LeapError(f"the program cache cannot be {what}: {said}", path=self.path,
                              fix="free space on its disk, or lift the quota or file-size limit (ulimit -f, a job "
@@ -160,9 +166,22 @@ class ProgramStore:
         except sqlite3.DatabaseError as e:
             raise self._damaged("read", e) from None
 
+    TIMEOUT = 30.0  # seconds a connection waits for another process's write (SQLite's busy timeout)
+
     def _connect(self, **kwargs) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30.0, **kwargs)
-        db.execute("PRAGMA journal_mode=WAL")
+        db = sqlite3.connect(self.path, timeout=self.TIMEOUT, **kwargs)
+        # (a new file switched to WAL by several processes at once: the switch answers "database is locked" at
+        # once, without the busy wait; the parts of a job array opening a new cache together met it)
+        deadline = time.monotonic() + self.TIMEOUT
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    db.close()
+                    raise
+                time.sleep(0.02)
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 

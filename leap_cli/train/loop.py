@@ -790,8 +790,12 @@ def record_provenance(run_dir: Path, now: dict, *, resumed: bool) -> dict:
         earlier = old.pop("earlier", None)
         earlier = earlier if isinstance(earlier, list) else []
         trained_on = lambda p: ((p.get("train") or {}).get("programs") or {}).get("sha256")  # noqa: E731
-        labels = lambda p: (p.get("train") or {}).get("labels") or {}  # noqa: E731  (a run before it was kept: {})
-        relabelled = [SOURCE_NAMES[k] for k in sorted(labels(old)) if labels(old)[k] != labels(now).get(k)]
+        def labels(p: dict) -> dict:  # (a run before they were kept, or a file edited: {})
+            found = (p.get("train") or {}).get("labels") if isinstance(p.get("train"), dict) else None
+            return found if isinstance(found, dict) else {}
+
+        relabelled = [SOURCE_NAMES.get(k, str(k)) for k in sorted(labels(old), key=str)
+                      if labels(old)[k] != labels(now).get(k)]
         if trained_on(old) != trained_on(now):
             log.warning("%s: the shards' programs are not those the run was trained on so far (%s; before: %s): "
                         "%s keeps both", run_dir, run_programs_text(now), run_programs_text(old), RUN_PROVENANCE)
