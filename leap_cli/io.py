@@ -331,46 +331,23 @@ def _lock_holder(fd: int) -> str | None:
     return f"process {holder[0]} on {holder[1]}"
 
 
-def lock_held(lock_path: Path) -> str | None:
-    """Who holds the flock of ``lock_path`` now (``process PID on HOST``, "" where not said); None where no process
-    does, or where it cannot be told (no file, no flock). A probe: the lock is taken for a moment and let go."""
-    try:
-        import fcntl
-
-        fd = os.open(lock_path, os.O_RDONLY)
-    except (ImportError, OSError):
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _lock_holder(fd) or ""
-    except OSError:
-        return None
-    finally:
-        os.close(fd)  # (the probe's lock, where it took one, goes with it)
-    return None
-
-
 def refuse_beside_a_live_writer(output: Path) -> None:
     """A ``--shard`` part of ``output`` while a run without --shard writes the whole output, or that run while a part
-    is being made: both would do (and pay for) the same segments. Called under the output's own lock: of two that
-    start together, one refuses or both do, never neither."""
+    is being made (its lock held, its file maybe empty yet): both would do (and pay for) the same segments. Called
+    under the output's own lock: of two that start together, one refuses or both do, never neither."""
     part = part_of(output)
     if part is not None:
         whole = output.with_name(output.name.replace(f".shard{part[0]}of{part[1]}", ""))
-        holder = lock_held(whole.with_name(whole.name + ".lock"))
-        if holder is not None:
-            raise LeapError(f"a run without --shard is writing {whole.name}" + (f" ({holder})" if holder else "")
-                            + f": this part, --shard {part[0]}/{part[1]}, would do segments that run does too",
-                            path=output, fix="let that run finish the whole split (then nothing is left for the "
-                                             "parts), or stop it first and run the parts")
+        if (holder := writer_of(whole)) is not None:
+            raise LeapError(f"a run without --shard is writing {whole.name} ({holder}): this part, --shard "
+                            f"{part[0]}/{part[1]}, would do segments that run does too", path=output,
+                            fix="let that run finish the whole split (then nothing is left for the parts), or stop "
+                                "it first and run the parts")
         return
     for index, count, lock_file in shard_parts(output, ".lock"):
-        holder = lock_held(lock_file)
-        if holder is not None:
-            raise LeapError(f"part {index}/{count} of it is being made by a --shard run"
-                            + (f" ({holder})" if holder else "") + ": this run without --shard would do its "
-                            "segments too", path=output,
+        if (holder := writer_of(lock_file.with_name(lock_file.name[: -len(".lock")]))) is not None:
+            raise LeapError(f"part {index}/{count} of it is being made by a --shard run ({holder}): this run without "
+                            "--shard would do its segments too", path=output,
                             fix=f"let the parts finish and merge them ({merge_command(output, count)}), or stop "
                                 "them first")
 

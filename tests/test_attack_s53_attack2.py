@@ -212,18 +212,20 @@ def test_output_names_with_shard_in_odd_places_are_not_taken_for_parts(tmp_path:
 
 
 def test_the_probe_of_a_lock_leaves_it_free_for_its_own_run(tmp_path: Path) -> None:
-    from leap_cli.io import OutputLock, lock_held
+    from leap_cli.io import OutputLock, writer_of
 
-    lock = tmp_path / "train.jsonl.lock"
-    lock.write_text("")
-    assert lock_held(lock) is None and lock_held(tmp_path / "none.lock") is None
-    taken = OutputLock(tmp_path / "train.jsonl")
+    out = tmp_path / "train.jsonl"
+    out.with_name("train.jsonl.lock").write_text("")
+    assert writer_of(out) is None and writer_of(tmp_path / "none") is None
+    taken = OutputLock(out)
     taken.acquire()
     try:
-        assert lock_held(lock) is not None  # (the run's own holder line, or "")
+        assert writer_of(out) is not None  # (the run's own holder line)
     finally:
         taken.release()
-    assert lock_held(lock) is None
+    assert writer_of(out) is None
+    with OutputLock(out):  # the probes took nothing from the run that came next
+        pass
 
 
 # ---- a billed failed 200 and --max-cost --------------------------------------------------------------------------

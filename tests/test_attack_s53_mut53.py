@@ -1,6 +1,6 @@
 """Mutation run of session 53's changes: tests that kill the mutants the session's own tests let live.
 Covers the 200-reply checks (_json_object, reply_problem's redaction), a broken-off 200's usage in the call log and
-ledger, --retry-errors with --retry-invalid on a repair_failed record, lock_held / refuse_beside_a_live_writer with an
+ledger, --retry-errors with --retry-invalid on a repair_failed record, writer_of / refuse_beside_a_live_writer with an
 unnamed holder, the open-files teardown hook, the worker's lost-batch line and record_provenance's label check."""
 from __future__ import annotations
 
@@ -122,16 +122,16 @@ def _bare_flock(lock_path):
         os.close(fd)
 
 
-def test_lock_held_is_none_where_nobody_holds_it_and_empty_where_the_holder_is_not_said(tmp_path):
-    from leap_cli.io import OutputLock, lock_held
+def test_writer_of_is_none_where_nobody_holds_the_lock_and_says_who_does(tmp_path):
+    from leap_cli.io import OutputLock, writer_of
 
-    lock = tmp_path / "val.jsonl.lock"
-    assert lock_held(lock) is None  # no lock file
-    with _bare_flock(lock):
-        assert lock_held(lock) == ""
-    assert lock_held(lock) is None  # let go: nobody holds it
-    with OutputLock(tmp_path / "val.jsonl"):
-        assert lock_held(lock) == f"process {os.getpid()} on {__import__('socket').gethostname()}"
+    out = tmp_path / "val.jsonl"
+    assert writer_of(out) is None  # no lock file
+    with _bare_flock(out.with_name("val.jsonl.lock")):
+        assert writer_of(out) == "another leap process"  # (its holder wrote no name)
+    assert writer_of(out) is None  # let go: nobody holds it
+    with OutputLock(out):
+        assert writer_of(out) == f"process {os.getpid()} on {__import__('socket').gethostname()}"
 
 
 def test_a_writer_whose_lock_names_no_process_still_refuses_the_other_run(tmp_path):
@@ -143,12 +143,12 @@ def test_a_writer_whose_lock_names_no_process_still_refuses_the_other_run(tmp_pa
         with pytest.raises(LeapError) as e:
             refuse_beside_a_live_writer(part)
         line = e.value.one_line()
-        assert "without --shard is writing val.jsonl:" in line and "()" not in line, line
+        assert "without --shard is writing val.jsonl (another leap process):" in line, line
     with _bare_flock(part.with_name(part.name + ".lock")):
         with pytest.raises(LeapError) as e:
             refuse_beside_a_live_writer(whole)
         line = e.value.one_line()
-        assert "part 1/2 of it is being made by a --shard run:" in line and "()" not in line, line
+        assert "part 1/2 of it is being made by a --shard run (another leap process):" in line, line
     refuse_beside_a_live_writer(whole)
     refuse_beside_a_live_writer(part)
 
