@@ -53,27 +53,6 @@ def test_a_first_choice_without_a_message_is_a_problem_even_when_it_finished():
     assert "no message" in reply_problem({"choices": [{"message": "{}", "finish_reason": "stop"}]})
 
 
-# ---- a broken-off 200's billed tokens: in the call log and the ledger's request count -----------------------------
-
-def test_a_broken_off_200_is_in_the_call_log_with_its_tokens_and_in_the_ledgers_requests(workdir, good):
-    from leap_cli.programs.store import ProgramStore
-
-    target = sorted(good)[0]
-
-    def script(body, n):
-        return broken_off(good, body, "error") if narration_id_of(body) == target else good_reply(good, body)
-
-    with ScriptedServer(script) as server:
-        s = generate_programs(config(workdir, server, max_retries=0))
-    assert s.statuses == {"valid": ROWS - 1, "failed": 1}
-    assert s.usage["prompt_tokens"] == ROWS * 1000 and s.usage["completion_tokens"] == ROWS * 200  # (the summary's)
-    with contextlib.closing(ProgramStore(workdir / "programs" / "cache.sqlite")) as store:
-        ledger = store.spent(workdir / "programs" / "val.jsonl")
-        failed = [c for c in store.calls(target) if c["outcome"] == "failed"]
-    assert ledger["requests"] == ROWS and ledger["completion_tokens"] == ROWS * 200
-    assert failed and failed[-1]["prompt_tokens"] == 1000 and failed[-1]["completion_tokens"] == 200
-
-
 # ---- --retry-errors together with --retry-invalid on a repair_failed record ----------------------------------------
 
 def test_retry_errors_with_retry_invalid_asks_a_repair_failed_record_from_the_start_and_says_so(workdir, good,

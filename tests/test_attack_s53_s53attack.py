@@ -158,9 +158,14 @@ def test_the_usage_a_broken_off_200_reports_goes_into_the_ledger(workdir, good):
     assert s.cost == pytest.approx(ROWS * (1000 * 1.0 + 200 * 2.0) / 1e6)
     from leap_cli.programs.store import ProgramStore
 
+    assert s.usage["prompt_tokens"] == ROWS * 1000 and s.usage["completion_tokens"] == ROWS * 200  # (the summary's)
     with contextlib.closing(ProgramStore(workdir / "programs" / "cache.sqlite")) as store:
         ledger = store.spent(workdir / "programs" / "val.jsonl")
+        failed = [c for c in store.calls(target) if c["outcome"] == "failed"]
     assert ledger["cost"] == pytest.approx(s.cost) and ledger["prompt_tokens"] == ROWS * 1000
+    assert ledger["requests"] == ROWS and ledger["completion_tokens"] == ROWS * 200
+    # and in the call log, with its tokens
+    assert failed and failed[-1]["prompt_tokens"] == 1000 and failed[-1]["completion_tokens"] == 200
 
 
 def test_a_batch_result_with_an_error_in_its_choice_is_failed_billed_and_asked_again(workdir, good, tmp_path):
