@@ -316,8 +316,8 @@ class ProgramStore:
 
     def _unwritten(self, e: sqlite3.Error, kept: str) -> LeapError:
         """The one line of a write to the database that failed; ``kept``: what of the run is kept all the same."""
-        if getattr(e, "sqlite_errorname", None) == "SQLITE_CORRUPT":
-            return self._damaged("written", e)
+        if getattr(e, "sqlite_errorname", None) == "SQLITE_CORRUPT" or "locked" in str(e):
+            return self._damaged("written", e)  # (locked: another process held it past the timeout, said as such)
         return LeapError(f"cannot write the program cache ({e})", path=self.path,
                          fix="free disk space, lift a quota or file-size limit (ulimit -f, a job scheduler's), or "
                              f"make the folder writable, then run again: {kept}")
