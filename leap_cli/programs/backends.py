@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from leap_cli.errors import LeapError
-from leap_cli.programs.http import HTTPClient, HTTPConnectionError, HTTPTimeout, Response
+from leap_cli.programs.http import HTTPClient, HTTPConnectionError, HTTPTimeout, HTTPUnreadable, Response
 from leap_cli.programs.prompt import ClipInfo
 from leap_cli.programs.redact import redact, redact_logs, register_secret
 from leap_cli.programs.reply import FILTERED, REFUSED, reasoning_only
@@ -561,7 +561,9 @@ class OpenAIBackend(Backend):
                 e = error
                 timeout = isinstance(e, HTTPTimeout)
                 self.timed_out += timeout
-                what = "timed out" if timeout else "connection failed"
+                what = "timed out" if timeout else "unreadable reply" if isinstance(e, HTTPUnreadable) else \
+                    "connection failed"
+                final = final or isinstance(e, HTTPUnreadable)  # (the server answered, and may bill it: not again)
                 line, fix = ((f"{e} on every request so far", "raise --timeout (a local model may need minutes for "
                               "a reply), or check that the server is generating") if timeout else
                              (f"{e}: is the server running?", "check --base-url") if str(e).startswith("cannot connect")

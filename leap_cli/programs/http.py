@@ -44,6 +44,11 @@ class HTTPConnectionError(Exception):
     """The connection could not be made or broke before a complete response."""
 
 
+class HTTPUnreadable(HTTPConnectionError):
+    """A whole response that cannot be read: an encoding this client does not decode, a compressed body that is
+    damaged, a body over ``MAX_BODY``. The server had the request (and may bill it): not sent again on its own."""
+
+
 @dataclass
 class Response:
     status: int
@@ -63,6 +68,47 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 _HEAD_LIMIT = 1 << 20  # bytes of a response head (or chunk-size line) at most
+MAX_BODY = 64 << 20  # bytes of a response body at most, decoded (a chat completion is a few kB)
+_DIGITS = frozenset(b"0123456789")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def _size(text: bytes, digits: frozenset, base: int) -> int:
+    """A Content-Length or chunk size, read strictly (no sign, no 0x, no underscores, no spaces inside)."""
+    text = text.strip()
+    if not text or not set(text) <= digits:
+        raise ValueError(f"a body size of {text[:40]!r}")
+    n = int(text, base)
+    if n > MAX_BODY:
+        raise HTTPUnreadable(f"the response's body is over {MAX_BODY >> 20} MiB (a chat completion is a few kB): "
+                             "check --base-url")
+    return n
+
+
+def _decode(body: bytes, encoding: str) -> bytes:
+    """The body of a response sent with ``Content-Encoding: encoding`` (gzip of one or more members, deflate with or
+    without its zlib header), at most ``MAX_BODY`` bytes."""
+    if encoding in ("", "identity"):
+        return body
+    if encoding in ("gzip", "x-gzip"):
+        wbits = 16 + zlib.MAX_WBITS
+    elif encoding == "deflate":
+        wbits = zlib.MAX_WBITS if body[:1] and (body[0] & 0x0F) == 8 and int.from_bytes(body[:2], "big") % 31 == 0 \
+            else -zlib.MAX_WBITS  # (some servers send raw deflate under the name)
+    else:
+        raise HTTPUnreadable(f"the response is encoded as {encoding!r}, which leap cannot read (it asks for gzip or "
+                             "deflate): check what in front of the server sets Content-Encoding")
+    out = bytearray()
+    while body:
+        d = zlib.decompressobj(wbits)
+        out += d.decompress(body, MAX_BODY + 1 - len(out))
+        if len(out) > MAX_BODY:
+            raise HTTPUnreadable(f"the response's body is over {MAX_BODY >> 20} MiB once decompressed (a chat "
+                                 "completion is a few kB): check --base-url")
+        if not d.eof:
+            raise zlib.error("incomplete or truncated stream")
+        body = d.unused_data if wbits == 16 + zlib.MAX_WBITS else b""  # (gzip: the next member, RFC 1952)
+    return bytes(out)
 
 
 def _broken(e: BaseException, got: int = 0) -> str:
@@ -137,17 +183,34 @@ class _Conn(asyncio.Protocol):
         finally:
             self.waiter = None
 
-    async def readuntil(self, sep: bytes) -> bytes:
+    async def read_head(self) -> bytes:
+        """A response head, through its empty line: CRLF line ends, or bare LF ones as some servers send."""
         start = 0
         while True:
-            i = self.buf.find(sep, start)
-            if i >= 0:
-                out = bytes(self.buf[:i + len(sep)])
-                del self.buf[:i + len(sep)]
+            crlf, lf = self.buf.find(b"\n\r\n", start), self.buf.find(b"\n\n", start)
+            ends = [i + 3 for i in (crlf,) if i >= 0] + [i + 2 for i in (lf,) if i >= 0]
+            if ends:
+                end = min(ends)
+                out = bytes(self.buf[:end])
+                del self.buf[:end]
                 return out
             if len(self.buf) > _HEAD_LIMIT:
-                raise ValueError(f"no {sep!r} in the first {_HEAD_LIMIT} bytes")
-            start = max(0, len(self.buf) - len(sep) + 1)
+                raise ValueError(f"no end of the head in the first {_HEAD_LIMIT} bytes")
+            start = max(0, len(self.buf) - 2)
+            await self._more()
+
+    async def readline(self) -> bytes:
+        """A line (a chunk size, a trailer), without its line end (CRLF or LF)."""
+        start = 0
+        while True:
+            i = self.buf.find(b"\n", start)
+            if i >= 0:
+                out = bytes(self.buf[:i]).rstrip(b"\r")
+                del self.buf[:i + 1]
+                return out
+            if len(self.buf) > _HEAD_LIMIT:
+                raise ValueError(f"no line end in the first {_HEAD_LIMIT} bytes")
+            start = len(self.buf)
             await self._more()
 
     async def readexactly(self, n: int) -> bytes:
@@ -159,6 +222,9 @@ class _Conn(asyncio.Protocol):
 
     async def read_to_close(self) -> bytes:
         while not self.closed:
+            if len(self.buf) > MAX_BODY:
+                raise HTTPUnreadable(f"the response's body is over {MAX_BODY >> 20} MiB (a chat completion is a few "
+                                     "kB): check --base-url")
             await self._more()
         out = bytes(self.buf)
         self.buf.clear()
@@ -234,8 +300,8 @@ class HTTPClient:
             conn = None
             while self._idle and conn is None:
                 conn = self._idle.pop()
-                if conn.closed:  # the server closed it while it was idle
-                    conn.close()
+                if conn.closed or conn.buf:  # the server closed it while it was idle, or sent bytes no request
+                    conn.close()  # asked for (read as the next request's reply, they gave it another's)
                     conn = None
             reused = conn is not None
             if conn is None:
@@ -256,6 +322,8 @@ class HTTPClient:
                 raise
             except (OSError, asyncio.IncompleteReadError, ValueError, zlib.error) as e:
                 conn.close()
+                if isinstance(e, zlib.error):  # (a whole response: sent again, it may be paid again)
+                    raise HTTPUnreadable(_broken(e, conn.got)) from None
                 if reused and isinstance(e, (asyncio.IncompleteReadError, ConnectionError)) and not conn.got and (
                         loop.time() - written < STALE_CLOSE_S):
                     # the server had closed the idle connection: once more on a fresh one (not where a byte of a
@@ -268,7 +336,7 @@ class HTTPClient:
                 raise
             finally:
                 timer.cancel()
-            if keep and not conn.closed:
+            if keep and not conn.closed and not conn.buf:  # (bytes past the response: not the next one's reply)
                 self._idle.append(conn)
             else:
                 conn.close()
@@ -306,8 +374,8 @@ class HTTPClient:
 
     async def _read_response(self, reader: _Conn, head_only: bool = False) -> tuple[Response, bool]:
         while True:
-            raw = await reader.readuntil(b"\r\n\r\n")
-            lines = raw.decode("latin-1").split("\r\n")
+            raw = await reader.read_head()
+            lines = raw.decode("latin-1").replace("\r\n", "\n").split("\n")
             version, _, rest = lines[0].partition(" ")
             status = int(rest[:3])
             headers: dict[str, str] = {}
@@ -322,31 +390,28 @@ class HTTPClient:
             return Response(status, headers, b""), False
         keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            parts = []
+            parts, total = [], 0
             while True:
-                size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip(), 16)
+                size = _size((await reader.readline()).split(b";")[0], _HEX, 16)
                 if size == 0:
-                    while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                    while await reader.readline():  # trailers, through their empty line
                         pass
                     break
+                total += size
+                if total > MAX_BODY:
+                    raise HTTPUnreadable(f"the response's body is over {MAX_BODY >> 20} MiB (a chat completion is "
+                                         "a few kB): check --base-url")
                 parts.append(await reader.readexactly(size))
-                await reader.readexactly(2)
+                if await reader.readline():
+                    raise ValueError("no line end after a chunk")
             body = b"".join(parts)
         elif "content-length" in headers:
-            body = await reader.readexactly(int(headers["content-length"]))
+            body = await reader.readexactly(_size(headers["content-length"].encode("latin-1"), _DIGITS, 10))
         elif status in (204, 304):
             body = b""
         else:
             body, keep = await reader.read_to_close(), False
-        encoding = headers.get("content-encoding", "").lower()
-        if encoding == "gzip":
-            body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
-        elif encoding == "deflate":
-            try:
-                body = zlib.decompress(body)
-            except zlib.error:
-                body = zlib.decompress(body, -zlib.MAX_WBITS)
-        return Response(status, headers, body), keep
+        return Response(status, headers, _decode(body, headers.get("content-encoding", "").strip().lower())), keep
 
     async def aclose(self) -> None:
         while self._idle:
