@@ -343,6 +343,13 @@ def refuse_beside_a_live_writer(output: Path) -> None:
                             f"{part[0]}/{part[1]}, would do segments that run does too", path=output,
                             fix="let that run finish the whole split (then nothing is left for the parts), or stop "
                                 "it first and run the parts")
+        for index, count, lock_file in shard_parts(whole, ".lock"):  # (a part of another count, its file not
+            # made yet: the check of the part files before the lock does not see it)
+            if count != part[1] and (holder := writer_of(lock_file.with_name(lock_file.name[: -len(".lock")]))):
+                raise LeapError(f"part {index}/{count} of {whole.name} is being made ({holder}), and this run is "
+                                f"--shard {part[0]}/{part[1]}: merged, the two sets would hold segments twice",
+                                path=output, fix=f"finish the set of --shard i/{count}, or give this set another "
+                                                 "--out")
         return
     for index, count, lock_file in shard_parts(output, ".lock"):
         if (holder := writer_of(lock_file.with_name(lock_file.name[: -len(".lock")]))) is not None:

@@ -531,3 +531,8 @@ def test_a_run_without_shard_is_refused_while_a_part_holds_its_lock_and_a_part_w
             refuse_beside_a_live_writer(part)
         assert "without --shard is writing val.jsonl" in e.value.one_line() and "--shard 2/4" in e.value.one_line()
     refuse_beside_a_live_writer(part)
+    with OutputLock(whole.with_name("val.shard0of3.jsonl")):  # a part of another count begun, its file not made yet
+        with pytest.raises(LeapError) as e:
+            refuse_beside_a_live_writer(part)
+        assert "part 0/3 of val.jsonl is being made" in e.value.one_line() and "--shard 2/4" in e.value.one_line()
+        refuse_beside_a_live_writer(whole.with_name("val.shard1of3.jsonl"))  # (its own set's parts go on)
