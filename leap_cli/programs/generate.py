@@ -106,11 +106,9 @@ class GenerateConfig:
     def redo(self, record: dict) -> bool:
         """Whether a record already in the output is done again (``--retry-errors``: the failed records, and the
         invalid ones whose repair turn's request failed; ``--retry-invalid``: every invalid one)."""
-        status = record.get("status")
-        repair_failed = (self.retry_repairs and status == "invalid"
-                         and bool((record.get("provenance") or {}).get("repair_failed")))
-        return ((self.retry_failed and (status == "failed" or repair_failed))
-                or (self.retry_invalid and status == "invalid"))
+        kind = not_valid_kind(record)
+        return ((self.retry_failed and (kind == "failed" or (kind == "repair" and self.retry_repairs)))
+                or (self.retry_invalid and kind in ("invalid", "repair")))
 
     @property
     def split_name(self) -> str:
