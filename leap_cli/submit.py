@@ -182,8 +182,7 @@ def write_submission(path: str | Path, submission: dict, batch: int = 256, check
 
 
 # how test.json may be compressed: the methods Python's zipfile reads (a 7-Zip or Windows zip may use Deflate64)
-_READABLE = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", zipfile.ZIP_BZIP2: "bzip2",
-             zipfile.ZIP_LZMA: "lzma"}
+_READABLE = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 
 
 def _open_member(path: Path, shown: Path | None = None):
