@@ -107,7 +107,9 @@ def _decode(body: bytes, encoding: str) -> bytes:
                                  "completion is a few kB): check --base-url")
         if not d.eof:
             raise zlib.error("incomplete or truncated stream")
-        body = d.unused_data if wbits == 16 + zlib.MAX_WBITS else b""  # (gzip: the next member, RFC 1952)
+        # gzip: the next member (RFC 1952); bytes after the last (zero padding, a CRLF) are dropped, as gzip -d
+        # and browsers drop them
+        body = d.unused_data if wbits == 16 + zlib.MAX_WBITS and d.unused_data[:2] == b"\x1f\x8b" else b""
     return bytes(out)
 
 
@@ -411,7 +413,15 @@ class HTTPClient:
             body = b""
         else:
             body, keep = await reader.read_to_close(), False
-        return Response(status, headers, _decode(body, headers.get("content-encoding", "").strip().lower())), keep
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if 200 <= status < 300:
+            body = _decode(body, encoding)
+        else:  # an error page: its status is what counts (a 503 is retried whatever its page), its words a help
+            try:
+                body = _decode(body, encoding)
+            except (HTTPUnreadable, zlib.error):
+                pass
+        return Response(status, headers, body), keep
 
     async def aclose(self) -> None:
         while self._idle:
