@@ -207,7 +207,7 @@ def _open_member(path: Path, shown: Path | None = None):
     if problem:
         z.close()
         raise LeapError(f"{MEMBER} {problem}", path=shown,
-                        fix="write it with `leap submit` (or zip test.json with `zip`, deflate, no password)")
+                        fix="write it with `leap submit`, or zip test.json alone with `zip` (deflate, no password)")
     return z
 
 

@@ -1,6 +1,7 @@
 """Mutation run of session 53's changes: tests that kill the mutants the session's own tests let live.
-Covers the 200-reply checks (_json_object, reply_problem's redaction), --retry-errors with --retry-invalid on a repair_failed record, writer_of / refuse_beside_a_live_writer with an
-unnamed holder, the open-files teardown hook, the worker's lost-batch line and record_provenance's label check."""
+Covers the 200-reply checks (_json_object, reply_problem's redaction), --retry-errors with --retry-invalid on a
+repair_failed record, writer_of / refuse_beside_a_live_writer with an unnamed holder, the open-files teardown hook,
+the worker's lost-batch line and record_provenance's label check."""
 from __future__ import annotations
 
 import contextlib

@@ -586,7 +586,7 @@ class OpenAIBackend(Backend):
             if status == 200:
                 data = _json_object(resp.body)
                 problem = None if data is None else reply_problem(data)
-                if problem and sent != "none" and _refuses_format(400, None, problem):
+                if problem and sent != "none" and _refuses_format(400, _refused_param(resp, problem), problem):
                     self._step_down(sent, status, problem)  # (an error in a 200, as some servers send: as a 400's)
                     continue
                 break
