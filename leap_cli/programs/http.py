@@ -91,13 +91,17 @@ def _decode(body: bytes, encoding: str) -> bytes:
     if encoding in ("", "identity"):
         return body
     if encoding in ("gzip", "x-gzip"):
-        wbits = 16 + zlib.MAX_WBITS
-    elif encoding == "deflate":
-        wbits = zlib.MAX_WBITS if body[:1] and (body[0] & 0x0F) == 8 and int.from_bytes(body[:2], "big") % 31 == 0 \
-            else -zlib.MAX_WBITS  # (some servers send raw deflate under the name)
-    else:
-        raise HTTPUnreadable(f"the response is encoded as {encoding!r}, which leap cannot read (it asks for gzip or "
-                             "deflate): check what in front of the server sets Content-Encoding")
+        return _inflate(body, 16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        try:
+            return _inflate(body, zlib.MAX_WBITS)
+        except zlib.error:  # (some servers send raw deflate under the name)
+            return _inflate(body, -zlib.MAX_WBITS)
+    raise HTTPUnreadable(f"the response is encoded as {encoding!r}, which leap cannot read (it asks for gzip or "
+                         "deflate): check what in front of the server sets the encoding")
+
+
+def _inflate(body: bytes, wbits: int) -> bytes:
     out = bytearray()
     while body:
         d = zlib.decompressobj(wbits)
@@ -391,7 +395,8 @@ class HTTPClient:
         if head_only:
             return Response(status, headers, b""), False
         keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        codings = [c.strip() for c in headers.get("transfer-encoding", "").lower().split(",") if c.strip()]
+        if "chunked" in codings:
             parts, total = [], 0
             while True:
                 size = _size((await reader.readline()).split(b";")[0], _HEX, 16)
@@ -413,14 +418,18 @@ class HTTPClient:
             body = b""
         else:
             body, keep = await reader.read_to_close(), False
-        encoding = headers.get("content-encoding", "").strip().lower()
-        if 200 <= status < 300:
-            body = _decode(body, encoding)
-        else:  # an error page: its status is what counts (a 503 is retried whatever its page), its words a help
-            try:
-                body = _decode(body, encoding)
-            except (HTTPUnreadable, zlib.error):
-                pass
+        # the transfer codings but chunked, last applied first ("gzip, chunked"), then the content's encoding
+        encodings = [c for c in reversed(codings) if c not in ("chunked", "identity")]
+        encodings.append(headers.get("content-encoding", "").strip().lower())
+        try:
+            decoded = body
+            for encoding in encodings:
+                decoded = _decode(decoded, encoding)
+            body = decoded
+        except (HTTPUnreadable, zlib.error):
+            if 200 <= status < 300:
+                raise
+            # an error page: its status is what counts (a 503 is retried whatever its page), its words a help
         return Response(status, headers, body), keep
 
     async def aclose(self) -> None:
