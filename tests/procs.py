@@ -52,3 +52,22 @@ def spawn_ranks(fn, args: tuple, outputs: list, nprocs: int = 2) -> None:
     except mp.ProcessExitedException as e:
         if e.signal_name != "SIGABRT" or not all(Path(o).is_file() for o in outputs):
             raise
+
+
+def run_together(cmds: list[list[str]], env: dict, cwd, timeout: float = 120) -> list[tuple[int, str]]:
+    """Start every command at once (a job array's tasks) and wait for all: [(exit status, output)]; any still
+    running at the end (a failed wait) is killed."""
+    import subprocess
+
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd) for c in cmds]
+    out = []
+    try:
+        for p in procs:
+            out.append((p.wait(timeout=timeout), p.stdout.read().decode(errors="replace")))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+    return out

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import run_together
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,19 +79,7 @@ def _cmd(wd, server, *extra) -> list[str]:
 
 
 def _array(cmds, timeout=120) -> list[tuple[int, str]]:
-    """Start every command at once (a job array's tasks), wait for all: [(exit status, output)]."""
-    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT) for c in cmds]
-    out = []
-    try:
-        for p in procs:
-            out.append((p.wait(timeout=timeout), p.stdout.read().decode(errors="replace")))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.stdout.close()
-    return out
+    return run_together(cmds, ENV, ROOT, timeout)
 
 
 def _clean(res) -> None:

@@ -11,20 +11,9 @@ import zlib
 import pytest
 
 from leap_cli.programs.http import MAX_BODY, HTTPConnectionError, HTTPTimeout, HTTPUnreadable, Response, _decode
+from tests.test_attack_s53_attack4 import BODY, _framed, _one_line
 from tests.test_mut_http_store import _answer, _post_all
 
-BODY = b'{"choices": [{"message": {"content": "x\\n\\ny"}}]}'
-
-
-def _framed(body: bytes, *headers: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\n" + b"".join(h + b"\r\n" for h in headers) + b"Content-Length: %d\r\n\r\n%s" % (
-        len(body), body)
-
-
-def _one_line(e) -> str:
-    msg = str(e)
-    assert msg and "\n" not in msg and "Traceback" not in msg
-    return msg
 
 
 def _stall_after(raw: bytes):
