@@ -44,10 +44,12 @@ def _remove_if_left_empty(made: list[Path]) -> None:
             folder.with_name(folder.name + ".lock").unlink(missing_ok=True)
 
 
-def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, annotations: Path | None) -> str:
+def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, annotations: Path | None,
+                    provenance: dict | None = None) -> str:
     """The `leap submit` of these scores with the options given here that submit reads too (the annotations
-    and the work directory), quoted for the shell, and the supervision levels: TD 3 (`leap train` trains on the
-    train split), PT and TL left for the user to fill in (they depend on the run's weights and targets)."""
+    and the work directory), quoted for the shell, and the supervision levels: TD 3 where the run trained on the
+    train split, 4 on train and val (its ``provenance``), PT and TL left for the user to fill in (they depend on
+    the run's weights and targets)."""
     import shlex
 
     args = ["leap", "submit", "--scores", str(scores), "--task", task]
@@ -58,7 +60,10 @@ def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, a
         args += ["--data", "ROOT"]  # submit reads the test split's annotations: not where it would look by default
     if Path(workdir) != DEFAULT_WORKDIR:
         args += ["--workdir", str(workdir)]
-    return shlex.join(args + ["--sls-pt", "PT", "--sls-tl", "TL", "--sls-td", "3"])
+    train = (provenance or {}).get("train") if isinstance(provenance, dict) else None
+    splits = set(str(train.get("split") or "").split("+")) if isinstance(train, dict) else set()
+    return shlex.join(args + ["--sls-pt", "PT", "--sls-tl", "TL", "--sls-td", "4" if {"train", "val"} <= splits
+                              else "3"])
 
 
 def _submit_refusal(scores: dict, task: str, workdir: Path, data: Path | None, annotations: Path | None,
@@ -232,7 +237,7 @@ def evaluate(
                               style="yellow", highlight=False)
                 return
             # soft_wrap: a long command is not broken by inserted newlines, so it pastes as printed
-            command = _submit_command(scores_path, task, workdir, data, annotations)
+            command = _submit_command(scores_path, task, workdir, data, annotations, loaded["meta"].get("provenance"))
             console.print(escape(f"test split: no labels, scores only. Next: {command}"), highlight=False,
                           soft_wrap=True)
             console.print("(PT, TL: this model's supervision levels, see docs/evaluate-submit.md"

@@ -31,7 +31,7 @@ def submit(
                                "0: random initialisation; the three levels are required to write a zip)."),
     sls_tl: int = typer.Option(None, "--sls-tl", help="Supervision level, training labels (0-5)."),
     sls_td: int = typer.Option(None, "--sls-td", help="Supervision level, training data (0-5; "
-                               "`leap train` trains on the train split: 3)."),
+                               "3 for a leap train run on the train split, 4 on train + val)."),
     with_actions: bool = typer.Option(False, "--with-actions", help="Anticipation only: add the 100 best "
                                       "'verb,noun' action scores per segment (official combination)."),
     check: Path = typer.Option(None, "--check", help="Check this existing submission zip instead of writing one."),

@@ -224,6 +224,18 @@ def shard_batches(folder: str | Path, model_args: dict, views: ViewConfig, *, ba
     return Guarded(shard_loader(ds, batch_size=batch_size, workers=workers), "--workers"), len(ds)
 
 
+def _warn_trained_on(provenance: dict | None, keys: list[str], folder: Path, split: str) -> None:
+    """Warn where segments about to be scored are among those the run trained on (a run trained on train + val
+    for the challenge, evaluated on val): its figures are not held out."""
+    from leap_cli.shards.format import trained_segments
+
+    trained, folders = trained_segments(provenance)
+    seen = [k for k in keys if k in trained]
+    if seen:
+        log.warning("%d of the %d %s segments in %s are among those the run trained on (%s; e.g. %s): their figures "
+                    "are not held out", len(seen), len(keys), split, folder, " + ".join(folders), seen[0])
+
+
 def _manifest_task(folder: Path) -> str | None:
     import json
 
@@ -339,8 +351,10 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
         batches, total = shard_batches(folder, ckpt["model_args"], views, batch_size=batch_size, workers=workers)
         same_targets = _same_targets(ckpt.get("targets"), batches.dataset.manifest.get("targets"), folder, split, task)
         _same_timing(ckpt.get("shards_timing"), batches.dataset.manifest, folder)
+        keys = [k for sh in batches.dataset.manifest["shards"] for k in sh["keys"]]
+        _warn_trained_on(ckpt.get("provenance"), keys, folder, split)
         if check is not None:  # (not after the scoring of a whole split)
-            check(ckpt["model_args"], [k for sh in batches.dataset.manifest["shards"] for k in sh["keys"]], source, folder)
+            check(ckpt["model_args"], keys, source, folder)
         if on_start:
             on_start(total)
         scores = predict(model, batches, views=views, device=device, program=True, precision=precision,

@@ -51,7 +51,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from leap_cli.errors import LeapError
-from leap_cli.shards.format import (REBUILD_FIX, group_sample, load_manifest, parse_members, read_sample_at,
+from leap_cli.shards.format import (REBUILD_FIX, group_sample, load_folders, parse_members, read_sample_at,
                                    sample_crc)
 from leap_cli.shards.transforms import (color_jitter, crop_resize, decode_jpegs, random_resized_box,
                                         spatial_boxes, temporal_indices, to_tensor)
@@ -68,14 +68,14 @@ def _dist_rank_world() -> tuple[int, int]:
 class ShardDataset(IterableDataset):
     """Clips from shards; see the module docstring for order, splitting, padding and the batch layout."""
 
-    def __init__(self, source: str | Path, *, train: bool = True, num_frames: int = 8, img_size: int = 224,
+    def __init__(self, source: str | Path | list, *, train: bool = True, num_frames: int = 8, img_size: int = 224,
                  temporal_views: int = 1, spatial_views: int = 1, shuffle_buffer: int = 256, seed: int = 0,
                  scale: tuple[float, float] = (0.25, 1.0), color_jitter: float = 0.0, rank: int | None = None,
                  world_size: int | None = None, pad: bool = False, on_error: str = "raise", epoch: int = 0,
                  block: int = 32, batch_size: int = 1):
         if on_error not in ("raise", "skip"):
             raise LeapError(f"on_error must be raise or skip, not {on_error!r}")
-        self.manifest, self.folder = load_manifest(source)
+        self.manifest, self.folder = load_folders(source)  # (several folders: shards.format.load_folders)
         self.train, self.num_frames, self.img_size = train, num_frames, img_size
         self.temporal_views, self.spatial_views = (1, 1) if train else (temporal_views, spatial_views)
         self.shuffle_buffer = shuffle_buffer if train else 0
@@ -154,13 +154,16 @@ class ShardDataset(IterableDataset):
                 for x in mine[k * B:(k + 1) * B]]
 
     # ---- reading ---------------------------------------------------------------------------------------
-    def _fail(self, shard: str, key: str, why: str) -> None:
+    def shard_path(self, info: dict) -> Path:
+        """The tar file of a manifest's shard entry (in its own folder where several are read together)."""
+        return Path(info.get("folder") or self.folder) / info["name"]
+
+    def _fail(self, path: Path, key: str, why: str) -> None:
         if self.on_error == "raise":
-            raise LeapError(f"corrupt shard: {why}", path=self.folder / shard, record=f"sample {key}",
+            raise LeapError(f"corrupt shard: {why}", path=path, record=f"sample {key}",
                             fix=f"leap check-shards lists every damaged file and sample; {REBUILD_FIX}")
         self.stats["errors"] += 1
-        log.warning("%s [sample %s]: skipped (%s); %d skipped so far", self.folder / shard, key, why,
-                    self.stats["errors"])
+        log.warning("%s [sample %s]: skipped (%s); %d skipped so far", path, key, why, self.stats["errors"])
 
     def _raw(self, plan: list[tuple[int, tuple[tuple[int, int], bool]]]) -> Iterator[tuple[int, dict, bool, str, str]]:
         files: dict[int, object] = {}  # the shuffled order goes back and forth between a few shards: keep them open
@@ -172,11 +175,11 @@ class ShardDataset(IterableDataset):
                     if len(files) >= 16:
                         files.pop(next(iter(files))).close()
                     try:
-                        files[s] = open(self.folder / info["name"], "rb")
+                        files[s] = open(self.shard_path(info), "rb")
                     except OSError as e:
                         if e.errno in (errno.EMFILE, errno.ENFILE):  # (the process's limit, not the shard: said
                             raise  # as such, with what to do, by the command's error line)
-                        self._fail(info["name"], key, f"cannot open the shard ({e.strerror})")
+                        self._fail(self.shard_path(info), key, f"cannot open the shard ({e.strerror})")
                         continue
                 f = files[s]
                 try:
@@ -185,9 +188,9 @@ class ShardDataset(IterableDataset):
                     if got != key:
                         raise ValueError(f"found sample {got!r} where the manifest has {key!r}")
                 except ValueError as e:
-                    self._fail(info["name"], key, str(e))
+                    self._fail(self.shard_path(info), key, str(e))
                     continue
-                yield i, fields, padding, info["name"], key
+                yield i, fields, padding, self.shard_path(info), key
         finally:
             for f in files.values():
                 f.close()

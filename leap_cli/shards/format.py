@@ -238,6 +238,72 @@ def labels_provenance(m: dict) -> dict | None:
     return {k: sources.get(k) for k in LABEL_SOURCES} if any(sources.get(k) for k in LABEL_SOURCES) else None
 
 
+def folders_provenance(m: dict, folder: Path) -> dict:
+    """What a run trains on, as ``provenance.json`` keeps it under ``train``: ``shards`` (the absolute folder),
+    ``split``, ``programs`` and ``labels`` of a manifest loaded from ``folder``. A manifest over several folders
+    (``load_folders``) gives ``shards`` as their list, ``split`` as ``train+val``, ``folders`` (each one's own
+    entry), and ``programs`` and
+    ``labels`` over all of them: counts added up, generators' rows merged, and each hash a hash of the folders'
+    hashes in their order ("-" for a folder that has none), so that a resume compares them as it compares one."""
+    import hashlib
+    import os
+
+    def one(manifest: dict, where: str | Path) -> dict:
+        return {"shards": os.path.abspath(where), "split": manifest.get("split"),
+                "programs": programs_provenance(manifest), "labels": labels_provenance(manifest)}
+
+    if not m.get("folders"):
+        return one(m, folder)
+    parts = [one(f["manifest"], f["folder"]) for f in m["folders"]]
+
+    def joined(values: list) -> str | None:  # (a folder without: "-", so the others' changes still show)
+        if all(v is None for v in values):
+            return None
+        return hashlib.sha256("\n".join(v or "-" for v in values).encode()).hexdigest()
+
+    programs = [p["programs"] for p in parts]
+    combined = None
+    if all(programs):
+        rows: dict = {}
+        for p in programs:
+            for r in p.get("made_by") or []:
+                acc = rows.setdefault((r.get("backend"), r.get("model")), {**r, "records": 0, "valid": 0})
+                acc["records"] += r.get("records") or 0
+                acc["valid"] += r.get("valid") or 0
+        made_by = (None if any(p.get("made_by") is None for p in programs) else
+                   sorted(rows.values(), key=lambda r: (-r["records"], r["backend"] or "", r["model"] or "")))
+        add = lambda key: (None if any(p.get(key) is None for p in programs)  # noqa: E731
+                           else sum(p[key] for p in programs))
+        versions = {p.get("prompt_version") for p in programs if p.get("made_by") != []} or {None}  # (none: no file)
+        combined = {"records": add("records"), "valid": add("valid"), "with_program": add("with_program"),
+                    "made_by": made_by, "prompt_version": versions.pop() if len(versions) == 1 else None,
+                    "sha256": joined([p.get("sha256") for p in programs])}
+    labels = [p["labels"] for p in parts]
+    return {"shards": [p["shards"] for p in parts], "split": "+".join(str(p["split"]) for p in parts),
+            "programs": combined,
+            "labels": None if not any(labels) else {k: joined([(lab or {}).get(k) for lab in labels])
+                                                    for k in LABEL_SOURCES},
+            "folders": parts}
+
+
+def trained_segments(provenance: dict | None) -> tuple[set[str], list[str]]:
+    """The segments a run trained on (its ``provenance.json``, as a checkpoint holds it) and the training shards
+    folders they were read from; folders no longer there, or unreadable, are passed over (nothing known)."""
+    train = (provenance or {}).get("train") if isinstance(provenance, dict) else None
+    shards = train.get("shards") if isinstance(train, dict) else None
+    folders = [shards] if isinstance(shards, str) else [f for f in shards or [] if isinstance(f, str)]
+    keys: set[str] = set()
+    read = []
+    for folder in folders:
+        try:
+            m, _ = load_manifest(folder)
+        except (LeapError, OSError):
+            continue
+        keys.update(k for s in m["shards"] for k in s["keys"])
+        read.append(folder)
+    return keys, read
+
+
 # How a part packs its samples into tars, not what the samples hold: parts may differ in them.
 PACKING = frozenset({"settings.max_shard_size", "settings.max_count"})
 
@@ -344,6 +410,46 @@ def load_manifest(source: str | Path) -> tuple[dict, Path]:
     if merged is None:
         named = source if source.suffix != ".json" else folder  # a folder not made yet
         raise LeapError("no shards manifest found", path=path, fix=f"build them first: {build_command(named)}")
+    return merged, folder
+
+
+def load_folders(sources) -> tuple[dict, Path]:
+    """One manifest over one or several shards folders (``data.train`` naming the train and val shards of a
+    challenge run): each shard entry of the second folder on keeps its ``folder``, the counts add up, and the
+    folder returned is the first's. Refused in one line: folders of another task, target vocabulary or sample
+    settings (their split, their inputs and how their tars are packed may differ), and a segment in two of them
+    (it would be trained on twice per epoch)."""
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    loaded = [load_manifest(s) for s in sources]
+    first, folder = loaded[0]
+    if len(loaded) == 1:
+        return first, folder
+    shape = lambda m: {k: v for k, v in made_with(m).items()  # noqa: E731
+                       if k not in PACKING and k not in ("split", "settings.split") and not k.startswith("sources.")}
+    seen: dict[str, Path] = {}
+    for m, other in loaded:
+        differ = sorted(k for k in shape(first).keys() | shape(m).keys() if shape(first).get(k) != shape(m).get(k))
+        if differ:
+            raise LeapError(f"these shards were built otherwise than {folder} ({', '.join(map(said, differ[:6]))} "
+                            "differ), and one run trains on samples of one kind", path=other,
+                            fix="build them with the same build-shards options as the first folder (val and test "
+                                "take the train shards' target vocabulary when those are built first)")
+        for s in m["shards"]:
+            for key in s["keys"]:
+                if key in seen:
+                    raise LeapError(f"segment {key} is in two of the training folders ({seen[key]} and {other})",
+                                    path=other, record=key, fix="name each shards folder once, and folders of "
+                                                                "different splits")
+                seen[key] = other
+    merged = dict(first)
+    merged["shards"] = [s if f == folder else {**s, "folder": str(f)} for m, f in loaded for s in m["shards"]]
+    merged["skipped"] = [s for m, _ in loaded for s in m.get("skipped", [])]
+    counts: dict = {}
+    for m, _ in loaded:
+        for k, v in (m.get("counts") or {}).items():
+            counts[k] = counts.get(k, 0) + v if isinstance(v, int) and not isinstance(v, bool) else v
+    merged["counts"] = counts
+    merged["folders"] = [{"folder": str(f), "manifest": m} for m, f in loaded]
     return merged, folder
 
 

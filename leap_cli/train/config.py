@@ -43,7 +43,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    train: str | None = None               # shard folder; default {workdir}/shards/train
+    train: str | tuple | None = None       # shard folder or a list of them; default {workdir}/shards/train
     val: str | None = None                 # default {workdir}/shards/val; "" disables validation
     batch_size: int = 8                    # per process, per micro-batch
     eval_batch_size: int = 16
@@ -124,6 +124,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Check/convert a YAML value to the field's type; a mismatch is a LeapError naming the key."""
     text = hint.__name__ if isinstance(hint, type) else str(hint)  # "int", not "<class 'int'>"
     optional = "None" in text
+    if text.startswith("str | tuple"):
+        text = "a folder, or a list of folders"
     if value is None:
         if optional:
             return None
@@ -141,6 +143,14 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             return float(value)
+        if text.startswith("a folder"):  # a path or a list of paths (data.train)
+            if isinstance(value, (list, tuple)):
+                if not value or not all(isinstance(v, str) and v for v in value):
+                    raise TypeError
+                return value[0] if len(value) == 1 else tuple(value)
+            if isinstance(value, dict):
+                raise TypeError
+            return str(value)
         if hint is str or text.startswith("str"):
             if isinstance(value, (dict, list)):
                 raise TypeError

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from leap_cli.errors import LeapError
 from leap_cli.shards.dataset import (Guarded, ShardDataset, anticipation_timing, check_context, loader_workers,
                                     shard_loader, timing_text)
-from leap_cli.shards.format import labels_provenance, part_counts, programs_provenance
+from leap_cli.shards.format import folders_provenance, part_counts, programs_provenance
 from leap_cli.train.config import Config
 from leap_cli.train.distributed import DistInfo
 
@@ -40,10 +40,12 @@ def class_counts(manifest: dict, path: Path) -> tuple[int, int]:
 class ShardSource:
     """Shards -> batches for ``leap_cli.train.loop.main`` (see the module docstring)."""
 
-    def __init__(self, train_dir: str | Path, val_dir: str | Path | None, cfg: Config, info: DistInfo):
+    def __init__(self, train_dir: str | Path | list, val_dir: str | Path | None, cfg: Config, info: DistInfo):
         self.cfg, self.info = cfg, info
-        self.train_dir = Path(train_dir)
-        self.train = ShardDataset(self.train_dir, train=True, num_frames=cfg.model.num_frames,
+        folders = [Path(train_dir)] if isinstance(train_dir, (str, Path)) else [Path(d) for d in train_dir]
+        self.train_dir = folders[0]
+        named = " + ".join(map(str, folders))  # (in messages)
+        self.train = ShardDataset(folders, train=True, num_frames=cfg.model.num_frames,
                                   img_size=cfg.model.img_size, shuffle_buffer=cfg.data.shuffle_buffer,
                                   seed=cfg.train.seed, rank=info.rank, world_size=info.world_size,
                                   pad=info.distributed, scale=tuple(cfg.data.crop_scale),
@@ -51,14 +53,14 @@ class ShardSource:
         manifest = self.train.manifest
         task = manifest.get("task", "recognition")
         if task != cfg.data.task:
-            raise LeapError(f"the shards are for {task} but data.task is {cfg.data.task}", path=self.train_dir,
+            raise LeapError(f"the shards are for {task} but data.task is {cfg.data.task}", path=named,
                             fix="build shards for that task or set data.task to match")
         if task == "anticipation":
-            check_context(self.train, cfg.model.anticipation_context, "model.anticipation_context", self.train_dir)
+            check_context(self.train, cfg.model.anticipation_context, "model.anticipation_context", named)
             if not cfg.model.anticipation_context and self.train.context and info.is_main:
                 log.warning("%s: the shards hold %d context clip(s) before each action, and model.anticipation_context "
                             "is 0: the model reads none of them (and aggregates nothing); set "
-                            "model.anticipation_context %d to use them", self.train_dir, self.train.context,
+                            "model.anticipation_context %d to use them", named, self.train.context,
                             self.train.context)
         elif cfg.model.anticipation_context and info.is_main:
             log.warning("model.anticipation_context %d is not used: data.task is %s (anticipation shards and "
@@ -66,24 +68,22 @@ class ShardSource:
         counts = manifest.get("counts") or {}
         if counts.get("skipped") and info.is_main:  # (a split most of whose videos are not downloaded trains quietly)
             log.warning("%s: the shards hold %d of the split's %d segments (%d skipped by build-shards, listed with "
-                        "their reasons in its manifest)", self.train_dir, counts.get("samples", 0),
+                        "their reasons in its manifest)", named, counts.get("samples", 0),
                         counts.get("segments", 0), counts["skipped"])
         self.num_verbs, self.num_nouns = class_counts(manifest, self.train_dir / "manifest.json")
         self.program_targets = manifest.get("targets")
         self.timing = anticipation_timing(manifest)  # (kept in the checkpoints: evaluate compares its shards')
         # the run's provenance.json: which shards, and what made their programs (a manifest of an earlier leap: unknown)
-        self.provenance = {"train": {"shards": os.path.abspath(self.train_dir),
-                                     "programs": programs_provenance(manifest),
-                                     "labels": labels_provenance(manifest)}, "val": None}
+        self.provenance = {"train": folders_provenance(manifest, self.train_dir), "val": None}
         if not manifest.get("counts", {}).get("with_program"):
             self.program_targets = None  # no program heads: nothing would train them
             if cfg.loss.program_loss:
-                log.warning("%s: no sample has a valid program; training with L_CE only", self.train_dir)
+                log.warning("%s: no sample has a valid program; training with L_CE only", named)
         # Whole batches go to the DataLoader workers (ShardDataset), so the count does not depend on num_workers.
         self.batches_per_epoch = len(self.train) // cfg.data.batch_size
         if self.batches_per_epoch < 1:
             raise LeapError(f"{len(self.train)} training samples per process, fewer than data.batch_size="
-                            f"{cfg.data.batch_size}", path=self.train_dir, fix="lower data.batch_size")
+                            f"{cfg.data.batch_size}", path=named, fix="lower data.batch_size")
         self._loaders: dict[str, DataLoader] = {}
         self.val = None
         self.val_size: int | None = None
@@ -117,10 +117,14 @@ class ShardSource:
                 train_keys = {k for sh in manifest.get("shards", []) for k in sh.get("keys", [])}
                 shared = [k for sh in self.val.manifest.get("shards", []) for k in sh.get("keys", []) if k in train_keys]
                 if shared and info.is_main:  # (a train CSV that is a copy of the validation one: scores not held out)
+                    named_val = any(val_dir.resolve() == f.resolve() for f in folders)
                     log.warning("%s: %d of the validation shards' %d segments are also in the training shards (e.g. "
-                                "%s): validation, and the choice of best.pt, measure segments the model trains on; "
-                                "check the split CSVs the two builds read (leap info lists each split's segments)",
-                                val_dir, len(shared), self.val_size, shared[0])
+                                "%s): validation, and the choice of best.pt, measure segments the model trains on; %s",
+                                val_dir, len(shared), self.val_size, shared[0],
+                                "data.val is one of data.train's folders: a run trained on train + val (for the "
+                                "challenge's test split) sets data.val=\"\", and leap evaluate and submit take its "
+                                "last.pt" if named_val else "check the split CSVs the two builds read (leap info lists "
+                                "each split's segments)")
                 if self.val.manifest.get("targets") != manifest.get("targets"):
                     raise LeapError("the validation shards use another targets vocabulary than the training shards",
                                     path=val_dir, fix="rebuild the val shards after the train shards")

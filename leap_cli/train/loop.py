@@ -440,10 +440,13 @@ class GracefulStop:
         return flag
 
 
-def shard_folders(cfg: Config, workdir: Path) -> tuple[Path, Path | None]:
-    """The training and validation shards folders (``data.train``/``data.val``, else build-shards' defaults)."""
+def shard_folders(cfg: Config, workdir: Path) -> tuple[list[Path], Path | None]:
+    """The training shards folders (``data.train``: one or a list, as a challenge run names the train and val
+    shards) and the validation folder (``data.val``), else build-shards' defaults."""
     suffix = "-anticipation" if cfg.data.task == "anticipation" else ""  # leap build-shards' default folders
-    train = Path(cfg.data.train) if cfg.data.train else workdir / "shards" / f"train{suffix}"
+    given = cfg.data.train
+    train = ([Path(given)] if isinstance(given, str) else [Path(f) for f in given] if given
+             else [workdir / "shards" / f"train{suffix}"])
     val = None if cfg.data.val == "" else Path(cfg.data.val) if cfg.data.val else workdir / "shards" / f"val{suffix}"
     if cfg.data.val and not val.exists():  # (a typo trained without validation and best.pt, with a warning only)
         raise LeapError("data.val names no such folder", path=val,
@@ -550,8 +553,10 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                             fix="continue it with --resume, start it over with --force, or pick another --name")
         seed_everything(cfg.train.seed)
         if source is None:
-            for folder in shard_folders(cfg, workdir):  # held before a manifest is read: build-shards --force
-                if folder is not None and folder.is_dir():  # would delete them under this run
+            # held before a manifest is read: build-shards --force would delete them under this run
+            train_folders, val_folder = shard_folders(cfg, workdir)
+            for folder in dict.fromkeys([*train_folders, val_folder]):
+                if folder is not None and folder.is_dir():
                     stack.enter_context(ShardReaders(folder))
         source = source or default_source(cfg, workdir, info)
         model_args = model_args_for(cfg, source)
@@ -813,14 +818,15 @@ def record_provenance(run_dir: Path, now: dict, *, resumed: bool) -> dict:
     return now
 
 
-def _same_training_data(ckpt: dict, source: DataSource, path: Path, given: str | None) -> None:
+def _same_training_data(ckpt: dict, source: DataSource, path: Path, given: str | tuple | None) -> None:
     """Refuse a resume on training shards that are not the run's (data.train may change on --resume: the same
     shards moved): another number of batches per epoch (it re-laid the schedule, the run grew or ended, and the
     epoch's position meant other batches) or, for anticipation, another timing. Checkpoints from before the
     count was kept are not checked for it."""
     from leap_cli.shards.dataset import timing_text
 
-    where = f"data.train {given}" if given else "the default training shards"
+    where = (f"data.train {given if isinstance(given, str) else ' + '.join(given)}" if given
+             else "the default training shards")
     fix = ("resume with the shards the run trained on; to train on from its weights with these, start a run of "
            f"another --name with --set model.pretrained={path}")
     had = (ckpt.get("data_position") or {}).get("batches_per_epoch")
