@@ -253,24 +253,30 @@ def _again(plain: str = "the same command") -> str:
 def _interrupted() -> None:
     kept = _KEPT.get(_state.get("command"), f"finished records were kept; run {_again()} to resume") \
         if _state.get("command") else "the command had not started: nothing was written"
+    stop = _state.get("stop_signal")  # SIGTERM or SIGHUP (None: Ctrl-C)
     if _other_rank() is not None:  # rank 0 says it once for the job
-        sys.exit(128 + signal.SIGTERM if _state.get("sigterm") else EXIT_INTERRUPTED)
-    if _state.get("sigterm"):
-        err_console.print(f"[yellow]stopped by SIGTERM[/]: {kept}")
-        sys.exit(128 + signal.SIGTERM)
+        sys.exit(128 + stop if stop else EXIT_INTERRUPTED)
+    if stop:
+        hung_up = " (the terminal closed: run long jobs under nohup, tmux or screen)" if stop == _SIGHUP else ""
+        err_console.print(f"[yellow]stopped by {signal.Signals(stop).name}[/]{hung_up}: {kept}")
+        sys.exit(128 + stop)
     err_console.print(f"[yellow]interrupted[/]: {kept}")
     sys.exit(EXIT_INTERRUPTED)
 
 
+_SIGHUP = getattr(signal, "SIGHUP", None)  # (not on Windows)
+
+
 def _on_sigterm(signum, frame) -> None:
-    """SIGTERM (Slurm's preemption, scancel, kill) stops a stage as Ctrl-C does: what is finished is kept, the
-    output closed, the ledger of --max-cost written. (``leap train`` sets its own while it trains: it saves
-    last.pt first.) A forked worker that inherited this handler dies as by default (Pool.terminate sends it)."""
+    """SIGTERM (Slurm's preemption, scancel, kill) and SIGHUP (the terminal of a job not run under nohup, tmux
+    or screen closed: a dropped ssh session) stop a stage as Ctrl-C does: what is finished is kept, the output
+    closed, the ledger of --max-cost written. (``leap train`` sets its own while it trains: it saves last.pt
+    first.) A forked worker that inherited this handler dies as by default (Pool.terminate sends SIGTERM)."""
     if os.getpid() != _state["pid"]:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
         return
-    _state["sigterm"] = True
+    _state["stop_signal"] = signum
     on_int = signal.getsignal(signal.SIGINT)
     if callable(on_int):  # Python's (KeyboardInterrupt), or asyncio's, which cancels the stage's main task
         on_int(signal.SIGINT, frame)
@@ -394,10 +400,11 @@ def main() -> None:
 
 
 class ReaderSafeStdout:
-    """``sys.stdout`` that outlives its reader: `leap evaluate --split val | head -1` closed the pipe at the first
-    line, and the next print stopped the stage half-way (exit 1, metrics.json never written). Once the reader is
-    gone, what the stage prints goes to /dev/null and the stage runs to its end (its progress and messages on
-    stderr are untouched)."""
+    """``sys.stdout`` (or ``sys.stderr``) that outlives its reader: `leap evaluate --split val | head -1` closed the
+    pipe at the first line, and the next print stopped the stage half-way (exit 1, metrics.json never written);
+    `leap extract ... 2>&1 | head -2` stopped at its next progress line. Once the reader is gone, what is written
+    there goes to /dev/null (the file descriptor itself, so the other writers to it too) and the stage runs to its
+    end; so it does where the terminal went away (a hung-up ssh session: EIO)."""
 
     def __init__(self, stream) -> None:
         self._stream = stream
@@ -406,17 +413,19 @@ class ReaderSafeStdout:
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
-            self._gone()
+        except OSError as e:
+            self._gone(e)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
-        except BrokenPipeError:
-            self._gone()
+        except OSError as e:
+            self._gone(e)
 
-    def _gone(self) -> None:
+    def _gone(self, e: OSError) -> None:
+        if e.errno not in (errno.EPIPE, errno.EIO):  # (EIO: the terminal of a hung-up session is gone)
+            raise e
         if not self.reader_gone:  # the file descriptor itself to /dev/null: what is buffered goes there too
             self.reader_gone = True
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -461,12 +470,17 @@ def raise_open_files_limit(most: int = 65536) -> None:
 def _main() -> None:
     _state["pid"] = os.getpid()
     _state.pop("command", None)  # (set once the command line is read)
+    _state.pop("stop_signal", None)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if _SIGHUP is not None and signal.getsignal(_SIGHUP) is not signal.SIG_IGN:  # (nohup's: left as it is)
+        signal.signal(_SIGHUP, _on_sigterm)
     raise_open_files_limit()
     if not isinstance(sys.stdout, ReaderSafeStdout) and hasattr(sys.stdout, "fileno"):
         with contextlib.suppress(AttributeError, ValueError):  # an ASCII stdout (PYTHONIOENCODING=ascii, a job's
             sys.stdout.reconfigure(errors="backslashreplace")  # environment) writes a path's é as \xe9, as stderr does
         sys.stdout = ReaderSafeStdout(sys.stdout)
+    if not isinstance(sys.stderr, ReaderSafeStdout) and hasattr(sys.stderr, "fileno"):
+        sys.stderr = ReaderSafeStdout(sys.stderr)  # (logging, rich's consoles and the progress write to it then)
     try:
         sys.argv[1:] = expand_home(sys.argv[1:])
         empty_path_option(sys.argv[1:])

@@ -1,3 +1,4 @@
+import errno
 import json
 import os
 import shutil
@@ -641,6 +642,35 @@ def test_stdout_outlives_its_reader():
     out.close()
 
 
+@pytest.mark.parametrize("code, gone", [(errno.EIO, True), (errno.EPIPE, True), (errno.ENOSPC, False)])
+def test_a_stream_whose_terminal_hung_up_is_let_go(code, gone, tmp_path):
+    """After SIGHUP (a dropped ssh session) the terminal is gone and a write fails with EIO: the stage's stop line
+    (and the rest of its writing) must not end in an OSError of its own. Other errors still are errors."""
+    import io
+
+    from leap_cli.cli import ReaderSafeStdout
+
+    class Failing(io.StringIO):
+        def write(self, text):
+            raise OSError(code, os.strerror(code))
+
+        def fileno(self):
+            return fd
+
+    fd = os.open(tmp_path / "terminal", os.O_WRONLY | os.O_CREAT)
+    out = ReaderSafeStdout(Failing())
+    try:
+        if gone:
+            assert out.write("stopped by SIGHUP\n") == len("stopped by SIGHUP\n") and out.reader_gone
+            assert os.readlink(f"/proc/self/fd/{fd}") == os.devnull
+        else:
+            with pytest.raises(OSError) as e:
+                out.write("x\n")
+            assert e.value.errno == code and not out.reader_gone
+    finally:
+        os.close(fd)
+
+
 def test_a_stage_whose_stdout_reader_left_finishes_with_its_status(tiny_kitchen):
     env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1"}
     p = subprocess.Popen([sys.executable, "-m", "leap_cli", "info", "--data", str(tiny_kitchen)],
@@ -784,7 +814,7 @@ def test_a_sigterm_under_torchrun_exits_143_on_every_rank(monkeypatch, capsys, t
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", rank)
-    monkeypatch.setitem(cli._state, "sigterm", False)  # (set by the handler; not left to the tests after this one)
+    monkeypatch.setitem(cli._state, "stop_signal", None)  # (set by the handler; not left to the tests after this one)
     monkeypatch.setattr("leap_cli.train.loop.main", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
     code, err = _main(monkeypatch, capsys, "train", "--config", "tiny-synthetic", "--workdir", str(tmp_path))
     assert code == 143, (code, err)

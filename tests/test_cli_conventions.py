@@ -161,7 +161,7 @@ def test_a_forked_worker_that_inherited_the_sigterm_handler_dies_as_by_default(m
 
     calls = []
     monkeypatch.setitem(cli._state, "pid", os.getpid() + 100000)  # the stage's process: not this one
-    monkeypatch.setitem(cli._state, "sigterm", False)
+    monkeypatch.setitem(cli._state, "stop_signal", None)
     monkeypatch.setattr(cli.signal, "signal", lambda sig, handler: calls.append(("signal", sig, handler)))
     monkeypatch.setattr(cli.os, "kill", lambda pid, sig: calls.append(("kill", pid, sig)))
     try:
@@ -169,7 +169,7 @@ def test_a_forked_worker_that_inherited_the_sigterm_handler_dies_as_by_default(m
     except KeyboardInterrupt:
         pytest.fail("a worker's SIGTERM was taken as the stage's own (KeyboardInterrupt)")
     assert calls == [("signal", signal.SIGTERM, signal.SIG_DFL), ("kill", os.getpid(), signal.SIGTERM)], calls
-    assert cli._state["sigterm"] is False
+    assert cli._state["stop_signal"] is None
 
 
 def test_the_file_of_a_part_carries_its_suffix_once():

@@ -779,8 +779,9 @@ class _Stop:
         self._loop = asyncio.get_running_loop()
         self._before: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # (a background job ignores Ctrl-C)
+            stops = (signal.SIGINT, signal.SIGTERM) + ((signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+            for sig in stops:  # (SIGHUP: a closed terminal, a dropped ssh session)
+                if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # (a background job ignores Ctrl-C, nohup SIGHUP)
                     self._before[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:

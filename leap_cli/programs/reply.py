@@ -183,6 +183,8 @@ def _read(stream) -> bytes | None:
 
 def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the stage, which closes this process's input
+    if hasattr(signal, "SIGHUP"):  # (so does a closed terminal's hang-up, sent to the whole job)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     first = _read(inp)
     if first is None:

@@ -312,6 +312,8 @@ def loader_worker_init(_worker_id: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):  # (a closed terminal hangs up the whole job)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     die_with_parent(signal.SIGKILL, os.getppid())
     import multiprocessing.queues
 

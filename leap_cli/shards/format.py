@@ -415,19 +415,27 @@ def load_manifest(source: str | Path) -> tuple[dict, Path]:
 
 def load_folders(sources) -> tuple[dict, Path]:
     """One manifest over one or several shards folders (``data.train`` naming the train and val shards of a
-    challenge run): each shard entry of the second folder on keeps its ``folder``, the counts add up, and the
-    folder returned is the first's. Refused in one line: folders of another task, target vocabulary or sample
+    challenge run), taken in the order of their first segments whatever the order given: each shard entry of the
+    second folder on keeps its ``folder``, the counts add up, and the folder returned is the first's. Refused in one line: folders of another task, target vocabulary or sample
     settings (their split, their inputs and how their tars are packed may differ), and a segment in two of them
     (it would be trained on twice per epoch)."""
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
     loaded = [load_manifest(s) for s in sources]
-    first, folder = loaded[0]
     if len(loaded) == 1:
-        return first, folder
+        return loaded[0]
+    # in an order of their own, that of their first segments (no segment is in two): the epoch's order, and the
+    # hashes of a run's provenance, do not depend on the order the list names them in, nor on where they are
+    loaded.sort(key=lambda mf: (min((k for s in mf[0]["shards"] for k in s["keys"]), default="\uffff"),
+                                str(mf[1])))
+    first, folder = loaded[0]
     shape = lambda m: {k: v for k, v in made_with(m).items()  # noqa: E731
-                       if k not in PACKING and k not in ("split", "settings.split") and not k.startswith("sources.")}
+                       if k not in PACKING and k not in ("split", "settings.split", "settings.sampling")
+                       and not k.startswith("sources.")}
     seen: dict[str, Path] = {}
     for m, other in loaded:
+        if m.get("task") != first.get("task"):
+            raise LeapError(f"these shards are for {m.get('task')}, those in {folder} for {first.get('task')}",
+                            path=other, fix="train on folders of one task (leap build-shards --task)")
         differ = sorted(k for k in shape(first).keys() | shape(m).keys() if shape(first).get(k) != shape(m).get(k))
         if differ:
             raise LeapError(f"these shards were built otherwise than {folder} ({', '.join(map(said, differ[:6]))} "

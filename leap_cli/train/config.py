@@ -340,6 +340,9 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[str, Any]]:
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError:
+            if text.strip()[:1] in ("[", "{"):  # (an unclosed list was taken for a folder named "[a, b")
+                raise LeapError(f"--set {item!r}: the value is not a YAML {'list' if text.strip()[0] == '[' else 'mapping'}"
+                                " (a bracket not closed?)", fix=f"write e.g. --set '{key}=[a, b]'") from None
             value = text
         out.append((key, value))
     return out

@@ -361,18 +361,19 @@ class TrainResult:
     seconds: float
     model_args: dict
     is_main: bool = True               # False on DDP ranks > 0 (they print and write nothing)
-    interrupted: str | None = None     # "SIGINT"/"SIGTERM": stopped at a step boundary, last.pt saved
+    interrupted: str | None = None     # "SIGINT"/"SIGTERM"/"SIGHUP": stopped at a step boundary, last.pt saved
     best_key: str = "action_top1"      # the validation figure that picks best.pt (BEST_METRIC of the task)
     provenance: dict | None = None     # what runs/NAME/provenance.json holds (None: the source did not say)
 
 
 class GracefulStop:
-    """SIGINT/SIGTERM (Ctrl-C, Slurm preemption) ask the loop to stop at the next optimizer-step boundary, where
+    """SIGINT/SIGTERM/SIGHUP (Ctrl-C, Slurm preemption, a closed terminal) ask the loop to stop at the next
+    optimizer-step boundary, where
     it saves a resumable last.pt and returns. A second signal stops at once (KeyboardInterrupt). Handlers are
     only installed in the main thread and restored on exit. Under DDP the ranks agree on the stop (all-reduce
     of the flag at each step), so no rank waits in a collective that the others left."""
 
-    SIGNALS = ("SIGINT", "SIGTERM")
+    SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # (SIGHUP: a dropped ssh session; left alone where nohup ignores it)
     # The same signal this soon after the first is the same stop (leap_cli.signals): torchrun forwards its own
     # signal to the ranks, so a rank gets two at once (it stopped at once, without last.pt, in half of the tries)
     SAME_STOP_SECONDS = signals.SAME_STOP_SECONDS  # SIGTERM, and a rank's own signal after another rank's stop
@@ -393,7 +394,7 @@ class GracefulStop:
             return
         name = signal.Signals(signum).name
         if self.received is not None:
-            window = self.SAME_STOP_SECONDS if self._peer or name == "SIGTERM" else self.SAME_SIGINT_SECONDS
+            window = self.SAME_STOP_SECONDS if self._peer or name != "SIGINT" else self.SAME_SIGINT_SECONDS
             if (self._peer or name == self.received) and time.monotonic() - self._at < window:
                 if self._peer:  # this rank's own signal names its exit status (130 for SIGINT, 143 for SIGTERM)
                     self.received, self._peer = name, False
@@ -403,8 +404,8 @@ class GracefulStop:
         if self.info.is_main:  # (every rank of a torchrun gets the signal: said once)
             log.warning("%s received: stopping at the next step boundary and saving checkpoints/last.pt "
                         "(%s)", self.received,
-                        f"Ctrl-C, or SIGTERM again after {self.SAME_STOP_SECONDS:g} s, stops at once"
-                        if name == "SIGTERM" else f"send it again after {self.SAME_SIGINT_SECONDS:g} s to stop at once")
+                        f"Ctrl-C, or {name} again after {self.SAME_STOP_SECONDS:g} s, stops at once"
+                        if name != "SIGINT" else f"send it again after {self.SAME_SIGINT_SECONDS:g} s to stop at once")
 
     def __enter__(self) -> "GracefulStop":
         import signal
@@ -412,8 +413,9 @@ class GracefulStop:
 
         if threading.current_thread() is threading.main_thread():
             for name in self.SIGNALS:
-                sig = getattr(signal, name)
-                self._old[sig] = signal.signal(sig, self._handle)
+                sig = getattr(signal, name, None)
+                if sig is not None and not (name == "SIGHUP" and signal.getsignal(sig) is signal.SIG_IGN):
+                    self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
