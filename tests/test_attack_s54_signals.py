@@ -253,6 +253,29 @@ def test_generate_stopped_and_continued_within_the_timeout_pays_nothing_twice(tm
     assert len(recs) == N_CLIPS and all(x["status"] == "valid" for x in recs)
 
 
+def test_generate_stopped_longer_than_the_timeout_pays_nothing_twice(tmp_path, clip_programs):
+    """A job stopped (SIGSTOP: a cluster's suspend, ^Z left a while) longer than --timeout with requests in flight,
+    whose replies come while it is stopped: the continue gives them their time again, and none is sent twice.
+
+    Was wrong: the clocks kept running while the process was stopped, and at the continue the requests in flight
+    were abandoned as timed out ("may have billed them") and sent again: in 6 of 6 tries here."""
+    excerpt_annotations(tmp_path, rows=N_CLIPS)
+    script = lambda body, n: Reply(json.dumps(clip_programs[narration_id_of(body)]), delay=0.3)  # noqa: E731
+    with ScriptedServer(script) as server:
+        p = start(_generate(tmp_path, server, "--timeout", 2.5))
+        try:
+            wait_for(p, lambda: len(server.requests) >= 3)
+            os.killpg(p.pid, signal.SIGSTOP)
+            time.sleep(4)
+        finally:
+            os.killpg(p.pid, signal.SIGCONT)
+        stdout, err = finish(p)
+        assert p.returncode == 0, err
+        asked = Counter(narration_id_of(b) for b in server.requests)
+    assert len(asked) == N_CLIPS and set(asked.values()) == {1}, asked
+    assert "timed out" not in stdout + err
+
+
 # --- a reader that goes away ----------------------------------------------------------------------------------
 
 def test_extract_whose_stderr_reader_went_away_runs_to_its_end(kitchen, tmp_path):

@@ -344,6 +344,11 @@ class OpenAIBackend(Backend):
         slot, a retry or a held server's turn were not sent."""
         return self._active
 
+    def continued(self) -> None:
+        """The process was stopped and goes on (SIGCONT): the time it could not read does not count against the
+        requests in flight (``HTTPClient.restart_clocks``)."""
+        self._http.restart_clocks()
+
     def halt(self) -> None:
         """Send no more attempts (the stage stops): the requests waiting for a slot, a retry or a held server's
         turn raise ``Halted`` at once (their sleeps end), so that a stop waits only for the requests on the wire."""

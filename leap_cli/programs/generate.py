@@ -764,12 +764,13 @@ class ProgramGenerator:
 
 
 class _Stop:
-    """Ctrl-C or SIGTERM while the stage runs: the first stops new requests and gives those in flight up to
+    """Ctrl-C, SIGTERM or SIGHUP while the stage runs: the first stops new requests and gives those in flight up to
     ``grace`` seconds, so that their replies, paid for anyway, are kept (a resume would pay for them again); a
     second signal, or the end of the grace, abandons them, except the same signal again within
     ``leap_cli.signals``' window, which is the same stop (Slurm, or a wrapper forwarding its own signal, delivers
     two at once: the requests were abandoned and paid again). ``reraise`` sends the signal again once the files
-    are closed, to the handlers that were there before (the CLI's: exit 130 or 143)."""
+    are closed, to the handlers that were there before (the CLI's: exit 130 or 143). SIGHUP stops as SIGTERM does;
+    SIGCONT (the process was stopped and goes on) restarts the requests' clocks (``Backend.continued``)."""
 
     def __init__(self, gen: ProgramGenerator, grace: float):
         self.gen, self.grace = gen, grace
@@ -783,6 +784,10 @@ class _Stop:
             for sig in stops:  # (SIGHUP: a closed terminal, a dropped ssh session)
                 if signal.getsignal(sig) not in (signal.SIG_IGN, None):  # (a background job ignores Ctrl-C, nohup SIGHUP)
                     self._before[sig] = signal.signal(sig, self._on_signal)
+            continued = getattr(gen.backend, "continued", None)
+            if continued is not None and hasattr(signal, "SIGCONT"):  # (^Z then fg, a cluster's suspend and resume)
+                self._before[signal.SIGCONT] = signal.signal(
+                    signal.SIGCONT, lambda signum, frame: self._loop.call_soon_threadsafe(continued))
 
     def _on_signal(self, signum, frame) -> None:
         # (timed here, as it comes: a loop busy for a while would take two stops seconds apart for one)

@@ -145,6 +145,7 @@ class _Conn(asyncio.Protocol):
         self.error: BaseException | None = None
         self.timed_out = False
         self.got = 0  # bytes received since the last request went out (``write``)
+        self.timer: asyncio.TimerHandle | None = None  # the request's timeout (``HTTPClient.restart_clocks``)
 
     # ---- asyncio.Protocol ----
     def connection_made(self, transport) -> None:
@@ -272,7 +273,19 @@ class HTTPClient:
         self._headers = ("\r\n".join(lines) + "\r\n").encode("latin-1")
         self._origin = f"{self.scheme}://{host_header}"
         self._idle: list[_Conn] = []
+        self._busy: set[_Conn] = set()  # connections of the requests in flight
         self._slots = asyncio.Semaphore(max(1, max_connections))
+
+    def restart_clocks(self) -> None:
+        """Give every request in flight its whole ``timeout`` again from now: the process was stopped (^Z then fg,
+        a cluster's suspend: SIGSTOP, SIGCONT), and the time it could not read counted against the requests. They
+        were abandoned at the continue, their replies there, and sent (and paid) again. (Called on SIGCONT, before
+        the event loop runs a timer that came due meanwhile.)"""
+        loop = asyncio.get_running_loop()
+        for conn in self._busy:
+            if conn.timer is not None and not conn.timed_out:
+                conn.timer.cancel()
+                conn.timer = loop.call_at(loop.time() + self.timeout, conn.expire)
 
     def _proxy_for(self, url: str) -> dict | None:
         proxies = urllib.request.getproxies()
@@ -315,9 +328,10 @@ class HTTPClient:
                     conn = await asyncio.wait_for(self._connect(), max(0.0, deadline - loop.time()))
                 except (TimeoutError, asyncio.TimeoutError):
                     raise HTTPTimeout("timed out") from None
-            timer = loop.call_at(deadline, conn.expire)
+            conn.timer = loop.call_at(deadline, conn.expire)
             # (a deadline is a request's: one that passed as the last response's bytes came marked the connection)
             conn.got, conn.timed_out, written = 0, False, loop.time()
+            self._busy.add(conn)
             try:
                 conn.write(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
@@ -341,7 +355,9 @@ class HTTPClient:
                 conn.close()  # cancelled mid-response: the connection is in an unknown state
                 raise
             finally:
-                timer.cancel()
+                conn.timer.cancel()
+                conn.timer = None
+                self._busy.discard(conn)
             if keep and not conn.closed and not conn.buf:  # (bytes past the response: not the next one's reply)
                 self._idle.append(conn)
             else:
