@@ -344,4 +344,4 @@ def test_the_scores_meta_says_what_was_scored(tmp_path: Path, tiny, monkeypatch)
     meta = load_scores(path)["meta"]
     assert meta == {"split": "val", "task": "anticipation", "run": str(run), "checkpoint": "best",
                     "views": {"temporal": 3, "spatial": 2}, "step": 42, "precision": "fp32", "compile": False,
-                    "provenance": provenance, "tau_a": 2.0}
+                    "provenance": provenance, "skipped": [], "tau_a": 2.0}

@@ -146,6 +146,9 @@ def test_train_on_train_and_val_then_evaluate_warns(shard_work: Path, tmp_path: 
                                      "--data", str(_kitchen(tmp_path / "kitchen")), "--checkpoint", "last"])
     assert r.exit_code == 0, r.output
     said = caplog.text + r.output
+    import torch
+
+    assert torch.load(run / "eval" / "val" / "scores.pt", weights_only=True)["meta"]["skipped"] == []
     assert f"4 of the 4 val segments in {val} are among those the run trained on" in " ".join(said.split())
 
 

@@ -378,7 +378,9 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
             "views": {"temporal": views.temporal, "spatial": views.spatial}, "step": int(ckpt.get("step", 0)),
             "precision": resolved_precision(precision, device), "compile": compile,
             # what the model was trained on (the run's provenance.json, as its checkpoint holds it; None: unknown)
-            "provenance": ckpt.get("provenance")}
+            "provenance": ckpt.get("provenance"),
+            # the segments build-shards skipped (metrics tell them from rows the shards lack altogether)
+            "skipped": [str(s.get("narration_id")) for s in skipped if isinstance(s, dict)]}
     if task == "anticipation":  # (leap submit checks it against the challenge's 1 s)
         meta["tau_a"] = float((batches.dataset.manifest.get("settings") or {}).get("tau_a", 1.0))
     # the metrics of the scores about to be replaced go first: a stop before the new ones are written (they are

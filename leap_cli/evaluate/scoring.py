@@ -56,6 +56,23 @@ def check_scorable(annotations: Annotations, split: str, ids: list[str], classes
     return segments
 
 
+def _why_not_scored(segments: dict, scored: set, meta: dict) -> str:
+    """Of the split's segments without scores, which build-shards skipped (the scores of ``leap evaluate`` list
+    them, ``meta.skipped``) and which the shards do not hold at all (rows added to the split's CSV since they were
+    built): the first need their videos, the second the shards built again. Nothing where the scores do not say."""
+    if not isinstance(meta.get("skipped"), list):
+        return ""
+    skipped = set(meta["skipped"])
+    missing = [k for k in segments if k not in scored]
+    by_build = sum(k in skipped for k in missing)
+    parts = [f"{by_build} skipped by build-shards (its manifest says why)"] if by_build else []
+    rest = [k for k in missing if k not in skipped]
+    if rest:
+        parts.append(f"{len(rest)} not in the shards at all (e.g. {rest[0]}: rows added to the split's CSV since the "
+                     "shards were built; leap build-shards --force builds them again with these)")
+    return ": " + "; ".join(parts)
+
+
 def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", task: str = "recognition",
                     *, source: str = "<scores>") -> dict:
     """Metrics of a normalized scores dict (see ``scores.load_scores``) against the labels of ``split``."""
@@ -87,7 +104,8 @@ def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", 
     participants = [s.participant_id for s in segs]
     result: dict = {"split": split, "task": task, "segments": len(ids), "not_scored": len(segments) - len(ids)}
     if result["not_scored"]:
-        log.warning("%d segment(s) of %s are not in %s", result["not_scored"], split, source)
+        log.warning("%d segment(s) of %s are not in %s%s", result["not_scored"], split, source,
+                    _why_not_scored(segments, set(ids), scores.get("meta") or {}))
     if task == "recognition":
         result["recognition"] = M.recognition_metrics(verb, noun, vl, nl, participants, **kw)
     else:
