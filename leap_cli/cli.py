@@ -390,8 +390,11 @@ def main() -> None:
     finally:
         # The command is done, its status set, whichever way it ended: a SIGTERM while the process exits (its
         # atexit callbacks, then the interpreter's teardown, where Python puts the default handler back) would
-        # print a traceback or end it with 143 (a requeue script took a finished job for a stopped one)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # print a traceback or end it with 143 (a requeue script took a finished job for a stopped one); a second
+        # Ctrl-C right after the first, as the stopped command exits, ended it by SIGINT instead of its 130
+        for stop in (signal.SIGTERM, signal.SIGINT, _SIGHUP):
+            if stop is not None:
+                signal.signal(stop, signal.SIG_IGN)
         # A KeyboardInterrupt (a SIGTERM's too) that left code run from a string (exec: a dataclass's generated
         # methods as a module is imported), caught or not, is marked by CPython, and `python -m leap_cli` (torchrun's
         # and the demo's way) then ends by SIGINT whatever the status (a SIGTERM at start-up: 130, not 143). Code

@@ -25,13 +25,16 @@ def ctrl_c_is_delivered():
 
 @pytest.fixture(autouse=True)
 def sigterm_handler_restored():
-    """A test that runs ``leap_cli.cli.main`` in this process leaves SIGTERM ignored, as a finished command's
-    process does while it exits: the next tests (and a timeout that stops the suite) get the handler back."""
+    """A test that runs ``leap_cli.cli.main`` in this process leaves SIGTERM, SIGINT and SIGHUP ignored, as a
+    finished command's process does while it exits: the next tests (and a timeout or Ctrl-C that stops the suite)
+    get the handlers back."""
     import signal
 
-    old = signal.getsignal(signal.SIGTERM)
+    stops = [s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGHUP", None)) if s is not None]
+    old = {s: signal.getsignal(s) for s in stops}
     yield
-    signal.signal(signal.SIGTERM, old)
+    for s, handler in old.items():
+        signal.signal(s, handler)
 
 
 DATA = Path(__file__).parent / "data"
