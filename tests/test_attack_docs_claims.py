@@ -342,7 +342,8 @@ def test_program_records_hold_the_fields_programs_md_lists(kitchen_run):
     assert len(recs) == 4
     doc_prov = {f for r in rows if r[0] == "`provenance`"
                 for f in re.findall(r"`([a-z_]+)`", r[1]) if f not in ("offline", "openai")}
-    doc_prov -= {"served_model", "cached_tokens", "prompt_tokens", "completion_tokens", "openai", "repair_failed"}
+    doc_prov -= {"served_model", "cached_tokens", "prompt_tokens", "completion_tokens", "openai", "repair_failed",
+                  "repair_pending"}
     for rec in recs:
         assert set(rec) == {f for r in rows for f in _field_names(r[0])}
         assert rec["status"] == "valid" and isinstance(rec["program"], dict) and rec["errors"] == []

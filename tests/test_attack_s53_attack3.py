@@ -175,7 +175,7 @@ def test_a_rerun_of_a_mixed_output_resumes_all_and_counts_the_repair_failed_one_
     assert "4 (1 failed, 2 invalid)" in said, said  # (the summary's resumed line: repair_failed is invalid)
     # one note each, each naming its own way out
     assert "1 of the records done before is failed" in said and "--retry-errors to ask for them again" in said
-    assert "is invalid because a repair turn's request failed" in said
+    assert "is invalid with a repair turn to ask (its request failed" in said
     assert "1 of the records done before is invalid: add --retry-invalid" in said
 
 
@@ -189,7 +189,8 @@ def test_retry_errors_on_a_mixed_output_sends_the_failed_one_and_the_repair_turn
         asked = Counter(narration_id_of(b) for b in server.requests)
     assert asked == Counter({ids["failed"]: 1, ids["repair"]: 1})  # (the plain invalid one is not paid again)
     said = " ".join(r.getMessage() for r in caplog.records if "asked for again" in r.getMessage())
-    assert "1 failed (--retry-errors)" in said and "1 invalid whose repair turn's request failed" in said, said
+    assert "1 failed (--retry-errors)" in said and "1 invalid with a repair turn to ask (its request failed" in said, \
+        said
     assert "--retry-invalid" not in said
     assert s.resumed == 2 and s.resumed_not_valid == Counter({"invalid": 1})
     recs = _records(workdir)
@@ -225,7 +226,8 @@ def test_a_batch_file_of_a_mixed_output_notes_each_kind_and_writes_no_request(wo
     assert "Traceback" not in said, said
     assert not batch.exists() or batch.read_text() == ""
     assert "is failed (see leap validate-programs)" in said
-    assert "is invalid because a repair turn's request failed: a run with --retry-errors (without --batch-file" in said
+    assert ("is invalid with a repair turn to ask (its request failed, or the reply came from a Batch, which asks "
+            "none): a run with --retry-errors (without --batch-file)") in said
     assert "1 of the records done before is invalid: add --retry-invalid" in said
 
 
@@ -240,7 +242,7 @@ def test_a_batch_file_with_retry_errors_writes_the_failed_one_and_leaves_the_rep
     lines = [json.loads(x) for x in batch.read_text().splitlines()]
     asked = [narration_id_of(x["body"]) for x in lines]
     assert asked == [ids["failed"]], asked
-    assert "is invalid because a repair turn's request failed" in said  # (still to do, by a live run)
+    assert "is invalid with a repair turn to ask (its request failed" in said  # (still to do, by a live run)
     assert _records(workdir)[ids["repair"]]["provenance"]["repair_failed"] is True
 
 

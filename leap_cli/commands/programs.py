@@ -364,7 +364,7 @@ def generate_programs(
 def resumed_text(summary) -> str:
     """The resumed count, with the failed and invalid among them."""
     bad = summary.resumed_not_valid
-    invalid = bad.get("invalid", 0) + bad.get("repair", 0)  # ("repair": invalid, its repair turn's request failed)
+    invalid = bad.get("invalid", 0) + bad.get("repair", 0)  # ("repair": invalid, a repair turn still to ask)
     parts = [f"{n} {k}" for k, n in (("failed", bad.get("failed", 0)), ("invalid", invalid)) if n]
     return f"{summary.resumed}" + (f" ({', '.join(parts)})" if parts else "")
 
@@ -389,9 +389,9 @@ def not_valid_notes(bad) -> list[str]:
                      "(see leap validate-programs): add --retry-errors to ask for them again")
     if bad.get("repair"):
         notes.append(f"{bad['repair']} of the records done before {'is' if bad['repair'] == 1 else 'are'} invalid "
-                     "because a repair turn's request failed: a run with --retry-errors (without --batch-file: a "
-                     "Batch request asks no repair turn) sends that turn again, the earlier replies read from the "
-                     "cache")
+                     "with a repair turn to ask (its request failed, or the reply came from a Batch, which asks "
+                     "none): a run with --retry-errors (without --batch-file) sends that turn, the earlier replies "
+                     "read from the cache")
     if bad.get("invalid"):
         notes.append(f"{bad['invalid']} of the records done before {'is' if bad['invalid'] == 1 else 'are'} invalid: "
                      "add --retry-invalid to ask for them again (their replies are not taken from the cache)")

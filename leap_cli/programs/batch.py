@@ -37,6 +37,7 @@ from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramG
                                        output_records, pending_records, token_limit_finding, update_batch_pending,
                                        warn_batch_pending)
 from leap_cli.programs.redact import redact
+from leap_cli.programs.reply import repair_futile
 from leap_cli.programs.store import ProgramStore
 from leap_cli.programs.schema import Finding, strict_schema
 
@@ -586,6 +587,8 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
             program, findings = gen.verify_here(text, info)
             if findings and reply_cut(body):
                 findings = [token_limit_finding(asked_limit, cfg.out_path, batch=True)] + findings
+            elif findings and cfg.repair_rounds and not repair_futile(text):
+                prov["repair_pending"] = True  # (a live run would have asked a repair turn: --retry-errors asks it)
             status = "valid" if not findings else "invalid"
         return {"narration_id": nid, "status": status, "program": program,
                 "errors": [f.to_dict() for f in findings], "provenance": prov}

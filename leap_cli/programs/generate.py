@@ -205,10 +205,13 @@ def clip_changed(inputs: Inputs, builder: PromptBuilder) -> Callable[[dict], boo
 
 
 def not_valid_kind(record: dict) -> str | None:
-    """"failed", "invalid", or "repair" (invalid because its repair turn's request failed: ``--retry-errors`` sends
-    that turn again) for a record that is not valid; None for a valid one."""
+    """"failed", "invalid", or "repair" (invalid with a repair turn still to ask: its request failed,
+    ``provenance.repair_failed``, or it was never asked, ``repair_pending``: a Batch result, or a record made from the
+    cache for a Batch file; ``--retry-errors`` sends that turn) for a record that is not valid; None for a valid
+    one."""
     status = record.get("status")
-    if status == "invalid" and (record.get("provenance") or {}).get("repair_failed"):
+    prov = record.get("provenance") or {}
+    if status == "invalid" and isinstance(prov, dict) and (prov.get("repair_failed") or prov.get("repair_pending")):
         return "repair"
     return status if status in ("failed", "invalid") else None
 
@@ -640,7 +643,7 @@ class ProgramGenerator:
             elif self.cache_only:
                 if rnd == 0:
                     raise NoMoreRequests
-                prov["rounds"] = rnd
+                prov["rounds"], prov["repair_pending"] = rnd, True  # (a live --retry-errors asks that turn)
                 break
             else:
                 prov["cached"] = False
@@ -1182,8 +1185,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                      if redone else []) + \
                 [f"{again[k]} {said}" for k, said in (
                     ("failed", "failed (--retry-errors)"),
-                    ("repair", "invalid whose repair turn's request failed (--retry-errors: that turn is sent, the "
-                               "earlier replies are read from the cache)"),
+                    ("repair", "invalid with a repair turn to ask (its request failed, or a Batch result: "
+                               "--retry-errors sends that turn, the earlier replies read from the cache)"),
                     ("invalid", "invalid (--retry-invalid: not answered from the cache)")) if again[k]]
             if parts:
                 log.warning("records of earlier runs asked for again: %s", "; ".join(parts))
