@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -26,15 +25,12 @@ import pytest
 
 from tests.program_helpers import excerpt_annotations, excerpt_programs
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
+from tests.test_attack_kill_resume import _generate, leap, workdir_from
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
        "NO_COLOR": "1", "COLUMNS": "200", "LEAP_TEST_KEY": "sk-test-signals"}
 ENV.pop("LEAP_PROGRESS_EVERY", None)
-
-
-def leap(*args) -> list[str]:
-    return [sys.executable, "-m", "leap_cli", *map(str, args)]
 
 
 def run(cmd, timeout=120, env=ENV) -> subprocess.CompletedProcess:
@@ -109,14 +105,6 @@ def kitchen(tmp_path_factory):
     return wd, done
 
 
-def workdir_from(ref: Path, dst: Path, *stages: str) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    (dst / "kitchen").symlink_to(ref / "kitchen")
-    for s in stages:
-        shutil.copytree(ref / s, dst / s)
-    return dst
-
-
 # --- extract: SIGTERM and SIGHUP mid-run ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
@@ -170,12 +158,6 @@ N_CLIPS = 8
 @pytest.fixture(scope="module")
 def clip_programs():
     return excerpt_programs(N_CLIPS)
-
-
-def _generate(wd, server, *extra):
-    return leap("generate-programs", "--workdir", wd, "--split", "val", "--backend", "openai", "--model", "test-model",
-                "--base-url", server.base_url, "--api-key-env", "LEAP_TEST_KEY", "--concurrency", 2,
-                "--timeout", 30, "--price-in", 1, "--price-out", 2, *extra)
 
 
 def test_generate_hung_up_stops_as_sigterm_does_and_pays_nothing_twice(tmp_path, clip_programs):
@@ -247,18 +229,24 @@ def test_generate_ctrl_c_twice_abandons_the_held_requests_cleanly_and_resumes(tm
     assert len(recs) == N_CLIPS == len({x["narration_id"] for x in recs})
 
 
-def test_generate_stopped_and_continued_within_the_timeout_pays_nothing_twice(tmp_path, clip_programs):
-    """^Z (SIGTSTP) while requests are in flight, fg 1.5 s later (well within --timeout): the replies that came
-    while it was stopped are read, no request is sent again, and the run ends as an uninterrupted one."""
+@pytest.mark.parametrize("stop, seconds, timeout", [("SIGTSTP", 1.5, 30), ("SIGSTOP", 4, 2.5)])
+def test_generate_stopped_and_continued_pays_nothing_twice(tmp_path, clip_programs, stop, seconds, timeout):
+    """^Z (SIGTSTP) while requests are in flight, fg 1.5 s later (well within --timeout), or a job stopped longer
+    than --timeout (SIGSTOP: a cluster's suspend, ^Z left a while): the replies that came while it was stopped are
+    read, no request is sent again, and the run ends as an uninterrupted one.
+
+    Was wrong: the clocks kept running while the process was stopped, and at the continue after a stop longer than
+    --timeout the requests in flight were abandoned as timed out ("may have billed them") and sent again: in 6 of 6
+    tries here."""
     excerpt_annotations(tmp_path, rows=N_CLIPS)
     out = tmp_path / "programs" / "val.jsonl"
     script = lambda body, n: Reply(json.dumps(clip_programs[narration_id_of(body)]), delay=0.3)  # noqa: E731
     with ScriptedServer(script) as server:
-        p = start(_generate(tmp_path, server))
+        p = start(_generate(tmp_path, server, "--timeout", timeout))
         try:
             wait_for(p, lambda: len(server.requests) >= 3)
-            os.killpg(p.pid, signal.SIGTSTP)
-            time.sleep(1.5)
+            os.killpg(p.pid, getattr(signal, stop))
+            time.sleep(seconds)
         finally:
             os.killpg(p.pid, signal.SIGCONT)
         stdout, err = finish(p)
@@ -268,29 +256,6 @@ def test_generate_stopped_and_continued_within_the_timeout_pays_nothing_twice(tm
     assert "timed out" not in stdout + err
     recs = whole_jsonl(out)
     assert len(recs) == N_CLIPS and all(x["status"] == "valid" for x in recs)
-
-
-def test_generate_stopped_longer_than_the_timeout_pays_nothing_twice(tmp_path, clip_programs):
-    """A job stopped (SIGSTOP: a cluster's suspend, ^Z left a while) longer than --timeout with requests in flight,
-    whose replies come while it is stopped: the continue gives them their time again, and none is sent twice.
-
-    Was wrong: the clocks kept running while the process was stopped, and at the continue the requests in flight
-    were abandoned as timed out ("may have billed them") and sent again: in 6 of 6 tries here."""
-    excerpt_annotations(tmp_path, rows=N_CLIPS)
-    script = lambda body, n: Reply(json.dumps(clip_programs[narration_id_of(body)]), delay=0.3)  # noqa: E731
-    with ScriptedServer(script) as server:
-        p = start(_generate(tmp_path, server, "--timeout", 2.5))
-        try:
-            wait_for(p, lambda: len(server.requests) >= 3)
-            os.killpg(p.pid, signal.SIGSTOP)
-            time.sleep(4)
-        finally:
-            os.killpg(p.pid, signal.SIGCONT)
-        stdout, err = finish(p)
-        assert p.returncode == 0, err
-        asked = Counter(narration_id_of(b) for b in server.requests)
-    assert len(asked) == N_CLIPS and set(asked.values()) == {1}, asked
-    assert "timed out" not in stdout + err
 
 
 # --- a reader that goes away ----------------------------------------------------------------------------------
