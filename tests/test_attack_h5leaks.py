@@ -140,6 +140,25 @@ def test_os_error_line_for_emfile_names_the_limit():
     assert "check that path" not in line, line
 
 
+@pytest.fixture(scope="module")
+def train_val_shards(kitchen_template, tmp_path_factory) -> Path:
+    """A work directory with train and val shards (2 segments each) of the kitchen, built once for the file's train
+    tests; each test trains in its own copy (``work_with_shards``)."""
+    root = tmp_path_factory.mktemp("h5shards")
+    kitchen = Path(shutil.copytree(kitchen_template, root / "kitchen"))
+    wd = root / "work"
+    for split in ("train", "val"):
+        subprocess.run([sys.executable, "-m", "leap_cli", "build-shards", "--data", str(kitchen), "--workdir", str(wd),
+                        "--split", split, "--frames", "4", "--short-side", "32", "--max-count", "2"],
+                       check=True, capture_output=True, cwd=root)
+    return wd
+
+
+@pytest.fixture
+def work_with_shards(train_val_shards, tmp_path) -> Path:
+    return Path(shutil.copytree(train_val_shards, tmp_path / "work", symlinks=True))
+
+
 @pytest.fixture
 def shards(kitchen, tmp_path) -> Path:
     wd = tmp_path / "work"
@@ -172,7 +191,7 @@ def test_emfile_on_a_shard_stops_the_reader_and_is_not_called_corrupt(shards, mo
     assert "ulimit -n" in line and not re.search(r"corrupt|delete", line), line
 
 
-def test_train_with_loader_workers_under_a_small_ulimit_trains_every_batch(kitchen, tmp_path):
+def test_train_with_loader_workers_under_a_small_ulimit_trains_every_batch(work_with_shards, tmp_path):
     """Was wrong: a DataLoader worker that could not hand its batch over (torch passed its tensors as open files)
     lost it, and train died with the main process's traceback (EOFError, exit 1), stopped saying the shards had
     changed (the streamed epoch came up a batch short), or waited for it for ever (160 videos, ulimit 48/36; one
@@ -180,11 +199,7 @@ def test_train_with_loader_workers_under_a_small_ulimit_trains_every_batch(kitch
     import json
     import signal
 
-    wd = tmp_path / "work"
-    for split in ("train", "val"):
-        subprocess.run([sys.executable, "-m", "leap_cli", "build-shards", "--data", str(kitchen), "--workdir", str(wd),
-                        "--split", split, "--frames", "4", "--short-side", "32", "--max-count", "2"],
-                       check=True, capture_output=True, cwd=tmp_path)
+    wd = work_with_shards
     code = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40)); "
             "sys.argv = ['leap'] + sys.argv[1:]; runpy.run_module('leap_cli', run_name='__main__')")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
@@ -207,15 +222,11 @@ def test_train_with_loader_workers_under_a_small_ulimit_trains_every_batch(kitch
     assert ckpt["epoch"] == 2 and ckpt["step"] == 2 * ckpt["data_position"]["batches_per_epoch"] == steps[-1]
 
 
-def test_train_whose_loader_workers_cannot_start_says_one_line(kitchen, tmp_path):
+def test_train_whose_loader_workers_cannot_start_says_one_line(work_with_shards, tmp_path):
     """Was wrong: under `ulimit -n 20` train's DataLoader could not start its two workers; the error line came, and
     under it torch's half-built loader iterator failed again in its ``__del__`` at exit ("Exception ignored in ...
     AttributeError: ... has no attribute '_workers_status'", a traceback of a dozen lines)."""
-    wd = tmp_path / "work"
-    for split in ("train", "val"):
-        subprocess.run([sys.executable, "-m", "leap_cli", "build-shards", "--data", str(kitchen), "--workdir", str(wd),
-                        "--split", split, "--frames", "4", "--short-side", "32"],
-                       check=True, capture_output=True, cwd=tmp_path)
+    wd = work_with_shards
     r = leap_limited(20, "train", "--config", "tiny-synthetic-short", "--workdir", str(wd), "--name", "r",
                      "--set", "train.max_steps=2", "--set", "data.batch_size=4", "--set", "data.num_workers=2",
                      cwd=tmp_path)
