@@ -415,12 +415,53 @@ def share_by_name_under_a_low_limit(workers: int) -> None:
             tmp.set_sharing_strategy("file_system")
 
 
+# A worker passes its batch's file descriptors through a Unix socket it makes in TMPDIR (multiprocessing's
+# pymp-XXXXXXXX/listener-XXXXXXXX; torch's shared-memory manager, for "file_system", makes one there too), and such a
+# path holds at most 107 bytes: under a deep TMPDIR (a cluster's per-job folder) every batch was lost, each said in a
+# line, and the main process waited LOADER_TIMEOUT for them, then told to raise ulimit -n.
+SOCKET_PATH_BYTES = 107
+SHORT_TEMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def socket_path_bytes() -> int:
+    """The length of the path of the socket a DataLoader worker makes to pass file descriptors (in TMPDIR)."""
+    import tempfile
+
+    return len(os.fsencode(os.path.join(tempfile.gettempdir(), "pymp-12345678", "listener-12345678")))
+
+
+def short_temp_dir_for_workers(workers: int) -> None:
+    """With DataLoader ``workers`` under a TMPDIR too deep for their sockets (``SOCKET_PATH_BYTES``), this process
+    and those it starts make their temporary files in the first writable of ``SHORT_TEMP_DIRS`` (said in a warning);
+    with none, one line says to set a shorter TMPDIR."""
+    import tempfile
+
+    if not workers or socket_path_bytes() <= SOCKET_PATH_BYTES:
+        return
+    deep = tempfile.gettempdir()
+    short = next((d for d in SHORT_TEMP_DIRS if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)), None)
+    if short is None:
+        raise LeapError(f"TMPDIR {deep} is too deep for the sockets DataLoader workers pass batches through (a path "
+                        f"of {socket_path_bytes()} bytes, at most {SOCKET_PATH_BYTES})",
+                        fix="set TMPDIR to a shorter folder for leap, or use no workers (0)")
+    log.warning("TMPDIR %s is too deep for the sockets DataLoader workers pass batches through (%d bytes, at most "
+                "%d): this process's temporary files go to %s", deep, socket_path_bytes(), SOCKET_PATH_BYTES, short)
+    os.environ["TMPDIR"] = short  # (torch's shared-memory manager reads it; Python's tempfile its own setting)
+    tempfile.tempdir = short
+    import multiprocessing.process
+
+    config = multiprocessing.process.current_process()._config  # (a folder multiprocessing made under the deep one)
+    if len(os.fsencode(str(config.get("tempdir", "")))) + 18 > SOCKET_PATH_BYTES:
+        config.pop("tempdir", None)
+
+
 def loader_workers(asked: int, option: str, samples: int | None = None, batch_size: int = 1) -> int:
     """``asked`` DataLoader processes (``option`` names the setting), at most one per CPU this process may use
     (its share where torchrun starts several on the machine: LOCAL_WORLD_SIZE) and, given ``samples``, one per
     batch. Each worker holds ~0.3 GB: `leap evaluate --workers 1000000` started over a thousand of them and used
     up the machine's memory; a config's data.num_workers 8 on a 2-core machine started 8. Called right before
-    the loader is made: with workers it also sets how they share tensors (``share_by_name_under_a_low_limit``)."""
+    the loader is made: with workers it also sets how they share tensors (``share_by_name_under_a_low_limit``) and
+    where their sockets go (``short_temp_dir_for_workers``)."""
     from leap_cli.common import usable_cpus
 
     cpus = max(1, usable_cpus() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1)))
@@ -430,6 +471,7 @@ def loader_workers(asked: int, option: str, samples: int | None = None, batch_si
         log.info("%s %d: %d DataLoader worker(s) (%d CPU(s) for this process%s)", option, asked, workers, cpus,
                  f", {batches} batch(es)" if samples is not None else "")
     share_by_name_under_a_low_limit(workers)
+    short_temp_dir_for_workers(workers)
     return workers
 
 
