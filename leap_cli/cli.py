@@ -18,7 +18,8 @@ import typer
 
 from leap_cli import __version__
 from leap_cli.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, LeapError
-from leap_cli.progress import output_console
+from leap_cli.programs.redact import redact  # (a secret an error quotes: an LLM server's or a URL's; imported here:
+from leap_cli.progress import output_console  # out of memory, an import in the error's path failed too)
 from leap_cli.report.terminal import printable
 
 
@@ -288,10 +289,11 @@ def _print_error(text: str) -> None:
     # under torchrun every rank meets the same bad input: the other ranks' lines say whose they are
     rank = _other_rank()
     where = f"[rank {rank}] " if rank is not None else ""
-    from leap_cli.programs.redact import redact  # (a secret a message quotes: an LLM server's or a URL's)
-
-    err_console.print(f"[bold red]error:[/] {printable(redact(where + text), one_line=True)}", highlight=False,
-                      soft_wrap=True)
+    line = printable(redact(where + text), one_line=True)
+    try:
+        err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+    except (MemoryError, ImportError, OSError):  # (out of memory: rich's own lazy imports fail too)
+        sys.stderr.write(f"error: {line}\n")
 
 
 _OS_FIX = {  # ("the output options": --workdir, --out, or validate-programs' --report; {again}: _again())
@@ -513,9 +515,22 @@ def _main() -> None:
             sys.exit(1)
         if _state["debug"]:
             traceback.print_exc()
-        _print_error(os_error_line(e))
+        from leap_cli.common import out_of_memory
+
+        memory = out_of_memory(e)
+        _print_error(memory.one_line() if memory is not None else os_error_line(e))
         if e.errno in (errno.EMFILE, errno.ENFILE):
             _quiet_teardown()
+        sys.exit(EXIT_USER_ERROR)
+    except (MemoryError, ImportError) as e:  # (under a cap on the address space: ulimit -v, as login nodes set)
+        from leap_cli.common import out_of_memory
+
+        said = out_of_memory(e)
+        if said is None:
+            raise
+        if _state["debug"]:
+            traceback.print_exc()
+        _print_error(said.one_line())
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         _interrupted()

@@ -525,6 +525,114 @@ def stop_pool(pool, grace: float = 10.0) -> None:
     t.join(grace)
 
 
+def pool_results(pool, results, poll: float = 2.0):
+    """Yield from a process pool's ``imap`` iterator ``results``; a worker that died (killed by the kernel's
+    out-of-memory killer, crashed in a library, or failed as it started) is said in one line. multiprocessing's
+    Pool replaces such a worker and waits for its task for ever (a worker that cannot start is replaced again and
+    again): the stage hung, its records still to do."""
+    import multiprocessing
+    import signal
+
+    known = {p.pid: p for p in pool._pool}  # (the pool's processes; a new pid is a worker that replaced a dead one)
+    while True:
+        try:
+            yield results.next(timeout=poll)
+        except StopIteration:
+            return
+        except multiprocessing.TimeoutError:
+            now = {p.pid: p for p in pool._pool}
+            if not set(now) - set(known):
+                continue
+            dead = [p for pid, p in known.items() if pid not in now]
+            code = next((p.exitcode for p in dead if p.exitcode), None)
+            how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
+                   and -code in signal.Signals._value2member_map_ else f"exit code {code}" if code else "it ended")
+            raise LeapError(f"a worker process died ({how}), and its segments with it",
+                            fix="SIGKILL is most often the kernel's out-of-memory killer (dmesg says): give the job "
+                                "more memory or use fewer --workers; then run the same command again (finished "
+                                "records are kept)")
+
+
+def memory_fix(e: BaseException) -> str | None:
+    """What to do where ``e`` says the process's memory ran out (a MemoryError; a library that could not be mapped,
+    or ENOMEM, under a cap on the address space as login nodes set: ``ulimit -v``); None for another error."""
+    import errno
+
+    text = str(e)
+    if not (isinstance(e, MemoryError) or isinstance(e, (ImportError, OSError)) and (
+            "failed to map segment" in text or "Cannot allocate memory" in text
+            or getattr(e, "errno", None) == errno.ENOMEM)):
+        return None
+    try:
+        import resource
+
+        cap = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, ValueError, OSError):
+        cap = -1
+    if cap not in (-1, getattr(resource, "RLIM_INFINITY", -1)):
+        return (f"the process's address space is capped at {cap / 2 ** 30:.2g} GiB (ulimit -v {cap // 1024}): raise the "
+                "cap (torch alone maps about 4 GiB; ulimit -v unlimited, or a job that asks for more memory), or use "
+                "fewer workers")
+    return "the machine's or the job's memory ran out: ask for more, or use fewer workers or a smaller batch"
+
+
+def out_of_memory(e: BaseException) -> LeapError | None:
+    """``e`` as one line where it says the memory ran out (``memory_fix``); None for another error."""
+    fix = memory_fix(e)
+    if fix is None:
+        return None
+    said = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return LeapError(f"out of memory ({type(e).__name__}{': ' + said if said else ''})", fix=fix)
+
+
+# What a stage's worker process maps as it loads its libraries (OpenCV, SciPy, NumPy's BLAS; measured with
+# ulimit -v: under 0.5 GiB extract's workers hung inside OpenBLAS's start, native code with no error to catch)
+WORKER_ADDRESS_SPACE = 1 << 30
+
+
+def warn_small_address_space(workers: int) -> None:
+    """Warn, before worker processes start, where the address space is capped (``ulimit -v``, as login nodes set)
+    under what each needs (``WORKER_ADDRESS_SPACE``): they may crash, fail or hang as they load their libraries."""
+    if workers < 2:
+        return
+    try:
+        import resource
+
+        cap = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if cap == resource.RLIM_INFINITY or cap >= WORKER_ADDRESS_SPACE:
+            return
+    except (ImportError, ValueError, OSError):
+        return
+    import logging
+
+    logging.getLogger("leap_cli").warning(
+        "the address space is capped at %.2g GiB (ulimit -v %d): a worker process needs about %d GiB as it loads "
+        "its libraries, and may crash or hang under the cap; raise it (ulimit -v unlimited, or a job with more "
+        "memory) or use --workers 1", cap / 2 ** 30, cap // 1024, WORKER_ADDRESS_SPACE >> 30)
+
+
+_STARTED: dict = {}  # a pool worker's start that failed (``start_pool_worker``)
+
+
+def start_pool_worker(init, *args) -> None:
+    """A process pool's initializer, ``init(*args)``, that does not fail: multiprocessing's Pool replaces a worker
+    whose initializer raised, and the new one failed the same way, for ever (`extract --workers 2` under a memory
+    cap hung, its workers loading a library again and again). The error is kept, and the worker's first task raises
+    it (``pool_worker_ready``): the stage stops in one line."""
+    try:
+        init(*args)
+    except BaseException as e:  # noqa: BLE001 - said by the first task, in the stage's process
+        _STARTED["error"] = out_of_memory(e) or LeapError(
+            f"a worker process could not start ({type(e).__name__}: {e})",
+            fix="run with --workers 1 to meet the error in the stage's own process")
+
+
+def pool_worker_ready() -> None:
+    """Raise the error of this pool worker's start, if it failed (``start_pool_worker``)."""
+    if "error" in _STARTED:
+        raise _STARTED["error"]
+
+
 def start_worker(parent: int) -> None:
     """Set up a forked worker process of a stage (its pool's initializer): Ctrl-C is the parent's (it keeps what
     is written and stops the pool), SIGTERM kills at once (the stage's own handler, inherited by the fork, only

@@ -54,9 +54,15 @@ def temps(folder) -> list[str]:
     return sorted(str(q) for q in Path(folder).rglob("*") if q.name.endswith((".tmp", ".partial")))
 
 
+def _hang_up_as_by_default() -> None:
+    """(in the child, before exec) SIGHUP as a terminal's job gets it: a suite run under nohup ignores it, and an
+    ignored signal stays ignored across exec (leap leaves nohup's choice alone)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def start(cmd) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV, cwd=ROOT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_hang_up_as_by_default)
 
 
 def wait_for(p: subprocess.Popen, ready, timeout: float = 60.0) -> None:

@@ -28,7 +28,8 @@ from typing import Callable
 
 import numpy as np
 
-from leap_cli.common import ShardSpec, normalize_split, rerun, start_worker, stop_pool
+from leap_cli.common import (ShardSpec, normalize_split, pool_results, pool_worker_ready, rerun, start_pool_worker,
+                             start_worker, stop_pool, warn_small_address_space)
 from leap_cli.epic.annotations import VIDEO_INFO, Segment, made_from_other_annotations
 from leap_cli.epic.layout import DatasetLayout
 from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
@@ -536,6 +537,7 @@ def _worker_init(cfg: ExtractConfig, parent: int) -> None:
 
 
 def _worker_segment(job: tuple[Segment, float | None]) -> tuple[dict, dict[str, float]]:
+    pool_worker_ready()
     seg, fps = job
     videos: dict[str, _Video] = _W["videos"]
     video = videos.pop(seg.video_id, None) or _Video(_W["layout"], seg.video_id, fps)
@@ -687,14 +689,16 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
                         c.close()
             else:
                 ctx = mp.get_context("spawn")
+                warn_small_address_space(min(cfg.workers, len(todo)))
                 with _spawn_without_main():
-                    pool = ctx.Pool(min(cfg.workers, len(todo)), initializer=_worker_init,
-                                    initargs=(cfg, os.getpid()))
+                    pool = ctx.Pool(min(cfg.workers, len(todo)), initializer=start_pool_worker,
+                                    initargs=(_worker_init, cfg, os.getpid()))
                 try:
                     # One task per segment, video by video (a worker keeps its last videos open); each finished
                     # segment is written as it arrives.
                     jobs = [(s, fps[vid]) for vid, segs in by_video.items() for s in segs]
-                    for record, timings in pool.imap_unordered(_worker_segment, jobs, chunksize=1):
+                    for record, timings in pool_results(pool, pool.imap_unordered(_worker_segment, jobs,
+                                                                                  chunksize=1)):
                         take(record, timings)
                     pool.close()
                     pool.join()

@@ -336,6 +336,60 @@ _LOST_FIX = ("a worker that could not hand its batch over prints why above; torc
              "goes on from the last checkpoint)")
 
 
+# A DataLoader worker that died (the kernel's out-of-memory killer, a bus error where /dev/shm ran out): torch's
+# SIGCHLD handler raised its "DataLoader worker (pid N) is killed by signal" wherever the main process was (in
+# save_checkpoint's write: last.pt lost, a traceback, and a process that did not exit). ``watch_workers``' handler
+# keeps the error, raised where a batch is awaited (``Guarded``), at once if one is awaited then.
+_DIED: dict = {"error": None, "waiting": False}
+
+
+def watch_workers() -> None:
+    """Install the SIGCHLD handler above in place of torch's (main thread, once; before a loader's iterator, which
+    would install torch's)."""
+    import signal
+    import threading
+
+    from torch.utils.data._utils import signal_handling
+
+    if (getattr(signal_handling, "_SIGCHLD_handler_set", True) or not hasattr(signal, "SIGCHLD")
+            or threading.current_thread() is not threading.main_thread()):
+        return
+    previous = signal.getsignal(signal.SIGCHLD)
+
+    def handler(signum, frame):
+        try:
+            torch._C._error_if_any_worker_fails()
+        except RuntimeError as e:
+            _DIED["error"] = e
+            if _DIED["waiting"]:
+                raise
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGCHLD, handler)
+    signal_handling._SIGCHLD_handler_set = True
+
+
+def _worker_died(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, RuntimeError) and "DataLoader worker" in text and (
+        "killed by signal" in text or "exited unexpectedly" in text)
+
+
+def _died_error(e: BaseException, option: str) -> LeapError:
+    text = str(e).strip().splitlines()[0]
+    if "Bus error" in text:
+        why = ("a bus error: the shared memory the workers pass batches through (/dev/shm) ran out; in Docker give "
+               "the container more (docker run --shm-size 8g, or --ipc host)")
+    elif "Killed" in text:
+        why = ("SIGKILL, most likely the kernel's out-of-memory killer (dmesg says): give the job more memory, or use "
+               f"fewer workers ({option}) or a smaller batch")
+    else:
+        why = f"use fewer workers ({option}) to see whether it is the memory"
+    return LeapError(f"{text} ({why})", fix="then run the same command again (leap train --resume goes on from the "
+                                           "last checkpoint)")
+
+
 class Guarded:
     """A DataLoader (``loader``; ``option`` sets its workers) whose lost batch is said in one line: a worker that
     cannot hand its batch over (at the limit of open files) loses it, and the main process then met an EOFError
@@ -354,7 +408,13 @@ class Guarded:
         it = _start(self.loader) if workers else iter(self.loader)
         while True:
             try:
-                batch = next(it)
+                if _DIED["error"] is not None:  # (a worker that died while the main process was elsewhere)
+                    raise _DIED["error"]
+                _DIED["waiting"] = True
+                try:
+                    batch = next(it)
+                finally:
+                    _DIED["waiting"] = False
             except StopIteration:
                 return
             except EOFError as e:
@@ -363,6 +423,13 @@ class Guarded:
                 raise LeapError("a DataLoader worker's batch was lost on its way to the main process (EOFError)",
                                 fix=_LOST_FIX.format(option=self.option)) from e
             except RuntimeError as e:
+                if workers and _worker_died(e):
+                    _DIED["error"] = None
+                    for w in getattr(it, "_workers", ()):  # (the others ignore SIGTERM: the exit waited for them)
+                        if w.is_alive():
+                            w.kill()
+                            w.join(5)
+                    raise _died_error(e, self.option) from e
                 if not workers or "timed out" not in str(e):
                     raise
                 raise LeapError(f"no batch came from the DataLoader's workers in {LOADER_TIMEOUT} s",
@@ -510,6 +577,8 @@ def shard_loader(ds: "ShardDataset", *, batch_size: int, workers: int, **options
     torch takes no timeout without workers). Iterate it through ``Guarded``."""
     from torch.utils.data import DataLoader
 
+    if workers:
+        watch_workers()
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips,
                       worker_init_fn=loader_worker_init, timeout=LOADER_TIMEOUT if workers else 0, **options)
 

@@ -187,6 +187,10 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
         for micro in range(accum):
             try:
                 batch = next(batches)
+            except LeapError:  # (a DataLoader worker died, a damaged shard): at a step boundary, last.pt is saved
+                if micro == 0 and on_checkpoint is not None:  # as a stop's, which --resume goes on from exactly
+                    on_checkpoint()
+                raise
             except StopIteration:
                 raise LeapError(f"the training data ran out after {state.batches} of {batches_per_epoch} "
                                 f"batches in epoch {state.epoch}",

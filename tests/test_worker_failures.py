@@ -1,0 +1,99 @@
+"""Worker processes that fail: a pool worker that cannot start or that dies mid-task (the kernel's out-of-memory
+killer), and the memory errors of a capped address space (``ulimit -v``), each said in one line."""
+
+import logging
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from leap_cli.common import (memory_fix, out_of_memory, pool_results, pool_worker_ready, start_pool_worker,
+                             warn_small_address_space)
+from leap_cli.errors import LeapError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cannot_start() -> None:
+    raise ImportError("libopenblas.so.0: failed to map segment from shared object")
+
+
+def _task(x: int) -> int:
+    pool_worker_ready()
+    time.sleep(x)
+    return x
+
+
+def _pool(init, *args):
+    return multiprocessing.get_context("fork").Pool(2, initializer=start_pool_worker, initargs=(init, *args))
+
+
+def test_a_pool_worker_that_cannot_start_stops_the_stage_in_one_line():
+    """Was wrong: a pool worker whose start failed was replaced by the pool, which failed the same way, for ever
+    (`extract --workers 2` under a memory cap hung)."""
+    pool = _pool(_cannot_start)
+    try:
+        t = time.monotonic()
+        with pytest.raises(LeapError) as e:
+            list(pool_results(pool, pool.imap(_task, [0, 0, 0])))
+        assert time.monotonic() - t < 30
+    finally:
+        pool.terminate()
+        pool.join()
+    assert e.value.message.startswith("out of memory (ImportError: libopenblas.so.0: failed to map segment"), \
+        e.value.message
+
+
+def test_a_pool_worker_killed_mid_task_stops_the_stage_in_one_line():
+    """Was wrong: a worker killed mid-task (the kernel's out-of-memory killer) was replaced and its task waited for
+    for ever: the stage hung."""
+    pool = _pool(int, 0)
+    try:
+        results = pool_results(pool, pool.imap(_task, [0, 30, 30]), poll=0.5)
+        assert next(results) == 0
+        os.kill(pool._pool[0].pid, signal.SIGKILL)
+        t = time.monotonic()
+        with pytest.raises(LeapError, match=r"a worker process died \(killed by SIGKILL\)") as e:
+            next(results)
+        assert time.monotonic() - t < 10
+    finally:
+        pool.terminate()
+        pool.join()
+    assert "out-of-memory killer" in e.value.fix
+
+
+def test_memory_errors_are_told_from_others():
+    assert memory_fix(MemoryError()) is not None
+    assert memory_fix(ImportError("libtorch_cpu.so: failed to map segment from shared object")) is not None
+    assert memory_fix(OSError(12, "Cannot allocate memory")) is not None
+    assert memory_fix(ImportError("No module named 'open_clip'")) is None
+    assert memory_fix(OSError(2, "No such file or directory")) is None
+    assert out_of_memory(ValueError("x")) is None
+    assert out_of_memory(MemoryError()).one_line().startswith("out of memory (MemoryError) (")
+
+
+def test_the_cap_is_named_with_what_to_do():
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+            "from leap_cli.common import out_of_memory, warn_small_address_space; "
+            "print(out_of_memory(MemoryError()).fix); warn_small_address_space(2)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    assert "capped at 3 GiB (ulimit -v 3145728)" in r.stdout
+    assert "a worker process needs" not in r.stderr  # (3 GiB is enough for a worker)
+    code = code.replace("3 << 30, 3 << 30", "768 << 20, 768 << 20")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "the address space is capped at 0.75 GiB (ulimit -v 786432): a worker process needs" in r.stderr, r.stderr
+
+
+def test_no_warning_for_one_worker_or_no_cap(caplog):
+    with caplog.at_level(logging.WARNING):
+        warn_small_address_space(1)
+        warn_small_address_space(4)  # (this process has no cap)
+    assert "address space" not in caplog.text
