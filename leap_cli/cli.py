@@ -447,13 +447,9 @@ def _quiet_teardown() -> None:
     """After the open-files line: objects the limit left half-built (torch's DataLoader iterator, whose workers could
     not start) fail again in their ``__del__`` as the process ends, each an "Exception ignored in ..." traceback under
     the line that said it all. Such AttributeErrors and OSErrors are dropped; any other goes to the usual hook."""
-    default = sys.unraisablehook
+    from leap_cli.common import quiet_unraisable
 
-    def hook(unraisable) -> None:
-        if not isinstance(unraisable.exc_value, (AttributeError, OSError)):
-            default(unraisable)
-
-    sys.unraisablehook = hook
+    quiet_unraisable(AttributeError, OSError)
 
 
 def raise_open_files_limit(most: int = 65536) -> None:

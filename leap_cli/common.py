@@ -525,6 +525,21 @@ def stop_pool(pool, grace: float = 10.0) -> None:
     t.join(grace)
 
 
+def quiet_unraisable(*kinds: type) -> None:
+    """From now on, drop the "Exception ignored in ..." tracebacks of these ``kinds`` (``sys.unraisablehook``): what
+    is left half-built or half-stopped after an error the stage has said in one line fails again as it is torn
+    down; any other goes to the hook before."""
+    import sys
+
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, kinds):
+            default(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def pool_results(pool, results, poll: float = 2.0):
     """Yield from a process pool's ``imap`` iterator ``results``; a worker that died (killed by the kernel's
     out-of-memory killer, crashed in a library, or failed as it started) is said in one line. multiprocessing's

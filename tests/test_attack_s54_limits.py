@@ -75,11 +75,12 @@ def test_info_under_a_small_address_space_says_memory_in_one_line(kitchen):
     assert rc == 2 and one_memory_line(err), (rc, err[-1500:])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (not fixed): extract --workers 2 under ulimit -v 0.4-0.5 GB hangs: "
+@pytest.mark.xfail(strict=False, reason="BUG (not fixed): extract --workers 2 under ulimit -v 0.4-0.5 GB can hang: "
                                        "its workers spin inside OpenBLAS's start as scipy loads (native code, no error "
                                        "to catch); leap now warns before they start (common.warn_small_address_space)"
                                        ", and a worker whose start fails with an error, or that dies, is said in one "
-                                       "line (tests/test_worker_failures.py)")
+                                       "line (tests/test_worker_failures.py): not strict, since which of the two "
+                                       "comes varies from run to run")
 def test_extract_whose_workers_cannot_start_under_a_memory_cap_stops_in_one_line(kitchen, tmp_path):
     wd = workdir_from(kitchen, tmp_path / "wd")
     rc, err = capped(leap("extract", "--workdir", wd, "--split", "val", "--workers", 2), int(0.4 * GB), timeout=10)

@@ -30,7 +30,8 @@ def _task(x: int) -> int:
 
 
 def _pool(init, *args):
-    return multiprocessing.get_context("fork").Pool(2, initializer=start_pool_worker, initargs=(init, *args))
+    # (spawned, as extract's pool is: a fork of pytest-xdist's worker, whose threads hold locks, could hang)
+    return multiprocessing.get_context("spawn").Pool(2, initializer=start_pool_worker, initargs=(init, *args))
 
 
 def test_a_pool_worker_that_cannot_start_stops_the_stage_in_one_line():

@@ -321,6 +321,20 @@ def loader_worker_init(_worker_id: int) -> None:
     # said in one line, not the queue's traceback; the main process then says what to do (``Guarded``, evaluate's
     # count of the segments scored, train's "the training data ran out")
     multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(_batch_not_handed_over)
+    import threading
+
+    threading.excepthook = _worker_thread_failed  # (a connection's thread as the main process stops reading)
+
+
+def _worker_thread_failed(args) -> None:
+    """A DataLoader worker's thread that failed (multiprocessing's resource sharer, which hands the batches' files
+    over): its connection's errors come as the main process stops reading (another worker died, a stop), and the
+    main process says what happened; its traceback came on top of that line. Other errors are one line."""
+    if isinstance(args.exc_value, (OSError, EOFError)):
+        return
+    import sys
+
+    print(f"leap: a DataLoader worker's thread failed: {args.exc_type.__name__}: {args.exc_value}", file=sys.stderr)
 
 
 def _batch_not_handed_over(e: BaseException, obj: object) -> None:
@@ -360,6 +374,10 @@ def watch_workers() -> None:
         try:
             torch._C._error_if_any_worker_fails()
         except RuntimeError as e:
+            if _DIED["error"] is None:  # (the main process's threads that served the dead worker fail as they
+                from leap_cli.common import quiet_unraisable  # stop: tracebacks above the line that says it)
+
+                quiet_unraisable(KeyError, AttributeError, OSError, EOFError)
             _DIED["error"] = e
             if _DIED["waiting"]:
                 raise
@@ -376,13 +394,39 @@ def _worker_died(e: BaseException) -> bool:
         "killed by signal" in text or "exited unexpectedly" in text)
 
 
-def _died_error(e: BaseException, option: str) -> LeapError:
-    text = str(e).strip().splitlines()[0]
-    if "Bus error" in text:
+def _workers_of(loader, it=None) -> list:
+    """The worker processes of a DataLoader's iterator ``it``, else of its persistent one."""
+    return list(getattr(it, "_workers", None) or getattr(getattr(loader, "_iterator", None), "_workers", None) or [])
+
+
+def _dead_workers(workers: list) -> list:
+    """Those of ``workers`` that ended with an error or a signal (``is_alive`` reaps one that ended)."""
+    return [w for w in workers if not w.is_alive() and w.exitcode]
+
+
+def _died_error(e: BaseException, option: str, workers: list) -> LeapError:
+    """The one line for a DataLoader worker that died (``e``: torch's error, or what the main process met as it
+    did: a connection reset), naming the signal by the worker's exit code where it is known. The loader's other
+    workers, and the process's other children, are killed first (they ignore SIGTERM: its exit waited for them)."""
+    import multiprocessing
+    import signal
+
+    dead = _dead_workers(workers)
+    for p in workers + multiprocessing.active_children():
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    _DIED["error"] = None
+    code = next((p.exitcode for p in dead if p.exitcode and p.exitcode < 0), None)
+    sig = signal.Signals(-code).name if code is not None and -code in signal.Signals._value2member_map_ else None
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if sig is not None:  # (torch's words name it by its pid(s) and the signal's description, or say no signal)
+        text = f"a DataLoader worker (pid {dead[0].pid}) was killed by {sig}"
+    if sig == "SIGBUS" or "Bus error" in text:
         why = ("a bus error: the shared memory the workers pass batches through (/dev/shm) ran out; in Docker give "
                "the container more (docker run --shm-size 8g, or --ipc host)")
-    elif "Killed" in text:
-        why = ("SIGKILL, most likely the kernel's out-of-memory killer (dmesg says): give the job more memory, or use "
+    elif sig == "SIGKILL" or "Killed" in text:
+        why = ("most likely by the kernel's out-of-memory killer (dmesg says): give the job more memory, or use "
                f"fewer workers ({option}) or a smaller batch")
     else:
         why = f"use fewer workers ({option}) to see whether it is the memory"
@@ -405,7 +449,18 @@ class Guarded:
 
     def __iter__(self) -> Iterator[dict]:
         workers = self.loader.num_workers
-        it = _start(self.loader) if workers else iter(self.loader)
+        try:  # (persistent workers: an epoch's iterator waits for each of them at once, and one may have died)
+            if workers and _DIED["error"] is not None:
+                raise _DIED["error"]
+            _DIED["waiting"] = bool(workers)
+            try:
+                it = _start(self.loader) if workers else iter(self.loader)
+            finally:
+                _DIED["waiting"] = False
+        except (RuntimeError, OSError) as e:
+            if workers and (_worker_died(e) or _dead_workers(_workers_of(self.loader))):
+                raise _died_error(e, self.option, _workers_of(self.loader)) from e
+            raise
         while True:
             try:
                 if _DIED["error"] is not None:  # (a worker that died while the main process was elsewhere)
@@ -417,24 +472,19 @@ class Guarded:
                     _DIED["waiting"] = False
             except StopIteration:
                 return
-            except EOFError as e:
+            except (EOFError, RuntimeError, OSError) as e:  # (a worker that died: a connection reset, or torch's
+                if workers and (_worker_died(e) or _dead_workers(_workers_of(self.loader, it))):  # error, whichever
+                    raise _died_error(e, self.option, _workers_of(self.loader, it)) from e  # came first)
                 if not workers:
                     raise
-                raise LeapError("a DataLoader worker's batch was lost on its way to the main process (EOFError)",
-                                fix=_LOST_FIX.format(option=self.option)) from e
-            except RuntimeError as e:
-                if workers and _worker_died(e):
-                    _DIED["error"] = None
-                    for w in getattr(it, "_workers", ()):  # (the others ignore SIGTERM: the exit waited for them)
-                        if w.is_alive():
-                            w.kill()
-                            w.join(5)
-                    raise _died_error(e, self.option) from e
-                if not workers or "timed out" not in str(e):
-                    raise
-                raise LeapError(f"no batch came from the DataLoader's workers in {LOADER_TIMEOUT} s",
-                                fix="a slow or stalled disk under the shards, or "
-                                    + _LOST_FIX.format(option=self.option)) from e
+                if isinstance(e, EOFError):
+                    raise LeapError("a DataLoader worker's batch was lost on its way to the main process (EOFError)",
+                                    fix=_LOST_FIX.format(option=self.option)) from e
+                if isinstance(e, RuntimeError) and "timed out" in str(e):
+                    raise LeapError(f"no batch came from the DataLoader's workers in {LOADER_TIMEOUT} s",
+                                    fix="a slow or stalled disk under the shards, or "
+                                        + _LOST_FIX.format(option=self.option)) from e
+                raise
             yield batch
 
 

@@ -726,7 +726,13 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             if val is not None and (state.epoch % max(1, cfg.train.eval_every_epochs) == 0 or is_last):
                 rng = rng_state()  # keep validation from disturbing the training RNG stream
                 # unwrapped: ranks may hold different counts; one process stops inside it at a signal
-                last_eval = evaluate(model, val, cfg, info, should_stop=None if info.distributed else stop)
+                try:
+                    last_eval = evaluate(model, val, cfg, info, should_stop=None if info.distributed else stop)
+                except LeapError:  # (a validation worker died): the epoch's steps are kept, at its end, which
+                    set_rng_state(rng)  # --resume validates first, as after a signal during validation
+                    state.epoch, state.batches = epoch_done, batches_done
+                    checkpoint(ckpt_dir / "last.pt")
+                    raise
                 set_rng_state(rng)
                 if last_eval is None:  # back to the epoch's end, which --resume validates
                     state.epoch, state.batches = epoch_done, batches_done
