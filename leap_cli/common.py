@@ -582,9 +582,10 @@ def memory_fix(e: BaseException) -> str | None:
         import resource
 
         cap = resource.getrlimit(resource.RLIMIT_AS)[0]
-    except (ImportError, ValueError, OSError):
-        cap = -1
-    if cap not in (-1, getattr(resource, "RLIM_INFINITY", -1)):
+        cap = None if cap == resource.RLIM_INFINITY else cap
+    except (ImportError, ValueError, OSError):  # (no resource module: not a cap leap can name)
+        cap = None
+    if cap is not None:
         return (f"the process's address space is capped at {cap / 2 ** 30:.2g} GiB (ulimit -v {cap // 1024}): raise the "
                 "cap (torch alone maps about 4 GiB; ulimit -v unlimited, or a job that asks for more memory), or use "
                 "fewer workers")

@@ -31,8 +31,9 @@ EXTERNAL_OPTIONS = {
     "--maxfail", "--durations", "--dist", "--maxprocesses",  # (and pytest-xdist's: the Makefile, docs/development.md)
     # git, which `leap --version` runs (leap_cli/cli.py)
     "--no-optional-locks", "--format", "--date", "--porcelain",
-    # docker run (the CPU quota of common.py / docs/options.md), Slurm's scancel and srun (signals.py, docs/train.md)
-    "--cpus", "--signal", "--nodes", "--ntasks-per-node",
+    # docker run (the CPU quota of common.py / docs/options.md; the shared memory of a DataLoader worker's bus error,
+    # shards/dataset.py, docs/troubleshooting.md), Slurm's scancel and srun (signals.py, docs/train.md)
+    "--cpus", "--shm-size", "--ipc", "--signal", "--nodes", "--ntasks-per-node",
     # llama.cpp's llama-server (README), tensorboard (docs/train.md)
     "--port", "--logdir",
     # the repository's benchmark scripts (README, docs/model.md): their argparse options, checked below

@@ -463,9 +463,9 @@ class Guarded:
             raise
         while True:
             try:
-                if _DIED["error"] is not None:  # (a worker that died while the main process was elsewhere)
+                if workers and _DIED["error"] is not None:  # (one that died while the main process was elsewhere)
                     raise _DIED["error"]
-                _DIED["waiting"] = True
+                _DIED["waiting"] = bool(workers)
                 try:
                     batch = next(it)
                 finally:
