@@ -29,6 +29,9 @@ TRAIN = ("--config", "tiny-synthetic-short", "--name", "r", "--set", "data.batch
 def kitchen(tmp_path_factory):
     """A 2-video synthetic kitchen with train and val extracted, programmed (offline) and sharded."""
     wd = tmp_path_factory.mktemp("kitchen")
+    # (the leap processes' temporary files in pytest's folder: a DataLoader worker killed here leaves its
+    # multiprocessing folder, a socket in it, behind)
+    ENV["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
     steps = [("demo-data", "--videos", 2, "--segments", 6)]
     for split in ("train", "val"):
         steps += [("extract", "--split", split, "--workers", 2),

@@ -52,6 +52,9 @@ def one_memory_line(err: str) -> bool:
 def kitchen(tmp_path_factory):
     """A 2-video synthetic kitchen with its train split extracted, programmed (offline) and sharded."""
     wd = tmp_path_factory.mktemp("kitchen")
+    # (the leap processes' temporary files in pytest's folder: a DataLoader worker killed here leaves its
+    # multiprocessing folder, a socket in it, behind)
+    ENV["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
     for stage, *extra in (("demo-data", "--videos", 2, "--segments", 6),
                           ("extract", "--split", "train", "--workers", 2),
                           ("generate-programs", "--split", "train", "--backend", "offline"),
