@@ -404,6 +404,17 @@ def _dead_workers(workers: list) -> list:
     return [w for w in workers if not w.is_alive() and w.exitcode]
 
 
+def _kill_workers(workers: list) -> None:
+    """Kill a loader's ``workers`` and the process's other multiprocessing children, before its error goes on: they
+    ignore SIGTERM, and the process's exit waited for them."""
+    import multiprocessing
+
+    for p in workers + multiprocessing.active_children():
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
 def _died_error(e: BaseException, option: str, workers: list) -> LeapError:
     """The one line for a DataLoader worker that died (``e``: torch's error, or what the main process met as it
     did: a connection reset), naming the signal by the worker's exit code where it is known. The loader's other
@@ -412,10 +423,7 @@ def _died_error(e: BaseException, option: str, workers: list) -> LeapError:
     import signal
 
     dead = _dead_workers(workers)
-    for p in workers + multiprocessing.active_children():
-        if p.is_alive():
-            p.kill()
-            p.join(5)
+    _kill_workers(workers)
     _DIED["error"] = None
     code = next((p.exitcode for p in dead if p.exitcode and p.exitcode < 0), None)
     sig = signal.Signals(-code).name if code is not None and -code in signal.Signals._value2member_map_ else None
@@ -473,10 +481,17 @@ class Guarded:
             except StopIteration:
                 return
             except (EOFError, RuntimeError, OSError) as e:  # (a worker that died: a connection reset, or torch's
-                if workers and (_worker_died(e) or _dead_workers(_workers_of(self.loader, it))):  # error, whichever
-                    raise _died_error(e, self.option, _workers_of(self.loader, it)) from e  # came first)
-                if not workers:
+                if not workers:  # error, whichever came first)
                     raise
+                mine = _workers_of(self.loader, it)
+                if not _worker_died(e) and not _dead_workers(mine) and isinstance(e, (EOFError, OSError)):
+                    import time
+
+                    time.sleep(0.5)  # (a worker's death shows a moment after the broken connection it left)
+                if _worker_died(e) or _dead_workers(mine):
+                    raise _died_error(e, self.option, mine) from e
+                if isinstance(e, EOFError) or "timed out" in str(e):
+                    _kill_workers(mine)  # (the stage stops: its exit would wait for them)
                 if isinstance(e, EOFError):
                     raise LeapError("a DataLoader worker's batch was lost on its way to the main process (EOFError)",
                                     fix=_LOST_FIX.format(option=self.option)) from e
