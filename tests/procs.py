@@ -65,9 +65,14 @@ def run_together(cmds: list[list[str]], env: dict, cwd, timeout: float = 120) ->
         for p in procs:
             out.append((p.wait(timeout=timeout), p.stdout.read().decode(errors="replace")))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.stdout.close()
+        reap(procs)
     return out
+
+
+def reap(procs) -> None:
+    """Kill those of ``procs`` (Popen with a stdout pipe) still running, wait for them, and close their pipes."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()

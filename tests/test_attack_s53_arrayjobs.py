@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import run_together
+from tests.procs import reap, run_together
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,11 +282,7 @@ def test_two_parts_killed_mid_run_beside_running_parts_pay_no_reply_twice(tmp_pa
             _clean(_array(cmds))
             assert len(server.requests) == n_before
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-                p.stdout.close()
+            reap(procs)
         asked = _first_rounds(server)
         billed = len(server.requests)
     assert set(asked) == set(programs) and set(asked.values()) == {1}, asked
@@ -450,11 +446,7 @@ def test_scancel_of_the_whole_array_mid_run_then_a_requeue_pays_nothing_twice(tm
                 p.send_signal(signal.SIGTERM)
             stopped = [(p.wait(timeout=60), p.stdout.read().decode(errors="replace")) for p in procs]
         finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-                p.stdout.close()
+            reap(procs)
         for rc, text in stopped:
             assert "Traceback" not in text and "database is locked" not in text, text[-3000:]
         assert not (wd / "programs" / "cache.sqlite.unwritten").exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import run_together
+from tests.procs import reap, run_together
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
@@ -385,11 +385,7 @@ main()
             p.send_signal(sig)
         stopped = [(p.wait(timeout=60), p.stdout.read().decode(errors="replace")) for p in procs]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-            p.stdout.close()
+        reap(procs)
     assert [rc for rc, _ in stopped] == [-signal.SIGKILL, -signal.SIGKILL, 143], [t[-2000:] for _, t in stopped]
     assert "Traceback" not in stopped[2][1], stopped[2][1][-3000:]
     before = [len(_records(p)) for p in _parts(wd, n)]
