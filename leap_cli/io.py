@@ -390,7 +390,7 @@ class OutputLock:
                     raise denied from None
                 raise first from None  # (no lock file, in a folder this user cannot write: that, not "not found")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._take(fd)
         except OSError as e:
             if not isinstance(e, BlockingIOError):
                 os.close(fd)
@@ -421,6 +421,26 @@ class OutputLock:
             pass
         self._fd = fd
         return self
+
+    @staticmethod
+    def _take(fd: int) -> None:
+        """The exclusive lock, or BlockingIOError while another holds it. ``writer_of`` (a stage looking whether this
+        output is being written) holds a shared lock for a moment: while only shared locks are held (this run's own
+        shared lock is granted), the exclusive one is tried again for up to 0.5 s instead of refusing this run as
+        if another wrote the output; a writer's exclusive lock is refused at once."""
+        import fcntl
+        for _ in range(50):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise BlockingIOError(errno.EWOULDBLOCK, "locked by a writer") from None
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                time.sleep(0.01)
+        raise BlockingIOError(errno.EWOULDBLOCK, "locked")
 
     def release(self) -> None:
         if self._fd is not None:

@@ -214,6 +214,31 @@ def test_second_writer_of_one_output_is_refused(tmp_path):
             JsonlAppender(part)
 
 
+def test_a_readers_look_at_the_lock_is_no_writer(tmp_path):
+    """Was wrong: ``writer_of`` (build-shards looking whether generate-programs still writes the program file)
+    takes the lock file's shared lock for a moment; a run starting in that instant was refused as if another
+    leap process wrote its output."""
+    import fcntl
+    import os
+    import threading
+    import time
+
+    from leap_cli.io import OutputLock, writer_of
+
+    p = tmp_path / "programs.jsonl"
+    fd = os.open(str(p) + ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_SH)  # a look that lasts 0.1 s (a probe's moment, slowed down)
+    threading.Timer(0.1, os.close, (fd,)).start()
+    with JsonlAppender(p) as w:
+        w.write({"narration_id": "a"})
+        assert writer_of(p) is not None
+        t0 = time.monotonic()
+        with pytest.raises(LeapError, match="another leap process is writing"):  # a writer's lock: at once
+            OutputLock(p).acquire()
+        assert time.monotonic() - t0 < 0.3
+    assert writer_of(p) is None
+
+
 def test_second_writer_in_another_process_is_refused(tmp_path):
     import subprocess
     import sys
