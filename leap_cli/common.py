@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, TypeVar
+from typing import Iterator, Sequence, TypeVar
 
 from leap_cli.errors import LeapError
 
@@ -540,15 +540,21 @@ def quiet_unraisable(*kinds: type) -> None:
     sys.unraisablehook = hook
 
 
-def pool_results(pool, results, poll: float = 2.0):
-    """Yield from a process pool's ``imap`` iterator ``results``; a worker that died (killed by the kernel's
+def pool_results(pool, results, poll: float = 2.0) -> Iterator:
+    """Iterate a process pool's ``imap`` iterator ``results``; a worker that died (killed by the kernel's
     out-of-memory killer, crashed in a library, or failed as it started) is said in one line. multiprocessing's
     Pool replaces such a worker and waits for its task for ever (a worker that cannot start is replaced again and
-    again): the stage hung, its records still to do."""
+    again): the stage hung, its records still to do. Call it as the tasks are given (``pool.imap(...)`` as its
+    argument): the pool's workers are known from then on, so a worker that dies before the first result is asked
+    for is seen too."""
+    known = {p.pid: p for p in pool._pool}  # (the pool's processes; a new pid is a worker that replaced a dead one)
+    return _pool_results(pool, results, poll, known)
+
+
+def _pool_results(pool, results, poll: float, known: dict) -> Iterator:
     import multiprocessing
     import signal
 
-    known = {p.pid: p for p in pool._pool}  # (the pool's processes; a new pid is a worker that replaced a dead one)
     while True:
         try:
             yield results.next(timeout=poll)

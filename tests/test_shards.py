@@ -1594,3 +1594,50 @@ def test_each_shard_setting_is_said_as_a_build_shards_option():
     assert set(SETTINGS_OPTIONS) == {f.name for f in dataclasses.fields(ShardSettings)}
     assert set(SETTINGS_OPTIONS.values()) <= options
     assert said("settings.context_mode") == "--anticipation-context" and said("targets") == "the target vocabulary"
+
+
+SLOW_CHECK = '''
+import os
+if os.environ.get("LEAP_TEST_SLOW_CHECK"):  # each shard's check takes this long, in the pool's workers too
+    import time
+    import leap_cli.shards.check as check
+    real = check._check_shard
+    def _check_shard(*args, **kwargs):
+        time.sleep(float(os.environ["LEAP_TEST_SLOW_CHECK"]))
+        return real(*args, **kwargs)
+    _check_shard.__module__, _check_shard.__qualname__ = real.__module__, real.__qualname__
+    check._check_shard = _check_shard
+'''
+
+
+def test_check_shards_with_a_worker_killed_stops_in_one_line(built, tmp_path):
+    """Was wrong: check-shards' pool waited for ever for the shard of a worker killed mid-check (the kernel's
+    out-of-memory killer), as extract's and build-shards' had until session 54."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, work = built
+    (tmp_path / "sitecustomize.py").write_text(SLOW_CHECK)
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{repo}", "LEAP_TEST_SLOW_CHECK": "30"}
+    proc = subprocess.Popen([sys.executable, "-m", "leap_cli", "check-shards", "--shards", str(work / "shards" / "train"),
+                             "--workers", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, workers = time.monotonic() + 30, []
+        while len(workers) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            kids = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True)
+            workers = kids.stdout.split()
+        assert len(workers) == 2, "the pool's workers did not start"
+        time.sleep(1)  # (both in a shard's check)
+        os.kill(int(workers[0]), signal.SIGKILL)
+        out, _ = proc.communicate(timeout=25)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode not in (0, None) and "a worker process died (killed by SIGKILL)" in out, out
+    assert "Traceback" not in out, out

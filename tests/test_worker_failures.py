@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 # whose threads hold locks, could hang, and so did a spawned pool under pytest's capture once.
 POOL = """
 import multiprocessing, os, signal, sys, time
-from leap_cli.common import pool_results, pool_worker_ready, start_pool_worker
+from leap_cli.common import pool_results, pool_worker_ready, start_pool_worker, stop_pool
 from leap_cli.errors import LeapError
 
 def cannot_start():
@@ -28,6 +28,8 @@ def task(x):
     return x
 
 if __name__ == "__main__":
+    import faulthandler
+    faulthandler.dump_traceback_later(45, exit=True)  # (a hang says where)
     init = cannot_start if sys.argv[1] == "cannot-start" else (lambda: None)
     pool = multiprocessing.get_context("fork").Pool(2, initializer=start_pool_worker, initargs=(init,))
     t = time.monotonic()
@@ -37,13 +39,18 @@ if __name__ == "__main__":
             assert next(results) == 0
             os.kill(pool._pool[0].pid, signal.SIGKILL)
             t = time.monotonic()
+        elif sys.argv[1] == "killed-early":  # (before the first result is asked for)
+            time.sleep(0.5)
+            os.kill(pool._pool[1].pid, signal.SIGKILL)
+            time.sleep(0.5)  # (the pool has replaced it)
+            t = time.monotonic()
         list(results)
         print("no error")
     except LeapError as e:
         print(f"{time.monotonic() - t:.1f} s:", e.one_line())
-    finally:
-        pool.terminate()
-        pool.join()
+    finally:  # (as the stages stop a pool: a worker killed holding the task queue's lock hangs pool.terminate)
+        sys.stdout.flush()
+        stop_pool(pool, grace=2)
 """
 
 
@@ -68,6 +75,14 @@ def test_a_pool_worker_killed_mid_task_stops_the_stage_in_one_line(tmp_path):
     for ever: the stage hung."""
     out = _pool_run(tmp_path, "killed")
     assert "a worker process died (killed by SIGKILL)" in out and "out-of-memory killer" in out, out
+    assert float(out.split(" s:")[0]) < 10, out
+
+
+def test_a_pool_worker_killed_before_the_first_result_is_seen(tmp_path):
+    """Was wrong: the pool's workers were learnt at the first result asked for; one killed before that (with its
+    task) was replaced unseen, and the stage waited for its task for ever."""
+    out = _pool_run(tmp_path, "killed-early")
+    assert "a worker process died (killed by SIGKILL)" in out, out
     assert float(out.split(" s:")[0]) < 10, out
 
 

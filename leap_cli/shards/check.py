@@ -72,11 +72,11 @@ def check_shards(source: str | Path, *, on_error: str = "raise", verify_hash: bo
     import multiprocessing as mp
     import os
 
-    from leap_cli.common import start_worker, stop_pool
+    from leap_cli.common import pool_results, start_worker, stop_pool
 
     pool = mp.get_context("spawn").Pool(workers, initializer=start_worker, initargs=(os.getpid(),))
-    try:
-        for info, result in zip(shards, pool.imap(check, shards)):
+    try:  # (a worker killed mid-shard, by the out-of-memory killer: one line, not a wait for ever)
+        for info, result in zip(shards, pool_results(pool, pool.imap(check, shards))):
             take(info, *result)
         pool.close()
         pool.join()
