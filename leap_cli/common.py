@@ -313,9 +313,29 @@ def cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/pro
 WORKDIRS: list[Path] = []  # the --workdir values of this command (``workdir_option``), for ``missing_workdir``
 
 
+def missing_parents_out(path: Path) -> Path:
+    """``path`` with each ``NAME/..`` whose NAME does not exist taken out (``x/../w`` -> ``w`` where there is no
+    ``x``): the system cannot reach anything through a missing folder, so every file under such a path looked
+    missing (a generate-programs made every program again over the finished ones), and a mkdir made the folder.
+    A ``..`` after a folder that exists is left to the system (after a symbolic link it is the link target's
+    parent, not the path's)."""
+    if ".." not in path.parts:
+        return path
+    parts: list[str] = []
+    for part in path.parts:
+        if part == ".." and parts and parts[-1] not in ("..", path.anchor) and not Path(*parts).exists():
+            parts.pop()
+        else:
+            parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
 def workdir_option(value: Path | None) -> Path | None:
     """``--workdir``'s typer callback: a path that is a file is said so (it was reported through the first file
-    under it: "afile/descriptors: Not a directory", "afile/kitchen: dataset root not found")."""
+    under it: "afile/descriptors: Not a directory", "afile/kitchen: dataset root not found"); ``x/../w`` with no
+    folder x is ``w`` (``missing_parents_out``)."""
+    if value is not None:
+        value = missing_parents_out(value)
     if value is not None and value.exists() and not value.is_dir():
         raise LeapError(f"--workdir {value} is a file, not a folder",
                         fix="pass the folder that holds (or will hold) the pipeline's files, e.g. leap-work")
@@ -432,9 +452,8 @@ def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
     a day's descriptors is read at disk speed); only where the file has fewer lines than its parts together are
     the ids compared (a merge that a later run rid of a record held twice has every id)."""
     import logging
-    import shlex
 
-    from leap_cli.io import merge_command
+    from leap_cli.io import merge_command, shell_word
 
     log = logging.getLogger(__name__)
     merged_at = path.stat().st_mtime_ns
@@ -465,7 +484,7 @@ def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
                     first = (f"run part {cut[0][1]}/{count} again with the command that wrote it (it drops the cut "
                              "record and does it again), then ")
                 elif glued:
-                    first = f"end it with a newline (echo >> {shlex.quote(str(glued[0][0]))}), then "
+                    first = f"end it with a newline (echo >> {shell_word(glued[0][0])}), then "
                 else:
                     first = ""
                 raise LeapError(f"lacks {len(lacking)} records that its --shard parts of {count} beside it hold (e.g. "

@@ -627,12 +627,21 @@ def parts_text(output: Path) -> tuple[str, int] | None:
     return ", ".join(f"{k} of {n}" for n, k in sorted(counts.items())), max(counts, key=counts.get)
 
 
+def shell_word(value: str | Path) -> str:
+    """``value`` (a path, mostly) as one word of a command printed for the user to paste: quoted for the shell, and
+    a relative path that starts with ``-`` as ``./-...`` (``cat``, ``mkdir`` and ``tar`` would take it as options)."""
+    import shlex
+
+    text = str(value)
+    return shlex.quote("./" + text if text.startswith("-") else text)
+
+
 def merge_command(output: Path, count: int) -> str:
     """The shell command that merges the ``--shard i/count`` parts of ``output`` into it."""
     from shlex import quote
 
-    return (f"cat {quote(str(output.parent))}/{quote(output.stem)}.shard*of{count}{quote(output.suffix)} > "
-            f"{quote(str(output))}")
+    return (f"cat {shell_word(output.parent)}/{quote(output.stem)}.shard*of{count}{quote(output.suffix)} > "
+            f"{shell_word(output)}")
 
 
 def settings_path(output: str | Path) -> Path:

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from leap_cli.common import workdir_option
 from leap_cli.progress import output_console
+from leap_cli.report.terminal import printable
 
 console = output_console()
 
@@ -73,7 +74,7 @@ def info(
 
     layout = DatasetLayout.open(dataset_root(workdir, data), annotations)
     splits, classes = dataset_info(layout)
-    table = Table(title=f"Dataset {escape(str(layout.root))}")
+    table = Table(title=f"Dataset {printable(layout.root, one_line=True)}")
     table.add_column("")
     for s in splits:
         table.add_column(s.split, justify="right")

@@ -11,6 +11,7 @@ from rich.rule import Rule
 from rich.table import Table
 
 from leap_cli.common import workdir_option, workers_option
+from leap_cli.io import shell_word
 from leap_cli.progress import output_console
 
 console = output_console()
@@ -69,7 +70,7 @@ def demo(
     if ablate and table_md.exists():
         console.print(Rule("[bold]the program-supervision ablation (validation, %)[/]"))
         console.print(escape(table_md.read_text(encoding="utf-8")))
-    look = f"(look at a program: leap show NARRATION_ID --workdir {escape(str(workdir))} --html page.html)"
+    look = f"(look at a program: leap show NARRATION_ID --workdir {escape(shell_word(workdir))} --html page.html)"
     if any(name == "submit" for name, *_ in timings):
         console.print(f"[bold green]submission:[/] {escape(str(workdir / 'submission.zip'))}  {look}")
     else:  # model.pretrained: the pre-training level of those weights is the user's to declare

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR, check_task, lowercase, workdir_option
+from leap_cli.io import shell_word
 from leap_cli.progress import output_console, stage_progress
 
 console = output_console()
@@ -152,7 +153,7 @@ def evaluate(
                         fix="pass --checkpoint best, last or the path of a checkpoint .pt file")
     if run is not None and Path(run).is_file():
         raise LeapError("--run takes a run directory (runs/NAME), not a file", path=run,
-                        fix=f"for a checkpoint file use --checkpoint {run} (with --out DIR when it is in no run)")
+                        fix=f"for a checkpoint file use --checkpoint {shell_word(run)} (with --out DIR when it is in no run)")
     # runs/NAME/checkpoints/x.pt -> runs/NAME
     own_run = ckpt_file.parent.parent if is_file and ckpt_file.parent.name == "checkpoints" else None
     if scores is None and run is None:

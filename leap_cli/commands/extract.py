@@ -14,6 +14,7 @@ from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase
 from leap_cli.errors import LeapError
 from leap_cli.io import OutputLock, check_settings
 from leap_cli.progress import output_console, stage_progress
+from leap_cli.report.terminal import printable
 
 console = output_console()
 
@@ -215,7 +216,7 @@ def _print_summary(s) -> None:
         for line in s.outcome.lines():
             console.print(escape(line), highlight=False, style="red")
         return
-    table = Table(title=f"extract -> {escape(str(s.out))}"
+    table = Table(title=f"extract -> {printable(s.out, one_line=True)}"
                         + (f" (the {s.written} segments of this run)" if s.done_before else ""))
     for col in ("component", "ok", "unavailable", "error", "seconds", "share of time"):
         table.add_column(col, justify="left" if col == "component" else "right")

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemaini
 from rich.table import Table
 
 from leap_cli.common import lowercase, workdir_option
+from leap_cli.io import shell_word
 from leap_cli.progress import output_console
 from leap_cli.report.terminal import printable
 
@@ -317,7 +318,7 @@ def generate_programs(
                       on_waiting=lambda why: progress.update(task, description=f"programs ({why})" if why
                                                              else "programs"), reraise=False)
     console.print(escape(f"input: {summary.source}"), highlight=False)
-    table = Table(title=f"generate-programs -> {escape(str(summary.out))}", show_header=False)
+    table = Table(title=f"generate-programs -> {printable(summary.out, one_line=True)}", show_header=False)
     table.add_column("what")
     table.add_column("value", justify="right")
     st = summary.statuses
@@ -499,7 +500,7 @@ def validate_programs(
         if not Path(f).is_file():
             raise LeapError("program file not found", path=f,
                             fix="check the path, or make it first: leap generate-programs "
-                                f"--workdir {workdir} --split {split_name or 'SPLIT'}")
+                                f"--workdir {shell_word(workdir)} --split {split_name or 'SPLIT'}")
         check_record_file(f, "program")
     ann = annotations_for(GenerateConfig(workdir=workdir, data=data, annotations=annotations))
     if ann is None:

@@ -14,6 +14,7 @@ from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, given_opt
                              workdir_option, workers_option)
 from leap_cli.errors import LeapError
 from leap_cli.progress import output_console, stage_progress
+from leap_cli.report.terminal import printable
 
 console = output_console()
 
@@ -111,7 +112,7 @@ def build_shards(
                              progress=progress)
     m = result.manifest
     c = m["counts"]
-    table = Table(title=escape(f"{m['task']} shards of {split}{spec.suffix} in {result.out}"))
+    table = Table(title=printable(f"{m['task']} shards of {split}{spec.suffix} in {result.out}", one_line=True))
     for col in ("segments", "samples", "programs", "skipped", "shards", "resumed", "GB"):
         table.add_column(col, justify="right")
     table.add_row(str(c["segments"]), str(c["samples"]), str(c["with_program"]), str(c["skipped"]), str(c["shards"]),
@@ -211,7 +212,7 @@ def check_shards(
         tid = bar.add_task("", total=None)
         report = run_check(folder, on_error=on_error, verify_hash=not no_hash, workers=workers,
                            progress=lambda d, t: bar.update(tid, completed=d, total=t))
-    table = Table(title=f"Shards check of {escape(str(report.folder))}")
+    table = Table(title=f"Shards check of {printable(report.folder, one_line=True)}")
     for col in ("shards", "samples", "ok", "problems"):
         table.add_column(col, justify="right")
     table.add_row(str(report.shards), str(report.samples), str(report.ok), str(len(report.problems)))

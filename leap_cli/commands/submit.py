@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR, check_task, lowercase, workdir_option
+from leap_cli.io import shell_word
 from leap_cli.progress import output_console
 
 console = output_console()
@@ -75,7 +76,7 @@ def submit(
         out = out or Path(workdir) / "submission.zip"
         if out.suffix.lower() != ".zip":  # the server takes a zip holding test.json
             raise LeapError(f"--out {out} is not a .zip: the challenge server takes a zip holding test.json",
-                            fix=f"pass --out {out.with_suffix('.zip')}")
+                            fix=f"pass --out {shell_word(out.with_suffix('.zip'))}")
         missing = [o for o, v in (("--sls-pt", sls_pt), ("--sls-tl", sls_tl), ("--sls-td", sls_td)) if v is None]
         if missing:  # no defaults: a level leap cannot know for the model that made the scores is not declared for it
             raise LeapError(f"{', '.join(missing)} not given: a submission declares the supervision levels (SLS) of "

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from leap_cli.common import DEFAULT_WORKDIR, workdir_option
 from leap_cli.progress import output_console, stage_progress
+from leap_cli.report.terminal import printable
 
 console = output_console()
 
@@ -108,7 +109,7 @@ def train(
         sys.exit(128 + getattr(signal, result.interrupted))  # 130 for SIGINT, 143 for SIGTERM
     if not result.is_main:
         return
-    table = Table(title=f"leap train: {escape(str(result.run_dir))}")
+    table = Table(title=f"leap train: {printable(result.run_dir, one_line=True)}")
     table.add_column("item")
     table.add_column("value", justify="right")
     paused = task.get("total") is not None and result.steps < task["total"]  # (--stop-after)
@@ -129,7 +130,6 @@ def train(
     console.print(table)
     if result.provenance is not None:  # (model names are the records' text: control characters shown, not run)
         from leap_cli.programs.provenance import run_programs_text
-        from leap_cli.report.terminal import printable
 
         console.print(printable(f"trained on programs: {run_programs_text(result.provenance)}", one_line=True),
                       highlight=False, soft_wrap=True)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from leap_cli.epic.annotations import Annotations
 from leap_cli.epic.timing import frame_filename
 from leap_cli.errors import LeapError
+from leap_cli.io import shell_word
 
 AUDIO_EXTS = (".wav", ".flac", ".WAV", ".FLAC")
 VIDEO_EXTS = (".MP4", ".mp4")
@@ -53,7 +53,7 @@ class DatasetLayout:
             (d for d in (given / "annotations", root / "annotations") if d.is_dir()), root / "annotations")
         if annotations and ann.is_file():  # (--annotations .../EPIC_100_train.csv)
             raise LeapError("--annotations names a file, not the folder of EPIC's CSVs", path=ann,
-                            fix=f"pass the folder that holds it: --annotations {ann.parent}")
+                            fix=f"pass the folder that holds it: --annotations {shell_word(ann.parent)}")
         # an annotations folder made but left empty, with EPIC's CSVs cloned beside it: as if there were none
         empty = not annotations and ann.is_dir() and next(ann.glob("EPIC_100_*.csv"), None) is None
         if not ann.is_dir() or empty:
@@ -62,7 +62,8 @@ class DatasetLayout:
                                 fix="check the folder given to --annotations: it holds EPIC's CSVs")
             if next(given.glob("EPIC_100_*.csv"), None) is not None:  # --data ROOT/annotations
                 raise LeapError(f"annotations folder not found: {given} holds EPIC's CSVs itself", path=ann,
-                                fix=f"pass the data set root (--data {given.resolve().parent}), or --annotations {given}")
+                                fix=f"pass the data set root (--data {shell_word(given.resolve().parent)}), or --annotations "
+                                    f"{shell_word(given)}")
             looked = list(dict.fromkeys([given / "annotations", root / "annotations"]))
             # a clone of EPIC's annotations repository under its own name, in the root or beside it
             clone = next((d for base in dict.fromkeys([given, root, given.resolve().parent])
@@ -72,10 +73,11 @@ class DatasetLayout:
                 if clone is None:
                     return cls(root, ann)  # (each stage names the file it lacks there)
                 raise LeapError("the annotations folder holds no EPIC_100_*.csv", path=ann,
-                                fix=f"pass --annotations {clone} (EPIC's CSVs are there), or move its CSVs into {ann}")
+                                fix=f"pass --annotations {shell_word(clone)} (EPIC's CSVs are there), or move its CSVs "
+                                    f"into {ann}")
             raise LeapError("annotations folder not found" + (f" (looked in {' and '.join(map(str, looked))})"
                                                               if len(looked) > 1 else ""), path=ann,
-                            fix=f"pass --annotations {clone} (EPIC's CSVs are there), or rename it to "
+                            fix=f"pass --annotations {shell_word(clone)} (EPIC's CSVs are there), or rename it to "
                                 f"{root / 'annotations'}" if clone is not None else
                             "put EPIC's CSVs in ROOT/annotations/ or pass --annotations DIR")
         return cls(root, ann)
@@ -127,7 +129,7 @@ class DatasetLayout:
     def untar_command(self, video_id: str) -> str:
         """The shell command that extracts the frames tar into the frames folder (the tar holds the frame files)."""
         d = self.root / self.participant(video_id) / "rgb_frames" / video_id
-        return f"mkdir -p {shlex.quote(str(d))} && tar -xf {shlex.quote(f'{d}.tar')} -C {shlex.quote(str(d))}"
+        return f"mkdir -p {shell_word(d)} && tar -xf {shell_word(f'{d}.tar')} -C {shell_word(d)}"
 
     def frame_path(self, video_id: str, frame: int) -> Path:
         return self.root / self.participant(video_id) / "rgb_frames" / video_id / frame_filename(frame)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 from leap_cli.errors import LeapError
-from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, json_line, refuse_folder
+from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, json_line, refuse_folder, shell_word
 from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
                                        reply_usage)
 from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, asked_token_limit,
@@ -277,7 +277,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
         # the requests' segments are recorded until their results are ingested: a run that asks for them again
         # meanwhile (a live one, another --batch-file) is warned, since a batch submitted would pay for them twice
         if os.path.realpath(path) != os.devnull:  # (requests sent nowhere are out nowhere)
-            warn_batch_pending(cfg.out_path, set(asked), f"--batch-file {path}")
+            warn_batch_pending(cfg.out_path, set(asked), f"--batch-file {shell_word(path)}")
             update_batch_pending(cfg.out_path, add=(asked, [str(p.path) for p in written if p.requests])
                                  if asked else None, removed={str(p.path) for p in removed},
                                  drop=made_ids | {nid for nid, status in done.items() if status == "valid"})

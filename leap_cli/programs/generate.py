@@ -40,7 +40,7 @@ from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.io import (LOW_DISK_BYTES, JsonlAppender, MixedParts, atomic_write_json, check_settings, iter_jsonl,
                          merge_command, part_of, read_jsonl, settings_path, short_of_space, stable_hash,
-                         stored_settings, writer_of)
+                         shell_word, stored_settings, writer_of)
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.estimate import CostEstimate, cacheable, chat_tokens, exemplar_reply_tokens
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, NoApiKey, OfflineBackend,
@@ -352,7 +352,7 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
         mine = path.with_name(path.name.replace(f".shard{part[0]}of{part[1]}", cfg.shard.suffix))
         raise LeapError(f"is extract's part {part[0]}/{part[1]}, and this run is --shard {cfg.shard.index}/"
                         f"{cfg.shard.count}: it holds other videos than this part's", path=path,
-                        fix=f"pass --descriptors {mine} (the part of this run's index), or the merged file"
+                        fix=f"pass --descriptors {shell_word(mine)} (the part of this run's index), or the merged file"
                         if part[1] == cfg.shard.count else
                         f"run the parts as extract did (--shard i/{part[1]} with its part i), or give the merged file")
     extracted: dict | str | None = "narration-only"

@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 
 from leap_cli.errors import LeapError
-from leap_cli.io import part_of, shard_parts
+from leap_cli.io import part_of, shard_parts, shell_word
 
 FORMAT = "leap-shards/1"
 MANIFEST = "manifest.json"
@@ -463,13 +463,11 @@ def load_folders(sources) -> tuple[dict, Path]:
 
 def build_command(folder: Path) -> str:
     """The ``leap build-shards`` command that writes ``folder`` (WORKDIR/shards/SPLIT[-anticipation] by default)."""
-    import shlex
-
     m = re.fullmatch(r"(train|val|test)(-anticipation)?", folder.name)
     if m and folder.parent.name == "shards":
-        return (f"leap build-shards --workdir {shlex.quote(str(folder.parent.parent))} --split {m.group(1)}"
+        return (f"leap build-shards --workdir {shell_word(folder.parent.parent)} --split {m.group(1)}"
                 + (" --task anticipation" if m.group(2) else ""))
-    return f"leap build-shards --split SPLIT --out {shlex.quote(str(folder))} (or give the folder that holds them)"
+    return f"leap build-shards --split SPLIT --out {shell_word(folder)} (or give the folder that holds them)"
 
 
 def part_counts(folder: str | Path) -> dict[int, dict[int, Path]]:

@@ -34,7 +34,7 @@ from torch import nn
 from leap_cli.common import NEXT_RUN
 from leap_cli import signals
 from leap_cli.errors import LeapError
-from leap_cli.io import OutputLock, ShardReaders, atomic_write_text, read_jsonl, settings_changes
+from leap_cli.io import OutputLock, ShardReaders, atomic_write_text, read_jsonl, settings_changes, shell_word
 from leap_cli.train import distributed
 from leap_cli.train.checkpoint import copy_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from leap_cli.train.config import Config, backbone_options, dump_config, resolve_aliases
@@ -537,12 +537,13 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             if changed:
                 # a longer run asked of a finished or running one: its schedule was laid out for the old length
                 longer = {c.split(":")[0] for c in changed} <= {"train.epochs", "train.max_steps"}
+                pretrained = f"model.pretrained={ckpt_dir / 'last.pt'}"
                 raise LeapError(f"the config differs from the checkpoint's ({'; '.join(changed)}); resuming "
                                 f"would mix two trainings", path=ckpt_dir / "last.pt", record="config",
-                                fix=f"resume with --config {run_dir / 'config.yaml'} --workdir {workdir} --name "
-                                    f"{name} --resume, "
+                                fix=f"resume with --config {shell_word(run_dir / 'config.yaml')} --workdir "
+                                    f"{shell_word(workdir)} --name {shell_word(name)} --resume, "
                                     + ("or, to train on from its weights with a schedule of its own, start a run "
-                                       f"of another --name with --set model.pretrained={ckpt_dir / 'last.pt'} (the "
+                                       f"of another --name with --set {shell_word(pretrained)} (the "
                                        "backbone's weights; the heads start anew), "
                                        if longer else "")
                                     + "or pass --force to start the run over")
