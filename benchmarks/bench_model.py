@@ -6,6 +6,7 @@ on CUDA with bf16 autocast at batches up to what fits.
     python benchmarks/bench_model.py --device cuda        # GPU, bf16, batches 8..128 until out of memory
     python benchmarks/bench_model.py --device cuda --compile --compile-batch 32   # also torch.compile vs eager
     python benchmarks/bench_model.py --backbone uniformerv2_tiny --frames 4 --img 96   # quick check
+    python benchmarks/bench_model.py --greedy --threads 1 --iters 5 [--backbone uniformerv2_tiny --img 64 --batches 32]
     # side by side with the official code (not part of leap: fetch OpenGVLab/UniFormerV2 and point at the file)
     python benchmarks/bench_model.py --official /path/to/UniFormerV2/slowfast/models/uniformerv2_model.py [--compile]
     # the same on a GPU: wall time between synchronisations, bf16 autocast (outputs compared in float32 first)
@@ -261,6 +262,75 @@ def side_by_side(args: argparse.Namespace) -> None:
         print(f"| {opt} | {name} | {c:.3f} | {cmin:.3f} | {w:.3f} | {ratio:.2f}x | {ratio_min:.2f}x | {ratio_pairs:.2f}x | {r:.1e} |")
 
 
+def redecoding_greedy(decoder, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy decoding as leap did it before session 55: the whole sequence decoded again at each of the L steps
+    (the memory's keys and values projected again each time), then once more for the states. The reference of
+    ``--greedy``."""
+    from leap_cli.model.heads import IGNORE
+
+    bos = decoder.bos(memory.device)
+    prev = bos.expand(memory.shape[0], 1, bos.shape[0])
+    with torch.no_grad():
+        for _ in range(decoder.spec.max_steps):
+            logits = decoder.step_logits(decoder._decode(prev, memory)[:, -1:])
+            step = torch.stack([logits[c].argmax(-1) for c in decoder.spec.columns], -1)
+            prev = torch.cat([prev, decoder.mask_markers(step, bos)], dim=1)
+    h = decoder._decode(prev[:, :-1], memory)
+    ids = prev[:, 1:]
+    return torch.where(ids == bos, torch.full_like(ids, IGNORE), ids), h
+
+
+def greedy_side_by_side(args: argparse.Namespace) -> None:
+    """A LeapModel with program heads (an EPIC-sized program vocabulary, 16 rows), eval mode, no gradients: the
+    forward that ``leap evaluate`` runs, with leap's greedy decoding and with the re-decoding one before it
+    (``redecoding_greedy``), timed interleaved in one process (CPU seconds), the order alternating; the decoding
+    alone (on the forward's memory) too. The decoded rows must be the same."""
+    import os
+
+    from leap_cli.model.leap import build_model
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    program = {"step_verbs": 98, "objects": 301, "conditions": 64, "max_steps": 16, "hands": 4, "structure": 6}
+    model = build_model({"backbone": args.backbone, "num_frames": args.frames, "img_size": args.img,
+                         "num_verbs": 97, "num_nouns": 300, "program": program}).eval()
+    x = torch.randn(args.batches[0], 3, args.frames, args.img, args.img)
+    decoder = model.decoder
+    cached = decoder.greedy
+    with torch.no_grad():
+        feature, tokens = model.encode(x)
+        memory = model._memory(feature, tokens)
+        a, b = cached(memory), redecoding_greedy(decoder, memory)
+    same = torch.equal(a[0], b[0])
+    ways = {"cached (leap)": cached, "re-decoding (before)": lambda m: redecoding_greedy(decoder, m)}
+    fwd: dict[str, list[float]] = {k: [] for k in ways}
+    dec: dict[str, list[float]] = {k: [] for k in ways}
+    with torch.no_grad():
+        for i in range(args.iters + 1):
+            for name in list(ways) if i % 2 == 0 else list(ways)[::-1]:
+                decoder.greedy = ways[name]
+                c0 = time.process_time()
+                model(x)
+                c1 = time.process_time()
+                ways[name](memory)
+                c2 = time.process_time()
+                if i:  # (the first round warms up)
+                    fwd[name].append(c1 - c0)
+                    dec[name].append(c2 - c1)
+    decoder.greedy = cached
+    new, old = "cached (leap)", "re-decoding (before)"
+    print(f"{args.backbone} {args.frames}x{args.img}, batch {args.batches[0]}, {args.threads} thread(s), program heads "
+          f"{program}, {args.iters} interleaved iterations; the same rows: {same}; load average "
+          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print("| greedy decoding | CPU-s per forward (median) | CPU-s per decoding (median) | decoding's share of the forward |")
+    print("|---|---:|---:|---:|")
+    for name in ways:
+        f, d = statistics.median(fwd[name]), statistics.median(dec[name])
+        print(f"| {name} | {f:.4f} | {d:.4f} | {d / f:.1%} |")
+    pairs = lambda t: statistics.median(o / n for o, n in zip(t[old], t[new]))  # noqa: E731
+    print(f"before / leap: forward {pairs(fwd):.2f}x, decoding {pairs(dec):.2f}x (medians of the per-iteration ratios)")
+
+
 def _fmt(r: dict) -> str:
     compiled = f" compiled (compilation {r['compile_s']:.0f} s)" if r.get("compiled") else ""
     return (f"{r['device']:4} {r['backbone']} {r['frames']}x{r['img']} batch {r['batch']:3} {r['mode']:7} "
@@ -310,8 +380,13 @@ def main() -> None:
     ap.add_argument("--compile-batch", type=int, default=32, help="batch of the compiled-vs-eager rows")
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp32"],
                     help="with --official --device cuda: the timed steps' precision (the outputs are compared in fp32)")
+    ap.add_argument("--greedy", action="store_true", help="time the program decoder's greedy decoding (eval "
+                    "forward with program heads) against the re-decoding one before session 55, side by side")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.greedy:
+        greedy_side_by_side(args)
+        return
     if args.official:
         side_by_side(args)
         return

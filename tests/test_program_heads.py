@@ -145,6 +145,40 @@ def test_greedy_marker_rows_carry_ignore_and_are_read_as_bos_and_the_end_row_kee
     torch.testing.assert_close(h, forced)
 
 
+def test_greedy_rows_are_those_of_decoding_the_whole_sequence_again_at_each_step():
+    """Greedy decoding keeps the keys and values of the rows before and of the memory (it projected the memory
+    again at each of the L passes); its rows are those of decoding the sequence so far again at each step, and
+    without gradients the states it returns are the ones whose argmax are its ids (evaluate reads the ids so)."""
+    for spec in (SPEC, ProgramSpec(step_verbs=6, objects=7, conditions=0, max_steps=6)):
+        dec = make_decoder(seed=3, spec=spec)
+        g = torch.Generator().manual_seed(4)
+        with torch.no_grad():  # (embeddings and heads large enough that each row depends on the rows before)
+            for name, p in dec.named_parameters():
+                if "embed" in name or name == "step_pos":
+                    p.copy_(torch.randn(p.shape, generator=g))
+                elif name.endswith("_out.weight"):
+                    p.mul_(4)
+                else:  # (torch's decoder starts its layers as copies of one: made to differ)
+                    p.add_(torch.randn(p.shape, generator=g) * 0.05)
+        memory = make_memory(dec, B=4, M=6)
+        bos = dec.bos()
+        prev = bos.expand(4, 1, bos.shape[0])
+        with torch.no_grad():
+            for _ in range(spec.max_steps):
+                logits = dec.step_logits(dec._decode(prev, memory)[:, -1:])
+                step = torch.stack([logits[c].argmax(-1) for c in spec.columns], -1)
+                prev = torch.cat([prev, dec.mask_markers(step, bos)], dim=1)
+            expected = torch.where(prev[:, 1:] == bos, torch.full_like(prev[:, 1:], IGNORE), prev[:, 1:])
+            ids, h = dec.greedy(memory)
+            assert len(set(ids[..., 0].flatten().tolist())) > 3  # (rows that tell the orders of decoding apart)
+            assert torch.equal(ids, expected)
+            assert torch.equal(dec.ids_from_logits(dec.step_logits(h), pad_after_end=False), ids)
+            torch.testing.assert_close(h, dec(memory, ids)[1], rtol=1e-5, atol=1e-5)
+        ids_g, h_g = dec.greedy(memory)  # with gradients: the same ids, states that carry them
+        assert torch.equal(ids_g, ids) and h_g.requires_grad
+        torch.testing.assert_close(h_g.detach(), h, rtol=1e-5, atol=1e-5)
+
+
 def test_after_end_marks_the_rows_after_the_first_end_row():
     dec = make_decoder()
     ids = torch.zeros(3, 5, 5, dtype=torch.long)

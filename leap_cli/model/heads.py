@@ -102,12 +102,12 @@ class ProgramDecoder(nn.Module):
             memory = torch.cat([memory[:, :1] + self.recognition_in(recognition)[:, None], memory[:, 1:]], dim=1)
         return memory
 
-    def _embed_inputs(self, prev: torch.Tensor) -> torch.Tensor:
-        # prev: [B, l, K] previous-row ids (BOS/padding already mapped to index n)
+    def _embed_inputs(self, prev: torch.Tensor, start: int = 0) -> torch.Tensor:
+        # prev: [B, l, K] previous-row ids (BOS/padding already mapped to index n) of rows start..start+l-1
         x = self.verb_embed(prev[..., 0]) + self.obj_a_embed(prev[..., 1]) + self.obj_b_embed(prev[..., 2])
         if self.spec.structure:
             x = x + self.hand_embed(prev[..., 3]) + self.kind_embed(prev[..., 4])
-        return x + self.step_pos[:, : prev.shape[1]]  # [B, l, dim]
+        return x + self.step_pos[:, start: start + prev.shape[1]]  # [B, l, dim]
 
     def bos(self, device: torch.device | None = None) -> torch.Tensor:
         """The BOS / padding id of each column: [K]."""
@@ -164,19 +164,60 @@ class ProgramDecoder(nn.Module):
 
     def greedy(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding: (ids [B, L, K], hidden states [B, L, dim]). Marker rows carry -100 in their
-        verb/object/hand columns, like the targets."""
-        B = memory.shape[0]
+        verb/object/hand columns, like the targets. Without gradients the hidden states are the decoding's own (the
+        argmax of their step logits are the ids); with them, one teacher-forced pass over the ids gives them."""
         bos = self.bos(memory.device)
-        k = bos.shape[0]
-        prev = bos.expand(B, 1, k)
-        with torch.no_grad():  # argmax is not differentiable; the final pass below carries the graph
-            for _ in range(self.spec.max_steps):
-                logits = self.step_logits(self._decode(prev, memory)[:, -1:])
-                step = torch.stack([logits[c].argmax(-1) for c in self.spec.columns], -1)
-                prev = torch.cat([prev, self.mask_markers(step, bos)], dim=1)  # [B, l+1, K]
-        h = self._decode(prev[:, :-1], memory)  # hidden states of the whole greedy sequence, [B, L, dim]
+        graph = torch.is_grad_enabled()
+        with torch.no_grad():  # argmax is not differentiable; where gradients are asked for, a pass below carries them
+            prev, h = self._greedy_rows(memory, bos)  # [B, 1 + L, K]: BOS, then each decoded row; [B, L, dim]
+        if graph:
+            h = self._decode(prev[:, :-1], memory)  # the whole greedy sequence again, with its graph
         ids = prev[:, 1:]
         return torch.where(ids == bos, torch.full_like(ids, IGNORE), ids), h
+
+    def _greedy_rows(self, memory: torch.Tensor, bos: torch.Tensor) -> torch.Tensor:
+        """The greedy rows, one at a time, with the keys and values of the rows before and of the memory kept (the
+        arithmetic of ``_decode`` on the rows so far, whose last row's argmax is the next row: the memory's keys and
+        values were projected again at each of the L passes, ~80% of the decoding). Rows [B, 1 + L, K], BOS first,
+        and the hidden states [B, L, dim] whose step logits' argmax they are."""
+        B, d = memory.shape[0], self.dim
+        layers = list(self.decoder.layers)
+        heads = layers[0].self_attn.num_heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # [B, l, d] -> [B, heads, l, d / heads]
+            return x.unflatten(-1, (heads, d // heads)).transpose(1, 2)
+
+        def attend(layer_attn: nn.MultiheadAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            p = layer_attn.dropout if self.training else 0.0
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p).transpose(1, 2).flatten(2)
+            return layer_attn.out_proj(out)
+
+        mem_kv = []  # each layer's memory keys and values, [B, heads, 1+M, d / heads]
+        for layer in layers:
+            w, b = layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias
+            mem_kv.append((split(F.linear(memory, w[d:2 * d], b[d:2 * d])), split(F.linear(memory, w[2 * d:], b[2 * d:]))))
+        cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(layers)
+        feature = self.feature_in(memory[:, :1])  # every row sees the clip feature
+        rows, hidden = [bos.expand(B, 1, bos.shape[0])], []
+        for t in range(self.spec.max_steps):
+            x = self._embed_inputs(rows[-1], start=t) + feature  # [B, 1, d]
+            for i, layer in enumerate(layers):  # (TransformerDecoderLayer with norm_first, as built above)
+                sa = layer.self_attn
+                q, k, v = F.linear(layer.norm1(x), sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
+                k, v = split(k), split(v)
+                if cache[i] is not None:
+                    k, v = torch.cat([cache[i][0], k], 2), torch.cat([cache[i][1], v], 2)
+                cache[i] = (k, v)
+                x = x + layer.dropout1(attend(sa, split(q), k, v))
+                ca = layer.multihead_attn
+                q = F.linear(layer.norm2(x), ca.in_proj_weight[:d], ca.in_proj_bias[:d])
+                x = x + layer.dropout2(attend(ca, split(q), *mem_kv[i]))
+                x = x + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm3(x))))))
+            hidden.append(self.norm(x))
+            logits = self.step_logits(hidden[-1])
+            step = torch.stack([logits[c].argmax(-1) for c in self.spec.columns], -1)
+            rows.append(self.mask_markers(step, bos))
+        return torch.cat(rows, dim=1), torch.cat(hidden, dim=1)
 
 
     def ids_from_logits(self, logits: dict[str, torch.Tensor], pad_after_end: bool = True) -> torch.Tensor:
