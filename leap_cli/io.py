@@ -53,23 +53,55 @@ def refuse_folder(path: Path, what: str = "file") -> None:
                         fix=f"move that folder aside, or give the path of a {what} (e.g. {path / 'NAME'}, inside it)")
 
 
-def check_writable(folder: str | Path, option: str, files: tuple[str, ...] = ()) -> None:
+def check_writable(folder: str | Path, option: str, files: tuple[str, ...] = ()) -> list[Path]:
     """Fail now, in one line, where a long job would fail only at its end: make ``folder`` and a file in it
     (the real test: a read-only mount, permissions, a full disk's inodes); ``files``: the names the job will
-    write there, none of which may be a folder."""
+    write there, none of which may be a folder. Returns the folders this call made, deepest first (not those
+    another process made meanwhile)."""
     folder = Path(folder)
     for name in files:
         if (folder / name).is_dir():
             raise LeapError(f"is a folder where a {name} file is to be written", path=folder / name,
                             fix=f"move that folder aside, or give {option} another folder")
+    made: list[Path] = []
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        for each in reversed([p for p in (folder, *folder.parents) if not p.is_dir()]):
+            try:
+                each.mkdir()
+                made.insert(0, each)
+            except FileExistsError:  # (made by another process meanwhile; a file there fails below)
+                if not each.is_dir():
+                    raise
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".leap-write-check.")
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
         raise LeapError(f"cannot write in this folder ({e.strerror or e})", path=folder,
                         fix=f"give {option} a folder you can write") from None
+    return made
+
+
+def remove_if_left_empty(made: list[Path]) -> None:
+    """The folders in ``made`` (deepest first, as ``check_writable`` returns them) where they hold nothing, and the
+    lock file beside each, while no process holds that lock: a folder another run of the same output writes in (it
+    made it first, or took its lock meanwhile) stays, and so does its lock file (a lock file removed under its
+    holder would let a third run lock a new one)."""
+    for folder in made:
+        lock = OutputLock(folder)
+        has_lock = lock.lock_path.exists()  # (none: nothing to take, and none made by looking)
+        try:
+            if has_lock:
+                lock.acquire()
+        except (LeapError, OSError):
+            return
+        try:
+            folder.rmdir()
+            if has_lock:
+                lock.lock_path.unlink(missing_ok=True)
+        except OSError:
+            return
+        finally:
+            lock.release()
 
 
 LOW_DISK_BYTES = 32 << 20  # below this free, a stage that pays for its work (LLM requests) asks for no more

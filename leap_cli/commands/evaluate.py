@@ -35,16 +35,6 @@ def _table(result: dict) -> Table:
     return table
 
 
-def _remove_if_left_empty(made: list[Path]) -> None:
-    """The folders in ``made`` (deepest first), where they hold nothing, and the lock file beside each."""
-    import contextlib
-
-    for folder in made:
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-            folder.with_name(folder.name + ".lock").unlink(missing_ok=True)
-
-
 def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, annotations: Path | None,
                     provenance: dict | None = None) -> str:
     """The `leap submit` of these scores with the options given here that submit reads too (the annotations
@@ -131,7 +121,7 @@ def evaluate(
     from leap_cli.evaluate.scores import load_scores, scores_task
     from leap_cli.epic.annotations import open_annotations
     from leap_cli.evaluate.scoring import evaluate_scores
-    from leap_cli.io import atomic_write_json, check_writable
+    from leap_cli.io import atomic_write_json, check_writable, remove_if_left_empty
     from leap_cli.train.distributed import pick_device
 
     split = normalize_split(split)
@@ -207,9 +197,8 @@ def evaluate(
         # where the scores and the metrics go, checked before the model runs (not after an hour of scoring); with
         # --out the run's own eval/SPLIT (what `leap submit` is pointed at) is not written
         dest = out if out is not None else run_dir / "eval" / split
-        made = [p for p in (Path(dest), *Path(dest).parents) if not p.exists()]  # (removed again if it fails)
-        check_writable(dest, "--out" if out is not None else "--run (its eval/ folder), or pass --out",
-                       files=("scores.pt", "metrics.json"))
+        made = check_writable(dest, "--out" if out is not None else "--run (its eval/ folder), or pass --out",
+                              files=("scores.pt", "metrics.json"))  # (removed again if it fails)
         try:
             if split != "test":  # the labels the scores will meet, read before the model runs (not after an hour)
                 ann = open_annotations(workdir, data, annotations)
@@ -226,7 +215,7 @@ def evaluate(
                     check=None if split == "test" else lambda args, ids, source, folder: check_scorable(
                         ann, split, ids, (args["num_verbs"], args["num_nouns"]), str(source), str(folder)))
         except BaseException:  # a refused evaluation leaves none of the folders it made (nor their locks)
-            _remove_if_left_empty(made)
+            remove_if_left_empty(made)
             raise
         task = loaded["meta"]["task"]
         console.print(escape(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s), "

@@ -85,7 +85,12 @@ def submit(
         # checked here, as --check checks a zip's, in one line (typer's range check printed a usage box)
         sub.check_sls({"sls_pt": sls_pt, "sls_tl": sls_tl, "sls_td": sls_td})
         from leap_cli.evaluate.scores import load_scores, scores_task  # torch: not for --check
+        from leap_cli.io import writer_of
 
+        if (who := writer_of(Path(scores).parent)) is not None:  # (leap evaluate holds eval/SPLIT.lock as it scores:
+            # these are the scores it will replace)
+            raise LeapError(f"leap evaluate is writing the scores of this folder ({who}): these may be the ones it "
+                            "replaces", path=scores, fix="wait for the evaluation to finish, then submit")
         loaded = load_scores(scores)
         task = task or scores_task(loaded) or "recognition"
         summary = sub.submit(loaded, ann, task, out, sls_pt=sls_pt, sls_tl=sls_tl, sls_td=sls_td,

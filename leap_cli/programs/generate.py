@@ -242,8 +242,8 @@ def disk_short(cfg: GenerateConfig, *, before: bool = True) -> LeapError | None:
 
 def batch_pending_path(out: Path) -> Path:
     """``OUT.batch.json`` beside a programs output: the segments of Batch requests written for it (--batch-file)
-    whose results are not ingested yet, and when and where they were written. It only feeds a warning: deleting it
-    is safe."""
+    whose results are not ingested yet, and when and where they were written. It only feeds a warning (and
+    build-shards' note): deleting it is safe."""
     return out.with_name(out.name + ".batch.json")
 
 
@@ -377,6 +377,11 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     elif cfg.descriptors is not None:
         raise LeapError("descriptor file not found", path=path, fix="run leap extract or fix --descriptors")
     elif segments:
+        if (who := writer_of(path)) is not None:  # (an extract past its settings check, before its first record:
+            # narration-only programs of every segment, paid, then refused beside its descriptors)
+            raise LeapError(f"leap extract is making this file ({who}) and has written no record yet: this run would "
+                            "make narration-only programs of every segment", path=path,
+                            fix="wait for extract to finish, then run this command again")
         records = [narration_record(s) for s in segments.values()]
         source = f"narration-only records from {ann.split_path(split)} (no {path}; run leap extract for full clip text)"
     else:

@@ -1053,6 +1053,15 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     if programs is not None and (who := writer_of(prog_path)):  # (samples of the rest would have no program)
         notes.append(f"{prog_path} is still being written by {who}: its {len(programs)} records so far are used; "
                      "once generate-programs has finished, run build-shards again with --force (the programs changed)")
+    from leap_cli.programs.generate import batch_pending, batch_pending_path
+
+    pending = batch_pending(prog_path)
+    have = {r.get("narration_id") for r in programs or () if isinstance(r, dict)}
+    if waiting := set(pending["ids"]) - have:  # (a --batch-file run's segments: "no program file" alone did not say
+        # that their programs are on their way)
+        notes.append(f"the programs of {len(waiting)} segments wait in Batch requests written {pending['written']} "
+                     f"({batch_pending_path(prog_path).name}): their samples have no program target; ingest the "
+                     "batch's results (leap generate-programs --ingest-batch FILE), then build-shards --force")
     failures: list[dict] = []
     if programs is not None:
         # "valid" in a file is not trusted (a tampered or hand-edited file, another split's programs): each is checked
@@ -1077,6 +1086,12 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                       else default_out(workdir, "train", settings.task) / "manifest.json")
     in_parts = False  # the training shards' parts are all done, their merged manifest.json not (yet) written
     if split != "train" and not vocab_manifest and not train_manifest.exists():
+        if (who := writer_of(train_manifest.parent / ".progress.jsonl")) is not None:  # (a build of the whole split,
+            # running: this split got the class files' vocabulary, which training then refused beside theirs)
+            raise LeapError(f"the training shards are being built ({who}), no manifest.json yet: this split's target "
+                            "vocabulary must be theirs", path=train_manifest.parent,
+                            fix="build this split once that build is done, or give --vocab the manifest.json of the "
+                                "training shards to share")
         done = shard_parts(train_manifest)
         begun = done + shard_parts(train_manifest.parent / ".progress.jsonl")
         n = max((n for _, n, _ in begun), default=0)
