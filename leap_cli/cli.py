@@ -218,9 +218,36 @@ def _flags_without_a_type() -> None:
     core.TyperOption.display_type_rich = display_type_rich
 
 
+def _paths_through_missing_folders() -> None:
+    """Every path a command is given, ``x/../w`` with no folder x taken as ``w`` (``common.missing_parents_out``):
+    the system reaches nothing through a missing folder, so a ``--workdir`` or ``--out`` given so looked empty
+    (generate-programs made every program again over the finished ones)."""
+    import functools
+    from pathlib import Path
+
+    from leap_cli.common import missing_parents_out
+
+    def fixed(value):
+        if isinstance(value, Path):
+            return missing_parents_out(value)
+        if isinstance(value, (list, tuple)) and any(isinstance(v, Path) for v in value):
+            return type(value)(missing_parents_out(v) if isinstance(v, Path) else v for v in value)
+        return value
+
+    for info in app.registered_commands:
+        if info.callback is None:
+            continue
+
+        def wrapped(*args, _command=info.callback, **kwargs):
+            return _command(*map(fixed, args), **{k: fixed(v) for k, v in kwargs.items()})
+
+        info.callback = functools.wraps(info.callback)(wrapped)
+
+
 _register()
 _short_help()
 _flags_without_a_type()
+_paths_through_missing_folders()
 
 
 # What a stopped command leaves behind: the stages keep their finished records and resume; these keep nothing.

@@ -333,7 +333,7 @@ def missing_parents_out(path: Path) -> Path:
 def workdir_option(value: Path | None) -> Path | None:
     """``--workdir``'s typer callback: a path that is a file is said so (it was reported through the first file
     under it: "afile/descriptors: Not a directory", "afile/kitchen: dataset root not found"); ``x/../w`` with no
-    folder x is ``w`` (``missing_parents_out``)."""
+    folder x is ``w`` (``missing_parents_out``, as every path a command is given: ``cli``)."""
     if value is not None:
         value = missing_parents_out(value)
     if value is not None and value.exists() and not value.is_dir():

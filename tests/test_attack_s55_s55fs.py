@@ -316,6 +316,12 @@ def test_a_workdir_through_a_folder_not_made_yet_resumes(ann_only):
     text = ok(leap("generate-programs", *args, "--workdir", "x/../w"))
     assert "done in this run │ 0 " in text, text
     assert (programs.read_bytes(), settings.read_bytes()) == before
+    # so is any path a command is given: --out and --descriptors through missing folders
+    text = ok(leap("generate-programs", *args, "--workdir", "w", "--descriptors", "y/../w/descriptors/val.jsonl",
+                   "--out", "z/z/../../w/programs/val.jsonl"))
+    assert "done in this run │ 0 " in text, text
+    assert (programs.read_bytes(), settings.read_bytes()) == before
+    assert not any((ann_only / name).exists() for name in "xyz")
 
 
 def test_a_newline_in_the_workdir_name_keeps_the_output_path_on_one_line(ann_only):
