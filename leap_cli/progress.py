@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
 import time
+import weakref
 from typing import Any
 
 from rich.console import Console
@@ -151,8 +153,50 @@ def stage_progress(label: str, *columns: str | ProgressColumn, console: Console,
     """A stage's progress: a bar on the stage's own stdout ``console`` where stdout is a terminal (what the stage
     prints through that console goes above the bar: a second Console on the same terminal, rich's proxy bypassed,
     was glued onto the bar's line), else a bar on stderr where that is a terminal (stdout's file gets the results
-    alone), else :class:`LogProgress` lines on stderr."""
+    alone), else :class:`LogProgress` lines on stderr. A bar's processes forked meanwhile are safe from its thread
+    (``_quiet_bars_at_fork``)."""
     if console.is_terminal:
-        return Progress(*columns, console=console, transient=transient)
-    return live_or_log(Progress(*columns, console=Console(stderr=True), transient=transient, redirect_stdout=False),
-                       label)
+        return _forks_safe(Progress(*columns, console=console, transient=transient))
+    return live_or_log(_forks_safe(Progress(*columns, console=Console(stderr=True), transient=transient,
+                                            redirect_stdout=False)), label)
+
+
+# A bar redraws from a thread of its own, holding its locks as it writes (the Live display's, the Progress', the
+# Console's). A process forked at that moment (build-shards' pool, a DataLoader's workers: "fork") held copies of
+# them that nothing would release: the worker's first line on stderr, which goes through the bar, waited for ever.
+# Python's logging takes its handlers' locks around a fork for the same reason; so do the bars here.
+_BARS: "weakref.WeakSet[Progress]" = weakref.WeakSet()
+_HELD: dict[int, list] = {}  # the locks a forking thread took, by thread
+_REGISTERED: list[bool] = []  # (os.register_at_fork done, once per process)
+
+
+def _bar_locks() -> list:
+    """The locks of the live bars, in the order the bar's thread takes them (Live, Progress, Console)."""
+    locks = []
+    for bar in list(_BARS):
+        for owner in (bar.live, bar, bar.console):
+            lock = getattr(owner, "_lock", None)
+            if hasattr(lock, "acquire") and hasattr(lock, "release"):
+                locks.append(lock)
+    return locks
+
+
+def _before_fork() -> None:
+    locks = _bar_locks()
+    for lock in locks:
+        lock.acquire()
+    _HELD[threading.get_ident()] = locks
+
+
+def _after_fork() -> None:
+    for lock in reversed(_HELD.pop(threading.get_ident(), [])):
+        lock.release()
+
+
+def _forks_safe(bar: Progress) -> Progress:
+    """``bar``, its locks taken around every fork of this process while it lives."""
+    if not _REGISTERED and hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
+        _REGISTERED.append(True)
+    _BARS.add(bar)
+    return bar

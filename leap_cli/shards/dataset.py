@@ -639,11 +639,18 @@ def check_context(ds: "ShardDataset", context: int, option: str | None, folder: 
 def shard_loader(ds: "ShardDataset", *, batch_size: int, workers: int, **options) -> "torch.utils.data.DataLoader":
     """A DataLoader over a shards dataset with ``workers`` processes (``loader_workers``' count): leap's batches
     (``collate_clips``), its workers' start (``loader_worker_init``) and the wait for a batch (``LOADER_TIMEOUT``;
-    torch takes no timeout without workers). Iterate it through ``Guarded``."""
+    torch takes no timeout without workers). Iterate it through ``Guarded``. The workers are forked where the
+    system can (Python 3.14 starts them from a fork server by default): they are then this process's children,
+    whose deaths ``watch_workers`` hears (SIGCHLD), that die with it (``loader_worker_init``) and share tensors as
+    it set (``share_by_name_under_a_low_limit``)."""
+    import multiprocessing
+
     from torch.utils.data import DataLoader
 
     if workers:
         watch_workers()
+        if "fork" in multiprocessing.get_all_start_methods():
+            options.setdefault("multiprocessing_context", "fork")
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips,
                       worker_init_fn=loader_worker_init, timeout=LOADER_TIMEOUT if workers else 0, **options)
 
