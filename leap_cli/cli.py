@@ -218,6 +218,11 @@ def _flags_without_a_type() -> None:
     core.TyperOption.display_type_rich = display_type_rich
 
 
+# Options that take a path or a word (typed str): --checkpoint (best, last or a file), --frame-cache (none, or a
+# folder), --config (a bundled config's name, or a file)
+PATH_WORDS = {"checkpoint", "frame_cache", "config"}
+
+
 def _paths_through_missing_folders() -> None:
     """Every path a command is given, ``x/../w`` with no folder x taken as ``w`` (``common.missing_parents_out``):
     the system reaches nothing through a missing folder, so a ``--workdir`` or ``--out`` given so looked empty
@@ -227,9 +232,11 @@ def _paths_through_missing_folders() -> None:
 
     from leap_cli.common import missing_parents_out
 
-    def fixed(value):
+    def fixed(value, name: str = ""):
         if isinstance(value, Path):
             return missing_parents_out(value)
+        if isinstance(value, str) and name in PATH_WORDS:  # (a path or a word: best, last, none, a config's name)
+            return str(missing_parents_out(Path(value))) if ".." in Path(value).parts else value
         if isinstance(value, (list, tuple)) and any(isinstance(v, Path) for v in value):
             return type(value)(missing_parents_out(v) if isinstance(v, Path) else v for v in value)
         return value
@@ -239,7 +246,7 @@ def _paths_through_missing_folders() -> None:
             continue
 
         def wrapped(*args, _command=info.callback, **kwargs):
-            return _command(*map(fixed, args), **{k: fixed(v) for k, v in kwargs.items()})
+            return _command(*map(fixed, args), **{k: fixed(v, k) for k, v in kwargs.items()})
 
         info.callback = functools.wraps(info.callback)(wrapped)
 

@@ -321,6 +321,15 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, if_changed: bool = Fals
     return True
 
 
+def lock_beside(path: str | Path) -> Path:
+    """``PATH.lock``, the lock file of an output (a file, or a folder such as ``eval/SPLIT``), beside it; for a path
+    with no name of its own (``.``, ``x/..``) beside the folder it is."""
+    path = Path(path)
+    if not path.name or path.name == "..":
+        path = Path(os.path.abspath(path))
+    return path.with_name(path.name + ".lock")
+
+
 def writer_of(path: str | Path) -> str | None:
     """Who is writing ``path`` now (``process PID on HOST``, or ``another leap process``) when a running leap
     holds its ``OutputLock``, else None: a stage reading the output of one that is still running."""
@@ -328,7 +337,7 @@ def writer_of(path: str | Path) -> str | None:
         import fcntl
     except ImportError:
         return None
-    lock_path = Path(path).with_name(Path(path).name + ".lock")
+    lock_path = lock_beside(path)
     try:
         fd = os.open(lock_path, os.O_RDONLY)
     except OSError:
@@ -398,7 +407,7 @@ class OutputLock:
 
     def __init__(self, path: str | Path, fix: str | None = None, lock_path: str | Path | None = None):
         self.path = Path(path)  # (what the refusal names; ``lock_path``: the lock file, default PATH.lock beside it)
-        self.lock_path = Path(lock_path) if lock_path is not None else self.path.with_name(self.path.name + ".lock")
+        self.lock_path = Path(lock_path) if lock_path is not None else lock_beside(self.path)
         self.fix = fix  # what to do, in the words of the command that holds the lock (None: an output's)
         self._fd: int | None = None
 

@@ -40,7 +40,7 @@ from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
 from leap_cli.io import (LOW_DISK_BYTES, JsonlAppender, MixedParts, atomic_write_json, check_settings, iter_jsonl,
                          merge_command, part_of, read_jsonl, settings_path, short_of_space, stable_hash,
-                         shell_word, stored_settings, writer_of)
+                         shard_parts, shell_word, stored_settings, writer_of)
 from leap_cli.programs.checker import RemoteChecker
 from leap_cli.programs.estimate import CostEstimate, cacheable, chat_tokens, exemplar_reply_tokens
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, NoApiKey, OfflineBackend,
@@ -377,10 +377,14 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     elif cfg.descriptors is not None:
         raise LeapError("descriptor file not found", path=path, fix="run leap extract or fix --descriptors")
     elif segments:
-        if (who := writer_of(path)) is not None:  # (an extract past its settings check, before its first record:
-            # narration-only programs of every segment, paid, then refused beside its descriptors)
-            raise LeapError(f"leap extract is making this file ({who}) and has written no record yet: this run would "
-                            "make narration-only programs of every segment", path=path,
+        # (an extract past its settings check, before its first record, of the file or of a --shard part of it:
+        # narration-only programs of every segment, paid, then refused beside its descriptors)
+        making = [(p, who) for p in (path, *(lock.with_name(lock.name[: -len(".lock")])
+                                            for _, _, lock in shard_parts(path, ".lock")))
+                  if (who := writer_of(p)) is not None]
+        if making:
+            raise LeapError(f"leap extract is making this file ({making[0][1]}) and has written no record yet: this run "
+                            "would make narration-only programs of every segment", path=making[0][0],
                             fix="wait for extract to finish, then run this command again")
         records = [narration_record(s) for s in segments.values()]
         source = f"narration-only records from {ann.split_path(split)} (no {path}; run leap extract for full clip text)"
