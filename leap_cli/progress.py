@@ -154,7 +154,7 @@ def stage_progress(label: str, *columns: str | ProgressColumn, console: Console,
     prints through that console goes above the bar: a second Console on the same terminal, rich's proxy bypassed,
     was glued onto the bar's line), else a bar on stderr where that is a terminal (stdout's file gets the results
     alone), else :class:`LogProgress` lines on stderr. A bar's processes forked meanwhile are safe from its thread
-    (``_quiet_bars_at_fork``)."""
+    (``_forks_safe``)."""
     if console.is_terminal:
         return _forks_safe(Progress(*columns, console=console, transient=transient))
     return live_or_log(_forks_safe(Progress(*columns, console=Console(stderr=True), transient=transient,

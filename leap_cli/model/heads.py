@@ -175,7 +175,7 @@ class ProgramDecoder(nn.Module):
         ids = prev[:, 1:]
         return torch.where(ids == bos, torch.full_like(ids, IGNORE), ids), h
 
-    def _greedy_rows(self, memory: torch.Tensor, bos: torch.Tensor) -> torch.Tensor:
+    def _greedy_rows(self, memory: torch.Tensor, bos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The greedy rows, one at a time, with the keys and values of the rows before and of the memory kept (the
         arithmetic of ``_decode`` on the rows so far, whose last row's argmax is the next row: the memory's keys and
         values were projected again at each of the L passes, ~80% of the decoding). Rows [B, 1 + L, K], BOS first,
@@ -195,7 +195,8 @@ class ProgramDecoder(nn.Module):
         mem_kv = []  # each layer's memory keys and values, [B, heads, 1+M, d / heads]
         for layer in layers:
             w, b = layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias
-            mem_kv.append((split(F.linear(memory, w[d:2 * d], b[d:2 * d])), split(F.linear(memory, w[2 * d:], b[2 * d:]))))
+            mem_kv.append((split(F.linear(memory, w[d:2 * d], b[d:2 * d])),
+                           split(F.linear(memory, w[2 * d:], b[2 * d:]))))
         cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(layers)
         feature = self.feature_in(memory[:, :1])  # every row sees the clip feature
         rows, hidden = [bos.expand(B, 1, bos.shape[0])], []
