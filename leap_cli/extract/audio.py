@@ -1,6 +1,6 @@
 """Audio component: loudness over time, onsets, and kitchen sound events with times relative to the segment.
 
-Default: a signal-processing classifier (numpy/scipy, no weights). The segment's audio (16 kHz mono) is cut into
+Default: a signal-processing classifier (numpy, no weights). The segment's audio (16 kHz mono) is cut into
 0.5 s windows every 0.25 s; each window gets spectral and temporal features (level, spectral centroid and
 flatness, band shares, envelope crest and variability, onset rate and its regularity, pitch periodicity, 3-8 Hz
 modulation) and a category by documented rules:
@@ -43,9 +43,8 @@ from functools import lru_cache
 from importlib import resources
 
 import numpy as np
-from scipy.signal import find_peaks, stft
-
 from leap_cli.extract.base import Component, SegmentContext, result, unavailable
+from leap_cli.media.dsp import find_peaks, hann_stft
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +94,12 @@ class Spectral:
         self.hop = sr // 100
         n = 2 * (sr // 62)  # ~32 ms
         self.y = y
-        f, _, z = stft(y, fs=sr, nperseg=n, noverlap=n - self.hop, boundary=None, padded=False)
+        f, z = hann_stft(y, sr, n, self.hop)
         self.freqs = f
         self.power = (np.abs(z) ** 2).astype(np.float64)  # [F, T]
         frames = self.power.shape[1]
         self.times = np.arange(frames) * self.hop / sr + n / 2 / sr
-        # scipy's stft divides by sum(window); for a Hann window the one-sided bins sum to ~3/4 of the mean square
+        # the STFT divides by sum(window); for a Hann window the one-sided bins sum to ~3/4 of the mean square
         self.rms_db = _db(self.power.sum(axis=0) * 4 / 3)  # dB re full scale (RMS)
         logp = np.log(self.power + 1e-12)
         flux = np.maximum(np.diff(logp, axis=1), 0).mean(axis=0)
@@ -113,8 +112,7 @@ class Spectral:
         med = np.median(self.flux)
         mad = np.median(np.abs(self.flux - med)) + 1e-9
         audible = self.rms_db > -50
-        peaks, _ = find_peaks(self.flux, height=max(med + 6 * mad, 0.6),
-                              distance=max(1, int(min_gap * 100)))
+        peaks = find_peaks(self.flux, height=max(med + 6 * mad, 0.6), distance=max(1, int(min_gap * 100)))
         peaks = peaks[audible[peaks]]
         return self.times[peaks]
 

@@ -2,7 +2,7 @@
 
 From a WAV/FLAC file (soundfile reads only the window) or, where a video has no audio file, from the
 MP4's own audio track (PyAV demuxes from a seek near the window). Resampling is polyphase
-(``scipy.signal.resample_poly``). ``AudioUnavailable`` says that a segment has no audio at all, so a caller
+(``media.dsp.resample_poly``, scipy's filter in numpy). ``AudioUnavailable`` says that a segment has no audio at all, so a caller
 can report the component as unavailable instead of failing.
 """
 
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from leap_cli.errors import LeapError
+from leap_cli.media.dsp import resample_poly
 
 if TYPE_CHECKING:
     from leap_cli.epic.layout import DatasetLayout
@@ -69,8 +70,6 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     if from_rate == to_rate or samples.size == 0:
         return samples.astype(np.float32, copy=False)
     ratio = Fraction(int(to_rate), int(from_rate))
-    from scipy.signal import resample_poly  # lazy: 1.6 s of import that spawned workers without audio never pay
-
     return resample_poly(samples, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
