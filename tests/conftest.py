@@ -1,4 +1,5 @@
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -50,11 +51,28 @@ def epic_dir() -> Path:
 DEMO_FILES = ("test_demo.py", "test_attack_h3formats.py")  # the files that read the `demo` fixture below
 
 
+def _slow_tests(path: Path, tests: int) -> int:
+    """How many of a test file's ``tests`` carry the ``slow`` mark, read from its text (every one where the
+    module sets ``pytestmark``)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return 0
+    if re.search(r"^pytestmark\s*=.*\bmark\.slow\b", text, re.M):
+        return tests
+    return len(re.findall(r"^\s*@pytest\.mark\.slow\b", text, re.M))
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    """`make test` runs with pytest-xdist's --dist loadfile (each file's tests in one worker, in their order): the
-    files that read the session's demo go to one worker together, so that it runs once and no worker waits for
-    another's (a scope of pytest-xdist's own making; without it they still share the demo, one waiting)."""
+    """`make test` runs with pytest-xdist's --dist loadfile (each file's tests in one worker, in their order).
+
+    - The files that read the session's demo go to one worker together, so that it runs once and no worker waits
+      for another's (a scope of pytest-xdist's own making; without it they still share the demo, one waiting).
+    - Files are handed out with those holding the most ``slow`` tests first, then by their number of tests.
+      pytest-xdist orders by the number of tests only, which left a file of one long test (the program heads'
+      learning test, about a minute) to start last while the other workers had finished.
+    """
     if config.getoption("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
@@ -63,6 +81,21 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             scope = super()._split_scope(nodeid)
             return "demo" if scope.rsplit("/", 1)[-1] in DEMO_FILES else scope
+
+        def _assign_work_unit(self, node) -> None:
+            if not getattr(self, "_slow_first", False):
+                self._slow_first = True
+                self.workqueue = type(self.workqueue)(sorted(self.workqueue.items(), key=self._weight))
+            super()._assign_work_unit(node)
+
+        def _weight(self, item) -> tuple[int, int]:
+            _, tests = item
+            files: dict[str, int] = {}
+            for nodeid in tests:
+                name = nodeid.split("::", 1)[0]
+                files[name] = files.get(name, 0) + 1
+            slow = sum(_slow_tests(config.rootpath / name, n) for name, n in files.items())
+            return -slow, -len(tests)
 
     return DemoTogether(config, log)
 
