@@ -108,5 +108,5 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
         row = np.zeros(taps, dtype=dtype)
         phase = h[q % up::up]
         row[:phase.size] = phase
-        out[first::up] = windows[q // up::down][:len(range(first, n_out, up))] @ row[::-1]
+        out[first::up] = windows[q // up::down][:len(range(first, n_out, up))] @ row[::-1]  # (reads the view)
     return out
