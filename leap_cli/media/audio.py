@@ -73,6 +73,18 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return resample_poly(samples, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
+def _finite(samples: np.ndarray, path: Path, record: str | None) -> np.ndarray:
+    """``samples`` with every NaN or infinite sample (a damaged float WAV) read as silence, and said once per
+    window: left in, one spread over the resampling filter's reach, emptied the segment's onsets and put NaN
+    into its loudness (invalid JSON in the record)."""
+    bad = ~np.isfinite(samples)
+    if not bad.any():
+        return samples
+    log.warning("%s%s: %d audio sample%s not a number (NaN or infinite), read as silence: the file is damaged",
+                path, f" ({record})" if record else "", int(bad.sum()), " is" if bad.sum() == 1 else "s are")
+    return np.where(bad, np.float32(0), samples).astype(samples.dtype, copy=False)
+
+
 def _fit(samples: np.ndarray, n: int) -> np.ndarray:
     if samples.shape[0] >= n:
         return samples[:n]
@@ -107,7 +119,7 @@ def read_audio(path: str | Path, start: float, stop: float, sample_rate: int = 1
         raise _unreadable(path, record, "the audio window cannot be decoded (truncated file?)", e) from None
     mono = data.mean(axis=1)  # [N]
     n_out = int(round((last - first) / native * sample_rate))
-    return _fit(resample(mono, native, sample_rate), n_out)
+    return _fit(resample(_finite(mono, path, record), native, sample_rate), n_out)
 
 
 def _decode_track(container, stream, native: int, start: float, stop: float, *, seek: bool,
@@ -188,7 +200,7 @@ def read_video_audio(mp4_path: str | Path, start: float, stop: float, sample_rat
     last = min(samples.shape[0], int(round((stop - t0) * native)))
     window = samples[first:last]
     n_out = int(round(window.shape[0] / native * sample_rate))
-    return _fit(resample(window, native, sample_rate), n_out)
+    return _fit(resample(_finite(window, path, record), native, sample_rate), n_out)
 
 
 def audio_source(layout: "DatasetLayout", video_id: str, *, record: str | None = None) -> Path:

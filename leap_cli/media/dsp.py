@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+
 def hann_stft(y: np.ndarray, fs: float, nperseg: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
     """(frequencies, spectra [F, T]) of ``y`` cut into ``nperseg``-sample frames every ``hop`` samples under a
     periodic Hann window, each frame's one-sided FFT divided by the window's sum: ``scipy.signal.stft(y, fs,
@@ -44,7 +45,7 @@ def _local_maxima(x: np.ndarray) -> np.ndarray:
     sample never count), as scipy's ``_local_maxima_1d``."""
     if x.size < 3:
         return np.zeros(0, dtype=np.intp)
-    change = np.flatnonzero(np.diff(x)) + 1  # where a new run of equal values starts
+    change = np.flatnonzero(x[1:] != x[:-1]) + 1  # where a new run of equal values starts (inf == inf; nan != nan)
     starts = np.concatenate([[0], change])
     ends = np.concatenate([change, [x.size]]) - 1  # each run's last index
     values = x[starts]
