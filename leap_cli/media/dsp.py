@@ -103,11 +103,18 @@ def resample_poly(x: np.ndarray, up: int, down: int) -> np.ndarray:
     last = ((n_out - 1) * down + half_len) // up  # the furthest input index any output reads
     padded = np.concatenate([np.zeros(taps - 1, dtype=dtype), x, np.zeros(max(0, last + 1 - n_in), dtype=dtype)])
     windows = np.lib.stride_tricks.sliding_window_view(padded, taps)  # windows[j] = x[j - taps + 1 .. j]
+    reversed_taps = np.zeros((up, taps), dtype=dtype)  # [first output of a remainder, tap]
+    for first in range(up):
+        phase = h[(first * down + half_len) % up::up]
+        reversed_taps[first, taps - phase.size:] = phase[::-1]
     out = np.empty(n_out, dtype=dtype)
-    for first in range(min(up, n_out)):
-        q = first * down + half_len
-        row = np.zeros(taps, dtype=dtype)
-        phase = h[q % up::up]
-        row[:phase.size] = phase
-        out[first::up] = windows[q // up::down][:len(range(first, n_out, up))] @ row[::-1]  # (reads the view)
+    # Block by block (a block starts at a multiple of up, so its outputs' remainders are those from 0): every
+    # remainder's product reads the same stretch of x, which stays in the CPU's cache (one pass over the whole
+    # signal per remainder was 2-6x slower than scipy at 44.1 kHz on ten minutes).
+    span = up * max(512, 65536 // up)
+    for lo in range(0, n_out, span):
+        hi = min(lo + span, n_out)
+        for first in range(lo, min(lo + up, hi)):
+            q = first * down + half_len
+            out[first:hi:up] = windows[q // up::down][:len(range(first, hi, up))] @ reversed_taps[first - lo]
     return out
