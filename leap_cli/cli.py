@@ -350,6 +350,9 @@ _OS_FIX = {  # ("the output options": --workdir, --out, or validate-programs' --
                   "then run {again}",
     errno.ENFILE: "the system's table of open files is full: close other programs or ask the machine's admin, then "
                   "run {again}",
+    errno.EAGAIN: "the system refused a new process or thread: your user's limit of processes (ulimit -u counts "
+                  "every process and thread) or the system's is reached: use fewer --workers (or data.num_workers), "
+                  "or raise the limit (ulimit -u), then run {again}",
     errno.ENAMETOOLONG: "a name in that path is too long (leap writes a temporary file and a .settings.json beside "
                         "an output: keep its name under ~200 bytes)",
 }
@@ -572,6 +575,11 @@ def _main() -> None:
             traceback.print_exception(e.__cause__)
         sys.exit(1)
     except Exception as e:
+        if isinstance(e, RuntimeError) and str(e) == "can't start new thread":  # (threading's EAGAIN, as a pool's)
+            if _state["debug"]:
+                traceback.print_exc()
+            _print_error(f"cannot start a thread ({_OS_FIX[errno.EAGAIN].format(again=_again('the same command again'))})")
+            sys.exit(EXIT_USER_ERROR)
         # click's usage errors (typer ships its own copy of click, so match them by shape, not by class)
         if type(e).__name__ == "NoArgsIsHelpError":  # `leap` alone: the help was printed, and nothing was done:
             sys.exit(e.exit_code)  # click's usage status, without the empty error line it added
