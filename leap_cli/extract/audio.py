@@ -43,6 +43,7 @@ from functools import lru_cache
 from importlib import resources
 
 import numpy as np
+
 from leap_cli.extract.base import Component, SegmentContext, result, unavailable
 from leap_cli.media.dsp import find_peaks, hann_stft
 

@@ -80,7 +80,7 @@ def _finite(samples: np.ndarray, path: Path, record: str | None) -> np.ndarray:
     bad = ~np.isfinite(samples)
     if not bad.any():
         return samples
-    log.warning("%s%s: %d audio sample%s not a number (NaN or infinite), read as silence: the file is damaged",
+    log.warning("%s%s: %d audio sample%s not a number (NaN or infinite), read as silence: the file is damaged (replace it to describe that sound)",
                 path, f" ({record})" if record else "", int(bad.sum()), " is" if bad.sum() == 1 else "s are")
     return np.where(bad, np.float32(0), samples).astype(samples.dtype, copy=False)
 
