@@ -481,9 +481,10 @@ class ReaderSafeStdout:
 
 
 def _quiet_teardown() -> None:
-    """After the open-files line: objects the limit left half-built (torch's DataLoader iterator, whose workers could
-    not start) fail again in their ``__del__`` as the process ends, each an "Exception ignored in ..." traceback under
-    the line that said it all. Such AttributeErrors and OSErrors are dropped; any other goes to the usual hook."""
+    """After the line for a limit of open files or processes: objects the limit left half-built (torch's DataLoader
+    iterator, whose workers could not start) fail again in their ``__del__`` as the process ends, each an "Exception
+    ignored in ..." traceback under the line that said it all. Such AttributeErrors and OSErrors are dropped; any
+    other goes to the usual hook."""
     from leap_cli.common import quiet_unraisable
 
     quiet_unraisable(AttributeError, OSError)
@@ -552,7 +553,7 @@ def _main() -> None:
 
         memory = out_of_memory(e)
         _print_error(memory.one_line() if memory is not None else os_error_line(e))
-        if e.errno in (errno.EMFILE, errno.ENFILE):
+        if e.errno in (errno.EMFILE, errno.ENFILE, errno.EAGAIN):
             _quiet_teardown()
         sys.exit(EXIT_USER_ERROR)
     except (MemoryError, ImportError) as e:  # (under a cap on the address space: ulimit -v, as login nodes set)
@@ -579,6 +580,7 @@ def _main() -> None:
             if _state["debug"]:
                 traceback.print_exc()
             _print_error(f"cannot start a thread ({_OS_FIX[errno.EAGAIN].format(again=_again('the same command again'))})")
+            _quiet_teardown()
             sys.exit(EXIT_USER_ERROR)
         # click's usage errors (typer ships its own copy of click, so match them by shape, not by class)
         if type(e).__name__ == "NoArgsIsHelpError":  # `leap` alone: the help was printed, and nothing was done:

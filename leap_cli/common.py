@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -521,6 +522,48 @@ def die_with_parent(sig: int, parent: int) -> None:
         os._exit(1)
 
 
+def new_pool(ctx, processes: int, initializer=None, initargs: tuple = ()):
+    """``ctx.Pool(processes, initializer, initargs)`` that cannot hang where one of its workers or threads fails to
+    start (a process limit, ``ulimit -u``: EAGAIN, "can't start new thread"). multiprocessing's Pool SIGTERMs the
+    workers it started and joins them without a bound, and a SIGTERM that reaches a fresh fork before it has run is
+    lost (CPython's after-fork step clears the signal the stage's inherited handler caught): `build-shards --workers
+    2` waited for ever, holding its output's lock. Here they are SIGKILLed; the error goes on."""
+    return _pool_class()(processes, initializer, initargs, context=ctx)
+
+
+@functools.cache
+def _pool_class() -> type:
+    import multiprocessing.pool
+
+    class Pool(multiprocessing.pool.Pool):
+        def __init__(self, *args, **kwargs):
+            try:
+                super().__init__(*args, **kwargs)
+            except BaseException:  # (its threads could not start: its workers run, and no one would stop them)
+                _kill_all(getattr(self, "_pool", None) or ())
+                for p in getattr(self, "_pool", None) or ():
+                    p.join(5)
+                raise
+
+        def _repopulate_pool(self):  # (Pool.__init__'s start of its workers, which it joins if one fails)
+            try:
+                return super()._repopulate_pool()
+            except BaseException:
+                _kill_all(self._pool)
+                raise
+
+    return Pool
+
+
+def _kill_all(processes) -> None:
+    """SIGKILL ``processes`` (multiprocessing's, started or not)."""
+    for p in list(processes):
+        try:
+            p.kill()
+        except Exception:  # noqa: BLE001 - already gone, or never started
+            pass
+
+
 def stop_pool(pool, grace: float = 10.0) -> None:
     """``pool.terminate()`` and ``join()`` of a stage's ``multiprocessing.Pool``, bounded. They can wait for good
     when a worker died inside the pool's pipes or locks: a process group's SIGTERM (``timeout``, Slurm) during
@@ -529,11 +572,7 @@ def stop_pool(pool, grace: float = 10.0) -> None:
     (daemon threads) if the terminate has not returned after ``grace`` seconds."""
     import threading
 
-    for p in list(getattr(pool, "_pool", None) or ()):  # the pool's worker processes (Pool keeps them there)
-        try:
-            p.kill()
-        except Exception:  # noqa: BLE001 - already gone, or never started
-            pass
+    _kill_all(getattr(pool, "_pool", None) or ())  # the pool's worker processes (Pool keeps them there)
 
     def finish() -> None:
         pool.terminate()

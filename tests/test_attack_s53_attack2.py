@@ -309,15 +309,19 @@ def _worker_feeds_an_unpicklable(err_path: str, done) -> None:
     from leap_cli.shards.dataset import loader_worker_init
 
     loader_worker_init(0)
+    done.put(multiprocessing.queues.Queue._on_queue_feeder_error.__name__)
+    done.close()
+    done.join_thread()
     q = multiprocessing.get_context("fork").Queue()
-    q.put(threading.Lock())  # (cannot be pickled: the feeder thread's error)
+    q.put(threading.Lock())  # (cannot be pickled: the feeder thread's error, which ends the worker)
     q.close()
     q.join_thread()
-    done.put(multiprocessing.queues.Queue._on_queue_feeder_error.__name__)
 
 
 def test_a_worker_feeder_error_is_one_line_naming_it_and_the_main_process_is_unchanged(tmp_path: Path) -> None:
     import multiprocessing.queues
+
+    from leap_cli.shards.dataset import LOST_BATCH_EXIT
 
     before = multiprocessing.queues.Queue.__dict__["_on_queue_feeder_error"]
     ctx = multiprocessing.get_context("fork")
@@ -326,6 +330,7 @@ def test_a_worker_feeder_error_is_one_line_naming_it_and_the_main_process_is_unc
     p.start()
     assert done.get(timeout=60) == "_batch_not_handed_over"
     p.join(30)
+    assert p.exitcode == LOST_BATCH_EXIT  # (the main process sees the worker's end, not a batch that never comes)
     said = (tmp_path / "err").read_text()
     lines = [line for line in said.splitlines() if line.strip()]
     assert len(lines) == 1 and "could not hand a batch over" in lines[0] and "TypeError" in lines[0], said

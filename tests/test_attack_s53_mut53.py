@@ -148,13 +148,16 @@ def test_the_teardown_hook_drops_only_attribute_and_os_errors(monkeypatch):
     assert seen == [ValueError, RuntimeError]
 
 
-def test_a_batch_a_worker_cannot_hand_over_is_one_line_on_stderr(capsys):
-    from leap_cli.shards.dataset import _batch_not_handed_over
+def test_a_batch_a_worker_cannot_hand_over_is_one_line_on_stderr_and_the_worker_ends(capsys, monkeypatch):
+    from leap_cli.shards.dataset import LOST_BATCH_EXIT, _batch_not_handed_over
 
+    exits: list = []
+    monkeypatch.setattr(os, "_exit", exits.append)  # (the worker's end, here in the test's process)
     _batch_not_handed_over(OSError(24, "Too many open files"), object())
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and err.startswith("leap: a DataLoader worker could not hand a batch")
     assert "Too many open files" in err and "Traceback" not in err
+    assert exits == [LOST_BATCH_EXIT]
 
 
 class _FailingStart:

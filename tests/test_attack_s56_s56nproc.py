@@ -343,7 +343,7 @@ def _start(r: dict) -> None:
 def _limit_runs(r: dict) -> None:
     """build-shards --workers 2 (a forked pool) as an unused uid under a real ulimit -u 3: both workers fork, then
     the pool's own threads cannot start. (Under ulimit -u 2 the second fork fails with EAGAIN, as the hook below
-    makes it fail; that run also meets the race of the xfail further below, now and then.)"""
+    makes it fail; such a run also met the race of a test further below, now and then.)"""
     if sys.platform == "linux" and os.geteuid() == 0:
         base = r["base"]
         wrapper = base / "as_user.py"
@@ -475,12 +475,9 @@ def test_evaluate_whose_second_loader_worker_cannot_start_stops_and_writes_nothi
     assert run.pids() and not alive_after(run.pids(), 5.0), "the loader worker that started is left behind"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: evaluate --workers 2 whose second DataLoader worker cannot start (EAGAIN, "
-                                       "as under a real ulimit -u 2): after the error line torch's 'Exception ignored "
-                                       "in _MultiProcessingDataLoaderIter.__del__ ... AttributeError: _workers_status' "
-                                       "traceback (shards/dataset._start), and the line names neither workers nor "
-                                       "ulimit -u (train: the same)")
 def test_evaluate_loader_worker_that_cannot_start_is_one_clear_line(runs):
+    """Was wrong: after leap's line came torch's "Exception ignored in _MultiProcessingDataLoaderIter.__del__ ...
+    AttributeError: _workers_status" traceback (its iterator half-made); the teardown is quiet after EAGAIN too."""
     run = _need_eval(runs, "eval_eagain")
     assert run.wait(60) is not None
     assert one_clear_line(run.rc, run.err), run.err[-2000:]
@@ -503,7 +500,7 @@ def test_evaluate_with_a_loader_worker_killed_mid_run_stops_in_one_line_and_writ
 # ---- build-shards (a forked pool) under a real ulimit -u -----------------------------------------------------------
 
 def test_build_shards_under_a_real_process_limit_stops_writes_no_manifest_and_leaves_no_worker(runs):
-    """(A run that hangs here is the race the xfail below shows: it is said there, not here.)"""
+    """(A run that hung here met the race of the test below: it is said there.)"""
     got = _limited(runs)
     left = _noted(runs, "limit_left")
     for n, (run, out, uid) in got.items():
@@ -524,13 +521,11 @@ def test_build_shards_under_a_real_process_limit_says_one_line(runs):
     assert not bad, bad
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (hang): build-shards --workers 2 whose second worker cannot fork (EAGAIN):"
-                                       " multiprocessing's Pool.__init__ SIGTERMs the first and joins it unbounded; a "
-                                       "SIGTERM that reaches the fresh fork before it has run is dropped (CPython's "
-                                       "after-fork step clears the signals leap's inherited handler had caught), and "
-                                       "the stage waits for ever holding its output's lock (2 of 4-6 runs under a real "
-                                       "ulimit -u 2 on one CPU; every time where the worker runs after the SIGTERM)")
 def test_build_shards_whose_first_worker_gets_the_pools_sigterm_before_it_runs_does_not_hang(runs):
+    """Was wrong (a hang): multiprocessing's Pool.__init__ SIGTERMed the worker it had started and joined it without
+    a bound; a SIGTERM that reaches the fresh fork before it has run is dropped (CPython's after-fork step clears
+    the signal leap's inherited handler had caught), and the stage waited for ever holding its output's lock (2 of
+    4-6 runs under a real ulimit -u 2 on one CPU). ``common.new_pool`` SIGKILLs them."""
     run = runs["race"]
     rc = run.wait(LIMIT_S)
     if Path(f"{run.started}.unscheduled").exists():
@@ -568,11 +563,10 @@ def test_evaluate_rerun_after_the_kill_scores_every_segment_once(runs):
     assert sorted(_scored(runs["base"] / "ev-kill")) == sorted(_train_keys(runs["wd"]))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (hang): evaluate --workers 2 whose DataLoader worker cannot start a thread "
-                                       "to hand its batch over (RuntimeError: can't start new thread, as under a real "
-                                       "ulimit -u 7-8 here) prints 'leap: a DataLoader worker could not hand a batch "
-                                       "over' and then waits LOADER_TIMEOUT (900 s) for the lost batch")
 def test_evaluate_whose_loader_worker_cannot_start_a_thread_does_not_hang(runs):
+    """Was wrong (a hang): the worker said "leap: a DataLoader worker could not hand a batch over" and the main
+    process waited LOADER_TIMEOUT (900 s) for the lost batch; the worker now ends (LOST_BATCH_EXIT), which the main
+    process sees at once."""
     run = _need_eval(runs, "eval_hang")
     deadline = time.monotonic() + 60
     while run.p.poll() is None and "could not hand a batch over" not in run.err and time.monotonic() < deadline:

@@ -116,3 +116,31 @@ def test_no_warning_for_one_worker_or_no_cap(caplog):
         warn_small_address_space(1)
         warn_small_address_space(4)  # (this process has no cap)
     assert "address space" not in caplog.text
+
+
+SHARER = """
+import multiprocessing.reduction, multiprocessing.resource_sharer as rs, os, socket, sys, time
+if sys.argv[1] == "leap":
+    from leap_cli.shards.dataset import loader_worker_init
+    loader_worker_init(0)
+r, w = os.pipe()
+multiprocessing.reduction.DupFd(r)  # (a batch's file to hand over: the resource sharer's thread starts)
+s = socket.socket(socket.AF_UNIX)
+s.connect(rs._resource_sharer._address)
+s.close()  # (the main process gone mid-handshake: the sharer's accept fails)
+time.sleep(1)
+print("done")
+"""
+
+
+def test_a_loader_workers_resource_sharer_whose_connection_fails_prints_no_traceback(tmp_path):
+    """Was wrong (seen once in a train whose other DataLoader worker was killed): multiprocessing's resource sharer,
+    which hands a worker's batch files over, says its connection's errors through ``sys.excepthook``, not
+    ``threading.excepthook``: a traceback from ``self._listener.accept()`` came on top of leap's one line."""
+    script = tmp_path / "sharer.py"
+    script.write_text(SHARER)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    plain = subprocess.run([sys.executable, str(script), "plain"], capture_output=True, text=True, timeout=60, env=env)
+    assert plain.stdout.strip() == "done" and "Traceback" in plain.stderr  # (what a worker without leap's hook says)
+    leap = subprocess.run([sys.executable, str(script), "leap"], capture_output=True, text=True, timeout=60, env=env)
+    assert leap.stdout.strip() == "done" and leap.stderr == "", leap.stderr

@@ -28,8 +28,8 @@ from typing import Callable
 
 import numpy as np
 
-from leap_cli.common import (ShardSpec, normalize_split, pool_results, pool_worker_ready, rerun, start_pool_worker,
-                             start_worker, stop_pool, warn_small_address_space)
+from leap_cli.common import (ShardSpec, new_pool, normalize_split, pool_results, pool_worker_ready, rerun,
+                             start_pool_worker, start_worker, stop_pool, warn_small_address_space)
 from leap_cli.epic.annotations import VIDEO_INFO, Segment, made_from_other_annotations
 from leap_cli.epic.layout import DatasetLayout
 from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
@@ -691,8 +691,8 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
                 ctx = mp.get_context("spawn")
                 warn_small_address_space(min(cfg.workers, len(todo)))
                 with _spawn_without_main():
-                    pool = ctx.Pool(min(cfg.workers, len(todo)), initializer=start_pool_worker,
-                                    initargs=(_worker_init, cfg, os.getpid()))
+                    pool = new_pool(ctx, min(cfg.workers, len(todo)), start_pool_worker,
+                                    (_worker_init, cfg, os.getpid()))
                 try:
                     # One task per segment, video by video (a worker keeps its last videos open); each finished
                     # segment is written as it arrives.

@@ -72,9 +72,9 @@ def check_shards(source: str | Path, *, on_error: str = "raise", verify_hash: bo
     import multiprocessing as mp
     import os
 
-    from leap_cli.common import pool_results, start_worker, stop_pool
+    from leap_cli.common import new_pool, pool_results, start_worker, stop_pool
 
-    pool = mp.get_context("spawn").Pool(workers, initializer=start_worker, initargs=(os.getpid(),))
+    pool = new_pool(mp.get_context("spawn"), workers, start_worker, (os.getpid(),))
     try:  # (a worker killed mid-shard, by the out-of-memory killer: one line, not a wait for ever)
         for info, result in zip(shards, pool_results(pool, pool.imap(check, shards))):
             take(info, *result)

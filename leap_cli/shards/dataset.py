@@ -317,13 +317,28 @@ def loader_worker_init(_worker_id: int) -> None:
     die_with_parent(signal.SIGKILL, os.getppid())
     import multiprocessing.queues
 
-    # a batch the worker cannot hand over (at the limit of open files: torch passes each tensor as a file) is
-    # said in one line, not the queue's traceback; the main process then says what to do (``Guarded``, evaluate's
-    # count of the segments scored, train's "the training data ran out")
+    # a batch the worker cannot hand over (at the limit of open files: torch passes each tensor as a file; a thread
+    # that cannot start) is said in one line, not the queue's traceback, and the worker ends: the main process then
+    # says what to do (``Guarded``; evaluate's count of the segments scored and train's "the training data ran out"
+    # are the nets under it)
     multiprocessing.queues.Queue._on_queue_feeder_error = staticmethod(_batch_not_handed_over)
+    import sys
     import threading
 
     threading.excepthook = _worker_thread_failed  # (a connection's thread as the main process stops reading)
+    sys.excepthook = _worker_error  # (multiprocessing's resource sharer catches its connections' errors and says
+    # them there: a traceback on top of the main process's line when another worker had died)
+
+
+def _worker_error(kind, value, tb) -> None:
+    """``sys.excepthook`` of a DataLoader worker: a connection's error (OSError, EOFError) of the resource sharer
+    that hands the batches' files over is dropped, as ``_worker_thread_failed`` drops a thread's; any other goes to
+    Python's hook."""
+    if isinstance(value, (OSError, EOFError)):
+        return
+    import sys
+
+    sys.__excepthook__(kind, value, tb)
 
 
 def _worker_thread_failed(args) -> None:
@@ -337,17 +352,37 @@ def _worker_thread_failed(args) -> None:
     print(f"leap: a DataLoader worker's thread failed: {args.exc_type.__name__}: {args.exc_value}", file=sys.stderr)
 
 
+# A DataLoader worker's exit status after a batch it could not hand over: the main process would wait for the batch
+# (LOADER_TIMEOUT, 900 s); the worker's end is seen at once (``_died_error`` names it by this status).
+LOST_BATCH_EXIT = 75
+
+
 def _batch_not_handed_over(e: BaseException, obj: object) -> None:
+    """A DataLoader worker's batch that could not be sent (multiprocessing's queue feeder thread): said in one
+    line, and the worker ends (``LOST_BATCH_EXIT``). ``loader_worker_init`` installs it in the workers only."""
     import sys
 
     print(f"leap: a DataLoader worker could not hand a batch over: {type(e).__name__}: {e}", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(LOST_BATCH_EXIT)
 
 
 LOADER_TIMEOUT = 900  # seconds: a DataLoader worker's batch that has not come by then is lost (``Guarded``)
 _LOST_FIX = ("a worker that could not hand its batch over prints why above; torch passes each tensor of a batch as "
              "an open file, so at the process's limit of open files (\"Too many open files\") raise it (e.g. ulimit "
-             "-n 4096 before leap) or use fewer workers ({option}); then run the command again (leap train --resume "
-             "goes on from the last checkpoint)")
+             "-n 4096 before leap), and where a thread could not start (\"can't start new thread\") raise your "
+             "limit of processes and threads (ulimit -u), or use fewer workers ({option}); then run {again}")
+
+
+def _again() -> str:
+    """What to run after a DataLoader's error: ``common.rerun``'s words (train's --resume once its run started)."""
+    from leap_cli.common import NEXT_RUN, rerun
+
+    return rerun("the same command again", "train" if "train" in NEXT_RUN else None)
+
+
+def _lost_fix(option: str) -> str:
+    return _LOST_FIX.format(option=option, again=_again())
 
 
 # A DataLoader worker that died (the kernel's out-of-memory killer, a bus error where /dev/shm ran out): torch's
@@ -425,6 +460,9 @@ def _died_error(e: BaseException, option: str, workers: list) -> LeapError:
     dead = _dead_workers(workers)
     _kill_workers(workers)
     _DIED["error"] = None
+    if any(p.exitcode == LOST_BATCH_EXIT for p in dead):
+        return LeapError(f"a DataLoader worker (pid {next(p.pid for p in dead if p.exitcode == LOST_BATCH_EXIT)}) "
+                         "could not hand a batch over", fix=_lost_fix(option))
     code = next((p.exitcode for p in dead if p.exitcode and p.exitcode < 0), None)
     sig = signal.Signals(-code).name if code is not None and -code in signal.Signals._value2member_map_ else None
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -438,8 +476,7 @@ def _died_error(e: BaseException, option: str, workers: list) -> LeapError:
                f"fewer workers ({option}) or a smaller batch")
     else:
         why = f"use fewer workers ({option}) to see whether it is the memory"
-    return LeapError(f"{text} ({why})", fix="then run the same command again (leap train --resume goes on from the "
-                                           "last checkpoint)")
+    return LeapError(f"{text} ({why})", fix=f"then run {_again()}")
 
 
 class Guarded:
@@ -494,11 +531,11 @@ class Guarded:
                     _kill_workers(mine)  # (the stage stops: its exit would wait for them)
                 if isinstance(e, EOFError):
                     raise LeapError("a DataLoader worker's batch was lost on its way to the main process (EOFError)",
-                                    fix=_LOST_FIX.format(option=self.option)) from e
+                                    fix=_lost_fix(self.option)) from e
                 if isinstance(e, RuntimeError) and "timed out" in str(e):
                     raise LeapError(f"no batch came from the DataLoader's workers in {LOADER_TIMEOUT} s",
                                     fix="a slow or stalled disk under the shards, or "
-                                        + _LOST_FIX.format(option=self.option)) from e
+                                        + _lost_fix(self.option)) from e
                 raise
             yield batch
 

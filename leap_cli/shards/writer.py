@@ -33,8 +33,8 @@ from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
-from leap_cli.common import (ShardSpec, check_task, merged_input, pool_results, pool_worker_ready, start_pool_worker,
-                             start_worker, stop_pool, warn_small_address_space)
+from leap_cli.common import (ShardSpec, check_task, merged_input, new_pool, pool_results, pool_worker_ready,
+                             start_pool_worker, start_worker, stop_pool, warn_small_address_space)
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
@@ -659,8 +659,8 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         if workers > 1 and len(todo_jobs) > 1:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
             warn_small_address_space(min(workers, len(todo_jobs)))
-            pool = ctx.Pool(min(workers, len(todo_jobs)), initializer=start_pool_worker,
-                            initargs=(_init_worker, opener, settings, cache, os.getpid()))
+            pool = new_pool(ctx, min(workers, len(todo_jobs)), start_pool_worker,
+                            (_init_worker, opener, settings, cache, os.getpid()))
             results = pool_results(pool, pool.imap(_work, todo_jobs, chunksize=1))
         else:
             pool = None
