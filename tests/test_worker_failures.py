@@ -144,3 +144,30 @@ def test_a_loader_workers_resource_sharer_whose_connection_fails_prints_no_trace
     assert plain.stdout.strip() == "done" and "Traceback" in plain.stderr  # (what a worker without leap's hook says)
     leap = subprocess.run([sys.executable, str(script), "leap"], capture_output=True, text=True, timeout=60, env=env)
     assert leap.stdout.strip() == "done" and leap.stderr == "", leap.stderr
+
+
+def test_a_dead_loader_workers_advice_says_resume_only_in_a_train_that_started(monkeypatch):
+    """Was wrong: evaluate's line for a DataLoader worker that died ended "(leap train --resume goes on from the last
+    checkpoint)", as train's did."""
+    from leap_cli.common import NEXT_RUN
+    from leap_cli.shards.dataset import LOST_BATCH_EXIT, _died_error
+
+    monkeypatch.setattr(sys, "argv", ["leap", "evaluate", "--workers", "2"])
+    monkeypatch.delitem(NEXT_RUN, "train", raising=False)
+    died = RuntimeError("DataLoader worker (pid 7) exited unexpectedly")
+    line = _died_error(died, "--workers", []).one_line()
+    assert "--resume" not in line and "run the same command again" in line, line
+
+    class Lost:  # (a worker that ended after a batch it could not hand over)
+        pid, exitcode = 7, LOST_BATCH_EXIT
+
+        def is_alive(self):
+            return False
+
+    line = _died_error(died, "--workers", [Lost()]).one_line()
+    assert "(pid 7) could not hand a batch over" in line and "ulimit -u" in line and "ulimit -n" in line, line
+    assert "--resume" not in line
+    monkeypatch.setattr(sys, "argv", ["leap", "train", "--name", "r"])
+    monkeypatch.setitem(NEXT_RUN, "train", "resume")
+    line = _died_error(died, "data.num_workers", []).one_line()
+    assert "the same command with --resume" in line and "data.num_workers" in line, line
