@@ -44,6 +44,17 @@ def test_bench_frames_prints_a_finite_ratio(tmp_path):
     assert ratio == pytest.approx(ours / bare, rel=0.05, abs=0.002)
 
 
+def test_bench_dsp_prints_finite_ratios_and_outputs_that_agree_with_scipys(tmp_path):
+    r = bench(tmp_path, "bench_dsp.py", "--seconds", "1", "--rounds", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = re.findall(r"^(\S.*?)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)x\s+(\S+)$", r.stdout, re.M)
+    assert [w.split()[0] for w, *_ in rows] == ["resample", "resample", "STFT", "find_peaks", "import"], r.stdout
+    for what, ours, theirs, ratio, diff in rows:
+        ours, theirs, ratio = finite(ours), finite(theirs), finite(ratio)
+        assert ours > 0 and theirs > 0 and ratio == pytest.approx(theirs / ours, rel=0.05, abs=0.01), what
+        assert finite(diff) < 1e-5, (what, diff)
+
+
 def test_bench_evaluate_prints_its_three_figures(tmp_path):
     r = bench(tmp_path, "bench_evaluate.py", "--segments", "200", "--submit-segments", "50")
     assert r.returncode == 0, r.stderr
