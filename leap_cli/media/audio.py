@@ -73,15 +73,22 @@ def resample(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return resample_poly(samples, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
+# A float sample beyond this is damage, not sound (full scale is 1; int32 PCM written as floats stays under 3e9):
+# near float32's largest (bytes 7F7F7F7F, 3.4e38) the resampling filter's sums overflow to inf.
+MAX_SAMPLE = 1e20
+
+
 def _finite(samples: np.ndarray, path: Path, record: str | None) -> np.ndarray:
-    """``samples`` with every NaN or infinite sample (a damaged float WAV) read as silence, and said once per
-    window: left in, one spread over the resampling filter's reach, emptied the segment's onsets and put NaN
-    into its loudness (invalid JSON in the record)."""
-    bad = ~np.isfinite(samples)
+    """``samples`` with every NaN, infinite or absurdly large sample (a damaged float WAV: over ``MAX_SAMPLE``) read
+    as silence, and said once per window: left in, one spread over the resampling filter's reach, emptied the
+    segment's onsets and put NaN into its loudness (invalid JSON in the record)."""
+    with np.errstate(invalid="ignore"):
+        bad = ~(np.abs(samples) <= MAX_SAMPLE)  # (NaN compares false)
     if not bad.any():
         return samples
-    log.warning("%s%s: %d audio sample%s not a number (NaN or infinite), read as silence: the file is damaged (replace it to describe that sound)",
-                path, f" ({record})" if record else "", int(bad.sum()), " is" if bad.sum() == 1 else "s are")
+    log.warning("%s%s: %d audio sample%s not a number (NaN, infinite, or over %g), read as silence: the file is damaged (replace it to describe that sound)",
+                path, f" ({record})" if record else "", int(bad.sum()), " is" if bad.sum() == 1 else "s are",
+                MAX_SAMPLE)
     return np.where(bad, np.float32(0), samples).astype(samples.dtype, copy=False)
 
 
