@@ -23,7 +23,7 @@ def hann_stft(y: np.ndarray, fs: float, nperseg: int, hop: int) -> tuple[np.ndar
         raise ValueError(f"need 0 < hop ({hop}) <= nperseg ({nperseg}) <= the signal's length ({y.shape[-1]})")
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(nperseg) / nperseg)  # periodic ("fftbins") Hann
     frames = np.lib.stride_tricks.sliding_window_view(y, nperseg)[::hop]  # [T, nperseg], a view
-    spectra = np.fft.rfft(frames * window, axis=-1) / window.sum()
+    spectra = np.fft.rfft(frames * (window / window.sum()), axis=-1)  # (the scale in the window: one pass less)
     return np.fft.rfftfreq(nperseg, 1 / fs), spectra.T
 
 
