@@ -188,7 +188,7 @@ def test_emfile_on_a_shard_stops_the_reader_and_is_not_called_corrupt(shards, mo
         next(iter(ds))
     assert e.value.errno == errno.EMFILE and str(shards) in e.value.filename
     line = os_error_line(e.value)
-    assert "ulimit -n" in line and not re.search(r"corrupt|delete", line), line
+    assert "ulimit -Hn" in line and not re.search(r"corrupt|delete", line), line
 
 
 def test_train_with_loader_workers_under_a_small_ulimit_trains_every_batch(work_with_shards, tmp_path):
@@ -232,7 +232,7 @@ def test_train_whose_loader_workers_cannot_start_says_one_line(work_with_shards,
                      cwd=tmp_path)
     assert r.returncode == 2, r.stderr[-3000:]
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "Too many open files" in errors[0] and "ulimit -n" in errors[0], r.stderr[-3000:]
+    assert len(errors) == 1 and "Too many open files" in errors[0] and "ulimit -Hn" in errors[0], r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr[-3000:]
 
 
@@ -263,7 +263,7 @@ def test_a_lost_batch_or_a_stalled_worker_is_one_line(monkeypatch):
         with pytest.raises(LeapError) as e:
             next(it)
         line = e.value.one_line()
-        assert said in line and "ulimit -n" in line and "data.num_workers" in line, line
+        assert said in line and "ulimit -Hn" in line and "data.num_workers" in line, line
     loader = Loader(EOFError())
     loader.num_workers = 0  # (no workers: the error is not the loader's queue)
     with pytest.raises(EOFError):

@@ -260,7 +260,7 @@ def test_evaluate_that_scored_fewer_segments_than_the_manifest_is_one_error_line
                                "--workdir", "work", "--data", "kitchen", "--out", "ev_lossy")
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert code == 2 and len(errors) == 1 and "shards manifest lists 2" in errors[0], out + err
-    assert "ulimit -n" in err and "Traceback" not in err
+    assert "ulimit -Hn" in err and "Traceback" not in err
 
 
 def test_a_cache_migrated_by_another_process_while_this_one_waits_opens_without_redoing_it(tmp_path):

@@ -522,4 +522,4 @@ def test_evaluate_with_workers_under_a_small_ulimit_scores_every_segment_or_says
             assert "not in" not in r.stderr and "shards manifest lists" not in r.stderr, said  # every segment scored
         else:
             errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-            assert r.returncode == 2 and len(errors) == 1 and "ulimit -n" in errors[0], said
+            assert r.returncode == 2 and len(errors) == 1 and "ulimit -Hn" in errors[0], said

@@ -165,7 +165,7 @@ def test_a_dead_loader_workers_advice_says_resume_only_in_a_train_that_started(m
             return False
 
     line = _died_error(died, "--workers", [Lost()]).one_line()
-    assert "(pid 7) could not hand a batch over" in line and "ulimit -u" in line and "ulimit -n" in line, line
+    assert "(pid 7) could not hand a batch over" in line and "ulimit -u" in line and "ulimit -Hn" in line, line
     assert "--resume" not in line
     monkeypatch.setattr(sys, "argv", ["leap", "train", "--name", "r"])
     monkeypatch.setitem(NEXT_RUN, "train", "resume")

@@ -41,20 +41,20 @@ def _submit_command(scores: Path, task: str, workdir: Path, data: Path | None, a
     and the work directory), quoted for the shell, and the supervision levels: TD 3 where the run trained on the
     train split, 4 on train and val (its ``provenance``), PT and TL left for the user to fill in (they depend on
     the run's weights and targets)."""
-    import shlex
+    from leap_cli.io import shell_word
 
-    args = ["leap", "submit", "--scores", str(scores), "--task", task]
+    args = ["leap", "submit", "--scores", shell_word(scores), "--task", task]
     for option, value in (("--data", data), ("--annotations", annotations)):
         if value is not None:
-            args += [option, str(value)]
+            args += [option, shell_word(value)]
     if data is None and annotations is None and not (Path(workdir) / "kitchen" / "annotations").is_dir():
         args += ["--data", "ROOT"]  # submit reads the test split's annotations: not where it would look by default
     if Path(workdir) != DEFAULT_WORKDIR:
-        args += ["--workdir", str(workdir)]
+        args += ["--workdir", shell_word(workdir)]
     train = (provenance or {}).get("train") if isinstance(provenance, dict) else None
     splits = set(str(train.get("split") or "").split("+")) if isinstance(train, dict) else set()
-    return shlex.join(args + ["--sls-pt", "PT", "--sls-tl", "TL", "--sls-td", "4" if {"train", "val"} <= splits
-                              else "3"])
+    return " ".join(args + ["--sls-pt", "PT", "--sls-tl", "TL", "--sls-td", "4" if {"train", "val"} <= splits
+                            else "3"])
 
 
 def _submit_refusal(scores: dict, task: str, workdir: Path, data: Path | None, annotations: Path | None,

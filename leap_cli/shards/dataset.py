@@ -369,8 +369,8 @@ def _batch_not_handed_over(e: BaseException, obj: object) -> None:
 
 LOADER_TIMEOUT = 900  # seconds: a DataLoader worker's batch that has not come by then is lost (``Guarded``)
 _LOST_FIX = ("a worker that could not hand its batch over prints why above; torch passes each tensor of a batch as "
-             "an open file, so at the process's limit of open files (\"Too many open files\") raise it (e.g. ulimit "
-             "-n 4096 before leap), and where a thread could not start (\"can't start new thread\") raise your "
+             "an open file, so at the process's limit of open files (\"Too many open files\") have its hard limit "
+             "(ulimit -Hn) raised, and where a thread could not start (\"can't start new thread\") raise your "
              "limit of processes and threads (ulimit -u), or use fewer workers ({option}); then run {again}")
 
 
