@@ -327,3 +327,27 @@ def test_segments_a_live_run_did_not_answer_stay_recorded_as_asked_in_a_batch(wo
         s = generate_programs(config(workdir, server, repair_rounds=0, limit=2))
         assert s.statuses == {"invalid": 2}
     assert len(batch_pending(cfg.out_path)["ids"]) == N_SEGMENTS
+
+
+def test_an_output_of_only_its_settings_is_refused_naming_batch_requests_only_where_they_were_written(workdir,
+                                                                                                      tmp_path):
+    """Was wrong: an output that is only its settings file (a live run stopped before its first program) was
+    refused, for other settings, with "Batch requests written with those settings may be out" where no --batch-file
+    had ever been written for it."""
+    from leap_cli.programs.batch import write_batch_file
+    from leap_cli.programs.generate import batch_pending_path
+
+    _offline_output(workdir)
+    out_file(workdir).write_text("")  # (its settings file kept: a run stopped before its first record)
+    with pytest.raises(LeapError) as e:
+        generate_programs(GenerateConfig(workdir=workdir, split="val", repair_rounds=0))
+    said = e.value.one_line()
+    assert "a run stopped before its first program" in said and "are out" not in said, said
+    with ScriptedServer(lambda body, n: Reply("not json")) as server:
+        cfg = config(workdir, server, repair_rounds=0, force=True)
+        assert write_batch_file(cfg, tmp_path / "b.jsonl") == N_SEGMENTS
+        assert batch_pending_path(cfg.out_path).exists()
+        with pytest.raises(LeapError) as e:
+            generate_programs(config(workdir, server, repair_rounds=1))
+    said = e.value.one_line()
+    assert "Batch requests written with those settings are out" in said, said

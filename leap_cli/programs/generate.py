@@ -962,8 +962,10 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
         # running, and its results are the output's; a run of other settings would make them of other settings)
         exists = out.exists() and out.stat().st_size > 0 or settings_path(out).exists()
         if exists and not (out.exists() and out.stat().st_size > 0):
-            held = ("it holds no record yet, but Batch requests written with those settings may be out, whose "
-                    "results are ingested into it")
+            held = ("it holds no record yet, but Batch requests written with those settings are out, whose "
+                    "results are ingested into it" if batch_pending(out)["ids"] else "it holds no record yet (a run "
+                    "stopped before its first program, or Batch requests written with those settings, whose "
+                    "results would be ingested into it)")
     return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
                           exists=exists, adopt=("descriptors",), grow=("params.max_tokens",), explain=explain,
                           held=held, remove=set_aside, dry=dry, names={**SETTINGS_NAMES, **(
