@@ -534,12 +534,30 @@ def new_pool(ctx, processes: int, initializer=None, initargs: tuple = ()):
 @functools.cache
 def _pool_class() -> type:
     import multiprocessing.pool
+    import threading
+
+    previous = threading.excepthook
+
+    def handler_failed(args) -> None:
+        """A pool's worker-handler thread that could not start the replacement of a dead worker (EAGAIN under ulimit
+        -u) ends in a traceback; ``pool_results`` says the death in one line."""
+        thread = getattr(args, "thread", None)
+        if not (thread is not None and thread.name.endswith("(_handle_workers)") and (
+                isinstance(args.exc_value, OSError) or str(args.exc_value) == "can't start new thread")):
+            previous(args)
+
+    threading.excepthook = handler_failed
 
     class Pool(multiprocessing.pool.Pool):
         def __init__(self, *args, **kwargs):
             try:
                 super().__init__(*args, **kwargs)
-            except BaseException:  # (its threads could not start: its workers run, and no one would stop them)
+            except BaseException:  # (a thread could not start: its workers run, and no one would stop them)
+                handler = getattr(self, "_worker_handler", None)  # (started first: it replaces killed workers)
+                if handler is not None and handler.is_alive():
+                    handler._state = multiprocessing.pool.TERMINATE
+                    self._change_notifier.put(None)
+                    handler.join(5)
                 _kill_all(getattr(self, "_pool", None) or ())
                 for p in getattr(self, "_pool", None) or ():
                     p.join(5)
@@ -620,9 +638,10 @@ def _pool_results(pool, results, poll: float, known: dict) -> Iterator:
             return
         except multiprocessing.TimeoutError:
             now = {p.pid: p for p in pool._pool}
-            if not set(now) - set(known):
+            # (a worker replaced, or one that ended and is not: its replacement could not start, under ulimit -u)
+            dead = [p for pid, p in known.items() if pid not in now or p.exitcode is not None]
+            if not dead:
                 continue
-            dead = [p for pid, p in known.items() if pid not in now]
             code = next((p.exitcode for p in dead if p.exitcode), None)
             how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
                    and -code in signal.Signals._value2member_map_ else f"exit code {code}" if code else "it ended")
@@ -735,9 +754,12 @@ NEXT_RUN: dict[str, str] = {}
 def rerun(plain: str = "the same command", command: str | None = None) -> str:
     """How to go on after a stop, for the advice of an error: the same command (``plain``), but without --force or
     --overwrite (they would start the finished work over), and ``leap train`` with --resume once its run has
-    started. ``command``: the leap command running (the CLI's); the options are read from ``sys.argv``."""
+    started. ``command``: the leap command running (the CLI's; else the first word of ``sys.argv`` that is no
+    option); the options are read from ``sys.argv``."""
     import sys
 
+    if command is None:  # (leap ablate trains in its process: its advice must not be train's --resume)
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     args = set(sys.argv[1:])
     forced = {"--force", "--overwrite"} & args
     resumes = command == "train" and NEXT_RUN.get("train") == "resume"

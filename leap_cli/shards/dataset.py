@@ -374,15 +374,10 @@ _LOST_FIX = ("a worker that could not hand its batch over prints why above; torc
              "limit of processes and threads (ulimit -u), or use fewer workers ({option}); then run {again}")
 
 
-def _again() -> str:
-    """What to run after a DataLoader's error: ``common.rerun``'s words (train's --resume once its run started)."""
-    from leap_cli.common import NEXT_RUN, rerun
-
-    return rerun("the same command again", "train" if "train" in NEXT_RUN else None)
-
-
 def _lost_fix(option: str) -> str:
-    return _LOST_FIX.format(option=option, again=_again())
+    from leap_cli.common import rerun
+
+    return _LOST_FIX.format(option=option, again=rerun("the same command again"))
 
 
 # A DataLoader worker that died (the kernel's out-of-memory killer, a bus error where /dev/shm ran out): torch's
@@ -476,7 +471,9 @@ def _died_error(e: BaseException, option: str, workers: list) -> LeapError:
                f"fewer workers ({option}) or a smaller batch")
     else:
         why = f"use fewer workers ({option}) to see whether it is the memory"
-    return LeapError(f"{text} ({why})", fix=f"then run {_again()}")
+    from leap_cli.common import rerun
+
+    return LeapError(f"{text} ({why})", fix=f"then run {rerun('the same command again')}")
 
 
 class Guarded:
