@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import math
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def decode_jpegs(blobs: list[bytes]) -> np.ndarray:
@@ -86,5 +90,8 @@ def color_jitter(clip: np.ndarray, strength: float, rng: np.random.Generator) ->
 
 def to_tensor(clip: np.ndarray) -> torch.Tensor:
     """uint8 ``[T,H,W,3]`` -> uint8 ``[3,T,H,W]`` (channels first). Normalisation happens in the model, on its
-    device, with the mean/std of its weights family (``UniFormerV2.normalize``)."""
+    device, with the mean/std of its weights family (``UniFormerV2.normalize``). (torch is imported here: check-shards'
+    workers decode frames with this module and need no torch, 1.5 s of a spawned process's start.)"""
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).contiguous()
