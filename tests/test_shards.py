@@ -1663,8 +1663,9 @@ def test_check_shards_and_its_workers_never_import_torch(built, tmp_path):
         "            open(os.environ['TORCH_SEEN'], 'a').write(str(os.getpid()) + '\\n')\n"
         "sys.meta_path.insert(0, Seen())\n")
     seen = tmp_path / "seen"
+    env = {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{Path(__file__).resolve().parents[1]}",
+           "TORCH_SEEN": str(seen)}
     r = subprocess.run([sys.executable, "-c", code, str(work / "shards" / "train")], capture_output=True, text=True,
-                       timeout=120, env={**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{Path(__file__).resolve().parents[1]}",
-                                         "TORCH_SEEN": str(seen)})
+                       timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not seen.exists(), "a check-shards process imported torch"
