@@ -553,11 +553,7 @@ def _pool_class() -> type:
             try:
                 super().__init__(*args, **kwargs)
             except BaseException:  # (a thread could not start: its workers run, and no one would stop them)
-                handler = getattr(self, "_worker_handler", None)  # (started first: it replaces killed workers)
-                if handler is not None and handler.is_alive():
-                    handler._state = multiprocessing.pool.TERMINATE
-                    self._change_notifier.put(None)
-                    handler.join(5)
+                _stop_worker_handler(self)
                 _kill_all(getattr(self, "_pool", None) or ())
                 for p in getattr(self, "_pool", None) or ():
                     p.join(5)
@@ -571,6 +567,18 @@ def _pool_class() -> type:
                 raise
 
     return Pool
+
+
+def _stop_worker_handler(pool, timeout: float = 5.0) -> None:
+    """Stop ``pool``'s worker-handler thread (as ``terminate`` would first), so that workers killed next are not
+    replaced behind the caller's back."""
+    import multiprocessing.pool
+
+    handler = getattr(pool, "_worker_handler", None)
+    if handler is not None and handler.is_alive():
+        handler._state = multiprocessing.pool.TERMINATE
+        pool._change_notifier.put(None)
+        handler.join(timeout)
 
 
 def _kill_all(processes) -> None:
@@ -590,7 +598,10 @@ def stop_pool(pool, grace: float = 10.0) -> None:
     (daemon threads) if the terminate has not returned after ``grace`` seconds."""
     import threading
 
-    _kill_all(getattr(pool, "_pool", None) or ())  # the pool's worker processes (Pool keeps them there)
+    _stop_worker_handler(pool, grace / 2)  # (it would replace the workers killed next: one holds the lock below)
+    workers = list(getattr(pool, "_pool", None) or ())  # the pool's worker processes (Pool keeps them there)
+    _kill_all(workers)
+    _free_task_queue(pool, workers)
 
     def finish() -> None:
         pool.terminate()
@@ -599,6 +610,29 @@ def stop_pool(pool, grace: float = 10.0) -> None:
     t = threading.Thread(target=finish, name="leap-pool-stop", daemon=True)
     t.start()
     t.join(grace)
+
+
+def _free_task_queue(pool, workers: list) -> None:
+    """Release the read lock of ``pool``'s task queue where a SIGKILLed idle worker held it (it waits for a task
+    holding it): ``terminate`` takes that lock, and ``stop_pool`` waited out its whole grace (10 s) before the
+    stage's error line came. Only once every worker is gone: then none of them can hold it."""
+    lock = getattr(getattr(pool, "_inqueue", None), "_rlock", None)
+    for p in workers:
+        try:
+            p.join(1)
+            if p.is_alive():
+                return
+        except Exception:  # noqa: BLE001 - never started
+            continue
+    if lock is None:
+        return
+    if lock.acquire(False):  # (free: give it back)
+        lock.release()
+    else:
+        try:
+            lock.release()
+        except ValueError:  # (a lock that cannot be released from here: terminate waits its grace, as before)
+            pass
 
 
 def quiet_unraisable(*kinds: type) -> None:

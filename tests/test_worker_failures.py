@@ -171,3 +171,35 @@ def test_a_dead_loader_workers_advice_says_resume_only_in_a_train_that_started(m
     monkeypatch.setitem(NEXT_RUN, "train", "resume")
     line = _died_error(died, "data.num_workers", []).one_line()
     assert "the same command with --resume" in line and "data.num_workers" in line, line
+
+
+STOP = """
+import multiprocessing, os, sys, time
+from leap_cli.common import new_pool, start_worker, stop_pool
+
+def task(x):
+    return x
+
+if __name__ == "__main__":
+    pool = new_pool(multiprocessing.get_context(sys.argv[1]), 2, start_worker, (os.getpid(),))
+    assert list(pool.imap(task, [1, 2])) == [1, 2]
+    time.sleep(0.5)  # (both workers idle: one waits for a task holding the task queue's read lock)
+    t = time.monotonic()
+    stop_pool(pool)
+    print(f"{time.monotonic() - t:.1f}", sum(p.is_alive() for p in pool._pool))
+"""
+
+
+def test_stop_pool_of_idle_workers_does_not_wait_out_its_grace(tmp_path):
+    """Was wrong: a stage that stopped on an error with a worker idle waited stop_pool's whole grace (10 s) before
+    its line: the SIGKILLed worker held the task queue's read lock, which terminate() takes (and the pool's worker
+    handler had started a replacement, which took it again)."""
+    script = tmp_path / "stop.py"
+    script.write_text(STOP)
+    for method in ("fork", "spawn"):
+        for _ in range(3):  # (which worker holds the lock, and when, varies from run to run)
+            r = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+            assert r.returncode == 0, r.stderr[-1500:]
+            seconds, alive = r.stdout.split()
+            assert float(seconds) < 3 and alive == "0", (method, r.stdout)
