@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 
 def alive_after(pids: list[int], seconds: float = 5.0) -> list[int]:
@@ -76,3 +81,44 @@ def reap(procs) -> None:
             p.kill()
             p.wait()
         p.stdout.close()
+
+
+class ScriptJob:
+    """``script`` (Python source, written once as ``base/NAME.py``, NAME the part of ``name`` before any ``:``) run
+    with ``args`` in a Python and a session of its own, started at once; ``result`` waits (bounded) for the last
+    line it printed, as JSON."""
+
+    def __init__(self, base: Path, name: str, script: str, *args: str, env: dict):
+        import pytest  # noqa: F401 (result fails a test)
+
+        path = base / f"{name.split(':')[0]}.py"
+        if not path.exists():
+            path.write_text(script)
+        self.err_path, self.out_path = base / f"{name}.err", base / f"{name}.out"
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.p = subprocess.Popen([sys.executable, str(path), *args], stdout=out, stderr=err, cwd=base,
+                                      env={**env, "TMPDIR": str(base)}, start_new_session=True)
+
+    def result(self, timeout: float = 60):
+        import pytest
+
+        try:
+            self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            pytest.fail(f"still running after {timeout} s: {self.err[-1500:]}")
+        lines = self.out_path.read_text().strip().splitlines()
+        assert lines, f"exit {self.p.returncode}, no result: {self.err[-2000:]}"
+        return json.loads(lines[-1])
+
+    @property
+    def err(self) -> str:
+        return self.err_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            try:
+                os.killpg(self.p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.p.wait()

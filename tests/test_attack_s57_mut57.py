@@ -43,11 +43,9 @@ fixture, each bounded.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -56,7 +54,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.procs import leap_main
+from tests.procs import ScriptJob, leap_main
 from tests.test_programs_generate import workdir  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,41 +170,11 @@ if __name__ == "__main__":
 '''
 
 
-class Job:
-    """``POOL how`` in a Python (and a session) of its own, started at once; ``result`` waits, bounded."""
-
-    def __init__(self, base: Path, how: str):
-        script = base / "pool.py"
-        if not script.exists():
-            script.write_text(POOL)
-        self.out, self.err = base / f"{how}.out", base / f"{how}.err"
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.p = subprocess.Popen([sys.executable, str(script), how], stdout=out, stderr=err, cwd=base,
-                                      env={**ENV, "TMPDIR": str(base)}, start_new_session=True)
-
-    def result(self, timeout: float = 30):
-        try:
-            self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            pytest.fail(f"still running after {timeout} s: {self.err.read_text(errors='replace')[-1500:]}")
-        lines = self.out.read_text().strip().splitlines()
-        assert lines, f"exit {self.p.returncode}: {self.err.read_text(errors='replace')[-2000:]}"
-        return json.loads(lines[-1])
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            try:
-                os.killpg(self.p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.p.wait()
-
-
 @pytest.fixture(scope="module")
 def pools(tmp_path_factory):
     base = tmp_path_factory.mktemp("mut57")
-    jobs = {how: Job(base, how) for how in ("loader", "context", "hook", "interrupt", "slow")}
+    jobs = {how: ScriptJob(base, f"pool:{how}", POOL, how, env=ENV)
+            for how in ("loader", "context", "hook", "interrupt", "slow")}
     try:
         yield jobs
     finally:

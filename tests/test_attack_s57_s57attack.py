@@ -19,17 +19,13 @@ bounded: a hang is a failed test, not a stuck suite.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.procs import leap_main
+from tests.procs import ScriptJob, leap_main
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
@@ -258,57 +254,21 @@ print(json.dumps(out), flush=True)
 '''
 
 
-class Job:
-    """A script in a Python (and a session) of its own, started at once; ``result`` waits (bounded) for its JSON."""
-
-    def __init__(self, base: Path, name: str, script: str, *args: str):
-        path = base / f"{name.split(':')[0]}.py"
-        if not path.exists():
-            path.write_text(script)
-        self.err_path = base / f"{name}.err"
-        with open(base / f"{name}.out", "wb") as out, open(self.err_path, "wb") as err:
-            self.p = subprocess.Popen([sys.executable, str(path), *args], stdout=out, stderr=err, cwd=base,
-                                      env={**ENV, "TMPDIR": str(base)}, start_new_session=True)
-        self.out_path = base / f"{name}.out"
-
-    def result(self, timeout: float = 60) -> dict:
-        try:
-            self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            pytest.fail(f"still running after {timeout} s: {self.err[-1500:]}")
-        lines = self.out_path.read_text().strip().splitlines()
-        assert lines, f"exit {self.p.returncode}, no result: {self.err[-2000:]}"
-        return json.loads(lines[-1])
-
-    @property
-    def err(self) -> str:
-        return self.err_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            try:
-                os.killpg(self.p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.p.wait()
-
-
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
     base = tmp_path_factory.mktemp("s57attack")
     (base / "wd").mkdir()
-    got = {"train": Job(base, "train", TRAIN, str(base / "wd"), str(ROOT)),
-           "replace": Job(base, "pool:replace", POOL, "replace", str(HUNG_AFTER)),
-           "starts": Job(base, "pool:starts", POOL, "starts"),
-           "_handle_tasks": Job(base, "pool:tasks", POOL, "_handle_tasks"),
-           "_handle_results": Job(base, "pool:results", POOL, "_handle_results"),
+    got = {"train": ScriptJob(base, "train", TRAIN, str(base / "wd"), str(ROOT), env=ENV),
+           "replace": ScriptJob(base, "pool:replace", POOL, "replace", str(HUNG_AFTER), env=ENV),
+           "starts": ScriptJob(base, "pool:starts", POOL, "starts", env=ENV),
+           "_handle_tasks": ScriptJob(base, "pool:tasks", POOL, "_handle_tasks", env=ENV),
+           "_handle_results": ScriptJob(base, "pool:results", POOL, "_handle_results", env=ENV),
            "wd": base / "wd"}
     try:
         yield got
     finally:
         for job in got.values():
-            if isinstance(job, Job):
+            if isinstance(job, ScriptJob):
                 job.stop()
 
 
