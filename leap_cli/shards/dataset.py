@@ -455,9 +455,9 @@ def _died_error(e: BaseException, option: str, workers: list) -> LeapError:
     dead = _dead_workers(workers)
     _kill_workers(workers)
     _DIED["error"] = None
-    if any(p.exitcode == LOST_BATCH_EXIT for p in dead):
-        return LeapError(f"a DataLoader worker (pid {next(p.pid for p in dead if p.exitcode == LOST_BATCH_EXIT)}) "
-                         "could not hand a batch over", fix=_lost_fix(option))
+    lost = next((p for p in dead if p.exitcode == LOST_BATCH_EXIT), None)
+    if lost is not None:
+        return LeapError(f"a DataLoader worker (pid {lost.pid}) could not hand a batch over", fix=_lost_fix(option))
     code = next((p.exitcode for p in dead if p.exitcode and p.exitcode < 0), None)
     sig = signal.Signals(-code).name if code is not None and -code in signal.Signals._value2member_map_ else None
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
