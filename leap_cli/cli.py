@@ -17,6 +17,7 @@ import traceback
 import typer
 
 from leap_cli import __version__
+from leap_cli.common import RAISE_OPEN_FILES
 from leap_cli.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, LeapError
 from leap_cli.programs.redact import redact  # (a secret an error quotes: an LLM server's or a URL's; imported here:
 from leap_cli.progress import output_console  # out of memory, an import in the error's path failed too)
@@ -345,9 +346,8 @@ _OS_FIX = {  # ("the output options": --workdir, --out, or validate-programs' --
     errno.EISDIR: "that path is a folder: give the path of a file",
     errno.ENOTDIR: "part of that path is a file where a folder is needed: give a folder",
     errno.EEXIST: "a file is in the way where a folder is needed: give another path or move that file",
-    errno.EMFILE: "the process reached its limit of open files, which leap had raised to the hard limit (ulimit -Hn "
-                  "says it; at most 65536): have the hard limit raised (only root or the machine's admin can) or use "
-                  "fewer --workers / data.num_workers, then run {again}",
+    errno.EMFILE: "the process reached its limit of open files, which leap had raised to the hard limit (at most "
+                  f"65536): {RAISE_OPEN_FILES}, or use fewer --workers / data.num_workers, then run {{again}}",
     errno.ENFILE: "the system's table of open files is full: close other programs or ask the machine's admin, then "
                   "run {again}",
     errno.EAGAIN: "the system refused a new process or thread: your user's limit of processes (ulimit -u counts "

@@ -780,6 +780,10 @@ def start_worker(parent: int) -> None:
     die_with_parent(signal.SIGKILL, parent)
 
 
+# What to do at the process's limit of open files: leap raises its soft limit to the hard one first (cli), so only
+# a higher hard limit helps (a shell's `ulimit -n N` sets the hard limit too, and would lower it).
+RAISE_OPEN_FILES = "have the hard limit of open files (ulimit -Hn says it) raised by root or the machine's admin"
+
 # A stage's word on what its next run is (``rerun``): ``leap train`` says "resume" once its run has started (its
 # config.yaml is written: the same command is refused beside it, --resume continues it)
 NEXT_RUN: dict[str, str] = {}

@@ -31,6 +31,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from leap_cli.common import RAISE_OPEN_FILES
 from leap_cli.errors import LeapError
 from leap_cli.io import ShardReaders
 
@@ -362,10 +363,9 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
                          targets=same_targets)
     if len(scores["narration_id"]) != total:  # (scores of part of the split: every figure of it would be off)
         raise LeapError(f"scored {len(scores['narration_id'])} segments, the shards manifest lists {total}",
-                        path=folder, fix="a DataLoader worker lost a batch (a 'Too many open files' above: have "
-                                         "the hard limit of open files, ulimit -Hn, raised, or give fewer "
-                                         "--workers), or the shards "
-                                         "changed while they were read; then run the same command again")
+                        path=folder, fix=f"a DataLoader worker lost a batch (a 'Too many open files' above: "
+                                         f"{RAISE_OPEN_FILES}, or give fewer --workers), or the shards changed "
+                                         "while they were read; then run the same command again")
     skipped = batches.dataset.manifest.get("skipped") or []
     if skipped:  # (on test nothing else says so before leap submit refuses the scores)
         first = skipped[0]

@@ -369,15 +369,15 @@ def _batch_not_handed_over(e: BaseException, obj: object) -> None:
 
 LOADER_TIMEOUT = 900  # seconds: a DataLoader worker's batch that has not come by then is lost (``Guarded``)
 _LOST_FIX = ("a worker that could not hand its batch over prints why above; torch passes each tensor of a batch as "
-             "an open file, so at the process's limit of open files (\"Too many open files\") have its hard limit "
-             "(ulimit -Hn) raised, and where a thread could not start (\"can't start new thread\") raise your "
-             "limit of processes and threads (ulimit -u), or use fewer workers ({option}); then run {again}")
+             "an open file, so at the process's limit of open files (\"Too many open files\") {open_files}, and "
+             "where a thread could not start (\"can't start new thread\") raise your limit of processes and threads "
+             "(ulimit -u), or use fewer workers ({option}); then run {again}")
 
 
 def _lost_fix(option: str) -> str:
-    from leap_cli.common import rerun
+    from leap_cli.common import RAISE_OPEN_FILES, rerun
 
-    return _LOST_FIX.format(option=option, again=rerun("the same command again"))
+    return _LOST_FIX.format(option=option, again=rerun("the same command again"), open_files=RAISE_OPEN_FILES)
 
 
 # A DataLoader worker that died (the kernel's out-of-memory killer, a bus error where /dev/shm ran out): torch's

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leap_cli.common import NEXT_RUN
+from leap_cli.common import NEXT_RUN, RAISE_OPEN_FILES
 from leap_cli import signals
 from leap_cli.errors import LeapError
 from leap_cli.io import OutputLock, ShardReaders, atomic_write_text, read_jsonl, settings_changes, shell_word
@@ -195,9 +195,8 @@ def train_one_epoch(model: nn.Module, batches: Iterator[Batch], optimizer: torch
                 raise LeapError(f"the training data ran out after {state.batches} of {batches_per_epoch} "
                                 f"batches in epoch {state.epoch}",
                                 fix="the shards changed while training (rebuild them or start a new run), or a "
-                                    "DataLoader worker lost a batch (a 'Too many open files' above: have the hard "
-                                    "limit of open files, ulimit -Hn, raised, or fewer data.num_workers, then "
-                                    "--resume)") from None
+                                    f"DataLoader worker lost a batch (a 'Too many open files' above: "
+                                    f"{RAISE_OPEN_FILES}, or fewer data.num_workers, then --resume)") from None
             batch = to_device(batch, device)
             ddp = getattr(model, "_orig_mod", model)  # under torch.compile
             sync = micro == accum - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
