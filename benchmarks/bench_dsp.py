@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for rate in (44100, 48000):
         x = rng.standard_normal(int(args.seconds * rate)).astype(np.float32)
-        from fractions import Fraction
-
         q = Fraction(SAMPLE_RATE, rate)
         ours = dsp.resample_poly(x, q.numerator, q.denominator)
         theirs = scipy.signal.resample_poly(x, q.numerator, q.denominator)
