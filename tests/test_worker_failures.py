@@ -3,8 +3,10 @@ killer), and the memory errors of a capped address space (``ulimit -v``), each s
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from leap_cli.common import memory_fix, out_of_memory, warn_small_address_space
@@ -203,3 +205,42 @@ def test_stop_pool_of_idle_workers_does_not_wait_out_its_grace(tmp_path):
             assert r.returncode == 0, r.stderr[-1500:]
             seconds, alive = r.stdout.split()
             assert float(seconds) < 3 and alive == "0", (method, r.stdout)
+
+
+KILLED_LOADER = """
+import os, signal, sys, time
+import torch
+from leap_cli.shards.dataset import shard_loader
+
+class Samples(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        z = torch.zeros(2)
+        return {"video": torch.zeros(3, 2, 4, 4), "verb_class": 0, "noun_class": 0, "has_program": False,
+                "program_steps": z, "conditions": z, "step_conditions": z, "narration_id": f"x_{i}"}
+
+it = iter(shard_loader(Samples(), batch_size=2, workers=2))
+next(it)  # (each worker has passed a batch's tensors over a socket in TMPDIR by now)
+print(len([n for n in os.listdir(os.environ["TMPDIR"]) if n.startswith("pymp-")]), flush=True)
+for w in it._workers:
+    os.kill(w.pid, signal.SIGKILL)  # (the out-of-memory killer, or leap's own stop)
+    os.waitpid(w.pid, 0)
+"""
+
+
+def test_killed_loader_workers_leave_no_socket_folder_in_tmpdir(tmp_path):
+    """Was wrong: each DataLoader worker made a folder of its own in TMPDIR (pymp-XXXXXXXX, for the socket it
+    passes batches through) that only its own exit removed: a worker killed (out of memory, leap's stop) left it
+    there, one per worker per stopped run. The workers now use the folder of the process that forks them."""
+    tmp = Path(tempfile.mkdtemp(prefix="s58-", dir="/tmp" if os.path.isdir("/tmp") else None))  # (short: sockets)
+    try:
+        script = tmp_path / "killed.py"
+        script.write_text(KILLED_LOADER)
+        env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)}
+        run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+        assert run.stdout.split() == ["1"], (run.stdout, run.stderr[-2000:])  # (one folder while it ran)
+        assert not [n for n in os.listdir(tmp) if n.startswith("pymp-")], os.listdir(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

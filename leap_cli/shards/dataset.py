@@ -685,6 +685,12 @@ def shard_loader(ds: "ShardDataset", *, batch_size: int, workers: int, **options
         watch_workers()
         if "fork" in multiprocessing.get_all_start_methods():
             options.setdefault("multiprocessing_context", "fork")
+        # A forked worker makes its socket's folder (pymp-XXXXXXXX) in the one this process holds, if it holds one;
+        # else its own, which stays in TMPDIR when the worker is killed (its exit removes it).
+        # This process's is removed at its exit, the dead workers' sockets with it.
+        import multiprocessing.util
+
+        multiprocessing.util.get_temp_dir()
     return DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_clips,
                       worker_init_fn=loader_worker_init, timeout=LOADER_TIMEOUT if workers else 0, **options)
 
