@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from leap_cli.epic.layout import DatasetLayout, _participant_folder
+from leap_cli.epic.layout import DatasetLayout
 
 
 def _touch(path: Path, text: str = "") -> Path:
@@ -113,12 +113,6 @@ def test_hand_objects_path_prefers_the_download_scripts_folder(tmp_path):
     assert layout.hand_objects_path("P01_11") == url / "P01_11.jsonl"
 
 
-@pytest.mark.parametrize("name, ok", [("P01", True), ("P37", True), ("P1", False), ("P001", False),
-                                      ("p01", False), ("Q01", False), ("Pab", False), ("P0a", False)])
-def test_participant_folder_names(name, ok):
-    assert _participant_folder(name) is ok
-
-
 def test_the_folder_given_to_epics_download_script_is_read_through(tmp_path):
     dl = tmp_path / "dl"
     mp4 = _touch(dl / "EPIC-KITCHENS" / "P01" / "videos" / "P01_10.MP4")
@@ -130,9 +124,28 @@ def test_the_folder_given_to_epics_download_script_is_read_through(tmp_path):
     assert layout.video_path("P01_10") == mp4
     # the download folder given itself: the same root
     assert DatasetLayout.open(dl / "EPIC-KITCHENS", ann).root == dl / "EPIC-KITCHENS"
-    (dl / "P03").mkdir()  # participant folders of its own: the root is the folder given
+    # participant folders of its own beside the download (an audio folder, README's tree): both are read, the
+    # download folder first (was: the folder given only, every downloaded video reported missing)
+    audio = _touch(dl / "P01" / "audio" / "P01_10.wav")
+    _touch(dl / "EPIC-KITCHENS" / "P01" / "audio" / "P01_11.wav")
+    poses = _touch(dl / "poses" / "P01_10.json")
     layout = DatasetLayout.open(dl)
-    assert layout.root == dl and layout.video_path("P01_10") is None
+    assert layout.roots == (dl / "EPIC-KITCHENS", dl)
+    assert layout.video_path("P01_10") == mp4 and layout.audio_path("P01_10") == audio
+    assert layout.audio_path("P01_11") == dl / "EPIC-KITCHENS" / "P01" / "audio" / "P01_11.wav"
+    assert layout.poses_path("P01_10") == poses and layout.poses_path("P01_11") is None
+    inner_mp4 = _touch(dl / "P01" / "videos" / "P01_10.MP4")  # in both: the download folder's
+    assert layout.video_path("P01_10") == mp4 != inner_mp4
+    tar = _touch(dl / "P01" / "rgb_frames" / "P01_13.tar")  # frames saved beside: found, extracted where they are
+    assert layout.frames_tar("P01_13") == tar and layout.frames_dir("P01_13") is None
+    assert f"-C {dl / 'P01' / 'rgb_frames' / 'P01_13'}" in layout.untar_command("P01_13")
+    frames = dl / "P01" / "rgb_frames" / "P01_13"
+    frames.mkdir()
+    assert layout.frames_dir("P01_13") == frames and layout.frames_tar("P01_13") is None
+    assert layout.frame_path("P01_13", 7) == frames / "frame_0000000007.jpg"
+    assert layout.looked_for("P01_12") == (
+        f"{dl / 'EPIC-KITCHENS' / 'P01' / 'videos' / 'P01_12.MP4'} and {dl / 'EPIC-KITCHENS' / 'P01' / 'rgb_frames' / 'P01_12'}/"
+        f" and {dl / 'P01' / 'videos' / 'P01_12.MP4'} and {dl / 'P01' / 'rgb_frames' / 'P01_12'}/")
 
 
 def test_which_annotations_folder_is_taken(tmp_path):

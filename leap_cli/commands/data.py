@@ -114,10 +114,7 @@ def info(
                 shown = ", ".join(videos[:5]) + (" ..." if len(videos) > 5 else "")
                 console.print(f"[yellow]{s.split}: {len(videos)} video(s) {what}:[/] {escape(shown)}")
         if s.missing:  # where they were looked for (a root one level off finds none)
-            v = s.missing[0]
-            part = layout.participant(v)
-            console.print(escape(f"  looked for {layout.root / part / 'videos' / (v + '.MP4')} and "
-                                 f"{layout.root / part / 'rgb_frames' / v}/"), highlight=False, soft_wrap=True)
+            console.print(escape(f"  looked for {layout.looked_for(s.missing[0])}"), highlight=False, soft_wrap=True)
             from leap_cli.media.video import typo_hint
 
             first = {}  # a narration id of each missing video's (EPIC's ids name their video: a typo shows)
@@ -126,8 +123,8 @@ def info(
             said = []  # there under the name, but not a video (a link to nothing, a folder), or a typo
             for v in s.missing:
                 said += [f"{p} is a link to {os.readlink(p)}, which is not there" for p in layout.broken_links(v)]
-                said += [f"{p} is a folder, not a video file" for ext in VIDEO_EXTS
-                         if (p := layout.root / layout.participant(v) / "videos" / f"{v}{ext}").is_dir()]
+                said += [f"{p} is a folder, not a video file" for f in layout.videos_folders(v) for ext in VIDEO_EXTS
+                         if (p := f / f"{v}{ext}").is_dir()]
                 if hint := typo_hint(layout, v, first.get(v)):
                     said.append(f"{v}: {hint[2:]}")
             for line in said[:10]:  # (700 videos on storage that is not mounted: not 700 lines)

@@ -17,17 +17,12 @@ VIDEO_EXTS = (".MP4", ".mp4")
 DOWNLOAD_FOLDER = "EPIC-KITCHENS"  # where EPIC's download script (epic_downloader.py) puts P01/, P02/, ...
 
 
-def _download_root(root: Path) -> Path:
-    """``root``, or ``root/EPIC-KITCHENS`` where ``root`` is the folder given to EPIC's download script (which
-    writes into that subfolder) and holds no participant folders of its own."""
+def _roots(root: Path) -> tuple[Path, ...]:
+    """The folders a dataset root's files are looked up in: ``root/EPIC-KITCHENS`` first where EPIC's download
+    script (which writes into that subfolder) made it, then ``root`` itself, which holds what the script does not
+    download (audio files, labelled detections, poses) beside it, and may hold participant folders of its own."""
     inner = root / DOWNLOAD_FOLDER
-    if inner.is_dir() and not any(p.is_dir() and _participant_folder(p.name) for p in root.iterdir()):
-        return inner
-    return root
-
-
-def _participant_folder(name: str) -> bool:
-    return len(name) == 3 and name[0] == "P" and name[1:].isdigit()
+    return (inner, root) if inner.is_dir() else (root,)
 
 
 @dataclass
@@ -40,6 +35,7 @@ class DatasetLayout:
 
     root: Path
     annotations_dir: Path
+    beside: tuple[Path, ...] = ()  # other roots, looked in after ``root`` (``open``: the folder given to EPIC's download script)
     _annotations: Annotations | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -48,7 +44,8 @@ class DatasetLayout:
         if not root.is_dir():
             raise LeapError("dataset root not found", path=root,
                             fix="--data must be the folder holding P01/, P02/, ... and annotations/")
-        given, root = root, _download_root(root)
+        given = root
+        root, *beside = _roots(given)
         ann = Path(annotations) if annotations else next(
             (d for d in (given / "annotations", root / "annotations") if d.is_dir()), root / "annotations")
         if annotations and ann.is_file():  # (--annotations .../EPIC_100_train.csv)
@@ -71,7 +68,7 @@ class DatasetLayout:
                           if d.is_dir() and next(d.glob("EPIC_100_*.csv"), None) is not None), None)
             if empty:
                 if clone is None:
-                    return cls(root, ann)  # (each stage names the file it lacks there)
+                    return cls(root, ann, tuple(beside))  # (each stage names the file it lacks there)
                 raise LeapError("the annotations folder holds no EPIC_100_*.csv", path=ann,
                                 fix=f"pass --annotations {shell_word(clone)} (EPIC's CSVs are there), or move its CSVs "
                                     f"into {ann}")
@@ -80,7 +77,7 @@ class DatasetLayout:
                             fix=f"pass --annotations {shell_word(clone)} (EPIC's CSVs are there), or rename it to "
                                 f"{root / 'annotations'}" if clone is not None else
                             "put EPIC's CSVs in ROOT/annotations/ or pass --annotations DIR")
-        return cls(root, ann)
+        return cls(root, ann, tuple(beside))
 
     def annotations(self) -> Annotations:
         """The annotations, loaded once per layout (each split's CSV is read when first asked for): ``leap info``
@@ -93,17 +90,33 @@ class DatasetLayout:
     def participant(video_id: str) -> str:
         return video_id.split("_")[0]
 
+    @property
+    def roots(self) -> tuple[Path, ...]:
+        """``root``, then the folders ``beside`` it: each video's files are looked up in them in turn."""
+        return (self.root, *self.beside)
+
+    def _first(self, paths, test=Path.is_file) -> Path | None:
+        return next((p for p in paths if test(p)), None)
+
+    def videos_folders(self, video_id: str) -> list[Path]:
+        """Where the video's MP4 is looked for (``ROOT/P01/videos`` in each root)."""
+        return [r / self.participant(video_id) / "videos" for r in self.roots]
+
     def video_path(self, video_id: str) -> Path | None:
-        folder = self.root / self.participant(video_id) / "videos"
-        for ext in VIDEO_EXTS:
-            p = folder / f"{video_id}{ext}"
-            if p.is_file():  # (a folder of that name is not a video; a link is followed)
-                return p
-        return None
+        # (a folder of that name is not a video; a link is followed)
+        return self._first(f / f"{video_id}{ext}" for f in self.videos_folders(video_id) for ext in VIDEO_EXTS)
+
+    def _frames_folders(self, video_id: str) -> list[Path]:
+        return [r / self.participant(video_id) / "rgb_frames" / video_id for r in self.roots]
 
     def frames_dir(self, video_id: str) -> Path | None:
-        d = self.root / self.participant(video_id) / "rgb_frames" / video_id
-        return d if d.is_dir() else None
+        return self._first(self._frames_folders(video_id), Path.is_dir)
+
+    def looked_for(self, video_id: str) -> str:
+        """``ROOT/P01/videos/P01_01.MP4 and ROOT/P01/rgb_frames/P01_01/``, in each root: where the video was looked
+        for (for messages)."""
+        return " and ".join(f"{f / f'{video_id}.MP4'} and {d}/"
+                            for f, d in zip(self.videos_folders(video_id), self._frames_folders(video_id)))
 
     def source_stat(self, video_id: str) -> list[int] | None:
         """``[size, mtime_ns]`` of the MP4 (else the rgb_frames folder) of ``video_id``; None when neither is there.
@@ -117,55 +130,54 @@ class DatasetLayout:
     def broken_links(self, video_id: str) -> list[Path]:
         """The video's MP4 names and rgb_frames folder that are symbolic links to nothing (a dataset linked from
         storage that is not mounted, or moved)."""
-        part = self.root / self.participant(video_id)
-        return [p for p in [part / "videos" / f"{video_id}{ext}" for ext in VIDEO_EXTS] + [part / "rgb_frames" / video_id]
-                if p.is_symlink() and not p.exists()]
+        return [p for f, d in zip(self.videos_folders(video_id), self._frames_folders(video_id))
+                for p in [f / f"{video_id}{ext}" for ext in VIDEO_EXTS] + [d] if p.is_symlink() and not p.exists()]
 
     def frames_tar(self, video_id: str) -> Path | None:
         """``ROOT/P01/rgb_frames/P01_01.tar`` as EPIC's download script saves it, when no folder was extracted."""
-        tar = self.root / self.participant(video_id) / "rgb_frames" / f"{video_id}.tar"
-        return tar if tar.is_file() and self.frames_dir(video_id) is None else None
+        if self.frames_dir(video_id) is not None:
+            return None
+        return self._first(d.with_name(f"{video_id}.tar") for d in self._frames_folders(video_id))
 
     def untar_command(self, video_id: str) -> str:
         """The shell command that extracts the frames tar into the frames folder (the tar holds the frame files)."""
-        d = self.root / self.participant(video_id) / "rgb_frames" / video_id
+        tar = self.frames_tar(video_id)
+        d = tar.with_suffix("") if tar is not None else self._frames_folders(video_id)[0]
         return f"mkdir -p {shell_word(d)} && tar -xf {shell_word(f'{d}.tar')} -C {shell_word(d)}"
 
     def frame_path(self, video_id: str, frame: int) -> Path:
-        return self.root / self.participant(video_id) / "rgb_frames" / video_id / frame_filename(frame)
+        return (self.frames_dir(video_id) or self._frames_folders(video_id)[0]) / frame_filename(frame)
+
+    def audio_folders(self, video_id: str) -> list[Path]:
+        """Where the video's audio file is looked for (``ROOT/P01/audio`` in each root)."""
+        return [r / self.participant(video_id) / "audio" for r in self.roots]
 
     def audio_path(self, video_id: str) -> Path | None:
-        folder = self.root / self.participant(video_id) / "audio"
-        for ext in AUDIO_EXTS:
-            p = folder / f"{video_id}{ext}"
-            if p.is_file():  # (a folder of that name is not a sound file; a link is followed)
-                return p
-        return None
+        # (a folder of that name is not a sound file; a link is followed)
+        return self._first(f / f"{video_id}{ext}" for f in self.audio_folders(video_id) for ext in AUDIO_EXTS)
 
     def hand_objects_path(self, video_id: str) -> Path | None:
         """Where EPIC's download script saves it (``ROOT/P01/hand-objects/``), else ``ROOT/hand-objects/P01/``
         (the layout of its download URLs)."""
         part = self.participant(video_id)
-        for folder in (self.root / part / "hand-objects", self.root / "hand-objects" / part):
-            for ext in (".pkl", ".jsonl"):
-                p = folder / f"{video_id}{ext}"
-                if p.exists():
-                    return p
-        return None
+        return self._first((folder / f"{video_id}{ext}" for r in self.roots
+                            for folder in (r / part / "hand-objects", r / "hand-objects" / part)
+                            for ext in (".pkl", ".jsonl")), Path.exists)
 
     def object_detections_path(self, video_id: str) -> Path | None:
-        p = self.root / "object-detections" / self.participant(video_id) / f"{video_id}.jsonl"
-        return p if p.exists() else None
+        return self._first((r / "object-detections" / self.participant(video_id) / f"{video_id}.jsonl"
+                            for r in self.roots), Path.exists)
 
     def poses_path(self, video_id: str) -> Path | None:
         """EPIC Fields' per-video JSON where present, else a COLMAP ``images.txt``, else its ``images.bin``, in
         ``poses/VIDEO/`` or in the ``sparse/0/`` folder COLMAP's mapper writes there."""
-        folder = self.root / "poses" / video_id
-        for p in (self.root / "poses" / f"{video_id}.json", *(d / name for d in (folder, folder / "sparse" / "0")
-                                                              for name in ("images.txt", "images.bin"))):
-            if p.exists():
-                return p
-        return None
+        def candidates(r: Path):
+            folder = r / "poses" / video_id
+            yield r / "poses" / f"{video_id}.json"
+            for d in (folder, folder / "sparse" / "0"):
+                yield from (d / "images.txt", d / "images.bin")
+
+        return self._first((p for r in self.roots for p in candidates(r)), Path.exists)
 
     def ground_truth_dir(self) -> Path | None:
         d = self.root / "ground-truth"

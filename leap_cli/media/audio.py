@@ -221,8 +221,7 @@ def audio_source(layout: "DatasetLayout", video_id: str, *, record: str | None =
     video = layout.video_path(video_id)
     if video is not None:
         return video
-    part = layout.participant(video_id)
-    looked = layout.root / part / "audio" / f"{video_id}.wav"
+    looked = layout.audio_folders(video_id)[0] / f"{video_id}.wav"
     if layout.frames_dir(video_id) is not None:  # EPIC's frames download: JPEGs, no sound (no file at fault, so
         # --retry-errors does not redo every segment of the video, every time, for it)
         raise AudioUnavailable("no audio file (the video is an rgb_frames folder, which has no sound)", path=looked,
@@ -232,8 +231,9 @@ def audio_source(layout: "DatasetLayout", video_id: str, *, record: str | None =
                                    "extract with --retry-errors; without it the audio component is unavailable")
     # the file is at fault, as for the camera's missing video: --retry-errors redoes it once downloaded
     raise AudioUnavailable("no audio file and no video file", file=True, path=looked, record=record or video_id,
-                           fix=f"looked for {looked.name} or .flac in {looked.parent} and a video in "
-                               f"{layout.root / part / 'videos'}; the audio component is reported as unavailable")
+                           fix=f"looked for {looked.name} or .flac in {' and '.join(map(str, layout.audio_folders(video_id)))}"
+                               f" and a video in {' and '.join(map(str, layout.videos_folders(video_id)))}; the audio "
+                               "component is reported as unavailable")
 
 
 def read_segment_audio(layout: "DatasetLayout", video_id: str, start: float, stop: float,

@@ -616,16 +616,15 @@ def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None,
     if tar is not None:
         raise VideoUnreadable("rgb_frames not extracted from their tar", path=tar, record=record,
                               fix=f"extract them: {layout.untar_command(video_id)}")
-    part = layout.participant(video_id)
-    looked = [layout.root / part / "videos" / f"{video_id}.MP4", layout.root / part / "rgb_frames" / video_id]
     for p in layout.broken_links(video_id):  # (a dataset linked from storage that is not mounted, or moved)
         raise VideoUnreadable(f"the video is a link to {os.readlink(p)}, which is not there", path=p, record=record,
                               gist="the video is a link to a missing file",
                               fix="mount or restore what the link points to, or link the video again")
     typo = typo_hint(layout, video_id, narration_id or record)
-    raise VideoUnreadable("no video file or rgb_frames folder", path=looked[0], record=record,
-                          fix=f"looked for {looked[0]} and {looked[1]}/: download the MP4 or the rgb_frames, "
-                              f"or leave this video out{typo}")
+    mp4 = layout.videos_folders(video_id)[0] / f"{video_id}.MP4"
+    raise VideoUnreadable("no video file or rgb_frames folder", path=mp4, record=record,
+                          fix=f"looked for {layout.looked_for(video_id)}: download the MP4 or the rgb_frames, or leave "
+                              f"this video out{typo}")
 
 
 def typo_hint(layout: "DatasetLayout", video_id: str, narration_id: str | None) -> str:

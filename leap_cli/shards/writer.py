@@ -949,36 +949,36 @@ def annotations_digest(segments: list[Segment]) -> str:
 class LayoutOpener:
     """Picklable ``video_id -> frame reader`` over a dataset root (MP4, else rgb_frames)."""
 
-    def __init__(self, root: str | Path, annotations_dir: str | Path, fps: dict[str, float] | None = None):
+    def __init__(self, root: str | Path, annotations_dir: str | Path, fps: dict[str, float] | None = None,
+                 beside: tuple[Path, ...] = ()):
         self.root, self.annotations_dir, self.fps = Path(root), Path(annotations_dir), dict(fps or {})
+        self.beside = tuple(Path(p) for p in beside)  # (``DatasetLayout.beside``)
+
+    def _layout(self):
+        from leap_cli.epic.layout import DatasetLayout
+
+        return DatasetLayout(self.root, self.annotations_dir, self.beside)
 
     def __call__(self, video_id: str) -> FrameReader:
-        from leap_cli.epic.layout import DatasetLayout
         from leap_cli.media.video import open_video
 
-        return open_video(DatasetLayout(self.root, self.annotations_dir), video_id, self.fps.get(video_id))
+        return open_video(self._layout(), video_id, self.fps.get(video_id))
 
     def is_mp4(self, video_id: str) -> bool:
         """Whether the video's frames come from an MP4 (else an rgb_frames folder, or nothing)."""
-        from leap_cli.epic.layout import DatasetLayout
-
-        return DatasetLayout(self.root, self.annotations_dir).video_path(video_id) is not None
+        return self._layout().video_path(video_id) is not None
 
     def video_stat(self, video_id: str) -> list[int] | None:
         """``file_stat`` of the video's source, its MP4 or rgb_frames folder (``DatasetLayout.source_stat`` and the
         inode's change time: a fix that keeps size and mtime, such as chmod a+r or the frames' tar extracted again,
         which sets the folder's mtime back, still changes it, so a skip for it is tried again)."""
-        from leap_cli.epic.layout import DatasetLayout
-
-        layout = DatasetLayout(self.root, self.annotations_dir)
+        layout = self._layout()
         path = layout.video_path(video_id) or layout.frames_dir(video_id)
         return file_stat(path) if path is not None else None
 
     def frame_stat(self, video_id: str, name: str) -> list[int] | None:
         """``file_stat`` of the file ``name`` in the video's rgb_frames folder (None: no such folder or file)."""
-        from leap_cli.epic.layout import DatasetLayout
-
-        folder = DatasetLayout(self.root, self.annotations_dir).frames_dir(video_id)
+        folder = self._layout().frames_dir(video_id)
         return file_stat(folder / Path(name).name) if folder is not None else None
 
 
@@ -1170,7 +1170,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         return FrameClock(MP4 if layout.video_path(video_id) is not None or layout.frames_dir(video_id) is None
                           else RGB_FRAMES, fps(video_id))
 
-    opener = LayoutOpener(layout.root, layout.annotations_dir, fps_map)
+    opener = LayoutOpener(layout.root, layout.annotations_dir, fps_map, layout.beside)
     cache_dir = Path(frame_cache) if frame_cache else workdir / "frame-cache"
     said = len(notes)  # the notes of the frame cache follow: a run that builds nothing leaves them out
     cache = None
