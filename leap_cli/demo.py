@@ -53,23 +53,29 @@ def check_demo(cfg: DemoConfig) -> DemoConfig:
     demo-data rebuilds it, and the records made from the old one would be resumed into, then refused by
     build-shards, "sources.annotations differ", run after run)."""
     from leap_cli.io import check_settings
-    from leap_cli.synth.kitchen import MARKER, KitchenConfig, assign_videos
+    from leap_cli.synth.kitchen import MARKER, TRUNCATED_SEGMENTS, KitchenConfig, assign_videos
     from leap_cli.train.config import load_config
 
     if cfg.videos < 3:
         raise LeapError(f"--videos {cfg.videos}: the kitchen has a test split (and so a submission) from 3 videos on",
                         fix="pass --videos 3 or more")
+    def usable(segments: int) -> tuple[int, int]:  # (training segments with frames, those past the end)
+        k = KitchenConfig(videos=cfg.videos, seed=cfg.seed, segments_per_video=segments)
+        lost = k.segments_past_end().get("train", 0)  # the truncated video's: build-shards skips them
+        return sum(v.split == "train" for v in assign_videos(k)) * segments - lost, lost
+
     kitchen = KitchenConfig(videos=cfg.videos, seed=cfg.seed, segments_per_video=cfg.segments)
-    train_videos = sum(v.split == "train" for v in assign_videos(kitchen))
-    lost = kitchen.segments_past_end().get("train", 0)  # the truncated video's: build-shards skips them
-    usable = train_videos * cfg.segments - lost
+
+    have, lost = usable(cfg.segments)
     batch = load_config(cfg.config or default_config(), list(cfg.train_overrides)).data.batch_size
-    if usable < batch:
-        need = -(-(batch + lost) // train_videos)
-        raise LeapError(f"--videos {cfg.videos} --segments {cfg.segments} give {usable} training segments with frames"
+    if have < batch:
+        # (more segments per video can put more of the truncated video's past its end: "or more" must hold too)
+        need = next(n for n in range(cfg.segments + 1, cfg.segments + batch + TRUNCATED_SEGMENTS + 2)
+                    if all(usable(m)[0] >= batch for m in range(n, max(n, TRUNCATED_SEGMENTS + 1) + 1)))
+        raise LeapError(f"--videos {cfg.videos} --segments {cfg.segments} give {have} training segments with frames"
                         + (f" (at least {lost} more of the kitchen's truncated video lie past its end)" if lost else "")
                         + f", fewer than one batch (data.batch_size={batch})",
-                        fix=f"pass --segments {need} or more, or --set data.batch_size={max(1, usable)}")
+                        fix=f"pass --segments {need} or more, or --set data.batch_size={max(1, have)}")
     check_settings(cfg.workdir / "demo", cfg.settings(), force=cfg.force, remove=lambda: None,
                    exists=(cfg.workdir / "kitchen").exists(), option="--force (every stage)", elsewhere="--workdir",
                    names={"videos": "--videos", "segments": "--segments", "seed": "--seed", "config": "--config",
