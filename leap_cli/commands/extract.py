@@ -78,8 +78,9 @@ def extract(
         False, "--retry-errors",
         help="Redo finished segments that have a failed component, or whose video file could not be read "
              "(missing, unreadable, truncated: after downloading it again), or whose audio nothing held (an rgb_frames "
-             "folder, an MP4 without a track) and an audio file or an MP4 with a track now does; not those "
-             "unavailable for other causes (no poses, no detection files, a segment past the end of the video)."),
+             "folder, an MP4 without a track) and an audio file or an MP4 with a track now does, or that were made "
+             "without hand-object boxes, detections or poses that are there now (hands, objects, camera: EPIC's "
+             "files downloaded later); not those unavailable for other causes (a segment past the end of the video)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", hidden=True),  # old spelling of --retry-errors
     force: bool = typer.Option(False, "--force", "--overwrite", help="Start over: delete --out when it was made "
                                                                      "with other settings."),
@@ -211,8 +212,9 @@ def _print_summary(s) -> None:
                       f"({escape(str(s.out))})")
         if s.retryable:  # (a fixed or re-downloaded video is read again only when asked: it said nothing to do)
             console.print(f"note: {s.retryable} of them hold a component that failed, had no readable video (none "
-                          "there, or damaged) or had no audio file that is there now: once the files are there or "
-                          "fixed, --retry-errors redoes them", style="yellow", highlight=False)
+                          "there, or damaged) or was made without an audio, hand-object, detection or pose file that "
+                          "is there now: once the files are there or fixed, --retry-errors redoes them",
+                          style="yellow", highlight=False)
         for line in s.outcome.lines():
             console.print(escape(line), highlight=False, style="red")
         return

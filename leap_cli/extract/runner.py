@@ -582,15 +582,16 @@ def _opencv_one_thread():
 def _retry(component: dict) -> bool:
     """A component ``--retry-errors`` redoes: failed, or unavailable because of the video file (a re-downloaded
     file may now be read); not one unavailable for a cause a new file does not change (a window past the end the
-    file announces, no poses, no audio track, no detection files)."""
+    file announces). Those made without a file that is placed since: ``retry_test``."""
     status = component.get("status")
     return status == "error" or (status == "unavailable" and (component.get("data") or {}).get("cause") == "video")
 
 
 def retry_test(layout: DatasetLayout) -> Callable[[dict], bool]:
     """Whether ``--retry-errors`` redoes a record (the output file's own scan asks it, once per record): a component
-    ``_retry`` redoes, or a video's audio that nothing held (an rgb_frames folder, an MP4 without a track) once
-    an audio file is placed or an MP4 with a track (looked for once per video)."""
+    ``_retry`` redoes, a video's audio that nothing held (an rgb_frames folder, an MP4 without a track) once
+    an audio file is placed or an MP4 with a track, or a component made without a published file (hand-object
+    boxes, detections, poses) once it is placed (looked for once per video)."""
     from leap_cli.media.audio import NO_AUDIO_FILE, has_audio_track
 
     placed: dict[str, bool] = {}
@@ -607,9 +608,39 @@ def retry_test(layout: DatasetLayout) -> Callable[[dict], bool]:
             placed[video_id] = layout.audio_path(video_id) is not None or (mp4 is not None and has_audio_track(mp4))
         return placed[video_id]
 
+    there: dict[tuple[str, str], bool] = {}
+
+    def file_there(kind: str, video_id: str) -> bool:  # (looked for once per video)
+        if (kind, video_id) not in there:
+            find = {"hand-objects": layout.hand_objects_path, "detections": layout.object_detections_path,
+                    "poses": layout.poses_path}[kind]
+            there[kind, video_id] = find(video_id) is not None
+        return there[kind, video_id]
+
+    def file_placed(record: dict) -> bool:
+        """A component made without a file that is there now: hands without hand-object boxes, objects without
+        any detection file (or from the unlabelled hand-object boxes, where labelled detections are there now),
+        the camera by odometry (or none) for want of poses."""
+        comps, video_id = record.get("components") or {}, str(record.get("video_id"))
+        hands, objects, camera = (c if isinstance(c := comps.get(n), dict) else {}
+                                  for n in ("hands", "objects", "camera"))
+        if hands.get("status") == "unavailable" and hands.get("source") == "none" \
+                and file_there("hand-objects", video_id):
+            return True
+        source = str(objects.get("source") or "")
+        if objects.get("status") == "unavailable" and source == "none" and (
+                file_there("detections", video_id) or file_there("hand-objects", video_id)):
+            return True
+        if source.startswith("hand-objects:") and file_there("detections", video_id):
+            return True
+        data = camera.get("data") if isinstance(camera.get("data"), dict) else {}
+        no_poses = data.get("poses_skipped") == "no poses for this video" or (
+            camera.get("status") == "unavailable" and data.get("reason") == "no camera poses for this video")
+        return no_poses and file_there("poses", video_id)
+
     def to_retry(record: dict) -> bool:
         return any(isinstance(c, dict) and _retry(c) for c in (record.get("components") or {}).values()) \
-            or audio_placed(record)
+            or audio_placed(record) or file_placed(record)
 
     return to_retry
 
