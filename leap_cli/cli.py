@@ -180,8 +180,8 @@ SHORT_HELP = {
 # One example per command, shown at the end of its --help (README has the whole pipeline).
 EXAMPLES = {
     "demo-data": "leap demo-data --workdir leap-work --videos 8",
-    "info": "leap info --data /data/EPIC-KITCHENS",
-    "extract": "leap extract --split train --workers 2    (EPIC on disk: add --data /data/EPIC-KITCHENS)",
+    "info": "leap info --data /data/epic",
+    "extract": "leap extract --split train --workers 2    (EPIC on disk: add --data /data/epic)",
     "generate-programs": "leap generate-programs --split train    (an LLM: --backend openai --model gpt-4o-mini "
                          "--concurrency 32 --max-cost 50)",
     "validate-programs": "leap validate-programs --split train --html programs.html",
