@@ -699,8 +699,15 @@ def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict) and key != "options":
             out += settings_changes(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+            out.append(f"{prefix}{key}: {_brief(a)} -> {_brief(b)}")
     return out
+
+
+def _brief(value: object) -> str:
+    """``repr(value)``, but a long mapping as the number of its keys (a whole settings dict against a word, such
+    as "narration-only", filled the line)."""
+    text = repr(value)
+    return f"{{{len(value)} settings}}" if isinstance(value, dict) and len(text) > 80 else text
 
 
 def check_settings(output: str | Path, settings: dict, *, force: bool = False, exists: bool | None = None,

@@ -2090,6 +2090,32 @@ def test_descriptors_extracted_anew_with_other_settings_are_refused(workdir, goo
     assert s.resumed == 2 and json.loads(sidecar.read_text())["descriptors"]["components"] == ["narration", "audio"]
 
 
+def test_programs_made_before_the_descriptors_were_extracted_say_so(workdir, good_programs):
+    """Was wrong (QA): generate-programs run before extract (the narrations alone), then again after it, was
+    refused with "the descriptors were extracted again with other settings since", of descriptors extracted for
+    the first time, and advised extracting "with the settings the output was made from" (there were none)."""
+    from leap_cli.epic.annotations import read_segments
+    from leap_cli.io import settings_path
+
+    generate_programs(GenerateConfig(workdir=workdir, split="val", limit=2))
+    desc = workdir / "descriptors" / "val.jsonl"
+    desc.parent.mkdir(parents=True)
+    segs = read_segments(workdir / "kitchen" / "annotations" / "EPIC_100_validation.csv")
+    desc.write_text("".join(json.dumps(narration_record(s)) + "\n" for s in segs))
+    extracted = {"components": ["narration", "audio", "camera", "objects", "hands"], "hand_threshold": 0.5,
+                 "object_threshold": 0.5, "camera_frames": 9, "camera_source": "auto", "fov_deg": 90.0}
+    settings_path(desc).write_text(json.dumps({**extracted, "split": "val"}))
+    with pytest.raises(LeapError) as e:
+        generate_programs(GenerateConfig(workdir=workdir, split="val"))
+    # (the extract settings are not spelt out in the line: they were none before)
+    assert "the descriptors' extract settings: 'narration-only' -> {6 settings}" in e.value.message, e.value.message
+    assert e.value.fix.startswith("the programs were made from the narrations alone, before the descriptors were "
+                                  "extracted: --force makes the programs anew from them"), e.value.fix
+    assert "extract again" not in e.value.fix
+    s = generate_programs(GenerateConfig(workdir=workdir, split="val", force=True))
+    assert s.resumed == 0 and sum(s.statuses.values()) == len(segs) == len(records(workdir))
+
+
 def test_the_program_is_found_after_thinking_and_around_prose():
     from leap_cli.programs.reply import parse_reply
 
@@ -3079,3 +3105,4 @@ def test_a_cache_that_cannot_be_made_leaves_no_settings_file_holding_the_output(
         monkeypatch.setattr(generate, "ProgramStore", ProgramStore)
         s = generate_programs(config(workdir, server, model="another-model"))  # (other settings: not refused)
         assert s.statuses["valid"] == N_SEGMENTS
+

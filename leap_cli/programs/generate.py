@@ -917,10 +917,13 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
     def explain(keys: set[str]) -> str | None:  # the bundled generator or exemplars of a newer leap: what
         # --force costs, where nothing else differs ("use the old settings" was no way back)
         if keys == {"descriptors"}:  # (extract ran again with other settings since: not this command's options)
-            return ("the descriptors were extracted again with other settings since: --force makes the programs anew "
-                    "from them" + ("" if cfg.backend == "offline" else " (the prompts of clips whose text did not "
+            before = (stored_settings(cfg.out_path) or {}).get("descriptors") == "narration-only"
+            return (("the programs were made from the narrations alone, before the descriptors were extracted"
+                     if before else "the descriptors were extracted again with other settings since")
+                    + ": --force makes the programs anew from them" + ("" if cfg.backend == "offline" else " (the prompts of clips whose text did not "
                                    "change are answered from the program cache, unpaid)") +
-                    ", or extract again with the settings the output was made from; or give another --out")
+                    (", or give another --out" if before else
+                     ", or extract again with the settings the output was made from; or give another --out"))
         bundled = {"exemplars", "model"} if cfg.backend == "offline" else {"exemplars"}
         if not keys or not keys <= bundled:
             return None
