@@ -115,8 +115,8 @@ def check_lengths(layout: DatasetLayout, video_ids: list[str], *, tolerance_s: f
                 if abs(file_fps / info.fps - 1) > FPS_TOLERANCE:
                     out.append(LengthCheck(vid, source, expected, None,
                                            f"the file runs at {file_fps:.2f} fps, not video_info's {info.fps:g}: the "
-                                           "stages leave it out (use EPIC's original video, or give this file's fps "
-                                           "in its row)"))
+                                           "stages leave it out (use EPIC's original video: EPIC's frame numbers "
+                                           "count at its rate)"))
                     continue
                 announced, good = decodable_frames(mp4)
                 decoded = good / info.fps

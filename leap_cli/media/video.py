@@ -603,9 +603,10 @@ def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None,
             raise VideoUnreadable(f"the file runs at {reader.fps:.2f} fps, EPIC_100_video_info.csv gives {fps:g}: its "
                                   "frames would be read at the wrong times", gist=FPS_MISMATCH,
                                   path=mp4, record=record,
-                                  fix="use EPIC's original video (a copy encoded at another rate), or give this file's "
-                                      "fps in its EPIC_100_video_info.csv row; then `leap extract --retry-errors` and "
-                                      "`leap build-shards --force` read it")
+                                  fix="use EPIC's original video (this is a copy encoded at another rate, and the "
+                                      "frame numbers of EPIC's CSVs, hand-object boxes and poses count at the "
+                                      "original's); then `leap extract --retry-errors` and `leap build-shards --force` "
+                                      "read it")
         return reader
     frames = layout.frames_dir(video_id)
     if frames is not None:
