@@ -227,13 +227,15 @@ def audio_source(layout: "DatasetLayout", video_id: str, *, record: str | None =
         raise AudioUnavailable("no audio file (the video is an rgb_frames folder, which has no sound)", path=looked,
                                record=record or video_id, cause=NO_AUDIO_FILE,
                                fix=f"to describe its sound, place its audio as {looked.name} or .flac in "
-                                   f"{looked.parent} (e.g. ffmpeg -i {video_id}.MP4 -vn -ac 1 {looked.name}), then "
-                                   "extract with --retry-errors; without it the audio component is unavailable")
+                                   f"{looked.parent} (from its MP4, where you have one: ffmpeg -i {video_id}.MP4 -vn "
+                                   f"-ac 1 {looked.name}), then extract with --retry-errors; without it the audio "
+                                   "component is unavailable")
     # the file is at fault, as for the camera's missing video: --retry-errors redoes it once downloaded
     raise AudioUnavailable("no audio file and no video file", file=True, path=looked, record=record or video_id,
-                           fix=f"looked for {looked.name} or .flac in {' and '.join(map(str, layout.audio_folders(video_id)))}"
-                               f" and a video in {' and '.join(map(str, layout.videos_folders(video_id)))}; the audio "
-                               "component is reported as unavailable")
+                           fix=f"looked for {looked.name} or .flac in "
+                               f"{' and '.join(map(str, layout.audio_folders(video_id)))} and a video in "
+                               f"{' and '.join(map(str, layout.videos_folders(video_id)))}; the audio component is "
+                               "reported as unavailable")
 
 
 def read_segment_audio(layout: "DatasetLayout", video_id: str, start: float, stop: float,
