@@ -125,6 +125,7 @@ def test_poses_and_detections_beside_the_download_folder_are_read_or_named(tmp_p
     assert code == 0, out + err
     assert _row(out, "camera poses (EPIC Fields JSON)")[0] == 1, out + err
     assert _row(out, "object detections")[0] == 1, out + err
+    assert out.startswith(f"Dataset {root / 'EPIC-KITCHENS'} + {root}\n"), out  # (both folders read: both named)
 
 
 def test_audio_beside_the_download_folder_does_not_hide_the_downloaded_videos(tmp_path, monkeypatch, capsys):

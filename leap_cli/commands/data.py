@@ -74,7 +74,7 @@ def info(
 
     layout = DatasetLayout.open(dataset_root(workdir, data), annotations)
     splits, classes = dataset_info(layout)
-    table = Table(title=f"Dataset {printable(layout.root, one_line=True)}")
+    table = Table(title="Dataset " + " + ".join(printable(r, one_line=True) for r in layout.roots))
     table.add_column("")
     for s in splits:
         table.add_column(s.split, justify="right")
