@@ -483,8 +483,15 @@ def check_submittable(scores: dict, annotations: Annotations, task: str, source:
         raise LeapError(f"these are {made_for} scores (meta.task), not {task} scores", path=source,
                         fix=f"pass --task {made_for}, or submit the scores of a model trained for {task}")
     tau_a = (scores.get("meta") or {}).get("tau_a")
-    if task == "anticipation" and tau_a is not None and abs(float(tau_a) - CHALLENGE_TAU_A) > 1e-6:
-        raise LeapError(f"these scores were made on shards whose observed clips end {float(tau_a):g} s before each "
+    if task == "anticipation" and tau_a is not None:
+        try:
+            tau_a = float(tau_a)
+        except (TypeError, ValueError):
+            raise LeapError(f"meta.tau_a is {tau_a!r}, not a number of seconds", path=source,
+                            fix="submit the scores leap evaluate wrote, or give meta.tau_a the seconds the observed "
+                                "clips end before each action") from None
+    if task == "anticipation" and tau_a is not None and abs(tau_a - CHALLENGE_TAU_A) > 1e-6:
+        raise LeapError(f"these scores were made on shards whose observed clips end {tau_a:g} s before each "
                         f"action; EPIC's anticipation challenge observes up to {CHALLENGE_TAU_A:g} s before it",
                         path=source, fix=f"build the test shards with --tau-a {CHALLENGE_TAU_A:g} (the default), "
                                          "evaluate them and submit those scores")

@@ -120,6 +120,16 @@ def test_anticipation_scores_of_another_tau_a_are_refused(tmp_path, ann_dir, tau
             sub.check_submittable(scores, Annotations(ann_dir), "anticipation")
 
 
+@pytest.mark.parametrize("tau_a", ["one second", [1.0], {"s": 1}])
+def test_anticipation_scores_whose_tau_a_is_no_number_are_one_line(ann_dir, tau_a):  # noqa: F811
+    """Was wrong (s58 mutation run): a scores file whose meta.tau_a is not a number stopped `leap submit` with a
+    bare ValueError or TypeError from float()."""
+    scores = dict(_test_scores(), meta={"task": "anticipation", "tau_a": tau_a})
+    with pytest.raises(LeapError, match=r"meta.tau_a is .*, not a number of seconds") as e:
+        sub.check_submittable(scores, Annotations(ann_dir), "anticipation", "s.pt")
+    assert e.value.path is not None and "leap evaluate" in e.value.fix
+
+
 # ---- submit: zips whose test.json cannot be read (bugs) ------------------------------------------------------------
 
 def _patched(path, method: int | None = None, encrypted: bool = False):
