@@ -125,27 +125,31 @@ def test_the_folder_given_to_epics_download_script_is_read_through(tmp_path):
     # the download folder given itself: the same root
     assert DatasetLayout.open(dl / "EPIC-KITCHENS", ann).root == dl / "EPIC-KITCHENS"
     # participant folders of its own beside the download (an audio folder, README's tree): both are read, the
-    # download folder first (was: the folder given only, every downloaded video reported missing)
+    # folder given first, as leap read it alone before (was: the folder given only, every downloaded video
+    # reported missing)
     audio = _touch(dl / "P01" / "audio" / "P01_10.wav")
     _touch(dl / "EPIC-KITCHENS" / "P01" / "audio" / "P01_11.wav")
     poses = _touch(dl / "poses" / "P01_10.json")
     layout = DatasetLayout.open(dl)
-    assert layout.roots == (dl / "EPIC-KITCHENS", dl)
+    assert layout.roots == (dl, dl / "EPIC-KITCHENS")
     assert layout.video_path("P01_10") == mp4 and layout.audio_path("P01_10") == audio
     assert layout.audio_path("P01_11") == dl / "EPIC-KITCHENS" / "P01" / "audio" / "P01_11.wav"
     assert layout.poses_path("P01_10") == poses and layout.poses_path("P01_11") is None
-    inner_mp4 = _touch(dl / "P01" / "videos" / "P01_10.MP4")  # in both: the download folder's
-    assert layout.video_path("P01_10") == mp4 != inner_mp4
-    tar = _touch(dl / "P01" / "rgb_frames" / "P01_13.tar")  # frames saved beside: found, extracted where they are
+    colmap = _touch(dl / "EPIC-KITCHENS" / "poses" / "P01_10" / "images.txt")  # EPIC Fields' JSON first, anywhere
+    assert layout.poses_path("P01_10") == poses != colmap
+    own = _touch(dl / "P01" / "videos" / "P01_10.MP4")  # in both: the folder given's, which leap read before
+    assert layout.video_path("P01_10") == own != mp4
+    tar = _touch(dl / "EPIC-KITCHENS" / "P01" / "rgb_frames" / "P01_13.tar")  # found, extracted where it is
     assert layout.frames_tar("P01_13") == tar and layout.frames_dir("P01_13") is None
-    assert f"-C {dl / 'P01' / 'rgb_frames' / 'P01_13'}" in layout.untar_command("P01_13")
-    frames = dl / "P01" / "rgb_frames" / "P01_13"
+    assert f"-C {dl / 'EPIC-KITCHENS' / 'P01' / 'rgb_frames' / 'P01_13'}" in layout.untar_command("P01_13")
+    frames = dl / "EPIC-KITCHENS" / "P01" / "rgb_frames" / "P01_13"
     frames.mkdir()
     assert layout.frames_dir("P01_13") == frames and layout.frames_tar("P01_13") is None
     assert layout.frame_path("P01_13", 7) == frames / "frame_0000000007.jpg"
     assert layout.looked_for("P01_12") == (
-        f"{dl / 'EPIC-KITCHENS' / 'P01' / 'videos' / 'P01_12.MP4'} and {dl / 'EPIC-KITCHENS' / 'P01' / 'rgb_frames' / 'P01_12'}/"
-        f" and {dl / 'P01' / 'videos' / 'P01_12.MP4'} and {dl / 'P01' / 'rgb_frames' / 'P01_12'}/")
+        f"{dl / 'P01' / 'videos' / 'P01_12.MP4'} and {dl / 'P01' / 'rgb_frames' / 'P01_12'}/ and "
+        f"{dl / 'EPIC-KITCHENS' / 'P01' / 'videos' / 'P01_12.MP4'} and "
+        f"{dl / 'EPIC-KITCHENS' / 'P01' / 'rgb_frames' / 'P01_12'}/")
 
 
 def test_which_annotations_folder_is_taken(tmp_path):

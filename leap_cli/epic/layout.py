@@ -18,11 +18,19 @@ DOWNLOAD_FOLDER = "EPIC-KITCHENS"  # where EPIC's download script (epic_download
 
 
 def _roots(root: Path) -> tuple[Path, ...]:
-    """The folders a dataset root's files are looked up in: ``root/EPIC-KITCHENS`` first where EPIC's download
-    script (which writes into that subfolder) made it, then ``root`` itself, which holds what the script does not
-    download (audio files, labelled detections, poses) beside it, and may hold participant folders of its own."""
+    """The folders a dataset root's files are looked up in, in turn: ``root`` and ``root/EPIC-KITCHENS``, where
+    EPIC's download script (which writes into that subfolder) made it; the script's folder first unless ``root``
+    holds participant folders of its own (the one folder leap read before it read both: a video in both is the
+    one it read, whose frame cache and shards stay good). ``root`` holds what the script does not download
+    (audio files, labelled detections, poses) beside it."""
     inner = root / DOWNLOAD_FOLDER
-    return (inner, root) if inner.is_dir() else (root,)
+    if not inner.is_dir():
+        return (root,)
+    return (root, inner) if any(p.is_dir() and _participant_folder(p.name) for p in root.iterdir()) else (inner, root)
+
+
+def _participant_folder(name: str) -> bool:
+    return len(name) == 3 and name[0] == "P" and name[1:].isdigit()
 
 
 @dataclass
@@ -35,7 +43,7 @@ class DatasetLayout:
 
     root: Path
     annotations_dir: Path
-    beside: tuple[Path, ...] = ()  # other roots, looked in after ``root`` (``open``: the folder given to EPIC's download script)
+    beside: tuple[Path, ...] = ()  # other roots, looked in after ``root`` (``open``: ``_roots``)
     _annotations: Annotations | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -171,13 +179,13 @@ class DatasetLayout:
     def poses_path(self, video_id: str) -> Path | None:
         """EPIC Fields' per-video JSON where present, else a COLMAP ``images.txt``, else its ``images.bin``, in
         ``poses/VIDEO/`` or in the ``sparse/0/`` folder COLMAP's mapper writes there."""
-        def candidates(r: Path):
+        def colmap(r: Path):
             folder = r / "poses" / video_id
-            yield r / "poses" / f"{video_id}.json"
             for d in (folder, folder / "sparse" / "0"):
                 yield from (d / "images.txt", d / "images.bin")
 
-        return self._first((p for r in self.roots for p in candidates(r)), Path.exists)
+        return self._first([*(r / "poses" / f"{video_id}.json" for r in self.roots),
+                            *(p for r in self.roots for p in colmap(r))], Path.exists)
 
     def ground_truth_dir(self) -> Path | None:
         d = self.root / "ground-truth"
