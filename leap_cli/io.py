@@ -699,15 +699,18 @@ def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict) and key != "options":
             out += settings_changes(a, b, f"{prefix}{key}.")
         elif a != b:
-            out.append(f"{prefix}{key}: {_brief(a)} -> {_brief(b)}")
+            out.append(f"{prefix}{key}: {_brief(a, b)} -> {_brief(b, a)}")
     return out
 
 
-def _brief(value: object) -> str:
-    """``repr(value)``, but a long mapping as the number of its keys (a whole settings dict against a word, such
-    as "narration-only", filled the line)."""
+def _brief(value: object, other: object) -> str:
+    """``repr(value)``, but a long mapping against a value that is none as the number of its keys (a whole
+    settings dict against a word, such as "narration-only", filled the line; two mappings stay whole, to be
+    compared)."""
     text = repr(value)
-    return f"{{{len(value)} settings}}" if isinstance(value, dict) and len(text) > 80 else text
+    if isinstance(value, dict) and not isinstance(other, dict) and len(text) > 80:
+        return f"{{{len(value)} setting{'' if len(value) == 1 else 's'}}}"
+    return text
 
 
 def check_settings(output: str | Path, settings: dict, *, force: bool = False, exists: bool | None = None,

@@ -115,6 +115,11 @@ class GenerateConfig:
         return normalize_split(self.split)
 
     @property
+    def descriptors_path(self) -> Path:
+        """``--descriptors``, else WORKDIR/descriptors/SPLIT.jsonl."""
+        return self.descriptors or self.workdir / "descriptors" / f"{self.split_name}.jsonl"
+
+    @property
     def out_path(self) -> Path:
         return self.out or self.workdir / "programs" / f"{self.split_name}{self.shard.suffix}.jsonl"
 
@@ -339,7 +344,7 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     split = cfg.split_name
     segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
     # (a path given is checked as the default is: parts beside it, not merged, or merged too early)
-    path = cfg.descriptors or cfg.workdir / "descriptors" / f"{split}.jsonl"
+    path = cfg.descriptors_path
     if cfg.descriptors is None and cfg.shard.count > 1 and not path.exists():
         # extract's part of this run's --shard beside no merge: all this part needs (a job array's step i of
         # both stages), as --descriptors would give it
@@ -917,13 +922,18 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
     def explain(keys: set[str]) -> str | None:  # the bundled generator or exemplars of a newer leap: what
         # --force costs, where nothing else differs ("use the old settings" was no way back)
         if keys == {"descriptors"}:  # (extract ran again with other settings since: not this command's options)
-            before = (stored_settings(cfg.out_path) or {}).get("descriptors") == "narration-only"
-            return (("the programs were made from the narrations alone, before the descriptors were extracted"
-                     if before else "the descriptors were extracted again with other settings since")
-                    + ": --force makes the programs anew from them" + ("" if cfg.backend == "offline" else " (the prompts of clips whose text did not "
-                                   "change are answered from the program cache, unpaid)") +
-                    (", or give another --out" if before else
-                     ", or extract again with the settings the output was made from; or give another --out"))
+            if inputs.extracted == "narration-only":  # (the descriptors moved, or another --descriptors before)
+                return (f"the descriptors the programs were made from are not there now (no {cfg.descriptors_path}): "
+                        "restore them, or pass the --descriptors FILE they were made from; --force would make the "
+                        "programs anew from the narrations alone; or give another --out")
+            unpaid = "" if cfg.backend == "offline" else (" (the prompts of clips whose text did not change are "
+                                                           "answered from the program cache, unpaid)")
+            if (stored_settings(cfg.out_path) or {}).get("descriptors") == "narration-only":
+                return ("the programs were made from the narrations alone, before the descriptors were extracted: "
+                        "--force makes the programs anew from them, or give another --out")
+            return ("the descriptors were extracted again with other settings since: --force makes the programs anew "
+                    f"from them{unpaid}, or extract again with the settings the output was made from; or give "
+                    "another --out")
         bundled = {"exemplars", "model"} if cfg.backend == "offline" else {"exemplars"}
         if not keys or not keys <= bundled:
             return None
