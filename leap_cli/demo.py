@@ -59,13 +59,13 @@ def check_demo(cfg: DemoConfig) -> DemoConfig:
     if cfg.videos < 3:
         raise LeapError(f"--videos {cfg.videos}: the kitchen has a test split (and so a submission) from 3 videos on",
                         fix="pass --videos 3 or more")
+
     def usable(segments: int) -> tuple[int, int]:  # (training segments with frames, those past the end)
         k = KitchenConfig(videos=cfg.videos, seed=cfg.seed, segments_per_video=segments)
         lost = k.segments_past_end().get("train", 0)  # the truncated video's: build-shards skips them
         return sum(v.split == "train" for v in assign_videos(k)) * segments - lost, lost
 
     kitchen = KitchenConfig(videos=cfg.videos, seed=cfg.seed, segments_per_video=cfg.segments)
-
     have, lost = usable(cfg.segments)
     batch = load_config(cfg.config or default_config(), list(cfg.train_overrides)).data.batch_size
     if have < batch:

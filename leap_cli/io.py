@@ -704,7 +704,7 @@ def settings_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def _brief(value: object, other: object) -> str:
-    """``repr(value)``, but a long mapping against a value that is none as the number of its keys (a whole
+    """``repr(value)``, but a long mapping whose ``other`` is no mapping as the number of its keys (a whole
     settings dict against a word, such as "narration-only", filled the line; two mappings stay whole, to be
     compared)."""
     text = repr(value)

@@ -926,11 +926,11 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
                 return (f"the descriptors the programs were made from are not there now (no {cfg.descriptors_path}): "
                         "restore them, or pass the --descriptors FILE they were made from; --force would make the "
                         "programs anew from the narrations alone; or give another --out")
-            unpaid = "" if cfg.backend == "offline" else (" (the prompts of clips whose text did not change are "
-                                                           "answered from the program cache, unpaid)")
             if (stored_settings(cfg.out_path) or {}).get("descriptors") == "narration-only":
                 return ("the programs were made from the narrations alone, before the descriptors were extracted: "
                         "--force makes the programs anew from them, or give another --out")
+            unpaid = "" if cfg.backend == "offline" else (" (the prompts of clips whose text did not change are "
+                                                           "answered from the program cache, unpaid)")
             return ("the descriptors were extracted again with other settings since: --force makes the programs anew "
                     f"from them{unpaid}, or extract again with the settings the output was made from; or give "
                     "another --out")
