@@ -123,6 +123,21 @@ def test_the_split_the_annotations_lack_is_not_checked_nor_said_to_miss_the_segm
     assert "take plate valid" in first and "not a segment" not in r.output and "(stored as" not in first
 
 
+def test_annotations_given_apart_from_data_recheck_the_program(stored, tmp_path):  # noqa: F811
+    """Was wrong: `leap show` had no --annotations (every other command that reads them has): with --data a root
+    whose annotations are elsewhere, the program was shown as stored, not re-checked."""
+    root, programs, _ = stored
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    prog = write(tmp_path / "val.jsonl", [programs[0]])
+    r = run_show(NID, "--workdir", root, "--programs", prog, "--data", bare)
+    assert r.exit_code == 0 and "no EPIC class files in" in " ".join(r.output.split()), r.output
+    r = run_show(NID, "--workdir", root, "--programs", prog, "--data", bare,
+                 "--annotations", root / "kitchen" / "annotations")
+    assert r.exit_code == 0 and "no EPIC class files" not in r.output, r.output
+    assert "take plate valid" in " ".join(r.output.splitlines()[0].split()), r.output
+
+
 # ---------------------------------------------------------------- the record's status
 
 def test_a_malformed_program_keeps_a_failed_status_and_lists_its_findings():

@@ -16,6 +16,7 @@ console = output_console()
 
 
 LENGTHS_SHOWN = 20  # videos listed by info's length check without --all
+VIDEOS_SHOWN = 5  # videos missing, or with their frames in their tar, named per split without --all
 
 
 def register(app: typer.Typer) -> None:
@@ -63,7 +64,8 @@ def info(
                                        help="Decode the end of every video and report those whose length disagrees "
                                             "with EPIC_100_video_info.csv (truncated downloads)."),
     show_all: bool = typer.Option(False, "--all", help="List every video the length check finds (default the first "
-                                  f"{LENGTHS_SHOWN})."),
+                                  f"{LENGTHS_SHOWN}), and every video missing or with its frames in their tar (default "
+                                  f"the first {VIDEOS_SHOWN} per split)."),
 ) -> None:
     from rich.markup import escape
 
@@ -111,8 +113,9 @@ def info(
         for videos, what in ((s.missing, "with neither MP4 nor rgb_frames"),
                              (s.tarred, "with rgb_frames not extracted from their tar")):
             if videos:
-                shown = ", ".join(videos[:5]) + (" ..." if len(videos) > 5 else "")
-                console.print(f"[yellow]{s.split}: {len(videos)} video(s) {what}:[/] {escape(shown)}")
+                shown = videos if show_all else videos[:VIDEOS_SHOWN]
+                more = " ... (--all lists them)" if len(shown) < len(videos) else ""
+                console.print(f"[yellow]{s.split}: {len(videos)} video(s) {what}:[/] {escape(', '.join(shown) + more)}")
         if s.missing:  # where they were looked for (a root one level off finds none)
             console.print(escape(f"  looked for {layout.looked_for(s.missing[0])}"), highlight=False, soft_wrap=True)
             from leap_cli.media.video import typo_hint

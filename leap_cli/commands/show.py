@@ -27,6 +27,8 @@ def show(
     data: Path = typer.Option(None, "--data", help="Dataset root: its annotations re-check the program against the "
                                                    "segment's labels, its videos give --html's keyframes (default: "
                                                    "WORKDIR/kitchen)."),
+    annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default "
+                                                                 "DATA/annotations)."),
     html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML page (keyframes, descriptors, storyboard)."),
     run: Path = typer.Option(None, "--run", help="A trained run (runs/NAME): show its predicted program beside the target."),
     shards: Path = typer.Option(None, "--shards", help="With --run: the shards holding the segment (default WORKDIR/shards/SPLIT)."),
@@ -46,7 +48,7 @@ def show(
 
         run_dir = resolve_run(run, workdir)
     view = load_segment(workdir, narration_id, split=normalize_split(split) if split else None,
-                        programs=programs, descriptors=descriptors, data=data)
+                        programs=programs, descriptors=descriptors, data=data, annotations=annotations)
     if html:
         refuse_overwrite(html, view.files, "--html", "html")
     if view.program:  # (a tree wraps its own lines: soft wrap would crop them at the width)
@@ -68,7 +70,7 @@ def show(
     else:
         console.print(f"[yellow]{printable(narration_id)}: no descriptor record yet (run `leap extract`)[/]")
     if html:  # before the prediction, which the page does not hold: its failure does not cost the page
-        out = write_segment_html(view, dataset_root(workdir, data), html)
+        out = write_segment_html(view, dataset_root(workdir, data), html, annotations)
         console.print(f"wrote {printable(str(out))}")
     if run_dir is not None:
         _show_prediction(run_dir, narration_id, workdir, shards, normalize_split(split) if split else view.split)

@@ -53,9 +53,9 @@ class DatasetLayout:
             raise LeapError("dataset root not found", path=root,
                             fix="--data must be the folder holding P01/, P02/, ... and annotations/")
         given = root
-        root, *beside = _roots(given)
-        ann = Path(annotations) if annotations else next(
-            (d for d in (given / "annotations", root / "annotations") if d.is_dir()), root / "annotations")
+        root, *beside = roots = _roots(given)
+        places = list(dict.fromkeys([given / "annotations", *(r / "annotations" for r in roots)]))
+        ann = Path(annotations) if annotations else next((d for d in places if d.is_dir()), root / "annotations")
         if annotations and ann.is_file():  # (--annotations .../EPIC_100_train.csv)
             raise LeapError("--annotations names a file, not the folder of EPIC's CSVs", path=ann,
                             fix=f"pass the folder that holds it: --annotations {shell_word(ann.parent)}")
@@ -69,9 +69,9 @@ class DatasetLayout:
                 raise LeapError(f"annotations folder not found: {given} holds EPIC's CSVs itself", path=ann,
                                 fix=f"pass the data set root (--data {shell_word(given.resolve().parent)}), or --annotations "
                                     f"{shell_word(given)}")
-            looked = list(dict.fromkeys([given / "annotations", root / "annotations"]))
+            looked = places
             # a clone of EPIC's annotations repository under its own name, in the root or beside it
-            clone = next((d for base in dict.fromkeys([given, root, given.resolve().parent])
+            clone = next((d for base in dict.fromkeys([given, *roots, given.resolve().parent])
                           for d in sorted(base.glob("*annotations*"))
                           if d.is_dir() and next(d.glob("EPIC_100_*.csv"), None) is not None), None)
             if empty:

@@ -67,9 +67,10 @@ def _find(folder: Path, narration_id: str, split: str | None) -> tuple[dict | No
 
 def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
                  programs: Path | None = None, descriptors: Path | None = None,
-                 data: Path | None = None) -> SegmentView:
+                 data: Path | None = None, annotations: Path | None = None) -> SegmentView:
     """Find a segment's program and descriptor records under the work directory (or in the given files); the
-    program is checked again against DATA's annotations (``--data``, default WORKDIR/kitchen) where they are."""
+    program is checked again against DATA's annotations (``--data``, default WORKDIR/kitchen; ``--annotations``)
+    where they are."""
     def from_file(path: Path) -> dict | None:
         return record_of(path, narration_id)
 
@@ -101,7 +102,7 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
         for _, f in _candidates(workdir / folder, split)]
     split = sp or sp2 or _split_of_files(programs, descriptors)
     said: list[str] = []
-    program, note = _drawable(prog, lambda r: _recheck(r, workdir, data, split, said))
+    program, note = _drawable(prog, lambda r: _recheck(r, workdir, data, split, said, annotations))
     note = "; ".join(filter(None, [note, *said])) or None
     return SegmentView(narration_id, split, program, desc, files, note)
 
@@ -115,19 +116,24 @@ def _split_of_files(*paths: Path | None) -> str | None:
 
 
 def _recheck(record: dict, workdir: Path, data: Path | None, split: str | None,
-             said: list[str] | None = None) -> tuple[str, list[dict]] | None:
+             said: list[str] | None = None, annotations: Path | None = None) -> tuple[str, list[dict]] | None:
     """(status, findings) as validate-programs gives them, with the split's labels where the annotations have the
     split; None without the class files. A record that is no segment of the split is said so in ``said`` (it was
     shown as plainly valid, its labels never checked)."""
-    from leap_cli.epic.annotations import NOUN_CLASSES, VERB_CLASSES, open_annotations
+    from leap_cli.epic.annotations import NOUN_CLASSES, VERB_CLASSES, Annotations
+    from leap_cli.epic.layout import DatasetLayout
     from leap_cli.programs.report import recheck
 
-    ann_dir = dataset_root(workdir, data) / "annotations"
+    try:  # (where the stages find them: ROOT/annotations, or beside EPIC's download folder)
+        ann_dir = DatasetLayout.open(dataset_root(workdir, data), annotations).annotations_dir
+    except LeapError:
+        ann_dir = Path(annotations) if annotations else dataset_root(workdir, data) / "annotations"
     if not ((ann_dir / VERB_CLASSES).exists() and (ann_dir / NOUN_CLASSES).exists()):
         if said is not None:  # (which folder: "(--data)" did not say the default one was not there)
-            said.append(f"no EPIC class files in {ann_dir}" + ("" if data else ": pass --data ROOT"))
+            said.append(f"no EPIC class files in {ann_dir}"
+                        + ("" if data or annotations else ": pass --data ROOT or --annotations DIR"))
         return None
-    ann = open_annotations(workdir, data)
+    ann = Annotations(ann_dir)
     segments = None
     if split and ann.has_split(split):  # its row alone (the split's other 67k are not needed)
         seg = ann.segment(split, record["narration_id"])
@@ -191,7 +197,8 @@ def where_when(descriptor: dict | None) -> str:
 
 
 def keyframes(data: Path, video_id: str, start: float, stop: float, count: int = 6,
-              short_side: int = 160, why: list[str] | None = None) -> list[tuple[float, "object"]]:
+              short_side: int = 160, why: list[str] | None = None, annotations: Path | None = None
+              ) -> list[tuple[float, "object"]]:
     """(time, RGB frame) pairs evenly spaced over [start, stop] (the timing rule picks the frames), at short side
     ``short_side`` or the source's own size where that is smaller (never upscaled); empty when the video cannot be
     read or the window is not inside it (the reason appended to ``why``)."""
@@ -200,7 +207,7 @@ def keyframes(data: Path, video_id: str, start: float, stop: float, count: int =
     from leap_cli.media.video import open_video, stored_side
 
     try:
-        layout = DatasetLayout.open(data)
+        layout = DatasetLayout.open(data, annotations)
         fps = layout.annotations().fps(video_id)
         with open_video(layout, video_id, fps) as reader:
             kind = MP4 if layout.video_path(video_id) is not None else RGB_FRAMES
@@ -274,11 +281,11 @@ def segment_html(view: SegmentView, frames: list[tuple[float, object]], no_frame
     return page(title, "".join(body))
 
 
-def write_segment_html(view: SegmentView, data: Path, out: Path) -> Path:
+def write_segment_html(view: SegmentView, data: Path, out: Path, annotations: Path | None = None) -> Path:
     d = view.descriptor or {}
     why: list[str] = []
     if {"video_id", "start", "stop"} <= d.keys():
-        frames = keyframes(data, d["video_id"], d["start"], d["stop"], why=why)
+        frames = keyframes(data, d["video_id"], d["start"], d["stop"], why=why, annotations=annotations)
     else:
         frames, why = [], ["the descriptor record does not say the video and times" if d else "no descriptor record "
                            "(it says the video and times)"]

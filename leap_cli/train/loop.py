@@ -504,6 +504,8 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         # (said once its lock is held: the same run still going is refused first)
         unsaved_restart = not kept
         resume = False
+        if unsaved_restart and not cfg.model.pretrained:
+            cfg = _weights_of_unsaved_run(cfg, run_dir)
     else:
         unsaved_restart = False
     # removed again if the run does not start: every folder it makes, up to the first that was there
@@ -886,6 +888,23 @@ def _keep_initial_weights(cfg: Config, old_config: dict) -> Config:
     model = replace(cfg.model, pretrained=old.get("pretrained"),
                                 allow_partial_load=bool(old.get("allow_partial_load", False)))
     return replace(cfg, model=model)
+
+
+def _weights_of_unsaved_run(cfg: Config, run_dir: Path) -> Config:
+    """A run that stopped before its first checkpoint, started again from step 0 by --resume with no
+    model.pretrained (README's requeue line names none: a resume takes the weights from last.pt), starts from the
+    weights its config.yaml names: it trained from random weights, said only in a warning."""
+    from leap_cli.train.config import load_config
+
+    path = run_dir / "config.yaml"
+    try:
+        old = load_config(path, []) if path.is_file() else None
+    except LeapError:  # (a config.yaml cut short: the command's config, as before)
+        return cfg
+    if old is None or not old.model.pretrained:
+        return cfg
+    log.info("the run's config.yaml names model.pretrained %s: the restart starts from it", old.model.pretrained)
+    return _keep_initial_weights(cfg, old.to_dict())
 
 
 def prepare_model(model: nn.Module, cfg: Config, info: distributed.DistInfo) -> nn.Module:
