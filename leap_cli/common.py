@@ -604,8 +604,12 @@ def stop_pool(pool, grace: float = 10.0) -> None:
     _free_task_queue(pool, workers)
 
     def finish() -> None:
-        pool.terminate()
-        pool.join()
+        try:
+            pool.terminate()
+            pool.join()
+        except Exception:  # noqa: BLE001 - the stage has failed already, and says why: no traceback on top of it
+            # (terminate drains the task queue, where a worker SIGKILLed mid-read left half a task: EOFError)
+            pass
 
     t = threading.Thread(target=finish, name="leap-pool-stop", daemon=True)
     t.start()
