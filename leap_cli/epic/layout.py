@@ -103,6 +103,12 @@ class DatasetLayout:
         """``root``, then the folders ``beside`` it: each video's files are looked up in them in turn."""
         return (self.root, *self.beside)
 
+    @property
+    def given_root(self) -> Path:
+        """The folder given (``--data``) rather than EPIC's download folder in it: where the files the download
+        script does not fetch go (README's tree), so where leap advises placing them."""
+        return next((r for r in self.roots if r.name != DOWNLOAD_FOLDER), self.root)
+
     def _first(self, paths, test=Path.is_file) -> Path | None:
         return next((p for p in paths if test(p)), None)
 

@@ -221,7 +221,7 @@ def audio_source(layout: "DatasetLayout", video_id: str, *, record: str | None =
     video = layout.video_path(video_id)
     if video is not None:
         return video
-    looked = layout.audio_folders(video_id)[-1] / f"{video_id}.wav"  # (the folder given: README's tree puts it there)
+    looked = layout.given_root / layout.participant(video_id) / "audio" / f"{video_id}.wav"
     if layout.frames_dir(video_id) is not None:  # EPIC's frames download: JPEGs, no sound (no file at fault, so
         # --retry-errors does not redo every segment of the video, every time, for it)
         raise AudioUnavailable("no audio file (the video is an rgb_frames folder, which has no sound)", path=looked,
