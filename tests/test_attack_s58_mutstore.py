@@ -16,6 +16,7 @@ from leap_cli import submit as sub
 from leap_cli.errors import LeapError
 from leap_cli.programs import store as store_mod
 from leap_cli.programs.store import ProgramStore
+from tests.test_mut_http_store import _store_whose_first_write_waits_then_fails
 
 
 # ---- store.py -------------------------------------------------------------------------------------------------
@@ -95,22 +96,6 @@ def test_a_spend_buffered_alone_is_written_by_the_timer(tmp_path):
         store.close()
 
 
-def _slow_store(path, fail: bool):
-    """A store with the writer thread whose first write waits for ``release`` (returned), then fails as a full disk
-    does where ``fail``; later writes go through."""
-    release, failures = threading.Event(), [True] if fail else []
-
-    class Slow(ProgramStore):
-        def _write(self, rows):
-            release.wait(10)
-            if failures:
-                failures.pop()
-                raise LeapError("cannot write the program cache (disk is full)")
-            super()._write(rows)
-
-    return Slow(path, commit_every=0.0, background=True), release
-
-
 def _call(store, nid, **kw):
     store.log_call(**{"narration_id": nid, "backend": "openai", "model": "m", "prompt_hash": "p", "cache_key": "k",
                       "round": 0, "response": "r", "usage": {}, "latency": 0.1, "attempts": 1, "cached": False,
@@ -121,7 +106,7 @@ def test_the_calls_of_a_failed_background_write_are_logged_by_a_later_one(tmp_pa
     """The call log's rows of a write that failed go back into the buffer, before those logged meanwhile, as the
     replies and spend do."""
     path = tmp_path / "cache.sqlite"
-    store, release = _slow_store(path, fail=True)
+    store, release = _store_whose_first_write_waits_then_fails(path, fail=True)
     _call(store, "a")  # due at once: handed to the writer thread, which fails it
     release.set()
     store._flush.exception(5)
@@ -135,7 +120,7 @@ def test_a_reply_the_writer_thread_is_writing_is_read_back_meanwhile(tmp_path):
     """A cached reply handed to the writer thread and not yet in the database is found by ``get`` (else the same
     request is sent, and paid, again)."""
     path = tmp_path / "cache.sqlite"
-    store, release = _slow_store(path, fail=False)
+    store, release = _store_whose_first_write_waits_then_fails(path, fail=False)
     try:
         store.put("k", "paid reply", {"prompt_tokens": 5, "completion_tokens": 1}, "m")  # handed to the thread
         assert store._flush is not None and not store._flush.done()

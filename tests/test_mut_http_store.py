@@ -442,10 +442,10 @@ def test_buffered_spends_add_up_in_every_column(tmp_path):
     assert spent == {"cost": pytest.approx(1.75), "prompt_tokens": 16, "completion_tokens": 4, "requests": 4}
 
 
-def _store_whose_first_write_waits_then_fails(path):
+def _store_whose_first_write_waits_then_fails(path, fail: bool = True):
     """A store with the writer thread whose first write waits for ``release`` (returned), then fails as a full
-    disk does; later writes go through."""
-    release, failures = threading.Event(), [True]
+    disk does (``fail``; else goes through); later writes go through."""
+    release, failures = threading.Event(), [True] if fail else []
 
     class Slow(ProgramStore):
         def _write(self, rows):
