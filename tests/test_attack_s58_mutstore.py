@@ -6,7 +6,6 @@ import gzip
 import json
 import os
 import sqlite3
-import threading
 import time
 import zlib
 
