@@ -4,7 +4,6 @@ looks"): tiny fake data set roots, empty files where only the path matters."""
 import os
 from pathlib import Path
 
-
 from leap_cli.epic.layout import DatasetLayout
 
 
