@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -193,13 +194,22 @@ def test_a_shard_killed_beside_a_running_shard_pays_nothing_twice_and_counts_its
     one's), every clip is asked once in all, and each part's ledger counts each request once."""
     csv, programs = two_videos
     wd = _workdir(tmp_path, csv)
+    # part 1's replies after its first wait for the rerun's end: the survivor runs beside the kill and the rerun
+    # (a fixed 0.8 s per reply let it finish first under a loaded CI once, and the scenario did not happen)
+    rerun_done, lock, first = threading.Event(), threading.Lock(), []
 
     def script(body, n):
         nid = narration_id_of(body)
-        return Reply(json.dumps(programs[nid]), delay=0.8 if nid.startswith("P01_12") else 0.0)
+        if nid.startswith("P01_12"):
+            with lock:
+                held = bool(first)
+                first.append(nid)
+            if held:
+                rerun_done.wait(60)
+        return Reply(json.dumps(programs[nid]))
 
     with ScriptedServer(script) as server:
-        # the videos are dealt to parts in annotation order: part 1 does P01_12 (slow replies), part 0 P01_11
+        # the videos are dealt to parts in annotation order: part 1 does P01_12 (held replies), part 0 P01_11
         p = subprocess.Popen(_generate(wd, server, "--shard", "1/2"), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, env=ENV, cwd=ROOT)
         try:
@@ -214,9 +224,11 @@ def test_a_shard_killed_beside_a_running_shard_pays_nothing_twice_and_counts_its
             rc, res = run(cmd)
             assert rc == 0, res
             alive_at_rerun = p.poll() is None
+            rerun_done.set()
             out, _ = p.communicate(timeout=60)
             assert p.returncode == 0, out.decode(errors="replace")[-2000:]
         finally:
+            rerun_done.set()
             if p.poll() is None:
                 p.kill()
                 p.communicate()
