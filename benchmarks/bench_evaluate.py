@@ -138,6 +138,30 @@ def main() -> None:
         t_r = time.perf_counter() - t
         size = (Path(tmp) / "s.zip").stat().st_size / 2**20
     print(f"submission with actions, {k} segments: write {t_w:.2f} s, read+check {t_r:.2f} s, zip {size:.1f} MiB")
+    streamed_check_side_by_side(k)
+
+
+def streamed_check_side_by_side(k: int, rounds: int = 3) -> None:
+    """`leap submit --check`'s streamed read of test.json against json.loads of the whole file plus the same
+    checks, on a recognition zip of ``k`` segments, alternating, the least of the rounds (was a timed test)."""
+    ids = [f"P01_{i}" for i in range(k)]
+    g = torch.Generator().manual_seed(0)
+    scores = {"narration_id": ids, "verb_output": torch.randn(k, 97, generator=g, dtype=torch.float64),
+              "noun_output": torch.randn(k, 300, generator=g, dtype=torch.float64)}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.zip"
+        sub.write_submission(path, sub.make_submission(scores, "recognition", sls_pt=0, sls_tl=0, sls_td=0, lazy=True))
+        stream, whole = [], []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            a = sub._check_streamed(path, ids, 97, 300)
+            stream.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            b = sub.check_submission(sub.read_submission(path), ids, 97, 300, str(path))
+            whole.append(time.perf_counter() - t)
+            assert a == b
+    print(f"submit --check, {k} segments (load {os.getloadavg()[0]:.1f}): streamed {min(stream):.2f} s, whole file "
+          f"{min(whole):.2f} s: streamed / whole {min(stream) / min(whole):.2f}x")
 
 
 if __name__ == "__main__":

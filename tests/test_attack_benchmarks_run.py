@@ -67,6 +67,9 @@ def test_bench_evaluate_prints_its_three_figures(tmp_path):
     m = re.search(r"submission with actions, 50 segments: write [\d.]+ s, read\+check [\d.]+ s, zip ([\d.]+) MiB",
                   r.stdout)
     assert m and finite(m.group(1)) > 0, r.stdout
+    m = re.search(r"submit --check, 50 segments \(load [\d.]+\): streamed ([\d.]+) s, whole file ([\d.]+) s: "
+                  r"streamed / whole ([\d.]+)x", r.stdout)
+    assert m and all(finite(x) >= 0 for x in m.groups()), r.stdout
     assert list(tmp_path.iterdir()) == [tmp_path / "tmp"]  # (nothing written into the working folder)
 
 
