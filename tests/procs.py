@@ -11,14 +11,25 @@ import time
 from pathlib import Path
 
 
+def running(pids: list[int]) -> list[int]:
+    """Those of ``pids`` still running (not gone, not zombies)."""
+    out = []
+    for pid in pids:
+        try:
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+                out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
 def alive_after(pids: list[int], seconds: float = 5.0) -> list[int]:
     """The processes of ``pids`` still running (not gone, not zombies) after waiting up to ``seconds``."""
     deadline = time.time() + seconds
     alive = list(pids)
     while alive and time.time() < deadline:
         time.sleep(0.1)
-        alive = [p for p in pids if os.path.exists(f"/proc/{p}")
-                 and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        alive = running(pids)
     return alive
 
 

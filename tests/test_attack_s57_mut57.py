@@ -67,6 +67,7 @@ import errno, json, multiprocessing, os, sys, threading, time
 import multiprocessing.pool as mpool
 import multiprocessing.process as mproc
 from leap_cli.common import _pool_class, new_pool, start_worker
+from tests.procs import running
 
 MARK = {}
 
@@ -133,13 +134,7 @@ def thread(which, exc, slow_kill):
     seconds = time.monotonic() - t
     reaped = [p for p in started if not os.path.exists(f"/proc/{p}")]  # (at once: SIGKILLed and joined)
     time.sleep(0.5)
-    alive = []
-    for pid in started:
-        try:
-            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-                alive.append(pid)
-        except OSError:
-            pass
+    alive = running(started)
     return {"error": error, "seconds": seconds, "started": len(started), "reaped": len(reaped), "alive": alive,
             "threads": sorted(t.name for t in threading.enumerate() if t is not threading.main_thread())}
 

@@ -40,6 +40,7 @@ import multiprocessing.pool as mpool
 import multiprocessing.process as mproc
 from leap_cli.common import new_pool, pool_results, start_worker, stop_pool
 from leap_cli.errors import LeapError
+from tests.procs import running
 
 CTX = multiprocessing.get_context("fork")
 
@@ -49,16 +50,6 @@ def task(x):
     return x
 
 
-def running(pids):
-    """Those of ``pids`` still running (not gone, not zombies)."""
-    out = []
-    for pid in pids:
-        try:
-            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-                out.append(pid)
-        except OSError:
-            pass
-    return out
 
 
 def other_threads():
