@@ -29,6 +29,11 @@ def _roots(root: Path) -> tuple[Path, ...]:
     return (root, inner) if any(p.is_dir() and _participant_folder(p.name) for p in root.iterdir()) else (inner, root)
 
 
+def _first(paths, test=Path.is_file) -> Path | None:
+    """The first of ``paths`` for which ``test`` holds (the roots' candidates, in their order)."""
+    return next((p for p in paths if test(p)), None)
+
+
 def _participant_folder(name: str) -> bool:
     return len(name) == 3 and name[0] == "P" and name[1:].isdigit()
 
@@ -109,22 +114,19 @@ class DatasetLayout:
         script does not fetch go (README's tree), so where leap advises placing them."""
         return next((r for r in self.roots if r.name != DOWNLOAD_FOLDER), self.root)
 
-    def _first(self, paths, test=Path.is_file) -> Path | None:
-        return next((p for p in paths if test(p)), None)
-
     def videos_folders(self, video_id: str) -> list[Path]:
         """Where the video's MP4 is looked for (``ROOT/P01/videos`` in each root)."""
         return [r / self.participant(video_id) / "videos" for r in self.roots]
 
     def video_path(self, video_id: str) -> Path | None:
         # (a folder of that name is not a video; a link is followed)
-        return self._first(f / f"{video_id}{ext}" for f in self.videos_folders(video_id) for ext in VIDEO_EXTS)
+        return _first(f / f"{video_id}{ext}" for f in self.videos_folders(video_id) for ext in VIDEO_EXTS)
 
     def _frames_folders(self, video_id: str) -> list[Path]:
         return [r / self.participant(video_id) / "rgb_frames" / video_id for r in self.roots]
 
     def frames_dir(self, video_id: str) -> Path | None:
-        return self._first(self._frames_folders(video_id), Path.is_dir)
+        return _first(self._frames_folders(video_id), Path.is_dir)
 
     def looked_for(self, video_id: str) -> str:
         """``ROOT/P01/videos/P01_01.MP4 and ROOT/P01/rgb_frames/P01_01/``, in each root: where the video was looked
@@ -151,7 +153,7 @@ class DatasetLayout:
         """``ROOT/P01/rgb_frames/P01_01.tar`` as EPIC's download script saves it, when no folder was extracted."""
         if self.frames_dir(video_id) is not None:
             return None
-        return self._first(d.with_name(f"{video_id}.tar") for d in self._frames_folders(video_id))
+        return _first(d.with_name(f"{video_id}.tar") for d in self._frames_folders(video_id))
 
     def untar_command(self, video_id: str) -> str:
         """The shell command that extracts the frames tar into the frames folder (the tar holds the frame files)."""
@@ -168,18 +170,18 @@ class DatasetLayout:
 
     def audio_path(self, video_id: str) -> Path | None:
         # (a folder of that name is not a sound file; a link is followed)
-        return self._first(f / f"{video_id}{ext}" for f in self.audio_folders(video_id) for ext in AUDIO_EXTS)
+        return _first(f / f"{video_id}{ext}" for f in self.audio_folders(video_id) for ext in AUDIO_EXTS)
 
     def hand_objects_path(self, video_id: str) -> Path | None:
         """Where EPIC's download script saves it (``ROOT/P01/hand-objects/``), else ``ROOT/hand-objects/P01/``
         (the layout of its download URLs)."""
         part = self.participant(video_id)
-        return self._first((folder / f"{video_id}{ext}" for r in self.roots
+        return _first((folder / f"{video_id}{ext}" for r in self.roots
                             for folder in (r / part / "hand-objects", r / "hand-objects" / part)
                             for ext in (".pkl", ".jsonl")), Path.exists)
 
     def object_detections_path(self, video_id: str) -> Path | None:
-        return self._first((r / "object-detections" / self.participant(video_id) / f"{video_id}.jsonl"
+        return _first((r / "object-detections" / self.participant(video_id) / f"{video_id}.jsonl"
                             for r in self.roots), Path.exists)
 
     def poses_path(self, video_id: str) -> Path | None:
@@ -190,7 +192,7 @@ class DatasetLayout:
             for d in (folder, folder / "sparse" / "0"):
                 yield from (d / "images.txt", d / "images.bin")
 
-        return self._first([*(r / "poses" / f"{video_id}.json" for r in self.roots),
+        return _first([*(r / "poses" / f"{video_id}.json" for r in self.roots),
                             *(p for r in self.roots for p in colmap(r))], Path.exists)
 
     def ground_truth_dir(self) -> Path | None:

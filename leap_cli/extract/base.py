@@ -47,6 +47,11 @@ def result(status: str, source: str, data: dict | None = None, text: str = "") -
     return {"status": status, "source": source, "data": data or {}, "text": text}
 
 
+# Why the camera was described without poses (``--retry-errors`` redoes such records once poses are placed):
+NO_POSES = "no poses for this video"  # data.poses_skipped of odometry (camera source auto)
+NO_CAMERA_POSES = "no camera poses for this video"  # data.reason of an unavailable camera (camera source colmap)
+
+
 def unavailable(source: str, why: str, cause: str | None = None, detail: str | None = None) -> dict:
     """``why`` goes into the clip text: say what is missing, never a local path or a tool's error text.
     ``cause`` "video": the video file could not be read (missing, unreadable, truncated), which a new copy of

@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from leap_cli.errors import LeapError
-from leap_cli.extract.base import Component, SegmentContext, result
+from leap_cli.extract.base import NO_CAMERA_POSES, NO_POSES, Component, SegmentContext, result
 
 H_RATIO = 0.7  # homography when its inliers reach this share of the essential matrix's (head turns)
 TURN_RATE = 5.0  # deg/s: slower rotation counts as holding still
@@ -546,10 +546,9 @@ class CameraComponent(Component):
             skipped = rec["data"]["reason"] if rec["status"] != "ok" else (
                 f"the registered frames leave {uncovered:.2f} s of the segment uncovered")
         elif self.source == "auto":
-            skipped = "no poses for this video"
+            skipped = NO_POSES
         if self.source == "colmap":
-            return result("unavailable", "none", {"reason": "no camera poses for this video"},
-                          "unavailable (no camera poses for this video)")
+            return result("unavailable", "none", {"reason": NO_CAMERA_POSES}, f"unavailable ({NO_CAMERA_POSES})")
         if ctx.read_frames is None:
             return result("unavailable", "none", {"reason": "no video or frames for this segment"},
                           "unavailable (no video or frames for this segment)")

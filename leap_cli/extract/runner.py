@@ -34,8 +34,8 @@ from leap_cli.epic.annotations import VIDEO_INFO, Segment, made_from_other_annot
 from leap_cli.epic.layout import DatasetLayout
 from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
 from leap_cli.errors import LeapError
-from leap_cli.extract.base import (COMPONENTS, Component, FramesUnavailable, SegmentContext, error, outdated,
-                                   record_versions, unavailable)
+from leap_cli.extract.base import (COMPONENTS, NO_CAMERA_POSES, NO_POSES, Component, FramesUnavailable,
+                                   SegmentContext, error, outdated, record_versions, unavailable)
 from leap_cli.extract.cache import FrameCache
 from leap_cli.extract.describe import render_clip
 from leap_cli.io import JsonlAppender, OutputLock, atomic_write_json, remove_dead_temps
@@ -634,8 +634,8 @@ def retry_test(layout: DatasetLayout) -> Callable[[dict], bool]:
         if source.startswith("hand-objects:") and file_there("detections", video_id):
             return True
         data = camera.get("data") if isinstance(camera.get("data"), dict) else {}
-        no_poses = data.get("poses_skipped") == "no poses for this video" or (
-            camera.get("status") == "unavailable" and data.get("reason") == "no camera poses for this video")
+        no_poses = data.get("poses_skipped") == NO_POSES or (
+            camera.get("status") == "unavailable" and data.get("reason") == NO_CAMERA_POSES)
         return no_poses and file_there("poses", video_id)
 
     def to_retry(record: dict) -> bool:
