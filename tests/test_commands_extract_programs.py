@@ -453,6 +453,26 @@ def test_validate_a_file_given_gets_its_report_beside_it_and_its_split_from_its_
     assert _refused(res) and scratch.read_text().count("\n") == 2, said
 
 
+def test_validate_some_shard_parts_never_replaces_the_split_report(work):
+    """Was wrong: two of four ``--shard`` parts given wrote ``programs/val.report.json``, the whole split's report,
+    with a coverage of those parts only."""
+    programs, rows = work / "programs", _records(work)
+    split_report = programs / "val.report.json"
+    assert validate("--workdir", work, "--split", "val")[0] == 0
+    whole = json.loads(split_report.read_text())
+    for i in range(4):
+        _write(programs / f"val.shard{i}of4.jsonl", rows[i::4])
+    code, said, _ = validate(programs / "val.shard0of4.jsonl", programs / "val.shard2of4.jsonl", "--workdir", work)
+    assert code == 0, said
+    assert json.loads(split_report.read_text()) == whole
+    some = json.loads((programs / "val.shard0+2of4.report.json").read_text())
+    assert some["records"] == len(rows[0::4]) + len(rows[2::4])
+    # every part: the report their merge would get, beside them
+    split_report.unlink()
+    code, said, _ = validate(*(programs / f"val.shard{i}of4.jsonl" for i in range(4)), "--workdir", work)
+    assert code == 0 and json.loads(split_report.read_text())["records"] == len(rows), said
+
+
 def test_validate_files_that_name_two_splits_or_none_are_refused(work, tmp_path):
     a = _write(tmp_path / "train.jsonl", _records(work)[:1])
     b = _write(tmp_path / "val.jsonl", _records(work)[1:2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -438,7 +439,6 @@ def endpoint_notes(summary) -> list[str]:
 def failure_cause(message: str) -> str:
     """A record's first error without what varies from record to record (attempts, addresses, where in the reply
     JSON broke), so that the summary counts records by cause."""
-    import re
 
     message = re.sub(r": line \d+ column \d+", "", message)
     message = re.sub(r"\bput \d+ characters in\b", "put text in", message)  # (a thinking model's every reply)
@@ -464,6 +464,22 @@ def _summary_table(title: str, cells) -> Table:
     return column
 
 
+def _default_report(workdir: Path, split: str, files: list[Path], part: tuple[list[int], int] | None) -> Path:
+    """Where validate-programs writes its report without ``--report``: beside the one file given
+    (``NAME.report.json``: a scratch file's report never replaces the stage's); beside --shard parts of one count in
+    one folder, named as their merge is where they are all there, else by the parts (``train.shard0+2of4.report.json``:
+    a report of some parts never replaces the whole split's); else the split's (``WORKDIR/programs/SPLIT.report.json``,
+    also for several other files)."""
+    if len(files) == 1:
+        return files[0].with_name(files[0].name.removesuffix(".jsonl") + ".report.json")
+    if files and part is not None and len({f.parent.resolve() for f in files}) == 1:
+        indices, count = part
+        shown = "" if len(indices) == count else f".shard{'+'.join(map(str, indices))}of{count}"
+        return files[0].with_name(re.sub(r"\.shard\d+of\d+(?=\.)", shown, files[0].name, count=1)
+                                  .removesuffix(".jsonl") + ".report.json")
+    return workdir / "programs" / f"{split}.report.json"
+
+
 def validate_programs(
     files: list[Path] = typer.Argument(None, metavar="FILES", help="Program JSONL files (default WORKDIR/programs/SPLIT.jsonl)."),
     workdir: Path = typer.Option(Path("leap-work"), "--workdir", callback=workdir_option, help="Work directory (report goes to programs/)."),
@@ -474,8 +490,9 @@ def validate_programs(
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (overrides --data)."),
     report: Path = typer.Option(None, "--report", help="Report path (default: beside the one FILE given, "
-                                                         "NAME.report.json for NAME.jsonl; else "
-                                                         "WORKDIR/programs/SPLIT.report.json)."),
+                                                         "NAME.report.json for NAME.jsonl; some --shard "
+                                                         "parts: named by them, train.shard0+2of4.report.json; "
+                                                         "else WORKDIR/programs/SPLIT.report.json)."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any record is invalid or failed, "
                                                         "a line is not a program record, or a record is not a "
                                                         "segment of the split."),
@@ -520,19 +537,17 @@ def validate_programs(
                             + ", ".join(f"{name}: {s}" for name, s in named.items()) + ")",
                             fix="validate one split at a time, or pass --split to check all of them against one")
         split_name = next(iter(named.values()))
-    # beside the one file checked (a scratch file's report never replaces the stage's), else the split's
-    out = report or (Path(files[0]).with_name(Path(files[0]).name.removesuffix(".jsonl") + ".report.json")
-                     if given_files and len(files) == 1 else workdir / "programs" / f"{split_name}.report.json")
-    refuse_overwrite(out, files, "--report", "json")
-    if html:
-        refuse_overwrite(html, [*files, out], "--html", "html")
-    segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
     from leap_cli.io import part_of
 
     parts = [part_of(f) for f in files]
     part = None  # every file a --shard part of one count: the coverage of those parts, not of the whole split
     if all(parts) and len({n for _, n in parts}) == 1:
         part = (sorted({i for i, _ in parts}), parts[0][1])
+    out = report or _default_report(workdir, split_name, [Path(f) for f in files] if given_files else [], part)
+    refuse_overwrite(out, files, "--report", "json")
+    if html:
+        refuse_overwrite(html, [*files, out], "--html", "html")
+    segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None
     rep = validate_records(list(files), ann.verbs, ann.nouns, segments, part=part)
     rep["split"] = split_name
     cov = rep["coverage"]
