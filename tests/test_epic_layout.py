@@ -4,7 +4,10 @@ looks"): tiny fake data set roots, empty files where only the path matters."""
 import os
 from pathlib import Path
 
+import pytest
+
 from leap_cli.epic.layout import DatasetLayout
+from leap_cli.media.video import VideoUnreadable, open_video
 
 
 def _touch(path: Path, text: str = "") -> Path:
@@ -89,9 +92,28 @@ def test_frames_tar_only_while_no_frames_folder_was_extracted(tmp_path):
     layout = _layout(tmp_path)
     assert layout.frames_tar("P01_10") == tar
     assert layout.frames_tar("P01_1") is None
-    (frames / "P01_10").mkdir()
+    (frames / "P01_10").mkdir()  # the untar command's mkdir, its tar not extracted yet: still the tar
+    assert layout.frames_tar("P01_10") == tar and layout.frames_dir("P01_10") == frames / "P01_10"
+    with pytest.raises(VideoUnreadable, match="not extracted from their tar"):  # (was: "holds no frame_*.jpg")
+        open_video(layout, "P01_10", 50.0)
+    _touch(frames / "P01_10" / "frame_0000000001.jpg")
     assert layout.frames_tar("P01_10") is None
     assert layout.frames_tar("P01_101") == frames / "P01_101.tar"
+
+
+def test_an_empty_frames_folder_never_hides_a_full_one_in_the_other_root(tmp_path):
+    """Was wrong: an empty ``rgb_frames/VIDEO/`` in the first root (a mkdir before an untar) was the video's frames
+    folder, and the full one in EPIC's download folder was never read: every segment "holds no frame_*.jpg"."""
+    dl = tmp_path / "dl"
+    _annotations(dl / "annotations")
+    empty = dl / "P01" / "rgb_frames" / "P01_10"
+    empty.mkdir(parents=True)
+    full = _touch(dl / "EPIC-KITCHENS" / "P01" / "rgb_frames" / "P01_10" / "frame_0000000001.jpg").parent
+    layout = DatasetLayout.open(dl)
+    assert layout.roots[0] == dl and layout.frames_dir("P01_10") == full
+    _touch(dl / "EPIC-KITCHENS" / "P01" / "rgb_frames" / "P01_11" / "notes.txt")  # both without frames: the first
+    (dl / "P01" / "rgb_frames" / "P01_11").mkdir()
+    assert layout.frames_dir("P01_11") == dl / "P01" / "rgb_frames" / "P01_11"
 
 
 def test_hand_objects_path_prefers_the_download_scripts_folder(tmp_path):
@@ -140,8 +162,7 @@ def test_the_folder_given_to_epics_download_script_is_read_through(tmp_path):
     tar = _touch(dl / "EPIC-KITCHENS" / "P01" / "rgb_frames" / "P01_13.tar")  # found, extracted where it is
     assert layout.frames_tar("P01_13") == tar and layout.frames_dir("P01_13") is None
     assert f"-C {dl / 'EPIC-KITCHENS' / 'P01' / 'rgb_frames' / 'P01_13'}" in layout.untar_command("P01_13")
-    frames = dl / "EPIC-KITCHENS" / "P01" / "rgb_frames" / "P01_13"
-    frames.mkdir()
+    frames = _touch(dl / "EPIC-KITCHENS" / "P01" / "rgb_frames" / "P01_13" / "frame_0000000001.jpg").parent
     assert layout.frames_dir("P01_13") == frames and layout.frames_tar("P01_13") is None
     assert layout.frame_path("P01_13", 7) == frames / "frame_0000000007.jpg"
     assert layout.looked_for("P01_12") == (

@@ -165,6 +165,7 @@ def test_rgb_frames_left_in_their_tar_are_named_with_the_command_that_extracts_t
     with tarfile.open(folder.with_suffix(".tar"), "w") as tar:  # the frames at the top, as EPIC's tars hold them
         tar.add(folder, arcname=".")
     shutil.rmtree(folder)
+    folder.mkdir()  # the untar command's mkdir done, its tar not: still a tar (was: a video "with rgb_frames")
     run_extract(ExtractConfig(data=root, split="val", out=tmp_path / "val.jsonl", components=("camera",)))
     data = next(iter(read_jsonl(tmp_path / "val.jsonl")))["components"]["camera"]["data"]
     assert data["reason"] == "rgb_frames not extracted from their tar" and data["cause"] == "video"

@@ -47,11 +47,11 @@ def dataset_info(layout: DatasetLayout) -> tuple[list[SplitInfo], dict]:
                          len({s.verb_class for s in segs if s.verb_class is not None}),
                          len({s.noun_class for s in segs if s.noun_class is not None}))
         for v in videos:
-            mp4, frames = layout.video_path(v), layout.frames_dir(v)
+            mp4, frames, tar = layout.video_path(v), layout.frames_dir(v), layout.frames_tar(v)
             info.with_mp4 += mp4 is not None
-            info.with_frames += frames is not None
-            if mp4 is None and frames is None:
-                (info.missing if layout.frames_tar(v) is None else info.tarred).append(v)
+            info.with_frames += frames is not None and tar is None  # (an empty folder beside its tar: tarred)
+            if mp4 is None and (frames is None or tar is not None):
+                (info.missing if tar is None else info.tarred).append(v)
             if layout.audio_path(v) is not None:
                 info.with_audio_file += 1
             elif mp4 is not None and has_audio_track(mp4):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,18 @@ def _roots(root: Path) -> tuple[Path, ...]:
 def _first(paths, test=Path.is_file) -> Path | None:
     """The first of ``paths`` for which ``test`` holds (the roots' candidates, in their order)."""
     return next((p for p in paths if test(p)), None)
+
+
+def _holds_frames(folder: Path) -> bool:
+    """Whether an ``rgb_frames/VIDEO`` folder holds a ``frame_*`` file (stops at the first); one that cannot be
+    listed is taken to (its reader names the permission)."""
+    try:
+        with os.scandir(folder) as entries:
+            return any(e.name.startswith("frame_") for e in entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
 
 
 def _participant_folder(name: str) -> bool:
@@ -126,7 +139,10 @@ class DatasetLayout:
         return [r / self.participant(video_id) / "rgb_frames" / video_id for r in self.roots]
 
     def frames_dir(self, video_id: str) -> Path | None:
-        return _first(self._frames_folders(video_id), Path.is_dir)
+        """The first of the roots' ``rgb_frames/VIDEO`` folders that holds frames, else the first that is there (an
+        empty one: its reader says so); an empty folder (a tar's extraction not begun) never hides a full one."""
+        folders = [d for d in self._frames_folders(video_id) if d.is_dir()]
+        return next((d for d in folders if _holds_frames(d)), folders[0] if folders else None)
 
     def looked_for(self, video_id: str) -> str:
         """``ROOT/P01/videos/P01_01.MP4 and ROOT/P01/rgb_frames/P01_01/``, in each root: where the video was looked
@@ -151,7 +167,7 @@ class DatasetLayout:
 
     def frames_tar(self, video_id: str) -> Path | None:
         """``ROOT/P01/rgb_frames/P01_01.tar`` as EPIC's download script saves it, when no folder was extracted."""
-        if self.frames_dir(video_id) is not None:
+        if any(_holds_frames(d) for d in self._frames_folders(video_id)):
             return None
         return _first(d.with_name(f"{video_id}.tar") for d in self._frames_folders(video_id))
 

@@ -608,12 +608,11 @@ def open_video(layout: "DatasetLayout", video_id: str, fps: float | None = None,
                                       "original's); then `leap extract --retry-errors` and `leap build-shards --force` "
                                       "read it")
         return reader
-    frames = layout.frames_dir(video_id)
-    if frames is not None:
+    frames, tar = layout.frames_dir(video_id), layout.frames_tar(video_id)
+    if frames is not None and tar is None:  # (an empty folder beside the tar: the extraction not done)
         if fps is None:
             fps = layout.annotations().fps(video_id)
         return FramesFolderReader(frames, fps, record=record)
-    tar = layout.frames_tar(video_id)
     if tar is not None:
         raise VideoUnreadable("rgb_frames not extracted from their tar", path=tar, record=record,
                               fix=f"extract them: {layout.untar_command(video_id)}")
