@@ -341,6 +341,21 @@ def test_a_sample_that_says_it_has_a_program_but_holds_no_targets_has_none(tmp_p
     assert s["has_program"] is False and s["program_steps"].shape == (2, 5)
 
 
+def test_a_program_of_no_steps_loads_and_damaged_targets_are_skipped_under_on_error_skip(tmp_path):
+    """Was wrong: targets with no steps raised torch's RuntimeError (a view of 0 elements) out of the loader, and
+    targets of another shape (a condition id past the list, a string for a row) TypeError or IndexError, which
+    ``on_error="skip"`` did not catch: the run stopped on one damaged sample."""
+    ds = _dataset(tmp_path, {"max_steps": 2, "conditions": ["a"]})
+    s = ds.make_sample(_fields({"has_program": True, "targets": {"steps": [], "pre": [0]}}), None)
+    assert s["program_steps"].eq(-100).all() and s["conditions"].tolist() == [1, 0]
+    ds.on_error = "skip"
+    good = _fields({"verb_class": 3})
+    damaged = [_fields({"has_program": True, "targets": {"steps": [[1, 2, 3]], "pre": [7]}}),
+               _fields({"has_program": True, "targets": {"steps": 5}})]
+    ds._raw = lambda plan: iter([(i, f, False, tmp_path / "x.tar", f"k{i}") for i, f in enumerate([*damaged, good])])
+    assert [x["verb_class"] for x in ds] == [3] and ds.stats["errors"] == 2
+
+
 def test_evaluation_keeps_the_stored_order(one_shard_folder):
     """Evaluation reads the shards in their stored order, whatever the block and seed (mutant: the train-only
     block shuffle applied to evaluation too)."""

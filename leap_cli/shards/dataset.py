@@ -223,7 +223,7 @@ class ShardDataset(IterableDataset):
         for i, fields, padding, shard, key in self._raw(plan):
             try:
                 sample = self.make_sample(fields, np.random.default_rng([self.seed, epoch, self.rank, i]))
-            except (ValueError, KeyError, json.JSONDecodeError) as e:
+            except (ValueError, KeyError, TypeError, IndexError) as e:  # (damaged JSON, targets of another shape)
                 self._fail(shard, key, f"{type(e).__name__}: {e}")
                 continue
             sample["padding"] = padding
@@ -273,8 +273,9 @@ class ShardDataset(IterableDataset):
         step_cond = torch.zeros(L, 2 * P)
         tg = meta.get("targets") if meta.get("has_program") else None
         if tg:
-            st = torch.tensor(tg["steps"], dtype=torch.long).view(len(tg["steps"]), -1)[:L, :self.step_width]
-            steps[:len(st), :st.shape[1]] = st
+            if tg["steps"]:  # (none: nothing to reshape, every row stays ignored)
+                st = torch.tensor(tg["steps"], dtype=torch.long).view(len(tg["steps"]), -1)[:L, :self.step_width]
+                steps[:len(st), :st.shape[1]] = st
             for i in tg.get("pre", []):
                 cond[i] = 1.0
             for i in tg.get("post", []):
