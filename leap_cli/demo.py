@@ -145,12 +145,20 @@ def default_config() -> Path:
 
 
 def submission_levels(train_cfg) -> dict[str, int] | None:
-    """The SLS levels of the demo's model (docs/evaluate-submit.md): PT 0 (random initialisation), TL 4 with the
-    program losses (targets from the descriptors' hand-object boxes), 3 without them, TD 3 (the train split).
-    None with ``model.pretrained``: the level of those weights is not known here."""
+    """The SLS levels of the demo's model (docs/evaluate-submit.md): PT 0 (random initialisation); TL 4 with the
+    program heads and losses (targets from the descriptors' hand-object boxes), 3 without either; TD 3 (the train
+    split), 4 where ``data.train`` names the train and val shards' folders (``WORKDIR/shards/val``: their
+    names, as the shards are not built yet). None with ``model.pretrained``: the level of those weights is not
+    known here."""
+    from leap_cli.common import SPLIT_NAMES, normalize_split
+
     if train_cfg.model.pretrained:
         return None
-    return {"--sls-pt": 0, "--sls-tl": 4 if train_cfg.loss.program_loss else 3, "--sls-td": 3}
+    given = train_cfg.data.train
+    folders = [given] if isinstance(given, str) else list(given or ["train"])
+    splits = {normalize_split(Path(str(f)).name) for f in folders if Path(str(f)).name.lower() in SPLIT_NAMES}
+    return {"--sls-pt": 0, "--sls-tl": 4 if train_cfg.loss.program_loss and train_cfg.model.program_heads else 3,
+            "--sls-td": 4 if {"train", "val"} <= splits else 3}
 
 
 def plan(cfg: DemoConfig) -> list[StageRun]:
