@@ -92,7 +92,7 @@ def evaluate(
     scores: Path = typer.Option(None, "--scores", help="Score this existing file instead of running a model "
                                                        "(leap scores.pt, official .pkl/.pt results, or a challenge .json/.zip)."),
     temporal_views: int = typer.Option(1, "--temporal-views", min=1, help="Clips per segment (views are averaged)."),
-    spatial_views: int = typer.Option(1, "--spatial-views", min=1, help="Crops per clip (1 centre, 3 left/centre/right)."),
+    spatial_views: int = typer.Option(1, "--spatial-views", min=1, help="Crops per clip (1 centre, 3 left/centre/right; N evenly spaced)."),
     batch_size: int = typer.Option(None, "--batch-size", min=1, help="Segments per batch (default: the run's "
                                                                      "data.eval_batch_size)."),
     workers: int = typer.Option(0, "--workers", min=0, help="DataLoader worker processes reading the shards (at most one per CPU and per batch)."),
