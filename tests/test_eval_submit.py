@@ -177,6 +177,28 @@ def test_scores_refusals(tmp_path, ann_dir):
         evaluate_scores(load_scores(tmp_path / "n.pt"), Annotations(ann_dir), "val")
 
 
+def test_scores_of_another_file_never_get_metrics_in_the_runs_eval_folder(tmp_path, ann_dir):
+    """Was wrong: ``--scores OTHER.pt --run R`` wrote runs/R/eval/val/metrics.json for OTHER's scores, beside the
+    run's own scores.pt that they do not describe (docs: a folder never holds metrics of other scores). The run's
+    own scores.pt, rescored with --run, still gets them there."""
+    ids, verb, noun = _val_scores()
+    own = tmp_path / "runs" / "R" / "eval" / "val"
+    own.mkdir(parents=True)
+    save_scores(own / "scores.pt", ids, verb, noun)
+    save_scores(tmp_path / "other.pt", ids[:3], verb[:3], noun[:3])
+
+    def evaluate(scores):
+        res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--scores", str(scores), "--run", "R",
+                                       "--workdir", str(tmp_path)])
+        assert res.exit_code == 0, res.output
+
+    evaluate(tmp_path / "other.pt")
+    assert not (own / "metrics.json").exists()
+    assert json.loads((tmp_path / "other.metrics.json").read_text())["segments"] == 3
+    evaluate(own / "scores.pt")
+    assert json.loads((own / "metrics.json").read_text())["segments"] == len(ids)
+
+
 def test_evaluate_cli_scores(tmp_path, ann_dir):
     ids, verb, noun = _val_scores()
     save_scores(tmp_path / "scores.pt", ids[:3], verb[:3], noun[:3])

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, check_task, lowercase, workdir_option
+from leap_cli.common import DEFAULT_WORKDIR, check_task, lowercase, same_file, workdir_option
 from leap_cli.io import shell_word
 from leap_cli.progress import output_console, stage_progress
 
@@ -168,7 +168,12 @@ def evaluate(
         if split == "test":
             raise LeapError("the test split has no labels to score against", path=scores,
                             fix="use `leap submit --scores FILE` for test scores, or --split val")
-        metrics_path = (out or (run_dir / "eval" / split if run_dir else None))
+        # the run's eval/SPLIT for its own scores.pt only: another file's metrics there would stand beside scores
+        # they do not describe
+        own_folder = run_dir / "eval" / split if run_dir else None
+        if own_folder is not None and not same_file(scores, own_folder / "scores.pt"):
+            own_folder = None
+        metrics_path = out or own_folder
         # next to the file: scored as another task than its own, under a name of its own (it replaced the
         # metrics of the file's own task)
         metrics_path = metrics_path / "metrics.json" if metrics_path else scores.with_suffix(
