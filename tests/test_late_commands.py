@@ -404,7 +404,8 @@ def scores_file(path: Path, ids=None, task=None) -> Path:
 
 def test_evaluate_scores_file_metrics_path_and_task(tmp_path, ann_dir):
     """Default: next to the file, NAME.metrics.json; NAME.TASK.metrics.json when --task is not the task the file
-    holds (recognition when it says none); --out DIR: DIR/metrics.json, also with --run."""
+    holds (recognition when it says none); --out DIR: DIR/metrics.json, also with --run; --run alone: the run's
+    eval/SPLIT for its own scores.pt only (test_eval_submit)."""
     s = scores_file(tmp_path / "other.pt")
     base = ["evaluate", "--split", "val", "--scores", s, "--workdir", tmp_path]
     res = invoke(*base)
@@ -421,8 +422,10 @@ def test_evaluate_scores_file_metrics_path_and_task(tmp_path, ann_dir):
     res = invoke(*base, "--run", run, "--out", tmp_path / "o")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "o" / "metrics.json").is_file() and not (run / "eval").exists()
-    res = invoke(*base, "--run", run)
-    assert res.exit_code == 0 and (run / "eval" / "val" / "metrics.json").is_file(), res.output
+    (tmp_path / "other.metrics.json").unlink()
+    res = invoke(*base, "--run", run)  # another file's: beside it, never beside the run's own scores.pt
+    assert res.exit_code == 0 and not (run / "eval" / "val" / "metrics.json").exists(), res.output
+    assert (tmp_path / "other.metrics.json").is_file()
 
 
 def test_evaluate_refuses_to_score_test_scores(tmp_path, ann_dir):
