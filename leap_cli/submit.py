@@ -50,6 +50,7 @@ from leap_cli.io import atomic_path
 
 VERSION = "0.2"
 CHALLENGES = {"recognition": "action_recognition", "anticipation": "action_anticipation"}
+_ACTION_KEY = re.compile(r"(0|[1-9][0-9]*),(0|[1-9][0-9]*)")
 SLS_KEYS = ("sls_pt", "sls_tl", "sls_td")
 MEMBER = "test.json"
 SHOW = 5
@@ -425,11 +426,10 @@ class _SubmissionCheck:
                     f"{nid} ({len(acts) if isinstance(acts, dict) else type(acts).__name__})")
                 return
             for key, s in acts.items():
-                try:
-                    v, n = (int(x) for x in key.split(","))
-                    ok = 0 <= v < self.num_verbs and 0 <= n < self.num_nouns
-                except ValueError:
-                    ok = False
+                # "verb,noun" as written ("7,12"): no sign, space, leading zero or other digits, which int() takes
+                # and which would give one action two keys
+                ok = (m := _ACTION_KEY.fullmatch(key)) is not None and int(m[1]) < self.num_verbs \
+                    and int(m[2]) < self.num_nouns
                 if not ok:
                     problems.setdefault("action keys that are not valid \"verb,noun\" ids", []).append(f"{nid}: {key}")
                     break

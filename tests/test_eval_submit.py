@@ -348,16 +348,17 @@ def test_anticipation_actions_on_epic_sizes():
         sub.check_submission(doc, ids, 97, 300)
 
 
-@pytest.mark.parametrize("key", ["0,300", "97,0", "-1,5"])
+@pytest.mark.parametrize("key", ["0,300", "97,0", "-1,5", "+1,5", "01,5", " 1,5", "1, 5", "\u0661,5"])
 def test_check_refuses_action_keys_outside_the_class_ids(key):
     """EPIC has 97 verbs (ids 0-96) and 300 nouns (0-299): an action keyed past them is no action the server
-    scores, and must not pass --check."""
+    scores, and must not pass --check. Was wrong for the keys after "-1,5": int() took a sign, a space, a
+    leading zero or other digits, so one action could have two keys ("1,5" and "01,5")."""
     ids = ["a", "b"]
     doc = sub.make_submission(_test_scores(97, 300, ids), "anticipation", sls_pt=1, sls_tl=1, sls_td=1,
                               with_actions=True)
     acts = doc["results"]["b"]["action"]
     acts[key] = acts.pop(next(iter(acts)))  # still 100 scores
-    with pytest.raises(LeapError, match=f"action keys that are not valid \"verb,noun\" ids: b: {key}"):
+    with pytest.raises(LeapError, match=f"action keys that are not valid \"verb,noun\" ids: b: {re.escape(key)}"):
         sub.check_submission(doc, ids, 97, 300)
 
 
