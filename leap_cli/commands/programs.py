@@ -360,7 +360,22 @@ def generate_programs(
     print_failures(summary.failures, outcome)
     for line in outcome.lines():
         console.print(escape(line), highlight=False, style="red")
+    for line in this_run_notes(st, said=bool(summary.held_seconds)):
+        console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
     outcome.exit()
+
+
+def this_run_notes(statuses: dict, said: bool = False) -> list[str]:
+    """How to ask again for the records this run wrote failed or invalid (kept as done, so a plain rerun does not;
+    ``said``: the note of a server held has named --retry-errors already)."""
+    notes = []
+    if (failed := statuses.get("failed", 0)) and not said:
+        notes.append(f"once the cause above is mended, rerun with --retry-errors to ask again for the {failed} "
+                     f"record{'s' if failed != 1 else ''} that failed (the others are kept)")
+    if invalid := statuses.get("invalid", 0):
+        notes.append(f"--retry-invalid asks again for the {invalid} invalid record{'s' if invalid != 1 else ''} "
+                     "(with other settings: their replies are not taken from the cache)")
+    return notes
 
 
 def resumed_text(summary) -> str:
@@ -442,7 +457,16 @@ def failure_cause(message: str) -> str:
 
     message = re.sub(r": line \d+ column \d+", "", message)
     message = re.sub(r"\bput \d+ characters in\b", "put text in", message)  # (a thinking model's every reply)
-    return ": ".join(message.split(" after ")[0].split(": ")[:2])[:100]
+    cause = ": ".join(message.split(" after ")[0].split(": ")[:2])
+    # whole words and no half parenthesis: the details in parentheses (the record's own line has them) go first
+    while (shorter := re.sub(r"\s*\([^()]*\)", "", cause)) != cause and len(cause) > CAUSE_WIDTH:
+        cause = shorter
+    if "(" in cause and len(cause) > CAUSE_WIDTH:  # (one left open: the message was cut before its end)
+        cause = cause[:cause.index("(")].rstrip()
+    return cause if len(cause) <= CAUSE_WIDTH else cause[:CAUSE_WIDTH - 3].rsplit(" ", 1)[0] + "..."
+
+
+CAUSE_WIDTH = 100  # characters of a failure's cause in the summary
 
 
 def _summary_table(title: str, cells) -> Table:

@@ -79,6 +79,24 @@ class BackendError(Exception):
         self.usage = usage or {}
 
 
+def header_value(env: str) -> str | None:
+    """The environment variable ``env`` as an HTTP header value: without the blanks around it (a .env file's
+    trailing space or Windows line end, which servers drop from a header, so a quoted key was printed unredacted,
+    or which broke the request, blamed on the server); a LeapError naming the variable for a character no header
+    carries (a zero-width space pasted with the key from a web page; it was blamed on --base-url). None when unset."""
+    value = os.environ.get(env)
+    if value is None:
+        return None
+    value = value.strip()
+    bad = next((i for i, c in enumerate(value) if ord(c) > 255 or ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise LeapError(f"the environment variable {env} holds a character an HTTP header cannot carry "
+                        f"(U+{ord(value[bad]):04X}, character {bad + 1} of {len(value)})",
+                        fix=f"set {env} again, typed or copied without it (a zero-width space or a line break "
+                            "comes along when a key is copied from a web page or a file)")
+    return value
+
+
 class NoApiKey(LeapError):
     """The API key's environment variable is not set (``OpenAIBackend``)."""
 
@@ -180,11 +198,12 @@ class OpenAIBackend(Backend):
                  timeout: float = 60.0, retry: RetryPolicy = RetryPolicy(), temperature: float = 0.0,
                  max_tokens: int = 2000, response_format: str = "auto", concurrency: int = 8,
                  extra_body: dict | None = None):
-        key = os.environ.get(api_key_env)
+        key = header_value(api_key_env)
         if not key:
-            raise NoApiKey(f"no API key: the environment variable {api_key_env} is not set",
-                            fix=f"export {api_key_env}=... or name another variable with --api-key-env "
-                                "(or use --backend offline)")
+            raise NoApiKey(f"no API key: the environment variable {api_key_env} is "
+                           + ("not set" if os.environ.get(api_key_env) is None else "empty"),
+                           fix=f"export {api_key_env}=... or name another variable with --api-key-env "
+                               "(or use --backend offline)")
         register_secret(key)
         if response_format not in ("auto", *self.FORMATS):
             raise LeapError(f"unknown response format {response_format!r}",
@@ -260,8 +279,8 @@ class OpenAIBackend(Backend):
                 del headers["Authorization"]
         # what the official client sends for organisation- or project-scoped keys
         for env, header in (("OPENAI_ORG_ID", "OpenAI-Organization"), ("OPENAI_PROJECT_ID", "OpenAI-Project")):
-            if os.environ.get(env):
-                headers[header] = os.environ[env]
+            if value := header_value(env):
+                headers[header] = value
         try:
             # one keep-alive connection per request in flight
             self._http = HTTPClient(self.base_url, headers, max_connections=concurrency, timeout=timeout)
