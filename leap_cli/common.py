@@ -61,9 +61,11 @@ class ShardSpec:
             raise LeapError(f"--shard {text!r}: n, the number of parts, is at least 1",
                             fix="e.g. --shard 0/4 for the first of four parts")
         if not 0 <= i < n:
+            shown = (", ".join(f"{k}/{n}" for k in range(n - 1)) + f" and {n - 1}/{n}" if 1 < n <= 4 else
+                     f"0/{n}, 1/{n}, ..., {n - 1}/{n}" if n > 4 else "0/1")
             raise LeapError(f"--shard {text!r} is out of range: parts are numbered from 0",
-                            fix="i must satisfy 0 <= i < n (the parts of --shard i/4 are 0/4, 1/4, 2/4 and 3/4; "
-                                "for a job array numbered from 1, pass $((TASK_ID - 1))/n)")
+                            fix=f"i must satisfy 0 <= i < n (the parts of --shard i/{n} are {shown}; "
+                                f"for a job array numbered from 1, pass $((TASK_ID - 1))/{n})")
         return cls(i, n)
 
     def select(self, items: Sequence[T], key=None, order: Sequence | None = None) -> list[T]:

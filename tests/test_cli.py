@@ -835,6 +835,20 @@ def test_a_shard_out_of_range_is_one_line_exit_2(tmp_path, command, shard, says)
     assert not (tmp_path / "w").exists()
 
 
+def test_a_shard_out_of_range_names_the_parts_of_the_count_given():
+    """Was wrong: `--shard 2/2` was told the parts of --shard i/4 (0/4, 1/4, 2/4 and 3/4), whatever n was given."""
+    from leap_cli.common import ShardSpec
+    from leap_cli.errors import LeapError
+
+    fixes = {}
+    for text in ("2/2", "1/1", "9/9"):
+        with pytest.raises(LeapError) as e:
+            ShardSpec.parse(text)
+        fixes[text] = e.value.fix
+    assert "are 0/2 and 1/2;" in fixes["2/2"] and "$((TASK_ID - 1))/2)" in fixes["2/2"]
+    assert "are 0/1;" in fixes["1/1"] and "are 0/9, 1/9, ..., 8/9;" in fixes["9/9"]
+
+
 def test_every_stage_takes_split_validation_and_finds_the_last_stages_output_in_the_workdir(tiny_kitchen, tmp_path):
     """EPIC's name of the split, `--split validation`, is `val` in each stage: each writes WORKDIR/.../val* and the
     next one finds it there (a stage that kept the name would write validation.jsonl, and the next find nothing)."""

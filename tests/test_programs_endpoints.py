@@ -464,7 +464,7 @@ def test_timeouts_name_the_flag_and_the_summary_says_they_may_be_billed(workdir,
         s = generate_programs(config(workdir, server, limit=1, timeout=0.3, max_retries=0))
     assert s.timed_out == 1
     assert records(workdir)[0]["errors"][0]["message"] == \
-        "request failed: timed out after 1 attempts: no complete response within 0.3 s (--timeout)"
+        "request failed: timed out after 1 attempt: no complete response within 0.3 s (--timeout)"
     from leap_cli.commands.programs import endpoint_notes
 
     (note,) = endpoint_notes(s)

@@ -600,7 +600,8 @@ class OpenAIBackend(Backend):
                     await self._stopped()  # (returns where a reply came meanwhile: this request failed for good)
                 final = final or verdict == self.GIVE_UP
                 if final:
-                    raise BackendError(redact(f"{what} after {attempts} attempts: {e}"), attempts,
+                    tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+                    raise BackendError(redact(f"{what} after {tries}: {e}"), attempts,
                                        time.perf_counter() - start) from None
                 wait = self.retry.delay(max(0, attempts - free - 1), None)
                 log.info("%s: %s, retry %d in %.2fs", request.narration_id, what, attempts, wait)
@@ -694,7 +695,8 @@ class OpenAIBackend(Backend):
                     await self._stopped()
                 final = final or verdict == self.GIVE_UP
                 if final:
-                    raise BackendError(f"HTTP {status} after {attempts} attempts: {message}", attempts,
+                    tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+                    raise BackendError(f"HTTP {status} after {tries}: {message}", attempts,
                                        time.perf_counter() - start)
                 wait = self.retry.delay(max(0, attempts - free - 1), server_wait)
                 log.info("%s: HTTP %d, retry %d in %.2fs", request.narration_id, status, attempts, wait)
