@@ -115,7 +115,7 @@ def check_scores(scores: dict, expected_ids: Sequence[str], num_verbs: int, num_
             raise LeapError(f"{name}_output has {out.shape[1]} classes, the class file needs {count} "
                             f"(max id + 1)", path=source,
                             fix="score with a model built for these annotations' classes")
-        bad = np.flatnonzero(~np.isfinite(out.float().numpy()).all(axis=1)).tolist()
+        bad = np.flatnonzero(~np.isfinite(out.double().numpy()).all(axis=1)).tolist()  # (float64: as written)
         if bad:
             ids = [scores["narration_id"][i] for i in bad]
             raise LeapError(f"{name}_output holds NaN or infinity for {len(ids)} segment(s): {_examples(ids)}",

@@ -692,3 +692,15 @@ def test_the_written_submission_is_checked_an_entry_at_a_time_as_a_whole_parse_c
                 json.loads(bad)
         with pytest.raises(LeapError, match=re.escape(says) if "(" in says else says):
             sub._check_streamed(_zip(tmp_path / "bad.zip", bad), ids, 97, 300)
+
+
+def test_float64_scores_past_float32s_range_are_finite_as_written():
+    """Was wrong: check_scores looked for NaN and infinity in a float32 copy, so a float64 score of 1e39 (finite,
+    and written as such) was refused as infinity."""
+    s = _test_scores()
+    s["verb_output"] = s["verb_output"].double()
+    s["verb_output"][0, 0] = 1e39
+    sub.check_scores(s, TEST_IDS, NV, NN)
+    s["verb_output"][1, 0] = float("inf")
+    with pytest.raises(LeapError, match=r"verb_output holds NaN or infinity for 1 segment\(s\)"):
+        sub.check_scores(s, TEST_IDS, NV, NN)
