@@ -45,12 +45,11 @@ import numpy as np
 from leap_cli.common import check_task
 from leap_cli.epic.annotations import Annotations, SPLIT_FILES
 from leap_cli.errors import LeapError
-from leap_cli.evaluate.metrics import TOP_N_ACTIONS, action_scores
+from leap_cli.evaluate.metrics import TOP_N_ACTIONS, action_key_pair, action_scores
 from leap_cli.io import atomic_path
 
 VERSION = "0.2"
 CHALLENGES = {"recognition": "action_recognition", "anticipation": "action_anticipation"}
-_ACTION_KEY = re.compile(r"(0|[1-9][0-9]*),(0|[1-9][0-9]*)")
 SLS_KEYS = ("sls_pt", "sls_tl", "sls_td")
 MEMBER = "test.json"
 SHOW = 5
@@ -426,11 +425,8 @@ class _SubmissionCheck:
                     f"{nid} ({len(acts) if isinstance(acts, dict) else type(acts).__name__})")
                 return
             for key, s in acts.items():
-                # "verb,noun" as written ("7,12"): no sign, space, leading zero or other digits, which int() takes
-                # and which would give one action two keys
-                ok = (m := _ACTION_KEY.fullmatch(key)) is not None and int(m[1]) < self.num_verbs \
-                    and int(m[2]) < self.num_nouns
-                if not ok:
+                pair = action_key_pair(key)
+                if pair is None or pair[0] >= self.num_verbs or pair[1] >= self.num_nouns:
                     problems.setdefault("action keys that are not valid \"verb,noun\" ids", []).append(f"{nid}: {key}")
                     break
                 if _bad_score(s):

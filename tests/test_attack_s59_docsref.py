@@ -2,7 +2,7 @@
 table of shipped configs, model.md's builders table, and the supervision levels `leap demo` declares for the
 training it runs (evaluate-submit.md, "Supervision levels"). Other docs claims are pinned elsewhere
 (test_attack_docs_claims.py, test_attack_s57_docs57.py, test_attack_s58_docs58.py, test_attack_help_texts.py);
-those found wrong here are strict xfails."""
+those found wrong here (docstrings saying "Was wrong") are fixed."""
 
 from __future__ import annotations
 

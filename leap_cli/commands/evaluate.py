@@ -168,10 +168,10 @@ def evaluate(
         if split == "test":
             raise LeapError("the test split has no labels to score against", path=scores,
                             fix="use `leap submit --scores FILE` for test scores, or --split val")
-        # the run's eval/SPLIT for its own scores.pt only: another file's metrics there would stand beside scores
-        # they do not describe
+        # the run's eval/SPLIT for its own scores.pt, scored as the task it holds, only: other metrics there would
+        # stand beside scores they do not describe
         own_folder = run_dir / "eval" / split if run_dir else None
-        if own_folder is not None and not same_file(scores, own_folder / "scores.pt"):
+        if own_folder is not None and not (same_file(scores, own_folder / "scores.pt") and task == own):
             own_folder = None
         metrics_path = out or own_folder
         # next to the file: scored as another task than its own, under a name of its own (it replaced the

@@ -360,19 +360,23 @@ def generate_programs(
     print_failures(summary.failures, outcome)
     for line in outcome.lines():
         console.print(escape(line), highlight=False, style="red")
-    for line in this_run_notes(st, said=bool(summary.held_seconds)):
+    for line in this_run_notes(summary.not_valid, said=bool(summary.held_seconds)):
         console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
     outcome.exit()
 
 
-def this_run_notes(statuses: dict, said: bool = False) -> list[str]:
-    """How to ask again for the records this run wrote failed or invalid (kept as done, so a plain rerun does not;
-    ``said``: the note of a server held has named --retry-errors already)."""
+def this_run_notes(kinds: dict, said: bool = False) -> list[str]:
+    """How to ask again for the records this run wrote not valid (kept as done, so a plain rerun does not), by
+    ``not_valid_kind`` (``said``: the note of a server held has named --retry-errors for the failed already)."""
     notes = []
-    if (failed := statuses.get("failed", 0)) and not said:
+    if (failed := kinds.get("failed", 0)) and not said:
         notes.append(f"once the cause above is mended, rerun with --retry-errors to ask again for the {failed} "
                      f"record{'s' if failed != 1 else ''} that failed (the others are kept)")
-    if invalid := statuses.get("invalid", 0):
+    if repair := kinds.get("repair", 0):
+        notes.append(f"{repair} invalid record{'s' if repair != 1 else ''} could not ask {'its' if repair == 1 else 'their'}"
+                     " repair turn (the request failed): --retry-errors sends that turn, the first reply read from the "
+                     "cache")
+    if invalid := kinds.get("invalid", 0):
         notes.append(f"--retry-invalid asks again for the {invalid} invalid record{'s' if invalid != 1 else ''} "
                      "(with other settings: their replies are not taken from the cache)")
     return notes
@@ -490,13 +494,13 @@ def _summary_table(title: str, cells) -> Table:
 
 def _default_report(workdir: Path, split: str, files: list[Path], part: tuple[list[int], int] | None) -> Path:
     """Where validate-programs writes its report without ``--report``: beside the one file given
-    (``NAME.report.json``: a scratch file's report never replaces the stage's); beside --shard parts of one count in
-    one folder, named as their merge is where they are all there, else by the parts (``train.shard0+2of4.report.json``:
-    a report of some parts never replaces the whole split's); else the split's (``WORKDIR/programs/SPLIT.report.json``,
-    also for several other files)."""
+    (``NAME.report.json``: a scratch file's report never replaces the stage's); beside the first of --shard parts of
+    one count, named as their merge is where they are all there, else by the parts (``train.shard0+2of4.report.json``:
+    a report of some parts, from one folder or several, never replaces the whole split's); else the split's
+    (``WORKDIR/programs/SPLIT.report.json``, also for several other files)."""
     if len(files) == 1:
         return files[0].with_name(files[0].name.removesuffix(".jsonl") + ".report.json")
-    if files and part is not None and len({f.parent.resolve() for f in files}) == 1:
+    if files and part is not None:
         indices, count = part
         shown = "" if len(indices) == count else f".shard{'+'.join(map(str, indices))}of{count}"
         return files[0].with_name(re.sub(r"\.shard\d+of\d+(?=\.)", shown, files[0].name, count=1)

@@ -47,11 +47,11 @@ def dataset_info(layout: DatasetLayout) -> tuple[list[SplitInfo], dict]:
                          len({s.verb_class for s in segs if s.verb_class is not None}),
                          len({s.noun_class for s in segs if s.noun_class is not None}))
         for v in videos:
-            mp4, frames, tar = layout.video_path(v), layout.frames_dir(v), layout.frames_tar(v)
+            mp4, frames = layout.video_path(v), layout.has_frames(v)  # (an empty frames folder is none)
             info.with_mp4 += mp4 is not None
-            info.with_frames += frames is not None and tar is None  # (an empty folder beside its tar: tarred)
-            if mp4 is None and (frames is None or tar is not None):
-                (info.missing if tar is None else info.tarred).append(v)
+            info.with_frames += frames
+            if mp4 is None and not frames:
+                (info.missing if layout.frames_tar(v) is None else info.tarred).append(v)
             if layout.audio_path(v) is not None:
                 info.with_audio_file += 1
             elif mp4 is not None and has_audio_track(mp4):
@@ -96,8 +96,8 @@ def check_lengths(layout: DatasetLayout, video_ids: list[str], *, tolerance_s: f
     out = []
     for vid in video_ids:
         info = ann.video_info.get(vid)
-        mp4, frames = layout.video_path(vid), layout.frames_dir(vid)
-        if mp4 is None and frames is None:
+        mp4, frames = layout.video_path(vid), layout.has_frames(vid)
+        if mp4 is None and not frames:  # (listed as missing or in their tar above)
             continue
         source = "mp4" if mp4 is not None else "rgb_frames"
         expected = info.duration if info else None
@@ -124,7 +124,7 @@ def check_lengths(layout: DatasetLayout, video_ids: list[str], *, tolerance_s: f
                         else f"{good} frames")
             else:
                 rate = epic_frame_rate(info.fps)
-                n = FramesFolderReader(frames, info.fps).num_frames
+                n = FramesFolderReader(layout.frames_dir(vid), info.fps).num_frames
                 decoded, note = n / rate, f"{n} frame files at {rate:g}/s"
         except LeapError as e:  # (VideoUnreadable among them)
             out.append(LengthCheck(vid, source, expected, None, e.message))

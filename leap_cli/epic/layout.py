@@ -165,9 +165,13 @@ class DatasetLayout:
         return [p for f, d in zip(self.videos_folders(video_id), self._frames_folders(video_id))
                 for p in [f / f"{video_id}{ext}" for ext in VIDEO_EXTS] + [d] if p.is_symlink() and not p.exists()]
 
+    def has_frames(self, video_id: str) -> bool:
+        """Whether an ``rgb_frames/VIDEO`` folder holding frames is there (``frames_dir`` may be an empty one)."""
+        return any(_holds_frames(d) for d in self._frames_folders(video_id))
+
     def frames_tar(self, video_id: str) -> Path | None:
         """``ROOT/P01/rgb_frames/P01_01.tar`` as EPIC's download script saves it, when no folder was extracted."""
-        if any(_holds_frames(d) for d in self._frames_folders(video_id)):
+        if self.has_frames(video_id):
             return None
         return _first(d.with_name(f"{video_id}.tar") for d in self._frames_folders(video_id))
 

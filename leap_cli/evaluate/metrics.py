@@ -37,6 +37,7 @@ the truth or the prediction of the evaluated segments), predictions thresholded 
 
 from __future__ import annotations
 
+import re
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -44,6 +45,19 @@ import numpy as np
 ACTION_VERB_MULTIPLIER = 1000
 TOP_N_ACTIONS = 100
 IGNORE_INDEX = -100
+
+
+_ACTION_KEY = re.compile(r"(0|[1-9][0-9]*),(0|[1-9][0-9]*)")
+
+
+def action_key_pair(key: str) -> tuple[int, int] | None:
+    """(verb, noun) of a challenge file's action key, exactly as written ("7,12"); None for a sign, a blank, a
+    leading zero or other digits (which int() takes, giving one action two keys) and for a noun id past
+    ``action_id``'s room for it (``0,1005`` is action 1005, verb 1 noun 5)."""
+    m = _ACTION_KEY.fullmatch(key) if isinstance(key, str) else None
+    if m is None or int(m[2]) >= ACTION_VERB_MULTIPLIER:
+        return None
+    return int(m[1]), int(m[2])
 
 
 def action_id(verb: np.ndarray | int, noun: np.ndarray | int) -> np.ndarray | int:

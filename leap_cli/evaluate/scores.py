@@ -114,8 +114,12 @@ def _class_rows(results: dict, task: str, path: Path) -> np.ndarray:
 
 
 def _action_pair(key: str) -> tuple[int, int]:
-    verb, noun = key.split(",")  # ValueError unless two parts
-    return int(verb), int(noun)
+    from leap_cli.evaluate.metrics import action_key_pair
+
+    pair = action_key_pair(key)
+    if pair is None:  # (as submit --check refuses it)
+        raise ValueError(key)
+    return pair
 
 
 def _action_rows(results: dict, path: Path) -> dict:
@@ -136,7 +140,8 @@ def _action_rows(results: dict, path: Path) -> dict:
         try:
             rows.append([(*_action_pair(k), float(v)) for k, v in actions.items()])
         except (ValueError, TypeError):
-            raise LeapError("action keys must be \"verb,noun\" with numeric scores", path=path, record=nid) from None
+            raise LeapError("action keys must be \"verb,noun\" class ids as written (\"7,12\": no sign, blank or "
+                            "leading zero) with numeric scores", path=path, record=nid) from None
     return {"ids": torch.tensor([[action_id(v, n) for v, n, _ in row] for row in rows]),
             "scores": torch.tensor([[s for _, _, s in row] for row in rows], dtype=torch.float64)}
 

@@ -79,10 +79,15 @@ class BackendError(Exception):
         self.usage = usage or {}
 
 
+class NoApiKey(LeapError):
+    """The API key's environment variable is not set, or holds no usable key (``OpenAIBackend``; a run with nothing
+    pending goes on without one)."""
+
+
 def header_value(env: str) -> str | None:
     """The environment variable ``env`` as an HTTP header value: without the blanks around it (a .env file's
     trailing space or Windows line end, which servers drop from a header, so a quoted key was printed unredacted,
-    or which broke the request, blamed on the server); a LeapError naming the variable for a character no header
+    or which broke the request, blamed on the server); a NoApiKey naming the variable for a character no header
     carries (a zero-width space pasted with the key from a web page; it was blamed on --base-url). None when unset."""
     value = os.environ.get(env)
     if value is None:
@@ -90,15 +95,11 @@ def header_value(env: str) -> str | None:
     value = value.strip()
     bad = next((i for i, c in enumerate(value) if ord(c) > 255 or ord(c) < 32 or ord(c) == 127), None)
     if bad is not None:
-        raise LeapError(f"the environment variable {env} holds a character an HTTP header cannot carry "
-                        f"(U+{ord(value[bad]):04X}, character {bad + 1} of {len(value)})",
-                        fix=f"set {env} again, typed or copied without it (a zero-width space or a line break "
-                            "comes along when a key is copied from a web page or a file)")
+        raise NoApiKey(f"the environment variable {env} holds a character an HTTP header cannot carry "
+                       f"(U+{ord(value[bad]):04X}, character {bad + 1} of {len(value)})",
+                       fix=f"set {env} again, typed or copied without it (a zero-width space or a line break "
+                           "comes along when a key is copied from a web page or a file)")
     return value
-
-
-class NoApiKey(LeapError):
-    """The API key's environment variable is not set (``OpenAIBackend``)."""
 
 
 class Backend:

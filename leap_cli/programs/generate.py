@@ -143,6 +143,7 @@ class GenerateSummary:
     resumed_not_valid: Counter = field(default_factory=Counter)  # failed / invalid among the resumed
     reclipped: int = 0  # records of earlier runs made from a clip that has changed since: asked again
     statuses: Counter = field(default_factory=Counter)
+    not_valid: Counter = field(default_factory=Counter)  # this run's records by ``not_valid_kind``
     requests: int = 0  # HTTP attempts made in this run (retries included)
     cache_hits: int = 0
     usage: dict = field(default_factory=lambda: {"prompt_tokens": 0, "completion_tokens": 0})
@@ -1287,6 +1288,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                 summary.statuses[result["status"]] += 1
                 if result["status"] == "valid":
                     answered.add(result["narration_id"])
+                if kind := not_valid_kind(result):
+                    summary.not_valid[kind] += 1
                 if result["status"] != "valid":
                     summary.failures.append((result["narration_id"],
                                              result["errors"][0]["message"] if result["errors"] else result["status"]))

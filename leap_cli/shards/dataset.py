@@ -221,9 +221,9 @@ class ShardDataset(IterableDataset):
         epoch = self.epoch
         plan = self.consumer_plan(wid, nw)
         for i, fields, padding, shard, key in self._raw(plan):
-            try:
+            try:  # (what a damaged sample raises: JSON that is broken or no object, targets of another shape)
                 sample = self.make_sample(fields, np.random.default_rng([self.seed, epoch, self.rank, i]))
-            except (ValueError, KeyError, TypeError, IndexError) as e:  # (damaged JSON, targets of another shape)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
                 self._fail(shard, key, f"{type(e).__name__}: {e}")
                 continue
             sample["padding"] = padding
@@ -276,13 +276,13 @@ class ShardDataset(IterableDataset):
             if tg["steps"]:  # (none: nothing to reshape, every row stays ignored)
                 st = torch.tensor(tg["steps"], dtype=torch.long).view(len(tg["steps"]), -1)[:L, :self.step_width]
                 steps[:len(st), :st.shape[1]] = st
-            for i in tg.get("pre", []):
+            for i in _condition_ids(tg.get("pre", []), P):
                 cond[i] = 1.0
-            for i in tg.get("post", []):
+            for i in _condition_ids(tg.get("post", []), P):
                 cond[P + i] = 1.0
             for half, rows in ((0, tg.get("step_pre") or []), (P, tg.get("step_post") or [])):
                 for r, ids in enumerate(rows[:L]):
-                    for i in ids:
+                    for i in _condition_ids(ids, P):
                         step_cond[r, half + i] = 1.0
         vc, nc = meta.get("verb_class"), meta.get("noun_class")
         out = {"video": video, "verb_class": -1 if vc is None else int(vc), "noun_class": -1 if nc is None else int(nc),
@@ -300,6 +300,15 @@ class ShardDataset(IterableDataset):
             out["context_video"] = torch.stack(clips, dim=-5)  # [C,3,T,S,S] or [V,C,3,T,S,S]
             out["context_mask"] = torch.tensor(mask, dtype=torch.bool)
         return out
+
+
+def _condition_ids(ids, count: int) -> list[int]:
+    """A sample's condition ids, each an int in 0..count-1; a ValueError for another (a damaged shard: -1 marked
+    the last condition, ``true`` the second, without a word)."""
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < count:
+            raise ValueError(f"condition id {i!r} is not one of 0..{count - 1}")
+    return ids
 
 
 def loader_worker_init(_worker_id: int) -> None:
