@@ -119,7 +119,7 @@ def test_split_names_and_shards():
             ShardSpec.parse(bad)
     with pytest.raises(LeapError, match="numbered from 0") as e:  # (a job array numbered from 1 asked for 2/2)
         ShardSpec.parse("2/2")
-    assert "$((TASK_ID - 1))/n" in e.value.one_line()
+    assert "$((TASK_ID - 1))/2" in e.value.one_line()
     with pytest.raises(LeapError, match="n, the number of parts, is at least 1"):  # (it said "numbered from 0")
         ShardSpec.parse("1/0")
     for empty in ("", " "):  # `--shard "$PART"` with PART unset: every array job did the whole split

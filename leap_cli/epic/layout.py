@@ -125,7 +125,8 @@ class DatasetLayout:
     def given_root(self) -> Path:
         """The folder given (``--data``) rather than EPIC's download folder in it: where the files the download
         script does not fetch go (README's tree), so where leap advises placing them."""
-        return next((r for r in self.roots if r.name != DOWNLOAD_FOLDER), self.root)
+        roots = self.roots  # (the folder given holds the other: ROOT and ROOT/EPIC-KITCHENS, whatever ROOT's name)
+        return next((r for r in roots if any(o != r and o.parent == r for o in roots)), self.root)
 
     def videos_folders(self, video_id: str) -> list[Path]:
         """Where the video's MP4 is looked for (``ROOT/P01/videos`` in each root)."""

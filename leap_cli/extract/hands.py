@@ -111,9 +111,10 @@ class HandsComponent(Component):
         source = f"hand-objects:{ctx.video_cache[('hand_objects_path', s.video_id)].name}"
         naming_error = None
         try:
-            labelled = video_object_detections(ctx.video_cache, ctx.layout, s.video_id) or {}
+            found = video_object_detections(ctx.video_cache, ctx.layout, s.video_id)
+            labelled = found or {}
         except LeapError as e:  # contacts are still right; objects stay unnamed, and the record says why
-            labelled, naming_error = {}, e.one_line()
+            found, labelled, naming_error = {}, {}, e.one_line()
         numbers = in_segment(frames, s.start_frame, s.stop_frame)
         if not numbers:
             return unavailable(source, "no detection frames inside the segment")
@@ -156,6 +157,8 @@ class HandsComponent(Component):
                 "timeline": contacts_timeline(hands_data)}
         if naming_error:
             data["object_names_unavailable"] = naming_error
+        elif found is None and any(h["contacts"] for h in hands_data):  # (extract --retry-errors names them again
+            data["named_without_detections"] = True  # once the labelled detections are placed)
         return result("ok", source, data, hands_text(hands_data))
 
     def _contact_box(self, hand, frame, labelled: list) -> tuple[BBox | None, str | None]:

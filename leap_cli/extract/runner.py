@@ -584,7 +584,8 @@ def _retry(component: dict) -> bool:
     file may now be read); not one unavailable for a cause a new file does not change (a window past the end the
     file announces). Those made without a file that is placed since: ``retry_test``."""
     status = component.get("status")
-    return status == "error" or (status == "unavailable" and (component.get("data") or {}).get("cause") == "video")
+    data = component.get("data")
+    return status == "error" or (status == "unavailable" and isinstance(data, dict) and data.get("cause") == "video")
 
 
 def retry_test(layout: DatasetLayout) -> Callable[[dict], bool]:
@@ -618,14 +619,18 @@ def retry_test(layout: DatasetLayout) -> Callable[[dict], bool]:
         return there[kind, video_id]
 
     def file_placed(record: dict) -> bool:
-        """A component made without a file that is there now: hands without hand-object boxes, objects without
-        any detection file (or from the unlabelled hand-object boxes, where labelled detections are there now),
-        the camera by odometry (or none) for want of poses."""
+        """A component made without a file that is there now: hands without hand-object boxes (or whose contacts
+        were named without labelled detections, there now), objects without any detection file (or from the
+        unlabelled hand-object boxes, where labelled detections are there now), the camera by odometry (or none)
+        for want of poses."""
         comps, video_id = record.get("components") or {}, str(record.get("video_id"))
         hands, objects, camera = (c if isinstance(c := comps.get(n), dict) else {}
                                   for n in ("hands", "objects", "camera"))
         if hands.get("status") == "unavailable" and hands.get("source") == "none" \
                 and file_there("hand-objects", video_id):
+            return True
+        if isinstance(hands.get("data"), dict) and hands["data"].get("named_without_detections") \
+                and file_there("detections", video_id):
             return True
         source = str(objects.get("source") or "")
         if objects.get("status") == "unavailable" and source == "none" and (
