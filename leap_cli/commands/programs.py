@@ -518,8 +518,8 @@ def validate_programs(
     data: Path = typer.Option(None, "--data", help="Dataset root holding annotations/ (default WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (overrides --data)."),
     report: Path = typer.Option(None, "--report", help="Report path (default: beside the one FILE given, "
-                                                         "NAME.report.json for NAME.jsonl; some --shard "
-                                                         "parts: named by them, train.shard0+2of4.report.json; "
+                                                         "NAME.report.json for NAME.jsonl; some parts of "
+                                                         "a sharded run: named by them, train.shard0+2of4.report.json; "
                                                          "else WORKDIR/programs/SPLIT.report.json)."),
     strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when any record is invalid or failed, "
                                                         "a line is not a program record, or a record is not a "

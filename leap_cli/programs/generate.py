@@ -1122,9 +1122,11 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
 
     store = open_store() if cached and cfg.cache_path.exists() else None
     try:
-        if (backend.name == "offline" and inputs.records and inputs.segments
+        if (backend.name == "offline" and inputs.segments
                 and all(s.narration is None and s.verb_class is None for s in inputs.segments.values())):
-            # EPIC's test split: every record would fail ("no verb known"), exit 3 after writing them all
+            # EPIC's test split: every record would fail ("no verb known"), exit 3 after writing them all; refused
+            # in a --shard part without segments too (its empty file, a part of programs that cannot be made, made
+            # build-shards ask for the merge)
             raise LeapError(f"the offline backend makes a program from a clip's narration or labels, and the "
                             f"{cfg.split_name} split has neither", record=cfg.split_name,
                             fix="generate its programs with an LLM (--backend openai, from the clip texts), or go "

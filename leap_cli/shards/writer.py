@@ -27,6 +27,7 @@ import multiprocessing as mp
 import os
 import zlib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
@@ -507,6 +508,29 @@ def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
     return appender, kept
 
 
+@contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive flock on the folder itself, waited for, held for a moment: the check of the parts' count and the
+    progress file that marks this part begun, as one step (no file of its own in the folder; a file system that
+    locks no folder takes none)."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            except OSError:
+                pass
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def build_shards(segments: list[Segment], *, out: str | Path, **kw) -> BuildResult:
     """Write the shards of ``segments`` into ``out`` and return the manifest (``_build_shards``); no shard is
     written or deleted while a leap train or evaluate reads the folder (``io.ShardReaders``)."""
@@ -588,15 +612,17 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
 
     jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
 
-    check_part_count(out, shard.count)  # before --force deletes anything (it deleted the parts' merged manifest.json)
-    if overwrite:  # under the lock: never the shards of a build still running, nor of a training
-        gate.write()
-        with OutputLock(progress_path):
-            merged_manifest = [out / manifest_name()] if shard.count > 1 else []  # it names this part's old tars
-            for p in (list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar"))
-                      + [progress_path, out / manifest_name(shard.suffix)] + merged_manifest):
-                if p.exists():
-                    p.unlink()
+    with _folder_lock(out):  # (two parts of other counts that start together: one sees the other's progress file)
+        check_part_count(out, shard.count)  # before --force deletes anything (it deleted the parts' merged manifest)
+        if overwrite:  # under the lock: never the shards of a build still running, nor of a training
+            gate.write()
+            with OutputLock(progress_path):
+                merged_manifest = [out / manifest_name()] if shard.count > 1 else []  # it names this part's old tars
+                for p in (list(out.glob(f"leap-{settings.split}{shard.suffix}-*.tar"))
+                          + [progress_path, out / manifest_name(shard.suffix)] + merged_manifest):
+                    if p.exists():
+                        p.unlink()
+        progress_path.touch()  # this part begun, for check_part_count (the appender opens it below)
     video_changed = _video_changed(opener, by_key)
     retried: set[str] = set()  # skips tried again: their video changed since
 
