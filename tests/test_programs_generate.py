@@ -2467,6 +2467,12 @@ def test_a_part_of_extract_feeds_the_same_part_of_generation(workdir, caplog):
         inputs = load_inputs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(i, 3)))  # merge first)
         assert {r["narration_id"] for r in inputs.records} == {s.narration_id for s in part}, i
         assert inputs.source.endswith(f"val.shard{i}of3.jsonl"), inputs.source
+    # extract's own part 1 not there, the others are: that part is named (was: "once every part is done, merge")
+    (desc / "val.shard1of3.jsonl").rename(desc / "aside.jsonl")
+    with pytest.raises(LeapError, match=r"extract's part 1/3 of the val split is not there") as e:
+        load_inputs(GenerateConfig(workdir=workdir, split="val", shard=ShardSpec(1, 3)))
+    assert "leap extract --split val --shard 1/3" in e.value.fix
+    (desc / "aside.jsonl").rename(desc / "val.shard1of3.jsonl")
     merged = desc / "val.jsonl"  # merged in another order than the annotation's
     merged.write_text("".join((desc / f"val.shard{i}of3.jsonl").read_text() for i in (2, 0, 1)))
     for i, part in enumerate(parts):

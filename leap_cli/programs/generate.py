@@ -350,6 +350,12 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
         # extract's part of this run's --shard beside no merge: all this part needs (a job array's step i of
         # both stages), as --descriptors would give it
         mine = path.with_name(f"{split}{cfg.shard.suffix}.jsonl")
+        if not mine.is_file() and any(n == cfg.shard.count for _, n, _ in shard_parts(path)):
+            # (other parts of this count there, not this one: "merge them once every part is done" named none)
+            raise LeapError(f"extract's part {cfg.shard.index}/{cfg.shard.count} of the {split} split is not there "
+                            "(its other parts are)", path=mine,
+                            fix=f"run leap extract --split {split} --shard {cfg.shard.index}/{cfg.shard.count} first "
+                                "(with the options of the other parts)")
         path = mine if mine.is_file() else path
     path = merged_input(path)
     part = part_of(path)
