@@ -373,9 +373,9 @@ def this_run_notes(kinds: dict, said: bool = False) -> list[str]:
         notes.append(f"once the cause above is mended, rerun with --retry-errors to ask again for the {failed} "
                      f"record{'s' if failed != 1 else ''} that failed (the others are kept)")
     if repair := kinds.get("repair", 0):
-        notes.append(f"{repair} invalid record{'s' if repair != 1 else ''} could not ask {'its' if repair == 1 else 'their'}"
-                     " repair turn (the request failed): --retry-errors sends that turn, the first reply read from the "
-                     "cache")
+        its = "its" if repair == 1 else "their"
+        notes.append(f"{repair} invalid record{'s' if repair != 1 else ''} could not ask {its} repair turn (the "
+                     "request failed): --retry-errors sends that turn, the first reply read from the cache")
     if invalid := kinds.get("invalid", 0):
         notes.append(f"--retry-invalid asks again for the {invalid} invalid record{'s' if invalid != 1 else ''} "
                      "(with other settings: their replies are not taken from the cache)")
@@ -455,10 +455,12 @@ def endpoint_notes(summary) -> list[str]:
     return notes
 
 
+CAUSE_WIDTH = 100  # characters of a failure's cause in the summary
+
+
 def failure_cause(message: str) -> str:
     """A record's first error without what varies from record to record (attempts, addresses, where in the reply
     JSON broke), so that the summary counts records by cause."""
-
     message = re.sub(r": line \d+ column \d+", "", message)
     message = re.sub(r"\bput \d+ characters in\b", "put text in", message)  # (a thinking model's every reply)
     cause = ": ".join(message.split(" after ")[0].split(": ")[:2])
@@ -468,9 +470,6 @@ def failure_cause(message: str) -> str:
     if "(" in cause and len(cause) > CAUSE_WIDTH:  # (one left open: the message was cut before its end)
         cause = cause[:cause.index("(")].rstrip()
     return cause if len(cause) <= CAUSE_WIDTH else cause[:CAUSE_WIDTH - 3].rsplit(" ", 1)[0] + "..."
-
-
-CAUSE_WIDTH = 100  # characters of a failure's cause in the summary
 
 
 def _summary_table(title: str, cells) -> Table:
