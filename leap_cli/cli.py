@@ -393,6 +393,11 @@ def expand_home(args: list[str]) -> list[str]:
     return out
 
 
+# options typed as text that name a path (or a run) all the same: empty, refused as a Path option is (the frame
+# cache went to its default, a run took the config's name, without a word)
+STRING_PATHS = {"--frame-cache": "path", "--checkpoint": "path", "--name": "name"}
+
+
 def empty_path_option(args: list[str]) -> None:
     """A path option given an empty value (``--workdir "$WORK"`` with ``WORK`` unset) is refused: as a path it is
     the current folder, where a job would have written a work directory of its own without a word."""
@@ -409,16 +414,19 @@ def empty_path_option(args: list[str]) -> None:
     except (NameError, TypeError):  # (an annotation that does not resolve here: typer's own parsing decides)
         return
     names = {d: p.default.default for p in inspect.signature(info.callback).parameters.values()
-             if hints.get(p.name) in (Path, Path | None, list[Path], list[Path] | None)
-             and isinstance(p.default, typer.models.OptionInfo)
+             if isinstance(p.default, typer.models.OptionInfo)
+             and (hints.get(p.name) in (Path, Path | None, list[Path], list[Path] | None)
+                  or set(p.default.param_decls or ()) & STRING_PATHS.keys())
              for d in (p.default.param_decls or ()) if d.startswith("-")}
     for i, a in enumerate(args):
         if a == "--":  # (what follows is no option)
             break
         name, eq, value = a.partition("=") if a.startswith("--") else (a, "", "")  # (-c takes no "=")
         if name in names and (value.strip() == "" if eq else i + 1 < len(args) and args[i + 1].strip() == ""):
-            raise LeapError(f"{name} is empty (an unset variable in a job script?): as a path it would be the current "
-                            "folder", fix=f"give {name} a path" + (
+            what = STRING_PATHS.get(name, "path")
+            raise LeapError(f"{name} is empty (an unset variable in a job script?)" + (
+                                ": as a path it would be the current folder" if what == "path" else ""),
+                            fix=f"give {name} a {what}" + (
                                 ": it is required" if names[name] is ... else ", or leave it out" if names[name] is None
                                 else ", or leave it out for its default"))
 

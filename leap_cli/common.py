@@ -685,10 +685,14 @@ def _pool_results(pool, results, poll: float, known: dict) -> Iterator:
             code = next((p.exitcode for p in dead if p.exitcode), None)
             how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
                    and -code in signal.Signals._value2member_map_ else f"exit code {code}" if code else "it ended")
+            killed = code == -signal.SIGKILL
             raise LeapError(f"a worker process died ({how}), and its segments with it",
-                            fix="SIGKILL is most often the kernel's out-of-memory killer (dmesg says): give the job "
-                                "more memory or use fewer --workers; then run the same command again (finished "
-                                "records are kept)")
+                            fix=("SIGKILL is most often the kernel's out-of-memory killer (dmesg says): give the job "
+                                 "more memory or use fewer --workers; then " if killed else
+                                 "a crash in a library or a signal sent to it; ") +
+                                "run the same command again (finished records are kept)" +
+                                ("" if killed else "; where it comes back, --workers 1 shows the error in the stage "
+                                                   "itself"))
 
 
 def memory_fix(e: BaseException) -> str | None:

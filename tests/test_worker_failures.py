@@ -37,9 +37,9 @@ if __name__ == "__main__":
     t = time.monotonic()
     try:
         results = pool_results(pool, pool.imap(task, [0, 30, 30]), poll=0.5)
-        if sys.argv[1] == "killed":
+        if sys.argv[1] in ("killed", "crashed"):
             assert next(results) == 0
-            os.kill(pool._pool[0].pid, signal.SIGKILL)
+            os.kill(pool._pool[0].pid, signal.SIGKILL if sys.argv[1] == "killed" else signal.SIGSEGV)
             t = time.monotonic()
         elif sys.argv[1] == "killed-early":  # (before the first result is asked for)
             time.sleep(0.5)
@@ -78,6 +78,13 @@ def test_a_pool_worker_killed_mid_task_stops_the_stage_in_one_line(tmp_path):
     out = _pool_run(tmp_path, "killed")
     assert "a worker process died (killed by SIGKILL)" in out and "out-of-memory killer" in out, out
     assert float(out.split(" s:")[0]) < 10, out
+
+
+def test_a_pool_worker_that_crashed_is_not_said_to_be_out_of_memory(tmp_path):
+    """Was wrong: every worker's death was given the out-of-memory killer's advice, a SIGSEGV's (or SIGBUS's) too."""
+    out = _pool_run(tmp_path, "crashed")
+    assert "a worker process died (killed by SIGSEGV)" in out and "out-of-memory" not in out, out
+    assert "--workers 1 shows the error" in out, out
 
 
 def test_a_pool_worker_killed_before_the_first_result_is_seen(tmp_path):
