@@ -121,8 +121,9 @@ _TWO = {"verb": {"0": 1, "1": 2}, "noun": {"0": 1}}
     ({"results": {"a": _TWO, "b": [1, 2]}}, "b", "the result is a list"),
     ({"results": {"a": {**_TWO, "action": {"1": 0.5}}}}, "a", "action keys must be \"verb,noun\""),
     ({"results": {"a": {**_TWO, "action": {"1,0": 0.5}}, "b": {**_TWO, "action": {"1,0": 0.5, "0,0": 0.1}}}},
-     "b", "2 action scores here but 1 in a"),
-    ({"results": {"a": {**_TWO, "action": {"1,0": 0.5}}, "b": {**_TWO, "action": [0.5]}}}, "b", "not a {"),
+     "a", "1 action scores, where EPIC's anticipation evaluator takes exactly 2"),  # (2 verbs x 1 noun)
+    ({"results": {"a": {**_TWO, "action": {"1,0": 0.5, "0,0": 0.1}}, "b": {**_TWO, "action": [0.5]}}}, "b",
+     "not a {"),
     ({"results": {"a": _TWO, "b": {"verb": {"0": 1, "00": 5}, "noun": {"0": 1}}}}, "b",
      "verb class id 0 is given more than once")])
 def test_a_challenge_json_of_another_layout_is_one_line_naming_the_segment(tmp_path, doc, segment, says):
@@ -484,9 +485,15 @@ def test_challenge_json_and_zip_as_scores(tmp_path, ann_dir):
     actions = {  # s0 (0,3), s1 (2,3), s3 (0,0) ranked first; s2 (5,7) ranked 6th
         ids[0]: ["0,3"] + filler[:5], ids[1]: ["2,3"] + filler[:5], ids[2]: filler[:5] + ["5,7"],
         ids[3]: ["0,0"] + filler[:5]}
-    for nid, keys in actions.items():
-        doc["results"][nid]["action"] = {k: 1.0 - 0.1 * j for j, k in enumerate(keys)}
+    for nid, keys in actions.items():  # (then every other pair, lower: the official evaluator takes K = 48 here)
+        keys = keys + [f"{v},{n}" for v in range(NV) for n in range(NN) if f"{v},{n}" not in keys]
+        doc["results"][nid]["action"] = {k: 1.0 - 0.01 * j for j, k in enumerate(keys)}
     (tmp_path / "val.json").write_text(json.dumps(doc))
+    few = json.loads(json.dumps(doc))  # fewer than the evaluator takes: refused (was: scored)
+    few["results"][ids[0]]["action"] = dict(list(few["results"][ids[0]]["action"].items())[:6])
+    (tmp_path / "few.json").write_text(json.dumps(few))
+    with pytest.raises(LeapError, match="6 action scores, where EPIC's anticipation evaluator takes exactly 48"):
+        load_scores(tmp_path / "few.json")
     sub.write_submission(tmp_path / "val.zip", doc)
     ann = Annotations(ann_dir)
     a = evaluate_scores(load_scores(tmp_path / "val.json"), ann, "val", "anticipation")

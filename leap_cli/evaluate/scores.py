@@ -122,26 +122,32 @@ def _action_pair(key: str) -> tuple[int, int]:
     return pair
 
 
-def _action_rows(results: dict, path: Path) -> dict:
-    """The optional action scores ("verb,noun": score), the same number on every segment."""
-    from leap_cli.evaluate.metrics import action_id
+def _action_rows(results: dict, path: Path, verbs: int, nouns: int) -> dict:
+    """The optional action scores ("verb,noun": score): exactly ``TOP_N_ACTIONS`` on every segment, of verb and
+    noun ids within the file's own classes, as EPIC's anticipation evaluator (and ``leap submit --check``) takes
+    them; figures of a file it refuses would be no figures of the challenge's."""
+    from leap_cli.evaluate.metrics import TOP_N_ACTIONS, action_id
 
-    ids = list(results)
-    size = len(results[ids[0]]["action"]) if isinstance(results[ids[0]]["action"], dict) else None
+    count = min(TOP_N_ACTIONS, min(TOP_N_ACTIONS, verbs) * min(TOP_N_ACTIONS, nouns))  # (action_scores' K: 100 on EPIC)
     rows = []
-    for nid in ids:
-        actions = results[nid]["action"]
+    for nid, result in results.items():
+        actions = result["action"]
         if not isinstance(actions, dict):
             raise LeapError("action scores are not a {\"verb,noun\": score} object", path=path, record=nid,
                             fix=_FIX_FORMAT)
-        if len(actions) != size:
-            raise LeapError(f"{len(actions)} action scores here but {size} in {ids[0]}", path=path, record=nid,
-                            fix="give every segment the same number of action scores")
         try:
             rows.append([(*_action_pair(k), float(v)) for k, v in actions.items()])
         except (ValueError, TypeError):
             raise LeapError("action keys must be \"verb,noun\" class ids as written (\"7,12\": no sign, blank or "
                             "leading zero) with numeric scores", path=path, record=nid) from None
+        if outside := next((f"{v},{n}" for v, n, _ in rows[-1] if v >= verbs or n >= nouns), None):
+            raise LeapError(f"the action {outside} is outside the file's {verbs} verb and {nouns} noun classes",
+                            path=path, record=nid, fix=_FIX_FORMAT)
+        if len(actions) != count:
+            raise LeapError(f"{len(actions)} action scores, where EPIC's anticipation evaluator takes exactly "
+                            f"{count}", path=path, record=nid,
+                            fix=f"give every segment its {count} best actions (leap submit --with-actions writes "
+                                "them), or no action scores")
     return {"ids": torch.tensor([[action_id(v, n) for v, n, _ in row] for row in rows]),
             "scores": torch.tensor([[s for _, _, s in row] for row in rows], dtype=torch.float64)}
 
@@ -164,7 +170,7 @@ def _from_challenge(doc: Any, path: Path) -> dict:
         if not all(with_actions):
             raise LeapError("action scores on some segments but not all", path=path,
                             fix="give action scores for every segment or none")
-        out["action"] = _action_rows(results, path)
+        out["action"] = _action_rows(results, path, out["verb_output"].shape[1], out["noun_output"].shape[1])
     return out
 
 

@@ -670,6 +670,15 @@ def timing_text(timing: dict) -> str:
     return text + f", clips of {timing.get('span_frames')} source frames"
 
 
+def timing_change(timing: dict | None, other: dict | None) -> str:
+    """What two anticipation timings' figures differ in, for messages: ``another anticipation time`` where tau_a
+    differs (or is not known), else ``another observation before the same anticipation time`` (the clips' span,
+    the context mode)."""
+    if not timing or not other or timing.get("tau_a") != other.get("tau_a"):
+        return "another anticipation time"
+    return "another observation before the same anticipation time"
+
+
 def check_context(ds: "ShardDataset", context: int, option: str | None, folder: Path) -> None:
     """Refuse, before any work, shards that hold fewer context clips than the model takes (``option`` names where
     the model's count is set); more are fine (the model takes the latest). It failed at the first batch: for

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from leap_cli.errors import LeapError
 from leap_cli.shards.dataset import (Guarded, ShardDataset, anticipation_timing, check_context, loader_workers,
-                                    shard_loader, timing_text)
+                                    shard_loader, timing_change, timing_text)
 from leap_cli.shards.format import folders_provenance, part_counts, programs_provenance
 from leap_cli.train.config import Config
 from leap_cli.train.distributed import DistInfo
@@ -107,8 +107,9 @@ class ShardSource:
                     val_timing = anticipation_timing(self.val.manifest)
                     if val_timing != self.timing and info.is_main:  # (best.pt chosen at another anticipation time)
                         log.warning("%s: the validation shards observe otherwise than the training shards (%s, "
-                                    "training: %s): validation, and the choice of best.pt, measure another "
-                                    "anticipation time", val_dir, timing_text(val_timing), timing_text(self.timing))
+                                    "training: %s): validation, and the choice of best.pt, measure %s", val_dir,
+                                    timing_text(val_timing), timing_text(self.timing),
+                                    timing_change(val_timing, self.timing))
                 vcounts = self.val.manifest.get("counts") or {}
                 if vcounts.get("skipped") and info.is_main:  # (best.pt is chosen on the segments there are)
                     log.warning("%s: the validation shards hold %d of the split's %d segments (%d skipped by "
