@@ -274,7 +274,8 @@ class ShardDataset(IterableDataset):
         tg = meta.get("targets") if meta.get("has_program") else None
         if tg:
             if tg["steps"]:  # (none: nothing to reshape, every row stays ignored)
-                st = torch.tensor(tg["steps"], dtype=torch.long).view(len(tg["steps"]), -1)[:L, :self.step_width]
+                st = torch.tensor(_step_rows(tg["steps"]), dtype=torch.long).view(len(tg["steps"]), -1)[
+                    :L, :self.step_width]
                 steps[:len(st), :st.shape[1]] = st
             for i in _condition_ids(tg.get("pre", []), P):
                 cond[i] = 1.0
@@ -300,6 +301,18 @@ class ShardDataset(IterableDataset):
             out["context_video"] = torch.stack(clips, dim=-5)  # [C,3,T,S,S] or [V,C,3,T,S,S]
             out["context_mask"] = torch.tensor(mask, dtype=torch.bool)
         return out
+
+
+def _step_rows(rows) -> list:
+    """A sample's step rows, each id an int, ``IGNORE_INDEX`` or from 0 (a ValueError for another: a damaged shard's
+    1e30 was torch's RuntimeError out of the loader, 1.5 was taken as 1)."""
+    from leap_cli.evaluate.metrics import IGNORE_INDEX
+
+    for row in rows:
+        for v in row:
+            if isinstance(v, bool) or not isinstance(v, int) or not (v == IGNORE_INDEX or 0 <= v < 2 ** 31):
+                raise ValueError(f"step id {v!r} is no vocabulary id")
+    return rows
 
 
 def _condition_ids(ids, count: int) -> list[int]:
