@@ -171,6 +171,16 @@ class _Conn(asyncio.Protocol):
             w.set_result(None)
 
     def expire(self) -> None:
+        """The request's timer came due: it times out a turn of the event loop later, unless its clock was restarted
+        meanwhile. (A SIGCONT's handler runs at Python's next check for signals: where the process was stopped as
+        the loop took its due timers, it ran after some of them, and those requests were abandoned at the continue,
+        their replies there, and sent again.)"""
+        handle = self.timer
+        asyncio.get_running_loop().call_soon(self._expire, handle)
+
+    def _expire(self, handle: asyncio.TimerHandle | None) -> None:
+        if self.timer is not handle:  # (restarted, or the request ended)
+            return
         self.timed_out = True
         w = self.waiter
         if w is not None and not w.done():
