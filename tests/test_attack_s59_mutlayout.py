@@ -9,17 +9,7 @@ from pathlib import Path
 import pytest
 
 from leap_cli.epic.layout import DatasetLayout
-
-
-def _touch(path: Path, text: str = "") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
-def _annotations(folder: Path) -> Path:
-    _touch(folder / "EPIC_100_train.csv", "narration_id\n")
-    return folder
+from tests.test_epic_layout import _annotations, _touch
 
 
 # -- _participant_folder: only "P" and two digits ---------------------------------------------------------------------
