@@ -256,7 +256,9 @@ def test_programs_cut_to_max_steps_are_said(built, root, tmp_path):
     assert not any("conditions outside the target vocabulary" in n for n in first.notes)
     r = build_split(root, "train", workdir=work, settings=settings(), out=tmp_path / "few", max_conditions=1)
     (said,) = [n for n in r.notes if "conditions outside the target vocabulary" in n]
-    assert said.startswith("conditions outside the target vocabulary (1, the training programs' most frequent"), said
+    # (it named --max-conditions as the cause where the training programs had held no more: it is only where it cut)
+    assert said.startswith("conditions outside the target vocabulary (1, those of the training programs, the most "
+                           "frequent where --max-conditions cut them)"), said
     dropped, total = (int(x) for x in said.split("): ")[1].split(" condition mentions")[0].split(" of the programs' "))
     assert 0 < dropped < total, said
 

@@ -1258,9 +1258,9 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         from leap_cli.programs.vocab import condition_string
 
         where, cond = targets.dropped_example
-        notes.append(f"conditions outside the target vocabulary ({len(targets.vocab.conditions)}, the training "
-                     f"programs' most frequent: --max-conditions): {targets.dropped} of the programs' "
-                     f"{targets.conditions} condition mentions are left out of the targets (e.g. "
+        notes.append(f"conditions outside the target vocabulary ({len(targets.vocab.conditions)}, those of the "
+                     f"training programs, the most frequent where --max-conditions cut them): {targets.dropped} of the "
+                     f"programs' {targets.conditions} condition mentions are left out of the targets (e.g. "
                      f"{condition_string(cond)} of {where}), and the condition metrics do not score them")
     if not result.written_now and (result.resumed_shards or result.manifest.get("parts")):  # every shard was there
         notes = [n for n in notes if n != vocab_note and n not in cache_notes]  # (nothing was read or built now)
