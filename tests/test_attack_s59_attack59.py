@@ -301,9 +301,9 @@ def test_the_scripted_run_made_one_invalid_record_with_its_repair_turn_failed(ll
 
 
 def test_this_runs_note_for_a_failed_repair_turn_names_retry_errors(llm_runs):
-    """Was wrong: commands/programs.py this_run_notes: a record of this run whose repair turn failed is told
-    '--retry-invalid' (first reply paid again); the next run's note rightly names --retry-errors, which sends the
-    repair turn only."""
+    """Was wrong: commands/programs.py (this run's notes, now not_valid_notes): a record of this run whose repair
+    turn failed was told '--retry-invalid' (first reply paid again); the next run's note rightly names
+    --retry-errors, which sends the repair turn only."""
     runs, _, _ = llm_runs
     said = runs["first"][1]
     notes = said[said.find("note:"):]

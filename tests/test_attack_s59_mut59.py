@@ -1,6 +1,6 @@
 """Mutation run (mut59 helper) over this session's changes: rgb_frames folders that hold no frames, cannot be listed
 or are files (epic/layout.py, epic/info.py), validate-programs' default report for --shard parts
-(commands/programs.py _default_report), the notes of a run's own failed and invalid records (this_run_notes), the
+(commands/programs.py _default_report), the notes of a run's own failed and invalid records (not_valid_notes), the
 causes counted in generate-programs' summary (failure_cause), API keys read as header values (programs/backends.py
 header_value), challenge action keys (evaluate/metrics.py action_key_pair), the shard reader's condition ids
 (shards/dataset.py _condition_ids), build-shards' folder lock (shards/writer.py _folder_lock), the demo's SLS levels
@@ -153,17 +153,17 @@ def test_every_part_in_another_folder_gets_the_merges_report_beside_them(val_par
 # ------------------------------------------------------------------ generate-programs: notes, causes ---
 
 def test_this_runs_notes_name_the_option_for_each_kind_and_count_them():
-    from leap_cli.commands.programs import this_run_notes
+    from leap_cli.commands.programs import not_valid_notes
 
-    failed, = this_run_notes({"failed": 1})
-    assert "--retry-errors" in failed and "the 1 record that failed" in failed
-    assert "the 2 records that failed" in this_run_notes({"failed": 2})[0]
+    failed, = not_valid_notes({"failed": 1}, this_run=True)
+    assert "--retry-errors" in failed and failed.startswith("1 of the records written by this run is failed")
+    assert not_valid_notes({"failed": 2}, this_run=True)[0].startswith("2 of the records written by this run are")
     # a server held: its note has named --retry-errors for the failed already (mutant: said twice)
-    assert this_run_notes({"failed": 2}, said=True) == []
-    invalid, = this_run_notes({"invalid": 3})
-    assert invalid.startswith("--retry-invalid asks again for the 3 invalid records")
-    assert len(this_run_notes({"failed": 1, "repair": 1, "invalid": 1}, said=True)) == 2
-    assert this_run_notes({}) == []
+    assert not_valid_notes({"failed": 2}, this_run=True, said=True) == []
+    invalid, = not_valid_notes({"invalid": 3}, this_run=True)
+    assert "3 of the records written by this run are invalid: add --retry-invalid" in invalid
+    assert len(not_valid_notes({"failed": 1, "repair": 1, "invalid": 1}, this_run=True, said=True)) == 2
+    assert not_valid_notes({}, this_run=True) == []
 
 
 def test_a_long_cause_is_cut_at_a_whole_word_and_details_in_parentheses_go_first():

@@ -360,26 +360,9 @@ def generate_programs(
     print_failures(summary.failures, outcome)
     for line in outcome.lines():
         console.print(escape(line), highlight=False, style="red")
-    for line in this_run_notes(summary.not_valid, said=bool(summary.held_seconds)):
+    for line in not_valid_notes(summary.not_valid, this_run=True, said=bool(summary.held_seconds)):
         console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
     outcome.exit()
-
-
-def this_run_notes(kinds: dict, said: bool = False) -> list[str]:
-    """How to ask again for the records this run wrote not valid (kept as done, so a plain rerun does not), by
-    ``not_valid_kind`` (``said``: the note of a server held has named --retry-errors for the failed already)."""
-    notes = []
-    if (failed := kinds.get("failed", 0)) and not said:
-        notes.append(f"once the cause above is mended, rerun with --retry-errors to ask again for the {failed} "
-                     f"record{'s' if failed != 1 else ''} that failed (the others are kept)")
-    if repair := kinds.get("repair", 0):
-        its = "its" if repair == 1 else "their"
-        notes.append(f"{repair} invalid record{'s' if repair != 1 else ''} could not ask {its} repair turn (the "
-                     "request failed): --retry-errors sends that turn, the first reply read from the cache")
-    if invalid := kinds.get("invalid", 0):
-        notes.append(f"--retry-invalid asks again for the {invalid} invalid record{'s' if invalid != 1 else ''} "
-                     "(with other settings: their replies are not taken from the cache)")
-    return notes
 
 
 def resumed_text(summary) -> str:
@@ -402,20 +385,26 @@ def resumed_notes(summary) -> list[str]:
     return notes + not_valid_notes(bad)
 
 
-def not_valid_notes(bad) -> list[str]:
-    """What to do about the failed and invalid records (counts by status) that a run kept as done."""
+def not_valid_notes(bad, *, this_run: bool = False, said: bool = False) -> list[str]:
+    """What to do about the failed and invalid records (counts by ``generate.not_valid_kind``) that a run kept as
+    done: an earlier run's, or with ``this_run`` the ones it wrote (a plain rerun asks none of them again); ``said``:
+    a held server's note has named --retry-errors for the failed already."""
+    whose = "written by this run" if this_run else "done before"
+
+    def of(n: int) -> str:
+        return f"{n} of the records {whose} {'is' if n == 1 else 'are'}"
+
     notes = []
-    if bad.get("failed"):
-        notes.append(f"{bad['failed']} of the records done before {'is' if bad['failed'] == 1 else 'are'} failed "
-                     "(see leap validate-programs): add --retry-errors to ask for them again")
+    if bad.get("failed") and not said:
+        notes.append(f"{of(bad['failed'])} failed (see leap validate-programs): "
+                     + ("once the cause is mended, " if this_run else "") + "add --retry-errors to ask for them again")
     if bad.get("repair"):
-        notes.append(f"{bad['repair']} of the records done before {'is' if bad['repair'] == 1 else 'are'} invalid "
-                     "with a repair turn to ask (its request failed, or the reply came from a Batch, which asks "
-                     "none): a run with --retry-errors (without --batch-file) sends that turn, the earlier replies "
-                     "read from the cache")
+        notes.append(f"{of(bad['repair'])} invalid with a repair turn to ask (its request failed, or the reply came "
+                     "from a Batch, which asks none): a run with --retry-errors (without --batch-file) sends that "
+                     "turn, the earlier replies read from the cache")
     if bad.get("invalid"):
-        notes.append(f"{bad['invalid']} of the records done before {'is' if bad['invalid'] == 1 else 'are'} invalid: "
-                     "add --retry-invalid to ask for them again (their replies are not taken from the cache)")
+        notes.append(f"{of(bad['invalid'])} invalid: add --retry-invalid to ask for them again (their replies are not "
+                     "taken from the cache)")
     return notes
 
 

@@ -51,6 +51,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from leap_cli.errors import LeapError
+from leap_cli.evaluate.metrics import IGNORE_INDEX
 from leap_cli.shards.format import (REBUILD_FIX, group_sample, load_folders, parse_members, read_sample_at,
                                    sample_crc)
 from leap_cli.shards.transforms import (color_jitter, crop_resize, decode_jpegs, random_resized_box,
@@ -306,8 +307,6 @@ class ShardDataset(IterableDataset):
 def _step_rows(rows) -> list:
     """A sample's step rows, each id an int, ``IGNORE_INDEX`` or from 0 (a ValueError for another: a damaged shard's
     1e30 was torch's RuntimeError out of the loader, 1.5 was taken as 1)."""
-    from leap_cli.evaluate.metrics import IGNORE_INDEX
-
     for row in rows:
         for v in row:
             if isinstance(v, bool) or not isinstance(v, int) or not (v == IGNORE_INDEX or 0 <= v < 2 ** 31):
