@@ -619,6 +619,36 @@ def test_the_429_note_suggests_what_the_server_took(monkeypatch, capacity):
     assert capacity <= backend.steady_limit <= capacity + 1
 
 
+def test_a_429_keeps_what_went_through_with_fewer_in_flight(monkeypatch):
+    """A server that takes 2: a window at 2 in flight without a 429, then a 429 at 3 (cut to 1), and the run ended
+    at 1 in flight: the summary suggested --concurrency 1, as every cut forgot what had gone through before it. A
+    429 now forgets only as many in flight as it was refused at (the endpoint test above flaked on it)."""
+    from leap_cli.programs.backends import OpenAIBackend
+
+    monkeypatch.setenv("LEAP_TEST_KEY", "sk-test")
+
+    async def run():
+        backend = OpenAIBackend("m", base_url="http://127.0.0.1:9/v1", api_key_env="LEAP_TEST_KEY", concurrency=3)
+        try:
+            seen = []
+            backend._limit, backend._active, backend._peak = 2, 2, 2  # a window of 2 replies at 2 in flight
+            backend._answered(), backend._answered()
+            seen.append(backend.steady_limit)
+            backend._limit, backend._active = 3, 2  # a 429 for a third one beside 2 in flight
+            backend._rate_limited(backend._epoch, None)
+            seen += [backend.steady_limit, backend._limit]
+            backend._answered()  # a window at 1: still 2
+            seen.append(backend.steady_limit)
+            backend._limit, backend._active = 2, 1  # a 429 for a second one beside 1: the server takes 1 now
+            backend._rate_limited(backend._epoch, None)
+            seen.append(backend.steady_limit)
+            return seen
+        finally:
+            await backend.aclose()
+
+    assert asyncio.run(run()) == [2, 2, 1, 2, 1]
+
+
 @pytest.mark.parametrize("retries", [1, 2])
 def test_prompts_the_server_chokes_on_do_not_stop_a_held_stage(workdir, good_programs, monkeypatch,  # noqa: F811
                                                                retries):

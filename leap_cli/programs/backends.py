@@ -235,9 +235,9 @@ class OpenAIBackend(Backend):
         self.concurrency = max(1, concurrency)
         self._limit = self.concurrency
         self.lowest_limit = self.concurrency
-        # the most requests in flight that got a whole window of replies (as many as in flight) without a 429
-        # since the last cut: what the summary suggests for --concurrency (the lowest cut overshoots: halving 3
-        # gives 1 for a server that takes 2)
+        # the most requests in flight that got a whole window of replies (as many as in flight) without a 429,
+        # and fewer than any 429 since found in flight: what the summary suggests for --concurrency (the lowest
+        # cut overshoots: halving 3 gives 1 for a server that takes 2)
         self.steady_limit = 0
         self._active = 0
         self._epoch = 0
@@ -460,7 +460,9 @@ class OpenAIBackend(Backend):
             self._limit = max(1, min(self._limit, self._active + 1) // 2)
             self._epoch += 1
             self._ok_run = 0
-            self.steady_limit = 0
+            # a 429 with this many others in flight: more than that was refused, as many may still go through
+            # (2 went a window without one; 3 got a 429, then the run ended at 1 in flight: 2 is still what went)
+            self.steady_limit = min(self.steady_limit, self._active)
             self._peak = self._active
             if self._limit < self.lowest_limit:
                 self.lowest_limit = self._limit

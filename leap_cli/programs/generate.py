@@ -155,7 +155,7 @@ class GenerateSummary:
     rate_limited: int = 0  # requests the endpoint refused with 429
     concurrency: int = 0  # --concurrency of the run
     lowest_concurrency: int | None = None  # the fewest requests in flight the backend cut to after 429s
-    steady_concurrency: int | None = None  # the most in flight that went a window without a 429 after the last cut
+    steady_concurrency: int | None = None  # the most in flight that went a window without a 429, below any later 429's
     held_seconds: float = 0.0  # time the server did not answer and was held (asked one request at a time)
     timed_out: int = 0  # requests abandoned at --timeout (the endpoint may bill them)
     interrupted: int | None = None  # the signal that stopped the run (SIGINT, SIGTERM), with reraise=False
