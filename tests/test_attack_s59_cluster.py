@@ -118,3 +118,36 @@ def test_build_shards_part_of_another_count_starting_beside_a_part_of_3_is_refus
     counts = {m.group(1) for p in out.glob("manifest.shard*.json") if (m := re.search(r"of(\d+)\.json$", p.name))}
     assert len(counts) <= 1, (sorted(p.name for p in out.iterdir()), [t[-600:] for _, t in res])
     assert any(rc == 2 and "parts" in text for rc, text in res), [t[-600:] for _, t in res]
+
+
+def test_a_part_is_marked_begun_as_its_count_is_checked(arrays, tmp_path, monkeypatch, capsys):
+    """The progress file that marks a part begun is made under the folder's lock, with the count's check, not
+    later by the appender: a part of another count that checks in between is refused (the two-process test above
+    only catches it when the appender is slow)."""
+    import leap_cli.shards.writer as writer
+    from leap_cli.errors import LeapError
+    from leap_cli.shards.format import check_part_count
+    from tests.procs import leap_main
+
+    top, _ = arrays
+    out, seen = tmp_path / "shards", []
+    changed = writer._video_changed
+
+    def right_after_the_lock(*a, **kw):  # (the first call past the lock of a --shard part)
+        files = sorted(p.name for p in out.iterdir() if p.name.startswith(".progress"))
+        try:
+            check_part_count(out, 3)
+            seen.append((files, None))
+        except LeapError as e:
+            seen.append((files, str(e)))
+        return changed(*a, **kw)
+
+    programs = tmp_path / "train.jsonl"  # (the parts merged: the test above pastes the merge into the workdir)
+    programs.write_text("".join(p.read_text() for p in sorted((top / "w/programs").glob("train.shard*of3.jsonl"))))
+    monkeypatch.setattr(writer, "_video_changed", right_after_the_lock)
+    code, text, err = leap_main(monkeypatch, capsys, "build-shards", "--workdir", str(top / "w"), "--data",
+                                str(top / "w/kitchen"), "--split", "train", "--out", str(out), "--shard", "0/2",
+                                "--programs", str(programs))
+    assert code == 0, (text + err)[-2000:]
+    (files, refused), = seen
+    assert files == [".progress.shard0of2.jsonl"] and refused and "--shard i/2 parts" in refused, seen

@@ -344,6 +344,26 @@ def test_generate_resumed_counts_and_notes():
     assert len(notes) == 2 and notes[0].startswith("2 records of earlier runs were made from a clip that has changed")
 
 
+@pytest.mark.parametrize("held", [0.0, 30.0])
+def test_generate_names_retry_errors_once_for_this_runs_failed(tmp_path, monkeypatch, capsys, held):
+    """A run whose server was held, with records written failed: its summary names --retry-errors in the held
+    server's note; the failed records' own note would say it a second time. Without a hold it is said once too."""
+    import leap_cli.programs.generate as generate
+    from leap_cli.programs.generate import GenerateSummary
+    from tests.procs import leap_main
+
+    def run(cfg, **kw):
+        return GenerateSummary(out=cfg.out_path, source="x", total=3, statuses=Counter(valid=1, failed=2),
+                               not_valid=Counter(failed=2), held_seconds=held,
+                               failures=[("P01_01_0", "timed out: no reply"), ("P01_01_1", "timed out: no reply")])
+
+    monkeypatch.setattr(generate, "generate_programs", run)
+    code, out, _ = leap_main(monkeypatch, capsys, "generate-programs", "--workdir", str(tmp_path), "--split", "train")
+    assert code == 0 and "2 of 3 records failed" in out, out
+    assert out.count("--retry-errors") == 1, out
+    assert ("the server stopped answering for 30 s" in out) == bool(held), out
+
+
 def test_generate_failures_are_listed_ten_and_counted_by_cause():
     from leap_cli.commands.programs import failure_cause, print_failures
     from leap_cli.outcome import Outcome
