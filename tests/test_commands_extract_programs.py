@@ -373,6 +373,10 @@ def test_generate_failures_are_listed_ten_and_counted_by_cause():
     assert failure_cause("HTTP 500: server error: try later after 3 attempts") == "HTTP 500: server error"
     assert failure_cause("the model put 1234 characters in reasoning") == "the model put text in reasoning"
     assert len(failure_cause("x" * 300)) == 100
+    # a long word after the prefix (a token, a URL) is cut inside: it said "request failed:..."
+    token = "request failed: https://proxy.example/" + "a1b2" * 40
+    assert failure_cause(token) == token[:97] + "..."
+    assert failure_cause("request failed: the reply " + "w " * 60) == "request failed: the reply " + "w " * 34 + "w..."
     buf = io.StringIO()
     outcome = Outcome("generate-programs")
     outcome.attempt(12)

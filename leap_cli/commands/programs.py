@@ -458,7 +458,11 @@ def failure_cause(message: str) -> str:
         cause = shorter
     if "(" in cause and len(cause) > CAUSE_WIDTH:  # (one left open: the message was cut before its end)
         cause = cause[:cause.index("(")].rstrip()
-    return cause if len(cause) <= CAUSE_WIDTH else cause[:CAUSE_WIDTH - 3].rsplit(" ", 1)[0] + "..."
+    if len(cause) <= CAUSE_WIDTH:
+        return cause
+    cut = cause[:CAUSE_WIDTH - 3]
+    words = cut.rsplit(" ", 1)[0]  # (a long word, a token or a URL, is cut inside: "request failed:..." said nothing)
+    return (words if len(words) >= CAUSE_WIDTH // 2 else cut) + "..."
 
 
 def _summary_table(title: str, cells) -> Table:
