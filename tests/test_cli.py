@@ -691,7 +691,7 @@ def test_build_shards_says_what_it_does_before_its_first_sample(tiny_kitchen, tm
     # other settings over them: refused, the key said as the option ("settings.frames differ")
     r = leap("build-shards", "--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path),
              "--frames", "3", "--short-side", "32")
-    assert r.returncode == 2 and "(--frames differ)" in r.stderr, r.stderr
+    assert r.returncode == 2 and "(--frames differs)" in r.stderr, r.stderr
 
 
 def test_usage_errors_are_one_line():

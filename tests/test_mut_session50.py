@@ -401,5 +401,5 @@ def test_a_key_an_older_progress_record_lacks_is_not_named_as_changed(shards_kit
                                                               if k != lacking})) + "\n" for r in records))
     with pytest.raises(LeapError) as e:
         build(shards_kitchen, tmp_path / "run", frames=2)
-    assert e.value.message == "the folder holds shards built from other inputs or settings (--frames differ)", \
+    assert e.value.message == "the folder holds shards built from other inputs or settings (--frames differs)", \
         (lacking, e.value.message)

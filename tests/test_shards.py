@@ -302,7 +302,7 @@ def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
     damaged.write_bytes(damaged.read_bytes()[:1000])
     again = build(root, tmp_path / "run")
     assert again.resumed_shards == 1 and tar_digests(out) == tar_digests(ref.out)
-    with pytest.raises(LeapError, match=r"other inputs or settings \(--frames differ\)") as e:
+    with pytest.raises(LeapError, match=r"other inputs or settings \(--frames differs\)") as e:
         build(root, tmp_path / "run", frames=2)
     assert "--force" in e.value.fix
     assert build(root, tmp_path / "run", frames=2, overwrite=True).manifest["settings"]["frames"] == 2
@@ -414,7 +414,7 @@ def test_shard_parts_merge(root, tmp_path):
     assert any("built before in 2 parts" in n and "nothing new to write" in n for n in again.notes), again.notes
     assert sorted(p.name for p in out.glob("*.tar")) == tars
     with pytest.raises(LeapError, match=r"built in 2 parts \(--shard i/2, all done\) from other inputs or settings "
-                                        r"\(--frames differ\).*--force --shard i/2"):
+                                        r"\(--frames differs\).*--force --shard i/2"):
         build(root, tmp_path, frames=3)
     with pytest.raises(LeapError, match=r"--shard i/2 parts"):  # --force refused before it deletes anything (it
         build(root, tmp_path, overwrite=True)  # deleted the merged manifest.json, then refused)
@@ -456,7 +456,7 @@ def test_parts_built_otherwise_are_not_merged(root, tmp_path):
     # named against the part just built (made from the inputs as they are now: part 0 was told to rebuild part 1,
     # which changed nothing, where part 0 had been built from an older programs file)
     with pytest.raises(LeapError, match=r"part\(s\) manifest\.shard0of2\.json were built from other inputs or "
-                                        r"settings than manifest\.shard1of2\.json \(--frames: 8 -> 4 differ\) "
+                                        r"settings than manifest\.shard1of2\.json \(--frames: 8 -> 4 differs\) "
                                         r"\(rebuild part\(s\) 0 with the inputs and options of part 1"):
         build(root, tmp_path, shard=ShardSpec(1, 2), frames=8)
     assert not (out / "manifest.json").exists()

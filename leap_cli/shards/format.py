@@ -210,6 +210,14 @@ def said(key: str) -> str:
     return {"targets": "the target vocabulary"}.get(key, key)
 
 
+def differ_note(names: list[str]) -> str:
+    """What a refusal says differs, the first six of ``names``: "(--frames differs)", "(the programs differ)",
+    "(--frames, the programs differ)"."""
+    shown = ", ".join(names[:6]) + (" ..." if len(names) > 6 else "")
+    one = len(names) == 1 and (names[0].startswith("--") or not names[0].endswith("s"))
+    return f"({shown} {'differs' if one else 'differ'})"
+
+
 def programs_provenance(m: dict) -> dict | None:
     """What a manifest's program targets were made from, as a run keeps it (``provenance.json``): ``records``
     and ``valid`` of the program file, ``with_program`` (the samples that carry a target), ``made_by`` (per
@@ -333,7 +341,7 @@ def _merge(parts: list[dict], paths: list[Path], reference: int = 0) -> dict:
             short = all(isinstance(v, (int, float, str, bool, type(None))) and len(str(v)) <= 20 for v in (a, b))
             shown.append(f"{said(k)}: {a!r} -> {b!r}" if short and k.startswith("settings.") else said(k))
         raise PartsDiffer(f"part(s) {names} were built from other inputs or settings than {paths[reference].name} "
-                          f"({', '.join(shown)}{' ...' if len(keys) > 6 else ''} differ)",
+                          + differ_note(shown + keys[6:]),
                           path=paths[reference].parent,
                           fix=f"rebuild part(s) {indices} with the inputs and options of part {mine} (--force on "
                               f"--shard i/{len(parts)}), or part {mine} with theirs, or build into another --out")

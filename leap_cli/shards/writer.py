@@ -45,7 +45,7 @@ from leap_cli.io import (JsonlAppender, OutputLock, ShardReaders, atomic_write_j
 from leap_cli.media.video import stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.programs.provenance import MadeBy, prompt_version
-from leap_cli.shards.format import (FORMAT, check_key, check_part_count, frame_field, jpeg_size, made_with,
+from leap_cli.shards.format import (FORMAT, check_key, check_part_count, differ_note, frame_field, jpeg_size, made_with,
                                     manifest_name, sample_bytes, said, shard_name, tar_end)
 
 log = logging.getLogger(__name__)
@@ -488,7 +488,7 @@ def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
         appender.close()
         keys = changed_keys(other)
         raise LeapError("the folder holds shards built from other inputs or settings"
-                        + (f" ({', '.join(said(k) for k in keys)} differ)" if keys else ""), path=out,
+                        + (" " + differ_note([said(k) for k in keys]) if keys else ""), path=out,
                         fix="pass --force to delete them and rebuild, or another --out")
     kept: list[dict] = []
     for r in done:
@@ -814,7 +814,7 @@ def _built_in_parts(out: Path, now: dict, video_changed: Callable[[dict], bool])
     differ = sorted(k for k, v in now.items() if k not in PACKING and was.get(k) != v)
     if differ:
         raise LeapError(f"holds this split built in {n} parts (--shard i/{n}, all done) from other inputs or settings "
-                        f"({', '.join(said(k) for k in differ[:6])}{' ...' if len(differ) > 6 else ''} differ)", path=out,
+                        + differ_note([said(k) for k in differ]), path=out,
                         fix=f"rebuild each part with --force --shard i/{n}, or build into another --out (or delete the "
                             "folder to build it without --shard)")
     retry = []  # the parts holding a skip whose video changed since (re-downloaded): a part's run tries it again
