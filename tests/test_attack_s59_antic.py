@@ -411,8 +411,10 @@ def test_the_timing_warning_names_what_differs_not_another_anticipation_time(pip
 
 
 def test_segments_context_observes_tau_o_before_tau_a_cut_at_the_video_start(pipeline, tmp_path):
-    """--anticipation-context segments (docs/shards.md): observed [ts - tau_a - tau_o, ts - tau_a] cut at 0 s, the
-    context the previous annotated segments of the video; blank only where ts - tau_a is before 0."""
+    """--anticipation-context segments (docs/shards.md): observed [t - tau_a - tau_o, t - tau_a] cut at 0 s, where t
+    is the action's start in the source's numbering (on rgb_frames the start of its CSV start_frame, as clips mode
+    takes it; session 60: it was the timestamp, 2-3 frames later), the context the previous annotated segments of
+    the video; blank only where t - tau_a is before 0."""
     root, work, _, _ = pipeline
     out = tmp_path / "val-seg"
     ok("build-shards", "--split", "val", "--task", "anticipation", "--anticipation-context", "segments",
@@ -422,7 +424,7 @@ def test_segments_context_observes_tau_o_before_tau_a_cut_at_the_video_start(pip
     got = samples(out)
     for key, row in rows.items():
         meta = got[key]["meta"]
-        ts = float(row["start_timestamp"].rsplit(":", 1)[1])  # segments mode reads the timestamp, also on rgb_frames
+        ts = (int(row["start_frame"]) - 1) / FPS  # the start of start_frame (frame 1 starts at 0 s)
         if ts - 1.0 < 0:
             assert meta["blank"] is True and meta["observed"] is None, key
             continue

@@ -148,12 +148,14 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
                 samples.append(SampleJob(s.narration_id, idx))
                 records[s.narration_id] = {"frame_indices": idx}
                 continue
-            obs_end_t = s.start - settings.tau_a
             if settings.context_mode == "clips":
                 job, rec = _plan_clips(s, ck, settings)
                 samples.append(job)
                 records[s.narration_id] = rec
                 continue
+            # tau_a before the action's start in the source's numbering, as clips mode takes it (on rgb_frames its
+            # CSV start_frame, 1-2 frames before the timestamp: the timestamp ended it 2-3 frames after clips mode)
+            obs_end_t = ck.start_time(s) - settings.tau_a
             if obs_end_t < 0:
                 # Nothing can be observed before the action (it starts less than tau_a into the video), yet the
                 # challenge wants a score for it: store black frames, no context, and say so in the record.
