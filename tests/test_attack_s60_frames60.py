@@ -251,12 +251,10 @@ def test_a_short_frames_folder_skips_only_the_segments_past_its_last_file(tmp_pa
     assert observed_codes(got["P01_01_1"]) == [1000 + n for n in got["P01_01_1"]["meta"]["frame_indices"]]
 
 
-@pytest.mark.xfail(strict=True, reason="media/video.py _check_frames' fix says 'a file cut short: download it again' for "
-                                       "an rgb_frames folder too; build-shards never asks FrameClock.check")
 def test_build_shards_tells_a_short_frames_folder_to_extract_its_tar_again(tmp_path):
     """extract and FrameClock.check tell a frames folder short of frames to "extract its rgb_frames tar again"
-    (docs/media.md's wording); build-shards' skip of the same segment says "a file cut short: download it again",
-    the MP4's advice, and names the first sampled frame past the end ("frame 143") rather than the window's."""
+    (docs/media.md's wording), and so does build-shards' skip of the same segment. Was wrong: it said "a file cut
+    short: download it again", the MP4's advice, and named the first sampled frame past the end ("frame 143")."""
     fps = 60.0
     root = make_root(tmp_path / "k", fps, [("0", 0.0, 0.5), ("2", 1.5, 2.5)], frames=120)
     got = shards(root, tmp_path / "w", "--frames", "4")
@@ -265,14 +263,13 @@ def test_build_shards_tells_a_short_frames_folder_to_extract_its_tar_again(tmp_p
     assert "download it again" not in skip["reason"]
 
 
-@pytest.mark.xfail(strict=True, reason="shards/writer.py encode_video checks only the sampled frames against the "
-                                       "decodable end, never the segment's whole window (FrameClock.check)")
 @pytest.mark.parametrize("kind", ["rgb_frames", "mp4"])
 def test_a_segment_ending_past_a_cut_short_source_is_skipped_whatever_frames(tmp_path, kind):
     """docs/extract.md (--check-lengths): segments past a decodable end are unavailable in extract and left out of
     the shards by build-shards, "one set of segments, not two"; docs/media.md: never a clamped frame. A segment
-    ending 3 frames past the end of a short folder (or a cut MP4) is unavailable in extract, skipped by
-    build-shards --frames 16, yet stored by build-shards --frames 4, whose chunk centres all fall before the end."""
+    ending 3 frames past the end of a short folder (or a cut MP4) is unavailable in extract and skipped by
+    build-shards at any --frames. Was wrong: build-shards --frames 4, whose chunk centres all fall before the end,
+    stored it."""
     fps = 60.0
     root = make_root(tmp_path / "k", fps, [("0", 1.0, 2.05)], frames=120, rgb=kind == "rgb_frames",
                      mp4=kind == "mp4")

@@ -492,7 +492,8 @@ def test_anticipation_previous_segments_option(epic_root, tmp_path):
     for shard in m["shards"]:
         for key, fields in iter_tar_samples(r.out / shard["name"]):
             meta = json.loads(fields["json"])
-            end = starts[key] - 1.0
+            end = clock.time_of(int(rows[key]["start_frame"])) - 1.0  # (the action at its start_frame, as clips)
+            assert starts[key] - 1.0 - 2 / clock.rate <= end <= starts[key] - 1.0
             if end < 0:  # starts 0.3 s / 0.5 s into the video, less than tau_a: nothing observable, black frames
                 blank.add(key)
                 assert meta["observed"] is None and meta["frame_indices"] == [] and meta["blank"]

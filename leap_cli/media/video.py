@@ -150,6 +150,9 @@ def as_colour(image: np.ndarray, colour: str, source: str = "bgr") -> np.ndarray
     return cv2.cvtColor(image, _FROM[(source, colour)])
 
 
+PAST_END = "frames requested past the end of the video"  # (the gist a summary counts these by)
+
+
 def _check_frames(frames: Sequence[int], num_frames: int, path: Path, record: str | None) -> list[int]:
     wanted = sorted({int(f) for f in frames})
     if not wanted:
@@ -158,7 +161,7 @@ def _check_frames(frames: Sequence[int], num_frames: int, path: Path, record: st
         raise LeapError(f"frame {wanted[0]} requested; frame numbers are 1-based", path=path, record=record)
     if num_frames > 0 and wanted[-1] > num_frames:
         raise VideoUnreadable(f"frame {wanted[-1]} requested but the video has {num_frames} frames", path=path,
-                              gist="frames requested past the end of the video",
+                              gist=PAST_END,
                               record=record, fix="leap info compares each video's decodable length with "
                               "EPIC_100_video_info.csv (a file cut short: download it again); else check the "
                               "segment's times against the video's length and fps")

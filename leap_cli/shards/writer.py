@@ -42,7 +42,7 @@ from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
 from leap_cli.io import (JsonlAppender, OutputLock, ShardReaders, atomic_write_json, json_line, read_jsonl,
                          sha256_file, shard_parts, stable_hash, with_path, writer_of)
-from leap_cli.media.video import stored_side, stored_size
+from leap_cli.media.video import PAST_END, stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.programs.provenance import MadeBy, prompt_version
 from leap_cli.shards.format import (FORMAT, check_key, check_part_count, differ_note, frame_field, jpeg_size, made_with,
@@ -110,12 +110,17 @@ class SampleJob:
     key: str
     frames: list[int]  # observed frames
     context: list[list[int] | None] = field(default_factory=list)  # oldest first; None: absent
+    # what must lie inside the video's decodable frames (checked once it is open, ``VideoJob.clock``): the
+    # segment's span (recognition), else the last frame of the observed window (anticipation)
+    segment: Segment | None = None
+    last: int | None = None
 
 
 @dataclass
 class VideoJob:
     video_id: str
     samples: list[SampleJob]
+    clock: FrameClock | None = None  # the timing rule of the video's source (its frames counted once open)
 
 
 def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings: ShardSettings,
@@ -145,7 +150,7 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
                 # The timing rule (epic/timing.py), as extract's frame cache uses it: an MP4's frames from the
                 # timestamps through its fps, an rgb_frames folder's from the CSV columns as EPIC numbers them.
                 idx = recognition_frames(ck, s, T)
-                samples.append(SampleJob(s.narration_id, idx))
+                samples.append(SampleJob(s.narration_id, idx, segment=s))
                 records[s.narration_id] = {"frame_indices": idx}
                 continue
             if settings.context_mode == "clips":
@@ -179,13 +184,13 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
                 cidx = segment_frame_indices(pa, min(pb, last), T)
                 ctx_jobs.append(cidx)
                 ctx_rec.append({"key": p.narration_id, "present": True, "frame_indices": cidx})
-            samples.append(SampleJob(s.narration_id, idx, ctx_jobs))
+            samples.append(SampleJob(s.narration_id, idx, ctx_jobs, last=last))
             records[s.narration_id] = {"frame_indices": idx, "blank": False,
                                        "observed": {"start": round(max(0.0, obs_end_t - settings.tau_o), 6),
                                                     "stop": round(obs_end_t, 6)},
                                        "context": ctx_rec}
         if samples:
-            jobs.append(VideoJob(vid, samples))
+            jobs.append(VideoJob(vid, samples, ck))
     return jobs, records, skipped
 
 
@@ -210,7 +215,7 @@ def _plan_clips(s: Segment, clock: FrameClock, settings: ShardSettings) -> tuple
         return (SampleJob(s.narration_id, [], [None] * C),
                 {"frame_indices": [], "observed": None, "blank": True, "clips": clips,
                  "context": [dict(c, present=False, frame_indices=[]) for c in context]})
-    return (SampleJob(s.narration_id, current["frame_indices"], jobs[:-1]),
+    return (SampleJob(s.narration_id, current["frame_indices"], jobs[:-1], last=current["last_frame"]),
             {"frame_indices": current["frame_indices"], "observed": {"start": current["start"], "stop": current["stop"]},
              "blank": False, "clips": clips, "context": context})
 
@@ -282,6 +287,18 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
             raise _Skip(state["why"])
         return state["reader"]
 
+    def opened(s: SampleJob):
+        """The reader, once the sample's window is known to end inside the frames that decode: a segment past a
+        short frames folder or a cut file is skipped as extract skips it, whatever frames it samples (it was kept
+        where every sampled frame came before the end), with extract's reason."""
+        r = reader()
+        if job.clock is not None and (s.segment is not None or s.last is not None):
+            ck = job.clock.with_frames(r.num_frames)
+            why = ck.check(1, ck.segment_span(s.segment)[1] if s.segment is not None else s.last)
+            if why:
+                raise _Skip(Skipped(f"frames unavailable: {why}", PAST_END, state["stat"]))
+        return r
+
     usable = (cache is not None and cache.short_side == settings.short_side
               and cache.quality == settings.jpeg_quality and cache_entries_usable(cache, opener, job.video_id))
     if usable and getattr(opener, "is_mp4", lambda v: False)(job.video_id):
@@ -294,7 +311,7 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
             fields: dict[str, bytes] = {}
             clips = [(None, s.frames)] + [(c, idx) for c, idx in enumerate(s.context) if idx]
             if not s.frames:  # anticipation before the video's first tau_a seconds: a black observed clip
-                r = reader()
+                r = opened(s)
                 w, h = stored_size(r.width, r.height, settings.short_side)
                 black = encode_jpeg(np.zeros((h, w, 3), np.uint8), settings.jpeg_quality)
                 fields.update({frame_field(i): black for i in range(settings.frames)})
@@ -305,7 +322,7 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
                     for i, jpg in enumerate(cached):
                         fields[frame_field(i, ctx)] = jpg
                     continue
-                r = reader()
+                r = opened(s)
                 if hasattr(r, "record"):
                     r.record = s.key  # its errors name this segment (they named the video)
                 frames = r.read_frames(list(idx), stored_side(r.width, r.height, settings.short_side))
@@ -328,6 +345,7 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
 
 class _Skip(Exception):
     pass
+
 
 
 def file_stat(path: str | Path) -> list[int] | None:
@@ -659,7 +677,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
     for job in jobs:
         rest = [s for s in job.samples if s.key not in done_keys]
         if rest:
-            todo_jobs.append(VideoJob(job.video_id, rest))
+            todo_jobs.append(VideoJob(job.video_id, rest, job.clock))
     total = len(selected)
     done_count = len(done_keys)
     if progress:
@@ -1195,8 +1213,9 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     from leap_cli.epic.timing import RGB_FRAMES
 
     def clock(video_id: str) -> FrameClock:
+        info = ann.video_info.get(video_id) if fps_map else None  # (its length: a source shorter is cut short)
         return FrameClock(MP4 if layout.video_path(video_id) is not None or layout.frames_dir(video_id) is None
-                          else RGB_FRAMES, fps(video_id))
+                          else RGB_FRAMES, fps(video_id), duration=info.duration if info else None)
 
     opener = LayoutOpener(layout.root, layout.annotations_dir, fps_map, layout.beside)
     cache_dir = Path(frame_cache) if frame_cache else workdir / "frame-cache"
