@@ -143,6 +143,23 @@ def _temp_tag() -> str:
 _SWEPT: set[tuple[int, str]] = set()  # (pid, folder) already swept: once per folder and process
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` on this host runs: a zombie (killed, not yet reaped by its parent, or never, under a
+    container's PID 1 that reaps none) does not, though a signal 0 reaches it; another user's does."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]  # (the name in parentheses may hold any character)
+    except (OSError, IndexError):
+        return True  # (no /proc: macOS)
+    return state not in (b"Z", b"X")
+
+
 def remove_dead_temps(folder: str | Path) -> None:
     """Delete the temp files killed writers left in ``folder`` (``.NAME.HOST-PID.XXXXXXXX.tmp`` whose process on
     this host is gone); a running writer's, another host's, and any other file stay. Once per folder and process:
@@ -165,13 +182,8 @@ def remove_dead_temps(folder: str | Path) -> None:
         pid = name[:-len(".tmp")].rsplit(".", 1)[0].rsplit(tag, 1)[-1]
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # alive (maybe another process that took the pid: kept, to be safe)
-        except ProcessLookupError:
-            pass
-        except OSError:  # EPERM: alive, another user's
-            continue
+        if pid_alive(int(pid)):
+            continue  # (maybe another process that took the pid: kept, to be safe)
         try:
             (folder / name).unlink()
             log.debug("removed %s, left by a killed writer", folder / name)
@@ -362,13 +374,8 @@ def _lock_holder(fd: int) -> str | None:
         return None
     if len(holder) < 2:
         return None
-    if holder[1] == socket.gethostname() and holder[0].isdigit():  # (a lock file taken read-only keeps the words of
-        try:  # a holder gone since: not named)
-            os.kill(int(holder[0]), 0)
-        except ProcessLookupError:
-            return None
-        except OSError:
-            pass
+    if holder[1] == socket.gethostname() and holder[0].isdigit() and not pid_alive(int(holder[0])):
+        return None  # (a lock file taken read-only keeps the words of a holder gone since: not named)
     return f"process {holder[0]} on {holder[1]}"
 
 

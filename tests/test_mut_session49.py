@@ -190,6 +190,29 @@ def test_remove_dead_temps_reads_the_pid_after_the_last_host_tag(tmp_path):
     assert not victim.exists()
 
 
+def test_pid_alive_takes_a_zombie_for_dead():
+    """A killed child not yet reaped is a zombie: a signal 0 reaches it, yet it writes nothing any more (session 60:
+    its temp files were kept for good where nothing reaps it); this process lives, a reaped child's pid does not."""
+    import subprocess
+    import time
+
+    from leap_cli.io import pid_alive
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert pid_alive(child.pid)
+        child.kill()
+        deadline = time.monotonic() + 10
+        while not open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not pid_alive(child.pid)  # (a zombie until the wait below)
+    finally:
+        child.kill()
+        child.wait()
+    assert not pid_alive(child.pid) and pid_alive(os.getpid())
+
+
 def test_remove_dead_temps_of_a_file_is_no_error(tmp_path):
     """A path that is no folder: nothing to sweep (mutant: only FileNotFoundError passed, NotADirectoryError raised)."""
     from leap_cli.io import remove_dead_temps
