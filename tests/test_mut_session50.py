@@ -233,7 +233,7 @@ def test_offline_takes_the_options_that_are_not_requests(tmp_path, epic_dir):
     from tests.test_late_commands import invoke
 
     res = invoke("generate-programs", "--split", "train", "--annotations", epic_dir, "--workdir", tmp_path / "w",
-                 "--k", "2", "--response-format", "auto", "--limit", "1")
+                 "--k", "2", "--limit", "1")
     assert res.exit_code == 0, res.output
     assert (tmp_path / "w" / "programs" / "train.jsonl").exists()
 

@@ -25,7 +25,7 @@ err_console = output_console(stderr=True)
 # What only an LLM backend reads: refused with the offline backend (generate_programs)
 _REQUEST_OPTIONS = ("model", "base_url", "api_key_env", "concurrency", "workers_alias", "timeout", "max_retries",
                     "backoff", "temperature", "max_tokens", "extra_body", "repair_rounds", "price_in", "price_out",
-                    "price_cached_in", "max_cost")
+                    "price_cached_in", "max_cost", "response_format")
 
 
 def register(app: typer.Typer) -> None:
