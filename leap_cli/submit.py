@@ -453,6 +453,13 @@ class _SubmissionCheck:
                             path=source, fix="rewrite it with `leap submit` from a scores file")
         _check_ids(self.ids, self.expected, source)
         problems = self.problems
+        mixed = "action scores on some segments but not all"
+        if mixed in problems:  # the fewer named, with or without (the first entry's side named the other 9,000)
+            have = set(self.with_action)
+            without = [nid for nid in self.ids if nid not in have]
+            few, these = (without, "none") if len(without) <= len(have) else (self.with_action, "them")
+            problems = {(f"{mixed} ({len(have)} of {len(self.ids)} have them; these have {these})" if k == mixed
+                         else k): (few if k == mixed else v) for k, v in problems.items()}
         if submission["challenge"] != CHALLENGES["anticipation"] and self.with_action:
             problems = {"action scores in a recognition submission": self.with_action, **problems}
         if problems:

@@ -335,6 +335,28 @@ def test_anticipation_submission_with_actions(tmp_path, ann_dir):
     assert doc["challenge"] == "action_anticipation" and "action" not in doc["results"]["P03_01_0"]
 
 
+@pytest.mark.parametrize("first_has", [True, False])
+def test_actions_on_some_segments_name_the_fewer(first_has):
+    """Actions on 4 of 5 segments: the one without is named, whichever the first entry is (the first entry's side
+    decided, so a file whose first entry lacked them named the 4 that have them); and 1 of 5: the one with them."""
+    ids = ["a", "b", "c", "d", "e"]
+    doc = sub.make_submission(_test_scores(97, 300, ids), "anticipation", sls_pt=1, sls_tl=1, sls_td=1,
+                              with_actions=True)
+    odd = "a" if not first_has else "c"
+    del doc["results"][odd]["action"]
+    with pytest.raises(LeapError) as e:
+        sub.check_submission(doc, ids, 97, 300)
+    assert e.value.message == ("1 segment(s) with action scores on some segments but not all (4 of 5 have them; these "
+                               f"have none): {odd}"), e.value.message
+    for nid in ids:
+        if nid != odd:
+            doc["results"][nid].pop("action")
+    doc["results"][odd]["action"] = dict(list(sub.make_submission(_test_scores(97, 300, ids), "anticipation", sls_pt=1,
+                                         sls_tl=1, sls_td=1, with_actions=True)["results"]["b"]["action"].items()))
+    with pytest.raises(LeapError, match=rf"\(1 of 5 have them; these have them\): {odd} \(rewrite"):
+        sub.check_submission(doc, ids, 97, 300)
+
+
 def test_anticipation_actions_on_epic_sizes():
     ids = ["a", "b"]
     s = _test_scores(97, 300, ids)
