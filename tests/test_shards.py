@@ -298,6 +298,13 @@ def test_resume_keeps_complete_shards_and_gives_the_same_bytes(root, tmp_path):
     assert (out / "leap-train-000000.tar").stat().st_mtime_ns == first
     assert tar_digests(out) == tar_digests(ref.out)
     assert (out / "manifest.json").read_bytes() == (ref.out / "manifest.json").read_bytes()
+    # every shard there, the manifest not (a kill after the last tar): said as such, not "nothing new to write"
+    (out / "manifest.json").unlink()
+    again = build(root, tmp_path / "run")
+    assert again.written_now == 0 and (out / "manifest.json").read_bytes() == (ref.out / "manifest.json").read_bytes()
+    assert any(n.endswith("only their manifest was missing (a run stopped before it), written now")
+               for n in again.notes), again.notes
+    assert any(n.endswith("nothing new to write (--force builds them again)") for n in build(root, tmp_path / "run").notes)
     damaged = out / "leap-train-000001.tar"  # a complete shard cut short later: it and the ones after it are redone
     damaged.write_bytes(damaged.read_bytes()[:1000])
     again = build(root, tmp_path / "run")

@@ -292,11 +292,13 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
         short frames folder or a cut file is skipped as extract skips it, whatever frames it samples (it was kept
         where every sampled frame came before the end), with extract's reason."""
         r = reader()
-        if job.clock is not None and (s.segment is not None or s.last is not None):
-            ck = job.clock.with_frames(r.num_frames)
+        frames = getattr(r, "num_frames", None)  # (None: a reader that cannot tell, nothing checked)
+        if job.clock is not None and frames and (s.segment is not None or s.last is not None):
+            ck = job.clock.with_frames(frames)
             why = ck.check(1, ck.segment_span(s.segment)[1] if s.segment is not None else s.last)
             if why:
-                raise _Skip(Skipped(f"frames unavailable: {why}", PAST_END, state["stat"]))
+                where = LeapError(why, path=getattr(r, "path", None), record=s.key).one_line()
+                raise _Skip(Skipped(f"frames unreadable: {where}", PAST_END, state["stat"]))
         return r
 
     usable = (cache is not None and cache.short_side == settings.short_side
@@ -390,6 +392,7 @@ class BuildResult:
     written_now: int = 0
     resumed_shards: int = 0
     notes: list[str] = field(default_factory=list)
+    manifest_was_missing: bool = False  # the manifest (of the part) was not there when this run began
 
 
 def _labels(seg: Segment, fps: float | None) -> dict:
@@ -620,6 +623,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                             "targets": targets_manifest, "shard": [shard.index, shard.count]})
 
     progress_path = out / f".progress{shard.suffix}.jsonl"
+    missing_manifest = not (out / manifest_name(shard.suffix)).exists()
     sources = _adopted(out, progress_path, out / manifest_name(shard.suffix), dict(sources or {}), adopt, hash_of,
                        overwrite)
     settings_hash = hash_of(sources)
@@ -783,7 +787,8 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
             wrote = atomic_write_json(out / MANIFEST, merged, if_changed=True)
             notes.append(f"all {shard.count} parts done: merged manifest.json "
                          + ("written" if wrote else "as it was (nothing changed)"))
-    return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes)
+    return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes,
+                       manifest_was_missing=missing_manifest)
 
 
 def _video_changed(opener, segments: dict[str, Segment]) -> Callable[[dict], bool]:
@@ -1288,6 +1293,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     if not result.written_now and result.resumed_shards:
         notes.append(f"all {result.resumed_shards} shard(s) were built before with these settings and inputs"
                      + (f" ({vocab_note.replace('built from', 'from')})" if vocab_note else "")
-                     + ": nothing new to write (--force builds them again)")
+                     + (": only their manifest was missing (a run stopped before it), written now"
+                        if result.manifest_was_missing else ": nothing new to write (--force builds them again)"))
     result.notes = notes + result.notes
     return result
