@@ -148,7 +148,7 @@ def pid_alive(pid: int) -> bool:
     container's PID 1 that reaps none) does not, though a signal 0 reaches it; another user's does."""
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # (a pid past the C int range: none has it)
         return False
     except OSError:  # EPERM: alive, another user's
         return True

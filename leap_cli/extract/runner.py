@@ -470,6 +470,11 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
     from leap_cli.media.audio import read_segment_audio
 
     layout = video.layout
+    if cache is not None or any(getattr(c, "needs_frames", False) for c in components):
+        # opened before the windows are planned: the clock then counts the frames that decode, and a stop less than
+        # a frame past the video's end ends at its last frame (the video's first segment asked one frame past it)
+        with contextlib.suppress(FramesUnavailable):
+            video._open(seg.narration_id)
     ctx = SegmentContext(
         layout=layout, segment=seg, fps=video.fps, fps_known=video.fps_known, video_cache=video.cache,
         clock=video.clock,

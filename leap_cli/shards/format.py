@@ -196,12 +196,18 @@ SETTINGS_OPTIONS = {"split": "--split", "task": "--task", "frames": "--frames", 
                     "jpeg_quality": "--jpeg-quality", "max_shard_size": "--max-shard-size", "max_count": "--max-count",
                     "tau_a": "--tau-a", "tau_o": "--tau-o", "context": "--context",
                     "context_mode": "--anticipation-context", "span_frames": "--span-frames"}
+# ``made_with`` keys of leap's own rules, not options (``writer.made_settings``): shards made before a rule have
+# none, and a key missing there differs
+RULES = {"settings.observed_end": "where the observed window ends (the segments context's rule, changed by leap on "
+                                  "2026-12-06)"}
 
 
 def said(key: str) -> str:
     """A ``made_with`` key as a refusal says it: ``settings.frames`` as build-shards' ``--frames``,
     ``sources.programs`` as "the programs", ``targets`` as "the target vocabulary"; the key itself where nothing
     better is known."""
+    if key in RULES:
+        return RULES[key]
     group, _, name = key.partition(".")
     if group == "settings":
         return SETTINGS_OPTIONS.get(name, key)

@@ -45,8 +45,8 @@ from leap_cli.io import (JsonlAppender, OutputLock, ShardReaders, atomic_write_j
 from leap_cli.media.video import PAST_END, stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.programs.provenance import MadeBy, prompt_version
-from leap_cli.shards.format import (FORMAT, check_key, check_part_count, differ_note, frame_field, jpeg_size, made_with,
-                                    manifest_name, sample_bytes, said, shard_name, tar_end)
+from leap_cli.shards.format import (FORMAT, RULES, check_key, check_part_count, differ_note, frame_field, jpeg_size,
+                                    made_with, manifest_name, sample_bytes, said, shard_name, tar_end)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,21 @@ def segment_frame_indices(first: int, last: int, count: int) -> list[int]:
     return pick_frames(first, last, count, "uniform")
 
 
+# Where --anticipation-context segments ends the observed window, since 2026-12-06: tau_a before the action's start
+# in the source's numbering (on rgb_frames its CSV start_frame, as clips mode). Shards of the earlier rule (tau_a
+# before the timestamp: 1-2 frames later on rgb_frames) hold no such setting, so a resume of them is refused, not mixed.
+OBSERVED_END = "action start in the source's numbering"
+
+
+def made_settings(settings: ShardSettings) -> dict:
+    """The settings a build's samples were made with, as its hash, progress records and manifest keep them: the
+    options, and for the segments context the rule that ends its observed window (``OBSERVED_END``)."""
+    out = asdict(settings)
+    if settings.task == "anticipation" and settings.context_mode == "segments":
+        out["observed_end"] = OBSERVED_END
+    return out
+
+
 @dataclass
 class SampleJob:
     key: str
@@ -124,11 +139,15 @@ class VideoJob:
 
 
 def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings: ShardSettings,
-                 clock: Callable[[str], FrameClock] | None = None
+                 clock: Callable[[str], FrameClock] | None = None,
+                 frame_count: Callable[[str], int | None] | None = None
                  ) -> tuple[list[VideoJob], dict[str, dict], list[dict]]:
     """Which frames each sample stores. Returns (jobs by video in order, per-key sampling record, skipped).
 
-    ``clock(video_id)`` is the timing rule of the video's source (default: an MP4 at ``fps(video_id)``)."""
+    ``clock(video_id)`` is the timing rule of the video's source (default: an MP4 at ``fps(video_id)``);
+    ``frame_count(video_id)``: the frames its source decodes (None: not known), asked only of a video with a
+    segment that stops within two frames of its length in the video info, where a stop less than a frame past
+    the end ends at its last frame (``FrameClock.segment_span``) as extract, which opens it, takes it."""
     clock = clock or (lambda vid: FrameClock(MP4, fps(vid)))
     by_video: dict[str, list[Segment]] = {}
     for s in segments:
@@ -143,6 +162,9 @@ def plan_samples(segments: list[Segment], fps: Callable[[str], float], settings:
             skipped += [{"narration_id": s.narration_id, "reason": f"no timing: {e.message} ({e.fix})",
                          "cause": "no timing: the video is not in the video info"} for s in segs]
             continue  # skipped and listed, the other videos go on
+        if (frame_count is not None and ck.num_frames is None and ck.duration is not None
+                and max(s.stop for s in segs) > ck.duration - 2 / ck.rate and (n := frame_count(vid))):
+            ck = ck.with_frames(n)
         samples = []
         for i, s in enumerate(segs):
             check_key(s.narration_id)
@@ -288,18 +310,20 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
         return state["reader"]
 
     def opened(s: SampleJob):
-        """The reader, once the sample's window is known to end inside the frames that decode: a segment past a
-        short frames folder or a cut file is skipped as extract skips it, whatever frames it samples (it was kept
-        where every sampled frame came before the end), with extract's reason."""
+        """The reader and the last frame of the sample's window (None: not known), once the window is known to end
+        inside the frames that decode: a segment past a short frames folder or a cut file is skipped as extract
+        skips it, whatever frames it samples (it was kept where every sampled frame came before the end), with
+        extract's reason."""
         r = reader()
         frames = getattr(r, "num_frames", None)  # (None: a reader that cannot tell, nothing checked)
-        if job.clock is not None and frames and (s.segment is not None or s.last is not None):
-            ck = job.clock.with_frames(frames)
-            why = ck.check(1, ck.segment_span(s.segment)[1] if s.segment is not None else s.last)
-            if why:
-                where = LeapError(why, path=getattr(r, "path", None), record=s.key).one_line()
-                raise _Skip(Skipped(f"frames unreadable: {where}", PAST_END, state["stat"]))
-        return r
+        if job.clock is None or not frames or (s.segment is None and s.last is None):
+            return r, None
+        ck = job.clock.with_frames(frames)
+        last = ck.segment_span(s.segment)[1] if s.segment is not None else s.last
+        if why := ck.check(1, last):
+            where = LeapError(why, path=getattr(r, "path", None), record=s.key).one_line()
+            raise _Skip(Skipped(f"frames unreadable: {where}", PAST_END, state["stat"]))
+        return r, last
 
     usable = (cache is not None and cache.short_side == settings.short_side
               and cache.quality == settings.jpeg_quality and cache_entries_usable(cache, opener, job.video_id))
@@ -313,7 +337,7 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
             fields: dict[str, bytes] = {}
             clips = [(None, s.frames)] + [(c, idx) for c, idx in enumerate(s.context) if idx]
             if not s.frames:  # anticipation before the video's first tau_a seconds: a black observed clip
-                r = opened(s)
+                r, _ = opened(s)
                 w, h = stored_size(r.width, r.height, settings.short_side)
                 black = encode_jpeg(np.zeros((h, w, 3), np.uint8), settings.jpeg_quality)
                 fields.update({frame_field(i): black for i in range(settings.frames)})
@@ -324,12 +348,16 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
                     for i, jpg in enumerate(cached):
                         fields[frame_field(i, ctx)] = jpg
                     continue
-                r = opened(s)
+                r, last = opened(s)
                 if hasattr(r, "record"):
                     r.record = s.key  # its errors name this segment (they named the video)
-                frames = r.read_frames(list(idx), stored_side(r.width, r.height, settings.short_side))
-                if frames is None or len(frames) != len(idx):
+                # an MP4's header may count frames a cut file does not hold: the window's last frame is decoded
+                # too, as extract's reads of the whole window do (a few frames more of the same pass)
+                end = [last] if ctx is None and last is not None and job.clock.kind == MP4 and last > max(idx) else []
+                frames = r.read_frames(list(idx) + end, stored_side(r.width, r.height, settings.short_side))
+                if frames is None or len(frames) != len(idx) + len(end):
                     raise ValueError(f"got {0 if frames is None else len(frames)} of {len(idx)} frames")
+                frames = frames[:len(idx)]
                 for i, fr in enumerate(frames):
                     fields[frame_field(i, ctx)] = encode_jpeg(fr, settings.jpeg_quality)
             out.append((s.key, fields))
@@ -619,7 +647,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
     targets_manifest = targets.manifest() if targets is not None else None
 
     def hash_of(sources: dict) -> str:
-        return stable_hash({"format": FORMAT, "settings": asdict(settings), "upscale": False, "sources": sources,
+        return stable_hash({"format": FORMAT, "settings": made_settings(settings), "upscale": False, "sources": sources,
                             "targets": targets_manifest, "shard": [shard.index, shard.count]})
 
     progress_path = out / f".progress{shard.suffix}.jsonl"
@@ -629,12 +657,24 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
     settings_hash = hash_of(sources)
 
     now = made_with({"format": FORMAT, "split": settings.split, "task": settings.task, "targets": targets_manifest,
-                     "settings": json.loads(json.dumps(asdict(settings))), "sources": sources})
+                     "settings": json.loads(json.dumps(made_settings(settings))), "sources": sources})
     if shard.count == 1 and not overwrite and (
             done := _built_in_parts(out, now, _video_changed(opener, by_key))):
         return done
 
-    jobs, sampling, skipped = plan_samples(selected, fps, settings, clock)
+    def frame_count(video_id: str) -> int | None:
+        try:
+            reader = opener(video_id)
+        except Exception:  # noqa: BLE001 - not counted: encode_video says why it cannot be read
+            return None
+        close = getattr(reader, "close", None)
+        try:
+            return getattr(reader, "num_frames", None)
+        finally:
+            if close:
+                close()
+
+    jobs, sampling, skipped = plan_samples(selected, fps, settings, clock, frame_count)
 
     with _folder_lock(out):  # (two parts of other counts that start together: one sees the other's progress file)
         check_part_count(out, shard.count)  # before --force deletes anything (it deleted the parts' merged manifest)
@@ -662,14 +702,14 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         """What differs from what the shards of other settings were made with: their progress records' (a run
         killed before the part's manifest was written), else the part's last manifest."""
         was = next((r["made_with"] for r in other if isinstance(r.get("made_with"), dict)), None)
-        if was is not None:
-            return sorted(k for k in made if k in was and was[k] != made[k])
+        if was is not None:  # (a key an earlier leap did not keep is not compared, but a rule's: its absence is the
+            return sorted(k for k in made if (k in was or k in RULES) and was.get(k) != made[k])  # old rule)
         try:
             old = json.loads((out / manifest_name(shard.suffix)).read_text())
         except (OSError, ValueError):
             return []
         was = made_with(old)
-        return sorted(k for k in now if k in was and was[k] != now[k])
+        return sorted(k for k in now if (k in was or k in RULES) and was.get(k) != now[k])
 
     appender, kept = _resume(out, progress_path, settings_hash, f"leap-{settings.split}{shard.suffix}", changed,
                              changed_keys)
@@ -882,7 +922,7 @@ def _manifest(settings: ShardSettings, shards: list[dict], trailing: list[dict],
         "format": FORMAT,
         "split": settings.split,
         "task": settings.task,
-        "settings": {**asdict(settings), "sampling": sampling,
+        "settings": {**made_settings(settings), "sampling": sampling,
                      "jpeg": "RGB, short side resized to short_side by the frame reader, never upscaled: a source "
                              "whose short side is no larger is stored at its own size (frame_sizes)"},
         "part": {"index": shard.index, "count": shard.count},
