@@ -517,7 +517,8 @@ def test_cli_train_on_shards_stop_and_resume(shard_work: Path, tmp_path: Path) -
     r = CliRunner().invoke(app, args + ["--stop-after", "1"])
     assert r.exit_code == 0, r.output
     # a pause said as such (the summary gave the steps made, no "of 4", no word of --resume)
-    assert "paused at step 1 of 4 (--stop-after): continue with --resume" in " ".join(r.output.split())
+    assert ("paused at step 1 of 4 (--stop-after): continue with the same command with --resume, and a --stop-after "
+            "past 1 or none") in " ".join(r.output.split())
     run = shard_work / "runs" / "mini"
     assert torch.load(run / "checkpoints/last.pt", weights_only=True)["step"] == 1
     r = CliRunner().invoke(app, args + ["--resume", "--stop-after", "1"])  # counts from the run's start

@@ -105,7 +105,8 @@ def train(
 
         if result.is_main:
             console.print(f"[yellow]{result.interrupted}[/]: stopped at step {result.steps}, "
-                          f"{escape(str(result.run_dir / 'checkpoints' / 'last.pt'))} saved; continue with --resume")
+                          f"{escape(str(result.run_dir / 'checkpoints' / 'last.pt'))} saved; continue with "
+                          f"{_go_on(resume, force)}")
         sys.exit(128 + getattr(signal, result.interrupted))  # 130 for SIGINT, 143 for SIGTERM
     if not result.is_main:
         return
@@ -135,7 +136,16 @@ def train(
                       highlight=False, soft_wrap=True)
     if paused:
         console.print(escape(f"paused at step {result.steps} of {task['total']} (--stop-after): continue with "
-                             "--resume"), highlight=False)
+                             f"{_go_on(resume, force)}, and a --stop-after past {result.steps} or none"),
+                      highlight=False)
+
+
+def _go_on(resume: bool, force: bool) -> str:
+    """How to continue a run that stopped: the same command, resumed, and never with --force (which wins over
+    --resume: it would start the run over, its checkpoints deleted)."""
+    if force:
+        return "the same command without --force" if resume else "the same command with --resume instead of --force"
+    return "the same command" if resume else "the same command with --resume"
 
 
 def default_name(config: Path, resume: bool = False) -> str:

@@ -338,17 +338,19 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
             raise LeapError(f"evaluating {model_of} as {task} would replace its {run_task} scores in {own}",
                             fix="pass --out DIR for this evaluation")
         log.warning("evaluating %s as %s", model_of, task)
+    from leap_cli.shards.format import build_command
+    from leap_cli.shards.writer import default_out
+
     if shards:
         folder = Path(shards)
     else:
-        from leap_cli.shards.writer import default_out
-
         folder = default_out(workdir, split, task)
     with ShardReaders(folder):  # held until the scores are made: build-shards --force would delete them
         manifest_task = _manifest_task(folder)
         if manifest_task and manifest_task != task:
             raise LeapError(f"the shards are for {manifest_task}, the evaluation is for {task}", path=folder,
-                            fix=f"build {task} shards (leap build-shards --task {task}) or pass --shards DIR")
+                            fix=f"build {task} shards ({build_command(default_out(workdir, split, task))}) or pass "
+                                "--shards DIR")
         batch_size = batch_size or int((config.get("data") or {}).get("eval_batch_size", 4))
         batches, total = shard_batches(folder, ckpt["model_args"], views, batch_size=batch_size, workers=workers)
         same_targets = _same_targets(ckpt.get("targets"), batches.dataset.manifest.get("targets"), folder, split, task)

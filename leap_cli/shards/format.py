@@ -475,13 +475,50 @@ def load_folders(sources) -> tuple[dict, Path]:
     return merged, folder
 
 
-def build_command(folder: Path) -> str:
-    """The ``leap build-shards`` command that writes ``folder`` (WORKDIR/shards/SPLIT[-anticipation] by default)."""
+def begun_options(folder: Path) -> list[str] | None:
+    """The build-shards options (those not at their default) of a build begun in ``folder``, as its progress
+    records keep its settings (``--max-count 2``: its command without them is refused); None where no build was
+    begun there, or its records keep no settings (a leap before 2026-12-06)."""
+    from dataclasses import asdict
+
+    from leap_cli.shards.writer import ShardSettings
+
+    settings = None
+    for p in sorted(Path(folder).glob(".progress*.jsonl")):
+        try:
+            with open(p, encoding="utf-8") as f:
+                settings = json.loads(f.readline()).get("settings")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(settings, dict):
+            break
+    if not isinstance(settings, dict):
+        return None
+    default = asdict(ShardSettings(split="train"))
+    unused = {"split", "task"}  # (the command names them) and what this build does not read (refused if given)
+    if settings.get("task") != "anticipation":
+        unused |= {"tau_a", "tau_o", "context", "context_mode", "span_frames"}
+    else:
+        unused.add("tau_o" if settings.get("context_mode", "clips") == "clips" else "span_frames")
+    words = []
+    for name, option in SETTINGS_OPTIONS.items():
+        if name not in unused and name in settings and settings[name] != default.get(name):
+            words += [option, shell_word(str(settings[name]))]
+    return words
+
+
+def build_command(folder: Path, *extra: str) -> str:
+    """The ``leap build-shards`` command that writes ``folder`` (WORKDIR/shards/SPLIT[-anticipation] by default),
+    with the options of a build begun there (``begun_options``) and ``extra`` words."""
+    begun = begun_options(folder)
+    more = "".join(f" {w}" for w in [*(begun or []), *extra])
+    if begun is None and any(Path(folder).glob(".progress*.jsonl")):
+        more += " with the options of the build begun there"
     m = re.fullmatch(r"(train|val|test)(-anticipation)?", folder.name)
     if m and folder.parent.name == "shards":
         return (f"leap build-shards --workdir {shell_word(folder.parent.parent)} --split {m.group(1)}"
-                + (" --task anticipation" if m.group(2) else ""))
-    return f"leap build-shards --split SPLIT --out {shell_word(folder)} (or give the folder that holds them)"
+                + (" --task anticipation" if m.group(2) else "") + more)
+    return f"leap build-shards --split SPLIT --out {shell_word(folder)}{more} (or give the folder that holds them)"
 
 
 def part_counts(folder: str | Path) -> dict[int, dict[int, Path]]:
@@ -524,7 +561,7 @@ def merge_parts(folder: str | Path, current: str | None = None) -> dict | None:
     missing = [i for i in range(total) if i not in found]
     if missing:
         raise LeapError(f"parts {missing} of {total} are missing", path=folder,
-                        fix=f"run leap build-shards --shard i/{total} for the missing parts")
+                        fix=f"run {build_command(folder, '--shard', f'i/{total}')} for the missing parts")
     ordered = [found[i] for i in range(total)]
     names = [p.name for p in ordered]
     return _merge([_read_manifest(p) for p in ordered], ordered, names.index(current) if current in names else 0)

@@ -500,7 +500,8 @@ class _ShardSink:
         os.replace(self._tmp, final)
         rec = {"name": name, "index": self.index, "settings_hash": self.settings_hash, "count": len(self._samples),
                "bytes": final.stat().st_size, "sha256": sha256_file(final), "samples": self._samples,
-               "skipped": self._skipped, "made_with": self.made}
+               "skipped": self._skipped, "made_with": self.made,
+               "settings": made_settings(self.settings)}  # (in words: the command to resume it, ``begun_options``)
         self.progress.write(rec)
         self.completed.append(rec)
         self._skipped = []

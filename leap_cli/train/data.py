@@ -98,10 +98,13 @@ class ShardSource:
                                           "programs": programs_provenance(self.val.manifest)}
                 val_task = self.val.manifest.get("task", "recognition")
                 if val_task != task:  # (it validated, and chose best.pt, on the other task's samples)
+                    from leap_cli.shards.format import build_command
+
+                    suffix = "-anticipation" if task == "anticipation" else ""  # (build-shards' default folders)
                     raise LeapError(f"the validation shards are for {val_task}, the training shards for {task}",
-                                    path=val_dir, fix=f"build the val shards for {task} (leap build-shards --split "
-                                                      f"val{' --task anticipation' if task == 'anticipation' else ''}), "
-                                                      "or set data.val to them")
+                                    path=val_dir, fix=f"build the val shards for {task} ("
+                                                      f"{build_command(Path(val_dir).parent / f'val{suffix}')}), or "
+                                                      "set data.val to them")
                 if task == "anticipation":
                     check_context(self.val, cfg.model.anticipation_context, "model.anticipation_context", val_dir)
                     val_timing = anticipation_timing(self.val.manifest)

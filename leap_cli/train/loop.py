@@ -456,8 +456,9 @@ def shard_folders(cfg: Config, workdir: Path) -> tuple[list[Path], Path | None]:
     val = None if cfg.data.val == "" else Path(cfg.data.val) if cfg.data.val else workdir / "shards" / f"val{suffix}"
     if cfg.data.val and not val.exists():  # (a typo trained without validation and best.pt, with a warning only)
         raise LeapError("data.val names no such folder", path=val,
-                        fix=f"build them (leap build-shards --split val{' --task anticipation' if suffix else ''} "
-                            "--out that folder), fix the path, or set data.val=\"\" to train without validation")
+                        fix=f"build them (leap build-shards --workdir {shell_word(workdir)} --split val"
+                            f"{' --task anticipation' if suffix else ''} --out {shell_word(val)}), fix the path, or "
+                            "set data.val=\"\" to train without validation")
     return train, val
 
 
