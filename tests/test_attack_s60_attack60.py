@@ -13,19 +13,17 @@ IJCV 2022), as ../shared/epic100 holds them.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
-import signal
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+
+from tests.test_attack_s60_frames60 import coded, decode, leap, ts  # (the frames' own numbers)
 
 EPIC = Path(__file__).parent / "data" / "epic100"
 COLUMNS = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,"
@@ -36,30 +34,6 @@ FPS = 60.0
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
-
-def coded(n: int) -> np.ndarray:
-    """A grey image whose four vertical bands hold the hex digits of ``n``."""
-    img = np.zeros((H, W, 3), np.uint8)
-    for band in range(4):
-        img[:, band * 16:(band + 1) * 16] = ((n >> (4 * (3 - band))) & 15) * 16 + 8
-    return img
-
-
-def decode(img: np.ndarray) -> int:
-    h, w = img.shape[:2]
-    grey = img.mean(axis=2)
-    n = 0
-    for band in range(4):
-        x0, x1 = band * w // 4, (band + 1) * w // 4
-        v = float(grey[h // 4: 3 * h // 4, x0 + (x1 - x0) // 4: x1 - (x1 - x0) // 4].mean())
-        n = n * 16 + int(np.clip(round((v - 8) / 16), 0, 15))
-    return n
-
-
-def ts(t: float) -> str:
-    m, s = divmod(t, 60)
-    return f"00:{int(m):02d}:{s:05.2f}"
-
 
 def make_root(root: Path, segments: dict[str, list[tuple]], *, frames: dict[str, int] | None = None,
               mp4: bool = False) -> Path:
@@ -98,27 +72,6 @@ def write_frames(root: Path, vid: str, first: int, last: int) -> None:
     d.mkdir(parents=True, exist_ok=True)
     for n in range(first, last + 1):
         cv2.imwrite(str(d / f"frame_{n:010d}.jpg"), coded(1000 + n), [cv2.IMWRITE_JPEG_QUALITY, 95])
-
-
-def leap(*argv: str) -> tuple[int, str]:
-    """``leap ARGV`` in this process: (exit status, stdout + stderr)."""
-    from leap_cli import cli
-
-    old_argv, out = sys.argv, io.StringIO()
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    sys.argv = ["leap", *argv]
-    code = 0
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-            try:
-                cli.main()
-            except SystemExit as e:
-                code = e.code if e.code is not None else 0
-    finally:
-        sys.argv = old_argv
-        for s, h in handlers.items():
-            signal.signal(s, h)
-    return code, out.getvalue()
 
 
 def build_args(root: Path, work: Path, out: str, *extra: str) -> list[str]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import math
 import shutil
 import signal
 import sys
