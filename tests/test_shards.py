@@ -1681,3 +1681,30 @@ def test_check_shards_and_its_workers_never_import_torch(built, tmp_path):
                        timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert not seen.exists(), "a check-shards process imported torch"
+
+
+def test_the_build_command_carries_the_options_of_a_build_begun_in_the_folder(tmp_path):
+    """After a build was begun (a progress record, no manifest), the command leap names to build the folder is that
+    build's: its options not at their default, and only those its task reads (a recognition build's context is 0,
+    which --context would be refused for); a record of a leap that kept no settings says so in words."""
+    from dataclasses import asdict
+
+    from leap_cli.shards.format import build_command
+    from leap_cli.shards.writer import ShardSettings, made_settings
+
+    folder = tmp_path / "w" / "shards" / "train"
+    folder.mkdir(parents=True)
+    assert build_command(folder) == f"leap build-shards --workdir {tmp_path / 'w'} --split train"
+    progress = folder / ".progress.jsonl"
+    rec = ShardSettings(split="train", max_count=2, short_side=128, context=0)
+    progress.write_text(json.dumps({"name": "leap-train-000000.tar", "settings": made_settings(rec)}) + "\n")
+    assert build_command(folder, "--shard", "i/2") == (f"leap build-shards --workdir {tmp_path / 'w'} --split train "
+                                                      "--short-side 128 --max-count 2 --shard i/2")
+    antic = folder.parent / "train-anticipation"
+    antic.mkdir()
+    rec = ShardSettings(split="train", task="anticipation", context_mode="segments", tau_o=1.5, span_frames=64)
+    (antic / ".progress.jsonl").write_text(json.dumps({"settings": made_settings(rec)}) + "\n")
+    assert build_command(antic).endswith("--split train --task anticipation --tau-o 1.5 --anticipation-context "
+                                         "segments")
+    progress.write_text(json.dumps({"name": "leap-train-000000.tar", "made_with": asdict(rec)}) + "\n")
+    assert build_command(folder).endswith("--split train (with the options of the build begun there)")

@@ -513,7 +513,7 @@ def build_command(folder: Path, *extra: str) -> str:
     begun = begun_options(folder)
     more = "".join(f" {w}" for w in [*(begun or []), *extra])
     if begun is None and any(Path(folder).glob(".progress*.jsonl")):
-        more += " with the options of the build begun there"
+        more += " (with the options of the build begun there)"
     m = re.fullmatch(r"(train|val|test)(-anticipation)?", folder.name)
     if m and folder.parent.name == "shards":
         return (f"leap build-shards --workdir {shell_word(folder.parent.parent)} --split {m.group(1)}"

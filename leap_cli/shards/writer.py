@@ -377,7 +377,6 @@ class _Skip(Exception):
     pass
 
 
-
 def file_stat(path: str | Path) -> list[int] | None:
     """``[size, mtime_ns, ctime_ns]`` of a file, None when it is not there (or cannot be stat'ed)."""
     try:
