@@ -765,9 +765,18 @@ empty: a run that failed before its first record leaves nothing its successor wo
                                  "move the other parts away)"))
     if not force and not (output.is_file() and output.stat().st_size) and (found := parts_text(output)):
         # (extract or generate-programs without --shard beside the parts of a sharded run: the whole split again)
+        try:  # the options the parts were run with, where they agree and this run's differ (a rerun is refused)
+            theirs = _stored_settings(output, option, warn=False) or {}
+        except LeapError:
+            theirs = {}
+        theirs.pop("split", None)
+        now = json.loads(json.dumps(settings, default=str))
+        differ = _named_changes(settings_changes(theirs, now), names) if theirs else []
         raise LeapError(f"not there, but parts of it from --shard runs are ({found[0]}): this run without --shard "
                         "would do the whole split again", path=output,
-                        fix=f"merge them and run again to resume from the merge: {merge_command(output, found[1])}; "
+                        fix="merge them and run again" + (f" with the parts' options ({', '.join(differ[:6])})"
+                                                          if differ else "")
+                            + f" to resume from the merge: {merge_command(output, found[1])}; "
                             f"or run the parts left with --shard i/{found[1]}; or pass {option} to do it all again")
     if not force and part is None and output.is_file() and output.stat().st_size and not settings_path(output).exists():
         # a merge beside its parts that lacks some of their records (merged too early): this run would do the
@@ -819,14 +828,7 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
             differ.append(f"split: {old_split!r} -> {split!r}")
         if differ:
             if not force:
-                named = []
-                names = {**COMMAND_OPTIONS, **(names or {})}
-                for d in differ:  # "key: old -> new", the key as the option that sets it
-                    key, sep, change = d.partition(": ")
-                    head, dot, rest = key.partition(".")  # (names["descriptors."]: a prefix for its inner keys)
-                    name = names.get(key) or (names[head + dot] + rest if dot and head + dot in names else key)
-                    named.append(f"{name}{sep}{change}")
-                shown = ", ".join(named[:6])
+                shown = ", ".join(_named_changes(differ, names)[:6])
                 more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
                 keys = {d.partition(": ")[0].split(".")[0] for d in differ}
                 raise LeapError(f"was started with other settings ({shown}{more}); "
@@ -841,6 +843,19 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
     if not dry:
         atomic_write_json(sidecar, settings if split is None else {**settings, "split": split}, if_changed=True)
     return started_over
+
+
+def _named_changes(differ: list[str], names: dict | None) -> list[str]:
+    """``settings_changes``' "key: old -> new", each key said as the option that sets it (``names``, then the
+    running command's ``COMMAND_OPTIONS``; ``names["descriptors."]``: a prefix for the inner keys of a dict)."""
+    named = []
+    names = {**COMMAND_OPTIONS, **(names or {})}
+    for d in differ:
+        key, sep, change = d.partition(": ")
+        head, dot, rest = key.partition(".")
+        name = names.get(key) or (names[head + dot] + rest if dot and head + dot in names else key)
+        named.append(f"{name}{sep}{change}")
+    return named
 
 
 # The running command's options by the names of their parameters (``short_side`` -> ``--short-side``), set by the

@@ -279,7 +279,7 @@ def test_a_resumed_anticipation_folder_of_the_earlier_rule_is_not_silently_mixed
 
     with monkeypatch.context() as m:  # the earlier rule: obs_end_t = s.start - tau_a, and no rule in the settings
         m.setattr(FrameClock, "start_time", lambda self, seg: float(seg.start))
-        m.setattr(writer, "made_settings", asdict)
+        m.setattr(writer, "made_settings", lambda st, **kw: asdict(st))
         code, text = leap(*args)
         assert code == 0, text[-2000:]
     old = read_shards(work / "s")

@@ -1082,7 +1082,8 @@ def test_what_check_shards_says_to_do_about_a_damaged_shard_repairs_it(root, tmp
     build(root, tmp_path / "w")  # a plain re-run keeps it
     with pytest.raises(LeapError, match="sha256 differs") as e:
         check_shards(out)
-    assert e.value.fix.startswith("delete that shard file if it is still there and run the same leap build-shards again")
+    assert e.value.fix.startswith("delete that shard file if it is still there and run leap build-shards --workdir ")
+    assert " --split train --frames 4 --short-side 32 --max-count 3 again" in e.value.fix  # (the build's own options)
     first.unlink()  # as the error says
     build(root, tmp_path / "w")
     assert tar_digests(out) == good and check_shards(out).ok == r.manifest["counts"]["samples"]
@@ -1394,7 +1395,7 @@ def test_a_missing_part_tar_names_the_part_to_build_again(root, tmp_path):
     tar = sorted(out.glob("leap-train.shard1of2-*.tar"))[0]
     tar.unlink()
     with pytest.raises(LeapError, match=r"shard file is missing \(delete that shard file if it is still there and "
-                                        r"run the same leap build-shards --shard 1/2 again .* rebuild that part"):
+                                        r"run leap build-shards --workdir .* --shard 1/2 again .* rebuild that part"):
         check_shards(out)
     report = check_shards(out, on_error="skip")
     assert [p["problem"] for p in report.problems] == ["shard file is missing"]

@@ -225,7 +225,7 @@ def check_shards(
     if report.problems:
         from leap_cli.shards.format import rebuild_fix
 
-        for fix in dict.fromkeys(p.get("fix") or rebuild_fix(p["shard"]) for p in report.problems):  # one per part that needs it
+        for fix in dict.fromkeys(p.get("fix") or rebuild_fix(p["shard"], folder) for p in report.problems):  # one a part
             console.print(f"fix: {escape(fix)}", highlight=False)
     from leap_cli.shards.format import load_manifest
 

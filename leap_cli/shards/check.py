@@ -57,7 +57,7 @@ def check_shards(source: str | Path, *, on_error: str = "raise", verify_hash: bo
         for sample, what in problems:
             if on_error == "raise":
                 raise LeapError(what, path=folder / info["name"], record=f"sample {sample}" if sample else None,
-                                fix=rebuild_fix(info["name"]))
+                                fix=rebuild_fix(info["name"], folder))
             report.problems.append({"shard": info["name"], "sample": sample, "problem": what})
         done += info["count"]
         if progress:

@@ -52,7 +52,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from leap_cli.errors import LeapError
 from leap_cli.evaluate.metrics import IGNORE_INDEX
-from leap_cli.shards.format import (REBUILD_FIX, group_sample, load_folders, parse_members, read_sample_at,
+from leap_cli.shards.format import (group_sample, load_folders, parse_members, read_sample_at, rebuild_fix,
                                    sample_crc)
 from leap_cli.shards.transforms import (color_jitter, crop_resize, decode_jpegs, random_resized_box,
                                         spatial_boxes, temporal_indices, to_tensor)
@@ -162,7 +162,8 @@ class ShardDataset(IterableDataset):
     def _fail(self, path: Path, key: str, why: str) -> None:
         if self.on_error == "raise":
             raise LeapError(f"corrupt shard: {why}", path=path, record=f"sample {key}",
-                            fix=f"leap check-shards lists every damaged file and sample; {REBUILD_FIX}")
+                            fix=f"leap check-shards lists every damaged file and sample; "
+                                f"{rebuild_fix(path.name, path.parent)}")
         self.stats["errors"] += 1
         log.warning("%s [sample %s]: skipped (%s); %d skipped so far", path, key, why, self.stats["errors"])
 

@@ -30,13 +30,16 @@ FORMAT = "leap-shards/1"
 MANIFEST = "manifest.json"
 # What to do about a damaged shard. A re-run of build-shards keeps every shard whose size is right (hashing them
 # all on each resume would read the whole split again): a shard with the right size and wrong bytes must go first.
-def rebuild_fix(shard: str | None = None) -> str:
+def rebuild_fix(shard: str | None = None, folder: str | Path | None = None) -> str:
     """What to do about a damaged or missing shard file (``shard``: its name; a ``--shard i/n`` part's tar is
-    rebuilt by that part's command)."""
+    rebuilt by that part's command); with the shards' ``folder``, the command itself (``build_command``: the
+    options of the build, which a rerun without them is refused for)."""
     m = part_of(shard or "")
-    part = f" --shard {m[0]}/{m[1]}" if m else ""
-    return (f"delete that shard file if it is still there and run the same leap build-shards{part} again (it rebuilds "
-            f"a missing or cut shard and those after it), or rebuild {'that part' if m else 'all'} with --force")
+    part = ("--shard", f"{m[0]}/{m[1]}") if m else ()
+    run = build_command(Path(folder), *part) if folder is not None else f"the same leap build-shards{' ' if m else ''}" \
+        + " ".join(part)
+    return (f"delete that shard file if it is still there and run {run} again (it rebuilds a missing or cut shard "
+            f"and those after it), or rebuild {'that part' if m else 'all'} with --force")
 
 
 REBUILD_FIX = rebuild_fix()
@@ -487,8 +490,14 @@ def begun_options(folder: Path) -> list[str] | None:
     for p in sorted(Path(folder).glob(".progress*.jsonl")):
         try:
             with open(p, encoding="utf-8") as f:
-                settings = json.loads(f.readline()).get("settings")
-        except (OSError, ValueError, AttributeError):
+                for line in f:  # (the first record that keeps them: a build an earlier leap began has none)
+                    try:
+                        settings = json.loads(line).get("settings")
+                    except (ValueError, AttributeError):
+                        continue
+                    if isinstance(settings, dict):
+                        break
+        except OSError:
             continue
         if isinstance(settings, dict):
             break

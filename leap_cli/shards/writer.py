@@ -45,8 +45,8 @@ from leap_cli.io import (JsonlAppender, OutputLock, ShardReaders, atomic_write_j
 from leap_cli.media.video import PAST_END, stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.programs.provenance import MadeBy, prompt_version
-from leap_cli.shards.format import (FORMAT, RULES, check_key, check_part_count, differ_note, frame_field, jpeg_size,
-                                    made_with, manifest_name, sample_bytes, said, shard_name, tar_end)
+from leap_cli.shards.format import (FORMAT, RULES, build_command, check_key, check_part_count, differ_note, frame_field,
+                                    jpeg_size, made_with, manifest_name, sample_bytes, said, shard_name, tar_end)
 
 log = logging.getLogger(__name__)
 
@@ -105,17 +105,18 @@ def segment_frame_indices(first: int, last: int, count: int) -> list[int]:
     return pick_frames(first, last, count, "uniform")
 
 
-# Where --anticipation-context segments ends the observed window, since 2026-12-06: tau_a before the action's start
-# in the source's numbering (on rgb_frames its CSV start_frame, as clips mode). Shards of the earlier rule (tau_a
-# before the timestamp: 1-2 frames later on rgb_frames) hold no such setting, so a resume of them is refused, not mixed.
+# Where --anticipation-context segments ends the observed window on rgb_frames, since 2026-12-06: tau_a before the
+# start of the action's CSV start_frame, as clips mode (it was tau_a before the timestamp: 1-2 frames later; on an
+# MP4 both are the timestamp). Shards of the earlier rule hold no such setting: a resume of them is refused, not mixed.
 OBSERVED_END = "action start in the source's numbering"
 
 
-def made_settings(settings: ShardSettings) -> dict:
+def made_settings(settings: ShardSettings, *, rgb_frames: bool = True) -> dict:
     """The settings a build's samples were made with, as its hash, progress records and manifest keep them: the
-    options, and for the segments context the rule that ends its observed window (``OBSERVED_END``)."""
+    options, and for the segments context over ``rgb_frames`` folders the rule that ends its observed window
+    (``OBSERVED_END``; a build of MP4s only, whose samples the rule did not change, resumes as it was)."""
     out = asdict(settings)
-    if settings.task == "anticipation" and settings.context_mode == "segments":
+    if settings.task == "anticipation" and settings.context_mode == "segments" and rgb_frames:
         out["observed_end"] = OBSERVED_END
     return out
 
@@ -450,9 +451,10 @@ class _ShardSink:
     """Writes samples in order into rolling shards; records each completed shard in the progress file."""
 
     def __init__(self, out: Path, split: str, suffix: str, settings: ShardSettings, progress: JsonlAppender,
-                 settings_hash: str, first_index: int, made: dict[str, str]):
+                 settings_hash: str, first_index: int, made: dict[str, str], made_settings: dict):
         self.out, self.split, self.suffix, self.settings = out, split, suffix, settings
         self.progress, self.settings_hash, self.made = progress, settings_hash, made
+        self.made_settings = made_settings  # (``made_settings``: the options and rules, in words)
         self.index = first_index
         self._f = None
         self._tmp: Path | None = None
@@ -500,7 +502,7 @@ class _ShardSink:
         rec = {"name": name, "index": self.index, "settings_hash": self.settings_hash, "count": len(self._samples),
                "bytes": final.stat().st_size, "sha256": sha256_file(final), "samples": self._samples,
                "skipped": self._skipped, "made_with": self.made,
-               "settings": made_settings(self.settings)}  # (in words: the command to resume it, ``begun_options``)
+               "settings": self.made_settings}  # (in words: the command to resume it, ``begun_options``)
         self.progress.write(rec)
         self.completed.append(rec)
         self._skipped = []
@@ -646,8 +648,19 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         notes.append("no program file: every sample has has_program: false")
     targets_manifest = targets.manifest() if targets is not None else None
 
+    from leap_cli.epic.timing import RGB_FRAMES
+
+    def frame_folders(video_id: str) -> bool:
+        try:
+            return clock is not None and clock(video_id).kind == RGB_FRAMES
+        except LeapError:  # (no fps: its segments are skipped)
+            return False
+
+    # (over the split's videos, not the part's: every --shard part keeps the same settings, or they are not merged)
+    settings_made = made_settings(settings, rgb_frames=any(frame_folders(v) for v in {s.video_id for s in segments}))
+
     def hash_of(sources: dict) -> str:
-        return stable_hash({"format": FORMAT, "settings": made_settings(settings), "upscale": False, "sources": sources,
+        return stable_hash({"format": FORMAT, "settings": settings_made, "upscale": False, "sources": sources,
                             "targets": targets_manifest, "shard": [shard.index, shard.count]})
 
     progress_path = out / f".progress{shard.suffix}.jsonl"
@@ -657,7 +670,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
     settings_hash = hash_of(sources)
 
     now = made_with({"format": FORMAT, "split": settings.split, "task": settings.task, "targets": targets_manifest,
-                     "settings": json.loads(json.dumps(made_settings(settings))), "sources": sources})
+                     "settings": json.loads(json.dumps(settings_made)), "sources": sources})
     if shard.count == 1 and not overwrite and (
             done := _built_in_parts(out, now, _video_changed(opener, by_key))):
         return done
@@ -733,7 +746,8 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         except BaseException:
             appender.close()
             raise
-    sink = _ShardSink(out, settings.split, shard.suffix, settings, appender, settings_hash, len(kept), made)
+    sink = _ShardSink(out, settings.split, shard.suffix, settings, appender, settings_hash, len(kept), made,
+                      settings_made)
     written = 0
 
     def emit_plan_skips(video_id: str) -> None:
@@ -812,7 +826,8 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         notes.append(f"{len(retried)} segment(s) skipped before were tried again: their video, or a frame file "
                      "their skip named, changed since (or the skip was recorded by an earlier leap, which kept less of "
                      "the files)")
-    manifest = _manifest(settings, shards, trailing, sources, targets_manifest, prog_report, shard, len(selected))
+    manifest = _manifest(settings, shards, trailing, sources, targets_manifest, prog_report, shard, len(selected),
+                         settings_made)
     atomic_write_json(out / manifest_name(shard.suffix), manifest, if_changed=True)
     if shard.count > 1:  # the job that completes the set writes the merged manifest.json
         from leap_cli.shards.format import MANIFEST, PartsDiffer, merge_parts
@@ -893,7 +908,7 @@ def _built_in_parts(out: Path, now: dict, video_changed: Callable[[dict], bool])
     if retry:
         raise LeapError(f"holds this split built in {n} parts, and part(s) {', '.join(map(str, retry))} skipped "
                         "segments whose video has changed since (downloaded again?)", path=out,
-                        fix=" and ".join(f"--shard {i}/{n}" for i in retry) + " of the same command tries them again")
+                        fix=" and ".join(build_command(out, "--shard", f"{i}/{n}") for i in retry) + " tries them again")
     return BuildResult(out, merged, notes=[f"built before in {n} parts (--shard i/{n}), all done and merged into "
                                            "manifest.json with these settings and inputs: nothing new to write"])
 
@@ -907,7 +922,8 @@ def _has_fps(fps: Callable[[str], float], vid: str) -> bool:
 
 
 def _manifest(settings: ShardSettings, shards: list[dict], trailing: list[dict], sources: dict,
-              targets_manifest: dict | None, prog_report: dict | None, shard: ShardSpec, segments: int) -> dict:
+              targets_manifest: dict | None, prog_report: dict | None, shard: ShardSpec, segments: int,
+              settings_made: dict) -> dict:
     samples = [x for r in shards for x in r["samples"]]
     skipped = [x for r in shards for x in r["skipped"]] + trailing
     hist = {}
@@ -922,7 +938,7 @@ def _manifest(settings: ShardSettings, shards: list[dict], trailing: list[dict],
         "format": FORMAT,
         "split": settings.split,
         "task": settings.task,
-        "settings": {**made_settings(settings), "sampling": sampling,
+        "settings": {**settings_made, "sampling": sampling,
                      "jpeg": "RGB, short side resized to short_side by the frame reader, never upscaled: a source "
                              "whose short side is no larger is stored at its own size (frame_sizes)"},
         "part": {"index": shard.index, "count": shard.count},

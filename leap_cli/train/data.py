@@ -83,7 +83,8 @@ class ShardSource:
         self.batches_per_epoch = len(self.train) // cfg.data.batch_size
         if self.batches_per_epoch < 1:
             raise LeapError(f"{len(self.train)} training samples per process, fewer than data.batch_size="
-                            f"{cfg.data.batch_size}", path=named, fix="lower data.batch_size")
+                            f"{cfg.data.batch_size}", path=named,
+                            fix=f"add --set data.batch_size={max(1, len(self.train))} (or fewer), or build more data")
         self._loaders: dict[str, DataLoader] = {}
         self.val = None
         self.val_size: int | None = None

@@ -608,7 +608,9 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
         steps_per_epoch = source.batches_per_epoch // accum
         if steps_per_epoch < 1:
             raise LeapError(f"an epoch has {source.batches_per_epoch} batches per process, fewer than "
-                            f"optim.accum_steps={accum}", fix="lower data.batch_size or optim.accum_steps, or add data")
+                            f"optim.accum_steps={accum}",
+                            fix=f"add --set optim.accum_steps={max(1, source.batches_per_epoch)} (or fewer), or "
+                                "--set data.batch_size to a lower one, or add data")
         total = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
         epochs = math.ceil(total / steps_per_epoch)
         warmup = cfg.optim.warmup_steps or int(round(cfg.optim.warmup_ratio * total))
