@@ -107,6 +107,21 @@ def test_an_old_segments_mode_rgb_frames_folder_is_refused_naming_the_rule(monke
     assert tars(out) == before
 
 
+def test_an_old_folder_whose_records_keep_no_made_with_is_refused_naming_the_rule(monkeypatch, tmp_path, rgb_root):
+    """Progress records of a leap that kept no ``made_with`` (before 2026-12-03): what differs is read from the
+    finished folder's manifest, where a rule the manifest lacks is named too (a survivor of mut60's run: the
+    refusal would then say nothing of what differs)."""
+    out = tmp_path / "w" / "s"
+    old_build(monkeypatch, rgb_root, tmp_path / "w", out, *SEGMENTS, killed=False)
+    progress = out / ".progress.jsonl"
+    recs = [json.loads(x) for x in progress.read_text().splitlines()]
+    progress.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "made_with"}) + "\n" for r in recs))
+    code, text = build(rgb_root, tmp_path / "w", out, *SEGMENTS)
+    said = " ".join(text.split())
+    assert code == 2 and "(where the observed window ends (the segments context's rule, changed by leap on " \
+        "2026-12-06) differs)" in said, said[-2000:]
+
+
 def test_the_force_the_refusal_advises_rebuilds_with_todays_rule(monkeypatch, tmp_path, rgb_root):
     """The advice pasted (the same command with --force) rebuilds the folder: its manifest names today's rule, its
     samples end tau_a before start_frame (the old ones ended later on these rows: what a resume would have mixed),
