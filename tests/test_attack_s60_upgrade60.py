@@ -118,8 +118,8 @@ def test_an_old_folder_whose_records_keep_no_made_with_is_refused_naming_the_rul
     progress.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "made_with"}) + "\n" for r in recs))
     code, text = build(rgb_root, tmp_path / "w", out, *SEGMENTS)
     said = " ".join(text.split())
-    assert code == 2 and "(where the observed window ends (the segments context's rule, changed by leap on " \
-        "2026-12-06) differs)" in said, said[-2000:]
+    assert code == 2 and "(where the observed window ends (the segments context's rule on rgb_frames, changed by " \
+        "leap on 2026-12-06; or a video read from rgb_frames now) differs)" in said, said[-2000:]
 
 
 def test_the_force_the_refusal_advises_rebuilds_with_todays_rule(monkeypatch, tmp_path, rgb_root):
@@ -253,8 +253,9 @@ def test_a_folder_the_old_leap_began_and_todays_resumed_names_its_options(monkey
     assert code == 0, text[-2000:]
     recs = [json.loads(x) for x in (out / ".progress.jsonl").read_text().splitlines()]
     assert ["settings" in r for r in recs] == [False, False, True, True]
-    opts = begun_options(out)  # (and the --short-side the test's builds pass)
-    assert opts[:2] == ["--frames", "4"] and opts[-2:] == ["--max-count", "1"] and "--short-side" in opts, opts
+    opts = begun_options(out)  # (and the --short-side and --data the test's builds pass)
+    assert opts[:2] == ["--frames", "4"] and opts[4:6] == ["--max-count", "1"] and "--short-side" in opts, opts
+    assert opts[-2:] == ["--data", str(rgb_root)], opts
 
 
 def test_an_old_segments_mode_part_is_not_merged_with_todays_part(monkeypatch, tmp_path, rgb_root):

@@ -643,8 +643,10 @@ def test_generate_cli_refusals(gwork, args, says):
 
 
 def test_generate_cli_response_format_none_is_a_format(gwork):
-    code, said, res = generate_cli(gwork, "--response-format", "NONE", "--limit", "1")
-    assert code == 0, (said, res.exception)
+    """(A Batch file, written by the openai backend without a server: the offline backend refuses the option.)"""
+    code, said, res = generate_cli(gwork, "--backend", "openai", "--response-format", "NONE", "--batch-file",
+                                   gwork / "b.jsonl", "--limit", "1")
+    assert code == 0 and "response_format" not in (gwork / "b.jsonl").read_text(), (said, res.exception)
 
 
 def test_generate_cli_batch_file_of_a_shard_and_to_stdout(gwork, monkeypatch, capfd):

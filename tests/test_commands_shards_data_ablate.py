@@ -173,7 +173,8 @@ def test_check_shards_passes_its_options_and_lists_problems(shards_run, monkeypa
     assert "leap-train-000000.tar shard sha256 differs" in flat(out)  # no "sample" for a whole-shard problem
     assert "sample K00: bad00" in out and "sample K18: bad18" in out and "bad19" not in out  # the first 20
     assert "... and 5 more" in out
-    assert flat(out).count("fix: ") == 1 and flat(rebuild_fix("leap-train-000000.tar")) in flat(out)
+    assert flat(out).count("fix: ") == 1 and flat(rebuild_fix("leap-train-000000.tar", shards_run.out)) in flat(out)
+    assert "run leap build-shards --workdir " in flat(out)  # (the build's command, not "the same" one)
     assert "4 segment(s) of the split were skipped when the shards were built" in flat(out)
     r = invoke("check-shards", "--split", "train", "--workdir", shards_run.work)
     assert seen["verify_hash"] is True and seen["on_error"] == "raise"

@@ -1083,7 +1083,8 @@ def test_what_check_shards_says_to_do_about_a_damaged_shard_repairs_it(root, tmp
     with pytest.raises(LeapError, match="sha256 differs") as e:
         check_shards(out)
     assert e.value.fix.startswith("delete that shard file if it is still there and run leap build-shards --workdir ")
-    assert " --split train --frames 4 --short-side 32 --max-count 3 again" in e.value.fix  # (the build's own options)
+    assert f" --split train --frames 4 --short-side 32 --max-count 3 --data {root} again" in e.value.fix  # (the build's
+    # own options and inputs: its dataset root is not the work directory's kitchen)
     first.unlink()  # as the error says
     build(root, tmp_path / "w")
     assert tar_digests(out) == good and check_shards(out).ok == r.manifest["counts"]["samples"]

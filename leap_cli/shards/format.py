@@ -36,8 +36,8 @@ def rebuild_fix(shard: str | None = None, folder: str | Path | None = None) -> s
     options of the build, which a rerun without them is refused for)."""
     m = part_of(shard or "")
     part = ("--shard", f"{m[0]}/{m[1]}") if m else ()
-    run = build_command(Path(folder), *part) if folder is not None else f"the same leap build-shards{' ' if m else ''}" \
-        + " ".join(part)
+    run = (build_command(Path(folder), *part, part=f".shard{m[0]}of{m[1]}" if m else None) if folder is not None
+           else f"the same leap build-shards{' ' if m else ''}" + " ".join(part))
     return (f"delete that shard file if it is still there and run {run} again (it rebuilds a missing or cut shard "
             f"and those after it), or rebuild {'that part' if m else 'all'} with --force")
 
@@ -201,8 +201,8 @@ SETTINGS_OPTIONS = {"split": "--split", "task": "--task", "frames": "--frames", 
                     "context_mode": "--anticipation-context", "span_frames": "--span-frames"}
 # ``made_with`` keys of leap's own rules, not options (``writer.made_settings``): shards made before a rule have
 # none, and a key missing there differs
-RULES = {"settings.observed_end": "where the observed window ends (the segments context's rule, changed by leap on "
-                                  "2026-12-06)"}
+RULES = {"settings.observed_end": "where the observed window ends (the segments context's rule on rgb_frames, "
+                                  "changed by leap on 2026-12-06; or a video read from rgb_frames now)"}
 
 
 def said(key: str) -> str:
@@ -478,31 +478,41 @@ def load_folders(sources) -> tuple[dict, Path]:
     return merged, folder
 
 
-def begun_options(folder: Path) -> list[str] | None:
-    """The build-shards options (those not at their default) of a build begun in ``folder``, as its progress
-    records keep its settings (``--max-count 2``: its command without them is refused); None where no build was
-    begun there, or its records keep no settings (a leap before 2026-12-06)."""
+def _begun(folder: Path, part: str | None = None) -> dict | None:
+    """The first progress record in ``folder`` that keeps its build's settings, those of the ``--shard`` part of
+    suffix ``part`` first (parts may pack their tars otherwise); None: no build begun there, or records of a leap
+    before 2026-12-06, which kept none."""
+    files = sorted(Path(folder).glob(".progress*.jsonl"))
+    if part is not None:
+        files.sort(key=lambda p: p.name != f".progress{part}.jsonl")
+    for p in files:
+        try:
+            with open(p, encoding="utf-8", errors="replace") as f:
+                for line in f:  # (the first record that keeps them: a build an earlier leap began has none)
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(rec, dict) and isinstance(rec.get("settings"), dict):
+                        return rec
+        except OSError:
+            continue
+    return None
+
+
+def begun_options(folder: Path, part: str | None = None) -> list[str] | None:
+    """The build-shards options of a build begun in ``folder``, as its progress records keep them: its settings
+    not at their default (``--max-count 2``: its command without them is refused) and the inputs given to it
+    (``--data``, ``--programs``, ...: without them the command reads the work directory's); None where no build
+    was begun there, or its records keep no settings (a leap before 2026-12-06)."""
     from dataclasses import asdict
 
     from leap_cli.shards.writer import ShardSettings
 
-    settings = None
-    for p in sorted(Path(folder).glob(".progress*.jsonl")):
-        try:
-            with open(p, encoding="utf-8") as f:
-                for line in f:  # (the first record that keeps them: a build an earlier leap began has none)
-                    try:
-                        settings = json.loads(line).get("settings")
-                    except (ValueError, AttributeError):
-                        continue
-                    if isinstance(settings, dict):
-                        break
-        except OSError:
-            continue
-        if isinstance(settings, dict):
-            break
-    if not isinstance(settings, dict):
+    rec = _begun(folder, part)
+    if rec is None:
         return None
+    settings = rec["settings"]
     default = asdict(ShardSettings(split="train"))
     unused = {"split", "task"}  # (the command names them) and what this build does not read (refused if given)
     if settings.get("task") != "anticipation":
@@ -513,20 +523,34 @@ def begun_options(folder: Path) -> list[str] | None:
     for name, option in SETTINGS_OPTIONS.items():
         if name not in unused and name in settings and settings[name] != default.get(name):
             words += [option, shell_word(str(settings[name]))]
+    inputs = rec.get("inputs") if isinstance(rec.get("inputs"), dict) else {}
+    for option, value in inputs.items():
+        if option != "--workdir":  # (build_command names it)
+            words += [option, shell_word(str(value))]
     return words
 
 
-def build_command(folder: Path, *extra: str) -> str:
+def build_command(folder: Path, *extra: str, part: str | None = None) -> str:
     """The ``leap build-shards`` command that writes ``folder`` (WORKDIR/shards/SPLIT[-anticipation] by default),
-    with the options of a build begun there (``begun_options``) and ``extra`` words."""
-    begun = begun_options(folder)
+    with the options of a build begun there (``begun_options``; ``part``: the suffix of the ``--shard`` part it is
+    for) and ``extra`` words."""
+    folder = Path(folder)
+    begun = begun_options(folder, part)
     more = "".join(f" {w}" for w in [*(begun or []), *extra])
-    if begun is None and any(Path(folder).glob(".progress*.jsonl")):
+    if begun is None and any(folder.glob(".progress*.jsonl")):
         more += " (with the options of the build begun there)"
     m = re.fullmatch(r"(train|val|test)(-anticipation)?", folder.name)
     if m and folder.parent.name == "shards":
         return (f"leap build-shards --workdir {shell_word(folder.parent.parent)} --split {m.group(1)}"
                 + (" --task anticipation" if m.group(2) else "") + more)
+    rec = _begun(folder, part) if begun is not None else None
+    if rec is not None:  # (another --out: its split, task and work directory as the build kept them)
+        settings, inputs = rec["settings"], rec.get("inputs") if isinstance(rec.get("inputs"), dict) else {}
+        return ("leap build-shards" + (f" --workdir {shell_word(str(inputs['--workdir']))}" if "--workdir" in inputs
+                                       else "")
+                + f" --split {shell_word(str(settings.get('split')))}"
+                + (" --task anticipation" if settings.get("task") == "anticipation" else "")
+                + f" --out {shell_word(folder)}{more}")
     return f"leap build-shards --split SPLIT --out {shell_word(folder)}{more} (or give the folder that holds them)"
 
 

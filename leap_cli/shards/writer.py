@@ -105,20 +105,42 @@ def segment_frame_indices(first: int, last: int, count: int) -> list[int]:
     return pick_frames(first, last, count, "uniform")
 
 
-# Where --anticipation-context segments ends the observed window on rgb_frames, since 2026-12-06: tau_a before the
-# start of the action's CSV start_frame, as clips mode (it was tau_a before the timestamp: 1-2 frames later; on an
-# MP4 both are the timestamp). Shards of the earlier rule hold no such setting: a resume of them is refused, not mixed.
+# Where --anticipation-context segments ends the observed window, since 2026-12-06: tau_a before the action's start
+# in the source's numbering (on rgb_frames the start of its CSV start_frame, as clips mode; it was tau_a before the
+# timestamp there, 1-2 frames later; on an MP4 both are the timestamp). Shards of the earlier rule hold no such
+# setting: a resume of them over rgb_frames is refused, not mixed (``_rule_of``).
 OBSERVED_END = "action start in the source's numbering"
 
 
-def made_settings(settings: ShardSettings, *, rgb_frames: bool = True) -> dict:
+def made_settings(settings: ShardSettings, *, rule: bool = True) -> dict:
     """The settings a build's samples were made with, as its hash, progress records and manifest keep them: the
-    options, and for the segments context over ``rgb_frames`` folders the rule that ends its observed window
-    (``OBSERVED_END``; a build of MP4s only, whose samples the rule did not change, resumes as it was)."""
+    options, and for the segments context (with ``rule``) the rule that ends its observed window (``OBSERVED_END``)."""
     out = asdict(settings)
-    if settings.task == "anticipation" and settings.context_mode == "segments" and rgb_frames:
+    if settings.task == "anticipation" and settings.context_mode == "segments" and rule:
         out["observed_end"] = OBSERVED_END
     return out
+
+
+def _rule_of(out: Path, progress_path: Path, overwrite: bool, frame_folders: bool) -> bool:
+    """Whether a build keeps ``OBSERVED_END`` (``made_settings``' ``rule``): always, but where what is in ``out``
+    was built by a leap before the rule (progress records or manifests without it) and no video of the split is read
+    from ``rgb_frames`` (on MP4s the rule changed no sample: such a folder resumes, and its parts merge)."""
+    if overwrite or frame_folders:
+        return True
+    try:
+        recs = [r for r in read_jsonl(progress_path) if isinstance(r, dict)] if progress_path.exists() else []
+    except LeapError:
+        recs = []
+    if any("settings.observed_end" not in (r.get("made_with") or {}) for r in recs):
+        return False
+    for path in out.glob("manifest*.json"):
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(m, dict) and isinstance(m.get("settings"), dict) and "observed_end" not in m["settings"]:
+            return False
+    return True
 
 
 @dataclass
@@ -451,10 +473,10 @@ class _ShardSink:
     """Writes samples in order into rolling shards; records each completed shard in the progress file."""
 
     def __init__(self, out: Path, split: str, suffix: str, settings: ShardSettings, progress: JsonlAppender,
-                 settings_hash: str, first_index: int, made: dict[str, str], made_settings: dict):
+                 settings_hash: str, first_index: int, made: dict[str, str], made_settings: dict, inputs: dict):
         self.out, self.split, self.suffix, self.settings = out, split, suffix, settings
         self.progress, self.settings_hash, self.made = progress, settings_hash, made
-        self.made_settings = made_settings  # (``made_settings``: the options and rules, in words)
+        self.made_settings, self.inputs = made_settings, inputs  # (the options, rules and inputs, in words)
         self.index = first_index
         self._f = None
         self._tmp: Path | None = None
@@ -502,7 +524,8 @@ class _ShardSink:
         rec = {"name": name, "index": self.index, "settings_hash": self.settings_hash, "count": len(self._samples),
                "bytes": final.stat().st_size, "sha256": sha256_file(final), "samples": self._samples,
                "skipped": self._skipped, "made_with": self.made,
-               "settings": self.made_settings}  # (in words: the command to resume it, ``begun_options``)
+               "settings": self.made_settings,  # (in words: the command to resume it, ``begun_options``)
+               "inputs": self.inputs}
         self.progress.write(rec)
         self.completed.append(rec)
         self._skipped = []
@@ -603,7 +626,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                   overwrite: bool = False, progress: Callable[[int, int], None] | None = None,
                   clock: Callable[[str], FrameClock] | None = None, cache: FrameCache | None = None,
                   program_failures: list[dict] | None = None, adopt: dict | None = None,
-                  gate: ShardReaders) -> BuildResult:
+                  gate: ShardReaders, inputs: dict | None = None) -> BuildResult:
     """Write the shards of ``segments`` into ``out`` and return the manifest.
 
     ``clock(video_id)``: the timing rule of each video's source (default: an MP4 at ``fps``); ``cache``:
@@ -656,14 +679,16 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         except LeapError:  # (no fps: its segments are skipped)
             return False
 
+    progress_path = out / f".progress{shard.suffix}.jsonl"
     # (over the split's videos, not the part's: every --shard part keeps the same settings, or they are not merged)
-    settings_made = made_settings(settings, rgb_frames=any(frame_folders(v) for v in {s.video_id for s in segments}))
+    settings_made = made_settings(settings, rule=settings.task != "anticipation" or settings.context_mode != "segments"
+                                  or _rule_of(out, progress_path, overwrite,
+                                              any(frame_folders(v) for v in {s.video_id for s in segments})))
 
     def hash_of(sources: dict) -> str:
         return stable_hash({"format": FORMAT, "settings": settings_made, "upscale": False, "sources": sources,
                             "targets": targets_manifest, "shard": [shard.index, shard.count]})
 
-    progress_path = out / f".progress{shard.suffix}.jsonl"
     missing_manifest = not (out / manifest_name(shard.suffix)).exists()
     sources = _adopted(out, progress_path, out / manifest_name(shard.suffix), dict(sources or {}), adopt, hash_of,
                        overwrite)
@@ -747,7 +772,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
             appender.close()
             raise
     sink = _ShardSink(out, settings.split, shard.suffix, settings, appender, settings_hash, len(kept), made,
-                      settings_made)
+                      settings_made, inputs or {})
     written = 0
 
     def emit_plan_skips(video_id: str) -> None:
@@ -908,7 +933,8 @@ def _built_in_parts(out: Path, now: dict, video_changed: Callable[[dict], bool])
     if retry:
         raise LeapError(f"holds this split built in {n} parts, and part(s) {', '.join(map(str, retry))} skipped "
                         "segments whose video has changed since (downloaded again?)", path=out,
-                        fix=" and ".join(build_command(out, "--shard", f"{i}/{n}") for i in retry) + " tries them again")
+                        fix=" and ".join(build_command(out, "--shard", f"{i}/{n}", part=f".shard{i}of{n}") for i in retry)
+                            + " tries them again")
     return BuildResult(out, merged, notes=[f"built before in {n} parts (--shard i/{n}), all done and merged into "
                                            "manifest.json with these settings and inputs: nothing new to write"])
 
@@ -1323,10 +1349,15 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                              "or, for an rgb_frames folder, by a leap before 2026-12-03: their samples are decoded "
                              "from the videos instead (the same shards; only the decode is not shared)")
     cache_notes = notes[said:]
+    # the inputs given otherwise than by default, for the command that resumes the build (``format.begun_options``)
+    given = {"--workdir": workdir, "--data": data if os.path.abspath(data) != os.path.abspath(workdir / "kitchen") else None,
+             "--annotations": annotations, "--programs": programs_path, "--vocab": vocab_manifest,
+             "--max-steps": max_steps, "--max-conditions": max_conditions}
+    inputs = {k: os.path.abspath(v) if isinstance(v, (str, Path)) else v for k, v in given.items() if v is not None}
     result = build_shards(segments, out=out, settings=settings, opener=opener,
                           fps=fps, programs=programs, programs_path=prog_path, targets=targets, sources=sources,
                           workers=workers, shard=shard, overwrite=overwrite, progress=progress, clock=clock,
-                          cache=cache, program_failures=failures, adopt=adopt)
+                          cache=cache, program_failures=failures, adopt=adopt, inputs=inputs)
     if targets is not None and targets.failed:
         notes.append(f"{len(targets.failed)} valid programs could not be encoded (e.g. {targets.failed[0]['error']})")
     if targets is not None and targets.cut:  # (a val program longer than the training ones: an <if> left open)

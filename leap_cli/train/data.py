@@ -84,7 +84,8 @@ class ShardSource:
         if self.batches_per_epoch < 1:
             raise LeapError(f"{len(self.train)} training samples per process, fewer than data.batch_size="
                             f"{cfg.data.batch_size}", path=named,
-                            fix=f"add --set data.batch_size={max(1, len(self.train))} (or fewer), or build more data")
+                            fix=f"add --set data.batch_size={len(self.train)} (or fewer), or build more data"
+                            if len(self.train) else "build shards that hold samples (or train on fewer processes)")
         self._loaders: dict[str, DataLoader] = {}
         self.val = None
         self.val_size: int | None = None
