@@ -223,9 +223,12 @@ def check_shards(
     if len(report.problems) > 20:
         console.print(f"... and {len(report.problems) - 20} more")
     if report.problems:
+        from leap_cli.io import part_of
         from leap_cli.shards.format import rebuild_fix
 
-        for fix in dict.fromkeys(p.get("fix") or rebuild_fix(p["shard"], folder) for p in report.problems):  # one a part
+        parts = {part_of(p["shard"]): p["shard"] for p in report.problems if not p.get("fix")}  # (the build's command
+        fixes = {part: rebuild_fix(shard, folder) for part, shard in parts.items()}  # read once a part, not a problem)
+        for fix in dict.fromkeys(p.get("fix") or fixes[part_of(p["shard"])] for p in report.problems):  # one a part
             console.print(f"fix: {escape(fix)}", highlight=False)
     from leap_cli.shards.format import load_manifest
 
