@@ -139,7 +139,8 @@ def test_extract_killed_at_a_frame_cache_entrys_rename_resumes_and_leaves_no_tem
     cmd = leap("extract", "--workdir", wd, "--split", "train", "--workers", 2)
     killed_at_rename(cmd, tmp_path, ".jpgs", 3, when)
     dead = _dead_writers(wd / "frame-cache")
-    assert len(dead) == (when == "before")
+    # the killed writer's temp file (before its rename); the other worker's, where it was writing one at the kill
+    assert (1 <= len(dead) <= 2) if when == "before" else len(dead) <= 1, dead
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in dead) and time.monotonic() < deadline:
         time.sleep(0.05)  # (orphans are reaped by PID 1 or a subreaper, not by this test)
