@@ -18,7 +18,6 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,42 +25,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
-       "NO_COLOR": "1", "COLUMNS": "400", "TERM": "dumb"}
+from tests.test_attack_s60_advice60 import ENV, advice, flat, leap, pasted, run, shell
+
 KEY_VAR = "ADVICE60B_KEY"
-
-
-def leap(*args) -> list[str]:
-    return [sys.executable, "-m", "leap_cli", *map(str, args)]
-
-
-def run(cmd, cwd=ROOT, env=None, timeout=120) -> tuple[int, str]:
-    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env or ENV, cwd=cwd,
-                       timeout=timeout)
-    return r.returncode, r.stdout.decode(errors="replace")
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def pasted(words: list[str]) -> list[str]:
-    """A suggested ``leap ...`` command as this leap runs it (``leap`` is ``python -m leap_cli`` here)."""
-    assert words and words[0] == "leap", words
-    return leap(*words[1:])
-
-
-def advice(out: str, pattern: str) -> str:
-    m = re.search(pattern, flat(out))
-    assert m, f"no advice /{pattern}/ in:\n{out[-3000:]}"
-    return m.group(1)
-
-
-def shell(command: str, cwd) -> tuple[int, str]:
-    r = subprocess.run(["bash", "-c", command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=ENV,
-                       timeout=60)
-    return r.returncode, r.stdout.decode(errors="replace")
 
 
 @pytest.fixture(scope="module")
