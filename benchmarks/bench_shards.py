@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from leap_cli.epic.layout import DatasetLayout  # noqa: E402
 from leap_cli.epic.timing import format_timestamp, time_to_frame  # noqa: E402
-from leap_cli.shards.dataset import ShardDataset, collate_clips  # noqa: E402
+from leap_cli.shards.dataset import (ShardDataset, collate_clips, share_by_name_under_a_low_limit,  # noqa: E402
+                                     short_temp_dir_for_workers)
 from leap_cli.shards.transforms import crop_resize, random_resized_box, temporal_indices, to_tensor  # noqa: E402
 from leap_cli.shards.writer import ShardSettings, build_split, segment_frame_indices  # noqa: E402
 
@@ -100,6 +101,11 @@ class Mp4Clips(Dataset):
 def clips_per_second(ds, workers: int, batch: int, limit: int) -> tuple[float, int]:
     """Steady-state rate: the clock starts after the first batch (worker start-up excluded) and epochs
     repeat (persistent workers) until ``limit`` clips have been timed."""
+    # leap's own loaders' settings for their workers (leap_cli.shards.dataset.loader_workers): tensors shared by name
+    # under a low limit of open files, and the workers' sockets out of a TMPDIR too deep for them (under pytest's
+    # basetemp, past pytest-99, a worker could not hand its batch over and the script waited)
+    share_by_name_under_a_low_limit(workers)
+    short_temp_dir_for_workers(workers)
     loader = DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_clips,
                         shuffle=isinstance(ds, Mp4Clips), persistent_workers=workers > 0)
     n, t0, epoch = 0, None, 0
