@@ -141,11 +141,12 @@ def train(
 
 
 def _go_on(resume: bool, force: bool) -> str:
-    """How to continue a run that stopped: the same command, resumed, and never with --force (which wins over
-    --resume: it would start the run over, its checkpoints deleted)."""
-    if force:
-        return "the same command without --force" if resume else "the same command with --resume instead of --force"
-    return "the same command" if resume else "the same command with --resume"
+    """``common.rerun`` for a run that started (stopped or paused), from this command's own flags (not
+    ``sys.argv``: the command may run in a process of another)."""
+    from leap_cli.common import NEXT_RUN, rerun
+
+    NEXT_RUN["train"] = "resume"  # (a checkpoint is saved: the run has started)
+    return rerun(command="train", args=["--resume"] * resume + ["--force"] * force)
 
 
 def default_name(config: Path, resume: bool = False) -> str:
