@@ -505,11 +505,15 @@ def begun_options(folder: Path, part: str | None = None) -> list[str] | None:
     not at their default (``--max-count 2``: its command without them is refused) and the inputs given to it
     (``--data``, ``--programs``, ...: without them the command reads the work directory's); None where no build
     was begun there, or its records keep no settings (a leap before 2026-12-06)."""
+    return _options_of(_begun(folder, part))
+
+
+def _options_of(rec: dict | None) -> list[str] | None:
+    """``begun_options`` of a progress record (``_begun``)."""
     from dataclasses import asdict
 
     from leap_cli.shards.writer import ShardSettings
 
-    rec = _begun(folder, part)
     if rec is None:
         return None
     settings = rec["settings"]
@@ -535,7 +539,8 @@ def build_command(folder: Path, *extra: str, part: str | None = None) -> str:
     with the options of a build begun there (``begun_options``; ``part``: the suffix of the ``--shard`` part it is
     for) and ``extra`` words."""
     folder = Path(folder)
-    begun = begun_options(folder, part)
+    rec = _begun(folder, part)  # (read once)
+    begun = _options_of(rec)
     more = "".join(f" {w}" for w in [*(begun or []), *extra])
     if begun is None and any(folder.glob(".progress*.jsonl")):
         more += " (with the options of the build begun there)"
@@ -543,7 +548,6 @@ def build_command(folder: Path, *extra: str, part: str | None = None) -> str:
     if m and folder.parent.name == "shards":
         return (f"leap build-shards --workdir {shell_word(folder.parent.parent)} --split {m.group(1)}"
                 + (" --task anticipation" if m.group(2) else "") + more)
-    rec = _begun(folder, part) if begun is not None else None
     if rec is not None:  # (another --out: its split, task and work directory as the build kept them)
         settings, inputs = rec["settings"], rec.get("inputs") if isinstance(rec.get("inputs"), dict) else {}
         return ("leap build-shards" + (f" --workdir {shell_word(str(inputs['--workdir']))}" if "--workdir" in inputs
