@@ -303,9 +303,9 @@ def _train_until_checkpoint(cmd, run_dir: Path) -> str:
     return out
 
 
-def _first_words(cmd, marks: tuple[str, ...]) -> str:
-    """Run ``cmd`` until a line holds one of ``marks`` (then stop it) or it ends; its output so far."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, cwd=ROOT,
+def _first_words(cmd, marks: tuple[str, ...], cwd=ROOT) -> str:
+    """Run ``cmd`` until a line holds one of ``marks`` (then stop its process group) or it ends; its output so far."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, cwd=cwd,
                          start_new_session=True)
     seen = []
     try:

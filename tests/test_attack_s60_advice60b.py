@@ -12,12 +12,9 @@ generate-programs' --retry-errors / --retry-invalid notes, and validate-programs
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
-import signal
-import subprocess
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_attack_s60_advice60 import ENV, advice, flat, leap, pasted, run, shell
+from tests.test_attack_s60_advice60 import ENV, _first_words, advice, flat, leap, pasted, run, shell
 
 KEY_VAR = "ADVICE60B_KEY"
 
@@ -378,23 +375,6 @@ def test_train_fewer_samples_than_batch_advice_is_a_set_that_trains(kit, tmp_pat
     assert rc == 0, out
 
 
-def _until(cmd: list[str], marks: tuple[str, ...], cwd) -> str:
-    """Run ``cmd`` until a line holds one of ``marks`` (then stop its process group) or it ends; its output."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, cwd=cwd,
-                         start_new_session=True)
-    seen = []
-    try:
-        for line in iter(p.stdout.readline, b""):
-            seen.append(line.decode(errors="replace"))
-            if any(m in seen[-1] for m in marks):
-                break
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-    return "".join(seen)
-
-
 def test_demo_too_small_kitchen_advice_either_way_gets_past_the_check(tmp_path):
     """demo --videos 3 --segments 3: 'pass --segments N or more, or --set data.batch_size=K'. Each, added to the
     command as said, is taken: the demo starts building its kitchen (stopped there; by hand, the whole demo --videos 3
@@ -413,7 +393,7 @@ def test_demo_too_small_kitchen_advice_either_way_gets_past_the_check(tmp_path):
         else:
             words += extra
         shutil.rmtree(tmp_path / "d", ignore_errors=True)
-        out = _until(leap(*words), ("leap demo-data", "error"), tmp_path)
+        out = _first_words(leap(*words), ("leap demo-data", "error"), tmp_path)
         assert "leap demo-data" in out and "error" not in out.lower(), out[-1500:]
 
 
