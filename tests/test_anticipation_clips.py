@@ -206,6 +206,40 @@ def test_validation_shards_of_another_task_or_fewer_context_clips_are_refused_be
             "frames, training: tau_a 1.0 s, clips of 8 source frames)") in caplog.text
 
 
+def test_segments_shards_of_the_earlier_observed_end_are_warned_of_beside_the_new_rule(tmp_path, caplog):
+    """Was wrong: the timing compared between training and validation shards (and kept in checkpoints) left out
+    ``settings.observed_end``, so training shards of a leap before the segments context's window-end rule (on
+    rgb_frames their observed window ends 1-2 frames later) and validation shards of the new rule, or the other
+    way round, were used together without a word; shards with the same rule still meet in silence."""
+    import logging
+
+    from leap_cli.shards.dataset import anticipation_timing, timing_change
+    from leap_cli.train.config import load_config
+    from leap_cli.train.data import ShardSource
+    from leap_cli.train.distributed import DistInfo
+
+    root = make_root(tmp_path / "kitchen")
+    new = build(root, tmp_path / "new", task="anticipation", context=2, context_mode="segments").out
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    m = json.loads((old / "manifest.json").read_text())
+    del m["settings"]["observed_end"]  # as a leap before 2026-12-06 wrote it
+    (old / "manifest.json").write_text(json.dumps(m))
+    was, now = anticipation_timing(m), anticipation_timing(json.loads((new / "manifest.json").read_text()))
+    assert "observed_end" not in was and now["observed_end"] and was != now
+    assert timing_change(was, now).startswith("another end of the observed window")
+    cfg = load_config("tiny-synthetic", ["data.task=anticipation", "model.anticipation_context=2", "model.num_frames=4",
+                                         "model.img_size=32", "data.batch_size=2"])
+    for train, val, warned in ((new, new, False), (old, old, False), (old, new, True), (new, old, True)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            ShardSource(train, val, cfg, DistInfo())
+        assert ("observe otherwise" in caplog.text) == warned, (train.name, val.name, caplog.text)
+        if warned:
+            assert "measure another end of the observed window (on rgb_frames videos" in caplog.text
+            assert "ending tau_a before the timestamp (leap before 2026-12-06" in caplog.text
+
+
 def test_more_context_clips_than_the_model_takes_feed_it_the_latest():
     """Shards built with --context 3 failed every step of a model of 2 ("context_video holds 3 clips"). The clips
     kept are the latest, those closest to the action (the gate is opened: at its zero start no clip shows)."""

@@ -672,23 +672,32 @@ def anticipation_timing(manifest: dict) -> dict | None:
     settings = manifest.get("settings") or {}
     mode = settings.get("context_mode", "clips")
     keys = ("tau_a", "context_mode", "span_frames" if mode == "clips" else "tau_o")
-    return {k: settings.get(k) for k in keys}
+    timing = {k: settings.get(k) for k in keys}
+    if mode == "segments" and "observed_end" in settings:  # (absent: shards of the earlier rule, and their runs)
+        timing["observed_end"] = settings["observed_end"]
+    return timing
 
 
 def timing_text(timing: dict) -> str:
     """``tau_a 1 s, clips of 256 source frames`` (for messages)."""
     text = f"tau_a {timing.get('tau_a')} s"
     if timing.get("context_mode") == "segments":
-        return text + f", previous segments and a {timing.get('tau_o')} s observed window"
+        return text + f", previous segments and a {timing.get('tau_o')} s observed window" + (
+            "" if "observed_end" in timing else " ending tau_a before the timestamp (leap before 2026-12-06: on "
+                                                "rgb_frames 1-2 frames later than now, on MP4s the same)")
     return text + f", clips of {timing.get('span_frames')} source frames"
 
 
 def timing_change(timing: dict | None, other: dict | None) -> str:
     """What two anticipation timings' figures differ in, for messages: ``another anticipation time`` where tau_a
-    differs (or is not known), else ``another observation before the same anticipation time`` (the clips' span,
-    the context mode)."""
+    differs (or is not known), ``another end of the observed window`` where only the segments context's rule
+    differs (``observed_end``: the same frames on MP4s), else ``another observation before the same anticipation
+    time`` (the clips' span, the context mode)."""
     if not timing or not other or timing.get("tau_a") != other.get("tau_a"):
         return "another anticipation time"
+    if {k: v for k, v in timing.items() if k != "observed_end"} == {k: v for k, v in other.items()
+                                                                  if k != "observed_end"}:
+        return "another end of the observed window (on rgb_frames videos; on MP4s the same frames)"
     return "another observation before the same anticipation time"
 
 
