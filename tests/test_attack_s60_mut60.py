@@ -210,7 +210,9 @@ def test_val_shards_of_the_other_task_advice_builds_the_default_val_folder_of_th
                                          "model.img_size=32", "data.batch_size=2"])
     with pytest.raises(LeapError) as e:
         ShardSource(train, rec, cfg, DistInfo())
-    assert f"(leap build-shards --workdir {work} --split val --task anticipation)" in e.value.fix, e.value.fix
+    # (with the training build's dataset and sample settings: build_split records its root as --data)
+    assert f"(leap build-shards --workdir {work} --split val --task anticipation " in e.value.fix, e.value.fix
+    assert f"--span-frames 8 --data {root})" in e.value.fix, e.value.fix
 
 
 def test_a_missing_data_val_advice_names_the_workdir_and_the_folder(tmp_path):

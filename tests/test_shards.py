@@ -1710,3 +1710,36 @@ def test_the_build_command_carries_the_options_of_a_build_begun_in_the_folder(tm
                                          "segments")
     progress.write_text(json.dumps({"name": "leap-train-000000.tar", "made_with": asdict(rec)}) + "\n")
     assert build_command(folder).endswith("--split train (with the options of the build begun there)")
+
+
+def test_the_build_command_of_a_split_not_begun_takes_the_shared_options_of_another_splits_build(tmp_path):
+    """Was wrong: where no build began in a split's default folder (train's and evaluate's advice for val shards),
+    the command named no option, though the training build was given --data and --frames 8: pasted, it read the
+    work directory's dataset, or none ("dataset root not found"), and made 16-frame samples. It now takes the
+    dataset, annotations and sample settings of the same task's build in that work directory (not its packing,
+    programs or vocabulary); another task's build lends nothing, and a split's own begun build wins."""
+    from leap_cli.shards.format import build_command
+    from leap_cli.shards.writer import ShardSettings, made_settings
+
+    work = tmp_path / "w"
+    train, val = work / "shards" / "train", work / "shards" / "val"
+    train.mkdir(parents=True)
+    rec = ShardSettings(split="train", frames=8, max_count=2, jpeg_quality=80)
+    train.joinpath(".progress.jsonl").write_text(json.dumps({
+        "settings": made_settings(rec), "inputs": {"--data": "/data/epic", "--programs": "/p/train.jsonl",
+                                                   "--annotations": "/a", "--max-steps": 12}}) + "\n")
+    assert build_command(val) == (f"leap build-shards --workdir {work} --split val --frames 8 --jpeg-quality 80 "
+                                  "--data /data/epic --annotations /a")
+    antic = work / "shards" / "val-anticipation"
+    assert build_command(antic) == f"leap build-shards --workdir {work} --split val --task anticipation"
+    train_a = work / "shards" / "train-anticipation"
+    train_a.mkdir()
+    rec = ShardSettings(split="train", task="anticipation", context_mode="segments", tau_o=1.5, span_frames=64)
+    train_a.joinpath(".progress.jsonl").write_text(json.dumps({"settings": made_settings(rec),
+                                                               "inputs": {"--data": "/d"}}) + "\n")
+    assert build_command(antic) == (f"leap build-shards --workdir {work} --split val --task anticipation --tau-o 1.5 "
+                                    "--anticipation-context segments --data /d")
+    val.mkdir()
+    val.joinpath(".progress.jsonl").write_text(json.dumps({"settings": made_settings(ShardSettings(split="val"))})
+                                               + "\n")
+    assert build_command(val) == f"leap build-shards --workdir {work} --split val"

@@ -534,6 +534,31 @@ def _options_of(rec: dict | None) -> list[str] | None:
     return words
 
 
+# What a split's build shares with another split's in the same work directory: the dataset and its annotations,
+# and the settings that make its samples (not their packing, nor the split's own programs and targets)
+SHARED_INPUTS = ("--data", "--annotations")
+SHARED_SETTINGS = ("frames", "short_side", "jpeg_quality")
+SHARED_ANTICIPATION = ("tau_a", "tau_o", "context", "context_mode", "span_frames")
+
+
+def _sibling_options(folder: Path, anticipation: bool) -> list[str] | None:
+    """For a split's default folder where no build began, the options another split's build of the same task began
+    with in the same ``shards/`` folder (the training split's first) that the split's build should share
+    (``SHARED_INPUTS``, ``SHARED_SETTINGS``): `leap build-shards --split val` without the training build's
+    ``--data`` read the work directory's dataset, and without its ``--frames`` made samples the run's are not."""
+    suffix = "-anticipation" if anticipation else ""
+    for split in ("train", "val", "test"):
+        sibling = folder.parent / f"{split}{suffix}"
+        if sibling == folder or (rec := _begun(sibling)) is None:
+            continue
+        settings = {k: v for k, v in rec["settings"].items()
+                    if k in SHARED_SETTINGS + (SHARED_ANTICIPATION if anticipation else ())}
+        inputs = rec.get("inputs") if isinstance(rec.get("inputs"), dict) else {}
+        return _options_of({"settings": {**settings, "task": rec["settings"].get("task")},
+                            "inputs": {k: v for k, v in inputs.items() if k in SHARED_INPUTS}})
+    return None
+
+
 def build_command(folder: Path, *extra: str, part: str | None = None) -> str:
     """The ``leap build-shards`` command that writes ``folder`` (WORKDIR/shards/SPLIT[-anticipation] by default),
     with the options of a build begun there (``begun_options``; ``part``: the suffix of the ``--shard`` part it is
@@ -541,10 +566,12 @@ def build_command(folder: Path, *extra: str, part: str | None = None) -> str:
     folder = Path(folder)
     rec = _begun(folder, part)  # (read once)
     begun = _options_of(rec)
+    m = re.fullmatch(r"(train|val|test)(-anticipation)?", folder.name)
+    if rec is None and m and folder.parent.name == "shards" and not any(folder.glob(".progress*.jsonl")):
+        begun = _sibling_options(folder, bool(m.group(2)))
     more = "".join(f" {w}" for w in [*(begun or []), *extra])
     if begun is None and any(folder.glob(".progress*.jsonl")):
         more += " (with the options of the build begun there)"
-    m = re.fullmatch(r"(train|val|test)(-anticipation)?", folder.name)
     if m and folder.parent.name == "shards":
         return (f"leap build-shards --workdir {shell_word(folder.parent.parent)} --split {m.group(1)}"
                 + (" --task anticipation" if m.group(2) else "") + more)
