@@ -771,7 +771,7 @@ empty: a run that failed before its first record leaves nothing its successor wo
             theirs = {}
         theirs.pop("split", None)
         now = json.loads(json.dumps(settings, default=str))
-        differ = _named_changes(settings_changes(theirs, now), names) if theirs else []
+        differ = _named_changes(_resume_changes(theirs, now, adopt, grow), names) if theirs else []
         raise LeapError(f"not there, but parts of it from --shard runs are ({found[0]}): this run without --shard "
                         "would do the whole split again", path=output,
                         fix="merge them and run again" + (f" with the parts' options ({', '.join(differ[:6])})"
@@ -816,14 +816,12 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
     started_over = False
     stored = _stored_settings(output, option, force=force) if has_output else None
     if stored is not None:
-        stored.update({k: settings.get(k) for k in adopt if k not in stored})
         old_split = stored.pop("split", None)
         if split is not None and old_split is not None and old_split != split and not force:
             raise LeapError(f"holds {old_split} records; this run is --split {split}, and would mix the two",
                             path=output, record="split",
                             fix=f"give this split its own {elsewhere}, or {option} to start the file over")
-        differ = [d for d in settings_changes(stored, settings)
-                  if not (d.split(": ", 1)[0] in grow and _grew(stored, settings, d.split(": ", 1)[0]))]
+        differ = _resume_changes(stored, settings, adopt, grow)
         if split is not None and old_split is not None and old_split != split:
             differ.append(f"split: {old_split!r} -> {split!r}")
         if differ:
@@ -843,6 +841,14 @@ def _check_settings(output: Path, settings: dict, *, force: bool, exists: bool |
     if not dry:
         atomic_write_json(sidecar, settings if split is None else {**settings, "split": split}, if_changed=True)
     return started_over
+
+
+def _resume_changes(stored: dict, settings: dict, adopt: tuple[str, ...], grow: tuple[str, ...]) -> list[str]:
+    """``settings_changes`` from ``stored`` to ``settings`` that a resume refuses: not the ``adopt`` keys ``stored``
+    lacks (it takes this run's values, into ``stored``), nor a ``grow`` key raised."""
+    stored.update({k: settings.get(k) for k in adopt if k not in stored})
+    return [d for d in settings_changes(stored, settings)
+            if not (d.split(": ", 1)[0] in grow and _grew(stored, settings, d.split(": ", 1)[0]))]
 
 
 def _named_changes(differ: list[str], names: dict | None) -> list[str]:

@@ -882,3 +882,23 @@ def test_files_committed_together_get_the_umasks_mode(tmp_path):
     for name in ("batch-1of2.jsonl", "batch-2of2.jsonl"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o664
     assert sorted(p.name for p in tmp_path.iterdir()) == ["batch-1of2.jsonl", "batch-2of2.jsonl"]
+
+
+def test_the_merge_advice_names_only_the_options_a_resume_would_refuse(tmp_path):
+    """Was wrong: a run without --shard beside unmerged parts was told to merge them and run again "with the parts'
+    options", and those named every key that differed, also a limit a resume may raise (generate-programs'
+    ``params.max_tokens``) and a key the parts' settings were written before (``adopt``): a rerun with the raised
+    limit is accepted, so naming it sent the user back to the lower one for nothing."""
+    from leap_cli.io import SETTINGS_SUFFIX, check_settings
+
+    out = tmp_path / "val.jsonl"
+    part = tmp_path / "val.shard0of2.jsonl"
+    part.write_text('{"narration_id": "a"}\n')
+    part.with_name(part.name + SETTINGS_SUFFIX).write_text(json.dumps({"k": 2, "params": {"max_tokens": 100}}))
+    now = {"k": 4, "params": {"max_tokens": 200}, "descriptors": {"x": 1}}
+    with pytest.raises(LeapError) as e:
+        check_settings(out, now, adopt=("descriptors",), grow=("params.max_tokens",))
+    assert "with the parts' options (k: 2 -> 4)" in e.value.fix, e.value.fix
+    with pytest.raises(LeapError) as e:  # a lowered limit is one a resume refuses: named
+        check_settings(out, {**now, "params": {"max_tokens": 50}}, adopt=("descriptors",), grow=("params.max_tokens",))
+    assert "params.max_tokens: 100 -> 50" in e.value.fix, e.value.fix
