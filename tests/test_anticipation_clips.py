@@ -213,7 +213,7 @@ def test_segments_shards_of_the_earlier_observed_end_are_warned_of_beside_the_ne
     way round, were used together without a word; shards with the same rule still meet in silence."""
     import logging
 
-    from leap_cli.shards.dataset import anticipation_timing, timing_change
+    from leap_cli.shards.dataset import anticipation_timing, same_timing, timing_change
     from leap_cli.train.config import load_config
     from leap_cli.train.data import ShardSource
     from leap_cli.train.distributed import DistInfo
@@ -226,8 +226,12 @@ def test_segments_shards_of_the_earlier_observed_end_are_warned_of_beside_the_ne
     del m["settings"]["observed_end"]  # as a leap before 2026-12-06 wrote it
     (old / "manifest.json").write_text(json.dumps(m))
     was, now = anticipation_timing(m), anticipation_timing(json.loads((new / "manifest.json").read_text()))
-    assert "observed_end" not in was and now["observed_end"] and was != now
+    assert was["observed_end"] is None and now["observed_end"] and was != now
     assert timing_change(was, now).startswith("another end of the observed window")
+    # a run's checkpoint keeps the timing of its training shards: one of today's leap knows their rule (None for the
+    # earlier one) and is compared on it; one of a leap that kept no rule is not (its rule is not known)
+    assert not same_timing(was, now) and not same_timing(now, was) and same_timing(now, dict(now))
+    assert same_timing({k: v for k, v in was.items() if k != "observed_end"}, now)
     cfg = load_config("tiny-synthetic", ["data.task=anticipation", "model.anticipation_context=2", "model.num_frames=4",
                                          "model.img_size=32", "data.batch_size=2"])
     for train, val, warned in ((new, new, False), (old, old, False), (old, new, True), (new, old, True)):

@@ -253,10 +253,10 @@ def _same_timing(run_timing: dict | None, manifest: dict, folder: Path) -> None:
     """Warn where anticipation shards observe otherwise than the run's training shards did (another --tau-a: the
     figures are for another anticipation time; another span or context mode: another observation before it;
     `leap submit` checks the challenge's 1 s itself)."""
-    from leap_cli.shards.dataset import anticipation_timing, timing_change, timing_text
+    from leap_cli.shards.dataset import anticipation_timing, same_timing, timing_change, timing_text
 
     timing = anticipation_timing(manifest)
-    if run_timing and timing and timing != run_timing:
+    if run_timing and timing and not same_timing(run_timing, timing):
         log.warning("%s: these shards observe otherwise than the run's training shards (%s; training: %s): the figures "
                     "are for %s than the model learnt", folder, timing_text(timing), timing_text(run_timing),
                     timing_change(timing, run_timing))

@@ -673,9 +673,18 @@ def anticipation_timing(manifest: dict) -> dict | None:
     mode = settings.get("context_mode", "clips")
     keys = ("tau_a", "context_mode", "span_frames" if mode == "clips" else "tau_o")
     timing = {k: settings.get(k) for k in keys}
-    if mode == "segments" and "observed_end" in settings:  # (absent: shards of the earlier rule, and their runs)
-        timing["observed_end"] = settings["observed_end"]
+    if mode == "segments":  # the window-end rule (None: shards of the earlier rule, which kept none)
+        timing["observed_end"] = settings.get("observed_end")
     return timing
+
+
+def same_timing(kept: dict | None, timing: dict | None) -> bool:
+    """Whether a run's training shards, as its checkpoint keeps their timing (``kept``), observed as shards of
+    ``timing`` do. A checkpoint of a leap before 2026-12-07 kept no ``observed_end`` even where its shards had one:
+    the rule is then not known, and not compared."""
+    if kept and timing and "observed_end" not in kept:
+        timing = {k: v for k, v in timing.items() if k != "observed_end"}
+    return kept == timing
 
 
 def timing_text(timing: dict) -> str:
@@ -683,8 +692,8 @@ def timing_text(timing: dict) -> str:
     text = f"tau_a {timing.get('tau_a')} s"
     if timing.get("context_mode") == "segments":
         return text + f", previous segments and a {timing.get('tau_o')} s observed window" + (
-            "" if "observed_end" in timing else " ending tau_a before the timestamp (leap before 2026-12-06: on "
-                                                "rgb_frames 1-2 frames later than now, on MP4s the same)")
+            " ending tau_a before the timestamp (leap before 2026-12-06: on rgb_frames 1-2 frames later than now, "
+            "on MP4s the same)" if "observed_end" in timing and timing["observed_end"] is None else "")
     return text + f", clips of {timing.get('span_frames')} source frames"
 
 

@@ -121,19 +121,27 @@ def made_settings(settings: ShardSettings, *, rule: bool = True) -> dict:
     return out
 
 
-def _rule_of(out: Path, progress_path: Path, overwrite: bool, frame_folders: bool) -> bool:
+def _rule_of(out: Path, progress_path: Path, overwrite: bool, frame_folders: bool, suffix: str) -> bool:
     """Whether a build keeps ``OBSERVED_END`` (``made_settings``' ``rule``): always, but where what is in ``out``
-    was built by a leap before the rule (progress records or manifests without it) and no video of the split is read
-    from ``rgb_frames`` (on MP4s the rule changed no sample: such a folder resumes, and its parts merge)."""
-    if overwrite or frame_folders:
+    was built by a leap before the rule (progress records or manifests without it, of any ``--shard`` part: a part
+    begun today beside an earlier leap's part would not merge with it; with ``overwrite``, those of the other parts
+    only, which a part's --force keeps) and no video of the split is read from ``rgb_frames`` (on MP4s the rule
+    changed no sample: such a folder resumes, and its parts merge)."""
+    if frame_folders or (overwrite and not suffix):
         return True
-    try:
-        recs = [r for r in read_jsonl(progress_path) if isinstance(r, dict)] if progress_path.exists() else []
-    except LeapError:
-        recs = []
-    if any("settings.observed_end" not in (r.get("made_with") or {}) for r in recs):
-        return False
+    mine = {progress_path, out / manifest_name(suffix), out / manifest_name()} if overwrite else set()
+    for path in sorted(out.glob(".progress*.jsonl")):
+        if path in mine:
+            continue
+        try:
+            recs = [r for r in read_jsonl(path) if isinstance(r, dict)]
+        except LeapError:
+            recs = []
+        if any("settings.observed_end" not in (r.get("made_with") or {}) for r in recs):
+            return False
     for path in out.glob("manifest*.json"):
+        if path in mine:
+            continue
         try:
             m = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -683,7 +691,8 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
     # (over the split's videos, not the part's: every --shard part keeps the same settings, or they are not merged)
     settings_made = made_settings(settings, rule=settings.task != "anticipation" or settings.context_mode != "segments"
                                   or _rule_of(out, progress_path, overwrite,
-                                              any(frame_folders(v) for v in {s.video_id for s in segments})))
+                                              any(frame_folders(v) for v in {s.video_id for s in segments}),
+                                              shard.suffix))
 
     def hash_of(sources: dict) -> str:
         return stable_hash({"format": FORMAT, "settings": settings_made, "upscale": False, "sources": sources,

@@ -841,7 +841,7 @@ def _same_training_data(ckpt: dict, source: DataSource, path: Path, given: str |
     shards moved): another number of batches per epoch (it re-laid the schedule, the run grew or ended, and the
     epoch's position meant other batches) or, for anticipation, another timing. Checkpoints from before the
     count was kept are not checked for it."""
-    from leap_cli.shards.dataset import timing_text
+    from leap_cli.shards.dataset import same_timing, timing_text
 
     where = (f"data.train {given if isinstance(given, str) else ' + '.join(given)}" if given
              else "the default training shards")
@@ -852,7 +852,7 @@ def _same_training_data(ckpt: dict, source: DataSource, path: Path, given: str |
         raise LeapError(f"{where} give {source.batches_per_epoch} batches per epoch, the run's gave {had}: resuming "
                         "would change its schedule and what its epochs hold", path=path, record="data.train", fix=fix)
     was, now = ckpt.get("shards_timing"), getattr(source, "timing", None)
-    if was and now and was != now:
+    if was and now and not same_timing(was, now):
         raise LeapError(f"{where} observe {timing_text(now)}, the run's observed {timing_text(was)}", path=path,
                         record="data.train", fix=fix)
 
