@@ -244,6 +244,33 @@ def test_segments_shards_of_the_earlier_observed_end_are_warned_of_beside_the_ne
             assert "ending tau_a before the timestamp (leap before 2026-12-06" in caplog.text
 
 
+def test_training_folders_of_two_window_end_rules_are_refused_with_a_command_that_rebuilds_the_older(tmp_path):
+    """Was wrong: data.train naming a segments-context folder of the earlier window-end rule beside one of today's
+    was refused with "build them with the same build-shards options as the first folder", which no option does;
+    the fix is now the command that builds the older folder again (pasted, the two then train together)."""
+    import shlex
+
+    from leap_cli.errors import LeapError
+    from leap_cli.shards.format import load_folders
+    from tests.test_attack_s61_attack62 import pasted
+
+    root = make_root(tmp_path / "kitchen")
+    work = tmp_path / "w"
+    train = build(root, work, task="anticipation", context=1, context_mode="segments").out
+    val = build(root, work, split="val", task="anticipation", context=1, context_mode="segments").out
+    m = json.loads((val / "manifest.json").read_text())
+    del m["settings"]["observed_end"]  # as a leap before 2026-12-06 wrote it
+    (val / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(LeapError) as e:
+        load_folders([train, val])
+    command = e.value.fix.partition(": ")[2]
+    assert e.value.fix.startswith(f"build {val} again with this leap") and command.endswith("--force"), e.value.fix
+    assert "--split val --task anticipation" in command and "--anticipation-context segments" in command, command
+    code, text = pasted(command, tmp_path)
+    assert code == 0, text[-2000:]
+    assert load_folders([train, val])[0]["counts"]["samples"] > 0
+
+
 def test_more_context_clips_than_the_model_takes_feed_it_the_latest():
     """Shards built with --context 3 failed every step of a model of 2 ("context_video holds 3 clips"). The clips
     kept are the latest, those closest to the action (the gate is opened: at its zero start no clip shows)."""

@@ -454,6 +454,14 @@ def load_folders(sources) -> tuple[dict, Path]:
             raise LeapError(f"these shards are for {m.get('task')}, those in {folder} for {first.get('task')}",
                             path=other, fix="train on folders of one task (leap build-shards --task)")
         differ = sorted(k for k in shape(first).keys() | shape(m).keys() if shape(first).get(k) != shape(m).get(k))
+        if differ and all(k in RULES for k in differ):  # (no option builds a rule of an earlier leap again)
+            older = folder if differ[0] not in shape(first) else other
+            parts = max(part_counts(older), default=0)  # (a part rebuilt beside the others keeps their rule)
+            raise LeapError(f"these shards were built otherwise than {folder} ({', '.join(map(said, differ[:6]))} "
+                            "differ), and one run trains on samples of one kind", path=other,
+                            fix=f"build {older} again with this leap (a leap before the rule built it): "
+                                + (f"delete it, then {build_command(older, '--shard', f'i/{parts}')} for each part"
+                                   if parts else build_command(older, "--force")))
         if differ:
             raise LeapError(f"these shards were built otherwise than {folder} ({', '.join(map(said, differ[:6]))} "
                             "differ), and one run trains on samples of one kind", path=other,
