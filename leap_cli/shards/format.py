@@ -455,13 +455,13 @@ def load_folders(sources) -> tuple[dict, Path]:
                             path=other, fix="train on folders of one task (leap build-shards --task)")
         differ = sorted(k for k in shape(first).keys() | shape(m).keys() if shape(first).get(k) != shape(m).get(k))
         if differ and all(k in RULES for k in differ):  # (no option builds a rule of an earlier leap again)
-            older = folder if differ[0] not in shape(first) else other
+            older, made = (folder, first) if differ[0] not in shape(first) else (other, m)
             parts = max(part_counts(older), default=0)  # (a part rebuilt beside the others keeps their rule)
             raise LeapError(f"these shards were built otherwise than {folder} ({', '.join(map(said, differ[:6]))} "
                             "differ), and one run trains on samples of one kind", path=other,
                             fix=f"build {older} again with this leap (a leap before the rule built it): "
-                                + (f"delete it, then {build_command(older, '--shard', f'i/{parts}')} for each part"
-                                   if parts else build_command(older, "--force")))
+                                + (f"delete it, then {build_command(older, '--shard', f'i/{parts}', manifest=made)}"
+                                   " for each part" if parts else build_command(older, "--force", manifest=made)))
         if differ:
             raise LeapError(f"these shards were built otherwise than {folder} ({', '.join(map(said, differ[:6]))} "
                             "differ), and one run trains on samples of one kind", path=other,
@@ -567,12 +567,15 @@ def _sibling_options(folder: Path, anticipation: bool) -> list[str] | None:
     return None
 
 
-def build_command(folder: Path, *extra: str, part: str | None = None) -> str:
+def build_command(folder: Path, *extra: str, part: str | None = None, manifest: dict | None = None) -> str:
     """The ``leap build-shards`` command that writes ``folder`` (WORKDIR/shards/SPLIT[-anticipation] by default),
     with the options of a build begun there (``begun_options``; ``part``: the suffix of the ``--shard`` part it is
-    for) and ``extra`` words."""
+    for), else of the folder's ``manifest`` where given (an earlier leap's records keep none; its inputs are not
+    known), and ``extra`` words."""
     folder = Path(folder)
     rec = _begun(folder, part)  # (read once)
+    if rec is None and isinstance((manifest or {}).get("settings"), dict):
+        rec = {"settings": manifest["settings"]}
     begun = _options_of(rec)
     m = re.fullmatch(r"(train|val|test)(-anticipation)?", folder.name)
     if rec is None and m and folder.parent.name == "shards" and not any(folder.glob(".progress*.jsonl")):
