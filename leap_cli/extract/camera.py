@@ -158,13 +158,26 @@ def global_shift(g1: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, float]:
     return np.array([dx, dy]) * 2.0, float(response)
 
 
-def _coarse_shift(g1: np.ndarray, g2: np.ndarray) -> np.ndarray:
+def _coarse_shift(g1: np.ndarray, g2: np.ndarray) -> np.ndarray | None:
     """The dominant image translation (dx, dy) from g1 to g2 by phase correlation at quarter size (~0.08 ms at
-    256x144 against ~0.25 at half size): only a start for LK, whose pyramid follows the rest."""
+    256x144 against ~0.25 at half size): only a start for LK, whose pyramid follows the rest. None where its peak is
+    under ``CUT_RESPONSE``: the shift of unrelated frames is noise, and LK started there kept corners that moved by
+    it (a cut read as a turn)."""
     a = cv2.pyrDown(cv2.pyrDown(g1)).astype(np.float32)
     b = cv2.pyrDown(cv2.pyrDown(g2)).astype(np.float32)
-    (dx, dy), _ = cv2.phaseCorrelate(a, b, cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F))
-    return np.array([dx, dy]) * 4.0
+    (dx, dy), response = cv2.phaseCorrelate(a, b, cv2.createHanningWindow(a.shape[::-1], cv2.CV_32F))
+    return np.array([dx, dy]) * 4.0 if response >= CUT_RESPONSE else None
+
+
+def _agrees(moves: np.ndarray, shift: np.ndarray | None, side: int) -> bool:
+    """Whether at least half of the matches' motions ``moves`` (N,2) lie within a tenth of the short ``side`` (at
+    least ``LK_WINDOW`` px) of ``shift``, the frames' global shift by phase correlation (None: not known, agrees).
+    ORB matches a blurred frame's few features at random: at 427x240 they read 14-170 deg turns between frames whose
+    common view phase correlation still finds, unmoved."""
+    if shift is None or not len(moves):
+        return True
+    near = np.hypot(*(moves - np.asarray(shift, dtype=np.float64)).T) <= max(LK_WINDOW, side / 10)
+    return 2 * int(near.sum()) >= len(moves)
 
 
 def _orb_matches(g1: np.ndarray, g2: np.ndarray, orb) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +228,7 @@ class Tracker:
         self.orb, self.points, self.min_tracked = orb, points, min_tracked
         self._pts: np.ndarray | None = None  # corners carried into the next pair
         self._flow: np.ndarray | None = None  # the last pair's median motion (dx, dy)
-        self.paths: list[str] = []  # per pair: "lk", "lk+prior", "lk+shift", "orb", "cut" or "none" (what matched)
+        self.paths: list[str] = []  # per pair: "lk", "lk+prior", "lk+shift", "orb", "orb-rejected", "cut" or "none"
 
     def _detect(self, g: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
         """Corners of ``g``; with ``shift`` (the motion expected), only where they stay in view after it."""
@@ -256,13 +269,15 @@ class Tracker:
             if len(d) < self.min_tracked or _mid((d * d).sum(axis=1)) > STILL_FLOW * STILL_FLOW:
                 nxt, ok = _lk(g1, g2, pts, guess)
         path = "lk" if guess is None else "lk+prior"
-        response = 1.0
+        response, seen = 1.0, None
         if ok.sum() < self.min_tracked:
             shift, response = global_shift(g1, g2)
+            seen = shift  # (ORB's matches are held to it below)
             if math.hypot(float(shift[0]), float(shift[1])) <= big:
                 shift = None
-            if response >= CUT_RESPONSE and (shift is not None or guess is not None):
-                # a large motion LK missed, or a turn that stopped (frames with no common view: a cut, below)
+            if response >= CUT_RESPONSE and (shift is not None or guess is not None or not fresh):
+                # a large motion LK missed, a turn that stopped, or too few of the corners carried on (frames with
+                # no common view: a cut, below)
                 pts2 = pts if fresh and guess is None else self._detect(g1, shift)
                 nxt2, ok2 = _lk(g1, g2, pts2, shift)
                 if ok2.sum() > ok.sum():
@@ -275,6 +290,9 @@ class Tracker:
             return np.zeros((0, 2)), np.zeros((0, 2))
         if len(p1) < self.min_tracked:
             q1, q2 = _orb_matches(g1, g2, self.orb)
+            if len(q1) > len(p1) and not _agrees(q2 - q1, seen, min(h, w)):
+                self.paths.append("orb-rejected")  # matches of a blur: most move otherwise than the frames' common view
+                return np.zeros((0, 2)), np.zeros((0, 2))
             if len(q1) > len(p1):
                 self.paths.append("orb")
                 return q1, q2  # the next pair detects corners anew, from no prior
