@@ -182,7 +182,8 @@ def test_a_killed_workers_temp_file_is_removed_while_the_worker_is_an_unreaped_z
     r = subprocess.run([cmd[0], "-c", UNREAPED, json.dumps([cmd, cmd, kill_env, ENV]), str(wd / "frame-cache")],
                        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
     killed_rc, temps_at_kill, rc, res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert killed_rc == -signal.SIGKILL and len(temps_at_kill) == 1 and rc == 0, res
+    # the killed writer's temp file, and the other worker's where it was writing one at the kill (seen in a CI run)
+    assert killed_rc == -signal.SIGKILL and 1 <= len(temps_at_kill) <= 2 and rc == 0, (temps_at_kill, res)
     ref = sorted((kitchen / "descriptors" / "train.jsonl").read_bytes().splitlines())
     assert sorted((wd / "descriptors" / "train.jsonl").read_bytes().splitlines()) == ref
     left = sorted(q.name for q in (wd / "frame-cache").rglob(".*.tmp"))

@@ -188,8 +188,14 @@ def test_tracker_follows_a_fast_pan_with_corners_that_stay_in_view():
     for a, b in zip(views, views[1:]):
         p1, p2 = tr.pair(a, b)
         assert len(p1) >= cam.MIN_TRACKED and np.allclose(np.median(p2 - p1, axis=0), [60, 0], atol=0.5)
-    # the first pair finds the motion by phase correlation, the others start from the last pair's motion
-    assert tr.paths == ["lk+shift"] + ["lk+prior"] * 4
+    # the first pair starts from phase correlation's shift at quarter size, the others from the last pair's motion
+    assert tr.paths == ["lk+prior"] * 5
+    # a pan that starts after a still pair: LK from no motion misses it, and tracks again from the global shift
+    tr = cam.Tracker(cv2.ORB_create(300))
+    for a, b in zip([views[0]] + views, [views[0]] + views[1:3]):
+        p1, p2 = tr.pair(a, b)
+    assert tr.paths == ["lk", "lk+shift", "lk+prior"]
+    assert np.allclose(np.median(p2 - p1, axis=0), [60, 0], atol=0.5)
     # new corners are found only where the motion keeps them in view: none in the 60 px that leave the frame
     mask = cam._staying((144, 256), np.array([60.0, 0.0]))
     assert mask[:, 256 - 60 - cam.LK_WINDOW:].max() == 0 and mask[20:-20, 20:150].min() == 255
