@@ -37,12 +37,7 @@ from leap_cli.extract import camera
 from leap_cli.extract.camera import CameraComponent, Tracker, angles, intrinsics, relative_pose
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    yield
-    cv2.setNumThreads(before)
+from tests.test_attack_s61_goal2 import _one_thread  # noqa: E402,F401  (autouse: OpenCV on one thread, as extract)
 
 
 def _rot(yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
