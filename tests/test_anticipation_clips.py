@@ -271,6 +271,31 @@ def test_training_folders_of_two_window_end_rules_are_refused_with_a_command_tha
     assert load_folders([train, val])[0]["counts"]["samples"] > 0
 
 
+def test_training_folders_built_with_other_options_are_refused_with_the_command_that_builds_one_like_the_other(
+        tmp_path):
+    """Was wrong: data.train naming a val folder built with --frames 8 beside train shards of --frames 4 was told to
+    "build them with the same build-shards options as the first folder", naming none: the fix is now the command
+    that builds the val folder again with the train folder's values of the options that differ (pasted, the two
+    then train together)."""
+    from leap_cli.errors import LeapError
+    from leap_cli.shards.format import load_folders
+    from tests.test_attack_s61_attack62 import pasted
+
+    root = make_root(tmp_path / "kitchen")
+    work = tmp_path / "w"
+    train = build(root, work, context=0).out  # (a recognition build of the command line keeps no context)
+    val = build(root, work, split="val", frames=8, context=0).out
+    with pytest.raises(LeapError) as e:
+        load_folders([train, val])
+    assert "(--frames differs)" in str(e.value), str(e.value)
+    command = e.value.fix.partition(": ")[2]
+    assert e.value.fix.startswith(f"build {val} again with the first folder's options"), e.value.fix
+    assert "--split val" in command and "--frames 4" in command and command.endswith("--force"), command
+    code, text = pasted(command, tmp_path)
+    assert code == 0, text[-2000:]
+    assert load_folders([train, val])[0]["counts"]["samples"] > 0
+
+
 def test_more_context_clips_than_the_model_takes_feed_it_the_latest():
     """Shards built with --context 3 failed every step of a model of 2 ("context_video holds 3 clips"). The clips
     kept are the latest, those closest to the action (the gate is opened: at its zero start no clip shows)."""

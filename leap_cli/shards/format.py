@@ -454,17 +454,25 @@ def load_folders(sources) -> tuple[dict, Path]:
             raise LeapError(f"these shards are for {m.get('task')}, those in {folder} for {first.get('task')}",
                             path=other, fix="train on folders of one task (leap build-shards --task)")
         differ = sorted(k for k in shape(first).keys() | shape(m).keys() if shape(first).get(k) != shape(m).get(k))
+        refusal = (f"these shards were built otherwise than {folder} {differ_note([said(k) for k in differ])}, and "
+                   "one run trains on samples of one kind")
         if differ and all(k in RULES for k in differ):  # (no option builds a rule of an earlier leap again)
             older, made = (folder, first) if differ[0] not in shape(first) else (other, m)
             parts = max(part_counts(older), default=0)  # (a part rebuilt beside the others keeps their rule)
-            raise LeapError(f"these shards were built otherwise than {folder} ({', '.join(map(said, differ[:6]))} "
-                            "differ), and one run trains on samples of one kind", path=other,
+            raise LeapError(refusal, path=other,
                             fix=f"build {older} again with this leap (a leap before the rule built it): "
                                 + (f"delete it, then {build_command(older, '--shard', f'i/{parts}', manifest=made)}"
                                    " for each part" if parts else build_command(older, "--force", manifest=made)))
+        if differ and all(k.startswith("settings.") and k[len("settings."):] in SETTINGS_OPTIONS for k in differ):
+            # (options only: the command that builds this folder again with the first folder's values of them)
+            theirs = {k[len("settings."):]: (first.get("settings") or {}).get(k[len("settings."):]) for k in differ}
+            parts = max(part_counts(other), default=0)
+            again = (build_command(other, "--shard", f"i/{parts}", "--force", manifest=m, settings=theirs)
+                     + " for each part" if parts else build_command(other, "--force", manifest=m, settings=theirs))
+            raise LeapError(refusal, path=other,
+                            fix=f"build {other} again with the first folder's options: {again}")
         if differ:
-            raise LeapError(f"these shards were built otherwise than {folder} ({', '.join(map(said, differ[:6]))} "
-                            "differ), and one run trains on samples of one kind", path=other,
+            raise LeapError(refusal, path=other,
                             fix="build them with the same build-shards options as the first folder (val and test "
                                 "take the train shards' target vocabulary when those are built first)")
         for s in m["shards"]:
@@ -567,15 +575,18 @@ def _sibling_options(folder: Path, anticipation: bool) -> list[str] | None:
     return None
 
 
-def build_command(folder: Path, *extra: str, part: str | None = None, manifest: dict | None = None) -> str:
+def build_command(folder: Path, *extra: str, part: str | None = None, manifest: dict | None = None,
+                  settings: dict | None = None) -> str:
     """The ``leap build-shards`` command that writes ``folder`` (WORKDIR/shards/SPLIT[-anticipation] by default),
     with the options of a build begun there (``begun_options``; ``part``: the suffix of the ``--shard`` part it is
     for), else of the folder's ``manifest`` where given (an earlier leap's records keep none; its inputs are not
-    known), and ``extra`` words."""
+    known), those of ``settings`` (``ShardSettings`` names) in their place, and ``extra`` words."""
     folder = Path(folder)
     rec = _begun(folder, part)  # (read once)
     if rec is None and isinstance((manifest or {}).get("settings"), dict):
         rec = {"settings": manifest["settings"]}
+    if rec is not None and settings:
+        rec = {**rec, "settings": {**rec["settings"], **settings}}
     begun = _options_of(rec)
     m = re.fullmatch(r"(train|val|test)(-anticipation)?", folder.name)
     if rec is None and m and folder.parent.name == "shards" and not any(folder.glob(".progress*.jsonl")):
