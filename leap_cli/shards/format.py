@@ -463,9 +463,10 @@ def load_folders(sources) -> tuple[dict, Path]:
                             fix=f"build {older} again with this leap (a leap before the rule built it): "
                                 + (f"delete it, then {build_command(older, '--shard', f'i/{parts}', manifest=made)}"
                                    " for each part" if parts else build_command(older, "--force", manifest=made)))
-        if differ and all(k.startswith("settings.") and k[len("settings."):] in SETTINGS_OPTIONS for k in differ):
+        options = [k.removeprefix("settings.") for k in differ]
+        if differ and all(k.startswith("settings.") and o in SETTINGS_OPTIONS for k, o in zip(differ, options)):
             # (options only: the command that builds this folder again with the first folder's values of them)
-            theirs = {k[len("settings."):]: (first.get("settings") or {}).get(k[len("settings."):]) for k in differ}
+            theirs = {o: (first.get("settings") or {}).get(o) for o in options}
             parts = max(part_counts(other), default=0)
             again = (build_command(other, "--shard", f"i/{parts}", "--force", manifest=m, settings=theirs)
                      + " for each part" if parts else build_command(other, "--force", manifest=m, settings=theirs))
@@ -524,6 +525,11 @@ def begun_options(folder: Path, part: str | None = None) -> list[str] | None:
     return _options_of(_begun(folder, part))
 
 
+def _inputs(rec: dict) -> dict:
+    """The inputs a progress record keeps (``--data``, ...; none in a record of a leap before 2026-12-06)."""
+    return rec["inputs"] if isinstance(rec.get("inputs"), dict) else {}
+
+
 def _options_of(rec: dict | None) -> list[str] | None:
     """``begun_options`` of a progress record (``_begun``)."""
     from dataclasses import asdict
@@ -543,8 +549,7 @@ def _options_of(rec: dict | None) -> list[str] | None:
     for name, option in SETTINGS_OPTIONS.items():
         if name not in unused and name in settings and settings[name] != default.get(name):
             words += [option, shell_word(str(settings[name]))]
-    inputs = rec.get("inputs") if isinstance(rec.get("inputs"), dict) else {}
-    for option, value in inputs.items():
+    for option, value in _inputs(rec).items():
         if option != "--workdir":  # (build_command names it)
             words += [option, shell_word(str(value))]
     return words
@@ -569,9 +574,8 @@ def _sibling_options(folder: Path, anticipation: bool) -> list[str] | None:
             continue
         settings = {k: v for k, v in rec["settings"].items()
                     if k in SHARED_SETTINGS + (SHARED_ANTICIPATION if anticipation else ())}
-        inputs = rec.get("inputs") if isinstance(rec.get("inputs"), dict) else {}
         return _options_of({"settings": {**settings, "task": rec["settings"].get("task")},
-                            "inputs": {k: v for k, v in inputs.items() if k in SHARED_INPUTS}})
+                            "inputs": {k: v for k, v in _inputs(rec).items() if k in SHARED_INPUTS}})
     return None
 
 
@@ -598,11 +602,11 @@ def build_command(folder: Path, *extra: str, part: str | None = None, manifest: 
         return (f"leap build-shards --workdir {shell_word(folder.parent.parent)} --split {m.group(1)}"
                 + (" --task anticipation" if m.group(2) else "") + more)
     if rec is not None:  # (another --out: its split, task and work directory as the build kept them)
-        settings, inputs = rec["settings"], rec.get("inputs") if isinstance(rec.get("inputs"), dict) else {}
+        made, inputs = rec["settings"], _inputs(rec)
         return ("leap build-shards" + (f" --workdir {shell_word(str(inputs['--workdir']))}" if "--workdir" in inputs
                                        else "")
-                + f" --split {shell_word(str(settings.get('split')))}"
-                + (" --task anticipation" if settings.get("task") == "anticipation" else "")
+                + f" --split {shell_word(str(made.get('split')))}"
+                + (" --task anticipation" if made.get("task") == "anticipation" else "")
                 + f" --out {shell_word(folder)}{more}")
     return f"leap build-shards --split SPLIT --out {shell_word(folder)}{more} (or give the folder that holds them)"
 
