@@ -32,16 +32,9 @@ import pytest
 
 from leap_cli.extract import camera
 from leap_cli.extract.camera import Tracker
+from tests.test_attack_s61_goal2 import _one_thread  # noqa: F401  (autouse: OpenCV on one thread, as extract)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    yield
-    cv2.setNumThreads(before)
 
 
 # ---- docs/extract.md: the visual odometry bullets ---------------------------------------------------------------
