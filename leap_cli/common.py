@@ -799,18 +799,19 @@ RAISE_OPEN_FILES = "have the hard limit of open files (ulimit -Hn says it) raise
 NEXT_RUN: dict[str, str] = {}
 
 
-def rerun(plain: str = "the same command", command: str | None = None, args=None) -> str:
+def rerun(plain: str = "the same command", command: str | None = None, args=None, started: bool | None = None) -> str:
     """How to go on after a stop, for the advice of an error: the same command (``plain``), but without --force or
     --overwrite (they would start the finished work over; --force wins over --resume), and ``leap train`` with
     --resume once its run has started. ``command``: the leap command running (the CLI's; else the first word of
-    ``sys.argv`` that is no option); ``args``: the options given (default: ``sys.argv``'s)."""
+    ``sys.argv`` that is no option); ``args``: the options given (default: ``sys.argv``'s); ``started``: whether
+    the training run has started (default: as ``NEXT_RUN`` says)."""
     import sys
 
     if command is None:  # (leap ablate trains in its process: its advice must not be train's --resume)
         command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
     args = set(sys.argv[1:] if args is None else args)
     forced = {"--force", "--overwrite"} & args
-    resumes = command == "train" and NEXT_RUN.get("train") == "resume"
+    resumes = command == "train" and (NEXT_RUN.get("train") == "resume" if started is None else started)
     if forced and resumes:
         return (f"the same command without {min(forced)}" if "--resume" in args
                 else f"the same command with --resume instead of {min(forced)}")

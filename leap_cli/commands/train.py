@@ -143,10 +143,10 @@ def train(
 def _go_on(resume: bool, force: bool) -> str:
     """``common.rerun`` for a run that started (stopped or paused), from this command's own flags (not
     ``sys.argv``: the command may run in a process of another)."""
-    from leap_cli.common import NEXT_RUN, rerun
+    from leap_cli.common import rerun
 
-    NEXT_RUN["train"] = "resume"  # (a checkpoint is saved: the run has started)
-    return rerun(command="train", args=["--resume"] * resume + ["--force"] * force)
+    # (a checkpoint is saved: the run has started)
+    return rerun(command="train", args=["--resume"] * resume + ["--force"] * force, started=True)
 
 
 def default_name(config: Path, resume: bool = False) -> str:
