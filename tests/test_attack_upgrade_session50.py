@@ -40,6 +40,13 @@ def _cfg(kitchen, out, **kw):
                          frame_cache=kw.pop("frame_cache", None), **kw)
 
 
+@pytest.fixture(autouse=True)
+def _versions_of_2026_12_05(monkeypatch):
+    """This process's parts at version 1 (a leap of 2026-12-05), so that a test raises one and sees what changes;
+    leap run as a subprocess has today's numbers."""
+    monkeypatch.setattr(base, "VERSIONS", dict.fromkeys(base.VERSIONS, 1))
+
+
 def _strip(rec: dict) -> dict:
     return {k: v for k, v in rec.items() if k != "versions"}
 
@@ -61,11 +68,11 @@ def old_leap(tmp_path_factory) -> Path:
 
 
 def test_an_extract_the_old_leap_began_is_resumed_keeping_its_records(kitchen, old_leap, tmp_path):
-    """The old leap's records (no "versions": version 1 of each part) are kept, byte for byte, and the output
-    equals a wholly new run's but for the new records' "versions"."""
+    """The old leap's records (no "versions": version 1 of each part) are kept, byte for byte, where this leap's
+    parts are still version 1, and the output equals a wholly new run's but for the new records' "versions"."""
     out = tmp_path / "w" / "descriptors" / "train.jsonl"
     args = ["extract", "--data", kitchen, "--split", "train", "--workdir", tmp_path / "w",
-            "--components", "narration,camera", "--frame-cache", "none"]
+            "--components", "narration,hands", "--frame-cache", "none"]
     r = leap(tmp_path, *args, "--limit", 2, pythonpath=old_leap)
     assert r.returncode == 0, r.stderr
     old_lines = out.read_text().splitlines()
@@ -73,17 +80,35 @@ def test_an_extract_the_old_leap_began_is_resumed_keeping_its_records(kitchen, o
     r = leap(tmp_path, *args)
     assert r.returncode == 0, r.stderr
     said = " ".join(r.stdout.split())
-    assert "2 done before" in said and "earlier leap" not in said, said
+    assert "2 done before" in said and "another leap" not in said, said
     lines = out.read_text().splitlines()
     assert lines[:2] == old_lines  # kept as the old leap wrote them
     new = {x["narration_id"]: x for x in map(json.loads, lines)}
-    assert all(new[k]["versions"] == {"narration": 1, "camera": 1, "text": 1} for k in list(new)[2:])
+    assert all(new[k]["versions"] == {"narration": 1, "hands": 1, "text": 1} for k in list(new)[2:])
     whole = tmp_path / "whole.jsonl"
-    run_extract(_cfg(kitchen, whole))
+    run_extract(_cfg(kitchen, whole, components=("narration", "hands")))
     ref = {x["narration_id"]: x for x in read_jsonl(whole)}
     assert set(ref) == set(new) and all(_strip(ref[k]) == _strip(new[k]) for k in ref)
     r = leap(tmp_path, *args)  # a third run: nothing made again
     assert r.returncode == 0 and "0 written now" in " ".join(r.stdout.split()), r.stdout
+
+
+def test_the_old_leaps_camera_records_are_made_again_by_todays_odometry(kitchen, old_leap, tmp_path):
+    """camera 2 (the odometry of 2026-12-07): the old leap's camera records are made again on resume, said as
+    "camera 1 -> 2", and the output is a wholly new run's."""
+    out = tmp_path / "w" / "descriptors" / "train.jsonl"
+    args = ["extract", "--data", kitchen, "--split", "train", "--workdir", tmp_path / "w",
+            "--components", "narration,camera", "--frame-cache", "none"]
+    assert leap(tmp_path, *args, "--limit", 2, pythonpath=old_leap).returncode == 0
+    r = leap(tmp_path, *args, columns=400)
+    said = " ".join(r.stdout.split())
+    assert r.returncode == 0 and "2 records of earlier runs hold parts another leap made otherwise" in said, said
+    assert "camera 1 -> 2" in said, said
+    new = {x["narration_id"]: x for x in read_jsonl(out)}
+    assert all(x["versions"] == {"narration": 1, "camera": 2, "text": 1} for x in new.values())
+    whole = tmp_path / "whole.jsonl"
+    run_extract(_cfg(kitchen, whole))  # (this process's numbers are 2026-12-05's)
+    assert [_strip(x) for x in read_jsonl(whole)] == [_strip(x) for x in new.values()]
 
 
 # ---- outdated() on odd "versions" values -------------------------------------------------------------------------

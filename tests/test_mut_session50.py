@@ -9,6 +9,7 @@ import json
 import pytest
 
 from leap_cli.errors import LeapError
+from leap_cli.extract.base import VERSIONS
 
 
 # ---- train/config.py: _check_options ------------------------------------------------------------------------------
@@ -82,18 +83,21 @@ def test_each_architecture_integer_is_at_least_1(key):
 
 # ---- extract/base.py: record_versions, outdated -----------------------------------------------------------------
 
-def test_record_versions_holds_the_record_components_and_the_text():
+def test_record_versions_holds_the_record_components_and_the_text(monkeypatch):
     from leap_cli.extract import base
 
+    assert set(base.VERSIONS) == set(base.COMPONENTS) | {"text"}
+    assert all(type(v) is int and v >= 1 for v in base.VERSIONS.values())
+    monkeypatch.setattr(base, "VERSIONS", dict.fromkeys(base.VERSIONS, 1))
     assert base.record_versions(["camera", "hands"]) == {"camera": 1, "hands": 1, "text": 1}
     assert base.record_versions({"audio": {}, "other": {}}) == {"audio": 1, "text": 1}
     assert base.record_versions([]) == {"text": 1}
-    assert set(base.VERSIONS) == set(base.COMPONENTS) | {"text"} and set(base.VERSIONS.values()) == {1}
 
 
 def test_outdated_names_the_parts_made_by_an_earlier_number(monkeypatch):
     from leap_cli.extract import base
 
+    monkeypatch.setattr(base, "VERSIONS", dict.fromkeys(base.VERSIONS, 1))
     rec = {"components": {"camera": {}, "audio": {}}, "versions": {"camera": 1, "audio": 1, "text": 1}}
     assert base.outdated(rec) == []
     assert base.outdated({"components": {"camera": {}}}) == []  # a record of a leap before versions: all 1
@@ -297,7 +301,8 @@ def test_an_outdated_line_followed_by_a_current_one_of_its_key_is_not_made_again
     out.write_text("\n".join([*lines, json.dumps(old)]) + "\n")
     s = run()
     assert s.written == 1 and s.outdated == 1 and s.reannotated == 0
-    assert s.outdated_example == f"{old['narration_id']}: camera 0 -> 1, text 0 -> 1", s.outdated_example
+    cam = VERSIONS["camera"]
+    assert s.outdated_example == f"{old['narration_id']}: camera 0 -> {cam}, text 0 -> 1", s.outdated_example
     # a record made from other annotations (and outdated too) is counted as that only
     lines = out.read_text().splitlines()
     other = json.loads(lines[1])
@@ -328,7 +333,8 @@ def test_an_outdated_record_with_a_failed_component_is_not_left_to_retry_errors(
     lines[i] = json.dumps(rec)
     out.write_text("\n".join(lines) + "\n")
     s = run()
-    assert s.outdated == 1 and s.outdated_example == f"{rec['narration_id']}: camera 0 -> 1" and s.written == 1
+    assert s.outdated == 1 and s.written == 1
+    assert s.outdated_example == f"{rec['narration_id']}: camera 0 -> {VERSIONS['camera']}", s.outdated_example
     assert s.retryable == before.retryable and s.done_before == before.done_before - 1
 
 
