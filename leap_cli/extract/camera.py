@@ -221,7 +221,7 @@ class Tracker:
     again from the global shift found by phase correlation (or from none), and only if that fails too are ORB
     features matched (the slow path), unless phase correlation found no common view (peak under
     ``CUT_RESPONSE``: a cut, a blur): the pair is left unmatched ("cut", tracked no further) and the motion
-    carries on to the next.
+    carries on to the next, as it does past a pair whose ORB matches are rejected ("orb-rejected", ``_agrees``).
     During a turn, corners the motion carries out of view are dropped and new ones are found where they stay."""
 
     def __init__(self, orb, points: int = TRACK_POINTS, min_tracked: int = MIN_TRACKED):
@@ -243,6 +243,13 @@ class Tracker:
         found = cv2.goodFeaturesToTrack(g, maxCorners=self.points, qualityLevel=0.01,
                                         minDistance=max(3, min(g.shape) // 24), mask=mask)
         return found if found is not None else np.zeros((0, 1, 2), np.float32)
+
+    def _unmatched(self, path: str, carried: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """No matches for this pair (``path``: why); a turn under the blur goes on: the next pair starts from the
+        motion ``carried`` into this one."""
+        self.paths.append(path)
+        self._flow = carried
+        return np.zeros((0, 2)), np.zeros((0, 2))
 
     def pair(self, g1: np.ndarray, g2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         h, w = g1.shape
@@ -285,14 +292,12 @@ class Tracker:
         p1 = pts.reshape(-1, 2)[ok].astype(np.float64)
         p2 = nxt.reshape(-1, 2)[ok].astype(np.float64)
         if len(p1) < self.min_tracked and response < CUT_RESPONSE:
-            self.paths.append("cut")  # unrelated frames (a cut, a blur): no search can match them
-            self._flow = carried  # a turn under the blur goes on: the next pair starts from its motion
-            return np.zeros((0, 2)), np.zeros((0, 2))
+            return self._unmatched("cut", carried)  # unrelated frames (a cut, a blur): no search can match them
         if len(p1) < self.min_tracked:
             q1, q2 = _orb_matches(g1, g2, self.orb)
             if len(q1) > len(p1) and not _agrees(q2 - q1, seen, min(h, w)):
-                self.paths.append("orb-rejected")  # matches of a blur: most move otherwise than the frames' common view
-                return np.zeros((0, 2)), np.zeros((0, 2))
+                # matches of a blur: most move otherwise than the frames' common view
+                return self._unmatched("orb-rejected", carried)
             if len(q1) > len(p1):
                 self.paths.append("orb")
                 return q1, q2  # the next pair detects corners anew, from no prior
