@@ -4,8 +4,8 @@ phase correlation (``_coarse_shift``), corners refilled under half (TRACK_REFILL
 correlation's peak is under CUT_RESPONSE).
 
 Frames are views of a far textured plane rotated by a known R (``cv2.warpPerspective`` by K R^T K^-1, 90 deg
-horizontal field of view), read through the path a segment takes in ``CameraComponent.describe`` (one ``Tracker``
-over the segment, ``relative_pose`` per pair with the component's ORB), and the yaw/pitch/roll of each pair are
+horizontal field of view), read through the path a segment takes in ``CameraComponent.describe``
+(``camera.odometry``: one ``Tracker`` over the segment, ``relative_pose`` per pair with the component's ORB), and the yaw/pitch/roll of each pair are
 compared with the truth. Compared side by side with the tracker before the commit, the new one reads the same (or
 better) on: a still camera then a sudden turn, slow drifts of 0.4-2.2 px a pair around STILL_FLOW, a turn from the
 segment's first pair or already under way, a turn that stops, a dropped (repeated) frame inside a turn, a roll, a
@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 from leap_cli.extract import camera
-from leap_cli.extract.camera import CameraComponent, Tracker, angles, intrinsics, relative_pose
+from leap_cli.extract.camera import CameraComponent, angles, intrinsics, odometry
 
 
 from tests.test_attack_s61_goal2 import _one_thread  # noqa: E402,F401  (autouse: OpenCV on one thread, as extract)
@@ -94,14 +94,8 @@ def _segment(frames: list[np.ndarray]) -> tuple[list[tuple[float, float, float]]
     """Per pair (yaw, pitch, roll), models and the tracker's paths, as ``CameraComponent.describe`` reads them."""
     h, w = frames[0].shape
     k = intrinsics(w, h, 90.0)
-    orb = CameraComponent().orb
-    tracker = Tracker(orb)
-    got, models = [], []
-    for a, b in zip(frames, frames[1:]):
-        est = relative_pose(a, b, k, orb, matches=tracker.pair(a, b))
-        got.append(angles(est["r_cam"]))
-        models.append(est["model"])
-    return got, models, tracker.paths
+    estimates, paths = odometry(frames, k, CameraComponent().orb)
+    return [angles(e["r_cam"]) for e in estimates], [e["model"] for e in estimates], paths
 
 
 def _deg_of_px(w: int, px: float) -> float:

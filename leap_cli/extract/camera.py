@@ -346,6 +346,37 @@ def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *,
     return PairEstimate(r_cam=r.T, t=c / (np.linalg.norm(c) or 1), matches=e_in, model="essential")
 
 
+UNMATCHED = ("cut", "orb-rejected")  # the tracker's paths of a pair left without matches (``Tracker._unmatched``)
+
+
+def _fill_unmatched(estimates: list[PairEstimate], paths: list[str]) -> None:
+    """Give each unmatched pair (``UNMATCHED``) that has matched pairs on both sides the rotation interpolated
+    between the nearest of them (rotation vectors, by position; ``model: "filled"``, no translation). One blurred
+    frame leaves both pairs touching it unmatched: counting them as 0 deg read a 6-pair turn at 2/3 of its degrees.
+    A run of unmatched pairs at the segment's start or end is left at 0: with one side only a turn cannot be told from
+    a turn that stopped, and on the synthetic kitchen such pairs are cuts at a segment's edge (filling them from the
+    one matched side carried turns on into the cut)."""
+    matched = [i for i, e in enumerate(estimates) if e["model"] is not None]
+    for i, path in enumerate(paths):
+        before = max((j for j in matched if j < i), default=None)
+        after = min((j for j in matched if j > i), default=None)
+        if path not in UNMATCHED or before is None or after is None:
+            continue
+        share = (i - before) / (after - before)
+        v = (1 - share) * cv2.Rodrigues(estimates[before]["r_cam"])[0] + share * cv2.Rodrigues(
+            estimates[after]["r_cam"])[0]
+        estimates[i] = PairEstimate(r_cam=cv2.Rodrigues(v)[0], t=None, matches=0, model="filled")
+
+
+def odometry(greys: list[np.ndarray], k: np.ndarray, orb) -> tuple[list[PairEstimate], list[str]]:
+    """The estimate of each consecutive pair of a segment's grey frames (one ``Tracker`` through them, unmatched
+    pairs filled from their neighbours: ``_fill_unmatched``) and the tracker's paths."""
+    tracker = Tracker(orb)
+    estimates = [relative_pose(a, b, k, orb, matches=tracker.pair(a, b)) for a, b in zip(greys, greys[1:])]
+    _fill_unmatched(estimates, tracker.paths)
+    return estimates, tracker.paths
+
+
 def motion_label(yaw: float, pitch: float, roll: float, threshold: float) -> str:
     """The dominant rotation of a step (angles and threshold in the same unit)."""
     if max(abs(yaw), abs(pitch), abs(roll)) < threshold:
@@ -605,9 +636,7 @@ class CameraComponent(Component):
         h, w = greys[0].shape
         k = intrinsics(w, h, self.fov_deg)
         steps, total = [], np.eye(3)
-        tracker = Tracker(self.orb)
-        for i in range(1, len(greys)):
-            est = relative_pose(greys[i - 1], greys[i], k, self.orb, matches=tracker.pair(greys[i - 1], greys[i]))
+        for i, est in enumerate(odometry(greys, k, self.orb)[0], start=1):
             total = total @ est["r_cam"]
             yaw, pitch, roll = angles(est["r_cam"])
             step = {"start": ctx.frame_time(numbers[i - 1]), "stop": ctx.frame_time(numbers[i]),
