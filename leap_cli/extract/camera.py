@@ -9,7 +9,8 @@ When the motion is (nearly) a pure rotation the essential matrix is degenerate, 
 initialisation, a homography is fitted as well; when it explains at least 70% as many matches as the essential
 matrix (head turns dominate egocentric motion, and a far or planar scene leaves E ambiguous),
 the rotation is the one that best maps its inliers' rays from one frame to the next (``_rotation_between``) and no
-translation is reported.
+translation is reported. A pair left unmatched (a cut, a blur) between matched pairs gets the rotation
+interpolated between them (``_fill_unmatched``, ``model: "filled"``).
 
 Angles (degrees, camera frame, x right, y down, z forward): yaw > 0 turns right, pitch > 0 looks up, roll > 0
 tilts clockwise. Steps are merged into phrases: "turns head left about 30 deg, then looks down about 15 deg".
@@ -357,10 +358,10 @@ def _fill_unmatched(estimates: list[PairEstimate], paths: list[str]) -> None:
     a turn that stopped, and on the synthetic kitchen such pairs are cuts at a segment's edge (filling them from the
     one matched side carried turns on into the cut)."""
     matched = [i for i, e in enumerate(estimates) if e["model"] is not None]
-    for i, path in enumerate(paths):
+    for i in (i for i, path in enumerate(paths) if path in UNMATCHED):
         before = max((j for j in matched if j < i), default=None)
         after = min((j for j in matched if j > i), default=None)
-        if path not in UNMATCHED or before is None or after is None:
+        if before is None or after is None:
             continue
         share = (i - before) / (after - before)
         v = (1 - share) * cv2.Rodrigues(estimates[before]["r_cam"])[0] + share * cv2.Rodrigues(
