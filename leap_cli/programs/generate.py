@@ -335,15 +335,27 @@ def kept_and_redone(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder)
     return kept, reclipped
 
 
-def load_inputs(cfg: GenerateConfig) -> Inputs:
-    """Descriptor records of the split (or narration-only ones from the annotations), labels and classes."""
+def load_inputs(cfg: GenerateConfig, narration_id: str | None = None) -> Inputs:
+    """Descriptor records of the split (or narration-only ones from the annotations), labels and classes; with
+    ``narration_id``, that segment's record alone (a dry run's one prompt), the descriptor file's other lines and
+    the split CSV's other rows not parsed: the checks of the whole files are the run's (a damaged line elsewhere is
+    not seen)."""
     ann = annotations_for(cfg)
     if ann is None:
         raise LeapError("the EPIC class files are needed to resolve verbs and objects",
                         path=dataset_root(cfg.workdir) / "annotations",
                         fix="pass --data ROOT (holding annotations/) or --annotations DIR")
     split = cfg.split_name
-    segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
+    # its row alone (EPIC's 67k rows took a second); a --shard part reads them all: its videos are dealt in the
+    # order of the split's
+    if ann.has_split(split) and narration_id is not None and cfg.shard.count == 1:
+        seg = ann.segment(split, narration_id)
+        if seg is None:
+            raise LeapError(f"{narration_id} is not a segment of split {split}", path=ann.split_path(split),
+                            fix="check --split and the narration id")
+        segments = {narration_id: seg}
+    else:
+        segments = {s.narration_id: s for s in ann.segments(split)} if ann.has_split(split) else {}
     # (a path given is checked as the default is: parts beside it, not merged, or merged too early)
     path = cfg.descriptors_path
     if cfg.descriptors is None and cfg.shard.count > 1 and not path.exists():
@@ -370,7 +382,12 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
     extracted: dict | str | None = "narration-only"
     stale: dict[str, str] = {}
     if path.exists():
-        records = read_jsonl(path, check=descriptor_problem, keep=_for_generation)
+        # (the id as JsonlAppender writes it, or ASCII-escaped: a line holding neither is not its record)
+        holding = None if narration_id is None else {json.dumps(narration_id, ensure_ascii=a).encode()
+                                                     for a in (False, True)}
+        records = read_jsonl(path, check=descriptor_problem, keep=_for_generation, holding=holding)
+        if narration_id is not None:  # (a line holding it in another field)
+            records = [r for r in records if r["narration_id"] == narration_id]
         latest = {r["narration_id"]: r for r in records}  # a later record of an id replaces an earlier one
         if len(latest) < len(records):  # (JsonlAppender keeps the last too: extract --retry-errors appends)
             log.warning("%s: %d narration ids appear more than once (parts merged twice, or a run stopped before "
@@ -398,14 +415,14 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
             raise LeapError(f"leap extract is making this file ({making[0][1]}) and has written no record yet: this run "
                             "would make narration-only programs of every segment", path=making[0][0],
                             fix="wait for extract to finish, then run this command again")
-        records = [narration_record(s) for s in segments.values()]
+        records = [narration_record(s) for s in segments.values() if narration_id in (None, s.narration_id)]
         source = f"narration-only records from {ann.split_path(split)} (no {path}; run leap extract for full clip text)"
     else:
         raise LeapError(f"no descriptors and no annotations for split {split}", path=path,
                         fix="run leap extract, or pass --data with the split's annotation CSV")
     if segments:  # another split's descriptors (--descriptors) would get programs without this split's labels
         outside = [r["narration_id"] for r in records if r["narration_id"] not in segments]
-        if outside and len(outside) == len(records):
+        if outside and len(outside) == len(records) and narration_id is None:
             raise LeapError(f"none of the {len(records)} descriptor records is a segment of split {split} (e.g. "
                             f"{outside[0]})", path=path, fix=f"pass split {split}'s descriptors, or the --split they are of")
         if outside:
@@ -424,14 +441,15 @@ def load_inputs(cfg: GenerateConfig) -> Inputs:
                 what = (f"descriptor records were made from other annotations than {ann.split_path(split).name} "
                         f"holds now (e.g. {next(iter(stale))}: {next(iter(stale.values()))} differs)")
                 fix = f"run leap extract --split {split} (it makes only those again), then this command again"
-                if len(stale) == len(records):
+                if len(stale) == len(records) and narration_id is None:
                     raise LeapError(f"all {len(stale)} {what}", path=path, fix=fix)
                 log.warning("%s: %d %s: left out of this run; %s", path, len(stale), what, fix)
                 records = [r for r in records if r["narration_id"] not in stale]
     # parts by the split's videos in annotation order, as extract's: part i of extract's part i is all of it
     order = [s.video_id for s in segments.values()]
     records = cfg.shard.select(records, key=lambda r: r.get("video_id", r["narration_id"]), order=order)
-    if source.startswith("descriptors") and segments:  # (a run on what exists so far gets no word of the rest)
+    if source.startswith("descriptors") and segments and narration_id is None:  # (a run on what exists so far gets
+        # no word of the rest)
         wanted = len(cfg.shard.select(list(segments.values()), key=lambda s: s.video_id, order=order))
         if len(records) < wanted:
             who = writer_of(path)
@@ -992,8 +1010,8 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
                               {"model": "the offline generator"} if cfg.backend == "offline" else {})})
 
 
-def _setup(cfg: GenerateConfig):
-    inputs = load_inputs(cfg)
+def _setup(cfg: GenerateConfig, narration_id: str | None = None):
+    inputs = load_inputs(cfg, narration_id)
     exemplars = load_exemplars(cfg.exemplars)
     builder = PromptBuilder(inputs.verbs, inputs.nouns, exemplars, load_system_prompt(cfg.system_prompt), cfg.k)
     return inputs, exemplars, builder
@@ -1002,12 +1020,13 @@ def _setup(cfg: GenerateConfig):
 def dry_run(cfg: GenerateConfig, narration_id: str | None = None, *, setup: tuple | None = None) -> str:
     """The prompt of one segment (the first pending one, or ``narration_id``); makes no call. ``setup``: ``_setup``'s
     inputs, exemplars and prompt builder, read once for the prompt and the estimate (``estimate_cost``)."""
-    inputs, _, builder = setup or _setup(cfg)
+    inputs, _, builder = setup or _setup(cfg, narration_id or None)
     records = inputs.records
     if narration_id:
         records = [r for r in records if r["narration_id"] == narration_id]
         if not records:
-            raise LeapError(f"segment {narration_id} is not in the input", fix="check --split and the narration id")
+            raise LeapError(f"segment {narration_id} is not in the input ({inputs.source})",
+                            fix="check --split and the narration id")
     elif records and cfg.out_path.exists() and not starts_over(cfg, builder, inputs):
         done = kept_and_redone(cfg, inputs, builder)[0]  # the first segment a run would send: not one with its record
         records = [r for r in records if r["narration_id"] not in done]
