@@ -104,8 +104,12 @@ class FrameCache:
             return False
         blobs = [encode_jpeg(im, self.quality, colour="bgr") for im in images]
         header = MAGIC + _COUNT.pack(len(blobs)) + b"".join(_ENTRY.pack(n, len(b)) for n, b in zip(numbers, blobs))
-        body = header + b"".join(blobs)
-        atomic_write_bytes(path, body + TRAILER + _COUNT.pack(zlib.crc32(body)))
+        crc = zlib.crc32(header)
+        for blob in blobs:
+            crc = zlib.crc32(blob, crc)
+        # one join of all the pieces: the body joined, then copied again with the header and with the trailer, cost
+        # ~1.2 ms of CPU an entry at 360p (a sixth of its 16 JPEG encodings), this 0.03 ms
+        atomic_write_bytes(path, b"".join([header, *blobs, TRAILER, _COUNT.pack(crc)]))
         for old in self.superseded(segment.video_id, segment.narration_id):
             old.unlink(missing_ok=True)  # its replacement is written: the old entry's disk space comes back
         return True
