@@ -876,7 +876,7 @@ def test_frame_cache_and_build_shards_store_small_frames_at_their_own_size(kitch
 
     sides = []
     real_resize = video.resize_short_side
-    monkeypatch.setattr(video, "resize_short_side", lambda bgr, side: sides.append(side) or real_resize(bgr, side))
+    monkeypatch.setattr(video, "resize_short_side", lambda bgr, side, *out: sides.append(side) or real_resize(bgr, side, *out))
     cache = tmp_path / "frame-cache"
     run_extract(_cfg(kitchen, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache))
     assert sides and set(sides) == {None}  # camera and cache read the same full-size frames, none resized
@@ -969,9 +969,9 @@ def test_odometry_reads_small_frames_at_their_own_size_from_the_first_segment(ki
     sides = []
     real = video.resize_short_side
 
-    def recording(bgr, short_side):
+    def recording(bgr, short_side, *out):
         sides.append((min(bgr.shape[:2]), short_side))
-        return real(bgr, short_side)
+        return real(bgr, short_side, *out)
 
     monkeypatch.setattr(video, "resize_short_side", recording)
     s = run_extract(_cfg(kitchen, tmp_path / "t.jsonl", components=("camera",), camera_frames=5))

@@ -300,7 +300,9 @@ class _Video:
         self.cache: dict = {}  # per-video state shared by components (ctx.video_cache)
         self._memo: dict[tuple[int, int | None], np.ndarray] = {}
         self._plan: dict[int, set[int | None]] = {}
-        self._spare: list[np.ndarray] = []  # the last segment's full-size images, free to decode into
+        # the last segment's images that nothing holds any more, by short side (None: full size), free to decode
+        # and resize into
+        self._spare: dict[int | None, list[np.ndarray]] = {}
         self._full: tuple[int, int, int] | None = None  # the shape of a full-size image
         self._segment: Segment | None = None
         self.decoded = 0  # frames decoded (for the benchmark)
@@ -332,14 +334,18 @@ class _Video:
         return self.reader.width, self.reader.height
 
     def start_segment(self, seg: Segment, plan: dict[int, set[int | None]]) -> None:
-        """Forget the last segment's frames; those of its full-size images that nothing else holds any more
-        (``_ALONE``: a component that kept one keeps it intact) are decoded into again (``VideoReader.decode``'s
-        ``into``)."""
+        """Forget the last segment's frames; those of its images that nothing else holds any more (``_ALONE``: a
+        component that kept one keeps it intact) are decoded (``VideoReader.decode``'s ``into``) or resized into
+        again."""
         old, self._segment, self._plan, self._memo = self._memo, seg, plan, {}
-        self._spare = [im for im, refs in _refcounts(old) if refs == _ALONE and im.shape == self._full]
+        self._spare = {}
+        for (_, side), (im, refs) in zip(old, _refcounts(old)):
+            if refs == _ALONE and (side is not None or im.shape == self._full):
+                self._spare.setdefault(side, []).append(im)
 
-    def _buffer(self) -> np.ndarray | None:
-        return self._spare.pop() if self._spare else None
+    def _buffer(self, side: int | None = None) -> np.ndarray | None:
+        spare = self._spare.get(side)
+        return spare.pop() if spare else None
 
     def _decode(self, wanted: dict[int, set[int | None]], record: str) -> None:
         from leap_cli.media.video import VideoUnreadable, resize_short_side
@@ -350,8 +356,10 @@ class _Video:
             self._full = (self.reader.height, self.reader.width, 3)
             for f, bgr in self.reader.decode(sorted(wanted), into=self._buffer):
                 self.decoded += 1
-                for side in wanted[f]:
-                    self._memo[(f, side)] = resize_short_side(bgr, side)  # BGR, as decoded: converted on reading
+                for side in wanted[f]:  # BGR, as decoded: converted on reading
+                    self._memo[(f, side)] = resize_short_side(bgr, side, self._buffer(side) if side else None)
+                if all(self._memo[(f, side)] is not bgr for side in wanted[f]):  # only shrunk: the next frame's
+                    self._spare.setdefault(None, []).append(bgr)  # decode writes into it (no new page faults)
         except VideoUnreadable as e:
             log.info("%s", e.one_line())
             raise FramesUnavailable(e.message, detail=e.one_line()) from None
