@@ -876,7 +876,8 @@ def test_frame_cache_and_build_shards_store_small_frames_at_their_own_size(kitch
 
     sides = []
     real_resize = video.resize_short_side
-    monkeypatch.setattr(video, "resize_short_side", lambda bgr, side, *out: sides.append(side) or real_resize(bgr, side, *out))
+    monkeypatch.setattr(video, "resize_short_side",
+                        lambda bgr, side, *out: sides.append(side) or real_resize(bgr, side, *out))
     cache = tmp_path / "frame-cache"
     run_extract(_cfg(kitchen, tmp_path / "d.jsonl", components=("camera",), frame_cache=cache))
     assert sides and set(sides) == {None}  # camera and cache read the same full-size frames, none resized
