@@ -140,3 +140,37 @@ def test_a_cache_entry_holds_the_bytes_of_the_format_before_and_shards_built_fro
     tars = sorted((tmp_path / "w1").rglob("*.tar"))
     assert tars and [p.read_bytes() for p in tars] == [p.read_bytes() for p in sorted((tmp_path / "w2").rglob("*.tar"))]
     assert cached.manifest["frame_sizes"] == decoded.manifest["frame_sizes"] == {"P01_01": [128, 96]}
+
+
+def test_a_frames_folders_images_only_shrunk_are_not_kept_for_the_segment(tmp_path, monkeypatch):
+    """A frames folder's reader decodes into no given image: of its full-size images read only shrunk, at most
+    one is kept as a free image (not the whole segment's: 1080p frames are 6 MB each), and the shrunk frames are
+    the folder's."""
+    from leap_cli.media.video import FramesFolderReader
+    from tests.test_attack_s60_frames60 import H, RECOG, make_root
+
+    root = make_root(tmp_path / "k", 50.0, RECOG)
+    decoded = []
+    real = FramesFolderReader.decode
+
+    def recording(self, *a, **kw):
+        for f, bgr in real(self, *a, **kw):
+            decoded.append(weakref.ref(bgr))
+            yield f, bgr
+
+    monkeypatch.setattr(FramesFolderReader, "decode", recording)
+    layout = DatasetLayout.open(root)
+    ann = layout.annotations()
+    seg = ann.segments("validation")[1]
+    video = _Video(layout, seg.video_id, ann.fps(seg.video_id))
+    try:
+        ctx = SegmentContext(layout=layout, segment=seg, fps=video.fps, clock=video.clock,
+                             read_images=lambda n, s: video.images(list(n), s, seg), frame_size=lambda: video.size(seg))
+        nums = ctx.segment_frames(8)
+        video.start_segment(seg, {})
+        small = ctx.images_at_most(nums, H // 2, "bgr")
+        assert len(decoded) == 8 and sum(r() is not None for r in decoded) <= 1
+        with open_video(layout, seg.video_id) as reader:
+            assert np.array_equal(np.stack(small), reader.read_frames(nums, H // 2)[..., ::-1])
+    finally:
+        video.close()

@@ -358,8 +358,10 @@ class _Video:
                 self.decoded += 1
                 for side in wanted[f]:  # BGR, as decoded: converted on reading
                     self._memo[(f, side)] = resize_short_side(bgr, side, self._buffer(side) if side else None)
-                if all(self._memo[(f, side)] is not bgr for side in wanted[f]):  # only shrunk: the next frame's
-                    self._spare.setdefault(None, []).append(bgr)  # decode writes into it (no new page faults)
+                # only shrunk: the next frame is decoded into it (no new page faults), where no free one is left
+                # (a frames folder's reader decodes into none: one image is kept, not the segment's)
+                if not self._spare.get(None) and all(self._memo[(f, side)] is not bgr for side in wanted[f]):
+                    self._spare[None] = [bgr]
         except VideoUnreadable as e:
             log.info("%s", e.one_line())
             raise FramesUnavailable(e.message, detail=e.one_line()) from None
