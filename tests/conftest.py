@@ -1,3 +1,4 @@
+import functools
 import os
 import re
 from pathlib import Path
@@ -51,16 +52,36 @@ def epic_dir() -> Path:
 DEMO_FILES = ("test_demo.py", "test_attack_h3formats.py")  # the files that read the `demo` fixture below
 
 
-def _slow_tests(path: Path, tests: int) -> int:
-    """How many of a test file's ``tests`` carry the ``slow`` mark, read from its text (every one where the
-    module sets ``pytestmark``)."""
+DURATIONS = Path(__file__).parent / "durations.json"  # a file's seconds in a whole run of the suite (3 workers)
+SECONDS_A_TEST = 0.75  # the suite's mean in that run: a file not in DURATIONS (one added since)
+SECONDS_A_SLOW_TEST = 30.0  # a test marked ``slow`` in such a file
+
+
+def _seconds(root: Path, name: str, tests: int) -> float:
+    """How long a test file ``name`` (its ``tests`` of this run) takes in the suite: from ``DURATIONS`` (the
+    whole file's; to make it again, run the suite with --junitxml and sum each file's times), or estimated from
+    its number of tests and ``slow`` marks."""
+    known = _durations(root)
+    if name in known:
+        return known[name]
     try:
-        text = path.read_text(encoding="utf-8")
+        text = (root / name).read_text(encoding="utf-8")
     except OSError:
-        return 0
-    if re.search(r"^pytestmark\s*=.*\bmark\.slow\b", text, re.M):
-        return tests
-    return len(re.findall(r"^\s*@pytest\.mark\.slow\b", text, re.M))
+        text = ""
+    slow = (tests if re.search(r"^pytestmark\s*=.*\bmark\.slow\b", text, re.M)
+            else min(tests, len(re.findall(r"^\s*@pytest\.mark\.slow\b", text, re.M))))
+    return slow * SECONDS_A_SLOW_TEST + (tests - slow) * SECONDS_A_TEST
+
+
+@functools.cache
+def _durations(root: Path) -> dict[str, float]:
+    import json
+
+    try:
+        known = json.loads((root / "tests" / DURATIONS.name).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: float(v) for k, v in known.items() if isinstance(v, (int, float))} if isinstance(known, dict) else {}
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -69,9 +90,9 @@ def pytest_xdist_make_scheduler(config, log):
 
     - The files that read the session's demo go to one worker together, so that it runs once and no worker waits
       for another's (a scope of pytest-xdist's own making; without it they still share the demo, one waiting).
-    - Files are handed out with those holding the most ``slow`` tests first, then by their number of tests.
-      pytest-xdist orders by the number of tests only, which left a file of one long test (the program heads'
-      learning test, about a minute) to start last while the other workers had finished.
+    - Files are handed out longest first (``_seconds``): pytest-xdist orders them by their number of tests, which
+      left a file of one long test (the program heads' learning test, about a minute) or of six (the day-two
+      resumes, three minutes under the suite's load) to start last while the other workers had finished.
     """
     if config.getoption("dist") != "loadfile":
         return None
@@ -88,14 +109,13 @@ def pytest_xdist_make_scheduler(config, log):
                 self.workqueue = type(self.workqueue)(sorted(self.workqueue.items(), key=self._weight))
             super()._assign_work_unit(node)
 
-        def _weight(self, item) -> tuple[int, int]:
+        def _weight(self, item) -> tuple[float, int]:
             _, tests = item
             files: dict[str, int] = {}
             for nodeid in tests:
                 name = nodeid.split("::", 1)[0]
                 files[name] = files.get(name, 0) + 1
-            slow = sum(_slow_tests(config.rootpath / name, n) for name, n in files.items())
-            return -slow, -len(tests)
+            return -sum(_seconds(config.rootpath, name, n) for name, n in files.items()), -len(tests)
 
     return DemoTogether(config, log)
 
