@@ -104,7 +104,7 @@ def test_a_block_with_and_without_checkpointing_has_the_reference_gradients(use_
     ref_block = ResidualAttentionBlock(16, 2, no_lmhra=True).train()
     ref_block.load_state_dict(block.state_dict())
     ref_block.mlp = nn.Sequential()  # the official module layout, same weights
-    ref_block.mlp.add_module("c_fc", block.mlp.c_fc.__class__(16, 64))
+    ref_block.mlp.add_module("c_fc", nn.Linear(16, 64))
     ref_block.mlp.add_module("gelu", QuickGELU())
     ref_block.mlp.add_module("c_proj", nn.Linear(64, 16))
     ref_block.mlp.load_state_dict(block.mlp.state_dict())
