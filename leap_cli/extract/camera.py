@@ -93,7 +93,8 @@ def _rotation_between(p1: np.ndarray, p2: np.ndarray, k: np.ndarray) -> np.ndarr
 
 
 class PairEstimate(dict):
-    """{"r_cam": 3x3, "t": unit 3-vector or None, "matches": n, "model": "essential"|"homography"|None}."""
+    """{"r_cam": 3x3, "t": unit 3-vector or None, "matches": n,
+    "model": "essential"|"homography"|"still"|"filled"|None}."""
 
 
 _MATCHER = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
@@ -347,18 +348,18 @@ def relative_pose(g1: np.ndarray, g2: np.ndarray, k: np.ndarray, orb, *,
     return PairEstimate(r_cam=r.T, t=c / (np.linalg.norm(c) or 1), matches=e_in, model="essential")
 
 
-UNMATCHED = ("cut", "orb-rejected")  # the tracker's paths of a pair left without matches (``Tracker._unmatched``)
-
-
-def _fill_unmatched(estimates: list[PairEstimate], paths: list[str]) -> None:
-    """Give each unmatched pair (``UNMATCHED``) that has matched pairs on both sides the rotation interpolated
+def _fill_unmatched(estimates: list[PairEstimate]) -> None:
+    """Give each unmatched pair (``model: None``) that has matched pairs on both sides the rotation interpolated
     between the nearest of them (rotation vectors, by position; ``model: "filled"``, no translation). One blurred
     frame leaves both pairs touching it unmatched: counting them as 0 deg read a 6-pair turn at 2/3 of its degrees.
+    Every unmatched pair, not only those the tracker cut ("cut", "orb-rejected"): a flat grey frame (a hand over
+    the lens) has no corners to track on to the next ("none"), and a nearly black one tracks corners no model fits;
+    left at 0 they read a turn of 8 pairs at 7/8 and 6/8 of its degrees.
     A run of unmatched pairs at the segment's start or end is left at 0: with one side only a turn cannot be told from
     a turn that stopped, and on the synthetic kitchen such pairs are cuts at a segment's edge (filling them from the
     one matched side carried turns on into the cut)."""
     matched = [i for i, e in enumerate(estimates) if e["model"] is not None]
-    for i in (i for i, path in enumerate(paths) if path in UNMATCHED):
+    for i in (i for i, e in enumerate(estimates) if e["model"] is None):
         before = max((j for j in matched if j < i), default=None)
         after = min((j for j in matched if j > i), default=None)
         if before is None or after is None:
@@ -374,7 +375,7 @@ def odometry(greys: list[np.ndarray], k: np.ndarray, orb) -> tuple[list[PairEsti
     pairs filled from their neighbours: ``_fill_unmatched``) and the tracker's paths."""
     tracker = Tracker(orb)
     estimates = [relative_pose(a, b, k, orb, matches=tracker.pair(a, b)) for a, b in zip(greys, greys[1:])]
-    _fill_unmatched(estimates, tracker.paths)
+    _fill_unmatched(estimates)
     return estimates, tracker.paths
 
 
