@@ -1301,6 +1301,7 @@ def test_records_an_earlier_leap_made_otherwise_are_made_again_and_said(kitchen,
     from leap_cli.extract import base
 
     monkeypatch.setattr(base, "VERSIONS", dict.fromkeys(base.VERSIONS, 1))  # (the numbers of a leap of 2026-12-05)
+    monkeypatch.setattr(base, "CHANGED", {})  # (the raise below changes every camera record)
     out = tmp_path / "w" / "descriptors" / "train.jsonl"
     args = ["extract", "--data", str(kitchen), "--split", "train", "--workdir", str(tmp_path / "w"),
             "--components", "narration,camera", "--frame-cache", "none"]

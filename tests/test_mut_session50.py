@@ -98,6 +98,7 @@ def test_outdated_names_the_parts_made_by_an_earlier_number(monkeypatch):
     from leap_cli.extract import base
 
     monkeypatch.setattr(base, "VERSIONS", dict.fromkeys(base.VERSIONS, 1))
+    monkeypatch.setattr(base, "CHANGED", {})
     rec = {"components": {"camera": {}, "audio": {}}, "versions": {"camera": 1, "audio": 1, "text": 1}}
     assert base.outdated(rec) == []
     assert base.outdated({"components": {"camera": {}}}) == []  # a record of a leap before versions: all 1

@@ -25,8 +25,13 @@ STATUSES = ("ok", "unavailable", "error")
 # number again (``outdated``), as it does those of other annotations: an output never mixes two leaps' parts.
 # A record without "versions" (a leap before 2026-12-05 17:36 UTC) is taken as version 1 of every part.
 # camera 2: the odometry of 2026-12-07 (calm pairs tracked on the frame alone, ORB's matches checked against phase
-# correlation's shift) reads other degrees on some segments.
+# correlation's shift, unmatched pairs inside a turn filled from their neighbours) reads other degrees on some
+# segments.
 VERSIONS = {"narration": 1, "audio": 1, "camera": 2, "objects": 1, "hands": 1, "text": 1}
+# A raise that changed only some of its part's records: (part, number) -> whether a component the number before made
+# reads otherwise now. The others are not made again (a record is made whole again: its CLIP naming, its audio
+# model); camera 2 changed the odometry, not poses read from EPIC Fields or COLMAP, nor a camera unavailable.
+CHANGED = {("camera", 2): lambda comp: str(comp.get("source", "")).startswith("orb-vo")}
 
 
 def record_versions(components) -> dict[str, int]:
@@ -40,7 +45,14 @@ def outdated(record: dict) -> list[str]:
     held = record.get("versions") if isinstance(record.get("versions"), dict) else {}
     comps = record.get("components") if isinstance(record.get("components"), dict) else {}
     was = {k: v if type(v) is int else 1 for k, v in held.items()}  # (not a number: as a record without one)
-    return [f"{k} {was.get(k, 1)} -> {v}" for k, v in record_versions(comps).items() if was.get(k, 1) != v]
+    return [f"{k} {was.get(k, 1)} -> {v}" for k, v in record_versions(comps).items()
+            if was.get(k, 1) != v and _changed(k, was.get(k, 1), v, comps.get(k))]
+
+
+def _changed(part: str, was: int, now: int, comp) -> bool:
+    """Whether ``part`` of number ``was`` reads otherwise at ``now`` (``CHANGED``; a downgrade: always)."""
+    comp = comp if isinstance(comp, dict) else {}
+    return was > now or any(CHANGED.get((part, n), lambda _: True)(comp) for n in range(was + 1, now + 1))
 
 
 def result(status: str, source: str, data: dict | None = None, text: str = "") -> dict:

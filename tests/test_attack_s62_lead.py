@@ -1,0 +1,70 @@
+"""camera 2 (the odometry of 2026-12-07) makes again only the camera records the odometry made: records whose camera
+came from EPIC Fields or COLMAP poses, or was unavailable, read the same, and making them again would redo their
+whole record (CLIP naming, the audio model) for nothing."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from leap_cli.extract import base
+from leap_cli.extract.base import outdated
+
+
+def _rec(source: str, status: str = "ok", versions: dict | None = None) -> dict:
+    rec = {"narration_id": "x", "components": {"narration": {"status": "ok", "source": "annotations"},
+                                               "camera": {"status": status, "source": source}}}
+    if versions is not None:
+        rec["versions"] = versions
+    return rec
+
+
+@pytest.mark.parametrize("source, status, again", [
+    ("orb-vo:9 frames", "ok", True),
+    ("epic-fields:P01_01.json", "ok", False),
+    ("colmap:P01_01/images.bin", "ok", False),
+    ("auto", "unavailable", False),  # (no video: what it was set to read)
+    ("vo", "error", False),
+])
+def test_a_camera_1_record_is_made_again_where_the_odometry_made_it(source, status, again):
+    assert base.VERSIONS["camera"] == 2
+    assert outdated(_rec(source, status)) == (["camera 1 -> 2"] if again else [])
+    assert outdated(_rec(source, status, {"narration": 1, "camera": 1, "text": 1})) == outdated(_rec(source, status))
+
+
+def test_a_later_raise_that_changes_every_record_makes_the_poses_ones_again_too(monkeypatch):
+    monkeypatch.setitem(base.VERSIONS, "camera", 3)  # a camera 3 of no CHANGED entry: every camera record
+    assert outdated(_rec("epic-fields:P01_01.json")) == ["camera 1 -> 3"]
+    assert outdated(_rec("epic-fields:P01_01.json", versions={"camera": 2})) == ["camera 2 -> 3"]
+
+
+def test_a_downgrade_makes_them_again_whatever_their_source():
+    """A record a later leap made (camera 3) opened by this one: its parts are not this leap's to keep."""
+    assert outdated(_rec("epic-fields:P01_01.json", versions={"camera": 3})) == ["camera 3 -> 2"]
+
+
+def test_a_resume_over_a_kitchen_with_poses_keeps_the_poses_records(tmp_path, monkeypatch):
+    """Training videos P01_01 with EPIC Fields poses and P02_01 without (its file removed: odometry): a resume
+    across camera 2 makes again P02_01's records alone and leaves P01_01's lines as they were."""
+    from leap_cli.extract.runner import ExtractConfig, run_extract
+    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+
+    root = tmp_path / "k"
+    build_kitchen(root, KitchenConfig(videos=4, segments_per_video=2))
+    (root / "poses" / "P02_01.json").unlink()
+    out = tmp_path / "train.jsonl"
+    cfg = ExtractConfig(data=root, split="train", out=out, components=("narration", "camera"), frame_cache=None)
+    with monkeypatch.context() as m:
+        m.setitem(base.VERSIONS, "camera", 1)  # (a leap of 2026-12-05)
+        assert run_extract(cfg).written > 0
+    before = {json.loads(x)["narration_id"]: x for x in out.read_text().splitlines()}
+    sources = {k: json.loads(x)["components"]["camera"]["source"] for k, x in before.items()}
+    vo = {k for k, v in sources.items() if v.startswith("orb-vo")}
+    assert vo and vo != set(before), sources  # (both kinds, or the test proves nothing)
+    s = run_extract(cfg)
+    assert (s.outdated, s.written) == (len(vo), len(vo)), s
+    after = {json.loads(x)["narration_id"]: x for x in out.read_text().splitlines()}
+    assert set(after) == set(before)
+    assert all(after[k] == before[k] for k in set(before) - vo)  # kept, byte for byte
+    assert all(json.loads(after[k])["versions"]["camera"] == 2 for k in vo)
+    assert run_extract(cfg).outdated == 0  # and not offered again
