@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from leap_cli import __version__
+from tests.procs import leap_here
 
 
 def leap(*args, cwd=None):
@@ -151,7 +152,7 @@ def test_values_are_checked_where_they_are_given(tmp_path, args, says):
 def test_demo_data_and_info_take_the_workdir(tmp_path, monkeypatch, capsys):
     """`leap demo-data --workdir W` and `leap info --workdir W` were "No such option" though every other command
     takes it: the kitchen goes where the stages look for it."""
-    leap = _leap_here(monkeypatch, capsys)
+    leap = leap_here(monkeypatch, capsys)
     assert leap("demo-data", "--workdir", str(tmp_path), "--videos", "3", "--segments", "2").returncode == 0
     assert (tmp_path / "kitchen" / "annotations" / "EPIC_100_train.csv").is_file()
     r = leap("info", "--workdir", str(tmp_path), "--no-check-lengths")
@@ -179,7 +180,7 @@ def test_user_error_is_one_line_exit_2(tmp_path):
 def test_extract_with_a_wrong_data_folder_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
     """A mistyped --data is refused before the output's settings file and lock are written (they were left in
     WORKDIR/descriptors/); a --workdir that is a file is still named as the problem."""
-    leap = _leap_here(monkeypatch, capsys)
+    leap = leap_here(monkeypatch, capsys)
     r = leap("extract", "--split", "train", "--data", str(tmp_path / "missing"), "--workdir", str(tmp_path / "w"))
     assert r.returncode == 2 and "dataset root not found" in r.stderr
     assert not (tmp_path / "w").exists()
@@ -233,21 +234,6 @@ def _main(monkeypatch, capsys, *argv):
 
     code, _, err = leap_main(monkeypatch, capsys, *argv)
     return code, err
-
-
-def _leap_here(monkeypatch, capsys):
-    """``leap`` as ``leap(...)`` runs it, in this process (a command refused before its work costs ~0.05 s here,
-    0.3-2.5 s in a new interpreter that imports torch): ``(*args, cwd=None)`` -> (returncode, stdout, stderr)."""
-    from tests.procs import leap_main
-
-    def run(*args, cwd=None):
-        with monkeypatch.context() as m:
-            if cwd is not None:
-                m.chdir(cwd)
-            code, out, err = leap_main(m, capsys, *args)
-        return subprocess.CompletedProcess(args, code, out, err)
-
-    return run
 
 
 def test_full_disk_is_one_line_naming_the_path_and_keeps_data(tmp_path, epic_dir, monkeypatch, capsys):
@@ -331,7 +317,7 @@ def test_read_only_workdir_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_bad_values_are_refused_at_the_option(tmp_path, monkeypatch, capsys):
-    leap = _leap_here(monkeypatch, capsys)
+    leap = leap_here(monkeypatch, capsys)
     for args, name in ((["extract", "--split", "train", "--limit", "-1"], "--limit"),
                        (["extract", "--split", "train", "--workers", "0"], "--workers"),
                        (["extract", "--split", "train", "--hand-threshold", "-0.5"], "--hand-threshold"),
@@ -360,7 +346,7 @@ def test_show_prints_markup_in_user_text_as_text(tmp_path):
 
 
 def test_show_checks_the_run_first_and_titles_a_segment_without_narration_by_its_id(tmp_path, monkeypatch, capsys):
-    leap = _leap_here(monkeypatch, capsys)
+    leap = leap_here(monkeypatch, capsys)
     import json
 
     (tmp_path / "descriptors").mkdir()
@@ -409,7 +395,7 @@ def tiny_kitchen(tmp_path_factory):
 
 
 def test_extract_rerun_with_other_settings_is_refused_unless_forced(tiny_kitchen, tmp_path, monkeypatch, capsys):
-    leap = _leap_here(monkeypatch, capsys)
+    leap = leap_here(monkeypatch, capsys)
     import json
 
     base = ["extract", "--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path),
@@ -472,7 +458,7 @@ def test_val_shards_wait_for_the_training_shards_parts(tiny_kitchen, tmp_path):
 
 
 def test_a_path_of_the_wrong_kind_says_what_to_do(tiny_kitchen, tmp_path, monkeypatch, capsys):
-    leap = _leap_here(monkeypatch, capsys)
+    leap = leap_here(monkeypatch, capsys)
     (tmp_path / "a-file").write_text("x")
     (tmp_path / "a-folder").mkdir()
     for args, says in ((["extract", "--split", "train", "--workdir", str(tmp_path / "a-file")],
@@ -499,7 +485,7 @@ def test_a_path_of_the_wrong_kind_says_what_to_do(tiny_kitchen, tmp_path, monkey
 def test_force_with_a_bad_option_keeps_the_output(tiny_kitchen, tmp_path, monkeypatch, capsys):
     """--force starts an output over; an option that cannot work (a typo, a missing weights file, no API key)
     is refused first, so it costs nothing."""
-    leap = _leap_here(monkeypatch, capsys)
+    leap = leap_here(monkeypatch, capsys)
     common = ["--split", "train", "--data", str(tiny_kitchen), "--workdir", str(tmp_path)]
     base = ["extract", *common, "--components", "narration,camera,objects"]
     assert leap(*base).returncode == 0
@@ -719,7 +705,7 @@ def test_build_shards_says_what_it_does_before_its_first_sample(tiny_kitchen, tm
 def test_usage_errors_are_one_line(monkeypatch, capsys):
     """A bad option value printed click's usage, a hint, a blank line and the error: four lines where every
     other error is one (docs/options.md)."""
-    leap = _leap_here(monkeypatch, capsys)
+    leap = leap_here(monkeypatch, capsys)
     for args, says in ((("extract", "--split", "train", "--workers", "0"), "Invalid value for '--workers'"),
                        (("extract",), "Missing option '--split'"), (("extract", "--bogus"), "No such option: --bogus"),
                        (("nosuch",), "No such command 'nosuch'")):
@@ -734,7 +720,7 @@ def test_usage_errors_are_one_line(monkeypatch, capsys):
 
 def test_choice_options_are_taken_in_any_case_as_split_names_are(tmp_path, monkeypatch, capsys):
     """`--task Recognition`, `--backend OFFLINE`, `--on-error SKIP` were refused where `--split VAL` was taken."""
-    leap = _leap_here(monkeypatch, capsys)
+    leap = leap_here(monkeypatch, capsys)
     r = leap("evaluate", "--task", "Recognition", "--split", "val", "--scores", str(tmp_path / "none.pt"))
     assert r.returncode == 2 and "scores file not found" in r.stderr and "unknown task" not in r.stderr, r.stderr
     r = leap("generate-programs", "--backend", "OFFLINE", "--split", "val", "--workdir", str(tmp_path))
@@ -783,7 +769,7 @@ def test_debug_shows_a_user_errors_traceback_and_keeps_its_status(tmp_path):
 def test_a_work_directory_that_does_not_exist_is_named_as_such(tmp_path, monkeypatch, capsys):
     """A mistyped --workdir (or the default leap-work/ from another folder) was reported through the first file
     the stage looked for ("nowork/kitchen: dataset root not found"), and `leap train` left it made, empty."""
-    leap = _leap_here(monkeypatch, capsys)
+    leap = leap_here(monkeypatch, capsys)
     work = tmp_path / "nowork"
     for args in (["info"], ["extract", "--split", "train"], ["generate-programs", "--split", "train"],
                  ["check-shards", "--split", "train"], ["show", "P01_01_1"], ["train", "--config", "tiny-synthetic"]):
