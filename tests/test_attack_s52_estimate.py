@@ -6,9 +6,6 @@ and the dry run's exit, its word on a refused output, and the files it leaves as
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ import pytest
 from leap_cli.common import ShardSpec
 from leap_cli.programs.generate import estimate_cost, generate_programs
 from tests.program_helpers import server_config as config
+from tests.procs import leap_here
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
 from tests.test_attack_s52_journal import PICK, _workdir
 from tests.test_programs_estimate import offline_config
@@ -143,12 +141,17 @@ def test_shard_parts_and_their_merge_are_estimated_as_the_run_asks(two_video_wor
     assert other.refused and "parts of --shard i/2 are beside it" in other.refused
 
 
-def _leap(wd, *extra, model="test-model"):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "300"}
-    env.pop("LEAP_NO_SUCH_KEY", None)
-    cmd = [sys.executable, "-m", "leap_cli", "generate-programs", "--workdir", str(wd), "--split", "val",
-           "--backend", "openai", "--model", model, "--api-key-env", "LEAP_NO_SUCH_KEY", *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def _leap(monkeypatch, capsys):
+    """``leap generate-programs --dry-run ...`` of val through an API key that is not set, in this process."""
+    leap = leap_here(monkeypatch, capsys)
+    monkeypatch.delenv("LEAP_NO_SUCH_KEY", raising=False)
+
+    def run(wd, *extra, model="test-model"):
+        return leap("generate-programs", "--workdir", wd, "--split", "val", "--backend", "openai", "--model", model,
+                    "--api-key-env", "LEAP_NO_SUCH_KEY", *extra)
+
+    return run
 
 
 def _snapshot(wd: Path) -> dict:
@@ -156,7 +159,7 @@ def _snapshot(wd: Path) -> dict:
             if p.is_file() and not p.name.endswith(("-wal", "-shm"))}
 
 
-def test_the_dry_run_says_a_refusal_exits_0_and_changes_no_file_even_under_force(workdir, good_programs):  # noqa: F811
+def test_the_dry_run_says_a_refusal_exits_0_and_changes_no_file_even_under_force(workdir, good_programs, _leap):  # noqa: F811
     """`--dry-run --model other` on a half-made output: exit 0, the refusal said once before the figures of --force;
     with --force the figures without a word. Neither may set the output aside (the real --force does), nor write,
     touch or add any file of the workdir (the cache's -wal/-shm aside)."""
@@ -176,7 +179,7 @@ def test_the_dry_run_says_a_refusal_exits_0_and_changes_no_file_even_under_force
     assert not list((workdir / "programs").glob("*before-force*"))
 
 
-def test_the_dry_run_of_a_finished_output_with_its_settings_exits_2_and_names_narration_id(workdir, good_programs):  # noqa: F811
+def test_the_dry_run_of_a_finished_output_with_its_settings_exits_2_and_names_narration_id(workdir, good_programs, _leap):  # noqa: F811
     """Nothing pending under the same settings: the dry run has no prompt to print and says so (exit 2, with the
     way to see one); with --narration-id it prints that prompt and the estimate's "nothing pending" (exit 0)."""
     assert real(workdir, good_programs) == N_SEGMENTS
@@ -188,7 +191,7 @@ def test_the_dry_run_of_a_finished_output_with_its_settings_exits_2_and_names_na
     assert "nothing pending in val: a run would ask for nothing" in " ".join(r.stderr.split())
 
 
-def test_the_dry_run_of_a_finished_output_under_force_with_other_settings_estimates_the_run(workdir, good_programs):  # noqa: F811
+def test_the_dry_run_of_a_finished_output_under_force_with_other_settings_estimates_the_run(workdir, good_programs, _leap):  # noqa: F811
     """The whole split done with one model; the user checks what `--force --model other` would cost before paying
     it: the run sets the output aside and asks for every segment, but the dry run said every segment has its
     record (exit 2) and printed no estimate. Without --force it said the same instead of the run's refusal.
@@ -202,7 +205,7 @@ def test_the_dry_run_of_a_finished_output_under_force_with_other_settings_estima
     assert real(workdir, good_programs, model="another-model", force=True) == N_SEGMENTS
 
 
-def test_an_output_that_is_only_its_settings_file_is_estimated_as_the_run_asks(workdir, good_programs):  # noqa: F811
+def test_an_output_that_is_only_its_settings_file_is_estimated_as_the_run_asks(workdir, good_programs, _leap):  # noqa: F811
     """After --batch-file (only the settings file, no record yet): the same settings are every segment, as the run
     then asks; another --model is refused (Batch requests of the old settings may be out), as the run refuses it,
     with --force's figures; the dry runs write nothing."""

@@ -1,7 +1,6 @@
 """`leap demo` end to end on a small synthetic kitchen, then the pages a person looks at, in a real browser."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,18 +10,19 @@ import zipfile
 import pytest
 
 from tests.browser import chromium, is_blank, open_page
+from tests.procs import leap_here
 from leap_cli.io import read_jsonl
 
 pytestmark = pytest.mark.slow
 
 
-def leap(*args, cwd=None):
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    return subprocess.run([sys.executable, "-m", "leap_cli", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=900)
+@pytest.fixture
+def leap(monkeypatch, capsys):
+    """``leap ARGS`` in this process: ``(*args, cwd=None)`` -> CompletedProcess."""
+    return leap_here(monkeypatch, capsys)
 
 
-def test_demo_runs_every_stage_and_summarises(demo):
+def test_demo_runs_every_stage_and_summarises(demo, leap):
     work, first, _ = demo
     out = first.stdout
     for stage in ("demo-data", "extract train", "programs train", "shards test", "train", "evaluate val", "submit"):
@@ -76,7 +76,7 @@ def test_demo_again_reuses_what_is_done(demo):
     assert steps == sorted(steps) and len(steps) == len(set(steps))
 
 
-def test_demo_with_other_settings_is_refused_before_any_stage(demo):
+def test_demo_with_other_settings_is_refused_before_any_stage(demo, leap):
     """A rerun with another kitchen size rebuilt the kitchen, kept the old descriptors beside new ones and failed at
     build-shards asking for an option the demo does not have; another --set failed at train the same way."""
     work, _, _ = demo
@@ -114,19 +114,16 @@ def test_demo_refuses_a_kitchen_it_cannot_train_on_or_submit_from(tmp_path):
                ("demo-data", "extract", "generate-programs", "build-shards", "train"))
 
 
-def test_a_kitchen_of_another_leap_version_starts_the_stages_after_it_over(tmp_path):
+def test_a_kitchen_of_another_leap_version_starts_the_stages_after_it_over(tmp_path, leap):
     """After an upgrade that changes the kitchen's bytes (KITCHEN_VERSION), demo-data rebuilt it but extract and
     generate-programs resumed their records of the old one, and build-shards refused the shards run after run
     ("sources.annotations differ", fixed only by --force): the demo now starts them over itself."""
-    import subprocess
-    import sys
-
     from leap_cli.demo import DemoConfig, check_demo, plan
     from leap_cli.synth.kitchen import MARKER
 
     cfg = DemoConfig(workdir=tmp_path, videos=3, segments=16)
     demo_data = next(s for s in plan(cfg) if s.name == "demo-data")
-    r = subprocess.run([sys.executable, "-m", "leap_cli", *demo_data.argv], capture_output=True, text=True)
+    r = leap(*demo_data.argv)
     assert r.returncode == 0, r.stderr
     (tmp_path / "descriptors").mkdir()
     (tmp_path / "descriptors" / "train.jsonl").write_text("{}\n")
@@ -238,7 +235,7 @@ def test_a_stage_the_interrupt_did_not_reach_is_stopped_gracefully(monkeypatch):
     assert proc.returncode == 43  # it got SIGTERM and stopped its own way
 
 
-def test_show_prints_the_program_tree_and_descriptors(demo):
+def test_show_prints_the_program_tree_and_descriptors(demo, leap):
     work, _, _ = demo
     nid = read_jsonl(work / "programs" / "train.jsonl")[0]["narration_id"]
     r = leap("show", nid, "--workdir", str(work))
@@ -253,7 +250,7 @@ def test_show_prints_the_program_tree_and_descriptors(demo):
 
 
 @pytest.mark.skipif(chromium() is None, reason="needs Debian's chromium (installed by .ci/run)")
-def test_show_html_page_in_a_browser(demo, tmp_path):
+def test_show_html_page_in_a_browser(demo, tmp_path, leap):
     work, _, _ = demo
     rec = next(r for r in read_jsonl(work / "programs" / "train.jsonl")
                if any(s["type"] != "sub_action" for s in r["program"]["steps"]))

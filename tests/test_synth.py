@@ -4,9 +4,6 @@ what is drawn and heard, determinism, and rebuild rules."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -26,6 +23,7 @@ from leap_cli.synth.kitchen import (MARKER, TRUNCATED_SEGMENTS, KitchenConfig, a
 from leap_cli.synth.plan import PlannedSegment
 from leap_cli.synth.render import BASE_W, Renderer, make_hand, make_panorama, make_sprites
 from leap_cli.synth.world import LOOKS, VERBS, true_program, vocabularies
+from tests.procs import leap_here
 
 CFG = KitchenConfig(videos=4, seed=3, segments_per_video=7)
 EPIC = Path(__file__).parent / "data" / "epic100"
@@ -322,15 +320,13 @@ def test_same_seed_same_bytes_and_rebuild_rules(kitchen, tmp_path):
     assert not redone.skipped and (junk / "annotations" / "EPIC_100_train.csv").exists()
 
 
-def test_cli_demo_data_then_info(tmp_path):
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+def test_cli_demo_data_then_info(tmp_path, monkeypatch, capsys):
+    leap = leap_here(monkeypatch, capsys)
     out = tmp_path / "kitchen"
-    r = subprocess.run([sys.executable, "-m", "leap_cli", "demo-data", "--out", str(out), "--videos", "2",
-                        "--segments", "3", "--seed", "1"], capture_output=True, text=True, env=env)
+    r = leap("demo-data", "--out", str(out), "--videos", "2", "--segments", "3", "--seed", "1")
     assert r.returncode == 0, r.stderr
     assert "P01_01" in r.stdout and "6 segments" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "leap_cli", "info", "--data", str(out)], capture_output=True, text=True,
-                       env=env)
+    r = leap("info", "--data", str(out))
     assert r.returncode == 0, r.stderr
     assert "EPIC_100_train.csv" in r.stdout and "EPIC_100_validation.csv" in r.stdout
 
