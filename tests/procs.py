@@ -59,12 +59,21 @@ def leap_here(monkeypatch, capsys):
     costs ~0.05 s here, 0.3-2.5 s in a new interpreter that imports torch): ``(*args, cwd=None)`` ->
     CompletedProcess(args, returncode, stdout, stderr); args are made strings (paths, counts)."""
 
+    import logging
+
     def run(*args, cwd=None):
         args = tuple(map(str, args))
+        level = logging.root.level
         with monkeypatch.context() as m:
             if cwd is not None:
                 m.chdir(cwd)
-            code, out, err = leap_main(m, capsys, *args)
+            # the root logger without pytest's capture handlers, as a new interpreter has it: leap's basicConfig then
+            # adds its handler, and a warning goes to stderr (not to pytest's log); its handler and level go after
+            m.setattr(logging.root, "handlers", [])
+            try:
+                code, out, err = leap_main(m, capsys, *args)
+            finally:
+                logging.root.setLevel(level)
         return subprocess.CompletedProcess(args, code, out, err)
 
     return run

@@ -19,7 +19,7 @@ import torch
 
 from leap_cli.train.config import load_config
 from leap_cli.train.loop import model_args_for
-from tests.procs import leap_main
+from tests.procs import leap_here, leap_main
 from tests.test_train import MemorySource
 
 torch.set_num_threads(1)
@@ -30,6 +30,14 @@ def run_leap(cwd: Path, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "LEAP_PROGRESS_EVERY": "1000"}
     return subprocess.run([sys.executable, "-m", "leap_cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def leap(monkeypatch, capsys):
+    """``run_leap`` in this process (the module's fixtures, made once, run it as a subprocess)."""
+    monkeypatch.setenv("LEAP_PROGRESS_EVERY", "1000")
+    here = leap_here(monkeypatch, capsys)
+    return lambda cwd, *args: here(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -336,16 +344,16 @@ def test_evaluate_views_batch_size_checkpoint_and_out_take_effect(kitchen, effec
     assert not (kitchen / "runs" / "fx" / "eval").exists()  # --out: the run's eval folder untouched
 
 
-def test_build_shards_frames_size_quality_count_and_vocabulary_options(kitchen, tmp_path) -> None:
+def test_build_shards_frames_size_quality_count_and_vocabulary_options(kitchen, tmp_path, leap) -> None:
     import io
     import tarfile
 
     from PIL import Image
 
     out = tmp_path / "shards"
-    res = run_leap(tmp_path, "build-shards", "--workdir", kitchen, "--split", "train", "--out", out, "--frames", 3,
-                   "--short-side", 32, "--jpeg-quality", 50, "--max-count", 4, "--max-steps", 5,
-                   "--max-conditions", 7)
+    res = leap(tmp_path, "build-shards", "--workdir", kitchen, "--split", "train", "--out", out, "--frames", 3,
+               "--short-side", 32, "--jpeg-quality", 50, "--max-count", 4, "--max-steps", 5,
+               "--max-conditions", 7)
     assert res.returncode == 0, res.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert [s["count"] for s in manifest["shards"]] == [4, 4, 2]  # --max-count 4 of 10 samples
@@ -375,20 +383,20 @@ def test_data_keys_reach_the_shard_readers(kitchen) -> None:
 
 
 # ------------------------------------------------------------------ anticipation keys against data.task
-def _train_once(kitchen: Path, name: str, *sets: str) -> tuple[subprocess.CompletedProcess, dict | None]:
+def _train_once(leap, kitchen: Path, name: str, *sets: str) -> tuple[subprocess.CompletedProcess, dict | None]:
     argv = ["train", "--workdir", kitchen, "--config", "tiny-synthetic-short", "--name", name,
             "--set", "data.batch_size=4", "--set", "train.max_steps=1", "--set", 'data.val=""']
     for s in sets:
         argv += ["--set", s]
-    res = run_leap(kitchen, *argv)
+    res = leap(kitchen, *argv)
     last = kitchen / "runs" / name / "checkpoints" / "last.pt"
     ckpt = torch.load(last, map_location="cpu", weights_only=True) if last.exists() else None
     return res, ckpt
 
 
-def test_program_heads_false_under_the_program_loss_is_warned_of(kitchen) -> None:
+def test_program_heads_false_under_the_program_loss_is_warned_of(kitchen, leap) -> None:
     """The control for the two below: a key that the others' settings leave without effect is said, on stderr."""
-    res, ckpt = _train_once(kitchen, "noheads", "model.program_heads=false")
+    res, ckpt = _train_once(leap, kitchen, "noheads", "model.program_heads=false")
     assert res.returncode == 0 and "model.program_heads is false" in res.stderr, res.stderr[-2000:]
     assert ckpt["model_args"]["program"] is None
 
@@ -401,29 +409,29 @@ def anticipation_shards(kitchen) -> Path:
     return kitchen / "shards" / "train-anticipation"
 
 
-def test_anticipation_context_and_aggregate_reach_the_model(kitchen, anticipation_shards) -> None:
-    res, ckpt = _train_once(kitchen, "ant", "data.task=anticipation", "model.anticipation_context=2",
+def test_anticipation_context_and_aggregate_reach_the_model(kitchen, anticipation_shards, leap) -> None:
+    res, ckpt = _train_once(leap, kitchen, "ant", "data.task=anticipation", "model.anticipation_context=2",
                             "model.anticipation_aggregate=false")
     assert res.returncode == 0, res.stderr[-2000:]
     assert ckpt["model_args"]["anticipation"] == {"context": 2, "aggregate": False, "pool": "program"}
-    res = run_leap(kitchen, "train", "--workdir", kitchen, "--config", "tiny-synthetic-short", "--name", "ant3",
-                   "--set", "data.task=anticipation", "--set", "model.anticipation_context=3")
+    res = leap(kitchen, "train", "--workdir", kitchen, "--config", "tiny-synthetic-short", "--name", "ant3",
+               "--set", "data.task=anticipation", "--set", "model.anticipation_context=3")
     assert res.returncode == 2 and "model.anticipation_context" in res.stderr and "--context 3" in res.stderr, \
         res.stderr[-2000:]  # the shards hold 2 context clips
 
 
-def test_anticipation_context_under_recognition_is_said(kitchen) -> None:
+def test_anticipation_context_under_recognition_is_said(kitchen, leap) -> None:
     """Was wrong: model.anticipation_context=2 under data.task recognition (the default) is ignored without a word: the
     run trains recognition, model_args anticipation None (train/loop.py model_args_for reads it only for data.task
     anticipation)"""
-    res, ckpt = _train_once(kitchen, "ctx-rec", "model.anticipation_context=2")
+    res, ckpt = _train_once(leap, kitchen, "ctx-rec", "model.anticipation_context=2")
     assert res.returncode == 2 or "data.task" in res.stderr, res.stderr[-2000:]
 
 
-def test_anticipation_without_context_on_shards_with_context_is_said(kitchen, anticipation_shards) -> None:
+def test_anticipation_without_context_on_shards_with_context_is_said(kitchen, anticipation_shards, leap) -> None:
     """Was wrong: data.task=anticipation with model.anticipation_context left at its default 0 trains on shards holding
     2 context clips with none of them (anticipation context 0, 'aggregate': True over nothing), without a word"""
-    res, ckpt = _train_once(kitchen, "ctx0", "data.task=anticipation")
+    res, ckpt = _train_once(leap, kitchen, "ctx0", "data.task=anticipation")
     assert res.returncode == 2 or "anticipation_context" in res.stderr, res.stderr[-2000:]
 
 
@@ -474,22 +482,22 @@ def _said_unused(res: subprocess.CompletedProcess, option: str) -> bool:
         re.search(re.escape(option) + r"[^.]*(ignored|not used|not applied|no effect|only with|only applies)", text))
 
 
-def test_llm_options_without_backend_openai_are_not_silently_dropped(kitchen, tmp_path) -> None:
+def test_llm_options_without_backend_openai_are_not_silently_dropped(kitchen, tmp_path, leap) -> None:
     """Was wrong: generate-programs with --model/--base-url/--temperature but no --backend (default offline) writes
     offline programs and exits 0 without a word that the LLM options were not used (commands generate-programs: the
     openai-only options are not checked against --backend)"""
-    res = run_leap(tmp_path, "generate-programs", "--workdir", kitchen, "--split", "val", "--model", "gpt-4o",
-                   "--base-url", "http://localhost:9/v1", "--temperature", 0.7, "--out", tmp_path / "p.jsonl")
+    res = leap(tmp_path, "generate-programs", "--workdir", kitchen, "--split", "val", "--model", "gpt-4o",
+               "--base-url", "http://localhost:9/v1", "--temperature", 0.7, "--out", tmp_path / "p.jsonl")
     assert _said_unused(res, "--base-url") or _said_unused(res, "--model") or _said_unused(res, "--backend"), \
         res.stdout[-1500:] + res.stderr[-1500:]
 
 
-def test_build_shards_vocabulary_options_on_a_reused_vocabulary_are_said(kitchen, tmp_path) -> None:
+def test_build_shards_vocabulary_options_on_a_reused_vocabulary_are_said(kitchen, tmp_path, leap) -> None:
     """Was wrong: build-shards --split val --max-steps 3 --max-conditions 2 reuses the train shards' vocabulary (6
     steps, all conditions) and says only where the vocabulary came from, not that the two options given were not
     applied"""
-    res = run_leap(tmp_path, "build-shards", "--workdir", kitchen, "--split", "val", "--max-steps", 3,
-                   "--max-conditions", 2, "--out", tmp_path / "val")
+    res = leap(tmp_path, "build-shards", "--workdir", kitchen, "--split", "val", "--max-steps", 3,
+               "--max-conditions", 2, "--out", tmp_path / "val")
     manifest = tmp_path / "val" / "manifest.json"
     applied = manifest.exists() and json.loads(manifest.read_text())["targets"]["max_steps"] == 3
     assert applied or _said_unused(res, "--max-steps"), res.stdout[-1500:] + res.stderr[-1500:]
