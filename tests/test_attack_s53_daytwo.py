@@ -14,17 +14,26 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import leap_here
+
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = ("--frames", 4, "--short-side", 48)
 FIX = ("P01_01_0,", ",chop potato,chop,7,", ",peel potato,peel,19,")  # the corrected row: cut (7) -> peel (19)
 
 
-def leap(*args, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+def leap_process(*args, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
+    """``leap ARGS`` in a new interpreter (``built``, made once for the module, has no test's capsys)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
            "COLUMNS": "300"}
     env.pop("FORCE_COLOR", None)
     return subprocess.run([sys.executable, "-m", "leap_cli", *map(str, args)], cwd=cwd, env=env, text=True,
                           stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+
+
+@pytest.fixture
+def leap(monkeypatch, capsys):
+    """``leap ARGS`` in this process: ``(*args, cwd)`` -> CompletedProcess."""
+    return leap_here(monkeypatch, capsys)
 
 
 def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -40,7 +49,7 @@ def one_line_error(r: subprocess.CompletedProcess) -> str:
     return errs[0]
 
 
-def stages(top: Path, split: str, *extra) -> list[subprocess.CompletedProcess]:
+def stages(leap, top: Path, split: str, *extra) -> list[subprocess.CompletedProcess]:
     return [ok(leap("extract", "--data", "data", "--split", split, "--workdir", "w", "--cache-frames", 4,
                     "--cache-short-side", 48, cwd=top)),
             ok(leap("generate-programs", "--data", "data", "--split", split, "--workdir", "w", cwd=top)),
@@ -79,9 +88,9 @@ def built(tmp_path_factory) -> Path:
     top = tmp_path_factory.mktemp("day1")
     build_kitchen(top / "data", KitchenConfig(videos=3, segments_per_video=6))
     for split in ("train", "val"):
-        stages(top, split)
-    ok(leap("train", "--config", "tiny-synthetic-short", "--workdir", "w", "--name", "p", "--set", "train.epochs=2",
-            "--set", "data.batch_size=2", "--stop-after", 1, cwd=top))
+        stages(leap_process, top, split)
+    ok(leap_process("train", "--config", "tiny-synthetic-short", "--workdir", "w", "--name", "p", "--set",
+                    "train.epochs=2", "--set", "data.batch_size=2", "--stop-after", 1, cwd=top))
     return top
 
 
@@ -90,7 +99,7 @@ def copy_of(built: Path, dest: Path) -> Path:
     return dest
 
 
-def test_a_corrected_label_reruns_one_record_and_the_old_shards_are_not_used_silently(built, tmp_path):
+def test_a_corrected_label_reruns_one_record_and_the_old_shards_are_not_used_silently(built, tmp_path, leap):
     """A verb_class corrected in the train CSV: extract and generate-programs redo that one record and say so;
     build-shards refuses the folder built from the old rows in one line naming --force; the rebuilt shards hold the
     new label; the val shards built against the old vocabulary are refused by train and build-shards (one line
@@ -98,7 +107,7 @@ def test_a_corrected_label_reruns_one_record_and_the_old_shards_are_not_used_sil
     top = copy_of(built, tmp_path / "t")
     assert sample_json(top / "w/shards/train", "P01_01_0")["verb_class"] == 7
     correct_label(top)
-    ex, gen, shards = stages(top, "train")
+    ex, gen, shards = stages(leap, top, "train")
     assert "6 selected, 5 done before, 1 written now" in " ".join(ex.stdout.split()), ex.stdout
     assert "P01_01_0" in ex.stdout + ex.stderr and "made again" in ex.stdout + ex.stderr
     assert "made again" in gen.stdout + gen.stderr
@@ -123,7 +132,7 @@ def test_a_corrected_label_reruns_one_record_and_the_old_shards_are_not_used_sil
     assert ckpt.stat().st_mtime_ns == before
 
 
-def test_rows_added_then_removed_redo_only_the_new_work_and_never_mix_shards(built, tmp_path):
+def test_rows_added_then_removed_redo_only_the_new_work_and_never_mix_shards(built, tmp_path, leap):
     """The CSV grows by two rows after the first run: extract and generate-programs write only those two (no
     record made again), build-shards refuses to mix with the shards of the smaller CSV and --force builds all 8;
     rows removed again: the rebuilt shards no longer hold them, and the program file's leftover records are
@@ -134,7 +143,7 @@ def test_rows_added_then_removed_redo_only_the_new_work_and_never_mix_shards(bui
     extra = [x.replace("P01_01_0,", "P01_01_6,", 1) for x in rows[1:2]] + \
             [x.replace("P01_01_1,", "P01_01_7,", 1) for x in rows[2:3]]
     p.write_text("".join(rows + extra))
-    ex, gen, shards = stages(top, "train")
+    ex, gen, shards = stages(leap, top, "train")
     assert "8 selected, 6 done before, 2 written now" in " ".join(ex.stdout.split()), ex.stdout
     assert "made again" not in ex.stdout + ex.stderr
     records = [json.loads(x) for x in (top / "w/programs/train.jsonl").read_text().splitlines()]
@@ -158,7 +167,7 @@ def test_rows_added_then_removed_redo_only_the_new_work_and_never_mix_shards(bui
         sample_json(top / "w/shards/train", "P01_01_0")
 
 
-def test_train_plus_val_as_a_list_of_folders_reads_both(built, tmp_path):
+def test_train_plus_val_as_a_list_of_folders_reads_both(built, tmp_path, leap):
     """The EPIC challenge recipe (train on train + val): data.train takes a list of folders (session 54; it took
     one folder, and a list was refused in one line naming the key), read as one set: a message about the training
     samples names both folders, and a refused run leaves no run folder."""
@@ -170,7 +179,7 @@ def test_train_plus_val_as_a_list_of_folders_reads_both(built, tmp_path):
     assert not (top / "w/runs/tv").exists()
 
 
-def test_resume_with_a_longer_schedule_or_other_batch_is_refused_with_the_runs_own_config(built, tmp_path):
+def test_resume_with_a_longer_schedule_or_other_batch_is_refused_with_the_runs_own_config(built, tmp_path, leap):
     """--resume after raising train.epochs (2 -> 4) or changing data.batch_size: refused in one line naming the key
     and its two values, the command that resumes with the run's config, and (for the longer run only) the
     fine-tune route through model.pretrained; the checkpoint is left as it was."""
@@ -186,7 +195,7 @@ def test_resume_with_a_longer_schedule_or_other_batch_is_refused_with_the_runs_o
     assert ckpt.stat().st_mtime_ns == before
 
 
-def test_fine_tuning_from_a_leap_run_says_what_was_loaded_and_dropped(built, tmp_path):
+def test_fine_tuning_from_a_leap_run_says_what_was_loaded_and_dropped(built, tmp_path, leap):
     """model.pretrained = another leap run's last.pt: a new run starts from step 0 and its start line counts the
     tensors loaded and those dropped (the heads, which start anew), so a user sees the load happened."""
     top = copy_of(built, tmp_path / "t")
@@ -203,7 +212,7 @@ def test_fine_tuning_from_a_leap_run_says_what_was_loaded_and_dropped(built, tmp
     assert (top / "w/runs/ft/checkpoints/last.pt").is_file()
 
 
-def test_resume_on_shards_rebuilt_from_corrected_labels_is_not_silent(built, tmp_path):
+def test_resume_on_shards_rebuilt_from_corrected_labels_is_not_silent(built, tmp_path, leap):
     """Was wrong: --resume on training shards rebuilt from a corrected CSV (same batch count, no program file) goes on
     silently, mixing old and new labels.
     A run paused on shards built without programs (the --no-program-loss baseline); a label is corrected and the
