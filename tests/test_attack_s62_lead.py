@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from leap_cli.extract import base
@@ -68,3 +69,14 @@ def test_a_resume_over_a_kitchen_with_poses_keeps_the_poses_records(tmp_path, mo
     assert all(after[k] == before[k] for k in set(before) - vo)  # kept, byte for byte
     assert all(json.loads(after[k])["versions"]["camera"] == 2 for k in vo)
     assert run_extract(cfg).outdated == 0  # and not offered again
+
+
+def test_the_pair_after_a_flat_frame_starts_from_the_motion_carried_in():
+    """Was wrong: a flat grey frame inside a turn (no corners: "none") dropped the turn's motion, which a cut and a
+    rejected ORB pair carry on into the next pair: the pair after it went "lk" from no prior."""
+    from tests.test_attack_s61_vo63 import _noise, _rot, _segment, _views
+
+    views = _views(_noise(427, 240, 42), [_rot(8.0 * i) for i in range(9)], 427, 240)
+    views[4] = np.full_like(views[4], 128)
+    _, _, paths = _segment(views)
+    assert paths[4] == "none" and paths[5] == "lk+prior", paths

@@ -223,7 +223,8 @@ class Tracker:
     again from the global shift found by phase correlation (or from none), and only if that fails too are ORB
     features matched (the slow path), unless phase correlation found no common view (peak under
     ``CUT_RESPONSE``: a cut, a blur): the pair is left unmatched ("cut", tracked no further) and the motion
-    carries on to the next, as it does past a pair whose ORB matches are rejected ("orb-rejected", ``_agrees``).
+    carries on to the next, as it does past a pair whose ORB matches are rejected ("orb-rejected", ``_agrees``)
+    and past a frame with too few corners to track ("none").
     During a turn, corners the motion carries out of view are dropped and new ones are found where they stay."""
 
     def __init__(self, orb, points: int = TRACK_POINTS, min_tracked: int = MIN_TRACKED):
@@ -268,9 +269,8 @@ class Tracker:
         fresh = pts is None or len(pts) < TRACK_REFILL * self.points
         if fresh:
             pts = self._detect(g1, guess)
-        if len(pts) < 8:
-            self.paths.append("none")
-            return np.zeros((0, 2)), np.zeros((0, 2))
+        if len(pts) < 8:  # a flat frame (a hand over the lens): nothing to track
+            return self._unmatched("none", carried)
         calm = guess is None and prior is not None and math.hypot(float(prior[0]), float(prior[1])) < STILL_FLOW
         nxt, ok = _lk(g1, g2, pts, guess, STILL_LEVELS if calm else LK_LEVELS)
         if calm:  # tracked anew on all levels where the motion grew (or too few tracks were kept)
