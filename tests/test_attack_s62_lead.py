@@ -80,3 +80,18 @@ def test_the_pair_after_a_flat_frame_starts_from_the_motion_carried_in():
     views[4] = np.full_like(views[4], 128)
     _, _, paths = _segment(views)
     assert paths[4] == "none" and paths[5] == "lk+prior", paths
+
+
+def test_a_secret_inside_another_leaves_nothing_of_the_longer_one():
+    """Was wrong: redact replaced the registered secrets in the set's order (the hash seed's): with a proxy
+    password "secret" registered beside a key holding it, the key could print as "log-[REDACTED]-value-77" (seen in
+    a suite run: a test's proxy password, another test's key)."""
+    from leap_cli.programs import redact
+
+    pairs = [(f"pw{i:02d}secret", f"key-pw{i:02d}secret-tail-{i:02d}") for i in range(24)]
+    for short, long in pairs:
+        redact.register_secret(short)
+        redact.register_secret(long)
+    for short, long in pairs:
+        assert redact.redact(f"request with {long} failed") == f"request with {redact.REDACTED} failed", long
+        assert redact.redact(f"proxy {short}:") == f"proxy {redact.REDACTED}:"

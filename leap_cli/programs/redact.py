@@ -31,8 +31,8 @@ def redact(text):
     """``text`` without secrets, nor lone surrogates (anything not a str is returned as it is)."""
     if not isinstance(text, str) or not text:
         return text
-    for s in _SECRETS:
-        if s in text:
+    for s in sorted(_SECRETS, key=len, reverse=True):  # a secret inside another (a proxy password in the key):
+        if s in text:  # the longer first, or the rest of it would be printed around the shorter's [REDACTED]
             text = text.replace(s, REDACTED)
     # the patterns only where they can match (a regex pass over every reply costs more than the rest of redact;
     # the patterns ignore case, and so does this test: a long text's "bEaReR" was let through)
