@@ -42,9 +42,9 @@ def sigterm_handler_restored():
 @pytest.fixture(autouse=True)
 def secrets_forgotten():
     """leap redacts the API keys and proxy passwords it was given from every later message of the process
-    (``programs/redact.py``): one a test registered ("secret" in a proxy URL) redacted the next test's text in the
-    same worker ("log-[REDACTED]-value-77"), depending on the order the files were handed out. Each test's are
-    forgotten after it."""
+    (``programs/redact.py``): a word one test registered ("secret", a proxy's password) would be redacted from the
+    text of any later test in the same worker, by the order the files were handed out. Each test's are forgotten
+    after it."""
     import sys
 
     before = set(getattr(sys.modules.get("leap_cli.programs.redact"), "_SECRETS", ()))
