@@ -95,3 +95,31 @@ def test_a_secret_inside_another_leaves_nothing_of_the_longer_one():
     for short, long in pairs:
         assert redact.redact(f"request with {long} failed") == f"request with {redact.REDACTED} failed", long
         assert redact.redact(f"proxy {short}:") == f"proxy {redact.REDACTED}:"
+
+
+def test_a_stop_whose_sigcont_handler_never_runs_still_abandons_no_request():
+    """Was wrong: the requests' clocks restarted only in the SIGCONT handler; where the signal reached Python after
+    the loop had failed the due timers (delivered to another thread, late under load), requests in flight were
+    abandoned at the continue and sent (and paid) again (2 of 8 in a CI run of test_attack_s54_signals). Here the
+    loop is held past the 1 s timeout (the stop) and no restart is called: the request still gets its reply."""
+    import asyncio
+    import time
+
+    from leap_cli.programs.http import HTTPClient
+    from tests.test_attack_s54_mut54 import _slow_server
+
+    async def go():
+        server = await _slow_server(1.8)
+        port = server.sockets[0].getsockname()[1]
+        client = HTTPClient(f"http://127.0.0.1:{port}/v1", {}, timeout=1.0)
+        try:
+            task = asyncio.ensure_future(client.post("/chat/completions", b"{}"))
+            await asyncio.sleep(0.1)  # (the request on the wire, its timer due at ~1.1 s)
+            time.sleep(1.5)  # the process stopped; no SIGCONT handler runs
+            return (await task).status
+        finally:
+            await client.aclose()
+            server.close()
+            await server.wait_closed()
+
+    assert asyncio.run(go()) == 200

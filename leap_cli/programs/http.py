@@ -35,6 +35,11 @@ from leap_cli.programs.redact import register_secret
 # by the server while idle (its keep-alive timeout): the request is sent once more on a fresh connection.
 STALE_CLOSE_S = 1.0
 
+# While requests are in flight the client's heartbeat runs every BEAT_S; one STALL_S late says the process was
+# stopped (or its event loop held): the requests' clocks restart (``HTTPClient._heartbeat``).
+BEAT_S = 0.25
+STALL_S = 1.0
+
 
 class HTTPTimeout(Exception):
     """No complete response within the timeout."""
@@ -284,6 +289,7 @@ class HTTPClient:
         self._origin = f"{self.scheme}://{host_header}"
         self._idle: list[_Conn] = []
         self._busy: set[_Conn] = set()  # connections of the requests in flight
+        self._beat: asyncio.TimerHandle | None = None  # the heartbeat's next turn (``_heartbeat``)
         self._slots = asyncio.Semaphore(max(1, max_connections))
 
     def restart_clocks(self) -> None:
@@ -296,6 +302,25 @@ class HTTPClient:
             if conn.timer is not None and not conn.timed_out:
                 conn.timer.cancel()
                 conn.timer = loop.call_at(loop.time() + self.timeout, conn.expire)
+
+    def _heartbeat(self, due: float) -> None:
+        """A turn of the event loop every ``BEAT_S`` while requests are in flight. One that comes ``STALL_S`` late
+        finds the process was stopped (or the loop held) and restarts the requests' clocks: the SIGCONT handler
+        does so too, but a signal delivered to another thread (a validation worker's) reaches Python after the
+        loop has taken the due timers, and those requests were abandoned and sent (and paid) again (2 of 8 in a
+        CI run). It comes due in the turn that takes any request's timer due in the stop, and a request's timer
+        fails it a turn later (``_Conn.expire``): the restart comes first."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - due > STALL_S:
+            self.restart_clocks()
+        self._beat = None
+        if self._busy:
+            self._start_heartbeat(loop)
+
+    def _start_heartbeat(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._beat is None:
+            due = loop.time() + BEAT_S
+            self._beat = loop.call_at(due, self._heartbeat, due)
 
     def _proxy_for(self, url: str) -> dict | None:
         proxies = urllib.request.getproxies()
@@ -342,6 +367,7 @@ class HTTPClient:
             # (a deadline is a request's: one that passed as the last response's bytes came marked the connection)
             conn.got, conn.timed_out, written = 0, False, loop.time()
             self._busy.add(conn)
+            self._start_heartbeat(loop)
             try:
                 conn.write(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
