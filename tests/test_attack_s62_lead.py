@@ -102,24 +102,6 @@ def test_a_stop_whose_sigcont_handler_never_runs_still_abandons_no_request():
     the loop had failed the due timers (delivered to another thread, late under load), requests in flight were
     abandoned at the continue and sent (and paid) again (2 of 8 in a CI run of test_attack_s54_signals). Here the
     loop is held past the 1 s timeout (the stop) and no restart is called: the request still gets its reply."""
-    import asyncio
-    import time
+    from tests.test_attack_s54_mut54 import reply_after_a_stop
 
-    from leap_cli.programs.http import HTTPClient
-    from tests.test_attack_s54_mut54 import _slow_server
-
-    async def go():
-        server = await _slow_server(1.8)
-        port = server.sockets[0].getsockname()[1]
-        client = HTTPClient(f"http://127.0.0.1:{port}/v1", {}, timeout=1.0)
-        try:
-            task = asyncio.ensure_future(client.post("/chat/completions", b"{}"))
-            await asyncio.sleep(0.1)  # (the request on the wire, its timer due at ~1.1 s)
-            time.sleep(1.5)  # the process stopped; no SIGCONT handler runs
-            return (await task).status
-        finally:
-            await client.aclose()
-            server.close()
-            await server.wait_closed()
-
-    assert asyncio.run(go()) == 200
+    assert reply_after_a_stop(restart_at=None) == 200
