@@ -42,7 +42,8 @@ from leap_cli.io import (LOW_DISK_BYTES, JsonlAppender, MixedParts, atomic_write
                          merge_command, part_of, read_jsonl, settings_path, short_of_space, stable_hash,
                          shard_parts, shell_word, stored_settings, writer_of)
 from leap_cli.programs.checker import RemoteChecker
-from leap_cli.programs.estimate import CostEstimate, cacheable, chat_tokens, exemplar_reply_tokens
+from leap_cli.programs.estimate import (CostEstimate, cacheable, chat_tokens, exemplar_reply_tokens,
+                                       measured_repairs, repair_bound, text_tokens)
 from leap_cli.programs.backends import (Backend, BackendError, Completion, Halted, NoApiKey, OfflineBackend,
                                        OpenAIBackend, Request, RetryPolicy, check_extra_body)
 from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, Prompt, PromptBuilder, clip_info,
@@ -508,6 +509,12 @@ class _Keyless(Backend):
 
     async def complete(self, request: Request) -> Completion:
         raise self.missing
+
+
+# a finding of the usual kind (an LLM's verb for which no class has a name): the size of the findings a repair turn
+# sends, where no reply is paid yet to measure it from (``estimate_cost``)
+TYPICAL_FINDING = Finding("/steps/0/verb", "verb 'grasp_firmly' is neither an EPIC verb class (key or synonym) nor a "
+                                           "motor primitive")
 
 
 def repair_message(findings: list[Finding]) -> str:
@@ -1065,7 +1072,8 @@ def estimate_cost(cfg: GenerateConfig, *, setup: tuple | None = None) -> CostEst
     inputs, exemplars, builder = setup or _setup(cfg)
     anew = starts_over(cfg, builder, inputs)
     refused = anew if isinstance(anew, str) else None
-    pending = pending_records(cfg, inputs, builder, anew=bool(anew))[0][: cfg.limit]
+    pending, kept, reclipped = pending_records(cfg, inputs, builder, anew=bool(anew))
+    pending = pending[: cfg.limit]
     store = ProgramStore(cfg.cache_path) if cfg.cache_path.exists() else None
     loop = None
     try:
@@ -1093,6 +1101,7 @@ def estimate_cost(cfg: GenerateConfig, *, setup: tuple | None = None) -> CostEst
             else:
                 prompts.append(chat_tokens(prompt.messages))
         paid = store.spent(cfg.out_path) if store is not None else {"requests": 0}
+        turns = store.paid_turns(gen.backend.name, cfg.model, cfg.repair_rounds) if store and cfg.repair_rounds else []
     finally:
         if loop is not None:
             loop.close()
@@ -1103,12 +1112,19 @@ def estimate_cost(cfg: GenerateConfig, *, setup: tuple | None = None) -> CostEst
         reply_from = f"the mean of the {paid['requests']} replies this output has paid for"
     else:
         reply, reply_from = exemplar_reply_tokens(exemplars), "the exemplar programs' mean"
+    repairs = None
+    if cfg.repair_rounds:  # measured on this output's records' paid turns, else the model's in the cache
+        frame, ours = text_tokens(repair_message([])), set(kept) | reclipped
+        repairs = (ours and measured_repairs([t for t in turns if t[0] in ours], cfg.repair_rounds, frame,
+                                             "this output's records")
+                   or measured_repairs(turns, cfg.repair_rounds, frame, f"{cfg.model} in the program cache")
+                   or repair_bound(cfg.repair_rounds, reply, text_tokens(repair_message([TYPICAL_FINDING]))))
     return CostEstimate(cfg.split_name, len(pending), answered, sum(prompts) / len(prompts) if prompts else 0.0,
                         cacheable(chat_tokens([{"role": "system", "content": builder.static_prefix}]) - 3), reply,
                         reply_from, cfg.max_tokens, cfg.cost,
                         f"{cfg.price_in:g} / {cfg.price_in if cfg.price_cached_in is None else cfg.price_cached_in:g}"
                         f" / {cfg.price_out:g} USD per 1M tokens (--price-in / --price-cached-in / --price-out)",
-                        refused)
+                        refused, repairs)
 
 
 def use_check_process(cfg: GenerateConfig, backend: Backend, pending: int) -> bool:

@@ -497,6 +497,15 @@ class ProgramStore:
         _, rows = self._read(self._LAST_PAID_SQL, (backend, model))
         return int(rows[0][0] or 0) if rows else None
 
+    def paid_turns(self, backend: str, model: str, rounds: int) -> list[tuple]:
+        """The replies paid for with ``backend`` and ``model`` (not a cache hit, not a failed request) of the turns
+        0 (a segment's first) to ``rounds`` (its repair turns): (narration_id, round, prompt_tokens,
+        completion_tokens, characters of the findings logged with it or None); the cost estimate's repair rate."""
+        self.commit()
+        return self._read("SELECT narration_id, round, prompt_tokens, completion_tokens, LENGTH(error) FROM calls "
+                          "WHERE backend = ? AND model = ? AND cached = 0 AND response IS NOT NULL AND round <= ?",
+                          (backend, model, rounds))[1]
+
     def log_call(self, *, narration_id: str, backend: str, model: str, prompt_hash: str, cache_key: str,
                  round: int, response: str | None, usage: dict, latency: float, attempts: int, cached: bool,
                  outcome: str, error: str | None = None, durable: bool = False) -> None:
