@@ -222,6 +222,49 @@ def test_every_relative_link_and_anchor_resolves():
     assert links >= 30, links
 
 
+def test_every_section_a_link_names_in_quotes_is_in_its_page():
+    """`[docs/extract.md](docs/extract.md), "Decode once"` and `benchmarks/RESULTS.md, "Prompt tokens and cost"`: the
+    quoted name is a heading of that page or the bold start of one of its paragraphs (`**Decode once.**`)."""
+    seen, missing = 0, []
+    for doc in DOCS:
+        text = " ".join(doc.read_text().split())
+        for page, name in re.findall(r"\(?([\w./-]+\.md)\)?`?,? (?:section )?\"([^\"]{3,60})\"", text):
+            to = (doc.parent / page) if (doc.parent / page).exists() else ROOT / page
+            if not to.exists():
+                continue  # (a page named by its bare name elsewhere: the link test checks the links)
+            target = to.read_text()
+            seen += 1
+            if not re.search(rf"^#+ .*{re.escape(name)}|\*\*{re.escape(name)}[.:*]", target, re.M):
+                missing.append((doc.name, page, name))
+    assert seen >= 5 and missing == [], missing
+
+
+def test_every_command_has_a_page_that_documents_its_options():
+    """README's Documentation table names the page of every command of `leap --help` (`leap X` in its row), and every
+    option that command's --help lists is on that page or in options.md's table of shared options. Was wrong: no row
+    named `leap ablate` (docs/train.md, "The ablation")."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Documentation"):]
+    table = table[:table.index("\n\n", table.index("|"))]
+    page_of = {}
+    for page, what in re.findall(r"^\| \[docs/([\w-]+\.md)\]\([^)]*\) \| (.*) \|$", table, re.M):
+        for command in re.findall(r"`leap ([a-z-]+)`", what):
+            page_of.setdefault(command, page)
+    commands = _cli().commands
+    assert sorted(set(commands) - set(page_of)) == []
+    shared = set(re.findall(r"^\| `(--[a-z-]+)", (ROOT / "docs/options.md").read_text(), re.M))
+    missing = []
+    for name, cmd in commands.items():
+        text = (ROOT / "docs" / page_of[name]).read_text()
+        for p in cmd.params:
+            opts = [o for o in [*p.opts, *p.secondary_opts] if o.startswith("--") and o != "--help"]
+            if getattr(p, "hidden", False) or not opts or set(opts) & shared:
+                continue
+            if not any(re.search(re.escape(o) + r"(?![\w-])", text) for o in opts):
+                missing.append((name, opts[0], page_of[name]))
+    assert missing == [], missing
+
+
 def test_the_repository_paths_the_docs_name_exist():
     """`leap_cli/...`, `benchmarks/...`, `tests/...` paths in backticks name files or folders of the checkout."""
     missing, seen = [], 0
