@@ -31,7 +31,9 @@ def parse_size(text: str) -> int:
 
 def register(app: typer.Typer) -> None:
     app.command("build-shards", help="Write WebDataset-style tar shards (JPEG frames + labels + program targets) "
-                                     "of one split, with manifest.json; resumable, parallel by video.")(build_shards)
+                                     "of one split into WORKDIR/shards/SPLIT, with manifest.json: frames from "
+                                     "extract's frame cache or the videos, targets from the valid records of "
+                                     "WORKDIR/programs/SPLIT.jsonl; resumable, parallel by video.")(build_shards)
     app.command("check-shards", help="Check a shards folder against its manifest: files, sizes, sha256, every "
                                      "sample's JSON and JPEG frames.")(check_shards)
 
@@ -53,6 +55,10 @@ def build_shards(
     short_side: int = typer.Option(256, "--short-side", min=16, help="Short side of the stored JPEG frames, in pixels."),
     jpeg_quality: int = typer.Option(90, "--jpeg-quality", min=1, max=100, help="JPEG quality of the stored frames (1-100)."),
     workers: int = typer.Option(1, "--workers", min=1, callback=workers_option, help="Processes decoding videos in parallel (bytes do not depend on it)."),
+    frame_cache: Path = typer.Option(None, "--frame-cache", help="extract's frame cache, whose frames are copied "
+                                                                 "instead of decoding the videos again (default "
+                                                                 "WORKDIR/frame-cache; the folder given to extract "
+                                                                 "--frame-cache; bytes do not depend on it)."),
     shard: str = typer.Option(None, "--shard", help="Write part i of n (i/n, 0-based; videos split between jobs) into "
                                                     "the same --out; the part that finishes last writes the merged "
                                                     "manifest.json."),
@@ -89,11 +95,18 @@ def build_shards(
     split = normalize_split(split)
     spec = ShardSpec.parse(shard)
     _refuse_unused(ctx, task, anticipation_context)
+    if task == "anticipation" and frame_cache is not None:
+        raise LeapError("--frame-cache holds recognition frames; anticipation shards decode their clips from the "
+                        "videos", fix="drop --frame-cache")
     settings = ShardSettings(split=split, task=task, frames=frames, short_side=short_side, jpeg_quality=jpeg_quality,
                              max_shard_size=parse_size(max_shard_size), max_count=max_count, tau_a=tau_a,
                              tau_o=tau_o, context=context if task == "anticipation" else 0,
                              context_mode=anticipation_context, span_frames=span_frames)
     data = dataset_root(workdir, data)
+    if frame_cache is not None and not frame_cache.is_dir():  # (the default may be absent: then every sample is decoded)
+        raise LeapError(f"--frame-cache {frame_cache}: no such folder",
+                        fix="give the folder leap extract --frame-cache wrote, or leave the option out to decode "
+                            "the videos")
     with stage_progress("build-shards", TextColumn("[bold]build-shards[/] {task.description}"), BarColumn(),
                         MofNCompleteColumn(), TimeRemainingColumn(), console=console) as bar:
         # before the first sample: the annotations read, the programs checked against the labels and the target
@@ -109,7 +122,7 @@ def build_shards(
         result = build_split(data, split, workdir=workdir, settings=settings, programs_path=programs, out=out,
                              annotations=annotations, vocab_manifest=vocab, max_steps=max_steps,
                              max_conditions=max_conditions, workers=workers, shard=spec, overwrite=overwrite,
-                             progress=progress)
+                             progress=progress, frame_cache=frame_cache)
     m = result.manifest
     c = m["counts"]
     table = Table(title=printable(f"{m['task']} shards of {split}{spec.suffix} in {result.out}", one_line=True))
@@ -189,7 +202,8 @@ def check_shards(
     task: str = typer.Option("recognition", "--task", callback=lowercase, help="recognition or anticipation (which default folder)."),
     workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", callback=workdir_option, help="Work directory holding every stage's files."),
     on_error: str = typer.Option("raise", "--on-error", callback=lowercase, help="raise: stop at the first damaged shard or sample; "
-                                                            "skip: list and count every problem."),
+                                                            "skip: list and count every problem (exit 1 when it "
+                                                            "found any)."),
     no_hash: bool = typer.Option(False, "--no-hash", help="Skip the sha256 of whole shards (sizes still checked)."),
     workers: int = typer.Option(1, "--workers", min=1, callback=workers_option, help="Processes checking shards in parallel (decoding the "
                                                             "frames is most of the time)."),
