@@ -21,7 +21,9 @@ VIDEOS_SHOWN = 5  # videos missing, or with their frames in their tar, named per
 
 def register(app: typer.Typer) -> None:
     app.command("demo-data", help="Build the synthetic kitchen: EPIC-layout videos, sound, annotations, detections, truth.")(demo_data)
-    app.command("info", help="Summarise a dataset root: splits, segments, classes, videos, audio, detections.")(info)
+    app.command("info", help="Summarise a dataset root: splits, segments, classes, videos, audio, detections, "
+                             "camera poses, and videos whose decoded length disagrees with EPIC_100_video_info.csv; "
+                             "writes nothing.")(info)
 
 
 def demo_data(

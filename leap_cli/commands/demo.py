@@ -18,7 +18,8 @@ console = output_console()
 
 
 def register(app: typer.Typer) -> None:
-    app.command("demo", help="Run every stage on the synthetic kitchen, from video to submission.zip, and summarise.")(demo)
+    app.command("demo", help="Run every stage on the synthetic kitchen, from video to submission.zip, and summarise; "
+                             "every file goes under --workdir (kitchen/, descriptors/, programs/, shards/, runs/).")(demo)
 
 
 def demo(

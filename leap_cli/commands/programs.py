@@ -30,7 +30,9 @@ _REQUEST_OPTIONS = ("model", "base_url", "api_key_env", "concurrency", "workers_
 
 def register(app: typer.Typer) -> None:
     app.command("generate-programs",
-                help="Generate one action program per segment (offline baseline or an OpenAI-compatible LLM).")(generate_programs)
+                help="Generate one action program per segment (offline baseline or an OpenAI-compatible LLM): "
+                     "WORKDIR/descriptors/SPLIT.jsonl -> WORKDIR/programs/SPLIT.jsonl (resumable; an LLM's "
+                     "replies are kept in programs/cache.sqlite and never paid twice).")(generate_programs)
     app.command("validate-programs",
                 help="Re-validate program files: errors per record, coverage, histograms, JSON report.")(validate_programs)
 
