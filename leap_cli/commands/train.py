@@ -28,7 +28,10 @@ def train(
     config: Path = typer.Option(..., "--config", "-c", help="Training config: a YAML file, or a bundled config by name (tiny-synthetic, uniformerv2-b16-epic, ...)."),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key: --set optim.lr=3e-4 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue runs/NAME from checkpoints/last.pt exactly where it stopped."),
-    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", callback=workdir_option, help="Work directory: reads shards/{train,val}, writes runs/NAME."),
+    workdir: Path = typer.Option(DEFAULT_WORKDIR, "--workdir", callback=workdir_option,
+                                 help="Work directory: reads shards/train and shards/val (their -anticipation "
+                                      "folders for data.task anticipation; data.train / data.val name others), "
+                                      "writes runs/NAME."),
     name: str = typer.Option(None, "--name", help="Run name (default: the config file's stem; with --resume, a "
                                                   "run's own runs/NAME/config.yaml: NAME)."),
     no_program_loss: bool = typer.Option(False, "--no-program-loss", help="Ablation: train with L_CE only and no program heads (same as --set loss.program_loss=false)."),
