@@ -228,7 +228,7 @@ def test_every_section_a_link_names_in_quotes_is_in_its_page():
     seen, missing = 0, []
     for doc in DOCS:
         text = " ".join(doc.read_text().split())
-        for page, name in re.findall(r"\(?([\w./-]+\.md)\)?`?,? (?:section )?\"([^\"]{3,60})\"", text):
+        for page, name in re.findall(r"\(?([\w./-]+\.md)\)?`?,? \(?(?:section )?\"([^\"]{3,60})\"", text):
             to = (doc.parent / page) if (doc.parent / page).exists() else ROOT / page
             if not to.exists():
                 continue  # (a page named by its bare name elsewhere: the link test checks the links)
