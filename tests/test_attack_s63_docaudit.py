@@ -94,3 +94,21 @@ def test_options_md_names_every_option_taken_in_any_case():
     missing = sorted(f"{c} {o}" for c, opts in found.items() for o in opts
                      if not re.search(re.escape(o) + r"(?![\w-])", listed))
     assert missing == [], missing
+
+
+def test_the_number_of_runs_the_ablation_help_and_train_md_state_is_the_default_matrix():
+    """ablate --help (added: it said neither the size nor the time) and train.md's `leap ablate` line state the
+    default matrix's runs: its cells (leap_cli.train.ablate.plan_cells) times its seeds."""
+    import typer
+
+    from leap_cli.cli import app
+    from leap_cli.train.ablate import AblateConfig, plan_cells
+
+    cfg = AblateConfig()
+    runs = len(plan_cells(cfg.sources, cfg.anticipation, cfg.anticipation_sources)) * len(cfg.seeds)
+    helped = " ".join((typer.main.get_command(app).commands["ablate"].help or "").split())
+    said = re.search(r"(\d+) runs at the defaults", helped)
+    assert said and int(said[1]) == runs, (helped, runs)
+    train_md = (ROOT / "docs/train.md").read_text()
+    line = next(x for x in train_md.splitlines() if x.startswith("leap ablate ") and "runs" in x)
+    assert re.search(rf"\b{runs} runs\b", line), (line, runs)

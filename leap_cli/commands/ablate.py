@@ -18,7 +18,8 @@ _D = AblateConfig()  # the defaults live in one place
 def register(app: typer.Typer) -> None:
     app.command("ablate", help="Train the tiny model with L_CE only, +L_T, +L_PC, both, and aggregation for "
                                "anticipation, over seeds and program sources (truth, offline, none) on the "
-                               "synthetic kitchen; writes ablation.md and ablation.json.")(ablate)
+                               "synthetic kitchen; writes ablation.md and ablation.json in --workdir (30 runs at the "
+                               "defaults, ~20 min on 2 CPU cores; a rerun reuses the finished runs).")(ablate)
 
 
 def ablate(
