@@ -112,3 +112,22 @@ def test_the_number_of_runs_the_ablation_help_and_train_md_state_is_the_default_
     train_md = (ROOT / "docs/train.md").read_text()
     line = next(x for x in train_md.splitlines() if x.startswith("leap ablate ") and "runs" in x)
     assert re.search(rf"\b{runs} runs\b", line), (line, runs)
+
+
+def test_the_quickstarts_make_with_another_python_makes_the_venv_with_it(tmp_path):
+    """README's Quickstart (added: `python3` older than 3.11, as on Ubuntu 22.04, failed the install with no word on
+    what to do): `make demo PY=...` as it writes it makes the `.venv` with that interpreter, then runs `leap demo`
+    (`make -n`: nothing is run)."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    given = re.search(r"`make demo (PY=[\w.]+)`", readme)
+    assert given, "README names no make demo PY=..."
+    r = subprocess.run(["make", "-n", "demo", given[1], f"VENV={tmp_path / 'v'}"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"{given[1].split('=')[1]} -m venv {tmp_path / 'v'}", lines
+    assert lines[-1].startswith(f"{tmp_path / 'v'}/bin/leap demo"), lines
