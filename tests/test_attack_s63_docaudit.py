@@ -43,18 +43,49 @@ def cached(tmp_path_factory):
 def test_build_shards_copies_the_frames_of_a_frame_cache_extract_wrote_elsewhere(cached):
     """Was wrong: build-shards looked in WORKDIR/frame-cache only (leap_cli/shards/writer.py build_split took a
     frame_cache the command never passed): the cache of `extract --frame-cache DIR` was written and never read, and
-    every sample decoded again without a word. Now `build-shards --frame-cache DIR` reads it, to the same bytes."""
-    plain = _leap(cached, "build-shards", "--workdir", "w", "--split", "train", "--out", "w/shards/plain")
-    assert plain.returncode == 0, plain.stderr[-2000:]
-    assert "frame cache" not in plain.stdout  # (nothing under WORKDIR/frame-cache: decoded, said nowhere)
-    r = _leap(cached, "build-shards", "--workdir", "w", "--split", "train", "--out", "w/shards/cached",
-              "--frame-cache", "scratch/fc")
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-2000:])
-    assert "frames read from extract's frame cache scratch/fc" in " ".join(r.stdout.split()), r.stdout
-    tars = sorted(p.name for p in (cached / "w/shards/plain").glob("*.tar"))
-    assert tars and tars == sorted(p.name for p in (cached / "w/shards/cached").glob("*.tar"))
-    for name in tars:
-        assert (cached / "w/shards/plain" / name).read_bytes() == (cached / "w/shards/cached" / name).read_bytes()
+    every sample decoded again without a word. Now build-shards finds DIR in extract's settings beside its output
+    (descriptors/train.config.json), or takes `--frame-cache DIR`: the same bytes as decoding."""
+    (cached / "scratch/empty").mkdir(exist_ok=True)
+    runs = {"decoded": ("--frame-cache", "scratch/empty"), "found": (), "given": ("--frame-cache", "scratch/fc")}
+    for name, extra in runs.items():
+        r = _leap(cached, "build-shards", "--workdir", "w", "--split", "train", "--out", f"w/shards/{name}", *extra)
+        assert r.returncode == 0, (name, r.stdout[-2000:], r.stderr[-2000:])
+        said = "frames read from extract's frame cache scratch/fc" in " ".join(r.stdout.split())
+        assert said == (name != "decoded"), (name, r.stdout)
+    tars = sorted(p.name for p in (cached / "w/shards/decoded").glob("*.tar"))
+    assert tars
+    for name in ("found", "given"):
+        assert tars == sorted(p.name for p in (cached / "w/shards" / name).glob("*.tar"))
+        for tar in tars:
+            assert (cached / "w/shards/decoded" / tar).read_bytes() == (cached / "w/shards" / name / tar).read_bytes()
+
+
+def test_build_shards_default_frame_cache_is_the_one_extract_recorded(tmp_path):
+    """build-shards' default: the one folder that extract's settings of this split (and its --shard parts') name,
+    where it is there; else WORKDIR/frame-cache (none recorded, a folder gone, two parts naming two folders)."""
+    import json
+
+    from leap_cli.commands.shards import extracts_frame_cache
+
+    work, desc = tmp_path / "w", tmp_path / "w/descriptors"
+    desc.mkdir(parents=True)
+    assert extracts_frame_cache(work, "train") is None
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    (desc / "train.shard0of2.config.json").write_text(json.dumps({"frame_cache": str(a), "cache_frames": 16}))
+    (desc / "val.config.json").write_text(json.dumps({"frame_cache": str(tmp_path), "cache_frames": 16}))
+    assert extracts_frame_cache(work, "train") == a
+    (desc / "train.shard1of2.config.json").write_text(json.dumps({"frame_cache": str(b), "cache_frames": 16}))
+    assert extracts_frame_cache(work, "train") == a  # (b is not there)
+    b.mkdir()
+    assert extracts_frame_cache(work, "train") is None  # (two folders: neither is taken for the other's)
+    (desc / "train.shard1of2.config.json").write_text(json.dumps({"frame_cache": str(a), "cache_frames": 16}))
+    assert extracts_frame_cache(work, "train") == a
+    (desc / "train.shard1of2.config.json").write_text("{not json")
+    assert extracts_frame_cache(work, "train") == a
+    assert extracts_frame_cache(work, "val") == tmp_path
+    (desc / "val.config.json").write_text(json.dumps({"frame_cache": str(tmp_path), "cache_frames": 0}))
+    assert extracts_frame_cache(work, "val") is None  # (--cache-frames 0: no cache written)
 
 
 @pytest.mark.parametrize("extra,said", [((), "no such folder"), (("--task", "anticipation"), "recognition frames")])

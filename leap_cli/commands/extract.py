@@ -128,8 +128,8 @@ def extract(
     frame_cache: str = typer.Option(
         None, "--frame-cache",
         help="Folder for build-shards' recognition frames, JPEG-encoded from extract's own decode so that "
-             "build-shards does not decode the videos again (default WORKDIR/frame-cache; another folder: give it "
-             "to build-shards --frame-cache too; 'none' turns it off)."),
+             "build-shards does not decode the videos again (default WORKDIR/frame-cache; build-shards finds another "
+             "folder in this run's settings beside its output; 'none' turns it off)."),
     cache_frames: int = typer.Option(16, "--cache-frames", min=1, help="Frames per segment in the frame cache "
                                                                   "(= build-shards --frames)."),
     cache_short_side: int = typer.Option(256, "--cache-short-side", min=16, help="Short side of the cached frames "

@@ -29,6 +29,26 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** "_kmgt".index((m.group(2) or "_").lower()))
 
 
+def extracts_frame_cache(workdir: Path, split: str) -> Path | None:
+    """The frame cache ``leap extract`` of ``split`` wrote into, read from its settings beside
+    ``WORKDIR/descriptors/SPLIT.jsonl`` (and its ``--shard`` parts'): build-shards' default, so that
+    ``extract --frame-cache DIR`` (another disk) is read without naming DIR again. None (then WORKDIR/frame-cache)
+    where no such settings name a folder that is there, or where they name several."""
+    import json
+
+    found: list[Path] = []
+    for path in sorted((workdir / "descriptors").glob(f"{split}.*config.json")):
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # (extract says what is wrong with its own settings)
+            continue
+        root = cfg.get("frame_cache") if isinstance(cfg, dict) else None
+        if isinstance(root, str) and root and cfg.get("cache_frames") and Path(root).is_dir() \
+                and Path(root) not in found:
+            found.append(Path(root))
+    return found[0] if len(found) == 1 else None
+
+
 def register(app: typer.Typer) -> None:
     app.command("build-shards", help="Write WebDataset-style tar shards (JPEG frames + labels + program targets) "
                                      "of one split into WORKDIR/shards/SPLIT, with manifest.json: frames from "
@@ -56,9 +76,10 @@ def build_shards(
     jpeg_quality: int = typer.Option(90, "--jpeg-quality", min=1, max=100, help="JPEG quality of the stored frames (1-100)."),
     workers: int = typer.Option(1, "--workers", min=1, callback=workers_option, help="Processes decoding videos in parallel (bytes do not depend on it)."),
     frame_cache: Path = typer.Option(None, "--frame-cache", help="extract's frame cache, whose frames are copied "
-                                                                 "instead of decoding the videos again (default "
-                                                                 "WORKDIR/frame-cache; the folder given to extract "
-                                                                 "--frame-cache; bytes do not depend on it)."),
+                                                                 "instead of decoding the videos again (default: "
+                                                                 "the folder extract of this split wrote, as its "
+                                                                 "settings in WORKDIR/descriptors say, else "
+                                                                 "WORKDIR/frame-cache; bytes do not depend on it)."),
     shard: str = typer.Option(None, "--shard", help="Write part i of n (i/n, 0-based; videos split between jobs) into "
                                                     "the same --out; the part that finishes last writes the merged "
                                                     "manifest.json."),
@@ -103,7 +124,9 @@ def build_shards(
                              tau_o=tau_o, context=context if task == "anticipation" else 0,
                              context_mode=anticipation_context, span_frames=span_frames)
     data = dataset_root(workdir, data)
-    if frame_cache is not None and not frame_cache.is_dir():  # (the default may be absent: then every sample is decoded)
+    if frame_cache is None and task == "recognition":
+        frame_cache = extracts_frame_cache(workdir, split)
+    elif frame_cache is not None and not frame_cache.is_dir():  # (the default may be absent: then every sample is decoded)
         raise LeapError(f"--frame-cache {frame_cache}: no such folder",
                         fix="give the folder leap extract --frame-cache wrote, or leave the option out to decode "
                             "the videos")
