@@ -207,6 +207,23 @@ def _frame_cache_dir(option: str | None, workdir: Path) -> Path | None:
     return None if option.lower() == "none" else Path(option)
 
 
+def _remade(s) -> str:
+    """What the outdated records' note says is made again: the parts (their other components kept), or whole."""
+    from leap_cli.extract.base import VERSIONS
+
+    said = []
+    if s.outdated_made:
+        made = ", ".join(f"the clip text alone of {n}" if part == "text" else f"{part} of {n}"
+                         for part, n in sorted(s.outdated_made.items(), key=lambda pn: list(VERSIONS).index(pn[0])))
+        said.append(f"only those parts are made again ({made}), their other components kept and the clip text "
+                    "rendered again")
+    if s.outdated_whole:
+        why = "(a later leap's part in them, or a failure --retry-errors redoes)"
+        said.append(f"{s.outdated_whole} {'is' if s.outdated_whole == 1 else 'are'} made whole again {why}" if said
+                    else f"they are made whole again {why}")
+    return "; ".join(said)
+
+
 def _print_summary(s) -> None:
     if s.done_before and not s.written and not s.interrupted:  # a rerun with nothing left: no empty table
         console.print(f"segments: {s.segments} selected, {s.done_before} done before, 0 written now: nothing to do "
@@ -244,8 +261,8 @@ def _print_summary(s) -> None:
                       "made again, and generate-programs makes their programs again", style="yellow", highlight=False)
     if s.outdated:  # (an upgrade of leap that changed what a component writes: the output holds one leap's records)
         console.print(f"note: {s.outdated} records of earlier runs hold parts another leap made otherwise (e.g. "
-                      f"{escape(s.outdated_example)}): they are made again, and generate-programs asks again for "
-                      "the programs of those whose clip text changed", style="yellow", highlight=False)
+                      f"{escape(s.outdated_example)}): {_remade(s)}, and generate-programs asks again for the "
+                      "programs of those whose clip text changed", style="yellow", highlight=False)
     if s.unavailable:
         console.print(f"unavailable components by reason ({sum(s.unavailable.values())}"
                       + (", this run" if s.done_before else "") + "):")

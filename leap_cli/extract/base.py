@@ -21,16 +21,17 @@ from leap_cli.epic.timing import FrameClock, Window, epic_frame_rate
 COMPONENTS = ("narration", "audio", "camera", "objects", "hands")
 STATUSES = ("ok", "unavailable", "error")
 # What made each part of a record (a record's "versions"; "text": describe.render_clip): a change of leap that
-# changes what a part writes for the same input raises its number, and a resume makes the records of an earlier
-# number again (``outdated``), as it does those of other annotations: an output never mixes two leaps' parts.
+# changes what a part writes for the same input raises its number, and a resume makes again the parts of an earlier
+# number (``outdated``; the record's other components are kept and its text rendered again from them, runner's
+# ``_parts_to_make``; a record a later number made is made whole again): an output never mixes two leaps' parts.
 # A record without "versions" (a leap before 2026-12-05 17:36 UTC) is taken as version 1 of every part.
 # camera 2: the odometry of 2026-12-07 (calm pairs tracked on the frame alone, ORB's matches checked against phase
 # correlation's shift, unmatched pairs inside a turn filled from their neighbours) reads other degrees on some
 # segments.
 VERSIONS = {"narration": 1, "audio": 1, "camera": 2, "objects": 1, "hands": 1, "text": 1}
 # A raise that changed only some of its part's records: (part, number) -> whether a component the number before made
-# reads otherwise now. The others are not made again (a record is made whole again: its CLIP naming, its audio
-# model); camera 2 changed the odometry, not poses read from EPIC Fields or COLMAP, nor a camera unavailable.
+# reads otherwise now. The others are not made again (nor is their clip text, which generate-programs would ask
+# about again); camera 2 changed the odometry, not poses read from EPIC Fields or COLMAP, nor a camera unavailable.
 CHANGED = {("camera", 2): lambda comp: str(comp.get("source", "")).startswith("orb-vo")}
 
 
@@ -42,11 +43,16 @@ def record_versions(components) -> dict[str, int]:
 def outdated(record: dict) -> list[str]:
     """The parts of ``record`` (components it holds, and its text) made by another number than this leap's
     ``VERSIONS`` (an earlier leap's, or after a downgrade a later one's), as "camera 1 -> 2"."""
+    return [f"{k} {was} -> {now}" for k, (was, now) in outdated_parts(record).items()]
+
+
+def outdated_parts(record: dict) -> dict[str, tuple[int, int]]:
+    """``outdated`` as {part: (the record's number, this leap's)}."""
     held = record.get("versions") if isinstance(record.get("versions"), dict) else {}
     comps = record.get("components") if isinstance(record.get("components"), dict) else {}
     was = {k: v if type(v) is int else 1 for k, v in held.items()}  # (not a number: as a record without one)
-    return [f"{k} {was.get(k, 1)} -> {v}" for k, v in record_versions(comps).items()
-            if was.get(k, 1) != v and _changed(k, was.get(k, 1), v, comps.get(k))]
+    return {k: (was.get(k, 1), v) for k, v in record_versions(comps).items()
+            if was.get(k, 1) != v and _changed(k, was.get(k, 1), v, comps.get(k))}
 
 
 def _changed(part: str, was: int, now: int, comp) -> bool:

@@ -6,7 +6,8 @@ rule (``leap_cli.epic.timing``). A segment whose window is not fully inside the 
 frame-reading components ``unavailable`` with the reason (never a clamped or invented frame). Each record is
 appended (flushed) as soon as it is finished, and fsynced at most every ``SYNC_EVERY`` seconds and at the end; a
 re-run skips finished segments, ``retry_errors`` redoes those with a failed component or whose video file could
-not be read (``_retry``). A component's exception becomes ``status: error`` with a path-free message, and
+not be read (``_retry``), and a record some parts of which an earlier leap made otherwise has only those made again
+(``_parts_to_make``; its other components are read back from the output, ``_EarlierLines``). A component's exception becomes ``status: error`` with a path-free message, and
 the run goes on. With ``workers > 1`` each segment is a task of its own (so Ctrl-C keeps every finished segment)
 and the workers die with the parent.
 """
@@ -14,6 +15,7 @@ and the workers die with the parent.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -22,7 +24,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,8 +36,8 @@ from leap_cli.epic.annotations import VIDEO_INFO, Segment, made_from_other_annot
 from leap_cli.epic.layout import DatasetLayout
 from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock
 from leap_cli.errors import LeapError
-from leap_cli.extract.base import (COMPONENTS, NO_CAMERA_POSES, NO_POSES, Component, FramesUnavailable,
-                                   SegmentContext, error, outdated, record_versions, unavailable)
+from leap_cli.extract.base import (COMPONENTS, NO_CAMERA_POSES, NO_POSES, STATUSES, Component, FramesUnavailable,
+                                   SegmentContext, error, outdated_parts, record_versions, unavailable)
 from leap_cli.extract.cache import FrameCache
 from leap_cli.extract.describe import render_clip
 from leap_cli.io import JsonlAppender, OutputLock, atomic_write_json, remove_dead_temps
@@ -134,6 +136,10 @@ class ExtractSummary:
     reannotated_example: str = ""  # the first of them, with what differs
     outdated: int = 0  # records of earlier runs with a part another leap made otherwise (``base.outdated``): made again
     outdated_example: str = ""  # the first of them, with its parts' numbers
+    outdated_whole: int = 0  # of them, those made whole again (``_parts_to_make``: None)
+    # of the others, how many records each component is made again in (those parts only), "text" those whose clip text
+    # alone is rendered again
+    outdated_made: Counter = field(default_factory=Counter)
     annotations: str = ""  # the split CSV's name, for the summary
     written: int = 0
     counts: dict[str, dict[str, int]] = field(default_factory=lambda: {c: {"ok": 0, "unavailable": 0, "error": 0}
@@ -167,11 +173,15 @@ class ExtractSummary:
             if len(g["segments"]) < ERROR_EXAMPLES:
                 g["segments"].append(narration_id)
 
-    def add(self, record: dict, timings: dict[str, float]) -> None:
+    def add(self, record: dict, timings: dict[str, float], made: tuple[str, ...] | None = None) -> None:
+        """Count a record written now; ``made``: the components made now where the others were kept (the part
+        remake of an outdated record), whose statuses alone are counted."""
         self.written += 1
         self.outcome.attempt()
         causes = []
         for name, comp in record["components"].items():
+            if made is not None and name not in made:
+                continue
             self.counts[name][comp["status"]] += 1
             if comp["status"] == "error":
                 msg = comp["data"].get("error", "")
@@ -464,21 +474,31 @@ def describe_video(layout: DatasetLayout, segments: list[Segment], components: l
 
 
 def iter_video(layout: DatasetLayout, segments: list[Segment], components: list[Component], fps: float,
-               cache: "FrameCache | None" = None):
+               cache: "FrameCache | None" = None, made: dict[str, tuple[str, ...]] | None = None):
+    """``describe_segment`` of each segment of one video, in order; ``made``: narration id -> the components to make
+    of that segment (absent: all)."""
     video = _Video(layout, segments[0].video_id, fps)
     try:
         for seg in segments:
-            yield describe_segment(video, seg, components, cache)
+            yield describe_segment(video, seg, components, cache, (made or {}).get(seg.narration_id))
     finally:
         video.close()
 
 
 def describe_segment(video: _Video, seg: Segment, components: list[Component],
-                     cache: "FrameCache | None" = None) -> tuple[dict, dict[str, float]]:
+                     cache: "FrameCache | None" = None, made: tuple[str, ...] | None = None
+                     ) -> tuple[dict, dict[str, float]]:
     """One segment's record and per-component seconds. Components read frames through ``video`` (one decode
-    for all of them); ``cache`` (build-shards' recognition frames) is filled from the same decode."""
+    for all of them); ``cache`` (build-shards' recognition frames) is filled from the same decode. ``made``: only
+    these components (a part remake, ``_parts_to_make``): the record holds them alone, and the frame cache is
+    filled only where one of them decodes frames anyway (a missing entry is otherwise left to build-shards'
+    decode, as a kept record's is)."""
     from leap_cli.media.audio import read_segment_audio
 
+    if made is not None:
+        components = [c for c in components if c.name in made]
+        if not any(getattr(c, "needs_frames", False) for c in components):
+            cache = None
     layout = video.layout
     if cache is not None or any(getattr(c, "needs_frames", False) for c in components):
         # opened before the windows are planned: the clock then counts the frames that decode, and a stop less than
@@ -518,11 +538,15 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
             cache.store(ctx, seg)
         timings["frame-cache"] = time.perf_counter() - t0 - (video.decode_seconds - d0)
     timings["decode"] = video.decode_seconds - decode0
-    record = {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),
-              "stop": round(seg.stop, 3), "start_frame": int(seg.start_frame), "stop_frame": int(seg.stop_frame),
-              "annotation_hash": seg.annotation_hash, "components": comps,
-              "text": render_clip(seg.start, seg.stop, comps), "versions": record_versions(comps)}
-    return record, timings
+    return segment_record(seg, comps), timings
+
+
+def segment_record(seg: Segment, comps: dict[str, dict]) -> dict:
+    """The record of ``seg`` holding ``comps``, its clip text and versions."""
+    return {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),
+            "stop": round(seg.stop, 3), "start_frame": int(seg.start_frame), "stop_frame": int(seg.stop_frame),
+            "annotation_hash": seg.annotation_hash, "components": comps,
+            "text": render_clip(seg.start, seg.stop, comps), "versions": record_versions(comps)}
 
 
 # --- worker processes ---------------------------------------------------------------------------------------
@@ -551,15 +575,15 @@ def _worker_init(cfg: ExtractConfig, parent: int) -> None:
     _W["videos"] = {}
 
 
-def _worker_segment(job: tuple[Segment, float | None]) -> tuple[dict, dict[str, float]]:
+def _worker_segment(job: tuple[Segment, float | None, tuple[str, ...] | None]) -> tuple[dict, dict[str, float]]:
     pool_worker_ready()
-    seg, fps = job
+    seg, fps, made = job
     videos: dict[str, _Video] = _W["videos"]
     video = videos.pop(seg.video_id, None) or _Video(_W["layout"], seg.video_id, fps)
     videos[seg.video_id] = video  # most recent last
     while len(videos) > _OPEN_VIDEOS:
         videos.pop(next(iter(videos))).close()
-    return describe_segment(video, seg, _W["components"], _W["cache"])
+    return describe_segment(video, seg, _W["components"], _W["cache"], made)
 
 
 @contextmanager
@@ -685,18 +709,29 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     by_id = {s.narration_id: s for s in segments}
     reannotated: dict[str, str] = {}  # narration id -> what differs
     remade: dict[str, str] = {}  # narration id -> its parts another leap made otherwise (``outdated``)
+    parts: dict[str, tuple[str, ...]] = {}  # of them, those made in part: narration id -> the components made
+    kept_retry: set[str] = set()  # of those, the ones whose kept components --retry-errors would redo
     to_retry = retry_test(layout)
 
-    def replace(record: dict) -> bool:  # asked of each key's lines in turn: the last one decides
-        seg = by_id.get(record.get("narration_id"))
+    def redo(record: dict) -> bool:  # asked of each key's lines in turn: the last one decides
+        key = record.get("narration_id")
+        seg = by_id.get(key)
+        parts.pop(key, None)
+        kept_retry.discard(key)
         if seg is not None and (why := made_from_other_annotations(record, seg)):
             reannotated[seg.narration_id] = why
             return True
-        reannotated.pop(record.get("narration_id"), None)
-        if seg is not None and (parts := outdated(record)):
-            remade[seg.narration_id] = ", ".join(parts)
+        reannotated.pop(key, None)
+        if seg is not None and (old := outdated_parts(record)):
+            remade[seg.narration_id] = ", ".join(f"{k} {was} -> {now}" for k, (was, now) in old.items())
+            retried = cfg.retry_errors and to_retry(record)
+            if not retried and (made := _parts_to_make(record, old, cfg)) is not None:
+                parts[seg.narration_id] = made
+                kept = {k: v for k, v in record["components"].items() if k not in made}
+                if not cfg.retry_errors and to_retry({**record, "components": kept}):
+                    kept_retry.add(seg.narration_id)
             return True
-        remade.pop(record.get("narration_id"), None)
+        remade.pop(key, None)
         return cfg.retry_errors and to_retry(record)
 
     t_start = time.perf_counter()
@@ -704,50 +739,66 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     if cache is not None:  # (a killed worker's temp file in a video folder that this run does not write again)
         for vid in dict.fromkeys(s.video_id for s in segments):
             remove_dead_temps(cache.root / vid)
-    with JsonlAppender(cfg.out, replace_keys=replace, sync_every=SYNC_EVERY,
-                       count=None if cfg.retry_errors else to_retry, lock=lock) as appender:
+    with JsonlAppender(cfg.out, replace_keys=redo, sync_every=SYNC_EVERY,
+                       count=None if cfg.retry_errors else to_retry, lock=lock) as appender, \
+            _EarlierLines(cfg.out, set(parts)) as earlier:
         todo = [s for s in segments if s.narration_id not in appender]
         summary.done_before = len(segments) - len(todo)
         summary.reannotated = len(reannotated)
         summary.reannotated_example = next((f"{k}: {why}" for k, why in reannotated.items()), "")
         summary.outdated = len(remade)
         summary.outdated_example = next((f"{k}: {why}" for k, why in remade.items()), "")
-        summary.retryable = len((appender.counted - set(reannotated) - set(remade)).intersection(  # (--limit, --shard; those
-            s.narration_id for s in segments))  # made again now for other annotations are not left to --retry-errors)
+        summary.outdated_whole = len(set(remade) - set(parts))
+        summary.outdated_made = Counter(c for made in parts.values() for c in (made or ("text",)))
+        summary.retryable = len(((appender.counted - set(reannotated) - set(remade)) | kept_retry).intersection(
+            s.narration_id for s in segments))  # (--limit, --shard; those made again now for other annotations or
+        # another leap's parts are not left to --retry-errors, but for the parts a part remake keeps)
         if on_start:
             on_start(len(segments), summary.done_before)
-        by_video: dict[str, list[Segment]] = {}
-        for s in todo:
-            by_video.setdefault(s.video_id, []).append(s)
-        fps = {vid: _fps(ann, vid) for vid in by_video}
 
         def take(record: dict, timings: dict[str, float]) -> None:
+            made = parts.get(record["narration_id"])
+            if made is not None:  # the outdated parts made now, the record's others as an earlier run wrote them
+                seg = by_id[record["narration_id"]]
+                record = segment_record(seg, _merged(earlier.get(seg.narration_id), record["components"]))
             if appender.write(record):
-                summary.add(record, timings)
+                summary.add(record, timings, made)
                 if on_record:
                     on_record(record)
 
         try:
-            if cfg.workers <= 1 or len(todo) <= 1:
-                components = build_components(cfg)
+            for s in todo:  # only the clip text outdated: rendered again from the record's components, nothing run
+                if parts.get(s.narration_id) == ():
+                    take(segment_record(s, {}), {})
+            todo = [s for s in todo if parts.get(s.narration_id) != ()]
+            by_video: dict[str, list[Segment]] = {}
+            for s in todo:
+                by_video.setdefault(s.video_id, []).append(s)
+            fps = {vid: _fps(ann, vid) for vid in by_video}
+            # the components this run makes: a resume that makes only some parts again loads no other's model
+            wanted = set(cfg.components) if any(s.narration_id not in parts for s in todo) else \
+                {c for s in todo for c in parts[s.narration_id]}
+            run_cfg = replace(cfg, components=tuple(c for c in cfg.components if c in wanted))
+            if todo and (cfg.workers <= 1 or len(todo) <= 1):
+                components = build_components(run_cfg)
                 try:
                     with _opencv_one_thread():
                         for vid, segs in by_video.items():
-                            for record, timings in iter_video(layout, segs, components, fps[vid], cache):
+                            for record, timings in iter_video(layout, segs, components, fps[vid], cache, parts):
                                 take(record, timings)
                 finally:
                     for c in components:
                         c.close()
-            else:
+            elif todo:
                 ctx = mp.get_context("spawn")
                 warn_small_address_space(min(cfg.workers, len(todo)))
                 with _spawn_without_main():
                     pool = new_pool(ctx, min(cfg.workers, len(todo)), start_pool_worker,
-                                    (_worker_init, cfg, os.getpid()))
+                                    (_worker_init, run_cfg, os.getpid()))
                 try:
                     # One task per segment, video by video (a worker keeps its last videos open); each finished
                     # segment is written as it arrives.
-                    jobs = [(s, fps[vid]) for vid, segs in by_video.items() for s in segs]
+                    jobs = [(s, fps[vid], parts.get(s.narration_id)) for vid, segs in by_video.items() for s in segs]
                     for record, timings in pool_results(pool, pool.imap_unordered(_worker_segment, jobs,
                                                                                   chunksize=1)):
                         take(record, timings)
@@ -761,6 +812,67 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         finally:
             summary.wall = time.perf_counter() - t_start
     return summary
+
+
+def _parts_to_make(record: dict, old: dict[str, tuple[int, int]], cfg: ExtractConfig) -> tuple[str, ...] | None:
+    """The components a resume makes again of ``record``, whose parts ``old`` (``outdated_parts``) another leap made:
+    the outdated ones, and with them those whose output reads theirs (with ``--detector-weights`` the hands name
+    their contacts by the boxes the objects' detector found in the segment: the two are made together); () where
+    only the clip text is outdated. The record's other components are kept and its text rendered again from them
+    all. None: the record is made whole again: a part a later leap made (this leap cannot tell what else it wrote
+    otherwise), components other than this run's (``--components``), or a kept one that cannot be rendered."""
+    if any(was > now for was, now in old.values()):
+        return None
+    comps = record.get("components")
+    if not isinstance(comps, dict) or set(comps) != set(cfg.components):
+        return None
+    made = {p for p in old if p in comps}
+    if cfg.detector_weights is not None and made & {"objects", "hands"}:
+        made |= {"objects", "hands"} & set(comps)
+    kept = {k: v for k, v in comps.items() if k not in made}
+    if not all(isinstance(c, dict) and c.get("status") in STATUSES for c in kept.values()):
+        return None
+    try:
+        render_clip(0.0, 1.0, kept)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return tuple(c for c in COMPONENTS if c in made)
+
+
+def _merged(old: dict, made: dict[str, dict]) -> dict[str, dict]:
+    """The components of record ``old`` with those ``made`` now in their place, in ``COMPONENTS`` order."""
+    comps = {**old["components"], **made}
+    return {c: comps[c] for c in COMPONENTS if c in comps}
+
+
+class _EarlierLines:
+    """The records of ``keys`` in a JSONL output as the appender opened it (one line each), read again when asked:
+    only their byte offsets are kept (a day's records would not fit in memory); the appender drops those lines
+    only when it closes."""
+
+    _KEY = re.compile(rb'^\{"narration_id": ("(?:[^"\\]|\\.)*")')  # (how json_line writes a record's start)
+
+    def __init__(self, path: Path, keys: set[str]):
+        self._at: dict[str, int] = {}
+        self._f = open(path, "rb") if keys else None
+        start = 0
+        for raw in self._f or ():
+            m = self._KEY.match(raw)
+            key = json.loads(m.group(1)) if m else json.loads(raw).get("narration_id") if raw.strip() else None
+            if key in keys:
+                self._at[key] = start
+            start += len(raw)
+
+    def get(self, key: str) -> dict:
+        self._f.seek(self._at[key])
+        return json.loads(self._f.readline())
+
+    def __enter__(self) -> "_EarlierLines":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._f is not None:
+            self._f.close()
 
 
 def config_path(out: Path) -> Path:
