@@ -287,3 +287,28 @@ def test_generate_programs_asks_again_only_where_the_clip_text_changed(kitchen, 
     assert (s.outdated, s.written, dict(s.outdated_made)) == (3, 3, {"camera": 3})
     again = generate_programs(gen)
     assert (again.resumed, again.reclipped, sum(again.statuses.values())) == (3, 1, 1), again
+
+
+def test_a_part_remake_builds_only_the_components_it_makes(kitchen, tmp_path, monkeypatch):
+    """No model of a kept part is loaded (CLIP, the audio model): the run's components are those made again, none
+    where only the clip text is; a run with a record to make whole builds them all."""
+    from leap_cli.extract import runner
+
+    built = []
+    real = runner.build_components
+    monkeypatch.setattr(runner, "build_components", lambda cfg: built.append(cfg.components) or real(cfg))
+    out = tmp_path / "train.jsonl"
+    with monkeypatch.context() as m:
+        m.setitem(base.VERSIONS, "camera", 1)
+        run_extract(_cfg(kitchen, out))
+    saved = out.read_text()
+    built.clear()
+    run_extract(_cfg(kitchen, out))
+    assert built == [("camera",)]
+    monkeypatch.setitem(base.VERSIONS, "text", 2)
+    built.clear()
+    assert run_extract(_cfg(kitchen, out)).written == 4 and built == []
+    out.write_text(saved.replace('"P01_01_2"', '"P01_01_2_gone"', 1))  # (its record lost: made whole)
+    built.clear()
+    run_extract(_cfg(kitchen, out))
+    assert built == [ALL]
