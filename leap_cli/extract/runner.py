@@ -7,8 +7,8 @@ frame-reading components ``unavailable`` with the reason (never a clamped or inv
 appended (flushed) as soon as it is finished, and fsynced at most every ``SYNC_EVERY`` seconds and at the end; a
 re-run skips finished segments, ``retry_errors`` redoes those with a failed component or whose video file could
 not be read (``_retry``), and a record some parts of which an earlier leap made otherwise has only those made again
-(``_parts_to_make``; its other components are read back from the output, ``_EarlierLines``). A component's exception becomes ``status: error`` with a path-free message, and
-the run goes on. With ``workers > 1`` each segment is a task of its own (so Ctrl-C keeps every finished segment)
+(``_parts_to_make``; its other components are read back from the output, ``_EarlierLines``). A component's
+exception becomes ``status: error`` with a path-free message, and the run goes on. With ``workers > 1`` each segment is a task of its own (so Ctrl-C keeps every finished segment)
 and the workers die with the parent.
 """
 
