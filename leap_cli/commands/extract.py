@@ -210,6 +210,7 @@ def _frame_cache_dir(option: str | None, workdir: Path) -> Path | None:
 def _remade(s) -> str:
     """What the outdated records' note says is made again: the parts (their other components kept), or whole."""
     from leap_cli.extract.base import VERSIONS
+    from leap_cli.extract.runner import WHOLE
 
     said = []
     if s.outdated_made:
@@ -218,9 +219,10 @@ def _remade(s) -> str:
         said.append(f"only those parts are made again ({made}), their other components kept and the clip text "
                     "rendered again")
     if s.outdated_whole:
-        why = "(a later leap's part in them, or a failure --retry-errors redoes)"
-        said.append(f"{s.outdated_whole} {'is' if s.outdated_whole == 1 else 'are'} made whole again {why}" if said
-                    else f"they are made whole again {why}")
+        causes = [WHOLE[k] for k in WHOLE if s.outdated_whole_why.get(k)]  # (those this run met)
+        why = f" ({', '.join(causes[:-1]) + ', or ' if len(causes) > 1 else ''}{causes[-1]})" if causes else ""
+        said.append(f"{s.outdated_whole} {'is' if s.outdated_whole == 1 else 'are'} made whole again{why}" if said
+                    else f"they are made whole again{why}")
     return "; ".join(said)
 
 

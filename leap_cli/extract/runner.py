@@ -137,6 +137,7 @@ class ExtractSummary:
     outdated: int = 0  # records of earlier runs with a part another leap made otherwise (``base.outdated``): made again
     outdated_example: str = ""  # the first of them, with its parts' numbers
     outdated_whole: int = 0  # of them, those made whole again (``_parts_to_make``: None)
+    outdated_whole_why: Counter = field(default_factory=Counter)  # of those, how many for each cause (``WHOLE``)
     # of the others, how many records each component is made again in (those parts only), "text" those whose clip text
     # alone is rendered again
     outdated_made: Counter = field(default_factory=Counter)
@@ -710,6 +711,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     reannotated: dict[str, str] = {}  # narration id -> what differs
     remade: dict[str, str] = {}  # narration id -> its parts another leap made otherwise (``outdated``)
     parts: dict[str, tuple[str, ...]] = {}  # of them, those made in part: narration id -> the components made
+    whole: dict[str, str] = {}  # the others, made whole: narration id -> why (a ``WHOLE`` key)
     kept_retry: set[str] = set()  # of those, the ones whose kept components --retry-errors would redo
     to_retry = retry_test(layout)
 
@@ -717,15 +719,21 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         key = record.get("narration_id")
         seg = by_id.get(key)
         parts.pop(key, None)
+        whole.pop(key, None)
         kept_retry.discard(key)
         if seg is not None and (why := made_from_other_annotations(record, seg)):
             reannotated[seg.narration_id] = why
+            remade.pop(key, None)  # (an earlier line of the key an earlier leap made: this one decides)
             return True
         reannotated.pop(key, None)
         if seg is not None and (old := outdated_parts(record)):
             remade[seg.narration_id] = ", ".join(f"{k} {was} -> {now}" for k, (was, now) in old.items())
             retried = cfg.retry_errors and to_retry(record)
-            if not retried and (made := _parts_to_make(record, old, cfg)) is not None:
+            made = None if retried else _parts_to_make(record, old, cfg)
+            if made is None:
+                whole[seg.narration_id] = "retry" if retried else \
+                    "later" if any(was > now for was, now in old.values()) else "kept"
+            else:
                 parts[seg.narration_id] = made
                 kept = {k: v for k, v in record["components"].items() if k not in made}
                 if not cfg.retry_errors and to_retry({**record, "components": kept}):
@@ -748,7 +756,8 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         summary.reannotated_example = next((f"{k}: {why}" for k, why in reannotated.items()), "")
         summary.outdated = len(remade)
         summary.outdated_example = next((f"{k}: {why}" for k, why in remade.items()), "")
-        summary.outdated_whole = len(set(remade) - set(parts))
+        summary.outdated_whole = len(whole)
+        summary.outdated_whole_why = Counter(whole.values())
         summary.outdated_made = Counter(c for made in parts.values() for c in (made or ("text",)))
         summary.retryable = len(((appender.counted - set(reannotated) - set(remade)) | kept_retry).intersection(
             s.narration_id for s in segments))  # (--limit, --shard; those made again now for other annotations or
@@ -812,6 +821,11 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         finally:
             summary.wall = time.perf_counter() - t_start
     return summary
+
+
+# Why an outdated record is made whole again (``_parts_to_make`` None, or --retry-errors), as the note says it
+WHOLE = {"later": "a later leap's part in them", "kept": "a component to keep that cannot be read as it is",
+         "retry": "a failure --retry-errors redoes"}
 
 
 def _parts_to_make(record: dict, old: dict[str, tuple[int, int]], cfg: ExtractConfig) -> tuple[str, ...] | None:
