@@ -238,8 +238,9 @@ def _print_summary(s) -> None:
         for line in s.outcome.lines():
             console.print(escape(line), highlight=False, style="red")
         return
-    table = Table(title=f"extract -> {printable(s.out, one_line=True)}"
-                        + (f" (the {s.written} segments of this run)" if s.done_before else ""))
+    title = f"extract -> {printable(s.out, one_line=True)}" + (f" (the {s.written} segments of this run)"
+                                                                 if s.done_before else "")
+    table = Table(title=title)
     for col in ("component", "ok", "unavailable", "error", "seconds", "share of time"):
         table.add_column(col, justify="left" if col == "component" else "right")
     total_sec = sum(s.seconds.values()) or 1.0
@@ -252,7 +253,8 @@ def _print_summary(s) -> None:
     for name in ("decode", "frame-cache"):  # one decode per segment serves every component and the frame cache
         if s.seconds.get(name):
             table.add_row(name, "", "", "", f"{s.seconds[name]:.1f}", f"{s.seconds[name] / total_sec:.0%}")
-    console.print(table)
+    # (no row: no component ran, only clip texts were rendered again, or nothing was selected)
+    console.print(table if table.row_count else title, highlight=False)
     rate = s.written / s.wall if s.wall > 0 else 0.0
     # selected: the split's, or its --shard part's, up to --limit
     console.print(f"segments: {s.segments} selected, {s.done_before} done before, {s.written} written now "
