@@ -261,7 +261,7 @@ class FrameClock:
         starts before ``stop_s``; ``n`` samples of them (None: all)."""
         if stop_s < start_s:
             raise ValueError(f"window stops ({stop_s}) before it starts ({start_s})")
-        first = self.frame_at(start_s) if start_s >= 0 else -int(math.ceil(-start_s * self.rate)) + 1
+        first = self.frame_at(start_s)  # before the video too: frame 0 starts 1/rate before frame 1
         last = max(first, self.last_before(stop_s))
         return self.span_window(first, last, n, mode, start=start_s, stop=stop_s, rng=rng)
 
