@@ -192,6 +192,16 @@ class DropPath(nn.Module):
             raise ValueError(f"DropPath per must be sample, token or batch, not {per!r}")
         self.p, self.per = p, per
 
+    def sample_scale(self, n: int, like: torch.Tensor) -> torch.Tensor | None:
+        """The factors (mask / keep, [n]) that :meth:`forward` would multiply ``n`` samples by (``per`` "sample",
+        the same draw), or None when it would leave them as they are."""
+        if self.p == 0.0 or not self.training:
+            return None
+        if self.per != "sample":
+            raise ValueError(f"DropPath.sample_scale draws per sample, this one per {self.per}")
+        keep = 1.0 - self.p
+        return like.new_empty((n,) + (1,) * (like.ndim - 1)).bernoulli_(keep).view(n) / keep
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.p == 0.0 or not self.training:
             return x
@@ -283,33 +293,136 @@ class _TemporalDepthwise(torch.autograd.Function):
                 yield i, slice(max(0, -s), T - max(0, s)), slice(max(0, s), T - max(0, -s))
 
     @staticmethod
-    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def conv(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The convolution, written into ``out`` (a [N, T, L, R] tensor or view) when given."""
+        if out is not None and torch.compiler.is_compiling():  # (dynamo takes no strided out=; inductor fuses)
+            return out.copy_(_TemporalDepthwise.conv(h, w, b))
         pad = w.shape[1] // 2
-        out = torch.addcmul(b, h, w[:, pad])
+        out = torch.addcmul(b, h, w[:, pad], out=out)
         for i, dst, src in _TemporalDepthwise.taps(h.shape[1], w.shape[1]):
             if i != pad:
                 out[:, dst].addcmul_(h[:, src], w[:, i])
-        ctx.save_for_backward(h, w)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        h, w = ctx.saved_tensors
+    def conv_backward(grad: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+                      needs: tuple[bool, ...]) -> tuple[torch.Tensor | None, ...]:
+        """The gradients (of ``h``, ``w``, ``b``, those ``needs`` asks for) from the output's ``grad``."""
         pad = w.shape[1] // 2
         taps = list(_TemporalDepthwise.taps(h.shape[1], w.shape[1]))
         grad_h = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
+        if needs[0]:
             grad_h = grad * w[:, pad]
             for i, dst, src in taps:
                 if i != pad:
                     grad_h[:, src].addcmul_(grad[:, dst], w[:, i])
-        if ctx.needs_input_grad[1]:
+        if needs[1]:
             grad_w = torch.zeros_like(w)
             for i, dst, src in taps:
                 grad_w[:, i] = (grad[:, dst] * h[:, src]).sum(dim=(0, 1, 2))
-        if ctx.needs_input_grad[2]:
+        if needs[2]:
             grad_b = grad.sum(dim=(0, 1, 2))
         return grad_h, grad_w, grad_b
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h, w)
+        return _TemporalDepthwise.conv(h, w, b)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, w = ctx.saved_tensors
+        return _TemporalDepthwise.conv_backward(grad, h, w, ctx.needs_input_grad)
+
+
+class _PatchRows(torch.autograd.Function):
+    """The patch tokens of ``x`` [N*T, 1+HW, C] as one contiguous [N*T*HW, C] matrix (a copy); the backward
+    writes the gradient into the patch rows of an uninitialised tensor and zeroes only the class rows, where
+    autograd through the slice and the reshape zero-fills the whole tensor first."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        NT, L1, C = ctx.shape = x.shape
+        out = x.new_empty((NT * (L1 - 1), C))
+        out.view(NT, L1 - 1, C).copy_(x[:, 1:])
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        NT, L1, C = ctx.shape
+        out = grad.new_empty((NT, L1, C))
+        out[:, 0] = 0
+        out[:, 1:] = grad.view(NT, L1 - 1, C)
+        return out
+
+
+class _LocalRelation(torch.autograd.Function):
+    """A local UniBlock after its BatchNorm: ``x + drop_path(expand(temporal(reduce(h))))`` on the patch tokens
+    of ``x`` [N*T, 1+HW, C], the class tokens passed through, with ``h`` [N*T*HW, C] the BatchNorm of the patch
+    tokens and ``scale`` [N] the per-clip drop-path factors (mask / keep) or None.
+
+    The temporal convolution writes its output into the patch rows of a [N*T, 1+HW, R] matrix whose class rows
+    are zero, and the expand product accumulates onto ``x`` plus the expand bias (zero on the class tokens)
+    in place: one pass over the tokens besides the products, where the modules made the bias's copy, a padded
+    copy of the relation and a sum with ``x``. The backward passes the output's gradient to ``x`` as it is.
+    Under autocast (CUDA's or the CPU's) the products run in its dtype, as ``nn.Linear``'s, and the sums in
+    ``x``'s; the backward's products in the dtype of the forward's."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, h: torch.Tensor, T: int, w_r: torch.Tensor, b_r: torch.Tensor,
+                w_t: torch.Tensor, b_t: torch.Tensor, w_e: torch.Tensor, b_e: torch.Tensor,
+                scale: torch.Tensor | None) -> torch.Tensor:
+        NT, L1, C = x.shape
+        N, L = NT // T, L1 - 1
+        r = torch.addmm(b_r, h, w_r.t())  # [N*T*HW, R]
+        R = r.shape[1]
+        t = r.new_empty((NT, L1, R), dtype=torch.promote_types(r.dtype, w_t.dtype))
+        t[:, 0] = 0
+        _TemporalDepthwise.conv(r.view(N, T, L, R), w_t, b_t, out=t.view(N, T, L1, R)[:, :, 1:])
+        bias = F.pad(b_e.to(x.dtype).expand(L, C), (0, 0, 1, 0))  # [1+HW, C]
+        if scale is None:
+            y = x + bias
+        else:
+            t.view(N, -1).mul_(scale.to(t.dtype)[:, None])
+            y = (x.reshape(N, T, L1, C) + bias * scale.to(x.dtype).view(N, 1, 1, 1)).view(NT, L1, C)
+        y2, t2 = y.view(NT * L1, C), t.view(NT * L1, R)
+        if torch.is_autocast_enabled(x.device.type):
+            y2.add_(torch.mm(t2, w_e.t()))  # (the product in autocast's dtype)
+        else:
+            y2.addmm_(t2, w_e.t())
+        ctx.save_for_backward(h, r, t, w_r, w_t, w_e, scale)
+        ctx.T = T
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        h, r, t, w_r, w_t, w_e, scale = ctx.saved_tensors
+        NT, L1, C = grad.shape
+        T, R = ctx.T, r.shape[1]
+        N, L = NT // T, L1 - 1
+        dtype = r.dtype  # (autocast's, if the forward ran under it; the engine casts the gradients back)
+        g = grad.reshape(NT * L1, C).to(dtype)
+        grad_w_e = grad_b_e = None
+        if ctx.needs_input_grad[7]:
+            grad_w_e = g.t() @ t.view(NT * L1, R).to(dtype)  # (the class rows of t are zero)
+        if ctx.needs_input_grad[8]:
+            per_clip = grad.reshape(N, T, L1, C)[:, :, 1:].sum(dim=(1, 2))  # [N, C]
+            grad_b_e = per_clip.sum(0) if scale is None else scale.to(per_clip.dtype) @ per_clip
+        grad_h = grad_w_r = grad_b_r = grad_w_t = grad_b_t = None
+        if any(ctx.needs_input_grad[1:7]):
+            grad_t = (g @ w_e.to(dtype)).to(t.dtype).view(N, T, L1, R)  # the gradient at the expand's input
+            if scale is not None:
+                grad_t.view(N, -1).mul_(scale.to(grad_t.dtype)[:, None])
+            grad_r, grad_w_t, grad_b_t = _TemporalDepthwise.conv_backward(
+                grad_t[:, :, 1:], r.view(N, T, L, R), w_t, (True,) + tuple(ctx.needs_input_grad[5:7]))
+            grad_r = grad_r.view(-1, R).to(dtype)
+            if ctx.needs_input_grad[1]:
+                grad_h = grad_r @ w_r.to(dtype)
+            if ctx.needs_input_grad[3]:
+                grad_w_r = grad_r.t() @ h.to(dtype)
+            if ctx.needs_input_grad[4]:
+                grad_b_r = grad_r.sum(0)
+        return grad, grad_h, None, grad_w_r, grad_b_r, grad_w_t, grad_b_t, grad_w_e, grad_b_e, None
 
 
 class LocalMHRA(nn.Module):
@@ -347,6 +460,18 @@ class LocalMHRA(nn.Module):
         out = _TemporalDepthwise.apply(h, temporal.weight.view(temporal.weight.shape[0], -1), temporal.bias)
         return F.linear(out, expand.weight.flatten(1), expand.bias)  # [N, T, L, C]
 
+    def add_to(self, x: torch.Tensor, T: int, drop_path: DropPath) -> torch.Tensor:
+        """``x`` [N*T, 1+HW, C] plus ``drop_path`` of the relation of its patch tokens (the class tokens pass
+        through): :meth:`forward_tokens` and the sum, computed by :class:`_LocalRelation` after the BatchNorm."""
+        bn, reduce, temporal, expand = self.pos_embed
+        NT, L1, C = x.shape
+        # the BatchNorm module itself (so that SyncBatchNorm conversion still applies) on [M, C, 1, 1, 1]
+        h = bn(_PatchRows.apply(x).view(-1, C, 1, 1, 1)).view(-1, C)
+        scale = drop_path.sample_scale(NT // T, x)
+        return _LocalRelation.apply(x, h, T, reduce.weight.flatten(1), reduce.bias,
+                                    temporal.weight.view(temporal.weight.shape[0], -1), temporal.bias,
+                                    expand.weight.flatten(1), expand.bias, scale)
+
 
 class ResidualAttentionBlock(nn.Module):
     """CLIP pre-LN block with local MHRA before attention (lmhra1) and before the MLP (lmhra2)."""
@@ -372,10 +497,7 @@ class ResidualAttentionBlock(nn.Module):
 
     def _local(self, x: torch.Tensor, lmhra: LocalMHRA, T: int) -> torch.Tensor:
         # x: [N*T, 1+HW, C]; the relation runs on the patch tokens, the class tokens pass through
-        NT, L1, C = x.shape
-        tokens = x[:, 1:].reshape(NT // T, T, L1 - 1, C)  # a view: [N, T, HW, C]
-        delta = self.drop_path_local(lmhra.forward_tokens(tokens)).reshape(NT, L1 - 1, C)
-        return x + F.pad(delta, (0, 0, 1, 0))  # nothing added to the class token
+        return lmhra.add_to(x, T, self.drop_path_local)
 
     def forward(self, x: torch.Tensor, T: int, use_checkpoint: bool = False) -> torch.Tensor:
         # x: [N*T, 1+HW, C]. Checkpointing recomputes attention and MLP only (as the official code): the
