@@ -90,8 +90,11 @@ def test_a_whole_block_with_the_function_has_the_module_paths_gradients():
         assert _rel(got[2][name], want[2][name]) < 1e-5, name
 
 
+@pytest.mark.parametrize("onednn", [True, False])
 @pytest.mark.parametrize("with_scale", [False, True])
-def test_the_function_passes_gradcheck_in_float64(with_scale):
+def test_the_function_passes_gradcheck_in_float64(with_scale, onednn, monkeypatch):
+    """Both temporal convolutions: oneDNN's (the CPU's) and the frame-slice multiply-adds (CUDA's, compile's)."""
+    monkeypatch.setattr(_LocalRelation, "onednn", staticmethod(lambda x: onednn))
     g = torch.Generator().manual_seed(0)
 
     def rand(*shape, grad=True):
