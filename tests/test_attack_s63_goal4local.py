@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from leap_cli.model.uniformerv2 import ResidualAttentionBlock, _LocalRelation
+from leap_cli.model.uniformerv2 import ResidualAttentionBlock
 
 
 def _reference_local(block: ResidualAttentionBlock, lmhra: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
@@ -94,6 +94,8 @@ def test_a_whole_block_with_the_function_has_the_module_paths_gradients():
 @pytest.mark.parametrize("with_scale", [False, True])
 def test_the_function_passes_gradcheck_in_float64(with_scale, onednn, monkeypatch):
     """Both temporal convolutions: oneDNN's (the CPU's) and the frame-slice multiply-adds (CUDA's, compile's)."""
+    from leap_cli.model.uniformerv2 import _LocalRelation
+
     monkeypatch.setattr(_LocalRelation, "onednn", staticmethod(lambda x: onednn))
     g = torch.Generator().manual_seed(0)
 
