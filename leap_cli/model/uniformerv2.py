@@ -352,7 +352,7 @@ class _PatchRows(torch.autograd.Function):
         NT, L1, C = ctx.shape
         out = grad.new_empty((NT, L1, C))
         out[:, 0] = 0
-        out[:, 1:] = grad.view(NT, L1 - 1, C)
+        out[:, 1:] = grad.reshape(NT, L1 - 1, C)
         return out
 
 
@@ -398,11 +398,10 @@ class _LocalRelation(torch.autograd.Function):
             t.view(N, -1).mul_(scale.to(t.dtype)[:, None])
             y = (x.reshape(N, T, L1, C) + bias * scale.to(x.dtype).view(N, 1, 1, 1)).view(NT, L1, C)
         y2, t2 = y.view(NT * L1, C), t.view(NT * L1, R)
-        device = x.device.type
-        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-            y2.add_(torch.mm(t2, w_e.t()))  # (the product in autocast's dtype)
-        else:
+        if r.dtype == t2.dtype == w_e.dtype == y.dtype:
             y2.addmm_(t2, w_e.t())
+        else:  # autocast (the reduce product came out in its dtype): the product in its dtype, the sum in x's
+            y2.add_(torch.mm(t2, w_e.t()))
         ctx.save_for_backward(h, r, t, w_r, w_t, w_e, scale)
         ctx.T = T
         return y
@@ -434,12 +433,12 @@ class _LocalRelation(torch.autograd.Function):
                     grad_t[:, :, 1:].permute(0, 3, 1, 2).to(dtype), r.view(N, T, L, R).permute(0, 3, 1, 2),
                     w_t.to(dtype).view(R, 1, k, 1), [R], [1, 1], [k // 2, 0], [1, 1], False, [0, 0], R,
                     [True, ctx.needs_input_grad[5], ctx.needs_input_grad[6]])
-                grad_r = grad_r.permute(0, 2, 3, 1)  # [N, T, HW, R]
+                grad_r = grad_r.permute(0, 2, 3, 1)  # [N, T, HW, R] (channels-last: contiguous)
                 grad_w_t = None if grad_w_t is None else grad_w_t.view(R, k)
             else:
                 grad_r, grad_w_t, grad_b_t = _TemporalDepthwise.conv_backward(
                     grad_t[:, :, 1:], r.view(N, T, L, R), w_t, (True,) + tuple(ctx.needs_input_grad[5:7]))
-            grad_r = grad_r.view(-1, R).to(dtype)
+            grad_r = grad_r.reshape(-1, R).to(dtype)
             if ctx.needs_input_grad[1]:
                 grad_h = grad_r @ w_r.to(dtype)
             if ctx.needs_input_grad[3]:
