@@ -396,15 +396,16 @@ class _LocalRelation(torch.autograd.Function):
             y = x + bias
         else:
             t.view(N, -1).mul_(scale.to(t.dtype)[:, None])
-            y = (x.reshape(N, T, L1, C) + bias * scale.to(x.dtype).view(N, 1, 1, 1)).view(NT, L1, C)
-        y2, t2 = y.view(NT * L1, C), t.view(NT * L1, R)
+            y = x.reshape(N, T, L1, C) + bias * scale.to(x.dtype).view(N, 1, 1, 1)
+        # (a sum takes the layout of a strided x, sequence-first tokens or a slice: the product needs rows)
+        y2, t2 = y.contiguous().view(NT * L1, C), t.view(NT * L1, R)
         if r.dtype == t2.dtype == w_e.dtype == y.dtype:
             y2.addmm_(t2, w_e.t())
         else:  # autocast (the reduce product came out in its dtype): the product in its dtype, the sum in x's
             y2.add_(torch.mm(t2, w_e.t()))
         ctx.save_for_backward(h, r, t, w_r, w_t, w_e, scale)
         ctx.T = T
-        return y
+        return y2.view(NT, L1, C)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
