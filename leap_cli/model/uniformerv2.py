@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as torch_checkpoint
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from leap_cli.errors import LeapError
 from leap_cli.io import load_problem
@@ -408,6 +409,7 @@ class _LocalRelation(torch.autograd.Function):
         return y2.view(NT, L1, C)
 
     @staticmethod
+    @once_differentiable  # (it works from r and t, saved without their graph: a second derivative would be wrong)
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         h, r, t, w_r, w_t, w_e, scale = ctx.saved_tensors
         NT, L1, C = grad.shape
