@@ -257,3 +257,17 @@ def test_two_gloo_processes_with_syncbatchnorm_equal_one_process_on_the_whole_ba
     for k in state:
         for r in ranks:
             assert torch.allclose(r["state"][k].float(), state[k].float(), rtol=1e-5, atol=1e-6), k
+
+
+@pytest.mark.parametrize("which", ["mlp", "quickgelu"])
+def test_the_mlp_functions_refuse_a_second_derivative(which):
+    """The MLP's Function (and QuickGELU's) work from activations saved without their graph, as the local relation's
+    does: a second derivative came out wrong without a word (gradgradcheck: "Jacobian mismatch"); now it raises."""
+    from leap_cli.model.uniformerv2 import BlockMlp, QuickGELU
+
+    torch.manual_seed(0)
+    module = (BlockMlp(6, 24) if which == "mlp" else QuickGELU()).double()
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(module(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        gx.square().sum().backward()

@@ -111,6 +111,7 @@ class _QuickGELUFunction(torch.autograd.Function):
         return torch.sigmoid(y).mul_(x)
 
     @staticmethod
+    @once_differentiable  # (from y, saved without its graph: a second derivative would be wrong)
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
         (y,) = ctx.saved_tensors
         return torch.ops.aten.silu_backward(grad, y)
@@ -144,6 +145,7 @@ class _MlpFunction(torch.autograd.Function):
         return torch.addmm(b2, z, w2.t(), alpha=1 / 1.702).view(*x.shape[:-1], w2.shape[0])
 
     @staticmethod
+    @once_differentiable  # (from y and z, saved without their graph: a second derivative would be wrong)
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x2, w1, w2, y, z = ctx.saved_tensors
         dtype = y.dtype  # (autocast's, if the forward ran under it; the engine casts the gradients back)
