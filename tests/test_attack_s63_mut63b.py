@@ -1,0 +1,146 @@
+"""Mutation testing of programs/prompt.py, programs/reply.py and programs/estimate.py (session 63, mut63b): the
+behaviours no earlier test pinned down, each found by a mutant that every test let through. Expected values are
+hand computations or the documented behaviour (docs/programs.md), not leap's own output."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from leap_cli.epic.annotations import Segment
+from leap_cli.programs.estimate import FRAMING, CostEstimate, RepairTurns, measured_repairs
+from leap_cli.programs.prompt import (ClipInfo, Exemplar, clip_info, clip_message, exemplar_narration,
+                                      narration_record, strip_paths)
+from leap_cli.programs.reply import LEN, REFUSED, _read, parse_reply, verify_reply
+from leap_cli.programs.validate import Labels
+from tests.test_programs_validate import nouns, verbs  # noqa: F401 (fixtures)
+
+
+# ---- prompt.py ----
+
+def _hands(contacts):
+    return {"status": "ok", "source": "test", "text": "",
+            "data": {"hands": [{"hand": "left", "contacts": contacts}]}}
+
+
+def test_contact_seconds_are_kept_to_the_millisecond():
+    # 0.25 s to 0.5 s in contact: 0.25 s, not 0.2 (a rounding to tenths would lose the hand's share of the clip)
+    record = {"narration_id": "c", "text": "A clip.", "components": {"hands": _hands(
+        [{"object": "tap", "start": 0.25, "stop": 0.5}, {"object": "cup", "start": 1.0, "stop": 1.125}])}}
+    assert clip_info(record).contacts == [("tap", "left", 0.25), ("cup", "left", 0.125)]
+
+
+def test_a_comma_or_semicolon_after_a_path_stays_outside_it():
+    assert strip_paths("saved to /data/x.mp4, then /tmp/y; done") == "saved to <path>, then <path>; done"
+
+
+def test_relative_and_home_paths_are_stripped():
+    # the docs: clip texts lose local file paths, so that no file layout goes to the API
+    assert strip_paths("frames in ../frames/P01_01/ and ./a/b, see ~/leap/x.json") == \
+        "frames in <path> and <path>, see <path>"
+
+
+def test_a_segment_without_narration_or_text_has_no_description_not_narration_none():
+    seg = Segment("P01_01_3", "P01", "P01_01", 1.0, 3.0, 61, 180, narration=None)
+    info = clip_info(narration_record(seg), seg)
+    assert info.text == ""
+    msg = clip_message(info)
+    assert msg.splitlines()[1] == "(no description available)" and "None" not in msg
+
+
+def test_an_exemplar_whose_rendered_narration_is_empty_uses_its_narration_field():
+    program = {"action": {"narration": "wash plate", "verb": "wash", "noun": "plate"}, "pre": [], "post": [],
+               "steps": []}
+    text = 'Clip 0.00-2.00 s (2.0 s long).\nNarration: "" (verb: wash, noun: plate).'
+    n = exemplar_narration(Exemplar("mut63b-empty", "wash plate", text, program))
+    assert n.text == "wash plate" and {"wash", "plate"} <= n.words
+
+
+def test_class_0_is_a_class_in_the_clip_message(verbs, nouns):  # noqa: F811
+    # the labels' classes are said as given, class 0 too (EPIC's "take" and "tap"), even where the words are
+    # not in the class files
+    msg = clip_message(ClipInfo("c", "t", verb="frobnicate", noun="widget", verb_class=0, noun_class=0), verbs, nouns)
+    assert "Action: verb 'frobnicate' (verb_class 0), noun 'widget' (noun_class 0)." in msg
+
+
+# ---- reply.py ----
+
+def test_a_refusal_keeps_the_models_words():
+    words = "I cannot describe this clip because it shows a person's face and a document with personal details " \
+            "on it, which I am not able to process under the policy I follow."
+    assert parse_reply(REFUSED + words)[1][0].message == "the model refused: " + words
+
+
+@pytest.mark.parametrize("reply", ['{"a": "x\\udc00y"}', '{"a": ["x\\uDFFF"]}'])
+def test_a_lone_low_surrogate_becomes_a_replacement_character(reply):
+    value, findings = parse_reply(reply)
+    assert findings == []
+    text = value["a"] if isinstance(value["a"], str) else value["a"][0]
+    text.encode("utf-8")  # the output file is UTF-8: a lone surrogate cannot be written there
+    assert "\ufffd" in text
+
+
+def test_a_lone_surrogate_in_a_key_becomes_a_replacement_character():
+    value, findings = parse_reply('{"\\ud83d": 1, "b": 2}')
+    assert findings == [] and value == {"\ufffd": 1, "b": 2}
+
+
+def test_a_cut_frame_reads_as_the_end_of_input():
+    whole = LEN.pack(3) + b"abc"
+    assert _read(io.BytesIO(whole)) == b"abc"
+    assert _read(io.BytesIO(LEN.pack(10) + b"abc")) is None  # the parent died mid-frame
+    assert _read(io.BytesIO(b"\x01\x00")) is None
+
+
+def test_an_empty_object_is_checked_not_valid(verbs, nouns):  # noqa: F811
+    program, findings = verify_reply("{}", verbs, nouns, Labels(None, None), 8)
+    assert program == {} and findings, "an empty object has no action: the schema must refuse it"
+
+
+# ---- estimate.py ----
+
+def test_repair_prompts_without_counts_add_up_round_r_times_and_the_last_rounds_findings_are_not_sent():
+    # (id, round, prompt tokens, completion tokens, characters of findings); --repair-rounds 2, frame 20.
+    rows = [("a", 0, 0, 100, 400), ("a", 1, 0, 150, 800), ("a", 2, 0, 150, 1200), ("b", 0, 0, 100, None)]
+    r = measured_repairs(rows, 2, 20, "x")
+    # findings sent: those of rounds 0 and 1 (400 / 4, 800 / 4: mean 150) + the frame 20 = 170; the last round's
+    # findings are sent nowhere. Turn 1 re-sends 1 reply and its findings, turn 2 re-sends 2.
+    per_round = 100 + 170 + FRAMING
+    assert r.rate == pytest.approx(1.0) and r.reply_tokens == pytest.approx(150)
+    assert r.extra_prompt == pytest.approx((1 * per_round + 2 * per_round) / 2)
+
+
+def test_a_first_prompt_without_a_count_uses_the_replies_and_findings():
+    # b's first prompt was counted, a's was not (another endpoint, the same model): no difference of counts
+    rows = [("a", 0, 0, 100, 400), ("b", 0, 1000, 100, None), ("a", 1, 1500, 150, None)]
+    r = measured_repairs(rows, 1, 20, "x")
+    assert r.extra_prompt == pytest.approx(100 + (20 + 400 / 4) + FRAMING)
+
+
+def test_a_repair_prompt_is_never_shorter_than_the_first():
+    # the failing segment's prompt is shorter than the mean first prompt: a repair turn adds to its prompt,
+    # it cannot take from it
+    rows = [("a", 0, 3000, 100, None), ("b", 0, 1000, 100, 400), ("b", 1, 1500, 150, None)]
+    assert measured_repairs(rows, 1, 20, "x").extra_prompt == 0.0
+
+
+def _estimate(repairs):
+    # prices per token: 1 for a prompt token, 0.5 for a cached one, 2 for a completion token
+    price = lambda u: (u["prompt_tokens"] - u["cached_tokens"]) + 0.5 * u["cached_tokens"] \
+        + 2 * u["completion_tokens"]  # noqa: E731
+    return CostEstimate("val", 10, 0, 2000.0, 1024, 100.0, "the exemplar programs' mean", 1000, price,
+                        "test prices", repairs=repairs)
+
+
+def test_repair_turns_read_their_prefix_from_the_providers_cache():
+    est = _estimate(RepairTurns(1, 0.5, "its records", 300.0, 150.0))
+    assert est.repair_requests == pytest.approx(5)  # 10 requests at 0.5 repair turns each
+    assert est.repair_cost() == pytest.approx(5 * (2300 + 2 * 150))
+    assert est.repair_cost(cached_prefix=True) == pytest.approx(5 * ((2300 - 1024) + 0.5 * 1024 + 2 * 150))
+
+
+def test_a_measured_rate_of_zero_counts_no_repair_turn():
+    est = _estimate(RepairTurns(1, 0.0, "0 repair turns to the 10 first replies", 0.0, 100.0))
+    assert est.repair_requests == 0 and est.repair_cost() == 0
+    assert "~0 more requests" in " ".join(est.lines())
