@@ -5,6 +5,7 @@ hand computations or the documented behaviour (docs/programs.md), not leap's own
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -144,3 +145,18 @@ def test_a_measured_rate_of_zero_counts_no_repair_turn():
     est = _estimate(RepairTurns(1, 0.0, "0 repair turns to the 10 first replies", 0.0, 100.0))
     assert est.repair_requests == 0 and est.repair_cost() == 0
     assert "~0 more requests" in " ".join(est.lines())
+
+
+def test_two_exemplar_files_of_one_id_are_refused_naming_both(tmp_path):
+    # Before: both loaded, and PromptBuilder (which serialises each exemplar's turns once, by id) showed the
+    # first file's clip and program in place of the second's: a prompt silently without one of its exemplars.
+    from leap_cli.errors import LeapError
+    from leap_cli.programs.prompt import load_exemplars
+
+    good = load_exemplars()[:2]
+    for name, e in (("one.json", good[0]), ("two.json", good[1])):
+        (tmp_path / name).write_text(json.dumps({"id": "same", "narration": e.narration, "text": e.text,
+                                                 "program": e.program}))
+    with pytest.raises(LeapError, match="one.json") as err:
+        load_exemplars(tmp_path)
+    assert err.value.path.endswith("two.json") and "same" in str(err.value)

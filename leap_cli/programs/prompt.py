@@ -77,9 +77,10 @@ class ClipInfo:
 
 
 def load_exemplars(folder: str | Path | None = None) -> list[Exemplar]:
-    """Every ``*.json`` of the exemplar folder (default ``prompts/exemplars``), sorted by id."""
+    """Every ``*.json`` of the exemplar folder (default ``prompts/exemplars``), in file name order; ids unique."""
     folder = Path(folder) if folder else resource_dir("prompts") / "exemplars"
     out = []
+    file_of: dict[str, Path] = {}
     for path in sorted(folder.glob("*.json")):
         try:
             d = json.loads(read_utf8(path, "the exemplar", fix="save it as UTF-8 JSON"))
@@ -90,6 +91,10 @@ def load_exemplars(folder: str | Path | None = None) -> list[Exemplar]:
             out.append(Exemplar(d["id"], d["narration"], d.get("text") or d["narration"], d["program"]))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise LeapError(f"not an exemplar ({e})", path=path, fix='an exemplar is {"id", "narration", "text", "program"}') from None
+        if (eid := out[-1].id) in file_of:  # (a prompt shows each exemplar's turns by id: one would stand for both)
+            raise LeapError(f"exemplar id {eid!r} is also that of {file_of[eid].name}", path=path,
+                            fix="give each exemplar its own id")
+        file_of[eid] = path
         if findings := validate_program(d["program"]):  # (the LLM would copy its faults)
             raise LeapError(f"the exemplar's program does not fit the schema: {findings[0].pointer or '/'}: "
                             f"{findings[0].message}" + (f" (+{len(findings) - 1} more)" if len(findings) > 1 else ""),
