@@ -12,7 +12,7 @@ import pytest
 from leap_cli.epic.annotations import Segment
 from leap_cli.programs.estimate import FRAMING, CostEstimate, RepairTurns, measured_repairs
 from leap_cli.programs.prompt import (ClipInfo, Exemplar, clip_info, clip_message, exemplar_narration,
-                                      narration_record, strip_paths)
+                                      narration_record, select_exemplars, strip_paths)
 from leap_cli.programs.reply import LEN, REFUSED, _read, parse_reply, verify_reply
 from leap_cli.programs.validate import Labels
 from tests.test_programs_validate import nouns, verbs  # noqa: F401 (fixtures)
@@ -160,3 +160,29 @@ def test_two_exemplar_files_of_one_id_are_refused_naming_both(tmp_path):
     with pytest.raises(LeapError, match="one.json") as err:
         load_exemplars(tmp_path)
     assert err.value.path.endswith("two.json") and "same" in str(err.value)
+
+
+def test_the_depth_limit_is_the_documented_64():
+    # docs/programs.md: a reply that nests JSON "more than 64 levels deep" gets the repair turn's finding
+    at_64 = '{"a": ' + "[" * 63 + "]" * 63 + "}"
+    assert parse_reply(at_64)[1] == []
+    value, findings = parse_reply('{"a": ' + "[" * 64 + "]" * 64 + "}")
+    assert value is None and "65 levels deep" in findings[0].message
+
+
+def test_the_clip_text_of_a_record_loses_its_paths():
+    # docs/programs.md, "Prompt order and caching": clip texts lose local file paths before the prompt
+    record = {"narration_id": "c", "components": {},
+              "text": "Narration: cut onion.\nCamera: error (cannot open /home/ann/epic/P01_01.MP4)."}
+    info = clip_info(record)
+    assert info.text == "Narration: cut onion.\nCamera: error (cannot open <path>)." and "/home" not in info.text
+
+
+def test_a_clips_verb_key_matches_in_any_case(verbs, nouns):  # noqa: F811
+    # without class ids the verb is compared by its key, lower case: "Wash" is the exemplar's "wash" (+4)
+    program = lambda verb, noun: {"action": {"narration": f"{verb} {noun}", "verb": verb, "noun": noun},  # noqa: E731
+                                  "pre": [], "post": [], "steps": []}
+    a = Exemplar("a", "rinse cup", "rinse cup", program("rinse", "cup"))
+    b = Exemplar("b", "wash plate", "wash plate", program("wash", "plate"))
+    clip = ClipInfo("c", "", "Wash cup", "Wash", None)  # one word shared with each: 1/3 both
+    assert [e.id for e in select_exemplars(clip, [a, b], 1)] == ["b"]
