@@ -85,3 +85,37 @@ def build(root: Path) -> Path:
     (root / "object-detections" / "P01").mkdir(parents=True)
     (root / "object-detections" / "P01" / "P01_01.jsonl").write_text("".join(json.dumps(d) + "\n" for d in labelled))
     return root
+
+
+def count_describes(monkeypatch) -> "Counter[str]":
+    """How often each extract component's ``describe`` runs in this process (``--workers 1``), by its name."""
+    from collections import Counter
+
+    from leap_cli.extract.audio import AudioComponent
+    from leap_cli.extract.camera import CameraComponent
+    from leap_cli.extract.hands import HandsComponent
+    from leap_cli.extract.narration import NarrationComponent
+    from leap_cli.extract.objects import ObjectsComponent
+
+    seen: Counter = Counter()
+    for cls in (NarrationComponent, AudioComponent, CameraComponent, ObjectsComponent, HandsComponent):
+        def counted(self, ctx, _real=cls.describe):
+            seen[self.name] += 1
+            return _real(self, ctx)
+        monkeypatch.setattr(cls, "describe", counted)
+    return seen
+
+
+def camera_reads_otherwise(monkeypatch, words: str, narration_id: str | None = None) -> None:
+    """The camera component's text ends with ``words`` (on ``narration_id``'s segment, else wherever it read the
+    motion): the odometry of another leap, which read the same video otherwise."""
+    from leap_cli.extract.camera import CameraComponent
+
+    real = CameraComponent.describe
+
+    def other(self, ctx):
+        rec = real(self, ctx)
+        if rec["status"] == "ok" if narration_id is None else ctx.segment.narration_id == narration_id:
+            rec["text"] += words
+        return rec
+    monkeypatch.setattr(CameraComponent, "describe", other)

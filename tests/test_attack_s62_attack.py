@@ -86,10 +86,9 @@ def test_after_the_camera_upgrade_programs_are_made_again_only_where_the_clip_te
     """A resume over camera-1 records makes those of the odometry again (the note's count); generate-programs then
     makes again only the program of the segment whose clip text the new odometry changed, not all of them (paid
     calls with an LLM); with no text changed, none."""
-    from leap_cli.extract.camera import CameraComponent
     from leap_cli.extract.runner import ExtractConfig, run_extract
     from leap_cli.programs.generate import generate_programs
-    from tests.extract_kitchen import build
+    from tests.extract_kitchen import build, camera_reads_otherwise
 
     root = build(tmp_path / "root")
     for name in ("EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"):  # (for generate-programs)
@@ -102,15 +101,7 @@ def test_after_the_camera_upgrade_programs_are_made_again_only_where_the_clip_te
     first = generate_programs(gen)
     assert first.statuses["valid"] == 4
     monkeypatch.setitem(base.VERSIONS, "camera", 2)
-    describe = CameraComponent.describe
-
-    def other_odometry(self, ctx):  # today's odometry reads one segment otherwise
-        rec = describe(self, ctx)
-        if ctx.segment.narration_id == "P01_01_1":
-            rec["text"] += ", then steadies"
-        return rec
-
-    monkeypatch.setattr(CameraComponent, "describe", other_odometry)
+    camera_reads_otherwise(monkeypatch, ", then steadies", "P01_01_1")  # (today's odometry reads one segment otherwise)
     s = run_extract(cfg)  # (P01_02_0's camera is unavailable, no video: camera 2 leaves it as it read)
     assert (s.outdated, s.written) == (3, 3)
     recs = {r["narration_id"]: r for r in map(json.loads, out.read_text().splitlines())}

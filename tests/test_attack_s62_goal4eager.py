@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from leap_cli.model.uniformerv2 import QuickGELU, ResidualAttentionBlock
+from tests.torch_ops import WrittenOps
 
 
 def _mlp(dim: int = 16, seed: int = 0) -> nn.Module:
@@ -115,26 +115,13 @@ def test_a_block_with_and_without_checkpointing_has_the_reference_gradients(use_
         assert ((p.grad - q.grad).norm() / q.grad.norm()).item() < 1e-5, name
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[tuple[str, tuple[int, ...]]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        alias = func._schema.returns[0].alias_info if func._schema.returns else None
-        if isinstance(out, torch.Tensor) and (alias is None or alias.is_write):  # (views write nothing)
-            self.seen.append((func.overloadpacket.__name__, tuple(out.shape)))
-        return out
-
-
 def test_the_forward_makes_one_elementwise_pass_over_the_hidden_activations():
     """The point of the Function: besides the product that makes them, one op writes [M, 4C] activations (the
     silu); the modules wrote three (1.702 x, sigmoid, the product with x), each a pass over the largest
     activations of a block (in b16, 788 x 3072 floats per clip)."""
     m = _mlp()
     x = torch.randn(2, 7, 16, requires_grad=True)
-    with _Ops() as ops:
+    with WrittenOps() as ops:
         m(x)
     hidden = [name for name, shape in ops.seen if shape[-1] == 64 and math.prod(shape) == 14 * 64]
     assert sorted(hidden) == ["addmm", "silu"], ops.seen

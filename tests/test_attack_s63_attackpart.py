@@ -22,7 +22,7 @@ import pytest
 from leap_cli.extract import base
 from leap_cli.extract.runner import ExtractConfig, run_extract
 from leap_cli.io import read_jsonl
-from tests.extract_kitchen import build
+from tests.extract_kitchen import build, camera_reads_otherwise, count_describes
 
 ALL = ("narration", "audio", "camera", "objects", "hands")
 VO = ("P01_01_0", "P01_01_1", "P01_01_2")
@@ -45,20 +45,11 @@ def fresh(kitchen, tmp_path_factory) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def old_output(kitchen, tmp_path_factory) -> str:
     """The output of an earlier leap (camera 1, whose odometry wrote another text), as text."""
-    from leap_cli.extract.camera import CameraComponent
-
     out = tmp_path_factory.mktemp("old") / "train.jsonl"
     mp = pytest.MonkeyPatch()
     try:
         mp.setitem(base.VERSIONS, "camera", 1)
-        real = CameraComponent.describe
-
-        def old(self, ctx):
-            rec = real(self, ctx)
-            if rec["status"] == "ok":
-                rec["text"] += ", as the odometry of 2026-12-05 read it"
-            return rec
-        mp.setattr(CameraComponent, "describe", old)
+        camera_reads_otherwise(mp, ", as the odometry of 2026-12-05 read it")
         assert run_extract(_cfg(kitchen, out)).written == 4
     finally:
         mp.undo()
@@ -84,19 +75,8 @@ def _write(out: Path, recs: list[dict]) -> None:
 
 @pytest.fixture
 def calls(monkeypatch) -> Counter:
-    from leap_cli.extract.audio import AudioComponent
-    from leap_cli.extract.camera import CameraComponent
-    from leap_cli.extract.hands import HandsComponent
-    from leap_cli.extract.narration import NarrationComponent
-    from leap_cli.extract.objects import ObjectsComponent
-
-    seen: Counter = Counter()
-    for cls in (NarrationComponent, AudioComponent, CameraComponent, ObjectsComponent, HandsComponent):
-        def counted(self, ctx, _real=cls.describe):
-            seen[self.name] += 1
-            return _real(self, ctx)
-        monkeypatch.setattr(cls, "describe", counted)
-    return seen
+    """How often each component's ``describe`` runs in this process (workers=1)."""
+    return count_describes(monkeypatch)
 
 
 _KILLED = """

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from leap_cli.model.uniformerv2 import ResidualAttentionBlock
+from tests.torch_ops import WrittenOps
 
 
 def _reference_local(block: ResidualAttentionBlock, lmhra: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
@@ -166,28 +166,15 @@ def test_torch_compile_of_a_block_gives_the_eager_results():
         assert _rel(got[2][name], eager[2][name]) < 1e-6, name
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[tuple[str, tuple[int, ...]]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        alias = func._schema.returns[0].alias_info if func._schema.returns else None
-        if isinstance(out, torch.Tensor) and (alias is None or alias.is_write):  # (views write nothing)
-            self.seen.append((func.overloadpacket.__name__, tuple(out.shape)))
-        return out
-
-
 def test_no_padded_copy_of_the_relation_and_no_zero_filled_token_gradient():
     """The point of the Function: the module path wrote the relation's padded copy (constant_pad_nd) and a
     sum with the tokens in the forward, a zero-filled [N*T, 1+HW, C] gradient (slice_backward) and a padded
     slice in the backward: passes over the largest tensors of the relation (in b16, 788 x 768 floats a clip)."""
     block = _block()
     x = torch.randn(6, 10, 16, requires_grad=True)
-    with _Ops() as fwd:
+    with WrittenOps() as fwd:
         y = block._local(x, block.lmhra1, 3)
-    with _Ops() as bwd:
+    with WrittenOps() as bwd:
         y.backward(torch.ones_like(y))
     tokens = 6 * 9 * 16  # elements of the patch tokens
 

@@ -19,7 +19,7 @@ import pytest
 from leap_cli.extract import base
 from leap_cli.extract.runner import ExtractConfig, run_extract
 from leap_cli.io import read_jsonl
-from tests.extract_kitchen import build
+from tests.extract_kitchen import build, camera_reads_otherwise, count_describes
 
 ALL = ("narration", "audio", "camera", "objects", "hands")
 
@@ -48,33 +48,12 @@ def _component_json(rec: dict, name: str) -> str:
 @pytest.fixture
 def calls(monkeypatch) -> Counter:
     """How often each component's ``describe`` runs in this process (workers=1)."""
-    from leap_cli.extract.audio import AudioComponent
-    from leap_cli.extract.camera import CameraComponent
-    from leap_cli.extract.hands import HandsComponent
-    from leap_cli.extract.narration import NarrationComponent
-    from leap_cli.extract.objects import ObjectsComponent
-
-    seen: Counter = Counter()
-    for cls in (NarrationComponent, AudioComponent, CameraComponent, ObjectsComponent, HandsComponent):
-        def counted(self, ctx, _real=cls.describe):
-            seen[self.name] += 1
-            return _real(self, ctx)
-        monkeypatch.setattr(cls, "describe", counted)
-    return seen
+    return count_describes(monkeypatch)
 
 
 def _old_odometry(monkeypatch):
     """The camera of an earlier leap (version 1): its odometry wrote another text for the same video."""
-    from leap_cli.extract.camera import CameraComponent
-
-    real = CameraComponent.describe
-
-    def old(self, ctx):
-        rec = real(self, ctx)
-        if rec["status"] == "ok":
-            rec["text"] += ", as the odometry of 2026-12-05 read it"
-        return rec
-    monkeypatch.setattr(CameraComponent, "describe", old)
+    camera_reads_otherwise(monkeypatch, ", as the odometry of 2026-12-05 read it")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -264,7 +243,6 @@ def test_the_note_says_what_is_made_again(kitchen, tmp_path, monkeypatch):
 
 
 def test_generate_programs_asks_again_only_where_the_clip_text_changed(kitchen, tmp_path, monkeypatch):
-    from leap_cli.extract.camera import CameraComponent
     from leap_cli.programs.generate import GenerateConfig, generate_programs
 
     out = tmp_path / "w" / "descriptors" / "train.jsonl"
@@ -274,15 +252,7 @@ def test_generate_programs_asks_again_only_where_the_clip_text_changed(kitchen, 
         m.setitem(base.VERSIONS, "camera", 1)
         assert run_extract(cfg).written == 4
     assert generate_programs(gen).statuses["valid"] == 4
-    describe = CameraComponent.describe
-
-    def other_odometry(self, ctx):  # today's odometry reads one segment otherwise
-        rec = describe(self, ctx)
-        if ctx.segment.narration_id == "P01_01_1":
-            rec["text"] += ", then steadies"
-        return rec
-
-    monkeypatch.setattr(CameraComponent, "describe", other_odometry)
+    camera_reads_otherwise(monkeypatch, ", then steadies", "P01_01_1")  # (today's odometry reads one segment otherwise)
     s = run_extract(cfg)
     assert (s.outdated, s.written, dict(s.outdated_made)) == (3, 3, {"camera": 3})
     again = generate_programs(gen)
