@@ -201,10 +201,12 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def _frame_cache_dir(option: str | None, workdir: Path) -> Path | None:
-    """``--frame-cache``: not given -> WORKDIR/frame-cache (the default: build-shards reads it), ``none`` -> off."""
+    """``--frame-cache``: not given -> WORKDIR/frame-cache (the default: build-shards reads it), ``none`` -> off; an
+    absolute path, as recorded in the run's settings."""
     if option is None or option == "":
-        return workdir / "frame-cache"
-    return None if option.lower() == "none" else Path(option)
+        return (workdir / "frame-cache").absolute()
+    # absolute: build-shards finds it in this run's settings, from whatever folder it is run in
+    return None if option.lower() == "none" else Path(option).absolute()
 
 
 def _remade(s) -> str:

@@ -29,24 +29,46 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** "_kmgt".index((m.group(2) or "_").lower()))
 
 
-def extracts_frame_cache(workdir: Path, split: str) -> Path | None:
-    """The frame cache ``leap extract`` of ``split`` wrote into, read from its settings beside
-    ``WORKDIR/descriptors/SPLIT.jsonl`` (and its ``--shard`` parts'): build-shards' default, so that
-    ``extract --frame-cache DIR`` (another disk) is read without naming DIR again. None (then WORKDIR/frame-cache)
-    where no such settings name a folder that is there, or where they name several."""
+def recorded_frame_caches(workdir: Path, split: str) -> list[tuple[Path, Path]]:
+    """(settings file, folder) of each frame cache that ``leap extract`` of ``split`` recorded in its settings beside
+    ``WORKDIR/descriptors/SPLIT.jsonl`` (and its ``--shard`` parts'), whether that folder is there or not."""
     import json
 
-    found: list[Path] = []
+    found: list[tuple[Path, Path]] = []
     for path in sorted((workdir / "descriptors").glob(f"{split}.*config.json")):
         try:
             cfg = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # (extract says what is wrong with its own settings)
             continue
         root = cfg.get("frame_cache") if isinstance(cfg, dict) else None
-        if isinstance(root, str) and root and cfg.get("cache_frames") and Path(root).is_dir() \
-                and Path(root) not in found:
-            found.append(Path(root))
+        if isinstance(root, str) and root and cfg.get("cache_frames"):
+            found.append((path, Path(root)))
+    return found
+
+
+def extracts_frame_cache(workdir: Path, split: str) -> Path | None:
+    """The frame cache ``leap extract`` of ``split`` wrote into, read from its settings (``recorded_frame_caches``):
+    build-shards' default, so that ``extract --frame-cache DIR`` (another disk) is read without naming DIR again.
+    None (then WORKDIR/frame-cache) where no such settings name a folder that is there, or where they name several."""
+    found = list(dict.fromkeys(root for _, root in recorded_frame_caches(workdir, split) if root.is_dir()))
     return found[0] if len(found) == 1 else None
+
+
+def _unread_frame_caches(workdir: Path, split: str) -> str | None:
+    """Why build-shards reads none of the frame caches extract's settings name (None: it reads one, or none is
+    named): the folders are not there as named (moved, another disk not mounted, a path relative to where extract
+    ran), or they are several."""
+    recorded = recorded_frame_caches(workdir, split)
+    there = list(dict.fromkeys(root for _, root in recorded if root.is_dir()))
+    if len(there) == 1 or not recorded or all(root.absolute() == (workdir / "frame-cache").absolute() for _, root in recorded):
+        return None
+    if len(there) > 1:
+        return (f"extract's settings of {split} name {len(there)} frame caches ({', '.join(map(str, there[:3]))}): "
+                "none is read for the others' frames (WORKDIR/frame-cache where it is there, else every sample is "
+                "decoded); give the one to read as --frame-cache DIR")
+    cfg, root = recorded[0]
+    return (f"extract's frame cache {root} (named in {cfg}) is not there: every sample is decoded (WORKDIR/frame-"
+            "cache where it is there); give its folder as --frame-cache DIR")
 
 
 def register(app: typer.Typer) -> None:
@@ -124,8 +146,10 @@ def build_shards(
                              tau_o=tau_o, context=context if task == "anticipation" else 0,
                              context_mode=anticipation_context, span_frames=span_frames)
     data = dataset_root(workdir, data)
+    unread = None
     if frame_cache is None and task == "recognition":
         frame_cache = extracts_frame_cache(workdir, split)
+        unread = _unread_frame_caches(workdir, split) if frame_cache is None else None
     elif frame_cache is not None and not frame_cache.is_dir():  # (the default may be absent: then every sample is decoded)
         raise LeapError(f"--frame-cache {frame_cache}: no such folder",
                         fix="give the folder leap extract --frame-cache wrote, or leave the option out to decode "
@@ -154,7 +178,7 @@ def build_shards(
     table.add_row(str(c["segments"]), str(c["samples"]), str(c["with_program"]), str(c["skipped"]), str(c["shards"]),
                   str(result.resumed_shards), f"{sum(s['bytes'] for s in m['shards']) / 1e9:.3f}")
     console.print(table)
-    for note in result.notes:
+    for note in result.notes + ([unread] if unread else []):
         console.print(f"[yellow]note:[/] {escape(note)}")
     if c.get("blank"):  # (anticipation: black clips the model learns labels from; the manifest counts them)
         console.print(f"[yellow]note:[/] {c['blank']} of the {c['samples']} samples have no frame to observe (their "
