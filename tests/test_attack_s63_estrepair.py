@@ -135,7 +135,7 @@ def test_repair_rounds_0_counts_no_repair_turn(workdir, good_programs):  # noqa:
 def test_a_store_with_no_prompt_tokens_adds_up_the_replies_and_findings(tmp_path):
     """Turns logged through the store's API (an endpoint that counts no prompt tokens): the repair prompt is the
     first prompt, the first reply and its findings, per round; turns past --repair-rounds are not counted, nor
-    cache hits and failed requests."""
+    cache hits and failed requests (the reply before a failed one still asks its repair turn)."""
     with ProgramStore(tmp_path / "cache.sqlite") as store:
         def log(nid, rnd, completion_tokens, error=None, cached=False, response="{}"):
             store.log_call(narration_id=nid, backend="openai", model="m", prompt_hash="h", cache_key=f"{nid}{rnd}",
@@ -153,7 +153,8 @@ def test_a_store_with_no_prompt_tokens_adds_up_the_replies_and_findings(tmp_path
     assert sorted((r[0], r[1]) for r in rows) == [("a0", 0), ("a0", 1), ("a1", 0), ("a2", 0), ("a3", 0),
                                                   ("other", 0)]
     r = measured_repairs([t for t in rows if t[0] != "other"], 1, 20, "its records")
-    assert r.rate == pytest.approx(0.25) and r.reply_tokens == 150
+    # (a1's first reply asked a repair turn too: its request failed, and --retry-errors sends it again)
+    assert r.rate == pytest.approx(0.5) and r.reply_tokens == 150
     assert r.extra_prompt == pytest.approx(100 + 20 + 100 + FRAMING)  # the first reply, the frame, 400 chars / 4
     assert measured_repairs([("a", 1, 0, 0, None)], 1, 20, "x") is None  # no first reply paid: no rate
 

@@ -55,21 +55,25 @@ class RepairTurns:
 
 def measured_repairs(rows: list[tuple], rounds: int, findings_frame: int, source: str) -> RepairTurns | None:
     """The repair rate and sizes of paid turns (``ProgramStore.paid_turns``' rows: narration id, round, prompt
-    and completion tokens, characters of the findings), None without a paid first reply. A repair turn's prompt is
-    the measured mean beyond a first prompt's where the endpoint reported prompt tokens, else the first reply and
-    its findings (``findings_frame``: the repair message's tokens besides the findings) added up per round."""
+    and completion tokens, characters of the findings), None without a paid first reply. The rate: the replies
+    with findings at a round below ``rounds``, each of which asks a repair turn, per first reply (not the repair
+    turns logged: a run with fewer --repair-rounds, or none, sent fewer than these settings would). A repair turn's
+    prompt is the measured mean beyond a first prompt's where the endpoint reported prompt tokens, else the first
+    reply and its findings (``findings_frame``: the repair message's tokens besides the findings) added up per
+    round."""
     first = [r for r in rows if r[1] == 0]
     repairs = [r for r in rows if r[1] >= 1]
+    asked = [r for r in rows if r[1] < rounds and r[4]]  # (each is followed by turn round + 1)
     if not first:
         return None
     first_reply = _mean([r[3] for r in first])
     reply = _mean([r[3] for r in repairs]) or first_reply
-    if all(r[2] for r in repairs) and all(r[2] for r in first):
+    if repairs and all(r[2] for r in repairs) and all(r[2] for r in first):
         extra = max(0.0, _mean([r[2] for r in repairs]) - _mean([r[2] for r in first]))
-    else:  # (an endpoint that counts no prompt tokens)
-        findings = findings_frame + _mean([n / 4 for _, rnd, _, _, n in rows if rnd < rounds and n])
-        extra = _mean([r[1] * (first_reply + findings + FRAMING) for r in repairs])
-    return RepairTurns(rounds, len(repairs) / len(first), f"{len(repairs):,} repair turns to the {len(first):,} "
+    else:  # (an endpoint that counts no prompt tokens, or no repair turn paid yet)
+        findings = findings_frame + _mean([r[4] / 4 for r in asked])
+        extra = _mean([(r[1] + 1) * (first_reply + findings + FRAMING) for r in asked])
+    return RepairTurns(rounds, len(asked) / len(first), f"{len(asked):,} repair turns to the {len(first):,} "
                        f"first replies paid for {source}", extra, reply)
 
 

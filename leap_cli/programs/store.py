@@ -500,11 +500,14 @@ class ProgramStore:
     def paid_turns(self, backend: str, model: str, rounds: int) -> list[tuple]:
         """The replies paid for with ``backend`` and ``model`` (not a cache hit, not a failed request) of the turns
         0 (a segment's first) to ``rounds`` (its repair turns): (narration_id, round, prompt_tokens,
-        completion_tokens, characters of the findings logged with it or None); the cost estimate's repair rate."""
+        completion_tokens, characters of the findings logged with it or None: None too for a reply cut at the token
+        limit, which gets no repair turn); the cost estimate's repair rate."""
         self.commit()
-        return self._read("SELECT narration_id, round, prompt_tokens, completion_tokens, LENGTH(error) FROM calls "
-                          "WHERE backend = ? AND model = ? AND cached = 0 AND response IS NOT NULL AND round <= ?",
-                          (backend, model, rounds))[1]
+        return self._read("SELECT c.narration_id, c.round, c.prompt_tokens, c.completion_tokens, "
+                          "CASE WHEN k.cut THEN NULL ELSE LENGTH(c.error) END FROM calls c "
+                          "LEFT JOIN cache k ON k.key = c.cache_key "
+                          "WHERE c.backend = ? AND c.model = ? AND c.cached = 0 AND c.response IS NOT NULL "
+                          "AND c.round <= ?", (backend, model, rounds))[1]
 
     def log_call(self, *, narration_id: str, backend: str, model: str, prompt_hash: str, cache_key: str,
                  round: int, response: str | None, usage: dict, latency: float, attempts: int, cached: bool,
