@@ -87,7 +87,7 @@ def test_without_this_outputs_turns_the_models_in_the_cache_are_measured(workdir
     other = workdir / "programs" / "other.jsonl"  # another output on the same cache and model: its paid turns
     est = estimate_cost(offline_config(workdir, out=other))
     assert est.repairs.rate == pytest.approx(0.25) and (est.answered, est.asked) == (4, N_SEGMENTS - 4)
-    assert est.repairs.source == "1 repair turns to the 4 first replies paid for test-model in the program cache"
+    assert est.repairs.source == "1 repair turn to the 4 first replies paid for test-model in the program cache"
     assert est.repair_requests == pytest.approx(0.25 * (N_SEGMENTS - 4))
     assert "~0.5 more requests" in "\n".join(est.lines())
     # another model has paid nothing: no rate is made up, the most is said

@@ -73,8 +73,8 @@ def measured_repairs(rows: list[tuple], rounds: int, findings_frame: int, source
     else:  # (an endpoint that counts no prompt tokens, or no repair turn paid yet)
         findings = findings_frame + _mean([r[4] / 4 for r in asked])
         extra = _mean([(r[1] + 1) * (first_reply + findings + FRAMING) for r in asked])
-    return RepairTurns(rounds, len(asked) / len(first), f"{len(asked):,} repair turns to the {len(first):,} "
-                       f"first replies paid for {source}", extra, reply)
+    return RepairTurns(rounds, len(asked) / len(first), f"{len(asked):,} repair turn{'s' * (len(asked) != 1)} to the "
+                       f"{len(first):,} first repl{'ies' if len(first) != 1 else 'y'} paid for {source}", extra, reply)
 
 
 def repair_bound(rounds: int, reply_tokens: float, findings_tokens: int) -> RepairTurns:
