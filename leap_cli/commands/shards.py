@@ -58,17 +58,18 @@ def _unread_frame_caches(workdir: Path, split: str) -> str | None:
     """Why build-shards reads none of the frame caches extract's settings name (None: it reads one, or none is
     named): the folders are not there as named (moved, another disk not mounted, a path relative to where extract
     ran), or they are several."""
+    default = (workdir / "frame-cache").absolute()  # (the writer's own notes say what it finds there)
     recorded = recorded_frame_caches(workdir, split)
     there = list(dict.fromkeys(root for _, root in recorded if root.is_dir()))
-    if len(there) == 1 or not recorded or all(root.absolute() == (workdir / "frame-cache").absolute() for _, root in recorded):
+    others = [(cfg, root) for cfg, root in recorded if root.absolute() != default]
+    if len(there) == 1 or not others:
         return None
+    unless = "(without it: WORKDIR/frame-cache where it is there, else every sample is decoded)"
     if len(there) > 1:
-        return (f"extract's settings of {split} name {len(there)} frame caches ({', '.join(map(str, there[:3]))}): "
-                "none is read for the others' frames (WORKDIR/frame-cache where it is there, else every sample is "
-                "decoded); give the one to read as --frame-cache DIR")
-    cfg, root = recorded[0]
-    return (f"extract's frame cache {root} (named in {cfg}) is not there: every sample is decoded (WORKDIR/frame-"
-            "cache where it is there); give its folder as --frame-cache DIR")
+        return (f"extract's settings of {split} name {len(there)} frame caches ({', '.join(map(str, there[:3]))}) and "
+                f"build-shards reads one: give the one to read as --frame-cache DIR {unless}")
+    cfg, root = others[0]
+    return f"extract's frame cache {root} (named in {cfg}) is not there: give its folder as --frame-cache DIR {unless}"
 
 
 def register(app: typer.Typer) -> None:
