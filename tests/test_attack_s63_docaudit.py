@@ -157,8 +157,9 @@ def test_the_quickstarts_make_with_another_python_makes_the_venv_with_it(tmp_pat
     readme = " ".join((ROOT / "README.md").read_text().split())
     given = re.search(r"`make demo (PY=[\w.]+)`", readme)
     assert given, "README names no make demo PY=..."
-    r = subprocess.run(["make", "-n", "demo", given[1], f"VENV={tmp_path / 'v'}"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # (under make test)
+    r = subprocess.run(["make", "--no-print-directory", "-n", "demo", given[1], f"VENV={tmp_path / 'v'}"], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == f"{given[1].split('=')[1]} -m venv {tmp_path / 'v'}", lines
