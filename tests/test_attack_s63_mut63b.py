@@ -162,6 +162,20 @@ def test_two_exemplar_files_of_one_id_are_refused_naming_both(tmp_path):
     assert err.value.path.endswith("two.json") and "same" in str(err.value)
 
 
+@pytest.mark.parametrize("eid", ["", "  "])
+def test_an_exemplar_without_an_id_is_refused(tmp_path, eid):
+    # the prompt names each exemplar's clip by its id ("Clip wash-plate:"): a blank one read "Clip :"
+    from leap_cli.errors import LeapError
+    from leap_cli.programs.prompt import load_exemplars
+
+    e = load_exemplars()[0]
+    (tmp_path / "blank.json").write_text(json.dumps({"id": eid, "narration": e.narration, "text": e.text,
+                                                     "program": e.program}))
+    with pytest.raises(LeapError, match="id is empty") as err:
+        load_exemplars(tmp_path)
+    assert err.value.path.endswith("blank.json")
+
+
 def test_the_depth_limit_is_the_documented_64():
     # docs/programs.md: a reply that nests JSON "more than 64 levels deep" gets the repair turn's finding
     at_64 = '{"a": ' + "[" * 63 + "]" * 63 + "}"

@@ -91,6 +91,8 @@ def load_exemplars(folder: str | Path | None = None) -> list[Exemplar]:
             out.append(Exemplar(d["id"], d["narration"], d.get("text") or d["narration"], d["program"]))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise LeapError(f"not an exemplar ({e})", path=path, fix='an exemplar is {"id", "narration", "text", "program"}') from None
+        if not str(out[-1].id).strip():  # (the prompt names each exemplar's clip by its id)
+            raise LeapError("the exemplar's id is empty", path=path, fix="give it an id, e.g. its file name's stem")
         if (eid := out[-1].id) in file_of:  # (a prompt shows each exemplar's turns by id: one would stand for both)
             raise LeapError(f"exemplar id {eid!r} is also that of {file_of[eid].name}", path=path,
                             fix="give each exemplar its own id")
