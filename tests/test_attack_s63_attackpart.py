@@ -306,7 +306,8 @@ def test_the_note_says_why_records_are_made_whole(kitchen, old_output, tmp_path,
     said = _cli(kitchen, w)
     assert "only those parts are made again (camera of 2)" in said, said
     assert "1 is made whole again (a component to keep that cannot be read as it is)" in said, said
-    assert "later leap" not in said and "--retry-errors redoes" not in said, said
+    outdated = said.split("note: ")[1]  # (the note on outdated records; the one on kept failures follows it)
+    assert "later leap" not in outdated and "a failure --retry-errors redoes" not in outdated, said
     monkeypatch.setitem(base.VERSIONS, "audio", 0)  # a later leap's audio in every record
     said = _cli(kitchen, w)
     assert "they are made whole again (a later leap's part in them)" in said, said
@@ -318,6 +319,28 @@ def test_the_note_says_why_records_are_made_whole(kitchen, old_output, tmp_path,
     said = _cli(kitchen, w, "--retry-errors")
     assert ("2 are made whole again (a component to keep that cannot be read as it is, or a failure --retry-errors "
             "redoes)") in said, said
+
+
+def test_a_part_remake_says_the_failures_it_keeps(kitchen, old_output, tmp_path):
+    """A part remake keeps the record's other components as they are, failed ones too (--retry-errors redoes those):
+    the run that wrote records says so, as a rerun with nothing to do did (it said nothing until the next run)."""
+    import re
+
+    w = tmp_path / "w"
+    _cli(kitchen, w)
+    out = w / "descriptors" / "train.jsonl"
+    recs = [json.loads(x) for x in old_output.splitlines()]  # camera 1
+    _write(out, recs)
+    kept = re.search(r"note: (\d+) records of earlier runs hold a component that failed", _cli(kitchen, w))
+    before = int(kept[1]) if kept else 0  # (a segment of the kitchen's has no video: unavailable, not failed)
+    recs[0]["components"]["audio"] = {"status": "error", "source": "dsp-rules", "text": "",
+                                      "data": {"error": "internal error (OSError)", "detail": "OSError: x"}}
+    _write(out, recs)
+    said = _cli(kitchen, w)
+    assert "only those parts are made again (camera of 3)" in said, said
+    assert f"note: {before + 1} records of earlier runs hold a component that failed" in said, said
+    again = _cli(kitchen, w)
+    assert "nothing to do" in again and f"note: {before + 1} of them hold a component that failed" in again, again
 
 
 def test_a_text_bump_alone_prints_no_empty_table(kitchen, tmp_path, monkeypatch):

@@ -228,15 +228,21 @@ def _remade(s) -> str:
     return "; ".join(said)
 
 
+def _print_retryable(s, which: str) -> None:
+    """The note on records done before that ``--retry-errors`` would redo (a fixed or re-downloaded video is read
+    again only when asked)."""
+    if s.retryable:
+        console.print(f"note: {s.retryable} {which} hold a component that failed, had no readable video (none "
+                      "there, or damaged) or was made without an audio, hand-object, detection or pose file that is "
+                      "there now: once the files are there or fixed, --retry-errors redoes them",
+                      style="yellow", highlight=False)
+
+
 def _print_summary(s) -> None:
     if s.done_before and not s.written and not s.interrupted:  # a rerun with nothing left: no empty table
         console.print(f"segments: {s.segments} selected, {s.done_before} done before, 0 written now: nothing to do "
                       f"({escape(str(s.out))})")
-        if s.retryable:  # (a fixed or re-downloaded video is read again only when asked: it said nothing to do)
-            console.print(f"note: {s.retryable} of them hold a component that failed, had no readable video (none "
-                          "there, or damaged) or was made without an audio, hand-object, detection or pose file that "
-                          "is there now: once the files are there or fixed, --retry-errors redoes them",
-                          style="yellow", highlight=False)
+        _print_retryable(s, "of them")
         for line in s.outcome.lines():
             console.print(escape(line), highlight=False, style="red")
         return
@@ -269,6 +275,7 @@ def _print_summary(s) -> None:
         console.print(f"note: {s.outdated} records of earlier runs hold parts another leap made otherwise (e.g. "
                       f"{escape(s.outdated_example)}): {_remade(s)}, and generate-programs asks again for the "
                       "programs of those whose clip text changed", style="yellow", highlight=False)
+    _print_retryable(s, "records of earlier runs")  # (kept as they are by this run, a part remake's kept ones too)
     if s.unavailable:
         console.print(f"unavailable components by reason ({sum(s.unavailable.values())}"
                       + (", this run" if s.done_before else "") + "):")
