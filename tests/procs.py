@@ -158,3 +158,18 @@ class ScriptJob:
             except ProcessLookupError:
                 pass
             self.p.wait()
+
+
+def run_leap(cwd, *args: str, columns: int = 200, timeout: float = 300) -> "subprocess.CompletedProcess":
+    """``python -m leap_cli ARGS`` in a new process in ``cwd`` (this checkout's leap first on the path), its
+    output as text, ``columns`` wide and without colour."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": str(columns), "NO_COLOR": "1"}
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return subprocess.run([sys.executable, "-m", "leap_cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)

@@ -9,21 +9,17 @@ import inspect
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.procs import leap_main
+from tests.procs import leap_main, run_leap
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _leap(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "COLUMNS": "200", "NO_COLOR": "1"}
-    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return subprocess.run([sys.executable, "-m", "leap_cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return run_leap(cwd, *args, columns=200)
 
 
 @pytest.fixture(scope="module")
