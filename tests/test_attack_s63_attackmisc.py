@@ -57,23 +57,23 @@ def test_a_relative_frame_cache_is_found_from_another_folder(kitchen):
 def test_unread_frame_caches_are_said(kitchen, tmp_path):
     """Settings naming a cache that is not there, or two that are: build-shards says which and what to give (it
     decoded every sample without a word)."""
-    from leap_cli.commands.shards import _unread_frame_caches, extracts_frame_cache
+    from leap_cli.commands.shards import extracts_frame_cache
 
     work, desc = tmp_path / "w", tmp_path / "w/descriptors"
     desc.mkdir(parents=True)
-    assert _unread_frame_caches(work, "train") is None  # (nothing recorded)
+    assert extracts_frame_cache(work, "train")[1] is None  # (nothing recorded)
     (desc / "train.config.json").write_text(json.dumps({"frame_cache": str(tmp_path / "gone"), "cache_frames": 16}))
-    note = _unread_frame_caches(work, "train")
+    note = extracts_frame_cache(work, "train")[1]
     assert note and str(tmp_path / "gone") in note and "train.config.json" in note and "--frame-cache" in note
     (desc / "train.config.json").write_text(json.dumps({"frame_cache": str(work / "frame-cache"), "cache_frames": 16}))
-    assert _unread_frame_caches(work, "train") is None  # (the default: the writer's own notes say it)
+    assert extracts_frame_cache(work, "train")[1] is None  # (the default: the writer's own notes say it)
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir(), b.mkdir()
     (desc / "train.shard0of2.config.json").write_text(json.dumps({"frame_cache": str(a), "cache_frames": 16}))
-    assert _unread_frame_caches(work, "train") is None and extracts_frame_cache(work, "train") == a
+    assert extracts_frame_cache(work, "train")[1] is None and extracts_frame_cache(work, "train")[0] == a
     (desc / "train.shard1of2.config.json").write_text(json.dumps({"frame_cache": str(b), "cache_frames": 16}))
-    note = _unread_frame_caches(work, "train")
-    assert extracts_frame_cache(work, "train") is None and note and str(a) in note and str(b) in note
+    note = extracts_frame_cache(work, "train")[1]
+    assert extracts_frame_cache(work, "train")[0] is None and note and str(a) in note and str(b) in note
 
 
 def test_build_shards_says_the_cache_it_cannot_find(kitchen):

@@ -66,23 +66,23 @@ def test_build_shards_default_frame_cache_is_the_one_extract_recorded(tmp_path):
 
     work, desc = tmp_path / "w", tmp_path / "w/descriptors"
     desc.mkdir(parents=True)
-    assert extracts_frame_cache(work, "train") is None
+    assert extracts_frame_cache(work, "train")[0] is None
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     (desc / "train.shard0of2.config.json").write_text(json.dumps({"frame_cache": str(a), "cache_frames": 16}))
     (desc / "val.config.json").write_text(json.dumps({"frame_cache": str(tmp_path), "cache_frames": 16}))
-    assert extracts_frame_cache(work, "train") == a
+    assert extracts_frame_cache(work, "train")[0] == a
     (desc / "train.shard1of2.config.json").write_text(json.dumps({"frame_cache": str(b), "cache_frames": 16}))
-    assert extracts_frame_cache(work, "train") == a  # (b is not there)
+    assert extracts_frame_cache(work, "train")[0] == a  # (b is not there)
     b.mkdir()
-    assert extracts_frame_cache(work, "train") is None  # (two folders: neither is taken for the other's)
+    assert extracts_frame_cache(work, "train")[0] is None  # (two folders: neither is taken for the other's)
     (desc / "train.shard1of2.config.json").write_text(json.dumps({"frame_cache": str(a), "cache_frames": 16}))
-    assert extracts_frame_cache(work, "train") == a
+    assert extracts_frame_cache(work, "train")[0] == a
     (desc / "train.shard1of2.config.json").write_text("{not json")
-    assert extracts_frame_cache(work, "train") == a
-    assert extracts_frame_cache(work, "val") == tmp_path
+    assert extracts_frame_cache(work, "train")[0] == a
+    assert extracts_frame_cache(work, "val")[0] == tmp_path
     (desc / "val.config.json").write_text(json.dumps({"frame_cache": str(tmp_path), "cache_frames": 0}))
-    assert extracts_frame_cache(work, "val") is None  # (--cache-frames 0: no cache written)
+    assert extracts_frame_cache(work, "val")[0] is None  # (--cache-frames 0: no cache written)
 
 
 @pytest.mark.parametrize("extra,said", [((), "no such folder"), (("--task", "anticipation"), "recognition frames")])

@@ -46,30 +46,28 @@ def recorded_frame_caches(workdir: Path, split: str) -> list[tuple[Path, Path]]:
     return found
 
 
-def extracts_frame_cache(workdir: Path, split: str) -> Path | None:
+def extracts_frame_cache(workdir: Path, split: str) -> tuple[Path | None, str | None]:
     """The frame cache ``leap extract`` of ``split`` wrote into, read from its settings (``recorded_frame_caches``):
-    build-shards' default, so that ``extract --frame-cache DIR`` (another disk) is read without naming DIR again.
-    None (then WORKDIR/frame-cache) where no such settings name a folder that is there, or where they name several."""
-    found = list(dict.fromkeys(root for _, root in recorded_frame_caches(workdir, split) if root.is_dir()))
-    return found[0] if len(found) == 1 else None
-
-
-def _unread_frame_caches(workdir: Path, split: str) -> str | None:
-    """Why build-shards reads none of the frame caches extract's settings name (None: it reads one, or none is
-    named): the folders are not there as named (moved, another disk not mounted, a path relative to where extract
-    ran), or they are several."""
-    default = (workdir / "frame-cache").absolute()  # (the writer's own notes say what it finds there)
+    build-shards' default, so that ``extract --frame-cache DIR`` (another disk) is read without naming DIR again;
+    None (then WORKDIR/frame-cache) where no such settings name a folder that is there, or where they name several.
+    With it, why none of the folders named is read (None: one is, or none other than WORKDIR/frame-cache is named,
+    whose notes the writer gives): not there as named (moved, another disk not mounted), or several."""
+    default = (workdir / "frame-cache").absolute()
     recorded = recorded_frame_caches(workdir, split)
     there = list(dict.fromkeys(root for _, root in recorded if root.is_dir()))
+    if len(there) == 1:
+        return there[0], None
     others = [(cfg, root) for cfg, root in recorded if root.absolute() != default]
-    if len(there) == 1 or not others:
-        return None
+    if not others:
+        return None, None
     unless = "(without it: WORKDIR/frame-cache where it is there, else every sample is decoded)"
     if len(there) > 1:
-        return (f"extract's settings of {split} name {len(there)} frame caches ({', '.join(map(str, there[:3]))}) and "
-                f"build-shards reads one: give the one to read as --frame-cache DIR {unless}")
+        return None, (f"extract's settings of {split} name {len(there)} frame caches "
+                      f"({', '.join(map(str, there[:3]))}) and build-shards reads one: give the one to read as "
+                      f"--frame-cache DIR {unless}")
     cfg, root = others[0]
-    return f"extract's frame cache {root} (named in {cfg}) is not there: give its folder as --frame-cache DIR {unless}"
+    return None, (f"extract's frame cache {root} (named in {cfg}) is not there: give its folder as --frame-cache DIR "
+                  f"{unless}")
 
 
 def register(app: typer.Typer) -> None:
@@ -149,8 +147,7 @@ def build_shards(
     data = dataset_root(workdir, data)
     unread = None
     if frame_cache is None and task == "recognition":
-        frame_cache = extracts_frame_cache(workdir, split)
-        unread = _unread_frame_caches(workdir, split) if frame_cache is None else None
+        frame_cache, unread = extracts_frame_cache(workdir, split)
     elif frame_cache is not None and not frame_cache.is_dir():  # (the default may be absent: then every sample is decoded)
         raise LeapError(f"--frame-cache {frame_cache}: no such folder",
                         fix="give the folder leap extract --frame-cache wrote, or leave the option out to decode "
