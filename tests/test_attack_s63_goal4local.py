@@ -185,3 +185,23 @@ def test_no_padded_copy_of_the_relation_and_no_zero_filled_token_gradient():
     assert not {"slice_backward", "zeros", "zero_", "fill_", "new_zeros"} & set(writes(bwd)), writes(bwd)
     # the patch tokens' copy for the BatchNorm, x + the expand bias, the product accumulated onto it
     assert len(writes(fwd)) <= 3, writes(fwd)
+
+
+def test_the_expand_bias_gradient_keeps_the_patch_rows_beside_large_class_row_gradients():
+    """The expand bias's gradient is the sum over the patch rows; taken as all rows less the class rows it lost
+    the patch rows' sum in float32 where the class rows' gradients are 10^4x theirs (1e-4 relative)."""
+    block = _block(dim=64, seed=4)
+    T = 4
+    x = torch.randn(3 * T, 17, 64, generator=torch.Generator().manual_seed(2))
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)) * 1e-3
+    w[:, 0] *= 1e7  # the class rows' gradients 1e4x the patch rows'
+
+    def bias_grad(dtype):
+        b = _block(dim=64, seed=4).to(dtype)
+        b.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in block.state_dict().items()})
+        y = b._local(x.to(dtype), b.lmhra1, T)
+        (y * w.to(dtype)).sum().backward()
+        return b.lmhra1.pos_embed[3].bias.grad.double()
+
+    exact = bias_grad(torch.float64)
+    assert _rel(bias_grad(torch.float32), exact) < 2e-6
