@@ -1,8 +1,8 @@
 """The local relation (a block's ``_local``: BatchNorm, reduce, temporal depthwise, expand, drop path, the sum
 with the tokens) as the BatchNorm module plus one autograd Function (issue 15 goal 4, session 63). Pinned here:
-the same outputs, gradients and running statistics as the module path it replaces (``forward_tokens``,
-``drop_path_local``, ``x + F.pad(delta)``), drop path per clip, the BatchNorm still a module (SyncBatchNorm),
-bf16 autocast, torch.compile, and the passes over the tokens it no longer makes."""
+the same outputs, gradients and running statistics as the module path it replaces (``forward_tokens`` of
+tests/uniformer_reference.py, ``drop_path_local``, ``x + F.pad(delta)``), drop path per clip, the BatchNorm still
+a module (SyncBatchNorm), bf16 autocast, torch.compile, and the passes over the tokens it no longer makes."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ from torch import nn
 
 from leap_cli.model.uniformerv2 import ResidualAttentionBlock
 from tests.torch_ops import WrittenOps
+from tests.uniformer_reference import forward_tokens
 
 
 def _reference_local(block: ResidualAttentionBlock, lmhra: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
     """The module path before: the relation on the patch tokens, drop path per clip, zero on the class token."""
     NT, L1, C = x.shape
     tokens = x[:, 1:].reshape(NT // T, T, L1 - 1, C)
-    delta = block.drop_path_local(lmhra.forward_tokens(tokens)).reshape(NT, L1 - 1, C)
+    delta = block.drop_path_local(forward_tokens(lmhra, tokens)).reshape(NT, L1 - 1, C)
     return x + F.pad(delta, (0, 0, 1, 0))
 
 

@@ -744,7 +744,8 @@ def test_matches_a_functional_reference_of_the_official_forward(options):
 def test_hand_written_backwards_pass_gradcheck():
     """The custom autograd Functions of the backbone against numerical gradients (float64), at the edges too:
     one or two frames (taps past both ends), a batch of two, a channels-last input to the dpe."""
-    from leap_cli.model.uniformerv2 import _DepthwiseConv3d, _QuickGELUFunction, _TemporalDepthwise
+    from leap_cli.model.uniformerv2 import _DepthwiseConv3d, _QuickGELUFunction
+    from tests.uniformer_reference import TemporalDepthwise  # (the model's conv and conv_backward)
 
     g = torch.Generator().manual_seed(0)
 
@@ -753,7 +754,7 @@ def test_hand_written_backwards_pass_gradcheck():
 
     assert torch.autograd.gradcheck(_QuickGELUFunction.apply, (rand(3, 7),))
     for T, k in ((4, 3), (1, 3), (2, 5)):
-        assert torch.autograd.gradcheck(_TemporalDepthwise.apply, (rand(2, T, 3, 5), rand(5, k), rand(5)))
+        assert torch.autograd.gradcheck(TemporalDepthwise.apply, (rand(2, T, 3, 5), rand(5, k), rand(5)))
     for N, T in ((1, 4), (2, 1)):
         x = rand(N, 4, T, 3, 3)
         x_cl = x.detach().contiguous(memory_format=torch.channels_last_3d).requires_grad_()

@@ -280,11 +280,12 @@ class Attention(nn.Module):
         return self.out_proj(out.reshape(B, Lq, C))
 
 
-class _TemporalDepthwise(torch.autograd.Function):
+class _TemporalDepthwise:
     """The local relation's depthwise (k,1,1) convolution, zero-padded by k//2 frames, on channels-last tokens
     ``h`` [N, T, L, R] with weight [R, k] and bias [R]: ``out[:, t] = b + sum_i w[:, i] h[:, t + i - k//2]`` as
     in-place multiply-adds on frame slices, forward and backward, without the padded copy of ``h`` (and its
-    zero-filled gradient) that autograd through ``F.pad`` and out-of-place products needs."""
+    zero-filled gradient) that autograd through ``F.pad`` and out-of-place products needs. :class:`_LocalRelation`
+    runs it where oneDNN's convolution is not used (CUDA, torch.compile)."""
 
     @staticmethod
     def taps(T: int, k: int):
@@ -326,16 +327,6 @@ class _TemporalDepthwise(torch.autograd.Function):
         if needs[2]:
             grad_b = grad.sum(dim=(0, 1, 2))
         return grad_h, grad_w, grad_b
-
-    @staticmethod
-    def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(h, w)
-        return _TemporalDepthwise.conv(h, w, b)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        h, w = ctx.saved_tensors
-        return _TemporalDepthwise.conv_backward(grad, h, w, ctx.needs_input_grad)
 
 
 class _PatchRows(torch.autograd.Function):
@@ -457,10 +448,10 @@ class _LocalRelation(torch.autograd.Function):
 class LocalMHRA(nn.Module):
     """Local UniBlock relation: BN, 1x1x1 reduce, temporal depthwise conv (k,1,1), 1x1x1 expand (zero-init).
 
-    The parameters are the official ``Conv3d``/``BatchNorm3d`` ones (``pos_embed.0-3``); :meth:`forward_tokens`
-    computes the same function on channels-last tokens ``[N, T, HW, C]`` (the BatchNorm over ``[M, C]`` rows,
-    the 1x1x1 convolutions as matrix products, the temporal convolution as a weighted sum of shifted frames), so
-    the tokens never go through the ``[N, C, T, H, W]`` layout and back."""
+    The parameters are the official ``Conv3d``/``BatchNorm3d`` ones (``pos_embed.0-3``); :meth:`add_to` computes
+    the same function on the channels-last patch tokens (the BatchNorm over ``[M, C]`` rows, the 1x1x1
+    convolutions as matrix products, the temporal convolution as a weighted sum of shifted frames), so the tokens
+    never go through the ``[N, C, T, H, W]`` layout and back."""
 
     def __init__(self, dim: int, dw_reduction: float = 1.5, kernel_t: int = 3) -> None:
         super().__init__()
@@ -478,20 +469,9 @@ class LocalMHRA(nn.Module):
         """x: [N, C, T, H, W] (the official layout)."""
         return self.pos_embed(x)
 
-    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [N, T, HW, C] channels-last tokens -> the relation, [N, T, HW, C]."""
-        bn, reduce, temporal, expand = self.pos_embed
-        N, T, L, C = x.shape
-        # The BatchNorm module itself (so that SyncBatchNorm conversion still applies), on [M, C, 1, 1, 1]:
-        # per-channel statistics over all N*T*H*W positions, as on [N, C, T, H, W].
-        h = bn(x.reshape(N * T * L, C, 1, 1, 1)).view(N, T, L, C)
-        h = F.linear(h, reduce.weight.flatten(1), reduce.bias)  # [N, T, L, red]
-        out = _TemporalDepthwise.apply(h, temporal.weight.view(temporal.weight.shape[0], -1), temporal.bias)
-        return F.linear(out, expand.weight.flatten(1), expand.bias)  # [N, T, L, C]
-
     def add_to(self, x: torch.Tensor, T: int, drop_path: DropPath) -> torch.Tensor:
         """``x`` [N*T, 1+HW, C] plus ``drop_path`` of the relation of its patch tokens (the class tokens pass
-        through): :meth:`forward_tokens` and the sum, computed by :class:`_LocalRelation` after the BatchNorm."""
+        through): the relation and the sum, computed by :class:`_LocalRelation` after the BatchNorm."""
         bn, reduce, temporal, expand = self.pos_embed
         NT, L1, C = x.shape
         # the BatchNorm module itself (so that SyncBatchNorm conversion still applies) on [M, C, 1, 1, 1]
