@@ -235,10 +235,6 @@ def same_file(a: str | Path, b: str | Path) -> bool:
     return Path(a).resolve() == Path(b).resolve()
 
 
-def stage_path(workdir: str | Path, *parts: str) -> Path:
-    return Path(workdir).joinpath(*parts)
-
-
 def dataset_root(workdir: str | Path, data: str | Path | None = None) -> Path:
     """``--data``, defaulting to the synthetic kitchen that ``leap demo-data`` writes into the work directory."""
     return Path(data) if data is not None else Path(workdir) / "kitchen"

@@ -129,8 +129,6 @@ def build_shards(
     strict: bool = typer.Option(False, "--strict", help="Exit 3 when any segment is skipped (without it: only when "
                                                         "every segment is)."),
 ) -> None:
-    import re
-
     from leap_cli.outcome import Outcome
     from leap_cli.shards.writer import ShardSettings, build_split
 

@@ -336,7 +336,6 @@ def sound_timeline(events: list[dict]) -> list[dict]:
 
 class AudioComponent(Component):
     name = "audio"
-    needs_audio = True
 
     def __init__(self, model=None, silence_db: float = -45.0):
         self.model = model  # an audio_cnn14.AudioTagger, or None for the signal-processing rules

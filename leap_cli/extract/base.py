@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -219,7 +218,6 @@ class Component:
 
     name: str = ""
     needs_frames: bool = False
-    needs_audio: bool = False
 
     def describe(self, ctx: SegmentContext) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -235,7 +233,3 @@ class Component:
 
     def close(self) -> None:
         """Free per-run resources (models)."""
-
-
-def ensure_path(p: str | Path | None) -> Path | None:
-    return None if p is None else Path(p)

@@ -19,7 +19,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -77,15 +77,6 @@ class VideoUnreadable(LeapError):
         # the rgb_frames files at fault (FramesFolderReader's): build-shards keeps their stats, to try again once one
         # changes (a frame copied over in place changes neither the folder's size nor its times)
         self.files = list(files or ())
-
-
-class FrameSource(Protocol):
-    fps: float
-    num_frames: int
-    width: int
-    height: int
-
-    def read_frames(self, frames: Sequence[int], short_side: int | None = None) -> np.ndarray: ...
 
 
 def stored_side(width: int, height: int, short_side: int) -> int | None:

@@ -472,7 +472,6 @@ def _died_error(e: BaseException, option: str, workers: list) -> LeapError:
     """The one line for a DataLoader worker that died (``e``: torch's error, or what the main process met as it
     did: a connection reset), naming the signal by the worker's exit code where it is known. The loader's other
     workers, and the process's other children, are killed first (they ignore SIGTERM: its exit waited for them)."""
-    import multiprocessing
     import signal
 
     dead = _dead_workers(workers)

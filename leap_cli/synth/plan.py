@@ -12,13 +12,12 @@ import numpy as np
 
 from leap_cli.synth.world import NOUN_FORMS, VERBS, follow_ups, narration_noun, visible_objects
 
-CAMERA_MOTIONS = ("turn_left", "turn_right", "look_up", "look_down", "shake", "still")
 YAW_LIMIT, PITCH_LIMIT = 45.0, 14.0
 
 
 @dataclass
 class CameraEvent:
-    motion: str
+    motion: str  # turn_left, turn_right, look_up, look_down, shake or still
     start: float  # absolute seconds
     stop: float
     degrees: float  # size of the rotation (shake: amplitude)
