@@ -12,8 +12,8 @@ import pytest
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.programs.prompt import load_exemplars
 from leap_cli.programs.report import revalidated, split_of, validate_records
-from leap_cli.programs.schema import load_schema, pointer, strict_schema, validate_program, \
-    validate_program_reference
+from leap_cli.programs.schema import load_schema, pointer, strict_schema, validate_program
+from tests.program_schema_reference import validate_program_reference
 
 CLASSES = Path(__file__).parent / "data" / "epic100"
 

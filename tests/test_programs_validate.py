@@ -642,7 +642,7 @@ def test_files_of_different_splits_are_refused(two_splits):
 def test_compiled_checker_agrees_with_jsonschema(exemplars):
     import random
 
-    from leap_cli.programs.schema import validate_program_reference
+    from tests.program_schema_reference import validate_program_reference
 
     rng = random.Random(0)
     junk = [None, 3, -1, 2.5, True, "", "X", "plate", "right", "sub_action", "loop", [], {}, ["a"], ["left", "plate", "x"]]
