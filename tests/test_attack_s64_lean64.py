@@ -77,3 +77,39 @@ def test_the_models_local_relation_is_the_moved_reference_plus_the_tokens(onednn
     for name in want[2]:
         torch.testing.assert_close(got[2][name], want[2][name], msg=name)
     torch.testing.assert_close(got[3], want[3])
+
+
+def test_the_product_imports_nothing_of_the_test_extra():
+    """jsonschema moved from the dependencies to the test extra with the reference check
+    (tests/program_schema_reference.py): no module of leap_cli may import it (or pytest), at the top or in a
+    function, and the program check works without it."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    import leap_cli
+
+    found = []
+    for path in Path(leap_cli.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [(path.name, n) for n in names if n.split(".")[0] in ("jsonschema", "pytest")]
+    assert found == []
+    import tomllib
+
+    project = tomllib.loads((Path(leap_cli.__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert not any(d.startswith("jsonschema") for d in project["dependencies"])
+    assert any(d.startswith("jsonschema") for d in project["optional-dependencies"]["test"])
+
+    from leap_cli.programs.schema import validate_program
+
+    saved = sys.modules.get("jsonschema")
+    sys.modules["jsonschema"] = None  # (import jsonschema raises ImportError)
+    try:
+        assert validate_program({"type": "x"}) and validate_program(3)[0].pointer == ""
+    finally:
+        if saved is None:
+            del sys.modules["jsonschema"]
+        else:
+            sys.modules["jsonschema"] = saved
