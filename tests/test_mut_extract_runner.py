@@ -126,7 +126,7 @@ def test_the_frames_planned_up_to_the_videos_last_are_decoded_in_the_first_pass(
     in one pass, and the second is served from memory."""
     from leap_cli.epic.layout import DatasetLayout
     from leap_cli.extract.base import Component
-    from leap_cli.extract.runner import describe_video
+    from leap_cli.extract.runner import iter_video
     from leap_cli.media.video import VideoReader
 
     class Reads(Component):
@@ -149,7 +149,7 @@ def test_the_frames_planned_up_to_the_videos_last_are_decoded_in_the_first_pass(
     layout = DatasetLayout.open(kitchen)
     ann = layout.annotations()
     seg = next(s for s in ann.segments("train") if s.narration_id == "P01_01_2")
-    ((record, _),) = describe_video(layout, [seg], [Reads("first", 250), Reads("last", 300)], ann.fps("P01_01"))
+    ((record, _),) = iter_video(layout, [seg], [Reads("first", 250), Reads("last", 300)], ann.fps("P01_01"))
     assert {c["data"]["shape"][0] for c in record["components"].values()} == {1}
     assert calls == [[250, 300]]
 

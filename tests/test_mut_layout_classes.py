@@ -78,13 +78,6 @@ def test_poses_prefer_colmaps_text_model_to_its_binary_one(tmp_path):
     assert _layout(tmp_path).poses_path("P01_01") == text
 
 
-def test_ground_truth_dir_is_none_where_there_is_none(tmp_path):
-    layout = _layout(tmp_path)
-    assert layout.ground_truth_dir() is None
-    (tmp_path / "ground-truth").mkdir()
-    assert layout.ground_truth_dir() == tmp_path / "ground-truth"
-
-
 # --- classes.py --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cell", ["", "   ", None])
@@ -104,10 +97,9 @@ def test_a_form_in_the_file_beats_one_derived_from_a_compound_noun(tmp_path):
     assert vocab.resolve("veg mixed") == 1 and vocab.resolve("mixed veg") == 0
 
 
-def test_ids_and_rows_come_in_id_order_whatever_the_files_order(tmp_path):
+def test_ids_come_in_id_order_whatever_the_files_order(tmp_path):
     vocab = _vocab(tmp_path, "id,key,instances,category\n2,c,\"['c']\",x\n0,a,\"['a']\",x\n1,b,\"['b']\",x\n")
     assert vocab.ids == [0, 1, 2]
-    assert [r["id"] for r in vocab.to_rows()] == [0, 1, 2]
 
 
 def test_an_unknown_class_id_names_the_highest_id(tmp_path):

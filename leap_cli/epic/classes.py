@@ -114,10 +114,6 @@ class ClassVocab:
             categories[cid] = row["category"]
         return cls(kind, keys, instances, categories)
 
-    def to_rows(self) -> list[dict]:
-        return [{"id": c, "key": self.keys[c], "instances": repr(self.instances[c]), "category": self.categories[c]}
-                for c in self.ids]
-
 
 def csv_header(path: str | Path) -> list[str]:
     """A CSV's column names (none for a file that is not there or is empty: ``read_csv`` says what is wrong)."""

@@ -215,7 +215,3 @@ class DatasetLayout:
 
         return _first([*(r / "poses" / f"{video_id}.json" for r in self.roots),
                             *(p for r in self.roots for p in colmap(r))], Path.exists)
-
-    def ground_truth_dir(self) -> Path | None:
-        d = self.root / "ground-truth"
-        return d if d.is_dir() else None

@@ -464,16 +464,6 @@ def _cache_writes(cache: "FrameCache"):
                         ) from None
 
 
-def describe_video(layout: DatasetLayout, segments: list[Segment], components: list[Component],
-                   fps: float, cache: "FrameCache | None" = None) -> list[tuple[dict, dict[str, float]]]:
-    """Records (and per-component seconds) for the segments of one video, in order."""
-    video = _Video(layout, segments[0].video_id, fps)
-    try:
-        return [describe_segment(video, seg, components, cache) for seg in segments]
-    finally:
-        video.close()
-
-
 def iter_video(layout: DatasetLayout, segments: list[Segment], components: list[Component], fps: float,
                cache: "FrameCache | None" = None, made: dict[str, tuple[str, ...]] | None = None):
     """``describe_segment`` of each segment of one video, in order; ``made``: narration id -> the components to make

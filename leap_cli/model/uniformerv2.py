@@ -642,10 +642,6 @@ class UniFormerV2Config:
             raise LeapError(f"num_frames {self.num_frames} must be even with temporal_downsample")
 
     @property
-    def t_tokens(self) -> int:
-        return self.num_frames // 2 if self.temporal_downsample else self.num_frames
-
-    @property
     def grid(self) -> int:
         return self.img_size // self.patch_size
 
