@@ -205,11 +205,6 @@ class TargetVocab:
         return cls(step_verbs, objects, [c for c, _ in ranked], max_steps, verbs, nouns,
                    structure=[STEP, *MARKERS, *calls, END])
 
-    def bind(self, verbs: ClassVocab, nouns: ClassVocab) -> "TargetVocab":
-        """Attach the class files so synonyms (not only keys) resolve."""
-        self._verbs, self._nouns = verbs, nouns
-        return self
-
     def verb_id(self, form: str) -> int:
         if form in self._verb_index and form != END:
             return self._verb_index[form]
