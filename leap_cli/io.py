@@ -1142,8 +1142,7 @@ def iter_jsonl(path: str | Path, *, repair: bool = False,
             f.truncate(cut)
 
 
-def read_jsonl(path: str | Path, *, repair: bool = False,
-               check: Callable[[dict], str | tuple[str, str] | None] | None = None,
+def read_jsonl(path: str | Path, *, check: Callable[[dict], str | tuple[str, str] | None] | None = None,
                keep: Callable[[dict], dict] | None = None, holding: Iterable[bytes] | None = None) -> list[dict]:
     """Read a JSONL file (``iter_jsonl``: only the lines ``holding`` one of those bytes where given). ``check``
     returns what is wrong with a record's shape (or None; or ``(problem, fix)`` where the fix is not to rerun the
@@ -1151,7 +1150,7 @@ def read_jsonl(path: str | Path, *, repair: bool = False,
     (after ``check``): what of each record to keep in memory."""
     records: list[dict] = []
     with gc_paused():
-        for i, r in iter_jsonl(path, repair=repair, holding=holding):
+        for i, r in iter_jsonl(path, holding=holding):
             if check is not None:
                 problem = "not a JSON object" if not isinstance(r, dict) else check(r)
                 if isinstance(problem, tuple):  # (what is wrong, what to do): another stage's file, say

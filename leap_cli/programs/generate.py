@@ -943,8 +943,7 @@ def asked_token_limit(out: Path) -> int | None:
     return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 
-def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *, exists: bool | None = None,
-                 dry: bool = False) -> bool:
+def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *, dry: bool = False) -> bool:
     """Refuse to add records to an output made with other settings (``io.check_settings``, as the other stages),
     unless ``cfg.force``: then the output starts over. Returns whether it did (``dry``: would; nothing written)."""
     # a settings file kept before the descriptors' settings were adopts those of now; --max-tokens may change on a
@@ -1003,14 +1002,14 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
                     "programs" if paid < 0 else f"{paid} program{'' if paid == 1 else 's'}", aside)
 
     out, held = cfg.out_path, None
-    if exists is None:  # (an output that is only its settings file, as --batch-file leaves it: its batch may be
-        # running, and its results are the output's; a run of other settings would make them of other settings)
-        exists = out.exists() and out.stat().st_size > 0 or settings_path(out).exists()
-        if exists and not (out.exists() and out.stat().st_size > 0):
-            held = ("it holds no record yet, but Batch requests written with those settings are out, whose "
-                    "results are ingested into it" if batch_pending(out)["ids"] else "it holds no record yet (a run "
-                    "stopped before its first program, or Batch requests written with those settings, whose "
-                    "results would be ingested into it)")
+    # an output that is only its settings file, as --batch-file leaves it: its batch may be running, and its results
+    # are the output's; a run of other settings would make them of other settings
+    exists = out.exists() and out.stat().st_size > 0 or settings_path(out).exists()
+    if exists and not (out.exists() and out.stat().st_size > 0):
+        held = ("it holds no record yet, but Batch requests written with those settings are out, whose "
+                "results are ingested into it" if batch_pending(out)["ids"] else "it holds no record yet (a run "
+                "stopped before its first program, or Batch requests written with those settings, whose "
+                "results would be ingested into it)")
     return check_settings(cfg.out_path, output_settings(cfg, builder, inputs), force=cfg.force, split=cfg.split_name,
                           exists=exists, adopt=("descriptors",), grow=("params.max_tokens",), explain=explain,
                           held=held, remove=set_aside, dry=dry, names={**SETTINGS_NAMES, **(
