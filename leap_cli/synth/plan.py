@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from leap_cli.synth.world import NOUN_FORMS, VERBS, follow_ups, narration_noun, visible_objects
+from leap_cli.synth.world import FIXTURES, NOUN_FORMS, VERBS, follow_ups, narration_noun, visible_objects
 
 YAW_LIMIT, PITCH_LIMIT = 45.0, 14.0
 
@@ -139,8 +139,7 @@ def plan_video(video_id: str, fps: float, num_segments: int, rng: np.random.Gene
         objects = visible_objects(verb, noun)
         distractor = None
         if rng.random() < 0.7:
-            candidates = [n for n in nouns_all if n not in objects and n not in ("water", "oil", "cupboard", "drawer",
-                                                                                  "fridge", "tap", "hob")]
+            candidates = [n for n in nouns_all if n not in objects and n not in ("water", "oil", *FIXTURES)]
             distractor = candidates[int(rng.integers(len(candidates)))]
         seg = PlannedSegment(
             index=i, verb=verb, noun=noun, verb_form=spec.forms[int(rng.integers(len(spec.forms)))],
