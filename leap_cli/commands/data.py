@@ -55,6 +55,16 @@ def demo_data(
 
         summary = build_kitchen(out or workdir / "kitchen", cfg, force=force, on_video=on_video)
     console.print(summary.render())
+    if summary.replaced_version is not None:  # (the stages resume over it: extract keys its records by annotations)
+        from leap_cli.synth.kitchen import KITCHEN_VERSION
+
+        records = f"{workdir / 'descriptors'}" if out is None else "the work directory's descriptors/"
+        console.print(printable(
+            f"note: {summary.out} held the kitchen an earlier leap built with these options (kitchen version "
+            f"{summary.replaced_version}; this leap builds version {KITCHEN_VERSION}): rebuilt; what the stages made "
+            f"from the old one is kept where its annotations did not change: delete {records} and run extract again, "
+            "then build-shards with --force for each split (generate-programs asks again only for the programs whose "
+            "clip text changed; leap demo starts its stages over itself)"))
 
 
 def info(
