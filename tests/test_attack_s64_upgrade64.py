@@ -3,9 +3,12 @@
 Checked by hand against real checkouts of 44944fc (2026-12-06 00:15) and c72952e (2026-12-04 10:00) on demo
 kitchens of 3 videos x 6 and x 16 segments: extract, generate-programs (offline, and an OpenAI-compatible server on
 127.0.0.1), validate-programs, build-shards, train --stop-after, evaluate with the old leap, each killed (SIGKILL)
-mid-extract and mid-generate too, then every stage again with today's leap. A test cannot check out old code: the
-old files are built here from today's by the documented differences (a kitchen marker of an earlier
-KITCHEN_VERSION, camera records of version 1).
+mid-extract and mid-generate too, then every stage again with today's leap. What it found wrong: c72952e built
+kitchen version 6 (5ed13fa made it 7, other frames for the same CSVs); today's demo-data rebuilt that kitchen
+saying only 'built in 2.8s', and then extract kept the records (keyed by the annotations, which did not change;
+only the camera of odometry records made again) and build-shards the shards ('built before with these settings
+and inputs'), all made from the old videos. A test cannot check out old code: the old kitchen is today's with the
+marker an earlier KITCHEN_VERSION wrote.
 """
 
 from __future__ import annotations
@@ -60,3 +63,25 @@ def test_demo_data_rebuilding_an_older_leaps_kitchen_says_the_work_made_from_it_
     code, text, err = leap_main(monkeypatch, capsys, "demo-data", "--out", str(out), "--videos", "1",
                                 "--segments", "2", "--seed", "4")
     assert code == 0 and "kitchen version" not in text + err, text + err
+
+
+def test_leap_demo_over_an_older_leaps_kitchen_starts_over_and_its_rebuild_says_nothing_stale(monkeypatch, capsys,
+                                                                                               tmp_path, caplog):
+    """``leap demo`` meets the older kitchen first (check_demo): it warns, removes the records made from it and runs
+    demo-data with --force; that rebuild must not then tell of records kept (there are none)."""
+    from leap_cli.demo import DemoConfig, check_demo
+    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+
+    work = tmp_path / "work"
+    code, text, err = leap_main(monkeypatch, capsys, "demo-data", "--workdir", str(work), "--videos", "3",
+                                "--segments", "2", "--seed", "4")
+    assert code == 0, text + err
+    _as_an_older_leap_built_it(work / "kitchen")
+    records = work / "descriptors" / "train.jsonl"
+    records.parent.mkdir()
+    records.write_text('{"narration_id": "P01_01_0"}\n')  # (what extract made from the old kitchen)
+    cfg = check_demo(DemoConfig(workdir=work, videos=3, segments=2, seed=4, train_overrides=("data.batch_size=1",)))
+    assert cfg.force and not records.exists()
+    assert "built by another leap" in caplog.text
+    summary = build_kitchen(work / "kitchen", KitchenConfig(videos=3, seed=4, segments_per_video=2), force=cfg.force)
+    assert not summary.skipped and summary.replaced_version is None

@@ -143,8 +143,7 @@ class KitchenSummary:
     videos: list[dict] = field(default_factory=list)  # video_id, split, fps, frames, duration, segments
     seconds: float = 0.0
     skipped: bool = False
-    replaced_version: int | None = None  # the KITCHEN_VERSION of another leap's kitchen of this config, rebuilt
-
+    replaced_version: int | None = None  # the KITCHEN_VERSION of the finished kitchen of another leap rebuilt
 
     def segments(self, split: str | None = None) -> int:
         return sum(v["segments"] for v in self.videos if split is None or v["split"] == split)
@@ -594,9 +593,8 @@ def _build_kitchen(out: Path, cfg: KitchenConfig, force: bool,
     if (done := _built(out, cfg, force)) is not None:  # (finished by another build since the look above)
         return done
     marker = read_marker(out)
-    replaced = None  # (another leap's finished kitchen of this config: what was made from it is not remade)
-    if (not force and marker and marker.get("complete") and marker.get("config") == asdict(cfg)
-            and marker.get("version") != KITCHEN_VERSION):
+    replaced = None  # (another leap's finished kitchen: what the stages made from it is not all remade)
+    if not force and marker and marker.get("complete") and marker.get("version") != KITCHEN_VERSION:
         replaced = marker.get("version")
     if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         if marker is None and not force:
