@@ -343,6 +343,7 @@ def test_generate_resumed_counts_and_notes():
     assert not_valid_notes(Counter(invalid=1))[0].startswith("1 of the records done before is invalid")
     notes = resumed_notes(_run_summary(reclipped=2, resumed_not_valid=Counter(invalid=1)))
     assert len(notes) == 2 and notes[0].startswith("2 records of earlier runs were made from a clip that has changed")
+    assert resumed_notes(_run_summary(reclipped=1))[0].startswith("1 record of earlier runs was made from a clip")
 
 
 @pytest.mark.parametrize("held", [0.0, 30.0])

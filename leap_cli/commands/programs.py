@@ -381,9 +381,10 @@ def resumed_notes(summary) -> list[str]:
     bad = summary.resumed_not_valid
     notes = []
     if summary.reclipped:  # (a program of another clip's text or labels was kept before)
-        notes.append(f"{summary.reclipped} records of earlier runs were made from a clip that has changed since (its "
-                     "descriptor record was made again, or its annotation changed): made again (shards built from "
-                     "the old ones are rebuilt with build-shards --force)")
+        n = summary.reclipped
+        notes.append(f"{n} record{'s' if n != 1 else ''} of earlier runs {'were' if n != 1 else 'was'} made from a "
+                     "clip that has changed since (its descriptor record was made again, or its annotation changed): "
+                     "made again (shards built from the old ones are rebuilt with build-shards --force)")
     return notes + not_valid_notes(bad)
 
 
