@@ -53,7 +53,7 @@ def check_demo(cfg: DemoConfig) -> DemoConfig:
     demo-data rebuilds it, and the records made from the old one would be resumed into, then refused by
     build-shards, "sources.annotations differ", run after run)."""
     from leap_cli.io import check_settings
-    from leap_cli.synth.kitchen import MARKER, TRUNCATED_SEGMENTS, KitchenConfig, assign_videos
+    from leap_cli.synth.kitchen import KITCHEN_VERSION, MARKER, TRUNCATED_SEGMENTS, KitchenConfig, assign_videos
     from leap_cli.train.config import load_config
 
     if cfg.videos < 3:
@@ -83,12 +83,15 @@ def check_demo(cfg: DemoConfig) -> DemoConfig:
     marker = cfg.workdir / "kitchen" / MARKER
     if not cfg.force and marker.exists():
         try:
-            made = json.loads(marker.read_text()).get("hash")
+            built = json.loads(marker.read_text())
+            made, version = built.get("hash"), built.get("version")
         except (OSError, ValueError, AttributeError):
-            made = None
+            made = version = None
         if made is not None and made != kitchen.hash():
-            log.warning("%s was built by another leap (its kitchen version): it is rebuilt, and every stage after "
-                        "it starts over, as with --force (the LLM reply cache is kept)", cfg.workdir / "kitchen")
+            was = f"kitchen version {version}" if isinstance(version, int) else "another kitchen version"
+            log.warning("%s was built by another leap (%s; this leap's is %d): it is rebuilt, and every stage after "
+                        "it starts over, as with --force (the LLM reply cache is kept)", cfg.workdir / "kitchen",
+                        was, KITCHEN_VERSION)
             cfg = replace(cfg, force=True)
     if cfg.force:
         start_over(cfg.workdir)

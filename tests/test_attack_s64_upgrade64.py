@@ -83,5 +83,7 @@ def test_leap_demo_over_an_older_leaps_kitchen_starts_over_and_its_rebuild_says_
     cfg = check_demo(DemoConfig(workdir=work, videos=3, segments=2, seed=4, train_overrides=("data.batch_size=1",)))
     assert cfg.force and not records.exists()
     assert "built by another leap" in caplog.text
+    from leap_cli.synth.kitchen import KITCHEN_VERSION  # (both versions named)
+    assert f"(kitchen version {KITCHEN_VERSION - 1}; this leap's is {KITCHEN_VERSION})" in caplog.text
     summary = build_kitchen(work / "kitchen", KitchenConfig(videos=3, seed=4, segments_per_video=2), force=cfg.force)
     assert not summary.skipped and summary.replaced_version is None
