@@ -622,6 +622,40 @@ def test_a_resume_on_shards_of_other_programs_is_said_and_the_run_keeps_both(tmp
     assert record_provenance(tmp_path, prov("x"), resumed=False) == prov("x")  # a run started over: anew
 
 
+def test_a_resume_without_provenance_json_takes_the_checkpoints_copy_or_says_the_steps_before_are_unknown(
+        tmp_path: Path, caplog) -> None:
+    """A checkpoint of a leap before runs kept provenance.json (none beside it, none in it): the file was started at
+    the resume as if the whole run had trained on the shards of now. The file deleted: the checkpoint's copy."""
+    from leap_cli.programs.provenance import run_programs_text
+    from leap_cli.train.loop import record_provenance
+
+    def prov(model: str) -> dict:
+        return {"train": {"shards": "s", "programs": {"records": 1, "sha256": f"hash of {model}'s", "made_by": [
+            {"backend": "openai", "model": model, "records": 1, "valid": 1}]}}, "val": None}
+
+    old_run, lost, fresh = tmp_path / "old", tmp_path / "lost", tmp_path / "fresh"
+    for d in (old_run, lost, fresh):
+        d.mkdir()
+    with caplog.at_level(logging.WARNING):
+        now = record_provenance(old_run, prov("gpt-4o"), resumed=True, checkpoint={"step": 25})
+    assert "resumed at step 25 from a checkpoint of a leap before runs kept provenance.json" in caplog.text
+    assert now["earlier"] == [{"unknown": "steps 1-25, trained before runs kept provenance.json"}]
+    assert run_programs_text(now).endswith("; before a resume: unknown (steps 1-25, trained before runs kept "
+                                           "provenance.json)"), run_programs_text(now)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # the next resume keeps it, and says nothing more
+        again = record_provenance(old_run, prov("gpt-4o"), resumed=True, checkpoint={"step": 50, "provenance": now})
+    assert again == now and not caplog.text
+    # the file deleted: the checkpoint's copy is what the run was trained on so far
+    with caplog.at_level(logging.WARNING):
+        now = record_provenance(lost, prov("gpt-4o-mini"), resumed=True,
+                                checkpoint={"step": 40, "provenance": prov("gpt-4o")})
+    assert "not those the run was trained on so far" in caplog.text
+    assert now["earlier"] == [prov("gpt-4o")]
+    # --resume of a run that had saved nothing: nothing before it
+    assert record_provenance(fresh, prov("gpt-4o"), resumed=True, checkpoint=None) == prov("gpt-4o")
+
+
 def test_a_model_section_that_does_not_build_names_the_file_and_the_section(shard_work: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

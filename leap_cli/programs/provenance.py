@@ -124,6 +124,10 @@ def run_programs_text(provenance: dict | None) -> str:
     if others:
         text += "; before a resume on other programs: " + "; then ".join(programs_text(e["train"].get("programs"))
                                                                           for e in others)
+    unknown = [e["unknown"] for e in provenance.get("earlier") or [] if isinstance(e, dict)
+               and isinstance(e.get("unknown"), str)]  # (a resume of a checkpoint of a leap before the file)
+    if unknown:
+        text += f"; before a resume: unknown ({unknown[0]})"
     return text
 
 

@@ -666,7 +666,7 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
             NEXT_RUN["train"] = "resume"  # (an error's advice from here on: --resume)
         provenance = getattr(source, "provenance", None)
         if info.is_main and provenance is not None:
-            provenance = record_provenance(run_dir, provenance, resumed=resume)
+            provenance = record_provenance(run_dir, provenance, resumed=resume, checkpoint=resume_ckpt)
         metrics = (_Metrics(run_dir, state.step if resume_ckpt is not None else None, state.epoch)
                    if info.is_main else None)
 
@@ -796,19 +796,31 @@ RESUME_MAY_CHANGE = frozenset({"train.device", "train.threads", "train.log_every
                                "model.compile", "model.pretrained", "model.allow_partial_load"})
 
 
-def record_provenance(run_dir: Path, now: dict, *, resumed: bool) -> dict:
+def record_provenance(run_dir: Path, now: dict, *, resumed: bool, checkpoint: dict | None = None) -> dict:
     """Write ``runs/NAME/provenance.json`` (``now``: the data source's ``provenance``) and return what it holds. A
     resume on training shards made from other programs or labels than the file names (their content hashes: shards
     built again from other programs, or from annotation rows or class files with other labels, with as many batches
     per epoch) is warned of, and the file keeps what the run was trained on before under ``earlier`` (oldest
     first). The same programs described more fully (shards of an
-    earlier leap built again, as its note advises) or other validation shards are written as they are now."""
+    earlier leap built again, as its note advises) or other validation shards are written as they are now. Without
+    the file (deleted, unreadable) a resume takes the resumed ``checkpoint``'s copy; a checkpoint of a leap before
+    runs kept it leaves what the steps before were trained on unknown: said, and kept under ``earlier``."""
     from leap_cli.io import atomic_write_json
     from leap_cli.programs.provenance import RUN_PROVENANCE, read_run_provenance, run_programs_text
 
     from leap_cli.shards.format import SOURCE_NAMES
 
-    old = read_run_provenance(run_dir) if resumed else None  # (unreadable: written anew)
+    old = read_run_provenance(run_dir) if resumed else None
+    if resumed and old is None and checkpoint is not None:
+        held = checkpoint.get("provenance")
+        step = checkpoint.get("step")
+        if isinstance(held, dict):
+            old = dict(held)
+        elif isinstance(step, int) and step > 0:
+            log.warning("%s: resumed at step %d from a checkpoint of a leap before runs kept %s: what those steps "
+                        "were trained on is unknown (the file says so under \"earlier\")", run_dir, step,
+                        RUN_PROVENANCE)
+            now = {**now, "earlier": [{"unknown": f"steps 1-{step}, trained before runs kept {RUN_PROVENANCE}"}]}
     if old is not None:
         earlier = old.pop("earlier", None)
         earlier = earlier if isinstance(earlier, list) else []
