@@ -282,7 +282,7 @@ def _print_summary(s) -> None:
         for reason, n in s.unavailable.most_common(10):
             first = s.unavailable_first.get(reason, reason)
             console.print(f"  {n} x {escape(first if n == 1 else reason)}", highlight=False)
-            if n > 1 and first != reason:
+            if n > 1 and first != reason and reason not in s.unavailable_detail:  # (the detail holds it, and where)
                 console.print(f"    e.g. {escape(first)}", highlight=False, soft_wrap=True)
             if reason in s.unavailable_detail:
                 console.print(f"    first: {escape(s.unavailable_detail[reason])}", highlight=False, soft_wrap=True)

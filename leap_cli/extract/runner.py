@@ -339,6 +339,11 @@ class _Video:
             if hasattr(self, "clock"):
                 self.clock = self.clock.with_frames(self.reader.num_frames)
 
+    def _where(self, reason: str, seg: Segment) -> str:
+        """``reason`` with the file and the segment (the component's detail): the summary's first line of a cut
+        file named no video, so a user of hundreds could not tell which one to download again."""
+        return LeapError(reason, path=getattr(self.reader, "path", None), record=seg.narration_id).one_line()
+
     def size(self, seg: Segment) -> tuple[int, int]:
         """(width, height) of the video's frames, from its header (the reader is opened, nothing decoded)."""
         self._open(seg.narration_id)
@@ -395,12 +400,12 @@ class _Video:
         reason = self.clock.check(*self.clock.segment_span(seg))  # the whole window must be decodable
         if reason:  # past the end the file announces: the annotation and the file disagree, which is not news,
             # unless the file is shorter than video_info says (a truncated download: --retry-errors once replaced)
-            raise FramesUnavailable(reason, video=self.clock.cut_short())
+            raise FramesUnavailable(reason, video=self.clock.cut_short(), detail=self._where(reason, seg))
         side = short_side or None
         bad = [n for n in numbers if n < 1 or n > self.clock.num_frames]
         if bad:
-            raise FramesUnavailable(self.clock.check(min(numbers), max(numbers)) or "frames outside the video",
-                                    video=self.clock.cut_short())
+            why = self.clock.check(min(numbers), max(numbers)) or "frames outside the video"
+            raise FramesUnavailable(why, video=self.clock.cut_short(), detail=self._where(why, seg))
         missing = {n for n in numbers if (n, side) not in self._memo}
         if missing:
             wanted: dict[int, set[int | None]] = {n: {side} for n in missing}
