@@ -1159,6 +1159,48 @@ class ProgramTargets:
         return self.vocab.to_manifest()
 
 
+def programs_behind_clips(programs: list[dict], prog_path: Path, descriptors: Path,
+                          segments: dict[str, Segment]) -> list[str]:
+    """The narration ids of the program records whose clip (``provenance.clip_hash``, generate-programs' own
+    ``clip_hash``) is not the one ``descriptors`` holds now: extract made their records again since. Only where the
+    program file says it was made from descriptors of the settings ``descriptors`` has (else it was made from
+    another file, or the narrations alone, and nothing is compared); [] where either file is not there."""
+    from types import SimpleNamespace
+
+    from leap_cli.io import stored_settings
+    from leap_cli.programs.generate import clip_hash
+
+    if not descriptors.is_file():
+        return []
+    try:
+        made_from = (stored_settings(prog_path) or {}).get("descriptors")
+        extracted = stored_settings(descriptors)
+    except LeapError:
+        return []
+    if not isinstance(made_from, dict) or not isinstance(extracted, dict):
+        return []
+    extracted = {k: v for k, v in extracted.items() if k not in ("split", "files")}  # (as generate-programs keeps it)
+    if made_from != extracted:
+        return []
+    wanted = {r.get("narration_id"): r["provenance"]["clip_hash"] for r in programs
+              if isinstance(r, dict) and isinstance(r.get("provenance"), dict) and "clip_hash" in r["provenance"]}
+    texts: dict[str, object] = {}
+    try:
+        with open(descriptors, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue  # (a line cut by a crash: extract drops it on its next open)
+                if isinstance(r, dict) and r.get("narration_id") in wanted:
+                    texts[r["narration_id"]] = r.get("text")  # (the last record of an id is its record)
+    except (OSError, UnicodeDecodeError):
+        return []
+    inputs = SimpleNamespace(segments=segments, extracted=extracted)
+    return [nid for nid, h in wanted.items()
+            if nid in texts and nid in segments and clip_hash(inputs, {"narration_id": nid, "text": texts[nid]}) != h]
+
+
 def default_out(workdir: str | Path, split: str, task: str) -> Path:
     check_task(task)  # (any other word was read as anticipation's folder)
     return Path(workdir) / "shards" / (split if task == "recognition" else f"{split}-anticipation")
@@ -1221,6 +1263,15 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                          f"programs.failed_validation; their samples have no program): {shown}"
                          + (" ..." if len(failures) > 3 else ""))
 
+    if programs and (behind := programs_behind_clips(programs, prog_path, workdir / "descriptors" / f"{split}.jsonl",
+                                                      {s.narration_id: s for s in segments})):
+        # (a video downloaded again: extract --retry-errors made its records again, and the samples it had skipped
+        # were written now with the programs of the cut video's clip text, without a word)
+        notes.append(f"{len(behind)} program record(s) of {prog_path} were made from a clip text that "
+                     f"{workdir / 'descriptors' / f'{split}.jsonl'} no longer holds (e.g. {behind[0]}: extract made "
+                     "its record again, as after a video downloaded again): their samples carry the old clip's "
+                     f"program; run leap generate-programs --split {split} (it asks again for those alone), then "
+                     "build-shards again (with --force where it says the programs differ)")
     vocab = None
     # the training shards of the same task: an anticipation split's vocabulary is train-anticipation's (the
     # recognition shards' may come from other programs or --max-conditions)
