@@ -1184,6 +1184,8 @@ def programs_behind_clips(programs: list[dict], prog_path: Path, descriptors: Pa
         return []
     wanted = {r.get("narration_id"): r["provenance"]["clip_hash"] for r in programs
               if isinstance(r, dict) and isinstance(r.get("provenance"), dict) and "clip_hash" in r["provenance"]}
+    if not wanted:  # (records of a leap that kept no clip hash: the descriptor file is not read)
+        return []
     texts: dict[str, object] = {}
     try:
         with open(descriptors, encoding="utf-8") as f:
