@@ -203,7 +203,7 @@ def test_demo_data_passes_its_options_on(tmp_path, monkeypatch):
 
     def fake(out, cfg, force=False, on_video=None):
         calls.append((Path(out), cfg, force))
-        return SimpleNamespace(render=lambda: "the kitchen summary")
+        return SimpleNamespace(render=lambda: "the kitchen summary", replaced_version=None)
 
     monkeypatch.setattr(kitchen, "build_kitchen", fake)
     r = invoke("demo-data", "--workdir", tmp_path, "--videos", "3", "--segments", "5", "--seed", "7")
