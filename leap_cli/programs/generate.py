@@ -182,9 +182,13 @@ def clip_hash(inputs: Inputs, record: dict) -> str:
     descriptor record's text as extract wrote it (not a narration-only record's: leap renders it from the labels)
     and the segment's annotation. Data only, no rendering of leap's: a newer leap that builds its prompts otherwise
     does not see every clip as changed (and ask for every program again)."""
-    seg = inputs.segments.get(record["narration_id"])
     text = None if inputs.extracted == "narration-only" else record.get("text")
-    return stable_hash([text, None if seg is None else seg.annotation()])[:16]
+    return clip_hash_of(text, inputs.segments.get(record["narration_id"]))
+
+
+def clip_hash_of(text: str | None, segment: Segment | None) -> str:
+    """``clip_hash`` of a descriptor record's text (None: narration-only) and the segment's annotation."""
+    return stable_hash([text, None if segment is None else segment.annotation()])[:16]
 
 
 def clip_changed(inputs: Inputs, builder: PromptBuilder) -> Callable[[dict], bool]:

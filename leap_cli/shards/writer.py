@@ -1165,10 +1165,8 @@ def programs_behind_clips(programs: list[dict], prog_path: Path, descriptors: Pa
     ``clip_hash``) is not the one ``descriptors`` holds now: extract made their records again since. Only where the
     program file says it was made from descriptors of the settings ``descriptors`` has (else it was made from
     another file, or the narrations alone, and nothing is compared); [] where either file is not there."""
-    from types import SimpleNamespace
-
     from leap_cli.io import stored_settings
-    from leap_cli.programs.generate import clip_hash
+    from leap_cli.programs.generate import clip_hash_of
 
     if not descriptors.is_file():
         return []
@@ -1198,9 +1196,8 @@ def programs_behind_clips(programs: list[dict], prog_path: Path, descriptors: Pa
                     texts[r["narration_id"]] = r.get("text")  # (the last record of an id is its record)
     except (OSError, UnicodeDecodeError):
         return []
-    inputs = SimpleNamespace(segments=segments, extracted=extracted)
     return [nid for nid, h in wanted.items()
-            if nid in texts and nid in segments and clip_hash(inputs, {"narration_id": nid, "text": texts[nid]}) != h]
+            if nid in texts and nid in segments and clip_hash_of(texts[nid], segments[nid]) != h]
 
 
 def default_out(workdir: str | Path, split: str, task: str) -> Path:
