@@ -326,3 +326,17 @@ def test_the_default_recorded_absolute_is_the_default_of_a_relative_workdir(tmp_
               {"frame_cache": str(tmp_path / "w/frame-cache"), "cache_frames": 16})
     assert extracts_frame_cache(Path("w"), "train") == (None, None)
 
+
+def test_one_folder_recorded_relative_by_an_earlier_leap_and_absolute_now_is_one(tmp_path, monkeypatch):
+    """An earlier leap recorded --frame-cache fc as given (relative), today's the same folder absolute (two --shard
+    parts' settings): that is one frame cache, read, not "2 frame caches" of which none is read (every sample then
+    decoded from the videos)."""
+    from leap_cli.commands.shards import extracts_frame_cache
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fc").mkdir()
+    desc = tmp_path / "w/descriptors"
+    _settings(desc, "train.shard0of2.config.json", {"frame_cache": "fc", "cache_frames": 16})
+    _settings(desc, "train.shard1of2.config.json", {"frame_cache": str(tmp_path / "fc"), "cache_frames": 16})
+    got, note = extracts_frame_cache(tmp_path / "w", "train")
+    assert note is None and got is not None and got.resolve() == (tmp_path / "fc").resolve()

@@ -54,10 +54,14 @@ def extracts_frame_cache(workdir: Path, split: str) -> tuple[Path | None, str | 
     whose notes the writer gives): not there as named (moved, another disk not mounted), or several."""
     default = (workdir / "frame-cache").absolute()
     recorded = recorded_frame_caches(workdir, split)
-    there = list(dict.fromkeys(root for _, root in recorded if root.is_dir()))
+    folders: dict[Path, Path] = {}  # (one folder named as an earlier leap recorded it, relative, and absolute: one)
+    for _, root in recorded:
+        if root.is_dir():
+            folders.setdefault(root.resolve(), root)
+    there = list(folders.values())
     if len(there) == 1:
         return there[0], None
-    others = [(cfg, root) for cfg, root in recorded if root.absolute() != default]
+    others = [(cfg, root) for cfg, root in recorded if root.resolve() != default.resolve()]
     if not others:
         return None, None
     unless = "(without it: WORKDIR/frame-cache where it is there, else every sample is decoded)"
