@@ -340,3 +340,17 @@ def test_one_folder_recorded_relative_by_an_earlier_leap_and_absolute_now_is_one
     _settings(desc, "train.shard1of2.config.json", {"frame_cache": str(tmp_path / "fc"), "cache_frames": 16})
     got, note = extracts_frame_cache(tmp_path / "w", "train")
     assert note is None and got is not None and got.resolve() == (tmp_path / "fc").resolve()
+
+
+def test_a_summary_of_one_row_prints_its_table():
+    """A run whose table has one row (the narration alone: no decode) prints it; only a table without rows (clip texts
+    rendered again, nothing selected) is its title alone."""
+    from leap_cli.commands import extract as command
+    from leap_cli.extract.runner import ExtractSummary
+
+    s = ExtractSummary(out=Path("train.jsonl"), segments=1, written=1, wall=1.0)
+    s.counts["narration"]["ok"] = 1
+    with command.console.capture() as cap:
+        command._print_summary(s)
+    said = cap.get()
+    assert "share of time" in said and "narration" in said, said
