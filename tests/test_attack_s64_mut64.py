@@ -354,3 +354,14 @@ def test_a_summary_of_one_row_prints_its_table():
         command._print_summary(s)
     said = cap.get()
     assert "share of time" in said and "narration" in said, said
+
+
+def test_workers_load_no_model_of_a_kept_part(kitchen, old_output, tmp_path):
+    """workers=2, the camera alone made again: the workers build the camera alone, not the audio model of the run's
+    settings (here a file that cannot be loaded: a worker that built it would fail)."""
+    out = tmp_path / "train.jsonl"
+    out.write_text(old_output)
+    s = run_extract(_cfg(kitchen, out, workers=2, audio_model=tmp_path / "no-such-model.pt"))
+    assert s.written == 3 and s.outdated_made == Counter({"camera": 3}), s
+    assert {r["components"]["audio"]["text"] for r in _lines(out).values()} == \
+        {r["components"]["audio"]["text"] for r in _recs(old_output)}
