@@ -1,7 +1,9 @@
 """Session 64, helper mut64: a hand-made mutation run over session 63's code (the part remake of outdated extract
 records: runner._parts_to_make, _merged, _EarlierLines, the summary's counts and notes; base.outdated_parts;
 build-shards' frame cache read from extract's settings; store.paid_turns and the estimate's repair turns). Each test
-here kills a mutant that the earlier tests let live: behaviour no test pinned."""
+here kills a mutant that the earlier tests let live: behaviour no test pinned. Was wrong (failing before the fix): a
+frame cache that extract's settings name relative (an earlier leap's, as given) and absolute (today's) was taken for
+two folders, none read."""
 
 from __future__ import annotations
 
