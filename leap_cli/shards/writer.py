@@ -41,7 +41,7 @@ from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_fram
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
 from leap_cli.io import (JsonlAppender, OutputLock, ShardReaders, atomic_write_json, json_line, read_jsonl,
-                         sha256_file, shard_parts, stable_hash, with_path, writer_of)
+                         sha256_file, shard_parts, shell_word, stable_hash, with_path, writer_of)
 from leap_cli.media.video import PAST_END, stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.programs.provenance import MadeBy, prompt_version
@@ -1164,11 +1164,14 @@ def programs_behind_clips(programs: list[dict], prog_path: Path, descriptors: Pa
     """The narration ids of the program records whose clip (``provenance.clip_hash``, generate-programs' own
     ``clip_hash``) is not the one ``descriptors`` holds now: extract made their records again since. Only where the
     program file says it was made from descriptors of the settings ``descriptors`` has (else it was made from
-    another file, or the narrations alone, and nothing is compared); [] where either file is not there."""
+    another file, or the narrations alone, and nothing is compared); [] where either file is not there. Without
+    ``descriptors``, its ``--shard`` parts are read (extract's parts of a job array, left unmerged: build-shards
+    needs only the programs merged)."""
     from leap_cli.io import stored_settings
     from leap_cli.programs.generate import clip_hash_of
 
-    if not descriptors.is_file():
+    files = [descriptors] if descriptors.is_file() else [p for _, _, p in shard_parts(descriptors) if p.is_file()]
+    if not files:
         return []
     try:
         made_from = (stored_settings(prog_path) or {}).get("descriptors")
@@ -1186,18 +1189,37 @@ def programs_behind_clips(programs: list[dict], prog_path: Path, descriptors: Pa
         return []
     texts: dict[str, object] = {}
     try:
-        with open(descriptors, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue  # (a line cut by a crash: extract drops it on its next open)
-                if isinstance(r, dict) and r.get("narration_id") in wanted:
-                    texts[r["narration_id"]] = r.get("text")  # (the last record of an id is its record)
+        for path in files:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        r = json.loads(line)
+                    except ValueError:
+                        continue  # (a line cut by a crash: extract drops it on its next open)
+                    if isinstance(r, dict) and r.get("narration_id") in wanted:
+                        texts[r["narration_id"]] = r.get("text")  # (the last record of an id is its record)
     except (OSError, UnicodeDecodeError):
         return []
     return [nid for nid, h in wanted.items()
             if nid in texts and nid in segments and clip_hash_of(texts[nid], segments[nid]) != h]
+
+
+def _generate_command(split: str, workdir: Path, data: str | Path, annotations: str | Path | None,
+                      programs: Path) -> str:
+    """The ``leap generate-programs`` that makes ``programs`` (of ``split``) again from the work directory's
+    descriptors, with the inputs build-shards was given otherwise than by default."""
+    from leap_cli.common import DEFAULT_WORKDIR
+
+    words = ["leap generate-programs --split", split]
+    if os.path.abspath(workdir) != os.path.abspath(DEFAULT_WORKDIR):
+        words += ["--workdir", shell_word(workdir)]
+    if annotations is not None:
+        words += ["--annotations", shell_word(annotations)]
+    elif os.path.abspath(data) != os.path.abspath(workdir / "kitchen"):
+        words += ["--data", shell_word(data)]
+    if os.path.abspath(programs) != os.path.abspath(workdir / "programs" / f"{split}.jsonl"):
+        words += ["--out", shell_word(programs)]
+    return " ".join(words)
 
 
 def default_out(workdir: str | Path, split: str, task: str) -> Path:
@@ -1262,15 +1284,17 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                          f"programs.failed_validation; their samples have no program): {shown}"
                          + (" ..." if len(failures) > 3 else ""))
 
-    if programs and (behind := programs_behind_clips(programs, prog_path, workdir / "descriptors" / f"{split}.jsonl",
+    descriptors = workdir / "descriptors" / f"{split}.jsonl"
+    if programs and (behind := programs_behind_clips(programs, prog_path, descriptors,
                                                       {s.narration_id: s for s in segments})):
         # (a video downloaded again: extract --retry-errors made its records again, and the samples it had skipped
         # were written now with the programs of the cut video's clip text, without a word)
-        notes.append(f"{len(behind)} program record(s) of {prog_path} were made from a clip text that "
-                     f"{workdir / 'descriptors' / f'{split}.jsonl'} no longer holds (e.g. {behind[0]}: extract made "
-                     "its record again, as after a video downloaded again): their samples carry the old clip's "
-                     f"program; run leap generate-programs --split {split} (it asks again for those alone), then "
-                     "build-shards again (with --force where it says the programs differ)")
+        held = descriptors if descriptors.is_file() else f"the --shard parts of {descriptors}"
+        notes.append(f"{len(behind)} program record(s) of {prog_path} were made from a clip text that {held} no "
+                     f"longer holds (e.g. {behind[0]}: extract made its record again, as after a video downloaded "
+                     "again): their samples carry the old clip's program; run "
+                     f"{_generate_command(split, workdir, data, annotations, prog_path)} (it asks again for those "
+                     "alone), then build-shards again (with --force where it says the programs differ)")
     vocab = None
     # the training shards of the same task: an anticipation split's vocabulary is train-anticipation's (the
     # recognition shards' may come from other programs or --max-conditions)
