@@ -88,7 +88,8 @@ def check_demo(cfg: DemoConfig) -> DemoConfig:
         except (OSError, ValueError, AttributeError):
             made = version = None
         if made is not None and made != kitchen.hash():
-            was = f"kitchen version {version}" if isinstance(version, int) else "another kitchen version"
+            was = (f"kitchen version {version}" if isinstance(version, int) and not isinstance(version, bool)
+                   else "another kitchen version")
             log.warning("%s was built by another leap (%s; this leap's is %d): it is rebuilt, and every stage after "
                         "it starts over, as with --force (the LLM reply cache is kept)", cfg.workdir / "kitchen",
                         was, KITCHEN_VERSION)

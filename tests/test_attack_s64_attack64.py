@@ -232,3 +232,168 @@ def test_the_note_of_anticipation_shards(kitchens, tmp_path, monkeypatch, capsys
     _ok(leap("extract", "--workdir", wd, "--split", "val", "--retry-errors"))
     said = _ok(leap("build-shards", "--workdir", wd, "--split", "val", "--task", "anticipation"))
     assert "3 program record(s)" in " ".join(said.split()), said
+
+
+# ---------------------------------------------------------------- extract: the cut file's segments, named
+
+def test_extract_detail_of_a_cut_file_in_a_folder_with_spaces_and_unicode(kitchens, tmp_path, monkeypatch, capsys):
+    """workers 2, --shard, a path with a space and non-ASCII letters: the records stay JSON, the detail names the
+    file and segment, and no clip text holds a path (the same texts as the kitchen's extract elsewhere)."""
+    leap = leap_here(monkeypatch, capsys)
+    plain, odd = tmp_path / "plain", tmp_path / "wörk dir ü"
+    for wd in (plain, odd):
+        shutil.copytree(kitchens[0], wd)
+    _ok(leap("extract", "--workdir", plain, "--split", "val"))
+    said = ""
+    for i in (0, 1):
+        said += _ok(leap("extract", "--workdir", odd, "--split", "val", "--workers", "2", "--shard", f"{i}/2"))
+    first = [x.strip() for x in said.splitlines() if x.strip().startswith("first: ")]
+    assert len(first) == 1 and f"wörk dir ü/kitchen/P01/videos/{CUT}.MP4 [{CUT}_3]" in " ".join(said.split()), said
+    texts = {}
+    for i in (0, 1):
+        for line in (odd / "descriptors" / f"val.shard{i}of2.jsonl").read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            texts[r["narration_id"]] = r["text"]
+            cam = r["components"]["camera"]
+            if cam["status"] == "unavailable":
+                assert f"{CUT}.MP4" in cam["data"]["detail"] and f"[{r['narration_id']}]" in cam["data"]["detail"]
+    want = {r["narration_id"]: r["text"] for r in map(json.loads, (plain / "descriptors" / "val.jsonl").read_text(
+        encoding="utf-8").splitlines())}
+    assert texts == want and not any("wörk" in t or "kitchen" in t for t in texts.values())
+    # a resume redoes nothing, and --retry-errors keeps the JSON whole
+    said = _ok(leap("extract", "--workdir", odd, "--split", "val", "--shard", "1/2", "--retry-errors"))
+    for i in (0, 1):
+        for line in (odd / "descriptors" / f"val.shard{i}of2.jsonl").read_text(encoding="utf-8").splitlines():
+            json.loads(line)
+
+
+# ---------------------------------------------------------------- a resume's provenance after an unknown start
+
+
+def _prov(model: str, shards: str = "s") -> dict:
+    return {"train": {"shards": shards, "split": "train", "programs": {
+        "records": 1, "sha256": f"hash of {model}'s", "made_by": [{"backend": "openai", "model": model, "records": 1,
+                                                                    "valid": 1}]}}, "val": None}
+
+
+def test_resumes_after_a_checkpoint_without_provenance_then_on_other_programs(tmp_path, caplog):
+    from leap_cli.programs.provenance import read_run_provenance, run_programs_text
+    from leap_cli.train.loop import record_provenance
+
+    run = tmp_path / "run"
+    run.mkdir()
+    first = record_provenance(run, _prov("gpt-4o"), resumed=True, checkpoint={"step": 25, "provenance": None})
+    assert first["earlier"] == [{"unknown": "steps 1-25, trained before runs kept provenance.json"}]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # a second resume, on other programs
+        second = record_provenance(run, _prov("gpt-4o-mini"), resumed=True, checkpoint={"step": 50, "provenance": first})
+    assert "not those the run was trained on so far" in caplog.text and "resumed at step" not in caplog.text
+    assert second["earlier"][0] == first["earlier"][0] and second["earlier"][1]["train"] == first["train"]
+    assert len(second["earlier"]) == 2 and read_run_provenance(run) == second
+    text = run_programs_text(second)
+    assert text.startswith("openai gpt-4o-mini") and "before a resume on other programs: openai gpt-4o" in text, text
+    assert text.endswith("; before a resume: unknown (steps 1-25, trained before runs kept provenance.json)"), text
+    # the file lost: the checkpoint's copy of all of it, and no second "unknown"
+    (run / "provenance.json").unlink()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        third = record_provenance(run, _prov("gpt-4o-mini"), resumed=True, checkpoint={"step": 75, "provenance": second})
+    assert third == second and not caplog.text
+    # a checkpoint at step 0 (saved before any step) or of no step: nothing unknown
+    for ckpt in ({"step": 0}, {"step": "7"}, {}):
+        fresh = tmp_path / f"f{len(ckpt)}{ckpt.get('step')}"
+        fresh.mkdir()
+        assert "earlier" not in record_provenance(fresh, _prov("x"), resumed=True, checkpoint=ckpt)
+    # a run started over (not a resume) does not take the checkpoint's words
+    assert record_provenance(run, _prov("y"), resumed=False, checkpoint={"step": 9}) == _prov("y")
+
+
+def test_run_programs_text_passes_over_entries_that_are_not_its_own():
+    from leap_cli.programs.provenance import run_programs_text
+
+    prov = {**_prov("m"), "earlier": ["x", 3, {"unknown": 5}, {"unknown": "steps 1-3, a"}, {"unknown": "b"}]}
+    assert run_programs_text(prov).endswith("valid of 1; before a resume: unknown (steps 1-3, a)") or \
+        run_programs_text(prov).endswith("; before a resume: unknown (steps 1-3, a)"), run_programs_text(prov)
+    assert run_programs_text({"earlier": [{"unknown": "z"}]}).startswith("unknown (a run of a leap before")
+
+
+def test_evaluates_trained_on_warning_with_an_unknown_earlier_entry(tmp_path, caplog):
+    """The run's training shards are read for the warning; an 'unknown' entry neither breaks it nor adds to it."""
+    from leap_cli.evaluate.inference import _warn_trained_on
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    (folder / "manifest.json").write_text("{}")
+    prov = {**_prov("m", shards=str(tmp_path / "nowhere")), "earlier": [{"unknown": "steps 1-5, x"}]}
+    with caplog.at_level(logging.WARNING):
+        _warn_trained_on(prov, ["a", "b"], folder, "val")
+        _warn_trained_on({"earlier": [{"unknown": "y"}]}, ["a"], folder, "val")
+    assert not caplog.text
+
+
+# ---------------------------------------------------------------- an older kitchen's marker, as it may be found
+
+
+@pytest.fixture(scope="module")
+def demo_kitchen(tmp_path_factory):
+    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+
+    work = tmp_path_factory.mktemp("demo") / "work"
+    cfg = KitchenConfig(videos=3, seed=4, segments_per_video=2)
+    build_kitchen(work / "kitchen", cfg)
+    return work, cfg
+
+
+@pytest.mark.parametrize("version, said", [(None, "another kitchen version"), ("6", "another kitchen version"),
+                                           (True, "another kitchen version"), (5, "kitchen version 5")])
+def test_leap_demos_warning_names_a_markers_version_only_where_it_is_one(demo_kitchen, tmp_path, caplog, version,
+                                                                            said):
+    from leap_cli.demo import DemoConfig, check_demo
+    from leap_cli.synth.kitchen import KITCHEN_VERSION, MARKER
+
+    work = tmp_path / "work"
+    shutil.copytree(demo_kitchen[0], work)
+    marker = json.loads((work / "kitchen" / MARKER).read_text())
+    marker.pop("version")
+    (work / "kitchen" / MARKER).write_text(json.dumps({**marker, "hash": "of another leap", **(
+        {} if version is None else {"version": version})}))
+    with caplog.at_level(logging.WARNING):
+        cfg = check_demo(DemoConfig(workdir=work, videos=3, segments=2, seed=4, train_overrides=("data.batch_size=1",)))
+    assert cfg.force and f"({said}; this leap's is {KITCHEN_VERSION})" in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b'"a kitchen"', b"\xff\xfe\x00garbage", b'{"hash": '])
+def test_a_corrupt_marker_is_no_kitchen_of_ours_whatever_its_bytes(demo_kitchen, tmp_path, content):
+    """A marker that is JSON of another kind, or not text, was read as one (AttributeError, UnicodeDecodeError
+    out of build_kitchen: a traceback); now it is what a marker that is not JSON was: the folder is refused."""
+    from leap_cli.errors import LeapError
+    from leap_cli.synth.kitchen import MARKER, build_kitchen, read_marker
+
+    work = tmp_path / "work"
+    shutil.copytree(demo_kitchen[0], work)
+    (work / "kitchen" / MARKER).write_bytes(content)
+    assert read_marker(work / "kitchen") is None
+    with pytest.raises(LeapError, match="holds no synthetic kitchen"):
+        build_kitchen(work / "kitchen", demo_kitchen[1])
+
+
+@pytest.mark.parametrize("version, said", [(None, "kitchen version unknown"), (True, "kitchen version unknown"),
+                                           ("KITCHEN_VERSION + 1", "kitchen version {v}")])
+def test_demo_datas_note_over_a_kitchen_whose_marker_names_no_version_or_a_newer_one(demo_kitchen, tmp_path,
+                                                                                     monkeypatch, capsys, version, said):
+    """A finished kitchen whose marker names no version was rebuilt without the note (the stages' records of it
+    kept, unsaid); one of a newer leap was said to be an earlier leap's."""
+    from leap_cli.synth.kitchen import KITCHEN_VERSION, MARKER
+    from tests.procs import leap_main
+
+    work = tmp_path / "work"
+    shutil.copytree(demo_kitchen[0], work)
+    marker = json.loads((work / "kitchen" / MARKER).read_text())
+    marker.pop("version")
+    if version is not None:
+        marker["version"] = KITCHEN_VERSION + 1 if isinstance(version, str) else version
+    (work / "kitchen" / MARKER).write_text(json.dumps({**marker, "hash": "of another leap"}))
+    code, out, err = leap_main(monkeypatch, capsys, "demo-data", "--workdir", str(work), "--videos", "3",
+                               "--segments", "2", "--seed", "4")
+    flat = " ".join((out + err).split())
+    assert code == 0 and "held a kitchen another leap built (" + said.format(v=KITCHEN_VERSION + 1) in flat, flat

@@ -60,7 +60,7 @@ def demo_data(
 
         records = f"{workdir / 'descriptors'}" if out is None else "the work directory's descriptors/"
         console.print(printable(
-            f"note: {summary.out} held a kitchen an earlier leap built (kitchen version "
+            f"note: {summary.out} held a kitchen another leap built (kitchen version "
             f"{summary.replaced_version}; this leap builds version {KITCHEN_VERSION}): rebuilt; what the stages made "
             f"from the old one is kept where its annotations did not change: delete {records} and run extract again, "
             "then build-shards with --force for each split (generate-programs asks again only for the programs whose "

@@ -143,7 +143,8 @@ class KitchenSummary:
     videos: list[dict] = field(default_factory=list)  # video_id, split, fps, frames, duration, segments
     seconds: float = 0.0
     skipped: bool = False
-    replaced_version: int | None = None  # the KITCHEN_VERSION of the finished kitchen of another leap rebuilt
+    # the KITCHEN_VERSION of the finished kitchen of another leap rebuilt ("unknown": its marker names none that is one)
+    replaced_version: int | str | None = None
 
     def segments(self, split: str | None = None) -> int:
         return sum(v["segments"] for v in self.videos if split is None or v["split"] == split)
@@ -559,9 +560,10 @@ def read_marker(out: Path) -> dict | None:
     if not marker.exists():
         return None
     try:
-        return json.loads(marker.read_text())
-    except (OSError, json.JSONDecodeError):
+        held = json.loads(marker.read_text())
+    except (OSError, ValueError):  # (not JSON, or not text: bytes of another file)
         return None
+    return held if isinstance(held, dict) else None  # (JSON of another kind: no marker of ours, as one not JSON)
 
 
 def build_kitchen(out: Path, cfg: KitchenConfig = KitchenConfig(), force: bool = False,
@@ -595,7 +597,8 @@ def _build_kitchen(out: Path, cfg: KitchenConfig, force: bool,
     marker = read_marker(out)
     replaced = None  # (another leap's finished kitchen: what the stages made from it is not all remade)
     if not force and marker and marker.get("complete") and marker.get("version") != KITCHEN_VERSION:
-        replaced = marker.get("version")
+        was = marker.get("version")
+        replaced = was if isinstance(was, int) and not isinstance(was, bool) else "unknown"
     if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         if marker is None and not force:
             raise LeapError("the folder is not empty and holds no synthetic kitchen", path=out,
