@@ -397,3 +397,126 @@ def test_demo_datas_note_over_a_kitchen_whose_marker_names_no_version_or_a_newer
                                "--segments", "2", "--seed", "4")
     flat = " ".join((out + err).split())
     assert code == 0 and "held a kitchen another leap built (" + said.format(v=KITCHEN_VERSION + 1) in flat, flat
+
+
+# ---------------------------------------------------------------- the frame cache extract named, two ways
+
+
+def _fc_settings(desc: Path, name: str, root) -> None:
+    desc.mkdir(parents=True, exist_ok=True)
+    (desc / name).write_text(json.dumps({"frame_cache": str(root), "cache_frames": 16}))
+
+
+def test_a_frame_cache_named_through_a_symlink_and_by_its_folder_is_one(tmp_path, monkeypatch):
+    from leap_cli.commands.shards import extracts_frame_cache
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "big disk" / "fc").mkdir(parents=True)
+    work = tmp_path / "w"
+    (work / "descriptors").mkdir(parents=True)
+    (work / "frame-cache").symlink_to(tmp_path / "big disk" / "fc")
+    _fc_settings(work / "descriptors", "val.shard0of2.config.json", work / "frame-cache")
+    _fc_settings(work / "descriptors", "val.shard1of2.config.json", tmp_path / "big disk" / "fc")
+    got, note = extracts_frame_cache(work, "val")
+    assert note is None and got == work / "frame-cache"  # (the first settings file's name for it)
+    # the disk not mounted: both names are the default's folder, whose absence the writer's notes tell
+    (tmp_path / "big disk" / "fc").rmdir()
+    assert extracts_frame_cache(work, "val") == (None, None)
+
+
+def test_a_relative_frame_cache_of_an_earlier_leap_read_from_another_folder(tmp_path, monkeypatch):
+    """An earlier leap recorded --frame-cache fc as given, from the folder it ran in; build-shards run from another
+    folder finds no fc there: the note says the folder named is not there (it cannot know where fc was), and with
+    today's absolute name beside it (another part) that one is read."""
+    from leap_cli.commands.shards import extracts_frame_cache
+
+    (tmp_path / "fc").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    desc = tmp_path / "w" / "descriptors"
+    _fc_settings(desc, "val.shard0of2.config.json", "fc")
+    got, note = extracts_frame_cache(tmp_path / "w", "val")
+    assert got is None and "extract's frame cache fc (named in" in note and "--frame-cache DIR" in note, note
+    _fc_settings(desc, "val.shard1of2.config.json", tmp_path / "fc")
+    assert extracts_frame_cache(tmp_path / "w", "val") == (tmp_path / "fc", None)
+    # another fc in the folder it runs from: two folders named, none read, and the note says to choose
+    (tmp_path / "elsewhere" / "fc").mkdir()
+    got, note = extracts_frame_cache(tmp_path / "w", "val")
+    assert got is None and "name 2 frame caches" in note, note
+
+
+# ---------------------------------------------------------------- the local relation's expand-bias gradient
+
+import torch  # noqa: E402
+
+from leap_cli.model.uniformerv2 import _LocalRelation  # noqa: E402
+
+
+def _relation_inputs(N=2, T=3, L=4, C=6, R=4, k=3, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, dtype=dtype, generator=g)  # noqa: E731
+    return [r(N * T, 1 + L, C), r(N * T * L, C), T, r(R, C) * 0.5, r(R), r(R, k) * 0.5, r(R), r(C, R) * 0.5, r(C)]
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("T, drop", [(3, False), (3, True), (1, False), (1, True)])
+def test_the_local_relation_passes_gradcheck(onednn, T, drop, monkeypatch):
+    monkeypatch.setattr(_LocalRelation, "onednn", staticmethod(lambda x: onednn))
+    args = _relation_inputs(T=T)
+    scale = torch.tensor([0.0, 1.25], dtype=torch.float64) if drop else None
+    tensors = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    assert torch.autograd.gradcheck(lambda *a: _LocalRelation.apply(*a, scale), tensors, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("onednn", [True, False])
+def test_the_local_relation_of_strided_tokens_is_that_of_contiguous_ones(onednn, monkeypatch):
+    """Sequence-first tokens ([1+HW, N*T, C] transposed) and a slice: the same output and gradients."""
+    monkeypatch.setattr(_LocalRelation, "onednn", staticmethod(lambda x: onednn))
+    args = _relation_inputs()
+    x = args[0]
+    views = [x, x.transpose(0, 1).contiguous().transpose(0, 1),  # sequence-first tokens
+             torch.stack([x, x], -1)[..., 0]]  # every other float of a wider tensor
+    want = None
+    for v in views:
+        xv = v.detach().requires_grad_()
+        ps = [a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args[1:]]
+        y = _LocalRelation.apply(xv, *ps, None)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view(y.shape)).sum().backward()
+        got = [y.detach(), xv.grad] + [p.grad for p in ps if isinstance(p, torch.Tensor)]
+        want = want or got
+        for one, other in zip(got, want):
+            torch.testing.assert_close(one, other)
+
+
+def test_the_expand_bias_gradient_keeps_the_patch_rows_beside_large_class_rows():
+    """float32: class-row gradients 10^4x the patch ones; the bias's gradient is the patch rows' sum (as in
+    float64), where all rows less the class rows lost it."""
+    N, T, L, C = 2, 8, 49, 16
+    args = _relation_inputs(N=N, T=T, L=L, C=C, dtype=torch.float32, seed=3)
+    grad = torch.randn(N * T, 1 + L, C, generator=torch.Generator().manual_seed(4)) * 1e-3
+    grad[:, 0] = 40.0 * torch.randn(N * T, C, generator=torch.Generator().manual_seed(5)).abs() + 10
+    for scale in (None, torch.tensor([0.0, 2.0])):
+        b_e = args[-1].detach().clone().requires_grad_()
+        y = _LocalRelation.apply(*args[:-1], b_e, scale)
+        y.backward(grad)
+        per_clip = grad.double()[:, 1:].reshape(N, -1, C).sum(1)
+        want = per_clip.sum(0) if scale is None else scale.double() @ per_clip
+        torch.testing.assert_close(b_e.grad.double(), want, rtol=1e-5, atol=1e-7)
+
+
+def test_the_expand_bias_gradient_under_cpu_bf16_autocast_is_float32s():
+    """Under the CPU's bf16 autocast the products run in bf16, the bias's gradient is summed in x's float32."""
+    args = _relation_inputs(dtype=torch.float32, seed=6)
+    ps = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    grad = torch.randn(args[0].shape, generator=torch.Generator().manual_seed(7))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = _LocalRelation.apply(*ps, None)
+    assert y.dtype == torch.float32
+    y.backward(grad)
+    assert all(p.grad.dtype == torch.float32 for p in ps if isinstance(p, torch.Tensor))
+    torch.testing.assert_close(ps[-1].grad, grad[:, 1:].sum((0, 1)), rtol=1e-6, atol=1e-5)
+    ref = [a.detach().double().requires_grad_() if isinstance(a, torch.Tensor) else a for a in args]
+    _LocalRelation.apply(*ref, None).backward(grad.double())
+    for p, q in zip(ps, ref):
+        if isinstance(p, torch.Tensor):
+            torch.testing.assert_close(p.grad.double(), q.grad, rtol=0.05, atol=0.05 * q.grad.abs().max().item())
