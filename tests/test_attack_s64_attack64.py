@@ -398,6 +398,24 @@ def test_demo_datas_note_over_a_kitchen_whose_marker_names_no_version_or_a_newer
                                "--segments", "2", "--seed", "4")
     flat = " ".join((out + err).split())
     assert code == 0 and "held a kitchen another leap built (" + said.format(v=KITCHEN_VERSION + 1) in flat, flat
+    assert f"delete {work / 'descriptors'} and run extract again" in flat, flat
+
+
+def test_demo_data_over_another_leaps_unfinished_kitchen_says_nothing_of_kept_work(demo_kitchen, tmp_path, monkeypatch,
+                                                                                  capsys):
+    """A build another leap began and did not finish: no stage ran on it, nothing is kept: no note."""
+    from leap_cli.synth.kitchen import KITCHEN_VERSION, MARKER
+    from tests.procs import leap_main
+
+    work = tmp_path / "work"
+    shutil.copytree(demo_kitchen[0], work)
+    marker = json.loads((work / "kitchen" / MARKER).read_text())
+    (work / "kitchen" / MARKER).write_text(json.dumps({**marker, "hash": "x", "version": KITCHEN_VERSION - 1,
+                                                       "complete": False}))
+    code, out, err = leap_main(monkeypatch, capsys, "demo-data", "--workdir", str(work), "--videos", "3",
+                               "--segments", "2", "--seed", "4")
+    assert code == 0 and "held a kitchen" not in out + err and json.loads((work / "kitchen" / MARKER).read_text())[
+        "complete"], out + err
 
 
 # ---------------------------------------------------------------- the frame cache extract named, two ways
