@@ -11,6 +11,21 @@ Found and fixed:
 - the note's command was ``leap generate-programs --split SPLIT`` whatever the build was given: with ``--workdir``
   (or ``--data``/``--annotations``, or ``--programs`` of another file), following it literally made or refused
   another work directory's programs, and the note stayed. It now names those options.
+- a kitchen marker that is JSON of another kind ([...], "...") or not text made build_kitchen (demo-data, leap demo)
+  fail with a traceback (AttributeError / UnicodeDecodeError); it is now no marker of ours, as one not JSON is.
+- demo-data's note over another leap's kitchen called a newer leap's kitchen "an earlier leap's", and was not given
+  where the marker names no version (the kitchen rebuilt, the stages' records of the old one kept, unsaid); leap
+  demo's warning said "kitchen version True" of a bool.
+
+Right as it is (checked here): the note's clip hashes are generate-programs' (duplicates: the last record of an id,
+a crash-cut line passed over, narration-only programs or other extract settings not compared, records of a leap
+without clip_hash not read, anticipation shards noted too; 67k descriptor records of 2 kB, 191 MiB: 1.7 s); a
+resume's "unknown" entry survives a second resume on other programs and a lost provenance.json; the frame cache
+named through a symlink is one folder; the expand bias's gradient passes float64 gradcheck (drop path, T=1, both
+temporal convolutions, strided tokens) and is float32's under the CPU's bf16 autocast. Noticed, not changed: with
+extract --workers 2 the summary's first: line names whichever segment past the cut failed first (the video is the
+same); evaluate's trained-on warning reads only the current training shards (steps of an "unknown" start, or of
+earlier shards, are not looked at).
 """
 
 from __future__ import annotations
