@@ -119,3 +119,33 @@ def camera_reads_otherwise(monkeypatch, words: str, narration_id: str | None = N
             rec["text"] += words
         return rec
     monkeypatch.setattr(CameraComponent, "describe", other)
+
+
+ALL_COMPONENTS = ("narration", "audio", "camera", "objects", "hands")
+
+
+def kitchen_config(root: Path, out: Path, **kw):
+    """extract's settings for this kitchen's train split into ``out``: every component, no frame cache (``kw``
+    overrides)."""
+    from leap_cli.extract.runner import ExtractConfig
+
+    return ExtractConfig(data=root, split="train", out=out, components=kw.pop("components", ALL_COMPONENTS),
+                         frame_cache=kw.pop("frame_cache", None), **kw)
+
+
+def earlier_camera_output(root: Path, out: Path) -> str:
+    """The text of the output an earlier leap wrote into ``out`` (camera version 1, whose odometry wrote another
+    text)."""
+    import pytest
+
+    from leap_cli.extract import base
+    from leap_cli.extract.runner import run_extract
+
+    mp = pytest.MonkeyPatch()
+    try:
+        mp.setitem(base.VERSIONS, "camera", 1)
+        camera_reads_otherwise(mp, ", as the odometry of 2026-12-05 read it")
+        assert run_extract(kitchen_config(root, out)).written == 4
+    finally:
+        mp.undo()
+    return out.read_text()

@@ -20,11 +20,10 @@ from pathlib import Path
 import pytest
 
 from leap_cli.extract import base
-from leap_cli.extract.runner import ExtractConfig, run_extract
+from leap_cli.extract.runner import run_extract
 from leap_cli.io import read_jsonl
-from tests.extract_kitchen import build, camera_reads_otherwise, count_describes
+from tests.extract_kitchen import ALL_COMPONENTS as ALL, build, earlier_camera_output, kitchen_config, count_describes
 
-ALL = ("narration", "audio", "camera", "objects", "hands")
 VO = ("P01_01_0", "P01_01_1", "P01_01_2")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,20 +44,10 @@ def fresh(kitchen, tmp_path_factory) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def old_output(kitchen, tmp_path_factory) -> str:
     """The output of an earlier leap (camera 1, whose odometry wrote another text), as text."""
-    out = tmp_path_factory.mktemp("old") / "train.jsonl"
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.setitem(base.VERSIONS, "camera", 1)
-        camera_reads_otherwise(mp, ", as the odometry of 2026-12-05 read it")
-        assert run_extract(_cfg(kitchen, out)).written == 4
-    finally:
-        mp.undo()
-    return out.read_text()
+    return earlier_camera_output(kitchen, tmp_path_factory.mktemp("old") / "train.jsonl")
 
 
-def _cfg(root: Path, out: Path, **kw) -> ExtractConfig:
-    return ExtractConfig(data=root, split="train", out=out, components=kw.pop("components", ALL),
-                         frame_cache=kw.pop("frame_cache", None), **kw)
+_cfg = kitchen_config
 
 
 def _lines(out: Path) -> dict[str, dict]:
@@ -82,7 +71,7 @@ def calls(monkeypatch) -> Counter:
 _KILLED = """
 import os, signal, sys
 from pathlib import Path
-from leap_cli.extract.runner import ExtractConfig, run_extract
+from leap_cli.extract.runner import run_extract
 root, out, workers, after = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 n = [0]
 def on_record(r):

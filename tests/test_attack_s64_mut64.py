@@ -16,10 +16,9 @@ import pytest
 from leap_cli.extract import base
 from leap_cli.extract.runner import ExtractConfig, run_extract
 from leap_cli.io import read_jsonl
-from tests.extract_kitchen import build, camera_reads_otherwise
+from tests.extract_kitchen import ALL_COMPONENTS as ALL, build, earlier_camera_output, kitchen_config
 from tests.test_programs_generate import good_programs, workdir  # noqa: F401 (the fixtures)
 
-ALL = ("narration", "audio", "camera", "objects", "hands")
 OK = {"status": "ok", "source": "s", "data": {}, "text": "t"}
 
 
@@ -31,20 +30,10 @@ def kitchen(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def old_output(kitchen, tmp_path_factory) -> str:
     """The output of an earlier leap (camera 1, whose odometry wrote another text), as text."""
-    out = tmp_path_factory.mktemp("old") / "train.jsonl"
-    mp = pytest.MonkeyPatch()
-    try:
-        mp.setitem(base.VERSIONS, "camera", 1)
-        camera_reads_otherwise(mp, ", as the odometry of 2026-12-05 read it")
-        assert run_extract(_cfg(kitchen, out)).written == 4
-    finally:
-        mp.undo()
-    return out.read_text()
+    return earlier_camera_output(kitchen, tmp_path_factory.mktemp("old") / "train.jsonl")
 
 
-def _cfg(root: Path, out: Path, **kw) -> ExtractConfig:
-    return ExtractConfig(data=root, split="train", out=out, components=kw.pop("components", ALL),
-                         frame_cache=kw.pop("frame_cache", None), **kw)
+_cfg = kitchen_config
 
 
 def _recs(text: str) -> list[dict]:
