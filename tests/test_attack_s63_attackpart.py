@@ -71,7 +71,7 @@ def calls(monkeypatch) -> Counter:
 _KILLED = """
 import os, signal, sys
 from pathlib import Path
-from leap_cli.extract.runner import run_extract
+from leap_cli.extract.runner import ExtractConfig, run_extract
 root, out, workers, after = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 n = [0]
 def on_record(r):
