@@ -89,6 +89,19 @@ def test_a_run_of_one_folder_knows_its_segments(shard_work: Path) -> None:  # no
     assert keys == {k for s in m["shards"] for k in s["keys"]} and read == [str(train)]
 
 
+def test_the_shards_trained_on_before_a_resume_count_too(shard_work: Path) -> None:  # noqa: F811
+    """A run resumed on other training shards keeps the earlier ones under ``earlier`` (provenance.json): the
+    segments of both were trained on (evaluate's warning read the shards of now alone)."""
+    from leap_cli.shards.format import trained_segments
+
+    train, val = shard_work / "shards" / "train", shard_work / "shards" / "val"
+    prov = {"train": {"shards": str(val)}, "earlier": [{"unknown": "steps 1-5, ..."}, {"train": {"shards": [str(train)]}},
+                                                       {"train": {"shards": str(val)}}, "not an entry"]}
+    keys, read = trained_segments(prov)
+    both = {k for f in (train, val) for s in json.loads((f / "manifest.json").read_text())["shards"] for k in s["keys"]}
+    assert keys == both and read == [str(val), str(train)]
+
+
 def test_one_scored_segment_among_the_trained_ones_is_said(shard_work: Path, caplog) -> None:  # noqa: F811
     import logging
 

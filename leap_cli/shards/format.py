@@ -304,11 +304,19 @@ def folders_provenance(m: dict, folder: Path) -> dict:
 
 
 def trained_segments(provenance: dict | None) -> tuple[set[str], list[str]]:
-    """The segments a run trained on (its ``provenance.json``, as a checkpoint holds it) and the training shards
-    folders they were read from; folders no longer there, or unreadable, are passed over (nothing known)."""
-    train = (provenance or {}).get("train") if isinstance(provenance, dict) else None
-    shards = train.get("shards") if isinstance(train, dict) else None
-    folders = [shards] if isinstance(shards, str) else [f for f in shards or [] if isinstance(f, str)]
+    """The segments a run trained on (its ``provenance.json``, as a checkpoint holds it, with the training shards of
+    the parts of the run before a resume on other shards, ``earlier``) and the training shards folders they were
+    read from; folders no longer there, or unreadable, are passed over (nothing known)."""
+    if not isinstance(provenance, dict):
+        return set(), []
+    parts = [provenance, *(e for e in provenance.get("earlier") or [] if isinstance(e, dict))]
+    folders: list[str] = []
+    for part in parts:
+        train = part.get("train")
+        shards = train.get("shards") if isinstance(train, dict) else None
+        for f in [shards] if isinstance(shards, str) else shards if isinstance(shards, list) else []:
+            if isinstance(f, str) and f not in folders:
+                folders.append(f)
     keys: set[str] = set()
     read = []
     for folder in folders:
