@@ -21,6 +21,12 @@ DEFAULT_WORKDIR = Path("leap-work")
 T = TypeVar("T")
 
 
+def counted(n: int, noun: str, plural: str | None = None, *, sep: bool = False) -> str:
+    """``n`` and the noun in the number that reads right: "1 record", "2 records", "0 records";
+    ``plural`` for irregular nouns ("reply", "replies"), ``sep`` for a thousands separator ("1,234 records")."""
+    return (f"{n:,}" if sep else f"{n}") + " " + (noun if n == 1 else plural or noun + "s")
+
+
 TASKS = ("recognition", "anticipation")
 
 

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from leap_cli.common import counted
 from leap_cli.errors import LeapError
 from leap_cli.resources import bundled_config
 
@@ -286,7 +287,7 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
     rows.append(("demo-data", f"{w}/kitchen", ", ".join(f"{s} {n}" for s, n in counts.items()) + " segments"))
     for split in ("train", "val", "test"):
         recs = _jsonl(w / "descriptors" / f"{split}.jsonl")
-        figures = [f"{len(recs)} records"]
+        figures = [counted(len(recs), "record")]
         for status in ("ok", "unavailable", "error"):
             n = {c: sum(r["components"].get(c, {}).get("status") == status for r in recs)
                  for c in ("narration", "audio", "camera", "objects", "hands")}
@@ -317,8 +318,9 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
             man = json.loads(m.read_text())
             n = man.get("counts", {}).get("samples", man.get("num_samples", "?"))
             skipped = man.get("counts", {}).get("skipped")
-            rows.append((f"shards {split}", str(m.parent), f"{n} samples in {len(man.get('shards', []))} shard(s)"
-                         + (f"; {skipped} segments skipped (listed with their reasons in the manifest)"
+            samples = counted(n, "sample") if isinstance(n, int) else f"{n} samples"
+            rows.append((f"shards {split}", str(m.parent), f"{samples} in {counted(len(man.get('shards', [])), 'shard')}"
+                         + (f"; {counted(skipped, 'segment')} skipped (listed with their reasons in the manifest)"
                             if skipped else "")))
     config = cfg.config or default_config()
     run_dir = w / "runs" / config.stem
@@ -327,7 +329,7 @@ def collect(cfg: DemoConfig) -> list[tuple[str, str, str]]:
     trains = [r for r in history if r.get("split") == "train"]
     if trains:
         last = vals[-1] if vals else {}
-        rows.append(("train", str(run_dir), f"{trains[-1]['step']} steps, last loss {trains[-1]['loss']:.3f}"
+        rows.append(("train", str(run_dir), f"{counted(trains[-1]['step'], 'step')}, last loss {trains[-1]['loss']:.3f}"
                      + (f"; val at the end: verb {last['verb_top1']:.1f}%, noun {last['noun_top1']:.1f}%, "
                         f"action {last['action_top1']:.1f}% top-1" if last else "")))
     for split in ("val",):

@@ -85,7 +85,7 @@ def test_extract_summary_table_rows_rate_and_notes(monkeypatch):
     assert "audio" not in rows
     assert rows["decode"] == ["", "", "", "1.0", "22%"] and rows["frame-cache"] == ["", "", "", "0.5", "11%"], rows
     assert "segments: 5 selected, 2 done before, 3 written now (1.50/s)" in said and "interrupted" not in said
-    assert "note: 1 records of earlier runs were made from other annotations than EPIC_100_train.csv holds now " \
+    assert "note: 1 record of earlier runs was made from other annotations than EPIC_100_train.csv holds now " \
            "(e.g. P01_01_0 (narration) differs)" in said, said
 
 
@@ -126,7 +126,7 @@ def test_extract_summary_unavailable_reasons_and_errors(monkeypatch):
     assert "17 component errors, 11 distinct (rerun with --retry-errors after fixing):" in said, said
     assert "objects of 7 segments (P01_01_0_0, P01_01_0_1, P01_01_0_2 and 4 more): boom 0" in said, said
     assert "objects of 1 segment (P01_01_1_0): boom 1" in said and "P01_01_1_0 and 0 more" not in said, said
-    assert "boom 9" in said and "boom 10" not in said and "... and 1 more distinct errors" in said, said
+    assert "boom 9" in said and "boom 10" not in said and "... and 1 more distinct error" in said, said
 
 
 def test_extract_summary_one_error_one_unavailable(monkeypatch):
@@ -278,10 +278,10 @@ def test_extract_cli_retry_errors_and_its_old_spelling_redo_a_failed_record(ewor
     rows[0]["components"]["narration"].update(status="error", detail="boom")
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     code, said, _ = extract_cli(ework, "--split", "val")
-    assert code == 0 and "nothing to do" in said and "note: 1 of them hold a component that failed" in said, said
+    assert code == 0 and "nothing to do" in said and "note: 1 of them holds a component that failed" in said, said
     code, said, res = extract_cli(ework, "--split", "val", spelling)
     assert code == 0 and "segments: 6 selected, 5 done before, 1 written now" in said, (said, res.exception)
-    assert "(the 1 segments of this run)" in said
+    assert "(the 1 segment of this run)" in said
 
 
 def test_extract_cli_an_empty_shard_says_why_unless_limited(ework):

@@ -289,7 +289,7 @@ def test_the_summary_reads_each_stage_output(tmp_path):
     assert rows["extract train"] == ("descriptors/train.jsonl", "1 records; ok: narration 1; unavailable: hands 1")
     # coverage: of the split's 7 segments, as validate-programs checked them (same mtime as the records)
     assert rows["programs train"][1] == "valid 2 as validate-programs checked them; coverage 29% (offline backend)"
-    assert rows["shards train"] == ("shards/train", "7 samples in 1 shard(s)")
+    assert rows["shards train"] == ("shards/train", "7 samples in 1 shard")
     assert rows["train"][1] == "10 steps, last loss 1.500; val at the end: verb 30.0%, noun 40.0%, action 15.0% top-1"
     assert rows["evaluate val"] == ("runs/tiny-synthetic/eval/val/metrics.json", "verb top-1 50.0%")
     assert "ablate" not in rows  # a table left by an earlier --ablate run

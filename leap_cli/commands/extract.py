@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, lowercase, normalize_split, shard_out,
+from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, counted, dataset_root, lowercase, normalize_split, shard_out,
                              workdir_option, workers_option)
 from leap_cli.errors import LeapError
 from leap_cli.io import OutputLock, check_settings
@@ -224,17 +224,20 @@ def _remade(s) -> str:
         causes = [WHOLE[k] for k in WHOLE if s.outdated_whole_why.get(k)]  # (those this run met)
         why = f" ({', '.join(causes[:-1]) + ', or ' if len(causes) > 1 else ''}{causes[-1]})" if causes else ""
         said.append(f"{s.outdated_whole} {'is' if s.outdated_whole == 1 else 'are'} made whole again{why}" if said
-                    else f"they are made whole again{why}")
+                    else f"{'it is' if s.outdated == 1 else 'they are'} made whole again{why}")
     return "; ".join(said)
 
 
-def _print_retryable(s, which: str) -> None:
+def _print_retryable(s, of_them: bool) -> None:
     """The note on records done before that ``--retry-errors`` would redo (a fixed or re-downloaded video is read
     again only when asked)."""
     if s.retryable:
-        console.print(f"note: {s.retryable} {which} hold a component that failed, had no readable video (none "
-                      "there, or damaged) or was made without an audio, hand-object, detection or pose file that is "
-                      "there now: once the files are there or fixed, --retry-errors redoes them",
+        n = s.retryable
+        which = f"{n} of them" if of_them else f"{counted(n, 'record')} of earlier runs"
+        console.print(f"note: {which} {'holds' if n == 1 else 'hold'} a component that failed, had no readable video "
+                      "(none there, or damaged) or was made without an audio, hand-object, detection or pose file that "
+                      "is there now: once the files are there or fixed, --retry-errors redoes "
+                      + ("it" if n == 1 else "them"),
                       style="yellow", highlight=False)
 
 
@@ -242,11 +245,11 @@ def _print_summary(s) -> None:
     if s.done_before and not s.written and not s.interrupted:  # a rerun with nothing left: no empty table
         console.print(f"segments: {s.segments} selected, {s.done_before} done before, 0 written now: nothing to do "
                       f"({escape(str(s.out))})")
-        _print_retryable(s, "of them")
+        _print_retryable(s, of_them=True)
         for line in s.outcome.lines():
             console.print(escape(line), highlight=False, style="red")
         return
-    title = f"extract -> {printable(s.out, one_line=True)}" + (f" (the {s.written} segments of this run)"
+    title = f"extract -> {printable(s.out, one_line=True)}" + (f" (the {counted(s.written, 'segment')} of this run)"
                                                                  if s.done_before else "")
     table = Table(title=title)
     for col in ("component", "ok", "unavailable", "error", "seconds", "share of time"):
@@ -268,14 +271,17 @@ def _print_summary(s) -> None:
     console.print(f"segments: {s.segments} selected, {s.done_before} done before, {s.written} written now "
                   f"({rate:.2f}/s)" + (" [yellow]interrupted[/]" if s.interrupted else ""))
     if s.reannotated:  # (resumed, they would have described another segment than the annotations' now)
-        console.print(f"note: {s.reannotated} records of earlier runs were made from other annotations than "
-                      f"{escape(s.annotations)} holds now (e.g. {escape(s.reannotated_example)} differs): they are "
-                      "made again, and generate-programs makes their programs again", style="yellow", highlight=False)
+        n = s.reannotated
+        console.print(f"note: {counted(n, 'record')} of earlier runs {'was' if n == 1 else 'were'} made from other "
+                      f"annotations than {escape(s.annotations)} holds now (e.g. {escape(s.reannotated_example)} "
+                      f"differs): {'it is' if n == 1 else 'they are'} made again, and generate-programs makes "
+                      f"{'its program' if n == 1 else 'their programs'} again", style="yellow", highlight=False)
     if s.outdated:  # (an upgrade of leap that changed what a component writes: the output holds one leap's records)
-        console.print(f"note: {s.outdated} records of earlier runs hold parts another leap made otherwise (e.g. "
+        console.print(f"note: {counted(s.outdated, 'record')} of earlier runs {'holds' if s.outdated == 1 else 'hold'} "
+                      f"parts another leap made otherwise (e.g. "
                       f"{escape(s.outdated_example)}): {_remade(s)}, and generate-programs asks again for the "
                       "programs of those whose clip text changed", style="yellow", highlight=False)
-    _print_retryable(s, "records of earlier runs")  # (kept as they are by this run, a part remake's kept ones too)
+    _print_retryable(s, of_them=False)  # (kept as they are by this run, a part remake's kept ones too)
     if s.unavailable:
         console.print(f"unavailable components by reason ({sum(s.unavailable.values())}"
                       + (", this run" if s.done_before else "") + "):")
@@ -300,4 +306,4 @@ def _print_summary(s) -> None:
             console.print(f"  {', '.join(g['components'])} of {segments} ({escape(where)}): {escape(detail)}",
                           highlight=False)
         if len(s.errors) > 10:
-            console.print(f"  ... and {len(s.errors) - 10} more distinct errors", highlight=False)
+            console.print(f"  ... and {counted(len(s.errors) - 10, 'more distinct error')}", highlight=False)
