@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from leap_cli.common import counted as counted_text
 from leap_cli.errors import LeapError
 
 log = logging.getLogger(__name__)
@@ -1209,8 +1210,10 @@ class JsonlAppender:
                         (counted.add if count(r) else counted.discard)(k)
             self._end_with_newline()
             if n > len(last):
-                log.warning("%s: %d records were there twice (a run stopped while redoing them, or files "
-                            "concatenated): kept the last line of each", self.path, n - len(last))
+                twice = n - len(last)
+                log.warning("%s: %s %s there twice (a run stopped while redoing %s, or files concatenated): kept "
+                            "the last line of each", self.path, counted_text(twice, "record"),
+                            "was" if twice == 1 else "were", "it" if twice == 1 else "them")
                 self._rewrite(lambda i, start, k: last[k] == i)
             self._f = open(self.path, "a", encoding="utf-8")
             self._old_end = self._f.tell()  # the lines before it are the earlier runs'; a redone key's is dropped

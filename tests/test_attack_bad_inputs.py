@@ -292,7 +292,7 @@ def test_build_shards_names_a_record_of_an_unknown_status_among_programs(root, t
     said = " ".join((out + err).split())
     assert code == 0, said[-2000:]
     assert f"{records[0]['narration_id']}: line 1: not a program record (status is 5" in said, said[-2000:]
-    assert "1 program records failed re-validation" in said
+    assert "1 program record failed re-validation" in said
 
 
 # ---- scores for evaluate / submit, checkpoints, configs ----------------------------------------------------------

@@ -334,7 +334,7 @@ def test_troubleshooting_quotes_are_in_leaps_code():
                   "the folder holds shards built from other inputs or settings", "the endpoint refused the API key "
                   "(HTTP {status})", "the EPIC class files are needed to resolve verbs and objects",
                   "is not a class of", "a worker process died ({how})", "the server is still loading the model",
-                  "the reply is only the model's thinking", "segment(s) skipped", "the server stopped answering: "
+                  "the reply is only the model's thinking", "skipped[/] (listed in the manifest)", "the server stopped answering: "
                   "no reply for", "the reply stopped at the token limit ({limit}; ", "reached (estimated"):
         assert words in code, words
     assert 'f"--max-tokens {max_tokens}"' in code and 'f"--max-cost {cfg.max_cost:g} reached' in code
@@ -361,5 +361,5 @@ def test_info_lists_every_video_whose_frames_are_still_in_their_tar(tmp_path, mo
     assert "(`leap info --all` lists every such video)" in _trouble_row("rgb_frames not extracted from their tar")
     code, out, err = leap_main(monkeypatch, capsys, "info", "--data", str(root), "--no-check-lengths", "--all")
     said = _said(out + err)
-    assert code == 0 and "7 video(s) with rgb_frames not extracted from their tar" in said, said
+    assert code == 0 and "7 videos with rgb_frames not extracted from their tar" in said, said
     assert all(v in said for v in videos), said

@@ -297,8 +297,8 @@ def test_info_names_where_the_first_missing_video_was_looked_for_and_a_folder_in
     folder.mkdir(parents=True)
     code, out, err = leap_main(monkeypatch, capsys, "info", "--data", str(root), "--no-check-lengths")
     assert code == 0, out + err
-    at = out.index("val: 3 video(s) with neither MP4 nor rgb_frames: ")  # (val: 3 videos, train 1)
-    val_first = re.match(r"val: 3 video\(s\) with neither MP4 nor rgb_frames: (\w+)", out[at:]).group(1)
+    at = out.index("val: 3 videos with neither MP4 nor rgb_frames: ")  # (val: 3 videos, train 1)
+    val_first = re.match(r"val: 3 videos with neither MP4 nor rgb_frames: (\w+)", out[at:]).group(1)
     looked = out[at:].split("looked for", 1)[1].split("\n", 1)[0]
     assert looked.startswith(f" {root / val_first.split('_')[0] / 'videos' / val_first}.MP4 and"), (val_first, looked)
     assert f"{folder} is a folder, not a video file" in out.replace("\n", ""), out

@@ -105,7 +105,7 @@ def info_of_tarred_kitchen(tmp_path_factory):
 
 def test_info_lists_a_video_left_in_its_tar_apart(info_of_tarred_kitchen):
     _, out = info_of_tarred_kitchen
-    assert "val: 1 video(s) with rgb_frames not extracted from their tar: P01_03" in out
+    assert "val: 1 video with rgb_frames not extracted from their tar: P01_03" in out
 
 
 def test_info_length_check_leaves_out_a_video_still_in_its_tar(info_of_tarred_kitchen):

@@ -56,7 +56,7 @@ def kitchen(tmp_path_factory) -> dict:
 def test_build_shards_skips_the_cut_videos_segments_with_extracts_reason(kitchen):
     """docs/shards.md "Bad input" (d5001a3, 6eef694): a window that ends past the frames that decode is skipped
     "with extract's reason, so that both stages leave out the same segments"; troubleshooting.md: build-shards'
-    cause is `frames requested past the end of the video`; extract.md: `N segment(s) skipped (listed in the
+    cause is `frames requested past the end of the video`; extract.md: `N segments skipped (listed in the
     manifest)` and `build-shards: N of M records failed (by cause)`."""
     unavailable = {nid: r["components"]["camera"]["data"]["reason"] for nid, r in kitchen["records"].items()
                    if r["components"]["camera"]["status"] == "unavailable"}
@@ -69,7 +69,7 @@ def test_build_shards_skips_the_cut_videos_segments_with_extracts_reason(kitchen
         assert skipped[nid]["cause"] == "frames requested past the end of the video"
     said = flat(kitchen["built"])
     n, m = len(skipped), len(kitchen["records"])
-    assert f"{n} segment(s) skipped (listed in the manifest)" in said
+    assert f"{n} segment{'s' if n != 1 else ''} skipped (listed in the manifest)" in said
     assert f"build-shards: {n} of {m} records failed (by cause)" in said
     assert f"{n} x frames requested past the end of the video" in said
 

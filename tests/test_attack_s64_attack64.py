@@ -172,7 +172,7 @@ def _ok(r):
 
 def _note_command(said: str) -> list[str]:
     flat = " ".join(said.split())  # (the console wraps long lines)
-    assert flat.count("program record(s) of") == 1, said
+    assert flat.count("made from a clip text that") == 1, said
     command = flat.split("; run leap ", 1)[1].split(" (it asks again", 1)[0]
     return shlex.split(command)
 

@@ -540,7 +540,7 @@ def test_validate_records_of_another_split_are_refused_naming_the_split_their_na
     # one of them in the split: counted apart, named, and --strict fails on it
     h = _write(tmp_path / "v2" / "val.jsonl", [*rows[:1], *_records(work)[1:]])
     code, said, _ = validate(h, "--workdir", work, "--strict")
-    assert code == 1 and "1 records are not segments of the val split (e.g. P99_99_0)" in said, said
+    assert code == 1 and "1 record is not a segment of the val split (e.g. P99_99_0)" in said, said
     assert "--strict: 1 records not of the val split" in said, said
 
 

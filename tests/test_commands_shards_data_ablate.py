@@ -78,7 +78,7 @@ def test_build_shards_summary_table_counts_each_column(shards_run):
 
 def test_build_shards_lists_skips_by_cause_and_names_the_videos(shards_run):
     out = flat(shards_run.first.output)
-    assert "4 segment(s) skipped (listed in the manifest), by cause:" in out
+    assert "4 segments skipped (listed in the manifest), by cause:" in out
     assert ("no video file or rgb_frames folder: 4 segments of 4 videos (P01_04, P01_05, P01_06 and 1 more); "
             "the first, P01_04_0: ") in out
     # the outcome lines: 4 of 11 records, by cause
@@ -175,7 +175,7 @@ def test_check_shards_passes_its_options_and_lists_problems(shards_run, monkeypa
     assert "... and 5 more" in out
     assert flat(out).count("fix: ") == 1 and flat(rebuild_fix("leap-train-000000.tar", shards_run.out)) in flat(out)
     assert "run leap build-shards --workdir " in flat(out)  # (the build's command, not "the same" one)
-    assert "4 segment(s) of the split were skipped when the shards were built" in flat(out)
+    assert "4 segments of the split were skipped when the shards were built" in flat(out)
     r = invoke("check-shards", "--split", "train", "--workdir", shards_run.work)
     assert seen["verify_hash"] is True and seen["on_error"] == "raise"
 
@@ -234,7 +234,7 @@ def test_info_counts_and_names_missing_videos(info_root):
     assert table_row(r.output, "videos missing")[1:] == ["12", "0"]
     assert table_row(r.output, "videos with rgb_frames only in their tar")[1:] == ["0", "0"]
     out = flat(r.output)
-    assert "train: 12 video(s) with neither MP4 nor rgb_frames: P01_10, P01_11, P01_12, P01_13, P01_14 ..." in out
+    assert "train: 12 videos with neither MP4 nor rgb_frames: P01_10, P01_11, P01_12, P01_13, P01_14 ..." in out
     said = [line for line in r.output.splitlines() if "is a folder, not a video file" in line]
     assert len(said) == 10 and "... and 2 more" in out
     assert "P01_10.MP4 is a folder, not a video file" in said[0]
@@ -283,7 +283,7 @@ def test_info_lists_the_first_lengths_and_all_with_all(info_root, monkeypatch):
     r = invoke("info", "--data", info_root)
     assert r.exit_code == 0, r.output
     out = r.output
-    assert "22 video(s) whose decodable length disagrees" in flat(out)
+    assert "22 videos whose decodable length disagrees" in flat(out)
     assert "P01_00 (MP4): not in info" in out and "P01_01 (MP4): the file runs at 30 fps" in out
     assert "P01_02 (MP4): video_info 6.00 s, decodes nothing (unreadable)" in out
     assert "P01_19 (MP4): video_info 6.00 s, decodes 5.00 s (cut short)" in out and "P01_20 (MP4)" not in out

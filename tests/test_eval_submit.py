@@ -218,7 +218,7 @@ def test_evaluate_cli_scores(tmp_path, ann_dir):
     assert m["anticipation"]["overall"]["verb"]["mt5r"] == 1.0
     assert "anticipation" in res.output and "overall" in res.output
     # a partial anticipation scoring printed figures that looked complete (the official evaluator refuses them)
-    assert "note: 1 segments of val have no scores" in " ".join(res.output.split())
+    assert "note: 1 segment of val has no scores" in " ".join(res.output.split())
 
 
 def _test_scores(n_verbs=NV, n_nouns=NN, ids=TEST_IDS):

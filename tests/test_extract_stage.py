@@ -785,7 +785,7 @@ def test_build_split_says_when_the_frame_cache_holds_other_settings(kitchen, tmp
     assert "another source" not in same, same
     # built again with nothing to do: no frame was read, and it said it read them and built the vocabulary
     again = notes(256)
-    assert "all 1 shard(s) were built before with these settings and inputs" in again, again
+    assert "the 1 shard was built before with these settings and inputs" in again, again
     assert "frames read from" not in again and "vocabulary built from" not in again, again
     again = notes(64)  # (nor that every sample is decoded, where none was)
     assert "were built before" in again and "every sample is decoded" not in again, again
@@ -933,7 +933,7 @@ def test_info_reports_videos_whose_decoded_length_disagrees_with_video_info(kitc
         shutil.copy(EPIC_EXCERPT / name, tmp_path / "k" / "annotations" / name)
     res = CliRunner().invoke(app, ["info", "--data", str(tmp_path / "k")])
     assert res.exit_code == 0, res.output
-    assert "1 video(s) whose decodable length disagrees" in res.output and "P01_01 (mp4): video_info 6.00 s, " \
+    assert "1 video whose decodable length disagrees" in res.output and "P01_01 (mp4): video_info 6.00 s, " \
         "decodes 2.40 s" in res.output
     # a list of hundreds (rgb_frames of another extraction) shows its first 20, and --all every one
     import leap_cli.epic.info as info
@@ -943,7 +943,7 @@ def test_info_reports_videos_whose_decoded_length_disagrees_with_video_info(kitc
         mp.setattr(info, "check_lengths", lambda layout, videos: many)
         short = CliRunner().invoke(app, ["info", "--data", str(tmp_path / "k")]).output
         full = CliRunner().invoke(app, ["info", "--data", str(tmp_path / "k"), "--all"]).output
-    assert "25 video(s) whose decodable length" in short and "P01_020 (rgb_frames)" in short
+    assert "25 videos whose decodable length" in short and "P01_020 (rgb_frames)" in short
     assert "P01_021" not in short and "... and 5 more (--all lists every one)" in short, short
     assert "P01_025 (rgb_frames): video_info 6.00 s, decodes 6.60 s" in full and "more (--all" not in full
 
@@ -1171,7 +1171,7 @@ def test_frame_cache_entries_of_another_source_are_neither_kept_nor_copied(kitch
     said = " | ".join(r.notes)
     assert "frames read from extract's frame cache" in said  # (the cache is read where it fits)
     # and what it passed over is said, not only in docs/extract.md
-    assert f"holds entries of 1 video(s) ({seg.video_id}) made from another source" in said, said
+    assert f"holds entries of 1 video ({seg.video_id}) made from another source" in said, said
     from leap_cli.common import ShardSpec
 
     part = ShardSpec(1, 2)  # (the other video's part: it names no video of another part)

@@ -173,7 +173,7 @@ def test_rgb_frames_left_in_their_tar_are_named_with_the_command_that_extracts_t
     assert str(folder.with_suffix(".tar")) in data["detail"] and command in data["detail"]
     res = CliRunner().invoke(app, ["info", "--data", str(root), "--no-check-lengths"], env={"COLUMNS": "400"})
     assert res.exit_code == 0, res.output
-    assert "val: 1 video(s) with rgb_frames not extracted from their tar: P01_03" in res.output
+    assert "val: 1 video with rgb_frames not extracted from their tar: P01_03" in res.output
     assert command in res.output and "neither" not in res.output
     subprocess.run(command, shell=True, check=True)
     assert DatasetLayout.open(root).frames_dir("P01_03") == folder and len(list(folder.iterdir())) == 360

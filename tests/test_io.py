@@ -75,7 +75,7 @@ def test_jsonl_a_key_written_twice_keeps_its_last_line(tmp_path, caplog):
         assert w.records == {"b": {"narration_id": "b", "v": 2}, "a": {"narration_id": "a", "v": 3}}
         assert not w.write({"narration_id": "a", "v": 4})
     assert read_jsonl(p) == rows[1:]
-    assert "1 records were there twice" in caplog.text
+    assert "1 record was there twice" in caplog.text
 
 
 def test_jsonl_replace_keys_test_is_decided_by_a_keys_last_line(tmp_path):

@@ -286,7 +286,7 @@ def test_the_summary_reads_each_stage_output(tmp_path):
     (tmp_path / "ablation").mkdir()
     (tmp_path / "ablation" / "ablation.json").write_text(json.dumps({"rows": []}))
     rows = {stage: (out, figures) for stage, out, figures in collect(DemoConfig(workdir=tmp_path))}
-    assert rows["extract train"] == ("descriptors/train.jsonl", "1 records; ok: narration 1; unavailable: hands 1")
+    assert rows["extract train"] == ("descriptors/train.jsonl", "1 record; ok: narration 1; unavailable: hands 1")
     # coverage: of the split's 7 segments, as validate-programs checked them (same mtime as the records)
     assert rows["programs train"][1] == "valid 2 as validate-programs checked them; coverage 29% (offline backend)"
     assert rows["shards train"] == ("shards/train", "7 samples in 1 shard")

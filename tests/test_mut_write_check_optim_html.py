@@ -396,7 +396,7 @@ def test_programs_page_numbers_and_charts():
     page = programs_report_html(_rep(malformed=[{"file": "a.jsonl", "line": 3, "problem": "not JSON"}]))
     assert "<title>Action programs: val split</title>" in page
     assert "3 valid programs over 8 segments (37.5%)" in page
-    assert "9 records, 1 duplicates &middot; 1 lines that are not records" in page
+    assert "9 records, 1 duplicate &middot; 1 line that is not a record" in page
     assert "coverage counts the records" not in page  # only when the split has no annotations file
     status = re.search(r"aria-label='Records by status'>.*?</svg>", page).group(0)
     assert re.findall(r"<title>(.*?)</title>", status) == ["valid", "invalid", "failed"]
@@ -426,7 +426,7 @@ def test_programs_page_escapes_record_text():
                                                                  {"pointer": "/x", "message": "second"}]}],
         malformed=[{"file": bad, "line": 1, "problem": bad}]))
     assert "<script>" not in page and "x'>" not in page
-    assert "1 records are not segments of the x&#x27;&gt;&lt;script&gt;" in page  # the paragraph is there, escaped
+    assert "1 record is not a segment of the x&#x27;&gt;&lt;script&gt;" in page  # the paragraph is there, escaped
     assert "/steps/0 x&#x27;" in page and "second" not in page  # the first finding of each record
 
 

@@ -468,7 +468,7 @@ def test_timeouts_name_the_flag_and_the_summary_says_they_may_be_billed(workdir,
     from leap_cli.commands.programs import endpoint_notes
 
     (note,) = endpoint_notes(s)
-    assert "1 requests timed out (--timeout)" in note and "billed" in note and "not in the estimated cost" in note
+    assert "1 request timed out (--timeout)" in note and "billed" in note and "not in the estimated cost" in note
 
 
 def test_error_bodies_are_read_in_the_forms_servers_send():

@@ -684,7 +684,7 @@ def test_segments_of_a_truncated_mp4_are_written_once_it_is_replaced(tmp_path, m
     mp4.write_bytes(good[: int(len(good) * 0.6)])  # another partial copy: tried again, still skipped
     again = build(root, tmp_path / "w")
     assert again.written_now + len(again.manifest["skipped"]) == len(skipped)
-    assert f"{len(skipped)} segment(s) skipped before were tried again: their video, or a frame file" in " ".join(
+    assert f"{len(skipped)} segments skipped before were tried again: their video, or a frame file" in " ".join(
         again.notes)  # (it said "nothing new to write" after opening the video again)
     assert again.manifest["skipped"] and again.manifest["counts"]["samples"] == 7 - len(again.manifest["skipped"])
     still = {x["narration_id"] for x in again.manifest["skipped"]}
@@ -1226,13 +1226,13 @@ def test_cli_build_shards_exits_3_when_every_segment_is_skipped(root, tmp_path):
     assert "build-shards: all" in res.output and "7 x no video file or rgb_frames folder" in res.output
     # one line per cause with its segments and videos, and the first whole reason (the reasons name their
     # videos: with one line per reason, 334 missing videos were 3 long reasons and "331 more")
-    skipped = " ".join(res.output[res.output.index("segment(s) skipped"):res.output.index("build-shards: all")].split())
+    skipped = " ".join(res.output[res.output.index("segments skipped"):res.output.index("build-shards: all")].split())
     assert skipped.count("cannot be opened") == 1, skipped
     assert "no video file or rgb_frames folder: 7 segments of 2 videos (P01_01, P01_02); the first, P01_01_" in skipped
     # check-shards on them: 0 shards, 0 problems, and it says the split's segments are in no shard
     res = CliRunner().invoke(app, ["check-shards", "--split", "train", "--workdir", str(tmp_path / "w3")])
     assert res.exit_code == 0, res.output
-    assert "7 segment(s) of the split were skipped when the shards were built" in " ".join(res.output.split())
+    assert "7 segments of the split were skipped when the shards were built" in " ".join(res.output.split())
 
 
 # ---- stored frame size: never upscaled ---------------------------------------------------------------------

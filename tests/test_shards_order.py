@@ -128,7 +128,7 @@ def test_a_video_still_unreadable_at_the_end_of_a_rerun_keeps_its_skip_record(tm
     frames.mkdir()  # there now, but with no frame in it: tried again, still skipped
     again = build(root, tmp_path / "w")
     assert again.written_now == 0 and [x["narration_id"] for x in again.manifest["skipped"]] == skips
-    assert any("3 segment(s) skipped before were tried again" in n for n in again.notes)
+    assert any("3 segments skipped before were tried again" in n for n in again.notes)
     progress = [json.loads(line) for line in (again.out / ".progress.jsonl").read_text().splitlines()]
     assert [x["narration_id"] for x in progress[-1]["skipped"]] == skips
     assert progress[-1]["skipped"][1]["video_stat"] is not None  # (the empty folder's, compared next time)

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from leap_cli.common import workdir_option
+from leap_cli.common import counted, workdir_option
 from leap_cli.progress import output_console
 from leap_cli.report.terminal import printable
 
@@ -127,7 +127,7 @@ def info(
             if videos:
                 shown = videos if show_all else videos[:VIDEOS_SHOWN]
                 more = " ... (--all lists them)" if len(shown) < len(videos) else ""
-                console.print(f"[yellow]{s.split}: {len(videos)} video(s) {what}:[/] {escape(', '.join(shown) + more)}")
+                console.print(f"[yellow]{s.split}: {counted(len(videos), 'video')} {what}:[/] {escape(', '.join(shown) + more)}")
         if s.missing:  # where they were looked for (a root one level off finds none)
             console.print(escape(f"  looked for {layout.looked_for(s.missing[0])}"), highlight=False, soft_wrap=True)
             from leap_cli.media.video import typo_hint
@@ -157,9 +157,11 @@ def info(
         if not present:
             console.print("video lengths: no video of these splits is present to check")
         elif not bad:
-            console.print(f"video lengths: all {len(present)} videos present decode to their video_info duration")
+            console.print("video lengths: " + ("the 1 video present decodes to its" if len(present) == 1 else
+                                               f"all {len(present)} videos present decode to their")
+                          + " video_info duration")
         else:
-            console.print(f"[yellow]{len(bad)} video(s) whose decodable length disagrees with "
+            console.print(f"[yellow]{counted(len(bad), 'video')} whose decodable length disagrees with "
                           "EPIC_100_video_info.csv, or that it lacks[/] (segments past the decodable end are "
                           "reported unavailable):")
             for b in bad if show_all else bad[:LENGTHS_SHOWN]:

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, check_task, lowercase, same_file, workdir_option
+from leap_cli.common import DEFAULT_WORKDIR, check_task, counted, lowercase, same_file, workdir_option
 from leap_cli.io import shell_word
 from leap_cli.progress import output_console, stage_progress
 
@@ -223,7 +223,8 @@ def evaluate(
             remove_if_left_empty(made)
             raise
         task = loaded["meta"]["task"]
-        console.print(escape(f"wrote {scores_path} ({len(loaded['narration_id'])} segments, {views.count} view(s), "
+        console.print(escape(f"wrote {scores_path} ({counted(len(loaded['narration_id']), 'segment')}, "
+                             f"{counted(views.count, 'view')}, "
                              f"checkpoint {loaded['meta']['checkpoint']})"), highlight=False)
         if split == "test":
             refusal = _submit_refusal(loaded, task, workdir, data, annotations, scores_path)
@@ -246,7 +247,9 @@ def evaluate(
     atomic_write_json(metrics_path, result)
     console.print(_table(result))
     if result.get("not_scored") and task == "anticipation":
-        console.print(escape(f"note: {result['not_scored']} segments of {split} have no scores: EPIC's anticipation "
+        n = result["not_scored"]
+        console.print(escape(f"note: {counted(n, 'segment')} of {split} {'has' if n == 1 else 'have'} no scores: "
+                             "EPIC's anticipation "
                              "evaluator refuses scores that lack any, so these figures are not comparable with "
                              "published ones"), style="yellow", highlight=False)
     console.print(escape(f"wrote {metrics_path}"), highlight=False)

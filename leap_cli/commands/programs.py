@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import lowercase, workdir_option
+from leap_cli.common import counted, lowercase, workdir_option
 from leap_cli.io import shell_word
 from leap_cli.progress import output_console
 from leap_cli.report.terminal import printable
@@ -235,7 +235,7 @@ def generate_programs(
         else:  # (it said "submit it" of an empty file)
             why = ("the input holds no segment" + (f" (part {spec.index}/{spec.count})" if spec.count > 1 else "")
                    if not stats["segments"] else "every pending segment's reply was in the program cache" if cached
-                   else f"--limit 0 ({stats['pending']} segments pending)" if
+                   else f"--limit 0 ({counted(stats['pending'], 'segment')} pending)" if
                    stats["pending"] else f"every segment has a record in {cfg.out_path}")
             say.print(escape(f"no request to write: {why}; {batch_file} holds none"), highlight=False)
         for line in not_valid_notes(stats):
@@ -426,24 +426,27 @@ def endpoint_notes(summary) -> list[str]:
     notes = []
     if summary.rate_limited:
         low, steady = summary.lowest_concurrency, summary.steady_concurrency
+        refused = counted(summary.rate_limited, "request")
         if low is None:
-            notes.append(f"the server refused {summary.rate_limited} requests with HTTP 429 (rate limit): lower "
+            notes.append(f"the server refused {refused} with HTTP 429 (rate limit): lower "
                          "--concurrency")
         elif steady is not None and steady >= summary.concurrency:
-            notes.append(f"the server refused {summary.rate_limited} requests with HTTP 429 (rate limit); leap cut the "
+            notes.append(f"the server refused {refused} with HTTP 429 (rate limit); leap cut the "
                          f"requests in flight to {low}, and the run ended at --concurrency {steady} again without one")
         else:
-            notes.append(f"the server refused {summary.rate_limited} requests with HTTP 429 (rate limit); leap cut the "
+            notes.append(f"the server refused {refused} with HTTP 429 (rate limit); leap cut the "
                          f"requests in flight to {low}" + (f", and {steady} went without one" if steady else "") +
                          f": lower --concurrency (e.g. --concurrency {steady or low})")
     if summary.held_seconds:
         failed = summary.statuses.get("failed", 0)
         notes.append(f"the server stopped answering for {summary.held_seconds:.0f} s in all; meanwhile leap asked one "
-                     "request at a time" + (f": rerun with --retry-errors for the {failed} records written failed"
-                                            if failed else ""))
+                     "request at a time" + (f": rerun with --retry-errors for the {counted(failed, 'record')} "
+                                            "written failed" if failed else ""))
     if summary.timed_out:
-        notes.append(f"{summary.timed_out} requests timed out (--timeout) and were abandoned: the server may still "
-                     "have generated and billed them; they are not in the estimated cost")
+        one = summary.timed_out == 1
+        notes.append(f"{counted(summary.timed_out, 'request')} timed out (--timeout) and {'was' if one else 'were'} "
+                     f"abandoned: the server may still have generated and billed {'it' if one else 'them'}; "
+                     f"{'it is' if one else 'they are'} not in the estimated cost")
     return notes
 
 
@@ -578,7 +581,8 @@ def validate_programs(
         # (build-shards refuses such a file too) a file of another split: its report, beside it, would be
         # replaced by one that counts none of its records
         named = split_of(Path(files[0])).strip().lower()
-        raise LeapError(f"none of the {rep['records']} records is a segment of the {split_name} split (e.g. "
+        none = "the 1 record is not" if rep["records"] == 1 else f"none of the {rep['records']} records is"
+        raise LeapError(f"{none} a segment of the {split_name} split (e.g. "
                         f"{', '.join(cov['not_in_split_examples'][:3])})", path=files[0] if len(files) == 1 else None,
                         fix=(f"check them against --split {normalize_split(named)}, the split their name says"
                              if named in SPLIT_NAMES and normalize_split(named) != split_name else
@@ -633,7 +637,9 @@ def validate_programs(
                          f"sub-actions per program (count: programs): {top(rep['histograms']['steps'])}"),
                   highlight=False)
     if cov["not_in_split"]:
-        console.print("[yellow]" + printable(f"{cov['not_in_split']} records are not segments of the {split_name} split "
+        n = cov["not_in_split"]
+        console.print("[yellow]" + printable(f"{counted(n, 'record')} {'is not a segment' if n == 1 else 'are not segments'} "
+                                         f"of the {split_name} split "
                                          f"(e.g. {', '.join(cov['not_in_split_examples'][:3])}): not counted in the "
                                          "coverage; check that the files are of this split") + "[/]",
                       highlight=False)

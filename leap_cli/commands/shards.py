@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, dataset_root, given_options, lowercase, normalize_split,
-                             workdir_option, workers_option)
+from leap_cli.common import (DEFAULT_WORKDIR, ShardSpec, counted, dataset_root, given_options, lowercase,
+                             normalize_split, workdir_option, workers_option)
 from leap_cli.errors import LeapError
 from leap_cli.progress import output_console, stage_progress
 from leap_cli.report.terminal import printable
@@ -181,11 +181,13 @@ def build_shards(
     for note in result.notes + ([unread] if unread else []):
         console.print(f"[yellow]note:[/] {escape(note)}")
     if c.get("blank"):  # (anticipation: black clips the model learns labels from; the manifest counts them)
-        console.print(f"[yellow]note:[/] {c['blank']} of the {c['samples']} samples have no frame to observe (their "
-                      f"action starts within --tau-a {m['settings']['tau_a']:g} s of the video's start): stored black, "
-                      "\"blank\": true in their JSON", highlight=False)
+        one = c["blank"] == 1
+        console.print(f"[yellow]note:[/] {c['blank']} of the {counted(c['samples'], 'sample')} "
+                      f"{'has' if one else 'have'} no frame to observe ({'its' if one else 'their'} action starts within "
+                      f"--tau-a {m['settings']['tau_a']:g} s of the video's start): stored black, \"blank\": true in "
+                      f"{'its' if one else 'their'} JSON", highlight=False)
     if m["skipped"]:
-        console.print(f"[yellow]{len(m['skipped'])} segment(s) skipped[/] (listed in the manifest), by cause:")
+        console.print(f"[yellow]{counted(len(m['skipped']), 'segment')} skipped[/] (listed in the manifest), by cause:")
         for line in _skipped_lines(m["skipped"]):
             console.print(f"  {escape(line)}", highlight=False, soft_wrap=True)
     outcome = Outcome("build-shards")  # the exit rule of the record-writing stages (leap_cli/outcome.py)
@@ -295,7 +297,8 @@ def check_shards(
 
     skipped = load_manifest(folder)[0].get("counts", {}).get("skipped", 0)
     if skipped:  # (a folder of 0 shards read as a clean check of a whole split)
-        console.print(f"[yellow]note:[/] {skipped} segment(s) of the split were skipped when the shards were built "
-                      "(no frames; listed with their reasons in the manifest): they are in no shard", highlight=False)
+        console.print(f"[yellow]note:[/] {counted(skipped, 'segment')} of the split {'was' if skipped == 1 else 'were'} "
+                      "skipped when the shards were built (no frames; listed with their reasons in the manifest): "
+                      f"{'it is' if skipped == 1 else 'they are'} in no shard", highlight=False)
     if report.problems:
         raise typer.Exit(1)

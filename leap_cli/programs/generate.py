@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from leap_cli.common import (ShardSpec, dataset_root, descriptor_problem, merged_input, normalize_split, rerun,
-                             usable_cpus)
+from leap_cli.common import (ShardSpec, counted, dataset_root, descriptor_problem, merged_input, normalize_split,
+                             rerun, usable_cpus)
 from leap_cli.epic.annotations import Annotations, Segment, made_from_other_annotations, open_annotations
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
@@ -856,9 +856,10 @@ class _Stop:
             if signum != self.signum or at - self._at >= self._window(signum):
                 self._abandon()
             elif self._on_wire():  # (a person pressing Ctrl-C again at once heard nothing)
-                log.warning("the same stop: still waiting for %d requests in flight; %s again after %g s abandons "
-                            "them", self._on_wire(), "Ctrl-C" if signum == signal.SIGINT else
-                            signal.Signals(signum).name, self._window(signum))
+                log.warning("the same stop: still waiting for %s in flight; %s again after %g s abandons "
+                            "%s", counted(self._on_wire(), "request"), "Ctrl-C" if signum == signal.SIGINT else
+                            signal.Signals(signum).name, self._window(signum),
+                            "it" if self._on_wire() == 1 else "them")
             return
         self.signum, self._at = signum, at
         self.gen._halted = True
@@ -867,8 +868,9 @@ class _Stop:
             halt()  # no more attempts: the requests waiting for theirs (a retry, a held server) end pending now
         if self._on_wire():
             again = "Ctrl-C again" if signum == signal.SIGINT else f"{signal.Signals(signum).name} again"
-            log.warning("stopping: waiting up to %g s for %d requests in flight; %s after %g s to abandon them",
-                        self.grace, self._on_wire(), again, self._window(signum))
+            log.warning("stopping: waiting up to %g s for %s in flight; %s after %g s to abandon %s",
+                        self.grace, counted(self._on_wire(), "request"), again, self._window(signum),
+                        "it" if self._on_wire() == 1 else "them")
             self._loop.call_later(self.grace, self._abandon)
 
     @staticmethod
@@ -879,8 +881,9 @@ class _Stop:
 
     def _abandon(self) -> None:
         if self._on_wire():
-            log.warning("abandoned %d requests in flight: the provider may bill them, and neither this run's cost nor "
-                        "the ledger of --max-cost counts them", self._on_wire())
+            them = "it" if self._on_wire() == 1 else "them"
+            log.warning("abandoned %s in flight: the provider may bill %s, and neither this run's cost nor "
+                        "the ledger of --max-cost counts %s", counted(self._on_wire(), "request"), them, them)
         for t in self.tasks:
             t.cancel()
 

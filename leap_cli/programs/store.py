@@ -44,6 +44,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from leap_cli.common import counted
 from leap_cli.errors import LeapError
 from leap_cli.io import stable_hash
 from leap_cli.programs.redact import redact, well_formed
@@ -310,7 +311,8 @@ class ProgramStore:
             finally:
                 os.close(fd)
         if replies:
-            log.info("took %d replies of a stopped run from %s into the program cache", replies, self.unwritten_dir)
+            log.info("took %s of a stopped run from %s into the program cache", counted(replies, "reply", "replies"),
+                     self.unwritten_dir)
         _rmdir(self.unwritten_dir)
         return replies
 

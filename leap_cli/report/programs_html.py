@@ -3,6 +3,7 @@ control flow of a program file, as a self-contained page of inline SVG charts.""
 
 from __future__ import annotations
 
+from leap_cli.common import counted
 from leap_cli.report.html import bar_chart, esc, page
 
 TOP = 25
@@ -24,16 +25,19 @@ def programs_report_html(rep: dict, *, title: str | None = None) -> str:
     if rep.get("files"):
         body.append("<p class='muted'>Validated: " + ", ".join(f"<code>{esc(f)}</code>" for f in rep["files"]) + "</p>")
     frac = cov.get("fraction")
+    malformed = len(rep.get("malformed") or [])
     of = cov.get("of", "segments")
     body.append(f"<p><b>Coverage:</b> {cov.get('valid', 0)} valid programs over {cov.get('segments', '?')} {esc(of)}"
                 + (f" ({100 * frac:.1f}%)" if isinstance(frac, (int, float)) else "")
-                + f" &middot; {rep.get('records', 0)} records, {rep.get('duplicates', 0)} duplicates"
-                + f" &middot; {len(rep.get('malformed') or [])} lines that are not records</p>")
+                + f" &middot; {counted(rep.get('records', 0), 'record')}, {counted(rep.get('duplicates', 0), 'duplicate')}"
+                + f" &middot; {counted(malformed, 'line')} that {'is not a record' if malformed == 1 else 'are not records'}</p>")
     if of == "records":
         body.append("<p class='muted'>The annotations hold no file of this split: coverage counts the records, and "
                     "the programs were not checked against the segments' labels.</p>")
     if cov.get("not_in_split"):
-        body.append(f"<p><b>{cov['not_in_split']} records are not segments of the {esc(rep.get('split', '?'))} "
+        n = cov["not_in_split"]
+        body.append(f"<p><b>{counted(n, 'record')} {'is not a segment' if n == 1 else 'are not segments'} of the "
+                    f"{esc(rep.get('split', '?'))} "
                     "split</b> (not counted in the coverage, but in the charts), e.g. "
                     + ", ".join(f"<code>{esc(x)}</code>" for x in cov.get("not_in_split_examples") or []) + "</p>")
     body.append(bar_chart("Records by status", [(s, float(statuses.get(s, 0))) for s in ("valid", "invalid", "failed")],

@@ -34,8 +34,8 @@ from typing import Any, Callable, Iterable, Protocol
 
 import numpy as np
 
-from leap_cli.common import (ShardSpec, check_task, merged_input, new_pool, pool_results, pool_worker_ready,
-                             start_pool_worker, start_worker, stop_pool, warn_small_address_space)
+from leap_cli.common import (ShardSpec, check_task, counted, merged_input, new_pool, pool_results,
+                             pool_worker_ready, start_pool_worker, start_worker, stop_pool, warn_small_address_space)
 from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
@@ -669,12 +669,14 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
             from leap_cli.io import part_of
 
             part = part_of(programs_path) if programs_path and shard.count == 1 else None  # (not a part of its own)
-            notes.append(f"{len(lacking)} of the {len(selected)} segments have no record in "
-                         f"{programs_path or 'the program file'} (e.g. {lacking[0]}): their samples have no program "
-                         "target; " + (f"it is generate-programs' part {part[0]}/{part[1]}: give the merged file "
-                                       f"(or build-shards --shard i/{part[1]} with each part's), then build-shards "
-                                       "--force" if part is not None else
-                                       "generate-programs makes them (then build-shards --force)"))
+            one = len(lacking) == 1
+            notes.append(f"{len(lacking)} of the {counted(len(selected), 'segment')} {'has' if one else 'have'} no "
+                         f"record in {programs_path or 'the program file'} (e.g. {lacking[0]}): "
+                         f"{'its sample has' if one else 'their samples have'} no program target; "
+                         + (f"it is generate-programs' part {part[0]}/{part[1]}: give the merged file "
+                            f"(or build-shards --shard i/{part[1]} with each part's), then build-shards --force"
+                            if part is not None else
+                            f"generate-programs makes {'it' if one else 'them'} (then build-shards --force)"))
     else:
         notes.append("no program file: every sample has has_program: false")
     targets_manifest = targets.manifest() if targets is not None else None
@@ -857,9 +859,10 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         progress(total, total)
 
     if retried:  # (it said "nothing new to write" after opening their videos again)
-        notes.append(f"{len(retried)} segment(s) skipped before were tried again: their video, or a frame file "
-                     "their skip named, changed since (or the skip was recorded by an earlier leap, which kept less of "
-                     "the files)")
+        one = len(retried) == 1
+        notes.append(f"{counted(len(retried), 'segment')} skipped before {'was' if one else 'were'} tried again: "
+                     f"{'its' if one else 'their'} video, or a frame file {'its' if one else 'their'} skip named, "
+                     "changed since (or the skip was recorded by an earlier leap, which kept less of the files)")
     manifest = _manifest(settings, shards, trailing, sources, targets_manifest, prog_report, shard, len(selected),
                          settings_made)
     atomic_write_json(out / manifest_name(shard.suffix), manifest, if_changed=True)
@@ -1256,7 +1259,8 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     digest = programs_digest(programs) if programs is not None else None
     notes: list[str] = []
     if programs is not None and (who := writer_of(prog_path)):  # (samples of the rest would have no program)
-        notes.append(f"{prog_path} is still being written by {who}: its {len(programs)} records so far are used; "
+        notes.append(f"{prog_path} is still being written by {who}: its {counted(len(programs), 'record')} so far "
+                     f"{'is' if len(programs) == 1 else 'are'} used; "
                      "once generate-programs has finished, run build-shards again with --force (the programs changed)")
     from leap_cli.programs.generate import batch_pending, batch_pending_path
 
@@ -1264,8 +1268,10 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     have = {r.get("narration_id") for r in programs or () if isinstance(r, dict)}
     if waiting := set(pending["ids"]) - have:  # (a --batch-file run's segments: "no program file" alone did not say
         # that their programs are on their way)
-        notes.append(f"the programs of {len(waiting)} segments wait in Batch requests written {pending['written']} "
-                     f"({batch_pending_path(prog_path).name}): their samples have no program target; ingest the "
+        one = len(waiting) == 1
+        notes.append(f"the program{'' if one else 's'} of {counted(len(waiting), 'segment')} wait{'s' if one else ''} "
+                     f"in Batch requests written {pending['written']} ({batch_pending_path(prog_path).name}): "
+                     f"{'its sample has' if one else 'their samples have'} no program target; ingest the "
                      "batch's results (leap generate-programs --ingest-batch FILE), then build-shards --force")
     failures: list[dict] = []
     if programs is not None:
@@ -1276,12 +1282,14 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         lines = len(programs)
         programs, failures = revalidated(programs, ann.verbs, ann.nouns, {s.narration_id: s for s in segments})
         if lines and not programs:  # (descriptors given as --programs: every sample would train without a program)
-            raise LeapError(f"no program record among its {lines} lines: {failures[0]['reason']}", path=prog_path,
+            raise LeapError(f"no program record among its {counted(lines, 'line')}: {failures[0]['reason']}",
+                            path=prog_path,
                             fix="give --programs the output of leap generate-programs (programs/SPLIT.jsonl)")
         if failures:
             shown = "; ".join(f"{x['narration_id'] or prog_path.name}: {x['reason']}" for x in failures[:3])
-            notes.append(f"{len(failures)} program records failed re-validation (listed in the manifest under "
-                         f"programs.failed_validation; their samples have no program): {shown}"
+            notes.append(f"{counted(len(failures), 'program record')} failed re-validation (listed in the manifest "
+                         "under programs.failed_validation; "
+                         f"{'its sample has' if len(failures) == 1 else 'their samples have'} no program): {shown}"
                          + (" ..." if len(failures) > 3 else ""))
 
     descriptors = workdir / "descriptors" / f"{split}.jsonl"
@@ -1290,9 +1298,11 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         # (a video downloaded again: extract --retry-errors made its records again, and the samples it had skipped
         # were written now with the programs of the cut video's clip text, without a word)
         held = descriptors if descriptors.is_file() else f"the --shard parts of {descriptors}"
-        notes.append(f"{len(behind)} program record(s) of {prog_path} were made from a clip text that {held} no "
-                     f"longer holds (e.g. {behind[0]}: extract made its record again, as after a video downloaded "
-                     "again): their samples carry the old clip's program; run "
+        one = len(behind) == 1
+        notes.append(f"{counted(len(behind), 'program record')} of {prog_path} {'was' if one else 'were'} made from a "
+                     f"clip text that {held} no longer holds (e.g. {behind[0]}: extract made its record again, as "
+                     f"after a video downloaded again): {'its sample carries' if one else 'their samples carry'} the "
+                     "old clip's program; run "
                      f"{_generate_command(split, workdir, data, annotations, prog_path)} (it asks again for those "
                      "alone), then build-shards again (with --force where it says the programs differ)")
     vocab = None
@@ -1400,7 +1410,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         entry = entry or next(cache_dir.glob(f"*/*{cache.suffix}"), None)
         held = cache.frame_count(entry) if entry is not None else None
         if entry is not None and held is not None and held != settings.frames:  # the name does not say the count
-            notes.append(f"extract's frame cache {cache_dir} holds {held} frames per segment, these shards take "
+            notes.append(f"extract's frame cache {cache_dir} holds {counted(held, 'frame')} per segment, these shards take "
                          f"{settings.frames}: every sample is decoded; extract with --cache-frames {settings.frames} "
                          "to share one decode")
             cache = None
@@ -1427,7 +1437,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
             passed = sorted(v for v in mine if next((cache_dir / v).glob(f"*{cache.suffix}"), None) is not None
                             and opener.video_stat(v) is not None and not cache_entries_usable(cache, opener, v))
             if passed:
-                notes.append(f"extract's frame cache {cache_dir} holds entries of {len(passed)} video(s) "
+                notes.append(f"extract's frame cache {cache_dir} holds entries of {counted(len(passed), 'video')} "
                              f"({', '.join(passed[:3])}{', ...' if len(passed) > 3 else ''}) made from another source "
                              "or, for an rgb_frames folder, by a leap before 2026-12-03: their samples are decoded "
                              "from the videos instead (the same shards; only the decode is not shared)")
@@ -1461,9 +1471,13 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     if not result.written_now and (result.resumed_shards or result.manifest.get("parts")):  # every shard was there
         notes = [n for n in notes if n != vocab_note and n not in cache_notes]  # (nothing was read or built now)
     if not result.written_now and result.resumed_shards:
-        notes.append(f"all {result.resumed_shards} shard(s) were built before with these settings and inputs"
+        one = result.resumed_shards == 1
+        notes.append(("the 1 shard was" if one else f"all {result.resumed_shards} shards were")
+                     + " built before with these settings and inputs"
                      + (f" ({vocab_note.replace('built from', 'from')})" if vocab_note else "")
-                     + (": only their manifest was missing (a run stopped before it), written now"
-                        if result.manifest_was_missing else ": nothing new to write (--force builds them again)"))
+                     + (f": only {'its' if one else 'their'} manifest was missing (a run stopped before it), "
+                        "written now"
+                        if result.manifest_was_missing else
+                        f": nothing new to write (--force builds {'it' if one else 'them'} again)"))
     result.notes = notes + result.notes
     return result
