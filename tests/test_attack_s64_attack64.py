@@ -234,7 +234,7 @@ def test_the_note_over_extracts_unmerged_shard_parts(kitchens, tmp_path, monkeyp
     _ok(leap("extract", "--workdir", wd, "--split", "val", "--shard", f"{part}/2", "--retry-errors"))
     said = _ok(leap("build-shards", "--workdir", wd, "--split", "val"))
     flat = " ".join(said.split())
-    assert "3 program record(s)" in flat and "--shard parts of" in flat, said
+    assert "3 program records" in flat and "--shard parts of" in flat, said
 
 
 def test_the_note_of_anticipation_shards(kitchens, tmp_path, monkeypatch, capsys):
@@ -246,7 +246,7 @@ def test_the_note_of_anticipation_shards(kitchens, tmp_path, monkeypatch, capsys
     shutil.copyfile(kitchens[1], wd / "kitchen" / "P01" / "videos" / f"{CUT}.MP4")
     _ok(leap("extract", "--workdir", wd, "--split", "val", "--retry-errors"))
     said = _ok(leap("build-shards", "--workdir", wd, "--split", "val", "--task", "anticipation"))
-    assert "3 program record(s)" in " ".join(said.split()), said
+    assert "3 program records" in " ".join(said.split()), said
 
 
 # ---------------------------------------------------------------- extract: the cut file's segments, named

@@ -788,7 +788,7 @@ def test_build_split_says_when_the_frame_cache_holds_other_settings(kitchen, tmp
     assert "the 1 shard was built before with these settings and inputs" in again, again
     assert "frames read from" not in again and "vocabulary built from" not in again, again
     again = notes(64)  # (nor that every sample is decoded, where none was)
-    assert "were built before" in again and "every sample is decoded" not in again, again
+    assert "was built before" in again and "every sample is decoded" not in again, again
     # a cache of another split's segments only: it said it read frames from it (build-shards --split test, never
     # extracted, beside train's cache)
     other_split = tmp_path / "other-cache"
@@ -1287,7 +1287,7 @@ def test_the_extract_summary_says_records_were_made_again_from_new_annotations(k
     csv.write_text(csv.read_text().replace(",wash knife,wash,2,knife,4,", ",rinse knife,wash,2,knife,4,"))
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    assert "1 records of earlier runs were made from other annotations" in " ".join(r.output.split())
+    assert "1 record of earlier runs was made from other annotations" in " ".join(r.output.split())
     assert "EPIC_100_train.csv" in r.output
 
 
