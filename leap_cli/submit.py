@@ -42,7 +42,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from leap_cli.common import check_task
+from leap_cli.common import check_task, counted
 from leap_cli.epic.annotations import Annotations, SPLIT_FILES
 from leap_cli.errors import LeapError
 from leap_cli.evaluate.metrics import TOP_N_ACTIONS, action_key_pair, action_scores
@@ -84,13 +84,15 @@ def _check_ids(ids: Iterable[str], expected: Sequence[str], source: str) -> None
                         f"these are not test-split scores", path=source,
                         fix="run `leap evaluate --split test` and submit its scores.pt")
     if missing:
-        raise LeapError(f"{len(missing)} narration id(s) of {SPLIT_FILES['test']} have no scores: "
+        raise LeapError(f"{counted(len(missing), 'narration id')} of {SPLIT_FILES['test']} "
+                        f"{'has' if len(missing) == 1 else 'have'} no scores: "
                         f"{_examples(missing)}", path=source,
                         fix="score every test segment (leap evaluate --split test) with the same annotations; "
                             "segments build-shards skipped (its manifest's skipped list, e.g. a video cut short) "
                             "need their video fixed and build-shards run again first")
     if extra:
-        raise LeapError(f"{len(extra)} narration id(s) are not in {SPLIT_FILES['test']}: {_examples(extra)}",
+        raise LeapError(f"{counted(len(extra), 'narration id')} {'is' if len(extra) == 1 else 'are'} not in "
+                        f"{SPLIT_FILES['test']}: {_examples(extra)}",
                         path=source, fix="submit test-split scores (validation scores cannot be submitted)")
 
 
@@ -117,7 +119,7 @@ def check_scores(scores: dict, expected_ids: Sequence[str], num_verbs: int, num_
         bad = np.flatnonzero(~np.isfinite(out.double().numpy()).all(axis=1)).tolist()  # (float64: as written)
         if bad:
             ids = [scores["narration_id"][i] for i in bad]
-            raise LeapError(f"{name}_output holds NaN or infinity for {len(ids)} segment(s): {_examples(ids)}",
+            raise LeapError(f"{name}_output holds NaN or infinity for {counted(len(ids), 'segment')}: {_examples(ids)}",
                             path=source, fix="fix the model or checkpoint that produced these scores")
 
 
@@ -449,7 +451,8 @@ class _SubmissionCheck:
             raise LeapError("results must map narration ids to scores", path=source)
         twice = [nid for nid, n in Counter(self.ids).items() if n > 1]
         if twice:  # (json.loads would keep the last of each: which one the server reads is not said)
-            raise LeapError(f"{len(twice)} narration id(s) hold two entries in results: {_examples(twice)}",
+            raise LeapError(f"{counted(len(twice), 'narration id')} {'holds' if len(twice) == 1 else 'hold'} two entries "
+                            f"in results: {_examples(twice)}",
                             path=source, fix="rewrite it with `leap submit` from a scores file")
         _check_ids(self.ids, self.expected, source)
         problems = self.problems
@@ -465,7 +468,7 @@ class _SubmissionCheck:
         if problems:
             what, examples = next(iter(problems.items()))
             more = f"; also: {', '.join(list(problems)[1:])}" if len(problems) > 1 else ""
-            raise LeapError(f"{len(examples)} segment(s) with {what}: {_examples(examples)}{more}", path=source,
+            raise LeapError(f"{counted(len(examples), 'segment')} with {what}: {_examples(examples)}{more}", path=source,
                             fix="rewrite it with `leap submit` from a scores file")
         return {"challenge": submission["challenge"], "segments": len(self.ids), "verbs": self.num_verbs,
                 "nouns": self.num_nouns, "actions": bool(self.has_actions), **{k: submission[k] for k in SLS_KEYS}}

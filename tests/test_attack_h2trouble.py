@@ -251,9 +251,9 @@ def test_submit_names_test_segments_without_scores(kitchen):
     from leap_cli.errors import LeapError
     from leap_cli.submit import _check_ids, expected_narration_ids
 
-    row("narration id(s) of EPIC_100_test_timestamps.csv have no scores")
+    row("narration ids of EPIC_100_test_timestamps.csv have no scores")
     ids = expected_narration_ids(Annotations(kitchen / "annotations"))
-    with pytest.raises(LeapError, match=r"1 narration id\(s\) of EPIC_100_test_timestamps.csv have no scores"):
+    with pytest.raises(LeapError, match=r"1 narration id of EPIC_100_test_timestamps.csv has no scores"):
         _check_ids(ids[1:], ids, "scores.pt")
 
 

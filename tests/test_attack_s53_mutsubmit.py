@@ -76,7 +76,7 @@ def test_action_scores_that_are_not_finite_numbers_are_refused(tmp_path, value):
                               with_actions=True)
     acts = doc["results"]["b"]["action"]
     acts[next(iter(acts))] = value
-    with pytest.raises(LeapError, match=r"1 segment\(s\) with action scores that are NaN, infinite or not numbers: b"):
+    with pytest.raises(LeapError, match=r"1 segment with action scores that are NaN, infinite or not numbers: b"):
         sub.check_submission(doc, ids, 97, 300)
     # and through the zip, as --check reads it (json.dumps writes NaN as the server would read it)
     path = _zip(tmp_path / "s.zip", json.dumps(doc))
@@ -91,7 +91,7 @@ def test_a_first_entry_that_is_no_object_is_the_only_fault_said():
     with pytest.raises(LeapError) as e:
         sub.check_submission(doc, TEST_IDS, NV, NN)
     said = e.value.one_line()
-    assert "1 segment(s) with entries that are not objects: P03_01_0" in said and "also" not in said, said
+    assert "1 segment with entries that are not objects: P03_01_0" in said and "also" not in said, said
 
 
 @pytest.mark.parametrize("results", [[1, 2], "x", None])

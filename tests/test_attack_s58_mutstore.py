@@ -164,7 +164,7 @@ def test_examples_say_more_only_beyond_those_shown():
 def test_an_empty_results_object_is_said_to_miss_every_test_segment():
     """No entry at all: the test split's ids have no scores (not 'none of the 0 narration ids is in ...')."""
     doc = {"version": "0.2", "challenge": "action_recognition", "sls_pt": 0, "sls_tl": 0, "sls_td": 0, "results": {}}
-    with pytest.raises(LeapError, match=r"2 narration id\(s\) of .* have no scores: a, b"):
+    with pytest.raises(LeapError, match=r"2 narration ids of .* have no scores: a, b"):
         sub.check_submission(doc, ["a", "b"], 3, 4)
 
 

@@ -484,7 +484,7 @@ def test_a_test_evaluation_says_which_segments_build_shards_skipped(pipeline, tm
                                    "--data", str(root), "--shards", str(shards), "--device", "cpu",
                                    "--out", str(tmp_path / "eval")])
     assert res.exit_code == 0, res.output
-    assert "1 segment(s) were skipped by build-shards and have no scores" in caplog.text
+    assert "1 segment was skipped by build-shards and has no scores" in caplog.text
     assert "P01_03_12: frame 1420 requested but the video has 1408 frames)" in caplog.text
     assert "leap submit needs every test segment" in caplog.text
     assert "Next: leap submit" in res.output  # (the skipped one is not a test segment of these annotations)
@@ -500,7 +500,7 @@ def test_a_test_evaluation_says_which_segments_build_shards_skipped(pipeline, tm
                                    "--out", str(tmp_path / "eval")], env={"COLUMNS": "300"})
     assert res.exit_code == 0, res.output
     assert "Next:" not in res.output
-    assert "leap submit would refuse them: " in res.output and "have no scores: P01_03_12" in res.output
+    assert "leap submit would refuse them: " in res.output and "has no scores: P01_03_12" in res.output
 
 
 def test_show_a_segment_build_shards_skipped_says_why_and_still_writes_the_page(pipeline, tmp_path):
@@ -644,7 +644,7 @@ def test_a_model_or_shards_the_annotations_cannot_score_are_refused_before_the_m
     else:
         val = ann / "EPIC_100_validation.csv"
         val.write_text(val.read_text().replace("P01_03_", "P01_09_"))
-        says = "narration id(s) are not in the val annotations, e.g. P01_03_"
+        says = "narration ids are not in the val annotations, e.g. P01_03_"
     monkeypatch.setattr(inference, "predict", lambda *a, **k: pytest.fail("the model ran"))
     res = CliRunner().invoke(app, ["evaluate", "--split", "val", "--run", "runs/tiny", "--workdir", str(work),
                                    "--annotations", str(ann), "--device", "cpu", "--out", str(tmp_path / "ev")])

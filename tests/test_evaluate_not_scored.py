@@ -18,7 +18,7 @@ def test_unscored_segments_are_told_apart(ann_dir, caplog):
                             "val", source="scores.pt")
     assert r["not_scored"] == 3
     said = " ".join(caplog.text.split())
-    assert ("3 segment(s) of val are not in scores.pt: 1 skipped by build-shards (its manifest says why); 2 not in "
+    assert ("3 segments of val are not in scores.pt: 1 skipped by build-shards (its manifest says why); 2 not in "
             "the shards at all (e.g. P01_01_7: rows added to the split's CSV since the shards were built") in said, said
 
 
@@ -27,4 +27,4 @@ def test_scores_that_do_not_list_the_skipped_say_only_the_count(ann_dir, caplog)
     with caplog.at_level(logging.WARNING):
         evaluate_scores(_scores(ids[:3], verb[:3], noun[:3], meta={"task": "recognition"}), Annotations(ann_dir),
                         "val", source="other.pkl")
-    assert "1 segment(s) of val are not in other.pkl\n" in caplog.text, caplog.text
+    assert "1 segment of val is not in other.pkl\n" in caplog.text, caplog.text

@@ -443,7 +443,7 @@ def test_segments_without_scores_are_counted_and_noted_for_anticipation(tmp_path
     assert "(1 not scored)" in res.output and "not comparable with published" not in res.output
     res = invoke(*base, "--task", "anticipation")
     assert res.exit_code == 0, res.output
-    assert "note: 1 segments of val have no scores" in " ".join(res.output.split())
+    assert "note: 1 segment of val has no scores" in " ".join(res.output.split())
 
 
 # --------------------------------------------------------------------------------------------------------- submit

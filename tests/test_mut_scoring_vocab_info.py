@@ -38,7 +38,7 @@ def test_unknown_ids_are_counted_and_the_first_five_named(ann_dir):
     with pytest.raises(LeapError) as e:
         evaluate_scores(_scores(ids, verb, noun), Annotations(ann_dir), "val")
     msg = e.value.message
-    assert msg.startswith("6 narration id(s) are not in the val annotations"), msg
+    assert msg.startswith("6 narration ids are not in the val annotations"), msg
     assert ", ".join(ids[:5]) in msg and ids[5] not in msg, msg
 
 
@@ -49,13 +49,13 @@ def test_nan_rows_are_named_five_at_most_then_an_ellipsis(ann_dir):
     verb[:6, 1] = float("inf")  # 6 bad rows: five named, then "..."
     with pytest.raises(LeapError) as e:
         evaluate_scores(_scores(ids, verb, noun), Annotations(ann_dir), "val")
-    assert e.value.message == f"verb_output holds NaN or infinity for 6 segment(s): {', '.join(ids[:5])}, ...", \
+    assert e.value.message == f"verb_output holds NaN or infinity for 6 segments: {', '.join(ids[:5])}, ...", \
         e.value.message
     verb[:6, 1] = 0.0
     verb[[0, 2, 4], 0] = float("nan")  # 3 bad rows: all named, no ellipsis
     with pytest.raises(LeapError) as e:
         evaluate_scores(_scores(ids, verb, noun), Annotations(ann_dir), "val")
-    assert e.value.message.endswith(f"3 segment(s): {ids[0]}, {ids[2]}, {ids[4]}"), e.value.message
+    assert e.value.message.endswith(f"3 segments: {ids[0]}, {ids[2]}, {ids[4]}"), e.value.message
 
 
 def test_scores_of_the_unlabelled_test_split_are_refused_with_a_pointer_to_submit(ann_dir):
@@ -71,7 +71,7 @@ def test_unscored_segments_are_counted_and_warned(ann_dir, caplog):
     with caplog.at_level(logging.WARNING):
         r = evaluate_scores(_scores(ids[:3], verb[:3], noun[:3]), Annotations(ann_dir), "val", source="mine.pt")
     assert (r["segments"], r["not_scored"]) == (3, 1)
-    assert "1 segment(s) of val are not in mine.pt" in caplog.text
+    assert "1 segment of val is not in mine.pt" in caplog.text
 
 
 def test_the_warning_for_a_missing_list_names_the_subset_it_empties(ann_dir, caplog):

@@ -128,7 +128,7 @@ def test_a_score_that_is_no_finite_number_is_refused(value, tmp_path):
     entry["verb"]["1"] = value
     doc = json.dumps(_doc(results={nid: entry if i == 1 else _entry(i) for i, nid in enumerate(IDS)}))
     kind, said = _streamed(_zip(tmp_path / "s.zip", doc))
-    says = "1 segment(s) with verb scores that are NaN, infinite or not numbers: P01_101_1"
+    says = "1 segment with verb scores that are NaN, infinite or not numbers: P01_101_1"
     assert kind == "err" and says in said, said
 
 

@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from leap_cli.common import RAISE_OPEN_FILES
+from leap_cli.common import RAISE_OPEN_FILES, counted
 from leap_cli.errors import LeapError
 from leap_cli.io import ShardReaders
 
@@ -372,11 +372,13 @@ def _score_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: 
     skipped = batches.dataset.manifest.get("skipped") or []
     if skipped:  # (on test nothing else says so before leap submit refuses the scores)
         first = skipped[0]
-        log.warning("%d segment(s) were skipped by build-shards and have no scores (listed in %s under skipped; "
-                    "e.g. %s: %s)%s", len(skipped), folder / "manifest.json", first.get("narration_id"),
+        log.warning("%s %s skipped by build-shards and %s no scores (listed in %s under skipped; e.g. %s: %s)%s",
+                    counted(len(skipped), "segment"), "was" if len(skipped) == 1 else "were",
+                    "has" if len(skipped) == 1 else "have", folder / "manifest.json", first.get("narration_id"),
                     str(first.get("reason", "")).split(" (")[0],
-                    ": leap submit needs every test segment; fix their videos (leap info checks them) and run "
-                    "build-shards again, which retries a segment once its video changed" if split == "test" else "")
+                    f": leap submit needs every test segment; fix {'its video' if len(skipped) == 1 else 'their videos'}"
+                    f" (leap info checks {'it' if len(skipped) == 1 else 'them'}) and run build-shards again, which "
+                    "retries a segment once its video changed" if split == "test" else "")
     meta = {"split": split, "task": task, "run": str(run_dir),
             "checkpoint": scored,
             "views": {"temporal": views.temporal, "spatial": views.spatial}, "step": int(ckpt.get("step", 0)),

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from leap_cli.common import counted
 from leap_cli.errors import LeapError
 from leap_cli.io import atomic_path, is_numpy_pickle_global, load_problem, numpy_safe_globals, weights_only_allowing
 
@@ -252,7 +253,7 @@ def normalize_scores(raw: Any, path: str | Path = "<scores>") -> dict:
         raise LeapError(f"holds a {type(raw).__name__}, not a dict of scores", path=path, fix=_FIX_FORMAT)
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
-        raise LeapError(f"missing key(s) {', '.join(missing)}", path=path, fix=_FIX_FORMAT)
+        raise LeapError(f"missing {'key' if len(missing) == 1 else 'keys'} {', '.join(missing)}", path=path, fix=_FIX_FORMAT)
     ids = [str(x) for x in (raw["narration_id"].tolist() if hasattr(raw["narration_id"], "tolist")
                             else raw["narration_id"])]
     verb, noun = _as_tensor(raw["verb_output"], "verb_output", path), _as_tensor(raw["noun_output"], "noun_output", path)
@@ -262,7 +263,7 @@ def normalize_scores(raw: Any, path: str | Path = "<scores>") -> dict:
     seen: set[str] = set()
     dups = [i for i in ids if i in seen or seen.add(i)]
     if dups:
-        raise LeapError(f"{len(dups)} duplicated narration id(s), e.g. {', '.join(dups[:5])}", path=path,
+        raise LeapError(f"{counted(len(dups), 'duplicated narration id')}, e.g. {', '.join(dups[:5])}", path=path,
                         fix="keep one row per segment (average the views of a segment before saving)")
     out = {"narration_id": ids, "verb_output": verb, "noun_output": noun}
     for key in ("program", "meta", "action"):

@@ -21,7 +21,7 @@ import logging
 import numpy as np
 import torch
 
-from leap_cli.common import check_task
+from leap_cli.common import check_task, counted
 from leap_cli.epic.annotations import TAIL_NOUNS, TAIL_VERBS, UNSEEN, Annotations
 from leap_cli.errors import LeapError
 from leap_cli.evaluate import metrics as M
@@ -45,7 +45,8 @@ def check_scorable(annotations: Annotations, split: str, ids: list[str], classes
     segments = {s.narration_id: s for s in annotations.segments(split)}
     unknown = [i for i in ids if i not in segments]
     if unknown:
-        raise LeapError(f"{len(unknown)} narration id(s) are not in the {split} annotations, e.g. "
+        raise LeapError(f"{counted(len(unknown), 'narration id')} {'is' if len(unknown) == 1 else 'are'} not in the "
+                        f"{split} annotations, e.g. "
                         f"{', '.join(unknown[:5])}", path=ids_source or source,
                         fix=f"give the {split} split's shards (--shards DIR), or the annotations they were built from"
                         if ids_source else f"score the {split} split, or pass the annotations the scores were made for")
@@ -91,7 +92,7 @@ def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", 
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         if len(bad):
             ids = ", ".join(segs[i].narration_id for i in bad[:5]) + (", ..." if len(bad) > 5 else "")
-            raise LeapError(f"{name}_output holds NaN or infinity for {len(bad)} segment(s): {ids}", path=source,
+            raise LeapError(f"{name}_output holds NaN or infinity for {counted(len(bad), 'segment')}: {ids}", path=source,
                             fix="check the model's outputs")
     for name in (TAIL_VERBS, TAIL_NOUNS, UNSEEN.get(split)):
         path = annotations.folder / name if name else None
@@ -104,7 +105,8 @@ def evaluate_scores(scores: dict, annotations: Annotations, split: str = "val", 
     participants = [s.participant_id for s in segs]
     result: dict = {"split": split, "task": task, "segments": len(ids), "not_scored": len(segments) - len(ids)}
     if result["not_scored"]:
-        log.warning("%d segment(s) of %s are not in %s%s", result["not_scored"], split, source,
+        log.warning("%s of %s %s not in %s%s", counted(result["not_scored"], "segment"), split,
+                    "is" if result["not_scored"] == 1 else "are", source,
                     _why_not_scored(segments, set(ids), scores.get("meta") or {}))
     if task == "recognition":
         result["recognition"] = M.recognition_metrics(verb, noun, vl, nl, participants, **kw)
