@@ -192,7 +192,7 @@ def test_validation_shards_of_another_task_or_fewer_context_clips_are_refused_be
     with pytest.raises(LeapError, match=r"the validation shards are for recognition, the training shards for "
                                         r"anticipation \(build the val shards for anticipation"):
         ShardSource(train, rec, cfg, DistInfo())
-    with pytest.raises(LeapError, match=r"the shards hold 1 context clip\(s\) before each action, the model takes 2 "
+    with pytest.raises(LeapError, match=r"the shards hold 1 context clip before each action, the model takes 2 "
                                         r"\(rebuild them with --context 2, or set model.anticipation_context 1\)"):
         ShardSource(train, fewer, cfg, DistInfo())
     with caplog.at_level("WARNING"):

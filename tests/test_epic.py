@@ -283,7 +283,7 @@ def test_equal_frame_columns_are_a_row_of_no_length(epic_dir):
     seg = ann.segments("val")[0]
     assert seg.stop > seg.start and not ann.row_notes([seg])
     notes = ann.row_notes([replace(seg, stop_frame=seg.start_frame)])
-    assert any(n.startswith(f"1 row(s) of no length (stop equals start, in seconds or in frames) (e.g. "
+    assert any(n.startswith(f"1 row of no length (stop equals start, in seconds or in frames) (e.g. "
                             f"{seg.narration_id}: {seg.start:.2f}-{seg.stop:.2f} s, frames {seg.start_frame}-"
                             f"{seg.start_frame})") for n in notes), notes
 

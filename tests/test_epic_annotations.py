@@ -94,7 +94,7 @@ def test_a_participant_id_that_is_not_the_video_ids_prefix_is_noted(epic_dir):
     assert a.row_notes([seg]) == []
     notes = a.row_notes([dataclasses.replace(seg, participant_id="P0")])
     assert len(notes) == 1
-    assert notes[0].startswith("1 row(s) whose ids name different videos (e.g. P01_11_0: participant_id P0, "
+    assert notes[0].startswith("1 row whose ids name different videos (e.g. P01_11_0: participant_id P0, "
                                "video_id P01_11)")
 
 

@@ -1465,7 +1465,7 @@ def test_rows_whose_frame_columns_and_timestamps_disagree_are_warned_of(kitchen,
     with caplog.at_level("WARNING"):
         run_extract(_cfg(root, tmp_path / "b.jsonl", components=("narration",)))
     (msg,) = [r.getMessage() for r in caplog.records if "disagree" in r.getMessage()]
-    assert msg.startswith("EPIC_100_train.csv: 1 row(s)") and f"e.g. {rows[2]['narration_id']}: stop_frame" in msg
+    assert msg.startswith("EPIC_100_train.csv: 1 row whose") and f"e.g. {rows[2]['narration_id']}: stop_frame" in msg
     info = root / "annotations" / "EPIC_100_video_info.csv"  # a damaged video info: one line naming the row, not
     info.write_text(info.read_text().rstrip("\n").rsplit(",", 2)[0] + "\n")  # a traceback of the row notes (review)
     with pytest.raises(LeapError, match=r"row \d+ \(P01_\d+\) has 2 of 4 fields"):
@@ -1486,7 +1486,7 @@ def test_a_run_without_shard_over_a_merge_made_too_early_is_refused(kitchen, tmp
     desc = tmp_path / "descriptors"
     (desc / "train.jsonl").write_text((desc / "train.shard0of2.jsonl").read_text())
     r = CliRunner().invoke(app, args)
-    assert type(r.exception).__name__ == "LeapError" and "records that its --shard parts of 2 beside it hold" in \
+    assert type(r.exception).__name__ == "LeapError" and "lacks 1 record that its --shard parts of 2 beside it hold" in \
         str(r.exception), r.output
     assert (desc / "train.jsonl").read_text() == (desc / "train.shard0of2.jsonl").read_text()  # nothing redone
     (desc / "train.jsonl").write_text("".join((desc / f"train.shard{i}of2.jsonl").read_text() for i in range(2)))

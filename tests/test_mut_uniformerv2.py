@@ -182,7 +182,7 @@ def test_foreign_keys_beside_the_backbone_are_refused(tmp_path):
     state = ssv2_state()
     state["cls_head.fc.weight"] = torch.zeros(174, 64)
     torch.save(state, tmp_path / "extra.pth")
-    with pytest.raises(LeapError, match=r"1 keys .* no place in the model.*cls_head\.fc\.weight"):
+    with pytest.raises(LeapError, match=r"1 key of .* has no place in the model.*cls_head\.fc\.weight"):
         load_pretrained(build_model(preset_args("ssv2")), tmp_path / "extra.pth")
     report = load_pretrained(build_model(preset_args("ssv2")), tmp_path / "extra.pth", allow_unexpected=True)
     assert report.unexpected == ["cls_head.fc.weight"] and report.missing == []

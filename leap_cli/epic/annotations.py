@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
-from leap_cli.common import dataset_root, normalize_split
+from leap_cli.common import counted, dataset_root, normalize_split
 from leap_cli.epic.classes import ClassVocab, csv_header, parse_list_cell, read_csv
 from leap_cli.epic.timing import parse_timestamp
 from leap_cli.errors import LeapError
@@ -287,7 +287,7 @@ class Annotations:
                 "columns": ("whose frame columns and timestamps disagree", "an MP4 is cut by the timestamps, an "
                             "rgb_frames folder by the frame columns, so the two would show different clips; make "
                             "each row's columns agree (EPIC's own rows differ by at most 1 frame)")}
-        return [f"{len(rows)} row(s) {what[k][0]} (e.g. {rows[0][0].narration_id}: {rows[0][1]}): {what[k][1]}"
+        return [f"{counted(len(rows), 'row')} {what[k][0]} (e.g. {rows[0][0].narration_id}: {rows[0][1]}): {what[k][1]}"
                 for k, rows in found.items()]
 
     def _class_ids_check(self) -> Callable[[Segment, Path, str], LeapError | None]:

@@ -30,6 +30,7 @@ import torch.utils.checkpoint as torch_checkpoint
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from leap_cli.common import counted
 from leap_cli.errors import LeapError
 from leap_cli.io import load_problem
 from leap_cli.published import missing_file_fix
@@ -1167,12 +1168,14 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: boo
                         path=str(path), fix="give an official UniFormerV2 checkpoint or CLIP ViT weights in the "
                                             "OpenAI or open_clip layout (docs/model.md)")
     if mismatched and allow_partial:
-        log.warning("%d tensors of %s do not fit the model's shapes, left at initialisation (allow-partial-load): %s",
-                    len(mismatched), path, "; ".join(mismatched))
+        log.warning("%s of %s %s not fit the model's shapes, left at initialisation (allow-partial-load): %s",
+                    counted(len(mismatched), "tensor"), path, "does" if len(mismatched) == 1 else "do",
+                    "; ".join(mismatched))
         filtered = {k: v for k, v in filtered.items() if k not in target or v.shape == target[k].shape}
     elif mismatched:
         raise LeapError(
-            f"{len(mismatched)} shape mismatches loading a checkpoint of the {family or 'unknown'} family from {path}: "
+            f"{counted(len(mismatched), 'shape mismatch', 'shape mismatches')} loading a checkpoint of the "
+            f"{family or 'unknown'} family from {path}: "
             + "; ".join(mismatched[:8])
             + (" ..." if len(mismatched) > 8 else ""),
             path=str(path), fix="build the model with the checkpoint's backbone, frames and size; " + fix,
@@ -1180,8 +1183,8 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: boo
     report.unexpected += [f"backbone.{k}" for k in filtered if k not in target]
     if report.unexpected and not (allow_unexpected or allow_partial):
         raise LeapError(
-            f"{len(report.unexpected)} keys of a checkpoint of the {family or 'unknown'} family have no place in the "
-            f"model, loading {path}: "
+            f"{counted(len(report.unexpected), 'key')} of a checkpoint of the {family or 'unknown'} family "
+            f"{'has' if len(report.unexpected) == 1 else 'have'} no place in the model, loading {path}: "
             + ", ".join(report.unexpected[:8]) + (" ..." if len(report.unexpected) > 8 else ""),
             path=str(path), fix=fix)
     ckpt_has_lmhra = any(".lmhra" in k for k in filtered)
@@ -1226,7 +1229,8 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: boo
     for k, why in report.dropped.items():  # (a CLIP file's text tower was 153 lines)
         by_reason.setdefault(why, []).append(k)
     for why, keys in by_reason.items():
-        log.info("dropped %d key(s), %s: %s", len(keys), why, ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else ""))
+        log.info("dropped %s, %s: %s", counted(len(keys), "key"), why,
+                 ", ".join(keys[:3]) + (" ..." if len(keys) > 3 else ""))
     if report.missing:
         hint = (" (the checkpoint has no 'balance': it was trained with frozen=True; build the model with frozen: true)"
                 if report.missing == ["backbone.transformer.balance"] else "")

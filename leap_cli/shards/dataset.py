@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from leap_cli.common import counted
 from leap_cli.errors import LeapError
 from leap_cli.evaluate.metrics import IGNORE_INDEX
 from leap_cli.shards.format import (group_sample, load_folders, parse_members, read_sample_at, rebuild_fix,
@@ -233,8 +234,8 @@ class ShardDataset(IterableDataset):
             self.stats["padding"] += int(padding)
             yield sample
         if self.stats["errors"]:
-            log.warning("%s: rank %d worker %d skipped %d damaged sample(s) so far (on_error=skip)", self.folder,
-                        self.rank, wid, self.stats["errors"])
+            log.warning("%s: rank %d worker %d skipped %s so far (on_error=skip)", self.folder, self.rank, wid,
+                        counted(self.stats["errors"], "damaged sample"))
 
     # ---- one sample ------------------------------------------------------------------------------------
     def _frames(self, fields: dict, prefix: str) -> list[bytes]:
@@ -656,8 +657,8 @@ def loader_workers(asked: int, option: str, samples: int | None = None, batch_si
     batches = -(-samples // max(batch_size, 1)) if samples is not None else asked
     workers = max(0, min(asked, cpus, batches))
     if workers < asked:
-        log.info("%s %d: %d DataLoader worker(s) (%d CPU(s) for this process%s)", option, asked, workers, cpus,
-                 f", {batches} batch(es)" if samples is not None else "")
+        log.info("%s %d: %s (%s for this process%s)", option, asked, counted(workers, "DataLoader worker"),
+                 counted(cpus, "CPU"), f", {counted(batches, 'batch', 'batches')}" if samples is not None else "")
     share_by_name_under_a_low_limit(workers)
     short_temp_dir_for_workers(workers)
     return workers
@@ -714,7 +715,8 @@ def check_context(ds: "ShardDataset", context: int, option: str | None, folder: 
     the model's count is set); more are fine (the model takes the latest). It failed at the first batch: for
     validation shards, after a whole epoch of training and before any checkpoint."""
     if context and ds.manifest.get("task") == "anticipation" and ds.context < context:  # (recognition: none fed)
-        raise LeapError(f"the shards hold {ds.context} context clip(s) before each action, the model takes {context}",
+        raise LeapError(f"the shards hold {counted(ds.context, 'context clip')} before each action, the model takes "
+                        f"{context}",
                         path=folder, fix=f"rebuild them with --context {context}"
                                          + (f", or set {option} {ds.context}" if option else " (as the run was trained)"))
 

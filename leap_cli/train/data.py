@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from leap_cli.common import counted
 from leap_cli.errors import LeapError
 from leap_cli.shards.dataset import (Guarded, ShardDataset, anticipation_timing, check_context, loader_workers,
                                     shard_loader, timing_change, timing_text)
@@ -58,18 +59,20 @@ class ShardSource:
         if task == "anticipation":
             check_context(self.train, cfg.model.anticipation_context, "model.anticipation_context", named)
             if not cfg.model.anticipation_context and self.train.context and info.is_main:
-                log.warning("%s: the shards hold %d context clip(s) before each action, and model.anticipation_context "
-                            "is 0: the model reads none of them (and aggregates nothing); set "
-                            "model.anticipation_context %d to use them", named, self.train.context,
-                            self.train.context)
+                one = self.train.context == 1
+                log.warning("%s: the shards hold %s before each action, and model.anticipation_context is 0: the "
+                            "model %s (and aggregates nothing); set model.anticipation_context %d to use %s",
+                            named, counted(self.train.context, "context clip"), "does not read it" if one else "reads none of them",
+                            self.train.context, "it" if one else "them")
         elif cfg.model.anticipation_context and info.is_main:
             log.warning("model.anticipation_context %d is not used: data.task is %s (anticipation shards and "
                         "data.task=anticipation read context clips)", cfg.model.anticipation_context, task)
         counts = manifest.get("counts") or {}
         if counts.get("skipped") and info.is_main:  # (a split most of whose videos are not downloaded trains quietly)
-            log.warning("%s: the shards hold %d of the split's %d segments (%d skipped by build-shards, listed with "
-                        "their reasons in its manifest)", named, counts.get("samples", 0),
-                        counts.get("segments", 0), counts["skipped"])
+            log.warning("%s: the shards hold %d of the split's %s (%d skipped by build-shards, listed with "
+                        "%s in its manifest)", named, counts.get("samples", 0),
+                        counted(counts.get("segments", 0), "segment"), counts["skipped"],
+                        "its reason" if counts["skipped"] == 1 else "their reasons")
         self.num_verbs, self.num_nouns = class_counts(manifest, self.train_dir / "manifest.json")
         self.program_targets = manifest.get("targets")
         self.timing = anticipation_timing(manifest)  # (kept in the checkpoints: evaluate compares its shards')
@@ -117,16 +120,18 @@ class ShardSource:
                                     timing_change(val_timing, self.timing))
                 vcounts = self.val.manifest.get("counts") or {}
                 if vcounts.get("skipped") and info.is_main:  # (best.pt is chosen on the segments there are)
-                    log.warning("%s: the validation shards hold %d of the split's %d segments (%d skipped by "
-                                "build-shards, listed with their reasons in its manifest)", val_dir,
-                                vcounts.get("samples", 0), vcounts.get("segments", 0), vcounts["skipped"])
+                    log.warning("%s: the validation shards hold %d of the split's %s (%d skipped by "
+                                "build-shards, listed with %s in its manifest)", val_dir,
+                                vcounts.get("samples", 0), counted(vcounts.get("segments", 0), "segment"),
+                                vcounts["skipped"], "its reason" if vcounts["skipped"] == 1 else "their reasons")
                 train_keys = {k for sh in manifest.get("shards", []) for k in sh.get("keys", [])}
                 shared = [k for sh in self.val.manifest.get("shards", []) for k in sh.get("keys", []) if k in train_keys]
                 if shared and info.is_main:  # (a train CSV that is a copy of the validation one: scores not held out)
                     named_val = any(val_dir.resolve() == f.resolve() for f in folders)
-                    log.warning("%s: %d of the validation shards' %d segments are also in the training shards (e.g. "
+                    log.warning("%s: %d of the validation shards' %s %s also in the training shards (e.g. "
                                 "%s): validation, and the choice of best.pt, measure segments the model trains on; %s",
-                                val_dir, len(shared), self.val_size, shared[0],
+                                val_dir, len(shared), counted(self.val_size, "segment"),
+                                "is" if len(shared) == 1 else "are", shared[0],
                                 "data.val is one of data.train's folders: a run trained on train + val (for the "
                                 "challenge's test split) sets data.val=\"\", and leap evaluate and submit take its "
                                 "last.pt" if named_val else "check the split CSVs the two builds read (leap info lists "
