@@ -468,18 +468,18 @@ def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
             lines = _lines(path)[0]
         # in the order `cat X.shard*ofN.jsonl` joined them: the shell sorts the names (shard10 before shard2)
         joined = sorted(have, key=lambda ip: ip[1].name)
-        counted = [(p, *_lines(p)) for _, p in joined]
+        tallies = [(p, *_lines(p)) for _, p in joined]
         last_index, last = joined[-1]
-        if counted[-1][1] and not counted[-1][2] and not _last_line_whole(last) and not _last_line_whole(path):
+        if tallies[-1][1] and not tallies[-1][2] and not _last_line_whole(last) and not _last_line_whole(path):
             # (the part `cat` put last ends in a record cut short, and so does the merge: the line counts agree)
             raise LeapError(f"ends in a record cut short: {last.name}, the part `cat` joined last, was killed while "
                             "writing it", path=path,
                             fix=f"run part {last_index}/{count} again with the command that wrote it (it drops the cut "
                                 f"record and does it again), then merge again: {merge_command(path, count)}")
-        if lines < sum(n for _, n, _ in counted):
-            lacking = set().union(*(_ids(p) for p, _, _ in counted)) - _ids(path)
+        if lines < sum(n for _, n, _ in tallies):
+            lacking = set().union(*(_ids(p) for p, _, _ in tallies)) - _ids(path)
             if lacking:
-                glued = [(p, i) for (i, _), (p, n, newline) in zip(joined, counted[:-1]) if n and not newline]
+                glued = [(p, i) for (i, _), (p, n, newline) in zip(joined, tallies[:-1]) if n and not newline]
                 cut = [(p, i) for p, i in glued if not _last_line_whole(p)]
                 why = (f"{glued[0][0].name} ends without a newline, so `cat` joined its last record to the next "
                        "part's first" if glued else "it was merged before every part was done, or from some of them")
@@ -492,14 +492,16 @@ def check_merge(path: Path, parts: dict[int, list[tuple[int, Path]]]) -> None:
                     first = f"end it with a newline (echo >> {shell_word(glued[0][0])}), then "
                 else:
                     first = ""
-                raise LeapError(f"lacks {len(lacking)} records that its --shard parts of {count} beside it hold (e.g. "
+                raise LeapError(f"lacks {counted(len(lacking), 'record')} that its --shard parts of {count} beside it hold (e.g. "
                                 f"{sorted(lacking)[0]}): {why}", path=path,
                                 fix=first + f"merge again once every part is done: {merge_command(path, count)} (or "
                                             "move the parts away if this file is as you want it)")
         missing = sorted(set(range(count)) - {i for i, _ in have})
         if missing:
-            log.warning("%s: part(s) %s of --shard i/%d are not beside it: if they were not done when it was merged, "
-                        "run them and merge again (%s)", path, ", ".join(map(str, missing)), count,
+            one = len(missing) == 1
+            log.warning("%s: %s %s of --shard i/%d %s not beside it: if %s not done when it was merged, run %s "
+                        "and merge again (%s)", path, "part" if one else "parts", ", ".join(map(str, missing)), count,
+                        "is" if one else "are", "it was" if one else "they were", "it" if one else "them",
                         merge_command(path, count))
         newer = [p.name for _, p in have if p.stat().st_mtime_ns > merged_at]
         if newer:

@@ -174,7 +174,7 @@ def test_a_rerun_of_a_mixed_output_resumes_all_and_counts_the_repair_failed_one_
     assert "Traceback" not in said
     assert "4 (1 failed, 2 invalid)" in said, said  # (the summary's resumed line: repair_failed is invalid)
     # one note each, each naming its own way out
-    assert "1 of the records done before is failed" in said and "--retry-errors to ask for them again" in said
+    assert "1 of the records done before is failed" in said and "--retry-errors to ask for it again" in said
     assert "is invalid with a repair turn to ask (its request failed" in said
     assert "1 of the records done before is invalid: add --retry-invalid" in said
 

@@ -2543,7 +2543,7 @@ def test_a_merge_of_some_parts_only_is_refused_and_a_stale_one_warned_of(workdir
         os.utime(desc / "val.shard2of3.jsonl", ns=(merged.stat().st_mtime_ns + 10**9,) * 2)
         (desc / "val.shard1of3.jsonl").unlink()
         merged_input(merged)
-    assert "val.shard2of3.jsonl written after it" in caplog.text and "part(s) 1 of --shard i/3" in caplog.text
+    assert "val.shard2of3.jsonl written after it" in caplog.text and "part 1 of --shard i/3 is not beside it" in caplog.text
     with merged.open("a") as f:  # an unsharded run on the merge added records since: more than the parts is fine
         f.write('\n{"narration_id": "P01_11_99"}\n')
     assert merged_input(merged) == merged

@@ -462,9 +462,9 @@ def test_parts_built_otherwise_are_not_merged(root, tmp_path):
     out = tmp_path / "shards" / "train"
     # named against the part just built (made from the inputs as they are now: part 0 was told to rebuild part 1,
     # which changed nothing, where part 0 had been built from an older programs file)
-    with pytest.raises(LeapError, match=r"part\(s\) manifest\.shard0of2\.json were built from other inputs or "
+    with pytest.raises(LeapError, match=r"part manifest\.shard0of2\.json was built from other inputs or "
                                         r"settings than manifest\.shard1of2\.json \(--frames: 8 -> 4 differs\) "
-                                        r"\(rebuild part\(s\) 0 with the inputs and options of part 1"):
+                                        r"\(rebuild part 0 with the inputs and options of part 1"):
         build(root, tmp_path, shard=ShardSpec(1, 2), frames=8)
     assert not (out / "manifest.json").exists()
     r = build(root, tmp_path, shard=ShardSpec(1, 2), overwrite=True)  # rebuilt as the other: merged

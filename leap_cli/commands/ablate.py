@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from leap_cli.common import lowercase, workdir_option
+from leap_cli.common import counted, lowercase, workdir_option
 from leap_cli.progress import output_console
 from leap_cli.train.ablate import AblateConfig
 
@@ -54,8 +54,8 @@ def ablate(
         console.print(f"{escape(label)}: {figs}  ({r['seconds']:.0f} s)")
 
     # (the kitchen, the programs and the shards come first, ~40 s on a fresh folder, reused after)
-    console.print(escape(f"ablation in {workdir}: {cfg.videos} videos x {cfg.segments_per_video} segments, "
-                         f"{len(cfg.seeds)} seed(s); building or reusing the kitchen, programs and shards first"))
+    console.print(escape(f"ablation in {workdir}: {counted(cfg.videos, 'video')} x "
+                         f"{counted(cfg.segments_per_video, 'segment')}, {counted(len(cfg.seeds), 'seed')}; building or reusing the kitchen, programs and shards first"))
     try:
         summary = run_ablation(cfg, on_run=on_run)
     except CellInterrupted as e:  # one signal stops the whole ablation, not only the cell training then

@@ -400,14 +400,16 @@ def not_valid_notes(bad, *, this_run: bool = False, said: bool = False) -> list[
     notes = []
     if bad.get("failed") and not said:
         notes.append(f"{of(bad['failed'])} failed (see leap validate-programs): "
-                     + ("once the cause is mended, " if this_run else "") + "add --retry-errors to ask for them again")
+                     + ("once the cause is mended, " if this_run else "") + "add --retry-errors to ask for "
+                     + ("it again" if bad["failed"] == 1 else "them again"))
     if bad.get("repair"):
         notes.append(f"{of(bad['repair'])} invalid with a repair turn to ask (its request failed, or the reply came "
                      "from a Batch, which asks none): a run with --retry-errors (without --batch-file) sends that "
                      "turn, the earlier replies read from the cache")
     if bad.get("invalid"):
-        notes.append(f"{of(bad['invalid'])} invalid: add --retry-invalid to ask for them again (their replies are not "
-                     "taken from the cache)")
+        notes.append(f"{of(bad['invalid'])} invalid: add --retry-invalid to ask for "
+                     + ("it again (its reply is not taken from the cache)" if bad["invalid"] == 1 else
+                        "them again (their replies are not taken from the cache)"))
     return notes
 
 

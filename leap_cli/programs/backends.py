@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from leap_cli.common import counted
 from leap_cli.errors import LeapError
 from leap_cli.programs.http import HTTPClient, HTTPConnectionError, HTTPTimeout, HTTPUnreadable, Response
 from leap_cli.programs.prompt import ClipInfo
@@ -480,8 +481,8 @@ class OpenAIBackend(Backend):
         if self._held is not None:
             self.held_seconds += now - self._held_since
             log.log(logging.WARNING if self.holds <= 3 else logging.INFO,
-                    "the server answers again (held %.0f s, %.0f s since its last reply): back to %d requests in "
-                    "flight", now - self._held_since, now - self._last_reply, self._held)
+                    "the server answers again (held %.0f s, %.0f s since its last reply): back to %s in flight",
+                    now - self._held_since, now - self._last_reply, counted(self._held, "request"))
             self._limit, self._held, self._probes, self._pause_until = self._held, None, 0, 0.0
             self._wake()
         self._last_reply, self._lost = now, 0
@@ -540,13 +541,13 @@ class OpenAIBackend(Backend):
             self._held, self._held_since, self._limit = self._limit, now, 1
             self.holds += 1  # (a flapping server holds often: the first few are said, the rest logged quietly)
             log.log(logging.WARNING if self.holds <= 3 else logging.INFO,
-                    "%d requests in a row failed for good (%s) after %d replies: holding the others and asking one at "
-                    "a time until the server answers (the stage stops after %.0f min without a reply)",
-                    self._lost, cause, self.answered, self.HOLD_FOR / 60)
+                    "%s in a row failed for good (%s) after %s: holding the others and asking one at a time until "
+                    "the server answers (the stage stops after %.0f min without a reply)", counted(self._lost, "request"),
+                    cause, counted(self.answered, "reply", "replies"), self.HOLD_FOR / 60)
             return self.COUNTS  # this one was given up already
         if now - self._last_reply >= self.HOLD_FOR:
             raise LeapError(f"the server stopped answering: no reply for {(now - self._last_reply) / 60:.0f} min "
-                            f"after {self.answered} replies (last: {cause}; {self.base_url})",
+                            f"after {counted(self.answered, 'reply', 'replies')} (last: {cause}; {self.base_url})",
                             fix="check the server (its log, memory, --base-url), then run the same command again "
                                 "with --retry-errors: the programs written are kept, the rest and the records "
                                 "written failed are asked for")

@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+from leap_cli.common import counted
 from leap_cli.errors import LeapError
 from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, json_line, refuse_folder, shell_word
 from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
@@ -153,7 +154,7 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
 
     path = Path(path)
     if max_requests < 1 or not 0 < max_mb < math.inf:
-        raise LeapError(f"a Batch input file of at most {max_requests} requests and {max_mb} MB is no limit",
+        raise LeapError(f"a Batch input file of at most {counted(max_requests, 'request')} and {max_mb} MB is no limit",
                         fix="give --batch-max-requests a whole number and --batch-max-mb a number of MB, both "
                             "above 0 and finite")
     refuse_folder(path)
@@ -356,9 +357,9 @@ def _write_parts(path: Path, lines: Iterator[bytes], stream: bool, max_requests:
             files.commit(names)
     written = [BatchPart(name, n, size) for name, (n, size) in zip(names, sizes)]
     if stream and (sizes[0][0] > max_requests or sizes[0][1] > max_bytes):
-        log.warning("%s is a stream, written unsplit: its %d requests (%s) are more than one Batch input file "
-                    "takes (%d requests, %g MB): give --batch-file a file's path to have them split",
-                    path, sizes[0][0], size_text(sizes[0][1]), max_requests, max_mb)
+        log.warning("%s is a stream, written unsplit: its %s (%s) are more than one Batch input file takes (%s, "
+                    "%g MB): give --batch-file a file's path to have them split", path,
+                    counted(sizes[0][0], "request"), size_text(sizes[0][1]), counted(max_requests, "request"), max_mb)
     elif oversize:
         log.warning("%d request%s larger than --batch-max-mb %g alone: each is a file of its own, over that "
                     "limit", oversize, " is" if oversize == 1 else "s are", max_mb)

@@ -458,10 +458,10 @@ def load_inputs(cfg: GenerateConfig, narration_id: str | None = None) -> Inputs:
         wanted = len(cfg.shard.select(list(segments.values()), key=lambda s: s.video_id, order=order))
         if len(records) < wanted:
             who = writer_of(path)
-            log.warning("%s %s %d of the %d segments of %s%s: the other %d get no program in this run; %s, then "
+            log.warning("%s %s %d of the %s of %s%s: the other %d %s no program in this run; %s, then "
                         "this command again: it adds what is new", path, "is still being written by " + who +
-                        ", which holds so far" if who else "holds", len(records), wanted, split, cfg.shard.suffix,
-                        wanted - len(records), "wait for extract to finish" if who else
+                        ", which holds so far" if who else "holds", len(records), counted(wanted, "segment"), split,
+                        cfg.shard.suffix, wanted - len(records), "gets" if wanted - len(records) == 1 else "get", "wait for extract to finish" if who else
                         f"it is extract's part {part[0]}/{part[1]}: pass --shard {part[0]}/{part[1]} (this part's "
                         "programs, beside the other parts') or the merged file" if part is not None
                         and cfg.shard.count == 1 else
@@ -1232,7 +1232,7 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
             outside = sorted(k for k in appender.keys if k in inputs.segments and k not in mine)
             if outside:
                 whole = cfg.out_path.with_name(cfg.out_path.name.replace(cfg.shard.suffix, ""))
-                raise LeapError(f"holds {len(outside)} records of videos outside part {cfg.shard.index}/"
+                raise LeapError(f"holds {counted(len(outside), 'record')} of videos outside part {cfg.shard.index}/"
                                 f"{cfg.shard.count} (e.g. {outside[0]}): the part was begun by an earlier leap, which "
                                 "dealt the videos to parts in another order", path=cfg.out_path,
                                 fix="finish the sharded run with the leap that began it; or merge the parts there are "

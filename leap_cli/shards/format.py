@@ -357,11 +357,13 @@ def _merge(parts: list[dict], paths: list[Path], reference: int = 0) -> dict:
             a, b = made_with(ref).get(k), made_with(other).get(k)
             short = all(isinstance(v, (int, float, str, bool, type(None))) and len(str(v)) <= 20 for v in (a, b))
             shown.append(f"{said(k)}: {a!r} -> {b!r}" if short and k.startswith("settings.") else said(k))
-        raise PartsDiffer(f"part(s) {names} were built from other inputs or settings than {paths[reference].name} "
-                          + differ_note(shown + keys[6:]),
+        one = len(odd) == 1
+        raise PartsDiffer(f"{'part' if one else 'parts'} {names} {'was' if one else 'were'} built from other inputs or "
+                          f"settings than {paths[reference].name} " + differ_note(shown + keys[6:]),
                           path=paths[reference].parent,
-                          fix=f"rebuild part(s) {indices} with the inputs and options of part {mine} (--force on "
-                              f"--shard i/{len(parts)}), or part {mine} with theirs, or build into another --out")
+                          fix=f"rebuild {'part' if one else 'parts'} {indices} with the inputs and options of part "
+                              f"{mine} (--force on --shard i/{len(parts)}), or part {mine} with "
+                              f"{'its' if one else 'theirs'}, or build into another --out")
     first = parts[0]
     merged = dict(first)
     # the program file's summary is the same in every part (the parts agree on the file), but a part an older leap
