@@ -320,7 +320,7 @@ def test_a_part_remake_says_the_failures_it_keeps(kitchen, old_output, tmp_path)
     out = w / "descriptors" / "train.jsonl"
     recs = [json.loads(x) for x in old_output.splitlines()]  # camera 1
     _write(out, recs)
-    kept = re.search(r"note: (\d+) records of earlier runs hold a component that failed", _cli(kitchen, w))
+    kept = re.search(r"note: (\d+) records? of earlier runs holds? a component that failed", _cli(kitchen, w))
     before = int(kept[1]) if kept else 0  # (a segment of the kitchen's has no video: unavailable, not failed)
     recs[0]["components"]["audio"] = {"status": "error", "source": "dsp-rules", "text": "",
                                       "data": {"error": "internal error (OSError)", "detail": "OSError: x"}}

@@ -210,8 +210,10 @@ def test_the_outdated_note_names_the_parts_in_components_order_and_the_causes():
                           "other components kept and the clip text rendered again; 3 are made whole again (a later "
                           "leap's part in them, a component to keep that cannot be read as it is, or a failure "
                           "--retry-errors redoes)")
-    s = SimpleNamespace(outdated_made=Counter(), outdated_whole=1, outdated_whole_why=Counter({"kept": 1}))
+    s = SimpleNamespace(outdated_made=Counter(), outdated=2, outdated_whole=2, outdated_whole_why=Counter({"kept": 2}))
     assert _remade(s) == "they are made whole again (a component to keep that cannot be read as it is)"
+    s = SimpleNamespace(outdated_made=Counter(), outdated=1, outdated_whole=1, outdated_whole_why=Counter({"kept": 1}))
+    assert _remade(s) == "it is made whole again (a component to keep that cannot be read as it is)"
 
 
 # --- the estimate's repair turns: which paid turns it measures -----------------------------------------------------

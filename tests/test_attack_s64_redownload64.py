@@ -116,7 +116,7 @@ def test_build_shards_notes_programs_made_from_the_cut_videos_clip(kitchens, tmp
     assert sorted(p.name.split(".")[0] for p in cache.glob("*.jpgs")) == [f"{CUT}_3", f"{CUT}_4", f"{CUT}_5"]
     # the troubleshooting row's advice, literally: build-shards again, no generate-programs in between
     said = _ok(leap("build-shards", "--workdir", wd, "--split", "val"))
-    assert "3 program record(s)" in said and f"e.g. {CUT}_3" in said and "generate-programs --split val" in said, said
+    assert "3 program records" in said and f"e.g. {CUT}_3" in said and "generate-programs --split val" in said, said
     manifest = json.loads((wd / "shards" / "val" / "manifest.json").read_text())
     assert manifest["counts"]["samples"] == 6 and not manifest["skipped"]
     # the advice of the note: generate-programs asks for those 3 alone, and build-shards no longer says it

@@ -61,7 +61,7 @@ def test_demo_again_reuses_what_is_done(demo):
     # nothing is redone: no new descriptor or program records, no new training steps
     assert "0 written now: nothing to do" in second.stdout  # (no empty table "of this run" above it)
     assert "(the 0 segments of this run)" not in second.stdout
-    assert "were built before with these settings and inputs" in second.stdout  # build-shards says it built none
+    assert "shard was built before with these settings and inputs" in second.stdout  # build-shards says it built none
     assert "frames read from extract's frame cache" not in second.stdout
     # the demo's own summary says which stages found their work done (the first run's did all of it)
     times = lambda out: " ".join(out.split("time per stage:", 1)[1].split("submission:", 1)[0].split())  # noqa: E731
