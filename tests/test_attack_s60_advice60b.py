@@ -232,8 +232,8 @@ def test_retry_notes_pasted_ask_only_those_records(kit, tmp_path):
         rc, out = run(leap(*cmd), env=LLM_ENV)  # a plain rerun: asks nothing, names the options
         assert rc == 0, out
         assert server.calls == first
-        errors = advice(out, r"add (--retry-errors) to ask for them again")
-        invalid = advice(out, r"add (--retry-invalid) to ask for them again")
+        errors = advice(out, r"add (--retry-errors) to ask for (?:it|them) again")
+        invalid = advice(out, r"add (--retry-invalid) to ask for (?:it|them) again")
         rc, out = run(leap(*cmd, errors), env=LLM_ENV)
         assert rc == 0, out
         assert server.calls - first == Counter({"P01_01_1": 1}), server.calls - first

@@ -93,7 +93,7 @@ def test_a_verb_action_id_past_the_last_class_is_refused():
 
 
 def test_each_bad_action_key_counts_its_segment_once():
-    """One segment with two bad action keys: '1 segment(s)' (mutant: no break, each bad key listed)."""
+    """One segment with two bad action keys: '1 segment' (mutant: no break, each bad key listed)."""
     from leap_cli.evaluate.metrics import TOP_N_ACTIONS
 
     nv, nn = 10, 12
@@ -102,7 +102,7 @@ def test_each_bad_action_key_counts_its_segment_once():
              "action": {**{f"{v},{n}": 0.1 for v, n in pairs}, "x": 0.1, "99,99": 0.1}}
     sub_ = {"version": "0.2", "challenge": "action_anticipation", "sls_pt": 0, "sls_tl": 0, "sls_td": 0,
             "results": {"a": entry}}
-    with pytest.raises(LeapError, match=r"1 segment\(s\) with action keys"):
+    with pytest.raises(LeapError, match=r"1 segment with action keys"):
         sub.check_submission(sub_, ["a"], nv, nn)
 
 
