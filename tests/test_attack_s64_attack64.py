@@ -40,7 +40,7 @@ from pathlib import Path
 import pytest
 
 from leap_cli.epic.annotations import Segment
-from leap_cli.programs.generate import clip_hash_of
+from leap_cli.programs.provenance import clip_hash_of
 from leap_cli.shards.writer import programs_behind_clips
 from tests.procs import leap_here
 

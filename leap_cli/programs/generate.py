@@ -48,6 +48,7 @@ from leap_cli.programs.backends import (Backend, BackendError, Completion, Halte
                                        OpenAIBackend, Request, RetryPolicy, check_extra_body)
 from leap_cli.programs.prompt import (DEFAULT_K, PROMPT_VERSION, ClipInfo, Prompt, PromptBuilder, clip_info,
                                       load_exemplars, load_system_prompt, narration_record)
+from leap_cli.programs.provenance import clip_hash_of, descriptor_settings
 from leap_cli.programs.reply import FILTERED, repair_futile, verify_reply
 from leap_cli.programs.redact import redact, redact_logs
 from leap_cli.programs.schema import Finding, strict_schema
@@ -184,11 +185,6 @@ def clip_hash(inputs: Inputs, record: dict) -> str:
     does not see every clip as changed (and ask for every program again)."""
     text = None if inputs.extracted == "narration-only" else record.get("text")
     return clip_hash_of(text, inputs.segments.get(record["narration_id"]))
-
-
-def clip_hash_of(text: str | None, segment: Segment | None) -> str:
-    """``clip_hash`` of a descriptor record's text (None: narration-only) and the segment's annotation."""
-    return stable_hash([text, None if segment is None else segment.annotation()])[:16]
 
 
 def clip_changed(inputs: Inputs, builder: PromptBuilder) -> Callable[[dict], bool]:
@@ -400,14 +396,11 @@ def load_inputs(cfg: GenerateConfig, narration_id: str | None = None) -> Inputs:
             records = list(latest.values())
         source = f"descriptors {path}"
         try:
-            extracted = stored_settings(path)
+            extracted = descriptor_settings(path)
         except MixedParts:  # a merge of parts extracted with other options than each other
             raise
         except LeapError:  # a sidecar that is not a JSON object: the descriptors' settings are not known
             extracted = None
-        if extracted is not None:
-            extracted.pop("split", None)
-            extracted.pop("files", None)  # (the model files' identities: extract's own check of a copy or an edit)
     elif cfg.descriptors is not None:
         raise LeapError("descriptor file not found", path=path, fix="run leap extract or fix --descriptors")
     elif segments:

@@ -15,6 +15,29 @@ from pathlib import Path
 RUN_PROVENANCE = "provenance.json"  # in runs/NAME: what the run was trained on (train.loop.record_provenance)
 
 
+def clip_hash_of(text: str | None, segment) -> str:
+    """A program record's ``provenance.clip_hash``: what it was made from besides the output's settings, the
+    descriptor record's ``text`` as extract wrote it (None for narration-only programs) and the ``segment``'s
+    annotation (an ``epic.annotations.Segment``; None: not in the split). generate-programs keeps it; build-shards
+    compares it with the descriptors of now."""
+    from leap_cli.io import stable_hash
+
+    return stable_hash([text, None if segment is None else segment.annotation()])[:16]
+
+
+def descriptor_settings(descriptors: str | Path) -> dict | None:
+    """The settings ``descriptors`` (extract's output) was made with, as a program file's settings keep them
+    (``descriptors``): without the split and the model files' identities. None: not known. Raises as
+    ``io.stored_settings`` does (parts merged from other settings: ``MixedParts``)."""
+    from leap_cli.io import stored_settings
+
+    extracted = stored_settings(descriptors)
+    if extracted is not None:
+        extracted.pop("split", None)
+        extracted.pop("files", None)  # (the model files' identities: extract's own check of a copy or an edit)
+    return extracted
+
+
 def made_by(record) -> tuple[str | None, str | None]:
     """(backend, model) of a program record; None for what it does not say (or says as no string)."""
     prov = record.get("provenance") if isinstance(record, dict) else None

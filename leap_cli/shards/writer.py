@@ -40,8 +40,8 @@ from leap_cli.epic.annotations import Segment
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
-from leap_cli.io import (JsonlAppender, OutputLock, ShardReaders, atomic_write_json, json_line, read_jsonl,
-                         sha256_file, shard_parts, shell_word, stable_hash, with_path, writer_of)
+from leap_cli.io import (JsonlAppender, OutputLock, ShardReaders, atomic_write_json, iter_jsonl, json_line,
+                         read_jsonl, sha256_file, shard_parts, shell_word, stable_hash, with_path, writer_of)
 from leap_cli.media.video import PAST_END, stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.programs.provenance import MadeBy, prompt_version
@@ -1171,20 +1171,17 @@ def programs_behind_clips(programs: list[dict], prog_path: Path, descriptors: Pa
     ``descriptors``, its ``--shard`` parts are read (extract's parts of a job array, left unmerged: build-shards
     needs only the programs merged)."""
     from leap_cli.io import stored_settings
-    from leap_cli.programs.generate import clip_hash_of
+    from leap_cli.programs.provenance import clip_hash_of, descriptor_settings
 
     files = [descriptors] if descriptors.is_file() else [p for _, _, p in shard_parts(descriptors) if p.is_file()]
     if not files:
         return []
     try:
         made_from = (stored_settings(prog_path) or {}).get("descriptors")
-        extracted = stored_settings(descriptors)
+        extracted = descriptor_settings(descriptors)
     except LeapError:
         return []
-    if not isinstance(made_from, dict) or not isinstance(extracted, dict):
-        return []
-    extracted = {k: v for k, v in extracted.items() if k not in ("split", "files")}  # (as generate-programs keeps it)
-    if made_from != extracted:
+    if not isinstance(made_from, dict) or made_from != extracted:
         return []
     wanted = {r.get("narration_id"): r["provenance"]["clip_hash"] for r in programs
               if isinstance(r, dict) and isinstance(r.get("provenance"), dict) and "clip_hash" in r["provenance"]}
@@ -1193,15 +1190,10 @@ def programs_behind_clips(programs: list[dict], prog_path: Path, descriptors: Pa
     texts: dict[str, object] = {}
     try:
         for path in files:
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        r = json.loads(line)
-                    except ValueError:
-                        continue  # (a line cut by a crash: extract drops it on its next open)
-                    if isinstance(r, dict) and r.get("narration_id") in wanted:
-                        texts[r["narration_id"]] = r.get("text")  # (the last record of an id is its record)
-    except (OSError, UnicodeDecodeError):
+            for _, r in iter_jsonl(path):  # (a line cut by a crash is dropped; extract cuts it on its next open)
+                if isinstance(r, dict) and r.get("narration_id") in wanted:
+                    texts[r["narration_id"]] = r.get("text")  # (the last record of an id is its record)
+    except (LeapError, OSError, UnicodeDecodeError):  # (extract and generate-programs say what is wrong with it)
         return []
     return [nid for nid, h in wanted.items()
             if nid in texts and nid in segments and clip_hash_of(texts[nid], segments[nid]) != h]
