@@ -54,7 +54,8 @@ def check_demo(cfg: DemoConfig) -> DemoConfig:
     demo-data rebuilds it, and the records made from the old one would be resumed into, then refused by
     build-shards, "sources.annotations differ", run after run)."""
     from leap_cli.io import check_settings
-    from leap_cli.synth.kitchen import KITCHEN_VERSION, MARKER, TRUNCATED_SEGMENTS, KitchenConfig, assign_videos
+    from leap_cli.synth.kitchen import (KITCHEN_VERSION, TRUNCATED_SEGMENTS, KitchenConfig, assign_videos,
+                                    built_version, read_marker)
     from leap_cli.train.config import load_config
 
     if cfg.videos < 3:
@@ -81,16 +82,11 @@ def check_demo(cfg: DemoConfig) -> DemoConfig:
                    exists=(cfg.workdir / "kitchen").exists(), option="--force (every stage)", elsewhere="--workdir",
                    names={"videos": "--videos", "segments": "--segments", "seed": "--seed", "config": "--config",
                           "train_overrides": "--set", "frames": "--frames", "short_side": "--short-side"})
-    marker = cfg.workdir / "kitchen" / MARKER
-    if not cfg.force and marker.exists():
-        try:
-            built = json.loads(marker.read_text())
-            made, version = built.get("hash"), built.get("version")
-        except (OSError, ValueError, AttributeError):
-            made = version = None
+    marker = None if cfg.force else read_marker(cfg.workdir / "kitchen")
+    if marker is not None:
+        made, version = marker.get("hash"), built_version(marker)
         if made is not None and made != kitchen.hash():
-            was = (f"kitchen version {version}" if isinstance(version, int) and not isinstance(version, bool)
-                   else "another kitchen version")
+            was = f"kitchen version {version}" if version is not None else "another kitchen version"
             log.warning("%s was built by another leap (%s; this leap's is %d): it is rebuilt, and every stage after "
                         "it starts over, as with --force (the LLM reply cache is kept)", cfg.workdir / "kitchen",
                         was, KITCHEN_VERSION)

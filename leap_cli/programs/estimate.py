@@ -18,6 +18,8 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
+from leap_cli.common import counted
+
 
 def text_tokens(text: str) -> int:
     """The estimated tokens of ``text`` (characters / 4)."""
@@ -73,8 +75,9 @@ def measured_repairs(rows: list[tuple], rounds: int, findings_frame: int, source
     else:  # (an endpoint that counts no prompt tokens, or no repair turn paid yet)
         findings = findings_frame + _mean([r[4] / 4 for r in asked])
         extra = _mean([(r[1] + 1) * (first_reply + findings + FRAMING) for r in asked])
-    return RepairTurns(rounds, len(asked) / len(first), f"{len(asked):,} repair turn{'s' * (len(asked) != 1)} to the "
-                       f"{len(first):,} first repl{'ies' if len(first) != 1 else 'y'} paid for {source}", extra, reply)
+    return RepairTurns(rounds, len(asked) / len(first), f"{counted(len(asked), 'repair turn', sep=True)} to the "
+                       f"{counted(len(first), 'first reply', 'first replies', sep=True)} paid for {source}", extra,
+                       reply)
 
 
 def repair_bound(rounds: int, reply_tokens: float, findings_tokens: int) -> RepairTurns:

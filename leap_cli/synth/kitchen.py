@@ -566,6 +566,12 @@ def read_marker(out: Path) -> dict | None:
     return held if isinstance(held, dict) else None  # (JSON of another kind: no marker of ours, as one not JSON)
 
 
+def built_version(marker: dict | None) -> int | None:
+    """The KITCHEN_VERSION a kitchen's marker (``read_marker``) names; None where it names none that is one."""
+    version = marker.get("version") if marker else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None
+
+
 def build_kitchen(out: Path, cfg: KitchenConfig = KitchenConfig(), force: bool = False,
                   on_video: Callable[[int, int, str], None] | None = None) -> KitchenSummary:
     """Build the synthetic kitchen into ``out`` (skipped when ``out`` already holds this config's kitchen).
@@ -597,8 +603,7 @@ def _build_kitchen(out: Path, cfg: KitchenConfig, force: bool,
     marker = read_marker(out)
     replaced = None  # (another leap's finished kitchen: what the stages made from it is not all remade)
     if not force and marker and marker.get("complete") and marker.get("version") != KITCHEN_VERSION:
-        was = marker.get("version")
-        replaced = was if isinstance(was, int) and not isinstance(was, bool) else "unknown"
+        replaced = "unknown" if (was := built_version(marker)) is None else was
     if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         if marker is None and not force:
             raise LeapError("the folder is not empty and holds no synthetic kitchen", path=out,
