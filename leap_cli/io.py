@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from leap_cli.common import counted as counted_text
+from leap_cli.common import counted
 from leap_cli.errors import LeapError
 
 log = logging.getLogger(__name__)
@@ -1184,7 +1184,7 @@ class JsonlAppender:
                  lock: "OutputLock | None" = None):
         """``replace_keys``: the keys to redo, or a test of a record (its key is redone where the key's last record
         passes it: one pass over the file finds them). ``count``: a test whose passing keys (by their last record)
-        are only collected, in ``counted`` (what a rerun could redo, said without redoing it). ``lock``: the
+        are only collected, in the attribute ``counted`` (what a rerun could redo, said without redoing it). ``lock``: the
         output's lock, taken already by the caller (released on close, as the appender's own)."""
         self.path = Path(path)
         self._key = (lambda r: r[key]) if isinstance(key, str) else key
@@ -1195,7 +1195,7 @@ class JsonlAppender:
         redo: set[str] = set()
         test = replace_keys if callable(replace_keys) else None
         self.records: dict[str, dict] | None = {} if keep_records else None
-        counted: set[str] = set()
+        kept_for_count: set[str] = set()
         n = 0
         try:
             with gc_paused():
@@ -1207,12 +1207,12 @@ class JsonlAppender:
                     if test is not None:
                         (redo.add if test(r) else redo.discard)(k)
                     if count is not None:
-                        (counted.add if count(r) else counted.discard)(k)
+                        (kept_for_count.add if count(r) else kept_for_count.discard)(k)
             self._end_with_newline()
             if n > len(last):
                 twice = n - len(last)
                 log.warning("%s: %s %s there twice (a run stopped while redoing %s, or files concatenated): kept "
-                            "the last line of each", self.path, counted_text(twice, "record"),
+                            "the last line of each", self.path, counted(twice, "record"),
                             "was" if twice == 1 else "were", "it" if twice == 1 else "them")
                 self._rewrite(lambda i, start, k: last[k] == i)
             self._f = open(self.path, "a", encoding="utf-8")
@@ -1221,7 +1221,7 @@ class JsonlAppender:
             self._lock.release()
             raise
         self._redo = redo if test is not None else set(replace_keys).intersection(last)  # done, to be done again
-        self.counted = counted
+        self.counted = kept_for_count
         self._rewritten: set[str] = set()
         self.keys: set[str] = set(last) - self._redo
         self.sync_every = sync_every
