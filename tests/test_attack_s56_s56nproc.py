@@ -94,9 +94,10 @@ if os.environ.get("S56_STARTED") and (_fail >= 0 or _kill >= 0 or _threads >= 0)
             if os.getpid() == _me:
                 _gets[0] += 1
                 if _gets[0] == _kill and _started:
-                    os.kill(_started[0], signal.SIGKILL)
+                    # (written before the kill: torch's SIGCHLD handler can raise in this thread right after it)
                     with open(os.environ["S56_STARTED"] + ".killed", "w") as f:
                         f.write(f"{_started[0]}\n")
+                    os.kill(_started[0], signal.SIGKILL)
             return got
 
         _mpq.Queue.get = get
