@@ -152,8 +152,13 @@ class ExtractSummary:
     errors: dict[str, dict] = field(default_factory=dict)
     # "component: reason" (its numbers as N, so that the segments past one video's end count as one reason)
     unavailable: Counter = field(default_factory=Counter)  # -> segments
-    unavailable_first: dict[str, str] = field(default_factory=dict)  # -> the first such reason, numbers and all
-    unavailable_detail: dict[str, str] = field(default_factory=dict)  # -> its first detail
+    # -> the first such reason, numbers and all, and its first detail: first in the split's order (``order``), not
+    # in the order the records arrive (--workers finish them in any order), so that two runs say the same
+    unavailable_first: dict[str, str] = field(default_factory=dict)
+    unavailable_detail: dict[str, str] = field(default_factory=dict)
+    order: dict[str, int] = field(default_factory=dict)  # narration id -> its place in the split (unknown: last)
+    # (kind, reason key) -> the place of the segment kept
+    _first_at: dict[tuple[str, str], int] = field(default_factory=dict, init=False, repr=False)
     outcome: Outcome = field(default_factory=lambda: Outcome("extract"))  # a record fails when a component errs
     wall: float = 0.0
     interrupted: bool = False
@@ -171,8 +176,18 @@ class ExtractSummary:
         if g["last"] != narration_id:  # a record's components come one after another
             g["n_segments"] += 1
             g["last"] = narration_id
-            if len(g["segments"]) < ERROR_EXAMPLES:
-                g["segments"].append(narration_id)
+            g["segments"] = sorted(g["segments"] + [narration_id], key=self._at)[:ERROR_EXAMPLES]  # (split order)
+
+    def _at(self, narration_id: str) -> int:
+        return self.order.get(narration_id, len(self.order))
+
+    def _keep_first(self, kind: str, key: str, text: str, narration_id: str) -> None:
+        """The reason (``kind`` "reason") or detail ("detail") of ``key`` is ``text`` where it has none yet or holds
+        a segment's that comes later in the split."""
+        kept = self.unavailable_first if kind == "reason" else self.unavailable_detail
+        at = self._at(narration_id)
+        if key not in kept or at < self._first_at[kind, key]:
+            kept[key], self._first_at[kind, key] = text, at
 
     def add(self, record: dict, timings: dict[str, float], made: tuple[str, ...] | None = None) -> None:
         """Count a record written now; ``made``: the components made now where the others were kept (the part
@@ -192,9 +207,9 @@ class ExtractSummary:
                 reason = f"{name}: {comp['data'].get('reason', '')}"
                 key = _NUMBER.sub("N", reason)
                 self.unavailable[key] += 1
-                self.unavailable_first.setdefault(key, reason)
+                self._keep_first("reason", key, reason, record["narration_id"])
                 if "detail" in comp["data"]:
-                    self.unavailable_detail.setdefault(key, comp["data"]["detail"])
+                    self._keep_first("detail", key, comp["data"]["detail"], record["narration_id"])
         if causes:
             self.outcome.fail(causes[0])
         for name, sec in timings.items():
@@ -697,7 +712,8 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         segments = segments[:cfg.limit]
     if (ann.folder / VIDEO_INFO).exists():  # a row that cannot be parsed: one line naming it before any work, as
         _ = ann.video_info  # in build-shards and info (it was "no fps for VIDEO in the video info" of every video)
-    summary = ExtractSummary(out=cfg.out, segments=len(segments), annotations=ann.split_path(split).name)
+    summary = ExtractSummary(out=cfg.out, segments=len(segments), annotations=ann.split_path(split).name,
+                             order={s.narration_id: i for i, s in enumerate(segments)})
     for note in ann.row_notes(segments):
         log.warning("%s: %s", ann.split_path(split).name, note)
     atomic_write_json(config_path(cfg.out), {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
