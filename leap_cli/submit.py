@@ -456,15 +456,19 @@ class _SubmissionCheck:
                             path=source, fix="rewrite it with `leap submit` from a scores file")
         _check_ids(self.ids, self.expected, source)
         problems = self.problems
+        if submission["challenge"] != CHALLENGES["anticipation"] and self.with_action:
+            problems = {"action scores in a recognition submission": self.with_action, **problems}
         mixed = "action scores on some segments but not all"
         if mixed in problems:  # the fewer named, with or without (the first entry's side named the other 9,000)
             have = set(self.with_action)
             without = [nid for nid in self.ids if nid not in have]
-            few, these = (without, "none") if len(without) <= len(have) else (self.with_action, "them")
-            problems = {(f"{mixed} ({len(have)} of {len(self.ids)} have them; these have {these})" if k == mixed
-                         else k): (few if k == mixed else v) for k, v in problems.items()}
-        if submission["challenge"] != CHALLENGES["anticipation"] and self.with_action:
-            problems = {"action scores in a recognition submission": self.with_action, **problems}
+            few = without if len(without) <= len(have) else self.with_action
+            head = f"{counted(len(have), 'segment')} of {len(self.ids)} {'has' if len(have) == 1 else 'have'} them"
+            listed = ("" if next(iter(problems)) != mixed  # (another problem's segments are the ones listed)
+                      else ("; this one lacks them" if len(few) == 1 else f"; these {len(few)} lack them")
+                      if few is without else ": this one" if len(few) == 1 else ": these")
+            problems = {(f"{mixed} ({head}{listed})" if k == mixed else k): (few if k == mixed else v)
+                        for k, v in problems.items()}
         if problems:
             what, examples = next(iter(problems.items()))
             more = f"; also: {', '.join(list(problems)[1:])}" if len(problems) > 1 else ""

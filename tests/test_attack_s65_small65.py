@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from leap_cli.errors import LeapError
 from tests.procs import leap_here
 from tests.test_attack_s64_redownload64 import CUT, _ok, _workdir, kitchens  # noqa: F401 (a fixture)
 
@@ -65,3 +66,41 @@ def test_extracts_error_examples_are_the_first_in_split_order(tmp_path):
         s.add(record(k), {})
     assert next(iter(s.errors.values()))["segments"] == ids[::-1][:3]
     assert s.unavailable_first == {"camera: ends N s early": "camera: ends 5 s early"}
+
+
+# ---------------------------------------------------------------- submit: action scores on some segments but not all
+
+@pytest.mark.parametrize("lacking, said", [
+    (["c"], "(4 segments of 5 have them; this one lacks them): c"),
+    (["c", "d"], "(3 segments of 5 have them; these 2 lack them): c, d"),
+    (["b", "c", "d", "e"], "(1 segment of 5 has them: this one): a"),
+    (["c", "d", "e"], "(2 segments of 5 have them: these): a, b")])
+def test_the_mixed_action_refusal_says_which_segments_it_lists(lacking, said):
+    """It said "(1 of 5 have them; these have them)" and "(4 of 5 have them; these have none)"."""
+    from leap_cli import submit as sub
+    from tests.test_eval_submit import _test_scores
+
+    ids = ["a", "b", "c", "d", "e"]
+    doc = sub.make_submission(_test_scores(97, 300, ids), "anticipation", sls_pt=1, sls_tl=1, sls_td=1,
+                              with_actions=True)
+    for nid in lacking:
+        del doc["results"][nid]["action"]
+    with pytest.raises(LeapError) as e:
+        sub.check_submission(doc, ids, 97, 300)
+    assert e.value.message.endswith(f"with action scores on some segments but not all {said}"), e.value.message
+
+
+def test_the_mixed_action_refusal_lists_no_segments_it_does_not_name():
+    """Where another problem's segments are the ones listed, the 'also' part says the count alone."""
+    from leap_cli import submit as sub
+    from tests.test_eval_submit import _test_scores
+
+    ids = ["a", "b", "c"]
+    doc = sub.make_submission(_test_scores(97, 300, ids), "anticipation", sls_pt=1, sls_tl=1, sls_td=1,
+                              with_actions=True)
+    del doc["results"]["c"]["action"]
+    doc["results"]["a"]["verb"] = []
+    with pytest.raises(LeapError) as e:
+        sub.check_submission(doc, ids, 97, 300)
+    assert e.value.message.endswith("; also: action scores on some segments but not all (2 segments of 3 have "
+                                    "them)"), e.value.message

@@ -346,14 +346,14 @@ def test_actions_on_some_segments_name_the_fewer(first_has):
     del doc["results"][odd]["action"]
     with pytest.raises(LeapError) as e:
         sub.check_submission(doc, ids, 97, 300)
-    assert e.value.message == ("1 segment with action scores on some segments but not all (4 of 5 have them; these "
-                               f"have none): {odd}"), e.value.message
+    assert e.value.message == ("1 segment with action scores on some segments but not all (4 segments of 5 have "
+                               f"them; this one lacks them): {odd}"), e.value.message
     for nid in ids:
         if nid != odd:
             doc["results"][nid].pop("action")
     doc["results"][odd]["action"] = dict(list(sub.make_submission(_test_scores(97, 300, ids), "anticipation", sls_pt=1,
                                          sls_tl=1, sls_td=1, with_actions=True)["results"]["b"]["action"].items()))
-    with pytest.raises(LeapError, match=rf"\(1 of 5 have them; these have them\): {odd} \(rewrite"):
+    with pytest.raises(LeapError, match=rf"\(1 segment of 5 has them: this one\): {odd} \(rewrite"):
         sub.check_submission(doc, ids, 97, 300)
 
 
