@@ -8,6 +8,8 @@ Found and fixed (each test below failed before its fix):
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from leap_cli.errors import LeapError
@@ -104,3 +106,61 @@ def test_the_mixed_action_refusal_lists_no_segments_it_does_not_name():
         sub.check_submission(doc, ids, 97, 300)
     assert e.value.message.endswith("; also: action scores on some segments but not all (2 segments of 3 have "
                                     "them)"), e.value.message
+
+
+# ---------------------------------------------------------------- show --run: a checkpoint of a leap before provenance
+
+def _shown_provenance(monkeypatch, tmp_path, ckpt: dict, run_file: dict | None) -> str:
+    """What ``leap show --run``'s first line says the predicting checkpoint (``ckpt``, as best.pt) was trained on,
+    the run's provenance.json holding ``run_file``."""
+    import json
+    import os
+
+    from rich.console import Console
+
+    import leap_cli.commands.show as show_cmd
+    import leap_cli.report.predicted as predicted
+    import leap_cli.train.checkpoint as checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    if run_file is not None:
+        (run / "provenance.json").write_text(json.dumps(run_file))
+    monkeypatch.setattr(checkpoint, "resolve_checkpoint", lambda run, which: Path(run) / "checkpoints" / "best.pt")
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda source: ckpt)
+
+    def skipped(source, nid, shards):  # (the line before the prediction is what is looked at)
+        raise predicted.SkippedSegment(nid, "x", shards)
+
+    monkeypatch.setattr(predicted, "predicted_program", skipped)
+    console = Console(width=1000, record=True, file=open(os.devnull, "w"), color_system=None)  # noqa: SIM115
+    monkeypatch.setattr(show_cmd, "console", console)
+    show_cmd._show_prediction(run, "P01_01_5", tmp_path / "work", None, "val")
+    (line,) = [x for x in console.export_text().splitlines() if "trained on programs:" in x]
+    return line.split("trained on programs: ", 1)[1]
+
+
+def _programs(model: str) -> dict:
+    return {"train": {"programs": {"records": 3, "valid": 3, "with_program": 3, "sha256": model,
+                                   "made_by": [{"backend": "openai", "model": model, "records": 3, "valid": 3}]}}}
+
+
+def test_show_of_a_checkpoint_older_than_the_runs_provenance_says_unknown(monkeypatch, tmp_path):
+    """best.pt of a leap before checkpoints kept their provenance, in a run that a newer leap resumed since (its
+    provenance.json began at that resume, on today's shards): show presented the file's programs as best.pt's."""
+    run_file = {**_programs("gpt-4o"), "earlier": [{"unknown": "steps 1-25, trained before runs kept provenance.json"}]}
+    said = _shown_provenance(monkeypatch, tmp_path, {"step": 20, "config": {"data": {}}}, run_file)
+    assert said.startswith("unknown") and "gpt-4o" not in said, said
+    assert "best.pt" in said and "step 20" in said and "provenance.json" in said, said
+
+
+@pytest.mark.parametrize("case", ["kept", "no file"])
+def test_show_of_a_checkpoint_that_keeps_its_provenance_or_of_a_run_without_the_file(monkeypatch, tmp_path, case):
+    """A checkpoint's own copy is what it says (the run's file names later programs); no file at all: unknown."""
+    if case == "kept":
+        said = _shown_provenance(monkeypatch, tmp_path, {"step": 20, "config": {}, **{"provenance": _programs("m1")}},
+                                 _programs("m2"))
+        assert said.startswith("openai m1") and "m2" not in said, said
+    else:
+        said = _shown_provenance(monkeypatch, tmp_path, {"step": 20, "config": {}}, None)
+        assert said.startswith("unknown (a run of a leap before runs kept provenance.json)"), said

@@ -77,17 +77,25 @@ def show(
 
 
 def _show_prediction(run_dir: Path, narration_id: str, workdir: Path, shards: Path | None, split: str | None) -> None:
-    from leap_cli.programs.provenance import read_run_provenance, run_programs_text
+    from leap_cli.programs.provenance import RUN_PROVENANCE, read_run_provenance, run_programs_text
     from leap_cli.report.predicted import SkippedSegment, predicted_program
     from leap_cli.train.checkpoint import load_checkpoint, resolve_checkpoint
 
     source = resolve_checkpoint(run_dir, "best")  # (once: its "no best.pt, using last.pt" said once)
     ckpt = load_checkpoint(source)
     # what the predicting checkpoint was trained on (a resume on other programs since: the run's file says the
-    # latest), the run's file for a checkpoint of a leap before checkpoints kept it
-    provenance = ckpt["provenance"] if "provenance" in ckpt else read_run_provenance(run_dir)
-    console.print(printable(f"{run_dir}: trained on programs: {run_programs_text(provenance)}", one_line=True),
-                  highlight=False, soft_wrap=True)
+    # latest). A checkpoint of a leap before checkpoints kept it is of a leap before runs kept the file too (one
+    # change brought both): a file in its run began at a later resume, and says nothing of this checkpoint's steps
+    if "provenance" in ckpt:
+        trained_on = run_programs_text(ckpt["provenance"])
+    elif read_run_provenance(run_dir) is not None:
+        step = f", step {ckpt['step']}," if isinstance(ckpt.get("step"), int) else ""
+        trained_on = (f"unknown ({source.name}{step} was saved by a leap before checkpoints kept what they were "
+                      f"trained on; the run's {RUN_PROVENANCE} describes its steps from a later resume on)")
+    else:
+        trained_on = run_programs_text(None)
+    console.print(printable(f"{run_dir}: trained on programs: {trained_on}", one_line=True), highlight=False,
+                  soft_wrap=True)
     if shards is None:
         from leap_cli.shards.writer import default_out
 
