@@ -164,3 +164,43 @@ def test_show_of_a_checkpoint_that_keeps_its_provenance_or_of_a_run_without_the_
     else:
         said = _shown_provenance(monkeypatch, tmp_path, {"step": 20, "config": {}}, None)
         assert said.startswith("unknown (a run of a leap before runs kept provenance.json)"), said
+
+
+# ---------------------------------------------------------------- generate-programs: a held server's lines
+
+def test_a_held_servers_warnings_say_what_happens_and_when_it_answers_again(monkeypatch, caplog):
+    """Two requests failed for good after replies hold the server; its next reply lifts the hold. The second line
+    said "(held 0 s, 0 s since its last reply)" of the previous reply, as if the one just come were not one."""
+    import asyncio
+    import logging
+
+    from leap_cli.programs.backends import BackendError, OpenAIBackend, RetryPolicy
+    from tests.programs_llm_server import Reply, ScriptedServer
+    from tests.test_mut_backends import _request
+
+    monkeypatch.setenv("LEAP_TEST_KEY", "sk-s65")
+
+    def script(req, n):  # 2 replies, 2 requests failed for good (2 attempts each), then replies again
+        return Reply("{}") if len(server.requests) <= 2 or len(server.requests) > 6 else Reply(status=500)
+
+    async def run(url):
+        backend = OpenAIBackend("m", base_url=url, api_key_env="LEAP_TEST_KEY", concurrency=2,
+                                retry=RetryPolicy(max_retries=1, base_delay=0.01, max_delay=0.02))
+        try:
+            for i in range(5):
+                try:
+                    await backend.complete(_request(i))
+                except BackendError:
+                    pass
+        finally:
+            await backend.aclose()
+        return backend
+
+    with caplog.at_level(logging.INFO, logger="leap_cli.programs.backends"), ScriptedServer(script) as server:
+        backend = asyncio.run(run(server.base_url))
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert backend.holds == 1 and len(said) == 2, said
+    assert said[0].startswith("2 requests in a row failed for good (") and "after 2 replies: holding the others" in \
+        said[0] and "the stage stops after 10 min without a reply" in said[0], said
+    assert said[1].startswith("the server answers again after ") and " s without a reply (held " in said[1], said
+    assert said[1].endswith("back to 2 requests in flight") and "since its last reply" not in said[1], said

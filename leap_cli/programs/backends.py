@@ -481,8 +481,8 @@ class OpenAIBackend(Backend):
         if self._held is not None:
             self.held_seconds += now - self._held_since
             log.log(logging.WARNING if self.holds <= 3 else logging.INFO,
-                    "the server answers again (held %.0f s, %.0f s since its last reply): back to %s in flight",
-                    now - self._held_since, now - self._last_reply, counted(self._held, "request"))
+                    "the server answers again after %.0f s without a reply (held %.0f s): back to %s in flight",
+                    now - self._last_reply, now - self._held_since, counted(self._held, "request"))
             self._limit, self._held, self._probes, self._pause_until = self._held, None, 0, 0.0
             self._wake()
         self._last_reply, self._lost = now, 0
