@@ -8,6 +8,7 @@ Found and fixed (each test below failed before its fix):
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -204,3 +205,42 @@ def test_a_held_servers_warnings_say_what_happens_and_when_it_answers_again(monk
         said[0] and "the stage stops after 10 min without a reply" in said[0], said
     assert said[1].startswith("the server answers again after ") and " s without a reply (held " in said[1], said
     assert said[1].endswith("back to 2 requests in flight") and "since its last reply" not in said[1], said
+
+
+# ---------------------------------------------------------------- UniFormerV2 weights: the loading lines
+
+def test_weight_loading_lines_count_in_words_and_name_the_file_once(tmp_path, caplog):
+    """A checkpoint of a tiny model lacking one tensor: "1 model key missing" (was "1 model keys"), and the info
+    line counts in words (was "loaded 37 tensors ...; resized {}; dropped 0; initialised 0"); a file that holds no
+    dict names its path once and says what to give (it named the path twice, with no fix)."""
+    import logging
+
+    import torch
+
+    from leap_cli.model import build_model
+    from leap_cli.model.uniformerv2 import load_pretrained
+    from tests.test_model import tiny_args
+
+    state = build_model(tiny_args()).state_dict()
+    gone = "backbone.ln_pre.bias"
+    assert gone in state
+    torch.save({k: v for k, v in state.items() if k != gone}, tmp_path / "cut.pth")
+    with caplog.at_level(logging.INFO, logger="leap_cli.model.uniformerv2"):
+        report = load_pretrained(build_model(tiny_args()), tmp_path / "cut.pth")
+    assert report.missing == [gone]
+    said = [r.getMessage() for r in caplog.records]
+    assert any(x.startswith(f"1 model key missing from {tmp_path / 'cut.pth'}, left at initialisation: {gone}")
+               for x in said), said
+    (loaded,) = [x for x in said if x.startswith("loaded ")]
+    assert f"tensors from {tmp_path / 'cut.pth'} (" in loaded and "resized: none" in loaded, loaded
+    assert re.search(r"; dropped \d+ keys; 0 tensors initialised", loaded) and "{}" not in loaded, loaded
+    torch.save([torch.zeros(3)], tmp_path / "list.pth")
+    with pytest.raises(LeapError) as e:
+        load_pretrained(build_model(tiny_args()), tmp_path / "list.pth")
+    line = e.value.one_line()
+    assert line.count(str(tmp_path / "list.pth")) == 1 and "holds a list, not a state dict" in line, line
+    assert e.value.fix and "state dict saved with torch.save" in e.value.fix, line
+    (tmp_path / "bad.pth").write_bytes(b"\x80\x02garbage, not a pickle")
+    with pytest.raises(LeapError) as e:
+        load_pretrained(build_model(tiny_args()), tmp_path / "bad.pth")
+    assert e.value.one_line().count(str(tmp_path / "bad.pth")) == 1 and "cannot read checkpoint" in e.value.message

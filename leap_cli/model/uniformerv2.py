@@ -949,16 +949,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
                     warnings.simplefilter("ignore", FutureWarning)
                     return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
             except RuntimeError as exc:
-                raise LeapError(f"cannot read TorchScript archive {path}: {exc}", path=str(path)) from None
+                raise LeapError(f"cannot read the TorchScript archive ({exc})", path=str(path),
+                                fix="download the file again") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         raise LeapError(
-            f"cannot read checkpoint {path}: {load_problem(exc, path)}",
+            f"cannot read checkpoint: {load_problem(exc, path)}",
             path=str(path), fix="give a state dict saved with torch.save (tensors only) or a TorchScript archive",
         ) from None
     if not isinstance(obj, dict):
-        raise LeapError(f"checkpoint {path} holds a {type(obj).__name__}, not a state dict", path=str(path))
+        raise LeapError(f"checkpoint holds a {type(obj).__name__}, not a state dict", path=str(path),
+                        fix="give a state dict saved with torch.save (tensors only) or a TorchScript archive")
     return obj
 
 
@@ -1223,8 +1225,10 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: boo
     loadable = {k: v for k, v in filtered.items() if k in target}
     backbone.load_state_dict(loadable, strict=False)
     report.loaded = sorted(f"backbone.{k}" for k in loadable)
-    log.info("loaded %d tensors from %s (%s); resized %s; dropped %d; initialised %d", len(loadable), path,
-             report.source, report.resized or "none", len(report.dropped), len(report.initialized))
+    log.info("loaded %s from %s (%s layout); resized: %s; dropped %s; %s initialised (new modules)",
+             counted(len(loadable), "tensor"), path, report.source,
+             "; ".join(f"{k} {how}" for k, how in report.resized.items()) or "none",
+             counted(len(report.dropped), "key"), counted(len(report.initialized), "tensor"))
     by_reason: dict[str, list[str]] = {}
     for k, why in report.dropped.items():  # (a CLIP file's text tower was 153 lines)
         by_reason.setdefault(why, []).append(k)
@@ -1234,6 +1238,6 @@ def load_pretrained(model: nn.Module, path: str | Path, *, allow_unexpected: boo
     if report.missing:
         hint = (" (the checkpoint has no 'balance': it was trained with frozen=True; build the model with frozen: true)"
                 if report.missing == ["backbone.transformer.balance"] else "")
-        log.warning("%d model keys missing from %s, left at initialisation: %s%s", len(report.missing), path,
-                    ", ".join(report.missing), hint)
+        log.warning("%s missing from %s, left at initialisation: %s%s",
+                    counted(len(report.missing), "model key"), path, ", ".join(report.missing), hint)
     return report
