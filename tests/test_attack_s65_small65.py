@@ -244,3 +244,31 @@ def test_weight_loading_lines_count_in_words_and_name_the_file_once(tmp_path, ca
     with pytest.raises(LeapError) as e:
         load_pretrained(build_model(tiny_args()), tmp_path / "bad.pth")
     assert e.value.one_line().count(str(tmp_path / "bad.pth")) == 1 and "cannot read checkpoint" in e.value.message
+
+
+# ---------------------------------------------------------------- leap ablate: the header and its refusals
+
+def test_ablates_header_says_the_runs_it_will_train(tmp_path, monkeypatch):
+    """The header counts the runs (cells x seeds: the help's "30 runs at the defaults"); it said "10 videos x 40
+    segments, 3 seeds" and left the user to count the cells."""
+    from tests.test_commands_shards_data_ablate import _fake_ablation, flat, invoke
+
+    _fake_ablation(monkeypatch)
+    out = flat(invoke("ablate", "--workdir", tmp_path).output)
+    assert f"ablation in {tmp_path}: 30 runs (10 cells x 3 seeds) on a kitchen of 10 videos of 40 segments" in out
+    out = flat(invoke("ablate", "--workdir", tmp_path, "--seeds", "1", "--sources", "none", "--videos", "2",
+                      "--no-anticipation").output)
+    assert "1 run (1 cell x 1 seed) on a kitchen of 2 videos of 40 segments" in out, out
+
+
+@pytest.mark.parametrize("sources, said", [(("tru",), "unknown --sources tru ("),
+                                           (("tru", "nne"), "unknown --sources nne, tru ("),
+                                           ((), "no program source given (--sources) (")])
+def test_ablates_unknown_sources_read_as_one_line_with_the_option(sources, said):
+    """It said "unknown program source(s) ['tru']" (a Python list, "(s)"), and "unknown program source(s) []" of
+    none at all."""
+    from leap_cli.train.ablate import AblateConfig
+
+    with pytest.raises(LeapError) as e:
+        AblateConfig(sources=sources)
+    assert e.value.one_line().startswith(said) and "use some of truth, offline, none" in e.value.fix, e.value

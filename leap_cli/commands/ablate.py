@@ -39,7 +39,7 @@ def ablate(
     config: str = typer.Option(_D.config, "--config", help="Training config (bundled name or YAML file)."),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key of every run (repeatable)."),
 ) -> None:
-    from leap_cli.train.ablate import CellInterrupted, run_ablation
+    from leap_cli.train.ablate import CellInterrupted, plan_cells, run_ablation
 
     cfg = AblateConfig(workdir=workdir, videos=videos, segments_per_video=segments, seeds=tuple(range(seeds)),
                        epochs=epochs, anticipation_epochs=anticipation_epochs,
@@ -54,8 +54,11 @@ def ablate(
         console.print(f"{escape(label)}: {figs}  ({r['seconds']:.0f} s)")
 
     # (the kitchen, the programs and the shards come first, ~40 s on a fresh folder, reused after)
-    console.print(escape(f"ablation in {workdir}: {counted(cfg.videos, 'video')} x "
-                         f"{counted(cfg.segments_per_video, 'segment')}, {counted(len(cfg.seeds), 'seed')}; building or reusing the kitchen, programs and shards first"))
+    cells = len(plan_cells(cfg.sources, cfg.anticipation, cfg.anticipation_sources))
+    console.print(escape(f"ablation in {workdir}: {counted(cells * len(cfg.seeds), 'run')} ({counted(cells, 'cell')} "
+                         f"x {counted(len(cfg.seeds), 'seed')}) on a kitchen of {counted(cfg.videos, 'video')} of "
+                         f"{counted(cfg.segments_per_video, 'segment')}; building or reusing the kitchen, programs "
+                         "and shards first"), highlight=False)
     try:
         summary = run_ablation(cfg, on_run=on_run)
     except CellInterrupted as e:  # one signal stops the whole ablation, not only the cell training then

@@ -106,9 +106,10 @@ class AblateConfig:
                              width=self.width, height=self.height, fps=self.fps, audio_in_mp4=False)
 
     def __post_init__(self):
-        bad = set(self.sources) - set(SOURCES)
+        bad = sorted(set(self.sources) - set(SOURCES))
         if bad or not self.sources:
-            raise LeapError(f"unknown program source(s) {sorted(bad)}", fix=f"use some of {', '.join(SOURCES)}")
+            raise LeapError(f"unknown --sources {', '.join(bad)}" if bad else "no program source given (--sources)",
+                            fix=f"use some of {', '.join(SOURCES)}, comma-separated")
         unknown = sorted(set(self.anticipation_sources or ()) - set(SOURCES))
         if unknown:  # a misspelt source silently dropped its anticipation cells
             raise LeapError(f"unknown --anticipation-sources {', '.join(unknown)}",
