@@ -1127,7 +1127,7 @@ def iter_jsonl(path: str | Path, *, repair: bool = False,
                     if not raw.endswith(b"\n"):  # the last line, cut short
                         if (told := (str(path.resolve()), good_end, len(raw))) not in _TOLD_TRUNCATED:
                             _TOLD_TRUNCATED.add(told)  # (once: a stage reads its output more than once)
-                            log.warning("%s: dropping a truncated last line (%d bytes)", path, len(raw))
+                            log.warning("%s: dropping a truncated last line (%s)", path, counted(len(raw), "byte"))
                         cut = good_end
                         break
                     what = (f"valid JSON ({e.msg})" if isinstance(e, json.JSONDecodeError) else

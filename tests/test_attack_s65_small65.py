@@ -272,3 +272,35 @@ def test_ablates_unknown_sources_read_as_one_line_with_the_option(sources, said)
     with pytest.raises(LeapError) as e:
         AblateConfig(sources=sources)
     assert e.value.one_line().startswith(said) and "use some of truth, offline, none" in e.value.fix, e.value
+
+
+# ---------------------------------------------------------------- "(s)" and "1 bytes" on the way
+
+def test_one_unknown_component_one_cuda_device_and_a_one_byte_cut_read_in_the_singular(tmp_path, monkeypatch, caplog):
+    """They said "unknown component(s) x", "this machine has 1 CUDA device(s)" / "start at most 1 process(es)", and
+    "dropping a truncated last line (1 bytes)"."""
+    import logging
+
+    import torch
+
+    from leap_cli.extract.runner import ExtractConfig
+    from leap_cli.io import read_jsonl
+    from leap_cli.train import distributed
+
+    with pytest.raises(LeapError) as e:
+        ExtractConfig(data=tmp_path, split="val", out=tmp_path / "d.jsonl", components=("narration", "sound"))
+    assert e.value.message == "unknown component sound", e.value
+    with pytest.raises(LeapError) as e:
+        ExtractConfig(data=tmp_path, split="val", out=tmp_path / "d.jsonl", components=("sound", "smell"))
+    assert e.value.message == "unknown components sound, smell", e.value
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(LeapError) as e:
+        distributed.pick_device("cuda", 1)
+    assert e.value.message.endswith("this machine has 1 CUDA device") and "(s)" not in e.value.one_line(), e.value
+    assert e.value.fix.startswith("start at most 1 process per node"), e.value.fix
+    p = tmp_path / "r.jsonl"
+    p.write_text('{"narration_id": "a"}\n{')
+    with caplog.at_level(logging.WARNING):
+        assert [r["narration_id"] for r in read_jsonl(p)] == ["a"]
+    assert f"{p}: dropping a truncated last line (1 byte)" in caplog.text, caplog.text

@@ -85,7 +85,8 @@ class ExtractConfig:
     def __post_init__(self):
         unknown = [c for c in self.components if c not in COMPONENTS]
         if unknown:
-            raise LeapError(f"unknown component(s) {', '.join(unknown)}", fix=f"choose from {', '.join(COMPONENTS)}")
+            raise LeapError(f"unknown {'component' if len(unknown) == 1 else 'components'} {', '.join(unknown)}",
+                            fix=f"choose from {', '.join(COMPONENTS)}")
         if self.frame_cache is not None:  # (the CLI's own limits, for a config built through the API)
             for name, value, low, high in (("cache_frames", self.cache_frames, 1, None),
                                            ("cache_short_side", self.cache_short_side, 16, None),

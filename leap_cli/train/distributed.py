@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from leap_cli.common import counted
 from leap_cli.errors import LeapError
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,9 @@ def pick_device(pref: str, local_rank: int = 0, option: str = "train.device",
             return torch.device("cuda", index)
         count = torch.cuda.device_count()
         if local_rank >= count:
-            raise LeapError(f"LOCAL_RANK is {local_rank} but this machine has {count} CUDA device(s)",
-                            fix=f"start at most {count} process(es) per node (torchrun --nproc_per_node {count})")
+            raise LeapError(f"LOCAL_RANK is {local_rank} but this machine has {counted(count, 'CUDA device')}",
+                            fix=f"start at most {counted(count, 'process', 'processes')} per node (torchrun "
+                                f"--nproc_per_node {count})")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
