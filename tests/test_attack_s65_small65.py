@@ -3,7 +3,19 @@
 Found and fixed (each test below failed before its fix):
 - extract's summary named, on its ``first:`` line, whichever failing segment a worker finished first: under
   ``--workers 2`` two identical runs could print different lines. It names the first failing segment in the split's
-  order now (one kept per reason, replaced when an earlier one arrives), whatever the worker count.
+  order now (one kept per reason, replaced when an earlier one arrives), whatever the worker count; so do its
+  "e.g." line and the 3 segments named per distinct component error.
+- submit's refusal of mixed action scores read "(1 of 5 have them; these have them)": now "(1 segment of 5 has them:
+  this one)", "(4 segments of 5 have them; this one lacks them)", and no "these" where another problem's are listed.
+- ``leap show --run`` of a checkpoint saved before checkpoints kept their provenance showed the run's
+  provenance.json (begun by a later resume, on later shards) as what it was trained on: now "unknown (best.pt, step
+  N, ...)".
+- a held server's "answers again" warning said "N s since its last reply" of the reply before the one just come;
+  UniFormerV2 loading said "1 model keys missing", "resized {}", and named the file twice in read errors (no fix);
+  leap ablate's header did not count its runs, and "unknown program source(s) ['tru']"; "unknown component(s)",
+  "1 CUDA device(s)", "start at most 1 process(es)", "(1 bytes)".
+Right as they were (pinned here): the hold's first warning (counts, what happens, when the stage stops); show of a
+checkpoint that keeps its provenance, or of a run with no provenance.json.
 """
 
 from __future__ import annotations
