@@ -126,9 +126,6 @@ def test_build_shards_notes_programs_made_from_the_cut_videos_clip(kitchens, tmp
     assert "made from a clip text" not in said and "nothing new to write" in said, said
 
 
-@pytest.mark.xfail(strict=True, reason="build-shards hashes the whole program file into the folder's settings: "
-                   "programs made again for segments it had skipped (their video downloaded again) refuse the whole "
-                   "folder, and --force rebuilds every shard of the split; documented in troubleshooting.md")
 def test_programs_made_again_for_skipped_segments_do_not_refuse_the_folder(kitchens, tmp_path, monkeypatch, capsys):
     leap = leap_here(monkeypatch, capsys)
     wd = _workdir(kitchens, tmp_path)

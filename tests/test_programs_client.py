@@ -352,7 +352,7 @@ def test_build_shards_revalidates_programs(tmp_path):
 
     with OutputLock(tmp_path / "work" / "programs" / "train.jsonl"):
         r = build(root, tmp_path / "work", programs=False, frames=2, overwrite=True)
-    assert any("train.jsonl is still being written by process" in n and "with --force" in n for n in r.notes)
+    assert any("train.jsonl is still being written by process" in n and "run build-shards again" in n for n in r.notes)
 
 
 def test_https_through_a_connect_proxy(tmp_path, monkeypatch):

@@ -1473,7 +1473,7 @@ def test_segments_without_a_program_record_are_counted_in_a_note(root, tmp_path)
     r = build_split(root, "train", workdir=tmp_path / "part", settings=settings(), programs_path=part)
     (note,) = [n for n in r.notes if "have no record in" in n]
     assert note.endswith("it is generate-programs' part 0/2: give the merged file (or build-shards --shard i/2 with "
-                         "each part's), then build-shards --force"), note
+                         "each part's), then build-shards again"), note
     r = build_split(root, "train", workdir=tmp_path / "part", settings=settings(), programs_path=part,
                     shard=ShardSpec(0, 2), out=tmp_path / "part" / "p")  # its own part, stopped early: not said (review)
     (note,) = [n for n in r.notes if "have no record in" in n] or [""]
@@ -1515,11 +1515,13 @@ def test_the_split_csv_is_known_by_its_values_and_folders_of_earlier_leaps_resum
         monkeypatch.setattr(writer, "programs_digest", real_programs)
         r = build(data, work)
         assert first.written_now and r.written_now == 0 and r.resumed_shards, (earlier_programs, r.notes)
-    # the programs changed since, the CSV not: the refusal names the programs only (it named the CSV too, whose
-    # earlier hash no candidate held with the new programs')
+    # the programs changed since, the CSV not: the shard of the sample whose program changed is rewritten (it was
+    # refused as "the programs differ"; before, the refusal named the CSV too, whose earlier hash no candidate held
+    # with the new programs')
     write_programs(work / "programs" / "train.jsonl", program_records()[:3])
-    with pytest.raises(LeapError, match=r"\(the programs differ\)"):
-        build_split(data, "train", workdir=work, settings=settings())
+    r = build_split(data, "train", workdir=work, settings=settings())
+    assert any(n.startswith("the programs of 1 sample already written changed") for n in r.notes), r.notes
+    assert r.manifest["sources"]["annotations"] == writer.sha256_file(split_csv)
 
 
 def test_a_video_fixed_after_a_sharded_build_is_tried_again_by_its_part(tmp_path):

@@ -451,6 +451,7 @@ class BuildResult:
     resumed_shards: int = 0
     notes: list[str] = field(default_factory=list)
     manifest_was_missing: bool = False  # the manifest (of the part) was not there when this run began
+    rewritten: bool = False  # shards were written again with their samples' new programs (``_renew``)
 
 
 def _labels(seg: Segment, fps: float | None) -> dict:
@@ -559,20 +560,34 @@ class _ShardSink:
 
 def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
             retry: Callable[[dict], bool] = lambda skip: False,
-            changed_keys: Callable[[list[dict]], list[str]] = lambda other: []) -> tuple[JsonlAppender, list[dict]]:
+            changed_keys: Callable[[list[dict]], list[str]] = lambda other: [],
+            renew: Callable[[list[dict]], bool] | None = None) -> tuple[JsonlAppender, list[dict]]:
     """Open the progress file; keep the complete shards that are intact (from the first damaged one on, redo).
     A kept shard's skips for which ``retry(skip)`` holds are dropped from its record: their segments are to do.
     ``changed_keys(records)``: the settings that differ from those the progress records of other settings (or
-    the part's manifest) were made with, for the refusal (empty: not known)."""
+    the part's manifest) were made with, for the refusal (empty: not known). ``renew(records)``, under the
+    progress file's lock: brings records made from other programs up to these (``_renew``); True where it
+    rewrote the progress file."""
     from leap_cli.io import atomic_write_text
 
     appender = JsonlAppender(progress_path, key="name", keep_records=True)
     done: list[dict] = sorted(appender.records.values(), key=lambda r: r["index"])
+    try:
+        renewed = renew is not None and renew(done)
+    except BaseException:
+        appender.close()
+        raise
+    if renewed:  # (nothing was appended to the file it replaced: closed, and the new one opened)
+        appender.close()
+        appender = JsonlAppender(progress_path, key="name", keep_records=True)
+        done = sorted(appender.records.values(), key=lambda r: r["index"])
     if other := [r for r in done if r["settings_hash"] != settings_hash]:
         appender.close()
         keys = changed_keys(other)
         raise LeapError("the folder holds shards built from other inputs or settings"
-                        + (" " + differ_note([said(k) for k in keys]) if keys else ""), path=out,
+                        + (" " + differ_note([said(k) for k in keys]) if keys else "")
+                        + (": its samples hold the program ids of the target vocabulary they were built with, so "
+                           "they are rebuilt, not updated" if "targets" in keys else ""), path=out,
                         fix="pass --force to delete them and rebuild, or another --out")
     kept: list[dict] = []
     for r in done:
@@ -590,6 +605,142 @@ def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
     for stray in out.glob(f".{prefix}-*.tar.partial"):
         stray.unlink()
     return appender, kept
+
+
+def program_hash(record: dict | None) -> str | None:
+    """What a sample took from its program record, as its entry in a shard's progress record keeps it: 16 hex of
+    the record without its ``provenance`` (``programs_digest``'s line of it); None: no record."""
+    if record is None:
+        return None
+    return stable_hash({k: v for k, v in record.items() if k != "provenance"})[:16]
+
+
+def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settings_hash: str, made: dict[str, str],
+           program_of: Callable[[str], str | None], target_of: Callable[[str], dict | None],
+           begin_rewrite: Callable[[], None], notes: list[str]) -> bool:
+    """Bring the progress records ``done`` up to this run's program records where nothing else changed (their
+    ``made_with`` differs from ``made`` in ``sources.programs`` alone): a shard none of whose samples' programs
+    changed (``program_of(key)`` against its entry's ``program``) takes this run's settings hash as it is; one
+    holding such samples is written again by ``_rewrite_shard`` (their targets, from ``target_of``; the frames
+    copied), after ``begin_rewrite()`` (the folder held for writing, its manifest deleted). Each rewrite is
+    committed as: ``.NAME.update`` written, the progress file written with its new record, then renamed over the
+    tar; a rewrite a kill interrupted is finished here first (its record committed) or dropped (not). Records of
+    a leap that kept no ``program`` per sample get it where their shards were made from these programs (their
+    settings hash is this run's). Returns whether the progress file was written; what was done is added to
+    ``notes``."""
+    from leap_cli.io import atomic_write_text
+
+    by_name = {r["name"]: r for r in done}
+    for p in sorted(out.glob(f".{prefix}-*.tar.update")):
+        r = by_name.get(p.name[1:-len(".update")])
+        if r is not None and p.stat().st_size == r["bytes"] and sha256_file(p) == r["sha256"]:
+            begin_rewrite()
+            os.replace(p, out / r["name"])
+        else:
+            p.unlink()
+    other = [r for r in done if r["settings_hash"] != settings_hash]
+    if any(not isinstance(was := r.get("made_with"), dict) or {k for k in was.keys() | made.keys()
+                                                                if was.get(k) != made.get(k)} != {"sources.programs"}
+           for r in other):
+        return False  # (refused by _resume, naming what differs)
+    records: list[dict] = []  # the intact ones, as _resume keeps them
+    for r in done:
+        path = out / r["name"]
+        if r["index"] != len(records) or not path.exists() or path.stat().st_size != r["bytes"]:
+            break
+        records.append(r)
+    if any("program" not in x for r in records if r["settings_hash"] != settings_hash for x in r["samples"]):
+        raise LeapError("the folder holds shards built from other programs by a leap that kept no program per "
+                        "sample: which of their samples changed is not known", path=out,
+                        fix="pass --force to rebuild them (a later change of programs then rewrites only the shards "
+                            "of the samples it changes), or another --out")
+    upgraded = False
+    rewrite: list[tuple[int, dict[str, str | None]]] = []  # (index, {key: its program hash now}) of the changed
+    for i, r in enumerate(records):
+        if r["settings_hash"] == settings_hash:
+            if any("program" not in x for x in r["samples"]):
+                records[i] = dict(r, samples=[x if "program" in x else dict(x, program=program_of(x["key"]))
+                                              for x in r["samples"]])
+                upgraded = True
+            continue
+        changed = {x["key"]: now for x in r["samples"] if x["program"] != (now := program_of(x["key"]))}
+        if changed:
+            rewrite.append((i, changed))
+        else:
+            records[i] = dict(r, settings_hash=settings_hash, made_with=made)
+    if not (upgraded or other or rewrite):
+        return False
+
+    def commit() -> None:
+        atomic_write_text(progress_path, "".join(json_line(r) for r in records))
+
+    commit()
+    samples = sum(len(c) for _, c in rewrite)
+    if other and not rewrite:
+        notes.append("the program file changed since these shards were built, but not for a sample they hold: "
+                    "they are kept")
+    for n, (i, changed) in enumerate(rewrite):
+        begin_rewrite()
+        try:
+            new = _rewrite_shard(out, records[i], changed, target_of)
+        except ValueError:  # (a sample's bytes are not those its record says: redone from the videos, as _resume
+            records = records[:i]  # redoes a damaged shard and those after it)
+            commit()
+            rewrite = rewrite[:n]
+            break
+        records[i] = dict(new, settings_hash=settings_hash, made_with=made)
+        commit()
+        os.replace(out / f".{new['name']}.update", out / new["name"])
+    if rewrite:
+        first = next(iter(rewrite[0][1]))
+        notes.append(f"the programs of {counted(samples, 'sample')} already written changed, in "
+                    f"{counted(len(rewrite), 'shard')} (e.g. {first}): "
+                    f"{'it was' if len(rewrite) == 1 else 'they were'} rewritten with the new program targets, the "
+                    "frames copied as they were (no video decoded again)")
+    return True
+
+
+def _rewrite_shard(out: Path, record: dict, changed: dict[str, str | None],
+                   target_of: Callable[[str], dict | None]) -> dict:
+    """The shard of ``record`` written again into ``.NAME.update`` (fsync'ed) with the samples of ``changed`` (key
+    -> program hash now) given their targets now: of each, its ``json`` alone is made again, its frames are copied
+    as the tar holds them. Returns the shard's new record (its bytes, sha256 and samples' entries). ValueError: a
+    sample's bytes are not those its entry says (the shard is damaged)."""
+    from leap_cli.shards.format import group_sample, parse_members
+
+    name = record["name"]
+    tmp = out / f".{name}.update"
+    samples, pos = [], 0
+    try:
+        with open(out / name, "rb") as src, open(tmp, "wb") as dst:
+            for x in record["samples"]:
+                src.seek(x["offset"])
+                data = src.read(x["size"])
+                if len(data) != x["size"] or (x.get("crc32") is not None and zlib.crc32(data) != x["crc32"]):
+                    raise ValueError(f"{name}: sample {x['key']} is damaged")
+                x = dict(x)
+                if x["key"] in changed:
+                    key, fields = group_sample(parse_members(data))
+                    rec = json.loads(fields["json"])
+                    tgt = target_of(key)
+                    rec["has_program"], rec["targets"] = tgt is not None, tgt
+                    fields["json"] = json.dumps(rec, ensure_ascii=False, sort_keys=True).encode("utf-8")
+                    data = sample_bytes(key, fields)
+                    x.update(has_program=tgt is not None, program=changed[key])
+                x.update(offset=pos, size=len(data), crc32=zlib.crc32(data))
+                samples.append(x)
+                dst.write(data)
+                pos += len(data)
+            dst.write(tar_end())
+            dst.flush()
+            os.fsync(dst.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise with_path(e, out / name)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dict(record, bytes=tmp.stat().st_size, sha256=sha256_file(tmp), samples=samples)
 
 
 @contextmanager
@@ -674,9 +825,9 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                          f"record in {programs_path or 'the program file'} (e.g. {lacking[0]}): "
                          f"{'its sample has' if one else 'their samples have'} no program target; "
                          + (f"it is generate-programs' part {part[0]}/{part[1]}: give the merged file "
-                            f"(or build-shards --shard i/{part[1]} with each part's), then build-shards --force"
+                            f"(or build-shards --shard i/{part[1]} with each part's), then build-shards again"
                             if part is not None else
-                            f"generate-programs makes {'it' if one else 'them'} (then build-shards --force)"))
+                            f"generate-programs makes {'it' if one else 'them'} (then build-shards again)"))
     else:
         notes.append("no program file: every sample has has_program: false")
     targets_manifest = targets.manifest() if targets is not None else None
@@ -760,8 +911,33 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         was = made_with(old)
         return sorted(k for k in now if (k in was or k in RULES) and was.get(k) != now[k])
 
-    appender, kept = _resume(out, progress_path, settings_hash, f"leap-{settings.split}{shard.suffix}", changed,
-                             changed_keys)
+    hashes: dict[str, str | None] = {}
+
+    def program_of(key: str) -> str | None:
+        if key not in hashes:
+            hashes[key] = program_hash(prog_by_id.get(key))
+        return hashes[key]
+
+    def target_of(key: str) -> dict | None:
+        """The sample's program targets (None: no valid program)."""
+        prog = prog_by_id.get(key)
+        if prog is not None and prog.get("status") == "valid" and prog.get("program") and targets:
+            return targets.encode(prog["program"], key)
+        return None
+
+    rewriting: list[Path] = []  # the manifests deleted before the first shard is rewritten (they name its old bytes)
+
+    def begin_rewrite() -> None:
+        if not rewriting:
+            gate.write()  # (readers refused from here; released by build_shards)
+            rewriting.extend([out / manifest_name(shard.suffix)] + ([out / manifest_name()] if shard.count > 1 else []))
+            for p in rewriting:
+                p.unlink(missing_ok=True)
+
+    prefix = f"leap-{settings.split}{shard.suffix}"
+    appender, kept = _resume(out, progress_path, settings_hash, prefix, changed, changed_keys,
+                             lambda done: _renew(out, progress_path, prefix, done, settings_hash, made, program_of,
+                                                 target_of, begin_rewrite, notes))
     done_keys = {x["key"] for r in kept for x in r["samples"]} | {x["narration_id"] for r in kept for x in r["skipped"]}
 
     # Skips found while planning are reported in segment order along with the frame failures.
@@ -816,16 +992,14 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                         rec = _labels(seg, fps(seg.video_id) if _has_fps(fps, seg.video_id) else None)
                         rec["task"] = settings.task
                         rec.update(sampling[key])
-                        prog = prog_by_id.get(key)
-                        tgt = None
-                        if prog is not None and prog.get("status") == "valid" and prog.get("program") and targets:
-                            tgt = targets.encode(prog["program"], key)
+                        tgt = target_of(key)
                         rec["has_program"] = tgt is not None
                         rec["targets"] = tgt
                         fields["json"] = json.dumps(rec, ensure_ascii=False, sort_keys=True).encode("utf-8")
                         entry = {"verb_class": seg.verb_class, "noun_class": seg.noun_class,
                                  "has_program": tgt is not None, "video": seg.video_id,
-                                 "frame_size": list(jpeg_size(fields[frame_field(0)]))}
+                                 "frame_size": list(jpeg_size(fields[frame_field(0)])),
+                                 "program": program_of(key)}  # (what a later run compares: _renew)
                         if rec.get("blank"):  # (anticipation: no frame to observe before the action)
                             entry["blank"] = True
                         sink.add(key, sample_bytes(key, fields), entry)
@@ -880,7 +1054,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
             notes.append(f"all {shard.count} parts done: merged manifest.json "
                          + ("written" if wrote else "as it was (nothing changed)"))
     return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes,
-                       manifest_was_missing=missing_manifest)
+                       manifest_was_missing=missing_manifest, rewritten=bool(rewriting))
 
 
 def _video_changed(opener, segments: dict[str, Segment]) -> Callable[[dict], bool]:
@@ -1253,7 +1427,8 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     if programs is not None and (who := writer_of(prog_path)):  # (samples of the rest would have no program)
         notes.append(f"{prog_path} is still being written by {who}: its {counted(len(programs), 'record')} so far "
                      f"{'is' if len(programs) == 1 else 'are'} used; "
-                     "once generate-programs has finished, run build-shards again with --force (the programs changed)")
+                     "once generate-programs has finished, run build-shards again (it rewrites the shards of the samples whose "
+                     "programs changed)")
     from leap_cli.programs.generate import batch_pending, batch_pending_path
 
     pending = batch_pending(prog_path)
@@ -1264,7 +1439,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         notes.append(f"the program{'' if one else 's'} of {counted(len(waiting), 'segment')} wait{'s' if one else ''} "
                      f"in Batch requests written {pending['written']} ({batch_pending_path(prog_path).name}): "
                      f"{'its sample has' if one else 'their samples have'} no program target; ingest the "
-                     "batch's results (leap generate-programs --ingest-batch FILE), then build-shards --force")
+                     "batch's results (leap generate-programs --ingest-batch FILE), then build-shards again")
     failures: list[dict] = []
     if programs is not None:
         # "valid" in a file is not trusted (a tampered or hand-edited file, another split's programs): each is checked
@@ -1296,7 +1471,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                      f"after a video downloaded again): {'its sample carries' if one else 'their samples carry'} the "
                      "old clip's program; run "
                      f"{_generate_command(split, workdir, data, annotations, prog_path)} (it asks again for those "
-                     "alone), then build-shards again (with --force where it says the programs differ)")
+                     "alone), then build-shards again (it rewrites the shards of the samples whose programs changed)")
     vocab = None
     # the training shards of the same task: an anticipation split's vocabulary is train-anticipation's (the
     # recognition shards' may come from other programs or --max-conditions)
@@ -1462,7 +1637,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                      f"{condition_string(cond)} of {where}), and the condition metrics do not score them")
     if not result.written_now and (result.resumed_shards or result.manifest.get("parts")):  # every shard was there
         notes = [n for n in notes if n != vocab_note and n not in cache_notes]  # (nothing was read or built now)
-    if not result.written_now and result.resumed_shards:
+    if not result.written_now and result.resumed_shards and not result.rewritten:
         one = result.resumed_shards == 1
         notes.append(("the 1 shard was" if one else f"all {result.resumed_shards} shards were")
                      + " built before with these settings and inputs"
