@@ -358,12 +358,19 @@ def _merge(parts: list[dict], paths: list[Path], reference: int = 0) -> dict:
             short = all(isinstance(v, (int, float, str, bool, type(None))) and len(str(v)) <= 20 for v in (a, b))
             shown.append(f"{said(k)}: {a!r} -> {b!r}" if short and k.startswith("settings.") else said(k))
         one = len(odd) == 1
-        raise PartsDiffer(f"{'part' if one else 'parts'} {names} {'was' if one else 'were'} built from other inputs or "
-                          f"settings than {paths[reference].name} " + differ_note(shown + keys[6:]),
-                          path=paths[reference].parent,
-                          fix=f"rebuild {'part' if one else 'parts'} {indices} with the inputs and options of part "
-                              f"{mine} (--force on --shard i/{len(parts)}), or part {mine} with "
-                              f"{'its' if one else 'theirs'}, or build into another --out")
+        e = PartsDiffer(f"{'part' if one else 'parts'} {names} {'was' if one else 'were'} built from other inputs or "
+                        f"settings than {paths[reference].name} " + differ_note(shown + keys[6:]),
+                        path=paths[reference].parent,
+                        fix=(f"run build-shards --shard i/{len(parts)} again for {'part' if one else 'parts'} {indices} "
+                             "(a part built from other programs takes these, rewriting only its shards whose samples' "
+                             "programs changed; one an earlier leap built from these, hashing the program file, with "
+                             "--force)" if keys == ["sources.programs"] else
+                             f"rebuild {'part' if one else 'parts'} {indices} with the inputs and options of part "
+                             f"{mine} (--force on --shard i/{len(parts)}), or part {mine} with "
+                             f"{'its' if one else 'theirs'}, or build into another --out"))
+        e.keys = keys  # (build-shards notes the parts to run again where only the programs differ)
+        e.parts = [int(i) for i in indices.split(", ") if i.isdigit()]
+        raise e
     first = parts[0]
     merged = dict(first)
     # the program file's summary is the same in every part (the parts agree on the file), but a part an older leap

@@ -675,12 +675,11 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
         atomic_write_text(progress_path, "".join(json_line(r) for r in records))
 
     commit()
-    samples = sum(len(c) for _, c in rewrite)
     if other and not rewrite:
         notes.append("the program file changed since these shards were built, but not for a sample they hold: "
-                    "they are kept")
+                     "they are kept")
+    replaced = 0
     for n, (i, changed) in enumerate(rewrite):
-        begin_rewrite()
         try:
             new = _rewrite_shard(out, records[i], changed, target_of)
         except ValueError:  # (a sample's bytes are not those its record says: redone from the videos, as _resume
@@ -688,15 +687,22 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
             commit()
             rewrite = rewrite[:n]
             break
+        update = out / f".{new['name']}.update"
+        if new["sha256"] == records[i]["sha256"]:  # (no target changed: an invalid record now failed, say)
+            update.unlink()
+        else:
+            begin_rewrite()
         records[i] = dict(new, settings_hash=settings_hash, made_with=made)
         commit()
-        os.replace(out / f".{new['name']}.update", out / new["name"])
+        if update.exists():
+            os.replace(update, out / new["name"])
+            replaced += 1
     if rewrite:
-        first = next(iter(rewrite[0][1]))
-        notes.append(f"the programs of {counted(samples, 'sample')} already written changed, in "
-                    f"{counted(len(rewrite), 'shard')} (e.g. {first}): "
-                    f"{'it was' if len(rewrite) == 1 else 'they were'} rewritten with the new program targets, the "
-                    "frames copied as they were (no video decoded again)")
+        notes.append(f"the programs of {counted(sum(len(c) for _, c in rewrite), 'sample')} already written changed, "
+                     f"in {counted(len(rewrite), 'shard')} (e.g. {next(iter(rewrite[0][1]))}): "
+                     + (f"{'it was' if replaced == 1 else f'{replaced} were'} rewritten with the new program targets, "
+                        "the frames copied as they were (no video decoded again)" if replaced else
+                        "no target changed, no shard rewritten"))
     return True
 
 
@@ -1045,8 +1051,24 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
 
         try:
             merged = merge_parts(out, current=manifest_name(shard.suffix))
-        except PartsDiffer:
-            raise  # this part is kept; the set is not one split's shards until the others agree
+        except PartsDiffer as e:
+            def programs_of(i: int):
+                try:
+                    return json.loads((out / manifest_name(f".shard{i}of{shard.count}")).read_text())["sources"][
+                        "programs"]
+                except (OSError, ValueError, KeyError, TypeError):
+                    return None
+
+            # (a part an earlier leap built from these programs, hashing the file, is rebuilt, as the error says)
+            if getattr(e, "keys", None) != ["sources.programs"] or any(
+                    v is not None and v == (adopt or {}).get("programs")
+                    for v in [sources.get("programs")] + [programs_of(i) for i in e.parts]):
+                raise  # this part is kept; the set is not one split's shards until the others agree
+            notes.append(f"part {shard.index}/{shard.count} done with these programs; manifest.json is written once "
+                         f"the other parts have them too: "
+                         + " and ".join(build_command(out, "--shard", f"{i}/{shard.count}",
+                                                      part=f".shard{i}of{shard.count}") for i in e.parts)
+                         + " (each rewrites only its shards whose samples' programs changed)")
         except LeapError:
             notes.append(f"part {shard.index}/{shard.count} done; manifest.json is written when all parts are")
         else:
@@ -1103,6 +1125,10 @@ def _built_in_parts(out: Path, now: dict, video_changed: Callable[[dict], bool])
         return None
     was = made_with(merged)
     differ = sorted(k for k, v in now.items() if k not in PACKING and was.get(k) != v)
+    if differ == ["sources.programs"]:  # (each part takes them, rewriting only its shards whose samples' changed)
+        raise LeapError(f"holds this split built in {n} parts (--shard i/{n}, all done) from other programs", path=out,
+                        fix=f"run build-shards --shard i/{n} for each part: each rewrites only its shards whose "
+                            "samples' programs changed")
     if differ:
         raise LeapError(f"holds this split built in {n} parts (--shard i/{n}, all done) from other inputs or settings "
                         + differ_note([said(k) for k in differ]), path=out,
