@@ -6,7 +6,9 @@ time), so the bytes never depend on the number of workers. A shard is written to
 renamed when complete; each completed shard is appended to ``.progress{suffix}.jsonl``, so a re-run
 keeps complete shards (after checking their size) and redoes the unfinished one. A segment skipped because its video
 could not be read is recorded with the video's size and mtime (``video_stat``); a re-run tries it again, into new
-shards, once the file has changed (a video downloaded again).
+shards, once the file has changed (a video downloaded again). Each sample's entry keeps the hash of its program record
+(``program_hash``): a re-run whose program records alone changed rewrites only the shards of the samples whose records
+did, copying their frames (``_renew``).
 
 Sample ``json`` (see ``docs/shards.md``)::
 
@@ -650,8 +652,8 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
             break
         records.append(r)
     if any("program" not in x for r in records if r["settings_hash"] != settings_hash for x in r["samples"]):
-        raise LeapError("the folder holds shards built from other programs by a leap that kept no program per "
-                        "sample: which of their samples changed is not known", path=out,
+        raise LeapError("the folder holds shards built from other inputs or settings (the programs differ) by a leap "
+                        "that kept no program per sample: which of their samples changed is not known", path=out,
                         fix="pass --force to rebuild them (a later change of programs then rewrites only the shards "
                             "of the samples it changes), or another --out")
     upgraded = False
