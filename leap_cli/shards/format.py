@@ -361,8 +361,8 @@ def _merge(parts: list[dict], paths: list[Path], reference: int = 0) -> dict:
         e = PartsDiffer(f"{'part' if one else 'parts'} {names} {'was' if one else 'were'} built from other inputs or "
                         f"settings than {paths[reference].name} " + differ_note(shown + keys[6:]),
                         path=paths[reference].parent,
-                        fix=(f"run build-shards --shard i/{len(parts)} again for {'part' if one else 'parts'} {indices} "
-                             "(a part built from other programs takes these, rewriting only its shards whose samples' "
+                        fix=(f"run build-shards --shard i/{len(parts)} again for {'part' if one else 'parts'} "
+                             f"{indices} (a part built from other programs takes these, rewriting only its shards whose samples' "
                              "programs changed; one an earlier leap built from these, hashing the program file, with "
                              "--force)" if keys == ["sources.programs"] else
                              f"rebuild {'part' if one else 'parts'} {indices} with the inputs and options of part "

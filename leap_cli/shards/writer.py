@@ -693,7 +693,11 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
         if new["sha256"] == records[i]["sha256"]:  # (no target changed: an invalid record now failed, say)
             update.unlink()
         else:
-            begin_rewrite()
+            try:
+                begin_rewrite()
+            except BaseException:  # (a training reads the folder: refused, its old tar kept)
+                update.unlink()
+                raise
         records[i] = dict(new, settings_hash=settings_hash, made_with=made)
         commit()
         if update.exists():
@@ -1455,8 +1459,8 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     if programs is not None and (who := writer_of(prog_path)):  # (samples of the rest would have no program)
         notes.append(f"{prog_path} is still being written by {who}: its {counted(len(programs), 'record')} so far "
                      f"{'is' if len(programs) == 1 else 'are'} used; "
-                     "once generate-programs has finished, run build-shards again (it rewrites the shards of the samples whose "
-                     "programs changed)")
+                     "once generate-programs has finished, run build-shards again (it rewrites the shards of the "
+                     "samples whose programs changed)")
     from leap_cli.programs.generate import batch_pending, batch_pending_path
 
     pending = batch_pending(prog_path)
