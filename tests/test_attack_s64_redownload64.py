@@ -13,9 +13,9 @@ Found and fixed:
   literally) wrote the samples build-shards had skipped with the program records made from the cut video's clip text
   ("Camera: unavailable (... the file is cut short)"), without a word: build-shards now notes the program records
   whose clip extract has made again since, and says to run generate-programs (it asks only for those) first.
-Left as a strict xfail (troubleshooting.md says what to do): once generate-programs has made those programs again,
-build-shards refuses the whole folder (`the programs differ`), though only segments it skipped changed, and
-``--force`` rebuilds every shard of the split.
+Left as a strict xfail in session 64, passing since session 65 (build-shards keeps each sample's program hash): once
+generate-programs had made those programs again, build-shards refused the whole folder (`the programs differ`), though
+only segments it skipped changed, and ``--force`` rebuilt every shard of the split.
 
 Right as it is (checked here or by hand): ``leap info`` names the cut video, and after the download says every video
 decodes to its length; a plain extract rerun redoes nothing and points at ``--retry-errors``, which redoes the
