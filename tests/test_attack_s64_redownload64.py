@@ -18,12 +18,14 @@ generate-programs had made those programs again, build-shards refused the whole 
 only segments it skipped changed, and ``--force`` rebuilt every shard of the split.
 
 Right as it is (checked here or by hand): ``leap info`` names the cut video, and after the download says every video
-decodes to its length; a plain extract rerun redoes nothing and points at ``--retry-errors``, which redoes the
-3 segments past the cut alone and deletes the frame-cache entries of the old file (``source.json`` takes the new
-file's stat); build-shards' plain rerun tries exactly the skipped segments again (their ``video_stat`` changed) and
+decodes to its length; extract's rerun (plain or ``--retry-errors``) makes the video's records again, as made from a
+file whose size differs now (session 65: before, a plain rerun redid nothing and ``--retry-errors`` the 3 segments
+past the cut alone), and deletes the frame-cache entries of the old file (``source.json`` takes the new file's
+stat); build-shards' plain rerun tries exactly the skipped segments again (their ``video_stat`` changed) and
 keeps the rest; generate-programs asks again only for the 3 segments whose clip text changed; a video missing at
-extract time and downloaded later goes the same way; a good video replaced by a cut one keeps the outputs made from
-the good one (build-shards: nothing new to write; ``--force`` skips the segments past the new cut).
+extract time and downloaded later goes the same way, but for extract: its records keep no size, ``--retry-errors``
+redoes them; a good video replaced by a cut one: extract makes its records again (those past the new cut
+unavailable), build-shards has nothing new to write, and ``--force`` skips the segments past the new cut.
 """
 
 from __future__ import annotations
@@ -109,11 +111,13 @@ def test_build_shards_notes_programs_made_from_the_cut_videos_clip(kitchens, tmp
     _download_again(wd, kitchens[1])
     assert "all 2 videos present decode to their video_info duration" in _ok(leap("info", "--data", wd / "kitchen"))
     said = _ok(leap("extract", "--workdir", wd, "--split", "val", "--retry-errors"))
-    assert "3 written now" in said, said
+    # (all 6 of the video's records: made from a file whose size differs now, session 65; the first 3 come out the
+    # same, their frames lay before the cut)
+    assert "6 written now" in said and "6 records of earlier runs were made from a video that has changed" in said
     cache = wd / "frame-cache" / CUT
     stat = (wd / "kitchen" / "P01" / "videos" / f"{CUT}.MP4").stat()
     assert json.loads((cache / "source.json").read_text())["source_stat"][0] == stat.st_size
-    assert sorted(p.name.split(".")[0] for p in cache.glob("*.jpgs")) == [f"{CUT}_3", f"{CUT}_4", f"{CUT}_5"]
+    assert sorted(p.name.split(".")[0] for p in cache.glob("*.jpgs")) == [f"{CUT}_{i}" for i in range(6)]
     # the troubleshooting row's advice, literally: build-shards again, no generate-programs in between
     said = _ok(leap("build-shards", "--workdir", wd, "--split", "val"))
     assert "3 program records" in said and f"e.g. {CUT}_3" in said and "generate-programs --split val" in said, said

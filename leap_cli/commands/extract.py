@@ -276,6 +276,15 @@ def _print_summary(s) -> None:
                       f"annotations than {escape(s.annotations)} holds now (e.g. {escape(s.reannotated_example)} "
                       f"differs): {'it is' if n == 1 else 'they are'} made again, and generate-programs makes "
                       f"{'its program' if n == 1 else 'their programs'} again", style="yellow", highlight=False)
+    if s.replaced:  # (a video downloaded again since: a record made from the old file would describe another one)
+        n, more = s.replaced, s.replaced_videos - 1
+        console.print(f"note: {counted(n, 'record')} of earlier runs {'was' if n == 1 else 'were'} made from a video "
+                      f"that has changed since ({escape(s.replaced_example)}"
+                      + (f", and {counted(more, 'other video')}" if more else "")
+                      + f"): {'it is' if n == 1 else 'they are'} made again; then run generate-programs (it makes "
+                      "again the programs whose clip text changed) and build-shards --force for this split (a plain "
+                      "build-shards keeps the samples it wrote from the old file)",
+                      style="yellow", highlight=False)
     if s.outdated:  # (an upgrade of leap that changed what a component writes: the output holds one leap's records)
         console.print(f"note: {counted(s.outdated, 'record')} of earlier runs {'holds' if s.outdated == 1 else 'hold'} "
                       f"parts another leap made otherwise (e.g. "

@@ -6,7 +6,8 @@ rule (``leap_cli.epic.timing``). A segment whose window is not fully inside the 
 frame-reading components ``unavailable`` with the reason (never a clamped or invented frame). Each record is
 appended (flushed) as soon as it is finished, and fsynced at most every ``SYNC_EVERY`` seconds and at the end; a
 re-run skips finished segments, ``retry_errors`` redoes those with a failed component or whose video file could
-not be read (``_retry``), and a record some parts of which an earlier leap made otherwise has only those made again
+not be read (``_retry``), a record made from an MP4 whose size differs now (downloaded again) is made again
+(``_replaced``), and a record some parts of which an earlier leap made otherwise has only those made again
 (``_parts_to_make``; its other components are read back from the output, ``_EarlierLines``). A component's
 exception becomes ``status: error`` with a path-free message, and the run goes on. With ``workers > 1`` each segment is a task of its own (so Ctrl-C keeps every finished segment)
 and the workers die with the parent.
@@ -135,6 +136,9 @@ class ExtractSummary:
     retryable: int = 0  # records of earlier runs that --retry-errors would redo (a component failed, or its video)
     reannotated: int = 0  # records of earlier runs made from other annotations (``made_from_other_annotations``)
     reannotated_example: str = ""  # the first of them, with what differs
+    replaced: int = 0  # records of earlier runs made from an MP4 whose size differs now (``_replaced``): made again
+    replaced_videos: int = 0  # their videos
+    replaced_example: str = ""  # the first video's file, with its sizes
     outdated: int = 0  # records of earlier runs with a part another leap made otherwise (``base.outdated``): made again
     outdated_example: str = ""  # the first of them, with its parts' numbers
     outdated_whole: int = 0  # of them, those made whole again (``_parts_to_make``: None)
@@ -303,7 +307,11 @@ class _Video:
 
     def __init__(self, layout: DatasetLayout, video_id: str, fps: float | None, duration: float | None = None):
         self.layout, self.video_id = layout, video_id
-        kind = MP4 if layout.video_path(video_id) is not None else RGB_FRAMES
+        mp4 = layout.video_path(video_id)
+        kind = MP4 if mp4 is not None else RGB_FRAMES
+        self.mp4_size = _size(mp4)  # what a record made from it keeps (``made_from``): one stat per video
+        self.asked = False  # whether its frames (or header) were asked for: ``_open`` was called
+        self._audio_file: bool | None = None  # whether an audio file holds its sound (else the MP4's track)
         self.reader = None
         self.failure: FramesUnavailable | None = None  # raised again by every later request
         if fps is None:  # not in EPIC_100_video_info.csv: an MP4 says its own fps; a frames folder cannot
@@ -338,6 +346,7 @@ class _Video:
     def _open(self, record: str) -> None:
         from leap_cli.media.video import FPS_MISMATCH, VideoUnreadable, open_video
 
+        self.asked = True
         if self.failure is not None:
             raise FramesUnavailable(self.failure.reason, self.failure.video, self.failure.detail)
         if self.reader is None:
@@ -354,6 +363,15 @@ class _Video:
                 raise FramesUnavailable(e.message, detail=e.one_line()) from None
             if hasattr(self, "clock"):
                 self.clock = self.clock.with_frames(self.reader.num_frames)
+
+    def made_from(self, comps: dict[str, dict]) -> int | None:
+        """The MP4's size (bytes) where a segment's ``comps`` were made from it (its frames or header were asked for,
+        or the audio read from its track), else None (no MP4; an rgb_frames folder: no single file to stat)."""
+        if self.mp4_size is None:
+            return None
+        if not self.asked and "audio" in comps and self._audio_file is None:
+            self._audio_file = self.layout.audio_path(self.video_id) is not None
+        return self.mp4_size if self.asked or ("audio" in comps and not self._audio_file) else None
 
     def _where(self, reason: str, seg: Segment) -> str:
         """``reason`` with the file and the segment (the component's detail): the summary's first line of a cut
@@ -550,15 +568,44 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
             cache.store(ctx, seg)
         timings["frame-cache"] = time.perf_counter() - t0 - (video.decode_seconds - d0)
     timings["decode"] = video.decode_seconds - decode0
-    return segment_record(seg, comps), timings
+    return segment_record(seg, comps, video.made_from(comps)), timings
 
 
-def segment_record(seg: Segment, comps: dict[str, dict]) -> dict:
-    """The record of ``seg`` holding ``comps``, its clip text and versions."""
+def segment_record(seg: Segment, comps: dict[str, dict], video_size: int | None = None) -> dict:
+    """The record of ``seg`` holding ``comps``, its clip text and versions; ``video_size``: that of the MP4 they were
+    made from (``_Video.made_from``; a rerun makes the record again once the file's size differs: ``_replaced``)."""
     return {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),
             "stop": round(seg.stop, 3), "start_frame": int(seg.start_frame), "stop_frame": int(seg.stop_frame),
-            "annotation_hash": seg.annotation_hash, "components": comps,
-            "text": render_clip(seg.start, seg.stop, comps), "versions": record_versions(comps)}
+            "annotation_hash": seg.annotation_hash, **({} if video_size is None else {"video_size": video_size}),
+            "components": comps, "text": render_clip(seg.start, seg.stop, comps), "versions": record_versions(comps)}
+
+
+def _size(path: Path | None) -> int | None:
+    """The size of the file at ``path`` (bytes), None where there is none."""
+    try:
+        return path.stat().st_size if path is not None else None
+    except OSError:
+        return None
+
+
+def _replaced(layout: DatasetLayout) -> Callable[[dict, Segment], tuple[int, int] | None]:
+    """A test of a descriptor record: (the size it keeps, the size now) where it was made from an MP4 whose size
+    differs now (the video downloaded again: another release, or a damaged or cut file replaced), else None. Its
+    mtime alone is no reason (a copy, rsync without -t: the same bytes), and a record that keeps no size (made by a
+    leap before 2026-12-07, from an rgb_frames folder, or without reading the video) or whose MP4 is not there now
+    is kept. One stat per video, no byte of it read."""
+    sizes: dict[str, int | None] = {}
+
+    def replaced(record: dict, seg: Segment) -> tuple[int, int] | None:
+        held = record.get("video_size")
+        if not isinstance(held, int):
+            return None
+        if seg.video_id not in sizes:
+            sizes[seg.video_id] = _size(layout.video_path(seg.video_id))
+        now = sizes[seg.video_id]
+        return (held, now) if now is not None and now != held else None
+
+    return replaced
 
 
 # --- worker processes ---------------------------------------------------------------------------------------
@@ -725,7 +772,9 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     parts: dict[str, tuple[str, ...]] = {}  # of them, those made in part: narration id -> the components made
     whole: dict[str, str] = {}  # the others, made whole: narration id -> why (a ``WHOLE`` key)
     kept_retry: set[str] = set()  # of those, the ones whose kept components --retry-errors would redo
+    replaced: dict[str, tuple[str, int, int]] = {}  # narration id -> (video, size kept, size now): made again
     to_retry = retry_test(layout)
+    video_replaced = _replaced(layout)
 
     def redo(record: dict) -> bool:  # asked of each key's lines in turn: the last one decides
         key = record.get("narration_id")
@@ -736,8 +785,14 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         if seg is not None and (why := made_from_other_annotations(record, seg)):
             reannotated[seg.narration_id] = why
             remade.pop(key, None)  # (an earlier line of the key an earlier leap made: this one decides)
+            replaced.pop(key, None)
             return True
         reannotated.pop(key, None)
+        if seg is not None and (sizes := video_replaced(record, seg)):  # (made whole: every part read the old file)
+            replaced[seg.narration_id] = (seg.video_id, *sizes)
+            remade.pop(key, None)
+            return True
+        replaced.pop(key, None)
         if seg is not None and (old := outdated_parts(record)):
             remade[seg.narration_id] = ", ".join(f"{k} {was} -> {now}" for k, (was, now) in old.items())
             retried = cfg.retry_errors and to_retry(record)
@@ -766,14 +821,20 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         summary.done_before = len(segments) - len(todo)
         summary.reannotated = len(reannotated)
         summary.reannotated_example = next((f"{k}: {why}" for k, why in reannotated.items()), "")
+        summary.replaced = len(replaced)
+        videos = {vid: (was, now) for vid, was, now in replaced.values()}
+        summary.replaced_videos = len(videos)
+        summary.replaced_example = next((f"{layout.video_path(vid)}: size {was} -> {now} bytes"
+                                         for vid, (was, now) in videos.items()), "")
         summary.outdated = len(remade)
         summary.outdated_example = next((f"{k}: {why}" for k, why in remade.items()), "")
         summary.outdated_whole = len(whole)
         summary.outdated_whole_why = Counter(whole.values())
         summary.outdated_made = Counter(c for made in parts.values() for c in (made or ("text",)))
-        summary.retryable = len(((appender.counted - set(reannotated) - set(remade)) | kept_retry).intersection(
-            s.narration_id for s in segments))  # (--limit, --shard; those made again now for other annotations or
-        # another leap's parts are not left to --retry-errors, but for the parts a part remake keeps)
+        made_again = set(reannotated) | set(replaced) | set(remade)
+        summary.retryable = len(((appender.counted - made_again) | kept_retry).intersection(
+            s.narration_id for s in segments))  # (--limit, --shard; those made again now for other annotations, a
+        # replaced video or another leap's parts are not left to --retry-errors, but for the parts a part remake keeps)
         if on_start:
             on_start(len(segments), summary.done_before)
 
@@ -781,7 +842,9 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
             made = parts.get(record["narration_id"])
             if made is not None:  # the outdated parts made now, the record's others as an earlier run wrote them
                 seg = by_id[record["narration_id"]]
-                record = segment_record(seg, _merged(earlier.get(seg.narration_id), record["components"]))
+                old = earlier.get(seg.narration_id)
+                record = segment_record(seg, _merged(old, record["components"]),
+                                        old.get("video_size", record.get("video_size")))
             if appender.write(record):
                 summary.add(record, timings, made)
                 if on_record:
