@@ -358,11 +358,12 @@ def test_descriptor_records_hold_the_fields_extract_md_lists(kitchen_run):
     assert len(recs) == 4
     top = {f for r in rows if not r[0].startswith("`components") for f in _field_names(r[0])}
     assert top == {"narration_id", "video_id", "start", "stop", "start_frame", "stop_frame", "annotation_hash",
-                   "text", "versions"}
+                   "video_size", "text", "versions"}
+    assert all("video_size" in r for r in recs)  # (only where an MP4 was read: here every record's)
     types = {"string": str, "number": (int, float), "integer": int, "object": dict}
     for rec in recs:
         for r in rows:
-            for f in _field_names(r[0]) & top:
+            for f in _field_names(r[0]) & top & set(rec):
                 assert isinstance(rec[f], types[r[1]]) and not isinstance(rec[f], bool), (f, rec[f])
         assert set(rec["components"]) == {"narration", "audio", "camera", "objects", "hands"}
         for name, c in rec["components"].items():

@@ -534,14 +534,16 @@ def test_segments_past_the_end_of_a_short_video_are_unavailable_not_invented(kit
     assert s.outcome.failed == 0  # unavailable is honest, not a failure
     cached = {p.name.split(".")[0] for p in (tmp_path / "cache" / "P01_01").glob("*.jpgs")}
     assert cached == {"P01_01_0"}  # no cache entry is invented either
-    # downloaded again: --retry-errors redoes exactly those segments
+    # downloaded again: the video's records are made again (made from a file whose size differs now), and
+    # --retry-errors redoes P01_02_0 too (no video at all)
     import shutil
 
     shutil.copy(kitchen / "P01" / "videos" / "P01_01.MP4", tmp_path / "k" / "P01" / "videos" / "P01_01.MP4")
     s = run_extract(_cfg(tmp_path / "k", out, components=("camera", "hands"), frame_cache=tmp_path / "cache",
                          retry_errors=True))
     after = {r["narration_id"]: r for r in read_jsonl(out)}
-    assert s.written == 3 and all(after[n]["components"]["camera"]["status"] == "ok" for n in ("P01_01_1", "P01_01_2"))
+    assert s.written == 4 and s.replaced == 3
+    assert all(after[n]["components"]["camera"]["status"] == "ok" for n in ("P01_01_1", "P01_01_2"))
 
 
 def test_audio_past_the_end_of_a_cut_video_is_unavailable_not_invented(kitchen, tmp_path):
@@ -621,7 +623,8 @@ def test_truncated_mp4_files_are_unavailable_and_ffmpeg_stays_quiet(kitchen, tmp
 
 def test_retry_errors_redoes_the_segments_of_a_truncated_video_once_it_is_replaced(kitchen, tmp_path):
     """A partial download: the frame-reading components are unavailable because of the file; after the file
-    is downloaded again, --retry-errors redoes exactly those segments (not those unavailable for other causes)."""
+    is downloaded again, a rerun makes the video's records again (its size differs: session 65), and --retry-errors
+    redoes exactly the other segments unavailable because of a file (not those unavailable for other causes)."""
     root = tmp_path / "k"
     mp4 = _short_copy(kitchen, root, 6.0, container_options={"movflags": "faststart"})
     good = mp4.read_bytes()
@@ -636,16 +639,17 @@ def test_retry_errors_redoes_the_segments_of_a_truncated_video_once_it_is_replac
     for r in before.values():
         jsonschema.validate(r, SCHEMA)
     mp4.write_bytes(good)  # downloaded again
-    again = run_extract(_cfg(root, out, components=("camera", "hands")))  # a plain rerun: says what it could redo
-    assert again.written == 0 and again.retryable == len(bad)
+    # a plain rerun: makes P01_01's records again, and says what --retry-errors could redo (P01_02_0: no video)
+    again = run_extract(_cfg(root, out, components=("camera", "hands")))
+    assert again.written == again.replaced == 3 and again.retryable == len(bad - {"P01_01_1", "P01_01_2"}) == 1
     assert run_extract(_cfg(root, out, components=("camera", "hands"), limit=1)).retryable == 0  # P01_01_0 is fine
     hands_only = tmp_path / "hands.jsonl"
     run_extract(_cfg(root, hands_only, components=("hands",)))
     assert run_extract(_cfg(root, hands_only, components=("hands",), retry_errors=True)).written == 0
     s = run_extract(_cfg(root, out, components=("camera", "hands"), retry_errors=True))
-    assert s.written == len(bad)  # P01_02 has no video at all: its segment is tried again too
+    assert s.written == 1  # P01_02 has no video at all: its segment is tried again too
     after = {r["narration_id"]: r for r in read_jsonl(out)}
-    assert after["P01_01_0"] == before["P01_01_0"]
+    assert after["P01_01_0"]["components"] == before["P01_01_0"]["components"]  # (its frames lay before the cut)
     assert all(after[n]["components"]["camera"]["status"] == "ok" for n in bad if n.startswith("P01_01"))
 
 
