@@ -9,10 +9,12 @@ mtime alone changed (a copy, rsync without -t) is no reason; records of a leap t
 (an upgrade does not redo a data set); the check is one stat per video.
 
 The next stages, as they are: generate-programs makes again exactly the programs whose clip text changed (its clip
-hash), and build-shards, run before it, notes those program records. Left as a strict xfail (reported, writer.py is
+hash), and build-shards, run before it, notes those program records. Left as a strict xfail (reported, writer.py was
 not this helper's): once the programs are made again, a plain build-shards keeps the samples it wrote from the old
-file (the offline generator's programs come out the same, so it has nothing new to write); extract's note says to run
-``build-shards --force``, which writes them from the new file.
+file (the offline generator's programs come out the same, so it has nothing new to write); extract's note said to run
+``build-shards --force``, which writes them from the new file. Fixed since (helper moved65): a shard's progress record
+keeps the size of each MP4 its samples were read from, and a plain build-shards takes out and writes again the
+samples of a video whose size differs now; extract's note says so.
 
 The synthetic kitchen's val video P01_02 is replaced by itself mirrored left to right (the same length and fps, so
 nothing but the file changed; its camera turns the other way).
@@ -111,7 +113,7 @@ def test_a_replaced_video_has_its_records_made_again_and_the_note_says_what_next
     assert "0 done before, 6 written now" in said, said
     assert (f"6 records of earlier runs were made from a video that has changed since ({_mp4(wd)}: size {old} -> "
             f"{new} bytes): they are made again; then run generate-programs") in said, said
-    assert "build-shards --force" in said, said
+    assert "build-shards for this split (it writes again the samples it wrote from the old file)" in said, said
     after = _records(wd)
     assert {r["video_size"] for r in after.values()} == {new}
     changed = sorted(k for k in after if after[k]["text"] != before[k]["text"])
@@ -122,15 +124,18 @@ def test_a_replaced_video_has_its_records_made_again_and_the_note_says_what_next
     # made once: a rerun has nothing to do, and says nothing of the video
     said = _ok(leap("extract", "--workdir", wd, "--split", "val"))
     assert "0 written now: nothing to do" in said and "changed since" not in said, said
-    # build-shards before generate-programs notes the programs made from the old clip texts (as it did)
+    # build-shards before generate-programs notes the programs made from the old clip texts (as it did), and writes
+    # the samples of the old file from the new one (a plain build-shards, as the note says)
+    old_samples = _samples(wd)
     said = " ".join(_ok(leap("build-shards", "--workdir", wd, "--split", "val")).split())
     assert f"{len(changed)} program records" in said and f"e.g. {changed[0]}" in said, said
+    assert (f"6 samples were written from a video that has changed since ({_mp4(wd)}: size {old} -> {new} bytes): "
+            "made again from the new file") in said, said
     # generate-programs makes again exactly the programs whose clip text changed (its clip hash)
     said = _ok(leap("generate-programs", "--workdir", wd, "--split", "val"))
     assert f"{len(changed)} records of earlier runs were made from a clip that has changed since" in said, said
-    # the note's advice: build-shards --force writes the samples from the new file's frames
-    old_samples = _samples(wd)
-    _ok(leap("build-shards", "--workdir", wd, "--split", "val", "--force"))
+    # then build-shards takes the new programs; the samples hold the new file's frames
+    _ok(leap("build-shards", "--workdir", wd, "--split", "val"))
     new_samples = _samples(wd)
     assert new_samples.keys() == old_samples.keys()
     assert all(new_samples[k] != old_samples[k] for k in new_samples if k.startswith(f"{VID}_3."))
@@ -200,10 +205,6 @@ def test_a_part_remake_keeps_the_records_video_size(built, tmp_path, leap):
     assert "6 records of earlier runs were made from a video that has changed since" in said, said
 
 
-@pytest.mark.xfail(strict=True, reason="build-shards keeps the samples it wrote from a video replaced since: it "
-                   "compares only its skip records' video_stat (and the programs) with the files of now, and the "
-                   "offline programs come out the same; extract's note says to run build-shards --force "
-                   "(leap_cli/shards/writer.py: not this helper's to change)")
 def test_build_shards_writes_again_the_samples_of_a_replaced_video(built, tmp_path, leap):
     wd = _workdir(built, tmp_path)
     old_samples = _samples(wd)

@@ -282,8 +282,8 @@ def _print_summary(s) -> None:
                       f"that has changed since ({escape(s.replaced_example)}"
                       + (f", and {counted(more, 'other video')}" if more else "")
                       + f"): {'it is' if n == 1 else 'they are'} made again; then run generate-programs (it makes "
-                      "again the programs whose clip text changed) and build-shards --force for this split (a plain "
-                      "build-shards keeps the samples it wrote from the old file)",
+                      "again the programs whose clip text changed) and build-shards for this split (it writes again the "
+                      "samples it wrote from the old file)",
                       style="yellow", highlight=False)
     if s.outdated:  # (an upgrade of leap that changed what a component writes: the output holds one leap's records)
         console.print(f"note: {counted(s.outdated, 'record')} of earlier runs {'holds' if s.outdated == 1 else 'hold'} "

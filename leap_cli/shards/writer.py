@@ -313,9 +313,10 @@ def cache_entries_usable(cache: FrameCache, opener: FrameOpener, video_id: str) 
                              frames=getattr(opener, "is_mp4", None) is not None and not opener.is_mp4(video_id))
 
 
-def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
-                 cache: FrameCache | None = None) -> list[tuple[str, dict[str, bytes] | Skipped]]:
-    """Read and JPEG-encode the frames of every sample of one video. Returns [(key, {field: bytes} | Skipped)].
+def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings, cache: FrameCache | None = None,
+                 seen: dict | None = None) -> list[tuple[str, dict[str, bytes] | Skipped]]:
+    """Read and JPEG-encode the frames of every sample of one video. Returns [(key, {field: bytes} | Skipped)];
+    ``seen`` gets ``video_stat``, the video's ``file_stat`` taken before it was read (where the opener tells it).
 
     Frames are stored at ``settings.short_side``, or at the source's own size where its short side is no larger
     (never upscaled). A sample's observed frames found in ``cache`` (written by ``leap extract`` from its own decode,
@@ -403,7 +404,20 @@ def encode_video(job: VideoJob, opener: FrameOpener, settings: ShardSettings,
     close = getattr(state.get("reader"), "close", None)
     if close:
         close()
+    if seen is not None:
+        seen.update(state.get("stat", {}))
     return out
+
+
+def _encode(job: VideoJob, opener: FrameOpener, settings: ShardSettings, cache: FrameCache | None
+            ) -> tuple[list[tuple[str, dict[str, bytes] | Skipped]], int | None]:
+    """``encode_video``'s samples, and the size of the MP4 their frames were read from (None: an rgb_frames folder,
+    which has no single size, or an opener that cannot tell): what the shard's progress record keeps of it
+    (``video_sizes``, ``_drop_replaced``)."""
+    seen: dict = {}
+    out = encode_video(job, opener, settings, cache, seen)
+    st = seen.get("video_stat")
+    return out, (st[0] if st and job.clock is not None and job.clock.kind == MP4 else None)
 
 
 class _Skip(Exception):
@@ -440,9 +454,9 @@ def _init_worker(opener: FrameOpener, settings: ShardSettings, cache: FrameCache
     _worker_ctx["cache"] = cache
 
 
-def _work(job: VideoJob) -> list[tuple[str, dict[str, bytes] | Skipped]]:
+def _work(job: VideoJob) -> tuple[list[tuple[str, dict[str, bytes] | Skipped]], int | None]:
     pool_worker_ready()
-    return encode_video(job, _worker_ctx["opener"], _worker_ctx["settings"], _worker_ctx.get("cache"))
+    return _encode(job, _worker_ctx["opener"], _worker_ctx["settings"], _worker_ctx.get("cache"))
 
 
 @dataclass
@@ -492,6 +506,7 @@ class _ShardSink:
         self._f = None
         self._tmp: Path | None = None
         self._samples: list[dict] = []
+        self._sizes: dict[str, int] = {}  # video -> size of the MP4 its samples here were read from
         self._skipped: list[dict] = []
         self._bytes = 0
         self.completed: list[dict] = []
@@ -500,9 +515,9 @@ class _ShardSink:
         name = shard_name(self.split, self.index, self.suffix)
         self._tmp = self.out / f".{name}.partial"
         self._f = open(self._tmp, "wb")
-        self._samples, self._bytes = [], 0
+        self._samples, self._sizes, self._bytes = [], {}, 0
 
-    def add(self, key: str, data: bytes, info: dict) -> None:
+    def add(self, key: str, data: bytes, info: dict, video_size: int | None = None) -> None:
         s = self.settings
         if self._f is not None and self._samples and (
                 (s.max_count and len(self._samples) >= s.max_count)
@@ -511,6 +526,8 @@ class _ShardSink:
         if self._f is None:
             self._open()
         self._samples.append({"key": key, "offset": self._bytes, "size": len(data), "crc32": zlib.crc32(data), **info})
+        if video_size is not None:
+            self._sizes[info["video"]] = video_size
         try:
             self._f.write(data)
         except OSError as e:  # a full disk: the line names the shard (a write on an open file names none)
@@ -535,6 +552,8 @@ class _ShardSink:
         rec = {"name": name, "index": self.index, "settings_hash": self.settings_hash, "count": len(self._samples),
                "bytes": final.stat().st_size, "sha256": sha256_file(final), "samples": self._samples,
                "skipped": self._skipped, "made_with": self.made,
+               # (MP4s only: a re-run takes out the samples of a video whose size differs now, _drop_replaced)
+               **({"video_sizes": dict(sorted(self._sizes.items()))} if self._sizes else {}),
                "settings": self.made_settings,  # (in words: the command to resume it, ``begun_options``)
                "inputs": self.inputs}
         self.progress.write(rec)
@@ -712,8 +731,25 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
     return True
 
 
+def _renewed(out: Path, progress_path: Path, prefix: str, done: list[dict], settings_hash: str, made: dict[str, str],
+             program_of: Callable[[str], str | None], target_of: Callable[[str], dict | None],
+             begin_rewrite: Callable[[], None], notes: list[str],
+             mp4_stat: Callable[[str], tuple[Path, int] | None] | None) -> bool:
+    """``_resume``'s ``renew``: ``_renew`` (the programs, and a rewrite a kill interrupted), then ``_drop_replaced``
+    over the records it leaves (where the opener can stat MP4s). Whether the progress file was written."""
+    renewed = _renew(out, progress_path, prefix, done, settings_hash, made, program_of, target_of, begin_rewrite,
+                     notes)
+    if mp4_stat is None:
+        return renewed
+    if renewed:  # (the records as _renew wrote them: the last of each name, as the appender reads them)
+        last = {r["name"]: r for r in read_jsonl(progress_path) if isinstance(r, dict) and "name" in r}
+        done = sorted(last.values(), key=lambda r: r["index"])
+    return _drop_replaced(out, progress_path, done, settings_hash, mp4_stat, begin_rewrite, notes) or renewed
+
+
 def _rewrite_shard(out: Path, record: dict, changed: dict[str, str | None],
-                   target_of: Callable[[str], dict | None]) -> dict:
+                   target_of: Callable[[str], dict | None],
+                   drop: frozenset[str] | set[str] = frozenset()) -> dict:
     """The shard of ``record`` written again into ``.NAME.update`` (fsync'ed) with the samples of ``changed`` (key
     -> program hash now) given their targets now: of each, its ``json`` alone is made again, its frames are copied
     as the tar holds them. Returns the shard's new record (its bytes, sha256 and samples' entries). ValueError: a
@@ -730,6 +766,8 @@ def _rewrite_shard(out: Path, record: dict, changed: dict[str, str | None],
                 data = src.read(x["size"])
                 if len(data) != x["size"] or (x.get("crc32") is not None and zlib.crc32(data) != x["crc32"]):
                     raise ValueError(f"{name}: sample {x['key']} is damaged")
+                if x["key"] in drop:  # (taken out: _drop_replaced)
+                    continue
                 x = dict(x)
                 if x["key"] in changed:
                     key, fields = group_sample(parse_members(data))
@@ -753,6 +791,74 @@ def _rewrite_shard(out: Path, record: dict, changed: dict[str, str | None],
         tmp.unlink(missing_ok=True)
         raise
     return dict(record, bytes=tmp.stat().st_size, sha256=sha256_file(tmp), samples=samples)
+
+
+def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_hash: str,
+                   mp4_stat: Callable[[str], tuple[Path, int] | None], begin_rewrite: Callable[[], None],
+                   notes: list[str]) -> bool:
+    """Take out of their shards the samples read from an MP4 whose size differs now from the one their shard's
+    progress record keeps (``video_sizes``: the video downloaded again since), so that they are to do and are written
+    from the new file into new shards. Its mtime alone is no reason (a copy), nor a video not there now; a record
+    that keeps no size (a leap before 2026-12-07, an rgb_frames folder) is kept. Each such shard is written again
+    without them by ``_rewrite_shard`` (the other samples' bytes copied; a shard left empty is kept, an empty tar
+    the readers pass over) and committed as ``_renew`` commits a rewrite (``.NAME.update``, then the progress file,
+    then the rename; its first run finishes a kill's), after ``begin_rewrite()``. Only over the intact records of
+    this run's settings (others are refused by ``_resume``). One ``mp4_stat`` per video. Returns whether the
+    progress file was written; the note is added to ``notes``."""
+    from leap_cli.io import atomic_write_text
+
+    if any(r["settings_hash"] != settings_hash for r in done):
+        return False
+    records: list[dict] = []  # the intact ones, as _resume keeps them
+    for r in done:
+        path = out / r["name"]
+        if r["index"] != len(records) or not path.exists() or path.stat().st_size != r["bytes"]:
+            break
+        records.append(r)
+    now: dict[str, tuple[Path, int] | None] = {}
+    drop: list[tuple[int, dict[str, tuple[int, int]]]] = []  # (index, {video: (size kept, size now)})
+    for i, r in enumerate(records):
+        held = r.get("video_sizes")
+        if not isinstance(held, dict):
+            continue
+        moved = {}
+        for vid, was in held.items():
+            if vid not in now:
+                now[vid] = mp4_stat(vid)
+            if now[vid] is not None and now[vid][1] != was:
+                moved[vid] = (was, now[vid][1])
+        if moved:
+            drop.append((i, moved))
+    if not drop:
+        return False
+
+    def commit() -> None:
+        atomic_write_text(progress_path, "".join(json_line(r) for r in records))
+
+    begin_rewrite()  # (the manifest names the old bytes: deleted first, readers refused from here)
+    taken, videos = 0, {}
+    for i, moved in drop:
+        keys = {x["key"] for x in records[i]["samples"] if x.get("video") in moved}
+        try:
+            new = _rewrite_shard(out, records[i], {}, lambda key: None, drop=keys)
+        except ValueError:  # (a sample's bytes are not those its record says: redone from the videos, as _resume
+            records = records[:i]  # redoes a damaged shard and those after it)
+            commit()
+            break
+        sizes = {v: size for v, size in records[i]["video_sizes"].items() if v not in moved}
+        records[i] = {**{k: v for k, v in new.items() if k != "video_sizes"}, "count": len(new["samples"]),
+                      **({"video_sizes": sizes} if sizes else {})}
+        commit()
+        os.replace(out / f".{new['name']}.update", out / new["name"])
+        taken += len(keys)
+        videos.update(moved)
+    if taken:
+        vid, (was, size) = next(iter(videos.items()))
+        more = len(videos) - 1
+        notes.append(f"{counted(taken, 'sample')} {'was' if taken == 1 else 'were'} written from a video that has "
+                     f"changed since ({now[vid][0]}: size {was} -> {size} bytes"
+                     + (f", and {counted(more, 'other video')}" if more else "") + "): made again from the new file")
+    return True
 
 
 @contextmanager
@@ -871,7 +977,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
     now = made_with({"format": FORMAT, "split": settings.split, "task": settings.task, "targets": targets_manifest,
                      "settings": json.loads(json.dumps(settings_made)), "sources": sources})
     if shard.count == 1 and not overwrite and (
-            done := _built_in_parts(out, now, _video_changed(opener, by_key))):
+            done := _built_in_parts(out, now, _video_changed(opener, by_key), getattr(opener, "mp4_stat", None))):
         return done
 
     def frame_count(video_id: str) -> int | None:
@@ -948,8 +1054,8 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
 
     prefix = f"leap-{settings.split}{shard.suffix}"
     appender, kept = _resume(out, progress_path, settings_hash, prefix, changed, changed_keys,
-                             lambda done: _renew(out, progress_path, prefix, done, settings_hash, made, program_of,
-                                                 target_of, begin_rewrite, notes))
+                             lambda done: _renewed(out, progress_path, prefix, done, settings_hash, made, program_of,
+                                                   target_of, begin_rewrite, notes, getattr(opener, "mp4_stat", None)))
     done_keys = {x["key"] for r in kept for x in r["samples"]} | {x["narration_id"] for r in kept for x in r["skipped"]}
 
     # Skips found while planning are reported in segment order along with the frame failures.
@@ -992,9 +1098,9 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
             results = pool_results(pool, pool.imap(_work, todo_jobs, chunksize=1))
         else:
             pool = None
-            results = (encode_video(j, opener, settings, cache) for j in todo_jobs)
+            results = (_encode(j, opener, settings, cache) for j in todo_jobs)
         try:
-            for job, encoded in zip(todo_jobs, results):
+            for job, (encoded, video_size) in zip(todo_jobs, results):
                 emit_plan_skips(job.video_id)
                 for key, fields in encoded:
                     seg = by_key[key]
@@ -1014,7 +1120,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                                  "program": program_of(key)}  # (what a later run compares: _renew)
                         if rec.get("blank"):  # (anticipation: no frame to observe before the action)
                             entry["blank"] = True
-                        sink.add(key, sample_bytes(key, fields), entry)
+                        sink.add(key, sample_bytes(key, fields), entry, video_size)
                         written += 1
                     done_count += 1
                     if progress:
@@ -1109,12 +1215,14 @@ def _video_changed(opener, segments: dict[str, Segment]) -> Callable[[dict], boo
     return changed
 
 
-def _built_in_parts(out: Path, now: dict, video_changed: Callable[[dict], bool]) -> BuildResult | None:
+def _built_in_parts(out: Path, now: dict, video_changed: Callable[[dict], bool],
+                    mp4_stat: Callable[[str], tuple[Path, int] | None] | None = None) -> BuildResult | None:
     """A build without --shard over a folder whose --shard i/n parts are all done (manifest.json merged) from what
     this build would make them from (``now``: ``made_with``): nothing to do, as extract and generate-programs say on
     their merged files (the README's loop over the splits was refused after a sharded build). Parts all done from
     other inputs or settings, or holding skips whose video has changed since (a re-download the parts would try
-    again), are a LeapError saying so; None otherwise: the caller refuses the parts as before."""
+    again), or samples read from an MP4 whose size differs now (``mp4_stat``: ``_drop_replaced``, which the parts'
+    runs do), are a LeapError saying so; None otherwise: the caller refuses the parts as before."""
     from leap_cli.shards.format import MANIFEST, PACKING, part_counts
 
     counts = part_counts(out)
@@ -1141,6 +1249,14 @@ def _built_in_parts(out: Path, now: dict, video_changed: Callable[[dict], bool])
                         fix=f"rebuild each part with --force --shard i/{n}, or build into another --out (or delete the "
                             "folder to build it without --shard)")
     retry = []  # the parts holding a skip whose video changed since (re-downloaded): a part's run tries it again
+    moved = []  # those holding samples read from an MP4 whose size differs now: a part's run writes them again
+    sizes: dict[str, int | None] = {}
+
+    def size_now(vid: str) -> int | None:
+        if vid not in sizes:
+            sizes[vid] = (mp4_stat(vid) or (None, None))[1] if mp4_stat is not None else None
+        return sizes[vid]
+
     for i, path in sorted(found.items()):
         try:
             skipped = json.loads(path.read_text()).get("skipped") or []
@@ -1148,13 +1264,28 @@ def _built_in_parts(out: Path, now: dict, video_changed: Callable[[dict], bool])
             continue
         if any(video_changed(x) for x in skipped):
             retry.append(i)
-    if retry:
-        raise LeapError(f"holds this split built in {n} parts, and part(s) {', '.join(map(str, retry))} skipped "
-                        "segments whose video has changed since (downloaded again?)", path=out,
+        elif mp4_stat is not None and any(
+                isinstance(held := r.get("video_sizes"), dict)
+                and any(size_now(v) not in (None, was) for v, was in held.items())
+                for r in _records_of(out / f".progress.shard{i}of{n}.jsonl")):
+            moved.append(i)
+    if retry or moved:
+        what = [f"part(s) {', '.join(map(str, parts))} {did} has changed since" for parts, did in (
+            (retry, "skipped segments whose video"), (moved, "hold samples written from a video that")) if parts]
+        retry = sorted(retry + moved)
+        raise LeapError(f"holds this split built in {n} parts, and {' and '.join(what)} (downloaded again?)", path=out,
                         fix=" and ".join(build_command(out, "--shard", f"{i}/{n}", part=f".shard{i}of{n}") for i in retry)
                             + " tries them again")
     return BuildResult(out, merged, notes=[f"built before in {n} parts (--shard i/{n}), all done and merged into "
                                            "manifest.json with these settings and inputs: nothing new to write"])
+
+
+def _records_of(progress_path: Path) -> list[dict]:
+    """The records of a progress file ([] where it cannot be read: the part's own run says why)."""
+    try:
+        return [r for r in read_jsonl(progress_path) if isinstance(r, dict)]
+    except (LeapError, OSError):
+        return []
 
 
 def _has_fps(fps: Callable[[str], float], vid: str) -> bool:
@@ -1326,6 +1457,12 @@ class LayoutOpener:
         layout = self._layout()
         path = layout.video_path(video_id) or layout.frames_dir(video_id)
         return file_stat(path) if path is not None else None
+
+    def mp4_stat(self, video_id: str) -> tuple[Path, int] | None:
+        """The video's MP4 and its size (None: it has none now, an rgb_frames folder, or it cannot be stat'ed)."""
+        path = self._layout().video_path(video_id)
+        stat = file_stat(path) if path is not None else None
+        return (path, stat[0]) if stat is not None else None
 
     def frame_stat(self, video_id: str, name: str) -> list[int] | None:
         """``file_stat`` of the file ``name`` in the video's rgb_frames folder (None: no such folder or file)."""
