@@ -8,7 +8,9 @@ keeps complete shards (after checking their size) and redoes the unfinished one.
 could not be read is recorded with the video's size and mtime (``video_stat``); a re-run tries it again, into new
 shards, once the file has changed (a video downloaded again). Each sample's entry keeps the hash of its program record
 (``program_hash``): a re-run whose program records alone changed rewrites only the shards of the samples whose records
-did, copying their frames (``_renew``).
+did, copying their frames (``_renew``); each shard's record keeps the size of each MP4 its samples were read from
+(``video_sizes``): a re-run takes the samples of a video whose size differs now (downloaded again) out of their shards
+and writes them from the new file (``_drop_replaced``).
 
 Sample ``json`` (see ``docs/shards.md``)::
 
