@@ -640,7 +640,7 @@ def program_hash(record: dict | None) -> str | None:
 
 def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settings_hash: str, made: dict[str, str],
            program_of: Callable[[str], str | None], target_of: Callable[[str], dict | None],
-           begin_rewrite: Callable[[], None], notes: list[str]) -> bool:
+           begin_rewrite: Callable[[], None], notes: list[str], inputs: dict | None = None) -> bool:
     """Bring the progress records ``done`` up to this run's program records where nothing else changed (their
     ``made_with`` differs from ``made`` in ``sources.programs`` alone): a shard none of whose samples' programs
     changed (``program_of(key)`` against its entry's ``program``) takes this run's settings hash as it is; one
@@ -649,7 +649,9 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
     committed as: ``.NAME.update`` written, the progress file written with its new record, then renamed over the
     tar; a rewrite a kill interrupted is finished here first (its record committed) or dropped (not). Records of
     a leap that kept no ``program`` per sample get it where their shards were made from these programs (their
-    settings hash is this run's). Returns whether the progress file was written; what was done is added to
+    settings hash is this run's). The records of other programs take this run's ``inputs`` (the command that
+    resumes the build, ``format.begun_options``, names the program file they take, not the one they were built
+    from), those still to rewrite too. Returns whether the progress file was written; what was done is added to
     ``notes``."""
     from leap_cli.io import atomic_write_text
 
@@ -687,6 +689,8 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
                 upgraded = True
             continue
         changed = {x["key"]: now for x in r["samples"] if x["program"] != (now := program_of(x["key"]))}
+        if inputs is not None:
+            records[i] = r = dict(r, inputs=inputs)
         if changed:
             rewrite.append((i, changed))
         else:
@@ -735,12 +739,12 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
 
 def _renewed(out: Path, progress_path: Path, prefix: str, done: list[dict], settings_hash: str, made: dict[str, str],
              program_of: Callable[[str], str | None], target_of: Callable[[str], dict | None],
-             begin_rewrite: Callable[[], None], notes: list[str],
+             begin_rewrite: Callable[[], None], notes: list[str], inputs: dict | None,
              mp4_stat: Callable[[str], tuple[Path, int] | None] | None) -> bool:
     """``_resume``'s ``renew``: ``_renew`` (the programs, and a rewrite a kill interrupted), then ``_drop_replaced``
     over the records it leaves (where the opener can stat MP4s). Whether the progress file was written."""
     renewed = _renew(out, progress_path, prefix, done, settings_hash, made, program_of, target_of, begin_rewrite,
-                     notes)
+                     notes, inputs)
     if mp4_stat is None:
         return renewed
     if renewed:  # (the records as _renew wrote them: the last of each name, as the appender reads them)
@@ -1057,7 +1061,8 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
     prefix = f"leap-{settings.split}{shard.suffix}"
     appender, kept = _resume(out, progress_path, settings_hash, prefix, changed, changed_keys,
                              lambda done: _renewed(out, progress_path, prefix, done, settings_hash, made, program_of,
-                                                   target_of, begin_rewrite, notes, getattr(opener, "mp4_stat", None)))
+                                                   target_of, begin_rewrite, notes, inputs,
+                                                   getattr(opener, "mp4_stat", None)))
     done_keys = {x["key"] for r in kept for x in r["samples"]} | {x["narration_id"] for r in kept for x in r["skipped"]}
 
     # Skips found while planning are reported in segment order along with the frame failures.
