@@ -597,17 +597,20 @@ def _sibling_options(folder: Path, anticipation: bool) -> list[str] | None:
 
 
 def build_command(folder: Path, *extra: str, part: str | None = None, manifest: dict | None = None,
-                  settings: dict | None = None) -> str:
+                  settings: dict | None = None, inputs: dict | None = None) -> str:
     """The ``leap build-shards`` command that writes ``folder`` (WORKDIR/shards/SPLIT[-anticipation] by default),
     with the options of a build begun there (``begun_options``; ``part``: the suffix of the ``--shard`` part it is
     for), else of the folder's ``manifest`` where given (an earlier leap's records keep none; its inputs are not
-    known), those of ``settings`` (``ShardSettings`` names) in their place, and ``extra`` words."""
+    known), those of ``settings`` (``ShardSettings`` names) in their place, ``inputs`` (``--programs``: path, as a
+    progress record keeps them) in place of the inputs it began with, and ``extra`` words."""
     folder = Path(folder)
     rec = _begun(folder, part)  # (read once)
     if rec is None and isinstance((manifest or {}).get("settings"), dict):
         rec = {"settings": manifest["settings"]}
     if rec is not None and settings:
         rec = {**rec, "settings": {**rec["settings"], **settings}}
+    if rec is not None and inputs is not None:
+        rec = {**rec, "inputs": inputs}
     begun = _options_of(rec)
     m = re.fullmatch(r"(train|val|test)(-anticipation)?", folder.name)
     if rec is None and m and folder.parent.name == "shards" and not any(folder.glob(".progress*.jsonl")):

@@ -1178,14 +1178,15 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                 except (OSError, ValueError, KeyError, TypeError):
                     return None
 
-            # (a part an earlier leap built from these programs, hashing the file, is rebuilt, as the error says)
+            # (a part an earlier leap built from these programs, hashing the file, is rebuilt, as the error says;
+            # the others' commands name this run's inputs: those a part began with may name the old program file)
             if getattr(e, "keys", None) != ["sources.programs"] or any(
                     v is not None and v == (adopt or {}).get("programs")
                     for v in [sources.get("programs")] + [programs_of(i) for i in e.parts]):
                 raise  # this part is kept; the set is not one split's shards until the others agree
             notes.append(f"part {shard.index}/{shard.count} done with these programs; manifest.json is written once "
                          f"the other parts have them too: "
-                         + " and ".join(build_command(out, "--shard", f"{i}/{shard.count}",
+                         + " and ".join(build_command(out, "--shard", f"{i}/{shard.count}", inputs=inputs,
                                                       part=f".shard{i}of{shard.count}") for i in e.parts)
                          + " (each rewrites only its shards whose samples' programs changed)")
         except LeapError:
