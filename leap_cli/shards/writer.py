@@ -647,7 +647,9 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
     holding such samples is written again by ``_rewrite_shard`` (their targets, from ``target_of``; the frames
     copied), after ``begin_rewrite()`` (the folder held for writing, its manifest deleted). Each rewrite is
     committed as: ``.NAME.update`` written, the progress file written with its new record, then renamed over the
-    tar; a rewrite a kill interrupted is finished here first (its record committed) or dropped (not). Records of
+    tar; a rewrite a kill interrupted is finished here first (its record committed) or dropped (not). A shard
+    damaged (cut short, or a sample's CRC-32) is left with those after it to be decoded again, as ``_resume`` does,
+    after ``begin_rewrite()`` where their samples' targets change. Records of
     a leap that kept no ``program`` per sample get it where their shards were made from these programs (their
     settings hash is this run's). The records of other programs take this run's ``inputs`` (the command that
     resumes the build, ``format.begun_options``, names the program file they take, not the one they were built
@@ -697,6 +699,9 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
             records[i] = dict(r, settings_hash=settings_hash, made_with=made)
     if not (upgraded or other or rewrite):
         return False
+    if any(x.get("program", "") != program_of(x["key"]) for r in done[len(records):]
+           if r["settings_hash"] != settings_hash for x in r["samples"]):
+        begin_rewrite()  # (shards after a damaged one, redone from the videos with other targets than it names)
 
     def commit() -> None:
         atomic_write_text(progress_path, "".join(json_line(r) for r in records))
@@ -710,7 +715,8 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
         try:
             new = _rewrite_shard(out, records[i], changed, target_of)
         except ValueError:  # (a sample's bytes are not those its record says: redone from the videos, as _resume
-            records = records[:i]  # redoes a damaged shard and those after it)
+            begin_rewrite()  # redoes a damaged shard and those after it, with other targets than the manifest names)
+            records = records[:i]
             commit()
             rewrite = rewrite[:n]
             break
