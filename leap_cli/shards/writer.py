@@ -470,6 +470,7 @@ class BuildResult:
     notes: list[str] = field(default_factory=list)
     manifest_was_missing: bool = False  # the manifest (of the part) was not there when this run began
     rewritten: bool = False  # shards were written again with their samples' new programs (``_renew``)
+    renewed: bool = False  # shards of other program records took these (``_renew``), rewritten or kept as they were
 
 
 def _labels(seg: Segment, fps: float | None) -> dict:
@@ -1065,10 +1066,16 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                 p.unlink(missing_ok=True)
 
     prefix = f"leap-{settings.split}{shard.suffix}"
-    appender, kept = _resume(out, progress_path, settings_hash, prefix, changed, changed_keys,
-                             lambda done: _renewed(out, progress_path, prefix, done, settings_hash, made, program_of,
-                                                   target_of, begin_rewrite, notes, inputs,
-                                                   getattr(opener, "mp4_stat", None)))
+    renewed: list[bool] = []  # (records of other programs were brought up to these: not the inputs of before)
+
+    def renew(done: list[dict]) -> bool:
+        if _renewed(out, progress_path, prefix, done, settings_hash, made, program_of, target_of, begin_rewrite,
+                    notes, inputs, getattr(opener, "mp4_stat", None)):
+            renewed.append(any(r["settings_hash"] != settings_hash for r in done))
+            return True
+        return False
+
+    appender, kept = _resume(out, progress_path, settings_hash, prefix, changed, changed_keys, renew)
     done_keys = {x["key"] for r in kept for x in r["samples"]} | {x["narration_id"] for r in kept for x in r["skipped"]}
 
     # Skips found while planning are reported in segment order along with the frame failures.
@@ -1202,7 +1209,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
             notes.append(f"all {shard.count} parts done: merged manifest.json "
                          + ("written" if wrote else "as it was (nothing changed)"))
     return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes,
-                       manifest_was_missing=missing_manifest, rewritten=bool(rewriting))
+                       manifest_was_missing=missing_manifest, rewritten=bool(rewriting), renewed=any(renewed))
 
 
 def _video_changed(opener, segments: dict[str, Segment]) -> Callable[[dict], bool]:
@@ -1820,7 +1827,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                      f"{condition_string(cond)} of {where}), and the condition metrics do not score them")
     if not result.written_now and (result.resumed_shards or result.manifest.get("parts")):  # every shard was there
         notes = [n for n in notes if n != vocab_note and n not in cache_notes]  # (nothing was read or built now)
-    if not result.written_now and result.resumed_shards and not result.rewritten:
+    if not result.written_now and result.resumed_shards and not result.rewritten and not result.renewed:
         one = result.resumed_shards == 1
         notes.append(("the 1 shard was" if one else f"all {result.resumed_shards} shards were")
                      + " built before with these settings and inputs"
