@@ -680,8 +680,10 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
     if any("program" not in x for r in records if r["settings_hash"] != settings_hash for x in r["samples"]):
         raise LeapError("the folder holds shards built from other inputs or settings (the programs differ) by a leap "
                         "that kept no program per sample: which of their samples changed is not known", path=out,
-                        fix="pass --force to rebuild them (a later change of programs then rewrites only the shards "
-                            "of the samples it changes), or another --out")
+                        fix="run build-shards once with the program file they were built from (it gives them their "
+                            "programs, rebuilding nothing), then with these; or pass --force to rebuild them (a later "
+                            "change of programs then rewrites only the shards of the samples it changes), or another "
+                            "--out")
     upgraded = False
     rewrite: list[tuple[int, dict[str, str | None]]] = []  # (index, {key: its program hash now}) of the changed
     for i, r in enumerate(records):
