@@ -384,7 +384,8 @@ def resumed_notes(summary) -> list[str]:
         n = summary.reclipped
         notes.append(f"{n} record{'s' if n != 1 else ''} of earlier runs {'were' if n != 1 else 'was'} made from a "
                      "clip that has changed since (its descriptor record was made again, or its annotation changed): "
-                     "made again (shards built from the old ones are rebuilt with build-shards --force)")
+                     "made again; then run build-shards for this split (it writes again the samples whose programs changed, "
+                     "no --force)")
     return notes + not_valid_notes(bad)
 
 
