@@ -143,7 +143,8 @@ def extract(
     split_name = normalize_split(split)
     spec = ShardSpec.parse(shard)
     data = dataset_root(workdir, data)
-    out = shard_out(out or workdir / "descriptors" / f"{split_name}.jsonl", spec)
+    merged = out or workdir / "descriptors" / f"{split_name}.jsonl"
+    out = shard_out(merged, spec)
     retry_errors = retry_errors or retry_failed
     cfg = ExtractConfig(data=data, split=split_name, out=out, annotations=annotations,
                         components=tuple(c.strip() for c in components.split(",") if c.strip()), workers=workers,
@@ -163,13 +164,14 @@ def extract(
     try:
         check_settings(out, _settings(cfg, out), force=force, split=split_name, adopt=("files",),
                        names=SETTINGS_NAMES, lock=lock)
-        _run(cfg, split_name, spec, limit, strict, lock)
+        _run(cfg, split_name, spec, limit, strict, lock, merged)
     finally:
         lock.release()
 
 
-def _run(cfg, split_name: str, spec, limit: int | None, strict: bool, lock: OutputLock) -> None:
+def _run(cfg, split_name: str, spec, limit: int | None, strict: bool, lock: OutputLock, merged: Path) -> None:
     from leap_cli.extract.runner import run_extract
+    from leap_cli.io import merge_command
 
     progress = stage_progress(f"extract {split_name}", TextColumn("[bold]extract[/] {task.description}"), BarColumn(),
                               MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
@@ -183,7 +185,8 @@ def _run(cfg, split_name: str, spec, limit: int | None, strict: bool, lock: Outp
 
     with progress:
         summary = run_extract(cfg, on_start=on_start, on_record=on_record, lock=lock)
-    _print_summary(summary)
+    # (a part's records reach generate-programs through the merged file, which holds the old ones until merged again)
+    _print_summary(summary, merge_command(merged, spec.count) if spec.count > 1 else None)
     if spec.count > 1 and not summary.segments and limit is None:  # (it said "0 selected" and nothing more)
         console.print(f"note: part {spec.index}/{spec.count} holds no segment of the {split_name} split: parts are "
                       f"whole videos, and with fewer videos than parts some parts are empty")
@@ -241,7 +244,7 @@ def _print_retryable(s, of_them: bool) -> None:
                       style="yellow", highlight=False)
 
 
-def _print_summary(s) -> None:
+def _print_summary(s, merge: str | None = None) -> None:
     if s.done_before and not s.written and not s.interrupted:  # a rerun with nothing left: no empty table
         console.print(f"segments: {s.segments} selected, {s.done_before} done before, 0 written now: nothing to do "
                       f"({escape(str(s.out))})")
@@ -281,7 +284,9 @@ def _print_summary(s) -> None:
         console.print(f"note: {counted(n, 'record')} of earlier runs {'was' if n == 1 else 'were'} made from a video "
                       f"that has changed since ({escape(s.replaced_example)}"
                       + (f", and {counted(more, 'other video')}" if more else "")
-                      + f"): {'it is' if n == 1 else 'they are'} made again; then run generate-programs (it makes "
+                      + f"): {'it is' if n == 1 else 'they are'} made again; then "
+                      + (f"merge the parts again once each is done ({escape(merge)}) and " if merge else "")
+                      + "run generate-programs (it makes "
                       "again the programs whose clip text changed) and build-shards for this split (it writes again the "
                       "samples it wrote from the old file)",
                       style="yellow", highlight=False)
