@@ -141,7 +141,7 @@ def run_programs_text(provenance: dict | None) -> str:
         text += f" (validation: {programs_text(val)})"
     earlier = [e for e in provenance.get("earlier") or [] if isinstance(e, dict) and isinstance(e.get("train"), dict)]
     # (a resume on shards of other programs: the steps before it were trained on these; an entry a resume on other
-    # labels left, of the programs that came next too, is not another program set)
+    # labels or samples left, of the programs that came next too, is not another program set)
     sha = lambda e: ((e.get("train") or {}).get("programs") or {}).get("sha256")  # noqa: E731
     others = [e for e, after in zip(earlier, earlier[1:] + [provenance]) if sha(e) != sha(after)]
     if others:

@@ -255,19 +255,37 @@ def labels_provenance(m: dict) -> dict | None:
     return {k: sources.get(k) for k in LABEL_SOURCES} if any(sources.get(k) for k in LABEL_SOURCES) else None
 
 
+def samples_provenance(m: dict) -> dict | None:
+    """What samples a manifest's shards hold, as a run keeps it (``provenance.json``): ``count`` and ``sha256``, a
+    hash of each sample's key and CRC-32 (``crc32s``) in key order, so that a sample whose bytes changed (its frames
+    read again from a video downloaded again, its targets or labels made again) changes it, and how the samples are
+    packed into tars does not. None: a manifest of a leap before it kept the CRC-32s (unknown)."""
+    import hashlib
+
+    pairs = []
+    for info in m.get("shards") or []:
+        keys, crcs = info.get("keys") or [], info.get("crc32s") or []
+        if len(crcs) != len(keys) or None in crcs:
+            return None
+        pairs.extend(zip(keys, crcs))
+    text = "".join(f"{key} {crc}\n" for key, crc in sorted(pairs))
+    return {"count": len(pairs), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
 def folders_provenance(m: dict, folder: Path) -> dict:
     """What a run trains on, as ``provenance.json`` keeps it under ``train``: ``shards`` (the absolute folder),
-    ``split``, ``programs`` and ``labels`` of a manifest loaded from ``folder``. A manifest over several folders
-    (``load_folders``) gives ``shards`` as their list, ``split`` as ``train+val``, ``folders`` (each one's own
-    entry), and ``programs`` and
-    ``labels`` over all of them: counts added up, generators' rows merged, and each hash a hash of the folders'
-    hashes in their order ("-" for a folder that has none), so that a resume compares them as it compares one."""
+    ``split``, ``programs``, ``labels`` and ``samples`` of a manifest loaded from ``folder``. A manifest over several
+    folders (``load_folders``) gives ``shards`` as their list, ``split`` as ``train+val``, ``folders`` (each one's
+    own entry), and ``programs``, ``labels`` and ``samples`` over all of them: counts added up, generators' rows
+    merged, and each hash a hash of the folders' hashes in their order ("-" for a folder that has none; the samples
+    of a folder without CRC-32s leave them all unknown), so that a resume compares them as it compares one."""
     import hashlib
     import os
 
     def one(manifest: dict, where: str | Path) -> dict:
         return {"shards": os.path.abspath(where), "split": manifest.get("split"),
-                "programs": programs_provenance(manifest), "labels": labels_provenance(manifest)}
+                "programs": programs_provenance(manifest), "labels": labels_provenance(manifest),
+                "samples": samples_provenance(manifest)}
 
     if not m.get("folders"):
         return one(m, folder)
@@ -296,10 +314,13 @@ def folders_provenance(m: dict, folder: Path) -> dict:
                     "made_by": made_by, "prompt_version": versions.pop() if len(versions) == 1 else None,
                     "sha256": joined([p.get("sha256") for p in programs])}
     labels = [p["labels"] for p in parts]
+    samples = [p["samples"] for p in parts]
     return {"shards": [p["shards"] for p in parts], "split": "+".join(str(p["split"]) for p in parts),
             "programs": combined,
             "labels": None if not any(labels) else {k: joined([(lab or {}).get(k) for lab in labels])
                                                     for k in LABEL_SOURCES},
+            "samples": None if not all(samples) else {"count": sum(s["count"] for s in samples),
+                                                      "sha256": joined([s["sha256"] for s in samples])},
             "folders": parts}
 
 

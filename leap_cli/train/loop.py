@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from leap_cli.common import NEXT_RUN, RAISE_OPEN_FILES
+from leap_cli.common import NEXT_RUN, RAISE_OPEN_FILES, counted
 from leap_cli import signals
 from leap_cli.errors import LeapError
 from leap_cli.io import OutputLock, ShardReaders, atomic_write_text, read_jsonl, settings_changes, shell_word
@@ -800,8 +800,9 @@ def record_provenance(run_dir: Path, now: dict, *, resumed: bool, checkpoint: di
     """Write ``runs/NAME/provenance.json`` (``now``: the data source's ``provenance``) and return what it holds. A
     resume on training shards made from other programs or labels than the file names (their content hashes: shards
     built again from other programs, or from annotation rows or class files with other labels, with as many batches
-    per epoch) is warned of, and the file keeps what the run was trained on before under ``earlier`` (oldest
-    first). The same programs described more fully (shards of an
+    per epoch), or whose samples differ otherwise (the hash of their CRC-32s: frames read again from a video
+    downloaded again; unknown in a file or manifest of a leap before it was kept: nothing said), is warned of once,
+    and the file keeps what the run was trained on before under ``earlier`` (oldest first). The same programs described more fully (shards of an
     earlier leap built again, as its note advises) or other validation shards are written as they are now. Without
     the file (deleted, unreadable) a resume takes the resumed ``checkpoint``'s copy; a checkpoint of a leap before
     runs kept it leaves what the steps before were trained on unknown: said, and kept under ``earlier``."""
@@ -829,8 +830,15 @@ def record_provenance(run_dir: Path, now: dict, *, resumed: bool, checkpoint: di
             found = (p.get("train") or {}).get("labels") if isinstance(p.get("train"), dict) else None
             return found if isinstance(found, dict) else {}
 
+        def samples(p: dict) -> dict:  # (a run before they were kept, shards without CRC-32s: {}, unknown)
+            found = (p.get("train") or {}).get("samples") if isinstance(p.get("train"), dict) else None
+            return found if isinstance(found, dict) and found.get("sha256") else {}
+
         relabelled = [SOURCE_NAMES.get(k, str(k)) for k in sorted(labels(old), key=str)
                       if labels(old)[k] != labels(now).get(k)]
+        # the samples' hash covers their targets and labels too: said only where neither changed (their frames did)
+        resampled = bool(trained_on(old) == trained_on(now) and not relabelled and samples(old) and samples(now)
+                         and samples(old)["sha256"] != samples(now)["sha256"])
         if trained_on(old) != trained_on(now):
             log.warning("%s: the shards' programs are not those the run was trained on so far (%s; before: %s): "
                         "%s keeps both", run_dir, run_programs_text(now), run_programs_text(old), RUN_PROVENANCE)
@@ -840,7 +848,18 @@ def record_provenance(run_dir: Path, now: dict, *, resumed: bool, checkpoint: di
                         "was trained on; to train on from its weights with a schedule of its own instead, start a "
                         "run of another --name with --set model.pretrained=%s)", run_dir, " and ".join(relabelled),
                         RUN_PROVENANCE, run_dir / "checkpoints" / "last.pt")
-        if trained_on(old) != trained_on(now) or relabelled:
+        if resampled:
+            was, count = samples(old).get("count"), samples(now).get("count")
+            log.warning("%s: the training shards' samples are not those the run was trained on so far (%s): its "
+                        "remaining steps train on the new ones (%s keeps what each part of the run was trained on; "
+                        "to train on from its weights with a schedule of its own instead, start a run of another "
+                        "--name with --set model.pretrained=%s)", run_dir,
+                        f"{counted(count, 'sample')}, as before, some of them written again since: their frames "
+                        "read again, e.g. from a video downloaded again" if count == was else
+                        f"{counted(count, 'sample')}, {was} before: samples added or taken out since, e.g. those of a "
+                        "video downloaded that build-shards had skipped", RUN_PROVENANCE,
+                        run_dir / "checkpoints" / "last.pt")
+        if trained_on(old) != trained_on(now) or relabelled or resampled:
             earlier.append(old)
         if earlier:
             now = {**now, "earlier": earlier}
