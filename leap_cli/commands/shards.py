@@ -108,8 +108,12 @@ def build_shards(
     shard: str = typer.Option(None, "--shard", help="Write part i of n (i/n, 0-based; videos split between jobs) into "
                                                     "the same --out; the part that finishes last writes the merged "
                                                     "manifest.json."),
-    max_shard_size: str = typer.Option("1GB", "--max-shard-size", help="Start a new tar file beyond this size."),
-    max_count: int = typer.Option(0, "--max-count", min=0, help="Start a new tar file after this many samples (0: no limit)."),
+    max_shard_size: str = typer.Option("1GB", "--max-shard-size", help="Start a new tar file beyond this size (not "
+                                                                      "given: a re-run packs as the folder's build "
+                                                                      "began)."),
+    max_count: int = typer.Option(0, "--max-count", min=0, help="Start a new tar file after this many samples (0: no "
+                                                                "limit; not given: a re-run packs as the folder's "
+                                                                "build began)."),
     tau_a: float = typer.Option(1.0, "--tau-a", min=0.0, help="Anticipation: seconds between the observed window's end and "
                                                      "the action start."),
     tau_o: float = typer.Option(2.0, "--tau-o", min=0.01, help="Anticipation with --anticipation-context segments: length of "
@@ -134,7 +138,7 @@ def build_shards(
                                                         "every segment is)."),
 ) -> None:
     from leap_cli.outcome import Outcome
-    from leap_cli.shards.writer import ShardSettings, build_split
+    from leap_cli.shards.writer import ShardSettings, build_split, default_out
 
     split = normalize_split(split)
     spec = ShardSpec.parse(shard)
@@ -146,6 +150,7 @@ def build_shards(
                              max_shard_size=parse_size(max_shard_size), max_count=max_count, tau_a=tau_a,
                              tau_o=tau_o, context=context if task == "anticipation" else 0,
                              context_mode=anticipation_context, span_frames=span_frames)
+    settings, packed = _folder_packing(ctx, settings, out or default_out(workdir, split, task), spec.suffix, overwrite)
     data = dataset_root(workdir, data)
     unread = None
     if frame_cache is None and task == "recognition":
@@ -178,7 +183,7 @@ def build_shards(
     table.add_row(str(c["segments"]), str(c["samples"]), str(c["with_program"]), str(c["skipped"]), str(c["shards"]),
                   str(result.resumed_shards), f"{sum(s['bytes'] for s in m['shards']) / 1e9:.3f}")
     console.print(table)
-    for note in result.notes + ([unread] if unread else []):
+    for note in ([packed] if packed else []) + result.notes + ([unread] if unread else []):
         console.print(f"[yellow]note:[/] {escape(note)}")
     if c.get("blank"):  # (anticipation: black clips the model learns labels from; the manifest counts them)
         one = c["blank"] == 1
@@ -197,6 +202,27 @@ def build_shards(
     for line in outcome.lines():
         console.print(escape(line), style="red", highlight=False)
     outcome.exit(strict)
+
+
+def _folder_packing(ctx: typer.Context, settings, folder: Path, suffix: str, overwrite: bool):
+    """``settings`` with the packing of the build begun in ``folder`` (``format.begun_packing``; ``suffix``: the
+    ``--shard`` part's) for each of --max-count and --max-shard-size the command does not give, and the note that
+    says so (None: nothing taken otherwise than the defaults). The samples' bytes do not depend on it, but the
+    settings hash does: a plain re-run (as leap's messages name it) of a ``--max-count 2`` build was refused, and
+    --force decoded every video again. --force starts over with the options as given."""
+    from dataclasses import replace
+
+    from leap_cli.shards.format import SETTINGS_OPTIONS, begun_packing
+
+    if overwrite:
+        return settings, None
+    given = given_options(ctx, "max_count", "max_shard_size")
+    taken = {k: v for k, v in begun_packing(folder, suffix).items()
+             if SETTINGS_OPTIONS[k] not in given and v != getattr(settings, k)}
+    if not taken:
+        return settings, None
+    words = " ".join(f"{SETTINGS_OPTIONS[k]} {v}" for k, v in sorted(taken.items()))
+    return replace(settings, **taken), f"tars packed as the folder's build began: {words} (to repack: --force)"
 
 
 def _refuse_unused(ctx: typer.Context, task: str, mode: str) -> None:

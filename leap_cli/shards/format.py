@@ -563,6 +563,24 @@ def begun_options(folder: Path, part: str | None = None) -> list[str] | None:
     return _options_of(_begun(folder, part))
 
 
+def begun_packing(folder: Path, part: str = "") -> dict:
+    """How the build begun in ``folder`` packs its tars (``PACKING`` by ``ShardSettings`` name: {"max_count": 2,
+    "max_shard_size": 1073741824}), as its progress records keep it (``_begun``: the ``--shard`` part of suffix
+    ``part`` first, else another part's), else its manifest (a leap before 2026-12-06 kept no settings in its
+    records); {} where neither is there: a re-run that gives neither option packs as the folder was begun."""
+    rec = _begun(folder, part)
+    settings = rec["settings"] if rec is not None else None
+    for path in () if settings is not None else (Path(folder) / manifest_name(part), Path(folder) / MANIFEST):
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8")).get("settings")
+        except (OSError, ValueError, AttributeError):  # (a damaged manifest: the run says so itself)
+            continue
+        if isinstance(settings, dict):
+            break
+    names = sorted(k.removeprefix("settings.") for k in PACKING)
+    return {k: v for k in names if isinstance(settings, dict) and type(v := settings.get(k)) is int}
+
+
 def _inputs(rec: dict) -> dict:
     """The inputs a progress record keeps (``--data``, ...; none in a record of a leap before 2026-12-06)."""
     return rec["inputs"] if isinstance(rec.get("inputs"), dict) else {}

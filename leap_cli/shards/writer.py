@@ -608,6 +608,18 @@ def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
     if other := [r for r in done if r["settings_hash"] != settings_hash]:
         appender.close()
         keys = changed_keys(other)
+        from leap_cli.shards.format import PACKING
+
+        if keys and all(k in PACKING for k in keys):  # (given otherwise: left out, a re-run packs as the build began)
+            from leap_cli.io import part_of
+
+            part, m = progress_path.name[len(".progress"):-len(".jsonl")], part_of(progress_path.name)
+            again = build_command(out, *(("--shard", f"{m[0]}/{m[1]}") if m else ()), part=part)
+            raise LeapError("the folder's tars are packed otherwise " + differ_note([said(k) for k in keys])
+                            + ": a folder keeps one packing, which its manifest records", path=out,
+                            fix=f"run {again} (its own packing, which a re-run without "
+                                f"{' or '.join(said(k) for k in keys)} takes), or pass --force to repack every shard "
+                                "(each sample made again), or another --out")
         raise LeapError("the folder holds shards built from other inputs or settings"
                         + (" " + differ_note([said(k) for k in keys]) if keys else "")
                         + (": its samples hold the program ids of the target vocabulary they were built with, so "
