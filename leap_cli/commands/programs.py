@@ -345,6 +345,8 @@ def generate_programs(
                       "fewer videos than parts some parts are empty", highlight=False)
     if summary.stopped:
         console.print(f"[yellow]stopped early:[/] {escape(str(summary.stopped))}")
+    if summary.left_out:  # (not failed: nothing was asked for them; a run where all were left out exits 0)
+        console.print(f"[yellow]note:[/] {escape(summary.left_out)}", highlight=False)
     for line in resumed_notes(summary):
         console.print(f"[yellow]note:[/] {escape(line)}", highlight=False)
     for line in endpoint_notes(summary):

@@ -34,7 +34,8 @@ from leap_cli.io import AtomicFiles, JsonlAppender, OutputLock, json_line, refus
 from leap_cli.programs.backends import (Backend, OpenAIBackend, openai_params, reply_cut, reply_problem, reply_text,
                                        reply_usage)
 from leap_cli.programs.generate import (GenerateConfig, NoMoreRequests, ProgramGenerator, _setup, asked_token_limit,
-                                       batch_pending, check_output, clip_changed, clip_hash, note_token_limits,
+                                       batch_pending, check_output, clip_changed, clip_hash, left_out_line,
+                                       note_token_limits,
                                        output_records, pending_records, token_limit_finding, update_batch_pending,
                                        warn_batch_pending)
 from leap_cli.programs.redact import redact
@@ -196,6 +197,8 @@ def write_batch_file(cfg: GenerateConfig, path, stats: Counter | None = None, *,
     try:
         # (one made from a clip that changed since: asked again)
         records, done, again = pending_records(cfg, inputs, builder)
+        if line := left_out_line(inputs, set(inputs.replaced) - set(done)):  # (no request written for them)
+            log.warning("%s", line)
         if stats is not None:
             stats.update(segments=len(inputs.records), pending=len(records))
             stats.update(done[r["narration_id"]] for r in inputs.records
@@ -495,7 +498,7 @@ def ingest_batch(cfg: GenerateConfig, results_path, failures: list | None = None
     ids_in = {}  # the narration ids of each file's results
     for line, (path, _) in zip(lines, where):
         ids_in.setdefault(path, set()).add(line["custom_id"].partition("@")[0])
-    inputs, _, builder = _setup(cfg)
+    inputs, _, builder = _setup(cfg, asking=False)  # (results paid for: a video replaced since is extract's next)
     # the token limit the requests were written with (as recorded then; this ingest may raise it), which a cut
     # reply's finding says
     asked_limit = asked_token_limit(cfg.out_path)

@@ -103,6 +103,7 @@ class CostEstimate:
     prices: str             # the prices, as said
     refused: str | None = None  # the run's refusal of the output (other settings): pending is then every segment
     repairs: RepairTurns | None = None  # None: --repair-rounds 0, no repair turn
+    left_out: str | None = None  # segments made from a video replaced since, not counted (``generate.left_out_line``)
 
     @property
     def asked(self) -> int:
@@ -133,6 +134,8 @@ class CostEstimate:
     def lines(self) -> list[str]:
         lines = [f"estimate: a run with these options is refused: {self.refused}; the figures below are those of "
                  "--force or another --out, which make every segment anew"] if self.refused else []
+        if self.left_out:
+            lines.append(f"estimate: {self.left_out}")
         if not self.pending:
             return lines + [f"estimate: nothing pending in {self.split}: a run would ask for nothing"]
         free = f" ({self.answered:,} answered by the program cache, free)" if self.answered else ""

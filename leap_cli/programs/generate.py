@@ -153,6 +153,7 @@ class GenerateSummary:
     spent_before: float = 0.0  # USD the ledger held for this output file before this run
     seconds: float = 0.0
     stopped: str | None = None
+    left_out: str | None = None  # the segments made from a video replaced since, not asked for (``left_out_line``)
     failures: list[tuple[str, str]] = field(default_factory=list)
     rate_limited: int = 0  # requests the endpoint refused with 429
     concurrency: int = 0  # --concurrency of the run
@@ -176,6 +177,10 @@ class Inputs:
     extracted: dict | str | None = "narration-only"
     # descriptor records made from other annotations than the split CSV holds now, left out (id -> what differs)
     stale: dict[str, str] = field(default_factory=dict)
+    # descriptor records made from an MP4 whose size differs now, left out of the runs that ask for programs
+    # (``replaced_videos``): id -> (the MP4, the size the record keeps, the size now)
+    replaced: dict[str, tuple[Path, int, int]] = field(default_factory=dict)
+    extract_command: str = ""  # the leap extract that makes them again (``left_out_line``)
 
 
 def clip_hash(inputs: Inputs, record: dict) -> str:
@@ -336,11 +341,12 @@ def kept_and_redone(cfg: GenerateConfig, inputs: Inputs, builder: PromptBuilder)
     return kept, reclipped
 
 
-def load_inputs(cfg: GenerateConfig, narration_id: str | None = None) -> Inputs:
+def load_inputs(cfg: GenerateConfig, narration_id: str | None = None, *, asking: bool = True) -> Inputs:
     """Descriptor records of the split (or narration-only ones from the annotations), labels and classes; with
     ``narration_id``, that segment's record alone (a dry run's one prompt), the descriptor file's other lines and
     the split CSV's other rows not parsed: the checks of the whole files are the run's (a damaged line elsewhere is
-    not seen)."""
+    not seen). ``asking``: for a run that asks for programs (a live one, --batch-file, their estimate), which leaves
+    out the records made from a video replaced since (``replaced_videos``); an ingest takes the replies paid for."""
     ann = annotations_for(cfg)
     if ann is None:
         raise LeapError("the EPIC class files are needed to resolve verbs and objects",
@@ -459,7 +465,97 @@ def load_inputs(cfg: GenerateConfig, narration_id: str | None = None) -> Inputs:
                         "programs, beside the other parts') or the merged file" if part is not None
                         and cfg.shard.count == 1 else
                         "finish extract (an extract stopped early: run it again)")
-    return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted, stale)
+    replaced: dict[str, tuple[Path, int, int]] = {}
+    if asking and narration_id is None and source.startswith("descriptors"):  # (a dry run's one prompt asks nothing)
+        # their programs would be asked for from the old file's clip text, and paid for again once extract made
+        # their records again (their clip hash changes)
+        replaced = replaced_videos(path, records, segments)
+        records = [r for r in records if r["narration_id"] not in replaced]
+    return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted, stale, replaced,
+                  extract_command(cfg, path) if replaced else "")
+
+
+def replaced_videos(descriptors: Path, records: list[dict], segments: dict[str, Segment]
+                    ) -> dict[str, tuple[Path, int, int]]:
+    """The descriptor ``records`` made from an MP4 whose size differs now (extract's own test, ``_replaced``: one
+    stat per video, no byte read): narration id -> (the MP4, the size the record keeps, the size now). The videos are
+    looked for where extract read them: the dataset root and annotations its settings (``SPLIT.config.json`` beside
+    ``descriptors``, else its ``--shard`` parts', where they agree) record. {} where no record keeps a size (made by a
+    leap before 2026-12-07, from rgb_frames, or without reading the video), or that root is not known or not there;
+    a record whose MP4 is not there now is not counted."""
+    held = [r for r in records if isinstance(r.get("video_size"), int)]
+    inputs = extract_inputs(descriptors) if held else None
+    if inputs is None:
+        return {}
+    from leap_cli.epic.layout import DatasetLayout
+    from leap_cli.extract.runner import _replaced
+
+    try:
+        layout = DatasetLayout.open(*inputs)
+    except LeapError:  # (the root moved since: extract says so when it runs)
+        return {}
+    test, found = _replaced(layout), {}
+    for r in held:
+        seg = segments.get(r["narration_id"])
+        if seg is not None and (sizes := test(r, seg)):
+            found[r["narration_id"]] = (layout.video_path(seg.video_id), *sizes)
+    return found
+
+
+def extract_inputs(descriptors: Path) -> tuple[str, str | None] | None:
+    """(data, annotations) as ``leap extract`` recorded them in its settings (``runner.config_path``) of
+    ``descriptors``, or of each of its ``--shard`` parts where they all agree; None where none says them."""
+    from leap_cli.extract.runner import config_path
+
+    files = [config_path(descriptors)] if config_path(descriptors).is_file() else \
+        [config_path(p) for _, _, p in shard_parts(descriptors) if config_path(p).is_file()]
+    said = set()
+    for f in files:
+        try:
+            got = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # (extract says what is wrong with its own settings)
+            return None
+        if not isinstance(got, dict) or not isinstance(got.get("data"), str) or not got["data"]:
+            return None
+        said.add((got["data"], got.get("annotations") if isinstance(got.get("annotations"), str) else None))
+    return said.pop() if len(said) == 1 else None
+
+
+def extract_command(cfg: GenerateConfig, descriptors: Path) -> str:
+    """The ``leap extract`` that makes ``descriptors`` again (a rerun makes again the records of a video replaced
+    since), with the work directory, data, annotations, output and part it was made with otherwise than by default."""
+    from leap_cli.common import DEFAULT_WORKDIR
+
+    words = ["leap extract --split", cfg.split_name]
+    if os.path.abspath(cfg.workdir) != os.path.abspath(DEFAULT_WORKDIR):
+        words += ["--workdir", shell_word(cfg.workdir)]
+    data, annotations = extract_inputs(descriptors) or (None, None)
+    if data is not None and os.path.abspath(data) != os.path.abspath(dataset_root(cfg.workdir)):
+        words += ["--data", shell_word(data)]
+    if annotations is not None:
+        words += ["--annotations", shell_word(annotations)]
+    part = part_of(descriptors)
+    whole = descriptors.with_name(descriptors.name.replace(f".shard{part[0]}of{part[1]}", "")) if part else descriptors
+    if os.path.abspath(whole) != os.path.abspath(cfg.workdir / "descriptors" / f"{cfg.split_name}.jsonl"):
+        words += ["--out", shell_word(whole)]
+    if part is not None:
+        words += ["--shard", f"{part[0]}/{part[1]}"]
+    return " ".join(words)
+
+
+def left_out_line(inputs: Inputs, asked: set[str] | None = None) -> str | None:
+    """What a run that asks for programs says of the segments it left out (``Inputs.replaced``; ``asked``: of
+    them, those it would have made, not kept in the output); None where there are none."""
+    ids = [k for k in inputs.replaced if asked is None or k in asked]
+    if not ids:
+        return None
+    videos = {inputs.replaced[k][0]: inputs.replaced[k][1:] for k in ids}
+    (mp4, (held, now)), more = next(iter(videos.items())), len(videos) - 1
+    return (f"{counted(len(ids), 'segment')} {'was' if len(ids) == 1 else 'were'} left out: "
+            f"{'its descriptors were' if len(ids) == 1 else 'their descriptors were'} made from a video that has "
+            f"changed since ({mp4}: size {held} -> {now} bytes"
+            + (f"; and {counted(more, 'other video')}" if more else "") + f"): run {inputs.extract_command} (it makes "
+            f"{'it' if len(ids) == 1 else 'them'} again), then generate-programs again")
 
 
 # What generation reads of a descriptor record beside its text (prompt.clip_info): the camera's steps and the
@@ -1016,8 +1112,8 @@ def check_output(cfg: GenerateConfig, builder: PromptBuilder, inputs: Inputs, *,
                               {"model": "the offline generator"} if cfg.backend == "offline" else {})})
 
 
-def _setup(cfg: GenerateConfig, narration_id: str | None = None):
-    inputs = load_inputs(cfg, narration_id)
+def _setup(cfg: GenerateConfig, narration_id: str | None = None, *, asking: bool = True):
+    inputs = load_inputs(cfg, narration_id, asking=asking)
     exemplars = load_exemplars(cfg.exemplars)
     builder = PromptBuilder(inputs.verbs, inputs.nouns, exemplars, load_system_prompt(cfg.system_prompt), cfg.k)
     return inputs, exemplars, builder
@@ -1040,7 +1136,9 @@ def dry_run(cfg: GenerateConfig, narration_id: str | None = None, *, setup: tupl
             raise LeapError("every segment of the input has its record in the output", path=cfg.out_path,
                             fix="give --narration-id ID to see the prompt of one of them")
     if not records:
-        raise LeapError("no segment to build a prompt for")
+        left_out = left_out_line(inputs)
+        raise LeapError("no segment to build a prompt for" + (f": {left_out}" if left_out else ""),
+                        fix="give --narration-id ID to see the prompt of one of them" if left_out else None)
     from leap_cli.programs.prompt import render_messages
 
     return render_messages(builder.messages(clip_info(records[0], inputs.segments.get(records[0]["narration_id"]))))
@@ -1123,7 +1221,7 @@ def estimate_cost(cfg: GenerateConfig, *, setup: tuple | None = None) -> CostEst
                         reply_from, cfg.max_tokens, cfg.cost,
                         f"{cfg.price_in:g} / {cfg.price_in if cfg.price_cached_in is None else cfg.price_cached_in:g}"
                         f" / {cfg.price_out:g} USD per 1M tokens (--price-in / --price-cached-in / --price-out)",
-                        refused, repairs)
+                        refused, repairs, left_out_line(inputs, None if anew else set(inputs.replaced) - set(kept)))
 
 
 def use_check_process(cfg: GenerateConfig, backend: Backend, pending: int) -> bool:
@@ -1232,6 +1330,8 @@ async def _generate(cfg: GenerateConfig, on_record: Callable[[dict], None] | Non
                                     f"({merge_command(whole, cfg.shard.count)}) and run without --shard: it does "
                                     "only what is missing")
         pending = [r for r in inputs.records if r["narration_id"] not in appender]
+        # (those with a record in the output keep it as it is: made again by the clip hash once extract has run)
+        summary.left_out = left_out_line(inputs, {k for k in inputs.replaced if k not in appender})
         summary.resumed = len(inputs.records) - len(pending)
         summary.reclipped = len(reclipped)
         summary.resumed_not_valid = Counter(not_valid[r["narration_id"]] for r in inputs.records
