@@ -504,11 +504,13 @@ def replaced_videos(descriptors: Path, records: list[dict], segments: dict[str, 
 
 def extract_inputs(descriptors: Path) -> tuple[str, str | None] | None:
     """(data, annotations) as ``leap extract`` recorded them in its settings (``runner.config_path``) of
-    ``descriptors``, or of each of its ``--shard`` parts where they all agree; None where none says them."""
+    ``descriptors`` and of its ``--shard`` parts, where they all agree; None where none says them, or they differ."""
     from leap_cli.extract.runner import config_path
 
-    files = [config_path(descriptors)] if config_path(descriptors).is_file() else \
-        [config_path(p) for _, _, p in shard_parts(descriptors) if config_path(p).is_file()]
+    # (the whole file's and its parts' alike: a file merged from parts beside an earlier whole run's settings, of a
+    # work directory copied since, named two roots, and the old one's videos were taken for replaced)
+    files = [f for f in (config_path(descriptors), *(config_path(p) for _, _, p in shard_parts(descriptors)))
+             if f.is_file()]
     said = set()
     for f in files:
         try:
