@@ -21,7 +21,6 @@ The synthetic kitchen's train video P01_01 is replaced by itself mirrored left t
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -29,15 +28,10 @@ from pathlib import Path
 import pytest
 
 from tests.procs import leap_here
+from tests.test_attack_s65_replaced65 import _Unread
 
 VID = "P01_01"  # the train video: 6 segments, shards of 2 (--max-count 2)
 BS = ("--max-count", "2")
-
-
-class _Unread:
-    @staticmethod
-    def readouterr():
-        return argparse.Namespace(out="", err="")
 
 
 def _mp4(wd: Path) -> Path:

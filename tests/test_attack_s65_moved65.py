@@ -27,6 +27,7 @@ import leap_cli.shards.writer as writer
 from leap_cli.common import ShardSpec
 from leap_cli.errors import LeapError
 from leap_cli.shards.format import iter_tar_samples, load_manifest
+from tests.test_attack_s65_update65 import _Killed, kill_rewrite
 from tests.test_shards import FPS, FRAMES_PER_VIDEO, build, colour, make_root, tar_digests
 
 VID = "P01_02"
@@ -139,10 +140,6 @@ def test_a_replaced_mp4s_samples_are_taken_out_and_written_from_the_new_file(fil
     assert again.written_now == 0 and not any("changed since" in n for n in again.notes), again.notes
 
 
-class _Killed(BaseException):
-    pass
-
-
 @pytest.mark.parametrize("when", ["written", "committed", "renamed"])
 def test_a_kill_between_the_steps_leaves_a_folder_the_next_run_finishes(files, tmp_path, monkeypatch, when):
     """Killed with the shard without the samples written beside the old one (``written``), with the progress file
@@ -152,27 +149,8 @@ def test_a_kill_between_the_steps_leaves_a_folder_the_next_run_finishes(files, t
     out = work / "shards" / "train"
     build(root, work)
     _replace(root, files)
-    if when == "written":
-        real = writer._rewrite_shard
-
-        def rewrite_then_die(*a, **k):
-            real(*a, **k)
-            raise _Killed
-
-        monkeypatch.setattr(writer, "_rewrite_shard", rewrite_then_die)
-    elif when == "committed":
-        class Os:  # writer's os, whose rename of a rewritten tar over the old one is never reached
-            def __getattr__(self, name):
-                return getattr(writer.__dict__["_real_os"], name)
-
-            @staticmethod
-            def replace(src, dst):
-                if str(src).endswith(".tar.update"):
-                    raise _Killed
-                return writer.__dict__["_real_os"].replace(src, dst)
-
-        monkeypatch.setitem(writer.__dict__, "_real_os", writer.os)
-        monkeypatch.setattr(writer, "os", Os())
+    if when in ("written", "committed"):
+        kill_rewrite(monkeypatch, when)
     else:
         def die(*a, **k):
             raise _Killed

@@ -137,13 +137,9 @@ class _Killed(BaseException):
     pass
 
 
-@pytest.mark.parametrize("when", ["written", "committed"])
-def test_a_kill_in_the_rewrite_leaves_a_folder_the_next_run_finishes(root, tmp_path, vocab, monkeypatch, when):
-    """Killed with the new tar written beside the old one (``written``: the progress file not yet), or with the
-    progress file naming the new tar not yet renamed over the old (``committed``): no reader is given a manifest
-    that names other bytes, and the next run ends with the shards of a build from scratch, decoding nothing."""
-    work, out = tmp_path / "w", tmp_path / "w" / "shards" / "train"
-    _build(root, work, vocab)
+def kill_rewrite(monkeypatch, when: str) -> None:
+    """Make a shard's rewrite die (``_Killed``) with its new tar written beside the old one (``written``: the
+    progress file not yet), or with the progress file naming it, before its rename over the old (``committed``)."""
     if when == "written":
         real = writer._rewrite_shard
 
@@ -165,6 +161,16 @@ def test_a_kill_in_the_rewrite_leaves_a_folder_the_next_run_finishes(root, tmp_p
 
         monkeypatch.setitem(writer.__dict__, "_real_os", writer.os)
         monkeypatch.setattr(writer, "os", Os())
+
+
+@pytest.mark.parametrize("when", ["written", "committed"])
+def test_a_kill_in_the_rewrite_leaves_a_folder_the_next_run_finishes(root, tmp_path, vocab, monkeypatch, when):
+    """Killed with the new tar written beside the old one (``written``: the progress file not yet), or with the
+    progress file naming the new tar not yet renamed over the old (``committed``): no reader is given a manifest
+    that names other bytes, and the next run ends with the shards of a build from scratch, decoding nothing."""
+    work, out = tmp_path / "w", tmp_path / "w" / "shards" / "train"
+    _build(root, work, vocab)
+    kill_rewrite(monkeypatch, when)
     with pytest.raises(_Killed):
         _build(root, work, vocab, changed=True)
     monkeypatch.undo()

@@ -582,6 +582,18 @@ class _ShardSink:
                 self._tmp.unlink()
 
 
+def _intact(out: Path, done: list[dict]) -> list[dict]:
+    """The progress records ``done`` (in index order) up to the first whose tar is not there whole: a run keeps
+    those and redoes the rest."""
+    kept: list[dict] = []
+    for r in done:
+        path = out / r["name"]
+        if r["index"] != len(kept) or not path.exists() or path.stat().st_size != r["bytes"]:
+            break
+        kept.append(r)
+    return kept
+
+
 def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
             retry: Callable[[dict], bool] = lambda skip: False,
             changed_keys: Callable[[list[dict]], list[str]] = lambda other: [],
@@ -625,12 +637,7 @@ def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
                         + (": its samples hold the program ids of the target vocabulary they were built with, so "
                            "they are rebuilt, not updated" if "targets" in keys else ""), path=out,
                         fix="pass --force to delete them and rebuild, or another --out")
-    kept: list[dict] = []
-    for r in done:
-        p = out / r["name"]
-        if r["index"] != len(kept) or not p.exists() or p.stat().st_size != r["bytes"]:
-            break
-        kept.append(r)
+    kept = _intact(out, done)
     retried = {x["narration_id"] for r in kept for x in r["skipped"] if retry(x)}
     if retried:
         kept = [dict(r, skipped=[x for x in r["skipped"] if x["narration_id"] not in retried]) for r in kept]
@@ -683,12 +690,7 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
                                                                 if was.get(k) != made.get(k)} != {"sources.programs"}
            for r in other):
         return False  # (refused by _resume, naming what differs)
-    records: list[dict] = []  # the intact ones, as _resume keeps them
-    for r in done:
-        path = out / r["name"]
-        if r["index"] != len(records) or not path.exists() or path.stat().st_size != r["bytes"]:
-            break
-        records.append(r)
+    records = _intact(out, done)  # (as _resume keeps them)
     if any("program" not in x for r in records if r["settings_hash"] != settings_hash for x in r["samples"]):
         raise LeapError("the folder holds shards built from other inputs or settings (the programs differ) by a leap "
                         "that kept no program per sample: which of their samples changed is not known", path=out,
@@ -836,12 +838,7 @@ def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_ha
 
     if any(r["settings_hash"] != settings_hash for r in done):
         return False
-    records: list[dict] = []  # the intact ones, as _resume keeps them
-    for r in done:
-        path = out / r["name"]
-        if r["index"] != len(records) or not path.exists() or path.stat().st_size != r["bytes"]:
-            break
-        records.append(r)
+    records = _intact(out, done)  # (as _resume keeps them)
     now: dict[str, tuple[Path, int] | None] = {}
     drop: list[tuple[int, dict[str, tuple[int, int]]]] = []  # (index, {video: (size kept, size now)})
     for i, r in enumerate(records):
