@@ -1,5 +1,5 @@
 """Mutation run over a video downloaded again (helper mut65, session 65): extract's ``video_size`` of a record and
-``_replaced``, build-shards' ``video_sizes`` of a shard's progress record and ``_drop_replaced``. Each test here
+``replaced_test``, build-shards' ``video_sizes`` of a shard's progress record and ``_drop_replaced``. Each test here
 kills mutants the tests of replaced65, moved65 and journey65 let live (named in its docstring).
 
 62 mutants by hand: 32 killed by those files (2 more, ``or renewed`` and the rewrite's fsync, by attack65 and
@@ -97,7 +97,7 @@ def test_audio_alone_keeps_the_size_only_where_it_was_read_from_the_mp4s_track(k
 
 
 def test_a_video_not_there_now_keeps_its_records_and_each_is_stated_once(kitchen, tmp_path, leap, monkeypatch):
-    """A rerun stats each MP4 once, not once per record (mutant: no memo in ``_replaced``); an MP4 deleted since
+    """A rerun stats each MP4 once, not once per record (mutant: no memo in ``replaced_test``); an MP4 deleted since
     (space made once its records were made) makes no record again (mutant: ``now != held`` without ``now is not
     None``)."""
     import leap_cli.extract.runner as runner

@@ -7,7 +7,7 @@ frame-reading components ``unavailable`` with the reason (never a clamped or inv
 appended (flushed) as soon as it is finished, and fsynced at most every ``SYNC_EVERY`` seconds and at the end; a
 re-run skips finished segments, ``retry_errors`` redoes those with a failed component or whose video file could
 not be read (``_retry``), a record made from an MP4 whose size differs now (downloaded again) is made again
-(``_replaced``), and a record some parts of which an earlier leap made otherwise has only those made again
+(``replaced_test``), and a record some parts of which an earlier leap made otherwise has only those made again
 (``_parts_to_make``; its other components are read back from the output, ``_EarlierLines``). A component's
 exception becomes ``status: error`` with a path-free message, and the run goes on. With ``workers > 1`` each segment is a task of its own (so Ctrl-C keeps every finished segment)
 and the workers die with the parent.
@@ -136,7 +136,7 @@ class ExtractSummary:
     retryable: int = 0  # records of earlier runs that --retry-errors would redo (a component failed, or its video)
     reannotated: int = 0  # records of earlier runs made from other annotations (``made_from_other_annotations``)
     reannotated_example: str = ""  # the first of them, with what differs
-    replaced: int = 0  # records of earlier runs made from an MP4 whose size differs now (``_replaced``): made again
+    replaced: int = 0  # records of earlier runs made from an MP4 whose size differs now (``replaced_test``): made again
     replaced_videos: int = 0  # their videos
     replaced_example: str = ""  # the first video's file, with its sizes
     outdated: int = 0  # records of earlier runs with a part another leap made otherwise (``base.outdated``): made again
@@ -573,7 +573,7 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
 
 def segment_record(seg: Segment, comps: dict[str, dict], video_size: int | None = None) -> dict:
     """The record of ``seg`` holding ``comps``, its clip text and versions; ``video_size``: that of the MP4 they were
-    made from (``_Video.made_from``; a rerun makes the record again once the file's size differs: ``_replaced``)."""
+    made from (``_Video.made_from``; a rerun makes the record again once the file's size differs: ``replaced_test``)."""
     return {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),
             "stop": round(seg.stop, 3), "start_frame": int(seg.start_frame), "stop_frame": int(seg.stop_frame),
             "annotation_hash": seg.annotation_hash, **({} if video_size is None else {"video_size": video_size}),
@@ -588,7 +588,7 @@ def _size(path: Path | None) -> int | None:
         return None
 
 
-def _replaced(layout: DatasetLayout) -> Callable[[dict, Segment], tuple[int, int] | None]:
+def replaced_test(layout: DatasetLayout) -> Callable[[dict, Segment], tuple[int, int] | None]:
     """A test of a descriptor record: (the size it keeps, the size now) where it was made from an MP4 whose size
     differs now (the video downloaded again: another release, or a damaged or cut file replaced), else None. Its
     mtime alone is no reason (a copy, rsync without -t: the same bytes), and a record that keeps no size (made by a
@@ -774,7 +774,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     kept_retry: set[str] = set()  # of those, the ones whose kept components --retry-errors would redo
     replaced: dict[str, tuple[str, int, int]] = {}  # narration id -> (video, size kept, size now): made again
     to_retry = retry_test(layout)
-    video_replaced = _replaced(layout)
+    video_replaced = replaced_test(layout)
 
     def redo(record: dict) -> bool:  # asked of each key's lines in turn: the last one decides
         key = record.get("narration_id")
