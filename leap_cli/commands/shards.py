@@ -78,7 +78,9 @@ def register(app: typer.Typer) -> None:
     app.command("build-shards", help="Write WebDataset-style tar shards (JPEG frames + labels + program targets) "
                                      "of one split into WORKDIR/shards/SPLIT, with manifest.json: frames from "
                                      "extract's frame cache or the videos, targets from the valid records of "
-                                     "WORKDIR/programs/SPLIT.jsonl; resumable, parallel by video.")(build_shards)
+                                     "WORKDIR/programs/SPLIT.jsonl; resumable, parallel by video; after programs "
+                                     "made again (the same target vocabulary) or a video downloaded again, a re-run "
+                                     "writes again only their samples.")(build_shards)
     app.command("check-shards", help="Check a shards folder against its manifest: files, sizes, sha256, every "
                                      "sample's JSON and JPEG frames.")(check_shards)
 
@@ -133,7 +135,9 @@ def build_shards(
     max_conditions: int = typer.Option(None, "--max-conditions", min=1,
                                        help="At most this many conditions, the most frequent in the training "
                                             "programs (default 256; new vocabulary only)."),
-    overwrite: bool = typer.Option(False, "--force", "--overwrite", help="Delete shards of other settings/inputs in --out and rebuild."),
+    overwrite: bool = typer.Option(False, "--force", "--overwrite", help="Delete shards of other settings/inputs "
+                                   "in --out and rebuild (not needed where only program records changed and the target "
+                                   "vocabulary stays)."),
     strict: bool = typer.Option(False, "--strict", help="Exit 3 when any segment is skipped (without it: only when "
                                                         "every segment is)."),
 ) -> None:
