@@ -62,7 +62,8 @@ def demo_data(
         console.print(printable(
             f"note: {summary.out} held a kitchen another leap built (kitchen version "
             f"{summary.replaced_version}; this leap builds version {KITCHEN_VERSION}): rebuilt; what the stages made "
-            f"from the old one is kept where its annotations did not change: delete {records} and run extract again, "
+            "from the old one is kept where its annotations and its video's size did not change (its other files "
+            f"are not compared): delete {records} and run extract again, "
             "then build-shards with --force for each split (generate-programs asks again only for the programs whose "
             "clip text changed; leap demo starts its stages over itself)"))
 
