@@ -556,7 +556,7 @@ def left_out_line(inputs: Inputs, asked: set[str] | None = None) -> str | None:
     return (f"{counted(len(ids), 'segment')} {'was' if len(ids) == 1 else 'were'} left out: "
             f"{'its descriptors were' if len(ids) == 1 else 'their descriptors were'} made from a video that has "
             f"changed since ({mp4}: size {held} -> {now} bytes"
-            + (f"; and {counted(more, 'other video')}" if more else "") + f"): run {inputs.extract_command} (it makes "
+            + (f", and {counted(more, 'other video')}" if more else "") + f"): run {inputs.extract_command} (it makes "
             f"{'it' if len(ids) == 1 else 'them'} again), then generate-programs again")
 
 
