@@ -18,13 +18,17 @@ gets none, and a damaged or truncated entry, or one whose bytes no longer match 
 into the shards, its frames failed check-shards, and rebuilding copied them again), is not used (build-shards
 decodes that segment instead). Each video folder's ``source.json`` records ``[size, mtime_ns]`` of the source its
 entries were made from (``DatasetLayout.source_stat``): build-shards uses no entry of another source, and
-extract deletes them (``FrameCache.claim``); nor, for an rgb_frames folder, entries without ``FRAMES_CHECKED``.
+extract deletes them (``FrameCache.claim``); nor, for an rgb_frames folder, entries without ``FRAMES_CHECKED``. A
+claim that replaces a source of another size notes it (``REPLACED``): with ``source_stat`` it tells extract and
+build-shards which records and shards an earlier leap, which kept no size, made from a video downloaded again since
+(``made_from_size``).
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +46,10 @@ SOURCE = "source.json"  # per video folder: {"source_stat": [size, mtime_ns]} of
 # one cached such a frame with its rest grey): an rgb_frames video's entries without it are not used, and extract
 # replaces them
 FRAMES_CHECKED = "frames_checked"
+# source.json's note of the source a claim replaced by one of another size (since 2026-12-07): {"source_stat": [size,
+# mtime_ns], "claimed_ns": when}, so that what was made from it by a leap that kept no size is still known after the
+# claim (``made_from_size``: a run killed after it leaves some of the video's records or shards to tell)
+REPLACED = "replaced"
 
 
 def _count(head: bytes) -> int | None:
@@ -142,7 +150,30 @@ class FrameCache:
         if held is not None or frames:  # (an rgb_frames video's entries of a leap before source.json too)
             for old in (self.root / video_id).glob(f"*{self.suffix}"):
                 old.unlink(missing_ok=True)
-        atomic_write_text(self.root / video_id / SOURCE, json.dumps({"source_stat": stat, FRAMES_CHECKED: True}) + "\n")
+        replaced = {"source_stat": held, "claimed_ns": time.time_ns()} if held and held[0] != stat[0] else \
+            record.get(REPLACED) if held and held[0] == stat[0] else None  # (a copy's new mtime keeps the note)
+        atomic_write_text(self.root / video_id / SOURCE, json.dumps(
+            {"source_stat": stat, FRAMES_CHECKED: True, **({REPLACED: replaced} if replaced else {})}) + "\n")
+
+    def made_from_size(self, video_id: str, size: int, since_ns: int | None = None) -> int | None:
+        """For what keeps no size of the MP4 it was made from (descriptor records and shards of a leap before
+        2026-12-07): the size other than ``size`` (the MP4's now) that the video's ``source.json`` says it was made
+        from, else None (not known, or the same: kept). Its ``source_stat`` where entries at these settings are there
+        (extract made them, and the records beside them, from that source; a folder holding only other settings'
+        entries was claimed by another run); else that of the source a claim replaced (``REPLACED``), where the claim
+        came after ``since_ns`` (a shard's tar mtime; None: any, a record that keeps no size predates a claim of a
+        leap that keeps one). A copy (new mtimes, the same sizes) is no change."""
+        record = self._record(video_id)
+        held = record.get("source_stat")
+        if isinstance(held, list) and held and isinstance(held[0], int) and held[0] != size \
+                and next((self.root / video_id).glob(f"*{self.suffix}"), None) is not None:
+            return held[0]
+        replaced = record.get(REPLACED)
+        if not isinstance(replaced, dict) or not isinstance(was := replaced.get("source_stat"), list) or not was \
+                or not isinstance(was[0], int) or was[0] == size:
+            return None
+        when = replaced.get("claimed_ns")
+        return was[0] if since_ns is None or (isinstance(when, int) and when > since_ns) else None
 
     def same_source(self, video_id: str, stat: list[int] | None, frames: bool = False) -> bool:
         """Whether the video's entries were made from the source of this ``stat`` (true where either is not

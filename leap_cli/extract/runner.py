@@ -588,22 +588,30 @@ def _size(path: Path | None) -> int | None:
         return None
 
 
-def replaced_test(layout: DatasetLayout) -> Callable[[dict, Segment], tuple[int, int] | None]:
+def replaced_test(layout: DatasetLayout, cache: FrameCache | None = None
+                  ) -> Callable[[dict, Segment], tuple[int, int] | None]:
     """A test of a descriptor record: (the size it keeps, the size now) where it was made from an MP4 whose size
     differs now (the video downloaded again: another release, or a damaged or cut file replaced), else None. Its
-    mtime alone is no reason (a copy, rsync without -t: the same bytes), and a record that keeps no size (made by a
-    leap before 2026-12-07, from an rgb_frames folder, or without reading the video) or whose MP4 is not there now
-    is kept. One stat per video, no byte of it read."""
+    mtime alone is no reason (a copy, rsync without -t: the same bytes), nor an MP4 not there now. A record that
+    keeps no size (made by a leap before 2026-12-07, from an rgb_frames folder, or without reading the video) is
+    kept, but where ``cache`` (extract's frame cache, read before this run claims any video anew) tells another size
+    it was made from (``FrameCache.made_from_size``): then (that size, the size now). One stat per video, no byte of
+    it read (and one read of the cache's ``source.json``)."""
     sizes: dict[str, int | None] = {}
+    earlier: dict[str, int | None] = {}  # video -> the size its records that keep none were made from (the cache's)
 
     def replaced(record: dict, seg: Segment) -> tuple[int, int] | None:
         held = record.get("video_size")
-        if not isinstance(held, int):
+        if not isinstance(held, int) and cache is None:
             return None
         if seg.video_id not in sizes:
             sizes[seg.video_id] = _size(layout.video_path(seg.video_id))
         now = sizes[seg.video_id]
-        return (held, now) if now is not None and now != held else None
+        if now is not None and not isinstance(held, int):
+            if seg.video_id not in earlier:
+                earlier[seg.video_id] = cache.made_from_size(seg.video_id, now)
+            held = earlier[seg.video_id]
+        return (held, now) if isinstance(held, int) and now is not None and now != held else None
 
     return replaced
 
@@ -774,7 +782,10 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     kept_retry: set[str] = set()  # of those, the ones whose kept components --retry-errors would redo
     replaced: dict[str, tuple[str, int, int]] = {}  # narration id -> (video, size kept, size now): made again
     to_retry = retry_test(layout)
-    video_replaced = replaced_test(layout)
+    cache = FrameCache.from_config(cfg)
+    # (redo runs as the output is opened, before any video's cache is claimed anew: the cache tells the size an earlier
+    # leap's records were made from, and its note of a claim's replaced source tells it after a kill)
+    video_replaced = replaced_test(layout, cache)
 
     def redo(record: dict) -> bool:  # asked of each key's lines in turn: the last one decides
         key = record.get("narration_id")
@@ -810,7 +821,6 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         return cfg.retry_errors and to_retry(record)
 
     t_start = time.perf_counter()
-    cache = FrameCache.from_config(cfg)
     if cache is not None:  # (a killed worker's temp file in a video folder that this run does not write again)
         for vid in dict.fromkeys(s.video_id for s in segments):
             remove_dead_temps(cache.root / vid)
