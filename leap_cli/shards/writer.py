@@ -10,7 +10,8 @@ shards, once the file has changed (a video downloaded again). Each sample's entr
 (``program_hash``): a re-run whose program records alone changed rewrites only the shards of the samples whose records
 did, copying their frames (``_renew``); each shard's record keeps the size of each MP4 its samples were read from
 (``video_sizes``): a re-run takes the samples of a video whose size differs now (downloaded again) out of their shards
-and writes them from the new file (``_drop_replaced``).
+and writes them from the new file (``_drop_replaced``; the records of an earlier leap, which kept none, take the sizes
+their tars and extract's frame cache tell, ``_sizes_read``).
 
 Sample ``json`` (see ``docs/shards.md``)::
 
@@ -763,7 +764,7 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
 def _renewed(out: Path, progress_path: Path, prefix: str, done: list[dict], settings_hash: str, made: dict[str, str],
              program_of: Callable[[str], str | None], target_of: Callable[[str], dict | None],
              begin_rewrite: Callable[[], None], notes: list[str], inputs: dict | None,
-             mp4_stat: Callable[[str], tuple[Path, int] | None] | None) -> bool:
+             mp4_stat: Callable[[str], tuple[Path, int] | None] | None, cache: FrameCache | None = None) -> bool:
     """``_resume``'s ``renew``: ``_renew`` (the programs, and a rewrite a kill interrupted), then ``_drop_replaced``
     over the records it leaves (where the opener can stat MP4s). Whether the progress file was written."""
     renewed = _renew(out, progress_path, prefix, done, settings_hash, made, program_of, target_of, begin_rewrite,
@@ -773,7 +774,7 @@ def _renewed(out: Path, progress_path: Path, prefix: str, done: list[dict], sett
     if renewed:  # (the records as _renew wrote them: the last of each name, as the appender reads them)
         last = {r["name"]: r for r in read_jsonl(progress_path) if isinstance(r, dict) and "name" in r}
         done = sorted(last.values(), key=lambda r: r["index"])
-    return _drop_replaced(out, progress_path, done, settings_hash, mp4_stat, begin_rewrite, notes) or renewed
+    return _drop_replaced(out, progress_path, done, settings_hash, mp4_stat, begin_rewrite, notes, cache) or renewed
 
 
 def _rewrite_shard(out: Path, record: dict, changed: dict[str, str | None],
@@ -824,11 +825,12 @@ def _rewrite_shard(out: Path, record: dict, changed: dict[str, str | None],
 
 def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_hash: str,
                    mp4_stat: Callable[[str], tuple[Path, int] | None], begin_rewrite: Callable[[], None],
-                   notes: list[str]) -> bool:
+                   notes: list[str], cache: FrameCache | None = None) -> bool:
     """Take out of their shards the samples read from an MP4 whose size differs now from the one their shard's
     progress record keeps (``video_sizes``: the video downloaded again since), so that they are to do and are written
     from the new file into new shards. Its mtime alone is no reason (a copy), nor a video not there now; a record
-    that keeps no size (a leap before 2026-12-07, an rgb_frames folder) is kept. Each such shard is written again
+    that keeps no size (a leap before 2026-12-07) first takes the sizes ``_sizes_read`` tells (written once, with
+    the rewrites' commit), and an rgb_frames folder, which has none, is kept. Each such shard is written again
     without them by ``_rewrite_shard`` (the other samples' bytes copied; a shard left empty is kept, an empty tar
     the readers pass over) and committed as ``_renew`` commits a rewrite (``.NAME.update``, then the progress file,
     then the rename; its first run finishes a kill's), after ``begin_rewrite()``. Only over the intact records of
@@ -841,10 +843,18 @@ def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_ha
     records = _intact(out, done)  # (as _resume keeps them)
     now: dict[str, tuple[Path, int] | None] = {}
     drop: list[tuple[int, dict[str, tuple[int, int]]]] = []  # (index, {video: (size kept, size now)})
+    adopted = False
     for i, r in enumerate(records):
         held = r.get("video_sizes")
-        if not isinstance(held, dict):
-            continue
+        if not isinstance(held, dict):  # (a leap before 2026-12-07: the sizes read, where known, taken once)
+            for vid in dict.fromkeys(x["video"] for x in r["samples"] if x.get("video")):
+                if vid not in now:
+                    now[vid] = mp4_stat(vid)
+            held = _sizes_read(out / r["name"], {x["video"] for x in r["samples"] if x.get("video")}, now, cache)
+            if not held:  # (none known: kept as it was, asked again by the next run)
+                continue
+            records[i] = dict(r, video_sizes=held)
+            adopted = True
         moved = {}
         for vid, was in held.items():
             if vid not in now:
@@ -853,11 +863,14 @@ def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_ha
                 moved[vid] = (was, now[vid][1])
         if moved:
             drop.append((i, moved))
-    if not drop:
-        return False
 
     def commit() -> None:
         atomic_write_text(progress_path, "".join(json_line(r) for r in records))
+
+    if not drop:
+        if adopted:
+            commit()
+        return adopted
 
     begin_rewrite()  # (the manifest names the old bytes: deleted first, readers refused from here)
     taken, videos = 0, {}
@@ -883,6 +896,30 @@ def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_ha
                      f"changed since ({now[vid][0]}: size {was} -> {size} bytes"
                      + (f", and {counted(more, 'other video')}" if more else "") + "): made again from the new file")
     return True
+
+
+def _sizes_read(tar: Path, videos: set[str], now: dict[str, tuple[Path, int, int] | None],
+                cache: FrameCache | None) -> dict[str, int]:
+    """For the progress record of ``tar`` made by a leap that kept no ``video_sizes`` (before 2026-12-07): the size of
+    each MP4 of ``videos`` its samples were read from, as far as is known (``now``: ``mp4_stat`` of each). Where the
+    frame cache build-shards reads tells another size (``FrameCache.made_from_size``: its entries' source, or the
+    source that a claim after the tar was written replaced), that one (the samples are then taken out and written
+    again); else, where the MP4 is older than the tar (it was there, unchanged, before the tar was written), its size
+    now; else (newer: a file downloaded again since, or a copy that gave every file a new mtime) none, the video's
+    samples kept unchecked. An rgb_frames folder or a video not there now has none either. One stat of the tar."""
+    try:
+        written = tar.stat().st_mtime_ns
+    except OSError:
+        return {}
+    sizes = {}
+    for vid in sorted(videos):
+        if (st := now.get(vid)) is None:
+            continue
+        older = len(st) > 2 and st[2] < written  # (an opener's mp4_stat without the mtime: not known)
+        was = cache.made_from_size(vid, st[1], written) if cache is not None else None
+        if was is not None or older:
+            sizes[vid] = st[1] if was is None else was
+    return sizes
 
 
 @contextmanager
@@ -1081,7 +1118,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
 
     def renew(done: list[dict]) -> bool:
         if _renewed(out, progress_path, prefix, done, settings_hash, made, program_of, target_of, begin_rewrite,
-                    notes, inputs, getattr(opener, "mp4_stat", None)):
+                    notes, inputs, getattr(opener, "mp4_stat", None), cache):
             renewed.append(any(r["settings_hash"] != settings_hash for r in done))
             return True
         return False
@@ -1490,11 +1527,12 @@ class LayoutOpener:
         path = layout.video_path(video_id) or layout.frames_dir(video_id)
         return file_stat(path) if path is not None else None
 
-    def mp4_stat(self, video_id: str) -> tuple[Path, int] | None:
-        """The video's MP4 and its size (None: it has none now, an rgb_frames folder, or it cannot be stat'ed)."""
+    def mp4_stat(self, video_id: str) -> tuple[Path, int, int] | None:
+        """The video's MP4, its size and mtime_ns (None: it has none now, an rgb_frames folder, or it cannot be
+        stat'ed)."""
         path = self._layout().video_path(video_id)
         stat = file_stat(path) if path is not None else None
-        return (path, stat[0]) if stat is not None else None
+        return (path, stat[0], stat[1]) if stat is not None else None
 
     def frame_stat(self, video_id: str, name: str) -> list[int] | None:
         """``file_stat`` of the file ``name`` in the video's rgb_frames folder (None: no such folder or file)."""
