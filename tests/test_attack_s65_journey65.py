@@ -14,7 +14,8 @@ Pinned: the other messages name the next command truthfully; nothing is redone t
 the replaced video are made again, only the programs whose clip text changed, only that video's samples); a rerun
 says nothing to do; ``--workers 2`` writes the same bytes; a folder of an earlier leap (records without
 ``video_size``, progress records without ``video_sizes`` or program hashes) is resumed by plain reruns of every stage
-without a word of alarm (a video replaced after such an upgrade is kept as it was, as extract.md "Running long" says).
+without a word of alarm (a video replaced after such an upgrade: upgrade65, through the frame cache and the tars'
+mtimes).
 
 The synthetic kitchen's train video P01_01 is replaced by itself mirrored left to right (the same length and fps).
 """
