@@ -17,7 +17,8 @@ Found and fixed (docs and help texts; the code's own messages where they disagre
   build-shards' lines of a video downloaded again ", and N other videos".
 - shards.md's program file still being written: its note's "run build-shards again" is refused where the records
   written since change a training build's target vocabulary (``--force``); said in the docs. The note itself
-  (leap_cli/shards/writer.py, not changed here) still promises a rewrite: a strict xfail below.
+  promised a rewrite: a strict xfail here until the session's lead made the notes of programs still to come say
+  so for the training split (``writer.build_again``).
 - train.md's provenance ``samples``: dated as the other new fields are (a run of a leap before 2026-12-07 has none).
 """
 
@@ -141,15 +142,11 @@ def test_docs_date_the_new_fields_alike():
         ROOT / "docs" / "extract.md")
     shards = _flat(ROOT / "docs" / "shards.md")
     assert "shards of a leap before 2026-12-07, which kept no hash per sample" in shards
-    assert "shards of a leap before 2026-12-07 (no sizes kept: resumed as they are)" in shards
+    assert "Shards of a leap before 2026-12-07 kept no sizes: the first run takes them once" in shards
     assert '"samples" missing (a run of a leap before 2026-12-07) or null on either side is not compared' in _flat(
         ROOT / "docs" / "train.md")
 
 
-@pytest.mark.xfail(strict=True, reason="build-shards' note of a program file still being written says 'run "
-                   "build-shards again (it rewrites the shards of the samples whose programs changed)', but a "
-                   "training build whose records written since change its target vocabulary is refused then "
-                   "(--force): the note should say so (leap_cli/shards/writer.py, not changed by docs65)")
 def test_the_note_of_a_program_file_still_written_leads_to_a_run_that_takes_the_new_records(root, tmp_path):
     """docs/shards.md: a program file still being written is used as it is, with a note to run build-shards again
     once it is done. Followed on a training build whose later records bring new conditions, the run is refused;

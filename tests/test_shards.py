@@ -1476,7 +1476,9 @@ def test_segments_without_a_program_record_are_counted_in_a_note(root, tmp_path)
     r = build_split(root, "train", workdir=tmp_path / "part", settings=settings(), programs_path=part)
     (note,) = [n for n in r.notes if "have no record in" in n]
     assert note.endswith("it is generate-programs' part 0/2: give the merged file (or build-shards --shard i/2 with "
-                         "each part's), then build-shards again"), note
+                         "each part's), then build-shards again (it rewrites the shards of the samples whose "
+                         "programs changed; where the new records change the training split's target vocabulary it "
+                         "refuses, and --force rebuilds)"), note
     r = build_split(root, "train", workdir=tmp_path / "part", settings=settings(), programs_path=part,
                     shard=ShardSpec(0, 2), out=tmp_path / "part" / "p")  # its own part, stopped early: not said (review)
     (note,) = [n for n in r.notes if "have no record in" in n] or [""]

@@ -651,6 +651,15 @@ def _resume(out: Path, progress_path: Path, settings_hash: str, prefix: str,
     return appender, kept
 
 
+def build_again(split: str) -> str:
+    """What the notes of programs still to come say to run once they are there: build-shards again, which rewrites
+    only the shards of the samples whose programs changed (``_renew``); for the training split, whose target
+    vocabulary is built from its programs, new records that change it make that run a refusal (``--force``)."""
+    return ("build-shards again (it rewrites the shards of the samples whose programs changed"
+            + ("; where the new records change the training split's target vocabulary it refuses, and --force "
+               "rebuilds" if split == "train" else "") + ")")
+
+
 def program_hash(record: dict | None) -> str | None:
     """What a sample took from its program record, as its entry in a shard's progress record keeps it: 16 hex of
     the record without its ``provenance`` (``programs_digest``'s line of it); None: no record."""
@@ -1004,9 +1013,9 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                          f"record in {programs_path or 'the program file'} (e.g. {lacking[0]}): "
                          f"{'its sample has' if one else 'their samples have'} no program target; "
                          + (f"it is generate-programs' part {part[0]}/{part[1]}: give the merged file "
-                            f"(or build-shards --shard i/{part[1]} with each part's), then build-shards again"
-                            if part is not None else
-                            f"generate-programs makes {'it' if one else 'them'} (then build-shards again)"))
+                            f"(or build-shards --shard i/{part[1]} with each part's), then "
+                            f"{build_again(settings.split)}" if part is not None else
+                            f"generate-programs makes {'it' if one else 'them'} (then {build_again(settings.split)})"))
     else:
         notes.append("no program file: every sample has has_program: false")
     targets_manifest = targets.manifest() if targets is not None else None
@@ -1666,8 +1675,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
     if programs is not None and (who := writer_of(prog_path)):  # (samples of the rest would have no program)
         notes.append(f"{prog_path} is still being written by {who}: its {counted(len(programs), 'record')} so far "
                      f"{'is' if len(programs) == 1 else 'are'} used; "
-                     "once generate-programs has finished, run build-shards again (it rewrites the shards of the "
-                     "samples whose programs changed)")
+                     f"once generate-programs has finished, run {build_again(split)}")
     from leap_cli.programs.generate import batch_pending, batch_pending_path
 
     pending = batch_pending(prog_path)
@@ -1678,7 +1686,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
         notes.append(f"the program{'' if one else 's'} of {counted(len(waiting), 'segment')} wait{'s' if one else ''} "
                      f"in Batch requests written {pending['written']} ({batch_pending_path(prog_path).name}): "
                      f"{'its sample has' if one else 'their samples have'} no program target; ingest the "
-                     "batch's results (leap generate-programs --ingest-batch FILE), then build-shards again")
+                     f"batch's results (leap generate-programs --ingest-batch FILE), then {build_again(split)}")
     failures: list[dict] = []
     if programs is not None:
         # "valid" in a file is not trusted (a tampered or hand-edited file, another split's programs): each is checked
@@ -1710,7 +1718,7 @@ def build_split(data: str | Path, split: str, *, workdir: str | Path, settings: 
                      f"after a video downloaded again): {'its sample carries' if one else 'their samples carry'} the "
                      "old clip's program; run "
                      f"{_generate_command(split, workdir, data, annotations, prog_path)} (it asks again for those "
-                     "alone), then build-shards again (it rewrites the shards of the samples whose programs changed)")
+                     f"alone), then {build_again(split)}")
     vocab = None
     # the training shards of the same task: an anticipation split's vocabulary is train-anticipation's (the
     # recognition shards' may come from other programs or --max-conditions)
