@@ -64,7 +64,8 @@ def killed_at_rename(cmd, tmp: Path, match: str, at: int, when: str) -> None:
     r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=ROOT, timeout=120,
                        start_new_session=True)
     assert r.returncode == -signal.SIGKILL, f"not killed at rename {at} of *{match}*: {r.stdout.decode()[-2000:]}"
-    assert count.stat().st_size == at
+    # (the kill is the Nth rename's; another worker of the group may count one more before the signal reaches it)
+    assert at <= count.stat().st_size <= at + 1
 
 
 def kill_at(cmd, ready, *, parent_only=False, timeout=60.0) -> bool:
