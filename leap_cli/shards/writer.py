@@ -773,9 +773,11 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
 def _renewed(out: Path, progress_path: Path, prefix: str, done: list[dict], settings_hash: str, made: dict[str, str],
              program_of: Callable[[str], str | None], target_of: Callable[[str], dict | None],
              begin_rewrite: Callable[[], None], notes: list[str], inputs: dict | None,
-             mp4_stat: Callable[[str], tuple[Path, int] | None] | None, cache: FrameCache | None = None) -> bool:
+             mp4_stat: Callable[[str], tuple[Path, int, int] | None] | None,
+             cache: FrameCache | None = None) -> bool:
     """``_resume``'s ``renew``: ``_renew`` (the programs, and a rewrite a kill interrupted), then ``_drop_replaced``
-    over the records it leaves (where the opener can stat MP4s). Whether the progress file was written."""
+    over the records it leaves (where the opener can stat MP4s; ``cache``: the frame cache build-shards reads, for an
+    earlier leap's records, ``_sizes_read``). Whether the progress file was written."""
     renewed = _renew(out, progress_path, prefix, done, settings_hash, made, program_of, target_of, begin_rewrite,
                      notes, inputs)
     if mp4_stat is None:
@@ -833,7 +835,7 @@ def _rewrite_shard(out: Path, record: dict, changed: dict[str, str | None],
 
 
 def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_hash: str,
-                   mp4_stat: Callable[[str], tuple[Path, int] | None], begin_rewrite: Callable[[], None],
+                   mp4_stat: Callable[[str], tuple[Path, int, int] | None], begin_rewrite: Callable[[], None],
                    notes: list[str], cache: FrameCache | None = None) -> bool:
     """Take out of their shards the samples read from an MP4 whose size differs now from the one their shard's
     progress record keeps (``video_sizes``: the video downloaded again since), so that they are to do and are written
@@ -850,7 +852,7 @@ def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_ha
     if any(r["settings_hash"] != settings_hash for r in done):
         return False
     records = _intact(out, done)  # (as _resume keeps them)
-    now: dict[str, tuple[Path, int] | None] = {}
+    now: dict[str, tuple[Path, int, int] | None] = {}
     drop: list[tuple[int, dict[str, tuple[int, int]]]] = []  # (index, {video: (size kept, size now)})
     adopted = False
     for i, r in enumerate(records):
@@ -1294,7 +1296,7 @@ def _video_changed(opener, segments: dict[str, Segment]) -> Callable[[dict], boo
 
 
 def _built_in_parts(out: Path, now: dict, video_changed: Callable[[dict], bool],
-                    mp4_stat: Callable[[str], tuple[Path, int] | None] | None = None) -> BuildResult | None:
+                    mp4_stat: Callable[[str], tuple[Path, int, int] | None] | None = None) -> BuildResult | None:
     """A build without --shard over a folder whose --shard i/n parts are all done (manifest.json merged) from what
     this build would make them from (``now``: ``made_with``): nothing to do, as extract and generate-programs say on
     their merged files (the README's loop over the splits was refused after a sharded build). Parts all done from
