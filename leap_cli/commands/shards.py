@@ -182,10 +182,11 @@ def build_shards(
     m = result.manifest
     c = m["counts"]
     table = Table(title=printable(f"{m['task']} shards of {split}{spec.suffix} in {result.out}", one_line=True))
-    for col in ("segments", "samples", "programs", "skipped", "shards", "resumed", "GB"):
+    for col in ("segments", "samples", "programs", "skipped", "shards", "GB"):
         table.add_column(col, justify="right")
+    table.add_column("this run")
     table.add_row(str(c["segments"]), str(c["samples"]), str(c["with_program"]), str(c["skipped"]), str(c["shards"]),
-                  str(result.resumed_shards), f"{sum(s['bytes'] for s in m['shards']) / 1e9:.3f}")
+                  f"{sum(s['bytes'] for s in m['shards']) / 1e9:.3f}", _shards_done(result, c["shards"]))
     console.print(table)
     for note in ([packed] if packed else []) + result.notes + ([unread] if unread else []):
         console.print(f"[yellow]note:[/] {escape(note)}")
@@ -271,6 +272,16 @@ def _skipped_lines(skipped: list[dict], shown: int = 3) -> list[str]:
     if len(by_cause) > shown:
         lines.append(f"... and {len(by_cause) - shown} more causes")
     return lines
+
+
+def _shards_done(result, shards: int) -> str:
+    """What this run did to the shards: written now (new samples), rewritten in place (new programs, the samples of a
+    video downloaded again taken out), kept as they were ("3 written", "1 rewritten, 2 kept"; the table said "resumed"
+    of every shard after an update)."""
+    kept = max(0, shards - result.written_shards - result.rewritten_shards)
+    done = [f"{n} {what}" for n, what in ((result.written_shards, "written"), (result.rewritten_shards, "rewritten"),
+                                          (kept, "kept")) if n]
+    return ", ".join(done) or "none"
 
 
 def check_shards(

@@ -467,7 +467,9 @@ class BuildResult:
     out: Path
     manifest: dict
     written_now: int = 0
-    resumed_shards: int = 0
+    resumed_shards: int = 0  # shards kept from before this run (as they were, or rewritten in place)
+    written_shards: int = 0  # tars written now with samples not in a shard before (``_ShardSink``)
+    rewritten_shards: int = 0  # tars of kept shards written again now (``_renew``, ``_drop_replaced``), not new ones
     notes: list[str] = field(default_factory=list)
     manifest_was_missing: bool = False  # the manifest (of the part) was not there when this run began
     rewritten: bool = False  # shards were written again with their samples' new programs (``_renew``)
@@ -670,7 +672,8 @@ def program_hash(record: dict | None) -> str | None:
 
 def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settings_hash: str, made: dict[str, str],
            program_of: Callable[[str], str | None], target_of: Callable[[str], dict | None],
-           begin_rewrite: Callable[[], None], notes: list[str], inputs: dict | None = None) -> bool:
+           begin_rewrite: Callable[[], None], notes: list[str], inputs: dict | None = None,
+           rewritten: set[str] | None = None) -> bool:
     """Bring the progress records ``done`` up to this run's program records where nothing else changed (their
     ``made_with`` differs from ``made`` in ``sources.programs`` alone): a shard none of whose samples' programs
     changed (``program_of(key)`` against its entry's ``program``) takes this run's settings hash as it is; one
@@ -684,15 +687,17 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
     settings hash is this run's). The records of other programs take this run's ``inputs`` (the command that
     resumes the build, ``format.begun_options``, names the program file they take, not the one they were built
     from), those still to rewrite too. Returns whether the progress file was written; what was done is added to
-    ``notes``."""
+    ``notes``, the names of the tars renamed over to ``rewritten``."""
     from leap_cli.io import atomic_write_text
 
+    rewritten = set() if rewritten is None else rewritten  # (the names of the tars renamed over here)
     by_name = {r["name"]: r for r in done}
     for p in sorted(out.glob(f".{prefix}-*.tar.update")):
         r = by_name.get(p.name[1:-len(".update")])
         if r is not None and p.stat().st_size == r["bytes"] and sha256_file(p) == r["sha256"]:
             begin_rewrite()
             os.replace(p, out / r["name"])
+            rewritten.add(r["name"])
         else:
             p.unlink()
     other = [r for r in done if r["settings_hash"] != settings_hash]
@@ -760,6 +765,7 @@ def _renew(out: Path, progress_path: Path, prefix: str, done: list[dict], settin
         commit()
         if update.exists():
             os.replace(update, out / new["name"])
+            rewritten.add(new["name"])
             replaced += 1
     if rewrite:
         notes.append(f"the programs of {counted(sum(len(c) for _, c in rewrite), 'sample')} already written changed, "
@@ -774,18 +780,20 @@ def _renewed(out: Path, progress_path: Path, prefix: str, done: list[dict], sett
              program_of: Callable[[str], str | None], target_of: Callable[[str], dict | None],
              begin_rewrite: Callable[[], None], notes: list[str], inputs: dict | None,
              mp4_stat: Callable[[str], tuple[Path, int, int] | None] | None,
-             cache: FrameCache | None = None) -> bool:
+             cache: FrameCache | None = None, rewritten: set[str] | None = None) -> bool:
     """``_resume``'s ``renew``: ``_renew`` (the programs, and a rewrite a kill interrupted), then ``_drop_replaced``
     over the records it leaves (where the opener can stat MP4s; ``cache``: the frame cache build-shards reads, for an
-    earlier leap's records, ``_sizes_read``). Whether the progress file was written."""
+    earlier leap's records, ``_sizes_read``); the names of the tars they rewrite go to ``rewritten``. Whether the
+    progress file was written."""
     renewed = _renew(out, progress_path, prefix, done, settings_hash, made, program_of, target_of, begin_rewrite,
-                     notes, inputs)
+                     notes, inputs, rewritten)
     if mp4_stat is None:
         return renewed
     if renewed:  # (the records as _renew wrote them: the last of each name, as the appender reads them)
         last = {r["name"]: r for r in read_jsonl(progress_path) if isinstance(r, dict) and "name" in r}
         done = sorted(last.values(), key=lambda r: r["index"])
-    return _drop_replaced(out, progress_path, done, settings_hash, mp4_stat, begin_rewrite, notes, cache) or renewed
+    return (_drop_replaced(out, progress_path, done, settings_hash, mp4_stat, begin_rewrite, notes, cache, rewritten)
+            or renewed)
 
 
 def _rewrite_shard(out: Path, record: dict, changed: dict[str, str | None],
@@ -836,7 +844,7 @@ def _rewrite_shard(out: Path, record: dict, changed: dict[str, str | None],
 
 def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_hash: str,
                    mp4_stat: Callable[[str], tuple[Path, int, int] | None], begin_rewrite: Callable[[], None],
-                   notes: list[str], cache: FrameCache | None = None) -> bool:
+                   notes: list[str], cache: FrameCache | None = None, rewritten: set[str] | None = None) -> bool:
     """Take out of their shards the samples read from an MP4 whose size differs now from the one their shard's
     progress record keeps (``video_sizes``: the video downloaded again since), so that they are to do and are written
     from the new file into new shards. Its mtime alone is no reason (a copy), nor a video not there now; a record
@@ -846,7 +854,7 @@ def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_ha
     the readers pass over) and committed as ``_renew`` commits a rewrite (``.NAME.update``, then the progress file,
     then the rename; its first run finishes a kill's), after ``begin_rewrite()``. Only over the intact records of
     this run's settings (others are refused by ``_resume``). One ``mp4_stat`` per video. Returns whether the
-    progress file was written; the note is added to ``notes``."""
+    progress file was written; the note is added to ``notes``, the names of the tars renamed over to ``rewritten``."""
     from leap_cli.io import atomic_write_text
 
     if any(r["settings_hash"] != settings_hash for r in done):
@@ -898,6 +906,8 @@ def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_ha
                       **({"video_sizes": sizes} if sizes else {})}
         commit()
         os.replace(out / f".{new['name']}.update", out / new["name"])
+        if rewritten is not None:
+            rewritten.add(new["name"])
         taken += len(keys)
         videos.update(moved)
     if taken:
@@ -1126,10 +1136,11 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
 
     prefix = f"leap-{settings.split}{shard.suffix}"
     renewed: list[bool] = []  # (records of other programs were brought up to these: not the inputs of before)
+    rewritten: set[str] = set()  # the kept shards' tars written again in place (the summary's "rewritten")
 
     def renew(done: list[dict]) -> bool:
         if _renewed(out, progress_path, prefix, done, settings_hash, made, program_of, target_of, begin_rewrite,
-                    notes, inputs, getattr(opener, "mp4_stat", None), cache):
+                    notes, inputs, getattr(opener, "mp4_stat", None), cache, rewritten):
             renewed.append(any(r["settings_hash"] != settings_hash for r in done))
             return True
         return False
@@ -1267,7 +1278,9 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
             wrote = atomic_write_json(out / MANIFEST, merged, if_changed=True)
             notes.append(f"all {shard.count} parts done: merged manifest.json "
                          + ("written" if wrote else "as it was (nothing changed)"))
-    return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), notes=notes,
+    new = {r["name"] for r in sink.completed}
+    return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), written_shards=len(new),
+                       rewritten_shards=len(rewritten - new), notes=notes,
                        manifest_was_missing=missing_manifest, rewritten=bool(rewriting), renewed=any(renewed))
 
 
