@@ -3,20 +3,29 @@
 1. The summary table said ``resumed N`` of every shard after an in-place update, where some were rewritten: its
    "this run" column now tells shards written now, rewritten in place and kept apart, on every path (a fresh build,
    a resume after a crash, new programs, a video downloaded again, a re-run with nothing to do).
+2. The merge of ``--shard i/n`` parts was not locked against a part's rewrite: it could read a part's manifest, the
+   part then delete it and ``manifest.json`` and rewrite its tar, and the merge write a ``manifest.json`` naming the
+   old bytes. Both now take the folder's lock (``writer._folder_lock``); the probes below try it, without waiting,
+   at the moment each step runs.
 
 The tiny root of test_shards (7 training samples, 3 per shard), built through the CLI in this process.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+import leap_cli.shards.format as format_
+from leap_cli.common import ShardSpec
+from leap_cli.io import sha256_file
 from tests.procs import leap_here
 from tests.test_attack_s65_moved65 import _replace, files  # noqa: F401 - (files: a fixture)
-from tests.test_attack_s65_update65 import _records, root, vocab  # noqa: F401 - (root, vocab: fixtures)
+from tests.test_attack_s65_update65 import _build, _records, root, vocab  # noqa: F401 - (root, vocab: fixtures)
 from tests.test_shards import build, write_programs
 
 
@@ -72,3 +81,53 @@ def test_the_table_after_a_video_downloaded_again(files, tmp_path, leap):  # noq
     _replace(root, files)
     # shards of 3: P01_01_0-2 | P01_01_3, P01_02_0-1 | P01_02_2: P01_02's samples taken out of shards 1 and 2
     assert _this_run(_build_cli(leap, root, work)) == "1 written, 2 rewritten, 1 kept"
+
+
+def _lock_free(folder: Path) -> bool:
+    """Whether the folder's lock (``writer._folder_lock``) could be taken now, tried without waiting."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)  # (the lock, where taken, goes with it)
+
+
+def test_the_merge_of_the_parts_reads_them_under_the_folders_lock(root, vocab, tmp_path, monkeypatch):  # noqa: F811
+    work, out = tmp_path / "w", tmp_path / "w" / "shards" / "train"
+    _build(root, work, vocab, shard=ShardSpec(0, 2))
+    probes, real = [], format_._read_manifest
+
+    def read(path: Path) -> dict:
+        if path.parent == out:  # (the parts', not the vocabulary's)
+            probes.append(_lock_free(out))
+        return real(path)
+
+    monkeypatch.setattr(format_, "_read_manifest", read)
+    r = _build(root, work, vocab, shard=ShardSpec(1, 2))  # (the last part: it merges the two)
+    assert any("merged manifest.json written" in n for n in r.notes), r.notes
+    assert probes and not any(probes), probes  # (a part's rewrite cannot begin amid the merge)
+
+
+def test_a_parts_rewrite_deletes_the_manifests_under_the_folders_lock(root, vocab, tmp_path, monkeypatch):  # noqa: F811
+    work, out = tmp_path / "w", tmp_path / "w" / "shards" / "train"
+    for i in (0, 1):
+        _build(root, work, vocab, shard=ShardSpec(i, 2))
+    probes, real = [], Path.unlink
+
+    def unlink(self, *a, **k):
+        if self.name.startswith("manifest"):
+            probes.append((self.name, _lock_free(out)))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    r = _build(root, work, vocab, changed=True, shard=ShardSpec(0, 2))  # (P01_01's part: its program changed)
+    monkeypatch.undo()
+    assert r.rewritten, r.notes
+    assert {name for name, _ in probes} == {"manifest.shard0of2.json", "manifest.json"}, probes
+    assert not any(free for _, free in probes), probes  # (not amid another part's merge)
+    _build(root, work, vocab, changed=True, shard=ShardSpec(1, 2))  # (the other part takes the programs, and merges)
+    assert {s["sha256"] for s in format_.load_manifest(out)[0]["shards"]} == {
+        sha256_file(p) for p in out.glob("*.tar")}

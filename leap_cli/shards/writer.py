@@ -946,8 +946,11 @@ def _sizes_read(tar: Path, videos: set[str], now: dict[str, tuple[Path, int, int
 @contextmanager
 def _folder_lock(folder: Path):
     """An exclusive flock on the folder itself, waited for, held for a moment: the check of the parts' count and the
-    progress file that marks this part begun, as one step (no file of its own in the folder; a file system that
-    locks no folder takes none)."""
+    progress file that marks this part begun, as one step; a part's deletion of the manifests before its first
+    rewrite (``begin_rewrite``) and another part's merge of the parts' manifests into ``manifest.json``, each as one
+    step (the merge read a part's manifest, the part deleted it and ``manifest.json`` and rewrote its tar, and the
+    merge wrote a ``manifest.json`` naming the part's old bytes). No file of its own in the folder; a file system
+    that locks no folder takes none."""
     import fcntl
 
     try:
@@ -1131,8 +1134,9 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         if not rewriting:
             gate.write()  # (readers refused from here; released by build_shards)
             rewriting.extend([out / manifest_name(shard.suffix)] + ([out / manifest_name()] if shard.count > 1 else []))
-            for p in rewriting:
-                p.unlink(missing_ok=True)
+            with _folder_lock(out):  # (not amid another part's merge, which read this part's manifest: _folder_lock)
+                for p in rewriting:
+                    p.unlink(missing_ok=True)
 
     prefix = f"leap-{settings.split}{shard.suffix}"
     renewed: list[bool] = []  # (records of other programs were brought up to these: not the inputs of before)
@@ -1251,33 +1255,35 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
     if shard.count > 1:  # the job that completes the set writes the merged manifest.json
         from leap_cli.shards.format import MANIFEST, PartsDiffer, merge_parts
 
-        try:
-            merged = merge_parts(out, current=manifest_name(shard.suffix))
-        except PartsDiffer as e:
-            def programs_of(i: int):
-                try:
-                    return json.loads((out / manifest_name(f".shard{i}of{shard.count}")).read_text())["sources"][
-                        "programs"]
-                except (OSError, ValueError, KeyError, TypeError):
-                    return None
+        # the parts' manifests read and the merged one written with no part's rewrite begun meanwhile (_folder_lock)
+        with _folder_lock(out):
+            try:
+                merged = merge_parts(out, current=manifest_name(shard.suffix))
+            except PartsDiffer as e:
+                def programs_of(i: int):
+                    try:
+                        return json.loads((out / manifest_name(f".shard{i}of{shard.count}")).read_text())["sources"][
+                            "programs"]
+                    except (OSError, ValueError, KeyError, TypeError):
+                        return None
 
-            # (a part an earlier leap built from these programs, hashing the file, is rebuilt, as the error says;
-            # the others' commands name this run's inputs: those a part began with may name the old program file)
-            if getattr(e, "keys", None) != ["sources.programs"] or any(
-                    v is not None and v == (adopt or {}).get("programs")
-                    for v in [sources.get("programs")] + [programs_of(i) for i in e.parts]):
-                raise  # this part is kept; the set is not one split's shards until the others agree
-            notes.append(f"part {shard.index}/{shard.count} done with these programs; manifest.json is written once "
-                         f"the other parts have them too: "
-                         + " and ".join(build_command(out, "--shard", f"{i}/{shard.count}", inputs=inputs,
-                                                      part=f".shard{i}of{shard.count}") for i in e.parts)
-                         + " (each rewrites only its shards whose samples' programs changed)")
-        except LeapError:
-            notes.append(f"part {shard.index}/{shard.count} done; manifest.json is written when all parts are")
-        else:
-            wrote = atomic_write_json(out / MANIFEST, merged, if_changed=True)
-            notes.append(f"all {shard.count} parts done: merged manifest.json "
-                         + ("written" if wrote else "as it was (nothing changed)"))
+                # (a part an earlier leap built from these programs, hashing the file, is rebuilt, as the error says;
+                # the others' commands name this run's inputs: those a part began with may name the old program file)
+                if getattr(e, "keys", None) != ["sources.programs"] or any(
+                        v is not None and v == (adopt or {}).get("programs")
+                        for v in [sources.get("programs")] + [programs_of(i) for i in e.parts]):
+                    raise  # this part is kept; the set is not one split's shards until the others agree
+                notes.append(f"part {shard.index}/{shard.count} done with these programs; manifest.json is written "
+                             f"once the other parts have them too: "
+                             + " and ".join(build_command(out, "--shard", f"{i}/{shard.count}", inputs=inputs,
+                                                          part=f".shard{i}of{shard.count}") for i in e.parts)
+                             + " (each rewrites only its shards whose samples' programs changed)")
+            except LeapError:
+                notes.append(f"part {shard.index}/{shard.count} done; manifest.json is written when all parts are")
+            else:
+                wrote = atomic_write_json(out / MANIFEST, merged, if_changed=True)
+                notes.append(f"all {shard.count} parts done: merged manifest.json "
+                             + ("written" if wrote else "as it was (nothing changed)"))
     new = {r["name"] for r in sink.completed}
     return BuildResult(out, manifest, written_now=written, resumed_shards=len(kept), written_shards=len(new),
                        rewritten_shards=len(rewritten - new), notes=notes,
