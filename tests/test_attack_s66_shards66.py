@@ -7,6 +7,11 @@
    part then delete it and ``manifest.json`` and rewrite its tar, and the merge write a ``manifest.json`` naming the
    old bytes. Both now take the folder's lock (``writer._folder_lock``); the probes below try it, without waiting,
    at the moment each step runs.
+4. ``train --resume`` on shards whose programs and frames both changed (new programs and a video downloaded again)
+   said only the programs' warning: the samples' hash covers their targets too, so it was compared only where the
+   programs were the same. The manifest now keeps each sample's frames' CRC-32 (``frames_crc32s``) and
+   ``samples_provenance`` a hash of them (``frames``), kept through a rewrite of the targets alone; both warnings are
+   said where both changed, and a provenance file without it reads as before.
 
 The tiny root of test_shards (7 training samples, 3 per shard), built through the CLI in this process.
 """
@@ -18,12 +23,16 @@ import os
 import shutil
 from pathlib import Path
 
+import logging
+
 import pytest
 
 import leap_cli.shards.format as format_
 from leap_cli.common import ShardSpec
 from leap_cli.io import sha256_file
+from leap_cli.train.loop import record_provenance
 from tests.procs import leap_here
+from tests.test_attack_s65_resume65 import PROGRAMS, SAMPLES, _prov
 from tests.test_attack_s65_moved65 import _replace, files  # noqa: F401 - (files: a fixture)
 from tests.test_attack_s65_update65 import _build, _records, root, vocab  # noqa: F401 - (root, vocab: fixtures)
 from tests.test_shards import build, write_programs
@@ -131,3 +140,38 @@ def test_a_parts_rewrite_deletes_the_manifests_under_the_folders_lock(root, voca
     _build(root, work, vocab, changed=True, shard=ShardSpec(1, 2))  # (the other part takes the programs, and merges)
     assert {s["sha256"] for s in format_.load_manifest(out)[0]["shards"]} == {
         sha256_file(p) for p in out.glob("*.tar")}
+
+
+def test_the_frames_hash_follows_the_frames_alone(files, vocab, tmp_path):  # noqa: F811
+    root, work = tmp_path / "k", tmp_path / "w"
+    out = work / "shards" / "train"
+    shutil.copytree(files[0], root)
+    _build(root, work, vocab)
+    first = format_.samples_provenance(format_.load_manifest(out)[0])
+    assert _build(root, work, vocab, changed=True).rewritten  # (a program alone: targets rewritten, frames copied)
+    second = format_.samples_provenance(format_.load_manifest(out)[0])
+    assert second["sha256"] != first["sha256"] and second["frames"] == first["frames"] is not None
+    _replace(root, files)
+    _build(root, work, vocab, changed=True)  # (the video's samples read again from the new file)
+    third = format_.samples_provenance(format_.load_manifest(out)[0])
+    assert third["frames"] != second["frames"] and third["count"] == 7
+
+
+def _framed(programs: str, samples: str, frames: str | None) -> dict:
+    p = _prov(programs, samples)
+    if frames is not None:
+        p["train"]["samples"]["frames"] = frames
+    return p
+
+
+@pytest.mark.parametrize("now,said", [(("q", "s2", "f2"), {PROGRAMS, SAMPLES}), (("q", "s2", "f1"), {PROGRAMS}),
+                                      (("p", "s2", "f2"), {SAMPLES}), (("q", "s2", None), {PROGRAMS})])
+def test_a_resume_on_new_programs_and_new_frames_says_both(tmp_path, caplog, now, said):
+    """Both warnings where programs and frames changed; the programs' alone where the frames are the same, or where
+    one side keeps no frames hash (a provenance file of a leap before it); the samples' alone as before."""
+    record_provenance(tmp_path, _framed("p", "s1", "f1"), resumed=False)
+    with caplog.at_level(logging.WARNING):
+        held = record_provenance(tmp_path, _framed(*now), resumed=True)
+    text = " ".join(caplog.text.split())
+    assert {m for m in (PROGRAMS, SAMPLES) if m in text} == said, text
+    assert all(text.count(m) == 1 for m in said) and len(held["earlier"]) == 1

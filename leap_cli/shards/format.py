@@ -92,6 +92,16 @@ def sample_bytes(key: str, fields: dict[str, bytes]) -> bytes:
     return b"".join(tar_member(f"{key}.{f}", fields[f]) for f in order)
 
 
+def frames_crc(fields: dict[str, bytes]) -> int:
+    """CRC-32 of a sample's frames alone (its fields but ``json``, in name order): what tells a sample whose frames
+    were read again (a video downloaded again) from one whose targets or labels alone changed
+    (``samples_provenance``'s ``frames``)."""
+    crc = 0
+    for f in sorted(k for k in fields if k != "json"):
+        crc = zlib.crc32(fields[f], crc)
+    return crc
+
+
 _PAX_RECORD = re.compile(rb"(\d+) ")
 
 
@@ -259,17 +269,29 @@ def samples_provenance(m: dict) -> dict | None:
     """What samples a manifest's shards hold, as a run keeps it (``provenance.json``): ``count`` and ``sha256``, a
     hash of each sample's key and CRC-32 (``crc32s``) in key order, so that a sample whose bytes changed (its frames
     read again from a video downloaded again, its targets or labels made again) changes it, and how the samples are
-    packed into tars does not. None: a manifest of a leap before it kept the CRC-32s (unknown)."""
-    import hashlib
-
-    pairs = []
+    packed into tars does not; ``frames``, the same of their frames alone (``frames_crc32s``), so that a resume tells
+    frames read again apart where the programs changed too (None: shards of a leap before it kept them). None: a
+    manifest of a leap before it kept the CRC-32s (unknown)."""
+    pairs, frames = [], []
     for info in m.get("shards") or []:
         keys, crcs = info.get("keys") or [], info.get("crc32s") or []
         if len(crcs) != len(keys) or None in crcs:
             return None
         pairs.extend(zip(keys, crcs))
-    text = "".join(f"{key} {crc}\n" for key, crc in sorted(pairs))
-    return {"count": len(pairs), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+        held = info.get("frames_crc32s")
+        if frames is not None and isinstance(held, list) and len(held) == len(keys) and None not in held:
+            frames.extend(zip(keys, held))
+        else:
+            frames = None
+    return {"count": len(pairs), "sha256": _pairs_hash(pairs),
+            "frames": _pairs_hash(frames) if frames is not None else None}
+
+
+def _pairs_hash(pairs: list[tuple[str, int]]) -> str:
+    """sha256 of (key, CRC-32) pairs, one line each in key order."""
+    import hashlib
+
+    return hashlib.sha256("".join(f"{key} {crc}\n" for key, crc in sorted(pairs)).encode()).hexdigest()
 
 
 def folders_provenance(m: dict, folder: Path) -> dict:
@@ -320,7 +342,9 @@ def folders_provenance(m: dict, folder: Path) -> dict:
             "labels": None if not any(labels) else {k: joined([(lab or {}).get(k) for lab in labels])
                                                     for k in LABEL_SOURCES},
             "samples": None if not all(samples) else {"count": sum(s["count"] for s in samples),
-                                                      "sha256": joined([s["sha256"] for s in samples])},
+                                                      "sha256": joined([s["sha256"] for s in samples]),
+                                                      "frames": None if not all(s.get("frames") for s in samples)
+                                                      else joined([s["frames"] for s in samples])},
             "folders": parts}
 
 

@@ -51,7 +51,8 @@ from leap_cli.media.video import PAST_END, stored_side, stored_size
 from leap_cli.media.write import encode_jpeg
 from leap_cli.programs.provenance import MadeBy, prompt_version
 from leap_cli.shards.format import (FORMAT, RULES, build_command, check_key, check_part_count, differ_note, frame_field,
-                                    jpeg_size, made_with, manifest_name, sample_bytes, said, shard_name, tar_end)
+                                    frames_crc, jpeg_size, made_with, manifest_name, sample_bytes, said, shard_name,
+                                    tar_end)
 
 log = logging.getLogger(__name__)
 
@@ -1211,6 +1212,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
                         entry = {"verb_class": seg.verb_class, "noun_class": seg.noun_class,
                                  "has_program": tgt is not None, "video": seg.video_id,
                                  "frame_size": list(jpeg_size(fields[frame_field(0)])),
+                                 "frames_crc32": frames_crc(fields),  # (the frames alone: samples_provenance)
                                  "program": program_of(key)}  # (what a later run compares: _renew)
                         if rec.get("blank"):  # (anticipation: no frame to observe before the action)
                             entry["blank"] = True
@@ -1428,7 +1430,9 @@ def _manifest(settings: ShardSettings, shards: list[dict], trailing: list[dict],
                     "keys": [x["key"] for x in r["samples"]], "offsets": [x["offset"] for x in r["samples"]],
                     "sizes": [x["size"] for x in r["samples"]],
                     # CRC-32 of each sample's bytes (None: written before leap stored them), checked at every read
-                    "crc32s": [x.get("crc32") for x in r["samples"]]} for r in shards],
+                    "crc32s": [x.get("crc32") for x in r["samples"]],
+                    # of each sample's frames alone (None: written before leap stored them): samples_provenance
+                    "frames_crc32s": [x.get("frames_crc32") for x in r["samples"]]} for r in shards],
         "skipped": skipped,
     }
 

@@ -801,7 +801,8 @@ def record_provenance(run_dir: Path, now: dict, *, resumed: bool, checkpoint: di
     resume on training shards made from other programs or labels than the file names (their content hashes: shards
     built again from other programs, or from annotation rows or class files with other labels, with as many batches
     per epoch), or whose samples differ otherwise (the hash of their CRC-32s: frames read again from a video
-    downloaded again; unknown in a file or manifest of a leap before it was kept: nothing said), is warned of once,
+    downloaded again, told apart from new programs or labels by the hash of their frames alone where both runs kept
+    it; unknown in a file or manifest of a leap before it was kept: nothing said), is warned of once,
     and the file keeps what the run was trained on before under ``earlier`` (oldest first). The same programs described more fully (shards of an
     earlier leap built again, as its note advises) or other validation shards are written as they are now. Without
     the file (deleted, unreadable) a resume takes the resumed ``checkpoint``'s copy; a checkpoint of a leap before
@@ -836,9 +837,13 @@ def record_provenance(run_dir: Path, now: dict, *, resumed: bool, checkpoint: di
 
         relabelled = [SOURCE_NAMES.get(k, str(k)) for k in sorted(labels(old), key=str)
                       if labels(old)[k] != labels(now).get(k)]
-        # the samples' hash covers their targets and labels too: said only where neither changed (their frames did)
-        resampled = bool(trained_on(old) == trained_on(now) and not relabelled and samples(old) and samples(now)
-                         and samples(old)["sha256"] != samples(now)["sha256"])
+        # the samples' hash covers their targets and labels too: said where neither changed (their frames did), or
+        # where the hash of their frames alone (kept since 2026-12-07) changed too (new programs and a video
+        # downloaded again: the programs' warning alone hid the frames')
+        frames = [samples(p).get("frames") for p in (old, now)]
+        resampled = bool(samples(old) and samples(now) and samples(old)["sha256"] != samples(now)["sha256"]
+                         and ((trained_on(old) == trained_on(now) and not relabelled)
+                              or (all(frames) and frames[0] != frames[1])))
         if trained_on(old) != trained_on(now):
             log.warning("%s: the shards' programs are not those the run was trained on so far (%s; before: %s): "
                         "%s keeps both", run_dir, run_programs_text(now), run_programs_text(old), RUN_PROVENANCE)
