@@ -7,6 +7,10 @@
    part then delete it and ``manifest.json`` and rewrite its tar, and the merge write a ``manifest.json`` naming the
    old bytes. Both now take the folder's lock (``writer._folder_lock``); the probes below try it, without waiting,
    at the moment each step runs.
+3. Samples taken out of their shard for a video downloaded again left an empty tar (kept: ``_resume`` needs
+   consecutive indices), one or two more each download. The run now writes into the shards left empty first, each
+   at its own index (``_ShardSink._refill``), committed as a rewrite is (``.NAME.update``, the progress file, the
+   rename), so a kill between any two of them leaves a folder the next run ends as a build from scratch would.
 4. ``train --resume`` on shards whose programs and frames both changed (new programs and a video downloaded again)
    said only the programs' warning: the samples' hash covers their targets too, so it was compared only where the
    programs were the same. The manifest now keeps each sample's frames' CRC-32 (``frames_crc32s``) and
@@ -33,8 +37,10 @@ from leap_cli.io import sha256_file
 from leap_cli.train.loop import record_provenance
 from tests.procs import leap_here
 from tests.test_attack_s65_resume65 import PROGRAMS, SAMPLES, _prov
-from tests.test_attack_s65_moved65 import _replace, files  # noqa: F401 - (files: a fixture)
-from tests.test_attack_s65_update65 import _build, _records, root, vocab  # noqa: F401 - (root, vocab: fixtures)
+import leap_cli.shards.writer as writer
+from tests.test_attack_s65_moved65 import _as_fresh, _mp4, _progress, _replace, files  # noqa: F401 - (a fixture)
+from tests.test_attack_s65_update65 import (_build, _Killed, _records, kill_rewrite,  # noqa: F401 - (fixtures)
+                                            root, vocab)
 from tests.test_shards import build, write_programs
 
 
@@ -88,8 +94,9 @@ def test_the_table_after_a_video_downloaded_again(files, tmp_path, leap):  # noq
     shutil.copytree(files[0], root)
     _build_cli(leap, root, work)
     _replace(root, files)
-    # shards of 3: P01_01_0-2 | P01_01_3, P01_02_0-1 | P01_02_2: P01_02's samples taken out of shards 1 and 2
-    assert _this_run(_build_cli(leap, root, work)) == "1 written, 2 rewritten, 1 kept"
+    # shards of 3: P01_01_0-2 | P01_01_3, P01_02_0-1 | P01_02_2: P01_02's samples taken out of shards 1 and 2, and
+    # written again into shard 2, left empty
+    assert _this_run(_build_cli(leap, root, work)) == "1 written, 1 rewritten, 1 kept"
 
 
 def _lock_free(folder: Path) -> bool:
@@ -175,3 +182,50 @@ def test_a_resume_on_new_programs_and_new_frames_says_both(tmp_path, caplog, now
     text = " ".join(caplog.text.split())
     assert {m for m in (PROGRAMS, SAMPLES) if m in text} == said, text
     assert all(text.count(m) == 1 for m in said) and len(held["earlier"]) == 1
+
+
+def test_downloads_again_and_again_leave_no_empty_shard(files, tmp_path):  # noqa: F811
+    root, work = tmp_path / "k", tmp_path / "w"
+    out = work / "shards" / "train"
+    shutil.copytree(files[0], root)
+    old = tmp_path / "old.MP4"
+    shutil.copyfile(_mp4(root), old)
+    build(root, work)
+    for again in (files[1], old, files[1]):  # (the video downloaded again three times, of two sizes)
+        shutil.copyfile(again, _mp4(root))
+        r = build(root, work)
+        assert r.written_now == 3, r.notes
+        assert [s["count"] for s in r.manifest["shards"]] == [3, 1, 3] and len(list(out.glob("*.tar"))) == 3
+    _as_fresh(out, files[2])
+
+
+@pytest.mark.parametrize("when", ["written", "committed"])
+def test_a_kill_while_an_empty_shard_is_filled_leaves_a_folder_the_next_run_finishes(files, tmp_path, monkeypatch,
+                                                                                    when):  # noqa: F811
+    """Killed with the filled shard written beside the empty one (``written``: the progress file not yet), or with
+    the progress file naming it, before its rename over the empty tar (``committed``): no manifest meanwhile, and
+    the next run ends as a build from scratch with the new file."""
+    root, work = tmp_path / "k", tmp_path / "w"
+    out = work / "shards" / "train"
+    shutil.copytree(files[0], root)
+    build(root, work)
+    _replace(root, files)
+    real = writer._ShardSink._refill
+
+    def refill(self, rec):
+        if when == "written":
+            raise _Killed
+        kill_rewrite(monkeypatch, "committed")  # (writer's os: the rename of a .tar.update dies)
+        real(self, rec)
+
+    monkeypatch.setattr(writer._ShardSink, "_refill", refill)
+    with pytest.raises(_Killed):
+        build(root, work)
+    monkeypatch.undo()
+    assert (out / ".leap-train-000002.tar.update").exists() and not (out / "manifest.json").exists()
+    held = {r["name"]: r["count"] for r in _progress(out)}
+    assert held["leap-train-000002.tar"] == (3 if when == "committed" else 0), held
+    r = build(root, work)
+    assert r.written_now == (3 if when == "written" else 0) and not list(out.glob(".*.tar.update")), r.notes
+    assert [s["count"] for s in r.manifest["shards"]] == [3, 1, 3]
+    _as_fresh(out, files[2])

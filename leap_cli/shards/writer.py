@@ -11,7 +11,8 @@ shards, once the file has changed (a video downloaded again). Each sample's entr
 did, copying their frames (``_renew``); each shard's record keeps the size of each MP4 its samples were read from
 (``video_sizes``): a re-run takes the samples of a video whose size differs now (downloaded again) out of their shards
 and writes them from the new file (``_drop_replaced``; the records of an earlier leap, which kept none, take the sizes
-their tars and extract's frame cache tell, ``_sizes_read``).
+their tars and extract's frame cache tell, ``_sizes_read``), first into the shards that left empty
+(``_ShardSink._refill``).
 
 Sample ``json`` (see ``docs/shards.md``)::
 
@@ -502,14 +503,20 @@ def match_programs(records: list[dict], split_ids: set[str], path: Path | str) -
 
 
 class _ShardSink:
-    """Writes samples in order into rolling shards; records each completed shard in the progress file."""
+    """Writes samples in order into rolling shards; records each completed shard in the progress file. The kept
+    shards left empty (``_drop_replaced`` took out the samples of a video downloaded again) are filled first, each
+    at its own index (``_refill``), so that they do not pile up, one or two a download; then new shards follow the
+    kept ones."""
 
     def __init__(self, out: Path, split: str, suffix: str, settings: ShardSettings, progress: JsonlAppender,
-                 settings_hash: str, first_index: int, made: dict[str, str], made_settings: dict, inputs: dict):
+                 settings_hash: str, kept: list[dict], made: dict[str, str], made_settings: dict, inputs: dict):
         self.out, self.split, self.suffix, self.settings = out, split, suffix, settings
         self.progress, self.settings_hash, self.made = progress, settings_hash, made
         self.made_settings, self.inputs = made_settings, inputs  # (the options, rules and inputs, in words)
-        self.index = first_index
+        self.kept = list(kept)
+        self._empty = [r for r in kept if not r["samples"]]  # (their indices are filled first)
+        self.index = len(kept)  # the next new shard's
+        self._slot: dict | None = None  # the empty shard being filled, else None: a new shard at ``index``
         self._f = None
         self._tmp: Path | None = None
         self._samples: list[dict] = []
@@ -519,8 +526,9 @@ class _ShardSink:
         self.completed: list[dict] = []
 
     def _open(self) -> None:
-        name = shard_name(self.split, self.index, self.suffix)
-        self._tmp = self.out / f".{name}.partial"
+        self._slot = self._empty.pop(0) if self._empty else None
+        name = shard_name(self.split, self._at(), self.suffix)
+        self._tmp = self.out / (f".{name}.update" if self._slot else f".{name}.partial")
         self._f = open(self._tmp, "wb")
         self._samples, self._sizes, self._bytes = [], {}, 0
 
@@ -538,14 +546,18 @@ class _ShardSink:
         try:
             self._f.write(data)
         except OSError as e:  # a full disk: the line names the shard (a write on an open file names none)
-            raise with_path(e, self.out / shard_name(self.split, self.index, self.suffix))
+            raise with_path(e, self.out / shard_name(self.split, self._at(), self.suffix))
         self._bytes += len(data)
 
     def skip(self, entry: dict) -> None:
         self._skipped.append(entry)
 
+    def _at(self) -> int:
+        """The index of the shard being written."""
+        return self._slot["index"] if self._slot else self.index
+
     def _close(self) -> None:
-        name = shard_name(self.split, self.index, self.suffix)
+        name = shard_name(self.split, self._at(), self.suffix)
         final = self.out / name
         try:
             self._f.write(tar_end())
@@ -555,18 +567,40 @@ class _ShardSink:
         except OSError as e:
             raise with_path(e, final)
         self._f = None
-        os.replace(self._tmp, final)
-        rec = {"name": name, "index": self.index, "settings_hash": self.settings_hash, "count": len(self._samples),
-               "bytes": final.stat().st_size, "sha256": sha256_file(final), "samples": self._samples,
-               "skipped": self._skipped, "made_with": self.made,
+        if not self._slot:
+            os.replace(self._tmp, final)
+        done = self._tmp if self._slot else final
+        rec = {"name": name, "index": self._at(), "settings_hash": self.settings_hash, "count": len(self._samples),
+               "bytes": done.stat().st_size, "sha256": sha256_file(done), "samples": self._samples,
+               # (an empty shard filled keeps the skips recorded with it)
+               "skipped": (self._slot["skipped"] if self._slot else []) + self._skipped, "made_with": self.made,
                # (MP4s only: a re-run takes out the samples of a video whose size differs now, _drop_replaced)
                **({"video_sizes": dict(sorted(self._sizes.items()))} if self._sizes else {}),
                "settings": self.made_settings,  # (in words: the command to resume it, ``begun_options``)
                "inputs": self.inputs}
-        self.progress.write(rec)
+        if self._slot:
+            self._refill(rec)
+        else:
+            self.progress.write(rec)
+            self.index += 1
         self.completed.append(rec)
         self._skipped = []
-        self.index += 1
+
+    def _refill(self, rec: dict) -> None:
+        """Commit the empty shard filled as ``_renew`` commits a rewrite: its tar written to ``.NAME.update``
+        (``_close``), the progress file written again with its record, then the rename over the empty tar; a kill
+        between the two is finished by the next run (``_renew``), one before is dropped (the shard empty again)."""
+        from leap_cli.io import atomic_write_text
+
+        records = {r["index"]: r for r in self.kept + self.completed}
+        records[rec["index"]] = rec
+        self.kept = [r if r["index"] != rec["index"] else rec for r in self.kept]
+        path = self.progress.path
+        self.progress.close()  # (the appender's file is replaced: opened again)
+        atomic_write_text(path, "".join(json_line(records[i]) for i in sorted(records)))
+        self.progress = JsonlAppender(path, key="name", keep_records=True)
+        os.replace(self._tmp, self.out / rec["name"])
+        self._slot = None
 
     def finish(self) -> list[dict]:
         """Close the last shard; skips after it are returned (they belong to no shard)."""
@@ -852,10 +886,11 @@ def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_ha
     that keeps no size (a leap before 2026-12-07) first takes the sizes ``_sizes_read`` tells (written once, with
     the rewrites' commit), and an rgb_frames folder, which has none, is kept. Each such shard is written again
     without them by ``_rewrite_shard`` (the other samples' bytes copied; a shard left empty is kept, an empty tar
-    the readers pass over) and committed as ``_renew`` commits a rewrite (``.NAME.update``, then the progress file,
-    then the rename; its first run finishes a kill's), after ``begin_rewrite()``. Only over the intact records of
-    this run's settings (others are refused by ``_resume``). One ``mp4_stat`` per video. Returns whether the
-    progress file was written; the note is added to ``notes``, the names of the tars renamed over to ``rewritten``."""
+    the readers pass over, until the sink fills it: ``_ShardSink._refill``) and committed as ``_renew`` commits a
+    rewrite (``.NAME.update``, then the progress file, then the rename; its first run finishes a kill's), after
+    ``begin_rewrite()``. Only over the intact records of this run's settings (others are refused by ``_resume``).
+    One ``mp4_stat`` per video. Returns whether the progress file was written; the note is added to ``notes``, the
+    names of the tars renamed over to ``rewritten``."""
     from leap_cli.io import atomic_write_text
 
     if any(r["settings_hash"] != settings_hash for r in done):
@@ -1171,7 +1206,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         except BaseException:
             appender.close()
             raise
-    sink = _ShardSink(out, settings.split, shard.suffix, settings, appender, settings_hash, len(kept), made,
+    sink = _ShardSink(out, settings.split, shard.suffix, settings, appender, settings_hash, kept, made,
                       settings_made, inputs or {})
     written = 0
 
@@ -1231,7 +1266,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
         for vid in sorted({by_key[k].video_id for k in plan_skips}):
             emit_plan_skips(vid)
         trailing = sink.finish()
-        shards = kept + sink.completed
+        shards = sorted({r["index"]: r for r in kept + sink.completed}.values(), key=lambda r: r["index"])  # (refilled)
         if trailing and shards:  # skips after the last shard go with it, so a re-run does not read them again
             from leap_cli.io import atomic_write_text
 
@@ -1240,9 +1275,9 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
             atomic_write_text(progress_path, "".join(json_line(r) for r in shards))
     except BaseException:
         sink.abort()
-        appender.close()
+        sink.progress.close()  # (the appender, opened again where an empty shard was filled)
         raise
-    appender.close()
+    sink.progress.close()
     if progress:
         progress(total, total)
 
