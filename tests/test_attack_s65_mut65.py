@@ -100,12 +100,12 @@ def test_a_video_not_there_now_keeps_its_records_and_each_is_stated_once(kitchen
     """A rerun stats each MP4 once, not once per record (mutant: no memo in ``replaced_test``); an MP4 deleted since
     (space made once its records were made) makes no record again (mutant: ``now != held`` without ``now is not
     None``)."""
-    import leap_cli.extract.runner as runner
+    import leap_cli.epic.layout as layout  # (its one stat helper: extract's own went into it, session 66)
 
     wd = _workdir(kitchen, tmp_path)
     text = (wd / "descriptors" / "val.jsonl").read_bytes()
-    stated, real = [], runner._size
-    monkeypatch.setattr(runner, "_size", lambda path: stated.append(path) or real(path))
+    stated, real = [], layout.file_stat
+    monkeypatch.setattr(layout, "file_stat", lambda path: stated.append(path) or real(path))
     said = _ok(leap("extract", "--workdir", wd, "--split", "val"))
     assert "3 done before, 0 written now: nothing to do" in said, said
     assert stated == [_mp4(wd)], stated

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from leap_cli.epic.annotations import Annotations
+from leap_cli.epic.annotations import Annotations, Segment
 from leap_cli.epic.timing import frame_filename
 from leap_cli.errors import LeapError
 from leap_cli.io import shell_word
@@ -45,6 +46,16 @@ def _holds_frames(folder: Path) -> bool:
         return False
     except OSError:
         return True
+
+
+def file_stat(path: str | Path) -> list[int] | None:
+    """``[size, mtime_ns, ctime_ns]`` of a file (or folder), None when it is not there (or cannot be stat'ed): what a
+    video's records, cache entries and shards were made from (``DatasetLayout.video_stat``)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _participant_folder(name: str) -> bool:
@@ -154,11 +165,45 @@ class DatasetLayout:
     def source_stat(self, video_id: str) -> list[int] | None:
         """``[size, mtime_ns]`` of the MP4 (else the rgb_frames folder) of ``video_id``; None when neither is there.
         What frames were read from: build-shards' skip records and extract's frame cache keep it."""
+        stat = self.video_stat(video_id)
+        return stat[:2] if stat is not None else None
+
+    def video_stat(self, video_id: str) -> list[int] | None:
+        """``file_stat`` of the video's source, its MP4 (else its rgb_frames folder); None when neither is there."""
         path = self.video_path(video_id) or self.frames_dir(video_id)
-        if path is None:
-            return None
-        st = path.stat()
-        return [st.st_size, st.st_mtime_ns]
+        return file_stat(path) if path is not None else None
+
+    def mp4_size(self, video_id: str) -> int | None:
+        """The size (bytes) of the video's MP4, None where it has none (an rgb_frames folder, or nothing)."""
+        stat = file_stat(path) if (path := self.video_path(video_id)) is not None else None
+        return stat[0] if stat is not None else None
+
+    def replaced_test(self, earlier: Callable[[str, int], int | None] | None = None
+                      ) -> Callable[[dict, Segment], tuple[int, int] | None]:
+        """A test of a descriptor record: (the size it keeps, the size now) where it was made from an MP4 whose size
+        differs now (the video downloaded again: another release, or a damaged or cut file replaced), else None. Its
+        mtime alone is no reason (a copy, rsync without -t: the same bytes), nor an MP4 not there now. A record that
+        keeps no size (made by a leap before 2026-12-07, from an rgb_frames folder, or without reading the video) is
+        kept, but where ``earlier(video, size now)`` (extract's frame cache, read before its run claims any video
+        anew: ``FrameCache.made_from_size``) tells another size it was made from: then (that size, the size now). One
+        stat per video, no byte of it read. extract makes such records again; generate-programs leaves them out."""
+        sizes: dict[str, int | None] = {}
+        made_from: dict[str, int | None] = {}  # video -> the size its records that keep none were made from
+
+        def replaced(record: dict, seg: Segment) -> tuple[int, int] | None:
+            held = record.get("video_size")
+            if not isinstance(held, int) and earlier is None:
+                return None
+            if seg.video_id not in sizes:
+                sizes[seg.video_id] = self.mp4_size(seg.video_id)
+            now = sizes[seg.video_id]
+            if now is not None and not isinstance(held, int):
+                if seg.video_id not in made_from:
+                    made_from[seg.video_id] = earlier(seg.video_id, now)
+                held = made_from[seg.video_id]
+            return (held, now) if isinstance(held, int) and now is not None and now != held else None
+
+        return replaced
 
     def broken_links(self, video_id: str) -> list[Path]:
         """The video's MP4 names and rgb_frames folder that are symbolic links to nothing (a dataset linked from

@@ -7,8 +7,8 @@ frame-reading components ``unavailable`` with the reason (never a clamped or inv
 appended (flushed) as soon as it is finished, and fsynced at most every ``SYNC_EVERY`` seconds and at the end; a
 re-run skips finished segments, ``retry_errors`` redoes those with a failed component or whose video file could
 not be read (``_retry``), a record made from an MP4 whose size differs now (downloaded again) is made again
-(``replaced_test``), and a record some parts of which an earlier leap made otherwise has only those made again
-(``_parts_to_make``; its other components are read back from the output, ``_EarlierLines``). A component's
+(``DatasetLayout.replaced_test``), and a record some parts of which an earlier leap made otherwise has only those
+made again (``_parts_to_make``; its other components are read back from the output, ``_EarlierLines``). A component's
 exception becomes ``status: error`` with a path-free message, and the run goes on. With ``workers > 1`` each segment is a task of its own (so Ctrl-C keeps every finished segment)
 and the workers die with the parent.
 """
@@ -136,7 +136,8 @@ class ExtractSummary:
     retryable: int = 0  # records of earlier runs that --retry-errors would redo (a component failed, or its video)
     reannotated: int = 0  # records of earlier runs made from other annotations (``made_from_other_annotations``)
     reannotated_example: str = ""  # the first of them, with what differs
-    replaced: int = 0  # records of earlier runs made from an MP4 whose size differs now (``replaced_test``): made again
+    # records of earlier runs made from an MP4 whose size differs now (``DatasetLayout.replaced_test``): made again
+    replaced: int = 0
     replaced_videos: int = 0  # their videos
     replaced_example: str = ""  # the first video's file, with its sizes
     outdated: int = 0  # records of earlier runs with a part another leap made otherwise (``base.outdated``): made again
@@ -309,7 +310,7 @@ class _Video:
         self.layout, self.video_id = layout, video_id
         mp4 = layout.video_path(video_id)
         kind = MP4 if mp4 is not None else RGB_FRAMES
-        self.mp4_size = _size(mp4)  # what a record made from it keeps (``made_from``): one stat per video
+        self.mp4_size = layout.mp4_size(video_id)  # what a record made from it keeps (``made_from``): one stat
         self.asked = False  # whether its frames (or header) were asked for: ``_open`` was called
         self._audio_file: bool | None = None  # whether an audio file holds its sound (else the MP4's track)
         self.reader = None
@@ -573,47 +574,12 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
 
 def segment_record(seg: Segment, comps: dict[str, dict], video_size: int | None = None) -> dict:
     """The record of ``seg`` holding ``comps``, its clip text and versions; ``video_size``: that of the MP4 they were
-    made from (``_Video.made_from``; a rerun makes the record again once the file's size differs: ``replaced_test``)."""
+    made from (``_Video.made_from``; a rerun makes the record again once the file's size differs:
+    ``DatasetLayout.replaced_test``)."""
     return {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),
             "stop": round(seg.stop, 3), "start_frame": int(seg.start_frame), "stop_frame": int(seg.stop_frame),
             "annotation_hash": seg.annotation_hash, **({} if video_size is None else {"video_size": video_size}),
             "components": comps, "text": render_clip(seg.start, seg.stop, comps), "versions": record_versions(comps)}
-
-
-def _size(path: Path | None) -> int | None:
-    """The size of the file at ``path`` (bytes), None where there is none."""
-    try:
-        return path.stat().st_size if path is not None else None
-    except OSError:
-        return None
-
-
-def replaced_test(layout: DatasetLayout, cache: FrameCache | None = None
-                  ) -> Callable[[dict, Segment], tuple[int, int] | None]:
-    """A test of a descriptor record: (the size it keeps, the size now) where it was made from an MP4 whose size
-    differs now (the video downloaded again: another release, or a damaged or cut file replaced), else None. Its
-    mtime alone is no reason (a copy, rsync without -t: the same bytes), nor an MP4 not there now. A record that
-    keeps no size (made by a leap before 2026-12-07, from an rgb_frames folder, or without reading the video) is
-    kept, but where ``cache`` (extract's frame cache, read before this run claims any video anew) tells another size
-    it was made from (``FrameCache.made_from_size``): then (that size, the size now). One stat per video, no byte of
-    it read (and one read of the cache's ``source.json``)."""
-    sizes: dict[str, int | None] = {}
-    earlier: dict[str, int | None] = {}  # video -> the size its records that keep none were made from (the cache's)
-
-    def replaced(record: dict, seg: Segment) -> tuple[int, int] | None:
-        held = record.get("video_size")
-        if not isinstance(held, int) and cache is None:
-            return None
-        if seg.video_id not in sizes:
-            sizes[seg.video_id] = _size(layout.video_path(seg.video_id))
-        now = sizes[seg.video_id]
-        if now is not None and not isinstance(held, int):
-            if seg.video_id not in earlier:
-                earlier[seg.video_id] = cache.made_from_size(seg.video_id, now)
-            held = earlier[seg.video_id]
-        return (held, now) if isinstance(held, int) and now is not None and now != held else None
-
-    return replaced
 
 
 # --- worker processes ---------------------------------------------------------------------------------------
@@ -785,7 +751,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     cache = FrameCache.from_config(cfg)
     # (redo runs as the output is opened, before any video's cache is claimed anew: the cache tells the size an earlier
     # leap's records were made from, and its note of a claim's replaced source tells it after a kill)
-    video_replaced = replaced_test(layout, cache)
+    video_replaced = layout.replaced_test(cache.made_from_size if cache is not None else None)
 
     def redo(record: dict) -> bool:  # asked of each key's lines in turn: the last one decides
         key = record.get("narration_id")

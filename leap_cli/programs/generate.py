@@ -477,7 +477,7 @@ def load_inputs(cfg: GenerateConfig, narration_id: str | None = None, *, asking:
 
 def replaced_videos(descriptors: Path, records: list[dict], segments: dict[str, Segment]
                     ) -> dict[str, tuple[Path, int, int]]:
-    """The descriptor ``records`` made from an MP4 whose size differs now (extract's own test, ``replaced_test``: one
+    """The descriptor ``records`` made from an MP4 whose size differs now (extract's own test, ``DatasetLayout.replaced_test``: one
     stat per video, no byte read): narration id -> (the MP4, the size the record keeps, the size now). The videos are
     looked for where extract read them: the dataset root and annotations its settings (``SPLIT.config.json`` beside
     ``descriptors``, else its ``--shard`` parts', where they agree) record. {} where no record keeps a size (made by a
@@ -488,13 +488,12 @@ def replaced_videos(descriptors: Path, records: list[dict], segments: dict[str, 
     if inputs is None:
         return {}
     from leap_cli.epic.layout import DatasetLayout
-    from leap_cli.extract.runner import replaced_test
 
     try:
         layout = DatasetLayout.open(*inputs)
     except LeapError:  # (the root moved since: extract says so when it runs)
         return {}
-    test, found = replaced_test(layout), {}
+    test, found = layout.replaced_test(), {}
     for r in held:
         seg = segments.get(r["narration_id"])
         if seg is not None and (sizes := test(r, seg)):

@@ -43,6 +43,7 @@ import numpy as np
 from leap_cli.common import (ShardSpec, check_task, counted, merged_input, new_pool, pool_results,
                              pool_worker_ready, start_pool_worker, start_worker, stop_pool, warn_small_address_space)
 from leap_cli.epic.annotations import Segment
+from leap_cli.epic.layout import file_stat
 from leap_cli.epic.timing import MP4, FrameClock, clip_windows_before, pick_frames
 from leap_cli.errors import LeapError
 from leap_cli.extract.cache import FrameCache, recognition_frames
@@ -427,15 +428,6 @@ def _encode(job: VideoJob, opener: FrameOpener, settings: ShardSettings, cache: 
 
 class _Skip(Exception):
     pass
-
-
-def file_stat(path: str | Path) -> list[int] | None:
-    """``[size, mtime_ns, ctime_ns]`` of a file, None when it is not there (or cannot be stat'ed)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def _frame_file_stat(e: Exception) -> dict:
@@ -1592,9 +1584,7 @@ class LayoutOpener:
         """``file_stat`` of the video's source, its MP4 or rgb_frames folder (``DatasetLayout.source_stat`` and the
         inode's change time: a fix that keeps size and mtime, such as chmod a+r or the frames' tar extracted again,
         which sets the folder's mtime back, still changes it, so a skip for it is tried again)."""
-        layout = self._layout()
-        path = layout.video_path(video_id) or layout.frames_dir(video_id)
-        return file_stat(path) if path is not None else None
+        return self._layout().video_stat(video_id)
 
     def mp4_stat(self, video_id: str) -> tuple[Path, int, int] | None:
         """The video's MP4, its size and mtime_ns (None: it has none now, an rgb_frames folder, or it cannot be
