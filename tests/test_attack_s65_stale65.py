@@ -89,8 +89,8 @@ def _programs(wd: Path) -> dict[str, dict]:
 
 def _line(wd: Path, n: int, old: int, new: int) -> str:
     return (f"{n} segments were left out: their descriptors were made from a video that has changed since "
-            f"({_mp4(wd)}: size {old} -> {new} bytes): run leap extract --split train --workdir {wd} (it makes them "
-            "again), then generate-programs again")
+            f"({_mp4(wd)}: size {old} -> {new} bytes): run leap extract --split train --workdir {wd} --components "
+            "narration,camera (it makes them again), then generate-programs again")  # (extract's options: session 66)
 
 
 def test_no_request_for_the_replaced_videos_segments_the_rest_is_asked(extracted, tmp_path, leap, monkeypatch):

@@ -31,19 +31,12 @@ def parse_size(text: str) -> int:
 
 def recorded_frame_caches(workdir: Path, split: str) -> list[tuple[Path, Path]]:
     """(settings file, folder) of each frame cache that ``leap extract`` of ``split`` recorded in its settings beside
-    ``WORKDIR/descriptors/SPLIT.jsonl`` (and its ``--shard`` parts'), whether that folder is there or not."""
-    import json
+    ``WORKDIR/descriptors/SPLIT.jsonl`` (and its ``--shard`` parts'; ``extracted.frame_caches``), whether that folder
+    is there or not. extract's output written elsewhere (``extract --out``) is not looked for: give its folder as
+    ``--frame-cache``."""
+    from leap_cli.extracted import frame_caches
 
-    found: list[tuple[Path, Path]] = []
-    for path in sorted((workdir / "descriptors").glob(f"{split}.*config.json")):
-        try:
-            cfg = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # (extract says what is wrong with its own settings)
-            continue
-        root = cfg.get("frame_cache") if isinstance(cfg, dict) else None
-        if isinstance(root, str) and root and cfg.get("cache_frames"):
-            found.append((path, Path(root)))
-    return found
+    return frame_caches(workdir / "descriptors" / f"{split}.jsonl")
 
 
 def extracts_frame_cache(workdir: Path, split: str) -> tuple[Path | None, str | None]:

@@ -41,6 +41,7 @@ from leap_cli.extract.base import (COMPONENTS, NO_CAMERA_POSES, NO_POSES, STATUS
                                    SegmentContext, error, outdated_parts, record_versions, unavailable)
 from leap_cli.extract.cache import FrameCache
 from leap_cli.extract.describe import render_clip
+from leap_cli.extracted import EARLIER_FRAME_CACHE, config_path, read_settings
 from leap_cli.io import JsonlAppender, OutputLock, atomic_write_json, remove_dead_temps
 from leap_cli.outcome import Outcome
 from leap_cli.published import missing_file_fix
@@ -738,7 +739,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
                              order={s.narration_id: i for i, s in enumerate(segments)})
     for note in ann.row_notes(segments):
         log.warning("%s: %s", ann.split_path(split).name, note)
-    atomic_write_json(config_path(cfg.out), {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+    atomic_write_json(config_path(cfg.out), _settings_file(cfg),
                       if_changed=True)  # (a rerun with the same options leaves it untouched)
     by_id = {s.narration_id: s for s in segments}
     reannotated: dict[str, str] = {}  # narration id -> what differs
@@ -940,9 +941,17 @@ class _EarlierLines:
             self._f.close()
 
 
-def config_path(out: Path) -> Path:
-    """The resolved config written next to the output: ``train.jsonl`` -> ``train.config.json``."""
-    return Path(out).with_suffix(".config.json")
+def _settings_file(cfg: ExtractConfig) -> dict:
+    """What ``config_path(cfg.out)`` holds (read by the later stages: ``leap_cli.extracted``): the resolved options as
+    plain JSON values, the folder this run is in (``cwd``: its relative paths are of it), and, where this run writes
+    no frame cache, the folder an earlier one wrote that is there (``EARLIER_FRAME_CACHE``): build-shards still copies
+    its frames (``extract --frame-cache none`` after a full disk made it decode every sample again)."""
+    held = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
+    held["cwd"] = os.getcwd()
+    earlier = read_settings(config_path(cfg.out)) if FrameCache.from_config(cfg) is None else None
+    if earlier is not None and (folder := earlier.frame_cache()) is not None and folder.is_dir():
+        held[EARLIER_FRAME_CACHE] = str(folder)
+    return held
 
 
 def _fps(ann, video_id: str) -> float | None:

@@ -477,14 +477,17 @@ def load_inputs(cfg: GenerateConfig, narration_id: str | None = None, *, asking:
 
 def replaced_videos(descriptors: Path, records: list[dict], segments: dict[str, Segment]
                     ) -> dict[str, tuple[Path, int, int]]:
-    """The descriptor ``records`` made from an MP4 whose size differs now (extract's own test, ``DatasetLayout.replaced_test``: one
-    stat per video, no byte read): narration id -> (the MP4, the size the record keeps, the size now). The videos are
-    looked for where extract read them: the dataset root and annotations its settings (``SPLIT.config.json`` beside
-    ``descriptors``, else its ``--shard`` parts', where they agree) record. {} where no record keeps a size (made by a
-    leap before 2026-12-07, from rgb_frames, or without reading the video), or that root is not known or not there;
-    a record whose MP4 is not there now is not counted."""
+    """The descriptor ``records`` made from an MP4 whose size differs now (extract's own test,
+    ``DatasetLayout.replaced_test``: one stat per video, no byte read): narration id -> (the MP4, the size the record
+    keeps, the size now). The videos are looked for where extract read them: the dataset root and annotations its
+    settings (beside ``descriptors``, and its ``--shard`` parts', where they agree: ``extracted.inputs``) record, in
+    the work directory where it is now. {} where no record keeps a size (made by a leap before 2026-12-07, from
+    rgb_frames, or without reading the video), or that root is not known or not there; a record whose MP4 is not
+    there now is not counted."""
+    from leap_cli import extracted
+
     held = [r for r in records if isinstance(r.get("video_size"), int)]
-    inputs = extract_inputs(descriptors) if held else None
+    inputs = extracted.inputs(descriptors) if held else None
     if inputs is None:
         return {}
     from leap_cli.epic.layout import DatasetLayout
@@ -501,36 +504,19 @@ def replaced_videos(descriptors: Path, records: list[dict], segments: dict[str, 
     return found
 
 
-def extract_inputs(descriptors: Path) -> tuple[str, str | None] | None:
-    """(data, annotations) as ``leap extract`` recorded them in its settings (``runner.config_path``) of
-    ``descriptors`` and of its ``--shard`` parts, where they all agree; None where none says them, or they differ."""
-    from leap_cli.extract.runner import config_path
-
-    # (the whole file's and its parts' alike: a file merged from parts beside an earlier whole run's settings, of a
-    # work directory copied since, named two roots, and the old one's videos were taken for replaced)
-    files = [f for f in (config_path(descriptors), *(config_path(p) for _, _, p in shard_parts(descriptors)))
-             if f.is_file()]
-    said = set()
-    for f in files:
-        try:
-            got = json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # (extract says what is wrong with its own settings)
-            return None
-        if not isinstance(got, dict) or not isinstance(got.get("data"), str) or not got["data"]:
-            return None
-        said.add((got["data"], got.get("annotations") if isinstance(got.get("annotations"), str) else None))
-    return said.pop() if len(said) == 1 else None
-
-
 def extract_command(cfg: GenerateConfig, descriptors: Path) -> str:
     """The ``leap extract`` that makes ``descriptors`` again (a rerun makes again the records of a video replaced
-    since), with the work directory, data, annotations, output and part it was made with otherwise than by default."""
+    since), with the work directory, data, annotations, output and part it was made with otherwise than by default,
+    and extract's own options as its settings record them (``extracted.Recorded.options``): run as printed, it is
+    not refused for other settings, and makes records of the same ones."""
+    from leap_cli import extracted
     from leap_cli.common import DEFAULT_WORKDIR
 
     words = ["leap extract --split", cfg.split_name]
     if os.path.abspath(cfg.workdir) != os.path.abspath(DEFAULT_WORKDIR):
         words += ["--workdir", shell_word(cfg.workdir)]
-    data, annotations = extract_inputs(descriptors) or (None, None)
+    settings = extracted.agreed(descriptors)
+    data, annotations = (settings.path("data"), settings.path("annotations")) if settings else (None, None)
     if data is not None and os.path.abspath(data) != os.path.abspath(dataset_root(cfg.workdir)):
         words += ["--data", shell_word(data)]
     if annotations is not None:
@@ -541,7 +527,7 @@ def extract_command(cfg: GenerateConfig, descriptors: Path) -> str:
         words += ["--out", shell_word(whole)]
     if part is not None:
         words += ["--shard", f"{part[0]}/{part[1]}"]
-    return " ".join(words)
+    return " ".join(words + (settings.options(cfg.workdir) if settings else []))
 
 
 def left_out_line(inputs: Inputs, asked: set[str] | None = None) -> str | None:
