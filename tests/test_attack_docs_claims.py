@@ -358,7 +358,7 @@ def test_descriptor_records_hold_the_fields_extract_md_lists(kitchen_run):
     assert len(recs) == 4
     top = {f for r in rows if not r[0].startswith("`components") for f in _field_names(r[0])}
     assert top == {"narration_id", "video_id", "start", "stop", "start_frame", "stop_frame", "annotation_hash",
-                   "video_size", "text", "versions"}
+                   "video_size", "audio_size", "text", "versions"}  # (audio_size: session 66)
     assert all("video_size" in r for r in recs)  # (only where an MP4 was read: here every record's)
     types = {"string": str, "number": (int, float), "integer": int, "object": dict}
     for rec in recs:

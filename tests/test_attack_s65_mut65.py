@@ -108,7 +108,8 @@ def test_a_video_not_there_now_keeps_its_records_and_each_is_stated_once(kitchen
     monkeypatch.setattr(layout, "file_stat", lambda path: stated.append(path) or real(path))
     said = _ok(leap("extract", "--workdir", wd, "--split", "val"))
     assert "3 done before, 0 written now: nothing to do" in said, said
-    assert stated == [_mp4(wd)], stated
+    # (and the audio file its records' audio was read from, whose size they keep too: session 66)
+    assert stated == [_mp4(wd), wd / "kitchen" / "P01" / "audio" / f"{VID}.wav"], stated
     _mp4(wd).unlink()
     said = _ok(leap("extract", "--workdir", wd, "--split", "val"))
     assert "3 done before, 0 written now: nothing to do" in said and "changed since" not in said, said

@@ -165,3 +165,28 @@ def test_the_options_table_holds_extracts_defaults():
         assert option in params, option
         given = params[option]
         assert (",".join(default) if isinstance(default, (list, tuple)) else default) == given, (key, given)
+
+
+def test_an_audio_file_replaced_has_its_records_made_again(extracted, tmp_path, leap):
+    """Audio read from ROOT/P01/audio/VIDEO.wav (not the MP4's track): the record keeps that file's size
+    (``audio_size``), and a rerun after the file was replaced (here: half a second of silence more) makes the video's
+    records again with a note naming it (it said "nothing to do", and kept the old sound's descriptors)."""
+    import soundfile as sf
+
+    wd = _copy(extracted, tmp_path)
+    sound = ("extract", "--workdir", wd, "--split", "train", "--components", "narration,audio", "--frame-cache", "none",
+             "--out", wd / "descriptors" / "sound.jsonl")
+    _ok(leap(*sound))
+    wav = wd / "kitchen" / "P01" / "audio" / f"{VID}.wav"
+    records = [json.loads(x) for x in (wd / "descriptors" / "sound.jsonl").read_text().splitlines()]
+    assert {r["audio_size"] for r in records if r["video_id"] == VID} == {wav.stat().st_size}
+    assert "video_size" not in records[0]  # (no frame read: the MP4 is not what they were made from)
+    old = wav.stat().st_size
+    y, rate = sf.read(wav)
+    sf.write(wav, list(y) + [0.0] * (rate // 2), rate, subtype="PCM_16")
+    new = wav.stat().st_size
+    said = _ok(leap(*sound))
+    n = sum(r["video_id"] == VID for r in records)
+    assert f"{n} records of earlier runs were made from a video that has changed since ({wav}: size {old} -> {new} " \
+           "bytes): they are made again" in said, said
+    assert "nothing to do" in _ok(leap(*sound))

@@ -279,11 +279,13 @@ def test_unreadable_audio_and_bad_detection_file_are_recorded_then_retried(kitch
         jsonschema.validate(r, SCHEMA)
     wav.write_bytes(good_wav)
     dets.write_text(good_dets)
-    assert run_extract(cfg).written == 0  # finished records are kept as they are ...
+    # the records whose audio file was replaced (another size) are made again, as a replaced MP4's are ...
+    s = run_extract(cfg)
+    assert s.written == 3 and s.replaced == 3 and s.replaced_example.startswith(f"{wav}: size")
     s = run_extract(_cfg(root, out, components=("audio", "objects", "hands"), retry_errors=True))
-    # ... until --retry-errors redoes the failed ones, and the segment whose video is still missing (its audio has
-    # the video's cause: once downloaded, it is read)
-    assert s.written == 4
+    # ... and --retry-errors redoes the segment whose video is still missing (its audio has the video's cause: once
+    # downloaded, it is read)
+    assert s.written == 1
     recs = read_jsonl(out)
     assert len(recs) == 4 and sum(r["components"]["audio"]["status"] == "ok" for r in recs) == 3
 

@@ -58,6 +58,12 @@ def file_stat(path: str | Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
+def _size(path: Path | None) -> int | None:
+    """``file_stat``'s size of ``path`` (None: no path, or nothing there)."""
+    stat = file_stat(path) if path is not None else None
+    return stat[0] if stat is not None else None
+
+
 def _participant_folder(name: str) -> bool:
     return len(name) == 3 and name[0] == "P" and name[1:].isdigit()
 
@@ -175,33 +181,44 @@ class DatasetLayout:
 
     def mp4_size(self, video_id: str) -> int | None:
         """The size (bytes) of the video's MP4, None where it has none (an rgb_frames folder, or nothing)."""
-        stat = file_stat(path) if (path := self.video_path(video_id)) is not None else None
-        return stat[0] if stat is not None else None
+        return _size(self.video_path(video_id))
+
+    def audio_size(self, video_id: str) -> int | None:
+        """The size (bytes) of the video's audio file (``audio_path``), None where it has none."""
+        return _size(self.audio_path(video_id))
 
     def replaced_test(self, earlier: Callable[[str, int], int | None] | None = None
-                      ) -> Callable[[dict, Segment], tuple[int, int] | None]:
-        """A test of a descriptor record: (the size it keeps, the size now) where it was made from an MP4 whose size
-        differs now (the video downloaded again: another release, or a damaged or cut file replaced), else None. Its
-        mtime alone is no reason (a copy, rsync without -t: the same bytes), nor an MP4 not there now. A record that
-        keeps no size (made by a leap before 2026-12-07, from an rgb_frames folder, or without reading the video) is
-        kept, but where ``earlier(video, size now)`` (extract's frame cache, read before its run claims any video
-        anew: ``FrameCache.made_from_size``) tells another size it was made from: then (that size, the size now). One
-        stat per video, no byte of it read. extract makes such records again; generate-programs leaves them out."""
-        sizes: dict[str, int | None] = {}
-        made_from: dict[str, int | None] = {}  # video -> the size its records that keep none were made from
+                      ) -> Callable[[dict, Segment], tuple[Path, int, int] | None]:
+        """A test of a descriptor record: (the file, the size the record keeps, the size now) where it was made from an
+        MP4 (``video_size``) or an audio file (``audio_size``) whose size differs now (downloaded again: another
+        release, or a damaged or cut file replaced), else None. Its mtime alone is no reason (a copy, rsync without -t:
+        the same bytes), nor a file not there now. A record that keeps no MP4 size (made by a leap before 2026-12-07,
+        from an rgb_frames folder, or without reading the video) is kept, but where ``earlier(video, size now)``
+        (extract's frame cache, read before its run claims any video anew: ``FrameCache.made_from_size``) tells
+        another size it was made from. One stat per video and file, no byte read. extract makes such records again;
+        generate-programs leaves them out."""
+        sizes: dict[tuple[str, str], int | None] = {}
+        made_from: dict[str, int | None] = {}  # video -> the MP4 size its records that keep none were made from
 
-        def replaced(record: dict, seg: Segment) -> tuple[int, int] | None:
+        def size(kind: str, video_id: str) -> int | None:
+            if (kind, video_id) not in sizes:
+                sizes[kind, video_id] = self.mp4_size(video_id) if kind == "video" else self.audio_size(video_id)
+            return sizes[kind, video_id]
+
+        def replaced(record: dict, seg: Segment) -> tuple[Path, int, int] | None:
             held = record.get("video_size")
-            if not isinstance(held, int) and earlier is None:
-                return None
-            if seg.video_id not in sizes:
-                sizes[seg.video_id] = self.mp4_size(seg.video_id)
-            now = sizes[seg.video_id]
-            if now is not None and not isinstance(held, int):
-                if seg.video_id not in made_from:
-                    made_from[seg.video_id] = earlier(seg.video_id, now)
-                held = made_from[seg.video_id]
-            return (held, now) if isinstance(held, int) and now is not None and now != held else None
+            if isinstance(held, int) or earlier is not None:
+                now = size("video", seg.video_id)
+                if now is not None and not isinstance(held, int):
+                    if seg.video_id not in made_from:
+                        made_from[seg.video_id] = earlier(seg.video_id, now)
+                    held = made_from[seg.video_id]
+                if isinstance(held, int) and now is not None and now != held:
+                    return self.video_path(seg.video_id), held, now
+            held = record.get("audio_size")
+            if isinstance(held, int) and (now := size("audio", seg.video_id)) is not None and now != held:
+                return self.audio_path(seg.video_id), held, now
+            return None
 
         return replaced
 

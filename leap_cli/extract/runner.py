@@ -139,8 +139,8 @@ class ExtractSummary:
     reannotated_example: str = ""  # the first of them, with what differs
     # records of earlier runs made from an MP4 whose size differs now (``DatasetLayout.replaced_test``): made again
     replaced: int = 0
-    replaced_videos: int = 0  # their videos
-    replaced_example: str = ""  # the first video's file, with its sizes
+    replaced_videos: int = 0  # their files (MP4s, audio files)
+    replaced_example: str = ""  # the first file, with its sizes
     outdated: int = 0  # records of earlier runs with a part another leap made otherwise (``base.outdated``): made again
     outdated_example: str = ""  # the first of them, with its parts' numbers
     outdated_whole: int = 0  # of them, those made whole again (``_parts_to_make``: None)
@@ -313,7 +313,7 @@ class _Video:
         kind = MP4 if mp4 is not None else RGB_FRAMES
         self.mp4_size = layout.mp4_size(video_id)  # what a record made from it keeps (``made_from``): one stat
         self.asked = False  # whether its frames (or header) were asked for: ``_open`` was called
-        self._audio_file: bool | None = None  # whether an audio file holds its sound (else the MP4's track)
+        self._audio_size: int | None | bool = False  # its audio file's size (None: no file; False: not looked)
         self.reader = None
         self.failure: FramesUnavailable | None = None  # raised again by every later request
         if fps is None:  # not in EPIC_100_video_info.csv: an MP4 says its own fps; a frames folder cannot
@@ -371,9 +371,16 @@ class _Video:
         or the audio read from its track), else None (no MP4; an rgb_frames folder: no single file to stat)."""
         if self.mp4_size is None:
             return None
-        if not self.asked and "audio" in comps and self._audio_file is None:
-            self._audio_file = self.layout.audio_path(self.video_id) is not None
-        return self.mp4_size if self.asked or ("audio" in comps and not self._audio_file) else None
+        return self.mp4_size if self.asked or ("audio" in comps and self.audio_from(comps) is None) else None
+
+    def audio_from(self, comps: dict[str, dict]) -> int | None:
+        """The size (bytes) of the audio file a segment's audio was read from (``comps`` holds it; the file goes
+        before the MP4's track: ``media.audio.audio_source``), else None. One stat per video."""
+        if "audio" not in comps:
+            return None
+        if self._audio_size is False:
+            self._audio_size = self.layout.audio_size(self.video_id)
+        return self._audio_size
 
     def _where(self, reason: str, seg: Segment) -> str:
         """``reason`` with the file and the segment (the component's detail): the summary's first line of a cut
@@ -570,16 +577,18 @@ def describe_segment(video: _Video, seg: Segment, components: list[Component],
             cache.store(ctx, seg)
         timings["frame-cache"] = time.perf_counter() - t0 - (video.decode_seconds - d0)
     timings["decode"] = video.decode_seconds - decode0
-    return segment_record(seg, comps, video.made_from(comps)), timings
+    return segment_record(seg, comps, video.made_from(comps), video.audio_from(comps)), timings
 
 
-def segment_record(seg: Segment, comps: dict[str, dict], video_size: int | None = None) -> dict:
-    """The record of ``seg`` holding ``comps``, its clip text and versions; ``video_size``: that of the MP4 they were
-    made from (``_Video.made_from``; a rerun makes the record again once the file's size differs:
-    ``DatasetLayout.replaced_test``)."""
+def segment_record(seg: Segment, comps: dict[str, dict], video_size: int | None = None,
+                   audio_size: int | None = None) -> dict:
+    """The record of ``seg`` holding ``comps``, its clip text and versions; ``video_size``, ``audio_size``: those of
+    the MP4 and the audio file they were made from (``_Video.made_from``, ``_Video.audio_from``; a rerun makes the
+    record again once a file's size differs: ``DatasetLayout.replaced_test``)."""
     return {"narration_id": seg.narration_id, "video_id": seg.video_id, "start": round(seg.start, 3),
             "stop": round(seg.stop, 3), "start_frame": int(seg.start_frame), "stop_frame": int(seg.stop_frame),
             "annotation_hash": seg.annotation_hash, **({} if video_size is None else {"video_size": video_size}),
+            **({} if audio_size is None else {"audio_size": audio_size}),
             "components": comps, "text": render_clip(seg.start, seg.stop, comps), "versions": record_versions(comps)}
 
 
@@ -747,7 +756,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
     parts: dict[str, tuple[str, ...]] = {}  # of them, those made in part: narration id -> the components made
     whole: dict[str, str] = {}  # the others, made whole: narration id -> why (a ``WHOLE`` key)
     kept_retry: set[str] = set()  # of those, the ones whose kept components --retry-errors would redo
-    replaced: dict[str, tuple[str, int, int]] = {}  # narration id -> (video, size kept, size now): made again
+    replaced: dict[str, tuple[Path, int, int]] = {}  # narration id -> (file, size kept, size now): made again
     to_retry = retry_test(layout)
     cache = FrameCache.from_config(cfg)
     # (redo runs as the output is opened, before any video's cache is claimed anew: the cache tells the size an earlier
@@ -766,8 +775,8 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
             replaced.pop(key, None)
             return True
         reannotated.pop(key, None)
-        if seg is not None and (sizes := video_replaced(record, seg)):  # (made whole: every part read the old file)
-            replaced[seg.narration_id] = (seg.video_id, *sizes)
+        if seg is not None and (files := video_replaced(record, seg)):  # (made whole: every part read the old file)
+            replaced[seg.narration_id] = files
             remade.pop(key, None)
             return True
         replaced.pop(key, None)
@@ -799,10 +808,10 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         summary.reannotated = len(reannotated)
         summary.reannotated_example = next((f"{k}: {why}" for k, why in reannotated.items()), "")
         summary.replaced = len(replaced)
-        videos = {vid: (was, now) for vid, was, now in replaced.values()}
+        videos = {file: (was, now) for file, was, now in replaced.values()}
         summary.replaced_videos = len(videos)
-        summary.replaced_example = next((f"{layout.video_path(vid)}: size {was} -> {now} bytes"
-                                         for vid, (was, now) in videos.items()), "")
+        summary.replaced_example = next((f"{file}: size {was} -> {now} bytes" for file, (was, now) in videos.items()),
+                                        "")
         summary.outdated = len(remade)
         summary.outdated_example = next((f"{k}: {why}" for k, why in remade.items()), "")
         summary.outdated_whole = len(whole)
@@ -821,7 +830,8 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
                 seg = by_id[record["narration_id"]]
                 old = earlier.get(seg.narration_id)
                 record = segment_record(seg, _merged(old, record["components"]),
-                                        old.get("video_size", record.get("video_size")))
+                                        old.get("video_size", record.get("video_size")),
+                                        old.get("audio_size", record.get("audio_size")))
             if appender.write(record):
                 summary.add(record, timings, made)
                 if on_record:

@@ -477,8 +477,8 @@ def load_inputs(cfg: GenerateConfig, narration_id: str | None = None, *, asking:
 
 def replaced_videos(descriptors: Path, records: list[dict], segments: dict[str, Segment]
                     ) -> dict[str, tuple[Path, int, int]]:
-    """The descriptor ``records`` made from an MP4 whose size differs now (extract's own test,
-    ``DatasetLayout.replaced_test``: one stat per video, no byte read): narration id -> (the MP4, the size the record
+    """The descriptor ``records`` made from an MP4 or audio file whose size differs now (extract's own test,
+    ``DatasetLayout.replaced_test``: one stat per file, no byte read): narration id -> (the file, the size the record
     keeps, the size now). The videos are looked for where extract read them: the dataset root and annotations its
     settings (beside ``descriptors``, and its ``--shard`` parts', where they agree: ``extracted.inputs``) record, in
     the work directory where it is now. {} where no record keeps a size (made by a leap before 2026-12-07, from
@@ -486,7 +486,7 @@ def replaced_videos(descriptors: Path, records: list[dict], segments: dict[str, 
     there now is not counted."""
     from leap_cli import extracted
 
-    held = [r for r in records if isinstance(r.get("video_size"), int)]
+    held = [r for r in records if isinstance(r.get("video_size"), int) or isinstance(r.get("audio_size"), int)]
     inputs = extracted.inputs(descriptors) if held else None
     if inputs is None:
         return {}
@@ -499,8 +499,8 @@ def replaced_videos(descriptors: Path, records: list[dict], segments: dict[str, 
     test, found = layout.replaced_test(), {}
     for r in held:
         seg = segments.get(r["narration_id"])
-        if seg is not None and (sizes := test(r, seg)):
-            found[r["narration_id"]] = (layout.video_path(seg.video_id), *sizes)
+        if seg is not None and (files := test(r, seg)):
+            found[r["narration_id"]] = files
     return found
 
 
