@@ -62,7 +62,8 @@ class Recorded:
         out = self.settings.get("out")
         old_top = Path(os.path.abspath(os.path.join(base, out))).parent.parent if isinstance(out, str) and out else None
         new_top = Path(self.file).parent.parent  # (as given: a relative work directory is said relative)
-        if old_top is None or old_top == Path(os.path.abspath(new_top)) or not then.is_relative_to(old_top):
+        if old_top is None or len(old_top.parts) < 2 or old_top == Path(os.path.abspath(new_top)) \
+                or not then.is_relative_to(old_top):
             return Path(value) if base == os.getcwd() else then
         now = new_top / then.relative_to(old_top)
         return then if then.exists() and not now.exists() else now

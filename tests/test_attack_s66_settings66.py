@@ -143,6 +143,22 @@ def test_extract_without_a_frame_cache_keeps_the_folder_an_earlier_run_wrote(ext
                                                        "decoded)")
 
 
+def test_a_relative_work_directory_copied_reads_its_own_frame_cache(tmp_path, monkeypatch):
+    """extract --workdir w (relative: its settings hold w/descriptors/train.jsonl and the folder it ran in) records its
+    frame cache absolute; the work directory copied elsewhere and build-shards run beside the copy with --workdir w:
+    the copy's cache is read, not named "not there" at the old place."""
+    from leap_cli.commands.shards import extracts_frame_cache
+
+    old = tmp_path / "old"
+    (tmp_path / "new" / "w" / "fc").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "new")
+    (Path("w") / "descriptors").mkdir()
+    (Path("w") / "descriptors" / "train.config.json").write_text(json.dumps(
+        {"out": "w/descriptors/train.jsonl", "cwd": str(old), "frame_cache": str(old / "w" / "fc"), "cache_frames": 16,
+         "data": "w/kitchen"}))
+    assert extracts_frame_cache(Path("w"), "train") == (Path("w") / "fc", None)
+
+
 def test_generate_programs_reads_extracts_settings_without_extracts_runner(extracted, tmp_path, leap, monkeypatch):
     """generate-programs reads extract's files, not its internals: with the extract stage's runner not importable,
     it still leaves out the replaced video's segments."""
