@@ -49,10 +49,10 @@ class Recorded:
     settings: dict
 
     def path(self, key: str) -> Path | None:
-        """The path the settings hold under ``key`` (None: none), absolute, where it is now: relative to the folder
-        extract ran in (``cwd``, recorded since 2026-12-07; else this one); where the settings were written at another
-        place (the work directory moved or copied since: their ``out`` is not this file's output), a path inside the
-        old work directory is taken inside this one, unless only the old one is there."""
+        """The path the settings hold under ``key`` (None: none), where it is now. A relative one is of the folder
+        extract ran in (``cwd``, recorded since 2026-12-07; else this one, and kept relative). Where the settings were
+        written at another place (the work directory moved or copied since: their ``out`` is not beside this file), a
+        path inside the old work directory is taken inside this one, unless only the old one is there."""
         value = self.settings.get(key)
         if not isinstance(value, str) or not value:
             return None
