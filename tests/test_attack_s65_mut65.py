@@ -177,12 +177,13 @@ def test_the_note_of_replaced_videos_counts_the_others_and_one_record(capsys):
     from leap_cli.extract.runner import ExtractSummary
 
     s = ExtractSummary(out=Path("val.jsonl"), segments=4, annotations="EPIC_100_validation.csv", order={})
-    s.replaced, s.replaced_videos, s.replaced_example = 4, 2, "/k/P01_01.MP4: size 1 -> 2 bytes"
+    s.replaced, s.replaced_files = 4, [Path("/k/P01_01.MP4"), Path("/k/P01_02.MP4")]
+    s.replaced_example = "/k/P01_01.MP4: size 1 -> 2 bytes"
     _print_summary(s)
     said = " ".join(capsys.readouterr().out.split())
     assert ("note: 4 records of earlier runs were made from a video that has changed since (/k/P01_01.MP4: size 1 -> "
             "2 bytes, and 1 other video): they are made again; then run generate-programs") in said, said
-    s.replaced, s.replaced_videos = 1, 1
+    s.replaced, s.replaced_files = 1, [Path("/k/P01_01.MP4")]
     _print_summary(s)
     said = " ".join(capsys.readouterr().out.split())
     assert ("note: 1 record of earlier runs was made from a video that has changed since (/k/P01_01.MP4: size 1 -> "

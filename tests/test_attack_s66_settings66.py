@@ -203,6 +203,6 @@ def test_an_audio_file_replaced_has_its_records_made_again(extracted, tmp_path, 
     new = wav.stat().st_size
     said = _ok(leap(*sound))
     n = sum(r["video_id"] == VID for r in records)
-    assert f"{n} records of earlier runs were made from a video that has changed since ({wav}: size {old} -> {new} " \
-           "bytes): they are made again" in said, said
+    assert f"{n} records of earlier runs were made from an audio file that has changed since ({wav}: size {old} -> " \
+           f"{new} bytes): they are made again" in said, said
     assert "nothing to do" in _ok(leap(*sound))

@@ -281,15 +281,20 @@ def _print_summary(s, merge: str | None = None) -> None:
                       f"differs): {'it is' if n == 1 else 'they are'} made again, and generate-programs makes "
                       f"{'its program' if n == 1 else 'their programs'} again", style="yellow", highlight=False)
     if s.replaced:  # (a video downloaded again since: a record made from the old file would describe another one)
-        n, more = s.replaced, s.replaced_videos - 1
-        console.print(f"note: {counted(n, 'record')} of earlier runs {'was' if n == 1 else 'were'} made from a video "
+        from leap_cli.epic.layout import replaced_files
+
+        n, more = s.replaced, len(s.replaced_files) - 1
+        what, others = replaced_files(s.replaced_files)
+        console.print(f"note: {counted(n, 'record')} of earlier runs {'was' if n == 1 else 'were'} made from {what} "
                       f"that has changed since ({escape(s.replaced_example)}"
-                      + (f", and {counted(more, 'other video')}" if more else "")
+                      + (f", and {counted(more, others)}" if more else "")
                       + f"): {'it is' if n == 1 else 'they are'} made again; then "
                       + (f"merge the parts again once each is done ({escape(merge)}) and " if merge else "")
-                      + "run generate-programs (it makes "
-                      "again the programs whose clip text changed) and build-shards for this split (it writes again the "
-                      "samples it wrote from the old file)",
+                      + "run generate-programs (it makes again the programs whose clip text changed)"
+                      # (a sound file replaced changes no frame: build-shards takes up the new programs, as generate
+                      # says, and has no sample of the old file to write again)
+                      + (" and build-shards for this split (it writes again the samples it wrote from the old file)"
+                         if what != "an audio file" else ""),
                       style="yellow", highlight=False)
     if s.outdated:  # (an upgrade of leap that changed what a component writes: the output holds one leap's records)
         console.print(f"note: {counted(s.outdated, 'record')} of earlier runs {'holds' if s.outdated == 1 else 'hold'} "

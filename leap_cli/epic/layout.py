@@ -64,6 +64,16 @@ def _size(path: Path | None) -> int | None:
     return stat[0] if stat is not None else None
 
 
+def replaced_files(files: list[Path]) -> tuple[str, str]:
+    """How a note names ``files`` that ``DatasetLayout.replaced_test`` found replaced (its first, and the others):
+    ("a video", "other video"), ("an audio file", "other audio file") or, for both kinds, ("a video or audio file",
+    "other file"). A replaced audio file changes a record's sound alone: no frame, so no shard, was read from it."""
+    audio = sum(Path(f).suffix in AUDIO_EXTS for f in files)
+    if not audio:
+        return "a video", "other video"
+    return ("an audio file", "other audio file") if audio == len(files) else ("a video or audio file", "other file")
+
+
 def _participant_folder(name: str) -> bool:
     return len(name) == 3 and name[0] == "P" and name[1:].isdigit()
 

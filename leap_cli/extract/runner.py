@@ -139,7 +139,7 @@ class ExtractSummary:
     reannotated_example: str = ""  # the first of them, with what differs
     # records of earlier runs made from an MP4 whose size differs now (``DatasetLayout.replaced_test``): made again
     replaced: int = 0
-    replaced_videos: int = 0  # their files (MP4s, audio files)
+    replaced_files: list[Path] = field(default_factory=list)  # their files (MP4s, audio files), the first first
     replaced_example: str = ""  # the first file, with its sizes
     outdated: int = 0  # records of earlier runs with a part another leap made otherwise (``base.outdated``): made again
     outdated_example: str = ""  # the first of them, with its parts' numbers
@@ -809,7 +809,7 @@ def run_extract(cfg: ExtractConfig, *, on_start: Callable[[int, int], None] | No
         summary.reannotated_example = next((f"{k}: {why}" for k, why in reannotated.items()), "")
         summary.replaced = len(replaced)
         videos = {file: (was, now) for file, was, now in replaced.values()}
-        summary.replaced_videos = len(videos)
+        summary.replaced_files = list(videos)
         summary.replaced_example = next((f"{file}: size {was} -> {now} bytes" for file, (was, now) in videos.items()),
                                         "")
         summary.outdated = len(remade)

@@ -536,12 +536,15 @@ def left_out_line(inputs: Inputs, asked: set[str] | None = None) -> str | None:
     ids = [k for k in inputs.replaced if asked is None or k in asked]
     if not ids:
         return None
+    from leap_cli.epic.layout import replaced_files
+
     videos = {inputs.replaced[k][0]: inputs.replaced[k][1:] for k in ids}
-    (mp4, (held, now)), more = next(iter(videos.items())), len(videos) - 1
+    (file, (held, now)), more = next(iter(videos.items())), len(videos) - 1
+    what, others = replaced_files(list(videos))
     return (f"{counted(len(ids), 'segment')} {'was' if len(ids) == 1 else 'were'} left out: "
-            f"{'its descriptors were' if len(ids) == 1 else 'their descriptors were'} made from a video that has "
-            f"changed since ({mp4}: size {held} -> {now} bytes"
-            + (f", and {counted(more, 'other video')}" if more else "") + f"): run {inputs.extract_command} (it makes "
+            f"{'its descriptors were' if len(ids) == 1 else 'their descriptors were'} made from {what} that has "
+            f"changed since ({file}: size {held} -> {now} bytes"
+            + (f", and {counted(more, others)}" if more else "") + f"): run {inputs.extract_command} (it makes "
             f"{'it' if len(ids) == 1 else 'them'} again), then generate-programs again")
 
 

@@ -1,0 +1,56 @@
+"""Session 66's changes attacked as a researcher with EPIC-KITCHENS-100 on disk meets them (helper attack66).
+
+Found and fixed here:
+
+- a replaced audio file (``ROOT/P01/audio/VIDEO.wav``, ``audio_size``): extract's note and generate-programs' "left
+  out" line said "a video that has changed", and extract's note told the user to run build-shards to write again "the
+  samples it wrote from the old file" (no frame, so no shard sample, is read from a sound file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+WAV, MP4 = Path("/k/P01/audio/P01_01.wav"), Path("/k/P01/videos/P01_02.MP4")
+
+
+def _extract_note(capsys, files: list[Path]) -> str:
+    from leap_cli.commands.extract import _print_summary
+    from leap_cli.extract.runner import ExtractSummary
+
+    s = ExtractSummary(out=Path("train.jsonl"), segments=4, annotations="EPIC_100_train.csv", order={})
+    s.replaced, s.replaced_files, s.replaced_example = 3, files, f"{files[0]}: size 1 -> 2 bytes"
+    _print_summary(s)
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_extracts_note_of_a_replaced_audio_file_names_an_audio_file_and_no_build_shards(capsys):
+    said = _extract_note(capsys, [WAV])
+    assert (f"3 records of earlier runs were made from an audio file that has changed since ({WAV}: size 1 -> 2 "
+            "bytes): they are made again; then run generate-programs (it makes again the programs whose clip text "
+            "changed)") in said, said
+    assert "video" not in said.split("note:")[1] and "build-shards" not in said, said
+
+
+def test_extracts_note_of_an_audio_file_and_a_video_replaced_names_both_and_build_shards(capsys):
+    said = _extract_note(capsys, [WAV, MP4])
+    assert (f"made from a video or audio file that has changed since ({WAV}: size 1 -> 2 bytes, and 1 other file)"
+            in said and "and build-shards for this split (it writes again the samples it wrote from the old file)"
+            in said), said
+    said = _extract_note(capsys, [MP4, MP4.with_name("P01_03.MP4")])
+    assert f"made from a video that has changed since ({MP4}: size 1 -> 2 bytes, and 1 other video)" in said, said
+    assert "build-shards for this split" in said, said
+
+
+def test_generates_left_out_line_of_a_replaced_audio_file_names_an_audio_file():
+    from leap_cli.programs.generate import left_out_line
+
+    inputs = SimpleNamespace(replaced={"P01_01_0": (WAV, 10, 12), "P01_01_1": (WAV, 10, 12)},
+                             extract_command="leap extract --split train")
+    assert left_out_line(inputs) == (
+        f"2 segments were left out: their descriptors were made from an audio file that has changed since ({WAV}: "
+        "size 10 -> 12 bytes): run leap extract --split train (it makes them again), then generate-programs again")
+    inputs.replaced["P01_02_0"] = (MP4, 5, 6)
+    assert "made from a video or audio file that has changed since" in left_out_line(inputs)
+    assert "and 1 other file)" in left_out_line(inputs)
