@@ -117,9 +117,13 @@ def read_settings(file: Path) -> Recorded | None:
 def agreed(descriptors: str | Path) -> Recorded | None:
     """The settings of ``descriptors`` where its own and its ``--shard`` parts' are all there to read and say the same
     data set and annotations (a file merged from parts beside an earlier whole run's settings, of a work directory
-    copied since, named two roots); None where there are none, or they differ."""
+    copied since, named two roots); None where there are none, or they differ. Compared where they are, not as
+    written: parts run from two folders (or one by a leap before ``cwd``) say one folder relative and absolute."""
+    def where(path: Path | None) -> str | None:
+        return os.path.abspath(path) if path is not None else None
+
     found = recorded(descriptors)
-    said = {(r.path("data"), r.path("annotations")) if r is not None else None for r in found}
+    said = {(where(r.path("data")), where(r.path("annotations"))) if r is not None else None for r in found}
     if len(said) != 1 or None in said or next(iter(said))[0] is None:
         return None
     return found[0]

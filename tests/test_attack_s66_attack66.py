@@ -9,6 +9,7 @@ Found and fixed here:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -54,3 +55,21 @@ def test_generates_left_out_line_of_a_replaced_audio_file_names_an_audio_file():
     inputs.replaced["P01_02_0"] = (MP4, 5, 6)
     assert "made from a video or audio file that has changed since" in left_out_line(inputs)
     assert "and 1 other file)" in left_out_line(inputs)
+
+
+def test_parts_run_from_two_folders_with_relative_paths_agree_on_their_data_set(tmp_path, monkeypatch):
+    """``extract --shard`` parts given the same data set by relative paths from two folders (part 0 from the work
+    directory's parent, part 1 from its grandparent; or one part's settings from a leap before ``cwd``): the same
+    folder, said once relative and once absolute. They were taken to disagree, so generate-programs looked for no
+    replaced video and its extract command named no --data."""
+    from leap_cli import extracted
+
+    up = tmp_path / "up"
+    (up / "w" / "descriptors").mkdir(parents=True)
+    (up / "w" / "kitchen").mkdir()
+    for i, cwd, prefix in ((0, up, ""), (1, tmp_path, "up/")):
+        (up / "w" / "descriptors" / f"train.shard{i}of2.config.json").write_text(json.dumps(
+            {"data": f"{prefix}w/kitchen", "out": f"{prefix}w/descriptors/train.shard{i}of2.jsonl", "cwd": str(cwd)}))
+    monkeypatch.chdir(up)
+    got = extracted.inputs(Path("w/descriptors/train.jsonl"))
+    assert got is not None and Path(got[0]).resolve() == (up / "w" / "kitchen").resolve(), got
