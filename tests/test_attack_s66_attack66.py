@@ -10,8 +10,13 @@ Found and fixed here:
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
+
+import leap_cli.shards.writer as writer
+from tests.test_attack_s65_moved65 import _as_fresh, _mp4, files  # noqa: F401 - (a fixture)
+from tests.test_shards import build
 
 WAV, MP4 = Path("/k/P01/audio/P01_01.wav"), Path("/k/P01/videos/P01_02.MP4")
 
@@ -73,3 +78,32 @@ def test_parts_run_from_two_folders_with_relative_paths_agree_on_their_data_set(
     monkeypatch.chdir(up)
     got = extracted.inputs(Path("w/descriptors/train.jsonl"))
     assert got is not None and Path(got[0]).resolve() == (up / "w" / "kitchen").resolve(), got
+
+
+def test_a_shard_filled_where_no_sample_was_taken_out_first_deletes_the_manifest(files, tmp_path,
+                                                                                 monkeypatch):  # noqa: F811
+    """A video downloaded again cut short: its samples are taken out and skipped, so their shard stays empty, and the
+    manifest lists it. Once the whole file is there, the next run writes the skips retried into that empty shard,
+    over a tar the manifest names, without the rewrite's start (``begin_rewrite``): a kill after the rename left a
+    manifest.json naming the empty tar's bytes (check-shards: "shard has 22528 bytes, the manifest says 1024 (delete
+    that shard file ...)"), and another ``--shard`` part could merge this part's old manifest meanwhile."""
+    root, work = tmp_path / "k", tmp_path / "w"
+    out = work / "shards" / "train"
+    shutil.copytree(files[0], root)
+    build(root, work)
+    whole = files[1].read_bytes()
+    _mp4(root).write_bytes(whole[: len(whole) // 3])  # (the new file cut short: its samples are skipped)
+    r = build(root, work)
+    assert [s["count"] for s in r.manifest["shards"]] == [3, 1, 0] and (out / "manifest.json").exists()
+    shutil.copyfile(files[1], _mp4(root))
+    seen, real = [], writer._ShardSink._refill
+
+    def refill(self, rec):
+        seen.append((out / "manifest.json").exists())
+        real(self, rec)
+
+    monkeypatch.setattr(writer._ShardSink, "_refill", refill)
+    r = build(root, work)
+    assert seen == [False], seen  # (the manifest naming the empty tar deleted before the filled one's commit)
+    assert [s["count"] for s in r.manifest["shards"]] == [3, 1, 3]
+    _as_fresh(out, files[2])

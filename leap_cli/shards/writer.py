@@ -498,11 +498,14 @@ class _ShardSink:
     """Writes samples in order into rolling shards; records each completed shard in the progress file. The kept
     shards left empty (``_drop_replaced`` took out the samples of a video downloaded again) are filled first, each
     at its own index (``_refill``), so that they do not pile up, one or two a download; then new shards follow the
-    kept ones."""
+    kept ones. ``begin_rewrite`` is called before a kept shard is filled (readers refused, the manifests naming its
+    old bytes deleted), as before any rewrite in place."""
 
     def __init__(self, out: Path, split: str, suffix: str, settings: ShardSettings, progress: JsonlAppender,
-                 settings_hash: str, kept: list[dict], made: dict[str, str], made_settings: dict, inputs: dict):
+                 settings_hash: str, kept: list[dict], made: dict[str, str], made_settings: dict, inputs: dict,
+                 begin_rewrite: Callable[[], None]):
         self.out, self.split, self.suffix, self.settings = out, split, suffix, settings
+        self.begin_rewrite = begin_rewrite
         self.progress, self.settings_hash, self.made = progress, settings_hash, made
         self.made_settings, self.inputs = made_settings, inputs  # (the options, rules and inputs, in words)
         self.kept = list(kept)
@@ -519,6 +522,8 @@ class _ShardSink:
 
     def _open(self) -> None:
         self._slot = self._empty.pop(0) if self._empty else None
+        if self._slot:  # (a run that took out no sample, such as one writing skips retried, had not begun one)
+            self.begin_rewrite()
         name = shard_name(self.split, self._at(), self.suffix)
         self._tmp = self.out / (f".{name}.update" if self._slot else f".{name}.partial")
         self._f = open(self._tmp, "wb")
@@ -1199,7 +1204,7 @@ def _build_shards(segments: list[Segment], *, out: str | Path, settings: ShardSe
             appender.close()
             raise
     sink = _ShardSink(out, settings.split, shard.suffix, settings, appender, settings_hash, kept, made,
-                      settings_made, inputs or {})
+                      settings_made, inputs or {}, begin_rewrite)
     written = 0
 
     def emit_plan_skips(video_id: str) -> None:
