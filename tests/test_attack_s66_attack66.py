@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 import leap_cli.shards.writer as writer
+from leap_cli.shards.format import load_manifest
 from tests.test_attack_s65_moved65 import _as_fresh, _mp4, files  # noqa: F401 - (a fixture)
 from tests.test_shards import build
 
@@ -110,6 +111,38 @@ def test_a_shard_filled_where_no_sample_was_taken_out_first_deletes_the_manifest
     assert [s["count"] for s in r.manifest["shards"]] == [3, 1, 3]
     _as_fresh(out, files[2])
 
+
+
+# the build of test_shards in a process of its own, on tmp/k into tmp/w (killed by the hook of resume60)
+BUILD = ("import sys; from pathlib import Path; from tests.test_shards import build; "
+         "build(Path(sys.argv[1]) / 'k', Path(sys.argv[1]) / 'w')")
+
+
+@pytest.mark.parametrize("match,at", [(".tar", 2), (".progress.jsonl", 3)])
+def test_a_sigkill_amid_the_refill_then_a_plain_rerun_ends_as_a_fresh_build(files, tmp_path, match,
+                                                                            at):  # noqa: F811
+    """A real SIGKILL of the run that takes a downloaded-again video's samples out and fills the shard they left
+    empty: just after that empty tar's rename (the fill not begun), or just after the fill's progress commit (its
+    ``.update`` not yet renamed over the empty tar). A plain re-run ends with every sample once, in the bytes of a
+    build from scratch with the new file, no empty tar, no ``.update`` or temp file left."""
+    import subprocess
+    import sys
+
+    from tests.test_attack_kill_resume import ENV, ROOT
+    from tests.test_attack_s60_resume60 import killed_at_rename
+
+    root, work = tmp_path / "k", tmp_path / "w"
+    out = work / "shards" / "train"
+    shutil.copytree(files[0], root)
+    build(root, work)
+    shutil.copyfile(files[1], _mp4(root))
+    killed_at_rename([sys.executable, "-c", BUILD, str(tmp_path)], tmp_path, match, at, "after")
+    assert not (out / "manifest.json").exists()  # (train refuses the folder until the re-run)
+    r = subprocess.run([sys.executable, "-c", BUILD, str(tmp_path)], env=ENV, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _as_fresh(out, files[2])
+    assert not [p.name for p in out.iterdir() if p.name.endswith((".update", ".partial", ".tmp"))]
+    assert all(s["count"] for s in load_manifest(out)[0]["shards"])  # (no empty tar listed)
 
 @pytest.mark.xfail(strict=True, reason="generate-programs' left-out line for descriptors merged from extract --shard "
                                        "parts names a whole-split extract: it remakes the merged file, the parts keep "
