@@ -109,7 +109,7 @@ def test_the_left_out_line_names_other_videos_as_extracts_and_build_shards_lines
 
     inputs = SimpleNamespace(replaced={"P01_01_0": ("/d/P01_01.MP4", 10, 20), "P01_01_1": ("/d/P01_01.MP4", 10, 20),
                                        "P01_02_0": ("/d/P01_02.MP4", 5, 6), "P02_01_0": ("/d/P02_01.MP4", 7, 8)},
-                             extract_command="leap extract --split train")
+                             extract_command="leap extract --split train", extract_merge="")
     line = left_out_line(inputs)
     assert line.startswith("4 segments were left out: their descriptors were made from a video that has changed "
                            "since (/d/P01_01.MP4: size 10 -> 20 bytes, and 2 other videos): run leap extract "

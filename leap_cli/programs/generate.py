@@ -181,6 +181,7 @@ class Inputs:
     # (``replaced_videos``): id -> (the MP4, the size the record keeps, the size now)
     replaced: dict[str, tuple[Path, int, int]] = field(default_factory=dict)
     extract_command: str = ""  # the leap extract that makes them again (``left_out_line``)
+    extract_merge: str = ""  # then, of a file merged from extract's --shard parts, the merge that takes them up
 
 
 def clip_hash(inputs: Inputs, record: dict) -> str:
@@ -471,8 +472,24 @@ def load_inputs(cfg: GenerateConfig, narration_id: str | None = None, *, asking:
         # their records again (their clip hash changes)
         replaced = replaced_videos(path, records, segments)
         records = [r for r in records if r["narration_id"] not in replaced]
+    held = merged_parts(path, segments, {segments[k].video_id for k in replaced if k in segments})
     return Inputs(records, segments, ann.verbs, ann.nouns, source, extracted, stale, replaced,
-                  extract_command(cfg, path) if replaced else "")
+                  " and ".join(extract_command(cfg, path, part) for part in held or [None]) if replaced else "",
+                  merge_command(path, held[0][1]) if replaced and held else "")
+
+
+def merged_parts(descriptors: Path, segments: dict[str, Segment], videos: set[str]) -> list[tuple[int, int]]:
+    """The extract ``--shard`` parts (i, n) whose videos (extract's ``ShardSpec.select``) are among ``videos``, where
+    ``descriptors`` was merged from parts that are there beside it; [] where it is no merge (or a part itself). A
+    whole-split extract over the merged file made it again, but not the parts, whose next merge brought the old
+    records back."""
+    counts = {n for _, n, _ in shard_parts(descriptors)}
+    if part_of(descriptors) is not None or len(counts) != 1:
+        return []
+    n = counts.pop()
+    order = list(segments.values())
+    return [(i, n) for i in range(n)
+            if videos & {s.video_id for s in ShardSpec(i, n).select(order, key=lambda s: s.video_id)}]
 
 
 def replaced_videos(descriptors: Path, records: list[dict], segments: dict[str, Segment]
@@ -504,11 +521,12 @@ def replaced_videos(descriptors: Path, records: list[dict], segments: dict[str, 
     return found
 
 
-def extract_command(cfg: GenerateConfig, descriptors: Path) -> str:
+def extract_command(cfg: GenerateConfig, descriptors: Path, merged: tuple[int, int] | None = None) -> str:
     """The ``leap extract`` that makes ``descriptors`` again (a rerun makes again the records of a video replaced
-    since), with the work directory, data, annotations, output and part it was made with otherwise than by default,
-    and extract's own options as its settings record them (``extracted.Recorded.options``): run as printed, it is
-    not refused for other settings, and makes records of the same ones."""
+    since), with the work directory, data, annotations, output and part it was made with otherwise than by default
+    (``merged``: the part (i, n) of a file merged from parts, ``merged_parts``), and extract's own options as its
+    settings record them (``extracted.Recorded.options``): run as printed, it is not refused for other settings, and
+    makes records of the same ones."""
     from leap_cli import extracted
     from leap_cli.common import DEFAULT_WORKDIR
 
@@ -523,6 +541,7 @@ def extract_command(cfg: GenerateConfig, descriptors: Path) -> str:
         words += ["--annotations", shell_word(annotations)]
     part = part_of(descriptors)
     whole = descriptors.with_name(descriptors.name.replace(f".shard{part[0]}of{part[1]}", "")) if part else descriptors
+    part = part or merged
     if os.path.abspath(whole) != os.path.abspath(cfg.workdir / "descriptors" / f"{cfg.split_name}.jsonl"):
         words += ["--out", shell_word(whole)]
     if part is not None:
@@ -545,7 +564,9 @@ def left_out_line(inputs: Inputs, asked: set[str] | None = None) -> str | None:
             f"{'its descriptors were' if len(ids) == 1 else 'their descriptors were'} made from {what} that has "
             f"changed since ({file}: size {held} -> {now} bytes"
             + (f", and {counted(more, others)}" if more else "") + f"): run {inputs.extract_command} (it makes "
-            f"{'it' if len(ids) == 1 else 'them'} again), then generate-programs again")
+            f"{'it' if len(ids) == 1 else 'them'} again), "
+            + (f"merge the parts again ({inputs.extract_merge}), " if inputs.extract_merge else "")
+            + "then generate-programs again")
 
 
 # What generation reads of a descriptor record beside its text (prompt.clip_info): the camera's steps and the
