@@ -123,7 +123,7 @@ def test_after_a_video_downloaded_again_each_message_names_the_next_command_and_
     assert [k for k in now if now[k] != programs[k]] == changed
     # build-shards: the video's samples written from the new file (frames from extract's refreshed frame cache)
     assert "6 samples were written from a video that has changed since" in said["build-shards"], said["build-shards"]
-    assert "made again from the new file" in said["build-shards"]
+    assert "taken out of their shards, to be made again from the new file" in said["build-shards"]
     # a rerun of each has nothing to do and says nothing of the video
     tars = _tars(wd)
     for stage in (("extract",), ("generate-programs",), ("build-shards", *BS)):

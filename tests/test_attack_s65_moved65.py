@@ -127,7 +127,7 @@ def test_a_replaced_mp4s_samples_are_taken_out_and_written_from_the_new_file(fil
     r = build(root, work)
     assert r.written_now == 3 and set(opened) == {VID}, opened  # (P01_01's frames are not read again)
     assert (f"3 samples were written from a video that has changed since ({_mp4(root)}: size {old} -> {new} bytes): "
-            "made again from the new file") in r.notes, r.notes
+            "taken out of their shards, to be made again from the new file") in r.notes, r.notes
     shards = r.manifest["shards"]
     # (shard 2, left empty, is filled again: shards66)
     assert [s["keys"] for s in shards] == [[f"P01_01_{i}" for i in range(3)], ["P01_01_3"], MOVED]

@@ -130,7 +130,7 @@ def test_a_replaced_video_has_its_records_made_again_and_the_note_says_what_next
     said = " ".join(_ok(leap("build-shards", "--workdir", wd, "--split", "val")).split())
     assert f"{len(changed)} program records" in said and f"e.g. {changed[0]}" in said, said
     assert (f"6 samples were written from a video that has changed since ({_mp4(wd)}: size {old} -> {new} bytes): "
-            "made again from the new file") in said, said
+            "taken out of their shards, to be made again from the new file") in said, said
     # generate-programs makes again exactly the programs whose clip text changed (its clip hash)
     said = _ok(leap("generate-programs", "--workdir", wd, "--split", "val"))
     assert f"{len(changed)} records of earlier runs were made from a clip that has changed since" in said, said

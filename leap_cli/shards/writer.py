@@ -948,7 +948,8 @@ def _drop_replaced(out: Path, progress_path: Path, done: list[dict], settings_ha
         more = len(videos) - 1
         notes.append(f"{counted(taken, 'sample')} {'was' if taken == 1 else 'were'} written from a video that has "
                      f"changed since ({now[vid][0]}: size {was} -> {size} bytes"
-                     + (f", and {counted(more, 'other video')}" if more else "") + "): made again from the new file")
+                     + (f", and {counted(more, 'other video')}" if more else "")
+                     + "): taken out of their shards, to be made again from the new file")  # (its skips said apart)
     return True
 
 
