@@ -132,3 +132,112 @@ def test_a_file_without_narration_ids_and_a_class_given_twice_are_named(tmp_path
     with pytest.raises(LeapError) as e:
         load_scores(tmp_path / "s.json")
     assert e.value.message == "verb class id 0 is given more than once" and e.value.record == "P01_01_0", e.value
+
+
+def _real_rows(tmp_path, epic_dir):
+    """The real excerpt's annotations with its train rows added to validation (the validation rows hold no tail
+    noun) and P02 listed as unseen (its validation rows are P01's and P02's): scores that get every other
+    segment's verb and every third's noun right."""
+    import shutil
+
+    ann_dir = tmp_path / "annotations"
+    shutil.copytree(epic_dir, ann_dir)
+    (ann_dir / "EPIC_100_unseen_participant_ids_validation.csv").write_text("participant_id\nP02\n")
+    train = (epic_dir / "EPIC_100_train.csv").read_text().splitlines(keepends=True)[1:]
+    with open(ann_dir / "EPIC_100_validation.csv", "a") as f:
+        f.writelines(train)
+    ann = Annotations(ann_dir)
+    segs = ann.segments("val")
+    vl, nl = np.array([s.verb_class for s in segs]), np.array([s.noun_class for s in segs])
+    rng = np.random.default_rng(0)
+    verb, noun = rng.normal(size=(len(segs), 97)), rng.normal(size=(len(segs), 300))
+    verb[np.arange(len(segs)) % 2 == 0, vl[::2]] += 4
+    noun[np.arange(len(segs)) % 3 == 0, nl[::3]] += 4
+    scores = {"narration_id": [s.narration_id for s in segs], "verb_output": torch.from_numpy(verb),
+              "noun_output": torch.from_numpy(noun)}
+    tv, tn = np.isin(vl, sorted(ann.tail_verbs)), np.isin(nl, sorted(ann.tail_nouns))
+    assert tv.any() and tn.any() and not tv.all() and (tv | tn).sum() > max(tv.sum(), tn.sum())  # (a real test)
+    unseen = np.array([s.participant_id == "P02" for s in segs])
+    masks = {"tail": {"verb": tv, "noun": tn, "action": tv | tn}, "unseen": dict.fromkeys(("verb", "noun", "action"),
+                                                                                          unseen)}
+    return ann, scores, (vl, nl), masks
+
+
+def test_recognition_figures_follow_the_official_definitions_on_real_rows(tmp_path, epic_dir):
+    """Each figure recomputed as EPIC's C1 evaluator (utils/metrics.py compute_metrics) defines it: top-k over the
+    file's segments; tail verb/noun = segments whose class is in the tail CSV, tail action = tail verb OR tail
+    noun; unseen = the split's unseen participants."""
+    ann, scores, (vl, nl), masks = _real_rows(tmp_path, epic_dir)
+    verb, noun = scores["verb_output"].numpy(), scores["noun_output"].numpy()
+    r = evaluate_scores(scores, ann, "val")["recognition"]
+    rank_v, rank_n = np.argsort(-verb, 1), np.argsort(-noun, 1)
+    right = {"verb": rank_v[:, 0] == vl, "noun": rank_n[:, 0] == nl}
+    right["action"] = right["verb"] & right["noun"]  # the best pair of the softmax product is (best verb, best noun)
+    for task in right:
+        assert r["all"][task]["top1"] == pytest.approx(right[task].mean()), task
+        for subset, m in masks.items():
+            assert r[subset][task]["top1"] == pytest.approx(right[task][m[task]].mean()), (subset, task)
+    assert r["all"]["verb"]["top5"] == pytest.approx((rank_v[:, :5] == vl[:, None]).any(1).mean())
+    assert r["all"]["noun"]["top5"] == pytest.approx((rank_n[:, :5] == nl[:, None]).any(1).mean())
+
+
+def test_anticipation_figures_are_class_mean_top5_recall_on_real_rows(tmp_path, epic_dir):
+    """Anticipation's figure (EPIC's C3 evaluator, RULSTM's MeanTopKRecallMeter): per class present among the
+    subset's labels, the share of its segments whose class is in the top 5; then the mean over those classes.
+    Actions are ranked by the product of the verb and noun softmaxes."""
+    ann, scores, (vl, nl), masks = _real_rows(tmp_path, epic_dir)
+    verb, noun = scores["verb_output"].numpy(), scores["noun_output"].numpy()
+    r = evaluate_scores(scores, ann, "val", "anticipation")["anticipation"]
+
+    def softmax(x):
+        e = np.exp(x - x.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    pair = (softmax(verb)[:, :, None] * softmax(noun)[:, None, :]).reshape(len(vl), -1)  # [N, V*Nn], id v*300+n
+    top5 = {"verb": np.argsort(-verb, 1)[:, :5], "noun": np.argsort(-noun, 1)[:, :5],
+            "action": np.argsort(-pair, 1)[:, :5]}
+    labels = {"verb": vl, "noun": nl, "action": vl * 300 + nl}
+
+    def mt5r(task, m):
+        hit = (top5[task][m] == labels[task][m][:, None]).any(1)
+        return np.mean([hit[labels[task][m] == c].mean() for c in np.unique(labels[task][m])])
+
+    every = np.ones(len(vl), bool)
+    assert len(np.unique(vl)) < len(vl)  # (classes with several segments: a class mean, not a segment mean)
+    for task in top5:
+        assert r["overall"][task]["mt5r"] == pytest.approx(mt5r(task, every)), task
+        for subset, m in masks.items():
+            assert r[subset][task]["mt5r"] == pytest.approx(mt5r(task, m[task])), (subset, task)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# evaluate/inference.py
+
+
+def test_auto_precision_is_bf16_on_cuda_only():
+    """(mutant: auto always fp32; scores.pt's meta.precision then misstates a CUDA run)"""
+    from leap_cli.evaluate.inference import resolved_precision
+
+    assert resolved_precision("auto", "cuda") == "bf16" and resolved_precision("auto", "cuda:1") == "bf16"
+    assert resolved_precision("auto", "cpu") == "fp32" and resolved_precision("fp16", "cuda") == "fp16"
+
+
+def test_bf16_runs_the_backbone_in_bfloat16_and_the_scores_come_back_fp32():
+    """(mutant: bf16 and fp16 swapped in the autocast dtype)"""
+    from leap_cli.evaluate.inference import predict
+
+    class Backbone(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(4, 3)
+            self.seen = []
+
+        def forward(self, video, context_video=None, context_mask=None):
+            h = self.body(video.float().flatten(1)[:, :4])
+            self.seen.append(h.dtype)
+            return {"verb": h, "noun": h[:, :2]}
+
+    model = Backbone()
+    got = predict(model, [{"video": torch.ones(2, 3, 2, 2, 2, dtype=torch.uint8), "narration_id": ["a", "b"]}],
+                  precision="bf16")
+    assert model.seen == [torch.bfloat16] and got["verb_output"].dtype == torch.float32
