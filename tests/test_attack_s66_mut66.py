@@ -12,6 +12,7 @@ from leap_cli.epic.annotations import Annotations
 from leap_cli.errors import LeapError
 from leap_cli.evaluate.scores import load_scores, normalize_scores
 from leap_cli.evaluate.scoring import check_scorable, evaluate_scores
+from tests.test_checkpoint_inference import _ckpt, tiny  # noqa: F401 (fixture)
 from tests.test_eval_submit import NN, NV, VAL, ann_dir  # noqa: F401 (fixture)
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,3 +242,94 @@ def test_bf16_runs_the_backbone_in_bfloat16_and_the_scores_come_back_fp32():
     got = predict(model, [{"video": torch.ones(2, 3, 2, 2, 2, dtype=torch.uint8), "narration_id": ["a", "b"]}],
                   precision="bf16")
     assert model.seen == [torch.bfloat16] and got["verb_output"].dtype == torch.float32
+
+
+def test_the_scores_meta_lists_the_segments_build_shards_skipped(tmp_path, tiny, monkeypatch, caplog):
+    """metrics tell skipped segments (their videos need fixing) from rows the shards lack (a rebuild) by
+    ``meta.skipped``: evaluate_run writes it from the manifest. (mutant: an empty list written)"""
+    from types import SimpleNamespace
+
+    import leap_cli.evaluate.inference as inference
+    from leap_cli.evaluate.inference import ViewConfig
+    from leap_cli.train.checkpoint import save_checkpoint
+
+    run = tmp_path / "runs" / "r"
+    save_checkpoint(run / "checkpoints" / "best.pt", _ckpt(tiny))
+    (tmp_path / "shards").mkdir()
+    skipped = [{"narration_id": "P01_01_3", "reason": "video unreadable (moov atom not found)"}]
+
+    class Loader(list):
+        dataset = SimpleNamespace(manifest={"task": "recognition", "shards": [], "skipped": skipped})
+
+    monkeypatch.setattr(inference, "shard_batches", lambda *a, **kw: (Loader(), 1))
+    monkeypatch.setattr(inference, "predict", lambda *a, **kw: {"narration_id": ["a"], "verb_output": torch.zeros(1, 7),
+                                                                "noun_output": torch.zeros(1, 9)})
+    scores, _ = inference.evaluate_run(run, "val", workdir=tmp_path, shards=tmp_path / "shards", views=ViewConfig())
+    assert scores["meta"]["skipped"] == ["P01_01_3"]
+    assert "1 segment was skipped by build-shards and has no scores" in caplog.text
+
+
+def test_a_run_name_is_found_under_the_work_directory_and_a_path_elsewhere_is_said_as_given(tmp_path):
+    """``--run NAME`` is ``{workdir}/runs/NAME``; a missing ``other/NAME`` is named as typed, not as if under
+    runs/. (mutants: the runs/ lookup dropped; the said path always under runs/)"""
+    from leap_cli.evaluate.inference import resolve_run
+
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    assert resolve_run("r", tmp_path) == tmp_path / "runs" / "r"
+    with pytest.raises(LeapError) as e:
+        resolve_run("elsewhere/r", tmp_path)
+    assert e.value.path == "elsewhere/r", e.value.path
+    with pytest.raises(LeapError) as e:
+        resolve_run("nope", tmp_path)
+    assert e.value.path == str(tmp_path / "runs" / "nope"), e.value.path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# epic/annotations.py
+
+
+def test_a_record_of_another_video_or_a_few_milliseconds_off_is_made_from_other_annotations(epic_dir):
+    """Extract rounds times to the millisecond: 0.4 ms off is the same segment, 2 ms off another; another video
+    is another segment whatever its times. (mutants: the video not compared; a 5 ms tolerance)"""
+    from leap_cli.epic.annotations import made_from_other_annotations
+    from tests.test_epic_annotations import _record
+
+    seg = Annotations(epic_dir).segments("val")[1]
+    assert made_from_other_annotations(_record(seg, start=seg.start + 0.0004), seg) is None
+    assert made_from_other_annotations(_record(seg, start=seg.start + 0.002), seg) == "its start or stop"
+    assert made_from_other_annotations(_record(seg, stop=seg.stop - 0.002), seg) == "its start or stop"
+    assert made_from_other_annotations(_record(seg, video_id="P01_12"), seg) == "its video"
+
+
+def test_an_old_record_whose_narration_was_unavailable_is_not_a_labelled_segments(epic_dir):
+    """A record of a leap before annotation_hash, made where the narration was unavailable (a test row), is not
+    the record of a labelled segment with these ids. (mutant: only "ok" narration components compared)"""
+    import dataclasses
+
+    from leap_cli.epic.annotations import made_from_other_annotations
+
+    ann = Annotations(epic_dir)
+    seg, test_seg = ann.segments("val")[1], ann.segments("test")[0]
+    unavailable = {"components": {"narration": {"status": "unavailable"}}}
+    assert made_from_other_annotations(unavailable, seg) == "its narration or labels"
+    assert made_from_other_annotations(unavailable, test_seg) is None
+    ok = {"components": {"narration": {"status": "ok", "data": seg.annotation()}}}
+    assert made_from_other_annotations(ok, seg) is None
+    # a labelled row with an empty narration still has an annotation (its verb and nouns)
+    assert dataclasses.replace(seg, narration="").annotation()["verb"] == seg.verb
+
+
+def test_one_segment_of_a_validation_file_without_labels_is_refused_as_the_whole_file_is(tmp_path, epic_dir):
+    """``segment`` (leap show) reads one row; a val CSV without the label columns is refused there too, not
+    read as an unlabelled split. (mutant: the columns decided by the header alone)"""
+    import shutil
+
+    folder = tmp_path / "annotations"
+    shutil.copytree(epic_dir, folder)
+    (folder / "EPIC_100_validation.csv").write_text((epic_dir / "EPIC_100_test_timestamps.csv").read_text())
+    first = (epic_dir / "EPIC_100_test_timestamps.csv").read_text().splitlines()[1].split(",")[0]
+    with pytest.raises(LeapError) as whole:
+        Annotations(folder).segments("val")
+    with pytest.raises(LeapError) as one:
+        Annotations(folder).segment("val", first)
+    assert one.value.message == whole.value.message and "no narrations or classes" in one.value.message, one.value
