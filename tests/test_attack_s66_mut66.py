@@ -333,3 +333,62 @@ def test_one_segment_of_a_validation_file_without_labels_is_refused_as_the_whole
     with pytest.raises(LeapError) as one:
         Annotations(folder).segment("val", first)
     assert one.value.message == whole.value.message and "no narrations or classes" in one.value.message, one.value
+
+
+def test_a_video_id_that_is_only_a_prefix_of_the_narration_ids_video_is_noted(epic_dir):
+    """P01_11_0 is a segment of P01_11, not of P01_1 (whose ids are P01_1_N). (mutant: prefix without the _)"""
+    import dataclasses
+
+    a = Annotations(epic_dir)
+    seg = a.segments("val")[0]
+    assert seg.narration_id == "P01_11_0"
+    notes = a.row_notes([dataclasses.replace(seg, video_id="P01_1")])
+    assert len(notes) == 1 and notes[0].startswith("1 row whose ids name different videos"), notes
+
+
+def test_a_segments_duration_is_stop_minus_start_in_seconds(epic_dir):
+    """(mutant: one more; the hands and objects components record it)"""
+    seg = Annotations(epic_dir).segments("val")[0]
+    assert (seg.start, seg.stop) == (0.0, 1.89) and seg.duration == pytest.approx(1.89)
+
+
+@pytest.mark.parametrize("resolution", ["0x1080", "1920x0"])
+def test_a_video_info_row_of_no_width_or_height_is_refused(tmp_path, epic_dir, resolution):
+    """(mutant: only duration and fps checked)"""
+    import shutil
+
+    folder = tmp_path / "annotations"
+    shutil.copytree(epic_dir, folder)
+    (folder / "EPIC_100_video_info.csv").write_text(f"video_id,duration,fps,resolution\nP01_11,100.0,59.94,{resolution}\n")
+    with pytest.raises(LeapError) as e:
+        Annotations(folder).video_info
+    assert e.value.message.startswith("no positive duration/fps/resolution for 'P01_11'") and e.value.record == "row 2"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# epic/info.py
+
+
+def test_info_counts_the_test_split_and_each_source_of_a_video_once(tmp_path, monkeypatch):
+    """The test split is counted (no classes used: it has none); a video with an MP4 and rgb_frames counts in both;
+    an audio file is the one read, so its MP4's own track is not counted again. (mutants: test left out; None
+    counted as a class; frames counted only without an MP4; the MP4's track counted beside the file)"""
+    import leap_cli.media.audio as audio
+    from leap_cli.epic.info import dataset_info
+    from leap_cli.epic.layout import DatasetLayout
+    from tests.test_shards import make_root
+
+    root = make_root(tmp_path / "k")  # train: P01_01, P01_02 (rgb_frames); val: P01_03
+    head = ("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,start_frame,"
+            "stop_frame\n")
+    (root / "annotations" / "EPIC_100_test_timestamps.csv").write_text(
+        head + "P01_01_90,P01,P01_01,00:00:01.00,00:00:01.00,00:00:02.00,11,20\n"
+               "P01_01_91,P01,P01_01,00:00:03.00,00:00:03.00,00:00:04.00,31,40\n")
+    for folder, name in (("videos", "P01_01.MP4"), ("audio", "P01_01.wav")):
+        (root / "P01" / folder).mkdir(exist_ok=True)
+        (root / "P01" / folder / name).write_bytes(b"\0")
+    monkeypatch.setattr(audio, "has_audio_track", lambda path: True)  # (EPIC's MP4s carry their own track)
+    train, _, test = dataset_info(DatasetLayout.open(root))[0]
+    assert (test.split, test.segments, test.videos, test.verbs_used, test.nouns_used) == ("test", 2, 1, 0, 0)
+    assert (train.with_mp4, train.with_frames, train.with_audio_file, train.with_audio_track) == (1, 2, 1, 0)
+    assert (test.with_mp4, test.with_frames, test.with_audio_file, test.with_audio_track) == (1, 1, 1, 0)
