@@ -78,7 +78,8 @@ def test_more_action_scores_than_the_evaluator_takes_are_refused(tmp_path):
     keys = [f"{v},{n}" for v in range(11) for n in range(10)]
     assert load_scores(_challenge(tmp_path, 11, 10, keys[:100]))["action"]["ids"].shape == (1, 100)
     for k in (99, 101):
-        with pytest.raises(LeapError, match=f"{k} action scores, where EPIC's anticipation evaluator takes exactly 100"):
+        says = f"{k} action scores, where EPIC's anticipation evaluator takes exactly 100"
+        with pytest.raises(LeapError, match=says):
             load_scores(_challenge(tmp_path, 11, 10, keys[:k]))
 
 
@@ -359,7 +360,8 @@ def test_a_video_info_row_of_no_width_or_height_is_refused(tmp_path, epic_dir, r
 
     folder = tmp_path / "annotations"
     shutil.copytree(epic_dir, folder)
-    (folder / "EPIC_100_video_info.csv").write_text(f"video_id,duration,fps,resolution\nP01_11,100.0,59.94,{resolution}\n")
+    (folder / "EPIC_100_video_info.csv").write_text(
+        f"video_id,duration,fps,resolution\nP01_11,100.0,59.94,{resolution}\n")
     with pytest.raises(LeapError) as e:
         Annotations(folder).video_info
     assert e.value.message.startswith("no positive duration/fps/resolution for 'P01_11'") and e.value.record == "row 2"
@@ -392,3 +394,29 @@ def test_info_counts_the_test_split_and_each_source_of_a_video_once(tmp_path, mo
     assert (test.split, test.segments, test.videos, test.verbs_used, test.nouns_used) == ("test", 2, 1, 0, 0)
     assert (train.with_mp4, train.with_frames, train.with_audio_file, train.with_audio_track) == (1, 2, 1, 0)
     assert (test.with_mp4, test.with_frames, test.with_audio_file, test.with_audio_track) == (1, 1, 1, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bugs found beside the mutants
+
+
+def test_a_scores_file_of_no_segments_is_one_line_not_a_traceback(tmp_path, ann_dir):
+    """Was wrong: a dict of zero rows was read, then ``leap evaluate --scores`` died in the action combination
+    (ValueError: cannot reshape array of size 0) where EPIC's evaluator says it needs at least one instance."""
+    torch.save({"narration_id": [], "verb_output": torch.zeros(0, NV), "noun_output": torch.zeros(0, NN)},
+               tmp_path / "empty.pt")
+    with pytest.raises(LeapError) as e:
+        load_scores(tmp_path / "empty.pt")
+    assert e.value.message == "holds no segments (0 narration ids)" and e.value.path == str(tmp_path / "empty.pt")
+
+
+def test_narration_ids_stored_as_bytes_are_read_as_text(tmp_path, ann_dir):
+    """Was wrong: a NumPy bytes array of ids (dtype S, as Python 2 pickled a str array) became "b'P01_01_0'", and
+    every id was 'not in the val annotations'."""
+    ids, verb, noun = _near_tie()
+    with open(tmp_path / "py2.pkl", "wb") as f:
+        pickle.dump({"narration_id": np.array([i.encode() for i in ids]), "verb_output": verb.numpy(),
+                     "noun_output": noun.numpy()}, f, protocol=2)
+    scores = load_scores(tmp_path / "py2.pkl")
+    assert scores["narration_id"] == ids
+    assert evaluate_scores(scores, Annotations(ann_dir), "val")["segments"] == 4

@@ -13,7 +13,7 @@ leap's own file (``scores.pt``, ``torch.save``; read with ``torch.load(weights_o
               anticipation: "tau_a"}}
 
 The official EPIC results format is accepted too, as ``.pt`` or ``.pkl``: a dict with ``verb_output``
-[N, 97], ``noun_output`` [N, 300] and ``narration_id`` [N] (NumPy arrays or tensors), or a list of
+[N, 97], ``noun_output`` [N, 300] and ``narration_id`` [N] (NumPy arrays, of str or bytes, or tensors), or a list of
 per-segment dicts with those keys. A challenge file in the official JSON format (``test.json``, or a zip
 holding it, e.g. validation results for the C3 anticipation evaluator) is read too; its optional action
 scores become ``"action": {"ids": LongTensor[N, K] (verb * 1000 + noun), "scores": FloatTensor[N, K]}``,
@@ -254,8 +254,11 @@ def normalize_scores(raw: Any, path: str | Path = "<scores>") -> dict:
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise LeapError(f"missing {'key' if len(missing) == 1 else 'keys'} {', '.join(missing)}", path=path, fix=_FIX_FORMAT)
-    ids = [str(x) for x in (raw["narration_id"].tolist() if hasattr(raw["narration_id"], "tolist")
-                            else raw["narration_id"])]
+    # (a NumPy bytes array, as Python 2 pickled an array of str, holds each id as its encoded text)
+    ids = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+           for x in (raw["narration_id"].tolist() if hasattr(raw["narration_id"], "tolist") else raw["narration_id"])]
+    if not ids:  # (EPIC's evaluator needs at least one instance; the metrics would fail on none)
+        raise LeapError("holds no segments (0 narration ids)", path=path, fix=_FIX_FORMAT)
     verb, noun = _as_tensor(raw["verb_output"], "verb_output", path), _as_tensor(raw["noun_output"], "noun_output", path)
     if not len(ids) == verb.shape[0] == noun.shape[0]:
         raise LeapError(f"{len(ids)} narration ids but {verb.shape[0]} verb rows and {noun.shape[0]} noun rows",
