@@ -396,6 +396,68 @@ def test_info_counts_the_test_split_and_each_source_of_a_video_once(tmp_path, mo
     assert (test.with_mp4, test.with_frames, test.with_audio_file, test.with_audio_track) == (1, 1, 1, 0)
 
 
+def test_a_warning_of_unscored_segments_says_nothing_of_skipped_ones_where_none_were(ann_dir, caplog):
+    """(mutant: "0 skipped by build-shards" said where the scores list none)"""
+    import logging
+
+    ids, verb, noun = _near_tie()
+    with caplog.at_level(logging.WARNING):
+        evaluate_scores({"narration_id": ids[:3], "verb_output": verb[:3], "noun_output": noun[:3],
+                         "meta": {"skipped": []}}, Annotations(ann_dir), "val", source="scores.pt")
+    said = " ".join(caplog.text.split())
+    assert "1 segment of val is not in scores.pt: 1 not in the shards at all (e.g. P02_01_1" in said, said
+
+
+def test_an_unknown_precision_is_refused_before_anything_runs():
+    """(mutant: the check dropped: "fp64" ran under fp16 autocast)"""
+    from leap_cli.evaluate.inference import predict, resolved_precision
+
+    with pytest.raises(LeapError, match="unknown precision 'fp64'"):
+        resolved_precision("fp64", "cpu")
+    with pytest.raises(LeapError, match="unknown precision"):
+        predict(torch.nn.Identity(), iter(()), precision="fp64")
+
+
+def test_per_view_context_clips_stay_with_their_view():
+    """Context clips given per view ([B,V,C,...]) are each view's own, flattened as the views are. (mutant: they were
+    repeated as if shared by the views)"""
+    from leap_cli.evaluate.inference import ViewConfig, predict
+    from tests.test_checkpoint_inference import Scripted, _views
+
+    video = _views([[1, 2], [3, 4]])  # [B=2, V=2, ...]
+    ctx = torch.tensor([[[5, 6, 7], [8, 9, 10]], [[11, 12, 13], [14, 15, 16]]], dtype=torch.uint8)  # [B, V, C=3]
+    ctx = ctx.view(2, 2, 3, 1, 1, 1, 1).expand(2, 2, 3, 3, 2, 2, 2).clone()
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    got = predict(Scripted(), [{"video": video, "context_video": ctx, "context_mask": mask,
+                                "narration_id": ["a", "b"]}], views=ViewConfig(2, 1), program=False)
+    want = torch.tensor([(1 + 1000 * 18 + 2 + 1000 * 27) / 2, (3 + 1000 * 36 + 4 + 1000 * 45) / 2])
+    torch.testing.assert_close(got["verb_output"][:, 0], want)
+
+
+def test_rows_with_the_same_fault_share_one_fix_and_a_blank_narration_time_is_none(tmp_path, epic_dir):
+    """A blank narration time (EPIC leaves some empty) is None. (mutant: the fix of a fault shared by every bad
+    row replaced by a generic one)"""
+    import shutil
+
+    from leap_cli.epic.annotations import read_segments
+
+    folder = tmp_path / "annotations"
+    shutil.copytree(epic_dir, folder)
+    path = folder / "EPIC_100_validation.csv"
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace("00:00:00.560", " ")
+    path.write_text("\n".join(lines) + "\n")
+    assert read_segments(path)[0].narration_timestamp is None
+    for i in (1, 2):  # stop before start on two rows
+        cells = lines[i].split(",")
+        cells[4], cells[5] = cells[5], cells[4]
+        lines[i] = ",".join(cells)
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LeapError) as e:
+        read_segments(path)
+    assert e.value.message.startswith("2 rows cannot be read") and e.value.fix == \
+        "swap or fix the timestamps of those rows", e.value
+
 # ---------------------------------------------------------------------------------------------------------------
 # bugs found beside the mutants
 
