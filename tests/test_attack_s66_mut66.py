@@ -1,5 +1,6 @@
 """Gaps a hand-made mutation run over evaluate/scores.py, evaluate/scoring.py, evaluate/inference.py,
-epic/annotations.py and epic/info.py found: behaviour no fast test held (each test fails on the mutant named)."""
+epic/annotations.py and epic/info.py found: behaviour no fast test held (each test fails on the mutants it names);
+the figures recomputed from EPIC's official definitions on real rows; two bugs in reading scores files."""
 
 import json
 import pickle
