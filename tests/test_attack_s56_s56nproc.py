@@ -538,6 +538,7 @@ def test_build_shards_whose_first_worker_gets_the_pools_sigterm_before_it_runs_d
 # ---- the reruns (started in the background once their failed run ended) ------------------------------------
 
 def test_extract_rerun_with_one_worker_under_the_same_limit_writes_every_record(runs):
+    assert runs["extract"].wait(60) is not None, "extract hung"  # (run alone: the rerun only once the failed run ended)
     run = _extract_rerun(runs)
     assert run.wait(60) == 0, run.err[-2000:]
     out = runs["wd"] / "descriptors" / "train.jsonl"
