@@ -207,15 +207,18 @@ def _read_raw(path: Path) -> Any:
 
 def _as_tensor(x: Any, name: str, path: Path) -> torch.Tensor:
     """float64 scores stay float64 (rounding them to float32 could tie distinct scores); others become float32.
-    A tensor saved with its autograd graph (a model's outputs not detached, an nn.Parameter) is taken as values."""
+    A tensor saved with its autograd graph (a model's outputs not detached, an nn.Parameter) is taken as values;
+    complex ones are refused (their cast to float drops the imaginary parts, with no more than a warning)."""
     try:
         if isinstance(x, torch.Tensor):
             x = x.detach()
-        else:
-            a = np.asarray(x)
+        elif (a := np.asarray(x)).dtype.kind != "c":
             x = torch.as_tensor(a if a.dtype == np.float64 else np.asarray(a, dtype=np.float32))
     except (TypeError, ValueError) as e:
         raise LeapError(f"{name} is not a numeric array ({e})", path=path, fix=_FIX_FORMAT) from None
+    if not isinstance(x, torch.Tensor) or x.is_complex():  # (cast to float, the imaginary parts would be dropped)
+        raise LeapError(f"{name} holds complex numbers, where scores are real (EPIC's results format: float)",
+                        path=path, fix=f"save the real scores ({name}.real, if the imaginary parts are all 0)")
     if x.ndim != 2:
         raise LeapError(f"{name} has shape {tuple(x.shape)}, expected [N, classes]", path=path, fix=_FIX_FORMAT)
     return x if x.dtype == torch.float64 else x.float()
@@ -255,8 +258,13 @@ def normalize_scores(raw: Any, path: str | Path = "<scores>") -> dict:
     if missing:
         raise LeapError(f"missing {'key' if len(missing) == 1 else 'keys'} {', '.join(missing)}", path=path, fix=_FIX_FORMAT)
     # (a NumPy bytes array, as Python 2 pickled an array of str, holds each id as its encoded text)
-    ids = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
-           for x in (raw["narration_id"].tolist() if hasattr(raw["narration_id"], "tolist") else raw["narration_id"])]
+    given = raw["narration_id"].tolist() if hasattr(raw["narration_id"], "tolist") else raw["narration_id"]
+    if isinstance(given, (str, bytes)):  # (iterated, its characters would be the ids)
+        one = given.decode("utf-8", "replace") if isinstance(given, bytes) else given
+        raise LeapError(f"narration_id is one string ({one[:40]!r}), not an array of N ids", path=path,
+                        fix=f"give narration_id as a list or array with one id per row, e.g. [{one[:40]!r}] for one "
+                            "segment (EPIC's results format: narration_id [N])")
+    ids = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in given]
     if not ids:  # (EPIC's evaluator needs at least one instance; the metrics would fail on none)
         raise LeapError("holds no segments (0 narration ids)", path=path, fix=_FIX_FORMAT)
     verb, noun = _as_tensor(raw["verb_output"], "verb_output", path), _as_tensor(raw["noun_output"], "noun_output", path)

@@ -1,0 +1,73 @@
+"""Session 66 (small66): the scores file's narration ids and values as EPIC's official format allows them, the
+unseen-participants CSV read as the other EPIC CSVs are, and doc claims of this session's changes checked against
+the code."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from leap_cli.epic.annotations import UNSEEN, Annotations
+from leap_cli.errors import LeapError
+from leap_cli.evaluate.scores import load_scores, normalize_scores
+
+
+# --- the scores file --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("nid", ["P01_101_0", np.array("P01_101_0"), np.array(b"P01_101_0")])
+def test_a_single_string_narration_id_is_refused_as_such(nid):
+    """EPIC's dict format holds narration_id as an array of N ids: one string is not split into its characters
+    (which said '9 narration ids but 1 verb rows')."""
+    raw = {"narration_id": nid, "verb_output": np.zeros((1, 97)), "noun_output": np.zeros((1, 300))}
+    with pytest.raises(LeapError) as e:
+        normalize_scores(raw, "results.pkl")
+    assert "narration_id is one string" in e.value.message and "P01_101_0" in e.value.message
+    assert "\n" not in str(e.value) and "['P01_101_0']" in e.value.fix
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch", "entries"])
+def test_complex_scores_are_refused_not_cut_to_their_real_part(kind):
+    verb = np.zeros((2, 97), dtype=np.complex64)
+    verb[0, 3] = 1 + 2j
+    noun = np.zeros((2, 300), dtype=np.float32)
+    if kind == "entries":
+        raw = [{"narration_id": f"P01_101_{i}", "verb_output": verb[i], "noun_output": noun[i]} for i in range(2)]
+    else:
+        raw = {"narration_id": ["P01_101_0", "P01_101_1"], "noun_output": noun,
+               "verb_output": torch.from_numpy(verb) if kind == "torch" else verb}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no ComplexWarning on the way to the refusal)
+        with pytest.raises(LeapError) as e:
+            normalize_scores(raw, "results.pkl")
+    assert "verb_output holds complex numbers" in e.value.message
+
+
+def test_complex_scores_in_a_saved_file_are_one_line(tmp_path):
+    path = tmp_path / "results.pt"
+    torch.save({"narration_id": ["P01_101_0"], "verb_output": torch.zeros(1, 97, dtype=torch.complex64),
+                "noun_output": torch.zeros(1, 300)}, path)
+    with pytest.raises(LeapError, match="verb_output holds complex numbers"):
+        load_scores(path)
+
+
+def test_real_scores_of_every_float_and_int_dtype_still_read():
+    for dtype in (np.float16, np.float32, np.float64, np.int64, np.bool_):
+        out = normalize_scores({"narration_id": np.array(["a", "b"]), "verb_output": np.ones((2, 3), dtype=dtype),
+                                "noun_output": np.ones((2, 4), dtype=dtype)})
+        assert out["verb_output"].dtype == (torch.float64 if dtype == np.float64 else torch.float32)
+        assert out["narration_id"] == ["a", "b"]
+
+
+# --- the unseen participants' CSV -------------------------------------------------------------------------------
+
+def test_unseen_participant_ids_are_stripped_as_other_cells(epic_dir, tmp_path):
+    """A cell saved with a space after the id (a spreadsheet's export) names the participant; a blank cell names
+    none. read_csv already drops the space before a cell (skipinitialspace)."""
+    folder = tmp_path / "epic"
+    shutil.copytree(epic_dir, folder)
+    (folder / UNSEEN["val"]).write_text("participant_id\nP18 \n  P32\t\n \n")
+    assert Annotations(folder).unseen_participants("val") == {"P18", "P32"}
