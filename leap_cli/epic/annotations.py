@@ -200,9 +200,12 @@ def raise_row_errors(errors: list[LeapError]) -> None:
 
 
 def _read_id_list(path: Path, column: str) -> list[str]:
+    """The ids of a one-column EPIC CSV (tail classes, unseen participants), without the spaces around them (a
+    spreadsheet's export: "P18 " names P18, as a number or time cell is read with its spaces) and without blank
+    cells."""
     if not path.exists():
         return []
-    return [r[column] for r in read_csv(path, (column,))]
+    return [cell for r in read_csv(path, (column,)) if (cell := r[column].strip())]
 
 
 @dataclass(frozen=True)
