@@ -4,8 +4,10 @@ the code."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +73,27 @@ def test_unseen_participant_ids_are_stripped_as_other_cells(epic_dir, tmp_path):
     shutil.copytree(epic_dir, folder)
     (folder / UNSEEN["val"]).write_text("participant_id\nP18 \n  P32\t\n \n")
     assert Annotations(folder).unseen_participants("val") == {"P18", "P32"}
+
+
+# --- doc claims -------------------------------------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_extract_settings_keys_beyond_its_options_are_named_where_the_settings_file_is_described(tmp_path):
+    """extract's settings file holds its resolved options and two keys of its own (the folder it ran in, the frame
+    cache an earlier run wrote: leap_cli/extracted.py reads both); docs/extract.md's "Running long" names each."""
+    from dataclasses import fields
+
+    from leap_cli.extract.runner import ExtractConfig, _settings_file
+    from leap_cli.extracted import config_path
+
+    out = tmp_path / "descriptors" / "train.jsonl"
+    out.parent.mkdir()
+    (tmp_path / "cache").mkdir()
+    config_path(out).write_text(json.dumps({"frame_cache": str(tmp_path / "cache"), "cache_frames": 16}))
+    held = _settings_file(ExtractConfig(data=tmp_path, split="train", out=out, frame_cache=None))
+    own = set(held) - {f.name for f in fields(ExtractConfig)}
+    assert own == {"cwd", "earlier_frame_cache"} and held["earlier_frame_cache"] == str(tmp_path / "cache")
+    running_long = (DOCS / "extract.md").read_text().split("## Running long")[1].split("\n## ")[0]
+    assert all(f"`{key}`" in running_long for key in own), own
