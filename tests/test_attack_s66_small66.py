@@ -5,6 +5,7 @@ the code."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -16,6 +17,10 @@ import torch
 from leap_cli.epic.annotations import UNSEEN, Annotations
 from leap_cli.errors import LeapError
 from leap_cli.evaluate.scores import load_scores, normalize_scores
+from tests.test_attack_s65_moved65 import _replace, files  # noqa: F401 - (a fixture)
+from tests.test_attack_s65_update65 import _records, root, vocab  # noqa: F401 - (fixtures)
+from tests.test_attack_s66_shards66 import _build_cli, _this_run, leap  # noqa: F401 - (a fixture)
+from tests.test_shards import build, write_programs
 
 
 # --- the scores file --------------------------------------------------------------------------------------------
@@ -97,3 +102,38 @@ def test_extract_settings_keys_beyond_its_options_are_named_where_the_settings_f
     assert own == {"cwd", "earlier_frame_cache"} and held["earlier_frame_cache"] == str(tmp_path / "cache")
     running_long = (DOCS / "extract.md").read_text().split("## Running long")[1].split("\n## ")[0]
     assert all(f"`{key}`" in running_long for key in own), own
+
+
+def test_the_this_run_examples_of_docs_shards_are_the_tables(files, root, vocab, tmp_path, leap):  # noqa: F811
+    """docs/shards.md's examples of the summary's "this run" cell, each after what it names (a resume after a crash,
+    new programs, a video downloaded again: the shard its samples left empty is filled, and counted `written`)."""
+    text = " ".join((DOCS / "shards.md").read_text().split())
+    said = dict((after, cell) for cell, after in re.findall(r"`([^`]+)` after (a resume|new programs|a video "
+                                                            r"downloaded again)", text))
+    assert set(said) == {"a resume", "new programs", "a video downloaded again"}, said
+
+    work = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):  # (its first shard of 3 complete; the CLI's settings: no context)
+        build(root, work, progress=_interrupt_after(5), context=0)
+    assert _this_run(_build_cli(leap, root, work)) == said["a resume"]
+
+    work = tmp_path / "programs"
+    write_programs(work / "programs" / "train.jsonl", _records(False))
+    _build_cli(leap, root, work, "--vocab", vocab)
+    write_programs(work / "programs" / "train.jsonl", _records(True))
+    assert _this_run(_build_cli(leap, root, work, "--vocab", vocab)) == said["new programs"]
+
+    kitchen, work = tmp_path / "k", tmp_path / "replaced"
+    shutil.copytree(files[0], kitchen)
+    _build_cli(leap, kitchen, work)
+    _replace(kitchen, files)  # (P01_02: the last shard holds its samples alone; one more shares a tar with P01_01's)
+    assert _this_run(_build_cli(leap, kitchen, work)) == said["a video downloaded again"]
+    shards = json.loads((work / "shards" / "train" / "manifest.json").read_text())["shards"]
+    assert len(shards) == 3 and all(s["count"] for s in shards)  # (the emptied shard filled, not one more)
+
+
+def _interrupt_after(samples: int):
+    def interrupt(done, total):
+        if done >= samples:
+            raise KeyboardInterrupt
+    return interrupt
