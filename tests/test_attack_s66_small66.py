@@ -137,3 +137,20 @@ def _interrupt_after(samples: int):
         if done >= samples:
             raise KeyboardInterrupt
     return interrupt
+
+
+# --- --help -----------------------------------------------------------------------------------------------------
+
+def _option_help(command: str, name: str) -> str:
+    import typer
+
+    from leap_cli.cli import app
+
+    return " ".join(next(p for p in typer.main.get_command(app).commands[command].params if p.name == name).help.split())
+
+
+def test_extract_help_says_what_a_replaced_audio_file_and_frame_cache_none_do():
+    """A plain extract makes again the records of a replaced audio file too (audio_size), and a run with
+    --frame-cache none keeps the folder an earlier run wrote for build-shards (earlier_frame_cache)."""
+    assert "MP4 or audio file whose size changed" in _option_help("extract", "retry_errors")
+    assert "build-shards still reads the folder an earlier run wrote" in _option_help("extract", "frame_cache")

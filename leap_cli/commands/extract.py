@@ -78,7 +78,7 @@ def extract(
         False, "--retry-errors",
         help="Redo finished segments that have a failed component, or whose video file could not be read "
              "(missing, unreadable, truncated: after downloading it again; a plain run already makes again the "
-             "records of an MP4 whose size changed), or whose audio nothing held (an rgb_frames folder, an MP4 "
+             "records of an MP4 or audio file whose size changed), or whose audio nothing held (an rgb_frames folder, an MP4 "
              "without a track) and an audio file or an MP4 with a track now does, or that were made "
              "without hand-object boxes, detections or poses that are there now (hands, objects, camera: EPIC's "
              "files downloaded later); not those unavailable for other causes (a segment past the end of the video)."),
@@ -130,7 +130,8 @@ def extract(
         None, "--frame-cache",
         help="Folder for build-shards' recognition frames, JPEG-encoded from extract's own decode so that "
              "build-shards does not decode the videos again (default WORKDIR/frame-cache; build-shards finds another "
-             "folder in this run's settings beside its output; 'none' turns it off)."),
+             "folder in this run's settings beside its output; 'none' turns it off, and build-shards still reads the "
+             "folder an earlier run wrote)."),
     cache_frames: int = typer.Option(16, "--cache-frames", min=1, help="Frames per segment in the frame cache "
                                                                   "(= build-shards --frames)."),
     cache_short_side: int = typer.Option(256, "--cache-short-side", min=16, help="Short side of the cached frames "
