@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,27 @@ def test_the_this_run_examples_of_docs_shards_are_the_tables(files, root, vocab,
     assert _this_run(_build_cli(leap, kitchen, work)) == said["a video downloaded again"]
     shards = json.loads((work / "shards" / "train" / "manifest.json").read_text())["shards"]
     assert len(shards) == 3 and all(s["count"] for s in shards)  # (the emptied shard filled, not one more)
+
+
+def test_each_shard_entry_of_the_manifest_holds_what_docs_shards_lists(root, tmp_path):  # noqa: F811
+    """docs/shards.md's manifest section: each shard's name, count, bytes, sha256, keys, byte offsets, sizes,
+    CRC-32s (`crc32s`) and those of each sample's frames alone (`frames_crc32s`): its members but the JSON."""
+    from leap_cli.shards.format import frames_crc, iter_tar_samples
+
+    text = " ".join((DOCS / "shards.md").read_text().split())
+    para = text[text.index("**manifest.json**"):]
+    assert "`shards` (name, count, bytes, sha256, keys, byte offsets, sizes and CRC-32s (`crc32s`) of every sample, " \
+           "and of its frames alone (`frames_crc32s`" in para
+    out = tmp_path / "w" / "shards" / "train"
+    manifest = build(root, tmp_path / "w").manifest
+    for shard in manifest["shards"]:
+        assert set(shard) == {"name", "count", "bytes", "sha256", "keys", "offsets", "sizes", "crc32s",
+                              "frames_crc32s"}
+        samples = dict(iter_tar_samples(out / shard["name"]))
+        assert list(samples) == shard["keys"]
+        frames = [zlib.crc32(b"".join(v for k, v in sorted(f.items()) if k != "json")) for f in samples.values()]
+        assert shard["frames_crc32s"] == frames == [frames_crc(f) for f in samples.values()]
+        assert frames != shard["crc32s"]  # (the samples' own cover their JSON and tar headers too)
 
 
 def _interrupt_after(samples: int):

@@ -78,8 +78,8 @@ def extract(
         False, "--retry-errors",
         help="Redo finished segments that have a failed component, or whose video file could not be read "
              "(missing, unreadable, truncated: after downloading it again; a plain run already makes again the "
-             "records of an MP4 or audio file whose size changed), or whose audio nothing held (an rgb_frames folder, an MP4 "
-             "without a track) and an audio file or an MP4 with a track now does, or that were made "
+             "records of an MP4 or audio file whose size changed), or whose audio nothing held (an rgb_frames "
+             "folder, an MP4 without a track) and an audio file or an MP4 with a track now does, or that were made "
              "without hand-object boxes, detections or poses that are there now (hands, objects, camera: EPIC's "
              "files downloaded later); not those unavailable for other causes (a segment past the end of the video)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", hidden=True),  # old spelling of --retry-errors
