@@ -176,3 +176,20 @@ def test_extract_help_says_what_a_replaced_audio_file_and_frame_cache_none_do():
     --frame-cache none keeps the folder an earlier run wrote for build-shards (earlier_frame_cache)."""
     assert "MP4 or audio file whose size changed" in _option_help("extract", "retry_errors")
     assert "build-shards still reads the folder an earlier run wrote" in _option_help("extract", "frame_cache")
+
+
+@pytest.mark.parametrize("kind", ["verb", "noun"])
+def test_a_tail_class_cell_that_is_no_integer_is_named_in_one_line(epic_dir, tmp_path, kind):
+    """(It was a ValueError's traceback in leap evaluate.) Spaces around a class id and blank cells are read as in
+    the unseen-participants file."""
+    from leap_cli.epic.annotations import TAIL_NOUNS, TAIL_VERBS
+
+    folder = tmp_path / "epic"
+    shutil.copytree(epic_dir, folder)
+    name = TAIL_VERBS if kind == "verb" else TAIL_NOUNS
+    (folder / name).write_text(f"{kind}\n 12 \n\n 7\n")
+    assert getattr(Annotations(folder), f"tail_{kind}s") == {7, 12}
+    (folder / name).write_text(f"{kind}\n12\nP01\n")
+    with pytest.raises(LeapError) as e:
+        getattr(Annotations(folder), f"tail_{kind}s")
+    assert e.value.path == str(folder / name) and e.value.record == "row 3" and "'P01', not an integer" in e.value.message

@@ -199,13 +199,18 @@ def raise_row_errors(errors: list[LeapError]) -> None:
                         fix=fixes.pop().replace("that row", "those rows") if len(fixes) == 1 else "fix or remove those rows")
 
 
-def _read_id_list(path: Path, column: str) -> list[str]:
-    """The ids of a one-column EPIC CSV (tail classes, unseen participants), without the spaces around them (a
-    spreadsheet's export: "P18 " names P18, as a number or time cell is read with its spaces) and without blank
-    cells."""
+def _read_id_list(path: Path, column: str) -> list[tuple[int, str]]:
+    """(row, id) of each id of a one-column EPIC CSV (tail classes, unseen participants), without the spaces around
+    it (a spreadsheet's export: "P18 " names P18, as a number or time cell is read with its spaces); blank cells
+    are none."""
     if not path.exists():
         return []
-    return [cell for r in read_csv(path, (column,)) if (cell := r[column].strip())]
+    return [(i, cell) for i, r in read_csv(path, (column,)).numbered() if (cell := r[column].strip())]
+
+
+def _class_ids(path: Path, column: str) -> set[int]:
+    """The class ids of a tail classes CSV; a cell that is no integer is named (``_int``)."""
+    return {_int({column: cell}, column, path, f"row {i}") for i, cell in _read_id_list(path, column)}
 
 
 @dataclass(frozen=True)
@@ -325,15 +330,15 @@ class Annotations:
 
     @cached_property
     def tail_verbs(self) -> set[int]:
-        return {int(x) for x in _read_id_list(self.folder / TAIL_VERBS, "verb")}
+        return _class_ids(self.folder / TAIL_VERBS, "verb")
 
     @cached_property
     def tail_nouns(self) -> set[int]:
-        return {int(x) for x in _read_id_list(self.folder / TAIL_NOUNS, "noun")}
+        return _class_ids(self.folder / TAIL_NOUNS, "noun")
 
     def unseen_participants(self, split: str = "val") -> set[str]:
         split = normalize_split(split)
-        return set(_read_id_list(self.folder / UNSEEN[split], "participant_id")) if split in UNSEEN else set()
+        return {p for _, p in _read_id_list(self.folder / UNSEEN[split], "participant_id")} if split in UNSEEN else set()
 
     @cached_property
     def video_info(self) -> dict[str, VideoInfo]:
