@@ -1,6 +1,7 @@
 """Session 66 (small66): the scores file's narration ids and values as EPIC's official format allows them, the
-unseen-participants CSV read as the other EPIC CSVs are, and doc claims of this session's changes checked against
-the code."""
+unseen-participants and tail-classes CSVs read as the other EPIC CSVs are, and doc and --help claims of this
+session's changes (extract's settings keys, build-shards' "this run" column, the manifest's frames_crc32s) checked
+against the code."""
 
 from __future__ import annotations
 
