@@ -62,6 +62,9 @@ class _Layout:
     def video_path(self, video_id):
         return Path(f"{video_id}.MP4")
 
+    def mp4_size(self, video_id):  # (the size a record keeps: none, the fake reader reads no file)
+        return None
+
     def annotations(self):
         raise LeapError("no annotations here")
 

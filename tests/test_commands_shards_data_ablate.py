@@ -66,14 +66,14 @@ def test_build_shards_summary_table_counts_each_column(shards_run):
     assert "recognition shards of train in" in r.output  # the split alias "training" is read as train
     m = json.loads((shards_run.out / "manifest.json").read_text())
     gb = f"{sum(s['bytes'] for s in m['shards']) / 1e9:.3f}"
-    # segments, samples, programs, skipped, shards, resumed, GB
+    # segments, samples, programs, skipped, shards, GB, this run
     row = next(line for line in r.output.splitlines() if line.count("│") >= 6 and "11" in line)
     cells = [c.strip() for c in row.split("│") if c.strip()]
-    assert cells == ["11", "7", "2", "4", "3", "0", gb], cells
+    assert cells == ["11", "7", "2", "4", "3", gb, "3 written"], cells
     again = shards_run.second
     assert again.exit_code == 0, again.output
     row = next(line for line in again.output.splitlines() if line.count("│") >= 6 and "11" in line)
-    assert [c.strip() for c in row.split("│") if c.strip()][5] == "3"  # all three shards resumed
+    assert [c.strip() for c in row.split("│") if c.strip()][6] == "3 kept"  # all three shards resumed
 
 
 def test_build_shards_lists_skips_by_cause_and_names_the_videos(shards_run):
