@@ -1,0 +1,126 @@
+"""Mutation run over session 66's new code (helper mutnew66): tests that kill the mutants the suite let live.
+
+Mutants made by hand in the lines session 66 added (``leap_cli/extracted.py``, ``epic/layout.py``'s replaced test,
+the shard writer's refill of emptied shards and its summary counts, ``shards/format.py``'s frames hash,
+generate-programs' merged parts, ``train/loop.py``'s provenance, ``extract/runner.py``'s audio sizes); each test here
+failed on a mutant that every earlier test passed, and passes on the code as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from leap_cli.extracted import Recorded
+
+
+def _recorded(tmp_path: Path, **settings) -> Recorded:
+    """Settings of extract in WORK/descriptors/train.config.json (WORK = tmp_path/w), holding ``settings``."""
+    file = tmp_path / "w" / "descriptors" / "train.config.json"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return Recorded(file, settings)
+
+
+def test_a_relative_cwd_in_the_settings_is_not_taken_for_the_folder_extract_ran_in(tmp_path, monkeypatch):
+    """A ``cwd`` that is no absolute path (hand-edited settings) says nothing: a relative path is of the folder the
+    reader is in, and kept relative."""
+    monkeypatch.chdir(tmp_path)
+    r = _recorded(tmp_path, data="kitchen", cwd="elsewhere", out="w/descriptors/train.jsonl")
+    assert r.path("data") == Path("kitchen")
+
+
+def test_settings_written_with_the_work_directory_at_the_root_are_not_relocated(tmp_path, monkeypatch):
+    """Settings whose output was ``/descriptors/train.jsonl`` (the old work directory: ``/`` itself): every path is
+    inside it, and none is taken inside the work directory the settings are in now."""
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / "kitchen"
+    data.mkdir()
+    (tmp_path / "w" / data.relative_to("/")).mkdir(parents=True)  # (where a relocation would look: there too)
+    r = _recorded(tmp_path, data=str(data), cwd="/", out="/descriptors/train.jsonl")
+    assert r.path("data") == data
+
+
+def test_a_path_of_the_old_work_directory_is_kept_where_only_the_old_one_holds_it(tmp_path):
+    """A work directory copied without its frame cache (``w``; the old one, ``old``, still there): the cache is read
+    where it is, in the old one, not in the copy that lacks it; one the copy holds is the copy's."""
+    old = tmp_path / "old"
+    (old / "fc").mkdir(parents=True)
+    (old / "kitchen").mkdir()
+    (tmp_path / "w" / "kitchen").mkdir(parents=True)
+    r = _recorded(tmp_path, out=str(old / "descriptors" / "train.jsonl"), cwd=str(tmp_path), cache_frames=16,
+                  frame_cache=str(old / "fc"), data=str(old / "kitchen"))
+    assert r.path("frame_cache") == old / "fc"
+    assert r.path("data") == tmp_path / "w" / "kitchen"
+
+
+def test_a_run_without_a_frame_cache_reads_the_earlier_runs_not_its_own_setting(tmp_path):
+    """``--cache-frames 0`` writes no cache, whatever ``frame_cache`` says: build-shards reads the one an earlier run
+    wrote (``earlier_frame_cache``), and none where there is none."""
+    made = dict(cache_frames=0, frame_cache=str(tmp_path / "fc"))
+    assert _recorded(tmp_path, **made, earlier_frame_cache=str(tmp_path / "old-fc")).frame_cache() == tmp_path / "old-fc"
+    assert _recorded(tmp_path, **made).frame_cache() is None
+
+
+def test_the_options_name_a_file_where_it_is_and_a_name_as_recorded(tmp_path, monkeypatch):
+    """extract's options as a command run elsewhere gives them: a weights file recorded relative (to the folder
+    extract ran in) by its path now, a name (``--detector-labels coco``) as it was; an option recorded null (no value)
+    is not given, whatever extract's default."""
+    ran = tmp_path / "ran"
+    ran.mkdir()
+    (ran / "clip.pt").write_bytes(b"w")
+    monkeypatch.chdir(tmp_path)
+    r = _recorded(tmp_path, cwd=str(ran), out="w/descriptors/train.jsonl", detector_labels="coco",
+                  clip_weights="clip.pt", detector_arch=None, camera_frames=5)
+    words = r.options(tmp_path / "w")
+    assert words == ["--camera-frames", "5", "--detector-labels", "coco", "--clip-weights", str(ran / "clip.pt")]
+
+
+def test_the_options_of_a_run_that_wrote_no_frame_cache_say_none(tmp_path):
+    """``--cache-frames 0`` (no cache written, whatever ``frame_cache`` names) is made again with ``--frame-cache
+    none``; settings of a leap before the frame cache (no ``frame_cache``) name none at all."""
+    r = _recorded(tmp_path, cache_frames=0, frame_cache=str(tmp_path / "fc"))
+    assert r.options(tmp_path / "w") == ["--cache-frames", "0", "--frame-cache", "none"]
+    assert _recorded(tmp_path, cache_frames=16).options(tmp_path / "w") == []
+
+
+def test_settings_agree_only_where_every_part_can_be_read(tmp_path):
+    """A merged file's own settings and a part's that cannot be read (cut short): what the part was made from is not
+    known, so no data set is taken for all (``agreed``: None), as where a part names another."""
+    from leap_cli.extracted import agreed
+
+    folder = tmp_path / "descriptors"
+    folder.mkdir()
+    said = {"data": str(tmp_path / "kitchen"), "cwd": str(tmp_path), "out": str(folder / "train.jsonl")}
+    (folder / "train.config.json").write_text(json.dumps(said))
+    (folder / "train.shard0of2.config.json").write_text(json.dumps(said))
+    assert agreed(folder / "train.jsonl").settings == said
+    (folder / "train.shard1of2.config.json").write_text(json.dumps(said)[:20])
+    assert agreed(folder / "train.jsonl") is None
+
+
+
+@pytest.mark.parametrize("part", [{"data": "other"}, {"annotations": "other-annotations"}],
+                         ids=["another-data-set", "other-annotations"])
+def test_settings_agree_only_on_one_data_set_and_annotations(tmp_path, part):
+    """A part's settings that name another data set or other annotations than the whole file's: ``agreed`` gives
+    neither."""
+    from leap_cli.extracted import agreed
+
+    folder = tmp_path / "descriptors"
+    folder.mkdir()
+    said = {"data": str(tmp_path / "kitchen"), "annotations": str(tmp_path / "ann"), "cwd": str(tmp_path)}
+    (folder / "train.config.json").write_text(json.dumps(said))
+    (folder / "train.shard0of2.config.json").write_text(json.dumps({**said, **part}))
+    assert agreed(folder / "train.jsonl") is None
+
+
+@pytest.mark.parametrize("text", ['{"annotations": "ann", "cwd": "/"}', "{"], ids=["no-data-set", "cut-short"])
+def test_settings_that_name_no_data_set_agree_on_none(tmp_path, text):
+    """Settings alone that name no data set, or cannot be read: nothing to look for replaced videos in."""
+    from leap_cli.extracted import agreed, inputs
+
+    (tmp_path / "train.config.json").write_text(text)
+    assert agreed(tmp_path / "train.jsonl") is None and inputs(tmp_path / "train.jsonl") is None
