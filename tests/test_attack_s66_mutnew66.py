@@ -124,3 +124,86 @@ def test_settings_that_name_no_data_set_agree_on_none(tmp_path, text):
 
     (tmp_path / "train.config.json").write_text(text)
     assert agreed(tmp_path / "train.jsonl") is None and inputs(tmp_path / "train.jsonl") is None
+
+
+def test_the_inputs_are_the_data_set_and_the_annotations_recorded(tmp_path):
+    """``inputs``: both folders extract read (generate-programs opens the data set with those annotations)."""
+    from leap_cli.extracted import inputs
+
+    said = {"data": str(tmp_path / "kitchen"), "annotations": str(tmp_path / "ann"), "cwd": str(tmp_path)}
+    (tmp_path / "train.config.json").write_text(json.dumps(said))
+    assert inputs(tmp_path / "train.jsonl") == (tmp_path / "kitchen", tmp_path / "ann")
+
+
+@pytest.fixture
+def layout(tmp_path):
+    """A data set of one MP4 (10 bytes) and its audio file (7 bytes), and P01_02 of an rgb_frames folder alone."""
+    from leap_cli.epic.layout import DatasetLayout
+
+    root = tmp_path / "kitchen"
+    for folder in ("videos", "audio", "rgb_frames/P01_02"):
+        (root / "P01" / folder).mkdir(parents=True)
+    (root / "annotations").mkdir()
+    (root / "P01" / "videos" / "P01_01.MP4").write_bytes(b"v" * 10)
+    (root / "P01" / "audio" / "P01_01.wav").write_bytes(b"a" * 7)
+    (root / "P01" / "rgb_frames" / "P01_02" / "frame_0000000001.jpg").write_bytes(b"f")
+    return DatasetLayout.open(root)
+
+
+def test_a_record_is_replaced_where_a_size_it_keeps_differs_now(layout):
+    """(the file, the size kept, the size now) of the MP4, else of the audio file; None where both are as kept."""
+    from types import SimpleNamespace
+
+    seg, mp4, wav = SimpleNamespace(video_id="P01_01"), layout.video_path("P01_01"), layout.audio_path("P01_01")
+    test = layout.replaced_test()
+    assert test({"video_size": 10, "audio_size": 7}, seg) is None
+    assert test({"video_size": 9, "audio_size": 7}, seg) == (mp4, 9, 10)
+    assert test({"video_size": 10, "audio_size": 6}, seg) == (wav, 6, 7)
+    assert test({"audio_size": 5}, seg) == (wav, 5, 7)
+    assert (layout.mp4_size("P01_01"), layout.audio_size("P01_01"), layout.mp4_size("P01_02")) == (10, 7, None)
+    assert layout.audio_size("P01_02") is None
+    # (build-shards' skip records: an rgb_frames folder is a video's source too)
+    assert layout.video_stat("P01_02")[0] == os.stat(layout.frames_dir("P01_02")).st_size
+
+
+def test_each_file_is_stated_once_whatever_the_records(layout, monkeypatch):
+    """One stat per video and file, not one per record (a split of 60,000 records)."""
+    from types import SimpleNamespace
+
+    import leap_cli.epic.layout as module
+
+    stated, real = [], module.file_stat
+    monkeypatch.setattr(module, "file_stat", lambda path: stated.append(Path(path).suffix) or real(path))
+    test, seg = layout.replaced_test(), SimpleNamespace(video_id="P01_01")
+    for _ in range(3):
+        assert test({"video_size": 10, "audio_size": 7}, seg) is None
+    assert stated == [".MP4", ".wav"]
+
+
+def test_a_record_keeping_no_size_asks_the_earlier_size_once_per_video(layout):
+    """A record of an earlier leap (no ``video_size``) is replaced where ``earlier(video, size now)`` tells another
+    size, asked once per video; a video with no MP4 now is never asked of."""
+    from types import SimpleNamespace
+
+    asked = []
+
+    def earlier(video: str, now: int) -> int:
+        asked.append((video, now))
+        return 8
+
+    test = layout.replaced_test(earlier)
+    seg = SimpleNamespace(video_id="P01_01")
+    assert test({}, seg) == (layout.video_path("P01_01"), 8, 10)
+    assert test({"audio_size": 7}, seg) == (layout.video_path("P01_01"), 8, 10)
+    assert test({}, SimpleNamespace(video_id="P01_02")) is None
+    assert asked == [("P01_01", 10)]
+    assert layout.replaced_test(lambda video, now: None)({}, seg) is None
+
+
+@pytest.mark.parametrize("files, said", [(["a/P01_01.MP4", "b/P01_02.MP4"], ("a video", "other video")),
+                                         (["a/P01_01.wav"], ("an audio file", "other audio file")),
+                                         (["a/P01_01.MP4", "a/P01_01.wav"], ("a video or audio file", "other file"))])
+def test_replaced_files_are_named_by_their_kinds(files, said):
+    from leap_cli.epic.layout import replaced_files
+
+    assert replaced_files([Path(f) for f in files]) == said
