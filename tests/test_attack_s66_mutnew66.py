@@ -207,3 +207,36 @@ def test_replaced_files_are_named_by_their_kinds(files, said):
     from leap_cli.epic.layout import replaced_files
 
     assert replaced_files([Path(f) for f in files]) == said
+
+
+def test_the_frames_hash_covers_the_frames_alone_of_every_shard():
+    """``frames_crc`` reads a sample's frames, not its ``json``; ``samples_provenance``'s ``frames`` is unknown
+    (None) where one shard keeps no frames CRC-32 for a sample, and the folders' hash unknown where one folder's is;
+    it changes where a frame does, whatever the programs."""
+    import zlib
+
+    from leap_cli.shards.format import folders_provenance, frames_crc, samples_provenance
+
+    fields = {"jpg1": b"b", "jpg0": b"a", "json": b"{}"}
+    assert frames_crc(fields) == frames_crc({**fields, "json": b'{"x": 1}'}) == zlib.crc32(b"ab")
+    assert frames_crc({**fields, "jpg1": b"c"}) != frames_crc(fields)
+
+    def manifest(*frames) -> dict:
+        return {"shards": [{"keys": ["k0", "k1"], "crc32s": [1, 2], "frames_crc32s": list(f)} for f in frames]}
+
+    one = samples_provenance(manifest([5, 6]))
+    assert one["frames"] and samples_provenance(manifest([5, 7]))["frames"] != one["frames"]
+    assert samples_provenance(manifest([5, 6], [5, None]))["frames"] is None
+    assert samples_provenance(manifest([5, 6], [5]))["frames"] is None
+    assert samples_provenance(manifest([5, None], [5, 6]))["frames"] is None
+    # (how the samples are packed into tars does not count; no sample at all is known too, as its sha256 is)
+    two = {"shards": [{"keys": ["k1"], "crc32s": [2], "frames_crc32s": [6]},
+                      {"keys": ["k0"], "crc32s": [1], "frames_crc32s": [5]}]}
+    assert samples_provenance(two) == samples_provenance({"shards": [dict(
+        keys=["k0", "k1"], crc32s=[1, 2], frames_crc32s=[5, 6])]}), "packed otherwise"
+    assert samples_provenance({"shards": []})["frames"] == samples_provenance({"shards": []})["sha256"]
+    folders = {"folders": [{"manifest": manifest([5, 6]), "folder": "a"}, {"manifest": manifest([5, None]),
+                                                                          "folder": "b"}]}
+    assert folders_provenance(folders, Path("."))["samples"]["frames"] is None
+    folders["folders"][1]["manifest"] = manifest([5, 6])
+    assert folders_provenance(folders, Path("."))["samples"]["frames"]
