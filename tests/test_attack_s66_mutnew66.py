@@ -60,7 +60,8 @@ def test_a_run_without_a_frame_cache_reads_the_earlier_runs_not_its_own_setting(
     """``--cache-frames 0`` writes no cache, whatever ``frame_cache`` says: build-shards reads the one an earlier run
     wrote (``earlier_frame_cache``), and none where there is none."""
     made = dict(cache_frames=0, frame_cache=str(tmp_path / "fc"))
-    assert _recorded(tmp_path, **made, earlier_frame_cache=str(tmp_path / "old-fc")).frame_cache() == tmp_path / "old-fc"
+    earlier = _recorded(tmp_path, **made, earlier_frame_cache=str(tmp_path / "old-fc"))
+    assert earlier.frame_cache() == tmp_path / "old-fc"
     assert _recorded(tmp_path, **made).frame_cache() is None
 
 
@@ -240,3 +241,83 @@ def test_the_frames_hash_covers_the_frames_alone_of_every_shard():
     assert folders_provenance(folders, Path("."))["samples"]["frames"] is None
     folders["folders"][1]["manifest"] = manifest([5, 6])
     assert folders_provenance(folders, Path("."))["samples"]["frames"]
+
+
+def test_generate_programs_leaves_out_a_record_made_from_an_audio_file_alone(layout, tmp_path):
+    """A record whose sound alone was read from a file (no frame read: it keeps ``audio_size``, no ``video_size``),
+    that file replaced since: ``replaced_videos`` names it, as extract makes it again."""
+    from types import SimpleNamespace
+
+    from leap_cli.programs.generate import replaced_videos
+
+    descriptors = tmp_path / "descriptors" / "train.jsonl"
+    descriptors.parent.mkdir()
+    descriptors.with_suffix(".config.json").write_text(json.dumps({"data": str(layout.root), "cwd": str(tmp_path)}))
+    records = [{"narration_id": "P01_01_0", "audio_size": 6}, {"narration_id": "P01_01_1", "audio_size": 7}]
+    segments = {r["narration_id"]: SimpleNamespace(video_id="P01_01") for r in records}
+    assert replaced_videos(descriptors, records, segments) == {"P01_01_0": (layout.audio_path("P01_01"), 6, 7)}
+
+
+def test_the_left_out_line_of_a_merge_names_every_part_that_holds_a_replaced_video(tmp_path, monkeypatch, capsys):
+    """Descriptors merged from two ``extract --shard`` parts, a video of each downloaded again: the line names both
+    parts' extracts (one alone left the other part's old records for the next merge to bring back)."""
+    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from tests.procs import leap_here
+    from tests.test_attack_s65_stale65 import _ok, _replace
+
+    wd = tmp_path / "w"
+    monkeypatch.setattr(KitchenConfig, "truncated_video", lambda self: None)
+    build_kitchen(wd / "kitchen", KitchenConfig(videos=4, segments_per_video=2, width=96, height=64))
+    monkeypatch.chdir(tmp_path)
+    leap = leap_here(monkeypatch, capsys)
+    for i in (0, 1):
+        _ok(leap("extract", "--workdir", "w", "--split", "train", "--components", "narration", "--shard", f"{i}/2"))
+    parts = sorted((wd / "descriptors").glob("train.shard*of2.jsonl"))
+    (wd / "descriptors" / "train.jsonl").write_text("".join(p.read_text() for p in parts))
+    held = [{json.loads(x)["video_id"] for x in p.read_text().splitlines()} for p in parts]
+    assert all(held), held
+    for videos in held:
+        _replace(wd, min(videos))
+    line = _ok(leap("generate-programs", "--workdir", "w", "--split", "train")).split("left out: ")[1]
+    commands = line.split("): run ")[1].split(" (it makes")[0]
+    assert commands == " and ".join(f"leap extract --split train --workdir w --shard {i}/2 --components narration"
+                                    for i in (0, 1)), line
+
+
+def test_the_sink_fills_the_emptied_shard_with_its_skips_then_follows_the_kept_ones(tmp_path):
+    """An emptied kept shard (index 1 of 0-1, its skip records kept) is filled first, after ``begin_rewrite``, and
+    keeps its skips; the samples after it go to a new shard after the kept ones (index 2), not over a kept one."""
+    from leap_cli.io import JsonlAppender, read_jsonl
+    from leap_cli.shards.format import sample_bytes, shard_name
+    from leap_cli.shards.writer import ShardSettings, _ShardSink
+
+    skip = {"key": "P01_01_9", "reason": "unreadable"}
+    kept = [{"index": i, "name": shard_name("train", i), "samples": samples, "skipped": skipped}
+            for i, samples, skipped in ((0, [{"key": "P01_01_0"}], []), (1, [], [skip]))]
+    for r in kept:
+        (tmp_path / r["name"]).write_bytes(b"\0" * 1024)
+    progress = tmp_path / "train.progress.jsonl"
+    progress.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    begun = []
+    sink = _ShardSink(tmp_path, "train", "", ShardSettings(split="train", max_count=1),
+                      JsonlAppender(progress, key="name", keep_records=True), "h", kept, {}, {}, {},
+                      lambda: begun.append(1))
+    for key in ("P01_02_0", "P01_02_1"):
+        sink.add(key, sample_bytes(key, {"json": b"{}"}), {"key": key, "video": "P01_02"})
+    assert sink.finish() == []
+    sink.progress.close()
+    assert [(r["index"], [x["key"] for x in r["samples"]]) for r in sink.completed] == [(1, ["P01_02_0"]),
+                                                                                      (2, ["P01_02_1"])]
+    assert sink.completed[0]["skipped"] == [skip] and begun
+    assert [r["index"] for r in read_jsonl(progress)] == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == [shard_name("train", i) for i in range(3)]
+
+
+def test_the_this_run_column_says_none_of_a_run_that_wrote_no_shard():
+    """A build of no shard at all (every segment skipped): "none", not an empty cell."""
+    from types import SimpleNamespace
+
+    from leap_cli.commands.shards import _shards_done
+
+    assert _shards_done(SimpleNamespace(written_shards=0, rewritten_shards=0), 0) == "none"
+    assert _shards_done(SimpleNamespace(written_shards=1, rewritten_shards=1), 4) == "1 written, 1 rewritten, 2 kept"
