@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from leap_cli.extracted import Recorded
+from tests.test_attack_s64_mut64 import kitchen, old_output  # noqa: F401 (the fixtures)
 
 
 def _recorded(tmp_path: Path, **settings) -> Recorded:
@@ -321,3 +322,39 @@ def test_the_this_run_column_says_none_of_a_run_that_wrote_no_shard():
 
     assert _shards_done(SimpleNamespace(written_shards=0, rewritten_shards=0), 0) == "none"
     assert _shards_done(SimpleNamespace(written_shards=1, rewritten_shards=1), 4) == "1 written, 1 rewritten, 2 kept"
+
+
+def test_a_record_made_again_in_part_keeps_the_audio_size_it_was_made_from(kitchen, old_output, tmp_path):  # noqa: F811
+    """An earlier leap's records whose camera alone is made again: the audio they keep was read from the audio file
+    before, and its size stays in the record (else a later replacement of that file goes unnoticed)."""
+    from leap_cli.extract.runner import run_extract
+    from leap_cli.io import read_jsonl
+    from tests.extract_kitchen import kitchen_config
+
+    out = tmp_path / "train.jsonl"
+    out.write_text(old_output)
+    before = {r["narration_id"]: r.get("audio_size") for r in read_jsonl(out)}
+    assert any(isinstance(v, int) for v in before.values()), before  # (a video with an audio file)
+    assert run_extract(kitchen_config(kitchen, out)).outdated_made["camera"]  # (made again in part)
+    assert {r["narration_id"]: r.get("audio_size") for r in read_jsonl(out)} == before
+
+
+def test_extracts_note_counts_every_replaced_video(tmp_path, monkeypatch, capsys):
+    """Two videos downloaded again: extract's note names the first and counts the other."""
+    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from tests.procs import leap_here
+    from tests.test_attack_s65_stale65 import _ok, _replace
+
+    wd = tmp_path / "w"
+    monkeypatch.setattr(KitchenConfig, "truncated_video", lambda self: None)
+    build_kitchen(wd / "kitchen", KitchenConfig(videos=4, segments_per_video=2, width=96, height=64))
+    monkeypatch.chdir(tmp_path)
+    leap = leap_here(monkeypatch, capsys)
+    extract = ("extract", "--workdir", "w", "--split", "train", "--components", "narration")
+    _ok(leap(*extract))
+    videos = sorted({json.loads(x)["video_id"] for x in (wd / "descriptors" / "train.jsonl").read_text().splitlines()})
+    assert len(videos) >= 2, videos
+    for vid in videos[:2]:
+        _replace(wd, vid)
+    said = _ok(leap(*extract))
+    assert "bytes, and 1 other video): they are made again" in said, said
