@@ -16,6 +16,7 @@ import pytest
 
 from leap_cli.extracted import Recorded
 from tests.test_attack_s64_mut64 import kitchen, old_output  # noqa: F401 (the fixtures)
+from tests.test_attack_s65_moved65 import files  # noqa: F401 (a fixture)
 
 
 def _recorded(tmp_path: Path, **settings) -> Recorded:
@@ -358,3 +359,27 @@ def test_extracts_note_counts_every_replaced_video(tmp_path, monkeypatch, capsys
         _replace(wd, vid)
     said = _ok(leap(*extract))
     assert "bytes, and 1 other video): they are made again" in said, said
+
+
+def test_each_samples_frames_crc_is_that_of_all_its_frames(files, tmp_path):  # noqa: F811
+    """The manifest's ``frames_crc32s`` are the CRC-32s of each sample's frames in its tar (every frame, no json)."""
+    import shutil
+    import tarfile
+
+    from leap_cli.shards.format import frames_crc
+    from tests.test_shards import build
+
+    root, work = tmp_path / "k", tmp_path / "w"
+    shutil.copytree(files[0], root)
+    shards = build(root, work).manifest["shards"]
+    checked = 0
+    for shard in shards:
+        fields: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(work / "shards" / "train" / shard["name"]) as tar:
+            for member in tar.getmembers():
+                key, field = member.name.split(".", 1)
+                fields.setdefault(key, {})[field] = tar.extractfile(member).read()
+        for key, crc in zip(shard["keys"], shard["frames_crc32s"]):
+            assert len(fields[key]) > 2 and crc == frames_crc(fields[key]), key
+            checked += 1
+    assert checked == sum(s["count"] for s in shards) > 0
