@@ -341,19 +341,23 @@ def test_a_record_made_again_in_part_keeps_the_audio_size_it_was_made_from(kitch
 
 
 def test_extracts_note_counts_every_replaced_video(tmp_path, monkeypatch, capsys):
-    """Two videos downloaded again: extract's note names the first and counts the other."""
+    """Two videos downloaded again: extract's note names the first and counts the other. Records without audio keep
+    no audio file's size (not read)."""
     from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
     from tests.procs import leap_here
     from tests.test_attack_s65_stale65 import _ok, _replace
 
     wd = tmp_path / "w"
     monkeypatch.setattr(KitchenConfig, "truncated_video", lambda self: None)
-    build_kitchen(wd / "kitchen", KitchenConfig(videos=4, segments_per_video=2, width=96, height=64))
+    build_kitchen(wd / "kitchen", KitchenConfig(videos=4, segments_per_video=2, width=96, height=64,
+                                                audio_in_mp4=False))
     monkeypatch.chdir(tmp_path)
     leap = leap_here(monkeypatch, capsys)
     extract = ("extract", "--workdir", "w", "--split", "train", "--components", "narration")
     _ok(leap(*extract))
-    videos = sorted({json.loads(x)["video_id"] for x in (wd / "descriptors" / "train.jsonl").read_text().splitlines()})
+    records = [json.loads(x) for x in (wd / "descriptors" / "train.jsonl").read_text().splitlines()]
+    assert not [r for r in records if "audio_size" in r]  # (no sound read: the audio files' sizes say nothing)
+    videos = sorted({r["video_id"] for r in records})
     assert len(videos) >= 2, videos
     for vid in videos[:2]:
         _replace(wd, vid)
@@ -383,3 +387,50 @@ def test_each_samples_frames_crc_is_that_of_all_its_frames(files, tmp_path):  # 
             assert len(fields[key]) > 2 and crc == frames_crc(fields[key]), key
             checked += 1
     assert checked == sum(s["count"] for s in shards) > 0
+
+
+def test_merged_parts_are_those_of_a_merge_that_hold_the_videos(tmp_path):
+    """The parts (i, n) whose videos are among those asked, of descriptors merged from parts beside them; none of a
+    part itself, nor of a folder holding parts of two counts (no one merge)."""
+    from types import SimpleNamespace
+
+    from leap_cli.common import ShardSpec
+    from leap_cli.programs.generate import merged_parts
+
+    segments = {f"P01_0{v}_0": SimpleNamespace(video_id=f"P01_0{v}") for v in range(1, 5)}
+    order = list(segments.values())
+    holds = [{s.video_id for s in ShardSpec(i, 2).select(order, key=lambda s: s.video_id)} for i in (0, 1)]
+    assert all(holds), holds
+    for i in (0, 1):
+        (tmp_path / f"train.shard{i}of2.jsonl").write_text("")
+    whole = tmp_path / "train.jsonl"
+    assert merged_parts(whole, segments, {min(holds[1])}) == [(1, 2)]
+    assert merged_parts(whole, segments, {min(holds[0]), min(holds[1])}) == [(0, 2), (1, 2)]
+    assert merged_parts(tmp_path / "train.shard0of2.jsonl", segments, {min(holds[0])}) == []
+    (tmp_path / "train.shard0of3.jsonl").write_text("")
+    assert merged_parts(whole, segments, {min(holds[0])}) == []
+
+
+def test_file_stat_is_none_for_any_path_that_cannot_be_stated(tmp_path):
+    """A name under a file (NotADirectoryError), not only one not there: None, no exception."""
+    from leap_cli.epic.layout import file_stat
+
+    (tmp_path / "f").write_bytes(b"x")
+    assert file_stat(tmp_path / "f")[0] == 1
+    assert file_stat(tmp_path / "f" / "x") is None and file_stat(tmp_path / "gone") is None
+
+
+def test_a_run_without_a_cache_records_the_earlier_one_only_where_it_is_there(tmp_path):
+    """``--frame-cache none`` after a run that wrote a cache: the settings name that cache (build-shards reads it) only
+    where its folder is there; one deleted since is not named (build-shards would say it cannot find it)."""
+    from leap_cli.extract.runner import ExtractConfig, _settings_file
+    from leap_cli.extracted import config_path
+
+    out = tmp_path / "descriptors" / "train.jsonl"
+    out.parent.mkdir()
+    config_path(out).write_text(json.dumps({"cache_frames": 16, "frame_cache": str(tmp_path / "fc"),
+                                            "cwd": str(tmp_path)}))
+    cfg = ExtractConfig(data=tmp_path / "kitchen", split="train", out=out, frame_cache=None)
+    assert "earlier_frame_cache" not in _settings_file(cfg)
+    (tmp_path / "fc").mkdir()
+    assert _settings_file(cfg)["earlier_frame_cache"] == str(tmp_path / "fc")
