@@ -3,9 +3,9 @@
 Why: ``jsonschema`` takes ~5 ms per program (reference resolution, error objects for every ``anyOf``
 branch), which alone would cap generation at ~200 programs/s per core. The compiled checker gives the same
 verdicts (a test compares them on the exemplars and on many mutated programs) in a few hundredths of that.
-``anyOf`` over objects told apart by an ``enum`` on ``type``/``predicate`` dispatches on that field, so its
-findings come from the branch the instance names. A keyword it does not know is an error at compile time,
-never silently skipped.
+``anyOf`` over objects told apart by an ``enum`` on ``type``/``predicate`` (a required string, each value naming one
+branch) dispatches on that field, so its findings come from the branch the instance names. A keyword it does not
+know is an error at compile time, never silently skipped.
 """
 
 from __future__ import annotations
@@ -37,12 +37,27 @@ def _shown(x) -> str:
     r = repr(x)
     return r if len(r) <= 60 else r[:57] + "..."
 
+
+def _same(a, b) -> bool:
+    """JSON equality as ``enum`` and ``const`` mean it (and ``jsonschema`` checks it): ``true`` is not ``1``, at any
+    depth, while ``1`` and ``1.0`` are the same number."""
+    if a is b:
+        return True
+    if isinstance(a, bool) or isinstance(b, bool):
+        return False  # (two bools that are the same are the same object)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+    return a == b
+
+
 def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
     defs = root.get("$defs", {})
     cache: dict[str, Check] = {}
 
-    def resolve(schema: dict) -> dict:
-        while "$ref" in schema:
+    def resolve(schema):
+        while isinstance(schema, dict) and "$ref" in schema:
             ref = schema["$ref"]
             if not ref.startswith("#/$defs/"):
                 raise ValueError(f"unsupported $ref {ref}")
@@ -98,11 +113,16 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
             type_check = None
         if "enum" in schema:
             allowed = schema["enum"]
-            checks.append(lambda x, p, out: None if x in allowed and not (isinstance(x, bool) and True not in allowed and False not in allowed)
-                          else out.append((p, f"{x!r} is not one of {allowed!r}")))
+            if all(isinstance(a, str) for a in allowed):  # (every enum of the program schema: one set lookup)
+                names = frozenset(allowed)
+                checks.append(lambda x, p, out: None if isinstance(x, str) and x in names
+                              else out.append((p, f"{x!r} is not one of {allowed!r}")))
+            else:
+                checks.append(lambda x, p, out: None if any(_same(x, a) for a in allowed)
+                              else out.append((p, f"{x!r} is not one of {allowed!r}")))
         if "const" in schema:
             c = schema["const"]
-            checks.append(lambda x, p, out: None if x == c else out.append((p, f"{c!r} was expected")))
+            checks.append(lambda x, p, out: None if _same(x, c) else out.append((p, f"{c!r} was expected")))
         if any(k in schema for k in ("properties", "required", "additionalProperties")):
             props = {k: build(v) for k, v in schema.get("properties", {}).items()}
             required = schema.get("required", [])
@@ -211,8 +231,9 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
         targets = [resolve(b) for b in branches]
         compiled = [build(b) for b in branches]
         for disc in _DISCRIMINATORS:
-            enums = [t.get("properties", {}).get(disc, {}).get("enum") if isinstance(t, dict) else None for t in targets]
-            if all(enums):
+            enums = [_discriminator(t, disc) for t in targets]
+            names = [v for e in enums if e for v in e]
+            if all(enums) and len(names) == len(set(names)):  # (each value names one branch)
                 table = {v: c for e, c in zip(enums, compiled) for v in e}
                 allowed = ", ".join(sorted(map(str, table)))
 
@@ -254,6 +275,16 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
         return [(_flat(p), m) for p, m in out]
 
     return validate
+
+
+def _discriminator(schema, disc: str) -> list[str] | None:
+    """The strings an object must have in ``disc`` to pass ``schema``: the ``enum`` of a required string property
+    of a schema of type object; None for a schema that another value could pass (it cannot be dispatched to)."""
+    if not isinstance(schema, dict) or schema.get("type") != "object" or disc not in schema.get("required", ()):
+        return None
+    prop = schema.get("properties", {}).get(disc)
+    enum = prop.get("enum") if isinstance(prop, dict) else None
+    return enum if enum and all(isinstance(v, str) for v in enum) else None
 
 
 def _flat(path: tuple) -> tuple:
