@@ -6,9 +6,12 @@ dispatching copy of it; (2) small schemas drawn from the keywords the compiler c
 of JSON values, so a keyword the program schema uses only with strings today (``enum``) or not at all (``const``)
 still gets the reference's verdicts.
 
-Mutation run over ``programs/fastschema.py`` (25 hand-made mutants, each run against
-tests/test_programs_validate.py -k compiled, tests/test_mut_schema_report.py and this file): see the report of the
-session; the survivors that were real are killed by the tests marked ``# mutant`` below.
+Mutation run over ``programs/fastschema.py``: 27 hand-made mutants (a comparison moved by one, a guard dropped, a
+branch of the dispatch condition removed, ...), each run against tests/test_programs_validate.py and
+tests/test_mut_schema_report.py: 13 killed, 14 survived (all of them in code the program schema does not reach today:
+non-string enums, ``const``, ``maximum``, a schema for ``additionalProperties``, unanchored patterns, the dispatch
+condition). With this file all 27 are killed; 4 of them only after the cases marked ``# mutant`` below were added.
+None was equivalent.
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ def _schema(rng: random.Random, depth: int = 0) -> dict | bool:
     if rng.random() < 0.4 or kind == "type":
         s["type"] = rng.choice(_TYPES) if rng.random() < 0.6 else rng.sample(_TYPES, rng.randint(1, 3))
     if kind == "enum":
-        s["enum"] = rng.sample(_CONSTANTS, rng.randint(1, 3))
+        s["enum"] = rng.sample(_CONSTANTS, rng.randint(1, 3)) if rng.random() < 0.6 else ["a", "b"][:rng.randint(1, 2)]
     elif kind == "const":
         s["const"] = rng.choice(_CONSTANTS)
     elif kind == "number":
@@ -156,7 +159,7 @@ def _schema(rng: random.Random, depth: int = 0) -> dict | bool:
         s["properties"] = {k: _schema(rng, depth + 1) for k in rng.sample(["type", "x", "y"], rng.randint(0, 2))}
         s["required"] = rng.sample(["type", "x", "y"], rng.randint(0, 2))
         if rng.random() < 0.6:
-            s["additionalProperties"] = rng.choice([False, True, _schema(rng, depth + 1)])
+            s["additionalProperties"] = rng.choice([False, True, _schema(rng, depth + 1), {"type": "string"}])
     elif kind == "anyOf":
         s["anyOf"] = [_schema(rng, depth + 1) for _ in range(rng.randint(1, 3))]
     elif kind == "dispatch":  # branches told apart (or not quite) by an enum on "type", as the steps are
@@ -169,10 +172,10 @@ def _schema(rng: random.Random, depth: int = 0) -> dict | bool:
 
 
 def test_small_schemas_of_every_keyword_get_the_reference_verdicts():
-    """150 drawn schemas (also behind a ``$ref``) times the value pool: the same verdict as jsonschema on each."""
+    """1000 drawn schemas (also behind a ``$ref``) times the value pool: the same verdict as jsonschema on each."""
     rng = random.Random(66)
     disagreements, valid, cases = [], 0, 0
-    for _ in range(150):
+    for _ in range(1000):
         s = _schema(rng)
         if isinstance(s, dict) and rng.random() < 0.3:
             s = {"$defs": {"d": s}, "$ref": "#/$defs/d"}
@@ -194,15 +197,19 @@ def test_small_schemas_of_every_keyword_get_the_reference_verdicts():
     ({"const": 1}, True),
     ({"const": False}, 0),
     ({"const": {"x": 0}}, {"x": False}),
+    ({"enum": ["a", "b"]}, ["a"]),  # (a list is no string: said so, not a TypeError of an unhashable)  # mutant
+    ({"enum": ["a", "b"]}, {"a": 1}),
 ])
-def test_a_bool_is_not_a_number_in_enum_and_const(schema, value):
+def test_enum_and_const_compare_as_json_does(schema, value):
     assert not Draft202012Validator(schema).is_valid(value)
     assert compile_schema(schema)(value) != []
 
 
 @pytest.mark.parametrize("branches, value", [
-    ([{"properties": {"type": {"enum": ["a"]}}}, {"properties": {"type": {"enum": ["b"]}}}], 3),  # not typed object
-    ([{"properties": {"type": {"enum": ["a"]}}}, {"properties": {"type": {"enum": ["b"]}}}], {}),  # type not required
+    ([{"required": ["type"], "properties": {"type": {"enum": ["a"]}}},
+      {"required": ["type"], "properties": {"type": {"enum": ["b"]}}}], 3),  # not of type object  # mutant
+    ([{"type": "object", "properties": {"type": {"enum": ["a"]}}},
+      {"type": "object", "properties": {"type": {"enum": ["b"]}}}], {}),  # type not required  # mutant
     ([True, {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["b"]}}}], 3),  # a bool branch
     ([{"type": "object", "required": ["type"], "properties": {"type": {"enum": ["a"]}}},
       {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["a"]}, "x": {"type": "string"}}}],
@@ -214,3 +221,12 @@ def test_an_any_of_dispatches_only_where_the_branches_are_told_apart_by_their_di
     """Each value is valid under some branch; dispatching on ``type`` would have tried one branch or none."""
     assert Draft202012Validator({"anyOf": branches}).is_valid(value)
     assert compile_schema({"anyOf": branches})(value) == []
+
+
+@pytest.mark.xfail(strict=True, reason="JSON Schema patterns are ECMA-262, where '$' is the end of the string; "
+                   "jsonschema (the reference) and fastschema both use Python's re, whose '$' also matches before a "
+                   "final newline, so 'take\\n' passes the verb pattern (and the semantic check after it)")
+def test_a_name_with_a_final_newline_does_not_match_the_name_pattern():
+    p = copy.deepcopy(next(e for e in load_exemplars() if e.id == "wash-plate").program)
+    p["steps"][0]["verb"] += "\n"
+    assert validate_program(p) != []

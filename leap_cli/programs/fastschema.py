@@ -2,7 +2,8 @@
 
 Why: ``jsonschema`` takes ~5 ms per program (reference resolution, error objects for every ``anyOf``
 branch), which alone would cap generation at ~200 programs/s per core. The compiled checker gives the same
-verdicts (a test compares them on the exemplars and on many mutated programs) in a few hundredths of that.
+verdicts (tests compare them on the exemplars, on many mutated programs and on small schemas of every keyword it
+knows) in a few hundredths of that.
 ``anyOf`` over objects told apart by an ``enum`` on ``type``/``predicate`` (a required string, each value naming one
 branch) dispatches on that field, so its findings come from the branch the instance names. A keyword it does not
 know is an error at compile time, never silently skipped.
