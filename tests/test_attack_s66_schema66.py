@@ -97,6 +97,16 @@ def _validators(errors) -> set[str]:
     return {k for e in errors for k in {e.validator} | _validators(e.context)}
 
 
+def _python_dollar(x) -> bool:
+    """Whether ``x`` holds a string ending in a newline: there Python's '$' (jsonschema's) matches where ECMA-262's
+    (JSON Schema's, fastschema's ``_ecma_end``) does not, so jsonschema is no reference (the newline test below)."""
+    if isinstance(x, str):
+        return x.endswith("\n")
+    if isinstance(x, dict):
+        return any(map(_python_dollar, x.keys())) or any(map(_python_dollar, x.values()))
+    return isinstance(x, list) and any(map(_python_dollar, x))
+
+
 def test_mutated_programs_get_the_reference_verdicts():
     """3000 mutated programs: the compiled checker's verdict is the dispatching reference's on each, and the
     reference run on the schema file as it is agrees on every fifth (it is ~10 times slower)."""
@@ -108,6 +118,8 @@ def test_mutated_programs_get_the_reference_verdicts():
         p = copy.deepcopy(rng.choice(seeds))
         for _ in range(rng.choice([1, 1, 1, 2, 3])):
             _mutate(p, rng)
+        if _python_dollar(p):
+            continue
         fast = not validate_program(p)
         ref = dispatching_reference().is_valid(p)
         invalid += not ref
@@ -182,6 +194,8 @@ def test_small_schemas_of_every_keyword_get_the_reference_verdicts():
         check, ref = compile_schema(s) if isinstance(s, dict) else compile_schema({"anyOf": [s]}), \
             Draft202012Validator(s)
         for x in _VALUES:
+            if "pattern" in str(s) and _python_dollar(x):
+                continue
             cases += 1
             valid += ref.is_valid(x)
             if (not check(x)) != ref.is_valid(x):
@@ -223,10 +237,9 @@ def test_an_any_of_dispatches_only_where_the_branches_are_told_apart_by_their_di
     assert compile_schema({"anyOf": branches})(value) == []
 
 
-@pytest.mark.xfail(strict=True, reason="JSON Schema patterns are ECMA-262, where '$' is the end of the string; "
-                   "jsonschema (the reference) and fastschema both use Python's re, whose '$' also matches before a "
-                   "final newline, so 'take\\n' passes the verb pattern (and the semantic check after it)")
 def test_a_name_with_a_final_newline_does_not_match_the_name_pattern():
+    """JSON Schema's patterns are ECMA-262's, whose '$' is the end of the string; Python's re (jsonschema's, and
+    fastschema's before ``_ecma_end``) also matches it before a final newline: 'take\\n' passed the verb pattern."""
     p = copy.deepcopy(next(e for e in load_exemplars() if e.id == "wash-plate").program)
     p["steps"][0]["verb"] += "\n"
     assert validate_program(p) != []

@@ -178,7 +178,8 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
             fused.append("array")
         if any(k in schema for k in ("minLength", "maxLength", "pattern")):
             lo, hi = schema.get("minLength"), schema.get("maxLength")
-            rx = re.compile(schema["pattern"]) if "pattern" in schema else None
+            rx = re.compile(_ecma_end(schema["pattern"])) if "pattern" in schema else None
+            shown = schema.get("pattern")
 
             typed_str = own == "string"
 
@@ -192,7 +193,7 @@ def compile_schema(root: dict) -> Callable[[object], list[tuple[tuple, str]]]:
                 if hi is not None and len(x) > hi:
                     out.append((p, f"{_shown(x)} is {len(x)} characters long, more than the {hi} allowed"))
                 if rx is not None and not rx.search(x):
-                    out.append((p, f"{x!r} does not match {rx.pattern!r}"))
+                    out.append((p, f"{x!r} does not match {shown!r}"))
             checks.append(string)
             fused.append("string")
         if "minimum" in schema or "maximum" in schema:
@@ -286,6 +287,33 @@ def _discriminator(schema, disc: str) -> list[str] | None:
     prop = schema.get("properties", {}).get(disc)
     enum = prop.get("enum") if isinstance(prop, dict) else None
     return enum if enum and all(isinstance(v, str) for v in enum) else None
+
+
+def _ecma_end(pattern: str) -> str:
+    """``pattern`` with each ``$`` that ends the string in ECMA-262's regular expressions, which JSON Schema's
+    patterns are, written ``\\Z``: Python's ``$`` also matches before a final newline, so ``"take\\n"`` passed
+    ``^[a-z][a-z _-]*$`` (and jsonschema, which uses Python's ``re``, takes it too)."""
+    out, i, in_class = [], 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            out.append(pattern[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            if pattern[i + 1:i + 2] == "]" or pattern[i + 1:i + 3] == "^]":  # (a ']' first in a class is a character)
+                skip = 2 if pattern[i + 1] == "]" else 3
+                out.append(pattern[i:i + skip])
+                i += skip
+                continue
+        elif c == "$":
+            c = r"\Z"
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 def _flat(path: tuple) -> tuple:
