@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from leap_cli.epic.hand_objects import BBox, FrameDetections, open_hand_objects, read_hand_objects, write_hand_objects
-from leap_cli.epic.timing import RGB_FRAMES, FrameClock, frame_to_time, parse_timestamp
+from leap_cli.epic.timing import MP4, RGB_FRAMES, FrameClock, parse_timestamp, pick_frames
 from leap_cli.errors import LeapError
 from tests.test_hand_objects import _e, _f, _m
 
@@ -86,20 +86,30 @@ def test_a_message_cut_inside_a_fixed64_field_is_malformed(tmp_path):
 # --- timing.py -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text", ["00:60:00.00", "00:00:60.00", "00:99:01.00"])
+@pytest.mark.parametrize("text", ["00:60:00.00", "00:00:60.00"])
 def test_a_timestamp_with_60_minutes_or_seconds_is_refused(text):
     with pytest.raises(ValueError, match="is not HH:MM:SS.ff"):
         parse_timestamp(text)
-
-
-def test_frame_zero_has_no_start_time():
-    """Frames are 1-based: frame 0 is a caller's off-by-one, an error rather than a time 1/fps before the video."""
-    assert frame_to_time(1, 50.0) == 0.0
-    with pytest.raises(ValueError, match="1-based"):
-        frame_to_time(0, 50.0)
 
 
 def test_an_rgb_frames_segment_whose_stop_frame_is_before_its_start_frame_is_its_start_frame():
     """An edited row with stop_frame < start_frame still spans one frame, as an MP4's span of such a row does."""
     seg = SimpleNamespace(start=2.0, stop=1.0, start_frame=120, stop_frame=60)
     assert FrameClock(RGB_FRAMES, 59.94).segment_span(seg) == (120, 120)
+
+
+def test_consecutive_frames_of_an_even_count_are_centred_in_an_even_span():
+    """Frames 1..10 centre on 5.5: four consecutive frames are 4..7, not 3..6."""
+    assert pick_frames(1, 10, 4, "consecutive") == [4, 5, 6, 7]
+
+
+def test_a_span_that_ends_before_it_starts_is_its_first_frame_alone():
+    """``last < first`` is read as the one frame ``first``, as ``segment_span`` clamps an edited row."""
+    assert pick_frames(5, 3, 3, "uniform") == [5, 5, 5] and pick_frames(5, 3, 3, "spread") == [5]
+    assert pick_frames(5, 3, 1, "consecutive") == [5]
+
+
+def test_a_video_half_a_second_short_of_its_listed_length_is_cut_short():
+    """``LENGTH_TOLERANCE_S`` is 0.1 s: 0.5 s missing is a truncated copy, 0.06 s is not."""
+    assert FrameClock(MP4, 50.0, num_frames=475, duration=10.0).cut_short()
+    assert not FrameClock(MP4, 50.0, num_frames=497, duration=10.0).cut_short()
