@@ -113,3 +113,13 @@ def test_a_video_half_a_second_short_of_its_listed_length_is_cut_short():
     """``LENGTH_TOLERANCE_S`` is 0.1 s: 0.5 s missing is a truncated copy, 0.06 s is not."""
     assert FrameClock(MP4, 50.0, num_frames=475, duration=10.0).cut_short()
     assert not FrameClock(MP4, 50.0, num_frames=497, duration=10.0).cut_short()
+
+
+def test_consecutive_frames_of_a_span_shorter_than_n_repeat_inside_it():
+    """``pick_frames`` takes frames from ``first..last`` only (repeats where the span is short): a one-frame window
+    at the video's start sampled 4 ``consecutive`` frames was [-1, 0, 1, 2], frames before the video in a window
+    that says it is ``inside``."""
+    assert pick_frames(1, 1, 4, "consecutive") == [1, 1, 1, 1]
+    assert pick_frames(10, 11, 5, "consecutive") == [10, 10, 11, 11, 11]
+    w = FrameClock(MP4, 50.0, num_frames=100).window(0.0, 0.01, 4, "consecutive")
+    assert w.inside and all(w.first <= f <= w.last for f in w.frames)

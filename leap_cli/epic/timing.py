@@ -272,7 +272,7 @@ def pick_frames(first: int, last: int, n: int, mode: str = "uniform", rng=None) 
     ``uniform``: the centre of each of ``n`` equal chunks (TSN test-time sampling, build-shards);
     ``spread``: evenly from ``first`` to ``last`` inclusive of both ends, deduplicated (extract's components);
     ``random``: a random frame in each chunk (TSN training, needs ``rng``);
-    ``consecutive``: ``n`` consecutive frames centred in the span.
+    ``consecutive``: ``n`` consecutive frames centred in the span (its end frames repeated in a shorter one).
     """
     if n < 1:
         raise ValueError("n must be >= 1")
@@ -295,7 +295,7 @@ def pick_frames(first: int, last: int, n: int, mode: str = "uniform", rng=None) 
         return out
     if mode == "consecutive":
         centre = first + span // 2
-        return [centre - n // 2 + k for k in range(n)]
+        return [min(last, max(first, centre - n // 2 + k)) for k in range(n)]
     raise ValueError(f"unknown sampling mode {mode!r} (uniform, spread, random, consecutive)")
 
 
