@@ -483,7 +483,7 @@ def merged_parts(descriptors: Path, segments: dict[str, Segment], videos: set[st
     ``descriptors`` was merged from parts that are there beside it; [] where it is no merge (or a part itself). A
     whole-split extract over the merged file made it again, but not the parts, whose next merge brought the old
     records back."""
-    counts = {n for _, n, _ in shard_parts(descriptors)}
+    counts = {n for _, n, _ in shard_parts(descriptors)} if videos else set()  # (none replaced: no split read)
     if part_of(descriptors) is not None or len(counts) != 1:
         return []
     n = counts.pop()
