@@ -44,7 +44,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 import numpy as np
 import torch
@@ -392,6 +392,7 @@ def _batch_not_handed_over(e: BaseException, obj: object) -> None:
 
 
 LOADER_TIMEOUT = 900  # seconds: a DataLoader worker's batch that has not come by then is lost (``Guarded``)
+DEATH_SHOWS = 2.0  # seconds: how long a broken connection to a worker waits for the worker's death to show
 _LOST_FIX = ("a worker that could not hand its batch over prints why above; torch passes each tensor of a batch as "
              "an open file, so at the process's limit of open files (\"Too many open files\") {open_files}, and "
              "where a thread could not start (\"can't start new thread\") raise your limit of processes and threads "
@@ -522,10 +523,10 @@ class Guarded:
                 it = _start(self.loader) if workers else iter(self.loader)
             finally:
                 _DIED["waiting"] = False
-        except (RuntimeError, OSError) as e:
-            if workers and (_worker_died(e) or _dead_workers(_workers_of(self.loader))):
-                raise _died_error(e, self.option, _workers_of(self.loader)) from e
-            raise
+        except (EOFError, RuntimeError, OSError) as e:
+            if not workers:
+                raise
+            self._failed(e, _workers_of(self.loader))
         while True:
             try:
                 if workers and _DIED["error"] is not None:  # (one that died while the main process was elsewhere)
@@ -540,24 +541,29 @@ class Guarded:
             except (EOFError, RuntimeError, OSError) as e:  # (a worker that died: a connection reset, or torch's
                 if not workers:  # error, whichever came first)
                     raise
-                mine = _workers_of(self.loader, it)
-                if not _worker_died(e) and not _dead_workers(mine) and isinstance(e, (EOFError, OSError)):
-                    import time
-
-                    time.sleep(0.5)  # (a worker's death shows a moment after the broken connection it left)
-                if _worker_died(e) or _dead_workers(mine):
-                    raise _died_error(e, self.option, mine) from e
-                if isinstance(e, EOFError) or "timed out" in str(e):
-                    _kill_workers(mine)  # (the stage stops: its exit would wait for them)
-                if isinstance(e, EOFError):
-                    raise LeapError("a DataLoader worker's batch was lost on its way to the main process (EOFError)",
-                                    fix=_lost_fix(self.option)) from e
-                if isinstance(e, RuntimeError) and "timed out" in str(e):
-                    raise LeapError(f"no batch came from the DataLoader's workers in {LOADER_TIMEOUT} s",
-                                    fix="a slow or stalled disk under the shards, or "
-                                        + _lost_fix(self.option)) from e
-                raise
+                self._failed(e, _workers_of(self.loader, it))
             yield batch
+
+    def _failed(self, e: BaseException, mine: list) -> NoReturn:
+        """Raise the error for ``e``, met as the loader's workers ``mine`` were awaited (an epoch's start or a
+        batch). The stage stops, so the workers are killed first in every case: they ignore SIGTERM, and the
+        process's exit waited for them (a run killed at an epoch's start said its line and did not exit)."""
+        if not _worker_died(e) and not _dead_workers(mine) and isinstance(e, (EOFError, OSError)):
+            import time  # (a worker's death shows a moment after the broken connection it left: the kernel closes
+
+            end = time.monotonic() + DEATH_SHOWS  # its sockets before its parent can reap it)
+            while time.monotonic() < end and not _dead_workers(mine):
+                time.sleep(0.05)
+        if _worker_died(e) or _dead_workers(mine):
+            raise _died_error(e, self.option, mine) from e
+        _kill_workers(mine)
+        if isinstance(e, EOFError):
+            raise LeapError("a DataLoader worker's batch was lost on its way to the main process (EOFError)",
+                            fix=_lost_fix(self.option)) from e
+        if isinstance(e, RuntimeError) and "timed out" in str(e):
+            raise LeapError(f"no batch came from the DataLoader's workers in {LOADER_TIMEOUT} s",
+                            fix="a slow or stalled disk under the shards, or " + _lost_fix(self.option)) from e
+        raise e
 
 
 def _start(loader) -> Iterator[dict]:
