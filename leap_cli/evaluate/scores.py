@@ -264,6 +264,11 @@ def normalize_scores(raw: Any, path: str | Path = "<scores>") -> dict:
         raise LeapError(f"narration_id is one string ({one[:40]!r}), not an array of N ids", path=path,
                         fix=f"give narration_id as a list or array with one id per row, e.g. [{one[:40]!r}] for one "
                             "segment (EPIC's results format: narration_id [N])")
+    nested = next((k for k, x in enumerate(given) if isinstance(x, (list, tuple))), None)
+    if nested is not None:  # (an array [N, 1]: each id was read as the text of its row, "['P01_01_0']")
+        raise LeapError(f"narration_id is not one id per row (row {nested} holds {str(given[nested])[:60]})",
+                        path=path, fix="save narration_id as a flat list or array [N] (e.g. numpy's ids.reshape(-1)), "
+                                       "EPIC's results format")
     ids = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in given]
     if not ids:  # (EPIC's evaluator needs at least one instance; the metrics would fail on none)
         raise LeapError("holds no segments (0 narration ids)", path=path, fix=_FIX_FORMAT)

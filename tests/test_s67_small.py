@@ -1,0 +1,26 @@
+"""Session 67's small fixes: the scores file's narration ids given as an array [N, 1]."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from leap_cli.errors import LeapError
+from leap_cli.evaluate.scores import normalize_scores
+
+
+@pytest.mark.parametrize("nid", [np.array([["P01_101_0"], ["P01_101_1"]]), [["P01_101_0"], ["P01_101_1"]],
+                                 [("P01_101_0",), ("P01_101_1",)]])
+def test_narration_ids_of_one_column_are_refused_naming_the_shape(nid):
+    """Was: each row read as its text ("['P01_101_0']"), so every id was "not in the val annotations"."""
+    raw = {"narration_id": nid, "verb_output": np.zeros((2, 97)), "noun_output": np.zeros((2, 300))}
+    with pytest.raises(LeapError) as e:
+        normalize_scores(raw, "results.pkl")
+    assert "not one id per row (row 0 holds" in e.value.message and "P01_101_0" in e.value.message, e.value.message
+    assert "reshape(-1)" in e.value.fix and "\n" not in str(e.value)
+
+
+def test_a_flat_array_of_ids_is_read():
+    raw = {"narration_id": np.array(["P01_101_0", b"P01_101_1"], dtype=object), "verb_output": np.zeros((2, 97)),
+           "noun_output": np.zeros((2, 300))}
+    assert normalize_scores(raw, "results.pkl")["narration_id"] == ["P01_101_0", "P01_101_1"]
