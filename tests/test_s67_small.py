@@ -24,3 +24,14 @@ def test_a_flat_array_of_ids_is_read():
     raw = {"narration_id": np.array(["P01_101_0", b"P01_101_1"], dtype=object), "verb_output": np.zeros((2, 97)),
            "noun_output": np.zeros((2, 300))}
     assert normalize_scores(raw, "results.pkl")["narration_id"] == ["P01_101_0", "P01_101_1"]
+
+
+def test_csv_cells_lose_the_trailing_spaces_a_spreadsheet_leaves(tmp_path):
+    """(Was: a narration id "P01_101_0 " kept its space and matched no program, score or descriptor.)"""
+    from leap_cli.epic.classes import read_csv
+
+    path = tmp_path / "EPIC_100_validation.csv"
+    path.write_text('narration_id,participant_id,narration\nP01_101_0 , P01 ,"open door "\n', encoding="utf-8")
+    rows = read_csv(path, ("narration_id", "participant_id", "narration"))
+    assert rows == [{"narration_id": "P01_101_0", "participant_id": "P01", "narration": "open door"}]
+    assert rows.lines == [2]

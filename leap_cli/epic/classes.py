@@ -207,7 +207,8 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
                                     fix="save the file as comma-separated CSV throughout, or take EPIC's file again"
                                     if sep else "a cut or damaged line: complete it, or restore the file from EPIC's "
                                                 "release")
-                rows.append({k: (v if v is not None else "") for k, v in row.items()})
+                # (a cell's trailing spaces, as a spreadsheet may leave them: "P01_101_0 " matched no id)
+                rows.append({k: (v.strip() if isinstance(v, str) else "" if v is None else v) for k, v in row.items()})
                 rows.lines.append(reader.line_num)
             return rows
     except UnicodeDecodeError:
