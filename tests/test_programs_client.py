@@ -221,7 +221,7 @@ def test_prompts_carry_no_paths_and_do_not_depend_on_where_data_lives(tmp_path):
     from leap_cli.programs.generate import dry_run
 
     prompts = []
-    for where in ("alice", "bob"):
+    for where in ("alice", "My Passport"):  # (a folder with a space: its part after the space was kept)
         root = tmp_path / where / "deep" / "folder"
         ann = excerpt_annotations(root, 1)
         nid = (ann / "EPIC_100_validation.csv").read_text().splitlines()[1].split(",")[0]
@@ -233,7 +233,7 @@ def test_prompts_carry_no_paths_and_do_not_depend_on_where_data_lives(tmp_path):
                         + "\n")
         prompts.append(dry_run(GenerateConfig(workdir=root, split="val")))
     assert prompts[0] == prompts[1]  # the same prompt, so the same cache key
-    assert str(tmp_path) not in prompts[0] and "/deep/" not in prompts[0]
+    assert str(tmp_path) not in prompts[0] and "/deep/" not in prompts[0] and "/deep/" not in prompts[1]
     assert "no P01_11.wav or .flac in <path>" in prompts[0] and "Left hand holds plate" in prompts[0]
 
 

@@ -35,3 +35,16 @@ def test_csv_cells_lose_the_trailing_spaces_a_spreadsheet_leaves(tmp_path):
     rows = read_csv(path, ("narration_id", "participant_id", "narration"))
     assert rows == [{"narration_id": "P01_101_0", "participant_id": "P01", "narration": "open door"}]
     assert rows.lines == [2]
+
+
+@pytest.mark.parametrize("text, stripped", [
+    ("no P01_11.wav or .flac in /Volumes/My Passport/EPIC/P01/audio).", "no P01_11.wav or .flac in <path>)."),
+    ("cannot open C:\\Users\\John Smith\\EPIC\\P01_11.MP4: moov atom not found", "cannot open <path>: moov atom not found"),
+    ("copy /a/b /c/d, then on/off", "copy <path> <path>, then on/off"),  # (two paths stay two)
+    ("switch on/off the tap, 1/2 cup", "switch on/off the tap, 1/2 cup")])
+def test_a_path_through_a_folder_with_a_space_is_stripped_whole(text, stripped):
+    """A prompt is the LLM cache's key: a data set under "/Volumes/My Passport" left "Passport/EPIC/..." in it, so
+    moving the data set asked the LLM again (and told the API the layout)."""
+    from leap_cli.programs.prompt import strip_paths
+
+    assert strip_paths(text) == stripped

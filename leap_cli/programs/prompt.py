@@ -34,9 +34,12 @@ DEFAULT_K = 4
 # add records made with another prompt to an output file (io.check_settings).
 PROMPT_VERSION = 2  # 2: exemplars chosen by narration, not by the words of the whole clip text
 _WORD = re.compile(r"[a-z]+")
-# a local file path: /abs/..., ~/..., ./..., ../..., file://..., C:\\... (at the start of a word, so "on/off" stays)
+# a local file path: /abs/..., ~/..., ./..., ../..., file://..., C:\\... (at the start of a word, so "on/off" stays),
+# through a space where the next word goes on with a folder ("/Volumes/My Passport/EPIC/P01": the part after the
+# space was left in the prompt, so the cache key changed where the data set moved)
 _PATH = re.compile(r"""(?:(?<=[\s('"=:,\[])|^)(?:file://)?(?:~|\.{1,2})?/[^\s/'"()<>\[\]]+(?:/[^\s/'"()<>\[\]]*)*"""
-                   r"""|(?:(?<=[\s('"=:,\[])|^)[A-Za-z]:\\[^\s'"()<>]*""")
+                   r"""(?: [^\s/'"()<>\[\]]+/[^\s/'"()<>\[\]]*(?:/[^\s/'"()<>\[\]]*)*)*"""
+                   r"""|(?:(?<=[\s('"=:,\[])|^)[A-Za-z]:\\[^\s'"()<>]*(?: [^\s\\'"()<>]+\\[^\s'"()<>]*)*""")
 PATH_PLACEHOLDER = "<path>"
 
 
