@@ -147,9 +147,6 @@ def test_the_last_of_a_repeated_scalar_wins_and_frame_numbers_are_int32():
     assert FrameDetections.from_protobuf(FrameDetections("P01_01", -1).to_protobuf()).frame_number == -1
 
 
-@pytest.mark.xfail(strict=True, reason="bug: HandObjectFrames keys a message by its FIRST frame_number field "
-                   "(_frame_number stops there) while decoding takes the LAST, as protobuf does; no EPIC file repeats "
-                   "the field, so it is left for now")
 def test_a_message_with_its_frame_number_twice_is_filed_under_the_number_it_decodes_to(tmp_path):
     path = tmp_path / "P01_01.pkl"
     path.write_bytes(pickle.dumps([b"\x10\x05\x10\x07"]))

@@ -48,3 +48,20 @@ def test_a_path_through_a_folder_with_a_space_is_stripped_whole(text, stripped):
     from leap_cli.programs.prompt import strip_paths
 
     assert strip_paths(text) == stripped
+
+
+def test_a_message_damaged_after_its_frame_number_fails_only_where_its_frame_is_read(tmp_path):
+    """Frames are filed by their last frame number (as decoding takes it; was: the first) without refusing a whole
+    file for one message damaged past its number: the other frames stay usable."""
+    import pickle
+
+    from leap_cli.epic.hand_objects import FrameDetections, open_hand_objects
+
+    good = FrameDetections("P01_01", 5).to_protobuf()
+    cut = b"\x10\x02\x10\x03" + bytes([6 << 3 | 1]) + b"\x00" * 7  # (frame 2, then 3; a fixed64 field cut short)
+    path = tmp_path / "P01_01.pkl"
+    path.write_bytes(pickle.dumps([cut, good]))
+    frames = open_hand_objects(path)
+    assert sorted(frames) == [3, 5] and frames[5].frame_number == 5
+    with pytest.raises(LeapError, match=r"\[frame 3 \(message 0\)\].*truncated"):
+        frames[3]

@@ -362,27 +362,35 @@ class HandObjectFrames(Mapping):
 
 def _frame_number(msg: bytes) -> int:
     """Field 2 (``frame_number``) of a Detections message without decoding the rest (0 when absent, as proto3
-    omits a default)."""
-    i, n = 0, len(msg)
-    while i < n:
-        key, i = _varint(msg, i)
-        wire = key & 7
-        if wire == 0:
-            val, i = _varint(msg, i)
-            if key >> 3 == 2:
-                return _signed32(val)
-        elif wire == 2:
-            length, i = _varint(msg, i)
-            i += length
-        elif wire == 5:
-            i += 4
-        elif wire == 1:
-            i += 8
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-    if i > n:
-        raise ValueError("truncated field")
-    return 0
+    omits a default; the last where the field is repeated, as decoding takes it: the other fields are skipped by
+    their lengths). A message damaged after a frame number is filed under it: its frame's decoding says the damage
+    where that frame is read (the rest of the file stays usable); one damaged before any raises here."""
+    i, n, number = 0, len(msg), None
+    try:
+        while i < n:
+            key = msg[i]  # (one byte for the fields of EPIC's messages: _varint only for longer ones)
+            key, i = (key, i + 1) if key < 0x80 else _varint(msg, i)
+            wire = key & 7
+            if wire == 0:
+                val, i = _varint(msg, i)
+                if key >> 3 == 2:
+                    number = _signed32(val)
+            elif wire == 2:
+                length = msg[i]
+                length, i = (length, i + 1) if length < 0x80 else _varint(msg, i)
+                i += length
+            elif wire == 5:
+                i += 4
+            elif wire == 1:
+                i += 8
+            else:
+                raise ValueError(f"unsupported wire type {wire}")
+        if i > n:
+            raise ValueError("truncated field")
+    except (ValueError, IndexError):
+        if number is None:
+            raise
+    return 0 if number is None else number
 
 
 def _decode(msg: bytes, path: Path, i: int, frame: int | None = None) -> FrameDetections:
