@@ -93,3 +93,21 @@ def test_a_worker_dead_before_the_error_is_said_without_waiting():
     with pytest.raises(LeapError, match="killed by SIGKILL"):
         list(D.Guarded(_Loader(_reset(), "start", workers), "--workers"))
     assert time.monotonic() - t < 0.5
+
+
+def test_another_error_stops_this_loaders_workers_and_no_other_process(monkeypatch):
+    """A process the caller started before (another loader's worker, a pool) lives on after an error that is no
+    worker's death (it was killed with the loader's workers: seen in CI as s53attack's failure)."""
+    import multiprocessing
+
+    monkeypatch.setattr(D, "DEATH_SHOWS", 0.1)
+    other = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,), daemon=True)
+    other.start()
+    try:
+        workers = [_Worker(101, None)]
+        with pytest.raises(ConnectionResetError):
+            list(D.Guarded(_Loader(_reset(), "start", workers), "--workers"))
+        assert workers[0].killed and other.is_alive()
+    finally:
+        other.kill()
+        other.join(5)

@@ -459,12 +459,12 @@ def _dead_workers(workers: list) -> list:
     return [w for w in workers if not w.is_alive() and w.exitcode]
 
 
-def _kill_workers(workers: list) -> None:
-    """Kill a loader's ``workers`` and the process's other multiprocessing children, before its error goes on: they
-    ignore SIGTERM, and the process's exit waited for them."""
+def _kill_workers(workers: list, children: bool = True) -> None:
+    """Kill a loader's ``workers`` and (``children``) the process's other multiprocessing children, before its error
+    goes on: they ignore SIGTERM, and the process's exit waited for them."""
     import multiprocessing
 
-    for p in workers + multiprocessing.active_children():
+    for p in workers + (multiprocessing.active_children() if children else []):
         if p.is_alive():
             p.kill()
             p.join(5)
@@ -556,11 +556,12 @@ class Guarded:
                 time.sleep(0.05)
         if _worker_died(e) or _dead_workers(mine):
             raise _died_error(e, self.option, mine) from e
-        _kill_workers(mine)
-        if isinstance(e, EOFError):
+        lost = isinstance(e, EOFError) or (isinstance(e, RuntimeError) and "timed out" in str(e))
+        _kill_workers(mine, children=lost)  # (another error: this loader's workers only, the caller's other
+        if isinstance(e, EOFError):  # processes live on)
             raise LeapError("a DataLoader worker's batch was lost on its way to the main process (EOFError)",
                             fix=_lost_fix(self.option)) from e
-        if isinstance(e, RuntimeError) and "timed out" in str(e):
+        if lost:
             raise LeapError(f"no batch came from the DataLoader's workers in {LOADER_TIMEOUT} s",
                             fix="a slow or stalled disk under the shards, or " + _lost_fix(self.option)) from e
         raise e
