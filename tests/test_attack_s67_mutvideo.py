@@ -1,15 +1,19 @@
-"""Attack on ``leap_cli/media/video.py`` (session 67, helper mutvideo): a hand-made mutation run over the readers
-of users' videos (VideoReader's seeks, grabs and failures; FramesFolderReader; the resizing and colour helpers;
-open_video; decodable_frames), with tests for the survivors that were real gaps.
+"""Attack on ``leap_cli/media/video.py`` (session 67, helper mutvideo): a hand-made mutation run (135 mutants) over
+the readers of users' videos (VideoReader's seeks, grabs and failures; FramesFolderReader; the resizing and colour
+helpers; the libjpeg catcher; open_video; typo_hint; decodable_frames), with tests for the survivors that were gaps.
 
-Found: a reader that had failed on a corrupt stretch in the middle of an MP4 went on grabbing from where it
-believed it stood, while FFmpeg had moved on through the packets it could not decode: a later segment within
-SEEK_GAP frames got frames shifted by the failed grabs (frame 142 returned as frame 118), silently. Fixed: after a
-failure the next frame is sought. Tests are also added for the survivors that were real gaps: the rounding of
-stored_size and resize_short_side (1920x1080 at 320 is 569 wide, not 568), odd sizes shrunk by INTER_AREA without
-halving, a fresh reader counting as decoding from the start, an exact seek's failure not condemning later frames,
-a capture that cannot be reopened, a frames folder whose sampled frames are all unreadable (a bare ``raise None``
-TypeError), and an empty rgb_frames folder beside its tar.
+Found a bug (fixed): a reader that had failed on a corrupt stretch in the middle of an MP4 went on grabbing from
+where it believed it stood, while FFmpeg had gone on through the packets it could not decode: the next segments
+within SEEK_GAP frames got frames shifted by the failed grabs (frame 142 returned as frame 118), silently. After a
+failure the next frame is now sought.
+
+Gaps closed (no bug behind them): stored_size and resize_short_side round to nearest alike (1920x1080 at 320 is 569
+wide); odd sizes shrink by INTER_AREA without halving, factors under 2 and upscales bilinearly; a fresh reader counts
+as decoding from the start, a failure after an exact seek does not; a file gone between reads is "cannot be
+reopened"; a frames folder whose sampled frames all fail names the first; a frame cut inside its headers still
+sizes the folder; padding between header segments is no cut; the libjpeg catcher's file is per forked process and
+above fd 2 with stdin closed too; frames decode where it gets no file; the typo hint comes from the narration id
+(and counts a video there as frames only); a file whose index is whole and no frame decodes has 0 decodable frames.
 """
 
 from __future__ import annotations
@@ -70,6 +74,41 @@ def test_seeking_and_decoding_from_the_start_give_the_frames_asked_for(clip, gap
             sought = kept.read_frames(frames)
             assert [_number(f) for f in sought] == frames
             assert np.array_equal(sought, decoded), frames
+
+
+@pytest.fixture(scope="module")
+def stretch(tmp_path_factory):
+    """The clip (moov at the end) with a tenth of its bytes zeroed at 40%: frames in the middle do not decode."""
+    folder = tmp_path_factory.mktemp("stretch")
+    whole = folder / "whole.mp4"
+    write_mp4(whole, (_frame(i) for i in range(1, 201)), 25.0, gop=12)
+    data = bytearray(whole.read_bytes())
+    a = int(len(data) * 0.4)
+    data[a:a + len(data) // 10] = bytes(len(data) // 10)
+    path = folder / "stretch.mp4"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_frames_read_after_a_corrupt_stretch_are_the_frames_asked_for(stretch):
+    """A failed grab() leaves the capture past packets it could not decode: the reader kept grabbing from where it
+    believed it stood, and the next segments within SEEK_GAP frames got frames shifted by the failed grabs (frame
+    142 as frame 118), silently. After a failure, every frame read is the one asked for, or an error."""
+    with VideoReader(stretch, record="P01_01_3") as r:
+        failed_at, wrong, read_after = None, [], []
+        for f in range(80, 201):
+            try:
+                got = _number(r.read_frames([f])[0])
+            except VideoUnreadable:
+                failed_at = failed_at or f
+                continue
+            if failed_at is not None:
+                read_after.append(f)
+                if got != f:
+                    wrong.append((f, got))
+    assert failed_at is not None and 120 > failed_at > 80  # (the stretch is there)
+    assert wrong == []
+    assert read_after and read_after[-1] == 200  # (frames past the stretch still read)
 
 
 class _Capture:

@@ -16,6 +16,7 @@ This module knows frame numbers only: which frames show a time window is the tim
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from pathlib import Path
@@ -267,6 +268,10 @@ class VideoReader:
     def _fail(self, frame: int):
         if self._from_start:  # (after an exact seek, frames past a corrupt stretch may still be reached)
             self._dead_from = frame if self._dead_from is None else min(self._dead_from, frame)
+        # where the capture stands is unknown now (a failed grab() of a corrupt stretch has gone on through packets
+        # it could not decode): the next frame asked for is sought, not grabbed towards (frames shifted by the failed
+        # grabs came back silently as the frames asked for)
+        self._next = math.inf
         raise VideoUnreadable(f"the video ends or is corrupt at frame {frame} (of {self.num_frames} announced)",
                               gist="the video ends early or is corrupt",
                               path=self.path, record=self.record,
