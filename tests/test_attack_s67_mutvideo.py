@@ -1,4 +1,4 @@
-"""Attack on ``leap_cli/media/video.py`` (session 67, helper mutvideo): a hand-made mutation run (135 mutants) over
+"""Attack on ``leap_cli/media/video.py`` (session 67, helper mutvideo): a hand-made mutation run (155 mutants) over
 the readers of users' videos (VideoReader's seeks, grabs and failures; FramesFolderReader; the resizing and colour
 helpers; the libjpeg catcher; open_video; typo_hint; decodable_frames), with tests for the survivors that were gaps.
 
@@ -13,7 +13,14 @@ as decoding from the start, a failure after an exact seek does not; a file gone 
 reopened"; a frames folder whose sampled frames all fail names the first; a frame cut inside its headers still
 sizes the folder; padding between header segments is no cut; the libjpeg catcher's file is per forked process and
 above fd 2 with stdin closed too; frames decode where it gets no file; the typo hint comes from the narration id
-(and counts a video there as frames only); a file whose index is whole and no frame decodes has 0 decodable frames.
+(and counts a video there as frames only); a file whose index is whole and no frame decodes has 0 decodable
+frames; a frame the disk cannot read is refused naming it; a frame in another format under a .jpg name is sized by
+decoding; DECODE_THREADS reaches the capture.
+
+Left alive: equivalent mutants (square frames either branch, a same-size or exact-2x resize done another way, dead
+branches such as the rewind of a sorted seek=False pass, a second midpoint rule of the bisection, one libjpeg line
+per image) and three not worth a test: the plural of "frame(s)" in a size message, a DNL JPEG's height 0, and which
+way the 2% fps tolerance is measured.
 """
 
 from __future__ import annotations
@@ -331,3 +338,44 @@ def test_frames_decode_where_no_file_for_libjpegs_lines_can_be_had(tmp_path, mon
 
     monkeypatch.setattr(video._jpeg, "_file", no_file)
     assert _number(FramesFolderReader(folder, 50.0).read_frames([3])[0]) == 3
+
+
+def test_a_frame_the_disk_cannot_read_is_refused_naming_it(tmp_path, monkeypatch):
+    """An I/O error of a failing disk is a VideoUnreadable of that frame (its cause said), not a traceback."""
+    from pathlib import Path
+
+    folder = _folder(tmp_path, range(1, 4))
+    r = FramesFolderReader(folder, 50.0, record="P01_01_2")
+    real = Path.read_bytes
+
+    def failing(self):
+        if self.name == frame_filename(2):
+            raise OSError(5, "Input/output error", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", failing)
+    with pytest.raises(VideoUnreadable, match=r"frame 2 cannot be read \(Input/output error\)") as e:
+        r.read_frames([1, 2])
+    assert e.value.files == [folder / frame_filename(2)]
+
+
+def test_frames_of_another_format_under_jpg_names_are_sized_by_decoding(tmp_path):
+    """A frame that is no JPEG (PNG bytes under frame_*.jpg) has no JPEG header to read its size from: it is decoded,
+    and its size is (height, width) as a JPEG's would be."""
+    folder = tmp_path / "P01" / "rgb_frames" / "P01_01"
+    folder.mkdir(parents=True)
+    for i in range(1, 4):
+        (folder / frame_filename(i)).write_bytes(cv2.imencode(".png", cv2.cvtColor(_frame(i), cv2.COLOR_RGB2BGR))[1])
+    r = FramesFolderReader(folder, 50.0)
+    assert (r.width, r.height) == (W, H) and _number(r.read_frames([3])[0]) == 3
+
+
+def test_the_decode_threads_set_are_the_captures(tmp_path, monkeypatch):
+    """DECODE_THREADS (workers set it) is the number of FFmpeg threads a large video's capture is opened with."""
+    path = tmp_path / "over.mp4"
+    write_mp4(path, (np.full((480, 656, 3), 100, np.uint8) for _ in range(2)), 25.0, gop=2)
+    monkeypatch.setattr(video, "DECODE_THREADS", 2)
+    with VideoReader(path) as r:
+        assert r._cap.get(cv2.CAP_PROP_N_THREADS) == 2
+        r.read_frames([2], seek=False)  # (reopened from the start: the same threads)
+        assert r._cap.get(cv2.CAP_PROP_N_THREADS) == 2
