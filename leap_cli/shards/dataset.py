@@ -527,6 +527,14 @@ class Guarded:
             if not workers:
                 raise
             self._failed(e, _workers_of(self.loader))
+        # A worker that died as its loader started, before torch had registered the workers' pids for its SIGCHLD
+        # check (it forks them one by one first), was heard by no one: its SIGCHLD found no registered worker dead,
+        # and the main process waited LOADER_TIMEOUT for its batch, without a word. One dying after this look is
+        # heard (its pid is registered).
+        dead = _dead_workers(_workers_of(self.loader, it)) if workers else []
+        if dead:
+            self._failed(RuntimeError(f"DataLoader worker (pid {dead[0].pid}) exited unexpectedly with exit code "
+                                      f"{dead[0].exitcode}"), _workers_of(self.loader, it))
         while True:
             try:
                 if workers and _DIED["error"] is not None:  # (one that died while the main process was elsewhere)
