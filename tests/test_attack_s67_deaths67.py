@@ -188,3 +188,79 @@ def test_a_worker_dead_before_torch_registered_its_pid_is_said_at_once(kitchen, 
     r["took"] = r["ended"] - float(killed.read_text())
     _died(r, stage)
     assert f"was killed by {sig}" in _said(r["err"])[0], r["err"][-1500:]
+
+
+# At the NTH step boundary (GracefulStop's look): a training worker killed, then a SIGTERM to the process, the two a
+# moment apart (a job's OOM kill and its scheduler's stop; torchrun's SIGTERM to a rank whose worker it brought down)
+KILLED_WITH_A_STOP = """
+import multiprocessing, os, signal, sys, time
+import leap_cli.train.loop as loop
+look = loop.GracefulStop.__call__
+calls = []
+def stop_with_a_death(self):
+    calls.append(1)
+    if len(calls) == {nth}:
+        worker = multiprocessing.active_children()[0]
+        with open({killed!r}, "w") as f:
+            f.write(repr(time.monotonic()))
+        os.kill(worker.pid, signal.SIGKILL)
+        time.sleep(0.3)  # (its SIGCHLD handled, no batch awaited)
+        os.kill(os.getpid(), signal.{sig})
+        time.sleep(0.1)
+    return look(self)
+loop.GracefulStop.__call__ = stop_with_a_death
+from leap_cli.cli import main
+sys.argv = ["leap", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("sig,nth,step", [("SIGTERM", 3, 2), ("SIGINT", 5, 3)])  # (mid-epoch; at an epoch's end)
+def test_a_worker_killed_as_the_run_stops_at_a_signal_lets_it_exit(kitchen, tmp_path, tmp, sig, nth, step):
+    """Was: the run stopped at the step boundary (last.pt saved), then its exit waited for ever for the live worker
+    (multiprocessing's exit joins its children; the worker ignores SIGTERM)."""
+    wd = workdir_from(kitchen, tmp_path / "wd", "shards", "programs")
+    killed = tmp_path / "killed"
+    code = KILLED_WITH_A_STOP.format(sig=sig, nth=nth, killed=str(killed))
+    r = _run([sys.executable, "-c", code, "train", "--workdir", wd, *TRAIN, "--set", "train.epochs=4", *NO_VAL], tmp,
+             lambda kids, pid: None, timeout=30)
+    assert r["rc"] is not None, "still running after the kill and the stop: " + r["err"][-1500:]
+    took = r["ended"] - float(killed.read_text())
+    assert r["rc"] == {"SIGTERM": 143, "SIGINT": 130}[sig] and "Traceback" not in r["err"], r["err"][-1500:]
+    assert took < PROMPT and not r["left"] and not r["temps"], (took, r["left"], r["temps"])
+    import torch
+
+    ck = torch.load(wd / "runs" / "r" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert ck["step"] == step, ck["step"]  # (the stop's step boundary)
+
+
+# A training worker killed as the validation loader forks its first worker, its SIGCHLD heard in Python code run by
+# the fork (an at-fork callback: logging's lock release is one; here one that waits for the SIGCHLD)
+KILLED_IN_A_FORK = """
+import multiprocessing, os, signal, sys, time
+from leap_cli.shards import dataset
+done = []
+def after_fork():
+    if dataset._DIED["waiting"] and len(multiprocessing.active_children()) >= 2 and not done:
+        done.append(1)
+        os.kill(multiprocessing.active_children()[0].pid, signal.SIGKILL)
+        end = time.monotonic() + 1
+        while time.monotonic() < end:
+            time.sleep(0.01)
+os.register_at_fork(after_in_parent=after_fork)
+from leap_cli.cli import main
+sys.argv = ["leap", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_worker_death_heard_in_an_at_fork_callback_is_one_line(kitchen, tmp_path, tmp):
+    """Was: "Exception ignored in: <function _releaseLock ...>" and torch's RuntimeError's traceback above the line
+    (the SIGCHLD handler raised where Python cannot raise: seen under a SIGINT during validation's start)."""
+    wd = workdir_from(kitchen, tmp_path / "wd", "shards", "programs")
+    r = _run([sys.executable, "-c", KILLED_IN_A_FORK, "train", "--workdir", wd, *TRAIN, "--set", "train.epochs=2",
+              "--set", "train.eval_every_epochs=1"], tmp, lambda kids, pid: None, timeout=30)
+    said = _said(r["err"])
+    assert r["rc"] == 2 and "Traceback" not in r["err"] and "Exception ignored" not in r["err"], r["err"][-1500:]
+    assert len(said) == 1 and "killed by" in said[0], r["err"][-1500:]
+    assert not r["left"] and not r["temps"], (r["left"], r["temps"])

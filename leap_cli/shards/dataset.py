@@ -412,6 +412,10 @@ def _lost_fix(option: str) -> str:
 _DIED: dict = {"error": None, "waiting": False}
 
 
+class WorkerDied(RuntimeError):
+    """torch's error for a DataLoader worker that died, as ``watch_workers``' handler keeps and raises it."""
+
+
 def watch_workers() -> None:
     """Install the SIGCHLD handler above in place of torch's (main thread, once; before a loader's iterator, which
     would install torch's)."""
@@ -430,12 +434,17 @@ def watch_workers() -> None:
             torch._C._error_if_any_worker_fails()
         except RuntimeError as e:
             if _DIED["error"] is None:  # (the main process's threads that served the dead worker fail as they
-                from leap_cli.common import quiet_unraisable  # stop: tracebacks above the line that says it)
+                from leap_cli.common import quiet_unraisable  # stop: tracebacks above the line that says it; and
 
-                quiet_unraisable(KeyError, AttributeError, OSError, EOFError)
-            _DIED["error"] = e
+                # this error itself where the signal came in code whose errors Python cannot raise, as an at-fork
+                # callback run as a loader forks its workers (logging's): said as it is raised again, in one line)
+                quiet_unraisable(KeyError, AttributeError, OSError, EOFError, WorkerDied)
+            # (kept without its traceback: that held the frames the signal came in, and so the loaders' iterators,
+            # until the process's end, whose exit then waited for ever for their workers, which ignore SIGTERM: a run
+            # stopped by a signal at a step boundary as a worker died)
+            _DIED["error"] = WorkerDied(*e.args)
             if _DIED["waiting"]:
-                raise
+                raise WorkerDied(*e.args) from None  # (another: the raise gives it a traceback)
         if callable(previous):
             previous(signum, frame)
 
