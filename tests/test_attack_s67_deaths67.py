@@ -13,7 +13,10 @@ Found (all fixed in leap_cli/shards/dataset.py):
   frames, and so the loaders' iterators, which torch never shut down. The death is kept without its traceback;
 - a death whose SIGCHLD came in an at-fork callback (logging's, as the validation loader forks) printed "Exception
   ignored in ..." and torch's error's traceback above the line.
-Seen and left (not leap's): torch's own line from a worker's SIGBUS/SIGSEGV handler ("ERROR: Unexpected bus error
+Not fixed (strict xfail): evaluate's stop (SIGINT; SIGTERM, which cli makes a KeyboardInterrupt) heard in an at-fork
+callback as the workers are forked is dropped by Python as unraisable, and evaluate goes on and exits 0.
+Seen once, not explained and not seen again in 9 runs: the validation case of the first test (train.epochs=1) said
+its line and had not exited 30 s later. Seen and left (not leap's): torch's own line from a worker's SIGBUS/SIGSEGV handler ("ERROR: Unexpected bus error
 ..."), written with its C string's NUL."""
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def _with_val(wd: Path) -> tuple:
 
 
 # gradient accumulation over the epoch's 3 batches (a step an epoch), validation and last.pt at each step
-RESUMED = (*TRAIN, "--set", "train.epochs=4", "--set", "optim.accum_steps=3", "--set", "train.checkpoint_every=1")
+RESUMED = (*TRAIN, "--set", "train.epochs=3", "--set", "optim.accum_steps=3", "--set", "train.checkpoint_every=1")
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +115,7 @@ def _run(cmd, tmp: Path, pick, timeout: float = 20.0) -> dict:
     """Run ``cmd`` in its own session with TMPDIR ``tmp``; ``pick(workers, pid)`` returns the (pid, signal)s to send
     once, or None. The exit status (None: still running at ``timeout``), stderr, what was sent, the seconds from the
     sending to the exit, the processes of the run left running and what the run left in ``tmp``."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**ENV, "TMPDIR": str(tmp)},
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**ENV, "TMPDIR": str(tmp)},
                          cwd=ROOT, start_new_session=True)
     sent, at, t = None, None, time.monotonic()
     try:
@@ -196,7 +199,7 @@ def test_a_worker_dead_before_torch_registered_its_pid_is_said_at_once(kitchen, 
         args = _evaluate(kitchen, tmp_path / "out")
     else:
         wd = workdir_from(kitchen, tmp_path / "wd", "shards", "programs")
-        args = ("train", "--workdir", wd, *TRAIN, "--set", "train.epochs=2", *_with_val(wd))
+        args = ("train", "--workdir", wd, *TRAIN, "--set", "train.epochs=1", *_with_val(wd))
         # (validation of more batches than its workers fetch ahead: the live worker waits for its next batch's index;
         # where it had none left, it ended, and that child's exit made torch's SIGCHLD check find the dead one)
     killed = tmp_path / "killed"
@@ -275,7 +278,7 @@ def test_a_worker_death_heard_in_an_at_fork_callback_is_one_line(kitchen, tmp_pa
     """Was: "Exception ignored in: <function _releaseLock ...>" and torch's RuntimeError's traceback above the line
     (the SIGCHLD handler raised where Python cannot raise: seen under a SIGINT during validation's start)."""
     wd = workdir_from(kitchen, tmp_path / "wd", "shards", "programs")
-    r = _run([sys.executable, "-c", KILLED_IN_A_FORK, "train", "--workdir", wd, *TRAIN, "--set", "train.epochs=2",
+    r = _run([sys.executable, "-c", KILLED_IN_A_FORK, "train", "--workdir", wd, *TRAIN, "--set", "train.epochs=1",
               *_with_val(wd)], tmp, lambda kids, pid: None, timeout=30)
     said = _said(r["err"])
     assert r["rc"] == 2 and "Traceback" not in r["err"] and "Exception ignored" not in r["err"], r["err"][-1500:]
@@ -293,10 +296,10 @@ def _comm(pid: int) -> str:
 def test_evaluate_workers_killed_at_random_moments_each_said_at_once(kitchen, tmp_path, tmp):
     """leap evaluate --workers 2 again and again, one or both workers killed (SIGKILL, SIGBUS, SIGSEGV) from the
     moment the first is forked to its batches (the early kills met the race of the first test about one time in
-    five), for 6 s and 3 runs at least."""
+    five), for 5 s and 3 runs at least."""
     rng = random.Random(67)
     sigs = [signal.SIGKILL, signal.SIGBUS, signal.SIGSEGV]
-    end, runs, deaths = time.monotonic() + 6, 0, 0
+    end, runs, deaths = time.monotonic() + 5, 0, 0
     while time.monotonic() < end or runs < 3:
         sig, both, delay = sigs[runs % 3], rng.random() < 0.3, rng.choice([0.0, 0.0, rng.uniform(0, 0.3)])
         first: list = []
@@ -335,7 +338,7 @@ def test_a_worker_killed_at_a_random_moment_of_training_then_resume_gives_the_un
     wd = workdir_from(kitchen, tmp_path / "wd", "shards", "programs")
     metrics = wd / "runs" / "r" / "metrics.jsonl"
     rng = random.Random()
-    want, sig = rng.randint(0, 5), rng.choice([signal.SIGKILL, signal.SIGBUS, signal.SIGSEGV])
+    want, sig = rng.randint(0, 4), rng.choice([signal.SIGKILL, signal.SIGBUS, signal.SIGSEGV])
 
     def pick(kids, pid):
         kids = [k for k in kids if _comm(k) == "pt_data_worker"]
@@ -356,3 +359,36 @@ def test_a_worker_killed_at_a_random_moment_of_training_then_resume_gives_the_un
                    torch.load(ref / "checkpoints" / "last.pt", map_location="cpu", weights_only=True))
     steps = [(m["split"], m["step"]) for m in map(json.loads, metrics.read_text().splitlines())]
     assert steps == [(m["split"], m["step"]) for m in map(json.loads, (ref / "metrics.jsonl").read_text().splitlines())]
+
+
+# evaluate's stop (Ctrl-C; SIGTERM, which cli turns into a KeyboardInterrupt) heard as a loader forks its workers, in
+# Python code the fork runs (an at-fork callback: logging's lock release is one; here one that waits for the signal)
+STOPPED_IN_A_FORK = """
+import os, signal, sys, time
+done = []
+def after_fork():
+    if not done:
+        done.append(1)
+        os.kill(os.getpid(), signal.{sig})
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end:
+            time.sleep(0.01)
+os.register_at_fork(after_in_parent=after_fork)
+from leap_cli.cli import main
+sys.argv = ["leap", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="BUG, not fixed: a SIGINT/SIGTERM whose KeyboardInterrupt is raised in an "
+                   "at-fork callback (logging's _releaseLock, as evaluate forks its DataLoader workers) is dropped by "
+                   "Python as unraisable ('Exception ignored in ... KeyboardInterrupt'): evaluate goes on to the end "
+                   "and exits 0 (3 of 6 early SIGINTs, 4 of 6 SIGTERMs here). Blocking the signals in the main thread "
+                   "while it forks does not do (torch's threads take them); a sys.unraisablehook in cli that sends a "
+                   "dropped KeyboardInterrupt's signal again would")
+def test_evaluate_stopped_as_it_forks_its_workers_stops(kitchen, tmp_path, tmp):
+    r = _run([sys.executable, "-c", STOPPED_IN_A_FORK.format(sig="SIGTERM"), *map(str, _evaluate(kitchen, tmp_path / "o"))],
+             tmp, lambda kids, pid: None, timeout=30)
+    assert r["rc"] == 143 and "KeyboardInterrupt" not in r["err"], f"{r['rc']} " + r["err"][-1500:]
+    assert not r["left"] and not r["temps"], (r["left"], r["temps"])
+
