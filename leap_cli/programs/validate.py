@@ -137,19 +137,21 @@ class _Checker:
 
     def consistent(self, conds: list[dict], ptr: str) -> None:
         """A list of conditions that holds at one moment (a pre or a post) must not contradict itself: a fact and
-        its negation, or both of a pair that cannot hold at once (open and closed, switched_on and switched_off)."""
+        its negation, or both of a pair that cannot hold at once (open and closed, switched_on and switched_off;
+        of complements, not open and not closed too: the chaining takes each as the other's fact)."""
         said: dict = {}  # fact -> (negated, index, condition)
         for j, cond in enumerate(conds):
             fact = self.fact(cond)
             other = said.get(fact)
-            opposite = OPPOSITES.get(fact[0])
-            clash = (opposite, *fact[1:]) if opposite and not cond["negated"] else None
+            opposite = (COMPLEMENTS if cond["negated"] else OPPOSITES).get(fact[0])
+            clash = (opposite, *fact[1:]) if opposite else None  # said with the same sign as this one, it clashes
             if other is not None and other[0] != cond["negated"]:
                 self.add(f"{ptr}/{j}", f"{_text(cond)} contradicts {ptr}/{other[1]} of the same list"
                                        + _one_class(cond, other[2], fact))
-            elif clash is not None and said.get(clash, (True,))[0] is False:
-                self.add(f"{ptr}/{j}", f"{_text(cond)} contradicts {ptr}/{said[clash][1]} ({clash[0]}) of the same "
-                                       "list: they cannot hold at once" + _one_class(cond, said[clash][2], fact))
+            elif clash is not None and said.get(clash, (None,))[0] is cond["negated"]:
+                self.add(f"{ptr}/{j}", f"{_text(cond)} contradicts {ptr}/{said[clash][1]} "
+                                       f"({'not ' if cond['negated'] else ''}{clash[0]}) of the same list: they cannot "
+                                       "hold at once" + _one_class(cond, said[clash][2], fact))
             said.setdefault(fact, (cond["negated"], j, cond))
 
     def run(self, steps: list[dict], state: dict, ptr: str, *, report: bool = True) -> dict:

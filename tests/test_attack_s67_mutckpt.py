@@ -1,0 +1,207 @@
+"""Gaps a hand-made mutation run over train/checkpoint.py, programs/validate.py and programs/provenance.py found:
+behaviour no fast test held (each test names the mutants it kills). FINDINGS"""
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from leap_cli.errors import LeapError
+from leap_cli.programs.validate import validate_semantics
+from leap_cli.train.checkpoint import load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
+from tests.test_checkpoint_inference import _ckpt, _two_checkpoints, tiny  # noqa: F401 (fixture)
+from tests.test_programs_validate import C, S, messages, nouns, prog, verbs  # noqa: F401 (fixtures)
+
+# ---------------------------------------------------------------------------------------------------------------
+# train/checkpoint.py
+
+
+@pytest.mark.parametrize("held", ["model_args and model", torch.zeros(3), {"model_args": {}}])
+def test_a_file_that_is_no_checkpoint_dict_is_refused_in_one_line(tmp_path: Path, held) -> None:
+    """A file holding a string, a bare tensor or a dict without weights is no leap checkpoint: one LeapError, not a
+    TypeError or a KeyError in load_model. (mutants: the dict check dropped; the 'model' check dropped)"""
+    torch.save(held, tmp_path / "x.pt")
+    with pytest.raises(LeapError, match="not a leap checkpoint"):
+        load_checkpoint(tmp_path / "x.pt")
+
+
+def test_a_folder_given_as_the_checkpoint_file_is_not_found(tmp_path: Path) -> None:
+    """(mutant: ``is_file`` as ``exists``: a folder was read by torch.load and called a corrupt file)"""
+    with pytest.raises(LeapError, match="checkpoint not found"):
+        load_checkpoint(tmp_path)
+
+
+def test_best_falls_back_to_last_with_a_warning_and_the_checkpoints_folder_is_a_run(tmp_path: Path, caplog) -> None:
+    """A run without validation has no best.pt: best (the default) takes last.pt and says so; last does not take
+    best.pt; the checkpoints folder itself resolves as its run does; ``which`` is best or last only, a file too.
+    (mutants: the fallback for 'last' instead of 'best'; the checkpoints folder not taken as the
+    run's; the check of ``which`` dropped)"""
+    _, last = _two_checkpoints(tmp_path / "run")
+    folder = tmp_path / "run" / "checkpoints"
+    (folder / "best.pt").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert resolve_checkpoint(tmp_path / "run") == folder / "last.pt"
+    assert "no best.pt" in caplog.text
+    assert resolve_checkpoint(folder, "last") == folder / "last.pt"
+    model, ckpt = load_model(folder)
+    assert ckpt["step"] == 9 and all(torch.equal(v, last[k]) for k, v in model.state_dict().items())
+    (folder / "last.pt").rename(folder / "best.pt")
+    with pytest.raises(LeapError, match="no last.pt checkpoint"):
+        resolve_checkpoint(tmp_path / "run", "last")
+    with pytest.raises(LeapError, match="which must be 'best' or 'last'"):
+        resolve_checkpoint(folder / "best.pt", "middle")
+
+
+def test_a_tensor_of_another_shape_is_refused_unless_partial(tmp_path: Path, tiny, caplog) -> None:
+    """A checkpoint whose verb head has another shape (weights of a model with more classes) is refused, naming the
+    tensor and both shapes; --allow-partial-load loads the rest with a warning and leaves that one at its
+    initialisation. (mutant: the misfit passed on to load_state_dict, which raises a RuntimeError even with
+    strict=False; dropping the misfits from the refusal is equivalent: a tensor left out is a missing key)"""
+    ckpt = _ckpt(tiny)
+    w = ckpt["model"]["verb_head.weight"]
+    ckpt["model"] = {**ckpt["model"], "verb_head.weight": torch.zeros(w.shape[0] + 2, *w.shape[1:])}
+    save_checkpoint(tmp_path / "other.pt", ckpt)
+    with pytest.raises(LeapError, match=r"of another shape \['verb_head.weight \(" + str(w.shape[0] + 2)):
+        load_model(tmp_path / "other.pt")
+    with caplog.at_level(logging.WARNING):
+        model, _ = load_model(tmp_path / "other.pt", allow_partial=True)
+    assert "missing from the checkpoint or of another shape" in caplog.text
+    assert model.verb_head.weight.shape == w.shape and torch.equal(model.noun_head.weight, tiny.noun_head.weight)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# programs/validate.py
+
+
+def _pot(*steps, pre=()):
+    return messages(validate_semantics(prog(list(steps), pre=list(pre), verb="lift", noun="pot"), *_VOCAB))
+
+
+_VOCAB: tuple = ()
+
+
+@pytest.fixture(autouse=True)
+def _vocab(verbs, nouns):
+    global _VOCAB
+    _VOCAB = (verbs, nouns)
+
+
+def _hold(hand, neg=False, obj="pot"):
+    return S("lift" if not neg else "let-go", obj, post=[C("holding", hand, obj, neg=neg)], hand=hand)
+
+
+def _needs(hand, neg=False, obj="pot"):
+    return S("carry", obj, pre=[C("holding", hand, obj, neg=neg)], hand=hand)
+
+
+def test_which_hands_hold_after_holds_and_lets_go() -> None:
+    """The hands' bookkeeping, one rule each. (mutants: 'either' not satisfied by 'both'; 'both' satisfied by one
+    hand; not holding(both) leaving the hands that held it each; the other hand of a 'both' hold swapped; an
+    'either' hold kept after one hand lets go)"""
+    assert _pot(_hold("both"), _needs("either")) == []
+    assert _pot(_hold("left"), _needs("both"))[0][0] == "/steps/1/pre/0"
+    assert _pot(_hold("left"), _hold("right"), _needs("both")) == []
+    # said of each hand, then let go with both: neither holds it any more
+    assert _pot(_hold("left"), _hold("right"), _hold("both", neg=True), _needs("left"))[0][0] == "/steps/3/pre/0"
+    assert _pot(_hold("left"), _hold("right"), _hold("both", neg=True), _needs("either", neg=True)) == []
+    # the left hand lets go of a two-handed hold: the right keeps it, the left does not
+    assert _pot(_hold("both"), _hold("left", neg=True), _needs("right")) == []
+    assert _pot(_hold("both"), _hold("left", neg=True), _needs("left"))[0][0] == "/steps/2/pre/0"
+    # held with either hand, then the left lets go: which one held it is not known, so no longer held for sure
+    assert _pot(_hold("either"), _hold("left", neg=True), _needs("either"))[0][0] == "/steps/2/pre/0"
+
+
+def test_a_precondition_failing_in_both_passes_of_a_loop_is_one_finding() -> None:
+    """The second pass of a loop checks its body again: a finding of both passes is said once. (mutant: findings
+    not deduplicated)"""
+    body = S("scrub", "plate", pre=[C("wet", "sponge")], post=[C("clean", "plate")])
+    got = messages(validate_semantics(prog([{"type": "loop", "until": C("clean", "plate"), "steps": [body]}]),
+                                      *_VOCAB))
+    assert got == [("/steps/0/steps/0/pre/0", "precondition wet(sponge) does not hold: no earlier step or program "
+                                              "precondition establishes it")]
+
+
+def test_each_condition_contradicting_the_first_saying_is_named() -> None:
+    """A list says open(fridge), then not open(fridge) twice: each of the two contradicts the first, which stands.
+    (mutant: the later saying overwrote the first: the third condition, agreeing with the second, went unsaid)"""
+    shut = S("close", "fridge", post=[C("closed", "fridge")])
+    pre = [C("open", "fridge"), C("open", "fridge", neg=True), C("open", "fridge", neg=True)]
+    got = messages(validate_semantics(prog([shut], pre=pre, verb="close", noun="fridge"), *_VOCAB))
+    assert [(p, m) for p, m in got if "contradicts" in m] == [
+        ("/pre/1", "not open(fridge) contradicts /pre/0 of the same list"),
+        ("/pre/2", "not open(fridge) contradicts /pre/0 of the same list")]
+
+
+def test_a_sub_actions_second_object_and_its_own_pre_are_checked() -> None:
+    """(mutants: object_b's vocabulary check dropped; the check of a sub-action's pre against itself dropped)"""
+    put = S("put", "plate", "flibbertigibbet", pre=[C("open", "fridge"), C("closed", "fridge")])
+    got = messages(validate_semantics(prog([put], pre=[C("open", "fridge")], verb="put", noun="plate"), *_VOCAB))
+    assert ("/steps/0/object_b", "object 'flibbertigibbet' is not an EPIC noun class (key or synonym)") in got
+    assert any(p == "/steps/0/pre/1" and "contradicts /steps/0/pre/0 (open)" in m for p, m in got), got
+
+
+def test_an_empty_loop_is_one_finding() -> None:
+    """(mutant: an empty loop went on to be run: its until was also 'never reached')"""
+    loop = {"type": "loop", "until": C("clean", "plate"), "steps": []}
+    got = messages(validate_semantics(prog([S("wash", "plate"), loop]), *_VOCAB))
+    assert got == [("/steps/1/steps", "empty loop")]
+
+
+def test_a_loops_until_holds_after_it_whatever_its_last_pass_left() -> None:
+    """A loop whose body fills the pot only when the tap is on ends with full(pot): it ran until so. (mutant: the
+    until not asserted after the loop: the program's post full(pot) was said not to hold)"""
+    fill = S("fill", "pot", post=[C("full", "pot")])
+    loop = {"type": "loop", "until": C("full", "pot"),
+            "steps": [{"type": "conditional", "if": C("switched_on", "tap"), "then": [fill], "else": []}]}
+    assert validate_semantics(prog([loop], post=[C("full", "pot")], verb="fill", noun="pot"), *_VOCAB) == []
+
+
+def test_a_loops_until_reached_in_an_else_branch_and_an_empty_then() -> None:
+    """(mutants: the sub-actions of a loop's else branches not searched for its until; the empty then branch not
+    said, which the schema refuses before but validate_semantics itself promises)"""
+    fill = S("fill", "pot", post=[C("full", "pot")])
+    wait = S("wait", "pot")
+    loop = {"type": "loop", "until": C("full", "pot"),
+            "steps": [{"type": "conditional", "if": C("switched_on", "tap", neg=True), "then": [wait], "else": [fill]}]}
+    assert validate_semantics(prog([loop], verb="fill", noun="pot"), *_VOCAB) == []
+    empty = {"type": "conditional", "if": C("switched_on", "tap"), "then": [], "else": [fill]}
+    assert messages(validate_semantics(prog([wait, empty], verb="fill", noun="pot"), *_VOCAB)) == [
+        ("/steps/1/then", "empty then branch")]
+
+
+def test_not_open_and_not_closed_in_one_list_contradict() -> None:
+    """open and closed are complements (``vocab.COMPLEMENTS``: the chaining takes not open(fridge) as
+    closed(fridge)), so a pre saying not open(fridge) and not closed(fridge) says closed and open at once. It was
+    valid: the state then held open(fridge) from the later condition, whatever the first said. empty/full are no
+    complements (a pot can be half full): not empty and not full together stay valid."""
+    shut = S("close", "fridge", post=[C("closed", "fridge")])
+    pre = [C("open", "fridge", neg=True), C("closed", "fridge", neg=True)]
+    got = messages(validate_semantics(prog([shut], pre=pre, verb="close", noun="fridge"), *_VOCAB))
+    assert ("/pre/1", "not closed(fridge) contradicts /pre/0 (not open) of the same list: they cannot hold at "
+                      "once") in got, got
+    fill = S("fill", "pot", post=[C("full", "pot")])
+    half = [C("empty", "pot", neg=True), C("full", "pot", neg=True)]
+    assert validate_semantics(prog([fill], pre=half, verb="fill", noun="pot"), *_VOCAB) == []
+
+
+def test_the_programs_own_pre_and_post_are_checked() -> None:
+    """(mutants: the program's post not checked against itself; the objects of the program's pre, or of its post,
+    not checked)"""
+    wash = S("wash", "plate", post=[C("clean", "plate")])
+    got = messages(validate_semantics(prog([wash], pre=[C("visible", "flibbertigibbet")],
+                                           post=[C("clean", "plate"), C("dirty", "plate"), C("visible", "gizmo")]),
+                                      *_VOCAB))
+    assert ("/pre/0/args/0", "object 'flibbertigibbet' is not an EPIC noun class (key or synonym)") in got
+    assert ("/post/2/args/0", "object 'gizmo' is not an EPIC noun class (key or synonym)") in got
+    assert any(p == "/post/1" and "contradicts /post/0 (clean)" in m for p, m in got), got
+
+
+def test_the_default_limit_is_24_sub_actions_and_none_is_a_finding() -> None:
+    """(mutants: the limit compared with >=; the default limit 25; no finding for a program without a sub-action,
+    which the schema refuses before but validate_semantics itself promises)"""
+    wash = S("wash", "plate")
+    assert validate_semantics(prog([wash] * 24), *_VOCAB) == []
+    assert messages(validate_semantics(prog([wash] * 25), *_VOCAB)) == [
+        ("/steps", "25 sub-actions when flattened, more than the limit of 24")]
+    assert messages(validate_semantics(prog([]), *_VOCAB)) == [("/steps", "the program has no sub-action")]
