@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from leap_cli.errors import LeapError
+from leap_cli.programs import provenance as prov
 from leap_cli.programs.validate import validate_semantics
 from leap_cli.train.checkpoint import load_checkpoint, load_model, resolve_checkpoint, save_checkpoint
 from tests.test_checkpoint_inference import _ckpt, _two_checkpoints, tiny  # noqa: F401 (fixture)
@@ -205,3 +206,21 @@ def test_the_default_limit_is_24_sub_actions_and_none_is_a_finding() -> None:
     assert messages(validate_semantics(prog([wash] * 25), *_VOCAB)) == [
         ("/steps", "25 sub-actions when flattened, more than the limit of 24")]
     assert messages(validate_semantics(prog([]), *_VOCAB)) == [("/steps", "the program has no sub-action")]
+
+
+def test_an_action_noun_outside_the_classes_is_a_finding() -> None:
+    """(mutant: the action's noun not checked against the noun classes)"""
+    got = messages(validate_semantics(prog([S("wash", "plate")], noun="gizmo"), *_VOCAB))
+    assert got == [("/action/noun", "object 'gizmo' is not an EPIC noun class (key or synonym)")]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# programs/provenance.py
+
+
+def test_a_clip_hash_is_the_one_earlier_program_files_hold() -> None:
+    """A program record's clip_hash is compared with the one of now by build-shards and by a resumed
+    generate-programs: another length or another hash of the same text would call every paid program of an earlier
+    leap made from another clip (redone or refused). (mutant: the hash cut to 15 characters)"""
+    assert prov.clip_hash_of("Clip 0.00-2.00 s.", None) == "6cd1dedbdd075a56"
+    assert prov.clip_hash_of(None, None) == "95cb9b4f84ceff13"
