@@ -175,7 +175,8 @@ def test_not_open_and_not_closed_in_one_list_contradict() -> None:
     """open and closed are complements (``vocab.COMPLEMENTS``: the chaining takes not open(fridge) as
     closed(fridge)), so a pre saying not open(fridge) and not closed(fridge) says closed and open at once. It was
     valid: the state then held open(fridge) from the later condition, whatever the first said. empty/full are no
-    complements (a pot can be half full): not empty and not full together stay valid."""
+    complements (a pot can be half full): not empty and not full together stay valid. (mutants of the fix: the
+    negated clash taken from OPPOSITES; either sign clashing; the positive clash taken from COMPLEMENTS)"""
     shut = S("close", "fridge", post=[C("closed", "fridge")])
     pre = [C("open", "fridge", neg=True), C("closed", "fridge", neg=True)]
     got = messages(validate_semantics(prog([shut], pre=pre, verb="close", noun="fridge"), *_VOCAB))
@@ -184,6 +185,15 @@ def test_not_open_and_not_closed_in_one_list_contradict() -> None:
     fill = S("fill", "pot", post=[C("full", "pot")])
     half = [C("empty", "pot", neg=True), C("full", "pot", neg=True)]
     assert validate_semantics(prog([fill], pre=half, verb="fill", noun="pot"), *_VOCAB) == []
+    # (a complement said with the other sign agrees; empty and full said both still contradict)
+    agree = [C("closed", "fridge", neg=True), C("open", "fridge"), C("closed", "fridge"), C("open", "fridge", neg=True)]
+    got = messages(validate_semantics(prog([shut], pre=agree[:2], verb="close", noun="fridge"), *_VOCAB))
+    assert not any("contradicts" in m for _, m in got), got
+    got = messages(validate_semantics(prog([shut], pre=agree[2:], verb="close", noun="fridge"), *_VOCAB))
+    assert not any("contradicts" in m for _, m in got), got
+    got = messages(validate_semantics(prog([fill], pre=[C("empty", "pot"), C("full", "pot")], verb="fill", noun="pot"),
+                                      *_VOCAB))
+    assert ("/pre/1", "full(pot) contradicts /pre/0 (empty) of the same list: they cannot hold at once") in got
 
 
 def test_the_programs_own_pre_and_post_are_checked() -> None:
@@ -224,3 +234,113 @@ def test_a_clip_hash_is_the_one_earlier_program_files_hold() -> None:
     leap made from another clip (redone or refused). (mutant: the hash cut to 15 characters)"""
     assert prov.clip_hash_of("Clip 0.00-2.00 s.", None) == "6cd1dedbdd075a56"
     assert prov.clip_hash_of(None, None) == "95cb9b4f84ceff13"
+
+
+def test_a_shards_folders_programs_line() -> None:
+    """What ``leap show`` and train say of a shards folder's programs: who made how many valid of how many, the
+    prompt version; the lines of manifests of an earlier leap, and of a build without programs. (mutants: the prompt
+    version left out; valid and records swapped; "none" for 0 records of an earlier leap's manifest, which says
+    nothing of who made them; made_by_text's "unknown" and "none" dropped)"""
+    rows = [{"backend": "openai", "model": "gpt-4o-mini", "records": 240, "valid": 230},
+            {"backend": "offline", "model": "offline-v5", "records": 8, "valid": 8}]
+    summary = {"records": 248, "valid": 238, "made_by": rows, "prompt_version": 3}
+    assert prov.programs_text(summary) == ("openai gpt-4o-mini: 230 valid of 240; offline offline-v5: 8 valid of 8, "
+                                           "prompt v3")
+    assert prov.programs_text({**summary, "prompt_version": None}).endswith("offline-v5: 8 valid of 8")
+    assert prov.programs_text({"records": 0, "valid": 0, "made_by": [], "prompt_version": None}).startswith("none")
+    assert prov.programs_text({"records": 5, "valid": 4, "made_by": None}).startswith("4 valid of 5, made by unknown")
+    assert prov.programs_text(None).startswith("unknown")
+    assert prov.programs_text({"records": 0, "valid": 0, "made_by": None}).startswith("0 valid of 0, made by unknown")
+    assert (prov.made_by_text(None), prov.made_by_text([])) == ("unknown", "none")
+
+
+def _rec(backend=None, model=None):
+    return {"provenance": {"backend": backend, "model": model}}
+
+
+def test_records_per_generator_are_counted_sorted_and_summed_per_backend() -> None:
+    """validate-programs' report and build-shards' manifest: records and valid ones per generator, the most records
+    first, ties by backend then model; the backends' totals sum every model of one backend. (mutants: every record
+    counted valid; the fewest first; ties left in insertion order; a backend's total that of its last model only)"""
+    made = prov.MadeBy()
+    for backend, model, valid in [("openai", "gpt-4o", True), ("openai", "gpt-4o-mini", False),
+                                  ("openai", "gpt-4o-mini", True), ("offline", "offline-v5", True),
+                                  ("anthropic", "claude", True), (None, None, False)]:
+        made.add(_rec(backend, model), valid)
+    assert made.summary() == [
+        {"backend": "openai", "model": "gpt-4o-mini", "records": 2, "valid": 1},
+        {"backend": None, "model": None, "records": 1, "valid": 0},
+        {"backend": "anthropic", "model": "claude", "records": 1, "valid": 1},
+        {"backend": "offline", "model": "offline-v5", "records": 1, "valid": 1},
+        {"backend": "openai", "model": "gpt-4o", "records": 1, "valid": 1}]
+    assert made.backends() == {"openai": 3, "offline": 1, "anthropic": 1, "?": 1}
+
+
+def test_made_by_says_none_for_what_a_record_does_not_say_as_a_string() -> None:
+    """(mutants: an empty backend or model kept as ''; a provenance that is no object read as one)"""
+    assert prov.made_by(_rec("", "")) == (None, None)
+    assert prov.made_by({"provenance": ["openai"]}) == (None, None)
+    assert prov.made_by({"provenance": {"backend": "openai", "model": 4}}) == ("openai", None)
+    assert prov.generator_text(*prov.made_by(_rec("", ""))) == "?"
+
+
+def test_the_prompt_version_of_a_program_file(tmp_path: Path) -> None:
+    """From its settings file; None for no path, a boolean, or a settings file that cannot be read (not this stage's
+    to refuse). (mutants: a None path read; True taken as version 1; a damaged settings file raised)"""
+    from leap_cli.io import settings_path
+
+    programs = tmp_path / "programs.jsonl"
+    programs.write_text("")
+    assert prov.prompt_version(None) is None
+    settings_path(programs).write_text('{"prompt_version": 4}')
+    assert prov.prompt_version(programs) == 4
+    settings_path(programs).write_text('{"prompt_version": true}')
+    assert prov.prompt_version(programs) is None
+    settings_path(programs).write_text('{"prompt_version": ')
+    assert prov.prompt_version(programs) is None
+
+
+def test_a_runs_provenance_file_that_is_no_object_is_none(tmp_path: Path) -> None:
+    """(mutants: a JSON list returned as the provenance; a file that is not JSON raised)"""
+    (tmp_path / prov.RUN_PROVENANCE).write_text("[1, 2]")
+    assert prov.read_run_provenance(tmp_path) is None
+    (tmp_path / prov.RUN_PROVENANCE).write_text("{not json")
+    assert prov.read_run_provenance(tmp_path) is None
+    (tmp_path / prov.RUN_PROVENANCE).write_text('{"train": {}}')
+    assert prov.read_run_provenance(tmp_path) == {"train": {}}
+    assert prov.read_run_provenance(tmp_path / "nowhere") is None
+
+
+def _programs(sha, backend="openai", model="gpt-4o-mini", records=4, version=3, rows=None):
+    return {"records": records, "valid": records, "sha256": sha, "prompt_version": version,
+            "made_by": rows if rows is not None else [{"backend": backend, "model": model, "records": records,
+                                                         "valid": records}]}
+
+
+def test_a_runs_programs_line_names_validation_only_where_made_otherwise() -> None:
+    """(mutants: validation named where made alike; a missing validation named as unknown; the generators compared
+    in the rows' order; the prompt version left out of the comparison; a run without its train entry read)"""
+    a = {"backend": "openai", "model": "gpt-4o", "records": 2, "valid": 2}
+    b = {"backend": "offline", "model": "offline-v5", "records": 2, "valid": 1}
+    train = _programs("t", rows=[a, b])
+    line = prov.run_programs_text({"train": {"programs": train}})
+    assert line == "openai gpt-4o: 2 valid of 2; offline offline-v5: 1 valid of 2, prompt v3"
+    alike = {"train": {"programs": train}, "val": {"programs": _programs("v", rows=[dict(b, records=9), a])}}
+    assert prov.run_programs_text(alike) == line
+    other_prompt = {"train": {"programs": train}, "val": {"programs": _programs("v", rows=[a, b], version=4)}}
+    assert prov.run_programs_text(other_prompt) == line + " (validation: " + line.replace("v3", "v4") + ")"
+    assert prov.run_programs_text({"val": {"programs": train}}).startswith("unknown")
+
+
+def test_a_runs_earlier_program_sets_are_named_once_each_in_order() -> None:
+    """Resumes on other programs: each set the steps before were trained on, once, oldest first; the first of two
+    unknown earlier entries is named. (mutants: each entry compared with the run's set, not the next one's; no entry
+    compared; the order reversed; the last unknown entry named)"""
+    run = {"train": {"programs": _programs("C", model="m3")},
+           "earlier": [{"train": {"programs": _programs("A", model="m1")}},
+                       {"train": {"programs": _programs("A", model="m1", records=6)}},
+                       {"train": {"programs": _programs("B", model="m2")}},
+                       {"unknown": "steps 1-3"}, {"unknown": "steps 4-5"}]}
+    assert prov.run_programs_text(run) == (
+        "openai m3: 4 valid of 4, prompt v3; before a resume on other programs: openai m1: 6 valid of 6, prompt v3; "
+        "then openai m2: 4 valid of 4, prompt v3; before a resume: unknown (steps 1-3)")
