@@ -344,3 +344,27 @@ def test_a_runs_earlier_program_sets_are_named_once_each_in_order() -> None:
     assert prov.run_programs_text(run) == (
         "openai m3: 4 valid of 4, prompt v3; before a resume on other programs: openai m1: 6 valid of 6, prompt v3; "
         "then openai m2: 4 valid of 4, prompt v3; before a resume: unknown (steps 1-3)")
+
+
+def test_a_resume_on_fewer_gpus_restores_the_states_of_the_gpus_there(monkeypatch) -> None:
+    """A checkpoint of a machine with two GPUs holds two CUDA generator states; torch.cuda.set_rng_state_all takes
+    the second for a device that a one-GPU machine does not have (``default_generators[1]``: an IndexError, "tuple
+    index out of range", so the resume crashed). The states of the GPUs there are restored, the others left out.
+    (Found reading torch/cuda/random.py; no GPU here: torch's call is stood in for.)"""
+    from leap_cli.train.checkpoint import rng_state, set_rng_state
+
+    state = rng_state()
+    state["cuda"] = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]
+    given = []
+
+    def set_all(states):
+        states = list(states)
+        if len(states) > torch.cuda.device_count():
+            raise IndexError("tuple index out of range")
+        given.extend(states)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
+    set_rng_state(state)
+    assert len(given) == 1 and torch.equal(given[0], state["cuda"][0])

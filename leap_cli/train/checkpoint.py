@@ -61,7 +61,9 @@ def set_rng_state(state: dict) -> None:
                          npst["gauss"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # (a checkpoint of a machine with more GPUs than this one: the states of those not here are left out; torch
+        # raised an IndexError for the first one missing, and the resume stopped)
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
