@@ -101,13 +101,15 @@ def copy_checkpoint(src: str | Path, dst: str | Path) -> None:
 def _check_crcs(path: Path) -> None:
     """torch.save writes a zip archive with a CRC-32 per tensor file, which torch.load does not check: bytes
     changed on disk since (a failing disk, a bad copy) were loaded as weights, silently. Reading them all once
-    costs ~1 s per GB. A file that is no zip archive is left to torch.load."""
+    costs ~1 s per GB. A file that is no zip archive, or one zipfile cannot check (a compression method torch
+    does not write: a damaged header; a foreign archive's damaged deflate data), is left to torch.load."""
     import zipfile
+    import zlib
 
     try:
         with zipfile.ZipFile(path) as z:
             bad = z.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError):
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, RuntimeError, zlib.error):
         return
     if bad is not None:
         raise LeapError(f"damaged checkpoint: {bad} does not match the CRC-32 stored with it (the bytes changed on "
