@@ -347,14 +347,14 @@ def test_a_runs_earlier_program_sets_are_named_once_each_in_order() -> None:
 
 
 def test_a_resume_on_fewer_gpus_restores_the_states_of_the_gpus_there(monkeypatch) -> None:
-    """A checkpoint of a machine with two GPUs holds two CUDA generator states; torch.cuda.set_rng_state_all takes
-    the second for a device that a one-GPU machine does not have (``default_generators[1]``: an IndexError, "tuple
-    index out of range", so the resume crashed). The states of the GPUs there are restored, the others left out.
-    (Found reading torch/cuda/random.py; no GPU here: torch's call is stood in for.)"""
+    """A checkpoint of a machine with three GPUs holds three CUDA generator states; torch.cuda.set_rng_state_all
+    takes the third for a device that a two-GPU machine does not have (``default_generators[2]``: an IndexError,
+    "tuple index out of range", so the resume crashed). The states of the GPUs there are restored, the others left
+    out. (Found reading torch/cuda/random.py; no GPU here: torch's call is stood in for.)"""
     from leap_cli.train.checkpoint import rng_state, set_rng_state
 
     state = rng_state()
-    state["cuda"] = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]
+    state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]
     given = []
 
     def set_all(states):
@@ -364,10 +364,10 @@ def test_a_resume_on_fewer_gpus_restores_the_states_of_the_gpus_there(monkeypatc
         given.extend(states)
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
     set_rng_state(state)
-    assert len(given) == 1 and torch.equal(given[0], state["cuda"][0])
+    assert len(given) == 2 and all(torch.equal(g, s) for g, s in zip(given, state["cuda"]))
 
 
 def test_a_checkpoint_whose_zip_headers_are_damaged_is_one_line(tmp_path: Path) -> None:
