@@ -1,5 +1,15 @@
 """Gaps a hand-made mutation run over train/checkpoint.py, programs/validate.py and programs/provenance.py found:
-behaviour no fast test held (each test names the mutants it kills). FINDINGS"""
+behaviour no fast test held (each test names the mutants it kills), and three bugs, fixed:
+
+- validate: a pre or post saying not open(x) and not closed(x) (complements: the chaining takes each as the other's
+  fact) was valid; it is a contradiction now (not empty and not full, no complements, stay valid);
+- checkpoint: a resume on a machine with fewer GPUs than the one that saved the checkpoint handed torch a CUDA
+  generator state for a GPU not there (torch's IndexError stopped the resume; read from torch's source, no GPU
+  here to see it);
+- checkpoint: a torch file whose zip headers zipfile cannot check (one byte of a member's compression method
+  damaged) or a foreign zip with damaged deflate data went out of the CRC check as a NotImplementedError or
+  zlib.error traceback; torch.load's one-line error now says it.
+"""
 
 import logging
 from pathlib import Path
