@@ -81,6 +81,16 @@ def test_a_tensor_of_another_shape_is_refused_unless_partial(tmp_path: Path, tin
     assert model.verb_head.weight.shape == w.shape and torch.equal(model.noun_head.weight, tiny.noun_head.weight)
 
 
+def test_model_args_that_build_no_model_are_one_line(tmp_path: Path, tiny) -> None:
+    """(mutant: build_model's error not turned into a LeapError naming the file and model_args)"""
+    ckpt = _ckpt(tiny)
+    ckpt["model_args"] = {**ckpt["model_args"], "decoder_heads": 3}  # (32 does not split in 3 heads)
+    save_checkpoint(tmp_path / "edited.pt", ckpt)
+    with pytest.raises(LeapError, match="model_args do not build a model") as e:
+        load_model(tmp_path / "edited.pt")
+    assert e.value.record == "model_args" and e.value.path == str(tmp_path / "edited.pt")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # programs/validate.py
 
