@@ -91,21 +91,65 @@ def test_model_args_that_build_no_model_are_one_line(tmp_path: Path, tiny) -> No
     assert e.value.record == "model_args" and e.value.path == str(tmp_path / "edited.pt")
 
 
+def test_a_resume_on_fewer_gpus_restores_the_states_of_the_gpus_there(monkeypatch) -> None:
+    """A checkpoint of a machine with three GPUs holds three CUDA generator states; torch.cuda.set_rng_state_all
+    takes the third for a device that a two-GPU machine does not have (``default_generators[2]``: an IndexError,
+    "tuple index out of range", so the resume crashed). The states of the GPUs there are restored, the others left
+    out. (Found reading torch/cuda/random.py; no GPU here: torch's call is stood in for.)"""
+    from leap_cli.train.checkpoint import rng_state, set_rng_state
+
+    state = rng_state()
+    state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]
+    given = []
+
+    def set_all(states):
+        states = list(states)
+        if len(states) > torch.cuda.device_count():
+            raise IndexError("tuple index out of range")
+        given.extend(states)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
+    set_rng_state(state)
+    assert len(given) == 2 and all(torch.equal(g, s) for g, s in zip(given, state["cuda"]))
+
+
+def test_a_checkpoint_whose_zip_headers_are_damaged_is_one_line(tmp_path: Path) -> None:
+    """The CRC-32 check reads the archive with zipfile, which raises more than BadZipFile: one byte of the central
+    directory changed (the member's compression method: NotImplementedError) or a foreign zip's damaged deflate
+    data (zlib.error) went out as a traceback. What zipfile cannot check is left to torch.load, whose error on these
+    is a LeapError naming the file."""
+    import struct
+    import zipfile
+
+    torch.save({"model": {"w": torch.zeros(100)}, "model_args": {}}, tmp_path / "a.pt")
+    b = bytearray((tmp_path / "a.pt").read_bytes())
+    i = b.find(b"PK\x01\x02")  # the first member's central directory entry
+    b[i + 10:i + 12] = struct.pack("<H", 99)  # its compression method
+    (tmp_path / "method.pt").write_bytes(bytes(b))
+    with zipfile.ZipFile(tmp_path / "deflate.pt", "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("x/data.pkl", b"a" * 10000)
+    b = bytearray((tmp_path / "deflate.pt").read_bytes())
+    b[40:44] = b"\xff\xff\xff\xff"  # inside the compressed data
+    (tmp_path / "deflate.pt").write_bytes(bytes(b))
+    for name in ("method.pt", "deflate.pt"):
+        with pytest.raises(LeapError, match="cannot read checkpoint") as e:
+            load_checkpoint(tmp_path / name)
+        assert e.value.path == str(tmp_path / name)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # programs/validate.py
 
 
-def _pot(*steps, pre=()):
-    return messages(validate_semantics(prog(list(steps), pre=list(pre), verb="lift", noun="pot"), *_VOCAB))
+@pytest.fixture
+def vocab(verbs, nouns):
+    return verbs, nouns
 
 
-_VOCAB: tuple = ()
-
-
-@pytest.fixture(autouse=True)
-def _vocab(verbs, nouns):
-    global _VOCAB
-    _VOCAB = (verbs, nouns)
+def _pot(vocab, *steps):
+    return messages(validate_semantics(prog(list(steps), verb="lift", noun="pot"), *vocab))
 
 
 def _hold(hand, neg=False, obj="pot"):
@@ -116,82 +160,82 @@ def _needs(hand, neg=False, obj="pot"):
     return S("carry", obj, pre=[C("holding", hand, obj, neg=neg)], hand=hand)
 
 
-def test_which_hands_hold_after_holds_and_lets_go() -> None:
+def test_which_hands_hold_after_holds_and_lets_go(vocab) -> None:
     """The hands' bookkeeping, one rule each. (mutants: 'either' not satisfied by 'both'; 'both' satisfied by one
     hand; not holding(both) leaving the hands that held it each; the other hand of a 'both' hold swapped; an
     'either' hold kept after one hand lets go)"""
-    assert _pot(_hold("both"), _needs("either")) == []
-    assert _pot(_hold("left"), _needs("both"))[0][0] == "/steps/1/pre/0"
-    assert _pot(_hold("left"), _hold("right"), _needs("both")) == []
+    assert _pot(vocab, _hold("both"), _needs("either")) == []
+    assert _pot(vocab, _hold("left"), _needs("both"))[0][0] == "/steps/1/pre/0"
+    assert _pot(vocab, _hold("left"), _hold("right"), _needs("both")) == []
     # said of each hand, then let go with both: neither holds it any more
-    assert _pot(_hold("left"), _hold("right"), _hold("both", neg=True), _needs("left"))[0][0] == "/steps/3/pre/0"
-    assert _pot(_hold("left"), _hold("right"), _hold("both", neg=True), _needs("either", neg=True)) == []
+    assert _pot(vocab, _hold("left"), _hold("right"), _hold("both", neg=True), _needs("left"))[0][0] == "/steps/3/pre/0"
+    assert _pot(vocab, _hold("left"), _hold("right"), _hold("both", neg=True), _needs("either", neg=True)) == []
     # the left hand lets go of a two-handed hold: the right keeps it, the left does not
-    assert _pot(_hold("both"), _hold("left", neg=True), _needs("right")) == []
-    assert _pot(_hold("both"), _hold("left", neg=True), _needs("left"))[0][0] == "/steps/2/pre/0"
+    assert _pot(vocab, _hold("both"), _hold("left", neg=True), _needs("right")) == []
+    assert _pot(vocab, _hold("both"), _hold("left", neg=True), _needs("left"))[0][0] == "/steps/2/pre/0"
     # held with either hand, then the left lets go: which one held it is not known, so no longer held for sure
-    assert _pot(_hold("either"), _hold("left", neg=True), _needs("either"))[0][0] == "/steps/2/pre/0"
+    assert _pot(vocab, _hold("either"), _hold("left", neg=True), _needs("either"))[0][0] == "/steps/2/pre/0"
 
 
-def test_a_precondition_failing_in_both_passes_of_a_loop_is_one_finding() -> None:
+def test_a_precondition_failing_in_both_passes_of_a_loop_is_one_finding(vocab) -> None:
     """The second pass of a loop checks its body again: a finding of both passes is said once. (mutant: findings
     not deduplicated)"""
     body = S("scrub", "plate", pre=[C("wet", "sponge")], post=[C("clean", "plate")])
     got = messages(validate_semantics(prog([{"type": "loop", "until": C("clean", "plate"), "steps": [body]}]),
-                                      *_VOCAB))
+                                      *vocab))
     assert got == [("/steps/0/steps/0/pre/0", "precondition wet(sponge) does not hold: no earlier step or program "
                                               "precondition establishes it")]
 
 
-def test_each_condition_contradicting_the_first_saying_is_named() -> None:
+def test_each_condition_contradicting_the_first_saying_is_named(vocab) -> None:
     """A list says open(fridge), then not open(fridge) twice: each of the two contradicts the first, which stands.
     (mutant: the later saying overwrote the first: the third condition, agreeing with the second, went unsaid)"""
     shut = S("close", "fridge", post=[C("closed", "fridge")])
     pre = [C("open", "fridge"), C("open", "fridge", neg=True), C("open", "fridge", neg=True)]
-    got = messages(validate_semantics(prog([shut], pre=pre, verb="close", noun="fridge"), *_VOCAB))
+    got = messages(validate_semantics(prog([shut], pre=pre, verb="close", noun="fridge"), *vocab))
     assert [(p, m) for p, m in got if "contradicts" in m] == [
         ("/pre/1", "not open(fridge) contradicts /pre/0 of the same list"),
         ("/pre/2", "not open(fridge) contradicts /pre/0 of the same list")]
 
 
-def test_a_sub_actions_second_object_and_its_own_pre_are_checked() -> None:
+def test_a_sub_actions_second_object_and_its_own_pre_are_checked(vocab) -> None:
     """(mutants: object_b's vocabulary check dropped; the check of a sub-action's pre against itself dropped)"""
     put = S("put", "plate", "flibbertigibbet", pre=[C("open", "fridge"), C("closed", "fridge")])
-    got = messages(validate_semantics(prog([put], pre=[C("open", "fridge")], verb="put", noun="plate"), *_VOCAB))
+    got = messages(validate_semantics(prog([put], pre=[C("open", "fridge")], verb="put", noun="plate"), *vocab))
     assert ("/steps/0/object_b", "object 'flibbertigibbet' is not an EPIC noun class (key or synonym)") in got
     assert any(p == "/steps/0/pre/1" and "contradicts /steps/0/pre/0 (open)" in m for p, m in got), got
 
 
-def test_an_empty_loop_is_one_finding() -> None:
+def test_an_empty_loop_is_one_finding(vocab) -> None:
     """(mutant: an empty loop went on to be run: its until was also 'never reached')"""
     loop = {"type": "loop", "until": C("clean", "plate"), "steps": []}
-    got = messages(validate_semantics(prog([S("wash", "plate"), loop]), *_VOCAB))
+    got = messages(validate_semantics(prog([S("wash", "plate"), loop]), *vocab))
     assert got == [("/steps/1/steps", "empty loop")]
 
 
-def test_a_loops_until_holds_after_it_whatever_its_last_pass_left() -> None:
+def test_a_loops_until_holds_after_it_whatever_its_last_pass_left(vocab) -> None:
     """A loop whose body fills the pot only when the tap is on ends with full(pot): it ran until so. (mutant: the
     until not asserted after the loop: the program's post full(pot) was said not to hold)"""
     fill = S("fill", "pot", post=[C("full", "pot")])
     loop = {"type": "loop", "until": C("full", "pot"),
             "steps": [{"type": "conditional", "if": C("switched_on", "tap"), "then": [fill], "else": []}]}
-    assert validate_semantics(prog([loop], post=[C("full", "pot")], verb="fill", noun="pot"), *_VOCAB) == []
+    assert validate_semantics(prog([loop], post=[C("full", "pot")], verb="fill", noun="pot"), *vocab) == []
 
 
-def test_a_loops_until_reached_in_an_else_branch_and_an_empty_then() -> None:
+def test_a_loops_until_reached_in_an_else_branch_and_an_empty_then(vocab) -> None:
     """(mutants: the sub-actions of a loop's else branches not searched for its until; the empty then branch not
     said, which the schema refuses before but validate_semantics itself promises)"""
     fill = S("fill", "pot", post=[C("full", "pot")])
     wait = S("wait", "pot")
     loop = {"type": "loop", "until": C("full", "pot"),
             "steps": [{"type": "conditional", "if": C("switched_on", "tap", neg=True), "then": [wait], "else": [fill]}]}
-    assert validate_semantics(prog([loop], verb="fill", noun="pot"), *_VOCAB) == []
+    assert validate_semantics(prog([loop], verb="fill", noun="pot"), *vocab) == []
     empty = {"type": "conditional", "if": C("switched_on", "tap"), "then": [], "else": [fill]}
-    assert messages(validate_semantics(prog([wait, empty], verb="fill", noun="pot"), *_VOCAB)) == [
+    assert messages(validate_semantics(prog([wait, empty], verb="fill", noun="pot"), *vocab)) == [
         ("/steps/1/then", "empty then branch")]
 
 
-def test_not_open_and_not_closed_in_one_list_contradict() -> None:
+def test_not_open_and_not_closed_in_one_list_contradict(vocab) -> None:
     """open and closed are complements (``vocab.COMPLEMENTS``: the chaining takes not open(fridge) as
     closed(fridge)), so a pre saying not open(fridge) and not closed(fridge) says closed and open at once. It was
     valid: the state then held open(fridge) from the later condition, whatever the first said. empty/full are no
@@ -199,48 +243,48 @@ def test_not_open_and_not_closed_in_one_list_contradict() -> None:
     negated clash taken from OPPOSITES; either sign clashing; the positive clash taken from COMPLEMENTS)"""
     shut = S("close", "fridge", post=[C("closed", "fridge")])
     pre = [C("open", "fridge", neg=True), C("closed", "fridge", neg=True)]
-    got = messages(validate_semantics(prog([shut], pre=pre, verb="close", noun="fridge"), *_VOCAB))
+    got = messages(validate_semantics(prog([shut], pre=pre, verb="close", noun="fridge"), *vocab))
     assert ("/pre/1", "not closed(fridge) contradicts /pre/0 (not open) of the same list: they cannot hold at "
                       "once") in got, got
     fill = S("fill", "pot", post=[C("full", "pot")])
     half = [C("empty", "pot", neg=True), C("full", "pot", neg=True)]
-    assert validate_semantics(prog([fill], pre=half, verb="fill", noun="pot"), *_VOCAB) == []
+    assert validate_semantics(prog([fill], pre=half, verb="fill", noun="pot"), *vocab) == []
     # (a complement said with the other sign agrees; empty and full said both still contradict)
     agree = [C("closed", "fridge", neg=True), C("open", "fridge"), C("closed", "fridge"), C("open", "fridge", neg=True)]
-    got = messages(validate_semantics(prog([shut], pre=agree[:2], verb="close", noun="fridge"), *_VOCAB))
+    got = messages(validate_semantics(prog([shut], pre=agree[:2], verb="close", noun="fridge"), *vocab))
     assert not any("contradicts" in m for _, m in got), got
-    got = messages(validate_semantics(prog([shut], pre=agree[2:], verb="close", noun="fridge"), *_VOCAB))
+    got = messages(validate_semantics(prog([shut], pre=agree[2:], verb="close", noun="fridge"), *vocab))
     assert not any("contradicts" in m for _, m in got), got
     got = messages(validate_semantics(prog([fill], pre=[C("empty", "pot"), C("full", "pot")], verb="fill", noun="pot"),
-                                      *_VOCAB))
+                                      *vocab))
     assert ("/pre/1", "full(pot) contradicts /pre/0 (empty) of the same list: they cannot hold at once") in got
 
 
-def test_the_programs_own_pre_and_post_are_checked() -> None:
+def test_the_programs_own_pre_and_post_are_checked(vocab) -> None:
     """(mutants: the program's post not checked against itself; the objects of the program's pre, or of its post,
     not checked)"""
     wash = S("wash", "plate", post=[C("clean", "plate")])
     got = messages(validate_semantics(prog([wash], pre=[C("visible", "flibbertigibbet")],
                                            post=[C("clean", "plate"), C("dirty", "plate"), C("visible", "gizmo")]),
-                                      *_VOCAB))
+                                      *vocab))
     assert ("/pre/0/args/0", "object 'flibbertigibbet' is not an EPIC noun class (key or synonym)") in got
     assert ("/post/2/args/0", "object 'gizmo' is not an EPIC noun class (key or synonym)") in got
     assert any(p == "/post/1" and "contradicts /post/0 (clean)" in m for p, m in got), got
 
 
-def test_the_default_limit_is_24_sub_actions_and_none_is_a_finding() -> None:
+def test_the_default_limit_is_24_sub_actions_and_none_is_a_finding(vocab) -> None:
     """(mutants: the limit compared with >=; the default limit 25; no finding for a program without a sub-action,
     which the schema refuses before but validate_semantics itself promises)"""
     wash = S("wash", "plate")
-    assert validate_semantics(prog([wash] * 24), *_VOCAB) == []
-    assert messages(validate_semantics(prog([wash] * 25), *_VOCAB)) == [
+    assert validate_semantics(prog([wash] * 24), *vocab) == []
+    assert messages(validate_semantics(prog([wash] * 25), *vocab)) == [
         ("/steps", "25 sub-actions when flattened, more than the limit of 24")]
-    assert messages(validate_semantics(prog([]), *_VOCAB)) == [("/steps", "the program has no sub-action")]
+    assert messages(validate_semantics(prog([]), *vocab)) == [("/steps", "the program has no sub-action")]
 
 
-def test_an_action_noun_outside_the_classes_is_a_finding() -> None:
+def test_an_action_noun_outside_the_classes_is_a_finding(vocab) -> None:
     """(mutant: the action's noun not checked against the noun classes)"""
-    got = messages(validate_semantics(prog([S("wash", "plate")], noun="gizmo"), *_VOCAB))
+    got = messages(validate_semantics(prog([S("wash", "plate")], noun="gizmo"), *vocab))
     assert got == [("/action/noun", "object 'gizmo' is not an EPIC noun class (key or synonym)")]
 
 
@@ -364,51 +408,3 @@ def test_a_runs_earlier_program_sets_are_named_once_each_in_order() -> None:
     assert prov.run_programs_text(run) == (
         "openai m3: 4 valid of 4, prompt v3; before a resume on other programs: openai m1: 6 valid of 6, prompt v3; "
         "then openai m2: 4 valid of 4, prompt v3; before a resume: unknown (steps 1-3)")
-
-
-def test_a_resume_on_fewer_gpus_restores_the_states_of_the_gpus_there(monkeypatch) -> None:
-    """A checkpoint of a machine with three GPUs holds three CUDA generator states; torch.cuda.set_rng_state_all
-    takes the third for a device that a two-GPU machine does not have (``default_generators[2]``: an IndexError,
-    "tuple index out of range", so the resume crashed). The states of the GPUs there are restored, the others left
-    out. (Found reading torch/cuda/random.py; no GPU here: torch's call is stood in for.)"""
-    from leap_cli.train.checkpoint import rng_state, set_rng_state
-
-    state = rng_state()
-    state["cuda"] = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]
-    given = []
-
-    def set_all(states):
-        states = list(states)
-        if len(states) > torch.cuda.device_count():
-            raise IndexError("tuple index out of range")
-        given.extend(states)
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_all)
-    set_rng_state(state)
-    assert len(given) == 2 and all(torch.equal(g, s) for g, s in zip(given, state["cuda"]))
-
-
-def test_a_checkpoint_whose_zip_headers_are_damaged_is_one_line(tmp_path: Path) -> None:
-    """The CRC-32 check reads the archive with zipfile, which raises more than BadZipFile: one byte of the central
-    directory changed (the member's compression method: NotImplementedError) or a foreign zip's damaged deflate
-    data (zlib.error) went out as a traceback. What zipfile cannot check is left to torch.load, whose error on these
-    is a LeapError naming the file."""
-    import struct
-    import zipfile
-
-    torch.save({"model": {"w": torch.zeros(100)}, "model_args": {}}, tmp_path / "a.pt")
-    b = bytearray((tmp_path / "a.pt").read_bytes())
-    i = b.find(b"PK\x01\x02")  # the first member's central directory entry
-    b[i + 10:i + 12] = struct.pack("<H", 99)  # its compression method
-    (tmp_path / "method.pt").write_bytes(bytes(b))
-    with zipfile.ZipFile(tmp_path / "deflate.pt", "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr("x/data.pkl", b"a" * 10000)
-    b = bytearray((tmp_path / "deflate.pt").read_bytes())
-    b[40:44] = b"\xff\xff\xff\xff"  # inside the compressed data
-    (tmp_path / "deflate.pt").write_bytes(bytes(b))
-    for name in ("method.pt", "deflate.pt"):
-        with pytest.raises(LeapError, match="cannot read checkpoint") as e:
-            load_checkpoint(tmp_path / name)
-        assert e.value.path == str(tmp_path / name)
