@@ -320,6 +320,36 @@ def _on_sigterm(signum, frame) -> None:
         raise KeyboardInterrupt
 
 
+# How many times a dropped stop is sent again at most (each is sent again once; one dropped again sends it again).
+_REDELIVER = 20
+
+
+def _redeliver_dropped_stops() -> None:
+    """A stop (Ctrl-C; SIGTERM or SIGHUP, which ``_on_sigterm`` makes a KeyboardInterrupt) whose KeyboardInterrupt
+    came where Python cannot raise it (an at-fork callback as a loader forks its DataLoader workers: logging's) was
+    dropped ("Exception ignored in ... KeyboardInterrupt"), and the stage went on to its end and exited 0. From now
+    on, in this process, such a stop is sent again a moment later, to stop the stage where its main thread is then
+    (``sys.unraisablehook``; once per process)."""
+    import threading
+
+    before = sys.unraisablehook
+    if getattr(before, "leap_redelivers", False):
+        return
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt) or os.getpid() != _state.get("pid") or \
+                _state.get("redelivered", 0) >= _REDELIVER:
+            before(unraisable)
+            return
+        _state["redelivered"] = _state.get("redelivered", 0) + 1
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), _state.get("stop_signal") or signal.SIGINT))
+        timer.daemon = True
+        timer.start()
+
+    hook.leap_redelivers = True
+    sys.unraisablehook = hook
+
+
 def _print_error(text: str) -> None:
     # under torchrun every rank meets the same bad input: the other ranks' lines say whose they are
     rank = _other_rank()
@@ -518,7 +548,9 @@ def _main() -> None:
     _state["pid"] = os.getpid()
     _state.pop("command", None)  # (set once the command line is read)
     _state.pop("stop_signal", None)
+    _state.pop("redelivered", None)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _redeliver_dropped_stops()
     if _SIGHUP is not None and signal.getsignal(_SIGHUP) is not signal.SIG_IGN:  # (nohup's: left as it is)
         signal.signal(_SIGHUP, _on_sigterm)
     raise_open_files_limit()
