@@ -1,0 +1,173 @@
+"""A hand-made mutation run over session 67's own changes to leap_cli/ (``git diff 3c7d1c6`` : shards/dataset.py's
+Guarded._failed, DEATH_SHOWS, _kill_workers(children=) and the post-start dead-worker check; epic/hand_objects.py's
+_frame_number; epic/classes.py's read_csv; programs/prompt.py's _PATH; evaluate/scores.py; media/video.py's _fail;
+programs/validate.py's consistent(); train/checkpoint.py). Found: no fault. The mutants these tests kill survived
+the session's tests: _frame_number's one-byte fast paths taken for 0x80 (a continuation byte), IndexError not
+tolerated after a frame number, the truncation check dropped, 0 for an absent number, a fixed32 skipped as 8 bytes;
+read_csv's leading spaces kept; a path through two spaced folders cut at the second; _check_crcs letting zipfile's
+RuntimeError of an encrypted entry through; the death wait not ending as the death shows; a lost batch (EOFError)
+not killing the process's other children; the post-start dead-worker check dropped; an OSError "timed out" said as
+the loader's timeout."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import pytest
+
+from leap_cli.common import LeapError
+from leap_cli.epic.hand_objects import _frame_number
+from leap_cli.shards import dataset as D
+
+
+def _v(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _frame(n: int) -> bytes:
+    return b"\x10" + _v(n)
+
+
+@pytest.mark.parametrize("msg, number", [
+    (_v(16 << 3) + _v(5) + _frame(7), 7),  # (a two-byte key, 0x80 0x01: field 16)
+    (b"\x0a" + _v(128) + b"\x00" * 128 + _frame(7), 7),  # (a two-byte length, 0x80 0x01)
+    (bytes([3 << 3 | 5]) + b"\x01\x02\x03\x04" + _frame(7), 7),  # (a fixed32: 4 bytes)
+    (bytes([4 << 3 | 1]) + b"\x00" * 8 + _frame(7), 7),  # (a fixed64: 8 bytes)
+    (_frame(7) + b"\x0a", 7),  # (damage after the number: a length that is not there)
+    (_frame(7) + b"\x0a\x05ab", 7),  # (damage after the number: a field cut short)
+    (b"", 0), (b"\x0a\x00", 0)])  # (proto3 omits a frame number 0)
+def test_the_frame_number_of_a_message(msg, number):
+    assert _frame_number(msg) == number
+
+
+@pytest.mark.parametrize("msg", [b"\x0a\x0aab", b"\x0a", bytes([3 << 3 | 5]) + b"\x01", b"\x0f"])
+def test_a_message_damaged_before_any_frame_number_raises(msg):
+    with pytest.raises((ValueError, IndexError)):  # (both said by HandObjectFrames as the message's damage)
+        _frame_number(msg)
+
+
+def test_csv_cells_lose_leading_spaces_too(tmp_path):
+    """("a, b": a space after each comma, as some tools write CSV.)"""
+    from leap_cli.epic.classes import read_csv
+
+    path = tmp_path / "EPIC_100_validation.csv"
+    path.write_text("narration_id, participant_id\n  P01_101_0,\tP01\n", encoding="utf-8")
+    assert read_csv(path, ("narration_id", "participant_id")) == [{"narration_id": "P01_101_0",
+                                                                    "participant_id": "P01"}]
+
+
+def test_a_path_through_two_folders_with_spaces_is_stripped_whole():
+    from leap_cli.programs.prompt import strip_paths
+
+    assert strip_paths("not in /Volumes/My Passport/EPIC Kitchens/P01/x.wav, said") == "not in <path>, said"
+    assert strip_paths("in D:\\My Data\\EPIC Kitchens\\P01.MP4 now") == "in <path> now"
+
+
+def test_an_encrypted_archive_is_left_to_torch_load(tmp_path):
+    """zipfile raises RuntimeError (no NotImplementedError) for an entry it needs a password for."""
+    import zipfile
+
+    from leap_cli.train.checkpoint import _check_crcs
+
+    path = tmp_path / "last.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"x" * 100)
+    raw = bytearray(path.read_bytes())
+    for sig, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # (the encrypted bit of each header's flags)
+        at = raw.index(sig) + flags
+        raw[at] |= 1
+    path.write_bytes(bytes(raw))
+    with zipfile.ZipFile(path) as z, pytest.raises(RuntimeError):
+        z.testzip()
+    assert _check_crcs(path) is None
+
+
+class _Worker:
+    def __init__(self, pid: int, after: float | None):
+        self.pid, self.killed = pid, False
+        self.dies = None if after is None else time.monotonic() + after
+
+    def is_alive(self) -> bool:
+        return not self.killed and (self.dies is None or time.monotonic() < self.dies)
+
+    @property
+    def exitcode(self):
+        return None if self.is_alive() else -9
+
+    def kill(self):
+        self.killed = True
+
+    def join(self, timeout=None):
+        pass
+
+
+class _Loader:
+    """A persistent loader whose iterator hands ``batches`` batches, then raises ``exc`` (None: ends)."""
+
+    def __init__(self, exc: BaseException | None, workers: list, batches: int = 1):
+        self.num_workers, self.dataset, self.exc, self.batches = len(workers), None, exc, batches
+        self._iterator = type("It", (), {"_workers": workers})()
+
+    def __iter__(self):
+        return self._batches()
+
+    def _batches(self):
+        for _ in range(self.batches):
+            yield {"narration_id": ["a"]}
+        if self.exc is not None:
+            raise self.exc
+
+
+def test_the_wait_for_a_death_ends_as_it_shows(monkeypatch):
+    monkeypatch.setattr(D, "DEATH_SHOWS", 6.0)
+    workers = [_Worker(101, 0.3), _Worker(102, None)]
+    batches = iter(D.Guarded(_Loader(EOFError(), workers), "--workers"))
+    next(batches)
+    t = time.monotonic()
+    with pytest.raises(LeapError, match="pid 101"):
+        next(batches)
+    assert time.monotonic() - t < 3
+
+
+def test_a_worker_dead_as_its_loader_started_is_said_before_any_batch():
+    workers = [_Worker(101, 0.0), _Worker(102, None)]
+    batches = iter(D.Guarded(_Loader(None, workers, batches=3), "--workers"))
+    with pytest.raises(LeapError, match="pid 101"):
+        next(batches)
+    assert workers[1].killed
+
+
+def test_an_oserror_that_says_timed_out_goes_on_as_it_is(monkeypatch):
+    """(Only torch's RuntimeError "timed out" is the loader's timeout: a socket's TimeoutError is no lost batch.)"""
+    monkeypatch.setattr(D, "DEATH_SHOWS", 0.1)
+    workers = [_Worker(101, None)]
+    batches = iter(D.Guarded(_Loader(TimeoutError("timed out"), workers), "--workers"))
+    next(batches)
+    with pytest.raises(TimeoutError):
+        next(batches)
+    assert workers[0].killed
+
+
+def test_a_lost_batch_stops_the_processes_other_children(monkeypatch):
+    """The stage stops on a lost batch (EOFError): its exit would wait for every child that ignores SIGTERM."""
+    monkeypatch.setattr(D, "DEATH_SHOWS", 0.1)
+    other = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,), daemon=True)
+    other.start()
+    try:
+        workers = [_Worker(101, None)]
+        batches = iter(D.Guarded(_Loader(EOFError(), workers), "--workers"))
+        next(batches)
+        with pytest.raises(LeapError, match="lost on its way"):
+            next(batches)
+        other.join(5)
+        assert workers[0].killed and not other.is_alive()
+    finally:
+        if other.is_alive():
+            other.kill()
+        other.join(5)
