@@ -171,3 +171,75 @@ def test_a_lost_batch_stops_the_processes_other_children(monkeypatch):
         if other.is_alive():
             other.kill()
         other.join(5)
+
+
+def test_a_dropped_stop_is_sent_again_once_each_in_this_process_only(monkeypatch):
+    """cli's ``sys.unraisablehook``: a dropped KeyboardInterrupt is sent again as the stop that came (its signal),
+    at most _REDELIVER times; any other unraisable, or one in a forked child, goes to the hook before."""
+    import os
+    import signal
+    import sys
+    import types
+
+    from leap_cli import cli
+
+    before = []
+    monkeypatch.setattr(sys, "unraisablehook", before.append)
+    for key, value in (("pid", os.getpid()), ("stop_signal", signal.SIGUSR1), ("redelivered", 0)):
+        monkeypatch.setitem(cli._state, key, value)
+    got = []
+    previous = signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))
+    try:
+        cli._redeliver_dropped_stops()
+        hook = sys.unraisablehook
+        cli._redeliver_dropped_stops()
+        assert sys.unraisablehook is hook, "installed twice: each dropped stop would be sent again twice"
+        dropped = types.SimpleNamespace(exc_value=KeyboardInterrupt())
+        hook(dropped)
+        end = time.monotonic() + 5
+        while not got and time.monotonic() < end:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        assert got == [signal.SIGUSR1] and before == [] and cli._state["redelivered"] == 1
+        other = types.SimpleNamespace(exc_value=ValueError())
+        hook(other)
+        cli._state["redelivered"] = cli._REDELIVER
+        hook(dropped)
+        cli._state["redelivered"], cli._state["pid"] = 0, os.getpid() + 1
+        hook(dropped)
+        time.sleep(0.2)
+        assert before == [other, dropped, dropped] and got == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_narration_ids_nested_past_the_first_row_are_refused():
+    import numpy as np
+
+    from leap_cli.evaluate.scores import normalize_scores
+
+    raw = {"narration_id": ["P01_101_0", ["P01_101_1"]], "verb_output": np.zeros((2, 97)),
+           "noun_output": np.zeros((2, 300))}
+    with pytest.raises(LeapError, match=r"row 1 holds \['P01_101_1'\]"):
+        normalize_scores(raw, "results.pkl")
+
+
+class _Epoch:
+    """A loader's iterator of its own (not persistent): its workers are its own, the loader keeps none."""
+
+    def __init__(self, workers: list):
+        self._workers = workers
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return {"narration_id": ["a"]}
+
+
+def test_a_worker_dead_as_a_loader_without_persistent_workers_started_is_said():
+    workers = [_Worker(101, 0.0), _Worker(102, None)]
+    loader = type("L", (), {"num_workers": 2, "dataset": None, "_iterator": None,
+                            "__iter__": lambda self: _Epoch(workers)})()
+    with pytest.raises(LeapError, match="pid 101"):
+        next(iter(D.Guarded(loader, "--workers")))
