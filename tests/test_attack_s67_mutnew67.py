@@ -243,3 +243,46 @@ def test_a_worker_dead_as_a_loader_without_persistent_workers_started_is_said():
                             "__iter__": lambda self: _Epoch(workers)})()
     with pytest.raises(LeapError, match="pid 101"):
         next(iter(D.Guarded(loader, "--workers")))
+
+
+_HANDLER = r"""
+import signal, sys, types
+import torch
+from torch.utils.data._utils import signal_handling
+from leap_cli.shards import dataset as D
+
+signal_handling._SIGCHLD_handler_set = False
+before = []
+sys.unraisablehook = before.append
+def fails():
+    raise RuntimeError("DataLoader worker (pid 5) is killed by signal: Killed.")
+torch._C._error_if_any_worker_fails = fails
+D.watch_workers()
+handler = signal.getsignal(signal.SIGCHLD)
+handler(signal.SIGCHLD, sys._getframe())
+kept = D._DIED["error"]
+assert type(kept) is D.WorkerDied and kept.__traceback__ is None and "pid 5" in str(kept), repr(kept)
+sys.unraisablehook(types.SimpleNamespace(exc_value=D.WorkerDied("x")))
+sys.unraisablehook(types.SimpleNamespace(exc_value=ValueError("y")))
+assert [type(u.exc_value) for u in before] == [ValueError], before
+D._DIED["waiting"] = True
+try:
+    handler(signal.SIGCHLD, None)
+except D.WorkerDied as e:
+    assert e.__cause__ is None and e.__suppress_context__, e
+else:
+    raise AssertionError("not raised as a WorkerDied")
+print("ok")
+"""
+
+
+def test_the_sigchld_handler_keeps_a_worker_death_without_its_frames_and_quiets_it():
+    """(A process of its own: the handler replaces the process's SIGCHLD handler and torch's flag.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=str(Path(D.__file__).resolve().parents[2]))
+    run = subprocess.run([sys.executable, "-c", _HANDLER], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
