@@ -286,3 +286,75 @@ def test_the_sigchld_handler_keeps_a_worker_death_without_its_frames_and_quiets_
     env = dict(os.environ, PYTHONPATH=str(Path(D.__file__).resolve().parents[2]))
     run = subprocess.run([sys.executable, "-c", _HANDLER], env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+def test_a_row_with_a_cell_past_the_header_is_read(tmp_path):
+    """(csv gives the extra cells as a list under the key None: no text to strip.)"""
+    from leap_cli.epic.classes import read_csv
+
+    path = tmp_path / "EPIC_100_validation.csv"
+    path.write_text("narration_id,participant_id\nP01_101_0 ,P01,extra \n", encoding="utf-8")
+    rows = read_csv(path, ("narration_id", "participant_id"))
+    assert rows[0]["narration_id"] == "P01_101_0" and rows[0]["participant_id"] == "P01"
+
+
+def test_a_lowercase_drive_letter_is_a_path():
+    from leap_cli.programs.prompt import strip_paths
+
+    assert strip_paths("cannot open c:\\My Data\\P01\\P01_11.MP4: gone") == "cannot open <path>: gone"
+
+
+def test_a_negative_frame_number_is_read_as_decoding_reads_it():
+    assert _frame_number(_frame(2 ** 64 - 1)) == -1
+
+
+class _NoWorkers:
+    """A loader without workers whose epoch raises ``exc`` at its start ("start") or after one batch."""
+
+    def __init__(self, exc: BaseException, where: str):
+        self.num_workers, self.dataset, self.exc, self.where = 0, None, exc, where
+
+    def __iter__(self):
+        if self.where == "start":
+            raise self.exc
+        return self._batches()
+
+    def _batches(self):
+        yield {"narration_id": ["a"]}
+        raise self.exc
+
+
+@pytest.mark.parametrize("where", ["start", "batch"])
+@pytest.mark.parametrize("exc", [EOFError, lambda: ConnectionResetError(104, "reset")])
+def test_a_loader_without_workers_lets_its_error_go_on_at_once(where, exc):
+    """No worker to have died or lost a batch: the error is the dataset's own, without the wait for a death."""
+    error = exc()
+    batches = iter(D.Guarded(_NoWorkers(error, where), "--workers"))
+    if where == "batch":
+        next(batches)
+    t = time.monotonic()
+    with pytest.raises(type(error)):
+        next(batches)
+    assert time.monotonic() - t < 1
+
+
+def test_torchs_error_for_a_dead_worker_is_said_as_its_death_though_none_shows_dead(monkeypatch):
+    monkeypatch.setattr(D, "DEATH_SHOWS", 0.1)
+    workers = [_Worker(101, None)]
+    batches = iter(D.Guarded(_Loader(RuntimeError("DataLoader worker (pid 101) is killed by signal: Killed."),
+                                     workers), "--workers"))
+    next(batches)
+    with pytest.raises(LeapError, match="pid 101"):
+        next(batches)
+    assert workers[0].killed
+
+
+def test_a_loader_timeout_is_said_as_no_batch_in_its_time(monkeypatch):
+    monkeypatch.setattr(D, "DEATH_SHOWS", 0.1)
+    workers = [_Worker(101, None)]
+    error = RuntimeError(f"DataLoader timed out after {D.LOADER_TIMEOUT} seconds")
+    batches = iter(D.Guarded(_Loader(error, workers), "--workers"))
+    next(batches)
+    with pytest.raises(LeapError, match=f"no batch came from the DataLoader's workers in {D.LOADER_TIMEOUT} s"):
+        next(batches)
+    assert workers[0].killed
