@@ -358,3 +358,27 @@ def test_a_loader_timeout_is_said_as_no_batch_in_its_time(monkeypatch):
     with pytest.raises(LeapError, match=f"no batch came from the DataLoader's workers in {D.LOADER_TIMEOUT} s"):
         next(batches)
     assert workers[0].killed
+
+
+def test_narration_ids_of_two_columns_are_refused():
+    import numpy as np
+
+    from leap_cli.evaluate.scores import normalize_scores
+
+    raw = {"narration_id": [("P01_101_0", "open door"), ("P01_101_1", "close door")],
+           "verb_output": np.zeros((2, 97)), "noun_output": np.zeros((2, 300))}
+    with pytest.raises(LeapError, match="not one id per row"):
+        normalize_scores(raw, "results.pkl")
+
+
+class _Exited(_Worker):
+    @property
+    def exitcode(self):
+        return None if self.is_alive() else 1
+
+
+def test_a_worker_that_exited_with_an_error_as_its_loader_started_is_said_with_its_code():
+    workers = [_Exited(101, 0.0), _Worker(102, None)]
+    with pytest.raises(LeapError) as e:
+        next(iter(D.Guarded(_Loader(None, workers, batches=3), "--workers")))
+    assert "DataLoader worker (pid 101) exited unexpectedly with exit code 1" in e.value.one_line(), e.value.one_line()
