@@ -1,13 +1,21 @@
-"""A hand-made mutation run over session 67's own changes to leap_cli/ (``git diff 3c7d1c6`` : shards/dataset.py's
-Guarded._failed, DEATH_SHOWS, _kill_workers(children=) and the post-start dead-worker check; epic/hand_objects.py's
-_frame_number; epic/classes.py's read_csv; programs/prompt.py's _PATH; evaluate/scores.py; media/video.py's _fail;
-programs/validate.py's consistent(); train/checkpoint.py). Found: no fault. The mutants these tests kill survived
-the session's tests: _frame_number's one-byte fast paths taken for 0x80 (a continuation byte), IndexError not
-tolerated after a frame number, the truncation check dropped, 0 for an absent number, a fixed32 skipped as 8 bytes;
-read_csv's leading spaces kept; a path through two spaced folders cut at the second; _check_crcs letting zipfile's
-RuntimeError of an encrypted entry through; the death wait not ending as the death shows; a lost batch (EOFError)
-not killing the process's other children; the post-start dead-worker check dropped; an OSError "timed out" said as
-the loader's timeout."""
+"""A hand-made mutation run over session 67's own changes to leap_cli/ (``git diff 3c7d1c6``: shards/dataset.py's
+watch_workers handler, Guarded._failed, DEATH_SHOWS, _kill_workers(children=) and the post-start dead-worker check;
+cli.py's _redeliver_dropped_stops; epic/hand_objects.py's _frame_number; epic/classes.py's read_csv;
+programs/prompt.py's _PATH; evaluate/scores.py's nested ids; media/video.py's _fail; programs/validate.py's
+consistent(); train/checkpoint.py). 87 mutants: 82 killed (36 of them only by this file), 5 left (a poll interval
+and the redelivery timer's delay: timing only; the fast one-byte path of _frame_number's key dropped, the counter's
+reset per _main, the timer's daemon flag: equivalent for a real run). Found: no fault.
+
+What this file kills that survived before: _frame_number's one-byte fast paths taken for 0x80 (a continuation
+byte), IndexError not tolerated after a frame number, the truncation check dropped, 0 for an absent number, a
+fixed32 skipped as 8 bytes, a negative number unsigned; read_csv's leading spaces kept and cells past the header
+stripped (a list); a path through two spaced folders cut at the second, a lowercase drive letter; _check_crcs
+letting zipfile's RuntimeError (an encrypted entry) through; the death wait not ending as the death shows; a lost
+batch not killing the process's other children; the post-start dead-worker check dropped, looking at the persistent
+iterator only, or its words changed; an OSError "timed out" said as the loader's timeout, and the timeout said as
+a lost batch; a loader without workers waiting or wrapping its error; the SIGCHLD handler's WorkerDied (kept with
+its traceback, not quieted, torch's error raised as it was); the redelivery hook's conditions, count and signal;
+narration ids nested past row 0 or of two columns."""
 
 from __future__ import annotations
 
