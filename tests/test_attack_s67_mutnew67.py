@@ -27,6 +27,7 @@ import pytest
 from leap_cli.common import LeapError
 from leap_cli.epic.hand_objects import _frame_number
 from leap_cli.shards import dataset as D
+from tests.test_s67_worker_deaths import _Worker
 
 
 def _v(n: int) -> bytes:
@@ -94,25 +95,6 @@ def test_an_encrypted_archive_is_left_to_torch_load(tmp_path):
     with zipfile.ZipFile(path) as z, pytest.raises(RuntimeError):
         z.testzip()
     assert _check_crcs(path) is None
-
-
-class _Worker:
-    def __init__(self, pid: int, after: float | None):
-        self.pid, self.killed = pid, False
-        self.dies = None if after is None else time.monotonic() + after
-
-    def is_alive(self) -> bool:
-        return not self.killed and (self.dies is None or time.monotonic() < self.dies)
-
-    @property
-    def exitcode(self):
-        return None if self.is_alive() else -9
-
-    def kill(self):
-        self.killed = True
-
-    def join(self, timeout=None):
-        pass
 
 
 class _Loader:
