@@ -207,6 +207,15 @@ def read_csv(path: str | Path, required: tuple[str, ...] | list[str], *, what: s
                                     fix="save the file as comma-separated CSV throughout, or take EPIC's file again"
                                     if sep else "a cut or damaged line: complete it, or restore the file from EPIC's "
                                                 "release")
+                extra = [v for v in row.get(None) or [] if isinstance(v, str) and v.strip()]
+                if extra:  # (a comma in a cell not quoted: every later field shifted by one, and read as the next
+                    # column's: a narration "open door, then close" gave its verb class as "then close")
+                    first = next(iter(row.values()), "") or ""
+                    raise LeapError(f"row {reader.line_num} ({first}) has {len(header) + len(row[None])} fields, the "
+                                    f"header {len(header)} (a comma inside a cell that is not quoted?)", path=path,
+                                    record=f"row {reader.line_num}",
+                                    fix="put that cell in double quotes (\"open door, then close\"), as EPIC's files "
+                                        "do, or take EPIC's file again")
                 # (a cell's trailing spaces, as a spreadsheet may leave them: "P01_101_0 " matched no id)
                 rows.append({k: (v.strip() if isinstance(v, str) else "" if v is None else v) for k, v in row.items()})
                 rows.lines.append(reader.line_num)
