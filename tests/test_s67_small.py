@@ -65,3 +65,31 @@ def test_a_message_damaged_after_its_frame_number_fails_only_where_its_frame_is_
     assert sorted(frames) == [3, 5] and frames[5].frame_number == 5
     with pytest.raises(LeapError, match=r"\[frame 3 \(message 0\)\].*truncated"):
         frames[3]
+
+
+def test_a_row_with_more_fields_than_the_header_is_refused_naming_it(tmp_path):
+    """(Was: the extra cells kept under no column, every later field read as the next column's.) A trailing empty
+    cell, as some tools add, is no extra field."""
+    from leap_cli.epic.classes import read_csv
+
+    path = tmp_path / "EPIC_100_train.csv"
+    path.write_text("narration_id,narration,verb\nP01_101_0,take plate,take\nP01_101_1,open door, then close,open\n"
+                    "P01_101_2,wash cup,wash,\n", encoding="utf-8")
+    with pytest.raises(LeapError) as e:
+        read_csv(path, ("narration_id", "narration", "verb"))
+    assert e.value.record == "row 3" and "4 fields, the header 3" in e.value.message, e.value.one_line()
+    assert "double quotes" in e.value.fix
+    path.write_text("narration_id,narration,verb\nP01_101_2,wash cup,wash,\n", encoding="utf-8")
+    assert read_csv(path, ("narration_id", "narration", "verb"))[0]["verb"] == "wash"
+
+
+def test_a_message_cut_before_its_frame_number_says_truncated_not_index_out_of_range(tmp_path):
+    import pickle
+
+    from leap_cli.epic.hand_objects import open_hand_objects
+
+    path = tmp_path / "P01_01.pkl"
+    path.write_bytes(pickle.dumps([b"\x0a"]))  # (field 1, length-delimited, its length missing)
+    with pytest.raises(LeapError) as e:
+        open_hand_objects(path)
+    assert "truncated field" in e.value.message and "index" not in e.value.message, e.value.message

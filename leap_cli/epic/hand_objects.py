@@ -387,9 +387,9 @@ def _frame_number(msg: bytes) -> int:
                 raise ValueError(f"unsupported wire type {wire}")
         if i > n:
             raise ValueError("truncated field")
-    except (ValueError, IndexError):
-        if number is None:
-            raise
+    except (ValueError, IndexError) as e:
+        if number is None:  # (IndexError: a varint or a field cut at the message's end, "index out of range")
+            raise ValueError("truncated field") if isinstance(e, IndexError) else e from None
     return 0 if number is None else number
 
 
