@@ -35,21 +35,7 @@ from leap_cli.media import video
 from leap_cli.media.video import (FramesFolderReader, VideoReader, VideoUnreadable, open_video, resize_short_side,
                                   stored_size)
 from leap_cli.media.write import write_mp4
-
-W, H = 64, 48
-
-
-def _frame(i: int) -> np.ndarray:
-    """Frame ``i`` (1-based): its number in 8 binary blocks (8 px wide) along the top, a grey level below."""
-    a = np.full((H, W, 3), 40, np.uint8)
-    a[24:] = (i * 3) % 250
-    for bit in range(8):
-        a[:16, bit * 8:(bit + 1) * 8] = 255 if i >> bit & 1 else 0
-    return a
-
-
-def _number(rgb: np.ndarray) -> int:
-    return sum(1 << bit for bit in range(8) if rgb[5:11, bit * 8 + 2:bit * 8 + 6].mean() > 128)
+from tests.test_video_reader import H, W, _frame, _number  # (frames that carry their number)
 
 
 @pytest.fixture(scope="module")
