@@ -392,3 +392,83 @@ def test_evaluate_stopped_as_it_forks_its_workers_stops(kitchen, tmp_path, tmp, 
     assert r["rc"] == rc and "KeyboardInterrupt" not in r["err"], f"{r['rc']} " + r["err"][-1500:]
     assert not r["left"] and not r["temps"], (r["left"], r["temps"])
 
+
+
+# A process group's SIGTERM (Slurm's preemption, `timeout`, `docker stop`) that reaches evaluate as it forks its
+# DataLoader workers: the first worker, not yet ignoring SIGTERM, dies of it, and the main process's own stop is
+# dropped in the at-fork callback it comes in (sent again 50 ms later).
+GROUP_STOPPED_IN_A_FORK = """
+import os, signal, sys
+done = []
+def after_fork():
+    if not done:
+        done.append(1)
+        os.killpg(0, signal.SIGTERM)
+os.register_at_fork(after_in_parent=after_fork)
+from leap_cli.cli import main
+sys.argv = ["leap", *sys.argv[1:]]
+main()
+"""
+
+# The same stop met in the other order: the main process's KeyboardInterrupt leaves the loader's start (here as torch
+# registers the workers' pids) and the first worker's death by the same SIGTERM is heard only as the start's clean-up
+# joins the workers it forked.
+GROUP_STOP_HEARD_FIRST = """
+import os, signal, sys, time
+from torch.utils.data._utils import signal_handling
+register = signal_handling._set_worker_pids
+def stopped(key, pids):
+    register(key, pids)
+    heard = signal.signal(signal.SIGCHLD, lambda *a: None)  # (the death not heard yet)
+    os.kill(pids[0], signal.SIGTERM)
+    end = time.monotonic() + 5
+    while time.monotonic() < end and open(f"/proc/{pids[0]}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+        time.sleep(0.01)
+    signal.signal(signal.SIGCHLD, heard)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(1)
+signal_handling._set_worker_pids = stopped
+from leap_cli.cli import main
+sys.argv = ["leap", *sys.argv[1:]]
+main()
+"""
+
+# And the death heard first: the worker's SIGCHLD as torch registers the pids, the main process's own SIGTERM 0.1 s
+# later (as a dropped stop is sent again, 50 ms after).
+GROUP_STOP_HEARD_LATE = """
+import os, signal, sys, threading, time
+from torch.utils.data._utils import signal_handling
+register = signal_handling._set_worker_pids
+def stopped(key, pids):
+    register(key, pids)
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    os.kill(pids[0], signal.SIGTERM)
+    time.sleep(1)
+signal_handling._set_worker_pids = stopped
+from leap_cli.cli import main
+sys.argv = ["leap", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("script", [GROUP_STOPPED_IN_A_FORK, GROUP_STOP_HEARD_FIRST, GROUP_STOP_HEARD_LATE],
+                         ids=["dropped", "heard-first", "heard-late"])
+def test_a_process_groups_sigterm_as_workers_start_is_a_stop_not_a_worker_death(kitchen, tmp_path, tmp, script):
+    """Was: exit 2 and "DataLoader worker (pid N) is killed by signal: Terminated." (use fewer workers ...), in 5 of
+    12 SIGTERMs to evaluate's process group as its workers started; a scheduler that requeues a preempted job by its
+    exit status (143) took it for a failure. The main process's own stop now wins over the death it caused."""
+    r = _run([sys.executable, "-c", script, *map(str, _evaluate(kitchen, tmp_path / "o"))], tmp,
+             lambda kids, pid: None, timeout=30)
+    said = _said(r["err"])
+    assert r["rc"] == 143 and "Traceback" not in r["err"], f"{r['rc']} " + r["err"][-1500:]
+    assert len(said) == 1 and said[0].startswith("stopped by SIGTERM"), said
+    assert not r["left"] and not r["temps"], (r["left"], r["temps"])
+
+
+def test_a_worker_killed_by_sigterm_alone_is_still_said_as_its_death(kitchen, tmp_path, tmp):
+    """A worker's own SIGTERM (someone's `kill PID`), with no stop of the main process: the death, exit 2, within
+    the moment the main process waits for a stop of its own."""
+    r = _run(leap(*_evaluate(kitchen, tmp_path / "o")), tmp,
+             lambda kids, pid: [(kids[0], signal.SIGTERM)] if len(kids) == 2 else None, timeout=30)
+    _died(r, "SIGTERM to one worker")
+    assert "SIGTERM" in _said(r["err"])[0] or "Terminated" in _said(r["err"])[0], r["err"][-800:]

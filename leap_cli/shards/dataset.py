@@ -509,6 +509,36 @@ def _died_error(e: BaseException, option: str, workers: list) -> LeapError:
     return LeapError(f"{text} ({why})", fix=f"then run {rerun('the same command again')}")
 
 
+STOP_SHOWS = 0.5  # seconds: how long a worker's death by a stop signal waits for the process's own stop to show
+_STOPS = ("SIGINT", "SIGTERM", "SIGHUP")
+_STOP_WORDS = ("Interrupt", "Terminated", "Hangup")  # (torch's words: the signals' descriptions)
+
+
+def _stopped(e: BaseException, dead: list) -> bool:
+    """Whether the worker death ``e`` (the loader's ``dead`` workers) was by a stop signal: a process group's SIGTERM
+    (Slurm's preemption, ``timeout``, ``docker stop``) or SIGINT (Ctrl-C) that reached a worker as it started,
+    before ``loader_worker_init`` had it ignore them."""
+    import signal
+
+    names = {signal.Signals(-p.exitcode).name for p in dead
+             if p.exitcode < 0 and -p.exitcode in signal.Signals._value2member_map_}
+    return bool(names & set(_STOPS)) or (not names and "killed by signal" in str(e)
+                                         and any(word in str(e) for word in _STOP_WORDS))
+
+
+def _await_own_stop() -> None:
+    """A worker killed by a stop signal was most likely one of a process group's: the main process's own stop, which
+    it handles a moment later (the stop's KeyboardInterrupt dropped where Python cannot raise it, as an at-fork
+    callback while the loader forked its workers, is sent again 50 ms later: ``cli._redeliver_dropped_stops``), is
+    let in here to stop the stage as a stop (exit 143 for SIGTERM, 130 for Ctrl-C), not as a worker's death
+    (exit 2). Where none comes (a worker's own ``kill``) the death is said."""
+    import time
+
+    end = time.monotonic() + STOP_SHOWS
+    while time.monotonic() < end:
+        time.sleep(0.01)
+
+
 class Guarded:
     """A DataLoader (``loader``; ``option`` sets its workers) whose lost batch is said in one line: a worker that
     cannot hand its batch over (at the limit of open files) loses it, and the main process then met an EOFError
@@ -572,7 +602,11 @@ class Guarded:
             while time.monotonic() < end and not _dead_workers(mine):
                 time.sleep(0.05)
         if _worker_died(e) or _dead_workers(mine):
-            raise _died_error(e, self.option, mine) from e
+            stopped = _stopped(e, _dead_workers(mine))
+            error = _died_error(e, self.option, mine)
+            if stopped:
+                _await_own_stop()
+            raise error from e
         lost = isinstance(e, EOFError) or (isinstance(e, RuntimeError) and "timed out" in str(e))
         _kill_workers(mine, children=lost)  # (another error: this loader's workers only, the caller's other
         if isinstance(e, EOFError):  # processes live on)
@@ -591,10 +625,16 @@ def _start(loader) -> Iterator[dict]:
     workers this call started are killed before its error goes on."""
     import multiprocessing
 
+    from leap_cli.common import quiet_unraisable
+
     before = {p.pid for p in multiprocessing.active_children()}
     try:
         return iter(loader)
     except BaseException:
+        # (the deaths of these kills, and of a worker a process group's stop killed as it started, are not raised in
+        # the joins below: that replaced the error that goes on, the stop's KeyboardInterrupt too, by a worker's death)
+        _DIED["waiting"] = False
+        quiet_unraisable(AttributeError)  # (the half-made iterator's __del__ fails on what its start had not made)
         for p in multiprocessing.active_children():
             if p.pid not in before:
                 p.kill()
