@@ -539,6 +539,20 @@ def _await_own_stop() -> None:
         time.sleep(0.01)
 
 
+def _awaited(step, workers: int):
+    """``step()`` (a loader's start, or its next batch), with a worker's death raised where it is heard
+    (``watch_workers``), and one heard before, while the main process was elsewhere, raised first. (The flag is
+    set before that look: a death heard between the two was kept and not raised, and the main process waited
+    LOADER_TIMEOUT for a batch from the dead worker.)"""
+    _DIED["waiting"] = bool(workers)
+    try:
+        if workers and _DIED["error"] is not None:
+            raise _DIED["error"]
+        return step()
+    finally:
+        _DIED["waiting"] = False
+
+
 class Guarded:
     """A DataLoader (``loader``; ``option`` sets its workers) whose lost batch is said in one line: a worker that
     cannot hand its batch over (at the limit of open files) loses it, and the main process then met an EOFError
@@ -555,13 +569,7 @@ class Guarded:
     def __iter__(self) -> Iterator[dict]:
         workers = self.loader.num_workers
         try:  # (persistent workers: an epoch's iterator waits for each of them at once, and one may have died)
-            if workers and _DIED["error"] is not None:
-                raise _DIED["error"]
-            _DIED["waiting"] = bool(workers)
-            try:
-                it = _start(self.loader) if workers else iter(self.loader)
-            finally:
-                _DIED["waiting"] = False
+            it = _awaited(lambda: _start(self.loader) if workers else iter(self.loader), workers)
         except (EOFError, RuntimeError, OSError) as e:
             if not workers:
                 raise
@@ -576,13 +584,7 @@ class Guarded:
                                       f"{dead[0].exitcode}"), _workers_of(self.loader, it))
         while True:
             try:
-                if workers and _DIED["error"] is not None:  # (one that died while the main process was elsewhere)
-                    raise _DIED["error"]
-                _DIED["waiting"] = bool(workers)
-                try:
-                    batch = next(it)
-                finally:
-                    _DIED["waiting"] = False
+                batch = _awaited(lambda: next(it), workers)
             except StopIteration:
                 return
             except (EOFError, RuntimeError, OSError) as e:  # (a worker that died: a connection reset, or torch's

@@ -1,0 +1,85 @@
+"""A DataLoader worker's death heard at any moment of the main process's wait for a batch (``Guarded``): raised
+before another batch is handed on, never kept unsaid while the main process waits for the dead worker's batch."""
+
+from __future__ import annotations
+
+import linecache
+import sys
+
+import pytest
+
+from leap_cli.errors import LeapError
+from leap_cli.shards import dataset
+from leap_cli.shards.dataset import _DIED, Guarded, WorkerDied
+
+
+class _Loader:
+    """A loader with workers whose batches come at once (no process: the death is heard by the trace below); each
+    batch says whether the death had been heard when it was asked for (``state["heard"]``)."""
+
+    num_workers = 2
+    dataset = None
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def __iter__(self):
+        return ({"i": i, "asked_after": self.state["heard"]} for i in range(3))
+
+
+def _heard_at(line: int) -> tuple[bool, list, BaseException | None]:
+    """Iterate a Guarded loader, a worker's death heard (as ``watch_workers``' SIGCHLD handler does: kept, and raised
+    where a batch is awaited) at the ``line``-th line run in ``dataset``'s code. Whether it was heard, the batches
+    asked of the workers after it, and what ended the iteration."""
+    code = {f.__code__ for f in vars(dataset).values() if callable(f) and hasattr(f, "__code__")}
+    code |= {f.__code__ for f in vars(Guarded).values() if hasattr(f, "__code__")}
+    state = {"lines": 0, "heard": False}
+
+    def hear():
+        error = WorkerDied("DataLoader worker (pid 1) is killed by signal: Killed.")
+        _DIED["error"] = _DIED["error"] or error
+        state["heard"] = True
+        if _DIED["waiting"]:
+            raise error
+
+    def local(frame, event, arg):  # (not at a `try:`, a line no signal handler runs at: it runs no code)
+        if event == "line" and not state["heard"] and \
+                linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip() != "try:":
+            state["lines"] += 1
+            if state["lines"] == line:
+                hear()
+        return local
+
+    def trace(frame, event, arg):
+        return local if frame.f_code in code else None
+
+    after, ended = [], None
+    _DIED.update(error=None, waiting=False)
+    sys.settrace(trace)
+    try:
+        for batch in Guarded(_Loader(state), "--workers"):
+            if batch["asked_after"]:  # (the one in hand as it was heard may go on: it came whole)
+                after.append(batch)
+    except LeapError as e:
+        ended = e
+    finally:
+        sys.settrace(None)
+        _DIED.update(error=None, waiting=False)
+    return state["heard"], after, ended
+
+
+def test_a_death_heard_at_any_line_of_the_wait_stops_before_another_batch_is_awaited(monkeypatch):
+    """Was: a death heard between the look for a kept one and the flag that has the handler raise it was kept and
+    not raised; the main process then waited LOADER_TIMEOUT (900 s) for the dead worker's batch (seen once in 100
+    process-group SIGTERMs of evaluate)."""
+    monkeypatch.setattr(dataset, "_kill_workers", lambda workers, children=True: None)  # (no process to kill)
+    heard_at = []
+    for line in range(1, 400):
+        heard, after, ended = _heard_at(line)
+        if not heard:
+            break
+        heard_at.append((line, ended))
+        assert not after, (line, after)
+        assert ended is None or "killed by signal" in str(ended), (line, ended)  # (None: heard after the last
+    said = [line for line, ended in heard_at if ended is not None]  # batch; kept for the next epoch's start)
+    assert len(said) > 20  # (the start, the look after it, and the batches' waits were all tried)
