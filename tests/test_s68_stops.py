@@ -83,3 +83,38 @@ def test_a_death_heard_at_any_line_of_the_wait_stops_before_another_batch_is_awa
         assert ended is None or "killed by signal" in str(ended), (line, ended)  # (None: heard after the last
     said = [line for line, ended in heard_at if ended is not None]  # batch; kept for the next epoch's start)
     assert len(said) > 20  # (the start, the look after it, and the batches' waits were all tried)
+
+
+def test_a_death_heard_as_a_stop_leaves_is_kept_not_raised_in_the_stops_way(monkeypatch):
+    """Was: the SIGCHLD handler raised the death inside the clean-up of code a stop's KeyboardInterrupt was leaving
+    (a queue's feeder thread starting as evaluate's loader started: the thread's Condition lost its lock, and
+    evaluate ended with "RuntimeError: release unlocked lock" and a traceback, exit 1, in 1 of 85 process-group
+    SIGTERMs). The death is kept for the next wait; the stop goes on."""
+    import signal
+
+    import torch
+    from torch.utils.data._utils import signal_handling
+
+    installed = []
+    monkeypatch.setattr(signal_handling, "_SIGCHLD_handler_set", False)
+    monkeypatch.setattr(signal, "signal", lambda sig, handler: installed.append(handler))
+    monkeypatch.setattr(signal, "getsignal", lambda sig: signal.SIG_DFL)
+
+    def fails():
+        raise RuntimeError("DataLoader worker (pid 7) is killed by signal: Terminated. ")
+
+    monkeypatch.setattr(torch._C, "_error_if_any_worker_fails", fails)
+    dataset.watch_workers()
+    handler, = installed
+    _DIED.update(error=None, waiting=True)
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            handler(signal.SIGCHLD, None)  # (no error: the stop goes on)
+        assert isinstance(_DIED["error"], WorkerDied)
+        _DIED["error"] = None
+        with pytest.raises(WorkerDied, match="Terminated"):  # (no stop on its way: raised where it is awaited)
+            handler(signal.SIGCHLD, None)
+    finally:
+        _DIED.update(error=None, waiting=False)

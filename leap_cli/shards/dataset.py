@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Iterator, NoReturn
 
@@ -430,6 +431,10 @@ def watch_workers() -> None:
     previous = signal.getsignal(signal.SIGCHLD)
 
     def handler(signum, frame):
+        # (a stop on its way out, its KeyboardInterrupt being handled where the signal came: the death is kept, not
+        # raised there, where it replaced the stop and broke what that code's clean-up restores; a thread's start
+        # failed "release unlocked lock")
+        stopping = isinstance(sys.exc_info()[1], KeyboardInterrupt)
         try:
             torch._C._error_if_any_worker_fails()
         except RuntimeError as e:
@@ -443,7 +448,7 @@ def watch_workers() -> None:
             # until the process's end, whose exit then waited for ever for their workers, which ignore SIGTERM: a run
             # stopped by a signal at a step boundary as a worker died)
             _DIED["error"] = WorkerDied(*e.args)
-            if _DIED["waiting"]:
+            if _DIED["waiting"] and not stopping:
                 raise WorkerDied(*e.args) from None  # (another: the raise gives it a traceback)
         if callable(previous):
             previous(signum, frame)
