@@ -80,7 +80,7 @@ def test_a_death_heard_at_any_line_of_the_wait_stops_before_another_batch_is_awa
             break
         heard_at.append((line, ended))
         assert not after, (line, after)
-        assert ended is None or "killed by signal" in str(ended), (line, ended)  # (None: heard after the last
+        assert ended is None or "killed by SIGKILL" in str(ended), (line, ended)  # (None: heard after the last
     said = [line for line, ended in heard_at if ended is not None]  # batch; kept for the next epoch's start)
     assert len(said) > 20  # (the start, the look after it, and the batches' waits were all tried)
 
@@ -118,3 +118,21 @@ def test_a_death_heard_as_a_stop_leaves_is_kept_not_raised_in_the_stops_way(monk
             handler(signal.SIGCHLD, None)
     finally:
         _DIED.update(error=None, waiting=False)
+
+
+@pytest.mark.parametrize("words, sig, stop", [
+    ("DataLoader worker (pid 41) is killed by signal: Terminated. ", "SIGTERM", True),
+    ("DataLoader worker (pid 41) is killed by signal: Killed.", "SIGKILL", False),
+    ("DataLoader worker (pid 41) is killed by signal: Bus error. It is possible that dataloader's workers are out of "
+     "shared memory.", "SIGBUS", False),
+    ("DataLoader worker (pid 41) is killed by signal: Hangup.", "SIGHUP", True),
+])
+def test_a_death_in_torchs_words_is_said_in_leaps(monkeypatch, words, sig, stop):
+    """A worker's death known only by torch's error (not of the loader awaited, or not reaped yet) was said in
+    torch's words ("is killed by signal: Terminated."), another in leap's ("was killed by SIGTERM"): one wording,
+    and a stop signal's death known as such."""
+    monkeypatch.setattr(dataset, "_kill_workers", lambda workers, children=True: None)
+    said = str(dataset._died_error(RuntimeError(words), "--workers", []))
+    assert said.startswith(f"a DataLoader worker (pid 41) was killed by {sig} ("), said
+    assert dataset._stopped(RuntimeError(words), []) is stop
+    assert ("/dev/shm" in said) is (sig == "SIGBUS") and ("out-of-memory" in said) is (sig == "SIGKILL")

@@ -499,8 +499,11 @@ def _died_error(e: BaseException, option: str, workers: list) -> LeapError:
     code = next((p.exitcode for p in dead if p.exitcode and p.exitcode < 0), None)
     sig = signal.Signals(-code).name if code is not None and -code in signal.Signals._value2member_map_ else None
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if sig is not None:  # (torch's words name it by its pid(s) and the signal's description, or say no signal)
+    if sig is not None:
         text = f"a DataLoader worker (pid {dead[0].pid}) was killed by {sig}"
+    elif _torch_signal(e) is not None:  # (one not of the loader awaited, or not yet reaped: said in the same words)
+        pid, sig = _torch_signal(e)
+        text = f"a DataLoader worker (pid {pid}) was killed by {sig}"
     if sig == "SIGBUS" or "Bus error" in text:
         why = ("a bus error: the shared memory the workers pass batches through (/dev/shm) ran out; in Docker give "
                "the container more (docker run --shm-size 8g, or --ipc host)")
@@ -514,9 +517,19 @@ def _died_error(e: BaseException, option: str, workers: list) -> LeapError:
     return LeapError(f"{text} ({why})", fix=f"then run {rerun('the same command again')}")
 
 
+def _torch_signal(e: BaseException) -> tuple[int, str] | None:
+    """The pid and the signal's name in torch's words for a worker killed by a signal ("DataLoader worker (pid N) is
+    killed by signal: Terminated."), else None."""
+    import re
+    import signal
+
+    found = re.search(r"DataLoader worker \(pid (\d+)\) is killed by signal: ([^.\n]+)", str(e))
+    names = {signal.strsignal(s): s.name for s in signal.Signals if signal.strsignal(s)}
+    return (int(found[1]), names[found[2]]) if found and found[2] in names else None
+
+
 STOP_SHOWS = 0.5  # seconds: how long a worker's death by a stop signal waits for the process's own stop to show
 _STOPS = ("SIGINT", "SIGTERM", "SIGHUP")
-_STOP_WORDS = ("Interrupt", "Terminated", "Hangup")  # (torch's words: the signals' descriptions)
 
 
 def _stopped(e: BaseException, dead: list) -> bool:
@@ -527,8 +540,7 @@ def _stopped(e: BaseException, dead: list) -> bool:
 
     names = {signal.Signals(-p.exitcode).name for p in dead
              if p.exitcode < 0 and -p.exitcode in signal.Signals._value2member_map_}
-    return bool(names & set(_STOPS)) or (not names and "killed by signal" in str(e)
-                                         and any(word in str(e) for word in _STOP_WORDS))
+    return bool(names & set(_STOPS)) or (not names and (_torch_signal(e) or (0, ""))[1] in _STOPS)
 
 
 def _await_own_stop() -> None:
