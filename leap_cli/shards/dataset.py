@@ -38,6 +38,7 @@ Errors: a missing, truncated or corrupt shard raises a ``LeapError`` naming the 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -528,32 +529,38 @@ def _torch_signal(e: BaseException) -> tuple[int, str] | None:
     return (int(found[1]), names[found[2]]) if found and found[2] in names else None
 
 
-STOP_SHOWS = 0.5  # seconds: how long a worker's death by a stop signal waits for the process's own stop to show
 _STOPS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
-def _stopped(e: BaseException, dead: list) -> bool:
-    """Whether the worker death ``e`` (the loader's ``dead`` workers) was by a stop signal: a process group's SIGTERM
-    (Slurm's preemption, ``timeout``, ``docker stop``) or SIGINT (Ctrl-C) that reached a worker as it started,
-    before ``loader_worker_init`` had it ignore them."""
+@contextlib.contextmanager
+def _stops_held():
+    """Hold the stop signals (Ctrl-C; SIGTERM, SIGHUP) that come in the block, then give them to their handlers
+    (main thread; a signal ignored or left to its default stays so). A stop's KeyboardInterrupt raised inside a
+    loader's start, in torch's or the threading module's code, left a queue's lock held (raised as a ``with`` block
+    released it: the process then hung for ever as it stopped the workers), broke a thread's start ("release
+    unlocked lock", a traceback), was dropped where Python cannot raise it (an at-fork callback), or was replaced by
+    the death of a worker that a process group's SIGTERM (Slurm's preemption, ``timeout``) killed as it started
+    (exit 2, a worker's death, for a stop): 3 in 30 such SIGTERMs to evaluate. The workers forked in the block
+    inherit its handler, so such a signal leaves them alone until they ignore it (``loader_worker_init``)."""
     import signal
+    import threading
 
-    names = {signal.Signals(-p.exitcode).name for p in dead
-             if p.exitcode < 0 and -p.exitcode in signal.Signals._value2member_map_}
-    return bool(names & set(_STOPS)) or (not names and (_torch_signal(e) or (0, ""))[1] in _STOPS)
-
-
-def _await_own_stop() -> None:
-    """A worker killed by a stop signal was most likely one of a process group's: the main process's own stop, which
-    it handles a moment later (the stop's KeyboardInterrupt dropped where Python cannot raise it, as an at-fork
-    callback while the loader forked its workers, is sent again 50 ms later: ``cli._redeliver_dropped_stops``), is
-    let in here to stop the stage as a stop (exit 143 for SIGTERM, 130 for Ctrl-C), not as a worker's death
-    (exit 2). Where none comes (a worker's own ``kill``) the death is said."""
-    import time
-
-    end = time.monotonic() + STOP_SHOWS
-    while time.monotonic() < end:
-        time.sleep(0.01)
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list = []
+    before = {}
+    for name in _STOPS:
+        sig = getattr(signal, name, None)
+        if sig is not None and callable(signal.getsignal(sig)):
+            before[sig] = signal.signal(sig, lambda signum, frame: held.append((signum, frame)))
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        for signum, frame in held:  # (the first stop's KeyboardInterrupt ends the rest; train's handler counts them)
+            before[signum](signum, frame)
 
 
 def _awaited(step, workers: int):
@@ -621,11 +628,7 @@ class Guarded:
             while time.monotonic() < end and not _dead_workers(mine):
                 time.sleep(0.05)
         if _worker_died(e) or _dead_workers(mine):
-            stopped = _stopped(e, _dead_workers(mine))
-            error = _died_error(e, self.option, mine)
-            if stopped:
-                _await_own_stop()
-            raise error from e
+            raise _died_error(e, self.option, mine) from e
         lost = isinstance(e, EOFError) or (isinstance(e, RuntimeError) and "timed out" in str(e))
         _kill_workers(mine, children=lost)  # (another error: this loader's workers only, the caller's other
         if isinstance(e, EOFError):  # processes live on)
@@ -641,7 +644,13 @@ def _start(loader) -> Iterator[dict]:
     """``iter(loader)`` of a loader with workers. Where it fails part way (the limit of open files reached with a
     worker started and the next not), torch's half-made iterator cannot stop the workers it started, and those
     ignore SIGTERM (``loader_worker_init``): Python's exit then waited for them for ever, after the error line. The
-    workers this call started are killed before its error goes on."""
+    workers this call started are killed before its error goes on. A stop that comes as the loader starts is
+    raised once it has (``_stops_held``)."""
+    with _stops_held():
+        return _started(loader)
+
+
+def _started(loader) -> Iterator[dict]:
     import multiprocessing
 
     from leap_cli.common import quiet_unraisable
