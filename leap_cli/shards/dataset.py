@@ -530,6 +530,7 @@ def _torch_signal(e: BaseException) -> tuple[int, str] | None:
 
 
 _STOPS = ("SIGINT", "SIGTERM", "SIGHUP")
+HOLD_STOPS = 2.0  # seconds: how long a loader's start holds a stop at most
 
 
 @contextlib.contextmanager
@@ -541,19 +542,30 @@ def _stops_held():
     unlocked lock", a traceback), was dropped where Python cannot raise it (an at-fork callback), or was replaced by
     the death of a worker that a process group's SIGTERM (Slurm's preemption, ``timeout``) killed as it started
     (exit 2, a worker's death, for a stop): 3 in 30 such SIGTERMs to evaluate. The workers forked in the block
-    inherit its handler, so such a signal leaves them alone until they ignore it (``loader_worker_init``)."""
+    inherit its handler, so such a signal leaves them alone until they ignore it (``loader_worker_init``). A
+    start that takes longer than ``HOLD_STOPS`` (a persistent loader's workers stalled, as it waits for each of
+    them at an epoch's start) is stopped at once, as before."""
     import signal
     import threading
+    import time
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     held: list = []
     before = {}
+    end = time.monotonic() + HOLD_STOPS
+
+    def hold(signum, frame):
+        if time.monotonic() > end:
+            before[signum](signum, frame)
+        else:
+            held.append((signum, frame))
+
     for name in _STOPS:
         sig = getattr(signal, name, None)
         if sig is not None and callable(signal.getsignal(sig)):
-            before[sig] = signal.signal(sig, lambda signum, frame: held.append((signum, frame)))
+            before[sig] = signal.signal(sig, hold)
     try:
         yield
     finally:
