@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -556,8 +557,15 @@ def _pool_class() -> type:
 
     class Pool(multiprocessing.pool.Pool):
         def __init__(self, *args, **kwargs):
+            context = kwargs.get("context")
+            if context is not None and context.get_start_method() != "fork":
+                # (started first: its start unblocks SIGINT and SIGTERM in this thread, which _stops_held blocks)
+                from multiprocessing import resource_tracker
+
+                resource_tracker.ensure_running()
             try:
-                super().__init__(*args, **kwargs)
+                with _stops_held():
+                    super().__init__(*args, **kwargs)
             except BaseException:  # (a thread could not start: its workers run, and no one would stop them)
                 _stop_worker_handler(self)
                 _kill_all(getattr(self, "_pool", None) or ())
@@ -573,6 +581,50 @@ def _pool_class() -> type:
                 raise
 
     return Pool
+
+
+_STOPS = ("SIGINT", "SIGTERM", "SIGHUP")  # what stops a stage (cli): its workers take them once started
+
+
+@contextlib.contextmanager
+def _stops_held() -> Iterator[None]:
+    """While a pool starts its workers, hold the signals that stop a stage; they take effect as the block ends. A
+    Ctrl-C to the group as `extract --workers N` spawned its workers printed each worker's KeyboardInterrupt
+    traceback (one raised as its interpreter imported ``site``: "Fatal Python error"), and a stop that reached the
+    stage between a worker's spawn and the write of its start data left the worker to fail with "EOFError: Ran out
+    of input". Blocked here, they stay blocked in each worker (fork and exec keep the signal mask) until
+    ``start_worker`` has set them; the stage's own handlers, which run on whichever thread took the signal, are
+    deferred to the block's end."""
+    import signal
+    import threading
+
+    stops = [getattr(signal, n) for n in _STOPS if hasattr(signal, n)]
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    caught: list[int] = []
+    handlers = {s: signal.getsignal(s) for s in stops}
+    for s, h in handlers.items():
+        if callable(h):
+            signal.signal(s, lambda n, frame: caught.append(n))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    try:
+        yield
+    finally:
+        for s, h in handlers.items():
+            if callable(h):
+                signal.signal(s, h)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # (one that came to this thread is delivered now)
+        for s in dict.fromkeys(caught):
+            signal.raise_signal(s)
+
+
+def _unblock_stops() -> None:
+    """Take the stop signals a pool held while it started this worker (``_stops_held``)."""
+    import signal
+
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [getattr(signal, n) for n in _STOPS if hasattr(signal, n)])
 
 
 def _stop_worker_handler(pool, timeout: float = 5.0) -> None:
@@ -792,6 +844,7 @@ def start_worker(parent: int) -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(signal.SIGKILL, parent)
+    _unblock_stops()  # (a SIGTERM the group got as the pool started it ends the worker now)
 
 
 # What to do at the process's limit of open files: leap raises its soft limit to the hard one first (cli), so only
