@@ -557,20 +557,14 @@ def _pool_class() -> type:
 
     class Pool(multiprocessing.pool.Pool):
         def __init__(self, *args, **kwargs):
-            context = kwargs.get("context")
-            if context is not None and context.get_start_method() != "fork":
-                # (started first: its start unblocks SIGINT and SIGTERM in this thread, which _stops_held blocks)
-                from multiprocessing import resource_tracker
-
-                resource_tracker.ensure_running()
+            self._state = multiprocessing.pool.INIT  # (as Pool.__init__ sets first: its __del__ reads it)
             try:
-                with _stops_held():
+                with _stops_held(kwargs.get("context")):
                     super().__init__(*args, **kwargs)
-            except BaseException:  # (a thread could not start: its workers run, and no one would stop them)
-                _stop_worker_handler(self)
-                _kill_all(getattr(self, "_pool", None) or ())
-                for p in getattr(self, "_pool", None) or ():
-                    p.join(5)
+            except BaseException:  # (a thread could not start: its workers run, and no one would stop them; or
+                # the stop held while the workers started: a worker it killed may hold the task queue's lock, which
+                # the pool's finalizer, run as it is collected, waited for for ever)
+                stop_pool(self)
                 raise
 
         def _repopulate_pool(self):  # (Pool.__init__'s start of its workers, which it joins if one fails)
@@ -587,14 +581,14 @@ _STOPS = ("SIGINT", "SIGTERM", "SIGHUP")  # what stops a stage (cli): its worker
 
 
 @contextlib.contextmanager
-def _stops_held() -> Iterator[None]:
+def _stops_held(context=None) -> Iterator[None]:
     """While a pool starts its workers, hold the signals that stop a stage; they take effect as the block ends. A
     Ctrl-C to the group as `extract --workers N` spawned its workers printed each worker's KeyboardInterrupt
     traceback (one raised as its interpreter imported ``site``: "Fatal Python error"), and a stop that reached the
     stage between a worker's spawn and the write of its start data left the worker to fail with "EOFError: Ran out
     of input". Blocked here, they stay blocked in each worker (fork and exec keep the signal mask) until
     ``start_worker`` has set them; the stage's own handlers, which run on whichever thread took the signal, are
-    deferred to the block's end."""
+    deferred to the block's end. ``context``: the pool's (a spawn context's resource tracker is started first)."""
     import signal
     import threading
 
@@ -603,18 +597,23 @@ def _stops_held() -> Iterator[None]:
         yield
         return
     caught: list[int] = []
-    handlers = {s: signal.getsignal(s) for s in stops}
-    for s, h in handlers.items():
-        if callable(h):
-            signal.signal(s, lambda n, frame: caught.append(n))
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+    handlers = {s: h for s in stops if callable(h := signal.getsignal(s))}
+    mask = None
     try:
+        for s in handlers:
+            signal.signal(s, lambda n, frame: caught.append(n))
+        if context is not None and context.get_start_method() != "fork":
+            # (started before the mask is set: its start unblocks SIGINT and SIGTERM in this thread)
+            from multiprocessing import resource_tracker
+
+            resource_tracker.ensure_running()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         yield
     finally:
         for s, h in handlers.items():
-            if callable(h):
-                signal.signal(s, h)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # (one that came to this thread is delivered now)
+            signal.signal(s, h)
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # (one that came to this thread is delivered now)
         for s in dict.fromkeys(caught):
             signal.raise_signal(s)
 
