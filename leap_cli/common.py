@@ -559,7 +559,7 @@ def _pool_class() -> type:
         def __init__(self, *args, **kwargs):
             self._state = multiprocessing.pool.INIT  # (as Pool.__init__ sets first: its __del__ reads it)
             try:
-                with _stops_held(kwargs.get("context")):
+                with stops_held(kwargs.get("context")):
                     super().__init__(*args, **kwargs)
             except BaseException:  # (a thread could not start: its workers run, and no one would stop them; or
                 # the stop held while the workers started: a worker it killed may hold the task queue's lock, which
@@ -578,19 +578,29 @@ def _pool_class() -> type:
 
 
 _STOPS = ("SIGINT", "SIGTERM", "SIGHUP")  # what stops a stage (cli): its workers take them once started
+HOLD_STOPS = 2.0  # seconds: how long a start of workers holds a stop at most
 
 
 @contextlib.contextmanager
-def _stops_held(context=None) -> Iterator[None]:
-    """While a pool starts its workers, hold the signals that stop a stage; they take effect as the block ends. A
-    Ctrl-C to the group as `extract --workers N` spawned its workers printed each worker's KeyboardInterrupt
-    traceback (one raised as its interpreter imported ``site``: "Fatal Python error"), and a stop that reached the
-    stage between a worker's spawn and the write of its start data left the worker to fail with "EOFError: Ran out
-    of input". Blocked here, they stay blocked in each worker (fork and exec keep the signal mask) until
-    ``start_worker`` has set them; the stage's own handlers, which run on whichever thread took the signal, are
-    deferred to the block's end. ``context``: the pool's (a spawn context's resource tracker is started first)."""
+def stops_held(context=None, block: bool = True) -> Iterator[None]:
+    """While a pool or a DataLoader starts its workers, hold the signals that stop a stage; they take effect as the
+    block ends. A Ctrl-C to the group as `extract --workers N` spawned its workers printed each worker's
+    KeyboardInterrupt traceback (one raised as its interpreter imported ``site``: "Fatal Python error"), and a stop
+    that reached the stage between a worker's spawn and the write of its start data left the worker to fail with
+    "EOFError: Ran out of input". A stop's KeyboardInterrupt raised inside a DataLoader's start, in torch's or the
+    threading module's code, left a queue's lock held (raised as a ``with`` block released it: evaluate then hung
+    for ever as it stopped the workers), broke a thread's start ("release unlocked lock"), or was replaced by the
+    death of a worker that the same process group's SIGTERM killed as it started (exit 2 for a stop). Blocked here,
+    they stay blocked in each worker (fork and exec keep the signal mask) until ``start_worker`` or
+    ``loader_worker_init`` has set them; the stage's own handlers, which run on whichever thread took the signal,
+    are deferred to the block's end, or called at once past ``HOLD_STOPS`` (a persistent DataLoader's start that
+    waits for a stalled worker: Ctrl-C is not held for its timeout). ``context``: the workers' (a spawn context's
+    resource tracker is started first). Without ``block`` the signals are not blocked, only their handlers
+    deferred: forked workers inherit the deferring handler (and a DataLoader's main thread, the only one that may
+    take the signal, runs it past ``HOLD_STOPS``)."""
     import signal
     import threading
+    import time
 
     stops = [getattr(signal, n) for n in _STOPS if hasattr(signal, n)]
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
@@ -598,16 +608,25 @@ def _stops_held(context=None) -> Iterator[None]:
         return
     caught: list[int] = []
     handlers = {s: h for s in stops if callable(h := signal.getsignal(s))}
+    end = time.monotonic() + HOLD_STOPS
+
+    def hold(signum, frame):
+        if time.monotonic() > end:
+            handlers[signum](signum, frame)
+        else:
+            caught.append(signum)
+
     mask = None
     try:
         for s in handlers:
-            signal.signal(s, lambda n, frame: caught.append(n))
+            signal.signal(s, hold)
         if context is not None and context.get_start_method() != "fork":
             # (started before the mask is set: its start unblocks SIGINT and SIGTERM in this thread)
             from multiprocessing import resource_tracker
 
             resource_tracker.ensure_running()
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        if block:
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         yield
     finally:
         for s, h in handlers.items():
@@ -618,8 +637,8 @@ def _stops_held(context=None) -> Iterator[None]:
             signal.raise_signal(s)
 
 
-def _unblock_stops() -> None:
-    """Take the stop signals a pool held while it started this worker (``_stops_held``)."""
+def unblock_stops() -> None:
+    """Take the stop signals a pool or a DataLoader held while it started this worker (``stops_held``)."""
     import signal
 
     if hasattr(signal, "pthread_sigmask"):
@@ -843,7 +862,7 @@ def start_worker(parent: int) -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     die_with_parent(signal.SIGKILL, parent)
-    _unblock_stops()  # (a SIGTERM the group got as the pool started it ends the worker now)
+    unblock_stops()  # (a SIGTERM the group got as the pool started it ends the worker now)
 
 
 # What to do at the process's limit of open files: leap raises its soft limit to the hard one first (cli), so only

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from leap_cli import common
 from leap_cli.errors import LeapError
 from leap_cli.shards import dataset
 from leap_cli.shards.dataset import _DIED, Guarded, WorkerDied
@@ -168,7 +169,7 @@ def test_a_start_that_stalls_is_stopped_at_once_after_a_while(monkeypatch):
     import signal
     import time
 
-    monkeypatch.setattr(dataset, "HOLD_STOPS", 0.1)
+    monkeypatch.setattr(common, "HOLD_STOPS", 0.1)
     done = []
 
     class Loader:

@@ -38,7 +38,6 @@ Errors: a missing, truncated or corrupt shard raises a ``LeapError`` naming the 
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import logging
@@ -529,52 +528,6 @@ def _torch_signal(e: BaseException) -> tuple[int, str] | None:
     return (int(found[1]), names[found[2]]) if found and found[2] in names else None
 
 
-_STOPS = ("SIGINT", "SIGTERM", "SIGHUP")
-HOLD_STOPS = 2.0  # seconds: how long a loader's start holds a stop at most
-
-
-@contextlib.contextmanager
-def _stops_held():
-    """Hold the stop signals (Ctrl-C; SIGTERM, SIGHUP) that come in the block, then give them to their handlers
-    (main thread; a signal ignored or left to its default stays so). A stop's KeyboardInterrupt raised inside a
-    loader's start, in torch's or the threading module's code, left a queue's lock held (raised as a ``with`` block
-    released it: the process then hung for ever as it stopped the workers), broke a thread's start ("release
-    unlocked lock", a traceback), was dropped where Python cannot raise it (an at-fork callback), or was replaced by
-    the death of a worker that a process group's SIGTERM (Slurm's preemption, ``timeout``) killed as it started
-    (exit 2, a worker's death, for a stop): 3 in 30 such SIGTERMs to evaluate. The workers forked in the block
-    inherit its handler, so such a signal leaves them alone until they ignore it (``loader_worker_init``). A
-    start that takes longer than ``HOLD_STOPS`` (a persistent loader's workers stalled, as it waits for each of
-    them at an epoch's start) is stopped at once, as before."""
-    import signal
-    import threading
-    import time
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list = []
-    before = {}
-    end = time.monotonic() + HOLD_STOPS
-
-    def hold(signum, frame):
-        if time.monotonic() > end:
-            before[signum](signum, frame)
-        else:
-            held.append((signum, frame))
-
-    for name in _STOPS:
-        sig = getattr(signal, name, None)
-        if sig is not None and callable(signal.getsignal(sig)):
-            before[sig] = signal.signal(sig, hold)
-    try:
-        yield
-    finally:
-        for sig, handler in before.items():
-            signal.signal(sig, handler)
-        for signum, frame in held:  # (the first stop's KeyboardInterrupt ends the rest; train's handler counts them)
-            before[signum](signum, frame)
-
-
 def _awaited(step, workers: int):
     """``step()`` (a loader's start, or its next batch), with a worker's death raised where it is heard
     (``watch_workers``), and one heard before, while the main process was elsewhere, raised first. (The flag is
@@ -657,8 +610,10 @@ def _start(loader) -> Iterator[dict]:
     worker started and the next not), torch's half-made iterator cannot stop the workers it started, and those
     ignore SIGTERM (``loader_worker_init``): Python's exit then waited for them for ever, after the error line. The
     workers this call started are killed before its error goes on. A stop that comes as the loader starts is
-    raised once it has (``_stops_held``)."""
-    with _stops_held():
+    taken once it has (``stops_held``)."""
+    from leap_cli.common import stops_held
+
+    with stops_held(getattr(loader, "multiprocessing_context", None), block=False):  # (forked workers)
         return _started(loader)
 
 
