@@ -1,3 +1,3 @@
-from leap_cli.cli import main
+from leap_cli.entry import main
 
 main()

@@ -18,6 +18,7 @@ import typer
 
 from leap_cli import __version__
 from leap_cli.common import RAISE_OPEN_FILES
+from leap_cli.entry import NOTHING_STARTED
 from leap_cli.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, LeapError
 from leap_cli.programs.redact import redact  # (a secret an error quotes: an LLM server's or a URL's; imported here:
 from leap_cli.progress import output_console  # out of memory, an import in the error's path failed too)
@@ -288,7 +289,7 @@ def _again(plain: str = "the same command") -> str:
 
 def _interrupted() -> None:
     kept = _KEPT.get(_state.get("command"), f"finished records were kept; run {_again()} to resume") \
-        if _state.get("command") else "the command had not started: nothing was written"
+        if _state.get("command") else NOTHING_STARTED
     stop = _state.get("stop_signal")  # SIGTERM or SIGHUP (None: Ctrl-C)
     if _other_rank() is not None:  # rank 0 says it once for the job
         sys.exit(128 + stop if stop else EXIT_INTERRUPTED)

@@ -317,11 +317,9 @@ runpy.run_module("leap_cli", run_name="__main__")
 """
 
 
-@pytest.mark.xfail(strict=True, reason="a Ctrl-C in leap's first ~0.3 s (its imports, before main() sets its handlers: "
-                   "`leap` imports leap_cli.cli first) prints Python's KeyboardInterrupt traceback instead of the "
-                   "one line; a fix needs handlers set before cli's imports without setting them for every importer "
-                   "of leap_cli")
 def test_ctrl_c_during_the_start_up_imports_says_one_line(tmp_path):
+    """Was (a strict xfail): a Ctrl-C in leap's first ~0.3 s (its imports, before cli's main() set its handlers)
+    printed Python's KeyboardInterrupt traceback; ``leap_cli.entry`` sets handlers before it imports the CLI."""
     r = subprocess.run([sys.executable, "-c", CTRL_C_AT_IMPORT, "extract", "--workdir", str(tmp_path), "--split",
                         "train"], capture_output=True, text=True, env={**ENV, "TMPDIR": str(tmp_path)}, cwd=ROOT,
                        timeout=60)

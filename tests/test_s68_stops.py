@@ -185,3 +185,32 @@ def test_a_start_that_stalls_is_stopped_at_once_after_a_while(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         dataset._start(Loader())
     assert done == []
+
+
+@pytest.mark.parametrize("sig, rc, said", [("SIGTERM", 143, "stopped by SIGTERM"), ("SIGHUP", 129, "stopped by SIGHUP")])
+def test_a_stop_while_leap_loads_is_one_line(tmp_path, sig, rc, said):
+    """Was: a SIGTERM or SIGHUP as `leap` loaded its CLI (before cli's main() set the stage's handlers) ended the
+    process without a word (a scheduler's log showed nothing). The `leap` script's entry sets them first."""
+    import importlib.abc  # noqa: F401  (the script below uses it)
+    import os
+    import subprocess
+    from pathlib import Path
+
+    script = f"""
+import importlib.abc, os, runpy, signal, sys
+class Stop(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "typer":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.{sig})
+        return None
+sys.meta_path.insert(0, Stop())
+sys.argv[0] = "leap"
+runpy.run_module("leap_cli", run_name="__main__")
+"""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", script, "extract", "--workdir", str(tmp_path)], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(root)}, cwd=root, timeout=60)
+    assert r.returncode == rc and r.stderr.strip() == f"{said}: the command had not started: nothing was written", \
+        (r.returncode, r.stderr[-800:])
+    assert not any(tmp_path.iterdir())
