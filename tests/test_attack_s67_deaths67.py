@@ -458,3 +458,41 @@ def test_a_process_groups_stop_as_workers_start_is_a_stop(kitchen, tmp_path, tmp
     assert r["rc"] == rc and "Traceback" not in r["err"], f"{r['rc']} " + r["err"][-1500:]
     assert len(said) == 1 and said[0].startswith("stopped by SIGTERM" if rc == 143 else "interrupted"), said
     assert not r["left"] and not r["temps"], (r["left"], r["temps"])
+
+
+# The same group's SIGTERM reaching a worker after torch has set its own SIGTERM handler in it (which ends a worker
+# signalled by any process but its parent) and before ``loader_worker_init`` has it ignore the signal.
+WORKER_STOPPED_BEFORE_IT_IGNORES = """
+import os, signal, sys, time
+from torch.utils.data._utils import signal_handling
+install = signal_handling._set_worker_signal_handlers
+def installed(*args):
+    install(*args)
+    try:
+        os.close(os.open({flag!r}, os.O_CREAT | os.O_EXCL))  # (the first worker only)
+    except FileExistsError:
+        return
+    os.kill(os.getppid(), signal.SIGTERM)  # (the group's stop: the main process's, and this worker's)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.3)
+signal_handling._set_worker_signal_handlers = installed
+from leap_cli.cli import main
+sys.argv = ["leap", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_a_groups_sigterm_in_a_worker_before_it_ignores_it_is_the_stop(kitchen, tmp_path, tmp, stage):
+    """Was: `leap train` exited 2, "a DataLoader worker (pid N) was killed by SIGTERM" after "SIGTERM received:
+    stopping at the next step boundary", in 4 of 14 SIGTERMs to its process group as its workers started (torch's
+    handler in the worker ended it before ``loader_worker_init`` could ignore the signal). The workers now take the
+    stop signals only once they ignore them."""
+    args = (_evaluate(kitchen, tmp_path / "o") if stage == "evaluate" else
+            ("train", "--workdir", kitchen, *TRAIN, "--name", "g", "--set", "train.epochs=1", *NO_VAL))
+    script = WORKER_STOPPED_BEFORE_IT_IGNORES.format(flag=str(tmp_path / "signalled"))
+    r = _run([sys.executable, "-c", script, *map(str, args)], tmp, lambda kids, pid: None, timeout=40)
+    assert (tmp_path / "signalled").exists()
+    assert r["rc"] == 143 and "Traceback" not in r["err"] and "DataLoader worker" not in r["err"], \
+        f"{r['rc']} " + r["err"][-1500:]
+    assert not r["left"] and not r["temps"], (r["left"], r["temps"])

@@ -333,13 +333,14 @@ def loader_worker_init(_worker_id: int) -> None:
     unexpectedly" traceback and exit 1 instead of its one line and 143."""
     import signal
 
-    from leap_cli.common import die_with_parent
+    from leap_cli.common import die_with_parent, unblock_stops
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if hasattr(signal, "SIGHUP"):  # (a closed terminal hangs up the whole job)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     die_with_parent(signal.SIGKILL, os.getppid())
+    unblock_stops()  # (blocked as the loader forked the worker: ``common.stops_held``; ignored from now on)
     import multiprocessing.queues
 
     # a batch the worker cannot hand over (at the limit of open files: torch passes each tensor as a file; a thread
@@ -613,7 +614,11 @@ def _start(loader) -> Iterator[dict]:
     taken once it has (``stops_held``)."""
     from leap_cli.common import stops_held
 
-    with stops_held(getattr(loader, "multiprocessing_context", None), block=False):  # (forked workers)
+    # (a loader that forks its workers blocks the stops: torch's handler in a worker, set before the worker ignores
+    # them, ended it by a process group's SIGTERM; a persistent loader's later epoch forks none, and may wait for
+    # a stalled worker: its handlers are only deferred, for HOLD_STOPS at most)
+    forks = getattr(loader, "_iterator", None) is None
+    with stops_held(getattr(loader, "multiprocessing_context", None), block=forks):
         return _started(loader)
 
 
