@@ -57,6 +57,8 @@ def read_object_detections(path: str | Path) -> dict[int, list[LabelledBox]]:
                 if not all(-0.1 <= v <= 1.1 for v in vals):  # pixels, not fractions of the frame
                     raise ValueError("box coordinates outside [0, 1]")
                 box = BBox(*(min(max(v, 0.0), 1.0) for v in vals))  # boxes cut by the frame edge
+                if o["label"] is None or not str(o["label"]).strip():  # (was the object "None" in the clip text)
+                    raise ValueError("a box with no label (null or empty)")
                 boxes.append(LabelledBox(str(o["label"]), box, float(o.get("score", 1.0))))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise LeapError(f"line {i} is not a frame of labelled detections ({type(e).__name__}: {e})",
