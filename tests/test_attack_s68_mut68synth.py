@@ -462,7 +462,7 @@ def test_a_shake_returns_to_where_it_started_and_shakes_by_its_amplitude():
 def test_a_box_wholly_outside_the_image_becomes_a_sliver_at_its_edge():
     from leap_cli.synth.detector import _clip_box
 
-    for box, left, top in (((1.2, 0.3, 1.5, 0.4), 1.0, 0.3), ((-0.5, -0.4, -0.2, -0.1), 0.0, 0.0)):
+    for box, left, top in (((1.2, 0.3, 1.5, 0.4), 0.995, 0.3), ((-0.5, -0.4, -0.2, -0.1), 0.0, 0.0)):
         b = _clip_box(*box)
         assert (b.left, b.top) == (left, top) and b.right - b.left == pytest.approx(0.005)
         assert b.bottom - b.top == pytest.approx(0.1 if top else 0.005)
@@ -516,11 +516,15 @@ def test_the_planner_detector_and_sound_give_the_figures_of_this_kitchen_version
          -49.15, -20.3, -19.74, -16.2, -24.53, -24.0, -28.64, -27.52, -49.22, -49.02, -49.05], abs=0.03)
 
 
-@pytest.mark.xfail(strict=True, reason="synth/detector.py _clip_box widens a box at the right/bottom edge past 1.0 "
-                                       "(max(r, l + 0.005)); fixing it could change a kitchen's bytes")
 def test_a_sliver_of_a_box_at_the_images_edge_stays_inside_the_image():
+    """Was (a strict xfail): ``_clip_box`` widened a sliver at the right or bottom edge past 1.0 (max(r, l + 0.005):
+    right 1.0002; a box wholly past the edge 1.005). It grows inwards now; a box inside is as it was."""
     from leap_cli.synth.detector import _clip_box
 
     for box in ((0.9952, 0.5, 1.0, 0.6), (0.2, 0.999, 0.3, 1.0), (1.2, 1.1, 1.5, 1.4)):
         b = _clip_box(*box)
         assert 0 <= b.left < b.right <= 1 and 0 <= b.top < b.bottom <= 1, (box, b)
+        assert b.right - b.left >= 0.005 - 1e-9 and b.bottom - b.top >= 0.005 - 1e-9, (box, b)
+    inside = _clip_box(0.1, 0.2, 0.3, 0.4)
+    assert (inside.left, inside.top, inside.right, inside.bottom) == (0.1, 0.2, 0.3, 0.4)
+    assert _clip_box(0.5, 0.5, 0.501, 0.9).right == 0.505

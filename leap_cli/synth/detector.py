@@ -55,10 +55,16 @@ class TrueHand:
     stationary: bool = False
 
 
+_SMALLEST = 0.005  # a published box's least width and height
+
+
 def _clip_box(l: float, t: float, r: float, b: float) -> BBox:
+    """The box cut to the image, at least ``_SMALLEST`` a side (a sliver at the right or bottom edge, or a box
+    wholly past it, grows inwards: it was widened past 1.0)."""
     l, r = sorted((min(max(l, 0.0), 1.0), min(max(r, 0.0), 1.0)))
     t, b = sorted((min(max(t, 0.0), 1.0), min(max(b, 0.0), 1.0)))
-    return BBox(round(l, 4), round(t, 4), round(max(r, l + 0.005), 4), round(max(b, t + 0.005), 4))
+    l, t = min(l, 1.0 - _SMALLEST), min(t, 1.0 - _SMALLEST)
+    return BBox(round(l, 4), round(t, 4), round(max(r, l + _SMALLEST), 4), round(max(b, t + _SMALLEST), 4))
 
 
 def _center(box) -> tuple[float, float]:
