@@ -84,7 +84,7 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
         raise LeapError(f"malformed program record: {program_record_problem(prog)}",
                         path=programs or workdir / "programs", record=narration_id,
                         fix="fix or delete that line (leap generate-programs writes a deleted record again)")
-    if desc is not None and (problem := descriptor_problem(desc)):
+    if desc is not None and (problem := descriptor_problem(desc) or _component_problem(desc)):
         problem, fix = problem if isinstance(problem, tuple) else (f"malformed descriptor record: {problem}",
                                                                    "rerun leap extract for that segment")
         raise LeapError(problem, path=descriptors or workdir / "descriptors", record=narration_id, fix=fix)
@@ -105,6 +105,17 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
     program, note = _drawable(prog, lambda r: _recheck(r, workdir, data, split, said, annotations))
     note = "; ".join(filter(None, [note, *said])) or None
     return SegmentView(narration_id, split, program, desc, files, note)
+
+
+def _component_problem(descriptor: dict) -> str | None:
+    """What the views cannot draw of a descriptor's components: a status that is no string (its colour is looked
+    up by it), data that is no object (the narration is read from it)."""
+    for name, comp in descriptor.get("components", {}).items():
+        if not isinstance(comp.get("status"), (str, type(None))):
+            return f"components.{name}.status is a {type(comp['status']).__name__}, not a string"
+        if not isinstance(comp.get("data"), (dict, type(None))):
+            return f"components.{name}.data is a {type(comp['data']).__name__}, not an object"
+    return None
 
 
 def _split_of_files(*paths: Path | None) -> str | None:
