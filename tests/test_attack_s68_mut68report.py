@@ -465,3 +465,81 @@ def test_programs_page_says_no_lines_in_the_plural():
 
     page = programs_report_html({"split": "val", "records": 0, "duplicates": 0, "malformed": []})
     assert "0 records, 0 duplicates &middot; 0 lines that are not records" in page
+
+
+def test_the_vocabulary_held_by_neither_is_one_line(pipeline, tmp_path, monkeypatch):  # noqa: F811
+    """A checkpoint without the target vocabulary, and shards whose manifest lost it: leap's line, not a crash in
+    TargetVocab."""
+    import leap_cli.shards.dataset as dataset
+    import leap_cli.train.checkpoint as checkpoint
+    from leap_cli.errors import LeapError
+    from leap_cli.report.predicted import predicted_program
+
+    load = checkpoint.load_model
+    monkeypatch.setattr(checkpoint, "load_model", lambda source: (lambda m, c: (m, {**c, "targets": None}))(
+        *load(source)))
+    init = dataset.ShardDataset.__init__
+
+    def without_targets(self, *a, **k):
+        init(self, *a, **k)
+        self.manifest = {**self.manifest, "targets": None}
+
+    monkeypatch.setattr(dataset.ShardDataset, "__init__", without_targets)
+    _, work, run, _, _ = pipeline
+    with pytest.raises(LeapError, match="neither the checkpoint nor the shards hold the target vocabulary"):
+        predicted_program(run, "P01_03_0", work / "shards" / "val")
+
+
+def test_a_condition_without_a_predicate_reads_as_a_question_mark():
+    from leap_cli.report.program_view import condition_text
+
+    assert condition_text({"args": ["plate"]}) == "?(plate)"
+    assert condition_text({"predicate": "on", "args": ["plate", "top"], "negated": True}) == "not on(plate, top)"
+
+
+def test_the_descriptor_table_says_missing_and_keeps_its_title_on_one_line(tmp_path):
+    """A component the record lacks shows "missing"; a video id with a newline is written \\n in the table's title
+    (it broke the title in two)."""
+    r = show(tmp_path, program_record(), descriptor_record(video_id="P01\n01"))
+    assert r.exit_code == 0, r.output
+    assert f"Descriptors of {NID} (video P01\\n01, 2.00-4.50 s)" in r.output
+    rows = {cells[0]: cells[1] for line in r.output.splitlines()
+            if len(cells := [c.strip() for c in line.strip().strip("│").split("│")]) == 3}
+    assert rows["narration"] == "ok" and rows["audio"] == rows["camera"] == rows["hands"] == "missing"
+
+
+def test_the_trained_on_line_prints_a_run_path_with_brackets_as_itself(monkeypatch, tmp_path):
+    import os
+    from pathlib import Path
+
+    from rich.console import Console
+
+    import leap_cli.commands.show as show_cmd
+    import leap_cli.report.predicted as predicted
+    import leap_cli.train.checkpoint as checkpoint
+
+    def skipped(source, nid, shards):
+        raise predicted.SkippedSegment(nid, "x", Path(shards))
+
+    monkeypatch.setattr(checkpoint, "resolve_checkpoint", lambda run, which: Path(run) / "checkpoints" / "best.pt")
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda source: {"step": 1, "config": {}})
+    monkeypatch.setattr(predicted, "predicted_program", skipped)
+    console = Console(width=400, record=True, file=open(os.devnull, "w"), color_system=None)  # noqa: SIM115
+    monkeypatch.setattr(show_cmd, "console", console)
+    run = tmp_path / "runs" / "r[b]1[/b]"
+    show_cmd._show_prediction(run, NID, tmp_path, tmp_path / "shards", "val")
+    assert f"{run}: trained on programs: " in console.export_text()
+
+
+def test_a_bars_label_sits_on_its_bar_beside_its_value():
+    """Each row's label and value share one baseline, inside the row's bar (a label a row lower read as the next
+    bar's)."""
+    from leap_cli.report.html import bar_chart
+
+    svg = bar_chart("t", [("plate", 3.0), ("knife", 1.0)], bar_height=20)
+    labels = [float(y) for y in re.findall(r"<text x='164' y='([\d.]+)' text-anchor='end'", svg)]
+    values = [float(y) for y in re.findall(r"<text x='[\d.]+' y='([\d.]+)' font-size='12'>\d", svg)]
+    bars = [(float(y), float(h)) for y, h in re.findall(r"<rect x='170' y='([\d.]+)' width='[\d.]+' height='([\d.]+)'",
+                                                        svg)]
+    assert len(labels) == len(values) == len(bars) == 2 and labels == values
+    assert all(y < label < y + h for label, (y, h) in zip(labels, bars)), (labels, bars)
