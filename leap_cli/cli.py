@@ -314,11 +314,28 @@ def _on_sigterm(signum, frame) -> None:
         os.kill(os.getpid(), signum)
         return
     _state["stop_signal"] = signum
+    if _torch_loading():  # (taken a moment later, once torch is loaded)
+        import threading
+
+        timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+        return
     on_int = signal.getsignal(signal.SIGINT)
     if callable(on_int):  # Python's (KeyboardInterrupt), or asyncio's, which cancels the stage's main task
         on_int(signal.SIGINT, frame)
     else:  # SIGINT ignored (a background job of a script): stop all the same
         raise KeyboardInterrupt
+
+
+def _torch_loading() -> bool:
+    """Whether torch, or one of its modules, is being imported: its C++ start-up runs Python code, and a stop's
+    KeyboardInterrupt raised there ended the process in C++'s terminate ("terminate called after throwing an
+    instance of 'pybind11::error_already_set'", SIGABRT, exit 134 for a SIGTERM: 3 in ~430 SIGTERMs to evaluate
+    as it began)."""
+    return any((name == "torch" or name.startswith("torch.")) and
+               getattr(getattr(module, "__spec__", None), "_initializing", False)
+               for name, module in list(sys.modules.items()))
 
 
 # How many times a dropped stop is sent again at most (each is sent again once; one dropped again sends it again).

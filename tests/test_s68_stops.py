@@ -214,3 +214,37 @@ runpy.run_module("leap_cli", run_name="__main__")
     assert r.returncode == rc and r.stderr.strip() == f"{said}: the command had not started: nothing was written", \
         (r.returncode, r.stderr[-800:])
     assert not any(tmp_path.iterdir())
+
+
+def test_a_sigterm_while_torch_loads_is_taken_once_it_has_loaded(tmp_path):
+    """Was: a SIGTERM as a stage imported torch (evaluate's first second) raised its KeyboardInterrupt inside
+    torch's C++ start-up (``torch._C._c10d_init`` runs Python code), which ended the process in C++'s terminate:
+    "terminate called after throwing an instance of 'pybind11::error_already_set'", SIGABRT, exit 134 (3 of ~430
+    SIGTERMs to evaluate's process group). The stop is taken once the import is done. (A stand-in `torch` package
+    that signals itself as it loads.)"""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGTERM)\n"
+                                      "time.sleep(0.3)\nLOADED = True\n")
+    script = f"""
+import os, signal, sys
+from leap_cli import cli
+cli._state["pid"] = os.getpid()
+signal.signal(signal.SIGTERM, cli._on_sigterm)
+sys.path.insert(0, {str(tmp_path / "fake")!r})
+try:
+    import torch
+    import time
+    time.sleep(1)
+    print("not stopped")
+except KeyboardInterrupt:
+    print("stopped", getattr(sys.modules.get("torch"), "LOADED", False))
+"""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root)}, cwd=tmp_path, timeout=60)
+    assert r.stdout.strip() == "stopped True", (r.stdout, r.stderr[-800:])
