@@ -593,11 +593,11 @@ def stops_held(context=None, block: bool = True) -> Iterator[None]:
     death of a worker that the same process group's SIGTERM killed as it started (exit 2 for a stop). Blocked here,
     they stay blocked in each worker (fork and exec keep the signal mask) until ``start_worker`` or
     ``loader_worker_init`` has set them; the stage's own handlers, which run on whichever thread took the signal,
-    are deferred to the block's end, or called at once past ``HOLD_STOPS`` (a persistent DataLoader's start that
-    waits for a stalled worker: Ctrl-C is not held for its timeout). ``context``: the workers' (a spawn context's
-    resource tracker is started first). Without ``block`` the signals are not blocked, only their handlers
-    deferred: forked workers inherit the deferring handler (and a DataLoader's main thread, the only one that may
-    take the signal, runs it past ``HOLD_STOPS``)."""
+    are deferred to the block's end (one taken by another thread, which does not block them, too: a start of many
+    forks of a large process can take seconds). ``context``: the workers' (a spawn context's resource tracker is
+    started first). Without ``block`` (a persistent DataLoader's later epoch, which forks nothing and waits for
+    each worker: a stalled one would hold Ctrl-C for its timeout) the signals are not blocked, and their handlers
+    are deferred for ``HOLD_STOPS`` at most."""
     import signal
     import threading
     import time
@@ -611,7 +611,7 @@ def stops_held(context=None, block: bool = True) -> Iterator[None]:
     end = time.monotonic() + HOLD_STOPS
 
     def hold(signum, frame):
-        if time.monotonic() > end:
+        if not block and time.monotonic() > end:  # (a start that forks waits for no worker: held to its end)
             handlers[signum](signum, frame)
         else:
             caught.append(signum)

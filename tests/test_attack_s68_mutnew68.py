@@ -75,9 +75,8 @@ def test_a_persistent_loaders_later_epoch_defers_a_stop_without_blocking_it():
 
 
 def test_a_persistent_start_that_stalls_takes_a_stop_at_once_after_hold_stops(monkeypatch):
-    """(test_s68_stops' version of this uses a loader with no iterator yet, which forks and so blocks the signal
-    since b884b05: it fails on the code it was written for.) A later epoch's start waiting past HOLD_STOPS takes
-    Ctrl-C where it comes."""
+    """A persistent loader's later epoch (it forks nothing) waiting past HOLD_STOPS takes Ctrl-C where it comes, as
+    it did before stops were held: Ctrl-C is not held for LOADER_TIMEOUT."""
     monkeypatch.setattr(common, "HOLD_STOPS", 0.1)
     done = []
 
@@ -350,13 +349,10 @@ def test_a_components_status_may_be_absent_or_null_but_no_number(component, says
     assert _component_problem({"narration_id": "n"}) is None
 
 
-@pytest.mark.xfail(strict=True, reason="stops_held(block=True) calls the stage's handler past HOLD_STOPS when the "
-                   "signal came through another thread (one with the stops unblocked: a progress bar's refresh "
-                   "thread), so a forking loader start slower than 2 s still takes the stop's KeyboardInterrupt "
-                   "inside torch's start, the hazard the hold was made for; the deadline is meant for the "
-                   "unblocked (persistent) start only. Left to the session: whether a blocked start may hold a "
-                   "stop past HOLD_STOPS is a design choice")
 def test_a_stop_in_a_slow_forking_start_is_held_even_when_another_thread_takes_the_signal(monkeypatch):
+    """Was (a strict xfail): past HOLD_STOPS a blocked start called the stage's handler for a signal another thread
+    took (one that does not block the stops: a progress bar's refresh thread), so a forking start slower than 2 s
+    took the stop's KeyboardInterrupt inside torch's start. The deadline is the unblocked (persistent) start's."""
     monkeypatch.setattr(common, "HOLD_STOPS", 0.1)  # (for speed: a start of 16 forks of a large process takes ~2 s)
     quit_ = threading.Event()
     other = threading.Thread(target=quit_.wait, daemon=True)  # (started before the hold: the stops not blocked)

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from leap_cli import common
 from leap_cli.errors import LeapError
 from leap_cli.shards import dataset
 from leap_cli.shards.dataset import _DIED, Guarded, WorkerDied
@@ -160,31 +159,6 @@ def test_a_stop_as_a_loader_starts_is_raised_once_it_has_started():
         dataset._start(Loader())
     assert done == [1]
     assert signal.getsignal(signal.SIGINT) is before
-
-
-def test_a_start_that_stalls_is_stopped_at_once_after_a_while(monkeypatch):
-    """A start past HOLD_STOPS (a persistent loader waiting for a stalled worker at an epoch's start) takes a stop
-    where it comes, as it did before stops were held: Ctrl-C is not held for LOADER_TIMEOUT."""
-    import os
-    import signal
-    import time
-
-    monkeypatch.setattr(common, "HOLD_STOPS", 0.1)
-    done = []
-
-    class Loader:
-        num_workers = 2
-
-        def __iter__(self):
-            time.sleep(0.2)
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)
-            done.append(1)
-            return iter([])
-
-    with pytest.raises(KeyboardInterrupt):
-        dataset._start(Loader())
-    assert done == []
 
 
 @pytest.mark.parametrize("sig, rc, said", [("SIGTERM", 143, "stopped by SIGTERM"), ("SIGHUP", 129, "stopped by SIGHUP")])
