@@ -502,8 +502,8 @@ def _died_error(e: BaseException, option: str, workers: list) -> LeapError:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if sig is not None:
         text = f"a DataLoader worker (pid {dead[0].pid}) was killed by {sig}"
-    elif _torch_signal(e) is not None:  # (one not of the loader awaited, or not yet reaped: said in the same words)
-        pid, sig = _torch_signal(e)
+    elif (said := _torch_signal(e)) is not None:  # (one not of the loader awaited, or not yet reaped: in leap's words)
+        pid, sig = said
         text = f"a DataLoader worker (pid {pid}) was killed by {sig}"
     if sig == "SIGBUS" or "Bus error" in text:
         why = ("a bus error: the shared memory the workers pass batches through (/dev/shm) ran out; in Docker give "
