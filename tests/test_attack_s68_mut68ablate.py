@@ -309,6 +309,32 @@ def test_offline_programs_are_generated_in_the_sources_folder_for_both_splits(tm
     assert calls == [(sw, "train", tmp_path / "k", "offline"), (sw, "val", tmp_path / "k", "offline")]
 
 
+def test_offline_programs_cut_short_by_a_stop_are_completed_by_the_next_ablate(tmp_path, monkeypatch):
+    """Was wrong: a generation stopped by Ctrl-C (or a stage error) leaves its output with the programs made so far
+    (leap generate-programs resumes from them); the next leap ablate saw the file, kept it, and trained every
+    offline cell with the programs of that part of the split only. It now lets the generator resume the file."""
+    from leap_cli.train.ablate import prepare_programs
+    from tests.test_shards import make_root
+
+    root = make_root(tmp_path / "kitchen")
+    prepare_programs(tmp_path / "w", root, "offline")
+    programs = tmp_path / "w" / "sources" / "offline" / "programs"
+    full = {json.loads(x)["narration_id"]: json.loads(x)["program"] for x in (programs / "train.jsonl").open()}
+    assert len(full) == 7 and all(full.values())
+    first = (programs / "train.jsonl").read_text().splitlines(True)[0]
+    (programs / "train.jsonl").write_text(first)  # what a stop after the first program leaves
+    val = (programs / "val.jsonl").read_text()
+    prepare_programs(tmp_path / "w", root, "offline")
+    again = {json.loads(x)["narration_id"]: json.loads(x)["program"] for x in (programs / "train.jsonl").open()}
+    assert again == full
+    assert (programs / "val.jsonl").read_text() == val  # a finished split is left as it is
+    import leap_cli.programs.generate as generate
+
+    monkeypatch.setattr(generate, "generate_programs", lambda cfg: pytest.fail(f"{cfg.split} generated again"))
+    prepare_programs(tmp_path / "w", root, "offline")  # both splits whole: kept
+    assert len((programs / "train.jsonl").read_text().splitlines()) == 7
+
+
 def test_the_current_truth_folder_wins_over_the_former_one(tmp_path):
     from leap_cli.errors import LeapError
     from leap_cli.train.ablate import kitchen_truth_file

@@ -135,11 +135,15 @@ def kitchen_truth_file(kitchen: str | Path) -> Path:
 
 def true_program_records(kitchen: str | Path, split: str) -> list[dict]:
     """Program records (as ``leap generate-programs`` writes them) holding the kitchen's true programs."""
-    from leap_cli.epic.annotations import Annotations
-
-    ids = {s.narration_id for s in Annotations(Path(kitchen) / "annotations").segments(split)}
+    ids = split_ids(kitchen, split)
     return [{"narration_id": t["narration_id"], "status": "valid", "program": t["program"], "errors": []}
             for t in read_jsonl(kitchen_truth_file(kitchen)) if t["narration_id"] in ids and t.get("program")]
+
+
+def split_ids(kitchen: str | Path, split: str) -> set[str]:
+    from leap_cli.epic.annotations import Annotations
+
+    return {s.narration_id for s in Annotations(Path(kitchen) / "annotations").segments(split)}
 
 
 # ---- preparing the data ------------------------------------------------------------------------------------
@@ -153,15 +157,19 @@ def prepare_programs(work: Path, kitchen: Path, source: str, splits=("train", "v
     sw = source_workdir(work, source)
     for split in splits:
         out = sw / "programs" / f"{split}.jsonl"
-        if source == "none" or out.exists():
+        if source == "none" or source == "truth" and out.exists():
             continue
         if source == "truth":
             out.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in true_program_records(kitchen, split)))
         else:
-            from leap_cli.programs.generate import GenerateConfig, generate_programs
+            from leap_cli.programs.generate import GenerateConfig, generate_programs, output_records
 
-            generate_programs(GenerateConfig(workdir=sw, split=split, data=kitchen))
+            gen = GenerateConfig(workdir=sw, split=split, data=kitchen)
+            # a generation stopped part-way (Ctrl-C, an error) leaves the programs made so far: it resumes them
+            if out.exists() and split_ids(kitchen, split) <= output_records(gen, programs=False).keys():
+                continue
+            generate_programs(gen)
 
 
 def shards_dir(work: Path, source: str, split: str, task: str) -> Path:
