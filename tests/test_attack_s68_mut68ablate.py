@@ -6,7 +6,6 @@ docs/train.md ("The ablation: leap ablate") are checked against the behaviour.""
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -39,7 +38,8 @@ def fake(monkeypatch):
     import leap_cli.evaluate.scoring as scoring
     import leap_cli.train.loop as loop
 
-    rec = SimpleNamespace(trained=[], evaluated=[], scored=[], stop={}, metrics={"recognition": REC, "anticipation": ANT})
+    rec = SimpleNamespace(trained=[], evaluated=[], scored=[], stop={},
+                          metrics={"recognition": REC, "anticipation": ANT})
 
     def fake_main(cfg, workdir, name):
         run = Path(workdir) / "runs" / name
@@ -135,7 +135,8 @@ def test_a_finished_run_is_trained_again_under_each_setting_train_md_names(tmp_p
     from leap_cli.train.ablate import AblateConfig, Cell, run_cell
 
     doc = train_md_ablation()
-    assert "one made with another `--epochs`, `--anticipation-epochs`, `--set`, `--config` or kitchen is trained again" in doc
+    assert ("one made with another `--epochs`, `--anticipation-epochs`, `--set`, `--config` or kitchen is trained "
+            "again") in doc
     ant = Cell("+L_T+L_PC", "anticipation", "truth", ("data.task=anticipation", "model.anticipation_context=2",
                                                        "model.anticipation_aggregate=false"))
     base = dict(workdir=tmp_path, epochs=2, anticipation_epochs=2)
@@ -219,7 +220,8 @@ def test_each_run_is_trained_and_scored_as_the_docs_say(tmp_path, fake):
     assert kw["task"] == "anticipation" and Path(kw["shards"]) == Path(c.data.val)
     assert fake.scored == [("val", "anticipation")]
     saved = json.loads((run_dir / "result.json").read_text())
-    assert saved == json.loads(json.dumps(r)) and r["seed"] == 4 and r["cell"]["name"] == agg.name and r["settings"]["epochs"] == 3
+    assert saved == json.loads(json.dumps(r)) and r["seed"] == 4 and r["cell"]["name"] == agg.name
+    assert r["settings"]["epochs"] == 3
     assert r["verb_mt5r"] == r["action_mt5r"] == 0.25
     # a YAML file as --config
     yaml = tmp_path / "mine.yaml"
@@ -259,8 +261,8 @@ def test_the_table_merges_seeds_with_their_zeros_sums_their_seconds_and_shows_ev
     assert rows[0]["verb_top1"] == {"mean": 25.0, "std": pytest.approx(35.3553)}
     assert rows[0]["s_verb"]["mean"] == 12.5 and rows[1]["verb_mt5r"] == {"mean": 12.3456, "std": 0.0}
     lines = md.split("\n\n")[0].splitlines()
-    assert lines[0] == ("| task | programs | losses | seeds | verb top-1 | ant. verb mT5R | ant. action mT5R | S-Verb | "
-                        "structure |")
+    assert lines[0] == ("| task | programs | losses | seeds | verb top-1 | ant. verb mT5R | ant. action mT5R | "
+                        "S-Verb | structure |")
     assert lines[1] == "|" + "---|" * 9
     assert lines[2] == "| recognition | truth | +L_PC | 2 | 25.0 ± 35.4 |  |  | 12.5 ± 17.7 | 50.0 ± 0.0 |"
     assert lines[3] == "| anticipation | none | L_CE | 1 |  | 12.3 | 20.0 |  |  |"
@@ -407,4 +409,5 @@ def test_a_misspelt_anticipation_source_is_told_the_sources_with_programs():
 
     with pytest.raises(LeapError) as e:
         AblateConfig(anticipation_sources=("truth", "ofline"))
-    assert e.value.message == "unknown --anticipation-sources ofline" and e.value.fix == "use 'all' or some of truth, offline"
+    assert e.value.message == "unknown --anticipation-sources ofline"
+    assert e.value.fix == "use 'all' or some of truth, offline"
