@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import Iterator, NoReturn
 
@@ -412,6 +413,7 @@ def _lost_fix(option: str) -> str:
 # save_checkpoint's write: last.pt lost, a traceback, and a process that did not exit). ``watch_workers``' handler
 # keeps the error, raised where a batch is awaited (``Guarded``), at once if one is awaited then.
 _DIED: dict = {"error": None, "waiting": False}
+_LOADER_WORKERS: weakref.WeakSet = weakref.WeakSet()  # the DataLoader workers this process started (``_started``)
 
 
 class WorkerDied(RuntimeError):
@@ -618,8 +620,30 @@ def _start(loader) -> Iterator[dict]:
     # them, ended it by a process group's SIGTERM; a persistent loader's later epoch forks none, and may wait for
     # a stalled worker: its handlers are only deferred, for HOLD_STOPS at most)
     forks = getattr(loader, "_iterator", None) is None
+    if forks and not _DIED.get("exit_kills"):
+        import atexit
+
+        atexit.register(_kill_workers_left)  # (after multiprocessing's, so run before it: atexit runs the last first)
+        _DIED["exit_kills"] = True
     with stops_held(getattr(loader, "multiprocessing_context", None), block=forks):
         return _started(loader)
+
+
+def _kill_workers_left(grace: float = 1.0) -> None:
+    """At the process's exit, the DataLoader workers still alive are killed after ``grace`` s: Python's exit
+    terminates its daemonic children with SIGTERM, which a DataLoader worker ignores (``loader_worker_init``), then
+    waits for them; a worker stalled as a stop ended the stage (stopped by SIGSTOP, or one that no longer runs) was
+    waited for for ever after the stop's line, and a second Ctrl-C was ignored (cli: the command was done)."""
+    import time
+
+    left = [p for p in list(_LOADER_WORKERS) if p.is_alive()]
+    end = time.monotonic() + grace
+    for p in left:
+        p.join(max(0.0, end - time.monotonic()))
+    for p in left:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
 
 
 def _started(loader) -> Iterator[dict]:
@@ -629,7 +653,9 @@ def _started(loader) -> Iterator[dict]:
 
     before = {p.pid for p in multiprocessing.active_children()}
     try:
-        return iter(loader)
+        it = iter(loader)
+        _LOADER_WORKERS.update(p for p in multiprocessing.active_children() if p.pid not in before)
+        return it
     except BaseException:
         # (the deaths of these kills, and of a worker a process group's stop killed as it started, are not raised in
         # the joins below: that replaced the error that goes on, the stop's KeyboardInterrupt too, by a worker's death)
