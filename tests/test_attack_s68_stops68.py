@@ -22,6 +22,8 @@ summary (the ~1 s of its exit) is ignored and the run exits 0: by design (cli), 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import random
@@ -146,3 +148,142 @@ def test_evaluate_stopped_with_a_stalled_worker_exits(stalled):
                    "(MP_STATUS_CHECK_INTERVAL) before the stop's line")
 def test_evaluate_stopped_with_a_stalled_worker_exits_promptly(stalled):
     assert stalled["took"] < PROMPT, stalled["took"]
+
+
+# --- (1) train stopped around its validations, then --resume -----------------------------------------------------
+
+def test_train_stopped_by_the_group_around_a_validation_resumes_to_the_unstopped_weights(kitchen, tmp_path):
+    """A process group's SIGTERM or SIGINT (sometimes twice) 0-0.3 s after the validation loader forks its workers
+    (it is not persistent: it forks them at each validation) at the first validation (the exploration: at each of the
+    three, 28 runs): the stop's exit status, no traceback; then --resume ends with the weights, optimizer state and
+    metrics log of the run never stopped."""
+    import torch
+
+    rng = random.Random()
+    sig, nth, delay = rng.choice([signal.SIGTERM, signal.SIGINT]), 1, rng.uniform(0, 0.3)
+    again = rng.choice([None, rng.uniform(0, 1.5)])
+    what = f"{signal.Signals(sig).name} {delay:.2f} s after validation {nth}'s fork, again after {again}"
+    wd = workdir_from(kitchen, tmp_path / "wd", "shards", "programs")
+    args = ("train", "--workdir", wd, *RESUMED, *_with_val(wd))
+    p = _start(leap(*args), tmp_path)
+    seen, before = [], 0
+
+    def forked() -> bool:
+        nonlocal before
+        now = len(_kids(p.pid))
+        if now > 2 >= before:  # (the 2 training workers, and the validation's)
+            seen.append(1)
+        before = now
+        return len(seen) >= nth
+
+    _when(p, forked)
+    time.sleep(delay)
+    os.killpg(p.pid, sig)
+    if again is not None:
+        time.sleep(again)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, sig)
+    r = _end(p, time.monotonic(), 20)
+    assert r["rc"] == EXIT[sig] and "Traceback" not in r["err"] and not r["left"], f"{what}: {r['rc']} " + r["err"][-1500:]
+    r = subprocess.run(leap(*args, "--resume"), capture_output=True, text=True, env={**ENV, "TMPDIR": str(tmp_path)},
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 0, what + r.stderr[-1500:]
+    ref = kitchen / "runs" / "r"
+    _same_training(torch.load(wd / "runs" / "r" / "checkpoints" / "last.pt", map_location="cpu", weights_only=True),
+                   torch.load(ref / "checkpoints" / "last.pt", map_location="cpu", weights_only=True))
+    steps = lambda run: [(m["split"], m["step"]) for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]  # noqa: E731,E501
+    assert steps(wd / "runs" / "r") == steps(ref), what
+
+
+# --- (2) signals ignored from the start: a script's background job (SIGINT), nohup (SIGHUP) ------------------------
+
+def test_ignored_stops_stay_ignored_in_evaluate_and_its_workers_and_sigterm_still_stops(kitchen, tmp_path):
+    """`nohup leap evaluate ... &` in a script: SIGINT (a background job's) and SIGHUP (nohup's) ignored. Both sent to
+    the job as evaluate's workers start stay ignored in the main process and in each worker (as they start too:
+    blocked then, never caught), and the SIGTERM a moment later stops with 143."""
+    ignored = (signal.SIGINT, signal.SIGHUP)
+    p = _start(_evaluate(kitchen, tmp_path / "out"), tmp_path, ignored=ignored)
+    seen: list = []
+
+    def sampled() -> bool:
+        seen.extend((pid, s) for pid in [p.pid, *_kids(p.pid)] if (s := _status(pid)) is not None)
+        return len(_loader_workers(p.pid)) >= 2
+
+    _when(p, sampled)
+    for sig in ignored:
+        os.killpg(p.pid, sig)
+    for _ in range(20):
+        sampled()
+        time.sleep(0.005)
+    os.killpg(p.pid, signal.SIGTERM)
+    r = _end(p, time.monotonic())
+    for (pid, s), sig in itertools.product(seen, ignored):
+        assert s["SigIgn"] & _bit(sig) or (s["SigBlk"] & _bit(sig) and not s["SigCgt"] & _bit(sig)), \
+            (signal.Signals(sig).name, pid, pid == p.pid, {k: hex(v) for k, v in s.items()})
+    assert len({pid for pid, _ in seen}) >= 3  # (the main process and both workers)
+    if r["rc"] == 0:  # (it ended first: not stopped by the ignored signal all the same)
+        assert (tmp_path / "out" / "metrics.json").exists()
+        return
+    _stopped(r, signal.SIGTERM, "SIGINT and SIGHUP ignored")
+
+
+@pytest.mark.xfail(strict=True, reason="train's GracefulStop sets its SIGINT handler over SIG_IGN (train/loop.py): a "
+                   "background job's train is stopped by a Ctrl-C meant for the foreground job (exit 130)")
+def test_train_started_with_sigint_ignored_keeps_it_ignored():
+    from leap_cli.train import distributed
+    from leap_cli.train.loop import GracefulStop
+
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with GracefulStop(distributed.DistInfo()):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+# --- (3) a second stop while the first is held or handled ----------------------------------------------------------
+
+def test_evaluate_stopped_twice_as_its_workers_start_ends_promptly_in_one_line(kitchen, tmp_path):
+    """Ctrl-C (or SIGTERM) to the group as evaluate's first worker is forked (the stop held by ``stops_held``), and
+    a second Ctrl-C 0-0.4 s later (held still, or while the first is being handled; 25 such runs in the
+    exploration, 20 of extract --workers 2)."""
+    rng = random.Random()
+    for i in range(1):
+        first, gap = rng.choice([signal.SIGINT, signal.SIGTERM]), rng.uniform(0, 0.4)
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        p = _start(_evaluate(kitchen, tmp_path / "out"), tmp_path)
+        _when(p, lambda: _kids(p.pid))
+        os.killpg(p.pid, first)
+        time.sleep(gap)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGINT)
+        r = _end(p, time.monotonic())
+        _stopped(r, first, f"{signal.Signals(first).name}, then SIGINT {gap:.2f} s later")
+
+
+# --- (4) the `leap` entry stopped in its first moments ----------------------------------------------------------------
+
+def test_the_leap_entry_stopped_in_its_first_moments_says_one_line_and_writes_nothing(tmp_path):
+    """`leap demo-data` (the `leap` script's code) stopped by SIGTERM, SIGINT or SIGHUP to its group 0-0.35 s after
+    its start (as it loads the CLI, or as the command begins): its exit status, one line, no traceback; where the line
+    says the command had not started, nothing written (140 such runs in the exploration)."""
+    rng = random.Random()
+    for i, sig in enumerate(rng.sample(list(EXIT), 3)):
+        wd = tmp_path / f"w{i}"
+        p = _start([sys.executable, "-c", ENTRY, "demo-data", "--workdir", wd, "--videos", 1, "--segments", 3], tmp_path)
+        delay = rng.uniform(0, 0.35)
+        time.sleep(delay)
+        os.killpg(p.pid, sig)
+        r = _end(p, time.monotonic())
+        what = f"{signal.Signals(sig).name} after {delay:.2f} s"
+        _stopped(r, sig, what)
+        assert not ("had not started" in r["err"] and wd.exists()), what
+
+
+def test_leap_help_and_version_are_unaffected_by_the_entrys_handlers(tmp_path):
+    import leap_cli
+
+    for args, want in ((["--version"], leap_cli.__version__), (["--help"], "build-shards")):
+        r = subprocess.run([sys.executable, "-c", ENTRY, *args], capture_output=True, text=True,
+                           env={**ENV, "TMPDIR": str(tmp_path)}, cwd=ROOT, timeout=60)
+        assert r.returncode == 0 and want in r.stdout and not r.stderr.strip(), (args, r.stdout[-500:], r.stderr[-500:])
