@@ -10,9 +10,9 @@ worker that no longer runs) and then Ctrl-C or SIGTERM said its stop line and ne
 stopped by hand 20 s later): Python's exit terminates its daemonic children with SIGTERM and joins them, and a
 DataLoader worker ignores SIGTERM (``loader_worker_init``); a second Ctrl-C was ignored too (cli ignores stops once
 the command is done). The workers still alive at the exit are now killed.
-Left (strict xfail): `leap train` started with SIGINT ignored (a background job of a non-interactive shell) takes
-SIGINT all the same: ``GracefulStop`` (train/loop.py) sets its handler over SIG_IGN, and a Ctrl-C meant for the
-foreground job stopped the training (exit 130).
+Fixed after the run (its strict xfail now a test): `leap train` started with SIGINT ignored (a background job of a
+non-interactive shell) took SIGINT all the same: ``GracefulStop`` (train/loop.py) set its handler over SIG_IGN, and a
+Ctrl-C meant for the foreground job stopped the training (exit 130).
 Tried and found sound: 28 stops of train around its validations (SIGTERM, SIGINT, some twice 0-1.6 s apart), each
 resumed to the weights and metrics log of the run never stopped; 25 double stops of evaluate and 20 of extract
 --workers 2 as their workers started (one line, exit 130/143, nothing left running); 140 stops of the `leap` entry in
@@ -227,9 +227,9 @@ def test_ignored_stops_stay_ignored_in_evaluate_and_its_workers_and_sigterm_stil
     _stopped(r, signal.SIGTERM, "SIGINT and SIGHUP ignored")
 
 
-@pytest.mark.xfail(strict=True, reason="train's GracefulStop sets its SIGINT handler over SIG_IGN (train/loop.py): a "
-                   "background job's train is stopped by a Ctrl-C meant for the foreground job (exit 130)")
 def test_train_started_with_sigint_ignored_keeps_it_ignored():
+    """Was (a strict xfail): train's GracefulStop set its SIGINT handler over SIG_IGN: a background job's train was
+    stopped by a Ctrl-C meant for the foreground job (exit 130)."""
     from leap_cli.train import distributed
     from leap_cli.train.loop import GracefulStop
 

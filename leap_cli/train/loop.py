@@ -418,7 +418,8 @@ class GracefulStop:
         if threading.current_thread() is threading.main_thread():
             for name in self.SIGNALS:
                 sig = getattr(signal, name, None)
-                if sig is not None and not (name == "SIGHUP" and signal.getsignal(sig) is signal.SIG_IGN):
+                if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # (nohup's SIGHUP; a background
+                    # job's SIGINT: a Ctrl-C meant for the foreground job stopped the training)
                     self._old[sig] = signal.signal(sig, self._handle)
         return self
 
