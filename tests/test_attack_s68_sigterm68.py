@@ -38,6 +38,7 @@ import pytest
 from tests.program_helpers import excerpt_annotations, excerpt_programs
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
 from tests.test_attack_kill_resume import leap, workdir_from
+from tests.test_attack_s67_deaths67 import _group
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
@@ -49,21 +50,6 @@ EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
 def _run(cmd, tmp: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env={**ENV, "TMPDIR": str(tmp)}, cwd=ROOT,
                           timeout=120)
-
-
-def _group(pgid: int) -> list[int]:
-    """The live processes of the process group ``pgid``."""
-    out = []
-    for q in Path("/proc").iterdir():
-        if q.name.isdigit():
-            try:
-                stat = (q / "stat").read_text()
-                fields = stat[stat.rindex(")") + 2:].split()
-                if int(fields[2]) == pgid and fields[0] != "Z":
-                    out.append(int(q.name))
-            except (OSError, ValueError):
-                pass
-    return out
 
 
 def _spawned_worker(pid: int) -> bool:
