@@ -276,6 +276,9 @@ def test_the_leap_entry_stopped_in_its_first_moments_says_one_line_and_writes_no
         os.killpg(p.pid, sig)
         r = _end(p, time.monotonic())
         what = f"{signal.Signals(sig).name} after {delay:.2f} s"
+        if r["rc"] == -sig and not r["err"].strip() and not r["left"]:  # (before the interpreter ran any of leap's
+            assert not wd.exists(), what  # code: the signal's default; a CI run's 0.04 s SIGTERM)
+            continue
         _stopped(r, sig, what)
         assert not ("had not started" in r["err"] and wd.exists()), what
 
