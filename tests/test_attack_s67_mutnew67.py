@@ -27,7 +27,7 @@ import pytest
 from leap_cli.common import LeapError
 from leap_cli.epic.hand_objects import _frame_number
 from leap_cli.shards import dataset as D
-from tests.test_s67_worker_deaths import _Worker
+from tests.test_s67_worker_deaths import _Loader as _PersistentLoader, _Worker
 
 
 def _v(n: int) -> bytes:
@@ -299,20 +299,9 @@ def test_a_negative_frame_number_is_read_as_decoding_reads_it():
     assert _frame_number(_frame(2 ** 64 - 1)) == -1
 
 
-class _NoWorkers:
+def _NoWorkers(exc: BaseException, where: str):
     """A loader without workers whose epoch raises ``exc`` at its start ("start") or after one batch."""
-
-    def __init__(self, exc: BaseException, where: str):
-        self.num_workers, self.dataset, self.exc, self.where = 0, None, exc, where
-
-    def __iter__(self):
-        if self.where == "start":
-            raise self.exc
-        return self._batches()
-
-    def _batches(self):
-        yield {"narration_id": ["a"]}
-        raise self.exc
+    return _PersistentLoader(exc, where, [])
 
 
 @pytest.mark.parametrize("where", ["start", "batch"])
