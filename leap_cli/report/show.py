@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from leap_cli.report.program_view import conds_html, flatten_for_storyboard, ste
 
 log = logging.getLogger(__name__)
 COMPONENTS = ("narration", "audio", "camera", "objects", "hands")
+_STAGES = {"programs": "leap generate-programs", "descriptors": "leap extract"}  # what writes each folder's records
 
 
 @dataclass
@@ -28,23 +30,35 @@ class SegmentView:
     status_note: str | None = None  # how the program's status was reached, where it is not the re-checked one
 
 
-def record_of(path: Path, narration_id: str) -> dict | None:
+def record_of(path: Path, narration_id: str, stage: str = "the stage that wrote it") -> dict | None:
     """The (last) record of ``narration_id`` in a JSONL file, read as a stream: only the lines that hold the id
-    are parsed (a day's file is ~10^5 records: parsing them all cost seconds and a gigabyte)."""
+    are parsed (a day's file is ~10^5 records: parsing them all cost seconds and a gigabyte). A damaged line whose
+    ``narration_id`` is the id (a write cut short, an edit) is a LeapError naming it, unless a good line of the id
+    comes after it (a resumed ``stage`` appends the record again): "not found" sent the user to check the id."""
     if not Path(path).exists():
         raise LeapError("file not found", path=path, fix="check the path or run the stage that writes it")
     # as json.dumps writes the id by default, and as leap's JSONL writer does (ensure_ascii=False)
     needles = {json.dumps(narration_id).encode(), json.dumps(narration_id, ensure_ascii=False).encode()}
-    found = None
+    its_key = re.compile(rb'"narration_id"\s*:\s*(?:' + b"|".join(map(re.escape, needles)) + rb")")
+    found = damaged = None
     with open(path, "rb") as f:
-        for raw in f:
+        for i, raw in enumerate(f, start=1):
             if any(n in raw for n in needles):
                 try:
                     r = json.loads(raw)
                 except (ValueError, RecursionError):
-                    continue  # (a damaged line; the stages that read the file name it)
+                    if its_key.search(raw):  # (another record's damaged line that mentions the id is not its)
+                        damaged = (i, raw.endswith(b"\n"))
+                    continue
                 if isinstance(r, dict) and r.get("narration_id") == narration_id:
-                    found = r
+                    found, damaged = r, None
+    if damaged is not None:
+        line, whole = damaged
+        raise LeapError(f"line {line}, which holds {narration_id}, is damaged: not valid JSON"
+                        + ("" if whole else " (a write cut short)"), path=path, record=narration_id,
+                        fix=(f"delete that line and rerun {stage}" if whole else f"rerun {stage}, which cuts that "
+                             "line off")
+                        + ": it redoes that record")
     return found
 
 
@@ -59,7 +73,7 @@ def _candidates(folder: Path, split: str | None) -> list[tuple[str, Path]]:
 
 def _find(folder: Path, narration_id: str, split: str | None) -> tuple[dict | None, str | None]:
     for sp, f in _candidates(folder, split):
-        r = record_of(f, narration_id)
+        r = record_of(f, narration_id, _STAGES.get(folder.name, "the stage that wrote it"))
         if r is not None:
             return r, sp
     return None, None
@@ -71,15 +85,17 @@ def load_segment(workdir: Path, narration_id: str, *, split: str | None = None,
     """Find a segment's program and descriptor records under the work directory (or in the given files); the
     program is checked again against DATA's annotations (``--data``, default WORKDIR/kitchen; ``--annotations``)
     where they are."""
-    def from_file(path: Path) -> dict | None:
-        return record_of(path, narration_id)
+    def search(given: Path | None, folder: str) -> tuple[dict | None, str | None]:
+        if given:
+            return record_of(given, narration_id, _STAGES[folder]), split
+        return _find(workdir / folder, narration_id, split)
 
     for given, kind in ((programs, "program"), (descriptors, "descriptor")):
         if given and Path(given).is_file():
             check_record_file(given, kind)
 
-    prog, sp = (from_file(programs), split) if programs else _find(workdir / "programs", narration_id, split)
-    desc, sp2 = (from_file(descriptors), split) if descriptors else _find(workdir / "descriptors", narration_id, split)
+    prog, sp = search(programs, "programs")
+    desc, sp2 = search(descriptors, "descriptors")
     if prog is not None and program_record_problem(prog):
         raise LeapError(f"malformed program record: {program_record_problem(prog)}",
                         path=programs or workdir / "programs", record=narration_id,
