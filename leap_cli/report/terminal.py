@@ -7,6 +7,7 @@ Records hold what an LLM or a person wrote: JSON carries ESC and other control c
 from __future__ import annotations
 
 import re
+import sys
 
 from rich.markup import escape
 
@@ -33,10 +34,27 @@ def visible_controls(text: str) -> str:
     return _CONTROL.sub(_visible, text)
 
 
+def encodable(text: str) -> str:
+    """``text`` as the output can write it: on an ASCII stdout (``PYTHONIOENCODING=ascii``, a job's environment)
+    what it cannot encode as ``\\xe9`` / ``\\u2603``, the stream's own escapes (``cli``), written out before rich
+    measures the text: once it measured é as one column and the stream wrote four, a table's border moved."""
+    encoding = getattr(sys.stdout, "encoding", None)
+    if text.isascii() or not encoding:
+        return text
+    try:
+        text.encode(encoding)
+    except UnicodeEncodeError:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:  # (an encoding Python does not know: the stream says what it cannot write)
+        pass
+    return text
+
+
 def printable(value: object, *, one_line: bool = False) -> str:
     """``str(value)`` as markup: control characters shown as ``\\x1b`` (also newlines with ``one_line``, for
-    labels and one-line messages), ``[`` read as text."""
-    text = (_CONTROL_ONE_LINE if one_line else _CONTROL).sub(_visible, str(value))
+    labels and one-line messages), what the output cannot encode as ``\\xe9`` (``encodable``), ``[`` read as
+    text."""
+    text = encodable((_CONTROL_ONE_LINE if one_line else _CONTROL).sub(_visible, str(value)))
     body = text.rstrip("\\")
     trailing = len(text) - len(body)
     return escape(body) + ("\\" * (2 * trailing) + _AFTER_BACKSLASHES if trailing else "")
