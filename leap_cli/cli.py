@@ -443,7 +443,7 @@ def expand_home(args: list[str]) -> list[str]:
 
 # options typed as text that name a path (or a run) all the same: empty, refused as a Path option is (the frame
 # cache went to its default, a run took the config's name, without a word)
-STRING_PATHS = {"--frame-cache": "path", "--checkpoint": "path", "--name": "name"}
+STRING_PATHS = {"--frame-cache": "path", "--checkpoint": "path", "--name": "name", "--html": "path"}
 
 
 def empty_path_option(args: list[str]) -> None:

@@ -231,6 +231,22 @@ def refuse_overwrite(out: str | Path, inputs, option: str, kind: str | None = No
                         path=out, fix=f"give {option} another path (or remove that file yourself)")
 
 
+def page_out(value: str | None, default_name: str, option: str = "--html") -> Path | None:
+    """The page an ``--html`` option writes: ``value``, or the page ``default_name`` in it where it names a folder,
+    one that exists or a new one given with a trailing slash (``--html pages/``; the option is a string, as a Path
+    loses the slash: the page was written as a file named ``pages``)."""
+    import os
+
+    if value is None:
+        return None
+    if not value:
+        raise LeapError(f"{option} is empty", fix=f"give {option} a path, or leave it out")
+    path = missing_parents_out(Path(value))
+    if value.endswith(tuple(filter(None, ("/", os.sep, os.altsep)))) or path.is_dir():
+        return path / default_name.replace(os.sep, "_")
+    return path
+
+
 def same_file(a: str | Path, b: str | Path) -> bool:
     import os
 

@@ -434,16 +434,19 @@ def test_validate_programs_refuses_a_file_of_no_segment_of_the_split_and_writes_
 def test_show_html_refuses_a_record_file_a_non_page_and_a_folder_before_printing(work, tmp_path, monkeypatch,
                                                                                   capsys):
     """"`--html` refuses, in one line and before anything is printed, a path that is one of the record files `leap
-    show` reads ..., an existing file that is not an HTML page ... or a folder"; a page written before is replaced."""
+    show` reads ..., or an existing file that is not an HTML page"; a page written before is replaced; a folder
+    (refused before report69) gets NARRATION_ID.html in it."""
     programs = work / "programs/train.jsonl"
     before = programs.read_bytes()
     csv_file = work / "kitchen/annotations/EPIC_100_train.csv"
     csv_before = csv_file.read_bytes()
-    for target in (programs, csv_file, tmp_path):
+    for target in (programs, csv_file):
         code, out, err = leap_main(monkeypatch, capsys, "show", "P01_01_1", "--workdir", str(work), "--html",
                                    str(target))
         assert code == 2 and out == "" and len([x for x in err.splitlines() if x.strip()]) == 1, (target, out, err)
     assert programs.read_bytes() == before and csv_file.read_bytes() == csv_before
+    code, out, err = leap_main(monkeypatch, capsys, "show", "P01_01_1", "--workdir", str(work), "--html", str(tmp_path))
+    assert code == 0 and (tmp_path / "P01_01_1.html").is_file(), err
     page = tmp_path / "page.html"
     for _ in range(2):
         code, out, err = leap_main(monkeypatch, capsys, "show", "P01_01_1", "--workdir", str(work), "--html",

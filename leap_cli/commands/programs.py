@@ -528,9 +528,12 @@ def validate_programs(
                                                         "a line is not a program record, or a record is not a "
                                                         "segment of the split."),
     show: int = typer.Option(10, "--show", min=0, help="Records with errors to print."),
-    html: Path = typer.Option(None, "--html", help="Also write a page with the coverage and the distributions as plots."),
+    html: str = typer.Option(None, "--html", metavar="<path>", help="Also write a page with the coverage and the "
+                                                                  "distributions as plots; a folder (pages/): the "
+                                                                  "report's name, NAME.report.html, in it."),
 ) -> None:
-    from leap_cli.common import SPLIT_NAMES, check_record_file, merged_input, normalize_split, refuse_overwrite
+    from leap_cli.common import (SPLIT_NAMES, check_record_file, merged_input, normalize_split, page_out,
+                                 refuse_overwrite)
     from leap_cli.errors import LeapError
     from leap_cli.io import atomic_write_json, refuse_folder
     from leap_cli.programs.generate import GenerateConfig, annotations_for
@@ -576,6 +579,7 @@ def validate_programs(
         part = (sorted({i for i, _ in parts}), parts[0][1])
     out = report or _default_report(workdir, split_name, [Path(f) for f in files] if given_files else [], part)
     refuse_overwrite(out, files, "--report", "json")
+    html = page_out(html, Path(out).with_suffix(".html").name)
     if html:
         refuse_overwrite(html, [*files, out], "--html", "html")
     segments = {s.narration_id: s for s in ann.segments(split_name)} if ann.has_split(split_name) else None

@@ -29,16 +29,19 @@ def show(
                                                    "WORKDIR/kitchen)."),
     annotations: Path = typer.Option(None, "--annotations", help="Folder of EPIC's annotation CSVs (default "
                                                                  "DATA/annotations)."),
-    html: Path = typer.Option(None, "--html", help="Also write a self-contained HTML page (keyframes, descriptors, storyboard)."),
+    html: str = typer.Option(None, "--html", metavar="<path>", help="Also write a self-contained HTML page (keyframes, "
+                                                                  "descriptors, storyboard); a folder (pages/): "
+                                                                  "NARRATION_ID.html in it."),
     run: Path = typer.Option(None, "--run", help="A trained run (runs/NAME): show its predicted program beside the target."),
     shards: Path = typer.Option(None, "--shards", help="With --run: the shards holding the segment (default WORKDIR/shards/SPLIT)."),
 ) -> None:
-    from leap_cli.common import dataset_root, normalize_split, refuse_overwrite
+    from leap_cli.common import dataset_root, normalize_split, page_out, refuse_overwrite
     from leap_cli.errors import LeapError
     from leap_cli.report.program_view import program_tree
     from leap_cli.report.show import (COMPONENTS, load_segment, narration_of, no_program_text, where_when,
                                       write_segment_html)
 
+    html = page_out(html, f"{narration_id}.html")
     if shards is not None and run is None:
         raise LeapError("--shards is read with --run only (the shards the run's prediction is made from)",
                         fix="add --run runs/NAME, or leave --shards out")
