@@ -34,7 +34,7 @@ def ablate(
     sources: str = typer.Option(",".join(_D.sources), "--sources", callback=lowercase, help="Program sources, comma-separated: truth (the kitchen's "
                                   "true programs), offline (the offline generator's), none (no programs)."),
     no_anticipation: bool = typer.Option(False, "--no-anticipation", help="Recognition cells only."),
-    anticipation_sources: str = typer.Option(",".join(_D.anticipation_sources or ("all",)), "--anticipation-sources", callback=lowercase, help="Program sources of the anticipation cells ('all': every source with programs)."),
+    anticipation_sources: str = typer.Option(",".join(_D.anticipation_sources or ("all",)), "--anticipation-sources", callback=lowercase, help="Program sources of the anticipation cells, comma-separated: truth, offline, or 'all' (every source with programs)."),
     span_frames: int = typer.Option(_D.span_frames, "--span-frames", min=1, help="Anticipation clips: source frames each clip spans."),
     config: str = typer.Option(_D.config, "--config", help="Training config (bundled name or YAML file)."),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key of every run (repeatable)."),

@@ -110,10 +110,16 @@ class AblateConfig:
         if bad or not self.sources:
             raise LeapError(f"unknown --sources {', '.join(bad)}" if bad else "no program source given (--sources)",
                             fix=f"use some of {', '.join(SOURCES)}, comma-separated")
-        unknown = sorted(set(self.anticipation_sources or ()) - set(SOURCES))
+        fix = f"use 'all' or some of {', '.join(s for s in SOURCES if s != 'none')}"
+        given = self.anticipation_sources
+        unknown = sorted(set(given or ()) - set(SOURCES))
         if unknown:  # a misspelt source silently dropped its anticipation cells
-            raise LeapError(f"unknown --anticipation-sources {', '.join(unknown)}",
-                            fix=f"use 'all' or some of {', '.join(s for s in SOURCES if s != 'none')}")
+            raise LeapError(f"unknown --anticipation-sources {', '.join(unknown)}", fix=fix)
+        if given is not None and (not given or "none" in given):  # ('none' or ',' ran no anticipation program
+            # cell without a word: the anticipation L_CE cell, which does not depend on the programs, runs anyway)
+            raise LeapError("no source given to --anticipation-sources" if not given else
+                            "--anticipation-sources none adds no cell: the anticipation L_CE cell (no programs) "
+                            "runs in every ablation", fix=fix + "; --no-anticipation drops the anticipation cells")
         if len(self.seeds) < 1 or self.epochs < 1 or self.anticipation_epochs < 1:
             raise LeapError("give at least one seed and one epoch")
 
