@@ -51,7 +51,9 @@ def ablate(
 
     def on_run(label: str, r: dict) -> None:
         figs = "  ".join(f"{k} {100 * v:.1f}" for k, v in r.items() if isinstance(v, float) and k != "seconds")
-        console.print(f"{escape(label)}: {figs}  ({r['seconds']:.0f} s)")
+        took = f"reused: trained in {r['seconds']:.0f} s by an earlier run" if r.get("reused") else \
+            f"{r['seconds']:.0f} s"
+        console.print(f"{escape(label)}: {figs}  ({took})")
 
     # (the kitchen, the programs and the shards come first, ~40 s on a fresh folder, reused after)
     cells = len(plan_cells(cfg.sources, cfg.anticipation, cfg.anticipation_sources))
@@ -69,4 +71,11 @@ def ablate(
                       f"kept, and the same command trains that cell again and goes on")
         sys.exit(128 + getattr(signal, e.signal))  # 130 for SIGINT, 143 for SIGTERM
     console.print(escape(summary["markdown"]))
-    console.print(f"wrote {escape(str(workdir / 'ablation.md'))} and ablation.json ({summary['seconds']:.0f} s)")
+    if unchecked := summary.get("unchecked"):
+        console.print(escape(f"{counted(len(unchecked), 'reused run')} made by a leap that kept no digest of the "
+                             f"config: {config} could not be checked against them (delete {workdir / 'runs'}/NAME to "
+                             f"train one again: {', '.join(unchecked[:3])}{', ...' if len(unchecked) > 3 else ''})"),
+                      highlight=False)
+    reused = summary.get("reused", 0)
+    console.print(f"wrote {escape(str(workdir / 'ablation.md'))} and ablation.json ({summary['seconds']:.0f} s"
+                  + (f"; {counted(reused, 'run')} of earlier ablates reused" if reused else "") + ")")

@@ -18,6 +18,7 @@ class-mean top-5 recall, and the program metrics (S-Verb, structure, per-step co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -198,38 +199,99 @@ def prepare_shards(work: Path, kitchen: Path, source: str, task: str, cfg: Ablat
 
 # ---- one run -----------------------------------------------------------------------------------------------
 
-def run_cell(work: Path, kitchen: Path, cell: Cell, seed: int, cfg: AblateConfig) -> dict:
-    """Train one cell with one seed (reused when its result.json exists) and score it on the validation split."""
-    from leap_cli.epic.annotations import Annotations
-    from leap_cli.evaluate.inference import evaluate_run
-    from leap_cli.evaluate.scoring import evaluate_scores
-    from leap_cli.model.leap import POOL_PROGRAM
-    from leap_cli.resources import bundled_config
-    from leap_cli.train.config import load_config
-    from leap_cli.train.loop import main
+# the keys every run sets itself (run_cell's sets): a config file's own values of them reach no run
+RUN_KEYS = {"data": ("train", "val"), "train": ("epochs", "seed", "eval_every_epochs", "checkpoint_every")}
 
-    name = f"{cell.task}-{cell.source}-{cell.name.replace('+', 'plus_')}-seed{seed}"
-    run_dir = work / "runs" / name
-    done = run_dir / "result.json"
+
+def config_file(cfg: AblateConfig) -> Path:
+    from leap_cli.resources import bundled_config
+
+    return bundled_config(cfg.config) or Path(cfg.config)
+
+
+def config_digest(config: Path) -> str:
+    """sha256 of a config's sections as a run reads them: its ``base:`` chain merged, comments and layout aside,
+    without the keys each run sets itself."""
+    from leap_cli.train.config import _read_raw
+
+    raw, _ = _read_raw(config)
+    raw = {section: {k: v for k, v in values.items() if k not in RUN_KEYS.get(section, ())}
+           if isinstance(values, dict) else values for section, values in raw.items()}
+
+    def plain(v):  # (keys as text: json's sort_keys fails on a mapping of mixed key types)
+        return {str(k): plain(x) for k, x in v.items()} if isinstance(v, dict) else \
+            [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    return hashlib.sha256(json.dumps(plain(raw), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_name(cell: Cell, seed: int) -> str:
+    return f"{cell.task}-{cell.source}-{cell.name.replace('+', 'plus_')}-seed{seed}"
+
+
+def run_settings(cell: Cell, cfg: AblateConfig) -> dict:
+    """What a run's figures depend on beyond its name (the config file's content aside: ``config_digest``)."""
+    from leap_cli.model.leap import POOL_PROGRAM
+
     epochs = cfg.anticipation_epochs if cell.task == "anticipation" else cfg.epochs
-    # what the run's figures depend on beyond its name: a finished run made otherwise is trained again (a rerun
-    # with --epochs 3 reused the 2-epoch runs and labelled the table with 3)
+    # a finished run made otherwise is trained again (a rerun with --epochs 3 reused the 2-epoch runs and labelled
+    # the table with 3)
     data_keys = ("videos", "segments_per_video", "kitchen_seed", "width", "height", "fps", "frames", "short_side",
                  "span_frames")
     settings = json.loads(json.dumps({"config": str(cfg.config), "epochs": epochs, "overrides": list(cfg.overrides),
                                       "data": {k: v for k, v in asdict(cfg).items() if k in data_keys}}))
     if "model.anticipation_aggregate=true" in cell.overrides:  # the aggregator's program embedding (leap train's
         settings["pool"] = POOL_PROGRAM  # model_args.anticipation.pool): a cell of the earlier pooling is trained again
-    if done.exists():
-        result = json.loads(done.read_text())
-        # (a result of an earlier leap has none: reused, but for an aggregation cell, which pooled otherwise)
-        if result.get("settings", None if "pool" in settings else settings) == settings:
-            return result
+    return settings
+
+
+def finished_run(work: Path, cell: Cell, seed: int, cfg: AblateConfig) -> tuple[dict, bool] | None:
+    """A finished run to reuse, and whether its config file could be checked (a run of a leap before 2026-12-07
+    kept no digest of it); None: no run, or one made with other settings (trained again). A run whose config file
+    changed since is refused: reused, it would put the old config's figures in the new one's table."""
+    name = run_name(cell, seed)
+    done = work / "runs" / name / "result.json"
+    if not done.exists():
+        return None
+    result = json.loads(done.read_text())
+    settings = run_settings(cell, cfg)
+    stored = result.get("settings")
+    if stored is None:  # a result of an earlier leap: reused, but for an aggregation cell, which pooled otherwise
+        return None if "pool" in settings else (result, False)
+    if {k: v for k, v in stored.items() if k != "config_digest"} != settings:
         log.info("%s: trained with other settings; training it again", name)
+        return None
+    if "config_digest" not in stored:
+        return result, False
+    config = config_file(cfg)
+    if stored["config_digest"] != config_digest(config):
+        bundled = config != Path(cfg.config)
+        raise LeapError(f"the config changed since run {name} was trained with it", path=config,
+                        fix=f"start over: another --workdir, or delete {work / 'runs'}" + (
+                            " (the bundled config changed with leap)" if bundled else
+                            "; or put the file back as it was to go on with the finished runs"))
+    return result, True
+
+
+def run_cell(work: Path, kitchen: Path, cell: Cell, seed: int, cfg: AblateConfig) -> dict:
+    """Train one cell with one seed (reused when its result.json exists) and score it on the validation split."""
+    from leap_cli.epic.annotations import Annotations
+    from leap_cli.evaluate.inference import evaluate_run
+    from leap_cli.evaluate.scoring import evaluate_scores
+    from leap_cli.train.config import load_config
+    from leap_cli.train.loop import main
+
+    name = run_name(cell, seed)
+    run_dir = work / "runs" / name
+    if (reused := finished_run(work, cell, seed, cfg)) is not None:
+        return reused[0]
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an interrupted run, or one made with other settings: start it again
+    settings = run_settings(cell, cfg)
+    epochs = settings["epochs"]
     train_dir, val_dir = (shards_dir(work, cell.source, s, cell.task) for s in ("train", "val"))
-    config = bundled_config(cfg.config) or Path(cfg.config)
+    config = config_file(cfg)
+    settings["config_digest"] = config_digest(config)  # (the file as load_config reads it just below)
     sets = [f"data.train={train_dir}", f"data.val={val_dir}", f"train.epochs={epochs}", f"train.seed={seed}",
             f"train.eval_every_epochs={epochs}", "train.checkpoint_every=0", *cfg.overrides, *cell.overrides]
     t0 = time.perf_counter()
@@ -240,7 +302,7 @@ def run_cell(work: Path, kitchen: Path, cell: Cell, seed: int, cfg: AblateConfig
     metrics = evaluate_scores(scores, Annotations(kitchen / "annotations"), "val", cell.task)
     result = {"cell": asdict(cell), "seed": seed, "seconds": round(time.perf_counter() - t0, 1),
               "settings": settings, **summarize(metrics)}
-    atomic_write_json(done, result)
+    atomic_write_json(run_dir / "result.json", result)
     return result
 
 
@@ -319,23 +381,32 @@ def run_ablation(cfg: AblateConfig, on_run: Callable[[str, dict], None] | None =
     work = Path(cfg.workdir)
     kitchen = work / "kitchen"
     t0 = time.perf_counter()
-    build_kitchen(kitchen, cfg.kitchen())
     cells = plan_cells(cfg.sources, cfg.anticipation, cfg.anticipation_sources)
+    # the finished runs, checked before anything is built or trained (a changed config file is refused here)
+    finished = {(cell, seed): finished_run(work, cell, seed, cfg) for cell in cells for seed in cfg.seeds}
+    build_kitchen(kitchen, cfg.kitchen())
     for source in sorted({c.source for c in cells}):
         prepare_programs(work, kitchen, source)
         for task in sorted({c.task for c in cells if c.source == source}):
             prepare_shards(work, kitchen, source, task, cfg)
-    results = []
+    results, reused, unchecked = [], 0, []
     for cell in cells:
         for seed in cfg.seeds:
-            r = run_cell(work, kitchen, cell, seed, cfg)
+            if (done := finished[cell, seed]) is not None:
+                r, checked = done
+                reused += 1
+                if not checked:
+                    unchecked.append(run_name(cell, seed))
+            else:
+                r = run_cell(work, kitchen, cell, seed, cfg)
             results.append(r)
-            if on_run:
-                on_run(f"{cell.task} {cell.source} {cell.name} seed {seed}", r)
+            if on_run:  # ("reused": its "seconds" are those of its training by an earlier leap ablate)
+                on_run(f"{cell.task} {cell.source} {cell.name} seed {seed}", {**r, "reused": done is not None})
     rows, md = table(results)
     summary = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
                "seconds": round(time.perf_counter() - t0, 1), "rows": rows, "runs": results}
     atomic_write_json(work / "ablation.json", summary)
     atomic_write_text(work / "ablation.md", md)
-    summary["markdown"] = md
+    # (not in ablation.json: what this command did, not what the table holds)
+    summary.update(markdown=md, reused=reused, unchecked=unchecked)
     return summary
