@@ -96,7 +96,7 @@ class FrameDetections:
         """The JSONL form (``to_dict``); ``state`` and ``side`` by name (``PORTABLE_OBJECT``, ``RIGHT``) or by
         the number EPIC's protobuf and its Python library use (3, 1)."""
         box = lambda b: BBox(float(b["left"]), float(b["top"]), float(b["right"]), float(b["bottom"]))  # noqa: E731
-        return cls(str(d["video_id"]), int(d["frame_number"]),
+        return cls(str(d["video_id"]), frame_number_of(d["frame_number"]),
                    [HandDetection(box(h["bbox"]), float(h["score"]), _enum(HandState, h["state"], "state"),
                                   (float(h["object_offset"]["x"]), float(h["object_offset"]["y"])),
                                   _enum(HandSide, h["side"], "side")) for h in d.get("hands", [])],
@@ -140,6 +140,14 @@ class FrameDetections:
             o = _fields(raw)
             objects.append(ObjectDetection(_bbox(_one(o, 1, b"")), _float(_one(o, 2, 0))))
         return cls(_one(f, 1, b"").decode(), _signed32(_one(f, 2, 0)), hands, objects)
+
+
+def frame_number_of(value) -> int:
+    """A JSON line's frame number: an integer, its string ("12"), or a float with no fraction (12.0, as pandas
+    writes a column with a gap); 12.7 or ``true`` is a ValueError (``int`` read 12.7 as frame 12)."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"frame_number {value!r} is not a whole number")
+    return int(value)
 
 
 def _enum(kind: type[IntEnum], value, key: str) -> IntEnum:

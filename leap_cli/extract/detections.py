@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from leap_cli.epic.hand_objects import BBox, FrameDetections, open_hand_objects
+from leap_cli.epic.hand_objects import BBox, FrameDetections, frame_number_of, open_hand_objects
 from leap_cli.errors import LeapError
 
 LABELLED_FORMAT = ('one JSON object per line: {"video_id": "P01_01", "frame_number": 12, "objects": '
@@ -49,7 +49,7 @@ def read_object_detections(path: str | Path) -> dict[int, list[LabelledBox]]:
             d = json.loads(line)
             if not isinstance(d, dict) or not isinstance(d.get("objects"), list):
                 raise ValueError('no "objects" list')
-            n = int(d["frame_number"])
+            n = frame_number_of(d["frame_number"])
             boxes = []
             for o in d["objects"]:
                 b = o["bbox"]
