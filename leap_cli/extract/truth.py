@@ -122,6 +122,13 @@ def _covering(events: list[dict], t: float) -> str | None:
     return None
 
 
+TURN_SIGN = {"turn_right": 1, "turn_left": -1}  # of the yaw read over the turn (0 deg has none: no turn was read)
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
 def _in_contact(contacts: list[dict], t: float) -> bool:
     return any(c["start"] <= t < c["stop"] for c in contacts)
 
@@ -157,7 +164,7 @@ def score(records: list[dict], truth: dict[str, dict]) -> dict:
                                       "visual-odometry")
         turns = [c for c in t.get("camera", []) if c["motion"] in ("turn_left", "turn_right")]
         if cam and cam["status"] == "ok" and turns and not t.get("past_end_of_video"):
-            ok = all((yaw_over(cam["data"]["steps"], c["start"], c["stop"]) > 0) == (c["motion"] == "turn_right")
+            ok = all(_sign(yaw_over(cam["data"]["steps"], c["start"], c["stop"])) == TURN_SIGN[c["motion"]]
                      for c in turns)
             yaw[(cam["data"].get("method", "?"), ok)] += 1
             windows = turn_windows(cam["data"]["steps"], t, turns_of.get(t["video_id"], []))
