@@ -731,18 +731,26 @@ def _free_task_queue(pool, workers: list) -> None:
             pass
 
 
+_QUIET_KINDS: set[type] = set()  # (what quiet_unraisable drops)
+
+
 def quiet_unraisable(*kinds: type) -> None:
     """From now on, drop the "Exception ignored in ..." tracebacks of these ``kinds`` (``sys.unraisablehook``): what
     is left half-built or half-stopped after an error the stage has said in one line fails again as it is torn
-    down; any other goes to the hook before."""
+    down; any other goes to the hook before. One hook however often it is called (each failed start of workers
+    calls it: a hook per call made a chain as long as the starts), set again where another replaced it."""
     import sys
 
+    _QUIET_KINDS.update(kinds)
+    if getattr(sys.unraisablehook, "_leap_quiet", False):
+        return
     default = sys.unraisablehook
 
     def hook(unraisable) -> None:
-        if not isinstance(unraisable.exc_value, kinds):
+        if not isinstance(unraisable.exc_value, tuple(_QUIET_KINDS)):
             default(unraisable)
 
+    hook._leap_quiet = True
     sys.unraisablehook = hook
 
 
