@@ -39,7 +39,7 @@ def ablate(
     config: str = typer.Option(_D.config, "--config", help="Training config (bundled name or YAML file)."),
     overrides: list[str] = typer.Option([], "--set", metavar="KEY=VALUE", help="Override a config key of every run (repeatable)."),
 ) -> None:
-    from leap_cli.train.ablate import CellInterrupted, plan_cells, run_ablation
+    from leap_cli.train.ablate import CellInterrupted, plan_cells, run_ablation, unplanned_anticipation
 
     cfg = AblateConfig(workdir=workdir, videos=videos, segments_per_video=segments, seeds=tuple(range(seeds)),
                        epochs=epochs, anticipation_epochs=anticipation_epochs,
@@ -61,6 +61,10 @@ def ablate(
                          f"x {counted(len(cfg.seeds), 'seed')}) on a kitchen of {counted(cfg.videos, 'video')} of "
                          f"{counted(cfg.segments_per_video, 'segment')}; building or reusing the kitchen, programs "
                          "and shards first"), highlight=False)
+    if missing := unplanned_anticipation(cfg):
+        console.print(escape(f"note: no anticipation program cell: --anticipation-sources {','.join(missing)} "
+                             f"{'is' if len(missing) == 1 else 'are'} not among --sources {','.join(cfg.sources)} "
+                             f"(add --anticipation-sources all, or name some of the sources)"), highlight=False)
     try:
         summary = run_ablation(cfg, on_run=on_run)
     except CellInterrupted as e:  # one signal stops the whole ablation, not only the cell training then

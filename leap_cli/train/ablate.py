@@ -72,6 +72,17 @@ def plan_cells(sources: tuple[str, ...] = SOURCES, anticipation: bool = True,
     return cells
 
 
+def unplanned_anticipation(cfg: "AblateConfig") -> tuple[str, ...]:
+    """The ``--anticipation-sources`` that are not among ``--sources``, where none is: the matrix then has no
+    anticipation program cell (``--sources offline`` with the default ``truth``: only the L_CE one), which a note
+    says."""
+    if not cfg.anticipation or cfg.anticipation_sources is None:
+        return ()
+    if any(s in cfg.sources for s in cfg.anticipation_sources):
+        return ()
+    return tuple(cfg.anticipation_sources)
+
+
 @dataclass(frozen=True)
 class AblateConfig:
     workdir: Path = Path("leap-work/ablation")
