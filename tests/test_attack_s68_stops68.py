@@ -145,8 +145,6 @@ def test_evaluate_stopped_with_a_stalled_worker_exits(stalled):
     _stopped(stalled, signal.SIGINT, "Ctrl-C with a stalled worker")
 
 
-@pytest.mark.xfail(strict=True, reason="torch's iterator joins a stalled worker twice for 5 s "
-                   "(MP_STATUS_CHECK_INTERVAL) before the stop's line")
 def test_evaluate_stopped_with_a_stalled_worker_exits_promptly(stalled):
     assert stalled["took"] < PROMPT, stalled["took"]
 

@@ -553,6 +553,7 @@ class Guarded:
 
     def __init__(self, loader, option: str):
         self.loader, self.option = loader, option
+        self._current = None  # (a weak reference to the iterator of the loader's workers, once started)
 
     @property
     def dataset(self):
@@ -574,16 +575,28 @@ class Guarded:
         if dead:
             self._failed(RuntimeError(f"DataLoader worker (pid {dead[0].pid}) exited unexpectedly with exit code "
                                       f"{dead[0].exitcode}"), _workers_of(self.loader, it))
+        self._current = weakref.ref(it) if workers else None
         while True:
             try:
                 batch = _awaited(lambda: next(it), workers)
             except StopIteration:
                 return
+            except KeyboardInterrupt:  # (a stop as a batch was awaited: the stalled worker's, most often)
+                if workers:
+                    _end_on_stop(it)
+                raise
             except (EOFError, RuntimeError, OSError) as e:  # (a worker that died: a connection reset, or torch's
                 if not workers:  # error, whichever came first)
                     raise
                 self._failed(e, _workers_of(self.loader, it))
             yield batch
+
+    def end_on_stop(self) -> None:
+        """A stop met while a batch was used (not awaited): the workers of the current iterator are killed now
+        (``_end_on_stop``)."""
+        it = self._current() if self._current is not None else None
+        if it is not None:
+            _end_on_stop(it)
 
     def _failed(self, e: BaseException, mine: list) -> NoReturn:
         """Raise the error for ``e``, met as the loader's workers ``mine`` were awaited (an epoch's start or a
@@ -606,6 +619,32 @@ class Guarded:
             raise LeapError(f"no batch came from the DataLoader's workers in {LOADER_TIMEOUT} s",
                             fix="a slow or stalled disk under the shards, or " + _lost_fix(self.option)) from e
         raise e
+
+
+STOP_JOIN = 0.5  # seconds: how long a stop waits for the loader's killed workers in all
+
+
+def _end_on_stop(it) -> None:
+    """A stop (Ctrl-C, or SIGTERM/SIGHUP, which cli makes a KeyboardInterrupt) ends the stage: the workers of the
+    loader's iterator ``it`` still alive are killed now, before torch shuts the iterator down as its last reference
+    goes. That shutdown joins each worker for 5 s (MP_STATUS_CHECK_INTERVAL), then sends SIGTERM, which they ignore
+    (``loader_worker_init``), and joins again: a stalled worker (SIGSTOP; one stuck in I/O on a network filesystem)
+    held the stop's line and exit ~10 s. Their deaths are the stop's, not errors: torch's SIGCHLD check forgets them
+    first. A normal end keeps torch's clean shutdown."""
+    import time
+
+    from torch.utils.data._utils import signal_handling
+
+    workers = list(getattr(it, "_workers", None) or [])
+    if getattr(it, "_worker_pids_set", False):
+        signal_handling._remove_worker_pids(id(it))
+        it._worker_pids_set = False
+    for p in workers:
+        if p.is_alive():
+            p.kill()
+    end = time.monotonic() + STOP_JOIN
+    for p in workers:
+        p.join(max(0.0, end - time.monotonic()))
 
 
 def _start(loader) -> Iterator[dict]:
