@@ -625,15 +625,28 @@ def stops_held(context=None, block: bool = True) -> Iterator[None]:
     caught: list[int] = []
     handlers = {s: h for s in stops if callable(h := signal.getsignal(s))}
     end = time.monotonic() + HOLD_STOPS
+    lock = threading.Lock()
+    timer = None
+
+    def resend() -> None:  # (a start that still waits at HOLD_STOPS: a stop it held was held until its end, a
+        with lock:  # stalled worker's LOADER_TIMEOUT; sent again now, its handler runs as it comes, ``hold``)
+            held, caught[:] = list(dict.fromkeys(caught)), []
+        for s in held:
+            os.kill(os.getpid(), s)
 
     def hold(signum, frame):
         if not block and time.monotonic() > end:  # (a start that forks waits for no worker: held to its end)
             handlers[signum](signum, frame)
         else:
-            caught.append(signum)
+            with lock:
+                caught.append(signum)
 
     mask = None
     try:
+        if not block and handlers:
+            timer = threading.Timer(HOLD_STOPS + 0.01, resend)
+            timer.daemon = True
+            timer.start()
         for s in handlers:
             signal.signal(s, hold)
         if context is not None and context.get_start_method() != "fork":
@@ -645,11 +658,15 @@ def stops_held(context=None, block: bool = True) -> Iterator[None]:
             mask = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         yield
     finally:
+        if timer is not None:
+            timer.cancel()
         for s, h in handlers.items():
             signal.signal(s, h)
         if mask is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # (one that came to this thread is delivered now)
-        for s in dict.fromkeys(caught):
+        with lock:  # (each once: sent again by the timer, or raised here)
+            held, caught[:] = list(dict.fromkeys(caught)), []
+        for s in held:
             signal.raise_signal(s)
 
 

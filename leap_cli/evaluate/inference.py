@@ -113,19 +113,6 @@ def _fp32_heads(model: torch.nn.Module):
             del m.forward  # back to the class's forward
 
 
-@contextlib.contextmanager
-def _workers_end_on_stop(batches: Iterable[dict]):
-    """A stop (Ctrl-C, SIGTERM, SIGHUP: a KeyboardInterrupt) met as a batch is scored ends the loader's workers
-    at once (``Guarded.end_on_stop``): torch's shutdown waited ~10 s for a stalled one before the stop's line."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        end = getattr(batches, "end_on_stop", None)
-        if end is not None:
-            end()
-        raise
-
-
 def _pad_rows(x: torch.Tensor | None, rows: int) -> torch.Tensor | None:
     """``x`` with its first dimension filled up to ``rows`` by repeating its last row."""
     if x is None or x.shape[0] >= rows:
@@ -153,7 +140,9 @@ def predict(model: torch.nn.Module, batches: Iterable[dict], *, views: ViewConfi
     verbs, nouns, steps, conds, t_steps, t_conds, has = [], [], [], [], [], [], []
     step_conds, t_step_conds = [], []
     first = None  # rows of the first batch (compile)
-    with _fp32_heads(model), _workers_end_on_stop(batches):
+    from leap_cli.shards.dataset import workers_end_on_stop
+
+    with _fp32_heads(model), workers_end_on_stop():
         runner = torch.compile(model) if compile else model
         for batch in batches:
             video, ctx, cmask = _flatten_views(batch, views.count)

@@ -38,6 +38,7 @@ Errors: a missing, truncated or corrupt shard raises a ``LeapError`` naming the 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -414,6 +415,7 @@ def _lost_fix(option: str) -> str:
 # keeps the error, raised where a batch is awaited (``Guarded``), at once if one is awaited then.
 _DIED: dict = {"error": None, "waiting": False}
 _LOADER_WORKERS: weakref.WeakSet = weakref.WeakSet()  # the DataLoader workers this process started (``_started``)
+_ITERATORS: weakref.WeakSet = weakref.WeakSet()  # the iterators of the loaders with workers (``_started``)
 
 
 class WorkerDied(RuntimeError):
@@ -553,7 +555,6 @@ class Guarded:
 
     def __init__(self, loader, option: str):
         self.loader, self.option = loader, option
-        self._current = None  # (a weak reference to the iterator of the loader's workers, once started)
 
     @property
     def dataset(self):
@@ -563,6 +564,10 @@ class Guarded:
         workers = self.loader.num_workers
         try:  # (persistent workers: an epoch's iterator waits for each of them at once, and one may have died)
             it = _awaited(lambda: _start(self.loader) if workers else iter(self.loader), workers)
+        except KeyboardInterrupt:  # (a stop as a persistent loader's epoch starts: a stalled worker's, most often)
+            if workers:
+                _end_on_stop(getattr(self.loader, "_iterator", None))
+            raise
         except (EOFError, RuntimeError, OSError) as e:
             if not workers:
                 raise
@@ -575,7 +580,6 @@ class Guarded:
         if dead:
             self._failed(RuntimeError(f"DataLoader worker (pid {dead[0].pid}) exited unexpectedly with exit code "
                                       f"{dead[0].exitcode}"), _workers_of(self.loader, it))
-        self._current = weakref.ref(it) if workers else None
         while True:
             try:
                 batch = _awaited(lambda: next(it), workers)
@@ -590,13 +594,6 @@ class Guarded:
                     raise
                 self._failed(e, _workers_of(self.loader, it))
             yield batch
-
-    def end_on_stop(self) -> None:
-        """A stop met while a batch was used (not awaited): the workers of the current iterator are killed now
-        (``_end_on_stop``)."""
-        it = self._current() if self._current is not None else None
-        if it is not None:
-            _end_on_stop(it)
 
     def _failed(self, e: BaseException, mine: list) -> NoReturn:
         """Raise the error for ``e``, met as the loader's workers ``mine`` were awaited (an epoch's start or a
@@ -647,6 +644,24 @@ def _end_on_stop(it) -> None:
         p.join(max(0.0, end - time.monotonic()))
 
 
+@contextlib.contextmanager
+def workers_end_on_stop() -> Iterator[None]:
+    """Where a stage uses its batches (a model's step): a stop met there (a KeyboardInterrupt) kills the workers of
+    every loader iterator of this process first (``_end_on_stop``), as ``Guarded`` does for one met as a batch is
+    awaited."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        end_loader_workers()
+        raise
+
+
+def end_loader_workers() -> None:
+    """A stop: the workers of every loader iterator of this process are killed now (``_end_on_stop``)."""
+    for it in list(_ITERATORS):
+        _end_on_stop(it)
+
+
 def _start(loader) -> Iterator[dict]:
     """``iter(loader)`` of a loader with workers. Where it fails part way (the limit of open files reached with a
     worker started and the next not), torch's half-made iterator cannot stop the workers it started, and those
@@ -694,6 +709,7 @@ def _started(loader) -> Iterator[dict]:
     try:
         it = iter(loader)
         _LOADER_WORKERS.update(p for p in multiprocessing.active_children() if p.pid not in before)
+        _ITERATORS.add(it)
         return it
     except BaseException:
         # (the deaths of these kills, and of a worker a process group's stop killed as it started, are not raised in

@@ -772,6 +772,11 @@ def main(cfg: Config, *, workdir: str | Path = "leap-work", name: str = "run", r
                            last_eval=last_eval, history=state.history, seconds=time.perf_counter() - t_start,
                            model_args=model_args, is_main=info.is_main, interrupted=stop.received,
                            best_key=BEST_METRIC[cfg.data.task], provenance=provenance)
+    except KeyboardInterrupt:  # (a stop at once: the loaders' workers end now; torch's shutdown of a loader waited
+        from leap_cli.shards.dataset import end_loader_workers  # ~10 s for a stalled worker)
+
+        end_loader_workers()
+        raise
     except LeapError as e:
         if unstarted_note is None or (run_dir / "config.yaml").exists():
             raise
