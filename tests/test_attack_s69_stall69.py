@@ -67,7 +67,7 @@ _SCRIPT = textwrap.dedent('''
 
     def run():
         loader = DataLoader(Items(), batch_size=1, num_workers=2, collate_fn=collate, worker_init_fn=loader_worker_init,
-                            multiprocessing_context="fork", timeout=60, persistent_workers=PERSISTENT)
+                            multiprocessing_context="fork", timeout=30, persistent_workers=PERSISTENT)
         batches = Guarded(loader, "--workers")
         if MODE == "scored":  # (a Ctrl-C as a batch is scored)
             from leap_cli.evaluate.inference import predict
@@ -128,6 +128,8 @@ _SCRIPT = textwrap.dedent('''
             out["stopped"] = False
         except KeyboardInterrupt:
             out["stopped"] = True
+        except BaseException as e:  # (said in the case's outcome; the next case goes on)
+            out["stopped"], out["error"] = None, repr(e)[:300]
         gc.collect()
         out["took"] = time.monotonic() - out.get("stop", time.monotonic())
         out["exitcodes"] = [w.exitcode for w in workers]
