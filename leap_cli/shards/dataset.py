@@ -625,8 +625,9 @@ def _end_on_stop(it) -> None:
     """A stop (Ctrl-C, or SIGTERM/SIGHUP, which cli makes a KeyboardInterrupt) ends the stage: the workers of the
     loader's iterator ``it`` still alive are killed now, before torch shuts the iterator down as its last reference
     goes. That shutdown joins each worker for 5 s (MP_STATUS_CHECK_INTERVAL), then sends SIGTERM, which they ignore
-    (``loader_worker_init``), and joins again: a stalled worker (SIGSTOP) held the stop's line and exit ~10 s. Their deaths are the stop's, not errors: torch's SIGCHLD check forgets them
-    first. A normal end keeps torch's clean shutdown."""
+    (``loader_worker_init``), and joins again: a stalled worker (SIGSTOP) held the stop's line and exit ~10 s.
+    Their deaths are the stop's, not errors: torch's SIGCHLD check forgets them first. A normal end keeps torch's
+    clean shutdown."""
     import time
 
     from torch.utils.data._utils import signal_handling
