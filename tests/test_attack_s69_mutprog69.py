@@ -1,14 +1,14 @@
 """Session 69's mutation run over leap_cli/programs/{targets,vocab,checker,validate,store,provenance}.py: tests that
 kill the mutants the suite let live (each asserts behaviour a mutant changed)."""
 
-import re
 from pathlib import Path
 
 import pytest
 
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.programs.targets import CALL, DEFAULT_MAX_ROUTINES, END, IGNORE, STEP, TargetVocab, encode_program
+from leap_cli.programs.targets import DEFAULT_MAX_ROUTINES, END, IGNORE, STEP, TargetVocab, encode_program
+from leap_cli.programs.validate import Labels
 from leap_cli.programs.vocab import resolve_object
 from tests.program_helpers import cond, sub
 
@@ -329,3 +329,58 @@ def test_programs_text_of_a_build_without_a_program_file_and_a_run_trained_on_ot
     batch = {**llm, "made_by": [{**llm["made_by"][0], "backend": "openai-batch"}]}  # one model, another backend
     assert "(validation: openai-batch gpt-4o-mini" in run_programs_text({"train": {"programs": llm},
                                                                          "val": {"programs": batch}})
+
+
+# ---- checker.py ----
+
+def _reply(classes):
+    import json
+
+    verbs, nouns = classes
+    text = json.dumps(_program([_step("wash", "plate")]))
+    return text, Labels(verbs.resolve("wash"), nouns.resolve("plate"))
+
+
+def test_a_stuck_checker_is_said_once_and_a_killed_one_with_its_exit_code(classes, monkeypatch, caplog):
+    import asyncio
+    import logging
+    import os
+    import signal
+
+    from leap_cli.programs import checker as checker_module
+    from leap_cli.programs.reply import verify_reply
+
+    verbs, nouns = classes
+    text, labels = _reply(classes)
+    want = verify_reply(text, verbs, nouns, labels, 4)
+    monkeypatch.setattr(checker_module, "STALL_S", 0.4)
+
+    async def run(stall: bool):
+        checker = checker_module.RemoteChecker(verbs, nouns, 4)
+        await checker.start()
+        assert checker.ready
+        first = await checker.check(text, labels)  # (answered by the child)
+        if stall:
+            os.kill(checker.transport.get_pid(), signal.SIGSTOP)
+            got = await asyncio.wait_for(checker.check(text, labels), 10)
+        else:
+            checker.transport.kill()
+            for _ in range(200):
+                if checker.ended:
+                    break
+                await asyncio.sleep(0.05)
+            got = await checker.check(text, labels)
+        await checker.aclose()
+        return first, got, checker
+
+    with caplog.at_level(logging.WARNING, logger="leap_cli.programs.checker"):
+        first, got, checker = asyncio.run(run(True))
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert first == got == want and checker.remote == 1 and checker.local == 1
+    assert len(said) == 1 and "answered no check" in said[0], said  # the stop, not also "the process ended"
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="leap_cli.programs.checker"):
+        first, got, checker = asyncio.run(run(False))
+    said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert first == got == want and checker.remote == 1 and checker.local == 1
+    assert len(said) == 1 and f"exit code {-signal.SIGKILL}" in said[0], said
