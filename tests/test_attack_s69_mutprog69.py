@@ -293,6 +293,53 @@ def test_two_journaled_replies_of_the_same_text_are_both_taken(tmp_path):
         s.close()
 
 
+
+def test_paid_turns_are_the_paid_replies_of_the_backend_and_model_up_to_the_round(tmp_path):
+    from leap_cli.programs.store import ProgramStore
+
+    base = {k: v for k, v in _store_args().items() if k not in ("round", "cached", "response", "backend", "model")}
+    with ProgramStore(tmp_path / "cache.sqlite") as s:
+        for nid, rnd, cached, response, model in (("a", 0, False, "{}", "m"), ("a", 1, False, "{}", "m"),
+                                                  ("a", 2, False, "{}", "m"), ("b", 0, True, "{}", "m"),
+                                                  ("c", 0, False, None, "m"), ("d", 0, False, "{}", "other")):
+            s.log_call(narration_id=nid, backend="openai", model=model, round=rnd, cached=cached, response=response,
+                       usage={"prompt_tokens": 10 + rnd, "completion_tokens": 3}, error="bad" if rnd else None,
+                       **base)
+        turns = s.paid_turns("openai", "m", 1)
+        assert sorted(turns) == [("a", 0, 10, 3, None), ("a", 1, 11, 3, 3)]
+        assert s.last_paid_tokens("openai", "m") == 12 and s.last_paid_tokens("openai", "x") is None
+
+
+@pytest.mark.parametrize("error, says", [("disk I/O error", "nothing was asked yet"),
+                                         ("database is locked", "run the same command again")])
+def test_a_token_limit_that_cannot_be_written_says_why_and_what_is_kept(tmp_path, error, says):
+    import sqlite3
+
+    from leap_cli.programs.store import ProgramStore
+
+    class Failing:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def execute(self, *a):
+            raise sqlite3.OperationalError(error)
+
+    s = ProgramStore(tmp_path / "cache.sqlite")
+    try:
+        s._wdb = Failing()
+        with pytest.raises(LeapError) as e:
+            s.note_token_limit(tmp_path / "val.jsonl", 100)
+        assert error in e.value.message and says in str(e.value.fix)
+        if "locked" in error:  # a lock is no damage: nothing says to move the cache aside
+            assert "another process kept it locked" in e.value.message and "move it aside" not in str(e.value.fix)
+    finally:
+        s._wdb = s.db
+        s.close()
+
+
 # ---- provenance.py ----
 
 def test_descriptor_settings_leave_out_the_split_and_the_model_files(tmp_path):
