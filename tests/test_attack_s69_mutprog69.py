@@ -7,7 +7,7 @@ import pytest
 
 from leap_cli.epic.classes import ClassVocab
 from leap_cli.errors import LeapError
-from leap_cli.programs.targets import DEFAULT_MAX_ROUTINES, END, IGNORE, STEP, TargetVocab, encode_program
+from leap_cli.programs.targets import DEFAULT_MAX_CONDITIONS, DEFAULT_MAX_ROUTINES, END, IGNORE, STEP, TargetVocab, encode_program
 from leap_cli.programs.validate import Labels
 from leap_cli.programs.vocab import resolve_object
 from tests.program_helpers import cond, sub
@@ -90,13 +90,24 @@ def test_decode_row_of_narrower_and_out_of_range_rows(classes):
     assert v.decode_row([take, tap, v.object_none]) == "take(tap)"
     assert v.decode_row([take, tap, v.object_none, right, len(v.structure)]) == "take(tap) [right]"  # unknown kind
     assert v.decode_row([IGNORE] * 4 + [v.structure.index("<loop>")]) == "<loop>"
+    assert v.decode_row([take, tap, v.object_none, v.hands.index("left"), v.step_kind]) == "take(tap) [left]"
+    assert v.decode_row([take, tap, v.object_none, len(v.hands), v.step_kind]) == "take(tap)"  # no such hand
 
 
-def test_the_documented_default_routine_cap_is_the_code_s():
-    doc = (ROOT / "docs" / "programs.md").read_text()
-    assert f"max_routines={DEFAULT_MAX_ROUTINES})" in doc
+def test_build_skips_entries_that_hold_no_program(classes):
+    verbs, nouns = classes
+    prog = _program([sub("take", "plate")], pre=[cond("dirty", "plate")])
+    assert TargetVocab.build([None, {}, prog], verbs, nouns) == TargetVocab.build([prog], verbs, nouns)
+
+
+def test_the_documented_default_caps_are_the_code_s():
     import inspect
-    assert inspect.signature(TargetVocab.build).parameters["max_routines"].default == DEFAULT_MAX_ROUTINES
+
+    doc = (ROOT / "docs" / "programs.md").read_text()
+    assert f"max_conditions={DEFAULT_MAX_CONDITIONS}, max_routines={DEFAULT_MAX_ROUTINES})" in doc
+    params = inspect.signature(TargetVocab.build).parameters
+    assert (params["max_conditions"].default, params["max_routines"].default) == (DEFAULT_MAX_CONDITIONS,
+                                                                                  DEFAULT_MAX_ROUTINES)
 
 
 # ---- vocab.py ----
@@ -178,6 +189,45 @@ def test_a_step_precondition_that_contradicts_itself_is_said(classes):
                   pre=[cond("dirty", "plate")])
     assert any(p == "/steps/0/pre/1" and "contradicts /steps/0/pre/0" in m for p, m in f)
 
+
+
+def test_a_release_with_both_hands_frees_each_hand(classes):
+    steps = [_step("put", "plate", hand="both", pre=[cond("holding", "both", "plate")],
+                   post=[cond("holding", "both", "plate", neg=True)]),
+             _step("take", "cup", pre=[cond("holding", "left", "plate", neg=True),
+                                       cond("holding", "either", "plate", neg=True)])]
+    assert _findings(classes, steps, pre=[cond("holding", "both", "plate")]) == set()
+    either = [_step("put", "plate", post=[cond("holding", "either", "plate", neg=True)]),
+              _step("take", "cup", pre=[cond("holding", "right", "plate", neg=True)])]
+    assert _findings(classes, either, pre=[cond("holding", "right", "plate")]) == set()
+
+
+def test_the_else_branch_is_checked(classes):
+    steps = [{"type": "conditional", "if": cond("dirty", "plate"), "then": [_step("wash", "plate")],
+              "else": [_step("frobnicate", "plate")]}]
+    assert {p for p, _ in _findings(classes, steps)} == {"/steps/0/else/0/verb"}
+
+
+def test_the_sub_action_limit_is_inclusive(classes):
+    from leap_cli.programs.validate import validate_semantics
+
+    prog = _program([_step("wash", "plate")] * 3)
+    assert validate_semantics(prog, *classes, max_sub_actions=3) == []
+    assert [f.pointer for f in validate_semantics(prog, *classes, max_sub_actions=2)] == ["/steps"]
+
+
+def test_each_pair_of_class_files_resolves_with_its_own_verbs(classes, tmp_path):
+    from leap_cli.programs.validate import validate_semantics
+
+    verbs, nouns = classes
+    few = tmp_path / "verbs.csv"  # the same nouns, other verbs (no 'wash')
+    few.write_text('id,key,instances,category\n0,take,"[\'take\', \'grab\']",retrieve\n')
+    other = ClassVocab.from_csv(few, "verb")
+    prog = _program([_step("wash", "plate")])
+    prog["action"] = {"narration": "take plate", "verb": "take", "noun": "plate"}
+    assert validate_semantics(prog, verbs, nouns) == []
+    assert [f.pointer for f in validate_semantics(prog, other, nouns)] == ["/steps/0/verb"]
+    assert validate_semantics(prog, verbs, nouns) == []
 
 # ---- store.py ----
 
