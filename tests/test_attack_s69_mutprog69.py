@@ -390,6 +390,66 @@ def test_a_token_limit_that_cannot_be_written_says_why_and_what_is_kept(tmp_path
         s.close()
 
 
+
+def test_missing_token_counts_are_zero_in_the_cache_the_ledger_and_a_batch_spend(tmp_path):
+    from leap_cli.programs.store import ProgramStore
+
+    out = tmp_path / "val.jsonl"
+    with ProgramStore(tmp_path / "cache.sqlite") as s:
+        assert s.spent(out) == {"cost": 0.0, "prompt_tokens": 0, "completion_tokens": 0, "requests": 0}
+        s.put("k0", "reply", {}, "m")
+        s.put("k1", "reply", {"prompt_tokens": 0, "completion_tokens": 0}, "m")
+        assert s.get("k0")[1] == s.get("k1")[1] == {"prompt_tokens": 0, "completion_tokens": 0}
+        s.add_spend(out, 0.5, {})
+        assert s.spent(out) == {"cost": 0.5, "prompt_tokens": 0, "completion_tokens": 0, "requests": 1}
+        s.add_batch_spend(out, [("r1", 0.25, {}), (None, 0.25, {"completion_tokens": 2})])
+        assert s.spent(out) == {"cost": 1.0, "prompt_tokens": 0, "completion_tokens": 2, "requests": 3}
+
+
+def test_a_store_keeps_no_journal_unless_asked(tmp_path):
+    from leap_cli.programs.store import ProgramStore
+
+    s = ProgramStore(tmp_path / "cache.sqlite", commit_every=3600)
+    try:
+        s.put("k", "reply", {"prompt_tokens": 1}, "m", commit=False)
+        s.add_spend(tmp_path / "val.jsonl", 0.1, {}, commit=False)
+        assert not (tmp_path / "cache.sqlite.unwritten").exists()
+    finally:
+        s.close()
+
+
+def test_replay_takes_the_files_after_a_locked_one_and_skips_rows_of_another_shape(tmp_path, caplog):
+    import fcntl
+    import json
+    import logging
+
+    from leap_cli.programs.store import ProgramStore
+
+    path = tmp_path / "cache.sqlite"
+    ProgramStore(path).close()
+    folder = tmp_path / "cache.sqlite.unwritten"
+    folder.mkdir()
+    row = ["c", "k", "reply", 7, 3, "m", 1.0, None, 0]
+    (folder / "1-live-1.jsonl").write_text(json.dumps(row) + "\n")  # its process still runs (locked)
+    (folder / "2-dead-1.jsonl").write_text(json.dumps([*row[:1], "k2", *row[2:]]) + "\n"
+                                           + json.dumps([*row[:1], 5, *row[2:]]) + "\n")  # (a key that is no text)
+    with open(folder / "1-live-1.jsonl") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with caplog.at_level(logging.INFO, logger="leap_cli.programs.store"):
+            s = ProgramStore(path)
+        try:
+            assert s.replayed == 1 and s.get("k2")[0] == "reply" and s.get("k") is None and s.get(5) is None
+        finally:
+            s.close()
+    assert "took 1 reply of a stopped run" in caplog.text
+    assert sorted(p.name for p in folder.iterdir()) == ["1-live-1.jsonl"]
+
+
+def test_labels_are_values():
+    assert Labels(1, 2) == Labels(1, 2) and len({Labels(1, 2), Labels(1, 2), Labels()}) == 2
+    with pytest.raises(AttributeError):
+        Labels(1, 2).verb_class = 3
+
 # ---- provenance.py ----
 
 def test_descriptor_settings_leave_out_the_split_and_the_model_files(tmp_path):
