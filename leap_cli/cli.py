@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 
 import typer
@@ -288,6 +289,9 @@ def _again(plain: str = "the same command") -> str:
 
 
 def _interrupted() -> None:
+    for again in (signal.SIGTERM, signal.SIGINT, _SIGHUP):  # (the stop is said: another, or one sent again as an
+        if again is not None:  # import ended, would raise in the saying; main ignores them from here on anyway)
+            signal.signal(again, signal.SIG_IGN)
     kept = _KEPT.get(_state.get("command"), f"finished records were kept; run {_again()} to resume") \
         if _state.get("command") else NOTHING_STARTED
     stop = _state.get("stop_signal")  # SIGTERM or SIGHUP (None: Ctrl-C)
@@ -314,13 +318,15 @@ def _on_sigterm(signum, frame) -> None:
         os.kill(os.getpid(), signum)
         return
     _state["stop_signal"] = signum
-    if _torch_loading():  # (taken a moment later, once torch is loaded)
-        import threading
+    now = time.monotonic()
+    if _module_loading() and now < _state.setdefault("deferred_since", now) + DEFER_STOPS:  # (taken a moment
+        import threading  # later, once the module is loaded)
 
         timer = threading.Timer(0.05, os.kill, (os.getpid(), signum))
         timer.daemon = True
         timer.start()
         return
+    _state.pop("deferred_since", None)
     on_int = signal.getsignal(signal.SIGINT)
     if callable(on_int):  # Python's (KeyboardInterrupt), or asyncio's, which cancels the stage's main task
         on_int(signal.SIGINT, frame)
@@ -328,14 +334,32 @@ def _on_sigterm(signum, frame) -> None:
         raise KeyboardInterrupt
 
 
-def _torch_loading() -> bool:
-    """Whether torch, or one of its modules, is being imported: its C++ start-up runs Python code, and a stop's
-    KeyboardInterrupt raised there ended the process in C++'s terminate ("terminate called after throwing an
-    instance of 'pybind11::error_already_set'", SIGABRT, exit 134 for a SIGTERM: 3 in ~430 SIGTERMs to evaluate
-    as it began)."""
-    return any((name == "torch" or name.startswith("torch.")) and
-               getattr(getattr(module, "__spec__", None), "_initializing", False)
-               for name, module in list(sys.modules.items()))
+# Seconds a stop waits at most for the imports under way (an import that hangs: the stop is taken all the same).
+DEFER_STOPS = 10.0
+
+
+def _module_loading() -> bool:
+    """Whether a module is being imported: a compiled module's start-up runs Python code, and a stop's
+    KeyboardInterrupt raised there ended the process in C++'s terminate (torch: "terminate called after throwing an
+    instance of 'pybind11::error_already_set'", SIGABRT, exit 134 for a SIGTERM: 3 in ~430 SIGTERMs to evaluate as
+    it began) or became the module's own error (scipy's HiGHS: "ImportError: initialization failed", a traceback and
+    exit 1 for a SIGHUP to `leap demo-data` 0.9 s in). A module being imported is marked as it runs (its
+    package's while a compiled module inside it starts)."""
+    return any(getattr(getattr(module, "__spec__", None), "_initializing", False)
+               for module in list(sys.modules.values()))
+
+
+def _from_a_stop(e: BaseException) -> bool:
+    """Whether ``e`` was raised by, or while handling, a stop's KeyboardInterrupt: a compiled module that met the
+    stop as it started turns it into its own error (pybind11's "ImportError: initialization failed", raised from
+    the KeyboardInterrupt; also a Ctrl-C's, which Python's own handler raises). It is said as the stop."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 # How many times a dropped stop is sent again at most (each is sent again once; one dropped again sends it again).
@@ -567,6 +591,7 @@ def _main() -> None:
     _state.pop("command", None)  # (set once the command line is read)
     _state.pop("stop_signal", None)
     _state.pop("redelivered", None)
+    _state.pop("deferred_since", None)
     signal.signal(signal.SIGTERM, _on_sigterm)
     _redeliver_dropped_stops()
     if _SIGHUP is not None and signal.getsignal(_SIGHUP) is not signal.SIG_IGN:  # (nohup's: left as it is)
@@ -619,6 +644,8 @@ def _main() -> None:
 
         said = out_of_memory(e)
         if said is None:
+            if _from_a_stop(e):
+                _interrupted()
             raise
         if _state["debug"]:
             traceback.print_exc()
@@ -653,4 +680,6 @@ def _main() -> None:
                          f"`{ctx.parent.command_path} {option} {ctx.info_name} ...`)")
             _print_error(f"{e.format_message()}{where}")
             sys.exit(e.exit_code)
+        if _from_a_stop(e):
+            _interrupted()
         raise
