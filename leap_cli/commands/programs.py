@@ -530,7 +530,7 @@ def validate_programs(
     show: int = typer.Option(10, "--show", min=0, help="Records with errors to print."),
     html: str = typer.Option(None, "--html", metavar="<path>", help="Also write a page with the coverage and the "
                                                                   "distributions as plots; a folder (pages/): the "
-                                                                  "report's name, NAME.report.html, in it."),
+                                                                  "report's name with .html in it."),
 ) -> None:
     from leap_cli.common import (SPLIT_NAMES, check_record_file, merged_input, normalize_split, page_out,
                                  refuse_overwrite)
