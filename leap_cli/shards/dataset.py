@@ -662,6 +662,9 @@ def end_loader_workers() -> None:
         _end_on_stop(it)
 
 
+_EXIT_KILLS = False  # whether ``_kill_workers_left`` is registered to run at the exit (once per process)
+
+
 def _start(loader) -> Iterator[dict]:
     """``iter(loader)`` of a loader with workers. Where it fails part way (the limit of open files reached with a
     worker started and the next not), torch's half-made iterator cannot stop the workers it started, and those
@@ -674,11 +677,12 @@ def _start(loader) -> Iterator[dict]:
     # them, ended it by a process group's SIGTERM; a persistent loader's later epoch forks none, and may wait for
     # a stalled worker: its handlers are only deferred, for HOLD_STOPS at most)
     forks = getattr(loader, "_iterator", None) is None
-    if forks and not _DIED.get("exit_kills"):
+    global _EXIT_KILLS
+    if forks and not _EXIT_KILLS:
         import atexit
 
         atexit.register(_kill_workers_left)  # (after multiprocessing's, so run before it: atexit runs the last first)
-        _DIED["exit_kills"] = True
+        _EXIT_KILLS = True
     with stops_held(getattr(loader, "multiprocessing_context", None), block=forks):
         return _started(loader)
 
