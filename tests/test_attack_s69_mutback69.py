@@ -34,6 +34,128 @@ def test_measured_repair_turns_read_their_prefix_from_the_cache_in_the_cached_fi
     assert f"~{est.cost() + live:,.2f} USD live (~{live:,.2f} of it repair turns)" in text
 
 
+def test_the_repair_framing_is_the_two_messages_a_repair_turn_adds():
+    """A repair turn adds the reply and the findings as two messages to the conversation: the bound's extra prompt is
+    what ``chat_tokens`` counts for them (mutant: a framing of 5 tokens, not two messages' 3 each)."""
+    from leap_cli.programs.estimate import chat_tokens, repair_bound, text_tokens
+
+    first = [{"role": "system", "content": "s" * 400}, {"role": "user", "content": "u" * 900}]
+    reply, findings = "r" * 480, "f" * 200
+    turn = first + [{"role": "assistant", "content": reply}, {"role": "user", "content": findings}]
+    bound = repair_bound(1, text_tokens(reply), text_tokens(findings))
+    assert bound.extra_prompt == chat_tokens(turn) - chat_tokens(first)
+
+
+# ---- backends ------------------------------------------------------------------------------------------------------
+
+class _Waits(RetryPolicy):
+    """No wait at all; the attempt index each backoff was asked for, in ``asked``."""
+    asked: list = []
+
+    def delay(self, attempt, retry_after):
+        self.asked.append(attempt)
+        return 0.0
+
+
+def _one(script, monkeypatch, retry, **kw):
+    """One request through the openai backend, with 4 in flight allowed: its Completion or BackendError's text."""
+    monkeypatch.setenv("LEAP_TEST_KEY", "sk-mut-test")
+
+    async def run():
+        backend = OpenAIBackend("m", base_url=server.base_url, api_key_env="LEAP_TEST_KEY", concurrency=4, retry=retry,
+                                **kw)
+        try:
+            return await asyncio.wait_for(backend.complete(Request("c0", [{"role": "user", "content": "Clip c0: x"}])),
+                                          20)
+        except BackendError as e:
+            return str(e)
+        finally:
+            await backend.aclose()
+
+    with ScriptedServer(script) as server:
+        return asyncio.run(run()), len(server.requests)
+
+
+def test_a_429_of_leaps_own_concurrency_does_not_use_up_a_retry(monkeypatch):
+    """The 429 that cut the requests in flight is leap's own doing: it does not count against --max-retries, so a
+    request with one retry still gets it for the 500 that follows (mutant: every attempt counted)."""
+    steps = [Reply(status=429), Reply(status=500), Reply("{}")]
+    out, sent = _one(lambda body, n: steps[n], monkeypatch, RetryPolicy(max_retries=1, base_delay=0.01, max_delay=0.02))
+    assert sent == 3 and not isinstance(out, str) and out.attempts == 3
+
+
+@pytest.mark.parametrize("second", ["500", "timeout"])
+def test_the_backoff_after_a_free_429_starts_from_the_shortest_wait(monkeypatch, second):
+    """The backoff of the retries grows with the attempts that count: a free 429 before a 500 or a timed-out attempt
+    leaves that retry the shortest wait (mutant: it waited as a second retry)."""
+    _Waits.asked = []
+    fail = Reply(status=500) if second == "500" else Reply("{}", delay=1.5)
+    steps = [Reply(status=429), fail, Reply("{}")]
+    out, sent = _one(lambda body, n: steps[n], monkeypatch, _Waits(max_retries=3), timeout=0.5)
+    assert sent == 3 and not isinstance(out, str)
+    assert _Waits.asked == [0, 0]
+
+
+def test_two_requests_failed_alike_before_any_reply_stop_the_stage_before_a_third_is_sent(monkeypatch):
+    """A server that fails every request the same way from the start stops the stage once two requests failed for
+    good: a third is not sent (mutant: three were, each paying its retries)."""
+    from leap_cli.errors import LeapError
+
+    monkeypatch.setenv("LEAP_TEST_KEY", "sk-mut-test")
+    said = []
+
+    async def run():
+        backend = OpenAIBackend("m", base_url=server.base_url, api_key_env="LEAP_TEST_KEY", concurrency=1,
+                                retry=RetryPolicy(max_retries=0, base_delay=0.01, max_delay=0.02))
+        try:
+            for i in range(4):
+                try:
+                    await backend.complete(Request(f"c{i}", [{"role": "user", "content": f"Clip c{i}: x"}]))
+                except (BackendError, LeapError) as e:
+                    said.append(type(e).__name__)
+                    if isinstance(e, LeapError):
+                        return
+        finally:
+            await backend.aclose()
+
+    with ScriptedServer(lambda body, n: Reply(status=502)) as server:
+        asyncio.run(asyncio.wait_for(run(), 20))
+        sent = len(server.requests)
+    assert sent == OpenAIBackend.STOP_AFTER == 2 and said == ["BackendError", "LeapError"]
+
+
+# ---- http ----------------------------------------------------------------------------------------------------------
+
+def test_a_request_sent_again_on_a_fresh_connection_is_counted_as_sent():
+    """A keep-alive connection the server closed while idle gets the request sent again on a fresh one: the client
+    counts it (``resent``, in the HTTP requests a run says it sent; mutant: not counted)."""
+    from leap_cli.programs.http import HTTPClient
+    from tests.programs_llm_server import serve_requests
+
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+
+    async def on_request(n, head, body, reader, writer):
+        if n == 2:  # (the idle connection: closed as the request comes, no byte of a reply)
+            return True
+        writer.write(ok)
+        await writer.drain()
+        return False
+
+    async def run():
+        start, heads, _, conns, _ = serve_requests(on_request)
+        server = await start
+        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, max_connections=1)
+        try:
+            out = [await client.post("/chat/completions", b"{}") for _ in range(2)]
+        finally:
+            await client.aclose()
+            server.close()
+        return out, len(heads), len(conns), client.resent
+
+    out, requests, conns, resent = asyncio.run(asyncio.wait_for(run(), 20))
+    assert [r.body for r in out] == [b"{}", b"{}"] and requests == 3 and conns == 2 and resent == 1
+
+
 # ---- batch ---------------------------------------------------------------------------------------------------------
 
 from leap_cli.programs.batch import ingest_batch, write_batch_file  # noqa: E402
