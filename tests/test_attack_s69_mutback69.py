@@ -9,7 +9,7 @@ import pytest
 
 from leap_cli.programs.backends import BackendError, OpenAIBackend, Request, RetryPolicy
 from leap_cli.programs.estimate import CostEstimate, RepairTurns
-from tests.programs_llm_server import Reply, ScriptedServer
+from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
 
 
 def _estimate(**kw):
@@ -96,9 +96,11 @@ def test_the_backoff_after_a_free_429_starts_from_the_shortest_wait(monkeypatch,
     assert _Waits.asked == [0, 0]
 
 
-def test_two_requests_failed_alike_before_any_reply_stop_the_stage_before_a_third_is_sent(monkeypatch):
-    """A server that fails every request the same way from the start stops the stage once two requests failed for
-    good: a third is not sent (mutant: three were, each paying its retries)."""
+@pytest.mark.parametrize("status", [502, 422])
+def test_two_requests_failed_alike_before_any_reply_stop_the_stage_before_a_third_is_sent(monkeypatch, status):
+    """A server that fails (or refuses: a 422 as a 400) every request the same way from the start stops the stage
+    once two requests failed for good: a third is not sent (mutants: three were, each paying its retries; a 422
+    went on through the whole split)."""
     from leap_cli.errors import LeapError
 
     monkeypatch.setenv("LEAP_TEST_KEY", "sk-mut-test")
@@ -118,10 +120,37 @@ def test_two_requests_failed_alike_before_any_reply_stop_the_stage_before_a_thir
         finally:
             await backend.aclose()
 
-    with ScriptedServer(lambda body, n: Reply(status=502)) as server:
+    with ScriptedServer(lambda body, n: Reply(status=status)) as server:
         asyncio.run(asyncio.wait_for(run(), 20))
         sent = len(server.requests)
     assert sent == OpenAIBackend.STOP_AFTER == 2 and said == ["BackendError", "LeapError"]
+
+
+def test_a_reply_between_two_failures_keeps_the_server_from_being_held(monkeypatch):
+    """A server is held only after requests in a row failed for good with no reply in between: failures apart,
+    a reply between them, are the records' own (mutant: a reply did not reset the run, and one request at a time
+    was asked of a server that answers)."""
+    monkeypatch.setenv("LEAP_TEST_KEY", "sk-mut-test")
+    outcomes = []
+
+    async def run():
+        backend = OpenAIBackend("m", base_url=server.base_url, api_key_env="LEAP_TEST_KEY", concurrency=2,
+                                retry=RetryPolicy(max_retries=0, base_delay=0.01, max_delay=0.02))
+        try:
+            for i in range(5):
+                try:
+                    await backend.complete(Request(f"c{i}", [{"role": "user", "content": f"Clip c{i}: x"}]))
+                    outcomes.append("ok")
+                except BackendError:
+                    outcomes.append("failed")
+            return backend.holds
+        finally:
+            await backend.aclose()
+
+    with ScriptedServer(lambda body, n: Reply(status=500) if narration_id_of(body) in ("c1", "c3") else Reply("{}")
+                        ) as server:
+        holds = asyncio.run(asyncio.wait_for(run(), 20))
+    assert outcomes == ["ok", "failed", "ok", "failed", "ok"] and holds == 0
 
 
 # ---- http ----------------------------------------------------------------------------------------------------------
