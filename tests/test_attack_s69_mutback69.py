@@ -185,6 +185,73 @@ def test_a_request_sent_again_on_a_fresh_connection_is_counted_as_sent():
     assert [r.body for r in out] == [b"{}", b"{}"] and requests == 3 and conns == 2 and resent == 1
 
 
+def _client_on(on_request, **kw):
+    """Run ``main(client, heads)`` against ``serve_requests(on_request)``, a client of one connection."""
+    from leap_cli.programs.http import HTTPClient
+    from tests.programs_llm_server import serve_requests
+
+    def go(main):
+        async def run():
+            start, heads, _, _, _ = serve_requests(on_request)
+            server = await start
+            client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, max_connections=1,
+                                **kw)
+            try:
+                return await main(client, heads)
+            finally:
+                await client.aclose()
+                server.close()
+
+        return asyncio.run(asyncio.wait_for(run(), 20))
+    return go
+
+
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+
+
+def test_an_idle_connection_closed_over_a_second_after_the_request_is_not_resent():
+    """Only a close that comes within ``STALE_CLOSE_S`` (a second) of the request is an idle connection's: one that
+    comes later, no byte of a reply sent, was the server's with the request in hand, which it may bill, and the
+    request fails rather than go again (mutant: a limit of 100 s resent it)."""
+    from leap_cli.programs.http import HTTPConnectionError
+
+    async def on_request(n, head, body, reader, writer):
+        if n == 2:
+            await asyncio.sleep(1.4)
+            return True
+        writer.write(_OK)
+        await writer.drain()
+        return False
+
+    async def main(client, heads):
+        first = await client.post("/chat/completions", b"{}")
+        with pytest.raises(HTTPConnectionError):
+            await client.post("/chat/completions", b"{}")
+        return first, len(heads), client.resent
+
+    first, requests, resent = _client_on(on_request, timeout=10)(main)
+    assert first.body == b"{}" and requests == 2 and resent == 0
+
+
+def test_an_event_loop_held_over_a_second_restarts_the_clocks_of_the_requests_in_flight():
+    """The heartbeat finds a loop that could not run for over ``STALL_S`` (a second: a stopped process, a held
+    loop) and gives the requests in flight their whole --timeout again, so that the reply there is not abandoned
+    and paid again (mutant: a stall of 100 s needed)."""
+    import time
+
+    async def on_request(n, head, body, reader, writer):
+        time.sleep(1.5)  # (the request in flight: the loop held, as a stopped process's)
+        await asyncio.sleep(0.4)
+        writer.write(_OK)
+        await writer.drain()
+        return False
+
+    async def main(client, heads):
+        return await client.post("/chat/completions", b"{}")
+
+    assert _client_on(on_request, timeout=1.0)(main).body == b"{}"
+
+
 # ---- batch ---------------------------------------------------------------------------------------------------------
 
 from leap_cli.programs.batch import ingest_batch, write_batch_file  # noqa: E402
