@@ -153,6 +153,42 @@ def test_a_reply_between_two_failures_keeps_the_server_from_being_held(monkeypat
     assert outcomes == ["ok", "failed", "ok", "failed", "ok"] and holds == 0
 
 
+def test_an_unreadable_reply_to_a_held_server_is_not_sent_again(monkeypatch):
+    """A reply that cannot be read (a damaged gzip body) was the server's whole answer, which it may bill: the
+    request fails and is not sent again on its own, also while the server is held, where a failed attempt is a
+    probe that goes again (it was sent again: paid twice)."""
+    monkeypatch.setenv("LEAP_TEST_KEY", "sk-mut-test")
+    outcomes = []
+
+    def script(body, n):
+        nid = narration_id_of(body)
+        if nid in ("c1", "c2"):
+            return Reply(status=500)
+        if nid == "c3":
+            return Reply(raw="not gzip at all", headers={"Content-Encoding": "gzip"})
+        return Reply("{}")
+
+    async def run():
+        backend = OpenAIBackend("m", base_url=server.base_url, api_key_env="LEAP_TEST_KEY", concurrency=2,
+                                retry=RetryPolicy(max_retries=1, base_delay=0.01, max_delay=0.02))
+        try:
+            for i in range(4):
+                try:
+                    await backend.complete(Request(f"c{i}", [{"role": "user", "content": f"Clip c{i}: x"}]))
+                    outcomes.append("ok")
+                except BackendError as e:
+                    outcomes.append(str(e))
+            return backend.holds
+        finally:
+            await backend.aclose()
+
+    with ScriptedServer(script) as server:
+        holds = asyncio.run(asyncio.wait_for(run(), 20))
+        sent = server.calls_for("c3")
+    assert holds == 1 and outcomes[0] == "ok" and "unreadable reply after 1 attempt" in outcomes[3]
+    assert sent == 1
+
+
 # ---- http ----------------------------------------------------------------------------------------------------------
 
 def test_a_request_sent_again_on_a_fresh_connection_is_counted_as_sent():

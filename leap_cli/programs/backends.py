@@ -597,7 +597,7 @@ class OpenAIBackend(Backend):
                              (f"{e}: is the server running?", "check --base-url") if str(e).startswith("cannot connect")
                              else (f"{e} on every request so far", "check the server's log and --base-url"))
                 verdict = self._failed(rid, f"{what}: {e}", final, redact(line), fix, sent_held)
-                if verdict == self.PROBE:
+                if verdict == self.PROBE and not isinstance(e, HTTPUnreadable):  # (answered, maybe billed: not again)
                     free += 1  # a probe of a held server: the next waits (_pause_until)
                     continue
                 if verdict == self.STOP:
