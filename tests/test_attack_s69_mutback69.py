@@ -288,6 +288,31 @@ def test_an_event_loop_held_over_a_second_restarts_the_clocks_of_the_requests_in
     assert _client_on(on_request, timeout=1.0)(main).body == b"{}"
 
 
+def test_a_body_of_exactly_the_most_the_client_reads_is_read(monkeypatch):
+    """``MAX_BODY`` is the most a body may be: one of exactly that size is read, one a byte over is refused as
+    unreadable (mutant: the limit itself refused, a paid reply lost)."""
+    from leap_cli.programs import http
+    from leap_cli.programs.http import HTTPUnreadable
+
+    monkeypatch.setattr(http, "MAX_BODY", 16)
+    bodies = [b'{"a": "0123456"}', b'{"a": "01234567"}']
+    assert [len(b) for b in bodies] == [16, 17]
+
+    async def on_request(n, head, body, reader, writer):
+        reply = bodies[n - 1]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(reply), reply))
+        await writer.drain()
+        return False
+
+    async def main(client, heads):
+        first = await client.post("/chat/completions", b"{}")
+        with pytest.raises(HTTPUnreadable):
+            await client.post("/chat/completions", b"{}")
+        return first
+
+    assert _client_on(on_request, timeout=10)(main).body == bodies[0]
+
+
 # ---- batch ---------------------------------------------------------------------------------------------------------
 
 from leap_cli.programs.batch import ingest_batch, write_batch_file  # noqa: E402
