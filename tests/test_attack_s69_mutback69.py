@@ -8,8 +8,12 @@ import json
 import pytest
 
 from leap_cli.programs.backends import BackendError, OpenAIBackend, Request, RetryPolicy
+from leap_cli.programs.batch import ingest_batch, write_batch_file
 from leap_cli.programs.estimate import CostEstimate, RepairTurns
-from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
+from leap_cli.programs.generate import GenerateConfig
+from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
+from tests.test_programs_generate import (N_SEGMENTS, batch_results, good_programs, records,  # noqa: F401
+                                          results_file, workdir)
 
 
 def _estimate(**kw):
@@ -89,9 +93,9 @@ def test_the_backoff_after_a_free_429_starts_from_the_shortest_wait(monkeypatch,
     """The backoff of the retries grows with the attempts that count: a free 429 before a 500 or a timed-out attempt
     leaves that retry the shortest wait (mutant: it waited as a second retry)."""
     _Waits.asked = []
-    fail = Reply(status=500) if second == "500" else Reply("{}", delay=1.5)
+    fail = Reply(status=500) if second == "500" else Reply("{}", delay=2.5)
     steps = [Reply(status=429), fail, Reply("{}")]
-    out, sent = _one(lambda body, n: steps[n], monkeypatch, _Waits(max_retries=3), timeout=0.5)
+    out, sent = _one(lambda body, n: steps[n], monkeypatch, _Waits(max_retries=3), timeout=1.0)
     assert sent == 3 and not isinstance(out, str)
     assert _Waits.asked == [0, 0]
 
@@ -314,13 +318,6 @@ def test_a_body_of_exactly_the_most_the_client_reads_is_read(monkeypatch):
 
 
 # ---- batch ---------------------------------------------------------------------------------------------------------
-
-from leap_cli.programs.batch import ingest_batch, write_batch_file  # noqa: E402
-from leap_cli.programs.generate import GenerateConfig  # noqa: E402
-from tests.programs_llm_server import completion  # noqa: E402
-from tests.test_programs_generate import (N_SEGMENTS, batch_results, good_programs, records,  # noqa: E402,F401
-                                          results_file, workdir)
-
 
 def test_a_valid_batch_result_is_not_marked_as_waiting_for_a_repair_turn(workdir, good_programs, tmp_path):
     """Only a result that failed validation waits for the repair turn a live run would have asked
