@@ -358,3 +358,20 @@ def test_a_batch_generation_broken_off_with_no_reply_tokens_is_still_in_the_ledg
         N_SEGMENTS - 1)
     assert spent["requests"] == N_SEGMENTS
     assert spent["cost"] == pytest.approx(sum(cfg.cost(u) for u in usages) / 2)
+
+
+def test_a_results_file_of_another_input_is_said_to_be_so_not_a_row_removed(workdir, good_programs, tmp_path):
+    """A results file none of whose custom_ids is a segment of the input is another input's (another --split,
+    --descriptors or --shard): the error says to ingest with those, not that a row was removed from the CSV and its
+    paid result's line may be deleted (mutants: every unknown id was said to be a row removed)."""
+    from leap_cli.errors import LeapError
+
+    cfg = GenerateConfig(workdir=workdir, split="val", model="gpt-test")
+    write_batch_file(cfg, tmp_path / "batch.jsonl")
+    lines = batch_results(tmp_path / "batch.jsonl", lambda i, nid: {"response": {"status_code": 200, "body": completion(
+        json.dumps(good_programs[nid]))}})
+    for line in lines:
+        line["custom_id"] = "ZZ" + line["custom_id"]
+    with pytest.raises(LeapError) as e:
+        ingest_batch(cfg, results_file(tmp_path / "out.jsonl", lines))
+    assert "is not a segment of the input" in e.value.message and "removed" not in str(e.value)
