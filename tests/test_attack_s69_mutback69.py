@@ -317,6 +317,22 @@ def test_a_body_of_exactly_the_most_the_client_reads_is_read(monkeypatch):
     assert _client_on(on_request, timeout=10)(main).body == bodies[0]
 
 
+def test_a_chunked_reply_with_bare_lf_line_ends_is_read_whole():
+    """Some servers end lines with a bare LF: the empty line after a chunk and the one that ends the trailers are
+    read at once (mutant: an empty line at the head of the buffer was waited past, and the paid reply timed out)."""
+    reply = b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\n{}\n0\n\n"
+
+    async def on_request(n, head, body, reader, writer):
+        writer.write(reply)
+        await writer.drain()
+        return False
+
+    async def main(client, heads):
+        return [(await client.post("/chat/completions", b"{}")).body for _ in range(2)]
+
+    assert _client_on(on_request, timeout=3)(main) == [b"{}", b"{}"]
+
+
 # ---- batch ---------------------------------------------------------------------------------------------------------
 
 def test_a_valid_batch_result_is_not_marked_as_waiting_for_a_repair_turn(workdir, good_programs, tmp_path):
