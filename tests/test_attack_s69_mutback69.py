@@ -193,6 +193,42 @@ def test_an_unreadable_reply_to_a_held_server_is_not_sent_again(monkeypatch):
     assert sent == 1
 
 
+def test_requests_let_go_by_a_lifted_stop_take_their_slots(monkeypatch):
+    """Two requests failed alike before any reply stop the sending; a reply then lifts the stop and the requests
+    waiting go on, each through a slot of --concurrency (mutant: they went out without one, and the count of
+    attempts on the wire, which a stop waits for, ended below zero)."""
+    monkeypatch.setenv("LEAP_TEST_KEY", "sk-mut-test")
+    most = []
+
+    def script(body, n):
+        return Reply("{}", delay=1.0) if narration_id_of(body) == "c0" else Reply(status=500)
+
+    async def run():
+        backend = OpenAIBackend("m", base_url=server.base_url, api_key_env="LEAP_TEST_KEY", concurrency=2,
+                                retry=RetryPolicy(max_retries=0, base_delay=0.01, max_delay=0.02))
+
+        async def one(i):
+            await asyncio.sleep(0.05 * i)  # (in order: c0 first)
+            try:
+                await backend.complete(Request(f"c{i}", [{"role": "user", "content": f"Clip c{i}: x"}]))
+                return "ok"
+            except BackendError:
+                return "failed"
+            finally:
+                most.append(backend.sending)
+
+        try:
+            out = await asyncio.gather(*(one(i) for i in range(5)))
+            return out, backend.sending
+        finally:
+            await backend.aclose()
+
+    with ScriptedServer(script) as server:
+        out, sending = asyncio.run(asyncio.wait_for(run(), 20))
+    assert out[0] == "ok" and out[1:].count("failed") == 4
+    assert sending == 0 and min(most) >= 0
+
+
 # ---- http ----------------------------------------------------------------------------------------------------------
 
 def test_a_request_sent_again_on_a_fresh_connection_is_counted_as_sent():
