@@ -62,7 +62,8 @@ class _Waits(RetryPolicy):
 
 
 def _one(script, monkeypatch, retry, **kw):
-    """One request through the openai backend, with 4 in flight allowed: its Completion or BackendError's text."""
+    """One request through the openai backend, with 4 in flight allowed: its Completion or BackendError's text (and
+    the backend's ``timed_out`` in ``_one.timed_out``)."""
     monkeypatch.setenv("LEAP_TEST_KEY", "sk-mut-test")
 
     async def run():
@@ -74,6 +75,7 @@ def _one(script, monkeypatch, retry, **kw):
         except BackendError as e:
             return str(e)
         finally:
+            _one.timed_out = backend.timed_out
             await backend.aclose()
 
     with ScriptedServer(script) as server:
@@ -98,6 +100,7 @@ def test_the_backoff_after_a_free_429_starts_from_the_shortest_wait(monkeypatch,
     out, sent = _one(lambda body, n: steps[n], monkeypatch, _Waits(max_retries=3), timeout=1.0)
     assert sent == 3 and not isinstance(out, str)
     assert _Waits.asked == [0, 0]
+    assert _one.timed_out == (second == "timeout")  # (the summary's count of requests abandoned at --timeout)
 
 
 @pytest.mark.parametrize("status", [502, 422])
