@@ -9,21 +9,12 @@ import pytest
 
 from leap_cli.programs.backends import BackendError, OpenAIBackend, Request, RetryPolicy
 from leap_cli.programs.batch import ingest_batch, write_batch_file
-from leap_cli.programs.estimate import CostEstimate, RepairTurns
+from leap_cli.programs.estimate import RepairTurns
 from leap_cli.programs.generate import GenerateConfig
 from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
+from tests.test_attack_s53_mutsubmit import _estimate
 from tests.test_programs_generate import (N_SEGMENTS, batch_results, good_programs, records,  # noqa: F401
                                           results_file, workdir)
-
-
-def _estimate(**kw):
-    def price(usage):  # USD per token: 1 prompt, 0.25 cached, 2 reply
-        cached = usage["cached_tokens"]
-        return (usage["prompt_tokens"] - cached) * 1.0 + cached * 0.25 + usage["completion_tokens"] * 2.0
-
-    return CostEstimate(**{**dict(split="val", pending=10, answered=4, prompt_tokens=2000.0, prefix_tokens=1024,
-                                  reply_tokens=100.0, reply_from="the exemplar programs' mean", max_tokens=1000,
-                                  price=price, prices="test prices"), **kw})
 
 
 def test_measured_repair_turns_read_their_prefix_from_the_cache_in_the_cached_figure():
@@ -103,6 +94,12 @@ def test_the_backoff_after_a_free_429_starts_from_the_shortest_wait(monkeypatch,
     assert _one.timed_out == (second == "timeout")  # (the summary's count of requests abandoned at --timeout)
 
 
+def _quick_backend(server, concurrency: int) -> OpenAIBackend:
+    """A client of ``server`` that does not retry (a failure is final at once), at ``concurrency``."""
+    return OpenAIBackend("m", base_url=server.base_url, api_key_env="LEAP_TEST_KEY", concurrency=concurrency,
+                         retry=RetryPolicy(max_retries=0, base_delay=0.01, max_delay=0.02))
+
+
 @pytest.mark.parametrize("status", [502, 422])
 def test_two_requests_failed_alike_before_any_reply_stop_the_stage_before_a_third_is_sent(monkeypatch, status):
     """A server that fails (or refuses: a 422 as a 400) every request the same way from the start stops the stage
@@ -114,8 +111,7 @@ def test_two_requests_failed_alike_before_any_reply_stop_the_stage_before_a_thir
     said = []
 
     async def run():
-        backend = OpenAIBackend("m", base_url=server.base_url, api_key_env="LEAP_TEST_KEY", concurrency=1,
-                                retry=RetryPolicy(max_retries=0, base_delay=0.01, max_delay=0.02))
+        backend = _quick_backend(server, 1)
         try:
             for i in range(4):
                 try:
@@ -141,8 +137,7 @@ def test_a_reply_between_two_failures_keeps_the_server_from_being_held(monkeypat
     outcomes = []
 
     async def run():
-        backend = OpenAIBackend("m", base_url=server.base_url, api_key_env="LEAP_TEST_KEY", concurrency=2,
-                                retry=RetryPolicy(max_retries=0, base_delay=0.01, max_delay=0.02))
+        backend = _quick_backend(server, 2)
         try:
             for i in range(5):
                 try:
@@ -207,8 +202,7 @@ def test_requests_let_go_by_a_lifted_stop_take_their_slots(monkeypatch):
         return Reply("{}", delay=1.0) if narration_id_of(body) == "c0" else Reply(status=500)
 
     async def run():
-        backend = OpenAIBackend("m", base_url=server.base_url, api_key_env="LEAP_TEST_KEY", concurrency=2,
-                                retry=RetryPolicy(max_retries=0, base_delay=0.01, max_delay=0.02))
+        backend = _quick_backend(server, 2)
 
         async def one(i):
             await asyncio.sleep(0.05 * i)  # (in order: c0 first)

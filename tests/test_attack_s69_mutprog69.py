@@ -298,12 +298,10 @@ def test_a_stopped_run_s_journaled_spend_is_taken_whole_and_summed(tmp_path):
 
     from leap_cli.programs.store import ProgramStore
 
+    from tests.test_programs_store_journal import journal_folder
+
     path = tmp_path / "cache.sqlite"
-    first = ProgramStore(path)
-    key = first.ledger_key("val.jsonl")
-    first.close()
-    folder = tmp_path / "cache.sqlite.unwritten"
-    folder.mkdir()
+    key, folder = journal_folder(path)
     (folder / "1-dead-1.jsonl").write_text("".join(json.dumps(["l", key, 0.25, p, c, 1]) + "\n"
                                                    for p, c in ((7, 3), (5, 2))))
     s = ProgramStore(path)

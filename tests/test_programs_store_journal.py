@@ -66,13 +66,19 @@ def test_replies_of_a_killed_process_are_taken_by_the_next_store(tmp_path):
     again.close()
 
 
-def test_a_line_cut_by_the_kill_is_left_out_and_the_rest_taken(tmp_path):
-    path = tmp_path / "cache.sqlite"
+def journal_folder(path: Path) -> tuple[str, Path]:
+    """A store made at ``path`` and closed: val.jsonl's ledger key, and the (new) folder of its unwritten journal."""
     first = ProgramStore(path)
     key = first.ledger_key("val.jsonl")
     first.close()
-    folder = tmp_path / "cache.sqlite.unwritten"
+    folder = path.parent / f"{path.name}.unwritten"
     folder.mkdir()
+    return key, folder
+
+
+def test_a_line_cut_by_the_kill_is_left_out_and_the_rest_taken(tmp_path):
+    path = tmp_path / "cache.sqlite"
+    key, folder = journal_folder(path)
     whole = json.dumps(["c", "k", "reply", 7, 3, "m", time.time(), None, 0])
     (folder / "1-dead-1.jsonl").write_text(whole + "\n" + json.dumps(["l", key, 0.25, 7, 3, 1]) + "\n"
                                            + whole.replace('"k"', '"k2"')[:25])
