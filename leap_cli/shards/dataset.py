@@ -713,7 +713,8 @@ def _started(loader) -> Iterator[dict]:
     try:
         it = iter(loader)
         _LOADER_WORKERS.update(p for p in multiprocessing.active_children() if p.pid not in before)
-        _ITERATORS.add(it)
+        with contextlib.suppress(TypeError):  # (one that takes no weak reference, a stand-in's: its start is not
+            _ITERATORS.add(it)  # failed for it, only no stop ends its workers early)
         return it
     except BaseException:
         # (the deaths of these kills, and of a worker a process group's stop killed as it started, are not raised in
