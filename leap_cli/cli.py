@@ -362,6 +362,15 @@ def _from_a_stop(e: BaseException) -> bool:
     return False
 
 
+def _said_as_the_stop(e: BaseException) -> None:
+    """An error ``_from_a_stop`` ends the command as that stop (its line and status); with --debug its traceback
+    first (a fault in a stage's clean-up after a stop is otherwise said as the stop alone)."""
+    if _from_a_stop(e):
+        if _state["debug"]:
+            traceback.print_exc()
+        _interrupted()
+
+
 # How many times a dropped stop is sent again at most (each is sent again once; one dropped again sends it again).
 _REDELIVER = 20
 
@@ -644,8 +653,7 @@ def _main() -> None:
 
         said = out_of_memory(e)
         if said is None:
-            if _from_a_stop(e):
-                _interrupted()
+            _said_as_the_stop(e)
             raise
         if _state["debug"]:
             traceback.print_exc()
@@ -680,6 +688,5 @@ def _main() -> None:
                          f"`{ctx.parent.command_path} {option} {ctx.info_name} ...`)")
             _print_error(f"{e.format_message()}{where}")
             sys.exit(e.exit_code)
-        if _from_a_stop(e):
-            _interrupted()
+        _said_as_the_stop(e)
         raise

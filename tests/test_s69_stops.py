@@ -105,3 +105,16 @@ def test_an_import_error_of_no_stop_is_still_a_fault_with_its_traceback(tmp_path
         """, COMMAND)
     assert r.returncode == 1 and "Traceback" in r.stderr and "ImportError: initialization failed" in r.stderr, \
         (r.returncode, r.stderr[-800:])
+
+
+def test_with_debug_an_error_from_a_stop_shows_its_traceback_before_the_stops_line(tmp_path):
+    """An error raised while a stop unwinds is said as the stop; --debug (tracebacks asked for) shows it first, as
+    a fault in a stage's clean-up would otherwise be hidden behind the stop's line."""
+    r = _run(tmp_path, """
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("clean-up failed")
+        """, COMMAND.replace('["leap", "boom"]', '["leap", "--debug", "boom"]'))
+    assert r.returncode == 130, (r.returncode, r.stderr[-1500:])
+    assert "RuntimeError: clean-up failed" in r.stderr and r.stderr.strip().splitlines()[-1].startswith("interrupted")
