@@ -118,11 +118,8 @@ def evaluate(
 ) -> None:
     from leap_cli.common import normalize_split
     from leap_cli.errors import LeapError
-    from leap_cli.evaluate.scores import load_scores, scores_task
     from leap_cli.epic.annotations import open_annotations
-    from leap_cli.evaluate.scoring import evaluate_scores
     from leap_cli.io import atomic_write_json, check_writable, remove_if_left_empty
-    from leap_cli.train.distributed import pick_device
 
     split = normalize_split(split)
     if task is not None:
@@ -156,6 +153,11 @@ def evaluate(
     if workdir is None:  # a run given as a path X/runs/NAME lives in the work directory X (its shards, its kitchen)
         in_runs = run is not None and run.parent.name == "runs" and run.is_dir()
         workdir = run.parent.parent if in_runs else DEFAULT_WORKDIR
+    # (torch: after the options are checked, so that a usage error is said at once)
+    from leap_cli.evaluate.scores import load_scores, scores_task
+    from leap_cli.evaluate.scoring import evaluate_scores
+    from leap_cli.train.distributed import pick_device
+
     run_dir = ann = None
     if scores is not None:
         loaded = load_scores(scores)

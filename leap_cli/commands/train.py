@@ -42,7 +42,6 @@ def train(
 ) -> None:
     from leap_cli.errors import LeapError
     from leap_cli.train.config import load_config, parse_overrides
-    from leap_cli.train.loop import main
 
     flags = {"--no-program-loss": ("loss.program_loss", False)} if no_program_loss else {}
     flags.update({"--allow-partial-load": ("model.allow_partial_load", True)} if allow_partial_load else {})
@@ -92,6 +91,9 @@ def train(
             console.print(f"val epoch {rec['epoch'] + 1}/{task['epochs']}: verb {rec['verb_top1']:.1f}  noun "
                           f"{rec['noun_top1']:.1f}  action {rec['action_top1']:.1f}{mt5r}  loss {rec['loss']:.3f}  "
                           f"(n={rec['n']})", highlight=False, soft_wrap=True)
+
+    from leap_cli.train.loop import main  # (torch: after the options and the config are checked, so that a usage
+    # error is said at once)
 
     try:
         result = main(cfg, workdir=workdir, name=name, resume=resume, stop_at_step=stop_after,
