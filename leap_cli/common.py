@@ -396,6 +396,20 @@ def lowercase(value: str | None) -> str | None:
     return value.strip().lower() if isinstance(value, str) else value
 
 
+def resolve_run(run: str | Path, workdir: str | Path) -> Path:
+    """``runs/NAME`` as given, else under the work directory (``{workdir}/runs/NAME``)."""
+    run = Path(run)
+    for cand in (run, Path(workdir) / run, Path(workdir) / "runs" / run):
+        if cand.exists():
+            return cand
+    # (a name, or runs/NAME, is said as that run in the work directory, so that a mistyped --workdir is named)
+    if run.is_absolute() or (len(run.parts) > 1 and run.parts[0] != "runs"):
+        said = run
+    else:
+        said = Path(workdir) / run if run.parts[0] == "runs" else Path(workdir) / "runs" / run
+    raise LeapError("run not found", path=said, fix=f"give runs/NAME written by `leap train` (looked under {workdir})")
+
+
 def only_one(found: list[Path], what: str, where: Path, fix: str) -> Path | None:
     """The one path a stage can take by default from its work directory (``found``: the candidates, e.g. its
     runs); None when there is none; a LeapError naming them when there are several."""

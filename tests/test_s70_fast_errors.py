@@ -19,6 +19,7 @@ SAY_TORCH = ("import sys\nfrom leap_cli.cli import main\nsys.argv = ['leap', *sy
     (("train", "--config", "tiny-synthetic-short", "--set", "loss.nope=1"), "loss.nope"),
     (("evaluate", "--split", "bogus"), "unknown split 'bogus'"),
     (("evaluate", "--split", "val", "--checkpoint", "nope"), "--checkpoint 'nope'"),
+    (("evaluate", "--split", "val", "--run", "nope"), "run not found"),
 ])
 def test_a_usage_error_is_said_before_torch_is_imported(tmp_path, args, said):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "COLUMNS": "200"}

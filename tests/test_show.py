@@ -174,13 +174,13 @@ def test_the_page_is_written_when_the_prediction_fails(stored, tmp_path, monkeyp
     """The page (target and descriptors, not the prediction) was written after the prediction: a segment that is
     not in the shards cost it."""
     import leap_cli.commands.show as show_cmd
-    import leap_cli.evaluate.inference as inference
+    import leap_cli.common as common
     from leap_cli.errors import LeapError
 
     def fail(*a, **k):
         raise LeapError(f"{NID} is not in these shards")
 
-    monkeypatch.setattr(inference, "resolve_run", lambda run, workdir: tmp_path)
+    monkeypatch.setattr(common, "resolve_run", lambda run, workdir: tmp_path)
     monkeypatch.setattr(show_cmd, "_show_prediction", fail)
     root, programs, descriptor = stored
     r = show(root, tmp_path, programs[0], descriptor, "--run", "runs/x", "--html", str(tmp_path / "p.html"))

@@ -373,13 +373,13 @@ def test_the_prediction_table_lists_every_row_of_both(prediction):
 def test_show_run_predicts_from_the_split_the_segment_was_found_in(stored, tmp_path, monkeypatch):  # noqa: F811
     """Without --split the shards are those of the split whose file held the record."""
     import leap_cli.commands.show as show_cmd
-    import leap_cli.evaluate.inference as inference
+    import leap_cli.common as common
 
     root, programs, _ = stored
     (tmp_path / "programs").mkdir()
     write(tmp_path / "programs" / "train.jsonl", [programs[0]])
     asked = {}
-    monkeypatch.setattr(inference, "resolve_run", lambda run, workdir: tmp_path / "run")
+    monkeypatch.setattr(common, "resolve_run", lambda run, workdir: tmp_path / "run")
     monkeypatch.setattr(show_cmd, "_show_prediction", lambda *a: asked.update(args=a))
     r = run_show(NID, "--workdir", tmp_path, "--data", root / "kitchen", "--run", "runs/x")
     assert r.exit_code == 0, r.output

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, check_task, counted, lowercase, same_file, workdir_option
+from leap_cli.common import DEFAULT_WORKDIR, check_task, counted, lowercase, resolve_run, same_file, workdir_option
 from leap_cli.io import shell_word
 from leap_cli.progress import output_console, stage_progress
 
@@ -153,6 +153,8 @@ def evaluate(
     if workdir is None:  # a run given as a path X/runs/NAME lives in the work directory X (its shards, its kitchen)
         in_runs = run is not None and run.parent.name == "runs" and run.is_dir()
         workdir = run.parent.parent if in_runs else DEFAULT_WORKDIR
+    if run is not None:
+        resolve_run(run, workdir)  # (a mistyped run is said at once too)
     # (torch: after the options are checked, so that a usage error is said at once)
     from leap_cli.evaluate.scores import load_scores, scores_task
     from leap_cli.evaluate.scoring import evaluate_scores
@@ -162,8 +164,6 @@ def evaluate(
     if scores is not None:
         loaded = load_scores(scores)
         if run is not None:
-            from leap_cli.evaluate.inference import resolve_run
-
             run_dir = resolve_run(run, workdir)
         own = scores_task(loaded) or "recognition"  # what the file says it holds
         task = task or own
@@ -182,7 +182,7 @@ def evaluate(
             ".metrics.json" if task == own else f".{task}.metrics.json")
         source = str(scores)
     else:
-        from leap_cli.evaluate.inference import ViewConfig, evaluate_run, resolve_run
+        from leap_cli.evaluate.inference import ViewConfig, evaluate_run
         from leap_cli.evaluate.scoring import check_scorable
 
         if run is None:  # the work directory's one run (several: which one is for the user to say)

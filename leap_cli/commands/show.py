@@ -47,7 +47,7 @@ def show(
                         fix="add --run runs/NAME, or leave --shards out")
     run_dir = None
     if run is not None:  # a run that is not there is said before the segment is drawn, not after
-        from leap_cli.evaluate.inference import resolve_run
+        from leap_cli.common import resolve_run
 
         run_dir = resolve_run(run, workdir)
     view = load_segment(workdir, narration_id, split=normalize_split(split) if split else None,

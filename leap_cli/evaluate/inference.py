@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from leap_cli.common import RAISE_OPEN_FILES, counted
+from leap_cli.common import RAISE_OPEN_FILES, counted, resolve_run  # noqa: F401 (resolve_run: its old home)
 from leap_cli.errors import LeapError
 from leap_cli.io import ShardReaders
 
@@ -276,20 +276,6 @@ def _same_targets(run_targets: dict | None, shard_targets: dict | None, folder: 
                 "rebuild with leap build-shards --split %s%s --vocab <the run's training shards>/manifest.json --force",
                 folder, split, flag)
     return False
-
-
-def resolve_run(run: str | Path, workdir: str | Path) -> Path:
-    """``runs/NAME`` as given, else under the work directory (``{workdir}/runs/NAME``)."""
-    run = Path(run)
-    for cand in (run, Path(workdir) / run, Path(workdir) / "runs" / run):
-        if cand.exists():
-            return cand
-    # (a name, or runs/NAME, is said as that run in the work directory, so that a mistyped --workdir is named)
-    if run.is_absolute() or (len(run.parts) > 1 and run.parts[0] != "runs"):
-        said = run
-    else:
-        said = Path(workdir) / run if run.parts[0] == "runs" else Path(workdir) / "runs" / run
-    raise LeapError("run not found", path=said, fix=f"give runs/NAME written by `leap train` (looked under {workdir})")
 
 
 def evaluate_run(run: str | Path, split: str, *, workdir: str | Path, checkpoint: str = "best",
