@@ -15,7 +15,6 @@ from leap_cli.errors import LeapError
 from leap_cli.programs.backends import BackendError, NoApiKey, OpenAIBackend, Request, RetryPolicy
 from leap_cli.programs.store import ProgramStore
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of, serve_requests
-from tests.test_attack_s69_mutback69 import _OK, _client_on
 
 
 class _NoWait(RetryPolicy):
@@ -141,6 +140,36 @@ def test_a_held_servers_probes_wait_from_the_shortest_wait_up_each_request_anew(
     assert all(f"HTTP 500 after {retries + 1} attempts" in outcomes[i] for i in (1, 2, 3, 4, 6, 7, 8))
 
 
+def test_attempts_out_as_the_server_is_held_count_as_one_probe_of_the_shortest_wait(monkeypatch):
+    """Requests in flight together when a server stops answering: two of them failing for good hold it, and the
+    attempts sent before the hold that fail after it are one probe among them, of the first wait; the first held
+    attempt then waits the second, and the next request in turn starts from the first again (mutant: a failure
+    sent before the hold began no probe, and the held attempts probed from the first wait)."""
+    monkeypatch.setenv("LEAP_TEST_KEY", "sk-mut70-test")
+    n = 4
+
+    def script(body, k):
+        return Reply("{}") if narration_id_of(body) == "c0" else Reply(status=500, delay=0.3)
+
+    async def run(url):
+        backend = _backend(url, 1, concurrency=n)
+        try:
+            first = await _outcome(backend, 0)
+            rest = await asyncio.gather(*(_outcome(backend, i) for i in range(1, n + 1)))
+            return [first, *rest], backend.holds
+        finally:
+            await backend.aclose()
+
+    with ScriptedServer(script) as server:
+        outcomes, holds = asyncio.run(asyncio.wait_for(run(server.base_url), 20))
+    assert outcomes[0] == "ok" and holds == 1
+    # two failed for good after their retry (the hold); the others after it, a probe and a held attempt more
+    assert sorted(o.split(":")[0] for o in outcomes[1:]) == ["HTTP 500 after 2 attempts"] * 2 + [
+        "HTTP 500 after 3 attempts"] * (n - 2)
+    # each request's one retry; the n - 2 failed after the hold: one probe; the first held attempt; the next
+    assert _NoWait.asked == [0] * n + [0] + [1] + [0] * (n - 3)
+
+
 def test_a_request_that_fails_every_probe_lets_the_next_one_in_turn_probe(monkeypatch):
     """Held, the requests waiting probe in turn: a request the server chokes on fails its probe and waits behind the
     next one, whose reply lifts the hold (mutant: a request's turn was not given up once it came, the same request
@@ -194,7 +223,7 @@ def test_what_stops_a_stage_that_no_request_got_through_names_its_cause(monkeypa
             start, *_ = serve_requests(on_request)
             server = await start
             url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
-        backend = _backend(url, retries, timeout=0.3)
+        backend = _backend(url, retries, timeout=0.2)
         said = []
         try:
             for i in range(3):
@@ -229,6 +258,27 @@ def test_what_stops_a_stage_that_no_request_got_through_names_its_cause(monkeypa
 
 # ---- http: a request's deadline ------------------------------------------------------------------------------------
 
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+
+
+def _on_client(on_request, main):
+    """``main(client, heads)`` with a one-connection client of ``serve_requests(on_request)``, timeout 5 s."""
+    from leap_cli.programs.http import HTTPClient
+
+    async def run():
+        start, heads, *_ = serve_requests(on_request)
+        server = await start
+        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, max_connections=1,
+                            timeout=5)
+        try:
+            return await main(client, heads)
+        finally:
+            await client.aclose()
+            server.close()
+
+    return asyncio.run(asyncio.wait_for(run(), 20))
+
+
 def test_a_deadline_that_passes_as_a_reply_comes_times_out_no_later_request_on_its_connection(monkeypatch):
     """A request whose deadline comes due in the turn its last bytes arrive gets its reply (it is there, paid); its
     timer, a turn late, must not fail the next request, which took the same keep-alive connection in between
@@ -255,7 +305,7 @@ def test_a_deadline_that_passes_as_a_reply_comes_times_out_no_later_request_on_i
         out = [(await client.post("/chat/completions", b"{}")).body for _ in range(2)]
         return out, len(heads), client.resent
 
-    assert _client_on(on_request, timeout=5)(main) == ([b"{}", b"{}"], 2, 0)
+    assert _on_client(on_request, main) == ([b"{}", b"{}"], 2, 0)
     assert len(due) == 1
 
 
@@ -278,10 +328,20 @@ def test_a_request_whose_clock_restarts_as_its_timer_comes_due_gets_its_reply():
         client.restart_clocks()  # the continue's handler, before the next turn
         return (await task).body
 
-    assert _client_on(on_request, timeout=5)(main) == b"{}"
+    assert _on_client(on_request, main) == b"{}"
 
 
 # ---- store ---------------------------------------------------------------------------------------------------------
+
+def test_a_file_that_is_no_database_in_the_caches_place_is_said_as_a_cache_that_cannot_be_opened(tmp_path):
+    """Not an SQLite file at all (mutant: the words of the error and of the action swapped)."""
+    path = tmp_path / "cache.sqlite"
+    path.write_bytes(b"not a database at all, just text" * 200)
+    with pytest.raises(LeapError) as e:
+        ProgramStore(path)
+    assert e.value.message == "the program cache cannot be opened (file is not a database)"
+    assert e.value.path == str(path) and "move it aside" in e.value.fix
+
 
 def test_a_foreign_database_in_the_caches_place_is_said_as_a_cache_that_cannot_be_opened(tmp_path):
     """An SQLite file of another program (a table named cache of its own, no version) where the cache goes: one line
@@ -296,9 +356,10 @@ def test_a_foreign_database_in_the_caches_place_is_said_as_a_cache_that_cannot_b
     assert e.value.path == str(path) and "move it aside" in e.value.fix
 
 
-def test_a_damaged_page_met_by_a_lookup_is_said_as_a_cache_that_cannot_be_read(tmp_path):
-    """A cache whose pages past the first are damaged opens, and the lookup that meets them is one line: it cannot be
-    read, the damage named (mutant: the words of the error and of the action swapped)."""
+def test_a_damaged_page_met_by_a_lookup_or_a_write_is_said_as_a_cache_that_cannot_be_read_or_written(tmp_path):
+    """A cache whose pages past the first are damaged opens, and the lookup or the write that meets them is one
+    line: it cannot be read (written), the damage named (mutants: the words of the error and of the action
+    swapped)."""
     path = tmp_path / "cache.sqlite"
     with ProgramStore(path) as store:
         for i in range(200):
@@ -313,10 +374,14 @@ def test_a_damaged_page_met_by_a_lookup_is_said_as_a_cache_that_cannot_be_read(t
     try:
         with pytest.raises(LeapError) as e:
             store.get("k150")
+        with pytest.raises(LeapError) as w:
+            store.put("k-new", "y" * 2000, {}, "m")
     finally:
         store.db.close()
     assert e.value.message == "the program cache cannot be read (database disk image is malformed)"
-    assert e.value.path == str(path) and "move it aside" in e.value.fix
+    assert w.value.message == "the program cache cannot be written (database disk image is malformed)"
+    assert e.value.path == w.value.path == str(path)
+    assert "move it aside" in e.value.fix and "move it aside" in w.value.fix
 
 
 def test_the_cache_is_opened_in_wal_at_synchronous_normal(tmp_path):
@@ -327,8 +392,8 @@ def test_the_cache_is_opened_in_wal_at_synchronous_normal(tmp_path):
 
     def open_it():
         store = ProgramStore(tmp_path / "cache.sqlite", background=True)
-        out["modes"] = [(db.execute("PRAGMA journal_mode").fetchone()[0], db.execute("PRAGMA synchronous").fetchone()[0])
-                        for db in (store.db, store._wdb)]
+        out["modes"] = [(db.execute("PRAGMA journal_mode").fetchone()[0],
+                         db.execute("PRAGMA synchronous").fetchone()[0]) for db in (store.db, store._wdb)]
         store.close()
 
     t = threading.Thread(target=open_it, daemon=True)
