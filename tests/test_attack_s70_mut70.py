@@ -147,9 +147,14 @@ def test_attempts_out_as_the_server_is_held_count_as_one_probe_of_the_shortest_w
     sent before the hold began no probe, and the held attempts probed from the first wait)."""
     monkeypatch.setenv("LEAP_TEST_KEY", "sk-mut70-test")
     n = 4
+    retried = threading.Barrier(n)
 
     def script(body, k):
-        return Reply("{}") if narration_id_of(body) == "c0" else Reply(status=500, delay=0.3)
+        if narration_id_of(body) == "c0":
+            return Reply("{}")
+        if k == 1:  # (each request's retry fails once all of them are out: the hold comes after they were sent)
+            retried.wait(10)
+        return Reply(status=500)
 
     async def run(url):
         backend = _backend(url, 1, concurrency=n)
