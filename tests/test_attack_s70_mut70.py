@@ -37,7 +37,7 @@ def _backend(url: str, retries: int, concurrency: int = 1, **kw) -> OpenAIBacken
 
 
 async def _outcome(backend: OpenAIBackend, i: int) -> str:
-    """"ok", or the BackendError's text."""
+    """The word "ok" (a reply), or the BackendError's text."""
     try:
         await backend.complete(_request(i))
         return "ok"
