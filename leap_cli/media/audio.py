@@ -100,7 +100,7 @@ def _fit(samples: np.ndarray, n: int) -> np.ndarray:
 
 
 @contextlib.contextmanager
-def _stops_held():
+def stops_held():
     """A stop (Ctrl-C; SIGTERM or SIGHUP, which leap makes a KeyboardInterrupt) that comes inside is taken as the
     block ends. soundfile's ``close`` frees libsndfile's handle and only then drops it: a stop's KeyboardInterrupt
     raised between (right after the C call returned) left the handle freed and still held, and the SoundFile's
@@ -153,7 +153,7 @@ def read_audio(path: str | Path, start: float, stop: float, sample_rate: int = 1
     path = Path(path)
     _check_window(start, stop, path, record)
     try:
-        with _stops_held():
+        with stops_held():
             info = sf.info(str(path))
     except (RuntimeError, sf.LibsndfileError, OSError) as e:
         raise _unreadable(path, record, "the audio file cannot be read (damaged or not WAV/FLAC)", e) from None
@@ -163,7 +163,7 @@ def read_audio(path: str | Path, start: float, stop: float, sample_rate: int = 1
     if stop - info.frames / native > LENGTH_TOLERANCE_S:
         raise _cut_short(info.frames / native, stop, path, record)
     try:
-        with _stops_held():
+        with stops_held():
             data, _ = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError, OSError) as e:
         raise _unreadable(path, record, "the audio window cannot be decoded (truncated file?)", e) from None
