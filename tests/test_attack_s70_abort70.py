@@ -4,10 +4,12 @@ Was wrong: the stop's KeyboardInterrupt, raised as ``sf_close`` returned, left t
 handle; its ``__del__`` closed it again as the stopped stage unwound (libsndfile writes into the freed block, or
 frees it again where its memory was handed out since): `leap extract --workers 1` stopped by SIGTERM once ended by
 SIGABRT with only glibc's "double free or corruption (!prev)" on stderr, no line and no 143. A stop lands in that
-gap in ~2% of those that come while soundfile reads (72 of 3000 SIGINTs at random moments of a read loop); with
+gap in ~1% of those that come while it reads (16 of 2000 SIGINTs at random moments of a ``read_audio`` loop); with
 the freed memory handed out again between (the unwinding's own allocations) the second close aborted the process
-with that very message within 1-19 such stops (5 of 5 runs). The stops are now held while soundfile runs and taken
-as it returns.
+with that very message within 1-19 such stops (5 of 5 runs); `leap extract` SIGTERMed right after a segment's
+``sf_close`` returned ended by SIGABRT in 5 of 12 runs (4 with that message), in ``SoundFile.__del__`` as
+``run_extract``'s ``except KeyboardInterrupt`` dropped the traceback, before the stop's line. The stops are now held
+while soundfile runs and taken as it returns.
 
 Here the second close is counted and not made (a test of the old code must not touch freed memory itself), and the
 stop is sent as a real signal right after the real ``sf_close`` returned: its handler runs where Python next can.

@@ -105,8 +105,8 @@ def stops_held():
     block ends. soundfile's ``close`` frees libsndfile's handle and only then drops it: a stop's KeyboardInterrupt
     raised between (right after the C call returned) left the handle freed and still held, and the SoundFile's
     ``__del__`` closed it again as the stopped stage unwound: a double free, glibc's "double free or corruption
-    (!prev)" and SIGABRT in place of the stop's line and status (once in a full test run; a stop lands in that gap
-    in ~2% of those that come while soundfile reads). Signals are held in the main thread only (the only one
+    (!prev)" and SIGABRT in place of the stop's line and status (once in a full test run; ~1% of the stops that come
+    while ``read_audio`` reads land in that gap). Signals are held in the main thread only (the only one
     Python runs their handlers in); one that comes as the handlers go back is taken as it would have been."""
     import signal
     import threading
