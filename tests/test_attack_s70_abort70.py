@@ -131,9 +131,6 @@ def test_extract_stopped_as_soundfile_closes_says_the_stop_and_resumes(tmp_path)
     assert len({x["narration_id"] for x in recs}) == len(recs) == 4
 
 
-@pytest.mark.xfail(strict=True, reason="leap_cli/synth/kitchen.py writes each video's WAV with soundfile.write outside "
-                   "media.audio.stops_held: a stop as its sf_close returns leaves the handle to SoundFile.__del__, "
-                   "which closes it again (the same double free, in `leap demo-data`)")
 def test_demo_data_stopped_as_soundfile_closes_closes_it_once(tmp_path):
     child = _CHILD.format(tests=str(ROOT / "tests"), stop_at=1,
                           argv=["demo-data", "--workdir", str(tmp_path / "wd"), "--videos", "1", "--segments", "2"])

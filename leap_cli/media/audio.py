@@ -8,7 +8,6 @@ can report the component as unavailable instead of failing.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -99,46 +98,6 @@ def _fit(samples: np.ndarray, n: int) -> np.ndarray:
     return np.pad(samples, (0, n - samples.shape[0]))
 
 
-@contextlib.contextmanager
-def stops_held():
-    """A stop (Ctrl-C; SIGTERM or SIGHUP, which leap makes a KeyboardInterrupt) that comes inside is taken as the
-    block ends. soundfile's ``close`` frees libsndfile's handle and only then drops it: a stop's KeyboardInterrupt
-    raised between (right after the C call returned) left the handle freed and still held, and the SoundFile's
-    ``__del__`` closed it again as the stopped stage unwound: a double free, glibc's "double free or corruption
-    (!prev)" and SIGABRT in place of the stop's line and status (once in a full test run; ~1% of the stops that come
-    while ``read_audio`` reads land in that gap). Signals are held in the main thread only (the only one
-    Python runs their handlers in); one that comes as the handlers go back is taken as it would have been."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    saved: dict[int, object] = {}
-    came: list[int] = []
-    holding = True
-
-    def hold(signum, frame) -> None:
-        if holding:
-            came.append(signum)
-        else:  # (the block has ended and this one was not put back yet: taken as by the handler it replaced)
-            saved[signum](signum, frame)
-
-    try:
-        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-            number = getattr(signal, name, None)
-            if number is not None and callable(handler := signal.getsignal(number)):
-                saved[number] = handler
-                signal.signal(number, hold)
-        yield
-    finally:
-        holding = False
-        for number, handler in saved.items():
-            signal.signal(number, handler)
-        for number in dict.fromkeys(came):  # each sent again: its own handler takes it here, out of soundfile
-            signal.raise_signal(number)
-
-
 def read_audio(path: str | Path, start: float, stop: float, sample_rate: int = 16000, *,
                record: str | None = None) -> np.ndarray:
     """Samples of ``[start, stop)`` seconds of a WAV/FLAC file as float32 mono at ``sample_rate``.
@@ -148,10 +107,15 @@ def read_audio(path: str | Path, start: float, stop: float, sample_rate: int = 1
     """
     import soundfile as sf
 
+    from leap_cli.common import stops_held
     from leap_cli.epic.timing import LENGTH_TOLERANCE_S
 
     path = Path(path)
     _check_window(start, stop, path, record)
+    # (stops held while soundfile works: its close frees libsndfile's handle and only then drops it, and a stop's
+    # KeyboardInterrupt raised between left the freed handle to SoundFile.__del__, which closed it again as the
+    # stage unwound: glibc's "double free or corruption", SIGABRT in place of the stop's line; ~1% of the stops
+    # that come while it reads)
     try:
         with stops_held():
             info = sf.info(str(path))

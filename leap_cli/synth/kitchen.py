@@ -404,8 +404,11 @@ class _VideoBuilder:
             raise
         import soundfile as sf
 
+        from leap_cli.common import stops_held
+
         buf = io.BytesIO()
-        sf.write(buf, audio, cfg.sample_rate, format="WAV", subtype="PCM_16")
+        with stops_held():  # (a stop as soundfile closes its handle: media/audio.py's read_audio)
+            sf.write(buf, audio, cfg.sample_rate, format="WAV", subtype="PCM_16")
         atomic_write_bytes(part / "audio" / f"{e.video_id}.wav", buf.getvalue())
         # hand-object files and poses are numbered as EPIC numbers its frames (epic_frame_rate), and cover the
         # whole video even where the user's copy is truncated (EPIC made them from the full video)
