@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.procs import leap_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,10 +336,8 @@ def test_the_cost_estimate_follows_from_its_stated_inputs():
 def kitchen_run(tmp_path_factory):
     """A 3-video kitchen (train P01_01 with EPIC Fields poses, val P01_02 cut short, test P01_03), and extract ->
     generate-programs (offline) -> build-shards of its train split, each as its own `leap` process."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
-
     work = tmp_path_factory.mktemp("docs") / "work"
-    build_kitchen(work / "kitchen", KitchenConfig(videos=3, seed=0, segments_per_video=4))
+    kitchen_copy(tmp_path_factory, work / "kitchen", "--videos", 3, "--seed", 0, "--segments", 4)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200", "NO_COLOR": "1"}
     for args in (["extract", "--split", "train"], ["generate-programs", "--split", "train"],
                  ["build-shards", "--split", "train", "--frames", "4", "--short-side", "64"]):

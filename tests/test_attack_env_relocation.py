@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -40,11 +42,8 @@ def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def kitchen(tmp_path_factory) -> Path:
     """A two-video kitchen (train P01_01, val P01_02: the one cut short, so build-shards skips segments there)."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
-
     root = tmp_path_factory.mktemp("kit") / "kitchen"
-    build_kitchen(root, KitchenConfig(videos=2, segments_per_video=6))
-    return root
+    return kitchen_copy(tmp_path_factory, root, "--videos", 2, "--segments", 6)
 
 
 @pytest.fixture(scope="module")

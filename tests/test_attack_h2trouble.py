@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.csv_rows import edit_csv
+from tests.kitchens import kitchen_copy
 from tests.procs import leap_main
 from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
 
@@ -44,9 +45,7 @@ def flat(text: str) -> str:
 def kitchen_template(tmp_path_factory) -> Path:
     """4 videos x 4 segments: train P01_01 and P02_01 (cut short on purpose), val P03_01, test P02_02 (~5 s)."""
     out = tmp_path_factory.mktemp("h2trouble") / "kitchen"
-    subprocess.run([sys.executable, "-m", "leap_cli", "demo-data", "--out", str(out), "--videos", "4",
-                    "--segments", "4"], check=True, capture_output=True, cwd=REPO)
-    return out
+    return kitchen_copy(tmp_path_factory, out, "--videos", 4, "--segments", 4)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.kitchens import kitchen_copy
 from tests.procs import leap_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,9 +33,7 @@ LIMIT = 12  # extract/build-shards/generate-programs with one worker peak at 6-8
 def kitchen_template(tmp_path_factory) -> Path:
     """VIDEOS videos x 2 segments (~5 s to build)."""
     out = tmp_path_factory.mktemp("h5leaks") / "kitchen"
-    subprocess.run([sys.executable, "-m", "leap_cli", "demo-data", "--out", str(out), "--videos", str(VIDEOS),
-                    "--segments", "2"], check=True, capture_output=True, cwd=REPO)
-    return out
+    return kitchen_copy(tmp_path_factory, out, "--videos", VIDEOS, "--segments", 2)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from leap_cli.programs.generate import generate_programs
+from tests.kitchens import kitchen_copy
 from tests.program_helpers import server_config as config
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
 from tests.test_programs_generate import N_SEGMENTS, good_programs, workdir  # noqa: F401 (the fixtures)
@@ -234,8 +235,7 @@ def eval_shards(tmp_path_factory) -> Path:
     """2 videos x 2 segments of the validation split in shards (~5 s)."""
     root = tmp_path_factory.mktemp("h8mut")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    subprocess.run([sys.executable, "-m", "leap_cli", "demo-data", "--out", str(root / "kitchen"), "--videos", "2",
-                    "--segments", "2"], check=True, capture_output=True, cwd=root, env=env)
+    kitchen_copy(tmp_path_factory, root / "kitchen", "--videos", 2, "--segments", 2)
     subprocess.run([sys.executable, "-m", "leap_cli", "build-shards", "--data", str(root / "kitchen"), "--workdir",
                     str(root / "work"), "--split", "val", "--frames", "4", "--short-side", "32"],
                    check=True, capture_output=True, cwd=root, env=env)

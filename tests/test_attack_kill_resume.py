@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.procs import alive_after
 from tests.program_helpers import excerpt_annotations, excerpt_programs
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
@@ -108,8 +109,7 @@ def kitchen(tmp_path_factory):
     """WORKDIR with the kitchen (2 videos), and the uninterrupted reference outputs of extract (train split),
     generate-programs (offline), build-shards (several tars) and train."""
     ref = tmp_path_factory.mktemp("ref")
-    rc, out = run(leap("demo-data", "--workdir", ref, "--videos", 2, "--segments", 10))
-    assert rc == 0, out
+    kitchen_copy(tmp_path_factory, ref / "kitchen", "--videos", 2, "--segments", 10)
     rc, out = run(leap("extract", "--workdir", ref, "--split", "train", "--workers", 2))
     assert rc == 0, out
     rc, out = run(leap("generate-programs", "--workdir", ref, "--split", "train", "--backend", "offline"))

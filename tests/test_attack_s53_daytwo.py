@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.procs import leap_here
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,10 +84,8 @@ def sample_json(shards: Path, nid: str) -> dict:
 def built(tmp_path_factory) -> Path:
     """A first full run: a 3-video kitchen, extract / generate-programs / build-shards for train and val, and a
     tiny training run paused after one step (runs/p)."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
-
     top = tmp_path_factory.mktemp("day1")
-    build_kitchen(top / "data", KitchenConfig(videos=3, segments_per_video=6))
+    kitchen_copy(tmp_path_factory, top / "data", "--videos", 3, "--segments", 6)
     for split in ("train", "val"):
         stages(leap_process, top, split)
     ok(leap_process("train", "--config", "tiny-synthetic-short", "--workdir", "w", "--name", "p", "--set",

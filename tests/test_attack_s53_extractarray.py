@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.procs import reap, run_together
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,9 +98,7 @@ def whole(tmp_path_factory):
     of its training split and that run's frame cache)."""
     root = tmp_path_factory.mktemp("extractarray")
     kitchen = root / "kitchen"
-    r = subprocess.run(_leap("demo-data", "--out", kitchen, "--videos", 10, "--segments", 4), capture_output=True,
-                       text=True, env=ENV, cwd=ROOT, timeout=120)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    kitchen_copy(tmp_path_factory, kitchen, "--videos", 10, "--segments", 4)
     ref = root / "whole"
     _clean(_array([_extract(ref, kitchen)]))
     recs = _records(ref / "descriptors" / "train.jsonl")

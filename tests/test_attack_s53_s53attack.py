@@ -15,6 +15,7 @@ import pytest
 from leap_cli.errors import LeapError
 from leap_cli.io import read_jsonl
 from leap_cli.programs.generate import GenerateConfig, generate_programs
+from tests.kitchens import kitchen_copy
 from tests.program_helpers import excerpt_annotations, excerpt_programs, server_config
 from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
 from tests.test_eval_submit import ann_dir  # noqa: F401 (the fixture)
@@ -496,7 +497,7 @@ def trained(tmp_path_factory):
     def leap(*argv):
         subprocess.run(run + list(argv), check=True, capture_output=True, cwd=root)
 
-    leap("demo-data", "--out", "kitchen", "--videos", "2", "--segments", "2")
+    kitchen_copy(tmp_path_factory, root / "kitchen", "--videos", 2, "--segments", 2)
     for split in ("train", "val"):
         leap("build-shards", "--data", "kitchen", "--workdir", "work", "--split", split, "--frames", "4",
              "--short-side", "32")

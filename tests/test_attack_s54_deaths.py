@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from leap_cli.common import pool_results, pool_worker_ready, start_pool_worker
+from tests.kitchens import kitchen_copy
 from tests.test_attack_kill_resume import leap, workdir_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,8 @@ def kitchen(tmp_path_factory):
     # (the leap processes' temporary files in pytest's folder: a DataLoader worker killed here leaves its
     # multiprocessing folder, a socket in it, behind)
     ENV["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
-    steps = [("demo-data", "--videos", 2, "--segments", 6)]
+    kitchen_copy(tmp_path_factory, wd / "kitchen", "--videos", 2, "--segments", 6)
+    steps = []
     for split in ("train", "val"):
         steps += [("extract", "--split", split, "--workers", 2),
                   ("generate-programs", "--split", split, "--backend", "offline"),

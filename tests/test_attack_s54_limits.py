@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.test_attack_kill_resume import leap, workdir_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +56,8 @@ def kitchen(tmp_path_factory):
     # (the leap processes' temporary files in pytest's folder: a DataLoader worker killed here leaves its
     # multiprocessing folder, a socket in it, behind)
     ENV["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
-    for stage, *extra in (("demo-data", "--videos", 2, "--segments", 6),
-                          ("extract", "--split", "train", "--workers", 2),
+    kitchen_copy(tmp_path_factory, wd / "kitchen", "--videos", 2, "--segments", 6)
+    for stage, *extra in (("extract", "--split", "train", "--workers", 2),
                           ("generate-programs", "--split", "train", "--backend", "offline"),
                           ("build-shards", "--split", "train")):
         r = subprocess.run(leap(stage, "--workdir", wd, *extra), capture_output=True, text=True, env=ENV, cwd=ROOT,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.program_helpers import excerpt_annotations, excerpt_programs
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
 from tests.test_attack_kill_resume import _generate, leap, workdir_from
@@ -99,9 +100,9 @@ SEGMENTS = 6
 def kitchen(tmp_path_factory):
     """(workdir, {stage: CompletedProcess}) of the train split's stages, run outside a terminal."""
     wd = tmp_path_factory.mktemp("kitchen")
+    kitchen_copy(tmp_path_factory, wd / "kitchen", "--videos", 2, "--segments", SEGMENTS)
     done = {}
-    for stage, *extra in (("demo-data", "--videos", 2, "--segments", SEGMENTS),
-                          ("extract", "--split", "train", "--workers", 2),
+    for stage, *extra in (("extract", "--split", "train", "--workers", 2),
                           ("generate-programs", "--split", "train", "--backend", "offline"),
                           ("build-shards", "--split", "train")):
         r = run(leap(stage, "--workdir", wd, *extra))

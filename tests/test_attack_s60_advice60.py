@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
        "NO_COLOR": "1", "COLUMNS": "400", "TERM": "dumb"}
@@ -88,7 +90,8 @@ def ref(tmp_path_factory):
     """A work directory on the synthetic kitchen (2 videos): descriptors and offline programs of train and val,
     train shards (--max-count 2) and val shards, and a trained run ``r`` (2 epochs)."""
     wd = tmp_path_factory.mktemp("ref")
-    steps = [("demo-data", "--videos", 2, "--segments", 10)]
+    kitchen_copy(tmp_path_factory, wd / "kitchen", "--videos", 2, "--segments", 10)
+    steps = []
     for split in ("train", "val"):
         steps += [("extract", "--split", split, "--workers", 2),
                   ("generate-programs", "--split", split, "--backend", "offline")]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.test_attack_s60_advice60 import ENV, _first_words, advice, flat, leap, pasted, run, shell
 
 KEY_VAR = "ADVICE60B_KEY"
@@ -33,8 +34,8 @@ def kit(tmp_path_factory):
     parts of 2 by video), the train split extracted, and the offline generator's program of each train segment
     (what the local LLM server answers)."""
     wd = tmp_path_factory.mktemp("kit")
-    for cmd, *rest in [("demo-data", "--videos", 4, "--segments", 6),
-                       ("extract", "--split", "train", "--workers", 2),
+    kitchen_copy(tmp_path_factory, wd / "kitchen", "--videos", 4, "--segments", 6)
+    for cmd, *rest in [("extract", "--split", "train", "--workers", 2),
                        ("generate-programs", "--split", "train", "--backend", "offline")]:
         rc, out = run(leap(cmd, "--workdir", wd, *rest))
         assert rc == 0, out

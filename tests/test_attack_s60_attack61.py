@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.test_attack_s60_frames60 import H, leap, make_root
 
 SMALL = ("--frames", "2", "--short-side", "32")
@@ -55,8 +56,8 @@ def kit(tmp_path_factory) -> Path:
     """A synthetic kitchen (4 videos x 4 segments; train: 2 videos, one cut short) with the train split's offline
     programs: ``kit/kitchen``, ``kit/programs/train.jsonl``."""
     wd = tmp_path_factory.mktemp("kit61")
-    for argv in (("demo-data", "--videos", "4", "--segments", "4"),
-                 ("extract", "--split", "train"),
+    kitchen_copy(tmp_path_factory, wd / "kitchen", "--videos", 4, "--segments", 4)
+    for argv in (("extract", "--split", "train"),
                  ("generate-programs", "--split", "train", "--backend", "offline")):
         code, text = leap(argv[0], "--workdir", str(wd), *argv[1:])
         assert code == 0, text[-2000:]

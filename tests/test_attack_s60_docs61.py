@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.test_attack_s60_frames60 import H, leap, make_root
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,8 +40,7 @@ def kitchen(tmp_path_factory) -> dict:
     """3 videos of 4 segments (P01_02, the val video, is cut at 3.2 s of 10.5): extract (camera) and build-shards
     of val, their outputs and records."""
     work = tmp_path_factory.mktemp("kitchen")
-    code, text = leap("demo-data", "--workdir", str(work), "--videos", "3", "--segments", "4")
-    assert code == 0, text[-2000:]
+    kitchen_copy(tmp_path_factory, work / "kitchen", "--videos", 3, "--segments", 4)
     code, ext = leap("extract", "--workdir", str(work), "--split", "val", "--components", "camera",
                      "--frame-cache", "none")
     assert code == 0, ext[-2000:]

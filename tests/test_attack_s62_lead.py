@@ -11,6 +11,8 @@ import pytest
 from leap_cli.extract import base
 from leap_cli.extract.base import outdated
 
+from tests.kitchens import kitchen_copy
+
 
 def _rec(source: str, status: str = "ok", versions: dict | None = None) -> dict:
     rec = {"narration_id": "x", "components": {"narration": {"status": "ok", "source": "annotations"},
@@ -44,14 +46,12 @@ def test_a_downgrade_makes_them_again_whatever_their_source():
     assert outdated(_rec("epic-fields:P01_01.json", versions={"camera": 3})) == ["camera 3 -> 2"]
 
 
-def test_a_resume_over_a_kitchen_with_poses_keeps_the_poses_records(tmp_path, monkeypatch):
+def test_a_resume_over_a_kitchen_with_poses_keeps_the_poses_records(tmp_path, monkeypatch, tmp_path_factory):
     """Training videos P01_01 with EPIC Fields poses and P02_01 without (its file removed: odometry): a resume
     across camera 2 makes again P02_01's records alone and leaves P01_01's lines as they were."""
     from leap_cli.extract.runner import ExtractConfig, run_extract
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
-
     root = tmp_path / "k"
-    build_kitchen(root, KitchenConfig(videos=4, segments_per_video=2))
+    kitchen_copy(tmp_path_factory, root, "--videos", 4, "--segments", 2)
     (root / "poses" / "P02_01.json").unlink()
     out = tmp_path / "train.jsonl"
     cfg = ExtractConfig(data=root, split="train", out=out, components=("narration", "camera"), frame_cache=None)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.procs import run_leap
 from tests.test_programs_generate import N_SEGMENTS, good_programs, workdir  # noqa: F401 (the fixtures)
 
@@ -35,11 +36,10 @@ def kitchen(tmp_path_factory):
     ``--frame-cache scratch/fc``."""
     root = tmp_path_factory.mktemp("fcrel")
     (root / "jobs").mkdir()
-    for args in (("demo-data", "--workdir", "w", "--videos", "3", "--segments", "4"),
-                 ("extract", "--workdir", "w", "--split", "train", "--components", "narration",
-                  "--frame-cache", "scratch/fc")):
-        r = _leap(root, *args)
-        assert r.returncode == 0, (args, r.stdout[-2000:], r.stderr[-2000:])
+    kitchen_copy(tmp_path_factory, root / "w" / "kitchen", "--videos", 3, "--segments", 4)
+    args = ("extract", "--workdir", "w", "--split", "train", "--components", "narration", "--frame-cache", "scratch/fc")
+    r = _leap(root, *args)
+    assert r.returncode == 0, (args, r.stdout[-2000:], r.stderr[-2000:])
     return root
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.procs import leap_main, run_leap
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,11 +28,10 @@ def cached(tmp_path_factory):
     """A 3-video kitchen whose train split extract described with its frame cache outside the work directory (as
     extract's advice for a full disk says: `give --frame-cache a folder on another disk`)."""
     root = tmp_path_factory.mktemp("fc")
-    for args in (("demo-data", "--workdir", "w", "--videos", "3", "--segments", "4"),
-                 ("extract", "--workdir", "w", "--split", "train", "--components", "narration",
-                  "--frame-cache", "scratch/fc")):
-        r = _leap(root, *args)
-        assert r.returncode == 0, (args, r.stdout[-2000:], r.stderr[-2000:])
+    kitchen_copy(tmp_path_factory, root / "w" / "kitchen", "--videos", 3, "--segments", 4)
+    args = ("extract", "--workdir", "w", "--split", "train", "--components", "narration", "--frame-cache", "scratch/fc")
+    r = _leap(root, *args)
+    assert r.returncode == 0, (args, r.stdout[-2000:], r.stderr[-2000:])
     assert any((root / "scratch/fc").glob("*/*.jpgs")) and not (root / "w/frame-cache").exists()
     return root
 

@@ -42,6 +42,7 @@ import pytest
 from leap_cli.epic.annotations import Segment
 from leap_cli.programs.provenance import clip_hash_of
 from leap_cli.shards.writer import programs_behind_clips
+from tests.kitchens import kitchen_copy
 from tests.procs import leap_here
 
 CUT = "P01_02"
@@ -352,11 +353,11 @@ def test_evaluates_trained_on_warning_with_an_unknown_earlier_entry(tmp_path, ca
 
 @pytest.fixture(scope="module")
 def demo_kitchen(tmp_path_factory):
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
     work = tmp_path_factory.mktemp("demo") / "work"
     cfg = KitchenConfig(videos=3, seed=4, segments_per_video=2)
-    build_kitchen(work / "kitchen", cfg)
+    kitchen_copy(tmp_path_factory, work / "kitchen", "--videos", 3, "--seed", 4, "--segments", 2)
     return work, cfg
 
 

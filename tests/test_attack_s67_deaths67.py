@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.test_attack_kill_resume import leap, workdir_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,8 @@ RESUMED = (*TRAIN, "--set", "train.epochs=3", "--set", "optim.accum_steps=3", "-
 def kitchen(tmp_path_factory):
     """A 2-video synthetic kitchen (6 training clips) sharded, and its run ``r`` of RESUMED, never stopped."""
     wd = tmp_path_factory.mktemp("kitchen")
-    steps = [("demo-data", "--videos", 2, "--segments", 6), ("extract", "--split", "train", "--workers", 2),
+    kitchen_copy(tmp_path_factory, wd / "kitchen", "--videos", 2, "--segments", 6)
+    steps = [("extract", "--split", "train", "--workers", 2),
              ("generate-programs", "--split", "train", "--backend", "offline"), ("build-shards", "--split", "train"),
              ("train", *RESUMED, *_with_val(wd))]
     env = {**ENV, "TMPDIR": str(tmp_path_factory.mktemp("tmp"))}

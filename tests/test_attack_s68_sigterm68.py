@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import kitchen_copy
 from tests.program_helpers import excerpt_annotations, excerpt_programs
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
 from tests.test_attack_kill_resume import leap, workdir_from
@@ -125,7 +126,8 @@ def kitchen(tmp_path_factory):
     3 tars), never stopped."""
     wd = tmp_path_factory.mktemp("kitchen")
     tmp = tmp_path_factory.mktemp("tmp")
-    for stage, *extra in (("demo-data", "--videos", 4, "--segments", 3), ("extract", "--split", "train", "--workers", 1),
+    kitchen_copy(tmp_path_factory, wd / "kitchen", "--videos", 4, "--segments", 3)
+    for stage, *extra in (("extract", "--split", "train", "--workers", 1),
                           ("generate-programs", "--split", "train", "--backend", "offline"),
                           ("build-shards", "--split", "train", "--max-count", 2)):
         r = _run(leap(stage, "--workdir", wd, *extra), tmp)

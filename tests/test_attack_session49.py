@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from leap_cli.errors import LeapError
+from tests.kitchens import kitchen_copy
 from tests.procs import leap_main
 from tests.test_attack_bad_inputs import (_descriptors, _dry_run, _exemplars_with, leap, one_error_line,  # noqa: F401
                                           root, root_template, train_csv)
@@ -373,7 +374,8 @@ def shards_wd(tmp_path_factory) -> Path:
     """A work directory with the synthetic kitchen's train and val shards (2 videos, 6 segments each)."""
     wd = tmp_path_factory.mktemp("s49-train")
     env = {"OMP_NUM_THREADS": "1"}
-    steps = [("demo-data", "--videos", 2, "--segments", 6)]
+    kitchen_copy(tmp_path_factory, wd / "kitchen", "--videos", 2, "--segments", 6)
+    steps = []
     for split in ("train", "val"):
         steps += [("extract", "--split", split, "--components", "narration"),
                   ("generate-programs", "--split", split, "--backend", "offline"), ("build-shards", "--split", split)]

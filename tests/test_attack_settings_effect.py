@@ -19,6 +19,7 @@ import torch
 
 from leap_cli.train.config import load_config
 from leap_cli.train.loop import model_args_for
+from tests.kitchens import kitchen_copy
 from tests.procs import leap_here, leap_main
 from tests.test_train import MemorySource
 
@@ -44,7 +45,8 @@ def leap(monkeypatch, capsys):
 def kitchen(tmp_path_factory) -> Path:
     """WORKDIR with a 2-video kitchen and its train and val shards (offline programs)."""
     wd = tmp_path_factory.mktemp("settings-kitchen")
-    steps = [("demo-data", "--videos", 2, "--segments", 10)]
+    kitchen_copy(tmp_path_factory, wd / "kitchen", "--videos", 2, "--segments", 10)
+    steps = []
     for split in ("train", "val"):
         steps += [("extract", "--split", split), ("generate-programs", "--split", split, "--backend", "offline"),
                   ("build-shards", "--split", split)]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from leap_cli import __version__
+from tests.kitchens import kitchen_copy
 from tests.procs import leap_here
 
 
@@ -389,9 +390,7 @@ def test_descriptor_with_string_components_is_one_line(tmp_path, epic_dir):
 @pytest.fixture(scope="module")
 def tiny_kitchen(tmp_path_factory):
     root = tmp_path_factory.mktemp("kitchen")
-    r = leap("demo-data", "--out", str(root / "kitchen"), "--videos", "2", "--segments", "2")
-    assert r.returncode == 0, r.stderr
-    return root / "kitchen"
+    return kitchen_copy(tmp_path_factory, root / "kitchen", "--videos", 2, "--segments", 2)
 
 
 def test_extract_rerun_with_other_settings_is_refused_unless_forced(tiny_kitchen, tmp_path, monkeypatch, capsys):

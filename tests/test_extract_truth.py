@@ -13,14 +13,13 @@ from leap_cli.extract.runner import ExtractConfig, run_extract
 from leap_cli.extract.truth import load_truth, score
 from leap_cli.io import read_jsonl
 
+from tests.kitchens import kitchen_copy
+
 
 @pytest.fixture(scope="module")
 def kitchen(tmp_path_factory):
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
-
     root = tmp_path_factory.mktemp("synth") / "kitchen"
-    build_kitchen(root, KitchenConfig(videos=2, segments_per_video=16, seed=1))
-    return root
+    return kitchen_copy(tmp_path_factory, root, "--videos", 2, "--segments", 16, "--seed", 1)
 
 
 @pytest.fixture(scope="module")
