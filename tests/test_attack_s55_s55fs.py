@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import config_kitchen_copy
+
 EPIC = Path(__file__).parent / "data" / "epic100"
 FRAMES = ("--cache-frames", "4", "--cache-short-side", "48")
 SHARDS = ("--frames", "4", "--short-side", "48")
@@ -84,11 +86,11 @@ def cluster(tmp_path_factory):
     root given as the symlink ``data link``. The work directory ``w %d ø`` on /dev/shm (a tmpfs: another file
     system than the data's and TMPDIR's), given as the symlink ``work link``. extract, generate-programs and
     build-shards (train) run there under umask 002 with TMPDIR on the data's disk."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
     base = tmp_path_factory.mktemp("cluster")
     kit = base / "store space" / "kit ø"
-    build_kitchen(kit, KitchenConfig(videos=1, segments_per_video=3, width=64, height=48))
+    config_kitchen_copy(tmp_path_factory, kit, KitchenConfig(videos=1, segments_per_video=3, width=64, height=48))
     elsewhere = base / "videos elsewhere"
     elsewhere.mkdir()
     (kit / "P01" / "videos" / "P01_01.MP4").rename(elsewhere / "P01_01.MP4")

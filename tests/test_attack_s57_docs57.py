@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import config_kitchen_copy
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 README = (ROOT / "README.md").read_text()
@@ -271,15 +273,16 @@ def test_make_test_runs_a_process_per_core_and_one_more_at_most_8_files_kept_tog
 
 # -- media.md: the audio path without scipy.signal --------------------------------------------------------------------
 
-def test_extract_with_audio_never_imports_scipy_signal(tmp_path):
+def test_extract_with_audio_never_imports_scipy_signal(tmp_path, tmp_path_factory):
     """media.md: "`leap extract` and its workers never import `scipy.signal`" (the kitchen's 24 kHz WAV resampled
     to the classifier's rate by media.dsp)."""
     import json
 
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
     work = tmp_path / "w"
-    build_kitchen(work / "kitchen", KitchenConfig(videos=1, seed=0, segments_per_video=2, width=64, height=48))
+    config_kitchen_copy(tmp_path_factory, work / "kitchen", KitchenConfig(videos=1, seed=0, segments_per_video=2,
+                                                                          width=64, height=48))
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "leap_cli", "extract", "--split", "train",
                         "--workdir", str(work)], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1"})

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import config_kitchen_copy
 from tests.procs import run_together
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,10 +36,10 @@ def arrays(tmp_path_factory):
     """A 4-video kitchen (train: P01_01, P02_01; val: P03_01; test: P02_02; 2 segments each) in `top/w/kitchen`,
     then the generate-programs array (offline backend, narration-only records: no extract) of 3 parts for the train
     split and for the test split, all six parts started at once: [(exit status, output)] per split."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
     top = tmp_path_factory.mktemp("cluster")
-    build_kitchen(top / "w" / "kitchen", KitchenConfig(videos=4, segments_per_video=2, width=64, height=48))
+    config_kitchen_copy(tmp_path_factory, top / "w" / "kitchen", KitchenConfig(videos=4, segments_per_video=2, width=64, height=48))
     cmds = [_leap("generate-programs", "--workdir", "w", "--split", split, "--shard", f"{i}/3")
             for split in ("train", "test") for i in range(3)]
     res = run_together(cmds, ENV, top, 120)

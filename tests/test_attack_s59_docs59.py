@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import config_kitchen_copy
 from tests.procs import leap_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,11 +27,11 @@ def _flat(text: str) -> str:
 @pytest.fixture(scope="module")
 def kitchen(tmp_path_factory) -> Path:
     """A synthetic kitchen of 2 videos x 3 segments at 64x48 (train: P01_01, val: P01_02); built once."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
     root = tmp_path_factory.mktemp("k59") / "kitchen"
-    build_kitchen(root, KitchenConfig(videos=2, segments_per_video=3, width=64, height=48, sample_rate=8000))
-    return root
+    return config_kitchen_copy(tmp_path_factory, root, KitchenConfig(videos=2, segments_per_video=3, width=64,
+                                                                     height=48, sample_rate=8000))
 
 
 def _copy(kitchen: Path, dest: Path) -> Path:

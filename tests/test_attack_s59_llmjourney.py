@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import config_kitchen_copy
 from tests.procs import leap_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,11 +204,12 @@ def kitchen(tmp_path_factory):
     """WORKDIR with a 4-video kitchen (train: P01_01 and P02_01, 4 segments each), `leap extract --split train`
     run on it, and a valid program per train segment (the offline generator's, which the server
     hands back as the LLM's reply)."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
     ref = tmp_path_factory.mktemp("journey")
-    build_kitchen(ref / "kitchen", KitchenConfig(videos=4, segments_per_video=4, width=64, height=48, sample_rate=8000,
-                                                    audio_in_mp4=False))
+    config_kitchen_copy(tmp_path_factory, ref / "kitchen", KitchenConfig(videos=4, segments_per_video=4, width=64,
+                                                                         height=48, sample_rate=8000,
+                                                                         audio_in_mp4=False))
     for argv in (["extract", "--split", "train", "--workers", "1"],
                  ["generate-programs", "--split", "train", "--out", str(ref / "offline.jsonl")]):
         r = run_leap([*argv, "--workdir", str(ref)], {})

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import config_kitchen_copy
 from tests.procs import leap_here
 
 CUT = "P01_02"
@@ -44,14 +45,12 @@ CUT = "P01_02"
 @pytest.fixture(scope="module")
 def kitchens(tmp_path_factory):
     """(a workdir whose kitchen has the cut P01_02, the whole P01_02.MP4)."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
     root = tmp_path_factory.mktemp("redownload")
     cfg = KitchenConfig(videos=2, segments_per_video=6, width=128, height=96, audio_in_mp4=False)
-    build_kitchen(root / "cut" / "kitchen", cfg)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(KitchenConfig, "truncated_video", lambda self: None)
-        build_kitchen(root / "whole", cfg)
+    config_kitchen_copy(tmp_path_factory, root / "cut" / "kitchen", cfg)
+    config_kitchen_copy(tmp_path_factory, root / "whole", cfg, truncated=False)
     whole = root / "whole" / "P01" / "videos" / f"{CUT}.MP4"
     cut = root / "cut" / "kitchen" / "P01" / "videos" / f"{CUT}.MP4"
     assert whole.stat().st_size > cut.stat().st_size

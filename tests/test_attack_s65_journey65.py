@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import config_kitchen_copy
 from tests.procs import leap_here
 from tests.test_attack_s65_replaced65 import _Unread
 
@@ -45,13 +46,13 @@ def built(tmp_path_factory):
     import cv2
 
     from leap_cli.media.write import write_mp4
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
     root = tmp_path_factory.mktemp("journey")
     cfg = KitchenConfig(videos=2, segments_per_video=6, width=128, height=96, audio_in_mp4=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(KitchenConfig, "truncated_video", lambda self: None)  # (no video cut short: all ran well)
-        build_kitchen(root / "w" / "kitchen", cfg)
+        config_kitchen_copy(tmp_path_factory, root / "w" / "kitchen", cfg, truncated=False)
         leap = leap_here(mp, _Unread())
         for stage in (("extract",), ("generate-programs",), ("build-shards", *BS)):
             assert leap(*stage, "--workdir", root / "w", "--split", "train").returncode == 0, stage

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import config_kitchen_copy
 from tests.procs import leap_here
 from tests.test_attack_s65_replaced65 import _Unread
 from tests.test_attack_s65_update65 import vocab  # noqa: F401 (over this file's root)
@@ -42,13 +43,13 @@ def _ok(r) -> str:
 def kitchen(tmp_path_factory):
     """(a workdir after extract of val, whose MP4s hold their sound too; a copy of P01_02.MP4 with 8 bytes more: the
     same frames, another size)."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
     root = tmp_path_factory.mktemp("kitchen")
     cfg = KitchenConfig(videos=2, segments_per_video=3, width=64, height=48, audio_in_mp4=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(KitchenConfig, "truncated_video", lambda self: None)
-        build_kitchen(root / "w" / "kitchen", cfg)
+        config_kitchen_copy(tmp_path_factory, root / "w" / "kitchen", cfg, truncated=False)
         leap = leap_here(mp, _Unread())
         assert leap("extract", "--workdir", root / "w", "--split", "val").returncode == 0
     (root / "other.MP4").write_bytes(_mp4(root / "w").read_bytes() + b"\0" * 8)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import config_kitchen_copy
 from tests.procs import leap_here
 
 VID = "P01_02"  # the val video
@@ -49,14 +50,14 @@ def built(tmp_path_factory):
     """(a workdir after extract, generate-programs and build-shards of val, P01_02.MP4 mirrored: another file)."""
     import cv2
 
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
     from leap_cli.media.write import write_mp4
 
     root = tmp_path_factory.mktemp("replaced")
     cfg = KitchenConfig(videos=2, segments_per_video=6, width=128, height=96, audio_in_mp4=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(KitchenConfig, "truncated_video", lambda self: None)  # (no video cut short: all ran well)
-        build_kitchen(root / "w" / "kitchen", cfg)
+        config_kitchen_copy(tmp_path_factory, root / "w" / "kitchen", cfg, truncated=False)
         leap = leap_here(mp, _Unread())  # (no capsys in a module's fixture: the exit status is checked)
         for stage in ("extract", "generate-programs", "build-shards"):
             assert leap(stage, "--workdir", root / "w", "--split", "val").returncode == 0, stage

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import config_kitchen_copy
 from tests.procs import leap_here
 from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of
 from tests.test_attack_s65_replaced65 import _Unread
@@ -26,13 +27,13 @@ VID = "P01_01"  # a train video; the train split holds another beside it
 @pytest.fixture(scope="module")
 def extracted(tmp_path_factory):
     """A workdir after extract of train (two videos), before generate-programs."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
     root = tmp_path_factory.mktemp("stale")
     cfg = KitchenConfig(videos=5, segments_per_video=3, width=96, height=64, audio_in_mp4=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(KitchenConfig, "truncated_video", lambda self: None)
-        build_kitchen(root / "w" / "kitchen", cfg)
+        config_kitchen_copy(tmp_path_factory, root / "w" / "kitchen", cfg, truncated=False)
         leap = leap_here(mp, _Unread())
         assert leap("extract", "--workdir", "w", "--split", "train", "--components", "narration,camera",
                     cwd=root).returncode == 0  # (extract's settings record the data set as given: w/kitchen)

@@ -26,6 +26,7 @@ import pytest
 
 import leap_cli.shards.writer as writer
 from leap_cli.shards.format import load_manifest
+from tests.kitchens import config_kitchen_copy
 from tests.test_attack_s65_moved65 import _as_fresh, _mp4, files  # noqa: F401 - (a fixture)
 from tests.test_shards import build
 
@@ -153,20 +154,21 @@ def test_a_sigkill_amid_the_refill_then_a_plain_rerun_ends_as_a_fresh_build(file
     assert all(s["count"] for s in load_manifest(out)[0]["shards"])  # (no empty tar listed)
 
 def test_the_left_out_extract_of_a_file_merged_from_parts_names_the_part_and_the_merge(tmp_path, monkeypatch,
-                                                                                         capsys):
+                                                                                         capsys, tmp_path_factory):
     """Descriptors merged from ``extract --shard`` parts (``cat``), a video downloaded again: the left-out line named
     a whole-split extract, which made the merged file again but not the parts, so the next merge brought the old
     records back (and generate-programs left them out again). It now names the part that holds the video and the
     merge; run as printed, the next generate-programs leaves nothing out and the parts hold the new records."""
     import shlex
 
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
     from tests.procs import leap_here
     from tests.test_attack_s65_stale65 import _ok, _replace
 
     wd = tmp_path / "w"
     monkeypatch.setattr(KitchenConfig, "truncated_video", lambda self: None)
-    build_kitchen(wd / "kitchen", KitchenConfig(videos=4, segments_per_video=2, width=96, height=64))
+    config_kitchen_copy(tmp_path_factory, wd / "kitchen", KitchenConfig(videos=4, segments_per_video=2, width=96,
+                                                                        height=64), truncated=False)
     monkeypatch.chdir(tmp_path)
     leap = leap_here(monkeypatch, capsys)
     extract = ("extract", "--workdir", "w", "--split", "train", "--components", "narration,camera")

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from leap_cli.extracted import Recorded
+from tests.kitchens import config_kitchen_copy
 from tests.test_attack_s64_mut64 import kitchen, old_output  # noqa: F401 (the fixtures)
 from tests.test_attack_s65_moved65 import files  # noqa: F401 (a fixture)
 
@@ -270,16 +271,18 @@ def test_generate_programs_leaves_out_a_record_made_from_an_audio_file_alone(lay
     assert replaced_videos(descriptors, records, segments) == {"P01_01_0": (layout.audio_path("P01_01"), 6, 7)}
 
 
-def test_the_left_out_line_of_a_merge_names_every_part_that_holds_a_replaced_video(tmp_path, monkeypatch, capsys):
+def test_the_left_out_line_of_a_merge_names_every_part_that_holds_a_replaced_video(tmp_path, monkeypatch, capsys,
+                                                                                   tmp_path_factory):
     """Descriptors merged from two ``extract --shard`` parts, a video of each downloaded again: the line names both
     parts' extracts (one alone left the other part's old records for the next merge to bring back)."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
     from tests.procs import leap_here
     from tests.test_attack_s65_stale65 import _ok, _replace
 
     wd = tmp_path / "w"
     monkeypatch.setattr(KitchenConfig, "truncated_video", lambda self: None)
-    build_kitchen(wd / "kitchen", KitchenConfig(videos=4, segments_per_video=2, width=96, height=64))
+    config_kitchen_copy(tmp_path_factory, wd / "kitchen", KitchenConfig(videos=4, segments_per_video=2, width=96,
+                                                                        height=64), truncated=False)
     monkeypatch.chdir(tmp_path)
     leap = leap_here(monkeypatch, capsys)
     for i in (0, 1):
@@ -350,17 +353,18 @@ def test_a_record_made_again_in_part_keeps_the_audio_size_it_was_made_from(kitch
     assert {r["narration_id"]: r.get("audio_size") for r in read_jsonl(out)} == before
 
 
-def test_extracts_note_counts_every_replaced_video(tmp_path, monkeypatch, capsys):
+def test_extracts_note_counts_every_replaced_video(tmp_path, monkeypatch, capsys, tmp_path_factory):
     """Two videos downloaded again: extract's note names the first and counts the other. Records without audio keep
     no audio file's size (not read)."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
     from tests.procs import leap_here
     from tests.test_attack_s65_stale65 import _ok, _replace
 
     wd = tmp_path / "w"
     monkeypatch.setattr(KitchenConfig, "truncated_video", lambda self: None)
-    build_kitchen(wd / "kitchen", KitchenConfig(videos=4, segments_per_video=2, width=96, height=64,
-                                                audio_in_mp4=False))
+    config_kitchen_copy(tmp_path_factory, wd / "kitchen", KitchenConfig(videos=4, segments_per_video=2, width=96,
+                                                                        height=64, audio_in_mp4=False),
+                        truncated=False)
     monkeypatch.chdir(tmp_path)
     leap = leap_here(monkeypatch, capsys)
     extract = ("extract", "--workdir", "w", "--split", "train", "--components", "narration")

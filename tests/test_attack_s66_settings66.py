@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kitchens import config_kitchen_copy
 from tests.procs import leap_here
 from tests.test_attack_s65_replaced65 import _Unread
 from tests.test_attack_s65_stale65 import _replace
@@ -38,13 +39,13 @@ OPTIONS = ("--components", "narration,camera", "--camera-frames", "5", "--hand-t
 def extracted(tmp_path_factory):
     """A work directory after extract of train with options other than the defaults and its frame cache in
     WORKDIR/fc (given by its absolute path, as every path extract recorded)."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
     root = tmp_path_factory.mktemp("settings66")
     cfg = KitchenConfig(videos=4, segments_per_video=2, width=96, height=64, audio_in_mp4=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(KitchenConfig, "truncated_video", lambda self: None)
-        build_kitchen(root / "w" / "kitchen", cfg)
+        config_kitchen_copy(tmp_path_factory, root / "w" / "kitchen", cfg, truncated=False)
         leap = leap_here(mp, _Unread())
         assert leap("extract", "--workdir", root / "w", "--split", "train", *OPTIONS, "--frame-cache",
                     root / "w" / "fc", cwd=root).returncode == 0

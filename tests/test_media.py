@@ -19,6 +19,8 @@ from leap_cli.media import (AudioUnavailable, FramesFolderReader, VideoReader, o
                             read_segment_audio, read_video_audio)
 from leap_cli.media.write import write_mp4
 
+from tests.kitchens import config_kitchen_copy
+
 FPS = 29.97
 N_FRAMES = 200
 SR = 16000
@@ -473,12 +475,12 @@ def test_small_videos_decode_on_one_thread_whatever_the_default(mp4):
         assert r._cap.get(cv2.CAP_PROP_N_THREADS) == 1
 
 
-def test_show_keyframes_are_never_upscaled(tmp_path):
+def test_show_keyframes_are_never_upscaled(tmp_path, tmp_path_factory):
     """`leap show`'s keyframes come at the asked short side, or the source's own size where that is smaller."""
     from leap_cli.report.show import keyframes
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
-    build_kitchen(tmp_path, KitchenConfig(videos=1, segments_per_video=2, width=64, height=48))
+    config_kitchen_copy(tmp_path_factory, tmp_path, KitchenConfig(videos=1, segments_per_video=2, width=64, height=48))
     frames = keyframes(tmp_path, "P01_01", 0.5, 1.5, count=3)
     assert len(frames) == 3 and all(f.shape == (48, 64, 3) for _, f in frames)
     small = keyframes(tmp_path, "P01_01", 0.5, 1.5, count=3, short_side=24)

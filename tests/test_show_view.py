@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from leap_cli.cli import app
+from tests.kitchens import config_kitchen_copy
 from tests.test_show import NID, stored, write  # noqa: F401  (stored: the module's fixture, used here)
 
 
@@ -425,11 +426,11 @@ def test_a_run_without_program_heads_says_why(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def kitchen(tmp_path_factory):
     """A synthetic kitchen of one 64x48 video, P01_01."""
-    from leap_cli.synth.kitchen import KitchenConfig, build_kitchen
+    from leap_cli.synth.kitchen import KitchenConfig
 
     root = tmp_path_factory.mktemp("kitchen")
-    build_kitchen(root, KitchenConfig(videos=1, segments_per_video=2, width=64, height=48))
-    return root
+    return config_kitchen_copy(tmp_path_factory, root, KitchenConfig(videos=1, segments_per_video=2, width=64,
+                                                                     height=48))
 
 
 def test_keyframes_of_a_window_past_the_video_are_none_and_say_why(kitchen):
