@@ -62,6 +62,28 @@ def serve_requests(on_request):
     return asyncio.start_server(on_conn, "127.0.0.1", 0), heads, bodies, conns, eofs
 
 
+OK_EMPTY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"  # a reply of {}
+
+
+def on_one_connection(on_request, main, **client_options):
+    """``main(client, heads)`` run against ``serve_requests(on_request)`` with leap's HTTP client of one connection
+    (``client_options``: HTTPClient's, e.g. ``timeout``); its result."""
+    from leap_cli.programs.http import HTTPClient
+
+    async def run():
+        start, heads, *_ = serve_requests(on_request)
+        server = await start
+        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, max_connections=1,
+                            **client_options)
+        try:
+            return await main(client, heads)
+        finally:
+            await client.aclose()
+            server.close()
+
+    return asyncio.run(asyncio.wait_for(run(), 20))
+
+
 class ScriptedServer:
     """``script(body, call_index_for_this_clip) -> Reply``; every request is recorded in ``requests``."""
 

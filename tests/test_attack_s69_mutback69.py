@@ -11,7 +11,7 @@ from leap_cli.programs.backends import BackendError, OpenAIBackend, Request, Ret
 from leap_cli.programs.batch import ingest_batch, write_batch_file
 from leap_cli.programs.estimate import RepairTurns
 from leap_cli.programs.generate import GenerateConfig
-from tests.programs_llm_server import Reply, ScriptedServer, completion, narration_id_of
+from tests.programs_llm_server import OK_EMPTY, Reply, ScriptedServer, completion, narration_id_of, on_one_connection
 from tests.test_attack_s53_mutsubmit import _estimate
 from tests.test_programs_generate import (N_SEGMENTS, batch_results, good_programs, records,  # noqa: F401
                                           results_file, workdir)
@@ -258,30 +258,6 @@ def test_a_request_sent_again_on_a_fresh_connection_is_counted_as_sent():
     assert [r.body for r in out] == [b"{}", b"{}"] and requests == 3 and conns == 2 and resent == 1
 
 
-def _client_on(on_request, **kw):
-    """Run ``main(client, heads)`` against ``serve_requests(on_request)``, a client of one connection."""
-    from leap_cli.programs.http import HTTPClient
-    from tests.programs_llm_server import serve_requests
-
-    def go(main):
-        async def run():
-            start, heads, _, _, _ = serve_requests(on_request)
-            server = await start
-            client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, max_connections=1,
-                                **kw)
-            try:
-                return await main(client, heads)
-            finally:
-                await client.aclose()
-                server.close()
-
-        return asyncio.run(asyncio.wait_for(run(), 20))
-    return go
-
-
-_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
-
-
 def test_an_idle_connection_closed_over_a_second_after_the_request_is_not_resent():
     """Only a close that comes within ``STALE_CLOSE_S`` (a second) of the request is an idle connection's: one that
     comes later, no byte of a reply sent, was the server's with the request in hand, which it may bill, and the
@@ -292,7 +268,7 @@ def test_an_idle_connection_closed_over_a_second_after_the_request_is_not_resent
         if n == 2:
             await asyncio.sleep(1.4)
             return True
-        writer.write(_OK)
+        writer.write(OK_EMPTY)
         await writer.drain()
         return False
 
@@ -302,7 +278,7 @@ def test_an_idle_connection_closed_over_a_second_after_the_request_is_not_resent
             await client.post("/chat/completions", b"{}")
         return first, len(heads), client.resent
 
-    first, requests, resent = _client_on(on_request, timeout=10)(main)
+    first, requests, resent = on_one_connection(on_request, main, timeout=10)
     assert first.body == b"{}" and requests == 2 and resent == 0
 
 
@@ -315,14 +291,14 @@ def test_an_event_loop_held_over_a_second_restarts_the_clocks_of_the_requests_in
     async def on_request(n, head, body, reader, writer):
         time.sleep(1.5)  # (the request in flight: the loop held, as a stopped process's)
         await asyncio.sleep(0.4)
-        writer.write(_OK)
+        writer.write(OK_EMPTY)
         await writer.drain()
         return False
 
     async def main(client, heads):
         return await client.post("/chat/completions", b"{}")
 
-    assert _client_on(on_request, timeout=1.0)(main).body == b"{}"
+    assert on_one_connection(on_request, main, timeout=1.0).body == b"{}"
 
 
 def test_a_body_of_exactly_the_most_the_client_reads_is_read(monkeypatch):
@@ -347,7 +323,7 @@ def test_a_body_of_exactly_the_most_the_client_reads_is_read(monkeypatch):
             await client.post("/chat/completions", b"{}")
         return first
 
-    assert _client_on(on_request, timeout=10)(main).body == bodies[0]
+    assert on_one_connection(on_request, main, timeout=10).body == bodies[0]
 
 
 def test_a_chunked_reply_with_bare_lf_line_ends_is_read_whole():
@@ -363,7 +339,7 @@ def test_a_chunked_reply_with_bare_lf_line_ends_is_read_whole():
     async def main(client, heads):
         return [(await client.post("/chat/completions", b"{}")).body for _ in range(2)]
 
-    assert _client_on(on_request, timeout=3)(main) == [b"{}", b"{}"]
+    assert on_one_connection(on_request, main, timeout=3) == [b"{}", b"{}"]
 
 
 # ---- batch ---------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from leap_cli.errors import LeapError
 from leap_cli.programs.backends import BackendError, NoApiKey, OpenAIBackend, Request, RetryPolicy
 from leap_cli.programs.store import ProgramStore
-from tests.programs_llm_server import Reply, ScriptedServer, narration_id_of, serve_requests
+from tests.programs_llm_server import OK_EMPTY, Reply, ScriptedServer, narration_id_of, on_one_connection, serve_requests
 
 
 class _NoWait(RetryPolicy):
@@ -263,27 +263,6 @@ def test_what_stops_a_stage_that_no_request_got_through_names_its_cause(monkeypa
 
 # ---- http: a request's deadline ------------------------------------------------------------------------------------
 
-_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
-
-
-def _on_client(on_request, main):
-    """``main(client, heads)`` with a one-connection client of ``serve_requests(on_request)``, timeout 5 s."""
-    from leap_cli.programs.http import HTTPClient
-
-    async def run():
-        start, heads, *_ = serve_requests(on_request)
-        server = await start
-        client = HTTPClient(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", {}, max_connections=1,
-                            timeout=5)
-        try:
-            return await main(client, heads)
-        finally:
-            await client.aclose()
-            server.close()
-
-    return asyncio.run(asyncio.wait_for(run(), 20))
-
-
 def test_a_deadline_that_passes_as_a_reply_comes_times_out_no_later_request_on_its_connection(monkeypatch):
     """A request whose deadline comes due in the turn its last bytes arrive gets its reply (it is there, paid); its
     timer, a turn late, must not fail the next request, which took the same keep-alive connection in between
@@ -302,7 +281,7 @@ def test_a_deadline_that_passes_as_a_reply_comes_times_out_no_later_request_on_i
     monkeypatch.setattr(http._Conn, "data_received", data_received)
 
     async def on_request(n, head, body, reader, writer):
-        writer.write(_OK)
+        writer.write(OK_EMPTY)
         await writer.drain()
         return False
 
@@ -310,7 +289,7 @@ def test_a_deadline_that_passes_as_a_reply_comes_times_out_no_later_request_on_i
         out = [(await client.post("/chat/completions", b"{}")).body for _ in range(2)]
         return out, len(heads), client.resent
 
-    assert _on_client(on_request, main) == ([b"{}", b"{}"], 2, 0)
+    assert on_one_connection(on_request, main, timeout=5) == ([b"{}", b"{}"], 2, 0)
     assert len(due) == 1
 
 
@@ -320,7 +299,7 @@ def test_a_request_whose_clock_restarts_as_its_timer_comes_due_gets_its_reply():
     the same, and the reply was asked for, and paid, again)."""
     async def on_request(n, head, body, reader, writer):
         await asyncio.sleep(0.3)
-        writer.write(_OK)
+        writer.write(OK_EMPTY)
         await writer.drain()
         return False
 
@@ -333,7 +312,7 @@ def test_a_request_whose_clock_restarts_as_its_timer_comes_due_gets_its_reply():
         client.restart_clocks()  # the continue's handler, before the next turn
         return (await task).body
 
-    assert _on_client(on_request, main) == b"{}"
+    assert on_one_connection(on_request, main, timeout=5) == b"{}"
 
 
 # ---- store ---------------------------------------------------------------------------------------------------------
