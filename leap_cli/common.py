@@ -613,9 +613,10 @@ HOLD_STOPS = 2.0  # seconds: how long a start of workers holds a stop at most
 
 @contextlib.contextmanager
 def stops_held(context=None, block: bool = True) -> Iterator[None]:
-    """While a pool or a DataLoader starts its workers, hold the signals that stop a stage; they take effect as the
-    block ends. A Ctrl-C to the group as `extract --workers N` spawned its workers printed each worker's
-    KeyboardInterrupt traceback (one raised as its interpreter imported ``site``: "Fatal Python error"), and a stop
+    """Hold the signals that stop a stage while a block that a stop must not cut runs (a pool's or a DataLoader's
+    start of its workers; soundfile's reads and writes, whose close a stop's KeyboardInterrupt could leave half
+    done: ``media.audio.read_audio``); they take effect as the block ends. A Ctrl-C to the group as `extract
+    --workers N` spawned its workers printed each worker's KeyboardInterrupt traceback (one raised as its interpreter imported ``site``: "Fatal Python error"), and a stop
     that reached the stage between a worker's spawn and the write of its start data left the worker to fail with
     "EOFError: Ran out of input". A stop's KeyboardInterrupt raised inside a DataLoader's start, in torch's or the
     threading module's code, left a queue's lock held (raised as a ``with`` block released it: evaluate then hung
