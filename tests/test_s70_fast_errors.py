@@ -20,6 +20,7 @@ SAY_TORCH = ("import sys\nfrom leap_cli.cli import main\nsys.argv = ['leap', *sy
     (("evaluate", "--split", "bogus"), "unknown split 'bogus'"),
     (("evaluate", "--split", "val", "--checkpoint", "nope"), "--checkpoint 'nope'"),
     (("evaluate", "--split", "val", "--run", "nope"), "run not found"),
+    (("evaluate", "--split", "val"), "nothing to evaluate"),
 ])
 def test_a_usage_error_is_said_before_torch_is_imported(tmp_path, args, said):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "COLUMNS": "200"}

@@ -10,7 +10,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from leap_cli.common import DEFAULT_WORKDIR, check_task, counted, lowercase, resolve_run, same_file, workdir_option
+from leap_cli.common import (DEFAULT_WORKDIR, check_task, counted, lowercase, only_one, resolve_run, same_file,
+                             workdir_option)
 from leap_cli.io import shell_word
 from leap_cli.progress import output_console, stage_progress
 
@@ -153,9 +154,17 @@ def evaluate(
     if workdir is None:  # a run given as a path X/runs/NAME lives in the work directory X (its shards, its kitchen)
         in_runs = run is not None and run.parent.name == "runs" and run.is_dir()
         workdir = run.parent.parent if in_runs else DEFAULT_WORKDIR
+    if scores is None and run is None:  # the work directory's one run (several: which one is for the user to say)
+        runs = Path(workdir) / "runs"
+        found = sorted(p for p in runs.iterdir() if (p / "checkpoints").is_dir()) if runs.is_dir() else []
+        run = only_one(found, "runs", runs, fix="pass --run runs/NAME, or --scores FILE")
+        if run is None:
+            raise LeapError("nothing to evaluate", path=runs,
+                            fix="pass --run runs/NAME (a trained run) or --scores FILE")
+        console.print(escape(f"run: {run} (the only run in {runs})"), highlight=False)
     if run is not None:
         resolve_run(run, workdir)  # (a mistyped run is said at once too)
-    # (torch: after the options are checked, so that a usage error is said at once)
+    # (torch: after the options and the run are checked, so that a usage error is said at once)
     from leap_cli.evaluate.scores import load_scores, scores_task
     from leap_cli.evaluate.scoring import evaluate_scores
     from leap_cli.train.distributed import pick_device
@@ -185,16 +194,6 @@ def evaluate(
         from leap_cli.evaluate.inference import ViewConfig, evaluate_run
         from leap_cli.evaluate.scoring import check_scorable
 
-        if run is None:  # the work directory's one run (several: which one is for the user to say)
-            from leap_cli.common import only_one
-
-            runs = Path(workdir) / "runs"
-            found = sorted(p for p in runs.iterdir() if (p / "checkpoints").is_dir()) if runs.is_dir() else []
-            run = only_one(found, "runs", runs, fix="pass --run runs/NAME, or --scores FILE")
-            if run is None:
-                raise LeapError("nothing to evaluate", path=runs,
-                                fix="pass --run runs/NAME (a trained run) or --scores FILE")
-            console.print(escape(f"run: {run} (the only run in {runs})"), highlight=False)
         run_dir = resolve_run(run, workdir)
         if own_run is not None and out is None and own_run.resolve() != run_dir.resolve():
             raise LeapError(f"--checkpoint {checkpoint} is run {own_run}'s, not --run {run_dir}'s: its scores would "
