@@ -162,18 +162,15 @@ def evaluate(
             raise LeapError("nothing to evaluate", path=runs,
                             fix="pass --run runs/NAME (a trained run) or --scores FILE")
         console.print(escape(f"run: {run} (the only run in {runs})"), highlight=False)
-    if run is not None:
-        resolve_run(run, workdir)  # (a mistyped run is said at once too)
+    run_dir = resolve_run(run, workdir) if run is not None else None  # (a mistyped run is said at once too)
     # (torch: after the options and the run are checked, so that a usage error is said at once)
     from leap_cli.evaluate.scores import load_scores, scores_task
     from leap_cli.evaluate.scoring import evaluate_scores
     from leap_cli.train.distributed import pick_device
 
-    run_dir = ann = None
+    ann = None
     if scores is not None:
         loaded = load_scores(scores)
-        if run is not None:
-            run_dir = resolve_run(run, workdir)
         own = scores_task(loaded) or "recognition"  # what the file says it holds
         task = task or own
         if split == "test":
@@ -194,7 +191,6 @@ def evaluate(
         from leap_cli.evaluate.inference import ViewConfig, evaluate_run
         from leap_cli.evaluate.scoring import check_scorable
 
-        run_dir = resolve_run(run, workdir)
         if own_run is not None and out is None and own_run.resolve() != run_dir.resolve():
             raise LeapError(f"--checkpoint {checkpoint} is run {own_run}'s, not --run {run_dir}'s: its scores would "
                             f"replace {run_dir}/eval/{split}", fix="drop --run (the checkpoint's own run is used) "
