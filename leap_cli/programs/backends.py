@@ -591,13 +591,14 @@ class OpenAIBackend(Backend):
                 self.timed_out += timeout
                 what = "timed out" if timeout else "unreadable reply" if isinstance(e, HTTPUnreadable) else \
                     "connection failed"
-                final = final or isinstance(e, HTTPUnreadable)  # (the server answered, and may bill it: not again)
+                resend = not isinstance(e, HTTPUnreadable)  # (unreadable: the server answered, and may bill it)
+                final = final or not resend
                 line, fix = ((f"{e} on every request so far", "raise --timeout (a local model may need minutes for "
                               "a reply), or check that the server is generating") if timeout else
                              (f"{e}: is the server running?", "check --base-url") if str(e).startswith("cannot connect")
                              else (f"{e} on every request so far", "check the server's log and --base-url"))
                 verdict = self._failed(rid, f"{what}: {e}", final, redact(line), fix, sent_held)
-                if verdict == self.PROBE and not isinstance(e, HTTPUnreadable):  # (answered, maybe billed: not again)
+                if verdict == self.PROBE and resend:
                     free += 1  # a probe of a held server: the next waits (_pause_until)
                     continue
                 if verdict == self.STOP:
